@@ -1,0 +1,3 @@
+from peerserve.cli import main
+
+raise SystemExit(main())

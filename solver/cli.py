@@ -1,0 +1,201 @@
+"""`peerserve solve` and `peerserve simulate`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+SOLVE_METHODS = ("ipopt", "ipopt-nl", "milp", "iterative", "nearest", "least-loaded")
+
+
+def register(commands: Any) -> None:
+    """Add the solver's subcommands to the top-level parser."""
+    p = commands.add_parser(
+        "solve",
+        help="place the requests of a snapshot file",
+        description=(
+            "Read a snapshot (nodes, models, requests as JSON; '-' for stdin) and print the placement: "
+            "where each request goes, instances per node, start/stop actions, rejected requests."
+        ),
+    )
+    p.add_argument("file", help="snapshot JSON file, or - for standard input")
+    p.add_argument(
+        "--method",
+        choices=SOLVE_METHODS,
+        default="ipopt",
+        help="ipopt: LP relaxation + rounding (default); milp: exact optimum (HiGHS); "
+        "iterative/nearest/least-loaded: baselines",
+    )
+    p.add_argument(
+        "--mode",
+        choices=("1", "2", "auto"),
+        default="1",
+        help="1: available memory, keep running instances; 2: total memory, follow the solver "
+        "strictly; auto: choose each round (default 1)",
+    )
+    p.add_argument("--idle-s", type=float, default=600.0, help="Mode 1 eviction: idle seconds (default 600)")
+    p.add_argument(
+        "--min-requests",
+        type=int,
+        default=1,
+        help="Mode 1 eviction: fewer requests than this since provisioned is unused (default 1)",
+    )
+    p.add_argument("--json", action="store_true", help="print the plan as JSON")
+    p.set_defaults(handler=cmd_solve)
+
+    s = commands.add_parser(
+        "simulate",
+        help="reproduce the thesis's Chapter 6 simulation",
+        description=(
+            "Random instances with the thesis's Table 6.1 ranges, solved by Ipopt (modes 1 and 2), the "
+            "iterative search baseline and the exact MILP; prints objectives and solve times."
+        ),
+    )
+    s.add_argument(
+        "--vary",
+        choices=("requests", "nodes"),
+        default="requests",
+        help="sweep requests 20-50 (10 nodes) or nodes 5-20 (25 requests)",
+    )
+    s.add_argument("--seeds", type=int, default=5, help="instances per size (default 5)")
+    s.add_argument("--json", action="store_true", help="print every point as JSON")
+    s.add_argument("--plot", metavar="DIR", help="write PNG plots (objective and solve time) to DIR")
+    s.set_defaults(handler=cmd_simulate)
+
+
+def _usage(message: str) -> Exception:
+    from peerserve.cli import UsageError
+
+    return UsageError(message)
+
+
+def cmd_solve(args: argparse.Namespace) -> int:
+    from solver import EvictionPolicy, Snapshot, SnapshotError, SolverError
+    from solver.api import solve
+
+    try:
+        text = sys.stdin.read() if args.file == "-" else Path(args.file).read_text()
+    except OSError as exc:
+        raise _usage(f"cannot read {args.file}: {exc.strerror}") from exc
+    try:
+        snapshot = Snapshot.from_dict(json.loads(text))
+    except json.JSONDecodeError as exc:
+        raise _usage(f"{args.file}: not valid JSON: {exc}") from exc
+    except SnapshotError as exc:
+        raise _usage(f"{args.file}: {exc}") from exc
+    if args.idle_s < 0 or args.min_requests < 0:
+        raise _usage("--idle-s and --min-requests must not be negative")
+    policy = EvictionPolicy(idle_s=args.idle_s, min_requests=args.min_requests)
+    try:
+        plan = solve(snapshot, method=args.method, mode=args.mode, policy=policy)
+    except SolverError as exc:
+        print(f"peerserve: error: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(plan.to_dict(), indent=2))
+    else:
+        print(_format_plan(plan))
+    return 0
+
+
+def _format_plan(plan: Any) -> str:
+    lines = [
+        f"status {plan.status}  method {plan.method}  mode {plan.mode}  "
+        f"objective {plan.objective_ms:.1f} ms  solve {plan.solve_ms:.1f} ms  "
+        f"feasible {'yes' if plan.feasible else 'NO'}",
+    ]
+    if plan.note:
+        lines.append(plan.note)
+    lines.append("")
+    lines.append(f"{'request':>7}  node")
+    lines += [f"{i:>7}  {node or '-'}" for i, node in enumerate(plan.assignments)]
+    lines.append("")
+    lines.append(
+        "instances: "
+        + "; ".join(
+            f"{n}: " + ", ".join(f"{m}x{c}" for m, c in models.items())
+            for n, models in plan.instances.items()
+            if models
+        )
+        or "instances: none"
+    )
+    for a in plan.actions:
+        lines.append(f"  {a.op:<5} {a.count} x {a.model} on {a.node}")
+    for r in plan.rejected:
+        lines.append(f"  rejected request {r.request}: {r.reason}")
+    for v in plan.violations:
+        lines.append(f"  violates {v}")
+    return "\n".join(lines)
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from solver import simulate
+
+    if args.seeds < 1:
+        raise _usage("--seeds must be at least 1")
+    simulate.warm_up()
+    total = simulate.sweep_size(args.vary, args.seeds)
+    points = []
+    with _progress(total, enabled=not args.json) as bar:
+        for point in simulate.sweep(args.vary, args.seeds):
+            points.append(point)
+            bar.update(1)
+    quality = simulate.quality(points)
+    if args.plot:
+        from solver.plot import plot_simulation
+
+        written = plot_simulation(points, Path(args.plot))
+        if not args.json:
+            print("plots: " + ", ".join(str(p) for p in written), file=sys.stderr)
+    if args.json:
+        print(json.dumps({"points": [p.to_dict() for p in points], "quality": quality}, indent=1))
+        return 0
+    print(_format_table(args.vary, simulate.summarise(points)))
+    gap, gain = quality["ipopt_mode1_gap_to_milp_pct"], quality["ipopt_mode1_below_iterative_pct"]
+    print(
+        f"\nIpopt Mode 1 vs MILP optimum: {_pct(gap)} above on average; "
+        f"vs iterative search: {_pct(gain)} lower (thesis: 41% lower). "
+        f"{int(quality['instances'])} instances."
+    )
+    return 0
+
+
+def _pct(x: float) -> str:
+    return "n/a" if math.isnan(x) else f"{x:.2f}%"
+
+
+def _format_table(vary: str, rows: list[dict[str, Any]]) -> str:
+    head = (
+        f"{vary:>8}  {'method':<12} {'objective ms':>13} {'solve ms (p50)':>15} "
+        f"{'feasible':>9} {'rejected':>9}"
+    )
+    out = [head, "-" * len(head)]
+    for r in rows:
+        out.append(
+            f"{r['size']:>8}  {r['method']:<12} {r['objective_mean']:>13.1f} {r['solve_ms_median']:>15.2f} "
+            f"{100 * r['feasible_share']:>8.0f}% {r['rejected']:>9}"
+        )
+    return "\n".join(out)
+
+
+class _NoBar:
+    def __enter__(self) -> _NoBar:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def update(self, n: int) -> None:
+        return None
+
+
+def _progress(total: int, enabled: bool) -> Any:
+    if not enabled:
+        return _NoBar()
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc="simulating", unit="solve", file=sys.stderr, leave=False)

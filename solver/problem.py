@@ -1,0 +1,141 @@
+"""The numeric form of a snapshot for one mode: request classes, costs, budgets and free slots.
+
+Requests whose cost rows are identical (same model, same RTT and execution time to every node) collapse
+into one class with a count, so the optimisation has one variable per (class, node), not per (request,
+node). Capacity is expressed uniformly for both modes:
+
+* ``free[j, k]``: instances of model k already on node j that a request may use at no extra memory or
+  compute (Mode 1 keeps current instances; Mode 2 re-plans from scratch, so 0);
+* ``mem_budget[j]`` / ``comp_budget[j]``: memory and compute left for *new* instances on node j.
+
+A request of model k placed on node j beyond ``free[j, k]`` starts one new instance, costing ``mem[k]``
+and ``comp[k]`` of node j's budgets. With ``free = 0`` this is exactly the thesis's formulation
+(sum_i I_ij m_i <= M_j, sum_i I_ij c_i <= C_j).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+import numpy as np
+import numpy.typing as npt
+
+from solver.snapshot import Snapshot
+
+FloatArray = npt.NDArray[np.float64]
+IntArray = npt.NDArray[np.int64]
+
+
+class Mode(str, Enum):
+    """Thesis 4.3. MODE1: available memory, keep what runs. MODE2: total memory, follow the solver."""
+
+    MODE1 = "1"
+    MODE2 = "2"
+    AUTO = "auto"
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Arrays the optimisers work on (nodes j, models k, classes c)."""
+
+    snapshot: Snapshot
+    mode: Mode
+    node_ids: tuple[str, ...]
+    model_names: tuple[str, ...]
+    mem: FloatArray  # [k] MB one instance needs
+    comp: FloatArray  # [k] compute one instance needs
+    class_model: IntArray  # [c] model index
+    class_count: IntArray  # [c] number of requests in the class
+    class_members: tuple[tuple[int, ...], ...]  # [c] request indices, input order
+    cost: FloatArray  # [c, j] rtt + exec, ms
+    free: IntArray  # [j, k] instances usable at no cost
+    mem_budget: FloatArray  # [j]
+    comp_budget: FloatArray  # [j]
+    current: IntArray  # [j, k] instances running before this round (after eviction)
+
+    @property
+    def n_nodes(self) -> int:
+        return len(self.node_ids)
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.class_count)
+
+    @property
+    def n_requests(self) -> int:
+        return len(self.snapshot.requests)
+
+
+def build_problem(
+    snapshot: Snapshot, mode: Mode, current: IntArray | None = None, aggregate: bool = True
+) -> Problem:
+    """Aggregate requests into classes and derive budgets for ``mode`` (MODE1 or MODE2).
+
+    ``current`` overrides the snapshot's running instances (Mode 1 passes the counts left after eviction);
+    ``aggregate=False`` keeps one class per request (the per-request form, for checking aggregation).
+    """
+    if mode is Mode.AUTO:
+        raise ValueError("build_problem needs a concrete mode; resolve AUTO first")
+    node_ids = tuple(n.id for n in snapshot.nodes)
+    model_names = tuple(m.name for m in snapshot.models)
+    model_index = {name: k for k, name in enumerate(model_names)}
+    mem = np.array([m.mem_mb for m in snapshot.models], dtype=np.float64)
+    comp = np.array([m.compute for m in snapshot.models], dtype=np.float64)
+    running = current if current is not None else running_instances(snapshot)
+
+    groups: dict[tuple[object, ...], list[int]] = {}
+    rows: list[list[float]] = []
+    for i, r in enumerate(snapshot.requests):
+        row = [r.rtt_ms[j] + r.exec_ms[j] for j in node_ids]
+        key = (r.model, *row) if aggregate else (i,)
+        if key not in groups:
+            groups[key] = []
+            rows.append(row)
+        groups[key].append(i)
+    members = tuple(tuple(v) for v in groups.values())
+    class_model = np.array([model_index[snapshot.requests[m[0]].model] for m in members], dtype=np.int64)
+    class_count = np.array([len(m) for m in members], dtype=np.int64)
+    cost = np.array(rows, dtype=np.float64).reshape(len(members), len(node_ids))
+
+    if mode is Mode.MODE1:
+        free = running.copy()
+        freed = released_memory(snapshot, running, mem)
+        mem_budget = np.array([n.mem_available_mb for n in snapshot.nodes]) + freed
+        used_comp = running @ comp
+        comp_budget = np.maximum(0.0, np.array([n.compute for n in snapshot.nodes]) - used_comp)
+    else:
+        free = np.zeros_like(running)
+        mem_budget = np.array([n.mem_total_mb for n in snapshot.nodes], dtype=np.float64)
+        comp_budget = np.array([n.compute for n in snapshot.nodes], dtype=np.float64)
+    return Problem(
+        snapshot=snapshot,
+        mode=mode,
+        node_ids=node_ids,
+        model_names=model_names,
+        mem=mem,
+        comp=comp,
+        class_model=class_model,
+        class_count=class_count,
+        class_members=members,
+        cost=cost,
+        free=free,
+        mem_budget=mem_budget.astype(np.float64),
+        comp_budget=comp_budget.astype(np.float64),
+        current=running,
+    )
+
+
+def running_instances(snapshot: Snapshot) -> IntArray:
+    """[j, k] instance counts the snapshot says are running now."""
+    names = [m.name for m in snapshot.models]
+    out = np.zeros((len(snapshot.nodes), len(names)), dtype=np.int64)
+    for j, n in enumerate(snapshot.nodes):
+        for k, name in enumerate(names):
+            out[j, k] = n.instances.get(name, 0)
+    return out
+
+
+def released_memory(snapshot: Snapshot, kept: IntArray, mem: FloatArray) -> FloatArray:
+    """[j] memory given back by instances that run now but are not in ``kept`` (evicted)."""
+    return np.asarray((running_instances(snapshot) - kept).clip(min=0) @ mem, dtype=np.float64)

@@ -1,0 +1,167 @@
+"""Turn a fractional placement into an integer one that never breaks memory or compute.
+
+Input: ``y[c, j]``, the (possibly fractional) number of class-c requests on node j from the LP.
+
+1. Floors first: every class places floor(y[c, j]) requests on node j, largest y first, each only if it
+   still fits (the ledger checks memory and compute for every request, so no step can overshoot).
+2. Remainders: each class's unplaced requests go to the node with the largest fractional part of
+   y[c, j] that still fits, then to the cheapest node that fits; a request that fits nowhere is
+   rejected with the reason.
+3. Improvement: move single requests to a cheaper node while one fits (first-improvement local search,
+   a bounded number of passes), then retry rejected requests in case moves freed room.
+4. Ejection: a request still rejected may take a node's place if one request already there (of another
+   model) can move to a node where it fits; the cheapest such exchange is taken.
+
+Every request ends either placed or rejected; the ledger guarantees capacity at every step.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from solver.capacity import EPS, Ledger
+from solver.problem import FloatArray, IntArray, Problem
+
+MAX_IMPROVE_PASSES = 4
+
+
+def round_and_repair(problem: Problem, y: FloatArray) -> tuple[IntArray, IntArray, list[str]]:
+    """Integer counts [c, j], rejected counts [c] and one rejection reason per class (or '')."""
+    p = problem
+    ledger = Ledger(p)
+    counts: IntArray = np.zeros((p.n_classes, p.n_nodes), dtype=np.int64)
+    y = np.clip(y, 0.0, None)
+    base = np.floor(y + EPS).astype(np.int64)
+    for c, j in _pairs_by_weight(y):
+        k = int(p.class_model[c])
+        for _ in range(int(base[c, j])):
+            if counts[c].sum() >= p.class_count[c] or not ledger.fits(j, k):
+                break
+            ledger.add(j, k)
+            counts[c, j] += 1
+    rejected: IntArray = np.zeros(p.n_classes, dtype=np.int64)
+    reasons = [""] * p.n_classes
+    residual = y - counts
+    order = np.argsort(-residual.max(axis=1), kind="stable")
+    for c in order:
+        _place_remaining(p, ledger, counts, rejected, reasons, int(c), residual[c])
+    _improve(p, ledger, counts)
+    for c in np.nonzero(rejected)[0].tolist():
+        rejected[c] = 0
+        _place_remaining(p, ledger, counts, rejected, reasons, c, np.zeros(p.n_nodes))
+    for c in np.nonzero(rejected)[0].tolist():
+        while rejected[c] > 0 and _place_by_ejection(p, ledger, counts, c):
+            rejected[c] -= 1
+    return counts, rejected, reasons
+
+
+def improve_placement(problem: Problem, counts: IntArray) -> IntArray:
+    """Run the local search on an already feasible placement (used by baselines that want it)."""
+    ledger = Ledger(problem)
+    for c in range(problem.n_classes):
+        for j in range(problem.n_nodes):
+            for _ in range(int(counts[c, j])):
+                ledger.add(j, int(problem.class_model[c]))
+    out = counts.copy()
+    _improve(problem, ledger, out)
+    return out
+
+
+def _pairs_by_weight(y: FloatArray) -> list[tuple[int, int]]:
+    cs, js = np.nonzero(y >= 1.0 - EPS)
+    weights = y[cs, js]
+    idx = np.argsort(-weights, kind="stable")
+    return [(int(cs[i]), int(js[i])) for i in idx]
+
+
+def _place_remaining(
+    p: Problem,
+    ledger: Ledger,
+    counts: IntArray,
+    rejected: IntArray,
+    reasons: list[str],
+    c: int,
+    residual: FloatArray,
+) -> None:
+    k = int(p.class_model[c])
+    cost = p.cost[c]
+    preferred = [int(j) for j in np.lexsort((cost, -residual)) if residual[j] > EPS]
+    cheapest = [int(j) for j in np.argsort(cost, kind="stable")]
+    missing = int(p.class_count[c] - counts[c].sum() - rejected[c])
+    for _ in range(missing):
+        j = ledger.best_fitting_node(k, preferred)
+        if j is None:
+            j = ledger.best_fitting_node(k, cheapest)
+        if j is None:
+            rejected[c] += 1
+            reasons[c] = ledger.rejection_reason(k)
+            continue
+        ledger.add(j, k)
+        counts[c, j] += 1
+        if residual[j] > EPS:
+            residual[j] = max(0.0, residual[j] - 1.0)
+            preferred = [x for x in preferred if residual[x] > EPS]
+
+
+def _improve(p: Problem, ledger: Ledger, counts: IntArray) -> None:
+    order = [np.argsort(p.cost[c], kind="stable") for c in range(p.n_classes)]
+    for _ in range(MAX_IMPROVE_PASSES):
+        moved = False
+        for c in range(p.n_classes):
+            k = int(p.class_model[c])
+            for j in np.nonzero(counts[c])[0].tolist():
+                while counts[c, j] > 0:
+                    target = _cheaper_fit(p, ledger, order[c], c, j, k)
+                    if target is None:
+                        break
+                    ledger.remove(j, k)
+                    ledger.add(target, k)
+                    counts[c, j] -= 1
+                    counts[c, target] += 1
+                    moved = True
+        if not moved:
+            return
+
+
+def _cheaper_fit(p: Problem, ledger: Ledger, order: IntArray, c: int, j: int, k: int) -> int | None:
+    limit = p.cost[c, j] - max(EPS, 1e-9 * math.fabs(p.cost[c, j]))
+    for t in order.tolist():
+        if p.cost[c, t] >= limit:
+            return None
+        if ledger.fits(t, k):
+            return int(t)
+    return None
+
+
+def _place_by_ejection(p: Problem, ledger: Ledger, counts: IntArray, c: int) -> bool:
+    """Place one request of class c by moving one other request out of the way; False if impossible."""
+    k = int(p.class_model[c])
+    best: tuple[float, int, int, int, int] | None = None  # (added cost, node, other class, its new node)
+    for j in np.argsort(p.cost[c], kind="stable").tolist():
+        for other in np.nonzero(counts[:, j])[0].tolist():
+            k2 = int(p.class_model[other])
+            if k2 == k:
+                continue
+            ledger.remove(j, k2)
+            if ledger.fits(j, k):
+                ledger.add(j, k)
+                for t in np.argsort(p.cost[other], kind="stable").tolist():
+                    if t != j and ledger.fits(t, k2):
+                        delta = p.cost[c, j] + p.cost[other, t] - p.cost[other, j]
+                        if best is None or delta < best[0]:
+                            best = (float(delta), j, other, t, k2)
+                        break
+                ledger.remove(j, k)
+            ledger.add(j, k2)
+    if best is None:
+        return False
+    _, j, other, t, k2 = best
+    ledger.remove(j, k2)
+    ledger.add(t, k2)
+    ledger.add(j, k)
+    counts[other, j] -= 1
+    counts[other, t] += 1
+    counts[c, j] += 1
+    return True
