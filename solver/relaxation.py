@@ -36,8 +36,13 @@ IPOPT_OPTIONS: dict[str, Any] = {
     "jac_c_constant": "yes",
     "jac_d_constant": "yes",
     "mu_strategy": "adaptive",
-    "mu_oracle": "probing",
     "tol": 1e-7,
+    # Measured on the thesis's sizes: MUMPS's scaling and Ipopt's iterative refinement cost more than
+    # they save on these well-scaled LPs (~25 % of the solve).
+    "min_refinement_steps": 0,
+    "linear_system_scaling": "none",
+    "mumps_scaling": 0,
+    "mumps_permuting_scaling": 0,
 }
 
 
