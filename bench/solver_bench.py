@@ -108,7 +108,8 @@ def main() -> int:
         return 0
     print("Solve time, median ms (imports excluded); thesis: AMPL+Ipopt on a Xavier NX")
     print(
-        f"{'requests':>8} {'nodes':>5} {'ipopt m1':>9} {'ipopt m2':>9} {'stock':>7} {'ratio':>6} {'milp':>7} {'thesis':>11}"
+        f"{'requests':>8} {'nodes':>5} {'ipopt m1':>9} {'ipopt m2':>9} {'stock':>7} {'ratio':>6} "
+        f"{'milp':>7} {'thesis':>11}"
     )
     for r in rows:
         lo, hi = THESIS_MS[r["vary"]]

@@ -30,9 +30,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"peerserve {__version__}")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv: debug)")
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
+    from agent import cli as agent_cli
     from solver import cli as solver_cli
 
     solver_cli.register(commands)
+    agent_cli.register(commands)
     return parser
 
 

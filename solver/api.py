@@ -38,9 +38,7 @@ def solve(
     if mode is Mode.AUTO:
         one = _solve_in_mode(snapshot, method, Mode.MODE1, policy, now)
         two = _solve_in_mode(snapshot, method, Mode.MODE2, policy, now)
-        pick_two, why = prefer_mode2(
-            one.served, one.objective_ms, two.served, two.objective_ms, policy.auto_gain
-        )
+        pick_two, why = prefer_mode2(one.served, one.objective_ms, two.served, two.objective_ms, policy.auto_gain)
         chosen = two if pick_two else one
         plan = replace(chosen, note=f"auto chose mode {chosen.mode}: {why}")
     else:
@@ -48,9 +46,7 @@ def solve(
     return replace(plan, solve_ms=1000.0 * (time.perf_counter() - start))
 
 
-def _solve_in_mode(
-    snapshot: Snapshot, method: str, mode: Mode, policy: EvictionPolicy, now: float | None
-) -> Plan:
+def _solve_in_mode(snapshot: Snapshot, method: str, mode: Mode, policy: EvictionPolicy, now: float | None) -> Plan:
     running = running_instances(snapshot)
     kept = running - evictions(snapshot, policy, now) if mode is Mode.MODE1 else running
     problem = build_problem(snapshot, mode, current=kept)
@@ -65,9 +61,7 @@ def _solve_in_mode(
         counts, rejected, reasons = round_and_repair(problem, relax.y)
         status = relax.status
         lower_bound = relax.objective
-        details.update(
-            iterations=relax.iterations, pricing_rounds=relax.pricing_rounds, columns=relax.columns
-        )
+        details.update(iterations=relax.iterations, pricing_rounds=relax.pricing_rounds, columns=relax.columns)
     elif method == "milp":
         from solver.milp import solve_milp
 

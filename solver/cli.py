@@ -169,10 +169,7 @@ def _pct(x: float) -> str:
 
 
 def _format_table(vary: str, rows: list[dict[str, Any]]) -> str:
-    head = (
-        f"{vary:>8}  {'method':<12} {'objective ms':>13} {'solve ms (p50)':>15} "
-        f"{'feasible':>9} {'rejected':>9}"
-    )
+    head = f"{vary:>8}  {'method':<12} {'objective ms':>13} {'solve ms (p50)':>15} {'feasible':>9} {'rejected':>9}"
     out = [head, "-" * len(head)]
     for r in rows:
         out.append(

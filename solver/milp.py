@@ -45,8 +45,6 @@ def solve_milp(problem: Problem, time_limit_s: float = TIME_LIMIT_S) -> MilpResu
     counts = np.zeros((p.n_classes, p.n_nodes), dtype=np.int64)
     for i, (c, j) in enumerate(columns):
         counts[c, j] = round(float(pyo.value(form.model.y[i])))
-    rejected = np.array(
-        [round(float(pyo.value(form.model.r[c]))) for c in range(p.n_classes)], dtype=np.int64
-    )
+    rejected = np.array([round(float(pyo.value(form.model.r[c]))) for c in range(p.n_classes)], dtype=np.int64)
     status = "optimal" if tc == "optimal" else tc
     return MilpResult(counts, rejected, status)

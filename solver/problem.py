@@ -67,9 +67,7 @@ class Problem:
         return len(self.snapshot.requests)
 
 
-def build_problem(
-    snapshot: Snapshot, mode: Mode, current: IntArray | None = None, aggregate: bool = True
-) -> Problem:
+def build_problem(snapshot: Snapshot, mode: Mode, current: IntArray | None = None, aggregate: bool = True) -> Problem:
     """Aggregate requests into classes and derive budgets for ``mode`` (MODE1 or MODE2).
 
     ``current`` overrides the snapshot's running instances (Mode 1 passes the counts left after eviction);

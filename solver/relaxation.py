@@ -95,9 +95,7 @@ def _initial_columns(p: Problem) -> set[tuple[int, int]]:
     return {(c, int(j)) for c in range(p.n_classes) for j in cheapest[c]}
 
 
-def _price(
-    p: Problem, form: Formulation, duals: dict[str, Any], have: set[tuple[int, int]]
-) -> set[tuple[int, int]]:
+def _price(p: Problem, form: Formulation, duals: dict[str, Any], have: set[tuple[int, int]]) -> set[tuple[int, int]]:
     """Left-out columns whose reduced cost is negative under the current duals."""
     assign = duals["assign"]
     link = duals["link"]
@@ -191,10 +189,7 @@ def _solve_direct(form: Formulation) -> tuple[FloatArray, dict[str, Any] | None,
     status = _ipopt_status(int(info["status"]))
     position = {id(v): i for i, v in enumerate(sf.columns)}
     values = np.array(
-        [
-            x[position[id(form.model.y[i])]] if id(form.model.y[i]) in position else 0.0
-            for i in range(len(form.columns))
-        ]
+        [x[position[id(form.model.y[i])]] if id(form.model.y[i]) in position else 0.0 for i in range(len(form.columns))]
     )
     n_nodes = form.n_nodes
     duals = _row_duals(form, sf.rows, np.asarray(info["mult_g"]), n_nodes) if status == "optimal" else None

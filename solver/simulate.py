@@ -41,8 +41,7 @@ def thesis_instance(requests: int, nodes: int, seed: int, models: int = 4) -> Sn
     avail_kb = rng.uniform(10_000, 500_000, nodes)
     total_kb = np.maximum(rng.uniform(30_000, 800_000, nodes), avail_kb)
     node_list = tuple(
-        Node(nid, float(avail_kb[j] / 1024), float(total_kb[j] / 1024), NODE_COMPUTE)
-        for j, nid in enumerate(node_ids)
+        Node(nid, float(avail_kb[j] / 1024), float(total_kb[j] / 1024), NODE_COMPUTE) for j, nid in enumerate(node_ids)
     )
     model_list = tuple(
         Model(f"m{k + 1}", MODEL_MEM_MB[k % len(MODEL_MEM_MB)], MODEL_COMPUTE[k % len(MODEL_COMPUTE)])

@@ -88,9 +88,7 @@ class Snapshot:
             raise SnapshotError("$", "a snapshot is a JSON object with nodes, models and requests")
         nodes = tuple(_parse_node(d, f"nodes[{i}]") for i, d in enumerate(_list(data, "nodes")))
         models = tuple(_parse_model(d, f"models[{i}]") for i, d in enumerate(_list(data, "models")))
-        requests = tuple(
-            _parse_request(d, f"requests[{i}]") for i, d in enumerate(_list(data, "requests", empty=True))
-        )
+        requests = tuple(_parse_request(d, f"requests[{i}]") for i, d in enumerate(_list(data, "requests", empty=True)))
         now = data.get("now_s")
         now_s = None if now is None else _number(now, "now_s", allow_negative=True)
         return cls(nodes=nodes, models=models, requests=requests, now_s=now_s)

@@ -59,9 +59,7 @@ def test_unplaceable_request_is_rejected_with_reason_not_dropped() -> None:
     for method in ("ipopt", "milp", "least-loaded"):
         plan = solve(s, method=method)
         assert plan.served == 1
-        assert [r.request for r in plan.rejected] == [
-            next(i for i, a in enumerate(plan.assignments) if a is None)
-        ]
+        assert [r.request for r in plan.rejected] == [next(i for i, a in enumerate(plan.assignments) if a is None)]
         assert "'big'" in plan.rejected[0].reason and "60 MB" in plan.rejected[0].reason
         assert plan.feasible
 

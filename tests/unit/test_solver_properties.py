@@ -55,14 +55,10 @@ def snapshots(draw: st.DrawFn) -> Snapshot:
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(snapshots(), st.sampled_from([Mode.MODE1, Mode.MODE2]), st.data())
-def test_rounding_keeps_capacity_and_every_request(
-    snapshot: Snapshot, mode: Mode, data: st.DataObject
-) -> None:
+def test_rounding_keeps_capacity_and_every_request(snapshot: Snapshot, mode: Mode, data: st.DataObject) -> None:
     p = build_problem(snapshot, mode)
     # Any fractional input at all, not only LP optima: the repair must cope with anything.
-    raw = data.draw(
-        st.lists(st.floats(0, 3), min_size=p.n_classes * p.n_nodes, max_size=p.n_classes * p.n_nodes)
-    )
+    raw = data.draw(st.lists(st.floats(0, 3), min_size=p.n_classes * p.n_nodes, max_size=p.n_classes * p.n_nodes))
     y = np.array(raw, dtype=float).reshape(p.n_classes, p.n_nodes)
     counts, rejected, reasons = round_and_repair(p, y)
     assert (counts >= 0).all() and (rejected >= 0).all()

@@ -1,0 +1,186 @@
+"""The model catalogue: which models exist, their images and needs; reloaded when its file changes.
+
+A broken file never replaces a good catalogue: the last good one stays in force and the error is kept
+for /health and logged once per distinct error.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from agent.errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10 (JetPack 6)
+    import tomli as tomllib
+
+log = logging.getLogger(__name__)
+
+MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One catalogue entry."""
+
+    name: str
+    image: str
+    stand_in: str
+    model_path: str
+    model_version: int
+    mem_mb: float
+    compute: float
+    exec_ms: Mapping[str, float]
+    warmup: Mapping[str, Any] | None = None
+    command: tuple[str, ...] = ()
+    env: Mapping[str, str] = field(default_factory=dict)
+
+    def expected_exec_ms(self, node_class: str) -> float:
+        return float(self.exec_ms.get(node_class, self.exec_ms.get("default", 0.0)))
+
+
+@dataclass(frozen=True)
+class Catalogue:
+    """The models known to the cluster, keyed by name, with a version string."""
+
+    models: Mapping[str, ModelSpec]
+    version: str
+    source: str
+
+    def get(self, name: str) -> ModelSpec | None:
+        return self.models.get(name)
+
+
+def valid_model_name(name: str) -> bool:
+    """Model names are one path segment: letters, digits, '_', '.', '-' (no '/', no '..')."""
+    return bool(MODEL_NAME.match(name)) and ".." not in name
+
+
+def parse_catalogue(text: str, source: str) -> Catalogue:
+    """Parse TOML catalogue text; raises ConfigError naming the bad key."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(source, f"not valid TOML: {exc}") from exc
+    entries = data.get("models")
+    if not isinstance(entries, list) or not entries:
+        raise ConfigError(f"{source}: models", "a non-empty [[models]] list is required")
+    models: dict[str, ModelSpec] = {}
+    for i, entry in enumerate(entries):
+        spec = _parse_model(entry, f"models[{i}]")
+        if spec.name in models:
+            raise ConfigError(f"models[{i}].name", f"duplicate model {spec.name!r}")
+        models[spec.name] = spec
+    digest = hashlib.sha256(text.encode()).hexdigest()[:12]
+    version = str(data.get("version", digest))
+    return Catalogue(models=models, version=f"{version}+{digest}" if "version" in data else digest, source=source)
+
+
+def _parse_model(entry: Any, where: str) -> ModelSpec:
+    if not isinstance(entry, dict):
+        raise ConfigError(where, "must be a table")
+
+    def text(key: str, default: str | None = None) -> str:
+        value = entry.get(key, default)
+        if not isinstance(value, str) or not value:
+            raise ConfigError(f"{where}.{key}", "must be a non-empty string")
+        return value
+
+    def number(key: str) -> float:
+        value = entry.get(key)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+            raise ConfigError(f"{where}.{key}", "must be a non-negative number")
+        return float(value)
+
+    name = text("name")
+    if not valid_model_name(name):
+        raise ConfigError(f"{where}.name", f"{name!r} is not a valid model name (letters, digits, _ . -)")
+    exec_raw = entry.get("exec_ms", {})
+    if not isinstance(exec_raw, dict) or not all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0 for v in exec_raw.values()
+    ):
+        raise ConfigError(f"{where}.exec_ms", "must map node classes to non-negative milliseconds")
+    warmup = entry.get("warmup")
+    if warmup is not None and not isinstance(warmup, dict):
+        raise ConfigError(f"{where}.warmup", "must be a predict request body (a table)")
+    command = entry.get("command", [])
+    if not isinstance(command, list) or not all(isinstance(c, str) for c in command):
+        raise ConfigError(f"{where}.command", "must be a list of strings")
+    env = entry.get("env", {})
+    if not isinstance(env, dict):
+        raise ConfigError(f"{where}.env", "must be a table of strings")
+    version = entry.get("model_version", 1)
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise ConfigError(f"{where}.model_version", "must be a positive integer")
+    return ModelSpec(
+        name=name,
+        image=text("image"),
+        stand_in=text("stand_in", name),
+        model_path=text("model_path", f"/models/{name}"),
+        model_version=version,
+        mem_mb=number("mem_mb"),
+        compute=number("compute"),
+        exec_ms={str(k): float(v) for k, v in exec_raw.items()},
+        warmup=warmup,
+        command=tuple(command),
+        env={str(k): str(v) for k, v in env.items()},
+    )
+
+
+def builtin_catalogue_text() -> str:
+    return resources.files("agent").joinpath("data/catalogue.toml").read_text()
+
+
+class CatalogueWatcher:
+    """Holds the catalogue in force; ``poll()`` reloads it when the file's mtime or size changes."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+        self.error: str | None = None
+        self._stamp: tuple[float, int] | None = None
+        if path is None:
+            self.current = parse_catalogue(builtin_catalogue_text(), "built-in catalogue")
+        else:
+            self.current = parse_catalogue(path.read_text(), str(path))  # a broken file at start is fatal
+            self._stamp = self._stat()
+
+    def _stat(self) -> tuple[float, int] | None:
+        assert self.path is not None
+        try:
+            st = self.path.stat()
+        except OSError:
+            return None
+        return (st.st_mtime, st.st_size)
+
+    def poll(self) -> bool:
+        """Reload if the file changed; True when a new catalogue took effect."""
+        if self.path is None:
+            return False
+        stamp = self._stat()
+        if stamp == self._stamp:
+            return False
+        self._stamp = stamp
+        try:
+            text = self.path.read_text()
+            new = parse_catalogue(text, str(self.path))
+        except (OSError, ConfigError, UnicodeDecodeError) as exc:
+            message = f"catalogue reload failed, keeping version {self.current.version}: {exc}"
+            if message != self.error:
+                log.error("%s", message)
+            self.error = message
+            return False
+        self.error = None
+        if new.version == self.current.version:
+            return False
+        log.info("catalogue reloaded: version %s, %d models", new.version, len(new.models))
+        self.current = new
+        return True

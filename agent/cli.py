@@ -1,0 +1,96 @@
+"""`peerserve agent` (run a node agent) and `peerserve model-server` (the stand-in TF-Serving server)."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+FLAGS: list[tuple[str, dict[str, Any]]] = [
+    ("--node-id", {"help": "this node's id, one DNS label (default: HOSTNAME-PORT)"}),
+    ("--host", {"help": "address the API binds (default 127.0.0.1)"}),
+    ("--port", {"type": int, "help": "API port (default 8400)"}),
+    ("--advertise-address", {"help": "address peers and clients reach this node at (default: --host)"}),
+    ("--data-dir", {"help": "state directory (default /var/lib/peerserve/NODE as root, else XDG data)"}),
+    ("--catalogue", {"help": "model catalogue TOML file (default: the built-in example catalogue)"}),
+    (
+        "--runtime",
+        {"choices": ["process", "docker"], "help": "model servers as local processes or Docker containers"},
+    ),
+    ("--cluster-token", {"help": "shared secret the leader's commands carry (>= 16 characters)"}),
+    ("--node-class", {"help": "node class for the catalogue's execution-time profiles (e.g. xavier-nx)"}),
+    ("--compute", {"type": float, "help": "compute capacity in the catalogue's units (default 100)"}),
+    (
+        "--provision-wait-s",
+        {"type": float, "help": "how long a request waits for on-demand provisioning (default 10)"},
+    ),
+]
+
+
+def register(commands: Any) -> None:
+    p = commands.add_parser(
+        "agent",
+        help="run the node agent",
+        description=(
+            "Run this node's agent: the HTTP API, the model-server runtime and the reconcile loop. With no "
+            "flags it serves on 127.0.0.1:8400 with the built-in catalogue and the process runtime. Every "
+            "flag is also a PEERSERVE_* variable (e.g. --node-id <-> PEERSERVE_NODE_ID) and a key of the "
+            "--config TOML file; flags win over variables, variables over the file."
+        ),
+    )
+    p.add_argument("--config", help="settings TOML file (keys as the flags, with underscores)")
+    for flag, kwargs in FLAGS:
+        p.add_argument(flag, default=None, **kwargs)
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.set_defaults(handler=cmd_agent)
+
+    m = commands.add_parser(
+        "model-server",
+        help="run the stand-in TF-Serving REST server for one tiny model",
+        description=(
+            "Serve one of the tiny real models (half_plus_two, half_plus_three, xor_mlp) over TF-Serving's REST API."
+        ),
+    )
+    m.add_argument("--model", required=True, help="half_plus_two, half_plus_three or xor_mlp")
+    m.add_argument("--name", default="", help="name to serve it under (default: the model)")
+    m.add_argument("--host", default="127.0.0.1")
+    m.add_argument("--port", type=int, default=8501)
+    m.set_defaults(handler=cmd_model_server)
+
+
+def cmd_agent(args: argparse.Namespace) -> int:
+    import logging
+
+    import uvicorn
+
+    from agent.api import create_app
+    from agent.errors import ConfigError
+    from agent.node import NodeAgent
+    from agent.settings import load_settings
+    from peerserve.cli import UsageError
+
+    overrides = {flag[2:].replace("-", "_"): getattr(args, flag[2:].replace("-", "_")) for flag, _ in FLAGS}
+    try:
+        settings = load_settings(args.config, overrides=overrides)
+        agent = NodeAgent(settings)
+    except ConfigError as exc:
+        raise UsageError(str(exc)) from exc
+    logging.getLogger().setLevel(args.log_level.upper())
+    logging.getLogger("agent").setLevel(args.log_level.upper())
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    app = create_app(agent)
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=args.log_level,
+        access_log=args.log_level == "debug",
+        timeout_graceful_shutdown=10,
+    )
+    uvicorn.Server(config).run()
+    return 0
+
+
+def cmd_model_server(args: argparse.Namespace) -> int:
+    from agent.modelserver import main
+
+    return main(["--model", args.model, "--name", args.name, "--host", args.host, "--port", str(args.port)])

@@ -1,0 +1,131 @@
+"""The agent's pure decisions: endpoint choice, reconciliation steps, retry backoff, where to provision.
+
+No I/O and no clock reads: callers pass ``now`` and the facts; these return what to do.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from agent.runtime.base import Instance
+
+UNKNOWN_RTT_MS = 1.0  # a LAN hop, used for a node the client has not measured
+BACKOFF_BASE_S = 1.0
+BACKOFF_MAX_S = 60.0
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A ready model server somewhere in the cluster."""
+
+    node: str
+    url: str
+    model: str
+    exec_ms: float
+    load: float  # 0-100, GPU load if known else CPU load
+
+
+@dataclass(frozen=True)
+class Choice:
+    candidate: Candidate
+    rtt_ms: float
+    rtt_measured: bool
+
+    @property
+    def total_ms(self) -> float:
+        return self.rtt_ms + self.candidate.exec_ms
+
+    def why(self) -> dict[str, Any]:
+        return {
+            "rtt_ms": round(self.rtt_ms, 3),
+            "rtt_source": "client" if self.rtt_measured else "default",
+            "exec_ms": round(self.candidate.exec_ms, 3),
+            "estimated_ms": round(self.total_ms, 3),
+            "load": round(self.candidate.load, 1),
+        }
+
+
+def rank_endpoints(candidates: Iterable[Candidate], client_rtts: Mapping[str, float]) -> list[Choice]:
+    """Candidates best first: lowest estimated RTT + execution, ties to lower load, then node id."""
+    choices = [Choice(c, client_rtts.get(c.node, UNKNOWN_RTT_MS), c.node in client_rtts) for c in candidates]
+    return sorted(
+        choices,
+        key=lambda ch: (round(ch.total_ms, 6), ch.candidate.load, ch.candidate.node, ch.candidate.url),
+    )
+
+
+def best_per_model(candidates: Iterable[Candidate], client_rtts: Mapping[str, float]) -> dict[str, Choice]:
+    """The best endpoint of every model that has one."""
+    by_model: dict[str, list[Candidate]] = {}
+    for c in candidates:
+        by_model.setdefault(c.model, []).append(c)
+    return {m: rank_endpoints(cs, client_rtts)[0] for m, cs in sorted(by_model.items())}
+
+
+@dataclass(frozen=True)
+class Start:
+    model: str
+
+
+@dataclass(frozen=True)
+class Stop:
+    instance_id: str
+    model: str
+    reason: str
+
+
+Step = Start | Stop
+
+
+def plan_reconcile(
+    desired: Mapping[str, int], instances: Sequence[Instance], next_try: Mapping[str, float], now: float
+) -> list[Step]:
+    """Steps that bring the runtime to ``desired``; a model in backoff is not started before next_try."""
+    steps: list[Step] = []
+    live: dict[str, list[Instance]] = {}
+    for inst in instances:
+        if not inst.running:
+            steps.append(Stop(inst.id, inst.model, "exited"))
+        elif inst.model not in desired or desired[inst.model] <= 0:
+            steps.append(Stop(inst.id, inst.model, "not desired"))
+        else:
+            live.setdefault(inst.model, []).append(inst)
+    for model, count in sorted(desired.items()):
+        have = sorted(live.get(model, []), key=lambda i: (i.started_at, i.id))
+        if len(have) > count:
+            steps += [Stop(i.id, model, "more than desired") for i in have[count:]]
+        elif len(have) < count and now >= next_try.get(model, 0.0):
+            steps += [Start(model)] * (count - len(have))
+    return steps
+
+
+def backoff_delay(failures: int) -> float:
+    """Seconds to wait before retrying after ``failures`` consecutive failures (1, 2, 4, ... 60 s)."""
+    if failures <= 0:
+        return 0.0
+    return float(min(BACKOFF_MAX_S, BACKOFF_BASE_S * 2 ** (failures - 1)))
+
+
+@dataclass(frozen=True)
+class NodeRoom:
+    node: str
+    mem_available_mb: float
+
+
+def provision_target(mem_mb: float, local: NodeRoom, peers: Sequence[NodeRoom]) -> tuple[str | None, str]:
+    """Where a model needing ``mem_mb`` could start now: this node first, else the roomiest peer.
+
+    Returns (node id or None, reason); None means it fits nowhere.
+    """
+    if local.mem_available_mb >= mem_mb:
+        return local.node, f"{local.node} has {local.mem_available_mb:.0f} MB free"
+    roomy = sorted(peers, key=lambda p: (-p.mem_available_mb, p.node))
+    if roomy and roomy[0].mem_available_mb >= mem_mb:
+        return roomy[0].node, f"{roomy[0].node} has {roomy[0].mem_available_mb:.0f} MB free"
+    best = max([local, *peers], key=lambda p: p.mem_available_mb)
+    return None, (
+        f"needs {mem_mb:.0f} MB but no node has that much free; most free: {best.node} "
+        f"with {best.mem_available_mb:.0f} MB"
+    )

@@ -1,0 +1,36 @@
+"""Errors of the node agent.
+
+    AgentError                     base
+    ├── ConfigError                a settings value or the catalogue file is wrong (our user's input)
+    ├── RuntimeUnavailable         the runtime cannot be reached (Docker daemon down)
+    ├── InstanceStartError         a model server failed to start (image missing, crashed, not ready)
+    └── PeerError                  another agent misbehaved (bad answer, timeout); never our bug
+
+HTTP handlers map these to 4xx/5xx JSON answers; the agent itself never crashes on them.
+"""
+
+from __future__ import annotations
+
+
+class AgentError(Exception):
+    """Base class of the agent's errors."""
+
+
+class ConfigError(AgentError, ValueError):
+    """A setting or the catalogue is invalid; ``key`` names it."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(f"{key}: {message}")
+        self.key = key
+
+
+class RuntimeUnavailable(AgentError):
+    """The runtime (e.g. the Docker Engine) cannot be reached."""
+
+
+class InstanceStartError(AgentError):
+    """A model server did not start or did not become ready."""
+
+
+class PeerError(AgentError):
+    """A peer agent answered wrongly or not at all."""

@@ -1,0 +1,359 @@
+"""NodeAgent: one node's services wired together; async I/O that carries out agent.decisions.
+
+It keeps the runtime at the desired set (reconcile loop with backoff), watches the catalogue, answers
+endpoint queries from its own instances and the peer table, provisions on demand, and records request
+statistics for the leader.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from agent.catalogue import CatalogueWatcher, ModelSpec
+from agent.decisions import (
+    Candidate,
+    NodeRoom,
+    Start,
+    Stop,
+    backoff_delay,
+    plan_reconcile,
+    provision_target,
+)
+from agent.errors import AgentError, InstanceStartError, RuntimeUnavailable
+from agent.metrics import MetricsReader, NodeMetrics
+from agent.peers import NoPeers, PeerTable
+from agent.runtime.base import Instance, Runtime, probe_available
+from agent.settings import Settings
+from agent.store import DesiredState, Store
+
+log = logging.getLogger(__name__)
+
+EXEC_EWMA_ALPHA = 0.2
+
+
+class FencedError(AgentError):
+    """A leader command carried a term lower than the highest seen."""
+
+    def __init__(self, term: int, highest: int) -> None:
+        super().__init__(f"term {term} is lower than the highest term seen ({highest})")
+        self.term = term
+        self.highest = highest
+
+
+class UnknownModelError(AgentError):
+    """A model name that is not in the catalogue."""
+
+
+@dataclass
+class ModelHealth:
+    failures: int = 0
+    next_try: float = 0.0
+    last_error: str = ""
+
+
+@dataclass
+class NodeState:
+    """What the reconcile loop last saw."""
+
+    instances: list[Instance] = field(default_factory=list)
+    ready: set[str] = field(default_factory=set)
+    runtime_error: str | None = None
+
+
+def make_runtime(settings: Settings) -> Runtime:
+    if settings.runtime == "docker":
+        from agent.runtime.docker import DockerRuntime
+
+        return DockerRuntime(settings.node_id, settings.advertise_address or settings.host, gpu=settings.docker_gpu)
+    from agent.runtime.process import ProcessRuntime
+
+    return ProcessRuntime(settings.advertise_address or settings.host, Path(settings.data_dir))
+
+
+class NodeAgent:
+    def __init__(
+        self,
+        settings: Settings,
+        runtime: Runtime | None = None,
+        metrics: MetricsReader | None = None,
+        peers: PeerTable | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings
+        self.clock = clock
+        self.catalogue = CatalogueWatcher(Path(settings.catalogue) if settings.catalogue else None)
+        self.store = Store(Path(settings.data_dir), settings.request_log_rows)
+        self.runtime = runtime or make_runtime(settings)
+        self.metrics = metrics or MetricsReader()
+        self.peers: PeerTable = peers or NoPeers()
+        self.http = httpx.AsyncClient(
+            timeout=httpx.Timeout(30.0, connect=2.0), limits=httpx.Limits(max_keepalive_connections=64)
+        )
+        self.state = NodeState()
+        self.health: dict[str, ModelHealth] = {}
+        self.exec_ms: dict[tuple[str, str], float] = {}  # (node, model) -> measured EWMA
+        self._desired = self.store.desired()
+        self._ever_ready: set[str] = set()
+        self._ready_models: set[str] = set()
+        self._wake = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._background: set[asyncio.Task[None]] = set()
+        self._metrics_cache: tuple[float, NodeMetrics] | None = None
+
+    # -- lifecycle -----------------------------------------------------------------------------------
+    async def start(self) -> None:
+        log.info(
+            "node %s starting: runtime %s, catalogue %s, restored desired %s (term %d)",
+            self.settings.node_id, self.runtime.kind, self.catalogue.current.version,
+            dict(self._desired.instances), self._desired.term,
+        )  # fmt: skip
+        await self.reconcile_once()
+        self._tasks = [
+            asyncio.create_task(self._reconcile_loop(), name="reconcile"),
+            asyncio.create_task(self._catalogue_loop(), name="catalogue"),
+        ]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self.runtime.close()
+        await self.http.aclose()
+        self.metrics.close()
+        self.store.close()
+        log.info("node %s stopped", self.settings.node_id)
+
+    # -- desired state ---------------------------------------------------------------------------------
+    @property
+    def desired(self) -> DesiredState:
+        return self._desired
+
+    def set_desired(self, term: int, leader: str | None, instances: Mapping[str, int]) -> DesiredState:
+        """Apply a leader's desired set (idempotent); raises FencedError or UnknownModelError."""
+        unknown = sorted(m for m in instances if self.catalogue.current.get(m) is None)
+        if unknown:
+            raise UnknownModelError(f"not in the catalogue: {', '.join(unknown)}")
+        highest = self.store.highest_term()
+        if term < highest:
+            raise FencedError(term, highest)
+        self.store.observe_term(term)
+        wanted = {m: int(c) for m, c in instances.items() if c > 0}
+        state = DesiredState(wanted, term, leader)
+        if state != self._desired:
+            if term > self._desired.term or leader != self._desired.leader:
+                log.info("desired set from %s at term %d: %s", leader, term, wanted)
+            self.store.set_desired(state)
+            self._desired = state
+            self._wake.set()
+        return state
+
+    def _add_on_demand(self, model: str) -> None:
+        if self._desired.instances.get(model, 0) > 0:
+            return
+        instances = {**self._desired.instances, model: 1}
+        state = DesiredState(instances, self._desired.term, self._desired.leader, self._desired.on_demand | {model})
+        self.store.set_desired(state)
+        self._desired = state
+        log.info("provisioning %s on demand", model)
+        self._wake.set()
+
+    # -- reconciliation ----------------------------------------------------------------------------------
+    async def _reconcile_loop(self) -> None:
+        while True:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.settings.reconcile_interval_s)
+            self._wake.clear()
+            try:
+                await self.reconcile_once()
+            except Exception:  # the loop must survive anything a runtime throws
+                log.exception("reconcile round failed")
+
+    async def reconcile_once(self) -> None:
+        """One round: observe the runtime, probe readiness, carry out plan_reconcile's steps."""
+        try:
+            instances = await self.runtime.list()
+        except RuntimeUnavailable as exc:
+            if self.state.runtime_error != str(exc):
+                log.error("runtime unavailable: %s", exc)
+            self.state.runtime_error = str(exc)
+            return
+        self.state.runtime_error = None
+        ready = await self._probe(instances)
+        now = self.clock()
+        self._note_readiness(instances, ready, now)
+        self._publish(instances, ready)
+        next_try = {m: h.next_try for m, h in self.health.items()}
+        steps = plan_reconcile(self._desired.instances, instances, next_try, now)
+        for step in steps:
+            if isinstance(step, Stop):
+                if step.reason == "exited":
+                    self._record_failure(step.model, "model server exited", now)
+                await self._stop(step)
+        starts = [s for s in steps if isinstance(s, Start)]
+        if starts:
+            await asyncio.gather(*(self._start(s.model) for s in starts))
+        if steps:
+            instances = await self.runtime.list()
+            ready = await self._probe(instances)
+            self._note_readiness(instances, ready, self.clock())
+            self._publish(instances, ready)
+
+    def _publish(self, instances: list[Instance], ready: set[str]) -> None:
+        self.state.instances = instances
+        self.state.ready = ready
+        self._ready_models = {i.model for i in instances if i.id in ready}
+
+    async def _probe(self, instances: list[Instance]) -> set[str]:
+        running = [i for i in instances if i.running and i.url]
+        results = await asyncio.gather(*(probe_available(self.http, i.url, i.model) for i in running))
+        return {i.id for i, ok in zip(running, results, strict=True) if ok}
+
+    def _note_readiness(self, instances: list[Instance], ready: set[str], now: float) -> None:
+        for inst in instances:
+            if inst.id in ready:
+                self.health.pop(inst.model, None)
+                if inst.id not in self._ever_ready:
+                    self._ever_ready.add(inst.id)
+                    spec = self.catalogue.current.get(inst.model)
+                    if spec is not None:
+                        task = asyncio.create_task(self._warm_up(inst, spec))
+                        self._background.add(task)
+                        task.add_done_callback(self._background.discard)
+            elif inst.running and now - inst.started_at > self.settings.instance_ready_timeout_s:
+                self._record_failure(
+                    inst.model, f"not AVAILABLE after {self.settings.instance_ready_timeout_s:g} s", now
+                )
+        models_now = {i.model for i in instances if i.id in ready}
+        for model in models_now - self._ready_models:
+            self.store.mark_provisioned(model, now)
+
+    def _record_failure(self, model: str, error: str, now: float) -> None:
+        h = self.health.setdefault(model, ModelHealth())
+        h.failures += 1
+        h.next_try = now + backoff_delay(h.failures)
+        if error != h.last_error:
+            log.warning(
+                "model %s failed (%d in a row, retry in %.0f s): %s",
+                model,
+                h.failures,
+                h.next_try - now,
+                error,
+            )
+        h.last_error = error
+
+    async def _start(self, model: str) -> None:
+        spec = self.catalogue.current.get(model)
+        if spec is None:
+            return
+        try:
+            await self.runtime.start(spec, self._desired.term)
+        except (InstanceStartError, RuntimeUnavailable) as exc:
+            self._record_failure(model, str(exc), self.clock())
+
+    async def _stop(self, step: Stop) -> None:
+        try:
+            await self.runtime.stop(step.instance_id)
+        except RuntimeUnavailable as exc:
+            log.error("could not stop %s: %s", step.instance_id, exc)
+
+    async def _warm_up(self, inst: Instance, spec: ModelSpec) -> None:
+        if not spec.warmup:
+            return
+        try:
+            r = await self.http.post(f"{inst.url}/v1/models/{spec.name}:predict", json=dict(spec.warmup), timeout=30)
+            log.info("warm-up of %s at %s: HTTP %d", spec.name, inst.url, r.status_code)
+        except httpx.HTTPError as exc:
+            log.warning("warm-up of %s at %s failed: %s", spec.name, inst.url, exc)
+
+    async def _catalogue_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.catalogue_poll_s)
+            try:
+                if self.catalogue.poll():
+                    self._wake.set()
+            except Exception:
+                log.exception("catalogue poll failed")
+
+    # -- endpoints -------------------------------------------------------------------------------------
+    def node_metrics(self) -> NodeMetrics:
+        now = time.monotonic()
+        if self._metrics_cache is None or now - self._metrics_cache[0] > 0.5:
+            self._metrics_cache = (now, self.metrics.read())
+        return self._metrics_cache[1]
+
+    def expected_exec_ms(self, node: str, model: str, node_class: str) -> float:
+        measured = self.exec_ms.get((node, model))
+        if measured is not None:
+            return measured
+        spec = self.catalogue.current.get(model)
+        return spec.expected_exec_ms(node_class) if spec else 0.0
+
+    def record_latency(self, node: str, model: str, latency_ms: float) -> None:
+        old = self.exec_ms.get((node, model))
+        self.exec_ms[(node, model)] = latency_ms if old is None else old + EXEC_EWMA_ALPHA * (latency_ms - old)
+
+    def candidates(self, model: str | None = None) -> list[Candidate]:
+        """Ready servers of ``model`` (or of every model) on this node and on alive peers."""
+        me = self.settings.node_id
+        metrics = self.node_metrics()
+        load = metrics.gpu_percent if metrics.gpu_percent is not None else metrics.cpu_percent
+        out = [
+            Candidate(me, i.url, i.model, self.expected_exec_ms(me, i.model, self.settings.node_class), load)
+            for i in self.state.instances
+            if i.id in self.state.ready and (model is None or i.model == model)
+        ]
+        for peer in self.peers.members():
+            if peer.status != "alive":
+                continue
+            peer_load = peer.gpu_load if peer.gpu_load is not None else peer.cpu_load
+            for m, urls in peer.endpoints.items():
+                if model is None or m == model:
+                    exec_ms = self.expected_exec_ms(peer.node_id, m, peer.node_class)
+                    out += [Candidate(peer.node_id, u, m, exec_ms, peer_load) for u in urls]
+        return out
+
+    def provision_decision(self, spec: ModelSpec) -> tuple[str | None, str]:
+        local = NodeRoom(self.settings.node_id, self.node_metrics().mem_available_mb)
+        peers = [NodeRoom(p.node_id, p.mem_available_mb) for p in self.peers.members() if p.status == "alive"]
+        return provision_target(spec.mem_mb, local, peers)
+
+    async def provision_locally(self, model: str, wait_s: float) -> bool:
+        """Start ``model`` here on demand and wait up to ``wait_s`` for it to be ready."""
+        self._add_on_demand(model)
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline:
+            if model in self._ready_models:
+                return True
+            self._wake.set()
+            await asyncio.sleep(0.05)
+        return model in self._ready_models
+
+    def health_report(self) -> dict[str, Any]:
+        cat = self.catalogue
+        degraded = bool(cat.error or self.state.runtime_error or self.health)
+        return {
+            "status": "degraded" if degraded else "ok",
+            "node_id": self.settings.node_id,
+            "catalogue": {
+                "version": cat.current.version,
+                "models": sorted(cat.current.models),
+                "error": cat.error,
+            },
+            "runtime": {"kind": self.runtime.kind, "error": self.state.runtime_error},
+            "instances": [{**i.to_dict(), "ready": i.id in self.state.ready} for i in self.state.instances],
+            "failing_models": {
+                m: {"failures": h.failures, "error": h.last_error, "retry_at": h.next_try}
+                for m, h in self.health.items()
+            },
+        }

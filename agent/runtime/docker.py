@@ -1,0 +1,179 @@
+"""DockerRuntime: TF-Serving containers on the local Docker Engine (the real runtime on Jetsons).
+
+* The Engine is found the docker SDK's way (DOCKER_HOST honoured, else the local socket).
+* Never pulls: an image missing locally is an InstanceStartError naming it.
+* Containers carry labels ``peerserve.managed``, ``peerserve.node``, ``peerserve.model``,
+  ``peerserve.term``, a memory limit from the catalogue, ``restart_policy: unless-stopped`` (they
+  outlive an agent restart and are adopted by label), ``init`` (fast stops), and the nvidia runtime
+  when ``docker_gpu`` is set (Jetson).
+* REST port 8501 is published on the advertised address at a port the Engine picks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from functools import partial
+from typing import Any, TypeVar
+
+from agent.catalogue import ModelSpec
+from agent.errors import InstanceStartError, RuntimeUnavailable
+from agent.runtime.base import Instance
+
+log = logging.getLogger(__name__)
+
+LABEL = "peerserve.managed"
+REST_PORT = "8501/tcp"
+T = TypeVar("T")
+
+
+class DockerRuntime:
+    kind = "docker"
+
+    def __init__(
+        self,
+        node_id: str,
+        bind_address: str,
+        gpu: bool = False,
+        client_factory: Callable[[], Any] | None = None,
+    ) -> None:
+        self.node_id = node_id
+        self.bind_address = bind_address or "0.0.0.0"
+        self.gpu = gpu
+        self._factory = client_factory or _from_env
+        self._client: Any = None
+
+    def _docker(self) -> Any:
+        import docker.errors
+
+        if self._client is None:
+            try:
+                self._client = self._factory()
+                self._client.ping()
+            except docker.errors.DockerException as exc:
+                self._client = None
+                raise RuntimeUnavailable(f"Docker Engine unreachable: {exc}") from exc
+        return self._client
+
+    async def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        import docker.errors
+        import requests
+
+        try:
+            return await asyncio.to_thread(partial(fn, *args, **kwargs))
+        except (docker.errors.APIError, docker.errors.ImageNotFound, docker.errors.NotFound):
+            raise
+        except (docker.errors.DockerException, requests.exceptions.ConnectionError) as exc:
+            self._client = None
+            raise RuntimeUnavailable(f"Docker Engine unreachable: {exc}") from exc
+
+    def _run_container(self, spec: ModelSpec, term: int) -> Any:
+        import docker.errors
+
+        client = self._docker()
+        try:
+            client.images.get(spec.image)
+        except docker.errors.ImageNotFound as exc:
+            raise InstanceStartError(
+                f"image {spec.image!r} for model {spec.name!r} is not on this node; peerserve never pulls: "
+                f"build or load it (see images/README.md)"
+            ) from exc
+        env = {
+            "MODEL_NAME": spec.name,
+            "MODEL_BASE_PATH": spec.model_path.rsplit("/", 1)[0] or "/models",
+            **spec.env,
+        }
+        kwargs: dict[str, Any] = dict(
+            image=spec.image,
+            command=list(spec.command) or None,
+            detach=True,
+            name=f"peerserve-{self.node_id}-{spec.name}-{int(time.time() * 1000) % 10**9}",
+            labels={
+                LABEL: "true",
+                "peerserve.node": self.node_id,
+                "peerserve.model": spec.name,
+                "peerserve.term": str(term),
+            },
+            environment=env,
+            ports={REST_PORT: (self.bind_address, None)},
+            mem_limit=f"{max(6, int(spec.mem_mb))}m",
+            restart_policy={"Name": "unless-stopped"},
+            init=True,
+        )
+        if self.gpu:
+            kwargs["runtime"] = "nvidia"
+        try:
+            container = client.containers.run(**kwargs)
+        except docker.errors.APIError as exc:
+            raise InstanceStartError(f"docker could not start {spec.image} for {spec.name}: {exc.explanation}") from exc
+        container.reload()
+        return container
+
+    async def start(self, spec: ModelSpec, term: int) -> Instance:
+        container = await self._call(self._run_container, spec, term)
+        instance = self._instance(container)
+        log.info("started container %s for %s at %s", container.short_id, spec.name, instance.url)
+        return instance
+
+    def _instance(self, container: Any) -> Instance:
+        labels = container.labels or {}
+        bindings = (container.attrs.get("NetworkSettings", {}).get("Ports") or {}).get(REST_PORT) or []
+        url = ""
+        if bindings:
+            host = bindings[0].get("HostIp") or "127.0.0.1"
+            host = "127.0.0.1" if host in ("0.0.0.0", "") else host
+            url = f"http://{host}:{bindings[0]['HostPort']}"
+        created = container.attrs.get("Created", "")
+        return Instance(
+            id=container.id,
+            model=labels.get("peerserve.model", ""),
+            url=url,
+            running=container.status == "running" and bool(url),
+            term=int(labels.get("peerserve.term", "0") or 0),
+            started_at=_parse_time(created),
+            detail=f"container {container.short_id} {container.status}",
+        )
+
+    async def list(self) -> list[Instance]:
+        def containers() -> list[Any]:
+            filters = {"label": [f"{LABEL}=true", f"peerserve.node={self.node_id}"]}
+            return list(self._docker().containers.list(all=True, filters=filters))
+
+        return [self._instance(c) for c in await self._call(containers)]
+
+    async def stop(self, instance_id: str) -> None:
+        import docker.errors
+
+        def remove() -> None:
+            try:
+                container = self._docker().containers.get(instance_id)
+            except docker.errors.NotFound:
+                return
+            container.stop(timeout=5)
+            container.remove(force=True)
+
+        await self._call(remove)
+        log.info("stopped container %s", instance_id[:12])
+
+    async def close(self) -> None:
+        # Containers are left running on purpose (restart policy): a restarted agent adopts them.
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+
+def _from_env() -> Any:
+    import docker
+
+    return docker.from_env(timeout=20)
+
+
+def _parse_time(text: str) -> float:
+    from datetime import datetime
+
+    try:
+        return datetime.fromisoformat(text[:26].rstrip("Z") + "+00:00").timestamp()
+    except ValueError:
+        return 0.0

@@ -1,0 +1,164 @@
+"""ProcessRuntime: model servers as local processes (the stand-in TF-Serving server, agent.modelserver).
+
+The embedded default for laptops, the demo and CI. Servers run in their own session, so they outlive
+an agent crash; their pids are kept in ``<data_dir>/process-runtime.json`` and a restarted agent adopts
+those still alive. A graceful agent shutdown stops every server it owns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from agent.catalogue import ModelSpec
+from agent.errors import InstanceStartError
+from agent.runtime.base import Instance
+
+log = logging.getLogger(__name__)
+
+START_TIMEOUT_S = 15.0
+STOP_TIMEOUT_S = 5.0
+
+
+@dataclass
+class _Server:
+    id: str
+    model: str
+    pid: int
+    port: int
+    term: int
+    started_at: float
+    process: asyncio.subprocess.Process | None = None  # None when adopted after a restart
+
+
+class ProcessRuntime:
+    kind = "process"
+
+    def __init__(self, host: str, data_dir: Path) -> None:
+        self.host = host
+        self.state_file = data_dir / "process-runtime.json"
+        self.log_dir = data_dir / "logs"
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self._servers: dict[str, _Server] = {}
+        self._adopt()
+
+    def _adopt(self) -> None:
+        try:
+            entries = json.loads(self.state_file.read_text())
+        except (OSError, ValueError):
+            return
+        for e in entries if isinstance(entries, list) else []:
+            try:
+                server = _Server(
+                    e["id"], e["model"], int(e["pid"]), int(e["port"]), int(e["term"]), float(e["started_at"])
+                )
+            except (KeyError, TypeError, ValueError):
+                continue
+            if _is_our_server(server.pid):
+                log.info("adopted model server %s (%s, pid %d)", server.id, server.model, server.pid)
+                self._servers[server.id] = server
+        self._save()
+
+    def _save(self) -> None:
+        entries = [
+            {
+                "id": s.id,
+                "model": s.model,
+                "pid": s.pid,
+                "port": s.port,
+                "term": s.term,
+                "started_at": s.started_at,
+            }
+            for s in self._servers.values()
+        ]
+        tmp = self.state_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(entries))
+        tmp.replace(self.state_file)
+
+    def _url(self, port: int) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{port}"
+
+    async def start(self, spec: ModelSpec, term: int) -> Instance:
+        from agent.models import MODELS
+
+        if spec.stand_in not in MODELS:
+            raise InstanceStartError(f"the process runtime has no stand-in model {spec.stand_in!r}")
+        log_path = self.log_dir / f"{spec.name}.log"
+        with open(log_path, "ab") as log_file:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "agent.modelserver",
+                "--model", spec.stand_in, "--name", spec.name, "--host", self.host, "--port", "0",
+                stdout=asyncio.subprocess.PIPE, stderr=log_file, stdin=asyncio.subprocess.DEVNULL,
+                start_new_session=True,
+            )  # fmt: skip
+        try:
+            assert proc.stdout is not None
+            line = await asyncio.wait_for(proc.stdout.readline(), START_TIMEOUT_S)
+            port = int(line.decode().split()[1]) if line.startswith(b"READY ") else 0
+        except (asyncio.TimeoutError, ValueError, IndexError):
+            port = 0
+        if not port:
+            await _terminate(proc.pid, proc)
+            raise InstanceStartError(f"model server for {spec.name} did not start; see {log_path}")
+        server = _Server(f"proc-{spec.name}-{proc.pid}", spec.name, proc.pid, port, term, time.time(), proc)
+        self._servers[server.id] = server
+        self._save()
+        log.info("started %s on port %d (pid %d)", spec.name, port, proc.pid)
+        return self._instance(server)
+
+    def _instance(self, s: _Server) -> Instance:
+        running = s.process.returncode is None if s.process is not None else _is_our_server(s.pid)
+        return Instance(s.id, s.model, self._url(s.port), running, s.term, s.started_at, f"pid {s.pid}")
+
+    async def stop(self, instance_id: str) -> None:
+        server = self._servers.pop(instance_id, None)
+        if server is None:
+            return
+        self._save()
+        await _terminate(server.pid, server.process)
+        log.info("stopped %s (pid %d)", server.model, server.pid)
+
+    async def list(self) -> list[Instance]:
+        return [self._instance(s) for s in self._servers.values()]
+
+    async def close(self) -> None:
+        for instance_id in list(self._servers):
+            await self.stop(instance_id)
+
+
+def _is_our_server(pid: int) -> bool:
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    return b"agent.modelserver" in cmdline
+
+
+async def _terminate(pid: int, proc: asyncio.subprocess.Process | None) -> None:
+    """SIGTERM, then SIGKILL after STOP_TIMEOUT_S; only the given pid (a server we started)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + STOP_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if proc is not None:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(proc.wait(), 0.05)
+            if proc.returncode is not None:
+                return
+        elif not _is_our_server(pid):
+            return
+        else:
+            await asyncio.sleep(0.05)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+    if proc is not None:
+        await proc.wait()

@@ -1,0 +1,155 @@
+"""One Settings object for the agent: a TOML file, then PEERSERVE_* variables, then CLI flags.
+
+Every field maps one-to-one: ``node_id`` <-> ``--node-id`` <-> ``PEERSERVE_NODE_ID`` <-> ``node_id =``
+in the file. Values are validated at start and a bad one raises ConfigError naming it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+import re
+import socket
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from agent.errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+NODE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$")  # one DNS label: no dots (DESIGN, mDNS)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything an agent is configured with (see `peerserve agent --help` for each field)."""
+
+    node_id: str = ""
+    host: str = "127.0.0.1"
+    port: int = 8400
+    advertise_address: str = ""
+    data_dir: str = ""
+    catalogue: str = ""
+    runtime: str = "process"
+    cluster_token: str = ""
+    node_class: str = "default"
+    compute: float = 100.0
+    docker_gpu: bool = False
+    provision_wait_s: float = 10.0
+    reconcile_interval_s: float = 2.0
+    catalogue_poll_s: float = 2.0
+    max_body_mb: float = 8.0
+    request_log_rows: int = 100_000
+    instance_ready_timeout_s: float = 60.0
+
+    def __post_init__(self) -> None:
+        if not self.node_id:
+            object.__setattr__(self, "node_id", default_node_id(self.port))
+        if not self.advertise_address:
+            object.__setattr__(self, "advertise_address", self.host if self.host not in ("0.0.0.0", "::") else "")
+        if not self.data_dir:
+            object.__setattr__(self, "data_dir", default_data_dir(self.node_id))
+        validate(self)
+
+    @property
+    def api_url(self) -> str:
+        return f"http://{_host_for_url(self.advertise_address or self.host)}:{self.port}"
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+
+def default_node_id(port: int) -> str:
+    host = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname().split(".")[0]) or "node"
+    return f"{host}-{port}"[:63]
+
+
+def default_data_dir(node_id: str) -> str:
+    if os.geteuid() == 0:
+        return f"/var/lib/peerserve/{node_id}"
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return str(Path(base) / "peerserve" / node_id)
+
+
+def _host_for_url(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+def validate(s: Settings) -> None:
+    if not NODE_ID.match(s.node_id):
+        raise ConfigError("node_id", f"{s.node_id!r} must be one DNS label: letters, digits, '-', '_'")
+    if not 0 < s.port < 65536:
+        raise ConfigError("port", f"{s.port} is not a TCP port")
+    if s.runtime not in ("process", "docker"):
+        raise ConfigError("runtime", f"{s.runtime!r}: choose process or docker")
+    if s.advertise_address:
+        try:
+            ipaddress.ip_address(s.advertise_address)
+        except ValueError as exc:
+            raise ConfigError("advertise_address", f"{s.advertise_address!r} is not an IP address") from exc
+    for name in ("provision_wait_s", "reconcile_interval_s", "catalogue_poll_s", "max_body_mb", "compute"):
+        if getattr(s, name) <= 0:
+            raise ConfigError(name, "must be positive")
+    if s.cluster_token and len(s.cluster_token) < 16:
+        raise ConfigError("cluster_token", "must be at least 16 characters")
+
+
+def _coerce(name: str, kind: Any, raw: Any) -> Any:
+    try:
+        if kind in (bool, "bool"):
+            if isinstance(raw, bool):
+                return raw
+            if str(raw).lower() in ("1", "true", "yes", "on"):
+                return True
+            if str(raw).lower() in ("0", "false", "no", "off", ""):
+                return False
+            raise ValueError(raw)
+        if kind in (int, "int"):
+            if isinstance(raw, bool):
+                raise ValueError(raw)
+            return int(raw)
+        if kind in (float, "float"):
+            if isinstance(raw, bool):
+                raise ValueError(raw)
+            return float(raw)
+        return str(raw)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(name, f"{raw!r} is not a valid {getattr(kind, '__name__', kind)}") from exc
+
+
+def load_settings(
+    config_file: str | None = None,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Settings:
+    """Merge file < environment < overrides (CLI flags; None values ignored) into validated Settings."""
+    env = os.environ if env is None else env
+    types = {f.name: f.type for f in fields(Settings)}
+    values: dict[str, Any] = {}
+    path = config_file or env.get("PEERSERVE_CONFIG")
+    if path:
+        try:
+            data = tomllib.loads(Path(path).read_text())
+        except OSError as exc:
+            raise ConfigError("config", f"cannot read {path}: {exc.strerror}") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError("config", f"{path} is not valid TOML: {exc}") from exc
+        for key, raw in data.items():
+            if key not in types:
+                raise ConfigError(key, f"unknown setting in {path}")
+            values[key] = _coerce(key, types[key], raw)
+    for name, kind in types.items():
+        raw = env.get(f"PEERSERVE_{name.upper()}")
+        if raw is not None:
+            values[name] = _coerce(name, kind, raw)
+    for name, raw in (overrides or {}).items():
+        if raw is not None:
+            values[name] = _coerce(name, types[name], raw)
+    return Settings(**values)

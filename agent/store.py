@@ -1,0 +1,203 @@
+"""Persistent state in SQLite under the data directory: desired set, fencing term, request statistics.
+
+Survives a power cut (WAL journal): after a restart the agent restores its last desired set and the
+highest leader term it has seen, and the leader's cursors into the request log stay valid.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS desired (model TEXT PRIMARY KEY, count INTEGER NOT NULL, on_demand INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS requests (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    ts REAL NOT NULL, model TEXT NOT NULL, client TEXT NOT NULL, rtts TEXT NOT NULL,
+    node TEXT, latency_ms REAL, status INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS model_stats (
+    model TEXT PRIMARY KEY, provisioned_at REAL, requests INTEGER NOT NULL DEFAULT 0, last_request REAL
+);
+CREATE TABLE IF NOT EXISTS client_rtt (
+    client TEXT NOT NULL, node TEXT NOT NULL, rtt_ms REAL NOT NULL, ts REAL NOT NULL,
+    PRIMARY KEY (client, node)
+);
+"""
+
+
+@dataclass(frozen=True)
+class DesiredState:
+    """What this node should run: model -> instance count, and who said so."""
+
+    instances: Mapping[str, int]
+    term: int
+    leader: str | None
+    on_demand: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True)
+class RequestRecord:
+    id: int
+    ts: float
+    model: str
+    client: str
+    rtts: Mapping[str, float]
+    node: str | None
+    latency_ms: float | None
+    status: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "ts": self.ts,
+            "model": self.model,
+            "client": self.client,
+            "rtt_ms": dict(self.rtts),
+            "node": self.node,
+            "latency_ms": self.latency_ms,
+            "status": self.status,
+        }
+
+
+class Store:
+    """A small synchronous SQLite store; every method is one short transaction, thread-safe."""
+
+    def __init__(self, data_dir: Path, max_request_rows: int = 100_000) -> None:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        self.path = data_dir / "peerserve.sqlite3"
+        self.max_request_rows = max_request_rows
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(SCHEMA)
+        self._inserted = 0
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def _get(self, key: str) -> str | None:
+        row = self._db.execute("SELECT value FROM kv WHERE key = ?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def _set(self, key: str, value: str) -> None:
+        self._db.execute(
+            "INSERT INTO kv(key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            (key, value),
+        )
+
+    # -- fencing and desired state -------------------------------------------------------------------
+    def highest_term(self) -> int:
+        with self._lock:
+            return int(self._get("highest_term") or 0)
+
+    def observe_term(self, term: int) -> int:
+        """Record a term seen from a leader; returns the highest term now known."""
+        with self._lock:
+            highest = max(term, int(self._get("highest_term") or 0))
+            self._set("highest_term", str(highest))
+            return highest
+
+    def desired(self) -> DesiredState:
+        with self._lock:
+            rows = self._db.execute("SELECT model, count, on_demand FROM desired").fetchall()
+            term = int(self._get("desired_term") or 0)
+            leader = self._get("desired_leader")
+        return DesiredState(
+            instances={m: int(c) for m, c, _ in rows},
+            term=term,
+            leader=leader or None,
+            on_demand=frozenset(m for m, _, od in rows if od),
+        )
+
+    def set_desired(self, state: DesiredState) -> None:
+        with self._lock:
+            self._db.execute("BEGIN")
+            try:
+                self._db.execute("DELETE FROM desired")
+                self._db.executemany(
+                    "INSERT INTO desired(model, count, on_demand) VALUES (?, ?, ?)",
+                    [(m, c, int(m in state.on_demand)) for m, c in state.instances.items()],
+                )
+                self._set("desired_term", str(state.term))
+                self._set("desired_leader", state.leader or "")
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
+    # -- request statistics --------------------------------------------------------------------------
+    def record_request(
+        self,
+        ts: float,
+        model: str,
+        client: str,
+        rtts: Mapping[str, float],
+        node: str | None,
+        latency_ms: float | None,
+        status: int,
+    ) -> int:
+        with self._lock:
+            cur = self._db.execute(
+                "INSERT INTO requests(ts, model, client, rtts, node, latency_ms, status) VALUES (?,?,?,?,?,?,?)",
+                (ts, model, client, json.dumps(dict(rtts)), node, latency_ms, status),
+            )
+            if node is not None and 200 <= status < 300:
+                self._db.execute(
+                    "INSERT INTO model_stats(model, requests, last_request) VALUES (?, 1, ?) "
+                    "ON CONFLICT(model) DO UPDATE SET requests = requests + 1, last_request = excluded.last_request",
+                    (model, ts),
+                )
+            self._db.executemany(
+                "INSERT INTO client_rtt(client, node, rtt_ms, ts) VALUES (?,?,?,?) "
+                "ON CONFLICT(client, node) DO UPDATE SET rtt_ms = excluded.rtt_ms, ts = excluded.ts",
+                [(client, n, float(r), ts) for n, r in rtts.items()],
+            )
+            self._inserted += 1
+            if self._inserted % 1000 == 0:
+                self._db.execute(
+                    "DELETE FROM requests WHERE id <= (SELECT MAX(id) FROM requests) - ?",
+                    (self.max_request_rows,),
+                )
+            return int(cur.lastrowid or 0)
+
+    def requests_since(self, cursor: int, limit: int) -> tuple[list[RequestRecord], int]:
+        """Records with id > cursor (oldest first) and the cursor to pass next time."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT id, ts, model, client, rtts, node, latency_ms, status FROM requests "
+                "WHERE id > ? ORDER BY id LIMIT ?",
+                (cursor, limit),
+            ).fetchall()
+        records = [RequestRecord(r[0], r[1], r[2], r[3], json.loads(r[4]), r[5], r[6], r[7]) for r in rows]
+        return records, (records[-1].id if records else cursor)
+
+    def mark_provisioned(self, model: str, ts: float) -> None:
+        """A model went from zero to running instances here: its request count restarts."""
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO model_stats(model, provisioned_at, requests, last_request) VALUES (?, ?, 0, NULL) "
+                "ON CONFLICT(model) DO UPDATE SET provisioned_at = excluded.provisioned_at, requests = 0",
+                (model, ts),
+            )
+
+    def model_stats(self) -> dict[str, dict[str, Any]]:
+        with self._lock:
+            rows = self._db.execute("SELECT model, provisioned_at, requests, last_request FROM model_stats").fetchall()
+        return {
+            m: {"provisioned_at": p, "requests_since_provisioned": int(n), "last_request": last}
+            for m, p, n, last in rows
+        }
+
+    def client_rtts(self, client: str) -> dict[str, float]:
+        with self._lock:
+            rows = self._db.execute("SELECT node, rtt_ms FROM client_rtt WHERE client = ?", (client,)).fetchall()
+        return {n: float(r) for n, r in rows}

@@ -1,0 +1,124 @@
+"""Real agents as subprocesses on loopback, with teardown that ends only what the test started."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+TOKEN = "test-cluster-token-0123456789"
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class RunningAgent:
+    data_dir: Path
+    port: int
+    host: str
+    args: list[str]
+    env: dict[str, str]
+    proc: subprocess.Popen[bytes] | None = None
+    log: Path = field(default_factory=Path)
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def start(self, timeout: float = 30.0) -> RunningAgent:
+        self.log = self.data_dir.parent / f"agent-{self.port}.log"
+        out = open(self.log, "ab")  # noqa: SIM115 - handed to the child
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "peerserve", "agent", "--host", self.host, "--port", str(self.port),
+             "--data-dir", str(self.data_dir), "--cluster-token", TOKEN, *self.args],
+            stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **self.env},
+        )  # fmt: skip
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"agent exited with {self.proc.returncode}: {self.log.read_text()[-3000:]}")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{self.url}/health", timeout=1).status_code == 200:
+                    return self
+            time.sleep(0.1)
+        raise RuntimeError(f"agent did not answer in {timeout} s: {self.log.read_text()[-3000:]}")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20.0) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return int(self.proc.returncode)
+
+    def server_pids(self) -> list[int]:
+        """PIDs of the model servers this agent's process runtime recorded."""
+        try:
+            return [int(e["pid"]) for e in json.loads((self.data_dir / "process-runtime.json").read_text())]
+        except (OSError, ValueError):
+            return []
+
+    def get(self, path: str, **kw: Any) -> httpx.Response:
+        return httpx.get(f"{self.url}{path}", timeout=30, **kw)
+
+    def put_desired(
+        self, term: int, instances: dict[str, int], token: str = TOKEN, leader: str = "lead"
+    ) -> httpx.Response:
+        return httpx.put(
+            f"{self.url}/control/desired",
+            json={"term": term, "leader": leader, "instances": instances},
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=30,
+        )
+
+    def wait_ready(self, model: str, count: int = 1, timeout: float = 30.0) -> list[dict[str, Any]]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            insts = [i for i in self.get("/stats/node").json()["instances"] if i["model"] == model and i["ready"]]
+            if len(insts) >= count:
+                return insts
+            time.sleep(0.1)
+        raise AssertionError(f"{model} x{count} not ready on {self.url} in {timeout} s")
+
+
+def _kill_ours(pids: list[int]) -> None:
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            if b"agent.modelserver" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                os.kill(pid, signal.SIGKILL)
+
+
+@pytest.fixture
+def agents(tmp_path: Path) -> Iterator[Any]:
+    """Factory: agents(name, *extra_args, env=...) starts a real agent on its own port and data dir."""
+    started: list[RunningAgent] = []
+
+    def make(name: str = "a", *args: str, env: dict[str, str] | None = None, port: int | None = None) -> RunningAgent:
+        agent = RunningAgent(tmp_path / name, port or free_port(), "127.0.0.1", list(args), env or {})
+        started.append(agent)
+        return agent.start()
+
+    yield make
+    for agent in started:
+        if agent.proc is not None:
+            agent.stop(signal.SIGKILL)
+        _kill_ours(agent.server_pids())

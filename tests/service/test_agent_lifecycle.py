@@ -1,0 +1,98 @@
+"""Restart and restore, graceful shutdown, catalogue reload: a real agent process killed and restarted."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+from agent.catalogue import builtin_catalogue_text
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return b"agent.modelserver" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
+def test_power_cut_restores_desired_set_and_adopts_servers(agents: Any) -> None:
+    a = agents("a")
+    assert a.put_desired(4, {"half_plus_two": 1, "xor_mlp": 1}).status_code == 200
+    before = {i["model"]: i["id"] for m in ("half_plus_two", "xor_mlp") for i in a.wait_ready(m)}
+    pids = a.server_pids()
+    assert a.stop(signal.SIGKILL) == -signal.SIGKILL  # a power cut for the agent
+    assert all(_alive(p) for p in pids)  # model servers run in their own session
+    a.start()
+    after = {i["model"]: i["id"] for m in ("half_plus_two", "xor_mlp") for i in a.wait_ready(m)}
+    assert after == before  # adopted, not restarted
+    assert a.get("/stats/node").json()["desired"] == {"half_plus_two": 1, "xor_mlp": 1}
+    stale = a.put_desired(3, {})
+    assert stale.status_code == 409  # the fencing term survived the restart too
+    assert a.put_desired(5, {"xor_mlp": 1}).status_code == 200
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and _alive(next(p for p in pids if p != 0)):
+        time.sleep(0.1)
+    node = a.get("/stats/node").json()
+    assert [i["model"] for i in node["instances"]] == ["xor_mlp"]
+
+
+def test_graceful_shutdown_stops_owned_servers(agents: Any) -> None:
+    a = agents("a")
+    a.put_desired(1, {"half_plus_three": 2})
+    a.wait_ready("half_plus_three", 2)
+    pids = a.server_pids()
+    assert len(pids) == 2
+    # uvicorn re-raises SIGTERM after a clean shutdown, as systemd expects
+    assert a.stop(signal.SIGTERM) in (0, -signal.SIGTERM)
+    assert "Application shutdown complete" in a.log.read_text()
+    assert not any(_alive(p) for p in pids)
+
+
+def test_restart_after_graceful_stop_starts_the_desired_set_again(agents: Any) -> None:
+    a = agents("a")
+    a.put_desired(1, {"half_plus_two": 1})
+    a.wait_ready("half_plus_two")
+    a.stop(signal.SIGTERM)
+    a.start()
+    assert len(a.wait_ready("half_plus_two")) == 1
+
+
+def test_catalogue_reload_without_restart_and_broken_file_keeps_last_good(agents: Any, tmp_path: Path) -> None:
+    f = tmp_path / "catalogue.toml"
+    f.write_text(builtin_catalogue_text())
+    a = agents("a", "--catalogue", str(f))
+    v1 = a.get("/health").json()["catalogue"]["version"]
+    f.write_text(builtin_catalogue_text().replace('name = "xor_mlp"', 'name = "xor_net"'))
+    os.utime(f, (time.time() + 5, time.time() + 5))
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and "xor_net" not in a.get("/health").json()["catalogue"]["models"]:
+        time.sleep(0.2)
+    health = a.get("/health").json()
+    assert "xor_net" in health["catalogue"]["models"] and health["catalogue"]["version"] != v1
+    assert a.get("/services/xor_net").status_code == 200
+    f.write_text("[[models]\nbroken")
+    os.utime(f, (time.time() + 10, time.time() + 10))
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and a.get("/health").json()["catalogue"]["error"] is None:
+        time.sleep(0.2)
+    health = a.get("/health").json()
+    assert health["status"] == "degraded" and "not valid TOML" in health["catalogue"]["error"]
+    assert "xor_net" in health["catalogue"]["models"]
+    assert a.get("/services/xor_net").status_code == 200
+    assert "catalogue reload failed" in a.log.read_text()
+
+
+def test_broken_catalogue_at_start_is_a_usage_error(agents: Any, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    f = tmp_path / "bad.toml"
+    f.write_text("models = 3")
+    out = subprocess.run(
+        [sys.executable, "-m", "peerserve", "agent", "--catalogue", str(f), "--data-dir", str(tmp_path / "d")],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert out.returncode == 2 and "models" in out.stderr

@@ -1,0 +1,115 @@
+"""Catalogue parsing and reloading; settings from file, environment and flags."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from agent.catalogue import CatalogueWatcher, builtin_catalogue_text, parse_catalogue
+from agent.errors import ConfigError
+from agent.settings import load_settings
+
+GOOD = """
+[[models]]
+name = "half_plus_two"
+image = "peerserve/modelserver:latest"
+mem_mb = 64
+compute = 5
+exec_ms = { default = 1.5, orin = 0.5 }
+"""
+
+
+def test_builtin_catalogue_has_the_example_models() -> None:
+    cat = parse_catalogue(builtin_catalogue_text(), "built-in")
+    assert {"half_plus_two", "xor_mlp"} <= set(cat.models)
+    spec = cat.models["half_plus_two"]
+    assert spec.stand_in == "half_plus_two" and spec.warmup == {"instances": [1.0, 2.0, 5.0]}
+
+
+def test_exec_profile_per_node_class() -> None:
+    spec = parse_catalogue(GOOD, "t").models["half_plus_two"]
+    assert spec.expected_exec_ms("orin") == 0.5 and spec.expected_exec_ms("jetson-nano") == 1.5
+    assert spec.model_path == "/models/half_plus_two" and spec.model_version == 1
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ("not toml [", "t"),
+        ("models = []", "t: models"),
+        (GOOD.replace('name = "half_plus_two"', 'name = "../x"'), "models[0].name"),
+        (GOOD.replace("mem_mb = 64", "mem_mb = -1"), "models[0].mem_mb"),
+        (GOOD.replace("mem_mb = 64", 'mem_mb = "a lot"'), "models[0].mem_mb"),
+        (GOOD.replace('image = "peerserve/modelserver:latest"', ""), "models[0].image"),
+        (GOOD + GOOD, "models[1].name"),
+        (GOOD.replace("orin = 0.5", "orin = -2"), "models[0].exec_ms"),
+    ],
+)
+def test_broken_catalogue_names_the_key(text: str, key: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_catalogue(text, "t")
+    assert err.value.key == key
+
+
+def test_reload_on_change_and_keep_last_good(tmp_path: Path) -> None:
+    f = tmp_path / "catalogue.toml"
+    f.write_text(GOOD)
+    watcher = CatalogueWatcher(f)
+    first = watcher.current
+    assert not watcher.poll()
+    f.write_text(GOOD.replace("compute = 5", "compute = 7"))
+    os.utime(f, (time.time() + 5, time.time() + 5))
+    assert watcher.poll() and watcher.current.models["half_plus_two"].compute == 7
+    assert watcher.current.version != first.version
+    f.write_text("[[models]]\nname = 3\n")
+    os.utime(f, (time.time() + 10, time.time() + 10))
+    assert not watcher.poll()
+    assert watcher.current.models["half_plus_two"].compute == 7
+    assert watcher.error is not None and "models[0].name" in watcher.error
+    f.unlink()
+    assert not watcher.poll() and watcher.current.models["half_plus_two"].compute == 7
+
+
+def test_settings_precedence(tmp_path: Path) -> None:
+    cfg = tmp_path / "peerserve.toml"
+    cfg.write_text('node_id = "from-file"\nport = 9000\nruntime = "docker"\n')
+    s = load_settings(
+        str(cfg),
+        env={"PEERSERVE_PORT": "9100", "PEERSERVE_DATA_DIR": str(tmp_path)},
+        overrides={"port": 9200},
+    )
+    assert (s.node_id, s.port, s.runtime, s.data_dir) == ("from-file", 9200, "docker", str(tmp_path))
+    assert s.api_url == "http://127.0.0.1:9200"
+
+
+@pytest.mark.parametrize(
+    ("env", "key"),
+    [
+        ({"PEERSERVE_PORT": "eighty"}, "port"),
+        ({"PEERSERVE_PORT": "70000"}, "port"),
+        ({"PEERSERVE_NODE_ID": "has.dots"}, "node_id"),
+        ({"PEERSERVE_RUNTIME": "k8s"}, "runtime"),
+        ({"PEERSERVE_CLUSTER_TOKEN": "short"}, "cluster_token"),
+        ({"PEERSERVE_ADVERTISE_ADDRESS": "not-an-ip"}, "advertise_address"),
+        ({"PEERSERVE_PROVISION_WAIT_S": "0"}, "provision_wait_s"),
+        ({"PEERSERVE_DOCKER_GPU": "maybe"}, "docker_gpu"),
+    ],
+)
+def test_bad_settings_name_the_key(env: dict[str, str], key: str, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_settings(None, env={"PEERSERVE_DATA_DIR": str(tmp_path), **env})
+    assert err.value.key == key
+
+
+def test_broken_config_file(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("port = [")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_settings(str(cfg), env={})
+    cfg.write_text("colour = 'blue'")
+    with pytest.raises(ConfigError) as err:
+        load_settings(str(cfg), env={})
+    assert err.value.key == "colour"

@@ -1,0 +1,122 @@
+"""Pure decisions of the agent: endpoint choice, reconciliation, backoff, provisioning target."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from agent.api import parse_rtts
+from agent.catalogue import valid_model_name
+from agent.decisions import (
+    UNKNOWN_RTT_MS,
+    Candidate,
+    NodeRoom,
+    Start,
+    Stop,
+    backoff_delay,
+    best_per_model,
+    plan_reconcile,
+    provision_target,
+    rank_endpoints,
+)
+from agent.runtime.base import Instance
+
+
+def cand(node: str, exec_ms: float = 1.0, load: float = 0.0, model: str = "m", url: str = "") -> Candidate:
+    return Candidate(node, url or f"http://{node}:8501", model, exec_ms, load)
+
+
+def test_lowest_estimated_latency_wins() -> None:
+    ranked = rank_endpoints([cand("a", 10), cand("b", 2), cand("c", 5)], {"a": 1, "b": 20, "c": 1})
+    assert [c.candidate.node for c in ranked] == ["c", "a", "b"]
+    assert ranked[0].why() == {
+        "rtt_ms": 1,
+        "rtt_source": "client",
+        "exec_ms": 5,
+        "estimated_ms": 6,
+        "load": 0,
+    }
+
+
+def test_ties_go_to_lower_load_then_node_id() -> None:
+    ranked = rank_endpoints([cand("b", load=50), cand("a", load=50), cand("c", load=10)], {})
+    assert [c.candidate.node for c in ranked] == ["c", "a", "b"]
+
+
+def test_unmeasured_rtt_uses_default() -> None:
+    [only] = rank_endpoints([cand("a", 3)], {})
+    assert only.rtt_ms == UNKNOWN_RTT_MS and only.why()["rtt_source"] == "default"
+
+
+def test_best_per_model() -> None:
+    best = best_per_model([cand("a", 5, model="x"), cand("b", 1, model="x"), cand("a", 1, model="y")], {})
+    assert {m: c.candidate.node for m, c in best.items()} == {"x": "b", "y": "a"}
+
+
+@given(st.lists(st.tuples(st.sampled_from("abcd"), st.floats(0, 100), st.floats(0, 100)), min_size=1, max_size=8))
+def test_choice_is_never_beaten(entries: list[tuple[str, float, float]]) -> None:
+    cands = [cand(n, e, load=l_, url=f"http://{i}") for i, (n, e, l_) in enumerate(entries)]
+    ranked = rank_endpoints(cands, {"a": 3.0})
+    assert all(ranked[0].total_ms <= c.total_ms + 1e-6 for c in ranked)
+
+
+def inst(id_: str, model: str, running: bool = True, started: float = 0.0) -> Instance:
+    return Instance(id_, model, f"http://x/{id_}", running, 1, started)
+
+
+def test_reconcile_starts_missing_and_stops_extra() -> None:
+    steps = plan_reconcile(
+        {"a": 2, "b": 1},
+        [inst("1", "a"), inst("2", "b", started=1), inst("3", "b", started=2), inst("4", "c")],
+        {},
+        now=10,
+    )
+    assert Start("a") in steps and steps.count(Start("a")) == 1
+    assert Stop("3", "b", "more than desired") in steps  # the newest extra goes
+    assert Stop("4", "c", "not desired") in steps
+    assert len(steps) == 3
+
+
+def test_reconcile_is_idempotent_when_converged() -> None:
+    assert plan_reconcile({"a": 1}, [inst("1", "a")], {}, now=0) == []
+
+
+def test_exited_instance_is_cleaned_and_replaced() -> None:
+    steps = plan_reconcile({"a": 1}, [inst("1", "a", running=False)], {}, now=0)
+    assert steps == [Stop("1", "a", "exited"), Start("a")]
+
+
+def test_backoff_holds_starts() -> None:
+    assert plan_reconcile({"a": 1}, [], {"a": 5.0}, now=4.9) == []
+    assert plan_reconcile({"a": 1}, [], {"a": 5.0}, now=5.0) == [Start("a")]
+
+
+def test_backoff_delay_doubles_and_caps() -> None:
+    assert [backoff_delay(n) for n in range(0, 9)] == [0, 1, 2, 4, 8, 16, 32, 60, 60]
+
+
+def test_provision_target() -> None:
+    me = NodeRoom("me", 100)
+    assert provision_target(50, me, [NodeRoom("p", 500)])[0] == "me"
+    assert provision_target(200, me, [NodeRoom("p", 300), NodeRoom("q", 500)])[0] == "q"
+    node, reason = provision_target(1000, me, [NodeRoom("p", 300)])
+    assert node is None and "1000 MB" in reason and "p with 300 MB" in reason
+
+
+def test_parse_rtts() -> None:
+    assert parse_rtts("n1=2.5, n2=4", None) == {"n1": 2.5, "n2": 4.0}
+    assert parse_rtts(None, "n1:1,n3:2") == {"n1": 1.0, "n3": 2.0}
+    assert parse_rtts("n1=2", "n1:3") == {"n1": 3.0}
+    for bad in ("n1", "n1=abc", "=3", "n1=-1", "n1=nan", "n1=inf"):
+        with pytest.raises(ValueError):
+            parse_rtts(bad, None)
+
+
+@pytest.mark.parametrize(
+    ("name", "ok"),
+    [("half_plus_two", True), ("m.v2", True), ("A-1", True), ("../etc", False), ("a/b", False),
+     ("", False), (".hidden", False), ("x" * 65, False), ("a..b", False), ("a b", False)],
+)  # fmt: skip
+def test_model_names(name: str, ok: bool) -> None:
+    assert valid_model_name(name) is ok
