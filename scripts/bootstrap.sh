@@ -3,9 +3,19 @@
 # (default .venv in the repository; PEERSERVE_VENV overrides). Idempotent: a second run changes nothing.
 #   apt: python3, venv, headers, and what scripts/install-solver.sh needs
 #   pip: peerserve (editable) with the solver, agent and dev extras
+#   --test: also what the test suite's real parts need: Docker Engine (docker.io), mmdebstrap (local
+#           images without a registry), iproute2 (network namespaces)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 venv=${PEERSERVE_VENV:-.venv}
+test_deps=0
+for arg in "$@"; do
+  case "$arg" in
+    --test) test_deps=1 ;;
+    -h|--help) sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) echo "bootstrap.sh: unknown option $arg" >&2; exit 2 ;;
+  esac
+done
 # pip lists index folders that some machines lack; those warnings are noise here
 quiet_pip() { "$@" 2> >(grep -v "^WARNING: Location" >&2); }
 
@@ -13,6 +23,11 @@ need_apt=()
 command -v python3 >/dev/null || need_apt+=(python3)
 python3 -c 'import ensurepip, venv' 2>/dev/null || need_apt+=(python3-venv)
 command -v gcc >/dev/null || need_apt+=(gcc)
+if [ "$test_deps" = 1 ]; then
+  command -v dockerd >/dev/null || need_apt+=(docker.io)
+  command -v mmdebstrap >/dev/null || need_apt+=(mmdebstrap)
+  command -v ip >/dev/null || need_apt+=(iproute2)
+fi
 if [ "${#need_apt[@]}" -gt 0 ]; then
   echo "bootstrap: apt-get install ${need_apt[*]} python3-dev"
   apt-get update -qq

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Build peerserve's local images with no registry, against the Docker Engine in DOCKER_HOST (or the
+# default socket):
+#   peerserve/python-base:<codename>  a minimal Debian root file system with python3 (mmdebstrap from the
+#                                      machine's own apt sources, cached in $PEERSERVE_CACHE), docker import
+#   peerserve/modelserver:latest      the stand-in TF-Serving REST server (images/modelserver/Dockerfile)
+# Idempotent: an existing base image or cached root file system is reused. Needs root for mmdebstrap.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cache=${PEERSERVE_CACHE:-/var/cache/peerserve}
+codename=$(. /etc/os-release && echo "${VERSION_CODENAME:-bookworm}")
+base="peerserve/python-base:$codename"
+rootfs="$cache/python-rootfs-$codename.tar"
+
+if ! docker image inspect "$base" >/dev/null 2>&1; then
+  if [ ! -s "$rootfs" ]; then
+    command -v mmdebstrap >/dev/null || { echo "build-images: mmdebstrap is missing (apt-get install mmdebstrap)" >&2; exit 1; }
+    mkdir -p "$cache"
+    echo "build-images: creating a python3 root file system for $codename (mmdebstrap, ~30 s)"
+    mmdebstrap --quiet --variant=essential --include=python3-minimal,libpython3-stdlib --mode=root \
+      "$codename" "$cache/partial-$codename.tar"
+    mv "$cache/partial-$codename.tar" "$rootfs"
+  fi
+  echo "build-images: importing $base"
+  docker import --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' "$rootfs" "$base" >/dev/null
+fi
+echo "build-images: building peerserve/modelserver:latest"
+docker build -q --build-arg "BASE=$base" -f images/modelserver/Dockerfile -t peerserve/modelserver:latest . >/dev/null
+echo "build-images: done"

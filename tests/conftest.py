@@ -1,0 +1,28 @@
+"""Session-wide fixtures: a private Docker Engine for the tests that exercise containers."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+
+from scripts.dockerd import DockerUnavailable, PrivateDockerd, available, private_dockerd
+
+
+@pytest.fixture(scope="session")
+def docker_engine() -> Iterator[PrivateDockerd]:
+    """A real dockerd on a private socket with the stand-in image built; skipped only where it cannot run.
+
+    scripts/test.sh sets PEERSERVE_REQUIRE_DOCKER=1 when root, so in CI a missing engine fails the run.
+    """
+    reason = available()
+    if reason:
+        if os.environ.get("PEERSERVE_REQUIRE_DOCKER") == "1":
+            pytest.fail(f"a Docker Engine is required here but cannot run: {reason}")
+        pytest.skip(f"no private Docker Engine: {reason}")
+    try:
+        with private_dockerd() as engine:
+            yield engine
+    except DockerUnavailable as exc:
+        pytest.fail(str(exc))

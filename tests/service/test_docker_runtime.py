@@ -1,0 +1,133 @@
+"""DockerRuntime against a real Docker Engine (private dockerd, locally built stand-in image)."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import docker
+import httpx
+import pytest
+
+from agent.catalogue import ModelSpec
+from agent.errors import InstanceStartError, RuntimeUnavailable
+from agent.runtime.base import probe_available
+from agent.runtime.docker import DockerRuntime
+from scripts.dockerd import PrivateDockerd
+
+pytestmark = pytest.mark.docker
+
+
+def spec(name: str = "half_plus_two", image: str = "peerserve/modelserver:latest", mem: float = 64) -> ModelSpec:
+    return ModelSpec(name, image, name, f"/models/{name}", 1, mem, 5, {"default": 1.0})
+
+
+@pytest.fixture
+def engine(docker_engine: PrivateDockerd, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    monkeypatch.setenv("DOCKER_HOST", docker_engine.host)
+    client = docker.DockerClient(base_url=docker_engine.host)
+    yield client
+    for c in client.containers.list(all=True, filters={"label": "peerserve.managed=true"}):
+        c.remove(force=True)
+    client.close()
+
+
+async def _wait_available(url: str, model: str, timeout: float = 30) -> float:
+    started = time.monotonic()
+    async with httpx.AsyncClient() as http:
+        while time.monotonic() - started < timeout:
+            if await probe_available(http, url, model):
+                return time.monotonic() - started
+            await asyncio.sleep(0.05)
+    raise AssertionError(f"{model} at {url} not AVAILABLE in {timeout} s")
+
+
+def test_start_predict_list_stop(engine: Any) -> None:
+    async def scenario() -> None:
+        rt = DockerRuntime("node-a", "127.0.0.1")
+        inst = await rt.start(spec(), term=7)
+        await _wait_available(inst.url, "half_plus_two")
+        async with httpx.AsyncClient() as http:
+            r = await http.post(f"{inst.url}/v1/models/half_plus_two:predict", json={"instances": [1.0, 2.0, 5.0]})
+        assert r.json() == {"predictions": [2.5, 3.0, 4.5]}
+        [listed] = await rt.list()
+        assert listed.id == inst.id and listed.running and listed.term == 7 and listed.model == "half_plus_two"
+        c = engine.containers.get(inst.id)
+        assert c.labels["peerserve.managed"] == "true" and c.labels["peerserve.node"] == "node-a"
+        assert c.attrs["HostConfig"]["Memory"] == 64 * 2**20
+        assert c.attrs["HostConfig"]["RestartPolicy"]["Name"] == "unless-stopped"
+        assert c.attrs["HostConfig"]["Init"] is True
+        assert await DockerRuntime("node-b", "127.0.0.1").list() == []  # another node's view
+        await rt.stop(inst.id)
+        assert await rt.list() == []
+        await rt.stop(inst.id)  # stopping twice is fine
+        await rt.close()
+
+    asyncio.run(scenario())
+
+
+def test_missing_image_is_named_and_never_pulled(engine: Any) -> None:
+    before = {t for i in engine.images.list() for t in i.tags}
+
+    async def scenario() -> None:
+        rt = DockerRuntime("node-a", "127.0.0.1")
+        with pytest.raises(InstanceStartError, match="tensorflow/serving:9.9.9"):
+            await rt.start(spec(image="tensorflow/serving:9.9.9"), term=1)
+
+    asyncio.run(scenario())
+    assert {t for i in engine.images.list() for t in i.tags} == before
+
+
+def test_dead_daemon_is_reported_not_raised_wildly(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/no-such.sock")
+
+    async def scenario() -> None:
+        rt = DockerRuntime("node-a", "127.0.0.1")
+        with pytest.raises(RuntimeUnavailable):
+            await rt.list()
+        with pytest.raises(RuntimeUnavailable):
+            await rt.start(spec(), term=1)
+
+    asyncio.run(scenario())
+
+
+def test_agent_with_dead_daemon_stays_up_and_says_why(agents: Any, tmp_path: Any) -> None:
+    a = agents("a", "--runtime", "docker", env={"DOCKER_HOST": f"unix://{tmp_path}/no-such.sock"})
+    health = a.get("/health").json()
+    assert health["status"] == "degraded" and "Docker Engine unreachable" in health["runtime"]["error"]
+    assert a.put_desired(1, {"half_plus_two": 1}).status_code == 200
+    r = a.get("/services/half_plus_two")
+    assert r.status_code == 503
+    assert a.get("/health").status_code == 200
+
+
+def test_agent_restart_adopts_containers_and_trims_foreign_ones(agents: Any, engine: Any, docker_engine: Any) -> None:
+    env = docker_engine.env
+    a = agents("a", "--runtime", "docker", "--node-id", "dock-a", env=env)
+    assert a.put_desired(3, {"half_plus_two": 1}).status_code == 200
+    [first] = a.wait_ready("half_plus_two", timeout=60)
+    r = httpx.post(a.url + "/services/half_plus_two/v1/models/half_plus_two:predict", json={"instances": [1, 2, 5]})
+    assert r.json() == {"predictions": [2.5, 3.0, 4.5]}
+    a.stop(signal.SIGKILL)
+    assert engine.containers.get(first["id"]).status == "running"  # outlives the agent
+
+    async def plant() -> str:  # a labelled container this node should not run
+        inst = await DockerRuntime("dock-a", "127.0.0.1").start(spec("xor_mlp", mem=96), term=2)
+        return inst.id
+
+    foreign = asyncio.run(plant())
+    a.start()
+    [again] = a.wait_ready("half_plus_two", timeout=60)
+    assert again["id"] == first["id"]
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and any(c.id == foreign for c in engine.containers.list(all=True)):
+        time.sleep(0.2)
+    assert all(c.id != foreign for c in engine.containers.list(all=True))
+    assert a.put_desired(4, {}).status_code == 200
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and engine.containers.list(all=True, filters={"label": "peerserve.node=dock-a"}):
+        time.sleep(0.2)
+    assert engine.containers.list(all=True, filters={"label": "peerserve.node=dock-a"}) == []
