@@ -91,6 +91,7 @@ def create_app(agent: NodeAgent) -> FastAPI:
     app = FastAPI(title="peerserve agent", version="1", lifespan=lifespan)
     app.state.agent = agent
     max_body = int(agent.settings.max_body_mb * 2**20)
+    app.add_middleware(BodyLimit, max_body=max_body)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_r: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -102,17 +103,6 @@ def create_app(agent: NodeAgent) -> FastAPI:
         where = ".".join(str(p) for p in first.get("loc", ()))
         return error(422, f"invalid request: {where}: {first.get('msg', 'invalid')}")
 
-    @app.middleware("http")
-    async def limit_body(request: Request, call_next: Any) -> Response:
-        length = request.headers.get("content-length")
-        if length is not None:
-            if not length.isdigit():
-                return error(400, "invalid Content-Length")
-            if int(length) > max_body:
-                return error(413, f"request body over {max_body} bytes")
-        response: Response = await call_next(request)
-        return response
-
     def client_of(request: Request) -> tuple[str, dict[str, float]] | JSONResponse:
         client = request.headers.get(CLIENT_HEADER) or (request.client.host if request.client else "unknown")
         try:
@@ -122,7 +112,7 @@ def create_app(agent: NodeAgent) -> FastAPI:
         return client[:128], rtts
 
     def known_rtts(client: str, reported: dict[str, float]) -> dict[str, float]:
-        return {**agent.store.client_rtts(client), **reported}
+        return agent.client_rtts(client, reported)
 
     def endpoint_json(choice: Choice) -> dict[str, Any]:
         c = choice.candidate
@@ -166,7 +156,7 @@ def create_app(agent: NodeAgent) -> FastAPI:
             return who
         client, reported = who
         best = best_per_model(agent.candidates(), known_rtts(client, reported))
-        return [endpoint_json(choice) for choice in best.values()]
+        return JSONResponse([endpoint_json(choice) for choice in best.values()])
 
     @app.get("/services/{model}")
     async def service(model: str, request: Request) -> Any:
@@ -175,7 +165,7 @@ def create_app(agent: NodeAgent) -> FastAPI:
             return chosen
         ranked, client, reported = chosen
         agent.store.record_request(time.time(), model, client, reported, ranked[0].candidate.node, None, 200)
-        return {**endpoint_json(ranked[0]), "alternatives": [endpoint_json(c) for c in ranked[1:4]]}
+        return JSONResponse({**endpoint_json(ranked[0]), "alternatives": [endpoint_json(c) for c in ranked[1:4]]})
 
     @app.api_route("/services/{model}/{path:path}", methods=["GET", "POST"])
     async def proxy(model: str, path: str, request: Request) -> Response:
@@ -297,6 +287,26 @@ def create_app(agent: NodeAgent) -> FastAPI:
         return agent.health_report()
 
     return app
+
+
+class BodyLimit:
+    """Refuse a declared body over ``max_body`` bytes before reading it (pure ASGI: no per-request task)."""
+
+    def __init__(self, app: Any, max_body: int) -> None:
+        self.app = app
+        self.max_body = max_body
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            for name, value in scope["headers"]:
+                if name == b"content-length":
+                    if not value.isdigit():
+                        await error(400, "invalid Content-Length")(scope, receive, send)
+                        return
+                    if int(value) > self.max_body:
+                        await error(413, f"request body over {self.max_body} bytes")(scope, receive, send)
+                        return
+        await self.app(scope, receive, send)
 
 
 def _forward_params(request: Request) -> list[tuple[str, str | int | float | bool | None]]:

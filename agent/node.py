@@ -38,6 +38,7 @@ from agent.store import DesiredState, Store
 log = logging.getLogger(__name__)
 
 EXEC_EWMA_ALPHA = 0.2
+CLIENT_CACHE = 10_000
 
 
 class FencedError(AgentError):
@@ -108,6 +109,7 @@ class NodeAgent:
         self._tasks: list[asyncio.Task[None]] = []
         self._background: set[asyncio.Task[None]] = set()
         self._metrics_cache: tuple[float, NodeMetrics] | None = None
+        self._client_rtts: dict[str, dict[str, float]] = {}
 
     # -- lifecycle -----------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -298,6 +300,16 @@ class NodeAgent:
             return measured
         spec = self.catalogue.current.get(model)
         return spec.expected_exec_ms(node_class) if spec else 0.0
+
+    def client_rtts(self, client: str, reported: Mapping[str, float]) -> dict[str, float]:
+        """The client's RTTs to nodes: what it reports now over what it reported before (cached)."""
+        known = self._client_rtts.get(client)
+        if known is None:
+            if len(self._client_rtts) >= CLIENT_CACHE:
+                self._client_rtts.pop(next(iter(self._client_rtts)))
+            known = self._client_rtts[client] = self.store.client_rtts(client)
+        known.update(reported)
+        return dict(known)
 
     def record_latency(self, node: str, model: str, latency_ms: float) -> None:
         old = self.exec_ms.get((node, model))

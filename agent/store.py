@@ -6,10 +6,11 @@ highest leader term it has seen, and the leader's cursors into the request log s
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -80,6 +81,16 @@ class Store:
         self._db.executescript(SCHEMA)
         self._inserted = 0
 
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[None]:
+        self._db.execute("BEGIN")
+        try:
+            yield
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
     def close(self) -> None:
         with self._lock:
             self._db.close()
@@ -119,20 +130,14 @@ class Store:
         )
 
     def set_desired(self, state: DesiredState) -> None:
-        with self._lock:
-            self._db.execute("BEGIN")
-            try:
-                self._db.execute("DELETE FROM desired")
-                self._db.executemany(
-                    "INSERT INTO desired(model, count, on_demand) VALUES (?, ?, ?)",
-                    [(m, c, int(m in state.on_demand)) for m, c in state.instances.items()],
-                )
-                self._set("desired_term", str(state.term))
-                self._set("desired_leader", state.leader or "")
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+        with self._lock, self._transaction():
+            self._db.execute("DELETE FROM desired")
+            self._db.executemany(
+                "INSERT INTO desired(model, count, on_demand) VALUES (?, ?, ?)",
+                [(m, c, int(m in state.on_demand)) for m, c in state.instances.items()],
+            )
+            self._set("desired_term", str(state.term))
+            self._set("desired_leader", state.leader or "")
 
     # -- request statistics --------------------------------------------------------------------------
     def record_request(
@@ -145,7 +150,7 @@ class Store:
         latency_ms: float | None,
         status: int,
     ) -> int:
-        with self._lock:
+        with self._lock, self._transaction():
             cur = self._db.execute(
                 "INSERT INTO requests(ts, model, client, rtts, node, latency_ms, status) VALUES (?,?,?,?,?,?,?)",
                 (ts, model, client, json.dumps(dict(rtts)), node, latency_ms, status),

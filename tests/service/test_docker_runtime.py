@@ -74,7 +74,7 @@ def test_missing_image_is_named_and_never_pulled(engine: Any) -> None:
 
     async def scenario() -> None:
         rt = DockerRuntime("node-a", "127.0.0.1")
-        with pytest.raises(InstanceStartError, match="tensorflow/serving:9.9.9"):
+        with pytest.raises(InstanceStartError, match=r"tensorflow/serving:9\.9\.9"):
             await rt.start(spec(image="tensorflow/serving:9.9.9"), term=1)
 
     asyncio.run(scenario())
