@@ -262,6 +262,29 @@ def create_app(agent: NodeAgent) -> FastAPI:
             "instances": dict(state.instances),
         }
 
+    @app.get("/peer/state")
+    async def peer_state() -> Any:
+        if agent.discovery is not None and agent.discovery.stopping:
+            return error(503, "this node is leaving")
+        return JSONResponse(agent.peer_state())
+
+    @app.post("/peer/leave")
+    async def peer_leave(request: Request) -> Any:
+        if agent.settings.cluster_token:
+            denied = _check_token(agent.settings.cluster_token, request.headers.get("authorization"))
+            if denied is not None:
+                return denied
+        try:
+            body = await request.json()
+            node_id = body["node_id"]
+            if not isinstance(node_id, str):
+                raise TypeError(node_id)
+        except (ValueError, KeyError, TypeError):
+            return error(400, 'expected {"node_id": "..."}')
+        if agent.discovery is not None:
+            agent.discovery.peer_left(node_id)
+        return {"ok": True}
+
     @app.get("/cluster")
     async def cluster() -> Any:
         s = agent.settings

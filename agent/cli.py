@@ -23,6 +23,11 @@ FLAGS: list[tuple[str, dict[str, Any]]] = [
         "--provision-wait-s",
         {"type": float, "help": "how long a request waits for on-demand provisioning (default 10)"},
     ),
+    ("--interface", {"help": "mDNS interface: auto (the advertised address), all, an address or a name"}),
+    ("--seeds", {"help": "comma-separated agent URLs to contact where multicast is blocked"}),
+    ("--heartbeat-interval-s", {"type": float, "help": "heartbeat period (default 0.5)"}),
+    ("--suspect-after-s", {"type": float, "help": "a silent peer is suspect after this long (default 1.0)"}),
+    ("--dead-after-s", {"type": float, "help": "a silent peer is dead after this long (default 2.0)"}),
 ]
 
 
@@ -40,6 +45,8 @@ def register(commands: Any) -> None:
     p.add_argument("--config", help="settings TOML file (keys as the flags, with underscores)")
     for flag, kwargs in FLAGS:
         p.add_argument(flag, default=None, **kwargs)
+    p.add_argument("--no-discovery", dest="discovery", action="store_const", const=False, default=None,
+                   help="run alone: no mDNS, no heartbeats")  # fmt: skip
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.set_defaults(handler=cmd_agent)
 
@@ -69,6 +76,7 @@ def cmd_agent(args: argparse.Namespace) -> int:
     from peerserve.cli import UsageError
 
     overrides = {flag[2:].replace("-", "_"): getattr(args, flag[2:].replace("-", "_")) for flag, _ in FLAGS}
+    overrides["discovery"] = args.discovery
     try:
         settings = load_settings(args.config, overrides=overrides)
         agent = NodeAgent(settings)

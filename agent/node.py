@@ -28,6 +28,8 @@ from agent.decisions import (
     plan_reconcile,
     provision_target,
 )
+from agent.discovery.membership import MembershipConfig
+from agent.discovery.service import Discovery
 from agent.errors import AgentError, InstanceStartError, RuntimeUnavailable
 from agent.metrics import MetricsReader, NodeMetrics
 from agent.peers import NoPeers, PeerTable
@@ -80,6 +82,17 @@ def make_runtime(settings: Settings) -> Runtime:
     return ProcessRuntime(settings.advertise_address or settings.host, Path(settings.data_dir))
 
 
+def _first_ipv4() -> str:
+    """A non-loopback IPv4 address of this host, for advertising when none is configured."""
+    import ifaddr
+
+    for adapter in ifaddr.get_adapters():
+        for ip in adapter.ips:
+            if isinstance(ip.ip, str) and not ip.ip.startswith("127."):
+                return ip.ip
+    return "127.0.0.1"
+
+
 class NodeAgent:
     def __init__(
         self,
@@ -95,10 +108,14 @@ class NodeAgent:
         self.store = Store(Path(settings.data_dir), settings.request_log_rows)
         self.runtime = runtime or make_runtime(settings)
         self.metrics = metrics or MetricsReader()
-        self.peers: PeerTable = peers or NoPeers()
         self.http = httpx.AsyncClient(
             timeout=httpx.Timeout(30.0, connect=2.0), limits=httpx.Limits(max_keepalive_connections=64)
         )
+        self.discovery: Discovery | None = None
+        if peers is None and settings.discovery:
+            self.discovery = self._make_discovery()
+        self.peers: PeerTable = peers or self.discovery or NoPeers()
+        self.started_at = clock()
         self.state = NodeState()
         self.health: dict[str, ModelHealth] = {}
         self.exec_ms: dict[tuple[str, str], float] = {}  # (node, model) -> measured EWMA
@@ -119,12 +136,16 @@ class NodeAgent:
             dict(self._desired.instances), self._desired.term,
         )  # fmt: skip
         await self.reconcile_once()
+        if self.discovery is not None:
+            await self.discovery.start()
         self._tasks = [
             asyncio.create_task(self._reconcile_loop(), name="reconcile"),
             asyncio.create_task(self._catalogue_loop(), name="catalogue"),
         ]
 
     async def stop(self) -> None:
+        if self.discovery is not None:
+            await self.discovery.stop()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -135,6 +156,49 @@ class NodeAgent:
         self.metrics.close()
         self.store.close()
         log.info("node %s stopped", self.settings.node_id)
+
+    def _make_discovery(self) -> Discovery:
+        s = self.settings
+        address = s.advertise_address or _first_ipv4()
+        return Discovery(
+            node_id=s.node_id,
+            api_port=s.port,
+            advertise_address=address,
+            interface=s.interface,
+            local_state=self.peer_state,
+            http=self.http,
+            config=MembershipConfig(
+                heartbeat_interval_s=s.heartbeat_interval_s,
+                suspect_after_s=s.suspect_after_s,
+                dead_after_s=s.dead_after_s,
+            ),
+            token=s.cluster_token,
+            seeds=s.seed_urls,
+            use_mdns=s.mdns,
+        )
+
+    def peer_state(self) -> dict[str, Any]:
+        """This node as peers see it (the heartbeat answer, GET /peer/state; also the TXT's source)."""
+        m = self.node_metrics()
+        endpoints: dict[str, list[str]] = {}
+        for i in self.state.instances:
+            if i.id in self.state.ready:
+                endpoints.setdefault(i.model, []).append(i.url)
+        return {
+            "node_id": self.settings.node_id,
+            "api_url": self.settings.api_url,
+            "endpoints": endpoints,
+            "mem_available_mb": m.mem_available_mb,
+            "mem_total_mb": m.mem_total_mb,
+            "gpu_load": m.gpu_percent,
+            "cpu_load": m.cpu_percent,
+            "node_class": self.settings.node_class,
+            "compute": self.settings.compute,
+            "term": self.store.highest_term(),
+            "leader": self._desired.leader,
+            "catalogue_version": self.catalogue.current.version,
+            "started_at": self.started_at,
+        }
 
     # -- desired state ---------------------------------------------------------------------------------
     @property

@@ -48,6 +48,13 @@ class Settings:
     max_body_mb: float = 8.0
     request_log_rows: int = 100_000
     instance_ready_timeout_s: float = 60.0
+    discovery: bool = True
+    mdns: bool = True
+    interface: str = "auto"
+    seeds: str = ""
+    heartbeat_interval_s: float = 0.5
+    suspect_after_s: float = 1.0
+    dead_after_s: float = 2.0
 
     def __post_init__(self) -> None:
         if not self.node_id:
@@ -61,6 +68,10 @@ class Settings:
     @property
     def api_url(self) -> str:
         return f"http://{_host_for_url(self.advertise_address or self.host)}:{self.port}"
+
+    @property
+    def seed_urls(self) -> list[str]:
+        return [u.strip().rstrip("/") for u in self.seeds.split(",") if u.strip()]
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
@@ -94,9 +105,15 @@ def validate(s: Settings) -> None:
             ipaddress.ip_address(s.advertise_address)
         except ValueError as exc:
             raise ConfigError("advertise_address", f"{s.advertise_address!r} is not an IP address") from exc
-    for name in ("provision_wait_s", "reconcile_interval_s", "catalogue_poll_s", "max_body_mb", "compute"):
+    for name in ("provision_wait_s", "reconcile_interval_s", "catalogue_poll_s", "max_body_mb", "compute",
+                 "heartbeat_interval_s"):  # fmt: skip
         if getattr(s, name) <= 0:
             raise ConfigError(name, "must be positive")
+    if not s.heartbeat_interval_s < s.suspect_after_s < s.dead_after_s:
+        raise ConfigError("dead_after_s", "need heartbeat_interval_s < suspect_after_s < dead_after_s")
+    for seed in s.seed_urls:
+        if not seed.startswith(("http://", "https://")):
+            raise ConfigError("seeds", f"{seed!r} is not an http(s) URL of an agent")
     if s.cluster_token and len(s.cluster_token) < 16:
         raise ConfigError("cluster_token", "must be at least 16 characters")
 

@@ -46,7 +46,7 @@ class RunningAgent:
         out = open(self.log, "ab")  # noqa: SIM115 - handed to the child
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "peerserve", "agent", "--host", self.host, "--port", str(self.port),
-             "--data-dir", str(self.data_dir), "--cluster-token", TOKEN, *self.args],
+             "--node-id", self.data_dir.name, "--data-dir", str(self.data_dir), "--cluster-token", TOKEN, *self.args],
             stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **self.env},
         )  # fmt: skip
         deadline = time.monotonic() + timeout
@@ -112,8 +112,10 @@ def agents(tmp_path: Path) -> Iterator[Any]:
     """Factory: agents(name, *extra_args, env=...) starts a real agent on its own port and data dir."""
     started: list[RunningAgent] = []
 
-    def make(name: str = "a", *args: str, env: dict[str, str] | None = None, port: int | None = None) -> RunningAgent:
-        agent = RunningAgent(tmp_path / name, port or free_port(), "127.0.0.1", list(args), env or {})
+    def make(
+        name: str = "a", *args: str, env: dict[str, str] | None = None, port: int | None = None, host: str = "127.0.0.1"
+    ) -> RunningAgent:
+        agent = RunningAgent(tmp_path / name, port or free_port(host), host, list(args), env or {})
         started.append(agent)
         return agent.start()
 

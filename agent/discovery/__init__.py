@@ -1,0 +1,1 @@
+"""Discovery and membership: mDNS (DNS-SD) advertisement and browsing, heartbeats, the peer table."""

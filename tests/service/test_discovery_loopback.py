@@ -1,0 +1,114 @@
+"""Discovery between real agent processes on their own loopback addresses (real mDNS bound to lo)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import socket
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.service.conftest import free_port
+
+
+def statuses(agent: Any) -> dict[str, str]:
+    return {m["node_id"]: m["status"] for m in agent.get("/cluster").json()["members"]}
+
+
+def wait_for(predicate: Any, timeout: float, step: float = 0.05) -> float:
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        if predicate():
+            return time.monotonic() - started
+        time.sleep(step)
+    raise AssertionError(f"condition not met in {timeout} s")
+
+
+def test_agents_discover_each_other_and_answer_for_the_cluster(agents: Any) -> None:
+    a = agents("a", host="127.0.0.2")
+    b = agents("b", host="127.0.0.3")
+    c = agents("c", host="127.0.0.4")
+    took = wait_for(lambda: all(statuses(x) == {"a": "alive", "b": "alive", "c": "alive"} for x in (a, b, c)), 15)
+    print(f"\n3 agents discovered each other in {took:.2f} s")
+    assert b.get("/services/half_plus_two").status_code == 200  # provisioned on b
+    wait_for(lambda: [s["node"] for s in a.get("/services").json()] == ["b"], 5)
+    r = httpx.post(a.url + "/services/half_plus_two/v1/models/half_plus_two:predict", json={"instances": [1, 2, 5]})
+    assert r.json() == {"predictions": [2.5, 3.0, 4.5]}  # a proxies to b's server
+
+    killed = time.monotonic()
+    b.stop(signal.SIGKILL)
+    gone = wait_for(lambda: statuses(a).get("b") != "alive" and statuses(c).get("b") != "alive", 3)
+    assert a.get("/services").json() == [] and c.get("/services").json() == []
+    dead = wait_for(lambda: statuses(a).get("b") == "dead" and statuses(c).get("b") == "dead", 3)
+    print(f"kill -9: out of /services in {gone:.2f} s, dead everywhere {time.monotonic() - killed:.2f} s after")
+    assert dead < 3
+
+    c.stop(signal.SIGTERM)
+    left = wait_for(lambda: statuses(a).get("c") == "dead", 1.0, step=0.01)
+    print(f"graceful stop: gone in {left:.2f} s")
+
+    b.start()  # a node that comes back is alive again
+    wait_for(lambda: statuses(a).get("b") == "alive", 10)
+
+
+class _Garbage(BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        body = json.dumps({"node_id": 42, "endpoints": "everything"}).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: Any) -> None:
+        return
+
+
+def test_misbehaving_peers_are_ignored(agents: Any) -> None:
+    from zeroconf import IPVersion
+    from zeroconf.asyncio import AsyncServiceInfo, AsyncZeroconf
+
+    port = free_port("127.0.0.5")
+    server = ThreadingHTTPServer(("127.0.0.5", port), _Garbage)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    a = agents("a", "--seeds", f"http://127.0.0.5:{port}", host="127.0.0.6")
+
+    async def advertise_bad() -> None:
+        zc = AsyncZeroconf(interfaces=["127.0.0.5"], ip_version=IPVersion.V4Only)
+        bad = [
+            {"id": "evil", "port": str(port), "pv": "99"},  # unknown protocol version
+            {"id": "x" * 70, "port": str(port), "pv": "1"},  # not a DNS label
+            {"id": "garbage", "port": str(port), "pv": "1"},  # answers heartbeats with garbage
+        ]
+        infos = [
+            AsyncServiceInfo("_peerserve._tcp.local.", f"bad{i}._peerserve._tcp.local.", port=port,
+                             addresses=[socket.inet_aton("127.0.0.5")], properties=p, server=f"bad{i}.local.")
+            for i, p in enumerate(bad)
+        ]  # fmt: skip
+        for info in infos:
+            await zc.async_register_service(info)
+        await asyncio.sleep(4)
+        for info in infos:
+            await zc.async_unregister_service(info)
+        await zc.async_close()
+
+    asyncio.run(advertise_bad())
+    server.shutdown()
+    assert a.get("/health").status_code == 200
+    assert [m["node_id"] for m in a.get("/cluster").json()["members"]] == ["a", "garbage"]
+    assert statuses(a)["garbage"] != "alive"
+    log = a.log.read_text()
+    assert log.count("unknown protocol version") == 1
+    assert log.count("answered a heartbeat with garbage") == 1
+    assert "invalid node id" in log
+
+
+@pytest.mark.parametrize("flag", ["--no-discovery"])
+def test_discovery_can_be_switched_off(agents: Any, flag: str) -> None:
+    a = agents("a", flag, host="127.0.0.7")
+    assert [m["node_id"] for m in a.get("/cluster").json()["members"]] == ["a"]
