@@ -27,6 +27,16 @@ if [ "$test_deps" = 1 ]; then
   command -v dockerd >/dev/null || need_apt+=(docker.io)
   command -v mmdebstrap >/dev/null || need_apt+=(mmdebstrap)
   command -v ip >/dev/null || need_apt+=(iproute2)
+  command -v avahi-daemon >/dev/null || need_apt+=(avahi-daemon)
+  command -v avahi-browse >/dev/null || need_apt+=(avahi-utils)
+  command -v dbus-daemon >/dev/null || need_apt+=(dbus)
+fi
+# The tests start private daemons (dockerd, avahi) of their own; the packages' system services must not
+# start on install (they would listen on every interface of this machine).
+if [ "${#need_apt[@]}" -gt 0 ] && [ ! -e /usr/sbin/policy-rc.d ]; then
+  printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
+  chmod +x /usr/sbin/policy-rc.d
+  trap 'rm -f /usr/sbin/policy-rc.d' EXIT
 fi
 if [ "${#need_apt[@]}" -gt 0 ]; then
   echo "bootstrap: apt-get install ${need_apt[*]} python3-dev"

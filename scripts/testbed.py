@@ -1,0 +1,286 @@
+"""The multi-host test bed: N hosts as network namespaces on a bridge, agents inside, faults injected.
+
+Layout (SUBNET 10.213.10.0/24, blackholed in the host namespace before anything is created):
+
+    ps<tag>br  : bridges br0 (the LAN) and br1 (the far side of a partition), one veth end per host
+    ps<tag>n<i>: node i, eth0 = 10.213.10.<10+i>, multicast route 224.0.0.0/4 via eth0
+    ps<tag>c   : a client host, eth0 = 10.213.10.250; tests send their HTTP from here (setns in a thread)
+
+Faults: kill (-9), stop (SIGTERM), partition(groups) moves hosts' bridge ports to br1, heal() moves them
+back; link_down/link_up cut one host. teardown() ends only the processes it started (by PID), deletes the
+namespaces it created and the blackhole route, even after a failed test.
+
+    python -m scripts.testbed up 3      # bring up 3 hosts with agents and print their URLs; Ctrl-C tears down
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import ctypes
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+SUBNET = "10.213.10.0/24"
+CLIENT_IP = "10.213.10.250"
+CLONE_NEWNET = 0x40000000
+TOKEN = "testbed-cluster-token-0123456789"
+T = TypeVar("T")
+
+
+def node_ip(i: int) -> str:
+    return f"10.213.10.{10 + i}"
+
+
+def run(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(list(args), capture_output=True, text=True, check=check)
+
+
+def available() -> str | None:
+    if os.geteuid() != 0:
+        return "needs root (network namespaces)"
+    if run("ip", "netns", "list", check=False).returncode != 0:
+        return "ip netns does not work here"
+    return None
+
+
+@dataclass
+class Host:
+    index: int
+    netns: str
+    ip: str
+    port: str  # the bridge-side veth name
+    proc: subprocess.Popen[bytes] | None = None
+    data_dir: Path = field(default_factory=Path)
+    log: Path = field(default_factory=Path)
+    args: list[str] = field(default_factory=list)
+
+    @property
+    def node_id(self) -> str:
+        return f"n{self.index}"
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.ip}:8400"
+
+
+class NetnsWorker:
+    """Runs callables in a thread that joined a network namespace (sockets made there live there)."""
+
+    def __init__(self, netns: str) -> None:
+        self._pool = concurrent.futures.ThreadPoolExecutor(1, initializer=_join_netns, initargs=(netns,))
+
+    def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        return self._pool.submit(fn, *args, **kwargs).result()
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+
+
+def _join_netns(netns: str) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    with open(f"/run/netns/{netns}") as f:
+        if libc.setns(f.fileno(), CLONE_NEWNET) != 0:
+            raise OSError(ctypes.get_errno(), f"setns into {netns} failed")
+
+
+class TestBed:
+    """Create with ``TestBed(n, workdir)``; ``up()`` builds the network; ``start(i)`` runs an agent."""
+
+    __test__ = False  # not a pytest test class
+
+    def __init__(self, n: int, workdir: Path, tag: str | None = None) -> None:
+        self.tag = tag or f"{os.getpid() % 10000}"
+        self.workdir = workdir
+        self.bridge_ns = f"ps{self.tag}br"
+        self.hosts = [Host(i, f"ps{self.tag}n{i}", node_ip(i), f"v{self.tag}n{i}") for i in range(n)]
+        self.client_ns = f"ps{self.tag}c"
+        self.created: list[str] = []
+        self.route_added = False
+        self.extra_pids: list[int] = []
+        self._clients: dict[str, tuple[NetnsWorker, Any]] = {}
+
+    # -- network -------------------------------------------------------------------------------------
+    def up(self) -> TestBed:
+        if run("ip", "route", "add", "blackhole", SUBNET, check=False).returncode == 0:
+            self.route_added = True
+        self._netns(self.bridge_ns)
+        for bridge in ("br0", "br1"):
+            self._in(self.bridge_ns, "ip", "link", "add", bridge, "type", "bridge", "mcast_snooping", "0")
+            self._in(self.bridge_ns, "ip", "link", "set", bridge, "up")
+        for host in self.hosts:
+            self._attach(host.netns, host.port, host.ip)
+        self._attach(self.client_ns, f"v{self.tag}c", CLIENT_IP)
+        return self
+
+    def _netns(self, name: str) -> None:
+        run("ip", "netns", "add", name)
+        self.created.append(name)
+        self._in(name, "ip", "link", "set", "lo", "up")
+
+    def _in(self, netns: str, *args: str) -> None:
+        run("ip", "netns", "exec", netns, *args)
+
+    def _attach(self, netns: str, port: str, ip: str) -> None:
+        self._netns(netns)
+        run("ip", "link", "add", port, "netns", self.bridge_ns, "type", "veth", "peer", "name", "eth0", "netns", netns)
+        self._in(self.bridge_ns, "ip", "link", "set", port, "master", "br0", "up")
+        self._in(netns, "ip", "addr", "add", f"{ip}/24", "dev", "eth0")
+        self._in(netns, "ip", "link", "set", "eth0", "up")
+        self._in(netns, "ip", "route", "add", "224.0.0.0/4", "dev", "eth0")
+
+    # -- agents --------------------------------------------------------------------------------------
+    def start(self, i: int, *args: str, env: dict[str, str] | None = None) -> Host:
+        host = self.hosts[i]
+        host.args = list(args) or host.args
+        host.data_dir = self.workdir / host.node_id
+        host.log = self.workdir / f"{host.node_id}.log"
+        out = open(host.log, "ab")  # noqa: SIM115 - handed to the child
+        host.proc = subprocess.Popen(
+            ["ip", "netns", "exec", host.netns, sys.executable, "-m", "peerserve", "agent",
+             "--host", host.ip, "--port", "8400", "--node-id", host.node_id, "--data-dir", str(host.data_dir),
+             "--cluster-token", TOKEN, "--interface", host.ip, *host.args],
+            stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}, start_new_session=True,
+        )  # fmt: skip
+        return host
+
+    def wait_healthy(self, i: int, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with contextlib.suppress(Exception):
+                if self.get(self.hosts[i].url + "/health", timeout=1).status_code == 200:
+                    return
+            proc = self.hosts[i].proc
+            if proc is not None and proc.poll() is not None:
+                raise RuntimeError(f"agent n{i} exited: {self.hosts[i].log.read_text()[-2000:]}")
+            time.sleep(0.1)
+        raise RuntimeError(f"agent n{i} not healthy in {timeout} s")
+
+    def kill(self, i: int, sig: int = signal.SIGKILL) -> None:
+        """Signal agent i (the `ip netns exec` process execs into python, so the PID is the agent's)."""
+        proc = self.hosts[i].proc
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(sig)
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+    # -- faults --------------------------------------------------------------------------------------
+    def partition(self, *groups: list[int]) -> None:
+        """Hosts in the first group stay on br0 with the client; every other listed host moves to br1."""
+        for group in groups[1:]:
+            for i in group:
+                self._in(self.bridge_ns, "ip", "link", "set", self.hosts[i].port, "master", "br1")
+
+    def heal(self) -> None:
+        for host in self.hosts:
+            self._in(self.bridge_ns, "ip", "link", "set", host.port, "master", "br0")
+
+    def link_down(self, i: int) -> None:
+        self._in(self.bridge_ns, "ip", "link", "set", self.hosts[i].port, "down")
+
+    def link_up(self, i: int) -> None:
+        self._in(self.bridge_ns, "ip", "link", "set", self.hosts[i].port, "up")
+
+    # -- client side ---------------------------------------------------------------------------------
+    def request(self, method: str, url: str, via: int | None = None, **kwargs: Any) -> Any:
+        """An HTTP request from the client host, or from inside host ``via`` (to reach a partitioned side)."""
+        netns = self.client_ns if via is None else self.hosts[via].netns
+        if netns not in self._clients:
+            import httpx
+
+            worker = NetnsWorker(netns)
+            self._clients[netns] = (worker, worker.call(lambda: httpx.Client(timeout=5.0)))
+        worker, client = self._clients[netns]
+        return worker.call(client.request, method, url, **kwargs)
+
+    def get(self, url: str, via: int | None = None, **kwargs: Any) -> Any:
+        return self.request("GET", url, via=via, **kwargs)
+
+    def json(self, i: int, path: str, via: int | None = None) -> Any:
+        return self.get(self.hosts[i].url + path, via=via).json()
+
+    def exec_in_client(self, *args: str, timeout: float = 30, env: dict[str, str] | None = None) -> str:
+        out = subprocess.run(["ip", "netns", "exec", self.client_ns, *args], capture_output=True, text=True,
+                             timeout=timeout, env={**os.environ, **(env or {})})  # fmt: skip
+        return out.stdout
+
+    # -- teardown ------------------------------------------------------------------------------------
+    def teardown(self) -> None:
+        for worker, client in self._clients.values():
+            with contextlib.suppress(Exception):
+                worker.call(client.close)
+            worker.close()
+        for host in self.hosts:
+            self.kill(host.index, signal.SIGKILL)
+            for pid in _server_pids(host.data_dir):
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGKILL)
+        for pid in self.extra_pids:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+        for name in reversed(self.created):
+            run("ip", "netns", "del", name, check=False)
+        if self.route_added:
+            run("ip", "route", "del", "blackhole", SUBNET, check=False)
+
+
+def _server_pids(data_dir: Path) -> list[int]:
+    """Model-server PIDs an agent recorded (its ProcessRuntime's own children); only those still ours."""
+    try:
+        entries = json.loads((data_dir / "process-runtime.json").read_text())
+    except (OSError, ValueError):
+        return []
+    pids = []
+    for e in entries:
+        with contextlib.suppress(OSError, KeyError, ValueError):
+            if b"agent.modelserver" in Path(f"/proc/{int(e['pid'])}/cmdline").read_bytes():
+                pids.append(int(e["pid"]))
+    return pids
+
+
+@contextlib.contextmanager
+def testbed(n: int, workdir: Path) -> Iterator[TestBed]:
+    bed = TestBed(n, workdir)
+    try:
+        yield bed.up()
+    finally:
+        bed.teardown()
+
+
+def main() -> int:
+    import argparse
+    import tempfile
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("action", choices=["up"])
+    ap.add_argument("n", type=int, nargs="?", default=3)
+    args = ap.parse_args()
+    reason = available()
+    if reason:
+        print(f"testbed: {reason}", file=sys.stderr)
+        return 2
+    with tempfile.TemporaryDirectory() as tmp, testbed(args.n, Path(tmp)) as bed:
+        for i in range(args.n):
+            bed.start(i)
+        for i in range(args.n):
+            bed.wait_healthy(i)
+            print(f"n{i}: {bed.hosts[i].url} (netns {bed.hosts[i].netns}); logs {bed.hosts[i].log}")
+        print(f"client netns {bed.client_ns}: ip netns exec {bed.client_ns} curl {bed.hosts[0].url}/cluster")
+        with contextlib.suppress(KeyboardInterrupt):
+            signal.pause()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

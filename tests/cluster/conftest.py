@@ -1,0 +1,31 @@
+"""The cluster tier: real agents in network namespaces with real multicast mDNS (root only)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from scripts.testbed import TestBed, available
+
+
+@pytest.fixture
+def bed(tmp_path: Path) -> Iterator[Callable[[int], TestBed]]:
+    """Factory: bed(n) brings up n hosts (no agents yet); everything is torn down after the test."""
+    reason = available()
+    if reason:
+        if os.environ.get("PEERSERVE_REQUIRE_DOCKER") == "1":
+            pytest.fail(f"the cluster tier must run here but cannot: {reason}")
+        pytest.skip(reason)
+    beds: list[TestBed] = []
+
+    def make(n: int) -> TestBed:
+        b = TestBed(n, tmp_path)
+        beds.append(b)
+        return b.up()
+
+    yield make
+    for b in beds:
+        b.teardown()
