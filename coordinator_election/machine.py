@@ -1,0 +1,305 @@
+"""Leader election as a sans-IO state machine: events in, actions out, the clock passed in.
+
+Algorithm: leases with terms and votes over the *discovered* members (see docs/election.md for why).
+
+* A leader broadcasts ``Announce(term)`` every ``heartbeat_s``; a follower that hears it holds a lease
+  on that leader for ``election_timeout_s``.
+* When its lease runs out (or the leader drops out of the alive view), a follower looks at the alive
+  members: only the best by priority (configured priority, then memory, then node id) stands, after a
+  quiet period, with ``term + 1``; the others wait, and skip a best candidate that stays silent for an
+  election timeout.
+* A voter grants one vote per term, and none while it holds a lease on a live leader (so a returning
+  node cannot unseat a healthy leader: no churn). A candidate wins with votes from a majority of the
+  members alive in its view, so a partition's sides each elect their own leader and keep placing.
+* Two leaders that hear each other (after a partition heals) resolve at once: the higher term wins; on
+  equal terms the higher priority wins and takes a new term, so the loser's commands are fenced (agents
+  reject a term lower than the highest they have seen).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import Enum
+
+Priority = tuple[int, float, str]  # (configured priority, memory MB, node id): higher wins
+
+
+class Role(str, Enum):
+    FOLLOWER = "follower"
+    CANDIDATE = "candidate"
+    LEADER = "leader"
+
+
+# -- messages --------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Announce:
+    term: int
+    leader: str
+    priority: Priority
+
+
+@dataclass(frozen=True)
+class VoteRequest:
+    term: int
+    candidate: str
+    priority: Priority
+
+
+@dataclass(frozen=True)
+class Vote:
+    term: int
+    voter: str
+    granted: bool
+    leader: str | None  # the live leader the voter follows when it refuses
+
+
+Message = Announce | VoteRequest | Vote
+
+
+# -- events ----------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Tick:
+    """Time passed; ``alive`` is the current membership view (node id -> priority), self included."""
+
+    now: float
+    alive: Mapping[str, Priority]
+
+
+@dataclass(frozen=True)
+class Received:
+    now: float
+    sender: str
+    message: Message
+
+
+Event = Tick | Received
+
+
+# -- actions ---------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Send:
+    to: str
+    message: Message
+
+
+@dataclass(frozen=True)
+class Broadcast:
+    """Send to every member alive in the view except self."""
+
+    message: Message
+
+
+@dataclass(frozen=True)
+class BecameLeader:
+    term: int
+
+
+@dataclass(frozen=True)
+class BecameFollower:
+    term: int
+    leader: str | None
+
+
+Action = Send | Broadcast | BecameLeader | BecameFollower
+
+
+@dataclass(frozen=True)
+class ElectionConfig:
+    heartbeat_s: float = 0.3
+    election_timeout_s: float = 1.2
+
+    def __post_init__(self) -> None:
+        if self.election_timeout_s <= 3 * self.heartbeat_s:
+            raise ValueError("election_timeout_s must exceed 3 x heartbeat_s")
+
+
+@dataclass
+class _Candidacy:
+    term: int
+    started: float
+    granted: set[str] = field(default_factory=set)
+    electorate: frozenset[str] = frozenset()
+
+
+class Election:
+    """One node's election state. ``step(event)`` returns the actions to carry out."""
+
+    def __init__(self, node_id: str, priority: Priority, config: ElectionConfig, now: float, term: int = 0) -> None:
+        self.node_id = node_id
+        self.priority = priority
+        self.config = config
+        self.term = term
+        self.role = Role.FOLLOWER
+        self.leader: str | None = None
+        self.lease_until = now + config.election_timeout_s  # listen before standing
+        self.voted: dict[int, str] = {}
+        self.alive: dict[str, Priority] = {node_id: priority}
+        self._candidacy: _Candidacy | None = None
+        self._last_announce = -1e18
+        self._waiting_since: float | None = None
+        self._skipped: set[str] = set()
+
+    # -- queries ---------------------------------------------------------------------------------
+    @property
+    def is_leader(self) -> bool:
+        return self.role is Role.LEADER
+
+    def _lease_valid(self, now: float) -> bool:
+        return self.leader is not None and now < self.lease_until and self.leader in self.alive
+
+    # -- the step function -----------------------------------------------------------------------
+    def step(self, event: Event) -> list[Action]:
+        if isinstance(event, Tick):
+            self.alive = {**event.alive, self.node_id: self.priority}
+            return self._tick(event.now)
+        message = event.message
+        if isinstance(message, Announce):
+            return self._on_announce(event.now, message)
+        if isinstance(message, VoteRequest):
+            return self._on_vote_request(event.now, message)
+        return self._on_vote(event.now, message)
+
+    def _tick(self, now: float) -> list[Action]:
+        if self.role is Role.LEADER:
+            if now - self._last_announce >= self.config.heartbeat_s:
+                self._last_announce = now
+                return [Broadcast(Announce(self.term, self.node_id, self.priority))]
+            return []
+        if self.role is Role.CANDIDATE:
+            assert self._candidacy is not None
+            if now - self._candidacy.started >= self.config.election_timeout_s:
+                return self._follow(now, None)  # lost or stalled; re-evaluate on the next tick
+            return []
+        if self._lease_valid(now):
+            self._waiting_since = None
+            self._skipped.clear()
+            return []
+        if self.leader is None and now < self.lease_until:
+            return []  # listening for a leader (after start, or after standing down)
+        return self._consider_standing(now)
+
+    def _consider_standing(self, now: float) -> list[Action]:
+        if self.leader is not None:
+            self.leader = None  # the lease ran out: no known leader
+        if self._waiting_since is None:
+            self._waiting_since = now
+        elif now - self._waiting_since >= self.config.election_timeout_s:
+            best = self._best(exclude=self._skipped)
+            if best is not None and best != self.node_id:
+                self._skipped.add(best)  # the best candidate stayed silent: pass over it
+            self._waiting_since = now
+        best = self._best(exclude=self._skipped)
+        if best != self.node_id:
+            return []
+        return self._stand(now)
+
+    def _best(self, exclude: set[str]) -> str | None:
+        ranked = sorted((p, n) for n, p in self.alive.items() if n not in exclude or n == self.node_id)
+        return ranked[-1][1] if ranked else None
+
+    def _stand(self, now: float) -> list[Action]:
+        self.term += 1
+        self.role = Role.CANDIDATE
+        self.voted[self.term] = self.node_id
+        electorate = frozenset(self.alive)
+        self._candidacy = _Candidacy(self.term, now, {self.node_id}, electorate)
+        if self._has_majority():
+            return self._win(now)
+        return [Broadcast(VoteRequest(self.term, self.node_id, self.priority))]
+
+    def _has_majority(self) -> bool:
+        c = self._candidacy
+        return c is not None and len(c.granted & c.electorate) * 2 > len(c.electorate)
+
+    def _win(self, now: float) -> list[Action]:
+        self.role = Role.LEADER
+        self.leader = self.node_id
+        self._candidacy = None
+        self._waiting_since = None
+        self._skipped.clear()
+        self._last_announce = now
+        return [BecameLeader(self.term), Broadcast(Announce(self.term, self.node_id, self.priority))]
+
+    def _jump(self, now: float, term: int) -> list[Action]:
+        """Stay leader under a new, higher term (announced at once); fences commands of older terms."""
+        self.term = term
+        self._last_announce = now
+        return [BecameLeader(term), Broadcast(Announce(term, self.node_id, self.priority))]
+
+    def _follow(self, now: float, leader: str | None) -> list[Action]:
+        was = (self.role, self.leader)
+        self.role = Role.FOLLOWER
+        self.leader = leader
+        self._candidacy = None
+        if leader is not None:
+            self.lease_until = now + self.config.election_timeout_s
+            self._waiting_since = None
+            self._skipped.clear()
+        else:
+            self.lease_until = now + self.config.election_timeout_s  # listen before standing again
+            self._waiting_since = None
+        if was != (self.role, self.leader):
+            return [BecameFollower(self.term, leader)]
+        return []
+
+    # -- messages --------------------------------------------------------------------------------
+    def _on_announce(self, now: float, m: Announce) -> list[Action]:
+        if m.leader == self.node_id:
+            return []
+        if m.term < self.term:
+            if self.role is Role.LEADER:  # a stale leader: tell it about our newer term at once
+                return [Send(m.leader, Announce(self.term, self.node_id, self.priority))]
+            # a leader behind our term (we came back with a higher one): tell it, so it moves past us
+            return [Send(m.leader, Vote(self.term, self.node_id, False, self.leader))]
+        if self.role is Role.LEADER and m.term == self.term and self.priority > m.priority:
+            return self._jump(now, self.term + 1)  # we win the tie: a new term fences the rival's commands
+        if m.term > self.term:
+            self.term = m.term
+        actions = self._follow(now, m.leader)
+        self.lease_until = now + self.config.election_timeout_s
+        return actions
+
+    def _on_vote_request(self, now: float, m: VoteRequest) -> list[Action]:
+        if self.role is Role.LEADER:
+            # a live leader refuses; if the candidate's term caught up, it moves past it (no step-down)
+            jumped = self._jump(now, m.term + 1) if m.term >= self.term else []
+            return [*jumped, Send(m.candidate, Vote(self.term, self.node_id, False, self.node_id))]
+        if m.term < self.term:
+            return [Send(m.candidate, Vote(self.term, self.node_id, False, self.leader))]
+        if self._lease_valid(now) and self.leader != m.candidate:
+            # we follow a live leader: refuse, and let the candidate learn who it is
+            return [Send(m.candidate, Vote(m.term, self.node_id, False, self.leader))]
+        actions: list[Action] = []
+        if m.term > self.term:
+            self.term = m.term
+            if self.role is Role.CANDIDATE:
+                actions += self._follow(now, None)
+        granted = self.voted.get(m.term) in (None, m.candidate)
+        if granted:
+            self.voted[m.term] = m.candidate
+            self._waiting_since = now  # give the candidate a full timeout before standing ourselves
+        return [*actions, Send(m.candidate, Vote(m.term, self.node_id, granted, self.leader))]
+
+    def _on_vote(self, now: float, m: Vote) -> list[Action]:
+        if self.role is Role.LEADER:
+            if not m.granted and m.term >= self.term:
+                if m.leader is None:  # a node with a higher term but no leader: move past it
+                    return self._jump(now, m.term + 1)
+                self.term = m.term  # it follows another live leader at a newer term: stand down
+                return self._follow(now, None)
+            return []
+        if m.term > self.term and not m.granted:
+            self.term = m.term
+            return self._follow(now, None)
+        c = self._candidacy
+        if self.role is not Role.CANDIDATE or c is None or m.term != c.term:
+            return []
+        if not m.granted:
+            if m.leader is not None and m.leader != self.node_id:
+                return self._follow(now, None)  # someone follows a live leader: stand down and listen
+            return []
+        c.granted.add(m.voter)
+        if self._has_majority():
+            return self._win(now)
+        return []

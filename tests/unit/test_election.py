@@ -1,0 +1,265 @@
+"""The election machine: one test per role transition, then simulated networks with faults."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from coordinator_election import (
+    Announce,
+    BecameFollower,
+    BecameLeader,
+    Broadcast,
+    Election,
+    ElectionConfig,
+    Received,
+    Role,
+    Send,
+    Tick,
+    Vote,
+    VoteRequest,
+)
+from tests.unit.election_sim import Network
+
+CFG = ElectionConfig(heartbeat_s=0.3, election_timeout_s=1.2)
+P = {n: (0, 1000.0 - i, n) for i, n in enumerate(["a", "b", "c"])}  # a is best
+
+
+def machine(node: str = "a", term: int = 0) -> Election:
+    return Election(node, P[node], CFG, now=0.0, term=term)
+
+
+def test_config_demands_timeout_over_three_heartbeats() -> None:
+    with pytest.raises(ValueError):
+        ElectionConfig(heartbeat_s=0.5, election_timeout_s=1.5)
+
+
+def test_listens_before_standing() -> None:
+    m = machine()
+    assert m.step(Tick(1.0, P)) == []  # quiet period: election timeout after start
+    assert m.role is Role.FOLLOWER
+
+
+def test_follower_to_candidate_when_best_and_no_leader() -> None:
+    m = machine()
+    assert m.step(Tick(1.0, P)) == []
+    actions = m.step(Tick(1.25, P))
+    assert m.role is Role.CANDIDATE and m.term == 1
+    assert actions == [Broadcast(VoteRequest(1, "a", P["a"]))]
+
+
+def test_not_best_waits_then_skips_a_silent_best() -> None:
+    m = machine("b")
+    assert m.step(Tick(1.2, P)) == [] and m.role is Role.FOLLOWER  # a is better: wait for it
+    assert m.step(Tick(2.0, P)) == []
+    actions = m.step(Tick(2.4, P))  # a stayed silent for an election timeout: pass over it
+    assert m.role is Role.CANDIDATE and actions == [Broadcast(VoteRequest(1, "b", P["b"]))]
+
+
+def test_alone_wins_at_once() -> None:
+    m = machine()
+    actions = m.step(Tick(1.3, {}))
+    assert m.role is Role.LEADER and actions[0] == BecameLeader(1)
+
+
+def test_candidate_to_leader_on_majority() -> None:
+    m = machine()
+    m.step(Tick(1.3, P))
+    assert m.step(Received(1.31, "b", Vote(1, "b", True, None))) == [
+        BecameLeader(1),
+        Broadcast(Announce(1, "a", P["a"])),
+    ]
+    assert m.role is Role.LEADER and m.leader == "a"
+
+
+def test_leader_announces_every_heartbeat() -> None:
+    m = machine()
+    m.step(Tick(1.3, {}))
+    assert m.step(Tick(1.4, {})) == []
+    assert m.step(Tick(1.6, {})) == [Broadcast(Announce(1, "a", P["a"]))]
+
+
+def test_candidate_to_follower_when_refused_for_a_live_leader() -> None:
+    m = machine()
+    m.step(Tick(1.3, P))
+    assert m.step(Received(1.31, "b", Vote(1, "b", False, "c"))) == [BecameFollower(1, None)]
+    assert m.role is Role.FOLLOWER
+
+
+def test_candidate_times_out() -> None:
+    m = machine()
+    m.step(Tick(1.3, P))
+    assert m.step(Tick(2.6, P)) == [BecameFollower(1, None)]
+
+
+def test_announce_makes_a_follower_and_refreshes_its_lease() -> None:
+    m = machine("b")
+    assert m.step(Received(0.5, "a", Announce(3, "a", P["a"]))) == [BecameFollower(3, "a")]
+    assert m.term == 3 and m.leader == "a"
+    assert m.step(Tick(1.6, P)) == []  # lease valid until 1.7
+    m.step(Received(1.6, "a", Announce(3, "a", P["a"])))
+    assert m.step(Tick(2.7, P)) == [] and m.leader == "a"
+
+
+def test_lease_expiry_drops_the_leader() -> None:
+    m = machine("a")
+    m.step(Received(0.1, "c", Announce(2, "c", P["c"])))
+    actions = m.step(Tick(1.4, P))  # lease expired at 1.3; a is best and stands at once
+    assert m.leader is None
+    assert m.role is Role.CANDIDATE and m.term == 3 and actions
+
+
+def test_leader_steps_down_for_a_higher_term() -> None:
+    m = machine()
+    m.step(Tick(1.3, {}))
+    assert m.step(Received(2.0, "c", Announce(5, "c", P["c"]))) == [BecameFollower(5, "c")]
+
+
+def test_equal_terms_the_higher_priority_leader_moves_on_and_fences() -> None:
+    m = machine()
+    m.step(Tick(1.3, {}))
+    actions = m.step(Received(2.0, "b", Announce(1, "b", P["b"])))
+    assert m.role is Role.LEADER and m.term == 2
+    assert actions == [BecameLeader(2), Broadcast(Announce(2, "a", P["a"]))]
+    loser = machine("b")
+    loser.step(Tick(1.3, {}))
+    assert loser.step(Received(2.0, "a", Announce(1, "a", P["a"]))) == [BecameFollower(1, "a")]
+
+
+def test_stale_leader_is_told_the_newer_term() -> None:
+    m = machine()
+    m.step(Tick(1.3, {}))
+    m.step(Received(1.4, "c", Announce(4, "c", P["c"])))
+    m.step(Tick(3.0, {}))  # c gone silent; a stands alone and wins term 5
+    m.step(Tick(3.1, {}))
+    assert m.role is Role.LEADER and m.term == 5
+    assert m.step(Received(3.2, "b", Announce(2, "b", P["b"]))) == [Send("b", Announce(5, "a", P["a"]))]
+
+
+def test_votes_once_per_term_and_not_while_following_a_live_leader() -> None:
+    m = machine("c")
+    m.step(Tick(0.05, P))
+    assert m.step(Received(0.1, "a", VoteRequest(1, "a", P["a"]))) == [Send("a", Vote(1, "c", True, None))]
+    assert m.step(Received(0.2, "b", VoteRequest(1, "b", P["b"]))) == [Send("b", Vote(1, "c", False, None))]
+    m.step(Received(0.3, "a", Announce(1, "a", P["a"])))
+    assert m.step(Received(0.4, "b", VoteRequest(2, "b", P["b"]))) == [Send("b", Vote(2, "c", False, "a"))]
+    assert m.step(Received(0.5, "b", VoteRequest(0, "b", P["b"]))) == [Send("b", Vote(1, "c", False, "a"))]
+
+
+def test_higher_term_refusal_makes_a_candidate_follow() -> None:
+    m = machine()
+    m.step(Tick(1.3, P))
+    assert m.step(Received(1.4, "b", Vote(7, "b", False, None))) == [BecameFollower(7, None)]
+
+
+# -- simulated networks ------------------------------------------------------------------------------
+def test_five_nodes_agree_on_the_best() -> None:
+    net = Network(5)
+    took = net.time_until_agreed(10)
+    assert took is not None and took < 3
+    assert net.agreed_leader() == "n4"  # equal memory: the highest id wins
+
+
+def test_memory_decides_by_default() -> None:
+    net = Network(4, memory={"n1": 8000.0})
+    net.time_until_agreed(10)
+    assert net.agreed_leader() == "n1"
+
+
+def test_leader_crash_new_leader_everywhere_within_3_s() -> None:
+    net = Network(5)
+    net.time_until_agreed(10)
+    net.crash("n4")
+    took = net.time_until_agreed(10)
+    assert took is not None and took < 3.0
+    assert net.agreed_leader() == "n3"
+
+
+def test_no_flapping_in_steady_state() -> None:
+    net = Network(5)
+    net.time_until_agreed(10)
+    elections = len(net.leader_log)
+    net.run(60)
+    assert len(net.leader_log) == elections
+
+
+def test_returning_node_causes_no_churn() -> None:
+    net = Network(5)
+    net.time_until_agreed(10)
+    net.crash("n4")
+    net.time_until_agreed(10)
+    leader, term = net.agreed_leader(), net.nodes["n3"].term
+    net.restart("n4")
+    net.run(10)
+    assert net.agreed_leader() == leader == "n3" and net.nodes["n3"].term == term
+
+
+def test_partition_gives_each_side_a_leader_and_heal_leaves_one() -> None:
+    net = Network(5)
+    net.time_until_agreed(10)
+    net.partition(["n0", "n1", "n2"], ["n3", "n4"])
+    assert net.time_until_agreed(10, ["n0", "n1", "n2"]) is not None
+    assert net.agreed_leader(["n3", "n4"]) == "n4"
+    minority_term = net.nodes["n4"].term
+    majority_leader = net.agreed_leader(["n0", "n1", "n2"])
+    assert majority_leader == "n2" and net.nodes["n2"].term > minority_term
+    net.heal()
+    took = net.time_until_agreed(5)
+    assert took is not None and took < 1.0
+    assert net.agreed_leader() == "n2"
+    assert all(net.nodes[n].term > minority_term for n in net.ids)  # n4's old commands are now fenced
+
+
+def _check_invariants(net: Network) -> None:
+    for term, voter_sets in net.votes_by_term.items():
+        for i, a in enumerate(voter_sets):
+            for b in voter_sets[i + 1 :]:
+                assert not (a & b), f"a voter elected two leaders in term {term}"
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.integers(2, 6),
+    st.integers(0, 10_000),
+    st.lists(
+        st.tuples(st.sampled_from(["crash", "restart", "isolate", "partition", "heal", "drop", "delay"]),
+                  st.integers(0, 5), st.floats(0.1, 3.0)),
+        max_size=8,
+    ),
+)  # fmt: skip
+def test_random_fault_schedules(size: int, seed: int, schedule: list[tuple[str, int, float]]) -> None:
+    net = Network(size, seed=seed)
+    net.run(2)
+    for kind, who, duration in schedule:
+        node = net.ids[who % size]
+        if kind == "crash" and len(net.up) > 1:
+            net.crash(node)
+        elif kind == "restart":
+            net.restart(node)
+        elif kind == "isolate":
+            net.isolate(node)
+        elif kind == "partition":
+            cut = who % size + 1
+            net.partition(net.ids[:cut], net.ids[cut:])
+        elif kind == "heal":
+            net.heal()
+        elif kind == "drop":
+            net.drop_rate = 0.3
+        elif kind == "delay":
+            net.extra_delay = 0.2
+        net.run(duration)
+        _check_invariants(net)
+    # faults end: the network heals and settles
+    net.heal()
+    net.drop_rate = 0.0
+    net.extra_delay = 0.0
+    for node in net.ids:
+        if node not in net.up:
+            net.restart(node)
+    took = net.time_until_agreed(8)
+    assert took is not None, [(n, net.nodes[n].role, net.nodes[n].term, net.nodes[n].leader) for n in net.ids]
+    _check_invariants(net)
+    leader = net.agreed_leader()
+    net.run(10)
+    assert net.agreed_leader() == leader  # and it stays: no flapping once stable
