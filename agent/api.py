@@ -52,6 +52,7 @@ class DesiredBody(BaseModel):
     term: int = Field(ge=0)
     leader: str = Field(min_length=1, max_length=64)
     instances: dict[str, int]
+    placement: dict[str, Any] | None = None
 
 
 def error(status: int, message: str, **extra: Any) -> JSONResponse:
@@ -250,7 +251,7 @@ def create_app(agent: NodeAgent) -> FastAPI:
         if any(c < 0 for c in body.instances.values()) or any(not valid_model_name(m) for m in body.instances):
             return error(400, "instances must map catalogue model names to non-negative counts")
         try:
-            state = agent.set_desired(body.term, body.leader, body.instances)
+            state = agent.set_desired(body.term, body.leader, body.instances, body.placement)
         except FencedError as exc:
             return error(409, str(exc), highest_term=exc.highest)
         except UnknownModelError as exc:
@@ -298,12 +299,34 @@ def create_app(agent: NodeAgent) -> FastAPI:
             "mem_available_mb": round(m.mem_available_mb, 1),
             "gpu_load": m.gpu_percent,
         }
+        lead = agent.leadership
+        placement = lead.last_placement if lead is not None and lead.is_leader else agent.last_placement
         return {
             "node_id": s.node_id,
-            "leader": None,
-            "term": None,
+            "leader": lead.leader if lead is not None else None,
+            "term": lead.term if lead is not None else None,
+            "role": lead.machine.role.value if lead is not None else None,
             "members": [me, *(p.to_dict() for p in agent.peers.members())],
+            "last_placement": placement,
         }
+
+    @app.post("/election/message")
+    async def election_message(request: Request) -> Any:
+        if agent.settings.cluster_token:
+            denied = _check_token(agent.settings.cluster_token, request.headers.get("authorization"))
+            if denied is not None:
+                return denied
+        if agent.leadership is None:
+            return error(409, "this node takes no part in elections (discovery is off)")
+        try:
+            body = await request.json()
+            sender = body["from"]
+            if not isinstance(sender, str):
+                raise TypeError(sender)
+            agent.leadership.receive(sender, body["message"])
+        except (ValueError, KeyError, TypeError) as exc:
+            return error(400, f"malformed election message: {exc}")
+        return {"ok": True}
 
     @app.get("/health")
     async def health() -> Any:

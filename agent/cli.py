@@ -28,6 +28,10 @@ FLAGS: list[tuple[str, dict[str, Any]]] = [
     ("--heartbeat-interval-s", {"type": float, "help": "heartbeat period (default 0.5)"}),
     ("--suspect-after-s", {"type": float, "help": "a silent peer is suspect after this long (default 1.0)"}),
     ("--dead-after-s", {"type": float, "help": "a silent peer is dead after this long (default 2.0)"}),
+    ("--priority", {"type": int, "help": "leader election priority, higher first (default 0; ties: memory, id)"}),
+    ("--placement-period-s", {"type": float, "help": "seconds between the leader's placement rounds (default 30)"}),
+    ("--placement-mode", {"choices": ["1", "2", "auto"], "help": "solver mode for placement rounds (default 1)"}),
+    ("--placement-method", {"help": "solver method: ipopt (default), milp, least-loaded, ..."}),
 ]
 
 

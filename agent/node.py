@@ -31,6 +31,7 @@ from agent.decisions import (
 from agent.discovery.membership import MembershipConfig
 from agent.discovery.service import Discovery
 from agent.errors import AgentError, InstanceStartError, RuntimeUnavailable
+from agent.leadership import Leadership
 from agent.metrics import MetricsReader, NodeMetrics
 from agent.peers import NoPeers, PeerTable
 from agent.runtime.base import Instance, Runtime, probe_available
@@ -116,6 +117,8 @@ class NodeAgent:
             self.discovery = self._make_discovery()
         self.peers: PeerTable = peers or self.discovery or NoPeers()
         self.started_at = clock()
+        self.leadership: Leadership | None = None
+        self.last_placement: dict[str, Any] | None = None
         self.state = NodeState()
         self.health: dict[str, ModelHealth] = {}
         self.exec_ms: dict[tuple[str, str], float] = {}  # (node, model) -> measured EWMA
@@ -138,12 +141,16 @@ class NodeAgent:
         await self.reconcile_once()
         if self.discovery is not None:
             await self.discovery.start()
+            self.leadership = Leadership(self)
+            await self.leadership.start()
         self._tasks = [
             asyncio.create_task(self._reconcile_loop(), name="reconcile"),
             asyncio.create_task(self._catalogue_loop(), name="catalogue"),
         ]
 
     async def stop(self) -> None:
+        if self.leadership is not None:
+            await self.leadership.stop()
         if self.discovery is not None:
             await self.discovery.stop()
         for task in self._tasks:
@@ -175,7 +182,12 @@ class NodeAgent:
             token=s.cluster_token,
             seeds=s.seed_urls,
             use_mdns=s.mdns,
+            on_change=lambda _transitions: self._membership_changed(),
         )
+
+    def _membership_changed(self) -> None:
+        if self.leadership is not None:
+            self.leadership.membership_changed()
 
     def peer_state(self) -> dict[str, Any]:
         """This node as peers see it (the heartbeat answer, GET /peer/state; also the TXT's source)."""
@@ -198,6 +210,7 @@ class NodeAgent:
             "leader": self._desired.leader,
             "catalogue_version": self.catalogue.current.version,
             "started_at": self.started_at,
+            "priority": self.settings.priority,
         }
 
     # -- desired state ---------------------------------------------------------------------------------
@@ -205,7 +218,9 @@ class NodeAgent:
     def desired(self) -> DesiredState:
         return self._desired
 
-    def set_desired(self, term: int, leader: str | None, instances: Mapping[str, int]) -> DesiredState:
+    def set_desired(
+        self, term: int, leader: str | None, instances: Mapping[str, int], placement: dict[str, Any] | None = None
+    ) -> DesiredState:
         """Apply a leader's desired set (idempotent); raises FencedError or UnknownModelError."""
         unknown = sorted(m for m in instances if self.catalogue.current.get(m) is None)
         if unknown:
@@ -214,6 +229,8 @@ class NodeAgent:
         if term < highest:
             raise FencedError(term, highest)
         self.store.observe_term(term)
+        if placement is not None:
+            self.last_placement = placement
         wanted = {m: int(c) for m, c in instances.items() if c > 0}
         state = DesiredState(wanted, term, leader)
         if state != self._desired:

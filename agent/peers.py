@@ -23,6 +23,8 @@ class Member:
     gpu_load: float | None = None
     cpu_load: float = 0.0
     node_class: str = "default"
+    mem_total_mb: float = 0.0
+    priority: int = 0
 
     @property
     def models(self) -> list[str]:

@@ -55,6 +55,13 @@ class Settings:
     heartbeat_interval_s: float = 0.5
     suspect_after_s: float = 1.0
     dead_after_s: float = 2.0
+    priority: int = 0
+    election_heartbeat_s: float = 0.3
+    election_timeout_s: float = 1.2
+    placement_period_s: float = 30.0
+    placement_mode: str = "1"
+    placement_method: str = "ipopt"
+    request_window_s: float = 600.0
 
     def __post_init__(self) -> None:
         if not self.node_id:
@@ -111,6 +118,15 @@ def validate(s: Settings) -> None:
             raise ConfigError(name, "must be positive")
     if not s.heartbeat_interval_s < s.suspect_after_s < s.dead_after_s:
         raise ConfigError("dead_after_s", "need heartbeat_interval_s < suspect_after_s < dead_after_s")
+    if s.election_timeout_s <= 3 * s.election_heartbeat_s:
+        raise ConfigError("election_timeout_s", "must exceed 3 x election_heartbeat_s")
+    if s.placement_mode not in ("1", "2", "auto"):
+        raise ConfigError("placement_mode", f"{s.placement_mode!r}: choose 1, 2 or auto")
+    if s.placement_method not in ("ipopt", "ipopt-nl", "milp", "iterative", "nearest", "least-loaded"):
+        raise ConfigError("placement_method", f"{s.placement_method!r} is not a solver method")
+    for name in ("placement_period_s", "request_window_s", "election_heartbeat_s"):
+        if getattr(s, name) <= 0:
+            raise ConfigError(name, "must be positive")
     for seed in s.seed_urls:
         if not seed.startswith(("http://", "https://")):
             raise ConfigError("seeds", f"{seed!r} is not an http(s) URL of an agent")

@@ -118,6 +118,7 @@ class ElectionConfig:
 class _Candidacy:
     term: int
     started: float
+    asked: float
     granted: set[str] = field(default_factory=set)
     electorate: frozenset[str] = frozenset()
 
@@ -139,6 +140,7 @@ class Election:
         self._last_announce = -1e18
         self._waiting_since: float | None = None
         self._skipped: set[str] = set()
+        self._lost_leader: str | None = None  # the leader whose lease ran out, if any
 
     # -- queries ---------------------------------------------------------------------------------
     @property
@@ -167,9 +169,13 @@ class Election:
                 return [Broadcast(Announce(self.term, self.node_id, self.priority))]
             return []
         if self.role is Role.CANDIDATE:
-            assert self._candidacy is not None
-            if now - self._candidacy.started >= self.config.election_timeout_s:
+            c = self._candidacy
+            assert c is not None
+            if now - c.started >= self.config.election_timeout_s:
                 return self._follow(now, None)  # lost or stalled; re-evaluate on the next tick
+            if now - c.asked >= self.config.heartbeat_s:  # ask again: voters' leases expire one by one
+                c.asked = now
+                return [Broadcast(VoteRequest(self.term, self.node_id, self.priority))]
             return []
         if self._lease_valid(now):
             self._waiting_since = None
@@ -181,6 +187,7 @@ class Election:
 
     def _consider_standing(self, now: float) -> list[Action]:
         if self.leader is not None:
+            self._lost_leader = self.leader
             self.leader = None  # the lease ran out: no known leader
         if self._waiting_since is None:
             self._waiting_since = now
@@ -203,7 +210,7 @@ class Election:
         self.role = Role.CANDIDATE
         self.voted[self.term] = self.node_id
         electorate = frozenset(self.alive)
-        self._candidacy = _Candidacy(self.term, now, {self.node_id}, electorate)
+        self._candidacy = _Candidacy(self.term, now, now, {self.node_id}, electorate)
         if self._has_majority():
             return self._win(now)
         return [Broadcast(VoteRequest(self.term, self.node_id, self.priority))]
@@ -236,6 +243,7 @@ class Election:
             self.lease_until = now + self.config.election_timeout_s
             self._waiting_since = None
             self._skipped.clear()
+            self._lost_leader = None
         else:
             self.lease_until = now + self.config.election_timeout_s  # listen before standing again
             self._waiting_since = None
@@ -283,12 +291,14 @@ class Election:
 
     def _on_vote(self, now: float, m: Vote) -> list[Action]:
         if self.role is Role.LEADER:
-            if not m.granted and m.term >= self.term:
-                if m.leader is None:  # a node with a higher term but no leader: move past it
-                    return self._jump(now, m.term + 1)
-                self.term = m.term  # it follows another live leader at a newer term: stand down
+            if m.granted or m.leader == self.node_id or m.term < self.term:
+                return []  # late answers to our own candidacy, or old news
+            if m.leader is None:  # a node with a term at or past ours but no leader: move past it
+                return self._jump(now, m.term + 1)
+            if m.term > self.term:  # it follows another live leader at a newer term: stand down
+                self.term = m.term
                 return self._follow(now, None)
-            return []
+            return []  # another leader at our term: the announce exchange settles it
         if m.term > self.term and not m.granted:
             self.term = m.term
             return self._follow(now, None)
@@ -296,9 +306,9 @@ class Election:
         if self.role is not Role.CANDIDATE or c is None or m.term != c.term:
             return []
         if not m.granted:
-            if m.leader is not None and m.leader != self.node_id:
-                return self._follow(now, None)  # someone follows a live leader: stand down and listen
-            return []
+            if m.leader is not None and m.leader not in (self.node_id, self._lost_leader):
+                return self._follow(now, None)  # someone follows another live leader: stand down and listen
+            return []  # its lease on the leader we lost runs out soon: we ask again
         c.granted.add(m.voter)
         if self._has_majority():
             return self._win(now)

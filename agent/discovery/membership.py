@@ -103,6 +103,10 @@ def parse_peer_state(data: Any, expected_id: str | None = None) -> PeerState:
     )
 
 
+def _int(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
 @dataclass(frozen=True)
 class Record:
     node_id: str
@@ -215,6 +219,8 @@ class Membership:
                     gpu_load=s.gpu_load if s else None,
                     cpu_load=s.cpu_load if s else 0.0,
                     node_class=s.node_class if s else "default",
+                    mem_total_mb=s.mem_total_mb if s else 0.0,
+                    priority=_int(s.extra.get("priority", 0)) if s else 0,
                 )
             )
         return out

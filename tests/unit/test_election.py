@@ -87,6 +87,18 @@ def test_candidate_to_follower_when_refused_for_a_live_leader() -> None:
     assert m.role is Role.FOLLOWER
 
 
+def test_candidate_asks_again_and_ignores_refusals_naming_the_lost_leader() -> None:
+    m = machine("b")
+    m.step(Received(0.1, "a", Announce(1, "a", P["a"])))
+    m.step(Tick(1.4, {"b": P["b"], "c": P["c"]}))  # a silent and gone from the view: b is best
+    assert m.role is Role.CANDIDATE and m._lost_leader == "a"
+    assert m.step(Received(1.45, "c", Vote(2, "c", False, "a"))) == []  # c's lease on a runs out soon
+    assert m.role is Role.CANDIDATE
+    assert m.step(Tick(1.75, {"b": P["b"], "c": P["c"]})) == [Broadcast(VoteRequest(2, "b", P["b"]))]
+    actions = m.step(Received(1.8, "c", Vote(2, "c", True, None)))
+    assert m.role is Role.LEADER and actions[0] == BecameLeader(2)
+
+
 def test_candidate_times_out() -> None:
     m = machine()
     m.step(Tick(1.3, P))

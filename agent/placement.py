@@ -1,0 +1,134 @@
+"""What the leader does each round, as pure functions: gather -> snapshot -> desired sets.
+
+``build_snapshot`` turns what the agents report (node stats, model stats, a window of request records)
+into a solver.Snapshot: one request per (client, model) stream active in the window, its RTT to each
+node from the client's latest report (UNKNOWN_RTT_MS where it measured none), execution time per node
+from the median of proxied latencies there, else the catalogue's profile for the node's class.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from agent.catalogue import Catalogue
+from agent.decisions import UNKNOWN_RTT_MS
+
+
+@dataclass(frozen=True)
+class NodeReport:
+    """One agent's answer to the leader's gathering: /stats/node and /stats/models."""
+
+    node_id: str
+    mem_available_mb: float
+    mem_total_mb: float
+    compute: float
+    node_class: str
+    instances: Mapping[str, int]
+    usage: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RequestRecord:
+    ts: float
+    model: str
+    client: str
+    rtt_ms: Mapping[str, float]
+    node: str | None
+    latency_ms: float | None
+    status: int
+
+
+def parse_node_report(stats_node: Mapping[str, Any], stats_models: Mapping[str, Any]) -> NodeReport:
+    """Build a NodeReport from the two JSON answers; raises KeyError/TypeError/ValueError on garbage."""
+    counts: dict[str, int] = {}
+    for inst in stats_node["instances"]:
+        if inst.get("running"):
+            counts[str(inst["model"])] = counts.get(str(inst["model"]), 0) + 1
+    return NodeReport(
+        node_id=str(stats_node["node_id"]),
+        mem_available_mb=float(stats_node["mem_available_mb"]),
+        mem_total_mb=float(stats_node["mem_total_mb"]),
+        compute=float(stats_node["compute"]),
+        node_class=str(stats_node.get("node_class", "default")),
+        instances=counts,
+        usage={str(m): dict(v) for m, v in stats_models.get("models", {}).items()},
+    )
+
+
+def parse_request(raw: Mapping[str, Any]) -> RequestRecord:
+    rtts = raw.get("rtt_ms") or {}
+    return RequestRecord(
+        ts=float(raw["ts"]),
+        model=str(raw["model"]),
+        client=str(raw["client"]),
+        rtt_ms={str(k): float(v) for k, v in rtts.items()},
+        node=None if raw.get("node") is None else str(raw["node"]),
+        latency_ms=None if raw.get("latency_ms") is None else float(raw["latency_ms"]),
+        status=int(raw["status"]),
+    )
+
+
+def build_snapshot(
+    nodes: Sequence[NodeReport], records: Iterable[RequestRecord], catalogue: Catalogue, now_s: float
+) -> dict[str, Any]:
+    """The solver snapshot (JSON form) for this round."""
+    ids = [n.node_id for n in nodes]
+    known = set(catalogue.models)
+    streams: dict[tuple[str, str], dict[str, float]] = {}
+    latencies: dict[tuple[str, str], list[float]] = {}
+    for r in sorted(records, key=lambda r: r.ts):
+        if r.model not in known or (r.status >= 500 and r.status != 503):
+            continue
+        rtts = streams.setdefault((r.client, r.model), {})
+        rtts.update({n: v for n, v in r.rtt_ms.items() if n in ids})
+        if r.node is not None and r.latency_ms is not None and 200 <= r.status < 300:
+            latencies.setdefault((r.node, r.model), []).append(r.latency_ms)
+    classes = {n.node_id: n.node_class for n in nodes}
+
+    def exec_ms(node: str, model: str) -> float:
+        measured = latencies.get((node, model))
+        if measured:
+            return float(statistics.median(measured))
+        return catalogue.models[model].expected_exec_ms(classes[node])
+
+    requests = [
+        {
+            "model": model,
+            "client": client,
+            "rtt_ms": {n: rtts.get(n, UNKNOWN_RTT_MS) for n in ids},
+            "exec_ms": {n: exec_ms(n, model) for n in ids},
+        }
+        for (client, model), rtts in sorted(streams.items())
+    ]
+    return {
+        "now_s": now_s,
+        "nodes": [
+            {
+                "id": n.node_id,
+                "mem_available_mb": min(n.mem_available_mb, n.mem_total_mb),
+                "mem_total_mb": n.mem_total_mb,
+                "compute": n.compute,
+                "instances": {m: c for m, c in n.instances.items() if m in known},
+                "usage": {
+                    m: {
+                        "requests": int(u.get("requests_since_provisioned") or 0),
+                        "last_request_s": u.get("last_request"),
+                        "provisioned_s": u.get("provisioned_at"),
+                    }
+                    for m, u in n.usage.items()
+                    if m in known
+                },
+            }
+            for n in nodes
+        ],
+        "models": [{"name": m.name, "mem_mb": m.mem_mb, "compute": m.compute} for m in catalogue.models.values()],
+        "requests": requests,
+    }
+
+
+def desired_sets(plan_instances: Mapping[str, Mapping[str, int]], node_ids: Sequence[str]) -> dict[str, dict[str, int]]:
+    """The desired set per node from a plan (every node gets one, possibly empty)."""
+    return {n: {m: int(c) for m, c in plan_instances.get(n, {}).items() if c > 0} for n in node_ids}
