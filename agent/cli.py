@@ -89,6 +89,7 @@ def cmd_agent(args: argparse.Namespace) -> int:
     logging.getLogger().setLevel(args.log_level.upper())
     logging.getLogger("agent").setLevel(args.log_level.upper())
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    logging.getLogger("cyipopt").setLevel(logging.WARNING)
     app = create_app(agent)
     config = uvicorn.Config(
         app,

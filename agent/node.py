@@ -30,6 +30,7 @@ from agent.decisions import (
 )
 from agent.discovery.membership import MembershipConfig
 from agent.discovery.service import Discovery
+from agent.discovery.txt import cluster_id
 from agent.errors import AgentError, InstanceStartError, RuntimeUnavailable
 from agent.leadership import Leadership
 from agent.metrics import MetricsReader, NodeMetrics
@@ -211,6 +212,7 @@ class NodeAgent:
             "catalogue_version": self.catalogue.current.version,
             "started_at": self.started_at,
             "priority": self.settings.priority,
+            "cluster": cluster_id(self.settings.cluster_token),
         }
 
     # -- desired state ---------------------------------------------------------------------------------

@@ -31,10 +31,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv: debug)")
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
     from agent import cli as agent_cli
+    from client import cli as client_cli
+    from peerserve import demo
     from solver import cli as solver_cli
 
-    solver_cli.register(commands)
     agent_cli.register(commands)
+    client_cli.register(commands)
+    solver_cli.register(commands)
+    demo.register(commands)
     return parser
 
 

@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 
 from agent.discovery.membership import Membership, MembershipConfig, Transition, parse_peer_state
-from agent.discovery.txt import SERVICE_TYPE, build_txt, parse_txt, should_update
+from agent.discovery.txt import SERVICE_TYPE, build_txt, cluster_id, parse_txt, should_update
 from agent.errors import PeerError
 from agent.peers import Member
 
@@ -78,6 +78,7 @@ class Discovery:
         self.on_change = on_change
         self.clock = clock
         self.membership = Membership(node_id, config)
+        self.cluster = cluster_id(token)
         self.stopping = False
         self._zc: Any = None
         self._info: Any = None
@@ -152,6 +153,7 @@ class Discovery:
         return build_txt(
             self.node_id,
             self.api_port,
+            self.cluster,
             str(s.get("catalogue_version", "")),
             sorted(s.get("endpoints", {})),
             float(s.get("mem_total_mb", 0.0)),
@@ -214,6 +216,10 @@ class Discovery:
         except PeerError as exc:
             self._say_once(f"txt:{name}:{exc}", logging.WARNING, "ignoring mDNS service %s: %s", name, exc)
             return
+        if advert.cluster != self.cluster:
+            self._say_once(f"cluster:{advert.cluster}", logging.INFO,
+                           "ignoring agents of another cluster (%s, e.g. %s)", advert.cluster, name)  # fmt: skip
+            return
         if advert.node_id == self.node_id:
             if addresses[0] != self.address or advert.port != self.api_port:
                 msg = "another node at %s claims our node id %s; ignored"
@@ -249,6 +255,8 @@ class Discovery:
             if r.status_code != 200:
                 raise PeerError(f"HTTP {r.status_code}")
             state = parse_peer_state(r.json(), expected_id=node_id)
+            if state.extra.get("cluster", "open") != self.cluster:
+                raise PeerError("it belongs to another cluster (different cluster token)")
         except (httpx.HTTPError, ValueError, PeerError) as exc:
             if isinstance(exc, (PeerError, ValueError)):
                 self._say_once(f"hb:{node_id}:{type(exc).__name__}", logging.WARNING,
@@ -267,6 +275,8 @@ class Discovery:
                 try:
                     r = await self.http.get(f"{seed}/peer/state", params={"from": self.node_id}, timeout=1.0)
                     state = parse_peer_state(r.json())
+                    if state.extra.get("cluster", "open") != self.cluster:
+                        raise PeerError("it belongs to another cluster (different cluster token)")
                 except (httpx.HTTPError, ValueError, PeerError) as exc:
                     self._say_once(f"seed:{seed}", logging.INFO, "seed %s not reachable yet: %s", seed, exc)
                     continue

@@ -1,6 +1,7 @@
 """The mDNS TXT record: what a node advertises, kept under 400 bytes, updated only on meaningful change.
 
-Keys (short, RFC 6763 6.4): ``id`` node id, ``port`` API port, ``pv`` protocol version, ``cv`` catalogue
+Keys (short, RFC 6763 6.4): ``id`` node id, ``port`` API port, ``pv`` protocol version, ``c`` cluster id
+(a digest of the cluster token: agents of other clusters on the same network ignore each other), ``cv`` catalogue
 version, ``m`` ready models comma-separated (or ``md`` a digest when the list would not fit), ``mt`` / ``ma``
 memory total / available (MB), ``g`` GPU load (%; empty when unknown), ``t`` highest leader term.
 Liveness never comes from here (heartbeats do); the TXT says who exists and roughly what it holds.
@@ -21,7 +22,14 @@ TXT_LIMIT = 400  # bytes, RFC 6763 6.2
 MIN_UPDATE_INTERVAL_S = 1.0  # RFC 6762 6: at most once a second
 LOAD_STEP = 5.0  # GPU load points that count as a change
 MEMORY_STEP = 0.05  # share of total memory that counts as a change
-STABLE_KEYS = ("id", "port", "pv", "cv", "m", "md", "t")
+STABLE_KEYS = ("id", "port", "pv", "c", "cv", "m", "md", "t")
+
+
+def cluster_id(token: str) -> str:
+    """A public name for the cluster a token defines (no token: the open cluster)."""
+    if not token:
+        return "open"
+    return hashlib.sha256(f"peerserve-cluster:{token}".encode()).hexdigest()[:12]
 
 
 @dataclass(frozen=True)
@@ -31,6 +39,7 @@ class Advert:
     node_id: str
     port: int
     protocol: str
+    cluster: str
     catalogue_version: str
     models: tuple[str, ...] | None  # None when only a digest was advertised
     mem_total_mb: float
@@ -47,6 +56,7 @@ def encoded_size(txt: Mapping[str, str]) -> int:
 def build_txt(
     node_id: str,
     port: int,
+    cluster: str,
     catalogue_version: str,
     models: list[str],
     mem_total_mb: float,
@@ -59,6 +69,7 @@ def build_txt(
         "id": node_id,
         "port": str(port),
         "pv": PROTOCOL_VERSION,
+        "c": cluster,
         "cv": catalogue_version[:32],
         "m": ",".join(sorted(models)),
         "mt": str(round(mem_total_mb)),
@@ -120,6 +131,7 @@ def parse_txt(properties: Mapping[Any, Any]) -> Advert:
             node_id=node_id,
             port=port,
             protocol=props["pv"],
+            cluster=props.get("c", "open"),
             catalogue_version=props.get("cv", ""),
             models=models,
             mem_total_mb=float(props.get("mt", "0")),

@@ -14,7 +14,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.service.conftest import free_port
+from agent.discovery.txt import cluster_id
+from tests.service.conftest import TOKEN, free_port
 
 
 def statuses(agent: Any) -> dict[str, str]:
@@ -83,7 +84,7 @@ def test_misbehaving_peers_are_ignored(agents: Any) -> None:
         bad = [
             {"id": "evil", "port": str(port), "pv": "99"},  # unknown protocol version
             {"id": "x" * 70, "port": str(port), "pv": "1"},  # not a DNS label
-            {"id": "garbage", "port": str(port), "pv": "1"},  # answers heartbeats with garbage
+            {"id": "garbage", "port": str(port), "pv": "1", "c": cluster_id(TOKEN)},  # answers with garbage
         ]
         infos = [
             AsyncServiceInfo("_peerserve._tcp.local.", f"bad{i}._peerserve._tcp.local.", port=port,
@@ -106,6 +107,15 @@ def test_misbehaving_peers_are_ignored(agents: Any) -> None:
     assert log.count("unknown protocol version") == 1
     assert log.count("answered a heartbeat with garbage") == 1
     assert "invalid node id" in log
+
+
+def test_agents_of_another_cluster_are_ignored(agents: Any) -> None:
+    a = agents("a", host="127.0.0.8")
+    other = agents("z", "--cluster-token", "another-cluster-token-000", host="127.0.0.9")
+    time.sleep(3)
+    assert [m["node_id"] for m in a.get("/cluster").json()["members"]] == ["a"]
+    assert [m["node_id"] for m in other.get("/cluster").json()["members"]] == ["z"]
+    assert "another cluster" in a.log.read_text()
 
 
 @pytest.mark.parametrize("flag", ["--no-discovery"])

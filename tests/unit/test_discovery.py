@@ -14,7 +14,7 @@ from agent.errors import PeerError
 
 
 def txt(**kw: Any) -> dict[str, str]:
-    args: dict[str, Any] = dict(node_id="n1", port=8400, catalogue_version="v1", models=["a", "b"],
+    args: dict[str, Any] = dict(node_id="n1", port=8400, cluster="c0ffee", catalogue_version="v1", models=["a", "b"],
                                 mem_total_mb=4096, mem_available_mb=2000, gpu_load=10.0, term=3)  # fmt: skip
     args.update(kw)
     return build_txt(**args)

@@ -1,0 +1,128 @@
+"""`peerserve endpoints`, `peerserve predict`, `peerserve cluster`: the client side of the CLI."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+COMMON_HELP = (
+    "Without --agent the agents are found by mDNS (PEERSERVE_AGENT=URL[,URL] sets them too). "
+    "Exit codes: 0 ok, 1 failure (cluster unreachable, no capacity, ...), 2 usage (unknown model, bad input)."
+)
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--agent", action="append", metavar="URL", help="agent API URL (repeatable); default: mDNS")
+    p.add_argument("--interface", action="append", metavar="ADDR", help="address to browse mDNS on (default all)")
+    p.add_argument("--timeout", type=float, default=5.0, help="seconds per request (default 5)")
+    p.add_argument("--json", action="store_true", help="print JSON for scripts")
+
+
+def register(commands: Any) -> None:
+    about = "Print the best TF-Serving endpoint of MODEL for this client, or of every deployed model. "
+    e = commands.add_parser("endpoints", help="where models are best served", description=about + COMMON_HELP)
+    e.add_argument("model", nargs="?", help="one model (default: every deployed model)")
+    _common(e)
+    e.set_defaults(handler=cmd_endpoints)
+
+    p = commands.add_parser("predict", help="run an inference", description=(
+        "Send a TF-Serving predict request to the best endpoint of MODEL (retrying once elsewhere if it is "
+        "dead). " + COMMON_HELP))  # fmt: skip
+    p.add_argument("model")
+    p.add_argument("--data", required=True, help='JSON: a list of instances, or {"instances": ...} / {"inputs": ...}')
+    p.add_argument("--via-proxy", action="store_true", help="send it through an agent's proxy")
+    _common(p)
+    p.set_defaults(handler=cmd_predict)
+
+    c = commands.add_parser("cluster", help="members, leader, term, models, memory, last placement",
+                            description="Show the cluster as an agent sees it. " + COMMON_HELP)  # fmt: skip
+    _common(c)
+    c.set_defaults(handler=cmd_cluster)
+
+
+def _client(args: argparse.Namespace) -> Any:
+    from client import Client
+
+    return Client(agents=args.agent, timeout=args.timeout, discover_interfaces=args.interface)
+
+
+def _run(args: argparse.Namespace, body: Any) -> int:
+    from client import ClusterUnreachableError, NoCapacityError, NotReadyError, RequestError, UnknownModelError
+    from peerserve.cli import UsageError
+
+    try:
+        with _client(args) as client:
+            return int(body(client))
+    except UnknownModelError as exc:
+        raise UsageError(str(exc)) from exc
+    except RequestError as exc:
+        if 400 <= exc.status < 500:
+            raise UsageError(str(exc)) from exc
+        print(f"peerserve: error: {exc}", file=sys.stderr)
+        return 1
+    except (ClusterUnreachableError, NoCapacityError, NotReadyError) as exc:
+        print(f"peerserve: error: {exc}", file=sys.stderr)
+        return 1
+
+
+def cmd_endpoints(args: argparse.Namespace) -> int:
+    def body(client: Any) -> int:
+        found = [client.endpoint(args.model)] if args.model else client.endpoints()
+        rows = [{"model": e.model, "node": e.node, "url": e.url, "why": dict(e.why)} for e in found]
+        if args.json:
+            print(json.dumps(rows[0] if args.model else rows, indent=2))
+            return 0
+        if not rows:
+            print("no model is deployed")
+        for r in rows:
+            w = r["why"]
+            est = f"est {w.get('estimated_ms', 0):.2f} ms"
+            parts = f"(rtt {w.get('rtt_ms', 0):.2f} {w.get('rtt_source', '')}, exec {w.get('exec_ms', 0):.2f})"
+            print(f"{r['model']:<20} {r['node']:<16} {r['url']:<28} {est} {parts}")
+        return 0
+
+    return _run(args, body)
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from peerserve.cli import UsageError
+
+    try:
+        data = json.loads(args.data)
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"--data is not JSON: {exc}") from exc
+    if isinstance(data, dict) and ("instances" in data or "inputs" in data):
+        kwargs = {"instances": data.get("instances"), "inputs": data.get("inputs")}
+    else:
+        kwargs = {"instances": data, "inputs": None}
+
+    def body(client: Any) -> int:
+        result = client.predict(args.model, via_proxy=args.via_proxy, **kwargs)
+        print(json.dumps(result, indent=2 if args.json else None))
+        return 0
+
+    return _run(args, body)
+
+
+def cmd_cluster(args: argparse.Namespace) -> int:
+    def body(client: Any) -> int:
+        data = client.cluster()
+        if args.json:
+            print(json.dumps(data, indent=2))
+            return 0
+        print(f"leader {data.get('leader') or '-'}  term {data.get('term')}  (asked {data.get('node_id')})")
+        print(f"{'node':<16} {'status':<8} {'free MB':>9} {'GPU %':>6}  models")
+        for m in data.get("members", []):
+            gpu = "-" if m.get("gpu_load") is None else f"{m['gpu_load']:.0f}"
+            print(f"{m['node_id']:<16} {m['status']:<8} {m.get('mem_available_mb', 0):>9.0f} {gpu:>6}  "
+                  f"{', '.join(m.get('models', [])) or '-'}")  # fmt: skip
+        p = data.get("last_placement")
+        if p:
+            print(f"last placement: term {p.get('term')} {p.get('method')} mode {p.get('mode')} "
+                  f"objective {p.get('objective_ms') or 0:.1f} ms solve {p.get('solve_ms') or 0:.1f} ms, "
+                  f"{len(p.get('actions', []))} actions, {p.get('requests')} requests")  # fmt: skip
+        return 0
+
+    return _run(args, body)

@@ -1,0 +1,39 @@
+"""Errors the client raises.
+
+PeerserveError                  base
+├── UnknownModelError           no such model in the cluster's catalogue (404)
+├── NoCapacityError             the model fits on no node (507)
+├── NotReadyError               the model is being provisioned; retry after ``retry_after`` s (503)
+├── ClusterUnreachableError     no agent answered
+└── RequestError                the agent or model server refused the request (other 4xx); ``status``
+"""
+
+from __future__ import annotations
+
+
+class PeerserveError(Exception):
+    """Base class of the client's errors."""
+
+
+class UnknownModelError(PeerserveError):
+    pass
+
+
+class NoCapacityError(PeerserveError):
+    pass
+
+
+class NotReadyError(PeerserveError):
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class ClusterUnreachableError(PeerserveError):
+    pass
+
+
+class RequestError(PeerserveError):
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
