@@ -19,7 +19,15 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from agent.placement import NodeReport, RequestRecord, build_snapshot, desired_sets, parse_node_report, parse_request
+from agent.placement import (
+    NodeReport,
+    RequestRecord,
+    build_snapshot,
+    desired_sets,
+    make_before_break,
+    parse_node_report,
+    parse_request,
+)
 from coordinator_election import (
     Action,
     Announce,
@@ -239,7 +247,9 @@ class Leadership:
             self._window.popleft()
         snapshot = build_snapshot(nodes, list(self._window), self.agent.catalogue.current, time.time())
         plan = await asyncio.to_thread(self._solve, snapshot)
-        desired = desired_sets(plan["instances"], [n.node_id for n in nodes])
+        desired = make_before_break(
+            desired_sets(plan["instances"], [n.node_id for n in nodes]), {n.node_id: n.ready for n in nodes}
+        )
         summary = {
             "at": time.time(),
             "term": term,

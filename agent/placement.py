@@ -16,6 +16,8 @@ from typing import Any
 from agent.catalogue import Catalogue
 from agent.decisions import UNKNOWN_RTT_MS
 
+MIN_LATENCY_SAMPLES = 5  # fewer measured proxy latencies than this: trust the catalogue's profile
+
 
 @dataclass(frozen=True)
 class NodeReport:
@@ -28,6 +30,7 @@ class NodeReport:
     node_class: str
     instances: Mapping[str, int]
     usage: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    ready: Mapping[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -44,9 +47,12 @@ class RequestRecord:
 def parse_node_report(stats_node: Mapping[str, Any], stats_models: Mapping[str, Any]) -> NodeReport:
     """Build a NodeReport from the two JSON answers; raises KeyError/TypeError/ValueError on garbage."""
     counts: dict[str, int] = {}
+    ready: dict[str, int] = {}
     for inst in stats_node["instances"]:
         if inst.get("running"):
             counts[str(inst["model"])] = counts.get(str(inst["model"]), 0) + 1
+        if inst.get("ready"):
+            ready[str(inst["model"])] = ready.get(str(inst["model"]), 0) + 1
     return NodeReport(
         node_id=str(stats_node["node_id"]),
         mem_available_mb=float(stats_node["mem_available_mb"]),
@@ -55,6 +61,7 @@ def parse_node_report(stats_node: Mapping[str, Any], stats_models: Mapping[str, 
         node_class=str(stats_node.get("node_class", "default")),
         instances=counts,
         usage={str(m): dict(v) for m, v in stats_models.get("models", {}).items()},
+        ready=ready,
     )
 
 
@@ -90,7 +97,7 @@ def build_snapshot(
 
     def exec_ms(node: str, model: str) -> float:
         measured = latencies.get((node, model))
-        if measured:
+        if measured and len(measured) >= MIN_LATENCY_SAMPLES:
             return float(statistics.median(measured))
         return catalogue.models[model].expected_exec_ms(classes[node])
 
@@ -132,3 +139,24 @@ def build_snapshot(
 def desired_sets(plan_instances: Mapping[str, Mapping[str, int]], node_ids: Sequence[str]) -> dict[str, dict[str, int]]:
     """The desired set per node from a plan (every node gets one, possibly empty)."""
     return {n: {m: int(c) for m, c in plan_instances.get(n, {}).items() if c > 0} for n in node_ids}
+
+
+def make_before_break(
+    desired: Mapping[str, Mapping[str, int]], ready: Mapping[str, Mapping[str, int]]
+) -> dict[str, dict[str, int]]:
+    """Hold back stops of a model while the instances that replace it are not ready yet.
+
+    A model that the plan moves (fewer instances on one node, more on another) keeps its ready
+    instances where they are until every node the plan adds it to reports it ready; the next round then
+    stops them. Clients never lose the last ready endpoint of a model to a move.
+    """
+    out = {n: dict(d) for n, d in desired.items()}
+    models = {m for d in desired.values() for m in d} | {m for r in ready.values() for m in r}
+    for m in models:
+        pending = any(d.get(m, 0) > ready.get(n, {}).get(m, 0) for n, d in desired.items())
+        if not pending:
+            continue
+        for n, r in ready.items():
+            if n in out and r.get(m, 0) > out[n].get(m, 0):
+                out[n][m] = r[m]
+    return out

@@ -82,7 +82,11 @@ def _agreed_leader(agents: list[DemoAgent]) -> tuple[str, int] | None:
     if len(pairs) != 1:
         return None
     leader, term = pairs.pop()
-    if leader is None or not all(len(v.get("members", [])) == len(agents) for v in views):
+
+    def alive(view: dict[str, Any]) -> int:
+        return sum(1 for m in view.get("members", []) if m.get("status") == "alive")
+
+    if leader is None or not all(alive(v) == len(agents) for v in views):
         return None
     return str(leader), int(term or 0)
 
@@ -109,7 +113,7 @@ class Demo:
             a.proc = subprocess.Popen(
                 [sys.executable, "-m", "peerserve", "agent", "--host", a.host, "--port", str(a.port),
                  "--node-id", a.node_id, "--data-dir", str(a.data_dir), "--cluster-token", self.token,
-                 "--placement-period-s", str(self.period), "--placement-mode", "2", "--log-level", "info"],
+                 "--placement-period-s", str(self.period), "--placement-mode", "auto", "--log-level", "info"],
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             )  # fmt: skip
             self.say(f"started {a.node_id} at {a.url} (pid {a.proc.pid})")

@@ -30,6 +30,7 @@ if [ "$test_deps" = 1 ]; then
   command -v avahi-daemon >/dev/null || need_apt+=(avahi-daemon)
   command -v avahi-browse >/dev/null || need_apt+=(avahi-utils)
   command -v dbus-daemon >/dev/null || need_apt+=(dbus)
+  command -v shellcheck >/dev/null || need_apt+=(shellcheck)
 fi
 # The tests start private daemons (dockerd, avahi) of their own; the packages' system services must not
 # start on install (they would listen on every interface of this machine).

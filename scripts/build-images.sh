@@ -8,6 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cache=${PEERSERVE_CACHE:-/var/cache/peerserve}
+# shellcheck source=/dev/null
 codename=$(. /etc/os-release && echo "${VERSION_CODENAME:-bookworm}")
 base="peerserve/python-base:$codename"
 rootfs="$cache/python-rootfs-$codename.tar"

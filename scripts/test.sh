@@ -9,6 +9,8 @@ py="$venv/bin/python"
 echo "== ruff"
 "$py" -m ruff check .
 "$py" -m ruff format --check .
+echo "== shellcheck"
+shellcheck scripts/*.sh .ci/run
 echo "== mypy"
 "$py" -m mypy
 echo "== pytest"

@@ -1,0 +1,126 @@
+"""scripts/install.sh as a new operator runs it: in a fresh Debian root file system (mmdebstrap + chroot).
+
+The root file system gets python3 and the build tools the solver needs from the machine's own apt
+sources (cached between runs); the install itself runs for real inside it: venv under /opt/peerserve,
+pip installs, PyNumero's ASL build, config, systemd unit. ``--no-start`` because a chroot runs no
+services.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+CACHE = Path(os.environ.get("PEERSERVE_CACHE", "/var/cache/peerserve"))
+PACKAGES = "python3,python3-venv,python3-dev,ca-certificates,iproute2,libamplsolver-dev,g++,cmake,make,procps"
+
+
+def _codename() -> str:
+    for line in Path("/etc/os-release").read_text().splitlines():
+        if line.startswith("VERSION_CODENAME="):
+            return line.split("=", 1)[1].strip('"') or "bookworm"
+    return "bookworm"
+
+
+@pytest.fixture(scope="module")
+def rootfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    if os.geteuid() != 0 or shutil.which("mmdebstrap") is None:
+        if os.environ.get("PEERSERVE_REQUIRE_DOCKER") == "1":
+            pytest.fail("the install test needs root and mmdebstrap (scripts/bootstrap.sh --test)")
+        pytest.skip("needs root and mmdebstrap")
+    codename = _codename()
+    tarball = CACHE / f"install-test-{codename}.tar"
+    if not tarball.exists():
+        CACHE.mkdir(parents=True, exist_ok=True)
+        partial = CACHE / f"install-test-{codename}.partial.tar"
+        subprocess.run(["mmdebstrap", "--quiet", "--variant=apt", f"--include={PACKAGES}", codename, str(partial)],
+                       check=True, timeout=900)  # fmt: skip
+        partial.rename(tarball)
+    root = tmp_path_factory.mktemp("debian") / "root"
+    root.mkdir()
+    subprocess.run(["tar", "-xf", str(tarball), "-C", str(root)], check=True)
+    src = root / "src" / "peerserve"
+    src.mkdir(parents=True)
+    files = subprocess.run(["git", "-C", str(REPO), "ls-files", "-z"], capture_output=True, check=True).stdout
+    archive = subprocess.run(["tar", "--null", "-T", "-", "-cf", "-"], input=files, cwd=REPO, check=True,
+                             capture_output=True).stdout  # fmt: skip
+    subprocess.run(["tar", "-xf", "-", "-C", str(src)], input=archive, check=True)
+    shutil.copy("/etc/resolv.conf", root / "etc" / "resolv.conf")
+    shutil.copy("/etc/ssl/certs/ca-certificates.crt", root / "etc" / "ssl" / "certs" / "ca-certificates.crt")
+    mounts = [root / "proc", root / "dev"]
+    subprocess.run(["mount", "-t", "proc", "proc", str(root / "proc")], check=True)
+    subprocess.run(["mount", "--bind", "/dev", str(root / "dev")], check=True)
+    try:
+        yield root
+    finally:
+        for m in reversed(mounts):
+            subprocess.run(["umount", "-l", str(m)], check=False)
+        with contextlib.suppress(OSError):
+            shutil.rmtree(root.parent)
+
+
+def chroot(root: Path, *args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PIP_FIND")}
+    env["PIP_CERT"] = "/etc/ssl/certs/ca-certificates.crt"
+    env["PATH"] = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+    return subprocess.run(["chroot", str(root), *args], capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def digest(root: Path) -> str:
+    h = hashlib.sha256()
+    for path in sorted([*(root / "etc" / "peerserve").rglob("*"), root / "etc/systemd/system/peerserve-agent.service"]):
+        if path.is_file():
+            h.update(path.name.encode() + path.read_bytes() + oct(path.stat().st_mode).encode())
+    freeze = chroot(root, "/opt/peerserve/venv/bin/python", "-m", "pip", "freeze").stdout
+    h.update(freeze.encode())
+    return h.hexdigest()
+
+
+def test_install_rerun_and_uninstall_in_a_fresh_debian(rootfs: Path) -> None:
+    script = "/src/peerserve/scripts/install.sh"
+    assert chroot(rootfs, "bash", script, "--help").returncode == 0
+    dry = chroot(rootfs, "bash", script, "--dry-run", "--no-start", "--runtime", "process")
+    assert dry.returncode == 0 and "would run" in dry.stdout and not (rootfs / "opt/peerserve").exists()
+
+    first = chroot(rootfs, "bash", script, "--no-start", "--runtime", "process", "--node-id", "board-1")
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    assert "generated the cluster token" in first.stdout
+    help_out = chroot(rootfs, "/opt/peerserve/venv/bin/peerserve", "--help")
+    assert help_out.returncode == 0 and "agent" in help_out.stdout
+    config = rootfs / "etc/peerserve/peerserve.toml"
+    assert oct(config.stat().st_mode & 0o777) == "0o600"
+    text = config.read_text()
+    assert 'node_id = "board-1"' in text and 'runtime = "process"' in text and "cluster_token" in text
+    unit = (rootfs / "etc/systemd/system/peerserve-agent.service").read_text()
+    assert "ExecStart=/opt/peerserve/venv/bin/peerserve agent --config /etc/peerserve/peerserve.toml" in unit
+    # the solver stack works from the installed environment (Ipopt through PyNumero's ASL build)
+    check = "import solver, pyomo.environ as p; assert p.SolverFactory('cyipopt').available(); print('ok')"
+    solve = chroot(rootfs, "/opt/peerserve/venv/bin/python", "-c", check)
+    assert solve.stdout.strip() == "ok", solve.stderr[-2000:]
+
+    before = digest(rootfs)
+    second = chroot(rootfs, "bash", script, "--no-start", "--runtime", "process")
+    assert second.returncode == 0 and "nothing to change" in second.stdout, second.stdout + second.stderr
+    assert digest(rootfs) == before
+
+    gone = chroot(rootfs, "bash", script, "--uninstall", "--no-start")
+    assert gone.returncode == 0
+    assert not (rootfs / "opt/peerserve").exists()
+    assert not (rootfs / "etc/systemd/system/peerserve-agent.service").exists()
+    assert config.exists()  # data and config kept unless --purge
+    purge = chroot(rootfs, "bash", script, "--uninstall", "--purge", "--no-start")
+    assert purge.returncode == 0 and not (rootfs / "etc/peerserve").exists()
+
+
+def test_missing_prerequisites_are_named(rootfs: Path) -> None:
+    out = chroot(rootfs, "bash", "/src/peerserve/scripts/install.sh", "--runtime", "docker", "--no-start")
+    assert out.returncode == 1
+    assert "missing: Docker Engine" in out.stderr

@@ -1,0 +1,68 @@
+"""The leader's pure placement helpers: snapshot building and make-before-break."""
+
+from __future__ import annotations
+
+from agent.catalogue import builtin_catalogue_text, parse_catalogue
+from agent.placement import (
+    MIN_LATENCY_SAMPLES,
+    NodeReport,
+    RequestRecord,
+    build_snapshot,
+    desired_sets,
+    make_before_break,
+    parse_node_report,
+)
+from solver import Snapshot
+
+CAT = parse_catalogue(builtin_catalogue_text(), "t")
+
+
+def node(nid: str, **instances: int) -> NodeReport:
+    return NodeReport(nid, 1000, 2000, 100, "orin", instances)
+
+
+def rec(client: str, model: str, rtts: dict[str, float], node_: str | None = None, latency: float | None = None,
+        ts: float = 1.0, status: int = 200) -> RequestRecord:  # fmt: skip
+    return RequestRecord(ts, model, client, rtts, node_, latency, status)
+
+
+def test_one_request_per_stream_with_latest_rtts_and_profiles() -> None:
+    snap = build_snapshot(
+        [node("a", half_plus_two=1), node("b")],
+        [rec("c1", "half_plus_two", {"a": 5}, ts=1), rec("c1", "half_plus_two", {"a": 2, "b": 9}, ts=2),
+         rec("c2", "xor_mlp", {}), rec("c3", "no_such_model", {"a": 1}), rec("c4", "xor_mlp", {"a": 1}, status=502)],
+        CAT, now_s=100.0,
+    )  # fmt: skip
+    s = Snapshot.from_dict(snap)  # a valid solver snapshot
+    assert [(r.client, r.model) for r in s.requests] == [("c1", "half_plus_two"), ("c2", "xor_mlp")]
+    assert dict(s.requests[0].rtt_ms) == {"a": 2, "b": 9}
+    assert dict(s.requests[1].rtt_ms) == {"a": 1.0, "b": 1.0}  # unmeasured: the LAN default
+    assert s.requests[0].exec_ms["a"] == CAT.models["half_plus_two"].expected_exec_ms("orin")
+    assert dict(s.nodes[0].instances) == {"half_plus_two": 1} and s.now_s == 100.0
+
+
+def test_measured_latency_replaces_the_profile_once_there_are_enough_samples() -> None:
+    few = [rec("c", "xor_mlp", {"a": 1}, "a", 50.0)] * (MIN_LATENCY_SAMPLES - 1)
+    snap = build_snapshot([node("a")], few, CAT, 0)
+    assert snap["requests"][0]["exec_ms"]["a"] == CAT.models["xor_mlp"].expected_exec_ms("orin")
+    enough = few + [rec("c", "xor_mlp", {"a": 1}, "a", 30.0)] * 3
+    assert build_snapshot([node("a")], enough, CAT, 0)["requests"][0]["exec_ms"]["a"] == 50.0
+
+
+def test_make_before_break_holds_stops_until_replacements_are_ready() -> None:
+    desired = {"a": {}, "b": {"m": 1}}
+    held = make_before_break(desired, {"a": {"m": 1}, "b": {}})
+    assert held == {"a": {"m": 1}, "b": {"m": 1}}  # b not ready yet: a keeps its instance
+    assert make_before_break(desired, {"a": {"m": 1}, "b": {"m": 1}}) == desired  # now the stop goes through
+    assert make_before_break({"a": {}}, {"a": {"m": 2}}) == {"a": {}}  # nothing replaces it: stop
+
+
+def test_parse_node_report_and_desired_sets() -> None:
+    r = parse_node_report(
+        {"node_id": "a", "mem_available_mb": 5, "mem_total_mb": 9, "compute": 100, "node_class": "orin",
+         "instances": [{"model": "m", "running": True, "ready": True}, {"model": "m", "running": True, "ready": False},
+                       {"model": "x", "running": False, "ready": False}]},
+        {"models": {"m": {"requests_since_provisioned": 3}}},
+    )  # fmt: skip
+    assert r.instances == {"m": 2} and r.ready == {"m": 1} and r.usage["m"]["requests_since_provisioned"] == 3
+    assert desired_sets({"a": {"m": 2, "x": 0}}, ["a", "b"]) == {"a": {"m": 2}, "b": {}}
