@@ -124,6 +124,7 @@ class NodeAgent:
         self.health: dict[str, ModelHealth] = {}
         self.exec_ms: dict[tuple[str, str], float] = {}  # (node, model) -> measured EWMA
         self._desired = self.store.desired()
+        self._on_demand_at = dict.fromkeys(self._desired.on_demand, clock())
         self._ever_ready: set[str] = set()
         self._ready_models: set[str] = set()
         self._wake = asyncio.Event()
@@ -234,7 +235,14 @@ class NodeAgent:
         if placement is not None:
             self.last_placement = placement
         wanted = {m: int(c) for m, c in instances.items() if c > 0}
-        state = DesiredState(wanted, term, leader)
+        # A model provisioned on demand moments ago may be missing from a plan made before its first
+        # request reached the leader: keep it for two placement periods unless the leader places it.
+        now = self.clock()
+        grace = 2 * self.settings.placement_period_s
+        self._on_demand_at = {m: at for m, at in self._on_demand_at.items() if m not in wanted and now - at < grace}
+        for m in self._on_demand_at:
+            wanted[m] = 1
+        state = DesiredState(wanted, term, leader, frozenset(self._on_demand_at))
         if state != self._desired:
             if term > self._desired.term or leader != self._desired.leader:
                 log.info("desired set from %s at term %d: %s", leader, term, wanted)
@@ -246,6 +254,7 @@ class NodeAgent:
     def _add_on_demand(self, model: str) -> None:
         if self._desired.instances.get(model, 0) > 0:
             return
+        self._on_demand_at[model] = self.clock()
         instances = {**self._desired.instances, model: 1}
         state = DesiredState(instances, self._desired.term, self._desired.leader, self._desired.on_demand | {model})
         self.store.set_desired(state)

@@ -208,3 +208,12 @@ def test_cluster_and_health_shapes(agents: Any) -> None:
     assert health["status"] == "ok" and health["runtime"]["kind"] == "process"
     node = a.get("/stats/node").json()
     assert node["mem_total_mb"] > 0 and 0 <= node["cpu_percent"] <= 100
+
+
+def test_on_demand_model_survives_a_leader_command_that_predates_it(agents: Any) -> None:
+    a = agents("a", "--no-discovery")
+    assert a.get("/services/xor_mlp").status_code == 200  # provisioned on demand here
+    assert a.put_desired(5, {"half_plus_two": 1}).status_code == 200  # a plan made before it saw xor_mlp
+    assert a.get("/stats/node").json()["desired"] == {"half_plus_two": 1, "xor_mlp": 1}
+    assert a.put_desired(6, {"xor_mlp": 2}).status_code == 200  # the leader places it: its word counts
+    assert a.get("/stats/node").json()["desired"] == {"xor_mlp": 2}
