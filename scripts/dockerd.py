@@ -1,7 +1,8 @@
 """A private Docker Engine for tests and benchmarks: its own socket, data root and bridge.
 
 Host-namespace safety (DESIGN.md, traffic rule): the bridge's subnet gets a blackhole route first (a
-higher metric than the bridge's own route, so it takes over if the bridge goes away), dockerd runs with
+higher metric than the bridge's own route, so it takes over if the bridge goes away); in a test-bed
+namespace (``netns=``) the bridge lives inside that namespace instead. dockerd runs with
 ``--iptables=false --ip-forward=false --ip-masq=false`` so no container packet can be routed off this
 machine, ports are published on 127.0.0.1 only, and everything is removed at stop, by PID.
 
@@ -58,22 +59,27 @@ def available() -> str | None:
 
 
 @contextlib.contextmanager
-def private_dockerd(build_images: bool = True) -> Iterator[PrivateDockerd]:
+def private_dockerd(build_images: bool = True, netns: str | None = None) -> Iterator[PrivateDockerd]:
+    """A dockerd of our own; inside network namespace ``netns`` when given (one per test-bed host)."""
     reason = available()
     if reason:
         raise DockerUnavailable(reason)
     root = Path(tempfile.mkdtemp(prefix="peerserve-dockerd-"))
-    bridge = f"psdock{os.getpid() % 10000}"
+    bridge = "psdock0" if netns else f"psdock{os.getpid() % 10000}"
     sock = root / "docker.sock"
     proc: subprocess.Popen[bytes] | None = None
-    _ip("route", "add", "blackhole", SUBNET, "metric", "4000", check=False)
+    in_ns = ["-n", netns] if netns else []
+    if netns is None:  # the host namespace: blackhole the bridge's subnet first
+        _ip("route", "add", "blackhole", SUBNET, "metric", "4000", check=False)
     try:
-        _ip("link", "add", bridge, "type", "bridge")
-        _ip("addr", "add", BRIDGE_IP, "dev", bridge)
-        _ip("link", "set", bridge, "up")
+        _ip(*in_ns, "link", "add", bridge, "type", "bridge")
+        _ip(*in_ns, "addr", "add", BRIDGE_IP, "dev", bridge)
+        _ip(*in_ns, "link", "set", bridge, "up")
         log = open(root / "dockerd.log", "wb")  # noqa: SIM115 - owned by the daemon until stop
+        # nsenter, not `ip netns exec`: that remounts /sys and hides the cgroup mounts dockerd needs
+        enter = ["nsenter", f"--net=/run/netns/{netns}"] if netns else []
         proc = subprocess.Popen(
-            ["dockerd", "--data-root", str(root / "data"), "--exec-root", str(root / "exec"),
+            [*enter, "dockerd", "--data-root", str(root / "data"), "--exec-root", str(root / "exec"),
              "--pidfile", str(root / "dockerd.pid"), "-H", f"unix://{sock}", f"--bridge={bridge}",
              "--iptables=false", "--ip6tables=false", "--ip-forward=false", "--ip-masq=false",
              "--userland-proxy=true", "--storage-driver=overlay2"],
@@ -90,8 +96,9 @@ def private_dockerd(build_images: bool = True) -> Iterator[PrivateDockerd]:
     finally:
         if proc is not None:
             _stop_daemon(sock, proc)
-        _ip("link", "del", bridge, check=False)
-        _ip("route", "del", "blackhole", SUBNET, "metric", "4000", check=False)
+        _ip(*in_ns, "link", "del", bridge, check=False)
+        if netns is None:
+            _ip("route", "del", "blackhole", SUBNET, "metric", "4000", check=False)
         subprocess.run(["umount", "-R", str(root / "data")], capture_output=True, check=False)
         shutil.rmtree(root, ignore_errors=True)
 

@@ -106,6 +106,8 @@ class TestBed:
         self.created: list[str] = []
         self.route_added = False
         self.extra_pids: list[int] = []
+        self._dockerds: list[contextlib.AbstractContextManager[Any]] = []
+        self.docker_hosts: dict[int, str] = {}
         self._clients: dict[str, tuple[NetnsWorker, Any]] = {}
 
     # -- network -------------------------------------------------------------------------------------
@@ -137,9 +139,21 @@ class TestBed:
         self._in(netns, "ip", "link", "set", "eth0", "up")
         self._in(netns, "ip", "route", "add", "224.0.0.0/4", "dev", "eth0")
 
+    def start_dockerd(self, i: int) -> str:
+        """A Docker Engine of host i's own, inside its namespace, with the stand-in image built."""
+        from scripts.dockerd import private_dockerd
+
+        ctx = private_dockerd(netns=self.hosts[i].netns)
+        engine = ctx.__enter__()
+        self._dockerds.append(ctx)
+        self.docker_hosts[i] = engine.host
+        return engine.host
+
     # -- agents --------------------------------------------------------------------------------------
     def start(self, i: int, *args: str, env: dict[str, str] | None = None) -> Host:
         host = self.hosts[i]
+        if i in self.docker_hosts:
+            env = {"DOCKER_HOST": self.docker_hosts[i], **(env or {})}
         host.args = list(args) or host.args
         host.data_dir = self.workdir / host.node_id
         host.log = self.workdir / f"{host.node_id}.log"
@@ -226,6 +240,9 @@ class TestBed:
             for pid in _server_pids(host.data_dir):
                 with contextlib.suppress(OSError):
                     os.kill(pid, signal.SIGKILL)
+        for ctx in reversed(self._dockerds):
+            with contextlib.suppress(Exception):
+                ctx.__exit__(None, None, None)
         for pid in self.extra_pids:
             with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGKILL)
