@@ -12,9 +12,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import multiprocessing
 import time
 from collections import deque
 from collections.abc import Mapping
+from concurrent.futures import ProcessPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -113,6 +115,18 @@ def _warm_up_solver(method: str) -> None:
         log.debug("solver warm-up failed: %s", exc)
 
 
+def _solve_snapshot(snapshot: dict[str, Any], method: str, mode: str) -> tuple[dict[str, Any], str]:
+    """Solve in the worker process; falls back to least-loaded when Ipopt/HiGHS are not installed."""
+    from solver import Snapshot, SolverUnavailableError
+    from solver.api import solve
+
+    snap = Snapshot.from_dict(snapshot)
+    try:
+        return solve(snap, method=method, mode=mode).to_dict(), ""
+    except SolverUnavailableError as exc:
+        return solve(snap, method="least-loaded", mode=mode).to_dict(), str(exc)
+
+
 class Leadership:
     def __init__(self, agent: NodeAgent) -> None:
         self.agent = agent
@@ -130,6 +144,8 @@ class Leadership:
         self._background: set[asyncio.Task[Any]] = set()
         self._said: set[str] = set()
         self.leader_since: float | None = None
+        self._pool: ProcessPoolExecutor | None = None
+        self._warm_up: asyncio.Future[None] | None = None
 
     @property
     def leader(self) -> str | None:
@@ -145,13 +161,20 @@ class Leadership:
 
     async def start(self) -> None:
         self._tasks = [asyncio.create_task(self._tick_loop(), name="election")]
-        self._spawn(asyncio.to_thread(_warm_up_solver, self.agent.settings.placement_method))
+        # Solving runs in a worker process: Pyomo is pure Python and would hold this process's GIL
+        # (and the API's latency) for the length of a solve.
+        self._pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+        loop = asyncio.get_running_loop()
+        self._warm_up = loop.run_in_executor(self._pool, _warm_up_solver, self.agent.settings.placement_method)
+        self._warm_up.add_done_callback(lambda f: f.cancelled() or f.exception())
 
     async def stop(self) -> None:
         for task in [*self._tasks, *([self._round_task] if self._round_task else [])]:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
 
     # -- election I/O ----------------------------------------------------------------------------
     def _view(self) -> dict[str, Priority]:
@@ -246,7 +269,12 @@ class Leadership:
         while self._window and self._window[0].ts < cutoff:
             self._window.popleft()
         snapshot = build_snapshot(nodes, list(self._window), self.agent.catalogue.current, time.time())
-        plan = await asyncio.to_thread(self._solve, snapshot)
+        assert self._pool is not None
+        plan, fallback = await asyncio.get_running_loop().run_in_executor(
+            self._pool, _solve_snapshot, snapshot, s.placement_method, s.placement_mode
+        )
+        if fallback:
+            self._say_once("solver", "placement falls back to least-loaded: %s", fallback)
         desired = make_before_break(
             desired_sets(plan["instances"], [n.node_id for n in nodes]), {n.node_id: n.ready for n in nodes}
         )
@@ -275,18 +303,6 @@ class Leadership:
             len(summary["actions"]),
         )  # fmt: skip
         return summary
-
-    def _solve(self, snapshot: dict[str, Any]) -> dict[str, Any]:
-        from solver import Snapshot, SolverUnavailableError
-        from solver.api import solve
-
-        s = self.agent.settings
-        snap = Snapshot.from_dict(snapshot)
-        try:
-            return solve(snap, method=s.placement_method, mode=s.placement_mode).to_dict()
-        except SolverUnavailableError as exc:
-            self._say_once("solver", "placement falls back to least-loaded: %s", exc)
-            return solve(snap, method="least-loaded", mode=s.placement_mode).to_dict()
 
     async def _gather(self, node: str, url: str) -> NodeReport | None:
         try:

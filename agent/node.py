@@ -148,6 +148,7 @@ class NodeAgent:
         self._tasks = [
             asyncio.create_task(self._reconcile_loop(), name="reconcile"),
             asyncio.create_task(self._catalogue_loop(), name="catalogue"),
+            asyncio.create_task(self._flush_loop(), name="request-log"),
         ]
 
     async def stop(self) -> None:
@@ -369,6 +370,15 @@ class NodeAgent:
             log.info("warm-up of %s at %s: HTTP %d", spec.name, inst.url, r.status_code)
         except httpx.HTTPError as exc:
             log.warning("warm-up of %s at %s failed: %s", spec.name, inst.url, exc)
+
+    async def _flush_loop(self) -> None:
+        """Write the request log in batches, off the request path (readers flush before reading)."""
+        while True:
+            await asyncio.sleep(0.25)
+            try:
+                await asyncio.to_thread(self.store.flush)
+            except Exception:
+                log.exception("writing the request log failed")
 
     async def _catalogue_loop(self) -> None:
         while True:

@@ -80,6 +80,7 @@ class Store:
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(SCHEMA)
         self._inserted = 0
+        self._pending: list[tuple[float, str, str, dict[str, float], str | None, float | None, int]] = []
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[None]:
@@ -92,6 +93,7 @@ class Store:
         self._db.execute("COMMIT")
 
     def close(self) -> None:
+        self.flush()
         with self._lock:
             self._db.close()
 
@@ -149,33 +151,44 @@ class Store:
         node: str | None,
         latency_ms: float | None,
         status: int,
-    ) -> int:
-        with self._lock, self._transaction():
-            cur = self._db.execute(
-                "INSERT INTO requests(ts, model, client, rtts, node, latency_ms, status) VALUES (?,?,?,?,?,?,?)",
-                (ts, model, client, json.dumps(dict(rtts)), node, latency_ms, status),
-            )
-            if node is not None and 200 <= status < 300:
-                self._db.execute(
+    ) -> None:
+        """Queue a request record; ``flush()`` writes the queue in one transaction (readers flush first)."""
+        with self._lock:
+            self._pending.append((ts, model, client, dict(rtts), node, latency_ms, status))
+
+    def flush(self) -> int:
+        """Write queued request records; returns how many."""
+        with self._lock:
+            pending, self._pending = self._pending, []
+            if not pending:
+                return 0
+            with self._transaction():
+                self._db.executemany(
+                    "INSERT INTO requests(ts, model, client, rtts, node, latency_ms, status) VALUES (?,?,?,?,?,?,?)",
+                    [(ts, m, c, json.dumps(r), n, lat, st) for ts, m, c, r, n, lat, st in pending],
+                )
+                self._db.executemany(
                     "INSERT INTO model_stats(model, requests, last_request) VALUES (?, 1, ?) "
                     "ON CONFLICT(model) DO UPDATE SET requests = requests + 1, last_request = excluded.last_request",
-                    (model, ts),
+                    [(m, ts) for ts, m, _c, _r, n, _lat, st in pending if n is not None and 200 <= st < 300],
                 )
-            self._db.executemany(
-                "INSERT INTO client_rtt(client, node, rtt_ms, ts) VALUES (?,?,?,?) "
-                "ON CONFLICT(client, node) DO UPDATE SET rtt_ms = excluded.rtt_ms, ts = excluded.ts",
-                [(client, n, float(r), ts) for n, r in rtts.items()],
-            )
-            self._inserted += 1
-            if self._inserted % 1000 == 0:
-                self._db.execute(
-                    "DELETE FROM requests WHERE id <= (SELECT MAX(id) FROM requests) - ?",
-                    (self.max_request_rows,),
+                self._db.executemany(
+                    "INSERT INTO client_rtt(client, node, rtt_ms, ts) VALUES (?,?,?,?) "
+                    "ON CONFLICT(client, node) DO UPDATE SET rtt_ms = excluded.rtt_ms, ts = excluded.ts",
+                    [(c, node, float(v), ts) for ts, _m, c, r, _n, _lat, _st in pending for node, v in r.items()],
                 )
-            return int(cur.lastrowid or 0)
+                self._inserted += len(pending)
+                if self._inserted >= 1000:
+                    self._inserted = 0
+                    self._db.execute(
+                        "DELETE FROM requests WHERE id <= (SELECT MAX(id) FROM requests) - ?",
+                        (self.max_request_rows,),
+                    )
+            return len(pending)
 
     def requests_since(self, cursor: int, limit: int) -> tuple[list[RequestRecord], int]:
         """Records with id > cursor (oldest first) and the cursor to pass next time."""
+        self.flush()
         with self._lock:
             rows = self._db.execute(
                 "SELECT id, ts, model, client, rtts, node, latency_ms, status FROM requests "
@@ -195,6 +208,7 @@ class Store:
             )
 
     def model_stats(self) -> dict[str, dict[str, Any]]:
+        self.flush()
         with self._lock:
             rows = self._db.execute("SELECT model, provisioned_at, requests, last_request FROM model_stats").fetchall()
         return {
@@ -203,6 +217,7 @@ class Store:
         }
 
     def client_rtts(self, client: str) -> dict[str, float]:
+        self.flush()
         with self._lock:
             rows = self._db.execute("SELECT node, rtt_ms FROM client_rtt WHERE client = ?", (client,)).fetchall()
         return {n: float(r) for n, r in rows}

@@ -1,3 +1,4 @@
 from peerserve.cli import main
 
-raise SystemExit(main())
+if __name__ == "__main__":  # guarded: the leader's solver worker process imports this module
+    raise SystemExit(main())
