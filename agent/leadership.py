@@ -54,6 +54,8 @@ log = logging.getLogger(__name__)
 
 TICK_S = 0.05
 ROUND_DEBOUNCE_S = 0.2
+# A peer that died since the round began must not hold the round up: connects to a dead host hang.
+GATHER_TIMEOUT = httpx.Timeout(3.0, connect=0.5)
 
 
 def encode(message: Message) -> dict[str, Any]:
@@ -328,7 +330,7 @@ class Leadership:
             return None
 
     async def _get_json(self, url: str, params: Mapping[str, Any] | None = None) -> Any:
-        r = await self.agent.http.get(url, params=params, timeout=5.0)
+        r = await self.agent.http.get(url, params=params, timeout=GATHER_TIMEOUT)
         r.raise_for_status()
         return r.json()
 
@@ -338,12 +340,16 @@ class Leadership:
         headers = {"Authorization": f"Bearer {s.cluster_token}"}
         for attempt in range(3):
             try:
-                r = await self.agent.http.put(f"{url}/control/desired", json=body, headers=headers, timeout=5.0)
+                r = await self.agent.http.put(
+                    f"{url}/control/desired", json=body, headers=headers, timeout=GATHER_TIMEOUT
+                )
                 if r.status_code == 409:
                     log.warning("command to %s fenced: %s", url, r.text)
                     return False
                 if r.status_code == 200:
                     return True
+            except (httpx.ConnectError, httpx.ConnectTimeout):
+                return False  # the node is gone; membership will drop it, the next round resends anyway
             except httpx.HTTPError:
                 pass
             await asyncio.sleep(0.2 * 2**attempt)
