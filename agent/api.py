@@ -269,12 +269,16 @@ def create_app(agent: NodeAgent) -> FastAPI:
             return error(503, "this node is leaving")
         return JSONResponse(agent.peer_state())
 
+    def peer_denied(request: Request) -> JSONResponse | None:
+        """Peer-to-peer messages carry the cluster token when one is configured (an open cluster has none)."""
+        if not agent.settings.cluster_token:
+            return None
+        return _check_token(agent.settings.cluster_token, request.headers.get("authorization"))
+
     @app.post("/peer/leave")
     async def peer_leave(request: Request) -> Any:
-        if agent.settings.cluster_token:
-            denied = _check_token(agent.settings.cluster_token, request.headers.get("authorization"))
-            if denied is not None:
-                return denied
+        if (denied := peer_denied(request)) is not None:
+            return denied
         try:
             body = await request.json()
             node_id = body["node_id"]
@@ -312,10 +316,8 @@ def create_app(agent: NodeAgent) -> FastAPI:
 
     @app.post("/election/message")
     async def election_message(request: Request) -> Any:
-        if agent.settings.cluster_token:
-            denied = _check_token(agent.settings.cluster_token, request.headers.get("authorization"))
-            if denied is not None:
-                return denied
+        if (denied := peer_denied(request)) is not None:
+            return denied
         if agent.leadership is None:
             return error(409, "this node takes no part in elections (discovery is off)")
         try:

@@ -26,7 +26,6 @@ from client.errors import (
     ClusterUnreachableError,
     NoCapacityError,
     NotReadyError,
-    PeerserveError,
     RequestError,
     UnknownModelError,
 )
@@ -320,16 +319,3 @@ class AsyncClient(_Base):
         r = await self._call("POST", f"/services/{model}{path}", json=body)
         raise_for(r)
         return r.json()
-
-
-__all__ = [
-    "AsyncClient",
-    "Client",
-    "ClusterUnreachableError",
-    "Endpoint",
-    "NoCapacityError",
-    "NotReadyError",
-    "PeerserveError",
-    "RequestError",
-    "UnknownModelError",
-]

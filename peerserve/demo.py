@@ -142,15 +142,11 @@ class Demo:
 
     def _kill_servers(self, a: DemoAgent) -> None:
         """Model servers of an agent we killed: they are ours (started by our agent), stop them by PID."""
-        try:
-            entries = json.loads((a.data_dir / "process-runtime.json").read_text())
-        except (OSError, ValueError):
-            return
-        for e in entries:
-            with contextlib.suppress(OSError, KeyError, ValueError):
-                pid = int(e["pid"])
-                if b"agent.modelserver" in Path(f"/proc/{pid}/cmdline").read_bytes():
-                    os.kill(pid, signal.SIGTERM)
+        from agent.runtime.process import recorded_server_pids
+
+        for pid in recorded_server_pids(a.data_dir):
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGTERM)
 
     # -- workload --------------------------------------------------------------------------------
     def client_loop(self, site: int) -> None:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import ctypes
-import json
 import os
 import signal
 import subprocess
@@ -34,6 +33,8 @@ CLIENT_IP = "10.213.10.250"
 CLONE_NEWNET = 0x40000000
 TOKEN = "testbed-cluster-token-0123456789"
 T = TypeVar("T")
+
+from agent.runtime.process import recorded_server_pids  # noqa: E402 - after the constants it documents
 
 
 def node_ip(i: int) -> str:
@@ -237,7 +238,7 @@ class TestBed:
             worker.close()
         for host in self.hosts:
             self.kill(host.index, signal.SIGKILL)
-            for pid in _server_pids(host.data_dir):
+            for pid in recorded_server_pids(host.data_dir):
                 with contextlib.suppress(OSError):
                     os.kill(pid, signal.SIGKILL)
         for ctx in reversed(self._dockerds):
@@ -250,20 +251,6 @@ class TestBed:
             run("ip", "netns", "del", name, check=False)
         if self.route_added:
             run("ip", "route", "del", "blackhole", SUBNET, check=False)
-
-
-def _server_pids(data_dir: Path) -> list[int]:
-    """Model-server PIDs an agent recorded (its ProcessRuntime's own children); only those still ours."""
-    try:
-        entries = json.loads((data_dir / "process-runtime.json").read_text())
-    except (OSError, ValueError):
-        return []
-    pids = []
-    for e in entries:
-        with contextlib.suppress(OSError, KeyError, ValueError):
-            if b"agent.modelserver" in Path(f"/proc/{int(e['pid'])}/cmdline").read_bytes():
-                pids.append(int(e["pid"]))
-    return pids
 
 
 @contextlib.contextmanager

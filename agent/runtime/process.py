@@ -135,6 +135,23 @@ class ProcessRuntime:
             await self.stop(instance_id)
 
 
+def recorded_server_pids(data_dir: Path) -> list[int]:
+    """PIDs of the model servers an agent's process runtime recorded under ``data_dir``, still running.
+
+    For whoever started that agent and must clean up after it died (tests, the demo, the test bed).
+    """
+    try:
+        entries = json.loads((data_dir / "process-runtime.json").read_text())
+    except (OSError, ValueError):
+        return []
+    pids = []
+    for e in entries if isinstance(entries, list) else []:
+        with contextlib.suppress(KeyError, TypeError, ValueError):
+            if _is_our_server(int(e["pid"])):
+                pids.append(int(e["pid"]))
+    return pids
+
+
 def _is_our_server(pid: int) -> bool:
     try:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()

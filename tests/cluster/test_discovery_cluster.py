@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from scripts.testbed import TestBed
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.cluster
 
@@ -22,15 +23,6 @@ def statuses(bed: TestBed, i: int, via: int | None = None) -> dict[str, str]:
     with contextlib.suppress(Exception):
         return {m["node_id"]: m["status"] for m in bed.json(i, "/cluster", via=via)["members"]}
     return {}
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float, step: float = 0.05) -> float:
-    started = time.monotonic()
-    while time.monotonic() - started < timeout:
-        if predicate():
-            return time.monotonic() - started
-        time.sleep(step)
-    raise AssertionError(f"condition not met within {timeout} s")
 
 
 def start_all(bed: TestBed, *args: str) -> None:

@@ -10,8 +10,9 @@ from typing import Any
 import pytest
 
 from scripts.testbed import TestBed
-from tests.cluster.test_discovery_cluster import start_all, wait_for
+from tests.cluster.test_discovery_cluster import start_all
 from tests.cluster.test_election_cluster import settled
+from tests.waiting import wait_for
 
 pytestmark = [pytest.mark.cluster, pytest.mark.docker]
 

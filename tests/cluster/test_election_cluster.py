@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 
 from scripts.testbed import TOKEN, TestBed
-from tests.cluster.test_discovery_cluster import start_all, statuses, wait_for
+from tests.cluster.test_discovery_cluster import start_all, statuses
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.cluster
 

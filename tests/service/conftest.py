@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import socket
@@ -17,6 +16,8 @@ from typing import Any
 
 import httpx
 import pytest
+
+from agent.runtime.process import recorded_server_pids
 
 TOKEN = "test-cluster-token-0123456789"
 
@@ -71,11 +72,8 @@ class RunningAgent:
         return int(self.proc.returncode)
 
     def server_pids(self) -> list[int]:
-        """PIDs of the model servers this agent's process runtime recorded."""
-        try:
-            return [int(e["pid"]) for e in json.loads((self.data_dir / "process-runtime.json").read_text())]
-        except (OSError, ValueError):
-            return []
+        """PIDs of the model servers this agent's process runtime recorded (still running)."""
+        return recorded_server_pids(self.data_dir)
 
     def get(self, path: str, **kw: Any) -> httpx.Response:
         return httpx.get(f"{self.url}{path}", timeout=30, **kw)
@@ -100,13 +98,6 @@ class RunningAgent:
         raise AssertionError(f"{model} x{count} not ready on {self.url} in {timeout} s")
 
 
-def _kill_ours(pids: list[int]) -> None:
-    for pid in pids:
-        with contextlib.suppress(OSError):
-            if b"agent.modelserver" in Path(f"/proc/{pid}/cmdline").read_bytes():
-                os.kill(pid, signal.SIGKILL)
-
-
 @pytest.fixture
 def agents(tmp_path: Path) -> Iterator[Any]:
     """Factory: agents(name, *extra_args, env=...) starts a real agent on its own port and data dir."""
@@ -123,4 +114,6 @@ def agents(tmp_path: Path) -> Iterator[Any]:
     for agent in started:
         if agent.proc is not None:
             agent.stop(signal.SIGKILL)
-        _kill_ours(agent.server_pids())
+        for pid in agent.server_pids():
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)

@@ -16,19 +16,11 @@ import pytest
 
 from agent.discovery.txt import cluster_id
 from tests.service.conftest import TOKEN, free_port
+from tests.waiting import wait_for
 
 
 def statuses(agent: Any) -> dict[str, str]:
     return {m["node_id"]: m["status"] for m in agent.get("/cluster").json()["members"]}
-
-
-def wait_for(predicate: Any, timeout: float, step: float = 0.05) -> float:
-    started = time.monotonic()
-    while time.monotonic() - started < timeout:
-        if predicate():
-            return time.monotonic() - started
-        time.sleep(step)
-    raise AssertionError(f"condition not met in {timeout} s")
 
 
 def test_agents_discover_each_other_and_answer_for_the_cluster(agents: Any) -> None:
