@@ -5,7 +5,7 @@ No I/O and no clock reads: callers pass ``now`` and the facts; these return what
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -80,14 +80,23 @@ Step = Start | Stop
 
 
 def plan_reconcile(
-    desired: Mapping[str, int], instances: Sequence[Instance], next_try: Mapping[str, float], now: float
+    desired: Mapping[str, int],
+    instances: Sequence[Instance],
+    next_try: Mapping[str, float],
+    now: float,
+    stuck: Collection[str] = (),
 ) -> list[Step]:
-    """Steps that bring the runtime to ``desired``; a model in backoff is not started before next_try."""
+    """Steps that bring the runtime to ``desired``; a model in backoff is not started before next_try.
+
+    ``stuck`` names running instances that never became ready in time: they are stopped and replaced.
+    """
     steps: list[Step] = []
     live: dict[str, list[Instance]] = {}
     for inst in instances:
         if not inst.running:
             steps.append(Stop(inst.id, inst.model, "exited"))
+        elif inst.id in stuck:
+            steps.append(Stop(inst.id, inst.model, "not ready in time"))
         elif inst.model not in desired or desired[inst.model] <= 0:
             steps.append(Stop(inst.id, inst.model, "not desired"))
         else:

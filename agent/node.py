@@ -289,11 +289,15 @@ class NodeAgent:
         self._note_readiness(instances, ready, now)
         self._publish(instances, ready)
         next_try = {m: h.next_try for m, h in self.health.items()}
-        steps = plan_reconcile(self._desired.instances, instances, next_try, now)
+        timeout = self.settings.instance_ready_timeout_s
+        stuck = {i.id for i in instances if i.running and i.id not in ready and now - i.started_at > timeout}
+        steps = plan_reconcile(self._desired.instances, instances, next_try, now, stuck)
         for step in steps:
             if isinstance(step, Stop):
                 if step.reason == "exited":
                     self._record_failure(step.model, "model server exited", now)
+                elif step.reason == "not ready in time":
+                    self._record_failure(step.model, f"not AVAILABLE after {timeout:g} s", now)
                 await self._stop(step)
         starts = [s for s in steps if isinstance(s, Start)]
         if starts:
@@ -325,10 +329,6 @@ class NodeAgent:
                         task = asyncio.create_task(self._warm_up(inst, spec))
                         self._background.add(task)
                         task.add_done_callback(self._background.discard)
-            elif inst.running and now - inst.started_at > self.settings.instance_ready_timeout_s:
-                self._record_failure(
-                    inst.model, f"not AVAILABLE after {self.settings.instance_ready_timeout_s:g} s", now
-                )
         models_now = {i.model for i in instances if i.id in ready}
         for model in models_now - self._ready_models:
             self.store.mark_provisioned(model, now)

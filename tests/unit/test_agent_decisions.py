@@ -87,6 +87,11 @@ def test_exited_instance_is_cleaned_and_replaced() -> None:
     assert steps == [Stop("1", "a", "exited"), Start("a")]
 
 
+def test_instance_stuck_unready_is_replaced() -> None:
+    steps = plan_reconcile({"a": 1}, [inst("1", "a")], {}, now=100, stuck={"1"})
+    assert steps == [Stop("1", "a", "not ready in time"), Start("a")]
+
+
 def test_backoff_holds_starts() -> None:
     assert plan_reconcile({"a": 1}, [], {"a": 5.0}, now=4.9) == []
     assert plan_reconcile({"a": 1}, [], {"a": 5.0}, now=5.0) == [Start("a")]
