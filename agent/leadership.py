@@ -117,6 +117,19 @@ def _warm_up_solver(method: str) -> None:
         log.debug("solver warm-up failed: %s", exc)
 
 
+def _die_with_parent() -> None:
+    """Worker initializer: the kernel kills the solver worker when its agent dies, even by SIGKILL."""
+    import ctypes
+    import os
+    import signal
+
+    pr_set_pdeathsig = 1
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+    if os.getppid() == 1:  # the agent died before we got here
+        os._exit(0)
+
+
 def _solve_snapshot(snapshot: dict[str, Any], method: str, mode: str) -> tuple[dict[str, Any], str]:
     """Solve in the worker process; falls back to least-loaded when Ipopt/HiGHS are not installed."""
     from solver import Snapshot, SolverUnavailableError
@@ -165,7 +178,9 @@ class Leadership:
         self._tasks = [asyncio.create_task(self._tick_loop(), name="election")]
         # Solving runs in a worker process: Pyomo is pure Python and would hold this process's GIL
         # (and the API's latency) for the length of a solve.
-        self._pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+        self._pool = ProcessPoolExecutor(
+            max_workers=1, mp_context=multiprocessing.get_context("spawn"), initializer=_die_with_parent
+        )
         loop = asyncio.get_running_loop()
         self._warm_up = loop.run_in_executor(self._pool, _warm_up_solver, self.agent.settings.placement_method)
         self._warm_up.add_done_callback(lambda f: f.cancelled() or f.exception())

@@ -96,3 +96,19 @@ def test_broken_catalogue_at_start_is_a_usage_error(agents: Any, tmp_path: Path)
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert out.returncode == 2 and "models" in out.stderr
+
+
+def test_solver_worker_dies_with_a_killed_agent(agents: Any) -> None:
+    import psutil
+
+    a = agents("a", host="127.0.0.10")
+    assert a.proc is not None
+    deadline = time.monotonic() + 10
+    workers: list[psutil.Process] = []
+    while time.monotonic() < deadline and not workers:
+        workers = [c for c in psutil.Process(a.proc.pid).children() if "multiprocessing" in " ".join(c.cmdline())]
+        time.sleep(0.1)
+    assert workers, "the agent should run its solver in a worker process"
+    a.stop(signal.SIGKILL)
+    _gone, alive = psutil.wait_procs(workers, timeout=5)
+    assert not alive, "a solver worker outlived its agent"
