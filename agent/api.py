@@ -12,14 +12,15 @@
 
 Clients may report their measured RTT to nodes with the header ``X-Peerserve-RTT: n1=2.5, n2=4.1``
 (milliseconds) or the query parameter ``rtt=n1:2.5,n2:4.1``; ``X-Peerserve-Client`` names the client
-(default: its address). Every error is JSON ``{"error": "..."}``; bad input is a 4xx, never a 500.
+(default: its address; at most ``max_clients_per_address`` ids per address, agent/client_ids.py). Every
+error is JSON ``{"error": "..."}``; bad input is a 4xx, never a 500. Body size and read deadlines:
+agent/http_limits.py. Interactive docs (/docs, /redoc, /openapi.json) only with ``api_docs = true``.
 """
 
 from __future__ import annotations
 
 import hmac
 import logging
-import math
 import re
 import time
 from collections.abc import AsyncIterator
@@ -34,7 +35,9 @@ from pydantic import BaseModel, Field, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from agent.catalogue import valid_model_name
+from agent.client_ids import BadClientInput, ClientIds, known_nodes_only, parse_rtt_report, valid_client_id
 from agent.decisions import Choice, best_per_model, rank_endpoints
+from agent.http_limits import HttpLimits
 from agent.node import FencedError, NodeAgent, UnknownModelError
 
 log = logging.getLogger(__name__)
@@ -46,6 +49,7 @@ PROXY_PATH = re.compile(
 )
 HOP_HEADERS = {"content-type", "accept", "accept-encoding"}
 CONTROL_MAX_BYTES = 64 * 1024
+MAX_CURSOR = 2**63 - 1  # SQLite's largest integer
 
 
 class DesiredBody(BaseModel):
@@ -60,26 +64,6 @@ def error(status: int, message: str, **extra: Any) -> JSONResponse:
     return JSONResponse({"error": message, **extra}, status_code=status, headers=headers)
 
 
-def parse_rtts(header: str | None, query: str | None) -> dict[str, float]:
-    """``n1=2.5, n2=4`` (header) or ``n1:2.5,n2:4`` (query) -> {node: ms}; ValueError when malformed."""
-    out: dict[str, float] = {}
-    for raw, sep in ((header, "="), (query, ":")):
-        if not raw:
-            continue
-        for part in raw.split(","):
-            part = part.strip()
-            if not part:
-                continue
-            node, _, value = part.partition(sep)
-            ms = float(value)
-            if not node.strip() or not math.isfinite(ms) or ms < 0:
-                raise ValueError(part)
-            out[node.strip()] = ms
-    if len(out) > 256:
-        raise ValueError("too many nodes")
-    return out
-
-
 def create_app(agent: NodeAgent) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -89,14 +73,25 @@ def create_app(agent: NodeAgent) -> FastAPI:
         finally:
             await agent.stop()
 
-    app = FastAPI(title="peerserve agent", version="1", lifespan=lifespan)
+    docs = agent.settings.api_docs
+    app = FastAPI(
+        title="peerserve agent",
+        version="1",
+        lifespan=lifespan,
+        docs_url="/docs" if docs else None,
+        redoc_url="/redoc" if docs else None,
+        openapi_url="/openapi.json" if docs else None,
+    )
     app.state.agent = agent
     max_body = int(agent.settings.max_body_mb * 2**20)
-    app.add_middleware(BodyLimit, max_body=max_body)
+    app.add_middleware(HttpLimits, max_body=max_body, body_timeout_s=agent.settings.body_timeout_s)
+    client_ids = ClientIds(agent.settings.max_clients_per_address, agent.settings.request_window_s)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_r: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return error(exc.status_code, str(exc.detail))
+        response = error(exc.status_code, str(exc.detail))
+        response.headers.update(exc.headers or {})
+        return response
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_r: Request, exc: RequestValidationError) -> JSONResponse:
@@ -105,12 +100,18 @@ def create_app(agent: NodeAgent) -> FastAPI:
         return error(422, f"invalid request: {where}: {first.get('msg', 'invalid')}")
 
     def client_of(request: Request) -> tuple[str, dict[str, float]] | JSONResponse:
-        client = request.headers.get(CLIENT_HEADER) or (request.client.host if request.client else "unknown")
+        """(client id to record, its RTT report about known nodes), or a 400 naming the bad input."""
+        claimed = request.headers.get(CLIENT_HEADER)
+        if claimed is not None and not valid_client_id(claimed):
+            return error(400, f"invalid {CLIENT_HEADER}: 1-128 of letters, digits and _ . : @ - expected")
         try:
-            rtts = parse_rtts(request.headers.get(RTT_HEADER), request.query_params.get("rtt"))
-        except ValueError:
-            return error(400, "malformed RTT report: use 'X-Peerserve-RTT: node=ms, node=ms' or '?rtt=node:ms,...'")
-        return client[:128], rtts
+            rtts = parse_rtt_report(request.headers.get(RTT_HEADER), request.query_params.get("rtt"))
+        except BadClientInput as exc:
+            return error(400, f"malformed RTT report ({exc}): use '{RTT_HEADER}: node=ms, ...' or '?rtt=node:ms,...'")
+        address = request.client.host if request.client else "unknown"
+        client = client_ids.resolve(address, claimed, agent.clock())
+        nodes = {agent.settings.node_id, *(p.node_id for p in agent.peers.members())}
+        return client, known_nodes_only(rtts, nodes)
 
     def known_rtts(client: str, reported: dict[str, float]) -> dict[str, float]:
         return agent.client_rtts(client, reported)
@@ -170,7 +171,7 @@ def create_app(agent: NodeAgent) -> FastAPI:
 
     @app.api_route("/services/{model}/{path:path}", methods=["GET", "POST"])
     async def proxy(model: str, path: str, request: Request) -> Response:
-        match = PROXY_PATH.match(path)
+        match = PROXY_PATH.fullmatch(path)
         if match is None or match.group("model") != model:
             return error(400, f"not a TF-Serving REST path for {model!r}: /{path[:100]}")
         chosen = await choose(model, request)
@@ -205,7 +206,9 @@ def create_app(agent: NodeAgent) -> FastAPI:
         return error(502, f"no endpoint of {model} answered")
 
     @app.get("/stats/requests")
-    async def stats_requests(since: int = Query(0, ge=0), limit: int = Query(1000, ge=1, le=10000)) -> Any:
+    async def stats_requests(
+        since: int = Query(0, ge=0, le=MAX_CURSOR), limit: int = Query(1000, ge=1, le=10000)
+    ) -> Any:
         records, cursor = agent.store.requests_since(since, limit)
         return {"node_id": agent.settings.node_id, "requests": [r.to_dict() for r in records], "next": cursor}
 
@@ -335,26 +338,6 @@ def create_app(agent: NodeAgent) -> FastAPI:
         return agent.health_report()
 
     return app
-
-
-class BodyLimit:
-    """Refuse a declared body over ``max_body`` bytes before reading it (pure ASGI: no per-request task)."""
-
-    def __init__(self, app: Any, max_body: int) -> None:
-        self.app = app
-        self.max_body = max_body
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] == "http":
-            for name, value in scope["headers"]:
-                if name == b"content-length":
-                    if not value.isdigit():
-                        await error(400, "invalid Content-Length")(scope, receive, send)
-                        return
-                    if int(value) > self.max_body:
-                        await error(413, f"request body over {self.max_body} bytes")(scope, receive, send)
-                        return
-        await self.app(scope, receive, send)
 
 
 def _forward_params(request: Request) -> list[tuple[str, str | int | float | bool | None]]:

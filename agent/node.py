@@ -72,6 +72,7 @@ class NodeState:
     instances: list[Instance] = field(default_factory=list)
     ready: set[str] = field(default_factory=set)
     runtime_error: str | None = None
+    reconcile_error: str | None = None  # the last round's exception, None once a round succeeds
 
 
 def make_runtime(settings: Settings) -> Runtime:
@@ -107,7 +108,9 @@ class NodeAgent:
         self.settings = settings
         self.clock = clock
         self.catalogue = CatalogueWatcher(Path(settings.catalogue) if settings.catalogue else None)
-        self.store = Store(Path(settings.data_dir), settings.request_log_rows)
+        self.store = Store(
+            Path(settings.data_dir), settings.request_log_rows, settings.client_rtt_ttl_s, settings.client_rtt_rows
+        )
         self.runtime = runtime or make_runtime(settings)
         self.metrics = metrics or MetricsReader()
         self.http = httpx.AsyncClient(
@@ -271,8 +274,13 @@ class NodeAgent:
             self._wake.clear()
             try:
                 await self.reconcile_once()
-            except Exception:  # the loop must survive anything a runtime throws
-                log.exception("reconcile round failed")
+            except Exception as exc:  # the loop must survive anything a runtime throws
+                message = f"{type(exc).__name__}: {exc}"[:500]
+                if message != self.state.reconcile_error:
+                    log.exception("reconcile round failed")
+                self.state.reconcile_error = message
+            else:
+                self.state.reconcile_error = None
 
     async def reconcile_once(self) -> None:
         """One round: observe the runtime, probe readiness, carry out plan_reconcile's steps."""
@@ -409,7 +417,7 @@ class NodeAgent:
         if known is None:
             if len(self._client_rtts) >= CLIENT_CACHE:
                 self._client_rtts.pop(next(iter(self._client_rtts)))
-            known = self._client_rtts[client] = self.store.client_rtts(client)
+            known = self._client_rtts[client] = self.store.client_rtts(client, self.clock())
         known.update(reported)
         return dict(known)
 
@@ -455,9 +463,15 @@ class NodeAgent:
 
     def health_report(self) -> dict[str, Any]:
         cat = self.catalogue
-        degraded = bool(cat.error or self.state.runtime_error or self.health)
+        reasons = [
+            *([f"catalogue: {cat.error}"] if cat.error else []),
+            *([f"runtime: {self.state.runtime_error}"] if self.state.runtime_error else []),
+            *([f"reconcile failing: {self.state.reconcile_error}"] if self.state.reconcile_error else []),
+            *(f"model {m} failing: {h.last_error}" for m, h in self.health.items()),
+        ]
         return {
-            "status": "degraded" if degraded else "ok",
+            "status": "degraded" if reasons else "ok",
+            "reasons": reasons,
             "node_id": self.settings.node_id,
             "catalogue": {
                 "version": cat.current.version,
@@ -465,6 +479,7 @@ class NodeAgent:
                 "error": cat.error,
             },
             "runtime": {"kind": self.runtime.kind, "error": self.state.runtime_error},
+            "reconcile": {"error": self.state.reconcile_error},
             "instances": [{**i.to_dict(), "ready": i.id in self.state.ready} for i in self.state.instances],
             "failing_models": {
                 m: {"failures": h.failures, "error": h.last_error, "retry_at": h.next_try}
