@@ -84,7 +84,12 @@ def create_app(agent: NodeAgent) -> FastAPI:
     )
     app.state.agent = agent
     max_body = int(agent.settings.max_body_mb * 2**20)
-    app.add_middleware(HttpLimits, max_body=max_body, body_timeout_s=agent.settings.body_timeout_s)
+    app.add_middleware(
+        HttpLimits,
+        max_body=max_body,
+        body_timeout_s=agent.settings.body_timeout_s,
+        max_header_bytes=agent.settings.max_header_kb * 1024,
+    )
     client_ids = ClientIds(agent.settings.max_clients_per_address, agent.settings.request_window_s)
 
     @app.exception_handler(StarletteHTTPException)
@@ -103,11 +108,11 @@ def create_app(agent: NodeAgent) -> FastAPI:
         """(client id to record, its RTT report about known nodes), or a 400 naming the bad input."""
         claimed = request.headers.get(CLIENT_HEADER)
         if claimed is not None and not valid_client_id(claimed):
-            return error(400, f"invalid {CLIENT_HEADER}: 1-128 of letters, digits and _ . : @ - expected")
+            return error(400, "invalid X-Peerserve-Client: 1-128 of letters, digits and _ . : @ - expected")
         try:
             rtts = parse_rtt_report(request.headers.get(RTT_HEADER), request.query_params.get("rtt"))
         except BadClientInput as exc:
-            return error(400, f"malformed RTT report ({exc}): use '{RTT_HEADER}: node=ms, ...' or '?rtt=node:ms,...'")
+            return error(400, f"malformed RTT report ({exc}): use 'X-Peerserve-RTT: node=ms, ...' or '?rtt=node:ms'")
         address = request.client.host if request.client else "unknown"
         client = client_ids.resolve(address, claimed, agent.clock())
         nodes = {agent.settings.node_id, *(p.node_id for p in agent.peers.members())}

@@ -7,10 +7,13 @@ Two layers, because uvicorn gives no header timeout of its own:
   within ``header_timeout_s``; a half-sent request line or header block gets ``408`` and the connection is
   closed (an idle keep-alive connection is simply closed). It also caps open connections per client
   address (``max_connections_per_address``): one host cannot hold every slot of the concurrency limit.
-- ``HttpLimits`` is pure ASGI middleware around the app. It refuses a declared ``Content-Length`` over the
-  limit before reading anything, counts the bytes of every body as it arrives (so a chunked body cannot
-  bypass the limit: ``413`` as soon as it passes it), and gives the whole body ``body_timeout_s`` from the
-  moment the headers were complete (``408``). Both answers close the connection.
+- ``HttpLimits`` is pure ASGI middleware around the app. It refuses a path with control characters
+  (400), request headers over the limit (431; h11's ``max_incomplete_event_size`` bounds what is
+  buffered before they are complete) and a declared ``Content-Length`` over the limit before reading
+  anything, counts the bytes of every body as it arrives (so a chunked body cannot bypass the limit:
+  ``413`` as soon as it passes it), and gives the whole body ``body_timeout_s`` from the app's first
+  read (``408``; the client is not blamed for time the app spent before reading). Both answers close
+  the connection. A body the app never reads is drained under the header deadline.
 
 The concurrency limit itself is uvicorn's ``limit_concurrency`` (503 past it), set in agent/cli.py.
 """
@@ -20,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import time
 from typing import Any
 
@@ -30,6 +34,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 log = logging.getLogger(__name__)
 
+CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")  # decoded %0A etc.: Starlette's routes would drop a final \n
 Scope = dict[str, Any]
 Message = dict[str, Any]
 
@@ -55,14 +60,22 @@ def error_bytes(status: int, message: str) -> tuple[list[tuple[bytes, bytes]], b
 class HttpLimits:
     """ASGI middleware: body size limit (declared and counted) and a deadline for receiving the body."""
 
-    def __init__(self, app: Any, max_body: int, body_timeout_s: float) -> None:
+    def __init__(self, app: Any, max_body: int, body_timeout_s: float, max_header_bytes: int = 16384) -> None:
         self.app = app
         self.max_body = max_body
         self.body_timeout_s = body_timeout_s
+        self.max_header_bytes = max_header_bytes
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
+            return
+        head = len(scope.get("raw_path", b"")) + len(scope.get("query_string", b""))
+        if head + sum(len(k) + len(v) + 4 for k, v in scope["headers"]) > self.max_header_bytes:
+            await _send_error(send, 431, f"request line and headers over {self.max_header_bytes} bytes")
+            return
+        if CONTROL_CHARS.search(scope.get("path", "")):
+            await _send_error(send, 400, "control characters in the request path")
             return
         declared = self._declared_length(scope)
         if isinstance(declared, tuple):
@@ -95,14 +108,16 @@ class HttpLimits:
         return None
 
     def _bounded_receive(self, receive: Any) -> Any:
-        deadline = time.monotonic() + self.body_timeout_s
+        """``receive`` that counts body bytes and gives the body ``body_timeout_s`` from the app's first read."""
+        deadline: float | None = None
         seen = 0
         done = False
 
         async def bounded() -> Message:
-            nonlocal seen, done
+            nonlocal seen, done, deadline
             if done:
                 return dict(await receive())
+            deadline = deadline or time.monotonic() + self.body_timeout_s
             remaining = deadline - time.monotonic()
             try:
                 message = dict(await asyncio.wait_for(receive(), max(remaining, 0.0)))
