@@ -50,6 +50,20 @@ PROXY_PATH = re.compile(
 HOP_HEADERS = {"content-type", "accept", "accept-encoding"}
 CONTROL_MAX_BYTES = 64 * 1024
 MAX_CURSOR = 2**63 - 1  # SQLite's largest integer
+RTT_ENTRY = r"[A-Za-z0-9][A-Za-z0-9_-]{0,62}%s[0-9.eE+-]{1,12}"
+CLIENT_INPUT = {  # parsed by client_of(), described here so the schema (and schemathesis) knows them
+    "parameters": [
+        {"name": "X-Peerserve-RTT", "in": "header", "required": False,
+         "schema": {"type": "string", "pattern": f"^{RTT_ENTRY % '='}(, ?{RTT_ENTRY % '='})*$"},
+         "description": "the client's measured RTT to nodes in ms: 'node=ms, node=ms' (0-60000, <= 64 nodes)"},
+        {"name": "X-Peerserve-Client", "in": "header", "required": False,
+         "schema": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,127}$"},
+         "description": "the client's id (default: its address; a few per address count, the rest as the address)"},
+        {"name": "rtt", "in": "query", "required": False,
+         "schema": {"type": "string", "pattern": f"^{RTT_ENTRY % ':'}(,{RTT_ENTRY % ':'})*$"},
+         "description": "the client's measured RTT to nodes in ms: 'node:ms,node:ms'"},
+    ]
+}  # fmt: skip
 
 
 class DesiredBody(BaseModel):
@@ -156,7 +170,7 @@ def create_app(agent: NodeAgent) -> FastAPI:
                 return error(503, f"{model} is being provisioned ({reason}); retry shortly", retry_after=2)
         return ranked, client, reported
 
-    @app.get("/services")
+    @app.get("/services", openapi_extra=CLIENT_INPUT)
     async def services(request: Request) -> Any:
         who = client_of(request)
         if isinstance(who, JSONResponse):
@@ -165,7 +179,7 @@ def create_app(agent: NodeAgent) -> FastAPI:
         best = best_per_model(agent.candidates(), known_rtts(client, reported))
         return JSONResponse([endpoint_json(choice) for choice in best.values()])
 
-    @app.get("/services/{model}")
+    @app.get("/services/{model}", openapi_extra=CLIENT_INPUT)
     async def service(model: str, request: Request) -> Any:
         chosen = await choose(model, request)
         if isinstance(chosen, JSONResponse):
@@ -174,7 +188,7 @@ def create_app(agent: NodeAgent) -> FastAPI:
         agent.store.record_request(time.time(), model, client, reported, ranked[0].candidate.node, None, 200)
         return JSONResponse({**endpoint_json(ranked[0]), "alternatives": [endpoint_json(c) for c in ranked[1:4]]})
 
-    @app.api_route("/services/{model}/{path:path}", methods=["GET", "POST"])
+    @app.api_route("/services/{model}/{path:path}", methods=["GET", "POST"], openapi_extra=CLIENT_INPUT)
     async def proxy(model: str, path: str, request: Request) -> Response:
         match = PROXY_PATH.fullmatch(path)
         if match is None or match.group("model") != model:
