@@ -139,6 +139,26 @@ async def _send_error(send: Any, status: int, message: str) -> None:
     await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
+def _raw_response(status: int, reason: str, message: str) -> bytes:
+    """A whole HTTP/1.1 error response, for answering outside any request cycle."""
+    headers, body = error_bytes(status, message)
+    lines = b"".join(k + b": " + v + b"\r\n" for k, v in headers)
+    return f"HTTP/1.1 {status} {reason}\r\n".encode() + lines + b"\r\n" + body
+
+
+_warned: dict[str, float] = {}
+
+
+def _warn_once_a_minute(key: str, message: str) -> None:
+    """Log ``message`` at most once a minute per ``key`` (a flood of refusals is one line, not thousands)."""
+    now = time.monotonic()
+    if now - _warned.get(key, -60.0) >= 60.0:
+        if len(_warned) > 1000:
+            _warned.clear()
+        _warned[key] = now
+        log.warning("%s", message)
+
+
 def _client_host(protocol: Any) -> str | None:
     client = getattr(protocol, "client", None)
     return str(client[0]) if client else None
@@ -154,13 +174,16 @@ def limited_protocol(header_timeout_s: float, max_connections_per_address: int) 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
             host = self.client[0] if self.client else None
-            if host is not None and max_connections_per_address > 0:
-                same = sum(1 for c in self.connections if _client_host(c) == host)
-                if same > max_connections_per_address:
-                    log.warning("refusing a connection from %s: over %d open", host, max_connections_per_address)
-                    transport.close()
-                    return
+            if host is not None and self._over_address_cap(host):
+                _warn_once_a_minute(host, f"refusing connections from {host}: {max_connections_per_address} open")
+                message = f"over {max_connections_per_address} connections open from {host}"
+                transport.write(_raw_response(503, "Service Unavailable", message))
+                transport.close()
+                return
             self._update_header_deadline()
+
+        def _over_address_cap(self, host: str) -> bool:
+            return sum(1 for c in self.connections if _client_host(c) == host) > max_connections_per_address
 
         def data_received(self, data: bytes) -> None:
             if self._header_timer is not None:
@@ -197,10 +220,9 @@ def limited_protocol(header_timeout_s: float, max_connections_per_address: int) 
             if self.transport.is_closing():
                 return
             if self._partial and self.conn.our_state in (h11.IDLE, h11.DONE):
-                headers, body = error_bytes(408, f"request headers not received within {header_timeout_s:g} s")
-                lines = b"".join(k + b": " + v + b"\r\n" for k, v in headers)
-                self.transport.write(b"HTTP/1.1 408 Request Timeout\r\n" + lines + b"\r\n" + body)
-            log.info("closing a connection from %s: no complete request in %g s", self.client, header_timeout_s)
+                message = f"request headers not received within {header_timeout_s:g} s"
+                self.transport.write(_raw_response(408, "Request Timeout", message))
+            log.debug("closing a connection from %s: no complete request in %g s", self.client, header_timeout_s)
             self.transport.close()
 
     return LimitedH11Protocol
