@@ -134,7 +134,7 @@ class NodeAgent:
         self._tasks: list[asyncio.Task[None]] = []
         self._background: set[asyncio.Task[None]] = set()
         self._metrics_cache: tuple[float, NodeMetrics] | None = None
-        self._client_rtts: dict[str, dict[str, float]] = {}
+        self._client_rtts: dict[str, tuple[float, dict[str, float]]] = {}  # client -> (loaded at, rtts)
 
     # -- lifecycle -----------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -412,14 +412,16 @@ class NodeAgent:
         return spec.expected_exec_ms(node_class) if spec else 0.0
 
     def client_rtts(self, client: str, reported: Mapping[str, float]) -> dict[str, float]:
-        """The client's RTTs to nodes: what it reports now over what it reported before (cached)."""
-        known = self._client_rtts.get(client)
-        if known is None:
-            if len(self._client_rtts) >= CLIENT_CACHE:
+        """The client's RTTs to nodes: what it reports now over what it reported before (cached; a cached
+        entry is reloaded from the store, which drops expired reports, once it is client_rtt_ttl_s old)."""
+        now = self.clock()
+        cached = self._client_rtts.get(client)
+        if cached is None or now - cached[0] > self.settings.client_rtt_ttl_s:
+            if cached is None and len(self._client_rtts) >= CLIENT_CACHE:
                 self._client_rtts.pop(next(iter(self._client_rtts)))
-            known = self._client_rtts[client] = self.store.client_rtts(client, self.clock())
-        known.update(reported)
-        return dict(known)
+            cached = self._client_rtts[client] = (now, self.store.client_rtts(client, now))
+        cached[1].update(reported)
+        return dict(cached[1])
 
     def record_latency(self, node: str, model: str, latency_ms: float) -> None:
         old = self.exec_ms.get((node, model))

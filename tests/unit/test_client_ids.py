@@ -125,3 +125,23 @@ def test_client_rtt_rows_expire_and_are_capped(tmp_path: Path) -> None:
     store.expire_client_rtts(now=1000.0)
     assert store.client_rtt_count() == 0
     store.close()
+
+
+def test_the_agents_rtt_cache_forgets_expired_reports(tmp_path: Path) -> None:
+    from agent.node import NodeAgent
+    from agent.peers import NoPeers
+    from agent.settings import Settings
+
+    now = [1000.0]
+    settings = Settings(node_id="n", data_dir=str(tmp_path), discovery=False, client_rtt_ttl_s=100)
+    agent = NodeAgent(settings, peers=NoPeers(), clock=lambda: now[0])
+    try:
+        agent.store.record_request(now[0], "m", "phone", {"n": 3.0}, "n", None, 200)
+        assert agent.client_rtts("phone", {"n": 3.0}) == {"n": 3.0}
+        now[0] += 50
+        assert agent.client_rtts("phone", {}) == {"n": 3.0}  # remembered within the TTL
+        now[0] += 100
+        assert agent.client_rtts("phone", {}) == {}  # reported 150 s ago: forgotten
+    finally:
+        agent.store.close()
+        agent.metrics.close()
