@@ -122,6 +122,7 @@ def server_config(app: Any, settings: Any, log_level: str = "info") -> Any:
         http=limited_protocol(settings.header_timeout_s, settings.max_connections_per_address),
         limit_concurrency=settings.max_concurrency,
         h11_max_incomplete_event_size=settings.max_header_kb * 1024,
+        proxy_headers=False,  # the source address is the peer's: X-Forwarded-For must not fake it
     )
 
 

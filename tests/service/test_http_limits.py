@@ -221,7 +221,11 @@ def test_made_up_client_ids_and_node_names_cannot_fake_demand(agents: Any) -> No
     fakes = ", ".join(f"fake{k}=1" for k in range(60))
     with httpx.Client(base_url=a.url, timeout=30) as http:
         for i in range(200):
-            headers = {"X-Peerserve-Client": f"made-up-{i}", "X-Peerserve-RTT": f"{fakes}, {node}=2"}
+            headers = {
+                "X-Peerserve-Client": f"made-up-{i}",
+                "X-Peerserve-RTT": f"{fakes}, {node}=2",
+                "X-Forwarded-For": f"10.0.0.{i}",  # not believed: the source address is the socket's
+            }
             r = http.get("/services/half_plus_two", headers=headers)
             assert r.status_code == 200, r.text
         log = http.get("/stats/requests?since=0&limit=10000").json()["requests"]
