@@ -36,6 +36,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from agent.catalogue import valid_model_name
 from agent.decisions import Choice, best_per_model, rank_endpoints
 from agent.node import FencedError, NodeAgent, UnknownModelError
+from agent.observe import mount as mount_operator_routes
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +94,7 @@ def create_app(agent: NodeAgent) -> FastAPI:
     app.state.agent = agent
     max_body = int(agent.settings.max_body_mb * 2**20)
     app.add_middleware(BodyLimit, max_body=max_body)
+    mount_operator_routes(app, agent)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_r: Request, exc: StarletteHTTPException) -> JSONResponse:

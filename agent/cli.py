@@ -32,6 +32,8 @@ FLAGS: list[tuple[str, dict[str, Any]]] = [
     ("--placement-period-s", {"type": float, "help": "seconds between the leader's placement rounds (default 30)"}),
     ("--placement-mode", {"choices": ["1", "2", "auto"], "help": "solver mode for placement rounds (default 1)"}),
     ("--placement-method", {"help": "solver method: ipopt (default), milp, least-loaded, ..."}),
+    ("--metrics-token", {"help": "bearer token /metrics and /sd/prometheus require (default: none)"}),
+    ("--log-format", {"choices": ["text", "json"], "help": "log lines as text (default) or one JSON object each"}),
 ]
 
 
@@ -51,6 +53,8 @@ def register(commands: Any) -> None:
         p.add_argument(flag, default=None, **kwargs)
     p.add_argument("--no-discovery", dest="discovery", action="store_const", const=False, default=None,
                    help="run alone: no mDNS, no heartbeats")  # fmt: skip
+    p.add_argument("--no-metrics", dest="metrics", action="store_const", const=False, default=None,
+                   help="no Prometheus metrics: /metrics answers 404 and requests are not timed")  # fmt: skip
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.set_defaults(handler=cmd_agent)
 
@@ -75,18 +79,20 @@ def cmd_agent(args: argparse.Namespace) -> int:
 
     from agent.api import create_app
     from agent.errors import ConfigError
+    from agent.logs import configure as configure_logs
     from agent.node import NodeAgent
     from agent.settings import load_settings
     from peerserve.cli import UsageError
 
     overrides = {flag[2:].replace("-", "_"): getattr(args, flag[2:].replace("-", "_")) for flag, _ in FLAGS}
     overrides["discovery"] = args.discovery
+    overrides["metrics"] = args.metrics
     try:
         settings = load_settings(args.config, overrides=overrides)
         agent = NodeAgent(settings)
     except ConfigError as exc:
         raise UsageError(str(exc)) from exc
-    logging.getLogger().setLevel(args.log_level.upper())
+    configure_logs(settings.log_format, args.log_level, log_context(agent))
     logging.getLogger("agent").setLevel(args.log_level.upper())
     logging.getLogger("httpx").setLevel(logging.WARNING)
     logging.getLogger("cyipopt").setLevel(logging.WARNING)
@@ -96,11 +102,24 @@ def cmd_agent(args: argparse.Namespace) -> int:
         host=settings.host,
         port=settings.port,
         log_level=args.log_level,
+        log_config=None,
         access_log=args.log_level == "debug",
         timeout_graceful_shutdown=10,
     )
     uvicorn.Server(config).run()
     return 0
+
+
+def log_context(agent: Any) -> Any:
+    """What every log line of this agent carries: node, term, the catalogue's model names; its secrets."""
+    from agent.logs import LogContext
+
+    def term() -> int | None:
+        lead = agent.leadership
+        return int(lead.term) if lead is not None else int(agent.desired.term)
+
+    secrets = [t for t in (agent.settings.cluster_token, agent.settings.metrics_token) if t]
+    return LogContext(agent.settings.node_id, term, lambda: agent.catalogue.current.models, secrets)
 
 
 def cmd_model_server(args: argparse.Namespace) -> int:
