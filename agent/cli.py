@@ -114,9 +114,9 @@ def log_context(agent: Any) -> Any:
     """What every log line of this agent carries: node, term, the catalogue's model names; its secrets."""
     from agent.logs import LogContext
 
-    def term() -> int | None:
+    def term() -> int:
         lead = agent.leadership
-        return int(lead.term) if lead is not None else int(agent.desired.term)
+        return max(int(lead.term) if lead is not None else 0, int(agent.desired.term))
 
     secrets = [t for t in (agent.settings.cluster_token, agent.settings.metrics_token) if t]
     return LogContext(agent.settings.node_id, term, lambda: agent.catalogue.current.models, secrets)
