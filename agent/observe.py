@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 
 from agent.telemetry import CONTENT_TYPE, RequestMetrics
@@ -91,5 +91,6 @@ def mount(app: FastAPI, agent: NodeAgent) -> None:
         return FileResponse(UI_DIR / name, media_type=ASSETS[name], headers={"Cache-Control": "no-cache"})
 
     @app.get("/ui/latency", include_in_schema=False)
-    async def latency() -> Any:
-        return {"node_id": agent.settings.node_id, "models": telemetry.latencies.series(time.time())}
+    async def latency(span_s: float = Query(300.0, gt=0, le=3600), bin_s: float = Query(10.0, ge=1, le=600)) -> Any:
+        series = telemetry.latencies.series(time.time(), span_s, bin_s)
+        return {"node_id": agent.settings.node_id, "span_s": span_s, "models": series}

@@ -39,7 +39,7 @@ function renderMembers(c) {
       el("span", {}, el("span", { class: `badge ${m.status}` }, m.status),
         m.node_id === c.leader ? el("span", { class: "badge leader" }, "leader") : ""));
     const info = el("dl", {},
-      el("dt", {}, "address"), el("dd", {}, m.address || m.api_url || "–"),
+      el("dt", {}, "address"), el("dd", {}, (m.api_url || m.address || "–").replace(/^https?:\/\//, "")),
       el("dt", {}, "memory free"), el("dd", {}, `${fmt((m.mem_available_mb || 0) / 1024, 2)} GiB`),
       el("dt", {}, "GPU"), el("dd", {}, gpu),
       el("dt", {}, "models"), el("dd", {}, (m.models || []).join(", ") || "none"));
@@ -60,11 +60,11 @@ function spark(series) {
   svg.setAttribute("preserveAspectRatio", "none");
   const pts = series.points;
   const max = Math.max(...pts.map((p) => p[1]), 0.001);
-  const span = 300;
+  const span = 180;
   const line = document.createElementNS(ns, "polyline");
   line.setAttribute("points", pts.map((p) => `${(160 * (span + p[0]) / span).toFixed(1)},${(32 - 30 * p[1] / max).toFixed(1)}`).join(" "));
   const title = document.createElementNS(ns, "title");
-  title.textContent = `${series.kind} p50, max ${fmt(max, 2)} ms over the last 5 min`;
+  title.textContent = `${series.kind} p50, max ${fmt(max, 2)} ms over the last 3 min`;
   svg.append(title, line);
   for (const p of pts) {  // one dot per bin, so a single bin still shows
     const dot = document.createElementNS(ns, "circle");
@@ -104,7 +104,7 @@ function renderPlacement(p) {
     el("dt", {}, "solver"), el("dd", {}, `${p.method || "–"}, mode ${p.mode || "–"}, ${p.status || "–"}`),
     el("dt", {}, "objective"), el("dd", {}, `${fmt(p.objective_ms, 1)} ms (summed RTT + execution)`),
     el("dt", {}, "solve time"), el("dd", {}, `${fmt(p.solve_ms, 1)} ms`),
-    el("dt", {}, "requests"), el("dd", {}, `${p.requests ?? "–"} placed on ${(p.nodes || []).join(", ")}; ${p.rejected || 0} rejected`),
+    el("dt", {}, "requests"), el("dd", {}, `${p.requests ?? "–"} request streams over ${(p.nodes || []).join(", ")}; ${p.rejected || 0} rejected`),
     el("dt", {}, "actions"), el("dd", {}, actions.length ? el("ul", {}, ...actions) : "none: the placement stands"),
     ...(p.note ? [el("dt", {}, "note"), el("dd", {}, p.note)] : [])));
 }
@@ -131,7 +131,7 @@ function render(c, latency) {
 
 async function poll() {
   try {
-    const [c, latency] = await Promise.all(["/cluster", "/ui/latency"].map(async (path) => {
+    const [c, latency] = await Promise.all(["/cluster", "/ui/latency?span_s=180&bin_s=5"].map(async (path) => {
       const r = await fetch(path, { cache: "no-store" });
       if (!r.ok) throw new Error(`${path}: HTTP ${r.status}`);
       return r.json();
