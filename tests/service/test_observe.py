@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
+import re
+import shutil
 import signal
+import subprocess
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -12,6 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.service.conftest import TOKEN
 from tests.waiting import wait_for
 
+DASHBOARD = Path(__file__).resolve().parents[2] / "docs" / "grafana-dashboard.json"
 PREDICT = "/services/half_plus_two/v1/models/half_plus_two:predict"
 CATALOGUE = {"half_plus_two", "half_plus_three", "xor_mlp"}
 
@@ -29,7 +34,7 @@ def value(parsed: dict[Any, float], name: str, **labels: str) -> float:
     return parsed[(name, tuple(sorted(labels.items())))]
 
 
-def test_metrics_count_requests_by_model_protocol_and_outcome_with_bounded_labels(agents: Any) -> None:
+def test_metrics_count_requests_by_model_protocol_and_outcome_with_bounded_labels(agents: Any, tmp_path: Path) -> None:
     a = agents("a")
     for _ in range(3):
         assert httpx.post(a.url + PREDICT, json={"instances": [1.0]}, timeout=30).status_code == 200
@@ -57,6 +62,27 @@ def test_metrics_count_requests_by_model_protocol_and_outcome_with_bounded_label
     # the buckets resolve 1 ms on loopback and 100+ ms on Wi-Fi
     les = {dict(k[1])["le"] for k in m if k[0] == "peerserve_inference_request_duration_seconds_bucket"}
     assert {"0.001", "0.0025", "0.1", "0.25"} <= les
+    check_dashboard(r.text, tmp_path)
+
+
+def check_dashboard(exposition: str, tmp: Path) -> None:
+    """docs/grafana-dashboard.json queries only families the agent declares, in PromQL promtool accepts."""
+    declared = set(re.findall(r"^# TYPE (\S+) (\S+)", exposition, re.M))
+    names = {n for n, _ in declared}
+    names |= {f"{n}_{suffix}" for n, kind in declared for suffix in ("total", "bucket", "sum", "count")
+              if kind in ("counter", "histogram")}  # fmt: skip
+    exprs = [t["expr"] for p in json.loads(DASHBOARD.read_text())["panels"] for t in p["targets"]]
+    used = {n for e in exprs for n in re.findall(r"\bpeerserve_[a-z_]+", e)}
+    assert used and used <= names, used - names
+    promtool = shutil.which("promtool")
+    if promtool is not None:  # each query as a recording rule: promtool parses the PromQL
+        rules = tmp / "dashboard-rules.yml"
+        lines = ["groups:", "  - name: dashboard", "    rules:"]
+        for i, e in enumerate(exprs):
+            lines += [f"      - record: dashboard:q{i}", f"        expr: {json.dumps(e.replace('$job', 'peerserve'))}"]
+        rules.write_text("\n".join(lines) + "\n")
+        out = subprocess.run([promtool, "check", "rules", str(rules)], capture_output=True, text=True)
+        assert out.returncode == 0, out.stdout + out.stderr
 
 
 def test_metrics_off_token_and_service_discovery(agents: Any) -> None:
