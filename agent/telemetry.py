@@ -175,10 +175,13 @@ class Telemetry:
 
     def instance_ready(self, inst: Instance, now: float) -> None:
         """A server became AVAILABLE for the first time; servers adopted after a restart are not timed."""
-        if self.enabled and inst.started_at >= self.agent.started_at:
-            self.provision_seconds.labels(self.model_label(inst.model)).observe(max(0.0, now - inst.started_at))
-            log.info("model %s ready on this node %.2f s after start", inst.model, now - inst.started_at,
-                     extra={"model": inst.model})  # fmt: skip
+        if inst.started_at < self.agent.started_at:
+            log.info("model %s ready on this node (adopted)", inst.model, extra={"model": inst.model})
+            return
+        took = max(0.0, now - inst.started_at)
+        log.info("model %s ready on this node %.2f s after start", inst.model, took, extra={"model": inst.model})
+        if self.enabled:
+            self.provision_seconds.labels(self.model_label(inst.model)).observe(took)
 
     def placement_round(self, summary: dict[str, Any]) -> None:
         """The leader finished a round (agent.leadership's summary dict)."""

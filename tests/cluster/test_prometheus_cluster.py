@@ -76,6 +76,9 @@ def test_prometheus_scrapes_the_cluster_through_sd_and_sees_a_node_die(
             assert b.get(b.hosts[0].url + "/services/xor_mlp").status_code == 200
         wait_for(lambda: query(b, 'peerserve_endpoint_queries_total{model="xor_mlp",outcome="ok"}').get("n0") == 5, 15)
         term = max(query(b, "peerserve_term").values())
+        wait_for(lambda: query(b, "peerserve_placement_solve_duration_seconds_count").get(leader, 0) >= 1, 15)
+        rounds = query(b, "sum by (node) (peerserve_placement_rounds_total)")
+        assert rounds.get(leader, 0) >= 1, rounds
 
         victim = int(leader[1:]) if leader == "n2" else 2
         b.kill(victim, signal.SIGKILL)
