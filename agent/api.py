@@ -39,6 +39,7 @@ from agent.client_ids import BadClientInput, ClientIds, known_nodes_only, parse_
 from agent.decisions import Choice, best_per_model, rank_endpoints
 from agent.http_limits import HttpLimits
 from agent.node import FencedError, NodeAgent, UnknownModelError
+from agent.observe import mount as mount_operator_routes
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +106,7 @@ def create_app(agent: NodeAgent) -> FastAPI:
         max_header_bytes=agent.settings.max_header_kb * 1024,
     )
     client_ids = ClientIds(agent.settings.max_clients_per_address, agent.settings.request_window_s)
+    mount_operator_routes(app, agent)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_r: Request, exc: StarletteHTTPException) -> JSONResponse:

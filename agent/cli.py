@@ -40,6 +40,8 @@ FLAGS: list[tuple[str, dict[str, Any]]] = [
         "--max-clients-per-address",
         {"type": int, "help": "distinct X-Peerserve-Client ids counted per source address (default 8)"},
     ),
+    ("--metrics-token", {"help": "bearer token /metrics and /sd/prometheus require (default: none)"}),
+    ("--log-format", {"choices": ["text", "json"], "help": "log lines as text (default) or one JSON object each"}),
 ]
 
 
@@ -61,6 +63,8 @@ def register(commands: Any) -> None:
                    help="run alone: no mDNS, no heartbeats")  # fmt: skip
     p.add_argument("--api-docs", dest="api_docs", action="store_const", const=True, default=None,
                    help="serve interactive API docs at /docs, /redoc and the schema at /openapi.json")  # fmt: skip
+    p.add_argument("--no-metrics", dest="metrics", action="store_const", const=False, default=None,
+                   help="no Prometheus metrics: /metrics answers 404 and requests are not timed")  # fmt: skip
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.set_defaults(handler=cmd_agent)
 
@@ -85,6 +89,7 @@ def cmd_agent(args: argparse.Namespace) -> int:
 
     from agent.api import create_app
     from agent.errors import ConfigError
+    from agent.logs import configure as configure_logs
     from agent.node import NodeAgent
     from agent.settings import load_settings
     from peerserve.cli import UsageError
@@ -92,12 +97,13 @@ def cmd_agent(args: argparse.Namespace) -> int:
     overrides = {flag[2:].replace("-", "_"): getattr(args, flag[2:].replace("-", "_")) for flag, _ in FLAGS}
     overrides["discovery"] = args.discovery
     overrides["api_docs"] = args.api_docs
+    overrides["metrics"] = args.metrics
     try:
         settings = load_settings(args.config, overrides=overrides)
         agent = NodeAgent(settings)
     except ConfigError as exc:
         raise UsageError(str(exc)) from exc
-    logging.getLogger().setLevel(args.log_level.upper())
+    configure_logs(settings.log_format, args.log_level, log_context(agent))
     logging.getLogger("agent").setLevel(args.log_level.upper())
     logging.getLogger("httpx").setLevel(logging.WARNING)
     logging.getLogger("cyipopt").setLevel(logging.WARNING)
@@ -117,6 +123,7 @@ def server_config(app: Any, settings: Any, log_level: str = "info") -> Any:
         host=settings.host,
         port=settings.port,
         log_level=log_level,
+        log_config=None,
         access_log=log_level == "debug",
         timeout_graceful_shutdown=10,
         http=limited_protocol(settings.header_timeout_s, settings.max_connections_per_address),
@@ -124,6 +131,18 @@ def server_config(app: Any, settings: Any, log_level: str = "info") -> Any:
         h11_max_incomplete_event_size=settings.max_header_kb * 1024,
         proxy_headers=False,  # the source address is the peer's: X-Forwarded-For must not fake it
     )
+
+
+def log_context(agent: Any) -> Any:
+    """What every log line of this agent carries: node, term, the catalogue's model names; its secrets."""
+    from agent.logs import LogContext
+
+    def term() -> int:
+        lead = agent.leadership
+        return max(int(lead.term) if lead is not None else 0, int(agent.desired.term))
+
+    secrets = [t for t in (agent.settings.cluster_token, agent.settings.metrics_token) if t]
+    return LogContext(agent.settings.node_id, term, lambda: agent.catalogue.current.models, secrets)
 
 
 def cmd_model_server(args: argparse.Namespace) -> int:

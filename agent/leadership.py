@@ -314,6 +314,7 @@ class Leadership:
         results = await asyncio.gather(*(self._command(urls[n], term, d, summary) for n, d in desired.items()))
         summary["delivered"] = sum(results)
         self.last_placement = summary
+        self.agent.telemetry.placement_round(summary)
         log.info(
             "placement at term %d: %d requests on %d nodes, objective %.1f ms, solve %.1f ms, %d actions",
             term, summary["requests"], len(nodes), summary["objective_ms"] or 0.0, summary["solve_ms"] or 0.0,

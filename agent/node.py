@@ -38,6 +38,7 @@ from agent.peers import NoPeers, PeerTable
 from agent.runtime.base import Instance, Runtime, probe_available
 from agent.settings import Settings
 from agent.store import DesiredState, Store
+from agent.telemetry import Telemetry
 
 log = logging.getLogger(__name__)
 
@@ -135,6 +136,7 @@ class NodeAgent:
         self._background: set[asyncio.Task[None]] = set()
         self._metrics_cache: tuple[float, NodeMetrics] | None = None
         self._client_rtts: dict[str, tuple[float, dict[str, float]]] = {}  # client -> (loaded at, rtts)
+        self.telemetry = Telemetry(self, enabled=settings.metrics)
 
     # -- lifecycle -----------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -332,6 +334,7 @@ class NodeAgent:
                 self.health.pop(inst.model, None)
                 if inst.id not in self._ever_ready:
                     self._ever_ready.add(inst.id)
+                    self.telemetry.instance_ready(inst, now)
                     spec = self.catalogue.current.get(inst.model)
                     if spec is not None:
                         task = asyncio.create_task(self._warm_up(inst, spec))
@@ -343,6 +346,7 @@ class NodeAgent:
 
     def _record_failure(self, model: str, error: str, now: float) -> None:
         h = self.health.setdefault(model, ModelHealth())
+        self.telemetry.reconcile_failure(model)
         h.failures += 1
         h.next_try = now + backoff_delay(h.failures)
         if error != h.last_error:
@@ -424,6 +428,7 @@ class NodeAgent:
         return dict(cached[1])
 
     def record_latency(self, node: str, model: str, latency_ms: float) -> None:
+        self.telemetry.upstream(model, latency_ms)
         old = self.exec_ms.get((node, model))
         self.exec_ms[(node, model)] = latency_ms if old is None else old + EXEC_EWMA_ALPHA * (latency_ms - old)
 

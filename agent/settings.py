@@ -71,6 +71,9 @@ class Settings:
     placement_mode: str = "1"
     placement_method: str = "ipopt"
     request_window_s: float = 600.0
+    metrics: bool = True
+    metrics_token: str = ""
+    log_format: str = "text"
 
     def __post_init__(self) -> None:
         if not self.node_id:
@@ -140,6 +143,8 @@ def validate(s: Settings) -> None:
         if not seed.startswith(("http://", "https://")):
             raise ConfigError("seeds", f"{seed!r} is not an http(s) URL of an agent")
     _validate_http_bounds(s)
+    if s.log_format not in ("text", "json"):
+        raise ConfigError("log_format", f"{s.log_format!r}: choose text or json")
     if s.cluster_token and len(s.cluster_token) < 16:
         raise ConfigError("cluster_token", "must be at least 16 characters")
 

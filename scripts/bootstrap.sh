@@ -4,7 +4,8 @@
 #   apt: python3, venv, headers, and what scripts/install-solver.sh needs
 #   pip: peerserve (editable) with the solver, agent and dev extras
 #   --test: also what the test suite's real parts need: Docker Engine (docker.io), mmdebstrap (local
-#           images without a registry), iproute2 (network namespaces)
+#           images without a registry), iproute2 (network namespaces), prometheus (scraped in the
+#           cluster tier), chromium + chromium-driver (the cluster page in a real browser)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 venv=${PEERSERVE_VENV:-.venv}
@@ -12,7 +13,7 @@ test_deps=0
 for arg in "$@"; do
   case "$arg" in
     --test) test_deps=1 ;;
-    -h|--help) sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "bootstrap.sh: unknown option $arg" >&2; exit 2 ;;
   esac
 done
@@ -31,6 +32,9 @@ if [ "$test_deps" = 1 ]; then
   command -v avahi-browse >/dev/null || need_apt+=(avahi-utils)
   command -v dbus-daemon >/dev/null || need_apt+=(dbus)
   command -v shellcheck >/dev/null || need_apt+=(shellcheck)
+  command -v prometheus >/dev/null || need_apt+=(prometheus)
+  command -v chromium >/dev/null || need_apt+=(chromium)
+  command -v chromedriver >/dev/null || need_apt+=(chromium-driver)
 fi
 # The tests start private daemons (dockerd, avahi) of their own; the packages' system services must not
 # start on install (they would listen on every interface of this machine).
