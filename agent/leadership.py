@@ -39,6 +39,7 @@ from coordinator_election import (
     Election,
     ElectionConfig,
     Message,
+    Persist,
     Priority,
     Received,
     Send,
@@ -148,7 +149,10 @@ class Leadership:
         s = agent.settings
         self.priority: Priority = (s.priority, agent.node_metrics().mem_total_mb, s.node_id)
         config = ElectionConfig(heartbeat_s=s.election_heartbeat_s, election_timeout_s=s.election_timeout_s)
-        self.machine = Election(s.node_id, self.priority, config, now=time.monotonic(), term=agent.store.highest_term())
+        term, vote = agent.store.election_state()
+        if agent.store.highest_term() > term:  # a leader's command told us of a newer term: we hold no vote in it
+            term, vote = agent.store.highest_term(), None
+        self.machine = Election(s.node_id, self.priority, config, now=time.monotonic(), term=term, vote=vote)
         self.last_placement: dict[str, Any] | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._round_task: asyncio.Task[None] | None = None
@@ -217,7 +221,9 @@ class Leadership:
     def _carry_out(self, actions: list[Action]) -> None:
         urls = {m.node_id: m.api_url for m in self.agent.peers.members() if m.status != "dead"}
         for action in actions:
-            if isinstance(action, Send):
+            if isinstance(action, Persist):  # first in the list: durable before anything below goes out
+                self.agent.store.save_election_state(action.term, action.vote)
+            elif isinstance(action, Send):
                 if action.to in urls:
                     self._spawn(self._post(urls[action.to], action.message))
             elif isinstance(action, Broadcast):
@@ -225,12 +231,12 @@ class Leadership:
                     if node in self.machine.alive:
                         self._spawn(self._post(url, action.message))
             elif isinstance(action, BecameLeader):
-                self.agent.store.observe_term(action.term)
+                self.agent.store.observe_term(action.term, self.agent.settings.node_id)
                 log.info("node %s became leader at term %d", self.agent.settings.node_id, action.term)
                 self.leader_since = time.time()
                 self._start_rounds()
             elif isinstance(action, BecameFollower):
-                self.agent.store.observe_term(action.term)
+                self.agent.store.observe_term(action.term, action.leader)
                 if action.leader is not None:
                     log.info("node %s follows %s at term %d", self.agent.settings.node_id, action.leader, action.term)
                 self._stop_rounds()

@@ -46,10 +46,13 @@ CLIENT_CACHE = 10_000
 
 
 class FencedError(AgentError):
-    """A leader command carried a term lower than the highest seen."""
+    """A leader command carried a term lower than the highest seen, or the term of another leader."""
 
-    def __init__(self, term: int, highest: int) -> None:
-        super().__init__(f"term {term} is lower than the highest term seen ({highest})")
+    def __init__(self, term: int, highest: int, leader: str | None = None) -> None:
+        if leader is None:
+            super().__init__(f"term {term} is lower than the highest term seen ({highest})")
+        else:
+            super().__init__(f"term {term} already has leader {leader}")
         self.term = term
         self.highest = highest
 
@@ -232,7 +235,10 @@ class NodeAgent:
         highest = self.store.highest_term()
         if term < highest:
             raise FencedError(term, highest)
-        self.store.observe_term(term)
+        accepted = self.store.term_leader() if term == highest else None
+        if accepted is not None and leader is not None and accepted != leader:
+            raise FencedError(term, highest, accepted)  # two leaders in one term: only the first is obeyed
+        self.store.observe_term(term, leader)
         if placement is not None:
             self.last_placement = placement
         wanted = {m: int(c) for m, c in instances.items() if c > 0}
