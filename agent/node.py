@@ -397,8 +397,8 @@ class NodeAgent:
 
     # -- endpoints -------------------------------------------------------------------------------------
     def node_metrics(self) -> NodeMetrics:
-        now = time.monotonic()
-        if self._metrics_cache is None or now - self._metrics_cache[0] > 0.5:
+        now = self.clock()
+        if self._metrics_cache is None or abs(now - self._metrics_cache[0]) > 0.5:  # a clock step also refreshes
             self._metrics_cache = (now, self.metrics.read())
         return self._metrics_cache[1]
 
@@ -451,8 +451,8 @@ class NodeAgent:
     async def provision_locally(self, model: str, wait_s: float) -> bool:
         """Start ``model`` here on demand and wait up to ``wait_s`` for it to be ready."""
         self._add_on_demand(model)
-        deadline = time.monotonic() + wait_s
-        while time.monotonic() < deadline:
+        deadline = self.clock() + wait_s
+        while self.clock() < deadline:
             if model in self._ready_models:
                 return True
             self._wake.set()
