@@ -47,10 +47,13 @@ CLIENT_CACHE = 10_000
 
 
 class FencedError(AgentError):
-    """A leader command carried a term lower than the highest seen."""
+    """A leader command carried a term lower than the highest seen, or the term of another leader."""
 
-    def __init__(self, term: int, highest: int) -> None:
-        super().__init__(f"term {term} is lower than the highest term seen ({highest})")
+    def __init__(self, term: int, highest: int, leader: str | None = None) -> None:
+        if leader is None:
+            super().__init__(f"term {term} is lower than the highest term seen ({highest})")
+        else:
+            super().__init__(f"term {term} already has leader {leader}")
         self.term = term
         self.highest = highest
 
@@ -237,7 +240,10 @@ class NodeAgent:
         highest = self.store.highest_term()
         if term < highest:
             raise FencedError(term, highest)
-        self.store.observe_term(term)
+        accepted = self.store.term_leader() if term == highest else None
+        if accepted is not None and leader is not None and accepted != leader:
+            raise FencedError(term, highest, accepted)  # two leaders in one term: only the first is obeyed
+        self.store.observe_term(term, leader)
         if placement is not None:
             self.last_placement = placement
         wanted = {m: int(c) for m, c in instances.items() if c > 0}
@@ -403,8 +409,8 @@ class NodeAgent:
 
     # -- endpoints -------------------------------------------------------------------------------------
     def node_metrics(self) -> NodeMetrics:
-        now = time.monotonic()
-        if self._metrics_cache is None or now - self._metrics_cache[0] > 0.5:
+        now = self.clock()
+        if self._metrics_cache is None or abs(now - self._metrics_cache[0]) > 0.5:  # a clock step also refreshes
             self._metrics_cache = (now, self.metrics.read())
         return self._metrics_cache[1]
 
@@ -460,8 +466,8 @@ class NodeAgent:
     async def provision_locally(self, model: str, wait_s: float) -> bool:
         """Start ``model`` here on demand and wait up to ``wait_s`` for it to be ready."""
         self._add_on_demand(model)
-        deadline = time.monotonic() + wait_s
-        while time.monotonic() < deadline:
+        deadline = self.clock() + wait_s
+        while self.clock() < deadline:
             if model in self._ready_models:
                 return True
             self._wake.set()

@@ -1,7 +1,9 @@
 """Persistent state in SQLite under the data directory: desired set, fencing term, request statistics.
 
-Survives a power cut (WAL journal): after a restart the agent restores its last desired set and the
-highest leader term it has seen, and the leader's cursors into the request log stay valid.
+Survives a power cut (WAL journal): after a restart the agent restores its last desired set, the
+highest leader term it has seen (and the leader it accepted for it), and the election's term and vote
+(written with a synced commit before any election message leaves); the leader's cursors into the
+request log stay valid.
 """
 
 from __future__ import annotations
@@ -122,12 +124,38 @@ class Store:
         with self._lock:
             return int(self._get("highest_term") or 0)
 
-    def observe_term(self, term: int) -> int:
-        """Record a term seen from a leader; returns the highest term now known."""
+    def observe_term(self, term: int, leader: str | None = None) -> int:
+        """Record a term seen (and the leader accepted for it, if known); returns the highest term now known."""
+        with self._lock, self._transaction():
+            highest = int(self._get("highest_term") or 0)
+            if term > highest:
+                self._set("highest_term", str(term))
+                self._set("term_leader", leader or "")
+            elif term == highest and leader and not self._get("term_leader"):
+                self._set("term_leader", leader)
+            return max(term, highest)
+
+    def term_leader(self) -> str | None:
+        """The leader accepted for the highest term seen (None while none is known)."""
         with self._lock:
-            highest = max(term, int(self._get("highest_term") or 0))
-            self._set("highest_term", str(highest))
-            return highest
+            return self._get("term_leader") or None
+
+    # -- election hard state -------------------------------------------------------------------------
+    def election_state(self) -> tuple[int, str | None]:
+        """The election's persisted (term, vote): a restarted node starts from exactly this."""
+        with self._lock:
+            return int(self._get("election_term") or 0), self._get("election_vote") or None
+
+    def save_election_state(self, term: int, vote: str | None) -> None:
+        """Make (term, vote) durable before returning (WAL synced on this commit): persist before send."""
+        with self._lock:
+            self._db.execute("PRAGMA synchronous=FULL")
+            try:
+                with self._transaction():
+                    self._set("election_term", str(term))
+                    self._set("election_vote", vote or "")
+            finally:
+                self._db.execute("PRAGMA synchronous=NORMAL")
 
     def desired(self) -> DesiredState:
         with self._lock:
