@@ -16,7 +16,7 @@ from solver.plan import Action, Plan, Rejection
 from solver.problem import IntArray, Mode, Problem, build_problem, running_instances
 from solver.snapshot import Snapshot
 
-METHODS = ("ipopt", "ipopt-nl", "milp", "iterative", "nearest", "least-loaded")
+METHODS = ("ipopt", "ipopt-pyomo", "ipopt-nl", "milp", "iterative", "nearest", "least-loaded")
 
 Placement = tuple[IntArray, IntArray, list[str]]
 
@@ -53,7 +53,7 @@ def _solve_in_mode(snapshot: Snapshot, method: str, mode: Mode, policy: Eviction
     details: dict[str, Any] = {"classes": problem.n_classes}
     lower_bound: float | None = None
     status = "heuristic"
-    if method in ("ipopt", "ipopt-nl"):
+    if method in ("ipopt", "ipopt-pyomo", "ipopt-nl"):
         from solver.relaxation import solve_relaxation
         from solver.rounding import round_and_repair
 

@@ -126,6 +126,18 @@ def solve_lp(p: Problem) -> LpSolution:
     return _full(p, penalty, total_iters)
 
 
+def full_lp(p: Problem) -> dict[str, Any]:
+    """The whole LP (every row and column) as arrays, for other LP solvers: min cost'x, cl <= Ax <= cu.
+
+    Keys: cost, rows, cols, vals (A in coordinate form), lb, ub, cl, cu.
+    """
+    ones = np.ones(p.n_nodes, dtype=bool)
+    lp = _build(
+        p, np.ones((p.n_classes, p.n_nodes), dtype=bool), np.ones(p.n_classes, dtype=bool), ones, rejection_penalty(p)
+    )
+    return {key: getattr(lp, key) for key in ("cost", "rows", "cols", "vals", "lb", "ub", "cl", "cu")}
+
+
 def _full(p: Problem, penalty: float, iterations: int) -> LpSolution:
     """The fallback: every row and every column, Ipopt's safe options."""
     everything = np.ones(p.n_nodes, dtype=bool)
