@@ -28,8 +28,7 @@ from typing import Any
 import numpy as np
 
 from solver.errors import SolverUnavailableError
-from solver.formulation import rejection_penalty
-from solver.problem import FloatArray, IntArray, Problem
+from solver.problem import FloatArray, IntArray, Problem, rejection_penalty
 
 log = logging.getLogger(__name__)
 

@@ -143,6 +143,12 @@ def _classes(
     return members, models[starts], count.astype(np.int64), cost_rows[starts]
 
 
+def rejection_penalty(problem: Problem) -> float:
+    """A per-request rejection cost larger than any complete placement costs (the model's P)."""
+    worst = float(problem.cost.max()) if problem.cost.size else 1.0
+    return max(1.0, worst) * (problem.n_requests + 1)
+
+
 def running_instances(snapshot: Snapshot) -> IntArray:
     """[j, k] instance counts the snapshot says are running now."""
     names = [m.name for m in snapshot.models]

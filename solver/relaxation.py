@@ -16,13 +16,15 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from solver.errors import SolverError, SolverUnavailableError
-from solver.formulation import Formulation, build_model
 from solver.problem import FloatArray, Problem
+
+if TYPE_CHECKING:
+    from solver.formulation import Formulation
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +78,8 @@ def solve_relaxation(problem: Problem, backend: str = "ipopt") -> Relaxation:
         lp = solve_lp(p)
         objective = float((lp.y * p.cost).sum())
         return Relaxation(lp.y, objective, lp.status, lp.iterations, lp.rounds, lp.columns, lp.value, lp.rows)
+    from solver.formulation import build_model  # Pyomo: only for the reference-model backends
+
     columns = _initial_columns(p)
     rounds = 0
     while True:
