@@ -4,7 +4,8 @@ Every figure is measured in this run, beside its baselines: HiGHS (dual simplex,
 this size) on exactly the LP the fast path solves, built whole; the Pyomo reference model solved by the
 same Ipopt (``ipopt-pyomo``, the path before the fast one); the MILP optimum and iterative search for
 quality; and the thesis's reported AMPL + Ipopt times on a Jetson Xavier NX. Imports and first-call
-set-up are excluded (one warm-up solve per method); times are medians over seeds and repeats.
+set-up are excluded (one warm-up solve per method, then the heap frozen for the garbage collector as
+the leader's solver worker does); times are medians over seeds and repeats.
 
 Times are CPU time of this process (``time.process_time``; the solvers run single-threaded), because
 on a shared machine wall time mostly measures the other jobs; the summary gives the wall-time figures too.
@@ -15,6 +16,7 @@ on a shared machine wall time mostly measures the other jobs; the summary gives 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import statistics
 import sys
@@ -207,6 +209,8 @@ def main() -> int:
     for method in ("ipopt", "ipopt-pyomo", "milp", "iterative"):
         solve(thesis_instance(5, 3, 0), method=method)  # warm-up: imports and library loading
     highs_lp(build_problem(thesis_instance(5, 3, 0), Mode.MODE1))
+    gc.collect()
+    gc.freeze()  # as the leader's solver worker does after its warm-up (agent/solver_worker.py)
     started = time.perf_counter()
     with tqdm(total=8 + args.quality_seeds, desc="bench", file=sys.stderr, disable=args.json, leave=False) as bar:
         rows, every = timing(args.seeds, args.repeat, bar)
