@@ -4,8 +4,8 @@ Every figure is measured in this run, beside its baselines: HiGHS (dual simplex,
 this size) on exactly the LP the fast path solves, built whole; the Pyomo reference model solved by the
 same Ipopt (``ipopt-pyomo``, the path before the fast one); the MILP optimum and iterative search for
 quality; and the thesis's reported AMPL + Ipopt times on a Jetson Xavier NX. Imports and first-call
-set-up are excluded (one warm-up solve per method, then the heap frozen for the garbage collector as
-the leader's solver worker does); times are medians over seeds and repeats.
+set-up are excluded (one warm-up solve per method, then, as the leader's solver worker does, the heap frozen for the
+garbage collector and freed memory kept in the heap); times are medians over seeds and repeats.
 
 Times are CPU time of this process (``time.process_time``; the solvers run single-threaded), because
 on a shared machine wall time mostly measures the other jobs; the summary gives the wall-time figures too.
@@ -27,7 +27,7 @@ import numpy as np
 from tqdm import tqdm
 
 from solver.api import solve
-from solver.fastlp import full_lp, solve_lp
+from solver.fastlp import full_lp, solve_lp, tune_allocator
 from solver.problem import Mode, build_problem
 from solver.simulate import SWEEPS, site_instance, thesis_instance
 
@@ -211,6 +211,7 @@ def main() -> int:
     highs_lp(build_problem(thesis_instance(5, 3, 0), Mode.MODE1))
     gc.collect()
     gc.freeze()  # as the leader's solver worker does after its warm-up (agent/solver_worker.py)
+    tune_allocator()  # likewise
     started = time.perf_counter()
     with tqdm(total=8 + args.quality_seeds, desc="bench", file=sys.stderr, disable=args.json, leave=False) as bar:
         rows, every = timing(args.seeds, args.repeat, bar)

@@ -9,7 +9,8 @@ every node. At the optimum only a few capacity rows bind, so the LP is grown unt
    cheapest node. Only nodes with a row constrain the LP.
 2. Class fixing: a class whose cheapest node has no row sits there whole (nothing can make another node
    cheaper for it), so it leaves the LP.
-3. Columns: every other class gets its ``CANDIDATES`` cheapest nodes.
+3. Columns: every other class gets its ``CANDIDATES`` cheapest nodes (on small LPs one more for each
+   of those the greedy load nearly fills).
 4. Solve; a node without a row that the result overloads gets its rows (unfixing its classes) and the LP
    is solved again. Then left-out columns are priced with the duals (reduced cost = cost + dual of the
    class's assignment row + capacity or link duals); any with negative reduced cost is added, repeat.
@@ -33,6 +34,7 @@ from solver.problem import FloatArray, IntArray, Problem, rejection_penalty
 log = logging.getLogger(__name__)
 
 CANDIDATES = 5
+WIDEN_LIMIT = 1000  # class x node pairs up to which congested classes get wider candidate lists
 MAX_ROUNDS = 8
 CLOSE_ROWS = True
 NEARLY_FULL = 0.9  # initial rows: nodes whose greedy load reaches this share of a budget
@@ -102,11 +104,12 @@ def solve_lp(p: Problem) -> LpSolution:
         r = p.class_count.astype(float)
         return LpSolution(np.zeros((n_c, n_j)), r, penalty * float(r.sum()), "optimal", 0, 0, 0, 0, False)
     cheapest = np.argmin(p.cost, axis=1) if n_j else np.zeros(n_c, dtype=np.int64)
-    has_row = _initial_rows(p, cheapest)
+    congested = _initial_rows(p, cheapest)
+    has_row = congested.copy()
     in_lp = np.zeros((n_c, n_j), dtype=bool)
     total_iters = 0
     for rounds in range(MAX_ROUNDS):
-        free_class = _close_rows(p, has_row, in_lp, cheapest)
+        free_class = _close_rows(p, has_row, in_lp, cheapest, congested)
         lp = _build(p, in_lp & free_class[:, None], free_class, has_row, penalty)
         x, mult, status, iters = _ipopt(lp, IPOPT_FAST)
         total_iters += iters
@@ -123,6 +126,26 @@ def solve_lp(p: Problem) -> LpSolution:
             return LpSolution(y, r, value, status, total_iters, rounds, int(in_lp[free_class].sum()), len(lp.cl), False)
         in_lp |= priced
     return _full(p, penalty, total_iters)
+
+
+def tune_allocator() -> bool:
+    """Keep freed memory in this process's heap (glibc); for long-lived solver processes. True if applied.
+
+    Ipopt and MUMPS allocate and free their work arrays at every iteration; with glibc's defaults large
+    blocks are mapped and unmapped each time and every page faults again (~6 % of a solve). Raising the
+    mmap and trim thresholds keeps them in the heap; the price is that the process keeps its peak heap.
+    """
+    import ctypes
+
+    m_trim_threshold, m_top_pad, m_mmap_threshold = -1, -2, -3
+    try:
+        libc = ctypes.CDLL(None)
+        return all(
+            libc.mallopt(option, value) == 1
+            for option, value in ((m_trim_threshold, 512 << 20), (m_top_pad, 64 << 20), (m_mmap_threshold, 256 << 20))
+        )
+    except (OSError, AttributeError):  # not glibc
+        return False
 
 
 def full_lp(p: Problem) -> dict[str, Any]:
@@ -174,7 +197,9 @@ def _overloaded(p: Problem, y: FloatArray) -> BoolArray:
     return np.asarray((mem_use > p.mem_budget + tol_m) | (comp_use > p.comp_budget + tol_c))
 
 
-def _close_rows(p: Problem, has_row: BoolArray, in_lp: BoolArray, cheapest: IntArray) -> BoolArray:
+def _close_rows(
+    p: Problem, has_row: BoolArray, in_lp: BoolArray, cheapest: IntArray, congested: BoolArray
+) -> BoolArray:
     """Add rows until no node without one could be overloaded by the LP; the classes left in the LP.
 
     A node's worst case is every class with a column there (and every fixed class whose cheapest node it
@@ -182,7 +207,7 @@ def _close_rows(p: Problem, has_row: BoolArray, in_lp: BoolArray, cheapest: IntA
     """
     while True:
         free_class = has_row[cheapest]
-        _ensure_candidates(p, in_lp, free_class)
+        _ensure_candidates(p, in_lp, free_class, congested)
         worst = in_lp * free_class[:, None] * p.class_count[:, None].astype(float)
         fixed = np.nonzero(~free_class)[0]
         worst[fixed, cheapest[fixed]] = p.class_count[fixed]
@@ -192,17 +217,23 @@ def _close_rows(p: Problem, has_row: BoolArray, in_lp: BoolArray, cheapest: IntA
         has_row |= grow
 
 
-def _ensure_candidates(p: Problem, in_lp: BoolArray, free_class: BoolArray) -> None:
-    """Give every class in the LP that has no columns yet its cheapest ``CANDIDATES`` nodes."""
+def _ensure_candidates(p: Problem, in_lp: BoolArray, free_class: BoolArray, congested: BoolArray) -> None:
+    """Give every class in the LP that has no columns yet its cheapest ``CANDIDATES`` nodes.
+
+    On a small LP a class also gets one more node per congested node among those (one the greedy load
+    nearly fills): crowded out of its cheapest nodes it needs the next ones, and finding them by pricing
+    costs a second solve, more than the extra columns cost there.
+    """
     need = np.nonzero(free_class & ~in_lp.any(axis=1))[0]
     if not len(need):
         return
     k = min(CANDIDATES, p.n_nodes)
-    best = np.argpartition(p.cost[need], k - 1, axis=1)[:, :k] if k < p.n_nodes else None
-    if best is None:
-        in_lp[need] = True
-    else:
-        in_lp[need[:, None], best] = True
+    order = np.argsort(p.cost[need], axis=1, kind="stable")
+    width = np.full(len(need), k)
+    if p.n_classes * p.n_nodes <= WIDEN_LIMIT:
+        width = np.minimum(k + congested[order[:, :k]].sum(axis=1), p.n_nodes)
+    take = np.arange(p.n_nodes)[None, :] < width[:, None]
+    in_lp[np.repeat(need, take.sum(axis=1)), order[take]] = True
 
 
 def _build(p: Problem, cols: BoolArray, classes_mask: BoolArray, has_row: BoolArray, penalty: float) -> _Lp:

@@ -32,6 +32,7 @@ def pyomo_lp_optimum(p: Problem) -> float:
     form = build_model(p, [(c, j) for c in range(p.n_classes) for j in range(p.n_nodes)], integer=False)
     highs = Highs()
     highs.config.load_solution = False
+    highs.highs_options = {"threads": 1}  # as solver.milp: HiGHS fixes its thread pool on first use
     result = highs.solve(form.model)
     assert str(result.termination_condition).endswith("optimal"), result.termination_condition
     return float(result.best_feasible_objective)
