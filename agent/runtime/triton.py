@@ -22,6 +22,7 @@ from agent.catalogue import ModelSpec
 from agent.errors import InstanceStartError
 
 MODELS_SOURCE = Path(__file__).resolve().parent.parent / "data" / "triton"
+STUB_SITE = "peerserve-triton-site"
 
 
 @dataclass(frozen=True)
@@ -47,7 +48,7 @@ def find_triton() -> TritonInstall:
         stub=root / "tritonserver" / "python_backend_stubs" / version / "triton_python_backend_stub",
         libs=root.parent / "nvidia_pytriton.libs",
     )
-    missing = [p for p in (found.binary, found.backend, found.stub, found.libs) if not p.exists()]
+    missing = [p for p in (found.binary, found.backend, found.stub, found.libs, stub_site_packages()) if not p.exists()]
     if missing:
         raise InstanceStartError(f"incomplete Triton install, missing {missing[0]}")
     return found
@@ -102,11 +103,15 @@ def command(install: TritonInstall, repository: Path, backends: Path, host: str,
     ]  # fmt: skip
 
 
+def stub_site_packages() -> Path:
+    """numpy < 2 for the backend stub (Triton 2.51's Python backend reads numpy 1.x arrays; with numpy 2
+    its output tensors come back empty). scripts/bootstrap.sh installs it here."""
+    return Path(sys.prefix) / "lib" / STUB_SITE
+
+
 def environment(install: TritonInstall) -> dict[str, str]:
     """The server's environment: the wheel's libraries, and where numpy is for the backend stub."""
     env = dict(os.environ)
     env["LD_LIBRARY_PATH"] = ":".join(p for p in (str(install.libs), env.get("LD_LIBRARY_PATH", "")) if p)
-    numpy = importlib.util.find_spec("numpy")
-    if numpy is not None and numpy.submodule_search_locations:
-        env["PEERSERVE_SITE_PACKAGES"] = str(Path(next(iter(numpy.submodule_search_locations))).parent)
+    env["PEERSERVE_SITE_PACKAGES"] = str(stub_site_packages())
     return env
