@@ -216,3 +216,32 @@ def test_pool_keeps_a_servers_unread_body_away_from_the_next_request_and_the_che
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_a_streamed_body_over_the_limit_is_refused_and_the_next_request_is_fine(agents: Any) -> None:
+    a = agents("a", env={"PEERSERVE_MAX_BODY_MB": "0.01"})  # ~10 KB
+    big = [b'{"instances": [' + b"1.0, " * 1000, b"1.0" * 2000 + b"]}"]
+    with httpx.Client(timeout=30) as http:
+        r = http.post(a.url + "/v1/models/half_plus_two:predict", content=iter(big))  # chunked: no length up front
+        assert r.status_code == 413 and set(r.json()) == {"error"}, r.text
+        ok = http.post(a.url + "/v1/models/half_plus_two:predict", json={"instances": [2.0]})
+        assert ok.status_code == 200 and ok.json() == {"predictions": [3.0]}
+
+
+async def _concurrent_through_small_pool(port: int) -> tuple[int, int]:
+    pool = UpstreamPool(max_idle_per_host=2)
+
+    async def one() -> None:
+        response = await pool.request("GET", f"http://127.0.0.1:{port}/v1/models/half_plus_two", [], None)
+        await response.read()
+        await response.aclose()
+
+    await asyncio.gather(*(one() for _ in range(8)))
+    idle, opened = pool.idle_count(), pool.opened
+    await pool.aclose()
+    return idle, opened
+
+
+def test_pool_keeps_at_most_its_bound_of_idle_connections(stand_in: int) -> None:
+    idle, opened = asyncio.run(_concurrent_through_small_pool(stand_in))
+    assert opened == 8 and idle == 2
