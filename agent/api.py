@@ -1,8 +1,6 @@
 """The agent's HTTP API (FastAPI): client paths, TF-Serving proxy, leader-facing stats and control.
 
-    GET  /services                         best endpoint of every deployed model (whole cluster)
-    GET  /services/{model}                 best endpoint for this client, with `why`
-    ANY  /services/{model}/v1/models/...   TF-Serving REST proxied to the best endpoint
+    GET  /services[/{model}], /services/{model}/v1|v2/..., /v1/models/..., /v2/...   agent/serving/routes.py
     GET  /stats/requests?since=CURSOR      request log for the leader (cursor-paged)
     GET  /stats/models                     per model: requests since provisioned, last request
     GET  /stats/node                       memory, CPU, GPU, instances
@@ -21,50 +19,29 @@ from __future__ import annotations
 
 import hmac
 import logging
-import re
-import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-import httpx
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from agent.catalogue import valid_model_name
 from agent.client_ids import BadClientInput, ClientIds, known_nodes_only, parse_rtt_report, valid_client_id
-from agent.decisions import Choice, best_per_model, rank_endpoints
 from agent.http_limits import HttpLimits
 from agent.node import FencedError, NodeAgent, UnknownModelError
 from agent.observe import mount as mount_operator_routes
+from agent.serving.routes import mount_serving
 
 log = logging.getLogger(__name__)
 
 RTT_HEADER = "x-peerserve-rtt"
 CLIENT_HEADER = "x-peerserve-client"
-PROXY_PATH = re.compile(
-    r"^v1/models/(?P<model>[^/:]+)(?:/versions/\d+|/labels/[A-Za-z0-9_-]+)?(?:/metadata|:predict|:classify|:regress)?$"
-)
-HOP_HEADERS = {"content-type", "accept", "accept-encoding"}
 CONTROL_MAX_BYTES = 64 * 1024
 MAX_CURSOR = 2**63 - 1  # SQLite's largest integer
-RTT_ENTRY = r"[A-Za-z0-9][A-Za-z0-9_-]{0,62}%s[0-9.eE+-]{1,12}"
-CLIENT_INPUT = {  # parsed by client_of(), described here so the schema (and schemathesis) knows them
-    "parameters": [
-        {"name": "X-Peerserve-RTT", "in": "header", "required": False,
-         "schema": {"type": "string", "pattern": f"^{RTT_ENTRY % '='}(, ?{RTT_ENTRY % '='})*$"},
-         "description": "the client's measured RTT to nodes in ms: 'node=ms, node=ms' (0-60000, <= 64 nodes)"},
-        {"name": "X-Peerserve-Client", "in": "header", "required": False,
-         "schema": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,127}$"},
-         "description": "the client's id (default: its address; a few per address count, the rest as the address)"},
-        {"name": "rtt", "in": "query", "required": False,
-         "schema": {"type": "string", "pattern": f"^{RTT_ENTRY % ':'}(,{RTT_ENTRY % ':'})*$"},
-         "description": "the client's measured RTT to nodes in ms: 'node:ms,node:ms'"},
-    ]
-}  # fmt: skip
 
 
 class DesiredBody(BaseModel):
@@ -87,6 +64,7 @@ def create_app(agent: NodeAgent) -> FastAPI:
             yield
         finally:
             await agent.stop()
+            await app.state.serving.pool.aclose()
 
     docs = agent.settings.api_docs
     app = FastAPI(
@@ -134,97 +112,8 @@ def create_app(agent: NodeAgent) -> FastAPI:
         nodes = {agent.settings.node_id, *(p.node_id for p in agent.peers.members())}
         return client, known_nodes_only(rtts, nodes)
 
-    def known_rtts(client: str, reported: dict[str, float]) -> dict[str, float]:
-        return agent.client_rtts(client, reported)
-
-    def endpoint_json(choice: Choice) -> dict[str, Any]:
-        c = choice.candidate
-        return {"model": c.model, "node": c.node, "url": c.url, "why": choice.why()}
-
-    async def choose(model: str, request: Request) -> tuple[list[Choice], str, dict[str, float]] | JSONResponse:
-        """Ranked endpoints for ``model``; provisions on demand; JSON error when there is none."""
-        if not valid_model_name(model):
-            return error(400, f"invalid model name {model[:80]!r}")
-        spec = agent.catalogue.current.get(model)
-        if spec is None:
-            return error(
-                404,
-                f"unknown model {model!r}: not in the catalogue",
-                models=sorted(agent.catalogue.current.models),
-            )
-        who = client_of(request)
-        if isinstance(who, JSONResponse):
-            return who
-        client, reported = who
-        rtts = known_rtts(client, reported)
-        ranked = rank_endpoints(agent.candidates(model), rtts)
-        if not ranked:
-            target, reason = agent.provision_decision(spec)
-            if target is None:
-                agent.store.record_request(time.time(), model, client, reported, None, None, 507)
-                return error(507, f"{model} cannot be placed: {reason}")
-            if target == agent.settings.node_id and await agent.provision_locally(
-                model, agent.settings.provision_wait_s
-            ):
-                ranked = rank_endpoints(agent.candidates(model), rtts)
-            if not ranked:
-                agent.store.record_request(time.time(), model, client, reported, None, None, 503)
-                return error(503, f"{model} is being provisioned ({reason}); retry shortly", retry_after=2)
-        return ranked, client, reported
-
-    @app.get("/services", openapi_extra=CLIENT_INPUT)
-    async def services(request: Request) -> Any:
-        who = client_of(request)
-        if isinstance(who, JSONResponse):
-            return who
-        client, reported = who
-        best = best_per_model(agent.candidates(), known_rtts(client, reported))
-        return JSONResponse([endpoint_json(choice) for choice in best.values()])
-
-    @app.get("/services/{model}", openapi_extra=CLIENT_INPUT)
-    async def service(model: str, request: Request) -> Any:
-        chosen = await choose(model, request)
-        if isinstance(chosen, JSONResponse):
-            return chosen
-        ranked, client, reported = chosen
-        agent.store.record_request(time.time(), model, client, reported, ranked[0].candidate.node, None, 200)
-        return JSONResponse({**endpoint_json(ranked[0]), "alternatives": [endpoint_json(c) for c in ranked[1:4]]})
-
-    @app.api_route("/services/{model}/{path:path}", methods=["GET", "POST"], openapi_extra=CLIENT_INPUT)
-    async def proxy(model: str, path: str, request: Request) -> Response:
-        match = PROXY_PATH.fullmatch(path)
-        if match is None or match.group("model") != model:
-            return error(400, f"not a TF-Serving REST path for {model!r}: /{path[:100]}")
-        chosen = await choose(model, request)
-        if isinstance(chosen, JSONResponse):
-            return chosen
-        ranked, client, reported = chosen
-        body = await request.body()
-        if len(body) > max_body:
-            return error(413, f"request body over {max_body} bytes")
-        headers = {k: v for k, v in request.headers.items() if k.lower() in HOP_HEADERS}
-        for choice in ranked[:2]:  # the best, then one retry elsewhere if it is unreachable
-            target = choice.candidate
-            started = time.perf_counter()
-            try:
-                upstream = await agent.http.request(
-                    request.method,
-                    f"{target.url}/{path}",
-                    params=_forward_params(request),
-                    content=body,
-                    headers=headers,
-                )
-            except httpx.HTTPError as exc:
-                log.warning("proxy to %s (%s) failed: %s", target.url, target.node, exc)
-                continue
-            latency = 1000 * (time.perf_counter() - started)
-            if upstream.status_code < 500:
-                agent.record_latency(target.node, model, latency)
-            agent.store.record_request(time.time(), model, client, reported, target.node, latency, upstream.status_code)
-            media = upstream.headers.get("content-type", "application/json")
-            return Response(upstream.content, status_code=upstream.status_code, media_type=media)
-        agent.store.record_request(time.time(), model, client, reported, None, None, 502)
-        return error(502, f"no endpoint of {model} answered")
+    serving = mount_serving(app, agent, client_of, max_body)
+    app.state.serving = serving
 
     @app.get("/stats/requests")
     async def stats_requests(
@@ -359,10 +248,6 @@ def create_app(agent: NodeAgent) -> FastAPI:
         return agent.health_report()
 
     return app
-
-
-def _forward_params(request: Request) -> list[tuple[str, str | int | float | bool | None]]:
-    return [(k, v) for k, v in request.query_params.multi_items() if k != "rtt"]
 
 
 def _check_token(expected: str, header: str | None) -> JSONResponse | None:

@@ -99,3 +99,19 @@ class ClientIds:
 
     def __len__(self) -> int:
         return len(self._seen)
+
+
+RTT_ENTRY = r"[A-Za-z0-9][A-Za-z0-9_-]{0,62}%s[0-9.eE+-]{1,12}"
+CLIENT_INPUT = {  # parsed by client_of(), described here so the schema (and schemathesis) knows them
+    "parameters": [
+        {"name": "X-Peerserve-RTT", "in": "header", "required": False,
+         "schema": {"type": "string", "pattern": f"^{RTT_ENTRY % '='}(, ?{RTT_ENTRY % '='})*$"},
+         "description": "the client's measured RTT to nodes in ms: 'node=ms, node=ms' (0-60000, <= 64 nodes)"},
+        {"name": "X-Peerserve-Client", "in": "header", "required": False,
+         "schema": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,127}$"},
+         "description": "the client's id (default: its address; a few per address count, the rest as the address)"},
+        {"name": "rtt", "in": "query", "required": False,
+         "schema": {"type": "string", "pattern": f"^{RTT_ENTRY % ':'}(,{RTT_ENTRY % ':'})*$"},
+         "description": "the client's measured RTT to nodes in ms: 'node:ms,node:ms'"},
+    ]
+}  # fmt: skip

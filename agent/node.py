@@ -36,6 +36,7 @@ from agent.leadership import Leadership
 from agent.metrics import MetricsReader, NodeMetrics
 from agent.peers import NoPeers, PeerTable
 from agent.runtime.base import Instance, Runtime, probe_available
+from agent.serving.resolve import Outcome, resolve
 from agent.settings import Settings
 from agent.store import DesiredState, Store
 from agent.telemetry import Telemetry
@@ -331,7 +332,14 @@ class NodeAgent:
 
     async def _probe(self, instances: list[Instance]) -> set[str]:
         running = [i for i in instances if i.running and i.url]
-        results = await asyncio.gather(*(probe_available(self.http, i.url, i.model) for i in running))
+        cat = self.catalogue.current
+
+        def server_of(model: str) -> str:
+            spec = cat.get(model)
+            return spec.server if spec is not None else "tfserving"
+
+        probes = (probe_available(self.http, i.url, i.model, server=server_of(i.model)) for i in running)
+        results = await asyncio.gather(*probes)
         return {i.id for i, ok in zip(running, results, strict=True) if ok}
 
     def _note_readiness(self, instances: list[Instance], ready: set[str], now: float) -> None:
@@ -384,7 +392,8 @@ class NodeAgent:
         if not spec.warmup:
             return
         try:
-            r = await self.http.post(f"{inst.url}/v1/models/{spec.name}:predict", json=dict(spec.warmup), timeout=30)
+            path = f"/v2/models/{spec.name}/infer" if spec.server == "triton" else f"/v1/models/{spec.name}:predict"
+            r = await self.http.post(f"{inst.url}{path}", json=dict(spec.warmup), timeout=30)
             log.info("warm-up of %s at %s: HTTP %d", spec.name, inst.url, r.status_code)
         except httpx.HTTPError as exc:
             log.warning("warm-up of %s at %s failed: %s", spec.name, inst.url, exc)
@@ -457,6 +466,10 @@ class NodeAgent:
                     exec_ms = self.expected_exec_ms(peer.node_id, m, peer.node_class)
                     out += [Candidate(peer.node_id, u, m, exec_ms, peer_load) for u in urls]
         return out
+
+    async def resolve(self, model: str, client: str, reported: Mapping[str, float]) -> Outcome:
+        """Where ``client``'s request for ``model`` should go (the serving façade, agent/serving/resolve.py)."""
+        return await resolve(self, model, client, reported)
 
     def provision_decision(self, spec: ModelSpec) -> tuple[str | None, str]:
         local = NodeRoom(self.settings.node_id, self.node_metrics().mem_available_mb)
