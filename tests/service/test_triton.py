@@ -6,6 +6,7 @@ installs and builds both); tritonclient.http is the real client, used with its d
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 from urllib.parse import urlsplit
@@ -71,6 +72,17 @@ def test_digits_over_tf_serving_and_triton_through_an_agent(agents: Any) -> None
     # Memory of the Triton server is measured (its process tree), and its execution time is recorded.
     [inst] = [i for i in a.get("/stats/node").json()["instances"] if i["model"] == "digits_triton"]
     assert inst["ready"] and inst["mem_mb"] is not None and inst["mem_mb"] > 10
+    # The client library and CLI speak the Open Inference Protocol too (direct to Triton, and via the proxy).
+    from client import Client
+    from tests.service.test_client import cli
+
+    v2_inputs = [{"name": "pixels", "shape": [2, 64], "datatype": "FP32", "data": images[:2]}]
+    with Client(agents=[a.url], transport=httpx.HTTPTransport(retries=1)) as c:
+        direct = c.infer("digits_triton", v2_inputs)
+        proxied = c.infer("digits_triton", v2_inputs, via_proxy=True)
+    assert direct["outputs"][0]["shape"] == [2, 10] and direct["outputs"] == proxied["outputs"]
+    out = cli("predict", "digits_triton", "--protocol", "v2", "--data", json.dumps(v2_inputs), "--agent", a.url)
+    assert out.returncode == 0 and json.loads(out.stdout)["outputs"][0]["name"] == "probabilities", out.stderr
     log = a.get("/stats/requests?since=0").json()["requests"]
     timed = [x for x in log if x["model"] in ("digits", "digits_triton") and x["latency_ms"] is not None]
     assert {x["model"] for x in timed} == {"digits", "digits_triton"}
