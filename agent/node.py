@@ -36,6 +36,7 @@ from agent.leadership import Leadership
 from agent.metrics import MetricsReader, NodeMetrics
 from agent.peers import NoPeers, PeerTable
 from agent.runtime.base import Instance, Runtime, probe_available
+from agent.serving.provision import ProvisionRequests
 from agent.serving.resolve import Outcome, resolve
 from agent.settings import Settings
 from agent.store import DesiredState, Store
@@ -133,6 +134,7 @@ class NodeAgent:
         self._background: set[asyncio.Task[None]] = set()
         self._metrics_cache: tuple[float, NodeMetrics] | None = None
         self._client_rtts: dict[str, dict[str, float]] = {}
+        self.provision_requests = ProvisionRequests()
 
     # -- lifecycle -----------------------------------------------------------------------------------
     async def start(self) -> None:
