@@ -45,6 +45,7 @@ HOP_BY_HOP = {
     "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer", "trailers",
     "transfer-encoding", "upgrade", "host", "x-peerserve-rtt", "x-peerserve-client",
 }  # fmt: skip
+ERROR_TEXT_MAX = 2048  # of a non-JSON upstream error, kept as the message
 ALL_METHODS = ["GET", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"]
 PROTOCOLS = {"tfserving": "v1", "triton": "v2"}
 
@@ -75,6 +76,17 @@ def _forward_headers(request: Request) -> list[tuple[str, str]]:
 def _response_headers(headers: list[tuple[str, str]]) -> dict[str, str]:
     named = {v.strip().lower() for k, v in headers if k.lower() == "connection" for v in v.split(",")}
     return {k: v for k, v in headers if k.lower() not in HOP_BY_HOP and k.lower() not in named}
+
+
+def upstream_error_message(status: int, body: bytes) -> str:
+    """The message for a model server's non-JSON error: its text (first ERROR_TEXT_MAX bytes, tags stripped)."""
+    text = re.sub(r"<[^>]*>", " ", body[:ERROR_TEXT_MAX].decode("utf-8", "replace"))
+    text = " ".join(text.split())
+    return f"model server answered HTTP {status}" + (f": {text}" if text else "")
+
+
+def _is_json(headers: list[tuple[str, str]]) -> bool:
+    return any(k.lower() == "content-type" and "json" in v.lower() for k, v in headers)
 
 
 def _has_body(request: Request) -> bool:
@@ -220,6 +232,8 @@ class ServingRoutes:
                 if exc.sent and (body is None or not body.replayable):
                     break
                 continue
+            if upstream.status >= 400 and not _is_json(upstream.headers):
+                return await self._wrap_error(upstream, model, target.node, client, reported)
             stream = self._stream(upstream, model, target.node, client, reported, started)
             return StreamingResponse(stream, status_code=upstream.status, headers=_response_headers(upstream.headers))
         self._record(model, client, reported, None, None, 502)
@@ -241,6 +255,19 @@ class ServingRoutes:
             if complete and upstream.status < 500:
                 self.agent.record_latency(node, model, latency)
             self._record(model, client, reported, node, latency if complete else None, upstream.status)
+
+    async def _wrap_error(self, upstream: Any, model: str, node: str, client: str, reported: Any) -> Response:
+        """A model server's error that is not JSON (a crash page, a proxy's HTML): the protocol's error body."""
+        text = b""
+        try:
+            async for chunk in upstream.aiter_body():
+                text += chunk[: ERROR_TEXT_MAX - len(text)]
+        except UpstreamError:
+            pass
+        finally:
+            await upstream.aclose()
+        self._record(model, client, reported, node, None, upstream.status)
+        return protocol_error(upstream.status, upstream_error_message(upstream.status, text), "upstream_error")
 
     def _outcome_error(self, outcome: Any, model: str, protocol: str, client: str, reported: Any) -> JSONResponse:
         if isinstance(outcome, Unknown):

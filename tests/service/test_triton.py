@@ -87,3 +87,18 @@ def test_digits_over_tf_serving_and_triton_through_an_agent(agents: Any) -> None
     timed = [x for x in log if x["model"] in ("digits", "digits_triton") and x["latency_ms"] is not None]
     assert {x["model"] for x in timed} == {"digits", "digits_triton"}
     assert all(x["latency_ms"] > 0 for x in timed)
+    # ... and it is the execution time the placement snapshot uses (the catalogue's guess is 3 ms).
+    from agent.catalogue import builtin_catalogue_text, parse_catalogue
+    from agent.placement import MIN_LATENCY_SAMPLES, build_snapshot, parse_node_report, parse_request
+
+    for _ in range(MIN_LATENCY_SAMPLES):
+        httpx.post(a.url + "/v1/models/digits:predict", json={"instances": images}, timeout=90).raise_for_status()
+    rows = [parse_request(x) for x in a.get("/stats/requests?since=0").json()["requests"]]
+    node = parse_node_report(a.get("/stats/node").json(), a.get("/stats/models").json())
+    snapshot = build_snapshot([node], rows, parse_catalogue(builtin_catalogue_text(), "built-in"), time.time())
+    measured = sorted(
+        r.latency_ms for r in rows if r.model == "digits" and r.latency_ms is not None and r.status == 200
+    )
+    [digits_request] = [r for r in snapshot["requests"] if r["model"] == "digits"]
+    assert digits_request["exec_ms"][node.node_id] == pytest.approx(float(np.median(measured)))
+    assert digits_request["exec_ms"][node.node_id] > 3.0
