@@ -25,7 +25,7 @@ else:  # pragma: no cover - Python 3.10 (JetPack 6)
 
 log = logging.getLogger(__name__)
 
-MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # matched whole (fullmatch)
 SERVERS = ("tfserving", "triton")  # TF-Serving REST (or the stand-in) | Triton, Open Inference Protocol
 
 
@@ -63,8 +63,8 @@ class Catalogue:
 
 
 def valid_model_name(name: str) -> bool:
-    """Model names are one path segment: letters, digits, '_', '.', '-' (no '/', no '..')."""
-    return bool(MODEL_NAME.match(name)) and ".." not in name
+    """Model names are one path segment: letters, digits, '_', '.', '-' (no '/', no '..'), matched whole."""
+    return MODEL_NAME.fullmatch(name) is not None and ".." not in name
 
 
 def parse_catalogue(text: str, source: str) -> Catalogue:

@@ -28,6 +28,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from agent.catalogue import valid_model_name
+from agent.client_ids import CLIENT_INPUT
 from agent.decisions import Choice, best_per_model
 from agent.node import NodeAgent
 from agent.serving import tfrest
@@ -104,9 +105,11 @@ class ServingRoutes:
         self.pool = UpstreamPool()
 
     def mount(self, app: FastAPI) -> None:
-        app.add_api_route("/services", self.services, methods=["GET"])
-        app.add_api_route("/services/{model}", self.service, methods=["GET"])
-        app.add_api_route("/services/{model}/{path:path}", self.services_proxy, methods=ALL_METHODS)
+        app.add_api_route("/services", self.services, methods=["GET"], openapi_extra=CLIENT_INPUT)
+        app.add_api_route("/services/{model}", self.service, methods=["GET"], openapi_extra=CLIENT_INPUT)
+        app.add_api_route(
+            "/services/{model}/{path:path}", self.services_proxy, methods=ALL_METHODS, openapi_extra=CLIENT_INPUT
+        )
         app.add_api_route("/v1/{path:path}", self.tfserving_root, methods=ALL_METHODS)
         app.add_api_route("/v2", self.v2_server, methods=["GET"])
         app.add_api_route("/v2/health/live", self.v2_live, methods=["GET"])
