@@ -55,6 +55,7 @@ def test_start_predict_list_stop(engine: Any) -> None:
         assert r.json() == {"predictions": [2.5, 3.0, 4.5]}
         [listed] = await rt.list()
         assert listed.id == inst.id and listed.running and listed.term == 7 and listed.model == "half_plus_two"
+        assert listed.mem_mb is not None and listed.mem_mb > 1  # measured: the container's process tree
         c = engine.containers.get(inst.id)
         assert c.labels["peerserve.managed"] == "true" and c.labels["peerserve.node"] == "node-a"
         assert c.attrs["HostConfig"]["Memory"] == 64 * 2**20
