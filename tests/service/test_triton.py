@@ -59,6 +59,17 @@ def test_digits_over_tf_serving_and_triton_through_an_agent(agents: Any) -> None
     assert (triton_classes == truth).mean() >= 0.9
     assert (tf_classes == truth).mean() >= 0.9
     assert (tf_classes == triton_classes).mean() >= 0.98
+    # The whole data set, padded to the 2,000-row batch both accept in one request: the servers agree.
+    from sklearn.datasets import load_digits
+
+    everything = load_digits().data.astype(float).tolist()
+    batch = (everything * 2)[:2000]
+    r = httpx.post(a.url + "/v1/models/digits:predict", json={"instances": batch}, timeout=90)
+    tf_all = np.asarray(r.json()["predictions"]).argmax(axis=1)
+    v2 = {"inputs": [{"name": "pixels", "shape": [2000, 64], "datatype": "FP32", "data": batch}]}
+    r2 = httpx.post(a.url + "/v2/models/digits_triton/infer", json=v2, timeout=90)
+    triton_all = np.asarray(r2.json()["outputs"][0]["data"]).reshape(2000, 10).argmax(axis=1)
+    assert r.status_code == r2.status_code == 200 and (tf_all == triton_all).mean() >= 0.98
     # Each protocol is refused, in its own error shape, for the other kind of server.
     wrong = httpx.post(a.url + "/v1/models/digits_triton:predict", json={"instances": images[:1]}, timeout=30)
     assert wrong.status_code == 400 and set(wrong.json()) == {"error"}
