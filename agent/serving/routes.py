@@ -61,6 +61,18 @@ def protocol_error(status: int, message: str, code: str, retry_after: int | None
     return JSONResponse({"error": message}, status_code=status, headers=headers)
 
 
+def _as_protocol_error(response: JSONResponse) -> JSONResponse:
+    """An error of the client-input checks, in the protocols' exact ``{"error": ...}`` shape (status kept)."""
+    try:
+        body = json.loads(bytes(response.body))
+        message = str(body.get("error", "bad request")) if isinstance(body, dict) else "bad request"
+    except ValueError:
+        message = "bad request"
+    retry = response.headers.get("retry-after")
+    code = response.headers.get(ERROR_HEADER.lower()) or "bad_client_input"
+    return protocol_error(response.status_code, message, code, int(retry) if retry and retry.isdigit() else None)
+
+
 def _endpoint_json(choice: Choice) -> dict[str, Any]:
     c = choice.candidate
     return {"model": c.model, "node": c.node, "url": c.url, "why": choice.why()}
@@ -214,7 +226,7 @@ class ServingRoutes:
             return protocol_error(400, f"model {model!r} is served by {spec.server}: use {other}", "wrong_protocol")
         who = self.client_of(request)
         if isinstance(who, JSONResponse):
-            return protocol_error(400, "malformed RTT report: use 'X-Peerserve-RTT: node=ms, node=ms'", "bad_rtt")
+            return _as_protocol_error(who)
         client, reported = who
         outcome = await self.agent.resolve(model, client, reported)
         if not isinstance(outcome, Ranked):

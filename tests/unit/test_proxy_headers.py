@@ -46,3 +46,14 @@ def test_a_non_json_upstream_error_becomes_the_protocols_error_message() -> None
     assert upstream_error_message(502, page) == "model server answered HTTP 502: 502 Bad Gateway upstream died"
     assert upstream_error_message(500, b"") == "model server answered HTTP 500"
     assert len(upstream_error_message(500, b"x" * 100_000)) < ERROR_TEXT_MAX + 40
+
+
+def test_client_input_errors_keep_their_status_in_the_protocol_shape() -> None:
+    from fastapi.responses import JSONResponse
+
+    from agent.serving.routes import _as_protocol_error
+
+    refused = JSONResponse({"error": "too many client ids", "limit": 64}, status_code=429, headers={"Retry-After": "3"})
+    out = _as_protocol_error(refused)
+    assert out.status_code == 429 and out.body == b'{"error":"too many client ids"}'
+    assert out.headers["retry-after"] == "3" and out.headers["x-peerserve-error"] == "bad_client_input"
