@@ -42,6 +42,14 @@ class BodyTooLarge(Exception):
     """The client's request body went over the proxy's limit while streaming."""
 
 
+class BodySourceError(Exception):
+    """Reading the client's body failed (``original``, e.g. the HTTP layer refused it): not the server's fault."""
+
+    def __init__(self, original: Exception) -> None:
+        super().__init__(str(original))
+        self.original = original
+
+
 @dataclass
 class _Conn:
     key: tuple[str, int]
@@ -85,7 +93,14 @@ class Replay:
             yield chunk
         if self._done:
             return
-        async for chunk in self._source:
+        source = aiter(self._source)
+        while True:
+            try:
+                chunk = await anext(source)
+            except StopAsyncIteration:
+                break
+            except Exception as exc:  # the client side failed (refused, disconnected): say so, not "upstream"
+                raise BodySourceError(exc) from exc
             self._size += len(chunk)
             if self._size > self._limit:
                 raise BodyTooLarge(f"request body over {self._limit} bytes")
@@ -258,6 +273,9 @@ class UpstreamPool:
             if isinstance(failed, (BodyTooLarge, BodyRefused)):  # the client's fault: no upstream failure
                 head.cancel()
                 raise failed
+            if isinstance(failed, BodySourceError):
+                head.cancel()
+                raise failed.original
             if failed is not None and not head.done():
                 # The server may have answered (e.g. 413) and closed while we were still sending.
                 done, _ = await asyncio.wait({head}, timeout=1.0)
