@@ -121,6 +121,8 @@ class SolverWorker:
             except (OSError, ValueError) as exc:
                 raise SolverWorkerError(f"solver worker unreachable: {exc}") from exc
         if not line:
+            if not self._wanted:
+                raise SolverWorkerError("solver worker stopped: this node stepped down")
             raise SolverWorkerError(f"solver worker exited (status {proc.poll()})")
         if len(line) > self.max_reply_bytes or not line.endswith(b"\n"):
             raise SolverWorkerError(f"solver worker reply over {self.max_reply_bytes} bytes")
