@@ -306,10 +306,11 @@ class Soak:
     def choose(self, candidates: list[int], pick: float) -> int:
         return sorted(candidates)[min(len(candidates) - 1, int(pick * len(candidates)))]
 
-    def fault(self, kind: str, nodes: list[int], expected: list[int]) -> None:
-        """Record a fault injected just now; wait until the cluster recovered (window: at most 5 s)."""
-        at = self.now()
-        took = self.recover(expected, RECOVERY_LIMIT_S)
+    def fault(self, kind: str, nodes: list[int], expected: list[int], at: float | None = None) -> None:
+        """Record a fault injected at ``at`` (default now); wait until the cluster recovered (window <= 5 s)."""
+        at = self.now() if at is None else at
+        seen = self.recover(expected, max(0.0, RECOVERY_LIMIT_S - (self.now() - at)))
+        took = None if seen is None else self.now() - at
         recovery = RECOVERY_LIMIT_S if took is None else took
         names = [self.bed.hosts[i].node_id for i in nodes]
         with self.lock:
@@ -324,14 +325,17 @@ class Soak:
         self.down.add(i)
         self.bed.kill(i)
 
-    def restart(self, i: int) -> None:
+    def restart(self, i: int) -> float:
+        """Start agent i again on its data and wait until it answers; returns when it was started."""
         before = self.desired.get(i)
+        at = self.now()
         self.bed.restart(i)
         self.restarts += 1
         self.incarnation[i] = f"n{i}#{self.restarts}"
         self.bed.wait_healthy(i, 30.0)
         self.down.discard(i)
         self.check_restored(i, before)
+        return at
 
     def check_restored(self, i: int, before: tuple[dict[str, int], int] | None) -> None:
         """The restarted agent serves the desired set and term it had before (nothing lost)."""
@@ -354,10 +358,11 @@ class Soak:
             self.kill_and_restart("kill_leader", int(leader or 0), f.hold_s)
         elif f.kind == "quick_restart":
             i = self.choose(up, f.pick)
+            at = self.now()
             self.kill(i)
             time.sleep(f.hold_s)
             self.restart(i)
-            self.fault("quick_restart", [i], self.reachable())
+            self.fault("quick_restart", [i], self.reachable(), at=at)
         elif f.kind == "pause_leader":
             i = int(leader or 0)
             self.down.add(i)
@@ -376,8 +381,8 @@ class Soak:
         self.kill(i)
         self.fault(kind, [i], self.reachable())
         time.sleep(hold_s)
-        self.restart(i)
-        self.fault("restart", [i], self.reachable())
+        at = self.restart(i)
+        self.fault("restart", [i], self.reachable(), at=at)
 
     def partition(self, f: PlannedFault, leader: int | None) -> None:
         """Cut a minority off (with the leader in it for partition_minority_leader); heal after hold_s."""
@@ -398,11 +403,18 @@ class Soak:
         self.fault("heal", sorted(minority), self.reachable())
 
     def power_cut(self, hold_s: float) -> None:
+        """Every node off for ``hold_s``: the cut's window lasts until the restart, which has its own."""
         before = dict(self.desired)
         self.down = set(range(self.n))
+        cut = self.now()
         self.bed.power_cut()
-        self.fault("power_cut", list(range(self.n)), [])
         time.sleep(hold_s)
+        at = self.now()
+        everyone = [self.bed.hosts[i].node_id for i in range(self.n)]
+        with self.lock:  # nothing can recover while every node is off: no recovery time of its own
+            self.o.windows.append((cut, at))
+            self.o.faults.append({"kind": "power_cut", "nodes": everyone, "at_s": round(cut, 2), "recovered_ms": None})
+        self.say(f"[{cut:6.1f} s] power_cut {','.join(everyone)}: restarting all after {at - cut:.1f} s")
         for i in range(self.n):
             self.bed.restart(i)
             self.restarts += 1
@@ -411,7 +423,7 @@ class Soak:
             self.bed.wait_healthy(i, 30.0)
             self.down.discard(i)
             self.check_restored(i, before.get(i))
-        self.fault("restart_all", list(range(self.n)), self.reachable())
+        self.fault("restart_all", list(range(self.n)), self.reachable(), at=at)
 
     # -- the whole run -----------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
