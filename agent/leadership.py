@@ -12,16 +12,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import multiprocessing
 import time
 from collections.abc import Callable, Mapping
-from concurrent.futures import ProcessPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 import httpx
 
 from agent import leader_round as lr
 from agent.placement import build_snapshot, parse_node_report, parse_request
+from agent.solver_worker import SolverWorker
 from coordinator_election import (
     Action,
     Announce,
@@ -99,42 +98,6 @@ def decode(data: Any) -> Message:
     raise ValueError(f"unknown message type {kind!r}")
 
 
-def _warm_up_solver(method: str) -> None:
-    """Import and initialise the solver once, so a new leader's first round is not 2 s of imports."""
-    try:
-        from solver.api import solve
-        from solver.simulate import thesis_instance
-
-        solve(thesis_instance(3, 2, 0), method=method)
-    except Exception as exc:  # a missing solver shows up (and falls back) in the first round instead
-        log.debug("solver warm-up failed: %s", exc)
-
-
-def _die_with_parent() -> None:
-    """Worker initializer: the kernel kills the solver worker when its agent dies, even by SIGKILL."""
-    import ctypes
-    import os
-    import signal
-
-    pr_set_pdeathsig = 1
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
-    if os.getppid() == 1:  # the agent died before we got here
-        os._exit(0)
-
-
-def _solve_snapshot(snapshot: dict[str, Any], method: str, mode: str) -> tuple[dict[str, Any], str]:
-    """Solve in the worker process; falls back to least-loaded when Ipopt/HiGHS are not installed."""
-    from solver import Snapshot, SolverUnavailableError
-    from solver.api import solve
-
-    snap = Snapshot.from_dict(snapshot)
-    try:
-        return solve(snap, method=method, mode=mode).to_dict(), ""
-    except SolverUnavailableError as exc:
-        return solve(snap, method="least-loaded", mode=mode).to_dict(), str(exc)
-
-
 class Leadership:
     def __init__(self, agent: NodeAgent, monotonic: Callable[[], float] = time.monotonic) -> None:
         self.agent = agent
@@ -153,8 +116,7 @@ class Leadership:
         self._background: set[asyncio.Task[Any]] = set()
         self._said: set[str] = set()
         self.leader_since: float | None = None
-        self._pool: ProcessPoolExecutor | None = None
-        self._warm_up: asyncio.Future[None] | None = None
+        self.solver = SolverWorker(s.placement_method)  # runs only while this node leads
 
     @property
     def leader(self) -> str | None:
@@ -174,14 +136,6 @@ class Leadership:
 
     async def start(self) -> None:
         self._tasks = [asyncio.create_task(self._tick_loop(), name="election")]
-        # Solving runs in a worker process: Pyomo is pure Python and would hold this process's GIL
-        # (and the API's latency) for the length of a solve.
-        self._pool = ProcessPoolExecutor(
-            max_workers=1, mp_context=multiprocessing.get_context("spawn"), initializer=_die_with_parent
-        )
-        loop = asyncio.get_running_loop()
-        self._warm_up = loop.run_in_executor(self._pool, _warm_up_solver, self.agent.settings.placement_method)
-        self._warm_up.add_done_callback(lambda f: f.cancelled() or f.exception())
 
     async def stop(self) -> None:
         for task in [*self._tasks, *self._background]:
@@ -189,8 +143,7 @@ class Leadership:
         for task in [*self._tasks, *self._background]:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
+        await self.solver.close()
 
     # -- election I/O ----------------------------------------------------------------------------
     def _view(self) -> dict[str, Priority]:
@@ -232,11 +185,13 @@ class Leadership:
                 log.info("node %s became leader at term %d", self.agent.settings.node_id, action.term)
                 self.leader_since = self.agent.clock()
                 self._feed(lr.Elected(self.agent.clock(), action.term, self._members()))
+                self.solver.start()  # warms up in the background
             elif isinstance(action, BecameFollower):
                 self.agent.store.observe_term(action.term, action.leader)
                 if action.leader is not None:
                     log.info("node %s follows %s at term %d", self.agent.settings.node_id, action.leader, action.term)
                 self._feed(lr.Deposed(self.agent.clock()))
+                self.solver.stop()
 
     async def _post(self, url: str, message: Message) -> None:
         s = self.agent.settings
@@ -282,6 +237,7 @@ class Leadership:
         self._feed(event)
 
     def _placed(self, summary: Mapping[str, Any]) -> None:
+        self.agent.telemetry.placement_round(dict(summary))
         if summary.get("fallback"):
             self._say_once("solver", "placement falls back to least-loaded: %s", summary["fallback"])
         log.info(
@@ -313,12 +269,11 @@ class Leadership:
     async def _solve(self, solve: lr.Solve) -> lr.Solved | lr.SolveFailed:
         """Build the snapshot and solve it in the worker process (the one place that solves)."""
         s = self.agent.settings
-        snapshot = build_snapshot(list(solve.nodes), list(solve.requests), self.agent.catalogue.current, solve.now)
-        assert self._pool is not None
         try:
-            plan, fallback = await asyncio.get_running_loop().run_in_executor(
-                self._pool, _solve_snapshot, snapshot, s.placement_method, s.placement_mode
+            snapshot = await asyncio.to_thread(  # off the event loop: the window can hold many records
+                build_snapshot, list(solve.nodes), list(solve.requests), self.agent.catalogue.current, solve.now
             )
+            plan, fallback = await self.solver.solve(snapshot, s.placement_method, s.placement_mode)
         except Exception as exc:  # the worker died or the solver raised
             log.exception("placement solve failed")
             return lr.SolveFailed(self.agent.clock(), solve.round, f"{type(exc).__name__}: {exc}")
