@@ -69,6 +69,19 @@ def plan(seed: int, count: int = 200) -> list[PlannedFault]:
     return faults
 
 
+def tfserving_models(names: Iterable[str]) -> dict[str, Any]:
+    """The catalogue models a TF-Serving REST client can call, each with its warm-up instances as a request."""
+    from agent.catalogue import builtin_catalogue_text, parse_catalogue
+
+    catalogue = parse_catalogue(builtin_catalogue_text(), "builtin")
+    out = {}
+    for name in sorted(names):
+        spec = catalogue.get(name)
+        if spec is not None and spec.server == "tfserving" and spec.warmup and "instances" in spec.warmup:
+            out[name] = spec.warmup["instances"]
+    return out
+
+
 # -- the verdict (pure) --------------------------------------------------------------------------------
 @dataclass
 class Observed:
@@ -94,7 +107,12 @@ def leaders_in_log(text: str) -> Iterable[tuple[int, str]]:
 
 
 def failed_outside(requests: Sequence[tuple[float, bool]], windows: Sequence[tuple[float, float]]) -> int:
-    return sum(1 for t, ok in requests if not ok and not any(a <= t <= b for a, b in windows))
+    return len(failures_outside(requests, windows))
+
+
+def failures_outside(requests: Sequence[tuple[float, bool]], windows: Sequence[tuple[float, float]]) -> list[float]:
+    """Times of the failed requests that no fault window covers."""
+    return [t for t, ok in requests if not ok and not any(a <= t <= b for a, b in windows)]
 
 
 def percentile(values: Sequence[float], q: float) -> float | None:
@@ -158,7 +176,7 @@ class Soak:
         self.away: set[int] = set()  # on the far side of a partition from the client
         self.started = 0.0
         self.desired: dict[int, tuple[dict[str, int], int]] = {}  # last seen (desired set, term) per node
-        self.models: list[str] = []
+        self.models: dict[str, Any] = {}  # model -> the predict instances its clients send
         self.incarnation: dict[int, str] = {}
         self.restarts = 0
         self._worker: Any = None
@@ -177,7 +195,7 @@ class Soak:
         self.started = time.monotonic()
         if self.recover(list(range(self.n)), 30.0) is None:
             raise RuntimeError("the agents did not agree on a leader within 30 s")
-        self.models = sorted(self.bed.json(0, "/health")["catalogue"]["models"])
+        self.models = tfserving_models(self.bed.json(0, "/health")["catalogue"]["models"])
 
     # -- observations ------------------------------------------------------------------------------
     def _cluster_of(self, i: int, client: Any) -> dict[str, Any] | None:
@@ -233,8 +251,10 @@ class Soak:
             self._worker = None
 
     # -- background threads ------------------------------------------------------------------------
-    def workload(self, model: str, instances: Any) -> None:
-        """One client site: predict ``model`` through the client library, failing over between agents."""
+    def workload(self, model: str, instances: Any, ready: threading.Event) -> None:
+        """One client site: predict ``model`` through the client library, failing over between agents.
+
+        Requests count from its first success on (before that the model is still being provisioned)."""
         import httpx
 
         from client import Client, PeerserveError
@@ -252,8 +272,11 @@ class Soak:
                 except (PeerserveError, httpx.HTTPError, OSError, ValueError) as exc:
                     ok = False
                     log.debug("request failed: %s", exc)
-                with self.lock:
-                    self.o.requests.append((t, ok))
+                if ok:
+                    ready.set()
+                if ready.is_set():
+                    with self.lock:
+                        self.o.requests.append((t, ok))
                 time.sleep(0.1 if ok else 0.2)
 
     def watch(self) -> None:
@@ -434,12 +457,17 @@ class Soak:
             f"{k + 1}:{f.kind} pick {f.pick:.2f} hold {f.hold_s} s gap {f.gap_s} s" for k, f in enumerate(schedule)
         )
         self.say(f"schedule (seed {self.seed}), first {shown}: {'; '.join(listed.split('; ')[:shown])}")
-        examples = {"half_plus_two": [1.0, 2.0], "half_plus_three": [1.0], "xor_mlp": [[0, 1], [1, 1]]}
-        threads = [threading.Thread(target=self.workload, args=(m, examples.get(m, [1.0])), daemon=True)
-                   for m in self.models]  # fmt: skip
+        readies = {m: threading.Event() for m in self.models}
+        threads = [threading.Thread(target=self.workload, args=(m, body, readies[m]), daemon=True)
+                   for m, body in self.models.items()]  # fmt: skip
         threads.append(threading.Thread(target=self.watch, daemon=True))
         for t in threads:
             t.start()
+        for m, ready in readies.items():
+            if not ready.wait(60.0):
+                raise RuntimeError(f"no request for {m} succeeded within 60 s of the start")
+        self.say(f"[{self.now():6.1f} s] every model answers ({', '.join(self.models)}): faults begin")
+        self.started = time.monotonic()
         for f in schedule:
             if self.now() >= self.duration:
                 break
@@ -452,7 +480,18 @@ class Soak:
             with contextlib.suppress(OSError):
                 for term, leader in leaders_in_log(host.log.read_text(errors="replace")):
                     self.o.leader_seen(term, leader)
+        self.explain()
         return summarise(self.o)
+
+    def explain(self) -> None:
+        """On stderr: when the failures outside windows happened, after which fault, and terms with two leaders."""
+        for t in failures_outside(self.o.requests, self.o.windows)[:20]:
+            before = [f for f in self.o.faults if f["at_s"] <= t]
+            last = f"{before[-1]['kind']} at {before[-1]['at_s']} s" if before else "no fault yet"
+            self.say(f"request failed outside any window at {t:.2f} s (last fault: {last})")
+        for term, leaders in sorted(self.o.leaders.items()):
+            if len(leaders) > 1:
+                self.say(f"term {term} had leaders {sorted(leaders)}")
 
 
 def register(commands: Any) -> None:
