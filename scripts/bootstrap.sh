@@ -4,7 +4,8 @@
 #   apt: python3, venv, headers, and what scripts/install-solver.sh needs
 #   pip: peerserve (editable) with the solver, agent and dev extras
 #   --test: also what the test suite's real parts need: Docker Engine (docker.io), mmdebstrap (local
-#           images without a registry), iproute2 (network namespaces)
+#           images without a registry), iproute2 (network namespaces), systemd-container (systemd-nspawn
+#           boots the system tier's Debian boards)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 venv=${PEERSERVE_VENV:-.venv}
@@ -31,6 +32,7 @@ if [ "$test_deps" = 1 ]; then
   command -v avahi-browse >/dev/null || need_apt+=(avahi-utils)
   command -v dbus-daemon >/dev/null || need_apt+=(dbus)
   command -v shellcheck >/dev/null || need_apt+=(shellcheck)
+  command -v systemd-nspawn >/dev/null || need_apt+=(systemd-container)  # the system tier boots boards
 fi
 # The tests start private daemons (dockerd, avahi) of their own; the packages' system services must not
 # start on install (they would listen on every interface of this machine).
