@@ -45,9 +45,17 @@ class ModelSpec:
     command: tuple[str, ...] = ()
     env: Mapping[str, str] = field(default_factory=dict)
     server: str = "tfserving"
+    throughput_rps: Mapping[str, float] = field(default_factory=dict)
 
     def expected_exec_ms(self, node_class: str) -> float:
         return float(self.exec_ms.get(node_class, self.exec_ms.get("default", 0.0)))
+
+    def expected_throughput_rps(self, node_class: str) -> float:
+        """Requests/s one instance serves on ``node_class``: declared, else 1000 / expected exec_ms."""
+        declared = self.throughput_rps.get(node_class, self.throughput_rps.get("default"))
+        if declared is not None:
+            return float(declared)
+        return 1000.0 / max(self.expected_exec_ms(node_class), 0.1)
 
 
 @dataclass(frozen=True)
@@ -111,6 +119,11 @@ def _parse_model(entry: Any, where: str) -> ModelSpec:
         isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0 for v in exec_raw.values()
     ):
         raise ConfigError(f"{where}.exec_ms", "must map node classes to non-negative milliseconds")
+    throughput_raw = entry.get("throughput_rps", {})
+    if not isinstance(throughput_raw, dict) or not all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in throughput_raw.values()
+    ):
+        raise ConfigError(f"{where}.throughput_rps", "must map node classes to positive requests/s")
     warmup = entry.get("warmup")
     if warmup is not None and not isinstance(warmup, dict):
         raise ConfigError(f"{where}.warmup", "must be a predict request body (a table)")
@@ -139,6 +152,7 @@ def _parse_model(entry: Any, where: str) -> ModelSpec:
         command=tuple(command),
         env={str(k): str(v) for k, v in env.items()},
         server=server,
+        throughput_rps={str(k): float(v) for k, v in throughput_raw.items()},
     )
 
 

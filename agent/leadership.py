@@ -271,7 +271,13 @@ class Leadership:
         s = self.agent.settings
         try:
             snapshot = await asyncio.to_thread(  # off the event loop: the window can hold many records
-                build_snapshot, list(solve.nodes), list(solve.requests), self.agent.catalogue.current, solve.now
+                build_snapshot,
+                list(solve.nodes),
+                list(solve.requests),
+                self.agent.catalogue.current,
+                solve.now,
+                s.placement_objective,
+                s.request_window_s,
             )
             plan, fallback = await self.solver.solve(snapshot, s.placement_method, s.placement_mode)
         except Exception as exc:  # the worker died or the solver raised

@@ -4,6 +4,13 @@
 into a solver.Snapshot: one request per (client, model) stream active in the window, its RTT to each
 node from the client's latest report (UNKNOWN_RTT_MS where it measured none), execution time per node
 from the median of proxied latencies there, else the catalogue's profile for the node's class.
+
+With ``objective="queue"`` (issue 16) a stream is a client *site* and a model instead: clients whose RTT
+vectors agree within ``SITE_RTT_MS`` on every node are one site (a room of phones is one stream), the
+stream's ``rate`` is its requests in the window over the window's length, and each model carries its
+per-instance ``throughput_rps`` per node: the catalogue's for the node's class, or 1000 / the measured
+median latency where enough were measured and that is lower (the measurement includes any wait, so it
+never overstates what an instance serves).
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ from agent.catalogue import Catalogue
 from agent.decisions import UNKNOWN_RTT_MS
 
 MIN_LATENCY_SAMPLES = 5  # fewer measured proxy latencies than this: trust the catalogue's profile
+SITE_RTT_MS = 2.0  # clients whose RTTs to every node fall in the same 2 ms bucket form one site
 
 
 @dataclass(frozen=True)
@@ -79,9 +87,15 @@ def parse_request(raw: Mapping[str, Any]) -> RequestRecord:
 
 
 def build_snapshot(
-    nodes: Sequence[NodeReport], records: Iterable[RequestRecord], catalogue: Catalogue, now_s: float
+    nodes: Sequence[NodeReport],
+    records: Iterable[RequestRecord],
+    catalogue: Catalogue,
+    now_s: float,
+    objective: str = "thesis",
+    window_s: float | None = None,
 ) -> dict[str, Any]:
-    """The solver snapshot (JSON form) for this round."""
+    """The solver snapshot (JSON form) for this round; ``objective="queue"`` needs the window's length."""
+    records = list(records)
     ids = [n.node_id for n in nodes]
     known = set(catalogue.models)
     streams: dict[tuple[str, str], dict[str, float]] = {}
@@ -110,7 +124,20 @@ def build_snapshot(
         }
         for (client, model), rtts in sorted(streams.items())
     ]
-    return {
+    models = [{"name": m.name, "mem_mb": m.mem_mb, "compute": m.compute} for m in catalogue.models.values()]
+    extra: dict[str, Any] = {}
+    if objective == "queue":
+        if window_s is None or window_s <= 0:
+            raise ValueError("the queue objective needs a positive window_s")
+        counts: dict[tuple[str, str], int] = {}
+        for r in records_kept(records, known):
+            counts[(r.client, r.model)] = counts.get((r.client, r.model), 0) + 1
+        requests = group_sites(requests, counts, window_s)
+        for entry, spec in zip(models, catalogue.models.values(), strict=True):
+            entry["throughput_rps"] = {n: _throughput(spec, classes[n], latencies.get((n, spec.name))) for n in ids}
+        extra = {"objective": "queue"}
+    out = {
+        **extra,
         "now_s": now_s,
         "nodes": [
             {
@@ -131,9 +158,54 @@ def build_snapshot(
             }
             for n in nodes
         ],
-        "models": [{"name": m.name, "mem_mb": m.mem_mb, "compute": m.compute} for m in catalogue.models.values()],
+        "models": models,
         "requests": requests,
     }
+    if objective == "queue":
+        for entry, n in zip(out["nodes"], nodes, strict=True):
+            entry["node_class"] = n.node_class
+    return out
+
+
+def records_kept(records: Iterable[RequestRecord], known: set[str]) -> list[RequestRecord]:
+    """The records that count as demand: known models, not failed by the cluster (503 counts)."""
+    return [r for r in records if r.model in known and not (r.status >= 500 and r.status != 503)]
+
+
+def group_sites(
+    streams: Sequence[Mapping[str, Any]], counts: Mapping[tuple[str, str], int], window_s: float
+) -> list[dict[str, Any]]:
+    """Merge per-client streams into (site, model) streams with a rate in requests/s over the window.
+
+    A site is the clients whose RTT to every node rounds to the same ``SITE_RTT_MS`` bucket; its RTT
+    and execution rows are the members' means, its ``client`` names the first member and the count.
+    """
+    sites: dict[tuple[Any, ...], list[Mapping[str, Any]]] = {}
+    for s in streams:
+        key = (s["model"], *(round(v / SITE_RTT_MS) for _, v in sorted(s["rtt_ms"].items())))
+        sites.setdefault(key, []).append(s)
+    out = []
+    for members in sites.values():
+        first = members[0]
+        nodes = list(first["rtt_ms"])
+        total = sum(counts.get((m["client"], m["model"]), 0) for m in members)
+        out.append(
+            {
+                "model": first["model"],
+                "client": f"site:{first['client']}+{len(members) - 1}",
+                "rtt_ms": {n: statistics.fmean(m["rtt_ms"][n] for m in members) for n in nodes},
+                "exec_ms": {n: statistics.fmean(m["exec_ms"][n] for m in members) for n in nodes},
+                "rate": total / window_s,
+            }
+        )
+    return out
+
+
+def _throughput(spec: Any, node_class: str, measured: Sequence[float] | None) -> float:
+    declared = float(spec.expected_throughput_rps(node_class))
+    if measured and len(measured) >= MIN_LATENCY_SAMPLES:
+        return min(declared, 1000.0 / max(float(statistics.median(measured)), 0.1))
+    return declared
 
 
 def desired_sets(plan_instances: Mapping[str, Mapping[str, int]], node_ids: Sequence[str]) -> dict[str, dict[str, int]]:

@@ -71,6 +71,7 @@ class Settings:
     placement_period_s: float = 30.0
     placement_mode: str = "1"
     placement_method: str = "ipopt"
+    placement_objective: str = "queue"  # queue: rates and queueing delay (issue 16); thesis: one instance per stream
     request_window_s: float = 600.0
     metrics: bool = True
     metrics_token: str = ""
@@ -138,6 +139,8 @@ def validate(s: Settings) -> None:
         raise ConfigError("placement_mode", f"{s.placement_mode!r}: choose 1, 2 or auto")
     if s.placement_method not in ("ipopt", "ipopt-nl", "milp", "iterative", "nearest", "least-loaded"):
         raise ConfigError("placement_method", f"{s.placement_method!r} is not a solver method")
+    if s.placement_objective not in ("queue", "thesis"):
+        raise ConfigError("placement_objective", f"{s.placement_objective!r}: choose queue or thesis")
     for name in ("placement_period_s", "request_window_s", "election_heartbeat_s"):
         if getattr(s, name) <= 0:
             raise ConfigError(name, "must be positive")

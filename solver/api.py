@@ -14,7 +14,7 @@ from solver.capacity import Ledger, placed_per_node_model, violations
 from solver.modes import EvictionPolicy, evictions, prefer_mode2
 from solver.plan import Action, Plan, Rejection
 from solver.problem import IntArray, Mode, Problem, build_problem, running_instances
-from solver.snapshot import Snapshot
+from solver.snapshot import OBJECTIVES, Snapshot
 
 METHODS = ("ipopt", "ipopt-pyomo", "ipopt-nl", "milp", "iterative", "nearest", "least-loaded")
 
@@ -27,10 +27,20 @@ def solve(
     mode: Mode | str = Mode.MODE1,
     policy: EvictionPolicy | None = None,
     now_s: float | None = None,
+    objective: str | None = None,
 ) -> Plan:
-    """Place the snapshot's requests with ``method`` in ``mode``; ``now_s`` defaults to the snapshot's."""
+    """Place the snapshot's requests with ``method`` in ``mode``; ``now_s`` defaults to the snapshot's.
+
+    ``objective``: "queue" (streams with rates, queueing delay; method ipopt) or "thesis"; None takes
+    the snapshot's own ``objective``, else "thesis". Methods other than ipopt solve the thesis model.
+    """
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    objective = objective or snapshot.objective or "thesis"
+    if objective not in OBJECTIVES:
+        raise ValueError(f"unknown objective {objective!r}; choose one of {', '.join(OBJECTIVES)}")
+    if objective == "queue" and method == "ipopt":
+        method = "ipopt-queue"
     mode = Mode(mode)
     policy = policy or EvictionPolicy()
     now = now_s if now_s is not None else snapshot.now_s
@@ -50,6 +60,10 @@ def _solve_in_mode(snapshot: Snapshot, method: str, mode: Mode, policy: Eviction
     running = running_instances(snapshot)
     kept = running - evictions(snapshot, policy, now) if mode is Mode.MODE1 else running
     problem = build_problem(snapshot, mode, current=kept)
+    if method == "ipopt-queue":
+        from solver.queue_plan import solve_queue
+
+        return solve_queue(problem)
     details: dict[str, Any] = {"classes": problem.n_classes}
     lower_bound: float | None = None
     status = "heuristic"

@@ -49,6 +49,7 @@ class Plan:
     lower_bound_ms: float | None = None
     note: str = ""
     details: Mapping[str, Any] = field(default_factory=dict)
+    shares: tuple[Mapping[str, float], ...] = ()  # queue objective: per request, node -> share of its rate
 
     @property
     def served(self) -> int:
@@ -75,4 +76,6 @@ class Plan:
             out["note"] = self.note
         if self.details:
             out["details"] = dict(self.details)
+        if self.shares:
+            out["shares"] = [dict(s) for s in self.shares]
         return out

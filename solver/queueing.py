@@ -67,9 +67,10 @@ class PoolDelay:
         """Mean time a request spends at the pool (ms); the service time 1000 / mu at no load."""
         lam_a, n_a = _pos(lam, n)
         t = lam_a / n_a
-        g, d1, _ = self._g(t)
-        safe = np.where(t > 0, t, 1.0)
-        return np.asarray(np.where(t > 0, g / safe, d1))  # g(t) / t, and its limit g'(0) = 1000 / mu
+        g, _, _ = self._g(t)
+        inside = 1000.0 / (self.mu - np.minimum(t, self.t_max))  # g(t) / t below the cap, without t / t
+        safe = np.where(t > self.t_max, t, 1.0)
+        return np.asarray(np.where(t > self.t_max, g / safe, inside))
 
     def gradient(self, lam: ArrayLike, n: ArrayLike) -> tuple[Array, Array]:
         """(dD/dlam, dD/dn)."""

@@ -111,14 +111,14 @@ class Point:
         }
 
 
-def run_method(snapshot: Snapshot, method: str) -> tuple[float, float, bool, int]:
+def run_method(snapshot: Snapshot, method: str, objective: str = "thesis") -> tuple[float, float, bool, int]:
     """(objective, solve_ms, feasible, rejected) of a simulation method name like ``ipopt-mode1``."""
     base, _, mode = method.partition("-mode")
-    plan = solve(snapshot, method=base, mode=mode or "1")
+    plan = solve(snapshot, method=base, mode=mode or "1", objective=objective)
     return plan.objective_ms, plan.solve_ms, plan.feasible, len(plan.rejected)
 
 
-def sweep(vary: str, seeds: int, methods: tuple[str, ...] = METHODS) -> Iterator[Point]:
+def sweep(vary: str, seeds: int, methods: tuple[str, ...] = METHODS, objective: str = "thesis") -> Iterator[Point]:
     """Every (size, seed, method) point of the sweep, in order."""
     for size in SWEEPS[vary]:
         requests = size if vary == "requests" else DEFAULT_REQUESTS
@@ -126,18 +126,18 @@ def sweep(vary: str, seeds: int, methods: tuple[str, ...] = METHODS) -> Iterator
         for seed in range(seeds):
             snapshot = thesis_instance(requests, nodes, seed)
             for method in methods:
-                objective, solve_ms, feasible, rejected = run_method(snapshot, method)
-                yield Point(vary, requests, nodes, seed, method, objective, solve_ms, feasible, rejected)
+                value, solve_ms, feasible, rejected = run_method(snapshot, method, objective)
+                yield Point(vary, requests, nodes, seed, method, value, solve_ms, feasible, rejected)
 
 
 def sweep_size(vary: str, seeds: int, methods: tuple[str, ...] = METHODS) -> int:
     return len(SWEEPS[vary]) * seeds * len(methods)
 
 
-def warm_up() -> dict[str, float]:
+def warm_up(objective: str = "thesis") -> dict[str, float]:
     """Import and initialise every solver once, so the sweep's timings exclude imports; ms per method."""
     snapshot = thesis_instance(DEFAULT_REQUESTS, DEFAULT_NODES, 0)
-    return {method: run_method(snapshot, method)[1] for method in METHODS}
+    return {method: run_method(snapshot, method, objective)[1] for method in METHODS}
 
 
 def summarise(points: list[Point]) -> list[dict[str, Any]]:

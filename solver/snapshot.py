@@ -13,6 +13,8 @@ from typing import Any
 
 from solver.errors import SnapshotError
 
+OBJECTIVES = ("queue", "thesis")
+
 
 @dataclass(frozen=True)
 class InstanceUsage:
@@ -33,6 +35,7 @@ class Node:
     compute: float
     instances: Mapping[str, int] = field(default_factory=dict)
     usage: Mapping[str, InstanceUsage] = field(default_factory=dict)
+    node_class: str = "default"
 
 
 @dataclass(frozen=True)
@@ -42,6 +45,7 @@ class Model:
     name: str
     mem_mb: float
     compute: float
+    throughput_rps: Mapping[str, float] = field(default_factory=dict)  # node id or "default" -> req/s per instance
 
 
 @dataclass(frozen=True)
@@ -52,6 +56,7 @@ class Request:
     rtt_ms: Mapping[str, float]
     exec_ms: Mapping[str, float]
     client: str | None = None
+    rate: float | None = None  # requests/s of the stream over the window (queue objective; 1 when absent)
 
 
 @dataclass(frozen=True)
@@ -62,6 +67,7 @@ class Snapshot:
     models: tuple[Model, ...]
     requests: tuple[Request, ...]
     now_s: float | None = None
+    objective: str | None = None  # "queue" or "thesis"; None: the caller's choice
 
     def __post_init__(self) -> None:
         validate(self)
@@ -74,11 +80,13 @@ class Snapshot:
         """The snapshot as the JSON file format that ``from_dict`` reads."""
         out: dict[str, Any] = {
             "nodes": [_node_to_dict(n) for n in self.nodes],
-            "models": [{"name": m.name, "mem_mb": m.mem_mb, "compute": m.compute} for m in self.models],
+            "models": [_model_to_dict(m) for m in self.models],
             "requests": [_request_to_dict(r) for r in self.requests],
         }
         if self.now_s is not None:
             out["now_s"] = self.now_s
+        if self.objective is not None:
+            out["objective"] = self.objective
         return out
 
     @classmethod
@@ -91,7 +99,10 @@ class Snapshot:
         requests = tuple(_parse_request(d, f"requests[{i}]") for i, d in enumerate(_list(data, "requests", empty=True)))
         now = data.get("now_s")
         now_s = None if now is None else _number(now, "now_s", allow_negative=True)
-        return cls(nodes=nodes, models=models, requests=requests, now_s=now_s)
+        objective = data.get("objective")
+        if objective is not None and objective not in OBJECTIVES:
+            raise SnapshotError("objective", f"must be one of {', '.join(OBJECTIVES)}")
+        return cls(nodes=nodes, models=models, requests=requests, now_s=now_s, objective=objective)
 
 
 def validate(s: Snapshot) -> None:
@@ -110,6 +121,12 @@ def validate(s: Snapshot) -> None:
                 raise SnapshotError(f"nodes[{i}].instances.{name}", "unknown model (not in models)")
         if n.mem_available_mb > n.mem_total_mb:
             raise SnapshotError(f"nodes[{i}].mem_available_mb", "exceeds mem_total_mb")
+    for i, m in enumerate(s.models):
+        for key, value in m.throughput_rps.items():
+            if key != "default" and key not in set(ids):
+                raise SnapshotError(f"models[{i}].throughput_rps.{key}", "unknown node (not in nodes, nor 'default')")
+            if not value > 0:
+                raise SnapshotError(f"models[{i}].throughput_rps.{key}", "must be positive")
     for i, r in enumerate(s.requests):
         if r.model not in known:
             raise SnapshotError(f"requests[{i}].model", f"unknown model {r.model!r} (not in models)")
@@ -201,6 +218,7 @@ def _parse_node(raw: Any, where: str) -> Node:
         compute=_number(d["compute"], f"{where}.compute"),
         instances={str(k): _count(v, f"{where}.instances.{k}") for k, v in instances_raw.items()},
         usage=usage,
+        node_class=_str(d, "node_class", where) if "node_class" in d else "default",
     )
 
 
@@ -213,6 +231,7 @@ def _parse_model(raw: Any, where: str) -> Model:
         name=_str(d, "name", where),
         mem_mb=_number(d["mem_mb"], f"{where}.mem_mb"),
         compute=_number(d["compute"], f"{where}.compute"),
+        throughput_rps=_num_map(d, "throughput_rps", where) if "throughput_rps" in d else {},
     )
 
 
@@ -226,6 +245,7 @@ def _parse_request(raw: Any, where: str) -> Request:
         rtt_ms=_num_map(d, "rtt_ms", where),
         exec_ms=_num_map(d, "exec_ms", where),
         client=client,
+        rate=_number(d["rate"], f"{where}.rate") if d.get("rate") is not None else None,
     )
 
 
@@ -237,6 +257,8 @@ def _node_to_dict(n: Node) -> dict[str, Any]:
         "compute": n.compute,
         "instances": dict(n.instances),
     }
+    if n.node_class != "default":
+        out["node_class"] = n.node_class
     if n.usage:
         out["usage"] = {
             k: {"requests": u.requests, "last_request_s": u.last_request_s, "provisioned_s": u.provisioned_s}
@@ -249,4 +271,13 @@ def _request_to_dict(r: Request) -> dict[str, Any]:
     out: dict[str, Any] = {"model": r.model, "rtt_ms": dict(r.rtt_ms), "exec_ms": dict(r.exec_ms)}
     if r.client is not None:
         out["client"] = r.client
+    if r.rate is not None:
+        out["rate"] = r.rate
+    return out
+
+
+def _model_to_dict(m: Model) -> dict[str, Any]:
+    out: dict[str, Any] = {"name": m.name, "mem_mb": m.mem_mb, "compute": m.compute}
+    if m.throughput_rps:
+        out["throughput_rps"] = dict(m.throughput_rps)
     return out

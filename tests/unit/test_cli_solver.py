@@ -105,3 +105,28 @@ def test_help_explains() -> None:
     out = run("--help")
     assert out.returncode == 0 and "solve" in out.stdout and "simulate" in out.stdout
     assert run().returncode == 2
+
+
+def test_solve_objective_queue_shares_instances(tmp_path: Path) -> None:
+    ids = ["n1", "n2"]
+    snap = {
+        "nodes": [{"id": n, "mem_available_mb": 9000, "mem_total_mb": 9000, "compute": 400} for n in ids],
+        "models": [{"name": "m", "mem_mb": 100, "compute": 5, "throughput_rps": {"default": 400}}],
+        "requests": [
+            {
+                "model": "m",
+                "client": f"c{i}",
+                "rate": 5,
+                "rtt_ms": {"n1": 1 + i % 7, "n2": 3},
+                "exec_ms": {"n1": 2, "n2": 2},
+            }
+            for i in range(60)
+        ],
+    }
+    path = tmp_path / "s.json"
+    path.write_text(json.dumps(snap))
+    thesis = json.loads(run("solve", str(path), "--json").stdout)
+    queue = json.loads(run("solve", str(path), "--json", "--objective", "queue").stdout)
+    assert sum(sum(m.values()) for m in thesis["instances"].values()) == 60
+    assert max(sum(m.values()) for m in queue["instances"].values()) <= 1
+    assert len(queue["shares"]) == 60 and not queue["rejected"]

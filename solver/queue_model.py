@@ -1,0 +1,285 @@
+"""The queue-aware placement (issue 16): streams with rates, pools of instances, queueing delay, by Ipopt.
+
+A stream (class c) is a client site and a model with a request rate ``rate[c]`` (requests/s). A pool
+(j, k) is the instances of model k on node j; each serves ``mu[j, k]`` requests/s. The nonlinear
+relaxation, solved by Ipopt through cyipopt with exact first and second derivatives:
+
+    minimise  sum_cj x_cj (rtt_cj + exec_cj)                        (request-ms per second)
+            + sum_jk [D_jk(lam_jk, n_jk) - lam_jk 1000 / mu_jk]       (queueing wait, solver.queueing)
+            + beta sum_jk new_jk + P sum_c r_c                        (instance cost, rejection penalty)
+    s.t.      sum_j x_cj + r_c = rate_c                               (every stream served or rejected)
+              lam_jk = sum_{c of model k} x_cj                        (pool arrival rate)
+              lam_jk <= rho_max mu_jk n_jk                            (throughput, below saturation)
+              n_jk - new_jk <= free_jk                                (Mode 1 reuses running instances)
+              sum_k mem_k new_jk <= mem_budget_j, same for compute
+              x, r, lam, new >= 0, n >= N_MIN
+
+Every constraint is linear (constant Jacobian) and the objective is convex (D is jointly convex), so
+Ipopt's local optimum is the global one. Integer instance counts come from ``solver.queue_repair``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from solver.errors import SolverUnavailableError
+from solver.problem import FloatArray, IntArray, Problem
+from solver.queueing import RHO_MAX
+
+log = logging.getLogger(__name__)
+
+N_MIN = 1e-6  # lower bound on a pool's (fractional) instance count; D needs n > 0
+INSTANCE_COST = 500.0  # request-ms per second one new instance must save to be worth starting (beta)
+DEFAULT_RATE = 1.0  # requests/s of a stream whose rate the snapshot does not give
+
+IPOPT_NLP: dict[str, Any] = {
+    "print_level": 0,
+    "sb": "yes",
+    "jac_c_constant": "yes",
+    "jac_d_constant": "yes",
+    "tol": 1e-7,
+    "mu_strategy": "adaptive",
+    "max_iter": 500,
+}
+
+
+@dataclass(frozen=True)
+class QueueProblem:
+    """The arrays of the queue-aware model on top of a ``Problem`` (classes, costs, budgets, free slots)."""
+
+    base: Problem
+    rate: FloatArray  # [c] requests/s
+    mu: FloatArray  # [j, k] requests/s one instance serves
+    node_class: tuple[str, ...]  # [j]
+    rho_max: float = RHO_MAX
+    instance_cost: float = INSTANCE_COST
+
+    @property
+    def service_ms(self) -> FloatArray:
+        return np.asarray(1000.0 / self.mu)
+
+    def penalty(self) -> float:
+        """Per req/s rejected: more than serving it anywhere, waiting included, plus a whole instance."""
+        wait = float(self.service_ms.max()) / (1.0 - self.rho_max)
+        worst = float(self.base.cost.max(initial=1.0)) + wait
+        smallest = float(self.rate[self.rate > 0].min(initial=1.0))
+        return 10.0 * (worst + self.instance_cost / smallest)
+
+
+def build_queue_problem(p: Problem, instance_cost: float = INSTANCE_COST, rho_max: float = RHO_MAX) -> QueueProblem:
+    """Rates per class (member rates summed) and per-pool service rates from the snapshot.
+
+    A model's ``throughput_rps`` names a node id or ``default``; where neither is given, one instance
+    serves 1000 / exec_ms requests/s (exec_ms: the median over the model's streams at that node).
+    """
+    s = p.snapshot
+    rate = np.array([sum(_rate(s.requests[i].rate) for i in members) for members in p.class_members], dtype=float)
+    mu = np.zeros((p.n_nodes, len(p.model_names)))
+    for k, model in enumerate(s.models):
+        for j, node in enumerate(p.node_ids):
+            declared = model.throughput_rps.get(node, model.throughput_rps.get("default"))
+            if declared is not None:
+                mu[j, k] = declared
+                continue
+            execs = [s.requests[i].exec_ms[node] for i, r in enumerate(s.requests) if r.model == model.name]
+            mu[j, k] = 1000.0 / max(float(np.median(execs)), 1e-3) if execs else 1000.0
+    node_class = tuple(n.node_class for n in s.nodes)
+    return QueueProblem(p, rate, mu, node_class, rho_max, instance_cost)
+
+
+def _rate(value: float | None) -> float:
+    return DEFAULT_RATE if value is None else float(value)
+
+
+@dataclass(frozen=True)
+class NlpSolution:
+    """The relaxation's optimum: x [c, j] req/s, r [c] rejected req/s, lam and n [j, k]."""
+
+    x: FloatArray
+    r: FloatArray
+    lam: FloatArray
+    n: FloatArray
+    value: float
+    status: str
+    iterations: int
+
+
+class _Layout:
+    """Variable and row positions: x [C*J], r [C], lam [P], n [P], new [P]; P = J*K pools."""
+
+    def __init__(self, q: QueueProblem) -> None:
+        p = q.base
+        self.C, self.J, self.K = p.n_classes, p.n_nodes, len(p.model_names)
+        self.P = self.J * self.K
+        self.x0, self.r0 = 0, self.C * self.J
+        self.lam0 = self.r0 + self.C
+        self.n0 = self.lam0 + self.P
+        self.new0 = self.n0 + self.P
+        self.size = self.new0 + self.P
+
+
+def _jacobian(q: QueueProblem, lay: _Layout) -> tuple[IntArray, IntArray, FloatArray, FloatArray, FloatArray]:
+    """Rows, columns, values and row bounds of the linear constraints (assign, pool, throughput, link, mem, comp)."""
+    p = q.base
+    C, J, K, P = lay.C, lay.J, lay.K, lay.P
+    cc, jj = np.divmod(np.arange(C * J), J)
+    pool_of_x = jj * K + p.class_model[cc]
+    pools = np.arange(P)
+    pj, pk = np.divmod(pools, K)
+    rows: list[Any] = []
+    cols: list[Any] = []
+    vals: list[Any] = []
+
+    def add(r: Any, c: Any, v: Any) -> None:
+        rows.append(np.asarray(r))
+        cols.append(np.asarray(c))
+        vals.append(np.broadcast_to(np.asarray(v, dtype=float), np.shape(r)))
+
+    add(cc, lay.x0 + np.arange(C * J), 1.0)  # assign rows 0..C-1
+    add(np.arange(C), lay.r0 + np.arange(C), 1.0)
+    add(C + pool_of_x, lay.x0 + np.arange(C * J), -1.0)  # pool rows: lam - sum x = 0
+    add(C + pools, lay.lam0 + pools, 1.0)
+    t0 = C + P  # throughput rows: lam - rho mu n <= 0
+    add(t0 + pools, lay.lam0 + pools, 1.0)
+    add(t0 + pools, lay.n0 + pools, -q.rho_max * q.mu.ravel())
+    l0 = t0 + P  # link rows: n - new <= free
+    add(l0 + pools, lay.n0 + pools, 1.0)
+    add(l0 + pools, lay.new0 + pools, -1.0)
+    m0 = l0 + P  # memory rows, then compute rows
+    add(m0 + pj, lay.new0 + pools, p.mem[pk])
+    add(m0 + J + pj, lay.new0 + pools, p.comp[pk])
+    r, c, v = np.concatenate(rows), np.concatenate(cols), np.concatenate(vals)
+    keep = v != 0
+    cl = np.concatenate([q.rate, np.zeros(P), np.full(P, -np.inf), np.full(P, -np.inf), np.full(2 * J, -np.inf)])
+    cu = np.concatenate([q.rate, np.zeros(P), np.zeros(P), p.free.ravel().astype(float), p.mem_budget, p.comp_budget])
+    return r[keep], c[keep], v[keep], cl, cu
+
+
+class _Callbacks:
+    """cyipopt callbacks: linear constraints, the convex objective with its exact 2x2 Hessian blocks."""
+
+    def __init__(self, q: QueueProblem, lay: _Layout, jac: tuple[IntArray, IntArray, FloatArray]) -> None:
+        from solver.queueing import PoolDelay
+
+        self.q, self.lay = q, lay
+        self.rows, self.cols, self.vals = jac
+        self.m = int(self.rows.max(initial=-1)) + 1
+        self.cost = np.concatenate(
+            [
+                q.base.cost.ravel(),
+                np.full(lay.C, q.penalty()),
+                -q.service_ms.ravel(),
+                np.zeros(lay.P),
+                np.full(lay.P, q.instance_cost),
+            ]
+        )
+        self.delays = [PoolDelay(float(mu), q.rho_max) for mu in q.mu.ravel()]
+        self.mu = q.mu.ravel()
+        self.iterations = 0
+
+    def _pools(self, x: FloatArray) -> tuple[FloatArray, FloatArray]:
+        lay = self.lay
+        lam = np.clip(x[lay.lam0 : lay.lam0 + lay.P], 0.0, None)
+        n = np.maximum(x[lay.n0 : lay.n0 + lay.P], N_MIN)
+        return lam, n
+
+    def _delay(self, lam: FloatArray, n: FloatArray) -> tuple[FloatArray, ...]:
+        """Per pool: value, dD/dlam, dD/dn, and the Hessian's three entries (vectorised PoolDelay)."""
+        mu, rho = self.mu, self.q.rho_max
+        t = lam / n
+        tm = rho * mu
+        tc = np.minimum(t, tm)
+        gap = mu - tc
+        g_in, d1 = 1000.0 * tc / gap, 1000.0 * mu / gap**2
+        g = np.where(t <= tm, g_in, g_in + d1 * (t - tm))
+        d2 = np.where(t <= tm, 2000.0 * mu / gap**3, 0.0)
+        base = d2 / n
+        return n * g, d1, g - t * d1, base, -t * base, t * t * base
+
+    def objective(self, x: FloatArray) -> float:
+        lam, n = self._pools(x)
+        return float(self.cost @ x + self._delay(lam, n)[0].sum())
+
+    def gradient(self, x: FloatArray) -> FloatArray:
+        lam, n = self._pools(x)
+        _, d_lam, d_n, *_ = self._delay(lam, n)
+        out = self.cost.copy()
+        out[self.lay.lam0 : self.lay.lam0 + self.lay.P] += d_lam
+        out[self.lay.n0 : self.lay.n0 + self.lay.P] += d_n
+        return out
+
+    def constraints(self, x: FloatArray) -> FloatArray:
+        return np.bincount(self.rows, weights=self.vals * x[self.cols], minlength=self.m).astype(np.float64)
+
+    def jacobian(self, x: FloatArray) -> FloatArray:
+        return self.vals
+
+    def jacobianstructure(self) -> tuple[IntArray, IntArray]:
+        return self.rows, self.cols
+
+    def hessianstructure(self) -> tuple[IntArray, IntArray]:
+        lam = self.lay.lam0 + np.arange(self.lay.P)
+        n = self.lay.n0 + np.arange(self.lay.P)
+        return np.concatenate([lam, n, n]), np.concatenate([lam, lam, n])  # lower triangle
+
+    def hessian(self, x: FloatArray, lagrange: FloatArray, obj_factor: float) -> FloatArray:
+        lam, n = self._pools(x)
+        *_, h_ll, h_nl, h_nn = self._delay(lam, n)
+        return obj_factor * np.concatenate([h_ll, h_nl, h_nn])
+
+    def intermediate(self, *args: Any) -> bool:
+        self.iterations += 1
+        return True
+
+
+def solve_nlp(q: QueueProblem) -> NlpSolution:
+    """The relaxation's optimum by Ipopt; raises SolverError if Ipopt fails outright."""
+    try:
+        import cyipopt
+    except ImportError as exc:  # pragma: no cover - depends on the install
+        raise SolverUnavailableError("Ipopt (python package cyipopt-wheels)") from exc
+    from solver.relaxation import ipopt_status
+
+    p = q.base
+    lay = _Layout(q)
+    if lay.C == 0 or lay.J == 0:
+        empty = np.zeros((p.n_nodes, len(p.model_names)))
+        return NlpSolution(np.zeros((lay.C, lay.J)), q.rate.copy(), empty, empty, 0.0, "optimal", 0)
+    rows, cols, vals, cl, cu = _jacobian(q, lay)
+    callbacks = _Callbacks(q, lay, (rows, cols, vals))
+    callbacks.m = len(cl)
+    lb = np.zeros(lay.size)
+    lb[lay.n0 : lay.n0 + lay.P] = N_MIN
+    ub = np.full(lay.size, np.inf)
+    ub[: lay.r0] = np.repeat(q.rate, lay.J)
+    ub[lay.r0 : lay.lam0] = q.rate
+    nlp = cyipopt.Problem(n=lay.size, m=len(cl), problem_obj=callbacks, lb=lb, ub=ub, cl=cl, cu=cu)
+    for key, value in IPOPT_NLP.items():
+        nlp.add_option(key, value)
+    x, info = nlp.solve(_start(q, lay))
+    status = ipopt_status(int(info["status"]))
+    x = np.asarray(x)
+    xs = np.clip(x[: lay.r0], 0.0, None).reshape(lay.C, lay.J)
+    lam = xs.T @ np.eye(lay.K)[p.class_model] if lay.C else np.zeros((lay.J, lay.K))
+    n = np.clip(x[lay.n0 : lay.n0 + lay.P], 0.0, None).reshape(lay.J, lay.K)
+    r = np.clip(x[lay.r0 : lay.lam0], 0.0, None)
+    return NlpSolution(xs, r, lam, n, float(info["obj_val"]), status, callbacks.iterations)
+
+
+def _start(q: QueueProblem, lay: _Layout) -> FloatArray:
+    """An interior-ish start: every stream spread evenly, pools half loaded."""
+    p = q.base
+    x0 = np.zeros(lay.size)
+    share = np.repeat(q.rate / (lay.J + 1), lay.J)
+    x0[: lay.r0] = share
+    x0[lay.r0 : lay.lam0] = q.rate / (lay.J + 1)
+    lam = share.reshape(lay.C, lay.J).T @ np.eye(lay.K)[p.class_model]
+    n = lam.ravel() / (0.5 * q.mu.ravel()) + 1e-3
+    x0[lay.lam0 : lay.n0] = lam.ravel()
+    x0[lay.n0 : lay.new0] = n
+    x0[lay.new0 :] = n
+    return x0

@@ -1,0 +1,128 @@
+"""The queue-aware objective end to end: relaxation (solver.queue_model), repair, and the Plan.
+
+The plan's ``objective_ms`` is the mean latency per request (RTT + execution + queueing wait, ms) over
+the served rate; ``shares`` gives each request (stream) its node -> fraction split; ``instances`` the
+integer pool sizes (in Mode 1 never below what runs and is kept).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from solver.capacity import violations
+from solver.plan import Action, Plan, Rejection
+from solver.problem import IntArray, Mode, Problem, running_instances
+from solver.queue_model import QueueProblem, build_queue_problem, solve_nlp
+from solver.queue_repair import Pools, repair
+from solver.queueing import PoolDelay
+
+
+def solve_queue(problem: Problem) -> Plan:
+    """Place ``problem``'s streams under the queue-aware objective (solve_ms is filled in by the caller)."""
+    q = build_queue_problem(problem)
+    nlp = solve_nlp(q)
+    pools = repair(q, nlp.x, nlp.r)
+    details: dict[str, Any] = {
+        "classes": problem.n_classes,
+        "iterations": nlp.iterations,
+        "relaxation_instances": round(float(nlp.n.sum()), 3),
+        "rate_rps": round(float(q.rate.sum()), 6),
+        "rejected_rps": round(float(pools.rejected.sum()), 6),
+    }
+    return make_queue_plan(q, pools, "ipopt", nlp.status, details)
+
+
+def mean_latency_ms(q: QueueProblem, pools: Pools) -> float:
+    """Rate-weighted mean of RTT + execution + M/M/1 wait over the served rate (0 if nothing is served)."""
+    served = float(pools.x.sum())
+    if served <= 0:
+        return 0.0
+    lam, counts = pools.lam(), pools.counts()
+    total = float((pools.x * q.base.cost).sum())
+    for j, k in zip(*np.nonzero(lam > 0), strict=True):
+        d = PoolDelay(float(q.mu[j, k]), min(0.999, q.rho_max + 0.099))
+        total += float(d.value(lam[j, k], counts[j, k])) - lam[j, k] * float(q.service_ms[j, k])
+    return total / served
+
+
+def make_queue_plan(q: QueueProblem, pools: Pools, method: str, status: str, details: dict[str, Any]) -> Plan:
+    """The Plan of a repaired (or baseline) rate placement."""
+    p = q.base
+    placed = pools.counts()
+    target = np.maximum(p.free, placed) if p.mode is Mode.MODE1 else placed
+    assignments: list[str | None] = [None] * p.n_requests
+    shares: list[dict[str, float]] = [{} for _ in range(p.n_requests)]
+    rejections = []
+    for c, members in enumerate(p.class_members):
+        split = {p.node_ids[j]: float(pools.x[c, j] / q.rate[c]) for j in np.nonzero(pools.x[c] > 0)[0]}
+        nodes = _spread_members(len(members), pools.x[c], float(pools.rejected[c]))
+        for i, j in zip(members, nodes, strict=True):
+            shares[i] = {n: round(f, 6) for n, f in split.items()}
+            if j is None:
+                rejections.append(Rejection(i, _reason(q, pools, int(p.class_model[c]))))
+            else:
+                assignments[i] = p.node_ids[j]
+    broken = violations(p, placed)
+    return Plan(
+        status=status,
+        method=method,
+        mode=p.mode.value,
+        objective_ms=mean_latency_ms(q, pools),
+        solve_ms=0.0,
+        assignments=tuple(assignments),
+        instances=_instances(p, target),
+        rejected=tuple(sorted(rejections, key=lambda r: r.request)),
+        actions=_actions(p, running_instances(p.snapshot), target),
+        feasible=not broken,
+        violations=tuple(broken),
+        note="objective queue: objective_ms is the mean latency per request, queueing included",
+        details=details,
+        shares=tuple(shares),
+    )
+
+
+def _spread_members(n: int, x: Any, rejected: float) -> list[int | None]:
+    """n members over the nodes of a split (and rejection) by largest remainder, biggest share first."""
+    weights = np.append(x, rejected)
+    total = float(weights.sum())
+    if n == 0 or total <= 0:
+        return [None] * n
+    exact = weights / total * n
+    whole = np.floor(exact).astype(int)
+    for i in np.argsort(-(exact - whole), kind="stable")[: n - int(whole.sum())]:
+        whole[i] += 1
+    out: list[int | None] = []
+    for i in np.argsort(-weights, kind="stable").tolist():
+        out += [None if i == len(x) else int(i)] * int(whole[i])
+    return out
+
+
+def _reason(q: QueueProblem, pools: Pools, k: int) -> str:
+    p = q.base
+    counts = pools.counts()
+    new = np.maximum(counts - p.free, 0)
+    left = p.mem_budget - new @ p.mem
+    j = int(np.argmax(left))
+    return (
+        f"no node has throughput or room for {p.model_names[k]!r} (an instance needs {p.mem[k]:g} MB and "
+        f"{p.comp[k]:g} compute); most memory left: {p.node_ids[j]} with {max(0.0, float(left[j])):g} MB"
+    )
+
+
+def _instances(p: Problem, target: IntArray) -> dict[str, dict[str, int]]:
+    return {
+        node: {p.model_names[k]: int(target[j, k]) for k in range(len(p.model_names)) if target[j, k] > 0}
+        for j, node in enumerate(p.node_ids)
+    }
+
+
+def _actions(p: Problem, running: IntArray, target: IntArray) -> tuple[Action, ...]:
+    out = []
+    for j, node in enumerate(p.node_ids):
+        for k, model in enumerate(p.model_names):
+            delta = int(target[j, k] - running[j, k])
+            if delta:
+                out.append(Action("start" if delta > 0 else "stop", node, model, abs(delta)))
+    return tuple(out)

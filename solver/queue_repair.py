@@ -1,0 +1,176 @@
+"""Integer instance counts for the queue-aware relaxation: rounding and repair that keep every budget.
+
+Stream rates stay fractional (a site's traffic splits over pools in any proportion); only instance
+counts are integers. From the relaxation's rates ``x[c, j]``:
+
+1. Clean: shares under a millionth of a stream's rate are dropped.
+2. Count: each pool runs the fewest instances that keep it under the load cap (``ceil(lam / (rho mu))``).
+3. Capacity: a node whose new instances exceed its memory or compute moves its smallest pools' streams
+   to the node where they cost least and fit (an open pool's headroom first), until it fits.
+4. Spread bound: per model and node class, while the pools run more instances than the class's load
+   needs plus one spare, the smallest pool is merged into the pool of that class that absorbs it best.
+5. Rejected rate is placed where it fits (headroom first, then a new instance), else stays rejected.
+
+Every move re-checks the node's budgets, so no step breaks memory, compute or throughput.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from solver.problem import FloatArray, IntArray
+from solver.queue_model import QueueProblem
+
+TINY = 1e-6
+
+
+class Pools:
+    """Rates per (class, node) and the instance counts and budgets they imply."""
+
+    def __init__(self, q: QueueProblem, x: FloatArray, rejected: FloatArray) -> None:
+        self.q = q
+        p = q.base
+        self.x = np.where(x > TINY * np.maximum(q.rate, 1e-12)[:, None], x, 0.0)
+        self.rejected = np.clip(q.rate - self.x.sum(axis=1), 0.0, None) + 0.0 * rejected
+        self.onehot = np.eye(len(p.model_names))[p.class_model]
+        self.cap = q.rho_max * q.mu  # [j, k] requests/s one instance takes under the cap
+
+    def lam(self) -> FloatArray:
+        return np.asarray(self.x.T @ self.onehot)
+
+    def counts(self) -> IntArray:
+        return needed(self.lam(), self.cap)
+
+    def over_budget(self, counts: IntArray) -> list[int]:
+        """Nodes whose new instances exceed memory or compute."""
+        p = self.q.base
+        new = np.maximum(counts - p.free, 0)
+        mem, comp = new @ p.mem, new @ p.comp
+        return [j for j in range(p.n_nodes) if mem[j] > p.mem_budget[j] + TINY or comp[j] > p.comp_budget[j] + TINY]
+
+    def fits_with(self, j: int, k: int, extra: float) -> bool:
+        """Whether pool (j, k) can take ``extra`` req/s more without breaking node j's budgets."""
+        counts = self.counts()
+        counts[j, k] = needed(np.array(self.lam()[j, k] + extra), np.array(self.cap[j, k]))
+        return j not in self.over_budget(counts)
+
+    def room(self, j: int, k: int) -> float:
+        """Req/s pool (j, k) can still take: its headroom plus the instances node j's budgets still allow."""
+        p = self.q.base
+        counts = self.counts()
+        new = np.maximum(counts - p.free, 0)
+        mem_left = p.mem_budget[j] - float(new[j] @ p.mem)
+        comp_left = p.comp_budget[j] - float(new[j] @ p.comp)
+        spare_free = max(int(p.free[j, k] - counts[j, k]), 0)
+        by_mem = math.inf if p.mem[k] <= 0 else math.floor((mem_left + TINY) / p.mem[k])
+        by_comp = math.inf if p.comp[k] <= 0 else math.floor((comp_left + TINY) / p.comp[k])
+        more = min(by_mem, by_comp, 10**6) + spare_free
+        return max(0.0, float((counts[j, k] + more) * self.cap[j, k] - self.lam()[j, k]) * (1 - 1e-9))
+
+    def move(self, c: int, src: int | None, dst: int, amount: float) -> None:
+        if src is None:
+            self.rejected[c] -= amount
+        else:
+            self.x[c, src] -= amount
+        self.x[c, dst] += amount
+
+    def best_destination(self, c: int, amount: float, exclude: set[int]) -> int | None:
+        """The node for ``amount`` req/s of class c: no new instance before new ones, then cheapest."""
+        k = int(self.q.base.class_model[c])
+        lam, counts = self.lam(), self.counts()
+        options = []
+        for j in range(self.q.base.n_nodes):
+            if j in exclude or not self.fits_with(j, k, amount):
+                continue
+            grows = int(needed(np.array(lam[j, k] + amount), np.array(self.cap[j, k]))) > counts[j, k]
+            options.append((grows, float(self.q.base.cost[c, j]), j))
+        return min(options)[2] if options else None
+
+
+def needed(lam: FloatArray, cap: FloatArray) -> IntArray:
+    """The fewest instances that keep each pool at or below its capacity (0 for no traffic)."""
+    return np.asarray(np.ceil(np.asarray(lam) / np.asarray(cap) - 1e-9).clip(min=0), dtype=np.int64)
+
+
+def repair(q: QueueProblem, x: FloatArray, rejected: FloatArray) -> Pools:
+    """Steps 1-5 of the module docstring on the relaxation's rates; the result is within every budget."""
+    pools = Pools(q, x, rejected)
+    _fix_capacity(pools)
+    _bound_spread(pools)
+    _place_rejected(pools)
+    return pools
+
+
+def _evacuate(pools: Pools, j: int, k: int, exclude: set[int]) -> bool:
+    """Move every stream of pool (j, k) elsewhere; False (and nothing moved) if some part fits nowhere."""
+    saved = pools.x.copy()
+    for c in np.nonzero((pools.q.base.class_model == k) & (pools.x[:, j] > 0))[0].tolist():
+        amount = float(pools.x[c, j])
+        dst = pools.best_destination(c, amount, exclude | {j})
+        if dst is None:
+            pools.x = saved
+            return False
+        pools.move(c, j, dst, amount)
+    return True
+
+
+def _fix_capacity(pools: Pools) -> None:
+    """Step 3: shrink the smallest pools of over-budget nodes by one instance each until they fit.
+
+    The rate the smaller pool cannot take moves elsewhere (``_spill``); what fits nowhere is rejected.
+    """
+    for j in pools.over_budget(pools.counts()):
+        while j in pools.over_budget(pools.counts()):
+            lam, counts = pools.lam()[j], pools.counts()[j]
+            open_k = [k for k in np.argsort(lam, kind="stable").tolist() if counts[k] > pools.q.base.free[j, k]]
+            if not open_k:
+                break
+            k = open_k[0]
+            excess = float(lam[k] - (counts[k] - 1) * pools.cap[j, k])
+            members = np.nonzero((pools.q.base.class_model == k) & (pools.x[:, j] > 0))[0].tolist()
+            for c in sorted(members, key=lambda c: pools.x[c, j]):
+                take = min(excess, float(pools.x[c, j]))
+                pools.x[c, j] -= take
+                pools.rejected[c] += take
+                excess -= take
+                if excess <= TINY:
+                    break
+            pools.x[:, j] = np.where(pools.x[:, j] > TINY, pools.x[:, j], 0.0)
+
+
+def _bound_spread(pools: Pools) -> None:
+    """Step 4: per model and node class, at most the class's need plus one spare instance."""
+    q = pools.q
+    for k in range(len(q.base.model_names)):
+        for g in sorted(set(q.node_class)):
+            nodes = [j for j in range(q.base.n_nodes) if q.node_class[j] == g]
+            stuck: set[int] = set()
+            while True:
+                lam, counts = pools.lam(), pools.counts()
+                need = math.ceil(sum(lam[j, k] / pools.cap[j, k] for j in nodes) - 1e-9)
+                open_j = [j for j in nodes if counts[j, k] > 0 and j not in stuck]
+                if sum(int(counts[j, k]) for j in nodes) <= need + 1 or len(open_j) < 2:
+                    break
+                smallest = min(open_j, key=lambda j: (lam[j, k], j))
+                others = {j for j in range(q.base.n_nodes) if j not in nodes or j == smallest}
+                if not _evacuate(pools, smallest, k, others):
+                    stuck.add(smallest)
+
+
+def _place_rejected(pools: Pools) -> None:
+    """Step 5: rejected rate where it fits: whole where possible, else in parts on the cheapest nodes."""
+    p = pools.q.base
+    for c in np.nonzero(pools.rejected > TINY)[0].tolist():
+        amount = float(pools.rejected[c])
+        dst = pools.best_destination(c, amount, set())
+        if dst is not None:
+            pools.move(c, None, dst, amount)
+            continue
+        k = int(p.class_model[c])
+        for j in np.argsort(p.cost[c], kind="stable").tolist():
+            take = min(float(pools.rejected[c]), pools.room(j, k))
+            if take > TINY:
+                pools.move(c, None, j, take)
+        pools.rejected[c] = max(0.0, float(pools.rejected[c]))

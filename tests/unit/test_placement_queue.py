@@ -1,0 +1,70 @@
+"""The leader's snapshot for the queue objective: sites, rates, throughput per node class (issue 16)."""
+
+from __future__ import annotations
+
+import pytest
+
+from agent.catalogue import builtin_catalogue_text, parse_catalogue
+from agent.errors import ConfigError
+from agent.placement import NodeReport, RequestRecord, build_snapshot
+from agent.settings import Settings
+from solver import Snapshot
+from solver.api import solve
+
+CAT = parse_catalogue(builtin_catalogue_text(), "t")
+
+
+def node(nid: str, node_class: str = "default") -> NodeReport:
+    return NodeReport(nid, 4000.0, 4000.0, 100.0, node_class, {})
+
+
+def rec(
+    client: str, rtts: dict[str, float], ts: float, node_: str | None = None, latency: float | None = None
+) -> RequestRecord:
+    return RequestRecord(ts, "half_plus_two", client, rtts, node_, latency, 200)
+
+
+def test_a_room_of_phones_is_one_stream_with_its_rate() -> None:
+    nodes = [node("a", "jetson-nano"), node("b", "orin")]
+    room = [rec(f"phone{i}", {"a": 3.0 + i * 0.01, "b": 9.0}, float(t)) for i in range(60) for t in range(5)]
+    far = [rec("far", {"a": 40.0, "b": 2.0}, 1.0)]
+    snap = build_snapshot(nodes, room + far, CAT, 100.0, objective="queue", window_s=10.0)
+    assert snap["objective"] == "queue"
+    streams = sorted(snap["requests"], key=lambda r: -r["rate"])
+    assert len(streams) == 2
+    assert streams[0]["rate"] == pytest.approx(300 / 10.0) and streams[1]["rate"] == pytest.approx(0.1)
+    hpt = next(m for m in snap["models"] if m["name"] == "half_plus_two")
+    assert hpt["throughput_rps"] == {"a": 150.0, "b": 500.0}  # the catalogue's per node class
+    assert [n["node_class"] for n in snap["nodes"]] == ["jetson-nano", "orin"]
+    plan = solve(Snapshot.from_dict(snap))
+    assert plan.shares and sum(sum(m.values()) for m in plan.instances.values()) <= 2
+
+
+def test_measured_latency_lowers_the_throughput_never_raises_it() -> None:
+    slow = [rec("c", {"a": 1.0}, float(t), "a", 20.0) for t in range(6)]
+    snap = build_snapshot([node("a")], slow, CAT, 10.0, objective="queue", window_s=60.0)
+    hpt = next(m for m in snap["models"] if m["name"] == "half_plus_two")
+    assert hpt["throughput_rps"]["a"] == pytest.approx(50.0)
+    fast = [rec("c", {"a": 1.0}, float(t), "a", 0.1) for t in range(6)]
+    snap = build_snapshot([node("a")], fast, CAT, 10.0, objective="queue", window_s=60.0)
+    assert next(m for m in snap["models"] if m["name"] == "half_plus_two")["throughput_rps"]["a"] == 500.0
+
+
+def test_thesis_snapshot_is_unchanged_and_queue_needs_a_window() -> None:
+    records = [rec("c", {"a": 1.0}, 1.0)]
+    assert "objective" not in build_snapshot([node("a")], records, CAT, 10.0)
+    with pytest.raises(ValueError):
+        build_snapshot([node("a")], records, CAT, 10.0, objective="queue")
+
+
+def test_catalogue_throughput_field_and_default() -> None:
+    text = '[[models]]\nname = "m"\nimage = "i"\nmem_mb = 1\ncompute = 1\nexec_ms = { default = 4.0 }\n'
+    assert parse_catalogue(text, "t").models["m"].expected_throughput_rps("x") == pytest.approx(250.0)
+    with pytest.raises(ConfigError, match="throughput_rps"):
+        parse_catalogue(text + "throughput_rps = { default = 0 }\n", "t")
+
+
+def test_placement_objective_setting() -> None:
+    assert Settings(node_id="n").placement_objective == "queue"
+    with pytest.raises(ConfigError, match="placement_objective"):
+        Settings(node_id="n", placement_objective="fast")
