@@ -326,6 +326,7 @@ class LeaderRound:
             "solve_ms": plan.get("solve_ms"), "requests": e.requests, "nodes": gathered,
             "actions": list(plan.get("actions", [])), "rejected": len(plan.get("rejected", [])),
             "note": plan.get("note", ""), "fallback": e.fallback,
+            **{key: plan["details"][key] for key in ("spread", "planned_queue") if key in plan.get("details", {})},
         }  # fmt: skip
         r.commands = {
             n: Command(r.number, n, r.members[n], self.term, d, r.summary) for n, d in sorted(desired.items())

@@ -18,6 +18,8 @@ from solver.queue_model import QueueProblem, build_queue_problem, solve_nlp
 from solver.queue_repair import Pools, repair
 from solver.queueing import PoolDelay
 
+MAX_SPREAD_SITES = 256  # sites (largest rate first) whose split the plan hands to the agents
+
 
 def solve_queue(problem: Problem) -> Plan:
     """Place ``problem``'s streams under the queue-aware objective (solve_ms is filled in by the caller)."""
@@ -31,7 +33,32 @@ def solve_queue(problem: Problem) -> Plan:
         "rate_rps": round(float(q.rate.sum()), 6),
         "rejected_rps": round(float(pools.rejected.sum()), 6),
     }
+    details.update(spread=spread(q, pools), planned_queue=planned_queue(q, pools))
     return make_queue_plan(q, pools, "ipopt", nlp.status, details)
+
+
+def spread(q: QueueProblem, pools: Pools, limit: int = MAX_SPREAD_SITES) -> list[dict[str, Any]]:
+    """Per site (class) and model: its RTT row and node -> share of its rate; at most ``limit`` sites."""
+    p = q.base
+    out = []
+    for c in np.argsort(-q.rate, kind="stable")[:limit].tolist():
+        served = float(pools.x[c].sum())
+        if served <= 0:
+            continue
+        first = p.snapshot.requests[p.class_members[c][0]]
+        shares = {p.node_ids[j]: round(float(pools.x[c, j]) / served, 6) for j in np.nonzero(pools.x[c] > 0)[0]}
+        out.append({"model": first.model, "rtt_ms": dict(first.rtt_ms), "shares": shares})
+    return out
+
+
+def planned_queue(q: QueueProblem, pools: Pools) -> dict[str, dict[str, float]]:
+    """Per node and model: the mean number of requests at one instance under the plan (M/M/1 L)."""
+    lam, counts = pools.lam(), pools.counts()
+    out: dict[str, dict[str, float]] = {}
+    for j, k in zip(*np.nonzero(counts > 0), strict=True):
+        rho = float(lam[j, k] / (counts[j, k] * q.mu[j, k]))
+        out.setdefault(q.base.node_ids[j], {})[q.base.model_names[k]] = round(rho / (1.0 - rho), 6)
+    return out
 
 
 def mean_latency_ms(q: QueueProblem, pools: Pools) -> float:

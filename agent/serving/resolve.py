@@ -10,11 +10,12 @@ layer (both protocols, the endpoint query) only maps these outcomes to responses
 
 from __future__ import annotations
 
+import random
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from agent.decisions import Choice, rank_endpoints
+from agent.decisions import Choice, rank_endpoints, spread_ranked
 
 if TYPE_CHECKING:
     from agent.node import NodeAgent
@@ -64,7 +65,7 @@ async def resolve(agent: NodeAgent, model: str, client: str, reported: Mapping[s
     rtts = agent.client_rtts(client, reported)
     ranked = rank_endpoints(agent.candidates(model), rtts)
     if ranked:
-        return Ranked(tuple(ranked))
+        return Ranked(tuple(spread_ranked(ranked, agent.last_placement, model, rtts, random.random())))
     target, reason = agent.provision_decision(spec)
     if target is None:
         return NoCapacity(reason)

@@ -1,0 +1,100 @@
+"""Endpoint answers spread a stream over the plan's instances in the plan's proportions (issue 16, part 2)."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+
+from agent.decisions import (
+    MAX_SPREAD_SITES,
+    Candidate,
+    parse_spread,
+    rank_endpoints,
+    site_shares,
+    spread_choice,
+    spread_ranked,
+)
+from solver.api import solve
+from solver.problem import Mode, build_problem
+from solver.queue_model import build_queue_problem, solve_nlp
+from solver.queue_plan import spread
+from solver.queue_repair import repair
+from solver.snapshot import Model, Node, Request, Snapshot
+
+RTTS = {"a": 2.0, "b": 5.0, "c": 9.0}
+
+
+def ranked(*urls: tuple[str, str]) -> list:  # type: ignore[type-arg]
+    return rank_endpoints([Candidate(n, u, "m", 1.0, 0.0) for n, u in urls], RTTS)
+
+
+def firsts(choices: list, shares: dict[str, float], draws: int = 1000, **kw: object) -> Counter[str]:  # type: ignore[type-arg]
+    """Which URL comes first over evenly spaced draws of u."""
+    return Counter(spread_choice(choices, shares, (i + 0.5) / draws, **kw)[0].candidate.url for i in range(draws))  # type: ignore[arg-type]
+
+
+def test_first_endpoint_follows_the_plans_proportions_and_the_rest_keep_rank_order() -> None:
+    choices = ranked(("a", "a1"), ("b", "b1"), ("c", "c1"))
+    got = firsts(choices, {"a": 0.75, "b": 0.25})
+    assert got == {"a1": 750, "b1": 250}
+    order = spread_choice(choices, {"a": 0.75, "b": 0.25}, 0.9)
+    assert [ch.candidate.url for ch in order] == ["b1", "a1", "c1"]
+
+
+def test_a_nodes_share_is_split_over_its_endpoints() -> None:
+    got = firsts(ranked(("a", "a1"), ("a", "a2"), ("b", "b1")), {"a": 0.5, "b": 0.5})
+    assert got == {"a1": 250, "a2": 250, "b1": 500}
+
+
+def test_live_queues_shift_weight_only_when_they_differ_from_the_plan() -> None:
+    choices = ranked(("a", "a1"), ("b", "b1"))
+    same = firsts(choices, {"a": 0.5, "b": 0.5}, planned_queue={"a": 1.0, "b": 1.0}, live_queue={"a1": 1.0, "b1": 1.0})
+    assert same == {"a1": 500, "b1": 500}
+    busy = firsts(choices, {"a": 0.5, "b": 0.5}, planned_queue={"a": 1.0, "b": 1.0}, live_queue={"a1": 7.0, "b1": 1.0})
+    assert busy == {"a1": 200, "b1": 800}  # weights 2/8 and 2/2
+
+
+def test_no_plan_or_no_share_on_a_ready_endpoint_keeps_the_ranking() -> None:
+    choices = ranked(("a", "a1"), ("b", "b1"))
+    assert spread_choice(choices, {}, 0.3) == choices
+    assert spread_choice(choices, {"z": 1.0}, 0.3) == choices  # the planned node is down
+    assert spread_ranked(choices, None, "m", RTTS, 0.3) == choices
+
+
+def test_the_nearest_site_of_the_model_gives_the_shares_and_malformed_entries_are_skipped() -> None:
+    raw = [
+        {"model": "m", "rtt_ms": {"a": 2.0, "b": 5.0}, "shares": {"a": 1.0}},
+        {"model": "m", "rtt_ms": {"a": 40.0, "b": 1.0}, "shares": {"b": 1.0}},
+        {"model": "other", "rtt_ms": {"a": 2.0}, "shares": {"c": 1.0}},
+        {"model": "m", "rtt_ms": "garbage"},
+        "nonsense",
+    ]
+    sites = parse_spread(raw)
+    assert len(sites) == 3
+    assert site_shares(sites, "m", {"a": 3.0, "b": 6.0}) == {"a": 1.0}
+    assert site_shares(sites, "m", {"a": 35.0, "b": 1.0}) == {"b": 1.0}
+    assert site_shares(sites, "missing", RTTS) == {}
+    placement = {"spread": raw, "planned_queue": {"a": {"m": 0.5}, "b": "bad"}}
+    assert (
+        spread_ranked(ranked(("a", "a1"), ("b", "b1")), placement, "m", {"a": 40.0, "b": 1.0}, 0.1)[0].candidate.url
+        == "b1"
+    )
+
+
+def test_spread_tables_are_bounded() -> None:
+    raw = [{"model": "m", "rtt_ms": {"a": float(i)}, "shares": {"a": 1.0}} for i in range(MAX_SPREAD_SITES + 50)]
+    assert len(parse_spread(raw)) == MAX_SPREAD_SITES
+    nodes = (Node("a", 4096.0, 4096.0, 100.0), Node("b", 4096.0, 4096.0, 100.0))
+    reqs = tuple(
+        Request("m", {"a": float(i), "b": 30.0 - i}, {"a": 1.0, "b": 1.0}, f"c{i}", 1.0 + i) for i in range(30)
+    )
+    snap = Snapshot(nodes, (Model("m", 100.0, 1.0, {"default": 500.0}),), reqs)
+    q = build_queue_problem(build_problem(snap, Mode.MODE2))
+    nlp = solve_nlp(q)
+    pools = repair(q, nlp.x, nlp.r)
+    top = spread(q, pools, limit=5)
+    assert len(top) == 5 and [s["rtt_ms"]["a"] for s in top] == [29.0, 28.0, 27.0, 26.0, 25.0]  # largest rates
+    plan = solve(snap, objective="queue", mode="2")
+    assert len(plan.details["spread"]) == 30
+    assert all(np.isclose(sum(s["shares"].values()), 1.0) for s in plan.details["spread"])
