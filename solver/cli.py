@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import sys
@@ -81,7 +82,37 @@ def register(commands: Any) -> None:
     s.add_argument("--seeds", type=int, default=5, help="instances per size (default 5)")
     s.add_argument("--json", action="store_true", help="print every point as JSON")
     s.add_argument("--plot", metavar="DIR", help="write PNG plots (objective and solve time) to DIR")
+    _workload_arguments(s)
     s.set_defaults(handler=cmd_simulate)
+
+
+def _workload_arguments(s: Any) -> None:
+    """The options of ``simulate --workload`` (solver/workload.py)."""
+    from solver.workload import Workload
+
+    d = Workload()
+    w = s.add_argument_group(
+        "workload mode",
+        "--workload: Poisson arrivals from clients at sites, each placement (thesis, queue, nearest, "
+        "least-loaded) solved and run as a discrete-event simulation of its instances' FIFO queues; "
+        "prints p50/p99 latency, instances started, memory and rejections (--plot DIR writes workload.png)",
+    )
+    w.add_argument("--workload", action="store_true", help="run the workload mode instead of the thesis sweep")
+    w.add_argument("--clients", type=int, default=d.clients, help=f"clients (default {d.clients})")
+    w.add_argument("--rate", type=float, default=d.rate, help=f"requests/s per client (default {d.rate:g})")
+    w.add_argument("--sites", type=int, default=d.sites, help=f"sites the clients sit at (default {d.sites})")
+    w.add_argument("--nodes", type=int, default=d.nodes, help=f"nodes (default {d.nodes})")
+    w.add_argument(
+        "--throughput", type=float, default=d.throughput, help=f"req/s one instance serves (default {d.throughput:g})"
+    )
+    w.add_argument("--duration", type=float, default=d.duration_s, help=f"simulated seconds (default {d.duration_s:g})")
+    w.add_argument(
+        "--node-mem-mb", type=float, default=d.node_mem_mb, help=f"memory per node (default {d.node_mem_mb:g})"
+    )
+    w.add_argument(
+        "--model-mem-mb", type=float, default=d.model_mem_mb, help=f"memory per instance (default {d.model_mem_mb:g})"
+    )
+    w.add_argument("--seed", type=int, default=d.seed, help="random seed (default 0)")
 
 
 def _usage(message: str) -> Exception:
@@ -159,6 +190,9 @@ def _format_plan(plan: Any, first_call_ms: float) -> str:
 def cmd_simulate(args: argparse.Namespace) -> int:
     from solver import simulate
 
+    if args.workload:
+        return cmd_workload(args)
+
     if args.seeds < 1:
         raise _usage("--seeds must be at least 1")
     from solver.fastlp import tune_allocator
@@ -195,6 +229,36 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         f"vs iterative search: {_pct(gain)} lower (thesis: 41% lower). "
         f"{int(quality['instances'])} instances."
     )
+    return 0
+
+
+def cmd_workload(args: argparse.Namespace) -> int:
+    """``simulate --workload``: the placements compared on simulated Poisson traffic."""
+    from solver import workload
+
+    w = workload.Workload(
+        clients=args.clients,
+        rate=args.rate,
+        sites=args.sites,
+        nodes=args.nodes,
+        throughput=args.throughput,
+        duration_s=args.duration,
+        node_mem_mb=args.node_mem_mb,
+        model_mem_mb=args.model_mem_mb,
+        seed=args.seed,
+    )
+    problem = w.check()
+    if problem:
+        raise _usage(problem)
+    outcomes = workload.run(w)
+    if args.plot:
+        path = workload.plot(outcomes, Path(args.plot) / "workload.png")
+        if not args.json:
+            print(f"plot: {path}", file=sys.stderr)
+    if args.json:
+        print(json.dumps({"workload": dataclasses.asdict(w), "outcomes": [o.to_dict() for o in outcomes]}, indent=1))
+    else:
+        print(workload.format_table(w, outcomes))
     return 0
 
 

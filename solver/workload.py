@@ -1,0 +1,229 @@
+"""`peerserve simulate --workload`: Poisson traffic through the instances each placement starts.
+
+A lab: ``clients`` clients at ``sites`` sites (clients at one site share their RTT row to every node),
+each sending Poisson arrivals at ``rate`` requests/s for ``duration_s`` seconds to one model whose
+instance serves ``throughput`` requests/s (exponential service times, mean 1000 / throughput ms).
+Every placement solves the same snapshot; its plan is then run as a discrete-event simulation:
+
+* the instances a node starts are the plan's, capped at what the node's memory holds (a plan that
+  ignores memory cannot start more);
+* each request goes to a node drawn by the plan's shares for its client (queue objective) or to the
+  client's assigned node (thesis model and baselines), then to one of that node's instances uniformly;
+  a client the plan rejected, or a node with no instance started, counts a rejection;
+* every instance is a FIFO single server: start = max(arrival, previous finish) (Lindley's recursion,
+  the exact event order of a FIFO queue); latency = RTT + wait + service.
+
+Placements: ``thesis`` (Ipopt, the thesis's model: one instance per client stream), ``queue``
+(Ipopt, the queue-aware model), ``nearest`` and ``least-loaded`` (the thesis-model baselines).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from solver.api import solve
+from solver.plan import Plan
+from solver.snapshot import Model, Node, Request, Snapshot
+
+PLACEMENTS: dict[str, tuple[str, str]] = {  # name -> (method, objective)
+    "thesis": ("ipopt", "thesis"),
+    "queue": ("ipopt", "queue"),
+    "nearest": ("nearest", "thesis"),
+    "least-loaded": ("least-loaded", "thesis"),
+}
+MAX_REQUESTS = 2_000_000  # simulated arrivals per placement (clients x rate x duration); a usage error above
+
+
+@dataclass(frozen=True)
+class Workload:
+    """The simulated lab; sizes and rates as on the command line."""
+
+    clients: int = 60
+    rate: float = 5.0
+    sites: int = 6
+    nodes: int = 3
+    throughput: float = 300.0
+    duration_s: float = 60.0
+    node_mem_mb: float = 2048.0
+    model_mem_mb: float = 300.0
+    seed: int = 0
+
+    def check(self) -> str | None:
+        """Why the workload cannot be simulated, or None."""
+        if min(self.clients, self.sites, self.nodes) < 1:
+            return "clients, sites and nodes must be at least 1"
+        if self.rate <= 0 or self.throughput <= 0 or self.duration_s <= 0:
+            return "rate, throughput and duration must be positive"
+        if self.node_mem_mb <= 0 or self.model_mem_mb <= 0:
+            return "memory sizes must be positive"
+        if self.clients * self.rate * self.duration_s > MAX_REQUESTS:
+            return f"clients x rate x duration exceeds {MAX_REQUESTS:,} simulated requests"
+        return None
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """One placement's run: latency percentiles (ms), instances, memory, rejections, solve time."""
+
+    placement: str
+    p50_ms: float
+    p99_ms: float
+    mean_ms: float
+    instances: int
+    memory_mb: float
+    requests: int
+    rejected: int
+    solve_ms: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: round(v, 3) if isinstance(v, float) else v for k, v in asdict(self).items()}
+
+
+def lab_snapshot(w: Workload) -> tuple[Snapshot, np.ndarray]:
+    """The snapshot every placement solves, and the RTT matrix [client, node] (ms)."""
+    rng = np.random.default_rng(w.seed)
+    ids = [f"n{j + 1}" for j in range(w.nodes)]
+    site_rtt = rng.uniform(1.0, 20.0, (w.sites, w.nodes)).round(2)
+    rtt = site_rtt[np.arange(w.clients) % w.sites]
+    exec_ms = 1000.0 / w.throughput
+    nodes = tuple(Node(i, w.node_mem_mb, w.node_mem_mb, 100.0) for i in ids)
+    model = Model("m", w.model_mem_mb, 1.0, {"default": w.throughput})
+    requests = tuple(
+        Request("m", {i: float(rtt[c, j]) for j, i in enumerate(ids)}, dict.fromkeys(ids, exec_ms), f"c{c}", w.rate)
+        for c in range(w.clients)
+    )
+    return Snapshot(nodes, (model,), requests), rtt
+
+
+def run(w: Workload, placements: tuple[str, ...] = tuple(PLACEMENTS)) -> list[Outcome]:
+    """Solve the lab with each placement and simulate the same arrivals through each plan."""
+    snap, rtt = lab_snapshot(w)
+    arrivals = _arrivals(w)
+    out = []
+    for name in placements:
+        method, objective = PLACEMENTS[name]
+        solve(snap, method=method, mode="2", objective=objective)  # warm: imports and set-up
+        plan = solve(snap, method=method, mode="2", objective=objective)
+        out.append(simulate_plan(name, plan, w, rtt, arrivals))
+    return out
+
+
+def _arrivals(w: Workload) -> list[np.ndarray]:
+    """Per client, sorted Poisson arrival times (s) over the duration."""
+    rng = np.random.default_rng(w.seed + 1)
+    counts = rng.poisson(w.rate * w.duration_s, w.clients)
+    return [np.sort(rng.uniform(0.0, w.duration_s, int(n))) for n in counts]
+
+
+def simulate_plan(name: str, plan: Plan, w: Workload, rtt: np.ndarray, arrivals: list[np.ndarray]) -> Outcome:
+    """The discrete-event run of one plan (same arrivals and service draws for every plan)."""
+    rng = np.random.default_rng(w.seed + 2)
+    per_node = int(w.node_mem_mb // w.model_mem_mb)
+    started = [min(int(plan.instances.get(f"n{j + 1}", {}).get("m", 0)), per_node) for j in range(w.nodes)]
+    offset = np.concatenate([[0], np.cumsum(started)])
+    times, inst, net = [], [], []
+    rejected = 0
+    for c, ts in enumerate(arrivals):
+        nodes, probs = _routing(plan, c, w.nodes)
+        if not nodes:
+            rejected += len(ts)
+            continue
+        j = np.asarray(nodes)[rng.choice(len(nodes), size=len(ts), p=probs)]
+        alive = (j >= 0) & (np.asarray(started)[np.maximum(j, 0)] > 0)
+        rejected += int((~alive).sum())
+        j, t = j[alive], ts[alive]
+        k = offset[j] + (rng.random(len(j)) * np.asarray(started)[j]).astype(int)
+        times.append(t)
+        inst.append(k)
+        net.append(rtt[c, j])
+    arrival = np.concatenate(times or [np.zeros(0)])
+    service = rng.exponential(1.0 / w.throughput, len(arrival))
+    latency = fifo_sojourn_ms(arrival, np.concatenate(inst or [np.zeros(0, int)]), service)
+    total = latency + np.concatenate(net or [np.zeros(0)])
+    pct = np.percentile(total, [50, 99]) if len(total) else np.array([np.nan, np.nan])
+    return Outcome(
+        name,
+        float(pct[0]),
+        float(pct[1]),
+        float(total.mean()) if len(total) else float("nan"),
+        int(sum(started)),
+        float(sum(started) * w.model_mem_mb),
+        int(sum(len(a) for a in arrivals)),
+        rejected,
+        plan.solve_ms,
+    )
+
+
+def _routing(plan: Plan, c: int, n_nodes: int) -> tuple[list[int], list[float]]:
+    """Node indices and probabilities for client c's requests; empty when the plan rejected it."""
+    if plan.shares and plan.shares[c]:
+        items = sorted(plan.shares[c].items())
+        nodes, probs = [int(n[1:]) - 1 for n, _ in items], [v for _, v in items]
+        total = sum(probs)
+        if total < 1.0 - 1e-6:  # the rest of the client's rate was rejected
+            nodes, probs = [*nodes, -1], [*probs, 1.0 - total]
+        return nodes, [v / sum(probs) for v in probs]
+    node = plan.assignments[c]
+    return ([int(node[1:]) - 1], [1.0]) if node is not None else ([], [])
+
+
+def fifo_sojourn_ms(arrival_s: np.ndarray, instance: np.ndarray, service_s: np.ndarray) -> np.ndarray:
+    """Time in system (ms) of each request at its FIFO single-server instance: wait + its service time."""
+    out = np.zeros(len(arrival_s))
+    free_at: dict[int, float] = {}
+    for i in np.lexsort((arrival_s, instance)).tolist():
+        k = int(instance[i])
+        start = max(float(arrival_s[i]), free_at.get(k, 0.0))
+        free_at[k] = start + float(service_s[i])
+        out[i] = 1000.0 * (free_at[k] - arrival_s[i])
+    return out
+
+
+def format_table(w: Workload, outcomes: list[Outcome]) -> str:
+    """The human-readable comparison."""
+    head = (
+        f"{'placement':<13}{'p50 ms':>9}{'p99 ms':>9}{'instances':>10}{'memory MB':>10}{'rejected':>10}{'solve ms':>9}"
+    )
+    lines = [
+        f"{w.clients} clients at {w.sites} sites, {w.rate:g} req/s each, {w.nodes} nodes of {w.node_mem_mb:g} MB, "
+        f"instance {w.model_mem_mb:g} MB serving {w.throughput:g} req/s, {w.duration_s:g} s",
+        head,
+        "-" * len(head),
+    ]
+    for o in outcomes:
+        lines.append(
+            f"{o.placement:<13}{o.p50_ms:>9.2f}{o.p99_ms:>9.2f}{o.instances:>10}{o.memory_mb:>10.0f}"
+            f"{o.rejected:>10}{o.solve_ms:>9.1f}"
+        )
+    return "\n".join(lines)
+
+
+def plot(outcomes: list[Outcome], path: Any) -> Any:
+    """A PNG: p50 and p99 latency and instances per placement; returns the path written."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [o.placement for o in outcomes]
+    fig, (lat, inst) = plt.subplots(1, 2, figsize=(10, 4))
+    x = np.arange(len(names))
+    lat.bar(x - 0.2, [o.p50_ms for o in outcomes], 0.4, label="p50")
+    lat.bar(x + 0.2, [o.p99_ms for o in outcomes], 0.4, label="p99")
+    lat.set_xticks(x, names)
+    lat.set_ylabel("latency (ms)")
+    lat.legend()
+    inst.bar(x, [o.instances for o in outcomes])
+    inst.set_xticks(x, names)
+    inst.set_ylabel("instances started")
+    for o, xi in zip(outcomes, x, strict=True):
+        if o.rejected:
+            inst.annotate(f"{o.rejected} rejected", (xi, o.instances), ha="center", va="bottom", fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
