@@ -113,6 +113,12 @@ def _workload_arguments(s: Any) -> None:
         "--model-mem-mb", type=float, default=d.model_mem_mb, help=f"memory per instance (default {d.model_mem_mb:g})"
     )
     w.add_argument("--seed", type=int, default=d.seed, help="random seed (default 0)")
+    w.add_argument(
+        "--service",
+        choices=("exp", "det"),
+        default=d.service,
+        help="service times: exp (exponential, M/M/1 queues; default) or det (constant, M/D/1)",
+    )
 
 
 def _usage(message: str) -> Exception:
@@ -246,6 +252,7 @@ def cmd_workload(args: argparse.Namespace) -> int:
         node_mem_mb=args.node_mem_mb,
         model_mem_mb=args.model_mem_mb,
         seed=args.seed,
+        service=args.service,
     )
     problem = w.check()
     if problem:

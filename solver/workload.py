@@ -2,7 +2,8 @@
 
 A lab: ``clients`` clients at ``sites`` sites (clients at one site share their RTT row to every node),
 each sending Poisson arrivals at ``rate`` requests/s for ``duration_s`` seconds to one model whose
-instance serves ``throughput`` requests/s (exponential service times, mean 1000 / throughput ms).
+instance serves ``throughput`` requests/s (service times exponential, or constant with ``det``, mean
+1000 / throughput ms).
 Every placement solves the same snapshot; its plan is then run as a discrete-event simulation:
 
 * the instances a node starts are the plan's, capped at what the node's memory holds (a plan that
@@ -50,6 +51,7 @@ class Workload:
     node_mem_mb: float = 2048.0
     model_mem_mb: float = 300.0
     seed: int = 0
+    service: str = "exp"  # exp: exponential service times (M/M/1 queues); det: constant (M/D/1)
 
     def check(self) -> str | None:
         """Why the workload cannot be simulated, or None."""
@@ -57,6 +59,8 @@ class Workload:
             return "clients, sites and nodes must be at least 1"
         if self.rate <= 0 or self.throughput <= 0 or self.duration_s <= 0:
             return "rate, throughput and duration must be positive"
+        if self.service not in ("exp", "det"):
+            return "service must be exp or det"
         if self.node_mem_mb <= 0 or self.model_mem_mb <= 0:
             return "memory sizes must be positive"
         if self.clients * self.rate * self.duration_s > MAX_REQUESTS:
@@ -141,6 +145,8 @@ def simulate_plan(name: str, plan: Plan, w: Workload, rtt: np.ndarray, arrivals:
         net.append(rtt[c, j])
     arrival = np.concatenate(times or [np.zeros(0)])
     service = rng.exponential(1.0 / w.throughput, len(arrival))
+    if w.service == "det":
+        service = np.full(len(arrival), 1.0 / w.throughput)
     latency = fifo_sojourn_ms(arrival, np.concatenate(inst or [np.zeros(0, int)]), service)
     total = latency + np.concatenate(net or [np.zeros(0)])
     pct = np.percentile(total, [50, 99]) if len(total) else np.array([np.nan, np.nan])
@@ -189,7 +195,7 @@ def format_table(w: Workload, outcomes: list[Outcome]) -> str:
     )
     lines = [
         f"{w.clients} clients at {w.sites} sites, {w.rate:g} req/s each, {w.nodes} nodes of {w.node_mem_mb:g} MB, "
-        f"instance {w.model_mem_mb:g} MB serving {w.throughput:g} req/s, {w.duration_s:g} s",
+        f"instance {w.model_mem_mb:g} MB serving {w.throughput:g} req/s ({w.service} service), {w.duration_s:g} s",
         head,
         "-" * len(head),
     ]

@@ -45,6 +45,7 @@ def test_bad_workloads_are_refused() -> None:
     assert Workload(clients=10_000, rate=100.0, duration_s=10.0).check() == (
         f"clients x rate x duration exceeds {MAX_REQUESTS:,} simulated requests"
     )
+    assert Workload(service="weibull").check() == "service must be exp or det"
     assert Workload().check() is None
 
 
