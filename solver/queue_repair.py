@@ -8,7 +8,7 @@ counts are integers. From the relaxation's rates ``x[c, j]``:
 3. Capacity: a node whose new instances exceed its memory or compute moves its smallest pools' streams
    to the node where they cost least and fit (an open pool's headroom first), until it fits.
 4. Spread bound: per model and node class, while the pools run more instances than the class's load
-   needs plus one spare, the smallest pool is merged into the pool of that class that absorbs it best.
+   needs plus one spare, the smallest pool's streams move into the other open pools of that class.
 5. Rejected rate is placed where it fits (headroom first, then a new instance), else stays rejected.
 
 Every move re-checks the node's budgets, so no step breaks memory, compute or throughput.
@@ -76,13 +76,13 @@ class Pools:
             self.x[c, src] -= amount
         self.x[c, dst] += amount
 
-    def best_destination(self, c: int, amount: float, exclude: set[int]) -> int | None:
+    def best_destination(self, c: int, amount: float, exclude: set[int], open_only: bool = False) -> int | None:
         """The node for ``amount`` req/s of class c: no new instance before new ones, then cheapest."""
         k = int(self.q.base.class_model[c])
         lam, counts = self.lam(), self.counts()
         options = []
         for j in range(self.q.base.n_nodes):
-            if j in exclude or not self.fits_with(j, k, amount):
+            if j in exclude or (open_only and counts[j, k] == 0) or not self.fits_with(j, k, amount):
                 continue
             grows = int(needed(np.array(lam[j, k] + amount), np.array(self.cap[j, k]))) > counts[j, k]
             options.append((grows, float(self.q.base.cost[c, j]), j))
@@ -104,11 +104,11 @@ def repair(q: QueueProblem, x: FloatArray, rejected: FloatArray) -> Pools:
 
 
 def _evacuate(pools: Pools, j: int, k: int, exclude: set[int]) -> bool:
-    """Move every stream of pool (j, k) elsewhere; False (and nothing moved) if some part fits nowhere."""
+    """Move every stream of pool (j, k) into other open pools; False (nothing moved) if some part fits nowhere."""
     saved = pools.x.copy()
     for c in np.nonzero((pools.q.base.class_model == k) & (pools.x[:, j] > 0))[0].tolist():
         amount = float(pools.x[c, j])
-        dst = pools.best_destination(c, amount, exclude | {j})
+        dst = pools.best_destination(c, amount, exclude | {j}, open_only=True)
         if dst is None:
             pools.x = saved
             return False
@@ -122,20 +122,22 @@ def _fix_capacity(pools: Pools) -> None:
     The rate the smaller pool cannot take moves elsewhere (``_spill``); what fits nowhere is rejected.
     """
     for j in pools.over_budget(pools.counts()):
-        while j in pools.over_budget(pools.counts()):
+        for _ in range(int(pools.counts()[j].sum()) + 1):  # each pass stops one instance
+            if j not in pools.over_budget(pools.counts()):
+                break
             lam, counts = pools.lam()[j], pools.counts()[j]
             open_k = [k for k in np.argsort(lam, kind="stable").tolist() if counts[k] > pools.q.base.free[j, k]]
             if not open_k:
                 break
             k = open_k[0]
-            excess = float(lam[k] - (counts[k] - 1) * pools.cap[j, k])
+            excess = float(lam[k] - (counts[k] - 1) * pools.cap[j, k] * (1.0 - 1e-9))
             members = np.nonzero((pools.q.base.class_model == k) & (pools.x[:, j] > 0))[0].tolist()
             for c in sorted(members, key=lambda c: pools.x[c, j]):
                 take = min(excess, float(pools.x[c, j]))
                 pools.x[c, j] -= take
                 pools.rejected[c] += take
                 excess -= take
-                if excess <= TINY:
+                if excess <= 0:
                     break
             pools.x[:, j] = np.where(pools.x[:, j] > TINY, pools.x[:, j], 0.0)
 

@@ -170,3 +170,17 @@ def test_repaired_placements_keep_every_budget_and_the_spread_bound(snap: Snapsh
     plan = solve(snap, objective="queue", mode=mode.value)
     assert plan.feasible
     assert all(a is not None or any(r.request == i for r in plan.rejected) for i, a in enumerate(plan.assignments))
+
+
+@pytest.mark.parametrize(("requests", "nodes", "seed"), [(50, 10, 1), (20, 10, 1), (25, 20, 1)])
+def test_thesis_instances_under_the_queue_objective_terminate_within_budgets(
+    requests: int, nodes: int, seed: int
+) -> None:
+    """Tight memory, slow models (a pool shrinking to exactly its cap once looped forever)."""
+    from solver.simulate import thesis_instance
+
+    snap = thesis_instance(requests, nodes, seed)
+    for mode in (Mode.MODE1, Mode.MODE2):
+        q = build_queue_problem(build_problem(snap, mode))
+        nlp = solve_nlp(q)
+        check(repair(q, nlp.x, nlp.r))

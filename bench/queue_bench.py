@@ -1,0 +1,106 @@
+"""Queue-aware placement benchmark (issue 16): solve time against the thesis's LP, and the workload run.
+
+1. Solve time: at the thesis's sizes (Table 6.1 instances, every request a stream at 1 req/s) and on
+   the 1,000-request x 100-node site instances, the queue-aware NLP (``objective="queue"``) and the
+   thesis's LP (``objective="thesis"``, the fast path) solve the same snapshots in the same run; medians
+   of CPU time per solve, imports excluded (one warm-up each), and the ratio (issue 16: at most 2x).
+2. Workload: ``simulate --workload`` at a few rates (exponential and constant service): p50/p99,
+   instances, memory and rejections per placement, and queue's p99 over the best baseline's.
+
+    .venv/bin/python bench/queue_bench.py [--seeds N] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from typing import Any
+
+from solver.api import solve
+from solver.fastlp import tune_allocator
+from solver.simulate import SWEEPS, site_instance, thesis_instance
+from solver.snapshot import Snapshot
+from solver.workload import Workload, run
+
+SIZES = [(r, 10) for r in SWEEPS["requests"]] + [(25, n) for n in SWEEPS["nodes"]]
+
+
+def cpu_ms(snapshot: Snapshot, objective: str, mode: str) -> float:
+    start = time.process_time()
+    solve(snapshot, mode=mode, objective=objective)
+    return 1000.0 * (time.process_time() - start)
+
+
+def solve_times(seeds: int) -> list[dict[str, Any]]:
+    """Median CPU ms per (size, mode) for both objectives on the same snapshots."""
+    warm = thesis_instance(25, 10, 0)
+    for objective in ("thesis", "queue"):
+        solve(warm, objective=objective)
+    rows = []
+    cases = [(f"{r} x {n}", [thesis_instance(r, n, s) for s in range(seeds)]) for r, n in SIZES]
+    cases.append(("1000 x 100, 50 sites", [site_instance(1000, 100, 50, s) for s in range(max(1, seeds // 2))]))
+    for label, snaps in cases:
+        for mode in ("1", "2"):
+            lp = statistics.median(cpu_ms(s, "thesis", mode) for s in snaps)
+            nlp = statistics.median(cpu_ms(s, "queue", mode) for s in snaps)
+            rows.append({"size": label, "mode": mode, "thesis_lp_ms": lp, "queue_nlp_ms": nlp, "ratio": nlp / lp})
+    return rows
+
+
+def workloads() -> list[dict[str, Any]]:
+    out = []
+    for service in ("exp", "det"):
+        for rate in (2.0, 5.0, 12.0):
+            w = Workload(rate=rate, service=service, duration_s=30.0)
+            res = {o.placement: o.to_dict() for o in run(w)}
+            best = min(res[b]["p99_ms"] for b in ("nearest", "least-loaded"))
+            out.append(
+                {
+                    "service": service,
+                    "rate": rate,
+                    "outcomes": res,
+                    "queue_p99_over_best_baseline": res["queue"]["p99_ms"] / best,
+                }
+            )
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seeds", type=int, default=5, help="instances per size (default 5)")
+    ap.add_argument("--json", action="store_true", help="print the figures as JSON")
+    args = ap.parse_args()
+    tune_allocator()
+    times, loads = solve_times(args.seeds), workloads()
+    if args.json:
+        print(json.dumps({"solve": times, "workload": loads}, indent=1))
+        return
+    print(f"{'size':<22}{'mode':>5}{'thesis LP ms':>14}{'queue NLP ms':>14}{'NLP / LP':>10}")
+    for r in times:
+        print(f"{r['size']:<22}{r['mode']:>5}{r['thesis_lp_ms']:>14.1f}{r['queue_nlp_ms']:>14.1f}{r['ratio']:>10.2f}")
+    print()
+    print(
+        f"{'service':<8}{'rate':>5}  "
+        + "  ".join(f"{p:>22}" for p in ("thesis", "queue", "nearest", "least-loaded"))
+        + "  queue p99 / best baseline"
+    )
+    for w in loads:
+        cells = [
+            f"{o['p50_ms']:5.1f}/{o['p99_ms']:5.1f} {o['instances']:>3}i {o['rejected']:>5}r"
+            for o in w["outcomes"].values()
+        ]
+        print(
+            f"{w['service']:<8}{w['rate']:>5g}  "
+            + "  ".join(f"{c:>22}" for c in cells)
+            + f"  {w['queue_p99_over_best_baseline']:.2f}"
+        )
+    print(
+        "cells: p50/p99 ms, instances started, requests rejected "
+        "(60 clients at 6 sites, 3 nodes of 2048 MB, 300 MB instances)"
+    )
+
+
+if __name__ == "__main__":
+    main()
