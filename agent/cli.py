@@ -9,6 +9,7 @@ FLAGS: list[tuple[str, dict[str, Any]]] = [
     ("--node-id", {"help": "this node's id, one DNS label (default: HOSTNAME-PORT)"}),
     ("--host", {"help": "address the API binds (default 127.0.0.1)"}),
     ("--port", {"type": int, "help": "API port (default 8400)"}),
+    ("--peer-port", {"type": int, "help": "peer-plane port, mutual TLS between agents only (default: port + 1)"}),
     ("--advertise-address", {"help": "address peers and clients reach this node at (default: --host)"}),
     ("--data-dir", {"help": "state directory (default /var/lib/peerserve/NODE as root, else XDG data)"}),
     ("--catalogue", {"help": "model catalogue TOML file (default: the built-in example catalogue)"}),
@@ -16,7 +17,13 @@ FLAGS: list[tuple[str, dict[str, Any]]] = [
         "--runtime",
         {"choices": ["process", "docker"], "help": "model servers as local processes or Docker containers"},
     ),
-    ("--cluster-token", {"help": "shared secret the leader's commands carry (>= 16 characters)"}),
+    (
+        "--cluster-token",
+        {
+            "help": "the cluster's join secret, the same on every board (>= 16 characters); keys and "
+            "certificates are derived from it and kept in the data dir; it never leaves the node"
+        },
+    ),
     ("--node-class", {"help": "node class for the catalogue's execution-time profiles (e.g. xavier-nx)"}),
     ("--compute", {"type": float, "help": "compute capacity in the catalogue's units (default 100)"}),
     (

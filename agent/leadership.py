@@ -1,10 +1,10 @@
 """Carries out the election machine over HTTP and, while leader, runs the placement loop.
 
-Election messages travel as ``POST /election/message`` (cluster token); every tick feeds the machine the
-membership view (alive peers and their priorities). While this node leads, a placement round runs every
-``placement_period_s`` and at once on a membership change: gather stats from every alive agent (request
-log by cursor, so nothing is counted twice or lost), build the snapshot (agent.placement), solve it
-(solver), and send each agent its desired set with this term (fencing).
+Election messages travel as ``POST /election/message`` on the peer plane (signed: agent.peer_client); every
+tick feeds the machine the membership view (alive, admitted peers and their priorities). While this node
+leads, a placement round runs every ``placement_period_s`` and at once on a membership change: gather
+stats from every alive agent (request log by cursor, so nothing is counted twice or lost), build the
+snapshot (agent.placement), solve it (solver), and send each agent its desired set with this term (fencing).
 """
 
 from __future__ import annotations
@@ -32,7 +32,6 @@ from agent.placement import (
 )
 from coordinator_election import (
     Action,
-    Announce,
     BecameFollower,
     BecameLeader,
     Broadcast,
@@ -43,9 +42,8 @@ from coordinator_election import (
     Received,
     Send,
     Tick,
-    Vote,
-    VoteRequest,
 )
+from peerserve.wire import ROUTE_DESIRED, ROUTE_ELECTION, DesiredCommand, ElectionPost
 
 if TYPE_CHECKING:
     from agent.node import NodeAgent
@@ -59,51 +57,13 @@ GATHER_TIMEOUT = httpx.Timeout(3.0, connect=0.5)
 
 
 def encode(message: Message) -> dict[str, Any]:
-    if isinstance(message, Announce):
-        return {"type": "announce", "term": message.term, "leader": message.leader, "priority": list(message.priority)}
-    if isinstance(message, VoteRequest):
-        return {"type": "vote_request", "term": message.term, "candidate": message.candidate,
-                "priority": list(message.priority)}  # fmt: skip
-    return {"type": "vote", "term": message.term, "voter": message.voter, "granted": message.granted,
-            "leader": message.leader}  # fmt: skip
+    """An election message as it travels (peerserve.wire.ElectionPost)."""
+    return ElectionPost.from_message(message).to_json()
 
 
 def decode(data: Any) -> Message:
-    """Parse an election message; raises ValueError on anything malformed."""
-    if not isinstance(data, dict):
-        raise ValueError("not an object")
-
-    def term() -> int:
-        t = data.get("term")
-        if isinstance(t, bool) or not isinstance(t, int) or t < 0:
-            raise ValueError("bad term")
-        return t
-
-    def priority() -> Priority:
-        p = data.get("priority")
-        if not isinstance(p, list) or len(p) != 3:
-            raise ValueError("bad priority")
-        return (int(p[0]), float(p[1]), str(p[2]))
-
-    def text(key: str, optional: bool = False) -> Any:
-        v = data.get(key)
-        if v is None and optional:
-            return None
-        if not isinstance(v, str) or not v or len(v) > 63:
-            raise ValueError(f"bad {key}")
-        return v
-
-    kind = data.get("type")
-    if kind == "announce":
-        return Announce(term(), text("leader"), priority())
-    if kind == "vote_request":
-        return VoteRequest(term(), text("candidate"), priority())
-    if kind == "vote":
-        granted = data.get("granted")
-        if not isinstance(granted, bool):
-            raise ValueError("bad granted")
-        return Vote(term(), text("voter"), granted, text("leader", optional=True))
-    raise ValueError(f"unknown message type {kind!r}")
+    """Parse an election message; raises ValueError (WireError) on anything malformed or out of range."""
+    return ElectionPost.parse(data).to_message()
 
 
 def _warm_up_solver(method: str) -> None:
@@ -236,11 +196,11 @@ class Leadership:
                 self._stop_rounds()
 
     async def _post(self, url: str, message: Message) -> None:
-        s = self.agent.settings
-        headers = {"Authorization": f"Bearer {s.cluster_token}"} if s.cluster_token else {}
-        body = {"from": s.node_id, "message": encode(message)}
-        with contextlib.suppress(httpx.HTTPError):
-            await self.agent.http.post(f"{url}/election/message", json=body, headers=headers, timeout=0.5)
+        peers = self.agent.peer_client
+        if peers is None:
+            return
+        with contextlib.suppress(ValueError):  # PeerCallError: unreachable or unauthentic; the machine retries
+            await peers.send(url, "POST", ROUTE_ELECTION, encode(message))
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -345,28 +305,27 @@ class Leadership:
             return None
 
     async def _get_json(self, url: str, params: Mapping[str, Any] | None = None) -> Any:
-        r = await self.agent.http.get(url, params=params, timeout=GATHER_TIMEOUT)
-        r.raise_for_status()
-        return r.json()
+        """A peer's stats answer, authenticated and strictly parsed; raises ValueError (PeerCallError)."""
+        if self.agent.peer_client is None:
+            raise ValueError("no peer plane without a cluster token")
+        return await self.agent.peer_client.get_json(url, params)
 
     async def _command(self, url: str, term: int, instances: dict[str, int], summary: dict[str, Any]) -> bool:
-        s = self.agent.settings
-        body = {"term": term, "leader": s.node_id, "instances": instances, "placement": summary}
-        headers = {"Authorization": f"Bearer {s.cluster_token}"}
+        peers = self.agent.peer_client
+        if peers is None:
+            return False
+        body = DesiredCommand(term, self.agent.settings.node_id, instances, summary).to_json()
         for attempt in range(3):
             try:
-                r = await self.agent.http.put(
-                    f"{url}/control/desired", json=body, headers=headers, timeout=GATHER_TIMEOUT
-                )
-                if r.status_code == 409:
-                    log.warning("command to %s fenced: %s", url, r.text)
+                status, answer = await peers.send(url, "PUT", ROUTE_DESIRED, body)
+                if status == 409:
+                    log.warning("command to %s fenced: %s", url, answer)
                     return False
-                if r.status_code == 200:
+                if status == 200:
                     return True
-            except (httpx.ConnectError, httpx.ConnectTimeout):
-                return False  # the node is gone; membership will drop it, the next round resends anyway
-            except httpx.HTTPError:
-                pass
+            except ValueError as exc:  # PeerCallError
+                if "unreachable" in str(exc) and "Connect" in str(exc):
+                    return False  # the node is gone; membership will drop it, the next round resends anyway
             await asyncio.sleep(0.2 * 2**attempt)
         return False
 

@@ -34,6 +34,7 @@ class Settings:
     node_id: str = ""
     host: str = "127.0.0.1"
     port: int = 8400
+    peer_port: int = 0  # the authenticated peer listener (mutual TLS); 0: port + 1
     advertise_address: str = ""
     data_dir: str = ""
     catalogue: str = ""
@@ -77,6 +78,14 @@ class Settings:
         return f"http://{_host_for_url(self.advertise_address or self.host)}:{self.port}"
 
     @property
+    def peer_listen_port(self) -> int:
+        return self.peer_port or self.port + 1
+
+    @property
+    def peer_url(self) -> str:
+        return f"https://{_host_for_url(self.advertise_address or self.host)}:{self.peer_listen_port}"
+
+    @property
     def seed_urls(self) -> list[str]:
         return [u.strip().rstrip("/") for u in self.seeds.split(",") if u.strip()]
 
@@ -105,6 +114,8 @@ def validate(s: Settings) -> None:
         raise ConfigError("node_id", f"{s.node_id!r} must be one DNS label: letters, digits, '-', '_'")
     if not 0 < s.port < 65536:
         raise ConfigError("port", f"{s.port} is not a TCP port")
+    if not 0 < s.peer_listen_port < 65536 or s.peer_listen_port == s.port:
+        raise ConfigError("peer_port", f"{s.peer_listen_port} is not a TCP port other than port ({s.port})")
     if s.runtime not in ("process", "docker"):
         raise ConfigError("runtime", f"{s.runtime!r}: choose process or docker")
     if s.advertise_address:
