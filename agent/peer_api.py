@@ -220,9 +220,10 @@ class PeerServer:
         if files is None:
             raise ValueError("the peer listener needs a data dir for its TLS files")
         config = uvicorn.Config(
-            app, host=host, port=port, log_level="warning", access_log=False, lifespan="off",
+            app, host=host, port=port, log_level=None, access_log=False, lifespan="off",
             ssl_keyfile=str(files.key), ssl_certfile=str(files.cert), ssl_ca_certs=str(files.ca),
-            ssl_cert_reqs=ssl.CERT_REQUIRED, timeout_keep_alive=30, limit_concurrency=256,
+            ssl_cert_reqs=ssl.CERT_REQUIRED, timeout_keep_alive=30, limit_concurrency=256, log_config=None,
+            timeout_graceful_shutdown=2,
         )  # fmt: skip
         self.server = _EmbeddedServer(config)
         self._task: asyncio.Task[None] | None = None
@@ -239,5 +240,12 @@ class PeerServer:
         if self._task is None:
             return
         self.server.should_exit = True
+        await asyncio.sleep(0.05)  # uvicorn stops accepting and asks idle connections to close
+        for conn in list(self.server.server_state.connections):
+            # An idle peer never answers TLS close_notify: abort rather than wait ssl_shutdown_timeout (30 s).
+            transport = getattr(conn, "transport", None)
+            if transport is not None:
+                transport.abort()
+        self.server.force_exit = True
         with contextlib.suppress(asyncio.CancelledError):
             await self._task

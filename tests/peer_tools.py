@@ -7,6 +7,7 @@ suites use it (with another token, no certificate, or tampered bytes) to act as 
 from __future__ import annotations
 
 import json
+import shutil
 import ssl
 import time
 from pathlib import Path
@@ -24,7 +25,12 @@ class TestPeer:
 
     __test__ = False
 
-    def __init__(self, node_id: str, token: str, data_dir: Path, with_certificate: bool = True) -> None:
+    def __init__(
+        self, node_id: str, token: str, data_dir: Path, with_certificate: bool = True, key_from: Path | None = None
+    ) -> None:
+        if key_from is not None:  # sign with a real node's key (copied: its data dir stays untouched)
+            (data_dir / "peer").mkdir(parents=True, exist_ok=True)
+            shutil.copy(key_from / "peer" / "node.key", data_dir / "peer" / "node.key")
         self.identity = Identity(node_id, token, data_dir)
         ctx = tls_context(self.identity)
         if not with_certificate:  # a client that presents no certificate at all
