@@ -25,7 +25,8 @@ else:  # pragma: no cover - Python 3.10 (JetPack 6)
 
 log = logging.getLogger(__name__)
 
-MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # matched whole (fullmatch)
+SERVERS = ("tfserving", "triton")  # TF-Serving REST (or the stand-in) | Triton, Open Inference Protocol
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,7 @@ class ModelSpec:
     warmup: Mapping[str, Any] | None = None
     command: tuple[str, ...] = ()
     env: Mapping[str, str] = field(default_factory=dict)
+    server: str = "tfserving"
 
     def expected_exec_ms(self, node_class: str) -> float:
         return float(self.exec_ms.get(node_class, self.exec_ms.get("default", 0.0)))
@@ -61,8 +63,8 @@ class Catalogue:
 
 
 def valid_model_name(name: str) -> bool:
-    """Model names are one path segment: letters, digits, '_', '.', '-' (no '/', no '..')."""
-    return bool(MODEL_NAME.match(name)) and ".." not in name
+    """Model names are one path segment: letters, digits, '_', '.', '-' (no '/', no '..'), matched whole."""
+    return MODEL_NAME.fullmatch(name) is not None and ".." not in name
 
 
 def parse_catalogue(text: str, source: str) -> Catalogue:
@@ -118,6 +120,9 @@ def _parse_model(entry: Any, where: str) -> ModelSpec:
     env = entry.get("env", {})
     if not isinstance(env, dict):
         raise ConfigError(f"{where}.env", "must be a table of strings")
+    server = entry.get("server", "tfserving")
+    if server not in SERVERS:
+        raise ConfigError(f"{where}.server", f"must be one of {', '.join(SERVERS)}")
     version = entry.get("model_version", 1)
     if isinstance(version, bool) or not isinstance(version, int) or version < 1:
         raise ConfigError(f"{where}.model_version", "must be a positive integer")
@@ -133,6 +138,7 @@ def _parse_model(entry: Any, where: str) -> ModelSpec:
         warmup=warmup,
         command=tuple(command),
         env={str(k): str(v) for k, v in env.items()},
+        server=server,
     )
 
 

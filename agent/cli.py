@@ -39,6 +39,16 @@ FLAGS: list[tuple[str, dict[str, Any]]] = [
     ("--placement-period-s", {"type": float, "help": "seconds between the leader's placement rounds (default 30)"}),
     ("--placement-mode", {"choices": ["1", "2", "auto"], "help": "solver mode for placement rounds (default 1)"}),
     ("--placement-method", {"help": "solver method: ipopt (default), milp, least-loaded, ..."}),
+    ("--max-body-mb", {"type": float, "help": "largest request body, chunked or not, in MiB (default 8)"}),
+    ("--header-timeout-s", {"type": float, "help": "time a client has to send complete headers (default 10)"}),
+    ("--body-timeout-s", {"type": float, "help": "time a client has to send a request body (default 30)"}),
+    ("--max-concurrency", {"type": int, "help": "connections + requests in flight before 503 (default 256)"}),
+    (
+        "--max-clients-per-address",
+        {"type": int, "help": "distinct X-Peerserve-Client ids counted per source address (default 8)"},
+    ),
+    ("--metrics-token", {"help": "bearer token /metrics and /sd/prometheus require (default: none)"}),
+    ("--log-format", {"choices": ["text", "json"], "help": "log lines as text (default) or one JSON object each"}),
 ]
 
 
@@ -58,6 +68,10 @@ def register(commands: Any) -> None:
         p.add_argument(flag, default=None, **kwargs)
     p.add_argument("--no-discovery", dest="discovery", action="store_const", const=False, default=None,
                    help="run alone: no mDNS, no heartbeats")  # fmt: skip
+    p.add_argument("--api-docs", dest="api_docs", action="store_const", const=True, default=None,
+                   help="serve interactive API docs at /docs, /redoc and the schema at /openapi.json")  # fmt: skip
+    p.add_argument("--no-metrics", dest="metrics", action="store_const", const=False, default=None,
+                   help="no Prometheus metrics: /metrics answers 404 and requests are not timed")  # fmt: skip
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.set_defaults(handler=cmd_agent)
 
@@ -82,32 +96,60 @@ def cmd_agent(args: argparse.Namespace) -> int:
 
     from agent.api import create_app
     from agent.errors import ConfigError
+    from agent.logs import configure as configure_logs
     from agent.node import NodeAgent
     from agent.settings import load_settings
     from peerserve.cli import UsageError
 
     overrides = {flag[2:].replace("-", "_"): getattr(args, flag[2:].replace("-", "_")) for flag, _ in FLAGS}
     overrides["discovery"] = args.discovery
+    overrides["api_docs"] = args.api_docs
+    overrides["metrics"] = args.metrics
     try:
         settings = load_settings(args.config, overrides=overrides)
         agent = NodeAgent(settings)
     except ConfigError as exc:
         raise UsageError(str(exc)) from exc
-    logging.getLogger().setLevel(args.log_level.upper())
+    configure_logs(settings.log_format, args.log_level, log_context(agent))
     logging.getLogger("agent").setLevel(args.log_level.upper())
     logging.getLogger("httpx").setLevel(logging.WARNING)
     logging.getLogger("cyipopt").setLevel(logging.WARNING)
     app = create_app(agent)
-    config = uvicorn.Config(
+    uvicorn.Server(server_config(app, settings, args.log_level)).run()
+    return 0
+
+
+def server_config(app: Any, settings: Any, log_level: str = "info") -> Any:
+    """uvicorn's configuration with the HTTP bounds of ``settings`` (agent/http_limits.py)."""
+    import uvicorn
+
+    from agent.http_limits import limited_protocol
+
+    return uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
-        log_level=args.log_level,
-        access_log=args.log_level == "debug",
+        log_level=log_level,
+        log_config=None,
+        access_log=log_level == "debug",
         timeout_graceful_shutdown=10,
+        http=limited_protocol(settings.header_timeout_s, settings.max_connections_per_address),
+        limit_concurrency=settings.max_concurrency,
+        h11_max_incomplete_event_size=settings.max_header_kb * 1024,
+        proxy_headers=False,  # the source address is the peer's: X-Forwarded-For must not fake it
     )
-    uvicorn.Server(config).run()
-    return 0
+
+
+def log_context(agent: Any) -> Any:
+    """What every log line of this agent carries: node, term, the catalogue's model names; its secrets."""
+    from agent.logs import LogContext
+
+    def term() -> int:
+        lead = agent.leadership
+        return max(int(lead.term) if lead is not None else 0, int(agent.desired.term))
+
+    secrets = [t for t in (agent.settings.cluster_token, agent.settings.metrics_token) if t]
+    return LogContext(agent.settings.node_id, term, lambda: agent.catalogue.current.models, secrets)
 
 
 def cmd_model_server(args: argparse.Namespace) -> int:

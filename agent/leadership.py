@@ -1,10 +1,11 @@
-"""Carries out the election machine over HTTP and, while leader, runs the placement loop.
+"""Carries out the election machine and, while leader, the placement-round machine (agent.leader_round).
 
 Election messages travel as ``POST /election/message`` on the peer plane (signed: agent.peer_client); every
-tick feeds the machine the membership view (alive, admitted peers and their priorities). While this node
-leads, a placement round runs every ``placement_period_s`` and at once on a membership change: gather
-stats from every alive agent (request log by cursor, so nothing is counted twice or lost), build the
-snapshot (agent.placement), solve it (solver), and send each agent its desired set with this term (fencing).
+tick feeds the election the membership view (alive, admitted peers and their priorities) and persists
+(term, vote) before anything is sent. While this node leads, every tick also feeds the round machine, whose
+instructions become HTTP calls
+(``_gather`` via ``_get_json``, ``_command``) and solves (``_solve``, in a worker process); each result
+goes back into the machine as an event. The only HTTP is in ``_post``, ``_get_json`` and ``_command``.
 """
 
 from __future__ import annotations
@@ -12,24 +13,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import multiprocessing
 import time
-from collections import deque
-from collections.abc import Mapping
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from agent.placement import (
-    NodeReport,
-    RequestRecord,
-    build_snapshot,
-    desired_sets,
-    make_before_break,
-    parse_node_report,
-    parse_request,
-)
+from agent import leader_round as lr
+from agent.placement import build_snapshot, parse_node_report, parse_request
+from agent.solver_worker import SolverWorker
 from coordinator_election import (
     Action,
     BecameFollower,
@@ -38,6 +30,7 @@ from coordinator_election import (
     Election,
     ElectionConfig,
     Message,
+    Persist,
     Priority,
     Received,
     Send,
@@ -51,7 +44,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 TICK_S = 0.05
-ROUND_DEBOUNCE_S = 0.2
+SAID_MAX = 1024  # distinct once-only warnings remembered
 # A peer that died since the round began must not hold the round up: connects to a dead host hang.
 GATHER_TIMEOUT = httpx.Timeout(3.0, connect=0.5)
 
@@ -66,61 +59,25 @@ def decode(data: Any) -> Message:
     return ElectionPost.parse(data).to_message()
 
 
-def _warm_up_solver(method: str) -> None:
-    """Import and initialise the solver once, so a new leader's first round is not 2 s of imports."""
-    try:
-        from solver.api import solve
-        from solver.simulate import thesis_instance
-
-        solve(thesis_instance(3, 2, 0), method=method)
-    except Exception as exc:  # a missing solver shows up (and falls back) in the first round instead
-        log.debug("solver warm-up failed: %s", exc)
-
-
-def _die_with_parent() -> None:
-    """Worker initializer: the kernel kills the solver worker when its agent dies, even by SIGKILL."""
-    import ctypes
-    import os
-    import signal
-
-    pr_set_pdeathsig = 1
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
-    if os.getppid() == 1:  # the agent died before we got here
-        os._exit(0)
-
-
-def _solve_snapshot(snapshot: dict[str, Any], method: str, mode: str) -> tuple[dict[str, Any], str]:
-    """Solve in the worker process; falls back to least-loaded when Ipopt/HiGHS are not installed."""
-    from solver import Snapshot, SolverUnavailableError
-    from solver.api import solve
-
-    snap = Snapshot.from_dict(snapshot)
-    try:
-        return solve(snap, method=method, mode=mode).to_dict(), ""
-    except SolverUnavailableError as exc:
-        return solve(snap, method="least-loaded", mode=mode).to_dict(), str(exc)
-
-
 class Leadership:
-    def __init__(self, agent: NodeAgent) -> None:
+    def __init__(self, agent: NodeAgent, monotonic: Callable[[], float] = time.monotonic) -> None:
         self.agent = agent
+        self.monotonic = monotonic  # the election's clock; wall time (request records, rounds) is agent.clock
         s = agent.settings
         self.priority: Priority = (s.priority, agent.node_metrics().mem_total_mb, s.node_id)
         config = ElectionConfig(heartbeat_s=s.election_heartbeat_s, election_timeout_s=s.election_timeout_s)
-        self.machine = Election(s.node_id, self.priority, config, now=time.monotonic(), term=agent.store.highest_term())
-        self.last_placement: dict[str, Any] | None = None
+        term, vote = agent.store.election_state()
+        if agent.store.highest_term() > term:  # a leader's command told us of a newer term: we hold no vote in it
+            term, vote = agent.store.highest_term(), None
+        self.machine = Election(s.node_id, self.priority, config, now=monotonic(), term=term, vote=vote)
+        self.rounds = lr.LeaderRound(
+            s.node_id, lr.RoundConfig(period_s=s.placement_period_s, window_s=s.request_window_s)
+        )
         self._tasks: list[asyncio.Task[None]] = []
-        self._round_task: asyncio.Task[None] | None = None
-        self._trigger = asyncio.Event()
-        self._cursors: dict[str, int] = {}
-        self._window: deque[RequestRecord] = deque()
-        self._seen: set[tuple[str, int]] = set()
         self._background: set[asyncio.Task[Any]] = set()
         self._said: set[str] = set()
         self.leader_since: float | None = None
-        self._pool: ProcessPoolExecutor | None = None
-        self._warm_up: asyncio.Future[None] | None = None
+        self.solver = SolverWorker(s.placement_method)  # runs only while this node leads
 
     @property
     def leader(self) -> str | None:
@@ -134,24 +91,20 @@ class Leadership:
     def is_leader(self) -> bool:
         return self.machine.is_leader
 
+    @property
+    def last_placement(self) -> dict[str, Any] | None:
+        return self.rounds.last_placement
+
     async def start(self) -> None:
         self._tasks = [asyncio.create_task(self._tick_loop(), name="election")]
-        # Solving runs in a worker process: Pyomo is pure Python and would hold this process's GIL
-        # (and the API's latency) for the length of a solve.
-        self._pool = ProcessPoolExecutor(
-            max_workers=1, mp_context=multiprocessing.get_context("spawn"), initializer=_die_with_parent
-        )
-        loop = asyncio.get_running_loop()
-        self._warm_up = loop.run_in_executor(self._pool, _warm_up_solver, self.agent.settings.placement_method)
-        self._warm_up.add_done_callback(lambda f: f.cancelled() or f.exception())
 
     async def stop(self) -> None:
-        for task in [*self._tasks, *([self._round_task] if self._round_task else [])]:
+        for task in [*self._tasks, *self._background]:
             task.cancel()
+        for task in [*self._tasks, *self._background]:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
+        await self.solver.close()
 
     # -- election I/O ----------------------------------------------------------------------------
     def _view(self) -> dict[str, Priority]:
@@ -164,7 +117,9 @@ class Leadership:
     async def _tick_loop(self) -> None:
         while True:
             try:
-                self._carry_out(self.machine.step(Tick(time.monotonic(), self._view())))
+                self._carry_out(self.machine.step(Tick(self.monotonic(), self._view())))
+                if self.is_leader:
+                    self._feed(lr.Tick(self.agent.clock()))
             except Exception:
                 log.exception("election tick failed")
             await asyncio.sleep(TICK_S)
@@ -172,12 +127,14 @@ class Leadership:
     def receive(self, sender: str, data: Any) -> None:
         """A message from a peer (POST /election/message); raises ValueError when malformed."""
         message = decode(data)
-        self._carry_out(self.machine.step(Received(time.monotonic(), sender, message)))
+        self._carry_out(self.machine.step(Received(self.monotonic(), sender, message)))
 
     def _carry_out(self, actions: list[Action]) -> None:
         urls = {m.node_id: m.api_url for m in self.agent.peers.members() if m.status != "dead"}
         for action in actions:
-            if isinstance(action, Send):
+            if isinstance(action, Persist):  # first in the list: durable before anything below goes out
+                self.agent.store.save_election_state(action.term, action.vote)
+            elif isinstance(action, Send):
                 if action.to in urls:
                     self._spawn(self._post(urls[action.to], action.message))
             elif isinstance(action, Broadcast):
@@ -185,15 +142,17 @@ class Leadership:
                     if node in self.machine.alive:
                         self._spawn(self._post(url, action.message))
             elif isinstance(action, BecameLeader):
-                self.agent.store.observe_term(action.term)
+                self.agent.store.observe_term(action.term, self.agent.settings.node_id)
                 log.info("node %s became leader at term %d", self.agent.settings.node_id, action.term)
-                self.leader_since = time.time()
-                self._start_rounds()
+                self.leader_since = self.agent.clock()
+                self._feed(lr.Elected(self.agent.clock(), action.term, self._members()))
+                self.solver.start()  # warms up in the background
             elif isinstance(action, BecameFollower):
-                self.agent.store.observe_term(action.term)
+                self.agent.store.observe_term(action.term, action.leader)
                 if action.leader is not None:
                     log.info("node %s follows %s at term %d", self.agent.settings.node_id, action.leader, action.term)
-                self._stop_rounds()
+                self._feed(lr.Deposed(self.agent.clock()))
+                self.solver.stop()
 
     async def _post(self, url: str, message: Message) -> None:
         peers = self.agent.peer_client
@@ -207,102 +166,61 @@ class Leadership:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    # -- placement rounds --------------------------------------------------------------------------
+    # -- placement rounds: carry out the round machine's instructions --------------------------------
+    def _members(self) -> dict[str, str]:
+        """Alive members and this node: node id -> API URL (who a round gathers from and commands)."""
+        members = {m.node_id: m.api_url for m in self.agent.peers.members() if m.status == "alive"}
+        members[self.agent.settings.node_id] = self.agent.settings.api_url
+        return members
+
     def membership_changed(self) -> None:
         if self.is_leader:
-            self._trigger.set()
+            self._feed(lr.MembershipChanged(self.agent.clock(), self._members()))
 
-    def _start_rounds(self) -> None:
-        if self._round_task is None or self._round_task.done():
-            self._round_task = asyncio.get_running_loop().create_task(self._rounds(self.machine.term))
-        self._trigger.set()
+    def _feed(self, event: lr.Event) -> None:
+        """Step the round machine and start what it instructs; each result is fed back the same way."""
+        for instruction in self.rounds.step(event):
+            if isinstance(instruction, lr.Gather):
+                self._spawn(self._then_feed(self._gather(instruction)))
+            elif isinstance(instruction, lr.Solve):
+                self._spawn(self._then_feed(self._solve(instruction)))
+            elif isinstance(instruction, lr.Command):
+                self._spawn(self._then_feed(self._command(instruction)))
+            else:
+                self._placed(instruction.summary)
 
-    def _stop_rounds(self) -> None:
-        if self._round_task is not None and not self._round_task.done() and not self.is_leader:
-            self._round_task.cancel()
-            self._round_task = None
-
-    async def _rounds(self, first_term: int) -> None:
-        period = self.agent.settings.placement_period_s
-        while self.is_leader:
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._trigger.wait(), period)
-            self._trigger.clear()
-            await asyncio.sleep(ROUND_DEBOUNCE_S)
-            if not self.is_leader:
-                return
-            try:
-                await self.placement_round(self.machine.term)
-            except Exception:
-                log.exception("placement round failed")
-
-    async def placement_round(self, term: int) -> dict[str, Any]:
-        s = self.agent.settings
-        members = [(m.node_id, m.api_url) for m in self.agent.peers.members() if m.status == "alive"]
-        members.append((s.node_id, s.api_url))
-        reports = await asyncio.gather(*(self._gather(node, url) for node, url in members))
-        nodes = [r for r in reports if r is not None]
-        cutoff = time.time() - s.request_window_s
-        while self._window and self._window[0].ts < cutoff:
-            self._window.popleft()
-        snapshot = build_snapshot(nodes, list(self._window), self.agent.catalogue.current, time.time())
-        assert self._pool is not None
-        plan, fallback = await asyncio.get_running_loop().run_in_executor(
-            self._pool, _solve_snapshot, snapshot, s.placement_method, s.placement_mode
-        )
-        if fallback:
-            self._say_once("solver", "placement falls back to least-loaded: %s", fallback)
-        desired = make_before_break(
-            desired_sets(plan["instances"], [n.node_id for n in nodes]), {n.node_id: n.ready for n in nodes}
-        )
-        summary = {
-            "at": time.time(),
-            "term": term,
-            "leader": s.node_id,
-            "method": plan.get("method"),
-            "mode": plan.get("mode"),
-            "status": plan.get("status"),
-            "objective_ms": plan.get("objective_ms"),
-            "solve_ms": plan.get("solve_ms"),
-            "requests": len(snapshot["requests"]),
-            "nodes": [n.node_id for n in nodes],
-            "actions": plan.get("actions", []),
-            "rejected": len(plan.get("rejected", [])),
-            "note": plan.get("note", ""),
-        }
-        urls = dict(members)
-        results = await asyncio.gather(*(self._command(urls[n], term, d, summary) for n, d in desired.items()))
-        summary["delivered"] = sum(results)
-        self.last_placement = summary
-        log.info(
-            "placement at term %d: %d requests on %d nodes, objective %.1f ms, solve %.1f ms, %d actions",
-            term, summary["requests"], len(nodes), summary["objective_ms"] or 0.0, summary["solve_ms"] or 0.0,
-            len(summary["actions"]),
-        )  # fmt: skip
-        return summary
-
-    async def _gather(self, node: str, url: str) -> NodeReport | None:
+    async def _then_feed(self, result: Any) -> None:
         try:
-            stats_node, stats_models = await asyncio.gather(
-                self._get_json(f"{url}/stats/node"), self._get_json(f"{url}/stats/models")
+            event = await result
+        except Exception:  # a bug or a broken worker: the round machine times the round out
+            log.exception("placement round step failed")
+            return
+        self._feed(event)
+
+    def _placed(self, summary: Mapping[str, Any]) -> None:
+        self.agent.telemetry.placement_round(dict(summary))
+        if summary.get("fallback"):
+            self._say_once("solver", "placement falls back to least-loaded: %s", summary["fallback"])
+        log.info(
+            "placement at term %d: %d requests on %d nodes, objective %.1f ms, solve %.1f ms, %d actions, %d delivered",
+            summary["term"], summary["requests"], len(summary["nodes"]), summary["objective_ms"] or 0.0,
+            summary["solve_ms"] or 0.0, len(summary["actions"]), summary["delivered"],
+        )  # fmt: skip
+
+    async def _gather(self, g: lr.Gather) -> lr.Gathered | lr.GatherFailed:
+        """One gather: the node's stats and one page of its request log after ``g.since``."""
+        try:
+            stats_node, stats_models, page = await asyncio.gather(
+                self._get_json(f"{g.url}/stats/node"),
+                self._get_json(f"{g.url}/stats/models"),
+                self._get_json(f"{g.url}/stats/requests", params={"since": g.since, "limit": g.limit}),
             )
             report = parse_node_report(stats_node, stats_models)
-            cursor = self._cursors.get(node, 0)
-            while True:
-                page = await self._get_json(f"{url}/stats/requests", params={"since": cursor, "limit": 5000})
-                for raw in page["requests"]:
-                    key = (node, int(raw["id"]))
-                    if key not in self._seen:
-                        self._seen.add(key)
-                        self._window.append(parse_request(raw))
-                if not page["requests"]:
-                    break
-                cursor = int(page["next"])
-            self._cursors[node] = cursor
-            return report
+            records = tuple((int(raw["id"]), parse_request(raw)) for raw in page["requests"])
+            return lr.Gathered(self.agent.clock(), g.round, g.node, report, records)
         except (httpx.HTTPError, KeyError, TypeError, ValueError) as exc:
-            self._say_once(f"gather:{node}:{type(exc).__name__}", "cannot gather stats from %s: %s", node, exc)
-            return None
+            self._say_once(f"gather:{g.node}:{type(exc).__name__}", "cannot gather stats from %s: %s", g.node, exc)
+            return lr.GatherFailed(self.agent.clock(), g.round, g.node, f"{type(exc).__name__}: {exc}")
 
     async def _get_json(self, url: str, params: Mapping[str, Any] | None = None) -> Any:
         """A peer's stats answer, authenticated and strictly parsed; raises ValueError (PeerCallError)."""
@@ -310,26 +228,49 @@ class Leadership:
             raise ValueError("no peer plane without a cluster token")
         return await self.agent.peer_client.get_json(url, params)
 
-    async def _command(self, url: str, term: int, instances: dict[str, int], summary: dict[str, Any]) -> bool:
+    async def _solve(self, solve: lr.Solve) -> lr.Solved | lr.SolveFailed:
+        """Build the snapshot and solve it in the worker process (the one place that solves)."""
+        s = self.agent.settings
+        try:
+            snapshot = await asyncio.to_thread(  # off the event loop: the window can hold many records
+                build_snapshot, list(solve.nodes), list(solve.requests), self.agent.catalogue.current, solve.now
+            )
+            plan, fallback = await self.solver.solve(snapshot, s.placement_method, s.placement_mode)
+        except Exception as exc:  # the worker died or the solver raised
+            log.exception("placement solve failed")
+            return lr.SolveFailed(self.agent.clock(), solve.round, f"{type(exc).__name__}: {exc}")
+        return lr.Solved(self.agent.clock(), solve.round, plan, len(snapshot["requests"]), fallback)
+
+    async def _command(self, c: lr.Command) -> lr.Acknowledged | lr.CommandFailed | lr.Fenced:
+        """One signed ``PUT /control/desired`` attempt on the peer plane (the round machine decides on retries)."""
         peers = self.agent.peer_client
         if peers is None:
-            return False
-        body = DesiredCommand(term, self.agent.settings.node_id, instances, summary).to_json()
-        for attempt in range(3):
-            try:
-                status, answer = await peers.send(url, "PUT", ROUTE_DESIRED, body)
-                if status == 409:
-                    log.warning("command to %s fenced: %s", url, answer)
-                    return False
-                if status == 200:
-                    return True
-            except ValueError as exc:  # PeerCallError
-                if "unreachable" in str(exc) and "Connect" in str(exc):
-                    return False  # the node is gone; membership will drop it, the next round resends anyway
-            await asyncio.sleep(0.2 * 2**attempt)
-        return False
+            return lr.CommandFailed(self.agent.clock(), c.round, c.node, transient=False)
+        body = DesiredCommand(c.term, self.agent.settings.node_id, dict(c.instances), dict(c.summary)).to_json()
+        try:
+            status, answer = await peers.send(c.url, "PUT", ROUTE_DESIRED, body)
+        except ValueError as exc:  # PeerCallError: unreachable (gone: the next round resends) or unauthentic
+            gone = "unreachable" in str(exc) and "Connect" in str(exc)
+            return lr.CommandFailed(self.agent.clock(), c.round, c.node, transient=not gone)
+        if status == 409:
+            log.warning("command to %s fenced: %s", c.node, answer)
+            highest = _highest_term(answer)
+            return lr.Fenced(self.agent.clock(), c.round, c.node, c.term if highest is None else highest)
+        if status == 200:
+            return lr.Acknowledged(self.agent.clock(), c.round, c.node)
+        return lr.CommandFailed(self.agent.clock(), c.round, c.node, transient=status >= 500)
 
     def _say_once(self, key: str, message: str, *args: Any) -> None:
         if key not in self._said:
+            if len(self._said) >= SAID_MAX:
+                self._said.clear()  # bounded: a long-lived leader with churning peers says things again
             self._said.add(key)
             log.warning(message, *args)
+
+
+def _highest_term(answer: Any) -> int | None:
+    """The ``highest_term`` a 409 answer names, if it names one."""
+    highest = answer.get("highest_term") if isinstance(answer, dict) else None
+    if isinstance(highest, int) and not isinstance(highest, bool):
+        return highest
+    return None

@@ -1,12 +1,15 @@
 """A stand-in model server speaking TensorFlow Serving's REST API over the tiny models in agent.models.
 
-Paths and JSON shapes follow TF-Serving (https://www.tensorflow.org/tfx/serving/api_rest):
+Paths, JSON shapes, status codes and error texts follow TF-Serving's own code (agent/serving/tfrest.py):
 
-    GET  /v1/models/{name}[/versions/{v}]            model status
-    GET  /v1/models/{name}[/versions/{v}]/metadata   signature
-    POST /v1/models/{name}[/versions/{v}]:predict    {"instances": [...]} or {"inputs": ...}
+    GET  /v1/models/{name}[/versions/{v}|/labels/{l}]             model status
+    GET  /v1/models/{name}[/versions/{v}|/labels/{l}]/metadata    signatures
+    POST /v1/models/{name}[/versions/{v}|/labels/{l}]:predict     {"instances": [...]} or {"inputs": ...}
+    POST /v1/models/{name}[...]:classify | :regress               {"examples": [{"x": 1.0}, ...]}
 
-Errors are ``{"error": "..."}`` with TF-Serving's status codes (400 invalid argument, 404 not found).
+Errors are exactly ``{"error": "..."}``. HTTP/1.1 keep-alive is kept correct whatever the request: the
+body is always read (Content-Length or chunked) before the answer, and a body that cannot be read whole
+(too large, malformed framing) ends the connection, so no byte of one request is read as the next one.
 Runs as a process (``python -m agent.modelserver --model half_plus_two --port 8501``) for the
 ProcessRuntime, and inside the stand-in Docker image (images/modelserver) for the DockerRuntime.
 """
@@ -18,28 +21,35 @@ import contextlib
 import json
 import logging
 import os
-import re
 import signal
 import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from agent.models import MODELS, ModelInputError, TinyModel
+from agent.models import MODELS, TinyModel
+from agent.serving import tfrest
 
 log = logging.getLogger(__name__)
 
-MAX_BODY = 16 * 1024 * 1024
-_PATH = re.compile(r"^/v1/models/(?P<name>[^/:]+)(?:/versions/(?P<version>[^/:]+))?(?P<rest>/metadata|:predict)?$")
+MAX_BODY = 64 * 1024 * 1024
+
+
+class BodyError(Exception):
+    """The request body cannot be read whole: (status, message); the connection must close."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class ModelServer(ThreadingHTTPServer):
-    """Serves one model (version 1) on (host, port)."""
+    """Serves one model (one version) on (host, port)."""
 
     daemon_threads = True
     allow_reuse_address = True
 
-    def __init__(self, address: tuple[str, int], model: TinyModel, version: str = "1", name: str = "") -> None:
+    def __init__(self, address: tuple[str, int], model: TinyModel, version: int = 1, name: str = "") -> None:
         super().__init__(address, _Handler)
         self.model = model
         self.name = name or model.name
@@ -55,112 +65,76 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("%s " + format, self.address_string(), *args)
 
-    def do_GET(self) -> None:
-        match = self._route()
-        if match is None:
-            return
-        rest = match.group("rest")
-        if rest == ":predict":
-            self._send(405, {"error": "Method Not Allowed: use POST for :predict"})
-        elif rest == "/metadata":
-            self._send(200, self._metadata())
-        else:
-            self._send(200, self._status())
-
-    def do_POST(self) -> None:
-        match = self._route()
-        if match is None:
-            return
-        if match.group("rest") != ":predict":
-            self._send(405, {"error": "Method Not Allowed: POST is for :predict"})
-            return
-        length = self.headers.get("Content-Length")
-        if length is None or not length.isdigit():
-            self._send(411, {"error": "Content-Length is required"})
-            return
-        if int(length) > MAX_BODY:
-            self._send(413, {"error": f"request body over {MAX_BODY} bytes"})
-            self.close_connection = True
-            return
-        body = self.rfile.read(int(length))
+    def _handle(self) -> None:
         try:
-            request = json.loads(body)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            self._send(400, {"error": f"JSON Parse error: {exc}"})
+            body = self._read_body()
+        except BodyError as exc:
+            self.close_connection = True  # what is left of the body must never be read as a request
+            self._send(exc.status, {"error": str(exc)})
             return
-        try:
-            self._send(200, self._predict(request))
-        except ModelInputError as exc:
-            self._send(400, {"error": str(exc)})
-
-    def _route(self) -> re.Match[str] | None:
         path = self.path.split("?", 1)[0]
-        match = _PATH.match(path)
-        if match is None:
-            self._send(404, {"error": f"Malformed request: {self.command} {path}"})
-            return None
-        name, version = match.group("name"), match.group("version")
-        if name != self.server.name:
-            self._send(404, {"error": f"Servable not found for request: Latest({name})"})
-            return None
-        if version is not None and version != self.server.version:
-            self._send(404, {"error": f"Servable not found for request: Specific({name}, {version})"})
-            return None
-        return match
+        if not path.lower().startswith("/v1/"):
+            self._send(404, {"error": f"Not found: {self.command} {path[:200]}"})
+            return
+        s = self.server
+        status, payload = tfrest.handle(s.model, s.name, s.version, self.command, path, body)
+        self._send(status, payload)
 
-    def _status(self) -> dict[str, Any]:
-        return {
-            "model_version_status": [
-                {
-                    "version": self.server.version,
-                    "state": "AVAILABLE",
-                    "status": {"error_code": "OK", "error_message": ""},
-                }
-            ]
-        }
+    do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _handle
 
-    def _metadata(self) -> dict[str, Any]:
-        m = self.server.model
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("do_"):  # any other method: read its body, answer as TF-Serving (400 Malformed)
+            return self._handle
+        raise AttributeError(name)
 
-        def tensor(name: str, shape: tuple[int, ...]) -> dict[str, Any]:
-            dims = [{"size": str(d), "name": ""} for d in shape]
-            return {"dtype": "DT_FLOAT", "tensor_shape": {"dim": dims, "unknown_rank": False}, "name": name}
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """The base class's own errors (bad request line, headers too long) leave input unread: close."""
+        self.close_connection = True
+        self._send(code, {"error": message or self.responses.get(code, ("error",))[0]})
 
-        signature = {
-            "inputs": {"x": tensor("x:0", m.input_shape)},
-            "outputs": {"y": tensor("y:0", m.output_shape)},
-            "method_name": "tensorflow/serving/predict",
-        }
-        return {
-            "model_spec": {"name": self.server.name, "signature_name": "", "version": self.server.version},
-            "metadata": {"signature_def": {"signature_def": {"serving_default": signature}}},
-        }
+    def _read_body(self) -> bytes:
+        """The whole request body (Content-Length or chunked, at most MAX_BODY); BodyError otherwise."""
+        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+            return self._read_chunked()
+        length = self.headers.get("Content-Length")
+        if length is None:
+            return b""
+        if not length.strip().isdigit():
+            raise BodyError(400, f"invalid Content-Length {length[:40]!r}")
+        n = int(length)
+        if n > MAX_BODY:
+            raise BodyError(413, f"request body over {MAX_BODY} bytes")
+        body = self.rfile.read(n)
+        if len(body) != n:
+            raise BodyError(400, "request body shorter than its Content-Length")
+        return body
 
-    def _predict(self, request: Any) -> dict[str, Any]:
-        if not isinstance(request, dict):
-            raise ModelInputError("the request body must be a JSON object")
-        run = self.server.model.run
-        if "instances" in request:
-            instances = request["instances"]
-            if not isinstance(instances, list):
-                raise ModelInputError("'instances' must be a list")
-            return {"predictions": [run(x) for x in instances]}
-        if "inputs" in request:
-            inputs = request["inputs"]
-            if isinstance(inputs, dict):
-                if len(inputs) != 1:
-                    raise ModelInputError("this model has one input tensor")
-                inputs = next(iter(inputs.values()))
-            if isinstance(inputs, list):
-                return {"outputs": [run(x) for x in inputs]}
-            return {"outputs": run(inputs)}
-        raise ModelInputError("Missing 'inputs' or 'instances' key")
+    def _read_chunked(self) -> bytes:
+        parts: list[bytes] = []
+        total = 0
+        while True:
+            line = self.rfile.readline(1024)
+            try:
+                size = int(line.split(b";", 1)[0].strip(), 16)
+            except ValueError:
+                raise BodyError(400, "malformed chunked body") from None
+            if size == 0:
+                while self.rfile.readline(1024) not in (b"\r\n", b"\n", b""):
+                    pass  # trailers
+                return b"".join(parts)
+            total += size
+            if total > MAX_BODY:
+                raise BodyError(413, f"request body over {MAX_BODY} bytes")
+            parts.append(self.rfile.read(size))
+            self.rfile.readline(1024)
 
-    def _send(self, status: int, payload: dict[str, Any]) -> None:
+    def _send(self, status: int, payload: Any) -> None:
         body = json.dumps(payload).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
+        if self.close_connection:
+            self.send_header("Connection", "close")
         self.end_headers()
         self.wfile.write(body)
 
@@ -194,6 +168,13 @@ def main(argv: list[str] | None = None) -> int:
     if not args.model:
         ap.error("--model is required (or set PEERSERVE_STAND_IN)")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.model == "digits":
+        from agent.digits import WeightsMissing, load_weights
+
+        try:
+            load_weights()
+        except WeightsMissing as exc:
+            ap.exit(1, f"peerserve-modelserver: {exc}\n")
     server = ModelServer((args.host, args.port), MODELS[args.model], name=args.name)
     signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown).start())
     log.info("serving %s as %s on http://%s:%d", args.model, server.name, args.host, server.server_address[1])

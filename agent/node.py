@@ -38,8 +38,10 @@ from agent.metrics import MetricsReader, NodeMetrics
 from agent.peer_client import PeerClient
 from agent.peers import NoPeers, PeerTable
 from agent.runtime.base import Instance, Runtime, probe_available
+from agent.serving.resolve import Outcome, resolve
 from agent.settings import Settings
 from agent.store import DesiredState, Store
+from agent.telemetry import Telemetry
 from peerserve.wire import PeerState
 
 log = logging.getLogger(__name__)
@@ -49,10 +51,13 @@ CLIENT_CACHE = 10_000
 
 
 class FencedError(AgentError):
-    """A leader command carried a term lower than the highest seen."""
+    """A leader command carried a term lower than the highest seen, or the term of another leader."""
 
-    def __init__(self, term: int, highest: int) -> None:
-        super().__init__(f"term {term} is lower than the highest term seen ({highest})")
+    def __init__(self, term: int, highest: int, leader: str | None = None) -> None:
+        if leader is None:
+            super().__init__(f"term {term} is lower than the highest term seen ({highest})")
+        else:
+            super().__init__(f"term {term} already has leader {leader}")
         self.term = term
         self.highest = highest
 
@@ -75,6 +80,7 @@ class NodeState:
     instances: list[Instance] = field(default_factory=list)
     ready: set[str] = field(default_factory=set)
     runtime_error: str | None = None
+    reconcile_error: str | None = None  # the last round's exception, None once a round succeeds
 
 
 def make_runtime(settings: Settings) -> Runtime:
@@ -110,7 +116,9 @@ class NodeAgent:
         self.settings = settings
         self.clock = clock
         self.catalogue = CatalogueWatcher(Path(settings.catalogue) if settings.catalogue else None)
-        self.store = Store(Path(settings.data_dir), settings.request_log_rows)
+        self.store = Store(
+            Path(settings.data_dir), settings.request_log_rows, settings.client_rtt_ttl_s, settings.client_rtt_rows
+        )
         self.runtime = runtime or make_runtime(settings)
         self.metrics = metrics or MetricsReader()
         self.http = httpx.AsyncClient(
@@ -141,7 +149,8 @@ class NodeAgent:
         self._tasks: list[asyncio.Task[None]] = []
         self._background: set[asyncio.Task[None]] = set()
         self._metrics_cache: tuple[float, NodeMetrics] | None = None
-        self._client_rtts: dict[str, dict[str, float]] = {}
+        self._client_rtts: dict[str, tuple[float, dict[str, float]]] = {}  # client -> (loaded at, rtts)
+        self.telemetry = Telemetry(self, enabled=settings.metrics)
 
     # -- lifecycle -----------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -256,7 +265,10 @@ class NodeAgent:
         highest = self.store.highest_term()
         if term < highest:
             raise FencedError(term, highest)
-        self.store.observe_term(term)
+        accepted = self.store.term_leader() if term == highest else None
+        if accepted is not None and leader is not None and accepted != leader:
+            raise FencedError(term, highest, accepted)  # two leaders in one term: only the first is obeyed
+        self.store.observe_term(term, leader)
         if placement is not None:
             self.last_placement = placement
         wanted = {m: int(c) for m, c in instances.items() if c > 0}
@@ -295,8 +307,13 @@ class NodeAgent:
             self._wake.clear()
             try:
                 await self.reconcile_once()
-            except Exception:  # the loop must survive anything a runtime throws
-                log.exception("reconcile round failed")
+            except Exception as exc:  # the loop must survive anything a runtime throws
+                message = f"{type(exc).__name__}: {exc}"[:500]
+                if message != self.state.reconcile_error:
+                    log.exception("reconcile round failed")
+                self.state.reconcile_error = message
+            else:
+                self.state.reconcile_error = None
 
     async def reconcile_once(self) -> None:
         """One round: observe the runtime, probe readiness, carry out plan_reconcile's steps."""
@@ -339,7 +356,14 @@ class NodeAgent:
 
     async def _probe(self, instances: list[Instance]) -> set[str]:
         running = [i for i in instances if i.running and i.url]
-        results = await asyncio.gather(*(probe_available(self.http, i.url, i.model) for i in running))
+        cat = self.catalogue.current
+
+        def server_of(model: str) -> str:
+            spec = cat.get(model)
+            return spec.server if spec is not None else "tfserving"
+
+        probes = (probe_available(self.http, i.url, i.model, server=server_of(i.model)) for i in running)
+        results = await asyncio.gather(*probes)
         return {i.id for i, ok in zip(running, results, strict=True) if ok}
 
     def _note_readiness(self, instances: list[Instance], ready: set[str], now: float) -> None:
@@ -348,6 +372,7 @@ class NodeAgent:
                 self.health.pop(inst.model, None)
                 if inst.id not in self._ever_ready:
                     self._ever_ready.add(inst.id)
+                    self.telemetry.instance_ready(inst, now)
                     spec = self.catalogue.current.get(inst.model)
                     if spec is not None:
                         task = asyncio.create_task(self._warm_up(inst, spec))
@@ -359,6 +384,7 @@ class NodeAgent:
 
     def _record_failure(self, model: str, error: str, now: float) -> None:
         h = self.health.setdefault(model, ModelHealth())
+        self.telemetry.reconcile_failure(model)
         h.failures += 1
         h.next_try = now + backoff_delay(h.failures)
         if error != h.last_error:
@@ -390,7 +416,8 @@ class NodeAgent:
         if not spec.warmup:
             return
         try:
-            r = await self.http.post(f"{inst.url}/v1/models/{spec.name}:predict", json=dict(spec.warmup), timeout=30)
+            path = f"/v2/models/{spec.name}/infer" if spec.server == "triton" else f"/v1/models/{spec.name}:predict"
+            r = await self.http.post(f"{inst.url}{path}", json=dict(spec.warmup), timeout=30)
             log.info("warm-up of %s at %s: HTTP %d", spec.name, inst.url, r.status_code)
         except httpx.HTTPError as exc:
             log.warning("warm-up of %s at %s failed: %s", spec.name, inst.url, exc)
@@ -415,8 +442,8 @@ class NodeAgent:
 
     # -- endpoints -------------------------------------------------------------------------------------
     def node_metrics(self) -> NodeMetrics:
-        now = time.monotonic()
-        if self._metrics_cache is None or now - self._metrics_cache[0] > 0.5:
+        now = self.clock()
+        if self._metrics_cache is None or abs(now - self._metrics_cache[0]) > 0.5:  # a clock step also refreshes
             self._metrics_cache = (now, self.metrics.read())
         return self._metrics_cache[1]
 
@@ -428,16 +455,19 @@ class NodeAgent:
         return spec.expected_exec_ms(node_class) if spec else 0.0
 
     def client_rtts(self, client: str, reported: Mapping[str, float]) -> dict[str, float]:
-        """The client's RTTs to nodes: what it reports now over what it reported before (cached)."""
-        known = self._client_rtts.get(client)
-        if known is None:
-            if len(self._client_rtts) >= CLIENT_CACHE:
+        """The client's RTTs to nodes: what it reports now over what it reported before (cached; a cached
+        entry is reloaded from the store, which drops expired reports, once it is client_rtt_ttl_s old)."""
+        now = self.clock()
+        cached = self._client_rtts.get(client)
+        if cached is None or now - cached[0] > self.settings.client_rtt_ttl_s:
+            if cached is None and len(self._client_rtts) >= CLIENT_CACHE:
                 self._client_rtts.pop(next(iter(self._client_rtts)))
-            known = self._client_rtts[client] = self.store.client_rtts(client)
-        known.update(reported)
-        return dict(known)
+            cached = self._client_rtts[client] = (now, self.store.client_rtts(client, now))
+        cached[1].update(reported)
+        return dict(cached[1])
 
     def record_latency(self, node: str, model: str, latency_ms: float) -> None:
+        self.telemetry.upstream(model, latency_ms)
         old = self.exec_ms.get((node, model))
         self.exec_ms[(node, model)] = latency_ms if old is None else old + EXEC_EWMA_ALPHA * (latency_ms - old)
 
@@ -461,6 +491,10 @@ class NodeAgent:
                     out += [Candidate(peer.node_id, u, m, exec_ms, peer_load) for u in urls]
         return out
 
+    async def resolve(self, model: str, client: str, reported: Mapping[str, float]) -> Outcome:
+        """Where ``client``'s request for ``model`` should go (the serving façade, agent/serving/resolve.py)."""
+        return await resolve(self, model, client, reported)
+
     def provision_decision(self, spec: ModelSpec) -> tuple[str | None, str]:
         local = NodeRoom(self.settings.node_id, self.node_metrics().mem_available_mb)
         peers = [NodeRoom(p.node_id, p.mem_available_mb) for p in self.peers.members() if p.status == "alive"]
@@ -469,8 +503,8 @@ class NodeAgent:
     async def provision_locally(self, model: str, wait_s: float) -> bool:
         """Start ``model`` here on demand and wait up to ``wait_s`` for it to be ready."""
         self._add_on_demand(model)
-        deadline = time.monotonic() + wait_s
-        while time.monotonic() < deadline:
+        deadline = self.clock() + wait_s
+        while self.clock() < deadline:
             if model in self._ready_models:
                 return True
             self._wake.set()
@@ -479,9 +513,15 @@ class NodeAgent:
 
     def health_report(self) -> dict[str, Any]:
         cat = self.catalogue
-        degraded = bool(cat.error or self.state.runtime_error or self.health)
+        reasons = [
+            *([f"catalogue: {cat.error}"] if cat.error else []),
+            *([f"runtime: {self.state.runtime_error}"] if self.state.runtime_error else []),
+            *([f"reconcile failing: {self.state.reconcile_error}"] if self.state.reconcile_error else []),
+            *(f"model {m} failing: {h.last_error}" for m, h in self.health.items()),
+        ]
         return {
-            "status": "degraded" if degraded else "ok",
+            "status": "degraded" if reasons else "ok",
+            "reasons": reasons,
             "node_id": self.settings.node_id,
             "catalogue": {
                 "version": cat.current.version,
@@ -489,6 +529,7 @@ class NodeAgent:
                 "error": cat.error,
             },
             "runtime": {"kind": self.runtime.kind, "error": self.state.runtime_error},
+            "reconcile": {"error": self.state.reconcile_error},
             "instances": [{**i.to_dict(), "ready": i.id in self.state.ready} for i in self.state.instances],
             "failing_models": {
                 m: {"failures": h.failures, "error": h.last_error, "retry_at": h.next_try}

@@ -24,7 +24,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-NODE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$")  # one DNS label: no dots (DESIGN, mDNS)
+NODE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,62}")  # one DNS label: no dots (DESIGN, mDNS)
 
 
 @dataclass(frozen=True)
@@ -47,6 +47,15 @@ class Settings:
     reconcile_interval_s: float = 2.0
     catalogue_poll_s: float = 2.0
     max_body_mb: float = 8.0
+    header_timeout_s: float = 10.0
+    body_timeout_s: float = 30.0
+    max_concurrency: int = 256
+    max_connections_per_address: int = 64
+    max_header_kb: int = 16
+    max_clients_per_address: int = 8
+    client_rtt_ttl_s: float = 3600.0
+    client_rtt_rows: int = 50_000
+    api_docs: bool = False
     request_log_rows: int = 100_000
     instance_ready_timeout_s: float = 60.0
     discovery: bool = True
@@ -63,6 +72,9 @@ class Settings:
     placement_mode: str = "1"
     placement_method: str = "ipopt"
     request_window_s: float = 600.0
+    metrics: bool = True
+    metrics_token: str = ""
+    log_format: str = "text"
 
     def __post_init__(self) -> None:
         if not self.node_id:
@@ -110,7 +122,7 @@ def _host_for_url(host: str) -> str:
 
 
 def validate(s: Settings) -> None:
-    if not NODE_ID.match(s.node_id):
+    if not NODE_ID.fullmatch(s.node_id):
         raise ConfigError("node_id", f"{s.node_id!r} must be one DNS label: letters, digits, '-', '_'")
     if not 0 < s.port < 65536:
         raise ConfigError("port", f"{s.port} is not a TCP port")
@@ -141,8 +153,19 @@ def validate(s: Settings) -> None:
     for seed in s.seed_urls:
         if not seed.startswith(("http://", "https://")):
             raise ConfigError("seeds", f"{seed!r} is not an http(s) URL of an agent")
+    _validate_http_bounds(s)
+    if s.log_format not in ("text", "json"):
+        raise ConfigError("log_format", f"{s.log_format!r}: choose text or json")
     if s.cluster_token and len(s.cluster_token) < 16:
         raise ConfigError("cluster_token", "must be at least 16 characters")
+
+
+def _validate_http_bounds(s: Settings) -> None:
+    """The HTTP surface's bounds (agent/http_limits.py, agent/client_ids.py) must all be positive."""
+    for name in ("header_timeout_s", "body_timeout_s", "client_rtt_ttl_s", "max_concurrency", "max_header_kb",
+                 "max_connections_per_address", "max_clients_per_address", "client_rtt_rows"):  # fmt: skip
+        if getattr(s, name) <= 0:
+            raise ConfigError(name, "must be positive")
 
 
 def _coerce(name: str, kind: Any, raw: Any) -> Any:

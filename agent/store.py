@@ -1,7 +1,9 @@
 """Persistent state in SQLite under the data directory: desired set, fencing term, request statistics.
 
-Survives a power cut (WAL journal): after a restart the agent restores its last desired set and the
-highest leader term it has seen, and the leader's cursors into the request log stay valid.
+Survives a power cut (WAL journal): after a restart the agent restores its last desired set, the
+highest leader term it has seen (and the leader it accepted for it), and the election's term and vote
+(written with a synced commit before any election message leaves); the leader's cursors into the
+request log stay valid.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ CREATE TABLE IF NOT EXISTS client_rtt (
     client TEXT NOT NULL, node TEXT NOT NULL, rtt_ms REAL NOT NULL, ts REAL NOT NULL,
     PRIMARY KEY (client, node)
 );
+CREATE INDEX IF NOT EXISTS client_rtt_ts ON client_rtt(ts);
 """
 
 
@@ -70,16 +73,25 @@ class RequestRecord:
 class Store:
     """A small synchronous SQLite store; every method is one short transaction, thread-safe."""
 
-    def __init__(self, data_dir: Path, max_request_rows: int = 100_000) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        max_request_rows: int = 100_000,
+        client_rtt_ttl_s: float = 3600.0,
+        client_rtt_rows: int = 50_000,
+    ) -> None:
         data_dir.mkdir(parents=True, exist_ok=True)
         self.path = data_dir / "peerserve.sqlite3"
         self.max_request_rows = max_request_rows
+        self.client_rtt_ttl_s = client_rtt_ttl_s
+        self.client_rtt_rows = client_rtt_rows
         self._lock = threading.Lock()
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(SCHEMA)
         self._inserted = 0
+        self._rtt_upserts = 0
         self._pending: list[tuple[float, str, str, dict[str, float], str | None, float | None, int]] = []
 
     @contextlib.contextmanager
@@ -112,12 +124,38 @@ class Store:
         with self._lock:
             return int(self._get("highest_term") or 0)
 
-    def observe_term(self, term: int) -> int:
-        """Record a term seen from a leader; returns the highest term now known."""
+    def observe_term(self, term: int, leader: str | None = None) -> int:
+        """Record a term seen (and the leader accepted for it, if known); returns the highest term now known."""
+        with self._lock, self._transaction():
+            highest = int(self._get("highest_term") or 0)
+            if term > highest:
+                self._set("highest_term", str(term))
+                self._set("term_leader", leader or "")
+            elif term == highest and leader and not self._get("term_leader"):
+                self._set("term_leader", leader)
+            return max(term, highest)
+
+    def term_leader(self) -> str | None:
+        """The leader accepted for the highest term seen (None while none is known)."""
         with self._lock:
-            highest = max(term, int(self._get("highest_term") or 0))
-            self._set("highest_term", str(highest))
-            return highest
+            return self._get("term_leader") or None
+
+    # -- election hard state -------------------------------------------------------------------------
+    def election_state(self) -> tuple[int, str | None]:
+        """The election's persisted (term, vote): a restarted node starts from exactly this."""
+        with self._lock:
+            return int(self._get("election_term") or 0), self._get("election_vote") or None
+
+    def save_election_state(self, term: int, vote: str | None) -> None:
+        """Make (term, vote) durable before returning (WAL synced on this commit): persist before send."""
+        with self._lock:
+            self._db.execute("PRAGMA synchronous=FULL")
+            try:
+                with self._transaction():
+                    self._set("election_term", str(term))
+                    self._set("election_vote", vote or "")
+            finally:
+                self._db.execute("PRAGMA synchronous=NORMAL")
 
     def desired(self) -> DesiredState:
         with self._lock:
@@ -172,11 +210,16 @@ class Store:
                     "ON CONFLICT(model) DO UPDATE SET requests = requests + 1, last_request = excluded.last_request",
                     [(m, ts) for ts, m, _c, _r, n, _lat, st in pending if n is not None and 200 <= st < 300],
                 )
+                rtt_rows = [(c, node, float(v), ts) for ts, _m, c, r, _n, _lat, _st in pending for node, v in r.items()]
                 self._db.executemany(
                     "INSERT INTO client_rtt(client, node, rtt_ms, ts) VALUES (?,?,?,?) "
                     "ON CONFLICT(client, node) DO UPDATE SET rtt_ms = excluded.rtt_ms, ts = excluded.ts",
-                    [(c, node, float(v), ts) for ts, _m, c, r, _n, _lat, _st in pending for node, v in r.items()],
+                    rtt_rows,
                 )
+                self._rtt_upserts += len(rtt_rows)
+                if self._rtt_upserts >= max(1, self.client_rtt_rows // 10):
+                    self._rtt_upserts = 0
+                    self._expire_client_rtts(max(ts for ts, *_ in pending))
                 self._inserted += len(pending)
                 if self._inserted >= 1000:
                     self._inserted = 0
@@ -216,8 +259,30 @@ class Store:
             for m, p, n, last in rows
         }
 
-    def client_rtts(self, client: str) -> dict[str, float]:
+    def client_rtts(self, client: str, now: float) -> dict[str, float]:
+        """The client's last reported RTT per node, reports older than ``client_rtt_ttl_s`` left out."""
         self.flush()
         with self._lock:
-            rows = self._db.execute("SELECT node, rtt_ms FROM client_rtt WHERE client = ?", (client,)).fetchall()
+            rows = self._db.execute(
+                "SELECT node, rtt_ms FROM client_rtt WHERE client = ? AND ts > ?",
+                (client, now - self.client_rtt_ttl_s),
+            ).fetchall()
         return {n: float(r) for n, r in rows}
+
+    def expire_client_rtts(self, now: float) -> int:
+        """Drop RTT reports older than the TTL, then the oldest past ``client_rtt_rows``; returns rows dropped."""
+        self.flush()
+        with self._lock, self._transaction():
+            return self._expire_client_rtts(now)
+
+    def client_rtt_count(self) -> int:
+        with self._lock:
+            return int(self._db.execute("SELECT COUNT(*) FROM client_rtt").fetchone()[0])
+
+    def _expire_client_rtts(self, now: float) -> int:
+        old = self._db.execute("DELETE FROM client_rtt WHERE ts <= ?", (now - self.client_rtt_ttl_s,)).rowcount
+        over = self._db.execute(
+            "DELETE FROM client_rtt WHERE rowid IN (SELECT rowid FROM client_rtt ORDER BY ts DESC LIMIT -1 OFFSET ?)",
+            (self.client_rtt_rows,),
+        ).rowcount
+        return int(old) + int(over)

@@ -14,6 +14,9 @@ Algorithm: leases with terms and votes over the *discovered* members (see docs/e
 * Two leaders that hear each other (after a partition heals) resolve at once: the higher term wins; on
   equal terms the higher priority wins and takes a new term, so the loser's commands are fenced (agents
   reject a term lower than the highest they have seen).
+* Persist before you send: whenever the term or this node's vote in it changes, ``step`` returns a
+  ``Persist(term, vote)`` first; the shell must make it durable (fsync) before it carries out any later
+  action, and a restarted node is built from exactly what was persisted (``Election(term=, vote=)``).
 """
 
 from __future__ import annotations
@@ -91,8 +94,19 @@ class Broadcast:
 
 
 @dataclass(frozen=True)
-class BecameLeader:
+class Persist:
+    """Make (term, vote) durable (fsync) before carrying out any action that follows it."""
+
     term: int
+    vote: str | None
+
+
+@dataclass(frozen=True)
+class BecameLeader:
+    """This node leads ``term``; ``voters`` granted it (itself alone when it moved to a new term)."""
+
+    term: int
+    voters: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -101,7 +115,7 @@ class BecameFollower:
     leader: str | None
 
 
-Action = Send | Broadcast | BecameLeader | BecameFollower
+Action = Persist | Send | Broadcast | BecameLeader | BecameFollower
 
 
 @dataclass(frozen=True)
@@ -126,15 +140,19 @@ class _Candidacy:
 class Election:
     """One node's election state. ``step(event)`` returns the actions to carry out."""
 
-    def __init__(self, node_id: str, priority: Priority, config: ElectionConfig, now: float, term: int = 0) -> None:
+    def __init__(
+        self, node_id: str, priority: Priority, config: ElectionConfig, now: float, term: int = 0,
+        vote: str | None = None,
+    ) -> None:  # fmt: skip
         self.node_id = node_id
         self.priority = priority
         self.config = config
         self.term = term
+        self.vote = vote  # whom this node voted for in ``term`` (only the current term's vote matters)
+        self._persisted = (term, vote)
         self.role = Role.FOLLOWER
         self.leader: str | None = None
         self.lease_until = now + config.election_timeout_s  # listen before standing
-        self.voted: dict[int, str] = {}
         self.alive: dict[str, Priority] = {node_id: priority}
         self._candidacy: _Candidacy | None = None
         self._last_announce = -1e18
@@ -152,6 +170,20 @@ class Election:
 
     # -- the step function -----------------------------------------------------------------------
     def step(self, event: Event) -> list[Action]:
+        """Feed one event; returns the actions, a ``Persist`` first whenever term or vote changed."""
+        actions = self._step(event)
+        if (self.term, self.vote) != self._persisted:
+            self._persisted = (self.term, self.vote)
+            return [Persist(self.term, self.vote), *actions]
+        return actions
+
+    def _set_term(self, term: int) -> None:
+        """Move to a higher term: the vote belongs to the old one."""
+        if term > self.term:
+            self.term = term
+            self.vote = None
+
+    def _step(self, event: Event) -> list[Action]:
         if isinstance(event, Tick):
             self.alive = {**event.alive, self.node_id: self.priority}
             return self._tick(event.now)
@@ -206,9 +238,9 @@ class Election:
         return ranked[-1][1] if ranked else None
 
     def _stand(self, now: float) -> list[Action]:
-        self.term += 1
+        self._set_term(self.term + 1)
         self.role = Role.CANDIDATE
-        self.voted[self.term] = self.node_id
+        self.vote = self.node_id
         electorate = frozenset(self.alive)
         self._candidacy = _Candidacy(self.term, now, now, {self.node_id}, electorate)
         if self._has_majority():
@@ -220,19 +252,22 @@ class Election:
         return c is not None and len(c.granted & c.electorate) * 2 > len(c.electorate)
 
     def _win(self, now: float) -> list[Action]:
+        assert self._candidacy is not None
+        voters = frozenset(self._candidacy.granted)
         self.role = Role.LEADER
         self.leader = self.node_id
         self._candidacy = None
         self._waiting_since = None
         self._skipped.clear()
         self._last_announce = now
-        return [BecameLeader(self.term), Broadcast(Announce(self.term, self.node_id, self.priority))]
+        return [BecameLeader(self.term, voters), Broadcast(Announce(self.term, self.node_id, self.priority))]
 
     def _jump(self, now: float, term: int) -> list[Action]:
         """Stay leader under a new, higher term (announced at once); fences commands of older terms."""
-        self.term = term
+        self._set_term(term)
+        self.vote = self.node_id  # our one vote in the new term is spent on ourselves
         self._last_announce = now
-        return [BecameLeader(term), Broadcast(Announce(term, self.node_id, self.priority))]
+        return [BecameLeader(term, frozenset({self.node_id})), Broadcast(Announce(term, self.node_id, self.priority))]
 
     def _follow(self, now: float, leader: str | None) -> list[Action]:
         was = (self.role, self.leader)
@@ -262,8 +297,7 @@ class Election:
             return [Send(m.leader, Vote(self.term, self.node_id, False, self.leader))]
         if self.role is Role.LEADER and m.term == self.term and self.priority > m.priority:
             return self._jump(now, self.term + 1)  # we win the tie: a new term fences the rival's commands
-        if m.term > self.term:
-            self.term = m.term
+        self._set_term(m.term)
         actions = self._follow(now, m.leader)
         self.lease_until = now + self.config.election_timeout_s
         return actions
@@ -280,12 +314,12 @@ class Election:
             return [Send(m.candidate, Vote(m.term, self.node_id, False, self.leader))]
         actions: list[Action] = []
         if m.term > self.term:
-            self.term = m.term
+            self._set_term(m.term)
             if self.role is Role.CANDIDATE:
                 actions += self._follow(now, None)
-        granted = self.voted.get(m.term) in (None, m.candidate)
+        granted = self.vote in (None, m.candidate)
         if granted:
-            self.voted[m.term] = m.candidate
+            self.vote = m.candidate
             self._waiting_since = now  # give the candidate a full timeout before standing ourselves
         return [*actions, Send(m.candidate, Vote(m.term, self.node_id, granted, self.leader))]
 
@@ -296,11 +330,11 @@ class Election:
             if m.leader is None:  # a node with a term at or past ours but no leader: move past it
                 return self._jump(now, m.term + 1)
             if m.term > self.term:  # it follows another live leader at a newer term: stand down
-                self.term = m.term
+                self._set_term(m.term)
                 return self._follow(now, None)
             return []  # another leader at our term: the announce exchange settles it
         if m.term > self.term and not m.granted:
-            self.term = m.term
+            self._set_term(m.term)
             return self._follow(now, None)
         c = self._candidacy
         if self.role is not Role.CANDIDATE or c is None or m.term != c.term:

@@ -32,13 +32,14 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
     from agent import cli as agent_cli
     from client import cli as client_cli
-    from peerserve import demo
+    from peerserve import chaos, demo
     from solver import cli as solver_cli
 
     agent_cli.register(commands)
     client_cli.register(commands)
     solver_cli.register(commands)
     demo.register(commands)
+    chaos.register(commands)
     return parser
 
 

@@ -2,9 +2,11 @@
 # Install everything peerserve needs on a Debian/Ubuntu machine, as root, into a virtual environment
 # (default .venv in the repository; PEERSERVE_VENV overrides). Idempotent: a second run changes nothing.
 #   apt: python3, venv, headers, and what scripts/install-solver.sh needs
-#   pip: peerserve (editable) with the solver, agent and dev extras
+#   pip: peerserve (editable) with the solver, agent, serving and dev extras; Triton's server binary from
+#        the nvidia-pytriton wheel (--no-deps: only its tritonserver is used); the digits model's weights
 #   --test: also what the test suite's real parts need: Docker Engine (docker.io), mmdebstrap (local
-#           images without a registry), iproute2 (network namespaces)
+#           images without a registry), iproute2 (network namespaces), prometheus (scraped in the
+#           cluster tier), chromium + chromium-driver (the cluster page in a real browser)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 venv=${PEERSERVE_VENV:-.venv}
@@ -12,7 +14,7 @@ test_deps=0
 for arg in "$@"; do
   case "$arg" in
     --test) test_deps=1 ;;
-    -h|--help) sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "bootstrap.sh: unknown option $arg" >&2; exit 2 ;;
   esac
 done
@@ -31,6 +33,12 @@ if [ "$test_deps" = 1 ]; then
   command -v avahi-browse >/dev/null || need_apt+=(avahi-utils)
   command -v dbus-daemon >/dev/null || need_apt+=(dbus)
   command -v shellcheck >/dev/null || need_apt+=(shellcheck)
+  command -v prometheus >/dev/null || need_apt+=(prometheus)
+  command -v chromium >/dev/null || need_apt+=(chromium)
+  command -v chromedriver >/dev/null || need_apt+=(chromium-driver)
+  # Triton's Python-backend stub links the system's libpython of the same minor version
+  pyver=$(python3 -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')
+  ldconfig -p | grep -q "libpython$pyver.so.1.0" || need_apt+=("libpython$pyver")
 fi
 # The tests start private daemons (dockerd, avahi) of their own; the packages' system services must not
 # start on install (they would listen on every interface of this machine).
@@ -50,6 +58,11 @@ if [ ! -x "$venv/bin/python" ]; then
   python3 -m venv "$venv"
 fi
 venv=$(cd "$venv" && pwd)
-quiet_pip "$venv/bin/python" -m pip install -q -e ".[solver,agent,dev]"
+quiet_pip "$venv/bin/python" -m pip install -q -e ".[solver,agent,dev,serving]"
+quiet_pip "$venv/bin/python" -m pip install -q --no-deps "nvidia-pytriton==0.7.0"
+# Triton 2.51's Python backend stub needs numpy 1.x (agent/runtime/triton.py); kept apart from the venv's
+[ -d "$venv/lib/peerserve-triton-site/numpy" ] ||
+  quiet_pip "$venv/bin/python" -m pip install -q --target "$venv/lib/peerserve-triton-site" "numpy<2"
+"$venv/bin/python" -m agent.digits build
 quiet_pip bash scripts/install-solver.sh --python "$venv/bin/python"
 echo "bootstrap: ready ($venv/bin/peerserve)"

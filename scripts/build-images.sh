@@ -25,6 +25,9 @@ if ! docker image inspect "$base" >/dev/null 2>&1; then
   echo "build-images: importing $base"
   docker import --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' "$rootfs" "$base" >/dev/null
 fi
+if [ ! -f agent/data/models/digits.json ]; then
+  "${PEERSERVE_VENV:-.venv}/bin/python" -m agent.digits build  # the stand-in image carries the digits weights
+fi
 echo "build-images: building peerserve/modelserver:latest"
 docker build -q --build-arg "BASE=$base" -f images/modelserver/Dockerfile -t peerserve/modelserver:latest . >/dev/null
 echo "build-images: done"

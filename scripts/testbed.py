@@ -6,8 +6,10 @@ Layout (SUBNET 10.213.10.0/24, blackholed in the host namespace before anything 
     ps<tag>n<i>: node i, eth0 = 10.213.10.<10+i>, multicast route 224.0.0.0/4 via eth0
     ps<tag>c   : a client host, eth0 = 10.213.10.250; tests send their HTTP from here (setns in a thread)
 
-Faults: kill (-9), stop (SIGTERM), partition(groups) moves hosts' bridge ports to br1, heal() moves them
-back; link_down/link_up cut one host. teardown() ends only the processes it started (by PID), deletes the
+Faults: kill (-9), stop (SIGTERM), pause/resume (SIGSTOP/SIGCONT), power_cut() (every agent and model
+server SIGKILLed at once; restart(i) brings one back on its data), partition(groups) moves hosts' bridge
+ports to br1, heal() moves them back; link_down/link_up cut one host.
+teardown() ends only the processes it started (by PID), deletes the
 namespaces it created and the blackhole route, even after a failed test.
 
     python -m scripts.testbed up 3      # bring up 3 hosts with agents and print their URLs; Ctrl-C tears down
@@ -196,6 +198,34 @@ class TestBed:
                 proc.wait()
 
     # -- faults --------------------------------------------------------------------------------------
+    def pause(self, i: int) -> None:
+        """SIGSTOP agent i: a frozen board or a long GC pause (its model servers keep running)."""
+        proc = self.hosts[i].proc
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(signal.SIGSTOP)
+
+    def resume(self, i: int) -> None:
+        proc = self.hosts[i].proc
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(signal.SIGCONT)
+
+    def power_cut(self) -> None:
+        """Every board loses power at once: agents and their model servers die by SIGKILL."""
+        for host in self.hosts:
+            proc = host.proc
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+            for pid in recorded_server_pids(host.data_dir):
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGKILL)
+        for host in self.hosts:
+            if host.proc is not None:
+                host.proc.wait()
+
+    def restart(self, i: int) -> Host:
+        """Start agent i again with the arguments and data directory it had (after kill or power cut)."""
+        return self.start(i, *self.hosts[i].args)
+
     def partition(self, *groups: list[int]) -> None:
         """Hosts in the first group stay on br0 with the client; every other listed host moves to br1."""
         for group in groups[1:]:

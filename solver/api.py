@@ -16,7 +16,7 @@ from solver.plan import Action, Plan, Rejection
 from solver.problem import IntArray, Mode, Problem, build_problem, running_instances
 from solver.snapshot import Snapshot
 
-METHODS = ("ipopt", "ipopt-nl", "milp", "iterative", "nearest", "least-loaded")
+METHODS = ("ipopt", "ipopt-pyomo", "ipopt-nl", "milp", "iterative", "nearest", "least-loaded")
 
 Placement = tuple[IntArray, IntArray, list[str]]
 
@@ -53,7 +53,7 @@ def _solve_in_mode(snapshot: Snapshot, method: str, mode: Mode, policy: Eviction
     details: dict[str, Any] = {"classes": problem.n_classes}
     lower_bound: float | None = None
     status = "heuristic"
-    if method in ("ipopt", "ipopt-nl"):
+    if method in ("ipopt", "ipopt-pyomo", "ipopt-nl"):
         from solver.relaxation import solve_relaxation
         from solver.rounding import round_and_repair
 
@@ -62,6 +62,8 @@ def _solve_in_mode(snapshot: Snapshot, method: str, mode: Mode, policy: Eviction
         status = relax.status
         lower_bound = relax.objective
         details.update(iterations=relax.iterations, pricing_rounds=relax.pricing_rounds, columns=relax.columns)
+        if relax.rows is not None:
+            details["rows"] = relax.rows
     elif method == "milp":
         from solver.milp import solve_milp
 
@@ -94,13 +96,12 @@ def _make_plan(
     rejections: list[Rejection] = []
     if any(rejected[c] and not reasons[c] for c in range(p.n_classes)):
         reasons = _explain_rejections(p, counts, rejected, reasons)
+    by_cost = np.argsort(p.cost, axis=1, kind="stable")
     for c, members in enumerate(p.class_members):
-        queue = list(members)
-        for j in np.argsort(p.cost[c], kind="stable"):
-            for _ in range(int(counts[c, j])):
-                assignments[queue.pop(0)] = p.node_ids[int(j)]
-        for i in queue:
-            rejections.append(Rejection(i, reasons[c]))
+        nodes = np.repeat(by_cost[c], counts[c, by_cost[c]]).tolist()
+        for i, j in zip(members, nodes, strict=False):
+            assignments[i] = p.node_ids[j]
+        rejections += [Rejection(i, reasons[c]) for i in members[len(nodes) :]]
     placed = placed_per_node_model(p, counts)
     broken = violations(p, placed)
     target = np.maximum(p.free, placed) if p.mode is Mode.MODE1 else placed

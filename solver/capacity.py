@@ -61,10 +61,8 @@ class Ledger:
 
 def placed_per_node_model(problem: Problem, counts: IntArray) -> IntArray:
     """[j, k] requests placed, from per-class counts [c, j]."""
-    out: IntArray = np.zeros_like(problem.free)
-    for c in range(problem.n_classes):
-        out[:, problem.class_model[c]] += counts[c]
-    return out
+    onehot = np.eye(len(problem.model_names), dtype=np.int64)[problem.class_model]
+    return np.asarray(counts.T @ onehot, dtype=np.int64).reshape(problem.free.shape)
 
 
 def violations(problem: Problem, placed: IntArray) -> list[str]:

@@ -20,7 +20,7 @@ from typing import Any
 
 import pyomo.environ as pyo
 
-from solver.problem import Problem
+from solver.problem import Problem, rejection_penalty
 
 
 @dataclass
@@ -32,12 +32,6 @@ class Formulation:
     penalty: float
     linked: list[tuple[int, int]]  # (node, model) per `new` variable, in its index order
     n_nodes: int
-
-
-def rejection_penalty(problem: Problem) -> float:
-    """A per-request rejection cost larger than any complete placement costs."""
-    worst = float(problem.cost.max()) if problem.cost.size else 1.0
-    return max(1.0, worst) * (problem.n_requests + 1)
 
 
 def build_model(problem: Problem, columns: Sequence[tuple[int, int]], integer: bool) -> Formulation:

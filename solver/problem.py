@@ -15,8 +15,10 @@ and ``comp[k]`` of node j's budgets. With ``free = 0`` this is exactly the thesi
 
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass
 from enum import Enum
+from itertools import chain
 
 import numpy as np
 import numpy.typing as npt
@@ -82,19 +84,7 @@ def build_problem(snapshot: Snapshot, mode: Mode, current: IntArray | None = Non
     comp = np.array([m.compute for m in snapshot.models], dtype=np.float64)
     running = current if current is not None else running_instances(snapshot)
 
-    groups: dict[tuple[object, ...], list[int]] = {}
-    rows: list[list[float]] = []
-    for i, r in enumerate(snapshot.requests):
-        row = [r.rtt_ms[j] + r.exec_ms[j] for j in node_ids]
-        key = (r.model, *row) if aggregate else (i,)
-        if key not in groups:
-            groups[key] = []
-            rows.append(row)
-        groups[key].append(i)
-    members = tuple(tuple(v) for v in groups.values())
-    class_model = np.array([model_index[snapshot.requests[m[0]].model] for m in members], dtype=np.int64)
-    class_count = np.array([len(m) for m in members], dtype=np.int64)
-    cost = np.array(rows, dtype=np.float64).reshape(len(members), len(node_ids))
+    members, class_model, class_count, cost = _classes(snapshot, node_ids, model_index, aggregate)
 
     if mode is Mode.MODE1:
         free = running.copy()
@@ -122,6 +112,41 @@ def build_problem(snapshot: Snapshot, mode: Mode, current: IntArray | None = Non
         comp_budget=comp_budget.astype(np.float64),
         current=running,
     )
+
+
+def _classes(
+    snapshot: Snapshot, node_ids: tuple[str, ...], model_index: dict[str, int], aggregate: bool
+) -> tuple[tuple[tuple[int, ...], ...], IntArray, IntArray, FloatArray]:
+    """Request classes in order of first appearance: members, model, count and cost row [c, j]."""
+    n = len(snapshot.requests)
+    pick = operator.itemgetter(*node_ids)
+    if n == 0 or not node_ids:
+        return (), np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64), np.zeros((0, len(node_ids)))
+    size = n * len(node_ids)
+    if len(node_ids) == 1:
+        rtt = np.fromiter((pick(r.rtt_ms) for r in snapshot.requests), np.float64, count=n)
+        exe = np.fromiter((pick(r.exec_ms) for r in snapshot.requests), np.float64, count=n)
+    else:
+        rtt = np.fromiter(chain.from_iterable(pick(r.rtt_ms) for r in snapshot.requests), np.float64, count=size)
+        exe = np.fromiter(chain.from_iterable(pick(r.exec_ms) for r in snapshot.requests), np.float64, count=size)
+    cost_rows = (rtt + exe).reshape(n, len(node_ids))
+    models = np.array([model_index[r.model] for r in snapshot.requests], dtype=np.int64)
+    if not aggregate:
+        return tuple((i,) for i in range(n)), models, np.ones(n, dtype=np.int64), cost_rows
+    keyed = np.concatenate([models[:, None].astype(np.float64), cost_rows + 0.0], axis=1)  # + 0.0: no -0.0
+    label_of: dict[bytes, int] = {}
+    label = np.array([label_of.setdefault(row.tobytes(), len(label_of)) for row in keyed], dtype=np.int64)
+    by_class = np.argsort(label, kind="stable")
+    count = np.bincount(label)
+    members = tuple(tuple(g.tolist()) for g in np.split(by_class, np.cumsum(count)[:-1]))
+    starts = by_class[np.concatenate([[0], np.cumsum(count)[:-1]])]
+    return members, models[starts], count.astype(np.int64), cost_rows[starts]
+
+
+def rejection_penalty(problem: Problem) -> float:
+    """A per-request rejection cost larger than any complete placement costs (the model's P)."""
+    worst = float(problem.cost.max()) if problem.cost.size else 1.0
+    return max(1.0, worst) * (problem.n_requests + 1)
 
 
 def running_instances(snapshot: Snapshot) -> IntArray:

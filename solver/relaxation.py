@@ -1,27 +1,30 @@
-"""Solve the LP relaxation of the placement model with Ipopt (cyipopt), with column generation.
+"""Solve the LP relaxation of the placement model with Ipopt (cyipopt).
 
-The Pyomo model (solver.formulation) is compiled in memory by Pyomo's standard-form compiler and handed
-to Ipopt through cyipopt's Problem API (``backend="ipopt"``): no NL file, no AMPL library round trip.
-``backend="ipopt-nl"`` instead goes through Pyomo's own ``SolverFactory("cyipopt")`` (PyNumero + ASL);
-both give the same optimum, the first about 40 ms faster on the thesis's sizes.
+``backend="ipopt"`` (the default) is solver.fastlp: the LP built with numpy, lazy capacity rows, class
+fixing and priced columns, given to cyipopt directly. The other two backends solve the Pyomo model
+(solver.formulation, the reference definition): ``ipopt-pyomo`` compiles it in memory with Pyomo's
+standard-form compiler and hands it to cyipopt's Problem API; ``ipopt-nl`` goes through Pyomo's own
+``SolverFactory("cyipopt")`` (PyNumero + ASL). All three reach the same optimum.
 
-Large instances start from each class's ``CANDIDATES`` cheapest nodes; the left-out columns are then
-priced with the LP duals (reduced cost = cost + dual of the class's assignment row + capacity duals) and
-any column with negative reduced cost is added and the LP solved again, so the restricted optimum is
-the full optimum.
+For ``ipopt-pyomo``, large instances start from each class's ``CANDIDATES`` cheapest nodes; the left-out
+columns are then priced with the LP duals (reduced cost = cost + dual of the class's assignment row +
+capacity duals) and any column with negative reduced cost is added and the LP solved again, so the
+restricted optimum is the full optimum.
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from solver.errors import SolverError, SolverUnavailableError
-from solver.formulation import Formulation, build_model
 from solver.problem import FloatArray, Problem
+
+if TYPE_CHECKING:
+    from solver.formulation import Formulation
 
 log = logging.getLogger(__name__)
 
@@ -56,20 +59,34 @@ class Relaxation:
     iterations: int
     pricing_rounds: int
     columns: int
+    value: float  # the LP's objective, rejection penalty included
+    rows: int | None = None  # constraint rows of the last LP solved (fast path)
 
 
 def solve_relaxation(problem: Problem, backend: str = "ipopt") -> Relaxation:
-    """The LP optimum over all (class, node) columns, by Ipopt."""
+    """The LP optimum over all (class, node) columns, by Ipopt.
+
+    ``ipopt``: the numpy-built LP with lazy rows and columns (solver.fastlp); ``ipopt-pyomo``: the Pyomo
+    model compiled to standard form; ``ipopt-nl``: the Pyomo model through Pyomo's own cyipopt interface.
+    """
     p = problem
     if p.n_classes == 0:
-        return Relaxation(np.zeros((0, p.n_nodes)), 0.0, "optimal", 0, 0, 0)
+        return Relaxation(np.zeros((0, p.n_nodes)), 0.0, "optimal", 0, 0, 0, 0.0)
+    if backend == "ipopt":
+        from solver.fastlp import solve_lp
+
+        lp = solve_lp(p)
+        objective = float((lp.y * p.cost).sum())
+        return Relaxation(lp.y, objective, lp.status, lp.iterations, lp.rounds, lp.columns, lp.value, lp.rows)
+    from solver.formulation import build_model  # Pyomo: only for the reference-model backends
+
     columns = _initial_columns(p)
     rounds = 0
     while True:
         form = build_model(p, sorted(columns), integer=False)
         if backend == "ipopt-nl":
             values, duals, status, iters = _solve_nl(form)
-        elif backend == "ipopt":
+        elif backend == "ipopt-pyomo":
             values, duals, status, iters = _solve_direct(form)
         else:
             raise ValueError(f"unknown Ipopt backend {backend!r}")
@@ -85,7 +102,8 @@ def solve_relaxation(problem: Problem, backend: str = "ipopt") -> Relaxation:
     for i, (c, j) in enumerate(form.columns):
         y[c, j] = values[i]
     objective = float((y * p.cost).sum())
-    return Relaxation(y, objective, status, iters, rounds, len(form.columns))
+    value = objective + form.penalty * (p.class_count.sum() - y.sum())
+    return Relaxation(y, objective, status, iters, rounds, len(form.columns), value, None)
 
 
 def _initial_columns(p: Problem) -> set[tuple[int, int]]:
@@ -186,7 +204,7 @@ def _solve_direct(form: Formulation) -> tuple[FloatArray, dict[str, Any] | None,
         nlp.add_option(key, value)
     x0 = np.clip(np.minimum(ub, 1.0) / 2, lb, ub)
     x, info = nlp.solve(x0)
-    status = _ipopt_status(int(info["status"]))
+    status = ipopt_status(int(info["status"]))
     position = {id(v): i for i, v in enumerate(sf.columns)}
     values = np.array(
         [x[position[id(form.model.y[i])]] if id(form.model.y[i]) in position else 0.0 for i in range(len(form.columns))]
@@ -225,7 +243,8 @@ def _solve_nl(form: Formulation) -> tuple[FloatArray, dict[str, Any] | None, str
     return values, None, status, 0
 
 
-def _ipopt_status(code: int) -> str:
+def ipopt_status(code: int) -> str:
+    """Ipopt's return code as a plan status; raises SolverError on a failure."""
     if code in (0, 1):
         return "optimal"
     if code == 2:

@@ -44,13 +44,15 @@ def round_and_repair(problem: Problem, y: FloatArray) -> tuple[IntArray, IntArra
     rejected: IntArray = np.zeros(p.n_classes, dtype=np.int64)
     reasons = [""] * p.n_classes
     residual = y - counts
-    order = np.argsort(-residual.max(axis=1), kind="stable")
-    for c in order:
-        _place_remaining(p, ledger, counts, rejected, reasons, int(c), residual[c])
-    _improve(p, ledger, counts)
+    cheapest = np.argsort(p.cost, axis=1, kind="stable")
+    missing = p.class_count - counts.sum(axis=1)
+    order = np.argsort(-residual.max(axis=1, initial=0.0), kind="stable")
+    for c in order[missing[order] > 0].tolist():
+        _place_remaining(p, ledger, counts, rejected, reasons, c, residual[c], cheapest[c])
+    _improve(p, ledger, counts, cheapest)
     for c in np.nonzero(rejected)[0].tolist():
         rejected[c] = 0
-        _place_remaining(p, ledger, counts, rejected, reasons, c, np.zeros(p.n_nodes))
+        _place_remaining(p, ledger, counts, rejected, reasons, c, np.zeros(p.n_nodes), cheapest[c])
     for c in np.nonzero(rejected)[0].tolist():
         while rejected[c] > 0 and _place_by_ejection(p, ledger, counts, c):
             rejected[c] -= 1
@@ -65,7 +67,7 @@ def improve_placement(problem: Problem, counts: IntArray) -> IntArray:
             for _ in range(int(counts[c, j])):
                 ledger.add(j, int(problem.class_model[c]))
     out = counts.copy()
-    _improve(problem, ledger, out)
+    _improve(problem, ledger, out, np.argsort(problem.cost, axis=1, kind="stable"))
     return out
 
 
@@ -84,11 +86,13 @@ def _place_remaining(
     reasons: list[str],
     c: int,
     residual: FloatArray,
+    by_cost: IntArray,
 ) -> None:
     k = int(p.class_model[c])
     cost = p.cost[c]
-    preferred = [int(j) for j in np.lexsort((cost, -residual)) if residual[j] > EPS]
-    cheapest = [int(j) for j in np.argsort(cost, kind="stable")]
+    some = np.nonzero(residual > EPS)[0]
+    preferred = some[np.lexsort((cost[some], -residual[some]))].tolist()
+    cheapest = by_cost.tolist()
     missing = int(p.class_count[c] - counts[c].sum() - rejected[c])
     for _ in range(missing):
         j = ledger.best_fitting_node(k, preferred)
@@ -105,8 +109,7 @@ def _place_remaining(
             preferred = [x for x in preferred if residual[x] > EPS]
 
 
-def _improve(p: Problem, ledger: Ledger, counts: IntArray) -> None:
-    order = [np.argsort(p.cost[c], kind="stable") for c in range(p.n_classes)]
+def _improve(p: Problem, ledger: Ledger, counts: IntArray, order: IntArray) -> None:
     for _ in range(MAX_IMPROVE_PASSES):
         moved = False
         for c in range(p.n_classes):

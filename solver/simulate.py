@@ -134,11 +134,10 @@ def sweep_size(vary: str, seeds: int, methods: tuple[str, ...] = METHODS) -> int
     return len(SWEEPS[vary]) * seeds * len(methods)
 
 
-def warm_up() -> None:
-    """Import and initialise every solver once, so the sweep's timings exclude imports."""
-    snapshot = thesis_instance(5, 3, 0)
-    for method in METHODS:
-        run_method(snapshot, method)
+def warm_up() -> dict[str, float]:
+    """Import and initialise every solver once, so the sweep's timings exclude imports; ms per method."""
+    snapshot = thesis_instance(DEFAULT_REQUESTS, DEFAULT_NODES, 0)
+    return {method: run_method(snapshot, method)[1] for method in METHODS}
 
 
 def summarise(points: list[Point]) -> list[dict[str, Any]]:

@@ -21,6 +21,7 @@ class Instance:
     term: int
     started_at: float
     detail: str = ""
+    mem_mb: float | None = None  # measured resident memory of the server (its process tree), if known
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -31,6 +32,7 @@ class Instance:
             "term": self.term,
             "started_at": self.started_at,
             "detail": self.detail,
+            "mem_mb": self.mem_mb,
         }
 
 
@@ -56,9 +58,16 @@ class Runtime(Protocol):
         ...
 
 
-async def probe_available(client: httpx.AsyncClient, url: str, model: str, timeout: float = 2.0) -> bool:
-    """Whether TF-Serving at ``url`` reports a version of ``model`` AVAILABLE."""
+async def probe_available(
+    client: httpx.AsyncClient, url: str, model: str, timeout: float = 2.0, server: str = "tfserving"
+) -> bool:
+    """Whether the server at ``url`` can serve ``model``: TF-Serving reports a version AVAILABLE, or
+    Triton answers 200 to ``/v2/health/ready`` and ``/v2/models/{model}/ready``."""
     try:
+        if server == "triton":
+            ready = await client.get(f"{url}/v2/health/ready", timeout=timeout)
+            model_ready = await client.get(f"{url}/v2/models/{model}/ready", timeout=timeout)
+            return ready.status_code == 200 and model_ready.status_code == 200
         response = await client.get(f"{url}/v1/models/{model}", timeout=timeout)
         if response.status_code != 200:
             return False

@@ -6,7 +6,8 @@
   ``peerserve.term``, a memory limit from the catalogue, ``restart_policy: unless-stopped`` (they
   outlive an agent restart and are adopted by label), ``init`` (fast stops), and the nvidia runtime
   when ``docker_gpu`` is set (Jetson).
-* REST port 8501 is published on the advertised address at a port the Engine picks.
+* REST port 8501 (TF-Serving; 8000 for Triton images, ``server = "triton"``) is published on the
+  advertised address at a port the Engine picks.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ log = logging.getLogger(__name__)
 
 LABEL = "peerserve.managed"
 REST_PORT = "8501/tcp"
+TRITON_HTTP_PORT = "8000/tcp"  # NVIDIA's Triton images (server = "triton") answer HTTP on 8000
 T = TypeVar("T")
 
 
@@ -95,9 +97,10 @@ class DockerRuntime:
                 "peerserve.node": self.node_id,
                 "peerserve.model": spec.name,
                 "peerserve.term": str(term),
+                "peerserve.server": spec.server,
             },
             environment=env,
-            ports={REST_PORT: (self.bind_address, None)},
+            ports={TRITON_HTTP_PORT if spec.server == "triton" else REST_PORT: (self.bind_address, None)},
             mem_limit=f"{max(6, int(spec.mem_mb))}m",
             restart_policy={"Name": "unless-stopped"},
             init=True,
@@ -119,7 +122,8 @@ class DockerRuntime:
 
     def _instance(self, container: Any) -> Instance:
         labels = container.labels or {}
-        bindings = (container.attrs.get("NetworkSettings", {}).get("Ports") or {}).get(REST_PORT) or []
+        port = TRITON_HTTP_PORT if labels.get("peerserve.server") == "triton" else REST_PORT
+        bindings = (container.attrs.get("NetworkSettings", {}).get("Ports") or {}).get(port) or []
         url = ""
         if bindings:
             host = bindings[0].get("HostIp") or "127.0.0.1"

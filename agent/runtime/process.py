@@ -1,4 +1,5 @@
-"""ProcessRuntime: model servers as local processes (the stand-in TF-Serving server, agent.modelserver).
+"""ProcessRuntime: model servers as local processes: the stand-in TF-Serving server (agent.modelserver),
+or a real Triton Inference Server for catalogue entries with ``server = "triton"`` (agent/runtime/triton.py).
 
 The embedded default for laptops, the demo and CI. Servers run in their own session, so they outlive
 an agent crash; their pids are kept in ``<data_dir>/process-runtime.json`` and a restarted agent adopts
@@ -90,6 +91,8 @@ class ProcessRuntime:
     async def start(self, spec: ModelSpec, term: int) -> Instance:
         from agent.models import MODELS
 
+        if spec.server == "triton":
+            return await self._start_triton(spec, term)
         if spec.stand_in not in MODELS:
             raise InstanceStartError(f"the process runtime has no stand-in model {spec.stand_in!r}")
         log_path = self.log_dir / f"{spec.name}.log"
@@ -115,9 +118,32 @@ class ProcessRuntime:
         log.info("started %s on port %d (pid %d)", spec.name, port, proc.pid)
         return self._instance(server)
 
+    async def _start_triton(self, spec: ModelSpec, term: int) -> Instance:
+        """Start tritonserver for ``spec``; it loads the model in the background (readiness is probed)."""
+        from agent.runtime import triton
+
+        install = triton.find_triton()
+        base = self.log_dir.parent / "triton"
+        backends = triton.prepare_backend(install, base / "backends")
+        repository = triton.prepare_repository(spec, base / "repos" / spec.name)
+        port = triton.free_port(self.host)
+        log_path = self.log_dir / f"{spec.name}.log"
+        with open(log_path, "ab") as log_file:
+            proc = await asyncio.create_subprocess_exec(
+                *triton.command(install, repository, backends, self.host, port),
+                stdout=log_file, stderr=log_file, stdin=asyncio.subprocess.DEVNULL,
+                env=triton.environment(install), start_new_session=True,
+            )  # fmt: skip
+        server = _Server(f"triton-{spec.name}-{proc.pid}", spec.name, proc.pid, port, term, time.time(), proc)
+        self._servers[server.id] = server
+        self._save()
+        log.info("started tritonserver for %s on port %d (pid %d)", spec.name, port, proc.pid)
+        return self._instance(server)
+
     def _instance(self, s: _Server) -> Instance:
         running = s.process.returncode is None if s.process is not None else _is_our_server(s.pid)
-        return Instance(s.id, s.model, self._url(s.port), running, s.term, s.started_at, f"pid {s.pid}")
+        url = self._url(s.port)
+        return Instance(s.id, s.model, url, running, s.term, s.started_at, f"pid {s.pid}", tree_rss_mb(s.pid))
 
     async def stop(self, instance_id: str) -> None:
         server = self._servers.pop(instance_id, None)
@@ -157,7 +183,25 @@ def _is_our_server(pid: int) -> bool:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return False
-    return b"agent.modelserver" in cmdline
+    return b"agent.modelserver" in cmdline or cmdline.split(b"\0", 1)[0].endswith(b"/tritonserver")
+
+
+def tree_rss_mb(pid: int) -> float | None:
+    """Resident memory of ``pid`` and its descendants (Triton's backend stubs are children), in MiB."""
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return None
+    total = 0
+    for p in procs:
+        try:
+            total += p.memory_info().rss
+        except psutil.Error:
+            continue
+    return round(total / 2**20, 1)
 
 
 async def _terminate(pid: int, proc: asyncio.subprocess.Process | None) -> None:

@@ -184,6 +184,8 @@ def test_control_api_auth_fencing_and_idempotence(agents: Any, tmp_path: Any) ->
     assert a.put_desired(3, {"half_plus_two": 2}).status_code == 200
     assert len(a.wait_ready("half_plus_two", 2)) == 2
     assert a.get("/stats/node").json()["term"] == 3
+    rival = a.put_desired(3, {}, leader="rival")  # a second leader of the same term (a partition's other side)
+    assert rival.status_code == 409 and "already has leader lead" in rival.json()["error"]
 
 
 def test_request_stats_cursor_loses_and_repeats_nothing(agents: Any) -> None:

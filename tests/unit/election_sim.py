@@ -1,4 +1,9 @@
-"""An in-memory network for the election machine: fake clock, message delays, cuts, drops, crashes."""
+"""An in-memory network for the election machine: fake clock, message delays, cuts, drops, crashes.
+
+Each node has a disk: a ``Persist`` action writes (term, vote) there before the node's later actions go
+out, and ``restart`` builds the node from exactly what is on its disk. ``persist=False`` is the test-only
+fault that loses every write, so the checker (``double_votes``) can be shown to catch what follows.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +18,7 @@ from coordinator_election import (
     Election,
     ElectionConfig,
     Message,
+    Persist,
     Priority,
     Received,
     Role,
@@ -34,6 +40,7 @@ class Network:
     memory: dict[str, float] = field(default_factory=dict)
     now: float = 0.0
     tick_s: float = 0.05
+    persist: bool = True  # False: the test-only fault that loses every Persist
 
     def __post_init__(self) -> None:
         self.rng = random.Random(self.seed)
@@ -44,16 +51,18 @@ class Network:
         self.extra_delay = 0.0
         self.queue: list[tuple[float, int, str, str, Message]] = []
         self.counter = itertools.count()
+        self.disk: dict[str, tuple[int, str | None]] = dict.fromkeys(self.ids, (0, None))
         self.nodes = {n: self._new(n) for n in self.ids}
         self.last_heard: dict[str, dict[str, float]] = {n: dict.fromkeys(self.ids, 0.0) for n in self.ids}
         self.leader_log: list[tuple[float, str, int]] = []  # (time, node, term) at each BecameLeader
-        self.votes_by_term: dict[int, list[set[str]]] = {}
+        self.votes_by_term: dict[int, list[tuple[str, frozenset[str]]]] = {}  # term -> (leader, voters)
 
     def priority(self, n: str) -> Priority:
         return (0, self.memory.get(n, 1000.0), n)
 
     def _new(self, n: str) -> Election:
-        return Election(n, self.priority(n), CONFIG, self.now)
+        term, vote = self.disk[n]
+        return Election(n, self.priority(n), CONFIG, self.now, term=term, vote=vote)
 
     # -- faults ----------------------------------------------------------------------------------
     def reachable(self, a: str, b: str) -> bool:
@@ -74,10 +83,17 @@ class Network:
     def crash(self, n: str) -> None:
         self.up.discard(n)
 
-    def restart(self, n: str, term: int | None = None) -> None:
+    def restart(self, n: str) -> None:
+        """Start ``n`` again from exactly what it persisted (memory is lost)."""
         self.up.add(n)
-        old = self.nodes[n]
-        self.nodes[n] = Election(n, self.priority(n), CONFIG, self.now, term=old.term if term is None else term)
+        self.nodes[n] = self._new(n)
+
+    def power_cut(self) -> None:
+        """Every node loses power at once and comes back (from its disk)."""
+        for n in self.ids:
+            self.crash(n)
+        for n in self.ids:
+            self.restart(n)
 
     # -- running ---------------------------------------------------------------------------------
     def view(self, n: str) -> dict[str, Priority]:
@@ -93,7 +109,10 @@ class Network:
     def _carry_out(self, n: str, actions: list[object]) -> None:
         node = self.nodes[n]
         for a in actions:
-            if isinstance(a, Send):
+            if isinstance(a, Persist):
+                if self.persist:
+                    self.disk[n] = (a.term, a.vote)
+            elif isinstance(a, Send):
                 self._deliver(n, a.to, a.message)
             elif isinstance(a, Broadcast):
                 for m in node.alive:
@@ -101,9 +120,7 @@ class Network:
                         self._deliver(n, m, a.message)
             elif isinstance(a, BecameLeader):
                 self.leader_log.append((self.now, n, a.term))
-                cand = node._candidacy
-                voters = set(cand.granted) if cand else {n}
-                self.votes_by_term.setdefault(a.term, []).append(voters)
+                self.votes_by_term.setdefault(a.term, []).append((n, a.voters))
 
     def run(self, seconds: float) -> None:
         end = self.now + seconds
@@ -122,6 +139,20 @@ class Network:
                     self._carry_out(n, self.nodes[n].step(Tick(self.now, self.view(n))))
 
     # -- observations ----------------------------------------------------------------------------
+    def leader_log_voters(self) -> list[tuple[str, frozenset[str]]]:
+        """Every election so far as (leader, voters), oldest first."""
+        return [pair for term in sorted(self.votes_by_term) for pair in self.votes_by_term[term]]
+
+    def double_votes(self) -> list[tuple[int, str, str, frozenset[str]]]:
+        """Violations: (term, leader, leader, shared voters) where one voter elected two leaders in a term."""
+        found = []
+        for term, elected in self.votes_by_term.items():
+            for i, (a, va) in enumerate(elected):
+                for b, vb in elected[i + 1 :]:
+                    if a != b and va & vb:
+                        found.append((term, a, b, va & vb))
+        return found
+
     def leaders(self) -> list[str]:
         return sorted(n for n in self.up if self.nodes[n].role is Role.LEADER)
 

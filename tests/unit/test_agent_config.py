@@ -96,6 +96,13 @@ def test_settings_precedence(tmp_path: Path) -> None:
         ({"PEERSERVE_ADVERTISE_ADDRESS": "not-an-ip"}, "advertise_address"),
         ({"PEERSERVE_PROVISION_WAIT_S": "0"}, "provision_wait_s"),
         ({"PEERSERVE_DOCKER_GPU": "maybe"}, "docker_gpu"),
+        ({"PEERSERVE_NODE_ID": "node\n"}, "node_id"),
+        ({"PEERSERVE_HEADER_TIMEOUT_S": "0"}, "header_timeout_s"),
+        ({"PEERSERVE_BODY_TIMEOUT_S": "-1"}, "body_timeout_s"),
+        ({"PEERSERVE_MAX_CONCURRENCY": "0"}, "max_concurrency"),
+        ({"PEERSERVE_MAX_CLIENTS_PER_ADDRESS": "0"}, "max_clients_per_address"),
+        ({"PEERSERVE_CLIENT_RTT_ROWS": "0"}, "client_rtt_rows"),
+        ({"PEERSERVE_API_DOCS": "maybe"}, "api_docs"),
     ],
 )
 def test_bad_settings_name_the_key(env: dict[str, str], key: str, tmp_path: Path) -> None:

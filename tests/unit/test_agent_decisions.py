@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agent.api import parse_rtts
 from agent.catalogue import valid_model_name
+from agent.client_ids import parse_rtt_report as parse_rtts
 from agent.decisions import (
     UNKNOWN_RTT_MS,
     Candidate,

@@ -36,6 +36,7 @@ def test_solve_json_shape(tmp_path: Path, example_dict: dict[str, Any]) -> None:
     assert plan["objective_ms"] == 42.0
     assert plan["instances"] == {"n1": {"m1": 1}}
     assert plan["actions"] == [] and plan["feasible"] is True
+    assert plan["first_call_ms"] > 0 and plan["solve_ms"] > 0  # warm solve and first call, apart
 
 
 def test_solve_reads_stdin_and_prints_a_table(example_dict: dict[str, Any]) -> None:
@@ -72,6 +73,7 @@ def test_simulate_json_and_plots(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stderr
     data = json.loads(out.stdout)
     points = data["points"]
+    assert set(data["first_call_ms"]) == {"ipopt-mode1", "ipopt-mode2", "iterative", "milp-mode1", "milp-mode2"}
     assert {p["method"] for p in points} == {
         "ipopt-mode1",
         "ipopt-mode2",

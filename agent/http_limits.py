@@ -1,0 +1,228 @@
+"""Bounds on what one HTTP client can make the agent hold: body size, read deadlines, connections.
+
+Two layers, because uvicorn gives no header timeout of its own:
+
+- ``limited_protocol(...)`` builds an ``H11Protocol`` subclass for ``uvicorn.Config(http=...)``. Between
+  requests (a new connection, or after a response) the client must deliver complete request headers
+  within ``header_timeout_s``; a half-sent request line or header block gets ``408`` and the connection is
+  closed (an idle keep-alive connection is simply closed). It also caps open connections per client
+  address (``max_connections_per_address``): one host cannot hold every slot of the concurrency limit.
+- ``HttpLimits`` is pure ASGI middleware around the app. It refuses a path with control characters
+  (400), request headers over the limit (431; h11's ``max_incomplete_event_size`` bounds what is
+  buffered before they are complete) and a declared ``Content-Length`` over the limit before reading
+  anything, counts the bytes of every body as it arrives (so a chunked body cannot bypass the limit:
+  ``413`` as soon as it passes it), and gives the whole body ``body_timeout_s`` from the app's first
+  read (``408``; the client is not blamed for time the app spent before reading). Both answers close
+  the connection. A body the app never reads is drained under the header deadline.
+
+The concurrency limit itself is uvicorn's ``limit_concurrency`` (503 past it), set in agent/cli.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import time
+from typing import Any
+
+import h11
+from fastapi import HTTPException
+from starlette.requests import ClientDisconnect
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+log = logging.getLogger(__name__)
+
+CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")  # decoded %0A etc.: Starlette's routes would drop a final \n
+Scope = dict[str, Any]
+Message = dict[str, Any]
+
+
+class BodyRefused(HTTPException):
+    """A request body over the size limit (413) or not delivered in time (408); raised from ``receive``."""
+
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(status_code=status, detail=detail, headers={"Connection": "close"})
+
+
+def error_bytes(status: int, message: str) -> tuple[list[tuple[bytes, bytes]], bytes]:
+    """Headers and body of a JSON error that also closes the connection."""
+    body = json.dumps({"error": message}).encode()
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        (b"connection", b"close"),
+    ]
+    return headers, body
+
+
+class HttpLimits:
+    """ASGI middleware: body size limit (declared and counted) and a deadline for receiving the body."""
+
+    def __init__(self, app: Any, max_body: int, body_timeout_s: float, max_header_bytes: int = 16384) -> None:
+        self.app = app
+        self.max_body = max_body
+        self.body_timeout_s = body_timeout_s
+        self.max_header_bytes = max_header_bytes
+
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        head = len(scope.get("raw_path", b"")) + len(scope.get("query_string", b""))
+        if head + sum(len(k) + len(v) + 4 for k, v in scope["headers"]) > self.max_header_bytes:
+            await _send_error(send, 431, f"request line and headers over {self.max_header_bytes} bytes")
+            return
+        if CONTROL_CHARS.search(scope.get("path", "")):
+            await _send_error(send, 400, "control characters in the request path")
+            return
+        declared = self._declared_length(scope)
+        if isinstance(declared, tuple):
+            await _send_error(send, *declared)
+            return
+        started = False
+
+        async def send_tracked(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, self._bounded_receive(receive), send_tracked)
+        except BodyRefused as exc:  # raised outside the app's exception handlers
+            if not started:
+                await _send_error(send, exc.status_code, str(exc.detail))
+        except ClientDisconnect:
+            log.debug("client %s went away while sending its body", scope.get("client"))
+
+    def _declared_length(self, scope: Scope) -> int | tuple[int, str] | None:
+        """The Content-Length (None if absent), or (status, message) when it is invalid or too large."""
+        for name, value in scope["headers"]:
+            if name == b"content-length":
+                if not value.isdigit() or len(value) > 19:
+                    return 400, "invalid Content-Length"
+                if int(value) > self.max_body:
+                    return 413, f"request body over {self.max_body} bytes"
+                return int(value)
+        return None
+
+    def _bounded_receive(self, receive: Any) -> Any:
+        """``receive`` that counts body bytes and gives the body ``body_timeout_s`` from the app's first read."""
+        deadline: float | None = None
+        seen = 0
+        done = False
+
+        async def bounded() -> Message:
+            nonlocal seen, done, deadline
+            if done:
+                return dict(await receive())
+            deadline = deadline or time.monotonic() + self.body_timeout_s
+            remaining = deadline - time.monotonic()
+            try:
+                message = dict(await asyncio.wait_for(receive(), max(remaining, 0.0)))
+            except asyncio.TimeoutError:
+                raise BodyRefused(408, f"request body not received within {self.body_timeout_s:g} s") from None
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_body:
+                    raise BodyRefused(413, f"request body over {self.max_body} bytes")
+                done = not message.get("more_body", False)
+            return message
+
+        return bounded
+
+
+async def _send_error(send: Any, status: int, message: str) -> None:
+    headers, body = error_bytes(status, message)
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+def _raw_response(status: int, reason: str, message: str) -> bytes:
+    """A whole HTTP/1.1 error response, for answering outside any request cycle."""
+    headers, body = error_bytes(status, message)
+    lines = b"".join(k + b": " + v + b"\r\n" for k, v in headers)
+    return f"HTTP/1.1 {status} {reason}\r\n".encode() + lines + b"\r\n" + body
+
+
+_warned: dict[str, float] = {}
+
+
+def _warn_once_a_minute(key: str, message: str) -> None:
+    """Log ``message`` at most once a minute per ``key`` (a flood of refusals is one line, not thousands)."""
+    now = time.monotonic()
+    if now - _warned.get(key, -60.0) >= 60.0:
+        if len(_warned) > 1000:
+            _warned.clear()
+        _warned[key] = now
+        log.warning("%s", message)
+
+
+def _client_host(protocol: Any) -> str | None:
+    client = getattr(protocol, "client", None)
+    return str(client[0]) if client else None
+
+
+def limited_protocol(header_timeout_s: float, max_connections_per_address: int) -> type[H11Protocol]:
+    """An H11Protocol subclass with a request-header deadline and a per-address connection cap."""
+
+    class LimitedH11Protocol(H11Protocol):
+        _header_timer: asyncio.TimerHandle | None = None
+        _partial = False
+
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            host = self.client[0] if self.client else None
+            if host is not None and self._over_address_cap(host):
+                _warn_once_a_minute(host, f"refusing connections from {host}: {max_connections_per_address} open")
+                message = f"over {max_connections_per_address} connections open from {host}"
+                transport.write(_raw_response(503, "Service Unavailable", message))
+                transport.close()
+                return
+            self._update_header_deadline()
+
+        def _over_address_cap(self, host: str) -> bool:
+            return sum(1 for c in self.connections if _client_host(c) == host) > max_connections_per_address
+
+        def data_received(self, data: bytes) -> None:
+            if self._header_timer is not None:
+                self._partial = True
+            super().data_received(data)
+            self._update_header_deadline()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            self._update_header_deadline()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._cancel_header_deadline()
+            super().connection_lost(exc)
+
+        def _waiting_for_headers(self) -> bool:
+            return self.cycle is None or self.cycle.response_complete
+
+        def _update_header_deadline(self) -> None:
+            """Arm the deadline while no request is in progress; disarm it once a request's headers are in."""
+            if self.transport.is_closing() or not self._waiting_for_headers():
+                self._cancel_header_deadline()
+            elif self._header_timer is None:
+                self._partial = False
+                self._header_timer = self.loop.call_later(header_timeout_s, self._header_timeout)
+
+        def _cancel_header_deadline(self) -> None:
+            if self._header_timer is not None:
+                self._header_timer.cancel()
+                self._header_timer = None
+
+        def _header_timeout(self) -> None:
+            self._header_timer = None
+            if self.transport.is_closing():
+                return
+            if self._partial and self.conn.our_state in (h11.IDLE, h11.DONE):
+                message = f"request headers not received within {header_timeout_s:g} s"
+                self.transport.write(_raw_response(408, "Request Timeout", message))
+            log.debug("closing a connection from %s: no complete request in %g s", self.client, header_timeout_s)
+            self.transport.close()
+
+    return LimitedH11Protocol

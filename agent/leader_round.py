@@ -1,0 +1,364 @@
+"""The leader's placement round as a sans-IO state machine: events in, instructions out, the clock passed in.
+
+A round gathers every member's stats and request log (paged by a per-node cursor, so nothing is counted
+twice or lost), solves the placement once every member answered or failed, then commands each gathered
+node its desired set with the leader's term, retrying a command that failed for a transient reason.
+Rounds start ``debounce_s`` after election or a membership change and every ``period_s`` otherwise.
+
+    idle --(due)--> gathering --(all answered)--> solving --(solved)--> commanding --(all done)--> idle
+
+Every instruction carries its round number and every result echoes it, so results of an abandoned
+round (deposed, re-elected, timed out) are ignored. State is bounded: cursors for at most
+``max_nodes`` nodes, a request window of at most ``max_window`` records within ``window_s``.
+``agent/leadership.py`` carries the instructions out over HTTP and in the solver worker.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict, deque
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+from agent.placement import NodeReport, RequestRecord, desired_sets, make_before_break
+
+
+# -- events in ---------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Tick:
+    now: float
+
+
+@dataclass(frozen=True)
+class Elected:
+    """This node leads ``term`` (first time, or moved to a new term); ``members``: node id -> API URL."""
+
+    now: float
+    term: int
+    members: Mapping[str, str]
+
+
+@dataclass(frozen=True)
+class Deposed:
+    now: float
+
+
+@dataclass(frozen=True)
+class MembershipChanged:
+    now: float
+    members: Mapping[str, str]
+
+
+@dataclass(frozen=True)
+class Gathered:
+    """One gather answer: the node's report and one page of its request log (``(id, record)``, by id)."""
+
+    now: float
+    round: int
+    node: str
+    report: NodeReport
+    page: tuple[tuple[int, RequestRecord], ...]
+
+
+@dataclass(frozen=True)
+class GatherFailed:
+    now: float
+    round: int
+    node: str
+    error: str
+
+
+@dataclass(frozen=True)
+class Solved:
+    now: float
+    round: int
+    plan: Mapping[str, Any]
+    requests: int  # requests in the snapshot that was solved
+    fallback: str = ""  # why the preferred solver was not used, if it was not
+
+
+@dataclass(frozen=True)
+class SolveFailed:
+    """The solve raised (a broken worker): the round is dropped; the next comes at the period."""
+
+    now: float
+    round: int
+    error: str
+
+
+@dataclass(frozen=True)
+class Acknowledged:
+    now: float
+    round: int
+    node: str
+
+
+@dataclass(frozen=True)
+class CommandFailed:
+    """A command got no answer: ``transient`` (timeout, 5xx) is retried; an unreachable node is not."""
+
+    now: float
+    round: int
+    node: str
+    transient: bool
+
+
+@dataclass(frozen=True)
+class Fenced:
+    """An agent refused a command (409): it has seen ``highest``, a term at or past ours."""
+
+    now: float
+    round: int
+    node: str
+    highest: int
+
+
+Event = (
+    Tick | Elected | Deposed | MembershipChanged | Gathered | GatherFailed | Solved | SolveFailed | Acknowledged
+    | CommandFailed | Fenced
+)  # fmt: skip
+
+
+# -- instructions out --------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Gather:
+    """Fetch ``node``'s /stats/node, /stats/models and one page of /stats/requests after ``since``."""
+
+    round: int
+    node: str
+    url: str
+    since: int
+    limit: int
+
+
+@dataclass(frozen=True)
+class Solve:
+    """Build the snapshot from these reports and requests at ``now`` and solve it (off the event loop)."""
+
+    round: int
+    nodes: tuple[NodeReport, ...]
+    requests: tuple[RequestRecord, ...]
+    now: float
+
+
+@dataclass(frozen=True)
+class Command:
+    """``PUT /control/desired`` to ``node``: its instances, with the leader's term and the round summary."""
+
+    round: int
+    node: str
+    url: str
+    term: int
+    instances: Mapping[str, int]
+    summary: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class Placed:
+    """A round finished: ``summary`` is the placement every agent shows on /cluster."""
+
+    summary: Mapping[str, Any]
+
+
+Instruction = Gather | Solve | Command | Placed
+
+
+class Phase(str, Enum):
+    IDLE = "idle"
+    GATHERING = "gathering"
+    SOLVING = "solving"
+    COMMANDING = "commanding"
+
+
+@dataclass(frozen=True)
+class RoundConfig:
+    period_s: float = 30.0
+    debounce_s: float = 0.2
+    window_s: float = 600.0
+    round_timeout_s: float = 60.0  # a round still unfinished after this is abandoned
+    max_attempts: int = 3  # command attempts on transient failures
+    retry_base_s: float = 0.2  # backoff: base, 2 x base, ...
+    max_nodes: int = 256  # request-log cursors kept
+    max_window: int = 50_000  # request records kept for the snapshot
+    page_limit: int = 5000  # request-log records per gather page
+
+
+@dataclass
+class _Round:
+    number: int
+    started: float
+    members: dict[str, str]
+    waiting: set[str]
+    reports: dict[str, NodeReport] = field(default_factory=dict)
+    commands: dict[str, Command] = field(default_factory=dict)
+    attempts: dict[str, int] = field(default_factory=dict)
+    retry_at: dict[str, float] = field(default_factory=dict)
+    delivered: int = 0
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+class LeaderRound:
+    """One node's placement rounds while it leads. ``step(event)`` returns the instructions to carry out."""
+
+    def __init__(self, node_id: str, config: RoundConfig) -> None:
+        self.node_id = node_id
+        self.config = config
+        self.term: int | None = None  # None while not leading
+        self.members: dict[str, str] = {}
+        self.phase = Phase.IDLE
+        self.due: float | None = None
+        self.fenced_at: int | None = None  # a term at or past ours that an agent reported
+        self.last_placement: dict[str, Any] | None = None
+        self.cursors: OrderedDict[str, int] = OrderedDict()  # node -> last request id taken, LRU order
+        self.window: deque[RequestRecord] = deque(maxlen=config.max_window)
+        self._rounds = 0
+        self._round: _Round | None = None
+
+    # -- the step function -------------------------------------------------------------------------
+    def step(self, event: Event) -> list[Instruction]:
+        if isinstance(event, Elected):
+            return self._elected(event)
+        if isinstance(event, Deposed):
+            self.term, self._round, self.phase, self.due = None, None, Phase.IDLE, None
+            return []
+        if self.term is None:
+            return []
+        if isinstance(event, Tick):
+            return self._tick(event.now)
+        if isinstance(event, MembershipChanged):
+            self.members = dict(event.members)
+            self._due_soon(event.now)
+            return []
+        r = self._round
+        if r is None or event.round != r.number:
+            return []  # a result of an abandoned round
+        if isinstance(event, Gathered | GatherFailed):
+            return self._on_gather(r, event)
+        if isinstance(event, Solved):
+            return self._on_solved(r, event)
+        if isinstance(event, SolveFailed):
+            self._round, self.phase = None, Phase.IDLE
+            return []
+        return self._on_command_result(r, event)
+
+    def _elected(self, e: Elected) -> list[Instruction]:
+        self.term, self.members = e.term, dict(e.members)
+        self.fenced_at = None
+        self._round, self.phase = None, Phase.IDLE  # a round of the old term would command with it
+        self._due_soon(e.now)
+        return []
+
+    def _due_soon(self, now: float) -> None:
+        soon = now + self.config.debounce_s
+        self.due = soon if self.due is None else min(self.due, soon)
+
+    def _tick(self, now: float) -> list[Instruction]:
+        r = self._round
+        if r is not None and now - r.started > self.config.round_timeout_s:
+            self._round, self.phase = None, Phase.IDLE
+            self._due_soon(now)
+            return []
+        if r is not None and self.phase is Phase.COMMANDING:
+            return self._retries_due(r, now)
+        if r is None and self.due is not None and now >= self.due and self.fenced_at is None:
+            return self._start(now)
+        return []
+
+    # -- gathering ---------------------------------------------------------------------------------
+    def _start(self, now: float) -> list[Instruction]:
+        self._rounds += 1
+        self.due = now + self.config.period_s
+        r = _Round(self._rounds, now, dict(self.members), set(self.members))
+        self._round, self.phase = r, Phase.GATHERING
+        for node in r.members:
+            self._touch_cursor(node)
+        if not r.waiting:
+            return self._solve(r, now)
+        return [
+            Gather(r.number, n, url, self.cursors[n], self.config.page_limit) for n, url in sorted(r.members.items())
+        ]
+
+    def _touch_cursor(self, node: str) -> None:
+        self.cursors[node] = self.cursors.get(node, 0)
+        self.cursors.move_to_end(node)
+        while len(self.cursors) > self.config.max_nodes:
+            self.cursors.popitem(last=False)  # the node least recently gathered
+
+    def _on_gather(self, r: _Round, e: Gathered | GatherFailed) -> list[Instruction]:
+        if self.phase is not Phase.GATHERING or e.node not in r.waiting:
+            return []
+        if isinstance(e, Gathered):
+            r.reports[e.node] = e.report
+            cursor = self.cursors.get(e.node, 0)
+            for rid, record in e.page:
+                if rid > cursor:  # ids only grow: at or below the cursor was taken already
+                    self.window.append(record)
+                    cursor = rid
+            self.cursors[e.node] = cursor
+            if len(e.page) >= self.config.page_limit:
+                return [Gather(r.number, e.node, r.members[e.node], cursor, self.config.page_limit)]  # more pages
+        r.waiting.discard(e.node)
+        if r.waiting:
+            return []
+        return self._solve(r, e.now)
+
+    def _solve(self, r: _Round, now: float) -> list[Instruction]:
+        cutoff = now - self.config.window_s
+        while self.window and self.window[0].ts < cutoff:
+            self.window.popleft()
+        self.phase = Phase.SOLVING
+        nodes = tuple(r.reports[n] for n in sorted(r.reports))
+        return [Solve(r.number, nodes, tuple(self.window), now)]
+
+    # -- commanding --------------------------------------------------------------------------------
+    def _on_solved(self, r: _Round, e: Solved) -> list[Instruction]:
+        if self.phase is not Phase.SOLVING or self.term is None:
+            return []
+        plan = e.plan
+        gathered = sorted(r.reports)
+        desired = make_before_break(
+            desired_sets(plan.get("instances", {}), gathered), {n: r.reports[n].ready for n in gathered}
+        )
+        r.summary = {
+            "at": e.now, "term": self.term, "leader": self.node_id, "method": plan.get("method"),
+            "mode": plan.get("mode"), "status": plan.get("status"), "objective_ms": plan.get("objective_ms"),
+            "solve_ms": plan.get("solve_ms"), "requests": e.requests, "nodes": gathered,
+            "actions": list(plan.get("actions", [])), "rejected": len(plan.get("rejected", [])),
+            "note": plan.get("note", ""), "fallback": e.fallback,
+        }  # fmt: skip
+        r.commands = {
+            n: Command(r.number, n, r.members[n], self.term, d, r.summary) for n, d in sorted(desired.items())
+        }
+        r.attempts = dict.fromkeys(r.commands, 1)
+        r.waiting = set(r.commands)
+        self.phase = Phase.COMMANDING
+        if not r.waiting:
+            return self._finish(r)
+        return list(r.commands.values())
+
+    def _on_command_result(self, r: _Round, e: Acknowledged | CommandFailed | Fenced) -> list[Instruction]:
+        if self.phase is not Phase.COMMANDING or e.node not in r.waiting or e.node in r.retry_at:
+            return []
+        if isinstance(e, Acknowledged):
+            r.delivered += 1
+        elif isinstance(e, Fenced):
+            self.fenced_at = max(e.highest, self.fenced_at or 0)  # no new rounds until elected again
+        elif e.transient and r.attempts[e.node] < self.config.max_attempts:
+            r.retry_at[e.node] = e.now + self.config.retry_base_s * 2 ** (r.attempts[e.node] - 1)
+            return []
+        r.waiting.discard(e.node)
+        return self._finish(r) if not r.waiting else []
+
+    def _retries_due(self, r: _Round, now: float) -> list[Instruction]:
+        due = sorted(n for n, at in r.retry_at.items() if now >= at)
+        for n in due:
+            del r.retry_at[n]
+            r.attempts[n] += 1
+        return [r.commands[n] for n in due]
+
+    def _finish(self, r: _Round) -> list[Instruction]:
+        summary = {**r.summary, "delivered": r.delivered}
+        self.last_placement = summary
+        self._round, self.phase = None, Phase.IDLE
+        return [Placed(summary)]

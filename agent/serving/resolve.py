@@ -1,0 +1,72 @@
+"""Where should this client's request for a model go? One answer, as a typed outcome.
+
+``resolve`` is the serving façade (``NodeAgent.resolve`` calls it): ranked endpoints, or provisioning
+under way (retry later), or no node with the memory, or a model the catalogue does not know. The HTTP
+layer (both protocols, the endpoint query) only maps these outcomes to responses.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from agent.decisions import Choice, rank_endpoints
+
+if TYPE_CHECKING:
+    from agent.node import NodeAgent
+
+RETRY_AFTER_S = 2
+
+
+@dataclass(frozen=True)
+class Ranked:
+    """Ready endpoints, best first."""
+
+    choices: tuple[Choice, ...]
+
+
+@dataclass(frozen=True)
+class Provisioning:
+    """No server is ready yet; ``node`` was chosen to run one."""
+
+    node: str
+    reason: str
+    retry_after_s: int = RETRY_AFTER_S
+
+
+@dataclass(frozen=True)
+class NoCapacity:
+    """No node has the memory the model needs."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
+class Unknown:
+    """The model is not in the catalogue."""
+
+    model: str
+    known: tuple[str, ...]
+
+
+Outcome = Ranked | Provisioning | NoCapacity | Unknown
+
+
+async def resolve(agent: NodeAgent, model: str, client: str, reported: Mapping[str, float]) -> Outcome:
+    """Rank the ready endpoints of ``model`` for ``client``; provision here on demand when none exists."""
+    spec = agent.catalogue.current.get(model)
+    if spec is None:
+        return Unknown(model, tuple(sorted(agent.catalogue.current.models)))
+    rtts = agent.client_rtts(client, reported)
+    ranked = rank_endpoints(agent.candidates(model), rtts)
+    if ranked:
+        return Ranked(tuple(ranked))
+    target, reason = agent.provision_decision(spec)
+    if target is None:
+        return NoCapacity(reason)
+    if target == agent.settings.node_id and await agent.provision_locally(model, agent.settings.provision_wait_s):
+        ranked = rank_endpoints(agent.candidates(model), rtts)
+        if ranked:
+            return Ranked(tuple(ranked))
+    return Provisioning(target, reason)

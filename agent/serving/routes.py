@@ -1,0 +1,246 @@
+"""The agent's serving routes: the endpoint query and a streaming reverse proxy for both protocols.
+
+    GET  /services                         best endpoint of every deployed model (whole cluster)
+    GET  /services/{model}                 best endpoint for this client, with `why`
+    ANY  /services/{model}/v1/models/...   TF-Serving REST of that model, proxied to the best endpoint
+    ANY  /services/{model}/v2/models/...   Open Inference Protocol (KServe v2) of that model, proxied
+    ANY  /v1/models/{model}...             TF-Serving REST at the root, for every model of the cluster
+    GET  /v2, /v2/health/live|ready        the Open Inference Protocol's server metadata and health
+    ANY  /v2/models/{model}[/versions/v][/ready|/infer|/config]   proxied to a server of that model
+
+On protocol paths every error, the agent's own included, is exactly ``{"error": "..."}`` (both protocols
+use that shape) with a machine-readable code in ``X-Peerserve-Error``; a model server's answer, errors
+included, passes through unchanged (binary tensor bodies and ``Inference-Header-Content-Length`` too).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+from urllib.parse import urlencode
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+from agent.catalogue import valid_model_name
+from agent.client_ids import CLIENT_INPUT
+from agent.decisions import Choice, best_per_model
+from agent.node import NodeAgent
+from agent.serving import tfrest
+from agent.serving.resolve import NoCapacity, Provisioning, Ranked, Unknown
+from agent.serving.upstream import BodyTooLarge, Replay, UpstreamError, UpstreamPool
+
+log = logging.getLogger(__name__)
+
+ERROR_HEADER = "X-Peerserve-Error"
+V2_MODEL_PATH = re.compile(
+    r"^/v2/models/(?P<model>[^/]+)(?:/versions/(?P<version>[^/]+))?(?P<rest>/ready|/infer|/config|/stats)?$"
+)
+HOP_BY_HOP = {
+    "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer", "trailers",
+    "transfer-encoding", "upgrade", "host", "x-peerserve-rtt", "x-peerserve-client",
+}  # fmt: skip
+ALL_METHODS = ["GET", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"]
+PROTOCOLS = {"tfserving": "v1", "triton": "v2"}
+
+ClientOf = Callable[[Request], "tuple[str, dict[str, float]] | JSONResponse"]
+
+
+def protocol_error(status: int, message: str, code: str, retry_after: int | None = None) -> JSONResponse:
+    """Exactly ``{"error": message}``; the code rides in X-Peerserve-Error."""
+    headers = {ERROR_HEADER: code}
+    if retry_after is not None:
+        headers["Retry-After"] = str(retry_after)
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+def _endpoint_json(choice: Choice) -> dict[str, Any]:
+    c = choice.candidate
+    return {"model": c.model, "node": c.node, "url": c.url, "why": choice.why()}
+
+
+def _forward_headers(request: Request) -> list[tuple[str, str]]:
+    named = {v.strip().lower() for v in request.headers.get("connection", "").split(",")}
+    out = [(k, v) for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP and k.lower() not in named]
+    if request.client is not None:
+        out.append(("X-Forwarded-For", request.client.host))
+    return out
+
+
+def _response_headers(headers: list[tuple[str, str]]) -> dict[str, str]:
+    named = {v.strip().lower() for k, v in headers if k.lower() == "connection" for v in v.split(",")}
+    return {k: v for k, v in headers if k.lower() not in HOP_BY_HOP and k.lower() not in named}
+
+
+def _has_body(request: Request) -> bool:
+    length = request.headers.get("content-length")
+    return "chunked" in request.headers.get("transfer-encoding", "").lower() or (length is not None and length != "0")
+
+
+class ServingRoutes:
+    """The serving routes bound to one agent (its upstream pool, its client identification)."""
+
+    def __init__(self, agent: NodeAgent, client_of: ClientOf, max_body: int) -> None:
+        self.agent = agent
+        self.client_of = client_of
+        self.max_body = max_body
+        self.pool = UpstreamPool()
+
+    def mount(self, app: FastAPI) -> None:
+        app.add_api_route("/services", self.services, methods=["GET"], openapi_extra=CLIENT_INPUT)
+        app.add_api_route("/services/{model}", self.service, methods=["GET"], openapi_extra=CLIENT_INPUT)
+        app.add_api_route(
+            "/services/{model}/{path:path}", self.services_proxy, methods=ALL_METHODS, openapi_extra=CLIENT_INPUT
+        )
+        app.add_api_route("/v1/{path:path}", self.tfserving_root, methods=ALL_METHODS)
+        app.add_api_route("/v2", self.v2_server, methods=["GET"])
+        app.add_api_route("/v2/health/live", self.v2_live, methods=["GET"])
+        app.add_api_route("/v2/health/ready", self.v2_ready, methods=["GET"])
+        app.add_api_route("/v2/{path:path}", self.v2_root, methods=ALL_METHODS)
+
+    # -- endpoint queries ---------------------------------------------------------------------------
+    async def services(self, request: Request) -> Any:
+        who = self.client_of(request)
+        if isinstance(who, JSONResponse):
+            return who
+        client, reported = who
+        best = best_per_model(self.agent.candidates(), self.agent.client_rtts(client, reported))
+        return JSONResponse([_endpoint_json(choice) for choice in best.values()])
+
+    async def service(self, model: str, request: Request) -> Any:
+        if not valid_model_name(model):
+            return JSONResponse({"error": f"invalid model name {model[:80]!r}"}, status_code=400)
+        who = self.client_of(request)
+        if isinstance(who, JSONResponse):
+            return who
+        client, reported = who
+        outcome = await self.agent.resolve(model, client, reported)
+        if isinstance(outcome, Ranked):
+            best = outcome.choices[0]
+            self._record(model, client, reported, best.candidate.node, None, 200)
+            alternatives = [_endpoint_json(c) for c in outcome.choices[1:4]]
+            return JSONResponse({**_endpoint_json(best), "alternatives": alternatives})
+        if isinstance(outcome, Unknown):
+            body = {"error": f"unknown model {model!r}: not in the catalogue", "models": list(outcome.known)}
+            return JSONResponse(body, status_code=404, headers={ERROR_HEADER: "unknown_model"})
+        return self._outcome_error(outcome, model, "tfserving", client, reported)
+
+    # -- protocol entry points -----------------------------------------------------------------------
+    async def services_proxy(self, model: str, path: str, request: Request) -> Response:
+        upstream_path = "/" + path
+        if path.lower().startswith("v1/"):
+            try:
+                route = tfrest.parse_path(request.method, upstream_path)
+            except tfrest.TFError as exc:
+                return protocol_error(exc.status, exc.message, "bad_path")
+            if route.model != model:
+                return protocol_error(400, f"{upstream_path[:100]} is not a path of model {model!r}", "bad_path")
+            return await self.proxy(model, "tfserving", upstream_path, request)
+        match = V2_MODEL_PATH.match(upstream_path)
+        if match is None or match.group("model") != model:
+            return protocol_error(400, f"not a TF-Serving or v2 path of {model!r}: {upstream_path[:100]}", "bad_path")
+        return await self.proxy(model, "triton", upstream_path, request)
+
+    async def tfserving_root(self, path: str, request: Request) -> Response:
+        try:
+            route = tfrest.parse_path(request.method, "/v1/" + path)
+        except tfrest.TFError as exc:
+            return protocol_error(exc.status, exc.message, "bad_path")
+        return await self.proxy(route.model, "tfserving", "/v1/" + path, request)
+
+    async def v2_server(self) -> Response:
+        return JSONResponse({"name": "peerserve", "version": "1", "extensions": ["binary_tensor_data"]})
+
+    async def v2_live(self) -> Response:
+        return Response(status_code=200)
+
+    async def v2_ready(self) -> Response:
+        if self.agent.catalogue.current.models:
+            return Response(status_code=200)
+        return protocol_error(400, "no models in the catalogue", "not_ready")
+
+    async def v2_root(self, path: str, request: Request) -> Response:
+        match = V2_MODEL_PATH.match("/v2/" + path)
+        if match is None:
+            return protocol_error(404, "Not Found", "bad_path")
+        return await self.proxy(match.group("model"), "triton", "/v2/" + path, request)
+
+    # -- the proxy -------------------------------------------------------------------------------------
+    async def proxy(self, model: str, protocol: str, upstream_path: str, request: Request) -> Response:
+        """Resolve ``model`` and stream the request to the best endpoint (once more to the next if unreachable)."""
+        spec = self.agent.catalogue.current.get(model)
+        if spec is not None and spec.server != protocol:
+            other = "/v1/models/..." if spec.server == "tfserving" else "/v2/models/..."
+            return protocol_error(400, f"model {model!r} is served by {spec.server}: use {other}", "wrong_protocol")
+        who = self.client_of(request)
+        if isinstance(who, JSONResponse):
+            return protocol_error(400, "malformed RTT report: use 'X-Peerserve-RTT: node=ms, node=ms'", "bad_rtt")
+        client, reported = who
+        outcome = await self.agent.resolve(model, client, reported)
+        if not isinstance(outcome, Ranked):
+            return self._outcome_error(outcome, model, protocol, client, reported)
+        body = Replay(request.stream(), self.max_body) if _has_body(request) else None
+        headers = _forward_headers(request)
+        query = urlencode([(k, v) for k, v in request.query_params.multi_items() if k != "rtt"])
+        for choice in outcome.choices[:2]:  # the best, then one retry elsewhere if it is unreachable
+            target = choice.candidate
+            url = f"{target.url}{upstream_path}" + (f"?{query}" if query else "")
+            started = time.perf_counter()
+            try:
+                upstream = await self.pool.request(request.method, url, headers, body)
+            except BodyTooLarge as exc:
+                return protocol_error(413, str(exc), "body_too_large")
+            except UpstreamError as exc:
+                log.warning("proxy to %s (%s) failed: %s", target.url, target.node, exc)
+                if exc.sent and (body is None or not body.replayable):
+                    break
+                continue
+            stream = self._stream(upstream, model, target.node, client, reported, started)
+            return StreamingResponse(stream, status_code=upstream.status, headers=_response_headers(upstream.headers))
+        self._record(model, client, reported, None, None, 502)
+        return protocol_error(502, f"no endpoint of {model} answered", "unreachable")
+
+    async def _stream(
+        self, upstream: Any, model: str, node: str, client: str, reported: Any, started: float
+    ) -> AsyncIterator[bytes]:
+        complete = False
+        try:
+            async for chunk in upstream.aiter_body():
+                yield chunk
+            complete = True
+        except UpstreamError as exc:
+            log.warning("model server %s broke off the response: %s", node, exc)
+        finally:
+            await upstream.aclose()
+            latency = 1000 * (time.perf_counter() - started)
+            if complete and upstream.status < 500:
+                self.agent.record_latency(node, model, latency)
+            self._record(model, client, reported, node, latency if complete else None, upstream.status)
+
+    def _outcome_error(self, outcome: Any, model: str, protocol: str, client: str, reported: Any) -> JSONResponse:
+        if isinstance(outcome, Unknown):
+            if protocol == "tfserving":
+                return protocol_error(404, f"Servable not found for request: Latest({model})", "unknown_model")
+            return protocol_error(400, f"Request for unknown model: '{model}' is not found", "unknown_model")
+        if isinstance(outcome, NoCapacity):
+            self._record(model, client, reported, None, None, 507)
+            return protocol_error(507, f"{model} cannot be placed: {outcome.reason}", "no_capacity")
+        assert isinstance(outcome, Provisioning)
+        self._record(model, client, reported, None, None, 503)
+        return protocol_error(503, f"{model} is being provisioned on {outcome.node} ({outcome.reason}); retry shortly",
+                              "provisioning", retry_after=outcome.retry_after_s)  # fmt: skip
+
+    def _record(
+        self, model: str, client: str, reported: Any, node: str | None, latency: float | None, status: int
+    ) -> None:
+        self.agent.store.record_request(time.time(), model, client, reported, node, latency, status)
+
+
+def mount_serving(app: FastAPI, agent: NodeAgent, client_of: ClientOf, max_body: int) -> ServingRoutes:
+    """Add the serving routes to ``app``; returns them (their pool is closed with the agent)."""
+    routes = ServingRoutes(agent, client_of, max_body)
+    routes.mount(app)
+    return routes

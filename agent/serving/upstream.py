@@ -1,0 +1,282 @@
+"""HTTP/1.1 to model servers for the reverse proxy: streaming both ways, and a pool that never reuses a
+connection unless the exchange on it provably ended clean.
+
+A connection goes back to the pool only when (h11's state machine) both the request and the response
+were complete, neither side asked to close, the response did not arrive while the request body was still
+being sent, and the answer was not an error to a request with a body (a server may answer those before
+reading the body, RFC 9112 9.3; the leftover bytes would otherwise be read as the next client's request).
+Everything else closes the connection. Bounded: at most ``max_idle_per_host`` idle connections per
+server and ``max_idle`` in all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+import h11
+
+log = logging.getLogger(__name__)
+
+READ_SIZE = 64 * 1024
+REPLAY_LIMIT = 64 * 1024  # a body up to this size is kept so a stale pooled connection can be retried
+IDLE_TTL_S = 4.0
+
+
+class UpstreamError(Exception):
+    """The exchange with the model server failed; ``sent`` tells whether any request byte went out."""
+
+    def __init__(self, message: str, sent: bool) -> None:
+        super().__init__(message)
+        self.sent = sent
+
+
+class BodyTooLarge(Exception):
+    """The client's request body went over the proxy's limit while streaming."""
+
+
+@dataclass
+class _Conn:
+    key: tuple[str, int]
+    reader: asyncio.StreamReader
+    writer: asyncio.StreamWriter
+    h11: h11.Connection = field(default_factory=lambda: h11.Connection(h11.CLIENT))
+    idle_since: float = 0.0
+    reused: bool = False
+
+    def usable(self) -> bool:
+        return (
+            not self.reader.at_eof()
+            and not self.writer.is_closing()
+            and time.monotonic() - self.idle_since < IDLE_TTL_S
+        )
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.writer.close()
+
+
+class Replay:
+    """A request body source that remembers its first REPLAY_LIMIT bytes, so it can be sent again."""
+
+    def __init__(self, source: AsyncIterator[bytes], limit: int) -> None:
+        self._source = source
+        self._limit = limit
+        self._kept: list[bytes] = []
+        self._kept_size = 0
+        self._size = 0
+        self._done = False
+        self.overflowed = False
+
+    @property
+    def replayable(self) -> bool:
+        return not self.overflowed
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        """The kept chunks, then the rest of the source (counted against the limit)."""
+        for chunk in list(self._kept):
+            yield chunk
+        if self._done:
+            return
+        async for chunk in self._source:
+            self._size += len(chunk)
+            if self._size > self._limit:
+                raise BodyTooLarge(f"request body over {self._limit} bytes")
+            if not self.overflowed and self._kept_size + len(chunk) <= REPLAY_LIMIT:
+                self._kept.append(chunk)
+                self._kept_size += len(chunk)
+            else:
+                self.overflowed = True
+            yield chunk
+        self._done = True
+
+
+class UpstreamResponse:
+    """A response whose body is streamed; ``aclose()`` returns the connection to the pool or closes it."""
+
+    # The rule that keeps a server's unread body away from the next request; a test switches it off to
+    # show that its checker then sees requests mixed up.
+    reuse_after_error_with_body = False
+
+    def __init__(self, pool: UpstreamPool, conn: _Conn, event: h11.Response, clean_send: bool, body_sent: bool) -> None:
+        self.status = event.status_code
+        self.headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in event.headers]
+        self._pool = pool
+        self._conn: _Conn | None = conn
+        self._clean_send = clean_send
+        self._body_sent = body_sent
+
+    async def aiter_body(self) -> AsyncIterator[bytes]:
+        conn = self._conn
+        assert conn is not None
+        while True:
+            event = await self._pool._next_event(conn)
+            if isinstance(event, h11.Data):
+                yield bytes(event.data)
+            elif isinstance(event, h11.EndOfMessage):
+                return
+            else:
+                raise UpstreamError(f"unexpected {type(event).__name__} in the response body", sent=True)
+
+    async def read(self) -> bytes:
+        return b"".join([chunk async for chunk in self.aiter_body()])
+
+    async def aclose(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is None:
+            return
+        c = conn.h11
+        clean = (
+            self._clean_send
+            and c.our_state is h11.DONE
+            and c.their_state is h11.DONE
+            and (self.reuse_after_error_with_body or not (self.status >= 400 and self._body_sent))
+        )
+        self._pool._release(conn, clean)
+
+
+class UpstreamPool:
+    """Keep-alive HTTP/1.1 connections to model servers (see the module docstring for the reuse rule)."""
+
+    def __init__(
+        self, max_idle_per_host: int = 16, max_idle: int = 256, connect_timeout: float = 2.0, timeout: float = 30.0
+    ) -> None:
+        self.max_idle_per_host = max_idle_per_host
+        self.max_idle = max_idle
+        self.connect_timeout = connect_timeout
+        self.timeout = timeout
+        self._idle: dict[tuple[str, int], list[_Conn]] = {}
+        self.opened = 0  # connections opened (for tests and the bench)
+
+    def idle_count(self) -> int:
+        return sum(len(v) for v in self._idle.values())
+
+    async def _acquire(self, key: tuple[str, int], fresh: bool) -> _Conn:
+        idle = self._idle.get(key, [])
+        while idle and not fresh:
+            conn = idle.pop()
+            if conn.usable():
+                conn.reused = True
+                return conn
+            conn.close()
+        try:
+            reader, writer = await asyncio.wait_for(asyncio.open_connection(*key), self.connect_timeout)
+        except (OSError, asyncio.TimeoutError) as exc:
+            raise UpstreamError(f"cannot connect to {key[0]}:{key[1]}: {exc or 'timed out'}", sent=False) from None
+        self.opened += 1
+        return _Conn(key, reader, writer)
+
+    def _release(self, conn: _Conn, clean: bool) -> None:
+        idle = self._idle.setdefault(conn.key, [])
+        if not clean or len(idle) >= self.max_idle_per_host or self.idle_count() >= self.max_idle:
+            conn.close()
+            return
+        conn.h11.start_next_cycle()
+        conn.idle_since = time.monotonic()
+        idle.append(conn)
+
+    async def aclose(self) -> None:
+        for conns in self._idle.values():
+            for conn in conns:
+                conn.close()
+        self._idle.clear()
+
+    async def _next_event(self, conn: _Conn) -> object:
+        while True:
+            try:
+                event = conn.h11.next_event()
+            except h11.RemoteProtocolError as exc:
+                raise UpstreamError(f"bad HTTP from the model server: {exc}", sent=True) from None
+            if event is not h11.NEED_DATA:
+                return event
+            try:
+                data = await asyncio.wait_for(conn.reader.read(READ_SIZE), self.timeout)
+            except (OSError, asyncio.TimeoutError) as exc:
+                raise UpstreamError(f"reading from the model server failed: {exc or 'timed out'}", sent=True) from None
+            conn.h11.receive_data(data)
+
+    async def request(
+        self, method: str, url: str, headers: list[tuple[str, str]], body: Replay | None
+    ) -> UpstreamResponse:
+        """Send one request (body streamed) and return once the response head arrived.
+
+        A stale pooled connection (closed by the server while idle) is retried once on a fresh one
+        when the body could be replayed; UpstreamError otherwise.
+        """
+        parts = urlsplit(url)
+        key = (parts.hostname or "127.0.0.1", parts.port or 80)
+        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        host = parts.netloc
+        for attempt in (0, 1):
+            conn = await self._acquire(key, fresh=attempt > 0)
+            try:
+                return await self._exchange(conn, method, target, host, headers, body)
+            except UpstreamError as exc:
+                conn.close()
+                if attempt == 0 and conn.reused and (body is None or body.replayable):
+                    log.debug("pooled connection to %s:%d was stale (%s); retrying on a fresh one", *key, exc)
+                    continue
+                raise
+            except BaseException:
+                conn.close()
+                raise
+        raise AssertionError("unreachable")
+
+    async def _exchange(
+        self, conn: _Conn, method: str, target: str, host: str, headers: list[tuple[str, str]], body: Replay | None
+    ) -> UpstreamResponse:
+        out = [("Host", host), *headers]
+        if body is not None and not any(k.lower() == "content-length" for k, _ in headers):
+            out.append(("Transfer-Encoding", "chunked"))
+        sent_any = False
+
+        async def send() -> None:
+            nonlocal sent_any
+            conn.writer.write(conn.h11.send(h11.Request(method=method, target=target, headers=out)))
+            await conn.writer.drain()
+            sent_any = True
+            if body is not None:
+                async for chunk in body.chunks():
+                    if chunk:
+                        conn.writer.write(conn.h11.send(h11.Data(data=chunk)))
+                        await conn.writer.drain()
+            conn.writer.write(conn.h11.send(h11.EndOfMessage()))
+            await conn.writer.drain()
+
+        sender = asyncio.create_task(send())
+        try:
+            head = asyncio.create_task(self._response_head(conn))
+            await asyncio.wait({sender, head}, return_when=asyncio.FIRST_COMPLETED)
+            failed = sender.exception() if sender.done() else None
+            if isinstance(failed, BodyTooLarge):
+                head.cancel()
+                raise failed
+            if failed is not None and not head.done():
+                # The server may have answered (e.g. 413) and closed while we were still sending.
+                done, _ = await asyncio.wait({head}, timeout=1.0)
+                if not done:
+                    head.cancel()
+                    raise UpstreamError(f"sending to the model server failed: {failed!r}", sent=sent_any)
+            response = await head
+            clean_send = sender.done() and failed is None
+            if not sender.done():
+                sender.cancel()  # answered before the body was sent: this connection will not be reused
+            return UpstreamResponse(self, conn, response, clean_send, body is not None)
+        except BaseException:
+            sender.cancel()
+            raise
+
+    async def _response_head(self, conn: _Conn) -> h11.Response:
+        while True:
+            event = await self._next_event(conn)
+            if isinstance(event, h11.Response):
+                return event
+            if isinstance(event, h11.ConnectionClosed):
+                raise UpstreamError("the model server closed the connection without answering", sent=True)
+            if not isinstance(event, h11.InformationalResponse):
+                raise UpstreamError(f"got {type(event).__name__} instead of a response", sent=True)

@@ -1,0 +1,215 @@
+"""The leader's solver process: spawned when this node becomes leader, stopped when it steps down.
+
+A follower keeps no solver in memory (numpy, Ipopt, SciPy: ~75 MB). ``SolverWorker.start`` spawns
+``python -m agent.solver_worker``, which warms itself up (imports and a small solve, then freezes the
+garbage collector's view of that long-lived heap; it also keeps freed memory in its heap, see
+``solver.fastlp.tune_allocator``) while the agent carries on; ``stop`` ends it.
+
+Protocol, one JSON object per line: request ``{"snapshot": {...}, "method": str, "mode": str}`` on the
+worker's stdin; reply ``{"plan": {...}, "fallback": str}`` (``fallback`` names the missing solver when
+least-loaded stood in for it) or ``{"error": str}`` on its stdout. The worker exits at end of input and
+dies with the agent (PR_SET_PDEATHSIG), even when the agent is killed with SIGKILL. Solving happens in
+another process because the solver holds the GIL for the length of a solve, which would stall the API.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import ctypes
+import gc
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+from typing import IO, Any
+
+log = logging.getLogger(__name__)
+
+MAX_REPLY_BYTES = 64 * 1024 * 1024  # a plan for thousands of requests is well under 1 MB
+STOP_GRACE_S = 2.0
+
+
+class SolverWorkerError(RuntimeError):
+    """The worker could not solve: the solver raised, the reply was malformed or too big, or it died."""
+
+
+class SolverWorker:
+    """One solver process at a time, owned by the agent; ``solve`` is safe to await from the event loop."""
+
+    def __init__(self, method: str = "ipopt", max_reply_bytes: int = MAX_REPLY_BYTES) -> None:
+        self.method = method
+        self.max_reply_bytes = max_reply_bytes
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._lock = threading.Lock()  # one request in flight: the pipe carries one reply at a time
+
+    @property
+    def pid(self) -> int | None:
+        """The worker's PID while it runs, else None."""
+        proc = self._proc
+        return proc.pid if proc is not None and proc.poll() is None else None
+
+    def start(self) -> None:
+        """Spawn the worker (it warms up on its own); no-op while one runs. Call from the event loop thread."""
+        if self.pid is not None:
+            return
+        # PR_SET_PDEATHSIG fires when the spawning *thread* exits, so spawn from the long-lived loop thread.
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", "agent.solver_worker", "--warm-up", self.method],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            close_fds=True,
+        )
+        log.info("solver worker started (pid %d)", self._proc.pid)
+
+    def stop(self) -> None:
+        """End the worker now (a solve in flight fails); it is reaped in the background."""
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        _end(proc)
+        threading.Thread(target=_reap, args=(proc,), name="solver-worker-reaper", daemon=True).start()
+        log.info("solver worker stopped (pid %d)", proc.pid)
+
+    async def close(self) -> None:
+        """Stop the worker and wait until it has exited."""
+        proc, self._proc = self._proc, None
+        if proc is not None:
+            _end(proc)
+            await asyncio.to_thread(_reap, proc)
+
+    async def solve(self, snapshot: dict[str, Any], method: str, mode: str) -> tuple[dict[str, Any], str]:
+        """(plan as a dict, fallback reason or ''); starts a worker if none runs. Raises SolverWorkerError."""
+        self.start()
+        proc = self._proc
+        assert proc is not None
+        request = json.dumps({"snapshot": snapshot, "method": method, "mode": mode}).encode() + b"\n"
+        try:
+            reply = await asyncio.to_thread(self._round_trip, proc, request)
+        except SolverWorkerError:
+            if proc is self._proc and proc.poll() is None:
+                self.stop()  # a half-read pipe cannot be trusted; the next solve starts afresh
+            raise
+        if "error" in reply:
+            raise SolverWorkerError(str(reply["error"]))
+        return reply["plan"], str(reply.get("fallback", ""))
+
+    def _round_trip(self, proc: subprocess.Popen[bytes], request: bytes) -> dict[str, Any]:
+        assert proc.stdin is not None and proc.stdout is not None
+        with self._lock:
+            try:
+                proc.stdin.write(request)
+                proc.stdin.flush()
+                line = proc.stdout.readline(self.max_reply_bytes + 1)
+            except (OSError, ValueError) as exc:
+                raise SolverWorkerError(f"solver worker unreachable: {exc}") from exc
+        if not line:
+            raise SolverWorkerError(f"solver worker exited (status {proc.poll()})")
+        if len(line) > self.max_reply_bytes or not line.endswith(b"\n"):
+            raise SolverWorkerError(f"solver worker reply over {self.max_reply_bytes} bytes")
+        try:
+            reply = json.loads(line)
+        except ValueError as exc:
+            raise SolverWorkerError(f"malformed reply from the solver worker: {exc}") from exc
+        if not isinstance(reply, dict) or not ("error" in reply or isinstance(reply.get("plan"), dict)):
+            raise SolverWorkerError("malformed reply from the solver worker")
+        return reply
+
+
+def _end(proc: subprocess.Popen[bytes]) -> None:
+    with contextlib.suppress(OSError, ValueError):
+        if proc.stdin is not None:
+            proc.stdin.close()  # the worker exits at end of input
+    with contextlib.suppress(OSError):
+        proc.terminate()
+
+
+def _reap(proc: subprocess.Popen[bytes]) -> None:
+    try:
+        proc.wait(STOP_GRACE_S)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    if proc.stdout is not None:
+        proc.stdout.close()
+
+
+# -- the worker process ------------------------------------------------------------------------------
+
+
+def solve_request(request: Any) -> dict[str, Any]:
+    """One reply for one request; falls back to least-loaded when Ipopt/HiGHS are not installed."""
+    from solver import Snapshot, SolverUnavailableError
+    from solver.api import solve
+
+    if not isinstance(request, dict):
+        return {"error": "request is not a JSON object"}
+    snap = Snapshot.from_dict(request.get("snapshot"))
+    method, mode = str(request.get("method", "ipopt")), str(request.get("mode", "1"))
+    try:
+        return {"plan": solve(snap, method=method, mode=mode).to_dict(), "fallback": ""}
+    except SolverUnavailableError as exc:
+        return {"plan": solve(snap, method="least-loaded", mode=mode).to_dict(), "fallback": str(exc)}
+
+
+def warm_up(method: str) -> None:
+    """Import and initialise the solver once, so the first round is not seconds of imports."""
+    try:
+        from solver.api import solve
+        from solver.simulate import thesis_instance
+
+        solve(thesis_instance(25, 10, 0), method=method)
+    except Exception as exc:  # a missing solver shows up (and falls back) in the first round instead
+        log.debug("solver warm-up failed: %s", exc)
+    gc.collect()
+    gc.freeze()  # the imported heap is long-lived: later collections need not scan it
+
+
+def _die_with_parent() -> None:
+    pr_set_pdeathsig = 1
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+    if os.getppid() == 1:  # the agent died before we got here
+        os._exit(0)
+
+
+def _protocol_stdout() -> IO[str]:
+    """The reply channel; fd 1 itself is pointed at stderr so that no library print can corrupt it."""
+    out = os.fdopen(os.dup(1), "w", encoding="utf-8")
+    os.dup2(2, 1)
+    return out
+
+
+def serve(requests: IO[bytes], replies: IO[str]) -> None:
+    """Answer requests line by line until end of input."""
+    for line in requests:
+        try:
+            reply = solve_request(json.loads(line))
+        except Exception as exc:  # a bad request or a solver failure: report it, keep serving
+            reply = {"error": f"{type(exc).__name__}: {exc}"}
+        replies.write(json.dumps(reply) + "\n")
+        replies.flush()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``python -m agent.solver_worker``."""
+    ap = argparse.ArgumentParser(description="The leader's placement solver process (JSON lines on stdin/stdout).")
+    ap.add_argument("--warm-up", metavar="METHOD", default="ipopt", help="solver method to warm up (default ipopt)")
+    args = ap.parse_args(argv)
+    _die_with_parent()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C on the agent's terminal is the agent's to handle
+    replies = _protocol_stdout()
+    from solver.fastlp import tune_allocator
+
+    tune_allocator()
+    warm_up(args.warm_up)
+    serve(sys.stdin.buffer, replies)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""The cluster page served at GET / (index.html, app.js, style.css): no library, no CDN."""

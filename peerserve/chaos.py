@@ -1,0 +1,514 @@
+"""`peerserve chaos`: a seeded fault soak on the namespace test bed, with a checker outside the agents.
+
+N agents (process runtime) run in network namespaces (scripts/testbed.py); a client host sends predict
+requests for every catalogue model through the client library; a seeded schedule (printed, replayable)
+injects one fault at a time: kill -9 of a node or of the leader and its restart, a crash and restart
+within one second, SIGSTOP of the leader for longer than the election timeout, a partition (sometimes
+with the leader on the minority side) and its heal, a power cut of every node and the restart.
+
+The checker reads every agent's /cluster, /services and /stats/node and their logs, and reports:
+leaders per term, client requests failed outside a fault's window (a window lasts from the fault until
+the checker sees the cluster recovered, at most WINDOW_MAX_S), /services answers naming a node that is
+down and that the answering agent already marked dead or suspect, desired state lost across restarts,
+time to recover after each fault, and agent RSS growth. Pure parts (plan, summarise) are unit-tested.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import functools
+import json
+import logging
+import math
+import random
+import re
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from scripts.testbed import TestBed
+
+log = logging.getLogger(__name__)
+
+KINDS = ("kill_node", "kill_leader", "quick_restart", "pause_leader", "partition", "partition_minority_leader",
+         "power_cut")  # fmt: skip
+WINDOW_MAX_S = 5.0  # a fault's window closes when the cluster recovered, at most this long after it
+RECOVERY_LIMIT_S = 20.0  # recovery not seen within this long is reported as this long
+RSS_STEADY_AFTER_S = 5.0  # an agent's first steady RSS sample: this long after it started
+AGENT_ARGS = ("--placement-period-s", "5", "--placement-mode", "auto", "--log-level", "info")
+LEADER_LINE = re.compile(r"node (\S+) became leader at term (\d+)")
+
+
+# -- the schedule (pure) -------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class PlannedFault:
+    """One fault to inject: ``pick`` chooses among eligible targets; ``hold_s`` how long it lasts."""
+
+    kind: str
+    pick: float
+    hold_s: float
+    gap_s: float  # quiet time after the fault's episode, before the next one
+
+
+def plan(seed: int, count: int = 200) -> list[PlannedFault]:
+    """The seeded fault schedule: the same seed always gives the same faults in the same order."""
+    rng = random.Random(seed)
+    faults = []
+    for _ in range(count):
+        kind = rng.choice(KINDS)
+        hold = {"quick_restart": rng.uniform(0.2, 0.9), "pause_leader": rng.uniform(1.8, 3.0),
+                "power_cut": rng.uniform(0.5, 1.5)}.get(kind, rng.uniform(2.0, 5.0))  # fmt: skip
+        faults.append(PlannedFault(kind, rng.random(), round(hold, 2), round(rng.uniform(1.0, 3.0), 2)))
+    return faults
+
+
+# -- the verdict (pure) --------------------------------------------------------------------------------
+@dataclass
+class Observed:
+    """What the checker saw; ``summarise`` turns it into the report."""
+
+    leaders: dict[int, set[str]] = field(default_factory=dict)  # term -> leaders seen (/cluster and logs)
+    requests: list[tuple[float, bool]] = field(default_factory=list)  # (t, ok)
+    windows: list[tuple[float, float]] = field(default_factory=list)  # (start, end)
+    recoveries_ms: list[float] = field(default_factory=list)
+    dead_endpoint_answers: int = 0
+    desired_state_lost: int = 0
+    rss: dict[str, list[tuple[float, int]]] = field(default_factory=dict)  # agent incarnation -> (t, kB)
+    faults: list[dict[str, Any]] = field(default_factory=list)
+
+    def leader_seen(self, term: int, leader: str) -> None:
+        self.leaders.setdefault(term, set()).add(leader)
+
+
+def leaders_in_log(text: str) -> Iterable[tuple[int, str]]:
+    """(term, leader) for each 'became leader' line of an agent log."""
+    for m in LEADER_LINE.finditer(text):
+        yield int(m.group(2)), m.group(1)
+
+
+def failed_outside(requests: Sequence[tuple[float, bool]], windows: Sequence[tuple[float, float]]) -> int:
+    return sum(1 for t, ok in requests if not ok and not any(a <= t <= b for a, b in windows))
+
+
+def percentile(values: Sequence[float], q: float) -> float | None:
+    """Nearest-rank percentile (q in 0..100); None when there are no values."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(q / 100 * len(ordered)) - 1))]
+
+
+def rss_growth(samples: dict[str, list[tuple[float, int]]], steady_after_s: float = RSS_STEADY_AFTER_S) -> float:
+    """Largest final / first-steady RSS of any agent incarnation that was sampled past its steady point."""
+    ratios = []
+    for series in samples.values():
+        if not series:
+            continue
+        start = series[0][0]
+        steady = [kb for t, kb in series if t - start >= steady_after_s]
+        if len(steady) >= 2 and steady[0] > 0:
+            ratios.append(steady[-1] / steady[0])
+    return round(max(ratios), 3) if ratios else 1.0
+
+
+def summarise(o: Observed) -> dict[str, Any]:
+    """The report: the keys `peerserve chaos --json` prints."""
+    p50, p99 = percentile(o.recoveries_ms, 50), percentile(o.recoveries_ms, 99)
+    return {
+        "max_leaders_per_term": max((len(v) for v in o.leaders.values()), default=0),
+        "requests_ok": sum(1 for _, ok in o.requests if ok),
+        "requests_failed_outside_windows": failed_outside(o.requests, o.windows),
+        "dead_endpoint_answers": o.dead_endpoint_answers,
+        "desired_state_lost": o.desired_state_lost,
+        "recovery_ms_p50": None if p50 is None else round(p50, 1),
+        "recovery_ms_p99": None if p99 is None else round(p99, 1),
+        "rss_growth_ratio": rss_growth(o.rss),
+        "faults": o.faults,
+    }
+
+
+def violations(report: dict[str, Any]) -> list[str]:
+    """The zero-target counts (and bounds) this report breaks."""
+    out = [k for k in ("requests_failed_outside_windows", "dead_endpoint_answers", "desired_state_lost") if report[k]]
+    if report["max_leaders_per_term"] > 1:
+        out.append("max_leaders_per_term")
+    if report["rss_growth_ratio"] > 1.5:
+        out.append("rss_growth_ratio")
+    return out
+
+
+# -- the run (I/O) -------------------------------------------------------------------------------------
+class Soak:
+    """Runs agents on ``bed``, a workload, the seeded schedule and the checker for ``duration`` seconds."""
+
+    def __init__(self, bed: TestBed, duration: float, seed: int, say: Callable[[str], None]) -> None:
+        self.bed, self.duration, self.seed, self.say = bed, duration, seed, say
+        self.n = len(bed.hosts)
+        self.o = Observed()
+        self.lock = threading.Lock()
+        self.stop = threading.Event()
+        self.down: set[int] = set()  # killed or paused: not answering
+        self.away: set[int] = set()  # on the far side of a partition from the client
+        self.started = 0.0
+        self.desired: dict[int, tuple[dict[str, int], int]] = {}  # last seen (desired set, term) per node
+        self.models: list[str] = []
+        self.incarnation: dict[int, str] = {}
+        self.restarts = 0
+        self._worker: Any = None
+        self._client: Any = None
+
+    def now(self) -> float:
+        return time.monotonic() - self.started
+
+    # -- setup -------------------------------------------------------------------------------------
+    def start_agents(self) -> None:
+        for i in range(self.n):
+            self.bed.start(i, *AGENT_ARGS)
+            self.incarnation[i] = f"n{i}#0"
+        for i in range(self.n):
+            self.bed.wait_healthy(i)
+        self.started = time.monotonic()
+        if self.recover(list(range(self.n)), 30.0) is None:
+            raise RuntimeError("the agents did not agree on a leader within 30 s")
+        self.models = sorted(self.bed.json(0, "/health")["catalogue"]["models"])
+
+    # -- observations ------------------------------------------------------------------------------
+    def _cluster_of(self, i: int, client: Any) -> dict[str, Any] | None:
+        with contextlib.suppress(Exception):
+            r = client.get(self.bed.hosts[i].url + "/cluster", timeout=0.8)
+            return dict(r.json())
+        return None
+
+    def reachable(self) -> list[int]:
+        return [i for i in range(self.n) if i not in self.down and i not in self.away]
+
+    def recover(self, expected: list[int], limit: float) -> float | None:
+        """Seconds until every expected node names one leader among them and sees exactly them alive."""
+        began = time.monotonic()
+        while time.monotonic() - began < limit:
+            if self.agreed(expected) is not None:
+                return time.monotonic() - began
+            time.sleep(0.1)
+        return None
+
+    def agreed(self, expected: list[int]) -> str | None:
+        want = {self.bed.hosts[i].node_id for i in expected}
+        pairs = set()
+        for i in expected:
+            view = self.bed_call(functools.partial(self._cluster_of, i))
+            if view is None:
+                return None
+            alive = {m["node_id"] for m in view.get("members", []) if m.get("status") == "alive"}
+            if alive != want:
+                return None
+            pairs.add((view.get("leader"), view.get("term")))
+        if len(pairs) != 1:
+            return None
+        (leader, _term) = pairs.pop()
+        return str(leader) if leader in want else None
+
+    def bed_call(self, fn: Callable[[Any], Any]) -> Any:
+        """Call ``fn(client)`` with an httpx client living in the client namespace."""
+        if self._worker is None:
+            import httpx
+
+            from scripts.testbed import NetnsWorker
+
+            self._worker = NetnsWorker(self.bed.client_ns)
+            self._client = self._worker.call(lambda: httpx.Client(timeout=0.8))
+        return self._worker.call(fn, self._client)
+
+    def close(self) -> None:
+        if self._worker is not None:
+            with contextlib.suppress(Exception):
+                self._worker.call(self._client.close)
+            self._worker.close()
+            self._worker = None
+
+    # -- background threads ------------------------------------------------------------------------
+    def workload(self, model: str, instances: Any) -> None:
+        """One client site: predict ``model`` through the client library, failing over between agents."""
+        import httpx
+
+        from client import Client, PeerserveError
+        from scripts.testbed import _join_netns
+
+        _join_netns(self.bed.client_ns)
+        urls = [h.url for h in self.bed.hosts]
+        with Client(agents=urls, client_id=f"chaos-{model}", timeout=2.0, rtt_ttl_s=3600.0,
+                    rtt_override={h.node_id: 1.0 for h in self.bed.hosts}) as c:  # fmt: skip
+            while not self.stop.is_set():
+                t = self.now()
+                try:
+                    c.predict(model, instances=instances)
+                    ok = True
+                except (PeerserveError, httpx.HTTPError, OSError, ValueError) as exc:
+                    ok = False
+                    log.debug("request failed: %s", exc)
+                with self.lock:
+                    self.o.requests.append((t, ok))
+                time.sleep(0.1 if ok else 0.2)
+
+    def watch(self) -> None:
+        """Leaders per term, dead endpoints, desired sets and RSS, every 0.3 s from the client host."""
+        import httpx
+
+        from scripts.testbed import _join_netns
+
+        _join_netns(self.bed.client_ns)
+        with httpx.Client(timeout=0.8) as client:
+            while not self.stop.is_set():
+                for i in self.reachable():
+                    self.look_at(i, client)
+                self.sample_rss()
+                time.sleep(0.3)
+
+    def look_at(self, i: int, client: Any) -> None:
+        url = self.bed.hosts[i].url
+        with contextlib.suppress(Exception):
+            view = client.get(url + "/cluster").json()
+            if view.get("leader") is not None and view.get("term") is not None:
+                with self.lock:
+                    self.o.leader_seen(int(view["term"]), str(view["leader"]))
+            gone = {m["node_id"] for m in view.get("members", []) if m.get("status") in ("dead", "suspect")}
+            down = {self.bed.hosts[j].node_id for j in self.down}
+            answered = {e["node"] for e in client.get(url + "/services").json()}
+            if answered & gone & down:
+                with self.lock:
+                    self.o.dead_endpoint_answers += 1
+                self.say(f"n{i} answered with endpoints of {sorted(answered & gone & down)} after marking them dead")
+            node = client.get(url + "/stats/node").json()
+            self.desired[i] = (dict(node["desired"]), int(node["term"]))
+
+    def sample_rss(self) -> None:
+        t = self.now()
+        for i, host in enumerate(self.bed.hosts):
+            if host.proc is None or host.proc.poll() is not None or i in self.down:
+                continue
+            with contextlib.suppress(OSError, ValueError):
+                status = Path(f"/proc/{host.proc.pid}/status").read_text()
+                kb = int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:")))
+                with self.lock:
+                    self.o.rss.setdefault(self.incarnation[i], []).append((t, kb))
+
+    # -- faults ------------------------------------------------------------------------------------
+    def leader_index(self) -> int | None:
+        leader = self.agreed(self.reachable())
+        return None if leader is None else int(leader[1:])
+
+    def choose(self, candidates: list[int], pick: float) -> int:
+        return sorted(candidates)[min(len(candidates) - 1, int(pick * len(candidates)))]
+
+    def fault(self, kind: str, nodes: list[int], expected: list[int]) -> None:
+        """Record a fault injected just now; wait until the cluster recovered (window: at most 5 s)."""
+        at = self.now()
+        took = self.recover(expected, RECOVERY_LIMIT_S)
+        recovery = RECOVERY_LIMIT_S if took is None else took
+        names = [self.bed.hosts[i].node_id for i in nodes]
+        with self.lock:
+            self.o.windows.append((at, at + min(recovery, WINDOW_MAX_S)))
+            self.o.recoveries_ms.append(1000 * recovery)
+            self.o.faults.append({"kind": kind, "nodes": names, "at_s": round(at, 2),
+                                  "recovered_ms": None if took is None else round(1000 * took, 1)})  # fmt: skip
+        shown = "not recovered" if took is None else f"recovered in {1000 * took:.0f} ms"
+        self.say(f"[{at:6.1f} s] {kind} {','.join(names)}: {shown}")
+
+    def kill(self, i: int) -> None:
+        self.down.add(i)
+        self.bed.kill(i)
+
+    def restart(self, i: int) -> None:
+        before = self.desired.get(i)
+        self.bed.restart(i)
+        self.restarts += 1
+        self.incarnation[i] = f"n{i}#{self.restarts}"
+        self.bed.wait_healthy(i, 30.0)
+        self.down.discard(i)
+        self.check_restored(i, before)
+
+    def check_restored(self, i: int, before: tuple[dict[str, int], int] | None) -> None:
+        """The restarted agent serves the desired set and term it had before (nothing lost)."""
+        node = self.bed_call(lambda c: c.get(self.bed.hosts[i].url + "/stats/node", timeout=2.0).json())
+        desired, term = dict(node["desired"]), int(node["term"])
+        if before is not None and (term < before[1] or (before[0] and not desired)):
+            with self.lock:
+                self.o.desired_state_lost += 1
+            self.say(f"n{i} lost its desired state: had {before}, restored {(desired, term)}")
+
+    def episode(self, f: PlannedFault) -> None:
+        """Inject one planned fault and what ends it (restart, SIGCONT, heal), each with its window."""
+        leader = self.leader_index()
+        up = self.reachable()
+        if f.kind in ("kill_leader", "pause_leader", "partition_minority_leader") and leader is None:
+            return
+        if f.kind == "kill_node":
+            self.kill_and_restart("kill_node", self.choose([i for i in up if i != leader], f.pick), f.hold_s)
+        elif f.kind == "kill_leader":
+            self.kill_and_restart("kill_leader", int(leader or 0), f.hold_s)
+        elif f.kind == "quick_restart":
+            i = self.choose(up, f.pick)
+            self.kill(i)
+            time.sleep(f.hold_s)
+            self.restart(i)
+            self.fault("quick_restart", [i], self.reachable())
+        elif f.kind == "pause_leader":
+            i = int(leader or 0)
+            self.down.add(i)
+            self.bed.pause(i)
+            self.fault("pause_leader", [i], self.reachable())
+            time.sleep(max(0.0, f.hold_s - 1.0))
+            self.bed.resume(i)
+            self.down.discard(i)
+            self.fault("resume", [i], self.reachable())
+        elif f.kind.startswith("partition"):
+            self.partition(f, leader)
+        else:
+            self.power_cut(f.hold_s)
+
+    def kill_and_restart(self, kind: str, i: int, hold_s: float) -> None:
+        self.kill(i)
+        self.fault(kind, [i], self.reachable())
+        time.sleep(hold_s)
+        self.restart(i)
+        self.fault("restart", [i], self.reachable())
+
+    def partition(self, f: PlannedFault, leader: int | None) -> None:
+        """Cut a minority off (with the leader in it for partition_minority_leader); heal after hold_s."""
+        rng = random.Random(f.pick)
+        size = rng.randint(1, max(1, (self.n - 1) // 2))
+        others = [i for i in range(self.n) if i != leader]
+        if f.kind == "partition_minority_leader" and leader is not None:
+            minority = [leader, *rng.sample(others, size - 1)]
+        else:
+            minority = rng.sample(others, size)
+        majority = [i for i in range(self.n) if i not in minority]
+        self.bed.partition(majority, minority)
+        self.away = set(minority)
+        self.fault(f.kind, sorted(minority), self.reachable())
+        time.sleep(f.hold_s)
+        self.bed.heal()
+        self.away = set()
+        self.fault("heal", sorted(minority), self.reachable())
+
+    def power_cut(self, hold_s: float) -> None:
+        before = dict(self.desired)
+        self.down = set(range(self.n))
+        self.bed.power_cut()
+        self.fault("power_cut", list(range(self.n)), [])
+        time.sleep(hold_s)
+        for i in range(self.n):
+            self.bed.restart(i)
+            self.restarts += 1
+            self.incarnation[i] = f"n{i}#{self.restarts}"
+        for i in range(self.n):
+            self.bed.wait_healthy(i, 30.0)
+            self.down.discard(i)
+            self.check_restored(i, before.get(i))
+        self.fault("restart_all", list(range(self.n)), self.reachable())
+
+    # -- the whole run -----------------------------------------------------------------------------
+    def run(self) -> dict[str, Any]:
+        self.start_agents()
+        schedule = plan(self.seed)
+        shown = int(self.duration / 5) + 3
+        listed = "; ".join(
+            f"{k + 1}:{f.kind} pick {f.pick:.2f} hold {f.hold_s} s gap {f.gap_s} s" for k, f in enumerate(schedule)
+        )
+        self.say(f"schedule (seed {self.seed}), first {shown}: {'; '.join(listed.split('; ')[:shown])}")
+        examples = {"half_plus_two": [1.0, 2.0], "half_plus_three": [1.0], "xor_mlp": [[0, 1], [1, 1]]}
+        threads = [threading.Thread(target=self.workload, args=(m, examples.get(m, [1.0])), daemon=True)
+                   for m in self.models]  # fmt: skip
+        threads.append(threading.Thread(target=self.watch, daemon=True))
+        for t in threads:
+            t.start()
+        for f in schedule:
+            if self.now() >= self.duration:
+                break
+            self.episode(f)
+            time.sleep(f.gap_s)
+        self.stop.set()
+        for t in threads:
+            t.join(10)
+        for host in self.bed.hosts:
+            with contextlib.suppress(OSError):
+                for term, leader in leaders_in_log(host.log.read_text(errors="replace")):
+                    self.o.leader_seen(term, leader)
+        return summarise(self.o)
+
+
+def register(commands: Any) -> None:
+    p = commands.add_parser(
+        "chaos",
+        help="fault soak on the namespace test bed with an outside checker (root)",
+        description=(
+            "Bring up N agents in network namespaces (scripts/testbed.py, process runtime), run a predict "
+            "workload on every model from a client host, and inject a seeded, printed, replayable schedule of "
+            "faults one at a time: kill -9 of a node or the leader and its restart, a crash and restart within "
+            "a second, SIGSTOP of the leader past the election timeout, a partition (also with the leader in "
+            "the minority) and its heal, a power cut of every node and the restart. A checker outside the "
+            "agents reports leaders per term, requests failed outside fault windows, answers naming dead "
+            "endpoints, desired state lost across restarts, recovery time p50/p99 and agent RSS growth. "
+            "Needs root; run it under `flock /tmp/peerserve-netns.lock` on a shared machine. Exit 0 when every "
+            "zero-target count is zero and RSS growth <= 1.5, 1 otherwise, 2 on bad usage or no test bed."
+        ),
+    )
+    p.add_argument("--nodes", type=int, default=5, help="agents (default 5, at least 3)")
+    p.add_argument("--duration", type=float, default=90.0, help="seconds of faults (default 90)")
+    p.add_argument("--seed", type=int, default=1, help="seed of the fault schedule (default 1): same seed, same faults")
+    p.add_argument("--json", action="store_true", help="stdout is exactly one JSON object; progress goes to stderr")
+    p.set_defaults(handler=cmd_chaos)
+
+
+def cmd_chaos(args: argparse.Namespace) -> int:
+    from peerserve.cli import UsageError
+    from scripts.testbed import TestBed, available
+
+    if not 3 <= args.nodes <= 20:
+        raise UsageError("--nodes must be between 3 and 20")
+    if args.duration < 10:
+        raise UsageError("--duration must be at least 10 seconds")
+    reason = available()
+    if reason:
+        print(f"peerserve chaos: {reason}", file=sys.stderr)
+        return 2
+
+    def say(message: str) -> None:
+        print(message, file=sys.stderr, flush=True)
+
+    with tempfile.TemporaryDirectory(prefix="peerserve-chaos-") as tmp:
+        bed = TestBed(args.nodes, Path(tmp))
+        soak = Soak(bed, args.duration, args.seed, say)
+        try:
+            bed.up()
+            report = soak.run()
+        except (RuntimeError, OSError) as exc:
+            print(f"peerserve chaos: the run could not be carried out: {exc}", file=sys.stderr)
+            return 1
+        finally:
+            soak.stop.set()
+            soak.close()
+            bed.teardown()
+    broken = violations(report)
+    if args.json:
+        print(json.dumps(report))
+    else:
+        print(_text(report))
+    if broken:
+        say(f"peerserve chaos: violated: {', '.join(broken)}")
+    return 1 if broken else 0
+
+
+def _text(r: dict[str, Any]) -> str:
+    return (
+        f"{len(r['faults'])} faults; leaders per term (max) {r['max_leaders_per_term']}; requests ok "
+        f"{r['requests_ok']}, failed outside windows {r['requests_failed_outside_windows']}; dead endpoint answers "
+        f"{r['dead_endpoint_answers']}; desired state lost {r['desired_state_lost']}; recovery p50 "
+        f"{r['recovery_ms_p50']} ms p99 {r['recovery_ms_p99']} ms; RSS growth {r['rss_growth_ratio']}"
+    )

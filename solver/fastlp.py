@@ -1,0 +1,405 @@
+"""The placement LP built with numpy and solved by Ipopt (cyipopt) directly: lazy rows, lazy columns.
+
+The same LP as ``solver.formulation.build_model(..., integer=False)`` (the reference definition, and the
+oracle of the property test): y[c, j] requests of class c on node j, r[c] rejected, new[j, k] new
+instances where running ones can be reused, every request placed or rejected, memory and compute of
+every node. At the optimum only a few capacity rows bind, so the LP is grown until it proves optimality:
+
+1. Rows: start with the nodes that would be overloaded (or nearly full) if every class sat on its
+   cheapest node. Only nodes with a row constrain the LP.
+2. Class fixing: a class whose cheapest node has no row sits there whole (nothing can make another node
+   cheaper for it), so it leaves the LP.
+3. Columns: every other class gets its ``CANDIDATES`` cheapest nodes (on small LPs one more for each
+   of those the greedy load nearly fills).
+4. Solve; a node without a row that the result overloads gets its rows (unfixing its classes) and the LP
+   is solved again. Then left-out columns are priced with the duals (reduced cost = cost + dual of the
+   class's assignment row + capacity or link duals); any with negative reduced cost is added, repeat.
+
+When no row is violated and no column prices out, the restricted optimum is feasible for the full LP and
+dual feasible for it, hence the full LP's optimum. After ``MAX_ROUNDS`` (or a failed solve) the full LP
+(all rows and columns) is solved instead.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from solver.errors import SolverUnavailableError
+from solver.problem import FloatArray, IntArray, Problem, rejection_penalty
+
+log = logging.getLogger(__name__)
+
+CANDIDATES = 5
+WIDEN_LIMIT = 1000  # class x node pairs up to which congested classes get wider candidate lists
+MAX_ROUNDS = 8
+CLOSE_ROWS = True
+NEARLY_FULL = 0.9  # initial rows: nodes whose greedy load reaches this share of a budget
+BoolArray = Any
+
+IPOPT_FAST: dict[str, Any] = {
+    "print_level": 0,
+    "sb": "yes",
+    "bound_relax_factor": 0.0,
+    "hessian_constant": "yes",
+    "jac_c_constant": "yes",
+    "jac_d_constant": "yes",
+    "mehrotra_algorithm": "yes",
+    "tol": 1e-8,
+    "min_refinement_steps": 0,
+    "linear_system_scaling": "none",
+    "mumps_scaling": 0,
+    "mumps_permuting_scaling": 0,
+}
+# The fallback's options: Ipopt's default (monotone-safe) adaptive barrier, no Mehrotra predictor-corrector.
+IPOPT_SAFE: dict[str, Any] = {k: v for k, v in IPOPT_FAST.items() if k != "mehrotra_algorithm"} | {
+    "mu_strategy": "adaptive"
+}
+
+
+@dataclass(frozen=True)
+class LpSolution:
+    """The full LP's optimum: y [c, j], r [c], its value (penalty included) and how it was found."""
+
+    y: FloatArray
+    r: FloatArray
+    value: float
+    status: str
+    iterations: int
+    rounds: int
+    columns: int
+    rows: int
+    fallback: bool
+
+
+@dataclass
+class _Lp:
+    """One restricted LP in Ipopt's form and the index maps needed to read it back."""
+
+    cost: FloatArray
+    rows: IntArray
+    cols: IntArray
+    vals: FloatArray
+    lb: FloatArray
+    ub: FloatArray
+    cl: FloatArray
+    cu: FloatArray
+    col_class: IntArray  # [y] class of each y variable
+    col_node: IntArray  # [y] node of each y variable
+    classes: IntArray  # [r] the classes in the LP, in assignment-row order
+    link_keys: IntArray  # [t] j * n_models + k of each `new` variable / link row
+    cap_nodes: IntArray  # nodes with capacity rows (memory rows, then compute rows)
+    mem_row: IntArray  # [len(cap_nodes)] row index or -1 when the row is empty
+    comp_row: IntArray
+
+
+def solve_lp(p: Problem) -> LpSolution:
+    """The optimum of the placement LP over all columns and rows, by Ipopt on a restricted LP."""
+    penalty = rejection_penalty(p)
+    n_c, n_j = p.n_classes, p.n_nodes
+    if n_c == 0 or n_j == 0:
+        r = p.class_count.astype(float)
+        return LpSolution(np.zeros((n_c, n_j)), r, penalty * float(r.sum()), "optimal", 0, 0, 0, 0, False)
+    cheapest = np.argmin(p.cost, axis=1) if n_j else np.zeros(n_c, dtype=np.int64)
+    congested = _initial_rows(p, cheapest)
+    has_row = congested.copy()
+    in_lp = np.zeros((n_c, n_j), dtype=bool)
+    total_iters = 0
+    for rounds in range(MAX_ROUNDS):
+        free_class = _close_rows(p, has_row, in_lp, cheapest, congested)
+        lp = _build(p, in_lp & free_class[:, None], free_class, has_row, penalty)
+        x, mult, status, iters = _ipopt(lp, IPOPT_FAST)
+        total_iters += iters
+        if status != "optimal":
+            break
+        y, r = _expand(p, lp, x, cheapest, free_class)
+        overloaded = _overloaded(p, y) & ~has_row
+        if overloaded.any():
+            has_row |= overloaded
+            continue
+        priced = _price(p, lp, mult, in_lp, free_class, has_row)
+        if not priced.any():
+            value = float((p.cost * y).sum() + penalty * r.sum())
+            return LpSolution(y, r, value, status, total_iters, rounds, int(in_lp[free_class].sum()), len(lp.cl), False)
+        in_lp |= priced
+    return _full(p, penalty, total_iters)
+
+
+def tune_allocator() -> bool:
+    """Keep freed memory in this process's heap (glibc); for long-lived solver processes. True if applied.
+
+    Ipopt and MUMPS allocate and free their work arrays at every iteration; with glibc's defaults large
+    blocks are mapped and unmapped each time and every page faults again (~6 % of a solve). Raising the
+    mmap and trim thresholds keeps them in the heap; the price is that the process keeps its peak heap.
+    """
+    import ctypes
+
+    m_trim_threshold, m_top_pad, m_mmap_threshold = -1, -2, -3
+    try:
+        libc = ctypes.CDLL(None)
+        return all(
+            libc.mallopt(option, value) == 1
+            for option, value in ((m_trim_threshold, 512 << 20), (m_top_pad, 64 << 20), (m_mmap_threshold, 256 << 20))
+        )
+    except (OSError, AttributeError):  # not glibc
+        return False
+
+
+def full_lp(p: Problem) -> dict[str, Any]:
+    """The whole LP (every row and column) as arrays, for other LP solvers: min cost'x, cl <= Ax <= cu.
+
+    Keys: cost, rows, cols, vals (A in coordinate form), lb, ub, cl, cu.
+    """
+    ones = np.ones(p.n_nodes, dtype=bool)
+    lp = _build(
+        p, np.ones((p.n_classes, p.n_nodes), dtype=bool), np.ones(p.n_classes, dtype=bool), ones, rejection_penalty(p)
+    )
+    return {key: getattr(lp, key) for key in ("cost", "rows", "cols", "vals", "lb", "ub", "cl", "cu")}
+
+
+def _full(p: Problem, penalty: float, iterations: int) -> LpSolution:
+    """The fallback: every row and every column, Ipopt's safe options."""
+    everything = np.ones(p.n_nodes, dtype=bool)
+    classes = np.ones(p.n_classes, dtype=bool)
+    lp = _build(p, np.ones((p.n_classes, p.n_nodes), dtype=bool), classes, everything, penalty)
+    x, _mult, status, iters = _ipopt(lp, IPOPT_SAFE)
+    y, r = _expand(p, lp, x, np.zeros(p.n_classes, dtype=np.int64), classes)
+    value = float((p.cost * y).sum() + penalty * r.sum())
+    log.debug("lazy LP gave up; full LP solved (%s)", status)
+    return LpSolution(y, r, value, status, iterations + iters, MAX_ROUNDS, y.size, len(lp.cl), True)
+
+
+def _initial_rows(p: Problem, cheapest: IntArray) -> BoolArray:
+    """Nodes whose capacity would be (nearly) used up with every class on its cheapest node."""
+    y = np.zeros((p.n_classes, p.n_nodes))
+    y[np.arange(p.n_classes), cheapest] = p.class_count
+    mem_use, comp_use = _usage(p, y)
+    return np.asarray(
+        (mem_use > NEARLY_FULL * p.mem_budget - 1e-9) & (mem_use > 0)
+        | (comp_use > NEARLY_FULL * p.comp_budget - 1e-9) & (comp_use > 0)
+    )
+
+
+def _usage(p: Problem, y: FloatArray) -> tuple[FloatArray, FloatArray]:
+    """[j] memory and compute the new instances of placement ``y`` take."""
+    load = y.T @ np.eye(len(p.mem))[p.class_model]  # [j, k] requests of model k on node j
+    new = np.maximum(load - p.free, 0.0)
+    return new @ p.mem, new @ p.comp
+
+
+def _overloaded(p: Problem, y: FloatArray) -> BoolArray:
+    mem_use, comp_use = _usage(p, y)
+    tol_m = 1e-7 * np.maximum(1.0, p.mem_budget)
+    tol_c = 1e-7 * np.maximum(1.0, p.comp_budget)
+    return np.asarray((mem_use > p.mem_budget + tol_m) | (comp_use > p.comp_budget + tol_c))
+
+
+def _close_rows(
+    p: Problem, has_row: BoolArray, in_lp: BoolArray, cheapest: IntArray, congested: BoolArray
+) -> BoolArray:
+    """Add rows until no node without one could be overloaded by the LP; the classes left in the LP.
+
+    A node's worst case is every class with a column there (and every fixed class whose cheapest node it
+    is) sitting there whole; a node whose worst case fits needs no row, the LP cannot overload it.
+    """
+    while True:
+        free_class = has_row[cheapest]
+        _ensure_candidates(p, in_lp, free_class, congested)
+        worst = in_lp * free_class[:, None] * p.class_count[:, None].astype(float)
+        fixed = np.nonzero(~free_class)[0]
+        worst[fixed, cheapest[fixed]] = p.class_count[fixed]
+        grow = _overloaded(p, worst) & ~has_row
+        if not grow.any() or not CLOSE_ROWS:
+            return free_class
+        has_row |= grow
+
+
+def _ensure_candidates(p: Problem, in_lp: BoolArray, free_class: BoolArray, congested: BoolArray) -> None:
+    """Give every class in the LP that has no columns yet its cheapest ``CANDIDATES`` nodes.
+
+    On a small LP a class also gets one more node per congested node among those (one the greedy load
+    nearly fills): crowded out of its cheapest nodes it needs the next ones, and finding them by pricing
+    costs a second solve, more than the extra columns cost there.
+    """
+    need = np.nonzero(free_class & ~in_lp.any(axis=1))[0]
+    if not len(need):
+        return
+    k = min(CANDIDATES, p.n_nodes)
+    order = np.argsort(p.cost[need], axis=1, kind="stable")
+    width = np.full(len(need), k)
+    if p.n_classes * p.n_nodes <= WIDEN_LIMIT:
+        width = np.minimum(k + congested[order[:, :k]].sum(axis=1), p.n_nodes)
+    take = np.arange(p.n_nodes)[None, :] < width[:, None]
+    in_lp[np.repeat(need, take.sum(axis=1)), order[take]] = True
+
+
+def _build(p: Problem, cols: BoolArray, classes_mask: BoolArray, has_row: BoolArray, penalty: float) -> _Lp:
+    """The restricted LP: y over ``cols``, r over the LP's classes, new where reuse meets a row."""
+    n_models = len(p.mem)
+    classes = np.nonzero(classes_mask)[0]
+    class_pos = np.full(p.n_classes, -1, dtype=np.int64)
+    class_pos[classes] = np.arange(len(classes))
+    cc, jj = np.nonzero(cols)
+    kk = p.class_model[cc]
+    n_y, n_r = len(cc), len(classes)
+    key = jj * n_models + kk
+    linked_col = has_row[jj] & (p.free[jj, kk] > 0)
+    link_keys, link_of_col = np.unique(key[linked_col], return_inverse=True)
+    n_t = len(link_keys)
+    t_node, t_model = link_keys // n_models, link_keys % n_models
+    cap_nodes = np.nonzero(has_row)[0]
+    cap_pos = np.full(p.n_nodes, -1, dtype=np.int64)
+    cap_pos[cap_nodes] = np.arange(len(cap_nodes))
+    n_cap = len(cap_nodes)
+
+    # variables: y [0, n_y), r [n_y, n_y + n_r), new [n_y + n_r, ...)
+    y_idx = np.arange(n_y)
+    r_idx = n_y + np.arange(n_r)
+    t_idx = n_y + n_r + np.arange(n_t)
+    # rows: assign [0, n_r), link [n_r, n_r + n_t), memory, compute per capacity node
+    link0, mem0, comp0 = n_r, n_r + n_t, n_r + n_t + n_cap
+    r_list = [class_pos[cc], np.arange(n_r)]
+    c_list = [y_idx, r_idx]
+    v_list = [np.ones(n_y), np.ones(n_r)]
+    # link rows: sum y - new <= free
+    r_list += [link0 + link_of_col, link0 + np.arange(n_t)]
+    c_list += [y_idx[linked_col], t_idx]
+    v_list += [np.ones(int(linked_col.sum())), -np.ones(n_t)]
+    # capacity rows: plain y where no reuse is possible, `new` where it is
+    plain = has_row[jj] & ~linked_col
+    for base, weight in ((mem0, p.mem), (comp0, p.comp)):
+        wy, wt = weight[kk[plain]], weight[t_model]
+        r_list += [base + cap_pos[jj[plain]], base + cap_pos[t_node]]
+        c_list += [y_idx[plain], t_idx]
+        v_list += [wy, wt]
+    rows, cols_, vals = np.concatenate(r_list), np.concatenate(c_list), np.concatenate(v_list)
+    keep = vals != 0
+    rows, cols_, vals = rows[keep], cols_[keep], vals[keep]
+
+    # drop empty capacity rows (no entries: nothing there can use the resource)
+    n_rows = comp0 + n_cap
+    used = np.zeros(n_rows, dtype=bool)
+    used[rows] = True
+    used[:mem0] = True
+    renum = np.cumsum(used) - 1
+    rows = renum[rows]
+    mem_row = np.where(used[mem0 : mem0 + n_cap], renum[mem0 : mem0 + n_cap], -1)
+    comp_row = np.where(used[comp0 : comp0 + n_cap], renum[comp0 : comp0 + n_cap], -1)
+    counts = p.class_count[classes].astype(float)
+    lower = np.concatenate([counts, np.full(n_t, -np.inf), np.full(2 * n_cap, -np.inf)])[used]
+    upper = np.concatenate(
+        [counts, p.free[t_node, t_model].astype(float), p.mem_budget[cap_nodes], p.comp_budget[cap_nodes]]
+    )[used]
+    return _Lp(
+        cost=np.concatenate([p.cost[cc, jj], np.full(n_r, penalty), np.zeros(n_t)]),
+        rows=rows,
+        cols=cols_,
+        vals=vals,
+        lb=np.zeros(n_y + n_r + n_t),
+        ub=np.concatenate([p.class_count[cc].astype(float), counts, np.full(n_t, np.inf)]),
+        cl=lower,
+        cu=upper,
+        col_class=cc,
+        col_node=jj,
+        classes=classes,
+        link_keys=link_keys,
+        cap_nodes=cap_nodes,
+        mem_row=mem_row,
+        comp_row=comp_row,
+    )
+
+
+class _Callbacks:
+    """cyipopt callbacks for min c'x s.t. cl <= Ax <= cu: constant Jacobian, zero Hessian."""
+
+    def __init__(self, lp: _Lp) -> None:
+        self.lp = lp
+        self.m = len(lp.cl)
+        self.iterations = 0
+        self._empty = np.zeros(0, dtype=np.int64)
+
+    def intermediate(self, *args: Any) -> bool:
+        self.iterations += 1
+        return True
+
+    def objective(self, x: FloatArray) -> float:
+        return float(self.lp.cost @ x)
+
+    def gradient(self, x: FloatArray) -> FloatArray:
+        return self.lp.cost
+
+    def constraints(self, x: FloatArray) -> FloatArray:
+        lp = self.lp
+        out: FloatArray = np.bincount(lp.rows, weights=lp.vals * x[lp.cols], minlength=self.m).astype(np.float64)
+        return out
+
+    def jacobian(self, x: FloatArray) -> FloatArray:
+        return self.lp.vals
+
+    def jacobianstructure(self) -> tuple[IntArray, IntArray]:
+        return self.lp.rows, self.lp.cols
+
+    def hessianstructure(self) -> tuple[IntArray, IntArray]:
+        return self._empty, self._empty
+
+    def hessian(self, x: FloatArray, lagrange: FloatArray, obj_factor: float) -> FloatArray:
+        return np.zeros(0)
+
+
+def _ipopt(lp: _Lp, options: dict[str, Any]) -> tuple[FloatArray, FloatArray, str, int]:
+    """Solve ``lp``: primal x, row multipliers (Ipopt's sign: L = c'x + mult'(Ax)), status, iterations."""
+    try:
+        import cyipopt
+    except ImportError as exc:  # pragma: no cover - depends on the install
+        raise SolverUnavailableError("Ipopt (python package cyipopt-wheels)") from exc
+    from solver.relaxation import ipopt_status
+
+    n = len(lp.cost)
+    if n == 0:
+        return np.zeros(0), np.zeros(len(lp.cl)), "optimal", 0
+    callbacks = _Callbacks(lp)
+    nlp = cyipopt.Problem(n=n, m=len(lp.cl), problem_obj=callbacks, lb=lp.lb, ub=lp.ub, cl=lp.cl, cu=lp.cu)
+    for key, value in options.items():
+        nlp.add_option(key, value)
+    x0 = np.minimum(lp.ub, 1.0) / 2
+    x, info = nlp.solve(x0)
+    return np.asarray(x), np.asarray(info["mult_g"]), ipopt_status(int(info["status"])), callbacks.iterations
+
+
+def _expand(
+    p: Problem, lp: _Lp, x: FloatArray, cheapest: IntArray, free_class: BoolArray
+) -> tuple[FloatArray, FloatArray]:
+    """The full y [c, j] and r [c]: the LP's values, fixed classes whole on their cheapest node."""
+    y = np.zeros((p.n_classes, p.n_nodes))
+    n_y = len(lp.col_class)
+    y[lp.col_class, lp.col_node] = np.clip(x[:n_y], 0.0, None)
+    fixed = np.nonzero(~free_class)[0]
+    y[fixed, cheapest[fixed]] = p.class_count[fixed]
+    r = np.zeros(p.n_classes)
+    r[lp.classes] = np.clip(x[n_y : n_y + len(lp.classes)], 0.0, None)
+    return y, r
+
+
+def _price(
+    p: Problem, lp: _Lp, mult: FloatArray, in_lp: BoolArray, free_class: BoolArray, has_row: BoolArray
+) -> BoolArray:
+    """Left-out columns of the LP's classes whose reduced cost under the duals is negative."""
+    n_models = len(p.mem)
+    n_r, n_t = len(lp.classes), len(lp.link_keys)
+    assign = np.zeros(p.n_classes)
+    assign[lp.classes] = mult[:n_r]
+    # extra[j, k]: what one more request of model k on node j pays in capacity (or link) duals
+    mem_dual = np.zeros(p.n_nodes)
+    comp_dual = np.zeros(p.n_nodes)
+    mem_dual[lp.cap_nodes] = np.where(lp.mem_row >= 0, mult[np.maximum(lp.mem_row, 0)], 0.0)
+    comp_dual[lp.cap_nodes] = np.where(lp.comp_row >= 0, mult[np.maximum(lp.comp_row, 0)], 0.0)
+    extra = mem_dual[:, None] * p.mem[None, :] + comp_dual[:, None] * p.comp[None, :]
+    extra[(p.free > 0) & has_row[:, None]] = 0.0  # a new link row starts with a zero dual
+    link = mult[n_r : n_r + n_t]
+    extra[lp.link_keys // n_models, lp.link_keys % n_models] = link
+    reduced = p.cost + assign[:, None] + extra[:, p.class_model].T
+    scale = max(1.0, float(p.cost.max(initial=0.0)))
+    return np.asarray((reduced < -1e-7 * scale) & ~in_lp & free_class[:, None])

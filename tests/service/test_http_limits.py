@@ -1,0 +1,269 @@
+"""HTTP bounds of a real agent over loopback, with raw sockets where a client misbehaves on purpose.
+
+Each bound of agent/http_limits.py and agent/client_ids.py is exercised here: chunked body over the limit,
+half-sent headers and bodies (slowloris), the concurrency limit, the per-address connection cap, the
+header size limit, malformed client input, made-up client ids, /health when reconciling fails, API docs.
+"""
+
+from __future__ import annotations
+
+import select
+import socket
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from tests.service.conftest import RunningAgent
+
+PREDICT = "/services/half_plus_two/v1/models/half_plus_two:predict"
+QUIET = "--no-discovery"  # no mDNS: agents of parallel tests stay strangers
+
+
+def connect(agent: RunningAgent, source: str = "127.0.0.1") -> socket.socket:
+    return socket.create_connection((agent.host, agent.port), timeout=30, source_address=(source, 0))
+
+
+def read_until_closed(sock: socket.socket, timeout: float) -> tuple[bytes, float]:
+    """Everything the server sends until it closes the connection, and how long that took."""
+    started = time.monotonic()
+    sock.settimeout(timeout)
+    data = b""
+    try:
+        while chunk := sock.recv(65536):
+            data += chunk
+    except ConnectionResetError:
+        pass
+    return data, time.monotonic() - started
+
+
+def read_one_response(sock: socket.socket) -> bytes:
+    """One response with a Content-Length body, leaving the connection open."""
+    sock.settimeout(10)
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += sock.recv(65536)
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.lower().split(b"\r\n")
+    length = next(int(line.split(b":")[1]) for line in lines if line.startswith(b"content-length"))
+    while len(body) < length:
+        body += sock.recv(65536)
+    return data
+
+
+def status_of(response: bytes) -> int:
+    return int(response.split(b" ", 2)[1]) if response.startswith(b"HTTP/1.1 ") else 0
+
+
+def test_chunked_body_over_the_limit_is_refused_while_it_streams(agents: Any) -> None:
+    a = agents("a", QUIET, "--max-body-mb", "1")
+    sock = connect(a)
+    sock.sendall(
+        f"POST {PREDICT} HTTP/1.1\r\nHost: a\r\nContent-Type: application/json\r\n"
+        "Transfer-Encoding: chunked\r\n\r\n".encode()
+    )
+    chunk = b"10000\r\n" + b" " * 0x10000 + b"\r\n"  # 64 KiB chunks, 64 MiB in all unless refused first
+    sent, deadline = 0, time.monotonic() + 60
+    sock.setblocking(False)
+    while sent < 64 * 2**20 and time.monotonic() < deadline:
+        readable, writable, _ = select.select([sock], [sock], [], 5)
+        if readable:
+            break
+        if writable:
+            try:
+                sent += sock.send(chunk)  # a partial send just garbles the stream past the limit
+            except (BlockingIOError, BrokenPipeError, ConnectionResetError):
+                break
+    sock.setblocking(True)
+    response, _ = read_until_closed(sock, 30)
+    assert status_of(response) == 413, response[:300]
+    assert b"request body over 1048576 bytes" in response
+    assert sent < 32 * 2**20, f"the agent read {sent} bytes before refusing"
+    assert a.get("/health").status_code == 200
+
+
+def test_declared_body_over_the_limit_is_refused_before_reading(agents: Any) -> None:
+    a = agents("a", QUIET, "--max-body-mb", "1")
+    sock = connect(a)
+    sock.sendall(f"POST {PREDICT} HTTP/1.1\r\nHost: a\r\nContent-Length: {2**21}\r\n\r\n".encode())
+    response, took = read_until_closed(sock, 30)
+    assert status_of(response) == 413 and took < 10
+
+
+def test_half_sent_headers_get_408_and_the_connection_closes(agents: Any) -> None:
+    a = agents("a", QUIET, env={"PEERSERVE_HEADER_TIMEOUT_S": "1"})
+    sock = connect(a)
+    sock.sendall(b"GET /health HTTP/1.1\r\nHost: a\r\n")
+    response, took = read_until_closed(sock, 30)
+    assert status_of(response) == 408 and b"request headers not received within 1 s" in response
+    assert 0.8 < took < 5
+
+
+def test_a_trickle_of_header_bytes_does_not_hold_the_connection(agents: Any) -> None:
+    a = agents("a", QUIET, env={"PEERSERVE_HEADER_TIMEOUT_S": "1"})
+    sock = connect(a)
+    sock.sendall(b"GET /health HTTP/1.1\r\nX-Slow: ")
+    started = time.monotonic()
+    closed_after = None
+    while time.monotonic() - started < 10:
+        try:
+            sock.sendall(b"a")
+        except (BrokenPipeError, ConnectionResetError):
+            closed_after = time.monotonic() - started
+            break
+        if select.select([sock], [], [], 0.2)[0]:
+            response, _ = read_until_closed(sock, 5)
+            assert status_of(response) == 408
+            closed_after = time.monotonic() - started
+            break
+    assert closed_after is not None and closed_after < 4, "a slowloris client held the connection"
+
+
+def test_idle_and_kept_alive_connections_are_bounded_too(agents: Any) -> None:
+    a = agents("a", QUIET, env={"PEERSERVE_HEADER_TIMEOUT_S": "1"})
+    idle = connect(a)
+    data, took = read_until_closed(idle, 30)
+    assert data == b"" and took < 8  # closed without a word (uvicorn's keep-alive or our deadline)
+    kept = connect(a)
+    kept.sendall(b"GET /health HTTP/1.1\r\nHost: a\r\n\r\n")
+    assert status_of(read_one_response(kept)) == 200
+    kept.sendall(b"GET /health HTTP/1.1\r\nHo")  # the second request never completes
+    response, took = read_until_closed(kept, 30)
+    assert status_of(response) == 408 and took < 5
+
+
+def test_half_sent_body_gets_408(agents: Any) -> None:
+    a = agents("a", QUIET, "--body-timeout-s", "1", "--provision-wait-s", "20")
+    sock = connect(a)
+    sock.sendall(
+        f"POST {PREDICT} HTTP/1.1\r\nHost: a\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n"
+        '{"instances": ['.encode()
+    )
+    response, took = read_until_closed(sock, 60)
+    assert status_of(response) == 408 and b"request body not received within 1 s" in response
+    assert took < 30
+    assert a.get("/health").status_code == 200
+
+
+def test_concurrency_limit_answers_503_and_recovers(agents: Any) -> None:
+    a = agents("a", QUIET, "--max-concurrency", "4", "--header-timeout-s", "60")
+    held = [connect(a) for _ in range(4)]
+    deadline = time.monotonic() + 10  # the agent may accept the held connections a moment later
+    while (r := httpx.get(f"{a.url}/health", timeout=10)).status_code != 503:
+        assert time.monotonic() < deadline, f"no 503 with 4 connections held: {r.status_code}"
+        time.sleep(0.1)
+    for sock in held:
+        sock.close()
+    deadline = time.monotonic() + 10
+    while httpx.get(f"{a.url}/health", timeout=10).status_code != 200:
+        assert time.monotonic() < deadline, "the agent did not recover from the concurrency limit"
+        time.sleep(0.1)
+
+
+def test_one_address_cannot_hold_every_connection(agents: Any) -> None:
+    a = agents("a", QUIET, "--header-timeout-s", "60", env={"PEERSERVE_MAX_CONNECTIONS_PER_ADDRESS": "3"})
+    held = [connect(a) for _ in range(3)]
+    extra = connect(a)
+    data, took = read_until_closed(extra, 10)
+    assert status_of(data) == 503 and b"over 3 connections open from 127.0.0.1" in data and took < 5
+    other = connect(a, source="127.0.0.2")  # another host still gets in
+    other.sendall(b"GET /health HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+    response, _ = read_until_closed(other, 10)
+    assert status_of(response) == 200
+    for sock in held:
+        sock.close()
+
+
+def test_oversized_headers_are_refused(agents: Any) -> None:
+    a = agents("a", QUIET)
+    whole = connect(a)  # complete in one write: the app-level check
+    whole.sendall(b"GET /health HTTP/1.1\r\nHost: a\r\nX-Big: " + b"a" * 20_000 + b"\r\n\r\n")
+    response, _ = read_until_closed(whole, 10)
+    assert status_of(response) == 431 and b"over 16384 bytes" in response
+    piecemeal = connect(a)  # never complete: h11 stops buffering past the limit
+    piecemeal.sendall(b"GET /health HTTP/1.1\r\nHost: a\r\nX-Big: ")
+    for _ in range(20):
+        time.sleep(0.02)
+        try:
+            piecemeal.sendall(b"a" * 1000)
+        except (BrokenPipeError, ConnectionResetError):
+            break
+    response, _ = read_until_closed(piecemeal, 10)
+    assert status_of(response) in (0, 400)
+
+
+def test_client_fields_overflow_nan_and_names_are_4xx(agents: Any) -> None:
+    a = agents("a", QUIET)
+    node = a.get("/health").json()["node_id"]
+    for rtt in ("n1=NaN", "n1=Infinity", "n1=1e400", f"{node}=" + "9" * 400, f"{node}=1e30", "bad\x01=1"):
+        r = a.get("/services", headers={"X-Peerserve-RTT": rtt})
+        assert r.status_code == 400 and "RTT" in r.json()["error"], (rtt, r.text)
+    for query in ("rtt=n1:nan", "rtt=n1:1e400", "rtt=" + ",".join(f"n{i}:1" for i in range(65))):
+        r = a.get(f"/services/half_plus_two?{query}")
+        assert r.status_code == 400, (query, r.text)
+    for client in ("phone\t7", "x" * 129, "a/b"):
+        r = a.get("/services", headers={"X-Peerserve-Client": client})
+        assert r.status_code == 400 and "X-Peerserve-Client" in r.json()["error"], client
+    for path in ("/services/half_plus_two%0A", PREDICT + "%0A"):
+        r = httpx.post(a.url + path, json={"instances": [1]}, timeout=30) if ":predict" in path else a.get(path)
+        assert r.status_code == 400 and "error" in r.json(), (path, r.text)
+    for since in ("18446744073709551616", "9223372036854775808", "-1", "1e3", "NaN"):
+        r = a.get(f"/stats/requests?since={since}")
+        assert r.status_code == 422 and "error" in r.json(), (since, r.text)
+    assert a.get("/health").status_code == 200
+
+
+def test_made_up_client_ids_and_node_names_cannot_fake_demand(agents: Any) -> None:
+    a = agents("a", QUIET, "--provision-wait-s", "20")
+    node = a.get("/health").json()["node_id"]
+    fakes = ", ".join(f"fake{k}=1" for k in range(60))
+    with httpx.Client(base_url=a.url, timeout=30) as http:
+        for i in range(200):
+            headers = {
+                "X-Peerserve-Client": f"made-up-{i}",
+                "X-Peerserve-RTT": f"{fakes}, {node}=2",
+                "X-Forwarded-For": f"10.0.0.{i}",  # not believed: the source address is the socket's
+            }
+            r = http.get("/services/half_plus_two", headers=headers)
+            assert r.status_code == 200, r.text
+        log = http.get("/stats/requests?since=0&limit=10000").json()["requests"]
+    clients = {r["client"] for r in log}
+    assert len(log) == 200 and clients == {*(f"made-up-{i}" for i in range(8)), "127.0.0.1"}
+    assert all(r["rtt_ms"] == {node: 2.0} for r in log)  # reports about nodes nobody knows are dropped
+    db = sqlite3.connect(f"file:{a.data_dir / 'peerserve.sqlite3'}?mode=ro", uri=True)
+    try:
+        rows = db.execute("SELECT COUNT(*) FROM client_rtt").fetchone()[0]
+    finally:
+        db.close()
+    assert rows <= 9, f"{rows} client_rtt rows from one host"
+
+
+def test_health_is_degraded_while_reconciling_fails(agents: Any) -> None:
+    a = agents("a", QUIET, "--provision-wait-s", "1")
+    blocker = Path(a.data_dir) / "logs" / "half_plus_two.log"
+    blocker.mkdir(parents=True)  # the process runtime cannot open the model server's log: starts fail
+    a.get("/services/half_plus_two")  # provisions on demand; the reconcile round raises
+    deadline = time.monotonic() + 20
+    while (health := a.get("/health").json())["status"] != "degraded":
+        assert time.monotonic() < deadline, health
+        time.sleep(0.2)
+    assert "IsADirectoryError" in health["reconcile"]["error"]
+    assert any(reason.startswith("reconcile failing") for reason in health["reasons"])
+    blocker.rmdir()
+    deadline = time.monotonic() + 30
+    while (health := a.get("/health").json())["status"] != "ok":
+        assert time.monotonic() < deadline, health
+        time.sleep(0.2)
+    assert health["reconcile"]["error"] is None and health["reasons"] == []
+
+
+def test_api_docs_are_off_unless_asked_for(agents: Any) -> None:
+    off = agents("off", QUIET)
+    for path in ("/docs", "/redoc", "/openapi.json"):
+        assert off.get(path).status_code == 404, path
+    on = agents("on", QUIET, "--api-docs")
+    for path in ("/docs", "/redoc", "/openapi.json"):
+        assert on.get(path).status_code == 200, path
+    assert "/services/{model}" in on.get("/openapi.json").json()["paths"]

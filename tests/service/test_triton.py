@@ -1,0 +1,77 @@
+"""A real Triton Inference Server (process runtime) and the digits model over both protocols via an agent.
+
+Needs the tritonserver of the nvidia-pytriton wheel and the built digits weights (scripts/bootstrap.sh
+installs and builds both); tritonclient.http is the real client, used with its defaults (binary tensors).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+import pytest
+
+np = pytest.importorskip("numpy")
+pytest.importorskip("sklearn")
+httpclient = pytest.importorskip("tritonclient.http")
+
+
+def _wait_200(send: Any, timeout: float = 90.0) -> httpx.Response:
+    """Retry while the model is being provisioned (503 + Retry-After)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        r = send()
+        if r.status_code != 503 or time.monotonic() > deadline:
+            return r
+        time.sleep(0.5)
+
+
+def test_digits_over_tf_serving_and_triton_through_an_agent(agents: Any) -> None:
+    from agent import digits
+    from agent.runtime.triton import find_triton
+
+    find_triton()  # a missing install fails here with the reason
+    images, labels = digits.heldout_set()
+    a = agents("a", "--provision-wait-s", "60")
+    # Open Inference Protocol at the agent's root, for a model no server runs yet: provisions Triton.
+    ready = _wait_200(lambda: httpx.get(a.url + "/v2/models/digits_triton/ready", timeout=90))
+    assert ready.status_code == 200, ready.text
+    host = urlsplit(a.url).netloc
+    with httpclient.InferenceServerClient(host) as triton:  # the real client, its defaults
+        assert triton.is_server_live() and triton.is_server_ready()
+        meta = triton.get_model_metadata("digits_triton")
+        assert [i["name"] for i in meta["inputs"]] == ["pixels"]
+        assert [o["name"] for o in meta["outputs"]] == ["probabilities"]
+        pixels = httpclient.InferInput("pixels", [len(images), 64], "FP32")
+        pixels.set_data_from_numpy(np.asarray(images, dtype=np.float32))  # binary tensor extension
+        result = triton.infer("digits_triton", [pixels])
+        triton_probs = result.as_numpy("probabilities")
+    assert triton_probs.shape == (len(images), 10)
+    triton_classes = triton_probs.argmax(axis=1)
+    # TF-Serving REST at the root, same weights through the stand-in.
+    r = _wait_200(lambda: httpx.post(a.url + "/v1/models/digits:predict", json={"instances": images}, timeout=90))
+    assert r.status_code == 200, r.text
+    tf_classes = np.asarray(r.json()["predictions"]).argmax(axis=1)
+    truth = np.asarray(labels)
+    assert (triton_classes == truth).mean() >= 0.9
+    assert (tf_classes == truth).mean() >= 0.9
+    assert (tf_classes == triton_classes).mean() >= 0.98
+    # Each protocol is refused, in its own error shape, for the other kind of server.
+    wrong = httpx.post(a.url + "/v1/models/digits_triton:predict", json={"instances": images[:1]}, timeout=30)
+    assert wrong.status_code == 400 and set(wrong.json()) == {"error"}
+    assert wrong.headers["x-peerserve-error"] == "wrong_protocol"
+    unknown = httpx.post(a.url + "/v2/models/nope/infer", json={"inputs": []}, timeout=30)
+    assert unknown.status_code == 400 and unknown.json() == {"error": "Request for unknown model: 'nope' is not found"}
+    # Triton's own errors pass through unchanged.
+    bad = httpx.post(a.url + "/v2/models/digits_triton/infer", json={"inputs": [
+        {"name": "pixels", "shape": [1, 2], "datatype": "FP32", "data": [1, 2]}]}, timeout=30)  # fmt: skip
+    assert bad.status_code == 400 and set(bad.json()) == {"error"}
+    # Memory of the Triton server is measured (its process tree), and its execution time is recorded.
+    [inst] = [i for i in a.get("/stats/node").json()["instances"] if i["model"] == "digits_triton"]
+    assert inst["ready"] and inst["mem_mb"] is not None and inst["mem_mb"] > 10
+    log = a.get("/stats/requests?since=0").json()["requests"]
+    timed = [x for x in log if x["model"] in ("digits", "digits_triton") and x["latency_ms"] is not None]
+    assert {x["model"] for x in timed} == {"digits", "digits_triton"}
+    assert all(x["latency_ms"] > 0 for x in timed)

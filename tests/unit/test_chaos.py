@@ -1,0 +1,78 @@
+"""The chaos soak's pure parts: the seeded schedule and the checker's verdict (shown to fail when it should)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from peerserve.chaos import (
+    KINDS,
+    Observed,
+    failed_outside,
+    leaders_in_log,
+    percentile,
+    plan,
+    rss_growth,
+    summarise,
+    violations,
+)
+from peerserve.cli import main
+
+KEYS = {
+    "max_leaders_per_term", "requests_ok", "requests_failed_outside_windows", "dead_endpoint_answers",
+    "desired_state_lost", "recovery_ms_p50", "recovery_ms_p99", "rss_growth_ratio", "faults",
+}  # fmt: skip
+
+
+def test_the_schedule_is_replayable_from_its_seed_and_covers_every_fault() -> None:
+    assert plan(7) == plan(7) and plan(7) != plan(8)
+    assert {f.kind for f in plan(7)} == set(KINDS)
+    quick = [f.hold_s for f in plan(7) if f.kind == "quick_restart"]
+    assert quick and max(quick) < 1.0  # restarted within a second of the crash: the double-vote case
+    pauses = [f.hold_s for f in plan(7) if f.kind == "pause_leader"]
+    assert min(pauses) > 1.2 + 0.5  # frozen for longer than the election timeout
+
+
+def test_leaders_per_term_come_from_views_and_logs() -> None:
+    o = Observed()
+    log = "x INFO agent.leadership: node n4 became leader at term 3\\n...node n2 became leader at term 5\n"
+    for term, leader in leaders_in_log(log.replace("\\n", "\n")):
+        o.leader_seen(term, leader)
+    o.leader_seen(3, "n4")
+    assert summarise(o)["max_leaders_per_term"] == 1
+    o.leader_seen(5, "n1")  # a second leader of term 5: the checker must say so
+    report = summarise(o)
+    assert report["max_leaders_per_term"] == 2 and violations(report) == ["max_leaders_per_term"]
+
+
+def test_failures_inside_a_window_are_excused_and_outside_are_counted() -> None:
+    requests = [(1.0, False), (2.0, True), (5.5, False), (9.0, False), (12.0, True)]
+    assert failed_outside(requests, [(0.5, 5.5)]) == 1  # 9.0 is outside
+    o = Observed(requests=requests, windows=[(0.5, 5.5)])
+    report = summarise(o)
+    assert report["requests_ok"] == 2 and report["requests_failed_outside_windows"] == 1
+    assert violations(report) == ["requests_failed_outside_windows"]
+
+
+def test_recovery_percentiles_and_rss_growth() -> None:
+    assert percentile([], 50) is None
+    assert percentile([100.0, 300.0, 200.0], 50) == 200.0 and percentile([float(i) for i in range(1, 101)], 99) == 99.0
+    samples = {"n0#0": [(0.0, 50_000), (6.0, 60_000), (60.0, 66_000)], "n1#0": [(0.0, 40_000), (2.0, 90_000)]}
+    assert rss_growth(samples) == 1.1  # n1#0 never reached its steady point: not counted
+    grown = summarise(Observed(rss={"n0#0": [(0.0, 1), (5.0, 100), (90.0, 200)]}))
+    assert grown["rss_growth_ratio"] == 2.0 and violations(grown) == ["rss_growth_ratio"]
+
+
+def test_a_clean_report_has_exactly_the_documented_keys_and_no_violation() -> None:
+    o = Observed(requests=[(1.0, True)], recoveries_ms=[900.0, 1500.0], faults=[{"kind": "kill_leader"}])
+    o.leader_seen(1, "n4")
+    report = summarise(o)
+    assert set(report) == KEYS and violations(report) == []
+    assert report["recovery_ms_p50"] == 900.0 and report["recovery_ms_p99"] == 1500.0
+    json.dumps(report)
+
+
+@pytest.mark.parametrize("argv", [["--nodes", "2"], ["--duration", "3"]])
+def test_bad_usage_exits_2(argv: list[str]) -> None:
+    assert main(["chaos", *argv]) == 2

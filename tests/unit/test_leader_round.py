@@ -1,0 +1,198 @@
+"""The leader's placement round machine: exact instruction lists for each event, and its bounds."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from agent.leader_round import (
+    Acknowledged,
+    Command,
+    CommandFailed,
+    Deposed,
+    Elected,
+    Fenced,
+    Gather,
+    Gathered,
+    GatherFailed,
+    LeaderRound,
+    MembershipChanged,
+    Phase,
+    Placed,
+    RoundConfig,
+    Solve,
+    Solved,
+    SolveFailed,
+    Tick,
+)
+from agent.placement import NodeReport, RequestRecord
+
+CFG = RoundConfig(period_s=30.0, debounce_s=0.2, window_s=600.0, page_limit=3)
+MEMBERS = {"a": "http://a", "b": "http://b"}
+PLAN: dict[str, Any] = {"instances": {"b": {"m": 1}}, "method": "ipopt", "status": "optimal", "actions": []}
+
+
+def report(node: str, **ready: int) -> NodeReport:
+    return NodeReport(node, 1000, 2000, 100, "orin", dict(ready), {}, dict(ready))
+
+
+def rec(ts: float, client: str = "c") -> RequestRecord:
+    return RequestRecord(ts, "m", client, {"a": 1.0}, "a", 2.0, 200)
+
+
+def elected(term: int = 3, cfg: RoundConfig = CFG) -> LeaderRound:
+    m = LeaderRound("a", cfg)
+    assert m.step(Elected(100.0, term, MEMBERS)) == []
+    return m
+
+
+def gathering() -> LeaderRound:
+    m = elected()
+    assert m.step(Tick(100.1)) == []  # debounce
+    assert m.step(Tick(100.2)) == [Gather(1, "a", "http://a", 0, 3), Gather(1, "b", "http://b", 0, 3)]
+    return m
+
+
+def solving() -> LeaderRound:
+    m = gathering()
+    assert m.step(Gathered(100.3, 1, "a", report("a", m=1), ((1, rec(99.0)), (2, rec(99.5))))) == []
+    assert m.step(Gathered(100.4, 1, "b", report("b"), ())) == [
+        Solve(1, (report("a", m=1), report("b")), (rec(99.0), rec(99.5)), 100.4)
+    ]
+    return m
+
+
+def commanding() -> tuple[LeaderRound, dict[str, Any]]:
+    m = solving()
+    out = m.step(Solved(101.0, 1, PLAN, requests=1))
+    assert isinstance(out[0], Command)
+    summary = dict(out[0].summary)
+    assert summary["term"] == 3 and summary["leader"] == "a" and summary["nodes"] == ["a", "b"]
+    # make-before-break: a keeps its ready m until b's is ready
+    assert out == [Command(1, "a", "http://a", 3, {"m": 1}, summary), Command(1, "b", "http://b", 3, {"m": 1}, summary)]
+    return m, summary
+
+
+def test_nothing_happens_while_not_leading() -> None:
+    m = LeaderRound("a", CFG)
+    assert m.step(Tick(5.0)) == [] and m.step(MembershipChanged(5.0, MEMBERS)) == []
+    assert m.step(Gathered(5.0, 1, "a", report("a"), ())) == []
+
+
+def test_a_full_round_gather_solve_command_placed() -> None:
+    m, summary = commanding()
+    assert m.step(Acknowledged(101.1, 1, "a")) == []
+    assert m.step(Acknowledged(101.2, 1, "b")) == [Placed({**summary, "delivered": 2})]
+    assert m.phase is Phase.IDLE and m.last_placement == {**summary, "delivered": 2}
+    assert m.step(Tick(130.1)) == []
+    # the next round starts a period after this one did, from the cursors where the last one ended
+    assert m.step(Tick(130.2)) == [Gather(2, "a", "http://a", 2, 3), Gather(2, "b", "http://b", 0, 3)]
+
+
+def test_records_at_or_below_the_cursor_are_not_counted_twice() -> None:
+    m = solving()
+    m.step(Solved(101.0, 1, PLAN, requests=1))
+    m.step(Acknowledged(101.1, 1, "a"))
+    m.step(Acknowledged(101.2, 1, "b"))
+    m.step(Tick(130.2))
+    m.step(Gathered(130.3, 2, "a", report("a"), ((2, rec(99.5)), (3, rec(130.0)))))
+    (solve,) = m.step(Gathered(130.4, 2, "b", report("b"), ()))
+    assert isinstance(solve, Solve) and solve.requests == (rec(99.0), rec(99.5), rec(130.0))
+
+
+def test_a_full_page_asks_for_the_next_one() -> None:
+    m = gathering()
+    page = ((5, rec(99.0)), (6, rec(99.1)), (7, rec(99.2)))
+    assert m.step(Gathered(100.3, 1, "a", report("a"), page)) == [Gather(1, "a", "http://a", 7, 3)]
+    assert m.step(GatherFailed(100.4, 1, "b", "ConnectError")) == []
+    (solve,) = m.step(Gathered(100.5, 1, "a", report("a"), ((8, rec(99.3)),)))
+    assert isinstance(solve, Solve) and [n.node_id for n in solve.nodes] == ["a"] and len(solve.requests) == 4
+
+
+def test_a_failed_gather_leaves_the_node_out_of_the_plan_and_its_commands() -> None:
+    m = gathering()
+    m.step(Gathered(100.3, 1, "a", report("a"), ()))
+    assert m.step(GatherFailed(100.4, 1, "b", "ConnectTimeout")) == [Solve(1, (report("a"),), (), 100.4)]
+    out = m.step(Solved(101.0, 1, PLAN, requests=0))
+    assert [(c.node, dict(c.instances)) for c in out if isinstance(c, Command)] == [("a", {})]
+
+
+def test_transient_command_failures_are_retried_with_backoff_then_given_up() -> None:
+    m, summary = commanding()
+    assert m.step(Acknowledged(101.1, 1, "a")) == []
+    assert m.step(CommandFailed(101.1, 1, "b", transient=True)) == []
+    assert m.step(Tick(101.2)) == []
+    again = Command(1, "b", "http://b", 3, {"m": 1}, summary)
+    assert m.step(Tick(101.3)) == [again]  # 0.2 s after the first failure
+    assert m.step(CommandFailed(101.3, 1, "b", transient=True)) == []
+    assert m.step(Tick(101.6)) == []
+    assert m.step(Tick(101.7)) == [again]  # 0.4 s after the second
+    assert m.step(CommandFailed(101.7, 1, "b", transient=True)) == [Placed({**summary, "delivered": 1})]
+
+
+def test_an_unreachable_node_is_not_retried() -> None:
+    m, summary = commanding()
+    m.step(Acknowledged(101.1, 1, "a"))
+    assert m.step(CommandFailed(101.1, 1, "b", transient=False)) == [Placed({**summary, "delivered": 1})]
+
+
+def test_fenced_stops_new_rounds_until_elected_again() -> None:
+    m, _ = commanding()
+    m.step(Fenced(101.1, 1, "a", highest=5))
+    assert isinstance(m.step(Acknowledged(101.2, 1, "b"))[0], Placed)
+    assert m.fenced_at == 5
+    assert m.step(Tick(200.0)) == []  # another leader holds a newer term: no rounds with ours
+    m.step(Elected(200.0, 6, MEMBERS))
+    assert m.step(Tick(200.2)) == [Gather(2, "a", "http://a", 2, 3), Gather(2, "b", "http://b", 0, 3)]
+
+
+def test_results_of_an_abandoned_round_are_ignored() -> None:
+    m = gathering()
+    assert m.step(Deposed(100.3)) == [] and m.phase is Phase.IDLE
+    assert m.step(Gathered(100.3, 1, "a", report("a"), ((1, rec(99.0)),))) == []
+    m.step(Elected(101.0, 4, MEMBERS))
+    assert m.step(Gathered(101.1, 1, "a", report("a"), ())) == []  # round 1 belongs to the old tenure
+    out = m.step(Tick(101.2))
+    assert out == [Gather(2, "a", "http://a", 0, 3), Gather(2, "b", "http://b", 0, 3)]
+
+
+def test_a_membership_change_during_a_round_brings_the_next_round_forward() -> None:
+    m = gathering()
+    assert m.step(MembershipChanged(100.25, {"a": "http://a"})) == []  # the running round keeps its members
+    m.step(Gathered(100.3, 1, "a", report("a"), ()))
+    m.step(Gathered(100.3, 1, "b", report("b"), ()))
+    m.step(Solved(100.5, 1, {"instances": {}}, requests=0))
+    m.step(Acknowledged(100.6, 1, "a"))
+    assert isinstance(m.step(Acknowledged(100.6, 1, "b"))[0], Placed)
+    assert m.step(Tick(100.65)) == [Gather(2, "a", "http://a", 0, 3)]  # due since 100.45: at once, without b
+
+
+def test_a_stuck_round_times_out_and_a_failed_solve_waits_for_the_period() -> None:
+    m = solving()
+    assert m.step(Tick(160.1)) == [] and m.phase is Phase.SOLVING
+    assert m.step(Tick(160.3)) == [] and m.phase is Phase.IDLE  # over 60 s since it began at 100.2: abandoned
+    assert m.step(Tick(160.4)) == [Gather(2, "a", "http://a", 2, 3), Gather(2, "b", "http://b", 0, 3)]
+    m.step(Gathered(160.8, 2, "a", report("a"), ()))
+    m.step(Gathered(160.8, 2, "b", report("b"), ()))
+    assert m.step(SolveFailed(161.0, 2, "BrokenProcessPool")) == [] and m.phase is Phase.IDLE
+    assert m.step(Tick(190.3)) == []
+    assert m.step(Tick(190.4)) != []  # the period after the failed round began
+
+
+def test_the_request_window_is_bounded_by_age_and_count() -> None:
+    m = elected(cfg=RoundConfig(debounce_s=0.0, window_s=10.0, max_window=4, page_limit=100))
+    m.step(Tick(100.0))
+    page = tuple((i, rec(85.0 + i)) for i in range(1, 7))  # ts 86..91
+    m.step(Gathered(100.0, 1, "a", report("a"), page))
+    (solve,) = m.step(Gathered(100.0, 1, "b", report("b"), ()))
+    assert isinstance(solve, Solve)
+    assert [r.ts for r in solve.requests] == [90.0, 91.0]  # 4 kept (count), then 88 and 89 are too old
+    assert len(m.window) == 2
+
+
+def test_cursors_are_kept_for_at_most_max_nodes() -> None:
+    m = LeaderRound("a", RoundConfig(debounce_s=0.0, max_nodes=3))
+    for i in range(10):
+        members = {f"n{i}": f"http://n{i}", "a": "http://a"}
+        m.step(Elected(float(i), 1, members))
+        m.step(Tick(float(i)))
+    assert len(m.cursors) == 3 and list(m.cursors) == ["n8", "n9", "a"]

@@ -1,0 +1,132 @@
+"""The leader's solver process (agent.solver_worker): a real child process, real solves, its bounds."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from typing import Any
+
+import psutil
+import pytest
+
+from agent.solver_worker import SolverWorker, SolverWorkerError
+from solver.simulate import site_instance, thesis_instance
+
+
+def snapshot() -> dict[str, Any]:
+    return thesis_instance(25, 10, 1).to_dict()
+
+
+def gone(pid: int, timeout: float = 10.0) -> bool:
+    """Whether ``pid`` has exited and been reaped within ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+                time.sleep(0.05)  # exited; the reaper has not collected it yet
+                continue
+        except psutil.NoSuchProcess:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_no_process_until_started_and_none_after_stop() -> None:
+    async def scenario() -> None:
+        worker = SolverWorker("ipopt")
+        assert worker.pid is None
+        worker.start()
+        pid = worker.pid
+        assert pid is not None and psutil.Process(pid).ppid() == os.getpid()
+        plan, fallback = await worker.solve(snapshot(), "ipopt", "1")
+        assert plan["status"] == "optimal" and plan["feasible"] and fallback == ""
+        assert len(plan["assignments"]) == 25
+        worker.stop()
+        assert worker.pid is None
+        assert gone(pid), "the worker outlived stop()"
+
+    asyncio.run(scenario())
+
+
+def test_a_bad_request_is_an_error_and_the_worker_keeps_serving() -> None:
+    async def scenario() -> None:
+        worker = SolverWorker("least-loaded")
+        try:
+            with pytest.raises(SolverWorkerError, match="SnapshotError"):
+                await worker.solve({"nodes": "nope"}, "ipopt", "1")
+            pid = worker.pid
+            plan, _ = await worker.solve(snapshot(), "least-loaded", "2")
+            assert plan["method"] == "least-loaded" and worker.pid == pid  # same process
+        finally:
+            await worker.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_worker_dying_mid_solve_fails_that_solve_and_the_next_solve_starts_a_new_one() -> None:
+    async def scenario() -> None:
+        worker = SolverWorker("least-loaded")
+        try:
+            worker.start()
+            first = worker.pid
+            assert first is not None
+            # an exact MILP of 1,000 requests on 100 nodes takes seconds: the kill lands mid-solve
+            big = site_instance(1000, 100, sites=100, seed=0).to_dict()
+            pending = asyncio.create_task(worker.solve(big, "milp", "2"))
+            await asyncio.sleep(0.5)
+            os.kill(first, signal.SIGKILL)
+            with pytest.raises(SolverWorkerError, match=r"exited|unreachable"):
+                await pending
+            plan, _ = await worker.solve(snapshot(), "least-loaded", "1")
+            assert plan["feasible"] and worker.pid not in (None, first)
+            second = worker.pid or 0
+            os.kill(second, signal.SIGKILL)  # found dead before a request: replaced at once
+            while psutil.Process(second).status() != psutil.STATUS_ZOMBIE:
+                await asyncio.sleep(0.02)
+            plan, _ = await worker.solve(snapshot(), "least-loaded", "1")
+            assert plan["feasible"]
+        finally:
+            await worker.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_reply_over_the_bound_is_refused_and_the_worker_replaced() -> None:
+    async def scenario() -> None:
+        worker = SolverWorker("least-loaded", max_reply_bytes=500)
+        try:
+            worker.start()
+            first = worker.pid
+            with pytest.raises(SolverWorkerError, match="over 500 bytes"):
+                await worker.solve(snapshot(), "least-loaded", "1")
+            assert worker.pid is None and first is not None and gone(first)
+            worker.max_reply_bytes = 10**6
+            plan, _ = await worker.solve(snapshot(), "least-loaded", "1")
+            assert len(plan["assignments"]) == 25
+        finally:
+            await worker.close()
+
+    asyncio.run(scenario())
+
+
+def test_the_worker_exits_at_end_of_input_and_with_a_killed_parent() -> None:
+    """Closing its input ends it; a SIGKILLed parent takes it along (PR_SET_PDEATHSIG)."""
+    import subprocess
+    import sys
+
+    parent = subprocess.Popen(
+        [sys.executable, "-c",
+         "import subprocess, sys, time\n"
+         "p = subprocess.Popen([sys.executable, '-m', 'agent.solver_worker', '--warm-up', 'least-loaded'],"
+         " stdin=subprocess.PIPE)\n"
+         "print(p.pid, flush=True)\n"
+         "time.sleep(60)\n"],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert parent.stdout is not None
+    child = int(parent.stdout.readline())
+    parent.kill()
+    parent.wait()
+    assert gone(child), "the solver worker outlived its killed parent"
