@@ -109,6 +109,10 @@ def create_peer_app(agent: NodeAgent, identity: Identity) -> FastAPI:
         reply, _ = await authenticate(request)
         if agent.discovery is not None and agent.discovery.stopping:
             return reply.error(503, "this node is leaving")
+        port = request.query_params.get("port", "")
+        if agent.discovery is not None and port.isdigit() and 0 < int(port) < 65536 and request.client:
+            # an authenticated member heartbeats us: a hint of where it listens (its mDNS name may be squatted)
+            agent.discovery.heard_from(reply.sender, request.client.host, int(port))
         return reply(agent.peer_state().to_json())
 
     @app.post(wire.ROUTE_LEAVE)
@@ -220,9 +224,11 @@ class PeerServer:
         if files is None:
             raise ValueError("the peer listener needs a data dir for its TLS files")
         config = uvicorn.Config(
-            app, host=host, port=port, log_level=None, access_log=False, lifespan="off",
+            app, host=host, port=port, log_level=None, lifespan="off",
             ssl_keyfile=str(files.key), ssl_certfile=str(files.cert), ssl_ca_certs=str(files.ca),
             ssl_cert_reqs=ssl.CERT_REQUIRED, timeout_keep_alive=30, limit_concurrency=256, log_config=None,
+            # access_log=False would strip the process's shared "uvicorn.access" logger of its handlers
+            access_log=True,
             timeout_graceful_shutdown=2,
         )  # fmt: skip
         self.server = _EmbeddedServer(config)

@@ -253,7 +253,8 @@ class Discovery:
         cfg = self.membership.config
         timeout = httpx.Timeout(max(0.2, cfg.suspect_after_s / 2), connect=max(0.2, cfg.heartbeat_interval_s))
         try:
-            status, data = await self.peers.call(node_id, url, "GET", wire.ROUTE_STATE, timeout=timeout)
+            params = {"port": self.peer_port}
+            status, data = await self.peers.call(node_id, url, "GET", wire.ROUTE_STATE, params, timeout=timeout)
             if status != 200:
                 raise PeerError(f"HTTP {status}")
             state = self.admissible(parse_peer_state(data, expected_id=node_id), url)
@@ -302,6 +303,13 @@ class Discovery:
                 peer_url = f"https://{host}:{hint.peer_port}"
                 self._apply(self.membership.advertised(hint.node_id, seed, host, self.clock(), peer_url))
             await asyncio.sleep(SEED_RETRY_S)
+
+    def heard_from(self, node_id: str, host: str, peer_port: int) -> None:
+        """An authenticated heartbeat from ``node_id`` at ``host``: a candidate if it is not a live member."""
+        rec = self.membership.records.get(node_id)
+        if rec is None or rec.status == "dead":
+            peer_url = f"https://{host}:{peer_port}"
+            self._apply(self.membership.advertised(node_id, "", host, self.clock(), peer_url))
 
     def peer_left(self, node_id: str) -> None:
         """A peer told us, authenticated, that it is leaving (POST /peer/leave)."""

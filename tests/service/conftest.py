@@ -39,7 +39,7 @@ class RunningAgent:
     proc: subprocess.Popen[bytes] | None = None
     log: Path = field(default_factory=Path)
     peer_port: int = 0
-    _leader: TestPeer | None = None
+    _leaders: dict[str, TestPeer] = field(default_factory=dict)
 
     @property
     def peer_url(self) -> str:
@@ -94,11 +94,12 @@ class RunningAgent:
     def get(self, path: str, **kw: Any) -> httpx.Response:
         return httpx.get(f"{self.url}{path}", timeout=30, **kw)
 
-    def put_desired(self, term: int, instances: dict[str, int]) -> httpx.Response:
-        """A signed command from the admitted test node "lead" (agents without an election accept it)."""
-        if self._leader is None:
-            self._leader = TestPeer("lead", TOKEN, self.data_dir.parent / "lead-identity")
-        return self._leader.put_desired(self.node_id, self.peer_url, term, instances)
+    def put_desired(self, term: int, instances: dict[str, int], leader: str = "lead") -> httpx.Response:
+        """A signed command from the admitted test node ``leader`` (agents without an election accept it)."""
+        if leader not in self._leaders:
+            suffix = "" if leader == "lead" else f"-{leader}"
+            self._leaders[leader] = TestPeer(leader, TOKEN, self.data_dir.parent / f"lead-identity{suffix}")
+        return self._leaders[leader].put_desired(self.node_id, self.peer_url, term, instances)
 
     def wait_ready(self, model: str, count: int = 1, timeout: float = 30.0) -> list[dict[str, Any]]:
         deadline = time.monotonic() + timeout
