@@ -29,6 +29,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from agent.client_auth import ClientToken, HttpsListener
 from agent.client_ids import BadClientInput, ClientIds, known_nodes_only, parse_rtt_report, valid_client_id
 from agent.http_limits import HttpLimits
 from agent.node import NodeAgent
@@ -51,9 +52,14 @@ def create_app(agent: NodeAgent) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         await agent.start()
+        https = HttpsListener(app, agent.settings) if agent.settings.https_port else None
+        if https is not None:
+            await https.start()
         try:
             yield
         finally:
+            if https is not None:
+                await https.stop()
             await agent.stop()
             await app.state.serving.pool.aclose()
 
@@ -74,6 +80,8 @@ def create_app(agent: NodeAgent) -> FastAPI:
         body_timeout_s=agent.settings.body_timeout_s,
         max_header_bytes=agent.settings.max_header_kb * 1024,
     )
+    if agent.settings.client_token:  # optional: the client API is open by default (agent/client_auth.py)
+        app.add_middleware(ClientToken, token=agent.settings.client_token)
     client_ids = ClientIds(agent.settings.max_clients_per_address, agent.settings.request_window_s)
     mount_operator_routes(app, agent)
 

@@ -74,6 +74,10 @@ class Settings:
     request_window_s: float = 600.0
     metrics: bool = True
     metrics_token: str = ""
+    client_token: str = ""  # optional: client API needs Authorization: Bearer (agent/client_auth.py)
+    https_port: int = 0  # optional: the client API also over HTTPS here, with tls_cert / tls_key
+    tls_cert: str = ""
+    tls_key: str = ""
     log_format: str = "text"
 
     def __post_init__(self) -> None:
@@ -156,6 +160,10 @@ def validate(s: Settings) -> None:
     _validate_http_bounds(s)
     if s.log_format not in ("text", "json"):
         raise ConfigError("log_format", f"{s.log_format!r}: choose text or json")
+    if s.https_port and (not 0 < s.https_port < 65536 or s.https_port in (s.port, s.peer_listen_port)):
+        raise ConfigError("https_port", f"{s.https_port} is not a TCP port other than port and peer_port")
+    if s.https_port and not (s.tls_cert and s.tls_key and Path(s.tls_cert).is_file() and Path(s.tls_key).is_file()):
+        raise ConfigError("tls_cert", "https_port needs tls_cert and tls_key: readable PEM files")
     if s.cluster_token and len(s.cluster_token) < 16:
         raise ConfigError("cluster_token", "must be at least 16 characters")
 

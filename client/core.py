@@ -92,6 +92,7 @@ class _Base:
         self._rtts: dict[str, float] = {}
         self._rtt_at = -1e18
         self._nodes: dict[str, str] = {}  # node id -> agent URL, from /cluster
+        self.token = os.environ.get("PEERSERVE_CLIENT_TOKEN", "")  # for agents run with --client-token
 
     def _ordered_agents(self) -> list[str]:
         if not self.agents:
@@ -118,6 +119,8 @@ class _Base:
     def headers(self) -> dict[str, str]:
         rtts = {**self._rtts, **self.rtt_override}
         h = {CLIENT_HEADER: self.client_id}
+        if self.token:
+            h["Authorization"] = f"Bearer {self.token}"
         if rtts:
             h[RTT_HEADER] = ", ".join(f"{n}={v:.3f}" for n, v in sorted(rtts.items()))
         return h
