@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import re
 import ssl
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
@@ -34,6 +35,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+PEER_URL = re.compile(r"https://[0-9.]{7,15}:[0-9]{1,5}")  # IPv4 peer listeners, as Discovery announces them
 MAX_TERM_AHEAD = 1000  # an election message may not push terms further than this past ours
 
 
@@ -109,10 +111,10 @@ def create_peer_app(agent: NodeAgent, identity: Identity) -> FastAPI:
         reply, _ = await authenticate(request)
         if agent.discovery is not None and agent.discovery.stopping:
             return reply.error(503, "this node is leaving")
-        port = request.query_params.get("port", "")
-        if agent.discovery is not None and port.isdigit() and 0 < int(port) < 65536 and request.client:
-            # an authenticated member heartbeats us: a hint of where it listens (its mDNS name may be squatted)
-            agent.discovery.heard_from(reply.sender, request.client.host, int(port))
+        hint = request.query_params.get("peer", "")
+        if agent.discovery is not None and PEER_URL.fullmatch(hint):
+            # an authenticated node heartbeats us: a hint of where it listens (its mDNS name may be squatted)
+            agent.discovery.heard_from(reply.sender, hint)
         return reply(agent.peer_state().to_json())
 
     @app.post(wire.ROUTE_LEAVE)

@@ -253,7 +253,7 @@ class Discovery:
         cfg = self.membership.config
         timeout = httpx.Timeout(max(0.2, cfg.suspect_after_s / 2), connect=max(0.2, cfg.heartbeat_interval_s))
         try:
-            params = {"port": self.peer_port}
+            params = {"peer": f"https://{self.address}:{self.peer_port}"}  # where we listen: a hint for them
             status, data = await self.peers.call(node_id, url, "GET", wire.ROUTE_STATE, params, timeout=timeout)
             if status != 200:
                 raise PeerError(f"HTTP {status}")
@@ -304,11 +304,12 @@ class Discovery:
                 self._apply(self.membership.advertised(hint.node_id, seed, host, self.clock(), peer_url))
             await asyncio.sleep(SEED_RETRY_S)
 
-    def heard_from(self, node_id: str, host: str, peer_port: int) -> None:
-        """An authenticated heartbeat from ``node_id`` at ``host``: a candidate if it is not a live member."""
+    def heard_from(self, node_id: str, peer_url: str) -> None:
+        """An authenticated heartbeat from ``node_id``, listening at ``peer_url`` (its word, signed): a candidate
+        if it is not a live member (admission still needs its authenticated answer there)."""
         rec = self.membership.records.get(node_id)
         if rec is None or rec.status == "dead":
-            peer_url = f"https://{host}:{peer_port}"
+            host = httpx.URL(peer_url).host
             self._apply(self.membership.advertised(node_id, "", host, self.clock(), peer_url))
 
     def peer_left(self, node_id: str) -> None:
