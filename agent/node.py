@@ -38,6 +38,7 @@ from agent.metrics import MetricsReader, NodeMetrics
 from agent.peer_client import PeerClient
 from agent.peers import NoPeers, PeerTable
 from agent.runtime.base import Instance, Runtime, probe_available
+from agent.serving.provision import ProvisionRequests
 from agent.serving.resolve import Outcome, resolve
 from agent.settings import Settings
 from agent.store import DesiredState, Store
@@ -151,6 +152,7 @@ class NodeAgent:
         self._metrics_cache: tuple[float, NodeMetrics] | None = None
         self._client_rtts: dict[str, tuple[float, dict[str, float]]] = {}  # client -> (loaded at, rtts)
         self.telemetry = Telemetry(self, enabled=settings.metrics)
+        self.provision_requests = ProvisionRequests()
 
     # -- lifecycle -----------------------------------------------------------------------------------
     async def start(self) -> None:

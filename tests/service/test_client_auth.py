@@ -56,10 +56,8 @@ def test_client_token_and_https_listener(agents: Any, tmp_path: Path, monkeypatc
         assert tls.get(https + "/cluster").status_code == 401
         assert tls.get(https + "/cluster", headers=auth).json()["node_id"] == "a"
     monkeypatch.setenv("PEERSERVE_CLIENT_TOKEN", CLIENT_TOKEN)
-    with Client(agents=[https]) as c:
-        c.http = httpx.Client(
-            verify=ssl.create_default_context(cafile=str(cert)), timeout=10
-        )  # the operator's CA, as SSL_CERT_FILE would give
+    operator_ca = httpx.HTTPTransport(verify=ssl.create_default_context(cafile=str(cert)))
+    with Client(agents=[https], transport=operator_ca) as c:
         assert c.predict("half_plus_two", instances=[1.0, 2.0]) == {"predictions": [2.5, 3.0]}
     assert CLIENT_TOKEN not in a.log.read_text()
 
