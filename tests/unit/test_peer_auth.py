@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agent.identity import WINDOW_S, AuthError, Card, Identity, NonceCache, Pins, b64, derive_ca_key, unb64
 from agent.peer_api import capacity_refusal, command_refusal
+from agent.peer_client import PeerCallError, PeerClient
 from peerserve import wire
 
 TOKEN = "unit-cluster-token-0123456789"
@@ -209,3 +213,41 @@ def test_commands_only_from_the_accepted_leader_and_within_capacity() -> None:
     assert capacity_refusal(cmd, mem_total_mb=1024, mem_need={"m": 512}) is None
     assert "capacity" in (capacity_refusal(cmd, mem_total_mb=1000, mem_need={"m": 512}) or "")
     assert capacity_refusal(wire.DesiredCommand(1, "a", {"m": 1}), 10, {"m": 512}) is None  # one always fits
+
+
+# -- the peer client's answer checks (an in-process ASGI peer: real signing and parsing, no sockets) -------
+def _peer_app(ident: Identity, answer: dict[str, Any], signer: Identity | None = None) -> Any:
+    """A peer that verifies the request like agent.peer_api and answers ``answer``, signed by ``signer``."""
+    import json as _json
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        headers = {k.decode(): v.decode() for k, v in scope["headers"]}
+        target = scope["path"] + (f"?{scope['query_string'].decode()}" if scope["query_string"] else "")
+        sender = ident.verify_request(headers, scope["method"], target, b"", time.time())
+        body = _json.dumps(answer).encode()
+        signed = (signer or ident).sign_response(sender, 200, headers[wire.H_NONCE], body, time.time())
+        out = [(k.encode(), v.encode()) for k, v in signed.items()] + [(b"content-type", b"application/json")]
+        await send({"type": "http.response.start", "status": 200, "headers": out})
+        await send({"type": "http.response.body", "body": body})
+
+    return app
+
+
+def test_stats_answers_must_be_signed_by_the_node_asked_and_name_it() -> None:
+    stats = {"node_id": "b", "node_class": "orin", "compute": 100, "mem_available_mb": 1, "mem_total_mb": 2,
+             "instances": [{"model": "m", "running": True, "ready": True}]}  # fmt: skip
+
+    def get(answer: dict[str, Any], signer: Identity | None = None) -> Any:
+        b = fresh(Identity("b", TOKEN, None))
+        http = httpx.AsyncClient(transport=httpx.ASGITransport(app=_peer_app(b, answer, signer)))
+        route = {"http://b": ("b", "http://b")}.get
+        client = PeerClient(fresh(Identity("a", TOKEN, None)), route, http=http)
+        return asyncio.run(client.get_json("http://b/stats/node"))
+
+    assert get(stats)["instances"] == [{"model": "m", "running": True, "ready": True}]
+    with pytest.raises(PeerCallError, match="another node"):
+        get({**stats, "node_id": "c"})  # b reporting for c (the KeyError that broke every round)
+    with pytest.raises(PeerCallError, match="unauthenticated"):
+        get(stats, signer=Identity("c", TOKEN, None))  # answered by someone else
+    with pytest.raises(PeerCallError, match="malformed"):
+        get({**stats, "mem_total_mb": float("inf")})
