@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from scripts.testbed import TestBed
+from scripts.testbed import TOKEN, TestBed
 from tests.cluster.test_discovery_cluster import all_alive, start_all
 from tests.waiting import wait_for
 
@@ -62,7 +63,7 @@ def test_prometheus_scrapes_the_cluster_through_sd_and_sees_a_node_die(
     if not os.access(PROMETHEUS, os.X_OK):
         pytest.fail("Debian's prometheus is missing (scripts/bootstrap.sh --test installs it)")
     b = bed(3)
-    start_all(b, "--placement-period-s", "2")
+    start_all(b, "--placement-period-s", "2", "--log-format", "json")
     wait_for(lambda: all_alive(b, [0, 1, 2]), 20)
     prom = start_prometheus(b, tmp_path, sd_hosts=[0, 1])  # two SD sources: either may die
     try:
@@ -96,10 +97,21 @@ def test_prometheus_scrapes_the_cluster_through_sd_and_sees_a_node_die(
         health = {t["labels"]["node"]: t["health"] for t in targets}
         assert health == {"n0": "up", "n1": "up", gone: "down"}, health
         print(f"kill -9 {gone} (leader {leader}): up == 0 in Prometheus {down:.1f} s after; survivors see it dead")
+        check_logs(b)
     finally:
         prom.send_signal(signal.SIGTERM)
         with contextlib.suppress(subprocess.TimeoutExpired):
             prom.wait(10)
+
+
+def check_logs(bed: TestBed) -> None:
+    """Elections, heartbeats and commands carried the token all along: no log line has it; every line is JSON."""
+    for host in bed.hosts:
+        text = host.log.read_text()
+        assert TOKEN not in text, host.node_id
+        lines = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+        assert lines and all(x["node"] == host.node_id for x in lines)
+        assert any(x["msg"].startswith(("placement at term", "node n")) and x["term"] for x in lines)
 
 
 def test_the_example_configuration_in_docs_is_valid() -> None:
