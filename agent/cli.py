@@ -92,7 +92,7 @@ def cmd_agent(args: argparse.Namespace) -> int:
     from agent.logs import configure as configure_logs
     from agent.node import NodeAgent
     from agent.settings import load_settings
-    from peerserve.cli import UsageError
+    from peerserve.errors import UsageError
 
     overrides = {flag[2:].replace("-", "_"): getattr(args, flag[2:].replace("-", "_")) for flag, _ in FLAGS}
     overrides["discovery"] = args.discovery

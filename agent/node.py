@@ -36,6 +36,7 @@ from agent.leadership import Leadership
 from agent.metrics import MetricsReader, NodeMetrics
 from agent.peers import NoPeers, PeerTable
 from agent.runtime.base import Instance, Runtime, probe_available
+from agent.serving.provision import ProvisionRequests
 from agent.serving.resolve import Outcome, resolve
 from agent.settings import Settings
 from agent.store import DesiredState, Store
@@ -141,6 +142,7 @@ class NodeAgent:
         self._metrics_cache: tuple[float, NodeMetrics] | None = None
         self._client_rtts: dict[str, tuple[float, dict[str, float]]] = {}  # client -> (loaded at, rtts)
         self.telemetry = Telemetry(self, enabled=settings.metrics)
+        self.provision_requests = ProvisionRequests()
 
     # -- lifecycle -----------------------------------------------------------------------------------
     async def start(self) -> None:

@@ -21,17 +21,30 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def register(commands: Any) -> None:
-    about = "Print the best TF-Serving endpoint of MODEL for this client, or of every deployed model. "
+    about = (
+        "Print the best endpoint (TF-Serving or Triton server) of MODEL for this client, or of every deployed model. "
+    )
     e = commands.add_parser("endpoints", help="where models are best served", description=about + COMMON_HELP)
     e.add_argument("model", nargs="?", help="one model (default: every deployed model)")
     _common(e)
     e.set_defaults(handler=cmd_endpoints)
 
     p = commands.add_parser("predict", help="run an inference", description=(
-        "Send a TF-Serving predict request to the best endpoint of MODEL (retrying once elsewhere if it is "
-        "dead). " + COMMON_HELP))  # fmt: skip
+        "Send an inference to the best endpoint of MODEL (retrying once elsewhere if it is dead): a TF-Serving "
+        "predict, or with --protocol v2 an Open Inference Protocol infer (Triton). " + COMMON_HELP))  # fmt: skip
     p.add_argument("model")
-    p.add_argument("--data", required=True, help='JSON: a list of instances, or {"instances": ...} / {"inputs": ...}')
+    p.add_argument(
+        "--data",
+        required=True,
+        help='JSON: a list of instances, or {"instances": ...} / {"inputs": ...}; '
+        'with --protocol v2 the inputs [{"name", "shape", "datatype", "data"}, ...] or {"inputs": [...]}',
+    )
+    p.add_argument(
+        "--protocol",
+        choices=["tfserving", "v2"],
+        default="tfserving",
+        help="tfserving (REST predict, default) or v2 (Open Inference Protocol, for Triton models)",
+    )
     p.add_argument("--via-proxy", action="store_true", help="send it through an agent's proxy")
     _common(p)
     p.set_defaults(handler=cmd_predict)
@@ -50,7 +63,7 @@ def _client(args: argparse.Namespace) -> Any:
 
 def _run(args: argparse.Namespace, body: Any) -> int:
     from client import ClusterUnreachableError, NoCapacityError, NotReadyError, RequestError, UnknownModelError
-    from peerserve.cli import UsageError
+    from peerserve.errors import UsageError
 
     try:
         with _client(args) as client:
@@ -87,19 +100,26 @@ def cmd_endpoints(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from peerserve.cli import UsageError
+    from peerserve.errors import UsageError
 
     try:
         data = json.loads(args.data)
     except json.JSONDecodeError as exc:
         raise UsageError(f"--data is not JSON: {exc}") from exc
-    if isinstance(data, dict) and ("instances" in data or "inputs" in data):
+    if args.protocol == "v2":
+        inputs = data.get("inputs") if isinstance(data, dict) else data
+        if not isinstance(inputs, list) or not all(isinstance(i, dict) for i in inputs):
+            raise UsageError('--data for v2: [{"name": ..., "shape": [...], "datatype": ..., "data": [...]}, ...]')
+    elif isinstance(data, dict) and ("instances" in data or "inputs" in data):
         kwargs = {"instances": data.get("instances"), "inputs": data.get("inputs")}
     else:
         kwargs = {"instances": data, "inputs": None}
 
     def body(client: Any) -> int:
-        result = client.predict(args.model, via_proxy=args.via_proxy, **kwargs)
+        if args.protocol == "v2":
+            result = client.infer(args.model, inputs, via_proxy=args.via_proxy)
+        else:
+            result = client.predict(args.model, via_proxy=args.via_proxy, **kwargs)
         print(json.dumps(result, indent=2 if args.json else None))
         return 0
 

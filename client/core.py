@@ -2,134 +2,42 @@
 
     from client import Client
     with Client() as c:                        # agents found by mDNS (or Client(agents=[url, ...]))
-        c.endpoint("half_plus_two").url       # best TF-Serving endpoint for this client
-        c.predict("half_plus_two", instances=[1.0, 2.0, 5.0])   # -> {"predictions": [2.5, 3.0, 4.5]}
+        c.endpoint("half_plus_two").url       # best endpoint for this client
+        c.predict("half_plus_two", instances=[1.0, 2.0, 5.0])   # TF-Serving REST -> {"predictions": [...]}
+        c.infer("digits_triton", [{"name": "pixels", "shape": [1, 64], "datatype": "FP32", "data": [...]}])
 
 Queries go to any agent and fail over to the next on error or timeout. The client measures its RTT to
 the nodes it learns of (cheap: one small request each, cached for ``rtt_ttl_s``) and reports them with
-every query (``X-Peerserve-RTT``), so the leader's placement sees real client latencies.
+every query (``X-Peerserve-RTT``), so the leader's placement sees real client latencies. Both classes are
+thin shells over one core (client/ops.py); ``transport=`` is handed to httpx, as httpx's own clients take it.
 """
 
 from __future__ import annotations
 
-import os
-import socket
-import statistics
-import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 
-from client.errors import (
-    ClusterUnreachableError,
-    NoCapacityError,
-    NotReadyError,
-    RequestError,
-    UnknownModelError,
-)
+from client.ops import CLIENT_HEADER, RTT_HEADER, Browse, Call, ClientCore, Endpoint, Op, Result, error_for
 
-RTT_HEADER = "X-Peerserve-RTT"
-CLIENT_HEADER = "X-Peerserve-Client"
+__all__ = ["CLIENT_HEADER", "RTT_HEADER", "AsyncClient", "Client", "Endpoint", "raise_for"]
+
+T = TypeVar("T")
 
 
-@dataclass(frozen=True)
-class Endpoint:
-    """Where a model is served: its TF-Serving REST base URL, the node, and why it was chosen."""
-
-    model: str
-    node: str
-    url: str
-    why: Mapping[str, Any] = field(default_factory=dict)
-    alternatives: tuple[Endpoint, ...] = ()
-
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> Endpoint:
-        alts = tuple(cls.from_json(a) for a in data.get("alternatives", []))
-        return cls(str(data["model"]), str(data["node"]), str(data["url"]), dict(data.get("why", {})), alts)
-
-
-def default_client_id() -> str:
-    return f"{socket.gethostname()}-{os.getpid()}"
+def _options(call: Call, http: httpx.Client | httpx.AsyncClient) -> dict[str, Any]:
+    return {"json": call.json, "headers": dict(call.headers), "timeout": call.timeout or http.timeout}
 
 
 def raise_for(response: httpx.Response) -> None:
-    """Map an agent's JSON error to the client's typed errors."""
-    if response.status_code < 400:
-        return
-    try:
-        message = str(response.json().get("error", response.text))
-    except ValueError:
-        message = response.text[:300]
-    status = response.status_code
-    if status == 404 and "catalogue" in message:
-        raise UnknownModelError(message)
-    if status == 507:
-        raise NoCapacityError(message)
-    if status == 503:
-        raise NotReadyError(message, float(response.headers.get("retry-after", "1") or 1))
-    raise RequestError(message, status)
+    """Raise the client's typed error for an agent's error answer."""
+    error = error_for(response)
+    if error is not None:
+        raise error
 
 
-class _Base:
-    def __init__(
-        self,
-        agents: Sequence[str] | None,
-        client_id: str | None,
-        timeout: float,
-        discover_interfaces: list[str] | None,
-        rtt_ttl_s: float,
-        rtt_override: Mapping[str, float] | None,
-    ) -> None:
-        env = os.environ.get("PEERSERVE_AGENT", "")
-        self.agents = [a.rstrip("/") for a in (agents or [u for u in env.split(",") if u])]
-        self.client_id = client_id or os.environ.get("PEERSERVE_CLIENT") or default_client_id()
-        self.timeout = timeout
-        self.interfaces = discover_interfaces
-        self.rtt_ttl_s = rtt_ttl_s
-        self.rtt_override = dict(rtt_override or {})
-        self._rtts: dict[str, float] = {}
-        self._rtt_at = -1e18
-        self._nodes: dict[str, str] = {}  # node id -> agent URL, from /cluster
-
-    def _ordered_agents(self) -> list[str]:
-        if not self.agents:
-            from client.discovery import browse
-
-            self.agents = browse(interfaces=self.interfaces)
-            if not self.agents:
-                raise ClusterUnreachableError("no peerserve agent found by mDNS; pass agents=[...] or --agent URL")
-        return list(self.agents)
-
-    def _promote(self, agent: str) -> None:
-        """Remember a working agent first; keep the others for failover."""
-        if agent in self.agents:
-            self.agents.remove(agent)
-        self.agents.insert(0, agent)
-
-    def _learn(self, cluster: Mapping[str, Any]) -> None:
-        for m in cluster.get("members", []):
-            if m.get("status") == "alive":
-                self._nodes[str(m["node_id"])] = str(m["api_url"])
-                if m["api_url"] not in self.agents:
-                    self.agents.append(str(m["api_url"]))
-
-    def headers(self) -> dict[str, str]:
-        rtts = {**self._rtts, **self.rtt_override}
-        h = {CLIENT_HEADER: self.client_id}
-        if rtts:
-            h[RTT_HEADER] = ", ".join(f"{n}={v:.3f}" for n, v in sorted(rtts.items()))
-        return h
-
-    @staticmethod
-    def _predict_body(instances: Any, inputs: Any) -> dict[str, Any]:
-        if (instances is None) == (inputs is None):
-            raise ValueError("pass exactly one of instances= or inputs=")
-        return {"instances": instances} if instances is not None else {"inputs": inputs}
-
-
-class Client(_Base):
+class Client:
     """Synchronous client."""
 
     def __init__(
@@ -140,9 +48,10 @@ class Client(_Base):
         discover_interfaces: list[str] | None = None,
         rtt_ttl_s: float = 60.0,
         rtt_override: Mapping[str, float] | None = None,
+        transport: httpx.BaseTransport | None = None,
     ) -> None:
-        super().__init__(agents, client_id, timeout, discover_interfaces, rtt_ttl_s, rtt_override)
-        self.http = httpx.Client(timeout=timeout)
+        self.core = ClientCore(agents, client_id, discover_interfaces, rtt_ttl_s, rtt_override)
+        self.http = httpx.Client(timeout=timeout, transport=transport)
 
     def __enter__(self) -> Client:
         return self
@@ -153,83 +62,54 @@ class Client(_Base):
     def close(self) -> None:
         self.http.close()
 
-    def _call(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        """The first answer from any agent (failing over on connection errors, timeouts and 5xx)."""
-        last: Exception | None = None
-        for agent in self._ordered_agents():
-            try:
-                r = self.http.request(method, agent + path, headers=self.headers(), **kwargs)
-            except httpx.HTTPError as exc:
-                last = exc
-                continue
-            if r.status_code >= 500 and r.status_code not in (503, 507):
-                last = RequestError(r.text[:200], r.status_code)
-                continue
-            self._promote(agent)
-            return r
-        raise ClusterUnreachableError(f"no agent answered {path}: {last}")
+    def _run(self, op: Op[T]) -> T:
+        """Carry out one operation's I/O, blocking."""
+        result: Result | None = None
+        try:
+            while True:
+                request = op.send(result) if result is not None else next(op)
+                if isinstance(request, Browse):
+                    from client.discovery import browse
+
+                    result = browse(interfaces=list(request.interfaces) if request.interfaces else None)
+                    continue
+                try:
+                    result = self.http.request(request.method, request.url, **_options(request, self.http))
+                except httpx.HTTPError as exc:
+                    result = exc
+        except StopIteration as stop:
+            return stop.value  # type: ignore[no-any-return]
+
+    @property
+    def agents(self) -> list[str]:
+        return self.core.agents
+
+    def _ordered_agents(self) -> list[str]:
+        return self._run(self.core.ordered_agents())
 
     def measure_rtts(self, force: bool = False) -> dict[str, float]:
-        """RTT (ms) to each alive node: median of three small requests; cached for rtt_ttl_s."""
-        if not force and time.monotonic() - self._rtt_at < self.rtt_ttl_s:
-            return dict(self._rtts)
-        self._learn(self.cluster())
-        out = {}
-        for node, url in self._nodes.items():
-            samples = []
-            for _ in range(3):
-                started = time.perf_counter()
-                try:
-                    self.http.get(url + "/health", timeout=1.0)
-                except httpx.HTTPError:
-                    break
-                samples.append(1000 * (time.perf_counter() - started))
-            if samples:
-                out[node] = statistics.median(samples)
-        self._rtts, self._rtt_at = out, time.monotonic()
-        return dict(out)
+        return self._run(self.core.measure_rtts(force))
 
     def cluster(self) -> dict[str, Any]:
-        r = self._call("GET", "/cluster")
-        raise_for(r)
-        data: dict[str, Any] = r.json()
-        return data
+        return self._run(self.core.cluster())
 
     def endpoints(self) -> list[Endpoint]:
-        self.measure_rtts()
-        r = self._call("GET", "/services")
-        raise_for(r)
-        return [Endpoint.from_json(e) for e in r.json()]
+        return self._run(self.core.endpoints())
 
     def endpoint(self, model: str) -> Endpoint:
-        self.measure_rtts()
-        r = self._call("GET", f"/services/{model}")
-        raise_for(r)
-        return Endpoint.from_json(r.json())
+        return self._run(self.core.endpoint(model))
 
     def predict(self, model: str, instances: Any = None, inputs: Any = None, via_proxy: bool = False) -> Any:
         """TF-Serving predict; direct to the best endpoint, retrying once elsewhere if it is dead."""
-        body = self._predict_body(instances, inputs)
-        path = f"/v1/models/{model}:predict"
-        if via_proxy:
-            r = self._call("POST", f"/services/{model}{path}", json=body)
-            raise_for(r)
-            return r.json()
-        chosen = self.endpoint(model)
-        for target in (chosen, *chosen.alternatives[:1]):
-            try:
-                r = self.http.post(target.url + path, json=body)
-            except httpx.HTTPError:
-                continue
-            raise_for(r)
-            return r.json()
-        r = self._call("POST", f"/services/{model}{path}", json=body)  # last resort: through an agent
-        raise_for(r)
-        return r.json()
+        return self._run(self.core.predict(model, instances, inputs, via_proxy))
+
+    def infer(self, model: str, inputs: Sequence[Mapping[str, Any]], via_proxy: bool = False) -> Any:
+        """Open Inference Protocol infer (Triton); direct to the best endpoint, or through an agent."""
+        return self._run(self.core.infer(model, inputs, via_proxy))
 
 
-class AsyncClient(_Base):
-    """Asynchronous client (the same methods, awaitable)."""
+class AsyncClient:
+    """Asynchronous client (the same methods, awaitable; mDNS browsing does not block the loop)."""
 
     def __init__(
         self,
@@ -239,9 +119,10 @@ class AsyncClient(_Base):
         discover_interfaces: list[str] | None = None,
         rtt_ttl_s: float = 60.0,
         rtt_override: Mapping[str, float] | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
-        super().__init__(agents, client_id, timeout, discover_interfaces, rtt_ttl_s, rtt_override)
-        self.http = httpx.AsyncClient(timeout=timeout)
+        self.core = ClientCore(agents, client_id, discover_interfaces, rtt_ttl_s, rtt_override)
+        self.http = httpx.AsyncClient(timeout=timeout, transport=transport)
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -252,70 +133,42 @@ class AsyncClient(_Base):
     async def aclose(self) -> None:
         await self.http.aclose()
 
-    async def _call(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        last: Exception | None = None
-        for agent in self._ordered_agents():
-            try:
-                r = await self.http.request(method, agent + path, headers=self.headers(), **kwargs)
-            except httpx.HTTPError as exc:
-                last = exc
-                continue
-            if r.status_code >= 500 and r.status_code not in (503, 507):
-                last = RequestError(r.text[:200], r.status_code)
-                continue
-            self._promote(agent)
-            return r
-        raise ClusterUnreachableError(f"no agent answered {path}: {last}")
+    async def _run(self, op: Op[T]) -> T:
+        """Carry out one operation's I/O on the event loop."""
+        result: Result | None = None
+        try:
+            while True:
+                request = op.send(result) if result is not None else next(op)
+                if isinstance(request, Browse):
+                    from client.discovery import async_browse
+
+                    result = await async_browse(interfaces=list(request.interfaces) if request.interfaces else None)
+                    continue
+                try:
+                    result = await self.http.request(request.method, request.url, **_options(request, self.http))
+                except httpx.HTTPError as exc:
+                    result = exc
+        except StopIteration as stop:
+            return stop.value  # type: ignore[no-any-return]
+
+    @property
+    def agents(self) -> list[str]:
+        return self.core.agents
 
     async def measure_rtts(self, force: bool = False) -> dict[str, float]:
-        if not force and time.monotonic() - self._rtt_at < self.rtt_ttl_s:
-            return dict(self._rtts)
-        self._learn(await self.cluster())
-        out = {}
-        for node, url in self._nodes.items():
-            samples = []
-            for _ in range(3):
-                started = time.perf_counter()
-                try:
-                    await self.http.get(url + "/health", timeout=1.0)
-                except httpx.HTTPError:
-                    break
-                samples.append(1000 * (time.perf_counter() - started))
-            if samples:
-                out[node] = statistics.median(samples)
-        self._rtts, self._rtt_at = out, time.monotonic()
-        return dict(out)
+        return await self._run(self.core.measure_rtts(force))
 
     async def cluster(self) -> dict[str, Any]:
-        r = await self._call("GET", "/cluster")
-        raise_for(r)
-        data: dict[str, Any] = r.json()
-        return data
+        return await self._run(self.core.cluster())
 
     async def endpoints(self) -> list[Endpoint]:
-        await self.measure_rtts()
-        r = await self._call("GET", "/services")
-        raise_for(r)
-        return [Endpoint.from_json(e) for e in r.json()]
+        return await self._run(self.core.endpoints())
 
     async def endpoint(self, model: str) -> Endpoint:
-        await self.measure_rtts()
-        r = await self._call("GET", f"/services/{model}")
-        raise_for(r)
-        return Endpoint.from_json(r.json())
+        return await self._run(self.core.endpoint(model))
 
     async def predict(self, model: str, instances: Any = None, inputs: Any = None, via_proxy: bool = False) -> Any:
-        body = self._predict_body(instances, inputs)
-        path = f"/v1/models/{model}:predict"
-        if not via_proxy:
-            chosen = await self.endpoint(model)
-            for target in (chosen, *chosen.alternatives[:1]):
-                try:
-                    r = await self.http.post(target.url + path, json=body)
-                except httpx.HTTPError:
-                    continue
-                raise_for(r)
-                return r.json()
-        r = await self._call("POST", f"/services/{model}{path}", json=body)
-        raise_for(r)
-        return r.json()
+        return await self._run(self.core.predict(model, instances, inputs, via_proxy))
+
+    async def infer(self, model: str, inputs: Sequence[Mapping[str, Any]], via_proxy: bool = False) -> Any:
+        return await self._run(self.core.infer(model, inputs, via_proxy))

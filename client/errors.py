@@ -6,6 +6,9 @@ PeerserveError                  base
 ├── NotReadyError               the model is being provisioned; retry after ``retry_after`` s (503)
 ├── ClusterUnreachableError     no agent answered
 └── RequestError                the agent or model server refused the request (other 4xx); ``status``
+                                and ``code`` (the agent's X-Peerserve-Error, None from a model server)
+
+Errors are chosen by the agent's machine-readable code, not by the wording of its message.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ class ClusterUnreachableError(PeerserveError):
 
 
 class RequestError(PeerserveError):
-    def __init__(self, message: str, status: int) -> None:
+    def __init__(self, message: str, status: int, code: str | None = None) -> None:
         super().__init__(message)
         self.status = status
+        self.code = code

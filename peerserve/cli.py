@@ -12,10 +12,9 @@ import sys
 from collections.abc import Sequence
 
 from peerserve import __version__
+from peerserve.errors import UsageError
 
-
-class UsageError(Exception):
-    """The user's input is wrong (exit code 2)."""
+__all__ = ["UsageError", "build_parser", "main"]
 
 
 def build_parser() -> argparse.ArgumentParser:

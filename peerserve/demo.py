@@ -283,7 +283,7 @@ def register(commands: Any) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from peerserve.cli import UsageError
+    from peerserve.errors import UsageError
 
     if args.nodes < 2 or args.nodes > 50:
         raise UsageError("--nodes must be between 2 and 50")

@@ -71,7 +71,7 @@ def register(commands: Any) -> None:
 
 
 def _usage(message: str) -> Exception:
-    from peerserve.cli import UsageError
+    from peerserve.errors import UsageError
 
     return UsageError(message)
 

@@ -138,6 +138,7 @@ class DockerRuntime:
             term=int(labels.get("peerserve.term", "0") or 0),
             started_at=_parse_time(created),
             detail=f"container {container.short_id} {container.status}",
+            mem_mb=_measured_mb(container),
         )
 
     async def list(self) -> list[Instance]:
@@ -172,6 +173,14 @@ def _from_env() -> Any:
     import docker
 
     return docker.from_env(timeout=20)
+
+
+def _measured_mb(container: Any) -> float | None:
+    """Resident memory of the container's processes, read from /proc (the agent shares the host's PIDs)."""
+    from agent.runtime.process import tree_rss_mb
+
+    pid = (container.attrs.get("State") or {}).get("Pid") or 0
+    return tree_rss_mb(int(pid)) if pid and container.status == "running" else None
 
 
 def _parse_time(text: str) -> float:

@@ -1,5 +1,8 @@
 """Where should this client's request for a model go? One answer, as a typed outcome.
 
+When the model runs nowhere, it is provisioned here if this node has the memory (waiting up to
+``provision_wait_s``), else the roomiest peer is asked to start it (agent/serving/provision.py).
+
 ``resolve`` is the serving façade (``NodeAgent.resolve`` calls it): ranked endpoints, or provisioning
 under way (retry later), or no node with the memory, or a model the catalogue does not know. The HTTP
 layer (both protocols, the endpoint query) only maps these outcomes to responses.
@@ -65,6 +68,8 @@ async def resolve(agent: NodeAgent, model: str, client: str, reported: Mapping[s
     target, reason = agent.provision_decision(spec)
     if target is None:
         return NoCapacity(reason)
+    if target != agent.settings.node_id:
+        agent.provision_requests.ask(agent, target, model)  # explicit, in the background
     if target == agent.settings.node_id and await agent.provision_locally(model, agent.settings.provision_wait_s):
         ranked = rank_endpoints(agent.candidates(model), rtts)
         if ranked:

@@ -6,6 +6,7 @@
     ANY  /services/{model}/v2/models/...   Open Inference Protocol (KServe v2) of that model, proxied
     ANY  /v1/models/{model}...             TF-Serving REST at the root, for every model of the cluster
     GET  /v2, /v2/health/live|ready        the Open Inference Protocol's server metadata and health
+    POST /peer/provision                   a peer asks this node to start a model (cluster token)
     ANY  /v2/models/{model}[/versions/v][/ready|/infer|/config]   proxied to a server of that model
 
 On protocol paths every error, the agent's own included, is exactly ``{"error": "..."}`` (both protocols
@@ -15,6 +16,7 @@ included, passes through unchanged (binary tensor bodies and ``Inference-Header-
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import time
@@ -30,6 +32,7 @@ from agent.client_ids import CLIENT_INPUT
 from agent.decisions import Choice, best_per_model
 from agent.node import NodeAgent
 from agent.serving import tfrest
+from agent.serving.provision import token_ok
 from agent.serving.resolve import NoCapacity, Provisioning, Ranked, Unknown
 from agent.serving.upstream import BodyTooLarge, Replay, UpstreamError, UpstreamPool
 
@@ -43,6 +46,7 @@ HOP_BY_HOP = {
     "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer", "trailers",
     "transfer-encoding", "upgrade", "host", "x-peerserve-rtt", "x-peerserve-client",
 }  # fmt: skip
+ERROR_TEXT_MAX = 2048  # of a non-JSON upstream error, kept as the message
 ALL_METHODS = ["GET", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"]
 PROTOCOLS = {"tfserving": "v1", "triton": "v2"}
 
@@ -55,6 +59,18 @@ def protocol_error(status: int, message: str, code: str, retry_after: int | None
     if retry_after is not None:
         headers["Retry-After"] = str(retry_after)
     return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+def _as_protocol_error(response: JSONResponse) -> JSONResponse:
+    """An error of the client-input checks, in the protocols' exact ``{"error": ...}`` shape (status kept)."""
+    try:
+        body = json.loads(bytes(response.body))
+        message = str(body.get("error", "bad request")) if isinstance(body, dict) else "bad request"
+    except ValueError:
+        message = "bad request"
+    retry = response.headers.get("retry-after")
+    code = response.headers.get(ERROR_HEADER.lower()) or "bad_client_input"
+    return protocol_error(response.status_code, message, code, int(retry) if retry and retry.isdigit() else None)
 
 
 def _endpoint_json(choice: Choice) -> dict[str, Any]:
@@ -73,6 +89,17 @@ def _forward_headers(request: Request) -> list[tuple[str, str]]:
 def _response_headers(headers: list[tuple[str, str]]) -> dict[str, str]:
     named = {v.strip().lower() for k, v in headers if k.lower() == "connection" for v in v.split(",")}
     return {k: v for k, v in headers if k.lower() not in HOP_BY_HOP and k.lower() not in named}
+
+
+def upstream_error_message(status: int, body: bytes) -> str:
+    """The message for a model server's non-JSON error: its text (first ERROR_TEXT_MAX bytes, tags stripped)."""
+    text = re.sub(r"<[^>]*>", " ", body[:ERROR_TEXT_MAX].decode("utf-8", "replace"))
+    text = " ".join(text.split())
+    return f"model server answered HTTP {status}" + (f": {text}" if text else "")
+
+
+def _is_json(headers: list[tuple[str, str]]) -> bool:
+    return any(k.lower() == "content-type" and "json" in v.lower() for k, v in headers)
 
 
 def _has_body(request: Request) -> bool:
@@ -100,6 +127,7 @@ class ServingRoutes:
         app.add_api_route("/v2/health/live", self.v2_live, methods=["GET"])
         app.add_api_route("/v2/health/ready", self.v2_ready, methods=["GET"])
         app.add_api_route("/v2/{path:path}", self.v2_root, methods=ALL_METHODS)
+        app.add_api_route("/peer/provision", self.peer_provision, methods=["POST"])
 
     # -- endpoint queries ---------------------------------------------------------------------------
     async def services(self, request: Request) -> Any:
@@ -168,6 +196,27 @@ class ServingRoutes:
             return protocol_error(404, "Not Found", "bad_path")
         return await self.proxy(match.group("model"), "triton", "/v2/" + path, request)
 
+    async def peer_provision(self, request: Request) -> Response:
+        """A peer asks this node to start a model that runs nowhere (cluster token; 202, or 507 without room)."""
+        if not token_ok(self.agent.settings.cluster_token, request.headers.get("authorization")):
+            return protocol_error(401, "missing or wrong cluster token (Authorization: Bearer TOKEN)", "unauthorized")
+        raw = await request.body()
+        try:
+            body = json.loads(raw) if len(raw) <= 4096 else None
+            model = body["model"] if isinstance(body, dict) else None
+        except ValueError:
+            model = None
+        if not isinstance(model, str) or not valid_model_name(model):
+            return protocol_error(400, 'expected {"model": "<catalogue model>"} (at most 4 KiB)', "bad_request")
+        spec = self.agent.catalogue.current.get(model)
+        if spec is None:
+            return protocol_error(400, f"unknown model {model!r}: not in the catalogue", "unknown_model")
+        free = self.agent.node_metrics().mem_available_mb
+        if model not in self.agent.desired.instances and free < spec.mem_mb:
+            return protocol_error(507, f"{model} needs {spec.mem_mb:.0f} MB, {free:.0f} MB free here", "no_capacity")
+        await self.agent.provision_locally(model, 0.0)  # adds it to the desired set; reconcile starts it
+        return JSONResponse({"accepted": True, "node_id": self.agent.settings.node_id, "model": model}, status_code=202)
+
     # -- the proxy -------------------------------------------------------------------------------------
     async def proxy(self, model: str, protocol: str, upstream_path: str, request: Request) -> Response:
         """Resolve ``model`` and stream the request to the best endpoint (once more to the next if unreachable)."""
@@ -177,7 +226,7 @@ class ServingRoutes:
             return protocol_error(400, f"model {model!r} is served by {spec.server}: use {other}", "wrong_protocol")
         who = self.client_of(request)
         if isinstance(who, JSONResponse):
-            return protocol_error(400, "malformed RTT report: use 'X-Peerserve-RTT: node=ms, node=ms'", "bad_rtt")
+            return _as_protocol_error(who)
         client, reported = who
         outcome = await self.agent.resolve(model, client, reported)
         if not isinstance(outcome, Ranked):
@@ -198,6 +247,8 @@ class ServingRoutes:
                 if exc.sent and (body is None or not body.replayable):
                     break
                 continue
+            if upstream.status >= 400 and not _is_json(upstream.headers):
+                return await self._wrap_error(upstream, model, target.node, client, reported)
             stream = self._stream(upstream, model, target.node, client, reported, started)
             return StreamingResponse(stream, status_code=upstream.status, headers=_response_headers(upstream.headers))
         self._record(model, client, reported, None, None, 502)
@@ -219,6 +270,19 @@ class ServingRoutes:
             if complete and upstream.status < 500:
                 self.agent.record_latency(node, model, latency)
             self._record(model, client, reported, node, latency if complete else None, upstream.status)
+
+    async def _wrap_error(self, upstream: Any, model: str, node: str, client: str, reported: Any) -> Response:
+        """A model server's error that is not JSON (a crash page, a proxy's HTML): the protocol's error body."""
+        text = b""
+        try:
+            async for chunk in upstream.aiter_body():
+                text += chunk[: ERROR_TEXT_MAX - len(text)]
+        except UpstreamError:
+            pass
+        finally:
+            await upstream.aclose()
+        self._record(model, client, reported, node, None, upstream.status)
+        return protocol_error(upstream.status, upstream_error_message(upstream.status, text), "upstream_error")
 
     def _outcome_error(self, outcome: Any, model: str, protocol: str, client: str, reported: Any) -> JSONResponse:
         if isinstance(outcome, Unknown):

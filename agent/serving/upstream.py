@@ -21,6 +21,8 @@ from urllib.parse import urlsplit
 
 import h11
 
+from agent.http_limits import BodyRefused
+
 log = logging.getLogger(__name__)
 
 READ_SIZE = 64 * 1024
@@ -38,6 +40,14 @@ class UpstreamError(Exception):
 
 class BodyTooLarge(Exception):
     """The client's request body went over the proxy's limit while streaming."""
+
+
+class BodySourceError(Exception):
+    """Reading the client's body failed (``original``, e.g. the HTTP layer refused it): not the server's fault."""
+
+    def __init__(self, original: Exception) -> None:
+        super().__init__(str(original))
+        self.original = original
 
 
 @dataclass
@@ -83,7 +93,14 @@ class Replay:
             yield chunk
         if self._done:
             return
-        async for chunk in self._source:
+        source = aiter(self._source)
+        while True:
+            try:
+                chunk = await anext(source)
+            except StopAsyncIteration:
+                break
+            except Exception as exc:  # the client side failed (refused, disconnected): say so, not "upstream"
+                raise BodySourceError(exc) from exc
             self._size += len(chunk)
             if self._size > self._limit:
                 raise BodyTooLarge(f"request body over {self._limit} bytes")
@@ -253,9 +270,12 @@ class UpstreamPool:
             head = asyncio.create_task(self._response_head(conn))
             await asyncio.wait({sender, head}, return_when=asyncio.FIRST_COMPLETED)
             failed = sender.exception() if sender.done() else None
-            if isinstance(failed, BodyTooLarge):
+            if isinstance(failed, (BodyTooLarge, BodyRefused)):  # the client's fault: no upstream failure
                 head.cancel()
                 raise failed
+            if isinstance(failed, BodySourceError):
+                head.cancel()
+                raise failed.original
             if failed is not None and not head.done():
                 # The server may have answered (e.g. 413) and closed while we were still sending.
                 done, _ = await asyncio.wait({head}, timeout=1.0)

@@ -55,6 +55,7 @@ def test_start_predict_list_stop(engine: Any) -> None:
         assert r.json() == {"predictions": [2.5, 3.0, 4.5]}
         [listed] = await rt.list()
         assert listed.id == inst.id and listed.running and listed.term == 7 and listed.model == "half_plus_two"
+        assert listed.mem_mb is not None and listed.mem_mb > 1  # measured: the container's process tree
         c = engine.containers.get(inst.id)
         assert c.labels["peerserve.managed"] == "true" and c.labels["peerserve.node"] == "node-a"
         assert c.attrs["HostConfig"]["Memory"] == 64 * 2**20
@@ -131,3 +132,26 @@ def test_agent_restart_adopts_containers_and_trims_foreign_ones(agents: Any, eng
     while time.monotonic() < deadline and engine.containers.list(all=True, filters={"label": "peerserve.node=dock-a"}):
         time.sleep(0.2)
     assert engine.containers.list(all=True, filters={"label": "peerserve.node=dock-a"}) == []
+
+
+def test_digits_in_the_stand_in_image_answers_like_the_process_stand_in(engine: Any) -> None:
+    from agent import digits
+
+    async def scenario() -> list[list[float]]:
+        rt = DockerRuntime("node-a", "127.0.0.1")
+        inst = await rt.start(spec("digits"), term=1)
+        try:
+            await _wait_available(inst.url, "digits")
+            rows = digits.heldout_set()[0][:20]
+            async with httpx.AsyncClient() as http:
+                r = await http.post(f"{inst.url}/v1/models/digits:predict", json={"instances": rows})
+            assert r.status_code == 200, r.text
+            return list(r.json()["predictions"])
+        finally:
+            await rt.stop(inst.id)
+            await rt.close()
+
+    predictions = asyncio.run(scenario())
+    local = [digits.load_weights().probabilities(row) for row in digits.heldout_set()[0][:20]]
+    flat = [p for row in predictions for p in row]
+    assert flat == pytest.approx([p for row in local for p in row])  # the image carries the same weights

@@ -245,3 +245,57 @@ async def _concurrent_through_small_pool(port: int) -> tuple[int, int]:
 def test_pool_keeps_at_most_its_bound_of_idle_connections(stand_in: int) -> None:
     idle, opened = asyncio.run(_concurrent_through_small_pool(stand_in))
     assert opened == 8 and idle == 2
+
+
+class _ClosesSilently(BaseHTTPRequestHandler):
+    """Answers, then drops the keep-alive connection without saying so (as servers do after an idle timeout)."""
+
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+        self.close_connection = True
+
+
+async def _through_a_server_that_drops_idle_connections(port: int, pause: float) -> tuple[list[bytes], int]:
+    from agent.serving.upstream import Replay
+
+    pool = UpstreamPool()
+    got = []
+    for i in range(6):
+        payload = f"request {i}".encode()
+
+        async def one_chunk(data: bytes = payload) -> Any:
+            yield data
+
+        response = await pool.request(
+            "POST", f"http://127.0.0.1:{port}/", [("Content-Length", str(len(payload)))], Replay(one_chunk(), 1 << 20)
+        )
+        got.append(await response.read())
+        await response.aclose()
+        await asyncio.sleep(pause)  # with a pause the server's FIN arrives while the connection is idle
+    opened = pool.opened
+    await pool.aclose()
+    return got, opened
+
+
+@pytest.mark.parametrize("pause", [0.05, 0.0])
+def test_a_pooled_connection_the_server_dropped_is_not_used_and_nothing_fails(pause: float) -> None:
+    """Noticed while idle (pause), or on use (no pause: the request is sent again on a fresh connection)."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _ClosesSilently)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        got, opened = asyncio.run(_through_a_server_that_drops_idle_connections(int(server.server_address[1]), pause))
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert got == [f"request {i}".encode() for i in range(6)]
+    assert opened >= 6  # each dropped connection was replaced

@@ -6,6 +6,7 @@ installs and builds both); tritonclient.http is the real client, used with its d
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 from urllib.parse import urlsplit
@@ -58,6 +59,17 @@ def test_digits_over_tf_serving_and_triton_through_an_agent(agents: Any) -> None
     assert (triton_classes == truth).mean() >= 0.9
     assert (tf_classes == truth).mean() >= 0.9
     assert (tf_classes == triton_classes).mean() >= 0.98
+    # The whole data set, padded to the 2,000-row batch both accept in one request: the servers agree.
+    from sklearn.datasets import load_digits
+
+    everything = load_digits().data.astype(float).tolist()
+    batch = (everything * 2)[:2000]
+    r = httpx.post(a.url + "/v1/models/digits:predict", json={"instances": batch}, timeout=90)
+    tf_all = np.asarray(r.json()["predictions"]).argmax(axis=1)
+    v2 = {"inputs": [{"name": "pixels", "shape": [2000, 64], "datatype": "FP32", "data": batch}]}
+    r2 = httpx.post(a.url + "/v2/models/digits_triton/infer", json=v2, timeout=90)
+    triton_all = np.asarray(r2.json()["outputs"][0]["data"]).reshape(2000, 10).argmax(axis=1)
+    assert r.status_code == r2.status_code == 200 and (tf_all == triton_all).mean() >= 0.98
     # Each protocol is refused, in its own error shape, for the other kind of server.
     wrong = httpx.post(a.url + "/v1/models/digits_triton:predict", json={"instances": images[:1]}, timeout=30)
     assert wrong.status_code == 400 and set(wrong.json()) == {"error"}
@@ -71,7 +83,33 @@ def test_digits_over_tf_serving_and_triton_through_an_agent(agents: Any) -> None
     # Memory of the Triton server is measured (its process tree), and its execution time is recorded.
     [inst] = [i for i in a.get("/stats/node").json()["instances"] if i["model"] == "digits_triton"]
     assert inst["ready"] and inst["mem_mb"] is not None and inst["mem_mb"] > 10
+    # The client library and CLI speak the Open Inference Protocol too (direct to Triton, and via the proxy).
+    from client import Client
+    from tests.service.test_client import cli
+
+    v2_inputs = [{"name": "pixels", "shape": [2, 64], "datatype": "FP32", "data": images[:2]}]
+    with Client(agents=[a.url], transport=httpx.HTTPTransport(retries=1)) as c:
+        direct = c.infer("digits_triton", v2_inputs)
+        proxied = c.infer("digits_triton", v2_inputs, via_proxy=True)
+    assert direct["outputs"][0]["shape"] == [2, 10] and direct["outputs"] == proxied["outputs"]
+    out = cli("predict", "digits_triton", "--protocol", "v2", "--data", json.dumps(v2_inputs), "--agent", a.url)
+    assert out.returncode == 0 and json.loads(out.stdout)["outputs"][0]["name"] == "probabilities", out.stderr
     log = a.get("/stats/requests?since=0").json()["requests"]
     timed = [x for x in log if x["model"] in ("digits", "digits_triton") and x["latency_ms"] is not None]
     assert {x["model"] for x in timed} == {"digits", "digits_triton"}
     assert all(x["latency_ms"] > 0 for x in timed)
+    # ... and it is the execution time the placement snapshot uses (the catalogue's guess is 3 ms).
+    from agent.catalogue import builtin_catalogue_text, parse_catalogue
+    from agent.placement import MIN_LATENCY_SAMPLES, build_snapshot, parse_node_report, parse_request
+
+    for _ in range(MIN_LATENCY_SAMPLES):
+        httpx.post(a.url + "/v1/models/digits:predict", json={"instances": images}, timeout=90).raise_for_status()
+    rows = [parse_request(x) for x in a.get("/stats/requests?since=0").json()["requests"]]
+    node = parse_node_report(a.get("/stats/node").json(), a.get("/stats/models").json())
+    snapshot = build_snapshot([node], rows, parse_catalogue(builtin_catalogue_text(), "built-in"), time.time())
+    measured = sorted(
+        r.latency_ms for r in rows if r.model == "digits" and r.latency_ms is not None and r.status == 200
+    )
+    [digits_request] = [r for r in snapshot["requests"] if r["model"] == "digits"]
+    assert digits_request["exec_ms"][node.node_id] == pytest.approx(float(np.median(measured)))
+    assert digits_request["exec_ms"][node.node_id] > 3.0

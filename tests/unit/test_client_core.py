@@ -1,0 +1,62 @@
+"""The client's pure core (client/ops.py): error mapping by code, failover order, RTT aggregation, targets."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from client.errors import ClusterUnreachableError, NoCapacityError, NotReadyError, RequestError, UnknownModelError
+from client.ops import Browse, Call, ClientCore, Endpoint, aggregate_rtts, error_for, fails_over, targets
+
+
+def answer(status: int, body: object, **headers: str) -> httpx.Response:
+    return httpx.Response(status, json=body, headers=headers)
+
+
+def test_errors_are_chosen_by_code_not_by_wording() -> None:
+    worded = {"error": "something about the catalogue"}
+    assert isinstance(error_for(answer(404, worded, **{"X-Peerserve-Error": "unknown_model"})), UnknownModelError)
+    assert isinstance(error_for(answer(404, worded)), RequestError)  # a model server's 404: not "unknown model"
+    assert isinstance(error_for(answer(507, {"error": "x"}, **{"X-Peerserve-Error": "no_capacity"})), NoCapacityError)
+    busy = error_for(answer(503, {"error": "x"}, **{"X-Peerserve-Error": "provisioning", "Retry-After": "2"}))
+    assert isinstance(busy, NotReadyError) and busy.retry_after == 2.0
+    bad = error_for(answer(400, {"error": "Malformed request"}, **{"X-Peerserve-Error": "bad_path"}))
+    assert isinstance(bad, RequestError) and bad.code == "bad_path" and bad.status == 400
+    assert error_for(answer(200, {"predictions": []})) is None
+
+
+def test_failover_order_tries_agents_in_turn_and_remembers_the_one_that_answered() -> None:
+    core = ClientCore(["http://a", "http://b", "http://c"], "me", None, 60.0, None)
+    op = core.call_any("GET", "/cluster")
+    call = next(op)
+    assert isinstance(call, Call) and call.url == "http://a/cluster" and call.headers["X-Peerserve-Client"] == "me"
+    call = op.send(httpx.ConnectError("refused"))
+    assert isinstance(call, Call) and call.url == "http://b/cluster"
+    call = op.send(answer(500, {"error": "boom"}))  # a broken agent: next one
+    assert isinstance(call, Call) and call.url == "http://c/cluster"
+    with pytest.raises(StopIteration) as done:
+        op.send(answer(200, {"node_id": "c"}))
+    assert done.value.value.status_code == 200
+    assert core.agents[0] == "http://c"
+    assert not fails_over(503) and not fails_over(507) and fails_over(502)
+
+
+def test_no_agent_answering_is_cluster_unreachable_and_no_agent_known_browses() -> None:
+    core = ClientCore(["http://a"], "me", None, 60.0, None)
+    op = core.call_any("GET", "/cluster")
+    next(op)
+    with pytest.raises(ClusterUnreachableError):
+        op.send(httpx.ConnectError("refused"))
+    empty = ClientCore([], "me", ["127.0.0.1"], 60.0, None)
+    empty.agents = []
+    op = empty.ordered_agents()
+    assert next(op) == Browse(("127.0.0.1",))
+    with pytest.raises(ClusterUnreachableError):
+        op.send([])
+
+
+def test_rtts_are_medians_and_targets_are_best_then_one_alternative() -> None:
+    assert aggregate_rtts({"n1": [3.0, 1.0, 2.0], "n2": [], "n3": [5.0]}) == {"n1": 2.0, "n3": 5.0}
+    alt = Endpoint("m", "n2", "http://n2:1")
+    chosen = Endpoint("m", "n1", "http://n1:1", alternatives=(alt, Endpoint("m", "n3", "http://n3:1")))
+    assert targets(chosen) == ["http://n1:1", "http://n2:1"]

@@ -1,0 +1,59 @@
+"""The reverse proxy's header rules (RFC 9110 7.6.1): hop-by-hop headers never cross it."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+
+from agent.serving.routes import _forward_headers, _response_headers
+
+
+def _request(headers: list[tuple[str, str]]) -> Request:
+    raw = [(k.lower().encode(), v.encode()) for k, v in headers]
+    return Request({"type": "http", "method": "POST", "path": "/", "headers": raw, "client": ("10.0.0.9", 5)})
+
+
+def test_request_hop_by_hop_headers_and_the_ones_connection_names_are_dropped() -> None:
+    sent = _forward_headers(_request([
+        ("Host", "agent:8400"), ("Connection", "keep-alive, X-Session"), ("X-Session", "1"), ("Keep-Alive", "5"),
+        ("Transfer-Encoding", "chunked"), ("TE", "trailers"), ("Upgrade", "h2c"), ("Proxy-Authorization", "x"),
+        ("X-Peerserve-RTT", "n1=2"), ("Content-Type", "application/octet-stream"),
+        ("Inference-Header-Content-Length", "142"), ("Content-Length", "654"),
+    ]))  # fmt: skip
+    assert dict(sent) == {
+        "content-type": "application/octet-stream",
+        "inference-header-content-length": "142",
+        "content-length": "654",
+        "X-Forwarded-For": "10.0.0.9",
+    }
+
+
+def test_response_hop_by_hop_headers_are_dropped_end_to_end_ones_kept() -> None:
+    kept = _response_headers([
+        ("Content-Type", "application/json"), ("Inference-Header-Content-Length", "100"), ("Content-Length", "140"),
+        ("Connection", "close, X-Debug"), ("X-Debug", "1"), ("Transfer-Encoding", "chunked"), ("Keep-Alive", "t=5"),
+    ])  # fmt: skip
+    assert kept == {
+        "Content-Type": "application/json",
+        "Inference-Header-Content-Length": "100",
+        "Content-Length": "140",
+    }
+
+
+def test_a_non_json_upstream_error_becomes_the_protocols_error_message() -> None:
+    from agent.serving.routes import ERROR_TEXT_MAX, upstream_error_message
+
+    page = b"<html><body><h1>502 Bad Gateway</h1>\n<p>upstream died</p></body></html>"
+    assert upstream_error_message(502, page) == "model server answered HTTP 502: 502 Bad Gateway upstream died"
+    assert upstream_error_message(500, b"") == "model server answered HTTP 500"
+    assert len(upstream_error_message(500, b"x" * 100_000)) < ERROR_TEXT_MAX + 40
+
+
+def test_client_input_errors_keep_their_status_in_the_protocol_shape() -> None:
+    from fastapi.responses import JSONResponse
+
+    from agent.serving.routes import _as_protocol_error
+
+    refused = JSONResponse({"error": "too many client ids", "limit": 64}, status_code=429, headers={"Retry-After": "3"})
+    out = _as_protocol_error(refused)
+    assert out.status_code == 429 and out.body == b'{"error":"too many client ids"}'
+    assert out.headers["retry-after"] == "3" and out.headers["x-peerserve-error"] == "bad_client_input"
