@@ -78,7 +78,7 @@ act() {
   if [ "$dry_run" = 1 ]; then
     echo "would run: $*"
   else
-    "$@"
+    "$@" || die "failed (exit $?): $*"
   fi
 }
 
