@@ -46,6 +46,7 @@ HOP_BY_HOP = {
     "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer", "trailers",
     "transfer-encoding", "upgrade", "host", "x-peerserve-rtt", "x-peerserve-client",
 }  # fmt: skip
+SMALL_BODY = 64 * 1024  # an answer up to this size is sent in one piece; larger ones are streamed
 ERROR_TEXT_MAX = 2048  # of a non-JSON upstream error, kept as the message
 ALL_METHODS = ["GET", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"]
 PROTOCOLS = {"tfserving": "v1", "triton": "v2"}
@@ -250,7 +251,12 @@ class ServingRoutes:
             if upstream.status >= 400 and not _is_json(upstream.headers):
                 return await self._wrap_error(upstream, model, target.node, client, reported)
             stream = self._stream(upstream, model, target.node, client, reported, started)
-            return StreamingResponse(stream, status_code=upstream.status, headers=_response_headers(upstream.headers))
+            headers = _response_headers(upstream.headers)
+            length = next((v for k, v in headers.items() if k.lower() == "content-length"), "")
+            if length.isdigit() and int(length) <= SMALL_BODY:  # one write; no streaming machinery
+                body = b"".join([chunk async for chunk in stream])
+                return Response(body, status_code=upstream.status, headers=headers)
+            return StreamingResponse(stream, status_code=upstream.status, headers=headers)
         self._record(model, client, reported, None, None, 502)
         return protocol_error(502, f"no endpoint of {model} answered", "unreachable")
 
