@@ -251,12 +251,12 @@ class ServingRoutes:
             if upstream.status >= 400 and not _is_json(upstream.headers):
                 return await self._wrap_error(upstream, model, target.node, client, reported)
             stream = self._stream(upstream, model, target.node, client, reported, started)
-            headers = _response_headers(upstream.headers)
-            length = next((v for k, v in headers.items() if k.lower() == "content-length"), "")
+            answer_headers = _response_headers(upstream.headers)
+            length = next((v for k, v in answer_headers.items() if k.lower() == "content-length"), "")
             if length.isdigit() and int(length) <= SMALL_BODY:  # one write; no streaming machinery
-                body = b"".join([chunk async for chunk in stream])
-                return Response(body, status_code=upstream.status, headers=headers)
-            return StreamingResponse(stream, status_code=upstream.status, headers=headers)
+                answer = b"".join([chunk async for chunk in stream])
+                return Response(answer, status_code=upstream.status, headers=answer_headers)
+            return StreamingResponse(stream, status_code=upstream.status, headers=answer_headers)
         self._record(model, client, reported, None, None, 502)
         return protocol_error(502, f"no endpoint of {model} answered", "unreachable")
 
