@@ -184,8 +184,8 @@ class Leadership:
                 self.agent.store.observe_term(action.term, self.agent.settings.node_id)
                 log.info("node %s became leader at term %d", self.agent.settings.node_id, action.term)
                 self.leader_since = self.agent.clock()
+                self.solver.start()  # warms up in the background; before the round machine can ask for a solve
                 self._feed(lr.Elected(self.agent.clock(), action.term, self._members()))
-                self.solver.start()  # warms up in the background
             elif isinstance(action, BecameFollower):
                 self.agent.store.observe_term(action.term, action.leader)
                 if action.leader is not None:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.errors import ConfigError
+from agent.interfaces import interface_address
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -79,7 +80,8 @@ class Settings:
         if not self.node_id:
             object.__setattr__(self, "node_id", default_node_id(self.port))
         if not self.advertise_address:
-            object.__setattr__(self, "advertise_address", self.host if self.host not in ("0.0.0.0", "::") else "")
+            wildcard = self.host in ("0.0.0.0", "::")
+            object.__setattr__(self, "advertise_address", interface_address(self.interface) if wildcard else self.host)
         if not self.data_dir:
             object.__setattr__(self, "data_dir", default_data_dir(self.node_id))
         validate(self)

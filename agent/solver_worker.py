@@ -45,6 +45,7 @@ class SolverWorker:
         self.method = method
         self.max_reply_bytes = max_reply_bytes
         self._proc: subprocess.Popen[bytes] | None = None
+        self._wanted = False  # between start() and stop(): a dead worker is replaced on the next solve
         self._lock = threading.Lock()  # one request in flight: the pipe carries one reply at a time
 
     @property
@@ -55,6 +56,7 @@ class SolverWorker:
 
     def start(self) -> None:
         """Spawn the worker (it warms up on its own); no-op while one runs. Call from the event loop thread."""
+        self._wanted = True
         if self.pid is not None:
             return
         # PR_SET_PDEATHSIG fires when the spawning *thread* exits, so spawn from the long-lived loop thread.
@@ -67,7 +69,11 @@ class SolverWorker:
         log.info("solver worker started (pid %d)", self._proc.pid)
 
     def stop(self) -> None:
-        """End the worker now (a solve in flight fails); it is reaped in the background."""
+        """End the worker now (a solve in flight fails) and start none until ``start``; reaped in the background."""
+        self._wanted = False
+        self._kill()
+
+    def _kill(self) -> None:
         proc, self._proc = self._proc, None
         if proc is None:
             return
@@ -77,13 +83,20 @@ class SolverWorker:
 
     async def close(self) -> None:
         """Stop the worker and wait until it has exited."""
+        self._wanted = False
         proc, self._proc = self._proc, None
         if proc is not None:
             _end(proc)
             await asyncio.to_thread(_reap, proc)
 
     async def solve(self, snapshot: dict[str, Any], method: str, mode: str) -> tuple[dict[str, Any], str]:
-        """(plan as a dict, fallback reason or ''); starts a worker if none runs. Raises SolverWorkerError."""
+        """(plan as a dict, fallback reason or ''); replaces a dead worker. Raises SolverWorkerError.
+
+        Only between ``start`` and ``stop``: a round still in flight when the node stepped down must not
+        bring a solver back onto a follower.
+        """
+        if not self._wanted:
+            raise SolverWorkerError("no solver worker: this node does not lead")
         self.start()
         proc = self._proc
         assert proc is not None
@@ -92,7 +105,7 @@ class SolverWorker:
             reply = await asyncio.to_thread(self._round_trip, proc, request)
         except SolverWorkerError:
             if proc is self._proc and proc.poll() is None:
-                self.stop()  # a half-read pipe cannot be trusted; the next solve starts afresh
+                self._kill()  # a half-read pipe cannot be trusted; the next solve starts afresh
             raise
         if "error" in reply:
             raise SolverWorkerError(str(reply["error"]))
@@ -108,6 +121,8 @@ class SolverWorker:
             except (OSError, ValueError) as exc:
                 raise SolverWorkerError(f"solver worker unreachable: {exc}") from exc
         if not line:
+            if not self._wanted:
+                raise SolverWorkerError("solver worker stopped: this node stepped down")
             raise SolverWorkerError(f"solver worker exited (status {proc.poll()})")
         if len(line) > self.max_reply_bytes or not line.endswith(b"\n"):
             raise SolverWorkerError(f"solver worker reply over {self.max_reply_bytes} bytes")

@@ -69,6 +69,19 @@ def plan(seed: int, count: int = 200) -> list[PlannedFault]:
     return faults
 
 
+def tfserving_models(names: Iterable[str]) -> dict[str, Any]:
+    """The catalogue models a TF-Serving REST client can call, each with its warm-up instances as a request."""
+    from agent.catalogue import builtin_catalogue_text, parse_catalogue
+
+    catalogue = parse_catalogue(builtin_catalogue_text(), "builtin")
+    out = {}
+    for name in sorted(names):
+        spec = catalogue.get(name)
+        if spec is not None and spec.server == "tfserving" and spec.warmup and "instances" in spec.warmup:
+            out[name] = spec.warmup["instances"]
+    return out
+
+
 # -- the verdict (pure) --------------------------------------------------------------------------------
 @dataclass
 class Observed:
@@ -94,7 +107,12 @@ def leaders_in_log(text: str) -> Iterable[tuple[int, str]]:
 
 
 def failed_outside(requests: Sequence[tuple[float, bool]], windows: Sequence[tuple[float, float]]) -> int:
-    return sum(1 for t, ok in requests if not ok and not any(a <= t <= b for a, b in windows))
+    return len(failures_outside(requests, windows))
+
+
+def failures_outside(requests: Sequence[tuple[float, bool]], windows: Sequence[tuple[float, float]]) -> list[float]:
+    """Times of the failed requests that no fault window covers."""
+    return [t for t, ok in requests if not ok and not any(a <= t <= b for a, b in windows)]
 
 
 def percentile(values: Sequence[float], q: float) -> float | None:
@@ -158,7 +176,7 @@ class Soak:
         self.away: set[int] = set()  # on the far side of a partition from the client
         self.started = 0.0
         self.desired: dict[int, tuple[dict[str, int], int]] = {}  # last seen (desired set, term) per node
-        self.models: list[str] = []
+        self.models: dict[str, Any] = {}  # model -> the predict instances its clients send
         self.incarnation: dict[int, str] = {}
         self.restarts = 0
         self._worker: Any = None
@@ -177,7 +195,7 @@ class Soak:
         self.started = time.monotonic()
         if self.recover(list(range(self.n)), 30.0) is None:
             raise RuntimeError("the agents did not agree on a leader within 30 s")
-        self.models = sorted(self.bed.json(0, "/health")["catalogue"]["models"])
+        self.models = tfserving_models(self.bed.json(0, "/health")["catalogue"]["models"])
 
     # -- observations ------------------------------------------------------------------------------
     def _cluster_of(self, i: int, client: Any) -> dict[str, Any] | None:
@@ -233,8 +251,10 @@ class Soak:
             self._worker = None
 
     # -- background threads ------------------------------------------------------------------------
-    def workload(self, model: str, instances: Any) -> None:
-        """One client site: predict ``model`` through the client library, failing over between agents."""
+    def workload(self, model: str, instances: Any, ready: threading.Event) -> None:
+        """One client site: predict ``model`` through the client library, failing over between agents.
+
+        Requests count from its first success on (before that the model is still being provisioned)."""
         import httpx
 
         from client import Client, PeerserveError
@@ -252,8 +272,11 @@ class Soak:
                 except (PeerserveError, httpx.HTTPError, OSError, ValueError) as exc:
                     ok = False
                     log.debug("request failed: %s", exc)
-                with self.lock:
-                    self.o.requests.append((t, ok))
+                if ok:
+                    ready.set()
+                if ready.is_set():
+                    with self.lock:
+                        self.o.requests.append((t, ok))
                 time.sleep(0.1 if ok else 0.2)
 
     def watch(self) -> None:
@@ -306,10 +329,11 @@ class Soak:
     def choose(self, candidates: list[int], pick: float) -> int:
         return sorted(candidates)[min(len(candidates) - 1, int(pick * len(candidates)))]
 
-    def fault(self, kind: str, nodes: list[int], expected: list[int]) -> None:
-        """Record a fault injected just now; wait until the cluster recovered (window: at most 5 s)."""
-        at = self.now()
-        took = self.recover(expected, RECOVERY_LIMIT_S)
+    def fault(self, kind: str, nodes: list[int], expected: list[int], at: float | None = None) -> None:
+        """Record a fault injected at ``at`` (default now); wait until the cluster recovered (window <= 5 s)."""
+        at = self.now() if at is None else at
+        seen = self.recover(expected, max(0.0, RECOVERY_LIMIT_S - (self.now() - at)))
+        took = None if seen is None else self.now() - at
         recovery = RECOVERY_LIMIT_S if took is None else took
         names = [self.bed.hosts[i].node_id for i in nodes]
         with self.lock:
@@ -324,14 +348,17 @@ class Soak:
         self.down.add(i)
         self.bed.kill(i)
 
-    def restart(self, i: int) -> None:
+    def restart(self, i: int) -> float:
+        """Start agent i again on its data and wait until it answers; returns when it was started."""
         before = self.desired.get(i)
+        at = self.now()
         self.bed.restart(i)
         self.restarts += 1
         self.incarnation[i] = f"n{i}#{self.restarts}"
         self.bed.wait_healthy(i, 30.0)
         self.down.discard(i)
         self.check_restored(i, before)
+        return at
 
     def check_restored(self, i: int, before: tuple[dict[str, int], int] | None) -> None:
         """The restarted agent serves the desired set and term it had before (nothing lost)."""
@@ -354,10 +381,11 @@ class Soak:
             self.kill_and_restart("kill_leader", int(leader or 0), f.hold_s)
         elif f.kind == "quick_restart":
             i = self.choose(up, f.pick)
+            at = self.now()
             self.kill(i)
             time.sleep(f.hold_s)
             self.restart(i)
-            self.fault("quick_restart", [i], self.reachable())
+            self.fault("quick_restart", [i], self.reachable(), at=at)
         elif f.kind == "pause_leader":
             i = int(leader or 0)
             self.down.add(i)
@@ -376,8 +404,8 @@ class Soak:
         self.kill(i)
         self.fault(kind, [i], self.reachable())
         time.sleep(hold_s)
-        self.restart(i)
-        self.fault("restart", [i], self.reachable())
+        at = self.restart(i)
+        self.fault("restart", [i], self.reachable(), at=at)
 
     def partition(self, f: PlannedFault, leader: int | None) -> None:
         """Cut a minority off (with the leader in it for partition_minority_leader); heal after hold_s."""
@@ -398,11 +426,18 @@ class Soak:
         self.fault("heal", sorted(minority), self.reachable())
 
     def power_cut(self, hold_s: float) -> None:
+        """Every node off for ``hold_s``: the cut's window lasts until the restart, which has its own."""
         before = dict(self.desired)
         self.down = set(range(self.n))
+        cut = self.now()
         self.bed.power_cut()
-        self.fault("power_cut", list(range(self.n)), [])
         time.sleep(hold_s)
+        at = self.now()
+        everyone = [self.bed.hosts[i].node_id for i in range(self.n)]
+        with self.lock:  # nothing can recover while every node is off: no recovery time of its own
+            self.o.windows.append((cut, at))
+            self.o.faults.append({"kind": "power_cut", "nodes": everyone, "at_s": round(cut, 2), "recovered_ms": None})
+        self.say(f"[{cut:6.1f} s] power_cut {','.join(everyone)}: restarting all after {at - cut:.1f} s")
         for i in range(self.n):
             self.bed.restart(i)
             self.restarts += 1
@@ -411,7 +446,7 @@ class Soak:
             self.bed.wait_healthy(i, 30.0)
             self.down.discard(i)
             self.check_restored(i, before.get(i))
-        self.fault("restart_all", list(range(self.n)), self.reachable())
+        self.fault("restart_all", list(range(self.n)), self.reachable(), at=at)
 
     # -- the whole run -----------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
@@ -422,12 +457,17 @@ class Soak:
             f"{k + 1}:{f.kind} pick {f.pick:.2f} hold {f.hold_s} s gap {f.gap_s} s" for k, f in enumerate(schedule)
         )
         self.say(f"schedule (seed {self.seed}), first {shown}: {'; '.join(listed.split('; ')[:shown])}")
-        examples = {"half_plus_two": [1.0, 2.0], "half_plus_three": [1.0], "xor_mlp": [[0, 1], [1, 1]]}
-        threads = [threading.Thread(target=self.workload, args=(m, examples.get(m, [1.0])), daemon=True)
-                   for m in self.models]  # fmt: skip
+        readies = {m: threading.Event() for m in self.models}
+        threads = [threading.Thread(target=self.workload, args=(m, body, readies[m]), daemon=True)
+                   for m, body in self.models.items()]  # fmt: skip
         threads.append(threading.Thread(target=self.watch, daemon=True))
         for t in threads:
             t.start()
+        for m, ready in readies.items():
+            if not ready.wait(60.0):
+                raise RuntimeError(f"no request for {m} succeeded within 60 s of the start")
+        self.say(f"[{self.now():6.1f} s] every model answers ({', '.join(self.models)}): faults begin")
+        self.started = time.monotonic()
         for f in schedule:
             if self.now() >= self.duration:
                 break
@@ -440,7 +480,18 @@ class Soak:
             with contextlib.suppress(OSError):
                 for term, leader in leaders_in_log(host.log.read_text(errors="replace")):
                     self.o.leader_seen(term, leader)
+        self.explain()
         return summarise(self.o)
+
+    def explain(self) -> None:
+        """On stderr: when the failures outside windows happened, after which fault, and terms with two leaders."""
+        for t in failures_outside(self.o.requests, self.o.windows)[:20]:
+            before = [f for f in self.o.faults if f["at_s"] <= t]
+            last = f"{before[-1]['kind']} at {before[-1]['at_s']} s" if before else "no fault yet"
+            self.say(f"request failed outside any window at {t:.2f} s (last fault: {last})")
+        for term, leaders in sorted(self.o.leaders.items()):
+            if len(leaders) > 1:
+                self.say(f"term {term} had leaders {sorted(leaders)}")
 
 
 def register(commands: Any) -> None:

@@ -6,7 +6,8 @@
 #        the nvidia-pytriton wheel (--no-deps: only its tritonserver is used); the digits model's weights
 #   --test: also what the test suite's real parts need: Docker Engine (docker.io), mmdebstrap (local
 #           images without a registry), iproute2 (network namespaces), prometheus (scraped in the
-#           cluster tier), chromium + chromium-driver (the cluster page in a real browser)
+#           cluster tier), chromium + chromium-driver (the cluster page in a real browser),
+#           systemd-container (systemd-nspawn boots the system tier's Debian boards)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 venv=${PEERSERVE_VENV:-.venv}
@@ -14,7 +15,7 @@ test_deps=0
 for arg in "$@"; do
   case "$arg" in
     --test) test_deps=1 ;;
-    -h|--help) sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "bootstrap.sh: unknown option $arg" >&2; exit 2 ;;
   esac
 done
@@ -33,6 +34,7 @@ if [ "$test_deps" = 1 ]; then
   command -v avahi-browse >/dev/null || need_apt+=(avahi-utils)
   command -v dbus-daemon >/dev/null || need_apt+=(dbus)
   command -v shellcheck >/dev/null || need_apt+=(shellcheck)
+  command -v systemd-nspawn >/dev/null || need_apt+=(systemd-container)  # the system tier boots boards
   command -v prometheus >/dev/null || need_apt+=(prometheus)
   command -v chromium >/dev/null || need_apt+=(chromium)
   command -v chromedriver >/dev/null || need_apt+=(chromium-driver)

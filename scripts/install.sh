@@ -2,41 +2,52 @@
 # Install the peerserve agent on this board (a Jetson with JetPack 5/6, or any Debian/Ubuntu host), as root.
 #
 #   install.sh [--token TOKEN] [--node-id ID] [--interface IFACE] [--runtime docker|process]
-#              [--catalogue FILE] [--source DIR] [--no-start] [--dry-run]
+#              [--catalogue FILE] [--source DIR] [--wheelhouse DIR] [--no-start] [--dry-run]
+#   install.sh --download-wheels DIR
 #   install.sh --uninstall [--purge]
 #
-# What it does (idempotent: a second run changes nothing):
-#   1. checks prerequisites and says what is missing: Python >= 3.10, Docker Engine (runtime docker),
-#      the NVIDIA container runtime (on a Jetson);
-#   2. installs peerserve with its solver stack into /opt/peerserve/venv (the same path as the README's
-#      bootstrap: scripts/install-solver.sh builds Ipopt's PyNumero extension against Debian's ASL);
-#   3. writes /etc/peerserve/peerserve.toml (mode 600: it holds the cluster token) and a copy of the
-#      example catalogue; the first node generates the token and prints it: pass it to the others;
-#   4. installs and enables the systemd unit peerserve-agent.service (and jtop.service on a Jetson).
+# What it does (idempotent: a second run changes nothing and restarts nothing):
+#   1. checks prerequisites and names what is missing: Python >= 3.10 with venv, Docker Engine (runtime
+#      docker), the NVIDIA container runtime (on a Jetson), the solver's build tools when offline;
+#   2. installs peerserve with its solver stack into /opt/peerserve/venv (scripts/install-solver.sh builds
+#      Ipopt's PyNumero extension against Debian's ASL); from PyPI, or offline from --wheelhouse;
+#   3. creates the system user peerserve (in the docker group for runtime docker), writes
+#      /etc/peerserve/peerserve.toml (root:peerserve, mode 640: it holds the cluster token) and a copy of
+#      the example catalogue; the first node generates the token and prints it: pass it to the others;
+#   4. installs the hardened systemd unit peerserve-agent.service and enables it: on a running system it
+#      (re)starts the agent once if anything changed; in a chroot or image build it starts at first boot.
 #
 # Options:
-#   --token TOKEN      the cluster token (>= 16 characters) printed by the first node's install
-#   --node-id ID       this node's id, one DNS label (default: the short host name)
-#   --interface IFACE  interface (or address) for mDNS and the API (default: the default route's)
-#   --runtime R        docker (default on a Jetson or wherever Docker runs) or process
-#   --catalogue FILE   model catalogue to install (default: the built-in example)
-#   --source DIR       the peerserve source tree to install (default: this script's repository)
-#   --no-start         write everything but start and enable nothing (images, chroots, CI)
-#   --dry-run          print what would be done, change nothing
-#   --uninstall        stop and remove the service and /opt/peerserve; keeps config and data
-#   --purge            with --uninstall: also remove /etc/peerserve and /var/lib/peerserve
-set -euo pipefail
+#   --token TOKEN        the cluster token (>= 16 characters) printed by the first node's install; giving a
+#                        new one to a running board rotates it (see docs/operator-guide.md)
+#   --node-id ID         this node's id, one DNS label (default: the short host name)
+#   --interface IFACE    interface name (eth0) or address for mDNS and the API (default: the default
+#                        route's; in a chroot: all); a name is resolved by the agent at each start
+#   --runtime R          docker (default on a Jetson or wherever Docker runs) or process
+#   --catalogue FILE     model catalogue to install (default: the built-in example)
+#   --source DIR         the peerserve source tree to install (default: this script's repository)
+#   --wheelhouse DIR     install Python packages only from DIR (offline; fill it with --download-wheels)
+#   --download-wheels DIR  on a machine with network (same CPU architecture and Python as the boards):
+#                        put every wheel the install needs into DIR, then exit
+#   --no-start           write everything but start and enable nothing
+#   --dry-run            print what would be done, change nothing
+#   --uninstall          stop and disable the service, remove it and /opt/peerserve; keeps config and data
+#   --purge              with --uninstall: also remove /etc/peerserve, /var/lib/peerserve and the user
+set -eEuo pipefail
+trap 'echo "install.sh: failed (exit $?) at line $LINENO: $BASH_COMMAND" >&2' ERR
 
 prefix=/opt/peerserve
 etc=/etc/peerserve
 data=/var/lib/peerserve
-unit=/etc/systemd/system/peerserve-agent.service
+service=peerserve-agent.service
+unit=/etc/systemd/system/$service
+user=peerserve
 source_dir=$(cd "$(dirname "$0")/.." && pwd)
-token="" node_id="" interface="" runtime="" catalogue=""
+token="" node_id="" interface="" runtime="" catalogue="" wheelhouse="" download=""
 no_start=0 dry_run=0 uninstall=0 purge=0
 changed=0
 
-usage() { sed -n '2,30p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,35p' "$0" | sed 's/^# \{0,1\}//'; }
 die() { echo "install.sh: $*" >&2; exit 1; }
 say() { echo "install.sh: $*"; }
 
@@ -48,6 +59,8 @@ while [ $# -gt 0 ]; do
     --runtime) runtime="${2:?--runtime needs a value}"; shift 2 ;;
     --catalogue) catalogue="${2:?--catalogue needs a value}"; shift 2 ;;
     --source) source_dir="${2:?--source needs a value}"; shift 2 ;;
+    --wheelhouse) wheelhouse="${2:?--wheelhouse needs a directory}"; shift 2 ;;
+    --download-wheels) download="${2:?--download-wheels needs a directory}"; shift 2 ;;
     --no-start) no_start=1; shift ;;
     --dry-run) dry_run=1; shift ;;
     --uninstall) uninstall=1; shift ;;
@@ -67,47 +80,85 @@ act() {
   fi
 }
 
-# Write a file only when its content differs (mode applied either way).
+# Write a file only when its content differs (owner and mode applied either way). Sets file_changed.
 put_file() {
-  local path=$1 mode=$2 content=$3
+  local path=$1 mode=$2 owner=$3 content=$4
+  file_changed=0
   if [ -f "$path" ] && [ "$(cat "$path")" = "$content" ]; then
     [ "$(stat -c %a "$path")" = "$mode" ] || act chmod "$mode" "$path"
+    [ "$(stat -c %U:%G "$path")" = "$owner" ] || act chown "$owner" "$path"
     return 0
   fi
-  changed=1
+  changed=1 file_changed=1
   if [ "$dry_run" = 1 ]; then
-    echo "would write $path (mode $mode)"
+    echo "would write $path (owner $owner, mode $mode)"
     return 0
   fi
   install -d -m 755 "$(dirname "$path")"
   (umask 077 && printf '%s\n' "$content" > "$path.tmp")
   chmod "$mode" "$path.tmp"
+  chown "$owner" "$path.tmp"
   mv "$path.tmp" "$path"
 }
 
-have_systemd() { [ -d /run/systemd/system ] && command -v systemctl >/dev/null; }
+# running: this system booted with systemd; offline: systemctl works on files only (chroot, image build).
+systemd_state() {
+  if [ -d /run/systemd/system ] && command -v systemctl >/dev/null; then echo running
+  elif command -v systemctl >/dev/null; then echo offline
+  else echo none; fi
+}
 
 is_jetson() { [ -f /etc/nv_tegra_release ] || grep -qi jetson /proc/device-tree/model 2>/dev/null; }
+
+is_address() { python3 -c 'import ipaddress, sys; ipaddress.ip_address(sys.argv[1])' "$1" 2>/dev/null; }
+
+# A digest of the source files pip installs: a newer checkout with the same version still upgrades.
+source_digest() {
+  (cd "$source_dir" && find pyproject.toml peerserve agent coordinator_election solver client -type f \
+     \( -name '*.py' -o -name '*.toml' -o -name '*.html' -o -name '*.json' \) -not -path '*/__pycache__/*' \
+     -print0 2>/dev/null | LC_ALL=C sort -z | xargs -0 sha256sum | sha256sum | cut -c1-64)
+}
+
+download_wheels() {
+  [ -f "$source_dir/pyproject.toml" ] || die "no peerserve source tree at $source_dir (use --source DIR)"
+  local venv
+  venv=$(mktemp -d)
+  python3 -m venv "$venv" || die "python3 -m venv failed (apt-get install python3-venv)"
+  mkdir -p "$download"
+  "$venv/bin/python" -m pip download -q -d "$download" "${source_dir}[solver,agent]" "setuptools>=77" \
+    || die "pip download into $download failed (is the package index reachable?)"
+  rm -rf "$venv"
+  say "wheelhouse $download: $(find "$download" -name '*.whl' | wc -l) wheels; install offline with --wheelhouse $download"
+}
+
+if [ -n "$download" ]; then download_wheels; exit 0; fi
 
 if [ "$(id -u)" != 0 ] && [ "$dry_run" = 0 ]; then
   die "run as root (sudo $0 ...), or try --dry-run"
 fi
+sd=$(systemd_state)
 
 # -- uninstall ---------------------------------------------------------------------------------------
 if [ "$uninstall" = 1 ]; then
   if [ -f "$unit" ]; then
-    if have_systemd && [ "$no_start" = 0 ]; then
-      act systemctl disable --now peerserve-agent.service || true
+    if [ "$sd" = running ]; then
+      act systemctl disable --now "$service"
+      # anything the agent left in its cgroup (KillMode=process keeps model servers over restarts)
+      systemctl kill --signal=SIGKILL "$service" 2>/dev/null || true
+    elif [ "$sd" = offline ]; then
+      act systemctl disable "$service"
     fi
     act rm -f "$unit"
-    if have_systemd && [ "$no_start" = 0 ]; then act systemctl daemon-reload; fi
+    if [ "$sd" = running ]; then act systemctl daemon-reload; fi
   fi
-  [ -e "$prefix" ] && act rm -rf "$prefix"
+  if [ -e "$prefix" ]; then act rm -rf "$prefix"; fi
   if [ "$purge" = 1 ]; then
-    [ -e "$etc" ] && act rm -rf "$etc"
-    [ -e "$data" ] && act rm -rf "$data"
+    if [ -e "$etc" ]; then act rm -rf "$etc"; fi
+    if [ -e "$data" ]; then act rm -rf "$data"; fi
+    if id "$user" >/dev/null 2>&1; then act userdel "$user"; fi
+    if getent group "$user" >/dev/null; then act groupdel "$user"; fi
   else
-    say "kept $etc and $data (remove them with --uninstall --purge)"
+    say "kept $etc, $data and the user $user (remove them with --uninstall --purge)"
   fi
   say "uninstalled"
   exit 0
@@ -124,12 +175,24 @@ fi
 if [ -z "$runtime" ]; then
   if is_jetson || command -v docker >/dev/null; then runtime=docker; else runtime=process; fi
 fi
-case "$runtime" in docker|process) ;; *) die "--runtime must be docker or process" ;; esac
+case "$runtime" in docker|process) ;; *) die "--runtime must be docker or process, not '$runtime'" ;; esac
 if [ "$runtime" = docker ]; then
   command -v docker >/dev/null || missing+=("Docker Engine (apt-get install docker.io, or Docker's own packages)")
   if is_jetson && ! command -v nvidia-container-runtime >/dev/null; then
     missing+=("NVIDIA container runtime (apt-get install nvidia-container-toolkit; part of JetPack)")
   fi
+fi
+command -v useradd >/dev/null || missing+=("useradd (apt-get install passwd)")
+if [ -n "$wheelhouse" ]; then  # offline: nothing can come from apt either
+  if ! compgen -G "$wheelhouse/*.whl" >/dev/null; then
+    die "--wheelhouse $wheelhouse holds no wheels (fill it with --download-wheels on a machine with network)"
+  fi
+  wheelhouse=$(cd "$wheelhouse" && pwd)
+  if [ -n "$py" ] && ! "$py" -c 'import ensurepip, venv' 2>/dev/null; then missing+=("python3-venv (apt)"); fi
+  for pkg in libamplsolver-dev g++ cmake make; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" \
+      || missing+=("$pkg (apt; the solver's build needs it and --wheelhouse installs nothing from apt)")
+  done
 fi
 if [ "${#missing[@]}" -gt 0 ]; then
   for m in "${missing[@]}"; do echo "install.sh: missing: $m" >&2; done
@@ -138,6 +201,7 @@ fi
 [ -f "$source_dir/pyproject.toml" ] || die "no peerserve source tree at $source_dir (use --source DIR)"
 
 # -- 2. the software -----------------------------------------------------------------------------------
+if [ -n "$wheelhouse" ]; then export PIP_NO_INDEX=1 PIP_FIND_LINKS="$wheelhouse"; fi
 if ! "$py" -c 'import ensurepip, venv' 2>/dev/null; then
   act apt-get update -qq
   act env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3-venv python3-dev
@@ -147,21 +211,35 @@ if [ ! -x "$prefix/venv/bin/python" ]; then
   act "$py" -m venv "$prefix/venv"
 fi
 want_version=$(sed -n 's/^version = "\(.*\)"/\1/p' "$source_dir/pyproject.toml" | head -n 1)
-have_version=$("$prefix/venv/bin/python" -c 'import importlib.metadata as m; print(m.version("peerserve"))' 2>/dev/null || true)
-if [ "$have_version" != "$want_version" ] || [ "$dry_run" = 1 ]; then
-  act "$prefix/venv/bin/python" -m pip install -q "${source_dir}[solver,agent]"
+want_digest=$(source_digest)
+have_digest=$(cat "$prefix/source.sha256" 2>/dev/null || true)
+if [ "$have_digest" != "$want_digest" ] || [ "$dry_run" = 1 ]; then
+  act "$prefix/venv/bin/python" -m pip install -q --disable-pip-version-check "${source_dir}[solver,agent]"
+  # a newer checkout with the same version: pip keeps the old build unless told
+  act "$prefix/venv/bin/python" -m pip install -q --disable-pip-version-check --no-deps --force-reinstall \
+    "$source_dir"
+  if [ "$dry_run" = 0 ]; then echo "$want_digest" > "$prefix/source.sha256"; fi
 fi
+solver_args=(--python "$prefix/venv/bin/python")
+if [ -n "$wheelhouse" ]; then solver_args+=(--no-apt); fi
 if [ "$dry_run" = 1 ]; then
-  echo "would run: bash $source_dir/scripts/install-solver.sh --python $prefix/venv/bin/python"
+  echo "would run: bash $source_dir/scripts/install-solver.sh ${solver_args[*]}"
 elif ! ls "$prefix"/venv/share/pyomo/lib/libpynumero_ASL.* >/dev/null 2>&1; then
   changed=1
-  bash "$source_dir/scripts/install-solver.sh" --python "$prefix/venv/bin/python"
+  bash "$source_dir/scripts/install-solver.sh" "${solver_args[@]}"
 fi
 if is_jetson && ! "$prefix/venv/bin/python" -c 'import jtop' 2>/dev/null; then
   act "$prefix/venv/bin/python" -m pip install -q jetson-stats
 fi
 
-# -- 3. configuration ------------------------------------------------------------------------------------
+# -- 3. user, configuration, data ------------------------------------------------------------------------
+if ! id "$user" >/dev/null 2>&1; then
+  act useradd --system --user-group --home-dir "$data" --no-create-home --shell /usr/sbin/nologin \
+    --comment "peerserve agent" "$user"
+fi
+if [ "$runtime" = docker ] && getent group docker >/dev/null && ! id -nG "$user" 2>/dev/null | grep -qw docker; then
+  act usermod -aG docker "$user"  # the Docker socket is root-equivalent: see docs/operator-guide.md
+fi
 config="$etc/peerserve.toml"
 if [ -f "$config" ]; then
   existing_token=$(sed -n 's/^cluster_token = "\(.*\)"/\1/p' "$config")
@@ -174,27 +252,38 @@ if [ -z "$token" ]; then
   token=$("$py" -c 'import secrets; print(secrets.token_urlsafe(24))')
   new_token=1
 fi
-[ "${#token}" -ge 16 ] || die "--token must be at least 16 characters"
+[ "${#token}" -ge 16 ] || die "--token must be at least 16 characters (it has ${#token})"
+case "$token" in *[\"\\]*|*[[:cntrl:]]*) die "--token may not hold quotes, backslashes or control characters" ;; esac
 if [ -z "$node_id" ]; then
   node_id=$(hostname -s | tr -c 'A-Za-z0-9_\n-' '-' | cut -c1-63)
 fi
+[[ "$node_id" =~ ^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$ ]] || die "--node-id '$node_id' must be one DNS label (letters, digits, - and _)"
 if [ -z "$interface" ]; then
-  interface=$(ip -o route show default 2>/dev/null | awk '{for (i = 1; i < NF; i++) if ($i == "dev") print $(i + 1)}' | head -n 1)
+  [ "$sd" = running ] && interface=$(ip -o route show default 2>/dev/null \
+    | awk '{for (i = 1; i < NF; i++) if ($i == "dev") print $(i + 1)}' | head -n 1 || true)
   [ -n "$interface" ] || interface=all
 fi
 address=""
-if [ "$interface" != all ]; then
-  address=$(ip -o -4 addr show dev "$interface" 2>/dev/null | awk '{split($4, a, "/"); print a[1]; exit}')
+if is_address "$interface"; then
+  address=$interface
+  if [ "$sd" = running ] && ! ip -o addr show 2>/dev/null | awk '{split($4, a, "/"); print a[1]}' | grep -qxF "$address"; then
+    die "--interface $interface: no interface of this machine has that address (ip -brief addr lists them)"
+  fi
+elif [ "$interface" != all ] && [ "$interface" != auto ]; then
+  [[ "$interface" =~ ^[A-Za-z0-9_.:@-]{1,15}$ ]] || die "--interface '$interface' is neither an address nor an interface name"
+  if [ "$sd" = running ] && ! ip link show dev "$interface" >/dev/null 2>&1; then
+    die "--interface $interface: no such interface here (found: $(ip -o link show | awk -F': ' '{print $2}' | tr '\n' ' '))"
+  fi
 fi
 gpu=false
 if is_jetson && [ "$runtime" = docker ]; then gpu=true; fi
 if [ -n "$catalogue" ]; then
-  [ -f "$catalogue" ] || die "no catalogue file $catalogue"
-  put_file "$etc/catalogue.toml" 644 "$(cat "$catalogue")"
+  [ -f "$catalogue" ] || die "--catalogue $catalogue: no such file"
+  put_file "$etc/catalogue.toml" 644 root:root "$(cat "$catalogue")"
 elif [ ! -f "$etc/catalogue.toml" ]; then
-  put_file "$etc/catalogue.toml" 644 "$(cat "$source_dir/agent/data/catalogue.toml")"
+  put_file "$etc/catalogue.toml" 644 root:root "$(cat "$source_dir/agent/data/catalogue.toml")"
 fi
-put_file "$config" 600 "# peerserve agent settings (see: peerserve agent --help); written by scripts/install.sh
+put_file "$config" 640 "root:$user" "# peerserve agent settings (see: peerserve agent --help); written by scripts/install.sh
 node_id = \"$node_id\"
 host = \"0.0.0.0\"
 port = 8400
@@ -205,34 +294,91 @@ catalogue = \"$etc/catalogue.toml\"
 runtime = \"$runtime\"
 docker_gpu = $gpu
 cluster_token = \"$token\""
-[ -d "$data" ] || act install -d -m 700 "$data"
+[ -d "$data" ] || act install -d -m 700 -o "$user" -g "$user" "$data"
+if [ "$dry_run" = 0 ] && [ -n "$(find "$data" ! -user "$user" -print -quit 2>/dev/null)" ]; then
+  act chown -R "$user:$user" "$data"  # an install from before the dedicated user: hand the data over
+fi
 
 # -- 4. the service --------------------------------------------------------------------------------------
-put_file "$unit" 644 "[Unit]
+# Compared with k3s's and Consul's units: KillMode=process as both (model servers of the process runtime
+# outlive an agent restart and are adopted; containers live in dockerd anyway), a dedicated user as
+# Consul, never give up restarting as k3s (StartLimitIntervalSec=0), and the sandboxing they leave out.
+restart_backoff=""
+sd_version=$(systemctl --version 2>/dev/null | awk 'NR == 1 {print $2}' || true)
+if [ "${sd_version:-0}" -ge 254 ] 2>/dev/null; then  # older systemd has no growing restart delay
+  restart_backoff="RestartSteps=6
+RestartMaxDelaySec=60"
+fi
+devices="PrivateDevices=yes"
+if [ "$gpu" = true ]; then devices="PrivateDevices=no"; fi  # jtop and the NVIDIA stack need the GPU devices
+put_file "$unit" 644 root:root "[Unit]
 Description=peerserve agent (ML model serving on edge boards)
-Documentation=file://$prefix/README.md
+Documentation=man:systemd.exec(5)
 After=network-online.target docker.service
 Wants=network-online.target
+StartLimitIntervalSec=0
 
 [Service]
+Type=exec
+User=$user
+Group=$user
 ExecStart=$prefix/venv/bin/peerserve agent --config $config
-Restart=on-failure
-RestartSec=2
-TimeoutStopSec=20
 Environment=PYTHONUNBUFFERED=1
+Restart=always
+RestartSec=1
+$restart_backoff
+TimeoutStopSec=20
+KillMode=process
+LimitNOFILE=65536
+StateDirectory=peerserve
+StateDirectoryMode=0700
+UMask=0077
+NoNewPrivileges=yes
+ProtectSystem=strict
+ProtectHome=yes
+PrivateTmp=yes
+$devices
+ProtectKernelTunables=yes
+ProtectKernelModules=yes
+ProtectKernelLogs=yes
+ProtectControlGroups=yes
+ProtectClock=yes
+ProtectHostname=yes
+ProtectProc=invisible
+RestrictSUIDSGID=yes
+RestrictRealtime=yes
+RestrictNamespaces=yes
+LockPersonality=yes
+RemoveIPC=yes
+RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6 AF_NETLINK
+CapabilityBoundingSet=
+AmbientCapabilities=
+SystemCallArchitectures=native
+SystemCallFilter=@system-service
+SystemCallFilter=~@privileged
+SystemCallErrorNumber=EPERM
 
 [Install]
 WantedBy=multi-user.target"
-if [ "$no_start" = 0 ] && have_systemd; then
-  act systemctl daemon-reload
-  systemctl is-enabled --quiet peerserve-agent.service 2>/dev/null || act systemctl enable peerserve-agent.service
-  if [ "$changed" = 1 ] || ! systemctl is-active --quiet peerserve-agent.service; then
-    act systemctl restart peerserve-agent.service
+unit_changed=$file_changed
+if [ "$no_start" = 1 ]; then
+  say "--no-start: $service is installed but neither enabled nor started"
+elif [ "$sd" = running ]; then
+  if [ "$unit_changed" = 1 ]; then act systemctl daemon-reload; fi
+  systemctl is-enabled --quiet "$service" 2>/dev/null || act systemctl enable --quiet "$service"
+  if [ "$changed" = 1 ]; then
+    act systemctl restart "$service"  # once, after every change above
+  elif ! systemctl is-active --quiet "$service"; then
+    act systemctl start "$service"
   fi
   if is_jetson && systemctl list-unit-files jtop.service >/dev/null 2>&1; then
     systemctl is-active --quiet jtop.service || act systemctl enable --now jtop.service
   fi
-elif [ "$no_start" = 0 ]; then
+elif [ "$sd" = offline ]; then
+  systemctl is-enabled --quiet "$service" 2>/dev/null || act systemctl enable --quiet "$service"
+  if is_jetson && [ -f /lib/systemd/system/jtop.service ]; then act systemctl enable --quiet jtop.service; fi
+  say "systemd is not running here (chroot or image build): $service is enabled and starts at the next boot"
+else
   say "no systemd here: start the agent with $prefix/venv/bin/peerserve agent --config $config"
 fi
 

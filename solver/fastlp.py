@@ -236,79 +236,95 @@ def _ensure_candidates(p: Problem, in_lp: BoolArray, free_class: BoolArray, cong
     in_lp[np.repeat(need, take.sum(axis=1)), order[take]] = True
 
 
-def _build(p: Problem, cols: BoolArray, classes_mask: BoolArray, has_row: BoolArray, penalty: float) -> _Lp:
-    """The restricted LP: y over ``cols``, r over the LP's classes, new where reuse meets a row."""
+@dataclass
+class _Layout:
+    """Where each variable and row of a restricted LP sits (y, r, new; assign, link, memory, compute)."""
+
+    cc: IntArray  # [y] class
+    jj: IntArray  # [y] node
+    kk: IntArray  # [y] model
+    classes: IntArray  # [r] classes in the LP
+    class_pos: IntArray  # [c] assignment row of class c, or -1
+    linked_col: BoolArray  # [y] the column counts against a link row (reuse at a node with rows)
+    link_keys: IntArray  # [t] j * n_models + k
+    link_of_col: IntArray  # [linked y] its link row
+    cap_nodes: IntArray  # nodes with capacity rows
+    cap_pos: IntArray  # [j] position among cap_nodes, or -1
+
+    @property
+    def sizes(self) -> tuple[int, int, int, int]:
+        """(y, r, new, capacity nodes)."""
+        return len(self.cc), len(self.classes), len(self.link_keys), len(self.cap_nodes)
+
+
+def _layout(p: Problem, cols: BoolArray, classes_mask: BoolArray, has_row: BoolArray) -> _Layout:
     n_models = len(p.mem)
     classes = np.nonzero(classes_mask)[0]
     class_pos = np.full(p.n_classes, -1, dtype=np.int64)
     class_pos[classes] = np.arange(len(classes))
     cc, jj = np.nonzero(cols)
     kk = p.class_model[cc]
-    n_y, n_r = len(cc), len(classes)
-    key = jj * n_models + kk
     linked_col = has_row[jj] & (p.free[jj, kk] > 0)
-    link_keys, link_of_col = np.unique(key[linked_col], return_inverse=True)
-    n_t = len(link_keys)
-    t_node, t_model = link_keys // n_models, link_keys % n_models
+    link_keys, link_of_col = np.unique((jj * n_models + kk)[linked_col], return_inverse=True)
     cap_nodes = np.nonzero(has_row)[0]
     cap_pos = np.full(p.n_nodes, -1, dtype=np.int64)
     cap_pos[cap_nodes] = np.arange(len(cap_nodes))
-    n_cap = len(cap_nodes)
+    return _Layout(cc, jj, kk, classes, class_pos, linked_col, link_keys, link_of_col.ravel(), cap_nodes, cap_pos)
 
-    # variables: y [0, n_y), r [n_y, n_y + n_r), new [n_y + n_r, ...)
-    y_idx = np.arange(n_y)
-    r_idx = n_y + np.arange(n_r)
-    t_idx = n_y + n_r + np.arange(n_t)
-    # rows: assign [0, n_r), link [n_r, n_r + n_t), memory, compute per capacity node
+
+def _entries(p: Problem, lay: _Layout, has_row: BoolArray) -> tuple[IntArray, IntArray, FloatArray]:
+    """A's nonzeros (row, column, value) before empty rows are dropped; rows: assign, link, memory, compute."""
+    n_y, n_r, n_t, n_cap = lay.sizes
+    n_models = len(p.mem)
+    t_node, t_model = lay.link_keys // n_models, lay.link_keys % n_models
+    y_idx, r_idx, t_idx = np.arange(n_y), n_y + np.arange(n_r), n_y + n_r + np.arange(n_t)
     link0, mem0, comp0 = n_r, n_r + n_t, n_r + n_t + n_cap
-    r_list = [class_pos[cc], np.arange(n_r)]
-    c_list = [y_idx, r_idx]
-    v_list = [np.ones(n_y), np.ones(n_r)]
-    # link rows: sum y - new <= free
-    r_list += [link0 + link_of_col, link0 + np.arange(n_t)]
-    c_list += [y_idx[linked_col], t_idx]
-    v_list += [np.ones(int(linked_col.sum())), -np.ones(n_t)]
-    # capacity rows: plain y where no reuse is possible, `new` where it is
-    plain = has_row[jj] & ~linked_col
+    rows = [lay.class_pos[lay.cc], np.arange(n_r)]  # assign: sum y + r = count
+    cols = [y_idx, r_idx]
+    vals = [np.ones(n_y), np.ones(n_r)]
+    rows += [link0 + lay.link_of_col, link0 + np.arange(n_t)]  # link: sum y - new <= free
+    cols += [y_idx[lay.linked_col], t_idx]
+    vals += [np.ones(int(lay.linked_col.sum())), -np.ones(n_t)]
+    plain = has_row[lay.jj] & ~lay.linked_col  # capacity: plain y where no reuse, `new` where reuse
     for base, weight in ((mem0, p.mem), (comp0, p.comp)):
-        wy, wt = weight[kk[plain]], weight[t_model]
-        r_list += [base + cap_pos[jj[plain]], base + cap_pos[t_node]]
-        c_list += [y_idx[plain], t_idx]
-        v_list += [wy, wt]
-    rows, cols_, vals = np.concatenate(r_list), np.concatenate(c_list), np.concatenate(v_list)
-    keep = vals != 0
-    rows, cols_, vals = rows[keep], cols_[keep], vals[keep]
+        rows += [base + lay.cap_pos[lay.jj[plain]], base + lay.cap_pos[t_node]]
+        cols += [y_idx[plain], t_idx]
+        vals += [weight[lay.kk[plain]], weight[t_model]]
+    r, c, v = np.concatenate(rows), np.concatenate(cols), np.concatenate(vals)
+    keep = v != 0
+    return r[keep], c[keep], v[keep]
 
-    # drop empty capacity rows (no entries: nothing there can use the resource)
-    n_rows = comp0 + n_cap
-    used = np.zeros(n_rows, dtype=bool)
+
+def _build(p: Problem, cols: BoolArray, classes_mask: BoolArray, has_row: BoolArray, penalty: float) -> _Lp:
+    """The restricted LP: y over ``cols``, r over the LP's classes, new where reuse meets a row."""
+    lay = _layout(p, cols, classes_mask, has_row)
+    n_y, n_r, n_t, n_cap = lay.sizes
+    rows, cols_, vals = _entries(p, lay, has_row)
+    mem0, comp0 = n_r + n_t, n_r + n_t + n_cap
+    used = np.zeros(comp0 + n_cap, dtype=bool)  # capacity rows with no entries are dropped
     used[rows] = True
     used[:mem0] = True
     renum = np.cumsum(used) - 1
-    rows = renum[rows]
-    mem_row = np.where(used[mem0 : mem0 + n_cap], renum[mem0 : mem0 + n_cap], -1)
-    comp_row = np.where(used[comp0 : comp0 + n_cap], renum[comp0 : comp0 + n_cap], -1)
-    counts = p.class_count[classes].astype(float)
-    lower = np.concatenate([counts, np.full(n_t, -np.inf), np.full(2 * n_cap, -np.inf)])[used]
-    upper = np.concatenate(
-        [counts, p.free[t_node, t_model].astype(float), p.mem_budget[cap_nodes], p.comp_budget[cap_nodes]]
-    )[used]
+    counts = p.class_count[lay.classes].astype(float)
+    t_node, t_model = lay.link_keys // len(p.mem), lay.link_keys % len(p.mem)
     return _Lp(
-        cost=np.concatenate([p.cost[cc, jj], np.full(n_r, penalty), np.zeros(n_t)]),
-        rows=rows,
+        cost=np.concatenate([p.cost[lay.cc, lay.jj], np.full(n_r, penalty), np.zeros(n_t)]),
+        rows=renum[rows],
         cols=cols_,
         vals=vals,
         lb=np.zeros(n_y + n_r + n_t),
-        ub=np.concatenate([p.class_count[cc].astype(float), counts, np.full(n_t, np.inf)]),
-        cl=lower,
-        cu=upper,
-        col_class=cc,
-        col_node=jj,
-        classes=classes,
-        link_keys=link_keys,
-        cap_nodes=cap_nodes,
-        mem_row=mem_row,
-        comp_row=comp_row,
+        ub=np.concatenate([p.class_count[lay.cc].astype(float), counts, np.full(n_t, np.inf)]),
+        cl=np.concatenate([counts, np.full(n_t + 2 * n_cap, -np.inf)])[used],
+        cu=np.concatenate(
+            [counts, p.free[t_node, t_model].astype(float), p.mem_budget[lay.cap_nodes], p.comp_budget[lay.cap_nodes]]
+        )[used],
+        col_class=lay.cc,
+        col_node=lay.jj,
+        classes=lay.classes,
+        link_keys=lay.link_keys,
+        cap_nodes=lay.cap_nodes,
+        mem_row=np.where(used[mem0:comp0], renum[mem0:comp0], -1),
+        comp_row=np.where(used[comp0:], renum[comp0:], -1),
     )
 
 

@@ -21,6 +21,8 @@ from urllib.parse import urlsplit
 
 import h11
 
+from agent.http_limits import BodyRefused
+
 log = logging.getLogger(__name__)
 
 READ_SIZE = 64 * 1024
@@ -268,7 +270,7 @@ class UpstreamPool:
             head = asyncio.create_task(self._response_head(conn))
             await asyncio.wait({sender, head}, return_when=asyncio.FIRST_COMPLETED)
             failed = sender.exception() if sender.done() else None
-            if isinstance(failed, BodyTooLarge):
+            if isinstance(failed, (BodyTooLarge, BodyRefused)):  # the client's fault: no upstream failure
                 head.cancel()
                 raise failed
             if isinstance(failed, BodySourceError):

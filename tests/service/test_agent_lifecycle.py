@@ -103,7 +103,7 @@ def test_solver_worker_dies_with_a_killed_agent(agents: Any) -> None:
 
     a = agents("a", host="127.0.0.10")
     assert a.proc is not None
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 20  # alone, it leads after an election timeout; the worker is the leader's
     workers: list[psutil.Process] = []
     while time.monotonic() < deadline and not workers:
         workers = [c for c in psutil.Process(a.proc.pid).children() if "agent.solver_worker" in c.cmdline()]

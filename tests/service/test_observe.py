@@ -123,3 +123,39 @@ def test_json_logs_name_node_term_and_model_and_never_the_token(agents: Any) -> 
     assert any("desired set from lead at term 3" in x["msg"] for x in lines)
     assert any("[redacted]" in x["msg"] for x in lines)  # the access log saw the token and hid it
     assert [line for line in text.splitlines() if TOKEN in line] == []
+
+
+def test_sd_and_membership_series_follow_the_peer_table_in_process(tmp_path: Path) -> None:
+    """An agent's own peer table (alive, suspect, dead) -> SD target groups and peerserve_members."""
+    from agent.node import NodeAgent
+    from agent.observe import sd_targets
+    from agent.peers import Member
+    from agent.settings import Settings
+
+    peers = [
+        Member("p1", "10.0.0.1", "http://10.0.0.1:8400", "alive"),
+        Member("p2", "10.0.0.2", "http://10.0.0.2:8400", "suspect"),
+        Member("p3", "10.0.0.3", "http://[fd00::3]:8400", "dead"),
+    ]
+
+    class Table:
+        def members(self) -> list[Member]:
+            return peers
+
+    node = NodeAgent(Settings(node_id="me", port=8411, data_dir=str(tmp_path), discovery=False), peers=Table())
+    try:
+        groups = {g["labels"]["node"]: (g["targets"], g["labels"]["__meta_peerserve_status"]) for g in sd_targets(node)}
+        assert groups == {
+            "me": (["127.0.0.1:8411"], "alive"),
+            "p1": (["10.0.0.1:8400"], "alive"),
+            "p2": (["10.0.0.2:8400"], "suspect"),
+            "p3": (["[fd00::3]:8400"], "dead"),
+        }
+        m = samples(node.telemetry.exposition().decode())
+        counts = {s: value(m, "peerserve_members", status=s) for s in ("alive", "suspect", "dead")}
+        assert counts == {"alive": 2, "suspect": 1, "dead": 1}
+        peers.pop()  # forgotten: gone from SD and from the counts
+        assert "p3" not in {g["labels"]["node"] for g in sd_targets(node)}
+        assert value(samples(node.telemetry.exposition().decode()), "peerserve_members", status="dead") == 0
+    finally:
+        node.store.close()

@@ -1,9 +1,9 @@
 """scripts/install.sh as a new operator runs it: in a fresh Debian root file system (mmdebstrap + chroot).
 
-The root file system gets python3 and the build tools the solver needs from the machine's own apt
-sources (cached between runs); the install itself runs for real inside it: venv under /opt/peerserve,
-pip installs, PyNumero's ASL build, config, systemd unit. ``--no-start`` because a chroot runs no
-services.
+The root file system is the system tier's board (tests/system/boards.py: systemd, python3 and the build
+tools the solver needs, cached between runs); the install itself runs for real inside it, online from the
+package index: venv under /opt/peerserve, pip installs, PyNumero's ASL build, user, config, systemd unit.
+systemd does not run in a chroot, so the unit is enabled for the next boot, not started.
 """
 
 from __future__ import annotations
@@ -18,16 +18,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-CACHE = Path(os.environ.get("PEERSERVE_CACHE", "/var/cache/peerserve"))
-PACKAGES = "python3,python3-venv,python3-dev,ca-certificates,iproute2,libamplsolver-dev,g++,cmake,make,procps"
-
-
-def _codename() -> str:
-    for line in Path("/etc/os-release").read_text().splitlines():
-        if line.startswith("VERSION_CODENAME="):
-            return line.split("=", 1)[1].strip('"') or "bookworm"
-    return "bookworm"
+from tests.system.boards import rootfs_tarball, source_archive
 
 
 @pytest.fixture(scope="module")
@@ -36,23 +27,13 @@ def rootfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         if os.environ.get("PEERSERVE_REQUIRE_DOCKER") == "1":
             pytest.fail("the install test needs root and mmdebstrap (scripts/bootstrap.sh --test)")
         pytest.skip("needs root and mmdebstrap")
-    codename = _codename()
-    tarball = CACHE / f"install-test-{codename}.tar"
-    if not tarball.exists():
-        CACHE.mkdir(parents=True, exist_ok=True)
-        partial = CACHE / f"install-test-{codename}.partial.tar"
-        subprocess.run(["mmdebstrap", "--quiet", "--variant=apt", f"--include={PACKAGES}", codename, str(partial)],
-                       check=True, timeout=900)  # fmt: skip
-        partial.rename(tarball)
+    tarball = rootfs_tarball()
     root = tmp_path_factory.mktemp("debian") / "root"
     root.mkdir()
     subprocess.run(["tar", "-xf", str(tarball), "-C", str(root)], check=True)
     src = root / "src" / "peerserve"
     src.mkdir(parents=True)
-    files = subprocess.run(["git", "-C", str(REPO), "ls-files", "-z"], capture_output=True, check=True).stdout
-    archive = subprocess.run(["tar", "--null", "-T", "-", "-cf", "-"], input=files, cwd=REPO, check=True,
-                             capture_output=True).stdout  # fmt: skip
-    subprocess.run(["tar", "-xf", "-", "-C", str(src)], input=archive, check=True)
+    subprocess.run(["tar", "-xf", "-", "-C", str(src)], input=source_archive(), check=True)
     shutil.copy("/etc/resolv.conf", root / "etc" / "resolv.conf")
     shutil.copy("/etc/ssl/certs/ca-certificates.crt", root / "etc" / "ssl" / "certs" / "ca-certificates.crt")
     mounts = [root / "proc", root / "dev"]
@@ -90,15 +71,18 @@ def test_install_rerun_and_uninstall_in_a_fresh_debian(rootfs: Path) -> None:
     dry = chroot(rootfs, "bash", script, "--dry-run", "--no-start", "--runtime", "process")
     assert dry.returncode == 0 and "would run" in dry.stdout and not (rootfs / "opt/peerserve").exists()
 
-    first = chroot(rootfs, "bash", script, "--no-start", "--runtime", "process", "--node-id", "board-1")
+    first = chroot(rootfs, "bash", script, "--runtime", "process", "--node-id", "board-1", "--interface", "eth0")
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     assert "generated the cluster token" in first.stdout
+    wants = rootfs / "etc/systemd/system/multi-user.target.wants/peerserve-agent.service"
+    assert wants.is_symlink()  # enabled offline: the board starts the agent at its first boot
     help_out = chroot(rootfs, "/opt/peerserve/venv/bin/peerserve", "--help")
     assert help_out.returncode == 0 and "agent" in help_out.stdout
     config = rootfs / "etc/peerserve/peerserve.toml"
-    assert oct(config.stat().st_mode & 0o777) == "0o600"
+    assert oct(config.stat().st_mode & 0o777) == "0o640"  # root:peerserve: the agent's user reads the token
     text = config.read_text()
     assert 'node_id = "board-1"' in text and 'runtime = "process"' in text and "cluster_token" in text
+    assert 'interface = "eth0"' in text and 'advertise_address = ""' in text  # resolved by the agent at boot
     unit = (rootfs / "etc/systemd/system/peerserve-agent.service").read_text()
     assert "ExecStart=/opt/peerserve/venv/bin/peerserve agent --config /etc/peerserve/peerserve.toml" in unit
     # the solver stack works from the installed environment (Ipopt through PyNumero's ASL build)
@@ -107,17 +91,18 @@ def test_install_rerun_and_uninstall_in_a_fresh_debian(rootfs: Path) -> None:
     assert solve.stdout.strip() == "ok", solve.stderr[-2000:]
 
     before = digest(rootfs)
-    second = chroot(rootfs, "bash", script, "--no-start", "--runtime", "process")
+    second = chroot(rootfs, "bash", script, "--runtime", "process")
     assert second.returncode == 0 and "nothing to change" in second.stdout, second.stdout + second.stderr
     assert digest(rootfs) == before
 
-    gone = chroot(rootfs, "bash", script, "--uninstall", "--no-start")
-    assert gone.returncode == 0
-    assert not (rootfs / "opt/peerserve").exists()
+    gone = chroot(rootfs, "bash", script, "--uninstall")
+    assert gone.returncode == 0, gone.stdout + gone.stderr
+    assert not (rootfs / "opt/peerserve").exists() and not wants.exists()
     assert not (rootfs / "etc/systemd/system/peerserve-agent.service").exists()
     assert config.exists()  # data and config kept unless --purge
-    purge = chroot(rootfs, "bash", script, "--uninstall", "--purge", "--no-start")
+    purge = chroot(rootfs, "bash", script, "--uninstall", "--purge")
     assert purge.returncode == 0 and not (rootfs / "etc/peerserve").exists()
+    assert "peerserve:" not in (rootfs / "etc/passwd").read_text()
 
 
 def test_missing_prerequisites_are_named(rootfs: Path) -> None:

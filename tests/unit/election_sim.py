@@ -1,4 +1,4 @@
-"""An in-memory network for the election machine: fake clock, message delays, cuts, drops, crashes.
+"""An in-memory network for the election machine: fake clock, message delays, cuts, drops, crashes, pauses.
 
 Each node has a disk: a ``Persist`` action writes (term, vote) there before the node's later actions go
 out, and ``restart`` builds the node from exactly what is on its disk. ``persist=False`` is the test-only
@@ -46,6 +46,8 @@ class Network:
         self.rng = random.Random(self.seed)
         self.ids = [f"n{i}" for i in range(self.size)]
         self.up = set(self.ids)
+        self.paused: set[str] = set()  # SIGSTOPped: no ticks, no answers; messages to it wait for resume
+        self.held: list[tuple[str, str, Message]] = []
         self.cut: set[frozenset[str]] = set()
         self.drop_rate = 0.0
         self.extra_delay = 0.0
@@ -82,6 +84,16 @@ class Network:
 
     def crash(self, n: str) -> None:
         self.up.discard(n)
+
+    def pause(self, n: str) -> None:
+        """Freeze ``n`` (a long GC pause, SIGSTOP): it keeps its memory; what is sent to it waits."""
+        self.paused.add(n)
+
+    def resume(self, n: str) -> None:
+        self.paused.discard(n)
+        held, self.held = self.held, []
+        for sender, to, message in held:
+            heapq.heappush(self.queue, (self.now, next(self.counter), sender, to, message))
 
     def restart(self, n: str) -> None:
         """Start ``n`` again from exactly what it persisted (memory is lost)."""
@@ -128,20 +140,26 @@ class Network:
             self.now = round(self.now + self.tick_s, 6)
             for a in self.ids:  # heartbeats between reachable nodes keep membership views current
                 for b in self.ids:
-                    if self.reachable(a, b):
+                    if self.reachable(a, b) and b not in self.paused:
                         self.last_heard[a][b] = self.now
             while self.queue and self.queue[0][0] <= self.now:
                 _, _, sender, to, message = heapq.heappop(self.queue)
-                if self.reachable(sender, to):
+                if to in self.paused and self.reachable(sender, to):
+                    self.held.append((sender, to, message))
+                elif self.reachable(sender, to):
                     self._carry_out(to, self.nodes[to].step(Received(self.now, sender, message)))
             for n in self.ids:
-                if n in self.up:
+                if n in self.up and n not in self.paused:
                     self._carry_out(n, self.nodes[n].step(Tick(self.now, self.view(n))))
 
     # -- observations ----------------------------------------------------------------------------
     def leader_log_voters(self) -> list[tuple[str, frozenset[str]]]:
         """Every election so far as (leader, voters), oldest first."""
         return [pair for term in sorted(self.votes_by_term) for pair in self.votes_by_term[term]]
+
+    def max_leaders_per_term(self) -> int:
+        """The most distinct nodes that became leader of one term (what `peerserve chaos` reports)."""
+        return max((len({leader for leader, _ in elected}) for elected in self.votes_by_term.values()), default=0)
 
     def double_votes(self) -> list[tuple[int, str, str, frozenset[str]]]:
         """Violations: (term, leader, leader, shared voters) where one voter elected two leaders in a term."""

@@ -46,6 +46,10 @@ def test_no_process_until_started_and_none_after_stop() -> None:
         worker.stop()
         assert worker.pid is None
         assert gone(pid), "the worker outlived stop()"
+        # a round still in flight after stepping down must not bring a solver back
+        with pytest.raises(SolverWorkerError, match="does not lead"):
+            await worker.solve(snapshot(), "ipopt", "1")
+        assert worker.pid is None
 
     asyncio.run(scenario())
 
@@ -54,6 +58,7 @@ def test_a_bad_request_is_an_error_and_the_worker_keeps_serving() -> None:
     async def scenario() -> None:
         worker = SolverWorker("least-loaded")
         try:
+            worker.start()
             with pytest.raises(SolverWorkerError, match="SnapshotError"):
                 await worker.solve({"nodes": "nope"}, "ipopt", "1")
             pid = worker.pid

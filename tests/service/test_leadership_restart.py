@@ -1,0 +1,36 @@
+"""A real agent's election state across restarts: the vote is durable before the answer leaves."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from agent.leadership import Leadership, encode
+from agent.node import NodeAgent
+from agent.settings import load_settings
+from coordinator_election import VoteRequest
+
+
+def _agent(data_dir: Path) -> NodeAgent:
+    return NodeAgent(load_settings(env={}, overrides={"node_id": "n1", "data_dir": str(data_dir), "discovery": False}))
+
+
+def test_a_restarted_agent_resumes_its_persisted_term_and_vote(tmp_path: Path) -> None:
+    agent = _agent(tmp_path)
+    lead = Leadership(agent)
+    assert (lead.term, lead.machine.vote) == (0, None)
+    lead.receive("n2", encode(VoteRequest(4, "n2", (0, 1.0, "n2"))))  # granted: n1 voted for n2 in term 4
+    assert (lead.term, lead.machine.vote) == (4, "n2")
+    assert agent.store.election_state() == (4, "n2")  # on disk before receive() returned (and the vote went out)
+    asyncio.run(agent.stop())  # the process ends; a new one starts on the same data directory
+
+    again = _agent(tmp_path)
+    back = Leadership(again)
+    assert (back.term, back.machine.vote) == (4, "n2")
+    back.receive("n3", encode(VoteRequest(4, "n3", (0, 1.0, "n3"))))  # a rival of the same term: refused
+    assert back.machine.vote == "n2" and again.store.election_state() == (4, "n2")
+    again.store.observe_term(6, "n3")  # a leader's command of a newer term, then a restart: no vote in term 6
+    asyncio.run(again.stop())
+    third = Leadership(_agent(tmp_path))
+    assert (third.term, third.machine.vote) == (6, None)
+    asyncio.run(third.agent.stop())
