@@ -45,6 +45,7 @@ V2_MODEL_PATH = re.compile(
 HOP_BY_HOP = {
     "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer", "trailers",
     "transfer-encoding", "upgrade", "host", "x-peerserve-rtt", "x-peerserve-client",
+    "expect",  # 100-continue is settled between the client and the agent; the body is already flowing
 }  # fmt: skip
 SMALL_BODY = 64 * 1024  # an answer up to this size is sent in one piece; larger ones are streamed
 ERROR_TEXT_MAX = 2048  # of a non-JSON upstream error, kept as the message
