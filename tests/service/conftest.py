@@ -18,6 +18,7 @@ import httpx
 import pytest
 
 from agent.runtime.process import recorded_server_pids
+from tests.peer_tools import TestPeer
 
 TOKEN = "test-cluster-token-0123456789"
 
@@ -37,6 +38,19 @@ class RunningAgent:
     env: dict[str, str]
     proc: subprocess.Popen[bytes] | None = None
     log: Path = field(default_factory=Path)
+    peer_port: int = 0
+    _leaders: dict[str, TestPeer] = field(default_factory=dict)
+
+    @property
+    def peer_url(self) -> str:
+        return f"https://{self.host}:{self.peer_port}"
+
+    @property
+    def node_id(self) -> str:
+        return self._flag("--node-id") or self.data_dir.name
+
+    def _flag(self, name: str) -> str | None:
+        return next((b for a, b in zip(self.args, self.args[1:], strict=False) if a == name), None)
 
     @property
     def url(self) -> str:
@@ -45,9 +59,11 @@ class RunningAgent:
     def start(self, timeout: float = 30.0) -> RunningAgent:
         self.log = self.data_dir.parent / f"agent-{self.port}.log"
         out = open(self.log, "ab")  # noqa: SIM115 - handed to the child
+        self.peer_port = self.peer_port or free_port(self.host)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "peerserve", "agent", "--host", self.host, "--port", str(self.port),
-             "--node-id", self.data_dir.name, "--data-dir", str(self.data_dir), "--cluster-token", TOKEN, *self.args],
+             "--peer-port", str(self.peer_port), "--node-id", self.data_dir.name, "--data-dir", str(self.data_dir),
+             "--cluster-token", TOKEN, *self.args],
             stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **self.env},
         )  # fmt: skip
         deadline = time.monotonic() + timeout
@@ -78,15 +94,12 @@ class RunningAgent:
     def get(self, path: str, **kw: Any) -> httpx.Response:
         return httpx.get(f"{self.url}{path}", timeout=30, **kw)
 
-    def put_desired(
-        self, term: int, instances: dict[str, int], token: str = TOKEN, leader: str = "lead"
-    ) -> httpx.Response:
-        return httpx.put(
-            f"{self.url}/control/desired",
-            json={"term": term, "leader": leader, "instances": instances},
-            headers={"Authorization": f"Bearer {token}"},
-            timeout=30,
-        )
+    def put_desired(self, term: int, instances: dict[str, int], leader: str = "lead") -> httpx.Response:
+        """A signed command from the admitted test node ``leader`` (agents without an election accept it)."""
+        if leader not in self._leaders:
+            suffix = "" if leader == "lead" else f"-{leader}"
+            self._leaders[leader] = TestPeer(leader, TOKEN, self.data_dir.parent / f"lead-identity{suffix}")
+        return self._leaders[leader].put_desired(self.node_id, self.peer_url, term, instances)
 
     def wait_ready(self, model: str, count: int = 1, timeout: float = 30.0) -> list[dict[str, Any]]:
         deadline = time.monotonic() + timeout
