@@ -1,7 +1,7 @@
 """The agent's HTTP API (FastAPI): client paths, TF-Serving proxy, leader-facing stats and control.
 
     GET  /services[/{model}], /services/{model}/v1|v2/..., /v1/models/..., /v2/...   agent/serving/routes.py
-    GET  /stats/requests?since=CURSOR      request log for the leader (cursor-paged)
+    GET  /stats/requests?since=CURSOR      request log, cursor-paged (reader token: `peerserve stats-token`)
     GET  /stats/models                     per model: requests since provisioned, last request
     GET  /stats/node                       memory, CPU, GPU, instances
     GET  /cluster                          membership, leader, term (and this node's peer port, a hint)
@@ -19,6 +19,7 @@ agent/http_limits.py. Interactive docs (/docs, /redoc, /openapi.json) only with 
 
 from __future__ import annotations
 
+import hmac
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -32,6 +33,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from agent.client_auth import ClientToken, HttpsListener
 from agent.client_ids import BadClientInput, ClientIds, known_nodes_only, parse_rtt_report, valid_client_id
 from agent.http_limits import HttpLimits
+from agent.identity import derive_stats_token
 from agent.node import NodeAgent
 from agent.observe import mount as mount_operator_routes
 from agent.serving.routes import mount_serving
@@ -114,10 +116,15 @@ def create_app(agent: NodeAgent) -> FastAPI:
     serving = mount_serving(app, agent, client_of, max_body)
     app.state.serving = serving
 
+    reader = derive_stats_token(agent.settings.cluster_token) if agent.settings.cluster_token else ""
+
     @app.get("/stats/requests")
     async def stats_requests(
-        since: int = Query(0, ge=0, le=MAX_CURSOR), limit: int = Query(1000, ge=1, le=10000)
+        request: Request, since: int = Query(0, ge=0, le=MAX_CURSOR), limit: int = Query(1000, ge=1, le=10000)
     ) -> Any:
+        """The request log names clients: it needs the reader token derived from the cluster token."""
+        if (denied := _check_reader(reader, request.headers.get("authorization"))) is not None:
+            return denied
         records, cursor = agent.store.requests_since(since, limit)
         return {"node_id": agent.settings.node_id, "requests": [r.to_dict() for r in records], "next": cursor}
 
@@ -175,3 +182,13 @@ def create_app(agent: NodeAgent) -> FastAPI:
         return agent.health_report()
 
     return app
+
+
+def _check_reader(expected: str, header: str | None) -> JSONResponse | None:
+    """None when ``header`` carries the request-log reader token; else a 401 that says how to get one."""
+    if not expected:
+        return error(401, "this agent has no cluster token: its request log is not served on the client port")
+    scheme, _, token = (header or "").partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), expected.encode()):
+        return error(401, "the request log names clients: send 'Authorization: Bearer READER' (peerserve stats-token)")
+    return None

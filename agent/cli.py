@@ -79,6 +79,20 @@ def register(commands: Any) -> None:
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.set_defaults(handler=cmd_agent)
 
+    t = commands.add_parser(
+        "stats-token",
+        help="print the bearer token that reads an agent's request log",
+        description=(
+            "The request log (GET /stats/requests on the client port) names clients, so it needs a reader "
+            "token derived from the cluster token (the token itself never crosses the wire). Prints it for "
+            "'Authorization: Bearer TOKEN'. The cluster token comes from --cluster-token, "
+            "PEERSERVE_CLUSTER_TOKEN or the --config file, as for the agent."
+        ),
+    )
+    t.add_argument("--config", help="the agent's settings TOML file")
+    t.add_argument("--cluster-token", default=None, help="the cluster token (default: as the agent finds it)")
+    t.set_defaults(handler=cmd_stats_token)
+
     m = commands.add_parser(
         "model-server",
         help="run the stand-in TF-Serving REST server for one tiny model",
@@ -155,6 +169,22 @@ def log_context(agent: Any) -> Any:
     s = agent.settings
     secrets = [t for t in (s.cluster_token, s.metrics_token, s.client_token) if t]
     return LogContext(agent.settings.node_id, term, lambda: agent.catalogue.current.models, secrets)
+
+
+def cmd_stats_token(args: argparse.Namespace) -> int:
+    from agent.errors import ConfigError
+    from agent.identity import derive_stats_token
+    from agent.settings import load_settings
+    from peerserve.cli import UsageError
+
+    try:
+        settings = load_settings(args.config, overrides={"cluster_token": args.cluster_token})
+    except ConfigError as exc:
+        raise UsageError(str(exc)) from exc
+    if not settings.cluster_token:
+        raise UsageError("no cluster token: pass --cluster-token, set PEERSERVE_CLUSTER_TOKEN or use --config")
+    print(derive_stats_token(settings.cluster_token))
+    return 0
 
 
 def cmd_model_server(args: argparse.Namespace) -> int:

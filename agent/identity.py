@@ -75,6 +75,15 @@ def derive_ca_key(token: str) -> Ed25519PrivateKey:
     return Ed25519PrivateKey.from_private_bytes(seed)
 
 
+def derive_stats_token(token: str) -> str:
+    """The request-log reader token: derived from the cluster token (HKDF), so the token itself never
+    crosses the wire and a captured reader token reads statistics only (``peerserve stats-token``)."""
+    key = HKDF(algorithm=hashes.SHA256(), length=32, salt=b"peerserve-stats-reader-v1", info=b"bearer").derive(
+        token.encode()
+    )
+    return b64(key)
+
+
 def _raw(key: Ed25519PublicKey) -> bytes:
     return key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
 

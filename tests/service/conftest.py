@@ -17,10 +17,12 @@ from typing import Any
 import httpx
 import pytest
 
+from agent.identity import derive_stats_token
 from agent.runtime.process import recorded_server_pids
 from tests.peer_tools import TestPeer
 
 TOKEN = "test-cluster-token-0123456789"
+STATS_READER = {"Authorization": f"Bearer {derive_stats_token(TOKEN)}"}
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -92,6 +94,9 @@ class RunningAgent:
         return recorded_server_pids(self.data_dir)
 
     def get(self, path: str, **kw: Any) -> httpx.Response:
+        """GET on the client port; the request log is read with the reader token, as an operator would."""
+        if path.startswith("/stats/requests") and "headers" not in kw:
+            kw["headers"] = STATS_READER
         return httpx.get(f"{self.url}{path}", timeout=30, **kw)
 
     def put_desired(self, term: int, instances: dict[str, int], leader: str = "lead") -> httpx.Response:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -10,7 +12,7 @@ import httpx
 import pytest
 
 from tests.peer_tools import TestPeer
-from tests.service.conftest import TOKEN
+from tests.service.conftest import STATS_READER, TOKEN
 
 PREDICT = "/services/half_plus_two/v1/models/half_plus_two:predict"
 
@@ -224,3 +226,19 @@ def test_on_demand_model_survives_a_leader_command_that_predates_it(agents: Any)
     assert a.get("/stats/node").json()["desired"] == {"half_plus_two": 1, "xor_mlp": 1}
     assert a.put_desired(6, {"xor_mlp": 2}).status_code == 200  # the leader places it: its word counts
     assert a.get("/stats/node").json()["desired"] == {"xor_mlp": 2}
+
+
+def test_request_log_names_clients_so_it_needs_the_reader_token(agents: Any) -> None:
+    a = agents("a", "--no-discovery")
+    assert a.get("/services/xor_mlp", headers={"X-Peerserve-Client": "phone-7"}).status_code in (200, 503)
+    for headers in ({}, {"Authorization": f"Bearer {TOKEN}"}, {"Authorization": "Bearer wrong"}):
+        r = a.get("/stats/requests?since=0", headers=headers)  # no reader token, the cluster token itself, junk
+        assert r.status_code == 401 and set(r.json()) == {"error"}, r.text
+    out = subprocess.run(
+        [sys.executable, "-m", "peerserve", "stats-token", "--cluster-token", TOKEN],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    reader = out.stdout.strip()
+    assert reader and TOKEN not in reader and {"Authorization": f"Bearer {reader}"} == STATS_READER
+    log = a.get("/stats/requests?since=0", headers={"Authorization": f"Bearer {reader}"}).json()["requests"]
+    assert [r["client"] for r in log] == ["phone-7"]
