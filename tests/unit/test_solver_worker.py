@@ -86,12 +86,6 @@ def test_a_worker_dying_mid_solve_fails_that_solve_and_the_next_solve_starts_a_n
                 await pending
             plan, _ = await worker.solve(snapshot(), "least-loaded", "1")
             assert plan["feasible"] and worker.pid not in (None, first)
-            second = worker.pid or 0
-            os.kill(second, signal.SIGKILL)  # found dead before a request: replaced at once
-            while psutil.Process(second).status() != psutil.STATUS_ZOMBIE:
-                await asyncio.sleep(0.02)
-            plan, _ = await worker.solve(snapshot(), "least-loaded", "1")
-            assert plan["feasible"]
         finally:
             await worker.close()
 
