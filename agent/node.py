@@ -283,8 +283,7 @@ class NodeAgent:
             wanted[m] = 1
         state = DesiredState(wanted, term, leader, frozenset(self._on_demand_at))
         if state != self._desired:
-            if term > self._desired.term or leader != self._desired.leader:
-                log.info("desired set from %s at term %d: %s", leader, term, wanted)
+            log.info("desired set from %s at term %d: %s", leader, term, wanted)  # every change is an event
             self.store.set_desired(state)
             self._desired = state
             self._wake.set()

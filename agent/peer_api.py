@@ -2,6 +2,7 @@
 
     GET  /peer/state                 heartbeat: this node's PeerState
     POST /peer/leave                 the sender leaves (only for itself)
+    POST /peer/provision             the sender asks this node to start a model (agent/serving/provision.py)
     POST /election/message           one election message (its node field must be the sender)
     PUT  /control/desired            the leader's desired set (only from the leader this node accepts)
     GET  /stats/node | /stats/models | /stats/requests?since=&limit=   for the leader's placement round
@@ -28,6 +29,7 @@ from fastapi.responses import JSONResponse, Response
 
 from agent.identity import AuthError, Identity
 from agent.node import FencedError, UnknownModelError
+from agent.serving.provision import ROUTE_PROVISION, answer_provision
 from peerserve import wire
 
 if TYPE_CHECKING:
@@ -116,6 +118,18 @@ def create_peer_app(agent: NodeAgent, identity: Identity) -> FastAPI:
             # an authenticated node heartbeats us: a hint of where it listens (its mDNS name may be squatted)
             agent.discovery.heard_from(reply.sender, hint)
         return reply(agent.peer_state().to_json())
+
+    @app.post(ROUTE_PROVISION)
+    async def peer_provision(request: Request) -> Response:
+        reply, body = await authenticate(request)
+        try:
+            data = parse(body)
+        except wire.WireError as exc:
+            return reply.error(exc.status, str(exc))
+        status, answer = answer_provision(agent, reply.sender, data)
+        if status == 202:
+            await agent.provision_locally(answer["model"], 0.0)  # into the desired set; reconcile starts it
+        return reply(answer, status)
 
     @app.post(wire.ROUTE_LEAVE)
     async def peer_leave(request: Request) -> Response:

@@ -96,6 +96,8 @@ def test_metrics_off_token_and_service_discovery(agents: Any) -> None:
         assert guarded.get(path).status_code == 401
         assert guarded.get(path, headers={"Authorization": "Bearer wrong"}).status_code == 401
         assert guarded.get(path, headers={"Authorization": f"Bearer {secret}"}).status_code == 200
+        assert guarded.get(path, headers={"Authorization": secret}).status_code == 200  # Prometheus 2.42's SD
+        assert guarded.get(path, headers={"Authorization": f"Basic {secret}"}).status_code == 401
     # SD works with metrics off (it lists members, not series); peers are listed in the cluster tier's test
     assert off.get("/sd/prometheus").json() == [
         {"targets": [f"127.0.0.1:{off.port}"], "labels": {"node": "off", "__meta_peerserve_status": "alive",
