@@ -1,11 +1,13 @@
 """The agent's HTTP API (FastAPI): client paths, TF-Serving proxy, leader-facing stats and control.
 
     GET  /services[/{model}], /services/{model}/v1|v2/..., /v1/models/..., /v2/...   agent/serving/routes.py
-    GET  /stats/requests?since=CURSOR      request log for the leader (cursor-paged)
+    GET  /stats/requests?since=CURSOR      request log, cursor-paged (reader token: `peerserve stats-token`)
     GET  /stats/models                     per model: requests since provisioned, last request
     GET  /stats/node                       memory, CPU, GPU, instances
-    PUT  /control/desired                  the leader's desired set (cluster token; term-fenced)
-    GET  /cluster                          membership, leader, term
+    GET  /cluster                          membership, leader, term (and this node's peer port, a hint)
+
+Peer-plane routes (heartbeats, election, the leader's commands, and the leader's stats reads) live on the
+authenticated peer listener (agent.peer_api: mutual TLS on --peer-port, every message signed).
     GET  /health                           liveness and readiness detail
 
 Clients may report their measured RTT to nodes with the header ``X-Peerserve-RTT: n1=2.5, n2=4.1``
@@ -26,13 +28,13 @@ from typing import Any
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from agent.catalogue import valid_model_name
+from agent.client_auth import ClientToken, HttpsListener
 from agent.client_ids import BadClientInput, ClientIds, known_nodes_only, parse_rtt_report, valid_client_id
 from agent.http_limits import HttpLimits
-from agent.node import FencedError, NodeAgent, UnknownModelError
+from agent.identity import derive_stats_token
+from agent.node import NodeAgent
 from agent.observe import mount as mount_operator_routes
 from agent.serving.routes import mount_serving
 
@@ -40,15 +42,7 @@ log = logging.getLogger(__name__)
 
 RTT_HEADER = "x-peerserve-rtt"
 CLIENT_HEADER = "x-peerserve-client"
-CONTROL_MAX_BYTES = 64 * 1024
 MAX_CURSOR = 2**63 - 1  # SQLite's largest integer
-
-
-class DesiredBody(BaseModel):
-    term: int = Field(ge=0)
-    leader: str = Field(min_length=1, max_length=64)
-    instances: dict[str, int]
-    placement: dict[str, Any] | None = None
 
 
 def error(status: int, message: str, **extra: Any) -> JSONResponse:
@@ -60,9 +54,14 @@ def create_app(agent: NodeAgent) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         await agent.start()
+        https = HttpsListener(app, agent.settings) if agent.settings.https_port else None
+        if https is not None:
+            await https.start()
         try:
             yield
         finally:
+            if https is not None:
+                await https.stop()
             await agent.stop()
             await app.state.serving.pool.aclose()
 
@@ -83,6 +82,8 @@ def create_app(agent: NodeAgent) -> FastAPI:
         body_timeout_s=agent.settings.body_timeout_s,
         max_header_bytes=agent.settings.max_header_kb * 1024,
     )
+    if agent.settings.client_token:  # optional: the client API is open by default (agent/client_auth.py)
+        app.add_middleware(ClientToken, token=agent.settings.client_token)
     client_ids = ClientIds(agent.settings.max_clients_per_address, agent.settings.request_window_s)
     mount_operator_routes(app, agent)
 
@@ -115,10 +116,15 @@ def create_app(agent: NodeAgent) -> FastAPI:
     serving = mount_serving(app, agent, client_of, max_body)
     app.state.serving = serving
 
+    reader = derive_stats_token(agent.settings.cluster_token) if agent.settings.cluster_token else ""
+
     @app.get("/stats/requests")
     async def stats_requests(
-        since: int = Query(0, ge=0, le=MAX_CURSOR), limit: int = Query(1000, ge=1, le=10000)
+        request: Request, since: int = Query(0, ge=0, le=MAX_CURSOR), limit: int = Query(1000, ge=1, le=10000)
     ) -> Any:
+        """The request log names clients: it needs the reader token derived from the cluster token."""
+        if (denied := _check_reader(reader, request.headers.get("authorization"))) is not None:
+            return denied
         records, cursor = agent.store.requests_since(since, limit)
         return {"node_id": agent.settings.node_id, "requests": [r.to_dict() for r in records], "next": cursor}
 
@@ -146,63 +152,6 @@ def create_app(agent: NodeAgent) -> FastAPI:
             "term": agent.store.highest_term(),
         }
 
-    @app.put("/control/desired")
-    async def control_desired(request: Request) -> Any:
-        denied = _check_token(agent.settings.cluster_token, request.headers.get("authorization"))
-        if denied is not None:
-            return denied
-        if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
-            return error(415, "Content-Type must be application/json")
-        raw = await request.body()
-        if len(raw) > CONTROL_MAX_BYTES:
-            return error(413, f"control body over {CONTROL_MAX_BYTES} bytes")
-        try:
-            body = DesiredBody.model_validate_json(raw)
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            return error(400, f"invalid desired set: {'.'.join(str(p) for p in first['loc'])}: {first['msg']}")
-        if any(c < 0 for c in body.instances.values()) or any(not valid_model_name(m) for m in body.instances):
-            return error(400, "instances must map catalogue model names to non-negative counts")
-        try:
-            state = agent.set_desired(body.term, body.leader, body.instances, body.placement)
-        except FencedError as exc:
-            return error(409, str(exc), highest_term=exc.highest)
-        except UnknownModelError as exc:
-            return error(400, str(exc))
-        return {
-            "accepted": True,
-            "term": state.term,
-            "leader": state.leader,
-            "instances": dict(state.instances),
-        }
-
-    @app.get("/peer/state")
-    async def peer_state() -> Any:
-        if agent.discovery is not None and agent.discovery.stopping:
-            return error(503, "this node is leaving")
-        return JSONResponse(agent.peer_state())
-
-    def peer_denied(request: Request) -> JSONResponse | None:
-        """Peer-to-peer messages carry the cluster token when one is configured (an open cluster has none)."""
-        if not agent.settings.cluster_token:
-            return None
-        return _check_token(agent.settings.cluster_token, request.headers.get("authorization"))
-
-    @app.post("/peer/leave")
-    async def peer_leave(request: Request) -> Any:
-        if (denied := peer_denied(request)) is not None:
-            return denied
-        try:
-            body = await request.json()
-            node_id = body["node_id"]
-            if not isinstance(node_id, str):
-                raise TypeError(node_id)
-        except (ValueError, KeyError, TypeError):
-            return error(400, 'expected {"node_id": "..."}')
-        if agent.discovery is not None:
-            agent.discovery.peer_left(node_id)
-        return {"ok": True}
-
     @app.get("/cluster")
     async def cluster() -> Any:
         s = agent.settings
@@ -223,25 +172,10 @@ def create_app(agent: NodeAgent) -> FastAPI:
             "leader": lead.leader if lead is not None else None,
             "term": lead.term if lead is not None else None,
             "role": lead.machine.role.value if lead is not None else None,
+            "peer_port": s.peer_listen_port,
             "members": [me, *(p.to_dict() for p in agent.peers.members())],
             "last_placement": placement,
         }
-
-    @app.post("/election/message")
-    async def election_message(request: Request) -> Any:
-        if (denied := peer_denied(request)) is not None:
-            return denied
-        if agent.leadership is None:
-            return error(409, "this node takes no part in elections (discovery is off)")
-        try:
-            body = await request.json()
-            sender = body["from"]
-            if not isinstance(sender, str):
-                raise TypeError(sender)
-            agent.leadership.receive(sender, body["message"])
-        except (ValueError, KeyError, TypeError) as exc:
-            return error(400, f"malformed election message: {exc}")
-        return {"ok": True}
 
     @app.get("/health")
     async def health() -> Any:
@@ -250,10 +184,11 @@ def create_app(agent: NodeAgent) -> FastAPI:
     return app
 
 
-def _check_token(expected: str, header: str | None) -> JSONResponse | None:
+def _check_reader(expected: str, header: str | None) -> JSONResponse | None:
+    """None when ``header`` carries the request-log reader token; else a 401 that says how to get one."""
     if not expected:
-        return error(401, "control API disabled: this agent has no cluster token configured")
+        return error(401, "this agent has no cluster token: its request log is not served on the client port")
     scheme, _, token = (header or "").partition(" ")
     if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), expected.encode()):
-        return error(401, "missing or wrong cluster token (Authorization: Bearer TOKEN)")
+        return error(401, "the request log names clients: send 'Authorization: Bearer READER' (peerserve stats-token)")
     return None

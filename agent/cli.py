@@ -9,6 +9,11 @@ FLAGS: list[tuple[str, dict[str, Any]]] = [
     ("--node-id", {"help": "this node's id, one DNS label (default: HOSTNAME-PORT)"}),
     ("--host", {"help": "address the API binds (default 127.0.0.1)"}),
     ("--port", {"type": int, "help": "API port (default 8400)"}),
+    ("--peer-port", {"type": int, "help": "peer-plane port, mutual TLS between agents only (default: port + 1)"}),
+    ("--https-port", {"type": int, "help": "optional: also serve the client API over HTTPS on this port"}),
+    ("--tls-cert", {"help": "PEM certificate (chain) for --https-port"}),
+    ("--tls-key", {"help": "PEM private key for --https-port"}),
+    ("--client-token", {"help": "optional: clients must send Authorization: Bearer TOKEN (default: open API)"}),
     ("--advertise-address", {"help": "address peers and clients reach this node at (default: --host)"}),
     ("--data-dir", {"help": "state directory (default /var/lib/peerserve/NODE as root, else XDG data)"}),
     ("--catalogue", {"help": "model catalogue TOML file (default: the built-in example catalogue)"}),
@@ -16,7 +21,13 @@ FLAGS: list[tuple[str, dict[str, Any]]] = [
         "--runtime",
         {"choices": ["process", "docker"], "help": "model servers as local processes or Docker containers"},
     ),
-    ("--cluster-token", {"help": "shared secret the leader's commands carry (>= 16 characters)"}),
+    (
+        "--cluster-token",
+        {
+            "help": "the cluster's join secret, the same on every board (>= 16 characters); keys and "
+            "certificates are derived from it and kept in the data dir; it never leaves the node"
+        },
+    ),
     ("--node-class", {"help": "node class for the catalogue's execution-time profiles (e.g. xavier-nx)"}),
     ("--compute", {"type": float, "help": "compute capacity in the catalogue's units (default 100)"}),
     (
@@ -67,6 +78,20 @@ def register(commands: Any) -> None:
                    help="no Prometheus metrics: /metrics answers 404 and requests are not timed")  # fmt: skip
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.set_defaults(handler=cmd_agent)
+
+    t = commands.add_parser(
+        "stats-token",
+        help="print the bearer token that reads an agent's request log",
+        description=(
+            "The request log (GET /stats/requests on the client port) names clients, so it needs a reader "
+            "token derived from the cluster token (the token itself never crosses the wire). Prints it for "
+            "'Authorization: Bearer TOKEN'. The cluster token comes from --cluster-token, "
+            "PEERSERVE_CLUSTER_TOKEN or the --config file, as for the agent."
+        ),
+    )
+    t.add_argument("--config", help="the agent's settings TOML file")
+    t.add_argument("--cluster-token", default=None, help="the cluster token (default: as the agent finds it)")
+    t.set_defaults(handler=cmd_stats_token)
 
     m = commands.add_parser(
         "model-server",
@@ -141,8 +166,25 @@ def log_context(agent: Any) -> Any:
         lead = agent.leadership
         return max(int(lead.term) if lead is not None else 0, int(agent.desired.term))
 
-    secrets = [t for t in (agent.settings.cluster_token, agent.settings.metrics_token) if t]
+    s = agent.settings
+    secrets = [t for t in (s.cluster_token, s.metrics_token, s.client_token) if t]
     return LogContext(agent.settings.node_id, term, lambda: agent.catalogue.current.models, secrets)
+
+
+def cmd_stats_token(args: argparse.Namespace) -> int:
+    from agent.errors import ConfigError
+    from agent.identity import derive_stats_token
+    from agent.settings import load_settings
+    from peerserve.cli import UsageError
+
+    try:
+        settings = load_settings(args.config, overrides={"cluster_token": args.cluster_token})
+    except ConfigError as exc:
+        raise UsageError(str(exc)) from exc
+    if not settings.cluster_token:
+        raise UsageError("no cluster token: pass --cluster-token, set PEERSERVE_CLUSTER_TOKEN or use --config")
+    print(derive_stats_token(settings.cluster_token))
+    return 0
 
 
 def cmd_model_server(args: argparse.Namespace) -> int:

@@ -64,7 +64,7 @@ def best_per_model(candidates: Iterable[Candidate], client_rtts: Mapping[str, fl
     return {m: rank_endpoints(cs, client_rtts)[0] for m, cs in sorted(by_model.items())}
 
 
-MAX_SPREAD_SITES = 256  # site entries an agent keeps from a plan (more are ignored)
+MAX_SPREAD_SITES = 64  # site entries an agent keeps from a plan (more are ignored)
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,9 @@
 """Carries out the election machine and, while leader, the placement-round machine (agent.leader_round).
 
-Election messages travel as ``POST /election/message`` (cluster token); every tick feeds the election
-the membership view (alive peers and their priorities) and persists (term, vote) before anything is sent.
-While this node leads, every tick also feeds the round machine, whose instructions become HTTP calls
+Election messages travel as ``POST /election/message`` on the peer plane (signed: agent.peer_client); every
+tick feeds the election the membership view (alive, admitted peers and their priorities) and persists
+(term, vote) before anything is sent. While this node leads, every tick also feeds the round machine, whose
+instructions become HTTP calls
 (``_gather`` via ``_get_json``, ``_command``) and solves (``_solve``, in a worker process); each result
 goes back into the machine as an event. The only HTTP is in ``_post``, ``_get_json`` and ``_command``.
 """
@@ -23,7 +24,6 @@ from agent.placement import build_snapshot, parse_node_report, parse_request
 from agent.solver_worker import SolverWorker
 from coordinator_election import (
     Action,
-    Announce,
     BecameFollower,
     BecameLeader,
     Broadcast,
@@ -35,9 +35,8 @@ from coordinator_election import (
     Received,
     Send,
     Tick,
-    Vote,
-    VoteRequest,
 )
+from peerserve.wire import ROUTE_DESIRED, ROUTE_ELECTION, DesiredCommand, ElectionPost
 
 if TYPE_CHECKING:
     from agent.node import NodeAgent
@@ -51,51 +50,13 @@ GATHER_TIMEOUT = httpx.Timeout(3.0, connect=0.5)
 
 
 def encode(message: Message) -> dict[str, Any]:
-    if isinstance(message, Announce):
-        return {"type": "announce", "term": message.term, "leader": message.leader, "priority": list(message.priority)}
-    if isinstance(message, VoteRequest):
-        return {"type": "vote_request", "term": message.term, "candidate": message.candidate,
-                "priority": list(message.priority)}  # fmt: skip
-    return {"type": "vote", "term": message.term, "voter": message.voter, "granted": message.granted,
-            "leader": message.leader}  # fmt: skip
+    """An election message as it travels (peerserve.wire.ElectionPost)."""
+    return ElectionPost.from_message(message).to_json()
 
 
 def decode(data: Any) -> Message:
-    """Parse an election message; raises ValueError on anything malformed."""
-    if not isinstance(data, dict):
-        raise ValueError("not an object")
-
-    def term() -> int:
-        t = data.get("term")
-        if isinstance(t, bool) or not isinstance(t, int) or t < 0:
-            raise ValueError("bad term")
-        return t
-
-    def priority() -> Priority:
-        p = data.get("priority")
-        if not isinstance(p, list) or len(p) != 3:
-            raise ValueError("bad priority")
-        return (int(p[0]), float(p[1]), str(p[2]))
-
-    def text(key: str, optional: bool = False) -> Any:
-        v = data.get(key)
-        if v is None and optional:
-            return None
-        if not isinstance(v, str) or not v or len(v) > 63:
-            raise ValueError(f"bad {key}")
-        return v
-
-    kind = data.get("type")
-    if kind == "announce":
-        return Announce(term(), text("leader"), priority())
-    if kind == "vote_request":
-        return VoteRequest(term(), text("candidate"), priority())
-    if kind == "vote":
-        granted = data.get("granted")
-        if not isinstance(granted, bool):
-            raise ValueError("bad granted")
-        return Vote(term(), text("voter"), granted, text("leader", optional=True))
-    raise ValueError(f"unknown message type {kind!r}")
+    """Parse an election message; raises ValueError (WireError) on anything malformed or out of range."""
+    return ElectionPost.parse(data).to_message()
 
 
 class Leadership:
@@ -194,11 +155,11 @@ class Leadership:
                 self.solver.stop()
 
     async def _post(self, url: str, message: Message) -> None:
-        s = self.agent.settings
-        headers = {"Authorization": f"Bearer {s.cluster_token}"} if s.cluster_token else {}
-        body = {"from": s.node_id, "message": encode(message)}
-        with contextlib.suppress(httpx.HTTPError):
-            await self.agent.http.post(f"{url}/election/message", json=body, headers=headers, timeout=0.5)
+        peers = self.agent.peer_client
+        if peers is None:
+            return
+        with contextlib.suppress(ValueError):  # PeerCallError: unreachable or unauthentic; the machine retries
+            await peers.send(url, "POST", ROUTE_ELECTION, encode(message))
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -262,9 +223,10 @@ class Leadership:
             return lr.GatherFailed(self.agent.clock(), g.round, g.node, f"{type(exc).__name__}: {exc}")
 
     async def _get_json(self, url: str, params: Mapping[str, Any] | None = None) -> Any:
-        r = await self.agent.http.get(url, params=params, timeout=GATHER_TIMEOUT)
-        r.raise_for_status()
-        return r.json()
+        """A peer's stats answer, authenticated and strictly parsed; raises ValueError (PeerCallError)."""
+        if self.agent.peer_client is None:
+            raise ValueError("no peer plane without a cluster token")
+        return await self.agent.peer_client.get_json(url, params)
 
     async def _solve(self, solve: lr.Solve) -> lr.Solved | lr.SolveFailed:
         """Build the snapshot and solve it in the worker process (the one place that solves)."""
@@ -286,25 +248,23 @@ class Leadership:
         return lr.Solved(self.agent.clock(), solve.round, plan, len(snapshot["requests"]), fallback)
 
     async def _command(self, c: lr.Command) -> lr.Acknowledged | lr.CommandFailed | lr.Fenced:
-        """One ``PUT /control/desired`` attempt (the round machine decides on retries)."""
-        s = self.agent.settings
-        body = {"term": c.term, "leader": s.node_id, "instances": dict(c.instances), "placement": dict(c.summary)}
-        headers = {"Authorization": f"Bearer {s.cluster_token}"}
+        """One signed ``PUT /control/desired`` attempt on the peer plane (the round machine decides on retries)."""
+        peers = self.agent.peer_client
+        if peers is None:
+            return lr.CommandFailed(self.agent.clock(), c.round, c.node, transient=False)
+        body = DesiredCommand(c.term, self.agent.settings.node_id, dict(c.instances), dict(c.summary)).to_json()
         try:
-            r = await self.agent.http.put(
-                f"{c.url}/control/desired", json=body, headers=headers, timeout=GATHER_TIMEOUT
-            )
-        except (httpx.ConnectError, httpx.ConnectTimeout):
-            return lr.CommandFailed(self.agent.clock(), c.round, c.node, transient=False)  # gone: next round resends
-        except httpx.HTTPError:
-            return lr.CommandFailed(self.agent.clock(), c.round, c.node, transient=True)
-        if r.status_code == 409:
-            log.warning("command to %s fenced: %s", c.node, r.text)
-            highest = _highest_term(r)
+            status, answer = await peers.send(c.url, "PUT", ROUTE_DESIRED, body)
+        except ValueError as exc:  # PeerCallError: unreachable (gone: the next round resends) or unauthentic
+            gone = "unreachable" in str(exc) and "Connect" in str(exc)
+            return lr.CommandFailed(self.agent.clock(), c.round, c.node, transient=not gone)
+        if status == 409:
+            log.warning("command to %s fenced: %s", c.node, answer)
+            highest = _highest_term(answer)
             return lr.Fenced(self.agent.clock(), c.round, c.node, c.term if highest is None else highest)
-        if r.status_code == 200:
+        if status == 200:
             return lr.Acknowledged(self.agent.clock(), c.round, c.node)
-        return lr.CommandFailed(self.agent.clock(), c.round, c.node, transient=r.status_code >= 500)
+        return lr.CommandFailed(self.agent.clock(), c.round, c.node, transient=status >= 500)
 
     def _say_once(self, key: str, message: str, *args: Any) -> None:
         if key not in self._said:
@@ -314,10 +274,9 @@ class Leadership:
             log.warning(message, *args)
 
 
-def _highest_term(r: httpx.Response) -> int | None:
+def _highest_term(answer: Any) -> int | None:
     """The ``highest_term`` a 409 answer names, if it names one."""
-    with contextlib.suppress(ValueError, AttributeError):
-        highest = r.json().get("highest_term")
-        if isinstance(highest, int) and not isinstance(highest, bool):
-            return highest
+    highest = answer.get("highest_term") if isinstance(answer, dict) else None
+    if isinstance(highest, int) and not isinstance(highest, bool):
+        return highest
     return None

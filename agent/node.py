@@ -32,8 +32,10 @@ from agent.discovery.membership import MembershipConfig
 from agent.discovery.service import Discovery
 from agent.discovery.txt import cluster_id
 from agent.errors import AgentError, InstanceStartError, RuntimeUnavailable
+from agent.identity import Identity
 from agent.leadership import Leadership
 from agent.metrics import MetricsReader, NodeMetrics
+from agent.peer_client import PeerClient
 from agent.peers import NoPeers, PeerTable
 from agent.runtime.base import Instance, Runtime, probe_available
 from agent.serving.provision import ProvisionRequests
@@ -41,6 +43,7 @@ from agent.serving.resolve import Outcome, resolve
 from agent.settings import Settings
 from agent.store import DesiredState, Store
 from agent.telemetry import Telemetry
+from peerserve.wire import PeerState
 
 log = logging.getLogger(__name__)
 
@@ -122,9 +125,16 @@ class NodeAgent:
         self.http = httpx.AsyncClient(
             timeout=httpx.Timeout(30.0, connect=2.0), limits=httpx.Limits(max_keepalive_connections=64)
         )
+        # The peer plane exists only with a cluster token: identity, keys and admission all derive from it.
+        self.identity = Identity(settings.node_id, settings.cluster_token, Path(settings.data_dir)) if (
+            settings.cluster_token) else None  # fmt: skip
+        self.peer_client = PeerClient(self.identity, self._peer_route) if self.identity else None
+        self.peer_server: Any = None
         self.discovery: Discovery | None = None
-        if peers is None and settings.discovery:
-            self.discovery = self._make_discovery()
+        if peers is None and settings.discovery and self.peer_client is not None:
+            self.discovery = self._make_discovery(self.peer_client)
+        elif settings.discovery and peers is None:
+            log.warning("no cluster token: this node runs alone (no peer plane without a join secret)")
         self.peers: PeerTable = peers or self.discovery or NoPeers()
         self.started_at = clock()
         self.leadership: Leadership | None = None
@@ -152,6 +162,12 @@ class NodeAgent:
             dict(self._desired.instances), self._desired.term,
         )  # fmt: skip
         await self.reconcile_once()
+        if self.identity is not None:
+            from agent.peer_api import PeerServer, create_peer_app
+
+            self.peer_server = PeerServer(create_peer_app(self, self.identity), self.identity, self.settings.host,
+                                          self.settings.peer_listen_port)  # fmt: skip
+            await self.peer_server.start()
         if self.discovery is not None:
             await self.discovery.start()
             self.leadership = Leadership(self)
@@ -167,6 +183,10 @@ class NodeAgent:
             await self.leadership.stop()
         if self.discovery is not None:
             await self.discovery.stop()
+        if self.peer_server is not None:
+            await self.peer_server.stop()
+        if self.peer_client is not None:
+            await self.peer_client.close()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -178,7 +198,7 @@ class NodeAgent:
         self.store.close()
         log.info("node %s stopped", self.settings.node_id)
 
-    def _make_discovery(self) -> Discovery:
+    def _make_discovery(self, peer_client: PeerClient) -> Discovery:
         s = self.settings
         address = s.advertise_address or _first_ipv4()
         return Discovery(
@@ -187,13 +207,16 @@ class NodeAgent:
             advertise_address=address,
             interface=s.interface,
             local_state=self.peer_state,
+            peers=peer_client,
             http=self.http,
+            models=lambda: self.catalogue.current.models.keys(),
+            peer_port=s.peer_listen_port,
             config=MembershipConfig(
                 heartbeat_interval_s=s.heartbeat_interval_s,
                 suspect_after_s=s.suspect_after_s,
                 dead_after_s=s.dead_after_s,
             ),
-            token=s.cluster_token,
+            cluster=cluster_id(s.cluster_token),
             seeds=s.seed_urls,
             use_mdns=s.mdns,
             on_change=lambda _transitions: self._membership_changed(),
@@ -203,30 +226,31 @@ class NodeAgent:
         if self.leadership is not None:
             self.leadership.membership_changed()
 
-    def peer_state(self) -> dict[str, Any]:
+    def peer_state(self) -> PeerState:
         """This node as peers see it (the heartbeat answer, GET /peer/state; also the TXT's source)."""
         m = self.node_metrics()
-        endpoints: dict[str, list[str]] = {}
+        endpoints: dict[str, tuple[str, ...]] = {}
         for i in self.state.instances:
             if i.id in self.state.ready:
-                endpoints.setdefault(i.model, []).append(i.url)
-        return {
-            "node_id": self.settings.node_id,
-            "api_url": self.settings.api_url,
-            "endpoints": endpoints,
-            "mem_available_mb": m.mem_available_mb,
-            "mem_total_mb": m.mem_total_mb,
-            "gpu_load": m.gpu_percent,
-            "cpu_load": m.cpu_percent,
-            "node_class": self.settings.node_class,
-            "compute": self.settings.compute,
-            "term": self.store.highest_term(),
-            "leader": self._desired.leader,
-            "catalogue_version": self.catalogue.current.version,
-            "started_at": self.started_at,
-            "priority": self.settings.priority,
-            "cluster": cluster_id(self.settings.cluster_token),
-        }
+                endpoints[i.model] = (*endpoints.get(i.model, ()), i.url)
+        s = self.settings
+        return PeerState(
+            node_id=s.node_id, api_url=s.api_url, peer_port=s.peer_listen_port, endpoints=endpoints,
+            mem_available_mb=m.mem_available_mb, mem_total_mb=m.mem_total_mb, gpu_load=m.gpu_percent,
+            cpu_load=m.cpu_percent, node_class=s.node_class, compute=s.compute, term=self.store.highest_term(),
+            leader=self._desired.leader, catalogue_version=self.catalogue.current.version,
+            started_at=self.started_at, priority=s.priority,
+        )  # fmt: skip
+
+    def _peer_route(self, api_url: str) -> tuple[str, str] | None:
+        """(node id, peer URL) of the admitted node (or this one) whose client API is at ``api_url``."""
+        s = self.settings
+        if api_url == s.api_url:
+            return s.node_id, s.peer_url
+        for m in self.peers.members():
+            if m.api_url == api_url and m.peer_url:
+                return m.node_id, m.peer_url
+        return None
 
     # -- desired state ---------------------------------------------------------------------------------
     @property
@@ -259,8 +283,7 @@ class NodeAgent:
             wanted[m] = 1
         state = DesiredState(wanted, term, leader, frozenset(self._on_demand_at))
         if state != self._desired:
-            if term > self._desired.term or leader != self._desired.leader:
-                log.info("desired set from %s at term %d: %s", leader, term, wanted)
+            log.info("desired set from %s at term %d: %s", leader, term, wanted)  # every change is an event
             self.store.set_desired(state)
             self._desired = state
             self._wake.set()

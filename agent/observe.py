@@ -7,7 +7,8 @@
     GET /ui/latency       recent per-model latency through this agent, for the page's charts
 
 /metrics and /sd/prometheus are open by default (they carry no client names and no secrets); with
-``metrics_token`` set they need ``Authorization: Bearer TOKEN`` (Prometheus's ``authorization``).
+``metrics_token`` set they need ``Authorization: Bearer TOKEN`` (Prometheus's ``authorization``; the bare
+token is accepted too, as Prometheus 2.42's HTTP SD sends it when the config gives no ``type``).
 """
 
 from __future__ import annotations
@@ -49,8 +50,11 @@ def _denied(agent: NodeAgent, request: Request) -> JSONResponse | None:
     expected = agent.settings.metrics_token
     if not expected:
         return None
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), expected.encode()):
+    header = request.headers.get("authorization", "").strip()
+    scheme, _, token = header.partition(" ")
+    # Prometheus 2.42's http_sd_configs sends the bare credentials when `authorization` has no `type:`
+    presented = token.strip() if scheme.lower() == "bearer" else header
+    if hmac.compare_digest(presented.encode(), expected.encode()):
         return None
     return JSONResponse(
         {"error": "this agent's metrics need a token (Authorization: Bearer TOKEN)"},

@@ -25,6 +25,7 @@ class Member:
     node_class: str = "default"
     mem_total_mb: float = 0.0
     priority: int = 0
+    peer_url: str = ""  # where its authenticated peer listener answers (https://ADDRESS:PEER_PORT)
 
     @property
     def models(self) -> list[str]:

@@ -35,6 +35,7 @@ class Settings:
     node_id: str = ""
     host: str = "127.0.0.1"
     port: int = 8400
+    peer_port: int = 0  # the authenticated peer listener (mutual TLS); 0: port + 1
     advertise_address: str = ""
     data_dir: str = ""
     catalogue: str = ""
@@ -75,6 +76,10 @@ class Settings:
     request_window_s: float = 600.0
     metrics: bool = True
     metrics_token: str = ""
+    client_token: str = ""  # optional: client API needs Authorization: Bearer (agent/client_auth.py)
+    https_port: int = 0  # optional: the client API also over HTTPS here, with tls_cert / tls_key
+    tls_cert: str = ""
+    tls_key: str = ""
     log_format: str = "text"
 
     def __post_init__(self) -> None:
@@ -90,6 +95,14 @@ class Settings:
     @property
     def api_url(self) -> str:
         return f"http://{_host_for_url(self.advertise_address or self.host)}:{self.port}"
+
+    @property
+    def peer_listen_port(self) -> int:
+        return self.peer_port or self.port + 1
+
+    @property
+    def peer_url(self) -> str:
+        return f"https://{_host_for_url(self.advertise_address or self.host)}:{self.peer_listen_port}"
 
     @property
     def seed_urls(self) -> list[str]:
@@ -120,6 +133,8 @@ def validate(s: Settings) -> None:
         raise ConfigError("node_id", f"{s.node_id!r} must be one DNS label: letters, digits, '-', '_'")
     if not 0 < s.port < 65536:
         raise ConfigError("port", f"{s.port} is not a TCP port")
+    if not 0 < s.peer_listen_port < 65536 or s.peer_listen_port == s.port:
+        raise ConfigError("peer_port", f"{s.peer_listen_port} is not a TCP port other than port ({s.port})")
     if s.runtime not in ("process", "docker"):
         raise ConfigError("runtime", f"{s.runtime!r}: choose process or docker")
     if s.advertise_address:
@@ -150,6 +165,10 @@ def validate(s: Settings) -> None:
     _validate_http_bounds(s)
     if s.log_format not in ("text", "json"):
         raise ConfigError("log_format", f"{s.log_format!r}: choose text or json")
+    if s.https_port and (not 0 < s.https_port < 65536 or s.https_port in (s.port, s.peer_listen_port)):
+        raise ConfigError("https_port", f"{s.https_port} is not a TCP port other than port and peer_port")
+    if s.https_port and not (s.tls_cert and s.tls_key and Path(s.tls_cert).is_file() and Path(s.tls_key).is_file()):
+        raise ConfigError("tls_cert", "https_port needs tls_cert and tls_key: readable PEM files")
     if s.cluster_token and len(s.cluster_token) < 16:
         raise ConfigError("cluster_token", "must be at least 16 characters")
 

@@ -143,6 +143,7 @@ class Telemetry:
         self.rejected = Counter("peerserve_placement_rejected_requests", "Requests the plan could not place",
                                 registry=r)  # fmt: skip
         r.register(StateCollector(agent))
+        self._children: dict[tuple[str, str, str, str], tuple[Any, Any]] = {}
 
     # -- names -------------------------------------------------------------------------------------
     def model_label(self, model: str) -> str:
@@ -156,12 +157,19 @@ class Telemetry:
         """One client request finished (called by RequestMetrics)."""
         label = self.model_label(model)
         outcome = outcome_of(status)
-        if kind == "query":
-            self.queries.labels(label, outcome).inc()
-            self.query_seconds.labels(label).observe(seconds)
-        else:
-            self.inferences.labels(label, protocol, outcome).inc()
-            self.inference_seconds.labels(label, protocol).observe(seconds)
+        key = (kind, label, protocol, outcome)
+        children = self._children.get(key)
+        if children is None:  # bounded: kinds x (catalogue + 2) x protocols x outcomes
+            if kind == "query":
+                children = self.queries.labels(label, outcome), self.query_seconds.labels(label)
+            else:
+                children = (
+                    self.inferences.labels(label, protocol, outcome),
+                    self.inference_seconds.labels(label, protocol),
+                )
+            self._children[key] = children
+        children[0].inc()
+        children[1].observe(seconds)
         if outcome == "ok" and label not in (OTHER_MODEL, ALL_MODELS):
             self.latencies.add(label, kind, time.time(), 1000 * seconds)
 

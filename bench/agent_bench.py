@@ -30,6 +30,7 @@ sys.path.insert(0, str(REPO))
 
 from agent.catalogue import builtin_catalogue_text, parse_catalogue  # noqa: E402
 from agent.runtime.base import probe_available  # noqa: E402
+from tests.peer_tools import TestPeer  # noqa: E402
 from tests.service.conftest import TOKEN, free_port  # noqa: E402
 
 THESIS = {
@@ -64,12 +65,27 @@ def process(args: list[str], port: int, env: dict[str, str] | None = None) -> It
             proc.wait()
 
 
+PEER_PORTS: dict[int, int] = {}
+
+
 def agent(data_dir: Path, port: int, catalogue: str | None = None) -> Any:
+    """A lone agent (no election, so the bench may command it as the signed test node "bench")."""
+    PEER_PORTS[port] = free_port()
     args = [sys.executable, "-m", "peerserve", "agent", "--port", str(port), "--data-dir", str(data_dir),
+            "--peer-port", str(PEER_PORTS[port]), "--node-id", "bench-node", "--no-discovery",
             "--cluster-token", TOKEN, "--log-level", "warning"]  # fmt: skip
     if catalogue:
         args += ["--catalogue", catalogue]
     return process(args, port)
+
+
+def command(url: str, tmp: Path, term: int, instances: dict[str, int]) -> None:
+    """The leader's signed desired set, sent over the agent's peer listener."""
+    port = int(url.rsplit(":", 1)[1])
+    lead = TestPeer("bench", TOKEN, tmp / "bench-identity")
+    r = lead.put_desired("bench-node", f"https://127.0.0.1:{PEER_PORTS[port]}", term, instances)
+    lead.close()
+    assert r.status_code == 200, r.text
 
 
 def latencies(client: httpx.Client, url: str, n: int, bar: Any) -> list[float]:
@@ -118,14 +134,11 @@ def bench_queries(n: int, tmp: Path, bar: Any) -> dict[str, Any]:
             base = latencies(client, bare + "/services/half_plus_two", n, bar)
         port = free_port()
         with agent(tmp / "agent", port, str(cat)) as url:
-            auth = {"Authorization": f"Bearer {TOKEN}"}
-            httpx.put(url + "/control/desired", json={"term": 1, "leader": "bench", "instances": {"half_plus_two": 1}},
-                      headers=auth, timeout=30)  # fmt: skip
+            command(url, tmp, 1, {"half_plus_two": 1})
             wait_ready(url, 1)
             one = latencies(client, url + "/services/half_plus_two", n, bar)
             all_one = latencies(client, url + "/services", n // 2, bar)
-            httpx.put(url + "/control/desired", json={"term": 2, "leader": "bench", "instances": {m: 1 for m in names}},
-                      headers=auth, timeout=30)  # fmt: skip
+            command(url, tmp, 2, {m: 1 for m in names})
             wait_ready(url, 20)
             all_twenty = latencies(client, url + "/services", n // 2, bar)
             assert len(client.get(url + "/services").json()) == 20

@@ -22,7 +22,7 @@ import httpx
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from agent.catalogue import builtin_catalogue_text  # noqa: E402
+from agent.catalogue import builtin_catalogue_text, parse_catalogue  # noqa: E402
 from agent.peers import Member  # noqa: E402
 from agent.runtime.base import Instance  # noqa: E402
 from bench.agent_bench import pct, process  # noqa: E402
@@ -32,10 +32,12 @@ PREDICT = "/services/xor_mlp/v1/models/xor_mlp:predict"
 
 
 def twenty_model_catalogue(path: Path) -> Path:
+    """The built-in catalogue plus stand-ins of half_plus_two under their own names: 20 models in all."""
+    builtin = len(parse_catalogue(builtin_catalogue_text(), "bench").models)
     extra = "".join(
         f'\n[[models]]\nname = "model_{i:02d}"\nimage = "peerserve/modelserver:latest"\nstand_in = "half_plus_two"\n'
         f"mem_mb = 64\ncompute = 1\n"
-        for i in range(17)
+        for i in range(20 - builtin)
     )
     path.write_text(builtin_catalogue_text() + extra)
     return path

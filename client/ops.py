@@ -141,6 +141,7 @@ class ClientCore:
         self.rtts: dict[str, float] = {}
         self.rtt_at = -1e18
         self.nodes: dict[str, str] = {}  # node id -> agent URL, from /cluster
+        self.token = os.environ.get("PEERSERVE_CLIENT_TOKEN", "")  # for agents run with --client-token
 
     # -- pure state changes --------------------------------------------------------------------------
     def promote(self, agent: str) -> None:
@@ -159,6 +160,8 @@ class ClientCore:
     def headers(self) -> dict[str, str]:
         rtts = {**self.rtts, **self.rtt_override}
         h = {CLIENT_HEADER: self.client_id}
+        if self.token:
+            h["Authorization"] = f"Bearer {self.token}"
         if rtts:
             h[RTT_HEADER] = ", ".join(f"{n}={v:.3f}" for n, v in sorted(rtts.items()))
         return h

@@ -106,6 +106,17 @@ def leaders_in_log(text: str) -> Iterable[tuple[int, str]]:
         yield int(m.group(2)), m.group(1)
 
 
+def gone(view: dict[str, Any]) -> set[str]:
+    """Members an agent's /cluster answer marks dead or suspect."""
+    return {m["node_id"] for m in view.get("members", []) if m.get("status") in ("dead", "suspect")}
+
+
+def dead_answers(gone_before: set[str], answered: set[str], gone_after: set[str], down: set[str]) -> set[str]:
+    """Nodes a /services answer named although the agent marked them dead or suspect before and after the
+    answer and they were down all along (a node that came back in between is not counted)."""
+    return answered & gone_before & gone_after & down
+
+
 def failed_outside(requests: Sequence[tuple[float, bool]], windows: Sequence[tuple[float, float]]) -> int:
     return len(failures_outside(requests, windows))
 
@@ -296,17 +307,19 @@ class Soak:
     def look_at(self, i: int, client: Any) -> None:
         url = self.bed.hosts[i].url
         with contextlib.suppress(Exception):
+            down_before = {self.bed.hosts[j].node_id for j in self.down}
             view = client.get(url + "/cluster").json()
             if view.get("leader") is not None and view.get("term") is not None:
                 with self.lock:
                     self.o.leader_seen(int(view["term"]), str(view["leader"]))
-            gone = {m["node_id"] for m in view.get("members", []) if m.get("status") in ("dead", "suspect")}
-            down = {self.bed.hosts[j].node_id for j in self.down}
             answered = {e["node"] for e in client.get(url + "/services").json()}
-            if answered & gone & down:
+            after = client.get(url + "/cluster").json()
+            down_after = {self.bed.hosts[j].node_id for j in self.down}
+            wrong = dead_answers(gone(view), answered, gone(after), down_before & down_after)
+            if wrong:
                 with self.lock:
                     self.o.dead_endpoint_answers += 1
-                self.say(f"n{i} answered with endpoints of {sorted(answered & gone & down)} after marking them dead")
+                self.say(f"n{i} answered with endpoints of {sorted(wrong)} after marking them dead")
             node = client.get(url + "/stats/node").json()
             self.desired[i] = (dict(node["desired"]), int(node["term"]))
 

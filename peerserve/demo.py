@@ -112,7 +112,8 @@ class Demo:
             log = open(self.workdir / f"{a.node_id}.log", "ab")  # noqa: SIM115 - owned by the child
             a.proc = subprocess.Popen(
                 [sys.executable, "-m", "peerserve", "agent", "--host", a.host, "--port", str(a.port),
-                 "--node-id", a.node_id, "--data-dir", str(a.data_dir), "--cluster-token", self.token,
+                 "--peer-port", str(_free_port(a.host, a.port + 1)), "--node-id", a.node_id,
+                 "--data-dir", str(a.data_dir), "--cluster-token", self.token,
                  "--placement-period-s", str(self.period), "--placement-mode", "auto", "--log-level", "info"],
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             )  # fmt: skip

@@ -42,7 +42,7 @@ if [ "$test_deps" = 1 ]; then
   pyver=$(python3 -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')
   ldconfig -p | grep -q "libpython$pyver.so.1.0" || need_apt+=("libpython$pyver")
 fi
-# The tests start private daemons (dockerd, avahi) of their own; the packages' system services must not
+# The tests start private daemons (dockerd, avahi, prometheus) of their own; the packages' system services must not
 # start on install (they would listen on every interface of this machine).
 if [ "${#need_apt[@]}" -gt 0 ] && [ ! -e /usr/sbin/policy-rc.d ]; then
   printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d

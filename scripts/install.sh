@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install the peerserve agent on this board (a Jetson with JetPack 5/6, or any Debian/Ubuntu host), as root.
 #
-#   install.sh [--token TOKEN] [--node-id ID] [--interface IFACE] [--runtime docker|process]
+#   install.sh [--token TOKEN | --token-file FILE] [--node-id ID] [--interface IFACE] [--runtime docker|process]
 #              [--catalogue FILE] [--source DIR] [--wheelhouse DIR] [--no-start] [--dry-run]
 #   install.sh --download-wheels DIR
 #   install.sh --uninstall [--purge]
@@ -20,6 +20,7 @@
 # Options:
 #   --token TOKEN        the cluster token (>= 16 characters) printed by the first node's install; giving a
 #                        new one to a running board rotates it (see docs/operator-guide.md)
+#   --token-file FILE    read the token from FILE ('-': standard input), keeping it out of ps and history
 #   --node-id ID         this node's id, one DNS label (default: the short host name)
 #   --interface IFACE    interface name (eth0) or address for mDNS and the API (default: the default
 #                        route's; in a chroot: all); a name is resolved by the agent at each start
@@ -43,17 +44,18 @@ service=peerserve-agent.service
 unit=/etc/systemd/system/$service
 user=peerserve
 source_dir=$(cd "$(dirname "$0")/.." && pwd)
-token="" node_id="" interface="" runtime="" catalogue="" wheelhouse="" download=""
+token="" token_file="" node_id="" interface="" runtime="" catalogue="" wheelhouse="" download=""
 no_start=0 dry_run=0 uninstall=0 purge=0
 changed=0
 
-usage() { sed -n '2,35p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,36p' "$0" | sed 's/^# \{0,1\}//'; }
 die() { echo "install.sh: $*" >&2; exit 1; }
 say() { echo "install.sh: $*"; }
 
 while [ $# -gt 0 ]; do
   case "$1" in
     --token) token="${2:?--token needs a value}"; shift 2 ;;
+    --token-file) token_file="${2:?--token-file needs a file}"; shift 2 ;;
     --node-id) node_id="${2:?--node-id needs a value}"; shift 2 ;;
     --interface) interface="${2:?--interface needs a value}"; shift 2 ;;
     --runtime) runtime="${2:?--runtime needs a value}"; shift 2 ;;
@@ -76,7 +78,7 @@ act() {
   if [ "$dry_run" = 1 ]; then
     echo "would run: $*"
   else
-    "$@"
+    "$@" || die "failed (exit $?): $*"
   fi
 }
 
@@ -132,6 +134,15 @@ download_wheels() {
 }
 
 if [ -n "$download" ]; then download_wheels; exit 0; fi
+if [ -n "$token_file" ]; then
+  [ -z "$token" ] || die "give --token or --token-file, not both"
+  if [ "$token_file" = - ]; then IFS= read -r token || true
+  else
+    [ -r "$token_file" ] || die "--token-file $token_file: cannot read it"
+    IFS= read -r token < "$token_file" || true
+  fi
+  [ -n "$token" ] || die "--token-file $token_file: no token on its first line"
+fi
 
 if [ "$(id -u)" != 0 ] && [ "$dry_run" = 0 ]; then
   die "run as root (sudo $0 ...), or try --dry-run"

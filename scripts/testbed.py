@@ -74,6 +74,11 @@ class Host:
     def url(self) -> str:
         return f"http://{self.ip}:8400"
 
+    @property
+    def peer_url(self) -> str:
+        """The agent's authenticated peer listener (mutual TLS; --peer-port defaults to port + 1)."""
+        return f"https://{self.ip}:8401"
+
 
 class NetnsWorker:
     """Runs callables in a thread that joined a network namespace (sockets made there live there)."""
@@ -240,14 +245,22 @@ class TestBed:
     # -- client side ---------------------------------------------------------------------------------
     def request(self, method: str, url: str, via: int | None = None, **kwargs: Any) -> Any:
         """An HTTP request from the client host, or from inside host ``via`` (to reach a partitioned side)."""
-        netns = self.client_ns if via is None else self.hosts[via].netns
+        worker, client = self._client(self.client_ns if via is None else self.hosts[via].netns)
+        return worker.call(client.request, method, url, **kwargs)
+
+    def _client(self, netns: str) -> tuple[NetnsWorker, Any]:
         if netns not in self._clients:
             import httpx
 
             worker = NetnsWorker(netns)
             self._clients[netns] = (worker, worker.call(lambda: httpx.Client(timeout=5.0)))
-        worker, client = self._clients[netns]
-        return worker.call(client.request, method, url, **kwargs)
+        return self._clients[netns]
+
+    def peer_request(self, peer: Any, to: int, method: str, path: str, via: int | None = None, **kwargs: Any) -> Any:
+        """A peer-plane message from ``peer`` (tests.peer_tools.TestPeer) to host ``to``'s peer listener."""
+        worker, _ = self._client(self.client_ns if via is None else self.hosts[via].netns)
+        host = self.hosts[to]
+        return worker.call(peer.request, host.node_id, host.peer_url, method, path, **kwargs)
 
     def get(self, url: str, via: int | None = None, **kwargs: Any) -> Any:
         return self.request("GET", url, via=via, **kwargs)

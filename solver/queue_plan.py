@@ -18,7 +18,7 @@ from solver.queue_model import QueueProblem, build_queue_problem, solve_nlp
 from solver.queue_repair import Pools, repair
 from solver.queueing import PoolDelay
 
-MAX_SPREAD_SITES = 256  # sites (largest rate first) whose split the plan hands to the agents
+MAX_SPREAD_SITES = 64  # sites (largest rate first) whose split the plan hands to the agents (peer messages <= 256 KiB)
 
 
 def solve_queue(problem: Problem) -> Plan:
@@ -47,7 +47,9 @@ def spread(q: QueueProblem, pools: Pools, limit: int = MAX_SPREAD_SITES) -> list
             continue
         first = p.snapshot.requests[p.class_members[c][0]]
         shares = {p.node_ids[j]: round(float(pools.x[c, j]) / served, 6) for j in np.nonzero(pools.x[c] > 0)[0]}
-        out.append({"model": first.model, "rtt_ms": dict(first.rtt_ms), "shares": shares})
+        out.append(
+            {"model": first.model, "rtt_ms": {n: round(v, 1) for n, v in first.rtt_ms.items()}, "shares": shares}
+        )
     return out
 
 

@@ -2,6 +2,9 @@
 
 I/O only; every decision is agent.discovery.membership (status) or agent.discovery.txt (what and when to
 advertise). python-zeroconf is bound to the configured interface (127.0.0.1 in the demo and tests).
+mDNS adverts and seeds are hints: heartbeats go through agent.peer_client (mutual TLS, signed both ways),
+and only an authenticated answer admits a peer. A heartbeat answer may advertise only the peer's own
+endpoints (URLs at the address we reached it at) of catalogue models; anything else is refused.
 """
 
 from __future__ import annotations
@@ -11,15 +14,17 @@ import contextlib
 import logging
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
 import httpx
 
-from agent.discovery.membership import Membership, MembershipConfig, Transition, parse_peer_state
-from agent.discovery.txt import SERVICE_TYPE, build_txt, cluster_id, parse_txt, should_update
+from agent.discovery.membership import Membership, MembershipConfig, PeerState, Transition, parse_peer_state
+from agent.discovery.txt import SERVICE_TYPE, build_txt, parse_txt, should_update
 from agent.errors import PeerError
+from agent.peer_client import PeerCallError, PeerClient
 from agent.peers import Member
+from peerserve import wire
 
 log = logging.getLogger(__name__)
 
@@ -57,10 +62,13 @@ class Discovery:
         api_port: int,
         advertise_address: str,
         interface: str,
-        local_state: Callable[[], dict[str, Any]],
+        local_state: Callable[[], PeerState],
+        peers: PeerClient,
         http: httpx.AsyncClient,
         config: MembershipConfig,
-        token: str = "",
+        models: Callable[[], Collection[str]],
+        peer_port: int,
+        cluster: str,
         seeds: list[str] | None = None,
         use_mdns: bool = True,
         on_change: Callable[[list[Transition]], None] | None = None,
@@ -71,14 +79,16 @@ class Discovery:
         self.address = advertise_address
         self.interface = interface
         self.local_state = local_state
+        self.peers = peers
         self.http = http
-        self.token = token
+        self.models = models
+        self.peer_port = peer_port
         self.seeds = [s.rstrip("/") for s in seeds or [] if s]
         self.use_mdns = use_mdns
         self.on_change = on_change
         self.clock = clock
         self.membership = Membership(node_id, config)
-        self.cluster = cluster_id(token)
+        self.cluster = cluster
         self.stopping = False
         self._zc: Any = None
         self._info: Any = None
@@ -86,7 +96,7 @@ class Discovery:
         self._published: dict[str, str] | None = None
         self._published_at = 0.0
         self._tasks: list[asyncio.Task[None]] = []
-        self._in_flight: set[str] = set()
+        self._in_flight: set[tuple[str, str]] = set()
         self._background: set[asyncio.Task[Any]] = set()
         self._said: set[str] = set()
 
@@ -112,9 +122,8 @@ class Discovery:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        peers = [r.api_url for r in self.membership.records.values() if r.status != "dead"]
-        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
-        await asyncio.gather(*(self._post_leave(url, headers) for url in peers), return_exceptions=True)
+        peers = [(r.node_id, r.peer_url) for r in self.membership.records.values() if r.status != "dead"]
+        await asyncio.gather(*(self._post_leave(node, url) for node, url in peers), return_exceptions=True)
         if self._zc is not None:
             with contextlib.suppress(Exception):
                 if self._browser is not None:
@@ -124,9 +133,10 @@ class Discovery:
             await self._zc.async_close()
             self._zc = None
 
-    async def _post_leave(self, url: str, headers: dict[str, str]) -> None:
-        with contextlib.suppress(httpx.HTTPError):
-            await self.http.post(f"{url}/peer/leave", json={"node_id": self.node_id}, headers=headers, timeout=0.5)
+    async def _post_leave(self, node_id: str, url: str) -> None:
+        with contextlib.suppress(PeerCallError):
+            await self.peers.call(node_id, url, "POST", wire.ROUTE_LEAVE, body=wire.Leave(self.node_id).to_json(),
+                                  timeout=0.5)  # fmt: skip
 
     # -- mDNS ------------------------------------------------------------------------------------------
     async def _start_mdns(self) -> None:
@@ -150,17 +160,8 @@ class Discovery:
 
     def _txt(self) -> dict[str, str]:
         s = self.local_state()
-        return build_txt(
-            self.node_id,
-            self.api_port,
-            self.cluster,
-            str(s.get("catalogue_version", "")),
-            sorted(s.get("endpoints", {})),
-            float(s.get("mem_total_mb", 0.0)),
-            float(s.get("mem_available_mb", 0.0)),
-            s.get("gpu_load"),
-            int(s.get("term", 0)),
-        )
+        return build_txt(self.node_id, self.api_port, self.cluster, s.catalogue_version, sorted(s.endpoints),
+                         s.mem_total_mb, s.mem_available_mb, s.gpu_load, s.term, self.peer_port)  # fmt: skip
 
     def _service_info(self, txt: dict[str, str]) -> Any:
         from zeroconf.asyncio import AsyncServiceInfo
@@ -194,7 +195,7 @@ class Discovery:
 
         node_id = name[: -len(service_type) - 1] if name.endswith(service_type) else name
         if state_change is ServiceStateChange.Removed:
-            self._apply(self.membership.left(node_id, self.clock()))
+            self.membership.probe(node_id)  # an unauthenticated goodbye: check, never conclude
             return
         task = asyncio.get_running_loop().create_task(self._resolve(service_type, name))
         self._background.add(task)
@@ -226,8 +227,8 @@ class Discovery:
                 self._say_once(f"dup:{addresses[0]}", logging.ERROR, msg, addresses[0], self.node_id)
             return
         address = addresses[0]
-        url = f"http://{address}:{advert.port}"
-        self._apply(self.membership.advertised(advert.node_id, url, address, self.clock()))
+        url, peer_url = f"http://{address}:{advert.port}", f"https://{address}:{advert.peer_port}"
+        self._apply(self.membership.advertised(advert.node_id, url, address, self.clock(), peer_url))
         for node_id, claimed in self.membership.conflicts:
             self._say_once(f"conflict:{node_id}:{claimed}", logging.ERROR,
                            "duplicate node id %s claimed by %s; ignored", node_id, claimed)  # fmt: skip
@@ -238,58 +239,81 @@ class Discovery:
             now = self.clock()
             self._apply(self.membership.tick(now))
             for node_id, url in self.membership.due_heartbeats(now):
-                if node_id in self._in_flight:
+                if (node_id, url) in self._in_flight:
                     continue
-                self.membership.heartbeat_sent(node_id, now)
-                self._in_flight.add(node_id)
+                self.membership.heartbeat_sent(node_id, now, url)
+                self._in_flight.add((node_id, url))
                 task = asyncio.create_task(self._heartbeat(node_id, url))
                 self._background.add(task)
                 task.add_done_callback(self._background.discard)
             await asyncio.sleep(TICK_S)
 
     async def _heartbeat(self, node_id: str, url: str) -> None:
+        """One authenticated heartbeat to ``node_id`` at peer URL ``url``; only a valid, signed answer counts."""
         cfg = self.membership.config
         timeout = httpx.Timeout(max(0.2, cfg.suspect_after_s / 2), connect=max(0.2, cfg.heartbeat_interval_s))
         try:
-            r = await self.http.get(f"{url}/peer/state", params={"from": self.node_id}, timeout=timeout)
-            if r.status_code != 200:
-                raise PeerError(f"HTTP {r.status_code}")
-            state = parse_peer_state(r.json(), expected_id=node_id)
-            if state.extra.get("cluster", "open") != self.cluster:
-                raise PeerError("it belongs to another cluster (different cluster token)")
-        except (httpx.HTTPError, ValueError, PeerError) as exc:
-            if isinstance(exc, (PeerError, ValueError)):
-                self._say_once(f"hb:{node_id}:{type(exc).__name__}", logging.WARNING,
-                               "peer %s answered a heartbeat with garbage: %s", node_id, exc)  # fmt: skip
+            params = {"peer": f"https://{self.address}:{self.peer_port}"}  # where we listen: a hint for them
+            status, data = await self.peers.call(node_id, url, "GET", wire.ROUTE_STATE, params, timeout=timeout)
+            if status != 200:
+                raise PeerError(f"HTTP {status}")
+            state = self.admissible(parse_peer_state(data, expected_id=node_id), url)
+        except (PeerCallError, PeerError) as exc:
+            if (node_id, url) in self.membership.pending:
+                msg = "candidate %s at %s did not authenticate (not admitted): %s"
+                self._say_once(f"cand:{node_id}:{url}", logging.WARNING, msg, node_id, url, exc)
+            elif isinstance(exc, PeerError) or "unauthenticated" in str(exc):
+                self._say_once(f"hb:{node_id}:{url}:{str(exc)[:40]}", logging.WARNING,
+                               "peer %s at %s refused: %s", node_id, url, exc)  # fmt: skip
             return
         finally:
-            self._in_flight.discard(node_id)
-        self._apply(self.membership.heartbeat_ok(node_id, state, self.clock()))
+            self._in_flight.discard((node_id, url))
+        self._apply(self.membership.heartbeat_ok(node_id, state, self.clock(), url))
+
+    def admissible(self, state: PeerState, peer_url: str) -> PeerState:
+        """``state`` if it speaks only for its sender; raises PeerError when it advertises others' servers."""
+        host = httpx.URL(peer_url).host
+        known = set(self.models())
+        if httpx.URL(state.api_url).host != host:
+            raise PeerError(f"its api_url {state.api_url} is not at its own address {host}")
+        for model, urls in state.endpoints.items():
+            if model not in known:
+                raise PeerError(f"it advertises {model!r}, which is not in the catalogue")
+            if any(httpx.URL(u).host != host for u in urls):
+                raise PeerError(f"it advertises servers of {model} outside its own address {host}")
+        return state
 
     async def _seed_loop(self) -> None:
         known: set[str] = set()
         while True:
+            admitted = {r.api_url for r in self.membership.records.values() if r.status == "alive"}
             for seed in self.seeds:
-                if seed in known:
+                if seed in known or seed in admitted:
                     continue
-                try:
-                    r = await self.http.get(f"{seed}/peer/state", params={"from": self.node_id}, timeout=1.0)
-                    state = parse_peer_state(r.json())
-                    if state.extra.get("cluster", "open") != self.cluster:
-                        raise PeerError("it belongs to another cluster (different cluster token)")
-                except (httpx.HTTPError, ValueError, PeerError) as exc:
+                try:  # public and unauthenticated: only a hint of whom to heartbeat, and where
+                    r = await self.http.get(f"{seed}/cluster", timeout=1.0)
+                    hint = wire.ClusterHint.parse(r.json())
+                except (httpx.HTTPError, ValueError) as exc:
                     self._say_once(f"seed:{seed}", logging.INFO, "seed %s not reachable yet: %s", seed, exc)
                     continue
-                if state.node_id == self.node_id:
+                if hint.node_id == self.node_id:
                     known.add(seed)
                     continue
                 host = httpx.URL(seed).host
-                self._apply(self.membership.advertised(state.node_id, seed, host, self.clock()))
-                known.add(seed)
+                peer_url = f"https://{host}:{hint.peer_port}"
+                self._apply(self.membership.advertised(hint.node_id, seed, host, self.clock(), peer_url))
             await asyncio.sleep(SEED_RETRY_S)
 
+    def heard_from(self, node_id: str, peer_url: str) -> None:
+        """An authenticated heartbeat from ``node_id``, listening at ``peer_url`` (its word, signed): a candidate
+        if it is not a live member (admission still needs its authenticated answer there)."""
+        rec = self.membership.records.get(node_id)
+        if rec is None or rec.status == "dead":
+            host = httpx.URL(peer_url).host
+            self._apply(self.membership.advertised(node_id, "", host, self.clock(), peer_url))
+
     def peer_left(self, node_id: str) -> None:
-        """A peer told us it is leaving (POST /peer/leave)."""
+        """A peer told us, authenticated, that it is leaving (POST /peer/leave)."""
         self._apply(self.membership.left(node_id, self.clock()))
 
     def _apply(self, transitions: list[Transition]) -> None:

@@ -3,8 +3,9 @@
 Keys (short, RFC 6763 6.4): ``id`` node id, ``port`` API port, ``pv`` protocol version, ``c`` cluster id
 (a digest of the cluster token: agents of other clusters on the same network ignore each other), ``cv`` catalogue
 version, ``m`` ready models comma-separated (or ``md`` a digest when the list would not fit), ``mt`` / ``ma``
-memory total / available (MB), ``g`` GPU load (%; empty when unknown), ``t`` highest leader term.
-Liveness never comes from here (heartbeats do); the TXT says who exists and roughly what it holds.
+memory total / available (MB), ``g`` GPU load (%; empty when unknown), ``t`` highest leader term, ``pp``
+the peer-plane port (mutual TLS). Liveness never comes from here (heartbeats do), nor membership: the TXT
+is a hint of who may exist and where; a node is admitted only by an authenticated heartbeat.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ TXT_LIMIT = 400  # bytes, RFC 6763 6.2
 MIN_UPDATE_INTERVAL_S = 1.0  # RFC 6762 6: at most once a second
 LOAD_STEP = 5.0  # GPU load points that count as a change
 MEMORY_STEP = 0.05  # share of total memory that counts as a change
-STABLE_KEYS = ("id", "port", "pv", "c", "cv", "m", "md", "t")
+STABLE_KEYS = ("id", "port", "pv", "c", "cv", "m", "md", "t", "pp")
 
 
 def cluster_id(token: str) -> str:
@@ -46,6 +47,7 @@ class Advert:
     mem_available_mb: float
     gpu_load: float | None
     term: int
+    peer_port: int = 0
 
 
 def encoded_size(txt: Mapping[str, str]) -> int:
@@ -63,6 +65,7 @@ def build_txt(
     mem_available_mb: float,
     gpu_load: float | None,
     term: int,
+    peer_port: int = 0,
 ) -> dict[str, str]:
     """The TXT properties for this node; the model list becomes a digest if it would not fit."""
     txt = {
@@ -76,6 +79,7 @@ def build_txt(
         "ma": str(round(mem_available_mb)),
         "g": "" if gpu_load is None else str(round(gpu_load)),
         "t": str(term),
+        "pp": str(peer_port or port + 1),
     }
     if encoded_size(txt) > TXT_LIMIT:
         del txt["m"]
@@ -123,7 +127,8 @@ def parse_txt(properties: Mapping[Any, Any]) -> Advert:
         raise PeerError(f"invalid node id {node_id[:70]!r}")
     try:
         port = int(props.get("port", ""))
-        if not 0 < port < 65536:
+        peer_port = int(props.get("pp") or port + 1)
+        if not 0 < port < 65536 or not 0 < peer_port < 65536:
             raise ValueError(port)
         models = tuple(m for m in props["m"].split(",") if m) if "m" in props else None
         gpu = props.get("g", "")
@@ -138,6 +143,7 @@ def parse_txt(properties: Mapping[Any, Any]) -> Advert:
             mem_available_mb=float(props.get("ma", "0")),
             gpu_load=float(gpu) if gpu else None,
             term=int(props.get("t", "0")),
+            peer_port=peer_port,
         )
     except (ValueError, KeyError) as exc:
         raise PeerError(f"malformed TXT record from {node_id}: {exc}") from exc

@@ -1,23 +1,26 @@
 """Explicit provisioning requests: when a model runs nowhere and ``resolve`` picks a peer with room, this
-node asks that peer to start it (``POST /peer/provision``) instead of leaving the demand to be inferred
-from logged 503s. At most one request per (peer, model) every ``ASK_INTERVAL_S``; the table is bounded.
+node asks that peer to start it (``POST /peer/provision`` on the peer plane: mutual TLS, signed, like
+every agent-to-agent message) instead of leaving the demand to be inferred from logged 503s. At most one
+request per (peer, model) every ``ASK_INTERVAL_S``; the table is bounded.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
 from collections import OrderedDict
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-import httpx
+from agent.catalogue import valid_model_name
+from agent.peer_client import PeerCallError
+from agent.peers import Member
 
 if TYPE_CHECKING:
     from agent.node import NodeAgent
 
 log = logging.getLogger(__name__)
 
+ROUTE_PROVISION = "/peer/provision"
 ASK_INTERVAL_S = 5.0
 MAX_TRACKED = 1024
 
@@ -34,12 +37,19 @@ def should_ask(asked: OrderedDict[tuple[str, str], float], key: tuple[str, str],
     return True
 
 
-def token_ok(expected: str, header: str | None) -> bool:
-    """A peer message carries the cluster token when one is configured (an open cluster has none)."""
-    if not expected:
-        return True
-    scheme, _, token = (header or "").partition(" ")
-    return scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), expected.encode())
+def answer_provision(agent: NodeAgent, sender: str, data: Any) -> tuple[int, dict[str, Any]]:
+    """What this node answers an authenticated peer's provisioning request: (status, JSON)."""
+    model = data.get("model") if isinstance(data, dict) else None
+    if not isinstance(model, str) or not valid_model_name(model):
+        return 400, {"error": 'expected {"model": "<catalogue model>"}'}
+    spec = agent.catalogue.current.get(model)
+    if spec is None:
+        return 400, {"error": f"unknown model {model!r}: not in the catalogue"}
+    free = agent.node_metrics().mem_available_mb
+    if model not in agent.desired.instances and free < spec.mem_mb:
+        return 507, {"error": f"{model} needs {spec.mem_mb:.0f} MB, {free:.0f} MB free here"}
+    log.info("%s asked this node to provision %s", sender, model)
+    return 202, {"accepted": True, "node_id": agent.settings.node_id, "model": model}
 
 
 class ProvisionRequests:
@@ -52,19 +62,21 @@ class ProvisionRequests:
     def ask(self, agent: NodeAgent, peer_id: str, model: str) -> bool:
         """Ask ``peer_id`` to start ``model`` unless asked recently; True when a request went out."""
         peer = next((p for p in agent.peers.members() if p.node_id == peer_id and p.status == "alive"), None)
-        if peer is None or not should_ask(self.asked, (peer_id, model), agent.clock()):
+        if peer is None or not peer.peer_url or agent.peer_client is None:
             return False
-        task = asyncio.create_task(self._send(agent, peer.api_url, model))
+        if not should_ask(self.asked, (peer_id, model), agent.clock()):
+            return False
+        task = asyncio.create_task(self._send(agent, peer, model))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return True
 
-    async def _send(self, agent: NodeAgent, api_url: str, model: str) -> None:
-        token = agent.settings.cluster_token
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
-        body = {"model": model, "from": agent.settings.node_id}
+    async def _send(self, agent: NodeAgent, peer: Member, model: str) -> None:
+        assert agent.peer_client is not None
         try:
-            r = await agent.http.post(f"{api_url}/peer/provision", json=body, headers=headers, timeout=2.0)
-            log.info("asked %s to provision %s: HTTP %d", api_url, model, r.status_code)
-        except httpx.HTTPError as exc:
-            log.warning("could not ask %s to provision %s: %s", api_url, model, exc)
+            status, _ = await agent.peer_client.call(
+                peer.node_id, peer.peer_url, "POST", ROUTE_PROVISION, body={"model": model}
+            )
+            log.info("asked %s to provision %s: HTTP %d", peer.node_id, model, status)
+        except PeerCallError as exc:
+            log.warning("could not ask %s to provision %s: %s", peer.node_id, model, exc)

@@ -6,7 +6,6 @@
     ANY  /services/{model}/v2/models/...   Open Inference Protocol (KServe v2) of that model, proxied
     ANY  /v1/models/{model}...             TF-Serving REST at the root, for every model of the cluster
     GET  /v2, /v2/health/live|ready        the Open Inference Protocol's server metadata and health
-    POST /peer/provision                   a peer asks this node to start a model (cluster token)
     ANY  /v2/models/{model}[/versions/v][/ready|/infer|/config]   proxied to a server of that model
 
 On protocol paths every error, the agent's own included, is exactly ``{"error": "..."}`` (both protocols
@@ -32,7 +31,6 @@ from agent.client_ids import CLIENT_INPUT
 from agent.decisions import Choice, best_per_model
 from agent.node import NodeAgent
 from agent.serving import tfrest
-from agent.serving.provision import token_ok
 from agent.serving.resolve import NoCapacity, Provisioning, Ranked, Unknown
 from agent.serving.upstream import BodyTooLarge, Replay, UpstreamError, UpstreamPool
 
@@ -45,7 +43,9 @@ V2_MODEL_PATH = re.compile(
 HOP_BY_HOP = {
     "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer", "trailers",
     "transfer-encoding", "upgrade", "host", "x-peerserve-rtt", "x-peerserve-client",
+    "expect",  # 100-continue is settled between the client and the agent; the body is already flowing
 }  # fmt: skip
+SMALL_BODY = 64 * 1024  # an answer up to this size is sent in one piece; larger ones are streamed
 ERROR_TEXT_MAX = 2048  # of a non-JSON upstream error, kept as the message
 ALL_METHODS = ["GET", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"]
 PROTOCOLS = {"tfserving": "v1", "triton": "v2"}
@@ -127,7 +127,6 @@ class ServingRoutes:
         app.add_api_route("/v2/health/live", self.v2_live, methods=["GET"])
         app.add_api_route("/v2/health/ready", self.v2_ready, methods=["GET"])
         app.add_api_route("/v2/{path:path}", self.v2_root, methods=ALL_METHODS)
-        app.add_api_route("/peer/provision", self.peer_provision, methods=["POST"])
 
     # -- endpoint queries ---------------------------------------------------------------------------
     async def services(self, request: Request) -> Any:
@@ -196,27 +195,6 @@ class ServingRoutes:
             return protocol_error(404, "Not Found", "bad_path")
         return await self.proxy(match.group("model"), "triton", "/v2/" + path, request)
 
-    async def peer_provision(self, request: Request) -> Response:
-        """A peer asks this node to start a model that runs nowhere (cluster token; 202, or 507 without room)."""
-        if not token_ok(self.agent.settings.cluster_token, request.headers.get("authorization")):
-            return protocol_error(401, "missing or wrong cluster token (Authorization: Bearer TOKEN)", "unauthorized")
-        raw = await request.body()
-        try:
-            body = json.loads(raw) if len(raw) <= 4096 else None
-            model = body["model"] if isinstance(body, dict) else None
-        except ValueError:
-            model = None
-        if not isinstance(model, str) or not valid_model_name(model):
-            return protocol_error(400, 'expected {"model": "<catalogue model>"} (at most 4 KiB)', "bad_request")
-        spec = self.agent.catalogue.current.get(model)
-        if spec is None:
-            return protocol_error(400, f"unknown model {model!r}: not in the catalogue", "unknown_model")
-        free = self.agent.node_metrics().mem_available_mb
-        if model not in self.agent.desired.instances and free < spec.mem_mb:
-            return protocol_error(507, f"{model} needs {spec.mem_mb:.0f} MB, {free:.0f} MB free here", "no_capacity")
-        await self.agent.provision_locally(model, 0.0)  # adds it to the desired set; reconcile starts it
-        return JSONResponse({"accepted": True, "node_id": self.agent.settings.node_id, "model": model}, status_code=202)
-
     # -- the proxy -------------------------------------------------------------------------------------
     async def proxy(self, model: str, protocol: str, upstream_path: str, request: Request) -> Response:
         """Resolve ``model`` and stream the request to the best endpoint (once more to the next if unreachable)."""
@@ -250,7 +228,12 @@ class ServingRoutes:
             if upstream.status >= 400 and not _is_json(upstream.headers):
                 return await self._wrap_error(upstream, model, target.node, client, reported)
             stream = self._stream(upstream, model, target.node, client, reported, started)
-            return StreamingResponse(stream, status_code=upstream.status, headers=_response_headers(upstream.headers))
+            answer_headers = _response_headers(upstream.headers)
+            length = next((v for k, v in answer_headers.items() if k.lower() == "content-length"), "")
+            if length.isdigit() and int(length) <= SMALL_BODY:  # one write; no streaming machinery
+                answer = b"".join([chunk async for chunk in stream])
+                return Response(answer, status_code=upstream.status, headers=answer_headers)
+            return StreamingResponse(stream, status_code=upstream.status, headers=answer_headers)
         self._record(model, client, reported, None, None, 502)
         return protocol_error(502, f"no endpoint of {model} answered", "unreachable")
 

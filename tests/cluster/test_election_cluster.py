@@ -13,6 +13,7 @@ import pytest
 
 from scripts.testbed import TOKEN, TestBed
 from tests.cluster.test_discovery_cluster import start_all, statuses
+from tests.peer_tools import TestPeer
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.cluster
@@ -129,10 +130,10 @@ def test_partition_three_two_and_heal(bed: Callable[[int], TestBed]) -> None:
     print(f"heal: one leader {final} everywhere in {healed:.2f} s")
     assert majority[0] == "n2" and final[1] >= majority[1]
     # the losing side's stale commands are fenced everywhere
-    headers = {"Authorization": f"Bearer {TOKEN}"}
+    n4 = TestPeer("n4", TOKEN, b.workdir / "n4-copy", key_from=b.hosts[4].data_dir)  # signed as the old leader
     body = {"term": minority[1], "leader": "n4", "instances": {}}
     for i in (0, 3):
-        r = b.request("PUT", b.hosts[i].url + "/control/desired", json=body, headers=headers)
+        r = b.peer_request(n4, i, "PUT", "/control/desired", body=body)
         assert r.status_code == 409, (i, r.text)
     time.sleep(2)
     assert agreed(b, [0, 1, 2, 3, 4]) == final  # and it stays: no flapping

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -13,22 +14,29 @@ from pathlib import Path
 
 import pytest
 
-from scripts.testbed import TestBed
+from scripts.testbed import TOKEN, TestBed
 from tests.cluster.test_discovery_cluster import all_alive, start_all
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.cluster
 PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
 API = "http://127.0.0.1:9090/api/v1"  # Prometheus listens on the client host's own loopback
+METRICS_TOKEN = "prometheus-test-metrics-token-42"  # the agents want it on /metrics and /sd/prometheus
 
 
-def prometheus_config(bed: TestBed, sd_hosts: list[int]) -> str:
-    sd = "\n".join(f"      - url: {bed.hosts[i].url}/sd/prometheus\n        refresh_interval: 1s" for i in sd_hosts)
+def prometheus_config(bed: TestBed, sd_hosts: list[int], token_file: Path) -> str:
+    """Scrape config with two SD sources; SD and scrapes both send the metrics token (docs/prometheus.yml)."""
+    auth = f"authorization:\n          credentials_file: {token_file}"
+    sd = "\n".join(
+        f"      - url: {bed.hosts[i].url}/sd/prometheus\n        refresh_interval: 1s\n        {auth}" for i in sd_hosts
+    )
     return f"""global:
   scrape_interval: 1s
   scrape_timeout: 900ms
 scrape_configs:
   - job_name: peerserve
+    authorization:
+      credentials_file: {token_file}
     http_sd_configs:
 {sd}
 """
@@ -36,8 +44,9 @@ scrape_configs:
 
 def start_prometheus(bed: TestBed, workdir: Path, sd_hosts: list[int]) -> subprocess.Popen[bytes]:
     """Prometheus inside the client host's namespace; the bed kills it (by PID) at teardown."""
-    config = workdir / "prometheus.yml"
-    config.write_text(prometheus_config(bed, sd_hosts))
+    config, token_file = workdir / "prometheus.yml", workdir / "metrics-token"
+    token_file.write_text(METRICS_TOKEN + "\n")
+    config.write_text(prometheus_config(bed, sd_hosts, token_file))
     log = open(workdir / "prometheus.log", "ab")  # noqa: SIM115 - handed to the child
     proc = subprocess.Popen(
         ["ip", "netns", "exec", bed.client_ns, PROMETHEUS, f"--config.file={config}",
@@ -62,7 +71,8 @@ def test_prometheus_scrapes_the_cluster_through_sd_and_sees_a_node_die(
     if not os.access(PROMETHEUS, os.X_OK):
         pytest.fail("Debian's prometheus is missing (scripts/bootstrap.sh --test installs it)")
     b = bed(3)
-    start_all(b, "--placement-period-s", "2")
+    start_all(b, "--placement-period-s", "2", "--log-format", "json", "--metrics-token", METRICS_TOKEN)
+    assert b.get(b.hosts[0].url + "/metrics").status_code == 401  # Prometheus gets in with its credentials_file
     wait_for(lambda: all_alive(b, [0, 1, 2]), 20)
     prom = start_prometheus(b, tmp_path, sd_hosts=[0, 1])  # two SD sources: either may die
     try:
@@ -96,10 +106,21 @@ def test_prometheus_scrapes_the_cluster_through_sd_and_sees_a_node_die(
         health = {t["labels"]["node"]: t["health"] for t in targets}
         assert health == {"n0": "up", "n1": "up", gone: "down"}, health
         print(f"kill -9 {gone} (leader {leader}): up == 0 in Prometheus {down:.1f} s after; survivors see it dead")
+        check_logs(b)
     finally:
         prom.send_signal(signal.SIGTERM)
         with contextlib.suppress(subprocess.TimeoutExpired):
             prom.wait(10)
+
+
+def check_logs(bed: TestBed) -> None:
+    """Elections, heartbeats and commands carried the token all along: no log line has it; every line is JSON."""
+    for host in bed.hosts:
+        text = host.log.read_text()
+        assert TOKEN not in text and METRICS_TOKEN not in text, host.node_id
+        lines = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+        assert lines and all(x["node"] == host.node_id for x in lines)
+        assert any(x["msg"].startswith(("placement at term", "node n")) and x["term"] for x in lines)
 
 
 def test_the_example_configuration_in_docs_is_valid() -> None:

@@ -17,9 +17,12 @@ from typing import Any
 import httpx
 import pytest
 
+from agent.identity import derive_stats_token
 from agent.runtime.process import recorded_server_pids
+from tests.peer_tools import TestPeer
 
 TOKEN = "test-cluster-token-0123456789"
+STATS_READER = {"Authorization": f"Bearer {derive_stats_token(TOKEN)}"}
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -37,6 +40,19 @@ class RunningAgent:
     env: dict[str, str]
     proc: subprocess.Popen[bytes] | None = None
     log: Path = field(default_factory=Path)
+    peer_port: int = 0
+    _leaders: dict[str, TestPeer] = field(default_factory=dict)
+
+    @property
+    def peer_url(self) -> str:
+        return f"https://{self.host}:{self.peer_port}"
+
+    @property
+    def node_id(self) -> str:
+        return self._flag("--node-id") or self.data_dir.name
+
+    def _flag(self, name: str) -> str | None:
+        return next((b for a, b in zip(self.args, self.args[1:], strict=False) if a == name), None)
 
     @property
     def url(self) -> str:
@@ -45,9 +61,11 @@ class RunningAgent:
     def start(self, timeout: float = 30.0) -> RunningAgent:
         self.log = self.data_dir.parent / f"agent-{self.port}.log"
         out = open(self.log, "ab")  # noqa: SIM115 - handed to the child
+        self.peer_port = self.peer_port or free_port(self.host)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "peerserve", "agent", "--host", self.host, "--port", str(self.port),
-             "--node-id", self.data_dir.name, "--data-dir", str(self.data_dir), "--cluster-token", TOKEN, *self.args],
+             "--peer-port", str(self.peer_port), "--node-id", self.data_dir.name, "--data-dir", str(self.data_dir),
+             "--cluster-token", TOKEN, *self.args],
             stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **self.env},
         )  # fmt: skip
         deadline = time.monotonic() + timeout
@@ -76,17 +94,17 @@ class RunningAgent:
         return recorded_server_pids(self.data_dir)
 
     def get(self, path: str, **kw: Any) -> httpx.Response:
+        """GET on the client port; the request log is read with the reader token, as an operator would."""
+        if path.startswith("/stats/requests") and "headers" not in kw:
+            kw["headers"] = STATS_READER
         return httpx.get(f"{self.url}{path}", timeout=30, **kw)
 
-    def put_desired(
-        self, term: int, instances: dict[str, int], token: str = TOKEN, leader: str = "lead"
-    ) -> httpx.Response:
-        return httpx.put(
-            f"{self.url}/control/desired",
-            json={"term": term, "leader": leader, "instances": instances},
-            headers={"Authorization": f"Bearer {token}"},
-            timeout=30,
-        )
+    def put_desired(self, term: int, instances: dict[str, int], leader: str = "lead") -> httpx.Response:
+        """A signed command from the admitted test node ``leader`` (agents without an election accept it)."""
+        if leader not in self._leaders:
+            suffix = "" if leader == "lead" else f"-{leader}"
+            self._leaders[leader] = TestPeer(leader, TOKEN, self.data_dir.parent / f"lead-identity{suffix}")
+        return self._leaders[leader].put_desired(self.node_id, self.peer_url, term, instances)
 
     def wait_ready(self, model: str, count: int = 1, timeout: float = 30.0) -> list[dict[str, Any]]:
         deadline = time.monotonic() + timeout

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-import json
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
-from tests.service.conftest import TOKEN
+from tests.peer_tools import TestPeer
+from tests.service.conftest import STATS_READER, TOKEN
 
 PREDICT = "/services/half_plus_two/v1/models/half_plus_two:predict"
 
@@ -151,19 +154,23 @@ def test_failing_start_is_retried_with_backoff_and_answers_503(agents: Any, tmp_
     assert later["failures"] > failing["failures"] and later["retry_at"] > failing["retry_at"]
 
 
-def test_control_api_auth_fencing_and_idempotence(agents: Any) -> None:
-    a = agents("a")
-    body = {"term": 2, "leader": "n1", "instances": {"half_plus_two": 1}}
-    url = a.url + "/control/desired"
-    assert httpx.put(url, json=body).status_code == 401
-    assert httpx.put(url, json=body, headers={"Authorization": "Bearer wrong-token-wrong-token"}).status_code == 401
-    auth = {"Authorization": f"Bearer {TOKEN}"}
-    r = httpx.put(url, content=json.dumps(body), headers={**auth, "content-type": "text/plain"})
-    assert r.status_code == 415
-    r = httpx.put(url, content=b"{nope", headers={**auth, "content-type": "application/json"})
+def test_control_api_auth_fencing_and_idempotence(agents: Any, tmp_path: Any) -> None:
+    a = agents("a", "--no-discovery")
+    body = {"term": 2, "leader": "lead", "instances": {"half_plus_two": 1}}
+    assert httpx.put(a.url + "/control/desired", json=body).status_code in (404, 405)  # not on the client API
+    stranger = TestPeer("lead", "another-cluster-token-0000", tmp_path / "stranger")
+    with pytest.raises(httpx.ConnectError):  # its certificate is not of this cluster: no TLS session
+        stranger.put_desired("a", a.peer_url, 2, {"half_plus_two": 1})
+    lead = TestPeer("lead", TOKEN, tmp_path / "lead-identity")  # the key conftest's put_desired uses
+    assert lead.request("a", a.peer_url, "PUT", "/control/desired", body, signed=False).status_code == 401
+    r = lead.request("a", a.peer_url, "PUT", "/control/desired", raw=b"{nope")
     assert r.status_code == 400 and "error" in r.json()
-    r = httpx.put(url, json={"term": -1, "leader": "n1", "instances": {}}, headers=auth)
-    assert r.status_code == 400
+    assert lead.put_desired("a", a.peer_url, -1, {}).status_code == 400
+    assert lead.put_desired("a", a.peer_url, 2, {"half_plus_two": 10**30}).status_code == 400
+    assert lead.put_desired("a", a.peer_url, 2, {"half_plus_two": 65}).status_code == 400  # over the bound
+    assert lead.put_desired("a", a.peer_url, 2, {}, leader="someone-else").status_code == 409
+    impostor = TestPeer("lead", TOKEN, tmp_path / "impostor")  # has the token, but "lead" is pinned to a key
+    assert impostor.put_desired("a", a.peer_url, 2, {"half_plus_two": 1}).status_code == 403
     r = a.put_desired(2, {"resnet": 1})
     assert r.status_code == 400 and "resnet" in r.json()["error"]
     r = a.put_desired(2, {"half_plus_two": -1})
@@ -219,3 +226,19 @@ def test_on_demand_model_survives_a_leader_command_that_predates_it(agents: Any)
     assert a.get("/stats/node").json()["desired"] == {"half_plus_two": 1, "xor_mlp": 1}
     assert a.put_desired(6, {"xor_mlp": 2}).status_code == 200  # the leader places it: its word counts
     assert a.get("/stats/node").json()["desired"] == {"xor_mlp": 2}
+
+
+def test_request_log_names_clients_so_it_needs_the_reader_token(agents: Any) -> None:
+    a = agents("a", "--no-discovery")
+    assert a.get("/services/xor_mlp", headers={"X-Peerserve-Client": "phone-7"}).status_code in (200, 503)
+    for headers in ({}, {"Authorization": f"Bearer {TOKEN}"}, {"Authorization": "Bearer wrong"}):
+        r = a.get("/stats/requests?since=0", headers=headers)  # no reader token, the cluster token itself, junk
+        assert r.status_code == 401 and set(r.json()) == {"error"}, r.text
+    out = subprocess.run(
+        [sys.executable, "-m", "peerserve", "stats-token", "--cluster-token", TOKEN],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    reader = out.stdout.strip()
+    assert reader and TOKEN not in reader and {"Authorization": f"Bearer {reader}"} == STATS_READER
+    log = a.get("/stats/requests?since=0", headers={"Authorization": f"Bearer {reader}"}).json()["requests"]
+    assert [r["client"] for r in log] == ["phone-7"]

@@ -19,7 +19,7 @@ def _alive(pid: int) -> bool:
 
 
 def test_power_cut_restores_desired_set_and_adopts_servers(agents: Any) -> None:
-    a = agents("a")
+    a = agents("a", "--no-discovery")
     assert a.put_desired(4, {"half_plus_two": 1, "xor_mlp": 1}).status_code == 200
     before = {i["model"]: i["id"] for m in ("half_plus_two", "xor_mlp") for i in a.wait_ready(m)}
     pids = a.server_pids()
@@ -40,7 +40,7 @@ def test_power_cut_restores_desired_set_and_adopts_servers(agents: Any) -> None:
 
 
 def test_graceful_shutdown_stops_owned_servers(agents: Any) -> None:
-    a = agents("a")
+    a = agents("a", "--no-discovery")
     a.put_desired(1, {"half_plus_three": 2})
     a.wait_ready("half_plus_three", 2)
     pids = a.server_pids()
@@ -52,7 +52,7 @@ def test_graceful_shutdown_stops_owned_servers(agents: Any) -> None:
 
 
 def test_restart_after_graceful_stop_starts_the_desired_set_again(agents: Any) -> None:
-    a = agents("a")
+    a = agents("a", "--no-discovery")
     a.put_desired(1, {"half_plus_two": 1})
     a.wait_ready("half_plus_two")
     a.stop(signal.SIGTERM)

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
 
 import httpx
 
-from client import AsyncClient
+from client import AsyncClient, ClusterUnreachableError
 
 
 def test_async_client_browses_without_blocking_the_loop_and_takes_a_transport(agents: Any) -> None:
@@ -26,8 +27,13 @@ def test_async_client_browses_without_blocking_the_loop_and_takes_a_transport(ag
         task = asyncio.create_task(ticker())
         transport = httpx.AsyncHTTPTransport(retries=1)
         async with AsyncClient(discover_interfaces=["127.0.0.1"], transport=transport) as c:
-            c.core.agents = []  # no seeds: browse
-            found = await c._run(c.core.ordered_agents())
+            found: list[str] = []
+            for _ in range(3):  # a loaded machine may need more than one 2 s browse to resolve every agent
+                c.core.agents = []  # no seeds: browse
+                with contextlib.suppress(ClusterUnreachableError):
+                    found = await c._run(c.core.ordered_agents())
+                if a.url in found:
+                    break
             c.core.agents = [a.url]
             result = await c.predict("half_plus_two", instances=[2.0])
         stop.set()
@@ -36,5 +42,5 @@ def test_async_client_browses_without_blocking_the_loop_and_takes_a_transport(ag
 
     found, ticks, result = asyncio.run(main())
     assert a.url in found
-    assert ticks >= 50  # the loop kept running during the ~1-2 s browse
+    assert ticks >= 20  # the loop kept running during the browse (a blocking browse would allow ~1)
     assert result == {"predictions": [3.0]}

@@ -96,7 +96,7 @@ def test_dead_daemon_is_reported_not_raised_wildly(tmp_path: Any, monkeypatch: p
 
 
 def test_agent_with_dead_daemon_stays_up_and_says_why(agents: Any, tmp_path: Any) -> None:
-    a = agents("a", "--runtime", "docker", env={"DOCKER_HOST": f"unix://{tmp_path}/no-such.sock"})
+    a = agents("a", "--runtime", "docker", "--no-discovery", env={"DOCKER_HOST": f"unix://{tmp_path}/no-such.sock"})
     health = a.get("/health").json()
     assert health["status"] == "degraded" and "Docker Engine unreachable" in health["runtime"]["error"]
     assert a.put_desired(1, {"half_plus_two": 1}).status_code == 200
@@ -107,7 +107,7 @@ def test_agent_with_dead_daemon_stays_up_and_says_why(agents: Any, tmp_path: Any
 
 def test_agent_restart_adopts_containers_and_trims_foreign_ones(agents: Any, engine: Any, docker_engine: Any) -> None:
     env = docker_engine.env
-    a = agents("a", "--runtime", "docker", "--node-id", "dock-a", env=env)
+    a = agents("a", "--runtime", "docker", "--node-id", "dock-a", "--no-discovery", env=env)
     assert a.put_desired(3, {"half_plus_two": 1}).status_code == 200
     [first] = a.wait_ready("half_plus_two", timeout=60)
     r = httpx.post(a.url + "/services/half_plus_two/v1/models/half_plus_two:predict", json={"instances": [1, 2, 5]})

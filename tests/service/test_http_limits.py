@@ -16,7 +16,7 @@ from typing import Any
 
 import httpx
 
-from tests.service.conftest import RunningAgent
+from tests.service.conftest import STATS_READER, RunningAgent
 
 PREDICT = "/services/half_plus_two/v1/models/half_plus_two:predict"
 QUIET = "--no-discovery"  # no mDNS: agents of parallel tests stay strangers
@@ -228,7 +228,7 @@ def test_made_up_client_ids_and_node_names_cannot_fake_demand(agents: Any) -> No
             }
             r = http.get("/services/half_plus_two", headers=headers)
             assert r.status_code == 200, r.text
-        log = http.get("/stats/requests?since=0&limit=10000").json()["requests"]
+        log = http.get("/stats/requests?since=0&limit=10000", headers=STATS_READER).json()["requests"]
     clients = {r["client"] for r in log}
     assert len(log) == 200 and clients == {*(f"made-up-{i}" for i in range(8)), "127.0.0.1"}
     assert all(r["rtt_ms"] == {node: 2.0} for r in log)  # reports about nodes nobody knows are dropped

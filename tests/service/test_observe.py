@@ -11,8 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.peer_tools import TestPeer
 from tests.service.conftest import TOKEN
 
 DASHBOARD = Path(__file__).resolve().parents[2] / "docs" / "grafana-dashboard.json"
@@ -94,6 +96,8 @@ def test_metrics_off_token_and_service_discovery(agents: Any) -> None:
         assert guarded.get(path).status_code == 401
         assert guarded.get(path, headers={"Authorization": "Bearer wrong"}).status_code == 401
         assert guarded.get(path, headers={"Authorization": f"Bearer {secret}"}).status_code == 200
+        assert guarded.get(path, headers={"Authorization": secret}).status_code == 200  # Prometheus 2.42's SD
+        assert guarded.get(path, headers={"Authorization": f"Basic {secret}"}).status_code == 401
     # SD works with metrics off (it lists members, not series); peers are listed in the cluster tier's test
     assert off.get("/sd/prometheus").json() == [
         {"targets": [f"127.0.0.1:{off.port}"], "labels": {"node": "off", "__meta_peerserve_status": "alive",
@@ -104,8 +108,10 @@ def test_metrics_off_token_and_service_discovery(agents: Any) -> None:
 def test_json_logs_name_node_term_and_model_and_never_the_token(agents: Any) -> None:
     a = agents("a", "--log-format", "json", "--log-level", "debug", "--no-discovery")
     assert httpx.post(a.url + PREDICT, json={"instances": [1.0]}, timeout=30).status_code == 200
-    assert a.put_desired(3, {"half_plus_two": 1, "xor_mlp": 1}, leader="lead").status_code == 200
-    assert a.put_desired(4, {"xor_mlp": 1}, token=TOKEN + "x").status_code == 401
+    assert a.put_desired(3, {"half_plus_two": 1, "xor_mlp": 1}).status_code == 200
+    stranger = TestPeer("lead", TOKEN + "x", a.data_dir.parent / "stranger")  # another token: another CA
+    with pytest.raises(httpx.ConnectError):
+        stranger.put_desired(a.node_id, a.peer_url, 4, {"xor_mlp": 1})
     # the token where an access log or an error message would echo it
     a.get(f"/services/{TOKEN}")
     a.get("/services/xor_mlp", headers={"X-Peerserve-Client": TOKEN})

@@ -1,4 +1,4 @@
-"""A node without room asks the roomiest peer, explicitly, to start a model that runs nowhere."""
+"""A node without room asks the roomiest peer, explicitly and on the signed peer plane, to start a model."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from agent.peers import Member
 from agent.serving.provision import ASK_INTERVAL_S, MAX_TRACKED, should_ask
 from agent.serving.resolve import Provisioning, resolve
 from agent.settings import Settings
+from tests.peer_tools import TestPeer
 from tests.service.conftest import TOKEN
 
 
@@ -38,7 +39,7 @@ class OnePeer:
 
 def test_resolve_asks_the_peer_with_room_and_the_peer_starts_the_model(agents: Any, tmp_path: Path) -> None:
     b = agents("b")
-    peer = Member("b", "127.0.0.1", b.url, "alive", mem_available_mb=1e6, mem_total_mb=1e6)
+    peer = Member("b", "127.0.0.1", b.url, "alive", mem_available_mb=1e6, mem_total_mb=1e6, peer_url=b.peer_url)
     settings = Settings(node_id="a", data_dir=str(tmp_path / "a"), discovery=False, cluster_token=TOKEN, port=1)
 
     async def main() -> Any:
@@ -50,6 +51,8 @@ def test_resolve_asks_the_peer_with_room_and_the_peer_starts_the_model(agents: A
             return outcome, again, dict(a.provision_requests.asked)
         finally:
             await a.http.aclose()
+            if a.peer_client is not None:
+                await a.peer_client.close()
             a.store.close()
 
     outcome, again, asked = asyncio.run(main())
@@ -58,18 +61,24 @@ def test_resolve_asks_the_peer_with_room_and_the_peer_starts_the_model(agents: A
     b.wait_ready("half_plus_two")  # b started it because it was asked (b had no request of its own)
 
 
-def test_the_peer_route_checks_token_input_and_room(agents: Any) -> None:
+def test_the_peer_route_is_signed_only_and_checks_its_input(agents: Any, tmp_path: Path) -> None:
     b = agents("b")
-    url = b.url + "/peer/provision"
-    auth = {"Authorization": f"Bearer {TOKEN}"}
-    assert httpx.post(url, json={"model": "xor_mlp"}, timeout=10).status_code == 401
-    assert httpx.post(url, json={"model": "nope"}, headers=auth, timeout=10).json() == {
-        "error": "unknown model 'nope': not in the catalogue"
-    }
-    assert httpx.post(url, content=b"x" * 5000, headers=auth, timeout=10).status_code == 400
-    r = httpx.post(url, json={"model": "xor_mlp"}, headers=auth, timeout=10)
+    assert httpx.post(b.url + "/peer/provision", json={"model": "xor_mlp"}, timeout=10).status_code in (404, 405)
+    stranger = TestPeer("c", "another-cluster-token-0123456789", tmp_path / "stranger")
+    member = TestPeer("c", TOKEN, tmp_path / "member")
+    try:
+        refused = stranger.request("b", b.peer_url, "POST", "/peer/provision", {"model": "xor_mlp"}, signed=True)
+        assert refused.status_code in (401, 403)
+    except httpx.HTTPError:
+        pass  # the TLS handshake itself refuses a certificate from another cluster
+    unknown = member.request("b", b.peer_url, "POST", "/peer/provision", {"model": "nope"})
+    assert unknown.status_code == 400 and unknown.json() == {"error": "unknown model 'nope': not in the catalogue"}
+    assert member.request("b", b.peer_url, "POST", "/peer/provision", [1, 2]).status_code == 400
+    r = member.request("b", b.peer_url, "POST", "/peer/provision", {"model": "xor_mlp"})
     assert r.status_code == 202 and r.json()["model"] == "xor_mlp"
     b.wait_ready("xor_mlp")
+    stranger.close()
+    member.close()
 
 
 def test_ask_table_rate_limits_and_stays_bounded() -> None:

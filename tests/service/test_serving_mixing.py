@@ -299,3 +299,30 @@ def test_a_pooled_connection_the_server_dropped_is_not_used_and_nothing_fails(pa
         server.server_close()
     assert got == [f"request {i}".encode() for i in range(6)]
     assert opened >= 6  # each dropped connection was replaced
+
+
+def test_stand_in_refuses_a_body_over_its_bound_and_closes(stand_in: int) -> None:
+    from agent.modelserver import MAX_BODY
+
+    head = f"POST /v1/models/half_plus_two:predict HTTP/1.1\r\nHost: x\r\nContent-Length: {MAX_BODY + 1}\r\n\r\n"
+    answers = _exchange_on_one_socket(stand_in, [head.encode() + b'{"instances": [1.0]}'])
+    assert len(answers) == 1 and answers[0][0] == 413  # and the connection ended (no second answer possible)
+
+
+def test_replay_keeps_at_most_its_bound() -> None:
+    from agent.serving.upstream import REPLAY_LIMIT, Replay
+
+    async def run() -> tuple[bool, int, bool]:
+        async def chunks(n: int) -> Any:
+            for _ in range(n):
+                yield b"x" * 8192
+
+        small = Replay(chunks(2), 1 << 30)
+        sent = b"".join([c async for c in small.chunks()])
+        again = b"".join([c async for c in small.chunks()])  # replayed whole
+        big = Replay(chunks(REPLAY_LIMIT // 8192 + 4), 1 << 30)
+        _ = [c async for c in big.chunks()]
+        return small.replayable and sent == again, big._kept_size, big.replayable
+
+    small_ok, kept, big_replayable = asyncio.run(run())
+    assert small_ok and kept <= REPLAY_LIMIT and not big_replayable

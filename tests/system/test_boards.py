@@ -318,7 +318,10 @@ def test_token_rotation(fleet: Fleet) -> None:
             assert left.name not in fleet.alive(i)
         assert fleet.alive(2) == {left.name}
         time.sleep(0.3)
-    out = left.install("--token", new)
+    secret = left.root / "root/new-token"  # the last board reads it from a file: not in ps or shell history
+    secret.write_text(new + "\n")
+    secret.chmod(0o600)
+    out = left.install("--token-file", "/root/new-token")
     assert out.returncode == 0, out.stdout + out.stderr
     leader, term = fleet.settle([0, 1, 2], 30)
     for b in fleet.boards:

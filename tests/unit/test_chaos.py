@@ -9,6 +9,7 @@ import pytest
 from peerserve.chaos import (
     KINDS,
     Observed,
+    dead_answers,
     failed_outside,
     leaders_in_log,
     percentile,
@@ -76,3 +77,10 @@ def test_a_clean_report_has_exactly_the_documented_keys_and_no_violation() -> No
 @pytest.mark.parametrize("argv", [["--nodes", "2"], ["--duration", "3"]])
 def test_bad_usage_exits_2(argv: list[str]) -> None:
     assert main(["chaos", *argv]) == 2
+
+
+def test_a_dead_endpoint_counts_only_if_the_agent_marked_it_dead_around_the_answer_and_it_stayed_down() -> None:
+    assert dead_answers({"n2"}, {"n1", "n2"}, {"n2"}, {"n2"}) == {"n2"}
+    # a node booting again after a power cut: its heartbeat reached the agent between the two views
+    assert dead_answers({"n2"}, {"n2"}, set(), {"n2"}) == set()
+    assert dead_answers({"n2"}, {"n2"}, {"n2"}, set()) == set()  # it is up: a stale mark is not our concern

@@ -73,7 +73,8 @@ def test_bad_txt_is_rejected(props: dict[Any, Any], words: str) -> None:
 
 
 def state(node_id: str = "p", **kw: Any) -> dict[str, Any]:
-    d: dict[str, Any] = {"node_id": node_id, "api_url": f"http://{node_id}:8400", "endpoints": {"m": ["http://x:1"]},
+    d: dict[str, Any] = {"node_id": node_id, "api_url": f"http://{node_id}:8400", "peer_port": 8401,
+                         "endpoints": {"m": ["http://x:1"]},
                          "mem_available_mb": 100, "mem_total_mb": 200, "gpu_load": None, "cpu_load": 5,
                          "node_class": "orin", "compute": 100, "term": 2, "leader": None}  # fmt: skip
     d.update(kw)
@@ -83,7 +84,10 @@ def state(node_id: str = "p", **kw: Any) -> dict[str, Any]:
 @pytest.mark.parametrize(
     "garbage",
     [None, [], "ok", {"node_id": 3}, state(api_url="ftp://x"), state(endpoints=[1]), state(endpoints={"m": [3]}),
-     state(term=-1), state(term="2"), state(mem_available_mb="x"), state(cpu_load=float("nan")), state(leader=5)],
+     state(term=-1), state(term="2"), state(mem_available_mb="x"), state(cpu_load=float("nan")), state(leader=5),
+     state(term=2**64), state(mem_total_mb=1e400), state(cpu_load=float("inf")), state(priority=True),
+     state(endpoints={"m\n": ["http://x:1"]}), state(endpoints={"m": ["http://x:1"] * 17}), state(peer_port=0),
+     state(endpoints={f"m{i}": [] for i in range(300)}), state(node_id="a.b"), state(api_url="http://" + "x" * 300)],
 )  # fmt: skip
 def test_garbage_heartbeats_are_rejected(garbage: Any) -> None:
     with pytest.raises(PeerError):
@@ -101,71 +105,85 @@ CFG = MembershipConfig(heartbeat_interval_s=0.5, suspect_after_s=1.0, dead_after
 
 def test_life_cycle_alive_suspect_dead_back() -> None:
     m = Membership("me", CFG)
-    [t] = m.advertised("p", "http://p:8400", "p", now=0)
-    assert (t.old, t.new) == (None, "suspect")
-    assert m.due_heartbeats(0) == [("p", "http://p:8400")]
-    m.heartbeat_sent("p", 0)
+    assert m.advertised("p", "http://p:8400", "p", now=0, peer_url="https://p:8401") == []
+    assert m.members() == []  # an advert is a hint: not a member until it answers authentically
+    assert m.due_heartbeats(0) == [("p", "https://p:8401")]
+    m.heartbeat_sent("p", 0, "https://p:8401")
     assert m.due_heartbeats(0.3) == []
-    [t] = m.heartbeat_ok("p", parse_peer_state(state()), now=0.1)
+    [t] = m.heartbeat_ok("p", parse_peer_state(state()), now=0.1, peer_url="https://p:8401")
     assert t.new == "alive" and m.members()[0].status == "alive"
-    assert m.members()[0].endpoints == {"m": ["http://x:1"]}
+    assert m.members()[0].endpoints == {"m": ["http://x:1"]} and m.members()[0].peer_url == "https://p:8401"
     assert m.tick(1.0) == []
     [t] = m.tick(1.1)
     assert (t.old, t.new) == ("alive", "suspect")
     [t] = m.tick(2.1)
     assert (t.old, t.new) == ("suspect", "dead")
-    m.heartbeat_sent("p", 2.1)
+    m.heartbeat_sent("p", 2.1, "https://p:8401")
     assert m.due_heartbeats(3.0) == []  # dead peers are probed less often
-    assert m.due_heartbeats(4.2) == [("p", "http://p:8400")]
-    [t] = m.heartbeat_ok("p", parse_peer_state(state()), now=4.3)
+    assert m.due_heartbeats(4.2) == [("p", "https://p:8401")]
+    [t] = m.heartbeat_ok("p", parse_peer_state(state()), now=4.3, peer_url="https://p:8401")
     assert (t.old, t.new) == ("dead", "alive")
+
+
+def admitted(m: Membership, node: str = "p", url: str = "u", now: float = 0.1) -> None:
+    m.advertised(node, url, node, now, url)
+    m.heartbeat_ok(node, parse_peer_state(state(node)), now, url)
+
+
+def test_candidates_that_never_answer_are_never_members_and_are_dropped() -> None:
+    m = Membership("me", CFG)
+    for i in range(500):  # an mDNS flood of made-up nodes
+        m.advertised(f"fake{i}", f"http://f{i}", f"f{i}", 0, f"https://f{i}")
+    assert m.members() == [] and len(m.pending) == CFG.max_pending  # bounded
+    m.tick(CFG.pending_ttl_s + 1)
+    assert m.pending == {}
 
 
 def test_forgotten_after_long_death() -> None:
     m = Membership("me", CFG)
-    m.advertised("p", "u", "p", 0)
-    m.tick(2.0)
+    admitted(m)
+    m.tick(2.2)
     assert m.members()[0].status == "dead"
-    [t] = m.tick(62.0)
+    [t] = m.tick(63.0)
     assert t.new is None and m.members() == []
 
 
-def test_graceful_leave_is_immediate() -> None:
+def test_graceful_leave_is_immediate_and_a_goodbye_only_probes() -> None:
     m = Membership("me", CFG)
-    m.advertised("p", "u", "p", 0)
-    m.heartbeat_ok("p", parse_peer_state(state()), 0.1)
-    [t] = m.left("p", 0.2)
+    admitted(m)
+    m.heartbeat_sent("p", 0.2, "u")
+    m.probe("p")  # an mDNS goodbye: anyone can send one
+    assert m.members()[0].status == "alive" and m.due_heartbeats(0.25) == [("p", "u")]
+    [t] = m.left("p", 0.3)
     assert t.new == "dead" and t.reason == "left"
-    assert m.left("p", 0.3) == []
+    assert m.left("p", 0.4) == []
 
 
-def test_duplicate_ids_and_our_own_id_are_ignored() -> None:
+def test_our_own_id_is_ignored_and_an_id_is_claimed_by_whoever_authenticates() -> None:
     m = Membership("me", CFG)
     assert m.advertised("me", "http://elsewhere", "x", 0) == []
-    m.advertised("p", "http://p1", "p1", 0)
-    m.heartbeat_ok("p", parse_peer_state(state()), 0.1)
-    assert m.advertised("p", "http://p2", "p2", 0.2) == []
-    assert m.members()[0].api_url == "http://p1"
-    assert ("p", "http://p2") in m.conflicts and ("me", "http://elsewhere") in m.conflicts
-    m.tick(5)  # p1 died; p may come back elsewhere
-    m.advertised("p", "http://p2", "p2", 5.1)
-    assert m.members()[0].api_url == "http://p2"
+    assert ("me", "http://elsewhere") in m.conflicts
+    m.advertised("p", "http://evil", "evil", 0, "https://evil")  # a stranger advertises p first
+    m.advertised("p", "http://p2", "p2", 0.1, "https://p2")  # then the real p
+    m.heartbeat_ok("p", parse_peer_state(state()), 0.2, "https://p2")  # only the real p can answer
+    assert [(x.node_id, x.peer_url) for x in m.members()] == [("p", "https://p2")]
+    assert m.heartbeat_ok("p", parse_peer_state(state()), 0.3, "https://elsewhere") == []  # not a candidate
 
 
 @given(st.lists(st.tuples(st.sampled_from(["ok", "tick", "leave", "adv"]), st.floats(0, 0.7)), max_size=60))
 def test_dead_within_dead_after_of_the_last_heartbeat(events: list[tuple[str, float]]) -> None:
     m = Membership("me", CFG)
     now, last_ok = 0.0, None
-    m.advertised("p", "u", "p", now)
+    m.advertised("p", "u", "p", now, "u")
     for kind, dt in events:
         now += dt
         if kind == "ok":
-            m.heartbeat_ok("p", parse_peer_state(state()), now)
+            m.heartbeat_ok("p", parse_peer_state(state()), now, "u")
             last_ok = now
         elif kind == "leave":
             m.left("p", now)
         elif kind == "adv":
-            m.advertised("p", "u", "p", now)
+            m.advertised("p", "u", "p", now, "u")
         m.tick(now)
         recs = {r.node_id: r for r in m.members()}
         if "p" in recs and recs["p"].status == "alive":

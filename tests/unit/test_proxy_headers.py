@@ -17,7 +17,7 @@ def test_request_hop_by_hop_headers_and_the_ones_connection_names_are_dropped() 
         ("Host", "agent:8400"), ("Connection", "keep-alive, X-Session"), ("X-Session", "1"), ("Keep-Alive", "5"),
         ("Transfer-Encoding", "chunked"), ("TE", "trailers"), ("Upgrade", "h2c"), ("Proxy-Authorization", "x"),
         ("X-Peerserve-RTT", "n1=2"), ("Content-Type", "application/octet-stream"),
-        ("Inference-Header-Content-Length", "142"), ("Content-Length", "654"),
+        ("Inference-Header-Content-Length", "142"), ("Content-Length", "654"), ("Expect", "100-continue"),
     ]))  # fmt: skip
     assert dict(sent) == {
         "content-type": "application/octet-stream",

@@ -97,4 +97,13 @@ def test_spread_tables_are_bounded() -> None:
     assert len(top) == 5 and [s["rtt_ms"]["a"] for s in top] == [29.0, 28.0, 27.0, 26.0, 25.0]  # largest rates
     plan = solve(snap, objective="queue", mode="2")
     assert len(plan.details["spread"]) == 30
+    many = Snapshot(
+        nodes,
+        snap.models,
+        tuple(
+            Request("m", {"a": float(i % 97), "b": float(i // 97)}, {"a": 1.0, "b": 1.0}, f"c{i}", 1.0)
+            for i in range(300)
+        ),
+    )
+    assert len(solve(many, objective="queue", mode="2").details["spread"]) == MAX_SPREAD_SITES
     assert all(np.isclose(sum(s["shares"].values()), 1.0) for s in plan.details["spread"])

@@ -1,0 +1,329 @@
+"""Node identity and message authentication on the peer plane, all derived from the cluster token.
+
+* The cluster CA: an Ed25519 key derived from ``--cluster-token`` with HKDF (every board derives the same
+  one; no node is special, boards start in any order). The token itself never leaves the process.
+* The node key: Ed25519, generated once and kept in ``DATA_DIR/peer/node.key`` (0600).
+* The node's certificates, both signed by the CA at every start: a *card* (node id + public key + CA
+  signature, sent with every message) and an X.509 certificate (CN and SAN = node id) for mutual TLS.
+* Every peer request and answer carries an Ed25519 signature over sender, receiver, method, target, body
+  digest, timestamp and nonce (peerserve.wire's signing bytes). ``Verifier`` checks card, signature,
+  receiver, freshness (``window_s``) and one-time use of the nonce (bounded cache), then pins the node id to
+  its key on first contact: a later, different key for that id is refused and logged.
+
+    AuthError(Exception)   a message that is not authentic, not for us, stale or replayed (status 401/403/429)
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import json
+import logging
+import os
+import secrets
+from collections import OrderedDict
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from cryptography.x509.oid import NameOID
+
+from peerserve import wire
+
+log = logging.getLogger(__name__)
+
+CARD_CONTEXT = b"peerserve-card-v1\0"
+WINDOW_S = 30.0  # a message older or newer than this (sender's clock vs ours) is refused
+NONCE_CACHE = 100_000  # one-time nonces remembered for 2 x WINDOW_S; beyond this, new messages wait (429)
+PIN_LIMIT = 4096  # node ids pinned to keys
+CARD_CACHE = 1024  # verified cards kept (saves one signature check per message)
+_EPOCH = datetime.datetime(2020, 1, 1, tzinfo=datetime.timezone.utc)
+_FAR = datetime.datetime(2120, 1, 1, tzinfo=datetime.timezone.utc)
+
+
+class AuthError(Exception):
+    """Not authentic, not for this node, stale or replayed; ``status`` is the HTTP answer."""
+
+    def __init__(self, message: str, status: int = 401) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def unb64(text: str, limit: int = 512) -> bytes:
+    if len(text) > limit:
+        raise AuthError("oversized header")
+    try:
+        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    except ValueError as exc:
+        raise AuthError("malformed base64 in an authentication header") from exc
+
+
+def derive_ca_key(token: str) -> Ed25519PrivateKey:
+    """The cluster CA key: the same on every board given the same token (HKDF-SHA256)."""
+    seed = HKDF(algorithm=hashes.SHA256(), length=32, salt=b"peerserve-cluster-ca-v1", info=b"ed25519").derive(
+        token.encode()
+    )
+    return Ed25519PrivateKey.from_private_bytes(seed)
+
+
+def derive_stats_token(token: str) -> str:
+    """The request-log reader token: derived from the cluster token (HKDF), so the token itself never
+    crosses the wire and a captured reader token reads statistics only (``peerserve stats-token``)."""
+    key = HKDF(algorithm=hashes.SHA256(), length=32, salt=b"peerserve-stats-reader-v1", info=b"bearer").derive(
+        token.encode()
+    )
+    return b64(key)
+
+
+def _raw(key: Ed25519PublicKey) -> bytes:
+    return key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+
+
+@dataclass(frozen=True)
+class Card:
+    """A node's certified signing key: node id + Ed25519 public key, signed by the cluster CA."""
+
+    node_id: str
+    public_key: bytes  # 32 raw bytes
+    signature: bytes  # 64 bytes, CA over CARD_CONTEXT + node id + NUL + key
+
+    @staticmethod
+    def issue(ca: Ed25519PrivateKey, node_id: str, public_key: bytes) -> Card:
+        return Card(node_id, public_key, ca.sign(CARD_CONTEXT + node_id.encode() + b"\0" + public_key))
+
+    def encode(self) -> str:
+        nid = self.node_id.encode()
+        return b64(bytes([len(nid)]) + nid + self.public_key + self.signature)
+
+    @staticmethod
+    def decode(text: str) -> Card:
+        raw = unb64(text)
+        n = raw[0] if raw else 0
+        if not 0 < n <= 63 or len(raw) != 1 + n + 32 + 64:
+            raise AuthError("malformed node card")
+        node_id = raw[1 : 1 + n].decode("ascii", "replace")
+        if not wire.NODE_ID.fullmatch(node_id):
+            raise AuthError("malformed node id in card")
+        return Card(node_id, raw[1 + n : 1 + n + 32], raw[1 + n + 32 :])
+
+    def verify(self, ca_public: Ed25519PublicKey) -> None:
+        try:
+            ca_public.verify(self.signature, CARD_CONTEXT + self.node_id.encode() + b"\0" + self.public_key)
+        except InvalidSignature as exc:
+            raise AuthError("node card not issued by this cluster (wrong cluster token?)", 403) from exc
+
+
+class NonceCache:
+    """One-time nonces seen within the freshness window; bounded (a full cache refuses, never forgets early)."""
+
+    def __init__(self, ttl_s: float = 2 * WINDOW_S, limit: int = NONCE_CACHE) -> None:
+        self.ttl_s = ttl_s
+        self.limit = limit
+        self._seen: OrderedDict[str, float] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._seen)
+
+    def use(self, nonce: str, now: float) -> None:
+        """Record ``nonce``; raises AuthError when it was used before or the cache is full of live ones."""
+        while self._seen:
+            oldest, at = next(iter(self._seen.items()))
+            if now - at < self.ttl_s:
+                break
+            del self._seen[oldest]
+        if nonce in self._seen:
+            raise AuthError("replayed message (nonce already used)")
+        if len(self._seen) >= self.limit:
+            raise AuthError("too many messages in the freshness window; retry", 429)
+        self._seen[nonce] = now
+
+
+class Pins:
+    """node id -> public key, pinned on first authenticated contact, kept in a JSON file (bounded)."""
+
+    def __init__(self, path: Path | None, limit: int = PIN_LIMIT) -> None:
+        self.path = path
+        self.limit = limit
+        self._pins: dict[str, bytes] = {}
+        if path is not None and path.exists():
+            try:
+                self._pins = {k: bytes.fromhex(v) for k, v in json.loads(path.read_text()).items()}
+            except (ValueError, AttributeError, OSError) as exc:
+                log.error("ignoring unreadable pin file %s: %s", path, exc)
+
+    def check(self, node_id: str, public_key: bytes) -> None:
+        """Pin on first contact; raises AuthError when ``node_id`` is pinned to another key."""
+        known = self._pins.get(node_id)
+        if known == public_key:
+            return
+        if known is not None:
+            log.error("node %s presented a different key than the one pinned; refused", node_id)
+            raise AuthError(f"node id {node_id!r} belongs to another key (pinned on first contact)", 403)
+        if len(self._pins) >= self.limit:
+            raise AuthError("pin table full", 403)
+        self._pins[node_id] = public_key
+        log.info("pinned node %s to key %s", node_id, public_key.hex()[:16])
+        self._save()
+
+    def _save(self) -> None:
+        if self.path is None:
+            return
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({k: v.hex() for k, v in self._pins.items()}))
+        os.replace(tmp, self.path)
+
+
+@dataclass(frozen=True)
+class Signed:
+    """The authentication headers of one request, and the nonce its answer must be bound to."""
+
+    headers: Mapping[str, str]
+    nonce: str
+
+
+class Identity:
+    """This node's keys, certificates and verifier, made from the token and the data dir."""
+
+    def __init__(self, node_id: str, token: str, data_dir: Path | None) -> None:
+        self.node_id = node_id
+        ca = derive_ca_key(token)
+        self.ca_public = ca.public_key()
+        self.key = _load_or_create_key(data_dir / "peer" / "node.key" if data_dir else None)
+        self.public_key = _raw(self.key.public_key())
+        self.card = Card.issue(ca, node_id, self.public_key)
+        self.card_text = self.card.encode()
+        self.pins = Pins(data_dir / "peer" / "pins.json" if data_dir else None)
+        self.nonces = NonceCache()
+        self._cards: OrderedDict[str, Card] = OrderedDict()
+        self.tls_files = _write_tls_files(data_dir / "peer", ca, self.key, node_id) if data_dir else None
+
+    # -- sending -------------------------------------------------------------------------------------
+    def sign_request(self, receiver: str, method: str, target: str, body: bytes, now: float) -> Signed:
+        ts, nonce = f"{now:.3f}", b64(secrets.token_bytes(16))
+        sig = self.key.sign(wire.request_signing_bytes(self.node_id, receiver, method, target, body, ts, nonce))
+        headers = {wire.H_CARD: self.card_text, wire.H_TO: receiver, wire.H_TIME: ts, wire.H_NONCE: nonce,
+                   wire.H_SIGNATURE: b64(sig)}  # fmt: skip
+        return Signed(headers, nonce)
+
+    def sign_response(self, requester: str, status: int, nonce: str, body: bytes, now: float) -> dict[str, str]:
+        ts = f"{now:.3f}"
+        sig = self.key.sign(wire.response_signing_bytes(self.node_id, requester, status, nonce, body, ts))
+        return {wire.H_CARD: self.card_text, wire.H_TIME: ts, wire.H_SIGNATURE: b64(sig)}
+
+    # -- receiving -----------------------------------------------------------------------------------
+    def verify_request(self, headers: Mapping[str, str], method: str, target: str, body: bytes, now: float) -> str:
+        """The authenticated sender of a request to this node; raises AuthError."""
+        card = self._card(headers)
+        if headers.get(wire.H_TO) != self.node_id:
+            raise AuthError("message addressed to another node", 403)
+        ts, nonce = headers.get(wire.H_TIME, ""), headers.get(wire.H_NONCE, "")
+        if not 8 <= len(nonce) <= 64:
+            raise AuthError("missing or malformed nonce")
+        signed = wire.request_signing_bytes(card.node_id, self.node_id, method, target, body, ts, nonce)
+        _check_signature(card, headers, signed)
+        _check_fresh(ts, now)
+        self.pins.check(card.node_id, card.public_key)
+        self.nonces.use(nonce, now)
+        return card.node_id
+
+    def verify_response(
+        self, headers: Mapping[str, str], responder: str, status: int, nonce: str, body: bytes, now: float
+    ) -> None:
+        """Check that an answer comes from ``responder`` and answers our request ``nonce``; raises AuthError."""
+        card = self._card(headers)
+        if card.node_id != responder:
+            raise AuthError(f"expected an answer from {responder!r}, {card.node_id!r} answered", 403)
+        ts = headers.get(wire.H_TIME, "")
+        _check_signature(card, headers, wire.response_signing_bytes(responder, self.node_id, status, nonce, body, ts))
+        _check_fresh(ts, now)
+        self.pins.check(card.node_id, card.public_key)
+
+    def _card(self, headers: Mapping[str, str]) -> Card:
+        text = headers.get(wire.H_CARD)
+        if not text:
+            raise AuthError("unauthenticated: no node card (peer messages must be signed)")
+        card = self._cards.get(text)
+        if card is None:
+            card = Card.decode(text)
+            card.verify(self.ca_public)
+            self._cards[text] = card
+            if len(self._cards) > CARD_CACHE:
+                self._cards.popitem(last=False)
+        return card
+
+
+def _check_signature(card: Card, headers: Mapping[str, str], signed: bytes) -> None:
+    try:
+        Ed25519PublicKey.from_public_bytes(card.public_key).verify(unb64(headers.get(wire.H_SIGNATURE, "")), signed)
+    except (InvalidSignature, ValueError) as exc:
+        raise AuthError("bad signature") from exc
+
+
+def _check_fresh(ts: str, now: float) -> None:
+    try:
+        at = float(ts)
+    except ValueError as exc:
+        raise AuthError("malformed timestamp") from exc
+    if not abs(now - at) <= WINDOW_S:  # also refuses NaN
+        raise AuthError(f"stale or future message (clock skew over {WINDOW_S:.0f} s?)")
+
+
+def _load_or_create_key(path: Path | None) -> Ed25519PrivateKey:
+    if path is not None and path.exists():
+        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+        if not isinstance(key, Ed25519PrivateKey):
+            raise ValueError(f"{path} is not an Ed25519 key")
+        return key
+    key = Ed25519PrivateKey.generate()
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption())  # fmt: skip
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(pem)
+        log.info("generated this node's key pair in %s", path)
+    return key
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    ca: Path
+    cert: Path
+    key: Path
+
+
+def _x509(subject: str, public: Ed25519PublicKey, ca: Ed25519PrivateKey, is_ca: bool, issuer: str) -> x509.Certificate:
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+        .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer)]))
+        .public_key(public)
+        .serial_number(1 if is_ca else x509.random_serial_number())
+        .not_valid_before(_EPOCH)
+        .not_valid_after(_FAR)
+        .add_extension(x509.BasicConstraints(ca=is_ca, path_length=None), critical=True)
+    )
+    if not is_ca:
+        builder = builder.add_extension(x509.SubjectAlternativeName([x509.DNSName(subject)]), critical=False)
+    return builder.sign(ca, None)
+
+
+def _write_tls_files(folder: Path, ca: Ed25519PrivateKey, key: Ed25519PrivateKey, node_id: str) -> TlsFiles:
+    """The cluster CA certificate (identical on every board) and this node's certificate, as PEM files."""
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    ca_name = "peerserve cluster " + _raw(ca.public_key()).hex()[:16]
+    files = TlsFiles(folder / "ca.crt", folder / "node.crt", folder / "node.key")
+    pem = serialization.Encoding.PEM
+    files.ca.write_bytes(_x509(ca_name, ca.public_key(), ca, True, ca_name).public_bytes(pem))
+    files.cert.write_bytes(_x509(node_id, key.public_key(), ca, False, ca_name).public_bytes(pem))
+    return files

@@ -1,0 +1,273 @@
+"""The peer listener: agent-to-agent routes over mutual TLS, every request and answer signed.
+
+    GET  /peer/state                 heartbeat: this node's PeerState
+    POST /peer/leave                 the sender leaves (only for itself)
+    POST /peer/provision             the sender asks this node to start a model (agent/serving/provision.py)
+    POST /election/message           one election message (its node field must be the sender)
+    PUT  /control/desired            the leader's desired set (only from the leader this node accepts)
+    GET  /stats/node | /stats/models | /stats/requests?since=&limit=   for the leader's placement round
+
+Requests without a valid card and signature (agent.identity) get 401/403 and are never acted on; replays
+and stale messages are refused. Malformed or out-of-range fields are 400 (peerserve.wire), never a 500.
+The listener runs inside the agent's process on ``--peer-port`` (PeerServer); interactive docs are off.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import re
+import ssl
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+
+from agent.identity import AuthError, Identity
+from agent.node import FencedError, UnknownModelError
+from agent.serving.provision import ROUTE_PROVISION, answer_provision
+from peerserve import wire
+
+if TYPE_CHECKING:
+    from agent.node import NodeAgent
+
+log = logging.getLogger(__name__)
+
+PEER_URL = re.compile(r"https://[0-9.]{7,15}:[0-9]{1,5}")  # IPv4 peer listeners, as Discovery announces them
+MAX_TERM_AHEAD = 1000  # an election message may not push terms further than this past ours
+
+
+def command_refusal(sender: str, cmd: wire.DesiredCommand, accepted: tuple[int, str | None] | None) -> str | None:
+    """Why a desired set from ``sender`` is refused (None: accept); ``accepted`` = (term, leader) we follow."""
+    if cmd.leader != sender:
+        return f"{sender} cannot send commands in the name of {cmd.leader}"
+    if accepted is None:  # no election here (discovery off): any admitted node, fenced by term
+        return None
+    term, leader = accepted
+    if cmd.term != term or leader != sender:
+        return f"{sender} is not the leader this node accepts for term {cmd.term} (it follows {leader} at {term})"
+    return None
+
+
+def capacity_refusal(cmd: wire.DesiredCommand, mem_total_mb: float, mem_need: dict[str, float]) -> str | None:
+    """Why the counts exceed what this node could ever hold (None: within capacity)."""
+    for model, count in cmd.instances.items():
+        need = mem_need.get(model, 0.0)
+        most = min(wire.MAX_COUNT, int(mem_total_mb // need) if need > 0 else wire.MAX_COUNT)
+        if count > max(1, most):
+            return f"{count} instances of {model} exceed this node's capacity ({max(1, most)})"
+    return None
+
+
+class _Signed:
+    """Builds answers signed for the authenticated requester of one request."""
+
+    def __init__(self, identity: Identity, clock: Any, sender: str, nonce: str) -> None:
+        self.identity, self.clock, self.sender, self.nonce = identity, clock, sender, nonce
+
+    def __call__(self, payload: Any, status: int = 200) -> Response:
+        body = json.dumps(payload, separators=(",", ":")).encode()
+        headers = self.identity.sign_response(self.sender, status, self.nonce, body, self.clock())
+        return Response(body, status_code=status, media_type="application/json", headers=headers)
+
+    def error(self, status: int, message: str, **extra: Any) -> Response:
+        return self({"error": message, **extra}, status)
+
+
+def create_peer_app(agent: NodeAgent, identity: Identity) -> FastAPI:
+    """The peer-plane ASGI app of ``agent`` (no lifespan: the client app's lifespan runs the agent)."""
+    app = FastAPI(title="peerserve peer plane", docs_url=None, redoc_url=None, openapi_url=None)
+
+    async def authenticate(request: Request) -> tuple[_Signed, bytes]:
+        declared = request.headers.get("content-length", "0")
+        if not declared.isdigit() or int(declared) > wire.MAX_BODY:
+            raise AuthError("peer message body too large or malformed length", 413)
+        body = b""
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > wire.MAX_BODY:
+                raise AuthError("peer message body too large", 413)
+        target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        headers = {k.lower(): v for k, v in request.headers.items()}
+        sender = identity.verify_request(headers, request.method, target, body, agent.clock())
+        return _Signed(identity, agent.clock, sender, headers[wire.H_NONCE]), body
+
+    def parse(body: bytes) -> Any:
+        try:
+            return json.loads(body)
+        except ValueError as exc:
+            raise wire.WireError("body is not JSON") from exc
+
+    @app.exception_handler(AuthError)
+    async def auth_error(request: Request, exc: AuthError) -> JSONResponse:
+        host = request.client.host if request.client else "?"
+        log.warning("refused a peer message from %s to %s: %s", host, request.url.path, exc)
+        return JSONResponse({"error": str(exc)}, status_code=exc.status)
+
+    @app.get(wire.ROUTE_STATE)
+    async def peer_state(request: Request) -> Response:
+        reply, _ = await authenticate(request)
+        if agent.discovery is not None and agent.discovery.stopping:
+            return reply.error(503, "this node is leaving")
+        hint = request.query_params.get("peer", "")
+        if agent.discovery is not None and PEER_URL.fullmatch(hint):
+            # an authenticated node heartbeats us: a hint of where it listens (its mDNS name may be squatted)
+            agent.discovery.heard_from(reply.sender, hint)
+        return reply(agent.peer_state().to_json())
+
+    @app.post(ROUTE_PROVISION)
+    async def peer_provision(request: Request) -> Response:
+        reply, body = await authenticate(request)
+        try:
+            data = parse(body)
+        except wire.WireError as exc:
+            return reply.error(exc.status, str(exc))
+        status, answer = answer_provision(agent, reply.sender, data)
+        if status == 202:
+            await agent.provision_locally(answer["model"], 0.0)  # into the desired set; reconcile starts it
+        return reply(answer, status)
+
+    @app.post(wire.ROUTE_LEAVE)
+    async def peer_leave(request: Request) -> Response:
+        reply, body = await authenticate(request)
+        try:
+            leave = wire.Leave.parse(parse(body))
+        except wire.WireError as exc:
+            return reply.error(exc.status, str(exc))
+        if leave.node_id != reply.sender:
+            return reply.error(403, "a node can only leave for itself")
+        if agent.discovery is not None:
+            agent.discovery.peer_left(reply.sender)
+        return reply({"ok": True})
+
+    @app.post(wire.ROUTE_ELECTION)
+    async def election_message(request: Request) -> Response:
+        reply, body = await authenticate(request)
+        lead = agent.leadership
+        if lead is None:
+            return reply.error(409, "this node takes no part in elections (discovery is off)")
+        try:
+            post = wire.ElectionPost.parse(parse(body))
+        except wire.WireError as exc:
+            return reply.error(exc.status, f"malformed election message: {exc}")
+        if post.node != reply.sender:
+            return reply.error(403, f"{reply.sender} cannot speak for {post.node} in an election")
+        if post.term > lead.term + MAX_TERM_AHEAD:
+            return reply.error(409, f"term {post.term} is too far ahead of ours ({lead.term})", term=lead.term)
+        if reply.sender not in {m.node_id for m in agent.peers.members() if m.status != "dead"}:
+            return reply.error(409, f"{reply.sender} is not an alive member here yet")
+        lead.receive(reply.sender, post.to_json())
+        return reply({"ok": True})
+
+    @app.put(wire.ROUTE_DESIRED)
+    async def control_desired(request: Request) -> Response:
+        reply, body = await authenticate(request)
+        try:
+            cmd = wire.DesiredCommand.parse(parse(body))
+        except wire.WireError as exc:
+            return reply.error(exc.status, f"invalid desired set: {exc}")
+        lead = agent.leadership
+        why = command_refusal(reply.sender, cmd, (lead.term, lead.leader) if lead is not None else None)
+        if why is not None:
+            return reply.error(409, why, highest_term=agent.store.highest_term())
+        need = {m: s.mem_mb for m, s in agent.catalogue.current.models.items()}
+        why = capacity_refusal(cmd, agent.node_metrics().mem_total_mb, need)
+        if why is not None:
+            return reply.error(400, why)
+        try:
+            state = agent.set_desired(cmd.term, cmd.leader, cmd.instances, dict(cmd.placement or {}) or None)
+        except FencedError as exc:
+            return reply.error(409, str(exc), highest_term=exc.highest)
+        except UnknownModelError as exc:
+            return reply.error(400, str(exc))
+        return reply({"accepted": True, "term": state.term, "leader": state.leader, "instances": dict(state.instances)})
+
+    @app.get(wire.ROUTE_STATS_NODE)
+    async def stats_node(request: Request) -> Response:
+        reply, _ = await authenticate(request)
+        s = agent.settings
+        return reply({
+            "node_id": s.node_id, "node_class": s.node_class, "compute": s.compute, "api_url": s.api_url,
+            **agent.node_metrics().to_dict(),
+            "instances": [{**i.to_dict(), "ready": i.id in agent.state.ready} for i in agent.state.instances],
+            "desired": dict(agent.desired.instances), "term": agent.store.highest_term(),
+        })  # fmt: skip
+
+    @app.get(wire.ROUTE_STATS_MODELS)
+    async def stats_models(request: Request) -> Response:
+        reply, _ = await authenticate(request)
+        stats = agent.store.model_stats()
+        out: dict[str, dict[str, Any]] = {}
+        for inst in agent.state.instances:
+            entry = out.setdefault(inst.model, {"instances": 0, "ready": 0, **stats.get(inst.model, {})})
+            entry["instances"] += 1
+            entry["ready"] += int(inst.id in agent.state.ready)
+        return reply({"node_id": agent.settings.node_id, "models": out})
+
+    @app.get(wire.ROUTE_STATS_REQUESTS)
+    async def stats_requests(request: Request) -> Response:
+        reply, _ = await authenticate(request)
+        q = request.query_params
+        try:
+            since, limit = int(q.get("since", "0")), int(q.get("limit", "1000"))
+            if not (0 <= since <= wire.MAX_TERM and 1 <= limit <= wire.MAX_PAGE):
+                raise ValueError
+        except ValueError:
+            return reply.error(400, f"since must be in [0, 2**53] and limit in [1, {wire.MAX_PAGE}]")
+        records, cursor = agent.store.requests_since(since, limit)
+        return reply({"node_id": agent.settings.node_id, "requests": [r.to_dict() for r in records], "next": cursor})
+
+    return app
+
+
+class _EmbeddedServer(uvicorn.Server):
+    """A uvicorn server that leaves signal handling to the process's main (client API) server."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+class PeerServer:
+    """Runs the peer app on ``host:port`` with mutual TLS (only certificates of this cluster's CA)."""
+
+    def __init__(self, app: FastAPI, identity: Identity, host: str, port: int) -> None:
+        files = identity.tls_files
+        if files is None:
+            raise ValueError("the peer listener needs a data dir for its TLS files")
+        config = uvicorn.Config(
+            app, host=host, port=port, log_level=None, lifespan="off",
+            ssl_keyfile=str(files.key), ssl_certfile=str(files.cert), ssl_ca_certs=str(files.ca),
+            ssl_cert_reqs=ssl.CERT_REQUIRED, timeout_keep_alive=30, limit_concurrency=256, log_config=None,
+            # access_log=False would strip the process's shared "uvicorn.access" logger of its handlers
+            access_log=True,
+            timeout_graceful_shutdown=2,
+        )  # fmt: skip
+        self.server = _EmbeddedServer(config)
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self.server.serve())
+        while not self.server.started:
+            if self._task.done():
+                self._task.result()  # raises what stopped it
+                raise OSError("the peer listener did not start (port in use?)")
+            await asyncio.sleep(0.02)
+
+    async def stop(self) -> None:
+        if self._task is None:
+            return
+        self.server.should_exit = True
+        await asyncio.sleep(0.05)  # uvicorn stops accepting and asks idle connections to close
+        for conn in list(self.server.server_state.connections):
+            # An idle peer never answers TLS close_notify: abort rather than wait ssl_shutdown_timeout (30 s).
+            transport = getattr(conn, "transport", None)
+            if transport is not None:
+                transport.abort()
+        self.server.force_exit = True
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task

@@ -1,0 +1,437 @@
+"""The peer-plane wire protocol: every message between agents, one typed codec each, routes and headers.
+
+Each message is a frozen dataclass with ``to_json()`` (the one encoder) and ``parse(data, ...)`` (the one
+strict parser). Parsers accept only bounded input: integers in range (no bools), finite floats, strings and
+lists of bounded length, known model names; anything else raises ``WireError`` (a 4xx at the HTTP edge,
+never a 500). The authenticated envelope's canonical bytes live here too (``request_signing_bytes``,
+``response_signing_bytes``); keys and signatures are agent.identity's business. No third-party imports:
+agent and client can both use this module.
+
+    WireError(ValueError)      malformed or out-of-range message (status 400, or 413 when too large)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from coordinator_election import Announce, Message, Vote, VoteRequest
+
+# -- routes and headers (the peer listener; client paths are agent.api's) --------------------------------
+ROUTE_STATE = "/peer/state"  # GET: heartbeat; answer PeerState
+ROUTE_LEAVE = "/peer/leave"  # POST Leave: the sender leaves
+ROUTE_ELECTION = "/election/message"  # POST ElectionPost
+ROUTE_DESIRED = "/control/desired"  # PUT DesiredCommand (leader -> agent)
+ROUTE_STATS_NODE = "/stats/node"  # GET: NodeStats
+ROUTE_STATS_MODELS = "/stats/models"  # GET: ModelStats
+ROUTE_STATS_REQUESTS = "/stats/requests"  # GET ?since=&limit=: RequestPage
+ROUTES = (ROUTE_STATE, ROUTE_LEAVE, ROUTE_ELECTION, ROUTE_DESIRED, ROUTE_STATS_NODE, ROUTE_STATS_MODELS,
+          ROUTE_STATS_REQUESTS)  # fmt: skip
+
+H_CARD = "x-peerserve-card"  # the sender's certified key (agent.identity.Card, base64url)
+H_TO = "x-peerserve-to"  # node id of the receiver
+H_TIME = "x-peerserve-time"  # sender's unix time, seconds with milliseconds
+H_NONCE = "x-peerserve-nonce"  # 16 random bytes, base64url; the answer is bound to it
+H_SIGNATURE = "x-peerserve-signature"  # Ed25519 over the signing bytes, base64url
+
+# -- bounds ------------------------------------------------------------------------------------------
+MAX_BODY = 256 * 1024  # bytes of any peer message or answer
+MAX_TERM = 2**53  # terms and cursors stay exact in every JSON implementation
+MAX_COUNT = 64  # instances of one model on one node (also bounded by the node's memory)
+MAX_MODELS = 256
+MAX_URLS = 16  # ready servers of one model on one node
+MAX_INSTANCES = 512
+MAX_PAGE = 5000  # request-log rows per page
+MAX_RTTS = 64  # nodes in one request's RTT report
+MAX_NUMBER = 1e12
+NODE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,62}")
+MODEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+
+
+class WireError(ValueError):
+    """A peer message that is malformed, out of range or too large (``status``: the HTTP answer)."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+# -- field readers -----------------------------------------------------------------------------------
+def _obj(data: Any, what: str) -> Mapping[str, Any]:
+    if not isinstance(data, dict):
+        raise WireError(f"{what} is not a JSON object")
+    return data
+
+
+def _int(data: Mapping[str, Any], key: str, lo: int = 0, hi: int = MAX_TERM) -> int:
+    v = data.get(key)
+    if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+        raise WireError(f"{key!r} must be an integer in [{lo}, {hi}]")
+    return v
+
+
+def _float(data: Mapping[str, Any], key: str, optional: bool = False, default: float | None = None) -> Any:
+    v = data.get(key, default)
+    if v is None and optional:
+        return None
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not 0 <= v <= MAX_NUMBER:
+        raise WireError(f"{key!r} must be a finite number in [0, {MAX_NUMBER:g}]")
+    return float(v)
+
+
+def _str(data: Mapping[str, Any], key: str, limit: int = 64, optional: bool = False, default: str | None = None) -> Any:
+    v = data.get(key, default)
+    if v is None and optional:
+        return None
+    if not isinstance(v, str) or len(v) > limit:
+        raise WireError(f"{key!r} must be a string of at most {limit} characters")
+    return v
+
+
+def _node(data: Mapping[str, Any], key: str, optional: bool = False) -> Any:
+    v = data.get(key)
+    if v is None and optional:
+        return None
+    if not isinstance(v, str) or not NODE_ID.fullmatch(v):
+        raise WireError(f"{key!r} must be a node id (one DNS label)")
+    return v
+
+
+def valid_model(name: Any) -> bool:
+    """A model name as the catalogue allows it (matched whole)."""
+    return isinstance(name, str) and MODEL.fullmatch(name) is not None
+
+
+def _url(v: Any) -> str:
+    if not isinstance(v, str) or len(v) > 256 or not v.startswith(("http://", "https://")):
+        raise WireError("a URL must be an http(s) URL of at most 256 characters")
+    return v.rstrip("/")
+
+
+def _counts(data: Any, key: str, hi: int = MAX_COUNT) -> dict[str, int]:
+    raw = _obj(data, key)
+    if len(raw) > MAX_MODELS:
+        raise WireError(f"{key!r} names more than {MAX_MODELS} models")
+    out = {}
+    for model in raw:
+        if not valid_model(model):
+            raise WireError(f"{key!r}: invalid model name {str(model)[:80]!r}")
+        out[model] = _int(raw, model, 0, hi)
+    return out
+
+
+def body_digest(body: bytes) -> str:
+    return hashlib.sha256(body).hexdigest()
+
+
+def request_signing_bytes(
+    sender: str, receiver: str, method: str, target: str, body: bytes, timestamp: str, nonce: str
+) -> bytes:
+    """What a request's signature covers: who to whom, what, the body's digest, when, and a one-time nonce."""
+    parts = ("peerserve-request-v1", sender, receiver, method.upper(), target, body_digest(body), timestamp, nonce)
+    return "\n".join(parts).encode()
+
+
+def response_signing_bytes(
+    responder: str, requester: str, status: int, nonce: str, body: bytes, timestamp: str
+) -> bytes:
+    """What an answer's signature covers: bound to the request's nonce, so an old answer cannot be replayed."""
+    parts = ("peerserve-response-v1", responder, requester, str(status), nonce, body_digest(body), timestamp)
+    return "\n".join(parts).encode()
+
+
+# -- messages ------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class PeerState:
+    """A node's heartbeat answer (GET /peer/state): who it is, where, what it serves, how loaded."""
+
+    node_id: str
+    api_url: str
+    peer_port: int
+    endpoints: Mapping[str, tuple[str, ...]]
+    mem_available_mb: float
+    mem_total_mb: float
+    gpu_load: float | None
+    cpu_load: float
+    node_class: str
+    compute: float
+    term: int
+    leader: str | None
+    catalogue_version: str = ""
+    started_at: float = 0.0
+    priority: int = 0
+    extra: Mapping[str, Any] = field(default_factory=dict)  # kept for old callers; always empty
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "node_id": self.node_id,
+            "api_url": self.api_url,
+            "peer_port": self.peer_port,
+            "endpoints": {m: list(u) for m, u in self.endpoints.items()},
+            "mem_available_mb": self.mem_available_mb,
+            "mem_total_mb": self.mem_total_mb,
+            "gpu_load": self.gpu_load,
+            "cpu_load": self.cpu_load,
+            "node_class": self.node_class,
+            "compute": self.compute,
+            "term": self.term,
+            "leader": self.leader,
+            "catalogue_version": self.catalogue_version,
+            "started_at": self.started_at,
+            "priority": self.priority,
+        }
+
+    @classmethod
+    def parse(cls, data: Any) -> PeerState:
+        d = _obj(data, "heartbeat answer")
+        raw = _obj(d.get("endpoints"), "endpoints")
+        if len(raw) > MAX_MODELS:
+            raise WireError(f"'endpoints' names more than {MAX_MODELS} models")
+        endpoints: dict[str, tuple[str, ...]] = {}
+        for model, urls in raw.items():
+            if not valid_model(model) or not isinstance(urls, list) or len(urls) > MAX_URLS:
+                raise WireError(f"endpoints of {str(model)[:80]!r} must be a list of at most {MAX_URLS} URLs")
+            endpoints[model] = tuple(_url(u) for u in urls)
+        return cls(
+            node_id=_node(d, "node_id"),
+            api_url=_url(d.get("api_url")),
+            peer_port=_int(d, "peer_port", 1, 65535),
+            endpoints=endpoints,
+            mem_available_mb=_float(d, "mem_available_mb"),
+            mem_total_mb=_float(d, "mem_total_mb"),
+            gpu_load=_float(d, "gpu_load", optional=True),
+            cpu_load=_float(d, "cpu_load"),
+            node_class=_str(d, "node_class", default="default"),
+            compute=_float(d, "compute"),
+            term=_int(d, "term"),
+            leader=_node(d, "leader", optional=True),
+            catalogue_version=_str(d, "catalogue_version", default=""),
+            started_at=_float(d, "started_at", default=0.0),
+            priority=_int(d, "priority", -(2**31), 2**31) if "priority" in d else 0,
+        )
+
+
+@dataclass(frozen=True)
+class Leave:
+    """POST /peer/leave: the sender stops (graceful); only a node may say it leaves."""
+
+    node_id: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"node_id": self.node_id}
+
+    @classmethod
+    def parse(cls, data: Any) -> Leave:
+        return cls(_node(_obj(data, "leave"), "node_id"))
+
+
+@dataclass(frozen=True)
+class DesiredCommand:
+    """PUT /control/desired: the leader's desired set for one node at its term."""
+
+    term: int
+    leader: str
+    instances: Mapping[str, int]
+    placement: Mapping[str, Any] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"term": self.term, "leader": self.leader, "instances": dict(self.instances),
+                "placement": None if self.placement is None else dict(self.placement)}  # fmt: skip
+
+    @classmethod
+    def parse(cls, data: Any) -> DesiredCommand:
+        d = _obj(data, "desired set")
+        placement = d.get("placement")
+        if placement is not None and not isinstance(placement, dict):
+            raise WireError("'placement' must be an object or null")
+        return cls(_int(d, "term"), _node(d, "leader"), _counts(d.get("instances"), "instances"), placement)
+
+
+@dataclass(frozen=True)
+class NodeStats:
+    """GET /stats/node, as the leader consumes it: capacity and running instances (validated only)."""
+
+    node_id: str
+    node_class: str
+    compute: float
+    mem_available_mb: float
+    mem_total_mb: float
+    instances: tuple[tuple[str, bool, bool], ...]  # (model, running, ready)
+
+    def to_json(self) -> dict[str, Any]:
+        instances = [{"model": m, "running": run, "ready": ready} for m, run, ready in self.instances]
+        return {"node_id": self.node_id, "node_class": self.node_class, "compute": self.compute,
+                "mem_available_mb": self.mem_available_mb, "mem_total_mb": self.mem_total_mb,
+                "instances": instances}  # fmt: skip
+
+    @classmethod
+    def parse(cls, data: Any) -> NodeStats:
+        d = _obj(data, "node stats")
+        raw = d.get("instances")
+        if not isinstance(raw, list) or len(raw) > MAX_INSTANCES:
+            raise WireError(f"'instances' must be a list of at most {MAX_INSTANCES}")
+        instances = []
+        for item in raw:
+            i = _obj(item, "instance")
+            if not valid_model(i.get("model")) or not isinstance(i.get("running"), bool):
+                raise WireError("an instance needs a model name and a boolean 'running'")
+            instances.append((i["model"], i["running"], bool(i.get("ready", False))))
+        return cls(_node(d, "node_id"), _str(d, "node_class", default="default"), _float(d, "compute"),
+                   _float(d, "mem_available_mb"), _float(d, "mem_total_mb"), tuple(instances))  # fmt: skip
+
+
+@dataclass(frozen=True)
+class ModelStats:
+    """GET /stats/models: per model, requests since provisioned and when the last one came."""
+
+    node_id: str
+    models: Mapping[str, Mapping[str, float | None]]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"node_id": self.node_id, "models": {m: dict(v) for m, v in self.models.items()}}
+
+    @classmethod
+    def parse(cls, data: Any) -> ModelStats:
+        d = _obj(data, "model stats")
+        raw = _obj(d.get("models"), "models")
+        if len(raw) > MAX_MODELS:
+            raise WireError(f"'models' names more than {MAX_MODELS} models")
+        models: dict[str, dict[str, float | None]] = {}
+        for model, entry in raw.items():
+            e = _obj(entry, "model entry")
+            if not valid_model(model) or len(e) > 16:
+                raise WireError(f"bad model entry {str(model)[:80]!r}")
+            models[model] = {str(k)[:64]: _float(e, k, optional=True) for k in e}
+        return cls(_node(d, "node_id"), models)
+
+
+@dataclass(frozen=True)
+class RequestRow:
+    """One row of a node's request log."""
+
+    id: int
+    ts: float
+    model: str
+    client: str
+    rtt_ms: Mapping[str, float]
+    node: str | None
+    latency_ms: float | None
+    status: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {"id": self.id, "ts": self.ts, "model": self.model, "client": self.client, "rtt_ms": dict(self.rtt_ms),
+                "node": self.node, "latency_ms": self.latency_ms, "status": self.status}  # fmt: skip
+
+    @classmethod
+    def parse(cls, data: Any) -> RequestRow:
+        d = _obj(data, "request row")
+        rtts = _obj(d.get("rtt_ms", {}), "rtt_ms")
+        if len(rtts) > MAX_RTTS or not all(isinstance(k, str) and len(k) <= 64 for k in rtts):
+            raise WireError(f"'rtt_ms' must map at most {MAX_RTTS} node ids to numbers")
+        model = d.get("model")
+        if not isinstance(model, str) or not valid_model(model):
+            raise WireError("a request row needs a model name")
+        return cls(_int(d, "id"), _float(d, "ts"), model, _str(d, "client", 128), {k: _float(rtts, k) for k in rtts},
+                   _str(d, "node", optional=True), _float(d, "latency_ms", optional=True),
+                   _int(d, "status", 100, 599))  # fmt: skip
+
+
+@dataclass(frozen=True)
+class RequestPage:
+    """GET /stats/requests?since=CURSOR: rows after the cursor and the next cursor."""
+
+    node_id: str
+    requests: tuple[RequestRow, ...]
+    next: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {"node_id": self.node_id, "requests": [r.to_json() for r in self.requests], "next": self.next}
+
+    @classmethod
+    def parse(cls, data: Any, since: int = 0) -> RequestPage:
+        d = _obj(data, "request page")
+        raw = d.get("requests")
+        if not isinstance(raw, list) or len(raw) > MAX_PAGE:
+            raise WireError(f"'requests' must be a list of at most {MAX_PAGE} rows")
+        rows = tuple(RequestRow.parse(r) for r in raw)
+        nxt = _int(d, "next")
+        if nxt < since or any(not since < r.id <= nxt for r in rows):
+            raise WireError("request page rows must lie after the cursor and up to 'next'")
+        return cls(_node(d, "node_id"), rows, nxt)
+
+
+ELECTION_KINDS = ("announce", "vote_request", "vote")
+
+
+def _priority(d: Mapping[str, Any]) -> tuple[int, float, str]:
+    p = d.get("priority")
+    if not isinstance(p, list) or len(p) != 3:
+        raise WireError("'priority' must be [int, number, node id]")
+    box = {"p": p[0], "m": p[1], "n": p[2]}
+    return (_int(box, "p", -(2**31), 2**31), _float(box, "m"), _node(box, "n"))
+
+
+@dataclass(frozen=True)
+class ElectionPost:
+    """POST /election/message: one election message (kind + fields of coordinator_election's messages)."""
+
+    kind: str
+    term: int
+    node: str  # announce: leader; vote_request: candidate; vote: voter -- always the sender
+    priority: tuple[int, float, str] | None = None
+    granted: bool | None = None
+    leader: str | None = None  # vote only: the leader the voter knows
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"type": self.kind, "term": self.term}
+        if self.kind == "announce":
+            return {**out, "leader": self.node, "priority": list(self.priority or ())}
+        if self.kind == "vote_request":
+            return {**out, "candidate": self.node, "priority": list(self.priority or ())}
+        return {**out, "voter": self.node, "granted": self.granted, "leader": self.leader}
+
+    @classmethod
+    def from_message(cls, m: Message) -> ElectionPost:
+        if isinstance(m, Announce):
+            return cls("announce", m.term, m.leader, m.priority)
+        if isinstance(m, VoteRequest):
+            return cls("vote_request", m.term, m.candidate, m.priority)
+        return cls("vote", m.term, m.voter, None, m.granted, m.leader)
+
+    def to_message(self) -> Message:
+        if self.kind == "announce":
+            return Announce(self.term, self.node, self.priority or (0, 0.0, self.node))
+        if self.kind == "vote_request":
+            return VoteRequest(self.term, self.node, self.priority or (0, 0.0, self.node))
+        return Vote(self.term, self.node, bool(self.granted), self.leader)
+
+    @classmethod
+    def parse(cls, data: Any) -> ElectionPost:
+        d = _obj(data, "election message")
+        kind = d.get("type")
+        if kind == "announce":
+            return cls(kind, _int(d, "term"), _node(d, "leader"), _priority(d))
+        if kind == "vote_request":
+            return cls(kind, _int(d, "term"), _node(d, "candidate"), _priority(d))
+        if kind == "vote":
+            if not isinstance(d.get("granted"), bool):
+                raise WireError("'granted' must be a boolean")
+            return cls(kind, _int(d, "term"), _node(d, "voter"), None, d["granted"], _node(d, "leader", optional=True))
+        raise WireError(f"unknown election message type {str(kind)[:40]!r}")
+
+
+@dataclass(frozen=True)
+class ClusterHint:
+    """The public part of GET /cluster a joining node reads from a seed: whom to authenticate, and where."""
+
+    node_id: str
+    peer_port: int
+
+    @classmethod
+    def parse(cls, data: Any) -> ClusterHint:
+        d = _obj(data, "cluster answer")
+        return cls(_node(d, "node_id"), _int(d, "peer_port", 1, 65535))

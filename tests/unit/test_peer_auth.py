@@ -1,0 +1,253 @@
+"""Message authentication on the peer plane: cards, signatures, freshness, replay, pins, and the wire bounds."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from agent.identity import WINDOW_S, AuthError, Card, Identity, NonceCache, Pins, b64, derive_ca_key, unb64
+from agent.peer_api import capacity_refusal, command_refusal
+from agent.peer_client import PeerCallError, PeerClient
+from peerserve import wire
+
+TOKEN = "unit-cluster-token-0123456789"
+NOW = 1_800_000_000.0
+A = Identity("a", TOKEN, None)
+B = Identity("b", TOKEN, None)
+C = Identity("c", TOKEN, None)
+BODY = b'{"term":3,"leader":"a","instances":{"m":1}}'
+
+
+def fresh(ident: Identity) -> Identity:
+    """The same node with empty nonce cache and pins (each example starts clean)."""
+    ident.nonces = NonceCache()
+    ident.pins = Pins(None)
+    return ident
+
+
+def signed(sender: Identity = A, to: str = "b", body: bytes = BODY, now: float = NOW) -> dict[str, str]:
+    return dict(sender.sign_request(to, "PUT", "/control/desired", body, now).headers)
+
+
+def test_a_signed_request_verifies_once_and_its_replay_is_refused() -> None:
+    b = fresh(B)
+    headers = signed()
+    assert b.verify_request(headers, "PUT", "/control/desired", BODY, NOW + 1) == "a"
+    with pytest.raises(AuthError, match="replayed"):
+        b.verify_request(headers, "PUT", "/control/desired", BODY, NOW + 2)
+
+
+@settings(max_examples=200)
+@given(st.data())
+def test_any_tampered_byte_is_refused(data: st.DataObject) -> None:
+    b = fresh(B)
+    headers = signed()
+    body, method, target = BODY, "PUT", "/control/desired"
+    what = data.draw(st.sampled_from(["body", "target", "method", "time", "nonce", "signature", "to"]))
+    if what == "body":
+        i = data.draw(st.integers(0, len(BODY) - 1))
+        body = BODY[:i] + bytes([BODY[i] ^ data.draw(st.integers(1, 255))]) + BODY[i + 1 :]
+    elif what == "target":
+        target = data.draw(st.sampled_from(["/control/desired?x=1", "/peer/leave", "/control/desire"]))
+    elif what == "method":
+        method = "POST"
+    elif what == "time":
+        headers[wire.H_TIME] = f"{NOW + data.draw(st.floats(0.001, 5)):.3f}"
+    elif what == "nonce":
+        headers[wire.H_NONCE] = headers[wire.H_NONCE][::-1] + "A"
+    elif what == "signature":
+        sig = bytearray(unb64(headers[wire.H_SIGNATURE]))
+        sig[data.draw(st.integers(0, len(sig) - 1))] ^= 1 << data.draw(st.integers(0, 7))
+        headers[wire.H_SIGNATURE] = b64(bytes(sig))
+    else:
+        headers[wire.H_TO] = "c"
+    with pytest.raises(AuthError):
+        b.verify_request(headers, method, target, body, NOW)
+
+
+@settings(max_examples=100)
+@given(st.floats(-1e6, 1e6, allow_nan=False))
+def test_clock_skew_beyond_the_window_is_refused(skew: float) -> None:
+    b = fresh(B)
+    headers = signed(now=NOW + skew)
+    if abs(skew) <= WINDOW_S - 0.01:
+        assert b.verify_request(headers, "PUT", "/control/desired", BODY, NOW) == "a"
+    elif abs(skew) > WINDOW_S + 0.01:
+        with pytest.raises(AuthError, match="stale or future"):
+            b.verify_request(headers, "PUT", "/control/desired", BODY, NOW)
+
+
+def test_a_message_for_one_node_cannot_be_replayed_to_another_or_as_another() -> None:
+    headers = signed(to="b")
+    with pytest.raises(AuthError, match="another node"):
+        fresh(C).verify_request(headers, "PUT", "/control/desired", BODY, NOW)
+    as_c = {**headers, wire.H_CARD: C.card_text}  # claim c sent it: c's key did not sign it
+    with pytest.raises(AuthError, match="bad signature"):
+        fresh(B).verify_request(as_c, "PUT", "/control/desired", BODY, NOW)
+
+
+def test_another_clusters_node_and_an_unsigned_message_are_refused() -> None:
+    stranger = Identity("a", "another-token-0123456789", None)
+    with pytest.raises(AuthError, match="not issued by this cluster") as info:
+        fresh(B).verify_request(signed(stranger), "PUT", "/control/desired", BODY, NOW)
+    assert info.value.status == 403
+    with pytest.raises(AuthError, match="no node card"):
+        fresh(B).verify_request({}, "PUT", "/control/desired", BODY, NOW)
+    forged = Card("a", stranger.public_key, b"\0" * 64).encode()  # a card it signed itself
+    with pytest.raises(AuthError):
+        fresh(B).verify_request({**signed(stranger), wire.H_CARD: forged}, "PUT", "/control/desired", BODY, NOW)
+
+
+def test_a_node_id_is_pinned_to_the_first_key_that_proved_it(tmp_path: Path) -> None:
+    b = Identity("b", TOKEN, tmp_path / "b")
+    assert b.verify_request(signed(), "PUT", "/control/desired", BODY, NOW) == "a"
+    impostor = Identity("a", TOKEN, None)  # has the token, claims a's id with another key
+    with pytest.raises(AuthError, match="another key") as info:
+        b.verify_request(signed(impostor), "PUT", "/control/desired", BODY, NOW)
+    assert info.value.status == 403
+    again = Identity("b", TOKEN, tmp_path / "b")  # the pin and the node key survive a restart
+    assert again.public_key == b.public_key
+    with pytest.raises(AuthError, match="another key"):
+        again.verify_request(signed(impostor), "PUT", "/control/desired", BODY, NOW)
+
+
+def test_answers_are_bound_to_the_request_nonce_and_the_responder() -> None:
+    a, b = fresh(A), fresh(B)
+    req = a.sign_request("b", "GET", "/peer/state", b"", NOW)
+    answer = b'{"ok":true}'
+    headers = b.sign_response("a", 200, req.nonce, answer, NOW)
+    a.verify_response(headers, "b", 200, req.nonce, answer, NOW)
+    other = a.sign_request("b", "GET", "/peer/state", b"", NOW)
+    for responder, status, nonce, body in (("c", 200, req.nonce, answer), ("b", 200, other.nonce, answer),
+                                           ("b", 500, req.nonce, answer), ("b", 200, req.nonce, b"{}")):  # fmt: skip
+        with pytest.raises(AuthError):
+            a.verify_response(headers, responder, status, nonce, body, NOW)
+
+
+def test_the_ca_is_derived_from_the_token_alone() -> None:
+    assert derive_ca_key(TOKEN).public_key().public_bytes_raw() == A.ca_public.public_bytes_raw()
+    assert derive_ca_key(TOKEN + "x").public_key().public_bytes_raw() != A.ca_public.public_bytes_raw()
+    assert TOKEN not in A.card_text and TOKEN.encode() not in bytes(str(signed()), "utf-8")
+
+
+def test_the_nonce_cache_is_bounded_and_refuses_rather_than_forgets() -> None:
+    cache = NonceCache(ttl_s=60, limit=3)
+    for n in ("n1", "n2", "n3"):
+        cache.use(n, 0)
+    with pytest.raises(AuthError) as info:
+        cache.use("n4", 1)
+    assert info.value.status == 429 and len(cache) == 3
+    with pytest.raises(AuthError, match="replayed"):
+        cache.use("n1", 59)  # still remembered inside the window
+    cache.use("n4", 61)  # expired ones make room
+    assert len(cache) == 1
+
+
+def test_the_pin_table_is_bounded() -> None:
+    pins = Pins(None, limit=2)
+    pins.check("x", b"k" * 32)
+    pins.check("y", b"k" * 32)
+    with pytest.raises(AuthError, match="full"):
+        pins.check("z", b"k" * 32)
+
+
+# -- wire bounds ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "body",
+    [None, [], {"term": 2**62, "leader": "a", "instances": {}}, {"term": 1, "leader": "a", "instances": {"m": 10**30}},
+     {"term": 1, "leader": "a", "instances": {"m": 65}}, {"term": 1, "leader": "a", "instances": {"m\n": 1}},
+     {"term": 1.5, "leader": "a", "instances": {}}, {"term": True, "leader": "a", "instances": {}},
+     {"term": 1, "leader": "a.b", "instances": {}}, {"term": 1, "leader": "a", "instances": {"m": -1}},
+     {"term": 1, "leader": "a", "instances": {f"m{i}": 1 for i in range(300)}}],
+)  # fmt: skip
+def test_bad_commands_are_wire_errors(body: Any) -> None:
+    with pytest.raises(wire.WireError):
+        wire.DesiredCommand.parse(body)
+
+
+@pytest.mark.parametrize(
+    "msg",
+    [{"type": "announce", "term": 1, "leader": "a", "priority": [0, float("inf"), "a"]},
+     {"type": "announce", "term": 1, "leader": "a", "priority": [0, 1e400, "a"]},
+     {"type": "announce", "term": 1, "leader": "a", "priority": [2**40, 1, "a"]},
+     {"type": "vote_request", "term": -1, "candidate": "a", "priority": [0, 1, "a"]},
+     {"type": "vote", "term": 1, "voter": "a", "granted": "yes"}, {"type": "coup", "term": 1}],
+)  # fmt: skip
+def test_bad_election_messages_are_wire_errors(msg: Any) -> None:
+    with pytest.raises(wire.WireError):
+        wire.ElectionPost.parse(msg)
+
+
+def test_election_messages_round_trip() -> None:
+    for msg in ({"type": "announce", "term": 4, "leader": "a", "priority": [1, 512.0, "a"]},
+                {"type": "vote", "term": 4, "voter": "b", "granted": False, "leader": "a"}):  # fmt: skip
+        post = wire.ElectionPost.parse(msg)
+        assert wire.ElectionPost.from_message(post.to_message()) == post and post.to_json() == msg
+
+
+def test_request_pages_must_lie_after_the_cursor() -> None:
+    row = {"id": 5, "ts": 1.0, "model": "m", "client": "c", "rtt_ms": {"a": 1}, "node": None, "latency_ms": None,
+           "status": 200}  # fmt: skip
+    assert wire.RequestPage.parse({"node_id": "a", "requests": [row], "next": 5}, since=4).next == 5
+    bad = [([row], 5, 5), ([], 3, 4), ([row] * 5001, 5, 0), ([{**row, "rtt_ms": {"a": float("nan")}}], 5, 0)]
+    for rows, nxt, since in bad:
+        page = {"node_id": "a", "requests": rows, "next": nxt}
+        with pytest.raises(wire.WireError):
+            wire.RequestPage.parse(page, since)
+
+
+def test_commands_only_from_the_accepted_leader_and_within_capacity() -> None:
+    cmd = wire.DesiredCommand(7, "a", {"m": 2})
+    assert command_refusal("a", cmd, (7, "a")) is None
+    assert command_refusal("a", cmd, None) is None  # no election here: term fencing alone
+    assert "not the leader" in (command_refusal("a", cmd, (7, "b")) or "")
+    assert "not the leader" in (command_refusal("a", cmd, (6, "a")) or "")  # a term it has not accepted
+    assert "in the name of" in (command_refusal("b", cmd, (7, "a")) or "")
+    assert capacity_refusal(cmd, mem_total_mb=1024, mem_need={"m": 512}) is None
+    assert "capacity" in (capacity_refusal(cmd, mem_total_mb=1000, mem_need={"m": 512}) or "")
+    assert capacity_refusal(wire.DesiredCommand(1, "a", {"m": 1}), 10, {"m": 512}) is None  # one always fits
+
+
+# -- the peer client's answer checks (an in-process ASGI peer: real signing and parsing, no sockets) -------
+def _peer_app(ident: Identity, answer: dict[str, Any], signer: Identity | None = None) -> Any:
+    """A peer that verifies the request like agent.peer_api and answers ``answer``, signed by ``signer``."""
+    import json as _json
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        headers = {k.decode(): v.decode() for k, v in scope["headers"]}
+        target = scope["path"] + (f"?{scope['query_string'].decode()}" if scope["query_string"] else "")
+        sender = ident.verify_request(headers, scope["method"], target, b"", time.time())
+        body = _json.dumps(answer).encode()
+        signed = (signer or ident).sign_response(sender, 200, headers[wire.H_NONCE], body, time.time())
+        out = [(k.encode(), v.encode()) for k, v in signed.items()] + [(b"content-type", b"application/json")]
+        await send({"type": "http.response.start", "status": 200, "headers": out})
+        await send({"type": "http.response.body", "body": body})
+
+    return app
+
+
+def test_stats_answers_must_be_signed_by_the_node_asked_and_name_it() -> None:
+    stats = {"node_id": "b", "node_class": "orin", "compute": 100, "mem_available_mb": 1, "mem_total_mb": 2,
+             "instances": [{"model": "m", "running": True, "ready": True}]}  # fmt: skip
+
+    def get(answer: dict[str, Any], signer: Identity | None = None) -> Any:
+        b = fresh(Identity("b", TOKEN, None))
+        http = httpx.AsyncClient(transport=httpx.ASGITransport(app=_peer_app(b, answer, signer)))
+        route = {"http://b": ("b", "http://b")}.get
+        client = PeerClient(fresh(Identity("a", TOKEN, None)), route, http=http)
+        return asyncio.run(client.get_json("http://b/stats/node"))
+
+    assert get(stats)["instances"] == [{"model": "m", "running": True, "ready": True}]
+    with pytest.raises(PeerCallError, match="another node"):
+        get({**stats, "node_id": "c"})  # b reporting for c (the KeyError that broke every round)
+    with pytest.raises(PeerCallError, match="unauthenticated"):
+        get(stats, signer=Identity("c", TOKEN, None))  # answered by someone else
+    with pytest.raises(PeerCallError, match="malformed"):
+        get({**stats, "mem_total_mb": float("inf")})
