@@ -9,7 +9,8 @@ counts are integers. From the relaxation's rates ``x[c, j]``:
    to the node where they cost least and fit (an open pool's headroom first), until it fits.
 4. Spread bound: per model and node class, while the pools run more instances than the class's load
    needs plus one spare, the smallest pool's streams move into the other open pools of that class.
-5. Rejected rate is placed where it fits (headroom first, then a new instance), else stays rejected.
+5. Rejected rate is placed where it fits (headroom first, then a new instance), else stays rejected;
+   float residue left on a pool without instances joins the stream's largest share.
 
 Every move re-checks the node's budgets, so no step breaks memory, compute or throughput.
 """
@@ -100,7 +101,26 @@ def repair(q: QueueProblem, x: FloatArray, rejected: FloatArray) -> Pools:
     _fix_capacity(pools)
     _bound_spread(pools)
     _place_rejected(pools)
+    _sweep_residue(pools)
     return pools
+
+
+def _sweep_residue(pools: Pools) -> None:
+    """Rate left (by float residue of moves) on a pool with no instance joins the stream's largest share."""
+    idle = pools.counts() == 0  # [j, k]
+    for c, j in zip(*np.nonzero(pools.x > 0), strict=True):
+        k = int(pools.q.base.class_model[c])
+        if not idle[j, k]:
+            continue
+        amount = float(pools.x[c, j])
+        pools.x[c, j] = 0.0
+        live = np.where(~idle[:, k], pools.x[c], 0.0)
+        t = int(np.argmax(live))
+        before = pools.counts()[t, k]
+        pools.x[c, t] += amount
+        if live[t] <= 0 or pools.counts()[t, k] != before:  # no open pool, or it would need another instance
+            pools.x[c, t] -= amount
+            pools.rejected[c] += amount
 
 
 def _evacuate(pools: Pools, j: int, k: int, exclude: set[int]) -> bool:
