@@ -313,10 +313,17 @@ class Election:
             # we follow a live leader: refuse, and let the candidate learn who it is
             return [Send(m.candidate, Vote(m.term, self.node_id, False, self.leader))]
         actions: list[Action] = []
+        self._skipped.discard(m.candidate)  # it is evidently not silent: it may be the best candidate again
         if m.term > self.term:
             self._set_term(m.term)
             if self.role is Role.CANDIDATE:
                 actions += self._follow(now, None)
+        elif self.role is Role.CANDIDATE and m.priority > self.priority:
+            # a better candidate stands in our term (we had passed over it, or we both stood at once): stand
+            # down and give it a full timeout, or two nodes that each think themselves best split the vote
+            # in lockstep forever
+            actions += self._follow(now, None)
+            self._waiting_since = now
         granted = self.vote in (None, m.candidate)
         if granted:
             self.vote = m.candidate

@@ -416,3 +416,17 @@ def test_random_fault_schedules(size: int, seed: int, schedule: list[tuple[str, 
     leader = net.agreed_leader()
     net.run(10)
     assert net.agreed_leader() == leader  # and it stays: no flapping once stable
+
+
+def test_two_nodes_that_each_passed_over_the_other_do_not_split_the_vote_forever() -> None:
+    """Found by the property test above: n0 passed over the crashed n1; when n1 came back both thought
+    themselves the best candidate, stood at the same instant every timeout and split the vote forever."""
+    net = Network(2, seed=0)
+    net.run(2)
+    net.restart(net.ids[0])
+    net.run(2.875)
+    net.crash(net.ids[1])
+    net.run(1.0)
+    net.restart(net.ids[1])
+    assert net.time_until_agreed(8) is not None
+    _check_invariants(net)
