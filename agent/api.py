@@ -130,27 +130,11 @@ def create_app(agent: NodeAgent) -> FastAPI:
 
     @app.get("/stats/models")
     async def stats_models() -> Any:
-        stats = agent.store.model_stats()
-        out: dict[str, dict[str, Any]] = {}
-        for inst in agent.state.instances:
-            entry = out.setdefault(inst.model, {"instances": 0, "ready": 0, **stats.get(inst.model, {})})
-            entry["instances"] += 1
-            entry["ready"] += int(inst.id in agent.state.ready)
-        return {"node_id": agent.settings.node_id, "models": out}
+        return agent.models_report()
 
     @app.get("/stats/node")
     async def stats_node() -> Any:
-        s = agent.settings
-        return {
-            "node_id": s.node_id,
-            "node_class": s.node_class,
-            "compute": s.compute,
-            "api_url": s.api_url,
-            **agent.node_metrics().to_dict(),
-            "instances": [{**i.to_dict(), "ready": i.id in agent.state.ready} for i in agent.state.instances],
-            "desired": dict(agent.desired.instances),
-            "term": agent.store.highest_term(),
-        }
+        return agent.node_report()
 
     @app.get("/cluster")
     async def cluster() -> Any:

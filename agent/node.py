@@ -512,6 +512,30 @@ class NodeAgent:
             await asyncio.sleep(0.05)
         return model in self._ready_models
 
+    def node_report(self) -> dict[str, Any]:
+        """What ``/stats/node`` answers (client port and peer plane): metrics, instances, desired set, term."""
+        s = self.settings
+        return {
+            "node_id": s.node_id,
+            "node_class": s.node_class,
+            "compute": s.compute,
+            "api_url": s.api_url,
+            **self.node_metrics().to_dict(),
+            "instances": [{**i.to_dict(), "ready": i.id in self.state.ready} for i in self.state.instances],
+            "desired": dict(self.desired.instances),
+            "term": self.store.highest_term(),
+        }
+
+    def models_report(self) -> dict[str, Any]:
+        """What ``/stats/models`` answers: per model here, instances, ready ones, requests since provisioned."""
+        stats = self.store.model_stats()
+        out: dict[str, dict[str, Any]] = {}
+        for inst in self.state.instances:
+            entry = out.setdefault(inst.model, {"instances": 0, "ready": 0, **stats.get(inst.model, {})})
+            entry["instances"] += 1
+            entry["ready"] += int(inst.id in self.state.ready)
+        return {"node_id": self.settings.node_id, "models": out}
+
     def health_report(self) -> dict[str, Any]:
         cat = self.catalogue
         reasons = [

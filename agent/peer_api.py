@@ -189,24 +189,12 @@ def create_peer_app(agent: NodeAgent, identity: Identity) -> FastAPI:
     @app.get(wire.ROUTE_STATS_NODE)
     async def stats_node(request: Request) -> Response:
         reply, _ = await authenticate(request)
-        s = agent.settings
-        return reply({
-            "node_id": s.node_id, "node_class": s.node_class, "compute": s.compute, "api_url": s.api_url,
-            **agent.node_metrics().to_dict(),
-            "instances": [{**i.to_dict(), "ready": i.id in agent.state.ready} for i in agent.state.instances],
-            "desired": dict(agent.desired.instances), "term": agent.store.highest_term(),
-        })  # fmt: skip
+        return reply(agent.node_report())
 
     @app.get(wire.ROUTE_STATS_MODELS)
     async def stats_models(request: Request) -> Response:
         reply, _ = await authenticate(request)
-        stats = agent.store.model_stats()
-        out: dict[str, dict[str, Any]] = {}
-        for inst in agent.state.instances:
-            entry = out.setdefault(inst.model, {"instances": 0, "ready": 0, **stats.get(inst.model, {})})
-            entry["instances"] += 1
-            entry["ready"] += int(inst.id in agent.state.ready)
-        return reply({"node_id": agent.settings.node_id, "models": out})
+        return reply(agent.models_report())
 
     @app.get(wire.ROUTE_STATS_REQUESTS)
     async def stats_requests(request: Request) -> Response:
