@@ -161,7 +161,7 @@ class NodeAgent:
             self.settings.node_id, self.runtime.kind, self.catalogue.current.version,
             dict(self._desired.instances), self._desired.term,
         )  # fmt: skip
-        await self.reconcile_once()
+        await self.observe()  # adopt running servers (ready ones answer at once); starting the rest is the loop's
         if self.identity is not None:
             from agent.peer_api import PeerServer, create_peer_app
 
@@ -172,6 +172,7 @@ class NodeAgent:
             await self.discovery.start()
             self.leadership = Leadership(self)
             await self.leadership.start()
+        self._wake.set()  # the first full reconcile runs now, in the background, after the listeners are up
         self._tasks = [
             asyncio.create_task(self._reconcile_loop(), name="reconcile"),
             asyncio.create_task(self._catalogue_loop(), name="catalogue"),
@@ -316,20 +317,28 @@ class NodeAgent:
             else:
                 self.state.reconcile_error = None
 
-    async def reconcile_once(self) -> None:
-        """One round: observe the runtime, probe readiness, carry out plan_reconcile's steps."""
+    async def observe(self) -> tuple[list[Instance], set[str]] | None:
+        """List the runtime's servers, probe readiness and publish them; None when the runtime is unavailable."""
         try:
             instances = await self.runtime.list()
         except RuntimeUnavailable as exc:
             if self.state.runtime_error != str(exc):
                 log.error("runtime unavailable: %s", exc)
             self.state.runtime_error = str(exc)
-            return
+            return None
         self.state.runtime_error = None
         ready = await self._probe(instances)
-        now = self.clock()
-        self._note_readiness(instances, ready, now)
+        self._note_readiness(instances, ready, self.clock())
         self._publish(instances, ready)
+        return instances, ready
+
+    async def reconcile_once(self) -> None:
+        """One round: observe the runtime, probe readiness, carry out plan_reconcile's steps."""
+        observed = await self.observe()
+        if observed is None:
+            return
+        instances, ready = observed
+        now = self.clock()
         next_try = {m: h.next_try for m, h in self.health.items()}
         timeout = self.settings.instance_ready_timeout_s
         stuck = {i.id for i in instances if i.running and i.id not in ready and now - i.started_at > timeout}
