@@ -109,9 +109,11 @@ def register(commands: Any) -> None:
 
 def cmd_agent(args: argparse.Namespace) -> int:
     import logging
+    from pathlib import Path
 
     import uvicorn
 
+    from agent import crash_backoff
     from agent.api import create_app
     from agent.errors import ConfigError
     from agent.logs import configure as configure_logs
@@ -133,6 +135,8 @@ def cmd_agent(args: argparse.Namespace) -> int:
     logging.getLogger("httpx").setLevel(logging.WARNING)
     logging.getLogger("cyipopt").setLevel(logging.WARNING)
     app = create_app(agent)
+    crash_backoff.before_start(Path(settings.data_dir))  # systemd < 254 has no growing restart delay
+    app.router.lifespan_context = crash_backoff.marking_clean_exit(app.router.lifespan_context, Path(settings.data_dir))
     uvicorn.Server(server_config(app, settings, args.log_level)).run()
     return 0
 
