@@ -76,6 +76,9 @@ def register(commands: Any) -> None:
                    help="serve interactive API docs at /docs, /redoc and the schema at /openapi.json")  # fmt: skip
     p.add_argument("--no-metrics", dest="metrics", action="store_const", const=False, default=None,
                    help="no Prometheus metrics: /metrics answers 404 and requests are not timed")  # fmt: skip
+    p.add_argument("--no-crash-backoff", dest="crash_backoff", action="store_const", const=False, default=None,
+                   help="start at once after crashes in a row (default: from the 3rd crash in a row within "
+                   "60 s of its start, wait 2, 4, ... 60 s; for test beds that kill agents on purpose)")  # fmt: skip
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.set_defaults(handler=cmd_agent)
 
@@ -125,6 +128,7 @@ def cmd_agent(args: argparse.Namespace) -> int:
     overrides["discovery"] = args.discovery
     overrides["api_docs"] = args.api_docs
     overrides["metrics"] = args.metrics
+    overrides["crash_backoff"] = args.crash_backoff
     try:
         settings = load_settings(args.config, overrides=overrides)
         agent = NodeAgent(settings)
@@ -135,7 +139,8 @@ def cmd_agent(args: argparse.Namespace) -> int:
     logging.getLogger("httpx").setLevel(logging.WARNING)
     logging.getLogger("cyipopt").setLevel(logging.WARNING)
     app = create_app(agent)
-    crash_backoff.before_start(Path(settings.data_dir))  # systemd < 254 has no growing restart delay
+    if settings.crash_backoff:  # systemd < 254 has no growing restart delay
+        crash_backoff.before_start(Path(settings.data_dir))
     app.router.lifespan_context = crash_backoff.marking_clean_exit(app.router.lifespan_context, Path(settings.data_dir))
     uvicorn.Server(server_config(app, settings, args.log_level)).run()
     return 0

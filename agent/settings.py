@@ -81,6 +81,7 @@ class Settings:
     tls_cert: str = ""
     tls_key: str = ""
     log_format: str = "text"
+    crash_backoff: bool = True  # wait before serving after crashes in a row (agent/crash_backoff.py)
 
     def __post_init__(self) -> None:
         if not self.node_id:

@@ -33,3 +33,12 @@ def test_a_crash_looping_agent_waits_before_starting_and_a_clean_stop_resets(age
     a.start()
     assert crashes_recorded(a) == 0  # so this start was not a crash restart
     assert a.log.read_text().count("crash backoff:") == 1
+
+
+def test_no_crash_backoff_starts_at_once_and_keeps_no_record(agents: Any) -> None:
+    b = agents("b", "--no-discovery", "--no-crash-backoff")
+    for _ in range(3):
+        b.stop(signal.SIGKILL)
+        b.start()
+    assert "crash backoff:" not in b.log.read_text()
+    assert not (b.data_dir / RECORD).exists()
