@@ -57,6 +57,11 @@ class QueueProblem:
     node_class: tuple[str, ...]  # [j]
     rho_max: float = RHO_MAX
     instance_cost: float = INSTANCE_COST
+    load_cap: FloatArray | None = None  # [j, k] per-pool load cap (solver.tail_cap); None: rho_max everywhere
+
+    def cap(self) -> FloatArray:
+        """The load [j, k] each pool's instances may run at: ``load_cap`` where given, else ``rho_max``."""
+        return np.full(self.mu.shape, self.rho_max) if self.load_cap is None else self.load_cap
 
     @property
     def service_ms(self) -> FloatArray:
@@ -150,7 +155,7 @@ def _jacobian(q: QueueProblem, lay: _Layout) -> tuple[IntArray, IntArray, FloatA
     add(C + pools, lay.lam0 + pools, 1.0)
     t0 = C + P  # throughput rows: lam - rho mu n <= 0
     add(t0 + pools, lay.lam0 + pools, 1.0)
-    add(t0 + pools, lay.n0 + pools, -q.rho_max * q.mu.ravel())
+    add(t0 + pools, lay.n0 + pools, -(q.cap() * q.mu).ravel())
     l0 = t0 + P  # link rows: n - new <= free
     add(l0 + pools, lay.n0 + pools, 1.0)
     add(l0 + pools, lay.new0 + pools, -1.0)

@@ -18,13 +18,16 @@ from solver.queue_lazy import solve_nlp_lazy
 from solver.queue_model import QueueProblem, build_queue_problem
 from solver.queue_repair import Pools, repair
 from solver.queueing import PoolDelay
+from solver.tail_cap import with_tail_cap
 
 MAX_SPREAD_SITES = 64  # sites (largest rate first) whose split the plan hands to the agents (peer messages <= 256 KiB)
 
 
-def solve_queue(problem: Problem) -> Plan:
-    """Place ``problem``'s streams under the queue-aware objective (solve_ms is filled in by the caller)."""
+def solve_queue(problem: Problem, tail: bool = False) -> Plan:
+    """Place ``problem``'s streams under the queue-aware objective (``tail``: the p99 load cap of solver.tail_cap)."""
     q = build_queue_problem(problem)
+    if tail:
+        q = with_tail_cap(q)
     nlp = solve_nlp_lazy(q)
     pools = repair(q, nlp.x, nlp.r)
     details: dict[str, Any] = {
