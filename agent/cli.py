@@ -43,6 +43,14 @@ FLAGS: list[tuple[str, dict[str, Any]]] = [
     ("--placement-period-s", {"type": float, "help": "seconds between the leader's placement rounds (default 30)"}),
     ("--placement-mode", {"choices": ["1", "2", "auto"], "help": "solver mode for placement rounds (default 1)"}),
     ("--placement-method", {"help": "solver method: ipopt (default), milp, least-loaded, ..."}),
+    (
+        "--placement-objective",
+        {
+            "choices": ["queue", "queue-p99", "thesis"],
+            "help": "queue: request rates and queueing delay, instances shared (default); queue-p99: the same "
+            "with a load cap bounding the p99 wait (spare memory holds more instances); thesis: one per stream",
+        },
+    ),
     ("--max-body-mb", {"type": float, "help": "largest request body, chunked or not, in MiB (default 8)"}),
     ("--header-timeout-s", {"type": float, "help": "time a client has to send complete headers (default 10)"}),
     ("--body-timeout-s", {"type": float, "help": "time a client has to send a request body (default 30)"}),
