@@ -46,8 +46,9 @@ FLAGS: list[tuple[str, dict[str, Any]]] = [
     (
         "--placement-objective",
         {
-            "choices": ["queue", "thesis"],
-            "help": "queue: request rates and queueing delay, instances shared (default); thesis: one per stream",
+            "choices": ["queue", "queue-p99", "thesis"],
+            "help": "queue: request rates and queueing delay, instances shared (default); queue-p99: the same "
+            "with a load cap bounding the p99 wait (spare memory holds more instances); thesis: one per stream",
         },
     ),
     ("--max-body-mb", {"type": float, "help": "largest request body, chunked or not, in MiB (default 8)"}),
@@ -83,6 +84,9 @@ def register(commands: Any) -> None:
                    help="serve interactive API docs at /docs, /redoc and the schema at /openapi.json")  # fmt: skip
     p.add_argument("--no-metrics", dest="metrics", action="store_const", const=False, default=None,
                    help="no Prometheus metrics: /metrics answers 404 and requests are not timed")  # fmt: skip
+    p.add_argument("--no-crash-backoff", dest="crash_backoff", action="store_const", const=False, default=None,
+                   help="start at once after crashes in a row (default: from the 3rd crash in a row within "
+                   "60 s of its start, wait 2, 4, ... 60 s; for test beds that kill agents on purpose)")  # fmt: skip
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.set_defaults(handler=cmd_agent)
 
@@ -116,9 +120,11 @@ def register(commands: Any) -> None:
 
 def cmd_agent(args: argparse.Namespace) -> int:
     import logging
+    from pathlib import Path
 
     import uvicorn
 
+    from agent import crash_backoff
     from agent.api import create_app
     from agent.errors import ConfigError
     from agent.logs import configure as configure_logs
@@ -130,6 +136,7 @@ def cmd_agent(args: argparse.Namespace) -> int:
     overrides["discovery"] = args.discovery
     overrides["api_docs"] = args.api_docs
     overrides["metrics"] = args.metrics
+    overrides["crash_backoff"] = args.crash_backoff
     try:
         settings = load_settings(args.config, overrides=overrides)
         agent = NodeAgent(settings)
@@ -140,6 +147,9 @@ def cmd_agent(args: argparse.Namespace) -> int:
     logging.getLogger("httpx").setLevel(logging.WARNING)
     logging.getLogger("cyipopt").setLevel(logging.WARNING)
     app = create_app(agent)
+    if settings.crash_backoff:  # systemd < 254 has no growing restart delay
+        crash_backoff.before_start(Path(settings.data_dir))
+    app.router.lifespan_context = crash_backoff.marking_clean_exit(app.router.lifespan_context, Path(settings.data_dir))
     uvicorn.Server(server_config(app, settings, args.log_level)).run()
     return 0
 

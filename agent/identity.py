@@ -8,7 +8,8 @@
 * Every peer request and answer carries an Ed25519 signature over sender, receiver, method, target, body
   digest, timestamp and nonce (peerserve.wire's signing bytes). ``Verifier`` checks card, signature,
   receiver, freshness (``window_s``) and one-time use of the nonce (bounded cache), then pins the node id to
-  its key on first contact: a later, different key for that id is refused and logged.
+  its key on first contact: a later, different key for that id is refused and logged until an operator
+  forgets or re-pins it (``peerserve pins``, agent/pins_cli.py), which a running agent sees at once.
 
     AuthError(Exception)   a message that is not authentic, not for us, stale or replayed (status 401/403/429)
 """
@@ -16,13 +17,15 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import datetime
+import fcntl
 import json
 import logging
 import os
 import secrets
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -148,38 +151,104 @@ class NonceCache:
 
 
 class Pins:
-    """node id -> public key, pinned on first authenticated contact, kept in a JSON file (bounded)."""
+    """node id -> public key, pinned on first authenticated contact, kept in a JSON file (bounded).
+
+    The file is the truth: an operator's ``peerserve pins forget`` edits it under the same lock (flock on
+    its folder), and a running agent re-reads it whenever it changed (one stat per check), no restart."""
 
     def __init__(self, path: Path | None, limit: int = PIN_LIMIT) -> None:
         self.path = path
         self.limit = limit
         self._pins: dict[str, bytes] = {}
-        if path is not None and path.exists():
-            try:
-                self._pins = {k: bytes.fromhex(v) for k, v in json.loads(path.read_text()).items()}
-            except (ValueError, AttributeError, OSError) as exc:
-                log.error("ignoring unreadable pin file %s: %s", path, exc)
+        self._stamp: tuple[int, int, int] | None = None
+        self._refresh()
 
     def check(self, node_id: str, public_key: bytes) -> None:
         """Pin on first contact; raises AuthError when ``node_id`` is pinned to another key."""
-        known = self._pins.get(node_id)
-        if known == public_key:
+        self._refresh()
+        if self._known(node_id, public_key):
             return
-        if known is not None:
+        with _folder_lock(self.path):
+            self._refresh()
+            if self._known(node_id, public_key):  # pinned by an operator meanwhile
+                return
+            if len(self._pins) >= self.limit:
+                raise AuthError("pin table full", 403)
+            self._pins[node_id] = public_key
+            log.info("pinned node %s to key %s", node_id, public_key.hex()[:16])
+            self._stamp = _save_pins(self.path, self._pins)
+
+    def _known(self, node_id: str, public_key: bytes) -> bool:
+        """True when pinned to ``public_key``, False when not pinned; AuthError when pinned to another."""
+        known = self._pins.get(node_id)
+        if known is not None and known != public_key:
             log.error("node %s presented a different key than the one pinned; refused", node_id)
             raise AuthError(f"node id {node_id!r} belongs to another key (pinned on first contact)", 403)
-        if len(self._pins) >= self.limit:
-            raise AuthError("pin table full", 403)
-        self._pins[node_id] = public_key
-        log.info("pinned node %s to key %s", node_id, public_key.hex()[:16])
-        self._save()
+        return known is not None
 
-    def _save(self) -> None:
-        if self.path is None:
-            return
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({k: v.hex() for k, v in self._pins.items()}))
-        os.replace(tmp, self.path)
+    def _refresh(self) -> None:
+        stamp = _stamp_of(self.path)
+        if stamp != self._stamp:
+            self._pins, self._stamp = read_pins(self.path), stamp
+
+
+def _stamp_of(path: Path | None) -> tuple[int, int, int] | None:
+    try:
+        st = path.stat() if path is not None else None
+    except OSError:
+        return None
+    return (st.st_ino, st.st_mtime_ns, st.st_size) if st is not None else None
+
+
+def read_pins(path: Path | None) -> dict[str, bytes]:
+    """The pins kept in ``path`` ({} when there is none, or it is unreadable: logged)."""
+    if path is None or not path.exists():
+        return {}
+    try:
+        return {str(k): bytes.fromhex(v) for k, v in json.loads(path.read_text()).items()}
+    except (ValueError, AttributeError, TypeError, OSError) as exc:
+        log.error("ignoring unreadable pin file %s: %s", path, exc)
+        return {}
+
+
+def _save_pins(path: Path | None, pins: Mapping[str, bytes]) -> tuple[int, int, int] | None:
+    """Write ``pins`` atomically (owned like its folder, so root's edits stay the agent's); its new stamp."""
+    if path is None:
+        return None
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({k: v.hex() for k, v in pins.items()}))
+    folder = path.parent.stat()
+    if os.geteuid() == 0 and (folder.st_uid, folder.st_gid) != (0, 0):
+        os.chown(tmp, folder.st_uid, folder.st_gid)
+    os.replace(tmp, path)
+    return _stamp_of(path)
+
+
+@contextlib.contextmanager
+def _folder_lock(path: Path | None) -> Iterator[None]:
+    """Exclusive lock shared by the agent and ``peerserve pins``: flock on the pin file's folder."""
+    if path is None:
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def edit_pin(path: Path, node_id: str, key: bytes | None) -> bytes | None:
+    """Forget ``node_id``'s pin (``key`` None: its next CA-signed key is pinned) or pin it to ``key``;
+    the key it was pinned to before. A running agent sees the change at its next check."""
+    with _folder_lock(path):
+        pins = read_pins(path)
+        before = pins.pop(node_id, None)
+        if key is not None:
+            pins[node_id] = key
+        _save_pins(path, pins)
+    return before
 
 
 @dataclass(frozen=True)
@@ -291,7 +360,7 @@ def _load_or_create_key(path: Path | None) -> Ed25519PrivateKey:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "wb") as f:
             f.write(pem)
-        log.info("generated this node's key pair in %s", path)
+        log.info("generated this node's key pair in %s (public key %s)", path, _raw(key.public_key()).hex())
     return key
 
 

@@ -126,7 +126,7 @@ def build_snapshot(
     ]
     models = [{"name": m.name, "mem_mb": m.mem_mb, "compute": m.compute} for m in catalogue.models.values()]
     extra: dict[str, Any] = {}
-    if objective == "queue":
+    if objective in ("queue", "queue-p99"):
         if window_s is None or window_s <= 0:
             raise ValueError("the queue objective needs a positive window_s")
         counts: dict[tuple[str, str], int] = {}
@@ -135,7 +135,7 @@ def build_snapshot(
         requests = group_sites(requests, counts, window_s)
         for entry, spec in zip(models, catalogue.models.values(), strict=True):
             entry["throughput_rps"] = {n: _throughput(spec, classes[n], latencies.get((n, spec.name))) for n in ids}
-        extra = {"objective": "queue"}
+        extra = {"objective": objective}
     out = {
         **extra,
         "now_s": now_s,
@@ -161,7 +161,7 @@ def build_snapshot(
         "models": models,
         "requests": requests,
     }
-    if objective == "queue":
+    if objective in ("queue", "queue-p99"):
         for entry, n in zip(out["nodes"], nodes, strict=True):
             entry["node_class"] = n.node_class
     return out

@@ -81,6 +81,7 @@ class Settings:
     tls_cert: str = ""
     tls_key: str = ""
     log_format: str = "text"
+    crash_backoff: bool = True  # wait before serving after crashes in a row (agent/crash_backoff.py)
 
     def __post_init__(self) -> None:
         if not self.node_id:
@@ -154,8 +155,8 @@ def validate(s: Settings) -> None:
         raise ConfigError("placement_mode", f"{s.placement_mode!r}: choose 1, 2 or auto")
     if s.placement_method not in ("ipopt", "ipopt-nl", "milp", "iterative", "nearest", "least-loaded"):
         raise ConfigError("placement_method", f"{s.placement_method!r} is not a solver method")
-    if s.placement_objective not in ("queue", "thesis"):
-        raise ConfigError("placement_objective", f"{s.placement_objective!r}: choose queue or thesis")
+    if s.placement_objective not in ("queue", "queue-p99", "thesis"):
+        raise ConfigError("placement_objective", f"{s.placement_objective!r}: choose queue, queue-p99 or thesis")
     for name in ("placement_period_s", "request_window_s", "election_heartbeat_s"):
         if getattr(s, name) <= 0:
             raise ConfigError(name, "must be positive")

@@ -42,7 +42,8 @@ KINDS = ("kill_node", "kill_leader", "quick_restart", "pause_leader", "partition
 WINDOW_MAX_S = 5.0  # a fault's window closes when the cluster recovered, at most this long after it
 RECOVERY_LIMIT_S = 20.0  # recovery not seen within this long is reported as this long
 RSS_STEADY_AFTER_S = 5.0  # an agent's first steady RSS sample: this long after it started
-AGENT_ARGS = ("--placement-period-s", "5", "--placement-mode", "auto", "--log-level", "info")
+# Chaos kills agents on purpose, often the same one within a minute: no crash backoff (agent/crash_backoff.py)
+AGENT_ARGS = ("--placement-period-s", "5", "--placement-mode", "auto", "--log-level", "info", "--no-crash-backoff")
 LEADER_LINE = re.compile(r"node (\S+) became leader at term (\d+)")
 
 

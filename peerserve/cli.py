@@ -30,11 +30,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv: debug)")
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
     from agent import cli as agent_cli
+    from agent import pins_cli
     from client import cli as client_cli
     from peerserve import chaos, demo
     from solver import cli as solver_cli
 
     agent_cli.register(commands)
+    pins_cli.register(commands)
     client_cli.register(commands)
     solver_cli.register(commands)
     demo.register(commands)

@@ -314,12 +314,8 @@ fi
 # Compared with k3s's and Consul's units: KillMode=process as both (model servers of the process runtime
 # outlive an agent restart and are adopted; containers live in dockerd anyway), a dedicated user as
 # Consul, never give up restarting as k3s (StartLimitIntervalSec=0), and the sandboxing they leave out.
-restart_backoff=""
-sd_version=$(systemctl --version 2>/dev/null | awk 'NR == 1 {print $2}' || true)
-if [ "${sd_version:-0}" -ge 254 ] 2>/dev/null; then  # older systemd has no growing restart delay
-  restart_backoff="RestartSteps=6
-RestartMaxDelaySec=60"
-fi
+# The growing restart delay is the agent's own (agent/crash_backoff.py): systemd's RestartSteps needs >= 254,
+# and Debian 12 has 252, JetPack 6 249.
 devices="PrivateDevices=yes"
 if [ "$gpu" = true ]; then devices="PrivateDevices=no"; fi  # jtop and the NVIDIA stack need the GPU devices
 put_file "$unit" 644 root:root "[Unit]
@@ -337,7 +333,6 @@ ExecStart=$prefix/venv/bin/peerserve agent --config $config
 Environment=PYTHONUNBUFFERED=1
 Restart=always
 RestartSec=1
-$restart_backoff
 TimeoutStopSec=20
 KillMode=process
 LimitNOFILE=65536

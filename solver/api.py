@@ -31,7 +31,8 @@ def solve(
 ) -> Plan:
     """Place the snapshot's requests with ``method`` in ``mode``; ``now_s`` defaults to the snapshot's.
 
-    ``objective``: "queue" (streams with rates, queueing delay; method ipopt) or "thesis"; None takes
+    ``objective``: "queue" (streams with rates, queueing delay; method ipopt), "queue-p99" (the same
+    with the tail-aware load cap of solver.tail_cap) or "thesis"; None takes
     the snapshot's own ``objective``, else "thesis". Methods other than ipopt solve the thesis model.
     """
     if method not in METHODS:
@@ -39,8 +40,8 @@ def solve(
     objective = objective or snapshot.objective or "thesis"
     if objective not in OBJECTIVES:
         raise ValueError(f"unknown objective {objective!r}; choose one of {', '.join(OBJECTIVES)}")
-    if objective == "queue" and method == "ipopt":
-        method = "ipopt-queue"
+    if objective in ("queue", "queue-p99") and method == "ipopt":
+        method = f"ipopt-{objective}"
     mode = Mode(mode)
     policy = policy or EvictionPolicy()
     now = now_s if now_s is not None else snapshot.now_s
@@ -60,10 +61,10 @@ def _solve_in_mode(snapshot: Snapshot, method: str, mode: Mode, policy: Eviction
     running = running_instances(snapshot)
     kept = running - evictions(snapshot, policy, now) if mode is Mode.MODE1 else running
     problem = build_problem(snapshot, mode, current=kept)
-    if method == "ipopt-queue":
+    if method in ("ipopt-queue", "ipopt-queue-p99"):
         from solver.queue_plan import solve_queue
 
-        return solve_queue(problem)
+        return solve_queue(problem, tail=method == "ipopt-queue-p99")
     details: dict[str, Any] = {"classes": problem.n_classes}
     lower_bound: float | None = None
     status = "heuristic"

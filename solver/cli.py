@@ -43,10 +43,11 @@ def register(commands: Any) -> None:
     )
     p.add_argument(
         "--objective",
-        choices=("queue", "thesis"),
+        choices=("queue", "queue-p99", "thesis"),
         default=None,
         help="queue: streams with request rates, instances shared by many streams, queueing delay in the "
-        "objective (method ipopt); thesis: one instance per request stream (Chapter 3). Default: the "
+        "objective (method ipopt); queue-p99: the same with a load cap that bounds the p99 wait and "
+        "spends spare memory on instances; thesis: one instance per request stream (Chapter 3). Default: the "
         "snapshot's own 'objective' field, else thesis",
     )
     p.add_argument("--idle-s", type=float, default=600.0, help="Mode 1 eviction: idle seconds (default 600)")

@@ -14,21 +14,28 @@ import numpy as np
 from solver.capacity import violations
 from solver.plan import Action, Plan, Rejection
 from solver.problem import IntArray, Mode, Problem, running_instances
-from solver.queue_model import QueueProblem, build_queue_problem, solve_nlp
+from solver.queue_lazy import solve_nlp_lazy
+from solver.queue_model import QueueProblem, build_queue_problem
 from solver.queue_repair import Pools, repair
 from solver.queueing import PoolDelay
+from solver.tail_cap import with_tail_cap
 
 MAX_SPREAD_SITES = 64  # sites (largest rate first) whose split the plan hands to the agents (peer messages <= 256 KiB)
 
 
-def solve_queue(problem: Problem) -> Plan:
-    """Place ``problem``'s streams under the queue-aware objective (solve_ms is filled in by the caller)."""
+def solve_queue(problem: Problem, tail: bool = False) -> Plan:
+    """Place ``problem``'s streams under the queue-aware objective (``tail``: the p99 load cap of solver.tail_cap)."""
     q = build_queue_problem(problem)
-    nlp = solve_nlp(q)
+    if tail:
+        q = with_tail_cap(q)
+    nlp = solve_nlp_lazy(q)
     pools = repair(q, nlp.x, nlp.r)
     details: dict[str, Any] = {
         "classes": problem.n_classes,
         "iterations": nlp.iterations,
+        "nlp_rounds": nlp.rounds,
+        "nlp_columns": nlp.columns,
+        "nlp_fallback": nlp.fallback,
         "relaxation_instances": round(float(nlp.n.sum()), 3),
         "rate_rps": round(float(q.rate.sum()), 6),
         "rejected_rps": round(float(pools.rejected.sum()), 6),

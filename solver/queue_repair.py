@@ -36,7 +36,7 @@ class Pools:
         self.x = np.where(x > TINY * np.maximum(q.rate, 1e-12)[:, None], x, 0.0)
         self.rejected = np.clip(q.rate - self.x.sum(axis=1), 0.0, None) + 0.0 * rejected
         self.onehot = np.eye(len(p.model_names))[p.class_model]
-        self.cap = q.rho_max * q.mu  # [j, k] requests/s one instance takes under the cap
+        self.cap = q.cap() * q.mu  # [j, k] requests/s one instance takes under the cap
 
     def lam(self) -> FloatArray:
         return np.asarray(self.x.T @ self.onehot)

@@ -13,7 +13,7 @@ from typing import Any
 
 from solver.errors import SnapshotError
 
-OBJECTIVES = ("queue", "thesis")
+OBJECTIVES = ("queue", "queue-p99", "thesis")
 
 
 @dataclass(frozen=True)

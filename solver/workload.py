@@ -15,7 +15,8 @@ Every placement solves the same snapshot; its plan is then run as a discrete-eve
   the exact event order of a FIFO queue); latency = RTT + wait + service.
 
 Placements: ``thesis`` (Ipopt, the thesis's model: one instance per client stream), ``queue``
-(Ipopt, the queue-aware model), ``nearest`` and ``least-loaded`` (the thesis-model baselines).
+(Ipopt, the queue-aware model), ``queue-p99`` (the same with solver.tail_cap's load cap), ``nearest``
+and ``least-loaded`` (the thesis-model baselines).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from solver.snapshot import Model, Node, Request, Snapshot
 PLACEMENTS: dict[str, tuple[str, str]] = {  # name -> (method, objective)
     "thesis": ("ipopt", "thesis"),
     "queue": ("ipopt", "queue"),
+    "queue-p99": ("ipopt", "queue-p99"),
     "nearest": ("nearest", "thesis"),
     "least-loaded": ("least-loaded", "thesis"),
 }

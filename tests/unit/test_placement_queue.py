@@ -64,7 +64,16 @@ def test_catalogue_throughput_field_and_default() -> None:
         parse_catalogue(text + "throughput_rps = { default = 0 }\n", "t")
 
 
+def test_queue_p99_snapshot_is_the_queue_snapshot_under_its_own_objective() -> None:
+    room = [rec(f"phone{i}", {"a": 3.0, "b": 9.0}, float(t)) for i in range(20) for t in range(5)]
+    queue = build_snapshot([node("a"), node("b")], room, CAT, 100.0, objective="queue", window_s=10.0)
+    tail = build_snapshot([node("a"), node("b")], room, CAT, 100.0, objective="queue-p99", window_s=10.0)
+    assert tail["objective"] == "queue-p99" and {**tail, "objective": "queue"} == queue
+    assert solve(Snapshot.from_dict(tail)).shares
+
+
 def test_placement_objective_setting() -> None:
     assert Settings(node_id="n").placement_objective == "queue"
+    assert Settings(node_id="n", placement_objective="queue-p99").placement_objective == "queue-p99"
     with pytest.raises(ConfigError, match="placement_objective"):
         Settings(node_id="n", placement_objective="fast")

@@ -54,7 +54,7 @@ def test_cli_json_plot_and_usage_errors(tmp_path: Path) -> None:
     out = subprocess.run([*cmd, "--json", "--plot", str(tmp_path)], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     data = json.loads(out.stdout)
-    assert [o["placement"] for o in data["outcomes"]] == ["thesis", "queue", "nearest", "least-loaded"]
+    assert [o["placement"] for o in data["outcomes"]] == ["thesis", "queue", "queue-p99", "nearest", "least-loaded"]
     assert set(data["outcomes"][0]) >= {"p50_ms", "p99_ms", "instances", "rejected", "memory_mb"}
     assert (tmp_path / "workload.png").stat().st_size > 1000
     bad = subprocess.run([*cmd, "--clients", "0"], capture_output=True, text=True, timeout=60)

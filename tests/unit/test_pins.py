@@ -1,0 +1,111 @@
+"""Re-admitting a re-imaged board: `peerserve pins` edits the pin file a running agent re-reads, under its lock."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from agent.identity import AuthError, Identity, Pins, edit_pin, read_pins
+from peerserve.cli import main
+
+OLD, NEW, THIEF = b"o" * 32, b"n" * 32, b"t" * 32
+
+
+def test_a_forgotten_pin_readmits_a_new_key_in_the_running_agent(tmp_path: Path) -> None:
+    path = tmp_path / "peer" / "pins.json"
+    agent = Pins(path)
+    agent.check("n2", OLD)
+    with pytest.raises(AuthError) as info:
+        agent.check("n2", NEW)  # re-imaged: refused
+    assert info.value.status == 403
+    assert edit_pin(path, "n2", None) == OLD
+    agent.check("n2", NEW)  # the same Pins object, no restart
+    assert read_pins(path) == {"n2": NEW}
+    with pytest.raises(AuthError):
+        agent.check("n2", OLD)  # and the new key is pinned in turn
+
+
+def test_repinning_to_a_key_admits_that_key_only(tmp_path: Path) -> None:
+    path = tmp_path / "peer" / "pins.json"
+    agent = Pins(path)
+    agent.check("n2", OLD)
+    assert edit_pin(path, "n2", NEW) == OLD
+    with pytest.raises(AuthError):
+        agent.check("n2", THIEF)  # another holder of the token cannot take the id first
+    agent.check("n2", NEW)
+    with pytest.raises(AuthError):
+        agent.check("n2", OLD)
+
+
+def test_the_agent_pinning_another_node_keeps_the_operators_edit(tmp_path: Path) -> None:
+    path = tmp_path / "peer" / "pins.json"
+    agent = Pins(path)
+    agent.check("n2", OLD)
+    agent.check("n3", OLD)
+    edit_pin(path, "n2", None)
+    agent.check("n4", OLD)  # the agent writes the file again: it must not bring n2's old pin back
+    assert read_pins(path) == {"n3": OLD, "n4": OLD}
+
+
+def test_without_rereading_the_file_the_edit_would_not_reach_the_agent(tmp_path: Path) -> None:
+    """The property switched off: a Pins that never re-reads still refuses the re-imaged board."""
+    path = tmp_path / "peer" / "pins.json"
+    agent = Pins(path)
+    agent.check("n2", OLD)
+    agent._refresh = lambda: None  # type: ignore[method-assign]
+    edit_pin(path, "n2", None)
+    with pytest.raises(AuthError):
+        agent.check("n2", NEW)
+
+
+def test_the_bound_counts_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "peer" / "pins.json"
+    agent = Pins(path, limit=2)
+    agent.check("a", OLD)
+    edit_pin(path, "b", NEW)
+    with pytest.raises(AuthError, match="full"):
+        agent.check("c", OLD)
+    edit_pin(path, "b", None)
+    agent.check("c", OLD)
+
+
+def test_an_unreadable_pin_file_is_empty_not_a_crash(tmp_path: Path) -> None:
+    path = tmp_path / "pins.json"
+    path.write_text("[1, 2]")
+    assert read_pins(path) == {}
+    Pins(path).check("a", OLD)
+    assert read_pins(path) == {"a": OLD}
+
+
+def test_the_cli_lists_forgets_repins_and_prints_the_own_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    board = Identity("n2", "x" * 16, tmp_path / "n2")  # the re-imaged board's data dir
+    path = tmp_path / "n1" / "peer" / "pins.json"
+    Pins(path).check("n2", OLD)
+    Pins(path).check("n3", OLD)
+    data = ["--data-dir", str(tmp_path / "n1")]
+    assert main(["pins", "list", "--json", *data]) == 0
+    assert json.loads(capsys.readouterr().out) == {"n2": OLD.hex(), "n3": OLD.hex()}
+    assert main(["pins", "key", "--data-dir", str(tmp_path / "n2")]) == 0
+    key = capsys.readouterr().out.strip()
+    assert bytes.fromhex(key) == board.public_key
+    assert main(["pins", "forget", "n2", "--key", key, *data]) == 0
+    assert "was pinned to " + OLD.hex() in capsys.readouterr().out
+    assert read_pins(path) == {"n2": board.public_key, "n3": OLD}
+    assert main(["pins", "forget", "n3", *data]) == 0
+    assert read_pins(path) == {"n2": board.public_key}
+
+
+@pytest.mark.parametrize(
+    "argv", [["forget", "n\n2"], ["forget", "n2", "--key", "abc"], ["forget", "n2", "--key", "z" * 64]]
+)
+def test_the_cli_refuses_bad_input_with_a_message(
+    tmp_path: Path, argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "peer").mkdir()
+    assert main(["pins", *argv, "--data-dir", str(tmp_path)]) == 2
+    assert capsys.readouterr().err
+    assert main(["pins", "list", "--data-dir", str(tmp_path / "missing")]) == 2

@@ -1,0 +1,46 @@
+"""The lazy-column queue NLP (solver.queue_lazy) reaches the whole NLP's optimum (issue 16)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from solver import queue_lazy
+from solver.problem import Mode, build_problem
+from solver.queue_lazy import solve_nlp_lazy
+from solver.queue_model import build_queue_problem, solve_nlp
+from solver.simulate import site_instance, thesis_instance
+
+
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    requests=st.integers(5, 40),
+    nodes=st.integers(4, 14),
+    seed=st.integers(0, 10_000),
+    candidates=st.integers(1, 3),
+    mode=st.sampled_from([Mode.MODE1, Mode.MODE2]),
+)
+def test_lazy_optimum_equals_the_whole_nlps(requests: int, nodes: int, seed: int, candidates: int, mode: Mode) -> None:
+    q = build_queue_problem(build_problem(thesis_instance(requests, nodes, seed), mode))
+    full = solve_nlp(q)
+    lazy = solve_nlp_lazy(q, candidates=candidates, min_pairs=0)
+    assert full.status == "optimal" and lazy.status == "optimal"
+    assert abs(lazy.value - full.value) <= 1e-6 * abs(full.value)
+    np.testing.assert_allclose(lazy.x.sum(axis=1) + lazy.r, q.rate, rtol=1e-6, atol=1e-6)
+
+
+def test_site_instance_closes_by_pricing_without_the_fallback() -> None:
+    q = build_queue_problem(build_problem(site_instance(300, 40, 20, 1), Mode.MODE2))
+    lazy = solve_nlp_lazy(q, min_pairs=0)
+    assert not lazy.fallback and lazy.columns < q.base.n_classes * q.base.n_nodes
+    assert abs(lazy.value - solve_nlp(q).value) <= 1e-6 * abs(lazy.value)
+
+
+def test_pricing_switched_off_misses_the_optimum(monkeypatch: pytest.MonkeyPatch) -> None:
+    q = build_queue_problem(build_problem(site_instance(300, 40, 20, 1), Mode.MODE2))
+    full = solve_nlp(q).value
+    monkeypatch.setattr(queue_lazy, "_price", lambda q, mult, in_lp: np.zeros_like(in_lp))
+    blind = solve_nlp_lazy(q, candidates=1, min_pairs=0)
+    assert blind.value > full * (1 + 1e-6), "the equality check must fail when pricing is switched off"
