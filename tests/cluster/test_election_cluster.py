@@ -139,4 +139,5 @@ def test_partition_three_two_and_heal(bed: Callable[[int], TestBed]) -> None:
         r = b.peer_request(n4, i, "PUT", "/control/desired", body=body)
         assert r.status_code == 409, (i, r.text)
     time.sleep(2)
-    assert agreed(b, [0, 1, 2, 3, 4]) == final  # and it stays: no flapping
+    after = agreed(b, [0, 1, 2, 3, 4])
+    assert after is not None and after[0] == final[0]  # and it stays: no flapping (a fencing term bump is fine)
