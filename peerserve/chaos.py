@@ -8,7 +8,8 @@ with the leader on the minority side) and its heal, a power cut of every node an
 
 The checker reads every agent's /cluster, /services and /stats/node and their logs, and reports:
 leaders per term, client requests failed outside a fault's window (a window lasts from the fault until
-the checker sees the cluster recovered, at most WINDOW_MAX_S), /services answers naming a node that is
+the checker sees the cluster recovered, at most WINDOW_MAX_S; a request in flight when a window opens is
+inside it), /services answers naming a node that is
 down and that the answering agent already marked dead or suspect, desired state lost across restarts,
 time to recover after each fault, and agent RSS growth. Pure parts (plan, summarise) are unit-tested.
 """
@@ -89,7 +90,7 @@ class Observed:
     """What the checker saw; ``summarise`` turns it into the report."""
 
     leaders: dict[int, set[str]] = field(default_factory=dict)  # term -> leaders seen (/cluster and logs)
-    requests: list[tuple[float, bool]] = field(default_factory=list)  # (t, ok)
+    requests: list[tuple[float, float, bool]] = field(default_factory=list)  # (sent, answered, ok)
     windows: list[tuple[float, float]] = field(default_factory=list)  # (start, end)
     recoveries_ms: list[float] = field(default_factory=list)
     dead_endpoint_answers: int = 0
@@ -118,13 +119,20 @@ def dead_answers(gone_before: set[str], answered: set[str], gone_after: set[str]
     return answered & gone_before & gone_after & down
 
 
-def failed_outside(requests: Sequence[tuple[float, bool]], windows: Sequence[tuple[float, float]]) -> int:
+Request = tuple[float, float, bool]  # (sent, answered or given up, ok)
+
+
+def failed_outside(requests: Sequence[Request], windows: Sequence[tuple[float, float]]) -> int:
     return len(failures_outside(requests, windows))
 
 
-def failures_outside(requests: Sequence[tuple[float, bool]], windows: Sequence[tuple[float, float]]) -> list[float]:
-    """Times of the failed requests that no fault window covers."""
-    return [t for t, ok in requests if not ok and not any(a <= t <= b for a, b in windows)]
+def failures_outside(requests: Sequence[Request], windows: Sequence[tuple[float, float]]) -> list[float]:
+    """Send times of the failed requests whose whole span [sent, answered] no fault window touches.
+
+    A request in flight when a fault strikes may fail because of it (a power cut 40 ms after it was sent
+    takes every agent away under it), so a failure is excused when its span overlaps a window, not only
+    when it was sent inside one."""
+    return [t0 for t0, t1, ok in requests if not ok and not any(a <= t1 and t0 <= b for a, b in windows)]
 
 
 def percentile(values: Sequence[float], q: float) -> float | None:
@@ -153,7 +161,7 @@ def summarise(o: Observed) -> dict[str, Any]:
     p50, p99 = percentile(o.recoveries_ms, 50), percentile(o.recoveries_ms, 99)
     return {
         "max_leaders_per_term": max((len(v) for v in o.leaders.values()), default=0),
-        "requests_ok": sum(1 for _, ok in o.requests if ok),
+        "requests_ok": sum(1 for _, _, ok in o.requests if ok),
         "requests_failed_outside_windows": failed_outside(o.requests, o.windows),
         "dead_endpoint_answers": o.dead_endpoint_answers,
         "desired_state_lost": o.desired_state_lost,
@@ -288,7 +296,7 @@ class Soak:
                     ready.set()
                 if ready.is_set():
                     with self.lock:
-                        self.o.requests.append((t, ok))
+                        self.o.requests.append((t, self.now(), ok))
                 time.sleep(0.1 if ok else 0.2)
 
     def watch(self) -> None:
