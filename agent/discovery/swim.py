@@ -139,6 +139,7 @@ class Record:
     fetched_at: float = -math.inf
     last_probe: float = -math.inf
     suspicion: Suspicion | None = None
+    heard_at: float = -math.inf  # when it last spoke for itself (a miss of a probe sent before is stale)
 
 
 @dataclass(frozen=True)
@@ -261,7 +262,7 @@ class Swim:
         inc = rec.incarnation if incarnation > rec.incarnation + MAX_INC_JUMP else max(rec.incarnation, incarnation)
         self._urgent.pop(node_id, None)
         old = None if rec.status == "new" else rec.status
-        self.records[node_id] = replace(rec, status="alive", incarnation=inc, suspicion=None,
+        self.records[node_id] = replace(rec, status="alive", incarnation=inc, suspicion=None, heard_at=now,
                                         since=now if old != "alive" else rec.since)  # fmt: skip
         if old == "alive" and inc == rec.incarnation:
             return []
@@ -335,9 +336,15 @@ class Swim:
         return out
 
     def probe_result(
-        self, node_id: str, ack: SwimMessage | None, indirect_acks: int, now: float, verify: bool = False
+        self,
+        node_id: str,
+        ack: SwimMessage | None,
+        indirect_acks: int,
+        now: float,
+        verify: bool = False,
+        sent: float = -math.inf,
     ) -> list[Transition]:
-        """How a probe went: the node's own ack (authenticated), else how many relays reached it.
+        """How a probe sent at ``sent`` went: the node's own ack (authenticated), else how many relays reached it.
 
         ``verify``: the probe checked a rumour (dead, left, or an unconfirmed suspicion that ran out)."""
         rec = self.records.get(node_id)
@@ -345,7 +352,7 @@ class Swim:
             return []
         if ack is not None and ack.node_id == node_id:
             return self.received(ack, now)[1]
-        if indirect_acks > 0:
+        if indirect_acks > 0 or rec.heard_at >= sent > -math.inf:
             return []  # reached through others: no suspicion from us, but no proof to clear one either
         return self._missed(rec, now, verify)
 

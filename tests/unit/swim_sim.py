@@ -130,22 +130,23 @@ class Sim:
                 me.fetch_failed(ins.node_id, self.now)
 
     def _probe(self, a: str, ins: sw.Probe) -> None:
-        me = self.nodes[a]
+        me, sent = self.nodes[a], self.now
         ok, rtt, ack = self._deliver(a, ins.node_id, me.message("ping", ins.node_id))
         if ok:
             self._later(rtt, lambda: self._note(a, me.probe_result(ins.node_id, ack, 0, self.now, ins.verify)))
             return
         if ins.verify:
             self._later(self.config.probe_timeout_s,
-                        lambda: self._note(a, me.probe_result(ins.node_id, None, 0, self.now, True)))  # fmt: skip
+                        lambda: self._note(a, me.probe_result(ins.node_id, None, 0, self.now, True, sent)))  # fmt: skip
             return
         acks = 0
         for relay, _url in me.indirect_targets(ins.node_id):
-            sent, _, _ = self._deliver(a, relay, SwimMessage("ping_req", a, me.incarnation, me.version, me.self_url))
-            if sent and self._deliver(relay, ins.node_id, self.nodes[relay].message("ping", ins.node_id))[0]:
+            req = SwimMessage("ping_req", a, me.incarnation, me.version, me.self_url)
+            delivered, _, _ = self._deliver(a, relay, req)
+            if delivered and self._deliver(relay, ins.node_id, self.nodes[relay].message("ping", ins.node_id))[0]:
                 acks += 1
         wait = 2 * self.config.probe_timeout_s
-        self._later(wait, lambda: self._note(a, me.probe_result(ins.node_id, None, acks, self.now)))
+        self._later(wait, lambda: self._note(a, me.probe_result(ins.node_id, None, acks, self.now, False, sent)))
 
     # -- views ---------------------------------------------------------------------------------------------
     def view(self, observer: str, subject: str) -> str | None:

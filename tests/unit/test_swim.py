@@ -87,6 +87,23 @@ def test_our_own_id_claimed_elsewhere_is_ignored() -> None:
     assert not a.candidates and ("a", url_of(5)) in a.conflicts
 
 
+def test_a_graceful_leave_is_immediate_and_a_goodbye_only_probes() -> None:
+    a, b = pair()
+    a.recheck("b")  # an mDNS goodbye: anyone can send one
+    instructions, _ = a.tick(0.5)
+    assert a.status_of("b") == "alive" and sw.Probe("b", b.self_url) in instructions
+    [t] = a.left("b", 0.6)  # b said so itself, authenticated
+    assert t.new == "dead" and t.reason == "left" and a.left("b", 0.7) == []
+
+
+def test_an_id_belongs_to_whoever_authenticates_as_it() -> None:
+    a, p = node("a"), node("p", 3)
+    a.hint("p", url_of(7), "", 0.0)  # a stranger advertises p first
+    a.hint("p", p.self_url, "", 0.1)  # then the real p
+    a.admitted("p", p.self_url, "", state_of(p), 0.2)  # only the real p can answer as p
+    assert a.records["p"].peer_url == p.self_url and ("p", url_of(7)) in a.candidates
+
+
 def test_a_suspected_node_refutes_and_tells_the_suspecter() -> None:
     _a, b = pair()
     b.apply(MemberUpdate("b", "suspect", 0, b.self_url, 0, "a"), 1.0)
