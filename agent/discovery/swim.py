@@ -228,6 +228,8 @@ class Swim:
         if rec is None:
             rec = Record(node_id, peer_url, address, "new", state.incarnation, now, state, state.version)
             self._order.insert(self.rng.randint(0, len(self._order)), node_id)
+            if self.cluster_size() == 1:  # our first member (a seed): pull its whole table now (a join)
+                self._next_sync = now
         rec = replace(rec, peer_url=peer_url, address=address, state=state, fetched_at=now,
                       claimed_version=state.version)  # fmt: skip
         self.records[node_id] = rec

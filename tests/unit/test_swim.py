@@ -42,6 +42,19 @@ def test_gossip_makes_a_candidate_never_a_member() -> None:
     assert a.admitted("x", url_of(9), "", state_of(x), 1.1)[0].new == "alive"
 
 
+def test_a_join_pulls_the_first_members_whole_table() -> None:
+    a, b, c = node("a", 0), node("b", 1), node("c", 2)
+    admit(b, c)  # b (the seed) knows c
+    a.tick(0.0)  # a alone: the first push-pull is due later
+    admit(a, b, 0.05)
+    syncs = [i for i in a.tick(0.1)[0] if isinstance(i, sw.Sync)]
+    assert [s.node_id for s in syncs] == ["b"]
+    table, _ = b.received(syncs[0].message, 0.1)
+    assert table is not None
+    a.received(table, 0.11)
+    assert ("c", c.self_url) in a.candidates  # learned through the seed, still to be admitted itself
+
+
 def test_a_dead_rumour_is_checked_with_our_own_probe() -> None:
     a, b = pair()
     a.apply(MemberUpdate("b", "dead", 0, b.self_url, 0, "c"), 1.0)
