@@ -31,6 +31,7 @@ TICK_S = 0.05
 VERSION_CHECK_S = 0.5  # how often our own state is compared with what we last announced
 LOAD_STEP = 10.0  # CPU/GPU load points that count as a change of our resource state
 MEMORY_STEP = 0.05  # share of total memory that counts as a change
+LOAD_UPDATE_S = 30.0  # a change of loads or memory alone is announced at most this often (each costs N-1 fetches)
 MAX_IN_FLIGHT = 256  # concurrent SWIM exchanges this node starts (each has a deadline)
 
 
@@ -45,13 +46,21 @@ def parse_peer_state(data: Any, expected_id: str | None = None) -> PeerState:
     return state
 
 
-def fingerprint(s: PeerState) -> tuple[Any, ...]:
-    """What of a node's state is worth gossiping a new version for (loads and memory in coarse steps)."""
+def fingerprint(s: PeerState) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
+    """What of a node's state is worth a new version: (what serving needs at once, loads and memory in steps)."""
     mem_step = max(1.0, MEMORY_STEP * s.mem_total_mb)
     gpu = None if s.gpu_load is None else round(s.gpu_load / LOAD_STEP)
-    return (tuple(sorted((m, tuple(u)) for m, u in s.endpoints.items())), s.api_url, s.catalogue_version, s.term,
-            s.leader, s.priority, s.node_class, s.compute, round(s.mem_available_mb / mem_step),
-            round(s.mem_total_mb / mem_step), gpu, round(s.cpu_load / LOAD_STEP))  # fmt: skip
+    serving = (tuple(sorted((m, tuple(u)) for m, u in s.endpoints.items())), s.api_url, s.catalogue_version,
+               s.term, s.leader, s.priority, s.node_class, s.compute)  # fmt: skip
+    return serving, (round(s.mem_available_mb / mem_step), round(s.mem_total_mb / mem_step), gpu,
+                     round(s.cpu_load / LOAD_STEP))  # fmt: skip
+
+
+def version_due(old: tuple[Any, ...] | None, new: tuple[Any, ...], now: float, bumped_at: float) -> bool:
+    """Whether our state changed enough for a new version: serving facts at once, loads at most every 30 s."""
+    if old is None:
+        return False
+    return bool(new[0] != old[0] or (new[1] != old[1] and now - bumped_at >= LOAD_UPDATE_S))
 
 
 class SwimDriver:
@@ -75,8 +84,9 @@ class SwimDriver:
         self.admissible = admissible
         self.on_transitions = on_transitions
         self.clock = clock
-        self._fingerprint: tuple[Any, ...] | None = None
+        self._fingerprint: tuple[tuple[Any, ...], tuple[Any, ...]] | None = None
         self._checked_at = -1e9
+        self._bumped_at = -1e9
         self._in_flight: set[tuple[str, str]] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
 
@@ -92,10 +102,11 @@ class SwimDriver:
         state = self.local_state()
         self.core.term, self.core.leader = max(self.core.term, state.term), state.leader or self.core.leader
         fp = fingerprint(state)
-        if fp != self._fingerprint:
-            if self._fingerprint is not None:
-                self.core.set_version(self.core.version + 1)
+        if self._fingerprint is None:
             self._fingerprint = fp
+        elif version_due(self._fingerprint, fp, now, self._bumped_at):
+            self.core.set_version(self.core.version + 1)
+            self._fingerprint, self._bumped_at = fp, now
 
     # -- the loop ------------------------------------------------------------------------------------------
     async def run(self) -> None:

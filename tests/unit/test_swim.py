@@ -9,6 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from agent.discovery import swim as sw
+from agent.discovery.swim_io import LOAD_UPDATE_S, fingerprint, version_due
 from peerserve.wire import MemberUpdate, SwimMessage, WireError
 from tests.unit.swim_sim import Sim, state_of, url_of
 
@@ -123,6 +124,18 @@ def test_a_suspected_node_refutes_and_tells_the_suspecter() -> None:
     instructions, _ = b.tick(1.0)
     direct = [i for i in instructions if isinstance(i, sw.Gossip) and i.node_id == "a"]
     assert direct and any(u.node_id == "b" and u.incarnation == 1 for u in direct[0].message.updates)
+
+
+def test_state_versions_endpoints_at_once_loads_at_most_every_30_s() -> None:
+    from dataclasses import replace
+
+    base = state_of(node("a"))
+    fp = fingerprint(base)
+    served = fingerprint(replace(base, endpoints={"m": ("http://127.0.0.2:9000",)}))
+    busy = fingerprint(replace(base, cpu_load=55.0))
+    assert version_due(fp, served, 1.0, 0.5)  # a new endpoint: at once
+    assert not version_due(fp, fingerprint(replace(base, cpu_load=3.0)), 100.0, 0.0)  # below a step: never
+    assert not version_due(fp, busy, 10.0, 0.0) and version_due(fp, busy, LOAD_UPDATE_S, 0.0)
 
 
 # -- bounds --------------------------------------------------------------------------------------------------
