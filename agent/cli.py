@@ -83,7 +83,7 @@ def register(commands: Any) -> None:
     for flag, kwargs in FLAGS:
         p.add_argument(flag, default=None, **kwargs)
     p.add_argument("--no-discovery", dest="discovery", action="store_const", const=False, default=None,
-                   help="run alone: no mDNS, no heartbeats")  # fmt: skip
+                   help="run alone: no mDNS, no membership")  # fmt: skip
     p.add_argument("--api-docs", dest="api_docs", action="store_const", const=True, default=None,
                    help="serve interactive API docs at /docs, /redoc and the schema at /openapi.json")  # fmt: skip
     p.add_argument("--no-metrics", dest="metrics", action="store_const", const=False, default=None,

@@ -229,7 +229,7 @@ class NodeAgent:
             self.leadership.membership_changed()
 
     def peer_state(self) -> PeerState:
-        """This node as peers see it (the heartbeat answer, GET /peer/state; also the TXT's source)."""
+        """This node as peers see it (GET /peer/state: admission and resource state; also the TXT's source)."""
         m = self.node_metrics()
         endpoints: dict[str, tuple[str, ...]] = {}
         for i in self.state.instances:

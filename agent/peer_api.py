@@ -117,7 +117,7 @@ def create_peer_app(agent: NodeAgent, identity: Identity) -> FastAPI:
             return reply.error(503, "this node is leaving")
         hint = request.query_params.get("peer", "")
         if agent.discovery is not None and PEER_URL.fullmatch(hint):
-            # an authenticated node heartbeats us: a hint of where it listens (its mDNS name may be squatted)
+            # an authenticated node asks for our state: a hint of where it listens (its mDNS name may be squatted)
             agent.discovery.heard_from(reply.sender, hint)
         state = agent.peer_state()
         return reply((agent.discovery.stamp(state) if agent.discovery is not None else state).to_json())
