@@ -37,7 +37,7 @@ FLAGS: list[tuple[str, dict[str, Any]]] = [
     ("--interface", {"help": "mDNS interface: auto (the advertised address), all, an address or a name"}),
     ("--seeds", {"help": "comma-separated agent URLs to contact where multicast is blocked"}),
     ("--probe-interval-s", {"type": float, "help": "membership: probe one member this often (default 0.2)"}),
-    ("--probe-timeout-s", {"type": float, "help": "membership: a probe's deadline, then 3 indirect (default 0.2)"}),
+    ("--probe-timeout-s", {"type": float, "help": "membership: a probe's deadline, then 3 indirect (default 0.4)"}),
     (
         "--suspicion-mult",
         {"type": float, "help": "membership: suspect for mult x log10(N+1) x probe interval, then dead (default 4)"},

@@ -25,6 +25,9 @@ from peerserve import wire
 log = logging.getLogger(__name__)
 
 TIMEOUT = httpx.Timeout(3.0, connect=0.5)
+# One kept-alive TLS connection per peer: SWIM reaches each member every N probe periods (10 s at 50 nodes),
+# under the listener's 30 s keep-alive, so a probe costs no handshake. 256 = swim.MAX_MEMBERS.
+POOL = httpx.Limits(max_connections=None, max_keepalive_connections=256, keepalive_expiry=25.0)
 
 
 class PeerCallError(ValueError):
@@ -59,9 +62,7 @@ class PeerClient:
         self.identity = identity
         self.route = route
         self.clock = clock
-        self.http = http or httpx.AsyncClient(
-            verify=tls_context(identity), timeout=TIMEOUT, limits=httpx.Limits(max_keepalive_connections=64)
-        )
+        self.http = http or httpx.AsyncClient(verify=tls_context(identity), timeout=TIMEOUT, limits=POOL)
 
     async def close(self) -> None:
         await self.http.aclose()

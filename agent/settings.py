@@ -64,7 +64,7 @@ class Settings:
     interface: str = "auto"
     seeds: str = ""
     probe_interval_s: float = 0.2  # SWIM protocol period: one member probed per period (agent/discovery/swim.py)
-    probe_timeout_s: float = 0.2  # a direct probe's deadline; the indirect probes get as long again
+    probe_timeout_s: float = 0.4  # a direct probe's deadline; the indirect probes get twice as long
     suspicion_mult: float = 4.0  # suspicion lasts mult x log10(N + 1) x probe_interval_s (up to 4x unconfirmed)
     push_pull_interval_s: float = 10.0  # full table exchange with one random member
     priority: int = 0

@@ -100,12 +100,21 @@ class Discovery:
         self._published: dict[str, str] | None = None
         self._published_at = 0.0
         self._tasks: list[asyncio.Task[None]] = []
+        self._members_key: tuple[Any, ...] = ()
+        self._members: list[Member] = []
         self._background: set[asyncio.Task[Any]] = set()
         self._said: set[str] = set()
 
     # -- PeerTable -----------------------------------------------------------------------------------
     def members(self) -> list[Member]:
         """Admitted peers only (each answered us itself, authenticated), with their last fetched state."""
+        records = self.swim.core.records.values()
+        key = tuple((r.node_id, r.status, r.peer_url, r.address, r.state.version, r.state.started_at) for r in records)
+        if key != self._members_key:  # the election asks 20 times a second: rebuild only on a change
+            self._members_key, self._members = key, self._build_members()
+        return list(self._members)
+
+    def _build_members(self) -> list[Member]:
         out = []
         for rec in sorted(self.swim.core.records.values(), key=lambda r: r.node_id):
             s = rec.state

@@ -34,6 +34,7 @@ MAX_CANDIDATES = 64  # hinted (node id, peer url) pairs not yet authenticated
 MAX_BROADCASTS = 512  # queued membership updates (one per node at most; newer facts replace older)
 MAX_INC_JUMP = 64  # an incarnation may rise by at most this much in one message or rumour
 MAX_CONFLICTS = 64
+MAX_HEALTH = 8  # Lifeguard local health: our own periods and timeouts stretch up to (1 + 8) x when we are slow
 
 
 @dataclass(frozen=True)
@@ -41,7 +42,7 @@ class SwimConfig:
     """Timings; the defaults detect a crash everywhere in ~2-3 s at 50 nodes (memberlist LAN: ~5 s)."""
 
     probe_interval_s: float = 0.2
-    probe_timeout_s: float = 0.2  # direct probe; indirect probes get the same again
+    probe_timeout_s: float = 0.4  # direct probe; indirect probes get twice as long
     indirect_k: int = 3
     suspicion_mult: float = 4.0  # suspicion min = mult * max(1, log10(N + 1)) * probe_interval
     suspicion_max_mult: float = 4.0  # Lifeguard: an unconfirmed suspicion lasts up to max_mult * min
@@ -170,6 +171,7 @@ class Swim:
     term: int = 0
     leader: str | None = None
     refute: bool = True  # tests switch refutation off to show the checker catches it
+    health: int = 0  # Lifeguard local health: 0 good .. MAX_HEALTH; our misses and refutations raise it
     records: dict[str, Record] = field(default_factory=dict)
     candidates: dict[tuple[str, str], Candidate] = field(default_factory=dict)
     broadcasts: dict[str, _Broadcast] = field(default_factory=dict)
@@ -190,10 +192,19 @@ class Swim:
     def retransmit_limit(self) -> int:
         return self.config.retransmit_mult * max(1, math.ceil(math.log10(self.cluster_size() + 1)))
 
+    def probe_timeout(self) -> float:
+        """The direct probe's deadline, stretched while we ourselves are slow (Lifeguard local health)."""
+        return self.config.probe_timeout_s * (1 + self.health)
+
+    def _note_health(self, delta: int) -> None:
+        self.health = max(0, min(MAX_HEALTH, self.health + delta))
+
     def suspicion_timeout(self, confirmations: int) -> float:
-        """Lifeguard: from max_mult * min down to min as independent confirmations come in (k expected)."""
+        """Lifeguard: from max_mult * min down to min as independent confirmations come in (k expected);
+        stretched by our local health (a node that is itself slow is slow to declare others dead)."""
         cfg = self.config
         low = cfg.suspicion_mult * max(1.0, math.log10(self.cluster_size() + 1)) * cfg.probe_interval_s
+        low *= 1 + self.health / 2
         high = cfg.suspicion_max_mult * low
         k = max(1, min(cfg.indirect_k, self.cluster_size() - 2))
         frac = math.log(min(confirmations, k) + 1) / math.log(k + 1)
@@ -284,7 +295,7 @@ class Swim:
                 self.records[node_id] = replace(rec, last_probe=now)
         self._urgent.clear()
         if now >= self._next_probe:
-            self._next_probe = now + cfg.probe_interval_s
+            self._next_probe = now + cfg.probe_interval_s * (1 + self.health)
             out += self._next_probes(now)
         for node_id in sorted(self._refute_to):  # our refutation, signed by us, straight to who suspects us
             out.append(Gossip(node_id, self.records[node_id].peer_url, self.message("gossip", node_id)))
@@ -345,15 +356,20 @@ class Swim:
         now: float,
         verify: bool = False,
         sent: float = -math.inf,
+        relays_silent: bool = False,
     ) -> list[Transition]:
         """How a probe sent at ``sent`` went: the node's own ack (authenticated), else how many relays reached it.
 
-        ``verify``: the probe checked a rumour (dead, left, or an unconfirmed suspicion that ran out)."""
+        ``verify``: the probe checked a rumour (dead, left, or an unconfirmed suspicion that ran out);
+        ``relays_silent``: not even the relays answered us (Lifeguard: then we are probably the slow one)."""
         rec = self.records.get(node_id)
         if rec is None:
             return []
         if ack is not None and ack.node_id == node_id:
+            self._note_health(-1)
             return self.received(ack, now)[1]
+        if relays_silent:
+            self._note_health(+1)
         if indirect_acks > 0 or rec.heard_at >= sent > -math.inf:
             return []  # reached through others: no suspicion from us, but no proof to clear one either
         return self._missed(rec, now, verify)
@@ -502,6 +518,7 @@ class Swim:
         if u.status == "alive" or u.incarnation < self.incarnation or u.incarnation > self.incarnation + MAX_INC_JUMP:
             return []
         if self.refute:
+            self._note_health(+1)  # others could not reach us: probably we are the slow one
             self.incarnation = u.incarnation + 1
             self._enqueue(MemberUpdate(self.self_id, "alive", self.incarnation, self.self_url, self.version))
             if u.origin in self.records and len(self._refute_to) < self.config.indirect_k + 1:

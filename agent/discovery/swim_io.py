@@ -148,7 +148,7 @@ class SwimDriver:
 
     # -- exchanges -----------------------------------------------------------------------------------------
     def _timeout(self, factor: float = 1.0) -> httpx.Timeout:
-        t = self.core.config.probe_timeout_s * factor
+        t = self.core.probe_timeout() * factor
         return httpx.Timeout(t, connect=t)
 
     async def send(self, node_id: str, url: str, msg: SwimMessage, factor: float = 1.0) -> SwimMessage:
@@ -171,21 +171,24 @@ class SwimDriver:
             ack = await self.send(ins.node_id, ins.url, self.core.message("ping", ins.node_id))
         except PeerCallError:
             ack = None
-        acks = 0
+        acks, silent = 0, False
         if ack is None and not ins.verify:
             relays = self.core.indirect_targets(ins.node_id)
             results = await asyncio.gather(*(self._ping_req(n, u, ins) for n, u in relays))
-            acks = sum(results)
-        self.on_transitions(self.core.probe_result(ins.node_id, ack, acks, self.clock(), ins.verify, sent))
+            acks = sum(1 for r in results if r)
+            silent = bool(results) and all(r is None for r in results)
+        transitions = self.core.probe_result(ins.node_id, ack, acks, self.clock(), ins.verify, sent, silent)
+        self.on_transitions(transitions)
 
-    async def _ping_req(self, relay: str, relay_url: str, ins: sw.Probe) -> bool:
+    async def _ping_req(self, relay: str, relay_url: str, ins: sw.Probe) -> bool | None:
+        """Whether ``relay`` reached the target for us (None: the relay itself did not answer)."""
         c = self.core
         msg = SwimMessage("ping_req", c.self_id, c.incarnation, c.version, c.self_url, (), c.term, c.leader,
                           ins.node_id, ins.url)  # fmt: skip
         try:
             answer = await self.send(relay, relay_url, msg, factor=2.0)
         except PeerCallError:
-            return False
+            return None
         self.on_transitions(c.received(answer, self.clock())[1])
         return answer.kind == "indirect_ack" and answer.target == ins.node_id and answer.acked
 

@@ -74,7 +74,7 @@ class Sim:
         """A request a -> b and its answer: (both delivered in time, round-trip delay)."""
         ok1, d1 = self._leg()
         ok2, d2 = self._leg()
-        ok = ok1 and ok2 and self.up(a) and self.up(b) and d1 + d2 <= self.config.probe_timeout_s
+        ok = ok1 and ok2 and self.up(a) and self.up(b) and d1 + d2 <= self.nodes[a].probe_timeout()
         return ok, d1 + d2
 
     # -- running -------------------------------------------------------------------------------------------
@@ -136,17 +136,23 @@ class Sim:
             self._later(rtt, lambda: self._note(a, me.probe_result(ins.node_id, ack, 0, self.now, ins.verify)))
             return
         if ins.verify:
-            self._later(self.config.probe_timeout_s,
+            self._later(me.probe_timeout(),
                         lambda: self._note(a, me.probe_result(ins.node_id, None, 0, self.now, True, sent)))  # fmt: skip
             return
-        acks = 0
-        for relay, _url in me.indirect_targets(ins.node_id):
+        acks, answered = 0, 0
+        relays = me.indirect_targets(ins.node_id)
+        for relay, _url in relays:
             req = SwimMessage("ping_req", a, me.incarnation, me.version, me.self_url)
             delivered, _, _ = self._deliver(a, relay, req)
+            answered += delivered
             if delivered and self._deliver(relay, ins.node_id, self.nodes[relay].message("ping", ins.node_id))[0]:
                 acks += 1
-        wait = 2 * self.config.probe_timeout_s
-        self._later(wait, lambda: self._note(a, me.probe_result(ins.node_id, None, acks, self.now, False, sent)))
+        silent = bool(relays) and answered == 0
+
+        def report() -> None:
+            self._note(a, me.probe_result(ins.node_id, None, acks, self.now, False, sent, silent))
+
+        self._later(2 * me.probe_timeout(), report)
 
     # -- views ---------------------------------------------------------------------------------------------
     def view(self, observer: str, subject: str) -> str | None:

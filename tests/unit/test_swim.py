@@ -138,6 +138,19 @@ def test_state_versions_endpoints_at_once_loads_at_most_every_30_s() -> None:
     assert not version_due(fp, busy, 10.0, 0.0) and version_due(fp, busy, LOAD_UPDATE_S, 0.0)
 
 
+def test_local_health_stretches_our_timeouts_while_we_are_slow() -> None:
+    a, b = pair()
+    base_timeout, base_suspicion = a.probe_timeout(), a.suspicion_timeout(0)
+    a.probe_result("b", None, 0, 1.0, sent=0.9)  # b missed but the relays answered: b's problem, not ours
+    assert a.health == 0
+    for i in range(20):
+        a.probe_result("b", None, 0, 2.0 + i, sent=1.9 + i, relays_silent=True)  # nobody answers us
+    assert a.health == sw.MAX_HEALTH and a.probe_timeout() == base_timeout * (1 + sw.MAX_HEALTH)
+    assert a.suspicion_timeout(0) > base_suspicion
+    a.probe_result("b", b.received(a.message("ping", "b"), 30.0)[0], 0, 30.0)
+    assert a.health == sw.MAX_HEALTH - 1  # each answered probe heals a step
+
+
 # -- bounds --------------------------------------------------------------------------------------------------
 def test_candidates_are_bounded_and_expire() -> None:
     a = node("a", max_candidates=5)
@@ -238,7 +251,7 @@ def test_a_suspected_live_node_refutes(seed: int, pause: float) -> None:
     sim = Sim(10, seed=seed, loss=0.01)
     sim.run(15)
     assert sim.converged()
-    assert _suspect_after_heal(sim, "n3", pause) < 1.0
+    assert _suspect_after_heal(sim, "n3", pause) < 1.5  # a probe sent in the pause may still report a miss
     assert sim.false_deaths() == []
 
 
@@ -248,7 +261,7 @@ def test_the_refutation_checker_fails_when_refutation_is_off() -> None:
         sim = Sim(10, seed=seed, loss=0.01, refute=False)
         sim.run(15)
         lags.append(_suspect_after_heal(sim, "n3", 0.5))
-    assert max(lags) >= 1.0  # without refutation the suspicion lingers: the property above would fail
+    assert max(lags) >= 1.5  # without refutation the suspicion lingers: the property above would fail
 
 
 def test_the_crash_checker_fails_when_nothing_is_detected() -> None:
