@@ -14,6 +14,7 @@ import numpy as np
 from solver.capacity import violations
 from solver.plan import Action, Plan, Rejection
 from solver.problem import IntArray, Mode, Problem, running_instances
+from solver.queue_close import close_pools
 from solver.queue_lazy import solve_nlp_lazy
 from solver.queue_model import QueueProblem, build_queue_problem
 from solver.queue_repair import Pools, repair
@@ -30,12 +31,14 @@ def solve_queue(problem: Problem, tail: bool = False) -> Plan:
         q = with_tail_cap(q)
     nlp = solve_nlp_lazy(q)
     pools = repair(q, nlp.x, nlp.r)
+    closed = close_pools(pools)
     details: dict[str, Any] = {
         "classes": problem.n_classes,
         "iterations": nlp.iterations,
         "nlp_rounds": nlp.rounds,
         "nlp_columns": nlp.columns,
         "nlp_fallback": nlp.fallback,
+        "pools_closed": closed,
         "relaxation_instances": round(float(nlp.n.sum()), 3),
         "rate_rps": round(float(q.rate.sum()), 6),
         "rejected_rps": round(float(pools.rejected.sum()), 6),
