@@ -92,10 +92,27 @@ def _try_close(pools: Pools, j: int, k: int, before: float) -> bool:
     return False
 
 
+def _worth_trying(pools: Pools, j: int, k: int) -> bool:
+    """Whether closing pool (j, k) could pay: the least extra RTT + execution of moving its streams to the
+    model's other open pools is at most what the pool costs (its new instances and its wait)."""
+    q, p = pools.q, pools.q.base
+    counts, lam = pools.counts(), pools.lam()
+    others = [o for o in np.nonzero(counts[:, k] > 0)[0].tolist() if o != j]
+    if not others or counts[j, k] == 0:
+        return False
+    members = np.nonzero((p.class_model == k) & (pools.x[:, j] > 0))[0]
+    extra = float(pools.x[members, j] @ (p.cost[members][:, others].min(axis=1) - p.cost[members, j]))
+    n = float(counts[j, k])
+    t = min(float(lam[j, k]) / n, q.rho_max * float(q.mu[j, k]))
+    wait = float(lam[j, k]) * (1000.0 / (float(q.mu[j, k]) - t) - float(q.service_ms[j, k]))
+    saves = q.instance_cost * max(n - float(p.free[j, k]), 0.0) + wait
+    return extra <= saves + 1e-9 * max(1.0, saves)
+
+
 def _close_one(pools: Pools) -> bool:
     before = integer_objective(pools)
     for j, k in _open_pools(pools):
-        if pools.counts()[j, k] > 0 and _try_close(pools, j, k, before):
+        if _worth_trying(pools, j, k) and _try_close(pools, j, k, before):
             log.debug("closed pool %s/%s", pools.q.base.node_ids[j], pools.q.base.model_names[k])
             return True
     return False

@@ -38,6 +38,7 @@ from agent.serving.upstream import BodyTooLarge, Replay, UpstreamError, Upstream
 log = logging.getLogger(__name__)
 
 ERROR_HEADER = "X-Peerserve-Error"
+NODE_HEADER = "X-Peerserve-Node"
 V2_MODEL_PATH = re.compile(
     r"^/v2/models/(?P<model>[^/]+)(?:/versions/(?P<version>[^/]+))?(?P<rest>/ready|/infer|/config|/stats)?$"
 )
@@ -241,6 +242,7 @@ class ServingRoutes:
                 return await self._wrap_error(upstream, model, target.node, client, reported, token)
             stream = self._stream(upstream, model, target.node, client, reported, started, token)
             answer_headers = _response_headers(upstream.headers)
+            answer_headers[NODE_HEADER] = target.node  # which node served it (the load bench adds its RTT)
             length = next((v for k, v in answer_headers.items() if k.lower() == "content-length"), "")
             if length.isdigit() and int(length) <= SMALL_BODY:  # one write; no streaming machinery
                 answer = b"".join([chunk async for chunk in stream])

@@ -62,7 +62,7 @@ def instances_of(bed: TestBed, i: int, model: str) -> int:
 
 def test_five_agree_failover_and_replacement(bed: Callable[[int], TestBed]) -> None:
     b = bed(5)
-    # The default (queue) objective: one stream, one instance, on its nearest node (no spare elsewhere:
+    # The default (queue-p99) objective: one stream, one instance, on its nearest node (no spare elsewhere:
     # solver.queue_close closes the sliver of a pool the relaxation opens; tests/unit/test_queue_close.py).
     start_all(b, "--placement-mode", "2", "--placement-period-s", "3")
     started = time.monotonic()

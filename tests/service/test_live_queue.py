@@ -78,6 +78,7 @@ def test_answered_and_failed_requests_leave_nothing_counted(agents: Any) -> None
         for _ in range(20):
             r = http.post(f"/v1/models/{MODEL}:predict", json={"instances": [1.0, 2.0]})
             assert r.json() == {"predictions": [2.5, 3.0]}
+            assert r.headers["x-peerserve-node"] == "a"  # the node that served it
         bad = http.post(f"/v1/models/{MODEL}:predict", content=b"not json", headers={"content-type": "text/plain"})
         assert bad.status_code == 400
     choice = first_choices(a, 1)[0]
