@@ -39,6 +39,7 @@ class Pools:
         self.rejected = np.clip(q.rate - self.x.sum(axis=1), 0.0, None) + 0.0 * rejected
         self.onehot = np.eye(len(p.model_names))[p.class_model]
         self.cap = q.cap() * q.mu  # [j, k] requests/s one instance takes under the cap
+        self.shed = 0  # instances taken from pools below rho_max to keep the instance bound (step 4)
 
     def lam(self) -> FloatArray:
         return np.asarray(self.x.T @ self.onehot)
@@ -201,6 +202,7 @@ def _shed_instance(pools: Pools, nodes: list[int], k: int) -> bool:
         return False
     _, j = min(options)
     pools.cap[j, k] = max(pools.cap[j, k], float(lam[j, k]) / (counts[j, k] - 1) * (1 + 1e-9))
+    pools.shed += 1
     return True
 
 
