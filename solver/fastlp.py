@@ -9,8 +9,11 @@ every node. At the optimum only a few capacity rows bind, so the LP is grown unt
    cheapest node. Only nodes with a row constrain the LP.
 2. Class fixing: a class whose cheapest node has no row sits there whole (nothing can make another node
    cheaper for it), so it leaves the LP.
-3. Columns: every other class gets its ``CANDIDATES`` cheapest nodes (on small LPs one more for each
-   of those the greedy load nearly fills).
+3. Columns: every other class gets the ``GUIDED`` nodes of least reduced cost under capacity prices
+   estimated in numpy (solver.lpguide), those within ``WINDOW`` of them, and its cheapest node. Where
+   the estimate's bounds are more than ``TRUST_GAP`` apart (the cluster is nearly or wholly full) it
+   gets its ``CANDIDATES`` cheapest nodes instead (on small LPs one more for each the greedy load
+   nearly fills).
 4. Solve; a node without a row that the result overloads gets its rows (unfixing its classes) and the LP
    is solved again. Then left-out columns are priced with the duals (reduced cost = cost + dual of the
    class's assignment row + capacity or link duals); any with negative reduced cost is added, repeat.
@@ -29,11 +32,16 @@ from typing import Any
 import numpy as np
 
 from solver.errors import SolverUnavailableError
+from solver.lpguide import Guide, estimate
 from solver.problem import FloatArray, IntArray, Problem, rejection_penalty
 
 log = logging.getLogger(__name__)
 
 CANDIDATES = 5
+GUIDED = 2  # columns per class by estimated reduced cost, when the estimate is trusted
+WINDOW = 0.5  # ... and those within this many typical cost gaps (cheapest to second) of the least
+TRUST_GAP = 0.02  # the estimate is trusted when its bounds are this close (relative)
+USE_GUIDE = True
 WIDEN_LIMIT = 1000  # class x node pairs up to which congested classes get wider candidate lists
 MAX_ROUNDS = 8
 CLOSE_ROWS = True
@@ -107,9 +115,10 @@ def solve_lp(p: Problem) -> LpSolution:
     congested = _initial_rows(p, cheapest)
     has_row = congested.copy()
     in_lp = np.zeros((n_c, n_j), dtype=bool)
+    guide = _guide(p, penalty, has_row, cheapest)
     total_iters = 0
     for rounds in range(MAX_ROUNDS):
-        free_class = _close_rows(p, has_row, in_lp, cheapest, congested)
+        free_class = _close_rows(p, has_row, in_lp, cheapest, congested, guide)
         lp = _build(p, in_lp & free_class[:, None], free_class, has_row, penalty)
         x, mult, status, iters = _ipopt(lp, IPOPT_FAST)
         total_iters += iters
@@ -197,8 +206,22 @@ def _overloaded(p: Problem, y: FloatArray) -> BoolArray:
     return np.asarray((mem_use > p.mem_budget + tol_m) | (comp_use > p.comp_budget + tol_c))
 
 
+def _guide(p: Problem, penalty: float, has_row: BoolArray, cheapest: IntArray) -> Guide | None:
+    """Estimated capacity prices to choose columns with, or None where they are not needed or trusted."""
+    if not USE_GUIDE or not has_row[cheapest].any() or p.n_nodes <= GUIDED:
+        return None
+    guide = estimate(p, penalty)
+    log.debug("price estimate: bounds %.6g..%.6g (gap %.2g)", guide.lower, guide.upper, guide.gap)
+    return guide if guide.gap <= TRUST_GAP else None
+
+
 def _close_rows(
-    p: Problem, has_row: BoolArray, in_lp: BoolArray, cheapest: IntArray, congested: BoolArray
+    p: Problem,
+    has_row: BoolArray,
+    in_lp: BoolArray,
+    cheapest: IntArray,
+    congested: BoolArray,
+    guide: Guide | None = None,
 ) -> BoolArray:
     """Add rows until no node without one could be overloaded by the LP; the classes left in the LP.
 
@@ -207,7 +230,7 @@ def _close_rows(
     """
     while True:
         free_class = has_row[cheapest]
-        _ensure_candidates(p, in_lp, free_class, congested)
+        _ensure_candidates(p, in_lp, free_class, congested, guide)
         worst = in_lp * free_class[:, None] * p.class_count[:, None].astype(float)
         fixed = np.nonzero(~free_class)[0]
         worst[fixed, cheapest[fixed]] = p.class_count[fixed]
@@ -217,15 +240,22 @@ def _close_rows(
         has_row |= grow
 
 
-def _ensure_candidates(p: Problem, in_lp: BoolArray, free_class: BoolArray, congested: BoolArray) -> None:
-    """Give every class in the LP that has no columns yet its cheapest ``CANDIDATES`` nodes.
+def _ensure_candidates(
+    p: Problem, in_lp: BoolArray, free_class: BoolArray, congested: BoolArray, guide: Guide | None = None
+) -> None:
+    """Give every class in the LP that has no columns yet its candidate nodes.
 
-    On a small LP a class also gets one more node per congested node among those (one the greedy load
-    nearly fills): crowded out of its cheapest nodes it needs the next ones, and finding them by pricing
-    costs a second solve, more than the extra columns cost there.
+    With a trusted ``guide``: its ``GUIDED`` nodes of least estimated reduced cost, any within
+    ``WINDOW`` typical cost gaps of the least, and its cheapest node. Without: its cheapest
+    ``CANDIDATES`` nodes; on a small LP also one more node per congested node among those (one the
+    greedy load nearly fills): crowded out of its cheapest nodes it needs the next ones, and finding
+    them by pricing costs a second solve, more than the extra columns cost there.
     """
     need = np.nonzero(free_class & ~in_lp.any(axis=1))[0]
     if not len(need):
+        return
+    if guide is not None:
+        in_lp[need] |= _guided_columns(p, guide, need)
         return
     k = min(CANDIDATES, p.n_nodes)
     order = np.argsort(p.cost[need], axis=1, kind="stable")
@@ -234,6 +264,20 @@ def _ensure_candidates(p: Problem, in_lp: BoolArray, free_class: BoolArray, cong
         width = np.minimum(k + congested[order[:, :k]].sum(axis=1), p.n_nodes)
     take = np.arange(p.n_nodes)[None, :] < width[:, None]
     in_lp[np.repeat(need, take.sum(axis=1)), order[take]] = True
+
+
+def _guided_columns(p: Problem, guide: Guide, need: IntArray) -> BoolArray:
+    """[len(need), j] the columns a trusted price estimate points to (see ``_ensure_candidates``)."""
+    reduced = guide.reduced[need]
+    rows = np.arange(len(need))
+    take = np.zeros(reduced.shape, dtype=bool)
+    order = np.argsort(reduced, axis=1, kind="stable")[:, :GUIDED]
+    take[np.repeat(rows, order.shape[1]), order.ravel()] = True
+    ranked = np.sort(p.cost, axis=1)
+    typical_gap = float(np.median(ranked[:, 1] - ranked[:, 0]))
+    take |= reduced <= reduced.min(axis=1, keepdims=True) + WINDOW * typical_gap
+    take[rows, np.argmin(p.cost[need], axis=1)] = True
+    return take
 
 
 @dataclass

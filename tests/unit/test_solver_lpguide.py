@@ -1,0 +1,80 @@
+"""The numpy price estimate (solver.lpguide) brackets the LP optimum and only ever chooses columns.
+
+The bounds are checked against the Pyomo model's exact LP optimum (HiGHS) on random instances of both
+modes with running instances; the check is shown to catch a greedy bound that ignores capacity and a
+lower bound that forgets the budgets' price. The guided LP is smaller and reaches the same optimum.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from solver import Mode, Snapshot, fastlp, lpguide
+from solver.problem import Problem, build_problem, rejection_penalty
+from solver.simulate import site_instance, thesis_instance
+from tests.unit.test_solver_fastlp import REL, gap, instances, pyomo_lp_optimum
+
+
+def bracketed(p: Problem) -> bool:
+    """lower <= exact LP optimum <= upper, within rounding."""
+    guide = lpguide.estimate(p, rejection_penalty(p))
+    exact = pyomo_lp_optimum(p)
+    slack = 1e-9 * max(1.0, abs(exact))
+    return guide.lower <= exact + slack and exact <= guide.upper + slack
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(instances(), st.sampled_from([Mode.MODE1, Mode.MODE2]))
+def test_bounds_bracket_the_lp_optimum(snapshot: Snapshot, mode: Mode) -> None:
+    p = build_problem(snapshot, mode)
+    if p.n_classes and p.n_nodes:
+        assert bracketed(p)
+
+
+CONGESTED = [(50, 10, seed) for seed in range(5)] + [(25, 5, seed) for seed in range(5)]
+
+
+def test_the_bracket_check_catches_a_greedy_that_ignores_capacity(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(lpguide, "_room", lambda left, per_request: float("inf"))
+    assert not all(bracketed(build_problem(thesis_instance(*size), Mode.MODE1)) for size in CONGESTED)
+
+
+def test_the_bracket_check_catches_a_lower_bound_without_the_budgets(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Lagrangian that charges capacity prices but never credits the budgets overshoots: caught."""
+    p = build_problem(thesis_instance(40, 10, 3), Mode.MODE1)
+    assert bracketed(p)
+    real = lpguide.estimate
+
+    def no_credit(p: Problem, penalty: float, steps: int = lpguide.STEPS) -> lpguide.Guide:
+        g = real(p, penalty, steps)
+        charged = float(np.minimum(g.reduced, penalty).min(axis=1) @ p.class_count)
+        return lpguide.Guide(g.reduced, charged, g.upper)
+
+    monkeypatch.setattr(lpguide, "estimate", no_credit)
+    assert not bracketed(p)
+
+
+def test_guided_columns_give_a_smaller_lp_with_the_same_optimum(monkeypatch: pytest.MonkeyPatch) -> None:
+    for p in (
+        build_problem(thesis_instance(40, 10, 3), Mode.MODE1),
+        build_problem(site_instance(600, 60, sites=60, seed=2), Mode.MODE2),
+    ):
+        guided = fastlp.solve_lp(p)
+        monkeypatch.setattr(fastlp, "USE_GUIDE", False)
+        plain = fastlp.solve_lp(p)
+        monkeypatch.setattr(fastlp, "USE_GUIDE", True)
+        assert guided.columns < plain.columns
+        assert abs(guided.value - plain.value) <= REL * max(1.0, abs(plain.value))
+        assert gap(p) <= REL
+
+
+def test_a_full_cluster_is_not_trusted_to_the_estimate() -> None:
+    """Requests rejected at the optimum: the bounds stay far apart, so the plain candidates are used."""
+    p = build_problem(thesis_instance(50, 10, 3), Mode.MODE1)
+    penalty = rejection_penalty(p)
+    assert lpguide.estimate(p, penalty).gap > fastlp.TRUST_GAP
+    assert fastlp._guide(p, penalty, np.ones(p.n_nodes, dtype=bool), np.argmin(p.cost, axis=1)) is None
+    assert gap(p) <= REL
