@@ -18,15 +18,18 @@ with Ipopt and proves its optimum by pricing every left-out column with Ipopt's 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
 
-from solver.problem import FloatArray, Problem
+from solver.problem import FloatArray, IntArray, Problem
 
 log = logging.getLogger(__name__)
 
+FIRST_NODES = 8  # nodes per class ordered up front for the greedy bound
 STEPS = 40  # subgradient steps; each is a few numpy operations on [classes, nodes]
+REFRESH = 40  # steps between tightenings of the upper bound
 STALL = 3  # steps without a better bound before the step length is halved
 
 
@@ -44,42 +47,83 @@ class Guide:
         return (self.upper - self.lower) / max(1e-12, abs(self.upper))
 
 
-def greedy_upper_bound(p: Problem, penalty: float) -> float:
-    """The value of a feasible fractional placement: regret order, cheapest nodes with room first."""
-    mem_left, comp_left = p.mem_budget.astype(float), p.comp_budget.astype(float)
-    free = p.free.astype(float)
-    by_cost = np.argsort(p.cost, axis=1, kind="stable")
-    ranked = np.take_along_axis(p.cost, by_cost, axis=1)
+def greedy_upper_bound(p: Problem, penalty: float, order_by: FloatArray | None = None) -> float:
+    """The value of a feasible fractional placement: regret order, cheapest nodes with room first.
+
+    ``order_by`` [c, j] (estimated reduced costs) replaces the costs for the order, not for the value.
+    Requests that fit nowhere are rejected at ``penalty`` each.
+    """
+    return _greedy(p, penalty, order_by)[0]
+
+
+def _greedy(p: Problem, penalty: float, order_by: FloatArray | None) -> tuple[float, float]:
+    """(value, requests rejected) of the greedy placement of ``greedy_upper_bound``."""
+    rank = p.cost if order_by is None else order_by
+    near = min(p.n_nodes, FIRST_NODES)  # most classes fit on one of their first few nodes
+    first = np.argpartition(rank, near - 1, axis=1)[:, :near] if near < p.n_nodes else np.argsort(rank, axis=1)
+    first = np.take_along_axis(first, np.argsort(np.take_along_axis(rank, first, axis=1), axis=1), axis=1)
+    ranked = np.take_along_axis(rank, first[:, :2], axis=1)
     regret = ranked[:, 1] - ranked[:, 0] if p.n_nodes > 1 else np.zeros(p.n_classes)
-    total = 0.0
+    mem_left, comp_left, free = p.mem_budget.tolist(), p.comp_budget.tolist(), p.free.tolist()
+    mem, comp, model, count = p.mem.tolist(), p.comp.tolist(), p.class_model.tolist(), p.class_count.tolist()
+    total, rejected = 0.0, 0.0
     for c in np.argsort(-regret, kind="stable").tolist():
-        k = int(p.class_model[c])
-        need = float(p.class_count[c])
-        for j in by_cost[c].tolist():
-            if need <= 0:
-                break
-            reuse = min(need, free[j, k])
-            room = min(_room(mem_left[j], p.mem[k]), _room(comp_left[j], p.comp[k]), need - reuse)
-            free[j, k] -= reuse
-            mem_left[j] -= room * p.mem[k]
-            comp_left[j] -= room * p.comp[k]
+        k, need = model[c], float(count[c])
+        for j in _nodes_in_order(rank, first, c):
+            reuse = min(need, free[j][k])
+            room = min(_room(mem_left[j], mem[k]), _room(comp_left[j], comp[k]), need - reuse)
+            free[j][k] -= reuse
+            mem_left[j] -= room * mem[k]
+            comp_left[j] -= room * comp[k]
             need -= reuse + room
             total += (reuse + room) * float(p.cost[c, j])
-        total += need * penalty
-    return total
+            if need <= 0:
+                break
+        rejected += max(0.0, need)
+    return total + rejected * penalty, rejected
+
+
+def _nodes_in_order(rank: FloatArray, first: IntArray, c: int) -> Iterator[int]:
+    """Class c's nodes by ``rank``: the precomputed first few, then (rarely needed) the rest."""
+    yield from first[c].tolist()
+    if first.shape[1] < rank.shape[1]:
+        rest = np.setdiff1d(np.arange(rank.shape[1]), first[c])
+        yield from rest[np.argsort(rank[c, rest], kind="stable")].tolist()
 
 
 def _room(left: float, per_request: float) -> float:
     return max(0.0, left) / per_request if per_request > 0 else float("inf")
 
 
-def estimate(p: Problem, penalty: float, steps: int = STEPS) -> Guide:
-    """Lagrangian prices of the memory and compute rows by subgradient ascent, and the bounds."""
-    upper = greedy_upper_bound(p, penalty)
-    n_j = p.n_nodes
+def estimate(p: Problem, penalty: float, steps: int | None = None, refresh: int | None = None) -> Guide:
+    """Lagrangian prices of the memory and compute rows by subgradient ascent, and the bounds.
+
+    Every ``refresh`` steps the upper bound is tightened by the greedy placement ordered by the best
+    prices so far (Polyak's steps are only as good as the bound they aim at).
+    """
+    steps = STEPS if steps is None else steps
+    refresh = REFRESH if refresh is None else refresh
+    upper, rejected = _greedy(p, penalty, None)
     priced = (p.free == 0).astype(float)  # [j, k]: where a request may start a new instance
-    lam, mu = np.zeros(n_j), np.zeros(n_j)
-    best = (-np.inf, lam, mu)
+    best = (float(p.class_count @ np.minimum(p.cost, penalty).min(axis=1)), np.zeros(p.n_nodes), np.zeros(p.n_nodes))
+    if rejected > 0:  # a (nearly) full cluster: duals near the penalty, far beyond a few steps' reach
+        return Guide(p.cost, best[0], upper)
+    for _ in range(max(1, steps // refresh)):
+        best = _ascend(p, penalty, priced, upper, best, refresh)
+        upper = min(upper, greedy_upper_bound(p, penalty, order_by=_reduced(p, best[1], best[2], priced)))
+        if upper - best[0] <= 1e-9 * abs(upper):
+            break
+    lower, lam, mu = best
+    return Guide(_reduced(p, lam, mu, priced), lower, upper)
+
+
+Best = tuple[float, FloatArray, FloatArray]
+
+
+def _ascend(p: Problem, penalty: float, priced: FloatArray, upper: float, best: Best, steps: int) -> Best:
+    """``steps`` subgradient steps from the best prices so far; the best (bound, lam, mu) seen."""
+    n_j, n_k = p.n_nodes, len(p.mem)
+    _, lam, mu = best
     theta, stall = 1.0, 0
     for _ in range(steps):
         reduced = np.minimum(_reduced(p, lam, mu, priced), penalty)
@@ -93,8 +137,7 @@ def estimate(p: Problem, penalty: float, steps: int = STEPS) -> Guide:
             if stall >= STALL:
                 theta, stall = theta / 2, 0
         placed = np.where(least < penalty, p.class_count, 0)
-        load = np.zeros((n_j, len(p.mem)))
-        np.add.at(load, (where, p.class_model), placed)
+        load = np.bincount(where * n_k + p.class_model, weights=placed, minlength=n_j * n_k).reshape(n_j, n_k)
         new = np.maximum(load - p.free, 0.0)
         g = np.where((lam <= 0) & (new @ p.mem < p.mem_budget), 0.0, new @ p.mem - p.mem_budget)
         h = np.where((mu <= 0) & (new @ p.comp < p.comp_budget), 0.0, new @ p.comp - p.comp_budget)
@@ -103,8 +146,7 @@ def estimate(p: Problem, penalty: float, steps: int = STEPS) -> Guide:
             break
         step = theta * (upper - lower) / norm
         lam, mu = np.maximum(0.0, lam + step * g), np.maximum(0.0, mu + step * h)
-    lower, lam, mu = best
-    return Guide(_reduced(p, lam, mu, priced), lower, upper)
+    return best
 
 
 def _reduced(p: Problem, lam: FloatArray, mu: FloatArray, priced: FloatArray) -> FloatArray:

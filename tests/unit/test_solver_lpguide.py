@@ -48,8 +48,8 @@ def test_the_bracket_check_catches_a_lower_bound_without_the_budgets(monkeypatch
     assert bracketed(p)
     real = lpguide.estimate
 
-    def no_credit(p: Problem, penalty: float, steps: int = lpguide.STEPS) -> lpguide.Guide:
-        g = real(p, penalty, steps)
+    def no_credit(p: Problem, penalty: float) -> lpguide.Guide:
+        g = real(p, penalty)
         charged = float(np.minimum(g.reduced, penalty).min(axis=1) @ p.class_count)
         return lpguide.Guide(g.reduced, charged, g.upper)
 
