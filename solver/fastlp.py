@@ -81,6 +81,7 @@ class LpSolution:
     columns: int
     rows: int
     fallback: bool
+    guided: bool = False  # columns chosen by the trusted price estimate (solver.lpguide)
 
 
 @dataclass
@@ -132,7 +133,8 @@ def solve_lp(p: Problem) -> LpSolution:
         priced = _price(p, lp, mult, in_lp, free_class, has_row)
         if not priced.any():
             value = float((p.cost * y).sum() + penalty * r.sum())
-            return LpSolution(y, r, value, status, total_iters, rounds, int(in_lp[free_class].sum()), len(lp.cl), False)
+            columns = int(in_lp[free_class].sum())
+            return LpSolution(y, r, value, status, total_iters, rounds, columns, len(lp.cl), False, guide is not None)
         in_lp |= priced
     return _full(p, penalty, total_iters)
 

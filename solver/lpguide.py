@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 FIRST_NODES = 8  # nodes per class ordered up front for the greedy bound
 STEPS = 40  # subgradient steps; each is a few numpy operations on [classes, nodes]
 REFRESH = 40  # steps between tightenings of the upper bound
+MIN_THETA = 1 / 32  # step-length factor below which the ascent stops
 STALL = 3  # steps without a better bound before the step length is halved
 
 
@@ -136,11 +137,14 @@ def _ascend(p: Problem, penalty: float, priced: FloatArray, upper: float, best: 
             stall += 1
             if stall >= STALL:
                 theta, stall = theta / 2, 0
+                if theta < MIN_THETA:  # converged as far as these steps go
+                    break
         placed = np.where(least < penalty, p.class_count, 0)
         load = np.bincount(where * n_k + p.class_model, weights=placed, minlength=n_j * n_k).reshape(n_j, n_k)
         new = np.maximum(load - p.free, 0.0)
-        g = np.where((lam <= 0) & (new @ p.mem < p.mem_budget), 0.0, new @ p.mem - p.mem_budget)
-        h = np.where((mu <= 0) & (new @ p.comp < p.comp_budget), 0.0, new @ p.comp - p.comp_budget)
+        g, h = new @ p.mem - p.mem_budget, new @ p.comp - p.comp_budget
+        g[(lam <= 0) & (g < 0)] = 0.0  # projected: a zero price cannot fall
+        h[(mu <= 0) & (h < 0)] = 0.0
         norm = float(g @ g + h @ h)
         if norm == 0.0 or upper - lower <= 1e-9 * abs(upper):
             break
