@@ -41,6 +41,7 @@ CANDIDATES = 5
 GUIDED = 2  # columns per class by estimated reduced cost, when the estimate is trusted
 WINDOW = 0.5  # ... and those within this many typical cost gaps (cheapest to second) of the least
 TRUST_GAP = 0.02  # the estimate is trusted when its bounds are this close (relative)
+SMALL_STEPS = 20  # subgradient steps on small LPs (up to WIDEN_LIMIT pairs); solver.lpguide.STEPS above
 USE_GUIDE = True
 WIDEN_LIMIT = 1000  # class x node pairs up to which congested classes get wider candidate lists
 MAX_ROUNDS = 8
@@ -212,7 +213,8 @@ def _guide(p: Problem, penalty: float, has_row: BoolArray, cheapest: IntArray) -
     """Estimated capacity prices to choose columns with, or None where they are not needed or trusted."""
     if not USE_GUIDE or not has_row[cheapest].any() or p.n_nodes <= GUIDED:
         return None
-    guide = estimate(p, penalty)
+    small = p.n_classes * p.n_nodes <= WIDEN_LIMIT
+    guide = estimate(p, penalty, steps=SMALL_STEPS if small else None)
     log.debug("price estimate: bounds %.6g..%.6g (gap %.2g)", guide.lower, guide.upper, guide.gap)
     return guide if guide.gap <= TRUST_GAP else None
 

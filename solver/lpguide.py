@@ -109,8 +109,8 @@ def estimate(p: Problem, penalty: float, steps: int | None = None, refresh: int 
     best = (float(p.class_count @ np.minimum(p.cost, penalty).min(axis=1)), np.zeros(p.n_nodes), np.zeros(p.n_nodes))
     if rejected > 0:  # a (nearly) full cluster: duals near the penalty, far beyond a few steps' reach
         return Guide(p.cost, best[0], upper)
-    for _ in range(max(1, steps // refresh)):
-        best = _ascend(p, penalty, priced, upper, best, refresh)
+    for _ in range(max(1, -(-steps // refresh))):
+        best = _ascend(p, penalty, priced, upper, best, min(steps, refresh))
         upper = min(upper, greedy_upper_bound(p, penalty, order_by=_reduced(p, best[1], best[2], priced)))
         if upper - best[0] <= 1e-9 * abs(upper):
             break
