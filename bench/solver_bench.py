@@ -108,9 +108,9 @@ class Probe:
             self.calls.append((len(lp.cost), len(lp.cl), out[3]))
             return out
 
-        def estimate(*args: Any) -> Any:
+        def estimate(*args: Any, **kwargs: Any) -> Any:
             t = time.process_time()
-            out = self._estimate(*args)
+            out = self._estimate(*args, **kwargs)
             self.guide_s += time.process_time() - t
             return out
 

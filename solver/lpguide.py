@@ -20,10 +20,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from solver.problem import FloatArray, IntArray, Problem
+
+BoolArray = Any
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +44,7 @@ class Guide:
     reduced: FloatArray
     lower: float
     upper: float
+    placed: BoolArray | None = None  # [c, j] a placement of every request (from the greedy), if found
 
     @property
     def gap(self) -> float:
@@ -57,8 +61,8 @@ def greedy_upper_bound(p: Problem, penalty: float, order_by: FloatArray | None =
     return _greedy(p, penalty, order_by)[0]
 
 
-def _greedy(p: Problem, penalty: float, order_by: FloatArray | None) -> tuple[float, float]:
-    """(value, requests rejected) of the greedy placement of ``greedy_upper_bound``."""
+def _greedy(p: Problem, penalty: float, order_by: FloatArray | None) -> tuple[float, float, BoolArray]:
+    """(value, requests rejected, [c, j] columns used) of the placement of ``greedy_upper_bound``."""
     rank = p.cost if order_by is None else order_by
     near = min(p.n_nodes, FIRST_NODES)  # most classes fit on one of their first few nodes
     first = np.argpartition(rank, near - 1, axis=1)[:, :near] if near < p.n_nodes else np.argsort(rank, axis=1)
@@ -68,6 +72,7 @@ def _greedy(p: Problem, penalty: float, order_by: FloatArray | None) -> tuple[fl
     mem_left, comp_left, free = p.mem_budget.tolist(), p.comp_budget.tolist(), p.free.tolist()
     mem, comp, model, count = p.mem.tolist(), p.comp.tolist(), p.class_model.tolist(), p.class_count.tolist()
     total, rejected = 0.0, 0.0
+    used = np.zeros(p.cost.shape, dtype=bool)
     for c in np.argsort(-regret, kind="stable").tolist():
         k, need = model[c], float(count[c])
         for j in _nodes_in_order(rank, first, c):
@@ -78,10 +83,11 @@ def _greedy(p: Problem, penalty: float, order_by: FloatArray | None) -> tuple[fl
             comp_left[j] -= room * comp[k]
             need -= reuse + room
             total += (reuse + room) * float(p.cost[c, j])
+            used[c, j] = reuse + room > 0
             if need <= 0:
                 break
         rejected += max(0.0, need)
-    return total + rejected * penalty, rejected
+    return total + rejected * penalty, rejected, used
 
 
 def _nodes_in_order(rank: FloatArray, first: IntArray, c: int) -> Iterator[int]:
@@ -104,18 +110,21 @@ def estimate(p: Problem, penalty: float, steps: int | None = None, refresh: int 
     """
     steps = STEPS if steps is None else steps
     refresh = REFRESH if refresh is None else refresh
-    upper, rejected = _greedy(p, penalty, None)
+    upper, rejected, _ = _greedy(p, penalty, None)
     priced = (p.free == 0).astype(float)  # [j, k]: where a request may start a new instance
     best = (float(p.class_count @ np.minimum(p.cost, penalty).min(axis=1)), np.zeros(p.n_nodes), np.zeros(p.n_nodes))
     if rejected > 0:  # a (nearly) full cluster: duals near the penalty, far beyond a few steps' reach
         return Guide(p.cost, best[0], upper)
+    placed = None
     for _ in range(max(1, -(-steps // refresh))):
         best = _ascend(p, penalty, priced, upper, best, min(steps, refresh))
-        upper = min(upper, greedy_upper_bound(p, penalty, order_by=_reduced(p, best[1], best[2], priced)))
+        value, missed, used = _greedy(p, penalty, _reduced(p, best[1], best[2], priced))
+        upper = min(upper, value)
+        placed = used if missed <= 0 else placed
         if upper - best[0] <= 1e-9 * abs(upper):
             break
     lower, lam, mu = best
-    return Guide(_reduced(p, lam, mu, priced), lower, upper)
+    return Guide(_reduced(p, lam, mu, priced), lower, upper, placed)
 
 
 Best = tuple[float, FloatArray, FloatArray]

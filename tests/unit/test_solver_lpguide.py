@@ -7,6 +7,8 @@ lower bound that forgets the budgets' price. The guided LP is smaller and reache
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -77,4 +79,43 @@ def test_a_full_cluster_is_not_trusted_to_the_estimate() -> None:
     penalty = rejection_penalty(p)
     assert lpguide.estimate(p, penalty).gap > fastlp.TRUST_GAP
     assert fastlp._guide(p, penalty, np.ones(p.n_nodes, dtype=bool), np.argmin(p.cost, axis=1)) is None
+    assert gap(p) <= REL
+
+
+def test_rejection_columns_are_priced_in_where_rejecting_pays(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The guided LP starts without rejection columns; with a penalty below every cost the LP must reject
+    everything, which only pricing the columns in finds. Switched off, the check catches it. (Every node
+    gets rows, so no class is fixed on its cheapest node: fixing assumes placing beats rejecting.)"""
+    p = build_problem(thesis_instance(40, 10, 3), Mode.MODE1)
+    cheap = 0.5 * float(p.cost.min())
+    monkeypatch.setattr(fastlp, "rejection_penalty", lambda p: cheap)
+    monkeypatch.setattr(fastlp, "TRUST_GAP", float("inf"))
+    monkeypatch.setattr(fastlp, "NEARLY_FULL", 0.0)
+    monkeypatch.setattr(fastlp, "LAZY_REJECTION", False)
+    every_r = fastlp.solve_lp(p)
+    assert every_r.value == pytest.approx(cheap * p.n_requests, rel=REL)
+    monkeypatch.setattr(fastlp, "LAZY_REJECTION", True)
+    lazy = fastlp.solve_lp(p)
+    assert lazy.guided and lazy.rounds > 0
+    assert abs(lazy.value - every_r.value) <= REL * every_r.value
+    monkeypatch.setattr(fastlp, "_price_rejection", lambda p, *rest: np.zeros(p.n_classes, dtype=bool))
+    assert fastlp.solve_lp(p).value > every_r.value * (1 + REL)
+
+
+def test_the_guided_lp_has_no_rejection_columns_when_the_greedy_places_everything(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    p = build_problem(thesis_instance(40, 10, 3), Mode.MODE1)
+    guide = lpguide.estimate(p, rejection_penalty(p))
+    assert guide.placed is not None and guide.gap <= fastlp.TRUST_GAP
+    seen: list[int] = []
+    real = fastlp._ipopt
+
+    def spy(lp: Any, options: dict[str, Any]) -> Any:
+        seen.append(len(lp.r_classes))
+        return real(lp, options)
+
+    monkeypatch.setattr(fastlp, "_ipopt", spy)
+    assert fastlp.solve_lp(p).guided
+    assert seen == [0]
     assert gap(p) <= REL
