@@ -10,13 +10,16 @@ every node. At the optimum only a few capacity rows bind, so the LP is grown unt
 2. Class fixing: a class whose cheapest node has no row sits there whole (nothing can make another node
    cheaper for it), so it leaves the LP.
 3. Columns: every other class gets the ``GUIDED`` nodes of least reduced cost under capacity prices
-   estimated in numpy (solver.lpguide), those within ``WINDOW`` of them, and its cheapest node. Where
-   the estimate's bounds are more than ``TRUST_GAP`` apart (the cluster is nearly or wholly full) it
-   gets its ``CANDIDATES`` cheapest nodes instead (on small LPs one more for each the greedy load
-   nearly fills).
-4. Solve; a node without a row that the result overloads gets its rows (unfixing its classes) and the LP
+   estimated in numpy (solver.lpguide), those within ``WINDOW`` of them, its cheapest node and the
+   nodes the estimate's greedy placed it on. Where the estimate's bounds are more than ``TRUST_GAP``
+   apart (the cluster is nearly or wholly full) it gets its ``CANDIDATES`` cheapest nodes instead (on
+   small LPs one more for each the greedy load nearly fills).
+4. Rejection columns: none where the estimate's greedy placed every request (its placement is in the
+   LP, so the LP is feasible without them); otherwise one per class.
+5. Solve; a node without a row that the result overloads gets its rows (unfixing its classes) and the LP
    is solved again. Then left-out columns are priced with the duals (reduced cost = cost + dual of the
-   class's assignment row + capacity or link duals); any with negative reduced cost is added, repeat.
+   class's assignment row + capacity or link duals; penalty + assignment dual for a left-out r); any
+   with negative reduced cost is added, repeat.
 
 When no row is violated and no column prices out, the restricted optimum is feasible for the full LP and
 dual feasible for it, hence the full LP's optimum. After ``MAX_ROUNDS`` (or a failed solve) the full LP

@@ -8,11 +8,15 @@ a poorer guess wherever capacity binds. This module estimates the duals without 
   cheapest cost) each filling the cheapest nodes with room, the rest rejected at the penalty;
 * a lower bound and prices: the Lagrangian of the memory and compute rows (each class whole on its node
   of least priced cost, or rejected), maximised by subgradient steps of Polyak's length towards the
-  upper bound, halved when the bound stalls.
+  upper bound, halved when the bound stalls; then the greedy again in the order of the estimated
+  reduced costs, which tightens the upper bound and (when it places every request) gives a placement the
+  restricted LP can hold without rejection columns.
 
-Both bounds are exact (weak duality and feasibility), so ``lower <= LP optimum <= upper`` always; their
-gap says how far to trust the prices. The guide only chooses columns: solver.fastlp still solves the LP
-with Ipopt and proves its optimum by pricing every left-out column with Ipopt's own duals.
+A cluster the first greedy cannot fit is not estimated further: its duals sit near the penalty, far
+beyond a few steps' reach. Both bounds are exact (weak duality and feasibility), so
+``lower <= LP optimum <= upper`` always; their gap says how far to trust the prices. The guide only
+chooses columns: solver.fastlp still solves the LP with Ipopt and proves its optimum by pricing every
+left-out column with Ipopt's own duals.
 """
 
 from __future__ import annotations
