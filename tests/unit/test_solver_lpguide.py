@@ -7,6 +7,7 @@ lower bound that forgets the budgets' price. The guided LP is smaller and reache
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -118,4 +119,17 @@ def test_the_guided_lp_has_no_rejection_columns_when_the_greedy_places_everythin
     monkeypatch.setattr(fastlp, "_ipopt", spy)
     assert fastlp.solve_lp(p).guided
     assert seen == [0]
+    assert gap(p) <= REL
+
+
+@pytest.mark.parametrize("seed", [2, 3, 4])
+def test_guided_lp_with_running_instances_reaches_the_optimum(seed: int) -> None:
+    """Mode 1 reuse (free slots, link rows) under guided columns and lazy rejection columns."""
+    snapshot = thesis_instance(40, 12, seed)
+    models = [m.name for m in snapshot.models]
+    nodes = tuple(replace(n, instances={models[j % len(models)]: 1}) for j, n in enumerate(snapshot.nodes))
+    snapshot = replace(snapshot, nodes=nodes)
+    p = build_problem(snapshot, Mode.MODE1)
+    assert (p.free > 0).any()
+    assert fastlp.solve_lp(p).guided
     assert gap(p) <= REL
