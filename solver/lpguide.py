@@ -53,6 +53,8 @@ class Guide:
     @property
     def gap(self) -> float:
         """(upper - lower) / upper: 0 when the prices are the LP's duals for sure."""
+        if not np.isfinite(self.upper):
+            return float("inf")
         return (self.upper - self.lower) / max(1e-12, abs(self.upper))
 
 
@@ -65,8 +67,13 @@ def greedy_upper_bound(p: Problem, penalty: float, order_by: FloatArray | None =
     return _greedy(p, penalty, order_by)[0]
 
 
-def _greedy(p: Problem, penalty: float, order_by: FloatArray | None) -> tuple[float, float, BoolArray]:
-    """(value, requests rejected, [c, j] columns used) of the placement of ``greedy_upper_bound``."""
+def _greedy(
+    p: Problem, penalty: float, order_by: FloatArray | None, give_up: bool = False
+) -> tuple[float, float, BoolArray]:
+    """(value, requests rejected, [c, j] columns used) of the placement of ``greedy_upper_bound``.
+
+    ``give_up``: stop at the first request that fits nowhere, with an infinite value (still an upper bound).
+    """
     rank = p.cost if order_by is None else order_by
     near = min(p.n_nodes, FIRST_NODES)  # most classes fit on one of their first few nodes
     first = np.argpartition(rank, near - 1, axis=1)[:, :near] if near < p.n_nodes else np.argsort(rank, axis=1)
@@ -91,6 +98,8 @@ def _greedy(p: Problem, penalty: float, order_by: FloatArray | None) -> tuple[fl
             if need <= 0:
                 break
         rejected += max(0.0, need)
+        if give_up and rejected > 0:
+            return float("inf"), rejected, used
     return total + rejected * penalty, rejected, used
 
 
@@ -114,7 +123,7 @@ def estimate(p: Problem, penalty: float, steps: int | None = None, refresh: int 
     """
     steps = STEPS if steps is None else steps
     refresh = REFRESH if refresh is None else refresh
-    upper, rejected, _ = _greedy(p, penalty, None)
+    upper, rejected, _ = _greedy(p, penalty, None, give_up=True)
     priced = (p.free == 0).astype(float)  # [j, k]: where a request may start a new instance
     best = (float(p.class_count @ np.minimum(p.cost, penalty).min(axis=1)), np.zeros(p.n_nodes), np.zeros(p.n_nodes))
     if rejected > 0:  # a (nearly) full cluster: duals near the penalty, far beyond a few steps' reach
