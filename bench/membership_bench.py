@@ -149,11 +149,12 @@ def run_size(code: Path, n: int, window: float, soak: float, label: str) -> dict
             ports = [free_port() for _ in range(n)]
             for i in range(n):  # SWIM: one seed each; the heartbeat code learns only its seeds, so all of them
                 seeds = [p for p in ports if p != ports[i]] if label == "before" else ports[:1] if i else []
-                c.start(f"m{i}", seeds, ports[i])
+                started = c.start(f"m{i}", seeds, ports[i])
+                wait(lambda s=started: bool(s.cluster()), 60, 0.1)  # one after another, as boards boot
             seed = c.agents[0]
             names = {a.name for a in c.agents}
             took = wait(lambda: all(a.alive_peers() == names - {a.name} for a in c.agents), 120 + 4 * n, 1.0)
-            say(f"[{label}] {n} agents converged {took:.1f} s after the last started; settling")
+            say(f"[{label}] {n} agents converged {took:.1f} s after the last one answered; settling")
             time.sleep(5)
             leader = seed.cluster().get("leader")
             before = {a.name: cpu_seconds(a) for a in c.agents}
