@@ -65,8 +65,9 @@ class Agent:
             return {}
 
     def alive_peers(self) -> set[str]:
+        """Members this agent holds alive or suspect (known and not dead)."""
         view = self.cluster()
-        return {m["node_id"] for m in view.get("members", []) if m["status"] == "alive"} - {self.name}
+        return {m["node_id"] for m in view.get("members", []) if m["status"] != "dead"} - {self.name}
 
     def transitions(self) -> list[tuple[float, str, str, str]]:
         """(wall time, node, old, new) of every membership transition this agent logged."""
@@ -274,16 +275,8 @@ def plot(now: list[dict[str, Any]], before: list[dict[str, Any]], path: Path) ->
     fig.savefig(path, dpi=110)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--sizes", default="5,10,25", help="cluster sizes, comma-separated (default 5,10,25)")
-    ap.add_argument("--window", type=float, default=20.0, help="idle CPU window in seconds (default 20)")
-    ap.add_argument("--soak", type=float, default=0.0, help="loaded seconds at the largest size (default 0)")
-    ap.add_argument("--before-rev", default="", help="git revision to measure in the same run (e.g. main)")
-    ap.add_argument("--before-sizes", default="5,10", help="sizes for --before-rev (default 5,10)")
-    ap.add_argument("--plot", default="", help="write the CPU-against-size plot here (PNG)")
-    ap.add_argument("--json", action="store_true", help="print the figures as JSON on stdout")
-    args = ap.parse_args()
+def measure(args: argparse.Namespace) -> dict[str, Any]:
+    """Run every size (and the --before-rev sizes); the figures as --json prints them."""
     sizes = [int(x) for x in args.sizes.split(",") if x]
     now = [run_size(REPO, n, args.window, args.soak if n == max(sizes) else 0.0, "now") for n in sizes]
     before: list[dict[str, Any]] = []
@@ -294,7 +287,22 @@ def main() -> None:
     base = now[0]["follower_cpu"]
     for r in now:
         r["cpu_ratio_to_smallest"] = r["follower_cpu"] / base
-    figures = {"now": now, "before": before, "before_rev": args.before_rev}
+    return {"now": now, "before": before, "before_rev": args.before_rev}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", default="5,10,25", help="cluster sizes, comma-separated (default 5,10,25)")
+    ap.add_argument("--window", type=float, default=20.0, help="idle CPU window in seconds (default 20)")
+    ap.add_argument("--soak", type=float, default=0.0, help="loaded seconds at the largest size (default 0)")
+    ap.add_argument("--before-rev", default="", help="git revision to measure in the same run (e.g. main)")
+    ap.add_argument("--before-sizes", default="5,10", help="sizes for --before-rev (default 5,10)")
+    ap.add_argument("--plot", default="", help="write the CPU-against-size plot here (PNG)")
+    ap.add_argument("--json", action="store_true", help="print the figures as JSON on stdout")
+    ap.add_argument("--from-json", default="", help="print (and plot) figures saved by an earlier --json run")
+    args = ap.parse_args()
+    figures = json.loads(Path(args.from_json).read_text()) if args.from_json else measure(args)
+    now, before = figures["now"], figures["before"]
     if args.plot:
         plot(now, before, Path(args.plot))
     if args.json:
