@@ -315,11 +315,14 @@ class Discovery:
         self._apply(self.swim.core.left(node_id, self.clock()))
 
     def _apply(self, transitions: list[Transition]) -> None:
+        """Log transitions; tell the agent of joins, deaths and returns (a suspicion that clears is no news:
+        each one would start a placement round, and SWIM suspects after a single missed probe round)."""
         for t in transitions:
-            level = logging.INFO if t.new in ("alive", "dead", None) else logging.DEBUG
+            level = logging.DEBUG if {t.old, t.new} <= {"alive", "suspect"} else logging.INFO
             log.log(level, "peer %s: %s -> %s (%s)", t.node_id, t.old, t.new, t.reason)
-        if transitions and self.on_change is not None:
-            self.on_change(transitions)
+        news = [t for t in transitions if not {t.old, t.new} <= {"alive", "suspect"}]
+        if news and self.on_change is not None:
+            self.on_change(news)
 
     def _say_once(self, key: str, level: int, message: str, *args: Any) -> None:
         if key not in self._said:
