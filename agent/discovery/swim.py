@@ -256,6 +256,10 @@ class Swim:
         self.records[node_id] = replace(rec, fetched_at=now)
         return self._heard_itself(node_id, state.incarnation, now, "its state answered")
 
+    def sync_failed(self, now: float) -> None:
+        """A push-pull exchange got no answer: try another member within a second, not a whole period."""
+        self._next_sync = min(self._next_sync, now + 1.0)
+
     def fetch_failed(self, node_id: str, now: float) -> None:
         rec = self.records.get(node_id)
         if rec is not None:

@@ -196,6 +196,8 @@ class SwimDriver:
         try:
             answer = await self.send(node_id, url, msg, factor=2.0 if msg.kind == "sync" else 1.0)
         except PeerCallError:
+            if msg.kind == "sync":
+                self.core.sync_failed(self.clock())
             return
         self.on_transitions(self.core.received(answer, self.clock())[1])
 

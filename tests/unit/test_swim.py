@@ -56,6 +56,14 @@ def test_a_join_pulls_the_first_members_whole_table() -> None:
     assert ("c", c.self_url) in a.candidates  # learned through the seed, still to be admitted itself
 
 
+def test_a_failed_push_pull_is_retried_within_a_second() -> None:
+    a, _b = pair()
+    assert any(isinstance(i, sw.Sync) for i in a.tick(0.0)[0])
+    assert not any(isinstance(i, sw.Sync) for i in a.tick(1.5)[0])  # next one in push_pull_interval_s
+    a.sync_failed(1.5)
+    assert any(isinstance(i, sw.Sync) for i in a.tick(2.5)[0])
+
+
 def test_a_dead_rumour_is_checked_with_our_own_probe() -> None:
     a, b = pair()
     a.apply(MemberUpdate("b", "dead", 0, b.self_url, 0, "c"), 1.0)
