@@ -106,11 +106,9 @@ class Discovery:
 
     # -- lifecycle -----------------------------------------------------------------------------------
     async def start(self) -> None:
-        if self.use_mdns:
-            await self._start_mdns()
         self._tasks = [asyncio.create_task(self._heartbeat_loop(), name="heartbeats")]
-        if self.use_mdns:
-            self._tasks.append(asyncio.create_task(self._advertise_loop(), name="mdns-advertise"))
+        if self.use_mdns:  # registering probes the name for ~1 s: heartbeats (known peers, seeds) go first
+            self._tasks.append(asyncio.create_task(self._mdns(), name="mdns-advertise"))
         if self.seeds:
             self._tasks.append(asyncio.create_task(self._seed_loop(), name="seeds"))
 
@@ -139,6 +137,14 @@ class Discovery:
                                   timeout=0.5)  # fmt: skip
 
     # -- mDNS ------------------------------------------------------------------------------------------
+    async def _mdns(self) -> None:
+        try:
+            await self._start_mdns()
+        except Exception as exc:  # no multicast here: heartbeats, seeds and known peers still work
+            log.error("mDNS unavailable on %s: %s", self.interface, exc)
+            return
+        await self._advertise_loop()
+
     async def _start_mdns(self) -> None:
         from zeroconf import IPVersion
         from zeroconf.asyncio import AsyncServiceBrowser, AsyncZeroconf
