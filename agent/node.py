@@ -174,6 +174,8 @@ class NodeAgent:
             for peer in self.known_peers:  # heartbeat the peers of the last run at once (a hint, as mDNS is)
                 self.discovery.heard_from(peer.node_id, peer.peer_url)
             await self.discovery.start()
+            if not self.known_peers:  # it knows nobody: its peers come over mDNS, so listen once its name is out
+                await self.discovery.mdns_ready.wait()
             self.leadership = Leadership(self, known=[p.node_id for p in self.known_peers])
             await self.leadership.start()
         self._wake.set()  # the first full reconcile runs now, in the background, after the listeners are up

@@ -99,6 +99,7 @@ class Discovery:
         self._in_flight: set[tuple[str, str]] = set()
         self._background: set[asyncio.Task[Any]] = set()
         self._said: set[str] = set()
+        self.mdns_ready = asyncio.Event()  # set once our name is registered over mDNS (or cannot be, or no mDNS)
 
     # -- PeerTable -----------------------------------------------------------------------------------
     def members(self) -> list[Member]:
@@ -109,6 +110,8 @@ class Discovery:
         self._tasks = [asyncio.create_task(self._heartbeat_loop(), name="heartbeats")]
         if self.use_mdns:  # registering probes the name for ~1 s: heartbeats (known peers, seeds) go first
             self._tasks.append(asyncio.create_task(self._mdns(), name="mdns-advertise"))
+        else:
+            self.mdns_ready.set()
         if self.seeds:
             self._tasks.append(asyncio.create_task(self._seed_loop(), name="seeds"))
 
@@ -143,6 +146,8 @@ class Discovery:
         except Exception as exc:  # no multicast here: heartbeats, seeds and known peers still work
             log.error("mDNS unavailable on %s: %s", self.interface, exc)
             return
+        finally:
+            self.mdns_ready.set()
         await self._advertise_loop()
 
     async def _start_mdns(self) -> None:
