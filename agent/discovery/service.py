@@ -320,6 +320,7 @@ class Discovery:
         if it is not a live member (admission still needs its authenticated answer there)."""
         rec = self.membership.records.get(node_id)
         if rec is None or rec.status == "dead":
+            self.membership.probe(node_id)  # a dead member heartbeats us: it is back, check now (not in 2 s)
             host = httpx.URL(peer_url).host
             self._apply(self.membership.advertised(node_id, "", host, self.clock(), peer_url))
 
