@@ -6,7 +6,7 @@
     GET  /stats/node                       memory, CPU, GPU, instances
     GET  /cluster                          membership, leader, term (and this node's peer port, a hint)
 
-Peer-plane routes (heartbeats, election, the leader's commands, and the leader's stats reads) live on the
+Peer-plane routes (membership, election, the leader's commands, and the leader's stats reads) live on the
 authenticated peer listener (agent.peer_api: mutual TLS on --peer-port, every message signed).
     GET  /health                           liveness and readiness detail
 

@@ -36,9 +36,13 @@ FLAGS: list[tuple[str, dict[str, Any]]] = [
     ),
     ("--interface", {"help": "mDNS interface: auto (the advertised address), all, an address or a name"}),
     ("--seeds", {"help": "comma-separated agent URLs to contact where multicast is blocked"}),
-    ("--heartbeat-interval-s", {"type": float, "help": "heartbeat period (default 0.5)"}),
-    ("--suspect-after-s", {"type": float, "help": "a silent peer is suspect after this long (default 1.0)"}),
-    ("--dead-after-s", {"type": float, "help": "a silent peer is dead after this long (default 2.0)"}),
+    ("--probe-interval-s", {"type": float, "help": "membership: probe one member this often (default 0.2)"}),
+    ("--probe-timeout-s", {"type": float, "help": "membership: a probe's deadline, then 3 indirect (default 0.2)"}),
+    (
+        "--suspicion-mult",
+        {"type": float, "help": "membership: suspect for mult x log10(N+1) x probe interval, then dead (default 4)"},
+    ),
+    ("--push-pull-interval-s", {"type": float, "help": "membership: full table exchange period (default 10)"}),
     ("--priority", {"type": int, "help": "leader election priority, higher first (default 0; ties: memory, id)"}),
     ("--placement-period-s", {"type": float, "help": "seconds between the leader's placement rounds (default 30)"}),
     ("--placement-mode", {"choices": ["1", "2", "auto"], "help": "solver mode for placement rounds (default 1)"}),
@@ -79,7 +83,7 @@ def register(commands: Any) -> None:
     for flag, kwargs in FLAGS:
         p.add_argument(flag, default=None, **kwargs)
     p.add_argument("--no-discovery", dest="discovery", action="store_const", const=False, default=None,
-                   help="run alone: no mDNS, no heartbeats")  # fmt: skip
+                   help="run alone: no mDNS, no membership")  # fmt: skip
     p.add_argument("--api-docs", dest="api_docs", action="store_const", const=True, default=None,
                    help="serve interactive API docs at /docs, /redoc and the schema at /openapi.json")  # fmt: skip
     p.add_argument("--no-metrics", dest="metrics", action="store_const", const=False, default=None,

@@ -113,10 +113,12 @@ class Leadership:
 
     # -- election I/O ----------------------------------------------------------------------------
     def _view(self) -> dict[str, Priority]:
+        # A suspect member stays in the view: SWIM suspects after one missed probe round and the node usually
+        # refutes within a few hundred ms; the lease (or dead) decides when a leader is gone.
         return {
             m.node_id: (m.priority, m.mem_total_mb, m.node_id)
             for m in self.agent.peers.members()
-            if m.status == "alive"
+            if m.status in ("alive", "suspect")
         }
 
     async def _tick_loop(self) -> None:

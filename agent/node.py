@@ -29,8 +29,8 @@ from agent.decisions import (
     plan_reconcile,
     provision_target,
 )
-from agent.discovery.membership import MembershipConfig
 from agent.discovery.service import Discovery
+from agent.discovery.swim import SwimConfig
 from agent.discovery.txt import cluster_id
 from agent.errors import AgentError, InstanceStartError, RuntimeUnavailable
 from agent.identity import Identity
@@ -218,10 +218,11 @@ class NodeAgent:
             http=self.http,
             models=lambda: self.catalogue.current.models.keys(),
             peer_port=s.peer_listen_port,
-            config=MembershipConfig(
-                heartbeat_interval_s=s.heartbeat_interval_s,
-                suspect_after_s=s.suspect_after_s,
-                dead_after_s=s.dead_after_s,
+            config=SwimConfig(
+                probe_interval_s=s.probe_interval_s,
+                probe_timeout_s=s.probe_timeout_s,
+                suspicion_mult=s.suspicion_mult,
+                push_pull_interval_s=s.push_pull_interval_s,
             ),
             cluster=cluster_id(s.cluster_token),
             seeds=s.seed_urls,
@@ -239,7 +240,7 @@ class NodeAgent:
             known_peers.save(Path(self.settings.data_dir), self.known_peers)
 
     def peer_state(self) -> PeerState:
-        """This node as peers see it (the heartbeat answer, GET /peer/state; also the TXT's source)."""
+        """This node as peers see it (GET /peer/state: admission and resource state; also the TXT's source)."""
         m = self.node_metrics()
         endpoints: dict[str, tuple[str, ...]] = {}
         for i in self.state.instances:

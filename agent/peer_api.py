@@ -1,6 +1,8 @@
 """The peer listener: agent-to-agent routes over mutual TLS, every request and answer signed.
 
-    GET  /peer/state                 heartbeat: this node's PeerState
+    GET  /peer/state                 this node's PeerState (admission, resource state; stamped with its
+                                     membership version and incarnation)
+    POST /peer/swim                  SWIM membership: ping, gossip, ping_req, sync (agent/discovery/swim.py)
     POST /peer/leave                 the sender leaves (only for itself)
     POST /peer/provision             the sender asks this node to start a model (agent/serving/provision.py)
     POST /election/message           one election message (its node field must be the sender)
@@ -115,9 +117,26 @@ def create_peer_app(agent: NodeAgent, identity: Identity) -> FastAPI:
             return reply.error(503, "this node is leaving")
         hint = request.query_params.get("peer", "")
         if agent.discovery is not None and PEER_URL.fullmatch(hint):
-            # an authenticated node heartbeats us: a hint of where it listens (its mDNS name may be squatted)
+            # an authenticated node asks for our state: a hint of where it listens (its mDNS name may be squatted)
             agent.discovery.heard_from(reply.sender, hint)
-        return reply(agent.peer_state().to_json())
+        state = agent.peer_state()
+        return reply((agent.discovery.stamp(state) if agent.discovery is not None else state).to_json())
+
+    @app.post(wire.ROUTE_SWIM)
+    async def peer_swim(request: Request) -> Response:
+        reply, body = await authenticate(request)
+        if agent.discovery is None:
+            return reply.error(409, "this node takes no part in membership (discovery is off)")
+        if agent.discovery.stopping:
+            return reply.error(503, "this node is leaving")
+        try:
+            msg = wire.SwimMessage.parse(parse(body))
+        except wire.WireError as exc:
+            return reply.error(exc.status, f"malformed membership message: {exc}")
+        if msg.node_id != reply.sender:
+            return reply.error(403, f"{reply.sender} cannot speak for {msg.node_id} in membership")
+        answer = await agent.discovery.handle_swim(reply.sender, msg)
+        return reply(answer.to_json())
 
     @app.post(ROUTE_PROVISION)
     async def peer_provision(request: Request) -> Response:

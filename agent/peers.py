@@ -1,6 +1,6 @@
 """The peer table the agent consults: who else is in the cluster and what they serve.
 
-The discovery layer (mDNS + heartbeats) fills it; until a node has peers it answers for itself alone.
+The discovery layer (mDNS, seeds and SWIM membership) fills it; until a node has peers it answers for itself alone.
 """
 
 from __future__ import annotations

@@ -63,9 +63,10 @@ class Settings:
     mdns: bool = True
     interface: str = "auto"
     seeds: str = ""
-    heartbeat_interval_s: float = 0.5
-    suspect_after_s: float = 1.0
-    dead_after_s: float = 2.0
+    probe_interval_s: float = 0.2  # SWIM protocol period: one member probed per period (agent/discovery/swim.py)
+    probe_timeout_s: float = 0.2  # a direct probe's deadline; the indirect probes get as long again
+    suspicion_mult: float = 4.0  # suspicion lasts mult x log10(N + 1) x probe_interval_s (up to 4x unconfirmed)
+    push_pull_interval_s: float = 10.0  # full table exchange with one random member
     priority: int = 0
     election_heartbeat_s: float = 0.3
     election_timeout_s: float = 1.2
@@ -144,11 +145,11 @@ def validate(s: Settings) -> None:
         except ValueError as exc:
             raise ConfigError("advertise_address", f"{s.advertise_address!r} is not an IP address") from exc
     for name in ("provision_wait_s", "reconcile_interval_s", "catalogue_poll_s", "max_body_mb", "compute",
-                 "heartbeat_interval_s"):  # fmt: skip
+                 "probe_interval_s", "probe_timeout_s", "push_pull_interval_s"):  # fmt: skip
         if getattr(s, name) <= 0:
             raise ConfigError(name, "must be positive")
-    if not s.heartbeat_interval_s < s.suspect_after_s < s.dead_after_s:
-        raise ConfigError("dead_after_s", "need heartbeat_interval_s < suspect_after_s < dead_after_s")
+    if s.suspicion_mult < 1:
+        raise ConfigError("suspicion_mult", "must be at least 1 (suspicion shorter than a period flaps)")
     if s.election_timeout_s <= 3 * s.election_heartbeat_s:
         raise ConfigError("election_timeout_s", "must exceed 3 x election_heartbeat_s")
     if s.placement_mode not in ("1", "2", "auto"):

@@ -29,8 +29,9 @@ ROUTE_DESIRED = "/control/desired"  # PUT DesiredCommand (leader -> agent)
 ROUTE_STATS_NODE = "/stats/node"  # GET: NodeStats
 ROUTE_STATS_MODELS = "/stats/models"  # GET: ModelStats
 ROUTE_STATS_REQUESTS = "/stats/requests"  # GET ?since=&limit=: RequestPage
+ROUTE_SWIM = "/peer/swim"  # POST SwimMessage (ping, gossip, ping_req, sync); answer SwimMessage (ack, sync)
 ROUTES = (ROUTE_STATE, ROUTE_LEAVE, ROUTE_ELECTION, ROUTE_DESIRED, ROUTE_STATS_NODE, ROUTE_STATS_MODELS,
-          ROUTE_STATS_REQUESTS)  # fmt: skip
+          ROUTE_STATS_REQUESTS, ROUTE_SWIM)  # fmt: skip
 
 H_CARD = "x-peerserve-card"  # the sender's certified key (agent.identity.Card, base64url)
 H_TO = "x-peerserve-to"  # node id of the receiver
@@ -165,6 +166,8 @@ class PeerState:
     started_at: float = 0.0
     priority: int = 0
     extra: Mapping[str, Any] = field(default_factory=dict)  # kept for old callers; always empty
+    version: int = 0  # bumped by the node on a meaningful change (agent.discovery.swim gossips the number)
+    incarnation: int = 0  # the node's SWIM incarnation (only the node itself raises it)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -183,6 +186,8 @@ class PeerState:
             "catalogue_version": self.catalogue_version,
             "started_at": self.started_at,
             "priority": self.priority,
+            "version": self.version,
+            "incarnation": self.incarnation,
         }
 
     @classmethod
@@ -212,6 +217,8 @@ class PeerState:
             catalogue_version=_str(d, "catalogue_version", default=""),
             started_at=_float(d, "started_at", default=0.0),
             priority=_int(d, "priority", -(2**31), 2**31) if "priority" in d else 0,
+            version=_int(d, "version") if "version" in d else 0,
+            incarnation=_int(d, "incarnation") if "incarnation" in d else 0,
         )
 
 
@@ -435,3 +442,92 @@ class ClusterHint:
     def parse(cls, data: Any) -> ClusterHint:
         d = _obj(data, "cluster answer")
         return cls(_node(d, "node_id"), _int(d, "peer_port", 1, 65535))
+
+
+# -- SWIM membership (agent.discovery.swim) --------------------------------------------------------------
+SWIM_STATUSES = ("alive", "suspect", "dead", "left")
+SWIM_KINDS = ("ping", "ack", "gossip", "ping_req", "indirect_ack", "sync")
+MAX_PIGGYBACK = 24  # membership updates riding on one ping, ack or gossip message
+MAX_SYNC = 300  # updates in one push-pull exchange (the whole table, this node included)
+
+
+def _peer_url(v: Any) -> str:
+    if not isinstance(v, str) or not re.fullmatch(r"https://[0-9.]{7,15}:[0-9]{1,5}", v):
+        raise WireError("a peer URL must be https://IPv4:PORT")
+    return v
+
+
+@dataclass(frozen=True)
+class MemberUpdate:
+    """One membership fact as gossip carries it: a claim about ``node_id``, proof only when it speaks for itself."""
+
+    node_id: str
+    status: str  # alive | suspect | dead | left
+    incarnation: int
+    peer_url: str
+    version: int = 0  # the node's resource-state version (agent.discovery.swim fetches newer states from it)
+    origin: str = ""  # who suspects or declared it dead (Lifeguard confirmations count distinct origins)
+
+    def to_json(self) -> list[Any]:
+        return [self.node_id, self.status, self.incarnation, self.peer_url, self.version, self.origin]
+
+    @classmethod
+    def parse(cls, data: Any) -> MemberUpdate:
+        if not isinstance(data, list) or len(data) != 6:
+            raise WireError("a member update is [node, status, incarnation, peer_url, version, origin]")
+        box = dict(zip(("n", "s", "i", "u", "v", "o"), data, strict=True))
+        if box["s"] not in SWIM_STATUSES:
+            raise WireError(f"unknown member status {str(box['s'])[:20]!r}")
+        origin = _node(box, "o") if box["o"] != "" else ""
+        return cls(_node(box, "n"), box["s"], _int(box, "i"), _peer_url(box["u"]), _int(box, "v"), origin)
+
+
+@dataclass(frozen=True)
+class SwimMessage:
+    """POST /peer/swim and its answer: the sender's own facts (authenticated: it signed them) plus gossip.
+
+    ``ping``/``gossip`` are answered with an ``ack``; ``ping_req`` asks the receiver to probe ``target`` at
+    ``target_url`` and is answered with ``indirect_ack`` (``acked``: whether the target answered it);
+    ``sync`` (push-pull) carries the sender's whole table and is answered with the receiver's.
+    """
+
+    kind: str
+    node_id: str  # the sender; must be the node that signed the message
+    incarnation: int
+    version: int
+    peer_url: str
+    updates: tuple[MemberUpdate, ...] = ()
+    term: int = 0  # the leader's lease as the sender knows it: term and leader
+    leader: str | None = None
+    target: str | None = None
+    target_url: str | None = None
+    acked: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"kind": self.kind, "node_id": self.node_id, "incarnation": self.incarnation,
+                               "version": self.version, "peer_url": self.peer_url, "term": self.term,
+                               "leader": self.leader, "updates": [u.to_json() for u in self.updates]}  # fmt: skip
+        if self.kind in ("ping_req", "indirect_ack"):
+            out.update(target=self.target, target_url=self.target_url, acked=self.acked)
+        return out
+
+    @classmethod
+    def parse(cls, data: Any) -> SwimMessage:
+        d = _obj(data, "membership message")
+        kind = d.get("kind")
+        if kind not in SWIM_KINDS:
+            raise WireError(f"unknown membership message kind {str(kind)[:20]!r}")
+        raw = d.get("updates")
+        limit = MAX_SYNC if kind == "sync" else MAX_PIGGYBACK
+        if not isinstance(raw, list) or len(raw) > limit:
+            raise WireError(f"'updates' must be a list of at most {limit}")
+        target = target_url = None
+        acked = False
+        if kind in ("ping_req", "indirect_ack"):
+            target, target_url = _node(d, "target"), _peer_url(d.get("target_url"))
+            if not isinstance(d.get("acked", False), bool):
+                raise WireError("'acked' must be a boolean")
+            acked = bool(d.get("acked", False))
+        return cls(kind, _node(d, "node_id"), _int(d, "incarnation"), _int(d, "version"), _peer_url(d.get("peer_url")),
+                   tuple(MemberUpdate.parse(u) for u in raw), _int(d, "term"), _node(d, "leader", optional=True),
+                   target, target_url, acked)  # fmt: skip

@@ -1,10 +1,11 @@
-"""Discovery: advertise this node over mDNS, browse for peers, heartbeat them, keep the peer table.
+"""Discovery: advertise this node over mDNS, browse for peers, run SWIM membership, keep the peer table.
 
-I/O only; every decision is agent.discovery.membership (status) or agent.discovery.txt (what and when to
-advertise). python-zeroconf is bound to the configured interface (127.0.0.1 in the demo and tests).
-mDNS adverts and seeds are hints: heartbeats go through agent.peer_client (mutual TLS, signed both ways),
-and only an authenticated answer admits a peer. A heartbeat answer may advertise only the peer's own
-endpoints (URLs at the address we reached it at) of catalogue models; anything else is refused.
+I/O only; every decision is agent.discovery.swim (membership: probes, suspicion, gossip) or
+agent.discovery.txt (what and when to advertise); agent.discovery.swim_io carries SWIM's instructions out.
+python-zeroconf is bound to the configured interface (127.0.0.1 in the demo and tests). mDNS adverts,
+seeds and gossip are hints: only the node's own authenticated answer (agent.peer_client: mutual TLS, signed
+both ways) admits it. A state answer may advertise only the peer's own endpoints (URLs at the address we
+reached it at) of catalogue models; anything else is refused.
 """
 
 from __future__ import annotations
@@ -19,16 +20,17 @@ from typing import Any
 
 import httpx
 
-from agent.discovery.membership import Membership, MembershipConfig, PeerState, Transition, parse_peer_state
+from agent.discovery.swim import Admit, SwimConfig, Transition
+from agent.discovery.swim_io import SwimDriver
 from agent.discovery.txt import SERVICE_TYPE, build_txt, parse_txt, should_update
 from agent.errors import PeerError
 from agent.peer_client import PeerCallError, PeerClient
 from agent.peers import Member
 from peerserve import wire
+from peerserve.wire import PeerState, SwimMessage
 
 log = logging.getLogger(__name__)
 
-TICK_S = 0.1
 SEED_RETRY_S = 5.0
 
 
@@ -65,7 +67,7 @@ class Discovery:
         local_state: Callable[[], PeerState],
         peers: PeerClient,
         http: httpx.AsyncClient,
-        config: MembershipConfig,
+        config: SwimConfig,
         models: Callable[[], Collection[str]],
         peer_port: int,
         cluster: str,
@@ -87,7 +89,9 @@ class Discovery:
         self.use_mdns = use_mdns
         self.on_change = on_change
         self.clock = clock
-        self.membership = Membership(node_id, config)
+        self.swim = SwimDriver(node_id, f"https://{advertise_address}:{peer_port}", peers, config, local_state,
+                               self.admissible, self._apply, clock)  # fmt: skip
+        self.swim.on_admit_failed = self._admit_failed  # type: ignore[method-assign]
         self.cluster = cluster
         self.stopping = False
         self._zc: Any = None
@@ -96,19 +100,28 @@ class Discovery:
         self._published: dict[str, str] | None = None
         self._published_at = 0.0
         self._tasks: list[asyncio.Task[None]] = []
-        self._in_flight: set[tuple[str, str]] = set()
         self._background: set[asyncio.Task[Any]] = set()
         self._said: set[str] = set()
         self.mdns_ready = asyncio.Event()  # set once our name is registered over mDNS (or cannot be, or no mDNS)
 
     # -- PeerTable -----------------------------------------------------------------------------------
     def members(self) -> list[Member]:
-        return self.membership.members()
+        """Admitted peers only (each answered us itself, authenticated), with their last fetched state."""
+        out = []
+        for rec in sorted(self.swim.core.records.values(), key=lambda r: r.node_id):
+            s = rec.state
+            out.append(Member(node_id=rec.node_id, address=rec.address, api_url=s.api_url,
+                              status="dead" if rec.status == "left" else rec.status,
+                              endpoints={m: list(u) for m, u in s.endpoints.items()},
+                              mem_available_mb=s.mem_available_mb, gpu_load=s.gpu_load, cpu_load=s.cpu_load,
+                              node_class=s.node_class, mem_total_mb=s.mem_total_mb, priority=s.priority,
+                              peer_url=rec.peer_url))  # fmt: skip
+        return out
 
     # -- lifecycle -----------------------------------------------------------------------------------
     async def start(self) -> None:
-        self._tasks = [asyncio.create_task(self._heartbeat_loop(), name="heartbeats")]
-        if self.use_mdns:  # registering probes the name for ~1 s: heartbeats (known peers, seeds) go first
+        self._tasks = [asyncio.create_task(self.swim.run(), name="membership")]
+        if self.use_mdns:  # registering probes the name for ~1 s: membership (known peers, seeds) goes first
             self._tasks.append(asyncio.create_task(self._mdns(), name="mdns-advertise"))
         else:
             self.mdns_ready.set()
@@ -123,7 +136,8 @@ class Discovery:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        peers = [(r.node_id, r.peer_url) for r in self.membership.records.values() if r.status != "dead"]
+        await self.swim.stop()
+        peers = [(r.node_id, r.peer_url) for r in self.swim.core.records.values() if r.status in ("alive", "suspect")]
         await asyncio.gather(*(self._post_leave(node, url) for node, url in peers), return_exceptions=True)
         if self._zc is not None:
             with contextlib.suppress(Exception):
@@ -206,7 +220,7 @@ class Discovery:
 
         node_id = name[: -len(service_type) - 1] if name.endswith(service_type) else name
         if state_change is ServiceStateChange.Removed:
-            self.membership.probe(node_id)  # an unauthenticated goodbye: check, never conclude
+            self.swim.core.recheck(node_id)  # an unauthenticated goodbye: check, never conclude
             return
         task = asyncio.get_running_loop().create_task(self._resolve(service_type, name))
         self._background.add(task)
@@ -238,48 +252,24 @@ class Discovery:
                 self._say_once(f"dup:{addresses[0]}", logging.ERROR, msg, addresses[0], self.node_id)
             return
         address = addresses[0]
-        url, peer_url = f"http://{address}:{advert.port}", f"https://{address}:{advert.peer_port}"
-        self._apply(self.membership.advertised(advert.node_id, url, address, self.clock(), peer_url))
-        for node_id, claimed in self.membership.conflicts:
+        peer_url = f"https://{address}:{advert.peer_port}"
+        self.swim.core.hint(advert.node_id, peer_url, address, self.clock())
+        for node_id, claimed in self.swim.core.conflicts:
             self._say_once(f"conflict:{node_id}:{claimed}", logging.ERROR,
                            "duplicate node id %s claimed by %s; ignored", node_id, claimed)  # fmt: skip
 
-    # -- heartbeats --------------------------------------------------------------------------------------
-    async def _heartbeat_loop(self) -> None:
-        while True:
-            now = self.clock()
-            self._apply(self.membership.tick(now))
-            for node_id, url in self.membership.due_heartbeats(now):
-                if (node_id, url) in self._in_flight:
-                    continue
-                self.membership.heartbeat_sent(node_id, now, url)
-                self._in_flight.add((node_id, url))
-                task = asyncio.create_task(self._heartbeat(node_id, url))
-                self._background.add(task)
-                task.add_done_callback(self._background.discard)
-            await asyncio.sleep(TICK_S)
+    # -- membership ------------------------------------------------------------------------------------
+    def _admit_failed(self, ins: Admit, exc: Exception) -> None:
+        msg = "candidate %s at %s did not authenticate (not admitted): %s"
+        self._say_once(f"cand:{ins.node_id}:{ins.url}", logging.WARNING, msg, ins.node_id, ins.url, exc)
 
-    async def _heartbeat(self, node_id: str, url: str) -> None:
-        """One authenticated heartbeat to ``node_id`` at peer URL ``url``; only a valid, signed answer counts."""
-        cfg = self.membership.config
-        timeout = httpx.Timeout(max(0.2, cfg.suspect_after_s / 2), connect=max(0.2, cfg.heartbeat_interval_s))
-        try:
-            params = {"peer": f"https://{self.address}:{self.peer_port}"}  # where we listen: a hint for them
-            status, data = await self.peers.call(node_id, url, "GET", wire.ROUTE_STATE, params, timeout=timeout)
-            if status != 200:
-                raise PeerError(f"HTTP {status}")
-            state = self.admissible(parse_peer_state(data, expected_id=node_id), url)
-        except (PeerCallError, PeerError) as exc:
-            if (node_id, url) in self.membership.pending:
-                msg = "candidate %s at %s did not authenticate (not admitted): %s"
-                self._say_once(f"cand:{node_id}:{url}", logging.WARNING, msg, node_id, url, exc)
-            elif isinstance(exc, PeerError) or "unauthenticated" in str(exc):
-                self._say_once(f"hb:{node_id}:{url}:{str(exc)[:40]}", logging.WARNING,
-                               "peer %s at %s refused: %s", node_id, url, exc)  # fmt: skip
-            return
-        finally:
-            self._in_flight.discard((node_id, url))
-        self._apply(self.membership.heartbeat_ok(node_id, state, self.clock(), url))
+    async def handle_swim(self, sender: str, msg: SwimMessage) -> SwimMessage:
+        """POST /peer/swim from ``sender`` (authenticated; the message names it): our answer."""
+        return await self.swim.handle(sender, msg)
+
+    def stamp(self, state: PeerState) -> PeerState:
+        """Our GET /peer/state answer with our membership version and incarnation."""
+        return self.swim.stamp(state)
 
     def admissible(self, state: PeerState, peer_url: str) -> PeerState:
         """``state`` if it speaks only for its sender; raises PeerError when it advertises others' servers."""
@@ -297,7 +287,7 @@ class Discovery:
     async def _seed_loop(self) -> None:
         known: set[str] = set()
         while True:
-            admitted = {r.api_url for r in self.membership.records.values() if r.status == "alive"}
+            admitted = {r.state.api_url for r in self.swim.core.records.values() if r.status == "alive"}
             for seed in self.seeds:
                 if seed in known or seed in admitted:
                     continue
@@ -312,21 +302,19 @@ class Discovery:
                     continue
                 host = httpx.URL(seed).host
                 peer_url = f"https://{host}:{hint.peer_port}"
-                self._apply(self.membership.advertised(hint.node_id, seed, host, self.clock(), peer_url))
+                self.swim.core.hint(hint.node_id, peer_url, host, self.clock())
             await asyncio.sleep(SEED_RETRY_S)
 
     def heard_from(self, node_id: str, peer_url: str) -> None:
         """An authenticated heartbeat from ``node_id``, listening at ``peer_url`` (its word, signed): a candidate
         if it is not a live member (admission still needs its authenticated answer there)."""
-        rec = self.membership.records.get(node_id)
-        if rec is None or rec.status == "dead":
-            self.membership.probe(node_id)  # a dead member heartbeats us: it is back, check now (not in 2 s)
-            host = httpx.URL(peer_url).host
-            self._apply(self.membership.advertised(node_id, "", host, self.clock(), peer_url))
+        rec = self.swim.core.records.get(node_id)
+        if rec is None or rec.status in ("dead", "left"):
+            self.swim.core.hint(node_id, peer_url, httpx.URL(peer_url).host, self.clock())
 
     def peer_left(self, node_id: str) -> None:
         """A peer told us, authenticated, that it is leaving (POST /peer/leave)."""
-        self._apply(self.membership.left(node_id, self.clock()))
+        self._apply(self.swim.core.left(node_id, self.clock()))
 
     def _apply(self, transitions: list[Transition]) -> None:
         for t in transitions:

@@ -38,7 +38,7 @@ from tests.waiting import wait_for
 
 pytestmark = pytest.mark.cluster
 MODEL = "half_plus_two"
-DETECTION_S = 3.0  # dead_after_s (2 s) plus a heartbeat and a poll: failures inside this are expected
+DETECTION_S = 3.0  # SWIM detection (~1.5-2.5 s) plus a poll: failures inside this are expected
 
 
 @dataclass

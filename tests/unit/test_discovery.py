@@ -1,4 +1,4 @@
-"""Pure parts of discovery: TXT building/parsing/update policy and the membership state machine."""
+"""Pure parts of discovery: TXT building/parsing/update policy and the state answer parser (SWIM: test_swim.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agent.discovery.membership import Membership, MembershipConfig, parse_peer_state
+from agent.discovery.swim_io import parse_peer_state
 from agent.discovery.txt import TXT_LIMIT, build_txt, encoded_size, parse_txt, should_update
 from agent.errors import PeerError
 
@@ -97,94 +97,3 @@ def test_garbage_heartbeats_are_rejected(garbage: Any) -> None:
 def test_heartbeat_from_the_wrong_node() -> None:
     with pytest.raises(PeerError, match="expected node"):
         parse_peer_state(state("q"), expected_id="p")
-
-
-CFG = MembershipConfig(heartbeat_interval_s=0.5, suspect_after_s=1.0, dead_after_s=2.0, dead_probe_interval_s=2.0,
-                       forget_after_s=60)  # fmt: skip
-
-
-def test_life_cycle_alive_suspect_dead_back() -> None:
-    m = Membership("me", CFG)
-    assert m.advertised("p", "http://p:8400", "p", now=0, peer_url="https://p:8401") == []
-    assert m.members() == []  # an advert is a hint: not a member until it answers authentically
-    assert m.due_heartbeats(0) == [("p", "https://p:8401")]
-    m.heartbeat_sent("p", 0, "https://p:8401")
-    assert m.due_heartbeats(0.3) == []
-    [t] = m.heartbeat_ok("p", parse_peer_state(state()), now=0.1, peer_url="https://p:8401")
-    assert t.new == "alive" and m.members()[0].status == "alive"
-    assert m.members()[0].endpoints == {"m": ["http://x:1"]} and m.members()[0].peer_url == "https://p:8401"
-    assert m.tick(1.0) == []
-    [t] = m.tick(1.1)
-    assert (t.old, t.new) == ("alive", "suspect")
-    [t] = m.tick(2.1)
-    assert (t.old, t.new) == ("suspect", "dead")
-    m.heartbeat_sent("p", 2.1, "https://p:8401")
-    assert m.due_heartbeats(3.0) == []  # dead peers are probed less often
-    assert m.due_heartbeats(4.2) == [("p", "https://p:8401")]
-    [t] = m.heartbeat_ok("p", parse_peer_state(state()), now=4.3, peer_url="https://p:8401")
-    assert (t.old, t.new) == ("dead", "alive")
-
-
-def admitted(m: Membership, node: str = "p", url: str = "u", now: float = 0.1) -> None:
-    m.advertised(node, url, node, now, url)
-    m.heartbeat_ok(node, parse_peer_state(state(node)), now, url)
-
-
-def test_candidates_that_never_answer_are_never_members_and_are_dropped() -> None:
-    m = Membership("me", CFG)
-    for i in range(500):  # an mDNS flood of made-up nodes
-        m.advertised(f"fake{i}", f"http://f{i}", f"f{i}", 0, f"https://f{i}")
-    assert m.members() == [] and len(m.pending) == CFG.max_pending  # bounded
-    m.tick(CFG.pending_ttl_s + 1)
-    assert m.pending == {}
-
-
-def test_forgotten_after_long_death() -> None:
-    m = Membership("me", CFG)
-    admitted(m)
-    m.tick(2.2)
-    assert m.members()[0].status == "dead"
-    [t] = m.tick(63.0)
-    assert t.new is None and m.members() == []
-
-
-def test_graceful_leave_is_immediate_and_a_goodbye_only_probes() -> None:
-    m = Membership("me", CFG)
-    admitted(m)
-    m.heartbeat_sent("p", 0.2, "u")
-    m.probe("p")  # an mDNS goodbye: anyone can send one
-    assert m.members()[0].status == "alive" and m.due_heartbeats(0.25) == [("p", "u")]
-    [t] = m.left("p", 0.3)
-    assert t.new == "dead" and t.reason == "left"
-    assert m.left("p", 0.4) == []
-
-
-def test_our_own_id_is_ignored_and_an_id_is_claimed_by_whoever_authenticates() -> None:
-    m = Membership("me", CFG)
-    assert m.advertised("me", "http://elsewhere", "x", 0) == []
-    assert ("me", "http://elsewhere") in m.conflicts
-    m.advertised("p", "http://evil", "evil", 0, "https://evil")  # a stranger advertises p first
-    m.advertised("p", "http://p2", "p2", 0.1, "https://p2")  # then the real p
-    m.heartbeat_ok("p", parse_peer_state(state()), 0.2, "https://p2")  # only the real p can answer
-    assert [(x.node_id, x.peer_url) for x in m.members()] == [("p", "https://p2")]
-    assert m.heartbeat_ok("p", parse_peer_state(state()), 0.3, "https://elsewhere") == []  # not a candidate
-
-
-@given(st.lists(st.tuples(st.sampled_from(["ok", "tick", "leave", "adv"]), st.floats(0, 0.7)), max_size=60))
-def test_dead_within_dead_after_of_the_last_heartbeat(events: list[tuple[str, float]]) -> None:
-    m = Membership("me", CFG)
-    now, last_ok = 0.0, None
-    m.advertised("p", "u", "p", now, "u")
-    for kind, dt in events:
-        now += dt
-        if kind == "ok":
-            m.heartbeat_ok("p", parse_peer_state(state()), now, "u")
-            last_ok = now
-        elif kind == "leave":
-            m.left("p", now)
-        elif kind == "adv":
-            m.advertised("p", "u", "p", now, "u")
-        m.tick(now)
-        recs = {r.node_id: r for r in m.members()}
-        if "p" in recs and recs["p"].status == "alive":
-            assert last_ok is not None and now - last_ok < CFG.dead_after_s

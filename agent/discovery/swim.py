@@ -1,0 +1,588 @@
+"""SWIM membership (the memberlist/Serf design), sans-IO: events in with ``now``, instructions out.
+
+Each protocol period the node probes ONE member (a shuffled round robin); on a miss the shell asks ``k``
+others to probe it (``IndirectProbe``); if none reaches it the member becomes *suspect*. Suspicion expires
+after a Lifeguard timeout, scaled by log10(N) and shortened by independent confirmations, and the member is
+declared *dead*; long-dead members are forgotten. Membership changes ride on pings, acks and gossip messages
+from a bounded broadcast queue, each sent at most ``retransmit_mult * ceil(log10(N + 1))`` times; a periodic
+push-pull (``Sync``) exchanges whole tables with one random member.
+
+Trust (gossip about a third node is a claim, never proof):
+
+* a node learned from gossip, a seed or mDNS is a *candidate* until its own authenticated answer to
+  ``GET /peer/state`` (``Admit``) admits it; strangers never appear in ``members()``;
+* incarnations and resource-state versions are taken as facts only from the node itself (its signed ping or
+  ack); a rumour of a higher incarnation only makes us probe it at once, so only the node refutes;
+* a suspect rumour starts our suspicion timer, a dead/left rumour makes us ``Verify`` it with our own probe;
+  a rumour never makes dead a node that answers our own probes;
+* incarnation jumps are bounded (``MAX_INC_JUMP``), and every table here has a bound.
+
+    alive --our probe and k indirect probes miss / suspect rumour--> suspect --timeout--> dead --> forgotten
+      ^------------- the node's own authenticated answer (with a refuting incarnation) -------'
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass, field, replace
+
+from peerserve.wire import MAX_PIGGYBACK, MemberUpdate, PeerState, SwimMessage
+
+MAX_MEMBERS = 256  # admitted members (the push-pull message carries them all)
+MAX_CANDIDATES = 64  # hinted (node id, peer url) pairs not yet authenticated
+MAX_BROADCASTS = 512  # queued membership updates (one per node at most; newer facts replace older)
+MAX_INC_JUMP = 64  # an incarnation may rise by at most this much in one message or rumour
+MAX_CONFLICTS = 64
+
+
+@dataclass(frozen=True)
+class SwimConfig:
+    """Timings; the defaults detect a crash everywhere in ~2-3 s at 50 nodes (memberlist LAN: ~5 s)."""
+
+    probe_interval_s: float = 0.2
+    probe_timeout_s: float = 0.2  # direct probe; indirect probes get the same again
+    indirect_k: int = 3
+    suspicion_mult: float = 4.0  # suspicion min = mult * max(1, log10(N + 1)) * probe_interval
+    suspicion_max_mult: float = 4.0  # Lifeguard: an unconfirmed suspicion lasts up to max_mult * min
+    retransmit_mult: int = 4
+    gossip_interval_s: float = 0.1
+    gossip_fanout: int = 3
+    push_pull_interval_s: float = 10.0
+    dead_probe_interval_s: float = 2.0  # a dead member is still probed this often (partitions heal)
+    forget_after_s: float = 600.0
+    candidate_ttl_s: float = 60.0
+    admit_interval_s: float = 0.5  # how often one candidate is asked to authenticate
+    state_fetch_interval_s: float = 0.5  # least time between two state fetches from one member
+    max_members: int = MAX_MEMBERS
+    max_candidates: int = MAX_CANDIDATES
+    max_broadcasts: int = MAX_BROADCASTS
+
+
+# -- instructions (what the shell must do) -----------------------------------------------------------------
+@dataclass(frozen=True)
+class Probe:
+    """Ping ``node_id`` at ``url``; report with ``probe_result``. ``verify``: check a dead/left rumour."""
+
+    node_id: str
+    url: str
+    verify: bool = False
+
+
+@dataclass(frozen=True)
+class Gossip:
+    """Send ``message`` (a gossip with piggybacked updates) to ``node_id``; feed the answer to ``received``."""
+
+    node_id: str
+    url: str
+    message: SwimMessage
+
+
+@dataclass(frozen=True)
+class Sync:
+    """Push-pull with ``node_id``: send ``message`` (our table), feed its table to ``received``."""
+
+    node_id: str
+    url: str
+    message: SwimMessage
+
+
+@dataclass(frozen=True)
+class Admit:
+    """Ask candidate ``node_id`` at ``url`` for its state (GET /peer/state); report with ``admitted``."""
+
+    node_id: str
+    url: str
+    address: str
+
+
+@dataclass(frozen=True)
+class FetchState:
+    """Member ``node_id`` has a newer resource state than ours: GET it from the node itself (``state_fetched``)."""
+
+    node_id: str
+    url: str
+
+
+Instruction = Probe | Gossip | Sync | Admit | FetchState
+
+
+@dataclass(frozen=True)
+class Transition:
+    """A member changed status (or appeared / was forgotten: old or new is None)."""
+
+    node_id: str
+    old: str | None
+    new: str | None
+    reason: str
+
+
+# -- the table ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Suspicion:
+    started: float
+    incarnation: int
+    confirmers: frozenset[str]
+    probed: bool  # we missed it ourselves (else only rumours): a rumour alone is verified before dead
+
+
+@dataclass(frozen=True)
+class Record:
+    node_id: str
+    peer_url: str
+    address: str
+    status: str  # alive | suspect | dead | left
+    incarnation: int
+    since: float
+    state: PeerState
+    claimed_version: int = 0  # the highest state version anyone told us of
+    fetched_at: float = -math.inf
+    last_probe: float = -math.inf
+    suspicion: Suspicion | None = None
+    heard_at: float = -math.inf  # when it last spoke for itself (a miss of a probe sent before is stale)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    node_id: str
+    peer_url: str
+    address: str
+    seen: float
+    last_try: float = -math.inf
+
+
+@dataclass
+class _Broadcast:
+    update: MemberUpdate
+    sent: int = 0
+
+
+@dataclass
+class Swim:
+    """One node's membership. Every method takes ``now``; none does I/O; ``rng`` decides every random choice."""
+
+    self_id: str
+    self_url: str
+    config: SwimConfig = field(default_factory=SwimConfig)
+    rng: random.Random = field(default_factory=random.Random)
+    incarnation: int = 0
+    version: int = 0
+    term: int = 0
+    leader: str | None = None
+    refute: bool = True  # tests switch refutation off to show the checker catches it
+    records: dict[str, Record] = field(default_factory=dict)
+    candidates: dict[tuple[str, str], Candidate] = field(default_factory=dict)
+    broadcasts: dict[str, _Broadcast] = field(default_factory=dict)
+    conflicts: set[tuple[str, str]] = field(default_factory=set)
+    _order: list[str] = field(default_factory=list)  # the shuffled round robin of probe targets
+    _probe_index: int = 0
+    _next_probe: float = 0.0
+    _next_gossip: float = 0.0
+    _next_sync: float = 0.0
+    _next_admit: float = 0.0
+    _urgent: dict[str, bool] = field(default_factory=dict)  # node -> verify?: probe these at the next tick
+    _refute_to: set[str] = field(default_factory=set)  # who suspects us: they hear our refutation from us
+
+    # -- sizes and timeouts ------------------------------------------------------------------------------
+    def cluster_size(self) -> int:
+        return 1 + sum(1 for r in self.records.values() if r.status in ("alive", "suspect"))
+
+    def retransmit_limit(self) -> int:
+        return self.config.retransmit_mult * max(1, math.ceil(math.log10(self.cluster_size() + 1)))
+
+    def suspicion_timeout(self, confirmations: int) -> float:
+        """Lifeguard: from max_mult * min down to min as independent confirmations come in (k expected)."""
+        cfg = self.config
+        low = cfg.suspicion_mult * max(1.0, math.log10(self.cluster_size() + 1)) * cfg.probe_interval_s
+        high = cfg.suspicion_max_mult * low
+        k = max(1, min(cfg.indirect_k, self.cluster_size() - 2))
+        frac = math.log(min(confirmations, k) + 1) / math.log(k + 1)
+        return max(low, high - (high - low) * frac)
+
+    # -- hints and admission -----------------------------------------------------------------------------
+    def hint(self, node_id: str, peer_url: str, address: str, now: float) -> None:
+        """mDNS, a seed or gossip says ``node_id`` may listen at ``peer_url``: a candidate, never a member."""
+        if node_id == self.self_id:
+            if peer_url != self.self_url and len(self.conflicts) < MAX_CONFLICTS:
+                self.conflicts.add((node_id, peer_url))
+            return
+        rec = self.records.get(node_id)
+        if rec is not None and rec.peer_url == peer_url and rec.status in ("alive", "suspect"):
+            return
+        key = (node_id, peer_url)
+        if key in self.candidates:
+            self.candidates[key] = replace(self.candidates[key], seen=now)
+        elif len(self.candidates) < self.config.max_candidates:
+            self.candidates[key] = Candidate(node_id, peer_url, address, now)
+        elif len(self.conflicts) < MAX_CONFLICTS:
+            self.conflicts.add(key)
+
+    def admitted(self, node_id: str, peer_url: str, address: str, state: PeerState, now: float) -> list[Transition]:
+        """``node_id`` answered GET /peer/state at ``peer_url`` itself, authenticated: a member (or refreshed)."""
+        self.candidates.pop((node_id, peer_url), None)
+        rec = self.records.get(node_id)
+        if rec is None and len(self.records) >= self.config.max_members:
+            return []
+        if rec is not None and rec.status in ("alive", "suspect") and rec.peer_url != peer_url:
+            rec = replace(rec, peer_url=peer_url, address=address)  # the same key answers there now
+        if rec is None:
+            rec = Record(node_id, peer_url, address, "new", state.incarnation, now, state, state.version)
+            self._order.insert(self.rng.randint(0, len(self._order)), node_id)
+            if self.cluster_size() == 1:  # our first member (a seed): pull its whole table now (a join)
+                self._next_sync = now
+        rec = replace(rec, peer_url=peer_url, address=address, state=state, fetched_at=now,
+                      claimed_version=state.version)  # fmt: skip
+        self.records[node_id] = rec
+        return self._heard_itself(node_id, state.incarnation, now, "admitted: answered authenticated")
+
+    def state_fetched(self, node_id: str, state: PeerState, now: float) -> list[Transition]:
+        """The member's own state (GET /peer/state, authenticated): newer resource state, and proof of life."""
+        rec = self.records.get(node_id)
+        if rec is None:
+            return []
+        if state.version >= rec.state.version:
+            rec = replace(rec, state=state, claimed_version=state.version)
+        self.records[node_id] = replace(rec, fetched_at=now)
+        return self._heard_itself(node_id, state.incarnation, now, "its state answered")
+
+    def fetch_failed(self, node_id: str, now: float) -> None:
+        rec = self.records.get(node_id)
+        if rec is not None:
+            self.records[node_id] = replace(rec, fetched_at=now)
+
+    def admit_failed(self, node_id: str, peer_url: str, now: float) -> None:
+        cand = self.candidates.get((node_id, peer_url))
+        if cand is not None:
+            self.candidates[(node_id, peer_url)] = replace(cand, last_try=now)
+
+    # -- the node's own word ------------------------------------------------------------------------------
+    def _heard_itself(self, node_id: str, incarnation: int, now: float, reason: str) -> list[Transition]:
+        """``node_id`` spoke for itself, authenticated: alive, at its incarnation (a bounded jump)."""
+        rec = self.records.get(node_id)
+        if rec is None:
+            return []
+        inc = rec.incarnation if incarnation > rec.incarnation + MAX_INC_JUMP else max(rec.incarnation, incarnation)
+        self._urgent.pop(node_id, None)
+        old = None if rec.status == "new" else rec.status
+        self.records[node_id] = replace(rec, status="alive", incarnation=inc, suspicion=None, heard_at=now,
+                                        since=now if old != "alive" else rec.since)  # fmt: skip
+        if old == "alive" and inc == rec.incarnation:
+            return []
+        self._enqueue(self._update_of(self.records[node_id]))
+        return [] if old == "alive" else [Transition(node_id, old, "alive", reason)]
+
+    # -- protocol period ----------------------------------------------------------------------------------
+    def tick(self, now: float) -> tuple[list[Instruction], list[Transition]]:
+        """Time passed: expire suspicions and candidates, and say what to send now."""
+        out: list[Instruction] = []
+        transitions = self._expire(now)
+        cfg = self.config
+        for node_id, verify in list(self._urgent.items()):
+            rec = self.records.get(node_id)
+            if rec is not None:
+                out.append(Probe(node_id, rec.peer_url, verify))
+                self.records[node_id] = replace(rec, last_probe=now)
+        self._urgent.clear()
+        if now >= self._next_probe:
+            self._next_probe = now + cfg.probe_interval_s
+            out += self._next_probes(now)
+        for node_id in sorted(self._refute_to):  # our refutation, signed by us, straight to who suspects us
+            out.append(Gossip(node_id, self.records[node_id].peer_url, self.message("gossip", node_id)))
+        self._refute_to.clear()
+        if now >= self._next_gossip:
+            self._next_gossip = now + cfg.gossip_interval_s
+            out += self._gossip()
+        if now >= self._next_sync:
+            self._next_sync = now + cfg.push_pull_interval_s
+            peer = self._random_members(1)
+            if peer:
+                rec = self.records[peer[0]]
+                out.append(Sync(rec.node_id, rec.peer_url, self.sync_message()))
+        if now >= self._next_admit:
+            self._next_admit = now + cfg.admit_interval_s
+            out += self._admissions(now)
+        out += self._fetches(now)
+        return out, transitions
+
+    def _next_target(self) -> str | None:
+        """The next alive or suspect member of the round robin; reshuffled after each full pass."""
+        for _ in range(len(self._order) + 1):
+            if self._probe_index >= len(self._order):
+                self._order = [n for n in self._order if n in self.records]
+                self.rng.shuffle(self._order)
+                self._probe_index = 0
+                if not self._order:
+                    return None
+            node_id = self._order[self._probe_index]
+            self._probe_index += 1
+            rec = self.records.get(node_id)
+            if rec is not None and rec.status in ("alive", "suspect"):
+                return node_id
+        return None
+
+    def _next_probes(self, now: float) -> list[Instruction]:
+        """One member from the shuffled round robin, and dead members due a re-check."""
+        out: list[Instruction] = []
+        target = self._next_target()
+        if target is not None:
+            rec = self.records[target]
+            out.append(Probe(target, rec.peer_url))
+            self.records[target] = replace(rec, last_probe=now)
+        for rec in list(self.records.values()):
+            if rec.node_id != target and rec.suspicion is not None and rec.suspicion.probed:
+                out.append(Probe(rec.node_id, rec.peer_url))  # we suspect it: its own ack clears it
+                self.records[rec.node_id] = replace(rec, last_probe=now)
+            if rec.status in ("dead", "left") and now - rec.last_probe >= self.config.dead_probe_interval_s:
+                out.append(Probe(rec.node_id, rec.peer_url))
+                self.records[rec.node_id] = replace(rec, last_probe=now)
+        return out
+
+    def probe_result(
+        self,
+        node_id: str,
+        ack: SwimMessage | None,
+        indirect_acks: int,
+        now: float,
+        verify: bool = False,
+        sent: float = -math.inf,
+    ) -> list[Transition]:
+        """How a probe sent at ``sent`` went: the node's own ack (authenticated), else how many relays reached it.
+
+        ``verify``: the probe checked a rumour (dead, left, or an unconfirmed suspicion that ran out)."""
+        rec = self.records.get(node_id)
+        if rec is None:
+            return []
+        if ack is not None and ack.node_id == node_id:
+            return self.received(ack, now)[1]
+        if indirect_acks > 0 or rec.heard_at >= sent > -math.inf:
+            return []  # reached through others: no suspicion from us, but no proof to clear one either
+        return self._missed(rec, now, verify)
+
+    def _missed(self, rec: Record, now: float, verify: bool) -> list[Transition]:
+        if rec.status in ("dead", "left"):
+            return []
+        if verify:
+            return self._declare_dead(rec, now, "a rumour, and our own probe missed too")
+        if rec.status == "suspect" and rec.suspicion is not None:
+            if not rec.suspicion.probed:  # our own miss confirms the rumour, and the confirmation travels
+                sus = replace(rec.suspicion, probed=True, confirmers=rec.suspicion.confirmers | {self.self_id})
+                self.records[rec.node_id] = replace(rec, suspicion=sus)
+                self._enqueue(MemberUpdate(rec.node_id, "suspect", rec.suspicion.incarnation, rec.peer_url,
+                                           rec.claimed_version, self.self_id))  # fmt: skip
+            return []
+        sus = Suspicion(now, rec.incarnation, frozenset({self.self_id}), True)
+        self.records[rec.node_id] = replace(rec, status="suspect", since=now, suspicion=sus)
+        self._enqueue(MemberUpdate(rec.node_id, "suspect", rec.incarnation, rec.peer_url, rec.claimed_version,
+                                   self.self_id))  # fmt: skip
+        return [Transition(rec.node_id, "alive", "suspect", "our probe and the indirect probes missed")]
+
+    def indirect_targets(self, node_id: str) -> list[tuple[str, str]]:
+        """(node id, peer url) of up to k alive members to ask to probe ``node_id`` for us."""
+        picked = self._random_members(self.config.indirect_k, exclude={node_id}, alive_only=True)
+        return [(n, self.records[n].peer_url) for n in picked]
+
+    def _declare_dead(self, rec: Record, now: float, reason: str) -> list[Transition]:
+        self.records[rec.node_id] = replace(rec, status="dead", since=now, suspicion=None)
+        self._enqueue(MemberUpdate(rec.node_id, "dead", rec.incarnation, rec.peer_url, rec.claimed_version,
+                                   self.self_id))  # fmt: skip
+        return [Transition(rec.node_id, rec.status, "dead", reason)]
+
+    def _expire(self, now: float) -> list[Transition]:
+        out: list[Transition] = []
+        cfg = self.config
+        for key, cand in list(self.candidates.items()):
+            if now - cand.seen >= cfg.candidate_ttl_s:
+                del self.candidates[key]
+        for node_id, rec in list(self.records.items()):
+            sus = rec.suspicion
+            if rec.status == "suspect" and sus is not None:
+                if now - sus.started >= self.suspicion_timeout(len(sus.confirmers) - 1):
+                    if sus.probed:
+                        out += self._declare_dead(rec, now, f"suspect for {now - sus.started:.2f} s")
+                    else:
+                        self._urgent[node_id] = True  # a rumour's suspicion: our own probe decides
+            elif rec.status in ("dead", "left") and now - rec.since >= cfg.forget_after_s:
+                del self.records[node_id]
+                self.broadcasts.pop(node_id, None)
+                out.append(Transition(node_id, rec.status, None, "forgotten"))
+        return out
+
+    def left(self, node_id: str, now: float) -> list[Transition]:
+        """The node told us itself, authenticated, that it leaves: dead at once, and gossiped."""
+        rec = self.records.get(node_id)
+        if rec is None or rec.status in ("dead", "left"):
+            return []
+        self.records[node_id] = replace(rec, status="left", since=now, suspicion=None)
+        self._enqueue(MemberUpdate(node_id, "left", rec.incarnation, rec.peer_url, rec.claimed_version, node_id))
+        return [Transition(node_id, rec.status, "dead", "left")]
+
+    def recheck(self, node_id: str) -> None:
+        """An unauthenticated hint (an mDNS goodbye): probe it now, change nothing else."""
+        if node_id in self.records:
+            self._urgent.setdefault(node_id, False)
+
+    # -- messages ----------------------------------------------------------------------------------------
+    def message(self, kind: str, to: str | None = None) -> SwimMessage:
+        """A message from this node (ping, ack, gossip) to ``to``, with updates from the broadcast queue
+        (and our suspicion of ``to`` itself, so that it can refute at once)."""
+        rec = self.records.get(to or "")
+        own = [self._update_of(rec)] if rec is not None and rec.status == "suspect" else []
+        piggyback = (*own, *self._take_broadcasts(MAX_PIGGYBACK - len(own)))
+        return SwimMessage(kind, self.self_id, self.incarnation, self.version, self.self_url, piggyback[:MAX_PIGGYBACK],
+                           self.term, self.leader)  # fmt: skip
+
+    def sync_message(self) -> SwimMessage:
+        """Our whole table (this node first) for a push-pull exchange."""
+        table = [MemberUpdate(self.self_id, "alive", self.incarnation, self.self_url, self.version)]
+        table += [self._update_of(r) for r in sorted(self.records.values(), key=lambda r: r.node_id)]
+        return SwimMessage("sync", self.self_id, self.incarnation, self.version, self.self_url, tuple(table),
+                           self.term, self.leader)  # fmt: skip
+
+    def received(self, msg: SwimMessage, now: float) -> tuple[SwimMessage | None, list[Transition]]:
+        """A message signed by ``msg.node_id`` (the shell checked that): apply it; (our answer, transitions).
+
+        A ``ping_req`` is not answered here: the shell probes the target and answers ``indirect_ack``."""
+        out: list[Transition] = []
+        if msg.node_id != self.self_id:
+            if msg.node_id in self.records:
+                out += self._heard_itself(msg.node_id, msg.incarnation, now, "it spoke to us")
+                self._own_version(msg.node_id, msg.version)
+            else:
+                host = msg.peer_url.split("//", 1)[1].rsplit(":", 1)[0]
+                self.hint(msg.node_id, msg.peer_url, host, now)
+            if msg.leader is not None and msg.term > self.term:
+                self.term, self.leader = msg.term, msg.leader
+        for update in msg.updates:
+            out += self.apply(update, now)
+        if msg.kind in ("ping", "gossip"):
+            return self.message("ack", msg.node_id), out
+        if msg.kind == "sync":
+            return self.sync_message(), out
+        return None, out
+
+    def apply(self, u: MemberUpdate, now: float) -> list[Transition]:
+        """A gossiped fact about ``u.node_id`` from someone (not proof unless it is about the sender itself)."""
+        if u.node_id == self.self_id:
+            return self._about_me(u)
+        rec = self.records.get(u.node_id)
+        if rec is None:
+            if u.status == "alive":
+                host = u.peer_url.split("//", 1)[1].rsplit(":", 1)[0]
+                self.hint(u.node_id, u.peer_url, host, now)
+            return []
+        if u.incarnation > rec.incarnation + MAX_INC_JUMP:
+            return []  # an implausible jump: ignored
+        if u.status == "alive":
+            self._claim_version(u.node_id, u.version)
+            if u.incarnation > rec.incarnation or rec.status in ("dead", "left"):
+                self._urgent.setdefault(u.node_id, False)  # a refutation or a return: only its own word counts
+            return []
+        if u.incarnation < rec.incarnation or rec.status in ("dead", "left"):
+            return []
+        if u.status == "suspect":
+            return self._suspect_rumour(rec, u, now)
+        self._urgent[rec.node_id] = True  # dead or left: we check with our own probe before believing it
+        return []
+
+    def _suspect_rumour(self, rec: Record, u: MemberUpdate, now: float) -> list[Transition]:
+        origin = u.origin or "?"
+        if rec.status == "suspect" and rec.suspicion is not None:
+            if origin not in rec.suspicion.confirmers and len(rec.suspicion.confirmers) <= self.config.indirect_k:
+                sus = replace(rec.suspicion, confirmers=rec.suspicion.confirmers | {origin})
+                self.records[rec.node_id] = replace(rec, suspicion=sus)
+                self._enqueue(u)  # a new confirmation travels on
+            return []
+        sus = Suspicion(now, u.incarnation, frozenset({origin}), False)
+        self.records[rec.node_id] = replace(rec, status="suspect", since=now, suspicion=sus, incarnation=u.incarnation)
+        self._enqueue(u)
+        return [Transition(rec.node_id, rec.status, "suspect", f"{origin} suspects it")]
+
+    def _about_me(self, u: MemberUpdate) -> list[Transition]:
+        """Someone says we are suspect or dead: refute with a higher incarnation (only we can)."""
+        if u.status == "alive" or u.incarnation < self.incarnation or u.incarnation > self.incarnation + MAX_INC_JUMP:
+            return []
+        if self.refute:
+            self.incarnation = u.incarnation + 1
+            self._enqueue(MemberUpdate(self.self_id, "alive", self.incarnation, self.self_url, self.version))
+            if u.origin in self.records and len(self._refute_to) < self.config.indirect_k + 1:
+                self._refute_to.add(u.origin)
+        return []
+
+    def _own_version(self, node_id: str, version: int) -> None:
+        """The node's own word on its state version replaces whatever rumours claimed."""
+        rec = self.records.get(node_id)
+        if rec is not None:
+            self.records[node_id] = replace(rec, claimed_version=version)
+
+    def _claim_version(self, node_id: str, version: int) -> None:
+        rec = self.records.get(node_id)
+        if rec is not None and version > rec.claimed_version:
+            self.records[node_id] = replace(rec, claimed_version=version)
+
+    def set_version(self, version: int) -> None:
+        """Our resource state changed: gossip the new version (members fetch the state from us)."""
+        if version != self.version:
+            self.version = version
+            self._enqueue(MemberUpdate(self.self_id, "alive", self.incarnation, self.self_url, version))
+
+    # -- broadcast queue ------------------------------------------------------------------------------------
+    def _update_of(self, rec: Record) -> MemberUpdate:
+        status = "alive" if rec.status == "new" else rec.status
+        origin = self.self_id if status in ("suspect", "dead") else (rec.node_id if status == "left" else "")
+        return MemberUpdate(rec.node_id, status, rec.incarnation, rec.peer_url, rec.claimed_version, origin)
+
+    def _enqueue(self, update: MemberUpdate) -> None:
+        """Queue a fact (replacing an older one about the same node); the oldest-sent go first when full."""
+        if update.node_id not in self.broadcasts and len(self.broadcasts) >= self.config.max_broadcasts:
+            worst = max(self.broadcasts.items(), key=lambda kv: kv[1].sent)[0]
+            del self.broadcasts[worst]
+        self.broadcasts[update.node_id] = _Broadcast(update)
+
+    def _take_broadcasts(self, limit: int) -> list[MemberUpdate]:
+        """Up to ``limit`` queued updates, least-sent first; each dropped after the retransmit limit."""
+        chosen = sorted(self.broadcasts.items(), key=lambda kv: kv[1].sent)[:limit]
+        cap = self.retransmit_limit()
+        for node_id, b in chosen:
+            b.sent += 1
+            if b.sent >= cap:
+                del self.broadcasts[node_id]
+        return [b.update for _, b in chosen]
+
+    def _gossip(self) -> list[Instruction]:
+        if not self.broadcasts:
+            return []
+        out: list[Instruction] = []
+        for node_id in self._random_members(self.config.gossip_fanout, alive_only=True):
+            if not self.broadcasts:
+                break
+            out.append(Gossip(node_id, self.records[node_id].peer_url, self.message("gossip", node_id)))
+        return out
+
+    # -- helpers --------------------------------------------------------------------------------------------
+    def _random_members(self, k: int, exclude: set[str] | None = None, alive_only: bool = False) -> list[str]:
+        ok = ("alive",) if alive_only else ("alive", "suspect")
+        pool = sorted(n for n, r in self.records.items() if r.status in ok and n not in (exclude or set()))
+        return self.rng.sample(pool, min(k, len(pool)))
+
+    def _admissions(self, now: float) -> list[Instruction]:
+        due = [c for c in self.candidates.values() if now - c.last_try >= self.config.admit_interval_s]
+        out: list[Instruction] = []
+        for cand in sorted(due, key=lambda c: c.last_try)[:8]:
+            self.candidates[(cand.node_id, cand.peer_url)] = replace(cand, last_try=now)
+            out.append(Admit(cand.node_id, cand.peer_url, cand.address))
+        return out
+
+    def _fetches(self, now: float) -> list[Instruction]:
+        out: list[Instruction] = []
+        for rec in list(self.records.values()):
+            if (rec.status == "alive" and rec.claimed_version > rec.state.version
+                    and now - rec.fetched_at >= self.config.state_fetch_interval_s):  # fmt: skip
+                self.records[rec.node_id] = replace(rec, fetched_at=now)
+                out.append(FetchState(rec.node_id, rec.peer_url))
+        return out
+
+    def status_of(self, node_id: str) -> str | None:
+        rec = self.records.get(node_id)
+        if rec is None:
+            return None
+        return "dead" if rec.status == "left" else rec.status

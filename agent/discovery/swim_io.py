@@ -1,0 +1,248 @@
+"""Carries out the SWIM core's instructions (agent.discovery.swim) on the authenticated peer plane.
+
+I/O only: every decision is the core's. Probes, gossip, push-pull and indirect-probe requests are signed
+``POST /peer/swim`` messages (agent.peer_client: mutual TLS, signed both ways, answers bound to the request);
+admission and resource state are the node's own signed ``GET /peer/state`` answer, accepted only when it
+speaks for itself (``admissible``). An answer counts only when the node we addressed signed it and the
+message names that node as its sender.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Callable, Coroutine
+from dataclasses import replace
+from typing import Any
+
+import httpx
+
+from agent.discovery import swim as sw
+from agent.errors import PeerError
+from agent.peer_client import PeerCallError, PeerClient
+from peerserve import wire
+from peerserve.wire import PeerState, SwimMessage
+
+log = logging.getLogger(__name__)
+
+TICK_S = 0.05
+VERSION_CHECK_S = 0.5  # how often our own state is compared with what we last announced
+LOAD_STEP = 10.0  # CPU/GPU load points that count as a change of our resource state
+MEMORY_STEP = 0.05  # share of total memory that counts as a change
+LOAD_UPDATE_S = 30.0  # a change of loads or memory alone is announced at most this often (each costs N-1 fetches)
+MAX_IN_FLIGHT = 256  # concurrent SWIM exchanges this node starts (each has a deadline)
+
+
+def parse_peer_state(data: Any, expected_id: str | None = None) -> PeerState:
+    """Validate a state answer (peerserve.wire.PeerState); raises PeerError on garbage or another node's."""
+    try:
+        state = PeerState.parse(data)
+    except wire.WireError as exc:
+        raise PeerError(f"bad state answer: {exc}") from exc
+    if expected_id is not None and state.node_id != expected_id:
+        raise PeerError(f"expected node {expected_id!r}, {state.node_id!r} answered")
+    return state
+
+
+def fingerprint(s: PeerState) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
+    """What of a node's state is worth a new version: (what serving needs at once, loads and memory in steps)."""
+    mem_step = max(1.0, MEMORY_STEP * s.mem_total_mb)
+    gpu = None if s.gpu_load is None else round(s.gpu_load / LOAD_STEP)
+    serving = (tuple(sorted((m, tuple(u)) for m, u in s.endpoints.items())), s.api_url, s.catalogue_version,
+               s.term, s.leader, s.priority, s.node_class, s.compute)  # fmt: skip
+    return serving, (round(s.mem_available_mb / mem_step), round(s.mem_total_mb / mem_step), gpu,
+                     round(s.cpu_load / LOAD_STEP))  # fmt: skip
+
+
+def version_due(old: tuple[Any, ...] | None, new: tuple[Any, ...], now: float, bumped_at: float) -> bool:
+    """Whether our state changed enough for a new version: serving facts at once, loads at most every 30 s."""
+    if old is None:
+        return False
+    return bool(new[0] != old[0] or (new[1] != old[1] and now - bumped_at >= LOAD_UPDATE_S))
+
+
+class SwimDriver:
+    """Runs one node's SWIM core: a tick loop that starts exchanges, and the handler of incoming messages."""
+
+    def __init__(
+        self,
+        node_id: str,
+        peer_url: str,
+        peers: PeerClient,
+        config: sw.SwimConfig,
+        local_state: Callable[[], PeerState],
+        admissible: Callable[[PeerState, str], PeerState],
+        on_transitions: Callable[[list[sw.Transition]], None],
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.core = sw.Swim(node_id, peer_url, config, random.Random())
+        self.core.version = int(time.time() * 1000)  # versions rise across restarts: a restarted node is newer
+        self.peers = peers
+        self.local_state = local_state
+        self.admissible = admissible
+        self.on_transitions = on_transitions
+        self.clock = clock
+        self._fingerprint: tuple[tuple[Any, ...], tuple[Any, ...]] | None = None
+        self._checked_at = -1e9
+        self._bumped_at = -1e9
+        self._in_flight: set[tuple[str, str]] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    # -- our own state -------------------------------------------------------------------------------------
+    def stamp(self, state: PeerState) -> PeerState:
+        """Our state as we answer it (GET /peer/state): with our state version and incarnation."""
+        return replace(state, version=self.core.version, incarnation=self.core.incarnation)
+
+    def _refresh_own(self, now: float) -> None:
+        if now - self._checked_at < VERSION_CHECK_S:
+            return
+        self._checked_at = now
+        state = self.local_state()
+        self.core.term, self.core.leader = max(self.core.term, state.term), state.leader or self.core.leader
+        fp = fingerprint(state)
+        if self._fingerprint is None:
+            self._fingerprint = fp
+        elif version_due(self._fingerprint, fp, now, self._bumped_at):
+            self.core.set_version(self.core.version + 1)
+            self._fingerprint, self._bumped_at = fp, now
+
+    # -- the loop ------------------------------------------------------------------------------------------
+    async def run(self) -> None:
+        while True:
+            now = self.clock()
+            try:
+                self._refresh_own(now)
+                instructions, transitions = self.core.tick(now)
+                self.on_transitions(transitions)
+                for ins in instructions:
+                    self._start(ins)
+            except Exception:  # the loop must outlive any bug in one step
+                log.exception("membership tick failed")
+            await asyncio.sleep(TICK_S)
+
+    def _start(self, ins: sw.Instruction) -> None:
+        key = (type(ins).__name__, ins.node_id)
+        if key in self._in_flight or len(self._in_flight) >= MAX_IN_FLIGHT:
+            return
+        self._in_flight.add(key)
+        coro: Coroutine[Any, Any, None]
+        if isinstance(ins, sw.Probe):
+            coro = self._probe(ins)
+        elif isinstance(ins, (sw.Gossip, sw.Sync)):
+            coro = self._exchange(ins.node_id, ins.url, ins.message)
+        elif isinstance(ins, sw.Admit):
+            coro = self._admit(ins)
+        else:
+            coro = self._fetch(ins)
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(lambda _t: self._in_flight.discard(key))
+
+    async def stop(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    # -- exchanges -----------------------------------------------------------------------------------------
+    def _timeout(self, factor: float = 1.0) -> httpx.Timeout:
+        t = self.core.config.probe_timeout_s * factor
+        return httpx.Timeout(t, connect=t)
+
+    async def send(self, node_id: str, url: str, msg: SwimMessage, factor: float = 1.0) -> SwimMessage:
+        """One signed SWIM exchange; the answer must be a valid message that ``node_id`` sent about itself."""
+        status, data = await self.peers.call(node_id, url, "POST", wire.ROUTE_SWIM, body=msg.to_json(),
+                                             timeout=self._timeout(factor))  # fmt: skip
+        if status != 200:
+            raise PeerCallError(f"{node_id} answered HTTP {status} to a membership message", status)
+        try:
+            answer = SwimMessage.parse(data)
+        except wire.WireError as exc:
+            raise PeerCallError(f"{node_id} answered a malformed membership message: {exc}", status) from exc
+        if answer.node_id != node_id:
+            raise PeerCallError(f"{node_id} answered in the name of {answer.node_id}", status)
+        return answer
+
+    async def _probe(self, ins: sw.Probe) -> None:
+        sent = self.clock()
+        try:
+            ack = await self.send(ins.node_id, ins.url, self.core.message("ping", ins.node_id))
+        except PeerCallError:
+            ack = None
+        acks = 0
+        if ack is None and not ins.verify:
+            relays = self.core.indirect_targets(ins.node_id)
+            results = await asyncio.gather(*(self._ping_req(n, u, ins) for n, u in relays))
+            acks = sum(results)
+        self.on_transitions(self.core.probe_result(ins.node_id, ack, acks, self.clock(), ins.verify, sent))
+
+    async def _ping_req(self, relay: str, relay_url: str, ins: sw.Probe) -> bool:
+        c = self.core
+        msg = SwimMessage("ping_req", c.self_id, c.incarnation, c.version, c.self_url, (), c.term, c.leader,
+                          ins.node_id, ins.url)  # fmt: skip
+        try:
+            answer = await self.send(relay, relay_url, msg, factor=2.0)
+        except PeerCallError:
+            return False
+        self.on_transitions(c.received(answer, self.clock())[1])
+        return answer.kind == "indirect_ack" and answer.target == ins.node_id and answer.acked
+
+    async def _exchange(self, node_id: str, url: str, msg: SwimMessage) -> None:
+        try:
+            answer = await self.send(node_id, url, msg, factor=2.0 if msg.kind == "sync" else 1.0)
+        except PeerCallError:
+            return
+        self.on_transitions(self.core.received(answer, self.clock())[1])
+
+    async def _get_state(self, node_id: str, url: str) -> PeerState:
+        params = {"peer": self.core.self_url}  # where we listen: a hint for them
+        status, data = await self.peers.call(node_id, url, "GET", wire.ROUTE_STATE, params, timeout=self._timeout(2))
+        if status != 200:
+            raise PeerError(f"HTTP {status}")
+        return self.admissible(parse_peer_state(data, expected_id=node_id), url)
+
+    async def _admit(self, ins: sw.Admit) -> None:
+        try:
+            state = await self._get_state(ins.node_id, ins.url)
+        except (PeerCallError, PeerError) as exc:
+            self.core.admit_failed(ins.node_id, ins.url, self.clock())
+            self.on_admit_failed(ins, exc)
+            return
+        self.on_transitions(self.core.admitted(ins.node_id, ins.url, ins.address, state, self.clock()))
+
+    def on_admit_failed(self, ins: sw.Admit, exc: Exception) -> None:
+        """Hook for the discovery shell's logging (a candidate that did not authenticate)."""
+
+    async def _fetch(self, ins: sw.FetchState) -> None:
+        try:
+            state = await self._get_state(ins.node_id, ins.url)
+        except (PeerCallError, PeerError):
+            self.core.fetch_failed(ins.node_id, self.clock())
+            return
+        self.on_transitions(self.core.state_fetched(ins.node_id, state, self.clock()))
+
+    # -- incoming (POST /peer/swim) ------------------------------------------------------------------------
+    async def handle(self, sender: str, msg: SwimMessage) -> SwimMessage:
+        """A message ``sender`` signed (the peer listener checked it names itself): apply it; our answer."""
+        c = self.core
+        reply, transitions = c.received(msg, self.clock())
+        self.on_transitions(transitions)
+        if msg.kind == "ping_req":
+            acked = await self._relay(msg.target or "", msg.target_url or "")
+            return SwimMessage("indirect_ack", c.self_id, c.incarnation, c.version, c.self_url, (), c.term, c.leader,
+                               msg.target, msg.target_url, acked)  # fmt: skip
+        return reply if reply is not None else c.message("ack", sender)
+
+    async def _relay(self, target: str, target_url: str) -> bool:
+        """Probe ``target`` for someone else: only a member of ours, at the address we know it by."""
+        rec = self.core.records.get(target)
+        if rec is None or rec.peer_url != target_url:
+            return False
+        try:
+            ack = await self.send(target, target_url, self.core.message("ping", target))
+        except PeerCallError:
+            return False
+        self.on_transitions(self.core.received(ack, self.clock())[1])
+        return True

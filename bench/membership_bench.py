@@ -1,0 +1,318 @@
+"""Membership at scale: real agents on loopback (seeds, mDNS off), per-agent CPU, kill -9 detection, joins.
+
+For each cluster size N: start N agents on 127.0.0.1 (own ports), agent 0 without seeds and every other
+one with agent 0 as its only seed (the heartbeat code of ``--before-rev`` learns only its seeds: there
+every agent gets all the others); wait until every agent sees every other alive; measure per-agent CPU
+(agent process tree, from /proc via psutil) over ``--window`` seconds idle; start one more agent (seeded
+with agent 0) and time until every member logged it alive (from its first /health answer); kill -9 one
+follower and take, from every member's log, when it logged that node dead (p50/p99 over members). With
+``--soak S`` the largest size then runs S seconds with the machine loaded (busy processes + client
+queries) and every death of a live node is counted (a false death).
+
+``--before-rev REV`` runs the same CPU/detection measurement on the code of git revision REV (e.g. main
+before SWIM: all-to-all heartbeats), extracted with ``git archive``, in the same run, for
+``--before-sizes`` (all-to-all at 25+ agents saturates two cores, which is the point).
+
+    .venv/bin/python bench/membership_bench.py [--sizes 5,10,25] [--window S] [--soak S]
+        [--before-rev main --before-sizes 5,10] [--plot docs/img/membership_cpu.png] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import tarfile
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from tests.service.conftest import TOKEN, free_port  # noqa: E402
+
+LOG_LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) .*peer (\S+): (\S+) -> (\S+)")
+
+
+def say(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+@dataclass
+class Agent:
+    name: str
+    port: int
+    proc: subprocess.Popen[bytes]
+    log: Path
+
+    def cluster(self) -> dict[str, Any]:
+        try:
+            return dict(httpx.get(f"http://127.0.0.1:{self.port}/cluster", timeout=5).json())
+        except (httpx.HTTPError, ValueError):
+            return {}
+
+    def alive_peers(self) -> set[str]:
+        view = self.cluster()
+        return {m["node_id"] for m in view.get("members", []) if m["status"] == "alive"} - {self.name}
+
+    def transitions(self) -> list[tuple[float, str, str, str]]:
+        """(wall time, node, old, new) of every membership transition this agent logged."""
+        out = []
+        for line in self.log.read_text(errors="replace").splitlines():
+            m = LOG_LINE.match(line)
+            if m:
+                ts = datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp()
+                out.append((ts, m.group(2), m.group(3), m.group(4)))
+        return out
+
+
+@dataclass
+class Cluster:
+    code: Path
+    tmp: Path
+    agents: list[Agent] = field(default_factory=list)
+
+    def start(self, name: str, seeds: list[int], port: int = 0) -> Agent:
+        port = port or free_port()
+        peer = free_port()
+        log = self.tmp / f"{name}.log"
+        env = {**os.environ, "PYTHONPATH": str(self.code), "PEERSERVE_MDNS": "false"}
+        args = [sys.executable, "-m", "peerserve", "agent", "--host", "127.0.0.1", "--port", str(port),
+                "--peer-port", str(peer), "--node-id", name, "--data-dir", str(self.tmp / name),
+                "--cluster-token", TOKEN, "--no-crash-backoff"]  # fmt: skip
+        if seeds:
+            args += ["--seeds", ",".join(f"http://127.0.0.1:{p}" for p in seeds)]
+        with open(log, "ab") as out:
+            proc = subprocess.Popen(args, cwd=self.code, env=env, stdout=out, stderr=subprocess.STDOUT)
+        agent = Agent(name, port, proc, log)
+        self.agents.append(agent)
+        return agent
+
+    def stop(self) -> None:
+        for a in self.agents:
+            if a.proc.poll() is None:
+                a.proc.send_signal(signal.SIGKILL)
+        for a in self.agents:
+            a.proc.wait()
+
+    def live(self) -> list[Agent]:
+        return [a for a in self.agents if a.proc.poll() is None]
+
+
+def wait(predicate: Any, timeout: float, step: float = 0.5) -> float:
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        if predicate():
+            return time.monotonic() - start
+        time.sleep(step)
+    raise RuntimeError(f"condition not met within {timeout} s")
+
+
+def cpu_seconds(agent: Agent) -> float:
+    try:
+        p = psutil.Process(agent.proc.pid)
+        procs = [p, *p.children(recursive=True)]
+        return sum(sum(q.cpu_times()[:2]) for q in procs)
+    except psutil.Error:
+        return 0.0
+
+
+def pct(values: list[float], q: float) -> float:
+    s = sorted(values)
+    return s[min(len(s) - 1, round(q * (len(s) - 1)))] if s else float("nan")
+
+
+def first_time(agent: Agent, node: str, new: str, after: float) -> float | None:
+    hits = [ts for ts, n, _old, nw in agent.transitions() if n == node and nw == new and ts >= after - 0.01]
+    return min(hits) if hits else None
+
+
+def run_size(code: Path, n: int, window: float, soak: float, label: str) -> dict[str, Any]:
+    """One cluster of ``n`` agents from checkout ``code``: CPU, a join and a kill -9."""
+    with tempfile.TemporaryDirectory(prefix=f"membench-{label}-{n}-") as tmp:
+        c = Cluster(code, Path(tmp))
+        try:
+            say(f"[{label}] starting {n} agents")
+            ports = [free_port() for _ in range(n)]
+            for i in range(n):  # SWIM: one seed each; the heartbeat code learns only its seeds, so all of them
+                seeds = [p for p in ports if p != ports[i]] if label == "before" else ports[:1] if i else []
+                c.start(f"m{i}", seeds, ports[i])
+            seed = c.agents[0]
+            names = {a.name for a in c.agents}
+            took = wait(lambda: all(a.alive_peers() == names - {a.name} for a in c.agents), 120 + 4 * n, 1.0)
+            say(f"[{label}] {n} agents converged {took:.1f} s after the last started; settling")
+            time.sleep(5)
+            leader = seed.cluster().get("leader")
+            before = {a.name: cpu_seconds(a) for a in c.agents}
+            t0 = time.monotonic()
+            time.sleep(window)
+            spent = time.monotonic() - t0
+            cpu = {a.name: (cpu_seconds(a) - before[a.name]) / spent for a in c.agents}
+            followers = [v for k, v in cpu.items() if k != leader]
+            say(f"[{label}] N={n}: follower CPU {sum(followers) / len(followers):.4f} CPU-s/s, "
+                f"leader ({leader}) {cpu.get(str(leader), float('nan')):.4f}")  # fmt: skip
+            out: dict[str, Any] = {"n": n, "leader": leader, "follower_cpu": sum(followers) / len(followers),
+                                   "follower_cpu_max": max(followers), "leader_cpu": cpu.get(str(leader)),
+                                   "machine_cpus": os.cpu_count()}  # fmt: skip
+            out.update(join(c, [a.port for a in c.agents] if label == "before" else [seed.port]))
+            out.update(kill(c, leader))
+            if soak > 0:
+                out.update(soak_run(c, soak))
+            return out
+        finally:
+            c.stop()
+
+
+def join(c: Cluster, seeds: list[int]) -> dict[str, Any]:
+    members = c.live()
+    new = c.start(f"m{len(c.agents)}", seeds)
+    wait(lambda: bool(new.cluster()), 60, 0.05)
+    ready = time.time()
+    wait(lambda: all(first_time(a, new.name, "alive", ready - 60) for a in members), 30, 0.25)
+    times = [float(first_time(a, new.name, "alive", ready - 60) or 0) - ready for a in members]
+    say(f"[join] {new.name} alive at every member {max(times):.2f} s after its first /health answer")
+    return {"join_max_s": max(times), "join_p50_s": pct(times, 0.5)}
+
+
+def kill(c: Cluster, leader: Any) -> dict[str, Any]:
+    victim = next(a for a in reversed(c.live()[:-1]) if a.name != leader and a.name != "m0")
+    others = [a for a in c.live() if a is not victim]
+    t_kill = time.time()
+    victim.proc.send_signal(signal.SIGKILL)
+    victim.proc.wait()
+    with contextlib.suppress(RuntimeError):
+        wait(lambda: all(first_time(a, victim.name, "dead", t_kill) for a in others), 30, 0.25)
+    seen = [first_time(a, victim.name, "dead", t_kill) for a in others]
+    times = [t - t_kill for t in seen if t is not None]
+    missed = sum(1 for t in seen if t is None)
+    say(f"[kill -9] {victim.name}: dead at {len(times)}/{len(others)} members, "
+        f"p50 {pct(times, 0.5):.2f} s, p99 {pct(times, 0.99):.2f} s")  # fmt: skip
+    return {"victim": victim.name, "detect_p50_s": pct(times, 0.5), "detect_p99_s": pct(times, 0.99),
+            "detect_max_s": max(times, default=None), "detect_missed": missed, "kill_at": t_kill}  # fmt: skip
+
+
+def _busy(stop_at: float) -> None:
+    while time.time() < stop_at:
+        pass
+
+
+def soak_run(c: Cluster, seconds: float) -> dict[str, Any]:
+    """``seconds`` with two busy processes and a client querying every agent; deaths of live nodes counted."""
+    start = time.time()
+    live = c.live()
+    hogs = [subprocess.Popen([sys.executable, "-c", f"import time\nwhile time.time() < {start + seconds}: pass"])
+            for _ in range(2)]  # fmt: skip
+    stop = threading.Event()
+
+    def client() -> None:
+        with httpx.Client(timeout=10) as h:
+            while not stop.is_set():
+                for a in live:
+                    if stop.is_set():
+                        break
+                    with contextlib.suppress(httpx.HTTPError):
+                        h.get(f"http://127.0.0.1:{a.port}/services")
+
+    t = threading.Thread(target=client, daemon=True)
+    t.start()
+    say(f"[soak] {seconds:.0f} s loaded: 2 busy processes + a client querying /services round-robin")
+    time.sleep(seconds)
+    stop.set()
+    t.join()
+    for h in hogs:
+        h.wait()
+    names = {a.name for a in live}
+    false = [(a.name, n) for a in live for ts, n, _o, new in a.transitions() if ts >= start and new == "dead"
+             and n in names]  # fmt: skip
+    say(f"[soak] false deaths: {len(false)} {false[:5]}")
+    return {"soak_s": seconds, "soak_false_deaths": len(false)}
+
+
+def extract(rev: str, into: Path) -> Path:
+    data = subprocess.run(["git", "-C", str(REPO), "archive", rev], check=True, capture_output=True).stdout
+    tar = into / "before.tar"
+    tar.write_bytes(data)
+    with tarfile.open(tar) as t:
+        t.extractall(into / "code", filter="data")
+    return into / "code"
+
+
+def plot(now: list[dict[str, Any]], before: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    ax.plot([r["n"] for r in now], [r["follower_cpu"] for r in now], "o-", label="SWIM: follower (measured)")
+    ax.plot([r["n"] for r in now], [r["leader_cpu"] for r in now], "s--", label="SWIM: leader (measured)")
+    if before:
+        ax.plot([r["n"] for r in before], [r["follower_cpu"] for r in before], "o-", label="heartbeats: follower")
+    ns = [r["n"] for r in now]
+    ax.plot(ns, [0.011 + 0.0055 * (n - 1) for n in ns], ":", label="heartbeats: follower (issue #13 fit)")
+    ax.set_xlabel("agents in the cluster")
+    ax.set_ylabel("CPU-seconds per second per agent")
+    ax.set_title("Membership cost per agent (loopback, 2 shared cores)")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", default="5,10,25", help="cluster sizes, comma-separated (default 5,10,25)")
+    ap.add_argument("--window", type=float, default=20.0, help="idle CPU window in seconds (default 20)")
+    ap.add_argument("--soak", type=float, default=0.0, help="loaded seconds at the largest size (default 0)")
+    ap.add_argument("--before-rev", default="", help="git revision to measure in the same run (e.g. main)")
+    ap.add_argument("--before-sizes", default="5,10", help="sizes for --before-rev (default 5,10)")
+    ap.add_argument("--plot", default="", help="write the CPU-against-size plot here (PNG)")
+    ap.add_argument("--json", action="store_true", help="print the figures as JSON on stdout")
+    args = ap.parse_args()
+    sizes = [int(x) for x in args.sizes.split(",") if x]
+    now = [run_size(REPO, n, args.window, args.soak if n == max(sizes) else 0.0, "now") for n in sizes]
+    before: list[dict[str, Any]] = []
+    if args.before_rev:
+        with tempfile.TemporaryDirectory(prefix="membench-before-") as tmp:
+            code = extract(args.before_rev, Path(tmp))
+            before = [run_size(code, int(n), args.window, 0.0, "before") for n in args.before_sizes.split(",") if n]
+    base = now[0]["follower_cpu"]
+    for r in now:
+        r["cpu_ratio_to_smallest"] = r["follower_cpu"] / base
+    figures = {"now": now, "before": before, "before_rev": args.before_rev}
+    if args.plot:
+        plot(now, before, Path(args.plot))
+    if args.json:
+        print(json.dumps(figures, indent=2))
+        return
+    print("| agents | follower CPU (CPU-s/s) | x smallest | leader CPU | kill -9 dead everywhere p50 / p99 "
+          "| new member everywhere | before: follower CPU |")  # fmt: skip
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    old = {r["n"]: r for r in before}
+    for r in now:
+        b = old.get(r["n"])
+        was = f"{b['follower_cpu']:.4f}" if b else "-"
+        print(f"| {r['n']} | {r['follower_cpu']:.4f} | {r['cpu_ratio_to_smallest']:.2f} | {r['leader_cpu']:.4f} | "
+              f"{r['detect_p50_s']:.2f} / {r['detect_p99_s']:.2f} s | {r['join_max_s']:.2f} s | "
+              f"{was} |")  # fmt: skip
+    for r in now:
+        if "soak_s" in r:
+            print(f"\nsoak at {r['n']} agents, {r['soak_s']:.0f} s loaded: {r['soak_false_deaths']} false deaths")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,165 @@
+"""A simulated network of N nodes, each driven by the pure SWIM core (agent.discovery.swim).
+
+Discrete time (``DT``); every exchange is a request and an answer, each lost with probability ``loss`` and
+delayed uniformly up to ``max_delay``; an exchange slower than the probe timeout counts as a miss. Nodes can
+crash (never answer again) or pause (answer nothing for a while, then go on). Transitions to dead are
+recorded per observer so checkers can tell true detections from false deaths.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from agent.discovery import swim as sw
+from peerserve.wire import PeerState, SwimMessage
+
+DT = 0.02
+
+
+def url_of(i: int) -> str:
+    return f"https://127.0.0.{i + 2}:7001"
+
+
+def state_of(node: sw.Swim) -> PeerState:
+    host = node.self_url.split("//")[1].split(":")[0]
+    return PeerState(node.self_id, f"http://{host}:7000", 7001, {}, 1000.0, 2000.0, None, 0.0, "default", 1.0, 0,
+                     None, version=node.version, incarnation=node.incarnation)  # fmt: skip
+
+
+@dataclass
+class Sim:
+    n: int
+    seed: int = 0
+    loss: float = 0.0
+    max_delay: float = 0.01
+    config: sw.SwimConfig = field(default_factory=sw.SwimConfig)
+    refute: bool = True
+    now: float = 0.0
+    nodes: dict[str, sw.Swim] = field(default_factory=dict)
+    crashed: dict[str, float] = field(default_factory=dict)
+    paused_until: dict[str, float] = field(default_factory=dict)
+    deaths: list[tuple[float, str, str]] = field(default_factory=list)  # (when, observer, subject)
+    _events: list[tuple[float, int, Callable[[], None]]] = field(default_factory=list)
+    _seq: itertools.count[int] = field(default_factory=itertools.count)
+
+    def __post_init__(self) -> None:
+        self.rng = random.Random(self.seed)
+        for i in range(self.n):
+            node_id = f"n{i}"
+            node = sw.Swim(node_id, url_of(i), self.config, random.Random(self.seed * 1000 + i), refute=self.refute)
+            self.nodes[node_id] = node
+        for node_id, node in self.nodes.items():  # everyone knows one seed: n0 (n0 knows n1)
+            seed = "n1" if node_id == "n0" else "n0"
+            node.hint(seed, self.nodes[seed].self_url, "", 0.0)
+
+    # -- faults --------------------------------------------------------------------------------------------
+    def crash(self, node_id: str) -> None:
+        self.crashed[node_id] = self.now
+
+    def pause(self, node_id: str, seconds: float) -> None:
+        self.paused_until[node_id] = self.now + seconds
+
+    def up(self, node_id: str) -> bool:
+        return node_id not in self.crashed and self.paused_until.get(node_id, -1.0) <= self.now
+
+    def _leg(self) -> tuple[bool, float]:
+        """One message: (delivered, delay)."""
+        return self.rng.random() >= self.loss, self.rng.uniform(0.0, self.max_delay)
+
+    def _exchange(self, a: str, b: str) -> tuple[bool, float]:
+        """A request a -> b and its answer: (both delivered in time, round-trip delay)."""
+        ok1, d1 = self._leg()
+        ok2, d2 = self._leg()
+        ok = ok1 and ok2 and self.up(a) and self.up(b) and d1 + d2 <= self.config.probe_timeout_s
+        return ok, d1 + d2
+
+    # -- running -------------------------------------------------------------------------------------------
+    def run(self, seconds: float) -> None:
+        end = self.now + seconds
+        while self.now < end:
+            self.now = round(self.now + DT, 6)
+            while self._events and self._events[0][0] <= self.now:
+                heapq.heappop(self._events)[2]()
+            for node_id, node in self.nodes.items():
+                if self.up(node_id):
+                    instructions, transitions = node.tick(self.now)
+                    self._note(node_id, transitions)
+                    for ins in instructions:
+                        self._carry_out(node_id, ins)
+
+    def _later(self, delay: float, fn: Callable[[], None]) -> None:
+        heapq.heappush(self._events, (self.now + delay, next(self._seq), fn))
+
+    def _note(self, observer: str, transitions: list[sw.Transition]) -> None:
+        for t in transitions:
+            if t.new == "dead":
+                self.deaths.append((self.now, observer, t.node_id))
+
+    def _deliver(self, a: str, b: str, msg: SwimMessage) -> tuple[bool, float, SwimMessage | None]:
+        ok, rtt = self._exchange(a, b)
+        if not ok:
+            return False, rtt, None
+        reply, transitions = self.nodes[b].received(msg, self.now)
+        self._note(b, transitions)
+        return True, rtt, reply
+
+    def _carry_out(self, a: str, ins: sw.Instruction) -> None:
+        me = self.nodes[a]
+        if isinstance(ins, sw.Probe):
+            self._probe(a, ins)
+        elif isinstance(ins, (sw.Gossip, sw.Sync)):
+            ok, rtt, reply = self._deliver(a, ins.node_id, ins.message)
+            if ok and reply is not None:
+                self._later(rtt, lambda: self._note(a, me.received(reply, self.now)[1]) if self.up(a) else None)
+        elif isinstance(ins, (sw.Admit, sw.FetchState)):
+            ok, rtt = self._exchange(a, ins.node_id)
+            target = self.nodes[ins.node_id]
+            state = state_of(target)
+            if isinstance(ins, sw.Admit):
+                if ok:
+                    self._later(rtt, lambda: self._note(a, me.admitted(ins.node_id, ins.url, "", state, self.now)))
+                else:
+                    me.admit_failed(ins.node_id, ins.url, self.now)
+            elif ok:
+                self._later(rtt, lambda: self._note(a, me.state_fetched(ins.node_id, state, self.now)))
+            else:
+                me.fetch_failed(ins.node_id, self.now)
+
+    def _probe(self, a: str, ins: sw.Probe) -> None:
+        me, sent = self.nodes[a], self.now
+        ok, rtt, ack = self._deliver(a, ins.node_id, me.message("ping", ins.node_id))
+        if ok:
+            self._later(rtt, lambda: self._note(a, me.probe_result(ins.node_id, ack, 0, self.now, ins.verify)))
+            return
+        if ins.verify:
+            self._later(self.config.probe_timeout_s,
+                        lambda: self._note(a, me.probe_result(ins.node_id, None, 0, self.now, True, sent)))  # fmt: skip
+            return
+        acks = 0
+        for relay, _url in me.indirect_targets(ins.node_id):
+            req = SwimMessage("ping_req", a, me.incarnation, me.version, me.self_url)
+            delivered, _, _ = self._deliver(a, relay, req)
+            if delivered and self._deliver(relay, ins.node_id, self.nodes[relay].message("ping", ins.node_id))[0]:
+                acks += 1
+        wait = 2 * self.config.probe_timeout_s
+        self._later(wait, lambda: self._note(a, me.probe_result(ins.node_id, None, acks, self.now, False, sent)))
+
+    # -- views ---------------------------------------------------------------------------------------------
+    def view(self, observer: str, subject: str) -> str | None:
+        return self.nodes[observer].status_of(subject)
+
+    def live(self) -> list[str]:
+        return [n for n in self.nodes if n not in self.crashed]
+
+    def converged(self) -> bool:
+        """Every live node sees every other live node alive."""
+        live = self.live()
+        return all(self.view(a, b) == "alive" for a in live for b in live if a != b)
+
+    def false_deaths(self) -> list[tuple[float, str, str]]:
+        """Deaths of nodes that had not crashed when they were declared."""
+        return [(t, o, s) for t, o, s in self.deaths if s not in self.crashed or t < self.crashed[s]]

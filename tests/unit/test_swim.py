@@ -1,0 +1,258 @@
+"""The pure SWIM core (agent.discovery.swim): trust rules, bounds, and whole-cluster properties in simulation."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from agent.discovery import swim as sw
+from agent.discovery.swim_io import LOAD_UPDATE_S, fingerprint, version_due
+from peerserve.wire import MemberUpdate, SwimMessage, WireError
+from tests.unit.swim_sim import Sim, state_of, url_of
+
+FAST = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def node(name: str = "n0", i: int = 0, **config: float) -> sw.Swim:
+    return sw.Swim(name, url_of(i), sw.SwimConfig(**config), random.Random(i))  # type: ignore[arg-type]
+
+
+def admit(me: sw.Swim, other: sw.Swim, now: float = 0.0) -> list[sw.Transition]:
+    me.hint(other.self_id, other.self_url, "", now)
+    return me.admitted(other.self_id, other.self_url, "", state_of(other), now)
+
+
+def pair() -> tuple[sw.Swim, sw.Swim]:
+    a, b = node("a", 0), node("b", 1)
+    admit(a, b)
+    admit(b, a)
+    return a, b
+
+
+# -- trust ---------------------------------------------------------------------------------------------------
+def test_gossip_makes_a_candidate_never_a_member() -> None:
+    a = node("a")
+    a.apply(MemberUpdate("x", "alive", 0, url_of(9)), 0.0)
+    assert a.records == {} and ("x", url_of(9)) in a.candidates
+    instructions, _ = a.tick(1.0)
+    assert sw.Admit("x", url_of(9), "127.0.0.11") in instructions  # it must answer us itself
+    x = node("x", 9)
+    assert a.admitted("x", url_of(9), "", state_of(x), 1.1)[0].new == "alive"
+
+
+def test_a_join_pulls_the_first_members_whole_table() -> None:
+    a, b, c = node("a", 0), node("b", 1), node("c", 2)
+    admit(b, c)  # b (the seed) knows c
+    a.tick(0.0)  # a alone: the first push-pull is due later
+    admit(a, b, 0.05)
+    syncs = [i for i in a.tick(0.1)[0] if isinstance(i, sw.Sync)]
+    assert [s.node_id for s in syncs] == ["b"]
+    table, _ = b.received(syncs[0].message, 0.1)
+    assert table is not None
+    a.received(table, 0.11)
+    assert ("c", c.self_url) in a.candidates  # learned through the seed, still to be admitted itself
+
+
+def test_a_dead_rumour_is_checked_with_our_own_probe() -> None:
+    a, b = pair()
+    a.apply(MemberUpdate("b", "dead", 0, b.self_url, 0, "c"), 1.0)
+    assert a.status_of("b") == "alive"
+    instructions, _ = a.tick(1.1)
+    assert sw.Probe("b", b.self_url, verify=True) in instructions
+    ack = b.received(a.message("ping", "b"), 1.1)[0]
+    a.probe_result("b", ack, 0, 1.15, verify=True)
+    assert a.status_of("b") == "alive"  # it answers our probes: no rumour makes it dead
+    a.apply(MemberUpdate("b", "dead", 0, b.self_url, 0, "c"), 2.0)
+    a.tick(2.1)
+    assert a.probe_result("b", None, 0, 2.4, verify=True)[0].new == "dead"  # and our own probe missed too
+
+
+def test_only_the_node_itself_clears_a_suspicion() -> None:
+    a, b = pair()
+    a.apply(MemberUpdate("b", "suspect", 0, b.self_url, 0, "c"), 1.0)
+    assert a.status_of("b") == "suspect"
+    a.apply(MemberUpdate("b", "alive", 1, b.self_url, 0), 1.1)  # someone relays a refutation: a hint
+    assert a.status_of("b") == "suspect"
+    instructions, _ = a.tick(1.2)
+    assert sw.Probe("b", b.self_url) in instructions  # ... that makes us ask b at once
+    b.apply(MemberUpdate("b", "suspect", 0, b.self_url, 0, "c"), 1.2)
+    assert b.incarnation == 1  # b refutes
+    a.probe_result("b", b.received(a.message("ping", "b"), 1.2)[0], 0, 1.25)
+    assert a.status_of("b") == "alive" and a.records["b"].incarnation == 1
+
+
+def test_incarnation_jumps_are_bounded() -> None:
+    a, b = pair()
+    a.apply(MemberUpdate("b", "suspect", sw.MAX_INC_JUMP + 1, b.self_url, 0, "c"), 1.0)
+    assert a.status_of("b") == "alive"  # an implausible suspicion is ignored
+    b.incarnation = 10**9
+    a.received(b.message("ping", "a"), 1.1)
+    assert a.records["b"].incarnation == 0  # not even from the node itself in one step
+    b.apply(MemberUpdate("b", "dead", 10**9 + sw.MAX_INC_JUMP + 1, b.self_url, 0, "c"), 1.2)
+    assert b.incarnation == 10**9  # nor does a node refute an implausible rumour about itself
+
+
+def test_our_own_id_claimed_elsewhere_is_ignored() -> None:
+    a = node("a")
+    a.hint("a", url_of(5), "", 0.0)
+    assert not a.candidates and ("a", url_of(5)) in a.conflicts
+
+
+def test_a_graceful_leave_is_immediate_and_a_goodbye_only_probes() -> None:
+    a, b = pair()
+    a.recheck("b")  # an mDNS goodbye: anyone can send one
+    instructions, _ = a.tick(0.5)
+    assert a.status_of("b") == "alive" and sw.Probe("b", b.self_url) in instructions
+    [t] = a.left("b", 0.6)  # b said so itself, authenticated
+    assert t.new == "dead" and t.reason == "left" and a.left("b", 0.7) == []
+
+
+def test_an_id_belongs_to_whoever_authenticates_as_it() -> None:
+    a, p = node("a"), node("p", 3)
+    a.hint("p", url_of(7), "", 0.0)  # a stranger advertises p first
+    a.hint("p", p.self_url, "", 0.1)  # then the real p
+    a.admitted("p", p.self_url, "", state_of(p), 0.2)  # only the real p can answer as p
+    assert a.records["p"].peer_url == p.self_url and ("p", url_of(7)) in a.candidates
+
+
+def test_a_suspected_node_refutes_and_tells_the_suspecter() -> None:
+    _a, b = pair()
+    b.apply(MemberUpdate("b", "suspect", 0, b.self_url, 0, "a"), 1.0)
+    instructions, _ = b.tick(1.0)
+    direct = [i for i in instructions if isinstance(i, sw.Gossip) and i.node_id == "a"]
+    assert direct and any(u.node_id == "b" and u.incarnation == 1 for u in direct[0].message.updates)
+
+
+def test_state_versions_endpoints_at_once_loads_at_most_every_30_s() -> None:
+    from dataclasses import replace
+
+    base = state_of(node("a"))
+    fp = fingerprint(base)
+    served = fingerprint(replace(base, endpoints={"m": ("http://127.0.0.2:9000",)}))
+    busy = fingerprint(replace(base, cpu_load=55.0))
+    assert version_due(fp, served, 1.0, 0.5)  # a new endpoint: at once
+    assert not version_due(fp, fingerprint(replace(base, cpu_load=3.0)), 100.0, 0.0)  # below a step: never
+    assert not version_due(fp, busy, 10.0, 0.0) and version_due(fp, busy, LOAD_UPDATE_S, 0.0)
+
+
+# -- bounds --------------------------------------------------------------------------------------------------
+def test_candidates_are_bounded_and_expire() -> None:
+    a = node("a", max_candidates=5)
+    for i in range(20):
+        a.hint(f"x{i}", url_of(i + 1), "", 0.0)
+    assert len(a.candidates) == 5
+    a.tick(a.config.candidate_ttl_s + 1)
+    assert a.candidates == {}
+
+
+def test_members_are_bounded() -> None:
+    a = node("a", max_members=3)
+    for i in range(6):
+        admit(a, node(f"x{i}", i + 1))
+    assert len(a.records) == 3
+
+
+def test_broadcast_queue_is_bounded_and_retransmits_are_limited() -> None:
+    a = node("a", max_broadcasts=4)
+    for i in range(10):
+        a.apply(MemberUpdate(f"x{i}", "alive", 0, url_of(i + 1)), 0.0)  # candidates: nothing to queue
+        admit(a, node(f"x{i}", i + 1))
+    assert len(a.broadcasts) == 4
+    for _ in range(a.retransmit_limit()):
+        a.message("gossip")
+    assert a.broadcasts == {}  # each update went out retransmit_limit times, then left the queue
+
+
+def test_the_retransmit_limit_and_suspicion_timeout_scale_with_log_n() -> None:
+    a = node("a")
+    small = (a.retransmit_limit(), a.suspicion_timeout(0))
+    for i in range(60):
+        admit(a, node(f"x{i}", i + 1))
+    assert a.retransmit_limit() > small[0] and a.suspicion_timeout(0) > small[1]
+    assert a.suspicion_timeout(3) < a.suspicion_timeout(0)  # Lifeguard: confirmations shorten it
+
+
+def test_dead_members_are_forgotten() -> None:
+    a, _b = pair()
+    a.left("b", 1.0)
+    assert a.status_of("b") == "dead"
+    _, transitions = a.tick(1.0 + a.config.forget_after_s)
+    assert transitions[0].new is None and "b" not in a.records
+
+
+def test_wire_messages_are_strict_and_bounded() -> None:
+    a, b = pair()
+    msg = a.sync_message()
+    assert SwimMessage.parse(msg.to_json()) == msg
+    with pytest.raises(WireError):
+        SwimMessage.parse({**a.message("ping").to_json(), "updates": [["b", "alive", 0, b.self_url, 0, ""]] * 25})
+    with pytest.raises(WireError):
+        MemberUpdate.parse(["b", "zombie", 0, b.self_url, 0, ""])
+    with pytest.raises(WireError):
+        MemberUpdate.parse(["b", "alive", True, b.self_url, 0, ""])
+    with pytest.raises(WireError):
+        MemberUpdate.parse(["b", "alive", 0, "http://evil.example/", 0, ""])
+
+
+# -- the simulated cluster -----------------------------------------------------------------------------------
+def _detect(sim: Sim, victim: str, limit: float) -> float:
+    start = sim.now
+    while sim.now - start < limit:
+        sim.run(0.02)
+        if all(sim.view(o, victim) in ("dead", None) for o in sim.live()):
+            return sim.now - start
+    return float("inf")
+
+
+@FAST
+@given(n=st.integers(3, 14), seed=st.integers(0, 10**6), loss=st.floats(0.0, 0.03))
+def test_one_seed_learns_the_cluster_and_a_crash_is_dead_everywhere(n: int, seed: int, loss: float) -> None:
+    sim = Sim(n, seed=seed, loss=loss)
+    sim.run(15)
+    assert sim.converged()
+    victim = f"n{seed % n}"
+    sim.crash(victim)
+    assert _detect(sim, victim, 6.0) < 6.0
+    sim.run(3)
+    assert sim.false_deaths() == []  # loss below the design bound: no live node is declared dead
+
+
+def _suspect_after_heal(sim: Sim, victim: str, pause: float) -> float:
+    """How long after a pause of ``victim`` some live node still does not see it alive."""
+    sim.pause(victim, pause)
+    sim.run(pause)
+    healed = last = sim.now
+    while sim.now - healed < 5:
+        sim.run(0.02)
+        if any(sim.view(o, victim) != "alive" for o in sim.live() if o != victim):
+            last = sim.now
+    return last - healed
+
+
+@FAST
+@given(seed=st.integers(0, 10**6), pause=st.floats(0.2, 0.5))
+def test_a_suspected_live_node_refutes(seed: int, pause: float) -> None:
+    sim = Sim(10, seed=seed, loss=0.01)
+    sim.run(15)
+    assert sim.converged()
+    assert _suspect_after_heal(sim, "n3", pause) < 1.0
+    assert sim.false_deaths() == []
+
+
+def test_the_refutation_checker_fails_when_refutation_is_off() -> None:
+    lags = []
+    for seed in range(4):
+        sim = Sim(10, seed=seed, loss=0.01, refute=False)
+        sim.run(15)
+        lags.append(_suspect_after_heal(sim, "n3", 0.5))
+    assert max(lags) >= 1.0  # without refutation the suspicion lingers: the property above would fail
+
+
+def test_the_crash_checker_fails_when_nothing_is_detected() -> None:
+    sim = Sim(5, seed=1, config=sw.SwimConfig(suspicion_mult=1000.0))
+    sim.run(10)
+    sim.crash("n2")
+    assert _detect(sim, "n2", 6.0) == float("inf")
