@@ -51,8 +51,9 @@ FLAGS: list[tuple[str, dict[str, Any]]] = [
         "--placement-objective",
         {
             "choices": ["queue", "queue-p99", "thesis"],
-            "help": "queue: request rates and queueing delay, instances shared; queue-p99: the same "
-            "with a p99 load cap (spare memory holds more instances); thesis: one per stream (default)",
+            "help": "queue-p99 (default): request rates and queueing delay, instances shared, a p99 load cap "
+            "within at most need + one spare instance per node class; queue: the same without the p99 cap; "
+            "thesis: one instance per stream",
         },
     ),
     ("--max-body-mb", {"type": float, "help": "largest request body, chunked or not, in MiB (default 8)"}),

@@ -145,8 +145,9 @@ def spread_ranked(
     model: str,
     client_rtts: Mapping[str, float],
     u: float,
+    live_queue: Mapping[str, float] | None = None,
 ) -> list[Choice]:
-    """``spread_choice`` with the shares and planned queues of the last placement summary an agent got."""
+    """``spread_choice`` with the last placement summary's shares and planned queues (``live_queue`` by URL)."""
     if not placement or not ranked:
         return list(ranked)
     shares = site_shares(parse_spread(placement.get("spread")), model, client_rtts)
@@ -158,7 +159,7 @@ def spread_ranked(
             for n, m in queues.items()
             if isinstance(m, Mapping) and isinstance(m.get(model), (int, float))
         }
-    return spread_choice(ranked, shares, u, planned)
+    return spread_choice(ranked, shares, u, planned, live_queue)
 
 
 @dataclass(frozen=True)

@@ -513,9 +513,11 @@ class NodeAgent:
                     out += [Candidate(peer.node_id, u, m, exec_ms, peer_load) for u in urls]
         return out
 
-    async def resolve(self, model: str, client: str, reported: Mapping[str, float]) -> Outcome:
+    async def resolve(
+        self, model: str, client: str, reported: Mapping[str, float], live: Mapping[str, int] | None = None
+    ) -> Outcome:
         """Where ``client``'s request for ``model`` should go (the serving façade, agent/serving/resolve.py)."""
-        return await resolve(self, model, client, reported)
+        return await resolve(self, model, client, reported, live)
 
     def provision_decision(self, spec: ModelSpec) -> tuple[str | None, str]:
         local = NodeRoom(self.settings.node_id, self.node_metrics().mem_available_mb)

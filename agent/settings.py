@@ -73,7 +73,7 @@ class Settings:
     placement_period_s: float = 30.0
     placement_mode: str = "1"
     placement_method: str = "ipopt"
-    placement_objective: str = "thesis"  # thesis: one instance per stream; queue / queue-p99: rates, queueing (#16)
+    placement_objective: str = "queue-p99"  # queue-p99 / queue: rates, queueing, shared instances; thesis: 1/stream
     request_window_s: float = 600.0
     metrics: bool = True
     metrics_token: str = ""

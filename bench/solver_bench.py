@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from solver import fastlp
 from solver.api import solve
 from solver.fastlp import full_lp, solve_lp, tune_allocator
 from solver.problem import Mode, build_problem
@@ -90,6 +91,58 @@ def solve_times(snapshots: list[Any], method: str, mode: str, repeat: int) -> li
     return out
 
 
+class Probe:
+    """Counts the Ipopt calls and LP sizes of the fast path and the CPU time in Ipopt and the price estimate."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[int, int, int]] = []  # (variables, rows, iterations)
+        self.ipopt_s = 0.0
+        self.guide_s = 0.0
+        self._ipopt, self._estimate = fastlp._ipopt, fastlp.estimate
+
+    def __enter__(self) -> Probe:
+        def ipopt(lp: Any, options: dict[str, Any]) -> Any:
+            t = time.process_time()
+            out = self._ipopt(lp, options)
+            self.ipopt_s += time.process_time() - t
+            self.calls.append((len(lp.cost), len(lp.cl), out[3]))
+            return out
+
+        def estimate(*args: Any, **kwargs: Any) -> Any:
+            t = time.process_time()
+            out = self._estimate(*args, **kwargs)
+            self.guide_s += time.process_time() - t
+            return out
+
+        fastlp._ipopt, fastlp.estimate = ipopt, estimate
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        fastlp._ipopt, fastlp.estimate = self._ipopt, self._estimate
+
+
+def breakdown(snapshots: list[Any], mode: str) -> dict[str, Any]:
+    """Where a full solve's CPU time goes (per solve, means): Ipopt calls, LP size, estimate, Ipopt, rest."""
+    total, guided, probe = 0.0, 0, Probe()
+    with probe:
+        for s in snapshots:
+            t = time.process_time()
+            plan = solve(s, method="ipopt", mode=mode)
+            total += time.process_time() - t
+            guided += bool(plan.details.get("guided"))
+    n = len(snapshots)
+    return {
+        "calls": len(probe.calls) / n,
+        "lp_vars": statistics.fmean(c[0] for c in probe.calls) if probe.calls else 0.0,
+        "lp_rows": statistics.fmean(c[1] for c in probe.calls) if probe.calls else 0.0,
+        "iterations": sum(c[2] for c in probe.calls) / n,
+        "guided": guided / n,
+        "guide_ms": 1000 * probe.guide_s / n,
+        "ipopt_ms": 1000 * probe.ipopt_s / n,
+        "rest_ms": 1000 * (total - probe.ipopt_s - probe.guide_s) / n,
+    }
+
+
 def timing(seeds: int, repeat: int, bar: Any) -> tuple[list[dict[str, Any]], dict[str, list[float]]]:
     rows, every = [], {"1": [], "2": []}
     for vary, sizes in SIZES.items():
@@ -103,6 +156,7 @@ def timing(seeds: int, repeat: int, bar: Any) -> tuple[list[dict[str, Any]], dic
             row["pyomo_ipopt_mode1_ms"] = statistics.median(solve_times(snaps, "ipopt-pyomo", "1", 1))
             row.update(lp_times([build_problem(s, Mode.MODE1) for s in snaps], repeat))
             row["milp_ms"] = statistics.median(solve_times(snaps, "milp", "1", 1))
+            row["where"] = {mode: breakdown(snaps, mode) for mode in ("1", "2")}
             bar.update(1)
             rows.append(row)
     return rows, every
@@ -126,6 +180,7 @@ def scale(sites: int, repeat: int) -> dict[str, Any]:
         "milp_ms": solve_times([s], "milp", "2", 1)[0],
         **lp,
         "ipopt_gap_to_milp_pct": 100 * (ip.objective_ms / mi.objective_ms - 1),
+        "where": breakdown([s], "2"),
     }
 
 
@@ -182,6 +237,19 @@ def report(result: dict[str, Any]) -> None:
         f"  wall time (plan.solve_ms, shared machine): median {a['wall_median_ms']:.1f} ms, "
         f"max {a['wall_max_ms']:.1f} ms"
     )
+    print("\nWhere a full solve's time goes (means per solve, CPU ms): Ipopt calls, LP size (variables x rows),")
+    print("Ipopt iterations, share of solves whose columns came from the trusted price estimate")
+    head = ("size", "mode", "calls", "LP", "iters", "guided", "estimate", "Ipopt", "rest")
+    print(f"{head[0]:>9} {head[1]:>4} {head[2]:>5} {head[3]:>11} {head[4]:>5} {head[5]:>6} {head[6]:>8} {head[7]:>6} "
+          f"{head[8]:>5}")  # fmt: skip
+    wheres = [(f"{r['requests']}x{r['nodes']}", m, w) for r in result["timing"] for m, w in r["where"].items()]
+    wheres += [(f"1000x100/{b['classes']}", "2", b["where"]) for b in result["scale"]]
+    for size, mode, w in wheres:
+        print(
+            f"{size:>9} {mode:>4} {w['calls']:>5.1f} {w['lp_vars']:>5.0f} x {w['lp_rows']:<3.0f} "
+            f"{w['iterations']:>5.1f} {100 * w['guided']:>5.0f}% {w['guide_ms']:>8.1f} {w['ipopt_ms']:>6.1f} "
+            f"{w['rest_ms']:>5.1f}"
+        )
     for big in result["scale"]:
         print(
             f"\n1,000 requests x 100 nodes, {big['classes']} classes: LP of {big['rows']} rows x {big['columns']} "

@@ -9,11 +9,17 @@ every node. At the optimum only a few capacity rows bind, so the LP is grown unt
    cheapest node. Only nodes with a row constrain the LP.
 2. Class fixing: a class whose cheapest node has no row sits there whole (nothing can make another node
    cheaper for it), so it leaves the LP.
-3. Columns: every other class gets its ``CANDIDATES`` cheapest nodes (on small LPs one more for each
-   of those the greedy load nearly fills).
-4. Solve; a node without a row that the result overloads gets its rows (unfixing its classes) and the LP
+3. Columns: every other class gets the ``GUIDED`` nodes of least reduced cost under capacity prices
+   estimated in numpy (solver.lpguide), those within ``WINDOW`` of them, its cheapest node and the
+   nodes the estimate's greedy placed it on. Where the estimate's bounds are more than ``TRUST_GAP``
+   apart (the cluster is nearly or wholly full) it gets its ``CANDIDATES`` cheapest nodes instead (on
+   small LPs one more for each the greedy load nearly fills).
+4. Rejection columns: none where the estimate's greedy placed every request (its placement is in the
+   LP, so the LP is feasible without them); otherwise one per class.
+5. Solve; a node without a row that the result overloads gets its rows (unfixing its classes) and the LP
    is solved again. Then left-out columns are priced with the duals (reduced cost = cost + dual of the
-   class's assignment row + capacity or link duals); any with negative reduced cost is added, repeat.
+   class's assignment row + capacity or link duals; penalty + assignment dual for a left-out r); any
+   with negative reduced cost is added, repeat.
 
 When no row is violated and no column prices out, the restricted optimum is feasible for the full LP and
 dual feasible for it, hence the full LP's optimum. After ``MAX_ROUNDS`` (or a failed solve) the full LP
@@ -29,11 +35,18 @@ from typing import Any
 import numpy as np
 
 from solver.errors import SolverUnavailableError
+from solver.lpguide import Guide, estimate
 from solver.problem import FloatArray, IntArray, Problem, rejection_penalty
 
 log = logging.getLogger(__name__)
 
 CANDIDATES = 5
+GUIDED = 2  # columns per class by estimated reduced cost, when the estimate is trusted
+WINDOW = 0.5  # ... and those within this many typical cost gaps (cheapest to second) of the least
+TRUST_GAP = 0.02  # the estimate is trusted when its bounds are this close (relative)
+SMALL_STEPS = 20  # subgradient steps on small LPs (up to WIDEN_LIMIT pairs); solver.lpguide.STEPS above
+USE_GUIDE = True
+LAZY_REJECTION = True  # rejection columns only where priced in, when the guide's greedy placed everything
 WIDEN_LIMIT = 1000  # class x node pairs up to which congested classes get wider candidate lists
 MAX_ROUNDS = 8
 CLOSE_ROWS = True
@@ -73,6 +86,7 @@ class LpSolution:
     columns: int
     rows: int
     fallback: bool
+    guided: bool = False  # columns chosen by the trusted price estimate (solver.lpguide)
 
 
 @dataclass
@@ -89,7 +103,8 @@ class _Lp:
     cu: FloatArray
     col_class: IntArray  # [y] class of each y variable
     col_node: IntArray  # [y] node of each y variable
-    classes: IntArray  # [r] the classes in the LP, in assignment-row order
+    classes: IntArray  # the classes in the LP, in assignment-row order
+    r_classes: IntArray  # [r] the classes with a rejection column
     link_keys: IntArray  # [t] j * n_models + k of each `new` variable / link row
     cap_nodes: IntArray  # nodes with capacity rows (memory rows, then compute rows)
     mem_row: IntArray  # [len(cap_nodes)] row index or -1 when the row is empty
@@ -107,24 +122,33 @@ def solve_lp(p: Problem) -> LpSolution:
     congested = _initial_rows(p, cheapest)
     has_row = congested.copy()
     in_lp = np.zeros((n_c, n_j), dtype=bool)
+    guide = _guide(p, penalty, has_row, cheapest)
+    # where the guide's greedy placed every request, its columns are in the LP: feasible without r
+    with_r = np.full(n_c, guide is None or guide.placed is None or not LAZY_REJECTION)
     total_iters = 0
     for rounds in range(MAX_ROUNDS):
-        free_class = _close_rows(p, has_row, in_lp, cheapest, congested)
-        lp = _build(p, in_lp & free_class[:, None], free_class, has_row, penalty)
+        free_class = _close_rows(p, has_row, in_lp, cheapest, congested, guide)
+        lp = _build(p, in_lp & free_class[:, None], free_class, has_row, penalty, with_r)
         x, mult, status, iters = _ipopt(lp, IPOPT_FAST)
         total_iters += iters
         if status != "optimal":
-            break
+            if with_r.all():
+                break
+            with_r[:] = True  # not expected (the greedy's placement is feasible): solve with every r
+            continue
         y, r = _expand(p, lp, x, cheapest, free_class)
         overloaded = _overloaded(p, y) & ~has_row
         if overloaded.any():
             has_row |= overloaded
             continue
         priced = _price(p, lp, mult, in_lp, free_class, has_row)
-        if not priced.any():
+        rejectable = _price_rejection(p, lp, mult, with_r, penalty)
+        if not priced.any() and not rejectable.any():
             value = float((p.cost * y).sum() + penalty * r.sum())
-            return LpSolution(y, r, value, status, total_iters, rounds, int(in_lp[free_class].sum()), len(lp.cl), False)
+            columns = int(in_lp[free_class].sum())
+            return LpSolution(y, r, value, status, total_iters, rounds, columns, len(lp.cl), False, guide is not None)
         in_lp |= priced
+        with_r |= rejectable
     return _full(p, penalty, total_iters)
 
 
@@ -197,8 +221,23 @@ def _overloaded(p: Problem, y: FloatArray) -> BoolArray:
     return np.asarray((mem_use > p.mem_budget + tol_m) | (comp_use > p.comp_budget + tol_c))
 
 
+def _guide(p: Problem, penalty: float, has_row: BoolArray, cheapest: IntArray) -> Guide | None:
+    """Estimated capacity prices to choose columns with, or None where they are not needed or trusted."""
+    if not USE_GUIDE or not has_row[cheapest].any() or p.n_nodes <= GUIDED:
+        return None
+    small = p.n_classes * p.n_nodes <= WIDEN_LIMIT
+    guide = estimate(p, penalty, steps=SMALL_STEPS if small else None)
+    log.debug("price estimate: bounds %.6g..%.6g (gap %.2g)", guide.lower, guide.upper, guide.gap)
+    return guide if guide.gap <= TRUST_GAP else None
+
+
 def _close_rows(
-    p: Problem, has_row: BoolArray, in_lp: BoolArray, cheapest: IntArray, congested: BoolArray
+    p: Problem,
+    has_row: BoolArray,
+    in_lp: BoolArray,
+    cheapest: IntArray,
+    congested: BoolArray,
+    guide: Guide | None = None,
 ) -> BoolArray:
     """Add rows until no node without one could be overloaded by the LP; the classes left in the LP.
 
@@ -207,7 +246,7 @@ def _close_rows(
     """
     while True:
         free_class = has_row[cheapest]
-        _ensure_candidates(p, in_lp, free_class, congested)
+        _ensure_candidates(p, in_lp, free_class, congested, guide)
         worst = in_lp * free_class[:, None] * p.class_count[:, None].astype(float)
         fixed = np.nonzero(~free_class)[0]
         worst[fixed, cheapest[fixed]] = p.class_count[fixed]
@@ -217,15 +256,22 @@ def _close_rows(
         has_row |= grow
 
 
-def _ensure_candidates(p: Problem, in_lp: BoolArray, free_class: BoolArray, congested: BoolArray) -> None:
-    """Give every class in the LP that has no columns yet its cheapest ``CANDIDATES`` nodes.
+def _ensure_candidates(
+    p: Problem, in_lp: BoolArray, free_class: BoolArray, congested: BoolArray, guide: Guide | None = None
+) -> None:
+    """Give every class in the LP that has no columns yet its candidate nodes.
 
-    On a small LP a class also gets one more node per congested node among those (one the greedy load
-    nearly fills): crowded out of its cheapest nodes it needs the next ones, and finding them by pricing
-    costs a second solve, more than the extra columns cost there.
+    With a trusted ``guide``: its ``GUIDED`` nodes of least estimated reduced cost, any within
+    ``WINDOW`` typical cost gaps of the least, and its cheapest node. Without: its cheapest
+    ``CANDIDATES`` nodes; on a small LP also one more node per congested node among those (one the
+    greedy load nearly fills): crowded out of its cheapest nodes it needs the next ones, and finding
+    them by pricing costs a second solve, more than the extra columns cost there.
     """
     need = np.nonzero(free_class & ~in_lp.any(axis=1))[0]
     if not len(need):
+        return
+    if guide is not None:
+        in_lp[need] |= _guided_columns(p, guide, need)
         return
     k = min(CANDIDATES, p.n_nodes)
     order = np.argsort(p.cost[need], axis=1, kind="stable")
@@ -236,6 +282,22 @@ def _ensure_candidates(p: Problem, in_lp: BoolArray, free_class: BoolArray, cong
     in_lp[np.repeat(need, take.sum(axis=1)), order[take]] = True
 
 
+def _guided_columns(p: Problem, guide: Guide, need: IntArray) -> BoolArray:
+    """[len(need), j] the columns a trusted price estimate points to (see ``_ensure_candidates``)."""
+    reduced = guide.reduced[need]
+    rows = np.arange(len(need))
+    take = np.zeros(reduced.shape, dtype=bool)
+    order = np.argsort(reduced, axis=1, kind="stable")[:, :GUIDED]
+    take[np.repeat(rows, order.shape[1]), order.ravel()] = True
+    ranked = np.sort(p.cost, axis=1)
+    typical_gap = float(np.median(ranked[:, 1] - ranked[:, 0]))
+    take |= reduced <= reduced.min(axis=1, keepdims=True) + WINDOW * typical_gap
+    take[rows, np.argmin(p.cost[need], axis=1)] = True
+    if guide.placed is not None:
+        take |= guide.placed[need]
+    return take
+
+
 @dataclass
 class _Layout:
     """Where each variable and row of a restricted LP sits (y, r, new; assign, link, memory, compute)."""
@@ -243,7 +305,8 @@ class _Layout:
     cc: IntArray  # [y] class
     jj: IntArray  # [y] node
     kk: IntArray  # [y] model
-    classes: IntArray  # [r] classes in the LP
+    classes: IntArray  # classes in the LP (assignment rows)
+    r_pos: IntArray  # [r] assignment rows whose class has a rejection column
     class_pos: IntArray  # [c] assignment row of class c, or -1
     linked_col: BoolArray  # [y] the column counts against a link row (reuse at a node with rows)
     link_keys: IntArray  # [t] j * n_models + k
@@ -253,13 +316,14 @@ class _Layout:
 
     @property
     def sizes(self) -> tuple[int, int, int, int]:
-        """(y, r, new, capacity nodes)."""
+        """(y, assignment rows, new, capacity nodes)."""
         return len(self.cc), len(self.classes), len(self.link_keys), len(self.cap_nodes)
 
 
-def _layout(p: Problem, cols: BoolArray, classes_mask: BoolArray, has_row: BoolArray) -> _Layout:
+def _layout(p: Problem, cols: BoolArray, classes_mask: BoolArray, has_row: BoolArray, with_r: BoolArray) -> _Layout:
     n_models = len(p.mem)
     classes = np.nonzero(classes_mask)[0]
+    r_pos = np.nonzero(with_r[classes])[0]
     class_pos = np.full(p.n_classes, -1, dtype=np.int64)
     class_pos[classes] = np.arange(len(classes))
     cc, jj = np.nonzero(cols)
@@ -269,7 +333,9 @@ def _layout(p: Problem, cols: BoolArray, classes_mask: BoolArray, has_row: BoolA
     cap_nodes = np.nonzero(has_row)[0]
     cap_pos = np.full(p.n_nodes, -1, dtype=np.int64)
     cap_pos[cap_nodes] = np.arange(len(cap_nodes))
-    return _Layout(cc, jj, kk, classes, class_pos, linked_col, link_keys, link_of_col.ravel(), cap_nodes, cap_pos)
+    return _Layout(
+        cc, jj, kk, classes, r_pos, class_pos, linked_col, link_keys, link_of_col.ravel(), cap_nodes, cap_pos
+    )
 
 
 def _entries(p: Problem, lay: _Layout, has_row: BoolArray) -> tuple[IntArray, IntArray, FloatArray]:
@@ -277,11 +343,12 @@ def _entries(p: Problem, lay: _Layout, has_row: BoolArray) -> tuple[IntArray, In
     n_y, n_r, n_t, n_cap = lay.sizes
     n_models = len(p.mem)
     t_node, t_model = lay.link_keys // n_models, lay.link_keys % n_models
-    y_idx, r_idx, t_idx = np.arange(n_y), n_y + np.arange(n_r), n_y + n_r + np.arange(n_t)
+    n_rr = len(lay.r_pos)
+    y_idx, r_idx, t_idx = np.arange(n_y), n_y + np.arange(n_rr), n_y + n_rr + np.arange(n_t)
     link0, mem0, comp0 = n_r, n_r + n_t, n_r + n_t + n_cap
-    rows = [lay.class_pos[lay.cc], np.arange(n_r)]  # assign: sum y + r = count
+    rows = [lay.class_pos[lay.cc], lay.r_pos]  # assign: sum y + r = count
     cols = [y_idx, r_idx]
-    vals = [np.ones(n_y), np.ones(n_r)]
+    vals = [np.ones(n_y), np.ones(n_rr)]
     rows += [link0 + lay.link_of_col, link0 + np.arange(n_t)]  # link: sum y - new <= free
     cols += [y_idx[lay.linked_col], t_idx]
     vals += [np.ones(int(lay.linked_col.sum())), -np.ones(n_t)]
@@ -295,9 +362,16 @@ def _entries(p: Problem, lay: _Layout, has_row: BoolArray) -> tuple[IntArray, In
     return r[keep], c[keep], v[keep]
 
 
-def _build(p: Problem, cols: BoolArray, classes_mask: BoolArray, has_row: BoolArray, penalty: float) -> _Lp:
-    """The restricted LP: y over ``cols``, r over the LP's classes, new where reuse meets a row."""
-    lay = _layout(p, cols, classes_mask, has_row)
+def _build(
+    p: Problem,
+    cols: BoolArray,
+    classes_mask: BoolArray,
+    has_row: BoolArray,
+    penalty: float,
+    with_r: BoolArray | None = None,
+) -> _Lp:
+    """The restricted LP: y over ``cols``, r over the LP's classes ``with_r`` (all), new where reuse meets a row."""
+    lay = _layout(p, cols, classes_mask, has_row, np.ones(p.n_classes, dtype=bool) if with_r is None else with_r)
     n_y, n_r, n_t, n_cap = lay.sizes
     rows, cols_, vals = _entries(p, lay, has_row)
     mem0, comp0 = n_r + n_t, n_r + n_t + n_cap
@@ -308,12 +382,12 @@ def _build(p: Problem, cols: BoolArray, classes_mask: BoolArray, has_row: BoolAr
     counts = p.class_count[lay.classes].astype(float)
     t_node, t_model = lay.link_keys // len(p.mem), lay.link_keys % len(p.mem)
     return _Lp(
-        cost=np.concatenate([p.cost[lay.cc, lay.jj], np.full(n_r, penalty), np.zeros(n_t)]),
+        cost=np.concatenate([p.cost[lay.cc, lay.jj], np.full(len(lay.r_pos), penalty), np.zeros(n_t)]),
         rows=renum[rows],
         cols=cols_,
         vals=vals,
-        lb=np.zeros(n_y + n_r + n_t),
-        ub=np.concatenate([p.class_count[lay.cc].astype(float), counts, np.full(n_t, np.inf)]),
+        lb=np.zeros(n_y + len(lay.r_pos) + n_t),
+        ub=np.concatenate([p.class_count[lay.cc].astype(float), counts[lay.r_pos], np.full(n_t, np.inf)]),
         cl=np.concatenate([counts, np.full(n_t + 2 * n_cap, -np.inf)])[used],
         cu=np.concatenate(
             [counts, p.free[t_node, t_model].astype(float), p.mem_budget[lay.cap_nodes], p.comp_budget[lay.cap_nodes]]
@@ -321,6 +395,7 @@ def _build(p: Problem, cols: BoolArray, classes_mask: BoolArray, has_row: BoolAr
         col_class=lay.cc,
         col_node=lay.jj,
         classes=lay.classes,
+        r_classes=lay.classes[lay.r_pos],
         link_keys=lay.link_keys,
         cap_nodes=lay.cap_nodes,
         mem_row=np.where(used[mem0:comp0], renum[mem0:comp0], -1),
@@ -395,7 +470,7 @@ def _expand(
     fixed = np.nonzero(~free_class)[0]
     y[fixed, cheapest[fixed]] = p.class_count[fixed]
     r = np.zeros(p.n_classes)
-    r[lp.classes] = np.clip(x[n_y : n_y + len(lp.classes)], 0.0, None)
+    r[lp.r_classes] = np.clip(x[n_y : n_y + len(lp.r_classes)], 0.0, None)
     return y, r
 
 
@@ -419,3 +494,13 @@ def _price(
     reduced = p.cost + assign[:, None] + extra[:, p.class_model].T
     scale = max(1.0, float(p.cost.max(initial=0.0)))
     return np.asarray((reduced < -1e-7 * scale) & ~in_lp & free_class[:, None])
+
+
+def _price_rejection(p: Problem, lp: _Lp, mult: FloatArray, with_r: BoolArray, penalty: float) -> BoolArray:
+    """[c] classes in the LP without a rejection column whose column prices in (penalty + assign dual < 0)."""
+    assign = np.zeros(p.n_classes)
+    assign[lp.classes] = mult[: len(lp.classes)]
+    in_lp = np.zeros(p.n_classes, dtype=bool)
+    in_lp[lp.classes] = True
+    scale = max(1.0, float(p.cost.max(initial=0.0)))
+    return np.asarray(in_lp & ~with_r & (penalty + assign < -1e-7 * scale))

@@ -7,6 +7,7 @@ integer pool sizes (in Mode 1 never below what runs and is kept).
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -14,6 +15,7 @@ import numpy as np
 from solver.capacity import violations
 from solver.plan import Action, Plan, Rejection
 from solver.problem import IntArray, Mode, Problem, running_instances
+from solver.queue_close import close_pools
 from solver.queue_lazy import solve_nlp_lazy
 from solver.queue_model import QueueProblem, build_queue_problem
 from solver.queue_repair import Pools, repair
@@ -24,18 +26,54 @@ MAX_SPREAD_SITES = 64  # sites (largest rate first) whose split the plan hands t
 
 
 def solve_queue(problem: Problem, tail: bool = False) -> Plan:
-    """Place ``problem``'s streams under the queue-aware objective (``tail``: the p99 load cap of solver.tail_cap)."""
+    """Place ``problem``'s streams under the queue-aware objective (``tail``: the p99 load cap of solver.tail_cap).
+
+    Where the tail cap would break the instance bound (the repair had to take instances away from
+    tail-capped pools), the plain objective's plan is returned instead: at the bound the tail cap buys
+    nothing, and the plain plan spreads the load the relaxation chose (``details["tail_cap"]``).
+    """
     q = build_queue_problem(problem)
-    if tail:
-        q = with_tail_cap(q)
+    if not tail:
+        return _solve(q, {})
+    bound = "gave way to the instance bound"
+    tailed = with_tail_cap(q)
+    if tail_breaks_bound(tailed):
+        return _solve(q, {"tail_cap": bound})
+    capped = _solve(tailed, {"tail_cap": "kept"})
+    if capped.details.get("shed", 0) == 0:
+        return capped
+    return _solve(q, {"tail_cap": bound, "tail_iterations": capped.details["iterations"]})
+
+
+def tail_breaks_bound(q: QueueProblem) -> bool:
+    """Whether some model needs more instances at its tail cap, even on its best pools, than the bound allows
+    (its need at ``rho_max`` + one spare per node class): then the tail-capped solve is not worth running."""
+    p = q.base
+    per_instance = q.cap() * q.mu  # [j, k] req/s under the tail cap
+    for k in range(len(p.model_names)):
+        rate = float(q.rate[p.class_model == k].sum())
+        fewest = math.ceil(rate / max(float(per_instance[:, k].max()), 1e-12) - 1e-9)
+        bound = math.ceil(rate / (q.rho_max * max(float(q.mu[:, k].max()), 1e-12)) - 1e-9) + len(set(q.node_class))
+        if fewest > bound:
+            return True
+    return False
+
+
+def _solve(q: QueueProblem, extra: dict[str, Any]) -> Plan:
+    """Relaxation, repair and pool closing for one QueueProblem."""
+    problem = q.base
     nlp = solve_nlp_lazy(q)
     pools = repair(q, nlp.x, nlp.r)
+    closed = close_pools(pools)
     details: dict[str, Any] = {
+        **extra,
+        "shed": pools.shed,
         "classes": problem.n_classes,
         "iterations": nlp.iterations,
         "nlp_rounds": nlp.rounds,
         "nlp_columns": nlp.columns,
         "nlp_fallback": nlp.fallback,
+        "pools_closed": closed,
         "relaxation_instances": round(float(nlp.n.sum()), 3),
         "rate_rps": round(float(q.rate.sum()), 6),
         "rejected_rps": round(float(pools.rejected.sum()), 6),

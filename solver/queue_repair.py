@@ -8,9 +8,11 @@ counts are integers. From the relaxation's rates ``x[c, j]``:
 3. Capacity: a node whose new instances exceed its memory or compute moves its smallest pools' streams
    to the node where they cost least and fit (an open pool's headroom first), until it fits.
 4. Spread bound: per model and node class, while the pools run more instances than the class's load
-   needs plus one spare, the smallest pool's streams move into the other open pools of that class.
+   needs at ``rho_max`` plus one spare, a pool running below ``rho_max`` gives up an instance (its load cap
+   is raised, never above ``rho_max``: a tail cap gives way to the bound), else the smallest pool's
+   streams move into the other open pools of that class.
 5. Rejected rate is placed where it fits (headroom first, then a new instance), else stays rejected;
-   float residue left on a pool without instances joins the stream's largest share.
+   float residue left on a pool without instances joins the stream's largest share; step 4 once more.
 
 Every move re-checks the node's budgets, so no step breaks memory, compute or throughput.
 """
@@ -37,6 +39,7 @@ class Pools:
         self.rejected = np.clip(q.rate - self.x.sum(axis=1), 0.0, None) + 0.0 * rejected
         self.onehot = np.eye(len(p.model_names))[p.class_model]
         self.cap = q.cap() * q.mu  # [j, k] requests/s one instance takes under the cap
+        self.shed = 0  # instances taken from pools below rho_max to keep the instance bound (step 4)
 
     def lam(self) -> FloatArray:
         return np.asarray(self.x.T @ self.onehot)
@@ -102,6 +105,7 @@ def repair(q: QueueProblem, x: FloatArray, rejected: FloatArray) -> Pools:
     _bound_spread(pools)
     _place_rejected(pools)
     _sweep_residue(pools)
+    _bound_spread(pools)  # rate placed in step 5 may have opened instances past the bound
     return pools
 
 
@@ -171,14 +175,35 @@ def _bound_spread(pools: Pools) -> None:
             stuck: set[int] = set()
             while True:
                 lam, counts = pools.lam(), pools.counts()
-                need = math.ceil(sum(lam[j, k] / pools.cap[j, k] for j in nodes) - 1e-9)
+                need = math.ceil(sum(lam[j, k] / (q.rho_max * q.mu[j, k]) for j in nodes) - 1e-9)
                 open_j = [j for j in nodes if counts[j, k] > 0 and j not in stuck]
-                if sum(int(counts[j, k]) for j in nodes) <= need + 1 or len(open_j) < 2:
+                if sum(int(counts[j, k]) for j in nodes) <= need + 1:
+                    break
+                if _shed_instance(pools, nodes, k):
+                    continue
+                if len(open_j) < 2:
                     break
                 smallest = min(open_j, key=lambda j: (lam[j, k], j))
                 others = {j for j in range(q.base.n_nodes) if j not in nodes or j == smallest}
                 if not _evacuate(pools, smallest, k, others):
                     stuck.add(smallest)
+
+
+def _shed_instance(pools: Pools, nodes: list[int], k: int) -> bool:
+    """One instance fewer in the pool of ``nodes`` that stays least loaded without it, at most ``rho_max``."""
+    q = pools.q
+    lam, counts = pools.lam(), pools.counts()
+    options = [
+        (float(lam[j, k] / ((counts[j, k] - 1) * q.mu[j, k])), j)
+        for j in nodes
+        if counts[j, k] >= 2 and lam[j, k] <= (counts[j, k] - 1) * q.rho_max * q.mu[j, k] * (1 - 1e-9)
+    ]
+    if not options:
+        return False
+    _, j = min(options)
+    pools.cap[j, k] = max(pools.cap[j, k], float(lam[j, k]) / (counts[j, k] - 1) * (1 + 1e-9))
+    pools.shed += 1
+    return True
 
 
 def _place_rejected(pools: Pools) -> None:

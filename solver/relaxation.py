@@ -61,6 +61,7 @@ class Relaxation:
     columns: int
     value: float  # the LP's objective, rejection penalty included
     rows: int | None = None  # constraint rows of the last LP solved (fast path)
+    guided: bool = False  # fast path: columns chosen by the trusted price estimate
 
 
 def solve_relaxation(problem: Problem, backend: str = "ipopt") -> Relaxation:
@@ -77,7 +78,9 @@ def solve_relaxation(problem: Problem, backend: str = "ipopt") -> Relaxation:
 
         lp = solve_lp(p)
         objective = float((lp.y * p.cost).sum())
-        return Relaxation(lp.y, objective, lp.status, lp.iterations, lp.rounds, lp.columns, lp.value, lp.rows)
+        return Relaxation(
+            lp.y, objective, lp.status, lp.iterations, lp.rounds, lp.columns, lp.value, lp.rows, lp.guided
+        )
     from solver.formulation import build_model  # Pyomo: only for the reference-model backends
 
     columns = _initial_columns(p)

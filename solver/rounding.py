@@ -54,7 +54,7 @@ def round_and_repair(problem: Problem, y: FloatArray) -> tuple[IntArray, IntArra
         rejected[c] = 0
         _place_remaining(p, ledger, counts, rejected, reasons, c, np.zeros(p.n_nodes), cheapest[c])
     for c in np.nonzero(rejected)[0].tolist():
-        while rejected[c] > 0 and _place_by_ejection(p, ledger, counts, c):
+        while rejected[c] > 0 and _place_by_ejection(p, ledger, counts, c, cheapest):
             rejected[c] -= 1
     return counts, rejected, reasons
 
@@ -138,11 +138,14 @@ def _cheaper_fit(p: Problem, ledger: Ledger, order: IntArray, c: int, j: int, k:
     return None
 
 
-def _place_by_ejection(p: Problem, ledger: Ledger, counts: IntArray, c: int) -> bool:
-    """Place one request of class c by moving one other request out of the way; False if impossible."""
+def _place_by_ejection(p: Problem, ledger: Ledger, counts: IntArray, c: int, by_cost: IntArray) -> bool:
+    """Place one request of class c by moving one other request out of the way; False if impossible.
+
+    ``by_cost`` [c, :] is each class's nodes, cheapest first (stable order).
+    """
     k = int(p.class_model[c])
     best: tuple[float, int, int, int, int] | None = None  # (added cost, node, other class, its new node)
-    for j in np.argsort(p.cost[c], kind="stable").tolist():
+    for j in by_cost[c].tolist():
         for other in np.nonzero(counts[:, j])[0].tolist():
             k2 = int(p.class_model[other])
             if k2 == k:
@@ -150,7 +153,7 @@ def _place_by_ejection(p: Problem, ledger: Ledger, counts: IntArray, c: int) -> 
             ledger.remove(j, k2)
             if ledger.fits(j, k):
                 ledger.add(j, k)
-                for t in np.argsort(p.cost[other], kind="stable").tolist():
+                for t in by_cost[other].tolist():
                     if t != j and ledger.fits(t, k2):
                         delta = p.cost[c, j] + p.cost[other, t] - p.cost[other, j]
                         if best is None or delta < best[0]:

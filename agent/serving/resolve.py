@@ -57,15 +57,17 @@ class Unknown:
 Outcome = Ranked | Provisioning | NoCapacity | Unknown
 
 
-async def resolve(agent: NodeAgent, model: str, client: str, reported: Mapping[str, float]) -> Outcome:
-    """Rank the ready endpoints of ``model`` for ``client``; provision here on demand when none exists."""
+async def resolve(
+    agent: NodeAgent, model: str, client: str, reported: Mapping[str, float], live: Mapping[str, int] | None = None
+) -> Outcome:
+    """Rank the ready endpoints of ``model`` for ``client`` (``live``: requests in flight per endpoint URL)."""
     spec = agent.catalogue.current.get(model)
     if spec is None:
         return Unknown(model, tuple(sorted(agent.catalogue.current.models)))
     rtts = agent.client_rtts(client, reported)
     ranked = rank_endpoints(agent.candidates(model), rtts)
     if ranked:
-        return Ranked(tuple(spread_ranked(ranked, agent.last_placement, model, rtts, random.random())))
+        return Ranked(tuple(spread_ranked(ranked, agent.last_placement, model, rtts, random.random(), live)))
     target, reason = agent.provision_decision(spec)
     if target is None:
         return NoCapacity(reason)

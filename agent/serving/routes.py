@@ -31,12 +31,14 @@ from agent.client_ids import CLIENT_INPUT
 from agent.decisions import Choice, best_per_model
 from agent.node import NodeAgent
 from agent.serving import tfrest
+from agent.serving.inflight import InFlight, Token
 from agent.serving.resolve import NoCapacity, Provisioning, Ranked, Unknown
 from agent.serving.upstream import BodyTooLarge, Replay, UpstreamError, UpstreamPool
 
 log = logging.getLogger(__name__)
 
 ERROR_HEADER = "X-Peerserve-Error"
+NODE_HEADER = "X-Peerserve-Node"
 V2_MODEL_PATH = re.compile(
     r"^/v2/models/(?P<model>[^/]+)(?:/versions/(?P<version>[^/]+))?(?P<rest>/ready|/infer|/config|/stats)?$"
 )
@@ -73,9 +75,12 @@ def _as_protocol_error(response: JSONResponse) -> JSONResponse:
     return protocol_error(response.status_code, message, code, int(retry) if retry and retry.isdigit() else None)
 
 
-def _endpoint_json(choice: Choice) -> dict[str, Any]:
+def _endpoint_json(choice: Choice, live: dict[str, int] | None = None) -> dict[str, Any]:
     c = choice.candidate
-    return {"model": c.model, "node": c.node, "url": c.url, "why": choice.why()}
+    out: dict[str, Any] = {"model": c.model, "node": c.node, "url": c.url, "why": choice.why()}
+    if live is not None:
+        out["in_flight"] = live.get(c.url, 0)  # requests this agent's proxy has open there
+    return out
 
 
 def _forward_headers(request: Request) -> list[tuple[str, str]]:
@@ -115,6 +120,7 @@ class ServingRoutes:
         self.client_of = client_of
         self.max_body = max_body
         self.pool = UpstreamPool()
+        self.inflight = InFlight()  # requests this proxy has open per model server (live queue lengths)
 
     def mount(self, app: FastAPI) -> None:
         app.add_api_route("/services", self.services, methods=["GET"], openapi_extra=CLIENT_INPUT)
@@ -144,12 +150,13 @@ class ServingRoutes:
         if isinstance(who, JSONResponse):
             return who
         client, reported = who
-        outcome = await self.agent.resolve(model, client, reported)
+        live = self.inflight.counts(time.monotonic())
+        outcome = await self.agent.resolve(model, client, reported, live)
         if isinstance(outcome, Ranked):
             best = outcome.choices[0]
             self._record(model, client, reported, best.candidate.node, None, 200)
-            alternatives = [_endpoint_json(c) for c in outcome.choices[1:4]]
-            return JSONResponse({**_endpoint_json(best), "alternatives": alternatives})
+            alternatives = [_endpoint_json(c, live) for c in outcome.choices[1:4]]
+            return JSONResponse({**_endpoint_json(best, live), "alternatives": alternatives})
         if isinstance(outcome, Unknown):
             body = {"error": f"unknown model {model!r}: not in the catalogue", "models": list(outcome.known)}
             return JSONResponse(body, status_code=404, headers={ERROR_HEADER: "unknown_model"})
@@ -206,7 +213,7 @@ class ServingRoutes:
         if isinstance(who, JSONResponse):
             return _as_protocol_error(who)
         client, reported = who
-        outcome = await self.agent.resolve(model, client, reported)
+        outcome = await self.agent.resolve(model, client, reported, self.inflight.counts(time.monotonic()))
         if not isinstance(outcome, Ranked):
             return self._outcome_error(outcome, model, protocol, client, reported)
         body = Replay(request.stream(), self.max_body) if _has_body(request) else None
@@ -216,19 +223,26 @@ class ServingRoutes:
             target = choice.candidate
             url = f"{target.url}{upstream_path}" + (f"?{query}" if query else "")
             started = time.perf_counter()
+            token = self.inflight.begin(target.url, time.monotonic())
             try:
                 upstream = await self.pool.request(request.method, url, headers, body)
             except BodyTooLarge as exc:
+                self.inflight.end(token)
                 return protocol_error(413, str(exc), "body_too_large")
             except UpstreamError as exc:
+                self.inflight.end(token)
                 log.warning("proxy to %s (%s) failed: %s", target.url, target.node, exc)
                 if exc.sent and (body is None or not body.replayable):
                     break
                 continue
+            except BaseException:
+                self.inflight.end(token)
+                raise
             if upstream.status >= 400 and not _is_json(upstream.headers):
-                return await self._wrap_error(upstream, model, target.node, client, reported)
-            stream = self._stream(upstream, model, target.node, client, reported, started)
+                return await self._wrap_error(upstream, model, target.node, client, reported, token)
+            stream = self._stream(upstream, model, target.node, client, reported, started, token)
             answer_headers = _response_headers(upstream.headers)
+            answer_headers[NODE_HEADER] = target.node  # which node served it (the load bench adds its RTT)
             length = next((v for k, v in answer_headers.items() if k.lower() == "content-length"), "")
             if length.isdigit() and int(length) <= SMALL_BODY:  # one write; no streaming machinery
                 answer = b"".join([chunk async for chunk in stream])
@@ -238,7 +252,7 @@ class ServingRoutes:
         return protocol_error(502, f"no endpoint of {model} answered", "unreachable")
 
     async def _stream(
-        self, upstream: Any, model: str, node: str, client: str, reported: Any, started: float
+        self, upstream: Any, model: str, node: str, client: str, reported: Any, started: float, token: Token | None
     ) -> AsyncIterator[bytes]:
         complete = False
         try:
@@ -248,13 +262,16 @@ class ServingRoutes:
         except UpstreamError as exc:
             log.warning("model server %s broke off the response: %s", node, exc)
         finally:
+            self.inflight.end(token)
             await upstream.aclose()
             latency = 1000 * (time.perf_counter() - started)
             if complete and upstream.status < 500:
                 self.agent.record_latency(node, model, latency)
             self._record(model, client, reported, node, latency if complete else None, upstream.status)
 
-    async def _wrap_error(self, upstream: Any, model: str, node: str, client: str, reported: Any) -> Response:
+    async def _wrap_error(
+        self, upstream: Any, model: str, node: str, client: str, reported: Any, token: Token | None
+    ) -> Response:
         """A model server's error that is not JSON (a crash page, a proxy's HTML): the protocol's error body."""
         text = b""
         try:
@@ -263,6 +280,7 @@ class ServingRoutes:
         except UpstreamError:
             pass
         finally:
+            self.inflight.end(token)
             await upstream.aclose()
         self._record(model, client, reported, node, None, upstream.status)
         return protocol_error(upstream.status, upstream_error_message(upstream.status, text), "upstream_error")

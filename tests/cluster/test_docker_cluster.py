@@ -29,9 +29,8 @@ def test_node_failure_moves_its_containers_and_a_return_keeps_them(bed: Callable
     b = bed(3)
     for i in range(3):
         b.start_dockerd(i)
-    # the thesis's objective: one stream, one container on its nearest node (no queue-aware spare)
-    start_all(b, "--runtime", "docker", "--placement-mode", "2", "--placement-objective", "thesis",
-              "--placement-period-s", "3")  # fmt: skip
+    # the default (queue-p99) objective: one stream, one container on its nearest node
+    start_all(b, "--runtime", "docker", "--placement-mode", "2", "--placement-period-s", "3")
     leader, _term = settled(b, [0, 1, 2], 30)
     target = next(i for i in range(3) if b.hosts[i].node_id != leader)
     survivors = [i for i in range(3) if i != target]

@@ -73,7 +73,7 @@ def test_queue_p99_snapshot_is_the_queue_snapshot_under_its_own_objective() -> N
 
 
 def test_placement_objective_setting() -> None:
-    assert Settings(node_id="n").placement_objective == "thesis"
+    assert Settings(node_id="n").placement_objective == "queue-p99"
     assert Settings(node_id="n", placement_objective="queue-p99").placement_objective == "queue-p99"
     with pytest.raises(ConfigError, match="placement_objective"):
         Settings(node_id="n", placement_objective="fast")

@@ -35,14 +35,14 @@ def lab(nodes: int = 3, throughput: float = 300.0, spread_ms: float = 20.0) -> S
 
 
 def spread_violations(pools: Pools) -> list[str]:
-    """Per model and node class: instances beyond the class's throughput need plus one spare."""
+    """Per model and node class: instances beyond the class's throughput need (at rho_max) plus one spare."""
     q = pools.q
     lam, counts = pools.lam(), pools.counts()
     out = []
     for k, model in enumerate(q.base.model_names):
         for g in set(q.node_class):
             nodes = [j for j in range(q.base.n_nodes) if q.node_class[j] == g]
-            need = math.ceil(sum(lam[j, k] / pools.cap[j, k] for j in nodes) - 1e-9)
+            need = math.ceil(sum(lam[j, k] / (q.rho_max * q.mu[j, k]) for j in nodes) - 1e-9)
             have = sum(int(counts[j, k]) for j in nodes)
             if have > need + 1:
                 out.append(f"{model} on class {g}: {have} instances > {need} needed + 1")

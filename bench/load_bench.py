@@ -1,0 +1,363 @@
+"""Live load bench (issue 16): a loopback cluster serving the digits model to Poisson clients, placed by the
+queue-aware objective and by the thesis's model in the same run.
+
+For each objective (default: ``queue-p99``, the agent's default, then ``thesis``) the bench starts
+``--nodes`` agents on 127.0.0.2, .3, ... (process runtime, the stand-in server running the real digits
+softmax regression, mDNS bound to loopback, as ``peerserve demo`` does), and ``--clients`` clients at
+``--sites`` sites, each sending Poisson arrivals of one digits image at ``--rate`` requests/s through
+the agent nearest its site. A site reports RTT ``--near-ms`` to its own node and ``--far-ms`` to the
+others (``X-Peerserve-RTT``), so the leader sees a room of phones next to each board.
+
+Phases per objective: warm-up (``--warmup-s``: the leader sees the streams and places; the bench waits
+until the cluster's ready instances match the last plan), then measurement (``--measure-s``). Latency
+of a request = its time through the proxy on loopback (execution, queueing, proxying: real) + the
+simulated RTT from the client's site to the node that served it (``X-Peerserve-Node``): loopback has
+no distance, so the placement's choice of node is charged what the site reported.
+Reported per objective: p50/p99 latency, requests, failures, ready instances, RSS of the model servers
+(MB, from /proc of the PIDs the agents recorded), the last plan's solve time. ``--json`` prints it all;
+``--plot`` writes docs/img/load_bench.png.
+
+Uses the fixed addresses 127.0.0.2.. like the demo: on a shared machine run it under
+``flock /tmp/peerserve-netns.lock``. Everything started is stopped by PID at the end.
+
+    .venv/bin/python bench/load_bench.py [--clients 30 --rate 4 --measure-s 30] [--json] [--plot]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import random
+import secrets
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from agent import digits  # noqa: E402
+from agent.runtime.process import recorded_server_pids  # noqa: E402
+from peerserve.demo import _agreed_leader, _free_port  # noqa: E402
+
+MODEL = "digits"
+SETTLE_MORE_S = 30.0  # warm-up beyond --warmup-s while rounds keep changing the servers (the thesis's plan churns)
+
+
+@dataclass(frozen=True)
+class LoadConfig:
+    """The run's sizes (as on the command line)."""
+
+    nodes: int = 3
+    clients: int = 30
+    sites: int = 3
+    rate: float = 4.0
+    warmup_s: float = 25.0
+    measure_s: float = 30.0
+    near_ms: float = 1.0
+    far_ms: float = 12.0
+    period_s: float = 4.0
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class Result:
+    """One objective's measured run."""
+
+    objective: str
+    p50_ms: float
+    p99_ms: float
+    mean_ms: float
+    requests: int
+    failed: int
+    instances: int
+    instances_per_node: dict[str, int]
+    server_rss_mb: float
+    solve_ms: float | None
+    settle_s: float
+
+
+def say(msg: str, quiet: bool) -> None:
+    if not quiet:
+        print(msg, file=sys.stderr, flush=True)
+
+
+class Cluster:
+    """``nodes`` agents on loopback addresses with one objective; stopped (servers included) on exit."""
+
+    def __init__(self, cfg: LoadConfig, objective: str, workdir: Path) -> None:
+        self.cfg, self.objective, self.workdir = cfg, objective, workdir
+        self.token = secrets.token_hex(16)
+        self.hosts = [f"127.0.0.{2 + i}" for i in range(cfg.nodes)]
+        self.ports = [_free_port(h, 8400) for h in self.hosts]
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def node_id(self, i: int) -> str:
+        return f"node{i}"
+
+    def url(self, i: int) -> str:
+        return f"http://{self.hosts[i]}:{self.ports[i]}"
+
+    def start(self) -> None:
+        for i, host in enumerate(self.hosts):
+            data = self.workdir / self.node_id(i)
+            log = open(self.workdir / f"{self.node_id(i)}.log", "ab")  # noqa: SIM115 - owned by the child
+            argv = [sys.executable, "-m", "peerserve", "agent", "--host", host, "--port", str(self.ports[i]),
+                    "--peer-port", str(_free_port(host, self.ports[i] + 1)), "--node-id", self.node_id(i),
+                    "--data-dir", str(data), "--cluster-token", self.token, "--placement-mode", "2",
+                    "--placement-period-s", str(self.cfg.period_s),
+                    "--placement-objective", self.objective]  # fmt: skip
+            env = {**os.environ, "PEERSERVE_REQUEST_WINDOW_S": str(max(20.0, self.cfg.warmup_s))}
+            proc = subprocess.Popen(
+                argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=REPO, env=env
+            )
+            self.procs.append(proc)
+
+    def wait_leader(self, timeout: float = 60.0) -> str:
+        from peerserve.demo import DemoAgent
+
+        agents = [DemoAgent(i, h, p, self.workdir) for i, (h, p) in enumerate(zip(self.hosts, self.ports, strict=True))]
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = _agreed_leader(agents)
+            if found:
+                return found[0]
+            time.sleep(0.1)
+        raise RuntimeError(f"no leader agreed in {timeout:.0f} s; logs in {self.workdir}")
+
+    def instances(self) -> dict[str, int]:
+        """Ready digits servers per node."""
+        out = {}
+        for i in range(self.cfg.nodes):
+            try:
+                insts = httpx.get(self.url(i) + "/stats/node", timeout=5).json()["instances"]
+            except (httpx.HTTPError, ValueError, KeyError):
+                insts = []
+            out[self.node_id(i)] = sum(1 for x in insts if x.get("model") == MODEL and x.get("ready"))
+        return out
+
+    def last_plan(self) -> dict[str, Any]:
+        for i in range(self.cfg.nodes):
+            with contextlib.suppress(httpx.HTTPError, ValueError):
+                p = httpx.get(self.url(i) + "/cluster", timeout=5).json().get("last_placement")
+                if p:
+                    return dict(p)
+        return {}
+
+    def server_rss_mb(self) -> float:
+        total = 0
+        for i in range(self.cfg.nodes):
+            for pid in recorded_server_pids(self.workdir / self.node_id(i)):
+                with contextlib.suppress(OSError, ValueError):
+                    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                        if line.startswith("VmRSS:"):
+                            total += int(line.split()[1])
+        return total / 1024.0
+
+    def stop(self) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in self.procs:
+            try:
+                p.wait(20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        for i in range(self.cfg.nodes):
+            for pid in recorded_server_pids(self.workdir / self.node_id(i)):
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGTERM)
+
+
+def site_rtts(cfg: LoadConfig, site: int) -> dict[str, float]:
+    near = site % cfg.nodes
+    return {f"node{j}": (cfg.near_ms if j == near else cfg.far_ms) for j in range(cfg.nodes)}
+
+
+async def client(
+    cfg: LoadConfig, cluster: Cluster, c: int, until: float, record: list[tuple[float, float, bool]] | None
+) -> None:
+    """One client: Poisson arrivals until ``until`` (monotonic), each a predict through its site's agent."""
+    rng = random.Random(cfg.seed * 1000 + c)
+    site = c % cfg.sites
+    rtts = site_rtts(cfg, site)
+    headers = {
+        "X-Peerserve-Client": f"c{c}",
+        "X-Peerserve-RTT": ",".join(f"{n}={v}" for n, v in rtts.items()),
+    }
+    image = digits.heldout_set()[0][c % 50]
+    url = cluster.url(site % cfg.nodes) + f"/v1/models/{MODEL}:predict"
+    tasks = set()
+    async with httpx.AsyncClient(timeout=10.0, headers=headers) as http:
+        nxt = time.monotonic() + rng.expovariate(cfg.rate)
+        while nxt < until:
+            await asyncio.sleep(max(0.0, nxt - time.monotonic()))
+            task = asyncio.create_task(_one(http, url, {"instances": [image]}, rtts, record))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+            nxt += rng.expovariate(cfg.rate)
+        if tasks:
+            await asyncio.wait(tasks, timeout=15)
+
+
+async def _one(
+    http: httpx.AsyncClient,
+    url: str,
+    body: dict[str, Any],
+    rtts: dict[str, float],
+    record: list[tuple[float, float, bool]] | None,
+) -> None:
+    started = time.perf_counter()
+    try:
+        r = await http.post(url, json=body)
+        ok = r.status_code == 200
+        node = r.headers.get("x-peerserve-node", "")
+    except httpx.HTTPError:
+        ok, node = False, ""
+    ms = 1000.0 * (time.perf_counter() - started) + rtts.get(node, 0.0)
+    if record is not None:
+        record.append((time.monotonic(), ms, ok))
+
+
+async def drive(cfg: LoadConfig, cluster: Cluster, seconds: float, record: list[Any] | None) -> None:
+    until = time.monotonic() + seconds
+    await asyncio.gather(*(client(cfg, cluster, c, until, record) for c in range(cfg.clients)))
+
+
+async def warm_up(cfg: LoadConfig, cluster: Cluster, quiet: bool) -> float:
+    """Load for at least ``warmup_s`` until a round changed nothing and the ready servers stopped changing."""
+    started = time.monotonic()
+    before: dict[str, int] = {}
+    while True:
+        await drive(cfg, cluster, 5.0, None)
+        elapsed = time.monotonic() - started
+        plan = cluster.last_plan()
+        have = cluster.instances()
+        acts = ", ".join(f"{a['op']} {a['count']} on {a['node']}" for a in plan.get("actions", [])) or "none"
+        say(f"  [{elapsed:5.1f} s] ready servers {have}; last plan's actions: {acts}", quiet)
+        settled = plan and not plan.get("actions") and have == before and sum(have.values()) > 0
+        if elapsed >= cfg.warmup_s and settled:
+            return elapsed
+        before = have
+        if elapsed >= cfg.warmup_s + SETTLE_MORE_S:
+            say(f"  servers still changing {SETTLE_MORE_S:g} s after the warm-up; measuring anyway", quiet)
+            return elapsed
+
+
+def measure(cfg: LoadConfig, objective: str, quiet: bool) -> Result:
+    with tempfile.TemporaryDirectory(prefix=f"load-bench-{objective}-") as tmp:
+        cluster = Cluster(cfg, objective, Path(tmp))
+        try:
+            cluster.start()
+            leader = cluster.wait_leader()
+            say(f"{objective}: {cfg.nodes} agents up, {leader} leads; warming up", quiet)
+            settle = asyncio.run(warm_up(cfg, cluster, quiet))
+            record: list[tuple[float, float, bool]] = []
+            say(f"{objective}: measuring {cfg.measure_s:g} s", quiet)
+            asyncio.run(drive(cfg, cluster, cfg.measure_s, record))
+            per_node = cluster.instances()
+            rss = cluster.server_rss_mb()
+            plan = cluster.last_plan()
+        except BaseException:
+            for log in sorted(Path(tmp).glob("*.log")):
+                say(f"--- {log.name} (last lines)\n" + "\n".join(log.read_text().splitlines()[-15:]), quiet)
+            raise
+        finally:
+            cluster.stop()
+    ok = np.array([ms for _, ms, good in record if good])
+    pct = np.percentile(ok, [50, 99]) if len(ok) else np.array([np.nan, np.nan])
+    return Result(
+        objective,
+        round(float(pct[0]), 3),
+        round(float(pct[1]), 3),
+        round(float(ok.mean()), 3) if len(ok) else float("nan"),
+        len(record),
+        sum(1 for _, _, good in record if not good),
+        sum(per_node.values()),
+        per_node,
+        round(rss, 1),
+        plan.get("solve_ms"),
+        round(settle, 1),
+    )
+
+
+def plot(results: list[Result], path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [r.objective for r in results]
+    x = np.arange(len(names))
+    fig, (lat, inst, mem) = plt.subplots(1, 3, figsize=(12, 4))
+    lat.bar(x - 0.2, [r.p50_ms for r in results], 0.4, label="p50")
+    lat.bar(x + 0.2, [r.p99_ms for r in results], 0.4, label="p99")
+    lat.set_ylabel("latency (ms): loopback proxy time + site RTT")
+    lat.legend()
+    inst.bar(x, [r.instances for r in results])
+    inst.set_ylabel("model servers running")
+    mem.bar(x, [r.server_rss_mb for r in results])
+    mem.set_ylabel("model servers' RSS (MB)")
+    for ax in (lat, inst, mem):
+        ax.set_xticks(x, names)
+    fig.suptitle("bench/load_bench.py: digits on a 3-agent loopback cluster, Poisson clients")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    d = LoadConfig()
+    ap.add_argument("--objectives", default="queue-p99,thesis", help="comma list, measured in this order")
+    ap.add_argument("--nodes", type=int, default=d.nodes, help=f"agents (default {d.nodes})")
+    ap.add_argument("--clients", type=int, default=d.clients, help=f"clients (default {d.clients})")
+    ap.add_argument("--sites", type=int, default=d.sites, help=f"client sites (default {d.sites})")
+    ap.add_argument("--rate", type=float, default=d.rate, help=f"requests/s per client, Poisson (default {d.rate})")
+    ap.add_argument("--warmup-s", type=float, default=d.warmup_s, help=f"warm-up at least (default {d.warmup_s})")
+    ap.add_argument("--measure-s", type=float, default=d.measure_s, help=f"measurement (default {d.measure_s})")
+    ap.add_argument("--near-ms", type=float, default=d.near_ms, help="RTT a site reports to its own node")
+    ap.add_argument("--far-ms", type=float, default=d.far_ms, help="RTT a site reports to the other nodes")
+    ap.add_argument("--seed", type=int, default=d.seed)
+    ap.add_argument("--json", action="store_true", help="print the results as JSON on stdout")
+    ap.add_argument("--plot", nargs="?", const=str(REPO / "docs/img/load_bench.png"), default=None,
+                    help="write the plot (default path docs/img/load_bench.png)")  # fmt: skip
+    ap.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    args = ap.parse_args(argv)
+    if min(args.nodes, args.clients, args.sites) < 1 or args.rate <= 0 or args.nodes > 200:
+        ap.error("nodes (1-200), clients and sites must be at least 1 and the rate positive")
+    cfg = LoadConfig(args.nodes, args.clients, args.sites, args.rate, args.warmup_s, args.measure_s,
+                     args.near_ms, args.far_ms, d.period_s, args.seed)  # fmt: skip
+    results = [measure(cfg, o.strip(), args.quiet) for o in args.objectives.split(",") if o.strip()]
+    if args.plot:
+        say(f"plot: {plot(results, Path(args.plot))}", args.quiet)
+    if args.json:
+        print(json.dumps({"config": asdict(cfg), "results": [asdict(r) for r in results]}, indent=1))
+        return 0
+    print(f"{cfg.clients} clients at {cfg.sites} sites, {cfg.rate:g} req/s each (Poisson), {cfg.nodes} agents, "
+          f"digits; latency = loopback proxy time + site RTT ({cfg.near_ms:g} / {cfg.far_ms:g} ms)")  # fmt: skip
+    print(f"{'objective':<11}{'p50 ms':>8}{'p99 ms':>8}{'requests':>9}{'failed':>7}{'servers':>8}{'RSS MB':>8}"
+          f"{'solve ms':>9}")  # fmt: skip
+    for r in results:
+        solve = f"{r.solve_ms:.1f}" if r.solve_ms is not None else "-"
+        print(f"{r.objective:<11}{r.p50_ms:>8.2f}{r.p99_ms:>8.2f}{r.requests:>9}{r.failed:>7}{r.instances:>8}"
+              f"{r.server_rss_mb:>8.0f}{solve:>9}")  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

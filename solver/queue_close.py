@@ -1,0 +1,137 @@
+"""Pool closing for the queue-aware placement: whole instances the relaxation opened but the plan does not need.
+
+The relaxation prices an instance by its fractional count, so a pool that carries a sliver of a stream
+(one tiny stream split 0.99999 / 0.00001 by Ipopt) costs it almost nothing, yet rounding opens a whole
+instance there. After repair, on the integer placement:
+
+1. Close: a pool whose streams all fit into the model's other open pools (every budget and the spread
+   bound kept) is emptied there when the integer objective does not rise.
+2. Move: a pool whose streams, moved whole to one of the ``MOVE_CANDIDATES`` nodes cheapest for them,
+   fit there and lower the integer objective, is moved.
+
+The integer objective is the relaxation's at whole instance counts (request-ms per second): RTT +
+execution per request, the M/M/1 wait of every open pool, ``instance_cost`` per new instance and the
+rejection penalty. Every step lowers it or closes a pool without raising it, so the passes end.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import numpy as np
+
+from solver.queue_repair import TINY, Pools, _evacuate
+
+log = logging.getLogger(__name__)
+
+MOVE_CANDIDATES = 3  # nodes a whole pool may move to (cheapest for its streams first)
+
+
+def integer_objective(pools: Pools) -> float:
+    """The relaxation's objective at the placement's whole instance counts (request-ms per second)."""
+    q, p = pools.q, pools.q.base
+    lam, counts = pools.lam(), pools.counts()
+    total = float((pools.x * p.cost).sum()) + q.penalty() * float(pools.rejected.sum())
+    total += q.instance_cost * float(np.maximum(counts - p.free, 0).sum())
+    open_ = counts > 0
+    n = np.where(open_, counts, 1).astype(float)
+    t = np.minimum(lam / n, q.rho_max * q.mu)  # pools stay within their cap; clip guards float residue
+    wait = np.where(open_, lam * (1000.0 / (q.mu - t) - q.service_ms), 0.0)
+    return total + float(wait.sum())
+
+
+def spread_excess(pools: Pools, k: int) -> bool:
+    """Whether model k runs more instances in some node class than its need at ``rho_max`` plus one spare."""
+    q = pools.q
+    lam, counts = pools.lam(), pools.counts()
+    for g in set(q.node_class):
+        nodes = [j for j in range(q.base.n_nodes) if q.node_class[j] == g]
+        need = math.ceil(sum(lam[j, k] / (q.rho_max * q.mu[j, k]) for j in nodes) - 1e-9)
+        if sum(int(counts[j, k]) for j in nodes) > need + 1:
+            return True
+    return False
+
+
+def close_pools(pools: Pools) -> int:
+    """Steps 1 and 2 of the module docstring until neither applies; returns how many pools closed or moved."""
+    steps = 0
+    for _ in range(4 * pools.counts().size + 1):  # each step closes a pool or strictly lowers the objective
+        if not (_close_one(pools) or _move_one(pools)):
+            break
+        steps += 1
+    return steps
+
+
+def closable(pools: Pools) -> list[tuple[int, int]]:
+    """Open pools that step 1 would close now (empty after ``close_pools``: the invariant tests check)."""
+    out = []
+    for j, k in _open_pools(pools):
+        saved = pools.x.copy()
+        if _try_close(pools, j, k, integer_objective(pools)):
+            out.append((j, k))
+        pools.x = saved
+    return out
+
+
+def _open_pools(pools: Pools) -> list[tuple[int, int]]:
+    """Pools with traffic, smallest rate first."""
+    lam = pools.lam()
+    return sorted(((int(j), int(k)) for j, k in zip(*np.nonzero(lam > TINY), strict=True)), key=lambda jk: lam[jk])
+
+
+def _try_close(pools: Pools, j: int, k: int, before: float) -> bool:
+    """Empty pool (j, k) into the other open pools; keeps the move (True) if it fits and does not cost more."""
+    saved = pools.x.copy()
+    if not _evacuate(pools, j, k, set()):
+        return False
+    ok = pools.lam()[j, k] <= TINY and not pools.over_budget(pools.counts()) and not spread_excess(pools, k)
+    if ok and integer_objective(pools) <= before + 1e-9 * max(1.0, abs(before)):
+        return True
+    pools.x = saved
+    return False
+
+
+def _worth_trying(pools: Pools, j: int, k: int) -> bool:
+    """Whether closing pool (j, k) could pay: the least extra RTT + execution of moving its streams to the
+    model's other open pools is at most what the pool costs (its new instances and its wait)."""
+    q, p = pools.q, pools.q.base
+    counts, lam = pools.counts(), pools.lam()
+    others = [o for o in np.nonzero(counts[:, k] > 0)[0].tolist() if o != j]
+    if not others or counts[j, k] == 0:
+        return False
+    members = np.nonzero((p.class_model == k) & (pools.x[:, j] > 0))[0]
+    extra = float(pools.x[members, j] @ (p.cost[members][:, others].min(axis=1) - p.cost[members, j]))
+    n = float(counts[j, k])
+    t = min(float(lam[j, k]) / n, q.rho_max * float(q.mu[j, k]))
+    wait = float(lam[j, k]) * (1000.0 / (float(q.mu[j, k]) - t) - float(q.service_ms[j, k]))
+    saves = q.instance_cost * max(n - float(p.free[j, k]), 0.0) + wait
+    return extra <= saves + 1e-9 * max(1.0, saves)
+
+
+def _close_one(pools: Pools) -> bool:
+    before = integer_objective(pools)
+    for j, k in _open_pools(pools):
+        if _worth_trying(pools, j, k) and _try_close(pools, j, k, before):
+            log.debug("closed pool %s/%s", pools.q.base.node_ids[j], pools.q.base.model_names[k])
+            return True
+    return False
+
+
+def _move_one(pools: Pools) -> bool:
+    """Move one whole pool to a node where its streams cost less in all (step 2)."""
+    p = pools.q.base
+    before = integer_objective(pools)
+    for j, k in _open_pools(pools):
+        members = np.nonzero((p.class_model == k) & (pools.x[:, j] > 0))[0]
+        weights = pools.x[members, j]
+        order = np.argsort(weights @ p.cost[members], kind="stable").tolist()
+        for dst in [d for d in order if d != j][:MOVE_CANDIDATES]:
+            saved = pools.x.copy()
+            pools.x[members, dst] += weights
+            pools.x[members, j] = 0.0
+            fits = not pools.over_budget(pools.counts()) and not spread_excess(pools, k)
+            if fits and integer_objective(pools) < before - 1e-9 * max(1.0, abs(before)):
+                return True
+            pools.x = saved
+    return False

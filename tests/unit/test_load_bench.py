@@ -1,0 +1,32 @@
+"""bench/load_bench.py's pure parts: the sites' RTT reports, argument checks and the plot (the live run
+itself starts a cluster: it is a bench, run by hand under the netns lock)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bench.load_bench import LoadConfig, Result, main, plot, site_rtts
+
+
+def test_each_site_is_near_its_own_node_and_far_from_the_others() -> None:
+    cfg = LoadConfig(nodes=3, sites=4, near_ms=1.0, far_ms=12.0)
+    assert site_rtts(cfg, 0) == {"node0": 1.0, "node1": 12.0, "node2": 12.0}
+    assert site_rtts(cfg, 3) == site_rtts(cfg, 0)  # four sites on three nodes: the fourth shares node0
+
+
+@pytest.mark.parametrize("bad", [["--clients", "0"], ["--rate", "0"], ["--nodes", "500"]])
+def test_bad_sizes_are_refused_before_anything_starts(bad: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(bad)
+    assert exc.value.code == 2 and "at least 1" in capsys.readouterr().err
+
+
+def test_the_plot_is_written(tmp_path: Path) -> None:
+    results = [
+        Result("queue-p99", 15.8, 290.0, 28.0, 3491, 0, 2, {"node0": 0, "node1": 1}, 48.3, 17.1, 25.6),
+        Result("thesis", 17.4, 295.0, 29.5, 3497, 0, 26, {"node0": 9, "node1": 9}, 610.1, 18.9, 87.3),
+    ]
+    out = plot(results, tmp_path / "img" / "load.png")
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 10_000
