@@ -87,8 +87,8 @@ def _agreed_leader(agents: list[DemoAgent]) -> tuple[str, int] | None:
     def alive(view: dict[str, Any]) -> int:
         return sum(1 for m in view.get("members", []) if m.get("status") == "alive")
 
-    if leader is None or not all(alive(v) == len(agents) for v in views):
-        return None
+    if leader not in {a.node_id for a in agents} or not all(alive(v) == len(agents) for v in views):
+        return None  # a killed leader stays the leader its followers accept while they only suspect it
     return str(leader), int(term or 0)
 
 
