@@ -38,7 +38,8 @@ def test_agents_discover_each_other_and_answer_for_the_cluster(agents: Any) -> N
     killed = time.monotonic()
     b.stop(signal.SIGKILL)
     gone = wait_for(lambda: statuses(a).get("b") != "alive" and statuses(c).get("b") != "alive", 3)
-    assert a.get("/services").json() == [] and c.get("/services").json() == []
+    # b is out of every answer; the leader re-places its stream at once, so a or c may already serve it
+    assert all(s["node"] != "b" for x in (a, c) for s in x.get("/services").json())
     dead = wait_for(lambda: statuses(a).get("b") == "dead" and statuses(c).get("b") == "dead", 3)
     print(f"kill -9: out of /services in {gone:.2f} s, dead everywhere {time.monotonic() - killed:.2f} s after")
     assert dead < 3
