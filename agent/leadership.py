@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -60,7 +60,11 @@ def decode(data: Any) -> Message:
 
 
 class Leadership:
-    def __init__(self, agent: NodeAgent, monotonic: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, agent: NodeAgent, monotonic: Callable[[], float] = time.monotonic, known: Collection[str] = ()
+    ) -> None:
+        """``known``: the peers this node knew before it (re)started (agent/known_peers.py): the first election
+        does not wait out a full timeout once they are all back and none leads."""
         self.agent = agent
         self.monotonic = monotonic  # the election's clock; wall time (request records, rounds) is agent.clock
         s = agent.settings
@@ -69,7 +73,8 @@ class Leadership:
         term, vote = agent.store.election_state()
         if agent.store.highest_term() > term:  # a leader's command told us of a newer term: we hold no vote in it
             term, vote = agent.store.highest_term(), None
-        self.machine = Election(s.node_id, self.priority, config, now=monotonic(), term=term, vote=vote)
+        self.machine = Election(s.node_id, self.priority, config, now=monotonic(), term=term, vote=vote,
+                                known=frozenset(known))  # fmt: skip
         self.rounds = lr.LeaderRound(
             s.node_id, lr.RoundConfig(period_s=s.placement_period_s, window_s=s.request_window_s)
         )

@@ -18,6 +18,7 @@ from typing import Any
 
 import httpx
 
+from agent import known_peers
 from agent.catalogue import CatalogueWatcher, ModelSpec
 from agent.decisions import (
     Candidate,
@@ -153,6 +154,7 @@ class NodeAgent:
         self._client_rtts: dict[str, tuple[float, dict[str, float]]] = {}  # client -> (loaded at, rtts)
         self.telemetry = Telemetry(self, enabled=settings.metrics)
         self.provision_requests = ProvisionRequests()
+        self.known_peers = known_peers.load(Path(settings.data_dir))
 
     # -- lifecycle -----------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -169,8 +171,12 @@ class NodeAgent:
                                           self.settings.peer_listen_port)  # fmt: skip
             await self.peer_server.start()
         if self.discovery is not None:
+            for peer in self.known_peers:  # heartbeat the peers of the last run at once (a hint, as mDNS is)
+                self.discovery.heard_from(peer.node_id, peer.peer_url)
             await self.discovery.start()
-            self.leadership = Leadership(self)
+            if not self.known_peers:  # it knows nobody: its peers come over mDNS, so listen once its name is out
+                await self.discovery.mdns_ready.wait()
+            self.leadership = Leadership(self, known=[p.node_id for p in self.known_peers])
             await self.leadership.start()
         self._wake.set()  # the first full reconcile runs now, in the background, after the listeners are up
         self._tasks = [
@@ -227,6 +233,11 @@ class NodeAgent:
     def _membership_changed(self) -> None:
         if self.leadership is not None:
             self.leadership.membership_changed()
+        alive = [(m.node_id, m.peer_url) for m in self.peers.members() if m.status == "alive" and m.peer_url]
+        known = {(p.node_id, p.peer_url) for p in self.known_peers}
+        if not set(alive) <= known:  # saved when a peer is new or moved, not on every status change
+            self.known_peers = known_peers.merge(self.known_peers, alive, self.clock())
+            known_peers.save(Path(self.settings.data_dir), self.known_peers)
 
     def peer_state(self) -> PeerState:
         """This node as peers see it (GET /peer/state: admission and resource state; also the TXT's source)."""

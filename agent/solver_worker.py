@@ -61,7 +61,7 @@ class SolverWorker:
             return
         # PR_SET_PDEATHSIG fires when the spawning *thread* exits, so spawn from the long-lived loop thread.
         self._proc = subprocess.Popen(
-            [sys.executable, "-m", "agent.solver_worker", "--warm-up", self.method],
+            [sys.executable, "-m", "agent.solver_worker", "--warm-up", self.method, "--parent", str(os.getpid())],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             close_fds=True,
@@ -184,11 +184,13 @@ def warm_up(method: str) -> None:
     gc.freeze()  # the imported heap is long-lived: later collections need not scan it
 
 
-def _die_with_parent() -> None:
+def _die_with_parent(parent: int | None) -> None:
+    """SIGKILL when the agent dies; exit now if it died already (we were reparented: to init, or to a
+    subreaper such as a container's init or a test runner, so the check is against the agent's PID)."""
     pr_set_pdeathsig = 1
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
-    if os.getppid() == 1:  # the agent died before we got here
+    if os.getppid() == 1 or (parent is not None and os.getppid() != parent):  # the agent died before we got here
         os._exit(0)
 
 
@@ -214,8 +216,9 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m agent.solver_worker``."""
     ap = argparse.ArgumentParser(description="The leader's placement solver process (JSON lines on stdin/stdout).")
     ap.add_argument("--warm-up", metavar="METHOD", default="ipopt", help="solver method to warm up (default ipopt)")
+    ap.add_argument("--parent", type=int, default=None, help="the agent's PID: exit at once if it is gone")
     args = ap.parse_args(argv)
-    _die_with_parent()
+    _die_with_parent(args.parent)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C on the agent's terminal is the agent's to handle
     replies = _protocol_stdout()
     from solver.fastlp import tune_allocator

@@ -11,9 +11,7 @@ import argparse
 import asyncio
 import json
 import os
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -30,6 +28,7 @@ sys.path.insert(0, str(REPO))
 
 from agent.catalogue import builtin_catalogue_text, parse_catalogue  # noqa: E402
 from agent.runtime.base import probe_available  # noqa: E402
+from bench.common import served  # noqa: E402
 from tests.peer_tools import TestPeer  # noqa: E402
 from tests.service.conftest import TOKEN, free_port  # noqa: E402
 
@@ -44,25 +43,8 @@ THESIS = {
 @contextmanager
 def process(args: list[str], port: int, env: dict[str, str] | None = None) -> Iterator[str]:
     url = f"http://127.0.0.1:{port}"
-    proc = subprocess.Popen(
-        args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, **(env or {})}
-    )
-    try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                httpx.get(url + "/health", timeout=1)
-                break
-            except httpx.HTTPError:
-                time.sleep(0.1)
+    with served(args, url + "/health", env):
         yield url
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 PEER_PORTS: dict[int, int] = {}

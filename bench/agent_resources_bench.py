@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -33,6 +32,7 @@ import psutil
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from peerserve.agent_procs import stop  # noqa: E402
 from tests.service.conftest import TOKEN, free_port  # noqa: E402
 
 
@@ -50,12 +50,7 @@ def agent(repo: Path, name: str, port: int, seed_port: int, data: Path) -> Itera
         wait(lambda: cluster(port).get("leader") is not None, 30)
         yield psutil.Process(proc.pid)
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc)
 
 
 def cluster(port: int) -> dict[str, Any]:

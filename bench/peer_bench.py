@@ -13,10 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -32,6 +29,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from agent.identity import Identity  # noqa: E402
+from bench.common import served  # noqa: E402
 from tests.peer_tools import TestPeer  # noqa: E402
 from tests.service.conftest import TOKEN, free_port  # noqa: E402
 
@@ -61,23 +59,9 @@ def agent(tmp: Path, name: str, token: bool, *extra: str) -> Iterator[tuple[str,
             *extra]  # fmt: skip
     if token:
         args += ["--cluster-token", TOKEN]
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=dict(os.environ))
     url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                httpx.get(url + "/health", timeout=1)
-                break
-            except httpx.HTTPError:
-                time.sleep(0.1)
+    with served(args, url + "/health"):
         yield url, f"https://127.0.0.1:{peer_port}"
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
 
 
 def bench_crypto(n: int) -> dict[str, float]:
@@ -102,22 +86,11 @@ def plain_server(payload: bytes, tmp: Path) -> Iterator[str]:
     """The unauthenticated heartbeat: the same answer bytes from bare FastAPI + uvicorn on plain HTTP."""
     (tmp / "payload.json").write_bytes(payload)
     port = free_port()
-    env = {**os.environ, "PEERSERVE_BENCH_PAYLOAD": str(tmp / "payload.json")}
-    proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "bench.plain_state:app", "--port", str(port),
-                             "--log-level", "warning"], env=env, cwd=REPO)  # fmt: skip
+    env = {"PEERSERVE_BENCH_PAYLOAD": str(tmp / "payload.json")}
+    argv = [sys.executable, "-m", "uvicorn", "bench.plain_state:app", "--port", str(port), "--log-level", "warning"]
     url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                httpx.get(url + "/peer/state", timeout=1)
-                break
-            except httpx.HTTPError:
-                time.sleep(0.1)
+    with served(argv, url + "/peer/state", env=env, cwd=REPO):
         yield url
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(20)
 
 
 def bench_heartbeat(tmp: Path, n: int) -> dict[str, float]:

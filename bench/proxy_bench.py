@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import statistics
 import subprocess
 import sys
@@ -26,6 +25,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from agent import digits  # noqa: E402
+from peerserve.agent_procs import stop  # noqa: E402
 from tests.service.conftest import free_port  # noqa: E402
 
 
@@ -97,12 +97,7 @@ def run(n: int, rows: int) -> dict[str, Any]:
                                  "ratio_p99": round(a["p99_ms"] / d["p99_ms"], 2)}  # fmt: skip
                 return out
         finally:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop(proc, timeout=30)
 
 
 def main() -> int:

@@ -14,6 +14,10 @@ Algorithm: leases with terms and votes over the *discovered* members (see docs/e
 * Two leaders that hear each other (after a partition heals) resolve at once: the higher term wins; on
   equal terms the higher priority wins and takes a new term, so the loser's commands are fenced (agents
   reject a term lower than the highest they have seen).
+* A restarted node listens for a leader for an election timeout before it may stand, unless it was told
+  whom to expect (``known``: the peers it knew before the restart): once every one of them is alive in its
+  view again and none has announced itself as leader for two heartbeats, there is no leader to wait for
+  and the listen period ends (after a power cut the cluster elects in about two heartbeats, not a timeout).
 * Persist before you send: whenever the term or this node's vote in it changes, ``step`` returns a
   ``Persist(term, vote)`` first; the shell must make it durable (fsync) before it carries out any later
   action, and a restarted node is built from exactly what was persisted (``Election(term=, vote=)``).
@@ -142,7 +146,7 @@ class Election:
 
     def __init__(
         self, node_id: str, priority: Priority, config: ElectionConfig, now: float, term: int = 0,
-        vote: str | None = None,
+        vote: str | None = None, known: frozenset[str] = frozenset(),
     ) -> None:  # fmt: skip
         self.node_id = node_id
         self.priority = priority
@@ -159,6 +163,8 @@ class Election:
         self._waiting_since: float | None = None
         self._skipped: set[str] = set()
         self._lost_leader: str | None = None  # the leader whose lease ran out, if any
+        self._expected = known - {node_id}  # peers expected back after a restart; emptied once a leader is known
+        self._back_since: float | None = None  # when every expected peer was last seen alive again
 
     # -- queries ---------------------------------------------------------------------------------
     @property
@@ -213,9 +219,19 @@ class Election:
             self._waiting_since = None
             self._skipped.clear()
             return []
-        if self.leader is None and now < self.lease_until:
+        if self.leader is None and now < self.lease_until and not self._all_back(now):
             return []  # listening for a leader (after start, or after standing down)
+        self._expected = frozenset()  # the first listen is over: from now on the usual timeouts
         return self._consider_standing(now)
+
+    def _all_back(self, now: float) -> bool:
+        """Every expected peer has been alive in the view for two heartbeats and none announced a leader."""
+        if not self._expected or not self._expected <= self.alive.keys():
+            self._back_since = None
+            return False
+        if self._back_since is None:
+            self._back_since = now
+        return now - self._back_since >= 2 * self.config.heartbeat_s
 
     def _consider_standing(self, now: float) -> list[Action]:
         if self.leader is not None:
@@ -279,6 +295,7 @@ class Election:
             self._waiting_since = None
             self._skipped.clear()
             self._lost_leader = None
+            self._expected = frozenset()
         else:
             self.lease_until = now + self.config.election_timeout_s  # listen before standing again
             self._waiting_since = None

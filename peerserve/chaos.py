@@ -536,6 +536,9 @@ def register(commands: Any) -> None:
     p.add_argument("--duration", type=float, default=90.0, help="seconds of faults (default 90)")
     p.add_argument("--seed", type=int, default=1, help="seed of the fault schedule (default 1): same seed, same faults")
     p.add_argument("--json", action="store_true", help="stdout is exactly one JSON object; progress goes to stderr")
+    p.add_argument("--keep", metavar="DIR", type=Path, default=None,
+                   help="keep the agents' data directories and logs in DIR (made if missing) to read after the run; "
+                        "default: a temporary directory, removed at the end")  # fmt: skip
     p.set_defaults(handler=cmd_chaos)
 
 
@@ -553,10 +556,16 @@ def cmd_chaos(args: argparse.Namespace) -> int:
         return 2
 
     def say(message: str) -> None:
-        print(message, file=sys.stderr, flush=True)
+        stamp = time.strftime("%H:%M:%S", time.localtime()) + f".{int(time.time() * 1000) % 1000:03d}"
+        print(f"{stamp} {message}", file=sys.stderr, flush=True)
 
-    with tempfile.TemporaryDirectory(prefix="peerserve-chaos-") as tmp:
-        bed = TestBed(args.nodes, Path(tmp))
+    with contextlib.ExitStack() as stack:
+        if args.keep is not None:
+            args.keep.mkdir(parents=True, exist_ok=True)
+            workdir = args.keep
+        else:
+            workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="peerserve-chaos-")))
+        bed = TestBed(args.nodes, workdir)
         soak = Soak(bed, args.duration, args.seed, say)
         try:
             bed.up()

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import secrets
 import signal
 import socket
@@ -27,6 +26,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+
+from peerserve import agent_procs
 
 SITES = [("half_plus_two", [1.0, 2.0, 5.0]), ("half_plus_three", [1.0]), ("xor_mlp", [[0, 1], [1, 1]])]
 
@@ -86,8 +87,8 @@ def _agreed_leader(agents: list[DemoAgent]) -> tuple[str, int] | None:
     def alive(view: dict[str, Any]) -> int:
         return sum(1 for m in view.get("members", []) if m.get("status") == "alive")
 
-    if leader is None or not all(alive(v) == len(agents) for v in views):
-        return None
+    if leader not in {a.node_id for a in agents} or not all(alive(v) == len(agents) for v in views):
+        return None  # a killed leader stays the leader its followers accept while they only suspect it
     return str(leader), int(term or 0)
 
 
@@ -109,14 +110,11 @@ class Demo:
     # -- agents ----------------------------------------------------------------------------------
     def start_agents(self) -> None:
         for a in self.agents:
-            log = open(self.workdir / f"{a.node_id}.log", "ab")  # noqa: SIM115 - owned by the child
-            a.proc = subprocess.Popen(
-                [sys.executable, "-m", "peerserve", "agent", "--host", a.host, "--port", str(a.port),
-                 "--peer-port", str(_free_port(a.host, a.port + 1)), "--node-id", a.node_id,
-                 "--data-dir", str(a.data_dir), "--cluster-token", self.token,
-                 "--placement-period-s", str(self.period), "--placement-mode", "auto", "--log-level", "info"],
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            argv = agent_procs.agent_argv(
+                a.node_id, a.host, a.port, a.data_dir, self.token, "--placement-period-s", str(self.period),
+                "--placement-mode", "auto", "--log-level", "info", peer_port=_free_port(a.host, a.port + 1),
             )  # fmt: skip
+            a.proc = agent_procs.spawn(argv, self.workdir / f"{a.node_id}.log")
             self.say(f"started {a.node_id} at {a.url} (pid {a.proc.pid})")
 
     def wait_for_leader(self, agents: list[DemoAgent], timeout: float = 60.0) -> tuple[str, int]:
@@ -129,25 +127,13 @@ class Demo:
         raise RuntimeError("the agents did not agree on a leader; see the logs in " + str(self.workdir))
 
     def shutdown(self) -> None:
+        """Stop every agent (SIGTERM, all at once), then the model servers of those we killed, by PID."""
         for a in self.agents:
             if a.proc is not None and a.proc.poll() is None:
                 a.proc.send_signal(signal.SIGTERM)
         for a in self.agents:
-            if a.proc is not None:
-                try:
-                    a.proc.wait(20)
-                except subprocess.TimeoutExpired:
-                    a.proc.kill()
-                    a.proc.wait()
-            self._kill_servers(a)
-
-    def _kill_servers(self, a: DemoAgent) -> None:
-        """Model servers of an agent we killed: they are ours (started by our agent), stop them by PID."""
-        from agent.runtime.process import recorded_server_pids
-
-        for pid in recorded_server_pids(a.data_dir):
-            with contextlib.suppress(OSError):
-                os.kill(pid, signal.SIGTERM)
+            agent_procs.stop(a.proc)
+            agent_procs.kill_servers(a.data_dir, signal.SIGTERM)
 
     # -- workload --------------------------------------------------------------------------------
     def client_loop(self, site: int) -> None:

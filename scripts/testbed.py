@@ -36,7 +36,7 @@ CLONE_NEWNET = 0x40000000
 TOKEN = "testbed-cluster-token-0123456789"
 T = TypeVar("T")
 
-from agent.runtime.process import recorded_server_pids  # noqa: E402 - after the constants it documents
+from peerserve.agent_procs import agent_argv, kill_servers, spawn, stop  # noqa: E402 - after the constants
 
 
 def node_ip(i: int) -> str:
@@ -165,13 +165,8 @@ class TestBed:
         host.args = list(args) or host.args
         host.data_dir = self.workdir / host.node_id
         host.log = self.workdir / f"{host.node_id}.log"
-        out = open(host.log, "ab")  # noqa: SIM115 - handed to the child
-        host.proc = subprocess.Popen(
-            ["ip", "netns", "exec", host.netns, sys.executable, "-m", "peerserve", "agent",
-             "--host", host.ip, "--port", "8400", "--node-id", host.node_id, "--data-dir", str(host.data_dir),
-             "--cluster-token", TOKEN, "--interface", host.ip, *host.args],
-            stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}, start_new_session=True,
-        )  # fmt: skip
+        argv = agent_argv(host.node_id, host.ip, 8400, host.data_dir, TOKEN, "--interface", host.ip, *host.args)
+        host.proc = spawn(["ip", "netns", "exec", host.netns, *argv], host.log, env, new_session=True)
         return host
 
     def wait_healthy(self, i: int, timeout: float = 30.0) -> None:
@@ -188,14 +183,7 @@ class TestBed:
 
     def kill(self, i: int, sig: int = signal.SIGKILL) -> None:
         """Signal agent i (the `ip netns exec` process execs into python, so the PID is the agent's)."""
-        proc = self.hosts[i].proc
-        if proc is not None and proc.poll() is None:
-            proc.send_signal(sig)
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop(self.hosts[i].proc, sig)
 
     # -- faults --------------------------------------------------------------------------------------
     def pause(self, i: int) -> None:
@@ -215,9 +203,7 @@ class TestBed:
             proc = host.proc
             if proc is not None and proc.poll() is None:
                 proc.kill()
-            for pid in recorded_server_pids(host.data_dir):
-                with contextlib.suppress(OSError):
-                    os.kill(pid, signal.SIGKILL)
+            kill_servers(host.data_dir)
         for host in self.hosts:
             if host.proc is not None:
                 host.proc.wait()
@@ -281,9 +267,7 @@ class TestBed:
             worker.close()
         for host in self.hosts:
             self.kill(host.index, signal.SIGKILL)
-            for pid in recorded_server_pids(host.data_dir):
-                with contextlib.suppress(OSError):
-                    os.kill(pid, signal.SIGKILL)
+            kill_servers(host.data_dir)
         for ctx in reversed(self._dockerds):
             with contextlib.suppress(Exception):
                 ctx.__exit__(None, None, None)

@@ -1,4 +1,5 @@
-"""Session-wide fixtures: a private Docker Engine for the tests that exercise containers."""
+"""Session-wide fixtures: a private Docker Engine for the tests that exercise containers, and the leak guard
+(tests/child_guard.py: a test that leaves a child process running fails, and the child is reaped)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import pytest
 from hypothesis import settings
 
 from scripts.dockerd import DockerUnavailable, PrivateDockerd, available, private_dockerd
+from tests.child_guard import pytest_configure  # noqa: F401 - registers the leak guard for every test
 
 # CI runs the property tests on a fixed sequence of examples, so a submission's verdict is reproducible;
 # anywhere else hypothesis explores new examples every run (and stores any failure it finds).

@@ -104,6 +104,7 @@ class Discovery:
         self._members: list[Member] = []
         self._background: set[asyncio.Task[Any]] = set()
         self._said: set[str] = set()
+        self.mdns_ready = asyncio.Event()  # set once our name is registered over mDNS (or cannot be, or no mDNS)
 
     # -- PeerTable -----------------------------------------------------------------------------------
     def members(self) -> list[Member]:
@@ -128,11 +129,11 @@ class Discovery:
 
     # -- lifecycle -----------------------------------------------------------------------------------
     async def start(self) -> None:
-        if self.use_mdns:
-            await self._start_mdns()
         self._tasks = [asyncio.create_task(self.swim.run(), name="membership")]
-        if self.use_mdns:
-            self._tasks.append(asyncio.create_task(self._advertise_loop(), name="mdns-advertise"))
+        if self.use_mdns:  # registering probes the name for ~1 s: membership (known peers, seeds) goes first
+            self._tasks.append(asyncio.create_task(self._mdns(), name="mdns-advertise"))
+        else:
+            self.mdns_ready.set()
         if self.seeds:
             self._tasks.append(asyncio.create_task(self._seed_loop(), name="seeds"))
 
@@ -162,6 +163,16 @@ class Discovery:
                                   timeout=0.5)  # fmt: skip
 
     # -- mDNS ------------------------------------------------------------------------------------------
+    async def _mdns(self) -> None:
+        try:
+            await self._start_mdns()
+        except Exception as exc:  # no multicast here: heartbeats, seeds and known peers still work
+            log.error("mDNS unavailable on %s: %s", self.interface, exc)
+            return
+        finally:
+            self.mdns_ready.set()
+        await self._advertise_loop()
+
     async def _start_mdns(self) -> None:
         from zeroconf import IPVersion
         from zeroconf.asyncio import AsyncServiceBrowser, AsyncZeroconf

@@ -2,8 +2,10 @@
 or a real Triton Inference Server for catalogue entries with ``server = "triton"`` (agent/runtime/triton.py).
 
 The embedded default for laptops, the demo and CI. Servers run in their own session, so they outlive
-an agent crash; their pids are kept in ``<data_dir>/process-runtime.json`` and a restarted agent adopts
-those still alive. A graceful agent shutdown stops every server it owns.
+an agent crash; their pids are kept in ``<data_dir>/process-runtime.json`` (from the moment they are spawned,
+so a server whose agent dies before it is ready is never lost: its record has port 0) and a restarted agent
+adopts those still alive and ready, and stops those left half-started. A graceful agent shutdown stops every
+server it owns.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ class ProcessRuntime:
         self.log_dir = data_dir / "logs"
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self._servers: dict[str, _Server] = {}
+        self._starting: dict[int, _Server] = {}  # pid -> spawned, not yet ready (recorded with port 0)
         self._adopt()
 
     def _adopt(self) -> None:
@@ -63,9 +66,15 @@ class ProcessRuntime:
                 )
             except (KeyError, TypeError, ValueError):
                 continue
-            if _is_our_server(server.pid):
-                log.info("adopted model server %s (%s, pid %d)", server.id, server.model, server.pid)
-                self._servers[server.id] = server
+            if not _is_our_server(server.pid):
+                continue
+            if server.port == 0:  # the last run died while it started: ours, never ready, nobody else stops it
+                with contextlib.suppress(OSError):
+                    os.kill(server.pid, signal.SIGKILL)
+                log.info("stopped model server %s (pid %d) left half-started by the last run", server.model, server.pid)
+                continue
+            log.info("adopted model server %s (%s, pid %d)", server.id, server.model, server.pid)
+            self._servers[server.id] = server
         self._save()
 
     def _save(self) -> None:
@@ -78,7 +87,7 @@ class ProcessRuntime:
                 "term": s.term,
                 "started_at": s.started_at,
             }
-            for s in self._servers.values()
+            for s in [*self._servers.values(), *self._starting.values()]
         ]
         tmp = self.state_file.with_suffix(".tmp")
         tmp.write_text(json.dumps(entries))
@@ -103,14 +112,24 @@ class ProcessRuntime:
                 stdout=asyncio.subprocess.PIPE, stderr=log_file, stdin=asyncio.subprocess.DEVNULL,
                 start_new_session=True,
             )  # fmt: skip
+        self._starting[proc.pid] = _Server(f"proc-{spec.name}-{proc.pid}", spec.name, proc.pid, 0, term, time.time())
+        self._save()  # recorded before it is ready: if this agent dies now, whoever cleans up finds it
         try:
             assert proc.stdout is not None
             line = await asyncio.wait_for(proc.stdout.readline(), START_TIMEOUT_S)
             port = int(line.decode().split()[1]) if line.startswith(b"READY ") else 0
         except (asyncio.TimeoutError, ValueError, IndexError):
             port = 0
+        except BaseException:  # cancelled while it starts (the agent stops): end it rather than leave it behind
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await proc.wait()
+            raise
+        finally:
+            self._starting.pop(proc.pid, None)
         if not port:
             await _terminate(proc.pid, proc)
+            self._save()
             raise InstanceStartError(f"model server for {spec.name} did not start; see {log_path}")
         server = _Server(f"proc-{spec.name}-{proc.pid}", spec.name, proc.pid, port, term, time.time(), proc)
         self._servers[server.id] = server

@@ -41,6 +41,7 @@ class Network:
     now: float = 0.0
     tick_s: float = 0.05
     persist: bool = True  # False: the test-only fault that loses every Persist
+    known: bool = False  # True: a restarted node expects every other node back (agent/known_peers.py)
 
     def __post_init__(self) -> None:
         self.rng = random.Random(self.seed)
@@ -64,7 +65,8 @@ class Network:
 
     def _new(self, n: str) -> Election:
         term, vote = self.disk[n]
-        return Election(n, self.priority(n), CONFIG, self.now, term=term, vote=vote)
+        known = frozenset(self.ids) if self.known else frozenset()
+        return Election(n, self.priority(n), CONFIG, self.now, term=term, vote=vote, known=known)
 
     # -- faults ----------------------------------------------------------------------------------
     def reachable(self, a: str, b: str) -> bool:
@@ -99,6 +101,7 @@ class Network:
         """Start ``n`` again from exactly what it persisted (memory is lost)."""
         self.up.add(n)
         self.nodes[n] = self._new(n)
+        self.last_heard[n] = dict.fromkeys(self.ids, 0.0)  # its membership starts empty
 
     def power_cut(self) -> None:
         """Every node loses power at once and comes back (from its disk)."""

@@ -323,10 +323,10 @@ def test_a_frozen_leader_is_replaced_and_steps_down_when_it_thaws() -> None:
     assert net.nodes["n4"].term > old_term and net.double_votes() == []
 
 
-def _one_fault_at_a_time(seed: int, persist: bool) -> Network:
+def _one_fault_at_a_time(seed: int, persist: bool, known: bool = False) -> Network:
     """The chaos soak's nemeses in the simulator, each ended before the next: the regression tier for it."""
     rng = random.Random(seed)
-    net = Network(5, seed=seed, persist=persist)
+    net = Network(5, seed=seed, persist=persist, known=known)
     net.run(2)
     for _ in range(12):
         kind, node = rng.choice(["quick", "partition", "power", "pause", "kill"]), rng.choice(net.ids)
@@ -430,3 +430,70 @@ def test_two_nodes_that_each_passed_over_the_other_do_not_split_the_vote_forever
     net.restart(net.ids[1])
     assert net.time_until_agreed(8) is not None
     _check_invariants(net)
+
+
+# -- the first election after a restart, with the peers known before it ------------------------------------
+def known_machine(node: str = "a", known: tuple[str, ...] = ("a", "b", "c")) -> Election:
+    return Election(node, P[node], CFG, now=0.0, term=4, vote="b", known=frozenset(known))
+
+
+def test_restart_with_every_known_peer_back_stands_after_two_heartbeats() -> None:
+    m = known_machine()
+    assert m.step(Tick(0.05, P)) == []  # all back from here on
+    assert m.step(Tick(0.6, P)) == []  # not yet two heartbeats
+    actions = m.step(Tick(0.65, P))  # no leader announced itself: no reason to wait out the timeout
+    assert m.role is Role.CANDIDATE and actions == [Persist(5, "a"), Broadcast(VoteRequest(5, "a", P["a"]))]
+
+
+def test_restart_with_a_known_peer_missing_listens_a_full_timeout() -> None:
+    m = known_machine()
+    without_c = {n: p for n, p in P.items() if n != "c"}
+    assert m.step(Tick(0.65, without_c)) == [] and m.step(Tick(1.1, without_c)) == []
+    assert m.step(Tick(1.25, without_c))[0] == Persist(5, "a")  # the usual listen period
+
+
+def test_the_short_listen_restarts_when_a_known_peer_drops_out() -> None:
+    m = known_machine()
+    without_c = {n: p for n, p in P.items() if n != "c"}
+    assert m.step(Tick(0.05, P)) == [] and m.step(Tick(0.5, without_c)) == []
+    assert m.step(Tick(0.6, P)) == [] and m.step(Tick(1.15, P)) == []  # back at 0.6: 0.6 s more from there
+    assert m.step(Tick(1.2, P))[0] == Persist(5, "a")
+
+
+def test_a_leader_heard_during_the_short_listen_is_followed_and_nobody_stands() -> None:
+    m = known_machine()
+    m.step(Tick(0.05, P))
+    assert m.step(Received(0.3, "b", Announce(4, "b", P["b"]))) == [BecameFollower(4, "b")]
+    assert m.step(Tick(0.7, P)) == [] and m.role is Role.FOLLOWER and m.leader == "b"
+
+
+def test_only_the_first_listen_is_short() -> None:
+    m = known_machine()
+    m.step(Tick(0.05, P))
+    assert m.step(Tick(0.65, P))[0] == Persist(5, "a")  # stood early; nobody answers
+    assert m.step(Tick(1.85, P)) == [BecameFollower(5, None)]  # the candidacy timed out: listen again
+    assert m.step(Tick(2.0, P)) == [] and m.step(Tick(3.0, P)) == []  # now for a full election timeout
+    assert m.step(Tick(3.1, P))[0] == Persist(6, "a")
+
+
+def test_without_known_peers_a_restart_listens_a_full_timeout() -> None:
+    m = Election("a", P["a"], CFG, now=0.0, term=4, vote="b")
+    assert m.step(Tick(0.05, P)) == [] and m.step(Tick(1.1, P)) == []
+    assert m.role is Role.FOLLOWER
+
+
+def test_power_cut_elects_within_a_second_when_the_peers_are_known() -> None:
+    quick, slow = Network(5, known=True), Network(5)
+    for net in (quick, slow):
+        assert net.time_until_agreed(10) is not None
+        net.power_cut()
+    took_quick, took_slow = quick.time_until_agreed(10), slow.time_until_agreed(10)
+    assert took_quick is not None and took_quick < 1.0
+    assert took_slow is not None and took_slow >= CFG.election_timeout_s
+    assert quick.max_leaders_per_term() == 1 and not quick.double_votes()
+
+
+def test_known_peers_keep_one_leader_per_term_through_the_soak_nemeses() -> None:
+    for seed in range(8):
+        net = _one_fault_at_a_time(seed, persist=True, known=True)
+        assert net.max_leaders_per_term() == 1 and not net.double_votes(), seed

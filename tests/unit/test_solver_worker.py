@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import time
@@ -25,6 +26,8 @@ def gone(pid: int, timeout: float = 10.0) -> bool:
     while time.monotonic() < deadline:
         try:
             if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+                with contextlib.suppress(ChildProcessError):  # we may be its reaper (tests/child_guard.py)
+                    os.waitpid(pid, os.WNOHANG)
                 time.sleep(0.05)  # exited; the reaper has not collected it yet
                 continue
         except psutil.NoSuchProcess:
@@ -129,3 +132,25 @@ def test_the_worker_exits_at_end_of_input_and_with_a_killed_parent() -> None:
     parent.kill()
     parent.wait()
     assert gone(child), "the solver worker outlived its killed parent"
+
+
+def test_a_worker_whose_agent_died_before_it_armed_pdeathsig_exits_even_under_a_subreaper() -> None:
+    """Reparented to a subreaper (this test runner, a container's init), not PID 1: the PID check still holds."""
+    import subprocess
+    import sys
+
+    gone_parent = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone_parent.wait()  # its PID names no live parent of the worker
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "agent.solver_worker", "--warm-up", "least-loaded", "--parent", str(gone_parent.pid)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        assert worker.wait(30) == 0  # it left at once; it did not wait for end of input (stdin stays open)
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait()
+        assert worker.stdin is not None and worker.stdout is not None
+        worker.stdin.close()
+        worker.stdout.close()
