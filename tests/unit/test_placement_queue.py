@@ -50,6 +50,19 @@ def test_measured_latency_lowers_the_throughput_never_raises_it() -> None:
     assert next(m for m in snap["models"] if m["name"] == "half_plus_two")["throughput_rps"]["a"] == 500.0
 
 
+def test_queueing_waits_do_not_lower_the_throughput_estimate() -> None:
+    # 20 ms of service; under load most requests also waited in the queue (up to 200 ms). Taking the median
+    # would say the instance serves ~6 requests/s, ask for more instances on the same cores, and feed the wait.
+    waits = [0, 0, 0, 0, 5, 20, 40, 80, 120, 160, 200, 200, 180, 140, 100]
+    loaded = [rec("c", {"a": 1.0}, float(t), "a", 20.0 + w) for t, w in enumerate(waits)]
+    snap = build_snapshot([node("a")], loaded, CAT, 10.0, objective="queue", window_s=60.0)
+    hpt = next(m for m in snap["models"] if m["name"] == "half_plus_two")
+    assert hpt["throughput_rps"]["a"] == pytest.approx(50.0)
+    assert snap["requests"][0]["exec_ms"]["a"] == pytest.approx(20.0)  # the queue model adds the wait itself
+    thesis = build_snapshot([node("a")], loaded, CAT, 10.0)  # the thesis's objective keeps the median
+    assert thesis["requests"][0]["exec_ms"]["a"] == pytest.approx(100.0)
+
+
 def test_thesis_snapshot_is_unchanged_and_queue_needs_a_window() -> None:
     records = [rec("c", {"a": 1.0}, 1.0)]
     assert "objective" not in build_snapshot([node("a")], records, CAT, 10.0)
