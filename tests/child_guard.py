@@ -5,8 +5,10 @@ dies (a model server of an agent a test killed with SIGKILL) is reparented to py
 stays findable by parent. After every test's teardown the guard lists pytest's descendants by PID and
 parent (never by name): those started since the session began, and not held by a live fixture of wider
 scope (module, session: started during its set-up, they and their descendants are its own until it is
-finalised), are leaks once a short grace period has passed. Each is killed (SIGKILL, by PID, after checking
-its start time so a reused PID is never hit) and reaped, and the test's teardown fails naming them.
+finalised), and not kept on purpose (``keep``: a test that starts state for the tests after it, such as
+booted boards a module fixture tears down), are leaks once a short grace period has passed. Each is
+killed (SIGKILL, by PID, after checking its start time so a reused PID is never hit) and reaped, and the
+test's teardown fails naming them.
 Zombies left by orphans that exited on their own are reaped quietly.
 
 Loaded by tests/conftest.py; ``-p tests.child_guard`` loads it into any pytest run.
@@ -28,6 +30,14 @@ import pytest
 PR_SET_CHILD_SUBREAPER = 36
 GRACE_S = 3.0  # a child killed by the test's own teardown may take a moment to exit
 Ident = tuple[int, float]  # (pid, create time): a PID alone may be reused
+_KEPT: set[Ident] = set()  # processes started on purpose for later tests (``keep``), with their descendants
+
+
+def keep(pid: int) -> None:
+    """Mark ``pid`` (and what it starts) as state a test leaves on purpose for the tests after it, which a
+    wider-scope fixture ends (the system tier boots boards in one test and uses them in the next)."""
+    with contextlib.suppress(psutil.Error):
+        _KEPT.add((pid, psutil.Process(pid).create_time()))
 
 
 def make_subreaper() -> bool:
@@ -99,7 +109,7 @@ class ChildGuard:
 
     def exempt(self, current: dict[Ident, psutil.Process]) -> set[Ident]:
         """The session's own processes, and those wide-scope fixtures hold, with their descendants."""
-        roots = self.baseline.union(*self.held.values())
+        roots = self.baseline.union(_KEPT, *self.held.values())
         out = set(roots)
         for ident in roots:
             if ident in current:

@@ -45,6 +45,23 @@ def test_leaks_an_orphan():
 
 def test_after_the_leaks():
     pass
+
+
+KEPT = []
+
+
+def test_keeps_a_server_for_the_next_test():
+    # started on purpose for the test after it (as the system tier boots boards): kept, not a leak
+    import tests.child_guard
+
+    KEPT.append(subprocess.Popen(["sleep", "300"]))
+    tests.child_guard.keep(KEPT[0].pid)
+
+
+def test_uses_what_was_kept_and_ends_it():
+    assert KEPT[0].poll() is None
+    KEPT[0].kill()
+    KEPT[0].wait()
 """
 
 
@@ -65,10 +82,10 @@ def alive(pid: int) -> bool:
         return False
 
 
-def test_guard_fails_the_leaking_tests_and_reaps_their_children(tmp_path: Path) -> None:
+def test_guard_fails_the_leaking_tests_and_reaps_their_children_but_not_what_is_kept(tmp_path: Path) -> None:
     run, pids = run_inner(tmp_path, guard=True)
     assert run.returncode == 1, run.stdout
-    assert "4 passed, 2 errors" in run.stdout, run.stdout  # each leaking test errors at teardown
+    assert "6 passed, 2 errors" in run.stdout, run.stdout  # each leaking test errors at teardown, none other
     assert "ERROR test_inner.py::test_leaks_a_child - Failed: test left 1 child" in run.stdout
     assert "ERROR test_inner.py::test_leaks_an_orphan - Failed: test left 1 child" in run.stdout
     assert len(pids) == 2 and not any(alive(p) for p in pids)

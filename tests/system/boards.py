@@ -21,6 +21,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tests import child_guard
+
 REPO = Path(__file__).resolve().parents[2]
 CACHE = Path(os.environ.get("PEERSERVE_CACHE", "/var/cache/peerserve"))
 PACKAGES = (
@@ -138,6 +140,7 @@ class Board:
              "--console=passive", "--link-journal=no", "--resolv-conf=off", "--timezone=off"],
             stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
         )  # fmt: skip
+        child_guard.keep(self.proc.pid)  # booted for the tests after this one; the fleet fixture powers it off
         self.boots.append(time.monotonic())
 
     def pid1(self, timeout: float = 20) -> int:
