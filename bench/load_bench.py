@@ -332,16 +332,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--measure-s", type=float, default=d.measure_s, help=f"measurement (default {d.measure_s})")
     ap.add_argument("--near-ms", type=float, default=d.near_ms, help="RTT a site reports to its own node")
     ap.add_argument("--far-ms", type=float, default=d.far_ms, help="RTT a site reports to the other nodes")
+    ap.add_argument("--period-s", type=float, default=d.period_s,
+                    help=f"the agents' placement period (default {d.period_s}; an agent's own is 30)")  # fmt: skip
     ap.add_argument("--seed", type=int, default=d.seed)
     ap.add_argument("--json", action="store_true", help="print the results as JSON on stdout")
     ap.add_argument("--plot", nargs="?", const=str(REPO / "docs/img/load_bench.png"), default=None,
                     help="write the plot (default path docs/img/load_bench.png)")  # fmt: skip
     ap.add_argument("--quiet", action="store_true", help="no progress on stderr")
     args = ap.parse_args(argv)
-    if min(args.nodes, args.clients, args.sites) < 1 or args.rate <= 0 or args.nodes > 200:
-        ap.error("nodes (1-200), clients and sites must be at least 1 and the rate positive")
+    if min(args.nodes, args.clients, args.sites) < 1 or args.rate <= 0 or args.nodes > 200 or args.period_s <= 0:
+        ap.error("nodes (1-200), clients and sites must be at least 1, the rate and period positive")
     cfg = LoadConfig(args.nodes, args.clients, args.sites, args.rate, args.warmup_s, args.measure_s,
-                     args.near_ms, args.far_ms, d.period_s, args.seed)  # fmt: skip
+                     args.near_ms, args.far_ms, args.period_s, args.seed)  # fmt: skip
     results = [measure(cfg, o.strip(), args.quiet) for o in args.objectives.split(",") if o.strip()]
     if args.plot:
         say(f"plot: {plot(results, Path(args.plot))}", args.quiet)
