@@ -12,8 +12,8 @@ import numpy as np
 from solver import baselines
 from solver.capacity import Ledger, placed_per_node_model, violations
 from solver.modes import EvictionPolicy, evictions, prefer_mode2
-from solver.plan import Action, Plan, Rejection
-from solver.problem import IntArray, Mode, Problem, build_problem, running_instances
+from solver.plan import Plan, Rejection
+from solver.problem import IntArray, Mode, Problem, build_problem, plan_actions, plan_instances, running_instances
 from solver.snapshot import OBJECTIVES, Snapshot
 
 METHODS = ("ipopt", "ipopt-pyomo", "ipopt-nl", "milp", "iterative", "nearest", "least-loaded")
@@ -128,9 +128,9 @@ def _make_plan(
         objective_ms=objective,
         solve_ms=0.0,
         assignments=tuple(assignments),
-        instances=_instances(p, target),
+        instances=plan_instances(p, target),
         rejected=tuple(sorted(rejections, key=lambda r: r.request)),
-        actions=_actions(p, running_instances(p.snapshot), target),
+        actions=plan_actions(p, running_instances(p.snapshot), target),
         feasible=not broken,
         violations=tuple(broken),
         lower_bound_ms=lower_bound,
@@ -149,22 +149,3 @@ def _explain_rejections(p: Problem, counts: IntArray, rejected: IntArray, reason
         reasons[c] or (ledger.rejection_reason(int(p.class_model[c])) if rejected[c] else "")
         for c in range(p.n_classes)
     ]
-
-
-def _instances(p: Problem, target: IntArray) -> dict[str, dict[str, int]]:
-    return {
-        node: {p.model_names[k]: int(target[j, k]) for k in range(len(p.model_names)) if target[j, k] > 0}
-        for j, node in enumerate(p.node_ids)
-    }
-
-
-def _actions(p: Problem, running: IntArray, target: IntArray) -> tuple[Action, ...]:
-    out = []
-    for j, node in enumerate(p.node_ids):
-        for k, model in enumerate(p.model_names):
-            delta = int(target[j, k] - running[j, k])
-            if delta > 0:
-                out.append(Action("start", node, model, delta))
-            elif delta < 0:
-                out.append(Action("stop", node, model, -delta))
-    return tuple(out)

@@ -23,6 +23,7 @@ from itertools import chain
 import numpy as np
 import numpy.typing as npt
 
+from solver.plan import Action
 from solver.snapshot import Snapshot
 
 FloatArray = npt.NDArray[np.float64]
@@ -162,3 +163,22 @@ def running_instances(snapshot: Snapshot) -> IntArray:
 def released_memory(snapshot: Snapshot, kept: IntArray, mem: FloatArray) -> FloatArray:
     """[j] memory given back by instances that run now but are not in ``kept`` (evicted)."""
     return np.asarray((running_instances(snapshot) - kept).clip(min=0) @ mem, dtype=np.float64)
+
+
+def plan_instances(p: Problem, target: IntArray) -> dict[str, dict[str, int]]:
+    """A plan's instances: node -> model -> count, nodes always present, zero counts left out."""
+    return {
+        node: {p.model_names[k]: int(target[j, k]) for k in range(len(p.model_names)) if target[j, k] > 0}
+        for j, node in enumerate(p.node_ids)
+    }
+
+
+def plan_actions(p: Problem, running: IntArray, target: IntArray) -> tuple[Action, ...]:
+    """The starts and stops that take ``running`` to ``target`` (node, then model order)."""
+    out = []
+    for j, node in enumerate(p.node_ids):
+        for k, model in enumerate(p.model_names):
+            delta = int(target[j, k] - running[j, k])
+            if delta:
+                out.append(Action("start" if delta > 0 else "stop", node, model, abs(delta)))
+    return tuple(out)

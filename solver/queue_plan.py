@@ -13,8 +13,8 @@ from typing import Any
 import numpy as np
 
 from solver.capacity import violations
-from solver.plan import Action, Plan, Rejection
-from solver.problem import IntArray, Mode, Problem, running_instances
+from solver.plan import Plan, Rejection
+from solver.problem import Mode, Problem, plan_actions, plan_instances, running_instances
 from solver.queue_close import close_pools
 from solver.queue_lazy import solve_nlp_lazy
 from solver.queue_model import QueueProblem, build_queue_problem
@@ -146,9 +146,9 @@ def make_queue_plan(q: QueueProblem, pools: Pools, method: str, status: str, det
         objective_ms=mean_latency_ms(q, pools),
         solve_ms=0.0,
         assignments=tuple(assignments),
-        instances=_instances(p, target),
+        instances=plan_instances(p, target),
         rejected=tuple(sorted(rejections, key=lambda r: r.request)),
-        actions=_actions(p, running_instances(p.snapshot), target),
+        actions=plan_actions(p, running_instances(p.snapshot), target),
         feasible=not broken,
         violations=tuple(broken),
         note="objective queue: objective_ms is the mean latency per request, queueing included",
@@ -183,20 +183,3 @@ def _reason(q: QueueProblem, pools: Pools, k: int) -> str:
         f"no node has throughput or room for {p.model_names[k]!r} (an instance needs {p.mem[k]:g} MB and "
         f"{p.comp[k]:g} compute); most memory left: {p.node_ids[j]} with {max(0.0, float(left[j])):g} MB"
     )
-
-
-def _instances(p: Problem, target: IntArray) -> dict[str, dict[str, int]]:
-    return {
-        node: {p.model_names[k]: int(target[j, k]) for k in range(len(p.model_names)) if target[j, k] > 0}
-        for j, node in enumerate(p.node_ids)
-    }
-
-
-def _actions(p: Problem, running: IntArray, target: IntArray) -> tuple[Action, ...]:
-    out = []
-    for j, node in enumerate(p.node_ids):
-        for k, model in enumerate(p.model_names):
-            delta = int(target[j, k] - running[j, k])
-            if delta:
-                out.append(Action("start" if delta > 0 else "stop", node, model, abs(delta)))
-    return tuple(out)
