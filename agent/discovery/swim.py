@@ -55,6 +55,9 @@ class SwimConfig:
     candidate_ttl_s: float = 60.0
     admit_interval_s: float = 0.5  # how often one candidate is asked to authenticate
     state_fetch_interval_s: float = 0.5  # least time between two state fetches from one member
+    # A dead rumour is checked with our own probe AND k indirect probes: one missed direct probe of a node that
+    # merely lags (a loaded machine: seconds of event-loop lag) made it dead everywhere and started elections.
+    verify_indirect: bool = True
     max_members: int = MAX_MEMBERS
     max_candidates: int = MAX_CANDIDATES
     max_broadcasts: int = MAX_BROADCASTS

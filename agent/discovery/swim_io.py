@@ -172,7 +172,7 @@ class SwimDriver:
         except PeerCallError:
             ack = None
         acks, silent = 0, False
-        if ack is None and not ins.verify:
+        if ack is None and (not ins.verify or self.core.config.verify_indirect):
             relays = self.core.indirect_targets(ins.node_id)
             results = await asyncio.gather(*(self._ping_req(n, u, ins) for n, u in relays))
             acks = sum(1 for r in results if r)

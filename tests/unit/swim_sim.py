@@ -42,6 +42,7 @@ class Sim:
     nodes: dict[str, sw.Swim] = field(default_factory=dict)
     crashed: dict[str, float] = field(default_factory=dict)
     paused_until: dict[str, float] = field(default_factory=dict)
+    cuts: set[frozenset[str]] = field(default_factory=set)  # pairs whose direct link is down (both ways)
     deaths: list[tuple[float, str, str]] = field(default_factory=list)  # (when, observer, subject)
     _events: list[tuple[float, int, Callable[[], None]]] = field(default_factory=list)
     _seq: itertools.count[int] = field(default_factory=itertools.count)
@@ -63,6 +64,10 @@ class Sim:
     def pause(self, node_id: str, seconds: float) -> None:
         self.paused_until[node_id] = self.now + seconds
 
+    def cut(self, a: str, b: str) -> None:
+        """The direct link between ``a`` and ``b`` drops everything; both still reach everyone else."""
+        self.cuts.add(frozenset((a, b)))
+
     def up(self, node_id: str) -> bool:
         return node_id not in self.crashed and self.paused_until.get(node_id, -1.0) <= self.now
 
@@ -74,7 +79,8 @@ class Sim:
         """A request a -> b and its answer: (both delivered in time, round-trip delay)."""
         ok1, d1 = self._leg()
         ok2, d2 = self._leg()
-        ok = ok1 and ok2 and self.up(a) and self.up(b) and d1 + d2 <= self.nodes[a].probe_timeout()
+        linked = frozenset((a, b)) not in self.cuts
+        ok = ok1 and ok2 and linked and self.up(a) and self.up(b) and d1 + d2 <= self.nodes[a].probe_timeout()
         return ok, d1 + d2
 
     # -- running -------------------------------------------------------------------------------------------
@@ -135,7 +141,7 @@ class Sim:
         if ok:
             self._later(rtt, lambda: self._note(a, me.probe_result(ins.node_id, ack, 0, self.now, ins.verify)))
             return
-        if ins.verify:
+        if ins.verify and not me.config.verify_indirect:
             self._later(me.probe_timeout(),
                         lambda: self._note(a, me.probe_result(ins.node_id, None, 0, self.now, True, sent)))  # fmt: skip
             return
@@ -150,7 +156,7 @@ class Sim:
         silent = bool(relays) and answered == 0
 
         def report() -> None:
-            self._note(a, me.probe_result(ins.node_id, None, acks, self.now, False, sent, silent))
+            self._note(a, me.probe_result(ins.node_id, None, acks, self.now, ins.verify, sent, silent))
 
         self._later(2 * me.probe_timeout(), report)
 

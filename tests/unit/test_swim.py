@@ -272,6 +272,24 @@ def test_the_refutation_checker_fails_when_refutation_is_off() -> None:
     assert max(lags) >= 1.5  # without refutation the suspicion lingers: the property above would fail
 
 
+def _verify_across_a_cut(verify_indirect: bool) -> list[tuple[float, str, str]]:
+    """n1 cannot reach n3 directly (n3 lags for n1, or a link is down) and hears that n3 is dead."""
+    sim = Sim(6, seed=3, config=sw.SwimConfig(verify_indirect=verify_indirect))
+    sim.run(15)
+    assert sim.converged()
+    sim.cut("n1", "n3")
+    n3 = sim.nodes["n1"].records["n3"]
+    sim.nodes["n1"].apply(MemberUpdate("n3", "dead", n3.incarnation, n3.peer_url, 0, "n2"), sim.now)
+    sim.run(3)
+    return sim.false_deaths()
+
+
+def test_a_dead_rumour_needs_the_indirect_probes_to_miss_too() -> None:
+    assert _verify_across_a_cut(verify_indirect=True) == []
+    # the checker fails with the old rule (one missed direct probe confirmed the rumour): a live node died
+    assert ("n1", "n3") in {(o, v) for _t, o, v in _verify_across_a_cut(verify_indirect=False)}
+
+
 def test_the_crash_checker_fails_when_nothing_is_detected() -> None:
     sim = Sim(5, seed=1, config=sw.SwimConfig(suspicion_mult=1000.0))
     sim.run(10)
