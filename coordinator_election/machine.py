@@ -2,8 +2,10 @@
 
 Algorithm: leases with terms and votes over the *discovered* members (see docs/election.md for why).
 
-* A leader broadcasts ``Announce(term)`` every ``heartbeat_s``; a follower that hears it holds a lease
-  on that leader for ``election_timeout_s``.
+* A leader renews its lease every ``heartbeat_s`` (``Renew(Announce(term))``: the shell may spread it by
+  gossip, e.g. signed and piggybacked on membership messages; a new leader's first announce is a
+  ``Broadcast``); a follower that hears it holds a lease on that leader for ``lease_s`` (default
+  ``election_timeout_s``; longer when renewals travel by gossip and may arrive late).
 * When its lease runs out (or the leader drops out of the alive view), a follower looks at the alive
   members: only the best by priority (configured priority, then memory, then node id) stands, after a
   quiet period, with ``term + 1``; the others wait, and skip a best candidate that stays silent for an
@@ -98,6 +100,13 @@ class Broadcast:
 
 
 @dataclass(frozen=True)
+class Renew:
+    """The leader's periodic lease renewal: it must reach every member, but gossip may carry it (not O(N) sends)."""
+
+    message: Announce
+
+
+@dataclass(frozen=True)
 class Persist:
     """Make (term, vote) durable (fsync) before carrying out any action that follows it."""
 
@@ -119,17 +128,24 @@ class BecameFollower:
     leader: str | None
 
 
-Action = Persist | Send | Broadcast | BecameLeader | BecameFollower
+Action = Persist | Send | Broadcast | Renew | BecameLeader | BecameFollower
 
 
 @dataclass(frozen=True)
 class ElectionConfig:
     heartbeat_s: float = 0.3
     election_timeout_s: float = 1.2
+    lease_s: float | None = None  # how long a renewal holds a follower's lease (default election_timeout_s)
 
     def __post_init__(self) -> None:
         if self.election_timeout_s <= 3 * self.heartbeat_s:
             raise ValueError("election_timeout_s must exceed 3 x heartbeat_s")
+        if self.lease_s is not None and self.lease_s < self.election_timeout_s:
+            raise ValueError("lease_s must be at least election_timeout_s")
+
+    @property
+    def lease(self) -> float:
+        return self.election_timeout_s if self.lease_s is None else self.lease_s
 
 
 @dataclass
@@ -204,7 +220,7 @@ class Election:
         if self.role is Role.LEADER:
             if now - self._last_announce >= self.config.heartbeat_s:
                 self._last_announce = now
-                return [Broadcast(Announce(self.term, self.node_id, self.priority))]
+                return [Renew(Announce(self.term, self.node_id, self.priority))]
             return []
         if self.role is Role.CANDIDATE:
             c = self._candidacy
@@ -291,7 +307,7 @@ class Election:
         self.leader = leader
         self._candidacy = None
         if leader is not None:
-            self.lease_until = now + self.config.election_timeout_s
+            self.lease_until = now + self.config.lease
             self._waiting_since = None
             self._skipped.clear()
             self._lost_leader = None
@@ -316,7 +332,7 @@ class Election:
             return self._jump(now, self.term + 1)  # we win the tie: a new term fences the rival's commands
         self._set_term(m.term)
         actions = self._follow(now, m.leader)
-        self.lease_until = now + self.config.election_timeout_s
+        self.lease_until = now + self.config.lease
         return actions
 
     def _on_vote_request(self, now: float, m: VoteRequest) -> list[Action]:

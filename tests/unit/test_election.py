@@ -17,6 +17,7 @@ from coordinator_election import (
     ElectionConfig,
     Persist,
     Received,
+    Renew,
     Role,
     Send,
     Tick,
@@ -76,11 +77,19 @@ def test_candidate_to_leader_on_majority() -> None:
     assert m.role is Role.LEADER and m.leader == "a"
 
 
-def test_leader_announces_every_heartbeat() -> None:
+def test_leader_renews_its_lease_every_heartbeat() -> None:
     m = machine()
     m.step(Tick(1.3, {}))
     assert m.step(Tick(1.4, {})) == []
-    assert m.step(Tick(1.6, {})) == [Broadcast(Announce(1, "a", P["a"]))]
+    assert m.step(Tick(1.6, {})) == [Renew(Announce(1, "a", P["a"]))]  # gossip may carry it (not O(N) sends)
+
+
+def test_a_renewal_holds_a_follower_for_lease_s() -> None:
+    m = Election("b", P["b"], ElectionConfig(heartbeat_s=0.3, election_timeout_s=1.2, lease_s=2.0), now=0.0)
+    m.step(Received(0.1, "a", Announce(1, "a", P["a"])))
+    assert m.leader == "a" and m.lease_until == pytest.approx(2.1)
+    with pytest.raises(ValueError, match="lease_s"):
+        ElectionConfig(heartbeat_s=0.3, election_timeout_s=1.2, lease_s=1.0)
 
 
 def test_candidate_to_follower_when_refused_for_a_live_leader() -> None:

@@ -295,3 +295,25 @@ def test_the_crash_checker_fails_when_nothing_is_detected() -> None:
     sim.run(10)
     sim.crash("n2")
     assert _detect(sim, "n2", 6.0) == float("inf")
+
+
+def _lease_gap(n: int, seed: int, relay: bool = True) -> float:
+    """The longest a follower went without a newer lease renewal, over 20 s, leases carried by SWIM only."""
+    sim = Sim(n, seed=seed, loss=0.01, max_delay=0.05)
+    sim.run(12)
+    assert sim.converged()
+    sim.leader, sim.relay_leases = "n0", relay
+    sim.run(2)
+    start = sim.now
+    sim.run(20)
+    return max(sim.lease_gaps(start).values())
+
+
+@pytest.mark.parametrize("n", [10, 50])
+def test_the_leaders_lease_reaches_every_member_in_time_by_gossip(n: int) -> None:
+    # agent.leadership: a follower's lease lasts election_timeout_s + GOSSIP_LEASE_SLACK_S (2.0 s by default)
+    assert _lease_gap(n, seed=n) < 1.2
+
+
+def test_the_lease_checker_fails_when_members_do_not_relay() -> None:
+    assert _lease_gap(50, seed=50, relay=False) > 2.0  # only the leader's own pushes and probes: too rare
