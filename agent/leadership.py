@@ -54,6 +54,7 @@ GATHER_TIMEOUT = httpx.Timeout(3.0, connect=0.5)
 # (simulated tail): a follower's lease lasts this much longer than the election timeout. A crashed leader is
 # still noticed sooner by SWIM (dead: out of the view, the lease ends at once).
 GOSSIP_LEASE_SLACK_S = 0.8
+JOIN_WAIT_S = 10.0  # a node given seeds stands alone only if no member is admitted by then (seeds retry every 5 s)
 
 
 def encode(message: Message) -> dict[str, Any]:
@@ -81,8 +82,9 @@ class Leadership:
         term, vote = agent.store.election_state()
         if agent.store.highest_term() > term:  # a leader's command told us of a newer term: we hold no vote in it
             term, vote = agent.store.highest_term(), None
+        join_by = monotonic() + JOIN_WAIT_S if s.seed_urls else -1e18  # joining through seeds: no leader of one
         self.machine = Election(s.node_id, self.priority, config, now=monotonic(), term=term, vote=vote,
-                                known=frozenset(known))  # fmt: skip
+                                known=frozenset(known), join_by=join_by)  # fmt: skip
         self.rounds = lr.LeaderRound(
             s.node_id, lr.RoundConfig(period_s=s.placement_period_s, window_s=s.request_window_s)
         )

@@ -20,6 +20,8 @@ Algorithm: leases with terms and votes over the *discovered* members (see docs/e
   whom to expect (``known``: the peers it knew before the restart): once every one of them is alive in its
   view again and none has announced itself as leader for two heartbeats, there is no leader to wait for
   and the listen period ends (after a power cut the cluster elects in about two heartbeats, not a timeout).
+* A node given seeds (``join_by``) does not stand while it sees no other member until ``join_by``: it is
+  joining a cluster, and a leader of one would only spawn a solver and fight the cluster's leader later.
 * Persist before you send: whenever the term or this node's vote in it changes, ``step`` returns a
   ``Persist(term, vote)`` first; the shell must make it durable (fsync) before it carries out any later
   action, and a restarted node is built from exactly what was persisted (``Election(term=, vote=)``).
@@ -162,7 +164,7 @@ class Election:
 
     def __init__(
         self, node_id: str, priority: Priority, config: ElectionConfig, now: float, term: int = 0,
-        vote: str | None = None, known: frozenset[str] = frozenset(),
+        vote: str | None = None, known: frozenset[str] = frozenset(), join_by: float = -1e18,
     ) -> None:  # fmt: skip
         self.node_id = node_id
         self.priority = priority
@@ -181,6 +183,9 @@ class Election:
         self._lost_leader: str | None = None  # the leader whose lease ran out, if any
         self._expected = known - {node_id}  # peers expected back after a restart; emptied once a leader is known
         self._back_since: float | None = None  # when every expected peer was last seen alive again
+        # given seeds, a node is joining a cluster, not founding one: until ``join_by`` it does not stand while it
+        # sees no other member (under load a seed can take seconds to admit us; a leader of one spawns a solver)
+        self._join_by = join_by
 
     # -- queries ---------------------------------------------------------------------------------
     @property
@@ -237,6 +242,8 @@ class Election:
             return []
         if self.leader is None and now < self.lease_until and not self._all_back(now):
             return []  # listening for a leader (after start, or after standing down)
+        if now < self._join_by and self.alive.keys() == {self.node_id}:
+            return []  # still joining through a seed: nobody to lead yet
         self._expected = frozenset()  # the first listen is over: from now on the usual timeouts
         return self._consider_standing(now)
 

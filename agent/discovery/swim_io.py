@@ -189,7 +189,9 @@ class SwimDriver:
     # -- exchanges -----------------------------------------------------------------------------------------
     def _timeout(self, factor: float = 1.0) -> httpx.Timeout:
         t = self.core.probe_timeout() * factor
-        return httpx.Timeout(t, connect=t)
+        # A timed-out exchange closes its kept-alive connection, so the next one needs a mutual-TLS handshake
+        # (CPU on both sides, two lagging event loops): give the connect twice as long, or misses feed misses.
+        return httpx.Timeout(t, connect=2 * t)
 
     async def send(self, node_id: str, url: str, msg: SwimMessage, factor: float = 1.0) -> SwimMessage:
         """One signed SWIM exchange; the answer must be a valid message that ``node_id`` sent about itself."""

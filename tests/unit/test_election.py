@@ -506,3 +506,15 @@ def test_known_peers_keep_one_leader_per_term_through_the_soak_nemeses() -> None
     for seed in range(8):
         net = _one_fault_at_a_time(seed, persist=True, known=True)
         assert net.max_leaders_per_term() == 1 and not net.double_votes(), seed
+
+
+def test_a_node_joining_through_seeds_does_not_lead_itself_alone() -> None:
+    joining = Election("a", P["a"], CFG, now=0.0, join_by=10.0)
+    assert all(joining.step(Tick(t / 10, {})) == [] for t in range(1, 100))  # alone, still joining: no candidacy
+    assert joining.role is Role.FOLLOWER
+    assert BecameLeader(1, frozenset({"a"})) in joining.step(Tick(10.0, {}))  # nobody came: it founds one
+    with_peer = Election("a", P["a"], CFG, now=0.0, join_by=10.0)
+    actions = [a for t in range(1, 30) for a in with_peer.step(Tick(t / 10, {"b": P["b"]}))]
+    assert Broadcast(VoteRequest(1, "a", P["a"])) in actions  # a member admitted: the usual election
+    founder = Election("a", P["a"], CFG, now=0.0)  # no seeds: the first node founds the cluster after a listen
+    assert BecameLeader(1, frozenset({"a"})) in founder.step(Tick(1.3, {}))
