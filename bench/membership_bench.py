@@ -142,6 +142,16 @@ def first_time(agent: Agent, node: str, new: str, after: float) -> float | None:
 
 
 def run_size(code: Path, n: int, window: float, soak: float, label: str) -> dict[str, Any]:
+    """One cluster of ``n`` agents: its figures, or ``failed`` (where it broke, with the load average)."""
+    started = time.monotonic()
+    try:
+        return measure_size(code, n, window, soak, label)
+    except RuntimeError as exc:
+        say(f"[{label}] N={n} FAILED after {time.monotonic() - started:.0f} s: {exc}")
+        return {"n": n, "failed": str(exc), "load_avg_1m": os.getloadavg()[0]}
+
+
+def measure_size(code: Path, n: int, window: float, soak: float, label: str) -> dict[str, Any]:
     """One cluster of ``n`` agents from checkout ``code``: CPU, a join and a kill -9."""
     with tempfile.TemporaryDirectory(prefix=f"membench-{label}-{n}-") as tmp:
         c = Cluster(code, Path(tmp))
@@ -154,7 +164,15 @@ def run_size(code: Path, n: int, window: float, soak: float, label: str) -> dict
                 wait(lambda s=started: bool(s.cluster()), 60, 0.1)  # one after another, as boards boot
             seed = c.agents[0]
             names = {a.name for a in c.agents}
-            took = wait(lambda: all(a.alive_peers() == names - {a.name} for a in c.agents), 120 + 4 * n, 1.0)
+            booted = time.monotonic()
+            say(f"[{label}] {n} agents answer (load average {os.getloadavg()[0]:.1f}); waiting for convergence")
+            try:
+                took = wait(lambda: all(a.alive_peers() == names - {a.name} for a in c.agents), 120 + 4 * n, 1.0)
+            except RuntimeError as exc:
+                short = min(len(a.alive_peers()) for a in c.agents)
+                raise RuntimeError(f"not converged {time.monotonic() - booted:.0f} s after the last agent answered "
+                                   f"(fewest peers seen alive: {short} of {n - 1}; "
+                                   f"load average {os.getloadavg()[0]:.1f})") from exc  # fmt: skip
             say(f"[{label}] {n} agents converged {took:.1f} s after the last one answered; settling")
             time.sleep(5)
             leader = seed.cluster().get("leader")
@@ -168,7 +186,9 @@ def run_size(code: Path, n: int, window: float, soak: float, label: str) -> dict
                 f"leader ({leader}) {cpu.get(str(leader), float('nan')):.4f}")  # fmt: skip
             out: dict[str, Any] = {"n": n, "leader": leader, "follower_cpu": sum(followers) / len(followers),
                                    "follower_cpu_max": max(followers), "leader_cpu": cpu.get(str(leader)),
-                                   "machine_cpus": os.cpu_count()}  # fmt: skip
+                                   "machine_cpus": os.cpu_count(), "load_avg_1m": os.getloadavg()[0],
+                                   "terms": len({a.cluster().get("term") for a in c.agents})}  # fmt: skip
+            say(f"[{label}] N={n}: load average {out['load_avg_1m']:.1f}, distinct terms now {out['terms']}")
             out.update(join(c, [a.port for a in c.agents] if label == "before" else [seed.port]))
             out.update(kill(c, leader))
             if soak > 0:
@@ -239,8 +259,11 @@ def soak_run(c: Cluster, seconds: float) -> dict[str, Any]:
     names = {a.name for a in live}
     false = [(a.name, n) for a in live for ts, n, _o, new in a.transitions() if ts >= start and new == "dead"
              and n in names]  # fmt: skip
-    say(f"[soak] false deaths: {len(false)} {false[:5]}")
-    return {"soak_s": seconds, "soak_false_deaths": len(false)}
+    load = os.getloadavg()
+    terms = {a.cluster().get("term") for a in live}
+    say(f"[soak] false deaths: {len(false)} {false[:5]}; load average {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}")
+    return {"soak_s": seconds, "soak_false_deaths": len(false), "soak_load_avg": list(load),
+            "soak_terms_after": len(terms)}  # fmt: skip
 
 
 def extract(rev: str, into: Path) -> Path:
@@ -284,13 +307,15 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         with tempfile.TemporaryDirectory(prefix="membench-before-") as tmp:
             code = extract(args.before_rev, Path(tmp))
             before = [run_size(code, int(n), args.window, 0.0, "before") for n in args.before_sizes.split(",") if n]
-    base = now[0]["follower_cpu"]
-    for r in now:
+    ok = [r for r in now if "failed" not in r]
+    base = ok[0]["follower_cpu"] if ok else float("nan")
+    for r in ok:
         r["cpu_ratio_to_smallest"] = r["follower_cpu"] / base
     return {"now": now, "before": before, "before_rev": args.before_rev}
 
 
 def main() -> None:
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # a timeout's SIGTERM still kills every agent (finally)
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", default="5,10,25", help="cluster sizes, comma-separated (default 5,10,25)")
     ap.add_argument("--window", type=float, default=20.0, help="idle CPU window in seconds (default 20)")
@@ -304,23 +329,29 @@ def main() -> None:
     figures = json.loads(Path(args.from_json).read_text()) if args.from_json else measure(args)
     now, before = figures["now"], figures["before"]
     if args.plot:
-        plot(now, before, Path(args.plot))
+        plot([r for r in now if "failed" not in r], before, Path(args.plot))
     if args.json:
         print(json.dumps(figures, indent=2))
         return
     print("| agents | follower CPU (CPU-s/s) | x smallest | leader CPU | kill -9 dead everywhere p50 / p99 "
-          "| new member everywhere | before: follower CPU |")  # fmt: skip
-    print("| --- | --- | --- | --- | --- | --- | --- |")
+          "| new member everywhere | load average | before: follower CPU |")  # fmt: skip
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     old = {r["n"]: r for r in before}
     for r in now:
+        if "failed" in r:
+            print(f"| {r['n']} | failed: {r['failed']} | | | | | {r['load_avg_1m']:.1f} | |")
+            continue
         b = old.get(r["n"])
         was = f"{b['follower_cpu']:.4f}" if b else "-"
         print(f"| {r['n']} | {r['follower_cpu']:.4f} | {r['cpu_ratio_to_smallest']:.2f} | {r['leader_cpu']:.4f} | "
               f"{r['detect_p50_s']:.2f} / {r['detect_p99_s']:.2f} s | {r['join_max_s']:.2f} s | "
-              f"{was} |")  # fmt: skip
+              f"{r['load_avg_1m']:.1f} | {was} |")  # fmt: skip
     for r in now:
         if "soak_s" in r:
-            print(f"\nsoak at {r['n']} agents, {r['soak_s']:.0f} s loaded: {r['soak_false_deaths']} false deaths")
+            print(
+                f"\nsoak at {r['n']} agents, {r['soak_s']:.0f} s loaded: {r['soak_false_deaths']} false deaths, "
+                f"load average {r['soak_load_avg'][0]:.1f}, {r['soak_terms_after']} distinct terms after"
+            )
 
 
 if __name__ == "__main__":
