@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
+from agent.hysteresis import Births, HoldConfig, Verdict, judge
 from agent.placement import NodeReport, RequestRecord, desired_sets, make_before_break
 
 
@@ -182,6 +183,7 @@ class RoundConfig:
     max_nodes: int = 256  # request-log cursors kept
     max_window: int = 50_000  # request records kept for the snapshot
     page_limit: int = 5000  # request-log records per gather page
+    hold: HoldConfig = field(default_factory=HoldConfig)  # hysteresis: when a plan may replace the running instances
 
 
 @dataclass
@@ -212,6 +214,10 @@ class LeaderRound:
         self.last_placement: dict[str, Any] | None = None
         self.cursors: OrderedDict[str, int] = OrderedDict()  # node -> last request id taken, LRU order
         self.window: deque[RequestRecord] = deque(maxlen=config.max_window)
+        self.births = Births()  # when each (node, model) count last grew: the minimum dwell
+        self.last_running: dict[str, dict[str, int]] = {}  # last round's nodes with instances: who was lost
+        self.changes = 0  # rounds whose command changed the running instances
+        self.holds = 0  # rounds whose plan was held back
         self._rounds = 0
         self._round: _Round | None = None
 
@@ -317,17 +323,19 @@ class LeaderRound:
             return []
         plan = e.plan
         gathered = sorted(r.reports)
-        desired = make_before_break(
-            desired_sets(plan.get("instances", {}), gathered), {n: r.reports[n].ready for n in gathered}
-        )
-        r.summary = {
-            "at": e.now, "term": self.term, "leader": self.node_id, "method": plan.get("method"),
-            "mode": plan.get("mode"), "status": plan.get("status"), "objective_ms": plan.get("objective_ms"),
-            "solve_ms": plan.get("solve_ms"), "requests": e.requests, "nodes": gathered,
-            "actions": list(plan.get("actions", [])), "rejected": len(plan.get("rejected", [])),
-            "note": plan.get("note", ""), "fallback": e.fallback,
-            **{key: plan["details"][key] for key in ("spread", "planned_queue") if key in plan.get("details", {})},
-        }  # fmt: skip
+        running = {n: {m: c for m, c in r.reports[n].instances.items() if c > 0} for n in gathered}
+        self.births.observe(running, e.now)
+        lost = {n for n, ms in self.last_running.items() if ms and n not in r.reports}
+        self.last_running = {n: ms for n, ms in running.items() if ms}
+        verdict = judge(
+            desired_sets(plan.get("instances", {}), gathered), running, plan.get("objective_ms"),
+            plan.get("running_value"), lost, self.births, e.now, self.config.hold,
+        )  # fmt: skip
+        changed = verdict.desired != running
+        self.changes += changed
+        self.holds += not verdict.switch
+        desired = make_before_break(verdict.desired, {n: r.reports[n].ready for n in gathered})
+        r.summary = self._summary(plan, e, gathered, verdict, changed)
         r.commands = {
             n: Command(r.number, n, r.members[n], self.term, d, r.summary) for n, d in sorted(desired.items())
         }
@@ -337,6 +345,32 @@ class LeaderRound:
         if not r.waiting:
             return self._finish(r)
         return list(r.commands.values())
+
+    def _summary(
+        self, plan: Mapping[str, Any], e: Solved, gathered: list[str], verdict: Verdict, changed: bool
+    ) -> dict[str, Any]:
+        """The round summary every agent shows; a held plan shows the running instances' value and split."""
+        value = plan.get("running_value") or {}
+        source = plan.get("details", {}) if verdict.switch else value
+        hold = {
+            **verdict.to_dict(),
+            "changed": changed,
+            "plan_objective_ms": plan.get("objective_ms"),
+            "running_objective_ms": value.get("objective_ms"),
+            "changes": self.changes,
+            "holds": self.holds,
+        }
+        if not verdict.switch:
+            hold["plan_actions"] = list(plan.get("actions", []))
+        return {
+            "at": e.now, "term": self.term, "leader": self.node_id, "method": plan.get("method"),
+            "mode": plan.get("mode"), "status": plan.get("status"),
+            "objective_ms": plan.get("objective_ms") if verdict.switch else value.get("objective_ms"),
+            "solve_ms": plan.get("solve_ms"), "requests": e.requests, "nodes": gathered,
+            "actions": list(plan.get("actions", [])) if verdict.switch else [],
+            "rejected": len(plan.get("rejected", [])), "note": plan.get("note", ""), "fallback": e.fallback,
+            "hold": hold, **{key: source[key] for key in ("spread", "planned_queue") if key in source},
+        }  # fmt: skip
 
     def _on_command_result(self, r: _Round, e: Acknowledged | CommandFailed | Fenced) -> list[Instruction]:
         if self.phase is not Phase.COMMANDING or e.node not in r.waiting or e.node in r.retry_at:

@@ -7,8 +7,9 @@ garbage collector's view of that long-lived heap; it also keeps freed memory in 
 
 Protocol, one JSON object per line: request ``{"snapshot": {...}, "method": str, "mode": str}`` on the
 worker's stdin; reply ``{"plan": {...}, "fallback": str}`` (``fallback`` names the missing solver when
-least-loaded stood in for it) or ``{"error": str}`` on its stdout. The worker exits at end of input and
-dies with the agent (PR_SET_PDEATHSIG), even when the agent is killed with SIGKILL. Solving happens in
+least-loaded stood in for it; under a queue objective the plan carries ``running_value``, the running
+instances valued by solver.hold for the leader's hysteresis) or ``{"error": str}`` on its stdout. The
+worker exits at end of input and dies with the agent (PR_SET_PDEATHSIG), even when it is SIGKILLed. Solving happens in
 another process because the solver holds the GIL for the length of a solve, which would stall the API.
 """
 
@@ -166,9 +167,14 @@ def solve_request(request: Any) -> dict[str, Any]:
     snap = Snapshot.from_dict(request.get("snapshot"))
     method, mode = str(request.get("method", "ipopt")), str(request.get("mode", "1"))
     try:
-        return {"plan": solve(snap, method=method, mode=mode).to_dict(), "fallback": ""}
+        plan = solve(snap, method=method, mode=mode).to_dict()
     except SolverUnavailableError as exc:
         return {"plan": solve(snap, method="least-loaded", mode=mode).to_dict(), "fallback": str(exc)}
+    if snap.objective in ("queue", "queue-p99"):  # the running instances' value, for the leader's hysteresis
+        from solver.hold import value_running
+
+        plan["running_value"] = value_running(snap).to_dict()
+    return {"plan": plan, "fallback": ""}
 
 
 def warm_up(method: str) -> None:
