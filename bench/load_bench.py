@@ -14,7 +14,9 @@ of a request = its time through the proxy on loopback (execution, queueing, prox
 simulated RTT from the client's site to the node that served it (``X-Peerserve-Node``): loopback has
 no distance, so the placement's choice of node is charged what the site reported.
 Reported per objective: p50/p99 latency, requests, failures, ready instances, RSS of the model servers
-(MB, from /proc of the PIDs the agents recorded), the last plan's solve time. ``--json`` prints it all;
+(MB, from /proc of the PIDs the agents recorded), the last plan's solve time, the placement changes and
+held-back plans while measuring (the leader's round counters) and the ready servers' changes sampled
+every second, and the load average. ``--json`` prints it all;
 ``--plot`` writes docs/img/load_bench.png.
 
 Uses the fixed addresses 127.0.0.2.. like the demo: on a shared machine run it under
@@ -86,6 +88,10 @@ class Result:
     server_rss_mb: float
     solve_ms: float | None
     settle_s: float
+    placement_changes: int | None = None  # rounds in the measurement whose command changed the running servers
+    held_rounds: int | None = None  # rounds in the measurement whose plan the leader held back (hysteresis)
+    server_changes: int = 0  # changes of the ready servers per node, sampled every second while measuring
+    load_avg_1m: float = 0.0  # the machine's 1-minute load average at the end of the measurement
 
 
 def say(msg: str, quiet: bool) -> None:
@@ -266,10 +272,12 @@ def measure(cfg: LoadConfig, objective: str, quiet: bool) -> Result:
             settle = asyncio.run(warm_up(cfg, cluster, quiet))
             record: list[tuple[float, float, bool]] = []
             say(f"{objective}: measuring {cfg.measure_s:g} s", quiet)
-            asyncio.run(drive(cfg, cluster, cfg.measure_s, record))
+            before = cluster.last_plan().get("hold", {})
+            server_changes = asyncio.run(drive_and_watch(cfg, cluster, record))
             per_node = cluster.instances()
             rss = cluster.server_rss_mb()
             plan = cluster.last_plan()
+            load = os.getloadavg()[0]
         except BaseException:
             for log in sorted(Path(tmp).glob("*.log")):
                 say(f"--- {log.name} (last lines)\n" + "\n".join(log.read_text().splitlines()[-15:]), quiet)
@@ -290,7 +298,32 @@ def measure(cfg: LoadConfig, objective: str, quiet: bool) -> Result:
         round(rss, 1),
         plan.get("solve_ms"),
         round(settle, 1),
+        *_hold_counts(before, plan.get("hold", {})),
+        server_changes,
+        round(load, 2),
     )
+
+
+def _hold_counts(before: dict[str, Any], after: dict[str, Any]) -> tuple[int | None, int | None]:
+    """(placement changes, held rounds) between two of the leader's round summaries (None: leader changed)."""
+    if not all(isinstance(d.get(k), int) for d in (before, after) for k in ("changes", "holds")):
+        return None, None
+    if after["changes"] < before["changes"] or after["holds"] < before["holds"]:
+        return None, None
+    return after["changes"] - before["changes"], after["holds"] - before["holds"]
+
+
+async def drive_and_watch(cfg: LoadConfig, cluster: Cluster, record: list[Any]) -> int:
+    """Measure while sampling the ready servers every second; returns how often they changed."""
+    task = asyncio.create_task(drive(cfg, cluster, cfg.measure_s, record))
+    last, changes = await asyncio.to_thread(cluster.instances), 0
+    while not task.done():
+        await asyncio.sleep(1.0)
+        now = await asyncio.to_thread(cluster.instances)
+        changes += now != last
+        last = now
+    await task
+    return changes
 
 
 def plot(results: list[Result], path: Path) -> Path:
@@ -353,11 +386,17 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{cfg.clients} clients at {cfg.sites} sites, {cfg.rate:g} req/s each (Poisson), {cfg.nodes} agents, "
           f"digits; latency = loopback proxy time + site RTT ({cfg.near_ms:g} / {cfg.far_ms:g} ms)")  # fmt: skip
     print(f"{'objective':<11}{'p50 ms':>8}{'p99 ms':>8}{'requests':>9}{'failed':>7}{'servers':>8}{'RSS MB':>8}"
-          f"{'solve ms':>9}")  # fmt: skip
+          f"{'solve ms':>9}{'changes':>8}{'held':>5}{'seen':>5}{'load':>6}")  # fmt: skip
     for r in results:
         solve = f"{r.solve_ms:.1f}" if r.solve_ms is not None else "-"
-        print(f"{r.objective:<11}{r.p50_ms:>8.2f}{r.p99_ms:>8.2f}{r.requests:>9}{r.failed:>7}{r.instances:>8}"
-              f"{r.server_rss_mb:>8.0f}{solve:>9}")  # fmt: skip
+        changes = "-" if r.placement_changes is None else str(r.placement_changes)
+        held = "-" if r.held_rounds is None else str(r.held_rounds)
+        print(
+            f"{r.objective:<11}{r.p50_ms:>8.2f}{r.p99_ms:>8.2f}{r.requests:>9}{r.failed:>7}{r.instances:>8}"
+            f"{r.server_rss_mb:>8.0f}{solve:>9}{changes:>8}{held:>5}{r.server_changes:>5}{r.load_avg_1m:>6.1f}"
+        )
+    print("changes: rounds whose command changed the servers while measuring; held: plans held back; seen: changes "
+          "of the ready servers sampled every second; load: 1-minute load average")  # fmt: skip
     return 0
 
 
