@@ -141,6 +141,7 @@ class Solve:
     nodes: tuple[NodeReport, ...]
     requests: tuple[RequestRecord, ...]
     now: float
+    held: Mapping[str, Mapping[str, int]] = field(default_factory=dict)  # the status quo to value (hysteresis)
 
 
 @dataclass(frozen=True)
@@ -216,6 +217,7 @@ class LeaderRound:
         self.window: deque[RequestRecord] = deque(maxlen=config.max_window)
         self.births = Births()  # when each (node, model) count last grew: the minimum dwell
         self.last_running: dict[str, dict[str, int]] = {}  # last round's nodes with instances: who was lost
+        self.intent: dict[str, dict[str, int]] = {}  # last round's target per node (before make-before-break)
         self.changes = 0  # rounds whose command changed the running instances
         self.holds = 0  # rounds whose plan was held back
         self._rounds = 0
@@ -250,6 +252,7 @@ class LeaderRound:
 
     def _elected(self, e: Elected) -> list[Instruction]:
         self.term, self.members = e.term, dict(e.members)
+        self.intent = {}  # a new term weighs plans against what the nodes report running
         self.fenced_at = None
         self._round, self.phase = None, Phase.IDLE  # a round of the old term would command with it
         self._due_soon(e.now)
@@ -315,7 +318,16 @@ class LeaderRound:
             self.window.popleft()
         self.phase = Phase.SOLVING
         nodes = tuple(r.reports[n] for n in sorted(r.reports))
-        return [Solve(r.number, nodes, tuple(self.window), now)]
+        return [Solve(r.number, nodes, tuple(self.window), now, self._status_quo(r))]
+
+    def _status_quo(self, r: _Round) -> dict[str, dict[str, int]]:
+        """What a plan is weighed against: last round's target where this leader set one (a move still under
+        way counts as made: make-before-break's held instances and draining ones are on their way out), else
+        what the node reports running."""
+        return {
+            n: dict(self.intent[n]) if n in self.intent else {m: c for m, c in rep.instances.items() if c > 0}
+            for n, rep in sorted(r.reports.items())
+        }
 
     # -- commanding --------------------------------------------------------------------------------
     def _on_solved(self, r: _Round, e: Solved) -> list[Instruction]:
@@ -327,11 +339,13 @@ class LeaderRound:
         self.births.observe(running, e.now)
         lost = {n for n, ms in self.last_running.items() if ms and n not in r.reports}
         self.last_running = {n: ms for n, ms in running.items() if ms}
+        status_quo = self._status_quo(r)
         verdict = judge(
-            desired_sets(plan.get("instances", {}), gathered), running, plan.get("objective_ms"),
+            desired_sets(plan.get("instances", {}), gathered), status_quo, plan.get("objective_ms"),
             plan.get("running_value"), lost, self.births, e.now, self.config.hold,
         )  # fmt: skip
-        changed = verdict.desired != running
+        self.intent = {n: dict(d) for n, d in verdict.desired.items()}
+        changed = verdict.desired != status_quo
         self.changes += changed
         self.holds += not verdict.switch
         desired = make_before_break(verdict.desired, {n: r.reports[n].ready for n in gathered})

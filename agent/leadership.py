@@ -253,7 +253,7 @@ class Leadership:
                 s.placement_objective,
                 s.request_window_s,
             )
-            plan, fallback = await self.solver.solve(snapshot, s.placement_method, s.placement_mode)
+            plan, fallback = await self.solver.solve(snapshot, s.placement_method, s.placement_mode, solve.held)
         except Exception as exc:  # the worker died or the solver raised
             log.exception("placement solve failed")
             return lr.SolveFailed(self.agent.clock(), solve.round, f"{type(exc).__name__}: {exc}")

@@ -17,6 +17,7 @@ load at the best split exceeds ``rho_max`` (``overloaded``): the leader acts on 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -57,9 +58,27 @@ class RunningValue:
         }  # fmt: skip
 
 
-def value_running(snapshot: Snapshot, rho_max: float | None = None) -> RunningValue:
-    """Value the snapshot's running instances (``nodes[].instances``) under its streams' rates and costs."""
+def parse_counts(raw: Any) -> dict[str, dict[str, int]] | None:
+    """node -> model -> count from JSON (None for None); raises ValueError on anything else."""
+    if raw is None:
+        return None
+    if not isinstance(raw, dict) or not all(isinstance(v, dict) for v in raw.values()):
+        raise ValueError("held must map node -> model -> count")
+    return {str(n): {str(m): int(c) for m, c in ms.items()} for n, ms in raw.items()}
+
+
+def value_running(
+    snapshot: Snapshot, held: Mapping[str, Mapping[str, int]] | None = None, rho_max: float | None = None
+) -> RunningValue:
+    """Value ``held`` (node -> model -> count; default: the snapshot's running instances) under its streams."""
     running = running_instances(snapshot)
+    if held is not None:
+        models = {m.name: k for k, m in enumerate(snapshot.models)}
+        for j, node in enumerate(snapshot.nodes):
+            running[j] = 0
+            for m, c in held.get(node.id, {}).items():
+                if m in models and c > 0:
+                    running[j, models[m]] = c
     q = build_queue_problem(build_problem(snapshot, Mode.MODE2, current=running))
     if rho_max is not None:
         q = QueueProblem(q.base, q.rate, q.mu, q.node_class, rho_max, q.instance_cost)

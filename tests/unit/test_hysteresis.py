@@ -9,6 +9,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from agent.hysteresis import Births, HoldConfig, judge
+from agent.leader_round import Acknowledged, Command, Elected, Gather, Gathered, LeaderRound, RoundConfig, Solve, Solved
+from agent.leader_round import Tick as RoundTick
+from agent.placement import NodeReport
 
 RUNNING = {"a": {"m": 1}, "b": {"m": 1}, "c": {}}
 MOVED = {"a": {}, "b": {"m": 1}, "c": {"m": 1}}  # the symmetric flip: one instance from a to c
@@ -123,3 +126,33 @@ def test_births_remember_growth_and_are_bounded() -> None:
         b.observe({f"n{i}": {}}, 30.0)
         b.observe({f"n{i}": {"m": 1}}, 31.0)
     assert len(b.at) <= 4 and len(b.counts) <= 4
+
+
+def test_a_move_under_way_is_finished_not_held_back_by_the_instances_it_replaces() -> None:
+    """Make-before-break keeps a's instance while c starts; the next rounds weigh plans against the move's
+    target (b, c), not against a, b and c running, so a is stopped once c is ready (no ratchet)."""
+    m = LeaderRound("a", RoundConfig(period_s=1.0, debounce_s=0.0, hold=CFG))
+    m.step(Elected(0.0, 1, {n: f"http://{n}" for n in "abc"}))
+    plan = {"instances": {"b": {"m": 1}, "c": {"m": 1}}, "objective_ms": 5.0}
+
+    def round_(now: float, running: dict[str, int], ready: dict[str, int], value_ms: float) -> dict[str, Any]:
+        out = m.step(RoundTick(now))
+        for g in [g for g in out if isinstance(g, Gather)]:
+            inst = {"m": running[g.node]} if running[g.node] else {}
+            rdy = {"m": ready[g.node]} if ready[g.node] else {}
+            out = m.step(Gathered(now, g.round, g.node, NodeReport(g.node, 1e3, 1e3, 100, "x", inst, {}, rdy), ()))
+        solve = out[0]
+        assert isinstance(solve, Solve)
+        out = m.step(Solved(now, solve.round, {**plan, "running_value": value(value_ms)}, 1))
+        commands = {c.node: dict(c.instances) for c in out if isinstance(c, Command)}
+        for c in [c for c in out if isinstance(c, Command)]:
+            m.step(Acknowledged(now, c.round, c.node))
+        return {"held": solve.held, "commands": commands}
+
+    first = round_(10.0, {"a": 1, "b": 1, "c": 0}, {"a": 1, "b": 1, "c": 0}, 10.0)
+    assert first["commands"] == {"a": {"m": 1}, "b": {"m": 1}, "c": {"m": 1}}  # the move, a kept for now
+    second = round_(11.0, {"a": 1, "b": 1, "c": 1}, {"a": 1, "b": 1, "c": 0}, 5.0)
+    assert second["held"] == {"a": {}, "b": {"m": 1}, "c": {"m": 1}}  # weighed against the move's target
+    assert second["commands"]["a"] == {"m": 1}  # c not ready yet
+    third = round_(12.0, {"a": 1, "b": 1, "c": 1}, {"a": 1, "b": 1, "c": 1}, 5.0)
+    assert third["commands"]["a"] == {}

@@ -110,7 +110,7 @@ class BenchCase:
         solve = out[0]
         assert isinstance(solve, Solve)
         snapshot = build_snapshot(list(solve.nodes), list(solve.requests), CAT, solve.now, "queue-p99", WINDOW)
-        reply = solve_request({"snapshot": snapshot, "method": "ipopt", "mode": "2"})
+        reply = solve_request({"snapshot": snapshot, "method": "ipopt", "mode": "2", "held": solve.held})
         out = self.machine.step(Solved(self.now, solve.round, reply["plan"], len(snapshot["requests"])))
         for c in [c for c in out if isinstance(c, Command)]:
             self.running[c.node] = dict(c.instances)
