@@ -62,7 +62,7 @@ def parse_node_report(stats_node: Mapping[str, Any], stats_models: Mapping[str, 
     counts: dict[str, int] = {}
     ready: dict[str, int] = {}
     for inst in stats_node["instances"]:
-        if inst.get("running"):
+        if inst.get("running") and not inst.get("draining"):  # a draining server is on its way out
             counts[str(inst["model"])] = counts.get(str(inst["model"]), 0) + 1
         if inst.get("ready"):
             ready[str(inst["model"])] = ready.get(str(inst["model"]), 0) + 1

@@ -59,6 +59,7 @@ class Settings:
     api_docs: bool = False
     request_log_rows: int = 100_000
     instance_ready_timeout_s: float = 60.0
+    instance_drain_s: float = 3.0  # a server the plan drops leaves endpoint answers this long before it stops
     discovery: bool = True
     mdns: bool = True
     interface: str = "auto"
@@ -165,7 +166,7 @@ def validate(s: Settings) -> None:
     for name in ("placement_period_s", "request_window_s", "election_heartbeat_s"):
         if getattr(s, name) <= 0:
             raise ConfigError(name, "must be positive")
-    for name in ("placement_hold_margin", "placement_hold_start_ms", "placement_min_dwell_s"):
+    for name in ("placement_hold_margin", "placement_hold_start_ms", "placement_min_dwell_s", "instance_drain_s"):
         if not 0 <= getattr(s, name) < float("inf"):
             raise ConfigError(name, "must be a finite number, zero or more")
     for seed in s.seed_urls:
