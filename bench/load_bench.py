@@ -39,7 +39,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -92,6 +92,7 @@ class Result:
     held_rounds: int | None = None  # rounds in the measurement whose plan the leader held back (hysteresis)
     server_changes: int = 0  # changes of the ready servers per node, sampled every second while measuring
     load_avg_1m: float = 0.0  # the machine's 1-minute load average at the end of the measurement
+    failure_kinds: dict[str, int] = field(default_factory=dict)  # failed requests by HTTP status / exception
 
 
 def say(msg: str, quiet: bool) -> None:
@@ -193,7 +194,7 @@ def site_rtts(cfg: LoadConfig, site: int) -> dict[str, float]:
 
 
 async def client(
-    cfg: LoadConfig, cluster: Cluster, c: int, until: float, record: list[tuple[float, float, bool]] | None
+    cfg: LoadConfig, cluster: Cluster, c: int, until: float, record: list[tuple[float, float, bool, str]] | None
 ) -> None:
     """One client: Poisson arrivals until ``until`` (monotonic), each a predict through its site's agent."""
     rng = random.Random(cfg.seed * 1000 + c)
@@ -223,18 +224,18 @@ async def _one(
     url: str,
     body: dict[str, Any],
     rtts: dict[str, float],
-    record: list[tuple[float, float, bool]] | None,
+    record: list[tuple[float, float, bool, str]] | None,
 ) -> None:
     started = time.perf_counter()
     try:
         r = await http.post(url, json=body)
-        ok = r.status_code == 200
+        ok, why = r.status_code == 200, f"HTTP {r.status_code} {r.headers.get('x-peerserve-error', '')}".strip()
         node = r.headers.get("x-peerserve-node", "")
-    except httpx.HTTPError:
-        ok, node = False, ""
+    except httpx.HTTPError as exc:
+        ok, node, why = False, "", type(exc).__name__
     ms = 1000.0 * (time.perf_counter() - started) + rtts.get(node, 0.0)
     if record is not None:
-        record.append((time.monotonic(), ms, ok))
+        record.append((time.monotonic(), ms, ok, "" if ok else why))
 
 
 async def drive(cfg: LoadConfig, cluster: Cluster, seconds: float, record: list[Any] | None) -> None:
@@ -252,7 +253,9 @@ async def warm_up(cfg: LoadConfig, cluster: Cluster, quiet: bool) -> float:
         plan = cluster.last_plan()
         have = cluster.instances()
         acts = ", ".join(f"{a['op']} {a['count']} on {a['node']}" for a in plan.get("actions", [])) or "none"
-        say(f"  [{elapsed:5.1f} s] ready servers {have}; last plan's actions: {acts}", quiet)
+        hold = plan.get("hold", {})
+        verdict = f"; {'switched' if hold.get('switched', True) else 'held'}: {hold['reason']}" if hold else ""
+        say(f"  [{elapsed:5.1f} s] ready servers {have}; last plan's actions: {acts}{verdict}", quiet)
         settled = plan and not plan.get("actions") and have == before and sum(have.values()) > 0
         if elapsed >= cfg.warmup_s and settled:
             return elapsed
@@ -270,7 +273,7 @@ def measure(cfg: LoadConfig, objective: str, quiet: bool) -> Result:
             leader = cluster.wait_leader()
             say(f"{objective}: {cfg.nodes} agents up, {leader} leads; warming up", quiet)
             settle = asyncio.run(warm_up(cfg, cluster, quiet))
-            record: list[tuple[float, float, bool]] = []
+            record: list[tuple[float, float, bool, str]] = []
             say(f"{objective}: measuring {cfg.measure_s:g} s", quiet)
             before = cluster.last_plan().get("hold", {})
             server_changes = asyncio.run(drive_and_watch(cfg, cluster, record))
@@ -284,7 +287,11 @@ def measure(cfg: LoadConfig, objective: str, quiet: bool) -> Result:
             raise
         finally:
             cluster.stop()
-    ok = np.array([ms for _, ms, good in record if good])
+    ok = np.array([ms for _, ms, good, _ in record if good])
+    kinds: dict[str, int] = {}
+    for *_, why in record:
+        if why:
+            kinds[why] = kinds.get(why, 0) + 1
     pct = np.percentile(ok, [50, 99]) if len(ok) else np.array([np.nan, np.nan])
     return Result(
         objective,
@@ -292,7 +299,7 @@ def measure(cfg: LoadConfig, objective: str, quiet: bool) -> Result:
         round(float(pct[1]), 3),
         round(float(ok.mean()), 3) if len(ok) else float("nan"),
         len(record),
-        sum(1 for _, _, good in record if not good),
+        sum(1 for _, _, good, _ in record if not good),
         sum(per_node.values()),
         per_node,
         round(rss, 1),
@@ -301,6 +308,7 @@ def measure(cfg: LoadConfig, objective: str, quiet: bool) -> Result:
         *_hold_counts(before, plan.get("hold", {})),
         server_changes,
         round(load, 2),
+        kinds,
     )
 
 
@@ -395,6 +403,9 @@ def main(argv: list[str] | None = None) -> int:
             f"{r.objective:<11}{r.p50_ms:>8.2f}{r.p99_ms:>8.2f}{r.requests:>9}{r.failed:>7}{r.instances:>8}"
             f"{r.server_rss_mb:>8.0f}{solve:>9}{changes:>8}{held:>5}{r.server_changes:>5}{r.load_avg_1m:>6.1f}"
         )
+    for r in results:
+        if r.failure_kinds:
+            print(f"{r.objective} failures: " + ", ".join(f"{k} x{n}" for k, n in sorted(r.failure_kinds.items())))
     print("changes: rounds whose command changed the servers while measuring; held: plans held back; seen: changes "
           "of the ready servers sampled every second; load: 1-minute load average")  # fmt: skip
     return 0
