@@ -207,7 +207,10 @@ async def client(
     image = digits.heldout_set()[0][c % 50]
     url = cluster.url(site % cfg.nodes) + f"/v1/models/{MODEL}:predict"
     tasks = set()
-    async with httpx.AsyncClient(timeout=10.0, headers=headers) as http:
+    # Idle connections are dropped by the client before the agent's keep-alive timeout (uvicorn: 5 s) can
+    # close them under a request in flight (a ReadError that says nothing about placement).
+    limits = httpx.Limits(keepalive_expiry=2.0)
+    async with httpx.AsyncClient(timeout=10.0, headers=headers, limits=limits) as http:
         nxt = time.monotonic() + rng.expovariate(cfg.rate)
         while nxt < until:
             await asyncio.sleep(max(0.0, nxt - time.monotonic()))
