@@ -125,7 +125,12 @@ class Cluster:
                     "--data-dir", str(data), "--cluster-token", self.token, "--placement-mode", "2",
                     "--placement-period-s", str(self.cfg.period_s),
                     "--placement-objective", self.objective]  # fmt: skip
-            env = {**os.environ, "PEERSERVE_REQUEST_WINDOW_S": str(max(20.0, self.cfg.warmup_s))}
+            env = {
+                **os.environ,
+                "PEERSERVE_REQUEST_WINDOW_S": str(max(20.0, self.cfg.warmup_s)),
+                # 30 phones share one loopback address here: the per-address cap (64) would cut them off
+                "PEERSERVE_MAX_CONNECTIONS_PER_ADDRESS": "256",
+            }
             proc = subprocess.Popen(
                 argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=REPO, env=env
             )
