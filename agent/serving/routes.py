@@ -33,7 +33,7 @@ from agent.node import NodeAgent
 from agent.serving import tfrest
 from agent.serving.inflight import InFlight, Token
 from agent.serving.resolve import NoCapacity, Provisioning, Ranked, Unknown
-from agent.serving.upstream import BodyTooLarge, Replay, UpstreamError, UpstreamPool
+from agent.serving.upstream import BodySourceError, BodyTooLarge, Replay, UpstreamError, UpstreamPool
 
 log = logging.getLogger(__name__)
 
@@ -217,12 +217,18 @@ class ServingRoutes:
         if not isinstance(outcome, Ranked):
             return self._outcome_error(outcome, model, protocol, client, reported)
         body = Replay(request.stream(), self.max_body) if _has_body(request) else None
+        if body is not None:
+            try:
+                await body.prefetch()  # a slow client holds no server connection while it sends
+            except BodyTooLarge as exc:
+                return protocol_error(413, str(exc), "body_too_large")
+            except BodySourceError as exc:
+                raise exc.original from None  # refused by the HTTP bounds (408/413) or the client left
         headers = _forward_headers(request)
         query = urlencode([(k, v) for k, v in request.query_params.multi_items() if k != "rtt"])
         for choice in outcome.choices[:2]:  # the best, then one retry elsewhere if it is unreachable
             target = choice.candidate
             url = f"{target.url}{upstream_path}" + (f"?{query}" if query else "")
-            started = time.perf_counter()
             token = self.inflight.begin(target.url, time.monotonic())
             try:
                 upstream = await self.pool.request(request.method, url, headers, body)
@@ -240,7 +246,7 @@ class ServingRoutes:
                 raise
             if upstream.status >= 400 and not _is_json(upstream.headers):
                 return await self._wrap_error(upstream, model, target.node, client, reported, token)
-            stream = self._stream(upstream, model, target.node, client, reported, started, token)
+            stream = self._stream(upstream, model, target.node, client, reported, token)
             answer_headers = _response_headers(upstream.headers)
             answer_headers[NODE_HEADER] = target.node  # which node served it (the load bench adds its RTT)
             length = next((v for k, v in answer_headers.items() if k.lower() == "content-length"), "")
@@ -252,8 +258,9 @@ class ServingRoutes:
         return protocol_error(502, f"no endpoint of {model} answered", "unreachable")
 
     async def _stream(
-        self, upstream: Any, model: str, node: str, client: str, reported: Any, started: float, token: Token | None
+        self, upstream: Any, model: str, node: str, client: str, reported: Any, token: Token | None
     ) -> AsyncIterator[bytes]:
+        """Stream the answer; record the server's own time (``service_ms``), never the client's pauses."""
         complete = False
         try:
             async for chunk in upstream.aiter_body():
@@ -264,10 +271,10 @@ class ServingRoutes:
         finally:
             self.inflight.end(token)
             await upstream.aclose()
-            latency = 1000 * (time.perf_counter() - started)
-            if complete and upstream.status < 500:
+            latency = upstream.service_ms if complete else None
+            if latency is not None and upstream.status < 500:
                 self.agent.record_latency(node, model, latency)
-            self._record(model, client, reported, node, latency if complete else None, upstream.status)
+            self._record(model, client, reported, node, latency, upstream.status)
 
     async def _wrap_error(
         self, upstream: Any, model: str, node: str, client: str, reported: Any, token: Token | None

@@ -1,0 +1,79 @@
+"""Attacks by one client on the others, over real loopback HTTP (docs/security.md "One client against another").
+
+Each test is an attack that worked before its fix: a slow client poisoning the latency every client is
+ranked by, a client rewriting another client's remembered RTTs by claiming its id from another address.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import httpx
+
+from tests.service.conftest import STATS_READER, RunningAgent
+
+MODEL = "half_plus_two"
+PREDICT = f"/v1/models/{MODEL}:predict"
+QUIET = "--no-discovery"
+
+
+def _predict_raw(agent: RunningAgent, body: bytes, pause_s: float) -> int:
+    """POST a predict whose body arrives in two halves ``pause_s`` apart; the answer's status."""
+    with socket.create_connection((agent.host, agent.port), timeout=30) as sock:
+        head = f"POST {PREDICT} HTTP/1.1\r\nHost: a\r\nContent-Type: application/json\r\nContent-Length: {len(body)}"
+        sock.sendall(head.encode() + b"\r\nX-Peerserve-Client: slowpoke\r\nConnection: close\r\n\r\n" + body[:10])
+        time.sleep(pause_s)
+        sock.sendall(body[10:])
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    return int(data.split(b" ", 2)[1])
+
+
+def _latencies(agent: RunningAgent, client: str) -> list[float]:
+    rows = agent.get("/stats/requests?since=0&limit=10000", headers=STATS_READER).json()["requests"]
+    return [r["latency_ms"] for r in rows if r["client"].startswith(client) and r["latency_ms"] is not None]
+
+
+def test_a_slow_client_does_not_poison_the_measured_latency(agents: Any) -> None:
+    a = agents("a", QUIET, "--provision-wait-s", "20")
+    assert a.get(f"/services/{MODEL}").status_code == 200  # provisioned here on demand
+    body = json.dumps({"instances": [1.0, 2.0, 5.0]}).encode()
+    with ThreadPoolExecutor(3) as pool:
+        slow = [pool.submit(_predict_raw, a, body, 1.5) for _ in range(3)]
+        time.sleep(0.7)  # all three are mid-body now
+        during = a.get(f"/services/{MODEL}", headers={"X-Peerserve-Client": "honest"}).json()
+        assert [f.result() for f in slow] == [200, 200, 200]
+    assert during["in_flight"] == 0, f"half-sent bodies hold the model server (and steer others away): {during}"
+    with httpx.Client(base_url=a.url, timeout=30) as http:
+        honest = {"X-Peerserve-Client": "honest"}
+        assert http.post(PREDICT, json={"instances": [1.0]}, headers=honest).status_code == 200
+        ranked = http.get(f"/services/{MODEL}", headers=honest).json()
+    slow = _latencies(a, "slowpoke")
+    assert len(slow) == 3 and max(slow) < 500, f"the client's own 1.5 s pauses counted as model latency: {slow}"
+    assert ranked["why"]["exec_ms"] < 500, f"every client is now ranked by the slow client's pauses: {ranked}"
+
+
+def test_another_address_cannot_rewrite_a_clients_rtts(agents: Any) -> None:
+    a = agents("a", QUIET, "--provision-wait-s", "20")
+    node = a.node_id
+    victim = {"X-Peerserve-Client": "phone-7"}
+    first = a.get(f"/services/{MODEL}", headers={**victim, "X-Peerserve-RTT": f"{node}=3.5"}).json()
+    assert first["why"]["rtt_ms"] == 3.5
+    # Another host claims the victim's id (and, for id-less phones, the victim's address as an id).
+    with httpx.Client(base_url=a.url, timeout=30, transport=httpx.HTTPTransport(local_address="127.0.0.2")) as other:
+        for claimed in ("phone-7", "127.0.0.1"):
+            r = other.get(
+                f"/services/{MODEL}", headers={"X-Peerserve-Client": claimed, "X-Peerserve-RTT": f"{node}=60000"}
+            )
+            assert r.status_code == 200
+    again = a.get(f"/services/{MODEL}", headers=victim).json()
+    plain = a.get(f"/services/{MODEL}").json()  # the id-less client at 127.0.0.1
+    assert again["why"]["rtt_ms"] == 3.5, f"another host rewrote phone-7's RTTs: {again['why']}"
+    assert plain["why"]["rtt_source"] == "default", f"another host wrote 127.0.0.1's RTTs: {plain['why']}"
+    clients = {r["client"] for r in a.get("/stats/requests?since=0", headers=STATS_READER).json()["requests"]}
+    assert clients == {"phone-7@127.0.0.1", "phone-7@127.0.0.2", "127.0.0.1@127.0.0.2", "127.0.0.1"}, clients
