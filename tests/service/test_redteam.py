@@ -1,19 +1,26 @@
 """Attacks by one client on the others, over real loopback HTTP (docs/security.md "One client against another").
 
 Each test is an attack that worked before its fix: a slow client poisoning the latency every client is
-ranked by, a client rewriting another client's remembered RTTs by claiming its id from another address.
+ranked by, a client rewriting another client's remembered RTTs by claiming its id from another address,
+a host making the stand-in model server (reachable from the LAN) buffer without bound or hold threads.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
+import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
+import pytest
 
+from agent.models import MODELS
+from agent.modelserver import ModelServer
 from tests.service.conftest import STATS_READER, RunningAgent
 
 MODEL = "half_plus_two"
@@ -77,3 +84,64 @@ def test_another_address_cannot_rewrite_a_clients_rtts(agents: Any) -> None:
     assert plain["why"]["rtt_source"] == "default", f"another host wrote 127.0.0.1's RTTs: {plain['why']}"
     clients = {r["client"] for r in a.get("/stats/requests?since=0", headers=STATS_READER).json()["requests"]}
     assert clients == {"phone-7@127.0.0.1", "phone-7@127.0.0.2", "127.0.0.1@127.0.0.2", "127.0.0.1"}, clients
+
+
+# -- the stand-in model server is reachable from the LAN: what one host can make it hold ---------------
+
+
+@pytest.fixture
+def stand_in() -> Iterator[ModelServer]:
+    server = ModelServer(("127.0.0.1", 0), MODELS[MODEL], timeout_s=1.0, max_per_address=4)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+def _answer(sock: socket.socket, within_s: float) -> bytes:
+    """What the server sends until it closes the connection (at most ``within_s`` of waiting)."""
+    sock.settimeout(within_s)
+    data = b""
+    with contextlib.suppress(TimeoutError, ConnectionResetError):
+        while chunk := sock.recv(65536):
+            data += chunk
+    return data
+
+
+def test_stand_in_refuses_a_negative_chunk_size_at_once(stand_in: ModelServer) -> None:
+    # int("-1", 16) == -1 and rfile.read(-1) reads to the end of the stream: memory without bound.
+    port = stand_in.server_address[1]
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        head = f"POST {PREDICT} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n-1\r\n"
+        sock.sendall(head.encode() + b"x" * 65536)
+        answer = _answer(sock, 0.8)  # well within the server's 1 s read deadline
+    assert answer.startswith(b"HTTP/1.0 400") or answer.startswith(b"HTTP/1.1 400"), answer[:200]
+    assert b"malformed chunked body" in answer
+
+
+def test_stand_in_closes_idle_and_half_sent_connections(stand_in: ModelServer) -> None:
+    port = stand_in.server_address[1]
+    with socket.create_connection(("127.0.0.1", port)) as idle, socket.create_connection(("127.0.0.1", port)) as half:
+        half.sendall(f"POST {PREDICT} HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{{".encode())
+        started = time.monotonic()
+        assert _answer(idle, 10) == b""  # closed, not held
+        assert b"408" in _answer(half, 10).split(b"\r\n", 1)[0]
+        assert time.monotonic() - started < 5
+
+
+def test_stand_in_caps_connections_per_address(stand_in: ModelServer) -> None:
+    port = stand_in.server_address[1]
+    held = [socket.create_connection(("127.0.0.1", port)) for _ in range(4)]
+    try:
+        time.sleep(0.2)
+        with socket.create_connection(("127.0.0.1", port)) as extra:
+            assert _answer(extra, 5).startswith(b"HTTP/1.1 503")
+        with httpx.Client(transport=httpx.HTTPTransport(local_address="127.0.0.2")) as other:
+            r = other.post(f"http://127.0.0.1:{port}{PREDICT}", json={"instances": [1.0]})
+            assert r.json() == {"predictions": [2.5]}  # another address is served meanwhile
+    finally:
+        for sock in held:
+            sock.close()
+    time.sleep(0.2)
+    r = httpx.post(f"http://127.0.0.1:{port}{PREDICT}", json={"instances": [1.0]})
+    assert r.json() == {"predictions": [2.5]}
