@@ -107,8 +107,8 @@ class _Handler(BaseHTTPRequestHandler):
     server_version = "peerserve-modelserver/1"
 
     def setup(self) -> None:
-        self.timeout = self.server.timeout_s  # StreamRequestHandler puts it on the socket: every read has a deadline
         super().setup()
+        self.connection.settimeout(self.server.timeout_s)  # every read has a deadline (idle, half-sent)
 
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("%s " + format, self.address_string(), *args)
