@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 
 MAX_BODY = 64 * 1024 * 1024
 TIMEOUT_S = 30.0  # a read that waits longer (idle keep-alive, half-sent request) ends the connection
-MAX_PER_ADDRESS = 128  # connections one address may hold (each is a thread)
+MAX_PER_ADDRESS = 256  # connections one address may hold (each a thread); an agent proxies at most 256 at once
 CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,16}")  # int(x, 16) alone takes "-1", "+5", "0x5" and "5_0"
 _BUSY_BODY = b'{"error": "too many connections from this address"}'
 BUSY = (
