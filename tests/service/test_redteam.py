@@ -21,6 +21,7 @@ import pytest
 
 from agent.models import MODELS
 from agent.modelserver import ModelServer
+from agent.peer_gate import HANDSHAKE_S, PENDING_PER_ADDRESS
 from tests.service.conftest import STATS_READER, RunningAgent
 
 MODEL = "half_plus_two"
@@ -145,3 +146,33 @@ def test_stand_in_caps_connections_per_address(stand_in: ModelServer) -> None:
     time.sleep(0.2)
     r = httpx.post(f"http://127.0.0.1:{port}{PREDICT}", json={"instances": [1.0]})
     assert r.json() == {"predictions": [2.5]}
+
+
+# -- the peer port, before TLS says who connects ---------------------------------------------------------
+
+
+def test_a_stranger_cannot_hold_the_peer_port_before_tls(agents: Any) -> None:
+    a = agents("a", QUIET)
+    stranger = ("127.0.0.2", 0)  # sends no byte of TLS: no card needed for that
+    socks = [socket.create_connection((a.host, a.peer_port), 10, stranger) for _ in range(PENDING_PER_ADDRESS + 24)]
+    try:
+        time.sleep(1.0)
+        assert sum(_open(s) for s in socks) == PENDING_PER_ADDRESS, "more half-open handshakes held than the cap"
+        assert a.put_desired(1, {}).status_code == 200  # a member with a card (at 127.0.0.1) is served meanwhile
+        time.sleep(HANDSHAKE_S + 1.5)
+        assert sum(_open(s) for s in socks) == 0, "handshakes never begun are held past the deadline"
+    finally:
+        for s in socks:
+            s.close()
+    assert a.get("/health").status_code == 200
+
+
+def _open(sock: socket.socket) -> bool:
+    """Whether the server still holds the connection (nothing to read and no end of stream)."""
+    sock.setblocking(False)
+    try:
+        return sock.recv(1) != b""
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
