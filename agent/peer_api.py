@@ -31,7 +31,7 @@ from fastapi.responses import JSONResponse, Response
 
 from agent.identity import AuthError, Identity
 from agent.node import FencedError, UnknownModelError
-from agent.peer_gate import GatedConfig
+from agent.peer_gate import gate_tls
 from agent.serving.provision import ROUTE_PROVISION, answer_provision
 from peerserve import wire
 
@@ -262,7 +262,7 @@ class PeerServer:
         files = identity.tls_files
         if files is None:
             raise ValueError("the peer listener needs a data dir for its TLS files")
-        config = GatedConfig(  # TLS per connection: a stranger holds few handshakes, briefly (agent/peer_gate.py)
+        config = uvicorn.Config(
             app, host=host, port=port, log_level=None, lifespan="off",
             ssl_keyfile=str(files.key), ssl_certfile=str(files.cert), ssl_ca_certs=str(files.ca),
             ssl_cert_reqs=ssl.CERT_REQUIRED, timeout_keep_alive=30, limit_concurrency=256, log_config=None,
@@ -270,7 +270,7 @@ class PeerServer:
             access_log=True,
             timeout_graceful_shutdown=2,
         )  # fmt: skip
-        self.server = _EmbeddedServer(config)
+        self.server = _EmbeddedServer(gate_tls(config))  # a stranger holds few handshakes, briefly
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:

@@ -4,11 +4,12 @@ asyncio hands a TLS connection to the HTTP protocol only once the handshake is d
 handshake 60 s; uvicorn's caps (``limit_concurrency``) count only connections past it. So a host with no
 card could open tens of thousands of TCP connections to the peer port, send nothing, and hold each for a
 minute: the agent's file descriptors run out and its client API stops answering too (measured: 400 idle
-connections against an agent limited to 256 descriptors). ``gated_config`` takes TLS out of the listener
+connections against an agent limited to 256 descriptors). ``gate_tls`` takes TLS out of the listener
 and does it per connection instead: at most ``PENDING_PER_ADDRESS`` handshakes in progress per source
 address (more are closed at once) and ``HANDSHAKE_S`` to finish one (then the connection is closed);
 a finished handshake (mutual TLS: a certificate of this cluster) hands the TLS transport to uvicorn's
-own protocol, and the handshake slot is free again.
+own protocol, and the handshake slot is free again. Used by the peer listener (agent/peer_api.py) and the
+optional HTTPS client listener (agent/client_auth.py, with a longer deadline for phones).
 """
 
 from __future__ import annotations
@@ -49,7 +50,9 @@ class Handshakes:
             self.pending.pop(host, None)
 
 
-def gated_protocol(inner: type[asyncio.Protocol], context: ssl.SSLContext, handshakes: Handshakes) -> type[Any]:
+def gated_protocol(
+    inner: type[asyncio.Protocol], context: ssl.SSLContext, handshakes: Handshakes, handshake_s: float = HANDSHAKE_S
+) -> type[Any]:
     """A protocol class for uvicorn that does the TLS handshake itself, under the caps, then hands over."""
 
     class TlsGate(asyncio.Protocol):
@@ -72,7 +75,7 @@ def gated_protocol(inner: type[asyncio.Protocol], context: ssl.SSLContext, hands
             loop = asyncio.get_running_loop()
             try:
                 tls = await loop.start_tls(
-                    transport, self, context, server_side=True, ssl_handshake_timeout=HANDSHAKE_S
+                    transport, self, context, server_side=True, ssl_handshake_timeout=handshake_s
                 )
             except (OSError, ssl.SSLError, asyncio.TimeoutError, ConnectionError, RuntimeError) as exc:
                 log.debug("no TLS session with %s: %r", host, exc)
@@ -106,11 +109,11 @@ def gated_protocol(inner: type[asyncio.Protocol], context: ssl.SSLContext, hands
     return TlsGate
 
 
-class GatedConfig(uvicorn.Config):
-    """uvicorn's configuration with the listener's TLS done per connection by ``gated_protocol``."""
-
-    def load(self) -> None:
-        super().load()
-        if self.ssl is not None:
-            context, self.ssl = self.ssl, None
-            self.http_protocol_class = gated_protocol(self.http_protocol_class, context, Handshakes())
+def gate_tls(config: uvicorn.Config, handshake_s: float = HANDSHAKE_S) -> uvicorn.Config:
+    """Load ``config`` and move its listener's TLS into ``gated_protocol`` (no-op without TLS)."""
+    if not config.loaded:
+        config.load()
+    if config.ssl is not None:
+        context, config.ssl = config.ssl, None
+        config.http_protocol_class = gated_protocol(config.http_protocol_class, context, Handshakes(), handshake_s)
+    return config

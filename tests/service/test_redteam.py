@@ -10,10 +10,12 @@ from __future__ import annotations
 import contextlib
 import json
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -22,7 +24,8 @@ import pytest
 from agent.models import MODELS
 from agent.modelserver import ModelServer
 from agent.peer_gate import HANDSHAKE_S, PENDING_PER_ADDRESS
-from tests.service.conftest import STATS_READER, RunningAgent
+from tests.service.conftest import STATS_READER, RunningAgent, free_port
+from tests.service.test_client_auth import self_signed
 
 MODEL = "half_plus_two"
 PREDICT = f"/v1/models/{MODEL}:predict"
@@ -176,3 +179,19 @@ def _open(sock: socket.socket) -> bool:
         return True
     except OSError:
         return False
+
+
+def test_the_https_client_listener_bounds_handshakes_too(agents: Any, tmp_path: Path) -> None:
+    cert, key = self_signed(tmp_path)
+    port = free_port()
+    a = agents("a", QUIET, "--https-port", str(port), "--tls-cert", str(cert), "--tls-key", str(key))
+    stranger = ("127.0.0.2", 0)
+    socks = [socket.create_connection((a.host, port), 10, stranger) for _ in range(PENDING_PER_ADDRESS + 24)]
+    try:
+        time.sleep(1.0)
+        assert sum(_open(s) for s in socks) == PENDING_PER_ADDRESS, "more half-open handshakes held than the cap"
+        with httpx.Client(verify=ssl.create_default_context(cafile=str(cert))) as tls:
+            assert tls.get(f"https://127.0.0.1:{port}/health").status_code == 200  # a phone is served meanwhile
+    finally:
+        for s in socks:
+            s.close()
