@@ -166,3 +166,12 @@ def test_an_address_is_recorded_as_itself_and_long_ids_stay_apart() -> None:
     assert scoped("10.0.0.5", "10.0.0.5") == "10.0.0.5" and scoped("10.0.0.5", "10.0.0.9") == "10.0.0.5@10.0.0.9"
     a, b = "x" * 127 + "a", "x" * 127 + "b"
     assert scoped(a, ADDRESSES[-1]) != scoped(b, ADDRESSES[-1])
+
+
+def test_the_request_log_queue_is_bounded_while_writes_fall_behind(tmp_path: Path) -> None:
+    store = Store(tmp_path, max_pending=100)
+    for i in range(250):  # no flush in between: the writer is stuck
+        store.record_request(float(i), "m", f"c{i}", {}, "n1", 1.0, 200)
+    assert store.dropped == 150 and store.flush() == 100
+    rows, _ = store.requests_since(0, 1000)
+    assert [r.client for r in rows] == [f"c{i}" for i in range(150, 250)]  # the newest kept
