@@ -83,8 +83,12 @@ def _endpoint_json(choice: Choice, live: dict[str, int] | None = None) -> dict[s
     return out
 
 
-def _forward_headers(request: Request) -> list[tuple[str, str]]:
+def _forward_headers(request: Request, keep_authorization: bool = True) -> list[tuple[str, str]]:
+    """The client's end-to-end headers; ``Authorization`` dropped when it is the agent's client token (it
+    would otherwise travel in clear to model servers on other boards, even from an HTTPS client)."""
     named = {v.strip().lower() for v in request.headers.get("connection", "").split(",")}
+    if not keep_authorization:
+        named.add("authorization")
     out = [(k, v) for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP and k.lower() not in named]
     if request.client is not None:
         out.append(("X-Forwarded-For", request.client.host))
@@ -224,7 +228,7 @@ class ServingRoutes:
                 return protocol_error(413, str(exc), "body_too_large")
             except BodySourceError as exc:
                 raise exc.original from None  # refused by the HTTP bounds (408/413) or the client left
-        headers = _forward_headers(request)
+        headers = _forward_headers(request, keep_authorization=not self.agent.settings.client_token)
         query = urlencode([(k, v) for k, v in request.query_params.multi_items() if k != "rtt"])
         for choice in outcome.choices[:2]:  # the best, then one retry elsewhere if it is unreachable
             target = choice.candidate

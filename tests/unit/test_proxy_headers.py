@@ -57,3 +57,12 @@ def test_client_input_errors_keep_their_status_in_the_protocol_shape() -> None:
     out = _as_protocol_error(refused)
     assert out.status_code == 429 and out.body == b'{"error":"too many client ids"}'
     assert out.headers["retry-after"] == "3" and out.headers["x-peerserve-error"] == "bad_client_input"
+
+
+def test_the_client_token_never_reaches_a_model_server() -> None:
+    headers = [("Authorization", "Bearer phones-need-this-0123"), ("Content-Type", "application/json")]
+    assert dict(_forward_headers(_request(headers), keep_authorization=False)) == {
+        "content-type": "application/json",
+        "X-Forwarded-For": "10.0.0.9",
+    }
+    assert ("authorization", "Bearer phones-need-this-0123") in _forward_headers(_request(headers))  # no token set
