@@ -39,8 +39,9 @@ log = logging.getLogger(__name__)
 
 ERROR_HEADER = "X-Peerserve-Error"
 NODE_HEADER = "X-Peerserve-Node"
-V2_MODEL_PATH = re.compile(
-    r"^/v2/models/(?P<model>[^/]+)(?:/versions/(?P<version>[^/]+))?(?P<rest>/ready|/infer|/config|/stats)?$"
+V2_MODEL_PATH = re.compile(  # names and versions as the catalogue takes them: legal in a request target as is
+    r"^/v2/models/(?P<model>[A-Za-z0-9][A-Za-z0-9_.-]{0,63})(?:/versions/(?P<version>[A-Za-z0-9_-]{1,64}))?"
+    r"(?P<rest>/ready|/infer|/config|/stats)?$"
 )
 HOP_BY_HOP = {
     "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer", "trailers",
