@@ -195,3 +195,20 @@ def test_the_https_client_listener_bounds_handshakes_too(agents: Any, tmp_path: 
     finally:
         for s in socks:
             s.close()
+
+
+def test_a_client_that_never_reads_its_answer_lets_go_of_the_model_server(agents: Any) -> None:
+    a = agents("a", QUIET, "--provision-wait-s", "20", "--body-timeout-s", "1")
+    assert a.get(f"/services/{MODEL}").status_code == 200
+    body = b'{"instances": [' + b"1," * 999_999 + b"1]}"  # 2 MB in, a 5 MB answer out
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # and it reads none of it
+    sock.connect((a.host, a.port))
+    try:
+        head = f"POST {PREDICT} HTTP/1.1\r\nHost: a\r\nContent-Type: application/json\r\nContent-Length: {len(body)}"
+        sock.sendall(head.encode() + b"\r\n\r\n" + body)
+        time.sleep(4.0)
+        choice = a.get(f"/services/{MODEL}").json()
+        assert choice["in_flight"] == 0, f"a client that does not read holds the server (others steered away): {choice}"
+    finally:
+        sock.close()
