@@ -21,7 +21,7 @@ import re
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -48,6 +48,7 @@ HOP_BY_HOP = {
     "transfer-encoding", "upgrade", "host", "x-peerserve-rtt", "x-peerserve-client",
     "expect",  # 100-continue is settled between the client and the agent; the body is already flowing
 }  # fmt: skip
+SAFE_PATH = "/:%"  # the HTTP layer decoded the path once: re-quote the rest (label "a b" goes as "a%20b")
 SMALL_BODY = 64 * 1024  # an answer up to this size is sent in one piece; larger ones are streamed
 ERROR_TEXT_MAX = 2048  # of a non-JSON upstream error, kept as the message
 ALL_METHODS = ["GET", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"]
@@ -233,7 +234,7 @@ class ServingRoutes:
         query = urlencode([(k, v) for k, v in request.query_params.multi_items() if k != "rtt"])
         for choice in outcome.choices[:2]:  # the best, then one retry elsewhere if it is unreachable
             target = choice.candidate
-            url = f"{target.url}{upstream_path}" + (f"?{query}" if query else "")
+            url = f"{target.url}{quote(upstream_path, safe=SAFE_PATH)}" + (f"?{query}" if query else "")
             token = self.inflight.begin(target.url, time.monotonic())
             try:
                 upstream = await self.pool.request(request.method, url, headers, body)

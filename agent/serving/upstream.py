@@ -280,9 +280,10 @@ class UpstreamPool:
     async def _exchange(
         self, conn: _Conn, method: str, target: str, host: str, headers: list[tuple[str, str]], body: Replay | None
     ) -> UpstreamResponse:
-        out = [("Host", host), *headers]
+        # latin-1, as the HTTP layer decoded them: a header byte past ASCII is passed on, not a failed send
+        out = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in [("Host", host), *headers]]
         if body is not None and not any(k.lower() == "content-length" for k, _ in headers):
-            out.append(("Transfer-Encoding", "chunked"))
+            out.append((b"Transfer-Encoding", b"chunked"))
         sent_any = False
         sent_at: float | None = None
 

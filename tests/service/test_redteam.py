@@ -212,3 +212,20 @@ def test_a_client_that_never_reads_its_answer_lets_go_of_the_model_server(agents
         assert choice["in_flight"] == 0, f"a client that does not read holds the server (others steered away): {choice}"
     finally:
         sock.close()
+
+
+def test_odd_bytes_in_a_header_or_a_label_reach_the_server_not_a_502(agents: Any) -> None:
+    a = agents("a", QUIET, "--provision-wait-s", "20")
+    assert a.get(f"/services/{MODEL}").status_code == 200
+    body = b'{"instances": [1.0]}'
+    with socket.create_connection((a.host, a.port), timeout=30) as sock:
+        head = (
+            f"POST {PREDICT} HTTP/1.1\r\nHost: a\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+        )
+        sock.sendall(head.encode() + b"X-Note: caf\xe9\r\nConnection: close\r\n\r\n" + body)
+        started = time.monotonic()
+        answer = _answer(sock, 10)
+    assert answer.startswith(b"HTTP/1.1 200"), answer[:300]
+    assert time.monotonic() - started < 1.0
+    r = httpx.post(f"{a.url}/v1/models/{MODEL}/labels/a%20b:predict", json={"instances": [1.0]}, timeout=30)
+    assert r.status_code == 400 and r.json() == {"error": "Unrecognized servable version label: a b"}, r.text

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from urllib.parse import quote
+
 import h11
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from starlette.requests import Request
 
-from agent.serving.routes import V2_MODEL_PATH, _forward_headers, _response_headers
+from agent.serving import tfrest
+from agent.serving.routes import SAFE_PATH, V2_MODEL_PATH, _forward_headers, _response_headers
 
 
 def _request(headers: list[tuple[str, str]]) -> Request:
@@ -78,3 +81,17 @@ def test_every_v2_path_the_proxy_takes_can_be_sent_to_a_model_server(model: str,
     for path in (f"/v2/models/{model}{rest}", f"/v2/models/{model}/versions/{version}{rest}"):
         if V2_MODEL_PATH.match(path) is not None:
             h11.Connection(h11.CLIENT).send(h11.Request(method="POST", target=path, headers=[("Host", "x")]))
+
+
+@settings(max_examples=300)
+@given(st.text(max_size=24), st.text(max_size=24), st.sampled_from([":predict", ":classify", "/metadata", ""]))
+def test_every_tfserving_path_the_proxy_takes_can_be_sent_to_a_model_server(model: str, label: str, rest: str) -> None:
+    for path in (f"/v1/models/{model}{rest}", f"/v1/models/{model}/labels/{label}{rest}",
+                 f"/v1/models/{model}/versions/{label}{rest}"):  # fmt: skip
+        try:
+            route = tfrest.parse_path("POST" if rest.startswith(":") else "GET", path)
+        except tfrest.TFError:
+            continue
+        sent = quote(path, safe=SAFE_PATH)  # as the proxy sends it: the server decodes the same route
+        h11.Connection(h11.CLIENT).send(h11.Request(method="POST", target=sent, headers=[("Host", "x")]))
+        assert tfrest.parse_path("POST" if rest.startswith(":") else "GET", sent) == route
