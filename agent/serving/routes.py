@@ -91,6 +91,8 @@ def _forward_headers(request: Request, keep_authorization: bool = True) -> list[
     named = {v.strip().lower() for v in request.headers.get("connection", "").split(",")}
     if not keep_authorization:
         named.add("authorization")
+    if "transfer-encoding" in request.headers:  # it overrides a Content-Length, which must not go on (RFC 9112 6.3)
+        named.add("content-length")
     out = [(k, v) for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP and k.lower() not in named]
     if request.client is not None:
         out.append(("X-Forwarded-For", request.client.host))

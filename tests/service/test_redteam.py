@@ -229,3 +229,17 @@ def test_odd_bytes_in_a_header_or_a_label_reach_the_server_not_a_502(agents: Any
     assert time.monotonic() - started < 1.0
     r = httpx.post(f"{a.url}/v1/models/{MODEL}/labels/a%20b:predict", json={"instances": [1.0]}, timeout=30)
     assert r.status_code == 400 and r.json() == {"error": "Unrecognized servable version label: a b"}, r.text
+
+
+def test_a_chunked_body_that_also_declares_a_length_is_proxied_by_its_chunks(agents: Any) -> None:
+    # RFC 9112 6.3: Transfer-Encoding overrides Content-Length, and a proxy must not forward both; the
+    # stale length made the upstream send fail (a 502 blamed on the model server).
+    a = agents("a", QUIET, "--provision-wait-s", "20")
+    assert a.get(f"/services/{MODEL}").status_code == 200
+    body = b'{"instances": [1.0, 2.0]}'
+    chunked = f"{len(body):x}\r\n".encode() + body + b"\r\n0\r\n\r\n"
+    with socket.create_connection((a.host, a.port), timeout=30) as sock:
+        head = f"POST {PREDICT} HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n"
+        sock.sendall(head.encode() + b"Connection: close\r\n\r\n" + chunked)
+        answer = _answer(sock, 10)
+    assert answer.startswith(b"HTTP/1.1 200") and answer.endswith(b'{"predictions": [2.5, 3.0]}'), answer[-300:]
