@@ -33,7 +33,7 @@ from agent.node import NodeAgent
 from agent.serving import tfrest
 from agent.serving.inflight import InFlight, Token
 from agent.serving.resolve import NoCapacity, Provisioning, Ranked, Unknown
-from agent.serving.upstream import BodySourceError, BodyTooLarge, Replay, UpstreamError, UpstreamPool
+from agent.serving.upstream import BodySourceError, BodyTooLarge, Replay, Unsendable, UpstreamError, UpstreamPool
 
 log = logging.getLogger(__name__)
 
@@ -243,6 +243,9 @@ class ServingRoutes:
             except BodyTooLarge as exc:
                 self.inflight.end(token)
                 return protocol_error(413, str(exc), "body_too_large")
+            except Unsendable as exc:
+                self.inflight.end(token)
+                return protocol_error(400, str(exc), "bad_request")
             except UpstreamError as exc:
                 self.inflight.end(token)
                 log.warning("proxy to %s (%s) failed: %s", target.url, target.node, exc)

@@ -38,6 +38,10 @@ class UpstreamError(Exception):
         self.sent = sent
 
 
+class Unsendable(Exception):
+    """The client's request cannot be written as HTTP/1.1 (a header or target h11 refuses): a 400, not a 502."""
+
+
 class BodyTooLarge(Exception):
     """The client's request body went over the proxy's limit while streaming."""
 
@@ -312,6 +316,9 @@ class UpstreamPool:
             if isinstance(failed, BodySourceError):
                 head.cancel()
                 raise failed.original
+            if isinstance(failed, (h11.LocalProtocolError, UnicodeError)):  # the request itself, not the server
+                head.cancel()
+                raise Unsendable(f"this request cannot be forwarded as HTTP/1.1: {failed}") from failed
             if failed is not None and not head.done():
                 # The server may have answered (e.g. 413) and closed while we were still sending.
                 done, _ = await asyncio.wait({head}, timeout=1.0)
