@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from solver import fastlp
+from solver import fastlp, lpguide
 from solver.api import solve
 from solver.fastlp import full_lp, solve_lp, tune_allocator
 from solver.problem import Mode, build_problem
@@ -99,8 +99,37 @@ def solve_times(
                 WALL.append(plan.solve_ms)
                 full = plan.details.get("estimate") == "smoothed"  # the plain greedy could not place everything
                 name = names[i] if names else "?"
-                SOLVES.append({"ms": out[-1], "instance": name, "mode": mode, "nearly_full": full})
+                SOLVES.append({"ms": out[-1], "instance": name, "mode": mode, "nearly_full": full, "snapshot": s})
     return out
+
+
+def nearly_full_ab(repeat: int) -> dict[str, Any]:
+    """The nearly full instances of the last run solved with and without the smoothed-dual prices, interleaved.
+
+    Without them (``lpguide.SMOOTHED = False``) is the previous fast path: every node a candidate column.
+    """
+    seen: dict[tuple[str, str], Any] = {}
+    for r in SOLVES:
+        if r["nearly_full"]:
+            seen[(r["instance"], r["mode"])] = r["snapshot"]
+    times: dict[bool, list[float]] = {True: [], False: []}
+    for (_, mode), snapshot in seen.items():
+        for _ in range(repeat):
+            for smoothed in (True, False):
+                lpguide.SMOOTHED = smoothed
+                t = time.process_time()
+                solve(snapshot, method="ipopt", mode=mode)
+                times[smoothed].append(1000 * (time.process_time() - t))
+    lpguide.SMOOTHED = True
+    if not seen:
+        return {"instances": 0}
+    return {
+        "instances": len(seen),
+        "smoothed_median_ms": statistics.median(times[True]),
+        "smoothed_max_ms": max(times[True]),
+        "previous_median_ms": statistics.median(times[False]),
+        "previous_max_ms": max(times[False]),
+    }
 
 
 class Probe:
@@ -282,6 +311,13 @@ def report(result: dict[str, Any]) -> None:
             f"(ratio {big['lp_ms'] / big['highs_ms']:.1f}); MILP {big['milp_ms']:.0f} ms; "
             f"{big['ipopt_gap_to_milp_pct']:.2f}% above the MILP optimum"
         )
+    ab = result["nearly_full_ab"]
+    if ab["instances"]:
+        print(
+            f"\nNearly full instances ({ab['instances']} instance x mode pairs), same run, interleaved: smoothed-dual "
+            f"prices median {ab['smoothed_median_ms']:.1f} ms, max {ab['smoothed_max_ms']:.1f} ms; previous fast path "
+            f"(every node a candidate) median {ab['previous_median_ms']:.1f} ms, max {ab['previous_max_ms']:.1f} ms"
+        )
     q = result["quality"]
     print(
         f"\nQuality at thesis defaults over {q['seeds']} seeds (Mode 1): Ipopt "
@@ -334,9 +370,13 @@ def main() -> int:
             rows, every = timing(args.seeds, args.repeat, bar)
             runs.append(summary(every))
             loads.append((before, os.getloadavg()[0]))
+        ab = nearly_full_ab(args.repeat)
         big = [scale(sites, args.repeat) for sites in SCALE_SITES]
         qual = quality(args.quality_seeds, bar)
-    result = {"timing": rows, "all": runs[-1], "runs": runs, "load": loads, "scale": big, "quality": qual}
+    for r in SOLVES:
+        r.pop("snapshot")
+    result = {"timing": rows, "all": runs[-1], "runs": runs, "load": loads, "nearly_full_ab": ab}
+    result |= {"scale": big, "quality": qual}
     result["wall_s"] = time.perf_counter() - started
     if args.json:
         print(json.dumps(result, indent=1))

@@ -12,9 +12,11 @@ a poorer guess wherever capacity binds. This module estimates the duals without 
   reduced costs, which tightens the upper bound and (when it places every request) gives a placement the
   restricted LP can hold without rejection columns.
 
-A cluster the first greedy cannot fit is not estimated further: its duals sit near the penalty, far
-beyond a few steps' reach. Both bounds are exact (weak duality and feasibility), so
-``lower <= LP optimum <= upper`` always; their gap says how far to trust the prices. The guide only
+A cluster the first greedy cannot fit (nearly or wholly full) has its duals near the penalty, far beyond
+a few subgradient steps' reach: there the prices come from Newton's method on the smoothed dual
+(solver.lpdual), and the upper bound from the greedy seeded with that dual's soft placement. Both bounds
+are exact (weak duality and feasibility), so ``lower <= LP optimum <= upper`` always; their gap says how
+far to trust the prices. The guide only
 chooses columns: solver.fastlp still solves the LP with Ipopt and proves its optimum by pricing every
 left-out column with Ipopt's own duals.
 """
@@ -154,7 +156,8 @@ def _room(left: float, per_request: float) -> float:
 
 
 def estimate(p: Problem, penalty: float, steps: int | None = None, refresh: int | None = None) -> Guide:
-    """Lagrangian prices of the memory and compute rows by subgradient ascent, and the bounds.
+    """Lagrangian prices of the memory and compute rows by subgradient ascent (smoothed Newton where the
+    plain greedy cannot place every request and ``SMOOTHED``), and the bounds.
 
     Every ``refresh`` steps the upper bound is tightened by the greedy placement ordered by the best
     prices so far (Polyak's steps are only as good as the bound they aim at).
