@@ -16,7 +16,7 @@ from solver.capacity import violations
 from solver.plan import Plan, Rejection
 from solver.problem import Mode, Problem, plan_actions, plan_instances, running_instances
 from solver.queue_close import close_pools
-from solver.queue_lazy import solve_nlp_lazy
+from solver.queue_fast import solve_nlp_fast
 from solver.queue_model import QueueProblem, build_queue_problem
 from solver.queue_repair import Pools, repair
 from solver.queueing import PoolDelay
@@ -62,7 +62,7 @@ def tail_breaks_bound(q: QueueProblem) -> bool:
 def _solve(q: QueueProblem, extra: dict[str, Any]) -> Plan:
     """Relaxation, repair and pool closing for one QueueProblem."""
     problem = q.base
-    nlp = solve_nlp_lazy(q)
+    nlp = solve_nlp_fast(q)
     pools = repair(q, nlp.x, nlp.r)
     closed = close_pools(pools)
     details: dict[str, Any] = {
