@@ -17,11 +17,10 @@ rejection penalty. Every step lowers it or closes a pool without raising it, so 
 from __future__ import annotations
 
 import logging
-import math
 
 import numpy as np
 
-from solver.queue_repair import TINY, Pools, _evacuate
+from solver.queue_repair import TINY, Pools, _evacuate, needed
 
 log = logging.getLogger(__name__)
 
@@ -32,12 +31,12 @@ def integer_objective(pools: Pools) -> float:
     """The relaxation's objective at the placement's whole instance counts (request-ms per second)."""
     q, p = pools.q, pools.q.base
     lam, counts = pools.lam(), pools.counts()
-    total = float((pools.x * p.cost).sum()) + q.penalty() * float(pools.rejected.sum())
+    total = float((pools.x * p.cost).sum()) + pools.penalty * float(pools.rejected.sum())
     total += q.instance_cost * float(np.maximum(counts - p.free, 0).sum())
     open_ = counts > 0
     n = np.where(open_, counts, 1).astype(float)
     t = np.minimum(lam / n, q.rho_max * q.mu)  # pools stay within their cap; clip guards float residue
-    wait = np.where(open_, lam * (1000.0 / (q.mu - t) - q.service_ms), 0.0)
+    wait = np.where(open_, lam * (1000.0 / (q.mu - t) - pools.service_ms), 0.0)
     return total + float(wait.sum())
 
 
@@ -45,12 +44,9 @@ def spread_excess(pools: Pools, k: int) -> bool:
     """Whether model k runs more instances in some node class than its need at ``rho_max`` plus one spare."""
     q = pools.q
     lam, counts = pools.lam(), pools.counts()
-    for g in set(q.node_class):
-        nodes = [j for j in range(q.base.n_nodes) if q.node_class[j] == g]
-        need = math.ceil(sum(lam[j, k] / (q.rho_max * q.mu[j, k]) for j in nodes) - 1e-9)
-        if sum(int(counts[j, k]) for j in nodes) > need + 1:
-            return True
-    return False
+    load = np.bincount(pools.node_group, weights=lam[:, k] / (q.rho_max * q.mu[:, k]))
+    running = np.bincount(pools.node_group, weights=counts[:, k])
+    return bool(np.any(running > np.ceil(load - 1e-9) + 1))
 
 
 def close_pools(pools: Pools) -> int:
@@ -104,7 +100,7 @@ def _worth_trying(pools: Pools, j: int, k: int) -> bool:
     extra = float(pools.x[members, j] @ (p.cost[members][:, others].min(axis=1) - p.cost[members, j]))
     n = float(counts[j, k])
     t = min(float(lam[j, k]) / n, q.rho_max * float(q.mu[j, k]))
-    wait = float(lam[j, k]) * (1000.0 / (float(q.mu[j, k]) - t) - float(q.service_ms[j, k]))
+    wait = float(lam[j, k]) * (1000.0 / (float(q.mu[j, k]) - t) - float(pools.service_ms[j, k]))
     saves = q.instance_cost * max(n - float(p.free[j, k]), 0.0) + wait
     return extra <= saves + 1e-9 * max(1.0, saves)
 
@@ -118,6 +114,18 @@ def _close_one(pools: Pools) -> bool:
     return False
 
 
+def _pool_term(pools: Pools, j: int, k: int, lam: float) -> float:
+    """Pool (j, k)'s part of ``integer_objective`` at arrival rate ``lam``: its new instances and its wait."""
+    q = pools.q
+    n = int(needed(np.array(lam), np.array(pools.cap[j, k])))
+    if n == 0:
+        return 0.0
+    mu = float(q.mu[j, k])
+    t = min(lam / n, q.rho_max * mu)
+    wait = lam * (1000.0 / (mu - t) - float(pools.service_ms[j, k]))
+    return q.instance_cost * max(n - int(q.base.free[j, k]), 0) + wait
+
+
 def _move_one(pools: Pools) -> bool:
     """Move one whole pool to a node where its streams cost less in all (step 2)."""
     p = pools.q.base
@@ -126,7 +134,13 @@ def _move_one(pools: Pools) -> bool:
         members = np.nonzero((p.class_model == k) & (pools.x[:, j] > 0))[0]
         weights = pools.x[members, j]
         order = np.argsort(weights @ p.cost[members], kind="stable").tolist()
+        lam = pools.lam()[:, k]
+        here = _pool_term(pools, j, k, 0.0) - _pool_term(pools, j, k, float(lam[j]))
         for dst in [d for d in order if d != j][:MOVE_CANDIDATES]:
+            moved = float(weights @ (p.cost[members, dst] - p.cost[members, j]))
+            gain = moved + here + _pool_term(pools, dst, k, float(lam[dst] + weights.sum()))
+            if gain - _pool_term(pools, dst, k, float(lam[dst])) >= 0.0:
+                continue  # only pools (j, k) and (dst, k) change: the move cannot lower the objective
             saved = pools.x.copy()
             pools.x[members, dst] += weights
             pools.x[members, j] = 0.0

@@ -95,13 +95,14 @@ def build_queue_problem(p: Problem, instance_cost: float = INSTANCE_COST, rho_ma
     rate = np.array([sum(_rate(s.requests[i].rate) for i in members) for members in p.class_members], dtype=float)
     mu = np.zeros((p.n_nodes, len(p.model_names)))
     for k, model in enumerate(s.models):
+        mine = [r.exec_ms for r in s.requests if r.model == model.name]
+        median = np.median([[e[node] for node in p.node_ids] for e in mine], axis=0) if mine else None
         for j, node in enumerate(p.node_ids):
             declared = model.throughput_rps.get(node, model.throughput_rps.get("default"))
             if declared is not None:
                 mu[j, k] = declared
-                continue
-            execs = [s.requests[i].exec_ms[node] for i, r in enumerate(s.requests) if r.model == model.name]
-            mu[j, k] = 1000.0 / max(float(np.median(execs)), 1e-3) if execs else 1000.0
+            else:
+                mu[j, k] = 1000.0 / max(float(median[j]), 1e-3) if median is not None else 1000.0
     node_class = tuple(n.node_class for n in s.nodes)
     return QueueProblem(p, rate, mu, node_class, rho_max, instance_cost)
 
