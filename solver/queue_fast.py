@@ -37,6 +37,8 @@ log = logging.getLogger(__name__)
 
 MAX_ROUNDS = 4
 GREEDY_START = True  # start S with the nodes a greedy placement fills (saves re-solves)
+PRUNE = True  # leave out the columns of R(S) that cannot carry rate (see _restricted)
+KEEP_REUSE = True  # ... but never those into pools with running instances (their marginal cost can be below w)
 RECHECK = True  # check the dropped rows (switched off only to show the property test catching it)
 BoolArray = npt.NDArray[np.bool_]
 
@@ -57,12 +59,14 @@ def solve_nlp_fast(q: QueueProblem) -> NlpSolution:
     in_s: BoolArray = np.asarray((p.free > 0).any(axis=1))
     if GREEDY_START:
         in_s |= _filled_by_greedy(q, w, t_best, in_s)
-    iterations = 0
+    iterations = columns = 0
     for rounds in range(1, MAX_ROUNDS + 1):
         x, r, n_out = _outside(q, w, t_best, in_s)
         if in_s.any():
-            sub = solve_nlp_lazy(_restricted(q, in_s, x, r))
+            sub_q, allowed = _restricted(q, in_s, x, r)
+            sub = solve_nlp_lazy(sub_q, allowed=allowed) if allowed.any() else _all_outside(sub_q)
             iterations += sub.iterations
+            columns = int(allowed.sum())
             if sub.status != "optimal":
                 log.info("queue NLP on %d nodes: %s; solving the whole NLP", int(in_s.sum()), sub.status)
                 break
@@ -73,7 +77,7 @@ def solve_nlp_fast(q: QueueProblem) -> NlpSolution:
         over = _overfilled(q, n) & ~in_s
         if not over.any() or not RECHECK:
             value = objective_value(q, x, r, n)
-            return NlpSolution(x, r, lam, n, value, "optimal", iterations, rounds, int(in_s.sum()) * p.n_classes)
+            return NlpSolution(x, r, lam, n, value, "optimal", iterations, rounds, columns)
         in_s |= over
     full = solve_nlp_lazy(q)
     return dataclasses.replace(full, iterations=iterations + full.iterations, fallback=True)
@@ -123,8 +127,15 @@ def _room(left: float, per_rate: float) -> float:
     return float("inf") if per_rate <= 0 else max(left, 0.0) / per_rate
 
 
-def _restricted(q: QueueProblem, in_s: BoolArray, x: FloatArray, r: FloatArray) -> QueueProblem:
-    """R(S) on S's nodes: the rejection column becomes each stream's outside option at its cost."""
+def _restricted(q: QueueProblem, in_s: BoolArray, x: FloatArray, r: FloatArray) -> tuple[QueueProblem, BoolArray]:
+    """R(S) on S's nodes (the rejection column becomes each stream's outside option at its cost) and the
+    columns [c, j in S] that may carry rate in it.
+
+    A pool's marginal cost per req/s is at least w (its cost at no capacity price) unless it reuses running
+    instances, so a column to a pool without reuse whose ``cost + w`` is not below the stream's outside
+    option has a reduced cost >= 0 at R(S)'s optimum: it stays out, and a stream with no column left takes
+    its outside option (``PRUNE``).
+    """
     p = q.base
     nodes = np.flatnonzero(in_s)
     outside = np.full(p.n_classes, q.penalty())
@@ -132,6 +143,10 @@ def _restricted(q: QueueProblem, in_s: BoolArray, x: FloatArray, r: FloatArray) 
     w, _ = free_pool_terms(q)
     total = p.cost + w[:, p.class_model].T
     outside[placed] = np.minimum(outside[placed], (total * (x > 0)).sum(axis=1)[placed])
+    allowed = np.ones((p.n_classes, len(nodes)), dtype=bool)
+    if PRUNE:
+        reuse = (p.free[nodes][:, p.class_model].T > 0) & KEEP_REUSE
+        allowed = reuse | (total[:, nodes] < outside[:, None] * (1 + 1e-9))
     base = dataclasses.replace(
         p,
         node_ids=tuple(p.node_ids[j] for j in nodes),
@@ -148,7 +163,14 @@ def _restricted(q: QueueProblem, in_s: BoolArray, x: FloatArray, r: FloatArray) 
         node_class=tuple(q.node_class[j] for j in nodes),
         load_cap=None if q.load_cap is None else q.load_cap[nodes],
         r_cost=outside,
-    )
+    ), allowed
+
+
+def _all_outside(q: QueueProblem) -> NlpSolution:
+    """R(S)'s optimum when no column of S may carry rate: every stream on its outside option."""
+    n = np.full(q.mu.shape, N_MIN)
+    lam = np.zeros(q.mu.shape)
+    return NlpSolution(np.zeros((q.base.n_classes, q.base.n_nodes)), q.rate.copy(), lam, n, 0.0, "optimal", 0)
 
 
 def _merge(

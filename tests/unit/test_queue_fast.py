@@ -101,3 +101,17 @@ def test_the_recheck_switched_off_breaks_the_optimum(monkeypatch: pytest.MonkeyP
         assert abs(_gap(q)) > 1e-6, "the equality check must fail when the recheck is switched off"
     else:
         assert abs(_gap(q)) <= 1e-6  # the greedy start alone happens to cover this instance
+
+
+def test_pruning_keeps_the_optimum_and_fails_without_the_reuse_exception(monkeypatch: pytest.MonkeyPatch) -> None:
+    """R(S) leaves out columns whose cost + w is not below the stream's outside option; a pool that reuses
+    running instances can be cheaper than w, so its columns must stay (the check fails when they do not)."""
+    q = build_queue_problem(build_problem(_with_running(thesis_instance(10, 5, 0), 0), Mode.MODE1))
+    assert (q.base.free > 0).any()
+    pruned = solve_nlp_fast(q).columns
+    assert abs(_gap(q)) <= 1e-6
+    monkeypatch.setattr(queue_fast, "PRUNE", False)
+    assert solve_nlp_fast(q).columns > pruned and abs(_gap(q)) <= 1e-6
+    monkeypatch.setattr(queue_fast, "PRUNE", True)
+    monkeypatch.setattr(queue_fast, "KEEP_REUSE", False)
+    assert _gap(q) > 1e-6, "the equality check must fail when reused pools' columns are pruned"
