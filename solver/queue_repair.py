@@ -83,11 +83,21 @@ class Pools:
             self.x[c, src] -= amount
         self.x[c, dst] += amount
 
-    def best_destination(self, c: int, amount: float, exclude: set[int], open_only: bool = False) -> int | None:
-        """The node for ``amount`` req/s of class c: no new instance before new ones, then cheapest."""
+    def best_destination(
+        self,
+        c: int,
+        amount: float,
+        exclude: set[int],
+        open_only: bool = False,
+        state: tuple[FloatArray, IntArray] | None = None,
+    ) -> int | None:
+        """The node for ``amount`` req/s of class c: no new instance before new ones, then cheapest.
+
+        ``state``: the current (lam, counts) where the caller keeps them up to date (saves recomputing).
+        """
         p = self.q.base
         k = int(p.class_model[c])
-        lam, counts = self.lam(), self.counts()
+        lam, counts = state if state is not None else (self.lam(), self.counts())
         after = needed(lam[:, k] + amount, self.cap[:, k])  # [j] pool k's count with the amount added
         new = np.maximum(counts - p.free, 0)
         grown = np.maximum(after - p.free[:, k], 0) - new[:, k]  # [j] change in new instances of model k
@@ -142,13 +152,18 @@ def _sweep_residue(pools: Pools) -> None:
 def _evacuate(pools: Pools, j: int, k: int, exclude: set[int]) -> bool:
     """Move every stream of pool (j, k) into other open pools; False (nothing moved) if some part fits nowhere."""
     saved = pools.x.copy()
+    lam, counts = pools.lam(), pools.counts()
     for c in np.nonzero((pools.q.base.class_model == k) & (pools.x[:, j] > 0))[0].tolist():
         amount = float(pools.x[c, j])
-        dst = pools.best_destination(c, amount, exclude | {j}, open_only=True)
+        dst = pools.best_destination(c, amount, exclude | {j}, open_only=True, state=(lam, counts))
         if dst is None:
             pools.x = saved
             return False
         pools.move(c, j, dst, amount)
+        lam[j, k] -= amount
+        lam[dst, k] += amount
+        both = [j, dst]
+        counts[both, k] = needed(lam[both, k], pools.cap[both, k])
     return True
 
 
