@@ -20,6 +20,7 @@ import logging
 
 import numpy as np
 
+from solver.problem import FloatArray, IntArray
 from solver.queue_repair import TINY, Pools, _evacuate, needed
 
 log = logging.getLogger(__name__)
@@ -52,8 +53,9 @@ def spread_excess(pools: Pools, k: int) -> bool:
 def close_pools(pools: Pools) -> int:
     """Steps 1 and 2 of the module docstring until neither applies; returns how many pools closed or moved."""
     steps = 0
+    failed: dict[tuple[int, int], Signature] = {}
     for _ in range(4 * pools.counts().size + 1):  # each step closes a pool or strictly lowers the objective
-        if not (_close_one(pools) or _move_one(pools)):
+        if not (_close_one(pools, failed) or _move_one(pools)):
             break
         steps += 1
     return steps
@@ -88,11 +90,13 @@ def _try_close(pools: Pools, j: int, k: int, before: float) -> bool:
     return False
 
 
-def _worth_trying(pools: Pools, j: int, k: int) -> bool:
+def _worth_trying(pools: Pools, j: int, k: int, state: tuple[FloatArray, IntArray] | None = None) -> bool:
     """Whether closing pool (j, k) could pay: the least extra RTT + execution of moving its streams to the
-    model's other open pools is at most what the pool costs (its new instances and its wait)."""
+    model's other open pools is at most what the pool costs (its new instances and its wait).
+
+    ``state``: the current (lam, counts), where the caller has them."""
     q, p = pools.q, pools.q.base
-    counts, lam = pools.counts(), pools.lam()
+    lam, counts = state if state is not None else (pools.lam(), pools.counts())
     others = [o for o in np.nonzero(counts[:, k] > 0)[0].tolist() if o != j]
     if not others or counts[j, k] == 0:
         return False
@@ -105,12 +109,36 @@ def _worth_trying(pools: Pools, j: int, k: int) -> bool:
     return extra <= saves + 1e-9 * max(1.0, saves)
 
 
-def _close_one(pools: Pools) -> bool:
+Signature = tuple[np.ndarray, ...]
+
+
+def _signature(pools: Pools, k: int, counts: IntArray, mem: FloatArray, comp: FloatArray) -> Signature:
+    """What closing a pool of model k depends on: model k's rates, and the memory and compute used (``mem``,
+    ``comp`` [j]) on the nodes where model k has open pools (the only places its streams can go)."""
+    nodes = np.flatnonzero(counts[:, k] > 0)
+    return pools.x[pools.q.base.class_model == k].copy(), nodes, mem[nodes], comp[nodes]
+
+
+def _close_one(pools: Pools, failed: dict[tuple[int, int], Signature] | None = None) -> bool:
+    """Close the first pool (smallest rate first) that step 1 can close; ``failed`` remembers the pools that
+    could not be closed and skips them while nothing they depend on has changed (``_signature``)."""
+    p = pools.q.base
     before = integer_objective(pools)
+    failed = {} if failed is None else failed
+    lam, counts = pools.lam(), pools.counts()
+    new = np.maximum(counts - p.free, 0)
+    mem, comp = new @ p.mem, new @ p.comp
     for j, k in _open_pools(pools):
-        if _worth_trying(pools, j, k) and _try_close(pools, j, k, before):
+        if not _worth_trying(pools, j, k, (lam, counts)):
+            continue
+        sig = _signature(pools, k, counts, mem, comp)
+        old = failed.get((j, k))
+        if old is not None and all(np.array_equal(a, b) for a, b in zip(old, sig, strict=True)):
+            continue
+        if _try_close(pools, j, k, before):
             log.debug("closed pool %s/%s", pools.q.base.node_ids[j], pools.q.base.model_names[k])
             return True
+        failed[(j, k)] = sig
     return False
 
 
