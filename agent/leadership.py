@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 
 from agent import leader_round as lr
+from agent.hysteresis import HoldConfig
 from agent.placement import build_snapshot, parse_node_report, parse_request
 from agent.solver_worker import SolverWorker
 from coordinator_election import (
@@ -85,8 +86,9 @@ class Leadership:
         join_by = monotonic() + JOIN_WAIT_S if s.seed_urls else -1e18  # joining through seeds: no leader of one
         self.machine = Election(s.node_id, self.priority, config, now=monotonic(), term=term, vote=vote,
                                 known=frozenset(known), join_by=join_by)  # fmt: skip
+        hold = HoldConfig(s.placement_hold, s.placement_hold_margin, s.placement_hold_start_ms, s.placement_min_dwell_s)
         self.rounds = lr.LeaderRound(
-            s.node_id, lr.RoundConfig(period_s=s.placement_period_s, window_s=s.request_window_s)
+            s.node_id, lr.RoundConfig(period_s=s.placement_period_s, window_s=s.request_window_s, hold=hold)
         )
         self._tasks: list[asyncio.Task[None]] = []
         self._background: set[asyncio.Task[Any]] = set()
@@ -236,9 +238,12 @@ class Leadership:
         if summary.get("fallback"):
             self._say_once("solver", "placement falls back to least-loaded: %s", summary["fallback"])
         log.info(
-            "placement at term %d: %d requests on %d nodes, objective %.1f ms, solve %.1f ms, %d actions, %d delivered",
+            "placement at term %d: %d requests on %d nodes, objective %.1f ms, solve %.1f ms, %d actions, %d delivered"
+            "; %s: %s",
             summary["term"], summary["requests"], len(summary["nodes"]), summary["objective_ms"] or 0.0,
             summary["solve_ms"] or 0.0, len(summary["actions"]), summary["delivered"],
+            "switched" if summary.get("hold", {}).get("switched", True) else "held",
+            summary.get("hold", {}).get("reason", ""),
         )  # fmt: skip
 
     async def _gather(self, g: lr.Gather) -> lr.Gathered | lr.GatherFailed:
@@ -275,7 +280,7 @@ class Leadership:
                 s.placement_objective,
                 s.request_window_s,
             )
-            plan, fallback = await self.solver.solve(snapshot, s.placement_method, s.placement_mode)
+            plan, fallback = await self.solver.solve(snapshot, s.placement_method, s.placement_mode, solve.held)
         except Exception as exc:  # the worker died or the solver raised
             log.exception("placement solve failed")
             return lr.SolveFailed(self.agent.clock(), solve.round, f"{type(exc).__name__}: {exc}")

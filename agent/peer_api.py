@@ -31,6 +31,7 @@ from fastapi.responses import JSONResponse, Response
 
 from agent.identity import AuthError, Identity
 from agent.node import FencedError, UnknownModelError
+from agent.peer_gate import gate_tls
 from agent.serving.provision import ROUTE_PROVISION, answer_provision
 from coordinator_election import MAX_TERM_AHEAD  # an election message may not push terms further than this past ours
 from peerserve import wire
@@ -269,7 +270,7 @@ class PeerServer:
             access_log=True,
             timeout_graceful_shutdown=2,
         )  # fmt: skip
-        self.server = _EmbeddedServer(config)
+        self.server = _EmbeddedServer(gate_tls(config))  # a stranger holds few handshakes, briefly
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
