@@ -32,6 +32,9 @@ from peerserve.wire import PeerState, SwimMessage
 log = logging.getLogger(__name__)
 
 SEED_RETRY_S = 5.0
+# A seed's GET /cluster is only a hint, so waiting costs nothing; at 1 s a loaded seed (load average 25, 25
+# agents) never answered in time and a joiner stayed alone for minutes (and led a cluster of one).
+SEED_TIMEOUT_S = 5.0
 
 
 def resolve_interfaces(interface: str, advertise_address: str) -> list[str] | None:
@@ -301,7 +304,7 @@ class Discovery:
                 if seed in known or seed in admitted:
                     continue
                 try:  # public and unauthenticated: only a hint of whom to heartbeat, and where
-                    r = await self.http.get(f"{seed}/cluster", timeout=1.0)
+                    r = await self.http.get(f"{seed}/cluster", timeout=SEED_TIMEOUT_S)
                     hint = wire.ClusterHint.parse(r.json())
                 except (httpx.HTTPError, ValueError) as exc:
                     self._say_once(f"seed:{seed}", logging.INFO, "seed %s not reachable yet: %s", seed, exc)

@@ -67,3 +67,40 @@ def test_a_stranger_gossiped_about_is_never_admitted(agents: Any, tmp_path: Any)
     assert liar.request("g0", a.peer_url, "POST", "/peer/swim", {**body, "kind": "nonsense"}).status_code == 400
     again = liar.request("g0", a.peer_url, "POST", "/peer/swim", {**body, "updates": []}).json()
     assert again["incarnation"] == 1  # g0 refuted the rumour of its death: only it can, by its incarnation
+
+
+def test_a_seed_slow_to_answer_still_admits_the_newcomer(agents: Any) -> None:
+    """A loaded seed answered GET /cluster after more than a second: the newcomer must wait for it, not stay
+    alone (it used to give up after 1 s every 5 s, never joined, and led a cluster of one)."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    seed_port = free_port()
+    seed = agents("w0", env=ENV, port=seed_port)
+
+    class Slow(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            time.sleep(2.0)
+            try:
+                body = httpx.get(f"http://127.0.0.1:{seed_port}{self.path}", timeout=5).content
+            except httpx.HTTPError:  # the seed has stopped (teardown)
+                self.send_error(502)
+                return
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    slow = ThreadingHTTPServer(("127.0.0.1", 0), Slow)
+    threading.Thread(target=slow.serve_forever, daemon=True).start()
+    try:
+        late = agents("w1", "--seeds", f"http://127.0.0.1:{slow.server_address[1]}", env=ENV)
+        took = wait_for(lambda: statuses(seed).get("w1") == "alive" and statuses(late).get("w0") == "alive", 20)
+        print(f"\nthrough a seed answering in 2 s: joined in {took:.2f} s")
+        wait_for(lambda: late.get("/cluster").json()["leader"] == seed.get("/cluster").json()["leader"] == "w0", 10)
+    finally:
+        slow.shutdown()
