@@ -13,7 +13,7 @@ queries) and every death of a live node is counted (a false death).
 before SWIM: all-to-all heartbeats), extracted with ``git archive``, in the same run, for
 ``--before-sizes`` (all-to-all at 25+ agents saturates two cores, which is the point).
 
-    .venv/bin/python bench/membership_bench.py [--sizes 5,10,25] [--window S] [--soak S]
+    .venv/bin/python bench/membership_bench.py [--sizes 5,10,25] [--window S] [--soak S] [--soak-at N]
         [--before-rev main --before-sizes 5,10] [--plot docs/img/membership_cpu.png] [--json]
 """
 
@@ -301,7 +301,8 @@ def plot(now: list[dict[str, Any]], before: list[dict[str, Any]], path: Path) ->
 def measure(args: argparse.Namespace) -> dict[str, Any]:
     """Run every size (and the --before-rev sizes); the figures as --json prints them."""
     sizes = [int(x) for x in args.sizes.split(",") if x]
-    now = [run_size(REPO, n, args.window, args.soak if n == max(sizes) else 0.0, "now") for n in sizes]
+    soak_at = args.soak_at or max(sizes)
+    now = [run_size(REPO, n, args.window, args.soak if n == soak_at else 0.0, "now") for n in sizes]
     before: list[dict[str, Any]] = []
     if args.before_rev:
         with tempfile.TemporaryDirectory(prefix="membench-before-") as tmp:
@@ -320,6 +321,7 @@ def main() -> None:
     ap.add_argument("--sizes", default="5,10,25", help="cluster sizes, comma-separated (default 5,10,25)")
     ap.add_argument("--window", type=float, default=20.0, help="idle CPU window in seconds (default 20)")
     ap.add_argument("--soak", type=float, default=0.0, help="loaded seconds at the largest size (default 0)")
+    ap.add_argument("--soak-at", type=int, default=0, help="the size that soaks (default: the largest)")
     ap.add_argument("--before-rev", default="", help="git revision to measure in the same run (e.g. main)")
     ap.add_argument("--before-sizes", default="5,10", help="sizes for --before-rev (default 5,10)")
     ap.add_argument("--plot", default="", help="write the CPU-against-size plot here (PNG)")
