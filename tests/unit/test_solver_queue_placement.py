@@ -217,3 +217,14 @@ def test_nearly_full_clusters_found_by_hypothesis_are_solved(name: str, monkeypa
     if name == "queue_nlp_stall.json":
         with pytest.raises(SolverError):
             solve_nlp(q)
+
+
+@pytest.mark.xfail(strict=True, reason="known: repair cannot keep the spread bound when memory is exactly full")
+def test_spread_bound_on_a_cluster_with_memory_exactly_full() -> None:
+    """Found by hypothesis (a 400-example run of the closing property): 4 nodes whose memory the new
+    instances fill exactly, Mode 1; after repair model m0 runs 17 instances on class nano where the bound
+    allows 16. The same check fails from the reference NLP form, the compact one and solver.queue_fast."""
+    snap, mode = _case("queue_spread_full_memory.json")
+    q = build_queue_problem(build_problem(snap, mode))
+    nlp = solve_nlp(q, compact=False)
+    check(repair(q, nlp.x, nlp.r))
