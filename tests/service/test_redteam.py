@@ -243,3 +243,18 @@ def test_a_chunked_body_that_also_declares_a_length_is_proxied_by_its_chunks(age
         sock.sendall(head.encode() + b"Connection: close\r\n\r\n" + chunked)
         answer = _answer(sock, 10)
     assert answer.startswith(b"HTTP/1.1 200") and answer.endswith(b'{"predictions": [2.5, 3.0]}'), answer[-300:]
+
+
+def test_one_huge_request_does_not_make_a_server_look_slow_to_everyone(agents: Any) -> None:
+    a = agents("a", QUIET, "--provision-wait-s", "20")
+    assert a.get(f"/services/{MODEL}").status_code == 200
+    with httpx.Client(base_url=a.url, timeout=60) as http:
+        for _ in range(20):
+            assert http.post(PREDICT, json={"instances": [1.0]}).status_code == 200
+        huge = b'{"instances": [' + b"1," * 1_999_999 + b"1]}"
+        r = http.post(PREDICT, content=huge, headers={"Content-Type": "application/json"})
+        assert r.status_code == 200
+        took = _latencies(a, "127.0.0.1")[-1]
+        ranked = http.get(f"/services/{MODEL}").json()
+    assert took > 100, f"the huge request was not slow here ({took} ms): the test shows nothing"
+    assert ranked["why"]["exec_ms"] < 20, f"one client's huge request moved everyone's estimate: {ranked['why']}"
