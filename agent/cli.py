@@ -56,6 +56,23 @@ FLAGS: list[tuple[str, dict[str, Any]]] = [
             "thesis: one instance per stream",
         },
     ),
+    (
+        "--placement-hold-margin",
+        {
+            "type": float,
+            "help": "hysteresis: a new plan must beat the running instances' mean latency by this "
+            "share (default 0.1) plus --placement-hold-start-ms per instance it starts, else they are kept",
+        },
+    ),
+    ("--placement-hold-start-ms", {"type": float, "help": "hysteresis: what one instance start costs (default 1)"}),
+    (
+        "--placement-min-dwell-s",
+        {
+            "type": float,
+            "help": "hysteresis: an instance younger than this is only stopped when a node died, a "
+            "model has no instance or a pool is overloaded (default 60)",
+        },
+    ),
     ("--max-body-mb", {"type": float, "help": "largest request body, chunked or not, in MiB (default 8)"}),
     ("--header-timeout-s", {"type": float, "help": "time a client has to send complete headers (default 10)"}),
     ("--body-timeout-s", {"type": float, "help": "time a client has to send a request body (default 30)"}),

@@ -208,6 +208,32 @@ def plan_reconcile(
     return steps
 
 
+DRAINED_REASONS = ("not desired", "more than desired")  # a healthy server the plan no longer wants
+
+
+def drain_stops(
+    steps: Sequence[Step], draining: Mapping[str, float], now: float, drain_s: float
+) -> tuple[list[Step], dict[str, float]]:
+    """Hold back stops of healthy servers until they have been unpublished for ``drain_s`` seconds.
+
+    Returns (the steps to carry out now, the servers to leave out of endpoint answers: id -> since when).
+    A server enters the drain on its first stop step and leaves it when it is gone or wanted again;
+    exited and stuck servers stop at once. Every server with a stop step, drained or being stopped now, is
+    in no endpoint answer, so peers and clients move off it before it stops and no request is cut off by
+    the stop (make-before-break on the serving path).
+    """
+    now_steps: list[Step] = []
+    hidden: dict[str, float] = {}
+    for step in steps:
+        if not isinstance(step, Stop):
+            now_steps.append(step)
+            continue
+        since = hidden[step.instance_id] = draining.get(step.instance_id, now)
+        if step.reason not in DRAINED_REASONS or drain_s <= 0 or now - since >= drain_s:
+            now_steps.append(step)
+    return now_steps, hidden
+
+
 def backoff_delay(failures: int) -> float:
     """Seconds to wait before retrying after ``failures`` consecutive failures (1, 2, 4, ... 60 s)."""
     if failures <= 0:

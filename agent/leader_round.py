@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
+from agent.hysteresis import Births, HoldConfig, Verdict, judge
 from agent.placement import NodeReport, RequestRecord, desired_sets, make_before_break
 
 
@@ -140,6 +141,7 @@ class Solve:
     nodes: tuple[NodeReport, ...]
     requests: tuple[RequestRecord, ...]
     now: float
+    held: Mapping[str, Mapping[str, int]] = field(default_factory=dict)  # the status quo to value (hysteresis)
 
 
 @dataclass(frozen=True)
@@ -182,6 +184,7 @@ class RoundConfig:
     max_nodes: int = 256  # request-log cursors kept
     max_window: int = 50_000  # request records kept for the snapshot
     page_limit: int = 5000  # request-log records per gather page
+    hold: HoldConfig = field(default_factory=HoldConfig)  # hysteresis: when a plan may replace the running instances
 
 
 @dataclass
@@ -212,6 +215,11 @@ class LeaderRound:
         self.last_placement: dict[str, Any] | None = None
         self.cursors: OrderedDict[str, int] = OrderedDict()  # node -> last request id taken, LRU order
         self.window: deque[RequestRecord] = deque(maxlen=config.max_window)
+        self.births = Births()  # when each (node, model) count last grew: the minimum dwell
+        self.last_running: dict[str, dict[str, int]] = {}  # last round's nodes with instances: who was lost
+        self.intent: dict[str, dict[str, int]] = {}  # last round's target per node (before make-before-break)
+        self.changes = 0  # rounds whose command changed the running instances
+        self.holds = 0  # rounds whose plan was held back
         self._rounds = 0
         self._round: _Round | None = None
 
@@ -244,6 +252,7 @@ class LeaderRound:
 
     def _elected(self, e: Elected) -> list[Instruction]:
         self.term, self.members = e.term, dict(e.members)
+        self.intent = {}  # a new term weighs plans against what the nodes report running
         self.fenced_at = None
         self._round, self.phase = None, Phase.IDLE  # a round of the old term would command with it
         self._due_soon(e.now)
@@ -309,7 +318,16 @@ class LeaderRound:
             self.window.popleft()
         self.phase = Phase.SOLVING
         nodes = tuple(r.reports[n] for n in sorted(r.reports))
-        return [Solve(r.number, nodes, tuple(self.window), now)]
+        return [Solve(r.number, nodes, tuple(self.window), now, self._status_quo(r))]
+
+    def _status_quo(self, r: _Round) -> dict[str, dict[str, int]]:
+        """What a plan is weighed against: last round's target where this leader set one (a move still under
+        way counts as made: make-before-break's held instances and draining ones are on their way out), else
+        what the node reports running."""
+        return {
+            n: dict(self.intent[n]) if n in self.intent else {m: c for m, c in rep.instances.items() if c > 0}
+            for n, rep in sorted(r.reports.items())
+        }
 
     # -- commanding --------------------------------------------------------------------------------
     def _on_solved(self, r: _Round, e: Solved) -> list[Instruction]:
@@ -317,17 +335,21 @@ class LeaderRound:
             return []
         plan = e.plan
         gathered = sorted(r.reports)
-        desired = make_before_break(
-            desired_sets(plan.get("instances", {}), gathered), {n: r.reports[n].ready for n in gathered}
-        )
-        r.summary = {
-            "at": e.now, "term": self.term, "leader": self.node_id, "method": plan.get("method"),
-            "mode": plan.get("mode"), "status": plan.get("status"), "objective_ms": plan.get("objective_ms"),
-            "solve_ms": plan.get("solve_ms"), "requests": e.requests, "nodes": gathered,
-            "actions": list(plan.get("actions", [])), "rejected": len(plan.get("rejected", [])),
-            "note": plan.get("note", ""), "fallback": e.fallback,
-            **{key: plan["details"][key] for key in ("spread", "planned_queue") if key in plan.get("details", {})},
-        }  # fmt: skip
+        running = {n: {m: c for m, c in r.reports[n].instances.items() if c > 0} for n in gathered}
+        self.births.observe(running, e.now)
+        lost = {n for n, ms in self.last_running.items() if ms and n not in r.reports}
+        self.last_running = {n: ms for n, ms in running.items() if ms}
+        status_quo = self._status_quo(r)
+        verdict = judge(
+            desired_sets(plan.get("instances", {}), gathered), status_quo, plan.get("objective_ms"),
+            plan.get("running_value"), lost, self.births, e.now, self.config.hold,
+        )  # fmt: skip
+        self.intent = {n: dict(d) for n, d in verdict.desired.items()}
+        changed = verdict.desired != status_quo
+        self.changes += changed
+        self.holds += not verdict.switch
+        desired = make_before_break(verdict.desired, {n: r.reports[n].ready for n in gathered})
+        r.summary = self._summary(plan, e, gathered, verdict, changed)
         r.commands = {
             n: Command(r.number, n, r.members[n], self.term, d, r.summary) for n, d in sorted(desired.items())
         }
@@ -337,6 +359,32 @@ class LeaderRound:
         if not r.waiting:
             return self._finish(r)
         return list(r.commands.values())
+
+    def _summary(
+        self, plan: Mapping[str, Any], e: Solved, gathered: list[str], verdict: Verdict, changed: bool
+    ) -> dict[str, Any]:
+        """The round summary every agent shows; a held plan shows the running instances' value and split."""
+        value = plan.get("running_value") or {}
+        source = plan.get("details", {}) if verdict.switch else value
+        hold = {
+            **verdict.to_dict(),
+            "changed": changed,
+            "plan_objective_ms": plan.get("objective_ms"),
+            "running_objective_ms": value.get("objective_ms"),
+            "changes": self.changes,
+            "holds": self.holds,
+        }
+        if not verdict.switch:
+            hold["plan_actions"] = list(plan.get("actions", []))
+        return {
+            "at": e.now, "term": self.term, "leader": self.node_id, "method": plan.get("method"),
+            "mode": plan.get("mode"), "status": plan.get("status"),
+            "objective_ms": plan.get("objective_ms") if verdict.switch else value.get("objective_ms"),
+            "solve_ms": plan.get("solve_ms"), "requests": e.requests, "nodes": gathered,
+            "actions": list(plan.get("actions", [])) if verdict.switch else [],
+            "rejected": len(plan.get("rejected", [])), "note": plan.get("note", ""), "fallback": e.fallback,
+            "hold": hold, **{key: source[key] for key in ("spread", "planned_queue") if key in source},
+        }  # fmt: skip
 
     def _on_command_result(self, r: _Round, e: Acknowledged | CommandFailed | Fenced) -> list[Instruction]:
         if self.phase is not Phase.COMMANDING or e.node not in r.waiting or e.node in r.retry_at:

@@ -26,6 +26,7 @@ from agent.decisions import (
     Start,
     Stop,
     backoff_delay,
+    drain_stops,
     plan_reconcile,
     provision_target,
 )
@@ -147,6 +148,7 @@ class NodeAgent:
         self._on_demand_at = dict.fromkeys(self._desired.on_demand, clock())
         self._ever_ready: set[str] = set()
         self._ready_models: set[str] = set()
+        self._draining: dict[str, float] = {}  # instance id -> unpublished since (decisions.drain_stops)
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._background: set[asyncio.Task[None]] = set()
@@ -355,6 +357,8 @@ class NodeAgent:
         timeout = self.settings.instance_ready_timeout_s
         stuck = {i.id for i in instances if i.running and i.id not in ready and now - i.started_at > timeout}
         steps = plan_reconcile(self._desired.instances, instances, next_try, now, stuck)
+        steps, self._draining = drain_stops(steps, self._draining, now, self.settings.instance_drain_s)
+        self._publish(instances, ready)  # servers that began to drain leave every endpoint answer now
         for step in steps:
             if isinstance(step, Stop):
                 if step.reason == "exited":
@@ -372,6 +376,7 @@ class NodeAgent:
             self._publish(instances, ready)
 
     def _publish(self, instances: list[Instance], ready: set[str]) -> None:
+        ready = ready - self._draining.keys()
         self.state.instances = instances
         self.state.ready = ready
         self._ready_models = {i.model for i in instances if i.id in ready}
@@ -543,7 +548,10 @@ class NodeAgent:
             "compute": s.compute,
             "api_url": s.api_url,
             **self.node_metrics().to_dict(),
-            "instances": [{**i.to_dict(), "ready": i.id in self.state.ready} for i in self.state.instances],
+            "instances": [
+                {**i.to_dict(), "ready": i.id in self.state.ready, "draining": i.id in self._draining}
+                for i in self.state.instances
+            ],
             "desired": dict(self.desired.instances),
             "term": self.store.highest_term(),
         }

@@ -14,7 +14,9 @@ instance's queue, and taking it whole closes a loop under load (queueing makes i
 plan asks for more on the same cores, they get slower still: seen in bench/load_bench.py on an overloaded
 machine); so the service time is a low quantile (``SERVICE_QUANTILE``) of the measured latencies, the
 requests that found the instance idle, and the queue model adds the queueing delay itself. Execution
-times for the queue objective come from the same quantile; the thesis objective keeps the median.
+times for the queue objective come from the same quantile; the thesis objective keeps the median. A node
+without measurements of a model is priced at the catalogue's figure scaled by what its class's measured
+nodes show (``class_scale``), so unmeasured nodes do not look better than measured ones of the same kind.
 """
 
 from __future__ import annotations
@@ -62,7 +64,7 @@ def parse_node_report(stats_node: Mapping[str, Any], stats_models: Mapping[str, 
     counts: dict[str, int] = {}
     ready: dict[str, int] = {}
     for inst in stats_node["instances"]:
-        if inst.get("running"):
+        if inst.get("running") and not inst.get("draining"):  # a draining server is on its way out
             counts[str(inst["model"])] = counts.get(str(inst["model"]), 0) + 1
         if inst.get("ready"):
             ready[str(inst["model"])] = ready.get(str(inst["model"]), 0) + 1
@@ -115,12 +117,13 @@ def build_snapshot(
     classes = {n.node_id: n.node_class for n in nodes}
 
     queue_aware = objective in ("queue", "queue-p99")
+    scale = class_scale(latencies, classes, catalogue) if queue_aware else {}
 
     def exec_ms(node: str, model: str) -> float:
         measured = latencies.get((node, model))
         if measured and len(measured) >= MIN_LATENCY_SAMPLES:
             return service_ms(measured) if queue_aware else float(statistics.median(measured))
-        return catalogue.models[model].expected_exec_ms(classes[node])
+        return catalogue.models[model].expected_exec_ms(classes[node]) * scale.get((classes[node], model), 1.0)
 
     requests = [
         {
@@ -141,7 +144,10 @@ def build_snapshot(
             counts[(r.client, r.model)] = counts.get((r.client, r.model), 0) + 1
         requests = group_sites(requests, counts, window_s)
         for entry, spec in zip(models, catalogue.models.values(), strict=True):
-            entry["throughput_rps"] = {n: _throughput(spec, classes[n], latencies.get((n, spec.name))) for n in ids}
+            entry["throughput_rps"] = {
+                n: _throughput(spec, classes[n], latencies.get((n, spec.name)), scale.get((classes[n], spec.name), 1.0))
+                for n in ids
+            }
         extra = {"objective": objective}
     out = {
         **extra,
@@ -214,11 +220,33 @@ def service_ms(measured: Sequence[float]) -> float:
     return float(ordered[int(SERVICE_QUANTILE * (len(ordered) - 1))])
 
 
-def _throughput(spec: Any, node_class: str, measured: Sequence[float] | None) -> float:
+def _throughput(spec: Any, node_class: str, measured: Sequence[float] | None, scale: float = 1.0) -> float:
     declared = float(spec.expected_throughput_rps(node_class))
     if measured and len(measured) >= MIN_LATENCY_SAMPLES:
         return min(declared, 1000.0 / max(service_ms(measured), 0.1))
+    if scale > 1.0:  # the class runs slower than declared where measured: so will this node
+        return min(declared, 1000.0 / max(float(spec.expected_exec_ms(node_class)) * scale, 0.1))
     return declared
+
+
+def class_scale(
+    latencies: Mapping[tuple[str, str], Sequence[float]], classes: Mapping[str, str], catalogue: Catalogue
+) -> dict[tuple[str, str], float]:
+    """(node class, model) -> median over the class's measured nodes of service time / the catalogue's.
+
+    A node that runs no instance of a model has no measurements and would be priced at the catalogue's
+    figure while its measured peers of the same class show the real one: the plan would keep moving
+    instances to whichever nodes it has not measured yet. Its estimate is scaled like its class's.
+    """
+    ratios: dict[tuple[str, str], list[float]] = {}
+    for (node, model), measured in latencies.items():
+        spec = catalogue.models.get(model)
+        if spec is None or node not in classes or len(measured) < MIN_LATENCY_SAMPLES:
+            continue
+        declared = spec.expected_exec_ms(classes[node])
+        if declared > 0:
+            ratios.setdefault((classes[node], model), []).append(service_ms(measured) / declared)
+    return {key: float(statistics.median(r)) for key, r in ratios.items()}
 
 
 def desired_sets(plan_instances: Mapping[str, Mapping[str, int]], node_ids: Sequence[str]) -> dict[str, dict[str, int]]:

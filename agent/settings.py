@@ -59,6 +59,7 @@ class Settings:
     api_docs: bool = False
     request_log_rows: int = 100_000
     instance_ready_timeout_s: float = 60.0
+    instance_drain_s: float = 3.0  # a server the plan drops leaves endpoint answers this long before it stops
     discovery: bool = True
     mdns: bool = True
     interface: str = "auto"
@@ -74,6 +75,10 @@ class Settings:
     placement_mode: str = "1"
     placement_method: str = "ipopt"
     placement_objective: str = "queue-p99"  # queue-p99 / queue: rates, queueing, shared instances; thesis: 1/stream
+    placement_hold: bool = True  # hysteresis (agent/hysteresis.py): keep what runs unless a plan is clearly better
+    placement_hold_margin: float = 0.1  # a switch must gain this share of the running mean latency ...
+    placement_hold_start_ms: float = 1.0  # ... plus this many ms per instance it starts
+    placement_min_dwell_s: float = 60.0  # an instance younger than this is not stopped for a soft gain
     request_window_s: float = 600.0
     metrics: bool = True
     metrics_token: str = ""
@@ -161,6 +166,9 @@ def validate(s: Settings) -> None:
     for name in ("placement_period_s", "request_window_s", "election_heartbeat_s"):
         if getattr(s, name) <= 0:
             raise ConfigError(name, "must be positive")
+    for name in ("placement_hold_margin", "placement_hold_start_ms", "placement_min_dwell_s", "instance_drain_s"):
+        if not 0 <= getattr(s, name) < float("inf"):
+            raise ConfigError(name, "must be a finite number, zero or more")
     for seed in s.seed_urls:
         if not seed.startswith(("http://", "https://")):
             raise ConfigError("seeds", f"{seed!r} is not an http(s) URL of an agent")

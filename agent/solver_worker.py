@@ -5,10 +5,12 @@ A follower keeps no solver in memory (numpy, Ipopt, SciPy: ~75 MB). ``SolverWork
 garbage collector's view of that long-lived heap; it also keeps freed memory in its heap, see
 ``solver.fastlp.tune_allocator``) while the agent carries on; ``stop`` ends it.
 
-Protocol, one JSON object per line: request ``{"snapshot": {...}, "method": str, "mode": str}`` on the
+Protocol, one JSON object per line: request ``{"snapshot": {...}, "method": str, "mode": str, "held": {...}}``
+(``held``: node -> model -> count, the leader's status quo; absent: the snapshot's running instances) on the
 worker's stdin; reply ``{"plan": {...}, "fallback": str}`` (``fallback`` names the missing solver when
-least-loaded stood in for it) or ``{"error": str}`` on its stdout. The worker exits at end of input and
-dies with the agent (PR_SET_PDEATHSIG), even when the agent is killed with SIGKILL. Solving happens in
+least-loaded stood in for it; under a queue objective the plan carries ``running_value``, the running
+instances valued by solver.hold for the leader's hysteresis) or ``{"error": str}`` on its stdout. The
+worker exits at end of input and dies with the agent (PR_SET_PDEATHSIG), even when it is SIGKILLed. Solving happens in
 another process because the solver holds the GIL for the length of a solve, which would stall the API.
 """
 
@@ -26,6 +28,7 @@ import signal
 import subprocess
 import sys
 import threading
+from collections.abc import Mapping
 from typing import IO, Any
 
 log = logging.getLogger(__name__)
@@ -89,7 +92,9 @@ class SolverWorker:
             _end(proc)
             await asyncio.to_thread(_reap, proc)
 
-    async def solve(self, snapshot: dict[str, Any], method: str, mode: str) -> tuple[dict[str, Any], str]:
+    async def solve(
+        self, snapshot: dict[str, Any], method: str, mode: str, held: Mapping[str, Mapping[str, int]] | None = None
+    ) -> tuple[dict[str, Any], str]:
         """(plan as a dict, fallback reason or ''); replaces a dead worker. Raises SolverWorkerError.
 
         Only between ``start`` and ``stop``: a round still in flight when the node stepped down must not
@@ -100,7 +105,7 @@ class SolverWorker:
         self.start()
         proc = self._proc
         assert proc is not None
-        request = json.dumps({"snapshot": snapshot, "method": method, "mode": mode}).encode() + b"\n"
+        request = json.dumps({"snapshot": snapshot, "method": method, "mode": mode, "held": held}).encode() + b"\n"
         try:
             reply = await asyncio.to_thread(self._round_trip, proc, request)
         except SolverWorkerError:
@@ -166,9 +171,14 @@ def solve_request(request: Any) -> dict[str, Any]:
     snap = Snapshot.from_dict(request.get("snapshot"))
     method, mode = str(request.get("method", "ipopt")), str(request.get("mode", "1"))
     try:
-        return {"plan": solve(snap, method=method, mode=mode).to_dict(), "fallback": ""}
+        plan = solve(snap, method=method, mode=mode).to_dict()
     except SolverUnavailableError as exc:
         return {"plan": solve(snap, method="least-loaded", mode=mode).to_dict(), "fallback": str(exc)}
+    if snap.objective in ("queue", "queue-p99"):  # the status quo's value, for the leader's hysteresis
+        from solver.hold import parse_counts, value_running
+
+        plan["running_value"] = value_running(snap, parse_counts(request.get("held"))).to_dict()
+    return {"plan": plan, "fallback": ""}
 
 
 def warm_up(method: str) -> None:

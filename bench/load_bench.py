@@ -14,7 +14,9 @@ of a request = its time through the proxy on loopback (execution, queueing, prox
 simulated RTT from the client's site to the node that served it (``X-Peerserve-Node``): loopback has
 no distance, so the placement's choice of node is charged what the site reported.
 Reported per objective: p50/p99 latency, requests, failures, ready instances, RSS of the model servers
-(MB, from /proc of the PIDs the agents recorded), the last plan's solve time. ``--json`` prints it all;
+(MB, from /proc of the PIDs the agents recorded), the last plan's solve time, the placement changes and
+held-back plans while measuring (the leader's round counters) and the ready servers' changes sampled
+every second, and the load average. ``--json`` prints it all;
 ``--plot`` writes docs/img/load_bench.png.
 
 Uses the fixed addresses 127.0.0.2.. like the demo: on a shared machine run it under
@@ -37,7 +39,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +88,11 @@ class Result:
     server_rss_mb: float
     solve_ms: float | None
     settle_s: float
+    placement_changes: int | None = None  # rounds in the measurement whose command changed the running servers
+    held_rounds: int | None = None  # rounds in the measurement whose plan the leader held back (hysteresis)
+    server_changes: int = 0  # changes of the ready servers per node, sampled every second while measuring
+    load_avg_1m: float = 0.0  # the machine's 1-minute load average at the end of the measurement
+    failure_kinds: dict[str, int] = field(default_factory=dict)  # failed requests by HTTP status / exception
 
 
 def say(msg: str, quiet: bool) -> None:
@@ -118,7 +125,12 @@ class Cluster:
                     "--data-dir", str(data), "--cluster-token", self.token, "--placement-mode", "2",
                     "--placement-period-s", str(self.cfg.period_s),
                     "--placement-objective", self.objective]  # fmt: skip
-            env = {**os.environ, "PEERSERVE_REQUEST_WINDOW_S": str(max(20.0, self.cfg.warmup_s))}
+            env = {
+                **os.environ,
+                "PEERSERVE_REQUEST_WINDOW_S": str(max(20.0, self.cfg.warmup_s)),
+                # 30 phones share one loopback address here: the per-address cap (64) would cut them off
+                "PEERSERVE_MAX_CONNECTIONS_PER_ADDRESS": "256",
+            }
             proc = subprocess.Popen(
                 argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=REPO, env=env
             )
@@ -187,7 +199,7 @@ def site_rtts(cfg: LoadConfig, site: int) -> dict[str, float]:
 
 
 async def client(
-    cfg: LoadConfig, cluster: Cluster, c: int, until: float, record: list[tuple[float, float, bool]] | None
+    cfg: LoadConfig, cluster: Cluster, c: int, until: float, record: list[tuple[float, float, bool, str]] | None
 ) -> None:
     """One client: Poisson arrivals until ``until`` (monotonic), each a predict through its site's agent."""
     rng = random.Random(cfg.seed * 1000 + c)
@@ -200,7 +212,10 @@ async def client(
     image = digits.heldout_set()[0][c % 50]
     url = cluster.url(site % cfg.nodes) + f"/v1/models/{MODEL}:predict"
     tasks = set()
-    async with httpx.AsyncClient(timeout=10.0, headers=headers) as http:
+    # Idle connections are dropped by the client before the agent's keep-alive timeout (uvicorn: 5 s) can
+    # close them under a request in flight (a ReadError that says nothing about placement).
+    limits = httpx.Limits(keepalive_expiry=2.0)
+    async with httpx.AsyncClient(timeout=10.0, headers=headers, limits=limits) as http:
         nxt = time.monotonic() + rng.expovariate(cfg.rate)
         while nxt < until:
             await asyncio.sleep(max(0.0, nxt - time.monotonic()))
@@ -217,18 +232,18 @@ async def _one(
     url: str,
     body: dict[str, Any],
     rtts: dict[str, float],
-    record: list[tuple[float, float, bool]] | None,
+    record: list[tuple[float, float, bool, str]] | None,
 ) -> None:
     started = time.perf_counter()
     try:
         r = await http.post(url, json=body)
-        ok = r.status_code == 200
+        ok, why = r.status_code == 200, f"HTTP {r.status_code} {r.headers.get('x-peerserve-error', '')}".strip()
         node = r.headers.get("x-peerserve-node", "")
-    except httpx.HTTPError:
-        ok, node = False, ""
+    except httpx.HTTPError as exc:
+        ok, node, why = False, "", type(exc).__name__
     ms = 1000.0 * (time.perf_counter() - started) + rtts.get(node, 0.0)
     if record is not None:
-        record.append((time.monotonic(), ms, ok))
+        record.append((time.monotonic(), ms, ok, "" if ok else why))
 
 
 async def drive(cfg: LoadConfig, cluster: Cluster, seconds: float, record: list[Any] | None) -> None:
@@ -246,7 +261,9 @@ async def warm_up(cfg: LoadConfig, cluster: Cluster, quiet: bool) -> float:
         plan = cluster.last_plan()
         have = cluster.instances()
         acts = ", ".join(f"{a['op']} {a['count']} on {a['node']}" for a in plan.get("actions", [])) or "none"
-        say(f"  [{elapsed:5.1f} s] ready servers {have}; last plan's actions: {acts}", quiet)
+        hold = plan.get("hold", {})
+        verdict = f"; {'switched' if hold.get('switched', True) else 'held'}: {hold['reason']}" if hold else ""
+        say(f"  [{elapsed:5.1f} s] ready servers {have}; last plan's actions: {acts}{verdict}", quiet)
         settled = plan and not plan.get("actions") and have == before and sum(have.values()) > 0
         if elapsed >= cfg.warmup_s and settled:
             return elapsed
@@ -264,19 +281,25 @@ def measure(cfg: LoadConfig, objective: str, quiet: bool) -> Result:
             leader = cluster.wait_leader()
             say(f"{objective}: {cfg.nodes} agents up, {leader} leads; warming up", quiet)
             settle = asyncio.run(warm_up(cfg, cluster, quiet))
-            record: list[tuple[float, float, bool]] = []
+            record: list[tuple[float, float, bool, str]] = []
             say(f"{objective}: measuring {cfg.measure_s:g} s", quiet)
-            asyncio.run(drive(cfg, cluster, cfg.measure_s, record))
+            before = cluster.last_plan().get("hold", {})
+            server_changes = asyncio.run(drive_and_watch(cfg, cluster, record))
             per_node = cluster.instances()
             rss = cluster.server_rss_mb()
             plan = cluster.last_plan()
+            load = os.getloadavg()[0]
         except BaseException:
             for log in sorted(Path(tmp).glob("*.log")):
                 say(f"--- {log.name} (last lines)\n" + "\n".join(log.read_text().splitlines()[-15:]), quiet)
             raise
         finally:
             cluster.stop()
-    ok = np.array([ms for _, ms, good in record if good])
+    ok = np.array([ms for _, ms, good, _ in record if good])
+    kinds: dict[str, int] = {}
+    for *_, why in record:
+        if why:
+            kinds[why] = kinds.get(why, 0) + 1
     pct = np.percentile(ok, [50, 99]) if len(ok) else np.array([np.nan, np.nan])
     return Result(
         objective,
@@ -284,13 +307,39 @@ def measure(cfg: LoadConfig, objective: str, quiet: bool) -> Result:
         round(float(pct[1]), 3),
         round(float(ok.mean()), 3) if len(ok) else float("nan"),
         len(record),
-        sum(1 for _, _, good in record if not good),
+        sum(1 for _, _, good, _ in record if not good),
         sum(per_node.values()),
         per_node,
         round(rss, 1),
         plan.get("solve_ms"),
         round(settle, 1),
+        *_hold_counts(before, plan.get("hold", {})),
+        server_changes,
+        round(load, 2),
+        kinds,
     )
+
+
+def _hold_counts(before: dict[str, Any], after: dict[str, Any]) -> tuple[int | None, int | None]:
+    """(placement changes, held rounds) between two of the leader's round summaries (None: leader changed)."""
+    if not all(isinstance(d.get(k), int) for d in (before, after) for k in ("changes", "holds")):
+        return None, None
+    if after["changes"] < before["changes"] or after["holds"] < before["holds"]:
+        return None, None
+    return after["changes"] - before["changes"], after["holds"] - before["holds"]
+
+
+async def drive_and_watch(cfg: LoadConfig, cluster: Cluster, record: list[Any]) -> int:
+    """Measure while sampling the ready servers every second; returns how often they changed."""
+    task = asyncio.create_task(drive(cfg, cluster, cfg.measure_s, record))
+    last, changes = await asyncio.to_thread(cluster.instances), 0
+    while not task.done():
+        await asyncio.sleep(1.0)
+        now = await asyncio.to_thread(cluster.instances)
+        changes += now != last
+        last = now
+    await task
+    return changes
 
 
 def plot(results: list[Result], path: Path) -> Path:
@@ -353,11 +402,20 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{cfg.clients} clients at {cfg.sites} sites, {cfg.rate:g} req/s each (Poisson), {cfg.nodes} agents, "
           f"digits; latency = loopback proxy time + site RTT ({cfg.near_ms:g} / {cfg.far_ms:g} ms)")  # fmt: skip
     print(f"{'objective':<11}{'p50 ms':>8}{'p99 ms':>8}{'requests':>9}{'failed':>7}{'servers':>8}{'RSS MB':>8}"
-          f"{'solve ms':>9}")  # fmt: skip
+          f"{'solve ms':>9}{'changes':>8}{'held':>5}{'seen':>5}{'load':>6}")  # fmt: skip
     for r in results:
         solve = f"{r.solve_ms:.1f}" if r.solve_ms is not None else "-"
-        print(f"{r.objective:<11}{r.p50_ms:>8.2f}{r.p99_ms:>8.2f}{r.requests:>9}{r.failed:>7}{r.instances:>8}"
-              f"{r.server_rss_mb:>8.0f}{solve:>9}")  # fmt: skip
+        changes = "-" if r.placement_changes is None else str(r.placement_changes)
+        held = "-" if r.held_rounds is None else str(r.held_rounds)
+        print(
+            f"{r.objective:<11}{r.p50_ms:>8.2f}{r.p99_ms:>8.2f}{r.requests:>9}{r.failed:>7}{r.instances:>8}"
+            f"{r.server_rss_mb:>8.0f}{solve:>9}{changes:>8}{held:>5}{r.server_changes:>5}{r.load_avg_1m:>6.1f}"
+        )
+    for r in results:
+        if r.failure_kinds:
+            print(f"{r.objective} failures: " + ", ".join(f"{k} x{n}" for k, n in sorted(r.failure_kinds.items())))
+    print("changes: rounds whose command changed the servers while measuring; held: plans held back; seen: changes "
+          "of the ready servers sampled every second; load: 1-minute load average")  # fmt: skip
     return 0
 
 

@@ -56,7 +56,7 @@ def solving() -> LeaderRound:
     m = gathering()
     assert m.step(Gathered(100.3, 1, "a", report("a", m=1), ((1, rec(99.0)), (2, rec(99.5))))) == []
     assert m.step(Gathered(100.4, 1, "b", report("b"), ())) == [
-        Solve(1, (report("a", m=1), report("b")), (rec(99.0), rec(99.5)), 100.4)
+        Solve(1, (report("a", m=1), report("b")), (rec(99.0), rec(99.5)), 100.4, {"a": {"m": 1}, "b": {}})
     ]
     return m
 
@@ -111,7 +111,7 @@ def test_a_full_page_asks_for_the_next_one() -> None:
 def test_a_failed_gather_leaves_the_node_out_of_the_plan_and_its_commands() -> None:
     m = gathering()
     m.step(Gathered(100.3, 1, "a", report("a"), ()))
-    assert m.step(GatherFailed(100.4, 1, "b", "ConnectTimeout")) == [Solve(1, (report("a"),), (), 100.4)]
+    assert m.step(GatherFailed(100.4, 1, "b", "ConnectTimeout")) == [Solve(1, (report("a"),), (), 100.4, {"a": {}})]
     out = m.step(Solved(101.0, 1, PLAN, requests=0))
     assert [(c.node, dict(c.instances)) for c in out if isinstance(c, Command)] == [("a", {})]
 

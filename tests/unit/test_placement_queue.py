@@ -90,3 +90,17 @@ def test_placement_objective_setting() -> None:
     assert Settings(node_id="n", placement_objective="queue-p99").placement_objective == "queue-p99"
     with pytest.raises(ConfigError, match="placement_objective"):
         Settings(node_id="n", placement_objective="fast")
+
+
+def test_an_unmeasured_node_is_priced_like_its_measured_class_peers() -> None:
+    """a measured 4 ms where the catalogue says 1 ms (default class): b, same class, no instance yet, is
+    priced at 4 ms too, not 1 ms (else every plan would move the instance to the node it has not measured);
+    c, another class, keeps its own catalogue figure; the thesis objective is untouched."""
+    nodes = [node("a"), node("b"), node("c", "orin")]
+    measured = [rec("c1", {"a": 1.0, "b": 1.0, "c": 1.0}, float(t), "a", 4.0) for t in range(8)]
+    snap = build_snapshot(nodes, measured, CAT, 10.0, objective="queue", window_s=60.0)
+    assert snap["requests"][0]["exec_ms"] == pytest.approx({"a": 4.0, "b": 4.0, "c": 1.0})
+    hpt = next(m for m in snap["models"] if m["name"] == "half_plus_two")
+    assert hpt["throughput_rps"] == pytest.approx({"a": 250.0, "b": 250.0, "c": 500.0})
+    thesis = build_snapshot(nodes, measured, CAT, 10.0)
+    assert thesis["requests"][0]["exec_ms"] == pytest.approx({"a": 4.0, "b": 1.0, "c": 1.0})

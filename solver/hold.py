@@ -1,0 +1,221 @@
+"""The placement that runs now, valued under the same queue model as a new plan (the leader's hysteresis).
+
+A new plan's ``objective_ms`` is the mean latency per request (RTT + execution + M/M/1 wait) of its
+instances with its split of every stream's rate (``solver.queue_plan.mean_latency_ms``). The leader
+keeps the running instances unless the plan beats them by a margin (``agent/hysteresis.py``), so it
+needs their value under the same snapshot: ``value_running`` fixes the instance counts at what runs and
+finds the split of each stream's rate over the nodes running its model that minimises the same
+objective. With the counts fixed that is a convex flow problem (linear costs plus the convex pool
+delays), solved by Frank-Wolfe with an exact line search, the classic method for traffic assignment;
+its duality gap bounds the error (``gap_ms``). The running placement is never flattered by a poor
+split, only by less than ``gap_ms``.
+
+Hard facts come with it: models with demand and no running instance (``unserved``) and pools whose
+load at the best split exceeds ``rho_max`` (``overloaded``): the leader acts on a plan at once there.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from solver.problem import FloatArray, Mode, build_problem, running_instances
+from solver.queue_model import QueueProblem, build_queue_problem
+from solver.queue_plan import MAX_SPREAD_SITES
+from solver.snapshot import Snapshot
+
+EVAL_RHO = 0.999  # the delay is M/M/1 up to this load when valuing a placement (as mean_latency_ms does)
+ITERATIONS = 400
+TOLERANCE = 1e-7  # relative duality gap at which Frank-Wolfe stops
+BISECTIONS = 40
+
+
+@dataclass(frozen=True)
+class RunningValue:
+    """The running placement under this snapshot: mean latency per request at its best split, and what it cannot do."""
+
+    objective_ms: float
+    gap_ms: float  # Frank-Wolfe's duality gap: the best split's value is within this of objective_ms
+    unserved: tuple[str, ...] = ()  # models with demand and no instance running anywhere
+    overloaded: tuple[str, ...] = ()  # "node/model" pools above rho_max even at the best split
+    demand: tuple[str, ...] = ()  # models some stream asks for
+    over_bound: tuple[str, ...] = ()  # models running more instances than need at rho_max + one spare per class
+    instances: dict[str, dict[str, int]] = field(default_factory=dict)
+    spread: list[dict[str, Any]] = field(default_factory=list)
+    planned_queue: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON form (the solver worker's reply, the leader's round)."""
+        return {
+            "objective_ms": self.objective_ms, "gap_ms": self.gap_ms, "unserved": list(self.unserved),
+            "overloaded": list(self.overloaded), "demand": list(self.demand), "over_bound": list(self.over_bound),
+            "instances": self.instances,
+            "spread": self.spread, "planned_queue": self.planned_queue,
+        }  # fmt: skip
+
+
+def parse_counts(raw: Any) -> dict[str, dict[str, int]] | None:
+    """node -> model -> count from JSON (None for None); raises ValueError on anything else."""
+    if raw is None:
+        return None
+    if not isinstance(raw, dict) or not all(isinstance(v, dict) for v in raw.values()):
+        raise ValueError("held must map node -> model -> count")
+    return {str(n): {str(m): int(c) for m, c in ms.items()} for n, ms in raw.items()}
+
+
+def value_running(
+    snapshot: Snapshot, held: Mapping[str, Mapping[str, int]] | None = None, rho_max: float | None = None
+) -> RunningValue:
+    """Value ``held`` (node -> model -> count; default: the snapshot's running instances) under its streams."""
+    running = running_instances(snapshot)
+    if held is not None:
+        models = {m.name: k for k, m in enumerate(snapshot.models)}
+        for j, node in enumerate(snapshot.nodes):
+            running[j] = 0
+            for m, c in held.get(node.id, {}).items():
+                if m in models and c > 0:
+                    running[j, models[m]] = c
+    q = build_queue_problem(build_problem(snapshot, Mode.MODE2, current=running))
+    if rho_max is not None:
+        q = QueueProblem(q.base, q.rate, q.mu, q.node_class, rho_max, q.instance_cost)
+    p = q.base
+    n = running.astype(float)
+    allowed = n[:, p.class_model].T > 0  # [c, j]: node j runs the class's model
+    demand = q.rate > 0
+    lost = demand & ~allowed.any(axis=1)
+    unserved = tuple(sorted({p.model_names[int(p.class_model[c])] for c in np.nonzero(lost)[0]}))
+    served = demand & ~lost
+    x, gap = _best_split(q, n, allowed & served[:, None])
+    lam = _lam(q, x)
+    over = lam > n * q.rho_max * q.mu * (1 + 1e-6) + 1e-9
+    overloaded = tuple(f"{p.node_ids[j]}/{p.model_names[k]}" for j, k in zip(*np.nonzero(over), strict=True))
+    total = float(x.sum())
+    value = _objective(q, n, x) / total if total > 0 else 0.0
+    instances = {
+        p.node_ids[j]: {p.model_names[k]: int(running[j, k]) for k in np.nonzero(running[j])[0]}
+        for j in range(p.n_nodes)
+        if running[j].any()
+    }
+    asked = tuple(sorted({p.model_names[int(p.class_model[c])] for c in np.nonzero(demand)[0]}))
+    return RunningValue(
+        objective_ms=value, gap_ms=gap / total if total > 0 else 0.0, unserved=unserved, overloaded=overloaded,
+        demand=asked, over_bound=_over_bound(q, running), instances=instances, spread=_spread(q, x),
+        planned_queue=_planned_queue(q, n, lam),
+    )  # fmt: skip
+
+
+def _over_bound(q: QueueProblem, running: Any) -> tuple[str, ...]:
+    """Models whose running instances exceed the plan's bound: their need at rho_max + one spare per node class."""
+    p = q.base
+    out = []
+    for k, name in enumerate(p.model_names):
+        rate = float(q.rate[p.class_model == k].sum())
+        need = math.ceil(rate / (q.rho_max * max(float(q.mu[:, k].max()), 1e-12)) - 1e-9)
+        if int(running[:, k].sum()) > need + len(set(q.node_class)):
+            out.append(name)
+    return tuple(out)
+
+
+def _lam(q: QueueProblem, x: FloatArray) -> FloatArray:
+    """[j, k] rate arriving at each pool."""
+    onehot = np.eye(len(q.base.model_names))[q.base.class_model]
+    return np.asarray(x.T @ onehot)
+
+
+def _delay(q: QueueProblem, lam: FloatArray, n: FloatArray) -> tuple[FloatArray, FloatArray]:
+    """(D, dD/dlam) per pool, solver.queueing.PoolDelay's formulas at load cap EVAL_RHO; 0 where n = 0."""
+    on = n > 0
+    nn = np.where(on, n, 1.0)
+    mu = q.mu
+    t = lam / nn
+    tm = EVAL_RHO * mu
+    tc = np.minimum(t, tm)
+    gap = mu - tc
+    d1 = 1000.0 * mu / gap**2
+    g = 1000.0 * tc / gap + np.where(t > tm, d1 * (t - tm), 0.0)
+    return np.where(on, nn * g, 0.0), np.where(on, d1, 0.0)
+
+
+def _objective(q: QueueProblem, n: FloatArray, x: FloatArray) -> float:
+    """Total request-ms per second: RTT + execution on every share, the pools' waits (service counted once)."""
+    lam = _lam(q, x)
+    d, _ = _delay(q, lam, n)
+    return float((x * q.base.cost).sum() + (d - lam * q.service_ms).sum())
+
+
+def _gradient(q: QueueProblem, n: FloatArray, x: FloatArray) -> FloatArray:
+    _, d1 = _delay(q, _lam(q, x), n)
+    marginal = (d1 - q.service_ms)[:, q.base.class_model].T  # [c, j]
+    return np.asarray(q.base.cost + marginal)
+
+
+def _best_split(q: QueueProblem, n: FloatArray, allowed: Any) -> tuple[FloatArray, float]:
+    """Frank-Wolfe on the split of each class's rate over its allowed nodes; returns (x, duality gap)."""
+    rate = np.where(allowed.any(axis=1), q.rate, 0.0)
+    big = np.where(allowed, 0.0, np.inf)
+    x = _all_on(np.where(allowed, q.base.cost, np.inf), rate)
+    gap = 0.0
+    for _ in range(ITERATIONS):
+        grad = _gradient(q, n, x)
+        target = _all_on(grad + big, rate)
+        direction = target - x
+        gap = float(-(grad * direction).sum())
+        if gap <= TOLERANCE * max(_objective(q, n, x), 1e-9):
+            break
+        x = x + _line_search(q, n, x, direction) * direction
+    return x, max(gap, 0.0)
+
+
+def _all_on(cost: FloatArray, rate: FloatArray) -> FloatArray:
+    """Each class's whole rate on its cheapest node (a class with no finite cost gets nothing)."""
+    out = np.zeros_like(cost)
+    rows = np.nonzero(rate > 0)[0]
+    if len(rows):
+        out[rows, np.argmin(cost[rows], axis=1)] = rate[rows]
+    return out
+
+
+def _line_search(q: QueueProblem, n: FloatArray, x: FloatArray, d: FloatArray) -> float:
+    """The step in [0, 1] minimising the convex objective along ``d`` (bisection on its derivative)."""
+
+    def slope(a: float) -> float:
+        return float((_gradient(q, n, x + a * d) * d).sum())
+
+    if slope(1.0) <= 0:
+        return 1.0
+    lo, hi = 0.0, 1.0
+    for _ in range(BISECTIONS):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if slope(mid) < 0 else (lo, mid)
+    return lo
+
+
+def _spread(q: QueueProblem, x: FloatArray) -> list[dict[str, Any]]:
+    """Per site and model, largest rate first: its RTT row and node -> share (solver.queue_plan.spread's form)."""
+    p = q.base
+    out = []
+    for c in np.argsort(-q.rate, kind="stable")[:MAX_SPREAD_SITES].tolist():
+        served = float(x[c].sum())
+        if served <= 0:
+            continue
+        first = p.snapshot.requests[p.class_members[c][0]]
+        keep = np.nonzero(x[c] > 1e-6 * served)[0]
+        total = float(x[c, keep].sum())
+        shares = {p.node_ids[j]: round(float(x[c, j]) / total, 6) for j in keep}
+        out.append(
+            {"model": first.model, "rtt_ms": {k: round(v, 1) for k, v in first.rtt_ms.items()}, "shares": shares}
+        )
+    return out
+
+
+def _planned_queue(q: QueueProblem, n: FloatArray, lam: FloatArray) -> dict[str, dict[str, float]]:
+    """Per node and model with traffic: the M/M/1 mean number of requests at one instance."""
+    out: dict[str, dict[str, float]] = {}
+    for j, k in zip(*np.nonzero((n > 0) & (lam > 0)), strict=True):
+        rho = min(float(lam[j, k] / (n[j, k] * q.mu[j, k])), EVAL_RHO)
+        out.setdefault(q.base.node_ids[j], {})[q.base.model_names[k]] = round(rho / (1.0 - rho), 6)
+    return out

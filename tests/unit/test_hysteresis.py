@@ -1,0 +1,158 @@
+"""agent.hysteresis: the pure hold-or-switch rule, its hard cases, the dwell, and the bound on what it remembers."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from agent.hysteresis import Births, HoldConfig, judge
+from agent.leader_round import Acknowledged, Command, Elected, Gather, Gathered, LeaderRound, RoundConfig, Solve, Solved
+from agent.leader_round import Tick as RoundTick
+from agent.placement import NodeReport
+
+RUNNING = {"a": {"m": 1}, "b": {"m": 1}, "c": {}}
+MOVED = {"a": {}, "b": {"m": 1}, "c": {"m": 1}}  # the symmetric flip: one instance from a to c
+CFG = HoldConfig(margin=0.1, start_cost_ms=1.0, min_dwell_s=60.0)
+
+
+def value(ms: float = 10.0, **extra: Any) -> dict[str, Any]:
+    return {"objective_ms": ms, "unserved": [], "overloaded": [], "demand": ["m"], "over_bound": [], **extra}
+
+
+def old() -> Births:
+    b = Births()
+    b.observe(RUNNING, 0.0)  # first sight: running all along
+    return b
+
+
+def test_a_plan_no_better_than_what_runs_is_held_with_the_running_counts() -> None:
+    v = judge(MOVED, RUNNING, 9.5, value(10.0), (), old(), 100.0, CFG)
+    assert not v.switch and v.desired == {"a": {"m": 1}, "b": {"m": 1}, "c": {}}
+    assert v.gain_ms == 0.5 and v.needed_ms == 2.0 and "must gain over 2.00 ms" in v.reason
+
+
+def test_a_clearly_better_plan_switches() -> None:
+    v = judge(MOVED, RUNNING, 7.9, value(10.0), (), old(), 100.0, CFG)
+    assert v.switch and not v.hard and v.desired == {"a": {}, "b": {"m": 1}, "c": {"m": 1}}
+
+
+def test_hard_needs_act_at_once_whatever_the_gain() -> None:
+    cases = [
+        (value(unserved=["m"]), (), "no instance runs for m"),
+        (value(overloaded=["a/m"]), (), "overloaded at the best split: a/m"),
+        (value(), ("d",), "node lost: d"),
+        (None, (), "not valued"),
+    ]
+    for val, lost, why in cases:
+        v = judge(MOVED, RUNNING, 12.0, val, lost, old(), 100.0, CFG)
+        assert v.switch and v.hard and why in v.reason and v.desired == MOVED
+    first = judge(RUNNING, {n: {} for n in RUNNING}, 12.0, value(), (), Births(), 0.0, CFG)
+    assert first.switch and first.hard and first.reason == "nothing runs yet"
+    off = judge(MOVED, RUNNING, 12.0, value(), (), old(), 100.0, HoldConfig(enabled=False))
+    assert off.switch and off.reason == "hysteresis is off"
+
+
+def test_a_young_instance_is_kept_while_the_plans_starts_go_ahead() -> None:
+    births = old()
+    births.observe({"a": {"m": 2}, "b": {"m": 1}, "c": {}}, 90.0)  # a second instance on a, 10 s before
+    running = {"a": {"m": 2}, "b": {"m": 1}, "c": {}}
+    plan = {"a": {"m": 1}, "b": {"m": 1}, "c": {"m": 1}}
+    v = judge(plan, running, 5.0, value(10.0), (), births, 100.0, CFG)
+    assert v.switch and v.desired == {"a": {"m": 2}, "b": {"m": 1}, "c": {"m": 1}}
+    assert "kept until 60 s old: m on a (10 s)" in v.reason
+    later = judge(plan, {**running, "c": {"m": 1}}, 10.0, value(10.0, over_bound=["m"]), (), births, 151.0, CFG)
+    assert later.switch and later.desired == plan  # old enough, and over the bound: now it goes
+    only_young = judge({"a": {"m": 1}, "b": {"m": 1}}, running, 5.0, value(10.0), (), births, 100.0, CFG)
+    assert not only_young.switch and only_young.desired == {"a": {"m": 2}, "b": {"m": 1}, "c": {}}
+
+
+def test_fewer_instances_is_held_unless_over_the_bound() -> None:
+    running = {"a": {"m": 1}, "b": {"m": 1}, "c": {"m": 1}}
+    b = Births()
+    b.observe(running, 0.0)
+    held = judge(RUNNING, running, 11.0, value(10.0), (), b, 100.0, CFG)
+    assert not held.switch and held.desired == running  # 3 -> 2 costs latency: no flapping between n and n+1
+    over = judge(RUNNING, running, 11.0, value(10.0, over_bound=["m"]), (), b, 100.0, CFG)
+    assert over.switch and over.desired == {"a": {"m": 1}, "b": {"m": 1}, "c": {}}
+    assert "more instances run than the bound allows: m" in over.reason
+
+
+def test_stops_of_a_model_without_demand_never_wait() -> None:
+    running = {"a": {"m": 1, "idle": 1}, "b": {"m": 1}, "c": {}}
+    v = judge(RUNNING, running, 10.0, value(10.0), (), old(), 100.0, CFG)
+    assert v.switch and "without demand: idle" in v.reason and v.desired == {"a": {"m": 1}, "b": {"m": 1}, "c": {}}
+    mixed = judge(MOVED, running, 10.0, value(10.0), (), old(), 100.0, CFG)  # held, but the idle one still goes
+    assert not mixed.switch and mixed.desired == {"a": {"m": 1}, "b": {"m": 1}, "c": {}}
+
+
+noise = st.floats(-0.04, 0.04)
+
+
+@given(
+    st.lists(st.tuples(noise, noise, st.sampled_from([RUNNING, MOVED, {"a": {"m": 1}, "c": {"m": 1}}])), max_size=30)
+)
+def test_noise_around_a_steady_load_never_moves(rounds: list[tuple[float, float, Any]]) -> None:
+    """Plans within a few % of what runs (any flip of the symmetric case) are all held: no move, ever."""
+    births, running, base = old(), dict(RUNNING), 10.0
+    for k, (plan_noise, run_noise, plan) in enumerate(rounds):
+        v = judge(plan, running, base * (1 + plan_noise), value(base * (1 + run_noise)), (), births, 100.0 + k, CFG)
+        assert not v.switch or v.desired == running
+        running = v.desired
+        births.observe(running, 100.0 + k)
+    assert running == RUNNING
+
+
+@given(st.floats(0.0, 0.5), st.floats(5.0, 50.0))
+def test_a_gain_past_the_margin_always_switches(extra: float, base: float) -> None:
+    """A plan better by more than the margin moves within the round (old instances, nothing hard)."""
+    needed = CFG.start_cost_ms + CFG.margin * base
+    plan_ms = base - needed - extra - 1e-6
+    v = judge(MOVED, RUNNING, plan_ms, value(base), (), old(), 100.0, CFG)
+    assert v.switch and v.desired == MOVED
+
+
+def test_births_remember_growth_and_are_bounded() -> None:
+    b = Births(limit=4)
+    b.observe({"a": {"m": 1}}, 0.0)
+    assert b.age("a", "m", 5.0) == math.inf  # first sight: old
+    b.observe({"a": {"m": 2}}, 10.0)
+    assert b.age("a", "m", 15.0) == 5.0
+    b.observe({"a": {}}, 20.0)
+    assert b.age("a", "m", 25.0) == math.inf
+    for i in range(10):
+        b.observe({f"n{i}": {}}, 30.0)
+        b.observe({f"n{i}": {"m": 1}}, 31.0)
+    assert len(b.at) <= 4 and len(b.counts) <= 4
+
+
+def test_a_move_under_way_is_finished_not_held_back_by_the_instances_it_replaces() -> None:
+    """Make-before-break keeps a's instance while c starts; the next rounds weigh plans against the move's
+    target (b, c), not against a, b and c running, so a is stopped once c is ready (no ratchet)."""
+    m = LeaderRound("a", RoundConfig(period_s=1.0, debounce_s=0.0, hold=CFG))
+    m.step(Elected(0.0, 1, {n: f"http://{n}" for n in "abc"}))
+    plan = {"instances": {"b": {"m": 1}, "c": {"m": 1}}, "objective_ms": 5.0}
+
+    def round_(now: float, running: dict[str, int], ready: dict[str, int], value_ms: float) -> dict[str, Any]:
+        out = m.step(RoundTick(now))
+        for g in [g for g in out if isinstance(g, Gather)]:
+            inst = {"m": running[g.node]} if running[g.node] else {}
+            rdy = {"m": ready[g.node]} if ready[g.node] else {}
+            out = m.step(Gathered(now, g.round, g.node, NodeReport(g.node, 1e3, 1e3, 100, "x", inst, {}, rdy), ()))
+        solve = out[0]
+        assert isinstance(solve, Solve)
+        out = m.step(Solved(now, solve.round, {**plan, "running_value": value(value_ms)}, 1))
+        commands = {c.node: dict(c.instances) for c in out if isinstance(c, Command)}
+        for c in [c for c in out if isinstance(c, Command)]:
+            m.step(Acknowledged(now, c.round, c.node))
+        return {"held": solve.held, "commands": commands}
+
+    first = round_(10.0, {"a": 1, "b": 1, "c": 0}, {"a": 1, "b": 1, "c": 0}, 10.0)
+    assert first["commands"] == {"a": {"m": 1}, "b": {"m": 1}, "c": {"m": 1}}  # the move, a kept for now
+    second = round_(11.0, {"a": 1, "b": 1, "c": 1}, {"a": 1, "b": 1, "c": 0}, 5.0)
+    assert second["held"] == {"a": {}, "b": {"m": 1}, "c": {"m": 1}}  # weighed against the move's target
+    assert second["commands"]["a"] == {"m": 1}  # c not ready yet
+    third = round_(12.0, {"a": 1, "b": 1, "c": 1}, {"a": 1, "b": 1, "c": 1}, 5.0)
+    assert third["commands"]["a"] == {}
