@@ -37,6 +37,8 @@ def test_only_a_newer_renewal_of_a_leader_is_news(notes: list[tuple[str, int, in
         book.note(leader, term, seq)
         if expected:
             newest[leader] = (term, seq)
+        newest = {n: newest[n] for n in book.seen}  # the bound forgets a leader: the model forgets it too
+        assert all(book.seen[n] == newest[n] for n in book.seen)
         assert len(book.seen) <= 4  # the bound
         assert not book.is_news(leader, term, seq)  # a replay is never news
 

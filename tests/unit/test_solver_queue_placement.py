@@ -216,4 +216,24 @@ def test_nearly_full_clusters_found_by_hypothesis_are_solved(name: str, monkeypa
     )
     if name == "queue_nlp_stall.json":
         with pytest.raises(SolverError):
-            solve_nlp(q)
+            qm._solve_form(q, None, compact=True)
+
+
+def test_a_cluster_with_no_room_for_any_instance_rejects_everything(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found by hypothesis: every node's memory budget below one instance (Mode 2). Ipopt fails (-3) on the
+    compact form even with the retries; the reference form answers, everything is rejected, and repair
+    keeps every budget."""
+    import solver.queue_model as qm
+
+    snap, mode = _case("queue_nlp_no_room.json")
+    q = build_queue_problem(build_problem(snap, mode))
+    with pytest.raises(SolverError):  # the compact form alone fails here: the fallback is what answers
+        qm._solve_form(q, None, compact=True)
+    nlp = solve_nlp(q)
+    assert nlp.status == "optimal"
+    check(repair(q, nlp.x, nlp.r))
+    plan = solve(snap, objective="queue", mode=mode.value)
+    assert plan.feasible and not any(plan.instances.get(n.id) for n in snap.nodes)
+    monkeypatch.setattr(qm, "_solve_form", lambda *a, **k: (_ for _ in ()).throw(SolverError("Ipopt failed")))
+    with pytest.raises(SolverError):  # no form left: the error reaches the caller (the leader's fallback)
+        solve_nlp(q)
