@@ -281,7 +281,24 @@ def solve_nlp(q: QueueProblem, compact: bool = True) -> NlpSolution:
 
 
 def solve_restricted(q: QueueProblem, cols: IntArray | None, compact: bool = True) -> tuple[NlpSolution, FloatArray]:
-    """The optimum with x only on ``cols`` (flat c*J + j; None: all) and the rows' multipliers (for pricing)."""
+    """The optimum with x only on ``cols`` (flat c*J + j; None: all) and the rows' multipliers (for pricing).
+
+    The compact form is tried first; where Ipopt fails on it even with the retries (a cluster with no
+    room for any instance, found by hypothesis), the reference form, whose pricing rows sit at the same
+    positions, answers instead.
+    """
+    if compact:
+        try:
+            return _solve_form(q, cols, compact=True)
+        except SolverUnavailableError:
+            raise
+        except SolverError as exc:
+            log.warning("Ipopt: %s on the compact queue NLP; solving its reference form", exc)
+    return _solve_form(q, cols, compact=False)
+
+
+def _solve_form(q: QueueProblem, cols: IntArray | None, compact: bool) -> tuple[NlpSolution, FloatArray]:
+    """One form of the restricted NLP by Ipopt, with the safer option sets as retries."""
     try:
         import cyipopt
     except ImportError as exc:  # pragma: no cover - depends on the install
