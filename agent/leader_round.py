@@ -3,6 +3,8 @@
 A round gathers every member's stats and request log (paged by a per-node cursor, so nothing is counted
 twice or lost), solves the placement once every member answered or failed, then commands each gathered
 node its desired set with the leader's term, retrying a command that failed for a transient reason.
+A member whose gather fails keeps last round's report for that one round (no command goes to it), so a
+timeout on a loaded board is not taken for a lost node; a command not delivered drops that node's target.
 Rounds start ``debounce_s`` after election or a membership change and every ``period_s`` otherwise.
 
     idle --(due)--> gathering --(all answered)--> solving --(solved)--> commanding --(all done)--> idle
@@ -194,6 +196,7 @@ class _Round:
     members: dict[str, str]
     waiting: set[str]
     reports: dict[str, NodeReport] = field(default_factory=dict)
+    stale: set[str] = field(default_factory=set)  # members whose gather failed: last round's report stands in
     commands: dict[str, Command] = field(default_factory=dict)
     attempts: dict[str, int] = field(default_factory=dict)
     retry_at: dict[str, float] = field(default_factory=dict)
@@ -217,6 +220,7 @@ class LeaderRound:
         self.window: deque[RequestRecord] = deque(maxlen=config.max_window)
         self.births = Births()  # when each (node, model) count last grew: the minimum dwell
         self.last_running: dict[str, dict[str, int]] = {}  # last round's nodes with instances: who was lost
+        self.last_reports: dict[str, NodeReport] = {}  # last round's fresh reports (members only)
         self.intent: dict[str, dict[str, int]] = {}  # last round's target per node (before make-before-break)
         self.changes = 0  # rounds whose command changed the running instances
         self.holds = 0  # rounds whose plan was held back
@@ -253,6 +257,7 @@ class LeaderRound:
     def _elected(self, e: Elected) -> list[Instruction]:
         self.term, self.members = e.term, dict(e.members)
         self.intent = {}  # a new term weighs plans against what the nodes report running
+        self.last_reports = {}  # nor does a report from before it stand in for a missed answer
         self.fenced_at = None
         self._round, self.phase = None, Phase.IDLE  # a round of the old term would command with it
         self._due_soon(e.now)
@@ -297,6 +302,11 @@ class LeaderRound:
     def _on_gather(self, r: _Round, e: Gathered | GatherFailed) -> list[Instruction]:
         if self.phase is not Phase.GATHERING or e.node not in r.waiting:
             return []
+        if isinstance(e, GatherFailed) and e.node in self.last_reports:
+            # one missed answer (a timeout on a loaded board) is not a lost node: last round's report
+            # stands in once, and the node gets no command; a second miss in a row leaves it out
+            r.reports[e.node] = self.last_reports[e.node]
+            r.stale.add(e.node)
         if isinstance(e, Gathered):
             r.reports[e.node] = e.report
             cursor = self.cursors.get(e.node, 0)
@@ -339,6 +349,7 @@ class LeaderRound:
         self.births.observe(running, e.now)
         lost = {n for n, ms in self.last_running.items() if ms and n not in r.reports}
         self.last_running = {n: ms for n, ms in running.items() if ms}
+        self.last_reports = {n: r.reports[n] for n in gathered if n not in r.stale}
         status_quo = self._status_quo(r)
         verdict = judge(
             desired_sets(plan.get("instances", {}), gathered), status_quo, plan.get("objective_ms"),
@@ -351,7 +362,9 @@ class LeaderRound:
         desired = make_before_break(verdict.desired, {n: r.reports[n].ready for n in gathered})
         r.summary = self._summary(plan, e, gathered, verdict, changed)
         r.commands = {
-            n: Command(r.number, n, r.members[n], self.term, d, r.summary) for n, d in sorted(desired.items())
+            n: Command(r.number, n, r.members[n], self.term, d, r.summary)
+            for n, d in sorted(desired.items())
+            if n not in r.stale
         }
         r.attempts = dict.fromkeys(r.commands, 1)
         r.waiting = set(r.commands)
@@ -396,6 +409,8 @@ class LeaderRound:
         elif e.transient and r.attempts[e.node] < self.config.max_attempts:
             r.retry_at[e.node] = e.now + self.config.retry_base_s * 2 ** (r.attempts[e.node] - 1)
             return []
+        else:  # the target was not delivered: weigh the next plan against what the node reports
+            self.intent.pop(e.node, None)
         r.waiting.discard(e.node)
         return self._finish(r) if not r.waiting else []
 

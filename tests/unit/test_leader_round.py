@@ -196,3 +196,36 @@ def test_cursors_are_kept_for_at_most_max_nodes() -> None:
         m.step(Elected(float(i), 1, members))
         m.step(Tick(float(i)))
     assert len(m.cursors) == 3 and list(m.cursors) == ["n8", "n9", "a"]
+
+
+def second_round(m: LeaderRound) -> None:
+    """Finish round 1 (both acknowledged) and start round 2 at its period."""
+    m.step(Acknowledged(101.1, 1, "a"))
+    m.step(Acknowledged(101.2, 1, "b"))
+    m.step(Tick(130.2))
+
+
+def test_one_missed_gather_of_a_member_keeps_its_last_report_and_sends_it_no_command() -> None:
+    """A gather timing out on a loaded board is not a lost node (that was a hard switch past hysteresis that
+    started a replacement); a second miss in a row leaves the node out as before."""
+    m, _ = commanding()
+    second_round(m)
+    m.step(Gathered(130.3, 2, "a", report("a", m=1), ()))
+    (solve,) = m.step(GatherFailed(130.4, 2, "b", "ReadTimeout"))
+    assert isinstance(solve, Solve) and solve.nodes == (report("a", m=1), report("b"))  # b's last report
+    out = m.step(Solved(131.0, 2, PLAN, requests=0))
+    assert [c.node for c in out if isinstance(c, Command)] == ["a"]  # nothing sent to b this round
+    assert not any(isinstance(c, Command) for c in m.step(Acknowledged(131.1, 2, "a")))
+    m.step(Tick(160.2))
+    m.step(Gathered(160.3, 3, "a", report("a", m=1), ()))
+    (solve,) = m.step(GatherFailed(160.4, 3, "b", "ReadTimeout"))
+    assert isinstance(solve, Solve) and solve.nodes == (report("a", m=1),)  # two misses: out
+
+
+def test_a_command_that_was_not_delivered_clears_that_nodes_target() -> None:
+    """The next plan is weighed against what the node reports, not a target it never received."""
+    m, _ = commanding()
+    assert m.intent["b"] == {"m": 1}
+    m.step(Acknowledged(101.1, 1, "a"))
+    m.step(CommandFailed(101.2, 1, "b", transient=False))
+    assert "b" not in m.intent and m.intent["a"] == {}  # a got its target (make-before-break holds m)
