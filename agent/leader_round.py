@@ -218,6 +218,7 @@ class LeaderRound:
         self.births = Births()  # when each (node, model) count last grew: the minimum dwell
         self.last_running: dict[str, dict[str, int]] = {}  # last round's nodes with instances: who was lost
         self.intent: dict[str, dict[str, int]] = {}  # last round's target per node (before make-before-break)
+        self.pending = False  # last round held a modest gain until this one confirms it
         self.changes = 0  # rounds whose command changed the running instances
         self.holds = 0  # rounds whose plan was held back
         self._rounds = 0
@@ -342,8 +343,9 @@ class LeaderRound:
         status_quo = self._status_quo(r)
         verdict = judge(
             desired_sets(plan.get("instances", {}), gathered), status_quo, plan.get("objective_ms"),
-            plan.get("running_value"), lost, self.births, e.now, self.config.hold,
+            plan.get("running_value"), lost, self.births, e.now, self.config.hold, self.pending,
         )  # fmt: skip
+        self.pending = verdict.pending
         self.intent = {n: dict(d) for n, d in verdict.desired.items()}
         changed = verdict.desired != status_quo
         self.changes += changed

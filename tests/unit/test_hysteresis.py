@@ -35,8 +35,16 @@ def test_a_plan_no_better_than_what_runs_is_held_with_the_running_counts() -> No
 
 
 def test_a_clearly_better_plan_switches() -> None:
-    v = judge(MOVED, RUNNING, 7.9, value(10.0), (), old(), 100.0, CFG)
+    v = judge(MOVED, RUNNING, 5.9, value(10.0), (), old(), 100.0, CFG)  # gains 4.1 ms, twice the 2 ms needed
     assert v.switch and not v.hard and v.desired == {"a": {}, "b": {"m": 1}, "c": {"m": 1}}
+
+
+def test_a_modest_gain_must_show_in_two_rounds_in_a_row() -> None:
+    first = judge(MOVED, RUNNING, 7.9, value(10.0), (), old(), 100.0, CFG)  # gains 2.1 ms: over 2, under 4
+    assert not first.switch and first.pending and "until the next round confirms it" in first.reason
+    assert first.desired == {"a": {"m": 1}, "b": {"m": 1}, "c": {}}
+    second = judge(MOVED, RUNNING, 7.9, value(10.0), (), old(), 101.0, CFG, confirmed=True)
+    assert second.switch and second.desired == MOVED and not second.pending
 
 
 def test_hard_needs_act_at_once_whatever_the_gain() -> None:
@@ -107,10 +115,15 @@ def test_noise_around_a_steady_load_never_moves(rounds: list[tuple[float, float,
 
 @given(st.floats(0.0, 0.5), st.floats(5.0, 50.0))
 def test_a_gain_past_the_margin_always_switches(extra: float, base: float) -> None:
-    """A plan better by more than the margin moves within the round (old instances, nothing hard)."""
+    """A plan better by more than twice the margin moves within the round, by more than the margin within
+    two (old instances, nothing hard)."""
     needed = CFG.start_cost_ms + CFG.margin * base
+    big = judge(MOVED, RUNNING, base - 2 * needed - extra - 1e-6, value(base), (), old(), 100.0, CFG)
+    assert big.switch and big.desired == MOVED
     plan_ms = base - needed - extra - 1e-6
     v = judge(MOVED, RUNNING, plan_ms, value(base), (), old(), 100.0, CFG)
+    if not v.switch:
+        v = judge(MOVED, RUNNING, plan_ms, value(base), (), old(), 101.0, CFG, confirmed=v.pending)
     assert v.switch and v.desired == MOVED
 
 
