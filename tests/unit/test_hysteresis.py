@@ -169,3 +169,23 @@ def test_a_move_under_way_is_finished_not_held_back_by_the_instances_it_replaces
     assert second["commands"]["a"] == {"m": 1}  # c not ready yet
     third = round_(12.0, {"a": 1, "b": 1, "c": 1}, {"a": 1, "b": 1, "c": 1}, 5.0)
     assert third["commands"]["a"] == {}
+
+
+def test_a_server_started_on_demand_outside_the_target_is_part_of_the_status_quo() -> None:
+    """The first round placed nothing (no requests yet); an agent then started a server on demand: the next
+    round weighs the plan against that server, not against 'nothing runs'."""
+    m = LeaderRound("a", RoundConfig(period_s=1.0, debounce_s=0.0, hold=CFG))
+    m.step(Elected(0.0, 1, {"a": "http://a", "b": "http://b"}))
+    held = []
+    for now, running in ((10.0, {}), (11.0, {"m": 1})):
+        out = m.step(RoundTick(now))
+        for g in [g for g in out if isinstance(g, Gather)]:
+            inst = running if g.node == "a" else {}
+            out = m.step(Gathered(now, g.round, g.node, NodeReport(g.node, 1e3, 1e3, 100, "x", inst, {}, inst), ()))
+        solve = out[0]
+        assert isinstance(solve, Solve)
+        held.append(solve.held)
+        out = m.step(Solved(now, solve.round, {"instances": {}, "objective_ms": 0.0}, 0))
+        for c in [c for c in out if isinstance(c, Command)]:
+            m.step(Acknowledged(now, c.round, c.node))
+    assert held == [{"a": {}, "b": {}}, {"a": {"m": 1}, "b": {}}]
