@@ -31,7 +31,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from agent.client_auth import ClientToken, HttpsListener
-from agent.client_ids import BadClientInput, ClientIds, known_nodes_only, parse_rtt_report, valid_client_id
+from agent.client_ids import BadClientInput, ClientIds, known_nodes_only, parse_rtt_report, scoped, valid_client_id
 from agent.http_limits import HttpLimits
 from agent.identity import derive_stats_token
 from agent.node import NodeAgent
@@ -109,7 +109,7 @@ def create_app(agent: NodeAgent) -> FastAPI:
         except BadClientInput as exc:
             return error(400, f"malformed RTT report ({exc}): use 'X-Peerserve-RTT: node=ms, ...' or '?rtt=node:ms'")
         address = request.client.host if request.client else "unknown"
-        client = client_ids.resolve(address, claimed, agent.clock())
+        client = scoped(client_ids.resolve(address, claimed, agent.clock()), address)  # id@address
         nodes = {agent.settings.node_id, *(p.node_id for p in agent.peers.members())}
         return client, known_nodes_only(rtts, nodes)
 

@@ -190,7 +190,7 @@ def server_config(app: Any, settings: Any, log_level: str = "info") -> Any:
         log_config=None,
         access_log=log_level == "debug",
         timeout_graceful_shutdown=10,
-        http=limited_protocol(settings.header_timeout_s, settings.max_connections_per_address),
+        http=limited_protocol(settings.header_timeout_s, settings.max_connections_per_address, settings.body_timeout_s),
         limit_concurrency=settings.max_concurrency,
         h11_max_incomplete_event_size=settings.max_header_kb * 1024,
         proxy_headers=False,  # the source address is the peer's: X-Forwarded-For must not fake it

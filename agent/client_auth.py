@@ -18,9 +18,12 @@ from typing import Any
 
 import uvicorn
 
+from agent.peer_gate import gate_tls
+
 log = logging.getLogger(__name__)
 
 OPEN_PATHS = ("/health",)
+HTTPS_HANDSHAKE_S = 10.0  # a phone's TLS handshake; a connection that has not finished it by then is closed
 
 
 class ClientToken:
@@ -63,7 +66,7 @@ class HttpsListener:
         config.lifespan = "off"
         config.log_level = None
         config.ssl_certfile, config.ssl_keyfile = settings.tls_cert, settings.tls_key
-        self.server = _Embedded(config)
+        self.server = _Embedded(gate_tls(config, HTTPS_HANDSHAKE_S))  # bounded handshakes (agent/peer_gate.py)
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:

@@ -11,12 +11,15 @@ from one host count as at most ``max_per_address + 1`` clients. The table of add
 
 from __future__ import annotations
 
+import hashlib
 import math
 import re
 from collections import OrderedDict
 from collections.abc import Mapping
 
 from agent.settings import NODE_ID
+
+MAX_RECORDED_ID = 128  # a request-log client name, as the leader's parser bounds it (peerserve/wire.py)
 
 CLIENT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:@-]{0,127}")
 MAX_RTT_NODES = 64
@@ -63,6 +66,20 @@ def _rtt_entry(part: str, sep: str) -> tuple[str, float]:
 def valid_client_id(name: str) -> bool:
     """A client id is 1-128 of letters, digits and ``_ . : @ -``, starting with a letter or digit."""
     return CLIENT_ID.fullmatch(name) is not None
+
+
+def scoped(client: str, address: str) -> str:
+    """The name a request is recorded under: a claimed id qualified by its source address (``id@address``).
+
+    Client ids are claims; unqualified, a host could claim another's id (or another's address) and write
+    that client's remembered RTTs, steering its endpoint answers. At most MAX_RECORDED_ID characters."""
+    if client == address:
+        return address
+    name = f"{client}@{address}"
+    if len(name) <= MAX_RECORDED_ID:
+        return name
+    digest = hashlib.sha256(client.encode()).hexdigest()[:8]
+    return f"{client[: MAX_RECORDED_ID - len(address) - 10]}~{digest}@{address}"
 
 
 def known_nodes_only(rtts: Mapping[str, float], nodes: set[str]) -> dict[str, float]:

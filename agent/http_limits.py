@@ -7,6 +7,8 @@ Two layers, because uvicorn gives no header timeout of its own:
   within ``header_timeout_s``; a half-sent request line or header block gets ``408`` and the connection is
   closed (an idle keep-alive connection is simply closed). It also caps open connections per client
   address (``max_connections_per_address``): one host cannot hold every slot of the concurrency limit.
+  A client that stops reading an answer (its socket full for ``write_timeout_s``) is cut off: it would
+  otherwise hold the proxied model server's connection and its in-flight count without end.
 - ``HttpLimits`` is pure ASGI middleware around the app. It refuses a path with control characters
   (400), request headers over the limit (431; h11's ``max_incomplete_event_size`` bounds what is
   buffered before they are complete) and a declared ``Content-Length`` over the limit before reading
@@ -164,12 +166,33 @@ def _client_host(protocol: Any) -> str | None:
     return str(client[0]) if client else None
 
 
-def limited_protocol(header_timeout_s: float, max_connections_per_address: int) -> type[H11Protocol]:
-    """An H11Protocol subclass with a request-header deadline and a per-address connection cap."""
+def limited_protocol(
+    header_timeout_s: float, max_connections_per_address: int, write_timeout_s: float | None = None
+) -> type[H11Protocol]:
+    """An H11Protocol subclass with a request-header deadline, a per-address connection cap and (with
+    ``write_timeout_s``) a deadline for a client that stops reading what it is sent."""
 
     class LimitedH11Protocol(H11Protocol):
         _header_timer: asyncio.TimerHandle | None = None
+        _write_timer: asyncio.TimerHandle | None = None
         _partial = False
+
+        def pause_writing(self) -> None:
+            """The client's socket is full: it must read again within ``write_timeout_s`` or be cut off."""
+            super().pause_writing()
+            if write_timeout_s is not None and self._write_timer is None:
+                self._write_timer = self.loop.call_later(write_timeout_s, self._write_timeout)
+
+        def resume_writing(self) -> None:
+            super().resume_writing()
+            if self._write_timer is not None:
+                self._write_timer.cancel()
+                self._write_timer = None
+
+        def _write_timeout(self) -> None:
+            self._write_timer = None
+            log.debug("aborting a connection to %s: it read nothing for %g s", self.client, write_timeout_s)
+            self.transport.abort()  # close() would wait for the client to read the buffer first
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
@@ -197,6 +220,9 @@ def limited_protocol(header_timeout_s: float, max_connections_per_address: int) 
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._cancel_header_deadline()
+            if self._write_timer is not None:
+                self._write_timer.cancel()
+                self._write_timer = None
             super().connection_lost(exc)
 
         def _waiting_for_headers(self) -> bool:

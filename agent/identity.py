@@ -288,7 +288,18 @@ class Identity:
         sig = self.key.sign(wire.response_signing_bytes(self.node_id, requester, status, nonce, body, ts))
         return {wire.H_CARD: self.card_text, wire.H_TIME: ts, wire.H_SIGNATURE: b64(sig)}
 
+    def sign_detached(self, data: bytes) -> tuple[str, str]:
+        """(our card, our signature over ``data``): a statement any member can relay and check (wire.Lease)."""
+        return self.card_text, b64(self.key.sign(data))
+
     # -- receiving -----------------------------------------------------------------------------------
+    def verify_detached(self, card_text: str, signature: str, data: bytes) -> str:
+        """The node whose certified key signed ``data`` (its card issued by our cluster CA, pinned); AuthError."""
+        card = self._card({wire.H_CARD: card_text})
+        _check_signature(card, {wire.H_SIGNATURE: signature}, data)
+        self.pins.check(card.node_id, card.public_key)
+        return card.node_id
+
     def verify_request(self, headers: Mapping[str, str], method: str, target: str, body: bytes, now: float) -> str:
         """The authenticated sender of a request to this node; raises AuthError."""
         card = self._card(headers)

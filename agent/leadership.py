@@ -25,6 +25,7 @@ from agent.placement import build_snapshot, parse_node_report, parse_request
 from agent.solver_worker import SolverWorker
 from coordinator_election import (
     Action,
+    Announce,
     BecameFollower,
     BecameLeader,
     Broadcast,
@@ -34,10 +35,12 @@ from coordinator_election import (
     Persist,
     Priority,
     Received,
+    Renew,
     Send,
     Tick,
+    lease_refusal,
 )
-from peerserve.wire import ROUTE_DESIRED, ROUTE_ELECTION, DesiredCommand, ElectionPost
+from peerserve.wire import ROUTE_DESIRED, ROUTE_ELECTION, DesiredCommand, ElectionPost, Lease
 
 if TYPE_CHECKING:
     from agent.node import NodeAgent
@@ -48,6 +51,11 @@ TICK_S = 0.05
 SAID_MAX = 1024  # distinct once-only warnings remembered
 # A peer that died since the round began must not hold the round up: connects to a dead host hang.
 GATHER_TIMEOUT = httpx.Timeout(3.0, connect=0.5)
+# Renewals travel by gossip (agent/discovery/swim.py), so one may reach a member up to ~1 s late at 50 nodes
+# (simulated tail): a follower's lease lasts this much longer than the election timeout. A crashed leader is
+# still noticed sooner by SWIM (dead: out of the view, the lease ends at once).
+GOSSIP_LEASE_SLACK_S = 0.8
+JOIN_WAIT_S = 10.0  # a node given seeds stands alone only if no member is admitted by then (seeds retry every 5 s)
 
 
 def encode(message: Message) -> dict[str, Any]:
@@ -70,12 +78,14 @@ class Leadership:
         self.monotonic = monotonic  # the election's clock; wall time (request records, rounds) is agent.clock
         s = agent.settings
         self.priority: Priority = (s.priority, agent.node_metrics().mem_total_mb, s.node_id)
-        config = ElectionConfig(heartbeat_s=s.election_heartbeat_s, election_timeout_s=s.election_timeout_s)
+        config = ElectionConfig(heartbeat_s=s.election_heartbeat_s, election_timeout_s=s.election_timeout_s,
+                                lease_s=s.election_timeout_s + GOSSIP_LEASE_SLACK_S)  # fmt: skip
         term, vote = agent.store.election_state()
         if agent.store.highest_term() > term:  # a leader's command told us of a newer term: we hold no vote in it
             term, vote = agent.store.highest_term(), None
+        join_by = monotonic() + JOIN_WAIT_S if s.seed_urls else -1e18  # joining through seeds: no leader of one
         self.machine = Election(s.node_id, self.priority, config, now=monotonic(), term=term, vote=vote,
-                                known=frozenset(known))  # fmt: skip
+                                known=frozenset(known), join_by=join_by)  # fmt: skip
         hold = HoldConfig(s.placement_hold, s.placement_hold_margin, s.placement_hold_start_ms, s.placement_min_dwell_s)
         self.rounds = lr.LeaderRound(
             s.node_id, lr.RoundConfig(period_s=s.placement_period_s, window_s=s.request_window_s, hold=hold)
@@ -85,6 +95,8 @@ class Leadership:
         self._said: set[str] = set()
         self.leader_since: float | None = None
         self.solver = SolverWorker(s.placement_method)  # runs only while this node leads
+        if agent.discovery is not None:  # the leader's lease rides on SWIM messages (signed by the leader)
+            agent.discovery.swim.on_lease = self.lease_received
 
     @property
     def leader(self) -> str | None:
@@ -138,6 +150,18 @@ class Leadership:
         message = decode(data)
         self._carry_out(self.machine.step(Received(self.monotonic(), sender, message)))
 
+    def lease_received(self, lease: Lease) -> bool:
+        """A renewal signed by its leader (checked by the SWIM shell): fed to the election as that leader's announce
+        unless ``lease_refusal`` says no; True when this node now follows that leader at that term."""
+        members = {m.node_id for m in self.agent.peers.members() if m.status != "dead"}
+        why = lease_refusal(lease.term, lease.leader, self.agent.settings.node_id, self.term, members)
+        if why is not None:
+            log.debug("lease of %s at term %d not taken: %s", lease.leader, lease.term, why)
+            return False
+        announce = Announce(lease.term, lease.leader, lease.priority)
+        self._carry_out(self.machine.step(Received(self.monotonic(), lease.leader, announce)))
+        return self.machine.leader == lease.leader and self.machine.term == lease.term
+
     def _carry_out(self, actions: list[Action]) -> None:
         urls = {m.node_id: m.api_url for m in self.agent.peers.members() if m.status != "dead"}
         for action in actions:
@@ -150,6 +174,9 @@ class Leadership:
                 for node, url in urls.items():
                     if node in self.machine.alive:
                         self._spawn(self._post(url, action.message))
+            elif isinstance(action, Renew):
+                if self.agent.discovery is not None:
+                    self.agent.discovery.swim.renew_lease(action.message.term, action.message.priority)
             elif isinstance(action, BecameLeader):
                 self.agent.store.observe_term(action.term, self.agent.settings.node_id)
                 log.info("node %s became leader at term %d", self.agent.settings.node_id, action.term)

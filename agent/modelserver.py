@@ -10,6 +10,9 @@ Paths, JSON shapes, status codes and error texts follow TF-Serving's own code (a
 Errors are exactly ``{"error": "..."}``. HTTP/1.1 keep-alive is kept correct whatever the request: the
 body is always read (Content-Length or chunked) before the answer, and a body that cannot be read whole
 (too large, malformed framing) ends the connection, so no byte of one request is read as the next one.
+The server is reachable from the LAN (clients are sent to it directly), so what one host can make it hold
+is bounded: every socket read has a deadline (``timeout_s``, then the connection closes) and one address
+may hold at most ``max_per_address`` connections (503 and close past it).
 Runs as a process (``python -m agent.modelserver --model half_plus_two --port 8501``) for the
 ProcessRuntime, and inside the stand-in Docker image (images/modelserver) for the DockerRuntime.
 """
@@ -21,6 +24,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import signal
 import sys
 import threading
@@ -33,6 +37,15 @@ from agent.serving import tfrest
 log = logging.getLogger(__name__)
 
 MAX_BODY = 64 * 1024 * 1024
+TIMEOUT_S = 30.0  # a read that waits longer (idle keep-alive, half-sent request) ends the connection
+MAX_PER_ADDRESS = 256  # connections one address may hold (each a thread); an agent proxies at most 256 at once
+CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,16}")  # int(x, 16) alone takes "-1", "+5", "0x5" and "5_0"
+_BUSY_BODY = b'{"error": "too many connections from this address"}'
+BUSY = (
+    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nConnection: close\r\n"
+    + f"Content-Length: {len(_BUSY_BODY)}\r\n\r\n".encode()
+    + _BUSY_BODY
+)
 
 
 class BodyError(Exception):
@@ -49,11 +62,42 @@ class ModelServer(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
 
-    def __init__(self, address: tuple[str, int], model: TinyModel, version: int = 1, name: str = "") -> None:
+    def __init__(
+        self,
+        address: tuple[str, int],
+        model: TinyModel,
+        version: int = 1,
+        name: str = "",
+        timeout_s: float = TIMEOUT_S,
+        max_per_address: int = MAX_PER_ADDRESS,
+    ) -> None:
         super().__init__(address, _Handler)
         self.model = model
         self.name = name or model.name
         self.version = version
+        self.timeout_s = timeout_s
+        self.max_per_address = max_per_address
+        self._open: dict[Any, str] = {}  # accepted socket -> its peer's address
+        self._open_lock = threading.Lock()
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        """Handle in a thread, unless the address already holds ``max_per_address`` connections (503)."""
+        host = str(client_address[0])
+        with self._open_lock:
+            busy = sum(1 for h in self._open.values() if h == host) >= self.max_per_address
+            if not busy:
+                self._open[request] = host
+        if busy:
+            with contextlib.suppress(OSError):
+                request.sendall(BUSY)
+            self.shutdown_request(request)
+            return
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request: Any) -> None:
+        with self._open_lock:
+            self._open.pop(request, None)
+        super().shutdown_request(request)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -62,12 +106,20 @@ class _Handler(BaseHTTPRequestHandler):
     disable_nagle_algorithm = True  # without it keep-alive requests wait ~40 ms (Nagle + delayed ACK)
     server_version = "peerserve-modelserver/1"
 
+    def setup(self) -> None:
+        super().setup()
+        self.connection.settimeout(self.server.timeout_s)  # every read has a deadline (idle, half-sent)
+
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("%s " + format, self.address_string(), *args)
 
     def _handle(self) -> None:
         try:
             body = self._read_body()
+        except TimeoutError:
+            self.close_connection = True
+            self._send(408, {"error": f"request body not received within {self.server.timeout_s:g} s"})
+            return
         except BodyError as exc:
             self.close_connection = True  # what is left of the body must never be read as a request
             self._send(exc.status, {"error": str(exc)})
@@ -113,11 +165,10 @@ class _Handler(BaseHTTPRequestHandler):
         parts: list[bytes] = []
         total = 0
         while True:
-            line = self.rfile.readline(1024)
-            try:
-                size = int(line.split(b";", 1)[0].strip(), 16)
-            except ValueError:
-                raise BodyError(400, "malformed chunked body") from None
+            line = self.rfile.readline(1024).split(b";", 1)[0].strip()
+            if CHUNK_SIZE.fullmatch(line) is None:
+                raise BodyError(400, "malformed chunked body")
+            size = int(line, 16)
             if size == 0:
                 while self.rfile.readline(1024) not in (b"\r\n", b"\n", b""):
                     pass  # trailers

@@ -31,7 +31,9 @@ from fastapi.responses import JSONResponse, Response
 
 from agent.identity import AuthError, Identity
 from agent.node import FencedError, UnknownModelError
+from agent.peer_gate import gate_tls
 from agent.serving.provision import ROUTE_PROVISION, answer_provision
+from coordinator_election import MAX_TERM_AHEAD  # an election message may not push terms further than this past ours
 from peerserve import wire
 
 if TYPE_CHECKING:
@@ -40,7 +42,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PEER_URL = re.compile(r"https://[0-9.]{7,15}:[0-9]{1,5}")  # IPv4 peer listeners, as Discovery announces them
-MAX_TERM_AHEAD = 1000  # an election message may not push terms further than this past ours
 
 
 def command_refusal(sender: str, cmd: wire.DesiredCommand, accepted: tuple[int, str | None] | None) -> str | None:
@@ -269,7 +270,7 @@ class PeerServer:
             access_log=True,
             timeout_graceful_shutdown=2,
         )  # fmt: skip
-        self.server = _EmbeddedServer(config)
+        self.server = _EmbeddedServer(gate_tls(config))  # a stranger holds few handshakes, briefly
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:

@@ -9,10 +9,12 @@ Answers of the stats routes are parsed strictly (peerserve.wire) and must name t
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import ssl
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import urlencode
@@ -25,9 +27,12 @@ from peerserve import wire
 log = logging.getLogger(__name__)
 
 TIMEOUT = httpx.Timeout(3.0, connect=0.5)
-# One kept-alive TLS connection per peer: SWIM reaches each member every N probe periods (10 s at 50 nodes),
-# under the listener's 30 s keep-alive, so a probe costs no handshake. 256 = swim.MAX_MEMBERS.
-POOL = httpx.Limits(max_connections=None, max_keepalive_connections=256, keepalive_expiry=25.0)
+# One small connection pool PER PEER, kept alive: SWIM reaches each member every N probe periods (10 s at 50
+# nodes), under the listener's 30 s keep-alive, so a probe costs no handshake. Not one shared pool: httpcore
+# checks every pooled connection (a poll() each) on every request, which made a request cost O(N) (profiled:
+# ~30 % of a 15-agent leader's CPU).
+POOL = httpx.Limits(max_connections=None, max_keepalive_connections=4, keepalive_expiry=25.0)
+MAX_POOLS = 320  # peers with a pool of their own (swim.MAX_MEMBERS + candidates); least recently used closed
 
 
 class PeerCallError(ValueError):
@@ -62,10 +67,36 @@ class PeerClient:
         self.identity = identity
         self.route = route
         self.clock = clock
-        self.http = http or httpx.AsyncClient(verify=tls_context(identity), timeout=TIMEOUT, limits=POOL)
+        self.http = http  # one given client for every peer (tests), else a pool per peer (``_client``)
+        self._tls = tls_context(identity) if http is None else False
+        self._pools: OrderedDict[str, httpx.AsyncClient] = OrderedDict()
+        self._closing: set[asyncio.Task[None]] = set()
+
+    def _client(self, base_url: str) -> httpx.AsyncClient:
+        """The HTTP client (connection pool) for the peer at ``base_url``; at most MAX_POOLS are kept."""
+        if self.http is not None:
+            return self.http
+        client = self._pools.get(base_url)
+        if client is not None:
+            self._pools.move_to_end(base_url)
+            return client
+        client = httpx.AsyncClient(verify=self._tls, timeout=TIMEOUT, limits=POOL)
+        self._pools[base_url] = client
+        if len(self._pools) > MAX_POOLS:
+            _, old = self._pools.popitem(last=False)
+            task = asyncio.get_running_loop().create_task(old.aclose())
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
+        return client
+
+    @property
+    def pool_count(self) -> int:
+        return len(self._pools)
 
     async def close(self) -> None:
-        await self.http.aclose()
+        clients = [self.http] if self.http is not None else list(self._pools.values())
+        self._pools.clear()
+        await asyncio.gather(*(c.aclose() for c in clients), *self._closing, return_exceptions=True)
 
     async def call(
         self,
@@ -85,7 +116,9 @@ class PeerClient:
         if body is not None:
             headers["content-type"] = "application/json"
         try:
-            r = await self.http.request(method, base_url + target, content=content, headers=headers, timeout=timeout)
+            r = await self._client(base_url).request(
+                method, base_url + target, content=content, headers=headers, timeout=timeout
+            )
         except httpx.HTTPError as exc:
             raise PeerCallError(f"{node_id} unreachable: {type(exc).__name__}: {exc}") from exc
         if len(r.content) > wire.MAX_BODY:

@@ -12,10 +12,14 @@ import contextlib
 import json
 import sqlite3
 import threading
+from collections import deque
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+MAX_PENDING = 20_000  # request records queued between batch writes (written every 0.25 s; ~4 MB at most)
+PendingRow = tuple[float, str, str, dict[str, float], str | None, float | None, int]
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -79,6 +83,7 @@ class Store:
         max_request_rows: int = 100_000,
         client_rtt_ttl_s: float = 3600.0,
         client_rtt_rows: int = 50_000,
+        max_pending: int = MAX_PENDING,
     ) -> None:
         data_dir.mkdir(parents=True, exist_ok=True)
         self.path = data_dir / "peerserve.sqlite3"
@@ -92,7 +97,8 @@ class Store:
         self._db.executescript(SCHEMA)
         self._inserted = 0
         self._rtt_upserts = 0
-        self._pending: list[tuple[float, str, str, dict[str, float], str | None, float | None, int]] = []
+        self._pending: deque[PendingRow] = deque(maxlen=max_pending)  # the oldest go first past the bound
+        self.dropped = 0  # request records dropped because the queue was full (writes fell behind)
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[None]:
@@ -192,12 +198,14 @@ class Store:
     ) -> None:
         """Queue a request record; ``flush()`` writes the queue in one transaction (readers flush first)."""
         with self._lock:
+            if len(self._pending) == self._pending.maxlen:
+                self.dropped += 1
             self._pending.append((ts, model, client, dict(rtts), node, latency_ms, status))
 
     def flush(self) -> int:
         """Write queued request records; returns how many."""
         with self._lock:
-            pending, self._pending = self._pending, []
+            pending, self._pending = list(self._pending), deque(maxlen=self._pending.maxlen)
             if not pending:
                 return 0
             with self._transaction():

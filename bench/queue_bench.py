@@ -8,7 +8,11 @@
 2. Workload: ``simulate --workload`` at a few rates (exponential and constant service): p50/p99,
    instances, memory and rejections per placement, and queue's p99 over the best baseline's.
 
-    .venv/bin/python bench/queue_bench.py [--seeds N] [--json]
+   "queue ms" is the whole queue-aware solve (relaxation, repair, pool closing, plan); "relaxation ms"
+   the NLP's part of it (``details.relaxation_ms``: solver.queue_fast's closed form, Ipopt where
+   capacity binds).
+
+    .venv/bin/python bench/queue_bench.py [--seeds N] [--solve-only] [--json]
 """
 
 from __future__ import annotations
@@ -29,9 +33,15 @@ SIZES = [(r, 10) for r in SWEEPS["requests"]] + [(25, n) for n in SWEEPS["nodes"
 
 
 def cpu_ms(snapshot: Snapshot, objective: str, mode: str) -> float:
+    """CPU ms of one whole solve (plan included)."""
+    return timed(snapshot, objective, mode)[0]
+
+
+def timed(snapshot: Snapshot, objective: str, mode: str) -> tuple[float, float]:
+    """CPU ms of one whole solve and of its queue relaxation alone (0 for the LP)."""
     start = time.process_time()
-    solve(snapshot, mode=mode, objective=objective)
-    return 1000.0 * (time.process_time() - start)
+    plan = solve(snapshot, mode=mode, objective=objective)
+    return 1000.0 * (time.process_time() - start), float(plan.details.get("relaxation_ms", 0.0))
 
 
 def solve_times(seeds: int) -> list[dict[str, Any]]:
@@ -45,7 +55,9 @@ def solve_times(seeds: int) -> list[dict[str, Any]]:
     for label, snaps in cases:
         for mode in ("1", "2"):
             lp = statistics.median(cpu_ms(s, "thesis", mode) for s in snaps)
-            nlp = statistics.median(cpu_ms(s, "queue", mode) for s in snaps)
+            queue = [timed(s, "queue", mode) for s in snaps]
+            nlp = statistics.median(t for t, _ in queue)
+            relax = statistics.median(r for _, r in queue)
             p99 = statistics.median(cpu_ms(s, "queue-p99", mode) for s in snaps)
             rows.append(
                 {
@@ -54,11 +66,23 @@ def solve_times(seeds: int) -> list[dict[str, Any]]:
                     "thesis_lp_ms": lp,
                     "queue_nlp_ms": nlp,
                     "ratio": nlp / lp,
+                    "relaxation_ms": relax,
+                    "relaxation_ratio": relax / lp,
                     "queue_p99_ms": p99,
                     "p99_ratio": p99 / lp,
                 }
             )
     return rows
+
+
+def summary(rows: list[dict[str, Any]]) -> dict[str, float]:
+    """Median and max of the ratios over the thesis's sizes (the 1,000 x 100 rows apart)."""
+    thesis = [r for r in rows if not r["size"].startswith("1000")]
+    out: dict[str, float] = {}
+    for key in ("ratio", "relaxation_ratio", "p99_ratio"):
+        values = [r[key] for r in thesis]
+        out[f"{key}_median"], out[f"{key}_max"] = statistics.median(values), max(values)
+    return out
 
 
 def workloads() -> list[dict[str, Any]]:
@@ -84,21 +108,31 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", type=int, default=5, help="instances per size (default 5)")
     ap.add_argument("--json", action="store_true", help="print the figures as JSON")
+    ap.add_argument("--solve-only", action="store_true", help="solve times only (skip the workload runs)")
     args = ap.parse_args()
     tune_allocator()
-    times, loads = solve_times(args.seeds), workloads()
+    times = solve_times(args.seeds)
+    loads = [] if args.solve_only else workloads()
     if args.json:
-        print(json.dumps({"solve": times, "workload": loads}, indent=1))
+        print(json.dumps({"solve": times, "summary": summary(times), "workload": loads}, indent=1))
         return
     print(
-        f"{'size':<22}{'mode':>5}{'thesis LP ms':>14}{'queue NLP ms':>14}{'NLP / LP':>10}"
+        f"{'size':<22}{'mode':>5}{'thesis LP ms':>14}{'queue ms':>10}{'/ LP':>7}{'relaxation ms':>15}{'/ LP':>7}"
         f"{'queue-p99 ms':>14}{'/ LP':>7}"
     )
     for r in times:
         print(
-            f"{r['size']:<22}{r['mode']:>5}{r['thesis_lp_ms']:>14.1f}{r['queue_nlp_ms']:>14.1f}{r['ratio']:>10.2f}"
-            f"{r['queue_p99_ms']:>14.1f}{r['p99_ratio']:>7.2f}"
+            f"{r['size']:<22}{r['mode']:>5}{r['thesis_lp_ms']:>14.1f}{r['queue_nlp_ms']:>10.1f}{r['ratio']:>7.2f}"
+            f"{r['relaxation_ms']:>15.1f}{r['relaxation_ratio']:>7.2f}{r['queue_p99_ms']:>14.1f}{r['p99_ratio']:>7.2f}"
         )
+    s = summary(times)
+    print(
+        f"thesis sizes, queue / LP: median {s['ratio_median']:.2f} max {s['ratio_max']:.2f}; relaxation / LP: "
+        f"median {s['relaxation_ratio_median']:.2f} max {s['relaxation_ratio_max']:.2f}; queue-p99 / LP: "
+        f"median {s['p99_ratio_median']:.2f} max {s['p99_ratio_max']:.2f}"
+    )
+    if not loads:
+        return
     print()
     print(
         f"{'service':<8}{'rate':>5}  "

@@ -10,7 +10,12 @@ garbage collector and freed memory kept in the heap); times are medians over see
 Times are CPU time of this process (``time.process_time``; the solvers run single-threaded), because
 on a shared machine wall time mostly measures the other jobs; the summary gives the wall-time figures too.
 
-    .venv/bin/python bench/solver_bench.py [--seeds N] [--repeat N] [--quality-seeds N] [--json]
+Nearly full instances (the plain greedy cannot place every request, so the capacity prices come from the
+smoothed dual of solver.lpdual) are named separately, with the instance that sets the max; ``--runs N``
+repeats the timing section and prints each run's median / p90 / max beside the load average, then the
+medians over the runs (on a shared machine one run's max mostly measures the neighbours).
+
+    .venv/bin/python bench/solver_bench.py [--seeds N] [--repeat N] [--runs N] [--quality-seeds N] [--json]
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import os
 import statistics
 import sys
 import time
@@ -26,7 +32,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from solver import fastlp
+from solver import fastlp, lpguide
 from solver.api import solve
 from solver.fastlp import full_lp, solve_lp, tune_allocator
 from solver.problem import Mode, build_problem
@@ -76,19 +82,54 @@ def lp_times(problems: list[Any], repeat: int) -> dict[str, float]:
 
 
 WALL: list[float] = []  # every ipopt full solve's wall time (plan.solve_ms), for the summary
+SOLVES: list[dict[str, Any]] = []  # every ipopt full solve: CPU ms, instance, mode, nearly full or not
 
 
-def solve_times(snapshots: list[Any], method: str, mode: str, repeat: int) -> list[float]:
+def solve_times(
+    snapshots: list[Any], method: str, mode: str, repeat: int, names: list[str] | None = None
+) -> list[float]:
     """CPU ms of each full solve (each snapshot ``repeat`` times)."""
     out = []
-    for s in snapshots:
+    for i, s in enumerate(snapshots):
         for _ in range(repeat):
             t = time.process_time()
             plan = solve(s, method=method, mode=mode)
             out.append(1000 * (time.process_time() - t))
             if method == "ipopt":
                 WALL.append(plan.solve_ms)
+                full = plan.details.get("estimate") == "smoothed"  # the plain greedy could not place everything
+                name = names[i] if names else "?"
+                SOLVES.append({"ms": out[-1], "instance": name, "mode": mode, "nearly_full": full, "snapshot": s})
     return out
+
+
+def nearly_full_ab(repeat: int) -> dict[str, Any]:
+    """The nearly full instances of the last run solved with and without the smoothed-dual prices, interleaved.
+
+    Without them (``lpguide.SMOOTHED = False``) is the previous fast path: every node a candidate column.
+    """
+    seen: dict[tuple[str, str], Any] = {}
+    for r in SOLVES:
+        if r["nearly_full"]:
+            seen[(r["instance"], r["mode"])] = r["snapshot"]
+    times: dict[bool, list[float]] = {True: [], False: []}
+    for (_, mode), snapshot in seen.items():
+        for _ in range(repeat):
+            for smoothed in (True, False):
+                lpguide.SMOOTHED = smoothed
+                t = time.process_time()
+                solve(snapshot, method="ipopt", mode=mode)
+                times[smoothed].append(1000 * (time.process_time() - t))
+    lpguide.SMOOTHED = True
+    if not seen:
+        return {"instances": 0}
+    return {
+        "instances": len(seen),
+        "smoothed_median_ms": statistics.median(times[True]),
+        "smoothed_max_ms": max(times[True]),
+        "previous_median_ms": statistics.median(times[False]),
+        "previous_max_ms": max(times[False]),
+    }
 
 
 class Probe:
@@ -148,9 +189,10 @@ def timing(seeds: int, repeat: int, bar: Any) -> tuple[list[dict[str, Any]], dic
     for vary, sizes in SIZES.items():
         for requests, nodes in sizes:
             snaps = [thesis_instance(requests, nodes, seed) for seed in range(seeds)]
+            names = [f"{requests}x{nodes} seed {seed}" for seed in range(seeds)]
             row: dict[str, Any] = {"vary": vary, "requests": requests, "nodes": nodes}
             for mode in ("1", "2"):
-                times = solve_times(snaps, "ipopt", mode, repeat)
+                times = solve_times(snaps, "ipopt", mode, repeat, names)
                 every[mode] += times
                 row[f"ipopt_mode{mode}_ms"] = statistics.median(times)
             row["pyomo_ipopt_mode1_ms"] = statistics.median(solve_times(snaps, "ipopt-pyomo", "1", 1))
@@ -204,13 +246,20 @@ def quality(seeds: int, bar: Any) -> dict[str, Any]:
     }
 
 
-def summary(every: dict[str, list[float]]) -> dict[str, float]:
+def summary(every: dict[str, list[float]]) -> dict[str, Any]:
     both = every["1"] + every["2"]
+    full = [r["ms"] for r in SOLVES if r["nearly_full"]]
+    worst = max(SOLVES, key=lambda r: r["ms"])
     return {
         "median_ms": statistics.median(both),
         "p90_ms": float(np.percentile(both, 90)),
         "max_ms": max(both),
         "solves": len(both),
+        "max_at": f"{worst['instance']}, mode {worst['mode']}" + (" (nearly full)" if worst["nearly_full"] else ""),
+        "nearly_full_solves": len(full),
+        "nearly_full_median_ms": statistics.median(full) if full else None,
+        "nearly_full_max_ms": max(full) if full else None,
+        "other_max_ms": max((r["ms"] for r in SOLVES if not r["nearly_full"]), default=None),
         "wall_median_ms": statistics.median(WALL),
         "wall_max_ms": max(WALL),
     }
@@ -233,7 +282,11 @@ def report(result: dict[str, Any]) -> None:
         "  ipopt m1/m2 = full solve (LP + rounding + plan); before = the Pyomo model with the same Ipopt;\n"
         "  LP = the fast path's LP alone; HiGHS = dual simplex on that whole LP; LP/HiGHS = their ratio\n"
         f"  every full solve above, both modes: median {a['median_ms']:.1f} ms, p90 {a['p90_ms']:.1f} ms, "
-        f"max {a['max_ms']:.1f} ms over {a['solves']} solves (goal: median <= 10, max <= 26.5);\n"
+        f"max {a['max_ms']:.1f} ms over {a['solves']} solves (goal: median <= 10, max <= 26.5), max at {a['max_at']};\n"
+        f"  nearly full instances (the plain greedy cannot place every request; smoothed-dual prices): "
+        f"{a['nearly_full_solves']} solves, median {_ms(a['nearly_full_median_ms'])}, "
+        f"max {_ms(a['nearly_full_max_ms'])}; "
+        f"the other solves' max {_ms(a['other_max_ms'])};\n"
         f"  wall time (plan.solve_ms, shared machine): median {a['wall_median_ms']:.1f} ms, "
         f"max {a['wall_max_ms']:.1f} ms"
     )
@@ -258,6 +311,13 @@ def report(result: dict[str, Any]) -> None:
             f"(ratio {big['lp_ms'] / big['highs_ms']:.1f}); MILP {big['milp_ms']:.0f} ms; "
             f"{big['ipopt_gap_to_milp_pct']:.2f}% above the MILP optimum"
         )
+    ab = result["nearly_full_ab"]
+    if ab["instances"]:
+        print(
+            f"\nNearly full instances ({ab['instances']} instance x mode pairs), same run, interleaved: smoothed-dual "
+            f"prices median {ab['smoothed_median_ms']:.1f} ms, max {ab['smoothed_max_ms']:.1f} ms; previous fast path "
+            f"(every node a candidate) median {ab['previous_median_ms']:.1f} ms, max {ab['previous_max_ms']:.1f} ms"
+        )
     q = result["quality"]
     print(
         f"\nQuality at thesis defaults over {q['seeds']} seeds (Mode 1): Ipopt "
@@ -267,11 +327,30 @@ def report(result: dict[str, Any]) -> None:
     )
 
 
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f} ms"
+
+
+def report_runs(runs: list[dict[str, Any]], loads: list[tuple[float, float]]) -> None:
+    """Per-run summary figures and their medians (``--runs``), with the load average around each run."""
+    print(f"\nRuns ({len(runs)}): median / p90 / max CPU ms over the thesis sizes, both modes; load average (1 min)")
+    for i, (a, load) in enumerate(zip(runs, loads, strict=True)):
+        print(
+            f"  run {i + 1}: {a['median_ms']:.1f} / {a['p90_ms']:.1f} / {a['max_ms']:.1f} (max at {a['max_at']}); "
+            f"nearly full max {_ms(a['nearly_full_max_ms'])}; load {load[0]:.1f} -> {load[1]:.1f}"
+        )
+    for key in ("median_ms", "p90_ms", "max_ms", "nearly_full_max_ms", "other_max_ms"):
+        values = [r[key] for r in runs if r[key] is not None]
+        if values:
+            print(f"  {key}: median of runs {statistics.median(values):.1f} (runs {min(values):.1f}-{max(values):.1f})")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", type=int, default=5, help="instances per size for timing (default 5)")
     ap.add_argument("--repeat", type=int, default=3, help="solves per instance for timing (default 3)")
     ap.add_argument("--quality-seeds", type=int, default=20, help="instances for quality (default 20)")
+    ap.add_argument("--runs", type=int, default=1, help="repeat the timing section; report each run and the medians")
     ap.add_argument("--json", action="store_true", help="print the figures as JSON")
     args = ap.parse_args()
     for method in ("ipopt", "ipopt-pyomo", "milp", "iterative"):
@@ -281,16 +360,29 @@ def main() -> int:
     gc.freeze()  # as the leader's solver worker does after its warm-up (agent/solver_worker.py)
     tune_allocator()  # likewise
     started = time.perf_counter()
-    with tqdm(total=8 + args.quality_seeds, desc="bench", file=sys.stderr, disable=args.json, leave=False) as bar:
-        rows, every = timing(args.seeds, args.repeat, bar)
+    runs, loads = [], []
+    total = 8 * args.runs + args.quality_seeds
+    with tqdm(total=total, desc="bench", file=sys.stderr, disable=args.json, leave=False) as bar:
+        for _ in range(args.runs):
+            WALL.clear()
+            SOLVES.clear()
+            before = os.getloadavg()[0]
+            rows, every = timing(args.seeds, args.repeat, bar)
+            runs.append(summary(every))
+            loads.append((before, os.getloadavg()[0]))
+        ab = nearly_full_ab(args.repeat)
         big = [scale(sites, args.repeat) for sites in SCALE_SITES]
         qual = quality(args.quality_seeds, bar)
-    result = {"timing": rows, "all": summary(every), "scale": big, "quality": qual}
+    for r in SOLVES:
+        r.pop("snapshot")
+    result = {"timing": rows, "all": runs[-1], "runs": runs, "load": loads, "nearly_full_ab": ab}
+    result |= {"scale": big, "quality": qual}
     result["wall_s"] = time.perf_counter() - started
     if args.json:
         print(json.dumps(result, indent=1))
     else:
         report(result)
+        report_runs(runs, loads)
     return 0
 
 

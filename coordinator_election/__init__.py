@@ -1,5 +1,6 @@
 """Leader election for peerserve: a sans-IO state machine (stdlib only; see machine.py)."""
 
+from coordinator_election.lease import MAX_TERM_AHEAD, LeaseBook, lease_refusal
 from coordinator_election.machine import (
     Action,
     Announce,
@@ -13,6 +14,7 @@ from coordinator_election.machine import (
     Persist,
     Priority,
     Received,
+    Renew,
     Role,
     Send,
     Tick,
@@ -21,6 +23,7 @@ from coordinator_election.machine import (
 )
 
 __all__ = [
+    "MAX_TERM_AHEAD",
     "Action",
     "Announce",
     "BecameFollower",
@@ -29,13 +32,16 @@ __all__ = [
     "Election",
     "ElectionConfig",
     "Event",
+    "LeaseBook",
     "Message",
     "Persist",
     "Priority",
     "Received",
+    "Renew",
     "Role",
     "Send",
     "Tick",
     "Vote",
     "VoteRequest",
+    "lease_refusal",
 ]

@@ -2,8 +2,10 @@
 
 Algorithm: leases with terms and votes over the *discovered* members (see docs/election.md for why).
 
-* A leader broadcasts ``Announce(term)`` every ``heartbeat_s``; a follower that hears it holds a lease
-  on that leader for ``election_timeout_s``.
+* A leader renews its lease every ``heartbeat_s`` (``Renew(Announce(term))``: the shell may spread it by
+  gossip, e.g. signed and piggybacked on membership messages; a new leader's first announce is a
+  ``Broadcast``); a follower that hears it holds a lease on that leader for ``lease_s`` (default
+  ``election_timeout_s``; longer when renewals travel by gossip and may arrive late).
 * When its lease runs out (or the leader drops out of the alive view), a follower looks at the alive
   members: only the best by priority (configured priority, then memory, then node id) stands, after a
   quiet period, with ``term + 1``; the others wait, and skip a best candidate that stays silent for an
@@ -18,6 +20,8 @@ Algorithm: leases with terms and votes over the *discovered* members (see docs/e
   whom to expect (``known``: the peers it knew before the restart): once every one of them is alive in its
   view again and none has announced itself as leader for two heartbeats, there is no leader to wait for
   and the listen period ends (after a power cut the cluster elects in about two heartbeats, not a timeout).
+* A node given seeds (``join_by``) does not stand while it sees no other member until ``join_by``: it is
+  joining a cluster, and a leader of one would only spawn a solver and fight the cluster's leader later.
 * Persist before you send: whenever the term or this node's vote in it changes, ``step`` returns a
   ``Persist(term, vote)`` first; the shell must make it durable (fsync) before it carries out any later
   action, and a restarted node is built from exactly what was persisted (``Election(term=, vote=)``).
@@ -98,6 +102,13 @@ class Broadcast:
 
 
 @dataclass(frozen=True)
+class Renew:
+    """The leader's periodic lease renewal: it must reach every member, but gossip may carry it (not O(N) sends)."""
+
+    message: Announce
+
+
+@dataclass(frozen=True)
 class Persist:
     """Make (term, vote) durable (fsync) before carrying out any action that follows it."""
 
@@ -119,17 +130,24 @@ class BecameFollower:
     leader: str | None
 
 
-Action = Persist | Send | Broadcast | BecameLeader | BecameFollower
+Action = Persist | Send | Broadcast | Renew | BecameLeader | BecameFollower
 
 
 @dataclass(frozen=True)
 class ElectionConfig:
     heartbeat_s: float = 0.3
     election_timeout_s: float = 1.2
+    lease_s: float | None = None  # how long a renewal holds a follower's lease (default election_timeout_s)
 
     def __post_init__(self) -> None:
         if self.election_timeout_s <= 3 * self.heartbeat_s:
             raise ValueError("election_timeout_s must exceed 3 x heartbeat_s")
+        if self.lease_s is not None and self.lease_s < self.election_timeout_s:
+            raise ValueError("lease_s must be at least election_timeout_s")
+
+    @property
+    def lease(self) -> float:
+        return self.election_timeout_s if self.lease_s is None else self.lease_s
 
 
 @dataclass
@@ -146,7 +164,7 @@ class Election:
 
     def __init__(
         self, node_id: str, priority: Priority, config: ElectionConfig, now: float, term: int = 0,
-        vote: str | None = None, known: frozenset[str] = frozenset(),
+        vote: str | None = None, known: frozenset[str] = frozenset(), join_by: float = -1e18,
     ) -> None:  # fmt: skip
         self.node_id = node_id
         self.priority = priority
@@ -165,6 +183,9 @@ class Election:
         self._lost_leader: str | None = None  # the leader whose lease ran out, if any
         self._expected = known - {node_id}  # peers expected back after a restart; emptied once a leader is known
         self._back_since: float | None = None  # when every expected peer was last seen alive again
+        # given seeds, a node is joining a cluster, not founding one: until ``join_by`` it does not stand while it
+        # sees no other member (under load a seed can take seconds to admit us; a leader of one spawns a solver)
+        self._join_by = join_by
 
     # -- queries ---------------------------------------------------------------------------------
     @property
@@ -204,7 +225,7 @@ class Election:
         if self.role is Role.LEADER:
             if now - self._last_announce >= self.config.heartbeat_s:
                 self._last_announce = now
-                return [Broadcast(Announce(self.term, self.node_id, self.priority))]
+                return [Renew(Announce(self.term, self.node_id, self.priority))]
             return []
         if self.role is Role.CANDIDATE:
             c = self._candidacy
@@ -221,6 +242,8 @@ class Election:
             return []
         if self.leader is None and now < self.lease_until and not self._all_back(now):
             return []  # listening for a leader (after start, or after standing down)
+        if now < self._join_by and self.alive.keys() == {self.node_id}:
+            return []  # still joining through a seed: nobody to lead yet
         self._expected = frozenset()  # the first listen is over: from now on the usual timeouts
         return self._consider_standing(now)
 
@@ -291,7 +314,7 @@ class Election:
         self.leader = leader
         self._candidacy = None
         if leader is not None:
-            self.lease_until = now + self.config.election_timeout_s
+            self.lease_until = now + self.config.lease
             self._waiting_since = None
             self._skipped.clear()
             self._lost_leader = None
@@ -316,7 +339,7 @@ class Election:
             return self._jump(now, self.term + 1)  # we win the tie: a new term fences the rival's commands
         self._set_term(m.term)
         actions = self._follow(now, m.leader)
-        self.lease_until = now + self.config.election_timeout_s
+        self.lease_until = now + self.config.lease
         return actions
 
     def _on_vote_request(self, now: float, m: VoteRequest) -> list[Action]:

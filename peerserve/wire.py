@@ -482,6 +482,39 @@ class MemberUpdate:
         return cls(_node(box, "n"), box["s"], _int(box, "i"), _peer_url(box["u"]), _int(box, "v"), origin)
 
 
+LEASE_CONTEXT = b"peerserve-lease-v1\0"
+
+
+@dataclass(frozen=True)
+class Lease:
+    """The leader's lease renewal: (term, leader, seq) signed by the leader itself, so any member may relay it.
+
+    ``seq`` rises with every renewal of one leader; a receiver renews its lease only on a (term, seq) newer
+    than any it saw from that leader (a replayed or stale renewal renews nothing). ``card`` is the leader's
+    certified key (agent.identity.Card) and ``signature`` its Ed25519 signature over ``signing_bytes()``."""
+
+    term: int
+    leader: str
+    seq: int
+    priority: tuple[int, float, str]
+    card: str = ""
+    signature: str = ""
+
+    def signing_bytes(self) -> bytes:
+        p = self.priority
+        return LEASE_CONTEXT + f"{self.term}\0{self.leader}\0{self.seq}\0{p[0]}\0{float(p[1])!r}\0{p[2]}".encode()
+
+    def to_json(self) -> dict[str, Any]:
+        return {"term": self.term, "leader": self.leader, "seq": self.seq, "priority": list(self.priority),
+                "card": self.card, "signature": self.signature}  # fmt: skip
+
+    @classmethod
+    def parse(cls, data: Any) -> Lease:
+        d = _obj(data, "lease")
+        return cls(_int(d, "term"), _node(d, "leader"), _int(d, "seq"), _priority(d), _str(d, "card", 256),
+                   _str(d, "signature", 128))  # fmt: skip
+
+
 @dataclass(frozen=True)
 class SwimMessage:
     """POST /peer/swim and its answer: the sender's own facts (authenticated: it signed them) plus gossip.
@@ -502,6 +535,7 @@ class SwimMessage:
     target: str | None = None
     target_url: str | None = None
     acked: bool = False
+    lease: Lease | None = None  # the freshest leader's lease the sender holds (signed by that leader)
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"kind": self.kind, "node_id": self.node_id, "incarnation": self.incarnation,
@@ -509,6 +543,8 @@ class SwimMessage:
                                "leader": self.leader, "updates": [u.to_json() for u in self.updates]}  # fmt: skip
         if self.kind in ("ping_req", "indirect_ack"):
             out.update(target=self.target, target_url=self.target_url, acked=self.acked)
+        if self.lease is not None:
+            out["lease"] = self.lease.to_json()
         return out
 
     @classmethod
@@ -528,6 +564,7 @@ class SwimMessage:
             if not isinstance(d.get("acked", False), bool):
                 raise WireError("'acked' must be a boolean")
             acked = bool(d.get("acked", False))
+        lease = Lease.parse(d["lease"]) if d.get("lease") is not None else None
         return cls(kind, _node(d, "node_id"), _int(d, "incarnation"), _int(d, "version"), _peer_url(d.get("peer_url")),
                    tuple(MemberUpdate.parse(u) for u in raw), _int(d, "term"), _node(d, "leader", optional=True),
-                   target, target_url, acked)  # fmt: skip
+                   target, target_url, acked, lease)  # fmt: skip

@@ -78,7 +78,7 @@ def _solve_in_mode(snapshot: Snapshot, method: str, mode: Mode, policy: Eviction
         lower_bound = relax.objective
         details.update(iterations=relax.iterations, pricing_rounds=relax.pricing_rounds, columns=relax.columns)
         if relax.rows is not None:
-            details.update(rows=relax.rows, guided=relax.guided)
+            details.update(rows=relax.rows, guided=relax.guided, estimate=relax.estimate)
     elif method == "milp":
         from solver.milp import solve_milp
 

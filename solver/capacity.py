@@ -10,35 +10,57 @@ EPS = 1e-6
 
 
 class Ledger:
-    """Tracks requests placed per (node, model) and the memory/compute left for new instances."""
+    """Tracks requests placed per (node, model) and the memory/compute left for new instances.
+
+    Kept in Python lists and floats (the same float64 arithmetic as numpy): rounding and repair ask it
+    one request at a time, where numpy scalars cost several times more.
+    """
 
     def __init__(self, problem: Problem) -> None:
         self.p = problem
-        self.placed: IntArray = np.zeros_like(problem.free)
-        self.mem_left = problem.mem_budget.copy()
-        self.comp_left = problem.comp_budget.copy()
+        self.placed: list[list[int]] = np.zeros_like(problem.free).tolist()
+        self.mem_left: list[float] = problem.mem_budget.tolist()
+        self.comp_left: list[float] = problem.comp_budget.tolist()
+        self._free: list[list[int]] = problem.free.tolist()
+        self._mem: list[float] = problem.mem.tolist()
+        self._comp: list[float] = problem.comp.tolist()
 
     def needs_new_instance(self, j: int, k: int) -> bool:
         """Whether one more request of model k on node j starts a new instance."""
-        return bool(self.placed[j, k] >= self.p.free[j, k])
+        return self.placed[j][k] >= self._free[j][k]
 
     def fits(self, j: int, k: int) -> bool:
         """Whether one more request of model k fits on node j."""
-        if not self.needs_new_instance(j, k):
+        if self.placed[j][k] < self._free[j][k]:
             return True
-        return bool(self.mem_left[j] + EPS >= self.p.mem[k] and self.comp_left[j] + EPS >= self.p.comp[k])
+        return self.mem_left[j] + EPS >= self._mem[k] and self.comp_left[j] + EPS >= self._comp[k]
 
     def add(self, j: int, k: int) -> None:
-        if self.needs_new_instance(j, k):
-            self.mem_left[j] -= self.p.mem[k]
-            self.comp_left[j] -= self.p.comp[k]
-        self.placed[j, k] += 1
+        if self.placed[j][k] >= self._free[j][k]:
+            self.mem_left[j] -= self._mem[k]
+            self.comp_left[j] -= self._comp[k]
+        self.placed[j][k] += 1
+
+    def add_up_to(self, j: int, k: int, n: int) -> int:
+        """Place up to ``n`` requests of model k on node j, one at a time while one fits; how many were placed.
+
+        The same as ``fits``/``add`` in a loop (same arithmetic, same order).
+        """
+        done = max(0, min(n, self._free[j][k] - self.placed[j][k]))
+        mem_left, comp_left, mem, comp = self.mem_left[j], self.comp_left[j], self._mem[k], self._comp[k]
+        while done < n and mem_left + EPS >= mem and comp_left + EPS >= comp:
+            mem_left -= mem
+            comp_left -= comp
+            done += 1
+        self.mem_left[j], self.comp_left[j] = mem_left, comp_left
+        self.placed[j][k] += done
+        return done
 
     def remove(self, j: int, k: int) -> None:
-        self.placed[j, k] -= 1
-        if self.needs_new_instance(j, k):
-            self.mem_left[j] += self.p.mem[k]
-            self.comp_left[j] += self.p.comp[k]
+        self.placed[j][k] -= 1
+        if self.placed[j][k] >= self._free[j][k]:
+            self.mem_left[j] += self._mem[k]
+            self.comp_left[j] += self._comp[k]
 
     def best_fitting_node(self, k: int, order: list[int]) -> int | None:
         """The first node in ``order`` where a request of model k fits."""

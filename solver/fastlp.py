@@ -29,7 +29,7 @@ dual feasible for it, hence the full LP's optimum. After ``MAX_ROUNDS`` (or a fa
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -87,6 +87,7 @@ class LpSolution:
     rows: int
     fallback: bool
     guided: bool = False  # columns chosen by the trusted price estimate (solver.lpguide)
+    estimate: str = ""  # the price estimate's method (solver.lpguide.Guide.method), "" when none ran
 
 
 @dataclass
@@ -122,7 +123,7 @@ def solve_lp(p: Problem) -> LpSolution:
     congested = _initial_rows(p, cheapest)
     has_row = congested.copy()
     in_lp = np.zeros((n_c, n_j), dtype=bool)
-    guide = _guide(p, penalty, has_row, cheapest)
+    guide, method = _guide(p, penalty, has_row, cheapest)
     # where the guide's greedy placed every request, its columns are in the LP: feasible without r
     with_r = np.full(n_c, guide is None or guide.placed is None or not LAZY_REJECTION)
     total_iters = 0
@@ -146,10 +147,11 @@ def solve_lp(p: Problem) -> LpSolution:
         if not priced.any() and not rejectable.any():
             value = float((p.cost * y).sum() + penalty * r.sum())
             columns = int(in_lp[free_class].sum())
-            return LpSolution(y, r, value, status, total_iters, rounds, columns, len(lp.cl), False, guide is not None)
+            guided = guide is not None
+            return LpSolution(y, r, value, status, total_iters, rounds, columns, len(lp.cl), False, guided, method)
         in_lp |= priced
         with_r |= rejectable
-    return _full(p, penalty, total_iters)
+    return replace(_full(p, penalty, total_iters), estimate=method)
 
 
 def tune_allocator() -> bool:
@@ -221,14 +223,14 @@ def _overloaded(p: Problem, y: FloatArray) -> BoolArray:
     return np.asarray((mem_use > p.mem_budget + tol_m) | (comp_use > p.comp_budget + tol_c))
 
 
-def _guide(p: Problem, penalty: float, has_row: BoolArray, cheapest: IntArray) -> Guide | None:
-    """Estimated capacity prices to choose columns with, or None where they are not needed or trusted."""
+def _guide(p: Problem, penalty: float, has_row: BoolArray, cheapest: IntArray) -> tuple[Guide | None, str]:
+    """Estimated capacity prices to choose columns with (None where not needed or trusted), and their method."""
     if not USE_GUIDE or not has_row[cheapest].any() or p.n_nodes <= GUIDED:
-        return None
+        return None, ""
     small = p.n_classes * p.n_nodes <= WIDEN_LIMIT
     guide = estimate(p, penalty, steps=SMALL_STEPS if small else None)
-    log.debug("price estimate: bounds %.6g..%.6g (gap %.2g)", guide.lower, guide.upper, guide.gap)
-    return guide if guide.gap <= TRUST_GAP else None
+    log.debug("%s price estimate: bounds %.6g..%.6g (gap %.2g)", guide.method, guide.lower, guide.upper, guide.gap)
+    return (guide if guide.gap <= TRUST_GAP else None), guide.method
 
 
 def _close_rows(

@@ -12,9 +12,11 @@ a poorer guess wherever capacity binds. This module estimates the duals without 
   reduced costs, which tightens the upper bound and (when it places every request) gives a placement the
   restricted LP can hold without rejection columns.
 
-A cluster the first greedy cannot fit is not estimated further: its duals sit near the penalty, far
-beyond a few steps' reach. Both bounds are exact (weak duality and feasibility), so
-``lower <= LP optimum <= upper`` always; their gap says how far to trust the prices. The guide only
+A cluster the first greedy cannot fit (nearly or wholly full) has its duals near the penalty, far beyond
+a few subgradient steps' reach: there the prices come from Newton's method on the smoothed dual
+(solver.lpdual), and the upper bound from the greedy seeded with that dual's soft placement. Both bounds
+are exact (weak duality and feasibility), so ``lower <= LP optimum <= upper`` always; their gap says how
+far to trust the prices. The guide only
 chooses columns: solver.fastlp still solves the LP with Ipopt and proves its optimum by pricing every
 left-out column with Ipopt's own duals.
 """
@@ -28,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from solver.lpdual import smoothed_prices
 from solver.problem import FloatArray, IntArray, Problem
 
 BoolArray = Any
@@ -39,6 +42,8 @@ STEPS = 40  # subgradient steps; each is a few numpy operations on [classes, nod
 REFRESH = 40  # steps between tightenings of the upper bound
 MIN_THETA = 1 / 32  # step-length factor below which the ascent stops
 STALL = 3  # steps without a better bound before the step length is halved
+SEED_MIN = 0.01  # seeded greedy: soft shares below this many requests are not placed up front
+SMOOTHED = True  # nearly full clusters: prices from the smoothed dual (solver.lpdual); else left untrusted
 
 
 @dataclass(frozen=True)
@@ -49,6 +54,7 @@ class Guide:
     lower: float
     upper: float
     placed: BoolArray | None = None  # [c, j] a placement of every request (from the greedy), if found
+    method: str = "subgradient"  # how the prices were found: "subgradient", "smoothed" (nearly full) or "none"
 
     @property
     def gap(self) -> float:
@@ -68,39 +74,73 @@ def greedy_upper_bound(p: Problem, penalty: float, order_by: FloatArray | None =
 
 
 def _greedy(
-    p: Problem, penalty: float, order_by: FloatArray | None, give_up: bool = False
+    p: Problem, penalty: float, order_by: FloatArray | None, seed: FloatArray | None = None
 ) -> tuple[float, float, BoolArray]:
     """(value, requests rejected, [c, j] columns used) of the placement of ``greedy_upper_bound``.
 
-    ``give_up``: stop at the first request that fits nowhere, with an infinite value (still an upper bound).
+    ``seed`` [c, j]: amounts placed first, as far as they fit (most confident shares first).
     """
+    fill = _fill(p, order_by, seed)
+    rejected = fill.rejected()
+    return fill.total + rejected * penalty, rejected, fill.used
+
+
+def _fill(p: Problem, order_by: FloatArray | None, seed: FloatArray | None = None) -> _Fill:
+    """The greedy placement itself (see ``greedy_upper_bound``)."""
     rank = p.cost if order_by is None else order_by
     near = min(p.n_nodes, FIRST_NODES)  # most classes fit on one of their first few nodes
+    near = p.n_nodes if p.n_nodes <= 2 * FIRST_NODES else near  # few nodes: sorting them all is cheap
     first = np.argpartition(rank, near - 1, axis=1)[:, :near] if near < p.n_nodes else np.argsort(rank, axis=1)
     first = np.take_along_axis(first, np.argsort(np.take_along_axis(rank, first, axis=1), axis=1), axis=1)
     ranked = np.take_along_axis(rank, first[:, :2], axis=1)
     regret = ranked[:, 1] - ranked[:, 0] if p.n_nodes > 1 else np.zeros(p.n_classes)
-    mem_left, comp_left, free = p.mem_budget.tolist(), p.comp_budget.tolist(), p.free.tolist()
-    mem, comp, model, count = p.mem.tolist(), p.comp.tolist(), p.class_model.tolist(), p.class_count.tolist()
-    total, rejected = 0.0, 0.0
-    used = np.zeros(p.cost.shape, dtype=bool)
+    fill = _Fill(p)
+    if seed is not None:
+        cs, js = np.nonzero(seed >= SEED_MIN)
+        for i in np.argsort(-seed[cs, js] / p.class_count[cs], kind="stable").tolist():
+            fill.put(int(cs[i]), int(js[i]), float(seed[cs[i], js[i]]))
     for c in np.argsort(-regret, kind="stable").tolist():
-        k, need = model[c], float(count[c])
         for j in _nodes_in_order(rank, first, c):
-            reuse = min(need, free[j][k])
-            room = min(_room(mem_left[j], mem[k]), _room(comp_left[j], comp[k]), need - reuse)
-            free[j][k] -= reuse
-            mem_left[j] -= room * mem[k]
-            comp_left[j] -= room * comp[k]
-            need -= reuse + room
-            total += (reuse + room) * float(p.cost[c, j])
-            used[c, j] = reuse + room > 0
-            if need <= 0:
+            if fill.need[c] <= 0:
                 break
-        rejected += max(0.0, need)
-        if give_up and rejected > 0:
-            return float("inf"), rejected, used
-    return total + rejected * penalty, rejected, used
+            fill.put(c, j, fill.need[c])
+    return fill
+
+
+class _Fill:
+    """A fractional placement being filled: budgets left, free slots left, requests still to place."""
+
+    def __init__(self, p: Problem) -> None:
+        self.p = p
+        self.mem_left, self.comp_left, self.free = p.mem_budget.tolist(), p.comp_budget.tolist(), p.free.tolist()
+        self.mem, self.comp, self.model = p.mem.tolist(), p.comp.tolist(), p.class_model.tolist()
+        self.need = [float(n) for n in p.class_count.tolist()]
+        self.total = 0.0
+        self.used = np.zeros(p.cost.shape, dtype=bool)
+
+    def put(self, c: int, j: int, amount: float) -> None:
+        """Place up to ``amount`` of class c's remaining requests on node j, as far as they fit."""
+        k = self.model[c]
+        amount = min(amount, self.need[c])
+        reuse = min(amount, self.free[j][k])
+        room = min(_room(self.mem_left[j], self.mem[k]), _room(self.comp_left[j], self.comp[k]), amount - reuse)
+        self.free[j][k] -= reuse
+        self.mem_left[j] -= room * self.mem[k]
+        self.comp_left[j] -= room * self.comp[k]
+        self.need[c] -= reuse + room
+        self.total += (reuse + room) * float(self.p.cost[c, j])
+        self.used[c, j] |= reuse + room > 0
+
+    def rejected(self) -> float:
+        """Requests that found no room."""
+        return float(sum(max(0.0, n) for n in self.need))
+
+    def full_rows(self) -> tuple[BoolArray, BoolArray]:
+        """[j] memory rows, compute rows with no room left for the smallest model's new instance."""
+        p = self.p
+        return np.array(self.mem_left) < float(p.mem.min()) - 1e-9, np.array(self.comp_left) < float(
+            p.comp.min()
+        ) - 1e-9
 
 
 def _nodes_in_order(rank: FloatArray, first: IntArray, c: int) -> Iterator[int]:
@@ -116,18 +156,22 @@ def _room(left: float, per_request: float) -> float:
 
 
 def estimate(p: Problem, penalty: float, steps: int | None = None, refresh: int | None = None) -> Guide:
-    """Lagrangian prices of the memory and compute rows by subgradient ascent, and the bounds.
+    """Lagrangian prices of the memory and compute rows by subgradient ascent (smoothed Newton where the
+    plain greedy cannot place every request and ``SMOOTHED``), and the bounds.
 
     Every ``refresh`` steps the upper bound is tightened by the greedy placement ordered by the best
     prices so far (Polyak's steps are only as good as the bound they aim at).
     """
     steps = STEPS if steps is None else steps
     refresh = REFRESH if refresh is None else refresh
-    upper, rejected, _ = _greedy(p, penalty, None, give_up=True)
+    plain = _fill(p, None)
+    upper = plain.total + plain.rejected() * penalty
     priced = (p.free == 0).astype(float)  # [j, k]: where a request may start a new instance
     best = (float(p.class_count @ np.minimum(p.cost, penalty).min(axis=1)), np.zeros(p.n_nodes), np.zeros(p.n_nodes))
-    if rejected > 0:  # a (nearly) full cluster: duals near the penalty, far beyond a few steps' reach
-        return Guide(p.cost, best[0], upper)
+    if plain.rejected() > 0:  # a (nearly) full cluster: duals near the penalty, beyond a few subgradient steps
+        if not SMOOTHED:
+            return Guide(p.cost, best[0], upper, None, "none")
+        return _nearly_full(p, penalty, priced, best[0], plain)
     placed = None
     for _ in range(max(1, -(-steps // refresh))):
         best = _ascend(p, penalty, priced, upper, best, min(steps, refresh))
@@ -180,3 +224,25 @@ def _reduced(p: Problem, lam: FloatArray, mu: FloatArray, priced: FloatArray) ->
     per_model = (lam[:, None] * p.mem[None, :] + mu[:, None] * p.comp[None, :]) * priced  # [j, k]
     out: FloatArray = p.cost + per_model[:, p.class_model].T
     return out
+
+
+def dual_value(p: Problem, penalty: float, lam: FloatArray, mu: FloatArray, priced: FloatArray) -> float:
+    """The Lagrangian dual function at prices (lam, mu): a lower bound on the LP optimum (weak duality)."""
+    least = np.minimum(_reduced(p, lam, mu, priced), penalty).min(axis=1)
+    return float(p.class_count @ least - lam @ p.mem_budget - mu @ p.comp_budget)
+
+
+def _nearly_full(p: Problem, penalty: float, priced: FloatArray, trivial: float, plain: _Fill) -> Guide:
+    """Bounds and prices where the plain greedy cannot place every request: the smoothed dual's prices.
+
+    The upper bound is the greedy seeded with the smoothed dual's soft placement (each class's shares
+    placed first, as far as they fit), the rest ordered by the estimated reduced costs capped at the
+    penalty, so a class that is cheaper to reject than to place anywhere goes last and takes the rejection.
+    """
+    lam, mu, shares = smoothed_prices(p, penalty, priced, *plain.full_rows())
+    reduced = _reduced(p, lam, mu, priced)
+    lower = max(trivial, dual_value(p, penalty, lam, mu, priced))
+    upper, missed, used = _greedy(p, penalty, np.minimum(reduced, penalty), seed=shares)
+    plain_value = plain.total + plain.rejected() * penalty
+    upper = min(upper, plain_value)
+    return Guide(reduced, lower, upper, used if missed <= 0 else None, "smoothed")

@@ -17,11 +17,11 @@ rejection penalty. Every step lowers it or closes a pool without raising it, so 
 from __future__ import annotations
 
 import logging
-import math
 
 import numpy as np
 
-from solver.queue_repair import TINY, Pools, _evacuate
+from solver.problem import FloatArray, IntArray
+from solver.queue_repair import TINY, Pools, _evacuate, needed
 
 log = logging.getLogger(__name__)
 
@@ -32,12 +32,12 @@ def integer_objective(pools: Pools) -> float:
     """The relaxation's objective at the placement's whole instance counts (request-ms per second)."""
     q, p = pools.q, pools.q.base
     lam, counts = pools.lam(), pools.counts()
-    total = float((pools.x * p.cost).sum()) + q.penalty() * float(pools.rejected.sum())
+    total = float((pools.x * p.cost).sum()) + pools.penalty * float(pools.rejected.sum())
     total += q.instance_cost * float(np.maximum(counts - p.free, 0).sum())
     open_ = counts > 0
     n = np.where(open_, counts, 1).astype(float)
     t = np.minimum(lam / n, q.rho_max * q.mu)  # pools stay within their cap; clip guards float residue
-    wait = np.where(open_, lam * (1000.0 / (q.mu - t) - q.service_ms), 0.0)
+    wait = np.where(open_, lam * (1000.0 / (q.mu - t) - pools.service_ms), 0.0)
     return total + float(wait.sum())
 
 
@@ -45,19 +45,17 @@ def spread_excess(pools: Pools, k: int) -> bool:
     """Whether model k runs more instances in some node class than its need at ``rho_max`` plus one spare."""
     q = pools.q
     lam, counts = pools.lam(), pools.counts()
-    for g in set(q.node_class):
-        nodes = [j for j in range(q.base.n_nodes) if q.node_class[j] == g]
-        need = math.ceil(sum(lam[j, k] / (q.rho_max * q.mu[j, k]) for j in nodes) - 1e-9)
-        if sum(int(counts[j, k]) for j in nodes) > need + 1:
-            return True
-    return False
+    load = np.bincount(pools.node_group, weights=lam[:, k] / (q.rho_max * q.mu[:, k]))
+    running = np.bincount(pools.node_group, weights=counts[:, k])
+    return bool(np.any(running > np.ceil(load - 1e-9) + 1))
 
 
 def close_pools(pools: Pools) -> int:
     """Steps 1 and 2 of the module docstring until neither applies; returns how many pools closed or moved."""
     steps = 0
+    failed: dict[tuple[int, int], Signature] = {}
     for _ in range(4 * pools.counts().size + 1):  # each step closes a pool or strictly lowers the objective
-        if not (_close_one(pools) or _move_one(pools)):
+        if not (_close_one(pools, failed) or _move_one(pools)):
             break
         steps += 1
     return steps
@@ -92,11 +90,13 @@ def _try_close(pools: Pools, j: int, k: int, before: float) -> bool:
     return False
 
 
-def _worth_trying(pools: Pools, j: int, k: int) -> bool:
+def _worth_trying(pools: Pools, j: int, k: int, state: tuple[FloatArray, IntArray] | None = None) -> bool:
     """Whether closing pool (j, k) could pay: the least extra RTT + execution of moving its streams to the
-    model's other open pools is at most what the pool costs (its new instances and its wait)."""
+    model's other open pools is at most what the pool costs (its new instances and its wait).
+
+    ``state``: the current (lam, counts), where the caller has them."""
     q, p = pools.q, pools.q.base
-    counts, lam = pools.counts(), pools.lam()
+    lam, counts = state if state is not None else (pools.lam(), pools.counts())
     others = [o for o in np.nonzero(counts[:, k] > 0)[0].tolist() if o != j]
     if not others or counts[j, k] == 0:
         return False
@@ -104,18 +104,54 @@ def _worth_trying(pools: Pools, j: int, k: int) -> bool:
     extra = float(pools.x[members, j] @ (p.cost[members][:, others].min(axis=1) - p.cost[members, j]))
     n = float(counts[j, k])
     t = min(float(lam[j, k]) / n, q.rho_max * float(q.mu[j, k]))
-    wait = float(lam[j, k]) * (1000.0 / (float(q.mu[j, k]) - t) - float(q.service_ms[j, k]))
+    wait = float(lam[j, k]) * (1000.0 / (float(q.mu[j, k]) - t) - float(pools.service_ms[j, k]))
     saves = q.instance_cost * max(n - float(p.free[j, k]), 0.0) + wait
     return extra <= saves + 1e-9 * max(1.0, saves)
 
 
-def _close_one(pools: Pools) -> bool:
+Signature = tuple[np.ndarray, ...]
+
+
+def _signature(pools: Pools, k: int, counts: IntArray, mem: FloatArray, comp: FloatArray) -> Signature:
+    """What closing a pool of model k depends on: model k's rates, and the memory and compute used (``mem``,
+    ``comp`` [j]) on the nodes where model k has open pools (the only places its streams can go)."""
+    nodes = np.flatnonzero(counts[:, k] > 0)
+    return pools.x[pools.q.base.class_model == k].copy(), nodes, mem[nodes], comp[nodes]
+
+
+def _close_one(pools: Pools, failed: dict[tuple[int, int], Signature] | None = None) -> bool:
+    """Close the first pool (smallest rate first) that step 1 can close; ``failed`` remembers the pools that
+    could not be closed and skips them while nothing they depend on has changed (``_signature``)."""
+    p = pools.q.base
     before = integer_objective(pools)
+    failed = {} if failed is None else failed
+    lam, counts = pools.lam(), pools.counts()
+    new = np.maximum(counts - p.free, 0)
+    mem, comp = new @ p.mem, new @ p.comp
     for j, k in _open_pools(pools):
-        if _worth_trying(pools, j, k) and _try_close(pools, j, k, before):
+        if not _worth_trying(pools, j, k, (lam, counts)):
+            continue
+        sig = _signature(pools, k, counts, mem, comp)
+        old = failed.get((j, k))
+        if old is not None and all(np.array_equal(a, b) for a, b in zip(old, sig, strict=True)):
+            continue
+        if _try_close(pools, j, k, before):
             log.debug("closed pool %s/%s", pools.q.base.node_ids[j], pools.q.base.model_names[k])
             return True
+        failed[(j, k)] = sig
     return False
+
+
+def _pool_term(pools: Pools, j: int, k: int, lam: float) -> float:
+    """Pool (j, k)'s part of ``integer_objective`` at arrival rate ``lam``: its new instances and its wait."""
+    q = pools.q
+    n = int(needed(np.array(lam), np.array(pools.cap[j, k])))
+    if n == 0:
+        return 0.0
+    mu = float(q.mu[j, k])
+    t = min(lam / n, q.rho_max * mu)
+    wait = lam * (1000.0 / (mu - t) - float(pools.service_ms[j, k]))
+    return q.instance_cost * max(n - int(q.base.free[j, k]), 0) + wait
 
 
 def _move_one(pools: Pools) -> bool:
@@ -126,7 +162,13 @@ def _move_one(pools: Pools) -> bool:
         members = np.nonzero((p.class_model == k) & (pools.x[:, j] > 0))[0]
         weights = pools.x[members, j]
         order = np.argsort(weights @ p.cost[members], kind="stable").tolist()
+        lam = pools.lam()[:, k]
+        here = _pool_term(pools, j, k, 0.0) - _pool_term(pools, j, k, float(lam[j]))
         for dst in [d for d in order if d != j][:MOVE_CANDIDATES]:
+            moved = float(weights @ (p.cost[members, dst] - p.cost[members, j]))
+            gain = moved + here + _pool_term(pools, dst, k, float(lam[dst] + weights.sum()))
+            if gain - _pool_term(pools, dst, k, float(lam[dst])) >= 0.0:
+                continue  # only pools (j, k) and (dst, k) change: the move cannot lower the objective
             saved = pools.x.copy()
             pools.x[members, dst] += weights
             pools.x[members, j] = 0.0

@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 
 import numpy as np
+import numpy.typing as npt
 
 from solver.problem import FloatArray, IntArray
 from solver.queue_model import NlpSolution, QueueProblem, solve_nlp, solve_restricted
@@ -34,18 +35,27 @@ CANDIDATES = 5  # cheapest nodes per stream in the first restricted solve
 ADD_PER_ROUND = 3  # columns per stream added by one pricing round at most
 MAX_ROUNDS = 6
 LAZY_MIN_PAIRS = 2000  # below this many (stream, node) pairs the whole NLP is faster (measured: 25 x 10)
+BoolArray = npt.NDArray[np.bool_]
 PRICE_TOL = 1e-6  # relative to the largest column cost: smaller negative reduced costs are noise
 
 
-def solve_nlp_lazy(q: QueueProblem, candidates: int = CANDIDATES, min_pairs: int = LAZY_MIN_PAIRS) -> NlpSolution:
-    """The full NLP's optimum, found on a few columns per stream grown by pricing (full solve as fallback)."""
+def solve_nlp_lazy(
+    q: QueueProblem, candidates: int = CANDIDATES, min_pairs: int = LAZY_MIN_PAIRS, allowed: BoolArray | None = None
+) -> NlpSolution:
+    """The full NLP's optimum, found on a few columns per stream grown by pricing (full solve as fallback).
+
+    ``allowed`` [c, j]: the only columns that may carry rate (the caller proved the others need none).
+    """
     p = q.base
     C, J = p.n_classes, p.n_nodes
-    if C == 0 or J == 0 or candidates >= J or min_pairs > C * J:
-        return solve_nlp(q)
-    order = np.argsort(p.cost, axis=1, kind="stable")[:, :candidates]
+    pairs = C * J if allowed is None else int(allowed.sum())
+    if C == 0 or J == 0 or candidates >= J or min_pairs > pairs:
+        return _whole(q, allowed)
+    ok = np.ones((C, J), dtype=bool) if allowed is None else allowed
+    order = np.argsort(np.where(ok, p.cost, np.inf), axis=1, kind="stable")[:, :candidates]
     in_lp = np.zeros((C, J), dtype=bool)
     in_lp[np.arange(C)[:, None], order] = True
+    in_lp &= ok
     iterations = 0
     for rounds in range(1, MAX_ROUNDS + 1):
         cols = np.flatnonzero(in_lp.ravel())
@@ -54,12 +64,17 @@ def solve_nlp_lazy(q: QueueProblem, candidates: int = CANDIDATES, min_pairs: int
         if sol.status != "optimal":
             log.info("lazy NLP: restricted solve %s in round %d; solving the whole NLP", sol.status, rounds)
             break
-        enter = _price(q, mult, in_lp)
+        enter = _price(q, mult, in_lp) & ok
         if not enter.any():
             return _with(sol, iterations, rounds, len(cols), False)
         in_lp |= enter
-    full = solve_nlp(q)
-    return _with(full, iterations + full.iterations, MAX_ROUNDS + 1, C * J, True)
+    full = _whole(q, allowed)
+    return _with(full, iterations + full.iterations, MAX_ROUNDS + 1, pairs, True)
+
+
+def _whole(q: QueueProblem, allowed: BoolArray | None) -> NlpSolution:
+    """One solve over every column (or every allowed one)."""
+    return solve_nlp(q) if allowed is None else solve_restricted(q, np.flatnonzero(allowed.ravel()))[0]
 
 
 def reduced_costs(q: QueueProblem, mult: FloatArray) -> FloatArray:

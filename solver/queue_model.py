@@ -67,6 +67,7 @@ class QueueProblem:
     rho_max: float = RHO_MAX
     instance_cost: float = INSTANCE_COST
     load_cap: FloatArray | None = None  # [j, k] per-pool load cap (solver.tail_cap); None: rho_max everywhere
+    r_cost: FloatArray | None = None  # [c] cost of r per req/s (solver.queue_fast's outside option); None: penalty
 
     def cap(self) -> FloatArray:
         """The load [j, k] each pool's instances may run at: ``load_cap`` where given, else ``rho_max``."""
@@ -94,13 +95,14 @@ def build_queue_problem(p: Problem, instance_cost: float = INSTANCE_COST, rho_ma
     rate = np.array([sum(_rate(s.requests[i].rate) for i in members) for members in p.class_members], dtype=float)
     mu = np.zeros((p.n_nodes, len(p.model_names)))
     for k, model in enumerate(s.models):
+        mine = [r.exec_ms for r in s.requests if r.model == model.name]
+        median = np.median([[e[node] for node in p.node_ids] for e in mine], axis=0) if mine else None
         for j, node in enumerate(p.node_ids):
             declared = model.throughput_rps.get(node, model.throughput_rps.get("default"))
             if declared is not None:
                 mu[j, k] = declared
-                continue
-            execs = [s.requests[i].exec_ms[node] for i, r in enumerate(s.requests) if r.model == model.name]
-            mu[j, k] = 1000.0 / max(float(np.median(execs)), 1e-3) if execs else 1000.0
+            else:
+                mu[j, k] = 1000.0 / max(float(median[j]), 1e-3) if median is not None else 1000.0
     node_class = tuple(n.node_class for n in s.nodes)
     return QueueProblem(p, rate, mu, node_class, rho_max, instance_cost)
 
@@ -126,19 +128,29 @@ class NlpSolution:
 
 
 class _Layout:
-    """Variable and row positions: x [X] (the (c, j) pairs in ``cols``), r [C], lam [P], n [P], new [P]."""
+    """Variable and row positions: x [X] (the (c, j) pairs in ``cols``), r [C], lam [P], n [P], new [L].
 
-    def __init__(self, q: QueueProblem, cols: IntArray | None = None) -> None:
+    ``new`` and its link row exist only for the pools in ``linked``: every pool in the reference form
+    (``compact=False``), else only pools with running instances to reuse (free > 0). Where free = 0 the
+    link row forces new = n, so n itself carries the instance cost and the memory and compute rows.
+    """
+
+    def __init__(self, q: QueueProblem, cols: IntArray | None = None, compact: bool = True) -> None:
         p = q.base
         self.C, self.J, self.K = p.n_classes, p.n_nodes, len(p.model_names)
         self.P = self.J * self.K
         self.cols = np.arange(self.C * self.J) if cols is None else np.asarray(cols, dtype=np.int64)
         self.cc, self.jj = np.divmod(self.cols, max(self.J, 1))
+        free = p.free.ravel()
+        self.linked = np.flatnonzero(free > 0) if compact else np.arange(self.P)
         self.x0, self.r0 = 0, len(self.cols)
         self.lam0 = self.r0 + self.C
         self.n0 = self.lam0 + self.P
         self.new0 = self.n0 + self.P
-        self.size = self.new0 + self.P
+        self.size = self.new0 + len(self.linked)
+        # per pool: the variable that pays for new instances (its `new`, or n itself where unlinked)
+        self.payer = self.n0 + np.arange(self.P)
+        self.payer[self.linked] = self.new0 + np.arange(len(self.linked))
 
 
 def _jacobian(q: QueueProblem, lay: _Layout) -> tuple[IntArray, IntArray, FloatArray, FloatArray, FloatArray]:
@@ -165,21 +177,23 @@ def _jacobian(q: QueueProblem, lay: _Layout) -> tuple[IntArray, IntArray, FloatA
     t0 = C + P  # throughput rows: lam - rho mu n <= 0
     add(t0 + pools, lay.lam0 + pools, 1.0)
     add(t0 + pools, lay.n0 + pools, -(q.cap() * q.mu).ravel())
-    l0 = t0 + P  # link rows: n - new <= free
-    add(l0 + pools, lay.n0 + pools, 1.0)
-    add(l0 + pools, lay.new0 + pools, -1.0)
-    m0 = l0 + P  # memory rows, then compute rows
-    add(m0 + pj, lay.new0 + pools, p.mem[pk])
-    add(m0 + J + pj, lay.new0 + pools, p.comp[pk])
+    L = len(lay.linked)
+    l0 = t0 + P  # link rows: n - new <= free (linked pools only)
+    add(l0 + np.arange(L), lay.n0 + lay.linked, 1.0)
+    add(l0 + np.arange(L), lay.new0 + np.arange(L), -1.0)
+    m0 = l0 + L  # memory rows, then compute rows: on each pool's payer
+    add(m0 + pj, lay.payer, p.mem[pk])
+    add(m0 + J + pj, lay.payer, p.comp[pk])
     r, c, v = np.concatenate(rows), np.concatenate(cols), np.concatenate(vals)
     keep = v != 0
-    cl = np.concatenate([q.rate, np.zeros(P), np.full(P, -np.inf), np.full(P, -np.inf), np.full(2 * J, -np.inf)])
+    cl = np.concatenate([q.rate, np.zeros(P), np.full(P, -np.inf), np.full(L, -np.inf), np.full(2 * J, -np.inf)])
     # n >= N_MIN forces every pool to hold a sliver of a new instance where none runs; a node with no memory
     # or compute left (budget 0) made the rows infeasible and Ipopt failed with -3 (found by hypothesis).
     # The slack is that sliver's cost; rounding and repair keep the real budgets on whole instances.
     mem_cu = np.maximum(p.mem_budget, 0.0) + N_MIN * float(np.sum(p.mem))
     comp_cu = np.maximum(p.comp_budget, 0.0) + N_MIN * float(np.sum(p.comp))
-    cu = np.concatenate([q.rate, np.zeros(P), np.zeros(P), p.free.ravel().astype(float), mem_cu, comp_cu])
+    free = p.free.ravel()[lay.linked].astype(float)
+    cu = np.concatenate([q.rate, np.zeros(P), np.zeros(P), free, mem_cu, comp_cu])
     return r[keep], c[keep], v[keep], cl, cu
 
 
@@ -195,12 +209,13 @@ class _Callbacks:
         self.cost = np.concatenate(
             [
                 q.base.cost.ravel()[lay.cols],
-                np.full(lay.C, q.penalty()),
+                np.full(lay.C, q.penalty()) if q.r_cost is None else q.r_cost,
                 -q.service_ms.ravel(),
                 np.zeros(lay.P),
-                np.full(lay.P, q.instance_cost),
+                np.zeros(len(lay.linked)),
             ]
         )
+        self.cost[lay.payer] = q.instance_cost
         self.delays = [PoolDelay(float(mu), q.rho_max) for mu in q.mu.ravel()]
         self.mu = q.mu.ravel()
         self.iterations = 0
@@ -260,13 +275,30 @@ class _Callbacks:
         return True
 
 
-def solve_nlp(q: QueueProblem) -> NlpSolution:
-    """The relaxation's optimum by Ipopt over every (stream, node) column (the lazy solver's fallback)."""
-    return solve_restricted(q, None)[0]
+def solve_nlp(q: QueueProblem, compact: bool = True) -> NlpSolution:
+    """The relaxation's optimum by Ipopt over every (stream, node) column (``compact=False``: the reference form)."""
+    return solve_restricted(q, None, compact)[0]
 
 
-def solve_restricted(q: QueueProblem, cols: IntArray | None) -> tuple[NlpSolution, FloatArray]:
-    """The optimum with x only on ``cols`` (flat c*J + j; None: all) and the rows' multipliers (for pricing)."""
+def solve_restricted(q: QueueProblem, cols: IntArray | None, compact: bool = True) -> tuple[NlpSolution, FloatArray]:
+    """The optimum with x only on ``cols`` (flat c*J + j; None: all) and the rows' multipliers (for pricing).
+
+    The compact form is tried first; where Ipopt fails on it even with the retries (a cluster with no
+    room for any instance, found by hypothesis), the reference form, whose pricing rows sit at the same
+    positions, answers instead.
+    """
+    if compact:
+        try:
+            return _solve_form(q, cols, compact=True)
+        except SolverUnavailableError:
+            raise
+        except SolverError as exc:
+            log.warning("Ipopt: %s on the compact queue NLP; solving its reference form", exc)
+    return _solve_form(q, cols, compact=False)
+
+
+def _solve_form(q: QueueProblem, cols: IntArray | None, compact: bool) -> tuple[NlpSolution, FloatArray]:
+    """One form of the restricted NLP by Ipopt, with the safer option sets as retries."""
     try:
         import cyipopt
     except ImportError as exc:  # pragma: no cover - depends on the install
@@ -274,7 +306,7 @@ def solve_restricted(q: QueueProblem, cols: IntArray | None) -> tuple[NlpSolutio
     from solver.relaxation import ipopt_status
 
     p = q.base
-    lay = _Layout(q, cols)
+    lay = _Layout(q, cols, compact)
     if lay.C == 0 or lay.J == 0:
         empty = np.zeros((p.n_nodes, len(p.model_names)))
         return NlpSolution(np.zeros((lay.C, lay.J)), q.rate.copy(), empty, empty, 0.0, "optimal", 0), np.zeros(0)
@@ -332,5 +364,5 @@ def _start(q: QueueProblem, lay: _Layout) -> FloatArray:
     n = lam.ravel() / (0.5 * q.mu.ravel()) + 1e-3
     x0[lay.lam0 : lay.n0] = lam.ravel()
     x0[lay.n0 : lay.new0] = n
-    x0[lay.new0 :] = n
+    x0[lay.new0 :] = n[lay.linked]
     return x0

@@ -8,6 +8,7 @@ integer pool sizes (in Mode 1 never below what runs and is kept).
 from __future__ import annotations
 
 import math
+import time
 from typing import Any
 
 import numpy as np
@@ -16,7 +17,7 @@ from solver.capacity import violations
 from solver.plan import Plan, Rejection
 from solver.problem import Mode, Problem, plan_actions, plan_instances, running_instances
 from solver.queue_close import close_pools
-from solver.queue_lazy import solve_nlp_lazy
+from solver.queue_fast import solve_nlp_fast
 from solver.queue_model import QueueProblem, build_queue_problem
 from solver.queue_repair import Pools, repair
 from solver.queueing import PoolDelay
@@ -62,7 +63,9 @@ def tail_breaks_bound(q: QueueProblem) -> bool:
 def _solve(q: QueueProblem, extra: dict[str, Any]) -> Plan:
     """Relaxation, repair and pool closing for one QueueProblem."""
     problem = q.base
-    nlp = solve_nlp_lazy(q)
+    start = time.process_time()
+    nlp = solve_nlp_fast(q)
+    relaxation_ms = 1000.0 * (time.process_time() - start)
     pools = repair(q, nlp.x, nlp.r)
     closed = close_pools(pools)
     details: dict[str, Any] = {
@@ -70,6 +73,7 @@ def _solve(q: QueueProblem, extra: dict[str, Any]) -> Plan:
         "shed": pools.shed,
         "classes": problem.n_classes,
         "iterations": nlp.iterations,
+        "relaxation_ms": round(relaxation_ms, 3),
         "nlp_rounds": nlp.rounds,
         "nlp_columns": nlp.columns,
         "nlp_fallback": nlp.fallback,
@@ -132,8 +136,9 @@ def make_queue_plan(q: QueueProblem, pools: Pools, method: str, status: str, det
     for c, members in enumerate(p.class_members):
         split = {p.node_ids[j]: float(pools.x[c, j] / q.rate[c]) for j in np.nonzero(pools.x[c] > 0)[0]}
         nodes = _spread_members(len(members), pools.x[c], float(pools.rejected[c]))
+        rounded = {n: round(f, 6) for n, f in split.items()}
         for i, j in zip(members, nodes, strict=True):
-            shares[i] = {n: round(f, 6) for n, f in split.items()}
+            shares[i] = dict(rounded)
             if j is None:
                 rejections.append(Rejection(i, _reason(q, pools, int(p.class_model[c]))))
             else:
@@ -168,7 +173,8 @@ def _spread_members(n: int, x: Any, rejected: float) -> list[int | None]:
     for i in np.argsort(-(exact - whole), kind="stable")[: n - int(whole.sum())]:
         whole[i] += 1
     out: list[int | None] = []
-    for i in np.argsort(-weights, kind="stable").tolist():
+    order = np.argsort(-weights, kind="stable")
+    for i in order[whole[order] > 0].tolist():
         out += [None if i == len(x) else int(i)] * int(whole[i])
     return out
 

@@ -40,6 +40,9 @@ class Pools:
         self.onehot = np.eye(len(p.model_names))[p.class_model]
         self.cap = q.cap() * q.mu  # [j, k] requests/s one instance takes under the cap
         self.shed = 0  # instances taken from pools below rho_max to keep the instance bound (step 4)
+        self.penalty = q.penalty()
+        self.service_ms = q.service_ms
+        self.node_group = np.unique(np.asarray(q.node_class), return_inverse=True)[1].ravel()  # [j] node class
 
     def lam(self) -> FloatArray:
         return np.asarray(self.x.T @ self.onehot)
@@ -51,8 +54,8 @@ class Pools:
         """Nodes whose new instances exceed memory or compute."""
         p = self.q.base
         new = np.maximum(counts - p.free, 0)
-        mem, comp = new @ p.mem, new @ p.comp
-        return [j for j in range(p.n_nodes) if mem[j] > p.mem_budget[j] + TINY or comp[j] > p.comp_budget[j] + TINY]
+        over = (new @ p.mem > p.mem_budget + TINY) | (new @ p.comp > p.comp_budget + TINY)
+        return [int(j) for j in np.flatnonzero(over)]
 
     def fits_with(self, j: int, k: int, extra: float) -> bool:
         """Whether pool (j, k) can take ``extra`` req/s more without breaking node j's budgets."""
@@ -80,22 +83,41 @@ class Pools:
             self.x[c, src] -= amount
         self.x[c, dst] += amount
 
-    def best_destination(self, c: int, amount: float, exclude: set[int], open_only: bool = False) -> int | None:
-        """The node for ``amount`` req/s of class c: no new instance before new ones, then cheapest."""
-        k = int(self.q.base.class_model[c])
-        lam, counts = self.lam(), self.counts()
-        options = []
-        for j in range(self.q.base.n_nodes):
-            if j in exclude or (open_only and counts[j, k] == 0) or not self.fits_with(j, k, amount):
-                continue
-            grows = int(needed(np.array(lam[j, k] + amount), np.array(self.cap[j, k]))) > counts[j, k]
-            options.append((grows, float(self.q.base.cost[c, j]), j))
-        return min(options)[2] if options else None
+    def best_destination(
+        self,
+        c: int,
+        amount: float,
+        exclude: set[int],
+        open_only: bool = False,
+        state: tuple[FloatArray, IntArray] | None = None,
+    ) -> int | None:
+        """The node for ``amount`` req/s of class c: no new instance before new ones, then cheapest.
+
+        ``state``: the current (lam, counts) where the caller keeps them up to date (saves recomputing).
+        """
+        p = self.q.base
+        k = int(p.class_model[c])
+        lam, counts = state if state is not None else (self.lam(), self.counts())
+        after = needed(lam[:, k] + amount, self.cap[:, k])  # [j] pool k's count with the amount added
+        new = np.maximum(counts - p.free, 0)
+        grown = np.maximum(after - p.free[:, k], 0) - new[:, k]  # [j] change in new instances of model k
+        fits = (new @ p.mem + grown * p.mem[k] <= p.mem_budget + TINY) & (
+            new @ p.comp + grown * p.comp[k] <= p.comp_budget + TINY
+        )
+        if exclude:
+            fits[list(exclude)] = False
+        if open_only:
+            fits &= counts[:, k] > 0
+        if not fits.any():
+            return None
+        stays = fits & (after <= counts[:, k])  # no new instance first (as min over (grows, cost, j))
+        pick = stays if stays.any() else fits
+        return int(np.argmin(np.where(pick, p.cost[c], np.inf)))
 
 
 def needed(lam: FloatArray, cap: FloatArray) -> IntArray:
     """The fewest instances that keep each pool at or below its capacity (0 for no traffic)."""
-    return np.asarray(np.ceil(np.asarray(lam) / np.asarray(cap) - 1e-9).clip(min=0), dtype=np.int64)
+    return np.asarray(np.maximum(np.ceil(np.asarray(lam) / np.asarray(cap) - 1e-9), 0.0), dtype=np.int64)
 
 
 def repair(q: QueueProblem, x: FloatArray, rejected: FloatArray) -> Pools:
@@ -130,13 +152,18 @@ def _sweep_residue(pools: Pools) -> None:
 def _evacuate(pools: Pools, j: int, k: int, exclude: set[int]) -> bool:
     """Move every stream of pool (j, k) into other open pools; False (nothing moved) if some part fits nowhere."""
     saved = pools.x.copy()
+    lam, counts = pools.lam(), pools.counts()
     for c in np.nonzero((pools.q.base.class_model == k) & (pools.x[:, j] > 0))[0].tolist():
         amount = float(pools.x[c, j])
-        dst = pools.best_destination(c, amount, exclude | {j}, open_only=True)
+        dst = pools.best_destination(c, amount, exclude | {j}, open_only=True, state=(lam, counts))
         if dst is None:
             pools.x = saved
             return False
         pools.move(c, j, dst, amount)
+        lam[j, k] -= amount
+        lam[dst, k] += amount
+        both = [j, dst]
+        counts[both, k] = needed(lam[both, k], pools.cap[both, k])
     return True
 
 

@@ -62,6 +62,7 @@ class Relaxation:
     value: float  # the LP's objective, rejection penalty included
     rows: int | None = None  # constraint rows of the last LP solved (fast path)
     guided: bool = False  # fast path: columns chosen by the trusted price estimate
+    estimate: str = ""  # fast path: the price estimate's method ("subgradient", "smoothed"; "" none)
 
 
 def solve_relaxation(problem: Problem, backend: str = "ipopt") -> Relaxation:
@@ -79,7 +80,7 @@ def solve_relaxation(problem: Problem, backend: str = "ipopt") -> Relaxation:
         lp = solve_lp(p)
         objective = float((lp.y * p.cost).sum())
         return Relaxation(
-            lp.y, objective, lp.status, lp.iterations, lp.rounds, lp.columns, lp.value, lp.rows, lp.guided
+            lp.y, objective, lp.status, lp.iterations, lp.rounds, lp.columns, lp.value, lp.rows, lp.guided, lp.estimate
         )
     from solver.formulation import build_model  # Pyomo: only for the reference-model backends
 

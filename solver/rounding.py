@@ -34,13 +34,13 @@ def round_and_repair(problem: Problem, y: FloatArray) -> tuple[IntArray, IntArra
     counts: IntArray = np.zeros((p.n_classes, p.n_nodes), dtype=np.int64)
     y = np.clip(y, 0.0, None)
     base = np.floor(y + EPS).astype(np.int64)
+    left, model = p.class_count.tolist(), p.class_model.tolist()  # requests of each class not yet placed
     for c, j in _pairs_by_weight(y):
-        k = int(p.class_model[c])
-        for _ in range(int(base[c, j])):
-            if counts[c].sum() >= p.class_count[c] or not ledger.fits(j, k):
-                break
-            ledger.add(j, k)
-            counts[c, j] += 1
+        want = min(int(base[c, j]), left[c])
+        if want > 0:
+            placed = ledger.add_up_to(j, model[c], want)  # while one fits, as one at a time would
+            counts[c, j] += placed
+            left[c] -= placed
     rejected: IntArray = np.zeros(p.n_classes, dtype=np.int64)
     reasons = [""] * p.n_classes
     residual = y - counts
@@ -110,13 +110,14 @@ def _place_remaining(
 
 
 def _improve(p: Problem, ledger: Ledger, counts: IntArray, order: IntArray) -> None:
+    orders, costs = order.tolist(), p.cost.tolist()  # Python lists: read once per request moved or tried
     for _ in range(MAX_IMPROVE_PASSES):
         moved = False
         for c in range(p.n_classes):
             k = int(p.class_model[c])
             for j in np.nonzero(counts[c])[0].tolist():
                 while counts[c, j] > 0:
-                    target = _cheaper_fit(p, ledger, order[c], c, j, k)
+                    target = _cheaper_fit(costs[c], ledger, orders[c], j, k)
                     if target is None:
                         break
                     ledger.remove(j, k)
@@ -128,13 +129,14 @@ def _improve(p: Problem, ledger: Ledger, counts: IntArray, order: IntArray) -> N
             return
 
 
-def _cheaper_fit(p: Problem, ledger: Ledger, order: IntArray, c: int, j: int, k: int) -> int | None:
-    limit = p.cost[c, j] - max(EPS, 1e-9 * math.fabs(p.cost[c, j]))
-    for t in order.tolist():
-        if p.cost[c, t] >= limit:
+def _cheaper_fit(cost: list[float], ledger: Ledger, order: list[int], j: int, k: int) -> int | None:
+    """The first node in ``order`` (by cost) cheaper than j by more than rounding where model k fits."""
+    limit = cost[j] - max(EPS, 1e-9 * math.fabs(cost[j]))
+    for t in order:
+        if cost[t] >= limit:
             return None
         if ledger.fits(t, k):
-            return int(t)
+            return t
     return None
 
 

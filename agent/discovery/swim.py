@@ -27,7 +27,8 @@ import math
 import random
 from dataclasses import dataclass, field, replace
 
-from peerserve.wire import MAX_PIGGYBACK, MemberUpdate, PeerState, SwimMessage
+from coordinator_election.lease import MAX_TERM_AHEAD, LeaseBook
+from peerserve.wire import MAX_PIGGYBACK, Lease, MemberUpdate, PeerState, SwimMessage
 
 MAX_MEMBERS = 256  # admitted members (the push-pull message carries them all)
 MAX_CANDIDATES = 64  # hinted (node id, peer url) pairs not yet authenticated
@@ -55,6 +56,11 @@ class SwimConfig:
     candidate_ttl_s: float = 60.0
     admit_interval_s: float = 0.5  # how often one candidate is asked to authenticate
     state_fetch_interval_s: float = 0.5  # least time between two state fetches from one member
+    # A dead rumour is checked with our own probe AND k indirect probes: one missed direct probe of a node that
+    # merely lags (a loaded machine: seconds of event-loop lag) made it dead everywhere and started elections.
+    verify_indirect: bool = True
+    lease_push: int = 3  # the leader sends each lease renewal to this many random members ...
+    lease_forward: int = 1  # ... and each member forwards a renewal new to it to this many (plus piggybacking)
     max_members: int = MAX_MEMBERS
     max_candidates: int = MAX_CANDIDATES
     max_broadcasts: int = MAX_BROADCASTS
@@ -184,6 +190,10 @@ class Swim:
     _next_admit: float = 0.0
     _urgent: dict[str, bool] = field(default_factory=dict)  # node -> verify?: probe these at the next tick
     _refute_to: set[str] = field(default_factory=set)  # who suspects us: they hear our refutation from us
+    lease: Lease | None = None  # the leader's renewal we relay on every message (our own while we lead)
+    leases: LeaseBook = field(default_factory=LeaseBook)  # newest renewal seen per leader: stale/replays are no news
+    _lease_fanout: int = 0  # random members the current renewal still goes to at the next gossip tick
+    _lease_skip: frozenset[str] = frozenset()  # who has it already (the sender, the leader)
 
     # -- sizes and timeouts ------------------------------------------------------------------------------
     def cluster_size(self) -> int:
@@ -307,6 +317,7 @@ class Swim:
         if now >= self._next_gossip:
             self._next_gossip = now + cfg.gossip_interval_s
             out += self._gossip()
+            out += self._lease_gossip()
         if now >= self._next_sync:
             self._next_sync = now + cfg.push_pull_interval_s
             peer = self._random_members(1)
@@ -449,14 +460,14 @@ class Swim:
         own = [self._update_of(rec)] if rec is not None and rec.status == "suspect" else []
         piggyback = (*own, *self._take_broadcasts(MAX_PIGGYBACK - len(own)))
         return SwimMessage(kind, self.self_id, self.incarnation, self.version, self.self_url, piggyback[:MAX_PIGGYBACK],
-                           self.term, self.leader)  # fmt: skip
+                           self.term, self.leader, lease=self.lease)  # fmt: skip
 
     def sync_message(self) -> SwimMessage:
         """Our whole table (this node first) for a push-pull exchange."""
         table = [MemberUpdate(self.self_id, "alive", self.incarnation, self.self_url, self.version)]
         table += [self._update_of(r) for r in sorted(self.records.values(), key=lambda r: r.node_id)]
         return SwimMessage("sync", self.self_id, self.incarnation, self.version, self.self_url, tuple(table),
-                           self.term, self.leader)  # fmt: skip
+                           self.term, self.leader, lease=self.lease)  # fmt: skip
 
     def received(self, msg: SwimMessage, now: float) -> tuple[SwimMessage | None, list[Transition]]:
         """A message signed by ``msg.node_id`` (the shell checked that): apply it; (our answer, transitions).
@@ -470,8 +481,8 @@ class Swim:
             else:
                 host = msg.peer_url.split("//", 1)[1].rsplit(":", 1)[0]
                 self.hint(msg.node_id, msg.peer_url, host, now)
-            if msg.leader is not None and msg.term > self.term:
-                self.term, self.leader = msg.term, msg.leader
+            if msg.leader is not None and self.term < msg.term <= self.term + MAX_TERM_AHEAD:
+                self.term, self.leader = msg.term, msg.leader  # informational; bounded like election terms
         for update in msg.updates:
             out += self.apply(update, now)
         if msg.kind in ("ping", "gossip"):
@@ -545,6 +556,32 @@ class Swim:
         if version != self.version:
             self.version = version
             self._enqueue(MemberUpdate(self.self_id, "alive", self.incarnation, self.self_url, version))
+
+    # -- the leader's lease ---------------------------------------------------------------------------------
+    def renew(self, lease: Lease) -> None:
+        """Our own renewal (we lead, the shell signed it): relay it from now on, pushed to ``lease_push`` members."""
+        self.leases.note(lease.leader, lease.term, lease.seq)
+        self.lease = lease
+        self._lease_fanout, self._lease_skip = self.config.lease_push, frozenset()
+
+    def lease_news(self, lease: Lease) -> bool:
+        """Whether a renewal is worth checking: another node's, newer than any seen from that leader."""
+        return lease.leader != self.self_id and self.leases.is_news(lease.leader, lease.term, lease.seq)
+
+    def take_lease(self, lease: Lease, sender: str, accepted: bool) -> None:
+        """A verified renewal (signed by its leader) from ``sender``; ``accepted``: our election follows it, so we
+        relay it (and forward it once to ``lease_forward`` members); else it is only remembered as seen."""
+        self.leases.note(lease.leader, lease.term, lease.seq)
+        if accepted:
+            self.lease = lease
+            self._lease_fanout, self._lease_skip = self.config.lease_forward, frozenset({sender, lease.leader})
+
+    def _lease_gossip(self) -> list[Instruction]:
+        if self._lease_fanout <= 0 or self.lease is None:
+            return []
+        targets = self._random_members(self._lease_fanout, exclude=set(self._lease_skip), alive_only=True)
+        self._lease_fanout = 0
+        return [Gossip(n, self.records[n].peer_url, self.message("gossip", n)) for n in targets]
 
     # -- broadcast queue ------------------------------------------------------------------------------------
     def _update_of(self, rec: Record) -> MemberUpdate:

@@ -21,9 +21,10 @@ import httpx
 
 from agent.discovery import swim as sw
 from agent.errors import PeerError
+from agent.identity import AuthError
 from agent.peer_client import PeerCallError, PeerClient
 from peerserve import wire
-from peerserve.wire import PeerState, SwimMessage
+from peerserve.wire import Lease, PeerState, SwimMessage
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +34,7 @@ LOAD_STEP = 10.0  # CPU/GPU load points that count as a change of our resource s
 MEMORY_STEP = 0.05  # share of total memory that counts as a change
 LOAD_UPDATE_S = 30.0  # a change of loads or memory alone is announced at most this often (each costs N-1 fetches)
 MAX_IN_FLIGHT = 256  # concurrent SWIM exchanges this node starts (each has a deadline)
+SAID_MAX = 256  # distinct refused-lease warnings remembered
 
 
 def parse_peer_state(data: Any, expected_id: str | None = None) -> PeerState:
@@ -89,6 +91,10 @@ class SwimDriver:
         self._bumped_at = -1e9
         self._in_flight: set[tuple[str, str]] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
+        # the election's judge of a verified lease renewal (agent.leadership): True when it follows that leader
+        self.on_lease: Callable[[Lease], bool] | None = None
+        self._lease_seq = int(time.time() * 1000)  # renewals rise across restarts too
+        self._said: set[str] = set()
 
     # -- our own state -------------------------------------------------------------------------------------
     def stamp(self, state: PeerState) -> PeerState:
@@ -107,6 +113,40 @@ class SwimDriver:
         elif version_due(self._fingerprint, fp, now, self._bumped_at):
             self.core.set_version(self.core.version + 1)
             self._fingerprint, self._bumped_at = fp, now
+
+    # -- the leader's lease -----------------------------------------------------------------------------
+    def renew_lease(self, term: int, priority: tuple[int, float, str]) -> Lease:
+        """We lead ``term``: sign a new renewal; SWIM carries it (pushed to a few, then piggybacked and relayed)."""
+        self._lease_seq += 1
+        lease = Lease(term, self.core.self_id, self._lease_seq, priority)
+        card, signature = self.peers.identity.sign_detached(lease.signing_bytes())
+        lease = replace(lease, card=card, signature=signature)
+        self.core.renew(lease)
+        return lease
+
+    def lease_in(self, msg: SwimMessage) -> None:
+        """A renewal riding on ``msg``: if news, check it is signed by its leader, then let the election judge it."""
+        lease = msg.lease
+        if lease is None or not self.core.lease_news(lease):
+            return
+        try:
+            signer = self.peers.identity.verify_detached(lease.card, lease.signature, lease.signing_bytes())
+        except AuthError as exc:
+            self._say_once(f"lease:{msg.node_id}", "refused a lease of %s relayed by %s: %s", lease.leader,
+                           msg.node_id, exc)  # fmt: skip
+            return
+        if signer != lease.leader:
+            self._say_once(f"lease-signer:{signer}", "refused a lease of %s signed by %s", lease.leader, signer)
+            return
+        accepted = self.on_lease(lease) if self.on_lease is not None else False
+        self.core.take_lease(lease, msg.node_id, accepted)
+
+    def _say_once(self, key: str, message: str, *args: Any) -> None:
+        if key not in self._said:
+            if len(self._said) >= SAID_MAX:
+                self._said.clear()
+            self._said.add(key)
+            log.warning(message, *args)
 
     # -- the loop ------------------------------------------------------------------------------------------
     async def run(self) -> None:
@@ -149,7 +189,9 @@ class SwimDriver:
     # -- exchanges -----------------------------------------------------------------------------------------
     def _timeout(self, factor: float = 1.0) -> httpx.Timeout:
         t = self.core.probe_timeout() * factor
-        return httpx.Timeout(t, connect=t)
+        # A timed-out exchange closes its kept-alive connection, so the next one needs a mutual-TLS handshake
+        # (CPU on both sides, two lagging event loops): give the connect twice as long, or misses feed misses.
+        return httpx.Timeout(t, connect=2 * t)
 
     async def send(self, node_id: str, url: str, msg: SwimMessage, factor: float = 1.0) -> SwimMessage:
         """One signed SWIM exchange; the answer must be a valid message that ``node_id`` sent about itself."""
@@ -163,6 +205,7 @@ class SwimDriver:
             raise PeerCallError(f"{node_id} answered a malformed membership message: {exc}", status) from exc
         if answer.node_id != node_id:
             raise PeerCallError(f"{node_id} answered in the name of {answer.node_id}", status)
+        self.lease_in(answer)
         return answer
 
     async def _probe(self, ins: sw.Probe) -> None:
@@ -172,7 +215,7 @@ class SwimDriver:
         except PeerCallError:
             ack = None
         acks, silent = 0, False
-        if ack is None and not ins.verify:
+        if ack is None and (not ins.verify or self.core.config.verify_indirect):
             relays = self.core.indirect_targets(ins.node_id)
             results = await asyncio.gather(*(self._ping_req(n, u, ins) for n, u in relays))
             acks = sum(1 for r in results if r)
@@ -232,6 +275,7 @@ class SwimDriver:
     async def handle(self, sender: str, msg: SwimMessage) -> SwimMessage:
         """A message ``sender`` signed (the peer listener checked it names itself): apply it; our answer."""
         c = self.core
+        self.lease_in(msg)
         reply, transitions = c.received(msg, self.clock())
         self.on_transitions(transitions)
         if msg.kind == "ping_req":

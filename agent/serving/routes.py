@@ -21,7 +21,7 @@ import re
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -33,20 +33,22 @@ from agent.node import NodeAgent
 from agent.serving import tfrest
 from agent.serving.inflight import InFlight, Token
 from agent.serving.resolve import NoCapacity, Provisioning, Ranked, Unknown
-from agent.serving.upstream import BodyTooLarge, Replay, UpstreamError, UpstreamPool
+from agent.serving.upstream import BodySourceError, BodyTooLarge, Replay, Unsendable, UpstreamError, UpstreamPool
 
 log = logging.getLogger(__name__)
 
 ERROR_HEADER = "X-Peerserve-Error"
 NODE_HEADER = "X-Peerserve-Node"
-V2_MODEL_PATH = re.compile(
-    r"^/v2/models/(?P<model>[^/]+)(?:/versions/(?P<version>[^/]+))?(?P<rest>/ready|/infer|/config|/stats)?$"
+V2_MODEL_PATH = re.compile(  # names and versions as the catalogue takes them: legal in a request target as is
+    r"^/v2/models/(?P<model>[A-Za-z0-9][A-Za-z0-9_.-]{0,63})(?:/versions/(?P<version>[A-Za-z0-9_-]{1,64}))?"
+    r"(?P<rest>/ready|/infer|/config|/stats)?$"
 )
 HOP_BY_HOP = {
     "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer", "trailers",
     "transfer-encoding", "upgrade", "host", "x-peerserve-rtt", "x-peerserve-client",
     "expect",  # 100-continue is settled between the client and the agent; the body is already flowing
 }  # fmt: skip
+SAFE_PATH = "/:%"  # the HTTP layer decoded the path once: re-quote the rest (label "a b" goes as "a%20b")
 SMALL_BODY = 64 * 1024  # an answer up to this size is sent in one piece; larger ones are streamed
 ERROR_TEXT_MAX = 2048  # of a non-JSON upstream error, kept as the message
 ALL_METHODS = ["GET", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"]
@@ -83,8 +85,14 @@ def _endpoint_json(choice: Choice, live: dict[str, int] | None = None) -> dict[s
     return out
 
 
-def _forward_headers(request: Request) -> list[tuple[str, str]]:
+def _forward_headers(request: Request, keep_authorization: bool = True) -> list[tuple[str, str]]:
+    """The client's end-to-end headers; ``Authorization`` dropped when it is the agent's client token (it
+    would otherwise travel in clear to model servers on other boards, even from an HTTPS client)."""
     named = {v.strip().lower() for v in request.headers.get("connection", "").split(",")}
+    if not keep_authorization:
+        named.add("authorization")
+    if "transfer-encoding" in request.headers:  # it overrides a Content-Length, which must not go on (RFC 9112 6.3)
+        named.add("content-length")
     out = [(k, v) for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP and k.lower() not in named]
     if request.client is not None:
         out.append(("X-Forwarded-For", request.client.host))
@@ -217,18 +225,27 @@ class ServingRoutes:
         if not isinstance(outcome, Ranked):
             return self._outcome_error(outcome, model, protocol, client, reported)
         body = Replay(request.stream(), self.max_body) if _has_body(request) else None
-        headers = _forward_headers(request)
+        if body is not None:
+            try:
+                await body.prefetch()  # a slow client holds no server connection while it sends
+            except BodyTooLarge as exc:
+                return protocol_error(413, str(exc), "body_too_large")
+            except BodySourceError as exc:
+                raise exc.original from None  # refused by the HTTP bounds (408/413) or the client left
+        headers = _forward_headers(request, keep_authorization=not self.agent.settings.client_token)
         query = urlencode([(k, v) for k, v in request.query_params.multi_items() if k != "rtt"])
         for choice in outcome.choices[:2]:  # the best, then one retry elsewhere if it is unreachable
             target = choice.candidate
-            url = f"{target.url}{upstream_path}" + (f"?{query}" if query else "")
-            started = time.perf_counter()
+            url = f"{target.url}{quote(upstream_path, safe=SAFE_PATH)}" + (f"?{query}" if query else "")
             token = self.inflight.begin(target.url, time.monotonic())
             try:
                 upstream = await self.pool.request(request.method, url, headers, body)
             except BodyTooLarge as exc:
                 self.inflight.end(token)
                 return protocol_error(413, str(exc), "body_too_large")
+            except Unsendable as exc:
+                self.inflight.end(token)
+                return protocol_error(400, str(exc), "bad_request")
             except UpstreamError as exc:
                 self.inflight.end(token)
                 log.warning("proxy to %s (%s) failed: %s", target.url, target.node, exc)
@@ -240,7 +257,7 @@ class ServingRoutes:
                 raise
             if upstream.status >= 400 and not _is_json(upstream.headers):
                 return await self._wrap_error(upstream, model, target.node, client, reported, token)
-            stream = self._stream(upstream, model, target.node, client, reported, started, token)
+            stream = self._stream(upstream, model, target.node, client, reported, token)
             answer_headers = _response_headers(upstream.headers)
             answer_headers[NODE_HEADER] = target.node  # which node served it (the load bench adds its RTT)
             length = next((v for k, v in answer_headers.items() if k.lower() == "content-length"), "")
@@ -252,8 +269,9 @@ class ServingRoutes:
         return protocol_error(502, f"no endpoint of {model} answered", "unreachable")
 
     async def _stream(
-        self, upstream: Any, model: str, node: str, client: str, reported: Any, started: float, token: Token | None
+        self, upstream: Any, model: str, node: str, client: str, reported: Any, token: Token | None
     ) -> AsyncIterator[bytes]:
+        """Stream the answer; record the server's own time (``service_ms``), never the client's pauses."""
         complete = False
         try:
             async for chunk in upstream.aiter_body():
@@ -264,10 +282,10 @@ class ServingRoutes:
         finally:
             self.inflight.end(token)
             await upstream.aclose()
-            latency = 1000 * (time.perf_counter() - started)
-            if complete and upstream.status < 500:
+            latency = upstream.service_ms if complete else None
+            if latency is not None and upstream.status < 500:
                 self.agent.record_latency(node, model, latency)
-            self._record(model, client, reported, node, latency if complete else None, upstream.status)
+            self._record(model, client, reported, node, latency, upstream.status)
 
     async def _wrap_error(
         self, upstream: Any, model: str, node: str, client: str, reported: Any, token: Token | None

@@ -38,6 +38,10 @@ class UpstreamError(Exception):
         self.sent = sent
 
 
+class Unsendable(Exception):
+    """The client's request cannot be written as HTTP/1.1 (a header or target h11 refuses): a 400, not a 502."""
+
+
 class BodyTooLarge(Exception):
     """The client's request body went over the proxy's limit while streaming."""
 
@@ -75,42 +79,66 @@ class Replay:
     """A request body source that remembers its first REPLAY_LIMIT bytes, so it can be sent again."""
 
     def __init__(self, source: AsyncIterator[bytes], limit: int) -> None:
-        self._source = source
         self._limit = limit
         self._kept: list[bytes] = []
         self._kept_size = 0
         self._size = 0
         self._done = False
+        self._iter = aiter(source)
+        self._held: bytes | None = None  # read by prefetch() but past REPLAY_LIMIT: sent once, not kept
         self.overflowed = False
 
     @property
     def replayable(self) -> bool:
         return not self.overflowed
 
-    async def chunks(self) -> AsyncIterator[bytes]:
-        """The kept chunks, then the rest of the source (counted against the limit)."""
-        for chunk in list(self._kept):
-            yield chunk
-        if self._done:
-            return
-        source = aiter(self._source)
-        while True:
-            try:
-                chunk = await anext(source)
-            except StopAsyncIteration:
-                break
-            except Exception as exc:  # the client side failed (refused, disconnected): say so, not "upstream"
-                raise BodySourceError(exc) from exc
-            self._size += len(chunk)
-            if self._size > self._limit:
-                raise BodyTooLarge(f"request body over {self._limit} bytes")
-            if not self.overflowed and self._kept_size + len(chunk) <= REPLAY_LIMIT:
+    async def prefetch(self) -> None:
+        """Read the body's first REPLAY_LIMIT bytes (a small body whole) before any server is contacted.
+
+        A client that trickles its body then holds no model-server connection while it does, and the
+        server's measured time does not include the client's pauses (docs/security.md)."""
+        while not self._done and not self.overflowed:
+            chunk = await self._next()
+            if chunk is None:
+                self._done = True
+            elif self._kept_size + len(chunk) <= REPLAY_LIMIT:
                 self._kept.append(chunk)
                 self._kept_size += len(chunk)
             else:
                 self.overflowed = True
+                self._held = chunk
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        """The kept chunks, then the rest of the source (counted against the limit)."""
+        for chunk in list(self._kept):
             yield chunk
+        if self._held is not None:
+            held, self._held = self._held, None
+            yield held
+        while not self._done:
+            more = await self._next()
+            if more is None:
+                break
+            if not self.overflowed and self._kept_size + len(more) <= REPLAY_LIMIT:
+                self._kept.append(more)
+                self._kept_size += len(more)
+            else:
+                self.overflowed = True
+            yield more
         self._done = True
+
+    async def _next(self) -> bytes | None:
+        """The source's next chunk (None at its end), counted against the limit."""
+        try:
+            chunk = await anext(self._iter)
+        except StopAsyncIteration:
+            return None
+        except Exception as exc:  # the client side failed (refused, disconnected): say so, not "upstream"
+            raise BodySourceError(exc) from exc
+        self._size += len(chunk)
+        if self._size > self._limit:
+            raise BodyTooLarge(f"request body over {self._limit} bytes")
+        return chunk
 
 
 class UpstreamResponse:
@@ -120,8 +148,17 @@ class UpstreamResponse:
     # show that its checker then sees requests mixed up.
     reuse_after_error_with_body = False
 
-    def __init__(self, pool: UpstreamPool, conn: _Conn, event: h11.Response, clean_send: bool, body_sent: bool) -> None:
+    def __init__(
+        self,
+        pool: UpstreamPool,
+        conn: _Conn,
+        event: h11.Response,
+        clean_send: bool,
+        body_sent: bool,
+        service_ms: float | None = None,
+    ) -> None:
         self.status = event.status_code
+        self.service_ms = service_ms  # request sent whole -> response head; None if it answered before that
         self.headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in event.headers]
         self._pool = pool
         self._conn: _Conn | None = conn
@@ -247,13 +284,15 @@ class UpstreamPool:
     async def _exchange(
         self, conn: _Conn, method: str, target: str, host: str, headers: list[tuple[str, str]], body: Replay | None
     ) -> UpstreamResponse:
-        out = [("Host", host), *headers]
+        # latin-1, as the HTTP layer decoded them: a header byte past ASCII is passed on, not a failed send
+        out = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in [("Host", host), *headers]]
         if body is not None and not any(k.lower() == "content-length" for k, _ in headers):
-            out.append(("Transfer-Encoding", "chunked"))
+            out.append((b"Transfer-Encoding", b"chunked"))
         sent_any = False
+        sent_at: float | None = None
 
         async def send() -> None:
-            nonlocal sent_any
+            nonlocal sent_any, sent_at
             conn.writer.write(conn.h11.send(h11.Request(method=method, target=target, headers=out)))
             await conn.writer.drain()
             sent_any = True
@@ -264,6 +303,7 @@ class UpstreamPool:
                         await conn.writer.drain()
             conn.writer.write(conn.h11.send(h11.EndOfMessage()))
             await conn.writer.drain()
+            sent_at = time.perf_counter()
 
         sender = asyncio.create_task(send())
         try:
@@ -276,6 +316,9 @@ class UpstreamPool:
             if isinstance(failed, BodySourceError):
                 head.cancel()
                 raise failed.original
+            if isinstance(failed, (h11.LocalProtocolError, UnicodeError)):  # the request itself, not the server
+                head.cancel()
+                raise Unsendable(f"this request cannot be forwarded as HTTP/1.1: {failed}") from failed
             if failed is not None and not head.done():
                 # The server may have answered (e.g. 413) and closed while we were still sending.
                 done, _ = await asyncio.wait({head}, timeout=1.0)
@@ -283,10 +326,13 @@ class UpstreamPool:
                     head.cancel()
                     raise UpstreamError(f"sending to the model server failed: {failed!r}", sent=sent_any)
             response = await head
+            head_at = time.perf_counter()
             clean_send = sender.done() and failed is None
             if not sender.done():
                 sender.cancel()  # answered before the body was sent: this connection will not be reused
-            return UpstreamResponse(self, conn, response, clean_send, body is not None)
+            # The server's time only: from the last request byte to the response head (no client pauses).
+            service_ms = 1000 * (head_at - sent_at) if clean_send and sent_at is not None else None
+            return UpstreamResponse(self, conn, response, clean_send, body is not None, service_ms)
         except BaseException:
             sender.cancel()
             raise

@@ -49,7 +49,7 @@ def test_endpoint_query_explains_its_choice_and_uses_reported_rtt(agents: Any) -
     again = a.get("/services/xor_mlp", headers={"X-Peerserve-Client": "phone-7"}).json()
     assert again["why"]["rtt_source"] == "client"
     log = a.get("/stats/requests?since=0").json()["requests"]
-    assert log[0]["client"] == "phone-7" and log[0]["rtt_ms"] == {node: 3.5}
+    assert log[0]["client"] == "phone-7@127.0.0.1" and log[0]["rtt_ms"] == {node: 3.5}
 
 
 def test_unknown_and_invalid_models(agents: Any) -> None:
@@ -201,7 +201,7 @@ def test_request_stats_cursor_loses_and_repeats_nothing(agents: Any) -> None:
             break
         seen += [r["client"] for r in page["requests"]]
         cursor = page["next"]
-    assert seen == [f"c{i}" for i in range(7)]
+    assert seen == [f"c{i}@127.0.0.1" for i in range(7)]
     assert a.get("/stats/requests?since=-4").status_code == 422
     models = a.get("/stats/models").json()["models"]
     assert models["half_plus_two"]["ready"] == 1 and models["half_plus_two"]["provisioned_at"] is not None
@@ -241,4 +241,4 @@ def test_request_log_names_clients_so_it_needs_the_reader_token(agents: Any) -> 
     reader = out.stdout.strip()
     assert reader and TOKEN not in reader and {"Authorization": f"Bearer {reader}"} == STATS_READER
     log = a.get("/stats/requests?since=0", headers={"Authorization": f"Bearer {reader}"}).json()["requests"]
-    assert [r["client"] for r in log] == ["phone-7"]
+    assert [r["client"] for r in log] == ["phone-7@127.0.0.1"]

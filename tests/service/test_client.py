@@ -30,7 +30,7 @@ def test_discovers_agents_by_mdns_and_predicts(agents: Any) -> None:
         rtts = c.measure_rtts()
         assert set(rtts) == {"a", "b"} and all(0 < v < 1000 for v in rtts.values())
     log = a.get("/stats/requests?since=0").json()["requests"] + b.get("/stats/requests?since=0").json()["requests"]
-    mine = [r for r in log if r["client"] == "phone-1"]
+    mine = [r for r in log if r["client"] == "phone-1@127.0.0.1"]
     assert mine and all(set(r["rtt_ms"]) == {"a", "b"} for r in mine)  # its RTTs reached the leader's stats
 
 

@@ -230,7 +230,7 @@ def test_made_up_client_ids_and_node_names_cannot_fake_demand(agents: Any) -> No
             assert r.status_code == 200, r.text
         log = http.get("/stats/requests?since=0&limit=10000", headers=STATS_READER).json()["requests"]
     clients = {r["client"] for r in log}
-    assert len(log) == 200 and clients == {*(f"made-up-{i}" for i in range(8)), "127.0.0.1"}
+    assert len(log) == 200 and clients == {*(f"made-up-{i}@127.0.0.1" for i in range(8)), "127.0.0.1"}
     assert all(r["rtt_ms"] == {node: 2.0} for r in log)  # reports about nodes nobody knows are dropped
     db = sqlite3.connect(f"file:{a.data_dir / 'peerserve.sqlite3'}?mode=ro", uri=True)
     try:

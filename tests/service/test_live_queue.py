@@ -30,13 +30,14 @@ def plan_two_local_instances(a: Any) -> None:
 
 
 def hold_one_predict(a: Any) -> socket.socket:
-    """A predict whose body never finishes: the proxy has it open at one server until the socket closes."""
+    """A predict whose large body never finishes: the proxy streams it to one server and has it open there
+    until the socket closes (a body within the first 64 KiB is read whole before any server is contacted)."""
     sock = socket.create_connection((a.host, a.port), timeout=5)
     head = (
         f"POST /v1/models/{MODEL}:predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-        "Content-Length: 200\r\n\r\n"
+        "Content-Length: 200000\r\n\r\n"
     )
-    sock.sendall(head.encode() + b'{"instances": [')
+    sock.sendall(head.encode() + b'{"instances": [' + b"1.0, " * 14000)
     return sock
 
 

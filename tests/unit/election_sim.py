@@ -21,6 +21,7 @@ from coordinator_election import (
     Persist,
     Priority,
     Received,
+    Renew,
     Role,
     Send,
     Tick,
@@ -129,7 +130,7 @@ class Network:
                     self.disk[n] = (a.term, a.vote)
             elif isinstance(a, Send):
                 self._deliver(n, a.to, a.message)
-            elif isinstance(a, Broadcast):
+            elif isinstance(a, (Broadcast, Renew)):  # a renewal reaches everyone here (gossip: test_swim.py)
                 for m in node.alive:
                     if m != n:
                         self._deliver(n, m, a.message)

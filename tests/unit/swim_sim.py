@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from agent.discovery import swim as sw
-from peerserve.wire import PeerState, SwimMessage
+from peerserve.wire import Lease, PeerState, SwimMessage
 
 DT = 0.02
 
@@ -42,7 +42,12 @@ class Sim:
     nodes: dict[str, sw.Swim] = field(default_factory=dict)
     crashed: dict[str, float] = field(default_factory=dict)
     paused_until: dict[str, float] = field(default_factory=dict)
+    cuts: set[frozenset[str]] = field(default_factory=set)  # pairs whose direct link is down (both ways)
     deaths: list[tuple[float, str, str]] = field(default_factory=list)  # (when, observer, subject)
+    leader: str | None = None  # renews a lease every ``renew_s`` (signed leases: the shell's job, not simulated)
+    renew_s: float = 0.3
+    relay_leases: bool = True  # members follow the leader (take_lease accepted=True): they relay its renewals
+    lease_news: dict[str, list[float]] = field(default_factory=dict)  # node -> when a newer renewal reached it
     _events: list[tuple[float, int, Callable[[], None]]] = field(default_factory=list)
     _seq: itertools.count[int] = field(default_factory=itertools.count)
 
@@ -63,6 +68,10 @@ class Sim:
     def pause(self, node_id: str, seconds: float) -> None:
         self.paused_until[node_id] = self.now + seconds
 
+    def cut(self, a: str, b: str) -> None:
+        """The direct link between ``a`` and ``b`` drops everything; both still reach everyone else."""
+        self.cuts.add(frozenset((a, b)))
+
     def up(self, node_id: str) -> bool:
         return node_id not in self.crashed and self.paused_until.get(node_id, -1.0) <= self.now
 
@@ -74,7 +83,8 @@ class Sim:
         """A request a -> b and its answer: (both delivered in time, round-trip delay)."""
         ok1, d1 = self._leg()
         ok2, d2 = self._leg()
-        ok = ok1 and ok2 and self.up(a) and self.up(b) and d1 + d2 <= self.nodes[a].probe_timeout()
+        linked = frozenset((a, b)) not in self.cuts
+        ok = ok1 and ok2 and linked and self.up(a) and self.up(b) and d1 + d2 <= self.nodes[a].probe_timeout()
         return ok, d1 + d2
 
     # -- running -------------------------------------------------------------------------------------------
@@ -84,12 +94,37 @@ class Sim:
             self.now = round(self.now + DT, 6)
             while self._events and self._events[0][0] <= self.now:
                 heapq.heappop(self._events)[2]()
+            if self.leader is not None and round(self.now / DT) % round(self.renew_s / DT) == 0:
+                self._renew()
             for node_id, node in self.nodes.items():
                 if self.up(node_id):
                     instructions, transitions = node.tick(self.now)
                     self._note(node_id, transitions)
                     for ins in instructions:
                         self._carry_out(node_id, ins)
+
+    def _renew(self) -> None:
+        if self.leader is not None and self.up(self.leader):
+            node = self.nodes[self.leader]
+            seq = node.leases.seen.get(self.leader, (1, 0))[1] + 1
+            node.renew(Lease(1, self.leader, seq, (0, 0.0, self.leader)))
+
+    def _lease_in(self, at: str, msg: SwimMessage | None) -> None:
+        """What swim_io.lease_in does once the signature checks out (every member follows the one leader)."""
+        node = self.nodes[at]
+        if msg is not None and msg.lease is not None and node.lease_news(msg.lease):
+            node.take_lease(msg.lease, msg.node_id, self.relay_leases)
+            self.lease_news.setdefault(at, []).append(self.now)
+
+    def lease_gaps(self, since: float) -> dict[str, float]:
+        """Per live follower: the longest time after ``since`` without a newer renewal reaching it."""
+        out = {}
+        for n in self.live():
+            if n == self.leader:
+                continue
+            times = [since, *(t for t in self.lease_news.get(n, []) if t >= since), self.now]
+            out[n] = max(b - a for a, b in itertools.pairwise(times))
+        return out
 
     def _later(self, delay: float, fn: Callable[[], None]) -> None:
         heapq.heappush(self._events, (self.now + delay, next(self._seq), fn))
@@ -103,8 +138,11 @@ class Sim:
         ok, rtt = self._exchange(a, b)
         if not ok:
             return False, rtt, None
+        self._lease_in(b, msg)
         reply, transitions = self.nodes[b].received(msg, self.now)
         self._note(b, transitions)
+        if reply is not None:
+            self._later(rtt, lambda: self._lease_in(a, reply) if self.up(a) else None)
         return True, rtt, reply
 
     def _carry_out(self, a: str, ins: sw.Instruction) -> None:
@@ -135,7 +173,7 @@ class Sim:
         if ok:
             self._later(rtt, lambda: self._note(a, me.probe_result(ins.node_id, ack, 0, self.now, ins.verify)))
             return
-        if ins.verify:
+        if ins.verify and not me.config.verify_indirect:
             self._later(me.probe_timeout(),
                         lambda: self._note(a, me.probe_result(ins.node_id, None, 0, self.now, True, sent)))  # fmt: skip
             return
@@ -150,7 +188,7 @@ class Sim:
         silent = bool(relays) and answered == 0
 
         def report() -> None:
-            self._note(a, me.probe_result(ins.node_id, None, acks, self.now, False, sent, silent))
+            self._note(a, me.probe_result(ins.node_id, None, acks, self.now, ins.verify, sent, silent))
 
         self._later(2 * me.probe_timeout(), report)
 

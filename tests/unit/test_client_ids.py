@@ -10,14 +10,17 @@ from hypothesis import strategies as st
 
 from agent.catalogue import valid_model_name
 from agent.client_ids import (
+    MAX_RECORDED_ID,
     MAX_RTT_NODES,
     BadClientInput,
     ClientIds,
     known_nodes_only,
     parse_rtt_report,
+    scoped,
     valid_client_id,
 )
 from agent.store import Store
+from peerserve import wire
 
 
 def test_rtt_report_accepts_well_formed_entries() -> None:
@@ -145,3 +148,30 @@ def test_the_agents_rtt_cache_forgets_expired_reports(tmp_path: Path) -> None:
     finally:
         agent.store.close()
         agent.metrics.close()
+
+
+ADDRESSES = ["10.0.0.5", "10.0.0.9", "127.0.0.1", "fd00:1234:5678:9abc:def0:1234:5678:9abc", "unknown"]
+ROW = {"id": 1, "ts": 1.0, "model": "m", "client": "", "rtt_ms": {}, "node": None, "latency_ms": None, "status": 200}
+
+
+@given(st.from_regex(r"[A-Za-z0-9][A-Za-z0-9_.:@-]{0,127}", fullmatch=True), st.sampled_from(ADDRESSES))
+def test_a_recorded_client_is_scoped_by_its_address_and_fits_the_wire(claimed: str, address: str) -> None:
+    name = scoped(claimed, address)
+    assert len(name) <= MAX_RECORDED_ID and name.endswith("@" + address)
+    assert all(scoped(claimed, other) != name for other in ADDRESSES if other != address)
+    assert wire.RequestRow.parse({**ROW, "client": name}).client == name  # the leader's parser takes it
+
+
+def test_an_address_is_recorded_as_itself_and_long_ids_stay_apart() -> None:
+    assert scoped("10.0.0.5", "10.0.0.5") == "10.0.0.5" and scoped("10.0.0.5", "10.0.0.9") == "10.0.0.5@10.0.0.9"
+    a, b = "x" * 127 + "a", "x" * 127 + "b"
+    assert scoped(a, ADDRESSES[-1]) != scoped(b, ADDRESSES[-1])
+
+
+def test_the_request_log_queue_is_bounded_while_writes_fall_behind(tmp_path: Path) -> None:
+    store = Store(tmp_path, max_pending=100)
+    for i in range(250):  # no flush in between: the writer is stuck
+        store.record_request(float(i), "m", f"c{i}", {}, "n1", 1.0, 200)
+    assert store.dropped == 150 and store.flush() == 100
+    rows, _ = store.requests_since(0, 1000)
+    assert [r.client for r in rows] == [f"c{i}" for i in range(150, 250)]  # the newest kept

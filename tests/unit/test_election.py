@@ -17,6 +17,7 @@ from coordinator_election import (
     ElectionConfig,
     Persist,
     Received,
+    Renew,
     Role,
     Send,
     Tick,
@@ -76,11 +77,19 @@ def test_candidate_to_leader_on_majority() -> None:
     assert m.role is Role.LEADER and m.leader == "a"
 
 
-def test_leader_announces_every_heartbeat() -> None:
+def test_leader_renews_its_lease_every_heartbeat() -> None:
     m = machine()
     m.step(Tick(1.3, {}))
     assert m.step(Tick(1.4, {})) == []
-    assert m.step(Tick(1.6, {})) == [Broadcast(Announce(1, "a", P["a"]))]
+    assert m.step(Tick(1.6, {})) == [Renew(Announce(1, "a", P["a"]))]  # gossip may carry it (not O(N) sends)
+
+
+def test_a_renewal_holds_a_follower_for_lease_s() -> None:
+    m = Election("b", P["b"], ElectionConfig(heartbeat_s=0.3, election_timeout_s=1.2, lease_s=2.0), now=0.0)
+    m.step(Received(0.1, "a", Announce(1, "a", P["a"])))
+    assert m.leader == "a" and m.lease_until == pytest.approx(2.1)
+    with pytest.raises(ValueError, match="lease_s"):
+        ElectionConfig(heartbeat_s=0.3, election_timeout_s=1.2, lease_s=1.0)
 
 
 def test_candidate_to_follower_when_refused_for_a_live_leader() -> None:
@@ -497,3 +506,15 @@ def test_known_peers_keep_one_leader_per_term_through_the_soak_nemeses() -> None
     for seed in range(8):
         net = _one_fault_at_a_time(seed, persist=True, known=True)
         assert net.max_leaders_per_term() == 1 and not net.double_votes(), seed
+
+
+def test_a_node_joining_through_seeds_does_not_lead_itself_alone() -> None:
+    joining = Election("a", P["a"], CFG, now=0.0, join_by=10.0)
+    assert all(joining.step(Tick(t / 10, {})) == [] for t in range(1, 100))  # alone, still joining: no candidacy
+    assert joining.role is Role.FOLLOWER
+    assert BecameLeader(1, frozenset({"a"})) in joining.step(Tick(10.0, {}))  # nobody came: it founds one
+    with_peer = Election("a", P["a"], CFG, now=0.0, join_by=10.0)
+    actions = [a for t in range(1, 30) for a in with_peer.step(Tick(t / 10, {"b": P["b"]}))]
+    assert Broadcast(VoteRequest(1, "a", P["a"])) in actions  # a member admitted: the usual election
+    founder = Election("a", P["a"], CFG, now=0.0)  # no seeds: the first node founds the cluster after a listen
+    assert BecameLeader(1, frozenset({"a"})) in founder.step(Tick(1.3, {}))

@@ -74,12 +74,14 @@ def test_guided_columns_give_a_smaller_lp_with_the_same_optimum(monkeypatch: pyt
         assert gap(p) <= REL
 
 
-def test_a_full_cluster_is_not_trusted_to_the_estimate() -> None:
-    """Requests rejected at the optimum: the bounds stay far apart, so the plain candidates are used."""
+def test_a_full_cluster_is_not_trusted_to_subgradient_prices(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Requests rejected at the optimum: without the smoothed dual (tests/unit/test_solver_nearly_full.py)
+    the bounds stay far apart, so the plain candidates are used, and the LP is still exact."""
+    monkeypatch.setattr(lpguide, "SMOOTHED", False)
     p = build_problem(thesis_instance(50, 10, 3), Mode.MODE1)
     penalty = rejection_penalty(p)
     assert lpguide.estimate(p, penalty).gap > fastlp.TRUST_GAP
-    assert fastlp._guide(p, penalty, np.ones(p.n_nodes, dtype=bool), np.argmin(p.cost, axis=1)) is None
+    assert fastlp._guide(p, penalty, np.ones(p.n_nodes, dtype=bool), np.argmin(p.cost, axis=1)) == (None, "none")
     assert gap(p) <= REL
 
 

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from solver import queue_repair
 from solver.api import solve
+from solver.errors import SolverError
 from solver.problem import Mode, build_problem
 from solver.queue_model import build_queue_problem, solve_nlp
 from solver.queue_repair import Pools, repair
@@ -208,5 +209,31 @@ def test_nearly_full_clusters_found_by_hypothesis_are_solved(name: str, monkeypa
     check(repair(q, nlp.x, nlp.r))
     assert solve(snap, objective="queue", mode=mode.value).feasible
     monkeypatch.setattr(qm, "IPOPT_NLP_RETRIES", ())
-    alone = solve_nlp(q).status  # the memory-floor case needs only the slack; the stall needs a retry
-    assert alone == ("optimal" if name == "queue_nlp_memory_floor.json" else "iteration_limit")
+    # the memory-floor case needs only the slack; the stall needs a retry (the reference form stalls, the
+    # compact form fails outright with -3)
+    assert solve_nlp(q, compact=False).status == (
+        "optimal" if name == "queue_nlp_memory_floor.json" else "iteration_limit"
+    )
+    if name == "queue_nlp_stall.json":
+        with pytest.raises(SolverError):
+            qm._solve_form(q, None, compact=True)
+
+
+def test_a_cluster_with_no_room_for_any_instance_rejects_everything(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found by hypothesis: every node's memory budget below one instance (Mode 2). Ipopt fails (-3) on the
+    compact form even with the retries; the reference form answers, everything is rejected, and repair
+    keeps every budget."""
+    import solver.queue_model as qm
+
+    snap, mode = _case("queue_nlp_no_room.json")
+    q = build_queue_problem(build_problem(snap, mode))
+    with pytest.raises(SolverError):  # the compact form alone fails here: the fallback is what answers
+        qm._solve_form(q, None, compact=True)
+    nlp = solve_nlp(q)
+    assert nlp.status == "optimal"
+    check(repair(q, nlp.x, nlp.r))
+    plan = solve(snap, objective="queue", mode=mode.value)
+    assert plan.feasible and not any(plan.instances.get(n.id) for n in snap.nodes)
+    monkeypatch.setattr(qm, "_solve_form", lambda *a, **k: (_ for _ in ()).throw(SolverError("Ipopt failed")))
+    with pytest.raises(SolverError):  # no form left: the error reaches the caller (the leader's fallback)
+        solve_nlp(q)

@@ -272,8 +272,48 @@ def test_the_refutation_checker_fails_when_refutation_is_off() -> None:
     assert max(lags) >= 1.5  # without refutation the suspicion lingers: the property above would fail
 
 
+def _verify_across_a_cut(verify_indirect: bool) -> list[tuple[float, str, str]]:
+    """n1 cannot reach n3 directly (n3 lags for n1, or a link is down) and hears that n3 is dead."""
+    sim = Sim(6, seed=3, config=sw.SwimConfig(verify_indirect=verify_indirect))
+    sim.run(15)
+    assert sim.converged()
+    sim.cut("n1", "n3")
+    n3 = sim.nodes["n1"].records["n3"]
+    sim.nodes["n1"].apply(MemberUpdate("n3", "dead", n3.incarnation, n3.peer_url, 0, "n2"), sim.now)
+    sim.run(3)
+    return sim.false_deaths()
+
+
+def test_a_dead_rumour_needs_the_indirect_probes_to_miss_too() -> None:
+    assert _verify_across_a_cut(verify_indirect=True) == []
+    # the checker fails with the old rule (one missed direct probe confirmed the rumour): a live node died
+    assert ("n1", "n3") in {(o, v) for _t, o, v in _verify_across_a_cut(verify_indirect=False)}
+
+
 def test_the_crash_checker_fails_when_nothing_is_detected() -> None:
     sim = Sim(5, seed=1, config=sw.SwimConfig(suspicion_mult=1000.0))
     sim.run(10)
     sim.crash("n2")
     assert _detect(sim, "n2", 6.0) == float("inf")
+
+
+def _lease_gap(n: int, seed: int, relay: bool = True) -> float:
+    """The longest a follower went without a newer lease renewal, over 20 s, leases carried by SWIM only."""
+    sim = Sim(n, seed=seed, loss=0.01, max_delay=0.05)
+    sim.run(12)
+    assert sim.converged()
+    sim.leader, sim.relay_leases = "n0", relay
+    sim.run(2)
+    start = sim.now
+    sim.run(20)
+    return max(sim.lease_gaps(start).values())
+
+
+@pytest.mark.parametrize("n", [10, 50])
+def test_the_leaders_lease_reaches_every_member_in_time_by_gossip(n: int) -> None:
+    # agent.leadership: a follower's lease lasts election_timeout_s + GOSSIP_LEASE_SLACK_S (2.0 s by default)
+    assert _lease_gap(n, seed=n) < 1.2
+
+
+def test_the_lease_checker_fails_when_members_do_not_relay() -> None:
+    assert _lease_gap(50, seed=50, relay=False) > 2.0  # only the leader's own pushes and probes: too rare

@@ -1,0 +1,119 @@
+"""What a stranger can hold on the peer port before TLS says who it is: a few connections, for a few seconds.
+
+asyncio hands a TLS connection to the HTTP protocol only once the handshake is done, and gives the
+handshake 60 s; uvicorn's caps (``limit_concurrency``) count only connections past it. So a host with no
+card could open tens of thousands of TCP connections to the peer port, send nothing, and hold each for a
+minute: the agent's file descriptors run out and its client API stops answering too (measured: 400 idle
+connections against an agent limited to 256 descriptors). ``gate_tls`` takes TLS out of the listener
+and does it per connection instead: at most ``PENDING_PER_ADDRESS`` handshakes in progress per source
+address (more are closed at once) and ``HANDSHAKE_S`` to finish one (then the connection is closed);
+a finished handshake (mutual TLS: a certificate of this cluster) hands the TLS transport to uvicorn's
+own protocol, and the handshake slot is free again. Used by the peer listener (agent/peer_api.py) and the
+optional HTTPS client listener (agent/client_auth.py, with a longer deadline for phones).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl
+from typing import Any
+
+import uvicorn
+
+log = logging.getLogger(__name__)
+
+HANDSHAKE_S = 5.0  # an Ed25519 mutual-TLS handshake on a LAN takes milliseconds
+PENDING_PER_ADDRESS = 16  # handshakes in progress from one address
+
+
+class Handshakes:
+    """Handshakes in progress per source address (bounded by the caps above)."""
+
+    def __init__(self, per_address: int = PENDING_PER_ADDRESS) -> None:
+        self.per_address = per_address
+        self.pending: dict[str, int] = {}
+
+    def admit(self, host: str) -> bool:
+        """Count a new handshake from ``host``; False (not counted) when it already has ``per_address``."""
+        if self.pending.get(host, 0) >= self.per_address:
+            return False
+        self.pending[host] = self.pending.get(host, 0) + 1
+        return True
+
+    def done(self, host: str) -> None:
+        left = self.pending.get(host, 0) - 1
+        if left > 0:
+            self.pending[host] = left
+        else:
+            self.pending.pop(host, None)
+
+
+def gated_protocol(
+    inner: type[asyncio.Protocol], context: ssl.SSLContext, handshakes: Handshakes, handshake_s: float = HANDSHAKE_S
+) -> type[Any]:
+    """A protocol class for uvicorn that does the TLS handshake itself, under the caps, then hands over."""
+
+    class TlsGate(asyncio.Protocol):
+        def __init__(self, **kwargs: Any) -> None:
+            self._kwargs = kwargs
+            self._inner: asyncio.Protocol | None = None
+            self._early: list[bytes] = []
+
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            assert isinstance(transport, asyncio.Transport)
+            peer = transport.get_extra_info("peername")
+            host = str(peer[0]) if peer else "?"
+            if not handshakes.admit(host):
+                log.debug("closing a connection from %s: %d handshakes in progress", host, handshakes.per_address)
+                transport.abort()
+                return
+            asyncio.get_running_loop().create_task(self._handshake(transport, host))
+
+        async def _handshake(self, transport: Any, host: str) -> None:
+            loop = asyncio.get_running_loop()
+            try:
+                tls = await loop.start_tls(
+                    transport, self, context, server_side=True, ssl_handshake_timeout=handshake_s
+                )
+            except (OSError, ssl.SSLError, asyncio.TimeoutError, ConnectionError, RuntimeError) as exc:
+                log.debug("no TLS session with %s: %r", host, exc)
+                with contextlib.suppress(Exception):
+                    transport.abort()
+                return
+            finally:
+                handshakes.done(host)
+            if tls is None or tls.is_closing():
+                return
+            self._inner = inner(**self._kwargs)
+            tls.set_protocol(self._inner)
+            self._inner.connection_made(tls)
+            for data in self._early:
+                self._inner.data_received(data)
+            self._early.clear()
+
+        def data_received(self, data: bytes) -> None:
+            if self._inner is not None:
+                self._inner.data_received(data)
+            else:  # decrypted bytes that arrived before the handover
+                self._early.append(data)
+
+        def eof_received(self) -> bool | None:
+            return self._inner.eof_received() if self._inner is not None else None
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            if self._inner is not None:
+                self._inner.connection_lost(exc)
+
+    return TlsGate
+
+
+def gate_tls(config: uvicorn.Config, handshake_s: float = HANDSHAKE_S) -> uvicorn.Config:
+    """Load ``config`` and move its listener's TLS into ``gated_protocol`` (no-op without TLS)."""
+    if not config.loaded:
+        config.load()
+    if config.ssl is not None:
+        context, config.ssl = config.ssl, None
+        config.http_protocol_class = gated_protocol(config.http_protocol_class, context, Handshakes(), handshake_s)
+    return config

@@ -1,0 +1,245 @@
+"""Attacks by one client on the others, over real loopback HTTP (docs/security.md "One client against another").
+
+Each test is an attack that worked before its fix: a slow client poisoning the latency every client is
+ranked by, a client rewriting another client's remembered RTTs by claiming its id from another address,
+a host making the stand-in model server (reachable from the LAN) buffer without bound or hold threads.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from agent.models import MODELS
+from agent.modelserver import ModelServer
+from agent.peer_gate import HANDSHAKE_S, PENDING_PER_ADDRESS
+from tests.service.conftest import STATS_READER, RunningAgent, free_port
+from tests.service.test_client_auth import self_signed
+
+MODEL = "half_plus_two"
+PREDICT = f"/v1/models/{MODEL}:predict"
+QUIET = "--no-discovery"
+
+
+def _predict_raw(agent: RunningAgent, body: bytes, pause_s: float) -> int:
+    """POST a predict whose body arrives in two halves ``pause_s`` apart; the answer's status."""
+    with socket.create_connection((agent.host, agent.port), timeout=30) as sock:
+        head = f"POST {PREDICT} HTTP/1.1\r\nHost: a\r\nContent-Type: application/json\r\nContent-Length: {len(body)}"
+        sock.sendall(head.encode() + b"\r\nX-Peerserve-Client: slowpoke\r\nConnection: close\r\n\r\n" + body[:10])
+        time.sleep(pause_s)
+        sock.sendall(body[10:])
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    return int(data.split(b" ", 2)[1])
+
+
+def _latencies(agent: RunningAgent, client: str) -> list[float]:
+    rows = agent.get("/stats/requests?since=0&limit=10000", headers=STATS_READER).json()["requests"]
+    return [r["latency_ms"] for r in rows if r["client"].startswith(client) and r["latency_ms"] is not None]
+
+
+def test_a_slow_client_does_not_poison_the_measured_latency(agents: Any) -> None:
+    a = agents("a", QUIET, "--provision-wait-s", "20")
+    assert a.get(f"/services/{MODEL}").status_code == 200  # provisioned here on demand
+    body = json.dumps({"instances": [1.0, 2.0, 5.0]}).encode()
+    with ThreadPoolExecutor(3) as pool:
+        slow = [pool.submit(_predict_raw, a, body, 1.5) for _ in range(3)]
+        time.sleep(0.7)  # all three are mid-body now
+        during = a.get(f"/services/{MODEL}", headers={"X-Peerserve-Client": "honest"}).json()
+        assert [f.result() for f in slow] == [200, 200, 200]
+    assert during["in_flight"] == 0, f"half-sent bodies hold the model server (and steer others away): {during}"
+    with httpx.Client(base_url=a.url, timeout=30) as http:
+        honest = {"X-Peerserve-Client": "honest"}
+        assert http.post(PREDICT, json={"instances": [1.0]}, headers=honest).status_code == 200
+        ranked = http.get(f"/services/{MODEL}", headers=honest).json()
+    slow = _latencies(a, "slowpoke")
+    assert len(slow) == 3 and max(slow) < 500, f"the client's own 1.5 s pauses counted as model latency: {slow}"
+    assert ranked["why"]["exec_ms"] < 500, f"every client is now ranked by the slow client's pauses: {ranked}"
+
+
+def test_another_address_cannot_rewrite_a_clients_rtts(agents: Any) -> None:
+    a = agents("a", QUIET, "--provision-wait-s", "20")
+    node = a.node_id
+    victim = {"X-Peerserve-Client": "phone-7"}
+    first = a.get(f"/services/{MODEL}", headers={**victim, "X-Peerserve-RTT": f"{node}=3.5"}).json()
+    assert first["why"]["rtt_ms"] == 3.5
+    # Another host claims the victim's id (and, for id-less phones, the victim's address as an id).
+    with httpx.Client(base_url=a.url, timeout=30, transport=httpx.HTTPTransport(local_address="127.0.0.2")) as other:
+        for claimed in ("phone-7", "127.0.0.1"):
+            r = other.get(
+                f"/services/{MODEL}", headers={"X-Peerserve-Client": claimed, "X-Peerserve-RTT": f"{node}=60000"}
+            )
+            assert r.status_code == 200
+    again = a.get(f"/services/{MODEL}", headers=victim).json()
+    plain = a.get(f"/services/{MODEL}").json()  # the id-less client at 127.0.0.1
+    assert again["why"]["rtt_ms"] == 3.5, f"another host rewrote phone-7's RTTs: {again['why']}"
+    assert plain["why"]["rtt_source"] == "default", f"another host wrote 127.0.0.1's RTTs: {plain['why']}"
+    clients = {r["client"] for r in a.get("/stats/requests?since=0", headers=STATS_READER).json()["requests"]}
+    assert clients == {"phone-7@127.0.0.1", "phone-7@127.0.0.2", "127.0.0.1@127.0.0.2", "127.0.0.1"}, clients
+
+
+# -- the stand-in model server is reachable from the LAN: what one host can make it hold ---------------
+
+
+@pytest.fixture
+def stand_in() -> Iterator[ModelServer]:
+    server = ModelServer(("127.0.0.1", 0), MODELS[MODEL], timeout_s=1.0, max_per_address=4)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+def _answer(sock: socket.socket, within_s: float) -> bytes:
+    """What the server sends until it closes the connection (at most ``within_s`` of waiting)."""
+    sock.settimeout(within_s)
+    data = b""
+    with contextlib.suppress(TimeoutError, ConnectionResetError):
+        while chunk := sock.recv(65536):
+            data += chunk
+    return data
+
+
+def test_stand_in_refuses_a_negative_chunk_size_at_once(stand_in: ModelServer) -> None:
+    # int("-1", 16) == -1 and rfile.read(-1) reads to the end of the stream: memory without bound.
+    port = stand_in.server_address[1]
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        head = f"POST {PREDICT} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n-1\r\n"
+        sock.sendall(head.encode() + b"x" * 65536)
+        answer = _answer(sock, 0.8)  # well within the server's 1 s read deadline
+    assert answer.startswith(b"HTTP/1.0 400") or answer.startswith(b"HTTP/1.1 400"), answer[:200]
+    assert b"malformed chunked body" in answer
+
+
+def test_stand_in_closes_idle_and_half_sent_connections(stand_in: ModelServer) -> None:
+    port = stand_in.server_address[1]
+    with socket.create_connection(("127.0.0.1", port)) as idle, socket.create_connection(("127.0.0.1", port)) as half:
+        half.sendall(f"POST {PREDICT} HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{{".encode())
+        started = time.monotonic()
+        assert _answer(idle, 10) == b""  # closed, not held
+        assert b"408" in _answer(half, 10).split(b"\r\n", 1)[0]
+        assert time.monotonic() - started < 5
+
+
+def test_stand_in_caps_connections_per_address(stand_in: ModelServer) -> None:
+    port = stand_in.server_address[1]
+    held = [socket.create_connection(("127.0.0.1", port)) for _ in range(4)]
+    try:
+        time.sleep(0.2)
+        with socket.create_connection(("127.0.0.1", port)) as extra:
+            assert _answer(extra, 5).startswith(b"HTTP/1.1 503")
+        with httpx.Client(transport=httpx.HTTPTransport(local_address="127.0.0.2")) as other:
+            r = other.post(f"http://127.0.0.1:{port}{PREDICT}", json={"instances": [1.0]})
+            assert r.json() == {"predictions": [2.5]}  # another address is served meanwhile
+    finally:
+        for sock in held:
+            sock.close()
+    time.sleep(0.2)
+    r = httpx.post(f"http://127.0.0.1:{port}{PREDICT}", json={"instances": [1.0]})
+    assert r.json() == {"predictions": [2.5]}
+
+
+# -- the peer port, before TLS says who connects ---------------------------------------------------------
+
+
+def test_a_stranger_cannot_hold_the_peer_port_before_tls(agents: Any) -> None:
+    a = agents("a", QUIET)
+    stranger = ("127.0.0.2", 0)  # sends no byte of TLS: no card needed for that
+    socks = [socket.create_connection((a.host, a.peer_port), 10, stranger) for _ in range(PENDING_PER_ADDRESS + 24)]
+    try:
+        time.sleep(1.0)
+        assert sum(_open(s) for s in socks) == PENDING_PER_ADDRESS, "more half-open handshakes held than the cap"
+        assert a.put_desired(1, {}).status_code == 200  # a member with a card (at 127.0.0.1) is served meanwhile
+        time.sleep(HANDSHAKE_S + 1.5)
+        assert sum(_open(s) for s in socks) == 0, "handshakes never begun are held past the deadline"
+    finally:
+        for s in socks:
+            s.close()
+    assert a.get("/health").status_code == 200
+
+
+def _open(sock: socket.socket) -> bool:
+    """Whether the server still holds the connection (nothing to read and no end of stream)."""
+    sock.setblocking(False)
+    try:
+        return sock.recv(1) != b""
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+
+
+def test_the_https_client_listener_bounds_handshakes_too(agents: Any, tmp_path: Path) -> None:
+    cert, key = self_signed(tmp_path)
+    port = free_port()
+    a = agents("a", QUIET, "--https-port", str(port), "--tls-cert", str(cert), "--tls-key", str(key))
+    stranger = ("127.0.0.2", 0)
+    socks = [socket.create_connection((a.host, port), 10, stranger) for _ in range(PENDING_PER_ADDRESS + 24)]
+    try:
+        time.sleep(1.0)
+        assert sum(_open(s) for s in socks) == PENDING_PER_ADDRESS, "more half-open handshakes held than the cap"
+        with httpx.Client(verify=ssl.create_default_context(cafile=str(cert))) as tls:
+            assert tls.get(f"https://127.0.0.1:{port}/health").status_code == 200  # a phone is served meanwhile
+    finally:
+        for s in socks:
+            s.close()
+
+
+def test_a_client_that_never_reads_its_answer_lets_go_of_the_model_server(agents: Any) -> None:
+    a = agents("a", QUIET, "--provision-wait-s", "20", "--body-timeout-s", "1")
+    assert a.get(f"/services/{MODEL}").status_code == 200
+    body = b'{"instances": [' + b"1," * 999_999 + b"1]}"  # 2 MB in, a 5 MB answer out
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # and it reads none of it
+    sock.connect((a.host, a.port))
+    try:
+        head = f"POST {PREDICT} HTTP/1.1\r\nHost: a\r\nContent-Type: application/json\r\nContent-Length: {len(body)}"
+        sock.sendall(head.encode() + b"\r\n\r\n" + body)
+        time.sleep(4.0)
+        choice = a.get(f"/services/{MODEL}").json()
+        assert choice["in_flight"] == 0, f"a client that does not read holds the server (others steered away): {choice}"
+    finally:
+        sock.close()
+
+
+def test_odd_bytes_in_a_header_or_a_label_reach_the_server_not_a_502(agents: Any) -> None:
+    a = agents("a", QUIET, "--provision-wait-s", "20")
+    assert a.get(f"/services/{MODEL}").status_code == 200
+    body = b'{"instances": [1.0]}'
+    with socket.create_connection((a.host, a.port), timeout=30) as sock:
+        head = (
+            f"POST {PREDICT} HTTP/1.1\r\nHost: a\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+        )
+        sock.sendall(head.encode() + b"X-Note: caf\xe9\r\nConnection: close\r\n\r\n" + body)
+        started = time.monotonic()
+        answer = _answer(sock, 10)
+    assert answer.startswith(b"HTTP/1.1 200"), answer[:300]
+    assert time.monotonic() - started < 1.0
+    r = httpx.post(f"{a.url}/v1/models/{MODEL}/labels/a%20b:predict", json={"instances": [1.0]}, timeout=30)
+    assert r.status_code == 400 and r.json() == {"error": "Unrecognized servable version label: a b"}, r.text
+
+
+def test_a_chunked_body_that_also_declares_a_length_is_proxied_by_its_chunks(agents: Any) -> None:
+    # RFC 9112 6.3: Transfer-Encoding overrides Content-Length, and a proxy must not forward both; the
+    # stale length made the upstream send fail (a 502 blamed on the model server).
+    a = agents("a", QUIET, "--provision-wait-s", "20")
+    assert a.get(f"/services/{MODEL}").status_code == 200
+    body = b'{"instances": [1.0, 2.0]}'
+    chunked = f"{len(body):x}\r\n".encode() + body + b"\r\n0\r\n\r\n"
+    with socket.create_connection((a.host, a.port), timeout=30) as sock:
+        head = f"POST {PREDICT} HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n"
+        sock.sendall(head.encode() + b"Connection: close\r\n\r\n" + chunked)
+        answer = _answer(sock, 10)
+    assert answer.startswith(b"HTTP/1.1 200") and answer.endswith(b'{"predictions": [2.5, 3.0]}'), answer[-300:]
