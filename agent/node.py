@@ -40,6 +40,7 @@ from agent.metrics import MetricsReader, NodeMetrics
 from agent.peer_client import PeerClient
 from agent.peers import NoPeers, PeerTable
 from agent.runtime.base import Instance, Runtime, probe_available
+from agent.serving.exec_times import ExecTimes
 from agent.serving.provision import ProvisionRequests
 from agent.serving.resolve import Outcome, resolve
 from agent.settings import Settings
@@ -49,7 +50,6 @@ from peerserve.wire import PeerState
 
 log = logging.getLogger(__name__)
 
-EXEC_EWMA_ALPHA = 0.2
 CLIENT_CACHE = 10_000
 
 
@@ -143,7 +143,7 @@ class NodeAgent:
         self.last_placement: dict[str, Any] | None = None
         self.state = NodeState()
         self.health: dict[str, ModelHealth] = {}
-        self.exec_ms: dict[tuple[str, str], float] = {}  # (node, model) -> measured EWMA
+        self.exec_ms = ExecTimes()  # (node, model) -> median of recent proxied times (agent/serving/exec_times.py)
         self._desired = self.store.desired()
         self._on_demand_at = dict.fromkeys(self._desired.on_demand, clock())
         self._ever_ready: set[str] = set()
@@ -495,8 +495,7 @@ class NodeAgent:
 
     def record_latency(self, node: str, model: str, latency_ms: float) -> None:
         self.telemetry.upstream(model, latency_ms)
-        old = self.exec_ms.get((node, model))
-        self.exec_ms[(node, model)] = latency_ms if old is None else old + EXEC_EWMA_ALPHA * (latency_ms - old)
+        self.exec_ms.record(node, model, latency_ms)
 
     def candidates(self, model: str | None = None) -> list[Candidate]:
         """Ready servers of ``model`` (or of every model) on this node and on alive peers."""

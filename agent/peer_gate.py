@@ -25,7 +25,7 @@ import uvicorn
 log = logging.getLogger(__name__)
 
 HANDSHAKE_S = 5.0  # an Ed25519 mutual-TLS handshake on a LAN takes milliseconds
-PENDING_PER_ADDRESS = 16  # handshakes in progress from one address
+PENDING_PER_ADDRESS = 64  # handshakes in progress from one address (agents on one host share it)
 
 
 class Handshakes:
@@ -59,6 +59,7 @@ def gated_protocol(
         def __init__(self, **kwargs: Any) -> None:
             self._kwargs = kwargs
             self._inner: asyncio.Protocol | None = None
+            self._task: asyncio.Task[None] | None = None
             self._early: list[bytes] = []
 
         def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -69,7 +70,7 @@ def gated_protocol(
                 log.debug("closing a connection from %s: %d handshakes in progress", host, handshakes.per_address)
                 transport.abort()
                 return
-            asyncio.get_running_loop().create_task(self._handshake(transport, host))
+            self._task = asyncio.get_running_loop().create_task(self._handshake(transport, host))  # held: not GC'd
 
         async def _handshake(self, transport: Any, host: str) -> None:
             loop = asyncio.get_running_loop()

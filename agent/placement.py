@@ -32,6 +32,7 @@ from agent.decisions import UNKNOWN_RTT_MS
 MIN_LATENCY_SAMPLES = 5  # fewer measured proxy latencies than this: trust the catalogue's profile
 SERVICE_QUANTILE = 0.2  # the service-time estimate: at utilisation <= 0.8 at least this share waits for nothing
 SITE_RTT_MS = 2.0  # clients whose RTTs to every node fall in the same 2 ms bucket form one site
+MAX_SITES = 256  # (site, model) streams; past it buckets widen (2,000 made-up sites: a 25 s solve)
 
 
 @dataclass(frozen=True)
@@ -193,10 +194,11 @@ def group_sites(
     A site is the clients whose RTT to every node rounds to the same ``SITE_RTT_MS`` bucket; its RTT
     and execution rows are the members' means, its ``client`` names the first member and the count.
     """
-    sites: dict[tuple[Any, ...], list[Mapping[str, Any]]] = {}
-    for s in streams:
-        key = (s["model"], *(round(v / SITE_RTT_MS) for _, v in sorted(s["rtt_ms"].items())))
-        sites.setdefault(key, []).append(s)
+    width = SITE_RTT_MS
+    sites = _bucketed(streams, width)
+    while len(sites) > MAX_SITES and width < 1e9:  # clients report any RTTs: coarser buckets, a bounded solve
+        width *= 2
+        sites = _bucketed(streams, width)
     out = []
     for members in sites.values():
         first = members[0]
@@ -212,6 +214,13 @@ def group_sites(
             }
         )
     return out
+
+
+def _bucketed(streams: Sequence[Mapping[str, Any]], width: float) -> dict[tuple[Any, ...], list[Mapping[str, Any]]]:
+    sites: dict[tuple[Any, ...], list[Mapping[str, Any]]] = {}
+    for s in streams:
+        sites.setdefault((s["model"], *(round(v / width) for _, v in sorted(s["rtt_ms"].items()))), []).append(s)
+    return sites
 
 
 def service_ms(measured: Sequence[float]) -> float:

@@ -1,14 +1,18 @@
 """Capacity prices of a nearly full cluster: Newton's method on the smoothed Lagrangian dual, in numpy.
 
-The placement LP's Lagrangian dual over the memory and compute rows (prices lam, mu >= 0 per node) is
+The placement LP's Lagrangian dual over the memory and compute rows (prices lam, mu >= 0 per node) and
+the free slots of running instances (price nu >= 0 per node and model running there) is
 
-    L(lam, mu) = sum_c n_c min(P, min_j [cost_cj + lam_j mem_k + mu_j comp_k]) - lam . M - mu . C
+    L = sum_c n_c min(P, min_j [cost_cj + lam_j mem_k + mu_j comp_k], min_j [cost_cj + nu_jk])
+        - lam . M - mu . C - nu . free
 
-(a running instance's free slots unpriced), concave and piecewise linear with 2n variables; its maximum
-is the LP optimum. Where the cluster is nearly full the maximising prices sit near the rejection penalty
-P (a rejected request's price), far beyond a few subgradient steps. Here the inner min is replaced by a
-soft-min of temperature tau, ``-tau log sum exp(-a / tau)``: smooth and concave, with a 2n x 2n Hessian
-cheap to form, so damped (Levenberg-Marquardt) projected Newton steps maximise it in a few iterations.
+concave and piecewise linear with 2n (+ slots) variables; its maximum is the LP optimum. (Leaving the
+free slots unpriced, as the subgradient estimate does, is also a bound, but a weak one wherever running
+instances are many: in Mode 1 the estimate was then never trusted.) Where the cluster is nearly full
+the maximising prices sit near the rejection penalty P (a rejected request's price), far beyond a few
+subgradient steps. Here the inner min is replaced by a soft-min of temperature tau,
+``-tau log sum exp(-a / tau)``: smooth and concave, with a small Hessian cheap to form, so damped
+(Levenberg-Marquardt) projected Newton steps maximise it in a few iterations.
 
 * Start: the price level. The plain greedy tells which rows it filled; prices s x (1 / mean size) on
   those rows, with s maximising L along that ray (golden-section search: L is concave in s), put a full
@@ -23,6 +27,7 @@ by weak duality) and columns, and solver.fastlp proves the LP optimum with Ipopt
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -41,29 +46,45 @@ TOL = 1e-6  # a stage ends when a Newton step promises less than this share of t
 LEVEL_STEPS = 24  # golden-section steps for the starting price level (interval 0.618^24 ~ 1e-5)
 GOLDEN = (5**0.5 - 1) / 2
 START_AT_LEVEL = True  # start from the price level of the greedy's full rows (else from zero prices)
+SLOT_PRICES = True  # price running instances' free slots as rows of their own (else leave them free)
 
 
-def smoothed_prices(
-    p: Problem, penalty: float, priced: FloatArray, full_mem: BoolArray, full_comp: BoolArray
-) -> tuple[FloatArray, FloatArray, FloatArray]:
-    """Prices (lam [j], mu [j]) that nearly maximise the Lagrangian dual, and the soft placement [c, j].
+@dataclass(frozen=True)
+class Prices:
+    """The estimate: reduced costs [c, j] (cheapest way onto node j), the dual bound, soft placement [c, j]."""
 
-    ``priced`` [j, k]: 1 where a request starts a new instance; ``full_mem`` / ``full_comp`` [j]: the rows
-    a greedy placement filled (where the start puts its price level). The soft placement (requests of
-    class c on node j at the last temperature) is a near-optimal fractional placement to seed a greedy.
+    reduced: FloatArray
+    lower: float
+    shares: FloatArray
+
+
+def smoothed_prices(p: Problem, penalty: float, full_mem: BoolArray, full_comp: BoolArray) -> Prices:
+    """Prices that nearly maximise the Lagrangian dual, the bound they give, and the soft placement [c, j].
+
+    ``full_mem`` / ``full_comp`` [j]: the rows a greedy placement filled (where the start puts its price
+    level). The soft placement (requests of class c on node j at the last temperature) is a near-optimal
+    fractional placement to seed a greedy with.
     """
-    dual = SmoothedDual(p, penalty, priced)
+    dual = SmoothedDual(p, penalty)
     ranked = np.sort(p.cost, axis=1)
     gap = float(np.median(ranked[:, 1] - ranked[:, 0])) if p.n_nodes > 1 else 1.0
     temperatures = [max(1e-6, t * gap) for t in TEMPERATURES]
-    x = np.zeros(2 * p.n_nodes)
+    x = np.zeros(dual.size)
     if START_AT_LEVEL:
-        ray = np.concatenate([full_mem / max(1e-12, float(p.mem.mean())), full_comp / max(1e-12, float(p.comp.mean()))])
+        ray = np.zeros(dual.size)
+        ray[: 2 * p.n_nodes] = np.concatenate(
+            [full_mem / max(1e-12, float(p.mem.mean())), full_comp / max(1e-12, float(p.comp.mean()))]
+        )
         x = price_level(dual, ray, penalty) * ray
     for stage, tau in enumerate(temperatures):
         x = _newton_stage(dual, x, tau, EVALS * (stage + 1) // len(temperatures))
-    log.debug("smoothed dual: %d evaluations", dual.evals)
-    return x[: p.n_nodes], x[p.n_nodes :], dual.shares(x, temperatures[-1])
+    log.debug("smoothed dual: %d evaluations, %d slot prices", dual.evals, dual.n_slots)
+    return Prices(dual.reduced(x), bound(dual, x), dual.shares(x, temperatures[-1]))
+
+
+def bound(dual: SmoothedDual, x: FloatArray) -> float:
+    """The exact dual at prices x: a lower bound on the LP optimum (weak duality)."""
+    return dual.exact(x)
 
 
 def price_level(dual: SmoothedDual, ray: FloatArray, penalty: float) -> float:
@@ -126,45 +147,72 @@ def _newton_step(x: FloatArray, value: float, grad: FloatArray, neg_hess: FloatA
 
 
 class SmoothedDual:
-    """The Lagrangian dual of the memory and compute rows at prices x = (lam, mu): exact and soft-min."""
+    """The Lagrangian dual at prices x = (lam [j], mu [j], nu [slot]): exact and soft-min.
 
-    def __init__(self, p: Problem, penalty: float, priced: FloatArray) -> None:
+    Relaxed rows: every node's memory and compute, and (``SLOT_PRICES``) every running instance's free
+    slots: a (node, model) with ``free`` running instances takes at most ``free`` requests at no capacity
+    cost, at price nu each. A request's options: a new instance on node j (cost + lam_j mem + mu_j comp),
+    a free slot of its model on node j (cost + nu), or rejection (the penalty).
+    """
+
+    def __init__(self, p: Problem, penalty: float) -> None:
         self.p, self.n_j, self.evals = p, p.n_nodes, 0
         self.count = p.class_count.astype(float)
         self.mem, self.comp = p.mem[p.class_model], p.comp[p.class_model]  # [c]
-        self.where = priced[:, p.class_model].T  # [c, j] 1 where a request starts a new instance
+        slot_node, slot_model = np.nonzero(p.free > 0) if SLOT_PRICES else (np.zeros(0, int), np.zeros(0, int))
+        self.slot_node, self.n_slots = slot_node, len(slot_node)
+        self.slot_free = p.free[slot_node, slot_model].astype(float)
+        self.size = 2 * self.n_j + self.n_slots
+        # where slots are not priced (SLOT_PRICES off) a running instance's requests are free of capacity
+        self.where = np.ones((p.n_classes, self.n_j)) if SLOT_PRICES else (p.free == 0)[:, p.class_model].T * 1.0
         self.mem_at, self.comp_at = self.where * self.mem[:, None], self.where * self.comp[:, None]
-        self.options = np.empty((p.n_classes, self.n_j + 1))
-        self.options[:, self.n_j] = penalty  # the last option: rejection
+        fits = p.class_model[:, None] == slot_model[None, :]  # [c, slot]
+        self.slot_cost = np.where(fits, p.cost[:, slot_node], np.inf)
+        self.options = np.empty((p.n_classes, self.n_j + self.n_slots + 1))
+        self.options[:, -1] = penalty  # the last option: rejection
         self._cached: tuple[FloatArray, float, float, FloatArray, FloatArray] | None = None
 
-    def _fill(self, x: FloatArray) -> tuple[FloatArray, FloatArray]:
-        lam, mu = x[: self.n_j], x[self.n_j :]
-        self.options[:, : self.n_j] = self.p.cost + self.mem_at * lam + self.comp_at * mu
-        return lam, mu
+    def _fill(self, x: FloatArray) -> float:
+        """Fill the options at prices x; the budgets' credit."""
+        n_j, p = self.n_j, self.p
+        lam, mu, nu = x[:n_j], x[n_j : 2 * n_j], x[2 * n_j :]
+        self.options[:, :n_j] = p.cost + self.mem_at * lam + self.comp_at * mu
+        self.options[:, n_j:-1] = self.slot_cost + nu
+        return float(lam @ p.mem_budget + mu @ p.comp_budget + nu @ self.slot_free)
+
+    def reduced(self, x: FloatArray) -> FloatArray:
+        """[c, j] the cheapest way onto node j at prices x (a new instance or a free slot there)."""
+        self._fill(x)
+        out: FloatArray = self.options[:, : self.n_j].copy()
+        if self.n_slots:
+            for slot in range(self.n_slots):
+                j = self.slot_node[slot]
+                out[:, j] = np.minimum(out[:, j], self.options[:, self.n_j + slot])
+        return out
 
     def exact(self, x: FloatArray) -> float:
         """The dual function itself: a lower bound on the LP optimum."""
-        lam, mu = self._fill(x)
-        return float(self.count @ self.options.min(axis=1) - lam @ self.p.mem_budget - mu @ self.p.comp_budget)
+        credit = self._fill(x)
+        return float(self.count @ self.options.min(axis=1) - credit)
 
     def value(self, x: FloatArray, tau: float) -> float:
-        """The smoothed dual (below the exact one by at most sum(n) tau log(n + 1))."""
+        """The smoothed dual (below the exact one by at most sum(n) tau log(options))."""
         self.evals += 1
-        lam, mu = self._fill(x)
+        credit = self._fill(x)
         least = self.options.min(axis=1, keepdims=True)
         weight = np.exp((least - self.options) / tau)
         total = weight.sum(axis=1)
-        value = float(
-            self.count @ (least[:, 0] - tau * np.log(total)) - lam @ self.p.mem_budget - mu @ self.p.comp_budget
-        )
+        value = float(self.count @ (least[:, 0] - tau * np.log(total)) - credit)
         self._cached = (x, tau, value, weight, total)
         return value
 
     def shares(self, x: FloatArray, tau: float) -> FloatArray:
-        """[c, j] the soft placement: requests of class c on node j (the rest rejected)."""
+        """[c, j] the soft placement: requests of class c on node j, new instances and free slots (the rest
+        rejected)."""
         _, weight, total = self._soft(x, tau)
-        out: FloatArray = weight[:, : self.n_j] / total[:, None] * self.count[:, None]
+        share = weight[:, :-1] / total[:, None] * self.count[:, None]
+        out: FloatArray = share[:, : self.n_j].copy()
+        np.add.at(out.T, self.slot_node, share[:, self.n_j :].T)
         return out
 
     def _soft(self, x: FloatArray, tau: float) -> tuple[float, FloatArray, FloatArray]:
@@ -180,12 +228,18 @@ class SmoothedDual:
         value, weight, total = self._soft(x, tau)
         n_j, p = self.n_j, self.p
         per = weight[:, :n_j] / total[:, None] * self.where  # [c, j] soft share starting an instance
+        slot = weight[:, n_j:-1] / total[:, None]  # [c, slot] soft share on a free slot
         load = self.count[:, None] * per
-        grad = np.concatenate([self.mem @ load - p.mem_budget, self.comp @ load - p.comp_budget])
-        hess = np.zeros((2 * n_j, 2 * n_j))
+        slot_load = self.count @ slot
+        grad = np.concatenate(
+            [self.mem @ load - p.mem_budget, self.comp @ load - p.comp_budget, slot_load - self.slot_free]
+        )
+        hess = np.zeros((self.size, self.size))
         idx = np.arange(n_j)
         hess[idx, idx], hess[n_j + idx, n_j + idx] = (self.mem * self.mem) @ load, (self.comp * self.comp) @ load
         hess[idx, n_j + idx] = hess[n_j + idx, idx] = (self.mem * self.comp) @ load
-        u = np.concatenate([per * self.mem[:, None], per * self.comp[:, None]], axis=1)
+        rest = np.arange(2 * n_j, self.size)
+        hess[rest, rest] = slot_load
+        u = np.concatenate([per * self.mem[:, None], per * self.comp[:, None], slot], axis=1)
         hess -= u.T @ (self.count[:, None] * u)
         return value, grad, hess / tau

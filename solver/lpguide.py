@@ -171,7 +171,7 @@ def estimate(p: Problem, penalty: float, steps: int | None = None, refresh: int 
     if plain.rejected() > 0:  # a (nearly) full cluster: duals near the penalty, beyond a few subgradient steps
         if not SMOOTHED:
             return Guide(p.cost, best[0], upper, None, "none")
-        return _nearly_full(p, penalty, priced, best[0], plain)
+        return _nearly_full(p, penalty, best[0], plain)
     placed = None
     for _ in range(max(1, -(-steps // refresh))):
         best = _ascend(p, penalty, priced, upper, best, min(steps, refresh))
@@ -226,23 +226,16 @@ def _reduced(p: Problem, lam: FloatArray, mu: FloatArray, priced: FloatArray) ->
     return out
 
 
-def dual_value(p: Problem, penalty: float, lam: FloatArray, mu: FloatArray, priced: FloatArray) -> float:
-    """The Lagrangian dual function at prices (lam, mu): a lower bound on the LP optimum (weak duality)."""
-    least = np.minimum(_reduced(p, lam, mu, priced), penalty).min(axis=1)
-    return float(p.class_count @ least - lam @ p.mem_budget - mu @ p.comp_budget)
-
-
-def _nearly_full(p: Problem, penalty: float, priced: FloatArray, trivial: float, plain: _Fill) -> Guide:
+def _nearly_full(p: Problem, penalty: float, trivial: float, plain: _Fill) -> Guide:
     """Bounds and prices where the plain greedy cannot place every request: the smoothed dual's prices.
 
     The upper bound is the greedy seeded with the smoothed dual's soft placement (each class's shares
     placed first, as far as they fit), the rest ordered by the estimated reduced costs capped at the
     penalty, so a class that is cheaper to reject than to place anywhere goes last and takes the rejection.
     """
-    lam, mu, shares = smoothed_prices(p, penalty, priced, *plain.full_rows())
-    reduced = _reduced(p, lam, mu, priced)
-    lower = max(trivial, dual_value(p, penalty, lam, mu, priced))
-    upper, missed, used = _greedy(p, penalty, np.minimum(reduced, penalty), seed=shares)
+    prices = smoothed_prices(p, penalty, *plain.full_rows())
+    reduced, lower = prices.reduced, max(trivial, prices.lower)
+    upper, missed, used = _greedy(p, penalty, np.minimum(reduced, penalty), seed=prices.shares)
     plain_value = plain.total + plain.rejected() * penalty
     upper = min(upper, plain_value)
     return Guide(reduced, lower, upper, used if missed <= 0 else None, "smoothed")

@@ -10,7 +10,8 @@ counts are integers. From the relaxation's rates ``x[c, j]``:
 4. Spread bound: per model and node class, while the pools run more instances than the class's load
    needs at ``rho_max`` plus one spare, a pool running below ``rho_max`` gives up an instance (its load cap
    is raised, never above ``rho_max``: a tail cap gives way to the bound), else the smallest pool's
-   streams move into the other open pools of that class.
+   streams move into the other open pools of that class; where neither works, part of a pool's rate
+   moves into the others' room up to ``rho_max`` so that it needs one instance fewer.
 5. Rejected rate is placed where it fits (headroom first, then a new instance), else stays rejected;
    float residue left on a pool without instances joins the stream's largest share; step 4 once more.
 
@@ -27,6 +28,7 @@ from solver.problem import FloatArray, IntArray
 from solver.queue_model import QueueProblem
 
 TINY = 1e-6
+SHED_BY_MOVING = True  # step 4's last resort: move rate into other pools' headroom to free one instance
 
 
 class Pools:
@@ -209,6 +211,8 @@ def _bound_spread(pools: Pools) -> None:
                 if _shed_instance(pools, nodes, k):
                     continue
                 if len(open_j) < 2:
+                    if SHED_BY_MOVING and _shed_by_moving(pools, nodes, k):
+                        continue
                     break
                 smallest = min(open_j, key=lambda j: (lam[j, k], j))
                 others = {j for j in range(q.base.n_nodes) if j not in nodes or j == smallest}
@@ -231,6 +235,42 @@ def _shed_instance(pools: Pools, nodes: list[int], k: int) -> bool:
     pools.cap[j, k] = max(pools.cap[j, k], float(lam[j, k]) / (counts[j, k] - 1) * (1 + 1e-9))
     pools.shed += 1
     return True
+
+
+def _shed_by_moving(pools: Pools, nodes: list[int], k: int) -> bool:
+    """One instance fewer in a pool of ``nodes`` that starts new ones: the rate above what one instance
+    fewer carries at ``rho_max`` moves into the class's other open pools of model k, up to ``rho_max`` on
+    their instances (none grows; load caps below ``rho_max`` are raised, as in ``_shed_instance``)."""
+    q, p = pools.q, pools.q.base
+    lam, counts = pools.lam(), pools.counts()
+    top = q.rho_max * q.mu[:, k]  # [j] req/s one instance may take at rho_max
+    full_room = {j: float(counts[j, k] * top[j] - lam[j, k]) * (1 - 1e-9) for j in nodes if counts[j, k] > 0}
+    options = sorted((float(lam[j, k] - (counts[j, k] - 1) * top[j]), j) for j in nodes if counts[j, k] > p.free[j, k])
+    for excess, j in options:
+        room = {o: r for o, r in full_room.items() if o != j}
+        if sum(room.values()) < max(excess, 0.0) * (1 + 1e-9) + TINY:
+            continue
+        saved_x, saved_cap = pools.x.copy(), pools.cap.copy()
+        left = min(max(excess, 0.0) * (1 + 1e-9) + TINY, float(lam[j, k]))
+        for c in np.nonzero((p.class_model == k) & (pools.x[:, j] > 0))[0].tolist():
+            for dst in sorted((o for o in room if room[o] > TINY), key=lambda o: (p.cost[c, o], o)):
+                take = min(left, float(pools.x[c, j]), room[dst])
+                if take <= 0:
+                    break
+                pools.move(c, j, dst, take)
+                room[dst] -= take
+                left -= take
+        now = pools.lam()[:, k]
+        for o in (*room, j):
+            keep = counts[o, k] - (1 if o == j else 0)
+            if keep > 0:
+                pools.cap[o, k] = max(pools.cap[o, k], float(now[o]) / keep * (1 + 1e-9))
+        after = pools.counts()
+        if after[j, k] == counts[j, k] - 1 and all(after[o, k] <= counts[o, k] for o in room):
+            pools.shed += 1
+            return True
+        pools.x, pools.cap = saved_x, saved_cap
+    return False
 
 
 def _place_rejected(pools: Pools) -> None:

@@ -145,11 +145,17 @@ def _place_by_ejection(p: Problem, ledger: Ledger, counts: IntArray, c: int, by_
 
     ``by_cost`` [c, :] is each class's nodes, cheapest first (stable order).
     """
-    k = int(p.class_model[c])
+    model = p.class_model.tolist()
+    k = model[c]
+    cs, js = np.nonzero(counts.T)  # node, class: the classes with requests on each node, class order
+    on_node: dict[int, list[int]] = {}
+    for j, other in zip(cs.tolist(), js.tolist(), strict=True):
+        on_node.setdefault(j, []).append(other)
+    cost = p.cost.tolist()
     best: tuple[float, int, int, int, int] | None = None  # (added cost, node, other class, its new node)
     for j in by_cost[c].tolist():
-        for other in np.nonzero(counts[:, j])[0].tolist():
-            k2 = int(p.class_model[other])
+        for other in on_node.get(j, ()):
+            k2 = model[other]
             if k2 == k:
                 continue
             ledger.remove(j, k2)
@@ -157,9 +163,9 @@ def _place_by_ejection(p: Problem, ledger: Ledger, counts: IntArray, c: int, by_
                 ledger.add(j, k)
                 for t in by_cost[other].tolist():
                     if t != j and ledger.fits(t, k2):
-                        delta = p.cost[c, j] + p.cost[other, t] - p.cost[other, j]
+                        delta = cost[c][j] + cost[other][t] - cost[other][j]
                         if best is None or delta < best[0]:
-                            best = (float(delta), j, other, t, k2)
+                            best = (delta, j, other, t, k2)
                         break
                 ledger.remove(j, k)
             ledger.add(j, k2)

@@ -23,9 +23,10 @@ import pytest
 
 from agent.models import MODELS
 from agent.modelserver import ModelServer
-from agent.peer_gate import HANDSHAKE_S, PENDING_PER_ADDRESS
+from agent.peer_gate import PENDING_PER_ADDRESS
 from tests.service.conftest import STATS_READER, RunningAgent, free_port
 from tests.service.test_client_auth import self_signed
+from tests.waiting import wait_for
 
 MODEL = "half_plus_two"
 PREDICT = f"/v1/models/{MODEL}:predict"
@@ -130,7 +131,7 @@ def test_stand_in_closes_idle_and_half_sent_connections(stand_in: ModelServer) -
         started = time.monotonic()
         assert _answer(idle, 10) == b""  # closed, not held
         assert b"408" in _answer(half, 10).split(b"\r\n", 1)[0]
-        assert time.monotonic() - started < 5
+        assert time.monotonic() - started < 10  # a 1 s deadline; before: held for good
 
 
 def test_stand_in_caps_connections_per_address(stand_in: ModelServer) -> None:
@@ -159,11 +160,11 @@ def test_a_stranger_cannot_hold_the_peer_port_before_tls(agents: Any) -> None:
     stranger = ("127.0.0.2", 0)  # sends no byte of TLS: no card needed for that
     socks = [socket.create_connection((a.host, a.peer_port), 10, stranger) for _ in range(PENDING_PER_ADDRESS + 24)]
     try:
-        time.sleep(1.0)
-        assert sum(_open(s) for s in socks) == PENDING_PER_ADDRESS, "more half-open handshakes held than the cap"
+        wait_for(lambda: sum(_open(s) for s in socks) <= PENDING_PER_ADDRESS, 10)  # the rest closed at once
+        held = sum(_open(s) for s in socks)
+        assert held == PENDING_PER_ADDRESS, f"{held} half-open handshakes held (cap {PENDING_PER_ADDRESS})"
         assert a.put_desired(1, {}).status_code == 200  # a member with a card (at 127.0.0.1) is served meanwhile
-        time.sleep(HANDSHAKE_S + 1.5)
-        assert sum(_open(s) for s in socks) == 0, "handshakes never begun are held past the deadline"
+        wait_for(lambda: sum(_open(s) for s in socks) == 0, 30)  # a 5 s handshake deadline; before: held 60 s
     finally:
         for s in socks:
             s.close()
@@ -188,8 +189,9 @@ def test_the_https_client_listener_bounds_handshakes_too(agents: Any, tmp_path: 
     stranger = ("127.0.0.2", 0)
     socks = [socket.create_connection((a.host, port), 10, stranger) for _ in range(PENDING_PER_ADDRESS + 24)]
     try:
-        time.sleep(1.0)
-        assert sum(_open(s) for s in socks) == PENDING_PER_ADDRESS, "more half-open handshakes held than the cap"
+        wait_for(lambda: sum(_open(s) for s in socks) <= PENDING_PER_ADDRESS, 10)
+        held = sum(_open(s) for s in socks)
+        assert held == PENDING_PER_ADDRESS, f"{held} half-open handshakes held (cap {PENDING_PER_ADDRESS})"
         with httpx.Client(verify=ssl.create_default_context(cafile=str(cert))) as tls:
             assert tls.get(f"https://127.0.0.1:{port}/health").status_code == 200  # a phone is served meanwhile
     finally:
@@ -207,9 +209,8 @@ def test_a_client_that_never_reads_its_answer_lets_go_of_the_model_server(agents
     try:
         head = f"POST {PREDICT} HTTP/1.1\r\nHost: a\r\nContent-Type: application/json\r\nContent-Length: {len(body)}"
         sock.sendall(head.encode() + b"\r\n\r\n" + body)
-        time.sleep(4.0)
-        choice = a.get(f"/services/{MODEL}").json()
-        assert choice["in_flight"] == 0, f"a client that does not read holds the server (others steered away): {choice}"
+        # Before: held until the in-flight count went stale (120 s), and the connections for good.
+        wait_for(lambda: a.get(f"/services/{MODEL}").json()["in_flight"] == 0, 60, step=0.5)
     finally:
         sock.close()
 
@@ -223,10 +224,8 @@ def test_odd_bytes_in_a_header_or_a_label_reach_the_server_not_a_502(agents: Any
             f"POST {PREDICT} HTTP/1.1\r\nHost: a\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n"
         )
         sock.sendall(head.encode() + b"X-Note: caf\xe9\r\nConnection: close\r\n\r\n" + body)
-        started = time.monotonic()
-        answer = _answer(sock, 10)
-    assert answer.startswith(b"HTTP/1.1 200"), answer[:300]
-    assert time.monotonic() - started < 1.0
+        answer = _answer(sock, 30)
+    assert answer.startswith(b"HTTP/1.1 200"), answer[:300]  # was a 502 after two tries of 1 s
     r = httpx.post(f"{a.url}/v1/models/{MODEL}/labels/a%20b:predict", json={"instances": [1.0]}, timeout=30)
     assert r.status_code == 400 and r.json() == {"error": "Unrecognized servable version label: a b"}, r.text
 
@@ -243,3 +242,18 @@ def test_a_chunked_body_that_also_declares_a_length_is_proxied_by_its_chunks(age
         sock.sendall(head.encode() + b"Connection: close\r\n\r\n" + chunked)
         answer = _answer(sock, 10)
     assert answer.startswith(b"HTTP/1.1 200") and answer.endswith(b'{"predictions": [2.5, 3.0]}'), answer[-300:]
+
+
+def test_one_huge_request_does_not_make_a_server_look_slow_to_everyone(agents: Any) -> None:
+    a = agents("a", QUIET, "--provision-wait-s", "20")
+    assert a.get(f"/services/{MODEL}").status_code == 200
+    with httpx.Client(base_url=a.url, timeout=60) as http:
+        for _ in range(20):
+            assert http.post(PREDICT, json={"instances": [1.0]}).status_code == 200
+        huge = b'{"instances": [' + b"1," * 1_999_999 + b"1]}"
+        r = http.post(PREDICT, content=huge, headers={"Content-Type": "application/json"})
+        assert r.status_code == 200
+        took = _latencies(a, "127.0.0.1")[-1]
+        ranked = http.get(f"/services/{MODEL}").json()
+    assert took > 100, f"the huge request was not slow here ({took} ms): the test shows nothing"
+    assert ranked["why"]["exec_ms"] < took / 10, f"one client's huge request moved everyone's estimate: {ranked}"

@@ -14,7 +14,6 @@ import json
 import random
 import socket
 import threading
-import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -332,11 +331,9 @@ def test_replay_keeps_at_most_its_bound() -> None:
 def test_a_request_h11_cannot_write_is_refused_at_once_not_a_server_failure(stand_in: int) -> None:
     from agent.serving.upstream import Unsendable
 
-    async def send(headers: list[tuple[str, str]], target: str) -> float:
-        started = time.monotonic()
-        with pytest.raises(Unsendable):
+    async def send(headers: list[tuple[str, str]], target: str) -> None:
+        with pytest.raises(Unsendable):  # was an UpstreamError (a 502) after waiting 1 s for an answer
             await UpstreamPool().request("POST", f"http://127.0.0.1:{stand_in}{target}", headers, None)
-        return time.monotonic() - started
 
-    assert asyncio.run(send([("X-Bad", "a\x00b")], "/v1/models/half_plus_two:predict")) < 0.5
-    assert asyncio.run(send([], "/v1/models/half plus two:predict")) < 0.5
+    asyncio.run(send([("X-Bad", "a\x00b")], "/v1/models/half_plus_two:predict"))
+    asyncio.run(send([], "/v1/models/half plus two:predict"))

@@ -16,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from solver import Mode, Snapshot, fastlp, lpguide
+from solver import Mode, Snapshot, fastlp, lpdual, lpguide
 from solver.problem import Problem, build_problem, rejection_penalty
 from solver.simulate import thesis_instance
 from tests.unit.test_solver_fastlp import REL, gap, pyomo_lp_optimum
@@ -145,11 +145,25 @@ def test_the_bracket_check_catches_a_smoothed_bound_without_the_budgets(monkeypa
     problems = smoothed_instances()[:4]
     assert all(bracketed(p) for p in problems)
 
-    def no_credit(p: Problem, penalty: float, lam: Any, mu: Any, priced: Any) -> float:
-        return float(p.class_count @ np.minimum(lpguide._reduced(p, lam, mu, priced), penalty).min(axis=1))
+    def no_credit(dual: lpdual.SmoothedDual, x: Any) -> float:
+        dual.exact(x)  # fills the options at these prices
+        return float(dual.count @ dual.options.min(axis=1))
 
-    monkeypatch.setattr(lpguide, "dual_value", no_credit)
+    monkeypatch.setattr(lpdual, "bound", no_credit)
     assert not all(bracketed(p) for p in problems)
+
+
+def test_free_slots_priced_as_rows_make_mode1_estimates_trusted(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Mode 1 with running instances: with their free slots unpriced the bound is weak (never trusted);
+    priced as rows of their own the bounds close, and the guided LP still reaches the Pyomo optimum."""
+    problems = [nearly_full(seed, Mode.MODE1, 1.1, 1.1) for seed in range(16)]
+    problems = [p for p in problems if (p.free > 0).any()]
+    assert len(problems) >= 8
+    trusted = [lpguide.estimate(p, rejection_penalty(p)).gap <= fastlp.TRUST_GAP for p in problems]
+    assert sum(trusted) >= 0.75 * len(problems)
+    assert all(gap(p) <= REL for p in problems)
+    monkeypatch.setattr(lpdual, "SLOT_PRICES", False)
+    assert not any(lpguide.estimate(p, rejection_penalty(p)).gap <= fastlp.TRUST_GAP for p in problems)
 
 
 def test_the_oracle_check_fails_on_nearly_full_clusters_without_pricing(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -237,3 +237,25 @@ def test_a_cluster_with_no_room_for_any_instance_rejects_everything(monkeypatch:
     monkeypatch.setattr(qm, "_solve_form", lambda *a, **k: (_ for _ in ()).throw(SolverError("Ipopt failed")))
     with pytest.raises(SolverError):  # no form left: the error reaches the caller (the leader's fallback)
         solve_nlp(q)
+
+
+@pytest.mark.parametrize(
+    "name", ["queue_spread_full_memory.json", "queue_spread_mode1.json", "queue_spread_tail_cap.json"]
+)
+def test_spread_bound_where_no_pool_can_shed_or_empty_alone(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found by hypothesis: memory (nearly) full, Mode 1 with running instances kept, so no pool can give
+    up an instance on its own nor move whole into the others; the bound (17 > 16 instances of m0 on class
+    nano; 6 > 5 of m1 on orin; 6 > 5 under the tail cap) holds only by moving part of a pool's rate into the
+    others' room up to rho_max (queue_repair._shed_by_moving). The check fails with that step off."""
+    snap, mode = _case(name)
+    q = build_queue_problem(build_problem(snap, mode))
+    if name == "queue_spread_tail_cap.json":
+        from solver.tail_cap import with_tail_cap
+
+        q = with_tail_cap(q)
+    nlp = solve_nlp(q, compact=False)
+    pools = repair(q, nlp.x, nlp.r)
+    check(pools)
+    assert pools.shed >= 1
+    monkeypatch.setattr(queue_repair, "SHED_BY_MOVING", False)
+    assert spread_violations(repair(q, nlp.x, nlp.r)), "the bound check must fail without the step"
