@@ -9,9 +9,10 @@ request at their best split of the streams) and switches to the plan only when
   instance running, a running pool is loaded past ``rho_max`` even at the best split, nothing runs yet,
   or the running placement could not be valued (the thesis objective values per stream: no hold);
 * or the plan is better by more than ``start_cost_ms`` per instance it starts plus ``margin`` x the
-  running placement's latency, or more instances of a model run than the plan's instance bound allows
-  (need at ``rho_max`` + one spare per node class): a plan with fewer instances is otherwise held, so the
-  count cannot flap between n and n + 1 either.
+  running placement's latency (a gain under ``confirm_below`` times that must show in two rounds in a
+  row: one noisy window does not move an instance), or more instances of a model run than the plan's
+  instance bound allows (need at ``rho_max`` + one spare per node class): a plan with fewer instances
+  is otherwise held, so the count cannot flap between n and n + 1 either.
 
 Even then an instance started less than ``min_dwell_s`` ago is not stopped: the plan's starts go ahead and
 the young instance stays until it is old enough (for a while one more instance runs than the plan says).
@@ -39,6 +40,7 @@ class HoldConfig:
     margin: float = 0.1  # relative: the plan must beat the running latency by this share ...
     start_cost_ms: float = 1.0  # ... plus this per instance it starts
     min_dwell_s: float = 60.0  # an instance younger than this is not stopped for a soft gain
+    confirm_below: float = 2.0  # a gain under this many times the margin must show in two rounds in a row
 
 
 @dataclass(frozen=True)
@@ -51,9 +53,10 @@ class Verdict:
     gain_ms: float | None = None
     needed_ms: float | None = None
     hard: bool = False
+    pending: bool = False  # held only until the next round confirms the gain
 
     def to_dict(self) -> dict[str, Any]:
-        return {"switched": self.switch, "hard": self.hard, "reason": self.reason,
+        return {"switched": self.switch, "hard": self.hard, "reason": self.reason, "pending": self.pending,
                 "gain_ms": _round(self.gain_ms), "needed_ms": _round(self.needed_ms)}  # fmt: skip
 
 
@@ -95,8 +98,11 @@ def judge(
     births: Births,
     now: float,
     cfg: HoldConfig,
+    confirmed: bool = False,
 ) -> Verdict:
-    """Whether to command the plan or keep what runs, for the nodes in ``running`` (this round's gathered)."""
+    """Whether to command the plan or keep what runs, for the nodes in ``running`` (this round's gathered).
+
+    ``confirmed``: the round before was held pending confirmation (a modest gain must persist)."""
     desired = {n: {m: c for m, c in plan.get(n, {}).items() if c > 0} for n in running}
     held = {n: {m: c for m, c in running[n].items() if c > 0} for n in running}
     if desired == held:
@@ -117,6 +123,9 @@ def judge(
     if not over and gain <= needed:
         why = f"the plan gains {gain:.2f} ms per request, a switch must gain over {needed:.2f} ms"
         return Verdict(False, why, held, gain, needed)
+    if not over and gain <= cfg.confirm_below * needed and not confirmed:
+        why = f"the plan gains {gain:.2f} ms per request (over {needed:.2f} ms): held until the next round confirms it"
+        return Verdict(False, why, held, gain, needed, pending=True)
     why = f"more instances run than the bound allows: {', '.join(over)}" if over else f"the plan gains {gain:.2f} ms"
     young = _young_stops(held, desired, births, now, cfg.min_dwell_s)
     for n, m in young:

@@ -222,6 +222,8 @@ class LeaderRound:
         self.last_running: dict[str, dict[str, int]] = {}  # last round's nodes with instances: who was lost
         self.last_reports: dict[str, NodeReport] = {}  # last round's fresh reports (members only)
         self.intent: dict[str, dict[str, int]] = {}  # last round's target per node (before make-before-break)
+        self.leaving: dict[str, dict[str, int]] = {}  # instances make-before-break keeps beyond that target
+        self.pending = False  # last round held a modest gain until this one confirms it
         self.changes = 0  # rounds whose command changed the running instances
         self.holds = 0  # rounds whose plan was held back
         self._rounds = 0
@@ -256,7 +258,7 @@ class LeaderRound:
 
     def _elected(self, e: Elected) -> list[Instruction]:
         self.term, self.members = e.term, dict(e.members)
-        self.intent = {}  # a new term weighs plans against what the nodes report running
+        self.intent, self.leaving = {}, {}  # a new term weighs plans against what the nodes report running
         self.last_reports = {}  # nor does a report from before it stand in for a missed answer
         self.fenced_at = None
         self._round, self.phase = None, Phase.IDLE  # a round of the old term would command with it
@@ -331,13 +333,16 @@ class LeaderRound:
         return [Solve(r.number, nodes, tuple(self.window), now, self._status_quo(r))]
 
     def _status_quo(self, r: _Round) -> dict[str, dict[str, int]]:
-        """What a plan is weighed against: last round's target where this leader set one (a move still under
-        way counts as made: make-before-break's held instances and draining ones are on their way out), else
-        what the node reports running."""
-        return {
-            n: dict(self.intent[n]) if n in self.intent else {m: c for m, c in rep.instances.items() if c > 0}
-            for n, rep in sorted(r.reports.items())
-        }
+        """What a plan is weighed against: what each node runs, less what make-before-break keeps only until
+        its replacement is ready (on its way out; draining servers are not reported running), and at least
+        last round's target (a start still under way counts as made)."""
+        out: dict[str, dict[str, int]] = {}
+        for n, rep in sorted(r.reports.items()):
+            leaving, target = self.leaving.get(n, {}), self.intent.get(n, {})
+            models = {*rep.instances, *target}
+            counts = {m: max(rep.instances.get(m, 0) - leaving.get(m, 0), target.get(m, 0)) for m in models}
+            out[n] = {m: c for m, c in sorted(counts.items()) if c > 0}
+        return out
 
     # -- commanding --------------------------------------------------------------------------------
     def _on_solved(self, r: _Round, e: Solved) -> list[Instruction]:
@@ -353,13 +358,18 @@ class LeaderRound:
         status_quo = self._status_quo(r)
         verdict = judge(
             desired_sets(plan.get("instances", {}), gathered), status_quo, plan.get("objective_ms"),
-            plan.get("running_value"), lost, self.births, e.now, self.config.hold,
+            plan.get("running_value"), lost, self.births, e.now, self.config.hold, self.pending,
         )  # fmt: skip
+        self.pending = verdict.pending
         self.intent = {n: dict(d) for n, d in verdict.desired.items()}
         changed = verdict.desired != status_quo
         self.changes += changed
         self.holds += not verdict.switch
         desired = make_before_break(verdict.desired, {n: r.reports[n].ready for n in gathered})
+        self.leaving = {
+            n: {m: c - verdict.desired[n].get(m, 0) for m, c in d.items() if c > verdict.desired[n].get(m, 0)}
+            for n, d in desired.items()
+        }
         r.summary = self._summary(plan, e, gathered, verdict, changed)
         r.commands = {
             n: Command(r.number, n, r.members[n], self.term, d, r.summary)

@@ -35,8 +35,16 @@ def test_a_plan_no_better_than_what_runs_is_held_with_the_running_counts() -> No
 
 
 def test_a_clearly_better_plan_switches() -> None:
-    v = judge(MOVED, RUNNING, 7.9, value(10.0), (), old(), 100.0, CFG)
+    v = judge(MOVED, RUNNING, 5.9, value(10.0), (), old(), 100.0, CFG)  # gains 4.1 ms, twice the 2 ms needed
     assert v.switch and not v.hard and v.desired == {"a": {}, "b": {"m": 1}, "c": {"m": 1}}
+
+
+def test_a_modest_gain_must_show_in_two_rounds_in_a_row() -> None:
+    first = judge(MOVED, RUNNING, 7.9, value(10.0), (), old(), 100.0, CFG)  # gains 2.1 ms: over 2, under 4
+    assert not first.switch and first.pending and "until the next round confirms it" in first.reason
+    assert first.desired == {"a": {"m": 1}, "b": {"m": 1}, "c": {}}
+    second = judge(MOVED, RUNNING, 7.9, value(10.0), (), old(), 101.0, CFG, confirmed=True)
+    assert second.switch and second.desired == MOVED and not second.pending
 
 
 def test_hard_needs_act_at_once_whatever_the_gain() -> None:
@@ -107,10 +115,15 @@ def test_noise_around_a_steady_load_never_moves(rounds: list[tuple[float, float,
 
 @given(st.floats(0.0, 0.5), st.floats(5.0, 50.0))
 def test_a_gain_past_the_margin_always_switches(extra: float, base: float) -> None:
-    """A plan better by more than the margin moves within the round (old instances, nothing hard)."""
+    """A plan better by more than twice the margin moves within the round, by more than the margin within
+    two (old instances, nothing hard)."""
     needed = CFG.start_cost_ms + CFG.margin * base
+    big = judge(MOVED, RUNNING, base - 2 * needed - extra - 1e-6, value(base), (), old(), 100.0, CFG)
+    assert big.switch and big.desired == MOVED
     plan_ms = base - needed - extra - 1e-6
     v = judge(MOVED, RUNNING, plan_ms, value(base), (), old(), 100.0, CFG)
+    if not v.switch:
+        v = judge(MOVED, RUNNING, plan_ms, value(base), (), old(), 101.0, CFG, confirmed=v.pending)
     assert v.switch and v.desired == MOVED
 
 
@@ -156,3 +169,23 @@ def test_a_move_under_way_is_finished_not_held_back_by_the_instances_it_replaces
     assert second["commands"]["a"] == {"m": 1}  # c not ready yet
     third = round_(12.0, {"a": 1, "b": 1, "c": 1}, {"a": 1, "b": 1, "c": 1}, 5.0)
     assert third["commands"]["a"] == {}
+
+
+def test_a_server_started_on_demand_outside_the_target_is_part_of_the_status_quo() -> None:
+    """The first round placed nothing (no requests yet); an agent then started a server on demand: the next
+    round weighs the plan against that server, not against 'nothing runs'."""
+    m = LeaderRound("a", RoundConfig(period_s=1.0, debounce_s=0.0, hold=CFG))
+    m.step(Elected(0.0, 1, {"a": "http://a", "b": "http://b"}))
+    held = []
+    for now, running in ((10.0, {}), (11.0, {"m": 1})):
+        out = m.step(RoundTick(now))
+        for g in [g for g in out if isinstance(g, Gather)]:
+            inst = running if g.node == "a" else {}
+            out = m.step(Gathered(now, g.round, g.node, NodeReport(g.node, 1e3, 1e3, 100, "x", inst, {}, inst), ()))
+        solve = out[0]
+        assert isinstance(solve, Solve)
+        held.append(solve.held)
+        out = m.step(Solved(now, solve.round, {"instances": {}, "objective_ms": 0.0}, 0))
+        for c in [c for c in out if isinstance(c, Command)]:
+            m.step(Acknowledged(now, c.round, c.node))
+    assert held == [{"a": {}, "b": {}}, {"a": {"m": 1}, "b": {}}]
