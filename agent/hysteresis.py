@@ -41,6 +41,7 @@ class HoldConfig:
     start_cost_ms: float = 1.0  # ... plus this per instance it starts
     min_dwell_s: float = 60.0  # an instance younger than this is not stopped for a soft gain
     confirm_below: float = 2.0  # a gain under this many times the margin must show in two rounds in a row
+    per_model: bool = True  # a model's own mean latency past the same margin also switches (a small stream)
 
 
 @dataclass(frozen=True)
@@ -99,10 +100,12 @@ def judge(
     now: float,
     cfg: HoldConfig,
     confirmed: bool = False,
+    plan_model_ms: Mapping[str, float] | None = None,
 ) -> Verdict:
     """Whether to command the plan or keep what runs, for the nodes in ``running`` (this round's gathered).
 
-    ``confirmed``: the round before was held pending confirmation (a modest gain must persist)."""
+    ``confirmed``: the round before was held pending confirmation (a modest gain must persist);
+    ``plan_model_ms``: the plan's mean latency per model (the per-model rule; None: the cluster mean only)."""
     desired = {n: {m: c for m, c in plan.get(n, {}).items() if c > 0} for n in running}
     held = {n: {m: c for m, c in running[n].items() if c > 0} for n in running}
     if desired == held:
@@ -120,13 +123,18 @@ def judge(
     starts = sum(max(0, c - held[n].get(m, 0)) for n, ms in desired.items() for m, c in ms.items())
     needed = starts * cfg.start_cost_ms + cfg.margin * running_ms
     over = sorted(str(m) for m in value.get("over_bound", []))
+    model = _model_gain(value.get("model_ms"), plan_model_ms, starts, cfg) if cfg.per_model else None
+    of = ""
+    if model is not None and model[1] / model[2] > gain / needed:  # the model's own gain decides, and is shown
+        of, gain, needed = f" of {model[0]}", model[1], model[2]
     if not over and gain <= needed:
         why = f"the plan gains {gain:.2f} ms per request, a switch must gain over {needed:.2f} ms"
         return Verdict(False, why, held, gain, needed)
+    subject = f"the plan gains {gain:.2f} ms per request{of}"
     if not over and gain <= cfg.confirm_below * needed and not confirmed:
-        why = f"the plan gains {gain:.2f} ms per request (over {needed:.2f} ms): held until the next round confirms it"
+        why = f"{subject} (over {needed:.2f} ms): held until the next round confirms it"
         return Verdict(False, why, held, gain, needed, pending=True)
-    why = f"more instances run than the bound allows: {', '.join(over)}" if over else f"the plan gains {gain:.2f} ms"
+    why = f"more instances run than the bound allows: {', '.join(over)}" if over else subject
     young = _young_stops(held, desired, births, now, cfg.min_dwell_s)
     for n, m in young:
         desired[n][m] = held[n][m]
@@ -134,6 +142,24 @@ def judge(
         kept = ", ".join(f"{m} on {n} ({births.age(n, m, now):.0f} s)" for n, m in young)
         why += f"; kept until {cfg.min_dwell_s:g} s old: {kept}"
     return Verdict(desired != held, why, desired, gain, needed)
+
+
+def _model_gain(
+    running_ms: Any, plan_ms: Mapping[str, float] | None, starts: int, cfg: HoldConfig
+) -> tuple[str, float, float] | None:
+    """(model, gain, needed) of the model the plan helps most past its own margin, provided the plan costs
+    no model more than that model's margin; None if there is no such model (or no per-model values)."""
+    if not isinstance(running_ms, Mapping) or not plan_ms:
+        return None
+    both = [(str(m), float(r), float(plan_ms[m])) for m, r in running_ms.items() if m in plan_ms]
+    if any(p - r > cfg.margin * r for _, r, p in both):
+        return None  # the plan buys one model's gain with another's loss: no switch on that
+    best = None
+    for m, r, p in both:
+        gain, needed = r - p, starts * cfg.start_cost_ms + cfg.margin * r
+        if gain > needed and (best is None or gain / needed > best[1] / best[2]):
+            best = (m, gain, needed)
+    return best
 
 
 def _young_stops(held: Counts, desired: Counts, births: Births, now: float, dwell: float) -> list[tuple[str, str]]:

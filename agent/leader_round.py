@@ -187,6 +187,7 @@ class RoundConfig:
     max_window: int = 50_000  # request records kept for the snapshot
     page_limit: int = 5000  # request-log records per gather page
     hold: HoldConfig = field(default_factory=HoldConfig)  # hysteresis: when a plan may replace the running instances
+    target_rounds: int = 3  # a target a node's reports still fall short of after this many rounds stops counting
 
 
 @dataclass
@@ -223,6 +224,7 @@ class LeaderRound:
         self.last_reports: dict[str, NodeReport] = {}  # last round's fresh reports (members only)
         self.intent: dict[str, dict[str, int]] = {}  # last round's target per node (before make-before-break)
         self.leaving: dict[str, dict[str, int]] = {}  # instances make-before-break keeps beyond that target
+        self.short: dict[tuple[str, str], int] = {}  # (node, model) -> rounds its reports fell short of the target
         self.pending = False  # last round held a modest gain until this one confirms it
         self.changes = 0  # rounds whose command changed the running instances
         self.holds = 0  # rounds whose plan was held back
@@ -258,7 +260,7 @@ class LeaderRound:
 
     def _elected(self, e: Elected) -> list[Instruction]:
         self.term, self.members = e.term, dict(e.members)
-        self.intent, self.leaving = {}, {}  # a new term weighs plans against what the nodes report running
+        self.intent, self.leaving, self.short = {}, {}, {}  # a new term weighs plans against what nodes report
         self.last_reports = {}  # nor does a report from before it stand in for a missed answer
         self.fenced_at = None
         self._round, self.phase = None, Phase.IDLE  # a round of the old term would command with it
@@ -329,8 +331,23 @@ class LeaderRound:
         while self.window and self.window[0].ts < cutoff:
             self.window.popleft()
         self.phase = Phase.SOLVING
+        self._expire_targets(r)
         nodes = tuple(r.reports[n] for n in sorted(r.reports))
         return [Solve(r.number, nodes, tuple(self.window), now, self._status_quo(r))]
+
+    def _expire_targets(self, r: _Round) -> None:
+        """Count, per (node, model), the rounds a fresh report runs fewer than the target; at ``target_rounds``
+        the target falls back to what the node reports (a start that keeps failing is not counted as made)."""
+        for n in sorted(set(r.reports) - r.stale):
+            target, running = self.intent.get(n, {}), r.reports[n].instances
+            for m in sorted(target):
+                if running.get(m, 0) >= target[m]:
+                    self.short.pop((n, m), None)
+                    continue
+                self.short[(n, m)] = self.short.get((n, m), 0) + 1
+                if self.short[(n, m)] >= self.config.target_rounds:
+                    del self.short[(n, m)]
+                    target[m] = running.get(m, 0)
 
     def _status_quo(self, r: _Round) -> dict[str, dict[str, int]]:
         """What a plan is weighed against: what each node runs, less what make-before-break keeps only until
@@ -359,9 +376,15 @@ class LeaderRound:
         verdict = judge(
             desired_sets(plan.get("instances", {}), gathered), status_quo, plan.get("objective_ms"),
             plan.get("running_value"), lost, self.births, e.now, self.config.hold, self.pending,
+            plan.get("details", {}).get("model_ms"),
         )  # fmt: skip
         self.pending = verdict.pending
+        for n, d in verdict.desired.items():  # a raised target gets its full rounds to be met
+            for m, c in d.items():
+                if c > self.intent.get(n, {}).get(m, 0):
+                    self.short.pop((n, m), None)
         self.intent = {n: dict(d) for n, d in verdict.desired.items()}
+        self.short = {(n, m): k for (n, m), k in self.short.items() if m in self.intent.get(n, {})}
         changed = verdict.desired != status_quo
         self.changes += changed
         self.holds += not verdict.switch

@@ -48,6 +48,7 @@ class RunningValue:
     instances: dict[str, dict[str, int]] = field(default_factory=dict)
     spread: list[dict[str, Any]] = field(default_factory=list)
     planned_queue: dict[str, dict[str, float]] = field(default_factory=dict)
+    model_ms: dict[str, float] = field(default_factory=dict)  # per served model: its mean latency per request
 
     def to_dict(self) -> dict[str, Any]:
         """JSON form (the solver worker's reply, the leader's round)."""
@@ -55,7 +56,7 @@ class RunningValue:
             "objective_ms": self.objective_ms, "gap_ms": self.gap_ms, "unserved": list(self.unserved),
             "overloaded": list(self.overloaded), "demand": list(self.demand), "over_bound": list(self.over_bound),
             "instances": self.instances,
-            "spread": self.spread, "planned_queue": self.planned_queue,
+            "spread": self.spread, "planned_queue": self.planned_queue, "model_ms": self.model_ms,
         }  # fmt: skip
 
 
@@ -105,8 +106,23 @@ def value_running(
     return RunningValue(
         objective_ms=value, gap_ms=gap / total if total > 0 else 0.0, unserved=unserved, overloaded=overloaded,
         demand=asked, over_bound=_over_bound(q, running), instances=instances, spread=_spread(q, x),
-        planned_queue=_planned_queue(q, n, lam),
+        planned_queue=_planned_queue(q, n, lam), model_ms=_model_ms(q, n, x),
     )  # fmt: skip
+
+
+def _model_ms(q: QueueProblem, n: FloatArray, x: FloatArray) -> dict[str, float]:
+    """Per model with served rate: mean latency per request at this split (``_objective``'s terms, per model)."""
+    p = q.base
+    lam = _lam(q, x)
+    d, _ = _delay(q, lam, n)
+    wait = d - lam * q.service_ms  # [j, k]
+    out: dict[str, float] = {}
+    for k, name in enumerate(p.model_names):
+        mine = p.class_model == k
+        served = float(x[mine].sum())
+        if served > 0:
+            out[name] = round((float((x[mine] * p.cost[mine]).sum()) + float(wait[:, k].sum())) / served, 6)
+    return out
 
 
 def _over_bound(q: QueueProblem, running: Any) -> tuple[str, ...]:

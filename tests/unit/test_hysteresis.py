@@ -189,3 +189,59 @@ def test_a_server_started_on_demand_outside_the_target_is_part_of_the_status_quo
         for c in [c for c in out if isinstance(c, Command)]:
             m.step(Acknowledged(now, c.round, c.node))
     assert held == [{"a": {}, "b": {}}, {"a": {"m": 1}, "b": {}}]
+
+
+def per_model(m: float, s: float) -> dict[str, float]:
+    return {"m": m, "s": s}  # m: the big stream's model, s: a small stream's
+
+
+@given(st.lists(st.tuples(noise, noise, noise, noise, st.sampled_from([RUNNING, MOVED])), max_size=30))
+def test_per_model_noise_never_moves(rounds: list[tuple[float, float, float, float, Any]]) -> None:
+    """The per-model rule keeps the noise property: every model's latency within a few % of what runs, no move."""
+    births, running = old(), dict(RUNNING)
+    for k, (pm, ps, rm, rs, plan) in enumerate(rounds):
+        val = value(10.0, model_ms=per_model(10.0 * (1 + rm), 500.0 * (1 + rs)))
+        v = judge(
+            plan,
+            running,
+            10.0 * (1 + pm),
+            val,
+            (),
+            births,
+            100.0 + k,
+            CFG,
+            False,
+            per_model(10 * (1 + pm), 500 * (1 + ps)),
+        )
+        assert not v.switch or v.desired == running
+        running = v.desired
+        births.observe(running, 100.0 + k)
+    assert running == RUNNING
+
+
+@given(st.floats(0.0, 0.5), st.floats(5.0, 500.0))
+def test_a_models_own_gain_past_its_margin_switches_and_without_the_rule_is_held(extra: float, base: float) -> None:
+    """A small stream's model gains past its margin while the cluster mean barely moves: switched (within two
+    rounds), and held when the rule is off (the finding: held forever)."""
+    needed = CFG.start_cost_ms + CFG.margin * base
+    val = value(10.0, model_ms=per_model(10.0, base))
+    plan_ms = per_model(10.0, base - needed - extra - 1e-6)
+    v = judge(MOVED, RUNNING, 9.99, val, (), old(), 100.0, CFG, False, plan_ms)
+    if not v.switch:
+        assert v.pending and "of s" in v.reason
+        v = judge(MOVED, RUNNING, 9.99, val, (), old(), 101.0, CFG, True, plan_ms)
+    assert v.switch and v.desired == MOVED and "of s" in v.reason and v.gain_ms is not None and v.needed_ms is not None
+    assert v.gain_ms > v.needed_ms
+    off = HoldConfig(margin=0.1, start_cost_ms=1.0, min_dwell_s=60.0, per_model=False)
+    for confirmed in (False, True):
+        held = judge(MOVED, RUNNING, 9.99, val, (), old(), 100.0, off, confirmed, plan_ms)
+        assert not held.switch and held.desired == RUNNING
+
+
+def test_a_plan_that_buys_one_models_gain_with_anothers_loss_is_not_switched_on_the_gain() -> None:
+    """Two models trading latency (equal cluster mean): no per-model switch, so the trade cannot flap."""
+    val = value(10.0, model_ms=per_model(10.0, 500.0))
+    trade = judge(MOVED, RUNNING, 10.0, val, (), old(), 100.0, CFG, True, per_model(11.5, 8.0))  # m loses 15 %
+    assert not trade.switch and trade.desired == RUNNING
+    fair = judge(MOVED, RUNNING, 10.0, val, (), old(), 100.0, CFG, True, per_model(10.9, 8.0))  # m loses 9 %
+    assert fair.switch and "of s" in fair.reason
