@@ -12,7 +12,10 @@ request at their best split of the streams) and switches to the plan only when
   running placement's latency (a gain under ``confirm_below`` times that must show in two rounds in a
   row: one noisy window does not move an instance), or more instances of a model run than the plan's
   instance bound allows (need at ``rho_max`` + one spare per node class): a plan with fewer instances
-  is otherwise held, so the count cannot flap between n and n + 1 either.
+  is otherwise held, so the count cannot flap between n and n + 1 either;
+* or, per model (``per_model``), some model's own mean latency (the plan's ``model_ms`` against the
+  valuation's) drops by more than the same margin of its latency plus the per-start cost, and no model's
+  rises by more than its margin: a small stream stuck far away is not drowned in the cluster mean.
 
 Even then an instance started less than ``min_dwell_s`` ago is not stopped: the plan's starts go ahead and
 the young instance stays until it is old enough (for a while one more instance runs than the plan says).
@@ -118,15 +121,8 @@ def judge(
     held = {n: _without_idle(ms, desired[n], idle) for n, ms in held.items()}
     if desired == held:
         return Verdict(True, f"only stops instances without demand: {', '.join(sorted(idle))}", desired)
-    running_ms = float(value["objective_ms"])
-    gain = running_ms - float(plan_objective_ms)
-    starts = sum(max(0, c - held[n].get(m, 0)) for n, ms in desired.items() for m, c in ms.items())
-    needed = starts * cfg.start_cost_ms + cfg.margin * running_ms
+    gain, needed, of = _gain(value, float(plan_objective_ms), plan_model_ms, held, desired, cfg)
     over = sorted(str(m) for m in value.get("over_bound", []))
-    model = _model_gain(value.get("model_ms"), plan_model_ms, starts, cfg) if cfg.per_model else None
-    of = ""
-    if model is not None and model[1] / model[2] > gain / needed:  # the model's own gain decides, and is shown
-        of, gain, needed = f" of {model[0]}", model[1], model[2]
     if not over and gain <= needed:
         why = f"the plan gains {gain:.2f} ms per request, a switch must gain over {needed:.2f} ms"
         return Verdict(False, why, held, gain, needed)
@@ -144,6 +140,25 @@ def judge(
     return Verdict(desired != held, why, desired, gain, needed)
 
 
+def _gain(
+    value: Mapping[str, Any],
+    plan_ms: float,
+    plan_model_ms: Mapping[str, float] | None,
+    held: Counts,
+    desired: Counts,
+    cfg: HoldConfig,
+) -> tuple[float, float, str]:
+    """(gain, needed, " of MODEL" or ""): the cluster mean's, or a model's where its own clears its margin by more."""
+    running_ms = float(value["objective_ms"])
+    gain = running_ms - plan_ms
+    starts = sum(max(0, c - held[n].get(m, 0)) for n, ms in desired.items() for m, c in ms.items())
+    needed = starts * cfg.start_cost_ms + cfg.margin * running_ms
+    model = _model_gain(value.get("model_ms"), plan_model_ms, starts, cfg) if cfg.per_model else None
+    if model is not None and model[1] * needed > gain * model[2]:  # a larger share of its needed gain
+        return model[1], model[2], f" of {model[0]}"
+    return gain, needed, ""
+
+
 def _model_gain(
     running_ms: Any, plan_ms: Mapping[str, float] | None, starts: int, cfg: HoldConfig
 ) -> tuple[str, float, float] | None:
@@ -157,7 +172,7 @@ def _model_gain(
     best = None
     for m, r, p in both:
         gain, needed = r - p, starts * cfg.start_cost_ms + cfg.margin * r
-        if gain > needed and (best is None or gain / needed > best[1] / best[2]):
+        if gain > needed and (best is None or gain * best[2] > best[1] * needed):
             best = (m, gain, needed)
     return best
 

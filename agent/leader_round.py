@@ -4,7 +4,8 @@ A round gathers every member's stats and request log (paged by a per-node cursor
 twice or lost), solves the placement once every member answered or failed, then commands each gathered
 node its desired set with the leader's term, retrying a command that failed for a transient reason.
 A member whose gather fails keeps last round's report for that one round (no command goes to it), so a
-timeout on a loaded board is not taken for a lost node; a command not delivered drops that node's target.
+timeout on a loaded board is not taken for a lost node; a command not delivered drops that node's target,
+and a target its reports still fall short of after ``target_rounds`` rounds falls back to what it reports.
 Rounds start ``debounce_s`` after election or a membership change and every ``period_s`` otherwise.
 
     idle --(due)--> gathering --(all answered)--> solving --(solved)--> commanding --(all done)--> idle
