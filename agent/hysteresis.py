@@ -9,9 +9,13 @@ request at their best split of the streams) and switches to the plan only when
   instance running, a running pool is loaded past ``rho_max`` even at the best split, nothing runs yet,
   or the running placement could not be valued (the thesis objective values per stream: no hold);
 * or the plan is better by more than ``start_cost_ms`` per instance it starts plus ``margin`` x the
-  running placement's latency, or more instances of a model run than the plan's instance bound allows
-  (need at ``rho_max`` + one spare per node class): a plan with fewer instances is otherwise held, so the
-  count cannot flap between n and n + 1 either.
+  running placement's latency (a gain under ``confirm_below`` times that must show in two rounds in a
+  row: one noisy window does not move an instance), or more instances of a model run than the plan's
+  instance bound allows (need at ``rho_max`` + one spare per node class): a plan with fewer instances
+  is otherwise held, so the count cannot flap between n and n + 1 either;
+* or, per model (``per_model``), some model's own mean latency (the plan's ``model_ms`` against the
+  valuation's) drops by more than the same margin of its latency plus the per-start cost, and no model's
+  rises by more than its margin: a small stream stuck far away is not drowned in the cluster mean.
 
 Even then an instance started less than ``min_dwell_s`` ago is not stopped: the plan's starts go ahead and
 the young instance stays until it is old enough (for a while one more instance runs than the plan says).
@@ -39,6 +43,8 @@ class HoldConfig:
     margin: float = 0.1  # relative: the plan must beat the running latency by this share ...
     start_cost_ms: float = 1.0  # ... plus this per instance it starts
     min_dwell_s: float = 60.0  # an instance younger than this is not stopped for a soft gain
+    confirm_below: float = 2.0  # a gain under this many times the margin must show in two rounds in a row
+    per_model: bool = True  # a model's own mean latency past the same margin also switches (a small stream)
 
 
 @dataclass(frozen=True)
@@ -51,9 +57,10 @@ class Verdict:
     gain_ms: float | None = None
     needed_ms: float | None = None
     hard: bool = False
+    pending: bool = False  # held only until the next round confirms the gain
 
     def to_dict(self) -> dict[str, Any]:
-        return {"switched": self.switch, "hard": self.hard, "reason": self.reason,
+        return {"switched": self.switch, "hard": self.hard, "reason": self.reason, "pending": self.pending,
                 "gain_ms": _round(self.gain_ms), "needed_ms": _round(self.needed_ms)}  # fmt: skip
 
 
@@ -95,8 +102,13 @@ def judge(
     births: Births,
     now: float,
     cfg: HoldConfig,
+    confirmed: bool = False,
+    plan_model_ms: Mapping[str, float] | None = None,
 ) -> Verdict:
-    """Whether to command the plan or keep what runs, for the nodes in ``running`` (this round's gathered)."""
+    """Whether to command the plan or keep what runs, for the nodes in ``running`` (this round's gathered).
+
+    ``confirmed``: the round before was held pending confirmation (a modest gain must persist);
+    ``plan_model_ms``: the plan's mean latency per model (the per-model rule; None: the cluster mean only)."""
     desired = {n: {m: c for m, c in plan.get(n, {}).items() if c > 0} for n in running}
     held = {n: {m: c for m, c in running[n].items() if c > 0} for n in running}
     if desired == held:
@@ -109,15 +121,16 @@ def judge(
     held = {n: _without_idle(ms, desired[n], idle) for n, ms in held.items()}
     if desired == held:
         return Verdict(True, f"only stops instances without demand: {', '.join(sorted(idle))}", desired)
-    running_ms = float(value["objective_ms"])
-    gain = running_ms - float(plan_objective_ms)
-    starts = sum(max(0, c - held[n].get(m, 0)) for n, ms in desired.items() for m, c in ms.items())
-    needed = starts * cfg.start_cost_ms + cfg.margin * running_ms
+    gain, needed, of = _gain(value, float(plan_objective_ms), plan_model_ms, held, desired, cfg)
     over = sorted(str(m) for m in value.get("over_bound", []))
     if not over and gain <= needed:
         why = f"the plan gains {gain:.2f} ms per request, a switch must gain over {needed:.2f} ms"
         return Verdict(False, why, held, gain, needed)
-    why = f"more instances run than the bound allows: {', '.join(over)}" if over else f"the plan gains {gain:.2f} ms"
+    subject = f"the plan gains {gain:.2f} ms per request{of}"
+    if not over and gain <= cfg.confirm_below * needed and not confirmed:
+        why = f"{subject} (over {needed:.2f} ms): held until the next round confirms it"
+        return Verdict(False, why, held, gain, needed, pending=True)
+    why = f"more instances run than the bound allows: {', '.join(over)}" if over else subject
     young = _young_stops(held, desired, births, now, cfg.min_dwell_s)
     for n, m in young:
         desired[n][m] = held[n][m]
@@ -125,6 +138,43 @@ def judge(
         kept = ", ".join(f"{m} on {n} ({births.age(n, m, now):.0f} s)" for n, m in young)
         why += f"; kept until {cfg.min_dwell_s:g} s old: {kept}"
     return Verdict(desired != held, why, desired, gain, needed)
+
+
+def _gain(
+    value: Mapping[str, Any],
+    plan_ms: float,
+    plan_model_ms: Mapping[str, float] | None,
+    held: Counts,
+    desired: Counts,
+    cfg: HoldConfig,
+) -> tuple[float, float, str]:
+    """(gain, needed, " of MODEL" or ""): the cluster mean's, or a model's where its own clears its margin by more."""
+    running_ms = float(value["objective_ms"])
+    gain = running_ms - plan_ms
+    starts = sum(max(0, c - held[n].get(m, 0)) for n, ms in desired.items() for m, c in ms.items())
+    needed = starts * cfg.start_cost_ms + cfg.margin * running_ms
+    model = _model_gain(value.get("model_ms"), plan_model_ms, starts, cfg) if cfg.per_model else None
+    if model is not None and model[1] * needed > gain * model[2]:  # a larger share of its needed gain
+        return model[1], model[2], f" of {model[0]}"
+    return gain, needed, ""
+
+
+def _model_gain(
+    running_ms: Any, plan_ms: Mapping[str, float] | None, starts: int, cfg: HoldConfig
+) -> tuple[str, float, float] | None:
+    """(model, gain, needed) of the model the plan helps most past its own margin, provided the plan costs
+    no model more than that model's margin; None if there is no such model (or no per-model values)."""
+    if not isinstance(running_ms, Mapping) or not plan_ms:
+        return None
+    both = [(str(m), float(r), float(plan_ms[m])) for m, r in running_ms.items() if m in plan_ms]
+    if any(p - r > cfg.margin * r for _, r, p in both):
+        return None  # the plan buys one model's gain with another's loss: no switch on that
+    best = None
+    for m, r, p in both:
+        gain, needed = r - p, starts * cfg.start_cost_ms + cfg.margin * r
+        if gain > needed and (best is None or gain * best[2] > best[1] * needed):
+            best = (m, gain, needed)
+    return best
 
 
 def _young_stops(held: Counts, desired: Counts, births: Births, now: float, dwell: float) -> list[tuple[str, str]]:

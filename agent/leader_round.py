@@ -3,6 +3,9 @@
 A round gathers every member's stats and request log (paged by a per-node cursor, so nothing is counted
 twice or lost), solves the placement once every member answered or failed, then commands each gathered
 node its desired set with the leader's term, retrying a command that failed for a transient reason.
+A member whose gather fails keeps last round's report for that one round (no command goes to it), so a
+timeout on a loaded board is not taken for a lost node; a command not delivered drops that node's target,
+and a target its reports still fall short of after ``target_rounds`` rounds falls back to what it reports.
 Rounds start ``debounce_s`` after election or a membership change and every ``period_s`` otherwise.
 
     idle --(due)--> gathering --(all answered)--> solving --(solved)--> commanding --(all done)--> idle
@@ -185,6 +188,7 @@ class RoundConfig:
     max_window: int = 50_000  # request records kept for the snapshot
     page_limit: int = 5000  # request-log records per gather page
     hold: HoldConfig = field(default_factory=HoldConfig)  # hysteresis: when a plan may replace the running instances
+    target_rounds: int = 3  # a target a node's reports still fall short of after this many rounds stops counting
 
 
 @dataclass
@@ -194,6 +198,7 @@ class _Round:
     members: dict[str, str]
     waiting: set[str]
     reports: dict[str, NodeReport] = field(default_factory=dict)
+    stale: set[str] = field(default_factory=set)  # members whose gather failed: last round's report stands in
     commands: dict[str, Command] = field(default_factory=dict)
     attempts: dict[str, int] = field(default_factory=dict)
     retry_at: dict[str, float] = field(default_factory=dict)
@@ -217,7 +222,11 @@ class LeaderRound:
         self.window: deque[RequestRecord] = deque(maxlen=config.max_window)
         self.births = Births()  # when each (node, model) count last grew: the minimum dwell
         self.last_running: dict[str, dict[str, int]] = {}  # last round's nodes with instances: who was lost
+        self.last_reports: dict[str, NodeReport] = {}  # last round's fresh reports (members only)
         self.intent: dict[str, dict[str, int]] = {}  # last round's target per node (before make-before-break)
+        self.leaving: dict[str, dict[str, int]] = {}  # instances make-before-break keeps beyond that target
+        self.short: dict[tuple[str, str], int] = {}  # (node, model) -> rounds its reports fell short of the target
+        self.pending = False  # last round held a modest gain until this one confirms it
         self.changes = 0  # rounds whose command changed the running instances
         self.holds = 0  # rounds whose plan was held back
         self._rounds = 0
@@ -252,7 +261,8 @@ class LeaderRound:
 
     def _elected(self, e: Elected) -> list[Instruction]:
         self.term, self.members = e.term, dict(e.members)
-        self.intent = {}  # a new term weighs plans against what the nodes report running
+        self.intent, self.leaving, self.short = {}, {}, {}  # a new term weighs plans against what nodes report
+        self.last_reports = {}  # nor does a report from before it stand in for a missed answer
         self.fenced_at = None
         self._round, self.phase = None, Phase.IDLE  # a round of the old term would command with it
         self._due_soon(e.now)
@@ -297,6 +307,11 @@ class LeaderRound:
     def _on_gather(self, r: _Round, e: Gathered | GatherFailed) -> list[Instruction]:
         if self.phase is not Phase.GATHERING or e.node not in r.waiting:
             return []
+        if isinstance(e, GatherFailed) and e.node in self.last_reports:
+            # one missed answer (a timeout on a loaded board) is not a lost node: last round's report
+            # stands in once, and the node gets no command; a second miss in a row leaves it out
+            r.reports[e.node] = self.last_reports[e.node]
+            r.stale.add(e.node)
         if isinstance(e, Gathered):
             r.reports[e.node] = e.report
             cursor = self.cursors.get(e.node, 0)
@@ -317,17 +332,35 @@ class LeaderRound:
         while self.window and self.window[0].ts < cutoff:
             self.window.popleft()
         self.phase = Phase.SOLVING
+        self._expire_targets(r)
         nodes = tuple(r.reports[n] for n in sorted(r.reports))
         return [Solve(r.number, nodes, tuple(self.window), now, self._status_quo(r))]
 
+    def _expire_targets(self, r: _Round) -> None:
+        """Count, per (node, model), the rounds a fresh report runs fewer than the target; at ``target_rounds``
+        the target falls back to what the node reports (a start that keeps failing is not counted as made)."""
+        for n in sorted(set(r.reports) - r.stale):
+            target, running = self.intent.get(n, {}), r.reports[n].instances
+            for m in sorted(target):
+                if running.get(m, 0) >= target[m]:
+                    self.short.pop((n, m), None)
+                    continue
+                self.short[(n, m)] = self.short.get((n, m), 0) + 1
+                if self.short[(n, m)] >= self.config.target_rounds:
+                    del self.short[(n, m)]
+                    target[m] = running.get(m, 0)
+
     def _status_quo(self, r: _Round) -> dict[str, dict[str, int]]:
-        """What a plan is weighed against: last round's target where this leader set one (a move still under
-        way counts as made: make-before-break's held instances and draining ones are on their way out), else
-        what the node reports running."""
-        return {
-            n: dict(self.intent[n]) if n in self.intent else {m: c for m, c in rep.instances.items() if c > 0}
-            for n, rep in sorted(r.reports.items())
-        }
+        """What a plan is weighed against: what each node runs, less what make-before-break keeps only until
+        its replacement is ready (on its way out; draining servers are not reported running), and at least
+        last round's target (a start still under way counts as made)."""
+        out: dict[str, dict[str, int]] = {}
+        for n, rep in sorted(r.reports.items()):
+            leaving, target = self.leaving.get(n, {}), self.intent.get(n, {})
+            models = {*rep.instances, *target}
+            counts = {m: max(rep.instances.get(m, 0) - leaving.get(m, 0), target.get(m, 0)) for m in models}
+            out[n] = {m: c for m, c in sorted(counts.items()) if c > 0}
+        return out
 
     # -- commanding --------------------------------------------------------------------------------
     def _on_solved(self, r: _Round, e: Solved) -> list[Instruction]:
@@ -339,19 +372,33 @@ class LeaderRound:
         self.births.observe(running, e.now)
         lost = {n for n, ms in self.last_running.items() if ms and n not in r.reports}
         self.last_running = {n: ms for n, ms in running.items() if ms}
+        self.last_reports = {n: r.reports[n] for n in gathered if n not in r.stale}
         status_quo = self._status_quo(r)
         verdict = judge(
             desired_sets(plan.get("instances", {}), gathered), status_quo, plan.get("objective_ms"),
-            plan.get("running_value"), lost, self.births, e.now, self.config.hold,
+            plan.get("running_value"), lost, self.births, e.now, self.config.hold, self.pending,
+            plan.get("details", {}).get("model_ms"),
         )  # fmt: skip
+        self.pending = verdict.pending
+        for n, d in verdict.desired.items():  # a raised target gets its full rounds to be met
+            for m, c in d.items():
+                if c > self.intent.get(n, {}).get(m, 0):
+                    self.short.pop((n, m), None)
         self.intent = {n: dict(d) for n, d in verdict.desired.items()}
+        self.short = {(n, m): k for (n, m), k in self.short.items() if m in self.intent.get(n, {})}
         changed = verdict.desired != status_quo
         self.changes += changed
         self.holds += not verdict.switch
         desired = make_before_break(verdict.desired, {n: r.reports[n].ready for n in gathered})
+        self.leaving = {
+            n: {m: c - verdict.desired[n].get(m, 0) for m, c in d.items() if c > verdict.desired[n].get(m, 0)}
+            for n, d in desired.items()
+        }
         r.summary = self._summary(plan, e, gathered, verdict, changed)
         r.commands = {
-            n: Command(r.number, n, r.members[n], self.term, d, r.summary) for n, d in sorted(desired.items())
+            n: Command(r.number, n, r.members[n], self.term, d, r.summary)
+            for n, d in sorted(desired.items())
+            if n not in r.stale
         }
         r.attempts = dict.fromkeys(r.commands, 1)
         r.waiting = set(r.commands)
@@ -396,6 +443,8 @@ class LeaderRound:
         elif e.transient and r.attempts[e.node] < self.config.max_attempts:
             r.retry_at[e.node] = e.now + self.config.retry_base_s * 2 ** (r.attempts[e.node] - 1)
             return []
+        else:  # the target was not delivered: weigh the next plan against what the node reports
+            self.intent.pop(e.node, None)
         r.waiting.discard(e.node)
         return self._finish(r) if not r.waiting else []
 

@@ -86,10 +86,15 @@ class Leadership:
         join_by = monotonic() + JOIN_WAIT_S if s.seed_urls else -1e18  # joining through seeds: no leader of one
         self.machine = Election(s.node_id, self.priority, config, now=monotonic(), term=term, vote=vote,
                                 known=frozenset(known), join_by=join_by)  # fmt: skip
-        hold = HoldConfig(s.placement_hold, s.placement_hold_margin, s.placement_hold_start_ms, s.placement_min_dwell_s)
-        self.rounds = lr.LeaderRound(
-            s.node_id, lr.RoundConfig(period_s=s.placement_period_s, window_s=s.request_window_s, hold=hold)
-        )
+        hold = HoldConfig(
+            s.placement_hold, s.placement_hold_margin, s.placement_hold_start_ms, s.placement_min_dwell_s,
+            per_model=s.placement_hold_per_model,
+        )  # fmt: skip
+        round_config = lr.RoundConfig(
+            period_s=s.placement_period_s, window_s=s.request_window_s, hold=hold,
+            target_rounds=s.placement_target_rounds,
+        )  # fmt: skip
+        self.rounds = lr.LeaderRound(s.node_id, round_config)
         self._tasks: list[asyncio.Task[None]] = []
         self._background: set[asyncio.Task[Any]] = set()
         self._said: set[str] = set()

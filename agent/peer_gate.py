@@ -6,7 +6,8 @@ card could open tens of thousands of TCP connections to the peer port, send noth
 minute: the agent's file descriptors run out and its client API stops answering too (measured: 400 idle
 connections against an agent limited to 256 descriptors). ``gate_tls`` takes TLS out of the listener
 and does it per connection instead: at most ``PENDING_PER_ADDRESS`` handshakes in progress per source
-address (more are closed at once) and ``HANDSHAKE_S`` to finish one (then the connection is closed);
+address and ``PENDING_TOTAL`` in all (more are closed at once: a stranger with a handful of addresses
+cannot fill the descriptors either) and ``HANDSHAKE_S`` to finish one (then the connection is closed);
 a finished handshake (mutual TLS: a certificate of this cluster) hands the TLS transport to uvicorn's
 own protocol, and the handshake slot is free again. Used by the peer listener (agent/peer_api.py) and the
 optional HTTPS client listener (agent/client_auth.py, with a longer deadline for phones).
@@ -26,24 +27,32 @@ log = logging.getLogger(__name__)
 
 HANDSHAKE_S = 5.0  # an Ed25519 mutual-TLS handshake on a LAN takes milliseconds
 PENDING_PER_ADDRESS = 64  # handshakes in progress from one address (agents on one host share it)
+PENDING_TOTAL = 128  # handshakes in progress from every address together
+EARLY_BYTES = 1 << 16  # decrypted bytes held between the handshake's end and the handover
 
 
 class Handshakes:
-    """Handshakes in progress per source address (bounded by the caps above)."""
+    """Handshakes in progress per source address and in all (bounded by the caps above)."""
 
-    def __init__(self, per_address: int = PENDING_PER_ADDRESS) -> None:
-        self.per_address = per_address
+    def __init__(self, per_address: int = PENDING_PER_ADDRESS, total: int = PENDING_TOTAL) -> None:
+        self.per_address, self.total = per_address, total
         self.pending: dict[str, int] = {}
+        self.in_progress = 0
 
     def admit(self, host: str) -> bool:
-        """Count a new handshake from ``host``; False (not counted) when it already has ``per_address``."""
-        if self.pending.get(host, 0) >= self.per_address:
+        """Count a new handshake from ``host``; False (not counted) when ``host`` or everyone is at the cap."""
+        if self.in_progress >= self.total or self.pending.get(host, 0) >= self.per_address:
             return False
         self.pending[host] = self.pending.get(host, 0) + 1
+        self.in_progress += 1
         return True
 
     def done(self, host: str) -> None:
-        left = self.pending.get(host, 0) - 1
+        """One handshake from ``host`` ended (either way)."""
+        if host not in self.pending:
+            return
+        self.in_progress -= 1
+        left = self.pending[host] - 1
         if left > 0:
             self.pending[host] = left
         else:
@@ -61,13 +70,14 @@ def gated_protocol(
             self._inner: asyncio.Protocol | None = None
             self._task: asyncio.Task[None] | None = None
             self._early: list[bytes] = []
+            self._overflow = False
 
         def connection_made(self, transport: asyncio.BaseTransport) -> None:
             assert isinstance(transport, asyncio.Transport)
             peer = transport.get_extra_info("peername")
             host = str(peer[0]) if peer else "?"
             if not handshakes.admit(host):
-                log.debug("closing a connection from %s: %d handshakes in progress", host, handshakes.per_address)
+                log.debug("closing a connection from %s: handshake caps reached", host)
                 transport.abort()
                 return
             self._task = asyncio.get_running_loop().create_task(self._handshake(transport, host))  # held: not GC'd
@@ -87,6 +97,9 @@ def gated_protocol(
                 handshakes.done(host)
             if tls is None or tls.is_closing():
                 return
+            if self._overflow:  # more than EARLY_BYTES before the handover: not a peer speaking HTTP
+                tls.abort()
+                return
             self._inner = inner(**self._kwargs)
             tls.set_protocol(self._inner)
             self._inner.connection_made(tls)
@@ -97,8 +110,10 @@ def gated_protocol(
         def data_received(self, data: bytes) -> None:
             if self._inner is not None:
                 self._inner.data_received(data)
-            else:  # decrypted bytes that arrived before the handover
-                self._early.append(data)
+            else:  # decrypted bytes that arrived before the handover (bounded)
+                self._overflow = self._overflow or sum(map(len, self._early)) + len(data) > EARLY_BYTES
+                if not self._overflow:
+                    self._early.append(data)
 
         def eof_received(self) -> bool | None:
             return self._inner.eof_received() if self._inner is not None else None

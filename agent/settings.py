@@ -79,6 +79,8 @@ class Settings:
     placement_hold_margin: float = 0.1  # a switch must gain this share of the running mean latency ...
     placement_hold_start_ms: float = 1.0  # ... plus this many ms per instance it starts
     placement_min_dwell_s: float = 60.0  # an instance younger than this is not stopped for a soft gain
+    placement_hold_per_model: bool = True  # a model's own latency past the margin also switches (small streams)
+    placement_target_rounds: int = 3  # a node's target its reports fall short of this many rounds stops counting
     request_window_s: float = 600.0
     metrics: bool = True
     metrics_token: str = ""
@@ -169,6 +171,8 @@ def validate(s: Settings) -> None:
     for name in ("placement_hold_margin", "placement_hold_start_ms", "placement_min_dwell_s", "instance_drain_s"):
         if not 0 <= getattr(s, name) < float("inf"):
             raise ConfigError(name, "must be a finite number, zero or more")
+    if not 1 <= s.placement_target_rounds <= 1000:
+        raise ConfigError("placement_target_rounds", "must be a whole number of rounds, 1 to 1000")
     for seed in s.seed_urls:
         if not seed.startswith(("http://", "https://")):
             raise ConfigError("seeds", f"{seed!r} is not an http(s) URL of an agent")

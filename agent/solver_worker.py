@@ -3,7 +3,7 @@
 A follower keeps no solver in memory (numpy, Ipopt, SciPy: ~75 MB). ``SolverWorker.start`` spawns
 ``python -m agent.solver_worker``, which warms itself up (imports and a small solve, then freezes the
 garbage collector's view of that long-lived heap; it also keeps freed memory in its heap, see
-``solver.fastlp.tune_allocator``) while the agent carries on; ``stop`` ends it.
+``solver.fastlp.tune_solver_process``) while the agent carries on; ``stop`` ends it.
 
 Protocol, one JSON object per line: request ``{"snapshot": {...}, "method": str, "mode": str, "held": {...}}``
 (``held``: node -> model -> count, the leader's status quo; absent: the snapshot's running instances) on the
@@ -231,9 +231,9 @@ def main(argv: list[str] | None = None) -> int:
     _die_with_parent(args.parent)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C on the agent's terminal is the agent's to handle
     replies = _protocol_stdout()
-    from solver.fastlp import tune_allocator
+    from solver.fastlp import tune_solver_process
 
-    tune_allocator()
+    tune_solver_process()
     warm_up(args.warm_up)
     serve(sys.stdin.buffer, replies)
     return 0

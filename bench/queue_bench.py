@@ -24,7 +24,7 @@ import time
 from typing import Any
 
 from solver.api import solve
-from solver.fastlp import tune_allocator
+from solver.fastlp import tune_solver_process
 from solver.simulate import SWEEPS, site_instance, thesis_instance
 from solver.snapshot import Snapshot
 from solver.workload import Workload, run
@@ -110,7 +110,7 @@ def main() -> None:
     ap.add_argument("--json", action="store_true", help="print the figures as JSON")
     ap.add_argument("--solve-only", action="store_true", help="solve times only (skip the workload runs)")
     args = ap.parse_args()
-    tune_allocator()
+    tune_solver_process()
     times = solve_times(args.seeds)
     loads = [] if args.solve_only else workloads()
     if args.json:

@@ -34,7 +34,7 @@ from tqdm import tqdm
 
 from solver import fastlp, lpguide
 from solver.api import solve
-from solver.fastlp import full_lp, solve_lp, tune_allocator
+from solver.fastlp import full_lp, solve_lp, tune_solver_process
 from solver.problem import Mode, build_problem
 from solver.simulate import SWEEPS, site_instance, thesis_instance
 
@@ -358,7 +358,7 @@ def main() -> int:
     highs_lp(build_problem(thesis_instance(5, 3, 0), Mode.MODE1))
     gc.collect()
     gc.freeze()  # as the leader's solver worker does after its warm-up (agent/solver_worker.py)
-    tune_allocator()  # likewise
+    tune_solver_process()  # likewise
     started = time.perf_counter()
     runs, loads = [], []
     total = 8 * args.runs + args.quality_seeds

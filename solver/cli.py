@@ -145,9 +145,9 @@ def cmd_solve(args: argparse.Namespace) -> int:
     if args.idle_s < 0 or args.min_requests < 0:
         raise _usage("--idle-s and --min-requests must not be negative")
     policy = EvictionPolicy(idle_s=args.idle_s, min_requests=args.min_requests)
-    from solver.fastlp import tune_allocator
+    from solver.fastlp import tune_solver_process
 
-    tune_allocator()  # as the leader's solver worker does
+    tune_solver_process()  # as the leader's solver worker does
     try:
         # The first call pays one-time imports and library set-up; a leader's warm worker does not, so
         # the plan printed is a second, warm solve, and the first call's time is a separate field.
@@ -202,9 +202,9 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
     if args.seeds < 1:
         raise _usage("--seeds must be at least 1")
-    from solver.fastlp import tune_allocator
+    from solver.fastlp import tune_solver_process
 
-    tune_allocator()  # as the leader's solver worker does
+    tune_solver_process()  # as the leader's solver worker does
     first_call_ms = simulate.warm_up(objective=args.objective)
     total = simulate.sweep_size(args.vary, args.seeds)
     points = []

@@ -47,6 +47,9 @@ LEVEL_STEPS = 24  # golden-section steps for the starting price level (interval 
 GOLDEN = (5**0.5 - 1) / 2
 START_AT_LEVEL = True  # start from the price level of the greedy's full rows (else from zero prices)
 SLOT_PRICES = True  # price running instances' free slots as rows of their own (else leave them free)
+# Newton here is dense: a Hessian of size^2 and a Cholesky of size^3 per evaluation. Past this many prices
+# the free slots go unpriced, and past it with node rows alone the estimate is not tried (lpguide: untrusted).
+MAX_SIZE = 256
 
 
 @dataclass(frozen=True)
@@ -65,7 +68,7 @@ def smoothed_prices(p: Problem, penalty: float, full_mem: BoolArray, full_comp: 
     level). The soft placement (requests of class c on node j at the last temperature) is a near-optimal
     fractional placement to seed a greedy with.
     """
-    dual = SmoothedDual(p, penalty)
+    dual = SmoothedDual(p, penalty, slots=SLOT_PRICES and fits(p, slots=True))
     ranked = np.sort(p.cost, axis=1)
     gap = float(np.median(ranked[:, 1] - ranked[:, 0])) if p.n_nodes > 1 else 1.0
     temperatures = [max(1e-6, t * gap) for t in TEMPERATURES]
@@ -80,6 +83,11 @@ def smoothed_prices(p: Problem, penalty: float, full_mem: BoolArray, full_comp: 
         x = _newton_stage(dual, x, tau, EVALS * (stage + 1) // len(temperatures))
     log.debug("smoothed dual: %d evaluations, %d slot prices", dual.evals, dual.n_slots)
     return Prices(dual.reduced(x), bound(dual, x), dual.shares(x, temperatures[-1]))
+
+
+def fits(p: Problem, slots: bool = False) -> bool:
+    """Whether the smoothed dual of ``p`` stays within ``MAX_SIZE`` prices (with the free slots' or without)."""
+    return 2 * p.n_nodes + (int(np.count_nonzero(p.free > 0)) if slots else 0) <= MAX_SIZE
 
 
 def bound(dual: SmoothedDual, x: FloatArray) -> float:
@@ -155,16 +163,16 @@ class SmoothedDual:
     a free slot of its model on node j (cost + nu), or rejection (the penalty).
     """
 
-    def __init__(self, p: Problem, penalty: float) -> None:
+    def __init__(self, p: Problem, penalty: float, slots: bool = True) -> None:
         self.p, self.n_j, self.evals = p, p.n_nodes, 0
         self.count = p.class_count.astype(float)
         self.mem, self.comp = p.mem[p.class_model], p.comp[p.class_model]  # [c]
-        slot_node, slot_model = np.nonzero(p.free > 0) if SLOT_PRICES else (np.zeros(0, int), np.zeros(0, int))
+        slot_node, slot_model = np.nonzero(p.free > 0) if slots else (np.zeros(0, int), np.zeros(0, int))
         self.slot_node, self.n_slots = slot_node, len(slot_node)
         self.slot_free = p.free[slot_node, slot_model].astype(float)
         self.size = 2 * self.n_j + self.n_slots
-        # where slots are not priced (SLOT_PRICES off) a running instance's requests are free of capacity
-        self.where = np.ones((p.n_classes, self.n_j)) if SLOT_PRICES else (p.free == 0)[:, p.class_model].T * 1.0
+        # where slots are not priced (``slots`` off) a running instance's requests are free of capacity
+        self.where = np.ones((p.n_classes, self.n_j)) if slots else (p.free == 0)[:, p.class_model].T * 1.0
         self.mem_at, self.comp_at = self.where * self.mem[:, None], self.where * self.comp[:, None]
         fits = p.class_model[:, None] == slot_model[None, :]  # [c, slot]
         self.slot_cost = np.where(fits, p.cost[:, slot_node], np.inf)

@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from solver import lpdual
 from solver.lpdual import smoothed_prices
 from solver.problem import FloatArray, IntArray, Problem
 
@@ -169,7 +170,7 @@ def estimate(p: Problem, penalty: float, steps: int | None = None, refresh: int 
     priced = (p.free == 0).astype(float)  # [j, k]: where a request may start a new instance
     best = (float(p.class_count @ np.minimum(p.cost, penalty).min(axis=1)), np.zeros(p.n_nodes), np.zeros(p.n_nodes))
     if plain.rejected() > 0:  # a (nearly) full cluster: duals near the penalty, beyond a few subgradient steps
-        if not SMOOTHED:
+        if not SMOOTHED or not lpdual.fits(p):
             return Guide(p.cost, best[0], upper, None, "none")
         return _nearly_full(p, penalty, best[0], plain)
     placed = None

@@ -125,6 +125,24 @@ def mean_latency_ms(q: QueueProblem, pools: Pools) -> float:
     return total / served
 
 
+def model_latency_ms(q: QueueProblem, pools: Pools) -> dict[str, float]:
+    """Per model with served rate: the rate-weighted mean of RTT + execution + M/M/1 wait (mean_latency_ms's terms)."""
+    p = q.base
+    lam, counts = pools.lam(), pools.counts()
+    out: dict[str, float] = {}
+    for k, name in enumerate(p.model_names):
+        mine = p.class_model == k
+        served = float(pools.x[mine].sum())
+        if served <= 0:
+            continue
+        total = float((pools.x[mine] * p.cost[mine]).sum())
+        for j in np.nonzero(lam[:, k] > 0)[0]:
+            d = PoolDelay(float(q.mu[j, k]), min(0.999, q.rho_max + 0.099))
+            total += float(d.value(lam[j, k], counts[j, k])) - lam[j, k] * float(q.service_ms[j, k])
+        out[name] = round(float(total / served), 6)
+    return out
+
+
 def make_queue_plan(q: QueueProblem, pools: Pools, method: str, status: str, details: dict[str, Any]) -> Plan:
     """The Plan of a repaired (or baseline) rate placement."""
     p = q.base
@@ -144,6 +162,7 @@ def make_queue_plan(q: QueueProblem, pools: Pools, method: str, status: str, det
             else:
                 assignments[i] = p.node_ids[j]
     broken = violations(p, placed)
+    details = {**details, "model_ms": model_latency_ms(q, pools)}
     return Plan(
         status=status,
         method=method,

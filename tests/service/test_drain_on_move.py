@@ -38,14 +38,14 @@ def client_loop(a: Any, stop: threading.Event, failures: list[str], done: list[i
 
 
 def moves_under_load(a: Any, cycles: int) -> tuple[list[str], int]:
-    """Scale the model 2 -> 1 -> 2 ... under 6 clients; returns (failed requests, requests sent)."""
+    """Scale the model 2 -> 1 -> 2 ... under 8 clients; returns (failed requests, requests sent)."""
     failures: list[str] = []
     done: list[int] = []
     stop = threading.Event()
     term = 1
     assert a.put_desired(term, {MODEL: 2}).status_code == 200
     a.wait_ready(MODEL, 2)
-    threads = [threading.Thread(target=client_loop, args=(a, stop, failures, done)) for _ in range(6)]
+    threads = [threading.Thread(target=client_loop, args=(a, stop, failures, done)) for _ in range(8)]
     for t in threads:
         t.start()
     try:
@@ -67,14 +67,12 @@ def moves_under_load(a: Any, cycles: int) -> tuple[list[str], int]:
 
 
 def test_no_request_fails_when_a_server_is_dropped(agents: Any) -> None:
-    a = agents(
-        "a", "--no-discovery", env={"PEERSERVE_INSTANCE_DRAIN_S": "1.5", "PEERSERVE_RECONCILE_INTERVAL_S": "0.5"}
-    )
+    a = agents("a", "--no-discovery", env={"PEERSERVE_INSTANCE_DRAIN_S": "3", "PEERSERVE_RECONCILE_INTERVAL_S": "0.5"})
     failures, sent = moves_under_load(a, 3)
     assert sent > 30 and failures == [], failures
 
 
 def test_the_checker_sees_failures_without_the_drain(agents: Any) -> None:
     a = agents("a", "--no-discovery", env={"PEERSERVE_INSTANCE_DRAIN_S": "0", "PEERSERVE_RECONCILE_INTERVAL_S": "0.5"})
-    failures, sent = moves_under_load(a, 3)
-    assert sent > 30 and failures, "without the drain a client sent to a dropped server fails"
+    failures, sent = moves_under_load(a, 5)
+    assert sent > 30 and failures, f"without the drain a client sent to a dropped server fails ({sent} sent)"

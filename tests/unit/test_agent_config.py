@@ -103,6 +103,8 @@ def test_settings_precedence(tmp_path: Path) -> None:
         ({"PEERSERVE_MAX_CLIENTS_PER_ADDRESS": "0"}, "max_clients_per_address"),
         ({"PEERSERVE_CLIENT_RTT_ROWS": "0"}, "client_rtt_rows"),
         ({"PEERSERVE_API_DOCS": "maybe"}, "api_docs"),
+        ({"PEERSERVE_PLACEMENT_TARGET_ROUNDS": "0"}, "placement_target_rounds"),
+        ({"PEERSERVE_PLACEMENT_HOLD_PER_MODEL": "maybe"}, "placement_hold_per_model"),
     ],
 )
 def test_bad_settings_name_the_key(env: dict[str, str], key: str, tmp_path: Path) -> None:

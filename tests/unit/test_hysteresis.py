@@ -35,8 +35,16 @@ def test_a_plan_no_better_than_what_runs_is_held_with_the_running_counts() -> No
 
 
 def test_a_clearly_better_plan_switches() -> None:
-    v = judge(MOVED, RUNNING, 7.9, value(10.0), (), old(), 100.0, CFG)
+    v = judge(MOVED, RUNNING, 5.9, value(10.0), (), old(), 100.0, CFG)  # gains 4.1 ms, twice the 2 ms needed
     assert v.switch and not v.hard and v.desired == {"a": {}, "b": {"m": 1}, "c": {"m": 1}}
+
+
+def test_a_modest_gain_must_show_in_two_rounds_in_a_row() -> None:
+    first = judge(MOVED, RUNNING, 7.9, value(10.0), (), old(), 100.0, CFG)  # gains 2.1 ms: over 2, under 4
+    assert not first.switch and first.pending and "until the next round confirms it" in first.reason
+    assert first.desired == {"a": {"m": 1}, "b": {"m": 1}, "c": {}}
+    second = judge(MOVED, RUNNING, 7.9, value(10.0), (), old(), 101.0, CFG, confirmed=True)
+    assert second.switch and second.desired == MOVED and not second.pending
 
 
 def test_hard_needs_act_at_once_whatever_the_gain() -> None:
@@ -107,10 +115,15 @@ def test_noise_around_a_steady_load_never_moves(rounds: list[tuple[float, float,
 
 @given(st.floats(0.0, 0.5), st.floats(5.0, 50.0))
 def test_a_gain_past_the_margin_always_switches(extra: float, base: float) -> None:
-    """A plan better by more than the margin moves within the round (old instances, nothing hard)."""
+    """A plan better by more than twice the margin moves within the round, by more than the margin within
+    two (old instances, nothing hard)."""
     needed = CFG.start_cost_ms + CFG.margin * base
+    big = judge(MOVED, RUNNING, base - 2 * needed - extra - 1e-6, value(base), (), old(), 100.0, CFG)
+    assert big.switch and big.desired == MOVED
     plan_ms = base - needed - extra - 1e-6
     v = judge(MOVED, RUNNING, plan_ms, value(base), (), old(), 100.0, CFG)
+    if not v.switch:
+        v = judge(MOVED, RUNNING, plan_ms, value(base), (), old(), 101.0, CFG, confirmed=v.pending)
     assert v.switch and v.desired == MOVED
 
 
@@ -156,3 +169,79 @@ def test_a_move_under_way_is_finished_not_held_back_by_the_instances_it_replaces
     assert second["commands"]["a"] == {"m": 1}  # c not ready yet
     third = round_(12.0, {"a": 1, "b": 1, "c": 1}, {"a": 1, "b": 1, "c": 1}, 5.0)
     assert third["commands"]["a"] == {}
+
+
+def test_a_server_started_on_demand_outside_the_target_is_part_of_the_status_quo() -> None:
+    """The first round placed nothing (no requests yet); an agent then started a server on demand: the next
+    round weighs the plan against that server, not against 'nothing runs'."""
+    m = LeaderRound("a", RoundConfig(period_s=1.0, debounce_s=0.0, hold=CFG))
+    m.step(Elected(0.0, 1, {"a": "http://a", "b": "http://b"}))
+    held = []
+    for now, running in ((10.0, {}), (11.0, {"m": 1})):
+        out = m.step(RoundTick(now))
+        for g in [g for g in out if isinstance(g, Gather)]:
+            inst = running if g.node == "a" else {}
+            out = m.step(Gathered(now, g.round, g.node, NodeReport(g.node, 1e3, 1e3, 100, "x", inst, {}, inst), ()))
+        solve = out[0]
+        assert isinstance(solve, Solve)
+        held.append(solve.held)
+        out = m.step(Solved(now, solve.round, {"instances": {}, "objective_ms": 0.0}, 0))
+        for c in [c for c in out if isinstance(c, Command)]:
+            m.step(Acknowledged(now, c.round, c.node))
+    assert held == [{"a": {}, "b": {}}, {"a": {"m": 1}, "b": {}}]
+
+
+def per_model(m: float, s: float) -> dict[str, float]:
+    return {"m": m, "s": s}  # m: the big stream's model, s: a small stream's
+
+
+@given(st.lists(st.tuples(noise, noise, noise, noise, st.sampled_from([RUNNING, MOVED])), max_size=30))
+def test_per_model_noise_never_moves(rounds: list[tuple[float, float, float, float, Any]]) -> None:
+    """The per-model rule keeps the noise property: every model's latency within a few % of what runs, no move."""
+    births, running = old(), dict(RUNNING)
+    for k, (pm, ps, rm, rs, plan) in enumerate(rounds):
+        val = value(10.0, model_ms=per_model(10.0 * (1 + rm), 500.0 * (1 + rs)))
+        v = judge(
+            plan,
+            running,
+            10.0 * (1 + pm),
+            val,
+            (),
+            births,
+            100.0 + k,
+            CFG,
+            False,
+            per_model(10 * (1 + pm), 500 * (1 + ps)),
+        )
+        assert not v.switch or v.desired == running
+        running = v.desired
+        births.observe(running, 100.0 + k)
+    assert running == RUNNING
+
+
+@given(st.floats(0.0, 0.5), st.floats(5.0, 500.0))
+def test_a_models_own_gain_past_its_margin_switches_and_without_the_rule_is_held(extra: float, base: float) -> None:
+    """A small stream's model gains past its margin while the cluster mean barely moves: switched (within two
+    rounds), and held when the rule is off (the finding: held forever)."""
+    needed = CFG.start_cost_ms + CFG.margin * base
+    val = value(10.0, model_ms=per_model(10.0, base))
+    plan_ms = per_model(10.0, base - needed - extra - 1e-6)
+    v = judge(MOVED, RUNNING, 9.99, val, (), old(), 100.0, CFG, False, plan_ms)
+    if not v.switch:
+        assert v.pending and "of s" in v.reason
+        v = judge(MOVED, RUNNING, 9.99, val, (), old(), 101.0, CFG, True, plan_ms)
+    assert v.switch and v.desired == MOVED and "of s" in v.reason and v.gain_ms is not None and v.needed_ms is not None
+    assert v.gain_ms > v.needed_ms
+    off = HoldConfig(margin=0.1, start_cost_ms=1.0, min_dwell_s=60.0, per_model=False)
+    for confirmed in (False, True):
+        held = judge(MOVED, RUNNING, 9.99, val, (), old(), 100.0, off, confirmed, plan_ms)
+        assert not held.switch and held.desired == RUNNING
+
+
+def test_a_plan_that_buys_one_models_gain_with_anothers_loss_is_not_switched_on_the_gain() -> None:
+    """Two models trading latency (equal cluster mean): no per-model switch, so the trade cannot flap."""
+    val = value(10.0, model_ms=per_model(10.0, 500.0))
+    trade = judge(MOVED, RUNNING, 10.0, val, (), old(), 100.0, CFG, True, per_model(11.5, 8.0))  # m loses 15 %
+    assert not trade.switch and trade.desired == RUNNING
+    fair = judge(MOVED, RUNNING, 10.0, val, (), old(), 100.0, CFG, True, per_model(10.9, 8.0))  # m loses 9 %
+    assert fair.switch and "of s" in fair.reason

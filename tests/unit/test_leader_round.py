@@ -196,3 +196,82 @@ def test_cursors_are_kept_for_at_most_max_nodes() -> None:
         m.step(Elected(float(i), 1, members))
         m.step(Tick(float(i)))
     assert len(m.cursors) == 3 and list(m.cursors) == ["n8", "n9", "a"]
+
+
+def second_round(m: LeaderRound) -> None:
+    """Finish round 1 (both acknowledged) and start round 2 at its period."""
+    m.step(Acknowledged(101.1, 1, "a"))
+    m.step(Acknowledged(101.2, 1, "b"))
+    m.step(Tick(130.2))
+
+
+def test_one_missed_gather_of_a_member_keeps_its_last_report_and_sends_it_no_command() -> None:
+    """A gather timing out on a loaded board is not a lost node (that was a hard switch past hysteresis that
+    started a replacement); a second miss in a row leaves the node out as before."""
+    m, _ = commanding()
+    second_round(m)
+    m.step(Gathered(130.3, 2, "a", report("a", m=1), ()))
+    (solve,) = m.step(GatherFailed(130.4, 2, "b", "ReadTimeout"))
+    assert isinstance(solve, Solve) and solve.nodes == (report("a", m=1), report("b"))  # b's last report
+    out = m.step(Solved(131.0, 2, PLAN, requests=0))
+    assert [c.node for c in out if isinstance(c, Command)] == ["a"]  # nothing sent to b this round
+    assert not any(isinstance(c, Command) for c in m.step(Acknowledged(131.1, 2, "a")))
+    m.step(Tick(160.2))
+    m.step(Gathered(160.3, 3, "a", report("a", m=1), ()))
+    (solve,) = m.step(GatherFailed(160.4, 3, "b", "ReadTimeout"))
+    assert isinstance(solve, Solve) and solve.nodes == (report("a", m=1),)  # two misses: out
+
+
+def test_a_command_that_was_not_delivered_clears_that_nodes_target() -> None:
+    """The next plan is weighed against what the node reports, not a target it never received."""
+    m, _ = commanding()
+    assert m.intent["b"] == {"m": 1}
+    m.step(Acknowledged(101.1, 1, "a"))
+    m.step(CommandFailed(101.2, 1, "b", transient=False))
+    assert "b" not in m.intent and m.intent["a"] == {}  # a got its target (make-before-break holds m)
+
+
+def held_each_round(m: LeaderRound, b_runs: list[int]) -> list[Any]:
+    """Rounds 2.. after ``commanding``: a runs m, b runs ``b_runs[i]`` of m; the status quo each Solve carries."""
+    m.step(Acknowledged(101.1, 1, "a"))
+    m.step(Acknowledged(101.2, 1, "b"))
+    out = []
+    for i, b in enumerate(b_runs, start=2):
+        t = 100.2 + 30.0 * (i - 1)
+        m.step(Tick(t))
+        m.step(Gathered(t + 0.1, i, "a", report("a", m=1), ()))
+        (solve,) = m.step(Gathered(t + 0.2, i, "b", report("b", m=b) if b else report("b"), ()))
+        assert isinstance(solve, Solve)
+        out.append(dict(solve.held))
+        m.step(Solved(t + 0.3, i, PLAN, requests=0))
+        m.step(Acknowledged(t + 0.4, i, "a"))
+        m.step(Acknowledged(t + 0.5, i, "b"))
+    return out
+
+
+def test_a_target_the_node_never_reaches_expires_after_target_rounds() -> None:
+    """b's start keeps failing: its target counts as made for two rounds, then the status quo is what b reports
+    (so a plan moving m to a healthy node is weighed against m not running on b, not held)."""
+    m, _ = commanding()
+    held = held_each_round(m, [0, 0, 0, 0])
+    assert [h["b"] for h in held] == [{"m": 1}, {"m": 1}, {}, {"m": 1}]  # round 5: the plan's new target
+    assert m.short == {("b", "m"): 1}  # the new target counts its rounds afresh
+    never = LeaderRound("a", RoundConfig(**{**CFG.__dict__, "target_rounds": 10**6}))  # expiry off: the checker
+    never.step(Elected(100.0, 3, MEMBERS))
+    never.step(Tick(100.2))
+    never.step(Gathered(100.3, 1, "a", report("a", m=1), ()))
+    never.step(Gathered(100.4, 1, "b", report("b"), ()))
+    never.step(Solved(101.0, 1, PLAN, requests=1))
+    assert [h["b"] for h in held_each_round(never, [0, 0, 0, 0])] == [{"m": 1}] * 4  # would be held forever
+
+
+def test_a_target_the_node_reaches_stops_counting_and_a_raised_target_gets_fresh_rounds() -> None:
+    m, _ = commanding()
+    held = held_each_round(m, [0, 0, 1, 0, 0])  # short twice, then met (count cleared), then short twice again
+    assert [h["b"] for h in held] == [{"m": 1}] * 5 and m.short == {("b", "m"): 2}
+    m.step(Tick(1000.0))
+    m.step(Gathered(1000.1, 7, "a", report("a", m=1), ()))
+    m.step(Gathered(1000.2, 7, "b", report("b"), ()))
+    m.step(Solved(1000.3, 7, {**PLAN, "instances": {"b": {"m": 2}}}, requests=0))  # target raised to 2
+    assert m.intent["b"] == {"m": 2} and ("b", "m") not in m.short
+    assert len(m.short) <= sum(len(t) for t in m.intent.values())  # bounded by the targets

@@ -30,6 +30,11 @@ def _with_running(snap: Snapshot, seed: int) -> Snapshot:
     return dataclasses.replace(snap, nodes=tuple(nodes))
 
 
+# Both sides are Ipopt optima at its tolerance: hypothesis found a 1.03e-6 gap on a correct shortcut. A
+# broken one is off by percents (recheck off: -4 %, reused pools' columns pruned: +9 %).
+TOL = 1e-5
+
+
 def _gap(q: QueueProblem) -> float:
     """Relative gap of the shortcut's objective over the reference NLP's, both evaluated the same way."""
     ref = solve_nlp(q, compact=False)
@@ -57,7 +62,7 @@ def test_shortcut_optimum_equals_the_reference_nlps(
         snap = _with_running(snap, seed)
     q = build_queue_problem(build_problem(snap, mode))
     q = with_tail_cap(q) if tail else q
-    assert abs(_gap(q)) <= 1e-6
+    assert abs(_gap(q)) <= TOL
 
 
 def test_the_pool_cost_is_the_best_instance_count_of_the_delay() -> None:
@@ -78,14 +83,14 @@ def test_an_uncongested_cluster_needs_no_ipopt() -> None:
     q = build_queue_problem(build_problem(thesis_instance(25, 20, 0), Mode.MODE2))
     fast = solve_nlp_fast(q)
     assert fast.iterations == 0 and fast.columns == 0 and not fast.fallback
-    assert abs(_gap(q)) <= 1e-6
+    assert abs(_gap(q)) <= TOL
 
 
 def test_a_congested_cluster_solves_ipopt_on_its_full_nodes_only() -> None:
     q = build_queue_problem(build_problem(thesis_instance(40, 10, 1), Mode.MODE1))
     fast = solve_nlp_fast(q)
     assert 0 < fast.columns < q.base.n_classes * q.base.n_nodes and fast.iterations > 0
-    assert abs(_gap(q)) <= 1e-6
+    assert abs(_gap(q)) <= TOL
 
 
 @pytest.mark.parametrize("switch", ["RECHECK", "GREEDY_START"])
@@ -98,9 +103,9 @@ def test_the_recheck_switched_off_breaks_the_optimum(monkeypatch: pytest.MonkeyP
     fast = solve_nlp_fast(q)
     if switch == "GREEDY_START":
         assert queue_fast._overfilled(q, fast.n).any()
-        assert abs(_gap(q)) > 1e-6, "the equality check must fail when the recheck is switched off"
+        assert abs(_gap(q)) > TOL, "the equality check must fail when the recheck is switched off"
     else:
-        assert abs(_gap(q)) <= 1e-6  # the greedy start alone happens to cover this instance
+        assert abs(_gap(q)) <= TOL  # the greedy start alone happens to cover this instance
 
 
 def test_pruning_keeps_the_optimum_and_fails_without_the_reuse_exception(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -109,9 +114,9 @@ def test_pruning_keeps_the_optimum_and_fails_without_the_reuse_exception(monkeyp
     q = build_queue_problem(build_problem(_with_running(thesis_instance(10, 5, 0), 0), Mode.MODE1))
     assert (q.base.free > 0).any()
     pruned = solve_nlp_fast(q).columns
-    assert abs(_gap(q)) <= 1e-6
+    assert abs(_gap(q)) <= TOL
     monkeypatch.setattr(queue_fast, "PRUNE", False)
-    assert solve_nlp_fast(q).columns > pruned and abs(_gap(q)) <= 1e-6
+    assert solve_nlp_fast(q).columns > pruned and abs(_gap(q)) <= TOL
     monkeypatch.setattr(queue_fast, "PRUNE", True)
     monkeypatch.setattr(queue_fast, "KEEP_REUSE", False)
-    assert _gap(q) > 1e-6, "the equality check must fail when reused pools' columns are pruned"
+    assert _gap(q) > TOL, "the equality check must fail when reused pools' columns are pruned"

@@ -173,3 +173,38 @@ def test_the_oracle_check_fails_on_nearly_full_clusters_without_pricing(monkeypa
     monkeypatch.setattr(fastlp, "_price", lambda p, lp, *rest: np.zeros(p.cost.shape, dtype=bool))
     monkeypatch.setattr(fastlp, "_price_rejection", lambda p, *rest: np.zeros(p.n_classes, dtype=bool))
     assert max(gap(p) for p in problems) > REL
+
+
+def test_the_smoothed_dual_stays_within_its_size_bound(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Newton on the smoothed dual is dense (size^2 Hessian, size^3 Cholesky per evaluation): a Mode 1
+    cluster with hundreds of running (node, model) slots took seconds. Past ``MAX_SIZE`` prices the free
+    slots go unpriced; past it with node rows alone the estimate is left untrusted, and the LP is still exact."""
+    built: list[int] = []
+    original = lpdual.SmoothedDual
+
+    def recording(*args: Any, **kwargs: Any) -> lpdual.SmoothedDual:
+        dual = original(*args, **kwargs)
+        built.append(dual.size)
+        return dual
+
+    monkeypatch.setattr(lpdual, "SmoothedDual", recording)
+    problems = [nearly_full(seed, Mode.MODE1, 1.1, 1.1) for seed in range(12)]
+    problems = [p for p in problems if np.count_nonzero(p.free > 0) > 1]
+    assert problems
+    smoothed = 0
+    for p in problems:
+        slots = int(np.count_nonzero(p.free > 0))
+        monkeypatch.setattr(lpdual, "MAX_SIZE", 2 * p.n_nodes + slots - 1)  # the slots do not fit
+        built.clear()
+        guide = lpguide.estimate(p, rejection_penalty(p))
+        assert all(size <= lpdual.MAX_SIZE for size in built)
+        if guide.method == "smoothed":
+            assert built == [2 * p.n_nodes]  # node rows only
+            smoothed += 1
+        assert gap(p) <= REL
+        monkeypatch.setattr(lpdual, "MAX_SIZE", 2 * p.n_nodes - 1)  # not even the node rows fit
+        built.clear()
+        assert lpguide.estimate(p, rejection_penalty(p)).method in ("subgradient", "none")
+        assert built == []
+        assert gap(p) <= REL
+    assert smoothed > 0

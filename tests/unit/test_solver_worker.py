@@ -154,3 +154,23 @@ def test_a_worker_whose_agent_died_before_it_armed_pdeathsig_exits_even_under_a_
         assert worker.stdin is not None and worker.stdout is not None
         worker.stdin.close()
         worker.stdout.close()
+
+
+def test_a_solver_process_runs_blas_on_one_thread() -> None:
+    """The solver's matrices are small; BLAS threads only spun against the model servers (an LP estimate
+    took 13.8 s with OpenBLAS's default threads on a loaded machine, 0.05 s with one)."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import numpy, json\n"
+        "from threadpoolctl import threadpool_info\n"
+        "from solver.fastlp import tune_solver_process\n"
+        "tune_solver_process()\n"
+        "after = [i['num_threads'] for i in threadpool_info() if i['user_api'] == 'blas']\n"
+        "print(json.dumps(after))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.endswith("_NUM_THREADS")}
+    out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True, timeout=60)
+    after = __import__("json").loads(out.stdout)
+    assert after and all(n == 1 for n in after)
