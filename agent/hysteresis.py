@@ -45,6 +45,7 @@ class HoldConfig:
     min_dwell_s: float = 60.0  # an instance younger than this is not stopped for a soft gain
     confirm_below: float = 2.0  # a gain under this many times the margin must show in two rounds in a row
     per_model: bool = True  # a model's own mean latency past the same margin also switches (a small stream)
+    stop_tolerance: float = 0.025  # a plan that only stops instances is taken if no latency rises past this share
 
 
 @dataclass(frozen=True)
@@ -123,14 +124,19 @@ def judge(
         return Verdict(True, f"only stops instances without demand: {', '.join(sorted(idle))}", desired)
     gain, needed, of = _gain(value, float(plan_objective_ms), plan_model_ms, held, desired, cfg)
     over = sorted(str(m) for m in value.get("over_bound", []))
-    if not over and gain <= needed:
+    subject = f"the plan gains {gain:.2f} ms per request{of}"
+    if over:
+        why = f"more instances run than the bound allows: {', '.join(over)}"
+    elif _frees_at_no_cost(value, float(plan_objective_ms), plan_model_ms, held, desired, cfg):
+        why = f"{subject} and only stops instances (latency within {cfg.stop_tolerance:.1%})"
+    elif gain <= needed:
         why = f"the plan gains {gain:.2f} ms per request, a switch must gain over {needed:.2f} ms"
         return Verdict(False, why, held, gain, needed)
-    subject = f"the plan gains {gain:.2f} ms per request{of}"
-    if not over and gain <= cfg.confirm_below * needed and not confirmed:
+    elif gain <= cfg.confirm_below * needed and not confirmed:
         why = f"{subject} (over {needed:.2f} ms): held until the next round confirms it"
         return Verdict(False, why, held, gain, needed, pending=True)
-    why = f"more instances run than the bound allows: {', '.join(over)}" if over else subject
+    else:
+        why = subject
     young = _young_stops(held, desired, births, now, cfg.min_dwell_s)
     for n, m in young:
         desired[n][m] = held[n][m]
@@ -138,6 +144,32 @@ def judge(
         kept = ", ".join(f"{m} on {n} ({births.age(n, m, now):.0f} s)" for n, m in young)
         why += f"; kept until {cfg.min_dwell_s:g} s old: {kept}"
     return Verdict(desired != held, why, desired, gain, needed)
+
+
+def _frees_at_no_cost(
+    value: Mapping[str, Any],
+    plan_ms: float,
+    plan_model_ms: Mapping[str, float] | None,
+    held: Counts,
+    desired: Counts,
+    cfg: HoldConfig,
+) -> bool:
+    """The plan only stops instances (no start anywhere) and raises neither the mean latency nor, where known,
+    any model's by more than ``stop_tolerance``: taken, it frees memory (an extra instance left by a failover
+    is trimmed once its node is back); the way back needs a real gain, so this cannot flap."""
+    if any(c > held[n].get(m, 0) for n, ms in desired.items() for m, c in ms.items()):
+        return False
+    running_ms = float(value["objective_ms"])
+    if plan_ms - running_ms > cfg.stop_tolerance * running_ms:
+        return False
+    per_model = value.get("model_ms")
+    if isinstance(per_model, Mapping) and plan_model_ms:
+        return all(
+            float(plan_model_ms[m]) - float(r) <= cfg.stop_tolerance * float(r)
+            for m, r in per_model.items()
+            if m in plan_model_ms
+        )
+    return True
 
 
 def _gain(

@@ -30,7 +30,9 @@ def test_node_failure_moves_its_containers_and_a_return_keeps_them(bed: Callable
     for i in range(3):
         b.start_dockerd(i)
     # the default (queue-p99) objective: one stream, one container on its nearest node
-    start_all(b, "--runtime", "docker", "--placement-mode", "2", "--placement-period-s", "3")
+    # a short dwell: the survivor's copy started seconds before the target's return may then be trimmed
+    dwell = ("--placement-min-dwell-s", "5")
+    start_all(b, "--runtime", "docker", "--placement-mode", "2", "--placement-period-s", "3", *dwell)
     leader, _term = settled(b, [0, 1, 2], 30)
     target = next(i for i in range(3) if b.hosts[i].node_id != leader)
     survivors = [i for i in range(3) if i != target]

@@ -31,9 +31,11 @@ def test_agents_discover_each_other_and_answer_for_the_cluster(agents: Any) -> N
     took = wait_for(lambda: all(statuses(x) == {"a": "alive", "b": "alive", "c": "alive"} for x in (a, b, c)), 30)
     print(f"\n3 agents discovered each other in {took:.2f} s")
     assert b.get("/services/half_plus_two").status_code == 200  # provisioned on b
-    wait_for(lambda: [s["node"] for s in a.get("/services").json()] == ["b"], 5)
+    # a learns b's server from b's own state; the leader's first round may already have placed the stream
+    # elsewhere too (1 in 8 runs), so b's server must be among a's answers, not the only one
+    wait_for(lambda: "b" in [s["node"] for s in a.get("/services").json()], 10)
     r = httpx.post(a.url + "/services/half_plus_two/v1/models/half_plus_two:predict", json={"instances": [1, 2, 5]})
-    assert r.json() == {"predictions": [2.5, 3.0, 4.5]}  # a proxies to b's server
+    assert r.json() == {"predictions": [2.5, 3.0, 4.5]}  # a proxies to a server of the cluster
 
     killed = time.monotonic()
     b.stop(signal.SIGKILL)
