@@ -64,7 +64,8 @@ def test_five_agree_failover_and_replacement(bed: Callable[[int], TestBed]) -> N
     b = bed(5)
     # The default (queue-p99) objective: one stream, one instance, on its nearest node (no spare elsewhere:
     # solver.queue_close closes the sliver of a pool the relaxation opens; tests/unit/test_queue_close.py).
-    start_all(b, "--placement-mode", "2", "--placement-period-s", "3")
+    # no minimum dwell: the on-demand instance on q moves to the leader's node at once (60 s by default)
+    start_all(b, "--placement-mode", "2", "--placement-period-s", "3", "--placement-min-dwell-s", "0")
     started = time.monotonic()
     leader, term = settled(b, [0, 1, 2, 3, 4], 20)
     took = time.monotonic() - started
