@@ -11,8 +11,10 @@ request at their best split of the streams) and switches to the plan only when
 * or the plan is better by more than ``start_cost_ms`` per instance it starts plus ``margin`` x the
   running placement's latency (a gain under ``confirm_below`` times that must show in two rounds in a
   row: one noisy window does not move an instance), or more instances of a model run than the plan's
-  instance bound allows (need at ``rho_max`` + one spare per node class): a plan with fewer instances
-  is otherwise held, so the count cannot flap between n and n + 1 either;
+  instance bound allows (need at ``rho_max`` + one spare per node class);
+* or the plan only stops instances and raises no latency (the mean, and each model's where known) by more
+  than ``stop_tolerance``: it frees memory, and the way back needs a start's real gain, so the count
+  cannot flap between n and n + 1 (a plan with fewer instances that costs latency is held);
 * or, per model (``per_model``), some model's own mean latency (the plan's ``model_ms`` against the
   valuation's) drops by more than the same margin of its latency plus the per-start cost, and no model's
   rises by more than its margin: a small stream stuck far away is not drowned in the cluster mean.
