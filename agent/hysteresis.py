@@ -159,7 +159,7 @@ def _frees_at_no_cost(
     """The plan only stops instances (no start anywhere) and raises neither the mean latency nor, where known,
     any model's by more than ``stop_tolerance``: taken, it frees memory (an extra instance left by a failover
     is trimmed once its node is back); the way back needs a real gain, so this cannot flap."""
-    if any(c > held[n].get(m, 0) for n, ms in desired.items() for m, c in ms.items()):
+    if _starts(held, desired):
         return False
     running_ms = float(value["objective_ms"])
     if plan_ms - running_ms > cfg.stop_tolerance * running_ms:
@@ -174,6 +174,11 @@ def _frees_at_no_cost(
     return True
 
 
+def _starts(held: Counts, desired: Counts) -> int:
+    """Instances the plan starts: its counts above what runs, over every (node, model)."""
+    return sum(max(0, c - held[n].get(m, 0)) for n, ms in desired.items() for m, c in ms.items())
+
+
 def _gain(
     value: Mapping[str, Any],
     plan_ms: float,
@@ -185,7 +190,7 @@ def _gain(
     """(gain, needed, " of MODEL" or ""): the cluster mean's, or a model's where its own clears its margin by more."""
     running_ms = float(value["objective_ms"])
     gain = running_ms - plan_ms
-    starts = sum(max(0, c - held[n].get(m, 0)) for n, ms in desired.items() for m, c in ms.items())
+    starts = _starts(held, desired)
     needed = starts * cfg.start_cost_ms + cfg.margin * running_ms
     model = _model_gain(value.get("model_ms"), plan_model_ms, starts, cfg) if cfg.per_model else None
     if model is not None and model[1] * needed > gain * model[2]:  # a larger share of its needed gain
