@@ -209,19 +209,48 @@ class SwimDriver:
         return answer
 
     async def _probe(self, ins: sw.Probe) -> None:
+        """SWIM's probe: a direct ping; if it has not answered within the probe timeout, k relays probe the target
+        for us while the direct ping goes on (a late ack still counts); the whole probe ends 3 timeouts after it
+        began, whatever is still connecting. A relay across a partition that never completes a TCP connect
+        costs no more than one that answers "no"."""
         sent = self.clock()
+        t = self.core.probe_timeout()
+        direct = asyncio.ensure_future(self._ping(ins))
+        relays: dict[asyncio.Future[bool | None], str] = {}
         try:
-            ack = await self.send(ins.node_id, ins.url, self.core.message("ping", ins.node_id))
-        except PeerCallError:
-            ack = None
-        acks, silent = 0, False
-        if ack is None and (not ins.verify or self.core.config.verify_indirect):
-            relays = self.core.indirect_targets(ins.node_id)
-            results = await asyncio.gather(*(self._ping_req(n, u, ins) for n, u in relays))
-            acks = sum(1 for r in results if r)
-            silent = bool(results) and all(r is None for r in results)
+            await asyncio.wait({direct}, timeout=t)
+            if not direct.done() and (not ins.verify or self.core.config.verify_indirect):
+                for n, u in self.core.indirect_targets(ins.node_id):
+                    relays[asyncio.ensure_future(self._ping_req(n, u, ins))] = n
+            pending: set[asyncio.Future[Any]] = {f for f in (direct, *relays) if not f.done()}
+            deadline = sent + 3 * t
+            while pending and not self._reached(direct, relays):
+                left = deadline - self.clock()
+                if left <= 0:
+                    break
+                _done, pending = await asyncio.wait(pending, timeout=left, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for f in (direct, *relays):
+                f.cancel()
+        ack = direct.result() if direct.done() and not direct.cancelled() else None
+        results = [f.result() if f.done() and not f.cancelled() else None for f in relays]
+        acks = sum(1 for r in results if r)
+        silent = bool(results) and all(r is None for r in results)
         transitions = self.core.probe_result(ins.node_id, ack, acks, self.clock(), ins.verify, sent, silent)
         self.on_transitions(transitions)
+
+    @staticmethod
+    def _reached(direct: asyncio.Future[SwimMessage | None], relays: dict[asyncio.Future[bool | None], str]) -> bool:
+        if direct.done() and not direct.cancelled() and direct.result() is not None:
+            return True
+        return any(f.done() and not f.cancelled() and f.result() for f in relays)
+
+    async def _ping(self, ins: sw.Probe) -> SwimMessage | None:
+        """The direct ping (its deadline is the probe's: ``_probe`` cancels it)."""
+        try:
+            return await self.send(ins.node_id, ins.url, self.core.message("ping", ins.node_id), factor=3.0)
+        except PeerCallError:
+            return None
 
     async def _ping_req(self, relay: str, relay_url: str, ins: sw.Probe) -> bool | None:
         """Whether ``relay`` reached the target for us (None: the relay itself did not answer)."""
@@ -289,9 +318,10 @@ class SwimDriver:
         rec = self.core.records.get(target)
         if rec is None or rec.peer_url != target_url:
             return False
-        try:
-            ack = await self.send(target, target_url, self.core.message("ping", target))
-        except PeerCallError:
+        try:  # within one probe timeout in all (connect included): the asker waits twice that for our answer
+            ping = self.send(target, target_url, self.core.message("ping", target))
+            ack = await asyncio.wait_for(ping, self.core.probe_timeout())
+        except (PeerCallError, asyncio.TimeoutError):
             return False
         self.on_transitions(self.core.received(ack, self.clock())[1])
         return True

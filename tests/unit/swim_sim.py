@@ -173,8 +173,8 @@ class Sim:
         if ok:
             self._later(rtt, lambda: self._note(a, me.probe_result(ins.node_id, ack, 0, self.now, ins.verify)))
             return
-        if ins.verify and not me.config.verify_indirect:
-            self._later(me.probe_timeout(),
+        if ins.verify and not me.config.verify_indirect:  # the direct ping alone, until the probe's end
+            self._later(3 * me.probe_timeout(),
                         lambda: self._note(a, me.probe_result(ins.node_id, None, 0, self.now, True, sent)))  # fmt: skip
             return
         acks, answered = 0, 0
@@ -190,7 +190,7 @@ class Sim:
         def report() -> None:
             self._note(a, me.probe_result(ins.node_id, None, acks, self.now, ins.verify, sent, silent))
 
-        self._later(2 * me.probe_timeout(), report)
+        self._later(3 * me.probe_timeout(), report)  # swim_io: relays asked after one timeout, for two more
 
     # -- views ---------------------------------------------------------------------------------------------
     def view(self, observer: str, subject: str) -> str | None:
