@@ -60,7 +60,11 @@ class SwimConfig:
     # merely lags (a loaded machine: seconds of event-loop lag) made it dead everywhere and started elections.
     verify_indirect: bool = True
     lease_push: int = 3  # the leader sends each lease renewal to this many random members ...
-    lease_forward: int = 1  # ... and each member forwards a renewal new to it to this many (plus piggybacking)
+    lease_forward: int = 1  # ... and each member that got a renewal from the leader itself forwards it to this many
+    # Every member forwarding every renewal cost each member ~3.4 extra exchanges a second (40 % of its messages);
+    # forwarding only the leader's own pushes (one more hop), then piggybacking, reaches every member about as fast
+    # (simulated at 50 nodes: longest gap 0.92-0.98 s against 0.74-1.0 s).
+    lease_forward_any: bool = False
     max_members: int = MAX_MEMBERS
     max_candidates: int = MAX_CANDIDATES
     max_broadcasts: int = MAX_BROADCASTS
@@ -570,11 +574,13 @@ class Swim:
 
     def take_lease(self, lease: Lease, sender: str, accepted: bool) -> None:
         """A verified renewal (signed by its leader) from ``sender``; ``accepted``: our election follows it, so we
-        relay it (and forward it once to ``lease_forward`` members); else it is only remembered as seen."""
+        relay it on our messages (and forward it once to ``lease_forward`` members if ``sender`` is the leader
+        itself); else it is only remembered as seen."""
         self.leases.note(lease.leader, lease.term, lease.seq)
         if accepted:
             self.lease = lease
-            self._lease_fanout, self._lease_skip = self.config.lease_forward, frozenset({sender, lease.leader})
+            fanout = self.config.lease_forward if self.config.lease_forward_any or sender == lease.leader else 0
+            self._lease_fanout, self._lease_skip = fanout, frozenset({sender, lease.leader})
 
     def _lease_gossip(self) -> list[Instruction]:
         if self._lease_fanout <= 0 or self.lease is None:
