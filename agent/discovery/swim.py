@@ -239,6 +239,7 @@ class Swim:
             self.candidates[key] = replace(self.candidates[key], seen=now)
         elif len(self.candidates) < self.config.max_candidates:
             self.candidates[key] = Candidate(node_id, peer_url, address, now)
+            self._next_admit = min(self._next_admit, now)  # a newcomer is asked at the next tick, not up to 0.5 s on
         elif len(self.conflicts) < MAX_CONFLICTS:
             self.conflicts.add(key)
 

@@ -43,6 +43,17 @@ def test_gossip_makes_a_candidate_never_a_member() -> None:
     assert a.admitted("x", url_of(9), "", state_of(x), 1.1)[0].new == "alive"
 
 
+def test_a_new_candidate_is_asked_at_the_next_tick_and_then_every_admit_interval() -> None:
+    a = node("a")
+    assert not any(isinstance(i, sw.Admit) for i in a.tick(0.0)[0])  # nobody to ask; the next round is 0.5 s on
+    a.apply(MemberUpdate("x", "alive", 0, url_of(9)), 0.1)
+    assert sw.Admit("x", url_of(9), "127.0.0.11") in a.tick(0.15)[0]  # at once, not at 0.5 s
+    a.admit_failed("x", url_of(9), 0.2)
+    a.apply(MemberUpdate("x", "alive", 0, url_of(9)), 0.3)  # gossip about a known candidate: no extra try
+    assert not any(isinstance(i, sw.Admit) for i in a.tick(0.35)[0] + a.tick(0.6)[0])
+    assert sw.Admit("x", url_of(9), "127.0.0.11") in a.tick(0.75)[0]  # its retry, admit_interval_s after
+
+
 def test_a_join_pulls_the_first_members_whole_table() -> None:
     a, b, c = node("a", 0), node("b", 1), node("c", 2)
     admit(b, c)  # b (the seed) knows c
