@@ -155,6 +155,10 @@ class NodeAgent:
         self._metrics_cache: tuple[float, NodeMetrics] | None = None
         self._client_rtts: dict[str, tuple[float, dict[str, float]]] = {}  # client -> (loaded at, rtts)
         self.telemetry = Telemetry(self, enabled=settings.metrics)
+        if self.discovery is not None:
+            from agent.discovery.metrics import MembershipCollector
+
+            self.telemetry.registry.register(MembershipCollector(self.discovery))
         self.provision_requests = ProvisionRequests()
         self.known_peers = known_peers.load(Path(settings.data_dir))
 

@@ -2,7 +2,8 @@
 
     GET  /peer/state                 this node's PeerState (admission, resource state; stamped with its
                                      membership version and incarnation)
-    POST /peer/swim                  SWIM membership: ping, gossip, ping_req, sync (agent/discovery/swim.py)
+    POST /peer/swim                  SWIM membership: ping, gossip, ping_req, sync (agent/discovery/swim.py;
+                                     answered by agent/peer_swim_route.py ahead of FastAPI)
     POST /peer/leave                 the sender leaves (only for itself)
     POST /peer/provision             the sender asks this node to start a model (agent/serving/provision.py)
     POST /election/message           one election message (its node field must be the sender)
@@ -32,6 +33,7 @@ from fastapi.responses import JSONResponse, Response
 from agent.identity import AuthError, Identity
 from agent.node import FencedError, UnknownModelError
 from agent.peer_gate import gate_tls
+from agent.peer_swim_route import SwimRoute
 from agent.serving.provision import ROUTE_PROVISION, answer_provision
 from coordinator_election import MAX_TERM_AHEAD  # an election message may not push terms further than this past ours
 from peerserve import wire
@@ -84,6 +86,7 @@ class _Signed:
 def create_peer_app(agent: NodeAgent, identity: Identity) -> FastAPI:
     """The peer-plane ASGI app of ``agent`` (no lifespan: the client app's lifespan runs the agent)."""
     app = FastAPI(title="peerserve peer plane", docs_url=None, redoc_url=None, openapi_url=None)
+    app.add_middleware(SwimRoute, agent=agent, identity=identity)  # POST /peer/swim, without the framework
 
     async def authenticate(request: Request) -> tuple[_Signed, bytes]:
         declared = request.headers.get("content-length", "0")
@@ -116,28 +119,14 @@ def create_peer_app(agent: NodeAgent, identity: Identity) -> FastAPI:
         reply, _ = await authenticate(request)
         if agent.discovery is not None and agent.discovery.stopping:
             return reply.error(503, "this node is leaving")
+        if agent.discovery is not None:
+            agent.discovery.swim.received["state"] += 1
         hint = request.query_params.get("peer", "")
         if agent.discovery is not None and PEER_URL.fullmatch(hint):
             # an authenticated node asks for our state: a hint of where it listens (its mDNS name may be squatted)
             agent.discovery.heard_from(reply.sender, hint)
         state = agent.peer_state()
         return reply((agent.discovery.stamp(state) if agent.discovery is not None else state).to_json())
-
-    @app.post(wire.ROUTE_SWIM)
-    async def peer_swim(request: Request) -> Response:
-        reply, body = await authenticate(request)
-        if agent.discovery is None:
-            return reply.error(409, "this node takes no part in membership (discovery is off)")
-        if agent.discovery.stopping:
-            return reply.error(503, "this node is leaving")
-        try:
-            msg = wire.SwimMessage.parse(parse(body))
-        except wire.WireError as exc:
-            return reply.error(exc.status, f"malformed membership message: {exc}")
-        if msg.node_id != reply.sender:
-            return reply.error(403, f"{reply.sender} cannot speak for {msg.node_id} in membership")
-        answer = await agent.discovery.handle_swim(reply.sender, msg)
-        return reply(answer.to_json())
 
     @app.post(ROUTE_PROVISION)
     async def peer_provision(request: Request) -> Response:

@@ -14,7 +14,6 @@ import json
 import logging
 import ssl
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import urlencode
@@ -22,17 +21,12 @@ from urllib.parse import urlencode
 import httpx
 
 from agent.identity import AuthError, Identity
+from agent.peer_http import PeerConnections
 from peerserve import wire
 
 log = logging.getLogger(__name__)
 
 TIMEOUT = httpx.Timeout(3.0, connect=0.5)
-# One small connection pool PER PEER, kept alive: SWIM reaches each member every N probe periods (10 s at 50
-# nodes), under the listener's 30 s keep-alive, so a probe costs no handshake. Not one shared pool: httpcore
-# checks every pooled connection (a poll() each) on every request, which made a request cost O(N) (profiled:
-# ~30 % of a 15-agent leader's CPU).
-POOL = httpx.Limits(max_connections=None, max_keepalive_connections=4, keepalive_expiry=25.0)
-MAX_POOLS = 320  # peers with a pool of their own (swim.MAX_MEMBERS + candidates); least recently used closed
 
 
 class PeerCallError(ValueError):
@@ -67,36 +61,15 @@ class PeerClient:
         self.identity = identity
         self.route = route
         self.clock = clock
-        self.http = http  # one given client for every peer (tests), else a pool per peer (``_client``)
-        self._tls = tls_context(identity) if http is None else False
-        self._pools: OrderedDict[str, httpx.AsyncClient] = OrderedDict()
-        self._closing: set[asyncio.Task[None]] = set()
-
-    def _client(self, base_url: str) -> httpx.AsyncClient:
-        """The HTTP client (connection pool) for the peer at ``base_url``; at most MAX_POOLS are kept."""
-        if self.http is not None:
-            return self.http
-        client = self._pools.get(base_url)
-        if client is not None:
-            self._pools.move_to_end(base_url)
-            return client
-        client = httpx.AsyncClient(verify=self._tls, timeout=TIMEOUT, limits=POOL)
-        self._pools[base_url] = client
-        if len(self._pools) > MAX_POOLS:
-            _, old = self._pools.popitem(last=False)
-            task = asyncio.get_running_loop().create_task(old.aclose())
-            self._closing.add(task)
-            task.add_done_callback(self._closing.discard)
-        return client
-
-    @property
-    def pool_count(self) -> int:
-        return len(self._pools)
+        self.http = http  # one given client for every peer (tests), else our own kept connections per peer
+        tls = tls_context(identity) if http is None else False
+        # kept-alive connections per peer (agent.peer_http), bounded per peer and in peers
+        self.connections = PeerConnections(tls if isinstance(tls, ssl.SSLContext) else None, wire.MAX_BODY)
 
     async def close(self) -> None:
-        clients = [self.http] if self.http is not None else list(self._pools.values())
-        self._pools.clear()
-        await asyncio.gather(*(c.aclose() for c in clients), *self._closing, return_exceptions=True)
+        if self.http is not None:
+            await self.http.aclose()
+        self.connections.close()
 
     async def call(
         self,
@@ -115,23 +88,42 @@ class PeerClient:
         headers = dict(signed.headers)
         if body is not None:
             headers["content-type"] = "application/json"
+        status, answer_headers, answer = await self._exchange(node_id, base_url, method, target, headers, content,
+                                                              timeout)  # fmt: skip
+        if len(answer) > wire.MAX_BODY:
+            raise PeerCallError(f"{node_id} answered {len(answer)} bytes", status)
         try:
-            r = await self._client(base_url).request(
-                method, base_url + target, content=content, headers=headers, timeout=timeout
-            )
+            self.identity.verify_response(answer_headers, node_id, status, signed.nonce, answer, self.clock())
+        except AuthError as exc:
+            raise PeerCallError(f"unauthenticated answer from {node_id} (HTTP {status}): {exc}", status) from exc
+        try:
+            return status, json.loads(answer)
+        except ValueError as exc:
+            raise PeerCallError(f"{node_id} answered non-JSON", status) from exc
+
+    async def _exchange(
+        self,
+        node_id: str,
+        base_url: str,
+        method: str,
+        target: str,
+        headers: dict[str, str],
+        content: bytes,
+        timeout: httpx.Timeout | float,
+    ) -> tuple[int, Mapping[str, str], bytes]:
+        """(status, headers, body) of one HTTP exchange: our kept connections, or the given httpx client."""
+        if self.http is None:
+            total, connect = _seconds(timeout)
+            try:
+                a = await self.connections.request(base_url, method, target, headers, content, total, connect)
+            except (OSError, asyncio.TimeoutError) as exc:  # PeerHttpError is an OSError
+                raise PeerCallError(f"{node_id} unreachable: {type(exc).__name__}: {exc}") from exc
+            return a.status, a.headers, a.content
+        try:
+            r = await self.http.request(method, base_url + target, content=content, headers=headers, timeout=timeout)
         except httpx.HTTPError as exc:
             raise PeerCallError(f"{node_id} unreachable: {type(exc).__name__}: {exc}") from exc
-        if len(r.content) > wire.MAX_BODY:
-            raise PeerCallError(f"{node_id} answered {len(r.content)} bytes", r.status_code)
-        try:
-            self.identity.verify_response(r.headers, node_id, r.status_code, signed.nonce, r.content, self.clock())
-        except AuthError as exc:
-            raise PeerCallError(f"unauthenticated answer from {node_id} (HTTP {r.status_code}): {exc}",
-                                r.status_code) from exc  # fmt: skip
-        try:
-            return r.status_code, r.json()
-        except ValueError as exc:
-            raise PeerCallError(f"{node_id} answered non-JSON", r.status_code) from exc
+        return r.status_code, r.headers, r.content
 
     # -- the leader's seams (agent.leadership) --------------------------------------------------------
     def _routed(self, url: str) -> tuple[str, str, str]:
@@ -161,6 +153,14 @@ class PeerClient:
         """Send ``body`` to the node behind agent URL ``url`` (election messages, commands)."""
         node_id, base, _ = self._routed(url)
         return await self.call(node_id, base, method, path, body=body)
+
+
+def _seconds(timeout: httpx.Timeout | float) -> tuple[float, float]:
+    """(whole exchange, connect) in seconds from an httpx-style timeout."""
+    if isinstance(timeout, httpx.Timeout):
+        total = timeout.read if timeout.read is not None else TIMEOUT.read
+        return float(total or 0.0), float(timeout.connect if timeout.connect is not None else total or 0.0)
+    return float(timeout), float(timeout)
 
 
 def _parse_answer(path: str, data: Any, since: int) -> wire.NodeStats | wire.ModelStats | wire.RequestPage:

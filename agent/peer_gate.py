@@ -16,6 +16,7 @@ optional HTTPS client listener (agent/client_auth.py, with a longer deadline for
 from __future__ import annotations
 
 import asyncio
+import asyncio.sslproto as sslproto
 import contextlib
 import logging
 import ssl
@@ -29,6 +30,15 @@ HANDSHAKE_S = 5.0  # an Ed25519 mutual-TLS handshake on a LAN takes milliseconds
 PENDING_PER_ADDRESS = 64  # handshakes in progress from one address (agents on one host share it)
 PENDING_TOTAL = 128  # handshakes in progress from every address together
 EARLY_BYTES = 1 << 16  # decrypted bytes held between the handshake's end and the handover
+# asyncio gives every TLS connection a read buffer of 256 KiB, zero-filled (resident): with a kept connection to
+# and from every member that was most of an agent's memory at 50 agents. Peer messages are at most 256 KiB in
+# all and TLS records 16 KiB, so a smaller buffer only means more reads for a large answer.
+TLS_READ_BUFFER = 32 * 1024
+
+
+def small_tls_buffers() -> None:
+    """Make asyncio's TLS connections (made after this call, in this process) read through a TLS_READ_BUFFER."""
+    sslproto.SSLProtocol.max_size = TLS_READ_BUFFER
 
 
 class Handshakes:
@@ -127,6 +137,7 @@ def gated_protocol(
 
 def gate_tls(config: uvicorn.Config, handshake_s: float = HANDSHAKE_S) -> uvicorn.Config:
     """Load ``config`` and move its listener's TLS into ``gated_protocol`` (no-op without TLS)."""
+    small_tls_buffers()
     if not config.loaded:
         config.load()
     if config.ssl is not None:

@@ -3,7 +3,9 @@
 For each cluster size N: start N agents on 127.0.0.1 (own ports), agent 0 without seeds and every other
 one with agent 0 as its only seed (the heartbeat code of ``--before-rev`` learns only its seeds: there
 every agent gets all the others); wait until every agent sees every other alive; measure per-agent CPU
-(agent process tree, from /proc via psutil) over ``--window`` seconds idle; start one more agent (seeded
+(agent process tree, from /proc via psutil) over ``--window`` seconds idle, each agent's RSS (process tree)
+at its end, and the membership exchanges per agent by kind and the connections it opened (the agents'
+/metrics: peerserve_membership_messages_total, peerserve_peer_connections_opened_total); start one more agent (seeded
 with agent 0) and time until every member logged it alive (from its first /health answer); kill -9 one
 follower and take, from every member's log, when it logged that node dead (p50/p99 over members). With
 ``--soak S`` the largest size then runs S seconds with the machine loaded (busy processes + client
@@ -131,6 +133,43 @@ def cpu_seconds(agent: Agent) -> float:
         return 0.0
 
 
+def rss_mb(agent: Agent) -> float:
+    """Resident memory of the agent's process tree (MiB)."""
+    try:
+        p = psutil.Process(agent.proc.pid)
+        return float(sum(q.memory_info().rss for q in [p, *p.children(recursive=True)])) / 2**20
+    except psutil.Error:
+        return float("nan")
+
+
+METRIC = re.compile(r'^peerserve_membership_messages_total\{direction="(\w+)",kind="(\w+)"\} ([0-9.e+]+)$|'
+                    r"^peerserve_peer_connections_opened_total ([0-9.e+]+)$")  # fmt: skip
+
+
+def traffic(agent: Agent) -> dict[str, float]:
+    """The agent's membership counters from /metrics: 'sent:ping' ..., and 'opened' (connections it opened)."""
+    try:
+        text = httpx.get(f"http://127.0.0.1:{agent.port}/metrics", timeout=5).text
+    except httpx.HTTPError:
+        return {}
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        m = METRIC.match(line)
+        if m and m.group(4) is not None:
+            out["opened"] = float(m.group(4))
+        elif m:
+            out[f"{m.group(1)}:{m.group(2)}"] = float(m.group(3))
+    return out
+
+
+def rates(before: dict[str, dict[str, float]], after: dict[str, dict[str, float]], spent: float) -> dict[str, float]:
+    """Per-agent mean rate of each counter over the window (agents without counters, e.g. old code, left out)."""
+    names = [n for n in after if after[n]]
+    keys = sorted({k for n in names for k in after[n]})
+    return {k: sum(after[n].get(k, 0) - before.get(n, {}).get(k, 0) for n in names) / spent / len(names)
+            for k in keys} if names else {}  # fmt: skip
+
+
 def pct(values: list[float], q: float) -> float:
     s = sorted(values)
     return s[min(len(s) - 1, round(q * (len(s) - 1)))] if s else float("nan")
@@ -176,19 +215,13 @@ def measure_size(code: Path, n: int, window: float, soak: float, label: str) -> 
             say(f"[{label}] {n} agents converged {took:.1f} s after the last one answered; settling")
             time.sleep(5)
             leader = seed.cluster().get("leader")
-            before = {a.name: cpu_seconds(a) for a in c.agents}
-            t0 = time.monotonic()
-            time.sleep(window)
-            spent = time.monotonic() - t0
-            cpu = {a.name: (cpu_seconds(a) - before[a.name]) / spent for a in c.agents}
-            followers = [v for k, v in cpu.items() if k != leader]
-            say(f"[{label}] N={n}: follower CPU {sum(followers) / len(followers):.4f} CPU-s/s, "
-                f"leader ({leader}) {cpu.get(str(leader), float('nan')):.4f}")  # fmt: skip
-            out: dict[str, Any] = {"n": n, "leader": leader, "follower_cpu": sum(followers) / len(followers),
-                                   "follower_cpu_max": max(followers), "leader_cpu": cpu.get(str(leader)),
-                                   "machine_cpus": os.cpu_count(), "load_avg_1m": os.getloadavg()[0],
-                                   "terms": len({a.cluster().get("term") for a in c.agents})}  # fmt: skip
-            say(f"[{label}] N={n}: load average {out['load_avg_1m']:.1f}, distinct terms now {out['terms']}")
+            out: dict[str, Any] = {"n": n, "leader": leader, **idle_window(c, leader, window)}
+            out["terms"] = len({a.cluster().get("term") for a in c.agents})
+            say(f"[{label}] N={n}: follower CPU {out['follower_cpu']:.4f} CPU-s/s, leader ({leader}) "
+                f"{out['leader_cpu']:.4f}; follower RSS median {out['follower_rss_mb']:.1f} MiB, max "
+                f"{out['follower_rss_max_mb']:.1f}; exchanges sent/received per agent per s "
+                f"{out['sent_per_s']:.2f}/{out['received_per_s']:.2f}, handshakes {out['opened_per_s']:.3f}/s; "
+                f"load average {out['load_avg_1m']:.1f}, distinct terms now {out['terms']}")  # fmt: skip
             out.update(join(c, [a.port for a in c.agents] if label == "before" else [seed.port]))
             out.update(kill(c, leader))
             if soak > 0:
@@ -196,6 +229,27 @@ def measure_size(code: Path, n: int, window: float, soak: float, label: str) -> 
             return out
         finally:
             c.stop()
+
+
+def idle_window(c: Cluster, leader: Any, window: float) -> dict[str, Any]:
+    """``window`` idle seconds: per-agent CPU, RSS, and membership exchanges by kind (followers)."""
+    followers = [a for a in c.agents if a.name != leader]
+    before = {a.name: cpu_seconds(a) for a in c.agents}
+    counted = {a.name: traffic(a) for a in followers}
+    t0 = time.monotonic()
+    time.sleep(window)
+    spent = time.monotonic() - t0
+    cpu = {a.name: (cpu_seconds(a) - before[a.name]) / spent for a in c.agents}
+    per_kind = rates(counted, {a.name: traffic(a) for a in followers}, spent)
+    rss = sorted(rss_mb(a) for a in followers)
+    fcpu = [cpu[a.name] for a in followers]
+    return {"follower_cpu": sum(fcpu) / len(fcpu), "follower_cpu_max": max(fcpu), "leader_cpu": cpu.get(str(leader)),
+            "follower_rss_mb": rss[len(rss) // 2], "follower_rss_max_mb": rss[-1],
+            "leader_rss_mb": next((rss_mb(a) for a in c.agents if a.name == leader), None),
+            "exchanges_per_s": per_kind, "opened_per_s": per_kind.get("opened", float("nan")),
+            "sent_per_s": sum(v for k, v in per_kind.items() if k.startswith("sent:")),
+            "received_per_s": sum(v for k, v in per_kind.items() if k.startswith("received:")),
+            "machine_cpus": os.cpu_count(), "load_avg_1m": os.getloadavg()[0]}  # fmt: skip
 
 
 def join(c: Cluster, seeds: list[int]) -> dict[str, Any]:
@@ -335,19 +389,36 @@ def main() -> None:
     if args.json:
         print(json.dumps(figures, indent=2))
         return
-    print("| agents | follower CPU (CPU-s/s) | x smallest | leader CPU | kill -9 dead everywhere p50 / p99 "
-          "| new member everywhere | load average | before: follower CPU |")  # fmt: skip
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    print_table(now, before)
+
+
+def print_table(now: list[dict[str, Any]], before: list[dict[str, Any]]) -> None:
+    """The README table, then the issue's targets against the largest and smallest sizes measured."""
+    print("| agents | follower CPU (CPU-s/s) | x smallest | leader CPU | follower RSS median / max "
+          "| exchanges per agent per s (sent + received) | handshakes per agent per s "
+          "| kill -9 dead everywhere p50 / p99 | new member everywhere | load average "
+          "| before: follower CPU / RSS |")  # fmt: skip
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     old = {r["n"]: r for r in before}
     for r in now:
         if "failed" in r:
-            print(f"| {r['n']} | failed: {r['failed']} | | | | | {r['load_avg_1m']:.1f} | |")
+            print(f"| {r['n']} | failed: {r['failed']} | | | | | | | | {r['load_avg_1m']:.1f} | |")
             continue
         b = old.get(r["n"])
-        was = f"{b['follower_cpu']:.4f}" if b else "-"
+        was = f"{b['follower_cpu']:.4f} / {b.get('follower_rss_mb', float('nan')):.0f} MiB" if b else "-"
         print(f"| {r['n']} | {r['follower_cpu']:.4f} | {r['cpu_ratio_to_smallest']:.2f} | {r['leader_cpu']:.4f} | "
+              f"{r['follower_rss_mb']:.0f} / {r['follower_rss_max_mb']:.0f} MiB | "
+              f"{r['sent_per_s']:.1f} + {r['received_per_s']:.1f} | {r['opened_per_s']:.3f} | "
               f"{r['detect_p50_s']:.2f} / {r['detect_p99_s']:.2f} s | {r['join_max_s']:.2f} s | "
               f"{r['load_avg_1m']:.1f} | {was} |")  # fmt: skip
+    ok = [r for r in now if "failed" not in r]
+    if len(ok) >= 2:
+        small, big = ok[0], ok[-1]
+        print(f"\nissue #13 targets: follower CPU at {big['n']} / at {small['n']} agents = "
+              f"{big['follower_cpu'] / small['follower_cpu']:.2f} (<= 1.5); kill -9 p99 at {big['n']}: "
+              f"{big['detect_p99_s']:.2f} s (<= 3); new member at {big['n']}: {big['join_max_s']:.2f} s (<= 3); "
+              f"follower RSS at {big['n']}: median {big['follower_rss_mb']:.0f} MiB, max "
+              f"{big['follower_rss_max_mb']:.0f} (at {small['n']}: {small['follower_rss_mb']:.0f})")  # fmt: skip
     for r in now:
         if "soak_s" in r:
             print(

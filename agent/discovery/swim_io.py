@@ -13,6 +13,7 @@ import asyncio
 import logging
 import random
 import time
+from collections import Counter
 from collections.abc import Callable, Coroutine
 from dataclasses import replace
 from typing import Any
@@ -95,6 +96,9 @@ class SwimDriver:
         self.on_lease: Callable[[Lease], bool] | None = None
         self._lease_seq = int(time.time() * 1000)  # renewals rise across restarts too
         self._said: set[str] = set()
+        # exchanges by kind (SWIM kinds and "state"; a fixed set): /metrics (agent.discovery.service) and the bench
+        self.sent: Counter[str] = Counter()
+        self.received: Counter[str] = Counter()
 
     # -- our own state -------------------------------------------------------------------------------------
     def stamp(self, state: PeerState) -> PeerState:
@@ -195,6 +199,7 @@ class SwimDriver:
 
     async def send(self, node_id: str, url: str, msg: SwimMessage, factor: float = 1.0) -> SwimMessage:
         """One signed SWIM exchange; the answer must be a valid message that ``node_id`` sent about itself."""
+        self.sent[msg.kind] += 1
         status, data = await self.peers.call(node_id, url, "POST", wire.ROUTE_SWIM, body=msg.to_json(),
                                              timeout=self._timeout(factor))  # fmt: skip
         if status != 200:
@@ -277,6 +282,7 @@ class SwimDriver:
 
     async def _get_state(self, node_id: str, url: str) -> PeerState:
         params = {"peer": self.core.self_url}  # where we listen: a hint for them
+        self.sent["state"] += 1
         status, data = await self.peers.call(node_id, url, "GET", wire.ROUTE_STATE, params, timeout=self._timeout(2))
         if status != 200:
             raise PeerError(f"HTTP {status}")
@@ -306,6 +312,7 @@ class SwimDriver:
     async def handle(self, sender: str, msg: SwimMessage) -> SwimMessage:
         """A message ``sender`` signed (the peer listener checked it names itself): apply it; our answer."""
         c = self.core
+        self.received[msg.kind] += 1
         self.lease_in(msg)
         reply, transitions = c.received(msg, self.clock())
         self.on_transitions(transitions)

@@ -1,0 +1,38 @@
+"""Membership traffic as Prometheus metrics, read at scrape time from the SWIM driver and the peer connections.
+
+peerserve_membership_messages_total{direction="sent|received", kind}   SWIM exchanges (and "state" fetches)
+peerserve_peer_connections_opened_total                               connections (TLS handshakes) we opened
+peerserve_peer_connections_idle                                       kept-alive connections to peers now
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from agent.discovery.service import Discovery
+
+
+class MembershipCollector(Collector):
+    """Reads ``discovery``'s counters when scraped: nothing is kept here."""
+
+    def __init__(self, discovery: Discovery) -> None:
+        self.discovery = discovery
+
+    def collect(self) -> Iterable[Metric]:
+        swim = self.discovery.swim
+        messages = CounterMetricFamily("peerserve_membership_messages", "SWIM exchanges by direction and kind",
+                                       labels=["direction", "kind"])  # fmt: skip
+        for direction, counts in (("sent", swim.sent), ("received", swim.received)):
+            for kind, n in sorted(counts.items()):
+                messages.add_metric([direction, kind], n)
+        yield messages
+        conns = self.discovery.peers.connections
+        yield CounterMetricFamily("peerserve_peer_connections_opened", "Peer connections (TLS handshakes) opened",
+                                  value=conns.opened)  # fmt: skip
+        yield GaugeMetricFamily("peerserve_peer_connections_idle", "Kept-alive connections to peers",
+                                value=conns.idle_count)  # fmt: skip

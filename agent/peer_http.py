@@ -1,0 +1,291 @@
+"""A lean HTTP/1.1 client for the peer plane: kept-alive (mutual-TLS) connections per peer, one exchange each.
+
+Membership sends several small signed messages a second to every agent; through httpx each one went
+through the client, its transport, httpcore's pool and h11 (profiled: the largest share of an idle
+follower's CPU after TLS). Peers all speak our own listener (uvicorn, agent/peer_api.py), so this client
+does only what that needs: a request with a ``content-length`` body, an answer with a ``content-length``
+(or chunked) body of at most ``max_body`` bytes. Connections are kept per peer (at most ``max_idle`` idle
+ones each, ``max_peers`` peers, least recently used first out) and dropped after ``idle_s`` unused, before
+the listener's own 30 s keep-alive ends; a kept connection the peer closed meanwhile is retried once on a
+new one (only when no byte of an answer came back).
+
+    PeerHttpError(OSError)   unreachable, timed out, or not a well-formed HTTP/1.1 answer
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from agent.peer_gate import small_tls_buffers
+
+log = logging.getLogger(__name__)
+
+MAX_IDLE = 2  # idle connections kept per peer (membership has one or two exchanges with a peer at a time)
+MAX_PEERS = 320  # peers with kept connections (swim.MAX_MEMBERS + candidates); least recently used dropped
+IDLE_S = 25.0  # under the listener's keep-alive (30 s): we close first, so a kept connection is rarely stale
+HEAD_LIMIT = 1 << 16  # bytes of status line and headers
+SWEEP_S = 5.0  # how often idle connections past IDLE_S are closed (their TLS buffers freed)
+
+
+class PeerHttpError(OSError):
+    """No well-formed answer: the peer is unreachable, timed out, closed the connection or spoke garbage."""
+
+
+@dataclass
+class Answer:
+    """An HTTP answer: status, headers (lower-case names) and the whole body."""
+
+    status: int
+    headers: dict[str, str]
+    content: bytes
+
+
+@dataclass
+class _Conn:
+    reader: asyncio.StreamReader
+    writer: asyncio.StreamWriter
+    idle_since: float = 0.0
+
+    def usable(self) -> bool:
+        return not (self.writer.is_closing() or self.reader.at_eof())
+
+    def close(self) -> None:
+        self.writer.transport.abort()  # no TLS close_notify round trip: the peer may be gone
+
+
+class _Stale(Exception):
+    """A kept connection ended before any byte of the answer (the peer closed it while idle)."""
+
+
+class PeerConnections:
+    """Kept-alive connections to peers' listeners, bounded per peer and in peers; ``request`` is one exchange."""
+
+    def __init__(
+        self,
+        tls: ssl.SSLContext | None,
+        max_body: int,
+        max_idle: int = MAX_IDLE,
+        max_peers: int = MAX_PEERS,
+        idle_s: float = IDLE_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        small_tls_buffers()
+        self.tls = tls
+        self.max_body = max_body
+        self.max_idle, self.max_peers, self.idle_s = max_idle, max_peers, idle_s
+        self.clock = clock
+        self._idle: OrderedDict[str, list[_Conn]] = OrderedDict()
+        self._swept = clock()
+        self.opened = 0  # connections opened so far (a handshake each: tests and benches read it)
+
+    @property
+    def peer_count(self) -> int:
+        return len(self._idle)
+
+    @property
+    def idle_count(self) -> int:
+        return sum(len(v) for v in self._idle.values())
+
+    async def request(
+        self,
+        base_url: str,
+        method: str,
+        target: str,
+        headers: Mapping[str, str],
+        body: bytes,
+        timeout: float,
+        connect_timeout: float,
+    ) -> Answer:
+        """One exchange with the listener at ``base_url`` (``https://host:port``); raises PeerHttpError."""
+        head = _request_head(base_url, method, target, headers, len(body))
+        conn = self._checkout(base_url)
+        if conn is not None:
+            try:
+                return await self._exchange(base_url, conn, head + body, timeout)
+            except _Stale:
+                pass  # the peer closed our kept connection: once more on a new one
+        conn = await self._connect(base_url, connect_timeout)
+        try:
+            return await self._exchange(base_url, conn, head + body, timeout)
+        except _Stale as exc:
+            raise PeerHttpError(f"{base_url} closed the connection without an answer") from exc
+
+    async def _exchange(self, key: str, conn: _Conn, data: bytes, timeout: float) -> Answer:
+        try:
+            answer, keep = await asyncio.wait_for(self._send_and_read(conn, data), timeout)
+        except BaseException:
+            conn.close()
+            raise
+        if keep:
+            self._checkin(key, conn)
+        else:
+            conn.close()
+        return answer
+
+    async def _send_and_read(self, conn: _Conn, data: bytes) -> tuple[Answer, bool]:
+        try:
+            conn.writer.write(data)
+            await conn.writer.drain()
+            first = await conn.reader.readuntil(b"\r\n\r\n")
+        except asyncio.IncompleteReadError as exc:
+            if not exc.partial:
+                raise _Stale from exc
+            raise PeerHttpError("connection closed in the middle of an answer's head") from exc
+        except (ConnectionResetError, BrokenPipeError) as exc:
+            raise _Stale from exc
+        except asyncio.LimitOverrunError as exc:
+            raise PeerHttpError(f"an answer's head over {HEAD_LIMIT} bytes") from exc
+        status, headers = _parse_head(first)
+        content = await self._read_body(conn.reader, headers, status)
+        keep = headers.get("connection", "").lower() != "close"
+        return Answer(status, headers, content), keep
+
+    async def _read_body(self, reader: asyncio.StreamReader, headers: dict[str, str], status: int) -> bytes:
+        try:
+            if "content-length" in headers:
+                size = int(headers["content-length"])
+                if not 0 <= size <= self.max_body:
+                    raise PeerHttpError(f"an answer of {size} bytes (at most {self.max_body})")
+                return await reader.readexactly(size)
+            if headers.get("transfer-encoding", "").lower() == "chunked":
+                return await self._read_chunked(reader)
+        except ValueError as exc:
+            raise PeerHttpError(f"malformed answer length: {exc}") from exc
+        except asyncio.IncompleteReadError as exc:
+            raise PeerHttpError("connection closed in the middle of an answer") from exc
+        if status in (204, 304) or 100 <= status < 200:
+            return b""
+        raise PeerHttpError("an answer with neither content-length nor chunked encoding")
+
+    async def _read_chunked(self, reader: asyncio.StreamReader) -> bytes:
+        out = bytearray()
+        while True:
+            size = int((await reader.readuntil(b"\r\n")).split(b";", 1)[0].strip(), 16)
+            if size < 0 or len(out) + size > self.max_body:
+                raise PeerHttpError(f"a chunked answer over {self.max_body} bytes")
+            if size == 0:
+                while (await reader.readuntil(b"\r\n")) != b"\r\n":  # trailers, if any
+                    pass
+                return bytes(out)
+            out += await reader.readexactly(size)
+            if await reader.readexactly(2) != b"\r\n":
+                raise PeerHttpError("malformed chunk")
+
+    # -- the kept connections ---------------------------------------------------------------------------
+    async def _connect(self, base_url: str, timeout: float) -> _Conn:
+        parts = urlsplit(base_url)
+        if parts.scheme not in ("http", "https") or not parts.hostname or parts.port is None:
+            raise PeerHttpError(f"not a peer listener URL: {base_url}")
+        tls = _unverified() if parts.scheme == "https" and self.tls is None else self.tls
+        try:
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_connection(parts.hostname, parts.port, ssl=tls if parts.scheme == "https" else None,
+                                        limit=HEAD_LIMIT, ssl_handshake_timeout=timeout if parts.scheme == "https"
+                                        else None),
+                timeout,
+            )  # fmt: skip
+        except (OSError, ssl.SSLError) as exc:
+            raise PeerHttpError(f"cannot connect to {base_url}: {exc!r}") from exc
+        self.opened += 1
+        return _Conn(reader, writer)
+
+    def _checkout(self, key: str) -> _Conn | None:
+        now = self.clock()
+        if now - self._swept >= SWEEP_S:
+            self._sweep(now)
+        conns = self._idle.get(key)
+        while conns:
+            conn = conns.pop()
+            if conn.usable() and now - conn.idle_since < self.idle_s:
+                return conn
+            conn.close()
+        return None
+
+    def _checkin(self, key: str, conn: _Conn) -> None:
+        conns = self._idle.get(key)
+        if conns is None:
+            conns = self._idle[key] = []
+            while len(self._idle) > self.max_peers:
+                _, old = self._idle.popitem(last=False)
+                for c in old:
+                    c.close()
+        self._idle.move_to_end(key)
+        if len(conns) >= self.max_idle:
+            conn.close()
+            return
+        conn.idle_since = self.clock()
+        conns.append(conn)
+
+    def _sweep(self, now: float) -> None:
+        """Close idle connections unused for ``idle_s`` (each holds TLS buffers) and forget peers left with none."""
+        self._swept = now
+        for key in list(self._idle):
+            keep = []
+            for conn in self._idle[key]:
+                if conn.usable() and now - conn.idle_since < self.idle_s:
+                    keep.append(conn)
+                else:
+                    conn.close()
+            if keep:
+                self._idle[key] = keep
+            else:
+                del self._idle[key]
+
+    def close(self) -> None:
+        """Close every kept connection."""
+        for conns in self._idle.values():
+            for conn in conns:
+                conn.close()
+        self._idle.clear()
+
+
+def _request_head(base_url: str, method: str, target: str, headers: Mapping[str, str], length: int) -> bytes:
+    host = base_url.split("//", 1)[-1].rstrip("/")
+    lines = [f"{method} {target} HTTP/1.1", f"host: {host}", *(f"{k}: {v}" for k, v in headers.items())]
+    if length or method in ("POST", "PUT"):
+        lines.append(f"content-length: {length}")
+    if any(c in line for line in lines for c in "\r\n\0"):
+        raise PeerHttpError("a line break or NUL in the request line or a header")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
+def _parse_head(data: bytes) -> tuple[int, dict[str, str]]:
+    """(status, headers with lower-case names; repeated ones joined by ', ') of an answer's head."""
+    lines = data.decode("latin-1").split("\r\n")
+    parts = lines[0].split(" ", 2)
+    if len(parts) < 2 or parts[0] not in ("HTTP/1.1", "HTTP/1.0") or not parts[1].isdigit():
+        raise PeerHttpError(f"not an HTTP/1.1 status line: {lines[0][:60]!r}")
+    headers: dict[str, str] = {}
+    for line in lines[1:]:
+        if not line:
+            continue
+        name, sep, value = line.partition(":")
+        if not sep or not name or name != name.strip():
+            raise PeerHttpError(f"malformed header line {line[:60]!r}")
+        name, value = name.lower(), value.strip()
+        headers[name] = f"{headers[name]}, {value}" if name in headers else value
+    keep_10 = parts[0] == "HTTP/1.0" and headers.get("connection", "").lower() != "keep-alive"
+    if keep_10:
+        headers["connection"] = "close"
+    return int(parts[1]), headers
+
+
+_UNVERIFIED: ssl.SSLContext | None = None
+
+
+def _unverified() -> ssl.SSLContext:
+    """TLS without checking the peer (a node without a data dir has no cluster CA files: tests only)."""
+    global _UNVERIFIED
+    if _UNVERIFIED is None:
+        ctx = ssl.create_default_context()
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        _UNVERIFIED = ctx
+    return _UNVERIFIED

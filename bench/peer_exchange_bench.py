@@ -1,0 +1,152 @@
+"""CPU of one membership exchange (POST /peer/swim: mutual TLS, signed both ways), client and listener in one process.
+
+Two nodes' identities, a real peer listener (uvicorn, agent/peer_gate.py's TLS) answering with a real SWIM
+driver, and a PeerClient sending pings one after another; the process's CPU time over ``--n`` exchanges is
+the cost of both ends of one exchange. Variants, measured in the same run (same-run ratios, not absolute
+figures, are the point on a shared machine):
+
+    client  httpx   one httpx.AsyncClient per peer (what PeerClient used before agent/peer_http.py)
+            lean    agent/peer_http.py's kept connections
+    route   fastapi the FastAPI route (as agent/peer_api.py had it before agent/peer_swim_route.py)
+            lean    agent/peer_swim_route.py ahead of FastAPI
+
+    .venv/bin/python bench/peer_exchange_bench.py [--n 2000] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+from fastapi import FastAPI, Request
+from fastapi.responses import Response
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from agent.discovery import swim as sw  # noqa: E402
+from agent.discovery.swim_io import SwimDriver  # noqa: E402
+from agent.identity import AuthError, Identity  # noqa: E402
+from agent.peer_api import PeerServer  # noqa: E402
+from agent.peer_client import PeerClient, tls_context  # noqa: E402
+from agent.peer_swim_route import SwimRoute  # noqa: E402
+from peerserve import wire  # noqa: E402
+from peerserve.wire import SwimMessage  # noqa: E402
+from tests.service.conftest import TOKEN, free_port  # noqa: E402
+
+
+@dataclass
+class Membership:
+    """What the route needs of agent.discovery.Discovery, around a real SWIM driver."""
+
+    swim: SwimDriver
+    stopping: bool = False
+
+    async def handle_swim(self, sender: str, msg: SwimMessage) -> SwimMessage:
+        return await self.swim.handle(sender, msg)
+
+
+@dataclass
+class Node:
+    discovery: Membership
+
+    def clock(self) -> float:
+        return time.time()
+
+
+def fastapi_route(app: FastAPI, node: Node, identity: Identity) -> None:
+    """POST /peer/swim as a FastAPI route, the way agent/peer_api.py answered it before the lean route."""
+
+    @app.post(wire.ROUTE_SWIM)
+    async def peer_swim(request: Request) -> Response:
+        body = b""
+        async for chunk in request.stream():
+            body += chunk
+        target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        headers = {k.lower(): v for k, v in request.headers.items()}
+        try:
+            sender = identity.verify_request(headers, request.method, target, body, node.clock())
+        except AuthError as exc:
+            return Response(str(exc), status_code=exc.status)
+        msg = wire.SwimMessage.parse(json.loads(body))
+        answer = await node.discovery.handle_swim(sender, msg)
+        data = json.dumps(answer.to_json(), separators=(",", ":")).encode()
+        signed = identity.sign_response(sender, 200, headers[wire.H_NONCE], data, node.clock())
+        return Response(data, media_type="application/json", headers=signed)
+
+
+async def variant(tmp: Path, client_kind: str, route_kind: str, n: int) -> dict[str, Any]:
+    """CPU seconds per exchange (both ends) and handshakes for one (client, route) pair."""
+    a, b = Identity("a", TOKEN, tmp / "a"), Identity("b", TOKEN, tmp / "b")
+    driver = SwimDriver("b", "https://127.0.0.1:1", PeerClient(b, lambda url: None), sw.SwimConfig(), lambda: None,  # type: ignore[arg-type,return-value]
+                        lambda s, u: s, lambda t: None)  # fmt: skip
+    node = Node(Membership(driver))
+    app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
+    if route_kind == "lean":
+        app.add_middleware(SwimRoute, agent=node, identity=b)  # type: ignore[arg-type]
+    else:
+        fastapi_route(app, node, b)
+    port = free_port()
+    server = PeerServer(app, b, "127.0.0.1", port)
+    await server.start()
+    http = None
+    if client_kind == "httpx":
+        limits = httpx.Limits(max_connections=None, max_keepalive_connections=4, keepalive_expiry=25.0)
+        http = httpx.AsyncClient(verify=tls_context(a), limits=limits)
+    client = PeerClient(a, lambda url: None, http=http)
+    url = f"https://127.0.0.1:{port}"
+    msg = SwimMessage("ping", "a", 0, 1, "https://127.0.0.1:2").to_json()
+    try:
+        for _ in range(100):  # warm: the handshake, caches
+            await client.call("b", url, "POST", wire.ROUTE_SWIM, body=msg)
+        cpu, wall = time.process_time(), time.perf_counter()
+        for _ in range(n):
+            status, _ = await client.call("b", url, "POST", wire.ROUTE_SWIM, body=msg)
+            assert status == 200
+        cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+    finally:
+        await client.close()
+        await server.stop()
+    return {"client": client_kind, "route": route_kind, "cpu_ms": 1000 * cpu / n, "wall_ms": 1000 * wall / n}
+
+
+async def measure(n: int) -> list[dict[str, Any]]:
+    out = []
+    with tempfile.TemporaryDirectory(prefix="exchbench-") as tmp:
+        for i, (c, r) in enumerate([("httpx", "fastapi"), ("lean", "fastapi"), ("httpx", "lean"), ("lean", "lean")]):
+            out.append(await variant(Path(tmp) / str(i), c, r, n))
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--n", type=int, default=2000, help="exchanges per variant (default 2000)")
+    ap.add_argument("--json", action="store_true", help="print the figures as JSON")
+    args = ap.parse_args()
+    rows = asyncio.run(measure(args.n))
+    base = rows[0]["cpu_ms"]
+    for r in rows:
+        r["ratio_to_httpx_fastapi"] = r["cpu_ms"] / base
+        r["load_avg_1m"] = os.getloadavg()[0]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return
+    print("| client | /peer/swim route | CPU per exchange (both ends) | x httpx + FastAPI | wall per exchange |")
+    print("| --- | --- | --- | --- | --- |")
+    for r in rows:
+        print(f"| {r['client']} | {r['route']} | {r['cpu_ms']:.3f} ms | {r['ratio_to_httpx_fastapi']:.2f} | "
+              f"{r['wall_ms']:.3f} ms |")  # fmt: skip
+    print(f"\nload average {os.getloadavg()[0]:.1f} (same run: compare the ratios)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,221 @@
+"""agent.peer_http: kept-alive connections per peer (no handshake per exchange), bounded, and strict answers."""
+
+from __future__ import annotations
+
+import asyncio
+import asyncio.sslproto
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent.identity import Identity
+from agent.peer_api import PeerServer
+from agent.peer_client import tls_context
+from agent.peer_gate import TLS_READ_BUFFER
+from agent.peer_http import PeerConnections, PeerHttpError
+from tests.service.conftest import free_port
+
+TOKEN = "unit-cluster-token-0123456789"
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+async def asgi_ok(scope: Any, receive: Any, send: Any) -> None:
+    if scope["type"] != "http":
+        return
+    await receive()
+    body = scope["path"].encode()
+    length = [(b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": 200, "headers": length})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def asgi_chunked(scope: Any, receive: Any, send: Any) -> None:
+    if scope["type"] != "http":
+        return
+    await receive()
+    await send({"type": "http.response.start", "status": 201, "headers": []})  # no length: uvicorn chunks it
+    await send({"type": "http.response.body", "body": b"abc", "more_body": True})
+    await send({"type": "http.response.body", "body": b"def"})
+
+
+async def tls_server(tmp_path: Path, app: Any = asgi_ok) -> tuple[PeerServer, Identity, str]:
+    ident = Identity("a", TOKEN, tmp_path / "a")
+    port = free_port()
+    server = PeerServer(app, ident, "127.0.0.1", port)
+    await server.start()
+    return server, ident, f"https://127.0.0.1:{port}"
+
+
+def test_exchanges_reuse_one_connection_and_its_tls_buffer_is_small(tmp_path: Path) -> None:
+    async def run() -> None:
+        server, ident, url = await tls_server(tmp_path)
+        ctx = tls_context(ident)
+        assert not isinstance(ctx, bool)
+        conns = PeerConnections(ctx, max_body=1 << 16)
+        try:
+            for i in range(20):
+                a = await conns.request(url, "POST", f"/x{i}", {"x-h": "v"}, b"{}", 5.0, 5.0)
+                assert (a.status, a.content) == (200, f"/x{i}".encode())
+            assert conns.opened == 1  # one TLS handshake for 20 exchanges
+            kept = conns._idle[url][0]
+            proto = kept.writer.transport._ssl_protocol  # type: ignore[attr-defined]
+            assert isinstance(proto, asyncio.sslproto.SSLProtocol)
+            assert len(proto._ssl_buffer) <= TLS_READ_BUFFER < 256 * 1024  # asyncio's default buffer is 256 KiB
+            (served,) = server.server.server_state.connections  # the listener's end (agent.peer_gate) too
+            assert len(served.transport._ssl_protocol._ssl_buffer) <= TLS_READ_BUFFER  # type: ignore[attr-defined]
+        finally:
+            conns.close()
+            await server.stop()
+
+    asyncio.run(run())
+
+
+def test_idle_connections_are_bounded_per_peer_and_in_peers(tmp_path: Path) -> None:
+    async def run() -> None:
+        servers = [await tls_server(tmp_path / str(i)) for i in range(3)]
+        ctx = tls_context(servers[0][1])
+        assert not isinstance(ctx, bool)
+        conns = PeerConnections(ctx, max_body=1 << 16, max_idle=2, max_peers=2)
+        try:
+            url = servers[0][2]
+            await asyncio.gather(*(conns.request(url, "GET", "/", {}, b"", 5.0, 5.0) for _ in range(6)))
+            assert conns.opened == 6 and conns.idle_count == 2  # six at once, two kept
+            for _, _, other in servers[1:]:
+                await conns.request(other, "GET", "/", {}, b"", 5.0, 5.0)
+            assert conns.peer_count == 2 and url not in conns._idle  # the least recently used peer went
+        finally:
+            conns.close()
+            for server, _, _ in servers:
+                await server.stop()
+
+    asyncio.run(run())
+
+
+def test_idle_connections_expire_and_are_swept(tmp_path: Path) -> None:
+    now = [0.0]
+
+    async def run() -> None:
+        server, ident, url = await tls_server(tmp_path)
+        ctx = tls_context(ident)
+        assert not isinstance(ctx, bool)
+        conns = PeerConnections(ctx, max_body=1 << 16, idle_s=25.0, clock=lambda: now[0])
+        try:
+            await conns.request(url, "GET", "/", {}, b"", 5.0, 5.0)
+            now[0] = 10.0
+            await conns.request(url, "GET", "/", {}, b"", 5.0, 5.0)
+            assert conns.opened == 1
+            now[0] = 40.0  # idle for 30 s: past idle_s, so a new connection
+            await conns.request(url, "GET", "/", {}, b"", 5.0, 5.0)
+            assert conns.opened == 2
+            now[0] = 100.0
+            conns._checkout("https://elsewhere:1")  # any use sweeps what idled too long
+            assert conns.idle_count == 0 and conns.peer_count == 0
+        finally:
+            conns.close()
+            await server.stop()
+
+    asyncio.run(run())
+
+
+def test_a_chunked_answer_is_read(tmp_path: Path) -> None:
+    async def run() -> None:
+        server, ident, url = await tls_server(tmp_path, asgi_chunked)
+        ctx = tls_context(ident)
+        assert not isinstance(ctx, bool)
+        conns = PeerConnections(ctx, max_body=1 << 16)
+        try:
+            a = await conns.request(url, "GET", "/", {}, b"", 5.0, 5.0)
+            assert (a.status, a.content) == (201, b"abcdef")
+            assert PeerConnections(ctx, max_body=4)._idle == {}
+            small = PeerConnections(ctx, max_body=4)
+            with pytest.raises(PeerHttpError, match="over 4 bytes"):
+                await small.request(url, "GET", "/", {}, b"", 5.0, 5.0)
+            small.close()
+        finally:
+            conns.close()
+            await server.stop()
+
+    asyncio.run(run())
+
+
+async def plain_server(handler: Handler) -> tuple[asyncio.Server, str]:
+    server = await asyncio.start_server(handler, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    return server, f"http://127.0.0.1:{port}"
+
+
+async def read_request(reader: asyncio.StreamReader) -> bytes:
+    head = await reader.readuntil(b"\r\n\r\n")
+    lines = head.lower().split(b"\r\n")
+    length = next((int(line.split(b":")[1]) for line in lines if line.startswith(b"content-length")), 0)
+    return head + await reader.readexactly(length)
+
+
+def test_a_kept_connection_the_peer_closed_is_retried_once_on_a_new_one() -> None:
+    async def answer_once_then_hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+        await writer.drain()
+        await read_request(reader)  # the next request on this connection: closed without an answer
+        writer.close()
+
+    async def run() -> None:
+        server, url = await plain_server(answer_once_then_hang_up)
+        conns = PeerConnections(None, max_body=1024)
+        for _ in range(3):
+            assert (await conns.request(url, "POST", "/", {}, b"x", 2.0, 2.0)).content == b"ok"
+        assert conns.opened == 3  # each kept connection failed once, silently, and a new one answered
+        conns.close()
+        server.close()
+
+    asyncio.run(run())
+
+
+@pytest.mark.parametrize(
+    ("answer", "error"),
+    [
+        (b"HTTP/1.1 200 OK\r\ncontent-length: 99999\r\n\r\n", "99999 bytes"),
+        (b"SSH-2.0-OpenSSH\r\n\r\n", "status line"),
+        (b"HTTP/1.1 200 OK\r\nno colon here\r\n\r\n", "malformed header"),
+        (b"HTTP/1.1 200 OK\r\n\r\nbody", "neither content-length"),
+        (b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nshort", "middle of an answer"),
+        (b"HTTP/1.1 200 OK\r\nx: " + b"y" * 70_000, "head over"),
+    ],
+)
+def test_a_malformed_or_oversized_answer_is_an_error(answer: bytes, error: str) -> None:
+    async def reply(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(answer)
+        await writer.drain()
+        writer.close()
+
+    async def run() -> None:
+        server, url = await plain_server(reply)
+        conns = PeerConnections(None, max_body=1024)
+        with pytest.raises(PeerHttpError, match=error):
+            await conns.request(url, "GET", "/", {}, b"", 2.0, 2.0)
+        assert conns.idle_count == 0  # a failed connection is never kept
+        server.close()
+
+    asyncio.run(run())
+
+
+def test_a_silent_peer_times_out_and_header_injection_is_refused() -> None:
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await asyncio.sleep(5)
+
+    async def run() -> None:
+        server, url = await plain_server(silent)
+        conns = PeerConnections(None, max_body=1024)
+        with pytest.raises(asyncio.TimeoutError):
+            await conns.request(url, "GET", "/", {}, b"", 0.2, 0.2)
+        assert conns.idle_count == 0
+        with pytest.raises(PeerHttpError, match="line break"):
+            await conns.request(url, "GET", "/", {"x": "a\r\nevil: 1"}, b"", 0.2, 0.2)
+        with pytest.raises(PeerHttpError, match="cannot connect"):
+            await conns.request(f"http://127.0.0.1:{free_port()}", "GET", "/", {}, b"", 0.5, 0.5)
+        server.close()
+
+    asyncio.run(run())
