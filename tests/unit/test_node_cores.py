@@ -1,0 +1,181 @@
+"""A node's cores are shared by its instances (issue 16, solver.node_cpu): the model, repair and the real solver."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from solver import queue_fast
+from solver.api import solve
+from solver.node_cpu import busy, effective_servers
+from solver.problem import Mode, build_problem
+from solver.queue_fast import objective_value, solve_nlp_fast
+from solver.queue_model import N_MIN, QueueProblem, build_queue_problem, solve_nlp
+from solver.queue_repair import repair
+from solver.simulate import thesis_instance
+from solver.snapshot import Model, Node, Request, Snapshot
+from solver.tail_cap import with_tail_cap
+
+DATA = Path(__file__).parent / "data"
+TOL = 1e-5  # both sides are Ipopt optima at its tolerance (as tests/unit/test_queue_fast.py)
+
+
+def with_cores(snap: Snapshot, seed: int, choices: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0)) -> Snapshot:
+    """``snap`` with a random core count on every node."""
+    rng = np.random.default_rng(seed)
+    nodes = tuple(dataclasses.replace(n, cores=float(rng.choice(choices))) for n in snap.nodes)
+    return dataclasses.replace(snap, nodes=nodes)
+
+
+def gap(q: QueueProblem) -> float:
+    """Relative gap of the closed-form shortcut's objective over the reference NLP's."""
+    ref = solve_nlp(q, compact=False)
+    fast = solve_nlp_fast(q)
+    assert ref.status == "optimal" and fast.status == "optimal"
+    best = objective_value(q, ref.x, ref.r, ref.n, ref.servers)
+    return (objective_value(q, fast.x, fast.r, fast.n, fast.servers) - best) / abs(best)
+
+
+def site_lab(rate: float, cores: float | None, near_ms: float = 2.0, far_ms: float = 30.0) -> Snapshot:
+    """Six sites next to n0 (``cores`` cores), 28 ms further from n1 and n2 (4 cores); one 10 ms model."""
+    nodes = (
+        Node("n0", 4096.0, 4096.0, 100.0, node_class="board", cores=cores),
+        Node("n1", 4096.0, 4096.0, 100.0, node_class="board", cores=4.0),
+        Node("n2", 4096.0, 4096.0, 100.0, node_class="board", cores=4.0),
+    )
+    model = Model("m", 100.0, 1.0, {"default": 100.0})
+    ids = ("n0", "n1", "n2")
+    reqs = tuple(
+        Request(
+            "m",
+            {"n0": near_ms + s, "n1": far_ms + s, "n2": far_ms + 2 * s},
+            dict.fromkeys(ids, 10.0),
+            f"site{s}",
+            rate / 6,
+        )
+        for s in range(6)
+    )
+    return Snapshot(nodes, (model,), reqs)
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    requests=st.integers(3, 30),
+    nodes=st.integers(2, 10),
+    seed=st.integers(0, 10_000),
+    mode=st.sampled_from([Mode.MODE1, Mode.MODE2]),
+    tail=st.booleans(),
+)
+def test_shortcut_equals_the_reference_nlp_with_core_rows(
+    requests: int, nodes: int, seed: int, mode: Mode, tail: bool
+) -> None:
+    """The closed forms (queue_fast) and the reference NLP agree with the core rows in, and both keep them."""
+    q = build_queue_problem(build_problem(with_cores(thesis_instance(requests, nodes, seed), seed), mode))
+    q = with_tail_cap(q) if tail else q
+    assert abs(gap(q)) <= TOL
+    fast = solve_nlp_fast(q)
+    sliver = 10 * N_MIN * len(q.base.model_names)  # every pool keeps e >= N_MIN (solver.queue_model)
+    assert np.all(busy(fast.lam, q.mu) <= q.rho_max * q.cores() * (1 + 1e-6) + sliver)
+    assert np.all(fast.effective() <= fast.n + 1e-6)
+
+
+def test_the_shortcut_without_the_core_recheck_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where cores bind, a shortcut that does not recheck the dropped rows breaks them: the gap check sees it."""
+    q = build_queue_problem(build_problem(with_cores(thesis_instance(20, 6, 0), 0), Mode.MODE2))
+    assert abs(gap(q)) <= TOL
+    monkeypatch.setattr(queue_fast, "GREEDY_START", False)
+    monkeypatch.setattr(queue_fast, "RECHECK", False)
+    fast = solve_nlp_fast(q)
+    assert np.any(fast.n.sum(axis=1) > q.cores() * 1.01)  # the closed form overfills a node's cores
+    assert gap(q) < -TOL
+
+
+def test_without_cores_the_model_is_unchanged() -> None:
+    """No node with cores: no e variables, the same optimum as before (servers None)."""
+    q = build_queue_problem(build_problem(thesis_instance(15, 5, 3), Mode.MODE2))
+    assert not np.isfinite(q.cores()).any()
+    ref = solve_nlp(q, compact=False)
+    assert ref.servers is None
+    np.testing.assert_allclose(ref.effective(), ref.n)
+
+
+@pytest.mark.parametrize("rate", [20.0, 60.0, 120.0, 180.0, 300.0, 450.0])
+def test_more_load_never_puts_more_instances_on_a_node_than_its_cores_serve(rate: float) -> None:
+    """n0 has 2 cores and the cheapest RTT: the real solver runs at most 2 instances there at any load, and
+    keeps its busy work under 0.9 x 2 cores; the rest goes to n1 and n2."""
+    for objective in ("queue", "queue-p99"):
+        plan = solve(site_lab(rate, 2.0), objective=objective, mode="2")
+        assert plan.feasible and not plan.rejected
+        assert plan.instances.get("n0", {}).get("m", 0) <= 2
+        served_n0 = sum(s.get("n0", 0.0) * rate / 6 for s in plan.shares)
+        assert served_n0 <= 0.9 * 2 * 100.0 * (1 + 1e-6)
+        total = sum(c.get("m", 0) for c in plan.instances.values())
+        assert total <= -(-rate // 90) + 1  # the instance bound: need at rho_max + one spare
+
+
+def test_without_the_core_limit_the_old_model_stacks_instances_on_the_near_node() -> None:
+    """The same lab with no core count on n0 (the old model): at 450 req/s it asks n0 for more than 2
+    instances, which the check above rejects."""
+    plan = solve(site_lab(450.0, None), objective="queue", mode="2")
+    assert plan.instances["n0"]["m"] > 2
+
+
+def test_saturated_node_regression_case() -> None:
+    """tests/unit/data/queue_cores_saturated.json: 2-core n0 under 450 req/s keeps 2 instances."""
+    snap = Snapshot.from_dict(json.loads((DATA / "queue_cores_saturated.json").read_text()))
+    assert snap.to_dict() == site_lab(450.0, 2.0).to_dict()
+    plan = solve(snap, objective="queue", mode="2")
+    assert plan.instances["n0"]["m"] == 2
+
+
+@st.composite
+def cored_instances(draw: st.DrawFn) -> Snapshot:
+    """Random small clusters with core counts (some nodes without), one to three models, rates up to 300."""
+    n_nodes, n_models = draw(st.integers(1, 4)), draw(st.integers(1, 3))
+    nodes = tuple(
+        Node(f"n{j}", 2048.0, 2048.0, 100.0, {}, {}, "default", draw(st.sampled_from([None, 0.5, 1.0, 2.0, 4.0])))
+        for j in range(n_nodes)
+    )
+    models = tuple(Model(f"m{k}", 100.0, 1.0, {"default": draw(st.floats(20.0, 400.0))}) for k in range(n_models))
+    reqs = tuple(
+        Request(
+            f"m{draw(st.integers(0, n_models - 1))}",
+            {n.id: draw(st.floats(0.5, 100.0)) for n in nodes},
+            {n.id: 2.0 for n in nodes},
+            f"c{i}",
+            draw(st.floats(0.5, 300.0)),
+        )
+        for i in range(draw(st.integers(1, 8)))
+    )
+    return Snapshot(nodes, models, reqs)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True)
+@given(cored_instances(), st.sampled_from([Mode.MODE1, Mode.MODE2]))
+def test_repaired_placements_keep_every_nodes_busy_work_under_its_cores(snap: Snapshot, mode: Mode) -> None:
+    q = build_queue_problem(build_problem(snap, mode))
+    nlp = solve_nlp_fast(q)
+    pools = repair(q, nlp.x, nlp.r)
+    assert np.all(busy(pools.lam(), q.mu) <= q.rho_max * q.cores() * (1 + 1e-6) + 1e-6)
+    np.testing.assert_allclose(pools.x.sum(axis=1) + pools.rejected, q.rate, rtol=1e-6, atol=1e-6)
+    plan = solve(snap, objective="queue", mode=mode.value)
+    assert plan.feasible
+
+
+def test_effective_servers_share_the_cores_by_busy_work() -> None:
+    """Two pools on a 2-core node running 3 + 1 instances: cores shared 3:1 by work, none above its count."""
+    lam = np.array([[90.0, 10.0], [5.0, 5.0]])
+    mu = np.full((2, 2), 100.0)
+    counts = np.array([[3, 1], [1, 1]])
+    cores = np.array([2.0, np.inf])
+    e = effective_servers(lam, counts, mu, cores)
+    np.testing.assert_allclose(e[0], [1.8, 0.2])
+    np.testing.assert_allclose(e[1], [1, 1])
+    e2 = effective_servers(np.array([[90.0, 10.0]]), np.array([[1, 3]]), np.full((1, 2), 100.0), np.array([2.0]))
+    np.testing.assert_allclose(e2[0], [1.0, 1.0])  # the first pool is capped at its one instance: the rest goes on
