@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -546,6 +547,8 @@ class NodeAgent:
             "node_id": s.node_id,
             "node_class": s.node_class,
             "compute": s.compute,
+            "cores": s.cores or float(os.cpu_count() or 1),
+            "load_1m": round(os.getloadavg()[0], 3),  # runnable threads: the contention on the cores
             "api_url": s.api_url,
             **self.node_metrics().to_dict(),
             "instances": [
