@@ -8,8 +8,9 @@ GPU streams). A node with ``cores`` of them does at most ``cores`` seconds of se
 and a pool's delay is that of its *effective* servers: the instances it runs, but no more than the
 cores the node gives it (``e_jk <= n_jk``, ``sum_k e_jk <= cores_j``). In the relaxation
 (``solver.queue_model``) ``e`` is a variable and the optimiser allots the cores; on an integer
-placement ``effective_servers`` allots them by water-filling in proportion to each pool's busy work
-(processor sharing gives every busy instance an equal slice). Nodes without ``cores`` have no limit.
+placement (the plan's objective, the running placement's value) ``effective_servers`` gives every
+instance an equal slice where a node runs more instances than it has cores. Nodes without ``cores`` have
+no limit.
 """
 
 from __future__ import annotations
@@ -43,32 +44,13 @@ def over_cores(lam: FloatArray, mu: FloatArray, cores: FloatArray, rho_max: floa
     return np.asarray(busy(lam, mu) > limit * (1 + TOL) + TOL)
 
 
-def effective_servers(lam: FloatArray, counts: FloatArray, mu: FloatArray, cores: FloatArray) -> FloatArray:
-    """[j, k] the servers each pool really has: its ``counts`` where the node has cores for all of them, else
-    the node's cores shared in proportion to the pools' busy work (water-filling: none above its count)."""
+def effective_servers(counts: FloatArray, cores: FloatArray) -> FloatArray:
+    """[j, k] the servers each pool really has: its instance ``counts`` where the node has a core for each,
+    else the node's cores shared equally by its instances (``counts x cores / sum_k counts``).
+
+    Independent of the rates, so a delay over these servers stays convex in the rates (solver.hold's
+    Frank-Wolfe needs that); the relaxation allots the cores per pool instead and is never worse."""
     counts = np.asarray(counts, dtype=float)
-    out = counts.copy()
-    for j in np.flatnonzero(np.isfinite(cores) & (counts.sum(axis=1) > cores)).tolist():
-        out[j] = _water_fill(np.asarray(lam[j] / mu[j], dtype=float), counts[j], float(cores[j]))
-    return out
-
-
-def _water_fill(work: FloatArray, counts: FloatArray, cores: float) -> FloatArray:
-    """Share ``cores`` over pools in proportion to ``work``, capping each at its count; open pools get > 0."""
-    share = np.zeros_like(counts)
-    open_ = counts > 0
-    weight = np.where(open_, np.maximum(work, 1e-9), 0.0)
-    left = cores
-    active = open_.copy()
-    for _ in range(len(counts) + 1):
-        if not active.any() or left <= 0:
-            break
-        give = left * weight / weight[active].sum() * active
-        capped = active & (share + give >= counts)
-        if not capped.any():
-            share += give
-            break
-        left -= float((counts[capped] - share[capped]).sum())
-        share[capped] = counts[capped]
-        active &= ~capped
-    return share
+    total = counts.sum(axis=1)
+    share = np.where(total > cores, cores / np.where(total > 0, total, 1.0), 1.0)
+    return np.asarray(counts * share[:, None])

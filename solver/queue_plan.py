@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from solver.capacity import violations
+from solver.node_cpu import effective_servers
 from solver.plan import Plan, Rejection
 from solver.problem import Mode, Problem, plan_actions, plan_instances, running_instances
 from solver.queue_close import close_pools
@@ -105,9 +106,10 @@ def spread(q: QueueProblem, pools: Pools, limit: int = MAX_SPREAD_SITES) -> list
 def planned_queue(q: QueueProblem, pools: Pools) -> dict[str, dict[str, float]]:
     """Per node and model: the mean number of requests at one instance under the plan (M/M/1 L)."""
     lam, counts = pools.lam(), pools.counts()
+    servers = effective_servers(counts, pools.cores)  # a node's cores shared by its instances
     out: dict[str, dict[str, float]] = {}
     for j, k in zip(*np.nonzero(counts > 0), strict=True):
-        rho = float(lam[j, k] / (counts[j, k] * q.mu[j, k]))
+        rho = min(float(lam[j, k] / (servers[j, k] * q.mu[j, k])), 0.999)
         out.setdefault(q.base.node_ids[j], {})[q.base.model_names[k]] = round(rho / (1.0 - rho), 6)
     return out
 
@@ -117,7 +119,7 @@ def mean_latency_ms(q: QueueProblem, pools: Pools) -> float:
     served = float(pools.x.sum())
     if served <= 0:
         return 0.0
-    lam, counts = pools.lam(), pools.counts()
+    lam, counts = pools.lam(), effective_servers(pools.counts(), pools.cores)
     total = float((pools.x * q.base.cost).sum())
     for j, k in zip(*np.nonzero(lam > 0), strict=True):
         d = PoolDelay(float(q.mu[j, k]), min(0.999, q.rho_max + 0.099))
@@ -128,7 +130,7 @@ def mean_latency_ms(q: QueueProblem, pools: Pools) -> float:
 def model_latency_ms(q: QueueProblem, pools: Pools) -> dict[str, float]:
     """Per model with served rate: the rate-weighted mean of RTT + execution + M/M/1 wait (mean_latency_ms's terms)."""
     p = q.base
-    lam, counts = pools.lam(), pools.counts()
+    lam, counts = pools.lam(), effective_servers(pools.counts(), pools.cores)
     out: dict[str, float] = {}
     for k, name in enumerate(p.model_names):
         mine = p.class_model == k

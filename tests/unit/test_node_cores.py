@@ -15,8 +15,10 @@ from solver import queue_fast
 from solver.api import solve
 from solver.node_cpu import busy, effective_servers
 from solver.problem import Mode, build_problem
+from solver.hold import value_running
 from solver.queue_fast import objective_value, solve_nlp_fast
 from solver.queue_model import N_MIN, QueueProblem, build_queue_problem, solve_nlp
+from solver.queue_plan import mean_latency_ms
 from solver.queue_repair import repair
 from solver.simulate import thesis_instance
 from solver.snapshot import Model, Node, Request, Snapshot
@@ -168,14 +170,33 @@ def test_repaired_placements_keep_every_nodes_busy_work_under_its_cores(snap: Sn
     assert plan.feasible
 
 
-def test_effective_servers_share_the_cores_by_busy_work() -> None:
-    """Two pools on a 2-core node running 3 + 1 instances: cores shared 3:1 by work, none above its count."""
-    lam = np.array([[90.0, 10.0], [5.0, 5.0]])
-    mu = np.full((2, 2), 100.0)
-    counts = np.array([[3, 1], [1, 1]])
-    cores = np.array([2.0, np.inf])
-    e = effective_servers(lam, counts, mu, cores)
-    np.testing.assert_allclose(e[0], [1.8, 0.2])
-    np.testing.assert_allclose(e[1], [1, 1])
-    e2 = effective_servers(np.array([[90.0, 10.0]]), np.array([[1, 3]]), np.full((1, 2), 100.0), np.array([2.0]))
-    np.testing.assert_allclose(e2[0], [1.0, 1.0])  # the first pool is capped at its one instance: the rest goes on
+def test_effective_servers_share_the_cores_equally_per_instance() -> None:
+    """3 + 1 instances on a 2-core node: half a core each; a node with a core per instance keeps its counts."""
+    counts = np.array([[3, 1], [1, 1], [0, 0]])
+    e = effective_servers(counts, np.array([2.0, np.inf, 1.0]))
+    np.testing.assert_allclose(e, [[1.5, 0.5], [1, 1], [0, 0]])
+
+
+def test_the_running_placement_is_valued_with_the_cores_it_really_has() -> None:
+    """Five instances on 2-core n0 under 300 req/s: as independent servers (no cores) they look fine, held to
+    their cores they are overloaded, a hard fact the leader acts on at once, and valued far slower."""
+    held = {"n0": {"m": 5}}
+    blind = value_running(site_lab(300.0, None), held)
+    real = value_running(site_lab(300.0, 2.0), held)
+    assert blind.overloaded == () and real.overloaded == ("n0/m",)
+    assert real.objective_ms > 2 * blind.objective_ms
+    fits = value_running(site_lab(150.0, 2.0), {"n0": {"m": 2}})  # within its cores: the same as before
+    assert fits.objective_ms == pytest.approx(value_running(site_lab(150.0, None), {"n0": {"m": 2}}).objective_ms)
+
+
+def test_the_plans_objective_counts_instances_beyond_the_cores_as_shared() -> None:
+    """mean_latency_ms on an integer placement: 4 instances on a 1-core node are one server between them."""
+    snap = site_lab(60.0, 1.0)
+    q = build_queue_problem(build_problem(snap, Mode.MODE2))
+    x = np.zeros((q.base.n_classes, 3))
+    x[:, 0] = q.rate  # everything on n0
+    pools = repair(q, x, np.zeros(q.base.n_classes))
+    one = mean_latency_ms(q, pools)
+    pools.cap[0, 0] = 60.0 / 4 + 1e-6  # four instances for the same 60 req/s
+    assert pools.counts()[0, 0] == 4
+    assert mean_latency_ms(q, pools) == pytest.approx(one)  # still one core's worth of service
