@@ -16,6 +16,7 @@ no limit.
 from __future__ import annotations
 
 import numpy as np
+import numpy.typing as npt
 
 from solver.problem import FloatArray, Problem
 
@@ -44,7 +45,7 @@ def over_cores(lam: FloatArray, mu: FloatArray, cores: FloatArray, rho_max: floa
     return np.asarray(busy(lam, mu) > limit * (1 + TOL) + TOL)
 
 
-def effective_servers(counts: FloatArray, cores: FloatArray) -> FloatArray:
+def effective_servers(counts: npt.ArrayLike, cores: FloatArray) -> FloatArray:
     """[j, k] the servers each pool really has: its instance ``counts`` where the node has a core for each,
     else the node's cores shared equally by its instances (``counts x cores / sum_k counts``).
 

@@ -13,9 +13,9 @@ from hypothesis import strategies as st
 
 from solver import queue_fast
 from solver.api import solve
+from solver.hold import value_running
 from solver.node_cpu import busy, effective_servers
 from solver.problem import Mode, build_problem
-from solver.hold import value_running
 from solver.queue_fast import objective_value, solve_nlp_fast
 from solver.queue_model import N_MIN, QueueProblem, build_queue_problem, solve_nlp
 from solver.queue_plan import mean_latency_ms
