@@ -548,7 +548,8 @@ class NodeAgent:
             "node_class": s.node_class,
             "compute": s.compute,
             "cores": s.cores or float(os.cpu_count() or 1),
-            "load_1m": round(os.getloadavg()[0], 3),  # runnable threads: the contention on the cores
+            # runnable threads per CPU of this machine: how much contention stretches a service time here
+            "load_per_cpu": round(os.getloadavg()[0] / (os.cpu_count() or 1), 3),
             "api_url": s.api_url,
             **self.node_metrics().to_dict(),
             "instances": [

@@ -20,9 +20,10 @@ nodes show (``class_scale``), so unmeasured nodes do not look better than measur
 
 A node's instances share its cores (``cores``, reported by the agent: its setting or os.cpu_count()), and
 the queue model limits each node's busy work to them (solver.node_cpu). On a saturated node even an idle
-instance's request waits for a core, so every measured latency is stretched by the contention; the
-leader divides it out (``contention``: the node's 1-minute load average over its cores, 1 to
-``MAX_SLOWDOWN``) and the queue model counts the load itself. More instances on a saturated node is
+instance's request waits for a CPU, so every measured latency is stretched by the contention; the
+leader divides it out (``contention``: the machine's runnable threads per CPU, 1-minute load average
+over ``os.cpu_count()``, 1 to ``MAX_SLOWDOWN``; per machine, not per configured ``cores``, since agents
+sharing one machine, as in bench/load_bench.py, share its CPUs) and the queue model counts the load. More instances on a saturated node is
 never the plan's answer: the core row caps them whatever the measurements say.
 """
 
@@ -57,13 +58,13 @@ class NodeReport:
     usage: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     ready: Mapping[str, int] = field(default_factory=dict)
     cores: float | None = None  # the parallel capacity its instances share (None: an agent that does not say)
-    load_1m: float | None = None  # runnable threads, 1-minute average (None: unknown)
+    load_per_cpu: float | None = None  # runnable threads per CPU of its machine, 1-minute average (None: unknown)
 
     def contention(self) -> float:
-        """How much a saturated node stretches a service time: load over cores, clipped to [1, MAX_SLOWDOWN]."""
-        if self.cores is None or self.load_1m is None or self.cores <= 0:
+        """How much a saturated machine stretches a service time: runnable threads per CPU, in [1, MAX_SLOWDOWN]."""
+        if self.load_per_cpu is None:
             return 1.0
-        return min(max(self.load_1m / self.cores, 1.0), MAX_SLOWDOWN)
+        return min(max(self.load_per_cpu, 1.0), MAX_SLOWDOWN)
 
 
 @dataclass(frozen=True)
@@ -96,7 +97,7 @@ def parse_node_report(stats_node: Mapping[str, Any], stats_models: Mapping[str, 
         usage={str(m): dict(v) for m, v in stats_models.get("models", {}).items()},
         ready=ready,
         cores=_positive(stats_node.get("cores")),
-        load_1m=_positive(stats_node.get("load_1m"), zero=True),
+        load_per_cpu=_positive(stats_node.get("load_per_cpu"), zero=True),
     )
 
 

@@ -25,11 +25,12 @@ CAT = parse_catalogue(
 WINDOW_S = 10.0
 
 
-def reports(load_a: float, cores_a: float | None = 2.0) -> list[NodeReport]:
+def reports(load_a: float | None, cores_a: float | None = 2.0) -> list[NodeReport]:
+    """a's runnable threads per CPU is ``load_a`` (None: not reported); b and c are idle."""
     return [
-        NodeReport("a", 4000.0, 4000.0, 100.0, "board", {"m": 2}, cores=cores_a, load_1m=load_a),
-        NodeReport("b", 4000.0, 4000.0, 100.0, "board", {}, cores=4.0, load_1m=0.2),
-        NodeReport("c", 4000.0, 4000.0, 100.0, "board", {}, cores=4.0, load_1m=0.2),
+        NodeReport("a", 4000.0, 4000.0, 100.0, "board", {"m": 2}, cores=cores_a, load_per_cpu=load_a),
+        NodeReport("b", 4000.0, 4000.0, 100.0, "board", {}, cores=4.0, load_per_cpu=0.05),
+        NodeReport("c", 4000.0, 4000.0, 100.0, "board", {}, cores=4.0, load_per_cpu=0.05),
     ]
 
 
@@ -49,8 +50,8 @@ def plan_for(
 ) -> tuple[dict[str, Any], dict[str, int]]:
     """The leader's snapshot at ``rate`` and the real solver's instances per node."""
     slowdown = max(1.0, rate / 100.0 / 2.0 * 2.5)  # more runnable threads than cores as the load grows
-    load = 2.0 * slowdown if contention else None
-    snap = build_snapshot(reports(load or 0.0, cores_a), records(rate, slowdown), CAT, 100.0, "queue", WINDOW_S)
+    load = slowdown if contention else None
+    snap = build_snapshot(reports(load, cores_a), records(rate, slowdown), CAT, 100.0, "queue", WINDOW_S)
     plan = solve(Snapshot.from_dict(snap), mode="2")
     return snap, {n: c.get("m", 0) for n, c in plan.instances.items()}
 
@@ -65,7 +66,7 @@ def test_raising_the_load_never_puts_more_instances_on_a_2_core_node(rate: float
 
 
 def test_the_contention_is_divided_out_of_the_measured_service_time() -> None:
-    """At 500 req/s a's load average is 12.5 on 2 cores: its 62.5 ms latencies are a 10 ms service time."""
+    """At 500 req/s a has 6.25 runnable threads per CPU: its 62.5 ms latencies are a 10 ms service time."""
     snap, _ = plan_for(500.0)
     m = snap["models"][0]
     assert m["throughput_rps"]["a"] == pytest.approx(100.0)
@@ -81,11 +82,13 @@ def test_without_the_core_limit_the_plan_piles_instances_onto_the_saturated_node
 
 
 def test_contention_is_clipped_and_parsed_from_the_report() -> None:
-    assert NodeReport("a", 1, 1, 1, "x", {}, cores=2.0, load_1m=1.0).contention() == 1.0
-    assert NodeReport("a", 1, 1, 1, "x", {}, cores=2.0, load_1m=1000.0).contention() == MAX_SLOWDOWN
+    assert NodeReport("a", 1, 1, 1, "x", {}, cores=2.0, load_per_cpu=0.5).contention() == 1.0
+    assert NodeReport("a", 1, 1, 1, "x", {}, cores=2.0, load_per_cpu=3.0).contention() == 3.0
+    assert NodeReport("a", 1, 1, 1, "x", {}, cores=2.0, load_per_cpu=1000.0).contention() == MAX_SLOWDOWN
     assert NodeReport("a", 1, 1, 1, "x", {}).contention() == 1.0
     base = {"node_id": "a", "mem_available_mb": 1, "mem_total_mb": 1, "compute": 1, "instances": []}
-    assert parse_node_report({**base, "cores": 4, "load_1m": 0.5}, {}).cores == 4.0
-    bad = parse_node_report({**base, "cores": -1, "load_1m": float("nan")}, {})
-    assert bad.cores is None and bad.load_1m is None
+    good = parse_node_report({**base, "cores": 4, "load_per_cpu": 0.5}, {})
+    assert good.cores == 4.0 and good.load_per_cpu == 0.5
+    bad = parse_node_report({**base, "cores": -1, "load_per_cpu": float("nan")}, {})
+    assert bad.cores is None and bad.load_per_cpu is None
     assert parse_node_report(base, {}).cores is None  # an older agent: no limit, as before
