@@ -23,8 +23,9 @@ the queue model limits each node's busy work to them (solver.node_cpu). On a sat
 instance's request waits for a CPU, so every measured latency is stretched by the contention; the
 leader divides it out (``contention``: the machine's runnable threads per CPU, 1-minute load average
 over ``os.cpu_count()``, 1 to ``MAX_SLOWDOWN``; per machine, not per configured ``cores``, since agents
-sharing one machine, as in bench/load_bench.py, share its CPUs) and the queue model counts the load. More instances on a saturated node is
-never the plan's answer: the core row caps them whatever the measurements say.
+sharing one machine, as in bench/load_bench.py, share its CPUs) and the queue model counts the load.
+More instances on a saturated node is never the plan's answer: the core row caps them whatever the
+measurements say.
 """
 
 from __future__ import annotations
