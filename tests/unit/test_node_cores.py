@@ -200,3 +200,17 @@ def test_the_plans_objective_counts_instances_beyond_the_cores_as_shared() -> No
     pools.cap[0, 0] = 60.0 / 4 + 1e-6  # four instances for the same 60 req/s
     assert pools.counts()[0, 0] == 4
     assert mean_latency_ms(q, pools) == pytest.approx(one)  # still one core's worth of service
+
+
+def test_the_tail_cap_fits_the_rate_into_what_the_cores_serve() -> None:
+    """Three 1-core nodes, 250 req/s of a 100 req/s model: the p99 cap is lifted to what three cores carry
+    (one instance each, nothing rejected); counted without cores it would plan for instances that add nothing."""
+    nodes = tuple(Node(f"n{j}", 4096.0, 4096.0, 100.0, cores=1.0) for j in range(3))
+    cost = {"n0": 40.0, "n1": 60.0, "n2": 80.0}
+    reqs = tuple(
+        Request("m", {n: v + s for n, v in cost.items()}, dict.fromkeys(cost, 10.0), f"s{s}", 250 / 4) for s in range(4)
+    )
+    snap = Snapshot(nodes, (Model("m", 100.0, 1.0, {"default": 100.0}),), reqs)
+    plan = solve(snap, objective="queue-p99", mode="2")
+    assert plan.details["tail_cap"] == "kept" and plan.details["rejected_rps"] < 1e-3
+    assert {n: c.get("m", 0) for n, c in plan.instances.items()} == {"n0": 1, "n1": 1, "n2": 1}
