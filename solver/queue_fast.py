@@ -198,7 +198,7 @@ def _overfilled(q: QueueProblem, n: FloatArray) -> BoolArray:
     mem_cu = np.maximum(p.mem_budget, 0.0) + N_MIN * float(np.sum(p.mem))
     comp_cu = np.maximum(p.comp_budget, 0.0) + N_MIN * float(np.sum(p.comp))
     tol = 1e-9
-    cores = q.cores() + N_MIN * len(p.model_names)  # the core rows' sliver (solver.queue_model)
+    cores = np.maximum(q.cores(), 2 * N_MIN * len(p.model_names))  # as the core rows (solver.queue_model)
     return np.asarray(
         (new @ p.mem > mem_cu * (1 + tol) + tol)
         | (new @ p.comp > comp_cu * (1 + tol) + tol)

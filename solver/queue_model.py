@@ -83,8 +83,12 @@ class QueueProblem:
         return np.full(self.mu.shape, self.rho_max) if self.load_cap is None else self.load_cap
 
     def cores(self) -> FloatArray:
-        """[j] each node's parallel capacity (inf where the snapshot gives none: no shared-core rows)."""
-        return node_cores(self.base)
+        """[j] each node's parallel capacity, at least 1 (inf where the snapshot gives none: no core rows).
+
+        A node with a fraction c < 1 of a core is modelled as one core at c times the speed: its ``mu`` is
+        scaled by c (``build_queue_problem``), so one instance's throughput, and the instance bound counted
+        from it, are what the node can deliver."""
+        return np.maximum(node_cores(self.base), 1.0)
 
     @property
     def service_ms(self) -> FloatArray:
@@ -102,7 +106,8 @@ def build_queue_problem(p: Problem, instance_cost: float = INSTANCE_COST, rho_ma
     """Rates per class (member rates summed) and per-pool service rates from the snapshot.
 
     A model's ``throughput_rps`` names a node id or ``default``; where neither is given, one instance
-    serves 1000 / exec_ms requests/s (exec_ms: the median over the model's streams at that node).
+    serves 1000 / exec_ms requests/s (exec_ms: the median over the model's streams at that node); on a
+    node with less than one core, that times its cores.
     """
     s = p.snapshot
     rate = np.array([sum(_rate(s.requests[i].rate) for i in members) for members in p.class_members], dtype=float)
@@ -116,6 +121,7 @@ def build_queue_problem(p: Problem, instance_cost: float = INSTANCE_COST, rho_ma
                 mu[j, k] = declared
             else:
                 mu[j, k] = 1000.0 / max(float(median[j]), 1e-3) if median is not None else 1000.0
+    mu *= np.minimum(node_cores(p), 1.0)[:, None]  # a fraction of a core serves a fraction of the rate
     node_class = tuple(n.node_class for n in s.nodes)
     return QueueProblem(p, rate, mu, node_class, rho_max, instance_cost)
 
@@ -229,8 +235,9 @@ def _jacobian(q: QueueProblem, lay: _Layout) -> tuple[IntArray, IntArray, FloatA
     mem_cu = np.maximum(p.mem_budget, 0.0) + N_MIN * float(np.sum(p.mem))
     comp_cu = np.maximum(p.comp_budget, 0.0) + N_MIN * float(np.sum(p.comp))
     free = p.free.ravel()[lay.linked].astype(float)
-    # the core rows get the same sliver: every pool's e >= N_MIN
-    core_cu = np.concatenate([np.zeros(E), lay.cores[cored_nodes] + N_MIN * K])
+    # every pool's e >= N_MIN: a node needs room for K slivers (a slack on every node would let a pool
+    # carry 1e-6 more than its whole instances, and rounding would open one more)
+    core_cu = np.concatenate([np.zeros(E), np.maximum(lay.cores[cored_nodes], 2 * K * N_MIN)])
     cu = np.concatenate([q.rate, np.zeros(P), np.zeros(P), free, mem_cu, comp_cu, core_cu])
     return r[keep], c[keep], v[keep], cl, cu
 

@@ -24,6 +24,7 @@ from solver.queue_repair import Pools, repair
 from solver.queueing import PoolDelay
 from solver.tail_cap import with_tail_cap
 
+SEED_COUNTS = True  # whole counts follow the relaxation's where budgets allow (solver.queue_seed)
 MAX_SPREAD_SITES = 64  # sites (largest rate first) whose split the plan hands to the agents (peer messages <= 256 KiB)
 
 
@@ -67,7 +68,7 @@ def _solve(q: QueueProblem, extra: dict[str, Any]) -> Plan:
     start = time.process_time()
     nlp = solve_nlp_fast(q)
     relaxation_ms = 1000.0 * (time.process_time() - start)
-    pools = repair(q, nlp.x, nlp.r)
+    pools = repair(q, nlp.x, nlp.r, nlp.n if SEED_COUNTS else None)
     closed = close_pools(pools)
     details: dict[str, Any] = {
         **extra,

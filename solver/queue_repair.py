@@ -130,9 +130,15 @@ def needed(lam: FloatArray, cap: FloatArray) -> IntArray:
     return np.asarray(np.maximum(np.ceil(np.asarray(lam) / np.asarray(cap) - 1e-9), 0.0), dtype=np.int64)
 
 
-def repair(q: QueueProblem, x: FloatArray, rejected: FloatArray) -> Pools:
-    """Steps 1-5 of the module docstring on the relaxation's rates; the result is within every budget."""
+def repair(q: QueueProblem, x: FloatArray, rejected: FloatArray, n: FloatArray | None = None) -> Pools:
+    """Steps 1-5 of the module docstring on the relaxation's rates; the result is within every budget.
+
+    ``n``: the relaxation's instance counts, which step 2 then follows where budgets allow (solver.queue_seed)."""
     pools = Pools(q, x, rejected)
+    if n is not None:
+        from solver.queue_seed import seed_counts
+
+        seed_counts(pools, n)
     _fix_cores(pools)
     _fix_capacity(pools)
     _bound_spread(pools)
@@ -179,8 +185,21 @@ def _evacuate(pools: Pools, j: int, k: int, exclude: set[int]) -> bool:
 
 
 def _fix_cores(pools: Pools) -> None:
-    """Step 3's core rule: a node over its busy-work limit sheds its smallest streams' rate to ``rejected``."""
+    """Step 3's core rule: a node over its busy-work limit sheds its smallest streams' rate to ``rejected``;
+    a pool on a node with cores that Ipopt's tolerance left a hair above whole instances at its cap (where
+    the core row binds) sheds the hair, so it does not count one instance more."""
     q, p = pools.q, pools.q.base
+    lam, counts = pools.lam(), pools.counts()
+    hair = np.isfinite(pools.cores)[:, None] & (counts > needed(lam * (1 - 1e-6), pools.cap))
+    for j, k in zip(*np.nonzero(hair), strict=True):
+        excess = float(lam[j, k] - (counts[j, k] - 1) * pools.cap[j, k])
+        for c in np.flatnonzero((p.class_model == k) & (pools.x[:, j] > 0)).tolist():
+            take = min(excess, float(pools.x[c, j]))
+            pools.x[c, j] -= take
+            pools.rejected[c] += take
+            excess -= take
+            if excess <= 0:
+                break
     room = core_room(pools.lam(), q.mu, pools.cores, q.rho_max)
     for j in np.flatnonzero(over_cores(pools.lam(), q.mu, pools.cores, q.rho_max)).tolist():
         excess = -float(room[j]) * (1 + 1e-9)  # seconds of service per second
@@ -269,7 +288,12 @@ def _shed_by_moving(pools: Pools, nodes: list[int], k: int) -> bool:
     q, p = pools.q, pools.q.base
     lam, counts = pools.lam(), pools.counts()
     top = q.rho_max * q.mu[:, k]  # [j] req/s one instance may take at rho_max
-    full_room = {j: float(counts[j, k] * top[j] - lam[j, k]) * (1 - 1e-9) for j in nodes if counts[j, k] > 0}
+    by_cores = core_room(lam, q.mu, pools.cores, q.rho_max) * q.mu[:, k]  # [j] req/s the node's cores still take
+    full_room = {
+        j: min(float(counts[j, k] * top[j] - lam[j, k]), float(by_cores[j])) * (1 - 1e-9)
+        for j in nodes
+        if counts[j, k] > 0
+    }
     options = sorted((float(lam[j, k] - (counts[j, k] - 1) * top[j]), j) for j in nodes if counts[j, k] > p.free[j, k])
     for excess, j in options:
         room = {o: r for o, r in full_room.items() if o != j}

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from solver import queue_plan
 from solver.shared_cores import shared_sojourn_ms
 from solver.workload import Workload, fifo_sojourn_ms, run
 
@@ -64,3 +66,16 @@ def test_cores_must_be_usable() -> None:
     assert Workload(cores=-1).check() is not None
     assert Workload(cores=float("inf")).check() is not None
     assert Workload(cores=0).check() is None
+
+
+def test_whole_counts_follow_the_relaxation_on_nodes_with_cores(monkeypatch: pytest.MonkeyPatch) -> None:
+    """120 req/s of a 50 req/s model on three 2-core nodes: the relaxation balances ~43 req/s per node over
+    two instances each; rounding to the fewest instances under the cap kept one per node at 0.85-0.95 load
+    (then pool closing merged two), and the simulated p99 was 2.4x the blind model's. Seeded from the
+    relaxation's counts it runs 4 (the bound: need 3 + one spare) and the p99 drops by more than a third."""
+    w = Workload(clients=60, rate=2.0, throughput=50.0, cores=2.0, duration_s=30.0, node_mem_mb=4096, model_mem_mb=100)
+    seeded = run(w, ("queue",))[0]
+    monkeypatch.setattr(queue_plan, "SEED_COUNTS", False)
+    fewest = run(w, ("queue",))[0]
+    assert seeded.instances == 4 and fewest.instances == 3
+    assert seeded.p99_ms < 0.67 * fewest.p99_ms
