@@ -430,14 +430,14 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     print(f"{cfg.clients} clients at {cfg.sites} sites, {cfg.rate:g} req/s each (Poisson), {cfg.nodes} agents, "
           f"digits; latency = loopback proxy time + site RTT ({cfg.near_ms:g} / {cfg.far_ms:g} ms)")  # fmt: skip
-    print(f"{'placement':<13}{'p50 ms':>8}{'p99 ms':>8}{'requests':>9}{'failed':>7}{'servers':>8}{'RSS MB':>8}"
+    print(f"{'placement':<13}{'p50 ms':>9}{'p99 ms':>10}{'requests':>9}{'failed':>7}{'servers':>8}{'RSS MB':>8}"
           f"{'solve ms':>9}{'changes':>8}{'held':>5}{'seen':>5}{'load':>6}")  # fmt: skip
     for r in results:
         solve = f"{r.solve_ms:.1f}" if r.solve_ms is not None else "-"
         changes = "-" if r.placement_changes is None else str(r.placement_changes)
         held = "-" if r.held_rounds is None else str(r.held_rounds)
         print(
-            f"{r.objective:<13}{r.p50_ms:>8.2f}{r.p99_ms:>8.2f}{r.requests:>9}{r.failed:>7}{r.instances:>8}"
+            f"{r.objective:<13}{r.p50_ms:>9.2f}{r.p99_ms:>10.2f}{r.requests:>9}{r.failed:>7}{r.instances:>8}"
             f"{r.server_rss_mb:>8.0f}{solve:>9}{changes:>8}{held:>5}{r.server_changes:>5}{r.load_avg_1m:>6.1f}"
         )
     for r in results:
