@@ -82,6 +82,8 @@ class Leadership:
                                 lease_s=s.election_timeout_s + GOSSIP_LEASE_SLACK_S)  # fmt: skip
         term, vote = agent.store.election_state()
         accepted = agent.store.election_accepted()  # the one leader this node obeys in ``term``
+        if accepted is None and agent.store.highest_term() == term:  # a store written before it was persisted
+            accepted = agent.store.term_leader()
         if agent.store.highest_term() > term:  # a leader's command told us of a newer term: we hold no vote in it
             term, vote, accepted = agent.store.highest_term(), None, agent.store.term_leader()
         join_by = monotonic() + JOIN_WAIT_S if s.seed_urls else -1e18  # joining through seeds: no leader of one
