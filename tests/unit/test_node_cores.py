@@ -5,13 +5,14 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from solver import queue_fast
+from solver import queue_fast, queue_repair
 from solver.api import solve
 from solver.hold import value_running
 from solver.node_cpu import busy, effective_servers
@@ -234,3 +235,23 @@ def test_open_case_two_models_on_saturated_half_cores_keep_the_bound() -> None:
     q = build_queue_problem(build_problem(snap, Mode(data["mode"])))
     nlp = solve_nlp_fast(q)
     check(repair(q, nlp.x, nlp.r, nlp.n))
+
+
+def test_without_repairs_core_checks_the_busy_work_check_fails(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Half a core serving a 20 req/s model (9 req/s at 0.9) asked for 10 req/s: the relaxation rejects 1 req/s;
+    repair places rejected rate only where the cores take it. With its core checks switched off it puts the
+    rest on the same node, and the busy-work check above catches it (found by hypothesis)."""
+    node = Node("n0", 2048.0, 2048.0, 100.0, cores=0.5)
+    reqs = tuple(Request("m0", {"n0": 1.0}, {"n0": 2.0}, f"c{i}", r) for i, r in enumerate((1.0, 1.0, 8.0)))
+    snap = Snapshot((node,), (Model("m0", 100.0, 1.0, {"default": 20.0}),), reqs)
+    q = build_queue_problem(build_problem(snap, Mode.MODE2))
+    nlp = solve_nlp_fast(q)
+
+    def over(pools: Any) -> bool:
+        return bool(np.any(busy(pools.lam(), q.mu) > q.rho_max * q.cores() * (1 + 1e-6) + 1e-6))
+
+    kept = repair(q, nlp.x, nlp.r, nlp.n)
+    assert not over(kept) and kept.rejected.sum() == pytest.approx(1.0, abs=1e-5)
+    monkeypatch.setattr(queue_repair, "core_room", lambda lam, *_: np.full(lam.shape[0], np.inf))
+    monkeypatch.setattr(queue_repair, "over_cores", lambda lam, *_: np.zeros(lam.shape[0], dtype=bool))
+    assert over(repair(q, nlp.x, nlp.r, nlp.n))
