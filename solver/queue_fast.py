@@ -103,12 +103,14 @@ def _outside(q: QueueProblem, w: FloatArray, t_best: FloatArray, in_s: BoolArray
 
 
 def _filled_by_greedy(q: QueueProblem, w: FloatArray, t_best: FloatArray, in_s: BoolArray) -> BoolArray:
-    """[j] nodes whose budgets fill up when streams, largest first, take their least-cost nodes with room left."""
+    """[j] nodes whose budgets (cores too) fill up when streams, largest first, take their least-cost nodes with
+    room left."""
     p = q.base
     total = p.cost + w[:, p.class_model].T
     order = np.argsort(total, axis=1, kind="stable")
     mem_left = np.maximum(p.mem_budget, 0.0).copy()
     comp_left = np.maximum(p.comp_budget, 0.0).copy()
+    core_left = q.cores().copy()  # closed-form instances (n = lam / t*) a node's cores hold
     full = np.zeros(p.n_nodes, dtype=bool)
     penalty = q.penalty()
     for c in np.argsort(-q.rate, kind="stable").tolist():
@@ -120,9 +122,11 @@ def _filled_by_greedy(q: QueueProblem, w: FloatArray, t_best: FloatArray, in_s: 
                 continue
             per = 1.0 / float(t_best[j, k])  # instances per req/s
             room = min(_room(mem_left[j], p.mem[k] * per), _room(comp_left[j], p.comp[k] * per))
+            room = min(room, _room(core_left[j], per))
             take = min(need, room)
             mem_left[j] -= take * p.mem[k] * per
             comp_left[j] -= take * p.comp[k] * per
+            core_left[j] -= take * per
             need -= take
             full[j] = room <= take  # it took all the room left
     return full
