@@ -260,8 +260,15 @@ def _bound_spread(pools: Pools) -> None:
                     break
                 smallest = min(open_j, key=lambda j: (lam[j, k], j))
                 others = {j for j in range(q.base.n_nodes) if j not in nodes or j == smallest}
-                if not _evacuate(pools, smallest, k, others):
+                if not _evacuate(pools, smallest, k, others) and not _gather_with_room(pools, smallest, k, nodes):
                     stuck.add(smallest)
+
+
+def _gather_with_room(pools: Pools, src: int, k: int, nodes: list[int]) -> bool:
+    """Where models share saturated cores: make core room, then gather (solver.queue_cores)."""
+    from solver.queue_cores import gather_making_room
+
+    return gather_making_room(pools, src, k, nodes)
 
 
 def _shed_instance(pools: Pools, nodes: list[int], k: int) -> bool:
