@@ -191,7 +191,11 @@ def create_peer_app(agent: NodeAgent, identity: Identity) -> FastAPI:
         except wire.WireError as exc:
             return reply.error(exc.status, f"invalid desired set: {exc}")
         lead = agent.leadership
-        why = command_refusal(reply.sender, cmd, (lead.term, lead.leader) if lead is not None else None)
+        if lead is None and agent.discovery is not None:  # starting: until the election runs, no one is obeyed
+            return reply.error(
+                503, "the election is not running yet on this node", highest_term=agent.store.highest_term()
+            )
+        why = command_refusal(reply.sender, cmd, (lead.term, lead.accepted) if lead is not None else None)
         if why is not None:
             return reply.error(409, why, highest_term=agent.store.highest_term())
         need = {m: s.mem_mb for m, s in agent.catalogue.current.models.items()}
