@@ -45,7 +45,7 @@ def test_the_checker_sees_the_extra_pool_when_closing_is_off(monkeypatch: Any) -
     nlp = solve_nlp(q)
     pools = repair(q, nlp.x, nlp.r)
     assert int(pools.counts().sum()) == 2 and closable(pools), "the relaxation's split opens a second pool"
-    monkeypatch.setattr(queue_plan, "close_pools", lambda pools: 0)
+    monkeypatch.setattr(queue_plan, "close_pools_fast", lambda pools: 0)
     # Ipopt's interior split (solver.queue_fast's closed form places this stream whole, opening no sliver)
     monkeypatch.setattr(queue_plan, "solve_nlp_fast", queue_lazy.solve_nlp_lazy)
     off = solve(one_stream((1.0, 5.0, 9.0)), mode="2", objective="queue")
