@@ -182,6 +182,7 @@ def _try_close(pools: Pools, static: _Static, view: _View, j: int, k: int) -> li
     cap, free = static.cap[k], static.free[k]
     used = {o: list(view.used[o]) for o in view.open[k]}
     open_ = [o for o in view.open[k] if o != j]
+    mem_k, comp_k, costs = static.mem[k], static.comp[k], static.cost
     moves: list[tuple[int, int, float]] = []
     delta = 0.0
     for c in static.classes[k]:
@@ -192,14 +193,15 @@ def _try_close(pools: Pools, static: _Static, view: _View, j: int, k: int) -> li
         if dst is None:
             return None
         moves.append((c, dst, amount))
-        delta += amount * (static.cost[c][dst] - static.cost[c][j])
+        delta += amount * (costs[c][dst] - costs[c][j])
         for o, change in ((j, -amount), (dst, amount)):
             lam[o] += change
             after = math.ceil(lam[o] / cap[o] - 1e-9) if lam[o] > 0 else 0
             grown = max(after - free[o], 0) - max(cnt[o] - free[o], 0)
-            used[o][0] += grown * static.mem[k]
-            used[o][1] += grown * static.comp[k]
-            cnt[o] = max(after, 0)
+            if grown:
+                used[o][0] += grown * mem_k
+                used[o][1] += grown * comp_k
+            cnt[o] = after
     touched = {j} | {dst for _, dst, _ in moves}
     if view.over - touched or (CHECK_BUDGETS and any(_over(static, o, used[o]) for o in touched)):
         return None
@@ -216,21 +218,23 @@ def _destination(
 ) -> int | None:
     """``Pools.best_destination(open_only=True)`` on lists: a pool that needs no new instance first, then cheapest."""
     cap, free, cost = static.cap[k], static.free[k], static.cost[c]
-    stays = fits = None
+    mem_k, comp_k, mem_b, comp_b = static.mem[k], static.comp[k], static.mem_budget, static.comp_budget
+    check = CHECK_BUDGETS
+    stays = fits = -1
+    stays_cost = fits_cost = math.inf
     for o in open_:
         after = math.ceil((lam[o] + amount) / cap[o] - 1e-9)
-        grown = max(after - free[o], 0) - max(cnt[o] - free[o], 0)
-        mem, comp = used[o]
-        if CHECK_BUDGETS and (
-            mem + grown * static.mem[k] > static.mem_budget[o] + TINY
-            or comp + grown * static.comp[k] > static.comp_budget[o] + TINY
-        ):
+        f = free[o]
+        grown = (after - f if after > f else 0) - (cnt[o] - f if cnt[o] > f else 0)
+        u = used[o]
+        if check and (u[0] + grown * mem_k > mem_b[o] + TINY or u[1] + grown * comp_k > comp_b[o] + TINY):
             continue
-        if fits is None or cost[o] < cost[fits]:
-            fits = o
-        if after <= cnt[o] and (stays is None or cost[o] < cost[stays]):
-            stays = o
-    return stays if stays is not None else fits
+        co = cost[o]
+        if co < fits_cost or fits < 0:
+            fits, fits_cost = o, co
+        if after <= cnt[o] and (co < stays_cost or stays < 0):
+            stays, stays_cost = o, co
+    return stays if stays >= 0 else (fits if fits >= 0 else None)
 
 
 def _over(static: _Static, o: int, used: list[float]) -> bool:
