@@ -1,0 +1,231 @@
+"""R(S) of ``solver.queue_fast`` without Ipopt where no pool reuses instances: pool loads by column generation.
+
+A pool (j, k) run at per-instance rate t (``n = lam / t``) costs ``phi(t) = 1000 / (mu - t) - s + beta / t``
+per req/s and needs ``mem_k / t`` MB and ``comp_k / t`` compute per req/s: for fixed loads the NLP is an LP.
+Mixing loads in one pool is feasible for the NLP and costs no less there (its delay is sublinear), so the
+LP over a set of loads per pool (one column per pool and load) bounds R(S)'s optimum from above. Its row
+prices ``a_j``, ``b_j`` (memory, compute) give each pool the load it should run at, ``t*`` with
+``t* / (mu - t*) = sqrt(beta_jk / 1000)``, ``beta_jk = beta + a_j mem_k + b_j comp_k`` (at most its load
+cap), and the Lagrangian bound
+
+    L(a, b) = sum_c rate_c min(outside_c, min_j [cost_cj + w_jk(beta_jk)]) - a.M - b.C
+
+(``w`` the pool's cost per req/s at ``t*``) bounds it from below (weak duality). Each round adds every
+pool's ``t*`` as a new load and solves the LP again (HiGHS), until the NLP objective at the LP's point is
+within ``GAP`` of the bound: then it is R(S)'s optimum to that tolerance. Otherwise (``MAX_ROUNDS``, a
+pool that reuses instances, no HiGHS) the caller solves R(S) with Ipopt, which stays the oracle
+(``tests/unit/test_queue_dual.py``).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import scipy.sparse as sp
+
+from solver.problem import FloatArray
+from solver.queue_model import N_MIN, NlpSolution, QueueProblem
+
+log = logging.getLogger(__name__)
+
+GAP = 1e-8  # relative gap between the LP's NLP objective and the Lagrangian bound that proves the optimum
+MAX_ROUNDS = 16
+SMOOTH = 0.5  # weight of the best bound's prices in the smoothed prices (Wentges)
+PROVE = True  # stop only at a proven optimum (switched off only to show the oracle test failing)
+ENABLED = True
+BoolArray = npt.NDArray[np.bool_]
+Prices = tuple[FloatArray, FloatArray]  # (memory, compute) row prices [j], >= 0
+
+
+def best_load(q: QueueProblem, price: FloatArray) -> tuple[FloatArray, FloatArray]:
+    """[j, k] per-instance rate t* and cost per req/s w at instance price ``price`` [j, k] (beta + row prices)."""
+    a = np.sqrt(price / 1000.0)
+    t = np.minimum(a / (1.0 + a), q.cap()) * q.mu
+    return t, np.asarray(_phi(q, t, price))
+
+
+def _phi(q: QueueProblem, t: FloatArray, price: FloatArray | float) -> FloatArray:
+    """Cost per req/s of a pool run at per-instance rate t, instances priced at ``price``."""
+    return np.asarray(1000.0 / (q.mu - t) - q.service_ms + price / t)
+
+
+def solve_binding(q: QueueProblem, allowed: BoolArray) -> NlpSolution | None:
+    """R(S)'s optimum (``q`` on S's nodes, ``r_cost`` each stream's outside option), or None where this method
+    does not apply or does not prove its result (then Ipopt solves it)."""
+    proven = solve_binding_priced(q, allowed)
+    return None if proven is None else proven[0]
+
+
+def solve_binding_priced(q: QueueProblem, allowed: BoolArray) -> tuple[NlpSolution, Prices] | None:
+    """``solve_binding`` and the (memory, compute) row prices [j] whose Lagrangian bound proves it."""
+    p = q.base
+    if not ENABLED or (p.free > 0).any() or q.instance_cost <= 0 or not allowed.any():
+        return None
+    try:
+        import highspy
+    except ImportError:  # pragma: no cover - depends on the install
+        return None
+    lp = _Lp(q, allowed, highspy)
+    lp.add_level(best_load(q, _price(q, np.zeros(p.n_nodes), np.zeros(p.n_nodes)))[0])
+    best = -math.inf
+    best_prices: Prices = (np.zeros(p.n_nodes), np.zeros(p.n_nodes))
+    for rounds in range(1, MAX_ROUNDS + 1):
+        solved = lp.solve()
+        if solved is None:
+            return None
+        x, r, n, prices = solved
+        lam = x.T @ np.eye(len(p.model_names))[p.class_model]
+        if lp.budgets_for(lam > 0):
+            continue  # the active pools changed: their slivers of slack moved (see _Lp.budgets_for)
+        upper = nlp_value(q, x, r, n)
+        # Wentges smoothing: new loads at the LP's prices and between them and the best bound's prices
+        mixed: Prices = (
+            SMOOTH * best_prices[0] + (1 - SMOOTH) * prices[0],
+            SMOOTH * best_prices[1] + (1 - SMOOTH) * prices[1],
+        )
+        for cand in (prices, mixed):
+            lower = lagrangian_bound(q, allowed, *cand, budgets=lp.budgets)
+            if lower > best:
+                best, best_prices = lower, cand
+        if upper - best <= GAP * max(1.0, abs(upper)) or not PROVE:
+            log.debug("R(S) by column generation: %d rounds, gap %.2e", rounds, upper - best)
+            return NlpSolution(x, r, lam, n, upper, "optimal", 0, rounds, int(allowed.sum())), best_prices
+        lp.add_level(best_load(q, _price(q, *prices))[0])
+        lp.add_level(best_load(q, _price(q, *mixed))[0])
+    log.info("R(S) by column generation: no proof after %d rounds; Ipopt solves it", MAX_ROUNDS)
+    return None
+
+
+def _price(q: QueueProblem, mem_price: FloatArray, comp_price: FloatArray) -> FloatArray:
+    """[j, k] an instance's price: beta plus its memory and compute at the rows' prices [j]."""
+    p = q.base
+    return np.asarray(q.instance_cost + mem_price[:, None] * p.mem[None, :] + comp_price[:, None] * p.comp[None, :])
+
+
+def nlp_value(q: QueueProblem, x: FloatArray, r: FloatArray, n: FloatArray) -> float:
+    """R(S)'s objective at (x, r, n): outside options at ``r_cost``, pools without rate cost nothing."""
+    p = q.base
+    lam = x.T @ np.eye(len(p.model_names))[p.class_model]
+    live = (lam > 0) & (n > 0)
+    safe_n = np.where(live, n, 1.0)
+    t = np.where(live, lam / safe_n, 0.0)
+    wait = np.where(live, lam * (1000.0 / (q.mu - t) - q.service_ms) + q.instance_cost * n, 0.0)
+    outside = q.r_cost if q.r_cost is not None else np.full(p.n_classes, q.penalty())
+    return float((p.cost * x).sum() + outside @ r + wait.sum())
+
+
+def lagrangian_bound(
+    q: QueueProblem,
+    allowed: BoolArray,
+    mem_price: FloatArray,
+    comp_price: FloatArray,
+    budgets: Prices | None = None,
+) -> float:
+    """L(a, b): a lower bound on R(S)'s optimum at memory and compute prices ``a``, ``b`` (>= 0) [j], with the
+    rows' ``budgets`` (memory, compute) [j] (default: the problem's)."""
+    p = q.base
+    _, w = best_load(q, _price(q, mem_price, comp_price))
+    per = np.where(allowed, p.cost + w[:, p.class_model].T, np.inf).min(axis=1)
+    outside = q.r_cost if q.r_cost is not None else np.full(p.n_classes, q.penalty())
+    served = np.minimum(per, outside)
+    mem_b, comp_b = budgets if budgets is not None else (np.maximum(p.mem_budget, 0.0), np.maximum(p.comp_budget, 0.0))
+    return float(q.rate @ served - mem_price @ mem_b - comp_price @ comp_b)
+
+
+class _Lp:
+    """The LP over stream columns x[c, j], rejections r[c] and pool-load columns z[j, k, level], kept in one
+    HiGHS model: each round adds load columns and re-solves from the last basis.
+
+    Rows: assignment [C] (sum x + r = rate), pool balance [P] (sum z - sum x = 0), memory [J], compute [J].
+    """
+
+    def __init__(self, q: QueueProblem, allowed: BoolArray, hs: Any) -> None:
+        p = q.base
+        self.q, self.hs = q, hs
+        self.C, self.J, self.K = p.n_classes, p.n_nodes, len(p.model_names)
+        C, J, P = self.C, self.J, self.J * self.K
+        self.xc, self.xj = np.nonzero(allowed)
+        X = len(self.xc)
+        outside = q.r_cost if q.r_cost is not None else np.full(C, q.penalty())
+        rows = np.concatenate([self.xc, C + self.xj * self.K + p.class_model[self.xc], np.arange(C)])
+        cols = np.concatenate([np.arange(X), np.arange(X), X + np.arange(C)])
+        vals = np.concatenate([np.ones(X), -np.ones(X), np.ones(C)])
+        a = sp.csc_matrix((vals, (rows, cols)), shape=(C + P + 2 * J, X + C))
+        h = hs.Highs()
+        h.setOptionValue("output_flag", False)
+        h.setOptionValue("threads", 1)
+        lp = hs.HighsLp()
+        lp.num_col_, lp.num_row_ = X + C, C + P + 2 * J
+        lp.col_cost_ = np.concatenate([p.cost[self.xc, self.xj], outside])
+        lp.col_lower_, lp.col_upper_ = np.zeros(X + C), np.full(X + C, math.inf)
+        self.active = np.zeros((J, self.K), dtype=bool)
+        self.budgets: Prices = (np.maximum(p.mem_budget, 0.0), np.maximum(p.comp_budget, 0.0))
+        lp.row_lower_ = np.concatenate([q.rate, np.zeros(P), np.full(2 * J, -math.inf)])
+        lp.row_upper_ = np.concatenate([q.rate, np.zeros(P), *self.budgets])
+        lp.a_matrix_.format_ = hs.MatrixFormat.kColwise
+        lp.a_matrix_.start_, lp.a_matrix_.index_, lp.a_matrix_.value_ = a.indptr, a.indices, a.data
+        h.passModel(lp)
+        self.h, self.X = h, X
+        self.levels: list[FloatArray] = []
+
+    def budgets_for(self, active: BoolArray) -> bool:
+        """Set the rows' budgets for the pools ``active`` [j, k]; True if they changed (solve again).
+
+        The reference NLP keeps every pool at n >= N_MIN and gives each node N_MIN of every model's memory
+        and compute as slack (solver.queue_model); a pool without rate sits at N_MIN, so the pools with rate
+        share M_j + N_MIN sum of their models' memory (compute alike). The same rows here make the optimum
+        the reference's, not one a few millionths above it."""
+        if np.array_equal(active, self.active):
+            return False
+        p = self.q.base
+        self.active = active.copy()
+        self.budgets = (
+            np.maximum(p.mem_budget, 0.0) + N_MIN * (active @ p.mem),
+            np.maximum(p.comp_budget, 0.0) + N_MIN * (active @ p.comp),
+        )
+        rows = self.C + self.J * self.K + np.arange(2 * self.J, dtype=np.int32)
+        self.h.changeRowsBounds(len(rows), rows, np.full(len(rows), -math.inf), np.concatenate(self.budgets))
+        return True
+
+    def add_level(self, t: FloatArray) -> None:
+        """One column per pool run at per-instance rate t [j, k]: cost phi(t), memory and compute per req/s."""
+        q, p = self.q, self.q.base
+        C, J, K = self.C, self.J, self.K
+        P = J * K
+        pools = np.arange(P)
+        zj, zk = np.divmod(pools, K)
+        tz = t.ravel()
+        rows = np.stack([C + pools, C + P + zj, C + P + J + zj], axis=1).ravel().astype(np.int32)
+        vals = np.stack([np.ones(P), p.mem[zk] / tz, p.comp[zk] / tz], axis=1).ravel()
+        starts = (3 * pools).astype(np.int32)
+        cost = _phi_pools(q, tz[None, :]).ravel()
+        self.h.addCols(P, cost, np.zeros(P), np.full(P, math.inf), len(vals), starts, rows, vals)
+        self.levels.append(tz)
+
+    def solve(self) -> tuple[FloatArray, FloatArray, FloatArray, Prices] | None:
+        """x [c, j], r [c], n [j, k] and the (memory, compute) row prices (>= 0) [j]; None if HiGHS fails."""
+        h, hs = self.h, self.hs
+        C, J, K, X = self.C, self.J, self.K, self.X
+        P = J * K
+        h.run()
+        if h.getModelStatus() != hs.HighsModelStatus.kOptimal:
+            return None
+        sol = h.getSolution()
+        col = np.clip(np.asarray(sol.col_value), 0.0, None)
+        dual = np.asarray(sol.row_dual)
+        x = np.zeros((C, J))
+        x[self.xc, self.xj] = col[:X]
+        z = col[X + C :].reshape(len(self.levels), P)
+        n = (z / np.stack(self.levels)).sum(axis=0).reshape(J, K)
+        prices = (np.clip(-dual[C + P : C + P + J], 0.0, None), np.clip(-dual[C + P + J :], 0.0, None))
+        return x, col[X : X + C], n, prices
+
+
+def _phi_pools(q: QueueProblem, t: FloatArray) -> FloatArray:
+    """phi at loads t [level, pool] for every pool (flattened j * K + k)."""
+    mu, s = q.mu.ravel()[None, :], q.service_ms.ravel()[None, :]
+    return np.asarray(1000.0 / (mu - t) - s + q.instance_cost / t)
