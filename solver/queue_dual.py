@@ -155,7 +155,9 @@ class _Lp:
         cols = np.concatenate([np.arange(X), np.arange(X), X + np.arange(C)])
         vals = np.concatenate([np.ones(X), -np.ones(X), np.ones(C)])
         a = sp.csc_matrix((vals, (rows, cols)), shape=(C + P + 2 * J, X + C))
-        h = hs.Highs()
+        # the bindings' own class: highspy.Highs() prints HiGHS's banner to stdout before any option can be
+        # set, and stdout carries `peerserve solve --json`
+        h = getattr(getattr(hs, "_core", None), "_Highs", hs.Highs)()
         h.setOptionValue("output_flag", False)
         h.setOptionValue("threads", 1)
         lp = hs.HighsLp()

@@ -140,3 +140,10 @@ def test_the_best_load_and_the_bound() -> None:
     for _ in range(20):
         mem, comp = rng.uniform(0, 50, q.base.n_nodes), rng.uniform(0, 50, q.base.n_nodes)
         assert lagrangian_bound(sub, allowed, mem, comp) <= best.value * (1 + 1e-9)
+
+
+def test_stdout_stays_clean(capfd: pytest.CaptureFixture[str]) -> None:
+    """HiGHS prints a banner from highspy.Highs(); stdout carries `peerserve solve --json`."""
+    q = _problem(50, 10, 0, Mode.MODE2, False, False)
+    assert solve_nlp_fast(q).iterations == 0
+    assert capfd.readouterr().out == ""
