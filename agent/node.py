@@ -590,4 +590,7 @@ class NodeAgent:
                 m: {"failures": h.failures, "error": h.last_error, "retry_at": h.next_try}
                 for m, h in self.health.items()
             },
+            # request records the log could not keep (its write queue was full: the disk fell behind); not an error
+            # of this agent's serving, but the leader's statistics miss them
+            "request_log": {"dropped": self.store.dropped},
         }
