@@ -19,6 +19,7 @@ pool that reuses instances, no HiGHS) the caller solves R(S) with Ipopt, which s
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from typing import Any
@@ -63,7 +64,7 @@ def solve_binding(q: QueueProblem, allowed: BoolArray) -> NlpSolution | None:
 def solve_binding_priced(q: QueueProblem, allowed: BoolArray) -> tuple[NlpSolution, Prices] | None:
     """``solve_binding`` and the (memory, compute) row prices [j] whose Lagrangian bound proves it."""
     p = q.base
-    if not ENABLED or (p.free > 0).any() or q.instance_cost <= 0 or not allowed.any():
+    if not ENABLED or (p.free > 0).any() or q.instance_cost <= 0 or not allowed.any() or _unknown_terms(q):
         return None
     try:
         import highspy
@@ -98,6 +99,20 @@ def solve_binding_priced(q: QueueProblem, allowed: BoolArray) -> tuple[NlpSoluti
         lp.add_level(best_load(q, _price(q, *mixed))[0])
     log.info("R(S) by column generation: no proof after %d rounds; Ipopt solves it", MAX_ROUNDS)
     return None
+
+
+KNOWN_FIELDS = frozenset({"base", "rate", "mu", "node_class", "rho_max", "instance_cost", "load_cap", "r_cost"})
+
+
+def _unknown_terms(q: QueueProblem) -> bool:
+    """Whether ``q`` sets a field this LP does not model (a constraint added to the NLP since): Ipopt then."""
+    for f in dataclasses.fields(q):
+        if f.name in KNOWN_FIELDS:
+            continue
+        value = getattr(q, f.name)
+        if value is not None and not (isinstance(value, (int, float)) and value == f.default):
+            return True
+    return False
 
 
 def _price(q: QueueProblem, mem_price: FloatArray, comp_price: FloatArray) -> FloatArray:

@@ -147,3 +147,15 @@ def test_stdout_stays_clean(capfd: pytest.CaptureFixture[str]) -> None:
     q = _problem(50, 10, 0, Mode.MODE2, False, False)
     assert solve_nlp_fast(q).iterations == 0
     assert capfd.readouterr().out == ""
+
+
+def test_a_problem_with_terms_it_does_not_model_goes_to_ipopt() -> None:
+    """A field added to QueueProblem (say, a new constraint's data) that this LP does not know: it declines."""
+    q = _problem(50, 10, 0, Mode.MODE2, False, False)
+    allowed = np.ones((q.base.n_classes, q.base.n_nodes), dtype=bool)
+    sub = dataclasses.replace(q, r_cost=np.full(q.base.n_classes, q.penalty()))
+    assert solve_binding(sub, allowed) is not None
+    extended = dataclasses.make_dataclass("Extended", [("cpu_budget", Any, None)], bases=(QueueProblem,), frozen=True)
+    fields = {f.name: getattr(sub, f.name) for f in dataclasses.fields(sub)}
+    assert solve_binding(extended(**fields), allowed) is not None  # unset: nothing new to model
+    assert solve_binding(extended(**fields, cpu_budget=np.ones(q.base.n_nodes)), allowed) is None
