@@ -11,10 +11,11 @@ cap), and the Lagrangian bound
     L(a, b) = sum_c rate_c min(outside_c, min_j [cost_cj + w_jk(beta_jk)]) - a.M - b.C
 
 (``w`` the pool's cost per req/s at ``t*``) bounds it from below (weak duality). Each round adds every
-pool's ``t*`` as a new load and solves the LP again (HiGHS), until the NLP objective at the LP's point is
-within ``GAP`` of the bound: then it is R(S)'s optimum to that tolerance. Otherwise (``MAX_ROUNDS``, a
-pool that reuses instances, no HiGHS) the caller solves R(S) with Ipopt, which stays the oracle
-(``tests/unit/test_queue_dual.py``).
+pool's ``t*`` at the LP's prices and at Wentges-smoothed prices (half way to the best bound's) as new
+loads and re-solves the one HiGHS model from its last basis, until the NLP objective at the LP's point is
+within ``GAP`` of the best bound: then it is R(S)'s optimum to that tolerance. Otherwise (``MAX_ROUNDS``,
+a pool that reuses instances, no HiGHS, a field of the problem it does not model) the caller solves
+R(S) with Ipopt, which stays the oracle (``tests/unit/test_queue_dual.py``).
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ GAP = 1e-8  # relative gap between the LP's NLP objective and the Lagrangian bou
 MAX_ROUNDS = 16
 SMOOTH = 0.5  # weight of the best bound's prices in the smoothed prices (Wentges)
 PROVE = True  # stop only at a proven optimum (switched off only to show the oracle test failing)
-ENABLED = True
+ENABLED = True  # switched off where a test needs Ipopt's path
 BoolArray = npt.NDArray[np.bool_]
 Prices = tuple[FloatArray, FloatArray]  # (memory, compute) row prices [j], >= 0
 
