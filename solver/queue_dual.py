@@ -191,16 +191,17 @@ class _Lp:
         self.levels: list[FloatArray] = []
 
     def budgets_for(self, active: BoolArray) -> bool:
-        """Set the rows' budgets for the pools ``active`` [j, k]; True if they changed (solve again).
+        """Set the rows' budgets for the pools ``active`` [j, k] (and those active before); True if they changed.
 
         The reference NLP keeps every pool at n >= N_MIN and gives each node N_MIN of every model's memory
         and compute as slack (solver.queue_model); a pool without rate sits at N_MIN, so the pools with rate
         share M_j + N_MIN sum of their models' memory (compute alike). The same rows here make the optimum
         the reference's, not one a few millionths above it."""
+        active = active | self.active  # only ever grows: budgets that follow the active set can cycle
         if np.array_equal(active, self.active):
             return False
         p = self.q.base
-        self.active = active.copy()
+        self.active = active
         self.budgets = (
             np.maximum(p.mem_budget, 0.0) + N_MIN * (active @ p.mem),
             np.maximum(p.comp_budget, 0.0) + N_MIN * (active @ p.comp),
