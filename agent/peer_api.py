@@ -33,7 +33,10 @@ from agent.identity import AuthError, Identity
 from agent.node import FencedError, UnknownModelError
 from agent.peer_gate import gate_tls
 from agent.serving.provision import ROUTE_PROVISION, answer_provision
-from coordinator_election import MAX_TERM_AHEAD  # an election message may not push terms further than this past ours
+from coordinator_election import (
+    MAX_TERM_AHEAD,  # an election message may not push terms further than this past ours
+    fencing,
+)
 from peerserve import wire
 
 if TYPE_CHECKING:
@@ -50,10 +53,7 @@ def command_refusal(sender: str, cmd: wire.DesiredCommand, accepted: tuple[int, 
         return f"{sender} cannot send commands in the name of {cmd.leader}"
     if accepted is None:  # no election here (discovery off): any admitted node, fenced by term
         return None
-    term, leader = accepted
-    if cmd.term != term or leader != sender:
-        return f"{sender} is not the leader this node accepts for term {cmd.term} (it follows {leader} at {term})"
-    return None
+    return fencing.command_refusal(cmd.term, sender, *accepted)
 
 
 def capacity_refusal(cmd: wire.DesiredCommand, mem_total_mb: float, mem_need: dict[str, float]) -> str | None:

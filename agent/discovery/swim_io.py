@@ -217,12 +217,14 @@ class SwimDriver:
         t = self.core.probe_timeout()
         direct = asyncio.ensure_future(self._ping(ins))
         relays: dict[asyncio.Future[bool | None], str] = {}
+        every: list[asyncio.Future[Any]] = [direct]
         try:
             await asyncio.wait({direct}, timeout=t)
             if not direct.done() and (not ins.verify or self.core.config.verify_indirect):
                 for n, u in self.core.indirect_targets(ins.node_id):
                     relays[asyncio.ensure_future(self._ping_req(n, u, ins))] = n
-            pending: set[asyncio.Future[Any]] = {f for f in (direct, *relays) if not f.done()}
+            every += relays
+            pending = {f for f in every if not f.done()}
             deadline = sent + 3 * t
             while pending and not self._reached(direct, relays):
                 left = deadline - self.clock()
@@ -230,7 +232,7 @@ class SwimDriver:
                     break
                 _done, pending = await asyncio.wait(pending, timeout=left, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            for f in (direct, *relays):
+            for f in every:
                 f.cancel()
         ack = direct.result() if direct.done() and not direct.cancelled() else None
         results = [f.result() if f.done() and not f.cancelled() else None for f in relays]
