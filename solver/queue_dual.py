@@ -1,4 +1,4 @@
-"""R(S) of ``solver.queue_fast`` without Ipopt where no pool reuses instances: pool loads by column generation.
+"""R(S) of ``solver.queue_fast`` without Ipopt: pool loads by column generation, proven by a Lagrangian bound.
 
 A pool (j, k) run at per-instance rate t (``n = lam / t``) costs ``phi(t) = 1000 / (mu - t) - s + beta / t``
 per req/s and needs ``mem_k / t`` MB and ``comp_k / t`` compute per req/s: for fixed loads the NLP is an LP.
@@ -10,11 +10,13 @@ cap), and the Lagrangian bound
 
     L(a, b) = sum_c rate_c min(outside_c, min_j [cost_cj + w_jk(beta_jk)]) - a.M - b.C
 
-(``w`` the pool's cost per req/s at ``t*``) bounds it from below (weak duality). Each round adds every
+(``w`` the pool's cost per req/s at ``t*``; a pool that reuses running instances has a link row
+n - new <= free whose price ``v`` in [0, beta_jk] prices its instances instead, and its free ones add
+``- v free``) bounds it from below (weak duality). Each round adds every
 pool's ``t*`` at the LP's prices and at Wentges-smoothed prices (half way to the best bound's) as new
 loads and re-solves the one HiGHS model from its last basis, until the NLP objective at the LP's point is
 within ``GAP`` of the best bound: then it is R(S)'s optimum to that tolerance. Otherwise (``MAX_ROUNDS``,
-a pool that reuses instances, no HiGHS, a field of the problem it does not model) the caller solves
+no HiGHS, a field of the problem it does not model) the caller solves
 R(S) with Ipopt, which stays the oracle (``tests/unit/test_queue_dual.py``).
 """
 
@@ -36,18 +38,20 @@ log = logging.getLogger(__name__)
 
 GAP = 1e-8  # relative gap between the LP's NLP objective and the Lagrangian bound that proves the optimum
 MAX_ROUNDS = 16
+MIN_LOAD = 1e-6  # least per-instance load of a column (a pool whose instances cost nothing wants t -> 0)
 SMOOTH = 0.5  # weight of the best bound's prices in the smoothed prices (Wentges)
 PROVE = True  # stop only at a proven optimum (switched off only to show the oracle test failing)
 ENABLED = True  # switched off where a test needs Ipopt's path
 BoolArray = npt.NDArray[np.bool_]
-Prices = tuple[FloatArray, FloatArray]  # (memory, compute) row prices [j], >= 0
+Prices = tuple[FloatArray, FloatArray, FloatArray]  # memory, compute row prices [j]; reused pools' link rows [j, k]
 
 
 def best_load(q: QueueProblem, price: FloatArray) -> tuple[FloatArray, FloatArray]:
     """[j, k] per-instance rate t* and cost per req/s w at instance price ``price`` [j, k] (beta + row prices)."""
-    a = np.sqrt(price / 1000.0)
-    t = np.minimum(a / (1.0 + a), q.cap()) * q.mu
-    return t, np.asarray(_phi(q, t, price))
+    a = np.sqrt(np.maximum(price, 0.0) / 1000.0)
+    t = np.maximum(np.minimum(a / (1.0 + a), q.cap()), MIN_LOAD) * q.mu
+    # at price 0 (a reused pool with running instances to spare) the infimum over t > 0 is 0, at t -> 0
+    return t, np.asarray(np.where(price > 0, _phi(q, t, price), 0.0))
 
 
 def _phi(q: QueueProblem, t: FloatArray, price: FloatArray | float) -> FloatArray:
@@ -65,16 +69,17 @@ def solve_binding(q: QueueProblem, allowed: BoolArray) -> NlpSolution | None:
 def solve_binding_priced(q: QueueProblem, allowed: BoolArray) -> tuple[NlpSolution, Prices] | None:
     """``solve_binding`` and the (memory, compute) row prices [j] whose Lagrangian bound proves it."""
     p = q.base
-    if not ENABLED or (p.free > 0).any() or q.instance_cost <= 0 or not allowed.any() or _unknown_terms(q):
+    if not ENABLED or q.instance_cost <= 0 or not allowed.any() or _unknown_terms(q):
         return None
     try:
         import highspy
     except ImportError:  # pragma: no cover - depends on the install
         return None
     lp = _Lp(q, allowed, highspy)
-    lp.add_level(best_load(q, _price(q, np.zeros(p.n_nodes), np.zeros(p.n_nodes)))[0])
+    zero: Prices = (np.zeros(p.n_nodes), np.zeros(p.n_nodes), np.full(q.mu.shape, q.instance_cost))
+    lp.add_level(best_load(q, _price(q, *zero))[0])
     best = -math.inf
-    best_prices: Prices = (np.zeros(p.n_nodes), np.zeros(p.n_nodes))
+    best_prices = zero
     for rounds in range(1, MAX_ROUNDS + 1):
         solved = lp.solve()
         if solved is None:
@@ -88,6 +93,7 @@ def solve_binding_priced(q: QueueProblem, allowed: BoolArray) -> tuple[NlpSoluti
         mixed: Prices = (
             SMOOTH * best_prices[0] + (1 - SMOOTH) * prices[0],
             SMOOTH * best_prices[1] + (1 - SMOOTH) * prices[1],
+            SMOOTH * best_prices[2] + (1 - SMOOTH) * prices[2],
         )
         for cand in (prices, mixed):
             lower = lagrangian_bound(q, allowed, *cand, budgets=lp.budgets)
@@ -116,10 +122,12 @@ def _unknown_terms(q: QueueProblem) -> bool:
     return False
 
 
-def _price(q: QueueProblem, mem_price: FloatArray, comp_price: FloatArray) -> FloatArray:
-    """[j, k] an instance's price: beta plus its memory and compute at the rows' prices [j]."""
+def _price(q: QueueProblem, mem_price: FloatArray, comp_price: FloatArray, link_price: FloatArray) -> FloatArray:
+    """[j, k] an instance's price: beta plus its memory and compute at the rows' prices [j]; in a pool that
+    reuses running instances, its link row's price (between 0 and that: a running instance costs nothing)."""
     p = q.base
-    return np.asarray(q.instance_cost + mem_price[:, None] * p.mem[None, :] + comp_price[:, None] * p.comp[None, :])
+    new = q.instance_cost + mem_price[:, None] * p.mem[None, :] + comp_price[:, None] * p.comp[None, :]
+    return np.asarray(np.where(p.free > 0, np.clip(link_price, 0.0, new), new))
 
 
 def nlp_value(q: QueueProblem, x: FloatArray, r: FloatArray, n: FloatArray) -> float:
@@ -129,7 +137,8 @@ def nlp_value(q: QueueProblem, x: FloatArray, r: FloatArray, n: FloatArray) -> f
     live = (lam > 0) & (n > 0)
     safe_n = np.where(live, n, 1.0)
     t = np.where(live, lam / safe_n, 0.0)
-    wait = np.where(live, lam * (1000.0 / (q.mu - t) - q.service_ms) + q.instance_cost * n, 0.0)
+    new = np.maximum(n - p.free, 0.0)
+    wait = np.where(live, lam * (1000.0 / (q.mu - t) - q.service_ms) + q.instance_cost * new, 0.0)
     outside = q.r_cost if q.r_cost is not None else np.full(p.n_classes, q.penalty())
     return float((p.cost * x).sum() + outside @ r + wait.sum())
 
@@ -139,55 +148,70 @@ def lagrangian_bound(
     allowed: BoolArray,
     mem_price: FloatArray,
     comp_price: FloatArray,
-    budgets: Prices | None = None,
+    link_price: FloatArray,
+    budgets: tuple[FloatArray, FloatArray] | None = None,
 ) -> float:
-    """L(a, b): a lower bound on R(S)'s optimum at memory and compute prices ``a``, ``b`` (>= 0) [j], with the
-    rows' ``budgets`` (memory, compute) [j] (default: the problem's)."""
+    """L(a, b, v): a lower bound on R(S)'s optimum at memory and compute prices ``a``, ``b`` (>= 0) [j] and
+    link prices ``v`` [j, k] of the pools that reuse running instances, with the rows' ``budgets`` (memory,
+    compute) [j] (default: the problem's). With the link rows n - new <= free relaxed at v (0 <= v <= the
+    instance's price), such a pool's instances cost v each and the free ones are worth v free."""
     p = q.base
-    _, w = best_load(q, _price(q, mem_price, comp_price))
+    price = _price(q, mem_price, comp_price, link_price)
+    _, w = best_load(q, price)
     per = np.where(allowed, p.cost + w[:, p.class_model].T, np.inf).min(axis=1)
     outside = q.r_cost if q.r_cost is not None else np.full(p.n_classes, q.penalty())
     served = np.minimum(per, outside)
     mem_b, comp_b = budgets if budgets is not None else (np.maximum(p.mem_budget, 0.0), np.maximum(p.comp_budget, 0.0))
-    return float(q.rate @ served - mem_price @ mem_b - comp_price @ comp_b)
+    reused = float((np.where(p.free > 0, price, 0.0) * p.free).sum())
+    return float(q.rate @ served - mem_price @ mem_b - comp_price @ comp_b - reused)
 
 
 class _Lp:
-    """The LP over stream columns x[c, j], rejections r[c] and pool-load columns z[j, k, level], kept in one
-    HiGHS model: each round adds load columns and re-solves from the last basis.
+    """The LP over stream columns x[c, j], rejections r[c], new instances new[j, k] of the pools that reuse
+    running instances, and pool-load columns z[j, k, level], kept in one HiGHS model: each round adds load
+    columns and re-solves from the last basis.
 
-    Rows: assignment [C] (sum x + r = rate), pool balance [P] (sum z - sum x = 0), memory [J], compute [J].
+    Rows: assignment [C] (sum x + r = rate), pool balance [P] (sum z - sum x = 0), memory [J] and compute
+    [J] (on n = sum z / t, or on new where a pool reuses instances), link [R] (sum z / t - new <= free).
     """
 
     def __init__(self, q: QueueProblem, allowed: BoolArray, hs: Any) -> None:
         p = q.base
         self.q, self.hs = q, hs
         self.C, self.J, self.K = p.n_classes, p.n_nodes, len(p.model_names)
-        C, J, P = self.C, self.J, self.J * self.K
+        C, J, K, P = self.C, self.J, self.K, self.J * self.K
         self.xc, self.xj = np.nonzero(allowed)
-        X = len(self.xc)
+        self.reuse = np.flatnonzero(p.free.ravel() > 0)  # pools with running instances to reuse
+        self.link_of = np.full(P, -1)
+        self.link_of[self.reuse] = np.arange(len(self.reuse))
+        X, R = len(self.xc), len(self.reuse)
         outside = q.r_cost if q.r_cost is not None else np.full(C, q.penalty())
-        rows = np.concatenate([self.xc, C + self.xj * self.K + p.class_model[self.xc], np.arange(C)])
-        cols = np.concatenate([np.arange(X), np.arange(X), X + np.arange(C)])
-        vals = np.concatenate([np.ones(X), -np.ones(X), np.ones(C)])
-        a = sp.csc_matrix((vals, (rows, cols)), shape=(C + P + 2 * J, X + C))
+        rj, rk = np.divmod(self.reuse, K)
+        link0 = C + P + 2 * J
+        assign, balance = [self.xc, np.arange(C)], C + self.xj * K + p.class_model[self.xc]
+        rows = np.concatenate([assign[0], balance, assign[1], C + P + rj, C + P + J + rj, link0 + np.arange(R)])
+        cols = np.concatenate([np.arange(X), np.arange(X), X + np.arange(C), *[X + C + np.arange(R)] * 3])
+        vals = np.concatenate([np.ones(X), -np.ones(X), np.ones(C), p.mem[rk], p.comp[rk], -np.ones(R)])
+        keep = vals != 0
+        n_col, n_row = X + C + R, link0 + R
+        a = sp.csc_matrix((vals[keep], (rows[keep], cols[keep])), shape=(n_row, n_col))
         # the bindings' own class: highspy.Highs() prints HiGHS's banner to stdout before any option can be
         # set, and stdout carries `peerserve solve --json`
         h = getattr(getattr(hs, "_core", None), "_Highs", hs.Highs)()
         h.setOptionValue("output_flag", False)
         h.setOptionValue("threads", 1)
         lp = hs.HighsLp()
-        lp.num_col_, lp.num_row_ = X + C, C + P + 2 * J
-        lp.col_cost_ = np.concatenate([p.cost[self.xc, self.xj], outside])
-        lp.col_lower_, lp.col_upper_ = np.zeros(X + C), np.full(X + C, math.inf)
-        self.active = np.zeros((J, self.K), dtype=bool)
-        self.budgets: Prices = (np.maximum(p.mem_budget, 0.0), np.maximum(p.comp_budget, 0.0))
-        lp.row_lower_ = np.concatenate([q.rate, np.zeros(P), np.full(2 * J, -math.inf)])
-        lp.row_upper_ = np.concatenate([q.rate, np.zeros(P), *self.budgets])
+        lp.num_col_, lp.num_row_ = n_col, n_row
+        lp.col_cost_ = np.concatenate([p.cost[self.xc, self.xj], outside, np.full(R, q.instance_cost)])
+        lp.col_lower_, lp.col_upper_ = np.zeros(n_col), np.full(n_col, math.inf)
+        self.active = np.zeros((J, K), dtype=bool)
+        self.budgets = (np.maximum(p.mem_budget, 0.0), np.maximum(p.comp_budget, 0.0))
+        lp.row_lower_ = np.concatenate([q.rate, np.zeros(P), np.full(2 * J + R, -math.inf)])
+        lp.row_upper_ = np.concatenate([q.rate, np.zeros(P), *self.budgets, p.free.ravel()[self.reuse]])
         lp.a_matrix_.format_ = hs.MatrixFormat.kColwise
         lp.a_matrix_.start_, lp.a_matrix_.index_, lp.a_matrix_.value_ = a.indptr, a.indices, a.data
         h.passModel(lp)
-        self.h, self.X = h, X
+        self.h, self.X, self.R = h, X, R
         self.levels: list[FloatArray] = []
 
     def budgets_for(self, active: BoolArray) -> bool:
@@ -195,12 +219,13 @@ class _Lp:
 
         The reference NLP keeps every pool at n >= N_MIN and gives each node N_MIN of every model's memory
         and compute as slack (solver.queue_model); a pool without rate sits at N_MIN, so the pools with rate
-        share M_j + N_MIN sum of their models' memory (compute alike). The same rows here make the optimum
-        the reference's, not one a few millionths above it."""
-        active = active | self.active  # only ever grows: budgets that follow the active set can cycle
+        that start new instances share M_j + N_MIN sum of their models' memory (compute alike; a pool that
+        reuses instances holds its N_MIN in them). The same rows here make the optimum the reference's, not
+        one a few millionths above it."""
+        p = self.q.base
+        active = (active & (p.free == 0)) | self.active  # only ever grows: budgets that follow it can cycle
         if np.array_equal(active, self.active):
             return False
-        p = self.q.base
         self.active = active
         self.budgets = (
             np.maximum(p.mem_budget, 0.0) + N_MIN * (active @ p.mem),
@@ -211,24 +236,32 @@ class _Lp:
         return True
 
     def add_level(self, t: FloatArray) -> None:
-        """One column per pool run at per-instance rate t [j, k]: cost phi(t), memory and compute per req/s."""
+        """One column per pool run at per-instance rate t [j, k]: its cost per req/s, and its instances per
+        req/s in the memory and compute rows (or, where the pool reuses instances, in its link row)."""
         q, p = self.q, self.q.base
         C, J, K = self.C, self.J, self.K
         P = J * K
         pools = np.arange(P)
         zj, zk = np.divmod(pools, K)
         tz = t.ravel()
-        rows = np.stack([C + pools, C + P + zj, C + P + J + zj], axis=1).ravel().astype(np.int32)
-        vals = np.stack([np.ones(P), p.mem[zk] / tz, p.comp[zk] / tz], axis=1).ravel()
-        starts = (3 * pools).astype(np.int32)
-        cost = _phi_pools(q, tz[None, :]).ravel()
-        self.h.addCols(P, cost, np.zeros(P), np.full(P, math.inf), len(vals), starts, rows, vals)
+        linked = self.link_of >= 0
+        link_row = C + P + 2 * J + np.maximum(self.link_of, 0)
+        rows = np.stack(
+            [C + pools, np.where(linked, link_row, C + P + zj), np.where(linked, -1, C + P + J + zj)], axis=1
+        )
+        vals = np.stack([np.ones(P), np.where(linked, 1.0, p.mem[zk]) / tz, p.comp[zk] / tz], axis=1)
+        keep = (rows >= 0) & (vals != 0)
+        starts = np.concatenate([[0], np.cumsum(keep.sum(axis=1))[:-1]]).astype(np.int32)
+        # where the pool reuses instances, new instances are paid through its `new` column, not per req/s
+        cost = _phi_pools(q, tz[None, :]).ravel() - np.where(linked, q.instance_cost / tz, 0.0)
+        index, value = rows[keep].astype(np.int32), vals[keep]
+        self.h.addCols(P, cost, np.zeros(P), np.full(P, math.inf), len(value), starts, index, value)
         self.levels.append(tz)
 
     def solve(self) -> tuple[FloatArray, FloatArray, FloatArray, Prices] | None:
-        """x [c, j], r [c], n [j, k] and the (memory, compute) row prices (>= 0) [j]; None if HiGHS fails."""
+        """x [c, j], r [c], n [j, k] and the row prices (>= 0); None if HiGHS fails."""
         h, hs = self.h, self.hs
-        C, J, K, X = self.C, self.J, self.K, self.X
+        C, J, K, X, R = self.C, self.J, self.K, self.X, self.R
         P = J * K
         h.run()
         if h.getModelStatus() != hs.HighsModelStatus.kOptimal:
@@ -238,9 +271,15 @@ class _Lp:
         dual = np.asarray(sol.row_dual)
         x = np.zeros((C, J))
         x[self.xc, self.xj] = col[:X]
-        z = col[X + C :].reshape(len(self.levels), P)
+        z = col[X + C + R :].reshape(len(self.levels), P)
         n = (z / np.stack(self.levels)).sum(axis=0).reshape(J, K)
-        prices = (np.clip(-dual[C + P : C + P + J], 0.0, None), np.clip(-dual[C + P + J :], 0.0, None))
+        link = np.zeros(P)
+        link[self.reuse] = np.clip(-dual[C + P + 2 * J :], 0.0, None)
+        prices = (
+            np.clip(-dual[C + P : C + P + J], 0.0, None),
+            np.clip(-dual[C + P + J : C + P + 2 * J], 0.0, None),
+            link.reshape(J, K),
+        )
         return x, col[X : X + C], n, prices
 
 

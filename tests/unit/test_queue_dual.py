@@ -114,16 +114,19 @@ def test_the_oracle_check_fails_without_the_proof(monkeypatch: pytest.MonkeyPatc
     assert pairs and not all(_close(*pair) for pair in pairs)
 
 
-def test_pools_that_reuse_instances_are_left_to_ipopt() -> None:
+def test_pools_that_reuse_running_instances_are_proven_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Mode 1 with instances running: their pools' link rows are priced as well (a running instance costs
+    nothing, a new one its price): no Ipopt, and Ipopt's optimum of each R(S) reached."""
     q = _problem(40, 10, 1, Mode.MODE1, True, False)
     assert (q.base.free > 0).any()
-    assert solve_binding(q, np.ones((q.base.n_classes, q.base.n_nodes), dtype=bool)) is None
-    assert solve_nlp_fast(q).iterations > 0
+    assert solve_nlp_fast(q).iterations == 0
+    pairs = _against_ipopt(monkeypatch, q)
+    assert pairs and all(_close(*pair) for pair in pairs)
 
 
 def test_the_best_load_and_the_bound() -> None:
     """t* minimises the pool's cost per req/s at its instance price (brute force), and the Lagrangian bound at
-    any prices stays below the proven optimum."""
+    any prices stays below the proven optimum, with and without running instances."""
     q = _problem(25, 5, 1, Mode.MODE2, False, False)
     price = np.full(q.mu.shape, 900.0)
     t, w = best_load(q, price)
@@ -132,14 +135,17 @@ def test_the_best_load_and_the_bound() -> None:
     cost = PoolDelay(mu).value(ts, 1.0) / ts - 1000.0 / mu + 900.0 / ts
     assert float(w[0, 0]) == pytest.approx(float(cost.min()), rel=1e-7)
     assert float(t[0, 0]) == pytest.approx(float(ts[np.argmin(cost)]), rel=1e-3)
-    allowed = np.ones((q.base.n_classes, q.base.n_nodes), dtype=bool)
-    sub = dataclasses.replace(q, r_cost=np.full(q.base.n_classes, q.penalty()))  # R(S) with S = every node
-    best = solve_binding(sub, allowed)
-    assert best is not None
-    rng = np.random.default_rng(0)
-    for _ in range(20):
-        mem, comp = rng.uniform(0, 50, q.base.n_nodes), rng.uniform(0, 50, q.base.n_nodes)
-        assert lagrangian_bound(sub, allowed, mem, comp) <= best.value * (1 + 1e-9)
+    for running in (False, True):  # with running instances, the reused pools' link prices too
+        q = _problem(25, 5, 1, Mode.MODE1, running, False)
+        allowed = np.ones((q.base.n_classes, q.base.n_nodes), dtype=bool)
+        sub = dataclasses.replace(q, r_cost=np.full(q.base.n_classes, q.penalty()))  # R(S) with S = every node
+        best = solve_binding(sub, allowed)
+        assert best is not None
+        rng = np.random.default_rng(0)
+        for _ in range(20):
+            mem, comp = rng.uniform(0, 50, q.base.n_nodes), rng.uniform(0, 50, q.base.n_nodes)
+            link = rng.uniform(0, 2 * q.instance_cost, q.mu.shape)
+            assert lagrangian_bound(sub, allowed, mem, comp, link) <= best.value * (1 + 1e-9)
 
 
 def test_stdout_stays_clean(capfd: pytest.CaptureFixture[str]) -> None:
