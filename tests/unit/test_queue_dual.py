@@ -165,3 +165,14 @@ def test_a_problem_with_terms_it_does_not_model_goes_to_ipopt() -> None:
     fields = {f.name: getattr(sub, f.name) for f in dataclasses.fields(sub)}
     assert solve_binding(extended(**fields), allowed) is not None  # unset: nothing new to model
     assert solve_binding(extended(**fields, cpu_budget=np.ones(q.base.n_nodes)), allowed) is None
+
+
+def test_no_proof_within_the_round_bound_hands_r_s_to_ipopt(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The load columns grow by two per pool a round, at most MAX_ROUNDS rounds: past that, Ipopt solves R(S)
+    (and the shortcut still reaches the reference NLP)."""
+    q = _problem(50, 10, 0, Mode.MODE1, False, False)
+    monkeypatch.setattr(queue_dual, "MAX_ROUNDS", 1)
+    allowed = np.ones((q.base.n_classes, q.base.n_nodes), dtype=bool)
+    assert solve_binding(dataclasses.replace(q, r_cost=np.full(q.base.n_classes, q.penalty())), allowed) is None
+    assert solve_nlp_fast(q).iterations > 0
+    assert abs(_gap(q)) <= 1e-5
