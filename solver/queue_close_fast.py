@@ -27,7 +27,7 @@ import numpy as np
 import numpy.typing as npt
 
 from solver.problem import FloatArray, IntArray
-from solver.queue_close import MOVE_CANDIDATES, integer_objective
+from solver.queue_close import MOVE_CANDIDATES, close_pools, integer_objective
 from solver.queue_repair import TINY, Pools, needed
 
 log = logging.getLogger(__name__)
@@ -92,7 +92,12 @@ class _View:
 
 
 def close_pools_fast(pools: Pools) -> int:
-    """``queue_close.close_pools``'s passes until neither applies; returns how many pools closed or moved."""
+    """``queue_close.close_pools``'s passes until neither applies; returns how many pools closed or moved.
+
+    Where a node's instances share its cores (``pools.cores`` finite), the reference pass runs: its checks
+    and objective count them, these do not."""
+    if np.isfinite(np.asarray(getattr(pools, "cores", math.inf), dtype=float)).any():
+        return close_pools(pools)
     if pools.x.size == 0:
         return 0
     static = _Static(pools)

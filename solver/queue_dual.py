@@ -69,7 +69,7 @@ def solve_binding(q: QueueProblem, allowed: BoolArray) -> NlpSolution | None:
 def solve_binding_priced(q: QueueProblem, allowed: BoolArray) -> tuple[NlpSolution, Prices] | None:
     """``solve_binding`` and the (memory, compute) row prices [j] whose Lagrangian bound proves it."""
     p = q.base
-    if not ENABLED or q.instance_cost <= 0 or not allowed.any() or _unknown_terms(q):
+    if not ENABLED or q.instance_cost <= 0 or not allowed.any() or _unknown_terms(q) or _has_cores(q):
         return None
     try:
         import highspy
@@ -120,6 +120,12 @@ def _unknown_terms(q: QueueProblem) -> bool:
         if value is not None and not (isinstance(value, (int, float)) and value == f.default):
             return True
     return False
+
+
+def _has_cores(q: QueueProblem) -> bool:
+    """Whether a node of ``q`` declares ``cores`` (its instances share them: rows this LP does not model)."""
+    mine = set(q.base.node_ids)
+    return any(getattr(n, "cores", None) is not None for n in q.base.snapshot.nodes if n.id in mine)
 
 
 def _price(q: QueueProblem, mem_price: FloatArray, comp_price: FloatArray, link_price: FloatArray) -> FloatArray:

@@ -96,3 +96,21 @@ def test_the_equality_check_fails_when_the_fast_budget_check_is_off(
     assert fast.over_budget(fast.counts())
     with pytest.raises(AssertionError):
         _same_or_better(ref, fast, ref_steps, fast_steps)
+
+
+def test_nodes_with_cores_take_the_reference_pass(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pools that know their nodes' cores (instances sharing them) are closed by the reference pass, whose
+    checks count the cores; the fast one does not."""
+    q = build_queue_problem(build_problem(thesis_instance(25, 10, 0), Mode.MODE2))
+    calls: list[int] = []
+    monkeypatch.setattr(queue_close_fast, "close_pools", lambda pools: calls.append(1) or 0)
+    fast = repair(q, *_relaxed(q))
+    fast.cores = np.full(q.base.n_nodes, 2.0)  # type: ignore[attr-defined]
+    assert close_pools_fast(fast) == 0 and calls == [1]
+    fast.cores = np.full(q.base.n_nodes, np.inf)  # type: ignore[attr-defined]
+    assert close_pools_fast(fast) > 0 and calls == [1]
+
+
+def _relaxed(q: QueueProblem) -> tuple[np.ndarray, np.ndarray]:
+    nlp = solve_nlp_fast(q)
+    return nlp.x, nlp.r

@@ -176,3 +176,18 @@ def test_no_proof_within_the_round_bound_hands_r_s_to_ipopt(monkeypatch: pytest.
     assert solve_binding(dataclasses.replace(q, r_cost=np.full(q.base.n_classes, q.penalty())), allowed) is None
     assert solve_nlp_fast(q).iterations > 0
     assert abs(_gap(q)) <= 1e-5
+
+
+def test_nodes_with_cores_go_to_ipopt() -> None:
+    """A node whose instances share its cores has rows this LP does not model: it declines."""
+    from solver.snapshot import Node
+
+    q = _problem(50, 10, 0, Mode.MODE2, False, False)
+    allowed = np.ones((q.base.n_classes, q.base.n_nodes), dtype=bool)
+    sub = dataclasses.replace(q, r_cost=np.full(q.base.n_classes, q.penalty()))
+    assert solve_binding(sub, allowed) is not None
+    cored = dataclasses.make_dataclass("CoredNode", [("cores", Any, None)], bases=(Node,), frozen=True)
+    nodes = [cored(**{f.name: getattr(n, f.name) for f in dataclasses.fields(n)}) for n in q.base.snapshot.nodes]
+    nodes[3] = dataclasses.replace(nodes[3], cores=2.0)
+    snap = dataclasses.replace(q.base.snapshot, nodes=tuple(nodes))
+    assert solve_binding(dataclasses.replace(sub, base=dataclasses.replace(q.base, snapshot=snap)), allowed) is None
