@@ -10,9 +10,10 @@ of least ``cost_cj + w_jk`` (the others never carry rate), and only S's nodes ne
 
 1. S: nodes with a pool that reuses instances (free > 0: its cost is not linear) and nodes whose
    budgets the closed form overfills (every stream whole on its least-cost node, n = lam / t*).
-2. S empty: the closed form is R(S)'s optimum, no Ipopt at all. Else Ipopt solves R(S) on S's nodes
-   with one outside column per stream (its best node outside S, or rejection where the penalty is
-   lower) through ``solver.queue_lazy``.
+2. S empty: the closed form is R(S)'s optimum, no Ipopt at all. Else R(S) on S's nodes, with one
+   outside column per stream (its best node outside S, or rejection where the penalty is lower), is
+   solved by column generation over pool loads with a Lagrangian proof (``solver.queue_dual``; where no
+   pool of S reuses instances), else by Ipopt through ``solver.queue_lazy``.
 3. Recheck the dropped rows: nodes outside S that the result overfills join S; repeat.
 
 R(S) relaxes the NLP; an optimum of R(S) that keeps every dropped row is feasible for the NLP, hence
@@ -30,6 +31,7 @@ import numpy as np
 import numpy.typing as npt
 
 from solver.problem import FloatArray
+from solver.queue_dual import solve_binding
 from solver.queue_lazy import solve_nlp_lazy
 from solver.queue_model import N_MIN, NlpSolution, QueueProblem
 
@@ -64,7 +66,7 @@ def solve_nlp_fast(q: QueueProblem) -> NlpSolution:
         x, r, n_out = _outside(q, w, t_best, in_s)
         if in_s.any():
             sub_q, allowed = _restricted(q, in_s, x, r)
-            sub = solve_nlp_lazy(sub_q, allowed=allowed) if allowed.any() else _all_outside(sub_q)
+            sub = _solve_sub(sub_q, allowed)
             iterations += sub.iterations
             columns = int(allowed.sum())
             if sub.status != "optimal":
@@ -164,6 +166,14 @@ def _restricted(q: QueueProblem, in_s: BoolArray, x: FloatArray, r: FloatArray) 
         load_cap=None if q.load_cap is None else q.load_cap[nodes],
         r_cost=outside,
     ), allowed
+
+
+def _solve_sub(q: QueueProblem, allowed: BoolArray) -> NlpSolution:
+    """R(S)'s optimum: by column generation where it proves it (solver.queue_dual), else by Ipopt."""
+    if not allowed.any():
+        return _all_outside(q)
+    exact = solve_binding(q, allowed)
+    return exact if exact is not None else solve_nlp_lazy(q, allowed=allowed)
 
 
 def _all_outside(q: QueueProblem) -> NlpSolution:
