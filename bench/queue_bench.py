@@ -10,10 +10,11 @@
 
    "queue ms" is the whole queue-aware solve (relaxation, repair, pool closing, plan); "relaxation ms"
    the NLP's part of it (``details.relaxation_ms``: solver.queue_fast's closed form, and where capacity
-   binds solver.queue_dual's proven column generation, else Ipopt); "integer ms" the rest (repair,
-   solver.queue_close_fast, the plan); "Ipopt" how many of the instances still needed Ipopt.
+   binds Ipopt on those nodes; with ``--proven-cg`` solver.queue_dual's proven column generation there,
+   Ipopt only where it gives no proof); "integer ms" the rest (repair, solver.queue_close_fast, the plan);
+   "Ipopt" how many of the instances still needed Ipopt.
 
-    .venv/bin/python bench/queue_bench.py [--seeds N] [--solve-only] [--json]
+    .venv/bin/python bench/queue_bench.py [--seeds N] [--solve-only] [--proven-cg] [--json]
 """
 
 from __future__ import annotations
@@ -132,7 +133,13 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=5, help="instances per size (default 5)")
     ap.add_argument("--json", action="store_true", help="print the figures as JSON")
     ap.add_argument("--solve-only", action="store_true", help="solve times only (skip the workload runs)")
+    ap.add_argument("--proven-cg", action="store_true",
+                    help="binding nodes by solver.queue_dual's column generation (default: Ipopt)")  # fmt: skip
     args = ap.parse_args()
+    if args.proven_cg:
+        from solver import queue_dual
+
+        queue_dual.ENABLED = True
     tune_solver_process()
     times = solve_times(args.seeds)
     loads = [] if args.solve_only else workloads()

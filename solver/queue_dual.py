@@ -41,7 +41,10 @@ MAX_ROUNDS = 24  # the bench instances need 3-16
 MIN_LOAD = 1e-6  # least per-instance load of a column (a pool whose instances cost nothing wants t -> 0)
 SMOOTH = 0.5  # weight of the best bound's prices in the smoothed prices (Wentges)
 PROVE = True  # stop only at a proven optimum (switched off only to show the oracle test failing)
-ENABLED = True  # switched off where a test needs Ipopt's path
+# Off by default: issue 16 asks that Ipopt solve the nonlinear relaxation, and this method does not model
+# node cores (the agent always reports them). `bench/queue_bench.py --proven-cg` measures it beside Ipopt;
+# tests/unit/test_queue_dual.py holds it to Ipopt's optimum.
+ENABLED = False
 BoolArray = npt.NDArray[np.bool_]
 Prices = tuple[FloatArray, FloatArray, FloatArray]  # memory, compute row prices [j]; reused pools' link rows [j, k]
 

@@ -24,6 +24,12 @@ from tests.unit.test_queue_fast import _gap, _with_running
 TOL = 1e-6  # relative, both sides evaluated by the same function
 
 
+@pytest.fixture(autouse=True)
+def _proven_cg_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The method is off in the solver's default path (Ipopt solves the relaxation): these tests switch it on."""
+    monkeypatch.setattr(queue_dual, "ENABLED", True)
+
+
 def _problem(requests: int, nodes: int, seed: int, mode: Mode, running: bool, tail: bool) -> QueueProblem:
     snap = thesis_instance(requests, nodes, seed)
     snap = _with_running(snap, seed) if running else snap
