@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -546,6 +547,9 @@ class NodeAgent:
             "node_id": s.node_id,
             "node_class": s.node_class,
             "compute": s.compute,
+            "cores": s.cores or float(os.cpu_count() or 1),
+            # runnable threads per CPU of this machine: how much contention stretches a service time here
+            "load_per_cpu": round(os.getloadavg()[0] / (os.cpu_count() or 1), 3),
             "api_url": s.api_url,
             **self.node_metrics().to_dict(),
             "instances": [

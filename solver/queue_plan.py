@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from solver.capacity import violations
+from solver.node_cpu import effective_servers
 from solver.plan import Plan, Rejection
 from solver.problem import FloatArray, Mode, Problem, plan_actions, plan_instances, running_instances
 from solver.queue_close_fast import close_pools_fast
@@ -22,6 +23,7 @@ from solver.queue_model import QueueProblem, build_queue_problem
 from solver.queue_repair import Pools, repair
 from solver.tail_cap import with_tail_cap
 
+SEED_COUNTS = True  # whole counts follow the relaxation's where budgets allow (solver.queue_seed)
 MAX_SPREAD_SITES = 64  # sites (largest rate first) whose split the plan hands to the agents (peer messages <= 256 KiB)
 
 
@@ -65,7 +67,7 @@ def _solve(q: QueueProblem, extra: dict[str, Any]) -> Plan:
     start = time.process_time()
     nlp = solve_nlp_fast(q)
     relaxation_ms = 1000.0 * (time.process_time() - start)
-    pools = repair(q, nlp.x, nlp.r)
+    pools = repair(q, nlp.x, nlp.r, nlp.n if SEED_COUNTS else None)
     closed = close_pools_fast(pools)
     details: dict[str, Any] = {
         **extra,
@@ -106,16 +108,17 @@ def spread(q: QueueProblem, pools: Pools, limit: int = MAX_SPREAD_SITES) -> list
 def planned_queue(q: QueueProblem, pools: Pools) -> dict[str, dict[str, float]]:
     """Per node and model: the mean number of requests at one instance under the plan (M/M/1 L)."""
     lam, counts = pools.lam(), pools.counts()
+    servers = effective_servers(counts, pools.cores)  # a node's cores shared by its instances
     out: dict[str, dict[str, float]] = {}
     for j, k in zip(*np.nonzero(counts > 0), strict=True):
-        rho = float(lam[j, k] / (counts[j, k] * q.mu[j, k]))
+        rho = min(float(lam[j, k] / (servers[j, k] * q.mu[j, k])), 0.999)
         out.setdefault(q.base.node_ids[j], {})[q.base.model_names[k]] = round(rho / (1.0 - rho), 6)
     return out
 
 
 def _wait_terms(q: QueueProblem, pools: Pools) -> tuple[FloatArray, FloatArray]:
     """[j, k] each pool's M/M/1 wait (request-ms/s, PoolDelay at a cap of rho_max + 0.099, vectorised) and lam."""
-    lam, counts = pools.lam(), pools.counts()
+    lam, counts = pools.lam(), effective_servers(pools.counts(), pools.cores)
     rho = min(0.999, q.rho_max + 0.099)
     n = np.where(lam > 0, counts, 1).astype(float)
     t, tm = lam / n, rho * q.mu

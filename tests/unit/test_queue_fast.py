@@ -41,8 +41,8 @@ def _gap(q: QueueProblem) -> float:
     fast = solve_nlp_fast(q)
     assert ref.status == "optimal" and fast.status == "optimal"
     np.testing.assert_allclose(fast.x.sum(axis=1) + fast.r, q.rate, rtol=1e-6, atol=1e-6)
-    best = objective_value(q, ref.x, ref.r, ref.n)
-    return (objective_value(q, fast.x, fast.r, fast.n) - best) / abs(best)
+    best = objective_value(q, ref.x, ref.r, ref.n, ref.servers)
+    return (objective_value(q, fast.x, fast.r, fast.n, fast.servers) - best) / abs(best)
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -53,13 +53,19 @@ def _gap(q: QueueProblem) -> float:
     mode=st.sampled_from([Mode.MODE1, Mode.MODE2]),
     running=st.booleans(),
     tail=st.booleans(),
+    cores=st.booleans(),
 )
 def test_shortcut_optimum_equals_the_reference_nlps(
-    requests: int, nodes: int, seed: int, mode: Mode, running: bool, tail: bool
+    requests: int, nodes: int, seed: int, mode: Mode, running: bool, tail: bool, cores: bool
 ) -> None:
     snap = thesis_instance(requests, nodes, seed)
     if running:
         snap = _with_running(snap, seed)
+    if cores:  # the nodes' cores shared by their instances (solver.node_cpu): the core rows in both forms
+        rng = np.random.default_rng(seed)
+        snap = dataclasses.replace(
+            snap, nodes=tuple(dataclasses.replace(n, cores=float(rng.choice([0.5, 1, 2, 4]))) for n in snap.nodes)
+        )
     q = build_queue_problem(build_problem(snap, mode))
     q = with_tail_cap(q) if tail else q
     assert abs(_gap(q)) <= TOL
