@@ -115,6 +115,11 @@ class Leadership:
         return self.machine.term
 
     @property
+    def accepted(self) -> str | None:
+        """The one leader this node accepts (obeys) in ``term``, if any: the fencing pair is (term, accepted)."""
+        return self.machine.accepted
+
+    @property
     def is_leader(self) -> bool:
         return self.machine.is_leader
 

@@ -13,7 +13,8 @@ of least ``cost_cj + w_jk`` (the others never carry rate), and only S's nodes ne
    its least-cost node, n = lam / t*; outside S a pool's effective servers are its n).
 2. S empty: the closed form is R(S)'s optimum, no Ipopt at all. Else Ipopt solves R(S) on S's nodes
    with one outside column per stream (its best node outside S, or rejection where the penalty is
-   lower) through ``solver.queue_lazy``.
+   lower) through ``solver.queue_lazy`` (``solver.queue_dual``'s proven column generation in its place
+   where switched on and no node declares cores).
 3. Recheck the dropped rows: nodes outside S that the result overfills join S; repeat.
 
 R(S) relaxes the NLP; an optimum of R(S) that keeps every dropped row is feasible for the NLP, hence
@@ -31,6 +32,7 @@ import numpy as np
 import numpy.typing as npt
 
 from solver.problem import FloatArray
+from solver.queue_dual import solve_binding
 from solver.queue_lazy import solve_nlp_lazy
 from solver.queue_model import N_MIN, NlpSolution, QueueProblem
 
@@ -66,7 +68,7 @@ def solve_nlp_fast(q: QueueProblem) -> NlpSolution:
         e_out = n_out.copy()
         if in_s.any():
             sub_q, allowed = _restricted(q, in_s, x, r)
-            sub = solve_nlp_lazy(sub_q, allowed=allowed) if allowed.any() else _all_outside(sub_q)
+            sub = _solve_sub(sub_q, allowed)
             iterations += sub.iterations
             columns = int(allowed.sum())
             if sub.status != "optimal":
@@ -173,6 +175,14 @@ def _restricted(q: QueueProblem, in_s: BoolArray, x: FloatArray, r: FloatArray) 
         load_cap=None if q.load_cap is None else q.load_cap[nodes],
         r_cost=outside,
     ), allowed
+
+
+def _solve_sub(q: QueueProblem, allowed: BoolArray) -> NlpSolution:
+    """R(S)'s optimum: by column generation where it proves it (solver.queue_dual), else by Ipopt."""
+    if not allowed.any():
+        return _all_outside(q)
+    exact = solve_binding(q, allowed)
+    return exact if exact is not None else solve_nlp_lazy(q, allowed=allowed)
 
 
 def _all_outside(q: QueueProblem) -> NlpSolution:

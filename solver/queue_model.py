@@ -113,8 +113,9 @@ def build_queue_problem(p: Problem, instance_cost: float = INSTANCE_COST, rho_ma
     rate = np.array([sum(_rate(s.requests[i].rate) for i in members) for members in p.class_members], dtype=float)
     mu = np.zeros((p.n_nodes, len(p.model_names)))
     for k, model in enumerate(s.models):
-        mine = [r.exec_ms for r in s.requests if r.model == model.name]
-        median = np.median([[e[node] for node in p.node_ids] for e in mine], axis=0) if mine else None
+        median = None
+        if any(model.throughput_rps.get(node, model.throughput_rps.get("default")) is None for node in p.node_ids):
+            median = _median_exec(s, model.name, p.node_ids)
         for j, node in enumerate(p.node_ids):
             declared = model.throughput_rps.get(node, model.throughput_rps.get("default"))
             if declared is not None:
@@ -124,6 +125,16 @@ def build_queue_problem(p: Problem, instance_cost: float = INSTANCE_COST, rho_ma
     mu *= np.minimum(node_cores(p), 1.0)[:, None]  # a fraction of a core serves a fraction of the rate
     node_class = tuple(n.node_class for n in s.nodes)
     return QueueProblem(p, rate, mu, node_class, rho_max, instance_cost)
+
+
+def _median_exec(s: Any, model: str, node_ids: tuple[str, ...]) -> FloatArray | None:
+    """[j] the median exec_ms of the model's streams at each node (np.median's value, without its overhead)."""
+    mine = [[r.exec_ms[node] for node in node_ids] for r in s.requests if r.model == model]
+    if not mine:
+        return None
+    rows = np.sort(np.asarray(mine, dtype=float), axis=0)
+    half = len(mine) // 2
+    return np.asarray(rows[half] if len(mine) % 2 else (rows[half - 1] + rows[half]) / 2)
 
 
 def _rate(value: float | None) -> float:

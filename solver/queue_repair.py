@@ -242,8 +242,11 @@ def _fix_capacity(pools: Pools) -> None:
 def _bound_spread(pools: Pools) -> None:
     """Step 4: per model and node class, at most the class's need plus one spare instance."""
     q = pools.q
+    clear = _within_bound(pools)
     for k in range(len(q.base.model_names)):
         for g in sorted(set(q.node_class)):
+            if clear.get((k, g)):
+                continue  # the loop below would stop at once
             nodes = [j for j in range(q.base.n_nodes) if q.node_class[j] == g]
             stuck: set[int] = set()
             while True:
@@ -262,6 +265,22 @@ def _bound_spread(pools: Pools) -> None:
                 others = {j for j in range(q.base.n_nodes) if j not in nodes or j == smallest}
                 if not _evacuate(pools, smallest, k, others) and not _gather_with_room(pools, smallest, k, nodes):
                     stuck.add(smallest)
+
+
+def _within_bound(pools: Pools) -> dict[tuple[int, str], bool]:
+    """(model, node class) -> whether its pools are within the spread bound with a margin that float
+    summation order cannot cross (vectorised; ``_bound_spread`` skips those)."""
+    q = pools.q
+    lam, counts = pools.lam(), pools.counts()
+    load = (lam / (q.rho_max * q.mu)).T  # [k, j]
+    out = {}
+    for g in set(q.node_class):
+        nodes = [j for j in range(q.base.n_nodes) if q.node_class[j] == g]
+        need = np.ceil(load[:, nodes].sum(axis=1) - 1e-6)
+        have = counts[nodes].sum(axis=0)
+        for k, ok in enumerate((have <= need + 1).tolist()):
+            out[(k, g)] = ok
+    return out
 
 
 def _gather_with_room(pools: Pools, src: int, k: int, nodes: list[int]) -> bool:

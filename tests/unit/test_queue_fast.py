@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from solver import queue_fast
+from solver import queue_dual, queue_fast
 from solver.problem import Mode, build_problem
 from solver.queue_fast import free_pool_terms, objective_value, solve_nlp_fast
 from solver.queue_model import QueueProblem, build_queue_problem, solve_nlp
@@ -92,7 +92,9 @@ def test_an_uncongested_cluster_needs_no_ipopt() -> None:
     assert abs(_gap(q)) <= TOL
 
 
-def test_a_congested_cluster_solves_ipopt_on_its_full_nodes_only() -> None:
+def test_a_congested_cluster_solves_ipopt_on_its_full_nodes_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ipopt's path for R(S) (column generation, solver.queue_dual, proves it here first; switched off)."""
+    monkeypatch.setattr(queue_dual, "ENABLED", False)
     q = build_queue_problem(build_problem(thesis_instance(40, 10, 1), Mode.MODE1))
     fast = solve_nlp_fast(q)
     assert 0 < fast.columns < q.base.n_classes * q.base.n_nodes and fast.iterations > 0
