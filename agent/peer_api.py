@@ -32,6 +32,7 @@ from fastapi.responses import JSONResponse, Response
 from agent.identity import AuthError, Identity
 from agent.node import FencedError, UnknownModelError
 from agent.peer_gate import gate_tls
+from agent.rate_limit import SenderBuckets
 from agent.serving.provision import ROUTE_PROVISION, answer_provision
 from coordinator_election import (
     MAX_TERM_AHEAD,  # an election message may not push terms further than this past ours
@@ -44,6 +45,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+ELECTION_RATE = 5.0  # election messages per second one member may make us act on, past the burst
+ELECTION_BURST = 20
 PEER_URL = re.compile(r"https://[0-9.]{7,15}:[0-9]{1,5}")  # IPv4 peer listeners, as Discovery announces them
 
 
@@ -84,6 +87,10 @@ class _Signed:
 def create_peer_app(agent: NodeAgent, identity: Identity) -> FastAPI:
     """The peer-plane ASGI app of ``agent`` (no lifespan: the client app's lifespan runs the agent)."""
     app = FastAPI(title="peerserve peer plane", docs_url=None, redoc_url=None, openapi_url=None)
+    # an election message can make the leader take a new term (fsync and broadcast everywhere): per sender,
+    # ELECTION_BURST at once, then ELECTION_RATE a second (an election needs a few; a loop is answered 429)
+    election_buckets = SenderBuckets(ELECTION_RATE, ELECTION_BURST)
+    app.state.election_buckets = election_buckets
 
     async def authenticate(request: Request) -> tuple[_Signed, bytes]:
         declared = request.headers.get("content-length", "0")
@@ -176,6 +183,8 @@ def create_peer_app(agent: NodeAgent, identity: Identity) -> FastAPI:
             return reply.error(exc.status, f"malformed election message: {exc}")
         if post.node != reply.sender:
             return reply.error(403, f"{reply.sender} cannot speak for {post.node} in an election")
+        if not election_buckets.allow(reply.sender, agent.clock()):
+            return reply.error(429, f"{reply.sender} sends election messages faster than {ELECTION_RATE:g}/s")
         if post.term > lead.term + MAX_TERM_AHEAD:
             return reply.error(409, f"term {post.term} is too far ahead of ours ({lead.term})", term=lead.term)
         if reply.sender not in {m.node_id for m in agent.peers.members() if m.status != "dead"}:

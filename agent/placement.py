@@ -101,7 +101,7 @@ def parse_node_report(stats_node: Mapping[str, Any], stats_models: Mapping[str, 
         instances=counts,
         usage={str(m): dict(v) for m, v in stats_models.get("models", {}).items()},
         ready=ready,
-        cores=_positive(stats_node.get("cores")),
+        cores=_cores(stats_node.get("cores")),
         load_per_cpu=_positive(stats_node.get("load_per_cpu"), zero=True),
     )
 
@@ -112,6 +112,16 @@ def _positive(value: Any, zero: bool = False) -> float | None:
         return None
     x = float(value)
     return x if math.isfinite(x) and (x > 0 or (zero and x == 0)) else None
+
+
+MIN_CORES, MAX_CORES = 1 / 64, 4096.0  # solver.snapshot's bounds (not imported: followers carry no numpy)
+
+
+def _cores(value: Any) -> float | None:
+    """A peer's reported cores within the snapshot's bounds (outside them: unknown, no limit assumed; one peer's
+    out-of-range figure must not make the whole round's snapshot invalid)."""
+    x = _positive(value)
+    return x if x is not None and MIN_CORES <= x <= MAX_CORES else None
 
 
 def parse_request(raw: Mapping[str, Any]) -> RequestRecord:

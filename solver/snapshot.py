@@ -224,13 +224,16 @@ def _parse_node(raw: Any, where: str) -> Node:
     )
 
 
+MIN_CORES, MAX_CORES = 1 / 64, 4096.0  # a node's parallel capacity (1e-300 divided by zero in repair)
+
+
 def _cores(v: Any, where: str) -> float | None:
-    """A node's parallel capacity: absent (null) or a positive number."""
+    """A node's parallel capacity: absent (null) or a number in [MIN_CORES, MAX_CORES]."""
     if v is None:
         return None
     x = _number(v, where)
-    if x <= 0:
-        raise SnapshotError(where, "must be positive (or absent: no limit)")
+    if not MIN_CORES <= x <= MAX_CORES:
+        raise SnapshotError(where, f"must be within {MIN_CORES:g}-{MAX_CORES:g} (or absent: no limit)")
     return x
 
 

@@ -258,3 +258,21 @@ def test_without_repairs_core_checks_the_busy_work_check_fails(monkeypatch: pyte
     monkeypatch.setattr(queue_repair, "core_room", lambda lam, *_: np.full(lam.shape[0], np.inf))
     monkeypatch.setattr(queue_repair, "over_cores", lambda lam, *_: np.zeros(lam.shape[0], dtype=bool))
     assert over(repair(q, nlp.x, nlp.r, nlp.n))
+
+
+def test_reported_cores_are_bounded_at_the_edge_and_in_the_snapshot() -> None:
+    """A peer's 1e-300 cores divided by zero in repair: the agent drops an out-of-range report (no limit
+    assumed), the snapshot refuses it, and the two bounds agree."""
+    from agent import placement
+    from solver import snapshot
+    from solver.errors import SnapshotError
+
+    assert (placement.MIN_CORES, placement.MAX_CORES) == (snapshot.MIN_CORES, snapshot.MAX_CORES)
+    base = {"node_id": "n", "mem_available_mb": 1000, "mem_total_mb": 2000, "compute": 4, "instances": []}
+    for bad in (1e-300, 0, -1, 1e9, float("nan")):
+        assert placement.parse_node_report({**base, "cores": bad}, {"models": {}}).cores is None
+    assert placement.parse_node_report({**base, "cores": 2}, {"models": {}}).cores == 2.0
+    snap = {"nodes": [{"id": "n", "mem_available_mb": 100.0, "mem_total_mb": 200.0, "compute": 1.0, "cores": 1e-300}],
+            "models": [], "requests": []}  # fmt: skip
+    with pytest.raises(SnapshotError):
+        snapshot.Snapshot.from_dict(snap)
