@@ -14,7 +14,12 @@
    Ipopt only where it gives no proof); "integer ms" the rest (repair, solver.queue_close_fast, the plan);
    "Ipopt" how many of the instances still needed Ipopt.
 
-    .venv/bin/python bench/queue_bench.py [--seeds N] [--solve-only] [--proven-cg] [--json]
+   ``--cores N`` gives every node of the solve-time snapshots N cores (where it declares none): the
+   agent's case (every live agent reports its cores). ``--reference-closing`` closes pools with
+   solver.queue_close's reference pass instead of the fast one (the "before" of the fast pass).
+
+    .venv/bin/python bench/queue_bench.py [--seeds N] [--solve-only] [--proven-cg] [--cores N]
+                                          [--reference-closing] [--json]
 """
 
 from __future__ import annotations
@@ -49,8 +54,16 @@ def timed(snapshot: Snapshot, objective: str, mode: str) -> tuple[float, float, 
     return elapsed, float(plan.details.get("relaxation_ms", 0.0)), int(plan.details.get("iterations", 0))
 
 
-def solve_times(seeds: int) -> list[dict[str, Any]]:
-    """Median CPU ms per (size, mode) for both objectives on the same snapshots."""
+def with_cores(snapshot: Snapshot, cores: float | None) -> Snapshot:
+    """The snapshot with ``cores`` cores on every node that declares none (unchanged for None)."""
+    if cores is None:
+        return snapshot
+    nodes = tuple(n if n.cores is not None else dataclasses.replace(n, cores=cores) for n in snapshot.nodes)
+    return dataclasses.replace(snapshot, nodes=nodes)
+
+
+def solve_times(seeds: int, cores: float | None = None) -> list[dict[str, Any]]:
+    """Median CPU ms per (size, mode) for both objectives on the same snapshots (``cores``: ``with_cores``)."""
     warm = thesis_instance(25, 10, 0)
     for objective in ("thesis", "queue", "queue-p99"):
         solve(warm, objective=objective)
@@ -63,6 +76,7 @@ def solve_times(seeds: int) -> list[dict[str, Any]]:
         for r, n in SIZES
     ]
     for label, snaps, modes in cases:
+        snaps = [with_cores(s, cores) for s in snaps]
         for mode in modes:
             lp = statistics.median(cpu_ms(s, "thesis", mode) for s in snaps)
             queue = [timed(s, "queue", mode) for s in snaps]
@@ -135,13 +149,21 @@ def main() -> None:
     ap.add_argument("--solve-only", action="store_true", help="solve times only (skip the workload runs)")
     ap.add_argument("--proven-cg", action="store_true",
                     help="binding nodes by solver.queue_dual's column generation (default: Ipopt)")  # fmt: skip
+    ap.add_argument("--cores", type=float, default=None, metavar="N",
+                    help="give every node of the solve-time snapshots N cores where it declares none")  # fmt: skip
+    ap.add_argument("--reference-closing", action="store_true",
+                    help="close pools with solver.queue_close's reference pass, not the fast one")  # fmt: skip
     args = ap.parse_args()
+    if args.reference_closing:
+        from solver import queue_close, queue_plan
+
+        queue_plan.close_pools_fast = queue_close.close_pools  # type: ignore[assignment]
     if args.proven_cg:
         from solver import queue_dual
 
         queue_dual.ENABLED = True
     tune_solver_process()
-    times = solve_times(args.seeds)
+    times = solve_times(args.seeds, args.cores)
     loads = [] if args.solve_only else workloads()
     if args.json:
         print(json.dumps({"solve": times, "summary": summary(times), "workload": loads}, indent=1))

@@ -15,6 +15,12 @@ equal). What changes is the cost of a pass:
   that model has open pools, change (a version counter per model instead of a copy of its rates).
 
 Moves pass the screen rarely; those are checked as the reference checks them.
+
+Nodes with ``cores`` (solver.node_cpu) are handled as the reference handles them: a destination needs
+core room for the rate it takes (the try's busy work kept per node), a try fails where a touched node's
+busy work ends over ``rho_max`` of its cores, and the objective change counts the other models' pools
+on a touched node whose instance total changes while it exceeds the node's cores (their effective
+servers change with it).
 """
 
 from __future__ import annotations
@@ -26,13 +32,16 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from solver.node_cpu import TOL as CORE_TOL
+from solver.node_cpu import busy, over_cores
 from solver.problem import FloatArray, IntArray
-from solver.queue_close import MOVE_CANDIDATES, close_pools, integer_objective
+from solver.queue_close import MOVE_CANDIDATES, integer_objective
 from solver.queue_repair import TINY, Pools, needed
 
 log = logging.getLogger(__name__)
 
 CHECK_BUDGETS = True  # a try's memory and compute check (switched off only to show the equality test failing)
+CHECK_CORES = True  # a try's core-room and busy-work check (likewise)
 BoolArray = npt.NDArray[np.bool_]
 
 
@@ -55,14 +64,27 @@ class _Static:
         self.rho, self.beta = q.rho_max, q.instance_cost
         self.top: list[list[float]] = (q.rho_max * q.mu).T.tolist()  # [k][j] req/s one instance takes at rho_max
         self.groups = [np.flatnonzero(pools.node_group == g).tolist() for g in range(int(pools.node_group.max()) + 1)]
+        self.cores: list[float] = np.asarray(pools.cores, dtype=float).tolist()
+        self.core_room: list[float] = (q.rho_max * np.asarray(pools.cores, dtype=float)).tolist()  # [j] busy-work cap
+        self.core_limit = [r * (1 + CORE_TOL) + CORE_TOL for r in self.core_room]  # as node_cpu.over_cores
 
-    def term(self, j: int, k: int, lam: float, n: int) -> float:
-        """Pool (j, k)'s part of the integer objective at rate ``lam`` on ``n`` instances."""
+    def share(self, j: int, total: int) -> float:
+        """Each instance's share of a core on node j running ``total`` instances (``effective_servers``)."""
+        cores = self.cores[j]
+        return cores / total if total > cores else 1.0
+
+    def term(self, j: int, k: int, lam: float, n: int, share: float = 1.0) -> float:
+        """Pool (j, k)'s part of the integer objective at rate ``lam`` on ``n`` instances, each with
+        ``share`` of a server."""
         if n <= 0:
             return 0.0
+        return self.beta * max(n - self.free[k][j], 0) + self.wait(j, k, lam, n * share)
+
+    def wait(self, j: int, k: int, lam: float, servers: float) -> float:
+        """Pool (j, k)'s M/M/1 wait term at rate ``lam`` on ``servers`` effective servers."""
         mu = self.mu[k][j]
-        t = min(lam / n, self.rho * mu)
-        return self.beta * max(n - self.free[k][j], 0) + lam * (1000.0 / (mu - t) - self.service[k][j])
+        t = min(lam / servers, self.rho * mu)
+        return lam * (1000.0 / (mu - t) - self.service[k][j])
 
 
 class _View:
@@ -75,7 +97,11 @@ class _View:
         new = np.maximum(self.counts - p.free, 0)
         self.mem_used, self.comp_used = new @ p.mem, new @ p.comp
         over = (self.mem_used > p.mem_budget + TINY) | (self.comp_used > p.comp_budget + TINY)
+        over |= over_cores(self.lam, pools.q.mu, pools.cores, pools.q.rho_max)
         self.over = set(np.flatnonzero(over).tolist())
+        self.busy: list[float] = busy(self.lam, pools.q.mu).tolist()  # [j] seconds of service per second
+        self.total: list[int] = self.counts.sum(axis=1).tolist()  # [j] instances on the node
+        self.lam_j, self.cnt_j = self.lam.tolist(), self.counts.tolist()  # [j][k]
         self.before = integer_objective(pools)
         self.tol = 1e-9 * max(1.0, abs(self.before))
         self.lam_k, self.cnt_k = self.lam.T.tolist(), self.counts.T.tolist()  # [k][j]
@@ -92,12 +118,7 @@ class _View:
 
 
 def close_pools_fast(pools: Pools) -> int:
-    """``queue_close.close_pools``'s passes until neither applies; returns how many pools closed or moved.
-
-    Where a node's instances share its cores (``pools.cores`` finite), the reference pass runs: its checks
-    and objective count them, these do not."""
-    if np.isfinite(np.asarray(getattr(pools, "cores", math.inf), dtype=float)).any():
-        return close_pools(pools)
+    """``queue_close.close_pools``'s passes until neither applies; returns how many pools closed or moved."""
     if pools.x.size == 0:
         return 0
     static = _Static(pools)
@@ -185,9 +206,9 @@ def _try_close(pools: Pools, static: _Static, view: _View, j: int, k: int) -> li
     col = pools.x[:, j].tolist()
     lam, cnt = list(view.lam_k[k]), list(view.cnt_k[k])
     cap, free = static.cap[k], static.free[k]
-    used = {o: list(view.used[o]) for o in view.open[k]}
+    used = {o: [*view.used[o], view.busy[o]] for o in view.open[k]}
     open_ = [o for o in view.open[k] if o != j]
-    mem_k, comp_k, costs = static.mem[k], static.comp[k], static.cost
+    mem_k, comp_k, costs, mu = static.mem[k], static.comp[k], static.cost, static.mu[k]
     moves: list[tuple[int, int, float]] = []
     delta = 0.0
     for c in static.classes[k]:
@@ -201,6 +222,7 @@ def _try_close(pools: Pools, static: _Static, view: _View, j: int, k: int) -> li
         delta += amount * (costs[c][dst] - costs[c][j])
         for o, change in ((j, -amount), (dst, amount)):
             lam[o] += change
+            used[o][2] += change / mu[o]
             after = math.ceil(lam[o] / cap[o] - 1e-9) if lam[o] > 0 else 0
             grown = max(after - free[o], 0) - max(cnt[o] - free[o], 0)
             if grown:
@@ -208,23 +230,42 @@ def _try_close(pools: Pools, static: _Static, view: _View, j: int, k: int) -> li
                 used[o][1] += grown * comp_k
             cnt[o] = after
     touched = {j} | {dst for _, dst, _ in moves}
-    if view.over - touched or (CHECK_BUDGETS and any(_over(static, o, used[o]) for o in touched)):
+    if view.over - touched or any(_over(static, o, used[o]) for o in touched):
         return None
     if _spread_excess(static, k, lam, cnt):
         return None
-    k_lam, k_cnt = view.lam_k[k], view.cnt_k[k]
-    for o in touched:
-        delta += static.term(o, k, lam[o], cnt[o]) - static.term(o, k, k_lam[o], k_cnt[o])
+    delta += _terms_change(static, view, k, touched, lam, cnt)
     return moves if delta <= view.tol else None
+
+
+def _terms_change(static: _Static, view: _View, k: int, touched: set[int], lam: list[float], cnt: list[int]) -> float:
+    """The change in the pool terms of the integer objective when model k's rates and counts on the
+    ``touched`` nodes become ``lam`` and ``cnt``: model k's pools there, and where a node's instance total
+    changes its cores' share, every other pool on it."""
+    k_lam, k_cnt = view.lam_k[k], view.cnt_k[k]
+    delta = 0.0
+    for o in sorted(touched):
+        total = view.total[o]
+        was, now = static.share(o, total), static.share(o, total - k_cnt[o] + cnt[o])
+        delta += static.term(o, k, lam[o], cnt[o], now) - static.term(o, k, k_lam[o], k_cnt[o], was)
+        if now == was:
+            continue
+        row_lam, row_cnt = view.lam_j[o], view.cnt_j[o]
+        for k2, n2 in enumerate(row_cnt):
+            if k2 != k and n2 > 0:
+                delta += static.wait(o, k2, row_lam[k2], n2 * now) - static.wait(o, k2, row_lam[k2], n2 * was)
+    return delta
 
 
 def _destination(
     static: _Static, c: int, k: int, amount: float, open_: list[int], lam: list[float], cnt: list[int], used: Any
 ) -> int | None:
-    """``Pools.best_destination(open_only=True)`` on lists: a pool that needs no new instance first, then cheapest."""
-    cap, free, cost = static.cap[k], static.free[k], static.cost[c]
+    """``Pools.best_destination(open_only=True)`` on lists: a pool that needs no new instance first, then cheapest.
+
+    ``used[o]``: node o's memory, compute and busy work in use at the try's current rates."""
+    cap, free, cost, mu = static.cap[k], static.free[k], static.cost[c], static.mu[k]
     mem_k, comp_k, mem_b, comp_b = static.mem[k], static.comp[k], static.mem_budget, static.comp_budget
-    check = CHECK_BUDGETS
+    check, cores, room = CHECK_BUDGETS, CHECK_CORES, static.core_room
     stays = fits = -1
     stays_cost = fits_cost = math.inf
     for o in open_:
@@ -233,6 +274,8 @@ def _destination(
         grown = (after - f if after > f else 0) - (cnt[o] - f if cnt[o] > f else 0)
         u = used[o]
         if check and (u[0] + grown * mem_k > mem_b[o] + TINY or u[1] + grown * comp_k > comp_b[o] + TINY):
+            continue
+        if cores and not room[o] - u[2] >= amount / mu[o] * (1 + 1e-9):
             continue
         co = cost[o]
         if co < fits_cost or fits < 0:
@@ -243,7 +286,10 @@ def _destination(
 
 
 def _over(static: _Static, o: int, used: list[float]) -> bool:
-    return used[0] > static.mem_budget[o] + TINY or used[1] > static.comp_budget[o] + TINY
+    """Whether node o's memory, compute (``used[0]``, ``used[1]``) or busy work (``used[2]``) is over budget."""
+    if CHECK_BUDGETS and (used[0] > static.mem_budget[o] + TINY or used[1] > static.comp_budget[o] + TINY):
+        return True
+    return CHECK_CORES and used[2] > static.core_limit[o]
 
 
 def _spread_excess(static: _Static, k: int, lam: list[float], cnt: list[int]) -> bool:
@@ -301,8 +347,10 @@ def _move_one(pools: Pools, static: _Static, view: _View) -> int | None:
 def _try_move(pools: Pools, static: _Static, view: _View, j: int, k: int, dst: int) -> bool:
     """Move pool (j, k) whole to ``dst`` if the budgets and the spread bound hold and the objective falls."""
     lam, cnt = list(view.lam_k[k]), list(view.cnt_k[k])
-    cap, free = static.cap[k], static.free[k]
-    used = {o: list(view.used[o]) for o in (j, dst)}
+    cap, free, mu = static.cap[k], static.free[k], static.mu[k]
+    used = {o: [*view.used[o], view.busy[o]] for o in (j, dst)}
+    used[dst][2] += lam[j] / mu[dst]
+    used[j][2] -= lam[j] / mu[j]
     lam[dst] += lam[j]
     lam[j] = 0.0
     for o in (j, dst):
@@ -311,15 +359,14 @@ def _try_move(pools: Pools, static: _Static, view: _View, j: int, k: int, dst: i
         used[o][0] += grown * static.mem[k]
         used[o][1] += grown * static.comp[k]
         cnt[o] = after
-    if view.over - {j, dst} or (CHECK_BUDGETS and any(_over(static, o, used[o]) for o in (j, dst))):
+    if view.over - {j, dst} or any(_over(static, o, used[o]) for o in (j, dst)):
         return False
     if _spread_excess(static, k, lam, cnt):
         return False
     col = pools.x[:, j]
     members = [c for c in static.classes[k] if col[c] > 0]
     delta = sum(float(col[c]) * (static.cost[c][dst] - static.cost[c][j]) for c in members)
-    for o in (j, dst):
-        delta += static.term(o, k, lam[o], cnt[o]) - static.term(o, k, view.lam_k[k][o], view.cnt_k[k][o])
+    delta += _terms_change(static, view, k, {j, dst}, lam, cnt)
     if delta >= -view.tol:
         return False
     pools.x[members, dst] += pools.x[members, j]

@@ -19,8 +19,12 @@ from solver.queue_repair import Pools, repair
 from solver.simulate import thesis_instance
 from solver.snapshot import Snapshot
 from solver.tail_cap import with_tail_cap
+from tests.unit.test_node_cores import with_cores
 from tests.unit.test_queue_fast import _with_running
 from tests.unit.test_solver_queue_placement import check, instances
+
+CORES = (1.0, 2.0, 3.0, 4.0)  # per node, drawn; the small ones saturate under the thesis's loads
+CORE_CASES = [(20, 5, 3, Mode.MODE2), (30, 5, 1, Mode.MODE1)]  # saturated nodes where closing must check cores
 
 
 def _both(q: QueueProblem, reference_form: bool = False) -> tuple[Pools, Pools, int, int]:
@@ -37,14 +41,19 @@ def _same_or_better(ref: Pools, fast: Pools, ref_steps: int, fast_steps: int) ->
     if fast_steps == ref_steps and np.allclose(fast.x, ref.x, rtol=0.0, atol=1e-9):
         return
     check(fast)
+    assert not fast.over_budget(fast.counts())  # memory, compute and every node's cores
     np.testing.assert_allclose(fast.rejected, ref.rejected)
     before = integer_objective(ref)
     assert integer_objective(fast) <= before + 1e-9 * max(1.0, abs(before))
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True)
-@given(instances(), st.sampled_from([Mode.MODE1, Mode.MODE2]), st.booleans())
-def test_fast_closing_equals_the_reference_on_random_clusters(snap: Snapshot, mode: Mode, tail: bool) -> None:
+@given(instances(), st.sampled_from([Mode.MODE1, Mode.MODE2]), st.booleans(), st.integers(-1, 10_000))
+def test_fast_closing_equals_the_reference_on_random_clusters(
+    snap: Snapshot, mode: Mode, tail: bool, cores: int
+) -> None:
+    """``cores``: the seed of every node's drawn core count (-1: no cores, the model without them)."""
+    snap = with_cores(snap, cores, CORES) if cores >= 0 else snap
     q = build_queue_problem(build_problem(snap, mode))
     q = with_tail_cap(q) if tail else q
     ref, fast, ref_steps, fast_steps = _both(q, reference_form=True)
@@ -59,12 +68,14 @@ def test_fast_closing_equals_the_reference_on_random_clusters(snap: Snapshot, mo
     mode=st.sampled_from([Mode.MODE1, Mode.MODE2]),
     running=st.booleans(),
     tail=st.booleans(),
+    cores=st.booleans(),
 )
 def test_fast_closing_equals_the_reference_on_thesis_instances(
-    requests: int, nodes: int, seed: int, mode: Mode, running: bool, tail: bool
+    requests: int, nodes: int, seed: int, mode: Mode, running: bool, tail: bool, cores: bool
 ) -> None:
     snap = thesis_instance(requests, nodes, seed)
     snap = _with_running(snap, seed) if running else snap
+    snap = with_cores(snap, seed, CORES) if cores else snap
     q = build_queue_problem(build_problem(snap, mode))
     q = with_tail_cap(q) if tail else q
     ref, fast, ref_steps, fast_steps = _both(q)
@@ -98,17 +109,21 @@ def test_the_equality_check_fails_when_the_fast_budget_check_is_off(
         _same_or_better(ref, fast, ref_steps, fast_steps)
 
 
-def test_nodes_with_cores_take_the_reference_pass(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Pools that know their nodes' cores (instances sharing them) are closed by the reference pass, whose
-    checks count the cores; the fast one does not."""
-    q = build_queue_problem(build_problem(thesis_instance(25, 10, 0), Mode.MODE2))
-    calls: list[int] = []
-    monkeypatch.setattr(queue_close_fast, "close_pools", lambda pools: calls.append(1) or 0)
-    fast = repair(q, *_relaxed(q))
-    fast.cores = np.full(q.base.n_nodes, 2.0)  # type: ignore[attr-defined]
-    assert close_pools_fast(fast) == 0 and calls == [1]
-    fast.cores = np.full(q.base.n_nodes, np.inf)  # type: ignore[attr-defined]
-    assert close_pools_fast(fast) > 0 and calls == [1]
+@pytest.mark.parametrize(("requests", "nodes", "seed", "mode"), CORE_CASES)
+def test_the_equality_check_fails_when_the_fast_core_check_is_off(
+    monkeypatch: pytest.MonkeyPatch, requests: int, nodes: int, seed: int, mode: Mode
+) -> None:
+    """On nodes whose cores are full, the fast pass (no hand-off to the reference) matches the reference;
+    without its core-room check it closes pools into nodes whose cores cannot take the rate."""
+    q = build_queue_problem(build_problem(with_cores(thesis_instance(requests, nodes, seed), seed, CORES), mode))
+    ref, fast, ref_steps, fast_steps = _both(q)
+    assert ref_steps > 0 and np.isfinite(fast.cores).all()
+    _same_or_better(ref, fast, ref_steps, fast_steps)
+    monkeypatch.setattr(queue_close_fast, "CHECK_CORES", False)
+    ref, fast, ref_steps, fast_steps = _both(q)
+    assert fast.over_budget(fast.counts())
+    with pytest.raises(AssertionError):
+        _same_or_better(ref, fast, ref_steps, fast_steps)
 
 
 def _relaxed(q: QueueProblem) -> tuple[np.ndarray, np.ndarray]:
