@@ -31,6 +31,10 @@ FLAGS: list[tuple[str, dict[str, Any]]] = [
     ("--node-class", {"help": "node class for the catalogue's execution-time profiles (e.g. xavier-nx)"}),
     ("--compute", {"type": float, "help": "compute capacity in the catalogue's units (default 100)"}),
     (
+        "--cores",
+        {"type": float, "help": "cores (or GPU streams) the node's model servers share; 0: os.cpu_count() (default)"},
+    ),
+    (
         "--provision-wait-s",
         {"type": float, "help": "how long a request waits for on-demand provisioning (default 10)"},
     ),

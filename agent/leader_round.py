@@ -438,8 +438,10 @@ class LeaderRound:
             return []
         if isinstance(e, Acknowledged):
             r.delivered += 1
-        elif isinstance(e, Fenced):
-            self.fenced_at = max(e.highest, self.fenced_at or 0)  # no new rounds until elected again
+        elif isinstance(e, Fenced) and e.highest > (self.term or 0):
+            self.fenced_at = max(e.highest, self.fenced_at or 0)  # a newer term exists: no rounds until elected again
+        elif isinstance(e, Fenced):  # refused at or below our term (a member that follows no one yet, or lies):
+            self.intent.pop(e.node, None)  # that node alone is not commanded this round; the cluster goes on
         elif e.transient and r.attempts[e.node] < self.config.max_attempts:
             r.retry_at[e.node] = e.now + self.config.retry_base_s * 2 ** (r.attempts[e.node] - 1)
             return []

@@ -81,11 +81,14 @@ class Leadership:
         config = ElectionConfig(heartbeat_s=s.election_heartbeat_s, election_timeout_s=s.election_timeout_s,
                                 lease_s=s.election_timeout_s + GOSSIP_LEASE_SLACK_S)  # fmt: skip
         term, vote = agent.store.election_state()
+        accepted = agent.store.election_accepted()  # the one leader this node obeys in ``term``
+        if accepted is None and agent.store.highest_term() == term:  # a store written before it was persisted
+            accepted = agent.store.term_leader()
         if agent.store.highest_term() > term:  # a leader's command told us of a newer term: we hold no vote in it
-            term, vote = agent.store.highest_term(), None
+            term, vote, accepted = agent.store.highest_term(), None, agent.store.term_leader()
         join_by = monotonic() + JOIN_WAIT_S if s.seed_urls else -1e18  # joining through seeds: no leader of one
         self.machine = Election(s.node_id, self.priority, config, now=monotonic(), term=term, vote=vote,
-                                known=frozenset(known), join_by=join_by)  # fmt: skip
+                                known=frozenset(known), join_by=join_by, accepted=accepted)  # fmt: skip
         hold = HoldConfig(
             s.placement_hold, s.placement_hold_margin, s.placement_hold_start_ms, s.placement_min_dwell_s,
             per_model=s.placement_hold_per_model,
@@ -110,6 +113,11 @@ class Leadership:
     @property
     def term(self) -> int:
         return self.machine.term
+
+    @property
+    def accepted(self) -> str | None:
+        """The one leader this node accepts (obeys) in ``term``, if any: the fencing pair is (term, accepted)."""
+        return self.machine.accepted
 
     @property
     def is_leader(self) -> bool:
@@ -171,7 +179,7 @@ class Leadership:
         urls = {m.node_id: m.api_url for m in self.agent.peers.members() if m.status != "dead"}
         for action in actions:
             if isinstance(action, Persist):  # first in the list: durable before anything below goes out
-                self.agent.store.save_election_state(action.term, action.vote)
+                self.agent.store.save_election_state(action.term, action.vote, action.leader)
             elif isinstance(action, Send):
                 if action.to in urls:
                     self._spawn(self._post(urls[action.to], action.message))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -550,6 +551,9 @@ class NodeAgent:
             "node_id": s.node_id,
             "node_class": s.node_class,
             "compute": s.compute,
+            "cores": s.cores or float(os.cpu_count() or 1),
+            # runnable threads per CPU of this machine: how much contention stretches a service time here
+            "load_per_cpu": round(os.getloadavg()[0] / (os.cpu_count() or 1), 3),
             "api_url": s.api_url,
             **self.node_metrics().to_dict(),
             "instances": [
@@ -594,4 +598,7 @@ class NodeAgent:
                 m: {"failures": h.failures, "error": h.last_error, "retry_at": h.next_try}
                 for m, h in self.health.items()
             },
+            # request records the log could not keep (its write queue was full: the disk fell behind); not an error
+            # of this agent's serving, but the leader's statistics miss them
+            "request_log": {"dropped": self.store.dropped},
         }

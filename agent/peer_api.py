@@ -34,8 +34,12 @@ from agent.identity import AuthError, Identity
 from agent.node import FencedError, UnknownModelError
 from agent.peer_gate import gate_tls
 from agent.peer_swim_route import SwimRoute
+from agent.rate_limit import SenderBuckets
 from agent.serving.provision import ROUTE_PROVISION, answer_provision
-from coordinator_election import MAX_TERM_AHEAD  # an election message may not push terms further than this past ours
+from coordinator_election import (
+    MAX_TERM_AHEAD,  # an election message may not push terms further than this past ours
+    fencing,
+)
 from peerserve import wire
 
 if TYPE_CHECKING:
@@ -43,6 +47,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+ELECTION_RATE = 5.0  # election messages per second one member may make us act on, past the burst
+ELECTION_BURST = 20
 PEER_URL = re.compile(r"https://[0-9.]{7,15}:[0-9]{1,5}")  # IPv4 peer listeners, as Discovery announces them
 
 
@@ -52,10 +58,7 @@ def command_refusal(sender: str, cmd: wire.DesiredCommand, accepted: tuple[int, 
         return f"{sender} cannot send commands in the name of {cmd.leader}"
     if accepted is None:  # no election here (discovery off): any admitted node, fenced by term
         return None
-    term, leader = accepted
-    if cmd.term != term or leader != sender:
-        return f"{sender} is not the leader this node accepts for term {cmd.term} (it follows {leader} at {term})"
-    return None
+    return fencing.command_refusal(cmd.term, sender, *accepted)
 
 
 def capacity_refusal(cmd: wire.DesiredCommand, mem_total_mb: float, mem_need: dict[str, float]) -> str | None:
@@ -87,6 +90,10 @@ def create_peer_app(agent: NodeAgent, identity: Identity) -> FastAPI:
     """The peer-plane ASGI app of ``agent`` (no lifespan: the client app's lifespan runs the agent)."""
     app = FastAPI(title="peerserve peer plane", docs_url=None, redoc_url=None, openapi_url=None)
     app.add_middleware(SwimRoute, agent=agent, identity=identity)  # POST /peer/swim, without the framework
+    # an election message can make the leader take a new term (fsync and broadcast everywhere): per sender,
+    # ELECTION_BURST at once, then ELECTION_RATE a second (an election needs a few; a loop is answered 429)
+    election_buckets = SenderBuckets(ELECTION_RATE, ELECTION_BURST)
+    app.state.election_buckets = election_buckets
 
     async def authenticate(request: Request) -> tuple[_Signed, bytes]:
         declared = request.headers.get("content-length", "0")
@@ -165,6 +172,8 @@ def create_peer_app(agent: NodeAgent, identity: Identity) -> FastAPI:
             return reply.error(exc.status, f"malformed election message: {exc}")
         if post.node != reply.sender:
             return reply.error(403, f"{reply.sender} cannot speak for {post.node} in an election")
+        if not election_buckets.allow(reply.sender, agent.clock()):
+            return reply.error(429, f"{reply.sender} sends election messages faster than {ELECTION_RATE:g}/s")
         if post.term > lead.term + MAX_TERM_AHEAD:
             return reply.error(409, f"term {post.term} is too far ahead of ours ({lead.term})", term=lead.term)
         if reply.sender not in {m.node_id for m in agent.peers.members() if m.status != "dead"}:
@@ -180,7 +189,11 @@ def create_peer_app(agent: NodeAgent, identity: Identity) -> FastAPI:
         except wire.WireError as exc:
             return reply.error(exc.status, f"invalid desired set: {exc}")
         lead = agent.leadership
-        why = command_refusal(reply.sender, cmd, (lead.term, lead.leader) if lead is not None else None)
+        if lead is None and agent.discovery is not None:  # starting: until the election runs, no one is obeyed
+            return reply.error(
+                503, "the election is not running yet on this node", highest_term=agent.store.highest_term()
+            )
+        why = command_refusal(reply.sender, cmd, (lead.term, lead.accepted) if lead is not None else None)
         if why is not None:
             return reply.error(409, why, highest_term=agent.store.highest_term())
         need = {m: s.mem_mb for m, s in agent.catalogue.current.models.items()}

@@ -17,14 +17,24 @@ requests that found the instance idle, and the queue model adds the queueing del
 times for the queue objective come from the same quantile; the thesis objective keeps the median. A node
 without measurements of a model is priced at the catalogue's figure scaled by what its class's measured
 nodes show (``class_scale``), so unmeasured nodes do not look better than measured ones of the same kind.
+
+A node's instances share its cores (``cores``, reported by the agent: its setting or os.cpu_count()), and
+the queue model limits each node's busy work to them (solver.node_cpu). On a saturated node even an idle
+instance's request waits for a CPU, so every measured latency is stretched by the contention; the
+leader divides it out (``contention``: the machine's runnable threads per CPU, 1-minute load average
+over ``os.cpu_count()``, 1 to ``MAX_SLOWDOWN``; per machine, not per configured ``cores``, since agents
+sharing one machine, as in bench/load_bench.py, share its CPUs) and the queue model counts the load.
+More instances on a saturated node is never the plan's answer: the core row caps them whatever the
+measurements say.
 """
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from agent.catalogue import Catalogue
 from agent.decisions import UNKNOWN_RTT_MS
@@ -33,6 +43,11 @@ MIN_LATENCY_SAMPLES = 5  # fewer measured proxy latencies than this: trust the c
 SERVICE_QUANTILE = 0.2  # the service-time estimate: at utilisation <= 0.8 at least this share waits for nothing
 SITE_RTT_MS = 2.0  # clients whose RTTs to every node fall in the same 2 ms bucket form one site
 MAX_SITES = 256  # (site, model) streams; past it buckets widen (2,000 made-up sites: a 25 s solve)
+MAX_SLOWDOWN = 8.0  # the most contention divided out of a node's measured service times
+# (client, model) streams under the thesis objective (one instance each, the thesis's largest table is 1,000
+# requests): past it the busiest streams in the window are kept (2,000 made-up client ids: an 8 s solve)
+MAX_THESIS_STREAMS = 1000
+_Stream = TypeVar("_Stream", bound=Mapping[str, Any])
 
 
 @dataclass(frozen=True)
@@ -47,6 +62,14 @@ class NodeReport:
     instances: Mapping[str, int]
     usage: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     ready: Mapping[str, int] = field(default_factory=dict)
+    cores: float | None = None  # the parallel capacity its instances share (None: an agent that does not say)
+    load_per_cpu: float | None = None  # runnable threads per CPU of its machine, 1-minute average (None: unknown)
+
+    def contention(self) -> float:
+        """How much a saturated machine stretches a service time: runnable threads per CPU, in [1, MAX_SLOWDOWN]."""
+        if self.load_per_cpu is None:
+            return 1.0
+        return min(max(self.load_per_cpu, 1.0), MAX_SLOWDOWN)
 
 
 @dataclass(frozen=True)
@@ -78,7 +101,27 @@ def parse_node_report(stats_node: Mapping[str, Any], stats_models: Mapping[str, 
         instances=counts,
         usage={str(m): dict(v) for m, v in stats_models.get("models", {}).items()},
         ready=ready,
+        cores=_cores(stats_node.get("cores")),
+        load_per_cpu=_positive(stats_node.get("load_per_cpu"), zero=True),
     )
+
+
+def _positive(value: Any, zero: bool = False) -> float | None:
+    """A finite positive float (or zero, where allowed) from a report's optional field; None otherwise."""
+    if value is None or isinstance(value, bool):
+        return None
+    x = float(value)
+    return x if math.isfinite(x) and (x > 0 or (zero and x == 0)) else None
+
+
+MIN_CORES, MAX_CORES = 1 / 64, 4096.0  # solver.snapshot's bounds (not imported: followers carry no numpy)
+
+
+def _cores(value: Any) -> float | None:
+    """A peer's reported cores within the snapshot's bounds (outside them: unknown, no limit assumed; one peer's
+    out-of-range figure must not make the whole round's snapshot invalid)."""
+    x = _positive(value)
+    return x if x is not None and MIN_CORES <= x <= MAX_CORES else None
 
 
 def parse_request(raw: Mapping[str, Any]) -> RequestRecord:
@@ -106,6 +149,8 @@ def build_snapshot(
     records = list(records)
     ids = [n.node_id for n in nodes]
     known = set(catalogue.models)
+    queue_aware = objective in ("queue", "queue-p99")
+    slowdown = {n.node_id: n.contention() if queue_aware else 1.0 for n in nodes}
     streams: dict[tuple[str, str], dict[str, float]] = {}
     latencies: dict[tuple[str, str], list[float]] = {}
     for r in sorted(records, key=lambda r: r.ts):
@@ -114,10 +159,9 @@ def build_snapshot(
         rtts = streams.setdefault((r.client, r.model), {})
         rtts.update({n: v for n, v in r.rtt_ms.items() if n in ids})
         if r.node is not None and r.latency_ms is not None and 200 <= r.status < 300:
-            latencies.setdefault((r.node, r.model), []).append(r.latency_ms)
+            latencies.setdefault((r.node, r.model), []).append(r.latency_ms / slowdown.get(r.node, 1.0))
     classes = {n.node_id: n.node_class for n in nodes}
 
-    queue_aware = objective in ("queue", "queue-p99")
     scale = class_scale(latencies, classes, catalogue) if queue_aware else {}
 
     def exec_ms(node: str, model: str) -> float:
@@ -137,6 +181,8 @@ def build_snapshot(
     ]
     models = [{"name": m.name, "mem_mb": m.mem_mb, "compute": m.compute} for m in catalogue.models.values()]
     extra: dict[str, Any] = {}
+    if not queue_aware and len(requests) > MAX_THESIS_STREAMS:
+        requests = busiest_streams(requests, records_kept(records, known), MAX_THESIS_STREAMS)
     if queue_aware:
         if window_s is None or window_s <= 0:
             raise ValueError("the queue objective needs a positive window_s")
@@ -175,15 +221,26 @@ def build_snapshot(
         "models": models,
         "requests": requests,
     }
-    if objective in ("queue", "queue-p99"):
+    if queue_aware:
         for entry, n in zip(out["nodes"], nodes, strict=True):
             entry["node_class"] = n.node_class
+            if n.cores is not None:
+                entry["cores"] = n.cores
     return out
 
 
 def records_kept(records: Iterable[RequestRecord], known: set[str]) -> list[RequestRecord]:
     """The records that count as demand: known models, not failed by the cluster (503 counts)."""
     return [r for r in records if r.model in known and not (r.status >= 500 and r.status != 503)]
+
+
+def busiest_streams(requests: Sequence[_Stream], records: Iterable[RequestRecord], limit: int) -> list[_Stream]:
+    """The ``limit`` (client, model) streams with the most records in the window (ties: by client, model)."""
+    counts: dict[tuple[str, str], int] = {}
+    for r in records:
+        counts[(r.client, r.model)] = counts.get((r.client, r.model), 0) + 1
+    ranked = sorted(requests, key=lambda q: (-counts.get((q["client"], q["model"]), 0), q["client"], q["model"]))
+    return sorted(ranked[:limit], key=lambda q: (q["client"], q["model"]))
 
 
 def group_sites(

@@ -43,6 +43,7 @@ class Settings:
     cluster_token: str = ""
     node_class: str = "default"
     compute: float = 100.0
+    cores: float = 0.0  # parallel capacity the node's instances share (queue model); 0: os.cpu_count()
     docker_gpu: bool = False
     provision_wait_s: float = 10.0
     reconcile_interval_s: float = 2.0
@@ -155,6 +156,8 @@ def validate(s: Settings) -> None:
                  "probe_interval_s", "probe_timeout_s", "push_pull_interval_s"):  # fmt: skip
         if getattr(s, name) <= 0:
             raise ConfigError(name, "must be positive")
+    if not 0 <= s.cores < float("inf"):
+        raise ConfigError("cores", "must be a positive number of cores, or 0 for os.cpu_count()")
     if s.suspicion_mult < 1:
         raise ConfigError("suspicion_mult", "must be at least 1 (suspicion shorter than a period flaps)")
     if s.election_timeout_s <= 3 * s.election_heartbeat_s:

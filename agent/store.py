@@ -152,14 +152,20 @@ class Store:
         with self._lock:
             return int(self._get("election_term") or 0), self._get("election_vote") or None
 
-    def save_election_state(self, term: int, vote: str | None) -> None:
-        """Make (term, vote) durable before returning (WAL synced on this commit): persist before send."""
+    def election_accepted(self) -> str | None:
+        """The leader the election accepted for its persisted term (the one it obeys in that term), if any."""
+        with self._lock:
+            return self._get("election_leader") or None
+
+    def save_election_state(self, term: int, vote: str | None, leader: str | None = None) -> None:
+        """Make (term, vote, accepted leader) durable before returning (WAL synced): persist before send."""
         with self._lock:
             self._db.execute("PRAGMA synchronous=FULL")
             try:
                 with self._transaction():
                     self._set("election_term", str(term))
                     self._set("election_vote", vote or "")
+                    self._set("election_leader", leader or "")
             finally:
                 self._db.execute("PRAGMA synchronous=NORMAL")
 

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
-from prometheus_client.metrics_core import GaugeMetricFamily, Metric
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
@@ -267,6 +267,9 @@ class StateCollector(Collector):
         yield _gauge("peerserve_node_gpu_utilization_ratio", "GPU load, 0-1 (jtop or NVML; absent without)", gpu)
         yield _gauge("peerserve_runtime_up", "1 when the model-server runtime answers",
                      float(self.agent.state.runtime_error is None))  # fmt: skip
+        dropped = CounterMetricFamily("peerserve_request_log_dropped", "Request records dropped (log write queue full)")
+        dropped.add_metric([], self.agent.store.dropped)
+        yield dropped
 
     def _instances(self) -> Iterator[Metric]:
         state = self.agent.state

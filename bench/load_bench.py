@@ -1,7 +1,8 @@
 """Live load bench (issue 16): a loopback cluster serving the digits model to Poisson clients, placed by the
-queue-aware objective and by the thesis's model in the same run.
+queue-aware objective and by the baselines (the thesis's model, its nearest-node heuristic) in the same run.
 
-For each objective (default: ``queue-p99``, the agent's default, then ``thesis``) the bench starts
+For each placement (default: ``queue-p99``, the agent's default, then ``thesis`` and ``nearest``; also
+``queue`` and ``least-loaded``: ``PLACEMENTS``) the bench starts
 ``--nodes`` agents on 127.0.0.2, .3, ... (process runtime, the stand-in server running the real digits
 softmax regression, mDNS bound to loopback, as ``peerserve demo`` does), and ``--clients`` clients at
 ``--sites`` sites, each sending Poisson arrivals of one digits image at ``--rate`` requests/s through
@@ -18,6 +19,10 @@ Reported per objective: p50/p99 latency, requests, failures, ready instances, RS
 held-back plans while measuring (the leader's round counters) and the ready servers' changes sampled
 every second, and the load average. ``--json`` prints it all;
 ``--plot`` writes docs/img/load_bench.png.
+
+The agents share this machine's CPUs: each is told ``--cores`` (default: the machine's CPUs over the
+agents), the share the queue model limits its busy work to. The last line compares each queue-aware
+placement's p99 with the best baseline's in this run (issue 16's target: at most 1.2x).
 
 Uses the fixed addresses 127.0.0.2.. like the demo: on a shared machine run it under
 ``flock /tmp/peerserve-netns.lock``. Everything started is stopped by PID at the end.
@@ -54,6 +59,15 @@ from agent.runtime.process import recorded_server_pids  # noqa: E402
 from peerserve.demo import _agreed_leader, _free_port  # noqa: E402
 
 MODEL = "digits"
+PLACEMENTS = {  # name -> (the agents' placement objective, method)
+    "queue-p99": ("queue-p99", "ipopt"),
+    "queue": ("queue", "ipopt"),
+    "thesis": ("thesis", "ipopt"),
+    "nearest": ("thesis", "nearest"),
+    "least-loaded": ("thesis", "least-loaded"),
+}
+BASELINES = ("thesis", "nearest", "least-loaded")
+TARGET_P99_RATIO = 1.2  # issue 16: p99 under load no worse than 1.2x the best baseline's
 SETTLE_MORE_S = 30.0  # warm-up beyond --warmup-s while rounds keep changing the servers (the thesis's plan churns)
 
 
@@ -71,6 +85,11 @@ class LoadConfig:
     far_ms: float = 12.0
     period_s: float = 4.0
     seed: int = 0
+    cores: float = 0.0  # cores each agent reports (0: the machine's CPUs over the agents)
+
+    def node_cores(self) -> float:
+        """The cores each agent is told it has: ``cores``, else its share of this machine's CPUs."""
+        return self.cores or round((os.cpu_count() or 1) / self.nodes, 3)
 
 
 @dataclass(frozen=True)
@@ -123,8 +142,9 @@ class Cluster:
             argv = [sys.executable, "-m", "peerserve", "agent", "--host", host, "--port", str(self.ports[i]),
                     "--peer-port", str(_free_port(host, self.ports[i] + 1)), "--node-id", self.node_id(i),
                     "--data-dir", str(data), "--cluster-token", self.token, "--placement-mode", "2",
-                    "--placement-period-s", str(self.cfg.period_s),
-                    "--placement-objective", self.objective]  # fmt: skip
+                    "--placement-period-s", str(self.cfg.period_s), "--cores", str(self.cfg.node_cores()),
+                    "--placement-objective", PLACEMENTS[self.objective][0],
+                    "--placement-method", PLACEMENTS[self.objective][1]]  # fmt: skip
             env = {
                 **os.environ,
                 "PEERSERVE_REQUEST_WINDOW_S": str(max(20.0, self.cfg.warmup_s)),
@@ -372,7 +392,8 @@ def plot(results: list[Result], path: Path) -> Path:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     d = LoadConfig()
-    ap.add_argument("--objectives", default="queue-p99,thesis", help="comma list, measured in this order")
+    ap.add_argument("--objectives", default="queue-p99,thesis,nearest",
+                    help=f"comma list of placements ({', '.join(PLACEMENTS)}), measured in this order")  # fmt: skip
     ap.add_argument("--nodes", type=int, default=d.nodes, help=f"agents (default {d.nodes})")
     ap.add_argument("--clients", type=int, default=d.clients, help=f"clients (default {d.clients})")
     ap.add_argument("--sites", type=int, default=d.sites, help=f"client sites (default {d.sites})")
@@ -384,6 +405,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--period-s", type=float, default=d.period_s,
                     help=f"the agents' placement period (default {d.period_s}; an agent's own is 30)")  # fmt: skip
     ap.add_argument("--seed", type=int, default=d.seed)
+    ap.add_argument("--cores", type=float, default=d.cores,
+                    help="cores each agent reports (default: this machine's CPUs over the agents)")  # fmt: skip
     ap.add_argument("--json", action="store_true", help="print the results as JSON on stdout")
     ap.add_argument("--plot", nargs="?", const=str(REPO / "docs/img/load_bench.png"), default=None,
                     help="write the plot (default path docs/img/load_bench.png)")  # fmt: skip
@@ -391,24 +414,30 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if min(args.nodes, args.clients, args.sites) < 1 or args.rate <= 0 or args.nodes > 200 or args.period_s <= 0:
         ap.error("nodes (1-200), clients and sites must be at least 1, the rate and period positive")
+    names = [o.strip() for o in args.objectives.split(",") if o.strip()]
+    unknown = [n for n in names if n not in PLACEMENTS]
+    if unknown or args.cores < 0:
+        ap.error(f"unknown placement {unknown[0]!r}" if unknown else "--cores must not be negative")
     cfg = LoadConfig(args.nodes, args.clients, args.sites, args.rate, args.warmup_s, args.measure_s,
-                     args.near_ms, args.far_ms, args.period_s, args.seed)  # fmt: skip
-    results = [measure(cfg, o.strip(), args.quiet) for o in args.objectives.split(",") if o.strip()]
+                     args.near_ms, args.far_ms, args.period_s, args.seed, args.cores)  # fmt: skip
+    results = [measure(cfg, name, args.quiet) for name in names]
+    ratios = p99_ratios(results)
     if args.plot:
         say(f"plot: {plot(results, Path(args.plot))}", args.quiet)
     if args.json:
-        print(json.dumps({"config": asdict(cfg), "results": [asdict(r) for r in results]}, indent=1))
+        out = {"config": {**asdict(cfg), "node_cores": cfg.node_cores()}, "results": [asdict(r) for r in results]}
+        print(json.dumps({**out, "p99_vs_best_baseline": ratios}, indent=1))
         return 0
     print(f"{cfg.clients} clients at {cfg.sites} sites, {cfg.rate:g} req/s each (Poisson), {cfg.nodes} agents, "
           f"digits; latency = loopback proxy time + site RTT ({cfg.near_ms:g} / {cfg.far_ms:g} ms)")  # fmt: skip
-    print(f"{'objective':<11}{'p50 ms':>8}{'p99 ms':>8}{'requests':>9}{'failed':>7}{'servers':>8}{'RSS MB':>8}"
+    print(f"{'placement':<13}{'p50 ms':>9}{'p99 ms':>10}{'requests':>9}{'failed':>7}{'servers':>8}{'RSS MB':>8}"
           f"{'solve ms':>9}{'changes':>8}{'held':>5}{'seen':>5}{'load':>6}")  # fmt: skip
     for r in results:
         solve = f"{r.solve_ms:.1f}" if r.solve_ms is not None else "-"
         changes = "-" if r.placement_changes is None else str(r.placement_changes)
         held = "-" if r.held_rounds is None else str(r.held_rounds)
         print(
-            f"{r.objective:<11}{r.p50_ms:>8.2f}{r.p99_ms:>8.2f}{r.requests:>9}{r.failed:>7}{r.instances:>8}"
+            f"{r.objective:<13}{r.p50_ms:>9.2f}{r.p99_ms:>10.2f}{r.requests:>9}{r.failed:>7}{r.instances:>8}"
             f"{r.server_rss_mb:>8.0f}{solve:>9}{changes:>8}{held:>5}{r.server_changes:>5}{r.load_avg_1m:>6.1f}"
         )
     for r in results:
@@ -416,7 +445,24 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{r.objective} failures: " + ", ".join(f"{k} x{n}" for k, n in sorted(r.failure_kinds.items())))
     print("changes: rounds whose command changed the servers while measuring; held: plans held back; seen: changes "
           "of the ready servers sampled every second; load: 1-minute load average")  # fmt: skip
+    for name, ratio in ratios.items():
+        verdict = "meets" if ratio["ratio"] <= TARGET_P99_RATIO else "misses"
+        print(f"{name}: p99 {ratio['ratio']:.2f}x the best baseline's ({ratio['baseline']}, same run); "
+              f"{verdict} the {TARGET_P99_RATIO:g}x target")  # fmt: skip
     return 0
+
+
+def p99_ratios(results: list[Result]) -> dict[str, dict[str, Any]]:
+    """Per queue-aware placement: its p99 over the best (lowest) p99 among the baselines of this run."""
+    base = [r for r in results if r.objective in BASELINES and r.p99_ms == r.p99_ms]
+    if not base:
+        return {}
+    best = min(base, key=lambda r: r.p99_ms)
+    return {
+        r.objective: {"ratio": round(r.p99_ms / best.p99_ms, 3), "baseline": best.objective}
+        for r in results
+        if r.objective not in BASELINES and best.p99_ms > 0
+    }
 
 
 if __name__ == "__main__":

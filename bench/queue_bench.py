@@ -9,16 +9,25 @@
    instances, memory and rejections per placement, and queue's p99 over the best baseline's.
 
    "queue ms" is the whole queue-aware solve (relaxation, repair, pool closing, plan); "relaxation ms"
-   the NLP's part of it (``details.relaxation_ms``: solver.queue_fast's closed form, Ipopt where
-   capacity binds).
+   the NLP's part of it (``details.relaxation_ms``: solver.queue_fast's closed form, and where capacity
+   binds Ipopt on those nodes; with ``--proven-cg`` solver.queue_dual's proven column generation there,
+   Ipopt only where it gives no proof); "integer ms" the rest (repair, solver.queue_close_fast, the plan);
+   "Ipopt" how many of the instances still needed Ipopt.
 
-    .venv/bin/python bench/queue_bench.py [--seeds N] [--solve-only] [--json]
+   ``--cores N`` gives every node of the solve-time snapshots N cores (where it declares none): the
+   agent's case (every live agent reports its cores). ``--reference-closing`` closes pools with
+   solver.queue_close's reference pass instead of the fast one (the "before" of the fast pass).
+
+    .venv/bin/python bench/queue_bench.py [--seeds N] [--solve-only] [--proven-cg] [--cores N]
+                                          [--reference-closing] [--json]
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import random
 import statistics
 import time
 from typing import Any
@@ -37,27 +46,42 @@ def cpu_ms(snapshot: Snapshot, objective: str, mode: str) -> float:
     return timed(snapshot, objective, mode)[0]
 
 
-def timed(snapshot: Snapshot, objective: str, mode: str) -> tuple[float, float]:
-    """CPU ms of one whole solve and of its queue relaxation alone (0 for the LP)."""
+def timed(snapshot: Snapshot, objective: str, mode: str) -> tuple[float, float, int]:
+    """CPU ms of one whole solve, of its queue relaxation alone (0 for the LP), and Ipopt's iterations in it."""
     start = time.process_time()
     plan = solve(snapshot, mode=mode, objective=objective)
-    return 1000.0 * (time.process_time() - start), float(plan.details.get("relaxation_ms", 0.0))
+    elapsed = 1000.0 * (time.process_time() - start)
+    return elapsed, float(plan.details.get("relaxation_ms", 0.0)), int(plan.details.get("iterations", 0))
 
 
-def solve_times(seeds: int) -> list[dict[str, Any]]:
-    """Median CPU ms per (size, mode) for both objectives on the same snapshots."""
+def with_cores(snapshot: Snapshot, cores: float | None) -> Snapshot:
+    """The snapshot with ``cores`` cores on every node that declares none (unchanged for None)."""
+    if cores is None:
+        return snapshot
+    nodes = tuple(n if n.cores is not None else dataclasses.replace(n, cores=cores) for n in snapshot.nodes)
+    return dataclasses.replace(snapshot, nodes=nodes)
+
+
+def solve_times(seeds: int, cores: float | None = None) -> list[dict[str, Any]]:
+    """Median CPU ms per (size, mode) for both objectives on the same snapshots (``cores``: ``with_cores``)."""
     warm = thesis_instance(25, 10, 0)
     for objective in ("thesis", "queue", "queue-p99"):
         solve(warm, objective=objective)
     rows = []
-    cases = [(f"{r} x {n}", [thesis_instance(r, n, s) for s in range(seeds)]) for r, n in SIZES]
-    cases.append(("1000 x 100, 50 sites", [site_instance(1000, 100, 50, s) for s in range(max(1, seeds // 2))]))
-    for label, snaps in cases:
-        for mode in ("1", "2"):
+    cases = [(f"{r} x {n}", [thesis_instance(r, n, s) for s in range(seeds)], "12") for r, n in SIZES]
+    cases.append(("1000 x 100, 50 sites", [site_instance(1000, 100, 50, s) for s in range(max(1, seeds // 2))], "12"))
+    # Mode 1 with instances running (the leader's usual case): pools that reuse them
+    cases += [
+        (f"{r} x {n}, running", [with_running(thesis_instance(r, n, s), s) for s in range(seeds)], "1")
+        for r, n in SIZES
+    ]
+    for label, snaps, modes in cases:
+        snaps = [with_cores(s, cores) for s in snaps]
+        for mode in modes:
             lp = statistics.median(cpu_ms(s, "thesis", mode) for s in snaps)
             queue = [timed(s, "queue", mode) for s in snaps]
-            nlp = statistics.median(t for t, _ in queue)
-            relax = statistics.median(r for _, r in queue)
+            nlp = statistics.median(t for t, _, _ in queue)
+            relax = statistics.median(r for _, r, _ in queue)
             p99 = statistics.median(cpu_ms(s, "queue-p99", mode) for s in snaps)
             rows.append(
                 {
@@ -68,6 +92,9 @@ def solve_times(seeds: int) -> list[dict[str, Any]]:
                     "ratio": nlp / lp,
                     "relaxation_ms": relax,
                     "relaxation_ratio": relax / lp,
+                    "integer_ms": statistics.median(t - r for t, r, _ in queue),
+                    "ipopt_solves": sum(1 for _, _, i in queue if i > 0),
+                    "solves": len(queue),
                     "queue_p99_ms": p99,
                     "p99_ratio": p99 / lp,
                 }
@@ -75,13 +102,24 @@ def solve_times(seeds: int) -> list[dict[str, Any]]:
     return rows
 
 
+def with_running(snapshot: Snapshot, seed: int, share: float = 0.15) -> Snapshot:
+    """The snapshot with one instance of each model running on a node with probability ``share``."""
+    rng = random.Random(seed)
+    nodes = tuple(
+        dataclasses.replace(n, instances={m.name: 1 for m in snapshot.models if rng.random() < share})
+        for n in snapshot.nodes
+    )
+    return dataclasses.replace(snapshot, nodes=nodes)
+
+
 def summary(rows: list[dict[str, Any]]) -> dict[str, float]:
-    """Median and max of the ratios over the thesis's sizes (the 1,000 x 100 rows apart)."""
-    thesis = [r for r in rows if not r["size"].startswith("1000")]
+    """Median and max of the ratios over the thesis's sizes (the 1,000 x 100 rows apart; running apart)."""
     out: dict[str, float] = {}
-    for key in ("ratio", "relaxation_ratio", "p99_ratio"):
-        values = [r[key] for r in thesis]
-        out[f"{key}_median"], out[f"{key}_max"] = statistics.median(values), max(values)
+    for tag, pick in (("", lambda r: "," not in r["size"]), ("running_", lambda r: r["size"].endswith("running"))):
+        thesis = [r for r in rows if pick(r)]
+        for key in ("ratio", "relaxation_ratio", "p99_ratio"):
+            values = [r[key] for r in thesis]
+            out[f"{tag}{key}_median"], out[f"{tag}{key}_max"] = statistics.median(values), max(values)
     return out
 
 
@@ -109,28 +147,45 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=5, help="instances per size (default 5)")
     ap.add_argument("--json", action="store_true", help="print the figures as JSON")
     ap.add_argument("--solve-only", action="store_true", help="solve times only (skip the workload runs)")
+    ap.add_argument("--proven-cg", action="store_true",
+                    help="binding nodes by solver.queue_dual's column generation (default: Ipopt)")  # fmt: skip
+    ap.add_argument("--cores", type=float, default=None, metavar="N",
+                    help="give every node of the solve-time snapshots N cores where it declares none")  # fmt: skip
+    ap.add_argument("--reference-closing", action="store_true",
+                    help="close pools with solver.queue_close's reference pass, not the fast one")  # fmt: skip
     args = ap.parse_args()
+    if args.reference_closing:
+        from solver import queue_close, queue_plan
+
+        queue_plan.close_pools_fast = queue_close.close_pools  # type: ignore[assignment]
+    if args.proven_cg:
+        from solver import queue_dual
+
+        queue_dual.ENABLED = True
     tune_solver_process()
-    times = solve_times(args.seeds)
+    times = solve_times(args.seeds, args.cores)
     loads = [] if args.solve_only else workloads()
     if args.json:
         print(json.dumps({"solve": times, "summary": summary(times), "workload": loads}, indent=1))
         return
     print(
         f"{'size':<22}{'mode':>5}{'thesis LP ms':>14}{'queue ms':>10}{'/ LP':>7}{'relaxation ms':>15}{'/ LP':>7}"
-        f"{'queue-p99 ms':>14}{'/ LP':>7}"
+        f"{'integer ms':>12}{'Ipopt':>7}{'queue-p99 ms':>14}{'/ LP':>7}"
     )
     for r in times:
         print(
             f"{r['size']:<22}{r['mode']:>5}{r['thesis_lp_ms']:>14.1f}{r['queue_nlp_ms']:>10.1f}{r['ratio']:>7.2f}"
-            f"{r['relaxation_ms']:>15.1f}{r['relaxation_ratio']:>7.2f}{r['queue_p99_ms']:>14.1f}{r['p99_ratio']:>7.2f}"
+            f"{r['relaxation_ms']:>15.1f}{r['relaxation_ratio']:>7.2f}{r['integer_ms']:>12.1f}"
+            f"{r['ipopt_solves']:>4}/{r['solves']:<2}{r['queue_p99_ms']:>14.1f}{r['p99_ratio']:>7.2f}"
         )
     s = summary(times)
-    print(
-        f"thesis sizes, queue / LP: median {s['ratio_median']:.2f} max {s['ratio_max']:.2f}; relaxation / LP: "
-        f"median {s['relaxation_ratio_median']:.2f} max {s['relaxation_ratio_max']:.2f}; queue-p99 / LP: "
-        f"median {s['p99_ratio_median']:.2f} max {s['p99_ratio_max']:.2f}"
-    )
+    for tag, what in (("", "thesis sizes"), ("running_", "thesis sizes, Mode 1 with instances running")):
+        print(
+            f"{what}, queue / LP: median {s[tag + 'ratio_median']:.2f} max {s[tag + 'ratio_max']:.2f}; "
+            f"relaxation / LP: median {s[tag + 'relaxation_ratio_median']:.2f} "
+            f"max {s[tag + 'relaxation_ratio_max']:.2f}; queue-p99 / LP: median {s[tag + 'p99_ratio_median']:.2f} "
+            f"max {s[tag + 'p99_ratio_max']:.2f}"
+        )
     if not loads:
         return
     print()

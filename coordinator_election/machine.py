@@ -13,18 +13,22 @@ Algorithm: leases with terms and votes over the *discovered* members (see docs/e
 * A voter grants one vote per term, and none while it holds a lease on a live leader (so a returning
   node cannot unseat a healthy leader: no churn). A candidate wins with votes from a majority of the
   members alive in its view, so a partition's sides each elect their own leader and keep placing.
-* Two leaders that hear each other (after a partition heals) resolve at once: the higher term wins; on
-  equal terms the higher priority wins and takes a new term, so the loser's commands are fenced (agents
-  reject a term lower than the highest they have seen).
+* One leader per term at each node: a node accepts (follows, obeys) at most one leader in a term, the first it
+  hears (``accepted``, persisted with term and vote), and never a lower term. Two sides of a partition may each
+  elect a leader of the same term number, but no node accepts both: its fencing token (term, leader) only
+  moves up. Two leaders that hear each other (after a partition heals) resolve at once: the higher term
+  wins; on equal terms the higher priority moves to a new term (the loser stays where it is until it hears
+  that term: it never follows a rival of its own term), so every node then accepts the winner.
 * A restarted node listens for a leader for an election timeout before it may stand, unless it was told
   whom to expect (``known``: the peers it knew before the restart): once every one of them is alive in its
   view again and none has announced itself as leader for two heartbeats, there is no leader to wait for
   and the listen period ends (after a power cut the cluster elects in about two heartbeats, not a timeout).
 * A node given seeds (``join_by``) does not stand while it sees no other member until ``join_by``: it is
   joining a cluster, and a leader of one would only spawn a solver and fight the cluster's leader later.
-* Persist before you send: whenever the term or this node's vote in it changes, ``step`` returns a
-  ``Persist(term, vote)`` first; the shell must make it durable (fsync) before it carries out any later
-  action, and a restarted node is built from exactly what was persisted (``Election(term=, vote=)``).
+* Persist before you send: whenever the term, this node's vote in it or the leader it accepts for it changes,
+  ``step`` returns a ``Persist(term, vote, leader)`` first; the shell must make it durable (fsync) before it
+  carries out any later action (or obeys a command), and a restarted node is built from exactly what was
+  persisted (``Election(term=, vote=, accepted=)``).
 """
 
 from __future__ import annotations
@@ -110,10 +114,11 @@ class Renew:
 
 @dataclass(frozen=True)
 class Persist:
-    """Make (term, vote) durable (fsync) before carrying out any action that follows it."""
+    """Make (term, vote, leader accepted for the term) durable (fsync) before carrying out what follows it."""
 
     term: int
     vote: str | None
+    leader: str | None = None
 
 
 @dataclass(frozen=True)
@@ -165,13 +170,15 @@ class Election:
     def __init__(
         self, node_id: str, priority: Priority, config: ElectionConfig, now: float, term: int = 0,
         vote: str | None = None, known: frozenset[str] = frozenset(), join_by: float = -1e18,
+        accepted: str | None = None,
     ) -> None:  # fmt: skip
         self.node_id = node_id
         self.priority = priority
         self.config = config
         self.term = term
         self.vote = vote  # whom this node voted for in ``term`` (only the current term's vote matters)
-        self._persisted = (term, vote)
+        self.accepted = accepted  # the one leader this node accepts in ``term`` (itself when it leads), if any
+        self._persisted = (term, vote, accepted)
         self.role = Role.FOLLOWER
         self.leader: str | None = None
         self.lease_until = now + config.election_timeout_s  # listen before standing
@@ -197,18 +204,19 @@ class Election:
 
     # -- the step function -----------------------------------------------------------------------
     def step(self, event: Event) -> list[Action]:
-        """Feed one event; returns the actions, a ``Persist`` first whenever term or vote changed."""
+        """Feed one event; returns the actions, a ``Persist`` first whenever term, vote or accepted leader changed."""
         actions = self._step(event)
-        if (self.term, self.vote) != self._persisted:
-            self._persisted = (self.term, self.vote)
-            return [Persist(self.term, self.vote), *actions]
+        if (self.term, self.vote, self.accepted) != self._persisted:
+            self._persisted = (self.term, self.vote, self.accepted)
+            return [Persist(self.term, self.vote, self.accepted), *actions]
         return actions
 
     def _set_term(self, term: int) -> None:
-        """Move to a higher term: the vote belongs to the old one."""
+        """Move to a higher term: the vote and the accepted leader belong to the old one."""
         if term > self.term:
             self.term = term
             self.vote = None
+            self.accepted = None
 
     def _step(self, event: Event) -> list[Action]:
         if isinstance(event, Tick):
@@ -294,7 +302,7 @@ class Election:
         assert self._candidacy is not None
         voters = frozenset(self._candidacy.granted)
         self.role = Role.LEADER
-        self.leader = self.node_id
+        self.leader = self.accepted = self.node_id
         self._candidacy = None
         self._waiting_since = None
         self._skipped.clear()
@@ -304,7 +312,7 @@ class Election:
     def _jump(self, now: float, term: int) -> list[Action]:
         """Stay leader under a new, higher term (announced at once); fences commands of older terms."""
         self._set_term(term)
-        self.vote = self.node_id  # our one vote in the new term is spent on ourselves
+        self.vote = self.accepted = self.node_id  # our one vote in the new term is spent on ourselves
         self._last_announce = now
         return [BecameLeader(term, frozenset({self.node_id})), Broadcast(Announce(term, self.node_id, self.priority))]
 
@@ -314,6 +322,8 @@ class Election:
         self.leader = leader
         self._candidacy = None
         if leader is not None:
+            assert self.accepted in (None, leader), "a node accepts one leader per term"
+            self.accepted = leader
             self.lease_until = now + self.config.lease
             self._waiting_since = None
             self._skipped.clear()
@@ -335,12 +345,20 @@ class Election:
                 return [Send(m.leader, Announce(self.term, self.node_id, self.priority))]
             # a leader behind our term (we came back with a higher one): tell it, so it moves past us
             return [Send(m.leader, Vote(self.term, self.node_id, False, self.leader))]
-        if self.role is Role.LEADER and m.term == self.term and self.priority > m.priority:
-            return self._jump(now, self.term + 1)  # we win the tie: a new term fences the rival's commands
+        if m.term == self.term and self.accepted not in (None, m.leader):
+            return self._rival(now, m.leader, m.priority)
         self._set_term(m.term)
         actions = self._follow(now, m.leader)
         self.lease_until = now + self.config.lease
         return actions
+
+    def _rival(self, now: float, rival: str, priority: Priority | None) -> list[Action]:
+        """Another leader of the term whose leader we already accept: never follow it; the better one moves on."""
+        if self.role is not Role.LEADER:  # tell the rival whom this term belongs to here
+            return [Send(rival, Vote(self.term, self.node_id, False, self.accepted))]
+        if priority is None or self.priority > priority:
+            return self._jump(now, self.term + 1)  # we win the tie: a new term that every node can accept
+        return [Send(rival, Announce(self.term, self.node_id, self.priority))]  # it wins: make sure it hears us
 
     def _on_vote_request(self, now: float, m: VoteRequest) -> list[Action]:
         if self.role is Role.LEADER:
@@ -352,6 +370,8 @@ class Election:
         if self._lease_valid(now) and self.leader != m.candidate:
             # we follow a live leader: refuse, and let the candidate learn who it is
             return [Send(m.candidate, Vote(m.term, self.node_id, False, self.leader))]
+        if m.term == self.term and self.accepted not in (None, m.candidate):
+            return [Send(m.candidate, Vote(m.term, self.node_id, False, self.leader))]  # this term has its leader
         actions: list[Action] = []
         self._skipped.discard(m.candidate)  # it is evidently not silent: it may be the best candidate again
         if m.term > self.term:
@@ -379,7 +399,7 @@ class Election:
             if m.term > self.term:  # it follows another live leader at a newer term: stand down
                 self._set_term(m.term)
                 return self._follow(now, None)
-            return []  # another leader at our term: the announce exchange settles it
+            return self._rival(now, m.leader, self.alive.get(m.leader))  # another leader of our term
         if m.term > self.term and not m.granted:
             self._set_term(m.term)
             return self._follow(now, None)

@@ -7,11 +7,14 @@ within one second, SIGSTOP of the leader for longer than the election timeout, a
 with the leader on the minority side) and its heal, a power cut of every node and the restart.
 
 The checker reads every agent's /cluster, /services and /stats/node and their logs, and reports:
-leaders per term, client requests failed outside a fault's window (a window lasts from the fault until
-the checker sees the cluster recovered, at most WINDOW_MAX_S; a request in flight when a window opens is
-inside it), /services answers naming a node that is
-down and that the answering agent already marked dead or suspect, desired state lost across restarts,
-time to recover after each fault, and agent RSS growth. Pure parts (plan, summarise) are unit-tested.
+the most leaders one agent accepted in one term (its /cluster pairs; the leaders its log says it led,
+followed or obeyed: the fencing property, at most 1) and the terms an agent obeyed below one it had
+obeyed before (0), leaders per term number across the cluster (informational: a partition's sides may
+each elect one of the same number, and no agent accepts both), client requests failed outside a
+fault's window (a window lasts from the fault until the checker sees the cluster recovered, at most
+WINDOW_MAX_S; a request in flight when a window opens is inside it), /services answers naming a node
+that is down and that the answering agent already marked dead or suspect, desired state lost across
+restarts, time to recover after each fault, and agent RSS growth. Pure parts (plan, summarise) are unit-tested.
 """
 
 from __future__ import annotations
@@ -45,7 +48,12 @@ RECOVERY_LIMIT_S = 20.0  # recovery not seen within this long is reported as thi
 RSS_STEADY_AFTER_S = 5.0  # an agent's first steady RSS sample: this long after it started
 # Chaos kills agents on purpose, often the same one within a minute: no crash backoff (agent/crash_backoff.py)
 AGENT_ARGS = ("--placement-period-s", "5", "--placement-mode", "auto", "--log-level", "info", "--no-crash-backoff")
-LEADER_LINE = re.compile(r"node (\S+) became leader at term (\d+)")
+# what an agent's log says it accepted, in order: it led, followed, or obeyed a leader's desired set
+ACCEPT_LINE = re.compile(
+    r"node (?P<led>\S+) became leader at term (?P<led_term>\d+)"
+    r"|node \S+ follows (?P<followed>\S+) at term (?P<followed_term>\d+)"
+    r"|desired set from (?P<obeyed>\S+) at term (?P<obeyed_term>\d+)"
+)
 
 
 # -- the schedule (pure) -------------------------------------------------------------------------------
@@ -90,6 +98,8 @@ class Observed:
     """What the checker saw; ``summarise`` turns it into the report."""
 
     leaders: dict[int, set[str]] = field(default_factory=dict)  # term -> leaders seen (/cluster and logs)
+    accepted: dict[str, dict[int, set[str]]] = field(default_factory=dict)  # agent -> term -> leaders it accepted
+    lower_terms: list[tuple[str, int, int]] = field(default_factory=list)  # (agent, term obeyed, after this term)
     requests: list[tuple[float, float, bool]] = field(default_factory=list)  # (sent, answered, ok)
     windows: list[tuple[float, float]] = field(default_factory=list)  # (start, end)
     recoveries_ms: list[float] = field(default_factory=list)
@@ -101,11 +111,28 @@ class Observed:
     def leader_seen(self, term: int, leader: str) -> None:
         self.leaders.setdefault(term, set()).add(leader)
 
+    def accepted_seen(self, agent: str, term: int, leader: str) -> None:
+        """``agent`` accepted ``leader`` for ``term`` (its /cluster pair, or its log: led, followed, obeyed)."""
+        self.accepted.setdefault(agent, {}).setdefault(term, set()).add(leader)
 
-def leaders_in_log(text: str) -> Iterable[tuple[int, str]]:
-    """(term, leader) for each 'became leader' line of an agent log."""
-    for m in LEADER_LINE.finditer(text):
-        yield int(m.group(2)), m.group(1)
+    def agent_log(self, agent: str, text: str) -> None:
+        """Everything ``agent``'s log (all its runs, in order) says it accepted, and obeyed terms that went down."""
+        highest = -1
+        for how, leader, term in accepted_in_log(text):
+            self.accepted_seen(agent, term, leader)
+            if how == "led":
+                self.leader_seen(term, leader)
+            elif how == "obeyed":
+                if term < highest:
+                    self.lower_terms.append((agent, term, highest))
+                highest = max(highest, term)
+
+
+def accepted_in_log(text: str) -> Iterable[tuple[str, str, int]]:
+    """(how, leader, term) for each leader an agent's log says it "led", "followed" or "obeyed", in order."""
+    for m in ACCEPT_LINE.finditer(text):
+        how = next(k for k in ("led", "followed", "obeyed") if m.group(k))
+        yield how, m.group(how), int(m.group(f"{how}_term"))
 
 
 def gone(view: dict[str, Any]) -> set[str]:
@@ -160,7 +187,9 @@ def summarise(o: Observed) -> dict[str, Any]:
     """The report: the keys `peerserve chaos --json` prints."""
     p50, p99 = percentile(o.recoveries_ms, 50), percentile(o.recoveries_ms, 99)
     return {
-        "max_leaders_per_term": max((len(v) for v in o.leaders.values()), default=0),
+        "max_leaders_per_term": max((len(v) for terms in o.accepted.values() for v in terms.values()), default=0),
+        "lower_terms_obeyed": len(o.lower_terms),
+        "max_leaders_per_term_anywhere": max((len(v) for v in o.leaders.values()), default=0),
         "requests_ok": sum(1 for _, _, ok in o.requests if ok),
         "requests_failed_outside_windows": failed_outside(o.requests, o.windows),
         "dead_endpoint_answers": o.dead_endpoint_answers,
@@ -174,7 +203,8 @@ def summarise(o: Observed) -> dict[str, Any]:
 
 def violations(report: dict[str, Any]) -> list[str]:
     """The zero-target counts (and bounds) this report breaks."""
-    out = [k for k in ("requests_failed_outside_windows", "dead_endpoint_answers", "desired_state_lost") if report[k]]
+    zero = ("lower_terms_obeyed", "requests_failed_outside_windows", "dead_endpoint_answers", "desired_state_lost")
+    out = [k for k in zero if report[k]]
     if report["max_leaders_per_term"] > 1:
         out.append("max_leaders_per_term")
     if report["rss_growth_ratio"] > 1.5:
@@ -321,6 +351,7 @@ class Soak:
             if view.get("leader") is not None and view.get("term") is not None:
                 with self.lock:
                     self.o.leader_seen(int(view["term"]), str(view["leader"]))
+                    self.o.accepted_seen(str(view["node_id"]), int(view["term"]), str(view["leader"]))
             answered = {e["node"] for e in client.get(url + "/services").json()}
             after = client.get(url + "/cluster").json()
             down_after = {self.bed.hosts[j].node_id for j in self.down}
@@ -500,8 +531,7 @@ class Soak:
             t.join(10)
         for host in self.bed.hosts:
             with contextlib.suppress(OSError):
-                for term, leader in leaders_in_log(host.log.read_text(errors="replace")):
-                    self.o.leader_seen(term, leader)
+                self.o.agent_log(host.node_id, host.log.read_text(errors="replace"))
         self.explain()
         return summarise(self.o)
 
@@ -511,9 +541,15 @@ class Soak:
             before = [f for f in self.o.faults if f["at_s"] <= t]
             last = f"{before[-1]['kind']} at {before[-1]['at_s']} s" if before else "no fault yet"
             self.say(f"request failed outside any window at {t:.2f} s (last fault: {last})")
+        for agent, terms in sorted(self.o.accepted.items()):
+            for term, leaders in sorted(terms.items()):
+                if len(leaders) > 1:
+                    self.say(f"{agent} accepted leaders {sorted(leaders)} in term {term}")
+        for agent, term, highest in self.o.lower_terms[:20]:
+            self.say(f"{agent} obeyed term {term} after term {highest}")
         for term, leaders in sorted(self.o.leaders.items()):
             if len(leaders) > 1:
-                self.say(f"term {term} had leaders {sorted(leaders)}")
+                self.say(f"term {term} had leaders {sorted(leaders)} (each on its side of a partition: no agent both)")
 
 
 def register(commands: Any) -> None:
@@ -589,7 +625,9 @@ def cmd_chaos(args: argparse.Namespace) -> int:
 
 def _text(r: dict[str, Any]) -> str:
     return (
-        f"{len(r['faults'])} faults; leaders per term (max) {r['max_leaders_per_term']}; requests ok "
+        f"{len(r['faults'])} faults; leaders one agent accepted in a term (max) {r['max_leaders_per_term']}, "
+        f"lower terms obeyed {r['lower_terms_obeyed']}, leaders of one term anywhere (max) "
+        f"{r['max_leaders_per_term_anywhere']}; requests ok "
         f"{r['requests_ok']}, failed outside windows {r['requests_failed_outside_windows']}; dead endpoint answers "
         f"{r['dead_endpoint_answers']}; desired state lost {r['desired_state_lost']}; recovery p50 "
         f"{r['recovery_ms_p50']} ms p99 {r['recovery_ms_p99']} ms; RSS growth {r['rss_growth_ratio']}"

@@ -115,6 +115,13 @@ def _workload_arguments(s: Any) -> None:
     )
     w.add_argument("--seed", type=int, default=d.seed, help="random seed (default 0)")
     w.add_argument(
+        "--cores",
+        type=float,
+        default=d.cores,
+        help="cores each node's instances share (the solver sees them; queue-nocores does not); 0: one per "
+        "instance (default)",
+    )
+    w.add_argument(
         "--service",
         choices=("exp", "det"),
         default=d.service,
@@ -254,6 +261,7 @@ def cmd_workload(args: argparse.Namespace) -> int:
         model_mem_mb=args.model_mem_mb,
         seed=args.seed,
         service=args.service,
+        cores=args.cores,
     )
     problem = w.check()
     if problem:

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from solver.node_cpu import effective_servers
 from solver.problem import FloatArray, Mode, build_problem, running_instances
 from solver.queue_model import QueueProblem, build_queue_problem
 from solver.queue_plan import MAX_SPREAD_SITES
@@ -85,7 +86,7 @@ def value_running(
     if rho_max is not None:
         q = QueueProblem(q.base, q.rate, q.mu, q.node_class, rho_max, q.instance_cost)
     p = q.base
-    n = running.astype(float)
+    n = effective_servers(running.astype(float), q.cores())  # instances beyond a node's cores add no server
     allowed = n[:, p.class_model].T > 0  # [c, j]: node j runs the class's model
     demand = q.rate > 0
     lost = demand & ~allowed.any(axis=1)

@@ -20,6 +20,7 @@ import logging
 
 import numpy as np
 
+from solver.node_cpu import effective_servers
 from solver.problem import FloatArray, IntArray
 from solver.queue_repair import TINY, Pools, _evacuate, needed
 
@@ -35,7 +36,7 @@ def integer_objective(pools: Pools) -> float:
     total = float((pools.x * p.cost).sum()) + pools.penalty * float(pools.rejected.sum())
     total += q.instance_cost * float(np.maximum(counts - p.free, 0).sum())
     open_ = counts > 0
-    n = np.where(open_, counts, 1).astype(float)
+    n = np.where(open_, effective_servers(counts, pools.cores), 1.0)  # a node's cores shared by its instances
     t = np.minimum(lam / n, q.rho_max * q.mu)  # pools stay within their cap; clip guards float residue
     wait = np.where(open_, lam * (1000.0 / (q.mu - t) - pools.service_ms), 0.0)
     return total + float(wait.sum())

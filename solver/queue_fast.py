@@ -9,10 +9,12 @@ every node outside a set S (the relaxation R(S)); then every stream's best colum
 of least ``cost_cj + w_jk`` (the others never carry rate), and only S's nodes need lam, n and rows:
 
 1. S: nodes with a pool that reuses instances (free > 0: its cost is not linear) and nodes whose
-   budgets the closed form overfills (every stream whole on its least-cost node, n = lam / t*).
+   budgets (memory, compute, cores: solver.node_cpu) the closed form overfills (every stream whole on
+   its least-cost node, n = lam / t*; outside S a pool's effective servers are its n).
 2. S empty: the closed form is R(S)'s optimum, no Ipopt at all. Else Ipopt solves R(S) on S's nodes
    with one outside column per stream (its best node outside S, or rejection where the penalty is
-   lower) through ``solver.queue_lazy``.
+   lower) through ``solver.queue_lazy`` (``solver.queue_dual``'s proven column generation in its place
+   where switched on and no node declares cores).
 3. Recheck the dropped rows: nodes outside S that the result overfills join S; repeat.
 
 R(S) relaxes the NLP; an optimum of R(S) that keeps every dropped row is feasible for the NLP, hence
@@ -30,6 +32,7 @@ import numpy as np
 import numpy.typing as npt
 
 from solver.problem import FloatArray
+from solver.queue_dual import solve_binding
 from solver.queue_lazy import solve_nlp_lazy
 from solver.queue_model import N_MIN, NlpSolution, QueueProblem
 
@@ -62,9 +65,10 @@ def solve_nlp_fast(q: QueueProblem) -> NlpSolution:
     iterations = columns = 0
     for rounds in range(1, MAX_ROUNDS + 1):
         x, r, n_out = _outside(q, w, t_best, in_s)
+        e_out = n_out.copy()
         if in_s.any():
             sub_q, allowed = _restricted(q, in_s, x, r)
-            sub = solve_nlp_lazy(sub_q, allowed=allowed) if allowed.any() else _all_outside(sub_q)
+            sub = _solve_sub(sub_q, allowed)
             iterations += sub.iterations
             columns = int(allowed.sum())
             if sub.status != "optimal":
@@ -72,12 +76,15 @@ def solve_nlp_fast(q: QueueProblem) -> NlpSolution:
                 break
             x, r = _merge(q, in_s, x, r, sub)
             n_out[in_s] = sub.n
+            e_out[in_s] = sub.effective()
         lam = x.T @ np.eye(len(p.model_names))[p.class_model]
         n = np.where(in_s[:, None], n_out, np.maximum(lam / t_best, N_MIN))
+        e = np.where(in_s[:, None], e_out, n)
         over = _overfilled(q, n) & ~in_s
         if not over.any() or not RECHECK:
-            value = objective_value(q, x, r, n)
-            return NlpSolution(x, r, lam, n, value, "optimal", iterations, rounds, columns)
+            value = objective_value(q, x, r, n, e)
+            servers = e if np.isfinite(q.cores()).any() else None
+            return NlpSolution(x, r, lam, n, value, "optimal", iterations, rounds, columns, servers=servers)
         in_s |= over
     full = solve_nlp_lazy(q)
     return dataclasses.replace(full, iterations=iterations + full.iterations, fallback=True)
@@ -98,12 +105,14 @@ def _outside(q: QueueProblem, w: FloatArray, t_best: FloatArray, in_s: BoolArray
 
 
 def _filled_by_greedy(q: QueueProblem, w: FloatArray, t_best: FloatArray, in_s: BoolArray) -> BoolArray:
-    """[j] nodes whose budgets fill up when streams, largest first, take their least-cost nodes with room left."""
+    """[j] nodes whose budgets (cores too) fill up when streams, largest first, take their least-cost nodes with
+    room left."""
     p = q.base
     total = p.cost + w[:, p.class_model].T
     order = np.argsort(total, axis=1, kind="stable")
     mem_left = np.maximum(p.mem_budget, 0.0).copy()
     comp_left = np.maximum(p.comp_budget, 0.0).copy()
+    core_left = q.cores().copy()  # closed-form instances (n = lam / t*) a node's cores hold
     full = np.zeros(p.n_nodes, dtype=bool)
     penalty = q.penalty()
     for c in np.argsort(-q.rate, kind="stable").tolist():
@@ -115,9 +124,11 @@ def _filled_by_greedy(q: QueueProblem, w: FloatArray, t_best: FloatArray, in_s: 
                 continue
             per = 1.0 / float(t_best[j, k])  # instances per req/s
             room = min(_room(mem_left[j], p.mem[k] * per), _room(comp_left[j], p.comp[k] * per))
+            room = min(room, _room(core_left[j], per))
             take = min(need, room)
             mem_left[j] -= take * p.mem[k] * per
             comp_left[j] -= take * p.comp[k] * per
+            core_left[j] -= take * per
             need -= take
             full[j] = room <= take  # it took all the room left
     return full
@@ -166,6 +177,14 @@ def _restricted(q: QueueProblem, in_s: BoolArray, x: FloatArray, r: FloatArray) 
     ), allowed
 
 
+def _solve_sub(q: QueueProblem, allowed: BoolArray) -> NlpSolution:
+    """R(S)'s optimum: by column generation where it proves it (solver.queue_dual), else by Ipopt."""
+    if not allowed.any():
+        return _all_outside(q)
+    exact = solve_binding(q, allowed)
+    return exact if exact is not None else solve_nlp_lazy(q, allowed=allowed)
+
+
 def _all_outside(q: QueueProblem) -> NlpSolution:
     """R(S)'s optimum when no column of S may carry rate: every stream on its outside option."""
     n = np.full(q.mu.shape, N_MIN)
@@ -187,27 +206,33 @@ def _merge(
 
 
 def _overfilled(q: QueueProblem, n: FloatArray) -> BoolArray:
-    """[j] nodes whose new instances exceed the NLP's memory or compute rows (with their N_MIN slack)."""
+    """[j] nodes whose instances exceed the NLP's memory, compute or core rows (with their N_MIN slack)."""
     p = q.base
     new = np.maximum(n - p.free, 0.0)
     mem_cu = np.maximum(p.mem_budget, 0.0) + N_MIN * float(np.sum(p.mem))
     comp_cu = np.maximum(p.comp_budget, 0.0) + N_MIN * float(np.sum(p.comp))
     tol = 1e-9
+    cores = np.maximum(q.cores(), 2 * N_MIN * len(p.model_names))  # as the core rows (solver.queue_model)
     return np.asarray(
-        (new @ p.mem > mem_cu * (1 + tol) + tol) | (new @ p.comp > comp_cu * (1 + tol) + tol),
+        (new @ p.mem > mem_cu * (1 + tol) + tol)
+        | (new @ p.comp > comp_cu * (1 + tol) + tol)
+        | (n.sum(axis=1) > cores * (1 + tol) + tol),
     )
 
 
-def objective_value(q: QueueProblem, x: FloatArray, r: FloatArray, n: FloatArray) -> float:
-    """The NLP's objective at rates x [c, j], rejections r [c] and instance counts n [j, k]."""
+def objective_value(
+    q: QueueProblem, x: FloatArray, r: FloatArray, n: FloatArray, servers: FloatArray | None = None
+) -> float:
+    """The NLP's objective at rates x [c, j], rejections r [c], instance counts n and effective servers [j, k]."""
     p = q.base
     lam = x.T @ np.eye(len(p.model_names))[p.class_model]
     n = np.maximum(n, N_MIN)
-    t = lam / n
+    e = np.maximum(n if servers is None else servers, N_MIN)
+    t = lam / e
     tm = q.rho_max * q.mu
     tc = np.minimum(t, tm)
     gap = q.mu - tc
     g = np.where(t <= tm, 1000.0 * tc / gap, 1000.0 * tc / gap + 1000.0 * q.mu / gap**2 * (t - tm))
-    wait = float((n * g - lam * q.service_ms).sum())
+    wait = float((e * g - lam * q.service_ms).sum())
     new = float(np.maximum(n - p.free, 0.0).sum())
     return float((p.cost * x).sum()) + q.penalty() * float(r.sum()) + wait + q.instance_cost * new

@@ -21,6 +21,7 @@ optimal, the full NLP is solved instead (``fallback``).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 import numpy as np
@@ -100,4 +101,4 @@ def _price(q: QueueProblem, mult: FloatArray, in_lp: np.ndarray) -> np.ndarray:
 
 
 def _with(sol: NlpSolution, iterations: int, rounds: int, columns: int, fallback: bool) -> NlpSolution:
-    return NlpSolution(sol.x, sol.r, sol.lam, sol.n, sol.value, sol.status, iterations, rounds, columns, fallback)
+    return dataclasses.replace(sol, iterations=iterations, rounds=rounds, columns=columns, fallback=fallback)

@@ -14,6 +14,14 @@ relaxation, solved by Ipopt through cyipopt with exact first and second derivati
               sum_k mem_k new_jk <= mem_budget_j, same for compute
               x, r, lam, new >= 0, n >= N_MIN
 
+On a node with ``cores`` (solver.node_cpu: its instances share them) the pools' delay and throughput
+use effective servers e_jk instead of n_jk, with two more linear rows:
+
+              e_jk <= n_jk,   sum_k e_jk <= cores_j,   e >= N_MIN      (instances share the node's cores)
+
+so the node's busy work sum_k lam_jk / mu_jk stays below rho_max cores_j and an instance beyond the
+cores the node can give a pool adds no throughput and no lower delay.
+
 Every constraint is linear (constant Jacobian) and the objective is convex (D is jointly convex), so
 Ipopt's local optimum is the global one. Integer instance counts come from ``solver.queue_repair``.
 """
@@ -27,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from solver.errors import SolverError, SolverUnavailableError
+from solver.node_cpu import node_cores
 from solver.problem import FloatArray, IntArray, Problem
 from solver.queueing import RHO_MAX
 
@@ -73,6 +82,14 @@ class QueueProblem:
         """The load [j, k] each pool's instances may run at: ``load_cap`` where given, else ``rho_max``."""
         return np.full(self.mu.shape, self.rho_max) if self.load_cap is None else self.load_cap
 
+    def cores(self) -> FloatArray:
+        """[j] each node's parallel capacity, at least 1 (inf where the snapshot gives none: no core rows).
+
+        A node with a fraction c < 1 of a core is modelled as one core at c times the speed: its ``mu`` is
+        scaled by c (``build_queue_problem``), so one instance's throughput, and the instance bound counted
+        from it, are what the node can deliver."""
+        return np.maximum(node_cores(self.base), 1.0)
+
     @property
     def service_ms(self) -> FloatArray:
         return np.asarray(1000.0 / self.mu)
@@ -89,22 +106,35 @@ def build_queue_problem(p: Problem, instance_cost: float = INSTANCE_COST, rho_ma
     """Rates per class (member rates summed) and per-pool service rates from the snapshot.
 
     A model's ``throughput_rps`` names a node id or ``default``; where neither is given, one instance
-    serves 1000 / exec_ms requests/s (exec_ms: the median over the model's streams at that node).
+    serves 1000 / exec_ms requests/s (exec_ms: the median over the model's streams at that node); on a
+    node with less than one core, that times its cores.
     """
     s = p.snapshot
     rate = np.array([sum(_rate(s.requests[i].rate) for i in members) for members in p.class_members], dtype=float)
     mu = np.zeros((p.n_nodes, len(p.model_names)))
     for k, model in enumerate(s.models):
-        mine = [r.exec_ms for r in s.requests if r.model == model.name]
-        median = np.median([[e[node] for node in p.node_ids] for e in mine], axis=0) if mine else None
+        median = None
+        if any(model.throughput_rps.get(node, model.throughput_rps.get("default")) is None for node in p.node_ids):
+            median = _median_exec(s, model.name, p.node_ids)
         for j, node in enumerate(p.node_ids):
             declared = model.throughput_rps.get(node, model.throughput_rps.get("default"))
             if declared is not None:
                 mu[j, k] = declared
             else:
                 mu[j, k] = 1000.0 / max(float(median[j]), 1e-3) if median is not None else 1000.0
+    mu *= np.minimum(node_cores(p), 1.0)[:, None]  # a fraction of a core serves a fraction of the rate
     node_class = tuple(n.node_class for n in s.nodes)
     return QueueProblem(p, rate, mu, node_class, rho_max, instance_cost)
+
+
+def _median_exec(s: Any, model: str, node_ids: tuple[str, ...]) -> FloatArray | None:
+    """[j] the median exec_ms of the model's streams at each node (np.median's value, without its overhead)."""
+    mine = [[r.exec_ms[node] for node in node_ids] for r in s.requests if r.model == model]
+    if not mine:
+        return None
+    rows = np.sort(np.asarray(mine, dtype=float), axis=0)
+    half = len(mine) // 2
+    return np.asarray(rows[half] if len(mine) % 2 else (rows[half - 1] + rows[half]) / 2)
 
 
 def _rate(value: float | None) -> float:
@@ -125,14 +155,20 @@ class NlpSolution:
     rounds: int = 1  # restricted solves (solver.queue_lazy); 1 for a whole solve
     columns: int = 0  # x columns in the last solve
     fallback: bool = False  # the lazy solve gave up and solved the whole NLP
+    servers: FloatArray | None = None  # [j, k] effective servers e (solver.node_cpu); None: n everywhere
+
+    def effective(self) -> FloatArray:
+        """[j, k] the servers the pools' delay counts: ``servers`` where the node's cores bind, else n."""
+        return self.n if self.servers is None else self.servers
 
 
 class _Layout:
-    """Variable and row positions: x [X] (the (c, j) pairs in ``cols``), r [C], lam [P], n [P], new [L].
+    """Variable and row positions: x [X] (the (c, j) pairs in ``cols``), r [C], lam [P], n [P], new [L], e [E].
 
     ``new`` and its link row exist only for the pools in ``linked``: every pool in the reference form
     (``compact=False``), else only pools with running instances to reuse (free > 0). Where free = 0 the
     link row forces new = n, so n itself carries the instance cost and the memory and compute rows.
+    ``e`` exists for the pools of nodes with a core count (``cored``); elsewhere n is the pool's servers.
     """
 
     def __init__(self, q: QueueProblem, cols: IntArray | None = None, compact: bool = True) -> None:
@@ -147,10 +183,16 @@ class _Layout:
         self.lam0 = self.r0 + self.C
         self.n0 = self.lam0 + self.P
         self.new0 = self.n0 + self.P
-        self.size = self.new0 + len(self.linked)
+        self.cores = q.cores()
+        self.cored = np.flatnonzero(np.repeat(np.isfinite(self.cores), self.K))
+        self.e0 = self.new0 + len(self.linked)
+        self.size = self.e0 + len(self.cored)
         # per pool: the variable that pays for new instances (its `new`, or n itself where unlinked)
         self.payer = self.n0 + np.arange(self.P)
         self.payer[self.linked] = self.new0 + np.arange(len(self.linked))
+        # per pool: the variable that counts its servers in the delay and the throughput row (e, or n)
+        self.server = self.n0 + np.arange(self.P)
+        self.server[self.cored] = self.e0 + np.arange(len(self.cored))
 
 
 def _jacobian(q: QueueProblem, lay: _Layout) -> tuple[IntArray, IntArray, FloatArray, FloatArray, FloatArray]:
@@ -176,7 +218,7 @@ def _jacobian(q: QueueProblem, lay: _Layout) -> tuple[IntArray, IntArray, FloatA
     add(C + pools, lay.lam0 + pools, 1.0)
     t0 = C + P  # throughput rows: lam - rho mu n <= 0
     add(t0 + pools, lay.lam0 + pools, 1.0)
-    add(t0 + pools, lay.n0 + pools, -(q.cap() * q.mu).ravel())
+    add(t0 + pools, lay.server, -(q.cap() * q.mu).ravel())
     L = len(lay.linked)
     l0 = t0 + P  # link rows: n - new <= free (linked pools only)
     add(l0 + np.arange(L), lay.n0 + lay.linked, 1.0)
@@ -184,16 +226,30 @@ def _jacobian(q: QueueProblem, lay: _Layout) -> tuple[IntArray, IntArray, FloatA
     m0 = l0 + L  # memory rows, then compute rows: on each pool's payer
     add(m0 + pj, lay.payer, p.mem[pk])
     add(m0 + J + pj, lay.payer, p.comp[pk])
+    E = len(lay.cored)
+    e0 = m0 + 2 * J  # core rows: e - n <= 0 per cored pool, then sum_k e <= cores per cored node
+    add(e0 + np.arange(E), lay.e0 + np.arange(E), 1.0)
+    add(e0 + np.arange(E), lay.n0 + lay.cored, -1.0)
+    cored_nodes = np.flatnonzero(np.isfinite(lay.cores))
+    node_row = np.full(J, -1)
+    node_row[cored_nodes] = np.arange(len(cored_nodes))
+    add(e0 + E + node_row[lay.cored // K], lay.e0 + np.arange(E), 1.0)
     r, c, v = np.concatenate(rows), np.concatenate(cols), np.concatenate(vals)
     keep = v != 0
-    cl = np.concatenate([q.rate, np.zeros(P), np.full(P, -np.inf), np.full(L, -np.inf), np.full(2 * J, -np.inf)])
+    n_core_rows = E + len(cored_nodes)
+    cl = np.concatenate(
+        [q.rate, np.zeros(P), np.full(P, -np.inf), np.full(L, -np.inf), np.full(2 * J + n_core_rows, -np.inf)]
+    )
     # n >= N_MIN forces every pool to hold a sliver of a new instance where none runs; a node with no memory
     # or compute left (budget 0) made the rows infeasible and Ipopt failed with -3 (found by hypothesis).
     # The slack is that sliver's cost; rounding and repair keep the real budgets on whole instances.
     mem_cu = np.maximum(p.mem_budget, 0.0) + N_MIN * float(np.sum(p.mem))
     comp_cu = np.maximum(p.comp_budget, 0.0) + N_MIN * float(np.sum(p.comp))
     free = p.free.ravel()[lay.linked].astype(float)
-    cu = np.concatenate([q.rate, np.zeros(P), np.zeros(P), free, mem_cu, comp_cu])
+    # every pool's e >= N_MIN: a node needs room for K slivers (a slack on every node would let a pool
+    # carry 1e-6 more than its whole instances, and rounding would open one more)
+    core_cu = np.concatenate([np.zeros(E), np.maximum(lay.cores[cored_nodes], 2 * K * N_MIN)])
+    cu = np.concatenate([q.rate, np.zeros(P), np.zeros(P), free, mem_cu, comp_cu, core_cu])
     return r[keep], c[keep], v[keep], cl, cu
 
 
@@ -213,6 +269,7 @@ class _Callbacks:
                 -q.service_ms.ravel(),
                 np.zeros(lay.P),
                 np.zeros(len(lay.linked)),
+                np.zeros(len(lay.cored)),
             ]
         )
         self.cost[lay.payer] = q.instance_cost
@@ -223,7 +280,7 @@ class _Callbacks:
     def _pools(self, x: FloatArray) -> tuple[FloatArray, FloatArray]:
         lay = self.lay
         lam = np.clip(x[lay.lam0 : lay.lam0 + lay.P], 0.0, None)
-        n = np.maximum(x[lay.n0 : lay.n0 + lay.P], N_MIN)
+        n = np.maximum(x[lay.server], N_MIN)
         return lam, n
 
     def _delay(self, lam: FloatArray, n: FloatArray) -> tuple[FloatArray, ...]:
@@ -248,7 +305,7 @@ class _Callbacks:
         _, d_lam, d_n, *_ = self._delay(lam, n)
         out = self.cost.copy()
         out[self.lay.lam0 : self.lay.lam0 + self.lay.P] += d_lam
-        out[self.lay.n0 : self.lay.n0 + self.lay.P] += d_n
+        out[self.lay.server] += d_n
         return out
 
     def constraints(self, x: FloatArray) -> FloatArray:
@@ -262,7 +319,7 @@ class _Callbacks:
 
     def hessianstructure(self) -> tuple[IntArray, IntArray]:
         lam = self.lay.lam0 + np.arange(self.lay.P)
-        n = self.lay.n0 + np.arange(self.lay.P)
+        n = self.lay.server  # e sits after lam in the variables, n too: (server, lam) is in the lower triangle
         return np.concatenate([lam, n, n]), np.concatenate([lam, lam, n])  # lower triangle
 
     def hessian(self, x: FloatArray, lagrange: FloatArray, obj_factor: float) -> FloatArray:
@@ -315,6 +372,7 @@ def _solve_form(q: QueueProblem, cols: IntArray | None, compact: bool) -> tuple[
     callbacks.m = len(cl)
     lb = np.zeros(lay.size)
     lb[lay.n0 : lay.n0 + lay.P] = N_MIN
+    lb[lay.e0 :] = N_MIN
     ub = np.full(lay.size, np.inf)
     ub[: lay.r0] = q.rate[lay.cc]
     ub[lay.r0 : lay.lam0] = q.rate
@@ -345,7 +403,13 @@ def _solve_form(q: QueueProblem, cols: IntArray | None, compact: bool) -> tuple[
     lam = xs.T @ np.eye(lay.K)[p.class_model] if lay.C else np.zeros((lay.J, lay.K))
     n = np.clip(x[lay.n0 : lay.n0 + lay.P], 0.0, None).reshape(lay.J, lay.K)
     r = np.clip(x[lay.r0 : lay.lam0], 0.0, None)
-    sol = NlpSolution(xs, r, lam, n, float(info["obj_val"]), status, callbacks.iterations, columns=len(lay.cols))
+    servers = None
+    if len(lay.cored):
+        servers = n.copy().ravel()
+        servers[lay.cored] = np.clip(x[lay.e0 :], 0.0, None)
+        servers = servers.reshape(lay.J, lay.K)
+    value = float(info["obj_val"])
+    sol = NlpSolution(xs, r, lam, n, value, status, callbacks.iterations, columns=len(lay.cols), servers=servers)
     mult = np.asarray(info["mult_g"], dtype=float).copy()
     # Pool rows' least valid multipliers: lam's lower-bound multiplier moves into its pool row (KKT kept).
     mult[lay.C : lay.C + lay.P] -= np.asarray(info["mult_x_L"], dtype=float)[lay.lam0 : lay.n0]
@@ -364,5 +428,6 @@ def _start(q: QueueProblem, lay: _Layout) -> FloatArray:
     n = lam.ravel() / (0.5 * q.mu.ravel()) + 1e-3
     x0[lay.lam0 : lay.n0] = lam.ravel()
     x0[lay.n0 : lay.new0] = n
-    x0[lay.new0 :] = n[lay.linked]
+    x0[lay.new0 : lay.e0] = n[lay.linked]
+    x0[lay.e0 :] = np.minimum(n[lay.cored], 0.5 * np.repeat(lay.cores, lay.K)[lay.cored] / lay.K)
     return x0

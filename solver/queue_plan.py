@@ -14,15 +14,16 @@ from typing import Any
 import numpy as np
 
 from solver.capacity import violations
+from solver.node_cpu import effective_servers
 from solver.plan import Plan, Rejection
-from solver.problem import Mode, Problem, plan_actions, plan_instances, running_instances
-from solver.queue_close import close_pools
+from solver.problem import FloatArray, Mode, Problem, plan_actions, plan_instances, running_instances
+from solver.queue_close_fast import close_pools_fast
 from solver.queue_fast import solve_nlp_fast
 from solver.queue_model import QueueProblem, build_queue_problem
 from solver.queue_repair import Pools, repair
-from solver.queueing import PoolDelay
 from solver.tail_cap import with_tail_cap
 
+SEED_COUNTS = True  # whole counts follow the relaxation's where budgets allow (solver.queue_seed)
 MAX_SPREAD_SITES = 64  # sites (largest rate first) whose split the plan hands to the agents (peer messages <= 256 KiB)
 
 
@@ -66,8 +67,8 @@ def _solve(q: QueueProblem, extra: dict[str, Any]) -> Plan:
     start = time.process_time()
     nlp = solve_nlp_fast(q)
     relaxation_ms = 1000.0 * (time.process_time() - start)
-    pools = repair(q, nlp.x, nlp.r)
-    closed = close_pools(pools)
+    pools = repair(q, nlp.x, nlp.r, nlp.n if SEED_COUNTS else None)
+    closed = close_pools_fast(pools)
     details: dict[str, Any] = {
         **extra,
         "shed": pools.shed,
@@ -90,12 +91,14 @@ def spread(q: QueueProblem, pools: Pools, limit: int = MAX_SPREAD_SITES) -> list
     """Per site (class) and model: its RTT row and node -> share of its rate; at most ``limit`` sites."""
     p = q.base
     out = []
+    rows = pools.x.tolist()
     for c in np.argsort(-q.rate, kind="stable")[:limit].tolist():
+        row = rows[c]
         served = float(pools.x[c].sum())
         if served <= 0:
             continue
         first = p.snapshot.requests[p.class_members[c][0]]
-        shares = {p.node_ids[j]: round(float(pools.x[c, j]) / served, 6) for j in np.nonzero(pools.x[c] > 0)[0]}
+        shares = {p.node_ids[j]: round(v / served, 6) for j, v in enumerate(row) if v > 0}
         out.append(
             {"model": first.model, "rtt_ms": {n: round(v, 1) for n, v in first.rtt_ms.items()}, "shares": shares}
         )
@@ -105,11 +108,32 @@ def spread(q: QueueProblem, pools: Pools, limit: int = MAX_SPREAD_SITES) -> list
 def planned_queue(q: QueueProblem, pools: Pools) -> dict[str, dict[str, float]]:
     """Per node and model: the mean number of requests at one instance under the plan (M/M/1 L)."""
     lam, counts = pools.lam(), pools.counts()
+    servers = effective_servers(counts, pools.cores)  # a node's cores shared by its instances
     out: dict[str, dict[str, float]] = {}
     for j, k in zip(*np.nonzero(counts > 0), strict=True):
-        rho = float(lam[j, k] / (counts[j, k] * q.mu[j, k]))
+        rho = min(float(lam[j, k] / (servers[j, k] * q.mu[j, k])), 0.999)
         out.setdefault(q.base.node_ids[j], {})[q.base.model_names[k]] = round(rho / (1.0 - rho), 6)
     return out
+
+
+def _wait_terms(q: QueueProblem, pools: Pools) -> tuple[FloatArray, FloatArray]:
+    """[j, k] each pool's M/M/1 wait (request-ms/s, PoolDelay at a cap of rho_max + 0.099, vectorised) and lam."""
+    lam, counts = pools.lam(), effective_servers(pools.counts(), pools.cores)
+    rho = min(0.999, q.rho_max + 0.099)
+    n = np.where(lam > 0, counts, 1).astype(float)
+    t, tm = lam / n, rho * q.mu
+    tc = np.minimum(t, tm)
+    gap = q.mu - tc
+    g_in = 1000.0 * tc / gap
+    g = np.where(t <= tm, g_in, g_in + 1000.0 * q.mu / gap**2 * (t - tm))
+    return np.where(lam > 0, n * g - lam * q.service_ms, 0.0), lam
+
+
+def _summed(start: float, values: FloatArray) -> float:
+    """``start`` plus the non-zero ``values`` one at a time, in row-major order (the loop's float sum)."""
+    for v in values[values != 0].tolist():
+        start += v
+    return start
 
 
 def mean_latency_ms(q: QueueProblem, pools: Pools) -> float:
@@ -117,28 +141,21 @@ def mean_latency_ms(q: QueueProblem, pools: Pools) -> float:
     served = float(pools.x.sum())
     if served <= 0:
         return 0.0
-    lam, counts = pools.lam(), pools.counts()
-    total = float((pools.x * q.base.cost).sum())
-    for j, k in zip(*np.nonzero(lam > 0), strict=True):
-        d = PoolDelay(float(q.mu[j, k]), min(0.999, q.rho_max + 0.099))
-        total += float(d.value(lam[j, k], counts[j, k])) - lam[j, k] * float(q.service_ms[j, k])
-    return total / served
+    wait, lam = _wait_terms(q, pools)
+    return _summed(float((pools.x * q.base.cost).sum()), wait[lam > 0]) / served
 
 
 def model_latency_ms(q: QueueProblem, pools: Pools) -> dict[str, float]:
     """Per model with served rate: the rate-weighted mean of RTT + execution + M/M/1 wait (mean_latency_ms's terms)."""
     p = q.base
-    lam, counts = pools.lam(), pools.counts()
+    wait, lam = _wait_terms(q, pools)
     out: dict[str, float] = {}
     for k, name in enumerate(p.model_names):
         mine = p.class_model == k
         served = float(pools.x[mine].sum())
         if served <= 0:
             continue
-        total = float((pools.x[mine] * p.cost[mine]).sum())
-        for j in np.nonzero(lam[:, k] > 0)[0]:
-            d = PoolDelay(float(q.mu[j, k]), min(0.999, q.rho_max + 0.099))
-            total += float(d.value(lam[j, k], counts[j, k])) - lam[j, k] * float(q.service_ms[j, k])
+        total = _summed(float((pools.x[mine] * p.cost[mine]).sum()), wait[:, k][lam[:, k] > 0])
         out[name] = round(float(total / served), 6)
     return out
 
@@ -151,10 +168,11 @@ def make_queue_plan(q: QueueProblem, pools: Pools, method: str, status: str, det
     assignments: list[str | None] = [None] * p.n_requests
     shares: list[dict[str, float]] = [{} for _ in range(p.n_requests)]
     rejections = []
+    rows, rates, rejected = pools.x.tolist(), q.rate.tolist(), pools.rejected.tolist()
     for c, members in enumerate(p.class_members):
-        split = {p.node_ids[j]: float(pools.x[c, j] / q.rate[c]) for j in np.nonzero(pools.x[c] > 0)[0]}
-        nodes = _spread_members(len(members), pools.x[c], float(pools.rejected[c]))
-        rounded = {n: round(f, 6) for n, f in split.items()}
+        row = rows[c]
+        rounded = {p.node_ids[j]: round(v / rates[c], 6) for j, v in enumerate(row) if v > 0}
+        nodes = _spread_members(len(members), pools.x[c], rejected[c], row)
         for i, j in zip(members, nodes, strict=True):
             shares[i] = dict(rounded)
             if j is None:
@@ -181,8 +199,17 @@ def make_queue_plan(q: QueueProblem, pools: Pools, method: str, status: str, det
     )
 
 
-def _spread_members(n: int, x: Any, rejected: float) -> list[int | None]:
-    """n members over the nodes of a split (and rejection) by largest remainder, biggest share first."""
+def _spread_members(n: int, x: Any, rejected: float, row: list[float] | None = None) -> list[int | None]:
+    """n members over the nodes of a split (and rejection) by largest remainder, biggest share first.
+
+    ``row``: ``x`` as a list, for the one-member shortcut (the largest weight, the first of equals)."""
+    if n == 1 and row is not None:
+        one = [*row, rejected]
+        best = max(one)
+        if best <= 0:
+            return [None]
+        i = one.index(best)
+        return [None if i == len(row) else i]
     weights = np.append(x, rejected)
     total = float(weights.sum())
     if n == 0 or total <= 0:

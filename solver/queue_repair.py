@@ -5,8 +5,10 @@ counts are integers. From the relaxation's rates ``x[c, j]``:
 
 1. Clean: shares under a millionth of a stream's rate are dropped.
 2. Count: each pool runs the fewest instances that keep it under the load cap (``ceil(lam / (rho mu))``).
-3. Capacity: a node whose new instances exceed its memory or compute moves its smallest pools' streams
-   to the node where they cost least and fit (an open pool's headroom first), until it fits.
+3. Capacity: a node whose busy work exceeds ``rho_max`` of its cores (solver.node_cpu) sheds its smallest
+   streams' rate (placed again in step 5); a node whose new instances exceed its memory or compute moves
+   its smallest pools' streams to the node where they cost least and fit (an open pool's headroom first),
+   until it fits.
 4. Spread bound: per model and node class, while the pools run more instances than the class's load
    needs at ``rho_max`` plus one spare, a pool running below ``rho_max`` gives up an instance (its load cap
    is raised, never above ``rho_max``: a tail cap gives way to the bound), else the smallest pool's
@@ -24,6 +26,7 @@ import math
 
 import numpy as np
 
+from solver.node_cpu import core_room, over_cores
 from solver.problem import FloatArray, IntArray
 from solver.queue_model import QueueProblem
 
@@ -45,6 +48,7 @@ class Pools:
         self.penalty = q.penalty()
         self.service_ms = q.service_ms
         self.node_group = np.unique(np.asarray(q.node_class), return_inverse=True)[1].ravel()  # [j] node class
+        self.cores = q.cores()  # [j] parallel capacity (inf: no limit)
 
     def lam(self) -> FloatArray:
         return np.asarray(self.x.T @ self.onehot)
@@ -53,10 +57,11 @@ class Pools:
         return needed(self.lam(), self.cap)
 
     def over_budget(self, counts: IntArray) -> list[int]:
-        """Nodes whose new instances exceed memory or compute."""
+        """Nodes whose new instances exceed memory or compute, or whose busy work exceeds their cores."""
         p = self.q.base
         new = np.maximum(counts - p.free, 0)
         over = (new @ p.mem > p.mem_budget + TINY) | (new @ p.comp > p.comp_budget + TINY)
+        over |= over_cores(self.lam(), self.q.mu, self.cores, self.q.rho_max)
         return [int(j) for j in np.flatnonzero(over)]
 
     def fits_with(self, j: int, k: int, extra: float) -> bool:
@@ -76,7 +81,9 @@ class Pools:
         by_mem = math.inf if p.mem[k] <= 0 else math.floor((mem_left + TINY) / p.mem[k])
         by_comp = math.inf if p.comp[k] <= 0 else math.floor((comp_left + TINY) / p.comp[k])
         more = min(by_mem, by_comp, 10**6) + spare_free
-        return max(0.0, float((counts[j, k] + more) * self.cap[j, k] - self.lam()[j, k]) * (1 - 1e-9))
+        by_cores = float(core_room(self.lam(), self.q.mu, self.cores, self.q.rho_max)[j]) * float(self.q.mu[j, k])
+        room = min(float((counts[j, k] + more) * self.cap[j, k] - self.lam()[j, k]), by_cores)
+        return max(0.0, room * (1 - 1e-9))
 
     def move(self, c: int, src: int | None, dst: int, amount: float) -> None:
         if src is None:
@@ -106,6 +113,7 @@ class Pools:
         fits = (new @ p.mem + grown * p.mem[k] <= p.mem_budget + TINY) & (
             new @ p.comp + grown * p.comp[k] <= p.comp_budget + TINY
         )
+        fits &= core_room(lam, self.q.mu, self.cores, self.q.rho_max) >= amount / self.q.mu[:, k] * (1 + 1e-9)
         if exclude:
             fits[list(exclude)] = False
         if open_only:
@@ -122,9 +130,16 @@ def needed(lam: FloatArray, cap: FloatArray) -> IntArray:
     return np.asarray(np.maximum(np.ceil(np.asarray(lam) / np.asarray(cap) - 1e-9), 0.0), dtype=np.int64)
 
 
-def repair(q: QueueProblem, x: FloatArray, rejected: FloatArray) -> Pools:
-    """Steps 1-5 of the module docstring on the relaxation's rates; the result is within every budget."""
+def repair(q: QueueProblem, x: FloatArray, rejected: FloatArray, n: FloatArray | None = None) -> Pools:
+    """Steps 1-5 of the module docstring on the relaxation's rates; the result is within every budget.
+
+    ``n``: the relaxation's instance counts, which step 2 then follows where budgets allow (solver.queue_seed)."""
     pools = Pools(q, x, rejected)
+    if n is not None:
+        from solver.queue_seed import seed_counts
+
+        seed_counts(pools, n)
+    _fix_cores(pools)
     _fix_capacity(pools)
     _bound_spread(pools)
     _place_rejected(pools)
@@ -169,6 +184,35 @@ def _evacuate(pools: Pools, j: int, k: int, exclude: set[int]) -> bool:
     return True
 
 
+def _fix_cores(pools: Pools) -> None:
+    """Step 3's core rule: a node over its busy-work limit sheds its smallest streams' rate to ``rejected``;
+    a pool on a node with cores that Ipopt's tolerance left a hair above whole instances at its cap (where
+    the core row binds) sheds the hair, so it does not count one instance more."""
+    q, p = pools.q, pools.q.base
+    lam, counts = pools.lam(), pools.counts()
+    hair = np.isfinite(pools.cores)[:, None] & (counts > needed(lam * (1 - 1e-6), pools.cap))
+    for j, k in zip(*np.nonzero(hair), strict=True):
+        excess = float(lam[j, k] - (counts[j, k] - 1) * pools.cap[j, k])
+        for c in np.flatnonzero((p.class_model == k) & (pools.x[:, j] > 0)).tolist():
+            take = min(excess, float(pools.x[c, j]))
+            pools.x[c, j] -= take
+            pools.rejected[c] += take
+            excess -= take
+            if excess <= 0:
+                break
+    room = core_room(pools.lam(), q.mu, pools.cores, q.rho_max)
+    for j in np.flatnonzero(over_cores(pools.lam(), q.mu, pools.cores, q.rho_max)).tolist():
+        excess = -float(room[j]) * (1 + 1e-9)  # seconds of service per second
+        for c in sorted(np.flatnonzero(pools.x[:, j] > 0).tolist(), key=lambda c: pools.x[c, j]):
+            mu = float(q.mu[j, p.class_model[c]])
+            take = min(excess * mu, float(pools.x[c, j]))
+            pools.x[c, j] -= take
+            pools.rejected[c] += take
+            excess -= take / mu
+            if excess <= 0:
+                break
+
+
 def _fix_capacity(pools: Pools) -> None:
     """Step 3: shrink the smallest pools of over-budget nodes by one instance each until they fit.
 
@@ -198,8 +242,11 @@ def _fix_capacity(pools: Pools) -> None:
 def _bound_spread(pools: Pools) -> None:
     """Step 4: per model and node class, at most the class's need plus one spare instance."""
     q = pools.q
+    clear = _within_bound(pools)
     for k in range(len(q.base.model_names)):
         for g in sorted(set(q.node_class)):
+            if clear.get((k, g)):
+                continue  # the loop below would stop at once
             nodes = [j for j in range(q.base.n_nodes) if q.node_class[j] == g]
             stuck: set[int] = set()
             while True:
@@ -216,8 +263,31 @@ def _bound_spread(pools: Pools) -> None:
                     break
                 smallest = min(open_j, key=lambda j: (lam[j, k], j))
                 others = {j for j in range(q.base.n_nodes) if j not in nodes or j == smallest}
-                if not _evacuate(pools, smallest, k, others):
+                if not _evacuate(pools, smallest, k, others) and not _gather_with_room(pools, smallest, k, nodes):
                     stuck.add(smallest)
+
+
+def _within_bound(pools: Pools) -> dict[tuple[int, str], bool]:
+    """(model, node class) -> whether its pools are within the spread bound with a margin that float
+    summation order cannot cross (vectorised; ``_bound_spread`` skips those)."""
+    q = pools.q
+    lam, counts = pools.lam(), pools.counts()
+    load = (lam / (q.rho_max * q.mu)).T  # [k, j]
+    out = {}
+    for g in set(q.node_class):
+        nodes = [j for j in range(q.base.n_nodes) if q.node_class[j] == g]
+        need = np.ceil(load[:, nodes].sum(axis=1) - 1e-6)
+        have = counts[nodes].sum(axis=0)
+        for k, ok in enumerate((have <= need + 1).tolist()):
+            out[(k, g)] = ok
+    return out
+
+
+def _gather_with_room(pools: Pools, src: int, k: int, nodes: list[int]) -> bool:
+    """Where models share saturated cores: make core room, then gather (solver.queue_cores)."""
+    from solver.queue_cores import gather_making_room
+
+    return gather_making_room(pools, src, k, nodes)
 
 
 def _shed_instance(pools: Pools, nodes: list[int], k: int) -> bool:
@@ -244,7 +314,12 @@ def _shed_by_moving(pools: Pools, nodes: list[int], k: int) -> bool:
     q, p = pools.q, pools.q.base
     lam, counts = pools.lam(), pools.counts()
     top = q.rho_max * q.mu[:, k]  # [j] req/s one instance may take at rho_max
-    full_room = {j: float(counts[j, k] * top[j] - lam[j, k]) * (1 - 1e-9) for j in nodes if counts[j, k] > 0}
+    by_cores = core_room(lam, q.mu, pools.cores, q.rho_max) * q.mu[:, k]  # [j] req/s the node's cores still take
+    full_room = {
+        j: min(float(counts[j, k] * top[j] - lam[j, k]), float(by_cores[j])) * (1 - 1e-9)
+        for j in nodes
+        if counts[j, k] > 0
+    }
     options = sorted((float(lam[j, k] - (counts[j, k] - 1) * top[j]), j) for j in nodes if counts[j, k] > p.free[j, k])
     for excess, j in options:
         room = {o: r for o, r in full_room.items() if o != j}

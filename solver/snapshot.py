@@ -36,6 +36,7 @@ class Node:
     instances: Mapping[str, int] = field(default_factory=dict)
     usage: Mapping[str, InstanceUsage] = field(default_factory=dict)
     node_class: str = "default"
+    cores: float | None = None  # parallel compute (CPU cores, GPU streams) its instances share; None: no limit
 
 
 @dataclass(frozen=True)
@@ -219,7 +220,21 @@ def _parse_node(raw: Any, where: str) -> Node:
         instances={str(k): _count(v, f"{where}.instances.{k}") for k, v in instances_raw.items()},
         usage=usage,
         node_class=_str(d, "node_class", where) if "node_class" in d else "default",
+        cores=_cores(d.get("cores"), f"{where}.cores"),
     )
+
+
+MIN_CORES, MAX_CORES = 1 / 64, 4096.0  # a node's parallel capacity (1e-300 divided by zero in repair)
+
+
+def _cores(v: Any, where: str) -> float | None:
+    """A node's parallel capacity: absent (null) or a number in [MIN_CORES, MAX_CORES]."""
+    if v is None:
+        return None
+    x = _number(v, where)
+    if not MIN_CORES <= x <= MAX_CORES:
+        raise SnapshotError(where, f"must be within {MIN_CORES:g}-{MAX_CORES:g} (or absent: no limit)")
+    return x
 
 
 def _parse_model(raw: Any, where: str) -> Model:
@@ -259,6 +274,8 @@ def _node_to_dict(n: Node) -> dict[str, Any]:
     }
     if n.node_class != "default":
         out["node_class"] = n.node_class
+    if n.cores is not None:
+        out["cores"] = n.cores
     if n.usage:
         out["usage"] = {
             k: {"requests": u.requests, "last_request_s": u.last_request_s, "provisioned_s": u.provisioned_s}

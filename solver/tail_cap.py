@@ -50,14 +50,14 @@ def tail_caps(q: QueueProblem, fraction: float) -> FloatArray:
 
 
 def _fitting_load(q: QueueProblem) -> FloatArray:
-    """Per model: the load at which its whole rate fits the instances every node's budgets can hold."""
+    """Per model: the load at which its whole rate fits the instances every node's budgets (and cores) can hold."""
     p = q.base
     out = np.zeros(len(p.model_names))
     for k in range(len(p.model_names)):
         slots = np.minimum(
             np.floor(p.mem_budget / max(float(p.mem[k]), 1e-9)), np.floor(p.comp_budget / max(float(p.comp[k]), 1e-9))
         )
-        slots = slots + p.free[:, k]
+        slots = np.minimum(slots + p.free[:, k], q.cores())  # instances past a node's cores add no throughput
         capacity = float((slots * q.mu[:, k]).sum())
         demand = float(q.rate[p.class_model == k].sum())
         out[k] = demand / (FIT_MARGIN * capacity) if capacity > 0 else q.rho_max

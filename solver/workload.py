@@ -12,7 +12,11 @@ Every placement solves the same snapshot; its plan is then run as a discrete-eve
   client's assigned node (thesis model and baselines), then to one of that node's instances uniformly;
   a client the plan rejected, or a node with no instance started, counts a rejection;
 * every instance is a FIFO single server: start = max(arrival, previous finish) (Lindley's recursion,
-  the exact event order of a FIFO queue); latency = RTT + wait + service.
+  the exact event order of a FIFO queue); latency = RTT + wait + service;
+* with ``cores`` (``--cores``) a node's instances share that many cores: while more of them are busy
+  than it has cores, each runs at cores / busy of its speed (solver.shared_cores); the solver sees the
+  cores too (the nodes' ``cores``), except the ``queue-nocores`` placement: the queue model without the
+  node limit, as it was before (its instances on one node counted as independent servers).
 
 Placements: ``thesis`` (Ipopt, the thesis's model: one instance per client stream), ``queue``
 (Ipopt, the queue-aware model), ``queue-p99`` (the same with solver.tail_cap's load cap), ``nearest``
@@ -21,19 +25,21 @@ and ``least-loaded`` (the thesis-model baselines).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import numpy as np
 
 from solver.api import solve
 from solver.plan import Plan
+from solver.shared_cores import shared_sojourn_ms
 from solver.snapshot import Model, Node, Request, Snapshot
 
 PLACEMENTS: dict[str, tuple[str, str]] = {  # name -> (method, objective)
     "thesis": ("ipopt", "thesis"),
     "queue": ("ipopt", "queue"),
     "queue-p99": ("ipopt", "queue-p99"),
+    "queue-nocores": ("ipopt", "queue"),  # the queue model blind to the nodes' cores (solved without them)
     "nearest": ("nearest", "thesis"),
     "least-loaded": ("least-loaded", "thesis"),
 }
@@ -54,6 +60,7 @@ class Workload:
     model_mem_mb: float = 300.0
     seed: int = 0
     service: str = "exp"  # exp: exponential service times (M/M/1 queues); det: constant (M/D/1)
+    cores: float = 0.0  # cores a node's instances share; 0: one core per instance (no sharing)
 
     def check(self) -> str | None:
         """Why the workload cannot be simulated, or None."""
@@ -65,6 +72,8 @@ class Workload:
             return "service must be exp or det"
         if self.node_mem_mb <= 0 or self.model_mem_mb <= 0:
             return "memory sizes must be positive"
+        if not 0 <= self.cores < float("inf"):
+            return "cores must be a positive number (0: one per instance)"
         if self.clients * self.rate * self.duration_s > MAX_REQUESTS:
             return f"clients x rate x duration exceeds {MAX_REQUESTS:,} simulated requests"
         return None
@@ -95,7 +104,7 @@ def lab_snapshot(w: Workload) -> tuple[Snapshot, np.ndarray]:
     site_rtt = rng.uniform(1.0, 20.0, (w.sites, w.nodes)).round(2)
     rtt = site_rtt[np.arange(w.clients) % w.sites]
     exec_ms = 1000.0 / w.throughput
-    nodes = tuple(Node(i, w.node_mem_mb, w.node_mem_mb, 100.0) for i in ids)
+    nodes = tuple(Node(i, w.node_mem_mb, w.node_mem_mb, 100.0, cores=w.cores or None) for i in ids)
     model = Model("m", w.model_mem_mb, 1.0, {"default": w.throughput})
     requests = tuple(
         Request("m", {i: float(rtt[c, j]) for j, i in enumerate(ids)}, dict.fromkeys(ids, exec_ms), f"c{c}", w.rate)
@@ -104,17 +113,26 @@ def lab_snapshot(w: Workload) -> tuple[Snapshot, np.ndarray]:
     return Snapshot(nodes, (model,), requests), rtt
 
 
-def run(w: Workload, placements: tuple[str, ...] = tuple(PLACEMENTS)) -> list[Outcome]:
-    """Solve the lab with each placement and simulate the same arrivals through each plan."""
+def run(w: Workload, placements: tuple[str, ...] | None = None) -> list[Outcome]:
+    """Solve the lab with each placement (default: all; ``queue-nocores`` only with cores) and simulate the
+    same arrivals through each plan."""
+    if placements is None:
+        placements = tuple(n for n in PLACEMENTS if w.cores > 0 or n != "queue-nocores")
     snap, rtt = lab_snapshot(w)
     arrivals = _arrivals(w)
     out = []
     for name in placements:
         method, objective = PLACEMENTS[name]
-        solve(snap, method=method, mode="2", objective=objective)  # warm: imports and set-up
-        plan = solve(snap, method=method, mode="2", objective=objective)
+        seen = _without_cores(snap) if name == "queue-nocores" else snap
+        solve(seen, method=method, mode="2", objective=objective)  # warm: imports and set-up
+        plan = solve(seen, method=method, mode="2", objective=objective)
         out.append(simulate_plan(name, plan, w, rtt, arrivals))
     return out
+
+
+def _without_cores(snap: Snapshot) -> Snapshot:
+    """``snap`` as the queue model saw it before nodes had cores."""
+    return replace(snap, nodes=tuple(replace(n, cores=None) for n in snap.nodes))
 
 
 def _arrivals(w: Workload) -> list[np.ndarray]:
@@ -149,7 +167,12 @@ def simulate_plan(name: str, plan: Plan, w: Workload, rtt: np.ndarray, arrivals:
     service = rng.exponential(1.0 / w.throughput, len(arrival))
     if w.service == "det":
         service = np.full(len(arrival), 1.0 / w.throughput)
-    latency = fifo_sojourn_ms(arrival, np.concatenate(inst or [np.zeros(0, int)]), service)
+    instance = np.concatenate(inst or [np.zeros(0, int)])
+    if w.cores > 0:
+        node_of = np.repeat(np.arange(w.nodes), started)
+        latency = shared_sojourn_ms(arrival, instance, service, node_of, np.full(w.nodes, w.cores))
+    else:
+        latency = fifo_sojourn_ms(arrival, instance, service)
     total = latency + np.concatenate(net or [np.zeros(0)])
     pct = np.percentile(total, [50, 99]) if len(total) else np.array([np.nan, np.nan])
     return Outcome(
@@ -197,7 +220,8 @@ def format_table(w: Workload, outcomes: list[Outcome]) -> str:
     )
     lines = [
         f"{w.clients} clients at {w.sites} sites, {w.rate:g} req/s each, {w.nodes} nodes of {w.node_mem_mb:g} MB, "
-        f"instance {w.model_mem_mb:g} MB serving {w.throughput:g} req/s ({w.service} service), {w.duration_s:g} s",
+        f"instance {w.model_mem_mb:g} MB serving {w.throughput:g} req/s ({w.service} service), {w.duration_s:g} s"
+        + (f", {w.cores:g} cores per node" if w.cores else ""),
         head,
         "-" * len(head),
     ]

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from peerserve.chaos import Observed, summarise
 from scripts.testbed import TOKEN, TestBed
 from tests.cluster.test_discovery_cluster import start_all, statuses
 from tests.peer_tools import TestPeer
@@ -142,3 +143,8 @@ def test_partition_three_two_and_heal(bed: Callable[[int], TestBed]) -> None:
     time.sleep(2)
     after = agreed(b, [0, 1, 2, 3, 4])
     assert after is not None and after[0] == final[0]  # and it stays: no flapping (a fencing term bump is fine)
+    seen = Observed()  # what each agent's log says it led, followed and obeyed: one leader per term at each
+    for host in b.hosts:
+        seen.agent_log(host.node_id, host.log.read_text(errors="replace"))
+    report = summarise(seen)
+    assert report["max_leaders_per_term"] == 1 and report["lower_terms_obeyed"] == 0, seen.accepted

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -217,6 +218,7 @@ def test_cluster_and_health_shapes(agents: Any) -> None:
     assert health["status"] == "ok" and health["runtime"]["kind"] == "process"
     node = a.get("/stats/node").json()
     assert node["mem_total_mb"] > 0 and 0 <= node["cpu_percent"] <= 100
+    assert node["cores"] == float(os.cpu_count() or 1) and node["load_per_cpu"] >= 0  # the queue model's limit
 
 
 def test_on_demand_model_survives_a_leader_command_that_predates_it(agents: Any) -> None:

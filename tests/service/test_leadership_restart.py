@@ -8,7 +8,7 @@ from pathlib import Path
 from agent.leadership import Leadership, encode
 from agent.node import NodeAgent
 from agent.settings import load_settings
-from coordinator_election import VoteRequest
+from coordinator_election import Announce, VoteRequest
 
 
 def _agent(data_dir: Path) -> NodeAgent:
@@ -34,3 +34,22 @@ def test_a_restarted_agent_resumes_its_persisted_term_and_vote(tmp_path: Path) -
     third = Leadership(_agent(tmp_path))
     assert (third.term, third.machine.vote) == (6, None)
     asyncio.run(third.agent.stop())
+
+
+def test_a_restarted_agent_keeps_the_one_leader_it_accepted_for_its_term(tmp_path: Path) -> None:
+    agent = _agent(tmp_path)
+    lead = Leadership(agent)
+    lead.receive("n2", encode(Announce(5, "n2", (0, 1.0, "n2"))))  # follows n2 in term 5
+    assert (lead.term, lead.leader, agent.store.election_accepted()) == (5, "n2", "n2")  # durable at once
+    asyncio.run(agent.stop())
+
+    again = _agent(tmp_path)
+    back = Leadership(again)
+    assert (back.term, back.machine.accepted, back.leader) == (5, "n2", None)  # no lease yet, term 5 is n2's
+    back.receive("n3", encode(Announce(5, "n3", (0, 2.0, "n3"))))  # a second leader of term 5: never followed
+    assert back.leader is None and back.machine.accepted == "n2"
+    back.receive("n2", encode(Announce(5, "n2", (0, 1.0, "n2"))))
+    assert back.leader == "n2"
+    back.receive("n3", encode(Announce(6, "n3", (0, 2.0, "n3"))))  # a newer term may have another leader
+    assert (back.term, back.leader, again.store.election_accepted()) == (6, "n3", "n3")
+    asyncio.run(again.stop())

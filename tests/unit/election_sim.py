@@ -1,8 +1,16 @@
 """An in-memory network for the election machine: fake clock, message delays, cuts, drops, crashes, pauses.
 
-Each node has a disk: a ``Persist`` action writes (term, vote) there before the node's later actions go
+Each node has a disk: a ``Persist`` action writes (term, vote, accepted leader) there before the node's later actions go
 out, and ``restart`` builds the node from exactly what is on its disk. ``persist=False`` is the test-only
-fault that loses every write, so the checker (``double_votes``) can be shown to catch what follows.
+fault that loses every write, so the checker (``double_votes``) can be shown to catch what follows;
+``one_leader_per_term=False`` is the test-only fault that makes every node forget the leader it accepted in
+its term before each message (the election as it was before fencing tokens), for ``fencing_violations``.
+
+Leaders also command: at election and with every renewal a leader sends each member it sees (and itself) a
+``Command(term, leader)``, which travels like any message; the receiver obeys it when the agent's fencing
+rule (``coordinator_election.fencing.command_refusal``) says so, and the observer records it in ``obeyed``.
+``fencing_violations`` is the property that matters to agents: no node obeys two leaders in one term, nor a
+term below one it has obeyed (the record lives outside the nodes: it survives their restarts).
 """
 
 from __future__ import annotations
@@ -26,9 +34,22 @@ from coordinator_election import (
     Send,
     Tick,
 )
+from coordinator_election.fencing import command_refusal
 
 CONFIG = ElectionConfig(heartbeat_s=0.3, election_timeout_s=1.2)
+FAULTS = ["crash", "restart", "isolate", "partition", "heal", "drop", "delay", "power", "pause"]
 DETECT_S = 2.0  # membership marks a silent node dead after this long (the discovery default)
+
+
+@dataclass(frozen=True)
+class Command:
+    """A leader's placement command (``PUT /control/desired``) as the simulator carries it."""
+
+    term: int
+    leader: str
+
+
+Packet = Message | Command
 
 
 @dataclass
@@ -43,31 +64,33 @@ class Network:
     tick_s: float = 0.05
     persist: bool = True  # False: the test-only fault that loses every Persist
     known: bool = False  # True: a restarted node expects every other node back (agent/known_peers.py)
+    one_leader_per_term: bool = True  # False: the test-only fault that forgets the leader accepted in a term
 
     def __post_init__(self) -> None:
         self.rng = random.Random(self.seed)
         self.ids = [f"n{i}" for i in range(self.size)]
         self.up = set(self.ids)
         self.paused: set[str] = set()  # SIGSTOPped: no ticks, no answers; messages to it wait for resume
-        self.held: list[tuple[str, str, Message]] = []
+        self.held: list[tuple[str, str, Packet]] = []
         self.cut: set[frozenset[str]] = set()
         self.drop_rate = 0.0
         self.extra_delay = 0.0
-        self.queue: list[tuple[float, int, str, str, Message]] = []
+        self.queue: list[tuple[float, int, str, str, Packet]] = []
         self.counter = itertools.count()
-        self.disk: dict[str, tuple[int, str | None]] = dict.fromkeys(self.ids, (0, None))
+        self.disk: dict[str, tuple[int, str | None, str | None]] = dict.fromkeys(self.ids, (0, None, None))
         self.nodes = {n: self._new(n) for n in self.ids}
         self.last_heard: dict[str, dict[str, float]] = {n: dict.fromkeys(self.ids, 0.0) for n in self.ids}
         self.leader_log: list[tuple[float, str, int]] = []  # (time, node, term) at each BecameLeader
         self.votes_by_term: dict[int, list[tuple[str, frozenset[str]]]] = {}  # term -> (leader, voters)
+        self.obeyed: dict[str, list[tuple[float, int, str]]] = {n: [] for n in self.ids}  # (time, term, leader)
 
     def priority(self, n: str) -> Priority:
         return (0, self.memory.get(n, 1000.0), n)
 
     def _new(self, n: str) -> Election:
-        term, vote = self.disk[n]
+        term, vote, accepted = self.disk[n]
         known = frozenset(self.ids) if self.known else frozenset()
-        return Election(n, self.priority(n), CONFIG, self.now, term=term, vote=vote, known=known)
+        return Election(n, self.priority(n), CONFIG, self.now, term=term, vote=vote, known=known, accepted=accepted)
 
     # -- faults ----------------------------------------------------------------------------------
     def reachable(self, a: str, b: str) -> bool:
@@ -111,12 +134,46 @@ class Network:
         for n in self.ids:
             self.restart(n)
 
+    def inject(self, kind: str, who: int) -> None:
+        """One fault of FAULTS on node ``who`` (modulo the size): what the property tests draw from."""
+        node = self.ids[who % self.size]
+        if kind == "crash" and len(self.up) > 1:
+            self.crash(node)
+        elif kind == "restart":
+            self.restart(node)
+        elif kind == "isolate":
+            self.isolate(node)
+        elif kind == "partition":
+            cut = who % self.size + 1
+            self.partition(self.ids[:cut], self.ids[cut:])
+        elif kind == "heal":
+            self.heal()
+        elif kind == "drop":
+            self.drop_rate = 0.3
+        elif kind == "delay":
+            self.extra_delay = 0.2
+        elif kind == "power":
+            self.power_cut()
+        elif kind == "pause":
+            self.pause(node)
+
+    def end_faults(self) -> None:
+        """The network heals, stops dropping and delaying; paused nodes resume, crashed ones restart."""
+        self.heal()
+        self.drop_rate = 0.0
+        self.extra_delay = 0.0
+        for node in self.ids:
+            if node in self.paused:
+                self.resume(node)
+            if node not in self.up:
+                self.restart(node)
+
     # -- running ---------------------------------------------------------------------------------
     def view(self, n: str) -> dict[str, Priority]:
         """What membership would say: nodes heard from (heartbeats) within DETECT_S."""
         return {m: self.priority(m) for m in self.ids if m != n and self.now - self.last_heard[n][m] < DETECT_S}
 
-    def _deliver(self, sender: str, to: str, message: Message) -> None:
+    def _deliver(self, sender: str, to: str, message: Packet) -> None:
         if self.rng.random() < self.drop_rate:
             return
         at = self.now + self.delay + self.rng.random() * self.extra_delay
@@ -127,16 +184,31 @@ class Network:
         for a in actions:
             if isinstance(a, Persist):
                 if self.persist:
-                    self.disk[n] = (a.term, a.vote)
+                    self.disk[n] = (a.term, a.vote, a.leader)
             elif isinstance(a, Send):
                 self._deliver(n, a.to, a.message)
             elif isinstance(a, (Broadcast, Renew)):  # a renewal reaches everyone here (gossip: test_swim.py)
                 for m in node.alive:
                     if m != n:
                         self._deliver(n, m, a.message)
+                if isinstance(a, Renew):
+                    self._command(n, a.message.term)
             elif isinstance(a, BecameLeader):
                 self.leader_log.append((self.now, n, a.term))
                 self.votes_by_term.setdefault(a.term, []).append((n, a.voters))
+                self._command(n, a.term)
+
+    def _command(self, leader: str, term: int) -> None:
+        """The leader commands itself at once and every member it sees through the network."""
+        self._obey(leader, leader, Command(term, leader))
+        for m in self.nodes[leader].alive:
+            if m != leader:
+                self._deliver(leader, m, Command(term, leader))
+
+    def _obey(self, n: str, sender: str, command: Command) -> None:
+        node = self.nodes[n]
+        if command_refusal(command.term, sender, node.term, node.leader) is None:
+            self.obeyed[n].append((self.now, command.term, command.leader))
 
     def run(self, seconds: float) -> None:
         end = self.now + seconds
@@ -150,7 +222,11 @@ class Network:
                 _, _, sender, to, message = heapq.heappop(self.queue)
                 if to in self.paused and self.reachable(sender, to):
                     self.held.append((sender, to, message))
+                elif self.reachable(sender, to) and isinstance(message, Command):
+                    self._obey(to, sender, message)
                 elif self.reachable(sender, to):
+                    if not self.one_leader_per_term:
+                        self.nodes[to].accepted = None
                     self._carry_out(to, self.nodes[to].step(Received(self.now, sender, message)))
             for n in self.ids:
                 if n in self.up and n not in self.paused:
@@ -173,6 +249,20 @@ class Network:
                 for b, vb in elected[i + 1 :]:
                     if a != b and va & vb:
                         found.append((term, a, b, va & vb))
+        return found
+
+    def fencing_violations(self) -> list[tuple[str, int, str, str]]:
+        """(node, term, what it obeyed before, the leader it obeyed then): two leaders in a term, or a lower term."""
+        found = []
+        for n, record in self.obeyed.items():
+            leader_of: dict[int, str] = {}
+            highest = -1
+            for _, term, leader in record:
+                if term < highest:
+                    found.append((n, term, f"term {highest}", leader))
+                elif leader_of.setdefault(term, leader) != leader:
+                    found.append((n, term, leader_of[term], leader))
+                highest = max(highest, term)
         return found
 
     def leaders(self) -> list[str]:

@@ -105,6 +105,8 @@ def test_settings_precedence(tmp_path: Path) -> None:
         ({"PEERSERVE_API_DOCS": "maybe"}, "api_docs"),
         ({"PEERSERVE_PLACEMENT_TARGET_ROUNDS": "0"}, "placement_target_rounds"),
         ({"PEERSERVE_PLACEMENT_HOLD_PER_MODEL": "maybe"}, "placement_hold_per_model"),
+        ({"PEERSERVE_CORES": "-2"}, "cores"),
+        ({"PEERSERVE_CORES": "inf"}, "cores"),
     ],
 )
 def test_bad_settings_name_the_key(env: dict[str, str], key: str, tmp_path: Path) -> None:

@@ -11,7 +11,6 @@ from peerserve.chaos import (
     Observed,
     dead_answers,
     failed_outside,
-    leaders_in_log,
     percentile,
     plan,
     rss_growth,
@@ -21,7 +20,8 @@ from peerserve.chaos import (
 from peerserve.cli import main
 
 KEYS = {
-    "max_leaders_per_term", "requests_ok", "requests_failed_outside_windows", "dead_endpoint_answers",
+    "max_leaders_per_term", "lower_terms_obeyed", "max_leaders_per_term_anywhere", "requests_ok",
+    "requests_failed_outside_windows", "dead_endpoint_answers",
     "desired_state_lost", "recovery_ms_p50", "recovery_ms_p99", "rss_growth_ratio", "faults",
 }  # fmt: skip
 
@@ -35,16 +35,40 @@ def test_the_schedule_is_replayable_from_its_seed_and_covers_every_fault() -> No
     assert min(pauses) > 1.2 + 0.5  # frozen for longer than the election timeout
 
 
-def test_leaders_per_term_come_from_views_and_logs() -> None:
+LOG = """2026-11-29 06:00:01 INFO agent.leadership: node n1 follows n4 at term 3
+2026-11-29 06:00:02 INFO agent.node: desired set from n4 at term 3: {'digits': 1}
+2026-11-29 06:00:09 INFO agent.leadership: node n1 became leader at term 5
+2026-11-29 06:00:09 INFO agent.node: desired set from n1 at term 5: {'digits': 2}
+"""
+
+
+def test_leaders_one_agent_accepted_per_term_come_from_its_views_and_its_log() -> None:
     o = Observed()
-    log = "x INFO agent.leadership: node n4 became leader at term 3\\n...node n2 became leader at term 5\n"
-    for term, leader in leaders_in_log(log.replace("\\n", "\n")):
-        o.leader_seen(term, leader)
-    o.leader_seen(3, "n4")
+    o.agent_log("n1", LOG)
+    assert o.accepted == {"n1": {3: {"n4"}, 5: {"n1"}}} and o.leaders == {5: {"n1"}}
+    o.accepted_seen("n1", 5, "n1")  # its /cluster answer agrees
     assert summarise(o)["max_leaders_per_term"] == 1
-    o.leader_seen(5, "n1")  # a second leader of term 5: the checker must say so
+    o.accepted_seen("n1", 5, "n2")  # its /cluster named a second leader of term 5: the checker must say so
     report = summarise(o)
     assert report["max_leaders_per_term"] == 2 and violations(report) == ["max_leaders_per_term"]
+
+
+def test_two_sides_of_a_partition_with_one_term_number_are_not_a_violation_but_are_reported() -> None:
+    o = Observed()
+    for agent, leader in (("n0", "n1"), ("n1", "n1"), ("n2", "n2"), ("n3", "n2")):
+        o.accepted_seen(agent, 6, leader)  # every agent accepted one leader of term 6
+        o.leader_seen(6, leader)
+    report = summarise(o)
+    assert report["max_leaders_per_term"] == 1 and report["max_leaders_per_term_anywhere"] == 2
+    assert violations(report) == []
+
+
+def test_an_agent_obeying_a_lower_term_than_before_is_a_violation() -> None:
+    o = Observed()
+    o.agent_log("n1", LOG + "2026-11-29 06:00:30 INFO agent.node: desired set from n4 at term 3: {'digits': 1}\n")
+    report = summarise(o)
+    assert report["lower_terms_obeyed"] == 1 and o.lower_terms == [("n1", 3, 5)]
+    assert violations(report) == ["lower_terms_obeyed"]
 
 
 def test_failures_inside_a_window_are_excused_and_outside_are_counted() -> None:

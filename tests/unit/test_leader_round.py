@@ -145,6 +145,16 @@ def test_fenced_stops_new_rounds_until_elected_again() -> None:
     assert m.step(Tick(200.2)) == [Gather(2, "a", "http://a", 2, 3), Gather(2, "b", "http://b", 0, 3)]
 
 
+def test_a_refusal_at_or_below_our_term_stops_no_rounds() -> None:
+    """One member answering 409 without a newer term (it follows no one yet, or it lies) must not stop the
+    cluster's placement: only that node misses this round's command."""
+    m, _ = commanding()  # term 3
+    m.step(Fenced(101.1, 1, "a", highest=3))
+    assert isinstance(m.step(Acknowledged(101.2, 1, "b"))[0], Placed)
+    assert m.fenced_at is None
+    assert m.step(Tick(200.0))  # the next round starts
+
+
 def test_results_of_an_abandoned_round_are_ignored() -> None:
     m = gathering()
     assert m.step(Deposed(100.3)) == [] and m.phase is Phase.IDLE

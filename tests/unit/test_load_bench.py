@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.load_bench import LoadConfig, Result, main, plot, site_rtts
+from bench.load_bench import LoadConfig, Result, main, p99_ratios, plot, site_rtts
 
 
 def test_each_site_is_near_its_own_node_and_far_from_the_others() -> None:
@@ -30,3 +30,30 @@ def test_the_plot_is_written(tmp_path: Path) -> None:
     ]
     out = plot(results, tmp_path / "img" / "load.png")
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 10_000
+
+
+def test_unknown_placements_and_negative_cores_are_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    for bad, why in (
+        (["--objectives", "queue-p99,fastest"], "unknown placement 'fastest'"),
+        (["--cores", "-1"], "cores"),
+    ):
+        with pytest.raises(SystemExit) as exc:
+            main(bad)
+        assert exc.value.code == 2 and why in capsys.readouterr().err
+
+
+def test_each_agent_is_told_its_share_of_the_machines_cpus() -> None:
+    assert LoadConfig(nodes=3, cores=1.5).node_cores() == 1.5
+    assert 0 < LoadConfig(nodes=3).node_cores() <= LoadConfig(nodes=1).node_cores()
+
+
+def test_queue_placements_are_compared_with_the_best_baseline_of_the_run() -> None:
+    def res(name: str, p99: float) -> Result:
+        return Result(name, 10.0, p99, 12.0, 100, 0, 1, {}, 1.0, 1.0, 1.0)
+
+    ratios = p99_ratios([res("queue-p99", 300.0), res("thesis", 600.0), res("nearest", 250.0), res("queue", 200.0)])
+    assert ratios == {
+        "queue-p99": {"ratio": 1.2, "baseline": "nearest"},
+        "queue": {"ratio": 0.8, "baseline": "nearest"},
+    }
+    assert p99_ratios([res("queue-p99", 300.0)]) == {}  # no baseline in the run: nothing to compare

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from solver import queue_fast
+from solver import queue_dual, queue_fast
 from solver.problem import Mode, build_problem
 from solver.queue_fast import free_pool_terms, objective_value, solve_nlp_fast
 from solver.queue_model import QueueProblem, build_queue_problem, solve_nlp
@@ -41,8 +41,8 @@ def _gap(q: QueueProblem) -> float:
     fast = solve_nlp_fast(q)
     assert ref.status == "optimal" and fast.status == "optimal"
     np.testing.assert_allclose(fast.x.sum(axis=1) + fast.r, q.rate, rtol=1e-6, atol=1e-6)
-    best = objective_value(q, ref.x, ref.r, ref.n)
-    return (objective_value(q, fast.x, fast.r, fast.n) - best) / abs(best)
+    best = objective_value(q, ref.x, ref.r, ref.n, ref.servers)
+    return (objective_value(q, fast.x, fast.r, fast.n, fast.servers) - best) / abs(best)
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -53,13 +53,19 @@ def _gap(q: QueueProblem) -> float:
     mode=st.sampled_from([Mode.MODE1, Mode.MODE2]),
     running=st.booleans(),
     tail=st.booleans(),
+    cores=st.booleans(),
 )
 def test_shortcut_optimum_equals_the_reference_nlps(
-    requests: int, nodes: int, seed: int, mode: Mode, running: bool, tail: bool
+    requests: int, nodes: int, seed: int, mode: Mode, running: bool, tail: bool, cores: bool
 ) -> None:
     snap = thesis_instance(requests, nodes, seed)
     if running:
         snap = _with_running(snap, seed)
+    if cores:  # the nodes' cores shared by their instances (solver.node_cpu): the core rows in both forms
+        rng = np.random.default_rng(seed)
+        snap = dataclasses.replace(
+            snap, nodes=tuple(dataclasses.replace(n, cores=float(rng.choice([0.5, 1, 2, 4]))) for n in snap.nodes)
+        )
     q = build_queue_problem(build_problem(snap, mode))
     q = with_tail_cap(q) if tail else q
     assert abs(_gap(q)) <= TOL
@@ -86,7 +92,9 @@ def test_an_uncongested_cluster_needs_no_ipopt() -> None:
     assert abs(_gap(q)) <= TOL
 
 
-def test_a_congested_cluster_solves_ipopt_on_its_full_nodes_only() -> None:
+def test_a_congested_cluster_solves_ipopt_on_its_full_nodes_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ipopt's path for R(S) (column generation, solver.queue_dual, proves it here first; switched off)."""
+    monkeypatch.setattr(queue_dual, "ENABLED", False)
     q = build_queue_problem(build_problem(thesis_instance(40, 10, 1), Mode.MODE1))
     fast = solve_nlp_fast(q)
     assert 0 < fast.columns < q.base.n_classes * q.base.n_nodes and fast.iterations > 0

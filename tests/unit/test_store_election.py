@@ -15,8 +15,12 @@ def test_election_term_and_vote_survive_a_reopen(tmp_path: Path) -> None:
     store.save_election_state(5, "n1")
     store.close()
     again = Store(tmp_path)
-    assert again.election_state() == (5, "n1")
+    assert again.election_state() == (5, "n1") and again.election_accepted() is None
+    again.save_election_state(5, "n1", "n1")  # it won term 5: the one leader it accepts in term 5 is itself
     again.close()
+    third = Store(tmp_path)
+    assert third.election_state() == (5, "n1") and third.election_accepted() == "n1"
+    third.close()
 
 
 def test_the_first_leader_accepted_for_a_term_is_remembered_until_a_newer_term(tmp_path: Path) -> None:

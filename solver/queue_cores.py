@@ -1,0 +1,59 @@
+"""Repair's instance bound where models share a node's saturated cores (issue 16, solver.node_cpu).
+
+The spread bound (``solver.queue_repair`` step 4) gathers a model's smallest pool into its other open
+pools. Where those pools' nodes have instance headroom but no core room (another model's rate fills the
+cores), that fails and the model keeps an instance past its bound. Here the pool is gathered into
+one such pool anyway, then the other models' rate on that node moves to their own open pools elsewhere
+(never opening an instance; the emptied node's cores take it first) until the node's busy work fits
+again. If that does not fit, or saves no instance, everything is undone.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from solver.node_cpu import core_room
+from solver.queue_repair import TINY, Pools, needed
+
+
+def gather_making_room(pools: Pools, src: int, k: int, nodes: list[int]) -> bool:
+    """Empty pool (src, k) into one open pool of model k on ``nodes`` after making core room there."""
+    q, p = pools.q, pools.q.base
+    lam, counts = pools.lam(), pools.counts()
+    if not np.isfinite(pools.cores[nodes]).any() or lam[src, k] <= TINY:
+        return False
+    dsts = [j for j in nodes if j != src and counts[j, k] > 0 and np.isfinite(pools.cores[j])]
+    for dst in sorted(dsts, key=lambda j: (-float(pools.cores[j]), j)):
+        if needed(np.array(lam[dst, k] + lam[src, k]), np.array(pools.cap[dst, k])) > counts[dst, k]:
+            continue  # no instance headroom: gathering would open one
+        saved_x = pools.x.copy()
+        for c in np.flatnonzero((p.class_model == k) & (pools.x[:, src] > 0)).tolist():
+            pools.move(c, src, dst, float(pools.x[c, src]))  # gather first: src's cores are free then
+        over = -float(core_room(pools.lam(), q.mu, pools.cores, q.rho_max)[dst])
+        room = _make_room(pools, dst, k, over * (1 + 1e-9) + 1e-12)
+        if room and not pools.over_budget(pools.counts()) and pools.counts().sum() < counts.sum():
+            return True
+        pools.x = saved_x
+    return False
+
+
+def _make_room(pools: Pools, dst: int, k: int, deficit: float) -> bool:
+    """Move other models' rate off ``dst`` (smallest streams first) until ``deficit`` busy work is freed."""
+    q, p = pools.q, pools.q.base
+    for c in sorted(
+        np.flatnonzero((p.class_model != k) & (pools.x[:, dst] > 0)).tolist(), key=lambda c: pools.x[c, dst]
+    ):
+        if deficit <= 0:
+            break
+        k2 = int(p.class_model[c])
+        amount = min(float(pools.x[c, dst]), deficit * float(q.mu[dst, k2]))
+        before = int(pools.counts().sum())
+        to = pools.best_destination(c, amount, {dst}, open_only=True)
+        if to is None:
+            continue
+        pools.move(c, dst, to, amount)
+        if int(pools.counts().sum()) > before:  # it would open an instance: not this way
+            pools.move(c, to, dst, amount)
+            continue
+        deficit -= amount / float(q.mu[dst, k2])
+    return deficit <= 0

@@ -1,0 +1,94 @@
+"""Live measurement does not feed the loop on a saturated node (issue 16): the leader's snapshot and the real solver.
+
+Node ``a`` (2 cores) is next to the clients; ``b`` and ``c`` (4 cores each) are 25 ms further. The model
+serves a request in 10 ms (100 req/s per instance). Under load ``a``'s cores are shared by everything
+running there, so its measured latencies stretch with the contention (the load average over its cores).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pytest
+
+from agent.catalogue import parse_catalogue
+from agent.placement import MAX_SLOWDOWN, NodeReport, RequestRecord, build_snapshot, parse_node_report
+from solver import Snapshot
+from solver.api import solve
+
+CAT = parse_catalogue(
+    '[[models]]\nname = "m"\nimage = "i"\nmem_mb = 100\ncompute = 1\nexec_ms = { default = 10.0 }\n'
+    "throughput_rps = { default = 100.0 }\n",
+    "t",
+)
+WINDOW_S = 10.0
+
+
+def reports(load_a: float | None, cores_a: float | None = 2.0) -> list[NodeReport]:
+    """a's runnable threads per CPU is ``load_a`` (None: not reported); b and c are idle."""
+    return [
+        NodeReport("a", 4000.0, 4000.0, 100.0, "board", {"m": 2}, cores=cores_a, load_per_cpu=load_a),
+        NodeReport("b", 4000.0, 4000.0, 100.0, "board", {}, cores=4.0, load_per_cpu=0.05),
+        NodeReport("c", 4000.0, 4000.0, 100.0, "board", {}, cores=4.0, load_per_cpu=0.05),
+    ]
+
+
+def records(rate: float, slowdown: float) -> list[RequestRecord]:
+    """``rate`` req/s over the window from six phones by ``a``, served on ``a`` with stretched service times."""
+    out = []
+    n = int(rate * WINDOW_S)
+    for i in range(n):
+        rtt = {"a": 2.0, "b": 27.0, "c": 28.0}
+        wait = 30.0 * (i % 5)  # most requests also queued; the low quantile finds the ones that did not
+        out.append(RequestRecord(i / rate, "m", f"phone{i % 6}", rtt, "a", 10.0 * slowdown + wait, 200))
+    return out
+
+
+def plan_for(
+    rate: float, cores_a: float | None = 2.0, contention: bool = True
+) -> tuple[dict[str, Any], dict[str, int]]:
+    """The leader's snapshot at ``rate`` and the real solver's instances per node."""
+    slowdown = max(1.0, rate / 100.0 / 2.0 * 2.5)  # more runnable threads than cores as the load grows
+    load = slowdown if contention else None
+    snap = build_snapshot(reports(load, cores_a), records(rate, slowdown), CAT, 100.0, "queue", WINDOW_S)
+    plan = solve(Snapshot.from_dict(snap), mode="2")
+    return snap, {n: c.get("m", 0) for n, c in plan.instances.items()}
+
+
+@pytest.mark.parametrize("rate", [30.0, 90.0, 180.0, 300.0, 500.0])
+def test_raising_the_load_never_puts_more_instances_on_a_2_core_node(rate: float) -> None:
+    snap, counts = plan_for(rate)
+    assert snap["nodes"][0]["cores"] == 2.0
+    assert counts["a"] <= 2  # what its cores serve; the rest runs on b and c
+    total = sum(counts.values())
+    assert total <= math.ceil(rate / 90.0) + 1
+
+
+def test_the_contention_is_divided_out_of_the_measured_service_time() -> None:
+    """At 500 req/s a has 6.25 runnable threads per CPU: its 62.5 ms latencies are a 10 ms service time."""
+    snap, _ = plan_for(500.0)
+    m = snap["models"][0]
+    assert m["throughput_rps"]["a"] == pytest.approx(100.0)
+    assert snap["requests"][0]["exec_ms"]["a"] == pytest.approx(10.0)
+    raw, _ = plan_for(500.0, contention=False)  # no load reported: the stretched figure stands
+    assert raw["models"][0]["throughput_rps"]["a"] == pytest.approx(100.0 / 6.25)
+
+
+def test_without_the_core_limit_the_plan_piles_instances_onto_the_saturated_node() -> None:
+    """The old model (the agent reports no cores): the nearest node gets ever more instances as load grows."""
+    _, counts = plan_for(500.0, cores_a=None)
+    assert counts["a"] > 2
+
+
+def test_contention_is_clipped_and_parsed_from_the_report() -> None:
+    assert NodeReport("a", 1, 1, 1, "x", {}, cores=2.0, load_per_cpu=0.5).contention() == 1.0
+    assert NodeReport("a", 1, 1, 1, "x", {}, cores=2.0, load_per_cpu=3.0).contention() == 3.0
+    assert NodeReport("a", 1, 1, 1, "x", {}, cores=2.0, load_per_cpu=1000.0).contention() == MAX_SLOWDOWN
+    assert NodeReport("a", 1, 1, 1, "x", {}).contention() == 1.0
+    base = {"node_id": "a", "mem_available_mb": 1, "mem_total_mb": 1, "compute": 1, "instances": []}
+    good = parse_node_report({**base, "cores": 4, "load_per_cpu": 0.5}, {})
+    assert good.cores == 4.0 and good.load_per_cpu == 0.5
+    bad = parse_node_report({**base, "cores": -1, "load_per_cpu": float("nan")}, {})
+    assert bad.cores is None and bad.load_per_cpu is None
+    assert parse_node_report(base, {}).cores is None  # an older agent: no limit, as before

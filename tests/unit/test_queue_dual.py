@@ -1,0 +1,199 @@
+"""R(S) by column generation (solver.queue_dual) against Ipopt on the same restricted NLP (issue 16 item 5)."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from solver import queue_dual, queue_fast
+from solver.problem import Mode, build_problem
+from solver.queue_dual import best_load, lagrangian_bound, nlp_value, solve_binding, solve_binding_priced
+from solver.queue_fast import solve_nlp_fast
+from solver.queue_lazy import solve_nlp_lazy
+from solver.queue_model import N_MIN, QueueProblem, build_queue_problem
+from solver.queueing import PoolDelay
+from solver.simulate import thesis_instance
+from solver.tail_cap import with_tail_cap
+from tests.unit.test_queue_fast import _gap, _with_running
+
+TOL = 1e-6  # relative, both sides evaluated by the same function
+
+
+@pytest.fixture(autouse=True)
+def _proven_cg_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The method is off in the solver's default path (Ipopt solves the relaxation): these tests switch it on."""
+    monkeypatch.setattr(queue_dual, "ENABLED", True)
+
+
+def _problem(requests: int, nodes: int, seed: int, mode: Mode, running: bool, tail: bool) -> QueueProblem:
+    snap = thesis_instance(requests, nodes, seed)
+    snap = _with_running(snap, seed) if running else snap
+    q = build_queue_problem(build_problem(snap, mode))
+    return with_tail_cap(q) if tail else q
+
+
+def _reference_extras(sub: QueueProblem, ref: Any, prices: tuple[Any, Any]) -> float:
+    """What the reference NLP has beyond R(S), priced at the proven row prices (convex sensitivity: more room
+    lowers the optimum by at most its price): Ipopt's row excess within its tolerance (``constr_viol_tol``
+    1e-4), and the N_MIN instance every pool keeps, which carries a sliver of rate in Ipopt's point (1e-6
+    req/s on pools that are empty here) at the price of an instance it pays anyway."""
+    p = sub.base
+    n = np.maximum(ref.n, N_MIN)
+    over_mem = n @ p.mem - (np.maximum(p.mem_budget, 0.0) + N_MIN * float(p.mem.sum()))
+    over_comp = n @ p.comp - (np.maximum(p.comp_budget, 0.0) + N_MIN * float(p.comp.sum()))
+    excess = prices[0] @ np.maximum(over_mem, 0.0) + prices[1] @ np.maximum(over_comp, 0.0)
+    instance = sub.instance_cost + prices[0][:, None] * p.mem[None, :] + prices[1][:, None] * p.comp[None, :]
+    return float(excess + N_MIN * instance.sum())
+
+
+def _against_ipopt(monkeypatch: pytest.MonkeyPatch, q: QueueProblem) -> list[tuple[float, float, float]]:
+    """Every R(S) the shortcut meets, solved by column generation and by Ipopt: (ours, Ipopt's) objectives and
+    what Ipopt's tolerated row violation is worth."""
+    out: list[tuple[float, float, float]] = []
+
+    def both(sub: QueueProblem, allowed: Any) -> Any:
+        proven = solve_binding_priced(sub, allowed)
+        if proven is None:
+            return None
+        ours, prices = proven
+        ref = solve_nlp_lazy(sub, allowed=allowed)
+        assert ref.status == "optimal"
+        np.testing.assert_allclose(ours.x.sum(axis=1) + ours.r, sub.rate, rtol=1e-6, atol=1e-6)
+        value = nlp_value(sub, ours.x, ours.r, ours.n)
+        out.append((value, nlp_value(sub, ref.x, ref.r, ref.n), _reference_extras(sub, ref, prices)))
+        return ours
+
+    monkeypatch.setattr(queue_fast, "solve_binding", both)
+    assert solve_nlp_fast(q).status == "optimal"
+    return out
+
+
+def _close(ours: float, ref: float, allowance: float) -> bool:
+    """Within 1e-6 relative of Ipopt's optimum, beyond what the reference's extras buy it."""
+    return abs(ours - ref) <= TOL * abs(ref) + allowance
+
+
+@settings(
+    max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
+)
+@given(
+    requests=st.integers(10, 50),
+    nodes=st.integers(3, 20),
+    seed=st.integers(0, 10_000),
+    mode=st.sampled_from([Mode.MODE1, Mode.MODE2]),
+    running=st.booleans(),
+    tail=st.booleans(),
+)
+def test_column_generation_reaches_ipopts_optimum_of_the_restricted_nlp(
+    monkeypatch: pytest.MonkeyPatch, requests: int, nodes: int, seed: int, mode: Mode, running: bool, tail: bool
+) -> None:
+    q = _problem(requests, nodes, seed, mode, running, tail)
+    for ours, ref, allowance in _against_ipopt(monkeypatch, q):
+        assert _close(ours, ref, allowance)
+    assert abs(_gap(q)) <= 1e-5  # and the whole shortcut still reaches the reference NLP (test_queue_fast's check)
+
+
+@pytest.mark.parametrize(
+    ("requests", "nodes", "seed", "mode"),
+    [(50, 10, 0, Mode.MODE1), (25, 5, 0, Mode.MODE1), (50, 10, 1, Mode.MODE2), (25, 10, 0, Mode.MODE2)],
+)
+def test_congested_thesis_instances_need_no_ipopt(
+    monkeypatch: pytest.MonkeyPatch, requests: int, nodes: int, seed: int, mode: Mode
+) -> None:
+    q = _problem(requests, nodes, seed, mode, False, False)
+    assert solve_nlp_fast(q).iterations == 0  # every R(S) proven by column generation
+    pairs = _against_ipopt(monkeypatch, q)
+    assert pairs and all(_close(*pair) for pair in pairs)
+
+
+def test_the_oracle_check_fails_without_the_proof(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Stopping at the first LP (the loads at no capacity price, nothing proven) leaves R(S) percents above
+    Ipopt's optimum: the comparison catches it."""
+    q = _problem(50, 10, 0, Mode.MODE1, False, False)
+    monkeypatch.setattr(queue_dual, "PROVE", False)
+    pairs = _against_ipopt(monkeypatch, q)
+    assert pairs and not all(_close(*pair) for pair in pairs)
+
+
+def test_pools_that_reuse_running_instances_are_proven_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Mode 1 with instances running: their pools' link rows are priced as well (a running instance costs
+    nothing, a new one its price): no Ipopt, and Ipopt's optimum of each R(S) reached."""
+    q = _problem(40, 10, 1, Mode.MODE1, True, False)
+    assert (q.base.free > 0).any()
+    assert solve_nlp_fast(q).iterations == 0
+    pairs = _against_ipopt(monkeypatch, q)
+    assert pairs and all(_close(*pair) for pair in pairs)
+
+
+def test_the_best_load_and_the_bound() -> None:
+    """t* minimises the pool's cost per req/s at its instance price (brute force), and the Lagrangian bound at
+    any prices stays below the proven optimum, with and without running instances."""
+    q = _problem(25, 5, 1, Mode.MODE2, False, False)
+    price = np.full(q.mu.shape, 900.0)
+    t, w = best_load(q, price)
+    mu = float(q.mu[0, 0])
+    ts = np.linspace(1e-3, q.rho_max * mu, 200_001)
+    cost = PoolDelay(mu).value(ts, 1.0) / ts - 1000.0 / mu + 900.0 / ts
+    assert float(w[0, 0]) == pytest.approx(float(cost.min()), rel=1e-7)
+    assert float(t[0, 0]) == pytest.approx(float(ts[np.argmin(cost)]), rel=1e-3)
+    for running in (False, True):  # with running instances, the reused pools' link prices too
+        q = _problem(25, 5, 1, Mode.MODE1, running, False)
+        allowed = np.ones((q.base.n_classes, q.base.n_nodes), dtype=bool)
+        sub = dataclasses.replace(q, r_cost=np.full(q.base.n_classes, q.penalty()))  # R(S) with S = every node
+        best = solve_binding(sub, allowed)
+        assert best is not None
+        rng = np.random.default_rng(0)
+        for _ in range(20):
+            mem, comp = rng.uniform(0, 50, q.base.n_nodes), rng.uniform(0, 50, q.base.n_nodes)
+            link = rng.uniform(0, 2 * q.instance_cost, q.mu.shape)
+            assert lagrangian_bound(sub, allowed, mem, comp, link) <= best.value * (1 + 1e-9)
+
+
+def test_stdout_stays_clean(capfd: pytest.CaptureFixture[str]) -> None:
+    """HiGHS prints a banner from highspy.Highs(); stdout carries `peerserve solve --json`."""
+    q = _problem(50, 10, 0, Mode.MODE2, False, False)
+    assert solve_nlp_fast(q).iterations == 0
+    assert capfd.readouterr().out == ""
+
+
+def test_a_problem_with_terms_it_does_not_model_goes_to_ipopt() -> None:
+    """A field added to QueueProblem (say, a new constraint's data) that this LP does not know: it declines."""
+    q = _problem(50, 10, 0, Mode.MODE2, False, False)
+    allowed = np.ones((q.base.n_classes, q.base.n_nodes), dtype=bool)
+    sub = dataclasses.replace(q, r_cost=np.full(q.base.n_classes, q.penalty()))
+    assert solve_binding(sub, allowed) is not None
+    extended = dataclasses.make_dataclass("Extended", [("cpu_budget", Any, None)], bases=(QueueProblem,), frozen=True)
+    fields = {f.name: getattr(sub, f.name) for f in dataclasses.fields(sub)}
+    assert solve_binding(extended(**fields), allowed) is not None  # unset: nothing new to model
+    assert solve_binding(extended(**fields, cpu_budget=np.ones(q.base.n_nodes)), allowed) is None
+
+
+def test_no_proof_within_the_round_bound_hands_r_s_to_ipopt(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The load columns grow by two per pool a round, at most MAX_ROUNDS rounds: past that, Ipopt solves R(S)
+    (and the shortcut still reaches the reference NLP)."""
+    q = _problem(50, 10, 0, Mode.MODE1, False, False)
+    monkeypatch.setattr(queue_dual, "MAX_ROUNDS", 1)
+    allowed = np.ones((q.base.n_classes, q.base.n_nodes), dtype=bool)
+    assert solve_binding(dataclasses.replace(q, r_cost=np.full(q.base.n_classes, q.penalty())), allowed) is None
+    assert solve_nlp_fast(q).iterations > 0
+    assert abs(_gap(q)) <= 1e-5
+
+
+def test_nodes_with_cores_go_to_ipopt() -> None:
+    """A node whose instances share its cores has rows this LP does not model: it declines."""
+    from solver.snapshot import Node
+
+    q = _problem(50, 10, 0, Mode.MODE2, False, False)
+    allowed = np.ones((q.base.n_classes, q.base.n_nodes), dtype=bool)
+    sub = dataclasses.replace(q, r_cost=np.full(q.base.n_classes, q.penalty()))
+    assert solve_binding(sub, allowed) is not None
+    cored = dataclasses.make_dataclass("CoredNode", [("cores", Any, None)], bases=(Node,), frozen=True)
+    nodes = [cored(**{f.name: getattr(n, f.name) for f in dataclasses.fields(n)}) for n in q.base.snapshot.nodes]
+    nodes[3] = dataclasses.replace(nodes[3], cores=2.0)
+    snap = dataclasses.replace(q.base.snapshot, nodes=tuple(nodes))
+    assert solve_binding(dataclasses.replace(sub, base=dataclasses.replace(q.base, snapshot=snap)), allowed) is None
