@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import ssl
 import time
 from collections import OrderedDict
@@ -105,15 +106,19 @@ class PeerConnections:
     ) -> Answer:
         """One exchange with the listener at ``base_url`` (``https://host:port``); raises PeerHttpError."""
         head = _request_head(base_url, method, target, headers, len(body))
+        deadline = self.clock() + timeout  # one deadline for the whole exchange, the retry included
         conn = self._checkout(base_url)
         if conn is not None:
             try:
                 return await self._exchange(base_url, conn, head + body, timeout)
             except _Stale:
                 pass  # the peer closed our kept connection: once more on a new one
-        conn = await self._connect(base_url, connect_timeout)
+        left = deadline - self.clock()
+        if left <= 0:
+            raise PeerHttpError(f"{base_url} timed out")
+        conn = await self._connect(base_url, min(connect_timeout, left))
         try:
-            return await self._exchange(base_url, conn, head + body, timeout)
+            return await self._exchange(base_url, conn, head + body, max(deadline - self.clock(), 0.001))
         except _Stale as exc:
             raise PeerHttpError(f"{base_url} closed the connection without an answer") from exc
 
@@ -142,15 +147,21 @@ class PeerConnections:
             raise _Stale from exc
         except asyncio.LimitOverrunError as exc:
             raise PeerHttpError(f"an answer's head over {HEAD_LIMIT} bytes") from exc
-        status, headers = _parse_head(first)
-        content = await self._read_body(conn.reader, headers, status)
-        keep = headers.get("connection", "").lower() != "close"
+        try:
+            status, headers = _parse_head(first)
+            if 100 <= status < 200:  # we never send Expect: an interim answer is not one of ours
+                raise PeerHttpError(f"an interim answer (HTTP {status})")
+            content = await self._read_body(conn.reader, headers, status)
+        except (ValueError, asyncio.LimitOverrunError) as exc:  # a malformed number or an endless line
+            raise PeerHttpError(f"malformed answer: {exc!r}") from exc
+        # kept only if nothing follows the answer: bytes past it would be read as the next exchange's answer
+        keep = headers.get("connection", "").lower() != "close" and not _buffered(conn.reader)
         return Answer(status, headers, content), keep
 
     async def _read_body(self, reader: asyncio.StreamReader, headers: dict[str, str], status: int) -> bytes:
         try:
             if "content-length" in headers:
-                size = int(headers["content-length"])
+                size = _decimal(headers["content-length"])
                 if not 0 <= size <= self.max_body:
                     raise PeerHttpError(f"an answer of {size} bytes (at most {self.max_body})")
                 return await reader.readexactly(size)
@@ -167,7 +178,7 @@ class PeerConnections:
     async def _read_chunked(self, reader: asyncio.StreamReader) -> bytes:
         out = bytearray()
         while True:
-            size = int((await reader.readuntil(b"\r\n")).split(b";", 1)[0].strip(), 16)
+            size = _hex((await reader.readuntil(b"\r\n")).split(b";", 1)[0].strip())
             if size < 0 or len(out) + size > self.max_body:
                 raise PeerHttpError(f"a chunked answer over {self.max_body} bytes")
             if size == 0:
@@ -260,7 +271,7 @@ def _parse_head(data: bytes) -> tuple[int, dict[str, str]]:
     """(status, headers with lower-case names; repeated ones joined by ', ') of an answer's head."""
     lines = data.decode("latin-1").split("\r\n")
     parts = lines[0].split(" ", 2)
-    if len(parts) < 2 or parts[0] not in ("HTTP/1.1", "HTTP/1.0") or not parts[1].isdigit():
+    if len(parts) < 2 or parts[0] not in ("HTTP/1.1", "HTTP/1.0") or not _DIGITS.fullmatch(parts[1]):
         raise PeerHttpError(f"not an HTTP/1.1 status line: {lines[0][:60]!r}")
     headers: dict[str, str] = {}
     for line in lines[1:]:
@@ -275,6 +286,28 @@ def _parse_head(data: bytes) -> tuple[int, dict[str, str]]:
     if keep_10:
         headers["connection"] = "close"
     return int(parts[1]), headers
+
+
+_DIGITS = re.compile(r"[0-9]{3}")  # a status code: three ASCII digits (str.isdigit also takes '\xb2')
+
+
+def _decimal(value: str) -> int:
+    """A content length: ASCII digits only (int() also reads '5_0', ' 5' or '\u0665')."""
+    if not value.isascii() or not value.isdigit() or len(value) > 19:
+        raise PeerHttpError(f"malformed content-length {value[:40]!r}")
+    return int(value)
+
+
+def _hex(value: bytes) -> int:
+    """A chunk size: ASCII hex digits only (int(x, 16) also reads '0x10' or '1_0')."""
+    if not value or len(value) > 16 or any(c not in b"0123456789abcdefABCDEF" for c in value):
+        raise PeerHttpError(f"malformed chunk size {value[:40]!r}")
+    return int(value, 16)
+
+
+def _buffered(reader: asyncio.StreamReader) -> bool:
+    """Whether bytes past the answer already wait in ``reader`` (asyncio has no public peek)."""
+    return bool(getattr(reader, "_buffer", b""))
 
 
 _UNVERIFIED: ssl.SSLContext | None = None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import asyncio.sslproto
+import contextlib
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -182,6 +183,12 @@ def test_a_kept_connection_the_peer_closed_is_retried_once_on_a_new_one() -> Non
         (b"HTTP/1.1 200 OK\r\n\r\nbody", "neither content-length"),
         (b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nshort", "middle of an answer"),
         (b"HTTP/1.1 200 OK\r\nx: " + b"y" * 70_000, "head over"),
+        # found by review: these escaped as ValueError / LimitOverrunError (a member answering so was never suspected)
+        (b"HTTP/1.1 \xb2\xb2\xb2 OK\r\ncontent-length: 0\r\n\r\n", "status line"),
+        (b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n" + b"1" * 70_000, "malformed answer"),
+        (b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n0x3\r\nabc\r\n0\r\n\r\n", "chunk size"),
+        (b"HTTP/1.1 200 OK\r\ncontent-length: 5_0\r\n\r\n", "content-length"),
+        (b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok", "interim"),
     ],
 )
 def test_a_malformed_or_oversized_answer_is_an_error(answer: bytes, error: str) -> None:
@@ -216,6 +223,35 @@ def test_a_silent_peer_times_out_and_header_injection_is_refused() -> None:
             await conns.request(url, "GET", "/", {"x": "a\r\nevil: 1"}, b"", 0.2, 0.2)
         with pytest.raises(PeerHttpError, match="cannot connect"):
             await conns.request(f"http://127.0.0.1:{free_port()}", "GET", "/", {}, b"", 0.5, 0.5)
+        server.close()
+
+    asyncio.run(run())
+
+
+def test_bytes_past_an_answer_do_not_stay_on_a_kept_connection() -> None:
+    """A peer that once sends one answer too many: the connection is not kept, so the extra answer is never
+    read as the next exchange's (found by review: every later exchange on that link read the previous answer)."""
+    sent = 0
+
+    async def one_extra_then_correct(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal sent
+        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+            while True:
+                await read_request(reader)
+                sent += 1
+                extra = b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nstale" if sent == 1 else b""
+                writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok" + extra)
+                await writer.drain()
+
+    async def run() -> None:
+        server, url = await plain_server(one_extra_then_correct)
+        conns = PeerConnections(None, max_body=1024)
+        assert (await conns.request(url, "POST", "/", {}, b"x", 2.0, 2.0)).content == b"ok"
+        await asyncio.sleep(0.05)  # the extra answer arrives
+        for _ in range(3):
+            assert (await conns.request(url, "POST", "/", {}, b"x", 2.0, 2.0)).content == b"ok"
+        assert conns.opened == 2  # the first connection was dropped, the second kept
+        conns.close()
         server.close()
 
     asyncio.run(run())
