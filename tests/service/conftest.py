@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -25,8 +26,23 @@ TOKEN = "test-cluster-token-0123456789"
 STATS_READER = {"Authorization": f"Bearer {derive_stats_token(TOKEN)}"}
 
 
+LISTEN_PORTS = (20000, 32000)  # below Linux's ephemeral range (32768-60999): no outgoing connection takes them
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
+    """A port to listen on later, free now, outside the range the kernel hands outgoing connections: a port
+    from that range (bind to 0) was taken by some agent's outgoing connection before the agent meant to
+    listen on it started (seen in a 25-agent bench: "address already in use", the cluster never converged)."""
+    for _ in range(64):
+        port = random.randint(*LISTEN_PORTS)
+        with socket.socket() as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+            return port
+    with socket.socket() as s:  # the low range is full: any free port
         s.bind((host, 0))
         return int(s.getsockname()[1])
 
