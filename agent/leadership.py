@@ -47,7 +47,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-TICK_S = 0.05
+TICK_S = 0.1  # at most: a third of the heartbeat when that is shorter (20 Hz was an idle agent's largest loop)
 SAID_MAX = 1024  # distinct once-only warnings remembered
 # A peer that died since the round began must not hold the round up: connects to a dead host hang.
 GATHER_TIMEOUT = httpx.Timeout(3.0, connect=0.5)
@@ -156,7 +156,7 @@ class Leadership:
                     self._feed(lr.Tick(self.agent.clock()))
             except Exception:
                 log.exception("election tick failed")
-            await asyncio.sleep(TICK_S)
+            await asyncio.sleep(min(TICK_S, self.agent.settings.election_heartbeat_s / 3))
 
     def receive(self, sender: str, data: Any) -> None:
         """A message from a peer (POST /election/message); raises ValueError when malformed."""

@@ -458,6 +458,8 @@ class NodeAgent:
         """Write the request log in batches, off the request path (readers flush before reading)."""
         while True:
             await asyncio.sleep(0.25)
+            if not self.store.queued():  # idle: no thread hop 4 times a second for nothing
+                continue
             try:
                 await asyncio.to_thread(self.store.flush)
             except Exception:

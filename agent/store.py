@@ -208,6 +208,10 @@ class Store:
                 self.dropped += 1
             self._pending.append((ts, model, client, dict(rtts), node, latency_ms, status))
 
+    def queued(self) -> int:
+        """Request records waiting for the next ``flush``."""
+        return len(self._pending)
+
     def flush(self) -> int:
         """Write queued request records; returns how many."""
         with self._lock:

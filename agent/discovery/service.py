@@ -233,6 +233,7 @@ class Discovery:
         node_id = name[: -len(service_type) - 1] if name.endswith(service_type) else name
         if state_change is ServiceStateChange.Removed:
             self.swim.core.recheck(node_id)  # an unauthenticated goodbye: check, never conclude
+            self.swim.wake()
             return
         task = asyncio.get_running_loop().create_task(self._resolve(service_type, name))
         self._background.add(task)
@@ -266,6 +267,7 @@ class Discovery:
         address = addresses[0]
         peer_url = f"https://{address}:{advert.peer_port}"
         self.swim.core.hint(advert.node_id, peer_url, address, self.clock())
+        self.swim.wake()
         for node_id, claimed in self.swim.core.conflicts:
             self._say_once(f"conflict:{node_id}:{claimed}", logging.ERROR,
                            "duplicate node id %s claimed by %s; ignored", node_id, claimed)  # fmt: skip
@@ -315,6 +317,7 @@ class Discovery:
                 host = httpx.URL(seed).host
                 peer_url = f"https://{host}:{hint.peer_port}"
                 self.swim.core.hint(hint.node_id, peer_url, host, self.clock())
+                self.swim.wake()
             await asyncio.sleep(SEED_RETRY_S)
 
     def heard_from(self, node_id: str, peer_url: str) -> None:
@@ -323,10 +326,12 @@ class Discovery:
         rec = self.swim.core.records.get(node_id)
         if rec is None or rec.status in ("dead", "left"):
             self.swim.core.hint(node_id, peer_url, httpx.URL(peer_url).host, self.clock())
+            self.swim.wake()
 
     def peer_left(self, node_id: str) -> None:
         """A peer told us, authenticated, that it is leaving (POST /peer/leave)."""
         self._apply(self.swim.core.left(node_id, self.clock()))
+        self.swim.wake()
 
     def _apply(self, transitions: list[Transition]) -> None:
         """Log transitions; tell the agent of joins, deaths and returns (a suspicion that clears is no news:

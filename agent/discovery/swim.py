@@ -335,6 +335,31 @@ class Swim:
         out += self._fetches(now)
         return out, transitions
 
+    def next_due(self, now: float) -> float:
+        """The earliest time at which ``tick`` has something to do, as far as this core knows now (>= ``now``).
+
+        A shell may sleep until then (and must tick again after every message or result it feeds in, which can
+        queue work); ticking earlier is harmless. An idle node wakes once per probe period, not 20 times a second."""
+        if self._urgent or self._refute_to:
+            return now
+        cfg = self.config
+        due = [self._next_probe, self._next_sync]
+        if self.broadcasts or (self._lease_fanout > 0 and self.lease is not None):
+            due.append(self._next_gossip)
+        if self.candidates:
+            first = min(c.last_try for c in self.candidates.values()) + cfg.admit_interval_s
+            due.append(max(self._next_admit, first))
+        for rec in self.records.values():
+            if rec.status == "alive" and rec.claimed_version > rec.state.version:
+                due.append(rec.fetched_at + cfg.state_fetch_interval_s)
+            if rec.status == "suspect" and rec.suspicion is not None:
+                end = rec.suspicion.started + self.suspicion_timeout(len(rec.suspicion.confirmers) - 1)
+                if end > now:  # past it: an unprobed suspicion waits for our own probe (urgent), not for time
+                    due.append(end)
+            elif rec.status in ("dead", "left"):
+                due.append(rec.since + cfg.forget_after_s)
+        return max(now, min(due))
+
     def _next_target(self) -> str | None:
         """The next alive or suspect member of the round robin; reshuffled after each full pass."""
         for _ in range(len(self._order) + 1):

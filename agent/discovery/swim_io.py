@@ -10,7 +10,9 @@ message names that node as its sender.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import math
 import random
 import time
 from collections import Counter
@@ -29,7 +31,8 @@ from peerserve.wire import Lease, PeerState, SwimMessage
 
 log = logging.getLogger(__name__)
 
-TICK_S = 0.05
+MIN_SLEEP_S = 0.01  # the loop's shortest sleep (work due now that an exchange in flight holds back)
+MAX_SLEEP_S = 0.25  # and its longest: a hint fed in without ``wake`` waits no longer than this
 VERSION_CHECK_S = 0.5  # how often our own state is compared with what we last announced
 LOAD_STEP = 10.0  # CPU/GPU load points that count as a change of our resource state
 MEMORY_STEP = 0.05  # share of total memory that counts as a change
@@ -96,6 +99,9 @@ class SwimDriver:
         self.on_lease: Callable[[Lease], bool] | None = None
         self._lease_seq = int(time.time() * 1000)  # renewals rise across restarts too
         self._said: set[str] = set()
+        self._wake: asyncio.Event | None = None
+        self._sleep_until = -math.inf
+        self.ticks = 0  # core ticks so far (the idle-cost test reads it)
         # exchanges by kind (SWIM kinds and "state"; a fixed set): /metrics (agent.discovery.service) and the bench
         self.sent: Counter[str] = Counter()
         self.received: Counter[str] = Counter()
@@ -126,6 +132,7 @@ class SwimDriver:
         card, signature = self.peers.identity.sign_detached(lease.signing_bytes())
         lease = replace(lease, card=card, signature=signature)
         self.core.renew(lease)
+        self.wake()
         return lease
 
     def lease_in(self, msg: SwimMessage) -> None:
@@ -154,17 +161,32 @@ class SwimDriver:
 
     # -- the loop ------------------------------------------------------------------------------------------
     async def run(self) -> None:
+        """Tick the core when it has work due (``Swim.next_due``) or something came in (``wake``); never busy."""
+        self._wake = asyncio.Event()
         while True:
             now = self.clock()
+            self._wake.clear()
             try:
                 self._refresh_own(now)
                 instructions, transitions = self.core.tick(now)
                 self.on_transitions(transitions)
                 for ins in instructions:
                     self._start(ins)
+                self.ticks += 1
+                delay = self.core.next_due(self.clock()) - self.clock()
             except Exception:  # the loop must outlive any bug in one step
                 log.exception("membership tick failed")
-            await asyncio.sleep(TICK_S)
+                delay = MAX_SLEEP_S
+            delay = min(MAX_SLEEP_S, max(MIN_SLEEP_S, delay))
+            self._sleep_until = self.clock() + delay
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), delay)
+
+    def wake(self) -> None:
+        """Something was fed to the core from outside the loop (a message, a result, a hint): tick at once if that
+        made work due before the loop's planned wake-up (most messages queue nothing: no extra wake-up)."""
+        if self._wake is not None and self.core.next_due(self.clock()) < self._sleep_until - MIN_SLEEP_S:
+            self._wake.set()
 
     def _start(self, ins: sw.Instruction) -> None:
         key = (type(ins).__name__, ins.node_id)
@@ -184,6 +206,7 @@ class SwimDriver:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         task.add_done_callback(lambda _t: self._in_flight.discard(key))
+        task.add_done_callback(lambda _t: self.wake())  # its result may have queued work (a refutation, gossip)
 
     async def stop(self) -> None:
         for task in list(self._tasks):
@@ -316,6 +339,7 @@ class SwimDriver:
         self.lease_in(msg)
         reply, transitions = c.received(msg, self.clock())
         self.on_transitions(transitions)
+        self.wake()
         if msg.kind == "ping_req":
             acked = await self._relay(msg.target or "", msg.target_url or "")
             return SwimMessage("indirect_ack", c.self_id, c.incarnation, c.version, c.self_url, (), c.term, c.leader,

@@ -48,6 +48,10 @@ class Sim:
     renew_s: float = 0.3
     relay_leases: bool = True  # members follow the leader (take_lease accepted=True): they relay its renewals
     lease_news: dict[str, list[float]] = field(default_factory=dict)  # node -> when a newer renewal reached it
+    lazy: bool = False  # tick a node only when its core says work is due (Swim.next_due) or something reached it
+    ticks: int = 0  # core ticks run (lazy runs need far fewer)
+    _due: dict[str, float] = field(default_factory=dict)
+    _woken: set[str] = field(default_factory=set)
     _events: list[tuple[float, int, Callable[[], None]]] = field(default_factory=list)
     _seq: itertools.count[int] = field(default_factory=itertools.count)
 
@@ -97,23 +101,39 @@ class Sim:
             if self.leader is not None and round(self.now / DT) % round(self.renew_s / DT) == 0:
                 self._renew()
             for node_id, node in self.nodes.items():
-                if self.up(node_id):
+                if self.up(node_id) and self._due_now(node_id):
+                    self.ticks += 1
                     instructions, transitions = node.tick(self.now)
                     self._note(node_id, transitions)
                     for ins in instructions:
                         self._carry_out(node_id, ins)
+                    self._due[node_id] = node.next_due(self.now)
+
+    def _poke(self, node_id: str) -> None:
+        """As swim_io's ``wake``: something was fed to the core; tick at once only if that made work due sooner."""
+        if self.lazy and self.nodes[node_id].next_due(self.now) < self._due.get(node_id, 0.0):
+            self._woken.add(node_id)
+
+    def _due_now(self, node_id: str) -> bool:
+        """Eager: every step. Lazy: when its core said, or when a message or result reached it since."""
+        if not self.lazy or node_id in self._woken or self.now >= self._due.get(node_id, 0.0):
+            self._woken.discard(node_id)
+            return True
+        return False
 
     def _renew(self) -> None:
         if self.leader is not None and self.up(self.leader):
             node = self.nodes[self.leader]
             seq = node.leases.seen.get(self.leader, (1, 0))[1] + 1
             node.renew(Lease(1, self.leader, seq, (0, 0.0, self.leader)))
+            self._poke(self.leader)
 
     def _lease_in(self, at: str, msg: SwimMessage | None) -> None:
         """What swim_io.lease_in does once the signature checks out (every member follows the one leader)."""
         node = self.nodes[at]
         if msg is not None and msg.lease is not None and node.lease_news(msg.lease):
             node.take_lease(msg.lease, msg.node_id, self.relay_leases)
+            self._poke(at)
             self.lease_news.setdefault(at, []).append(self.now)
 
     def lease_gaps(self, since: float) -> dict[str, float]:
@@ -130,6 +150,7 @@ class Sim:
         heapq.heappush(self._events, (self.now + delay, next(self._seq), fn))
 
     def _note(self, observer: str, transitions: list[sw.Transition]) -> None:
+        self._poke(observer)
         for t in transitions:
             if t.new == "dead":
                 self.deaths.append((self.now, observer, t.node_id))
@@ -139,6 +160,7 @@ class Sim:
         if not ok:
             return False, rtt, None
         self._lease_in(b, msg)
+        self._poke(b)
         reply, transitions = self.nodes[b].received(msg, self.now)
         self._note(b, transitions)
         if reply is not None:

@@ -331,3 +331,55 @@ def test_the_leaders_lease_reaches_every_member_in_time_by_gossip(n: int) -> Non
 
 def test_the_lease_checker_fails_when_members_do_not_relay() -> None:
     assert _lease_gap(50, seed=50, relay=False) > 2.0  # only the leader's own pushes and probes: too rare
+
+
+# -- idle cost: the shell ticks the core only when work is due (Swim.next_due) ------------------------------
+def test_next_due_is_the_next_probe_when_idle_and_now_when_work_is_queued() -> None:
+    a, _b = pair()
+    a.tick(0.0)
+    while a.broadcasts:  # drain the join's news
+        a.message("gossip", "b")
+    a.tick(0.05)
+    assert a.next_due(0.06) == pytest.approx(a.config.probe_interval_s)  # idle: the next probe, not the next 50 ms
+    a.set_version(a.version + 1)  # news to gossip: due at the next gossip round (0.1 s), before the probe
+    assert a.next_due(0.07) == pytest.approx(a.config.gossip_interval_s)
+    c = node("c", 0)
+    c.hint("x", url_of(9), "", 1.0)  # a candidate is asked at once
+    assert c.next_due(1.0) == 1.0
+    a.recheck("b")  # an urgent probe
+    assert a.next_due(0.08) == 0.08
+
+
+@FAST
+@given(n=st.integers(3, 12), seed=st.integers(0, 10**6), loss=st.floats(0.0, 0.03))
+def test_ticking_only_when_due_keeps_joins_and_detection(n: int, seed: int, loss: float) -> None:
+    sim = Sim(n, seed=seed, loss=loss, lazy=True)
+    sim.run(15)
+    assert sim.converged()
+    victim = f"n{seed % n}"
+    sim.crash(victim)
+    assert _detect(sim, victim, 6.0) < 6.0
+    sim.run(3)
+    assert sim.false_deaths() == []
+
+
+def test_lazy_ticking_needs_a_fraction_of_the_ticks_and_the_lease_still_arrives() -> None:
+    eager, lazy = Sim(10, seed=7, loss=0.01, max_delay=0.05), Sim(10, seed=7, loss=0.01, max_delay=0.05, lazy=True)
+    for sim in (eager, lazy):
+        sim.run(12)
+        assert sim.converged()
+        sim.leader = "n0"
+        start = sim.now
+        sim.run(20)
+        assert max(sim.lease_gaps(start).values()) < 1.2
+    assert lazy.ticks < eager.ticks / 2, (lazy.ticks, eager.ticks)
+
+
+def test_the_lazy_checker_fails_when_next_due_oversleeps() -> None:
+    sim = Sim(8, seed=3, lazy=True)
+    sim.run(15)
+    assert sim.converged()
+    for node in sim.nodes.values():  # a next_due that ignores queued work and suspicions: only probe periods
+        node.next_due = lambda now, node=node: max(now, node._next_probe + 5.0)  # type: ignore[method-assign]
+    sim.crash("n4")
+    assert _detect(sim, "n4", 6.0) >= 6.0
