@@ -34,6 +34,7 @@ from agent.identity import AuthError, Identity
 from agent.node import FencedError, UnknownModelError
 from agent.peer_gate import gate_tls
 from agent.peer_swim_route import SwimRoute
+from agent.peer_tls import connection_state
 from agent.rate_limit import SenderBuckets
 from agent.serving.provision import ROUTE_PROVISION, answer_provision
 from coordinator_election import (
@@ -272,7 +273,8 @@ class PeerServer:
             access_log=True,
             timeout_graceful_shutdown=2,
         )  # fmt: skip
-        self.server = _EmbeddedServer(gate_tls(config))  # a stranger holds few handshakes, briefly
+        # a stranger holds few handshakes, briefly; each request's scope names the node the client certificate proved
+        self.server = _EmbeddedServer(gate_tls(config, connection_state=connection_state))
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:

@@ -27,6 +27,8 @@ from peerserve import wire
 log = logging.getLogger(__name__)
 
 TIMEOUT = httpx.Timeout(3.0, connect=0.5)
+SIGNED_ONLY_S = 300.0  # a peer that wants signed messages (an older agent) is asked signed this long
+MAX_SIGNED_ONLY = 1024
 
 
 class PeerCallError(ValueError):
@@ -65,6 +67,7 @@ class PeerClient:
         tls = tls_context(identity) if http is None else False
         # kept-alive connections per peer (agent.peer_http), bounded per peer and in peers
         self.connections = PeerConnections(tls if isinstance(tls, ssl.SSLContext) else None, wire.MAX_BODY)
+        self._signed_only: dict[str, float] = {}  # peers that refused a direct exchange (401), since when
 
     async def close(self) -> None:
         if self.http is not None:
@@ -80,10 +83,22 @@ class PeerClient:
         params: Mapping[str, Any] | None = None,
         body: Mapping[str, Any] | None = None,
         timeout: httpx.Timeout | float = TIMEOUT,
+        direct: bool = False,
     ) -> tuple[int, Any]:
-        """One authenticated exchange with ``node_id`` at ``base_url``: (status, JSON answer)."""
+        """One authenticated exchange with ``node_id`` at ``base_url``: (status, JSON answer).
+
+        ``direct``: no per-message signatures when our kept mutual-TLS connections carry it; the connection's
+        certificate must name ``node_id`` with its pinned key (docs/security.md, "Direct exchanges"). A peer
+        that still wants signed messages (401) is asked signed, and so for ``SIGNED_ONLY_S``."""
         target = path + (f"?{urlencode(dict(params))}" if params else "")
         content = json.dumps(body, separators=(",", ":")).encode() if body is not None else b""
+        if direct and self._direct_to(node_id):
+            status, answer = await self._direct(node_id, base_url, method, target, content, timeout)
+            if status != 401:
+                return status, answer
+            if len(self._signed_only) >= MAX_SIGNED_ONLY:
+                self._signed_only.clear()
+            self._signed_only[node_id] = time.monotonic()
         signed = self.identity.sign_request(node_id, method, target, content, self.clock())
         headers = dict(signed.headers)
         if body is not None:
@@ -100,6 +115,36 @@ class PeerClient:
             return status, json.loads(answer)
         except ValueError as exc:
             raise PeerCallError(f"{node_id} answered non-JSON", status) from exc
+
+    def _direct_to(self, node_id: str) -> bool:
+        """Whether direct exchanges with ``node_id`` are possible: our own TLS connections, and it takes them."""
+        if self.http is not None or self.connections.tls is None:
+            return False
+        since = self._signed_only.get(node_id)
+        return since is None or time.monotonic() - since >= SIGNED_ONLY_S
+
+    async def _direct(
+        self, node_id: str, base_url: str, method: str, target: str, content: bytes, timeout: httpx.Timeout | float
+    ) -> tuple[int, Any]:
+        """An exchange authenticated by the connection alone: the listener's certificate must prove ``node_id``."""
+        total, connect = _seconds(timeout)
+        headers = {"content-type": "application/json"} if content else {}
+        try:
+            a = await self.connections.request(base_url, method, target, headers, content, total, connect)
+        except (OSError, asyncio.TimeoutError) as exc:
+            raise PeerCallError(f"{node_id} unreachable: {type(exc).__name__}: {exc}") from exc
+        if a.peer is None or a.peer[0] != node_id:
+            raise PeerCallError(f"{base_url} is not {node_id} (its certificate names {a.peer and a.peer[0]!r})")
+        try:
+            self.identity.pins.check(node_id, a.peer[1])
+        except AuthError as exc:
+            raise PeerCallError(f"{node_id} at {base_url}: {exc}", a.status) from exc
+        if len(a.content) > wire.MAX_BODY:
+            raise PeerCallError(f"{node_id} answered {len(a.content)} bytes", a.status)
+        try:
+            return a.status, json.loads(a.content)
+        except ValueError as exc:
+            raise PeerCallError(f"{node_id} answered non-JSON", a.status) from exc
 
     async def _exchange(
         self,

@@ -20,6 +20,7 @@ import asyncio.sslproto as sslproto
 import contextlib
 import logging
 import ssl
+from collections.abc import Callable
 from typing import Any
 
 import uvicorn
@@ -70,9 +71,16 @@ class Handshakes:
 
 
 def gated_protocol(
-    inner: type[asyncio.Protocol], context: ssl.SSLContext, handshakes: Handshakes, handshake_s: float = HANDSHAKE_S
+    inner: type[asyncio.Protocol],
+    context: ssl.SSLContext,
+    handshakes: Handshakes,
+    handshake_s: float = HANDSHAKE_S,
+    connection_state: Callable[[Any], dict[str, Any]] | None = None,
 ) -> type[Any]:
-    """A protocol class for uvicorn that does the TLS handshake itself, under the caps, then hands over."""
+    """A protocol class for uvicorn that does the TLS handshake itself, under the caps, then hands over.
+
+    ``connection_state(tls_transport)``: entries added to the ASGI scope's "state" of every request on that
+    connection (the peer listener: the identity the client's certificate proved, agent.peer_tls)."""
 
     class TlsGate(asyncio.Protocol):
         def __init__(self, **kwargs: Any) -> None:
@@ -110,7 +118,10 @@ def gated_protocol(
             if self._overflow:  # more than EARLY_BYTES before the handover: not a peer speaking HTTP
                 tls.abort()
                 return
-            self._inner = inner(**self._kwargs)
+            kwargs = self._kwargs
+            if connection_state is not None:
+                kwargs = {**kwargs, "app_state": {**kwargs.get("app_state", {}), **connection_state(tls)}}
+            self._inner = inner(**kwargs)
             tls.set_protocol(self._inner)
             self._inner.connection_made(tls)
             for data in self._early:
@@ -135,12 +146,17 @@ def gated_protocol(
     return TlsGate
 
 
-def gate_tls(config: uvicorn.Config, handshake_s: float = HANDSHAKE_S) -> uvicorn.Config:
+def gate_tls(
+    config: uvicorn.Config,
+    handshake_s: float = HANDSHAKE_S,
+    connection_state: Callable[[Any], dict[str, Any]] | None = None,
+) -> uvicorn.Config:
     """Load ``config`` and move its listener's TLS into ``gated_protocol`` (no-op without TLS)."""
     small_tls_buffers()
     if not config.loaded:
         config.load()
     if config.ssl is not None:
         context, config.ssl = config.ssl, None
-        config.http_protocol_class = gated_protocol(config.http_protocol_class, context, Handshakes(), handshake_s)
+        config.http_protocol_class = gated_protocol(config.http_protocol_class, context, Handshakes(), handshake_s,
+                                                    connection_state)  # fmt: skip
     return config

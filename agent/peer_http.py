@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from agent.peer_gate import small_tls_buffers
+from agent.peer_tls import PeerIdentity, peer_identity
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,7 @@ class Answer:
     status: int
     headers: dict[str, str]
     content: bytes
+    peer: PeerIdentity | None = None  # who the connection's TLS certificate proved the listener is (agent.peer_tls)
 
 
 @dataclass
@@ -53,6 +55,7 @@ class _Conn:
     reader: asyncio.StreamReader
     writer: asyncio.StreamWriter
     idle_since: float = 0.0
+    peer: PeerIdentity | None = None
 
     def usable(self) -> bool:
         return not (self.writer.is_closing() or self.reader.at_eof())
@@ -132,6 +135,7 @@ class PeerConnections:
             self._checkin(key, conn)
         else:
             conn.close()
+        answer.peer = conn.peer
         return answer
 
     async def _send_and_read(self, conn: _Conn, data: bytes) -> tuple[Answer, bool]:
@@ -205,7 +209,7 @@ class PeerConnections:
         except (OSError, ssl.SSLError) as exc:
             raise PeerHttpError(f"cannot connect to {base_url}: {exc!r}") from exc
         self.opened += 1
-        return _Conn(reader, writer)
+        return _Conn(reader, writer, peer=peer_identity(writer) if self.tls is not None else None)
 
     def _checkout(self, key: str) -> _Conn | None:
         now = self.clock()

@@ -5,6 +5,11 @@ signature for this node (agent.identity: 401/403, replays and stale messages ref
 wire.MAX_BODY bytes (413), a well-formed SwimMessage (400) that names its signer as sender (403); the
 answer is the node's own SwimMessage, signed and bound to the request's nonce. Only the framework is left
 out: FastAPI's routing, request object and dependency machinery cost more than the exchange itself.
+
+A *direct* message (no card header) is authenticated by its connection instead: the node id and key the
+client's certificate proved in the mutual-TLS handshake (agent.peer_tls, put in the scope by the listener),
+the key pinned for that id; its answer goes back unsigned on the same connection (docs/security.md,
+"Direct exchanges"). Without such a certificate it is 401, so a client can fall back to signing.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import TYPE_CHECKING, Any
 
 from agent.identity import AuthError, Identity
+from agent.peer_tls import PEER_KEY
 from peerserve import wire
 
 if TYPE_CHECKING:
@@ -40,10 +46,15 @@ class SwimRoute:
             await self.app(scope, receive, send)
             return
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        direct = wire.H_CARD not in headers  # no signature: the connection's certificate must say who it is
         try:
             body = await _body(headers, receive)
-            target = scope["path"] + (f"?{scope['query_string'].decode('latin-1')}" if scope["query_string"] else "")
-            sender = self.identity.verify_request(headers, "POST", target, body, self.agent.clock())
+            if direct:
+                sender = self.tls_sender(scope)
+            else:
+                query = scope["query_string"].decode("latin-1")
+                target = scope["path"] + (f"?{query}" if query else "")
+                sender = self.identity.verify_request(headers, "POST", target, body, self.agent.clock())
         except AuthError as exc:
             client = scope.get("client")
             log.warning("refused a peer message from %s to %s: %s", client[0] if client else "?", scope["path"], exc)
@@ -51,8 +62,21 @@ class SwimRoute:
             return
         status, payload = await self.answer(sender, body)
         data = json.dumps(payload, separators=(",", ":")).encode()
+        if direct:  # the answer goes back on the same authenticated connection
+            await _send(send, status, data, {})
+            return
         signed = self.identity.sign_response(sender, status, headers[wire.H_NONCE], data, self.agent.clock())
         await _send(send, status, data, signed)
+
+    def tls_sender(self, scope: Scope) -> str:
+        """The sender of a direct (unsigned) message: the node its connection's certificate proved, with the key
+        pinned for that node id (checked at every message: an operator may re-pin it); raises AuthError."""
+        found = scope.get("state", {}).get(PEER_KEY)
+        if found is None:
+            raise AuthError("unauthenticated: no node card, and no node certificate on this connection")
+        node_id, key = found
+        self.identity.pins.check(node_id, key)
+        return str(node_id)
 
     async def answer(self, sender: str, body: bytes) -> tuple[int, Any]:
         """(status, JSON answer) to an authenticated membership message from ``sender``."""

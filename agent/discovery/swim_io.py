@@ -224,7 +224,7 @@ class SwimDriver:
         """One signed SWIM exchange; the answer must be a valid message that ``node_id`` sent about itself."""
         self.sent[msg.kind] += 1
         status, data = await self.peers.call(node_id, url, "POST", wire.ROUTE_SWIM, body=msg.to_json(),
-                                             timeout=self._timeout(factor))  # fmt: skip
+                                             timeout=self._timeout(factor), direct=True)  # fmt: skip
         if status != 200:
             raise PeerCallError(f"{node_id} answered HTTP {status} to a membership message", status)
         try:
