@@ -9,6 +9,8 @@ figures, are the point on a shared machine):
             lean    agent/peer_http.py's kept connections
     route   fastapi the FastAPI route (as agent/peer_api.py had it before agent/peer_swim_route.py)
             lean    agent/peer_swim_route.py ahead of FastAPI
+    auth    signed  Ed25519 on request and answer (card, nonce, time; two signs and two verifies)
+            direct  authenticated by the kept mutual-TLS connection (agent/peer_tls.py; lean client and route)
 
     .venv/bin/python bench/peer_exchange_bench.py [--n 2000] [--json]
 """
@@ -84,8 +86,8 @@ def fastapi_route(app: FastAPI, node: Node, identity: Identity) -> None:
         return Response(data, media_type="application/json", headers=signed)
 
 
-async def variant(tmp: Path, client_kind: str, route_kind: str, n: int) -> dict[str, Any]:
-    """CPU seconds per exchange (both ends) and handshakes for one (client, route) pair."""
+async def variant(tmp: Path, client_kind: str, route_kind: str, n: int, direct: bool = False) -> dict[str, Any]:
+    """CPU seconds per exchange (both ends) and handshakes for one (client, route, auth) variant."""
     a, b = Identity("a", TOKEN, tmp / "a"), Identity("b", TOKEN, tmp / "b")
     driver = SwimDriver("b", "https://127.0.0.1:1", PeerClient(b, lambda url: None), sw.SwimConfig(), lambda: None,  # type: ignore[arg-type,return-value]
                         lambda s, u: s, lambda t: None)  # fmt: skip
@@ -107,23 +109,27 @@ async def variant(tmp: Path, client_kind: str, route_kind: str, n: int) -> dict[
     msg = SwimMessage("ping", "a", 0, 1, "https://127.0.0.1:2").to_json()
     try:
         for _ in range(100):  # warm: the handshake, caches
-            await client.call("b", url, "POST", wire.ROUTE_SWIM, body=msg)
+            await client.call("b", url, "POST", wire.ROUTE_SWIM, body=msg, direct=direct)
         cpu, wall = time.process_time(), time.perf_counter()
         for _ in range(n):
-            status, _ = await client.call("b", url, "POST", wire.ROUTE_SWIM, body=msg)
+            status, _ = await client.call("b", url, "POST", wire.ROUTE_SWIM, body=msg, direct=direct)
             assert status == 200
         cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
     finally:
         await client.close()
         await server.stop()
-    return {"client": client_kind, "route": route_kind, "cpu_ms": 1000 * cpu / n, "wall_ms": 1000 * wall / n}
+    auth = "direct" if direct else "signed"
+    return {"client": client_kind, "route": route_kind, "auth": auth, "cpu_ms": 1000 * cpu / n,
+            "wall_ms": 1000 * wall / n}  # fmt: skip
 
 
 async def measure(n: int) -> list[dict[str, Any]]:
     out = []
     with tempfile.TemporaryDirectory(prefix="exchbench-") as tmp:
-        for i, (c, r) in enumerate([("httpx", "fastapi"), ("lean", "fastapi"), ("httpx", "lean"), ("lean", "lean")]):
-            out.append(await variant(Path(tmp) / str(i), c, r, n))
+        variants = [("httpx", "fastapi", False), ("lean", "fastapi", False), ("httpx", "lean", False),
+                    ("lean", "lean", False), ("lean", "lean", True)]  # fmt: skip
+        for i, (c, r, direct) in enumerate(variants):
+            out.append(await variant(Path(tmp) / str(i), c, r, n, direct))
     return out
 
 
@@ -140,11 +146,11 @@ def main() -> None:
     if args.json:
         print(json.dumps(rows, indent=2))
         return
-    print("| client | /peer/swim route | CPU per exchange (both ends) | x httpx + FastAPI | wall per exchange |")
-    print("| --- | --- | --- | --- | --- |")
+    print("| client | /peer/swim route | auth | CPU per exchange (both ends) | x httpx + FastAPI | wall per exchange |")
+    print("| --- | --- | --- | --- | --- | --- |")
     for r in rows:
-        print(f"| {r['client']} | {r['route']} | {r['cpu_ms']:.3f} ms | {r['ratio_to_httpx_fastapi']:.2f} | "
-              f"{r['wall_ms']:.3f} ms |")  # fmt: skip
+        print(f"| {r['client']} | {r['route']} | {r['auth']} | {r['cpu_ms']:.3f} ms | "
+              f"{r['ratio_to_httpx_fastapi']:.2f} | {r['wall_ms']:.3f} ms |")  # fmt: skip
     print(f"\nload average {os.getloadavg()[0]:.1f} (same run: compare the ratios)")
 
 
