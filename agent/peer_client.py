@@ -45,7 +45,8 @@ def tls_context(identity: Identity) -> ssl.SSLContext | bool:
     if files is None:
         return False
     ctx = ssl.create_default_context(cafile=str(files.ca))
-    ctx.check_hostname = False  # peers are reached by IP; the signed answer names the node
+    ctx.check_hostname = False  # peers are reached by IP; the signed answer (or the certificate's CN) names the node
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3  # no renegotiation: a connection's certificate is fixed for good
     ctx.load_cert_chain(str(files.cert), str(files.key))
     return ctx
 

@@ -157,6 +157,8 @@ def gate_tls(
         config.load()
     if config.ssl is not None:
         context, config.ssl = config.ssl, None
+        if connection_state is not None:  # the connection's certificate authenticates its messages: TLS 1.3 only
+            context.minimum_version = ssl.TLSVersion.TLSv1_3  # (no renegotiation: no second certificate later)
         config.http_protocol_class = gated_protocol(config.http_protocol_class, context, Handshakes(), handshake_s,
                                                     connection_state)  # fmt: skip
     return config

@@ -1,7 +1,8 @@
 """Carries out the SWIM core's instructions (agent.discovery.swim) on the authenticated peer plane.
 
-I/O only: every decision is the core's. Probes, gossip, push-pull and indirect-probe requests are signed
-``POST /peer/swim`` messages (agent.peer_client: mutual TLS, signed both ways, answers bound to the request);
+I/O only: every decision is the core's. Probes, gossip, push-pull and indirect-probe requests are direct
+``POST /peer/swim`` messages (agent.peer_client, ``direct=True``: authenticated by the kept mutual-TLS
+connection's certificates, pinned; signed both ways only to a node that asks for it, docs/security.md);
 admission and resource state are the node's own signed ``GET /peer/state`` answer, accepted only when it
 speaks for itself (``admissible``). An answer counts only when the node we addressed signed it and the
 message names that node as its sender.
@@ -221,7 +222,7 @@ class SwimDriver:
         return httpx.Timeout(t, connect=2 * t)
 
     async def send(self, node_id: str, url: str, msg: SwimMessage, factor: float = 1.0) -> SwimMessage:
-        """One signed SWIM exchange; the answer must be a valid message that ``node_id`` sent about itself."""
+        """One SWIM exchange with ``node_id`` (direct); the answer must be a valid message it sent about itself."""
         self.sent[msg.kind] += 1
         status, data = await self.peers.call(node_id, url, "POST", wire.ROUTE_SWIM, body=msg.to_json(),
                                              timeout=self._timeout(factor), direct=True)  # fmt: skip

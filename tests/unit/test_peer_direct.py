@@ -143,3 +143,21 @@ def test_a_node_certificate_names_its_node_and_the_cards_key(tmp_path: Path) -> 
     assert cert_identity(cert.public_bytes(serialization.Encoding.DER)) == ("n7", ident.public_key)
     ca = x509.load_pem_x509_certificate(ident.tls_files.ca.read_bytes())  # the CA's CN is no node id
     assert cert_identity(ca.public_bytes(serialization.Encoding.DER)) is None
+
+
+def test_the_peer_listener_speaks_tls_1_3_only(tmp_path: Path) -> None:
+    """TLS 1.2 could renegotiate a connection with another certificate after its identity was read."""
+    import ssl
+
+    from agent.peer_client import tls_context
+
+    async def run(client: PeerClient, url: str, node: Node, b: Identity) -> None:
+        ctx = tls_context(client.identity)
+        assert isinstance(ctx, ssl.SSLContext)
+        ctx.minimum_version = ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+        host, port = url.removeprefix("https://").split(":")
+        with pytest.raises((ssl.SSLError, ConnectionError)):
+            _, writer = await asyncio.open_connection(host, int(port), ssl=ctx)
+            writer.close()
+
+    serve(tmp_path, run)
