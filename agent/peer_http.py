@@ -7,7 +7,8 @@ does only what that needs: a request with a ``content-length`` body, an answer w
 (or chunked) body of at most ``max_body`` bytes. Connections are kept per peer (at most ``max_idle`` idle
 ones each, ``max_peers`` peers, least recently used first out) and dropped after ``idle_s`` unused, before
 the listener's own 30 s keep-alive ends; a kept connection the peer closed meanwhile is retried once on a
-new one (only when no byte of an answer came back).
+new one (only when no byte of an answer came back). At most ``max_busy`` exchanges per peer are in flight
+(connecting included); more wait their turn within their own deadline, and past ``max_waiting`` fail at once.
 
     PeerHttpError(OSError)   unreachable, timed out, or not a well-formed HTTP/1.1 answer
 """
@@ -19,7 +20,7 @@ import logging
 import re
 import ssl
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -30,6 +31,10 @@ from agent.peer_tls import PeerIdentity, peer_identity
 log = logging.getLogger(__name__)
 
 MAX_IDLE = 2  # idle connections kept per peer (membership has one or two exchanges with a peer at a time)
+# Exchanges in flight per peer, connecting included: a burst to a silent peer (probes, relays, a leader's gather)
+# opened 101 TLS handshakes at once. Past it an exchange waits for a free one within its own deadline ...
+MAX_BUSY = 8
+MAX_WAITING = 64  # ... and past this many waiting for one peer, it fails at once
 MAX_PEERS = 320  # peers with kept connections (swim.MAX_MEMBERS + candidates); least recently used dropped
 IDLE_S = 25.0  # under the listener's keep-alive (30 s): we close first, so a kept connection is rarely stale
 HEAD_LIMIT = 1 << 16  # bytes of status line and headers
@@ -79,11 +84,16 @@ class PeerConnections:
         max_peers: int = MAX_PEERS,
         idle_s: float = IDLE_S,
         clock: Callable[[], float] = time.monotonic,
+        max_busy: int = MAX_BUSY,
+        max_waiting: int = MAX_WAITING,
     ) -> None:
         small_tls_buffers()
         self.tls = tls
         self.max_body = max_body
         self.max_idle, self.max_peers, self.idle_s = max_idle, max_peers, idle_s
+        self.max_busy, self.max_waiting = max_busy, max_waiting
+        self._busy: dict[str, int] = {}  # exchanges in flight per peer (only peers with some)
+        self._waiting: dict[str, deque[asyncio.Future[None]]] = {}
         self.clock = clock
         self._idle: OrderedDict[str, list[_Conn]] = OrderedDict()
         self._swept = clock()
@@ -110,10 +120,18 @@ class PeerConnections:
         """One exchange with the listener at ``base_url`` (``https://host:port``); raises PeerHttpError."""
         head = _request_head(base_url, method, target, headers, len(body))
         deadline = self.clock() + timeout  # one deadline for the whole exchange, the retry included
+        await self._acquire(base_url, timeout)
+        try:
+            return await self._request(base_url, head + body, deadline, connect_timeout)
+        finally:
+            self._release(base_url)
+
+    async def _request(self, base_url: str, data: bytes, deadline: float, connect_timeout: float) -> Answer:
+        timeout = max(deadline - self.clock(), 0.001)
         conn = self._checkout(base_url)
         if conn is not None:
             try:
-                return await self._exchange(base_url, conn, head + body, timeout)
+                return await self._exchange(base_url, conn, data, timeout)
             except _Stale:
                 pass  # the peer closed our kept connection: once more on a new one
         left = deadline - self.clock()
@@ -121,7 +139,7 @@ class PeerConnections:
             raise PeerHttpError(f"{base_url} timed out")
         conn = await self._connect(base_url, min(connect_timeout, left))
         try:
-            return await self._exchange(base_url, conn, head + body, max(deadline - self.clock(), 0.001))
+            return await self._exchange(base_url, conn, data, max(deadline - self.clock(), 0.001))
         except _Stale as exc:
             raise PeerHttpError(f"{base_url} closed the connection without an answer") from exc
 
@@ -192,6 +210,49 @@ class PeerConnections:
             out += await reader.readexactly(size)
             if await reader.readexactly(2) != b"\r\n":
                 raise PeerHttpError("malformed chunk")
+
+    # -- exchanges in flight per peer --------------------------------------------------------------------
+    async def _acquire(self, key: str, timeout: float) -> None:
+        """A slot for one exchange with ``key``: at once under ``max_busy``, else the next one freed, in order."""
+        queue = self._waiting.get(key)
+        if self._busy.get(key, 0) < self.max_busy and not queue:
+            self._busy[key] = self._busy.get(key, 0) + 1
+            return
+        if queue is not None and len(queue) >= self.max_waiting:
+            raise PeerHttpError(f"{key}: {self.max_busy} exchanges in flight and {len(queue)} waiting")
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiting.setdefault(key, deque()).append(waiter)
+        try:
+            await asyncio.wait_for(waiter, timeout)  # _release hands its slot over (the count stays)
+        except BaseException as exc:  # timed out or cancelled
+            if waiter.done() and not waiter.cancelled():
+                self._release(key)  # a slot handed over just as we gave up: pass it on
+            elif waiter in self._waiting.get(key, ()):
+                self._waiting[key].remove(waiter)
+            if isinstance(exc, asyncio.TimeoutError):
+                raise PeerHttpError(f"{key} timed out: {self.max_busy} exchanges with it in flight") from exc
+            raise
+        finally:
+            if key in self._waiting and not self._waiting[key]:
+                del self._waiting[key]
+
+    def _release(self, key: str) -> None:
+        queue = self._waiting.get(key)
+        while queue:
+            waiter = queue.popleft()
+            if not waiter.done():
+                waiter.set_result(None)  # the slot goes to the longest waiting exchange
+                return
+        left = self._busy.get(key, 1) - 1
+        if left > 0:
+            self._busy[key] = left
+        else:
+            self._busy.pop(key, None)
+
+    @property
+    def busy_count(self) -> int:
+        """Exchanges in flight now, all peers together."""
+        return sum(self._busy.values())
 
     # -- the kept connections ---------------------------------------------------------------------------
     async def _connect(self, base_url: str, timeout: float) -> _Conn:

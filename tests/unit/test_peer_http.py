@@ -15,7 +15,7 @@ from agent.identity import Identity
 from agent.peer_api import PeerServer
 from agent.peer_client import tls_context
 from agent.peer_gate import TLS_READ_BUFFER
-from agent.peer_http import PeerConnections, PeerHttpError
+from agent.peer_http import MAX_BUSY, PeerConnections, PeerHttpError
 from tests.service.conftest import free_port
 
 TOKEN = "unit-cluster-token-0123456789"
@@ -253,5 +253,71 @@ def test_bytes_past_an_answer_do_not_stay_on_a_kept_connection() -> None:
         assert conns.opened == 2  # the first connection was dropped, the second kept
         conns.close()
         server.close()
+
+    asyncio.run(run())
+
+
+# -- exchanges in flight per peer ----------------------------------------------------------------------------
+async def _burst_to_silent_peer(tmp_path: Path, n: int, **bounds: int) -> tuple[int, list[BaseException]]:
+    """``n`` exchanges at once to a peer that accepts TCP and never answers TLS: (most connections open at once
+    there, errors)."""
+    open_now, most = 0, 0
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal open_now, most
+        open_now += 1
+        most = max(most, open_now)
+        with contextlib.suppress(Exception):
+            await reader.read()  # until the client gives up
+        open_now -= 1
+        writer.close()
+
+    port = free_port()
+    server = await asyncio.start_server(silent, "127.0.0.1", port)
+    ctx = tls_context(Identity("a", TOKEN, tmp_path / "a"))
+    assert not isinstance(ctx, bool)
+    conns = PeerConnections(ctx, max_body=1 << 16, **bounds)  # type: ignore[arg-type]
+    try:
+        url = f"https://127.0.0.1:{port}"
+        got = await asyncio.gather(*(conns.request(url, "POST", "/peer/swim", {}, b"{}", 0.6, 0.3) for _ in range(n)),
+                                   return_exceptions=True)  # fmt: skip
+        assert conns.busy_count == 0 and conns._waiting == {} and conns._busy == {}  # every slot given back
+        await asyncio.sleep(0.05)  # the server sees the last ones close
+        return most, [g for g in got if isinstance(g, BaseException)]
+    finally:
+        conns.close()
+        server.close()
+        await server.wait_closed()
+
+
+def test_a_burst_to_a_silent_peer_opens_at_most_max_busy_connections(tmp_path: Path) -> None:
+    most, errors = asyncio.run(_burst_to_silent_peer(tmp_path, 50))
+    assert len(errors) == 50 and all(isinstance(e, PeerHttpError) for e in errors)
+    assert most <= MAX_BUSY  # 8 handshakes at a time; the rest waited within their deadline, then gave up
+
+
+def test_the_burst_checker_fails_without_the_bound(tmp_path: Path) -> None:
+    most, _ = asyncio.run(_burst_to_silent_peer(tmp_path, 50, max_busy=1000))
+    assert most > MAX_BUSY  # (50: one TLS handshake per exchange at once, as before the bound)
+
+
+def test_past_the_waiting_bound_an_exchange_fails_at_once(tmp_path: Path) -> None:
+    _, errors = asyncio.run(_burst_to_silent_peer(tmp_path, 6, max_busy=1, max_waiting=2))
+    assert sum("waiting" in str(e) for e in errors) == 3  # 1 in flight, 2 waiting, 3 refused at once
+
+
+def test_exchanges_past_the_bound_wait_their_turn_and_all_succeed(tmp_path: Path) -> None:
+    async def run() -> None:
+        server, ident, url = await tls_server(tmp_path)
+        ctx = tls_context(ident)
+        assert not isinstance(ctx, bool)
+        conns = PeerConnections(ctx, max_body=1 << 16, max_busy=3, max_idle=3)
+        try:
+            got = await asyncio.gather(*(conns.request(url, "GET", f"/{i}", {}, b"", 5.0, 5.0) for i in range(20)))
+            assert [a.content for a in got] == [f"/{i}".encode() for i in range(20)]
+            assert conns.opened <= 3 and conns.busy_count == 0
+        finally:
+            conns.close()
+            await server.stop()
 
     asyncio.run(run())
