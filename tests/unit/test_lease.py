@@ -120,3 +120,19 @@ def test_the_leader_signs_pushes_and_then_piggybacks_its_renewals() -> None:
     assert second.seq == first.seq + 1
     assert Identity("b", TOKEN, None).verify_detached(second.card, second.signature, second.signing_bytes()) == "a"
     assert d.core.message("ack", "c").lease == second
+
+
+def test_a_renewal_from_the_leader_itself_needs_no_signature_check_and_a_relayed_one_does(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    taken: list[Lease] = []
+    d = driver(taken)
+    checked: list[str] = []
+    real = d.peers.identity.verify_detached
+    monkeypatch.setattr(d.peers.identity, "verify_detached", lambda *a: checked.append("x") or real(*a))
+    d.lease_in(carrying(signed(seq=10), sender="a"))  # the leader's own (authenticated) message: no Ed25519 verify
+    assert [t.seq for t in taken] == [10] and checked == []
+    d.lease_in(carrying(signed(seq=11), sender="c"))  # relayed: the leader's signature is what makes it the leader's
+    assert [t.seq for t in taken] == [10, 11] and checked == ["x"]
+    d.lease_in(carrying(signed(seq=12, by=Identity("x", TOKEN, None)), sender="c"))  # forged in a's name: refused
+    assert [t.seq for t in taken] == [10, 11]
