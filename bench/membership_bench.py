@@ -16,7 +16,17 @@ before SWIM: all-to-all heartbeats), extracted with ``git archive``, in the same
 ``--before-sizes`` (all-to-all at 25+ agents saturates two cores, which is the point).
 
     .venv/bin/python bench/membership_bench.py [--sizes 5,10,25] [--window S] [--soak S] [--soak-at N]
-        [--before-rev main --before-sizes 5,10] [--plot docs/img/membership_cpu.png] [--json]
+        [--soak-hogs K] [--before-rev main --before-sizes 5,10] [--plot docs/img/membership_cpu.png] [--json]
+
+Issue #13's figures (on an otherwise idle machine; ~15 min at 5, 25 and 50 agents, then the 5-minute soak
+at 50 with two busy processes: the whole of a 2-core machine):
+
+    flock /tmp/peerserve-netns.lock .venv/bin/python bench/membership_bench.py --sizes 5,25,50 \\
+        --soak 300 --soak-at 50 --soak-hogs 2 --json > membership.json
+    .venv/bin/python bench/membership_bench.py --from-json membership.json    # the table and the targets
+
+The output ends with the targets: follower CPU at the largest size / at the smallest (<= 1.5), kill -9
+dead everywhere p99 (<= 3 s), a new member alive everywhere (<= 3 s), and the soak's false deaths (0).
 """
 
 from __future__ import annotations
@@ -180,17 +190,17 @@ def first_time(agent: Agent, node: str, new: str, after: float) -> float | None:
     return min(hits) if hits else None
 
 
-def run_size(code: Path, n: int, window: float, soak: float, label: str) -> dict[str, Any]:
+def run_size(code: Path, n: int, window: float, soak: float, label: str, hogs: int = 2) -> dict[str, Any]:
     """One cluster of ``n`` agents: its figures, or ``failed`` (where it broke, with the load average)."""
     started = time.monotonic()
     try:
-        return measure_size(code, n, window, soak, label)
+        return measure_size(code, n, window, soak, label, hogs)
     except RuntimeError as exc:
         say(f"[{label}] N={n} FAILED after {time.monotonic() - started:.0f} s: {exc}")
         return {"n": n, "failed": str(exc), "load_avg_1m": os.getloadavg()[0]}
 
 
-def measure_size(code: Path, n: int, window: float, soak: float, label: str) -> dict[str, Any]:
+def measure_size(code: Path, n: int, window: float, soak: float, label: str, hogs: int = 2) -> dict[str, Any]:
     """One cluster of ``n`` agents from checkout ``code``: CPU, a join and a kill -9."""
     with tempfile.TemporaryDirectory(prefix=f"membench-{label}-{n}-") as tmp:
         c = Cluster(code, Path(tmp))
@@ -225,7 +235,7 @@ def measure_size(code: Path, n: int, window: float, soak: float, label: str) -> 
             out.update(join(c, [a.port for a in c.agents] if label == "before" else [seed.port]))
             out.update(kill(c, leader))
             if soak > 0:
-                out.update(soak_run(c, soak))
+                out.update(soak_run(c, soak, hogs))
             return out
         finally:
             c.stop()
@@ -285,12 +295,14 @@ def _busy(stop_at: float) -> None:
         pass
 
 
-def soak_run(c: Cluster, seconds: float) -> dict[str, Any]:
-    """``seconds`` with two busy processes and a client querying every agent; deaths of live nodes counted."""
+def soak_run(c: Cluster, seconds: float, hogs_n: int = 2) -> dict[str, Any]:
+    """``seconds`` with ``hogs_n`` busy processes (one core each) and a client querying every agent; deaths of
+    live nodes counted (false deaths), and what the hogs and the agents actually got of the CPU."""
     start = time.time()
     live = c.live()
-    hogs = [subprocess.Popen([sys.executable, "-c", f"import time\nwhile time.time() < {start + seconds}: pass"])
-            for _ in range(2)]  # fmt: skip
+    hogs = [subprocess.Popen([sys.executable, "-c", f"import time\nwhile time.time() < {start + seconds + 30}: pass"])
+            for _ in range(hogs_n)]  # fmt: skip
+    agents_cpu = sum(cpu_seconds(a) for a in live)
     stop = threading.Event()
 
     def client() -> None:
@@ -304,20 +316,29 @@ def soak_run(c: Cluster, seconds: float) -> dict[str, Any]:
 
     t = threading.Thread(target=client, daemon=True)
     t.start()
-    say(f"[soak] {seconds:.0f} s loaded: 2 busy processes + a client querying /services round-robin")
+    say(f"[soak] {seconds:.0f} s loaded: {hogs_n} busy processes (of {os.cpu_count()} cores) + a client querying "
+        "/services round-robin")  # fmt: skip
     time.sleep(seconds)
+    agents_cpu = (sum(cpu_seconds(a) for a in live) - agents_cpu) / seconds
+    hog_cpu = 0.0
+    for h in hogs:
+        with contextlib.suppress(psutil.Error):
+            hog_cpu += sum(psutil.Process(h.pid).cpu_times()[:2]) / seconds
     stop.set()
     t.join()
-    for h in hogs:
+    for h in hogs:  # read above while they ran; ours, ended by their own pid
+        h.kill()
         h.wait()
     names = {a.name for a in live}
     false = [(a.name, n) for a in live for ts, n, _o, new in a.transitions() if ts >= start and new == "dead"
              and n in names]  # fmt: skip
     load = os.getloadavg()
     terms = {a.cluster().get("term") for a in live}
-    say(f"[soak] false deaths: {len(false)} {false[:5]}; load average {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}")
-    return {"soak_s": seconds, "soak_false_deaths": len(false), "soak_load_avg": list(load),
-            "soak_terms_after": len(terms)}  # fmt: skip
+    say(f"[soak] false deaths: {len(false)} {false[:5]}; hogs got {hog_cpu:.2f} CPU-s/s, the agents {agents_cpu:.2f}; "
+        f"load average {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}")  # fmt: skip
+    return {"soak_s": seconds, "soak_false_deaths": len(false), "soak_false": false[:20], "soak_load_avg": list(load),
+            "soak_terms_after": len(terms), "soak_hogs": hogs_n, "soak_hog_cpu": hog_cpu,
+            "soak_agents_cpu": agents_cpu}  # fmt: skip
 
 
 def extract(rev: str, into: Path) -> Path:
@@ -356,7 +377,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     """Run every size (and the --before-rev sizes); the figures as --json prints them."""
     sizes = [int(x) for x in args.sizes.split(",") if x]
     soak_at = args.soak_at or max(sizes)
-    now = [run_size(REPO, n, args.window, args.soak if n == soak_at else 0.0, "now") for n in sizes]
+    now = [run_size(REPO, n, args.window, args.soak if n == soak_at else 0.0, "now", args.soak_hogs) for n in sizes]
     before: list[dict[str, Any]] = []
     if args.before_rev:
         with tempfile.TemporaryDirectory(prefix="membench-before-") as tmp:
@@ -376,6 +397,9 @@ def main() -> None:
     ap.add_argument("--window", type=float, default=20.0, help="idle CPU window in seconds (default 20)")
     ap.add_argument("--soak", type=float, default=0.0, help="loaded seconds at the largest size (default 0)")
     ap.add_argument("--soak-at", type=int, default=0, help="the size that soaks (default: the largest)")
+    ap.add_argument(
+        "--soak-hogs", type=int, default=2, help="busy processes during the soak, one core each (default 2)"
+    )
     ap.add_argument("--before-rev", default="", help="git revision to measure in the same run (e.g. main)")
     ap.add_argument("--before-sizes", default="5,10", help="sizes for --before-rev (default 5,10)")
     ap.add_argument("--plot", default="", help="write the CPU-against-size plot here (PNG)")
@@ -419,11 +443,14 @@ def print_table(now: list[dict[str, Any]], before: list[dict[str, Any]]) -> None
               f"{big['detect_p99_s']:.2f} s (<= 3); new member at {big['n']}: {big['join_max_s']:.2f} s (<= 3); "
               f"follower RSS at {big['n']}: median {big['follower_rss_mb']:.0f} MiB, max "
               f"{big['follower_rss_max_mb']:.0f} (at {small['n']}: {small['follower_rss_mb']:.0f})")  # fmt: skip
+    nan = float("nan")
     for r in now:
         if "soak_s" in r:
             print(
-                f"\nsoak at {r['n']} agents, {r['soak_s']:.0f} s loaded: {r['soak_false_deaths']} false deaths, "
-                f"load average {r['soak_load_avg'][0]:.1f}, {r['soak_terms_after']} distinct terms after"
+                f"\nsoak at {r['n']} agents, {r['soak_s']:.0f} s loaded ({r.get('soak_hogs', 2)} busy processes got "
+                f"{r.get('soak_hog_cpu', nan):.2f} CPU-s/s, the agents {r.get('soak_agents_cpu', nan):.2f}): "
+                f"{r['soak_false_deaths']} false deaths (target 0), load average {r['soak_load_avg'][0]:.1f}, "
+                f"{r['soak_terms_after']} distinct terms after"
             )
 
 
