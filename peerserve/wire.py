@@ -486,6 +486,24 @@ LEASE_CONTEXT = b"peerserve-lease-v1\0"
 
 
 @dataclass(frozen=True)
+class Loads:
+    """The sender's own load figures, riding on every SWIM message it sends (its resource state's fast part:
+    a change of these alone no longer makes every member fetch its whole state)."""
+
+    mem_available_mb: float
+    cpu_load: float
+    gpu_load: float | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"mem_available_mb": self.mem_available_mb, "cpu_load": self.cpu_load, "gpu_load": self.gpu_load}
+
+    @classmethod
+    def parse(cls, data: Any) -> Loads:
+        d = _obj(data, "loads")
+        return cls(_float(d, "mem_available_mb"), _float(d, "cpu_load"), _float(d, "gpu_load", optional=True))
+
+
+@dataclass(frozen=True)
 class Lease:
     """The leader's lease renewal: (term, leader, seq) signed by the leader itself, so any member may relay it.
 
@@ -536,6 +554,7 @@ class SwimMessage:
     target_url: str | None = None
     acked: bool = False
     lease: Lease | None = None  # the freshest leader's lease the sender holds (signed by that leader)
+    loads: Loads | None = None  # the sender's own loads now (older senders send none)
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"kind": self.kind, "node_id": self.node_id, "incarnation": self.incarnation,
@@ -545,6 +564,8 @@ class SwimMessage:
             out.update(target=self.target, target_url=self.target_url, acked=self.acked)
         if self.lease is not None:
             out["lease"] = self.lease.to_json()
+        if self.loads is not None:
+            out["loads"] = self.loads.to_json()
         return out
 
     @classmethod
@@ -565,6 +586,7 @@ class SwimMessage:
                 raise WireError("'acked' must be a boolean")
             acked = bool(d.get("acked", False))
         lease = Lease.parse(d["lease"]) if d.get("lease") is not None else None
+        loads = Loads.parse(d["loads"]) if d.get("loads") is not None else None
         return cls(kind, _node(d, "node_id"), _int(d, "incarnation"), _int(d, "version"), _peer_url(d.get("peer_url")),
                    tuple(MemberUpdate.parse(u) for u in raw), _int(d, "term"), _node(d, "leader", optional=True),
-                   target, target_url, acked, lease)  # fmt: skip
+                   target, target_url, acked, lease, loads)  # fmt: skip

@@ -113,7 +113,8 @@ class Discovery:
     def members(self) -> list[Member]:
         """Admitted peers only (each answered us itself, authenticated), with their last fetched state."""
         records = self.swim.core.records.values()
-        key = tuple((r.node_id, r.status, r.peer_url, r.address, r.state.version, r.state.started_at) for r in records)
+        key = tuple((r.node_id, r.status, r.peer_url, r.address, r.state.version, r.state.started_at,
+                     r.state.mem_available_mb, r.state.cpu_load, r.state.gpu_load) for r in records)  # fmt: skip
         if key != self._members_key:  # the election asks 20 times a second: rebuild only on a change
             self._members_key, self._members = key, self._build_members()
         return list(self._members)

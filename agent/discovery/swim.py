@@ -28,7 +28,7 @@ import random
 from dataclasses import dataclass, field, replace
 
 from coordinator_election.lease import MAX_TERM_AHEAD, LeaseBook
-from peerserve.wire import MAX_PIGGYBACK, Lease, MemberUpdate, PeerState, SwimMessage
+from peerserve.wire import MAX_PIGGYBACK, Lease, Loads, MemberUpdate, PeerState, SwimMessage
 
 MAX_MEMBERS = 256  # admitted members (the push-pull message carries them all)
 MAX_CANDIDATES = 64  # hinted (node id, peer url) pairs not yet authenticated
@@ -195,6 +195,7 @@ class Swim:
     _urgent: dict[str, bool] = field(default_factory=dict)  # node -> verify?: probe these at the next tick
     _refute_to: set[str] = field(default_factory=set)  # who suspects us: they hear our refutation from us
     lease: Lease | None = None  # the leader's renewal we relay on every message (our own while we lead)
+    loads: Loads | None = None  # our own loads now (the shell keeps them current): on every message we send
     leases: LeaseBook = field(default_factory=LeaseBook)  # newest renewal seen per leader: stale/replays are no news
     _lease_fanout: int = 0  # random members the current renewal still goes to at the next gossip tick
     _lease_skip: frozenset[str] = frozenset()  # who has it already (the sender, the leader)
@@ -490,14 +491,14 @@ class Swim:
         own = [self._update_of(rec)] if rec is not None and rec.status == "suspect" else []
         piggyback = (*own, *self._take_broadcasts(MAX_PIGGYBACK - len(own)))
         return SwimMessage(kind, self.self_id, self.incarnation, self.version, self.self_url, piggyback[:MAX_PIGGYBACK],
-                           self.term, self.leader, lease=self.lease)  # fmt: skip
+                           self.term, self.leader, lease=self.lease, loads=self.loads)  # fmt: skip
 
     def sync_message(self) -> SwimMessage:
         """Our whole table (this node first) for a push-pull exchange."""
         table = [MemberUpdate(self.self_id, "alive", self.incarnation, self.self_url, self.version)]
         table += [self._update_of(r) for r in sorted(self.records.values(), key=lambda r: r.node_id)]
         return SwimMessage("sync", self.self_id, self.incarnation, self.version, self.self_url, tuple(table),
-                           self.term, self.leader, lease=self.lease)  # fmt: skip
+                           self.term, self.leader, lease=self.lease, loads=self.loads)  # fmt: skip
 
     def received(self, msg: SwimMessage, now: float) -> tuple[SwimMessage | None, list[Transition]]:
         """A message signed by ``msg.node_id`` (the shell checked that): apply it; (our answer, transitions).
@@ -508,6 +509,7 @@ class Swim:
             if msg.node_id in self.records:
                 out += self._heard_itself(msg.node_id, msg.incarnation, now, "it spoke to us")
                 self._own_version(msg.node_id, msg.version)
+                self._own_loads(msg.node_id, msg.loads)
             else:
                 host = msg.peer_url.split("//", 1)[1].rsplit(":", 1)[0]
                 self.hint(msg.node_id, msg.peer_url, host, now)
@@ -575,6 +577,16 @@ class Swim:
         rec = self.records.get(node_id)
         if rec is not None:
             self.records[node_id] = replace(rec, claimed_version=version)
+
+    def _own_loads(self, node_id: str, loads: Loads | None) -> None:
+        """The node's own current loads (its message, authenticated) replace those of its last fetched state."""
+        rec = self.records.get(node_id)
+        if rec is None or loads is None:
+            return
+        s, new = rec.state, (loads.mem_available_mb, loads.cpu_load, loads.gpu_load)
+        if (s.mem_available_mb, s.cpu_load, s.gpu_load) != new:
+            state = replace(s, mem_available_mb=new[0], cpu_load=new[1], gpu_load=new[2])
+            self.records[node_id] = replace(rec, state=state)
 
     def _claim_version(self, node_id: str, version: int) -> None:
         rec = self.records.get(node_id)

@@ -28,7 +28,7 @@ from agent.errors import PeerError
 from agent.identity import AuthError
 from agent.peer_client import PeerCallError, PeerClient
 from peerserve import wire
-from peerserve.wire import Lease, PeerState, SwimMessage
+from peerserve.wire import Lease, Loads, PeerState, SwimMessage
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +37,11 @@ MAX_SLEEP_S = 0.25  # and its longest: a hint fed in without ``wake`` waits no l
 VERSION_CHECK_S = 0.5  # how often our own state is compared with what we last announced
 LOAD_STEP = 10.0  # CPU/GPU load points that count as a change of our resource state
 MEMORY_STEP = 0.05  # share of total memory that counts as a change
-LOAD_UPDATE_S = 30.0  # a change of loads or memory alone is announced at most this often (each costs N-1 fetches)
+# Loads ride on every SWIM message a node sends (wire.Loads): a member hears a node's own figures at every exchange
+# with it (each pair exchanges every few seconds). A change of loads or memory alone still makes a new version, so a
+# member that takes no loads from messages (an older agent) fetches them, but at most this often (each costs N-1
+# fetches: every 30 s was ~0.9 fetches a second per member at 25 agents, growing with N).
+LOAD_UPDATE_S = 300.0
 MAX_IN_FLIGHT = 256  # concurrent SWIM exchanges this node starts (each has a deadline)
 SAID_MAX = 256  # distinct refused-lease warnings remembered
 
@@ -118,6 +122,7 @@ class SwimDriver:
         self._checked_at = now
         state = self.local_state()
         self.core.term, self.core.leader = max(self.core.term, state.term), state.leader or self.core.leader
+        self.core.loads = Loads(state.mem_available_mb, state.cpu_load, state.gpu_load)
         fp = fingerprint(state)
         if self._fingerprint is None:
             self._fingerprint = fp
@@ -291,7 +296,7 @@ class SwimDriver:
         """Whether ``relay`` reached the target for us (None: the relay itself did not answer)."""
         c = self.core
         msg = SwimMessage("ping_req", c.self_id, c.incarnation, c.version, c.self_url, (), c.term, c.leader,
-                          ins.node_id, ins.url)  # fmt: skip
+                          ins.node_id, ins.url, loads=c.loads)  # fmt: skip
         try:
             answer = await self.send(relay, relay_url, msg, factor=2.0)
         except PeerCallError:
@@ -348,7 +353,7 @@ class SwimDriver:
         if msg.kind == "ping_req":
             acked = await self._relay(msg.target or "", msg.target_url or "")
             return SwimMessage("indirect_ack", c.self_id, c.incarnation, c.version, c.self_url, (), c.term, c.leader,
-                               msg.target, msg.target_url, acked)  # fmt: skip
+                               msg.target, msg.target_url, acked, loads=c.loads)  # fmt: skip
         return reply if reply is not None else c.message("ack", sender)
 
     async def _relay(self, target: str, target_url: str) -> bool:

@@ -383,3 +383,38 @@ def test_the_lazy_checker_fails_when_next_due_oversleeps() -> None:
         node.next_due = lambda now, node=node: max(now, node._next_probe + 5.0)  # type: ignore[method-assign]
     sim.crash("n4")
     assert _detect(sim, "n4", 6.0) >= 6.0
+
+
+# -- loads ride on the node's own messages (no state fetch for a load change) ---------------------------------
+def test_a_members_own_message_brings_its_loads_and_gossip_about_others_cannot() -> None:
+    from peerserve.wire import Loads
+
+    a, b = pair()
+    c = node("c", 2)
+    admit(a, c)
+    b.loads = Loads(123.0, 77.0, 5.0)
+    a.received(b.message("ping", "a"), 1.0)
+    s = a.records["b"].state
+    assert (s.mem_available_mb, s.cpu_load, s.gpu_load) == (123.0, 77.0, 5.0)
+    assert a.records["b"].claimed_version == a.records["b"].state.version  # no fetch needed for it
+    c.loads = Loads(1.0, 99.0)
+    a.received(c.message("gossip", "a"), 1.1)  # c's message carries c's loads, never b's
+    assert a.records["b"].state.cpu_load == 77.0 and a.records["c"].state.cpu_load == 99.0
+    stranger = node("x", 9)
+    stranger.loads = Loads(5.0, 5.0)
+    a.received(stranger.message("ping", "a"), 1.2)  # not a member: a hint only, no record
+    assert "x" not in a.records
+
+
+def test_loads_parse_strictly_and_older_messages_carry_none() -> None:
+    from peerserve.wire import Loads
+
+    msg = SwimMessage("ack", "b", 0, 1, url_of(1), loads=Loads(10.0, 20.5, None))
+    assert SwimMessage.parse(msg.to_json()) == msg
+    old = {k: v for k, v in msg.to_json().items() if k != "loads"}
+    assert SwimMessage.parse(old).loads is None
+    for bad in ({"cpu_load": float("nan")}, {"mem_available_mb": -1}, {"cpu_load": True}, {"gpu_load": "x"}):
+        with pytest.raises(WireError):
+            SwimMessage.parse({**msg.to_json(), "loads": {**msg.to_json()["loads"], **bad}})
+    with pytest.raises(WireError):
+        SwimMessage.parse({**msg.to_json(), "loads": [1, 2]})
