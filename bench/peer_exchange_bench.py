@@ -13,6 +13,8 @@ figures, are the point on a shared machine):
             direct  authenticated by the kept mutual-TLS connection (agent/peer_tls.py; lean client and route)
     writes  two     the listener sends an answer's head and body as uvicorn writes them (two TLS records)
             one     agent/peer_gate.py's CoalescingTransport: one TLS record and one send per answer
+    parser  h11     uvicorn's pure-Python HTTP parser on the listener (before)
+            httptools  uvicorn's httptools (C) parser (agent/peer_api.py peer_http_parser, when installed)
 
     .venv/bin/python bench/peer_exchange_bench.py [--n 2000] [--json]
 """
@@ -37,7 +39,7 @@ from fastapi.responses import Response
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from agent import peer_gate  # noqa: E402
+from agent import peer_api, peer_gate  # noqa: E402
 from agent.discovery import swim as sw  # noqa: E402
 from agent.discovery.swim_io import SwimDriver  # noqa: E402
 from agent.identity import AuthError, Identity  # noqa: E402
@@ -90,10 +92,17 @@ def fastapi_route(app: FastAPI, node: Node, identity: Identity) -> None:
 
 
 async def variant(
-    tmp: Path, client_kind: str, route_kind: str, n: int, direct: bool = False, coalesce: bool = True
+    tmp: Path,
+    client_kind: str,
+    route_kind: str,
+    n: int,
+    direct: bool = False,
+    coalesce: bool = True,
+    parser: str = "h11",
 ) -> dict[str, Any]:
-    """CPU seconds per exchange (both ends) and handshakes for one (client, route, auth, writes) variant."""
+    """CPU seconds per exchange (both ends) and handshakes for one (client, route, auth, writes, parser) variant."""
     peer_gate.COALESCE_WRITES = coalesce
+    peer_api.peer_http_parser = lambda: parser  # type: ignore[assignment]
     a, b = Identity("a", TOKEN, tmp / "a"), Identity("b", TOKEN, tmp / "b")
     driver = SwimDriver("b", "https://127.0.0.1:1", PeerClient(b, lambda url: None), sw.SwimConfig(), lambda: None,  # type: ignore[arg-type,return-value]
                         lambda s, u: s, lambda t: None)  # fmt: skip
@@ -126,18 +135,18 @@ async def variant(
         await server.stop()
     auth = "direct" if direct else "signed"
     return {"client": client_kind, "route": route_kind, "auth": auth, "writes": "one" if coalesce else "two",
-            "cpu_ms": 1000 * cpu / n,
-            "wall_ms": 1000 * wall / n}  # fmt: skip
+            "parser": parser, "cpu_ms": 1000 * cpu / n, "wall_ms": 1000 * wall / n}  # fmt: skip
 
 
 async def measure(n: int) -> list[dict[str, Any]]:
     out = []
     with tempfile.TemporaryDirectory(prefix="exchbench-") as tmp:
-        variants = [("httpx", "fastapi", False, False), ("lean", "fastapi", False, False),
-                    ("httpx", "lean", False, False), ("lean", "lean", False, False), ("lean", "lean", True, False),
-                    ("lean", "lean", True, True)]  # fmt: skip
-        for i, (c, r, direct, coalesce) in enumerate(variants):
-            out.append(await variant(Path(tmp) / str(i), c, r, n, direct, coalesce))
+        variants = [("httpx", "fastapi", False, False, "h11"), ("lean", "fastapi", False, False, "h11"),
+                    ("httpx", "lean", False, False, "h11"), ("lean", "lean", False, False, "h11"),
+                    ("lean", "lean", True, False, "h11"), ("lean", "lean", True, True, "h11"),
+                    ("lean", "lean", True, True, "httptools")]  # fmt: skip
+        for i, (c, r, direct, coalesce, parser) in enumerate(variants):
+            out.append(await variant(Path(tmp) / str(i), c, r, n, direct, coalesce, parser))
     return out
 
 
@@ -154,11 +163,11 @@ def main() -> None:
     if args.json:
         print(json.dumps(rows, indent=2))
         return
-    print("| client | /peer/swim route | auth | listener writes per answer | CPU per exchange (both ends) "
-          "| x httpx + FastAPI | wall per exchange |")  # fmt: skip
-    print("| --- | --- | --- | --- | --- | --- | --- |")
+    print("| client | /peer/swim route | auth | listener writes per answer | listener parser "
+          "| CPU per exchange (both ends) | x httpx + FastAPI | wall per exchange |")  # fmt: skip
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in rows:
-        print(f"| {r['client']} | {r['route']} | {r['auth']} | {r['writes']} | {r['cpu_ms']:.3f} ms | "
+        print(f"| {r['client']} | {r['route']} | {r['auth']} | {r['writes']} | {r['parser']} | {r['cpu_ms']:.3f} ms | "
               f"{r['ratio_to_httpx_fastapi']:.2f} | {r['wall_ms']:.3f} ms |")  # fmt: skip
     print(f"\nload average {os.getloadavg()[0]:.1f} (same run: compare the ratios)")
 

@@ -14,7 +14,7 @@ from fastapi import FastAPI
 from agent.discovery import swim as sw
 from agent.discovery.swim_io import SwimDriver
 from agent.identity import Identity
-from agent.peer_api import PeerServer
+from agent.peer_api import PeerServer, peer_http_parser
 from agent.peer_client import PeerCallError, PeerClient
 from agent.peer_swim_route import SwimRoute
 from agent.peer_tls import PEER_KEY, cert_identity
@@ -25,6 +25,7 @@ from tests.unit.test_peer_swim_route import Membership, Node
 
 TOKEN = "unit-cluster-token-0123456789"
 Run = Callable[[PeerClient, str, Node, Identity], Awaitable[None]]
+server_of: list[PeerServer] = []  # the listener of the test running now
 
 
 def ping(sender: str = "a") -> dict[str, Any]:
@@ -52,6 +53,7 @@ def serve(tmp_path: Path, run: Run, strip_identity: bool = False) -> None:
     async def main() -> None:
         port = free_port()
         server = PeerServer(old_agent if strip_identity else app, b, "127.0.0.1", port)  # type: ignore[arg-type]
+        server_of[:] = [server]
         await server.start()
         client = PeerClient(a, lambda url: None)
         try:
@@ -74,6 +76,8 @@ def test_a_direct_ping_is_answered_without_any_signature(tmp_path: Path, monkeyp
         assert node.discovery is not None and node.discovery.driver.received["ping"] == 3
         assert client.connections.opened == 1  # one handshake authenticated all three
         assert b.pins._pins["a"] == client.identity.public_key  # the certificate's key, pinned on first contact
+        (served,) = server_of[0].server.server_state.connections  # the listener parses with httptools (C)
+        assert type(served).__name__ == "HttpToolsProtocol" and peer_http_parser() == "httptools"
 
     serve(tmp_path, run)
 
