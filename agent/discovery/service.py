@@ -35,6 +35,7 @@ SEED_RETRY_S = 5.0
 # A seed's GET /cluster is only a hint, so waiting costs nothing; at 1 s a loaded seed (load average 25, 25
 # agents) never answered in time and a joiner stayed alone for minutes (and led a cluster of one).
 SEED_TIMEOUT_S = 5.0
+LOADS_REFRESH_S = 1.0  # members() shows load changes alone this late at most (agent.peers consumers: provisioning)
 
 
 def resolve_interfaces(interface: str, advertise_address: str) -> list[str] | None:
@@ -105,6 +106,7 @@ class Discovery:
         self._tasks: list[asyncio.Task[None]] = []
         self._members_key: tuple[Any, ...] = ()
         self._members: list[Member] = []
+        self._members_at = -1e9
         self._background: set[asyncio.Task[Any]] = set()
         self._said: set[str] = set()
         self.mdns_ready = asyncio.Event()  # set once our name is registered over mDNS (or cannot be, or no mDNS)
@@ -113,11 +115,18 @@ class Discovery:
     def members(self) -> list[Member]:
         """Admitted peers only (each answered us itself, authenticated), with their last fetched state."""
         records = self.swim.core.records.values()
-        key = tuple((r.node_id, r.status, r.peer_url, r.address, r.state.version, r.state.started_at,
-                     r.state.mem_available_mb, r.state.cpu_load, r.state.gpu_load) for r in records)  # fmt: skip
-        if key != self._members_key:  # the election asks 20 times a second: rebuild only on a change
-            self._members_key, self._members = key, self._build_members()
+        key = tuple((r.node_id, r.status, r.peer_url, r.address, r.state.version, r.state.started_at) for r in records)
+        now = self.clock()
+        # the election asks 10 times a second: rebuild on a change, and for loads alone (they ride on every SWIM
+        # message, so they change all the time) at most once per LOADS_REFRESH_S
+        if key != self._members_key or (now - self._members_at >= LOADS_REFRESH_S and self._loads_changed()):
+            self._members_key, self._members, self._members_at = key, self._build_members(), now
         return list(self._members)
+
+    def _loads_changed(self) -> bool:
+        built = {m.node_id: (m.mem_available_mb, m.cpu_load, m.gpu_load) for m in self._members}
+        return any(built.get(r.node_id) != (r.state.mem_available_mb, r.state.cpu_load, r.state.gpu_load)
+                   for r in self.swim.core.records.values())  # fmt: skip
 
     def _build_members(self) -> list[Member]:
         out = []

@@ -97,3 +97,36 @@ def test_garbage_heartbeats_are_rejected(garbage: Any) -> None:
 def test_heartbeat_from_the_wrong_node() -> None:
     with pytest.raises(PeerError, match="expected node"):
         parse_peer_state(state("q"), expected_id="p")
+
+
+def test_members_show_a_members_own_loads_within_a_second_and_rebuild_no_more_often() -> None:
+    import random
+
+    import httpx
+
+    from agent.discovery import swim as sw
+    from agent.discovery.service import LOADS_REFRESH_S, Discovery
+    from agent.identity import Identity
+    from agent.peer_client import PeerClient
+    from peerserve.wire import Loads
+    from tests.unit.swim_sim import state_of, url_of
+
+    now = [0.0]
+    ident = Identity("a", "unit-cluster-token-0123456789", None)
+    d = Discovery("a", 7000, "127.0.0.2", "127.0.0.2", lambda: None, PeerClient(ident, lambda url: None),  # type: ignore[arg-type,return-value]
+                  httpx.AsyncClient(), sw.SwimConfig(), lambda: [], 7001, "c", use_mdns=False,
+                  clock=lambda: now[0])  # fmt: skip
+    b = sw.Swim("b", url_of(1), sw.SwimConfig(), random.Random(1))
+    d.swim.core.hint("b", b.self_url, "", 0.0)
+    d.swim.core.admitted("b", b.self_url, "", state_of(b), 0.0)
+    assert d.members()[0].cpu_load == 0.0
+    b.loads = Loads(900.0, 42.0)
+    d.swim.core.received(b.message("ping", "a"), 0.1)  # b's own message: its loads now
+    built = d._members_at
+    assert d.members()[0].cpu_load == 0.0 and d._members_at == built  # loads alone: not rebuilt at once
+    now[0] = LOADS_REFRESH_S
+    assert (d.members()[0].cpu_load, d.members()[0].mem_available_mb) == (42.0, 900.0)
+    rebuilt = d._members_at
+    now[0] = 5.0
+    d.members()
+    assert d._members_at == rebuilt  # nothing changed since: no rebuild
