@@ -176,6 +176,8 @@ class Leadership:
         return self.machine.leader == lease.leader and self.machine.term == lease.term
 
     def _carry_out(self, actions: list[Action]) -> None:
+        if not actions:  # most ticks: nothing to do (and no member list to build)
+            return
         urls = {m.node_id: m.api_url for m in self.agent.peers.members() if m.status != "dead"}
         for action in actions:
             if isinstance(action, Persist):  # first in the list: durable before anything below goes out
