@@ -367,4 +367,5 @@ class SwimDriver:
         except (PeerCallError, asyncio.TimeoutError):
             return False
         self.on_transitions(self.core.received(ack, self.clock())[1])
+        self.wake()  # the target's ack may have brought news (its handler's own wake came before this)
         return True
