@@ -206,24 +206,31 @@ def _fix_cores(pools: Pools) -> None:
     hair = np.isfinite(pools.cores)[:, None] & (counts > needed(lam * (1 - 1e-6), pools.cap))
     for j, k in zip(*np.nonzero(hair), strict=True):
         excess = float(lam[j, k] - (counts[j, k] - 1) * pools.cap[j, k])
-        for c in np.flatnonzero((p.class_model == k) & (pools.x[:, j] > 0)).tolist():
-            take = min(excess, float(pools.x[c, j]))
-            pools.x[c, j] -= take
-            pools.rejected[c] += take
-            excess -= take
-            if excess <= 0:
-                break
+        _reject_rate(pools, j, np.flatnonzero((p.class_model == k) & (pools.x[:, j] > 0)).tolist(), excess)
     room = core_room(pools.lam(), q.mu, pools.cores, q.rho_max)
     for j in np.flatnonzero(over_cores(pools.lam(), q.mu, pools.cores, q.rho_max)).tolist():
         excess = -float(room[j]) * (1 + 1e-9)  # seconds of service per second
-        for c in sorted(np.flatnonzero(pools.x[:, j] > 0).tolist(), key=lambda c: pools.x[c, j]):
-            mu = float(q.mu[j, p.class_model[c]])
-            take = min(excess * mu, float(pools.x[c, j]))
-            pools.x[c, j] -= take
-            pools.rejected[c] += take
-            excess -= take / mu
-            if excess <= 0:
-                break
+        members = _smallest_first(pools, j, np.flatnonzero(pools.x[:, j] > 0).tolist())
+        _reject_rate(pools, j, members, excess, [float(q.mu[j, p.class_model[c]]) for c in members])
+
+
+def _smallest_first(pools: Pools, j: int, members: list[int]) -> list[int]:
+    """``members`` (classes) by their rate at node j, smallest first (ties in the given order)."""
+    return sorted(members, key=lambda c: pools.x[c, j])
+
+
+def _reject_rate(pools: Pools, j: int, members: list[int], excess: float, scale: list[float] | None = None) -> None:
+    """Move the members' rate at node j to ``rejected``, in their order, until ``excess`` is covered.
+
+    ``scale[i]``: req/s of ``members[i]`` per unit of ``excess`` (1: ``excess`` is in req/s)."""
+    for i, c in enumerate(members):
+        unit = 1.0 if scale is None else scale[i]
+        take = min(excess * unit, float(pools.x[c, j]))
+        pools.x[c, j] -= take
+        pools.rejected[c] += take
+        excess -= take / unit
+        if excess <= 0:
+            break
 
 
 def _fix_capacity(pools: Pools) -> None:
@@ -242,13 +249,7 @@ def _fix_capacity(pools: Pools) -> None:
             k = open_k[0]
             excess = float(lam[k] - (counts[k] - 1) * pools.cap[j, k] * (1.0 - 1e-9))
             members = np.nonzero((pools.q.base.class_model == k) & (pools.x[:, j] > 0))[0].tolist()
-            for c in sorted(members, key=lambda c: pools.x[c, j]):
-                take = min(excess, float(pools.x[c, j]))
-                pools.x[c, j] -= take
-                pools.rejected[c] += take
-                excess -= take
-                if excess <= 0:
-                    break
+            _reject_rate(pools, j, _smallest_first(pools, j, members), excess)
             pools.x[:, j] = np.where(pools.x[:, j] > TINY, pools.x[:, j], 0.0)
 
 
