@@ -298,12 +298,21 @@ class _Callbacks:
         self.delays = [PoolDelay(float(mu), q.rho_max) for mu in q.mu.ravel()]
         self.mu = q.mu.ravel()
         self.iterations = 0
+        self._at: FloatArray | None = None  # the point of the cached delay terms (Ipopt asks f, grad f, H at one x)
+        self._terms: tuple[FloatArray, ...] = ()
 
     def _pools(self, x: FloatArray) -> tuple[FloatArray, FloatArray]:
         lay = self.lay
         lam = np.clip(x[lay.lam0 : lay.lam0 + lay.P], 0.0, None)
         n = np.maximum(x[lay.server], N_MIN)
         return lam, n
+
+    def _delay_at(self, x: FloatArray) -> tuple[FloatArray, ...]:
+        """``_delay`` at the pools of point x, computed once per point."""
+        if self._at is None or not np.array_equal(x, self._at):
+            self._terms = self._delay(*self._pools(x))
+            self._at = np.array(x, dtype=float)
+        return self._terms
 
     def _delay(self, lam: FloatArray, n: FloatArray) -> tuple[FloatArray, ...]:
         """Per pool: value, dD/dlam, dD/dn, and the Hessian's three entries (vectorised PoolDelay)."""
@@ -319,12 +328,10 @@ class _Callbacks:
         return n * g, d1, g - t * d1, base, -t * base, t * t * base
 
     def objective(self, x: FloatArray) -> float:
-        lam, n = self._pools(x)
-        return float(self.cost @ x + self._delay(lam, n)[0].sum())
+        return float(self.cost @ x + self._delay_at(x)[0].sum())
 
     def gradient(self, x: FloatArray) -> FloatArray:
-        lam, n = self._pools(x)
-        _, d_lam, d_n, *_ = self._delay(lam, n)
+        _, d_lam, d_n, *_ = self._delay_at(x)
         out = self.cost.copy()
         out[self.lay.lam0 : self.lay.lam0 + self.lay.P] += d_lam
         out[self.lay.server] += d_n
@@ -345,8 +352,7 @@ class _Callbacks:
         return np.concatenate([lam, n, n]), np.concatenate([lam, lam, n])  # lower triangle
 
     def hessian(self, x: FloatArray, lagrange: FloatArray, obj_factor: float) -> FloatArray:
-        lam, n = self._pools(x)
-        *_, h_ll, h_nl, h_nn = self._delay(lam, n)
+        *_, h_ll, h_nl, h_nn = self._delay_at(x)
         return obj_factor * np.concatenate([h_ll, h_nl, h_nn])
 
     def intermediate(self, *args: Any) -> bool:

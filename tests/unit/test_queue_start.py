@@ -65,7 +65,7 @@ def keeps_cores(q: QueueProblem, solution: queue_model.NlpSolution) -> bool:
     return bool(np.all(busy(solution.lam, q.mu) <= q.rho_max * q.cores() * (1 + 1e-6) + 1e-6))
 
 
-@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True)
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True)
 @given(cases)
 def test_the_compact_form_and_the_shortcut_reach_the_reference_optimum(q: QueueProblem) -> None:
     """Random thesis instances, both modes, running instances, 1-4 cores per node, with and without the tail
@@ -89,7 +89,7 @@ def test_the_check_fails_without_the_compact_forms_core_rows(monkeypatch: pytest
     assert relative_gap(q, broken) > 100 * TOL
 
 
-@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True)
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True)
 @given(cases)
 def test_the_start_keeps_every_row_and_bound(q: QueueProblem) -> None:
     """The start is inside every variable bound and keeps every linear row (assignment and pool balance to
