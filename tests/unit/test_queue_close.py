@@ -9,7 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from solver import queue_lazy, queue_plan, queue_repair
+from solver import queue_lazy, queue_plan, queue_repair, queue_split
 from solver.api import solve
 from solver.problem import Mode, build_problem
 from solver.queue_close import closable, close_pools, integer_objective
@@ -49,6 +49,7 @@ def test_the_checker_sees_the_extra_pool_when_closing_is_off(monkeypatch: Any) -
     pools = repair(q, nlp.x, nlp.r)
     assert int(pools.counts().sum()) == 2 and closable(pools), "the relaxation's split opens a second pool"
     monkeypatch.setattr(queue_plan, "close_pools_fast", lambda pools: 0)
+    monkeypatch.setattr(queue_split, "ENABLED", False)  # the best split would empty the sliver's pool too
     # Ipopt's interior split (solver.queue_fast's closed form places this stream whole, opening no sliver)
     monkeypatch.setattr(queue_plan, "solve_nlp_fast", queue_lazy.solve_nlp_lazy)
     off = solve(one_stream((1.0, 5.0, 9.0)), mode="2", objective="queue")
