@@ -116,3 +116,21 @@ def test_a_sliver_pool_does_not_open_an_instance() -> None:
     k = pools.q.base.model_names.index("m0")
     assert int(pools.counts()[:, k].sum()) == 1
     assert float(pools.rejected[pools.q.base.class_model == k].sum()) < 1e-3
+
+
+@pytest.mark.parametrize("name", ["queue_cores_swap_a.json", "queue_cores_swap_b.json"])
+def test_full_cores_everywhere_need_a_swap_of_two_models_rates(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found by a wider sweep (2 of 1,000 clusters up to 5 nodes, memory from 200 MB, running instances, two
+    node classes): every node's cores full, a model one instance past the bound, and no pool can be emptied.
+    Part of one pool's rate moves into another pool's headroom after another model's rate moves the other
+    way (solver.queue_cores.shed_making_room); with that step off the bound breaks."""
+    import json
+    from pathlib import Path
+
+    case = json.loads((Path(__file__).parent / "data" / name).read_text())
+    snap, mode = Snapshot.from_dict(case["snap"]), Mode(case["mode"])
+    pools = repaired(snap, mode)
+    check(pools)
+    check_cores(pools)
+    monkeypatch.setattr(queue_repair, "_swap_with_room", lambda *_: False)
+    assert spread_violations(repaired(snap, mode))
