@@ -14,7 +14,7 @@ from solver.api import solve
 from solver.problem import Mode, build_problem
 from solver.queue_close import closable, close_pools, integer_objective
 from solver.queue_model import build_queue_problem, solve_nlp
-from solver.queue_repair import repair
+from solver.queue_repair import bound_excess, repair
 from solver.snapshot import Model, Node, Request, Snapshot
 from solver.tail_cap import with_tail_cap
 from tests.unit.test_solver_queue_placement import check, instances
@@ -81,8 +81,11 @@ def test_closing_keeps_every_invariant_and_never_raises_the_objective(snap: Snap
     nlp = solve_nlp(q, compact=False)  # the reference form's Ipopt point (test_a_destination_that_opens_...)
     pools = repair(q, nlp.x, nlp.r)
     before, rejected = integer_objective(pools), pools.rejected.copy()
+    excess = [bound_excess(pools, k) for k in range(len(snap.models))]
     close_pools(pools)
-    check(pools)
+    check(pools, bound=False)  # repair's bound is repair's (tests/unit/data/queue_bound_mode1_running.json)
+    after = [bound_excess(pools, k) for k in range(len(snap.models))]
+    assert all(a <= max(b, 0) for a, b in zip(after, excess, strict=True))  # closing never adds to it
     assert np.all(pools.lam() <= pools.cap * pools.counts() + 1e-6)
     np.testing.assert_allclose(pools.rejected, rejected)  # closing moves served rate only
     assert integer_objective(pools) <= before + 1e-9 * max(1.0, abs(before))
