@@ -50,8 +50,8 @@ def spread_violations(pools: Pools) -> list[str]:
     return out
 
 
-def check(pools: Pools) -> None:
-    """Every invariant of a repaired placement: budgets, throughput, rates conserved, spread bound."""
+def check(pools: Pools, bound: bool = True) -> None:
+    """Every invariant of a repaired placement: budgets, throughput, rates conserved, spread bound (``bound``)."""
     q, p = pools.q, pools.q.base
     counts = pools.counts()
     new = np.maximum(counts - p.free, 0)
@@ -60,7 +60,8 @@ def check(pools: Pools) -> None:
     assert np.all(pools.lam() <= q.rho_max * q.mu * counts + 1e-6)
     assert np.all(pools.x >= 0) and np.all(pools.rejected >= -1e-9)
     np.testing.assert_allclose(pools.x.sum(axis=1) + pools.rejected, q.rate, rtol=1e-6, atol=1e-6)
-    assert spread_violations(pools) == []
+    if bound:
+        assert spread_violations(pools) == []
 
 
 def test_sixty_clients_share_one_instance_per_node_at_most() -> None:
