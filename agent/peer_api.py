@@ -260,11 +260,28 @@ def peer_http_parser() -> str:
 
 
 class _EmbeddedServer(uvicorn.Server):
-    """A uvicorn server that leaves signal handling to the process's main (client API) server."""
+    """A uvicorn server that leaves signal handling to the process's main (client API) server, and that looks
+    for its exit once a second or when ``stop_soon`` says so (uvicorn's own loop wakes 10 times a second)."""
+
+    def __init__(self, config: uvicorn.Config) -> None:
+        super().__init__(config)
+        self._exit = asyncio.Event()
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         yield
+
+    async def main_loop(self) -> None:
+        counter = 0  # uvicorn's on_tick refreshes the date header when counter % 10 == 0: every tick here
+        while not await self.on_tick(counter):
+            counter = (counter + 10) % 864000
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._exit.wait(), 1.0)
+
+    def stop_soon(self) -> None:
+        """Exit now rather than at the next once-a-second look."""
+        self.should_exit = True
+        self._exit.set()
 
 
 class PeerServer:
@@ -297,7 +314,7 @@ class PeerServer:
     async def stop(self) -> None:
         if self._task is None:
             return
-        self.server.should_exit = True
+        self.server.stop_soon()
         await asyncio.sleep(0.05)  # uvicorn stops accepting and asks idle connections to close
         for conn in list(self.server.server_state.connections):
             # An idle peer never answers TLS close_notify: abort rather than wait ssl_shutdown_timeout (30 s).
