@@ -21,7 +21,8 @@ from urllib.parse import urlencode
 import httpx
 
 from agent.identity import AuthError, Identity
-from agent.peer_http import PeerConnections
+from agent.peer_http import PeerConnections, PeerHttpError
+from agent.peer_tls import PeerIdentity
 from peerserve import wire
 
 log = logging.getLogger(__name__)
@@ -29,6 +30,10 @@ log = logging.getLogger(__name__)
 TIMEOUT = httpx.Timeout(3.0, connect=0.5)
 SIGNED_ONLY_S = 300.0  # a peer that wants signed messages (an older agent) is asked signed this long
 MAX_SIGNED_ONLY = 1024
+
+
+class _NotThatNode(PeerHttpError):
+    """The listener's certificate does not prove the node we meant (or not with its pinned key)."""
 
 
 class PeerCallError(ValueError):
@@ -130,16 +135,21 @@ class PeerClient:
         """An exchange authenticated by the connection alone: the listener's certificate must prove ``node_id``."""
         total, connect = _seconds(timeout)
         headers = {"content-type": "application/json"} if content else {}
+
+        def is_node(peer: PeerIdentity | None) -> None:  # before a byte of the message is written
+            if peer is None or peer[0] != node_id:
+                raise _NotThatNode(f"{base_url} is not {node_id} (its certificate names {peer and peer[0]!r})")
+            try:
+                self.identity.pins.check(node_id, peer[1])
+            except AuthError as exc:
+                raise _NotThatNode(f"{node_id} at {base_url}: {exc}") from exc
+
         try:
-            a = await self.connections.request(base_url, method, target, headers, content, total, connect)
+            a = await self.connections.request(base_url, method, target, headers, content, total, connect, is_node)
+        except _NotThatNode as exc:
+            raise PeerCallError(str(exc)) from exc
         except (OSError, asyncio.TimeoutError) as exc:
             raise PeerCallError(f"{node_id} unreachable: {type(exc).__name__}: {exc}") from exc
-        if a.peer is None or a.peer[0] != node_id:
-            raise PeerCallError(f"{base_url} is not {node_id} (its certificate names {a.peer and a.peer[0]!r})")
-        try:
-            self.identity.pins.check(node_id, a.peer[1])
-        except AuthError as exc:
-            raise PeerCallError(f"{node_id} at {base_url}: {exc}", a.status) from exc
         if len(a.content) > wire.MAX_BODY:
             raise PeerCallError(f"{node_id} answered {len(a.content)} bytes", a.status)
         try:

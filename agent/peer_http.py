@@ -116,20 +116,32 @@ class PeerConnections:
         body: bytes,
         timeout: float,
         connect_timeout: float,
+        verify_peer: Callable[[PeerIdentity | None], None] | None = None,
     ) -> Answer:
-        """One exchange with the listener at ``base_url`` (``https://host:port``); raises PeerHttpError."""
+        """One exchange with the listener at ``base_url`` (``https://host:port``); raises PeerHttpError.
+
+        ``verify_peer``: called with the connection's proven identity before anything is written on it; it
+        raises PeerHttpError to refuse the listener (the request is then never sent)."""
         head = _request_head(base_url, method, target, headers, len(body))
         deadline = self.clock() + timeout  # one deadline for the whole exchange, the retry included
         await self._acquire(base_url, timeout)
         try:
-            return await self._request(base_url, head + body, deadline, connect_timeout)
+            return await self._request(base_url, head + body, deadline, connect_timeout, verify_peer)
         finally:
             self._release(base_url)
 
-    async def _request(self, base_url: str, data: bytes, deadline: float, connect_timeout: float) -> Answer:
+    async def _request(
+        self,
+        base_url: str,
+        data: bytes,
+        deadline: float,
+        connect_timeout: float,
+        verify_peer: Callable[[PeerIdentity | None], None] | None,
+    ) -> Answer:
         timeout = max(deadline - self.clock(), 0.001)
         conn = self._checkout(base_url)
         if conn is not None:
+            _verified(conn, verify_peer)
             try:
                 return await self._exchange(base_url, conn, data, timeout)
             except _Stale:
@@ -138,6 +150,7 @@ class PeerConnections:
         if left <= 0:
             raise PeerHttpError(f"{base_url} timed out")
         conn = await self._connect(base_url, min(connect_timeout, left))
+        _verified(conn, verify_peer)
         try:
             return await self._exchange(base_url, conn, data, max(deadline - self.clock(), 0.001))
         except _Stale as exc:
@@ -320,6 +333,17 @@ class PeerConnections:
             for conn in conns:
                 conn.close()
         self._idle.clear()
+
+
+def _verified(conn: _Conn, verify_peer: Callable[[PeerIdentity | None], None] | None) -> None:
+    """Let ``verify_peer`` refuse the connection's listener before anything is written (then it is closed)."""
+    if verify_peer is None:
+        return
+    try:
+        verify_peer(conn.peer)
+    except BaseException:
+        conn.close()
+        raise
 
 
 def _request_head(base_url: str, method: str, target: str, headers: Mapping[str, str], length: int) -> bytes:

@@ -119,6 +119,8 @@ def test_the_client_refuses_a_listener_whose_certificate_names_another_node(tmp_
         client.identity.pins.check("b", bytes(32))  # and one that names the node, with another key than pinned
         with pytest.raises(PeerCallError, match="pinned"):
             await client.call("b", url, "POST", wire.ROUTE_SWIM, body=ping(), direct=True)
+        assert node.discovery is not None and node.discovery.driver.received["ping"] == 0  # refused before sending
+        assert client.connections.idle_count == 0  # and the connection closed, not kept
 
     serve(tmp_path, run)
 
