@@ -114,6 +114,22 @@ class Cluster:
         self.agents.append(agent)
         return agent
 
+    def boot(self, name: str, seeds: list[int], port: int = 0, tries: int = 3) -> Agent:
+        """Start an agent and wait until it answers ``/cluster`` as itself. A start that died (a port another
+        process took meanwhile: another bench's agent answered for it once) is retried on new ports."""
+        for attempt in range(tries):
+            agent = self.start(name, seeds, port if attempt == 0 else 0)
+            with contextlib.suppress(RuntimeError):
+                wait(lambda a=agent: a.proc.poll() is not None or a.cluster().get("node_id") == name, 60, 0.05)
+            if agent.proc.poll() is None and agent.cluster().get("node_id") == name:
+                return agent
+            say(f"{name} did not start (exit code {agent.proc.poll()}; see {agent.log}): again on new ports")
+            if agent.proc.poll() is None:
+                agent.proc.kill()
+            agent.proc.wait()
+            self.agents.remove(agent)
+        raise RuntimeError(f"{name} did not start in {tries} tries")
+
     def stop(self) -> None:
         for a in self.agents:
             if a.proc.poll() is None:
@@ -209,8 +225,7 @@ def measure_size(code: Path, n: int, window: float, soak: float, label: str, hog
             ports = [free_port() for _ in range(n)]
             for i in range(n):  # SWIM: one seed each; the heartbeat code learns only its seeds, so all of them
                 seeds = [p for p in ports if p != ports[i]] if label == "before" else ports[:1] if i else []
-                started = c.start(f"m{i}", seeds, ports[i])
-                wait(lambda s=started: bool(s.cluster()), 60, 0.1)  # one after another, as boards boot
+                ports[i] = c.boot(f"m{i}", seeds, ports[i]).port  # one after another, as boards boot
             seed = c.agents[0]
             names = {a.name for a in c.agents}
             booted = time.monotonic()
@@ -264,8 +279,7 @@ def idle_window(c: Cluster, leader: Any, window: float) -> dict[str, Any]:
 
 def join(c: Cluster, seeds: list[int]) -> dict[str, Any]:
     members = c.live()
-    new = c.start(f"m{len(c.agents)}", seeds)
-    wait(lambda: bool(new.cluster()), 60, 0.05)
+    new = c.boot(f"m{len(c.agents)}", seeds)
     ready = time.time()
     wait(lambda: all(first_time(a, new.name, "alive", ready - 60) for a in members), 30, 0.25)
     times = [float(first_time(a, new.name, "alive", ready - 60) or 0) - ready for a in members]
