@@ -57,7 +57,7 @@ def plot(figures: dict[str, Any], path: Path, board: dict[str, Any] | None = Non
         rss.plot(b["n"], b["follower_rss_mb"], "^-", color="C2", label="now, only the agent's extra installed")
     ns = sorted(set(s["now"]["n"]) | set(s["before"]["n"])) or [5.0, 25.0]
     cpu.plot(ns, [0.011 + 0.0055 * (n - 1) for n in ns], ":", color="grey", label="all-to-all heartbeats (fit)")
-    rss.axhline(FOLLOWER_GOAL_MB, color="grey", ls=":", label="goal: ~80 MB")
+    rss.axhline(FOLLOWER_GOAL_MB, color="grey", ls=":", label="goal: ~80 MB (drawn at 80 MiB)")
     cpu.set_ylim(0, None)
     cpu.set(xlabel="agents in the cluster", ylabel="CPU-seconds per second per agent", title="Per-agent CPU (idle)")
     rss.set(xlabel="agents in the cluster", ylabel="MiB (agent + children)", title="Follower RSS, no models")
