@@ -155,10 +155,10 @@ class _SplitFlow:
             first, second = self.pools(lam + a * dlam, 2)
             return linear + float((dlam * first).sum()), float((dlam * dlam * second).sum())
 
-        lo, hi, a = 0.0, 1.0, 1.0
-        s, h = slope(1.0)
-        if s <= 0:
+        if slope(1.0)[0] <= 0:
             return 1.0
+        lo, hi, a = 0.0, 1.0, 0.0
+        s, h = slope(0.0)
         for _ in range(NEWTON_STEPS):
             hi = min(hi, a) if s > 0 else hi
             lo = max(lo, a) if s < 0 else lo
