@@ -13,6 +13,8 @@ alike). The result must keep every pool within its load cap on its instances and
 cores; where the unconstrained best split does not, the step from the current split is cut back to the
 largest that does (the constraints are linear, the current split meets them, the objective is convex, so
 every point of that segment is no worse than the current one). Kept only if the integer objective falls.
+Frank-Wolfe stops at relative duality gap ``TOLERANCE`` (no step at all where repair left the split within
+it); its line search is a safeguarded Newton on the wait's closed-form second derivative (_SplitFlow.step).
 """
 
 from __future__ import annotations
