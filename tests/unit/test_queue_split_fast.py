@@ -125,6 +125,28 @@ def test_without_the_gap_stop_the_gap_test_fails(monkeypatch: pytest.MonkeyPatch
         test_the_gap_stop_ends_runs_at_the_stated_gap(monkeypatch)
 
 
+@pytest.mark.parametrize("gap_stop", [True, False])
+def test_a_split_repair_left_within_the_gap_takes_no_step(monkeypatch: pytest.MonkeyPatch, gap_stop: bool) -> None:
+    """Thesis 25 x 5 (seed 0, 2 cores per node, Mode 1): repair leaves the split at relative gap 8.8e-4, within
+    TOLERANCE, so best_split takes no Frank-Wolfe step and changes nothing; without the gap stop it takes all
+    ITERATIONS steps."""
+    monkeypatch.setattr(queue_split, "GAP_STOP", gap_stop)
+    steps = []
+    real = queue_split._SplitFlow.step
+
+    def counted(self: queue_split._SplitFlow, x: FloatArray, lam: FloatArray, d: FloatArray) -> float:
+        steps.append(1)
+        return real(self, x, lam, d)
+
+    monkeypatch.setattr(queue_split._SplitFlow, "step", counted)
+    _, pools = _closed(with_cores(thesis_instance(25, 5, 0), 2.0), Mode.MODE1)
+    x = pools.x.copy()
+    kept = queue_split.best_split(pools)
+    assert len(steps) == (0 if gap_stop else queue_split.ITERATIONS)
+    if gap_stop:
+        assert not kept and np.array_equal(pools.x, x)
+
+
 snapshots = st.one_of(instances(), st.builds(lambda d: d, st.data()).map(lambda d: cluster(d.draw)))
 
 
