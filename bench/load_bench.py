@@ -37,7 +37,6 @@ import asyncio
 import contextlib
 import json
 import os
-import random
 import secrets
 import signal
 import subprocess
@@ -56,6 +55,8 @@ sys.path.insert(0, str(REPO))
 
 from agent import digits  # noqa: E402
 from agent.runtime.process import recorded_server_pids  # noqa: E402
+from bench.load_breakdown import Breakdown, breakdown, format_breakdown  # noqa: E402
+from bench.load_gen import ClientSpec, Sample, Window, client  # noqa: E402
 from peerserve.demo import _agreed_leader, _free_port  # noqa: E402
 
 MODEL = "digits"
@@ -112,6 +113,7 @@ class Result:
     server_changes: int = 0  # changes of the ready servers per node, sampled every second while measuring
     load_avg_1m: float = 0.0  # the machine's 1-minute load average at the end of the measurement
     failure_kinds: dict[str, int] = field(default_factory=dict)  # failed requests by HTTP status / exception
+    breakdown: dict[str, Any] | None = None  # where the time went (bench/load_breakdown.py)
 
 
 def say(msg: str, quiet: bool) -> None:
@@ -218,57 +220,33 @@ def site_rtts(cfg: LoadConfig, site: int) -> dict[str, float]:
     return {f"node{j}": (cfg.near_ms if j == near else cfg.far_ms) for j in range(cfg.nodes)}
 
 
-async def client(
-    cfg: LoadConfig, cluster: Cluster, c: int, until: float, record: list[tuple[float, float, bool, str]] | None
-) -> None:
-    """One client: Poisson arrivals until ``until`` (monotonic), each a predict through its site's agent."""
-    rng = random.Random(cfg.seed * 1000 + c)
-    site = c % cfg.sites
-    rtts = site_rtts(cfg, site)
-    headers = {
-        "X-Peerserve-Client": f"c{c}",
-        "X-Peerserve-RTT": ",".join(f"{n}={v}" for n, v in rtts.items()),
-    }
-    image = digits.heldout_set()[0][c % 50]
-    url = cluster.url(site % cfg.nodes) + f"/v1/models/{MODEL}:predict"
-    tasks = set()
-    # Idle connections are dropped by the client before the agent's keep-alive timeout (uvicorn: 5 s) can
-    # close them under a request in flight (a ReadError that says nothing about placement).
-    limits = httpx.Limits(keepalive_expiry=2.0)
-    async with httpx.AsyncClient(timeout=10.0, headers=headers, limits=limits) as http:
-        nxt = time.monotonic() + rng.expovariate(cfg.rate)
-        while nxt < until:
-            await asyncio.sleep(max(0.0, nxt - time.monotonic()))
-            task = asyncio.create_task(_one(http, url, {"instances": [image]}, rtts, record))
-            tasks.add(task)
-            task.add_done_callback(tasks.discard)
-            nxt += rng.expovariate(cfg.rate)
-        if tasks:
-            await asyncio.wait(tasks, timeout=15)
+def client_specs(cfg: LoadConfig, cluster: Cluster) -> list[ClientSpec]:
+    """The clients: client c at site c % sites, sending through that site's own agent."""
+    images = digits.heldout_set()[0][:50]  # once (~50 ms of CPU), before any client starts
+    specs = []
+    for c in range(cfg.clients):
+        site = c % cfg.sites
+        url = cluster.url(site % cfg.nodes) + f"/v1/models/{MODEL}:predict"
+        specs.append(ClientSpec(c, site, url, site_rtts(cfg, site), images[c % len(images)], cfg.rate, cfg.seed))
+    return specs
 
 
-async def _one(
-    http: httpx.AsyncClient,
-    url: str,
-    body: dict[str, Any],
-    rtts: dict[str, float],
-    record: list[tuple[float, float, bool, str]] | None,
-) -> None:
-    started = time.perf_counter()
+async def run_load(cfg: LoadConfig, cluster: Cluster, quiet: bool) -> tuple[float, dict[str, Any], list[Sample], int]:
+    """Warm up, then measure, under one unbroken load: (settle s, hold summary before, samples, server changes)."""
+    window, record = Window(), list[Sample]()
+    clients = [asyncio.create_task(client(spec, window, record)) for spec in client_specs(cfg, cluster)]
     try:
-        r = await http.post(url, json=body)
-        ok, why = r.status_code == 200, f"HTTP {r.status_code} {r.headers.get('x-peerserve-error', '')}".strip()
-        node = r.headers.get("x-peerserve-node", "")
-    except httpx.HTTPError as exc:
-        ok, node, why = False, "", type(exc).__name__
-    ms = 1000.0 * (time.perf_counter() - started) + rtts.get(node, 0.0)
-    if record is not None:
-        record.append((time.monotonic(), ms, ok, "" if ok else why))
-
-
-async def drive(cfg: LoadConfig, cluster: Cluster, seconds: float, record: list[Any] | None) -> None:
-    until = time.monotonic() + seconds
-    await asyncio.gather(*(client(cfg, cluster, c, until, record) for c in range(cfg.clients)))
+        settle = await warm_up(cfg, cluster, quiet)
+        before = (await asyncio.to_thread(cluster.last_plan)).get("hold", {})
+        say(f"{cluster.objective}: measuring {cfg.measure_s:g} s", quiet)
+        window.start = time.monotonic()
+        window.end = window.start + cfg.measure_s
+        changes = await watch_servers(cluster, window.end)
+        await asyncio.gather(*clients)
+    finally:
+        for task in clients:
+            task.cancel()
+    return settle, before, record, changes
 
 
 async def warm_up(cfg: LoadConfig, cluster: Cluster, quiet: bool) -> float:
@@ -276,10 +254,10 @@ async def warm_up(cfg: LoadConfig, cluster: Cluster, quiet: bool) -> float:
     started = time.monotonic()
     before: dict[str, int] = {}
     while True:
-        await drive(cfg, cluster, 5.0, None)
+        await asyncio.sleep(5.0)
         elapsed = time.monotonic() - started
-        plan = cluster.last_plan()
-        have = cluster.instances()
+        plan = await asyncio.to_thread(cluster.last_plan)
+        have = await asyncio.to_thread(cluster.instances)
         acts = ", ".join(f"{a['op']} {a['count']} on {a['node']}" for a in plan.get("actions", [])) or "none"
         hold = plan.get("hold", {})
         verdict = f"; {'switched' if hold.get('switched', True) else 'held'}: {hold['reason']}" if hold else ""
@@ -300,11 +278,7 @@ def measure(cfg: LoadConfig, objective: str, quiet: bool) -> Result:
             cluster.start()
             leader = cluster.wait_leader()
             say(f"{objective}: {cfg.nodes} agents up, {leader} leads; warming up", quiet)
-            settle = asyncio.run(warm_up(cfg, cluster, quiet))
-            record: list[tuple[float, float, bool, str]] = []
-            say(f"{objective}: measuring {cfg.measure_s:g} s", quiet)
-            before = cluster.last_plan().get("hold", {})
-            server_changes = asyncio.run(drive_and_watch(cfg, cluster, record))
+            settle, before, record, server_changes = asyncio.run(run_load(cfg, cluster, quiet))
             per_node = cluster.instances()
             rss = cluster.server_rss_mb()
             plan = cluster.last_plan()
@@ -315,19 +289,20 @@ def measure(cfg: LoadConfig, objective: str, quiet: bool) -> Result:
             raise
         finally:
             cluster.stop()
-    ok = np.array([ms for _, ms, good, _ in record if good])
+    ok = np.array([x.latency_ms for x in record if x.ok])
     kinds: dict[str, int] = {}
-    for *_, why in record:
-        if why:
-            kinds[why] = kinds.get(why, 0) + 1
+    for x in record:
+        if x.why:
+            kinds[x.why] = kinds.get(x.why, 0) + 1
     pct = np.percentile(ok, [50, 99]) if len(ok) else np.array([np.nan, np.nan])
+    split = breakdown(record, {s: f"node{s % cfg.nodes}" for s in range(cfg.sites)})
     return Result(
         objective,
         round(float(pct[0]), 3),
         round(float(pct[1]), 3),
         round(float(ok.mean()), 3) if len(ok) else float("nan"),
         len(record),
-        sum(1 for _, _, good, _ in record if not good),
+        sum(1 for x in record if not x.ok),
         sum(per_node.values()),
         per_node,
         round(rss, 1),
@@ -337,6 +312,7 @@ def measure(cfg: LoadConfig, objective: str, quiet: bool) -> Result:
         server_changes,
         round(load, 2),
         kinds,
+        None if split is None else split.to_json(),
     )
 
 
@@ -349,16 +325,14 @@ def _hold_counts(before: dict[str, Any], after: dict[str, Any]) -> tuple[int | N
     return after["changes"] - before["changes"], after["holds"] - before["holds"]
 
 
-async def drive_and_watch(cfg: LoadConfig, cluster: Cluster, record: list[Any]) -> int:
-    """Measure while sampling the ready servers every second; returns how often they changed."""
-    task = asyncio.create_task(drive(cfg, cluster, cfg.measure_s, record))
+async def watch_servers(cluster: Cluster, until: float) -> int:
+    """Sample the ready servers every second until ``until``; returns how often they changed."""
     last, changes = await asyncio.to_thread(cluster.instances), 0
-    while not task.done():
-        await asyncio.sleep(1.0)
+    while time.monotonic() < until:
+        await asyncio.sleep(min(1.0, max(0.0, until - time.monotonic())))
         now = await asyncio.to_thread(cluster.instances)
         changes += now != last
         last = now
-    await task
     return changes
 
 
@@ -443,6 +417,9 @@ def main(argv: list[str] | None = None) -> int:
     for r in results:
         if r.failure_kinds:
             print(f"{r.objective} failures: " + ", ".join(f"{k} x{n}" for k, n in sorted(r.failure_kinds.items())))
+    for r in results:
+        if r.breakdown:
+            print("\n".join(format_breakdown(r.objective, Breakdown(**r.breakdown))))
     print("changes: rounds whose command changed the servers while measuring; held: plans held back; seen: changes "
           "of the ready servers sampled every second; load: 1-minute load average")  # fmt: skip
     for name, ratio in ratios.items():

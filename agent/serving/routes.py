@@ -120,6 +120,18 @@ def _has_body(request: Request) -> bool:
     return "chunked" in request.headers.get("transfer-encoding", "").lower() or (length is not None and length != "0")
 
 
+def add_timing(headers: dict[str, str], began: float, upstream_ms: float | None) -> None:
+    """Append the agent's W3C Server-Timing entries to the model server's: ``agent`` (handler entry -> answer
+    read) and ``upstream`` (request sent -> response head), in ms, so a client sees where its time went."""
+    theirs = [v for k, v in headers.items() if k.lower() == "server-timing"]
+    for k in [k for k in headers if k.lower() == "server-timing"]:
+        del headers[k]
+    ours = f"agent;dur={1000 * (time.perf_counter() - began):.3f}"
+    if upstream_ms is not None:
+        ours += f", upstream;dur={upstream_ms:.3f}"
+    headers["Server-Timing"] = ", ".join([*theirs, ours])
+
+
 class ServingRoutes:
     """The serving routes bound to one agent (its upstream pool, its client identification)."""
 
@@ -213,6 +225,7 @@ class ServingRoutes:
     # -- the proxy -------------------------------------------------------------------------------------
     async def proxy(self, model: str, protocol: str, upstream_path: str, request: Request) -> Response:
         """Resolve ``model`` and stream the request to the best endpoint (once more to the next if unreachable)."""
+        began = time.perf_counter()
         spec = self.agent.catalogue.current.get(model)
         if spec is not None and spec.server != protocol:
             other = "/v1/models/..." if spec.server == "tfserving" else "/v2/models/..."
@@ -263,6 +276,7 @@ class ServingRoutes:
             length = next((v for k, v in answer_headers.items() if k.lower() == "content-length"), "")
             if length.isdigit() and int(length) <= SMALL_BODY:  # one write; no streaming machinery
                 answer = b"".join([chunk async for chunk in stream])
+                add_timing(answer_headers, began, upstream.service_ms)
                 return Response(answer, status_code=upstream.status, headers=answer_headers)
             return StreamingResponse(stream, status_code=upstream.status, headers=answer_headers)
         self._record(model, client, reported, None, None, 502)
