@@ -56,6 +56,7 @@ sys.path.insert(0, str(REPO))
 from agent import digits  # noqa: E402
 from agent.runtime.process import recorded_server_pids  # noqa: E402
 from bench.load_breakdown import Breakdown, breakdown, format_breakdown  # noqa: E402
+from bench.load_cpu import rates, snapshot  # noqa: E402
 from bench.load_gen import ClientSpec, Sample, Window, client  # noqa: E402
 from peerserve.demo import _agreed_leader, _free_port  # noqa: E402
 
@@ -114,6 +115,8 @@ class Result:
     load_avg_1m: float = 0.0  # the machine's 1-minute load average at the end of the measurement
     failure_kinds: dict[str, int] = field(default_factory=dict)  # failed requests by HTTP status / exception
     breakdown: dict[str, Any] | None = None  # where the time went (bench/load_breakdown.py)
+    cpu: dict[str, float] = field(default_factory=dict)  # CPU-s/s while measuring, per process group (load_cpu.py)
+    leader: str = ""  # the node whose agent led (ran the solver) during the measurement
 
 
 def say(msg: str, quiet: bool) -> None:
@@ -189,6 +192,11 @@ class Cluster:
                     return dict(p)
         return {}
 
+    def cpu_groups(self) -> dict[str, list[int]]:
+        """PIDs per process group: this bench (its clients), the agents, the model servers."""
+        servers = [pid for i in range(self.cfg.nodes) for pid in recorded_server_pids(self.workdir / self.node_id(i))]
+        return {"bench": [os.getpid()], "agents": [p.pid for p in self.procs], "servers": servers}
+
     def server_rss_mb(self) -> float:
         total = 0
         for i in range(self.cfg.nodes):
@@ -231,22 +239,29 @@ def client_specs(cfg: LoadConfig, cluster: Cluster) -> list[ClientSpec]:
     return specs
 
 
-async def run_load(cfg: LoadConfig, cluster: Cluster, quiet: bool) -> tuple[float, dict[str, Any], list[Sample], int]:
-    """Warm up, then measure, under one unbroken load: (settle s, hold summary before, samples, server changes)."""
-    window, record = Window(), list[Sample]()
+Measured = tuple[float, dict[str, Any], list[Sample], int, dict[str, float], list[float]]
+
+
+async def run_load(cfg: LoadConfig, cluster: Cluster, quiet: bool) -> Measured:
+    """Warm up, then measure, under one unbroken load: (settle s, hold summary before, samples, server changes,
+    CPU-s/s per process group while measuring, the leader's rounds' solve times seen while measuring)."""
+    window, record, rounds = Window(), list[Sample](), set[float]()
     clients = [asyncio.create_task(client(spec, window, record)) for spec in client_specs(cfg, cluster)]
     try:
         settle = await warm_up(cfg, cluster, quiet)
         before = (await asyncio.to_thread(cluster.last_plan)).get("hold", {})
         say(f"{cluster.objective}: measuring {cfg.measure_s:g} s", quiet)
+        groups = await asyncio.to_thread(cluster.cpu_groups)
         window.start = time.monotonic()
+        cpu_before = await asyncio.to_thread(snapshot, groups, window.start)
         window.end = window.start + cfg.measure_s
-        changes = await watch_servers(cluster, window.end)
+        changes = await watch_servers(cluster, window.end, rounds)
+        cpu = rates(cpu_before, await asyncio.to_thread(snapshot, groups, time.monotonic()))
         await asyncio.gather(*clients)
     finally:
         for task in clients:
             task.cancel()
-    return settle, before, record, changes
+    return settle, before, record, changes, cpu, sorted(rounds)
 
 
 async def warm_up(cfg: LoadConfig, cluster: Cluster, quiet: bool) -> float:
@@ -278,7 +293,8 @@ def measure(cfg: LoadConfig, objective: str, quiet: bool) -> Result:
             cluster.start()
             leader = cluster.wait_leader()
             say(f"{objective}: {cfg.nodes} agents up, {leader} leads; warming up", quiet)
-            settle, before, record, server_changes = asyncio.run(run_load(cfg, cluster, quiet))
+            settle, before, record, server_changes, cpu, rounds = asyncio.run(run_load(cfg, cluster, quiet))
+            leader = cluster.last_plan().get("leader", leader)
             per_node = cluster.instances()
             rss = cluster.server_rss_mb()
             plan = cluster.last_plan()
@@ -295,7 +311,7 @@ def measure(cfg: LoadConfig, objective: str, quiet: bool) -> Result:
         if x.why:
             kinds[x.why] = kinds.get(x.why, 0) + 1
     pct = np.percentile(ok, [50, 99]) if len(ok) else np.array([np.nan, np.nan])
-    split = breakdown(record, {s: f"node{s % cfg.nodes}" for s in range(cfg.sites)})
+    split = breakdown(record, {s: f"node{s % cfg.nodes}" for s in range(cfg.sites)}, leader, rounds)
     return Result(
         objective,
         round(float(pct[0]), 3),
@@ -313,6 +329,8 @@ def measure(cfg: LoadConfig, objective: str, quiet: bool) -> Result:
         round(load, 2),
         kinds,
         None if split is None else split.to_json(),
+        cpu,
+        leader,
     )
 
 
@@ -325,12 +343,16 @@ def _hold_counts(before: dict[str, Any], after: dict[str, Any]) -> tuple[int | N
     return after["changes"] - before["changes"], after["holds"] - before["holds"]
 
 
-async def watch_servers(cluster: Cluster, until: float) -> int:
-    """Sample the ready servers every second until ``until``; returns how often they changed."""
+async def watch_servers(cluster: Cluster, until: float, rounds: set[float]) -> int:
+    """Sample the ready servers and the last round every second until ``until``; returns how often the servers
+    changed and adds the rounds' solve times (wall clock) to ``rounds``."""
     last, changes = await asyncio.to_thread(cluster.instances), 0
     while time.monotonic() < until:
         await asyncio.sleep(min(1.0, max(0.0, until - time.monotonic())))
         now = await asyncio.to_thread(cluster.instances)
+        at = (await asyncio.to_thread(cluster.last_plan)).get("at")
+        if isinstance(at, (int, float)):
+            rounds.add(float(at))
         changes += now != last
         last = now
     return changes
@@ -420,6 +442,8 @@ def main(argv: list[str] | None = None) -> int:
     for r in results:
         if r.breakdown:
             print("\n".join(format_breakdown(r.objective, Breakdown(**r.breakdown))))
+        if r.cpu:
+            print(f"  CPU-s/s while measuring ({r.leader} led): " + ", ".join(f"{k} {v:.3f}" for k, v in r.cpu.items()))
     print("changes: rounds whose command changed the servers while measuring; held: plans held back; seen: changes "
           "of the ready servers sampled every second; load: 1-minute load average")  # fmt: skip
     for name, ratio in ratios.items():

@@ -25,12 +25,14 @@ import numpy as np
 
 STAGES = ("late", "client", "agent", "transit", "server", "exec", "rtt")
 TAIL_SHARE = 0.01  # the slow 1 %
+ROUND_BEFORE_S, ROUND_AFTER_S = 1.0, 0.5  # "near a round": from 1 s before its solve ended to 0.5 s after
 
 
 class Answered(Protocol):
     """What the breakdown reads of one request (bench/load_bench.py's Sample)."""
 
     at: float
+    wall: float
     latency_ms: float
     rtt_ms: float
     late_ms: float
@@ -70,6 +72,10 @@ class Breakdown:
     tail_mean: dict[str, float]
     tail_by_node: dict[str, int]  # slow requests per node that served them
     tail_off_site: int  # slow requests served by a node other than their site's own
+    tail_via_leader: int  # slow requests that went through the leader's agent (their site's node leads)
+    via_leader_share: float  # the share of all requests that did (what tail_via_leader compares with)
+    tail_near_round: int  # slow requests that ended near a placement round (gather, solve, command)
+    near_round_share: float  # the share of all requests that did
     tail_seconds: int  # distinct seconds of the measurement the slow requests fell in
     tail_max_in_second: int  # the most slow requests in one second (bursts vs spread out)
     scheduled_p99_ms: float  # p99 measured from the Poisson schedule (latency + late)
@@ -78,8 +84,12 @@ class Breakdown:
         return dict(self.__dict__)
 
 
-def breakdown(samples: Sequence[Answered], node_of_site: Mapping[int, str]) -> Breakdown | None:
-    """The breakdown of the answered requests with timings; None when there are none."""
+def breakdown(
+    samples: Sequence[Answered], node_of_site: Mapping[int, str], leader: str = "", rounds: Sequence[float] = ()
+) -> Breakdown | None:
+    """The breakdown of the answered requests with timings; None when there are none. A site's requests go
+    through the agent of ``node_of_site[site]``; ``leader`` is the node whose agent ran the rounds, whose
+    solves ended at ``rounds`` (wall-clock s)."""
     rows = [(x, st) for x in samples if x.ok for st in [stages(x)] if st is not None]
     if not rows:
         return None
@@ -102,10 +112,19 @@ def breakdown(samples: Sequence[Answered], node_of_site: Mapping[int, str]) -> B
         tail_mean={k: round(float(np.mean([st[k] for _, st in tail])), 3) for k in STAGES},
         tail_by_node=dict(sorted(by_node.items())),
         tail_off_site=sum(1 for x, _ in tail if x.node != node_of_site.get(x.site)),
+        tail_via_leader=sum(1 for x, _ in tail if node_of_site.get(x.site) == leader),
+        via_leader_share=round(sum(1 for x, _ in rows if node_of_site.get(x.site) == leader) / len(rows), 3),
+        tail_near_round=sum(1 for x, _ in tail if near_round(x.wall, rounds)),
+        near_round_share=round(sum(1 for x, _ in rows if near_round(x.wall, rounds)) / len(rows), 3),
         tail_seconds=len(seconds),
         tail_max_in_second=max(seconds.values()),
         scheduled_p99_ms=round(float(np.percentile(lat + table["late"], 99)), 3),
     )
+
+
+def near_round(wall: float, rounds: Sequence[float]) -> bool:
+    """Whether ``wall`` falls from ROUND_BEFORE_S before to ROUND_AFTER_S after one of the ``rounds``."""
+    return any(r - ROUND_BEFORE_S <= wall <= r + ROUND_AFTER_S for r in rounds)
 
 
 def format_breakdown(name: str, b: Breakdown) -> list[str]:
@@ -118,6 +137,8 @@ def format_breakdown(name: str, b: Breakdown) -> list[str]:
     lines.append(
         f"  slow 1 %: {b.tail_requests} requests in {b.tail_seconds} distinct seconds (at most "
         f"{b.tail_max_in_second} in one); served by {nodes}; {b.tail_off_site} off their site's node; "
+        f"{b.tail_via_leader} through the leader's agent (which carries {100 * b.via_leader_share:.0f} % of all); "
+        f"{b.tail_near_round} near a placement round ({100 * b.near_round_share:.0f} % of all are); "
         f"p99 from the schedule (with 'late') {b.scheduled_p99_ms:.1f} ms"
     )
     return lines

@@ -29,6 +29,7 @@ class Sample:
     """One request as the bench saw it (times in ms; ``at`` monotonic s when it ended)."""
 
     at: float
+    wall: float  # time.time() when it ended (to set beside the leader's round times)
     latency_ms: float  # sent -> answered on loopback + the site's RTT to the node that served it
     rtt_ms: float  # that RTT (included in latency_ms)
     late_ms: float  # the load generator's delay: actual send - the Poisson schedule's send time
@@ -119,5 +120,5 @@ async def _one(
     rtt = spec.rtts.get(node, 0.0)
     if record is not None:
         late = 1000.0 * max(0.0, started - intended)
-        record.append(Sample(ended, 1000.0 * (ended - started) + rtt, rtt, late, ok, "" if ok else why, spec.site,
-                             node, timing))  # fmt: skip
+        ms = 1000.0 * (ended - started) + rtt
+        record.append(Sample(ended, time.time(), ms, rtt, late, ok, "" if ok else why, spec.site, node, timing))

@@ -12,7 +12,7 @@ def sample(latency: float, at: float = 0.0, node: str = "node0", site: int = 0, 
     """A request whose server took 0.5 ms (0.2 of it the model), the agent 2 ms more, the site RTT 1 ms."""
     agent = latency - 1.0 - 3.0  # the client side took 3 ms
     timing = {"agent": agent, "upstream": agent - 2.0, "server": 0.5, "exec": 0.2}
-    return Sample(at, latency, 1.0, late, True, "", site, node, timing)
+    return Sample(at, 1000.0 + at, latency, 1.0, late, True, "", site, node, timing)
 
 
 def test_server_timing_entries_are_read_and_junk_is_skipped() -> None:
@@ -33,16 +33,19 @@ def test_the_stages_add_up_to_the_latency() -> None:
     want = {"late": 7.0, "client": 3.0, "agent": 2.0, "transit": 34.0 - 0.5, "server": 0.3, "exec": 0.2, "rtt": 1.0}
     assert st == pytest.approx(want)
     assert sum(v for k, v in st.items() if k != "late") == pytest.approx(x.latency_ms)
-    assert stages(Sample(0.0, 5.0, 1.0, 0.0, True, "", 0, "node0", {"server": 1.0})) is None
+    assert stages(Sample(0.0, 0.0, 5.0, 1.0, 0.0, True, "", 0, "node0", {"server": 1.0})) is None
 
 
 def test_the_slow_one_percent_is_found_and_described() -> None:
     fast = [sample(10.0, at=float(i % 30), node="node0", site=0) for i in range(990)]
     slow = [sample(300.0 + i, at=12.5, node="node1", site=0, late=50.0) for i in range(10)]
-    b = breakdown([*fast, *slow], {0: "node0"})
+    b = breakdown([*fast, *slow], {0: "node0"}, leader="node0", rounds=[1012.8, 1020.0])
     assert b is not None
     assert b.requests == 1000 and b.tail_requests == 10
     assert b.tail_by_node == {"node1": 10} and b.tail_off_site == 10
+    assert b.tail_via_leader == 10 and b.via_leader_share == 1.0  # site 0 goes through node0's agent, the leader
+    assert b.tail_near_round == 10  # all ended 0.3 s before the round at 1012.8 finished its solve
+    assert b.near_round_share == pytest.approx((10 + 4 * 33) / 1000)  # the fast ones at seconds 12, 13, 19, 20
     assert (b.tail_seconds, b.tail_max_in_second) == (1, 10)  # one burst, not spread out
     assert b.tail_mean["transit"] > 250 and b.tail_mean["client"] == pytest.approx(3.0)
     assert b.p50["transit"] == pytest.approx(10.0 - 4.0 - 2.0 - 0.5)  # the fast ones' exchange, less the server
@@ -52,7 +55,7 @@ def test_the_slow_one_percent_is_found_and_described() -> None:
 
 
 def test_failed_and_untimed_requests_are_left_out() -> None:
-    failed = Sample(0.0, 5.0, 1.0, 0.0, False, "HTTP 502", 0, "", {})
+    failed = Sample(0.0, 0.0, 5.0, 1.0, 0.0, False, "HTTP 502", 0, "", {})
     assert breakdown([failed], {0: "node0"}) is None
     b = breakdown([failed, sample(10.0)], {0: "node0"})
     assert b is not None and b.requests == 1
