@@ -33,7 +33,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from agent.models import MODELS, TinyModel
-from agent.serving import tfrest
+from agent.serving import pauses, tfrest
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +108,7 @@ class _Handler(BaseHTTPRequestHandler):
     server_version = "peerserve-modelserver/1"
     _began: float | None = None  # when this request was read whole (for Server-Timing)
     _exec_ms: float | None = None
+    _gc_before = 0.0  # the process's GC pause total when this request began
 
     def setup(self) -> None:
         super().setup()
@@ -118,6 +119,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _handle(self) -> None:
         self._began, self._exec_ms = None, None
+        self._gc_before = pauses.paused_ms()
         try:
             body = self._read_body()
         except TimeoutError:
@@ -190,7 +192,12 @@ class _Handler(BaseHTTPRequestHandler):
         """W3C Server-Timing: ``server`` (request read whole -> answer encoded) and ``exec`` (the model's call), ms."""
         total = 0.0 if self._began is None else 1000 * (time.perf_counter() - self._began)
         exec_ms = self._exec_ms
-        return f"server;dur={total:.3f}" + ("" if exec_ms is None else f", exec;dur={exec_ms:.3f}")
+        gc_ms = pauses.paused_ms() - self._gc_before
+        return (
+            f"server;dur={total:.3f}"
+            + ("" if exec_ms is None else f", exec;dur={exec_ms:.3f}")
+            + (f", server-gc;dur={gc_ms:.3f}" if self._began is not None else "")
+        )
 
     def _send(self, status: int, payload: Any) -> None:
         body = json.dumps(payload).encode()
@@ -242,6 +249,8 @@ def main(argv: list[str] | None = None) -> int:
         except WeightsMissing as exc:
             ap.exit(1, f"peerserve-modelserver: {exc}\n")
     server = ModelServer((args.host, args.port), MODELS[args.model], name=args.name)
+    pauses.install()
+    pauses.freeze_startup_heap()
     signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown).start())
     log.info("serving %s as %s on http://%s:%d", args.model, server.name, args.host, server.server_address[1])
     print(f"READY {server.server_address[1]}", flush=True)

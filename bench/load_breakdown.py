@@ -10,6 +10,7 @@ agent (``agent``, ``upstream``) and the model server (``server``, ``exec``) put 
     server    the model server's handling less the model call (encoding the answer)
     exec      the model call with its routing and JSON decode (tfrest.handle)
     rtt       the site's simulated RTT to the node that served it
+    gc        the agent's and the model server's garbage-collector pauses within their stages (already in them)
 
 ``client + agent + transit + server + exec + rtt`` is the reported latency; ``late`` comes before it
 (a latency measured from the schedule, as a coordinated-omission-free generator would, adds it).
@@ -23,7 +24,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-STAGES = ("late", "client", "agent", "transit", "server", "exec", "rtt")
+STAGES = ("late", "client", "agent", "transit", "server", "exec", "rtt", "gc")
 TAIL_SHARE = 0.01  # the slow 1 %
 ROUND_BEFORE_S, ROUND_AFTER_S = 1.0, 0.5  # "near a round": from 1 s before its solve ended to 0.5 s after
 
@@ -56,6 +57,7 @@ def stages(x: Answered) -> dict[str, float] | None:
         "server": t["server"] - t["exec"],
         "exec": t["exec"],
         "rtt": x.rtt_ms,
+        "gc": t.get("agent-gc", 0.0) + t.get("server-gc", 0.0),
     }
 
 

@@ -19,10 +19,13 @@ def test_a_proxied_answer_says_how_long_each_hop_took(agents: Any) -> None:
             r = http.post(f"/v1/models/{MODEL}:predict", json={"instances": [1.0, 2.0]})
             assert r.status_code == 200 and r.json() == {"predictions": [2.5, 3.0]}
             t = parse_server_timing(r.headers["server-timing"])
-            assert set(t) == {"server", "exec", "agent", "upstream"}, r.headers["server-timing"]
+            assert set(t) == {"server", "exec", "server-gc", "agent", "upstream", "agent-gc"}, r.headers[
+                "server-timing"
+            ]
             # nested: the agent's handler holds the exchange, which holds the server's handling and the model
             assert t["agent"] >= t["upstream"] >= t["server"] >= t["exec"] > 0, t
+            assert 0 <= t["server-gc"] <= t["server"] and 0 <= t["agent-gc"] <= t["agent"], t
         direct = http.get(f"/services/{MODEL}", headers={"X-Peerserve-Client": "c1"}).json()["url"]
         bad = httpx.post(f"{direct}/v2/models/{MODEL}/infer", content=b"{}", timeout=10)
     assert bad.status_code == 404  # an error answer is timed too, with no model call in it
-    assert set(parse_server_timing(bad.headers["server-timing"])) == {"server"}
+    assert set(parse_server_timing(bad.headers["server-timing"])) == {"server", "server-gc"}

@@ -11,7 +11,7 @@ from bench.load_gen import Sample, parse_server_timing
 def sample(latency: float, at: float = 0.0, node: str = "node0", site: int = 0, late: float = 0.0) -> Sample:
     """A request whose server took 0.5 ms (0.2 of it the model), the agent 2 ms more, the site RTT 1 ms."""
     agent = latency - 1.0 - 3.0  # the client side took 3 ms
-    timing = {"agent": agent, "upstream": agent - 2.0, "server": 0.5, "exec": 0.2}
+    timing = {"agent": agent, "upstream": agent - 2.0, "server": 0.5, "exec": 0.2, "agent-gc": 0.0, "server-gc": 0.1}
     return Sample(at, 1000.0 + at, latency, 1.0, late, True, "", site, node, timing)
 
 
@@ -30,9 +30,10 @@ def test_the_stages_add_up_to_the_latency() -> None:
     x = sample(40.0, late=7.0)
     st = stages(x)
     assert st is not None
-    want = {"late": 7.0, "client": 3.0, "agent": 2.0, "transit": 34.0 - 0.5, "server": 0.3, "exec": 0.2, "rtt": 1.0}
+    want = {"late": 7.0, "client": 3.0, "agent": 2.0, "transit": 34.0 - 0.5, "server": 0.3, "exec": 0.2, "rtt": 1.0,
+            "gc": 0.1}  # fmt: skip
     assert st == pytest.approx(want)
-    assert sum(v for k, v in st.items() if k != "late") == pytest.approx(x.latency_ms)
+    assert sum(v for k, v in st.items() if k not in ("late", "gc")) == pytest.approx(x.latency_ms)
     assert stages(Sample(0.0, 0.0, 5.0, 1.0, 0.0, True, "", 0, "node0", {"server": 1.0})) is None
 
 
