@@ -55,6 +55,7 @@ sys.path.insert(0, str(REPO))
 
 from agent import digits  # noqa: E402
 from agent.runtime.process import recorded_server_pids  # noqa: E402
+from agent.serving import pauses  # noqa: E402
 from bench.load_breakdown import Breakdown, breakdown, format_breakdown  # noqa: E402
 from bench.load_cpu import rates, snapshot  # noqa: E402
 from bench.load_gen import ClientSpec, Sample, Window, client  # noqa: E402
@@ -115,7 +116,7 @@ class Result:
     load_avg_1m: float = 0.0  # the machine's 1-minute load average at the end of the measurement
     failure_kinds: dict[str, int] = field(default_factory=dict)  # failed requests by HTTP status / exception
     breakdown: dict[str, Any] | None = None  # where the time went (bench/load_breakdown.py)
-    cpu: dict[str, float] = field(default_factory=dict)  # CPU-s/s while measuring, per process group (load_cpu.py)
+    cpu: dict[str, float] = field(default_factory=dict)  # CPU-s/s per process group (load_cpu.py), bench_gc_ms/_full
     leader: str = ""  # the node whose agent led (ran the solver) during the measurement
 
 
@@ -133,6 +134,9 @@ class Cluster:
         self.hosts = [f"127.0.0.{2 + i}" for i in range(cfg.nodes)]
         self.ports = [_free_port(h, 8400) for h in self.hosts]
         self.procs: list[subprocess.Popen[bytes]] = []
+        # One client for the bench's own queries: each new httpx client costs ~25 ms of CPU (its TLS context)
+        # with the GIL held, and four a second stalled every load client in this process.
+        self.http = httpx.Client(timeout=5)
 
     def node_id(self, i: int) -> str:
         return f"node{i}"
@@ -178,7 +182,7 @@ class Cluster:
         out = {}
         for i in range(self.cfg.nodes):
             try:
-                insts = httpx.get(self.url(i) + "/stats/node", timeout=5).json()["instances"]
+                insts = self.http.get(self.url(i) + "/stats/node").json()["instances"]
             except (httpx.HTTPError, ValueError, KeyError):
                 insts = []
             out[self.node_id(i)] = sum(1 for x in insts if x.get("model") == MODEL and x.get("ready"))
@@ -187,7 +191,7 @@ class Cluster:
     def last_plan(self) -> dict[str, Any]:
         for i in range(self.cfg.nodes):
             with contextlib.suppress(httpx.HTTPError, ValueError):
-                p = httpx.get(self.url(i) + "/cluster", timeout=5).json().get("last_placement")
+                p = self.http.get(self.url(i) + "/cluster").json().get("last_placement")
                 if p:
                     return dict(p)
         return {}
@@ -208,6 +212,7 @@ class Cluster:
         return total / 1024.0
 
     def stop(self) -> None:
+        self.http.close()
         for p in self.procs:
             if p.poll() is None:
                 p.send_signal(signal.SIGTERM)
@@ -246,7 +251,10 @@ async def run_load(cfg: LoadConfig, cluster: Cluster, quiet: bool) -> Measured:
     """Warm up, then measure, under one unbroken load: (settle s, hold summary before, samples, server changes,
     CPU-s/s per process group while measuring, the leader's rounds' solve times seen while measuring)."""
     window, record, rounds = Window(), list[Sample](), set[float]()
-    clients = [asyncio.create_task(client(spec, window, record)) for spec in client_specs(cfg, cluster)]
+    specs = client_specs(cfg, cluster)
+    pauses.install()
+    pauses.freeze_startup_heap()  # a full collection of numpy, scikit-learn, httpx stalled every client ~100 ms
+    clients = [asyncio.create_task(client(spec, window, record)) for spec in specs]
     try:
         settle = await warm_up(cfg, cluster, quiet)
         before = (await asyncio.to_thread(cluster.last_plan)).get("hold", {})
@@ -254,9 +262,13 @@ async def run_load(cfg: LoadConfig, cluster: Cluster, quiet: bool) -> Measured:
         groups = await asyncio.to_thread(cluster.cpu_groups)
         window.start = time.monotonic()
         cpu_before = await asyncio.to_thread(snapshot, groups, window.start)
+        gc_before = pauses.stats()
         window.end = window.start + cfg.measure_s
         changes = await watch_servers(cluster, window.end, rounds)
         cpu = rates(cpu_before, await asyncio.to_thread(snapshot, groups, time.monotonic()))
+        gc_after = pauses.stats()
+        cpu["bench_gc_ms"] = round(gc_after["paused_ms"] - gc_before["paused_ms"], 3)
+        cpu["bench_gc_full"] = gc_after["full"] - gc_before["full"]
         await asyncio.gather(*clients)
     finally:
         for task in clients:
@@ -443,7 +455,9 @@ def main(argv: list[str] | None = None) -> int:
         if r.breakdown:
             print("\n".join(format_breakdown(r.objective, Breakdown(**r.breakdown))))
         if r.cpu:
-            print(f"  CPU-s/s while measuring ({r.leader} led): " + ", ".join(f"{k} {v:.3f}" for k, v in r.cpu.items()))
+            rates_ = ", ".join(f"{k} {v:.3f}" for k, v in r.cpu.items() if not k.startswith("bench_gc"))
+            print(f"  CPU-s/s while measuring ({r.leader} led): {rates_}; the bench's own GC pauses "
+                  f"{r.cpu.get('bench_gc_ms', 0):.1f} ms ({r.cpu.get('bench_gc_full', 0):.0f} full)")  # fmt: skip
     print("changes: rounds whose command changed the servers while measuring; held: plans held back; seen: changes "
           "of the ready servers sampled every second; load: 1-minute load average")  # fmt: skip
     for name, ratio in ratios.items():
