@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import json
 import os
 import secrets
@@ -244,6 +245,15 @@ def client_specs(cfg: LoadConfig, cluster: Cluster) -> list[ClientSpec]:
     return specs
 
 
+def quiet_gc() -> tuple[int, ...]:
+    """Freeze what the warm-up built (clients, connections) and put off full collections until the window
+    ends (a few MB of cyclic garbage at most); returns the thresholds to restore."""
+    before = gc.get_threshold()
+    pauses.freeze_startup_heap()
+    gc.set_threshold(before[0], before[1], 1_000_000)
+    return before
+
+
 Measured = tuple[float, dict[str, Any], list[Sample], int, dict[str, float], list[float]]
 
 
@@ -260,6 +270,7 @@ async def run_load(cfg: LoadConfig, cluster: Cluster, quiet: bool) -> Measured:
         before = (await asyncio.to_thread(cluster.last_plan)).get("hold", {})
         say(f"{cluster.objective}: measuring {cfg.measure_s:g} s", quiet)
         groups = await asyncio.to_thread(cluster.cpu_groups)
+        full_gc = quiet_gc()
         window.start = time.monotonic()
         cpu_before = await asyncio.to_thread(snapshot, groups, window.start)
         gc_before = pauses.stats()
@@ -269,6 +280,7 @@ async def run_load(cfg: LoadConfig, cluster: Cluster, quiet: bool) -> Measured:
         gc_after = pauses.stats()
         cpu["bench_gc_ms"] = round(gc_after["paused_ms"] - gc_before["paused_ms"], 3)
         cpu["bench_gc_full"] = gc_after["full"] - gc_before["full"]
+        gc.set_threshold(*full_gc)
         await asyncio.gather(*clients)
     finally:
         for task in clients:
