@@ -7,6 +7,7 @@ exit codes are 0 (ok), 1 (the operation failed), 2 (bad usage or bad input).
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import sys
 from collections.abc import Sequence
@@ -17,7 +18,19 @@ from peerserve.errors import UsageError
 __all__ = ["UsageError", "build_parser", "main"]
 
 
-def build_parser() -> argparse.ArgumentParser:
+# Each part registers its subcommands; `peerserve --help` lists them in this order. The agent's own
+# commands need only the first two: `peerserve agent` builds a parser of those alone, so a running agent
+# never imports the solver (numpy), the client library or the demo (~20 MB of a follower's RSS, README).
+PARTS = ("agent.cli", "agent.pins_cli", "client.cli", "solver.cli", "peerserve.demo", "peerserve.chaos")
+AGENT_PARTS = PARTS[:2]
+
+
+def build_parser(parts: Sequence[str] = PARTS) -> argparse.ArgumentParser:
+    """The console script's parser with the subcommands of ``parts`` (modules with a ``register``)."""
+    return _build(parts)[0]
+
+
+def _build(parts: Sequence[str]) -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
     parser = argparse.ArgumentParser(
         prog="peerserve",
         description=(
@@ -29,23 +42,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"peerserve {__version__}")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv: debug)")
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
-    from agent import cli as agent_cli
-    from agent import pins_cli
-    from client import cli as client_cli
-    from peerserve import chaos, demo
-    from solver import cli as solver_cli
+    for name in parts:
+        importlib.import_module(name).register(commands)
+    return parser, commands.choices
 
-    agent_cli.register(commands)
-    pins_cli.register(commands)
-    client_cli.register(commands)
-    solver_cli.register(commands)
-    demo.register(commands)
-    chaos.register(commands)
-    return parser
+
+def parser_for(argv: Sequence[str]) -> argparse.ArgumentParser:
+    """The agent's parts alone when ``argv`` names one of their commands, else every part."""
+    command = next((a for a in argv if not a.startswith("-")), None)
+    light, choices = _build(AGENT_PARTS)
+    return light if command in choices else build_parser()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = parser_for(argv)
     args = parser.parse_args(argv)
     level = logging.WARNING - 10 * min(args.verbose, 2)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

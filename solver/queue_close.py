@@ -92,22 +92,59 @@ def _try_close(pools: Pools, j: int, k: int, before: float) -> bool:
 
 
 def _worth_trying(pools: Pools, j: int, k: int, state: tuple[FloatArray, IntArray] | None = None) -> bool:
-    """Whether closing pool (j, k) could pay: the least extra RTT + execution of moving its streams to the
-    model's other open pools is at most what the pool costs (its new instances and its wait).
+    """Whether closing pool (j, k) could pay (``close_screen``'s bound for this pool).
 
     ``state``: the current (lam, counts), where the caller has them."""
-    q, p = pools.q, pools.q.base
     lam, counts = state if state is not None else (pools.lam(), pools.counts())
-    others = [o for o in np.nonzero(counts[:, k] > 0)[0].tolist() if o != j]
-    if not others or counts[j, k] == 0:
+    if counts[j, k] == 0 or not np.any(np.delete(counts[:, k], j) > 0):
         return False
+    p = pools.q.base
+    others = [o for o in np.nonzero(counts[:, k] > 0)[0].tolist() if o != j]
     members = np.nonzero((p.class_model == k) & (pools.x[:, j] > 0))[0]
     extra = float(pools.x[members, j] @ (p.cost[members][:, others].min(axis=1) - p.cost[members, j]))
-    n = float(counts[j, k])
-    t = min(float(lam[j, k]) / n, q.rho_max * float(q.mu[j, k]))
-    wait = float(lam[j, k]) * (1000.0 / (float(q.mu[j, k]) - t) - float(pools.service_ms[j, k]))
-    saves = q.instance_cost * max(n - float(p.free[j, k]), 0.0) + wait
-    return extra <= saves + 1e-9 * max(1.0, saves)
+    saves, fall = close_screen(pools, lam, counts)
+    gain = float(saves[j, k] + fall.sum(axis=0)[k] - fall[j, k])  # the model's other open pools' falls
+    return extra <= gain + 1e-9 * max(1.0, gain)
+
+
+LOOKAHEAD = 4  # instances added one at a time when bounding how far a destination pool's term can fall
+SCREEN_FALLS = True  # count the destinations' falls (switched off only to show the closing test failing)
+
+
+def _wait(pools: Pools, lam: FloatArray, servers: FloatArray) -> FloatArray:
+    """[j, k] the integer objective's wait term of every pool at rates ``lam`` on ``servers`` effective servers."""
+    q = pools.q
+    safe = np.where(servers > 0, servers, 1.0)
+    t = np.minimum(lam / safe, q.rho_max * q.mu)
+    return np.asarray(np.where((lam > 0) & (servers > 0), lam * (1000.0 / (q.mu - t) - pools.service_ms), 0.0))
+
+
+def close_screen(pools: Pools, lam: FloatArray, counts: IntArray) -> tuple[FloatArray, FloatArray]:
+    """[j, k] bounds for the close screen: what closing pool (j, k) saves besides its streams' RTT + execution
+    change (its own term, and the wait the node's other pools lose when their share of its cores grows),
+    and how far pool (j, k)'s term can fall when it takes more rate (it may open an instance that cuts its
+    wait by more than the instance costs). Closing cannot pay unless the streams' extra RTT + execution is
+    at most the saving plus the falls of the model's other open pools."""
+    q, p = pools.q, pools.q.base
+    cores = np.asarray(pools.cores, dtype=float)[:, None]
+    n = counts.astype(float)
+    total = n.sum(axis=1, keepdims=True)
+    wait = _wait(pools, lam, effective_servers(counts, pools.cores))
+    new = np.maximum(n - p.free, 0.0)
+    own = q.instance_cost * new + wait
+    # node j's other pools when pool (j, k) closes: each of its instances then gets C / (T - n_jk) of a core
+    saves = np.where(counts > 0, own, 0.0)
+    for k in range(counts.shape[1]):
+        lost = wait - _wait(pools, lam, n * np.minimum(1.0, cores / np.maximum(total - n[:, k : k + 1], 1e-12)))
+        saves[:, k] += np.where(counts[:, k] > 0, lost.sum(axis=1) - lost[:, k], 0.0)
+    if not SCREEN_FALLS:
+        return saves, np.zeros_like(saves)
+    best = q.instance_cost * np.maximum(n + LOOKAHEAD + 1 - p.free, 0.0) + lam * (1000.0 / q.mu - pools.service_ms)
+    for d in range(1, LOOKAHEAD + 1):
+        servers = (n + d) * np.minimum(1.0, cores / (total + d))
+        best = np.minimum(best, q.instance_cost * np.maximum(n + d - p.free, 0.0) + _wait(pools, lam, servers))
+    fall = np.where(counts > 0, np.maximum(own - best, 0.0), 0.0)
+    return saves, fall
 
 
 Signature = tuple[np.ndarray, ...]

@@ -35,7 +35,7 @@ import numpy.typing as npt
 from solver.node_cpu import TOL as CORE_TOL
 from solver.node_cpu import busy, over_cores
 from solver.problem import FloatArray, IntArray
-from solver.queue_close import MOVE_CANDIDATES, integer_objective
+from solver.queue_close import MOVE_CANDIDATES, close_screen, integer_objective
 from solver.queue_repair import TINY, Pools, needed
 
 log = logging.getLogger(__name__)
@@ -163,18 +163,16 @@ def _per_pool(pools: Pools, per_class: FloatArray) -> FloatArray:
 
 def worth_trying(pools: Pools, lam: FloatArray, counts: IntArray) -> BoolArray:
     """[j, k] ``queue_close._worth_trying`` for every pool at once."""
-    q, p = pools.q, pools.q.base
+    p = pools.q.base
     if p.n_nodes < 2:
         return np.zeros(counts.shape, dtype=bool)
     open_ = counts > 0
     in_class = open_[:, p.class_model].T  # [c, j]: class c's model has an open pool at j
-    n = counts.astype(float)
-    t = np.minimum(lam / np.where(open_, n, 1.0), q.rho_max * q.mu)
-    wait = lam * (1000.0 / (q.mu - t) - pools.service_ms)
-    saves = q.instance_cost * np.maximum(n - p.free, 0.0) + wait  # the pool's whole term
+    saves, fall = close_screen(pools, lam, counts)
+    gain = saves + fall.sum(axis=0)[None, :] - fall  # the model's other open pools' falls (closed pools: 0)
     extra = _per_pool(pools, _least_elsewhere(np.where(in_class, p.cost, np.inf)) - p.cost)
     has_other = open_.sum(axis=0)[None, :] - open_ >= 1
-    return np.asarray(open_ & has_other & (extra <= saves + 1e-9 * np.maximum(1.0, saves)))
+    return np.asarray(open_ & has_other & (extra <= gain + 1e-9 * np.maximum(1.0, gain)))
 
 
 def _close_one(

@@ -3,7 +3,9 @@
 Stream rates stay fractional (a site's traffic splits over pools in any proportion); only instance
 counts are integers. From the relaxation's rates ``x[c, j]``:
 
-1. Clean: shares under a millionth of a stream's rate are dropped.
+1. Clean: shares under a millionth of a stream's rate are dropped, and so is the rate of a pool that carries
+   under ``SLIVER`` of one instance's load (the relaxation's ``N_MIN`` floor on every pool holds such
+   slivers on a saturated cluster; each would open a whole instance). Dropped rate is placed again in step 5.
 2. Count: each pool runs the fewest instances that keep it under the load cap (``ceil(lam / (rho mu))``).
 3. Capacity: a node whose busy work exceeds ``rho_max`` of its cores (solver.node_cpu) sheds its smallest
    streams' rate (placed again in step 5); a node whose new instances exceed its memory or compute moves
@@ -14,8 +16,9 @@ counts are integers. From the relaxation's rates ``x[c, j]``:
    is raised, never above ``rho_max``: a tail cap gives way to the bound), else the smallest pool's
    streams move into the other open pools of that class; where neither works, part of a pool's rate
    moves into the others' room up to ``rho_max`` so that it needs one instance fewer.
-5. Rejected rate is placed where it fits (headroom first, then a new instance), else stays rejected;
-   float residue left on a pool without instances joins the stream's largest share; step 4 once more.
+5. Rejected rate is placed where it fits (headroom first, then a new instance, but never one past the
+   spread bound nor one for a sliver), else stays rejected; float residue left on a pool without
+   instances joins the stream's largest share; step 4 once more.
 
 Every move re-checks the node's budgets, so no step breaks memory, compute or throughput.
 """
@@ -31,6 +34,9 @@ from solver.problem import FloatArray, IntArray
 from solver.queue_model import QueueProblem
 
 TINY = 1e-6
+SLIVER = 1e-5  # a pool whose rate is under this fraction of one instance's load is a relaxation artifact
+DROP_SLIVERS = True  # step 1's sliver rule (switched off only to show the bound's tests failing)
+BOUND_STEP_5 = True  # step 5 opens no instance past the bound nor for a sliver (likewise)
 SHED_BY_MOVING = True  # step 4's last resort: move rate into other pools' headroom to free one instance
 
 
@@ -41,9 +47,12 @@ class Pools:
         self.q = q
         p = q.base
         self.x = np.where(x > TINY * np.maximum(q.rate, 1e-12)[:, None], x, 0.0)
-        self.rejected = np.clip(q.rate - self.x.sum(axis=1), 0.0, None) + 0.0 * rejected
         self.onehot = np.eye(len(p.model_names))[p.class_model]
         self.cap = q.cap() * q.mu  # [j, k] requests/s one instance takes under the cap
+        if DROP_SLIVERS:
+            sliver = (self.lam() < SLIVER * self.cap).T[p.class_model]  # [c, j]: class c's pool at j is a sliver
+            self.x = np.where(sliver, 0.0, self.x)
+        self.rejected = np.clip(q.rate - self.x.sum(axis=1), 0.0, None) + 0.0 * rejected
         self.shed = 0  # instances taken from pools below rho_max to keep the instance bound (step 4)
         self.penalty = q.penalty()
         self.service_ms = q.service_ms
@@ -70,8 +79,8 @@ class Pools:
         counts[j, k] = needed(np.array(self.lam()[j, k] + extra), np.array(self.cap[j, k]))
         return j not in self.over_budget(counts)
 
-    def room(self, j: int, k: int) -> float:
-        """Req/s pool (j, k) can still take: its headroom plus the instances node j's budgets still allow."""
+    def room(self, j: int, k: int, grow: bool = True) -> float:
+        """Req/s pool (j, k) can still take: its headroom plus (``grow``) the instances node j's budgets still allow."""
         p = self.q.base
         counts = self.counts()
         new = np.maximum(counts - p.free, 0)
@@ -80,17 +89,21 @@ class Pools:
         spare_free = max(int(p.free[j, k] - counts[j, k]), 0)
         by_mem = math.inf if p.mem[k] <= 0 else math.floor((mem_left + TINY) / p.mem[k])
         by_comp = math.inf if p.comp[k] <= 0 else math.floor((comp_left + TINY) / p.comp[k])
-        more = min(by_mem, by_comp, 10**6) + spare_free
+        more = min(by_mem, by_comp, 10**6) + spare_free if grow else 0
         by_cores = float(core_room(self.lam(), self.q.mu, self.cores, self.q.rho_max)[j]) * float(self.q.mu[j, k])
         room = min(float((counts[j, k] + more) * self.cap[j, k] - self.lam()[j, k]), by_cores)
         return max(0.0, room * (1 - 1e-9))
 
-    def move(self, c: int, src: int | None, dst: int, amount: float) -> None:
+    def move(self, c: int, src: int | None, dst: int | None, amount: float) -> None:
+        """Move ``amount`` req/s of class c from node ``src`` to node ``dst`` (None: the rejected rate)."""
         if src is None:
             self.rejected[c] -= amount
         else:
             self.x[c, src] -= amount
-        self.x[c, dst] += amount
+        if dst is None:
+            self.rejected[c] += amount
+        else:
+            self.x[c, dst] += amount
 
     def best_destination(
         self,
@@ -193,24 +206,31 @@ def _fix_cores(pools: Pools) -> None:
     hair = np.isfinite(pools.cores)[:, None] & (counts > needed(lam * (1 - 1e-6), pools.cap))
     for j, k in zip(*np.nonzero(hair), strict=True):
         excess = float(lam[j, k] - (counts[j, k] - 1) * pools.cap[j, k])
-        for c in np.flatnonzero((p.class_model == k) & (pools.x[:, j] > 0)).tolist():
-            take = min(excess, float(pools.x[c, j]))
-            pools.x[c, j] -= take
-            pools.rejected[c] += take
-            excess -= take
-            if excess <= 0:
-                break
+        _reject_rate(pools, j, np.flatnonzero((p.class_model == k) & (pools.x[:, j] > 0)).tolist(), excess)
     room = core_room(pools.lam(), q.mu, pools.cores, q.rho_max)
     for j in np.flatnonzero(over_cores(pools.lam(), q.mu, pools.cores, q.rho_max)).tolist():
         excess = -float(room[j]) * (1 + 1e-9)  # seconds of service per second
-        for c in sorted(np.flatnonzero(pools.x[:, j] > 0).tolist(), key=lambda c: pools.x[c, j]):
-            mu = float(q.mu[j, p.class_model[c]])
-            take = min(excess * mu, float(pools.x[c, j]))
-            pools.x[c, j] -= take
-            pools.rejected[c] += take
-            excess -= take / mu
-            if excess <= 0:
-                break
+        members = _smallest_first(pools, j, np.flatnonzero(pools.x[:, j] > 0).tolist())
+        _reject_rate(pools, j, members, excess, [float(q.mu[j, p.class_model[c]]) for c in members])
+
+
+def _smallest_first(pools: Pools, j: int, members: list[int]) -> list[int]:
+    """``members`` (classes) by their rate at node j, smallest first (ties in the given order)."""
+    return sorted(members, key=lambda c: pools.x[c, j])
+
+
+def _reject_rate(pools: Pools, j: int, members: list[int], excess: float, scale: list[float] | None = None) -> None:
+    """Move the members' rate at node j to ``rejected``, in their order, until ``excess`` is covered.
+
+    ``scale[i]``: req/s of ``members[i]`` per unit of ``excess`` (1: ``excess`` is in req/s)."""
+    for i, c in enumerate(members):
+        unit = 1.0 if scale is None else scale[i]
+        take = min(excess * unit, float(pools.x[c, j]))
+        pools.x[c, j] -= take
+        pools.rejected[c] += take
+        excess -= take / unit
+        if excess <= 0:
+            break
 
 
 def _fix_capacity(pools: Pools) -> None:
@@ -229,13 +249,7 @@ def _fix_capacity(pools: Pools) -> None:
             k = open_k[0]
             excess = float(lam[k] - (counts[k] - 1) * pools.cap[j, k] * (1.0 - 1e-9))
             members = np.nonzero((pools.q.base.class_model == k) & (pools.x[:, j] > 0))[0].tolist()
-            for c in sorted(members, key=lambda c: pools.x[c, j]):
-                take = min(excess, float(pools.x[c, j]))
-                pools.x[c, j] -= take
-                pools.rejected[c] += take
-                excess -= take
-                if excess <= 0:
-                    break
+            _reject_rate(pools, j, _smallest_first(pools, j, members), excess)
             pools.x[:, j] = np.where(pools.x[:, j] > TINY, pools.x[:, j], 0.0)
 
 
@@ -349,17 +363,43 @@ def _shed_by_moving(pools: Pools, nodes: list[int], k: int) -> bool:
 
 
 def _place_rejected(pools: Pools) -> None:
-    """Step 5: rejected rate where it fits: whole where possible, else in parts on the cheapest nodes."""
+    """Step 5: rejected rate where it fits: whole where possible, else in parts on the cheapest nodes; a
+    placement that would open instances past the spread bound is not made (``_move_within_bound``)."""
     p = pools.q.base
     for c in np.nonzero(pools.rejected > TINY)[0].tolist():
-        amount = float(pools.rejected[c])
-        dst = pools.best_destination(c, amount, set())
-        if dst is not None:
-            pools.move(c, None, dst, amount)
-            continue
         k = int(p.class_model[c])
+        limit = max(bound_excess(pools, k), 0) if BOUND_STEP_5 else 10**9  # step 4 may have been stuck
+        amount = float(pools.rejected[c])
+        if any(
+            dst is not None and _move_within_bound(pools, c, dst, amount, limit)
+            for dst in (pools.best_destination(c, amount, set()), pools.best_destination(c, amount, set(), True))
+        ):
+            continue
         for j in np.argsort(p.cost[c], kind="stable").tolist():
-            take = min(float(pools.rejected[c]), pools.room(j, k))
-            if take > TINY:
-                pools.move(c, None, j, take)
+            for grow in (True, False):  # new instances where the bound allows them, else the open pool's headroom
+                take = min(float(pools.rejected[c]), pools.room(j, k, grow))
+                if take > TINY and _move_within_bound(pools, c, j, take, limit):
+                    break
         pools.rejected[c] = max(0.0, float(pools.rejected[c]))
+
+
+def _move_within_bound(pools: Pools, c: int, dst: int, amount: float, limit: int) -> bool:
+    """Move ``amount`` of class c's rejected rate to ``dst`` unless its model then runs more than ``limit``
+    instances past the spread bound in some node class, or it opens an instance for a sliver (``SLIVER``)."""
+    k = int(pools.q.base.class_model[c])
+    before = int(pools.counts()[:, k].sum())
+    pools.move(c, None, dst, amount)
+    sliver = BOUND_STEP_5 and amount < SLIVER * float(pools.cap[dst, k]) and int(pools.counts()[:, k].sum()) > before
+    if not sliver and bound_excess(pools, k) <= limit:
+        return True
+    pools.move(c, dst, None, amount)
+    return False
+
+
+def bound_excess(pools: Pools, k: int) -> int:
+    """The most instances model k runs past the spread bound (its need at ``rho_max`` + one spare) in a node class."""
+    q = pools.q
+    lam, counts = pools.lam(), pools.counts()
+    load = np.bincount(pools.node_group, weights=lam[:, k] / (q.rho_max * q.mu[:, k]))
+    running = np.bincount(pools.node_group, weights=counts[:, k])
+    return int(np.max(running - (np.ceil(load - 1e-9) + 1)))

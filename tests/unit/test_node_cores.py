@@ -166,12 +166,7 @@ def test_repaired_placements_keep_every_nodes_busy_work_under_its_cores(snap: Sn
     q = build_queue_problem(build_problem(snap, mode))
     nlp = solve_nlp_fast(q)
     pools = repair(q, nlp.x, nlp.r, nlp.n)  # counts seeded from the relaxation's (solver.queue_seed)
-    if len(snap.models) == 1:
-        check(pools)  # memory, compute, load caps, rates conserved, the spread bound
-    else:  # the bound can still break where models share saturated cores (open: docs/solver.md)
-        counts = pools.counts()
-        assert np.all(np.maximum(counts - q.base.free, 0) @ q.base.mem <= q.base.mem_budget + 1e-6)
-        assert np.all(pools.lam() <= q.rho_max * q.mu * counts + 1e-6)
+    check(pools)  # memory, compute, load caps, rates conserved, the spread bound (tests/unit/test_instance_bound.py)
     assert np.all(busy(pools.lam(), q.mu) <= q.rho_max * q.cores() * (1 + 1e-6) + 1e-6)
     np.testing.assert_allclose(pools.x.sum(axis=1) + pools.rejected, q.rate, rtol=1e-6, atol=1e-6)
     plan = solve(snap, objective="queue", mode=mode.value)

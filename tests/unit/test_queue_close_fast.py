@@ -24,7 +24,7 @@ from tests.unit.test_queue_fast import _with_running
 from tests.unit.test_solver_queue_placement import check, instances
 
 CORES = (1.0, 2.0, 3.0, 4.0)  # per node, drawn; the small ones saturate under the thesis's loads
-CORE_CASES = [(20, 5, 3, Mode.MODE2), (30, 5, 1, Mode.MODE1)]  # saturated nodes where closing must check cores
+CORE_CASES = [(25, 5, 3, Mode.MODE2), (30, 5, 1, Mode.MODE1)]  # saturated nodes where closing must check cores
 
 
 def _both(q: QueueProblem, reference_form: bool = False) -> tuple[Pools, Pools, int, int]:
