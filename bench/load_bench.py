@@ -9,15 +9,22 @@ softmax regression, mDNS bound to loopback, as ``peerserve demo`` does), and ``-
 the agent nearest its site. A site reports RTT ``--near-ms`` to its own node and ``--far-ms`` to the
 others (``X-Peerserve-RTT``), so the leader sees a room of phones next to each board.
 
-Phases per objective: warm-up (``--warmup-s``: the leader sees the streams and places; the bench waits
-until the cluster's ready instances match the last plan), then measurement (``--measure-s``). Latency
+Phases per objective, under one unbroken load (bench/load_gen.py: the clients and their connections
+live from the warm-up through the measurement): warm-up (``--warmup-s``: the leader sees the streams and
+places; the bench waits until the cluster's ready instances match the last plan), then measurement
+(``--measure-s``: the requests scheduled in that window). Latency
 of a request = its time through the proxy on loopback (execution, queueing, proxying: real) + the
 simulated RTT from the client's site to the node that served it (``X-Peerserve-Node``): loopback has
 no distance, so the placement's choice of node is charged what the site reported.
 Reported per objective: p50/p99 latency, requests, failures, ready instances, RSS of the model servers
 (MB, from /proc of the PIDs the agents recorded), the last plan's solve time, the placement changes and
 held-back plans while measuring (the leader's round counters) and the ready servers' changes sampled
-every second, and the load average. ``--json`` prints it all;
+every second, and the load average; then per placement where the time went (bench/load_breakdown.py:
+per stage p50/p99/mean and the slow 1 %'s mean, from the answers' Server-Timing entries: the load
+generator's lateness, client side, agent, transit, model server, model call, RTT, GC pauses; who the
+slow 1 % are: node, site, through the leader's agent, near a placement round, bursts) and the CPU-s/s
+of each process group while measuring (bench/load_cpu.py: the bench's clients, the agents, the solver,
+the model servers, the rest of the machine). ``--json`` prints it all;
 ``--plot`` writes docs/img/load_bench.png.
 
 The agents share this machine's CPUs: each is told ``--cores`` (default: the machine's CPUs over the
