@@ -23,7 +23,10 @@ the queue model limits each node's busy work to them (solver.node_cpu). On a sat
 instance's request waits for a CPU, so every measured latency is stretched by the contention; the
 leader divides it out (``contention``: the machine's runnable threads per CPU, 1-minute load average
 over ``os.cpu_count()``, 1 to ``MAX_SLOWDOWN``; per machine, not per configured ``cores``, since agents
-sharing one machine, as in bench/load_bench.py, share its CPUs) and the queue model counts the load.
+sharing one machine, as in bench/load_bench.py, share its CPUs) and the queue model counts the load. That
+figure is the node's own word, so the leader divides out no more than the node's own traffic explains
+(``explained_contention``: its requests in flight per core); contention from elsewhere stays in the
+measured service times (it will not leave with the streams).
 More instances on a saturated node is never the plan's answer: the core row caps them whatever the
 measurements say.
 """
@@ -106,6 +109,21 @@ def parse_node_report(stats_node: Mapping[str, Any], stats_models: Mapping[str, 
     )
 
 
+def explained_contention(
+    records: Iterable[RequestRecord], window_s: float, cores: Mapping[str, float | None]
+) -> dict[str, float]:
+    """Per node: the slowdown its own served traffic can explain, at least 1: its requests in flight (served
+    rate x mean measured latency, Little's law) per core (1 where it reports none).
+
+    A node's ``load_per_cpu`` is its own word: one reporting 8 would have its latencies divided by 8 and
+    attract every stream. Only the contention its own measured traffic explains is divided out."""
+    busy: dict[str, float] = {}
+    for r in records:
+        if r.node is not None and r.latency_ms is not None and 200 <= r.status < 300:
+            busy[r.node] = busy.get(r.node, 0.0) + r.latency_ms / 1000.0  # request-seconds in the window
+    return {n: max(1.0, b / window_s / (cores.get(n) or 1.0)) for n, b in busy.items()}
+
+
 def _positive(value: Any, zero: bool = False) -> float | None:
     """A finite positive float (or zero, where allowed) from a report's optional field; None otherwise."""
     if value is None or isinstance(value, bool):
@@ -151,6 +169,9 @@ def build_snapshot(
     known = set(catalogue.models)
     queue_aware = objective in ("queue", "queue-p99")
     slowdown = {n.node_id: n.contention() if queue_aware else 1.0 for n in nodes}
+    if queue_aware and window_s is not None and window_s > 0:
+        own = explained_contention(records, window_s, {n.node_id: n.cores for n in nodes})
+        slowdown = {n: min(v, own.get(n, 1.0)) for n, v in slowdown.items()}  # a node's word, checked
     streams: dict[tuple[str, str], dict[str, float]] = {}
     latencies: dict[tuple[str, str], list[float]] = {}
     for r in sorted(records, key=lambda r: r.ts):

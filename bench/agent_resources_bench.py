@@ -6,9 +6,11 @@ rate against the follower, then against the leader. CPU is CPU-seconds per secon
 RSS is the resident memory of the agent plus every child process (the solver worker included).
 
 ``--before PATH`` runs the same measurement on another checkout (e.g. main before this change), in the
-same run, so the two columns share the machine's conditions.
+same run, so the two columns share the machine's conditions. ``--python PATH`` runs the agents with another
+interpreter, e.g. a virtualenv with only the agent's extra installed (as on a board without the dev tools,
+whose rich and trio httpx/httpcore import when present); the load average is printed with the figures.
 
-    .venv/bin/python bench/agent_resources_bench.py [--window S] [--rate N] [--before PATH] [--json]
+    .venv/bin/python bench/agent_resources_bench.py [--window S] [--rate N] [--before PATH] [--python PATH] [--json]
 """
 
 from __future__ import annotations
@@ -37,11 +39,11 @@ from tests.service.conftest import TOKEN, free_port  # noqa: E402
 
 
 @contextmanager
-def agent(repo: Path, name: str, port: int, seed_port: int, data: Path) -> Iterator[psutil.Process]:
+def agent(repo: Path, name: str, port: int, seed_port: int, data: Path, python: str) -> Iterator[psutil.Process]:
     """A real agent from checkout ``repo`` on 127.0.0.1:``port`` seeded with the other agent."""
     env = {**os.environ, "PYTHONPATH": str(repo), "PEERSERVE_MDNS": "false"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "peerserve", "agent", "--host", "127.0.0.1", "--port", str(port),
+        [python, "-m", "peerserve", "agent", "--host", "127.0.0.1", "--port", str(port),
          "--node-id", name, "--data-dir", str(data / name), "--cluster-token", TOKEN,
          "--seeds", f"http://127.0.0.1:{seed_port}"],
         cwd=repo, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -122,11 +124,11 @@ def measure(procs: dict[str, psutil.Process], window: float, load_port: int | No
     return out
 
 
-def run(repo: Path, window: float, rate: float) -> dict[str, Any]:
+def run(repo: Path, window: float, rate: float, python: str = sys.executable) -> dict[str, Any]:
     pa, pb = free_port(), free_port()
-    with tempfile.TemporaryDirectory() as tmp, agent(repo, "a", pa, pb, Path(tmp)) as a:
+    with tempfile.TemporaryDirectory() as tmp, agent(repo, "a", pa, pb, Path(tmp), python) as a:
         wait(lambda: cluster(pa).get("leader") == "a", 30)
-        with agent(repo, "b", pb, pa, Path(tmp)) as b:
+        with agent(repo, "b", pb, pa, Path(tmp), python) as b:
             wait(lambda: cluster(pb).get("leader") == "a", 30)
             time.sleep(5)  # the leader's worker warms up; first rounds settle
             procs = {"leader": a, "follower": b}
@@ -136,6 +138,7 @@ def run(repo: Path, window: float, rate: float) -> dict[str, Any]:
                 "follower_load": measure(procs, window, pb, rate),
                 "leader_load": measure(procs, window, pa, rate),
                 "children": children,
+                "load_avg_1m": os.getloadavg()[0],
             }
 
 
@@ -149,7 +152,8 @@ def report(results: dict[str, dict[str, Any]], rate: float) -> None:
                 f"{label:<10} {role:<9} {r['idle'][role]['rss_mb']:>9.1f} {r['idle'][role]['cpu']:>9.3f} "
                 f"{load['rss_mb']:>9.1f} {load['cpu']:>9.3f}"
             )
-        print(f"{'':<10} children: " + "; ".join(f"{n}: {len(c)}" for n, c in r["children"].items()))
+        kids = "; ".join(f"{n}: {len(c)}" for n, c in r["children"].items())
+        print(f"{'':<10} children: {kids}; load average at the end {r['load_avg_1m']:.1f}")
 
 
 def main() -> int:
@@ -157,11 +161,12 @@ def main() -> int:
     ap.add_argument("--window", type=float, default=10.0, help="seconds per measurement window (default 10)")
     ap.add_argument("--rate", type=float, default=100.0, help="client requests per second under load (default 100)")
     ap.add_argument("--before", type=Path, help="another checkout to measure the same way, e.g. main")
+    ap.add_argument("--python", default=sys.executable, help="interpreter the agents run with (default: this one)")
     ap.add_argument("--json", action="store_true", help="print the figures as JSON")
     args = ap.parse_args()
-    results = {"this": run(REPO, args.window, args.rate)}
+    results = {"this": run(REPO, args.window, args.rate, args.python)}
     if args.before:
-        results["before"] = run(args.before.resolve(), args.window, args.rate)
+        results["before"] = run(args.before.resolve(), args.window, args.rate, args.python)
     if args.json:
         print(json.dumps(results, indent=1))
     else:

@@ -14,12 +14,16 @@
    Ipopt only where it gives no proof); "integer ms" the rest (repair, solver.queue_close_fast, the plan);
    "Ipopt" how many of the instances still needed Ipopt.
 
-   ``--cores N`` gives every node of the solve-time snapshots N cores (where it declares none): the
-   agent's case (every live agent reports its cores). ``--reference-closing`` closes pools with
-   solver.queue_close's reference pass instead of the fast one (the "before" of the fast pass).
+   ``--cores N [N ...]`` gives every node of the solve-time snapshots N cores (where it declares none;
+   0: none), one table per N in the same run, then one summary line per N: the agent's case (every live
+   agent reports its cores). ``--plain-start`` adds a column: the same queue solve with the compact NLP
+   started as before solver.queue_start (plain start, IPOPT_NLP's options, e variables on cored nodes),
+   timed on the same snapshots right after, and the ratio of the two (same-run, same load).
+   ``--reference-closing`` closes pools with solver.queue_close's reference pass instead of the fast one
+   (the "before" of the fast pass).
 
-    .venv/bin/python bench/queue_bench.py [--seeds N] [--solve-only] [--proven-cg] [--cores N]
-                                          [--reference-closing] [--json]
+    .venv/bin/python bench/queue_bench.py [--seeds N] [--solve-only] [--proven-cg] [--cores N [N ...]]
+                                          [--plain-start] [--reference-closing] [--json]
 """
 
 from __future__ import annotations
@@ -62,8 +66,16 @@ def with_cores(snapshot: Snapshot, cores: float | None) -> Snapshot:
     return dataclasses.replace(snapshot, nodes=nodes)
 
 
-def solve_times(seeds: int, cores: float | None = None) -> list[dict[str, Any]]:
-    """Median CPU ms per (size, mode) for both objectives on the same snapshots (``cores``: ``with_cores``)."""
+def plain_start(on: bool) -> None:
+    """Solve the compact queue NLP as before solver.queue_start (``on``) or as now."""
+    from solver import queue_model
+
+    queue_model.FEASIBLE_START = queue_model.MERGE_SERVERS = not on
+
+
+def solve_times(seeds: int, cores: float | None = None, before: bool = False) -> list[dict[str, Any]]:
+    """Median CPU ms per (size, mode) for both objectives on the same snapshots (``cores``: ``with_cores``;
+    ``before``: also the queue solve from the plain start, ``plain_start``)."""
     warm = thesis_instance(25, 10, 0)
     for objective in ("thesis", "queue", "queue-p99"):
         solve(warm, objective=objective)
@@ -83,6 +95,11 @@ def solve_times(seeds: int, cores: float | None = None) -> list[dict[str, Any]]:
             nlp = statistics.median(t for t, _, _ in queue)
             relax = statistics.median(r for _, r, _ in queue)
             p99 = statistics.median(cpu_ms(s, "queue-p99", mode) for s in snaps)
+            old = float("nan")
+            if before:
+                plain_start(True)
+                old = statistics.median(timed(s, "queue", mode)[0] for s in snaps)
+                plain_start(False)
             rows.append(
                 {
                     "size": label,
@@ -97,6 +114,8 @@ def solve_times(seeds: int, cores: float | None = None) -> list[dict[str, Any]]:
                     "solves": len(queue),
                     "queue_p99_ms": p99,
                     "p99_ratio": p99 / lp,
+                    "plain_start_ms": old,
+                    "plain_start_speedup": old / nlp,
                 }
             )
     return rows
@@ -120,6 +139,9 @@ def summary(rows: list[dict[str, Any]]) -> dict[str, float]:
         for key in ("ratio", "relaxation_ratio", "p99_ratio"):
             values = [r[key] for r in thesis]
             out[f"{tag}{key}_median"], out[f"{tag}{key}_max"] = statistics.median(values), max(values)
+        speedups = [r["plain_start_speedup"] for r in thesis if r["plain_start_speedup"] == r["plain_start_speedup"]]
+        if speedups:
+            out[f"{tag}speedup_median"] = statistics.median(speedups)
     return out
 
 
@@ -149,8 +171,11 @@ def main() -> None:
     ap.add_argument("--solve-only", action="store_true", help="solve times only (skip the workload runs)")
     ap.add_argument("--proven-cg", action="store_true",
                     help="binding nodes by solver.queue_dual's column generation (default: Ipopt)")  # fmt: skip
-    ap.add_argument("--cores", type=float, default=None, metavar="N",
-                    help="give every node of the solve-time snapshots N cores where it declares none")  # fmt: skip
+    ap.add_argument("--cores", type=float, nargs="+", default=[0.0], metavar="N",
+                    help="give every node of the solve-time snapshots N cores where it declares none "
+                         "(0: none, the default); several: one table each, same run")  # fmt: skip
+    ap.add_argument("--plain-start", action="store_true",
+                    help="also time each queue solve from the plain start (before solver.queue_start)")  # fmt: skip
     ap.add_argument("--reference-closing", action="store_true",
                     help="close pools with solver.queue_close's reference pass, not the fast one")  # fmt: skip
     args = ap.parse_args()
@@ -163,31 +188,56 @@ def main() -> None:
 
         queue_dual.ENABLED = True
     tune_solver_process()
-    times = solve_times(args.seeds, args.cores)
+    runs = [(c, solve_times(args.seeds, c or None, args.plain_start)) for c in args.cores]
     loads = [] if args.solve_only else workloads()
     if args.json:
-        print(json.dumps({"solve": times, "summary": summary(times), "workload": loads}, indent=1))
+        by_cores = [{"cores": c, "solve": t, "summary": summary(t)} for c, t in runs]
+        print(json.dumps({"solve": runs[0][1], "summary": summary(runs[0][1]), "by_cores": by_cores,
+                          "workload": loads}, indent=1))  # fmt: skip
         return
+    for c, times in runs:
+        print(f"== {'no cores' if not c else f'{c:g} cores per node'}")
+        print_table(times, args.plain_start)
+    for c, times in runs:
+        print_summary(c, times)
+    if loads:
+        print_loads(loads)
+
+
+def print_table(times: list[dict[str, Any]], before: bool) -> None:
+    """One row per (size, mode): LP and queue CPU ms and their ratios (and the plain start's, ``before``)."""
     print(
         f"{'size':<22}{'mode':>5}{'thesis LP ms':>14}{'queue ms':>10}{'/ LP':>7}{'relaxation ms':>15}{'/ LP':>7}"
         f"{'integer ms':>12}{'Ipopt':>7}{'queue-p99 ms':>14}{'/ LP':>7}"
+        + (f"{'plain start ms':>16}{'x':>6}" if before else "")
     )
     for r in times:
         print(
             f"{r['size']:<22}{r['mode']:>5}{r['thesis_lp_ms']:>14.1f}{r['queue_nlp_ms']:>10.1f}{r['ratio']:>7.2f}"
             f"{r['relaxation_ms']:>15.1f}{r['relaxation_ratio']:>7.2f}{r['integer_ms']:>12.1f}"
             f"{r['ipopt_solves']:>4}/{r['solves']:<2}{r['queue_p99_ms']:>14.1f}{r['p99_ratio']:>7.2f}"
+            + (f"{r['plain_start_ms']:>16.1f}{r['plain_start_speedup']:>6.2f}" if before else "")
         )
+
+
+def print_summary(cores: float, times: list[dict[str, Any]]) -> None:
+    """Median and max queue / LP over the thesis's sizes (and with instances running), 1,000 x 100 apart."""
     s = summary(times)
+    label = "no cores" if not cores else f"{cores:g} cores"
     for tag, what in (("", "thesis sizes"), ("running_", "thesis sizes, Mode 1 with instances running")):
         print(
-            f"{what}, queue / LP: median {s[tag + 'ratio_median']:.2f} max {s[tag + 'ratio_max']:.2f}; "
+            f"[{label}] {what}, queue / LP: median {s[tag + 'ratio_median']:.2f} max {s[tag + 'ratio_max']:.2f}; "
             f"relaxation / LP: median {s[tag + 'relaxation_ratio_median']:.2f} "
             f"max {s[tag + 'relaxation_ratio_max']:.2f}; queue-p99 / LP: median {s[tag + 'p99_ratio_median']:.2f} "
             f"max {s[tag + 'p99_ratio_max']:.2f}"
+            + (f"; plain start / now: median {s[tag + 'speedup_median']:.2f}" if tag + "speedup_median" in s else "")
         )
-    if not loads:
-        return
+    big = [f"Mode {r['mode']} {r['queue_nlp_ms']:.0f} ms ({r['ratio']:.2f}x)" for r in times if "1000" in r["size"]]
+    print(f"[{label}] 1000 x 100, 50 sites: " + ", ".join(big))
+
+
+def print_loads(loads: list[dict[str, Any]]) -> None:
+    """The workload table: p50/p99, instances and rejections per placement."""
     print()
     print(
         f"{'service':<8}{'rate':>5}  "

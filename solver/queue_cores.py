@@ -6,6 +6,11 @@ cores), that fails and the model keeps an instance past its bound. Here the pool
 one such pool anyway, then the other models' rate on that node moves to their own open pools elsewhere
 (never opening an instance; the emptied node's cores take it first) until the node's busy work fits
 again. If that does not fit, or saves no instance, everything is undone.
+
+Where no pool can be emptied that way, ``shed_making_room`` moves only the part of a pool's rate above
+what one instance fewer carries at ``rho_max`` into another open pool's instance headroom, and frees the
+cores that takes on the receiving node by moving other models' rate off it (the freed node's cores take
+it first): a swap of two models' rates between nodes, never opening an instance.
 """
 
 from __future__ import annotations
@@ -57,3 +62,37 @@ def _make_room(pools: Pools, dst: int, k: int, deficit: float) -> bool:
             continue
         deficit -= amount / float(q.mu[dst, k2])
     return deficit <= 0
+
+
+def shed_making_room(pools: Pools, nodes: list[int], k: int) -> bool:
+    """One instance fewer for model k on ``nodes``: a pool's rate above one instance fewer at ``rho_max`` moves
+    into another open pool's headroom on ``nodes`` after core room is made there (module docstring)."""
+    q, p = pools.q, pools.q.base
+    lam, counts = pools.lam(), pools.counts()
+    top = q.rho_max * q.mu[:, k]
+    if not np.isfinite(pools.cores[nodes]).any():
+        return False
+    sources = sorted((float(lam[j, k] - (counts[j, k] - 1) * top[j]), j) for j in nodes if counts[j, k] > p.free[j, k])
+    for excess, src in sources:
+        for dst in [j for j in nodes if j != src and counts[j, k] > 0]:
+            if counts[dst, k] * top[dst] - lam[dst, k] < excess * (1 + 1e-9) + TINY:
+                continue  # no instance headroom for the excess
+            saved_x, saved_cap = pools.x.copy(), pools.cap.copy()
+            left = excess * (1 + 1e-9) + TINY
+            for c in np.flatnonzero((p.class_model == k) & (pools.x[:, src] > 0)).tolist():
+                take = min(left, float(pools.x[c, src]))
+                pools.move(c, src, dst, take)
+                left -= take
+                if left <= 0:
+                    break
+            for o in (src, dst):
+                keep = counts[o, k] - (1 if o == src else 0)
+                if keep > 0:  # load caps below rho_max are raised, as repair's own shedding does
+                    pools.cap[o, k] = max(pools.cap[o, k], float(pools.lam()[o, k]) / keep * (1 + 1e-9))
+            over = -float(core_room(pools.lam(), q.mu, pools.cores, q.rho_max)[dst])
+            fits = over <= 0 or _make_room(pools, dst, k, over * (1 + 1e-9) + 1e-12)
+            if fits and not pools.over_budget(pools.counts()) and pools.counts().sum() < counts.sum():
+                pools.shed += 1
+                return True
+            pools.x, pools.cap = saved_x, saved_cap
+    return False

@@ -37,10 +37,13 @@ import numpy as np
 from solver.errors import SolverError, SolverUnavailableError
 from solver.node_cpu import node_cores
 from solver.problem import FloatArray, IntArray, Problem
+from solver.queue_start import feasible_start
 from solver.queueing import RHO_MAX
 
 log = logging.getLogger(__name__)
 
+MERGE_SERVERS = True  # compact form: n is the servers on nodes with cores (no e; switched off only in tests)
+CORE_ROWS = True  # compact form: the core rows (switched off only to show tests/unit/test_queue_start.py failing)
 N_MIN = 1e-6  # lower bound on a pool's (fractional) instance count; D needs n > 0
 INSTANCE_COST = 500.0  # request-ms per second one new instance must save to be worth starting (beta)
 DEFAULT_RATE = 1.0  # requests/s of a stream whose rate the snapshot does not give
@@ -55,6 +58,18 @@ IPOPT_NLP: dict[str, Any] = {
     "max_iter": 500,
     "min_refinement_steps": 0,  # measured: ~30 % less time at the thesis's sizes, same iterates and optima
 }
+# The compact form's options (the fast path; the reference form keeps IPOPT_NLP): measured on the R(S) problems
+# of bench/queue_bench.py (thesis sizes, no cores / 2 / 1 core per node, with and without running instances),
+# from solver.queue_start's feasible start: mu_init 1 (the start is central, not near the bounds) and a faster
+# superlinear barrier decrease cut Ipopt's median iterations 40 -> 34 at 2 cores and 58 -> 38 at 1 core, and
+# a smaller gradient bound for the scaling (the rejection penalty's gradient set the objective's scale)
+# another few; the same optima within 1e-7 relative.
+IPOPT_NLP_COMPACT: dict[str, Any] = IPOPT_NLP | {
+    "mu_init": 1.0,
+    "mu_superlinear_decrease_power": 1.9,
+    "nlp_scaling_max_gradient": 10.0,
+}
+FEASIBLE_START = True  # compact form: start from solver.queue_start (switched off only in tests and the bench)
 # Tried in turn when Ipopt fails outright (e.g. -3, an error in the step computation: hypothesis found an
 # instance where the speed options above fail and the first two each succeed, though not together; a
 # nearly empty cluster once needed Ipopt's problem scaling off).
@@ -168,7 +183,10 @@ class _Layout:
     ``new`` and its link row exist only for the pools in ``linked``: every pool in the reference form
     (``compact=False``), else only pools with running instances to reuse (free > 0). Where free = 0 the
     link row forces new = n, so n itself carries the instance cost and the memory and compute rows.
-    ``e`` exists for the pools of nodes with a core count (``cored``); elsewhere n is the pool's servers.
+    ``e`` exists for the pools of nodes with a core count (``cored``) in the reference form only; in the
+    compact form a pool's n is its servers on such a node too, and the node's core row sums its n: e <= n
+    costs nothing to close (n only pays for instances), so e = n at an optimum, and without e Ipopt meets
+    no variable that is free between two bounds at an empty pool (``MERGE_SERVERS``).
     """
 
     def __init__(self, q: QueueProblem, cols: IntArray | None = None, compact: bool = True) -> None:
@@ -184,7 +202,11 @@ class _Layout:
         self.n0 = self.lam0 + self.P
         self.new0 = self.n0 + self.P
         self.cores = q.cores()
-        self.cored = np.flatnonzero(np.repeat(np.isfinite(self.cores), self.K))
+        rows = CORE_ROWS or not compact
+        on_cores = np.flatnonzero(np.repeat(np.isfinite(self.cores) & rows, self.K))
+        self.core_nodes = np.flatnonzero(np.isfinite(self.cores) & rows)  # nodes with a core row
+        self.core_pools = on_cores  # pools whose servers count in their node's core row
+        self.cored = on_cores[:0] if compact and MERGE_SERVERS else on_cores  # pools with an e variable
         self.e0 = self.new0 + len(self.linked)
         self.size = self.e0 + len(self.cored)
         # per pool: the variable that pays for new instances (its `new`, or n itself where unlinked)
@@ -227,13 +249,13 @@ def _jacobian(q: QueueProblem, lay: _Layout) -> tuple[IntArray, IntArray, FloatA
     add(m0 + pj, lay.payer, p.mem[pk])
     add(m0 + J + pj, lay.payer, p.comp[pk])
     E = len(lay.cored)
-    e0 = m0 + 2 * J  # core rows: e - n <= 0 per cored pool, then sum_k e <= cores per cored node
+    e0 = m0 + 2 * J  # core rows: e - n <= 0 per pool with an e, then sum_k servers <= cores per cored node
     add(e0 + np.arange(E), lay.e0 + np.arange(E), 1.0)
     add(e0 + np.arange(E), lay.n0 + lay.cored, -1.0)
-    cored_nodes = np.flatnonzero(np.isfinite(lay.cores))
+    cored_nodes = lay.core_nodes
     node_row = np.full(J, -1)
     node_row[cored_nodes] = np.arange(len(cored_nodes))
-    add(e0 + E + node_row[lay.cored // K], lay.e0 + np.arange(E), 1.0)
+    add(e0 + E + node_row[lay.core_pools // K], lay.server[lay.core_pools], 1.0)
     r, c, v = np.concatenate(rows), np.concatenate(cols), np.concatenate(vals)
     keep = v != 0
     n_core_rows = E + len(cored_nodes)
@@ -276,12 +298,21 @@ class _Callbacks:
         self.delays = [PoolDelay(float(mu), q.rho_max) for mu in q.mu.ravel()]
         self.mu = q.mu.ravel()
         self.iterations = 0
+        self._at: FloatArray | None = None  # the point of the cached delay terms (Ipopt asks f, grad f, H at one x)
+        self._terms: tuple[FloatArray, ...] = ()
 
     def _pools(self, x: FloatArray) -> tuple[FloatArray, FloatArray]:
         lay = self.lay
         lam = np.clip(x[lay.lam0 : lay.lam0 + lay.P], 0.0, None)
         n = np.maximum(x[lay.server], N_MIN)
         return lam, n
+
+    def _delay_at(self, x: FloatArray) -> tuple[FloatArray, ...]:
+        """``_delay`` at the pools of point x, computed once per point."""
+        if self._at is None or not np.array_equal(x, self._at):
+            self._terms = self._delay(*self._pools(x))
+            self._at = np.array(x, dtype=float)
+        return self._terms
 
     def _delay(self, lam: FloatArray, n: FloatArray) -> tuple[FloatArray, ...]:
         """Per pool: value, dD/dlam, dD/dn, and the Hessian's three entries (vectorised PoolDelay)."""
@@ -297,12 +328,10 @@ class _Callbacks:
         return n * g, d1, g - t * d1, base, -t * base, t * t * base
 
     def objective(self, x: FloatArray) -> float:
-        lam, n = self._pools(x)
-        return float(self.cost @ x + self._delay(lam, n)[0].sum())
+        return float(self.cost @ x + self._delay_at(x)[0].sum())
 
     def gradient(self, x: FloatArray) -> FloatArray:
-        lam, n = self._pools(x)
-        _, d_lam, d_n, *_ = self._delay(lam, n)
+        _, d_lam, d_n, *_ = self._delay_at(x)
         out = self.cost.copy()
         out[self.lay.lam0 : self.lay.lam0 + self.lay.P] += d_lam
         out[self.lay.server] += d_n
@@ -323,8 +352,7 @@ class _Callbacks:
         return np.concatenate([lam, n, n]), np.concatenate([lam, lam, n])  # lower triangle
 
     def hessian(self, x: FloatArray, lagrange: FloatArray, obj_factor: float) -> FloatArray:
-        lam, n = self._pools(x)
-        *_, h_ll, h_nl, h_nn = self._delay(lam, n)
+        *_, h_ll, h_nl, h_nn = self._delay_at(x)
         return obj_factor * np.concatenate([h_ll, h_nl, h_nn])
 
     def intermediate(self, *args: Any) -> bool:
@@ -376,11 +404,14 @@ def _solve_form(q: QueueProblem, cols: IntArray | None, compact: bool) -> tuple[
     ub = np.full(lay.size, np.inf)
     ub[: lay.r0] = q.rate[lay.cc]
     ub[lay.r0 : lay.lam0] = q.rate
+    fast = compact and FEASIBLE_START
+    start = feasible_start(q, lay) if fast else _start(q, lay)
+    options = IPOPT_NLP_COMPACT if fast else IPOPT_NLP
     for attempt, change in enumerate(({}, *IPOPT_NLP_RETRIES)):
         nlp = cyipopt.Problem(n=lay.size, m=len(cl), problem_obj=callbacks, lb=lb, ub=ub, cl=cl, cu=cu)
-        for key, value in {**IPOPT_NLP, **change}.items():
+        for key, value in {**options, **change}.items():
             nlp.add_option(key, value)
-        x, info = nlp.solve(_start(q, lay))
+        x, info = nlp.solve(start)
         last = attempt == len(IPOPT_NLP_RETRIES)
         try:
             status = ipopt_status(int(info["status"]))
@@ -404,7 +435,7 @@ def _solve_form(q: QueueProblem, cols: IntArray | None, compact: bool) -> tuple[
     n = np.clip(x[lay.n0 : lay.n0 + lay.P], 0.0, None).reshape(lay.J, lay.K)
     r = np.clip(x[lay.r0 : lay.lam0], 0.0, None)
     servers = None
-    if len(lay.cored):
+    if len(lay.core_pools):
         servers = n.copy().ravel()
         servers[lay.cored] = np.clip(x[lay.e0 :], 0.0, None)
         servers = servers.reshape(lay.J, lay.K)

@@ -69,6 +69,11 @@ def _solve(q: QueueProblem, extra: dict[str, Any]) -> Plan:
     relaxation_ms = 1000.0 * (time.process_time() - start)
     pools = repair(q, nlp.x, nlp.r, nlp.n if SEED_COUNTS else None)
     closed = close_pools_fast(pools)
+    from solver.queue_move import move_instances  # solver.hold (their Frank-Wolfe) imports this module
+    from solver.queue_split import best_split
+
+    moved = move_instances(pools)
+    resplit = best_split(pools)
     details: dict[str, Any] = {
         **extra,
         "shed": pools.shed,
@@ -79,6 +84,8 @@ def _solve(q: QueueProblem, extra: dict[str, Any]) -> Plan:
         "nlp_columns": nlp.columns,
         "nlp_fallback": nlp.fallback,
         "pools_closed": closed,
+        "instances_moved": moved,
+        "resplit": resplit,
         "relaxation_instances": round(float(nlp.n.sum()), 3),
         "rate_rps": round(float(q.rate.sum()), 6),
         "rejected_rps": round(float(pools.rejected.sum()), 6),

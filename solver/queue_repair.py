@@ -15,7 +15,8 @@ counts are integers. From the relaxation's rates ``x[c, j]``:
    needs at ``rho_max`` plus one spare, a pool running below ``rho_max`` gives up an instance (its load cap
    is raised, never above ``rho_max``: a tail cap gives way to the bound), else the smallest pool's
    streams move into the other open pools of that class; where neither works, part of a pool's rate
-   moves into the others' room up to ``rho_max`` so that it needs one instance fewer.
+   moves into the others' room up to ``rho_max`` so that it needs one instance fewer (on full cores,
+   after other models' rate moves off the receiving node: solver.queue_cores).
 5. Rejected rate is placed where it fits (headroom first, then a new instance, but never one past the
    spread bound nor one for a sliver), else stays rejected; float residue left on a pool without
    instances joins the stream's largest share; step 4 once more.
@@ -272,7 +273,7 @@ def _bound_spread(pools: Pools) -> None:
                 if _shed_instance(pools, nodes, k):
                     continue
                 if len(open_j) < 2:
-                    if SHED_BY_MOVING and _shed_by_moving(pools, nodes, k):
+                    if SHED_BY_MOVING and (_shed_by_moving(pools, nodes, k) or _swap_with_room(pools, nodes, k)):
                         continue
                     break
                 smallest = min(open_j, key=lambda j: (lam[j, k], j))
@@ -302,6 +303,14 @@ def _gather_with_room(pools: Pools, src: int, k: int, nodes: list[int]) -> bool:
     from solver.queue_cores import gather_making_room
 
     return gather_making_room(pools, src, k, nodes)
+
+
+def _swap_with_room(pools: Pools, nodes: list[int], k: int) -> bool:
+    """Where every node's cores are full: shed part of a pool after moving other models' rate off the
+    receiving node (solver.queue_cores)."""
+    from solver.queue_cores import shed_making_room
+
+    return shed_making_room(pools, nodes, k)
 
 
 def _shed_instance(pools: Pools, nodes: list[int], k: int) -> bool:

@@ -116,3 +116,44 @@ def test_a_sliver_pool_does_not_open_an_instance() -> None:
     k = pools.q.base.model_names.index("m0")
     assert int(pools.counts()[:, k].sum()) == 1
     assert float(pools.rejected[pools.q.base.class_model == k].sum()) < 1e-3
+
+
+@pytest.mark.parametrize("name", ["queue_cores_swap_a.json", "queue_cores_swap_b.json"])
+def test_full_cores_everywhere_need_a_swap_of_two_models_rates(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found by a wider sweep (2 of 1,000 clusters up to 5 nodes, memory from 200 MB, running instances, two
+    node classes): every node's cores full, a model one instance past the bound, and no pool can be emptied.
+    Part of one pool's rate moves into another pool's headroom after another model's rate moves the other
+    way (solver.queue_cores.shed_making_room); with that step off the bound breaks."""
+    import json
+    from pathlib import Path
+
+    case = json.loads((Path(__file__).parent / "data" / name).read_text())
+    snap, mode = Snapshot.from_dict(case["snap"]), Mode(case["mode"])
+    pools = repaired(snap, mode)
+    check(pools)
+    check_cores(pools)
+    monkeypatch.setattr(queue_repair, "_swap_with_room", lambda *_: False)
+    assert spread_violations(repaired(snap, mode))
+
+
+def test_mode1_past_the_bound_only_by_instances_that_already_run() -> None:
+    """Found by the closing property test (tests/unit/data/queue_bound_mode1_running.json; the same in the code
+    before this session): Mode 1, no memory left, 1 + 2 + 2 instances of m0 running, 134 req/s that need 3 at
+    0.9. Repair's shedding only touches pools that start instances, so all five keep traffic (one past need +
+    1 spare); none of them is new, and Mode 1 keeps running instances whatever the plan says (eviction stops
+    idle ones). Open: whether the bound should count instances that run anyway."""
+    import json
+    from pathlib import Path
+
+    from solver.queue_model import solve_nlp
+    from solver.tail_cap import with_tail_cap
+
+    case = json.loads((Path(__file__).parent / "data" / "queue_bound_mode1_running.json").read_text())
+    snap, mode = Snapshot.from_dict(case["snap"]), Mode(case["mode"])
+    q = build_queue_problem(build_problem(snap, mode))
+    q = with_tail_cap(q) if case["tail"] else q
+    nlp = solve_nlp(q, compact=False)
+    pools = repair(q, nlp.x, nlp.r)
+    check(pools, bound=False)
+    assert spread_violations(pools) == ["m0 on class nano: 5 instances > 3 needed + 1"]
+    assert np.all(pools.counts() <= q.base.free)  # every instance with traffic already runs

@@ -92,3 +92,43 @@ def test_contention_is_clipped_and_parsed_from_the_report() -> None:
     bad = parse_node_report({**base, "cores": -1, "load_per_cpu": float("nan")}, {})
     assert bad.cores is None and bad.load_per_cpu is None
     assert parse_node_report(base, {}).cores is None  # an older agent: no limit, as before
+
+
+def _two_nodes(load_b: float, rate_b: float, latency_b_ms: float) -> dict[str, Any]:
+    """a (2 ms from the phones) and b (5 ms), 2 cores each; a serves 20 req/s at 12 ms, b ``rate_b`` at
+    ``latency_b_ms`` and reports ``load_b`` runnable threads per CPU."""
+    nodes = [
+        NodeReport("a", 4000.0, 4000.0, 100.0, "board", {"m": 1}, cores=2.0, load_per_cpu=0.1),
+        NodeReport("b", 4000.0, 4000.0, 100.0, "board", {"m": 1}, cores=2.0, load_per_cpu=load_b),
+    ]
+    recs = []
+    for node, rate, latency in (("a", 20.0, 12.0), ("b", rate_b, latency_b_ms)):
+        for i in range(int(rate * WINDOW_S)):
+            recs.append(RequestRecord(i / rate, "m", f"phone{i % 6}", {"a": 2.0, "b": 5.0}, node, latency, 200))
+    return build_snapshot(nodes, recs, CAT, 100.0, "queue", WINDOW_S)
+
+
+def test_a_node_reporting_inflated_contention_does_not_attract_the_streams(monkeypatch: pytest.MonkeyPatch) -> None:
+    """b claims 8 runnable threads per CPU while its own 20 req/s at 12 ms keep 0.12 of a core busy: nothing is
+    divided out of its latencies, so it is priced as a (3 ms nearer) and the plan keeps the phones on a.
+    Taking b's word (the check switched off) prices it at 1.5 ms and moves every stream to b."""
+    from agent import placement
+
+    snap = _two_nodes(8.0, 20.0, 12.0)
+    assert {n: snap["requests"][0]["exec_ms"][n] for n in "ab"} == pytest.approx({"a": 12.0, "b": 12.0})
+    plan = solve(Snapshot.from_dict(snap), mode="2")
+    assert sum(s.get("b", 0.0) for s in plan.shares) < 0.5 * len(plan.shares)
+    monkeypatch.setattr(placement, "explained_contention", lambda _r, _w, cores: dict.fromkeys(cores, math.inf))
+    taken = _two_nodes(8.0, 20.0, 12.0)
+    assert taken["requests"][0]["exec_ms"]["b"] == pytest.approx(1.5)
+    plan = solve(Snapshot.from_dict(taken), mode="2")
+    assert sum(s.get("b", 0.0) for s in plan.shares) == pytest.approx(len(plan.shares))
+
+
+def test_contention_a_busy_nodes_own_traffic_explains_is_still_divided_out() -> None:
+    """b serves 200 req/s at 40 ms on 2 cores: 8 requests in flight, 4 per core; it reports 4 runnable threads
+    per CPU, all explained by its own traffic, so its 40 ms are a 10 ms service time; reporting 6 changes
+    nothing (only 4 is explained)."""
+    for load in (4.0, 6.0):
+        snap = _two_nodes(load, 200.0, 40.0)
+        assert snap["requests"][0]["exec_ms"]["b"] == pytest.approx(10.0)

@@ -9,12 +9,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from solver import queue_lazy, queue_plan, queue_repair
+from solver import queue_lazy, queue_plan, queue_repair, queue_split
 from solver.api import solve
 from solver.problem import Mode, build_problem
 from solver.queue_close import closable, close_pools, integer_objective
 from solver.queue_model import build_queue_problem, solve_nlp
-from solver.queue_repair import repair
+from solver.queue_repair import bound_excess, repair
 from solver.snapshot import Model, Node, Request, Snapshot
 from solver.tail_cap import with_tail_cap
 from tests.unit.test_solver_queue_placement import check, instances
@@ -49,6 +49,7 @@ def test_the_checker_sees_the_extra_pool_when_closing_is_off(monkeypatch: Any) -
     pools = repair(q, nlp.x, nlp.r)
     assert int(pools.counts().sum()) == 2 and closable(pools), "the relaxation's split opens a second pool"
     monkeypatch.setattr(queue_plan, "close_pools_fast", lambda pools: 0)
+    monkeypatch.setattr(queue_split, "ENABLED", False)  # the best split would empty the sliver's pool too
     # Ipopt's interior split (solver.queue_fast's closed form places this stream whole, opening no sliver)
     monkeypatch.setattr(queue_plan, "solve_nlp_fast", queue_lazy.solve_nlp_lazy)
     off = solve(one_stream((1.0, 5.0, 9.0)), mode="2", objective="queue")
@@ -80,8 +81,11 @@ def test_closing_keeps_every_invariant_and_never_raises_the_objective(snap: Snap
     nlp = solve_nlp(q, compact=False)  # the reference form's Ipopt point (test_a_destination_that_opens_...)
     pools = repair(q, nlp.x, nlp.r)
     before, rejected = integer_objective(pools), pools.rejected.copy()
+    excess = [bound_excess(pools, k) for k in range(len(snap.models))]
     close_pools(pools)
-    check(pools)
+    check(pools, bound=False)  # repair's bound is repair's (tests/unit/data/queue_bound_mode1_running.json)
+    after = [bound_excess(pools, k) for k in range(len(snap.models))]
+    assert all(a <= max(b, 0) for a, b in zip(after, excess, strict=True))  # closing never adds to it
     assert np.all(pools.lam() <= pools.cap * pools.counts() + 1e-6)
     np.testing.assert_allclose(pools.rejected, rejected)  # closing moves served rate only
     assert integer_objective(pools) <= before + 1e-9 * max(1.0, abs(before))

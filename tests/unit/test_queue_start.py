@@ -1,0 +1,149 @@
+"""The compact queue NLP's faster path (issue 16 item 5): solver.queue_start's feasible start, its Ipopt options
+and the merged server variables keep the reference form's optimum, and the start keeps every row."""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from solver import queue_model, queue_start
+from solver.node_cpu import busy
+from solver.problem import Mode, build_problem
+from solver.queue_fast import objective_value, solve_nlp_fast
+from solver.queue_model import QueueProblem, build_queue_problem, solve_nlp
+from solver.simulate import thesis_instance
+from solver.snapshot import Snapshot
+from solver.tail_cap import with_tail_cap
+
+TOL = 1e-6  # relative, on the NLP objective evaluated by one function for both solutions
+SIZES = [(20, 10), (30, 10), (25, 5), (25, 15), (40, 10)]
+
+
+def instance(size: int, seed: int, running: float, cores: tuple[int, ...], mode: Mode, tail: bool) -> QueueProblem:
+    """A thesis instance with instances running on a share of the nodes and 1-4 cores per node (some none)."""
+    requests, nodes = SIZES[size]
+    snap = thesis_instance(requests, nodes, seed)
+    rng = random.Random(seed)
+    new_nodes = tuple(
+        dataclasses.replace(
+            n,
+            cores=None if cores[j % len(cores)] == 0 else float(cores[j % len(cores)]),
+            instances={m.name: 1 for m in snap.models if rng.random() < running},
+        )
+        for j, n in enumerate(snap.nodes)
+    )
+    q = build_queue_problem(build_problem(dataclasses.replace(snap, nodes=new_nodes), mode))
+    return with_tail_cap(q) if tail else q
+
+
+cases = st.builds(
+    instance,
+    st.integers(0, len(SIZES) - 1),
+    st.integers(0, 10_000),
+    st.sampled_from([0.0, 0.15, 0.4]),
+    st.lists(st.integers(0, 4), min_size=1, max_size=4).map(tuple),
+    st.sampled_from([Mode.MODE1, Mode.MODE2]),
+    st.booleans(),
+)
+
+
+def relative_gap(q: QueueProblem, solution: queue_model.NlpSolution) -> float:
+    """|objective - the reference NLP's| / |the reference's|, both by solver.queue_fast.objective_value."""
+    ref = solve_nlp(q, compact=False)
+    assert ref.status == "optimal" and solution.status == "optimal"
+    best = objective_value(q, ref.x, ref.r, ref.n, ref.servers)
+    return abs(objective_value(q, solution.x, solution.r, solution.n, solution.servers) - best) / abs(best)
+
+
+def keeps_cores(q: QueueProblem, solution: queue_model.NlpSolution) -> bool:
+    """Whether every node's busy work stays within rho_max of its cores (as the reference's core rows)."""
+    return bool(np.all(busy(solution.lam, q.mu) <= q.rho_max * q.cores() * (1 + 1e-6) + 1e-6))
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True)
+@given(cases)
+def test_the_compact_form_and_the_shortcut_reach_the_reference_optimum(q: QueueProblem) -> None:
+    """Random thesis instances, both modes, running instances, 1-4 cores per node, with and without the tail
+    cap: the compact NLP (feasible start, its options, n as the servers) and solver.queue_fast's shortcut
+    equal the reference form's optimum within 1e-6 relative and keep every node's cores."""
+    compact = solve_nlp(q)
+    assert relative_gap(q, compact) <= TOL
+    assert keeps_cores(q, compact)
+    fast = solve_nlp_fast(q)
+    assert relative_gap(q, fast) <= TOL
+    assert keeps_cores(q, fast)
+
+
+def test_the_check_fails_without_the_compact_forms_core_rows(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the compact form's core rows switched off (the rows the merged servers rewrote) the same checks
+    see the solution overfill cores, below the reference's objective."""
+    q = instance(4, 0, 0.15, (1, 2), Mode.MODE1, False)
+    monkeypatch.setattr(queue_model, "CORE_ROWS", False)
+    broken = solve_nlp(q)
+    assert not keeps_cores(q, broken)
+    assert relative_gap(q, broken) > 100 * TOL
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True)
+@given(cases)
+def test_the_start_keeps_every_row_and_bound(q: QueueProblem) -> None:
+    """The start is inside every variable bound and keeps every linear row (assignment and pool balance to
+    rounding, throughput, link, memory, compute and cores strictly or within their slack)."""
+    assert start_violation(q) <= 1e-9
+
+
+def test_the_row_check_fails_when_the_start_overfills_its_pools(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the start's pools filled past their throughput row (FILL 1.5) the same check sees it."""
+    q = instance(4, 0, 0.15, (1, 2), Mode.MODE1, False)
+    assert start_violation(q) <= 1e-9
+    monkeypatch.setattr(queue_start, "FILL", 1.5)
+    monkeypatch.setattr(queue_start, "MIN_SERVERS", 1.0)  # every pool full enough to reach its row
+    assert start_violation(q) > 1e-3
+
+
+def start_violation(q: QueueProblem) -> float:
+    """The largest violation of a row or bound at solver.queue_start's point, in the compact form."""
+    lay = queue_model._Layout(q)
+    rows, cols, vals, cl, cu = queue_model._jacobian(q, lay)
+    x = queue_start.feasible_start(q, lay)
+    g = np.bincount(rows, weights=vals * x[cols], minlength=len(cl))
+    lb = np.zeros(lay.size)
+    lb[lay.n0 : lay.n0 + lay.P] = queue_model.N_MIN
+    ub = np.full(lay.size, np.inf)
+    ub[: lay.r0] = q.rate[lay.cc]
+    ub[lay.r0 : lay.lam0] = q.rate
+    scale = 1.0 + np.abs(np.where(np.isfinite(cu), cu, 0.0))
+    return float(
+        max(
+            np.max(np.maximum(cl - g, 0.0) / scale, initial=0.0),
+            np.max(np.maximum(g - cu, 0.0) / scale, initial=0.0),
+            np.max(np.maximum(lb - x, 0.0), initial=0.0),
+            np.max(np.maximum(x - ub, 0.0), initial=0.0),
+        )
+    )
+
+
+def test_the_start_saves_iterations_where_cores_bind(monkeypatch: pytest.MonkeyPatch) -> None:
+    """40 x 10 with 1 core per node (every node's core row binds): fewer Ipopt iterations than from the plain
+    start (an iteration count, not a time), the same optimum."""
+    snap = thesis_instance(40, 10, 0)
+    snap = dataclasses.replace(snap, nodes=tuple(dataclasses.replace(n, cores=1.0) for n in snap.nodes))
+    q = build_queue_problem(build_problem(snap, Mode.MODE1))
+    fast = solve_nlp(q)
+    monkeypatch.setattr(queue_model, "FEASIBLE_START", False)
+    monkeypatch.setattr(queue_model, "MERGE_SERVERS", False)
+    plain = solve_nlp(q)
+    assert fast.iterations < 0.8 * plain.iterations
+    assert fast.value == pytest.approx(plain.value, rel=TOL)
+
+
+def test_an_empty_snapshot_starts_anywhere() -> None:
+    """No streams: the start is the zero-rate point and the NLP answers at once."""
+    snap = thesis_instance(5, 3, 0)
+    q = build_queue_problem(build_problem(Snapshot(snap.nodes, snap.models, ()), Mode.MODE2))
+    assert solve_nlp(q).status == "optimal"
