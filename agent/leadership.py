@@ -264,11 +264,12 @@ class Leadership:
     async def _gather(self, g: lr.Gather) -> lr.Gathered | lr.GatherFailed:
         """One gather: the node's stats and one page of its request log after ``g.since``."""
         try:
-            stats_node, stats_models, page = await asyncio.gather(
-                self._get_json(f"{g.url}/stats/node"),
-                self._get_json(f"{g.url}/stats/models"),
-                self._get_json(f"{g.url}/stats/requests", params={"since": g.since, "limit": g.limit}),
-            )
+            # One after another, on one kept connection: three at once needed a third connection to each
+            # peer every round (two are kept), a TLS handshake on the leader's event loop that its proxied
+            # requests waited behind (the load bench's slow 1 %).
+            stats_node = await self._get_json(f"{g.url}/stats/node")
+            stats_models = await self._get_json(f"{g.url}/stats/models")
+            page = await self._get_json(f"{g.url}/stats/requests", params={"since": g.since, "limit": g.limit})
             report = parse_node_report(stats_node, stats_models)
             records = tuple((int(raw["id"]), parse_request(raw)) for raw in page["requests"])
             return lr.Gathered(self.agent.clock(), g.round, g.node, report, records)

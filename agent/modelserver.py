@@ -28,11 +28,12 @@ import re
 import signal
 import sys
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from agent.models import MODELS, TinyModel
-from agent.serving import tfrest
+from agent.serving import pauses, tfrest
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +106,9 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     disable_nagle_algorithm = True  # without it keep-alive requests wait ~40 ms (Nagle + delayed ACK)
     server_version = "peerserve-modelserver/1"
+    _began: float | None = None  # when this request was read whole (for Server-Timing)
+    _exec_ms: float | None = None
+    _gc_before = 0.0  # the process's GC pause total when this request began
 
     def setup(self) -> None:
         super().setup()
@@ -114,6 +118,8 @@ class _Handler(BaseHTTPRequestHandler):
         log.debug("%s " + format, self.address_string(), *args)
 
     def _handle(self) -> None:
+        self._began, self._exec_ms = None, None
+        self._gc_before = pauses.paused_ms()
         try:
             body = self._read_body()
         except TimeoutError:
@@ -124,12 +130,15 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True  # what is left of the body must never be read as a request
             self._send(exc.status, {"error": str(exc)})
             return
+        self._began = time.perf_counter()  # the request is whole: the server's own time starts here
         path = self.path.split("?", 1)[0]
         if not path.lower().startswith("/v1/"):
             self._send(404, {"error": f"Not found: {self.command} {path[:200]}"})
             return
         s = self.server
+        started = time.perf_counter()
         status, payload = tfrest.handle(s.model, s.name, s.version, self.command, path, body)
+        self._exec_ms = 1000 * (time.perf_counter() - started)
         self._send(status, payload)
 
     do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _handle
@@ -179,11 +188,24 @@ class _Handler(BaseHTTPRequestHandler):
             parts.append(self.rfile.read(size))
             self.rfile.readline(1024)
 
+    def _timing(self) -> str:
+        """W3C Server-Timing: ``server`` (request read whole -> answer encoded) and ``exec`` (the model's call), ms."""
+        total = 0.0 if self._began is None else 1000 * (time.perf_counter() - self._began)
+        exec_ms = self._exec_ms
+        gc_ms = pauses.paused_ms() - self._gc_before
+        return (
+            f"server;dur={total:.3f}"
+            + ("" if exec_ms is None else f", exec;dur={exec_ms:.3f}")
+            + (f", server-gc;dur={gc_ms:.3f}" if self._began is not None else "")
+        )
+
     def _send(self, status: int, payload: Any) -> None:
         body = json.dumps(payload).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
+        self.send_header("Server-Timing", self._timing())
+        self._began = None
         if self.close_connection:
             self.send_header("Connection", "close")
         self.end_headers()
@@ -227,6 +249,8 @@ def main(argv: list[str] | None = None) -> int:
         except WeightsMissing as exc:
             ap.exit(1, f"peerserve-modelserver: {exc}\n")
     server = ModelServer((args.host, args.port), MODELS[args.model], name=args.name)
+    pauses.install()
+    pauses.freeze_startup_heap()
     signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown).start())
     log.info("serving %s as %s on http://%s:%d", args.model, server.name, args.host, server.server_address[1])
     print(f"READY {server.server_address[1]}", flush=True)

@@ -9,15 +9,22 @@ softmax regression, mDNS bound to loopback, as ``peerserve demo`` does), and ``-
 the agent nearest its site. A site reports RTT ``--near-ms`` to its own node and ``--far-ms`` to the
 others (``X-Peerserve-RTT``), so the leader sees a room of phones next to each board.
 
-Phases per objective: warm-up (``--warmup-s``: the leader sees the streams and places; the bench waits
-until the cluster's ready instances match the last plan), then measurement (``--measure-s``). Latency
+Phases per objective, under one unbroken load (bench/load_gen.py: the clients and their connections
+live from the warm-up through the measurement): warm-up (``--warmup-s``: the leader sees the streams and
+places; the bench waits until the cluster's ready instances match the last plan), then measurement
+(``--measure-s``: the requests scheduled in that window). Latency
 of a request = its time through the proxy on loopback (execution, queueing, proxying: real) + the
 simulated RTT from the client's site to the node that served it (``X-Peerserve-Node``): loopback has
 no distance, so the placement's choice of node is charged what the site reported.
 Reported per objective: p50/p99 latency, requests, failures, ready instances, RSS of the model servers
 (MB, from /proc of the PIDs the agents recorded), the last plan's solve time, the placement changes and
 held-back plans while measuring (the leader's round counters) and the ready servers' changes sampled
-every second, and the load average. ``--json`` prints it all;
+every second, and the load average; then per placement where the time went (bench/load_breakdown.py:
+per stage p50/p99/mean and the slow 1 %'s mean, from the answers' Server-Timing entries: the load
+generator's lateness, client side, agent, transit, model server, model call, RTT, GC pauses; who the
+slow 1 % are: node, site, through the leader's agent, near a placement round, bursts) and the CPU-s/s
+of each process group while measuring (bench/load_cpu.py: the bench's clients, the agents, the solver,
+the model servers, the rest of the machine). ``--json`` prints it all;
 ``--plot`` writes docs/img/load_bench.png.
 
 The agents share this machine's CPUs: each is told ``--cores`` (default: the machine's CPUs over the
@@ -35,9 +42,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import json
 import os
-import random
 import secrets
 import signal
 import subprocess
@@ -56,6 +63,10 @@ sys.path.insert(0, str(REPO))
 
 from agent import digits  # noqa: E402
 from agent.runtime.process import recorded_server_pids  # noqa: E402
+from agent.serving import pauses  # noqa: E402
+from bench.load_breakdown import Breakdown, breakdown, format_breakdown  # noqa: E402
+from bench.load_cpu import rates, snapshot  # noqa: E402
+from bench.load_gen import ClientSpec, Sample, Window, client  # noqa: E402
 from peerserve.demo import _agreed_leader, _free_port  # noqa: E402
 
 MODEL = "digits"
@@ -112,6 +123,9 @@ class Result:
     server_changes: int = 0  # changes of the ready servers per node, sampled every second while measuring
     load_avg_1m: float = 0.0  # the machine's 1-minute load average at the end of the measurement
     failure_kinds: dict[str, int] = field(default_factory=dict)  # failed requests by HTTP status / exception
+    breakdown: dict[str, Any] | None = None  # where the time went (bench/load_breakdown.py)
+    cpu: dict[str, float] = field(default_factory=dict)  # CPU-s/s per process group (load_cpu.py), bench_gc_ms/_full
+    leader: str = ""  # the node whose agent led (ran the solver) during the measurement
 
 
 def say(msg: str, quiet: bool) -> None:
@@ -128,6 +142,9 @@ class Cluster:
         self.hosts = [f"127.0.0.{2 + i}" for i in range(cfg.nodes)]
         self.ports = [_free_port(h, 8400) for h in self.hosts]
         self.procs: list[subprocess.Popen[bytes]] = []
+        # One client for the bench's own queries: each new httpx client costs ~25 ms of CPU (its TLS context)
+        # with the GIL held, and four a second stalled every load client in this process.
+        self.http = httpx.Client(timeout=5)
 
     def node_id(self, i: int) -> str:
         return f"node{i}"
@@ -173,7 +190,7 @@ class Cluster:
         out = {}
         for i in range(self.cfg.nodes):
             try:
-                insts = httpx.get(self.url(i) + "/stats/node", timeout=5).json()["instances"]
+                insts = self.http.get(self.url(i) + "/stats/node").json()["instances"]
             except (httpx.HTTPError, ValueError, KeyError):
                 insts = []
             out[self.node_id(i)] = sum(1 for x in insts if x.get("model") == MODEL and x.get("ready"))
@@ -182,10 +199,15 @@ class Cluster:
     def last_plan(self) -> dict[str, Any]:
         for i in range(self.cfg.nodes):
             with contextlib.suppress(httpx.HTTPError, ValueError):
-                p = httpx.get(self.url(i) + "/cluster", timeout=5).json().get("last_placement")
+                p = self.http.get(self.url(i) + "/cluster").json().get("last_placement")
                 if p:
                     return dict(p)
         return {}
+
+    def cpu_groups(self) -> dict[str, list[int]]:
+        """PIDs per process group: this bench (its clients), the agents, the model servers."""
+        servers = [pid for i in range(self.cfg.nodes) for pid in recorded_server_pids(self.workdir / self.node_id(i))]
+        return {"bench": [os.getpid()], "agents": [p.pid for p in self.procs], "servers": servers}
 
     def server_rss_mb(self) -> float:
         total = 0
@@ -198,6 +220,7 @@ class Cluster:
         return total / 1024.0
 
     def stop(self) -> None:
+        self.http.close()
         for p in self.procs:
             if p.poll() is None:
                 p.send_signal(signal.SIGTERM)
@@ -218,57 +241,58 @@ def site_rtts(cfg: LoadConfig, site: int) -> dict[str, float]:
     return {f"node{j}": (cfg.near_ms if j == near else cfg.far_ms) for j in range(cfg.nodes)}
 
 
-async def client(
-    cfg: LoadConfig, cluster: Cluster, c: int, until: float, record: list[tuple[float, float, bool, str]] | None
-) -> None:
-    """One client: Poisson arrivals until ``until`` (monotonic), each a predict through its site's agent."""
-    rng = random.Random(cfg.seed * 1000 + c)
-    site = c % cfg.sites
-    rtts = site_rtts(cfg, site)
-    headers = {
-        "X-Peerserve-Client": f"c{c}",
-        "X-Peerserve-RTT": ",".join(f"{n}={v}" for n, v in rtts.items()),
-    }
-    image = digits.heldout_set()[0][c % 50]
-    url = cluster.url(site % cfg.nodes) + f"/v1/models/{MODEL}:predict"
-    tasks = set()
-    # Idle connections are dropped by the client before the agent's keep-alive timeout (uvicorn: 5 s) can
-    # close them under a request in flight (a ReadError that says nothing about placement).
-    limits = httpx.Limits(keepalive_expiry=2.0)
-    async with httpx.AsyncClient(timeout=10.0, headers=headers, limits=limits) as http:
-        nxt = time.monotonic() + rng.expovariate(cfg.rate)
-        while nxt < until:
-            await asyncio.sleep(max(0.0, nxt - time.monotonic()))
-            task = asyncio.create_task(_one(http, url, {"instances": [image]}, rtts, record))
-            tasks.add(task)
-            task.add_done_callback(tasks.discard)
-            nxt += rng.expovariate(cfg.rate)
-        if tasks:
-            await asyncio.wait(tasks, timeout=15)
+def client_specs(cfg: LoadConfig, cluster: Cluster) -> list[ClientSpec]:
+    """The clients: client c at site c % sites, sending through that site's own agent."""
+    images = digits.heldout_set()[0][:50]  # once (~50 ms of CPU), before any client starts
+    specs = []
+    for c in range(cfg.clients):
+        site = c % cfg.sites
+        url = cluster.url(site % cfg.nodes) + f"/v1/models/{MODEL}:predict"
+        specs.append(ClientSpec(c, site, url, site_rtts(cfg, site), images[c % len(images)], cfg.rate, cfg.seed))
+    return specs
 
 
-async def _one(
-    http: httpx.AsyncClient,
-    url: str,
-    body: dict[str, Any],
-    rtts: dict[str, float],
-    record: list[tuple[float, float, bool, str]] | None,
-) -> None:
-    started = time.perf_counter()
+def quiet_gc() -> tuple[int, ...]:
+    """Freeze what the warm-up built (clients, connections), collect young objects 30x more rarely and put off
+    full collections until the window ends (a few MB of cyclic garbage at most); returns the thresholds."""
+    before = gc.get_threshold()
+    pauses.freeze_startup_heap()
+    gc.set_threshold(max(before[0], 20_000), before[1], 1_000_000)
+    return before
+
+
+Measured = tuple[float, dict[str, Any], list[Sample], int, dict[str, float], list[float]]
+
+
+async def run_load(cfg: LoadConfig, cluster: Cluster, quiet: bool) -> Measured:
+    """Warm up, then measure, under one unbroken load: (settle s, hold summary before, samples, server changes,
+    CPU-s/s per process group while measuring, the leader's rounds' solve times seen while measuring)."""
+    window, record, rounds = Window(), list[Sample](), set[float]()
+    specs = client_specs(cfg, cluster)
+    pauses.install()
+    pauses.freeze_startup_heap()  # a full collection of numpy, scikit-learn, httpx stalled every client ~100 ms
+    clients = [asyncio.create_task(client(spec, window, record)) for spec in specs]
     try:
-        r = await http.post(url, json=body)
-        ok, why = r.status_code == 200, f"HTTP {r.status_code} {r.headers.get('x-peerserve-error', '')}".strip()
-        node = r.headers.get("x-peerserve-node", "")
-    except httpx.HTTPError as exc:
-        ok, node, why = False, "", type(exc).__name__
-    ms = 1000.0 * (time.perf_counter() - started) + rtts.get(node, 0.0)
-    if record is not None:
-        record.append((time.monotonic(), ms, ok, "" if ok else why))
-
-
-async def drive(cfg: LoadConfig, cluster: Cluster, seconds: float, record: list[Any] | None) -> None:
-    until = time.monotonic() + seconds
-    await asyncio.gather(*(client(cfg, cluster, c, until, record) for c in range(cfg.clients)))
+        settle = await warm_up(cfg, cluster, quiet)
+        before = (await asyncio.to_thread(cluster.last_plan)).get("hold", {})
+        say(f"{cluster.objective}: measuring {cfg.measure_s:g} s", quiet)
+        groups = await asyncio.to_thread(cluster.cpu_groups)
+        full_gc = quiet_gc()
+        window.start = time.monotonic()
+        cpu_before = await asyncio.to_thread(snapshot, groups, window.start)
+        gc_before = pauses.stats()
+        window.end = window.start + cfg.measure_s
+        changes = await watch_servers(cluster, window.end, rounds)
+        cpu = rates(cpu_before, await asyncio.to_thread(snapshot, groups, time.monotonic()))
+        gc_after = pauses.stats()
+        cpu["bench_gc_ms"] = round(gc_after["paused_ms"] - gc_before["paused_ms"], 3)
+        cpu["bench_gc_full"] = gc_after["full"] - gc_before["full"]
+        gc.set_threshold(*full_gc)
+        await asyncio.gather(*clients)
+    finally:
+        for task in clients:
+            task.cancel()
+    return settle, before, record, changes, cpu, sorted(rounds)
 
 
 async def warm_up(cfg: LoadConfig, cluster: Cluster, quiet: bool) -> float:
@@ -276,10 +300,10 @@ async def warm_up(cfg: LoadConfig, cluster: Cluster, quiet: bool) -> float:
     started = time.monotonic()
     before: dict[str, int] = {}
     while True:
-        await drive(cfg, cluster, 5.0, None)
+        await asyncio.sleep(5.0)
         elapsed = time.monotonic() - started
-        plan = cluster.last_plan()
-        have = cluster.instances()
+        plan = await asyncio.to_thread(cluster.last_plan)
+        have = await asyncio.to_thread(cluster.instances)
         acts = ", ".join(f"{a['op']} {a['count']} on {a['node']}" for a in plan.get("actions", [])) or "none"
         hold = plan.get("hold", {})
         verdict = f"; {'switched' if hold.get('switched', True) else 'held'}: {hold['reason']}" if hold else ""
@@ -300,11 +324,8 @@ def measure(cfg: LoadConfig, objective: str, quiet: bool) -> Result:
             cluster.start()
             leader = cluster.wait_leader()
             say(f"{objective}: {cfg.nodes} agents up, {leader} leads; warming up", quiet)
-            settle = asyncio.run(warm_up(cfg, cluster, quiet))
-            record: list[tuple[float, float, bool, str]] = []
-            say(f"{objective}: measuring {cfg.measure_s:g} s", quiet)
-            before = cluster.last_plan().get("hold", {})
-            server_changes = asyncio.run(drive_and_watch(cfg, cluster, record))
+            settle, before, record, server_changes, cpu, rounds = asyncio.run(run_load(cfg, cluster, quiet))
+            leader = cluster.last_plan().get("leader", leader)
             per_node = cluster.instances()
             rss = cluster.server_rss_mb()
             plan = cluster.last_plan()
@@ -315,19 +336,20 @@ def measure(cfg: LoadConfig, objective: str, quiet: bool) -> Result:
             raise
         finally:
             cluster.stop()
-    ok = np.array([ms for _, ms, good, _ in record if good])
+    ok = np.array([x.latency_ms for x in record if x.ok])
     kinds: dict[str, int] = {}
-    for *_, why in record:
-        if why:
-            kinds[why] = kinds.get(why, 0) + 1
+    for x in record:
+        if x.why:
+            kinds[x.why] = kinds.get(x.why, 0) + 1
     pct = np.percentile(ok, [50, 99]) if len(ok) else np.array([np.nan, np.nan])
+    split = breakdown(record, {s: f"node{s % cfg.nodes}" for s in range(cfg.sites)}, leader, rounds)
     return Result(
         objective,
         round(float(pct[0]), 3),
         round(float(pct[1]), 3),
         round(float(ok.mean()), 3) if len(ok) else float("nan"),
         len(record),
-        sum(1 for _, _, good, _ in record if not good),
+        sum(1 for x in record if not x.ok),
         sum(per_node.values()),
         per_node,
         round(rss, 1),
@@ -337,6 +359,9 @@ def measure(cfg: LoadConfig, objective: str, quiet: bool) -> Result:
         server_changes,
         round(load, 2),
         kinds,
+        None if split is None else split.to_json(),
+        cpu,
+        leader,
     )
 
 
@@ -349,16 +374,18 @@ def _hold_counts(before: dict[str, Any], after: dict[str, Any]) -> tuple[int | N
     return after["changes"] - before["changes"], after["holds"] - before["holds"]
 
 
-async def drive_and_watch(cfg: LoadConfig, cluster: Cluster, record: list[Any]) -> int:
-    """Measure while sampling the ready servers every second; returns how often they changed."""
-    task = asyncio.create_task(drive(cfg, cluster, cfg.measure_s, record))
+async def watch_servers(cluster: Cluster, until: float, rounds: set[float]) -> int:
+    """Sample the ready servers and the last round every second until ``until``; returns how often the servers
+    changed and adds the rounds' solve times (wall clock) to ``rounds``."""
     last, changes = await asyncio.to_thread(cluster.instances), 0
-    while not task.done():
-        await asyncio.sleep(1.0)
+    while time.monotonic() < until:
+        await asyncio.sleep(min(1.0, max(0.0, until - time.monotonic())))
         now = await asyncio.to_thread(cluster.instances)
+        at = (await asyncio.to_thread(cluster.last_plan)).get("at")
+        if isinstance(at, (int, float)):
+            rounds.add(float(at))
         changes += now != last
         last = now
-    await task
     return changes
 
 
@@ -443,6 +470,13 @@ def main(argv: list[str] | None = None) -> int:
     for r in results:
         if r.failure_kinds:
             print(f"{r.objective} failures: " + ", ".join(f"{k} x{n}" for k, n in sorted(r.failure_kinds.items())))
+    for r in results:
+        if r.breakdown:
+            print("\n".join(format_breakdown(r.objective, Breakdown(**r.breakdown))))
+        if r.cpu:
+            rates_ = ", ".join(f"{k} {v:.3f}" for k, v in r.cpu.items() if not k.startswith("bench_gc"))
+            print(f"  CPU-s/s while measuring ({r.leader} led): {rates_}; the bench's own GC pauses "
+                  f"{r.cpu.get('bench_gc_ms', 0):.1f} ms ({r.cpu.get('bench_gc_full', 0):.0f} full)")  # fmt: skip
     print("changes: rounds whose command changed the servers while measuring; held: plans held back; seen: changes "
           "of the ready servers sampled every second; load: 1-minute load average")  # fmt: skip
     for name, ratio in ratios.items():

@@ -30,7 +30,7 @@ from agent.catalogue import valid_model_name
 from agent.client_ids import CLIENT_INPUT
 from agent.decisions import Choice, best_per_model
 from agent.node import NodeAgent
-from agent.serving import tfrest
+from agent.serving import pauses, tfrest
 from agent.serving.inflight import InFlight, Token
 from agent.serving.resolve import NoCapacity, Provisioning, Ranked, Unknown
 from agent.serving.upstream import BodySourceError, BodyTooLarge, Replay, Unsendable, UpstreamError, UpstreamPool
@@ -118,6 +118,20 @@ def _is_json(headers: list[tuple[str, str]]) -> bool:
 def _has_body(request: Request) -> bool:
     length = request.headers.get("content-length")
     return "chunked" in request.headers.get("transfer-encoding", "").lower() or (length is not None and length != "0")
+
+
+def add_timing(headers: dict[str, str], began: float, upstream_ms: float | None, gc_ms: float = 0.0) -> None:
+    """Append the agent's W3C Server-Timing entries to the model server's: ``agent`` (handler entry -> answer
+    read), ``upstream`` (request sent -> response head) and ``agent-gc`` (the agent's garbage-collector pauses
+    in that time), in ms, so a client sees where its time went."""
+    theirs = [v for k, v in headers.items() if k.lower() == "server-timing"]
+    for k in [k for k in headers if k.lower() == "server-timing"]:
+        del headers[k]
+    ours = f"agent;dur={1000 * (time.perf_counter() - began):.3f}"
+    if upstream_ms is not None:
+        ours += f", upstream;dur={upstream_ms:.3f}"
+    ours += f", agent-gc;dur={gc_ms:.3f}"
+    headers["Server-Timing"] = ", ".join([*theirs, ours])
 
 
 class ServingRoutes:
@@ -213,6 +227,7 @@ class ServingRoutes:
     # -- the proxy -------------------------------------------------------------------------------------
     async def proxy(self, model: str, protocol: str, upstream_path: str, request: Request) -> Response:
         """Resolve ``model`` and stream the request to the best endpoint (once more to the next if unreachable)."""
+        began, gc_before = time.perf_counter(), pauses.paused_ms()
         spec = self.agent.catalogue.current.get(model)
         if spec is not None and spec.server != protocol:
             other = "/v1/models/..." if spec.server == "tfserving" else "/v2/models/..."
@@ -263,6 +278,7 @@ class ServingRoutes:
             length = next((v for k, v in answer_headers.items() if k.lower() == "content-length"), "")
             if length.isdigit() and int(length) <= SMALL_BODY:  # one write; no streaming machinery
                 answer = b"".join([chunk async for chunk in stream])
+                add_timing(answer_headers, began, upstream.service_ms, pauses.paused_ms() - gc_before)
                 return Response(answer, status_code=upstream.status, headers=answer_headers)
             return StreamingResponse(stream, status_code=upstream.status, headers=answer_headers)
         self._record(model, client, reported, None, None, 502)

@@ -92,6 +92,15 @@ class Replay:
     def replayable(self) -> bool:
         return not self.overflowed
 
+    @property
+    def whole(self) -> bool:
+        """The whole body is in memory (read by ``prefetch``): it can go out in one write with the head."""
+        return self._done and not self.overflowed and self._held is None
+
+    def kept(self) -> list[bytes]:
+        """The kept chunks (the whole body when ``whole``)."""
+        return list(self._kept)
+
     async def prefetch(self) -> None:
         """Read the body's first REPLAY_LIMIT bytes (a small body whole) before any server is contacted.
 
@@ -293,7 +302,14 @@ class UpstreamPool:
 
         async def send() -> None:
             nonlocal sent_any, sent_at
-            conn.writer.write(conn.h11.send(h11.Request(method=method, target=target, headers=out)))
+            head = conn.h11.send(h11.Request(method=method, target=target, headers=out))
+            if body is None or body.whole:  # one write, one segment: the server wakes once
+                rest = [conn.h11.send(h11.Data(data=c)) for c in (body.kept() if body else []) if c]
+                conn.writer.write(b"".join([head, *rest, conn.h11.send(h11.EndOfMessage())]))
+                await conn.writer.drain()
+                sent_any, sent_at = True, time.perf_counter()
+                return
+            conn.writer.write(head)
             await conn.writer.drain()
             sent_any = True
             if body is not None:
