@@ -21,7 +21,7 @@ from urllib.parse import urlencode
 import httpx
 
 from agent.identity import AuthError, Identity
-from agent.peer_http import PeerConnections, PeerHttpError
+from agent.peer_http import PeerBusyError, PeerConnections, PeerHttpError
 from agent.peer_tls import PeerIdentity
 from peerserve import wire
 
@@ -37,11 +37,13 @@ class _NotThatNode(PeerHttpError):
 
 
 class PeerCallError(ValueError):
-    """A peer call that did not produce an authenticated answer (``status``: the peer's HTTP status, or 0)."""
+    """A peer call that did not produce an authenticated answer (``status``: the peer's HTTP status, or 0;
+    ``busy``: refused here by the bound of exchanges in flight with the peer: nothing was sent)."""
 
-    def __init__(self, message: str, status: int = 0) -> None:
+    def __init__(self, message: str, status: int = 0, busy: bool = False) -> None:
         super().__init__(message)
         self.status = status
+        self.busy = busy
 
 
 def tls_context(identity: Identity) -> ssl.SSLContext | bool:
@@ -148,6 +150,8 @@ class PeerClient:
             a = await self.connections.request(base_url, method, target, headers, content, total, connect, is_node)
         except _NotThatNode as exc:
             raise PeerCallError(str(exc)) from exc
+        except PeerBusyError as exc:
+            raise PeerCallError(f"{node_id}: {exc}", busy=True) from exc
         except (OSError, asyncio.TimeoutError) as exc:
             raise PeerCallError(f"{node_id} unreachable: {type(exc).__name__}: {exc}") from exc
         if len(a.content) > wire.MAX_BODY:
@@ -172,6 +176,8 @@ class PeerClient:
             total, connect = _seconds(timeout)
             try:
                 a = await self.connections.request(base_url, method, target, headers, content, total, connect)
+            except PeerBusyError as exc:
+                raise PeerCallError(f"{node_id}: {exc}", busy=True) from exc
             except (OSError, asyncio.TimeoutError) as exc:  # PeerHttpError is an OSError
                 raise PeerCallError(f"{node_id} unreachable: {type(exc).__name__}: {exc}") from exc
             return a.status, a.headers, a.content

@@ -45,6 +45,12 @@ class PeerHttpError(OSError):
     """No well-formed answer: the peer is unreachable, timed out, closed the connection or spoke garbage."""
 
 
+class PeerBusyError(PeerHttpError):
+    """Refused here before a byte left: our bound of exchanges with that peer is in flight, and its queue is full
+    or the wait for a slot outlived the deadline. Evidence of nothing about the peer (the slots may be held by
+    relays other members asked of us): a prober must not count it as the peer's miss."""
+
+
 @dataclass
 class Answer:
     """An HTTP answer: status, headers (lower-case names) and the whole body."""
@@ -231,8 +237,8 @@ class PeerConnections:
         if self._busy.get(key, 0) < self.max_busy and not queue:
             self._busy[key] = self._busy.get(key, 0) + 1
             return
-        if queue is not None and len(queue) >= self.max_waiting:
-            raise PeerHttpError(f"{key}: {self.max_busy} exchanges in flight and {len(queue)} waiting")
+        if len(queue or ()) >= self.max_waiting:
+            raise PeerBusyError(f"{key}: {self.max_busy} exchanges in flight and {len(queue or ())} waiting")
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiting.setdefault(key, deque()).append(waiter)
         try:
@@ -243,7 +249,7 @@ class PeerConnections:
             elif waiter in self._waiting.get(key, ()):
                 self._waiting[key].remove(waiter)
             if isinstance(exc, asyncio.TimeoutError):
-                raise PeerHttpError(f"{key} timed out: {self.max_busy} exchanges with it in flight") from exc
+                raise PeerBusyError(f"{key} timed out: {self.max_busy} exchanges with it in flight") from exc
             raise
         finally:
             if key in self._waiting and not self._waiting[key]:

@@ -19,6 +19,7 @@ import logging
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import TYPE_CHECKING, Any
 
+from agent.discovery.swim_io import RelayRefused
 from agent.identity import AuthError, Identity
 from agent.peer_tls import PEER_KEY
 from peerserve import wire
@@ -92,7 +93,10 @@ class SwimRoute:
             return status, {"error": f"malformed membership message: {exc}"}
         if msg.node_id != sender:
             return 403, {"error": f"{sender} cannot speak for {msg.node_id} in membership"}
-        answer = await discovery.handle_swim(sender, msg)
+        try:
+            answer = await discovery.handle_swim(sender, msg)
+        except RelayRefused as exc:
+            return exc.status, {"error": str(exc)}
         return 200, answer.to_json()
 
 

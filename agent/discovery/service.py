@@ -242,7 +242,7 @@ class Discovery:
 
         node_id = name[: -len(service_type) - 1] if name.endswith(service_type) else name
         if state_change is ServiceStateChange.Removed:
-            self.swim.core.recheck(node_id)  # an unauthenticated goodbye: check, never conclude
+            self.swim.core.recheck(node_id, self.swim.clock())  # an unauthenticated goodbye: check, never conclude
             self.swim.wake()
             return
         task = asyncio.get_running_loop().create_task(self._resolve(service_type, name))

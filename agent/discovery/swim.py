@@ -478,9 +478,11 @@ class Swim:
         self._enqueue(MemberUpdate(node_id, "left", rec.incarnation, rec.peer_url, rec.claimed_version, node_id))
         return [Transition(node_id, rec.status, "dead", "left")]
 
-    def recheck(self, node_id: str) -> None:
-        """An unauthenticated hint (an mDNS goodbye): probe it now, change nothing else."""
-        if node_id in self.records:
+    def recheck(self, node_id: str, now: float) -> None:
+        """An unauthenticated hint (an mDNS goodbye): probe it now, change nothing else; not again within a probe
+        interval of our last probe of it (anyone can send goodbyes: they must not set our probe rate)."""
+        rec = self.records.get(node_id)
+        if rec is not None and now - rec.last_probe >= self.config.probe_interval_s:
             self._urgent.setdefault(node_id, False)
 
     # -- messages ----------------------------------------------------------------------------------------

@@ -27,6 +27,7 @@ from agent.discovery import swim as sw
 from agent.errors import PeerError
 from agent.identity import AuthError
 from agent.peer_client import PeerCallError, PeerClient
+from agent.rate_limit import SenderBuckets
 from peerserve import wire
 from peerserve.wire import Lease, Loads, PeerState, SwimMessage
 
@@ -43,6 +44,11 @@ MEMORY_STEP = 0.05  # share of total memory that counts as a change
 # fetches: every 30 s was ~0.9 fetches a second per member at 25 agents, growing with N).
 LOAD_UPDATE_S = 300.0
 MAX_IN_FLIGHT = 256  # concurrent SWIM exchanges this node starts (each has a deadline)
+MIN_TICK_S = 0.05  # the shortest gap between two ticks, whatever wakes the loop (unauthenticated mDNS goodbyes can)
+# ping_req from one member: we probe a target for it. A member asks us only when its own ping missed (at most a few
+# a second, even across a partition); past this it is answered 429 (the asker counts us a silent relay).
+RELAY_RATE = 8.0  # per second per member, past the burst
+RELAY_BURST = 16.0
 SAID_MAX = 256  # distinct refused-lease warnings remembered
 
 
@@ -72,6 +78,22 @@ def version_due(old: tuple[Any, ...] | None, new: tuple[Any, ...], now: float, b
     if old is None:
         return False
     return bool(new[0] != old[0] or (new[1] != old[1] and now - bumped_at >= LOAD_UPDATE_S))
+
+
+class _Busy:
+    """``BUSY``: a direct ping our own bound refused before sending (see ``agent.peer_http.PeerBusyError``)."""
+
+
+BUSY = _Busy()
+
+
+class RelayRefused(Exception):
+    """We will not answer a ping_req yes or no: its member asks faster than ``RELAY_RATE`` (429), or our bound of
+    exchanges with the target refused the ping (503). The asker counts us a silent relay, not a "no"."""
+
+    def __init__(self, message: str, status: int = 429) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class SwimDriver:
@@ -107,6 +129,10 @@ class SwimDriver:
         self._wake: asyncio.Event | None = None
         self._sleep_until = -math.inf
         self.ticks = 0  # core ticks so far (the idle-cost test reads it)
+        self._last_tick = -math.inf
+        self.inconclusive_probes = 0  # probes whose direct ping our own bound refused and no relay settled
+        self._relay_buckets = SenderBuckets(RELAY_RATE, RELAY_BURST)
+        self._relays: dict[str, asyncio.Task[bool | None]] = {}  # target -> the one relay ping in flight (members only)
         # exchanges by kind (SWIM kinds and "state"; a fixed set): /metrics (agent.discovery.service) and the bench
         self.sent: Counter[str] = Counter()
         self.received: Counter[str] = Counter()
@@ -174,7 +200,10 @@ class SwimDriver:
         """Tick the core when it has work due (``Swim.next_due``) or something came in (``wake``); never busy."""
         self._wake = asyncio.Event()
         while True:
-            now = self.clock()
+            early = self._last_tick + MIN_TICK_S - self.clock()
+            if early > 0:  # woken again right after a tick: wait out the floor (wake-ups cannot drive the rate)
+                await asyncio.sleep(early)
+            now = self._last_tick = self.clock()
             self._wake.clear()
             try:
                 self._refresh_own(now)
@@ -258,7 +287,8 @@ class SwimDriver:
         every: list[asyncio.Future[Any]] = [direct]
         try:
             await asyncio.wait({direct}, timeout=t)
-            if not direct.done() and (not ins.verify or self.core.config.verify_indirect):
+            busy = direct.done() and not direct.cancelled() and direct.result() is BUSY
+            if (busy or not direct.done()) and (not ins.verify or self.core.config.verify_indirect):
                 for n, u in self.core.indirect_targets(ins.node_id):
                     relays[asyncio.ensure_future(self._ping_req(n, u, ins))] = n
             every += relays
@@ -272,25 +302,35 @@ class SwimDriver:
         finally:
             for f in every:
                 f.cancel()
-        ack = direct.result() if direct.done() and not direct.cancelled() else None
+        answer = direct.result() if direct.done() and not direct.cancelled() else None
+        ack = answer if isinstance(answer, SwimMessage) else None
         results = [f.result() if f.done() and not f.cancelled() else None for f in relays]
         acks = sum(1 for r in results if r)
         silent = bool(results) and all(r is None for r in results)
+        if answer is BUSY and acks == 0 and False not in results:
+            # our own bound refused the ping (its slots may be relays others asked of us) and no relay could
+            # say the target is unreachable: we learned nothing, so no miss (a flood of ping_req must not
+            # make a healthy member look failed)
+            self.inconclusive_probes += 1
+            return
         transitions = self.core.probe_result(ins.node_id, ack, acks, self.clock(), ins.verify, sent, silent)
         self.on_transitions(transitions)
 
     @staticmethod
-    def _reached(direct: asyncio.Future[SwimMessage | None], relays: dict[asyncio.Future[bool | None], str]) -> bool:
-        if direct.done() and not direct.cancelled() and direct.result() is not None:
+    def _reached(
+        direct: asyncio.Future[SwimMessage | _Busy | None], relays: dict[asyncio.Future[bool | None], str]
+    ) -> bool:
+        if direct.done() and not direct.cancelled() and isinstance(direct.result(), SwimMessage):
             return True
         return any(f.done() and not f.cancelled() and f.result() for f in relays)
 
-    async def _ping(self, ins: sw.Probe) -> SwimMessage | None:
-        """The direct ping (its deadline is the probe's: ``_probe`` cancels it)."""
+    async def _ping(self, ins: sw.Probe) -> SwimMessage | _Busy | None:
+        """The direct ping (its deadline is the probe's: ``_probe`` cancels it); ``BUSY``: refused by our own
+        bound of exchanges in flight with the target, before anything was sent."""
         try:
             return await self.send(ins.node_id, ins.url, self.core.message("ping", ins.node_id), factor=3.0)
-        except PeerCallError:
-            return None
+        except PeerCallError as exc:
+            return BUSY if exc.busy else None
 
     async def _ping_req(self, relay: str, relay_url: str, ins: sw.Probe) -> bool | None:
         """Whether ``relay`` reached the target for us (None: the relay itself did not answer)."""
@@ -351,20 +391,39 @@ class SwimDriver:
         self.on_transitions(transitions)
         self.wake()
         if msg.kind == "ping_req":
+            if not self._relay_buckets.allow(sender, self.clock()):
+                raise RelayRefused(f"{sender} asks us to probe others faster than {RELAY_RATE:g}/s")
             acked = await self._relay(msg.target or "", msg.target_url or "")
             return SwimMessage("indirect_ack", c.self_id, c.incarnation, c.version, c.self_url, (), c.term, c.leader,
                                msg.target, msg.target_url, acked, loads=c.loads)  # fmt: skip
         return reply if reply is not None else c.message("ack", sender)
 
     async def _relay(self, target: str, target_url: str) -> bool:
-        """Probe ``target`` for someone else: only a member of ours, at the address we know it by."""
+        """Probe ``target`` for someone else: only a member of ours, at the address we know it by. Askers at the
+        same time share one ping (a burst of ping_req about one target costs the target one exchange)."""
         rec = self.core.records.get(target)
         if rec is None or rec.peer_url != target_url:
             return False
+        shared = self._relays.get(target)
+        if shared is None:
+            task = asyncio.get_running_loop().create_task(self._relay_ping(target, target_url))
+            shared = self._relays[target] = task
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+            task.add_done_callback(lambda _t: self._relays.pop(target, None))
+        acked = await asyncio.shield(shared)  # one asker going away does not cancel the others' ping
+        if acked is None:
+            raise RelayRefused(f"too many exchanges with {target} in flight here to probe it now", 503)
+        return acked
+
+    async def _relay_ping(self, target: str, target_url: str) -> bool | None:
+        """Whether our ping reached ``target`` (None: our own bound refused it: we cannot say)."""
         try:  # within one probe timeout in all (connect included): the asker waits twice that for our answer
             ping = self.send(target, target_url, self.core.message("ping", target))
             ack = await asyncio.wait_for(ping, self.core.probe_timeout())
-        except (PeerCallError, asyncio.TimeoutError):
+        except PeerCallError as exc:
+            return None if exc.busy else False
+        except asyncio.TimeoutError:
             return False
         self.on_transitions(self.core.received(ack, self.clock())[1])
         self.wake()  # the target's ack may have brought news (its handler's own wake came before this)

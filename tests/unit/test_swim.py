@@ -122,7 +122,7 @@ def test_our_own_id_claimed_elsewhere_is_ignored() -> None:
 
 def test_a_graceful_leave_is_immediate_and_a_goodbye_only_probes() -> None:
     a, b = pair()
-    a.recheck("b")  # an mDNS goodbye: anyone can send one
+    a.recheck("b", 0.4)  # an mDNS goodbye: anyone can send one
     instructions, _ = a.tick(0.5)
     assert a.status_of("b") == "alive" and sw.Probe("b", b.self_url) in instructions
     [t] = a.left("b", 0.6)  # b said so itself, authenticated
@@ -346,7 +346,7 @@ def test_next_due_is_the_next_probe_when_idle_and_now_when_work_is_queued() -> N
     c = node("c", 0)
     c.hint("x", url_of(9), "", 1.0)  # a candidate is asked at once
     assert c.next_due(1.0) == 1.0
-    a.recheck("b")  # an urgent probe
+    a.recheck("b", 0.08 + a.config.probe_interval_s)  # an urgent probe (b not probed for an interval)
     assert a.next_due(0.08) == 0.08
 
 
