@@ -25,6 +25,11 @@ at 50 with two busy processes: the whole of a 2-core machine):
         --soak 300 --soak-at 50 --soak-hogs 2 --json > membership.json
     .venv/bin/python bench/membership_bench.py --from-json membership.json    # the table and the targets
 
+``--bed`` runs the same measurement (no soak, no before) with each agent on its own host of the namespace test
+bed, mDNS on and no seeds (bench/membership_bed.py; root, under the netns lock); rows are labelled "bed (mDNS)":
+
+    flock /tmp/peerserve-netns.lock .venv/bin/python bench/membership_bench.py --bed --sizes 5,10 --json > bed.json
+
 The output ends with the targets: follower CPU at the largest size / at the smallest (<= 1.5), kill -9
 dead everywhere p99 (<= 3 s), a new member alive everywhere (<= 3 s), and the soak's false deaths (0).
 """
