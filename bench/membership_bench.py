@@ -430,6 +430,7 @@ def with_ratios(figures: dict[str, Any]) -> dict[str, Any]:
 
 def main() -> None:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # a timeout's SIGTERM still kills every agent (finally)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C tears down too, even if started ignoring it
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", default="5,10,25", help="cluster sizes, comma-separated (default 5,10,25)")
     ap.add_argument("--window", type=float, default=20.0, help="idle CPU window in seconds (default 20)")
