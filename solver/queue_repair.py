@@ -3,9 +3,11 @@
 Stream rates stay fractional (a site's traffic splits over pools in any proportion); only instance
 counts are integers. From the relaxation's rates ``x[c, j]``:
 
-1. Clean: shares under a millionth of a stream's rate are dropped, and so is the rate of a pool that carries
-   under ``SLIVER`` of one instance's load (the relaxation's ``N_MIN`` floor on every pool holds such
-   slivers on a saturated cluster; each would open a whole instance). Dropped rate is placed again in step 5.
+1. Clean: shares under a millionth of a stream's rate are dropped, and a stream's rate on a pool that carries
+   under ``SLIVER`` of one instance's load joins its largest share on another pool (the relaxation's
+   ``N_MIN`` floor on every pool holds such slivers on a saturated cluster; each would open a whole
+   instance); a stream with no other pool loses it to step 5, which may open an instance for a stream
+   that rare as a whole (a model asked once a window is served).
 2. Count: each pool runs the fewest instances that keep it under the load cap (``ceil(lam / (rho mu))``).
 3. Capacity: a node whose busy work exceeds ``rho_max`` of its cores (solver.node_cpu) sheds its smallest
    streams' rate (placed again in step 5); a node whose new instances exceed its memory or compute moves
@@ -18,8 +20,8 @@ counts are integers. From the relaxation's rates ``x[c, j]``:
    moves into the others' room up to ``rho_max`` so that it needs one instance fewer (on full cores,
    after other models' rate moves off the receiving node: solver.queue_cores).
 5. Rejected rate is placed where it fits (headroom first, then a new instance, but never one past the
-   spread bound nor one for a sliver), else stays rejected; float residue left on a pool without
-   instances joins the stream's largest share; step 4 once more.
+   spread bound nor one for a sliver that is only part of its stream), else stays rejected; float
+   residue left on a pool without instances joins the stream's largest share; step 4 once more.
 
 Every move re-checks the node's budgets, so no step breaks memory, compute or throughput.
 """
@@ -29,6 +31,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import numpy.typing as npt
 
 from solver.node_cpu import core_room, over_cores
 from solver.problem import FloatArray, IntArray
@@ -51,8 +54,7 @@ class Pools:
         self.onehot = np.eye(len(p.model_names))[p.class_model]
         self.cap = q.cap() * q.mu  # [j, k] requests/s one instance takes under the cap
         if DROP_SLIVERS:
-            sliver = (self.lam() < SLIVER * self.cap).T[p.class_model]  # [c, j]: class c's pool at j is a sliver
-            self.x = np.where(sliver, 0.0, self.x)
+            self.x = _merge_slivers(self.x, (self.lam() < SLIVER * self.cap).T[p.class_model])
         self.rejected = np.clip(q.rate - self.x.sum(axis=1), 0.0, None) + 0.0 * rejected
         self.shed = 0  # instances taken from pools below rho_max to keep the instance bound (step 4)
         self.penalty = q.penalty()
@@ -137,6 +139,15 @@ class Pools:
         stays = fits & (after <= counts[:, k])  # no new instance first (as min over (grows, cost, j))
         pick = stays if stays.any() else fits
         return int(np.argmin(np.where(pick, p.cost[c], np.inf)))
+
+
+def _merge_slivers(x: FloatArray, sliver: npt.NDArray[np.bool_]) -> FloatArray:
+    """Without the rate on sliver pools (``sliver[c, j]``): a stream's sliver rate joins its largest share on
+    a pool that is no sliver; a stream with no such pool loses it to ``rejected`` (step 5 places it)."""
+    kept = np.where(sliver, 0.0, x)  # [c, j] shares on pools that are no sliver
+    rows = np.flatnonzero(kept.max(axis=1, initial=0.0) > 0)  # streams that keep an open pool
+    kept[rows, np.argmax(kept[rows], axis=1)] += np.where(sliver, x, 0.0).sum(axis=1)[rows]
+    return kept
 
 
 def needed(lam: FloatArray, cap: FloatArray) -> IntArray:
@@ -394,11 +405,15 @@ def _place_rejected(pools: Pools) -> None:
 
 def _move_within_bound(pools: Pools, c: int, dst: int, amount: float, limit: int) -> bool:
     """Move ``amount`` of class c's rejected rate to ``dst`` unless its model then runs more than ``limit``
-    instances past the spread bound in some node class, or it opens an instance for a sliver (``SLIVER``)."""
+    instances past the spread bound in some node class, or it opens an instance for a sliver (``SLIVER``)
+    that is only part of the stream (a stream that rare as a whole, e.g. once a window, gets its instance)."""
     k = int(pools.q.base.class_model[c])
     before = int(pools.counts()[:, k].sum())
     pools.move(c, None, dst, amount)
-    sliver = BOUND_STEP_5 and amount < SLIVER * float(pools.cap[dst, k]) and int(pools.counts()[:, k].sum()) > before
+    part = amount < float(pools.q.rate[c]) * (1 - 1e-6)
+    sliver = (
+        BOUND_STEP_5 and part and amount < SLIVER * float(pools.cap[dst, k]) and pools.counts()[:, k].sum() > before
+    )
     if not sliver and bound_excess(pools, k) <= limit:
         return True
     pools.move(c, dst, None, amount)
