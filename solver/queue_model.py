@@ -43,6 +43,7 @@ from solver.queueing import RHO_MAX
 log = logging.getLogger(__name__)
 
 MERGE_SERVERS = True  # compact form: n is the servers on nodes with cores (no e; switched off only in tests)
+PIN_NO_ROOM = True  # compact form: fix n = N_MIN where a node has no room (switched off only in tests)
 CORE_ROWS = True  # compact form: the core rows (switched off only to show tests/unit/test_queue_start.py failing)
 N_MIN = 1e-6  # lower bound on a pool's (fractional) instance count; D needs n > 0
 INSTANCE_COST = 500.0  # request-ms per second one new instance must save to be worth starting (beta)
@@ -215,6 +216,12 @@ class _Layout:
         # per pool: the variable that counts its servers in the delay and the throughput row (e, or n)
         self.server = self.n0 + np.arange(self.P)
         self.server[self.cored] = self.e0 + np.arange(len(self.cored))
+        # per pool: its n is fixed at N_MIN (compact form, no running instance, its node has no memory or
+        # compute left for the model): the rows pin it there anyway, and Ipopt, which needs an interior,
+        # met it as a variable between a bound and a row at the same value (up to 2,000 iterations)
+        pj, pk = np.divmod(np.arange(self.P), self.K)
+        none_left = ((p.mem[pk] > 0) & (p.mem_budget[pj] <= 0)) | ((p.comp[pk] > 0) & (p.comp_budget[pj] <= 0))
+        self.pinned = none_left & (free == 0) & compact & PIN_NO_ROOM
 
 
 def _jacobian(q: QueueProblem, lay: _Layout) -> tuple[IntArray, IntArray, FloatArray, FloatArray, FloatArray]:
@@ -246,8 +253,8 @@ def _jacobian(q: QueueProblem, lay: _Layout) -> tuple[IntArray, IntArray, FloatA
     add(l0 + np.arange(L), lay.n0 + lay.linked, 1.0)
     add(l0 + np.arange(L), lay.new0 + np.arange(L), -1.0)
     m0 = l0 + L  # memory rows, then compute rows: on each pool's payer
-    add(m0 + pj, lay.payer, p.mem[pk])
-    add(m0 + J + pj, lay.payer, p.comp[pk])
+    add(m0 + pj, lay.payer, np.where(lay.pinned, 0.0, p.mem[pk]))  # a pinned n's use comes off the bound
+    add(m0 + J + pj, lay.payer, np.where(lay.pinned, 0.0, p.comp[pk]))
     E = len(lay.cored)
     e0 = m0 + 2 * J  # core rows: e - n <= 0 per pool with an e, then sum_k servers <= cores per cored node
     add(e0 + np.arange(E), lay.e0 + np.arange(E), 1.0)
@@ -267,6 +274,8 @@ def _jacobian(q: QueueProblem, lay: _Layout) -> tuple[IntArray, IntArray, FloatA
     # The slack is that sliver's cost; rounding and repair keep the real budgets on whole instances.
     mem_cu = np.maximum(p.mem_budget, 0.0) + N_MIN * float(np.sum(p.mem))
     comp_cu = np.maximum(p.comp_budget, 0.0) + N_MIN * float(np.sum(p.comp))
+    mem_cu -= N_MIN * np.bincount(pj, weights=lay.pinned * p.mem[pk], minlength=J)
+    comp_cu -= N_MIN * np.bincount(pj, weights=lay.pinned * p.comp[pk], minlength=J)
     free = p.free.ravel()[lay.linked].astype(float)
     # every pool's e >= N_MIN: a node needs room for K slivers (a slack on every node would let a pool
     # carry 1e-6 more than its whole instances, and rounding would open one more)
@@ -402,6 +411,8 @@ def _solve_form(q: QueueProblem, cols: IntArray | None, compact: bool) -> tuple[
     lb[lay.n0 : lay.n0 + lay.P] = N_MIN
     lb[lay.e0 :] = N_MIN
     ub = np.full(lay.size, np.inf)
+    ub[lay.n0 + np.flatnonzero(lay.pinned)] = N_MIN
+    ub[lay.e0 + np.flatnonzero(lay.pinned[lay.cored])] = N_MIN  # e <= n
     ub[: lay.r0] = q.rate[lay.cc]
     ub[lay.r0 : lay.lam0] = q.rate
     fast = compact and FEASIBLE_START
