@@ -73,7 +73,8 @@ def shed_making_room(pools: Pools, nodes: list[int], k: int) -> bool:
     if not np.isfinite(pools.cores[nodes]).any():
         return False
     sources = sorted((float(lam[j, k] - (counts[j, k] - 1) * top[j]), j) for j in nodes if counts[j, k] > p.free[j, k])
-    for excess, src in sources:
+    for over_one_fewer, src in sources:
+        excess = max(over_one_fewer, 0.0)  # a pool below one instance fewer at rho_max moves nothing (a cap gives)
         for dst in [j for j in nodes if j != src and counts[j, k] > 0]:
             if counts[dst, k] * top[dst] - lam[dst, k] < excess * (1 + 1e-9) + TINY:
                 continue  # no instance headroom for the excess
