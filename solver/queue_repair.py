@@ -3,11 +3,11 @@
 Stream rates stay fractional (a site's traffic splits over pools in any proportion); only instance
 counts are integers. From the relaxation's rates ``x[c, j]``:
 
-1. Clean: shares under a millionth of a stream's rate are dropped, and a stream's rate on a pool that carries
-   under ``SLIVER`` of one instance's load joins its largest share on another pool (the relaxation's
-   ``N_MIN`` floor on every pool holds such slivers on a saturated cluster; each would open a whole
-   instance); a stream with no other pool loses it to step 5, which may open an instance for a stream
-   that rare as a whole (a model asked once a window is served).
+1. Clean: shares under a millionth of a stream's rate (all of a stream of rate 0) are dropped; a stream's
+   rate on a pool that carries under ``SLIVER`` of one instance's load joins its largest share on another
+   pool (the relaxation's ``N_MIN`` floor on every pool holds such slivers on a saturated cluster; each
+   would open a whole instance); a stream with no other pool loses it to step 5, which may open an
+   instance for a stream that rare as a whole (a model asked once a window is served).
 2. Count: each pool runs the fewest instances that keep it under the load cap (``ceil(lam / (rho mu))``).
 3. Capacity: a node whose busy work exceeds ``rho_max`` of its cores (solver.node_cpu) sheds its smallest
    streams' rate (placed again in step 5); a node whose new instances exceed its memory or compute moves
@@ -50,7 +50,7 @@ class Pools:
     def __init__(self, q: QueueProblem, x: FloatArray, rejected: FloatArray) -> None:
         self.q = q
         p = q.base
-        self.x = np.where(x > TINY * np.maximum(q.rate, 1e-12)[:, None], x, 0.0)
+        self.x = np.where((x > TINY * np.maximum(q.rate, 1e-12)[:, None]) & (q.rate > 0)[:, None], x, 0.0)
         self.onehot = np.eye(len(p.model_names))[p.class_model]
         self.cap = q.cap() * q.mu  # [j, k] requests/s one instance takes under the cap
         if DROP_SLIVERS:

@@ -51,3 +51,39 @@ def test_mode1_a_rare_stream_uses_the_running_instance(asked: int, objective: st
 @pytest.mark.parametrize(("tput", "rate"), [(1e4, 0.05), (1e9, 100.0), (100.0, 0.0005)])
 def test_a_fast_model_with_little_traffic_is_placed(tput: float, rate: float, objective: str) -> None:
     assert_placed(one_stream(tput, rate), "2", objective)
+
+
+def test_streams_of_rate_zero_beside_running_instances_get_a_plan() -> None:
+    """Found by the reviewer's sweep: Mode 2, running instances reported, streams of rate 0; Ipopt's bound
+    relaxation left ~1e-10 req/s of them on pools, and the plan divided by their rate of 0."""
+    nodes = [
+        {
+            "id": "n0",
+            "mem_available_mb": 150.0,
+            "mem_total_mb": 2048.0,
+            "compute": 1.0,
+            "instances": {"m0": 1},
+            "cores": 1.0,
+        },
+        {"id": "n1", "mem_available_mb": 150.0, "mem_total_mb": 2048.0, "compute": 1.0, "instances": {"m0": 1}},
+        {"id": "n2", "mem_available_mb": 300.0, "mem_total_mb": 2048.0, "compute": 100.0, "cores": 1 / 64},
+    ]
+    rtt = (
+        (89.9, 8.7, 67.9),
+        (28.0, 84.2, 90.5),
+        (39.4, 36.0, 94.1),
+        (86.0, 87.3, 67.7),
+        (43.7, 92.2, 9.5),
+        (36.6, 90.8, 28.5),
+    )
+    reqs = [
+        {"model": "m0", "client": f"c{i}", "rate": rate, "rtt_ms": dict(zip(("n0", "n1", "n2"), ms, strict=True)),
+         "exec_ms": dict.fromkeys(("n0", "n1", "n2"), 2.0)}
+        for i, (rate, ms) in enumerate(zip((0.0, 0.0, 1.0, 1.0, 80.0, 0.0), rtt, strict=True))
+    ]  # fmt: skip
+    model = {"name": "m0", "mem_mb": 100.0, "compute": 1.0, "throughput_rps": {"default": 5000.0}}
+    snap = Snapshot.from_dict({"nodes": nodes, "models": [model], "requests": reqs})
+    for objective in ("queue", "queue-p99"):
+        plan = solve(snap, mode="2", objective=objective).to_dict()
+        assert [plan["shares"][i] for i in (0, 1, 5)] == [{}, {}, {}]
+        assert sum(plan["shares"][4].values()) == pytest.approx(1.0, abs=1e-4)  # the 80 req/s stream is served
