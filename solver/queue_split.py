@@ -118,14 +118,18 @@ class _SplitFlow:
         self.big = np.where(allowed, 0.0, np.inf)
 
     def pools(self, lam: FloatArray, order: int) -> tuple[FloatArray, ...]:
-        """Per pool [j, k]: the wait term D - lam * service and its first ``order`` derivatives in lam."""
+        """Per pool [j, k]: the wait term D - lam * service and its first ``order`` derivatives in lam (order -1:
+        the wait term and its first derivative)."""
         t = lam / self.n
         tc = np.minimum(t, self.top)
         gap = self.mu - tc
         d1 = 1000.0 * self.mu / gap**2
-        if order == 0:
+        if order <= 0:
             g = 1000.0 * tc / gap + np.where(t > self.top, d1 * (t - self.top), 0.0)
-            return (np.where(self.on, self.n * g, 0.0) - lam * self.service,)
+            wait = np.where(self.on, self.n * g, 0.0) - lam * self.service
+            if order == 0:
+                return (wait,)
+            return wait, np.where(self.on, d1, 0.0) - self.service  # order -1: the wait and its slope at once
         out = [np.where(self.on, d1, 0.0) - self.service]
         if order == 2:
             out.append(np.where(self.on & (t < self.top), 2.0 * d1 / (gap * self.n), 0.0))
@@ -136,8 +140,7 @@ class _SplitFlow:
         gap, steps = np.inf, 0
         for steps in range(iterations + 1):
             lam = x.T @ self.onehot
-            (wait,) = self.pools(lam, 0)
-            (slope,) = self.pools(lam, 1)
+            wait, slope = self.pools(lam, -1)
             grad = self.cost + slope[:, self.model].T
             direction = _all_on(grad + self.big, self.rate) - x
             value = float((x * self.cost).sum() + wait.sum())
