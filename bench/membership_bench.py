@@ -25,6 +25,11 @@ at 50 with two busy processes: the whole of a 2-core machine):
         --soak 300 --soak-at 50 --soak-hogs 2 --json > membership.json
     .venv/bin/python bench/membership_bench.py --from-json membership.json    # the table and the targets
 
+``--bed`` runs the same measurement (no soak, no before) with each agent on its own host of the namespace test
+bed, mDNS on and no seeds (bench/membership_bed.py; root, under the netns lock); rows are labelled "bed (mDNS)":
+
+    flock /tmp/peerserve-netns.lock .venv/bin/python bench/membership_bench.py --bed --sizes 5,10 --json > bed.json
+
 The output ends with the targets: follower CPU at the largest size / at the smallest (<= 1.5), kill -9
 dead everywhere p99 (<= 3 s), a new member alive everywhere (<= 3 s), and the soak's false deaths (0).
 """
@@ -70,9 +75,13 @@ class Agent:
     proc: subprocess.Popen[bytes]
     log: Path
 
+    def get(self, path: str) -> httpx.Response:
+        """GET ``path`` from this agent's HTTP API (raises httpx.HTTPError)."""
+        return httpx.get(f"http://127.0.0.1:{self.port}{path}", timeout=5)
+
     def cluster(self) -> dict[str, Any]:
         try:
-            return dict(httpx.get(f"http://127.0.0.1:{self.port}/cluster", timeout=5).json())
+            return dict(self.get("/cluster").json())
         except (httpx.HTTPError, ValueError):
             return {}
 
@@ -175,7 +184,7 @@ METRIC = re.compile(r'^peerserve_membership_messages_total\{direction="(\w+)",ki
 def traffic(agent: Agent) -> dict[str, float]:
     """The agent's membership counters from /metrics: 'sent:ping' ..., and 'opened' (connections it opened)."""
     try:
-        text = httpx.get(f"http://127.0.0.1:{agent.port}/metrics", timeout=5).text
+        text = agent.get("/metrics").text
     except httpx.HTTPError:
         return {}
     out: dict[str, float] = {}
@@ -226,34 +235,41 @@ def measure_size(code: Path, n: int, window: float, soak: float, label: str, hog
             for i in range(n):  # SWIM: one seed each; the heartbeat code learns only its seeds, so all of them
                 seeds = [p for p in ports if p != ports[i]] if label == "before" else ports[:1] if i else []
                 ports[i] = c.boot(f"m{i}", seeds, ports[i]).port  # one after another, as boards boot
-            seed = c.agents[0]
-            names = {a.name for a in c.agents}
-            booted = time.monotonic()
-            say(f"[{label}] {n} agents answer (load average {os.getloadavg()[0]:.1f}); waiting for convergence")
-            try:
-                took = wait(lambda: all(a.alive_peers() == names - {a.name} for a in c.agents), 120 + 4 * n, 1.0)
-            except RuntimeError as exc:
-                short = min(len(a.alive_peers()) for a in c.agents)
-                raise RuntimeError(f"not converged {time.monotonic() - booted:.0f} s after the last agent answered "
-                                   f"(fewest peers seen alive: {short} of {n - 1}; "
-                                   f"load average {os.getloadavg()[0]:.1f})") from exc  # fmt: skip
-            say(f"[{label}] {n} agents converged {took:.1f} s after the last one answered; settling")
-            time.sleep(5)
-            leader = seed.cluster().get("leader")
-            out: dict[str, Any] = {"n": n, "leader": leader, **idle_window(c, leader, window)}
-            out["terms"] = len({a.cluster().get("term") for a in c.agents})
-            say(f"[{label}] N={n}: follower CPU {out['follower_cpu']:.4f} CPU-s/s, leader ({leader}) "
-                f"{out['leader_cpu']:.4f}; follower RSS median {out['follower_rss_mb']:.1f} MiB, max "
-                f"{out['follower_rss_max_mb']:.1f}; exchanges sent/received per agent per s "
-                f"{out['sent_per_s']:.2f}/{out['received_per_s']:.2f}, handshakes {out['opened_per_s']:.3f}/s; "
-                f"load average {out['load_avg_1m']:.1f}, distinct terms now {out['terms']}")  # fmt: skip
-            out.update(join(c, [a.port for a in c.agents] if label == "before" else [seed.port]))
-            out.update(kill(c, leader))
-            if soak > 0:
-                out.update(soak_run(c, soak, hogs))
-            return out
+            seeds = [a.port for a in c.agents] if label == "before" else [c.agents[0].port]
+            return measure_booted(c, window, soak, label, hogs, seeds)
         finally:
             c.stop()
+
+
+def measure_booted(c: Cluster, window: float, soak: float, label: str, hogs: int, seeds: list[int]) -> dict[str, Any]:
+    """Figures of a booted cluster: convergence, idle CPU/RSS, a join (seeded with ``seeds``), a kill -9, a soak."""
+    n = len(c.agents)
+    seed = c.agents[0]
+    names = {a.name for a in c.agents}
+    booted = time.monotonic()
+    say(f"[{label}] {n} agents answer (load average {os.getloadavg()[0]:.1f}); waiting for convergence")
+    try:
+        took = wait(lambda: all(a.alive_peers() == names - {a.name} for a in c.agents), 120 + 4 * n, 1.0)
+    except RuntimeError as exc:
+        short = min(len(a.alive_peers()) for a in c.agents)
+        raise RuntimeError(f"not converged {time.monotonic() - booted:.0f} s after the last agent answered "
+                           f"(fewest peers seen alive: {short} of {n - 1}; "
+                           f"load average {os.getloadavg()[0]:.1f})") from exc  # fmt: skip
+    say(f"[{label}] {n} agents converged {took:.1f} s after the last one answered; settling")
+    time.sleep(5)
+    leader = seed.cluster().get("leader")
+    out: dict[str, Any] = {"n": n, "leader": leader, "converge_s": took, **idle_window(c, leader, window)}
+    out["terms"] = len({a.cluster().get("term") for a in c.agents})
+    say(f"[{label}] N={n}: follower CPU {out['follower_cpu']:.4f} CPU-s/s, leader ({leader}) "
+        f"{out['leader_cpu']:.4f}; follower RSS median {out['follower_rss_mb']:.1f} MiB, max "
+        f"{out['follower_rss_max_mb']:.1f}; exchanges sent/received per agent per s "
+        f"{out['sent_per_s']:.2f}/{out['received_per_s']:.2f}, handshakes {out['opened_per_s']:.3f}/s; "
+        f"load average {out['load_avg_1m']:.1f}, distinct terms now {out['terms']}")  # fmt: skip
+    out.update(join(c, seeds))
+    out.update(kill(c, leader))
+    if soak > 0:
+        out.update(soak_run(c, soak, hogs))
+    return out
 
 
 def idle_window(c: Cluster, leader: Any, window: float) -> dict[str, Any]:
@@ -288,7 +304,7 @@ def join(c: Cluster, seeds: list[int]) -> dict[str, Any]:
 
 
 def kill(c: Cluster, leader: Any) -> dict[str, Any]:
-    victim = next(a for a in reversed(c.live()[:-1]) if a.name != leader and a.name != "m0")
+    victim = next(a for a in reversed(c.live()[:-1]) if a.name not in (leader, c.agents[0].name))
     others = [a for a in c.live() if a is not victim]
     t_kill = time.time()
     victim.proc.send_signal(signal.SIGKILL)
@@ -390,6 +406,10 @@ def plot(now: list[dict[str, Any]], before: list[dict[str, Any]], path: Path) ->
 def measure(args: argparse.Namespace) -> dict[str, Any]:
     """Run every size (and the --before-rev sizes); the figures as --json prints them."""
     sizes = [int(x) for x in args.sizes.split(",") if x]
+    if args.bed:
+        from bench.membership_bed import LABEL, run_bed_size
+
+        return with_ratios({"now": [run_bed_size(n, args.window) for n in sizes], "before": [], "mode": LABEL})
     soak_at = args.soak_at or max(sizes)
     now = [run_size(REPO, n, args.window, args.soak if n == soak_at else 0.0, "now", args.soak_hogs) for n in sizes]
     before: list[dict[str, Any]] = []
@@ -397,15 +417,20 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         with tempfile.TemporaryDirectory(prefix="membench-before-") as tmp:
             code = extract(args.before_rev, Path(tmp))
             before = [run_size(code, int(n), args.window, 0.0, "before") for n in args.before_sizes.split(",") if n]
-    ok = [r for r in now if "failed" not in r]
-    base = ok[0]["follower_cpu"] if ok else float("nan")
+    return with_ratios({"now": now, "before": before, "before_rev": args.before_rev})
+
+
+def with_ratios(figures: dict[str, Any]) -> dict[str, Any]:
+    """``figures`` with each measured size's follower CPU as a ratio to the smallest size's (same run)."""
+    ok = [r for r in figures["now"] if "failed" not in r]
     for r in ok:
-        r["cpu_ratio_to_smallest"] = r["follower_cpu"] / base
-    return {"now": now, "before": before, "before_rev": args.before_rev}
+        r["cpu_ratio_to_smallest"] = r["follower_cpu"] / ok[0]["follower_cpu"]
+    return figures
 
 
 def main() -> None:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # a timeout's SIGTERM still kills every agent (finally)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C tears down too, even if started ignoring it
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", default="5,10,25", help="cluster sizes, comma-separated (default 5,10,25)")
     ap.add_argument("--window", type=float, default=20.0, help="idle CPU window in seconds (default 20)")
@@ -417,6 +442,8 @@ def main() -> None:
     ap.add_argument("--before-rev", default="", help="git revision to measure in the same run (e.g. main)")
     ap.add_argument("--before-sizes", default="5,10", help="sizes for --before-rev (default 5,10)")
     ap.add_argument("--plot", default="", help="write the CPU-against-size plot here (PNG)")
+    ap.add_argument("--bed", action="store_true", help="agents in the namespace test bed, mDNS on, no seeds (root; "
+                    "under flock /tmp/peerserve-netns.lock; --soak and --before-rev do not apply)")  # fmt: skip
     ap.add_argument("--json", action="store_true", help="print the figures as JSON on stdout")
     ap.add_argument("--from-json", default="", help="print (and plot) figures saved by an earlier --json run")
     args = ap.parse_args()
@@ -427,11 +454,13 @@ def main() -> None:
     if args.json:
         print(json.dumps(figures, indent=2))
         return
-    print_table(now, before)
+    print_table(now, before, figures.get("mode", "loopback"))
 
 
-def print_table(now: list[dict[str, Any]], before: list[dict[str, Any]]) -> None:
-    """The README table, then the issue's targets against the largest and smallest sizes measured."""
+def print_table(now: list[dict[str, Any]], before: list[dict[str, Any]], mode: str = "loopback") -> None:
+    """The README table (``mode``: loopback or bed (mDNS)), then the issue's targets against the largest and
+    smallest sizes measured."""
+    print(f"membership, {mode}:\n")
     print("| agents | follower CPU (CPU-s/s) | x smallest | leader CPU | follower RSS median / max "
           "| exchanges per agent per s (sent + received) | handshakes per agent per s "
           "| kill -9 dead everywhere p50 / p99 | new member everywhere | load average "
@@ -440,16 +469,30 @@ def print_table(now: list[dict[str, Any]], before: list[dict[str, Any]]) -> None
     old = {r["n"]: r for r in before}
     for r in now:
         if "failed" in r:
-            print(f"| {r['n']} | failed: {r['failed']} | | | | | | | | {r['load_avg_1m']:.1f} | |")
+            print(f"| {agents_cell(r)} | failed: {r['failed']} | | | | | | | | {r['load_avg_1m']:.1f} | |")
             continue
         b = old.get(r["n"])
         was = f"{b['follower_cpu']:.4f} / {b.get('follower_rss_mb', float('nan')):.0f} MiB" if b else "-"
-        print(f"| {r['n']} | {r['follower_cpu']:.4f} | {r['cpu_ratio_to_smallest']:.2f} | {r['leader_cpu']:.4f} | "
+        print(f"| {agents_cell(r)} | {r['follower_cpu']:.4f} | {r['cpu_ratio_to_smallest']:.2f} | "
+              f"{r['leader_cpu']:.4f} | "
               f"{r['follower_rss_mb']:.0f} / {r['follower_rss_max_mb']:.0f} MiB | "
               f"{r['sent_per_s']:.1f} + {r['received_per_s']:.1f} | {r['opened_per_s']:.3f} | "
               f"{r['detect_p50_s']:.2f} / {r['detect_p99_s']:.2f} s | {r['join_max_s']:.2f} s | "
               f"{r['load_avg_1m']:.1f} | {was} |")  # fmt: skip
+    print_targets(now)
+
+
+def agents_cell(row: dict[str, Any]) -> str:
+    """The table's first cell: the size, with the mode where it is not loopback (e.g. '5, bed (mDNS)')."""
+    return f"{row['n']}, {row['mode']}" if row.get("mode") else str(row["n"])
+
+
+def print_targets(now: list[dict[str, Any]]) -> None:
+    """Under the table: convergence per size, the issue's targets (largest against smallest), the soak."""
     ok = [r for r in now if "failed" not in r]
+    if any("converge_s" in r for r in ok):
+        print("\nevery member sees all, after the last agent answered: "
+              + ", ".join(f"{r['n']} agents {r['converge_s']:.1f} s" for r in ok if "converge_s" in r))  # fmt: skip
     if len(ok) >= 2:
         small, big = ok[0], ok[-1]
         print(f"\nissue #13 targets: follower CPU at {big['n']} / at {small['n']} agents = "
