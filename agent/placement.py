@@ -26,8 +26,8 @@ over ``os.cpu_count()``, 1 to ``MAX_SLOWDOWN``; per machine, not per configured 
 sharing one machine, as in bench/load_bench.py, share its CPUs) and the queue model counts the load. That
 figure is the node's own word, so the leader divides out no more than the node's own traffic explains
 (``explained_contention``: its requests in flight per core, served count x median latency per catalogue
-model; a node that reports no cores gets none); contention from elsewhere stays in the measured service
-times (it will not leave with the streams).
+model, the median of what other nodes logged where there is enough; a node that reports no cores gets
+none); contention from elsewhere stays in the measured service times (it will not leave with the streams).
 More instances on a saturated node is never the plan's answer: the core row caps them whatever the
 measurements say.
 """
@@ -85,6 +85,7 @@ class RequestRecord:
     node: str | None
     latency_ms: float | None
     status: int
+    logged_by: str | None = field(default=None, compare=False)  # whose request log held it (None: unknown)
 
 
 def parse_node_report(stats_node: Mapping[str, Any], stats_models: Mapping[str, Any]) -> NodeReport:
@@ -118,17 +119,23 @@ def explained_contention(
 
     A node's ``load_per_cpu`` is its own word: one reporting 8 would have its latencies divided by 8 and
     attract every stream. Only the contention its own measured traffic explains is divided out; the median
-    keeps one made-up record of a huge latency from explaining anything, models outside the catalogue count
-    for nothing, and a node that reports no ``cores`` gets no allowance (1)."""
+    keeps one made-up record of a huge latency from explaining anything (the median of the records other
+    nodes logged, where there are enough, so a node cannot move it with its own), models outside the
+    catalogue count for nothing, and a node that reports no ``cores`` gets no allowance (1)."""
     served: dict[tuple[str, str], list[float]] = {}
+    witnessed: dict[tuple[str, str], list[float]] = {}  # logged by another node: not the served node's word
     for r in records:
         if r.node is None or r.latency_ms is None or not 200 <= r.status < 300 or r.model not in known:
             continue
         if math.isfinite(r.latency_ms) and r.latency_ms >= 0:
             served.setdefault((r.node, r.model), []).append(r.latency_ms)
+            if r.logged_by is not None and r.logged_by != r.node:
+                witnessed.setdefault((r.node, r.model), []).append(r.latency_ms)
     busy: dict[str, float] = {}
-    for (node, _model), latencies in served.items():
-        busy[node] = busy.get(node, 0.0) + len(latencies) * statistics.median(latencies) / 1000.0
+    for key, latencies in served.items():
+        others = witnessed.get(key, [])
+        typical = statistics.median(others if len(others) >= MIN_LATENCY_SAMPLES else latencies)
+        busy[key[0]] = busy.get(key[0], 0.0) + len(latencies) * typical / 1000.0
     out: dict[str, float] = {}
     for node, b in busy.items():
         c = cores.get(node)

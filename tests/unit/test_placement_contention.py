@@ -176,3 +176,16 @@ def test_only_catalogue_models_and_finite_latencies_explain_contention() -> None
     recs += [RequestRecord(1.0, "zz", "c", {}, "b", 1e9, 200), RequestRecord(1.0, "m", "c", {}, "b", 1e9, 500)]
     got = explained_contention(recs, WINDOW_S, {"b": 1.0}, {"m"})
     assert got == {"b": pytest.approx(501 * 0.040 / WINDOW_S)}
+
+
+def test_a_node_cannot_move_the_median_with_its_own_records_where_others_logged_enough() -> None:
+    """b (reporting 8) logs 300 made-up 160 s requests beside its 200 real 12 ms ones: the median of b's own
+    word is 80 s and explains 8 per core (12 ms read as 1.5 ms). a proxied 100 requests to b and logged them
+    at 12 ms; that median (the word of a node other than b) counts, and b stays at its 12 ms."""
+    fake = [RequestRecord(5.0, "m", "x", {}, "b", 160_000.0, 200, logged_by="b") for _ in range(300)]
+    seen = [RequestRecord(i / 10, "m", f"phone{i % 6}", {}, "b", 12.0, 200, logged_by="a") for i in range(100)]
+    assert _two_nodes(8.0, 20.0, 12.0, extra=fake)["requests"][0]["exec_ms"]["b"] == pytest.approx(1.5)
+    assert _two_nodes(8.0, 20.0, 12.0, extra=[*fake, *seen])["requests"][0]["exec_ms"]["b"] == pytest.approx(12.0)
+    own = [RequestRecord(i / 10, "m", "c", {}, "b", 12.0, 200, logged_by="b") for i in range(100)]
+    got = explained_contention([*fake, *own], WINDOW_S, {"b": 2.0}, {"m"})  # b's word alone: its median stands
+    assert got["b"] == pytest.approx(400 * 160.0 / WINDOW_S / 2.0)
