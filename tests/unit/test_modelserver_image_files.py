@@ -29,6 +29,7 @@ def test_the_image_files_alone_import_the_model_server(tmp_path: Path) -> None:
     for f in files:
         (tmp_path / f).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(ROOT / f, tmp_path / f)
-    done = subprocess.run([sys.executable, "-c", "import agent.modelserver"], cwd=tmp_path, capture_output=True,
-                          text=True, env={"PYTHONPATH": str(tmp_path), "PATH": "/usr/bin:/bin"}, timeout=60)  # fmt: skip
+    env = {"PYTHONPATH": str(tmp_path), "PATH": "/usr/bin:/bin"}
+    argv = [sys.executable, "-c", "import agent.modelserver"]
+    done = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, env=env, timeout=60)
     assert done.returncode == 0, done.stderr[-2000:]
