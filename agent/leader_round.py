@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections import OrderedDict, deque
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import Any
 
@@ -317,7 +317,7 @@ class LeaderRound:
             cursor = self.cursors.get(e.node, 0)
             for rid, record in e.page:
                 if rid > cursor:  # ids only grow: at or below the cursor was taken already
-                    self.window.append(record)
+                    self.window.append(replace(record, logged_by=e.node))  # whose word it is
                     cursor = rid
             self.cursors[e.node] = cursor
             if len(e.page) >= self.config.page_limit:

@@ -49,8 +49,9 @@ log = logging.getLogger(__name__)
 
 TICK_S = 0.1  # at most: a third of the heartbeat when that is shorter (20 Hz was an idle agent's largest loop)
 SAID_MAX = 1024  # distinct once-only warnings remembered
-# A peer that died since the round began must not hold the round up: connects to a dead host hang.
-GATHER_TIMEOUT = httpx.Timeout(3.0, connect=0.5)
+# One node's gather (three calls on one kept connection) ends within this, whatever each call's own timeout: a
+# node answering each call just in time must not hold the round 3 x as long (a dead one fails at connect, 0.5 s).
+GATHER_DEADLINE_S = 3.0
 # Renewals travel by gossip (agent/discovery/swim.py), so one may reach a member up to ~1 s late at 50 nodes
 # (simulated tail): a follower's lease lasts this much longer than the election timeout. A crashed leader is
 # still noticed sooner by SWIM (dead: out of the view, the lease ends at once).
@@ -264,18 +265,26 @@ class Leadership:
     async def _gather(self, g: lr.Gather) -> lr.Gathered | lr.GatherFailed:
         """One gather: the node's stats and one page of its request log after ``g.since``."""
         try:
-            # One after another, on one kept connection: three at once needed a third connection to each
-            # peer every round (two are kept), a TLS handshake on the leader's event loop that its proxied
-            # requests waited behind (the load bench's slow 1 %).
-            stats_node = await self._get_json(f"{g.url}/stats/node")
-            stats_models = await self._get_json(f"{g.url}/stats/models")
-            page = await self._get_json(f"{g.url}/stats/requests", params={"since": g.since, "limit": g.limit})
+            stats_node, stats_models, page = await asyncio.wait_for(self._fetch_stats(g), GATHER_DEADLINE_S)
             report = parse_node_report(stats_node, stats_models)
             records = tuple((int(raw["id"]), parse_request(raw)) for raw in page["requests"])
             return lr.Gathered(self.agent.clock(), g.round, g.node, report, records)
+        except asyncio.TimeoutError:
+            self._say_once(f"gather:{g.node}:deadline", "cannot gather stats from %s within %.1f s", g.node,
+                           GATHER_DEADLINE_S)  # fmt: skip
+            return lr.GatherFailed(self.agent.clock(), g.round, g.node, f"no stats within {GATHER_DEADLINE_S:g} s")
         except (httpx.HTTPError, KeyError, TypeError, ValueError) as exc:
             self._say_once(f"gather:{g.node}:{type(exc).__name__}", "cannot gather stats from %s: %s", g.node, exc)
             return lr.GatherFailed(self.agent.clock(), g.round, g.node, f"{type(exc).__name__}: {exc}")
+
+    async def _fetch_stats(self, g: lr.Gather) -> tuple[Any, Any, Any]:
+        """The node's two stats answers and one request-log page: one after another, on one kept connection (three
+        at once needed a third connection to each peer every round, two are kept: a TLS handshake on the
+        leader's event loop that its proxied requests waited behind, the load bench's slow 1 %)."""
+        stats_node = await self._get_json(f"{g.url}/stats/node")
+        stats_models = await self._get_json(f"{g.url}/stats/models")
+        page = await self._get_json(f"{g.url}/stats/requests", params={"since": g.since, "limit": g.limit})
+        return stats_node, stats_models, page
 
     async def _get_json(self, url: str, params: Mapping[str, Any] | None = None) -> Any:
         """A peer's stats answer, authenticated and strictly parsed; raises ValueError (PeerCallError)."""

@@ -25,8 +25,9 @@ leader divides it out (``contention``: the machine's runnable threads per CPU, 1
 over ``os.cpu_count()``, 1 to ``MAX_SLOWDOWN``; per machine, not per configured ``cores``, since agents
 sharing one machine, as in bench/load_bench.py, share its CPUs) and the queue model counts the load. That
 figure is the node's own word, so the leader divides out no more than the node's own traffic explains
-(``explained_contention``: its requests in flight per core); contention from elsewhere stays in the
-measured service times (it will not leave with the streams).
+(``explained_contention``: its requests in flight per core, served count x median latency per catalogue
+model, the median of what other nodes logged where there is enough; a node that reports no cores gets
+none); contention from elsewhere stays in the measured service times (it will not leave with the streams).
 More instances on a saturated node is never the plan's answer: the core row caps them whatever the
 measurements say.
 """
@@ -35,7 +36,7 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -84,6 +85,7 @@ class RequestRecord:
     node: str | None
     latency_ms: float | None
     status: int
+    logged_by: str | None = field(default=None, compare=False)  # whose request log held it (None: unknown)
 
 
 def parse_node_report(stats_node: Mapping[str, Any], stats_models: Mapping[str, Any]) -> NodeReport:
@@ -110,18 +112,35 @@ def parse_node_report(stats_node: Mapping[str, Any], stats_models: Mapping[str, 
 
 
 def explained_contention(
-    records: Iterable[RequestRecord], window_s: float, cores: Mapping[str, float | None]
+    records: Iterable[RequestRecord], window_s: float, cores: Mapping[str, float | None], known: Container[str]
 ) -> dict[str, float]:
-    """Per node: the slowdown its own served traffic can explain, at least 1: its requests in flight (served
-    rate x mean measured latency, Little's law) per core (1 where it reports none).
+    """Per node: the slowdown its own served traffic of catalogue models can explain, at least 1: its requests
+    in flight (per model, served count x median measured latency over the window, Little's law) per core.
 
     A node's ``load_per_cpu`` is its own word: one reporting 8 would have its latencies divided by 8 and
-    attract every stream. Only the contention its own measured traffic explains is divided out."""
-    busy: dict[str, float] = {}
+    attract every stream. Only the contention its own measured traffic explains is divided out; the median
+    keeps one made-up record of a huge latency from explaining anything (the median of the records other
+    nodes logged, where there are enough, so a node cannot move it with its own), models outside the
+    catalogue count for nothing, and a node that reports no ``cores`` gets no allowance (1)."""
+    served: dict[tuple[str, str], list[float]] = {}
+    witnessed: dict[tuple[str, str], list[float]] = {}  # logged by another node: not the served node's word
     for r in records:
-        if r.node is not None and r.latency_ms is not None and 200 <= r.status < 300:
-            busy[r.node] = busy.get(r.node, 0.0) + r.latency_ms / 1000.0  # request-seconds in the window
-    return {n: max(1.0, b / window_s / (cores.get(n) or 1.0)) for n, b in busy.items()}
+        if r.node is None or r.latency_ms is None or not 200 <= r.status < 300 or r.model not in known:
+            continue
+        if math.isfinite(r.latency_ms) and r.latency_ms >= 0:
+            served.setdefault((r.node, r.model), []).append(r.latency_ms)
+            if r.logged_by is not None and r.logged_by != r.node:
+                witnessed.setdefault((r.node, r.model), []).append(r.latency_ms)
+    busy: dict[str, float] = {}
+    for key, latencies in served.items():
+        others = witnessed.get(key, [])
+        typical = statistics.median(others if len(others) >= MIN_LATENCY_SAMPLES else latencies)
+        busy[key[0]] = busy.get(key[0], 0.0) + len(latencies) * typical / 1000.0
+    out: dict[str, float] = {}
+    for node, b in busy.items():
+        c = cores.get(node)
+        out[node] = 1.0 if c is None else max(1.0, b / window_s / c)
+    return out
 
 
 def _positive(value: Any, zero: bool = False) -> float | None:
@@ -170,7 +189,7 @@ def build_snapshot(
     queue_aware = objective in ("queue", "queue-p99")
     slowdown = {n.node_id: n.contention() if queue_aware else 1.0 for n in nodes}
     if queue_aware and window_s is not None and window_s > 0:
-        own = explained_contention(records, window_s, {n.node_id: n.cores for n in nodes})
+        own = explained_contention(records, window_s, {n.node_id: n.cores for n in nodes}, known)
         slowdown = {n: min(v, own.get(n, 1.0)) for n, v in slowdown.items()}  # a node's word, checked
     streams: dict[tuple[str, str], dict[str, float]] = {}
     latencies: dict[tuple[str, str], list[float]] = {}

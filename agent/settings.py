@@ -26,6 +26,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 NODE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,62}")  # one DNS label: no dots (DESIGN, mDNS)
+MIN_HEARTBEAT_S = 0.03  # election_heartbeat_s at least this: the election loop ticks at a third of it
 
 
 @dataclass(frozen=True)
@@ -171,6 +172,8 @@ def validate(s: Settings) -> None:
     for name in ("placement_period_s", "request_window_s", "election_heartbeat_s"):
         if getattr(s, name) <= 0:
             raise ConfigError(name, "must be positive")
+    if s.election_heartbeat_s < MIN_HEARTBEAT_S:  # the election loop ticks at a third of it: no busy loop
+        raise ConfigError("election_heartbeat_s", f"must be at least {MIN_HEARTBEAT_S:g} s")
     for name in ("placement_hold_margin", "placement_hold_start_ms", "placement_min_dwell_s", "instance_drain_s"):
         if not 0 <= getattr(s, name) < float("inf"):
             raise ConfigError(name, "must be a finite number, zero or more")

@@ -7,10 +7,12 @@ exit codes are 0 (ok), 1 (the operation failed), 2 (bad usage or bad input).
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
 import logging
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from peerserve import __version__
 from peerserve.errors import UsageError
@@ -23,6 +25,25 @@ __all__ = ["UsageError", "build_parser", "main"]
 # never imports the solver (numpy), the client library or the demo (~20 MB of a follower's RSS, README).
 PARTS = ("agent.cli", "agent.pins_cli", "client.cli", "solver.cli", "peerserve.demo", "peerserve.chaos")
 AGENT_PARTS = PARTS[:2]
+# The commands each part registers, so that a part whose dependencies are not installed still lists its
+# commands, each answering with what to install (tests/unit/test_cli_parts.py keeps this table true).
+PART_COMMANDS = {
+    "agent.cli": ("agent", "stats-token", "model-server"),
+    "agent.pins_cli": ("pins",),
+    "client.cli": ("endpoints", "predict", "cluster"),
+    "solver.cli": ("solve", "simulate"),
+    "peerserve.demo": ("demo",),
+    "peerserve.chaos": ("chaos",),
+}
+# The extra (pyproject.toml) that installs a missing top-level module; an agent-only install has no numpy.
+EXTRA_OF = {
+    **dict.fromkeys(("numpy", "scipy", "pyomo", "cyipopt", "highspy", "threadpoolctl", "tqdm", "matplotlib"), "solver"),
+    **dict.fromkeys(
+        ("fastapi", "uvicorn", "httptools", "pydantic", "psutil", "docker", "cryptography", "prometheus_client"),
+        "agent",
+    ),
+    **dict.fromkeys(("sklearn", "tritonclient"), "serving"),
+}
 
 
 def build_parser(parts: Sequence[str] = PARTS) -> argparse.ArgumentParser:
@@ -43,8 +64,39 @@ def _build(parts: Sequence[str]) -> tuple[argparse.ArgumentParser, dict[str, arg
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv: debug)")
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
     for name in parts:
-        importlib.import_module(name).register(commands)
+        try:
+            module = importlib.import_module(name)
+        except ImportError as exc:  # an install without this part's extra: its commands say what to add
+            _register_missing(commands, PART_COMMANDS.get(name, ()), exc)
+            continue
+        module.register(commands)
     return parser, commands.choices
+
+
+def missing_message(command: str, exc: ImportError) -> str:
+    """What to install for ``command``, whose import of a module failed with ``exc``."""
+    module = (exc.name or "").split(".")[0]
+    extra = EXTRA_OF.get(module)
+    what = f"pip install 'peerserve[{extra}]'" if extra else "install the package that provides it"
+    return f"`peerserve {command}` needs the Python module {module or str(exc)!r}, not installed here: {what}"
+
+
+def _register_missing(commands: Any, names: Sequence[str], exc: ImportError) -> None:
+    """Register ``names`` as commands that print what to install (in --help too) and exit 1."""
+    for name in names:
+        message = missing_message(name, exc)
+        p = commands.add_parser(name, help=f"(unavailable) {message}", description=message, prefix_chars="\0")
+        p.add_argument("args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+        p.set_defaults(handler=functools.partial(_unavailable, message))
+
+
+def _unavailable(message: str, args: argparse.Namespace) -> int:
+    """The handler of a command whose part cannot be imported: the message; exit 0 for --help, else 1."""
+    if {"-h", "--help"} & set(args.args):
+        print(message)
+        return 0
+    print(f"peerserve: error: {message}", file=sys.stderr)
+    return 1
 
 
 def parser_for(argv: Sequence[str]) -> argparse.ArgumentParser:
@@ -69,5 +121,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as exc:
         print(f"peerserve: error: {exc}", file=sys.stderr)
         return 2
+    except ModuleNotFoundError as exc:  # a dependency the command imports when it runs (uvicorn for `agent`)
+        command = next((a for a in argv if not a.startswith("-")), "")
+        print(f"peerserve: error: {missing_message(command, exc)}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130

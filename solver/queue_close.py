@@ -134,7 +134,8 @@ def close_screen(pools: Pools, lam: FloatArray, counts: IntArray) -> tuple[Float
     own = q.instance_cost * new + wait
     # node j's other pools when pool (j, k) closes: each of its instances then gets C / (T - n_jk) of a core
     saves = np.where(counts > 0, own, 0.0)
-    for k in range(counts.shape[1]):
+    # where no node has more instances than cores, every share below is 1 and ``lost`` is exactly 0
+    for k in range(counts.shape[1]) if np.any(total > cores) else ():
         lost = wait - _wait(pools, lam, n * np.minimum(1.0, cores / np.maximum(total - n[:, k : k + 1], 1e-12)))
         saves[:, k] += np.where(counts[:, k] > 0, lost.sum(axis=1) - lost[:, k], 0.0)
     if not SCREEN_FALLS:

@@ -117,16 +117,19 @@ class _SplitFlow:
         self.top = EVAL_RHO * q.mu
         self.big = np.where(allowed, 0.0, np.inf)
 
-    def pools(self, lam: FloatArray, order: int) -> tuple[FloatArray, ...]:
-        """Per pool [j, k]: the wait term D - lam * service and its first ``order`` derivatives in lam."""
+    def pools(self, lam: FloatArray, order: int, wait: bool = False) -> tuple[FloatArray, ...]:
+        """Per pool [j, k]: the wait term D - lam * service (for ``order`` 0 or ``wait``), then its first
+        ``order`` derivatives in lam."""
         t = lam / self.n
         tc = np.minimum(t, self.top)
         gap = self.mu - tc
         d1 = 1000.0 * self.mu / gap**2
-        if order == 0:
+        out = []
+        if order == 0 or wait:
             g = 1000.0 * tc / gap + np.where(t > self.top, d1 * (t - self.top), 0.0)
-            return (np.where(self.on, self.n * g, 0.0) - lam * self.service,)
-        out = [np.where(self.on, d1, 0.0) - self.service]
+            out.append(np.where(self.on, self.n * g, 0.0) - lam * self.service)
+        if order >= 1:
+            out.append(np.where(self.on, d1, 0.0) - self.service)
         if order == 2:
             out.append(np.where(self.on & (t < self.top), 2.0 * d1 / (gap * self.n), 0.0))
         return tuple(out)
@@ -136,31 +139,33 @@ class _SplitFlow:
         gap, steps = np.inf, 0
         for steps in range(iterations + 1):
             lam = x.T @ self.onehot
-            (wait,) = self.pools(lam, 0)
-            (slope,) = self.pools(lam, 1)
+            wait, slope, second = self.pools(lam, 2, wait=True)
             grad = self.cost + slope[:, self.model].T
             direction = _all_on(grad + self.big, self.rate) - x
             value = float((x * self.cost).sum() + wait.sum())
             gap = -float((grad * direction).sum()) / max(value, 1e-9)
             if steps == iterations or (GAP_STOP and gap <= TOLERANCE):
                 break
-            x = x + self.step(x, lam, direction) * direction
+            x = x + self.step(x, lam, direction, (slope, second)) * direction
         return x, steps, gap
 
-    def step(self, x: FloatArray, lam: FloatArray, d: FloatArray) -> float:
+    def step(
+        self, x: FloatArray, lam: FloatArray, d: FloatArray, here: tuple[FloatArray, FloatArray] | None = None
+    ) -> float:
         """The step in [0, 1] minimising the objective along ``d``: safeguarded Newton on its derivative (the
-        M/M/1 wait's closed-form second derivative), bisection where Newton leaves the bracket."""
+        M/M/1 wait's closed-form second derivative), bisection where Newton leaves the bracket.
+
+        ``here``: ``pools(lam, 2)``'s derivatives, if the caller has them (the slope at 0 without a new pass)."""
         linear = float((self.cost * d).sum())
         dlam = d.T @ self.onehot
 
         def slope(a: float) -> tuple[float, float]:
-            first, second = self.pools(lam + a * dlam, 2)
-            return linear + float((dlam * first).sum()), float((dlam * dlam * second).sum())
+            return _along(linear, dlam, *self.pools(lam + a * dlam, 2))
 
         if slope(1.0)[0] <= 0:
             return 1.0
         lo, hi, a = 0.0, 1.0, 0.0
-        s, h = slope(0.0)
+        s, h = slope(0.0) if here is None else _along(linear, dlam, *here)
         for _ in range(NEWTON_STEPS):
             hi = min(hi, a) if s > 0 else hi
             lo = max(lo, a) if s < 0 else lo
@@ -173,6 +178,12 @@ class _SplitFlow:
             if s == 0.0:
                 break
         return a
+
+
+def _along(linear: float, dlam: FloatArray, first: FloatArray, second: FloatArray) -> tuple[float, float]:
+    """The objective's first and second derivatives along a direction (``linear``: its RTT + execution part,
+    ``dlam`` its pool rates) from the pools' derivatives ``first`` and ``second``."""
+    return linear + float((dlam * first).sum()), float((dlam * dlam * second).sum())
 
 
 def _feasible_step(pools: Pools, counts: FloatArray, x: FloatArray, direction: FloatArray) -> float:

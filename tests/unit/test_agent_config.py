@@ -107,6 +107,7 @@ def test_settings_precedence(tmp_path: Path) -> None:
         ({"PEERSERVE_PLACEMENT_HOLD_PER_MODEL": "maybe"}, "placement_hold_per_model"),
         ({"PEERSERVE_CORES": "-2"}, "cores"),
         ({"PEERSERVE_CORES": "inf"}, "cores"),
+        ({"PEERSERVE_ELECTION_HEARTBEAT_S": "1e-9"}, "election_heartbeat_s"),  # the election loop would spin
     ],
 )
 def test_bad_settings_name_the_key(env: dict[str, str], key: str, tmp_path: Path) -> None:

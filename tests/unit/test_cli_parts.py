@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
-from peerserve.cli import AGENT_PARTS, PARTS, build_parser, parser_for
+from peerserve.cli import AGENT_PARTS, PART_COMMANDS, PARTS, build_parser, parser_for
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def commands(parser: argparse.ArgumentParser) -> set[str]:
@@ -32,3 +38,61 @@ def test_an_unknown_command_is_still_a_usage_error(capsys: pytest.CaptureFixture
     with pytest.raises(SystemExit) as exc:
         main(["nonsense"])
     assert exc.value.code == 2 and "invalid choice" in capsys.readouterr().err
+
+
+def test_the_part_table_names_what_each_part_registers() -> None:
+    """PART_COMMANDS is what a part's commands are listed as when it cannot be imported: it must stay true."""
+    assert set(PART_COMMANDS) == set(PARTS)
+    for part in PARTS:
+        assert commands(build_parser([part])) == set(PART_COMMANDS[part])
+
+
+# Runs the console script with ``BLOCKED`` top-level modules unimportable, as on an install without them.
+WITHOUT = """\
+import sys
+BLOCKED = set(sys.argv[1].split(","))
+
+
+class Blocker:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in BLOCKED:
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+
+
+sys.meta_path.insert(0, Blocker())
+from peerserve.cli import main
+
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+def without(blocked: str, *argv: str) -> subprocess.CompletedProcess[str]:
+    """``peerserve ARGV`` in a fresh interpreter where the ``blocked`` modules cannot be imported."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-c", WITHOUT, blocked, *argv]
+    return subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=60, check=False)
+
+
+def test_an_install_without_numpy_lists_every_command_and_says_what_solve_needs() -> None:
+    """The `agent` extra has no numpy: --help and the client's commands work, the solver's say what to install."""
+    listing = without("numpy", "--help")
+    assert listing.returncode == 0, listing.stderr
+    assert "Traceback" not in listing.stderr
+    assert {"endpoints", "predict", "cluster", "demo", "agent"} <= set(listing.stdout.split())
+    assert "(unavailable)" in listing.stdout and "peerserve[solver]" in listing.stdout
+    for argv in (["endpoints", "--help"], ["agent", "--help"], ["demo", "--help"], ["solve", "--help"]):
+        shown = without("numpy", *argv)
+        assert shown.returncode == 0 and "Traceback" not in shown.stderr, (argv, shown.stderr)
+    for argv in (["solve", "--json", "snap.json"], ["simulate"]):
+        used = without("numpy", *argv)
+        assert used.returncode == 1, (argv, used.stderr)
+        assert "Traceback" not in used.stderr
+        assert f"`peerserve {argv[0]}` needs the Python module 'numpy'" in used.stderr
+        assert "pip install 'peerserve[solver]'" in used.stderr
+
+
+def test_the_agent_without_uvicorn_says_what_to_install() -> None:
+    run = without("uvicorn", "agent", "--port", "1")
+    assert run.returncode == 1
+    assert "Traceback" not in run.stderr
+    assert "needs the Python module 'uvicorn'" in run.stderr and "peerserve[agent]" in run.stderr

@@ -197,6 +197,7 @@ def test_the_request_window_is_bounded_by_age_and_count() -> None:
     assert isinstance(solve, Solve)
     assert [r.ts for r in solve.requests] == [90.0, 91.0]  # 4 kept (count), then 88 and 89 are too old
     assert len(m.window) == 2
+    assert {r.logged_by for r in solve.requests} == {"a"}  # whose log it came from, for the contention check
 
 
 def test_cursors_are_kept_for_at_most_max_nodes() -> None:

@@ -8,12 +8,20 @@ running there, so its measured latencies stretch with the contention (the load a
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
 
 from agent.catalogue import parse_catalogue
-from agent.placement import MAX_SLOWDOWN, NodeReport, RequestRecord, build_snapshot, parse_node_report
+from agent.placement import (
+    MAX_SLOWDOWN,
+    NodeReport,
+    RequestRecord,
+    build_snapshot,
+    explained_contention,
+    parse_node_report,
+)
 from solver import Snapshot
 from solver.api import solve
 
@@ -94,18 +102,24 @@ def test_contention_is_clipped_and_parsed_from_the_report() -> None:
     assert parse_node_report(base, {}).cores is None  # an older agent: no limit, as before
 
 
-def _two_nodes(load_b: float, rate_b: float, latency_b_ms: float) -> dict[str, Any]:
-    """a (2 ms from the phones) and b (5 ms), 2 cores each; a serves 20 req/s at 12 ms, b ``rate_b`` at
-    ``latency_b_ms`` and reports ``load_b`` runnable threads per CPU."""
+def _two_nodes(
+    load_b: float,
+    rate_b: float,
+    latency_b_ms: float,
+    extra: Sequence[RequestRecord] = (),
+    cores_b: float | None = 2.0,
+) -> dict[str, Any]:
+    """a (2 ms from the phones) and b (5 ms), 2 cores each (b: ``cores_b``); a serves 20 req/s at 12 ms, b
+    ``rate_b`` at ``latency_b_ms`` and reports ``load_b`` runnable threads per CPU; ``extra`` records join."""
     nodes = [
         NodeReport("a", 4000.0, 4000.0, 100.0, "board", {"m": 1}, cores=2.0, load_per_cpu=0.1),
-        NodeReport("b", 4000.0, 4000.0, 100.0, "board", {"m": 1}, cores=2.0, load_per_cpu=load_b),
+        NodeReport("b", 4000.0, 4000.0, 100.0, "board", {"m": 1}, cores=cores_b, load_per_cpu=load_b),
     ]
     recs = []
     for node, rate, latency in (("a", 20.0, 12.0), ("b", rate_b, latency_b_ms)):
         for i in range(int(rate * WINDOW_S)):
             recs.append(RequestRecord(i / rate, "m", f"phone{i % 6}", {"a": 2.0, "b": 5.0}, node, latency, 200))
-    return build_snapshot(nodes, recs, CAT, 100.0, "queue", WINDOW_S)
+    return build_snapshot(nodes, [*recs, *extra], CAT, 100.0, "queue", WINDOW_S)
 
 
 def test_a_node_reporting_inflated_contention_does_not_attract_the_streams(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -118,7 +132,7 @@ def test_a_node_reporting_inflated_contention_does_not_attract_the_streams(monke
     assert {n: snap["requests"][0]["exec_ms"][n] for n in "ab"} == pytest.approx({"a": 12.0, "b": 12.0})
     plan = solve(Snapshot.from_dict(snap), mode="2")
     assert sum(s.get("b", 0.0) for s in plan.shares) < 0.5 * len(plan.shares)
-    monkeypatch.setattr(placement, "explained_contention", lambda _r, _w, cores: dict.fromkeys(cores, math.inf))
+    monkeypatch.setattr(placement, "explained_contention", lambda _r, _w, cores, _k: dict.fromkeys(cores, math.inf))
     taken = _two_nodes(8.0, 20.0, 12.0)
     assert taken["requests"][0]["exec_ms"]["b"] == pytest.approx(1.5)
     plan = solve(Snapshot.from_dict(taken), mode="2")
@@ -132,3 +146,46 @@ def test_contention_a_busy_nodes_own_traffic_explains_is_still_divided_out() -> 
     for load in (4.0, 6.0):
         snap = _two_nodes(load, 200.0, 40.0)
         assert snap["requests"][0]["exec_ms"]["b"] == pytest.approx(10.0)
+
+
+@pytest.mark.parametrize("model", ["no-such-model", "m"])
+def test_one_made_up_record_in_a_nodes_own_log_explains_no_contention(model: str) -> None:
+    """The reviewer's attack: b reports 8 runnable threads per CPU and logs one made-up 160 s request it
+    served (of a model outside the catalogue, or of ``m``). Summed, that record alone explained 8 per core
+    (12 ms read as 1.5 ms, every stream moved to b); counted at the median latency of b's ``m`` records
+    (and not at all outside the catalogue), b stays priced at its 12 ms and the phones stay on a."""
+    fake = RequestRecord(5.0, model, "x", {}, "b", 160_000.0, 200)
+    snap = _two_nodes(8.0, 20.0, 12.0, extra=[fake])
+    assert snap["requests"][0]["exec_ms"]["b"] == pytest.approx(12.0)
+    plan = solve(Snapshot.from_dict(snap), mode="2")
+    assert sum(s.get("b", 0.0) for s in plan.shares) < 0.5 * len(plan.shares)
+
+
+def test_a_node_that_reports_no_cores_gets_no_contention_divided_out() -> None:
+    """b's 200 req/s at 40 ms explain 4 per core on 2 cores (divided out), but with no ``cores`` reported
+    there is no core count to divide by: nothing is divided out (it was: counted as 1 core, 8)."""
+    assert _two_nodes(4.0, 200.0, 40.0)["requests"][0]["exec_ms"]["b"] == pytest.approx(10.0)
+    assert _two_nodes(8.0, 200.0, 40.0, cores_b=None)["requests"][0]["exec_ms"]["b"] == pytest.approx(40.0)
+
+
+def test_only_catalogue_models_and_finite_latencies_explain_contention() -> None:
+    """explained_contention itself: per (node, model) count x median; unknown models, NaN and errors count
+    for nothing."""
+    recs = [RequestRecord(float(i), "m", "c", {}, "b", 40.0, 200) for i in range(500)]
+    recs += [RequestRecord(1.0, "m", "c", {}, "b", 1e9, 200), RequestRecord(1.0, "m", "c", {}, "b", math.nan, 200)]
+    recs += [RequestRecord(1.0, "zz", "c", {}, "b", 1e9, 200), RequestRecord(1.0, "m", "c", {}, "b", 1e9, 500)]
+    got = explained_contention(recs, WINDOW_S, {"b": 1.0}, {"m"})
+    assert got == {"b": pytest.approx(501 * 0.040 / WINDOW_S)}
+
+
+def test_a_node_cannot_move_the_median_with_its_own_records_where_others_logged_enough() -> None:
+    """b (reporting 8) logs 300 made-up 160 s requests beside its 200 real 12 ms ones: the median of b's own
+    word is 80 s and explains 8 per core (12 ms read as 1.5 ms). a proxied 100 requests to b and logged them
+    at 12 ms; that median (the word of a node other than b) counts, and b stays at its 12 ms."""
+    fake = [RequestRecord(5.0, "m", "x", {}, "b", 160_000.0, 200, logged_by="b") for _ in range(300)]
+    seen = [RequestRecord(i / 10, "m", f"phone{i % 6}", {}, "b", 12.0, 200, logged_by="a") for i in range(100)]
+    assert _two_nodes(8.0, 20.0, 12.0, extra=fake)["requests"][0]["exec_ms"]["b"] == pytest.approx(1.5)
+    assert _two_nodes(8.0, 20.0, 12.0, extra=[*fake, *seen])["requests"][0]["exec_ms"]["b"] == pytest.approx(12.0)
+    own = [RequestRecord(i / 10, "m", "c", {}, "b", 12.0, 200, logged_by="b") for i in range(100)]
+    got = explained_contention([*fake, *own], WINDOW_S, {"b": 2.0}, {"m"})  # b's word alone: its median stands
+    assert got["b"] == pytest.approx(400 * 160.0 / WINDOW_S / 2.0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import numpy as np
 import pytest
@@ -134,9 +135,9 @@ def test_a_split_repair_left_within_the_gap_takes_no_step(monkeypatch: pytest.Mo
     steps = []
     real = queue_split._SplitFlow.step
 
-    def counted(self: queue_split._SplitFlow, x: FloatArray, lam: FloatArray, d: FloatArray) -> float:
+    def counted(self: queue_split._SplitFlow, x: FloatArray, lam: FloatArray, d: FloatArray, *rest: Any) -> float:
         steps.append(1)
-        return real(self, x, lam, d)
+        return real(self, x, lam, d, *rest)
 
     monkeypatch.setattr(queue_split._SplitFlow, "step", counted)
     _, pools = _closed(with_cores(thesis_instance(25, 5, 0), 2.0), Mode.MODE1)
