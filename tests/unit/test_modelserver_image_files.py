@@ -11,6 +11,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = ROOT / "images" / "modelserver" / "Dockerfile"
+DOCKERIGNORE = ROOT / ".dockerignore"  # "*" then "!path" for each file a build may see
 
 
 def copied_python_files() -> list[str]:
@@ -33,3 +34,10 @@ def test_the_image_files_alone_import_the_model_server(tmp_path: Path) -> None:
     argv = [sys.executable, "-c", "import agent.modelserver"]
     done = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, env=env, timeout=60)
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_the_build_context_lets_every_copied_file_through() -> None:
+    lines = [line.strip() for line in DOCKERIGNORE.read_text().splitlines() if line.strip()]
+    assert lines[0] == "*"
+    allowed = {line[1:] for line in lines if line.startswith("!")}
+    assert set(copied_python_files()) <= allowed, set(copied_python_files()) - allowed
