@@ -305,9 +305,11 @@ class UpstreamPool:
             head = conn.h11.send(h11.Request(method=method, target=target, headers=out))
             if body is None or body.whole:  # one write, one segment: the server wakes once
                 rest = [conn.h11.send(h11.Data(data=c)) for c in (body.kept() if body else []) if c]
-                conn.writer.write(b"".join([head, *rest, conn.h11.send(h11.EndOfMessage())]))
+                whole = b"".join([head, *rest, conn.h11.send(h11.EndOfMessage())])
+                sent_at = time.perf_counter()  # before the write: the server cannot start before it (nested timings)
+                conn.writer.write(whole)
                 await conn.writer.drain()
-                sent_any, sent_at = True, time.perf_counter()
+                sent_any = True
                 return
             conn.writer.write(head)
             await conn.writer.drain()
@@ -317,9 +319,10 @@ class UpstreamPool:
                     if chunk:
                         conn.writer.write(conn.h11.send(h11.Data(data=chunk)))
                         await conn.writer.drain()
-            conn.writer.write(conn.h11.send(h11.EndOfMessage()))
+            end = conn.h11.send(h11.EndOfMessage())
+            sent_at = time.perf_counter()  # the last request byte leaves now
+            conn.writer.write(end)
             await conn.writer.drain()
-            sent_at = time.perf_counter()
 
         sender = asyncio.create_task(send())
         try:
