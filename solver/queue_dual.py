@@ -80,11 +80,24 @@ def solve_binding_priced(q: QueueProblem, allowed: BoolArray) -> tuple[NlpSoluti
 def prove(q: QueueProblem, allowed: BoolArray) -> tuple[NlpSolution, Prices] | None:
     """``solve_binding_priced`` whether or not ``ENABLED`` (solver.queue_warm certifies its result by Ipopt)."""
     found = prove_lp(q, allowed)
-    return None if found is None else found[:2]
+    return None if found is None else (found.solution, found.prices)
 
 
-def prove_lp(q: QueueProblem, allowed: BoolArray) -> tuple[NlpSolution, Prices, FloatArray] | None:
-    """``prove`` and the LP's reduced cost [c, j] of every allowed column (inf elsewhere) at its optimum."""
+@dataclasses.dataclass(frozen=True)
+class Proof:
+    """A proven R(S) optimum: the LP's point, the prices of its bound, and the LP's own duals at its optimum
+    (``reduced`` [c, j] per allowed column, inf elsewhere; ``assign`` [C] and ``pool`` [P] row multipliers
+    with the NLP's sign: Lagrangian f + y.g)."""
+
+    solution: NlpSolution
+    prices: Prices
+    reduced: FloatArray
+    assign: FloatArray
+    pool: FloatArray
+
+
+def prove_lp(q: QueueProblem, allowed: BoolArray, gap: float = GAP) -> Proof | None:
+    """``prove`` with the LP's duals at its optimum (``Proof``), to relative ``gap``."""
     p = q.base
     if q.instance_cost <= 0 or not allowed.any() or _unknown_terms(q):
         return None
@@ -113,10 +126,10 @@ def prove_lp(q: QueueProblem, allowed: BoolArray) -> tuple[NlpSolution, Prices, 
             lower = lagrangian_bound(q, allowed, *cand, budgets=lp.budgets)
             if lower > best:
                 best, best_prices = lower, cand
-        if upper - best <= GAP * max(1.0, abs(upper)) or not PROVE:
+        if upper - best <= gap * max(1.0, abs(upper)) or not PROVE:
             log.debug("R(S) by column generation: %d rounds, gap %.2e", rounds, upper - best)
             found = NlpSolution(x, r, lam, n, upper, "optimal", 0, rounds, int(allowed.sum()), servers=lp.servers(n))
-            return found, best_prices, lp.reduced_costs()
+            return Proof(found, best_prices, lp.reduced_costs(), *lp.row_multipliers())
         lp.add_level(best_load(q, _price(q, *prices))[0])
         lp.add_level(best_load(q, _price(q, *mixed))[0])
     log.info("R(S) by column generation: no proof after %d rounds; Ipopt solves it", MAX_ROUNDS)
@@ -329,7 +342,7 @@ class _Lp:
         sol = h.getSolution()
         col = np.clip(np.asarray(sol.col_value), 0.0, None)
         dual = np.asarray(sol.row_dual)
-        self.col_dual = np.asarray(sol.col_dual)[:X]
+        self.col_dual, self.row_dual = np.asarray(sol.col_dual)[:X], dual
         x = np.zeros((C, J))
         x[self.xc, self.xj] = col[:X]
         z = col[X + C + R :].reshape(len(self.levels), P)
@@ -351,6 +364,11 @@ class _Lp:
         out = np.full((self.C, self.J), np.inf)
         out[self.xc, self.xj] = self.col_dual
         return out
+
+    def row_multipliers(self) -> tuple[FloatArray, FloatArray]:
+        """The last solve's assignment [C] and pool balance [P] row multipliers with the NLP's sign."""
+        C, P = self.C, self.J * self.K
+        return -self.row_dual[:C], -self.row_dual[C : C + P]
 
     def servers(self, n: FloatArray) -> FloatArray | None:
         """[j, k] the pools' servers (their n, as the compact NLP's) where a node has cores, else None."""

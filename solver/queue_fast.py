@@ -35,6 +35,7 @@ from solver.problem import FloatArray
 from solver.queue_dual import solve_binding
 from solver.queue_lazy import solve_nlp_lazy
 from solver.queue_model import N_MIN, NlpSolution, QueueProblem
+from solver.queue_warm import solve_certified
 
 log = logging.getLogger(__name__)
 
@@ -178,10 +179,12 @@ def _restricted(q: QueueProblem, in_s: BoolArray, x: FloatArray, r: FloatArray) 
 
 
 def _solve_sub(q: QueueProblem, allowed: BoolArray) -> NlpSolution:
-    """R(S)'s optimum: by column generation where it proves it (solver.queue_dual), else by Ipopt."""
+    """R(S)'s optimum: by column generation where it proves it (solver.queue_dual, switched on), else by Ipopt
+    warm from that proof (solver.queue_warm), else by Ipopt cold (solver.queue_lazy)."""
     if not allowed.any():
         return _all_outside(q)
     exact = solve_binding(q, allowed)
+    exact = exact if exact is not None else solve_certified(q, allowed)
     return exact if exact is not None else solve_nlp_lazy(q, allowed=allowed)
 
 

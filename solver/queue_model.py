@@ -178,6 +178,18 @@ class NlpSolution:
         return self.n if self.servers is None else self.servers
 
 
+@dataclass(frozen=True)
+class WarmStart:
+    """Ipopt's start for one compact restricted solve (solver.queue_warm): the point, the rows' and the bounds'
+    multipliers in the compact layout's order, and options over ``IPOPT_NLP_COMPACT`` (no retries)."""
+
+    x: FloatArray
+    mult_g: FloatArray
+    zl: FloatArray
+    zu: FloatArray
+    options: dict[str, Any]
+
+
 class _Layout:
     """Variable and row positions: x [X] (the (c, j) pairs in ``cols``), r [C], lam [P], n [P], new [L], e [E].
 
@@ -391,8 +403,15 @@ def solve_restricted(q: QueueProblem, cols: IntArray | None, compact: bool = Tru
     return _solve_form(q, cols, compact=False)
 
 
-def _solve_form(q: QueueProblem, cols: IntArray | None, compact: bool) -> tuple[NlpSolution, FloatArray]:
-    """One form of the restricted NLP by Ipopt, with the safer option sets as retries."""
+def solve_warm(q: QueueProblem, cols: IntArray, warm: WarmStart) -> tuple[NlpSolution, FloatArray]:
+    """``solve_restricted``'s compact form from ``warm`` (one attempt: raises SolverError where Ipopt fails)."""
+    return _solve_form(q, cols, True, warm)
+
+
+def _solve_form(
+    q: QueueProblem, cols: IntArray | None, compact: bool, warm: WarmStart | None = None
+) -> tuple[NlpSolution, FloatArray]:
+    """One form of the restricted NLP by Ipopt, with the safer option sets as retries (none from ``warm``)."""
     try:
         import cyipopt
     except ImportError as exc:  # pragma: no cover - depends on the install
@@ -418,12 +437,15 @@ def _solve_form(q: QueueProblem, cols: IntArray | None, compact: bool) -> tuple[
     fast = compact and FEASIBLE_START
     start = feasible_start(q, lay) if fast else _start(q, lay)
     options = IPOPT_NLP_COMPACT if fast else IPOPT_NLP
-    for attempt, change in enumerate(({}, *IPOPT_NLP_RETRIES)):
+    retries = IPOPT_NLP_RETRIES if warm is None else ()
+    if warm is not None:
+        start, options = warm.x, IPOPT_NLP_COMPACT | warm.options
+    for attempt, change in enumerate(({}, *retries)):
         nlp = cyipopt.Problem(n=lay.size, m=len(cl), problem_obj=callbacks, lb=lb, ub=ub, cl=cl, cu=cu)
         for key, value in {**options, **change}.items():
             nlp.add_option(key, value)
-        x, info = nlp.solve(start)
-        last = attempt == len(IPOPT_NLP_RETRIES)
+        x, info = nlp.solve(start) if warm is None else nlp.solve(start, warm.mult_g, warm.zl, warm.zu)
+        last = attempt == len(retries)
         try:
             status = ipopt_status(int(info["status"]))
         except SolverError:
@@ -455,6 +477,10 @@ def _solve_form(q: QueueProblem, cols: IntArray | None, compact: bool) -> tuple[
     mult = np.asarray(info["mult_g"], dtype=float).copy()
     # Pool rows' least valid multipliers: lam's lower-bound multiplier moves into its pool row (KKT kept).
     mult[lay.C : lay.C + lay.P] -= np.asarray(info["mult_x_L"], dtype=float)[lay.lam0 : lay.n0]
+    # Assignment rows' likewise: the upper bounds x <= rate, r <= rate are implied by the row (nothing else is
+    # negative), so a column at its bound (a stream wholly on it) moves its bound multiplier into the row.
+    upper = np.asarray(info["mult_x_U"], dtype=float)
+    mult[: lay.C] += np.bincount(lay.cc, weights=upper[: lay.r0], minlength=lay.C) + upper[lay.r0 : lay.lam0]
     return sol, mult
 
 
