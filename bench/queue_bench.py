@@ -20,10 +20,13 @@
    started as before solver.queue_start (plain start, IPOPT_NLP's options, e variables on cored nodes),
    timed on the same snapshots right after, and the ratio of the two (same-run, same load).
    ``--reference-closing`` closes pools with solver.queue_close's reference pass instead of the fast one
-   (the "before" of the fast pass).
+   (the "before" of the fast pass). "it" is the median of Ipopt's iterations per queue solve.
+   ``--cold-ipopt`` adds columns: the same queue solve with solver.queue_warm switched off (Ipopt cold on
+   the binding nodes, the path before it), timed on the same snapshots right after: its relaxation ms,
+   relaxation / LP, Ipopt iterations, and the warm relaxation's speed-up over it (same run, same load).
 
     .venv/bin/python bench/queue_bench.py [--seeds N] [--solve-only] [--proven-cg] [--cores N [N ...]]
-                                          [--plain-start] [--reference-closing] [--json]
+                                          [--plain-start] [--cold-ipopt] [--reference-closing] [--json]
 """
 
 from __future__ import annotations
@@ -73,9 +76,19 @@ def plain_start(on: bool) -> None:
     queue_model.FEASIBLE_START = queue_model.MERGE_SERVERS = not on
 
 
-def solve_times(seeds: int, cores: float | None = None, before: bool = False) -> list[dict[str, Any]]:
+def cold_ipopt(on: bool) -> None:
+    """Solve the binding nodes' relaxation by cold Ipopt (``on``: solver.queue_warm off) or as now."""
+    from solver import queue_warm
+
+    queue_warm.ENABLED = not on
+
+
+def solve_times(
+    seeds: int, cores: float | None = None, before: bool = False, cold: bool = False
+) -> list[dict[str, Any]]:
     """Median CPU ms per (size, mode) for both objectives on the same snapshots (``cores``: ``with_cores``;
-    ``before``: also the queue solve from the plain start, ``plain_start``)."""
+    ``before``: also the queue solve from the plain start, ``plain_start``; ``cold``: also with cold Ipopt,
+    ``cold_ipopt``)."""
     warm = thesis_instance(25, 10, 0)
     for objective in ("thesis", "queue", "queue-p99"):
         solve(warm, objective=objective)
@@ -100,6 +113,12 @@ def solve_times(seeds: int, cores: float | None = None, before: bool = False) ->
                 plain_start(True)
                 old = statistics.median(timed(s, "queue", mode)[0] for s in snaps)
                 plain_start(False)
+            unwarmed = [(float("nan"), float("nan"), 0)]
+            if cold:
+                cold_ipopt(True)
+                unwarmed = [timed(s, "queue", mode) for s in snaps]
+                cold_ipopt(False)
+            cold_relax = statistics.median(r for _, r, _ in unwarmed)
             rows.append(
                 {
                     "size": label,
@@ -116,6 +135,11 @@ def solve_times(seeds: int, cores: float | None = None, before: bool = False) ->
                     "p99_ratio": p99 / lp,
                     "plain_start_ms": old,
                     "plain_start_speedup": old / nlp,
+                    "iterations": statistics.median(i for _, _, i in queue),
+                    "cold_relaxation_ms": cold_relax,
+                    "cold_relaxation_ratio": cold_relax / lp,
+                    "cold_iterations": statistics.median(i for _, _, i in unwarmed) if cold else float("nan"),
+                    "warm_speedup": cold_relax / relax if relax > 0 else float("nan"),
                 }
             )
     return rows
@@ -142,6 +166,11 @@ def summary(rows: list[dict[str, Any]]) -> dict[str, float]:
         speedups = [r["plain_start_speedup"] for r in thesis if r["plain_start_speedup"] == r["plain_start_speedup"]]
         if speedups:
             out[f"{tag}speedup_median"] = statistics.median(speedups)
+        colds = [r for r in thesis if r["cold_relaxation_ms"] == r["cold_relaxation_ms"]]
+        if colds:
+            out[f"{tag}cold_relaxation_ratio_median"] = statistics.median(r["cold_relaxation_ratio"] for r in colds)
+            out[f"{tag}iterations_median"] = statistics.median(r["iterations"] for r in colds)
+            out[f"{tag}cold_iterations_median"] = statistics.median(r["cold_iterations"] for r in colds)
     return out
 
 
@@ -176,6 +205,8 @@ def main() -> None:
                          "(0: none, the default); several: one table each, same run")  # fmt: skip
     ap.add_argument("--plain-start", action="store_true",
                     help="also time each queue solve from the plain start (before solver.queue_start)")  # fmt: skip
+    ap.add_argument("--cold-ipopt", action="store_true",
+                    help="also time each queue solve with solver.queue_warm off (cold Ipopt, as before)")  # fmt: skip
     ap.add_argument("--reference-closing", action="store_true",
                     help="close pools with solver.queue_close's reference pass, not the fast one")  # fmt: skip
     args = ap.parse_args()
@@ -188,7 +219,7 @@ def main() -> None:
 
         queue_dual.ENABLED = True
     tune_solver_process()
-    runs = [(c, solve_times(args.seeds, c or None, args.plain_start)) for c in args.cores]
+    runs = [(c, solve_times(args.seeds, c or None, args.plain_start, args.cold_ipopt)) for c in args.cores]
     loads = [] if args.solve_only else workloads()
     if args.json:
         by_cores = [{"cores": c, "solve": t, "summary": summary(t)} for c, t in runs]
@@ -197,26 +228,34 @@ def main() -> None:
         return
     for c, times in runs:
         print(f"== {'no cores' if not c else f'{c:g} cores per node'}")
-        print_table(times, args.plain_start)
+        print_table(times, args.plain_start, args.cold_ipopt)
     for c, times in runs:
         print_summary(c, times)
     if loads:
         print_loads(loads)
 
 
-def print_table(times: list[dict[str, Any]], before: bool) -> None:
-    """One row per (size, mode): LP and queue CPU ms and their ratios (and the plain start's, ``before``)."""
+def print_table(times: list[dict[str, Any]], before: bool, cold: bool = False) -> None:
+    """One row per (size, mode): LP and queue CPU ms and their ratios (and the plain start's, ``before``; the
+    cold Ipopt relaxation's, ``cold``)."""
     print(
         f"{'size':<22}{'mode':>5}{'thesis LP ms':>14}{'queue ms':>10}{'/ LP':>7}{'relaxation ms':>15}{'/ LP':>7}"
-        f"{'integer ms':>12}{'Ipopt':>7}{'queue-p99 ms':>14}{'/ LP':>7}"
+        f"{'it':>5}{'integer ms':>12}{'Ipopt':>7}{'queue-p99 ms':>14}{'/ LP':>7}"
         + (f"{'plain start ms':>16}{'x':>6}" if before else "")
+        + (f"{'cold relax ms':>15}{'/ LP':>7}{'it':>5}{'x':>6}" if cold else "")
     )
     for r in times:
         print(
             f"{r['size']:<22}{r['mode']:>5}{r['thesis_lp_ms']:>14.1f}{r['queue_nlp_ms']:>10.1f}{r['ratio']:>7.2f}"
-            f"{r['relaxation_ms']:>15.1f}{r['relaxation_ratio']:>7.2f}{r['integer_ms']:>12.1f}"
+            f"{r['relaxation_ms']:>15.1f}{r['relaxation_ratio']:>7.2f}{r['iterations']:>5.0f}{r['integer_ms']:>12.1f}"
             f"{r['ipopt_solves']:>4}/{r['solves']:<2}{r['queue_p99_ms']:>14.1f}{r['p99_ratio']:>7.2f}"
             + (f"{r['plain_start_ms']:>16.1f}{r['plain_start_speedup']:>6.2f}" if before else "")
+            + (
+                f"{r['cold_relaxation_ms']:>15.1f}{r['cold_relaxation_ratio']:>7.2f}{r['cold_iterations']:>5.0f}"
+                f"{r['warm_speedup']:>6.2f}"
+                if cold
+                else ""
+            )
         )
 
 
@@ -231,6 +270,12 @@ def print_summary(cores: float, times: list[dict[str, Any]]) -> None:
             f"max {s[tag + 'relaxation_ratio_max']:.2f}; queue-p99 / LP: median {s[tag + 'p99_ratio_median']:.2f} "
             f"max {s[tag + 'p99_ratio_max']:.2f}"
             + (f"; plain start / now: median {s[tag + 'speedup_median']:.2f}" if tag + "speedup_median" in s else "")
+            + (
+                f"; cold Ipopt relaxation / LP: median {s[tag + 'cold_relaxation_ratio_median']:.2f}, Ipopt "
+                f"iterations median {s[tag + 'iterations_median']:.0f} (cold {s[tag + 'cold_iterations_median']:.0f})"
+                if tag + "cold_relaxation_ratio_median" in s
+                else ""
+            )
         )
     big = [f"Mode {r['mode']} {r['queue_nlp_ms']:.0f} ms ({r['ratio']:.2f}x)" for r in times if "1000" in r["size"]]
     print(f"[{label}] 1000 x 100, 50 sites: " + ", ".join(big))
