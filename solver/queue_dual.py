@@ -99,8 +99,10 @@ class Proof:
     pool: FloatArray
 
 
-def prove_lp(q: QueueProblem, allowed: BoolArray, gap: float = GAP) -> Proof | None:
-    """``prove`` with the LP's duals at its optimum (``Proof``), to relative ``gap``."""
+def prove_lp(q: QueueProblem, allowed: BoolArray, gap: float = GAP, exact_slack: bool = True) -> Proof | None:
+    """``prove`` with the LP's duals at its optimum (``Proof``), to relative ``gap``. ``exact_slack=False``: the
+    rows carry the N_MIN slack of every pool from the start (no re-solve when the pools with rate change; the
+    LP then relaxes R(S) by a few millionths of an instance per pool: for a warm start, not as R(S)'s answer)."""
     p = q.base
     if q.instance_cost <= 0 or not allowed.any() or _unknown_terms(q):
         return None
@@ -109,6 +111,8 @@ def prove_lp(q: QueueProblem, allowed: BoolArray, gap: float = GAP) -> Proof | N
     except ImportError:  # pragma: no cover - depends on the install
         return None
     lp = _Lp(q, allowed, highspy)
+    if not exact_slack:
+        lp.budgets_for(np.ones(q.mu.shape, dtype=bool))
     nothing = np.zeros(p.n_nodes)
     zero: Prices = (nothing, nothing, np.full(q.mu.shape, q.instance_cost), nothing)
     lp.add_level(best_load(q, _price(q, *zero))[0])

@@ -39,6 +39,7 @@ from solver.queue_model import N_MIN, NlpSolution, QueueProblem, WarmStart, _Cal
 log = logging.getLogger(__name__)
 
 ENABLED = True
+EXACT_SLACK = False  # the column generation's rows follow the pools with rate (see queue_dual.prove_lp)
 SLIVERS = True  # start with the columns that fill empty pools' N_MIN instances (see _sliver_columns)
 GAP = 1e-8  # the column generation's proven gap at the warm start (Ipopt and the pricing certify the result)
 PRICE = True  # price the left-out columns (switched off only to show the property tests catching it)
@@ -63,7 +64,7 @@ def solve_certified(q: QueueProblem, allowed: BoolArray) -> NlpSolution | None:
     """R(S)'s optimum as Ipopt's point, warm from the proven column generation; None where this path fails."""
     if not ENABLED:
         return None
-    found = prove_lp(q, allowed, GAP)
+    found = prove_lp(q, allowed, GAP, EXACT_SLACK)
     if found is None:
         return None
     lp = found.solution
