@@ -121,3 +121,17 @@ def test_columns_that_still_price_out_fall_back(monkeypatch: pytest.MonkeyPatch)
     sol = solve_nlp_fast(q)
     assert seen["declined"] >= 1
     assert relative_gap(q, sol) <= TOL
+
+
+def test_the_options_bench_measures_and_restores() -> None:
+    """bench/queue_warm_options.py: the cold path counts more iterations than the defaults, and every option
+    it changed is back afterwards."""
+    from bench import queue_warm_options as bench
+
+    qs = bench.problems()[10:12]  # two with 2 cores per node
+    before = dict(queue_warm.WARM_OPTIONS)
+    warm, cold = bench.measure(qs, {}), bench.measure(qs, {"cold": True})
+    pushed = bench.measure(qs, {"push": 1e-6, "slivers": False})
+    assert warm["declined"] == 0 and warm["median"] < cold["median"]
+    assert pushed["median"] > warm["median"]
+    assert before == queue_warm.WARM_OPTIONS and queue_warm.SLIVERS and queue_warm.ENABLED
