@@ -113,11 +113,7 @@ def prove_lp(q: QueueProblem, allowed: BoolArray, gap: float = GAP, exact_slack:
     lp = _Lp(q, allowed, highspy)
     if not exact_slack:
         lp.budgets_for(np.ones(q.mu.shape, dtype=bool))
-    nothing = np.zeros(p.n_nodes)
-    zero: Prices = (nothing, nothing, np.full(q.mu.shape, q.instance_cost), nothing)
-    lp.add_level(best_load(q, _price(q, *zero))[0])
-    for factor in START_LADDER:  # loads at higher instance prices, as if memory, compute or cores were priced
-        lp.add_level(best_load(q, factor * _price(q, *zero))[0])
+    zero = _start_levels(q, lp)
     best = -math.inf
     best_prices = zero
     for rounds in range(1, MAX_ROUNDS + 1):
@@ -143,6 +139,16 @@ def prove_lp(q: QueueProblem, allowed: BoolArray, gap: float = GAP, exact_slack:
         lp.add_level(best_load(q, _price(q, *mixed))[0])
     log.info("R(S) by column generation: no proof after %d rounds; Ipopt solves it", MAX_ROUNDS)
     return None
+
+
+def _start_levels(q: QueueProblem, lp: _Lp) -> Prices:
+    """Add the first LP's loads (at no row price, and ``START_LADDER`` times the instance price); the zero prices."""
+    nothing = np.zeros(q.base.n_nodes)
+    zero: Prices = (nothing, nothing, np.full(q.mu.shape, q.instance_cost), nothing)
+    lp.add_level(best_load(q, _price(q, *zero))[0])
+    for factor in START_LADDER:  # loads at higher instance prices, as if memory, compute or cores were priced
+        lp.add_level(best_load(q, factor * _price(q, *zero))[0])
+    return zero
 
 
 def _smoothed(prices: Prices, best: Prices) -> Prices:
