@@ -135,3 +135,11 @@ def test_the_options_bench_measures_and_restores() -> None:
     assert warm["declined"] == 0 and warm["median"] < cold["median"]
     assert pushed["median"] > warm["median"]
     assert before == queue_warm.WARM_OPTIONS and queue_warm.SLIVERS and queue_warm.ENABLED
+
+
+def test_stdout_stays_clean(monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]) -> None:
+    """Neither HiGHS nor the warm Ipopt prints: stdout carries `peerserve solve --json`."""
+    seen = _count_warm(monkeypatch)
+    solve_nlp_fast(instance(4, 0, 0.15, (1, 2), Mode.MODE1, False))
+    assert seen["answered"] >= 1
+    assert capfd.readouterr().out == ""
