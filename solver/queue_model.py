@@ -435,11 +435,9 @@ def _solve_form(
     ub[: lay.r0] = q.rate[lay.cc]
     ub[lay.r0 : lay.lam0] = q.rate
     fast = compact and FEASIBLE_START
-    start = feasible_start(q, lay) if fast else _start(q, lay)
-    options = IPOPT_NLP_COMPACT if fast else IPOPT_NLP
+    start = warm.x if warm is not None else feasible_start(q, lay) if fast else _start(q, lay)
+    options = IPOPT_NLP_COMPACT | warm.options if warm is not None else IPOPT_NLP_COMPACT if fast else IPOPT_NLP
     retries = IPOPT_NLP_RETRIES if warm is None else ()
-    if warm is not None:
-        start, options = warm.x, IPOPT_NLP_COMPACT | warm.options
     for attempt, change in enumerate(({}, *retries)):
         nlp = cyipopt.Problem(n=lay.size, m=len(cl), problem_obj=callbacks, lb=lb, ub=ub, cl=cl, cu=cu)
         for key, value in {**options, **change}.items():
