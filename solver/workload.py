@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from solver.agent_sim import AgentDispatch, event_sojourn_ms
 from solver.api import solve
 from solver.plan import Plan
 from solver.shared_cores import shared_sojourn_ms
@@ -43,6 +44,7 @@ PLACEMENTS: dict[str, tuple[str, str]] = {  # name -> (method, objective)
     "nearest": ("nearest", "thesis"),
     "least-loaded": ("least-loaded", "thesis"),
 }
+DISPATCH = ("agent", "plan")
 MAX_REQUESTS = 2_000_000  # simulated arrivals per placement (clients x rate x duration); a usage error above
 
 
@@ -61,6 +63,7 @@ class Workload:
     seed: int = 0
     service: str = "exp"  # exp: exponential service times (M/M/1 queues); det: constant (M/D/1)
     cores: float = 0.0  # cores a node's instances share; 0: one core per instance (no sharing)
+    dispatch: str = "agent"  # agent: the agent's endpoint rule (solver.agent_sim); plan: shares, then uniform
 
     def check(self) -> str | None:
         """Why the workload cannot be simulated, or None."""
@@ -70,6 +73,8 @@ class Workload:
             return "rate, throughput and duration must be positive"
         if self.service not in ("exp", "det"):
             return "service must be exp or det"
+        if self.dispatch not in DISPATCH:
+            return f"dispatch must be one of {', '.join(DISPATCH)}"
         if self.node_mem_mb <= 0 or self.model_mem_mb <= 0:
             return "memory sizes must be positive"
         if not 0 <= self.cores < float("inf"):
@@ -144,11 +149,62 @@ def _arrivals(w: Workload) -> list[np.ndarray]:
 
 def simulate_plan(name: str, plan: Plan, w: Workload, rtt: np.ndarray, arrivals: list[np.ndarray]) -> Outcome:
     """The discrete-event run of one plan (same arrivals and service draws for every plan)."""
-    rng = np.random.default_rng(w.seed + 2)
     per_node = int(w.node_mem_mb // w.model_mem_mb)
     started = [min(int(plan.instances.get(f"n{j + 1}", {}).get("m", 0)), per_node) for j in range(w.nodes)]
+    service = _service(w, arrivals)
+    if w.dispatch == "agent":
+        total, rejected = _agent_run(plan, w, rtt, arrivals, service, started)
+    else:
+        total, rejected = _plan_run(plan, w, rtt, arrivals, service, started)
+    pct = np.percentile(total, [50, 99]) if len(total) else np.array([np.nan, np.nan])
+    return Outcome(
+        name,
+        float(pct[0]),
+        float(pct[1]),
+        float(total.mean()) if len(total) else float("nan"),
+        int(sum(started)),
+        float(sum(started) * w.model_mem_mb),
+        int(sum(len(a) for a in arrivals)),
+        rejected,
+        plan.solve_ms,
+    )
+
+
+def _service(w: Workload, arrivals: list[np.ndarray]) -> list[np.ndarray]:
+    """Per client, the service time (s) of each of its arrivals (one stream, whatever the dispatch)."""
+    rng = np.random.default_rng(w.seed + 3)
+    draws = rng.exponential(1.0 / w.throughput, sum(len(a) for a in arrivals))
+    if w.service == "det":
+        draws = np.full(len(draws), 1.0 / w.throughput)
+    return np.split(draws, np.cumsum([len(a) for a in arrivals])[:-1])
+
+
+def _agent_run(
+    plan: Plan, w: Workload, rtt: np.ndarray, arrivals: list[np.ndarray], service: list[np.ndarray], started: list[int]
+) -> tuple[np.ndarray, int]:
+    """Latencies (ms, RTT included) and rejections when every request is dispatched by the agent's rule."""
+    client = np.concatenate([np.full(len(a), c, dtype=np.int64) for c, a in enumerate(arrivals)] or [np.zeros(0, int)])
+    order = np.argsort(np.concatenate(arrivals or [np.zeros(0)]), kind="stable")
+    t, work, client = np.concatenate(arrivals)[order], np.concatenate(service)[order], client[order]
+    draws = np.random.default_rng(w.seed + 2).random(len(t))
+    ids = [f"n{j + 1}" for j in range(w.nodes)]
+    dispatch = AgentDispatch(plan.details, ids, started, rtt, client, 1000.0 / w.throughput, draws)
+    node_of = np.repeat(np.arange(w.nodes), started)
+    cores = np.full(w.nodes, w.cores if w.cores > 0 else np.inf)
+    where, sojourn = event_sojourn_ms(t, work, dispatch, node_of, cores)
+    ok = where >= 0
+    total = np.full(len(t), np.nan)
+    total[order[ok]] = sojourn[ok] + rtt[client[ok], node_of[where[ok]]]  # back in the plan run's order
+    return total[~np.isnan(total)], int((~ok).sum())
+
+
+def _plan_run(
+    plan: Plan, w: Workload, rtt: np.ndarray, arrivals: list[np.ndarray], service: list[np.ndarray], started: list[int]
+) -> tuple[np.ndarray, int]:
+    """Latencies and rejections when a request goes to a node by the plan and to one of its instances uniformly."""
+    rng = np.random.default_rng(w.seed + 2)
     offset = np.concatenate([[0], np.cumsum(started)])
-    times, inst, net = [], [], []
+    times, inst, net, work = [], [], [], []
     rejected = 0
     for c, ts in enumerate(arrivals):
         nodes, probs = _routing(plan, c, w.nodes)
@@ -163,29 +219,16 @@ def simulate_plan(name: str, plan: Plan, w: Workload, rtt: np.ndarray, arrivals:
         times.append(t)
         inst.append(k)
         net.append(rtt[c, j])
+        work.append(service[c][alive])
     arrival = np.concatenate(times or [np.zeros(0)])
-    service = rng.exponential(1.0 / w.throughput, len(arrival))
-    if w.service == "det":
-        service = np.full(len(arrival), 1.0 / w.throughput)
     instance = np.concatenate(inst or [np.zeros(0, int)])
+    served = np.concatenate(work or [np.zeros(0)])
     if w.cores > 0:
         node_of = np.repeat(np.arange(w.nodes), started)
-        latency = shared_sojourn_ms(arrival, instance, service, node_of, np.full(w.nodes, w.cores))
+        latency = shared_sojourn_ms(arrival, instance, served, node_of, np.full(w.nodes, w.cores))
     else:
-        latency = fifo_sojourn_ms(arrival, instance, service)
-    total = latency + np.concatenate(net or [np.zeros(0)])
-    pct = np.percentile(total, [50, 99]) if len(total) else np.array([np.nan, np.nan])
-    return Outcome(
-        name,
-        float(pct[0]),
-        float(pct[1]),
-        float(total.mean()) if len(total) else float("nan"),
-        int(sum(started)),
-        float(sum(started) * w.model_mem_mb),
-        int(sum(len(a) for a in arrivals)),
-        rejected,
-        plan.solve_ms,
-    )
+        latency = fifo_sojourn_ms(arrival, instance, served)
+    return latency + np.concatenate(net or [np.zeros(0)]), rejected
 
 
 def _routing(plan: Plan, c: int, n_nodes: int) -> tuple[list[int], list[float]]:
@@ -221,7 +264,8 @@ def format_table(w: Workload, outcomes: list[Outcome]) -> str:
     lines = [
         f"{w.clients} clients at {w.sites} sites, {w.rate:g} req/s each, {w.nodes} nodes of {w.node_mem_mb:g} MB, "
         f"instance {w.model_mem_mb:g} MB serving {w.throughput:g} req/s ({w.service} service), {w.duration_s:g} s"
-        + (f", {w.cores:g} cores per node" if w.cores else ""),
+        + (f", {w.cores:g} cores per node" if w.cores else "")
+        + f", {w.dispatch} dispatch",
         head,
         "-" * len(head),
     ]
