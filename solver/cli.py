@@ -130,11 +130,12 @@ def _workload_arguments(s: Any) -> None:
     )
     w.add_argument(
         "--dispatch",
-        choices=("agent", "plan"),
+        choices=("agent", "assigned", "plan"),
         default=d.dispatch,
         help="agent (default): each request dispatched by the agent's endpoint rule at its arrival (ranking, the "
         "plan's shares weighed by the entry agent's live queues; plans without shares go to the best node's "
-        "first instance); plan: the plan's node, then one of its instances uniformly",
+        "first instance); assigned: the same, but plans without shares publish their assignments as shares; "
+        "plan: the plan's node, then one of its instances uniformly",
     )
 
 

@@ -44,7 +44,7 @@ PLACEMENTS: dict[str, tuple[str, str]] = {  # name -> (method, objective)
     "nearest": ("nearest", "thesis"),
     "least-loaded": ("least-loaded", "thesis"),
 }
-DISPATCH = ("agent", "plan")
+DISPATCH = ("agent", "assigned", "plan")
 MAX_REQUESTS = 2_000_000  # simulated arrivals per placement (clients x rate x duration); a usage error above
 
 
@@ -63,7 +63,8 @@ class Workload:
     seed: int = 0
     service: str = "exp"  # exp: exponential service times (M/M/1 queues); det: constant (M/D/1)
     cores: float = 0.0  # cores a node's instances share; 0: one core per instance (no sharing)
-    dispatch: str = "agent"  # agent: the agent's endpoint rule (solver.agent_sim); plan: shares, then uniform
+    dispatch: str = "agent"  # agent: the agent's endpoint rule (solver.agent_sim); assigned: the same, plans
+    # without shares (thesis, baselines) published with their assignments as shares; plan: shares, then uniform
 
     def check(self) -> str | None:
         """Why the workload cannot be simulated, or None."""
@@ -188,7 +189,10 @@ def _agent_run(
     t, work, client = np.concatenate(arrivals)[order], np.concatenate(service)[order], client[order]
     draws = np.random.default_rng(w.seed + 2).random(len(t))
     ids = [f"n{j + 1}" for j in range(w.nodes)]
-    dispatch = AgentDispatch(plan.details, ids, started, rtt, client, 1000.0 / w.throughput, draws)
+    details = plan.details
+    if w.dispatch == "assigned" and "spread" not in details:
+        details = {**details, "spread": assigned_spread(plan, w, rtt)}
+    dispatch = AgentDispatch(details, ids, started, rtt, client, 1000.0 / w.throughput, draws)
     node_of = np.repeat(np.arange(w.nodes), started)
     cores = np.full(w.nodes, w.cores if w.cores > 0 else np.inf)
     where, sojourn = event_sojourn_ms(t, work, dispatch, node_of, cores)
@@ -196,6 +200,19 @@ def _agent_run(
     total = np.full(len(t), np.nan)
     total[order[ok]] = sojourn[ok] + rtt[client[ok], node_of[where[ok]]]  # back in the plan run's order
     return total[~np.isnan(total)], int((~ok).sum())
+
+
+def assigned_spread(plan: Plan, w: Workload, rtt: np.ndarray) -> list[dict[str, Any]]:
+    """A plan's per-client assignments as the queue plan's ``spread``: per site, node -> share of its clients."""
+    out = []
+    for site in range(min(w.sites, w.clients)):
+        members = range(site, w.clients, w.sites)
+        nodes = [n for n in (plan.assignments[c] for c in members) if n is not None]
+        if nodes:
+            shares = {n: round(nodes.count(n) / len(nodes), 6) for n in sorted(set(nodes))}
+            row = {f"n{j + 1}": round(float(v), 1) for j, v in enumerate(rtt[site])}
+            out.append({"model": "m", "rtt_ms": row, "shares": shares})
+    return out
 
 
 def _plan_run(

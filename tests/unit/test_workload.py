@@ -50,7 +50,7 @@ def test_bad_workloads_are_refused() -> None:
         f"clients x rate x duration exceeds {MAX_REQUESTS:,} simulated requests"
     )
     assert Workload(service="weibull").check() == "service must be exp or det"
-    assert Workload(dispatch="random").check() == "dispatch must be one of agent, plan"
+    assert Workload(dispatch="random").check() == "dispatch must be one of agent, assigned, plan"
     assert Workload().check() is None
 
 

@@ -15,7 +15,7 @@ from peerserve import dispatch
 from solver.agent_sim import EXEC_SAMPLES, AgentDispatch, Fixed, event_sojourn_ms
 from solver.api import solve
 from solver.shared_cores import shared_sojourn_ms
-from solver.workload import Workload, _arrivals, fifo_sojourn_ms, lab_snapshot, run
+from solver.workload import Workload, _arrivals, assigned_spread, fifo_sojourn_ms, lab_snapshot, run
 
 LAB = Workload(rate=2.0, cores=2.0, throughput=50.0, node_mem_mb=4096.0, model_mem_mb=100.0, duration_s=30.0)
 
@@ -155,3 +155,28 @@ def test_live_queues_steer_requests_to_shorter_queues_and_the_check_sees_it_swit
 ) -> None:
     with_live, shares_only = mean_queue_met(monkeypatch, True), mean_queue_met(monkeypatch, False)
     assert with_live < 0.8 * shares_only
+
+
+def test_assigned_dispatch_follows_the_plans_assignments_over_all_of_a_nodes_instances() -> None:
+    """``--dispatch assigned``: a thesis-model plan published with its assignments as shares; each site's
+    requests reach the nodes in the proportions of its clients' assignments, over many of a node's instances."""
+    w = dataclasses.replace(LAB, duration_s=20.0)
+    snap, rtt = lab_snapshot(w)
+    plan = solve(snap, method="least-loaded", mode="2", objective="thesis")
+    spread = assigned_spread(plan, w, rtt)
+    assert len(spread) == w.sites and all(np.isclose(sum(s["shares"].values()), 1.0) for s in spread)
+    started = [plan.instances[f"n{j + 1}"]["m"] for j in range(3)]
+    arrivals = _arrivals(w)
+    client = np.concatenate([np.full(len(a), c) for c, a in enumerate(arrivals)])
+    t = np.concatenate(arrivals)
+    order = np.argsort(t, kind="stable")
+    client = client[order]
+    details = {**plan.details, "spread": spread}
+    d = AgentDispatch(details, ["n1", "n2", "n3"], started, rtt, client, 20.0, np.random.default_rng(1).random(len(t)))
+    node_of = np.repeat(np.arange(3), started)
+    where, _ = event_sojourn_ms(t[order], np.full(len(t), 0.02), d, node_of, np.full(3, 2.0))
+    for s in range(w.sites):
+        mine = where[client % w.sites == s]
+        for node, share in spread[s]["shares"].items():
+            assert np.mean(node_of[mine] == int(node[1:]) - 1) == pytest.approx(share, abs=0.05)
+    assert len(set(where.tolist())) > 30  # not one instance per node
