@@ -153,10 +153,10 @@ def simulate_plan(name: str, plan: Plan, w: Workload, rtt: np.ndarray, arrivals:
     per_node = int(w.node_mem_mb // w.model_mem_mb)
     started = [min(int(plan.instances.get(f"n{j + 1}", {}).get("m", 0)), per_node) for j in range(w.nodes)]
     service = _service(w, arrivals)
-    if w.dispatch == "agent":
-        total, rejected = _agent_run(plan, w, rtt, arrivals, service, started)
-    else:
+    if w.dispatch == "plan":
         total, rejected = _plan_run(plan, w, rtt, arrivals, service, started)
+    else:
+        total, rejected = _agent_run(plan, w, rtt, arrivals, service, started)
     pct = np.percentile(total, [50, 99]) if len(total) else np.array([np.nan, np.nan])
     return Outcome(
         name,

@@ -180,3 +180,11 @@ def test_assigned_dispatch_follows_the_plans_assignments_over_all_of_a_nodes_ins
         for node, share in spread[s]["shares"].items():
             assert np.mean(node_of[mine] == int(node[1:]) - 1) == pytest.approx(share, abs=0.05)
     assert len(set(where.tolist())) > 30  # not one instance per node
+
+
+def test_assigned_dispatch_changes_only_plans_without_shares() -> None:
+    w = dataclasses.replace(LAB, duration_s=10.0)
+    agent = {o.placement: o for o in run(w, ("queue", "least-loaded"))}
+    assigned = {o.placement: o for o in run(dataclasses.replace(w, dispatch="assigned"), ("queue", "least-loaded"))}
+    assert dataclasses.replace(assigned["queue"], solve_ms=0.0) == dataclasses.replace(agent["queue"], solve_ms=0.0)
+    assert assigned["least-loaded"].p99_ms < agent["least-loaded"].p99_ms  # one instance per node no more
