@@ -12,6 +12,11 @@ plan simulated over the same arrivals and service times under three dispatches (
   then spreads them over a node's instances);
 * ``plan``: the plan's node, then one of its instances uniformly (the simulation before).
 
+And one what-if that is NOT the agent's rule (``jsq``, this file only): the entry agent sends each request
+to the endpoint of the model where it has the fewest requests in flight (its own counts, as the agent
+keeps them), ties drawn by the plan's shares; the queue-p99 plan under it, to show what the tail owes to
+the rule rather than to the instance count.
+
 Prints p50 / p99 ms per placement, the ratio "queue-p99 p99 / best baseline's p99" within each dispatch and
 against the best baseline of any dispatch, the CPU seconds each dispatch's simulations took, and the load
 average (the machine is shared; the simulation's results do not depend on it, its run time does).
@@ -28,6 +33,8 @@ import os
 import time
 from typing import Any
 
+from peerserve.dispatch import draw
+from solver.agent_sim import AgentDispatch
 from solver.api import solve
 from solver.workload import PLACEMENTS, Workload, _arrivals, lab_snapshot, simulate_plan
 
@@ -35,6 +42,30 @@ PLACES = ("queue", "queue-p99", "thesis", "nearest", "least-loaded")
 BASELINES = ("thesis", "nearest", "least-loaded")
 DISPATCHES = ("agent", "assigned", "plan")
 LAB = Workload(cores=2.0, throughput=50.0, node_mem_mb=4096.0, model_mem_mb=100.0)
+
+
+class JoinShortest(AgentDispatch):
+    """What-if: the endpoint with the fewest of the entry agent's requests in flight, ties by the shares."""
+
+    def choose(self, i: int, now: float) -> int:
+        if not self.endpoints:
+            return -1
+        c = self.client[i]
+        a = self.agent[c]
+        live, order = self.live[a], self.ranked(a, c)
+        fewest = min(live.get(self.endpoints[e][1], 0) for e in order)
+        tied = [e for e in order if live.get(self.endpoints[e][1], 0) == fewest]
+        pick = draw([self.shares[c].get(self.endpoints[e][0], 0.0) for e in tied], self.draws[i])
+        k = tied[0 if pick is None else pick]
+        url = self.endpoints[k][1]
+        live[url] = live.get(url, 0) + 1
+        self.sent_by[i] = a
+        return k
+
+
+def what_if_jsq(name: str, plan: Any, w: Workload, rtt: Any, arrivals: Any) -> dict[str, Any]:
+    """``name``'s plan with JoinShortest in place of the agent's rule."""
+    return simulate_plan(name, plan, dataclasses.replace(w, dispatch="agent"), rtt, arrivals, JoinShortest).to_dict()
 
 
 def one_rate(rate: float, service: str, duration: float) -> dict[str, Any]:
@@ -54,12 +85,14 @@ def one_rate(rate: float, service: str, duration: float) -> dict[str, Any]:
             "cpu_s": round(time.process_time() - start, 3),
             "outcomes": {n: o.to_dict() for n, o in outs.items()},
         }
+    row["jsq"] = what_if_jsq("queue-p99", plans["queue-p99"], w, rtt, arrivals)
     best_any = min(row["by"][d]["outcomes"][b]["p99_ms"] for d in DISPATCHES for b in BASELINES)
     for d in DISPATCHES:
         outs = row["by"][d]["outcomes"]
         best = min(outs[b]["p99_ms"] for b in BASELINES)
         row["by"][d]["ratio"] = round(outs["queue-p99"]["p99_ms"] / best, 3)
         row["by"][d]["ratio_any"] = round(outs["queue-p99"]["p99_ms"] / best_any, 3)
+    row["jsq"]["ratio_any"] = round(row["jsq"]["p99_ms"] / best_any, 3)
     return row
 
 
@@ -76,6 +109,9 @@ def print_rows(rows: list[dict[str, Any]]) -> None:
             )
             ratios = f"{by['ratio']:>7.2f}{by['ratio_any']:>7.2f}{by['cpu_s']:>7.2f}"
             print(f"{r['service']:<4}{r['total_rps']:>6g} {d:<9}{cells}{ratios}")
+        j = r["jsq"]
+        print(f"{'':<10} what-if: queue-p99 under join-the-shortest-queue {j['p50_ms']:.0f}/{j['p99_ms']:.0f}, "
+              f"p99 / best baseline of any dispatch {j['ratio_any']:.2f}")  # fmt: skip
 
 
 def main() -> None:

@@ -148,15 +148,23 @@ def _arrivals(w: Workload) -> list[np.ndarray]:
     return [np.sort(rng.uniform(0.0, w.duration_s, int(n))) for n in counts]
 
 
-def simulate_plan(name: str, plan: Plan, w: Workload, rtt: np.ndarray, arrivals: list[np.ndarray]) -> Outcome:
-    """The discrete-event run of one plan (same arrivals and service draws for every plan)."""
+def simulate_plan(
+    name: str,
+    plan: Plan,
+    w: Workload,
+    rtt: np.ndarray,
+    arrivals: list[np.ndarray],
+    rule: type[AgentDispatch] = AgentDispatch,
+) -> Outcome:
+    """The discrete-event run of one plan (same arrivals and service draws for every plan; ``rule``: the
+    agent's dispatch, or a what-if subclass of it)."""
     per_node = int(w.node_mem_mb // w.model_mem_mb)
     started = [min(int(plan.instances.get(f"n{j + 1}", {}).get("m", 0)), per_node) for j in range(w.nodes)]
     service = _service(w, arrivals)
     if w.dispatch == "plan":
         total, rejected = _plan_run(plan, w, rtt, arrivals, service, started)
     else:
-        total, rejected = _agent_run(plan, w, rtt, arrivals, service, started)
+        total, rejected = _agent_run(plan, w, rtt, arrivals, (service, started), rule)
     pct = np.percentile(total, [50, 99]) if len(total) else np.array([np.nan, np.nan])
     return Outcome(
         name,
@@ -181,9 +189,16 @@ def _service(w: Workload, arrivals: list[np.ndarray]) -> list[np.ndarray]:
 
 
 def _agent_run(
-    plan: Plan, w: Workload, rtt: np.ndarray, arrivals: list[np.ndarray], service: list[np.ndarray], started: list[int]
+    plan: Plan,
+    w: Workload,
+    rtt: np.ndarray,
+    arrivals: list[np.ndarray],
+    run: tuple[list[np.ndarray], list[int]],
+    rule: type[AgentDispatch],
 ) -> tuple[np.ndarray, int]:
-    """Latencies (ms, RTT included) and rejections when every request is dispatched by the agent's rule."""
+    """Latencies (ms, RTT included) and rejections when every request is dispatched by the agent's rule
+    (``run``: each client's service times, the instances each node started)."""
+    service, started = run
     client = np.concatenate([np.full(len(a), c, dtype=np.int64) for c, a in enumerate(arrivals)] or [np.zeros(0, int)])
     order = np.argsort(np.concatenate(arrivals or [np.zeros(0)]), kind="stable")
     t, work, client = np.concatenate(arrivals)[order], np.concatenate(service)[order], client[order]
@@ -192,7 +207,7 @@ def _agent_run(
     details = plan.details
     if w.dispatch == "assigned" and "spread" not in details:
         details = {**details, "spread": assigned_spread(plan, w, rtt)}
-    dispatch = AgentDispatch(details, ids, started, rtt, client, 1000.0 / w.throughput, draws)
+    dispatch = rule(details, ids, started, rtt, client, 1000.0 / w.throughput, draws)
     node_of = np.repeat(np.arange(w.nodes), started)
     cores = np.full(w.nodes, w.cores if w.cores > 0 else np.inf)
     where, sojourn = event_sojourn_ms(t, work, dispatch, node_of, cores)
