@@ -12,10 +12,11 @@ plan simulated over the same arrivals and service times under three dispatches (
   then spreads them over a node's instances);
 * ``plan``: the plan's node, then one of its instances uniformly (the simulation before).
 
-And one what-if that is NOT the agent's rule (``jsq``, this file only): the entry agent sends each request
-to the endpoint of the model where it has the fewest requests in flight (its own counts, as the agent
-keeps them), ties drawn by the plan's shares; the queue-p99 plan under it, to show what the tail owes to
-the rule rather than to the instance count.
+And two what-ifs that are NOT the agent's rule (this file only), on the queue-p99 plan, to show what the
+tail owes to the rule rather than to the instance count: ``idle0`` is the agent's rule with an endpoint
+that has nothing in flight counted as live 0 (weight x (1 + planned)) instead of absent (plain share);
+``jsq``: the entry agent sends each request to the endpoint of the model where it has the fewest
+requests in flight (its own counts, as the agent keeps them), ties drawn by the plan's shares.
 
 Prints p50 / p99 ms per placement, the ratio "queue-p99 p99 / best baseline's p99" within each dispatch and
 against the best baseline of any dispatch, the CPU seconds each dispatch's simulations took, and the load
@@ -63,9 +64,22 @@ class JoinShortest(AgentDispatch):
         return k
 
 
-def what_if_jsq(name: str, plan: Any, w: Workload, rtt: Any, arrivals: Any) -> dict[str, Any]:
-    """``name``'s plan with JoinShortest in place of the agent's rule."""
-    return simulate_plan(name, plan, dataclasses.replace(w, dispatch="agent"), rtt, arrivals, JoinShortest).to_dict()
+class IdleCountsZero(AgentDispatch):
+    """What-if: the agent's rule with every endpoint in the live table, idle ones at 0."""
+
+    def choose(self, i: int, now: float) -> int:
+        live = self.live[self.agent[self.client[i]]]
+        for _, url in self.endpoints:
+            live.setdefault(url, 0)
+        k = super().choose(i, now)
+        for url in [u for u, n in live.items() if n == 0]:
+            del live[url]
+        return k
+
+
+def what_if(rule: type[AgentDispatch], plan: Any, w: Workload, rtt: Any, arrivals: Any) -> dict[str, Any]:
+    """The queue-p99 plan with ``rule`` in place of the agent's."""
+    return simulate_plan("queue-p99", plan, dataclasses.replace(w, dispatch="agent"), rtt, arrivals, rule).to_dict()
 
 
 def one_rate(rate: float, service: str, duration: float) -> dict[str, Any]:
@@ -85,33 +99,36 @@ def one_rate(rate: float, service: str, duration: float) -> dict[str, Any]:
             "cpu_s": round(time.process_time() - start, 3),
             "outcomes": {n: o.to_dict() for n, o in outs.items()},
         }
-    row["jsq"] = what_if_jsq("queue-p99", plans["queue-p99"], w, rtt, arrivals)
+    row["jsq"] = what_if(JoinShortest, plans["queue-p99"], w, rtt, arrivals)
+    row["idle0"] = what_if(IdleCountsZero, plans["queue-p99"], w, rtt, arrivals)
     best_any = min(row["by"][d]["outcomes"][b]["p99_ms"] for d in DISPATCHES for b in BASELINES)
     for d in DISPATCHES:
         outs = row["by"][d]["outcomes"]
         best = min(outs[b]["p99_ms"] for b in BASELINES)
         row["by"][d]["ratio"] = round(outs["queue-p99"]["p99_ms"] / best, 3)
         row["by"][d]["ratio_any"] = round(outs["queue-p99"]["p99_ms"] / best_any, 3)
-    row["jsq"]["ratio_any"] = round(row["jsq"]["p99_ms"] / best_any, 3)
+    for key in ("jsq", "idle0"):
+        row[key]["ratio_any"] = round(row[key]["p99_ms"] / best_any, 3)
     return row
 
 
 def print_rows(rows: list[dict[str, Any]]) -> None:
     """One line per (service, rate, dispatch): p50 / p99 per placement, instances, the ratios."""
-    head = f"{'svc':<4}{'req/s':>6} {'dispatch':<9}" + "".join(f"{p:>15}" for p in PLACES)
+    head = f"{'svc':<4}{'req/s':>6} {'dispatch':<9}" + "".join(f"{p:>18}" for p in PLACES)
     print(head + f"{'ratio':>7}{'vs any':>7}{'cpu s':>7}")
     for r in rows:
         for d in DISPATCHES:
             by = r["by"][d]
             cells = "".join(
-                f"{by['outcomes'][p]['p50_ms']:>7.0f}/{by['outcomes'][p]['p99_ms']:<6.0f}{by['outcomes'][p]['instances']:>2}"
+                f"{by['outcomes'][p]['p50_ms']:>7.0f}/{by['outcomes'][p]['p99_ms']:<7.0f}{by['outcomes'][p]['instances']:>3}"
                 for p in PLACES
             )
             ratios = f"{by['ratio']:>7.2f}{by['ratio_any']:>7.2f}{by['cpu_s']:>7.2f}"
             print(f"{r['service']:<4}{r['total_rps']:>6g} {d:<9}{cells}{ratios}")
-        j = r["jsq"]
-        print(f"{'':<10} what-if: queue-p99 under join-the-shortest-queue {j['p50_ms']:.0f}/{j['p99_ms']:.0f}, "
-              f"p99 / best baseline of any dispatch {j['ratio_any']:.2f}")  # fmt: skip
+        j, z = r["jsq"], r["idle0"]
+        print(f"{'':<10} what-ifs, queue-p99 (p99 / best baseline of any dispatch): "
+              f"idle0 {z['p50_ms']:.0f}/{z['p99_ms']:.0f} ({z['ratio_any']:.2f}), "
+              f"jsq {j['p50_ms']:.0f}/{j['p99_ms']:.0f} ({j['ratio_any']:.2f})")  # fmt: skip
 
 
 def main() -> None:

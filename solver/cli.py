@@ -279,7 +279,7 @@ def cmd_workload(args: argparse.Namespace) -> int:
         raise _usage(problem)
     outcomes = workload.run(w)
     if args.plot:
-        path = workload.plot(outcomes, Path(args.plot) / "workload.png")
+        path = workload.plot(outcomes, Path(args.plot) / "workload.png", workload.format_table(w, []).splitlines()[0])
         if not args.json:
             print(f"plot: {path}", file=sys.stderr)
     if args.json:

@@ -309,8 +309,9 @@ def format_table(w: Workload, outcomes: list[Outcome]) -> str:
     return "\n".join(lines)
 
 
-def plot(outcomes: list[Outcome], path: Any) -> Any:
-    """A PNG: p50 and p99 latency and instances per placement; returns the path written."""
+def plot(outcomes: list[Outcome], path: Any, title: str = "") -> Any:
+    """A PNG: p50 and p99 latency (log scale where they span over 30x) and instances per placement; returns
+    the path written."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -321,15 +322,20 @@ def plot(outcomes: list[Outcome], path: Any) -> Any:
     x = np.arange(len(names))
     lat.bar(x - 0.2, [o.p50_ms for o in outcomes], 0.4, label="p50")
     lat.bar(x + 0.2, [o.p99_ms for o in outcomes], 0.4, label="p99")
-    lat.set_xticks(x, names)
+    lat.set_xticks(x, names, rotation=20)
     lat.set_ylabel("latency (ms)")
+    shown = [v for o in outcomes for v in (o.p50_ms, o.p99_ms) if v > 0 and np.isfinite(v)]
+    if shown and max(shown) > 30 * min(shown):
+        lat.set_yscale("log")
     lat.legend()
     inst.bar(x, [o.instances for o in outcomes])
-    inst.set_xticks(x, names)
+    inst.set_xticks(x, names, rotation=20)
     inst.set_ylabel("instances started")
     for o, xi in zip(outcomes, x, strict=True):
         if o.rejected:
             inst.annotate(f"{o.rejected} rejected", (xi, o.instances), ha="center", va="bottom", fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
