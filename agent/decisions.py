@@ -10,19 +10,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from agent.runtime.base import Instance
-from peerserve.dispatch import (  # the rule the workload simulation replays (re-exported here)
-    MAX_SPREAD_SITES,
-    UNKNOWN_RTT_MS,
-    SiteShares,
-    draw,
-    parse_spread,
-    planned_queues,
-    rank_key,
-    site_shares,
-    spread_weights,
-)
+from peerserve import dispatch as rule  # the endpoint rule, shared with the workload simulation
+from peerserve.dispatch import draw, planned_queues, rank_key, spread_weights
 
-__all__ = ["MAX_SPREAD_SITES", "UNKNOWN_RTT_MS", "SiteShares", "parse_spread", "site_shares"]
+UNKNOWN_RTT_MS = rule.UNKNOWN_RTT_MS  # these five re-exported: their callers import them from here
+MAX_SPREAD_SITES = rule.MAX_SPREAD_SITES
+SiteShares = rule.SiteShares
+parse_spread = rule.parse_spread
+site_shares = rule.site_shares
 
 BACKOFF_BASE_S = 1.0
 BACKOFF_MAX_S = 60.0
