@@ -38,6 +38,7 @@ import numpy as np
 from peerserve.dispatch import draw, parse_spread, planned_queues, rank_key, site_shares, spread_weights
 from solver.problem import FloatArray, IntArray
 
+HEAP_SLACK = 1024  # superseded departure projections kept before the heap is compacted
 EXEC_SAMPLES = 16  # agent/serving/exec_times.py SAMPLES: the median of this many recent server times
 
 
@@ -101,6 +102,8 @@ class _Engine:
         self.version = [0] * len(self.node_of)
         self.busy: list[set[int]] = [set() for _ in self.cores]
         self.heap: list[tuple[float, int, int]] = []  # (projected departure, instance, version)
+        self.heap_bound = 2 * len(self.node_of) + HEAP_SLACK  # at most one live entry per instance
+        self.peak = 0
 
     def rate(self, j: int) -> float:
         return min(1.0, self.cores[j] / len(self.busy[j])) if self.busy[j] else 1.0
@@ -138,6 +141,10 @@ class _Engine:
         self.finish[k] = at
         self.version[k] += 1
         heapq.heappush(self.heap, (at, k, self.version[k]))
+        if len(self.heap) > self.heap_bound:  # mostly superseded projections: keep the live ones only
+            self.heap = [e for e in self.heap if e[2] == self.version[e[1]]]
+            heapq.heapify(self.heap)
+        self.peak = max(self.peak, len(self.heap))
 
     def _reproject(self, j: int, now: float, before: float, skip: int) -> None:
         """Node j's rate went from ``before`` to its current one: every other busy head's departure moves."""

@@ -188,3 +188,27 @@ def test_assigned_dispatch_changes_only_plans_without_shares() -> None:
     assigned = {o.placement: o for o in run(dataclasses.replace(w, dispatch="assigned"), ("queue", "least-loaded"))}
     assert dataclasses.replace(assigned["queue"], solve_ms=0.0) == dataclasses.replace(agent["queue"], solve_ms=0.0)
     assert assigned["least-loaded"].p99_ms < agent["least-loaded"].p99_ms  # one instance per node no more
+
+
+def test_the_departure_heap_is_bounded_and_compacting_it_changes_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """20 instances on one core re-project every busy departure at each rate change: superseded entries
+    pile up until they reach the top unless the heap is compacted; it stays under 2 x instances +
+    HEAP_SLACK (checked at a slack of 8 too), with the same results."""
+    arrival, instance, work, node_of = random_queues(6, 6000, 20, 1)
+    want = shared_sojourn_ms(arrival, instance, work, node_of, np.array([1.0]))
+    engines: list[agent_sim._Engine] = []
+
+    class Watched(agent_sim._Engine):
+        def __init__(self, *args: object) -> None:
+            super().__init__(*args)  # type: ignore[arg-type]
+            engines.append(self)
+
+    monkeypatch.setattr(agent_sim, "_Engine", Watched)
+    for slack in (agent_sim.HEAP_SLACK, 8):
+        monkeypatch.setattr(agent_sim, "HEAP_SLACK", slack)
+        _, got = event_sojourn_ms(arrival, work, Fixed(instance), node_of, np.array([1.0]))
+        np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-9)
+        assert engines[-1].peak <= 2 * 20 + slack + 1
+    monkeypatch.setattr(agent_sim, "HEAP_SLACK", 10**9)  # the bound switched off: the heap outgrows it
+    event_sojourn_ms(arrival, work, Fixed(instance), node_of, np.array([1.0]))
+    assert engines[-1].peak > 2 * 20 + 8 + 1  # (226 here): the slack-8 bound above held by compacting
