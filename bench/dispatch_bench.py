@@ -12,11 +12,12 @@ plan simulated over the same arrivals and service times under three dispatches (
   then spreads them over a node's instances);
 * ``plan``: the plan's node, then one of its instances uniformly (the simulation before).
 
-And two what-ifs that are NOT the agent's rule (this file only), on the queue-p99 plan, to show what the
+And three what-ifs that are NOT the agent's rule (this file only), on the queue-p99 plan, to show what the
 tail owes to the rule rather than to the instance count: ``idle0`` is the agent's rule with an endpoint
 that has nothing in flight counted as live 0 (weight x (1 + planned)) instead of absent (plain share);
 ``jsq``: the entry agent sends each request to the endpoint of the model where it has the fewest
-requests in flight (its own counts, as the agent keeps them), ties drawn by the plan's shares.
+requests in flight (its own counts, as the agent keeps them), ties drawn by the plan's shares;
+``jsq_plan``: the same among the endpoints on the nodes the plan gives the client's site.
 
 Prints p50 / p99 ms per placement, the ratio "queue-p99 p99 / best baseline's p99" within each dispatch and
 against the best baseline of any dispatch, the CPU seconds each dispatch's simulations took, and the load
@@ -42,11 +43,14 @@ from solver.workload import PLACEMENTS, Workload, _arrivals, lab_snapshot, simul
 PLACES = ("queue", "queue-p99", "thesis", "nearest", "least-loaded")
 BASELINES = ("thesis", "nearest", "least-loaded")
 DISPATCHES = ("agent", "assigned", "plan")
+WHAT_IFS = ("idle0", "jsq_plan", "jsq")
 LAB = Workload(cores=2.0, throughput=50.0, node_mem_mb=4096.0, model_mem_mb=100.0)
 
 
 class JoinShortest(AgentDispatch):
     """What-if: the endpoint with the fewest of the entry agent's requests in flight, ties by the shares."""
+
+    within_plan = False  # True: only the endpoints on nodes the plan gives the client's site
 
     def choose(self, i: int, now: float) -> int:
         if not self.endpoints:
@@ -54,6 +58,8 @@ class JoinShortest(AgentDispatch):
         c = self.client[i]
         a = self.agent[c]
         live, order = self.live[a], self.ranked(a, c)
+        if self.within_plan and self.shares[c]:
+            order = [e for e in order if self.shares[c].get(self.endpoints[e][0], 0.0) > 0] or order
         fewest = min(live.get(self.endpoints[e][1], 0) for e in order)
         tied = [e for e in order if live.get(self.endpoints[e][1], 0) == fewest]
         pick = draw([self.shares[c].get(self.endpoints[e][0], 0.0) for e in tied], self.draws[i])
@@ -62,6 +68,12 @@ class JoinShortest(AgentDispatch):
         live[url] = live.get(url, 0) + 1
         self.sent_by[i] = a
         return k
+
+
+class JoinShortestWithinPlan(JoinShortest):
+    """What-if: JoinShortest among the endpoints on the nodes the plan gives the client's site."""
+
+    within_plan = True
 
 
 class IdleCountsZero(AgentDispatch):
@@ -101,13 +113,14 @@ def one_rate(rate: float, service: str, duration: float) -> dict[str, Any]:
         }
     row["jsq"] = what_if(JoinShortest, plans["queue-p99"], w, rtt, arrivals)
     row["idle0"] = what_if(IdleCountsZero, plans["queue-p99"], w, rtt, arrivals)
+    row["jsq_plan"] = what_if(JoinShortestWithinPlan, plans["queue-p99"], w, rtt, arrivals)
     best_any = min(row["by"][d]["outcomes"][b]["p99_ms"] for d in DISPATCHES for b in BASELINES)
     for d in DISPATCHES:
         outs = row["by"][d]["outcomes"]
         best = min(outs[b]["p99_ms"] for b in BASELINES)
         row["by"][d]["ratio"] = round(outs["queue-p99"]["p99_ms"] / best, 3)
         row["by"][d]["ratio_any"] = round(outs["queue-p99"]["p99_ms"] / best_any, 3)
-    for key in ("jsq", "idle0"):
+    for key in WHAT_IFS:
         row[key]["ratio_any"] = round(row[key]["p99_ms"] / best_any, 3)
     return row
 
@@ -125,10 +138,8 @@ def print_rows(rows: list[dict[str, Any]]) -> None:
             )
             ratios = f"{by['ratio']:>7.2f}{by['ratio_any']:>7.2f}{by['cpu_s']:>7.2f}"
             print(f"{r['service']:<4}{r['total_rps']:>6g} {d:<9}{cells}{ratios}")
-        j, z = r["jsq"], r["idle0"]
-        print(f"{'':<10} what-ifs, queue-p99 (p99 / best baseline of any dispatch): "
-              f"idle0 {z['p50_ms']:.0f}/{z['p99_ms']:.0f} ({z['ratio_any']:.2f}), "
-              f"jsq {j['p50_ms']:.0f}/{j['p99_ms']:.0f} ({j['ratio_any']:.2f})")  # fmt: skip
+        ifs = ", ".join(f"{k} {r[k]['p50_ms']:.0f}/{r[k]['p99_ms']:.0f} ({r[k]['ratio_any']:.2f})" for k in WHAT_IFS)
+        print(f"{'':<10} what-ifs, queue-p99 (p99 / best baseline of any dispatch): {ifs}")
 
 
 def main() -> None:

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from bench.dispatch_bench import BASELINES, DISPATCHES, PLACES, main, one_rate
+from bench.dispatch_bench import BASELINES, DISPATCHES, PLACES, WHAT_IFS, main, one_rate
 
 
 def test_one_rate_simulates_every_placement_under_every_dispatch_and_the_ratios_follow() -> None:
@@ -26,7 +26,7 @@ def test_one_rate_simulates_every_placement_under_every_dispatch_and_the_ratios_
     agent = row["by"]["agent"]["outcomes"]["queue-p99"]
     assert row["by"]["assigned"]["outcomes"]["queue-p99"] == agent  # queue plans carry their own shares
     # the what-ifs replace the rule, not the plan: same instances, other latencies
-    for key in ("jsq", "idle0"):
+    for key in WHAT_IFS:
         assert row[key]["instances"] == agent["instances"] and row[key]["requests"] == agent["requests"]
     assert row["jsq"]["p99_ms"] != agent["p99_ms"]
     assert row["jsq"]["p99_ms"] < row["by"]["plan"]["outcomes"]["queue-p99"]["p99_ms"]
