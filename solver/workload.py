@@ -8,9 +8,15 @@ Every placement solves the same snapshot; its plan is then run as a discrete-eve
 
 * the instances a node starts are the plan's, capped at what the node's memory holds (a plan that
   ignores memory cannot start more);
-* each request goes to a node drawn by the plan's shares for its client (queue objective) or to the
-  client's assigned node (thesis model and baselines), then to one of that node's instances uniformly;
-  a client the plan rejected, or a node with no instance started, counts a rejection;
+* each request is dispatched as the agent dispatches it (``dispatch="agent"``, the default;
+  solver.agent_sim replays peerserve.dispatch, the agent's rule, at every arrival against the queues of
+  that instant): ranked by RTT + the entry agent's measured execution time, then drawn by the plan's
+  shares (queue objectives) weighed by the entry agent's live queues; plans without shares (thesis model
+  and baselines) go to the best node's first instance; only a request with no instance anywhere is
+  rejected. ``assigned``: the same, with such plans' assignments published as shares. ``plan``: the run
+  as it was: a node drawn by the plan's shares for its client or the client's assigned node, then one
+  of that node's instances uniformly; a client the plan rejected, or a node with no instance started,
+  counts a rejection;
 * every instance is a FIFO single server: start = max(arrival, previous finish) (Lindley's recursion,
   the exact event order of a FIFO queue); latency = RTT + wait + service;
 * with ``cores`` (``--cores``) a node's instances share that many cores: while more of them are busy
