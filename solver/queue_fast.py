@@ -13,8 +13,9 @@ of least ``cost_cj + w_jk`` (the others never carry rate), and only S's nodes ne
    its least-cost node, n = lam / t*; outside S a pool's effective servers are its n).
 2. S empty: the closed form is R(S)'s optimum, no Ipopt at all. Else Ipopt solves R(S) on S's nodes
    with one outside column per stream (its best node outside S, or rejection where the penalty is
-   lower) through ``solver.queue_lazy`` (``solver.queue_dual``'s proven column generation in its place
-   where switched on).
+   lower): warm-started from ``solver.queue_dual``'s proven column generation and certified by pricing
+   (``solver.queue_warm``), else cold through ``solver.queue_lazy`` (the column generation's own answer
+   in Ipopt's place where ``queue_dual.ENABLED``).
 3. Recheck the dropped rows: nodes outside S that the result overfills join S; repeat.
 
 R(S) relaxes the NLP; an optimum of R(S) that keeps every dropped row is feasible for the NLP, hence
