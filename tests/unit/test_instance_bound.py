@@ -196,3 +196,38 @@ def test_mode1_with_running_instances_keeps_the_bound_on_the_instances_with_traf
     for node, running in plan.instances.items():
         for model, n in running.items():
             assert 0 <= idle.get(node, {}).get(model, 0) <= n
+
+
+@pytest.mark.parametrize("name", ["queue_split_bound_a.json", "queue_split_bound_b.json"])
+def test_the_best_split_keeps_the_bound_where_it_moves_rate_between_node_classes(
+    name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by bench/bound_sweep.py (2 of 1,000 Mode 1 clusters with running instances, nano and orin nodes):
+    repair keeps the bound, then the best split (solver.queue_split) moves rate from one class's pools to the
+    other's on the same counts, so the first class's need at rho_max falls by one and its count is past the
+    bound. Such a split is no longer taken; with that check off the bound check fails."""
+    import json
+    from pathlib import Path
+
+    from solver import queue_split
+    from solver.queue_move import move_instances
+    from solver.queue_split import best_split
+    from solver.tail_cap import with_tail_cap
+
+    case = json.loads((Path(__file__).parent / "data" / name).read_text())
+    q = build_queue_problem(build_problem(Snapshot.from_dict(case["snap"]), Mode(case["mode"])))
+    q = with_tail_cap(q) if case["tail"] else q
+
+    def planned() -> Pools:
+        nlp = solve_nlp_fast(q)
+        pools = repair(q, nlp.x, nlp.r, nlp.n)
+        check(pools)
+        close_pools_fast(pools)
+        move_instances(pools)
+        best_split(pools)
+        return pools
+
+    check(planned())
+    check_cores(planned())
+    monkeypatch.setattr(queue_split, "KEEP_BOUND", False)
+    assert spread_violations(planned())
