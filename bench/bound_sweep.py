@@ -6,10 +6,11 @@
    in Mode 1 the plan's way (relaxation, repair, pool closing, instance moves, best split). A cluster breaks
    the bound where some model and node class serve with more instances than the class's need at
    ``rho_max`` plus one spare. Each cluster is solved with repair's drain of running pools
-   (solver.queue_running) off ("before") and on ("after") in the same run; also the instances kept running
-   idle, and the served rate and mean latency of both.
+   (solver.queue_running) and the best split's bound check (solver.queue_split.KEEP_BOUND) off ("before")
+   and on ("after") in the same run; also the instances kept running idle, the served rate and the
+   mean latency of both.
 2. Solve time: bench/queue_bench.py's Mode 1 rows with instances running (thesis sizes, 15 % of (node,
-   model) pairs running one instance), CPU ms per whole solve with the drain off and on, interleaved in the
+   model) pairs running one instance), CPU ms per whole solve with both off and on, interleaved in the
    same run; medians and the ratio after / before.
 
     .venv/bin/python bench/bound_sweep.py [--clusters 1000] [--seeds 5] [--json]
@@ -26,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from solver import queue_running
+from solver import queue_running, queue_split
 from solver.api import solve
 from solver.problem import Mode, build_problem
 from solver.queue_close_fast import close_pools_fast
@@ -38,6 +39,12 @@ from solver.queue_repair import Pools, repair
 from solver.queue_split import best_split
 from solver.snapshot import Model, Node, Request, Snapshot
 from solver.tail_cap import with_tail_cap
+
+
+def switch(on: bool) -> None:
+    """Today's two steps for the bound in Mode 1 on (after) or off (before)."""
+    queue_running.ENABLED = on
+    queue_split.KEEP_BOUND = on
 
 
 def cluster(seed: int) -> tuple[Snapshot, bool]:
@@ -105,7 +112,7 @@ def sweep(n: int) -> dict[str, Any]:
         lat = {}
         try:
             for tag, on in (("before", False), ("after", True)):
-                queue_running.ENABLED = on
+                switch(on)
                 pools = final_pools(q)
                 excess = past_bound(pools)
                 row = out[tag]
@@ -118,7 +125,7 @@ def sweep(n: int) -> dict[str, Any]:
             out["errors"] += 1
             continue
         finally:
-            queue_running.ENABLED = True
+            switch(True)
         if lat["before"] > 0 and not math.isclose(lat["after"], lat["before"], rel_tol=1e-9):
             worse.append(lat["after"] / lat["before"])
     out["changed_latency_clusters"] = len(worse)
@@ -139,11 +146,11 @@ def solve_times(seeds: int) -> list[dict[str, Any]]:
             times: dict[bool, list[float]] = {False: [], True: []}
             for snap in snaps:
                 for on in (False, True, False, True):  # first pair warms up
-                    queue_running.ENABLED = on
+                    switch(on)
                     start = time.process_time()
                     solve(snap, mode="1", objective=objective)
                     times[on].append(1000.0 * (time.process_time() - start))
-            queue_running.ENABLED = True
+            switch(True)
             before = statistics.median(times[False][1::2])
             after = statistics.median(times[True][1::2])
             rows.append({"size": f"{r} x {n}", "objective": objective, "before_ms": before, "after_ms": after,
@@ -165,18 +172,18 @@ def main() -> None:
     print(f"{s['clusters']} Mode 1 clusters with running instances ({s['errors']} solver errors)")
     for tag in ("before", "after"):
         r = s[tag]
-        print(f"  drain {'off' if tag == 'before' else 'on '}: {r['clusters_past_bound']} clusters past the bound "
+        print(f"  {tag:<6}: {r['clusters_past_bound']} clusters past the bound "
               f"({r['instances_past_bound']} instances), {r['idle_running']} running instances idle, "
               f"served {r['served_rps']:.1f} req/s")  # fmt: skip
     print(f"  mean latency changed in {s['changed_latency_clusters']} clusters: after / before median "
           f"{s['changed_latency_ratio_median']:.3f} max {s['changed_latency_ratio_max']:.3f}")  # fmt: skip
     if result["solve"]:
-        print(f"{'size':<12}{'objective':>11}{'drain off ms':>14}{'drain on ms':>13}{'on / off':>10}")
+        print(f"{'size':<12}{'objective':>11}{'before ms':>11}{'after ms':>10}{'after / before':>16}")
         for row in result["solve"]:
-            print(f"{row['size']:<12}{row['objective']:>11}{row['before_ms']:>14.1f}{row['after_ms']:>13.1f}"
-                  f"{row['ratio']:>10.3f}")  # fmt: skip
+            print(f"{row['size']:<12}{row['objective']:>11}{row['before_ms']:>11.1f}{row['after_ms']:>10.1f}"
+                  f"{row['ratio']:>16.3f}")  # fmt: skip
         ratios = [row["ratio"] for row in result["solve"]]
-        print(f"on / off: median {statistics.median(ratios):.3f}, max {max(ratios):.3f}")
+        print(f"after / before: median {statistics.median(ratios):.3f}, max {max(ratios):.3f}")
 
 
 if __name__ == "__main__":
