@@ -109,21 +109,27 @@ def spread_choice(
     u: float,
     planned_queue: Mapping[str, float] | None = None,
     live_queue: Mapping[str, float] | None = None,
+    idle: Mapping[str, int] | None = None,
 ) -> list[Choice]:
     """``ranked`` with one endpoint drawn first in the plan's proportions; the rest keep their rank order.
 
-    A node's share is split evenly over its ready endpoints; an endpoint whose live queue (``live_queue``
-    by URL) differs from the plan's (``planned_queue`` by node) is weighted by (1 + planned) / (1 + live).
-    ``u`` in [0, 1) is the random draw (injected: the function is pure). No share on any ready
-    endpoint (no plan, the thesis objective, or the planned nodes are down): ``ranked`` unchanged.
+    A node's share is split evenly over its ready endpoints but the last ``idle[node]`` of them in rank
+    order (instances the plan keeps running without traffic; at least one endpoint keeps the share); an
+    endpoint whose live queue (``live_queue`` by URL) differs from the plan's (``planned_queue`` by node) is
+    weighted by (1 + planned) / (1 + live). ``u`` in [0, 1) is the random draw (injected: the function is
+    pure). No share on any ready endpoint (no plan, the thesis objective, or the planned nodes are down):
+    ``ranked`` unchanged.
     """
     per_node: dict[str, int] = {}
     for ch in ranked:
         per_node[ch.candidate.node] = per_node.get(ch.candidate.node, 0) + 1
+    serving = {node: max(1, n - max(0, (idle or {}).get(node, 0))) for node, n in per_node.items()}
+    seen: dict[str, int] = {}
     weights = []
     for ch in ranked:
         node = ch.candidate.node
-        w = shares.get(node, 0.0) / per_node[node]
+        seen[node] = seen.get(node, 0) + 1
+        w = shares.get(node, 0.0) / serving[node] if seen[node] <= serving[node] else 0.0
         if live_queue is not None and ch.candidate.url in live_queue:
             w *= (1.0 + (planned_queue or {}).get(node, 0.0)) / (1.0 + max(0.0, live_queue[ch.candidate.url]))
         weights.append(max(0.0, w))
@@ -147,19 +153,25 @@ def spread_ranked(
     u: float,
     live_queue: Mapping[str, float] | None = None,
 ) -> list[Choice]:
-    """``spread_choice`` with the last placement summary's shares and planned queues (``live_queue`` by URL)."""
+    """``spread_choice`` with the last placement summary's shares, planned queues and idle running instances
+    (``live_queue`` by URL)."""
     if not placement or not ranked:
         return list(ranked)
     shares = site_shares(parse_spread(placement.get("spread")), model, client_rtts)
-    queues = placement.get("planned_queue")
-    planned = {}
-    if isinstance(queues, Mapping):
-        planned = {
-            str(n): float(m[model])
-            for n, m in queues.items()
-            if isinstance(m, Mapping) and isinstance(m.get(model), (int, float))
-        }
-    return spread_choice(ranked, shares, u, planned, live_queue)
+    planned = {n: float(v) for n, v in _per_node(placement.get("planned_queue"), model).items()}
+    idle = {n: int(v) for n, v in _per_node(placement.get("idle_running"), model).items() if 0 <= v < 1e6}
+    return spread_choice(ranked, shares, u, planned, live_queue, idle)
+
+
+def _per_node(raw: Any, model: str) -> dict[str, float]:
+    """A summary's node -> model -> number map for ``model`` (malformed entries skipped; bools are no numbers)."""
+    if not isinstance(raw, Mapping):
+        return {}
+    return {
+        str(n): float(m[model])
+        for n, m in raw.items()
+        if isinstance(m, Mapping) and isinstance(m.get(model), (int, float)) and not isinstance(m.get(model), bool)
+    }
 
 
 @dataclass(frozen=True)
