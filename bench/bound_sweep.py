@@ -13,7 +13,7 @@
    model) pairs running one instance), CPU ms per whole solve with both off and on, interleaved in the
    same run; medians and the ratio after / before.
 
-    .venv/bin/python bench/bound_sweep.py [--clusters 1000] [--seeds 5] [--json]
+    .venv/bin/python bench/bound_sweep.py [--clusters 1000] [--seeds 5] [--cores N] [--json]
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ import numpy as np
 
 from solver import queue_running, queue_split
 from solver.api import solve
+from solver.fastlp import tune_solver_process
 from solver.problem import Mode, build_problem
 from solver.queue_close_fast import close_pools_fast
 from solver.queue_fast import solve_nlp_fast
@@ -134,14 +135,15 @@ def sweep(n: int) -> dict[str, Any]:
     return out
 
 
-def solve_times(seeds: int) -> list[dict[str, Any]]:
-    """CPU ms per whole Mode 1 solve with instances running, drain off and on interleaved (medians)."""
-    from bench.queue_bench import SIZES, with_running
+def solve_times(seeds: int, cores: float = 0.0) -> list[dict[str, Any]]:
+    """CPU ms per whole Mode 1 solve with instances running, both steps off and on interleaved (medians);
+    ``cores``: every node gets that many (0: none; bench/queue_bench.py's ``--cores``)."""
+    from bench.queue_bench import SIZES, with_cores, with_running
     from solver.simulate import thesis_instance
 
     rows = []
     for r, n in SIZES:
-        snaps = [with_running(thesis_instance(r, n, s), s) for s in range(seeds)]
+        snaps = [with_cores(with_running(thesis_instance(r, n, s), s), cores or None) for s in range(seeds)]
         for objective in ("queue", "queue-p99"):
             times: dict[bool, list[float]] = {False: [], True: []}
             for snap in snaps:
@@ -162,9 +164,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--clusters", type=int, default=1000, help="random clusters in the sweep (default 1000)")
     ap.add_argument("--seeds", type=int, default=5, help="snapshots per size in the solve-time part (default 5)")
+    ap.add_argument("--cores", type=float, default=0.0, help="cores per node in the solve-time part (0: none)")
     ap.add_argument("--json", action="store_true", help="print the figures as JSON")
     args = ap.parse_args()
-    result = {"sweep": sweep(args.clusters), "solve": solve_times(args.seeds) if args.seeds else []}
+    tune_solver_process()
+    result = {"sweep": sweep(args.clusters), "solve": solve_times(args.seeds, args.cores) if args.seeds else []}
     if args.json:
         print(json.dumps(result, indent=1))
         return

@@ -32,7 +32,7 @@ from solver.node_cpu import busy, effective_servers
 from solver.problem import FloatArray, IntArray
 from solver.queue_close import integer_objective
 from solver.queue_model import QueueProblem
-from solver.queue_repair import Pools, bound_excess
+from solver.queue_repair import Pools
 
 log = logging.getLogger(__name__)
 BoolArray = npt.NDArray[np.bool_]
@@ -100,8 +100,13 @@ def apply_split(pools: Pools, x: FloatArray, counts: IntArray) -> bool:
 
 
 def _bound_excess(pools: Pools) -> IntArray:
-    """[k] the most instances each model runs past the instance bound in a node class (solver.queue_repair)."""
-    return np.array([bound_excess(pools, k) for k in range(len(pools.q.base.model_names))], dtype=np.int64)
+    """[k] the most instances each model runs past the instance bound in a node class (queue_repair.bound_excess
+    for every model at once)."""
+    q = pools.q
+    group = np.eye(int(pools.node_group.max()) + 1)[pools.node_group].T  # [g, j] node class membership
+    load = group @ (pools.lam() / (q.rho_max * q.mu))  # [g, k] need at rho_max, as bound_excess sums it
+    running = group @ pools.counts()
+    return np.asarray((running - (np.ceil(load - 1e-9) + 1)).max(axis=0), dtype=np.int64)
 
 
 def _frank_wolfe(

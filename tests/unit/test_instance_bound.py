@@ -236,3 +236,26 @@ def test_the_best_split_keeps_the_bound_where_it_moves_rate_between_node_classes
     check_cores(planned())
     monkeypatch.setattr(queue_split, "KEEP_BOUND", False)
     assert spread_violations(planned())
+
+
+def test_the_splits_bound_check_is_repairs_for_every_model() -> None:
+    """solver.queue_split's vectorised bound excess equals solver.queue_repair.bound_excess per model."""
+    import json
+    from pathlib import Path
+
+    from solver.queue_split import _bound_excess
+
+    data = Path(__file__).parent / "data"
+    two_classes = [json.loads((data / f"queue_split_bound_{x}.json").read_text()) for x in "ab"]
+    cases = [seeded(seed) for seed in range(30)] + [
+        (Snapshot.from_dict(c["snap"]), Mode(c["mode"])) for c in two_classes
+    ]
+    past = 0
+    for snap, mode in cases:
+        pools = repaired(snap, mode)
+        for scale in (1.0, 0.3):  # caps cut: counts up, past the bound in some classes
+            pools.cap = pools.cap * scale
+            want = [queue_repair.bound_excess(pools, k) for k in range(len(snap.models))]
+            assert _bound_excess(pools).tolist() == want
+            past += max(want) > 0
+    assert past >= 10
