@@ -8,17 +8,19 @@
    ``rho_max`` plus one spare. Each cluster is solved with repair's drain of running pools
    (solver.queue_running) and the best split's bound check (solver.queue_split.KEEP_BOUND) off ("before")
    and on ("after") in the same run; also the instances kept running idle, the served rate and the
-   mean latency of both.
+   mean latency of both. ``--tight``: the same clusters with 1-4 cores per node, 0-300 MB available and 0-3
+   instances of each model running.
 2. Solve time: bench/queue_bench.py's Mode 1 rows with instances running (thesis sizes, 15 % of (node,
    model) pairs running one instance), CPU ms per whole solve with both off and on, interleaved in the
    same run; medians and the ratio after / before.
 
-    .venv/bin/python bench/bound_sweep.py [--clusters 1000] [--seeds 5] [--cores N] [--json]
+    .venv/bin/python bench/bound_sweep.py [--clusters 1000] [--tight] [--seeds 5] [--cores N] [--json]
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import statistics
@@ -77,6 +79,19 @@ def cluster(seed: int) -> tuple[Snapshot, bool]:
     return Snapshot(tuple(nodes), models, reqs), bool(seed % 2)
 
 
+def tight(snap: Snapshot, seed: int) -> Snapshot:
+    """The cluster with 1-4 cores per node, 0-300 MB available and 0-3 instances of each model running."""
+    rng = np.random.default_rng(seed + 10**6)
+    nodes = tuple(
+        dataclasses.replace(
+            n, cores=float(rng.integers(1, 5)), mem_available_mb=min(n.mem_total_mb, float(rng.uniform(0, 300))),
+            instances={m: int(rng.integers(0, 4)) for m in n.instances},
+        )
+        for n in snap.nodes
+    )  # fmt: skip
+    return dataclasses.replace(snap, nodes=nodes)
+
+
 def final_pools(q: QueueProblem) -> Pools:
     """The integer placement the plan is made of (solver.queue_plan._solve's steps)."""
     nlp = solve_nlp_fast(q)
@@ -100,14 +115,15 @@ def past_bound(pools: Pools) -> int:
     return out
 
 
-def sweep(n: int) -> dict[str, Any]:
+def sweep(n: int, tighter: bool = False) -> dict[str, Any]:
     """Clusters past the bound, idle running instances, served rate and mean latency with the drain off/on."""
-    out: dict[str, Any] = {"clusters": n, "errors": 0}
+    out: dict[str, Any] = {"clusters": n, "tight": tighter, "errors": 0}
     for tag in ("before", "after"):
         out[tag] = {"clusters_past_bound": 0, "instances_past_bound": 0, "idle_running": 0, "served_rps": 0.0}
     worse = []
     for seed in range(n):
         snap, tail = cluster(seed)
+        snap = tight(snap, seed) if tighter else snap
         q = build_queue_problem(build_problem(snap, Mode.MODE1))
         q = with_tail_cap(q) if tail else q
         lat = {}
@@ -165,15 +181,21 @@ def main() -> None:
     ap.add_argument("--clusters", type=int, default=1000, help="random clusters in the sweep (default 1000)")
     ap.add_argument("--seeds", type=int, default=5, help="snapshots per size in the solve-time part (default 5)")
     ap.add_argument("--cores", type=float, default=0.0, help="cores per node in the solve-time part (0: none)")
+    ap.add_argument("--tight", action="store_true",
+                    help="clusters with 1-4 cores a node, 0-300 MB available, 0-3 instances running")  # fmt: skip
     ap.add_argument("--json", action="store_true", help="print the figures as JSON")
     args = ap.parse_args()
     tune_solver_process()
-    result = {"sweep": sweep(args.clusters), "solve": solve_times(args.seeds, args.cores) if args.seeds else []}
+    result = {
+        "sweep": sweep(args.clusters, args.tight),
+        "solve": solve_times(args.seeds, args.cores) if args.seeds else [],
+    }
     if args.json:
         print(json.dumps(result, indent=1))
         return
     s = result["sweep"]
-    print(f"{s['clusters']} Mode 1 clusters with running instances ({s['errors']} solver errors)")
+    what = "tight (cores, little memory, more running)" if s["tight"] else "with running instances"
+    print(f"{s['clusters']} Mode 1 clusters, {what} ({s['errors']} solver errors)")
     for tag in ("before", "after"):
         r = s[tag]
         print(f"  {tag:<6}: {r['clusters_past_bound']} clusters past the bound "
