@@ -3,7 +3,7 @@
 The plan's ``objective_ms`` is the mean latency per request (RTT + execution + queueing wait, ms) over
 the served rate; ``shares`` gives each request (stream) its node -> fraction split; ``instances`` the
 integer pool sizes (in Mode 1 never below what runs and is kept); ``details["idle_running"]`` the
-instances it keeps running but serves with none of its traffic (Mode 1 past the instance bound).
+instances it keeps running but serves with none of its traffic (Mode 1: running ones its rates do not need).
 """
 
 from __future__ import annotations
