@@ -46,3 +46,24 @@ def test_the_idle_running_instance_is_never_drawn_first_but_stays_a_fallback(age
     assert a.get("/cluster").json()["last_placement"]["idle_running"] == {a.node_id: {MODEL: 1}}
     only = firsts(a)
     assert len(set(only)) == 1 and only[0] == min(both), "the first server in rank order (URL) serves"
+
+
+def test_the_cluster_page_marks_the_idle_running_instances(agents: Any) -> None:
+    """The page's models table (Debian's headless Chromium) names the node and how many of its instances of
+    the model the plan keeps running without traffic."""
+    from tests.browser import browser, console_errors, need_browser
+    from tests.waiting import wait_for
+
+    need_browser()
+    a = agents("a", "--no-discovery")
+    command(a, idle=1)
+    script = "return document.querySelector(`#models tr[data-model='${arguments[0]}']`)?.innerText || ''"
+    with browser() as driver:
+        driver.get(a.url + "/")
+        wait_for(lambda: f"{a.node_id} (1 idle)" in driver.execute_script(script, MODEL), 10)
+        assert console_errors(driver) == []
+    command(a, idle=0)
+    with browser() as driver:
+        driver.get(a.url + "/")
+        wait_for(lambda: a.node_id in driver.execute_script(script, MODEL), 10)
+        assert "idle" not in driver.execute_script(script, MODEL)
