@@ -106,7 +106,11 @@ def _frank_wolfe(
 
 class _SplitFlow:
     """The split's convex objective on fixed servers, evaluated per pool (numpy over pools, no per-stream
-    Python): solver.hold's _objective / _gradient / _delay with the pool-level terms computed once."""
+    Python): solver.hold's _objective / _gradient / _delay with the pool-level terms computed once.
+
+    Every array that does not change during a run (masks, 1000 mu, the rows that carry rate) is made once
+    here, and the rare branch past ``EVAL_RHO`` is only computed where some pool is past it: the same
+    floating-point operations per element as before, so the same split bit for bit."""
 
     def __init__(self, q: QueueProblem, n: FloatArray, allowed: BoolArray) -> None:
         self.cost, self.rate, self.model = q.base.cost, q.rate, q.base.class_model
@@ -116,34 +120,70 @@ class _SplitFlow:
         self.mu, self.service = q.mu, 1000.0 / q.mu
         self.top = EVAL_RHO * q.mu
         self.big = np.where(allowed, 0.0, np.inf)
+        self.kmu = 1000.0 * self.mu  # d1's numerator (``1000.0 * mu / gap**2`` evaluates it first)
+        self.off = ~self.on
+        self.rows = np.flatnonzero(self.rate > 0)  # _all_on's rows (the rate is fixed during a run)
+        self.all_rows = len(self.rows) == len(self.rate)
+        self.cols = np.arange(self.cost.shape[1])
 
     def pools(self, lam: FloatArray, order: int, wait: bool = False) -> tuple[FloatArray, ...]:
         """Per pool [j, k]: the wait term D - lam * service (for ``order`` 0 or ``wait``), then its first
         ``order`` derivatives in lam."""
         t = lam / self.n
-        tc = np.minimum(t, self.top)
+        at_top = ~(t < self.top)
+        beyond = np.count_nonzero(at_top) > 0  # a pool at or past EVAL_RHO (rare): only then the branches below
+        tc = np.minimum(t, self.top) if beyond else t
         gap = self.mu - tc
-        d1 = 1000.0 * self.mu / gap**2
+        d1 = self.kmu / np.square(gap)
         out = []
         if order == 0 or wait:
-            g = 1000.0 * tc / gap + np.where(t > self.top, d1 * (t - self.top), 0.0)
-            out.append(np.where(self.on, self.n * g, 0.0) - lam * self.service)
+            g = 1000.0 * tc / gap + (np.where(t > self.top, d1 * (t - self.top), 0.0) if beyond else 0.0)
+            ng = self.n * g
+            ng[self.off] = 0.0
+            out.append(ng - lam * self.service)
         if order >= 1:
-            out.append(np.where(self.on, d1, 0.0) - self.service)
+            first = d1.copy() if order == 2 else d1
+            first[self.off] = 0.0
+            out.append(first - self.service)
         if order == 2:
-            out.append(np.where(self.on & (t < self.top), 2.0 * d1 / (gap * self.n), 0.0))
+            second = 2.0 * d1 / (gap * self.n)
+            second[(self.off | at_top) if beyond else self.off] = 0.0
+            out.append(second)
         return tuple(out)
+
+    def along(self, lam: FloatArray, line: tuple[float, FloatArray, FloatArray]) -> tuple[float, float]:
+        """``_along(linear, dlam, *pools(lam, 2))`` for ``line`` = (linear, dlam, dlam * dlam), without masking
+        the pools that run nothing: there dlam is 0 (no stream may use them), so their products are zeros
+        either way and the sums are the same (a zero's sign aside, which no comparison sees)."""
+        linear, dlam, dd = line
+        t = lam / self.n
+        at_top = ~(t < self.top)
+        beyond = np.count_nonzero(at_top) > 0
+        gap = self.mu - (np.minimum(t, self.top) if beyond else t)
+        d1 = self.kmu / np.square(gap)
+        second = 2.0 * d1 / (gap * self.n)
+        if beyond:
+            second[at_top] = 0.0
+        add = np.add.reduce
+        return linear + float(add(dlam * (d1 - self.service), axis=None)), float(add(dd * second, axis=None))
+
+    def all_on(self, cost: FloatArray) -> FloatArray:
+        """solver.hold._all_on(cost, self.rate): each class's whole rate on its cheapest node."""
+        if self.all_rows:
+            return np.where(self.cols == cost.argmin(axis=1)[:, None], self.rate[:, None], 0.0)
+        return _all_on(cost, self.rate)
 
     def run(self, x: FloatArray, iterations: int) -> tuple[FloatArray, int, float]:
         """Up to ``iterations`` steps from ``x``; returns (x, steps taken, last relative duality gap)."""
         gap, steps = np.inf, 0
+        add = np.add.reduce
         for steps in range(iterations + 1):
             lam = x.T @ self.onehot
             wait, slope, second = self.pools(lam, 2, wait=True)
-            grad = self.cost + slope[:, self.model].T
-            direction = _all_on(grad + self.big, self.rate) - x
-            value = float((x * self.cost).sum() + wait.sum())
-            gap = -float((grad * direction).sum()) / max(value, 1e-9)
+            grad = self.cost + slope.T[self.model]
+            direction = self.all_on(grad + self.big) - x
+            value = float(add(x * self.cost, axis=None) + add(wait, axis=None))
+            gap = -float(add(grad * direction, axis=None)) / max(value, 1e-9)
             if steps == iterations or (GAP_STOP and gap <= TOLERANCE):
                 break
             x = x + self.step(x, lam, direction, (slope, second)) * direction
@@ -156,11 +196,12 @@ class _SplitFlow:
         M/M/1 wait's closed-form second derivative), bisection where Newton leaves the bracket.
 
         ``here``: ``pools(lam, 2)``'s derivatives, if the caller has them (the slope at 0 without a new pass)."""
-        linear = float((self.cost * d).sum())
+        linear = float(np.add.reduce(self.cost * d, axis=None))
         dlam = d.T @ self.onehot
+        line = (linear, dlam, dlam * dlam)
 
         def slope(a: float) -> tuple[float, float]:
-            return _along(linear, dlam, *self.pools(lam + a * dlam, 2))
+            return self.along(lam + a * dlam, line)
 
         if slope(1.0)[0] <= 0:
             return 1.0
@@ -183,7 +224,8 @@ class _SplitFlow:
 def _along(linear: float, dlam: FloatArray, first: FloatArray, second: FloatArray) -> tuple[float, float]:
     """The objective's first and second derivatives along a direction (``linear``: its RTT + execution part,
     ``dlam`` its pool rates) from the pools' derivatives ``first`` and ``second``."""
-    return linear + float((dlam * first).sum()), float((dlam * dlam * second).sum())
+    add = np.add.reduce
+    return linear + float(add(dlam * first, axis=None)), float(add(dlam * dlam * second, axis=None))
 
 
 def _feasible_step(pools: Pools, counts: FloatArray, x: FloatArray, direction: FloatArray) -> float:
