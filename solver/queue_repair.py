@@ -29,6 +29,7 @@ Every move re-checks the node's budgets, so no step breaks memory, compute or th
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -62,6 +63,7 @@ class Pools:
         self.service_ms = q.service_ms
         self.node_group = np.unique(np.asarray(q.node_class), return_inverse=True)[1].ravel()  # [j] node class
         self.cores = q.cores()  # [j] parallel capacity (inf: no limit)
+        self.split_run: Any = None  # the last Frank-Wolfe run without a move (solver.queue_split.split_run)
 
     def lam(self) -> FloatArray:
         return np.asarray(self.x.T @ self.onehot)

@@ -54,8 +54,8 @@ def best_split(pools: Pools) -> bool:
     if not np.any(allowed.sum(axis=1) > 1):
         return False  # no stream has a choice
     servers = effective_servers(counts, pools.cores)
-    flow = _SplitFlow(dataclasses.replace(q, rate=served), servers, allowed)
-    split, steps, _ = flow.run(np.where(allowed, pools.x, 0.0), ITERATIONS)
+    run = split_run(dataclasses.replace(q, rate=served), servers, allowed, pools.x, ITERATIONS, pools.split_run)
+    split, steps = run.x, run.steps
     if steps == 0:
         return False  # the repaired split is already within TOLERANCE of its best
     old, old_cap = pools.x, pools.cap.copy()
@@ -68,6 +68,46 @@ def best_split(pools: Pools) -> bool:
         return False
     log.debug("best split: objective %.3f -> %.3f (step %.3f)", before, integer_objective(pools), step)
     return True
+
+
+@dataclasses.dataclass(frozen=True)
+class SplitRun:
+    """A Frank-Wolfe run of ``split_run``: its inputs (rates, servers, allowed pools, start) and where it stopped."""
+
+    rate: FloatArray
+    servers: FloatArray
+    allowed: BoolArray
+    start: FloatArray
+    x: FloatArray
+    steps: int
+    gap: float
+    iterations: int
+
+    def same_inputs(self, rate: FloatArray, servers: FloatArray, allowed: BoolArray, start: FloatArray) -> bool:
+        """Whether a run from these inputs takes this run's steps (bit for bit equal arrays)."""
+        pairs = ((self.rate, rate), (self.servers, servers), (self.allowed, allowed), (self.start, start))
+        return all(np.array_equal(a, b) for a, b in pairs)
+
+
+def split_run(
+    q: QueueProblem,
+    servers: FloatArray,
+    allowed: BoolArray,
+    start: FloatArray,
+    iterations: int,
+    resume: SplitRun | None = None,
+) -> SplitRun:
+    """Frank-Wolfe from ``start`` (``_frank_wolfe``), continued from ``resume`` where that run had the same inputs
+    and at most ``iterations`` steps: each step depends on the split alone, so the result is the same bit for bit
+    (solver.queue_move's run without a move is best_split's first steps: the best split then saves them)."""
+    start = np.where(allowed, start, 0.0)
+    if resume is not None and resume.iterations <= iterations and resume.same_inputs(q.rate, servers, allowed, start):
+        if resume.steps < resume.iterations:  # it stopped at the gap: a longer run stops there too
+            return dataclasses.replace(resume, iterations=iterations)
+        x, steps, gap = _SplitFlow(q, servers, allowed).run(resume.x, iterations, done=resume.steps)
+    else:
+        x, steps, gap = _SplitFlow(q, servers, allowed).run(start, iterations)
+    return SplitRun(q.rate, servers, allowed, start, x, steps, gap, iterations)
 
 
 def load_limit(pools: Pools) -> FloatArray:
@@ -173,11 +213,13 @@ class _SplitFlow:
             return np.where(self.cols == cost.argmin(axis=1)[:, None], self.rate[:, None], 0.0)
         return _all_on(cost, self.rate)
 
-    def run(self, x: FloatArray, iterations: int) -> tuple[FloatArray, int, float]:
-        """Up to ``iterations`` steps from ``x``; returns (x, steps taken, last relative duality gap)."""
-        gap, steps = np.inf, 0
+    def run(self, x: FloatArray, iterations: int, done: int = 0) -> tuple[FloatArray, int, float]:
+        """Up to ``iterations`` steps from ``x``; returns (x, steps taken, last relative duality gap).
+
+        ``done``: steps already taken to reach ``x`` (counted in ``iterations`` and in the steps returned)."""
+        gap, steps = np.inf, done
         add = np.add.reduce
-        for steps in range(iterations + 1):
+        for steps in range(done, iterations + 1):
             lam = x.T @ self.onehot
             wait, slope, second = self.pools(lam, 2, wait=True)
             grad = self.cost + slope.T[self.model]
