@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from solver.queue_move import TRY_ITERATIONS
+from solver.queue_plan import _largest, _split_members, _spread_members
 from solver.queue_split import ITERATIONS, SplitRun, split_run
 from tests.unit.test_queue_split_fast import CASES
 
@@ -41,3 +42,48 @@ def test_a_run_from_other_inputs_is_not_continued(monkeypatch: pytest.MonkeyPatc
                           split_run(q, n * 1.5, allowed, start, ITERATIONS).x)  # fmt: skip
     monkeypatch.setattr(SplitRun, "same_inputs", lambda *_: True)  # switched off: it continues the wrong run
     assert not np.array_equal(split_run(q, n, allowed, other, ITERATIONS, short).x, fresh.x)
+
+
+def _one_member_reference(row: list[float], rejected: float) -> int | None:
+    """The one-member rule as it was: the first largest of the row and the rejected rate; None where it is none."""
+    one = [*row, rejected]
+    best = max(one)
+    if best <= 0:
+        return None
+    i = one.index(best)
+    return None if i == len(row) else i
+
+
+def _rows(rng: np.random.Generator, count: int) -> list[tuple[list[float], float]]:
+    """Random splits with zeros, ties (equal shares) and a rejected part that is zero, small or largest."""
+    out = []
+    for _ in range(count):
+        j = int(rng.integers(1, 12))
+        row = (rng.random(j) * (rng.random(j) < 0.6)).round(int(rng.integers(1, 4))).tolist()
+        rejected = float(rng.choice([0.0, 0.0, round(float(rng.random()), 2), max(row, default=0.0)]))
+        out.append((row, rejected))
+    return out
+
+
+def test_the_plans_member_rules_on_positive_weights_are_the_full_ones() -> None:
+    """queue_plan's shortcuts (the largest positive weight for one member; largest remainders on the non-zero
+    weights for several) give what the rules over every weight give, ties included."""
+    rng = np.random.default_rng(7)
+    fast = 0
+    for row, rejected in _rows(rng, 3000):
+        positive = [j for j, v in enumerate(row) if v > 0]
+        assert _largest(row, positive, rejected) == _one_member_reference(row, rejected)
+        for n in (2, 3, 5, 8):
+            total = float(np.append(np.array(row), rejected).sum())
+            got = _split_members(n, row, rejected, total)
+            if got is not None:
+                fast += 1
+                assert got == _spread_members(n, np.array(row), rejected), (row, rejected, n)
+    assert fast >= 8000  # the shortcut is taken almost always
+
+
+def test_the_member_check_sees_a_changed_tie_rule() -> None:
+    """The check above is not vacuous: the first of equal remainders (not the last) takes the member."""
+    row, rejected = [0.5, 0.5, 0.0], 0.0
+    assert _split_members(3, row, rejected, 1.0) == _spread_members(3, np.array(row), rejected) == [0, 0, 1]
+    assert _largest([0.5, 0.5], [0, 1], 0.0) == 0 and _largest([0.5], [0], 0.5) == 0
