@@ -165,6 +165,8 @@ class _SplitFlow:
         self.rows = np.flatnonzero(self.rate > 0)  # _all_on's rows (the rate is fixed during a run)
         self.all_rows = len(self.rows) == len(self.rate)
         self.cols = np.arange(self.cost.shape[1])
+        self.buffers = tuple(np.empty(self.mu.shape) for _ in range(4))  # along's work arrays
+        self.at_top = np.empty(self.mu.shape, dtype=bool)
 
     def pools(self, lam: FloatArray, order: int, wait: bool = False) -> tuple[FloatArray, ...]:
         """Per pool [j, k]: the wait term D - lam * service (for ``order`` 0 or ``wait``), then its first
@@ -191,21 +193,28 @@ class _SplitFlow:
             out.append(second)
         return tuple(out)
 
-    def along(self, lam: FloatArray, line: tuple[float, FloatArray, FloatArray]) -> tuple[float, float]:
-        """``_along(linear, dlam, *pools(lam, 2))`` for ``line`` = (linear, dlam, dlam * dlam), without masking
-        the pools that run nothing: there dlam is 0 (no stream may use them), so their products are zeros
-        either way and the sums are the same (a zero's sign aside, which no comparison sees)."""
+    def along(self, lam: FloatArray, a: float, line: tuple[float, FloatArray, FloatArray]) -> tuple[float, float]:
+        """``_along(linear, dlam, *pools(lam + a * dlam, 2))`` for ``line`` = (linear, dlam, dlam * dlam): the same
+        operations per element, in preallocated arrays, and without masking the pools that run nothing (there
+        dlam is 0, as no stream may use them: their products are zeros either way, a zero's sign aside, which
+        no comparison sees)."""
         linear, dlam, dd = line
-        t = lam / self.n
-        at_top = ~(t < self.top)
+        t, d1, second, twice = self.buffers
+        np.multiply(dlam, a, out=t)
+        np.add(lam, t, out=t)
+        np.divide(t, self.n, out=t)
+        at_top = np.greater_equal(t, self.top, out=self.at_top)  # ~(t < top): t is never NaN here
         beyond = np.count_nonzero(at_top) > 0
-        gap = self.mu - (np.minimum(t, self.top) if beyond else t)
-        d1 = self.kmu / np.square(gap)
-        second = 2.0 * d1 / (gap * self.n)
+        if beyond:
+            np.minimum(t, self.top, out=t)
+        gap = np.subtract(self.mu, t, out=t)
+        np.divide(self.kmu, np.square(gap, out=d1), out=d1)
+        np.divide(np.multiply(d1, 2.0, out=twice), np.multiply(gap, self.n, out=second), out=second)
         if beyond:
             second[at_top] = 0.0
         add = np.add.reduce
-        return linear + float(add(dlam * (d1 - self.service), axis=None)), float(add(dd * second, axis=None))
+        slope = linear + float(add(np.multiply(dlam, np.subtract(d1, self.service, out=d1), out=d1), axis=None))
+        return slope, float(add(np.multiply(dd, second, out=second), axis=None))
 
     def all_on(self, cost: FloatArray) -> FloatArray:
         """solver.hold._all_on(cost, self.rate): each class's whole rate on its cheapest node."""
@@ -243,7 +252,7 @@ class _SplitFlow:
         line = (linear, dlam, dlam * dlam)
 
         def slope(a: float) -> tuple[float, float]:
-            return self.along(lam + a * dlam, line)
+            return self.along(lam, a, line)
 
         if slope(1.0)[0] <= 0:
             return 1.0
