@@ -422,10 +422,11 @@ def _place_whole(pools: Pools, c: int, amount: float, limit: int) -> bool:
     state = (pools.lam(), pools.counts())
     for open_only in (False, True):
         dst = pools.best_destination(c, amount, set(), open_only, state)
-        if dst is not None:
-            if _move_within_bound(pools, c, dst, amount, limit):
-                return True
-            state = (pools.lam(), pools.counts())  # an undone move may leave float residue
+        if dst is None:
+            return False  # no node fits it, so no open pool does (the second pick is among the first's)
+        if _move_within_bound(pools, c, dst, amount, limit):
+            return True
+        state = (pools.lam(), pools.counts())  # an undone move may leave float residue
     return False
 
 
