@@ -87,3 +87,24 @@ def test_the_member_check_sees_a_changed_tie_rule() -> None:
     row, rejected = [0.5, 0.5, 0.0], 0.0
     assert _split_members(3, row, rejected, 1.0) == _spread_members(3, np.array(row), rejected) == [0, 0, 1]
     assert _largest([0.5, 0.5], [0, 1], 0.0) == 0 and _largest([0.5], [0], 0.5) == 0
+
+
+def test_the_close_screens_per_pool_sums_skip_only_zeros() -> None:
+    """queue_close_fast._per_pool adds each pool's positive shares only: the same floats as the dense add.at over
+    every class (zeros add nothing, in the same class order), on splits with zeros and tiny negatives."""
+    from types import SimpleNamespace
+
+    from solver.queue_close_fast import _per_pool
+
+    rng = np.random.default_rng(3)
+    for _ in range(300):
+        C, J, K = (int(v) for v in rng.integers(1, [60, 30, 6]))
+        model = rng.integers(0, K, C)
+        x = rng.random((C, J)) * 10.0 ** rng.uniform(-6, 6, (C, J)) * (rng.random((C, J)) < 0.4)
+        x[rng.random((C, J)) < 0.05] = -1e-18
+        per_class = rng.normal(size=(C, J)) * 10.0 ** rng.uniform(-3, 3, (C, J))
+        pools = SimpleNamespace(x=x, q=SimpleNamespace(base=SimpleNamespace(class_model=model, model_names=[0] * K,
+                                                                             n_nodes=J)))  # fmt: skip
+        dense = np.zeros((K, J))
+        np.add.at(dense, model, x * np.where(x > 0, per_class, 0.0))
+        assert np.array_equal(_per_pool(pools, per_class), dense.T)  # type: ignore[arg-type]
