@@ -131,18 +131,19 @@ def close_screen(pools: Pools, lam: FloatArray, counts: IntArray) -> tuple[Float
     cores = np.asarray(pools.cores, dtype=float)[:, None]
     n = counts.astype(float)
     total = n.sum(axis=1, keepdims=True)
-    wait = _wait(pools, lam, effective_servers(counts, pools.cores))
+    cored = bool(np.isfinite(cores).any())  # without cores every share is 1.0 and x * 1.0 is x: skipped
+    wait = _wait(pools, lam, effective_servers(counts, pools.cores) if cored else n)
     own = q.instance_cost * np.maximum(n - p.free, 0.0) + wait
     # node j's other pools when pool (j, k) closes: each of its instances then gets C / (T - n_jk) of a core
     saves = np.where(counts > 0, own, 0.0)
     # where no node has more instances than cores, every share below is 1 and ``lost`` is exactly 0
-    if np.any(total > cores):
+    if cored and np.any(total > cores):
         saves += _shares_lost(pools, lam, n, cores, total, wait, counts > 0)
     if not SCREEN_FALLS:
         return saves, np.zeros_like(saves)
     best = q.instance_cost * np.maximum(n + LOOKAHEAD + 1 - p.free, 0.0) + lam * (1000.0 / q.mu - pools.service_ms)
     d = _AHEAD[:, None, None]  # the LOOKAHEAD instance counts at once, [d, j, k] (their min is order-free)
-    servers = (n + d) * np.minimum(1.0, cores / (total + d))
+    servers = (n + d) * np.minimum(1.0, cores / (total + d)) if cored else n + d
     ahead = q.instance_cost * np.maximum(n + d - p.free, 0.0) + _wait(pools, lam, servers)
     best = np.minimum(best, ahead.min(axis=0))
     fall = np.where(counts > 0, np.maximum(own - best, 0.0), 0.0)

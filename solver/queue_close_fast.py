@@ -202,7 +202,10 @@ def _close_one(
 def _try_close(pools: Pools, static: _Static, view: _View, j: int, k: int) -> list[tuple[int, int, float]] | None:
     """The moves that empty pool (j, k) into the model's other open pools, if they fit and do not cost more."""
     col = pools.x[:, j]
-    members = np.flatnonzero((col > 0) & (pools.q.base.class_model == k))  # class order, as static.classes[k]
+    if len(static.classes[k]) > 64:  # many classes: numpy picks the positive ones (in class order)
+        members = np.flatnonzero((col > 0) & (pools.q.base.class_model == k)).tolist()
+    else:
+        members = [c for c, v in zip(static.classes[k], col[static.classes[k]].tolist(), strict=True) if v > 0]
     lam, cnt = list(view.lam_k[k]), list(view.cnt_k[k])
     cap, free = static.cap[k], static.free[k]
     used = {o: [*view.used[o], view.busy[o]] for o in view.open[k]}
@@ -210,7 +213,7 @@ def _try_close(pools: Pools, static: _Static, view: _View, j: int, k: int) -> li
     mem_k, comp_k, costs, mu = static.mem[k], static.comp[k], static.cost, static.mu[k]
     moves: list[tuple[int, int, float]] = []
     delta = 0.0
-    for c, amount in zip(members.tolist(), col[members].tolist(), strict=True):
+    for c, amount in zip(members, col[members].tolist(), strict=True):
         dst = _destination(static, c, k, amount, open_, lam, cnt, used)
         if dst is None:
             return None
