@@ -162,8 +162,10 @@ class _SplitFlow:
         self.big = np.where(allowed, 0.0, np.inf)
         self.kmu = 1000.0 * self.mu  # d1's numerator (``1000.0 * mu / gap**2`` evaluates it first)
         self.off = ~self.on
+        self.any_off = bool(self.off.any())
         self.rows = np.flatnonzero(self.rate > 0)  # _all_on's rows (the rate is fixed during a run)
         self.all_rows = len(self.rows) == len(self.rate)
+        self.rate_col = self.rate[:, None]
         self.cols = np.arange(self.cost.shape[1])
         self.buffers = tuple(np.empty(self.mu.shape) for _ in range(4))  # along's work arrays
         self.at_top = np.empty(self.mu.shape, dtype=bool)
@@ -172,24 +174,30 @@ class _SplitFlow:
         """Per pool [j, k]: the wait term D - lam * service (for ``order`` 0 or ``wait``), then its first
         ``order`` derivatives in lam."""
         t = lam / self.n
-        at_top = ~(t < self.top)
+        at_top = np.greater_equal(t, self.top)  # ~(t < top): t is never NaN here
         beyond = np.count_nonzero(at_top) > 0  # a pool at or past EVAL_RHO (rare): only then the branches below
         tc = np.minimum(t, self.top) if beyond else t
         gap = self.mu - tc
         d1 = self.kmu / np.square(gap)
         out = []
+        off = self.off if beyond or self.any_off else None  # pools that run nothing, masked to 0 as before
         if order == 0 or wait:
-            g = 1000.0 * tc / gap + (np.where(t > self.top, d1 * (t - self.top), 0.0) if beyond else 0.0)
-            ng = self.n * g
-            ng[self.off] = 0.0
+            g = 1000.0 * tc / gap
+            if beyond:
+                g += np.where(t > self.top, d1 * (t - self.top), 0.0)
+            ng = np.multiply(self.n, g, out=g)
+            if off is not None:
+                ng[off] = 0.0
             out.append(ng - lam * self.service)
         if order >= 1:
             first = d1.copy() if order == 2 else d1
-            first[self.off] = 0.0
-            out.append(first - self.service)
+            if off is not None:
+                first[off] = 0.0
+            out.append(np.subtract(first, self.service, out=first))
         if order == 2:
             second = 2.0 * d1 / (gap * self.n)
-            second[(self.off | at_top) if beyond else self.off] = 0.0
+            if off is not None:
+                second[(off | at_top) if beyond else off] = 0.0
             out.append(second)
         return tuple(out)
 
@@ -218,8 +226,8 @@ class _SplitFlow:
 
     def all_on(self, cost: FloatArray) -> FloatArray:
         """solver.hold._all_on(cost, self.rate): each class's whole rate on its cheapest node."""
-        if self.all_rows:
-            return np.where(self.cols == cost.argmin(axis=1)[:, None], self.rate[:, None], 0.0)
+        if self.all_rows:  # every rate positive: rate x True is the rate, rate x False is 0.0
+            return np.asarray(np.multiply(self.cols == cost.argmin(axis=1)[:, None], self.rate_col))
         return _all_on(cost, self.rate)
 
     def run(self, x: FloatArray, iterations: int, done: int = 0) -> tuple[FloatArray, int, float]:
