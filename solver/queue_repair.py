@@ -61,7 +61,8 @@ class Pools:
         self.shed = 0  # instances taken from pools below rho_max to keep the instance bound (step 4)
         self.penalty = q.penalty()
         self.service_ms = q.service_ms
-        self.node_group = np.unique(np.asarray(q.node_class), return_inverse=True)[1].ravel()  # [j] node class
+        names = {g: i for i, g in enumerate(sorted(set(q.node_class)))}  # np.unique's order: sorted names
+        self.node_group = np.array([names[g] for g in q.node_class], dtype=np.intp)  # [j] node class
         self.cores = q.cores()  # [j] parallel capacity (inf: no limit)
         self.split_run: Any = None  # the last Frank-Wolfe run without a move (solver.queue_split.split_run)
 
