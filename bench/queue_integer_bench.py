@@ -9,8 +9,10 @@ modes), Mode 1 with instances running, and 1,000 requests x 100 nodes from 50 si
 bench/queue_bench.py.
 
 ``--baseline DIR`` times a second source tree in the same run (e.g. ``git archive REV solver bench | tar -x
--C DIR``), alternating with this one case group by case group, and prints this tree's integer ms over the
-baseline's: the before/after of a change, both on the same load.
+-C DIR``; this script runs on both, each tree's solver/ first), alternating with this one case group by case
+group, and prints this tree's integer ms over the baseline's: the before/after of a change, both on the same
+load; with it, the plans' change over the baseline's on the same relaxations (integer objective and mean
+latency: the worst relative increase and the median relative change over the cases).
 
     .venv/bin/python bench/queue_integer_bench.py [--seeds N] [--reps N] [--cores N [N ...]]
                                                   [--baseline DIR] [--json]
@@ -47,8 +49,9 @@ def cases(group: str, seeds: int, cores: float | None) -> list[tuple[str, Any, s
     return [(label, with_cores(snap, cores), mode) for label, snap, mode in found]
 
 
-def integer_phases(q: Any, nlp: Any) -> list[float]:
-    """CPU ms of each phase of one integer part from the relaxation ``nlp`` (solver.queue_plan._solve's steps)."""
+def integer_phases(q: Any, nlp: Any, figures: list[float] | None = None) -> list[float]:
+    """CPU ms of each phase of one integer part from the relaxation ``nlp`` (solver.queue_plan._solve's steps);
+    ``figures`` (if given) receives the plan's integer objective and mean latency (ms)."""
     from solver import queue_plan
     from solver.queue_close_fast import close_pools_fast
     from solver.queue_move import move_instances
@@ -67,6 +70,10 @@ def integer_phases(q: Any, nlp: Any) -> list[float]:
     details = {"spread": queue_plan.spread(q, pools), "planned_queue": queue_plan.planned_queue(q, pools)}
     queue_plan.make_queue_plan(q, pools, "ipopt", nlp.status, details)
     marks.append(time.process_time())
+    if figures is not None:
+        from solver.queue_close import integer_objective
+
+        figures[:] = [integer_objective(pools), queue_plan.mean_latency_ms(q, pools)]
     return [1000.0 * (b - a) for a, b in itertools.pairwise(marks)]
 
 
@@ -83,9 +90,10 @@ def measure(group: str, seeds: int, reps: int, cores: float | None) -> dict[str,
         q = build_queue_problem(build_problem(snap, Mode.MODE1 if mode == "1" else Mode.MODE2))
         runs.append((q, solve_nlp_fast(q)))
     best = [[float("inf")] * len(PHASES) for _ in runs]
+    figures: list[list[float]] = [[] for _ in runs]
     for _ in range(reps):
         for i, (q, nlp) in enumerate(runs):
-            best[i] = [min(a, b) for a, b in zip(best[i], integer_phases(q, nlp), strict=True)]
+            best[i] = [min(a, b) for a, b in zip(best[i], integer_phases(q, nlp, figures[i]), strict=True)]
     lp = [float("inf")] * len(found)
     for _ in range(reps):
         for i, (_, snap, mode) in enumerate(found):
@@ -102,6 +110,7 @@ def measure(group: str, seeds: int, reps: int, cores: float | None) -> dict[str,
         "integer_median_ms": statistics.median(totals),
         "lp_median_ms": statistics.median(lp),
         "ratio_median": statistics.median(t / max(x, 1e-9) for t, x in zip(totals, lp, strict=True)),
+        "figures": figures,
     }
 
 
@@ -127,6 +136,26 @@ def run_tree(tree: Path, group: str, args: argparse.Namespace, cores: float) -> 
     return dict(json.loads(out.strip().splitlines()[-1]))
 
 
+def plan_change(rows: list[dict[str, Any]]) -> dict[str, float]:
+    """Over every case of ``rows`` (each with "now" and "before"): the worst relative increase and the median
+    relative change of the integer objective and of the mean latency, this tree against the baseline."""
+    objective: list[float] = []
+    latency: list[float] = []
+    for row in rows:
+        for now, before in zip(row["now"]["figures"], row["before"]["figures"], strict=True):
+            objective.append((now[0] - before[0]) / max(abs(before[0]), 1e-12))
+            latency.append((now[1] - before[1]) / max(abs(before[1]), 1e-12))
+    return {
+        "cases": len(objective),
+        "changed": sum(o != 0.0 or m != 0.0 for o, m in zip(objective, latency, strict=True)),
+        "objective_worst": max(objective),
+        "objective_median": statistics.median(objective),
+        "objective_best": min(objective),
+        "latency_worst": max(latency),
+        "latency_median": statistics.median(latency),
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", type=int, default=3, help="instances per thesis size (default 3)")
@@ -150,8 +179,9 @@ def main() -> None:
                 row["before"] = run_tree(args.baseline.resolve(), group, args, cores)
             rows.append(row)
     load = os.getloadavg()
+    change = plan_change(rows) if args.baseline else None
     if args.json:
-        print(json.dumps({"rows": rows, "loadavg": load}, indent=1))
+        print(json.dumps({"rows": rows, "loadavg": load, "plan_change": change}, indent=1))
         return
     print(f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} (CPU time: least of {args.reps} per case)")
     head = f"{'cores':>5} {'group':<9}" + "".join(f"{p:>8}" for p in PHASES)
@@ -164,6 +194,13 @@ def main() -> None:
             line += f"  {row['before']['integer_ms']:>6.2f}  {now['integer_ms'] / row['before']['integer_ms']:>10.2f}"
         print(line)
     print("ms: mean over the group's cases; int/LP: median over cases of integer ms / the LP's ms on that snapshot")
+    if change is not None:
+        print(
+            f"plans against the baseline's ({change['cases']} cases, {change['changed']} changed): integer objective"
+            f" worst {change['objective_worst']:+.2e}, median {change['objective_median']:+.2e}, best"
+            f" {change['objective_best']:+.2e}; mean latency worst {change['latency_worst']:+.2e}, median"
+            f" {change['latency_median']:+.2e} (relative)"
+        )
 
 
 if __name__ == "__main__":
