@@ -9,7 +9,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from solver import queue_close_fast, queue_split
+from bench.queue_bench import with_cores
+from solver import queue_close_fast, queue_move, queue_split
 from solver.problem import Mode, build_problem
 from solver.queue_close import integer_objective
 from solver.queue_close_fast import close_pools_fast
@@ -94,3 +95,40 @@ def test_close_retries_by_model_make_fewer_tries_and_no_worse_plans(monkeypatch:
         assert b <= a * (1 + 1e-3)
         assert not pools.over_budget(pools.counts())
         assert all(bound_excess(pools, k) <= 0 for k in range(pools.counts().shape[1]))
+
+
+def _moves(monkeypatch: pytest.MonkeyPatch, abandon: bool) -> tuple[list[Any], int, int]:
+    """Closing and instance moves on thesis instances whose nodes have 2 cores, with ``queue_move.ABANDON`` as
+    given: the pools, the line searches the move pass made and the moves it kept."""
+    monkeypatch.setattr(queue_move, "ABANDON", abandon)
+    calls = [0]
+    step = queue_split._SplitFlow.step
+
+    def counted(self: Any, *args: Any) -> float:
+        calls[0] += 1
+        return step(self, *args)
+
+    out, kept = [], 0
+    for r, n in [(20, 10), (40, 10), (25, 15), (50, 10)]:
+        for s in range(3):
+            for mode in (Mode.MODE1, Mode.MODE2):
+                q = build_queue_problem(build_problem(with_cores(thesis_instance(r, n, s), 2.0), mode))
+                nlp = solve_nlp_fast(q)
+                pools = repair(q, nlp.x, nlp.r, nlp.n)
+                close_pools_fast(pools)
+                monkeypatch.setattr(queue_split._SplitFlow, "step", counted)
+                kept += queue_move.move_instances(pools)
+                monkeypatch.setattr(queue_split._SplitFlow, "step", step)
+                out.append(pools)
+    return out, calls[0], kept
+
+
+def test_hopeless_move_tries_stop_early_and_the_moves_kept_are_the_same(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where cores bind, a move try whose Frank-Wolfe run cannot beat the plan stops after ABANDON_STEP steps:
+    the move pass takes at most 90 % of the Frank-Wolfe steps and keeps the same moves (plans bit for bit)."""
+    full, full_steps, full_kept = _moves(monkeypatch, abandon=False)
+    early, early_steps, early_kept = _moves(monkeypatch, abandon=True)
+    assert early_steps <= 0.9 * full_steps
+    assert early_kept == full_kept > 0
+    for a, b in zip(full, early, strict=True):
+        assert np.array_equal(a.x, b.x) and np.array_equal(a.counts(), b.counts())
