@@ -45,6 +45,7 @@ log = logging.getLogger(__name__)
 MERGE_SERVERS = True  # compact form: n is the servers on nodes with cores (no e; switched off only in tests)
 PIN_NO_ROOM = True  # compact form: fix n = N_MIN where a node has no room (switched off only in tests)
 CORE_ROWS = True  # compact form: the core rows (switched off only to show tests/unit/test_queue_start.py failing)
+MU_MIN, MU_MAX = 1e-3, 1e9  # requests/s one instance serves, clipped (a peer's absurd measurement overflowed the solve)
 N_MIN = 1e-6  # lower bound on a pool's (fractional) instance count; D needs n > 0
 INSTANCE_COST = 500.0  # request-ms per second one new instance must save to be worth starting (beta)
 DEFAULT_RATE = 1.0  # requests/s of a stream whose rate the snapshot does not give
@@ -139,6 +140,7 @@ def build_queue_problem(p: Problem, instance_cost: float = INSTANCE_COST, rho_ma
             else:
                 mu[j, k] = 1000.0 / max(float(median[j]), 1e-3) if median is not None else 1000.0
     mu *= np.minimum(node_cores(p), 1.0)[:, None]  # a fraction of a core serves a fraction of the rate
+    mu = np.clip(mu, MU_MIN, MU_MAX)  # measured figures come from peers: keep the arithmetic finite
     node_class = tuple(n.node_class for n in s.nodes)
     return QueueProblem(p, rate, mu, node_class, rho_max, instance_cost)
 
