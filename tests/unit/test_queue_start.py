@@ -147,3 +147,16 @@ def test_an_empty_snapshot_starts_anywhere() -> None:
     snap = thesis_instance(5, 3, 0)
     q = build_queue_problem(build_problem(Snapshot(snap.nodes, snap.models, ()), Mode.MODE2))
     assert solve_nlp(q).status == "optimal"
+
+
+def test_fast_step_computation_keeps_ipopts_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """fast_step_computation (no residual check of each step) changes the work per iteration, not the path:
+    the same iteration count and the same optimum as with the check, at 2 cores per node with instances running."""
+    assert queue_model.IPOPT_NLP_COMPACT["fast_step_computation"] == "yes"
+    q = instance(4, 3, 0.15, (2,), Mode.MODE1, False)
+    fast = solve_nlp(q)
+    checked = {k: v for k, v in queue_model.IPOPT_NLP_COMPACT.items() if k != "fast_step_computation"}
+    monkeypatch.setattr(queue_model, "IPOPT_NLP_COMPACT", checked)
+    slow = solve_nlp(q)
+    assert fast.iterations == slow.iterations > 0
+    assert fast.value == pytest.approx(slow.value, rel=1e-12)
