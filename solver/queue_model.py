@@ -45,6 +45,7 @@ log = logging.getLogger(__name__)
 MERGE_SERVERS = True  # compact form: n is the servers on nodes with cores (no e; switched off only in tests)
 PIN_NO_ROOM = True  # compact form: fix n = N_MIN where a node has no room (switched off only in tests)
 CORE_ROWS = True  # compact form: the core rows (switched off only to show tests/unit/test_queue_start.py failing)
+DROP_IDLE_ROWS = True  # compact form: leave out memory and compute rows the core rows keep from binding
 N_MIN = 1e-6  # lower bound on a pool's (fractional) instance count; D needs n > 0
 INSTANCE_COST = 500.0  # request-ms per second one new instance must save to be worth starting (beta)
 DEFAULT_RATE = 1.0  # requests/s of a stream whose rate the snapshot does not give
@@ -201,6 +202,7 @@ class _Layout:
         p = q.base
         self.C, self.J, self.K = p.n_classes, p.n_nodes, len(p.model_names)
         self.P = self.J * self.K
+        self.compact = compact
         self.cols = np.arange(self.C * self.J) if cols is None else np.asarray(cols, dtype=np.int64)
         self.cc, self.jj = np.divmod(self.cols, max(self.J, 1))
         free = p.free.ravel()
@@ -288,7 +290,37 @@ def _jacobian(q: QueueProblem, lay: _Layout) -> tuple[IntArray, IntArray, FloatA
     # carry 1e-6 more than its whole instances, and rounding would open one more)
     core_cu = np.concatenate([np.zeros(E), np.maximum(lay.cores[cored_nodes], 2 * K * N_MIN)])
     cu = np.concatenate([q.rate, np.zeros(P), np.zeros(P), free, mem_cu, comp_cu, core_cu])
-    return r[keep], c[keep], v[keep], cl, cu
+    r, c, v = r[keep], c[keep], v[keep]
+    if lay.compact and DROP_IDLE_ROWS and q.instance_cost > 0:
+        idle = _idle_budget_rows(q, lay, core_cu[E:])
+        return _without_rows(r, c, v, cl, cu, m0 + idle)
+    return r, c, v, cl, cu
+
+
+def _idle_budget_rows(q: QueueProblem, lay: _Layout, core_cu: FloatArray) -> IntArray:
+    """Memory and compute rows (0..2J-1 from the first memory row) that no optimum can reach: on a node with a
+    core row, new <= n at an optimum (new costs beta > 0) and sum_k n <= cores, so the node's memory use is
+    at most cores x the largest memory need (compute likewise); where that fits the row's bound, drop it."""
+    p = q.base
+    J = lay.J
+    bound = np.full(J, np.inf)
+    bound[lay.core_nodes] = core_cu
+    mem_cu = np.maximum(p.mem_budget, 0.0)
+    comp_cu = np.maximum(p.comp_budget, 0.0)
+    idle_mem = bound * float(p.mem.max(initial=0.0)) <= mem_cu
+    idle_comp = bound * float(p.comp.max(initial=0.0)) <= comp_cu
+    return np.flatnonzero(np.concatenate([idle_mem, idle_comp]))
+
+
+def _without_rows(
+    r: IntArray, c: IntArray, v: FloatArray, cl: FloatArray, cu: FloatArray, drop: IntArray
+) -> tuple[IntArray, IntArray, FloatArray, FloatArray, FloatArray]:
+    """The constraint triplets and bounds with rows ``drop`` taken out and the rows after them renumbered."""
+    kept = np.ones(len(cl), dtype=bool)
+    kept[drop] = False
+    new_index = np.cumsum(kept) - 1
+    entries = kept[r]
+    return new_index[r[entries]], c[entries], v[entries], cl[kept], cu[kept]
 
 
 class _Callbacks:

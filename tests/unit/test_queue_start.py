@@ -160,3 +160,18 @@ def test_fast_step_computation_keeps_ipopts_path(monkeypatch: pytest.MonkeyPatch
     slow = solve_nlp(q)
     assert fast.iterations == slow.iterations > 0
     assert fast.value == pytest.approx(slow.value, rel=1e-12)
+
+
+def test_idle_budget_rows_are_left_out_and_only_those(monkeypatch: pytest.MonkeyPatch) -> None:
+    """40 x 10, 4 cores per node, instances running: the memory and compute rows the core rows keep from
+    binding are left out (fewer rows, the reference optimum); leaving out every memory and compute row
+    instead (the bound check switched off) misses it."""
+    q = instance(4, 0, 0.15, (4,), Mode.MODE1, False)
+    lay = queue_model._Layout(q)
+    fewer = len(queue_model._jacobian(q, lay)[3])
+    monkeypatch.setattr(queue_model, "DROP_IDLE_ROWS", False)
+    assert fewer < len(queue_model._jacobian(q, lay)[3])
+    monkeypatch.setattr(queue_model, "DROP_IDLE_ROWS", True)
+    assert relative_gap(q, solve_nlp(q)) <= TOL
+    monkeypatch.setattr(queue_model, "_idle_budget_rows", lambda q, lay, _: np.arange(2 * lay.J))
+    assert relative_gap(q, solve_nlp(q)) > 100 * TOL
