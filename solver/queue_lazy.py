@@ -65,7 +65,7 @@ def solve_nlp_lazy(
         if sol.status != "optimal":
             log.info("lazy NLP: restricted solve %s in round %d; solving the whole NLP", sol.status, rounds)
             break
-        enter = _price(q, mult, in_lp) & ok
+        enter = _price(q, mult, in_lp | ~ok)  # a column the caller ruled out never enters nor takes a slot
         if not enter.any():
             return _with(sol, iterations, rounds, len(cols), False)
         in_lp |= enter
@@ -88,7 +88,8 @@ def reduced_costs(q: QueueProblem, mult: FloatArray) -> FloatArray:
 
 
 def _price(q: QueueProblem, mult: FloatArray, in_lp: np.ndarray) -> np.ndarray:
-    """Left-out columns to add: per stream its ``ADD_PER_ROUND`` most negative reduced costs."""
+    """Left-out columns to add: per stream its ``ADD_PER_ROUND`` most negative reduced costs (``in_lp``: the
+    columns that may not enter, those in the restricted NLP and those ruled out)."""
     red = reduced_costs(q, mult)
     tol = PRICE_TOL * max(1.0, float(np.abs(q.base.cost).max(initial=0.0)))
     red = np.where(in_lp | (red >= -tol), np.inf, red)
