@@ -73,10 +73,11 @@ def test_pricing_on_allowed_columns_reaches_the_optimum(monkeypatch: pytest.Monk
     q, allowed = _binding_subproblem(monkeypatch)
     assert 0 < allowed.sum() < allowed.size
     whole = solve_nlp_lazy(q, min_pairs=10**9, allowed=allowed)
-    lazy = solve_nlp_lazy(q, allowed=allowed)
+    assert solve_nlp_lazy(q, allowed=allowed).columns == whole.columns  # cored, < LAZY_MIN_PAIRS_CORES: whole
+    lazy = solve_nlp_lazy(q, min_pairs=queue_lazy.LAZY_MIN_PAIRS, allowed=allowed)
     assert lazy.columns < whole.columns and not lazy.fallback
     assert abs(lazy.value - whole.value) <= 1e-6 * abs(whole.value)
     price = queue_lazy._price
     monkeypatch.setattr(queue_lazy, "_price", lambda q, mult, blocked: price(q, mult, blocked & allowed) & allowed)
-    broken = solve_nlp_lazy(q, allowed=allowed)
+    broken = solve_nlp_lazy(q, min_pairs=queue_lazy.LAZY_MIN_PAIRS, allowed=allowed)
     assert broken.value - whole.value > 1e-5 * abs(whole.value)
