@@ -19,11 +19,15 @@
    agent reports its cores). ``--plain-start`` adds a column: the same queue solve with the compact NLP
    started as before solver.queue_start (plain start, IPOPT_NLP's options, e variables on cored nodes),
    timed on the same snapshots right after, and the ratio of the two (same-run, same load).
+   ``--nlp-before`` does the same with the NLP switches of issue 16 item 5's last round off instead
+   (solver.queue_fast.LINEAR_REUSE, solver.queue_model.DROP_IDLE_ROWS, Ipopt's fast_step_computation,
+   solver.queue_lazy.LAZY_MIN_PAIRS_CORES back to LAZY_MIN_PAIRS; the leaner callbacks and the pricing
+   fix stay: docs/solver.md times them apart).
    ``--reference-closing`` closes pools with solver.queue_close's reference pass instead of the fast one
    (the "before" of the fast pass).
 
     .venv/bin/python bench/queue_bench.py [--seeds N] [--solve-only] [--proven-cg] [--cores N [N ...]]
-                                          [--plain-start] [--reference-closing] [--json]
+                                          [--plain-start | --nlp-before] [--reference-closing] [--json]
 """
 
 from __future__ import annotations
@@ -31,11 +35,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import random
 import statistics
 import time
 from typing import Any
 
+from solver import queue_lazy
 from solver.api import solve
 from solver.fastlp import tune_solver_process
 from solver.simulate import SWEEPS, site_instance, thesis_instance
@@ -73,9 +79,26 @@ def plain_start(on: bool) -> None:
     queue_model.FEASIBLE_START = queue_model.MERGE_SERVERS = not on
 
 
-def solve_times(seeds: int, cores: float | None = None, before: bool = False) -> list[dict[str, Any]]:
+NOW_LAZY_MIN_PAIRS_CORES = queue_lazy.LAZY_MIN_PAIRS_CORES
+
+
+def nlp_before(on: bool) -> None:
+    """Solve the queue NLP with the switches of issue 16 item 5's last round off (``on``) or as now."""
+    from solver import queue_fast, queue_model
+
+    queue_fast.LINEAR_REUSE = queue_model.DROP_IDLE_ROWS = not on
+    queue_lazy.LAZY_MIN_PAIRS_CORES = queue_lazy.LAZY_MIN_PAIRS if on else NOW_LAZY_MIN_PAIRS_CORES
+    fast = {"fast_step_computation": "yes"}
+    queue_model.IPOPT_NLP_COMPACT = {k: v for k, v in queue_model.IPOPT_NLP_COMPACT.items() if k not in fast}
+    if not on:
+        queue_model.IPOPT_NLP_COMPACT |= fast
+
+
+def solve_times(
+    seeds: int, cores: float | None = None, before: bool = False, switch: Any = plain_start
+) -> list[dict[str, Any]]:
     """Median CPU ms per (size, mode) for both objectives on the same snapshots (``cores``: ``with_cores``;
-    ``before``: also the queue solve from the plain start, ``plain_start``)."""
+    ``before``: also the queue solve with ``switch(True)``: ``plain_start`` or ``nlp_before``)."""
     warm = thesis_instance(25, 10, 0)
     for objective in ("thesis", "queue", "queue-p99"):
         solve(warm, objective=objective)
@@ -97,9 +120,9 @@ def solve_times(seeds: int, cores: float | None = None, before: bool = False) ->
             p99 = statistics.median(cpu_ms(s, "queue-p99", mode) for s in snaps)
             old = float("nan")
             if before:
-                plain_start(True)
+                switch(True)
                 old = statistics.median(timed(s, "queue", mode)[0] for s in snaps)
-                plain_start(False)
+                switch(False)
             rows.append(
                 {
                     "size": label,
@@ -176,6 +199,8 @@ def main() -> None:
                          "(0: none, the default); several: one table each, same run")  # fmt: skip
     ap.add_argument("--plain-start", action="store_true",
                     help="also time each queue solve from the plain start (before solver.queue_start)")  # fmt: skip
+    ap.add_argument("--nlp-before", action="store_true",
+                    help="also time each queue solve with the last round's NLP switches off")  # fmt: skip
     ap.add_argument("--reference-closing", action="store_true",
                     help="close pools with solver.queue_close's reference pass, not the fast one")  # fmt: skip
     args = ap.parse_args()
@@ -188,18 +213,20 @@ def main() -> None:
 
         queue_dual.ENABLED = True
     tune_solver_process()
-    runs = [(c, solve_times(args.seeds, c or None, args.plain_start)) for c in args.cores]
+    before, switch = args.plain_start or args.nlp_before, nlp_before if args.nlp_before else plain_start
+    runs = [(c, solve_times(args.seeds, c or None, before, switch)) for c in args.cores]
     loads = [] if args.solve_only else workloads()
     if args.json:
         by_cores = [{"cores": c, "solve": t, "summary": summary(t)} for c, t in runs]
         print(json.dumps({"solve": runs[0][1], "summary": summary(runs[0][1]), "by_cores": by_cores,
-                          "workload": loads}, indent=1))  # fmt: skip
+                          "workload": loads, "load_average": os.getloadavg()}, indent=1))  # fmt: skip
         return
     for c, times in runs:
         print(f"== {'no cores' if not c else f'{c:g} cores per node'}")
-        print_table(times, args.plain_start)
+        print_table(times, before)
     for c, times in runs:
         print_summary(c, times)
+    print("load average (1, 5, 15 min) at the end: " + ", ".join(f"{x:.2f}" for x in os.getloadavg()))
     if loads:
         print_loads(loads)
 
@@ -209,7 +236,7 @@ def print_table(times: list[dict[str, Any]], before: bool) -> None:
     print(
         f"{'size':<22}{'mode':>5}{'thesis LP ms':>14}{'queue ms':>10}{'/ LP':>7}{'relaxation ms':>15}{'/ LP':>7}"
         f"{'integer ms':>12}{'Ipopt':>7}{'queue-p99 ms':>14}{'/ LP':>7}"
-        + (f"{'plain start ms':>16}{'x':>6}" if before else "")
+        + (f"{'before ms':>16}{'x':>6}" if before else "")
     )
     for r in times:
         print(
@@ -230,7 +257,7 @@ def print_summary(cores: float, times: list[dict[str, Any]]) -> None:
             f"relaxation / LP: median {s[tag + 'relaxation_ratio_median']:.2f} "
             f"max {s[tag + 'relaxation_ratio_max']:.2f}; queue-p99 / LP: median {s[tag + 'p99_ratio_median']:.2f} "
             f"max {s[tag + 'p99_ratio_max']:.2f}"
-            + (f"; plain start / now: median {s[tag + 'speedup_median']:.2f}" if tag + "speedup_median" in s else "")
+            + (f"; before / now: median {s[tag + 'speedup_median']:.2f}" if tag + "speedup_median" in s else "")
         )
     big = [f"Mode {r['mode']} {r['queue_nlp_ms']:.0f} ms ({r['ratio']:.2f}x)" for r in times if "1000" in r["size"]]
     print(f"[{label}] 1000 x 100, 50 sites: " + ", ".join(big))
