@@ -10,8 +10,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from agent.runtime.base import Instance
+from peerserve import dispatch as rule  # the endpoint rule, shared with the workload simulation
+from peerserve.dispatch import draw, planned_queues, rank_key, spread_weights
 
-UNKNOWN_RTT_MS = 1.0  # a LAN hop, used for a node the client has not measured
+UNKNOWN_RTT_MS = rule.UNKNOWN_RTT_MS  # these five re-exported: their callers import them from here
+MAX_SPREAD_SITES = rule.MAX_SPREAD_SITES
+SiteShares = rule.SiteShares
+parse_spread = rule.parse_spread
+site_shares = rule.site_shares
+
 BACKOFF_BASE_S = 1.0
 BACKOFF_MAX_S = 60.0
 
@@ -50,10 +57,7 @@ class Choice:
 def rank_endpoints(candidates: Iterable[Candidate], client_rtts: Mapping[str, float]) -> list[Choice]:
     """Candidates best first: lowest estimated RTT + execution, ties to lower load, then node id."""
     choices = [Choice(c, client_rtts.get(c.node, UNKNOWN_RTT_MS), c.node in client_rtts) for c in candidates]
-    return sorted(
-        choices,
-        key=lambda ch: (round(ch.total_ms, 6), ch.candidate.load, ch.candidate.node, ch.candidate.url),
-    )
+    return sorted(choices, key=lambda ch: rank_key(ch.total_ms, ch.candidate.load, ch.candidate.node, ch.candidate.url))
 
 
 def best_per_model(candidates: Iterable[Candidate], client_rtts: Mapping[str, float]) -> dict[str, Choice]:
@@ -62,45 +66,6 @@ def best_per_model(candidates: Iterable[Candidate], client_rtts: Mapping[str, fl
     for c in candidates:
         by_model.setdefault(c.model, []).append(c)
     return {m: rank_endpoints(cs, client_rtts)[0] for m, cs in sorted(by_model.items())}
-
-
-MAX_SPREAD_SITES = 64  # site entries an agent keeps from a plan (more are ignored)
-
-
-@dataclass(frozen=True)
-class SiteShares:
-    """A plan's split of one site's stream of ``model``: node -> share of its rate."""
-
-    model: str
-    rtt_ms: Mapping[str, float]
-    shares: Mapping[str, float]
-
-
-def parse_spread(raw: Any) -> tuple[SiteShares, ...]:
-    """The plan summary's ``spread`` (queue objective), malformed entries skipped, at most MAX_SPREAD_SITES."""
-    out: list[SiteShares] = []
-    for entry in raw if isinstance(raw, list) else []:
-        if len(out) >= MAX_SPREAD_SITES:
-            break
-        try:
-            rtts = {str(n): float(v) for n, v in entry["rtt_ms"].items()}
-            shares = {str(n): float(v) for n, v in entry["shares"].items() if float(v) > 0}
-            out.append(SiteShares(str(entry["model"]), rtts, shares))
-        except (KeyError, TypeError, ValueError, AttributeError):
-            continue
-    return tuple(out)
-
-
-def site_shares(sites: Iterable[SiteShares], model: str, client_rtts: Mapping[str, float]) -> Mapping[str, float]:
-    """The shares of the site of ``model`` nearest the client's RTTs (mean absolute difference); {} if none."""
-    best: tuple[float, Mapping[str, float]] | None = None
-    for site in sites:
-        if site.model != model or not site.rtt_ms:
-            continue
-        gap = sum(abs(client_rtts.get(n, UNKNOWN_RTT_MS) - v) for n, v in site.rtt_ms.items()) / len(site.rtt_ms)
-        if best is None or gap < best[0]:
-            best = (gap, site.shares)
-    return {} if best is None else best[1]
 
 
 def spread_choice(
@@ -117,25 +82,10 @@ def spread_choice(
     ``u`` in [0, 1) is the random draw (injected: the function is pure). No share on any ready
     endpoint (no plan, the thesis objective, or the planned nodes are down): ``ranked`` unchanged.
     """
-    per_node: dict[str, int] = {}
-    for ch in ranked:
-        per_node[ch.candidate.node] = per_node.get(ch.candidate.node, 0) + 1
-    weights = []
-    for ch in ranked:
-        node = ch.candidate.node
-        w = shares.get(node, 0.0) / per_node[node]
-        if live_queue is not None and ch.candidate.url in live_queue:
-            w *= (1.0 + (planned_queue or {}).get(node, 0.0)) / (1.0 + max(0.0, live_queue[ch.candidate.url]))
-        weights.append(max(0.0, w))
-    total = sum(weights)
-    if total <= 0:
+    endpoints = [(ch.candidate.node, ch.candidate.url) for ch in ranked]
+    pick = draw(spread_weights(endpoints, shares, planned_queue, live_queue), u)
+    if pick is None:
         return list(ranked)
-    target, acc, pick = min(max(u, 0.0), 1.0 - 1e-12) * total, 0.0, len(ranked) - 1
-    for i, w in enumerate(weights):
-        acc += w
-        if target < acc:
-            pick = i
-            break
     return [ranked[pick], *ranked[:pick], *ranked[pick + 1 :]]
 
 
@@ -151,14 +101,7 @@ def spread_ranked(
     if not placement or not ranked:
         return list(ranked)
     shares = site_shares(parse_spread(placement.get("spread")), model, client_rtts)
-    queues = placement.get("planned_queue")
-    planned = {}
-    if isinstance(queues, Mapping):
-        planned = {
-            str(n): float(m[model])
-            for n, m in queues.items()
-            if isinstance(m, Mapping) and isinstance(m.get(model), (int, float))
-        }
+    planned = planned_queues(placement, model)
     return spread_choice(ranked, shares, u, planned, live_queue)
 
 

@@ -95,7 +95,8 @@ def _workload_arguments(s: Any) -> None:
     w = s.add_argument_group(
         "workload mode",
         "--workload: Poisson arrivals from clients at sites, each placement (thesis, queue, nearest, "
-        "least-loaded) solved and run as a discrete-event simulation of its instances' FIFO queues; "
+        "least-loaded) solved and run as a discrete-event simulation of its instances' FIFO queues, "
+        "requests dispatched as the agent does; "
         "prints p50/p99 latency, instances started, memory and rejections (--plot DIR writes workload.png)",
     )
     w.add_argument("--workload", action="store_true", help="run the workload mode instead of the thesis sweep")
@@ -126,6 +127,15 @@ def _workload_arguments(s: Any) -> None:
         choices=("exp", "det"),
         default=d.service,
         help="service times: exp (exponential, M/M/1 queues; default) or det (constant, M/D/1)",
+    )
+    w.add_argument(
+        "--dispatch",
+        choices=("agent", "assigned", "plan"),
+        default=d.dispatch,
+        help="agent (default): each request dispatched by the agent's endpoint rule at its arrival (ranking, the "
+        "plan's shares weighed by the entry agent's live queues; plans without shares go to the best node's "
+        "first instance); assigned: the same, but plans without shares publish their assignments as shares; "
+        "plan: the plan's node, then one of its instances uniformly",
     )
 
 
@@ -262,13 +272,14 @@ def cmd_workload(args: argparse.Namespace) -> int:
         seed=args.seed,
         service=args.service,
         cores=args.cores,
+        dispatch=args.dispatch,
     )
     problem = w.check()
     if problem:
         raise _usage(problem)
     outcomes = workload.run(w)
     if args.plot:
-        path = workload.plot(outcomes, Path(args.plot) / "workload.png")
+        path = workload.plot(outcomes, Path(args.plot) / "workload.png", workload.format_table(w, []).splitlines()[0])
         if not args.json:
             print(f"plot: {path}", file=sys.stderr)
     if args.json:

@@ -8,9 +8,15 @@ Every placement solves the same snapshot; its plan is then run as a discrete-eve
 
 * the instances a node starts are the plan's, capped at what the node's memory holds (a plan that
   ignores memory cannot start more);
-* each request goes to a node drawn by the plan's shares for its client (queue objective) or to the
-  client's assigned node (thesis model and baselines), then to one of that node's instances uniformly;
-  a client the plan rejected, or a node with no instance started, counts a rejection;
+* each request is dispatched as the agent dispatches it (``dispatch="agent"``, the default;
+  solver.agent_sim replays peerserve.dispatch, the agent's rule, at every arrival against the queues of
+  that instant): ranked by RTT + the entry agent's measured execution time, then drawn by the plan's
+  shares (queue objectives) weighed by the entry agent's live queues; plans without shares (thesis model
+  and baselines) go to the best node's first instance; only a request with no instance anywhere is
+  rejected. ``assigned``: the same, with such plans' assignments published as shares. ``plan``: the run
+  as it was: a node drawn by the plan's shares for its client or the client's assigned node, then one
+  of that node's instances uniformly; a client the plan rejected, or a node with no instance started,
+  counts a rejection;
 * every instance is a FIFO single server: start = max(arrival, previous finish) (Lindley's recursion,
   the exact event order of a FIFO queue); latency = RTT + wait + service;
 * with ``cores`` (``--cores``) a node's instances share that many cores: while more of them are busy
@@ -30,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from solver.agent_sim import AgentDispatch, event_sojourn_ms
 from solver.api import solve
 from solver.plan import Plan
 from solver.shared_cores import shared_sojourn_ms
@@ -43,6 +50,7 @@ PLACEMENTS: dict[str, tuple[str, str]] = {  # name -> (method, objective)
     "nearest": ("nearest", "thesis"),
     "least-loaded": ("least-loaded", "thesis"),
 }
+DISPATCH = ("agent", "assigned", "plan")
 MAX_REQUESTS = 2_000_000  # simulated arrivals per placement (clients x rate x duration); a usage error above
 
 
@@ -61,6 +69,8 @@ class Workload:
     seed: int = 0
     service: str = "exp"  # exp: exponential service times (M/M/1 queues); det: constant (M/D/1)
     cores: float = 0.0  # cores a node's instances share; 0: one core per instance (no sharing)
+    dispatch: str = "agent"  # agent: the agent's endpoint rule (solver.agent_sim); assigned: the same, plans
+    # without shares (thesis, baselines) published with their assignments as shares; plan: shares, then uniform
 
     def check(self) -> str | None:
         """Why the workload cannot be simulated, or None."""
@@ -70,6 +80,8 @@ class Workload:
             return "rate, throughput and duration must be positive"
         if self.service not in ("exp", "det"):
             return "service must be exp or det"
+        if self.dispatch not in DISPATCH:
+            return f"dispatch must be one of {', '.join(DISPATCH)}"
         if self.node_mem_mb <= 0 or self.model_mem_mb <= 0:
             return "memory sizes must be positive"
         if not 0 <= self.cores < float("inf"):
@@ -142,13 +154,95 @@ def _arrivals(w: Workload) -> list[np.ndarray]:
     return [np.sort(rng.uniform(0.0, w.duration_s, int(n))) for n in counts]
 
 
-def simulate_plan(name: str, plan: Plan, w: Workload, rtt: np.ndarray, arrivals: list[np.ndarray]) -> Outcome:
-    """The discrete-event run of one plan (same arrivals and service draws for every plan)."""
-    rng = np.random.default_rng(w.seed + 2)
+def simulate_plan(
+    name: str,
+    plan: Plan,
+    w: Workload,
+    rtt: np.ndarray,
+    arrivals: list[np.ndarray],
+    rule: type[AgentDispatch] = AgentDispatch,
+) -> Outcome:
+    """The discrete-event run of one plan (same arrivals and service draws for every plan; ``rule``: the
+    agent's dispatch, or a what-if subclass of it)."""
     per_node = int(w.node_mem_mb // w.model_mem_mb)
     started = [min(int(plan.instances.get(f"n{j + 1}", {}).get("m", 0)), per_node) for j in range(w.nodes)]
+    service = _service(w, arrivals)
+    if w.dispatch == "plan":
+        total, rejected = _plan_run(plan, w, rtt, arrivals, service, started)
+    else:
+        total, rejected = _agent_run(plan, w, rtt, arrivals, (service, started), rule)
+    pct = np.percentile(total, [50, 99]) if len(total) else np.array([np.nan, np.nan])
+    return Outcome(
+        name,
+        float(pct[0]),
+        float(pct[1]),
+        float(total.mean()) if len(total) else float("nan"),
+        int(sum(started)),
+        float(sum(started) * w.model_mem_mb),
+        int(sum(len(a) for a in arrivals)),
+        rejected,
+        plan.solve_ms,
+    )
+
+
+def _service(w: Workload, arrivals: list[np.ndarray]) -> list[np.ndarray]:
+    """Per client, the service time (s) of each of its arrivals (one stream, whatever the dispatch)."""
+    rng = np.random.default_rng(w.seed + 3)
+    draws = rng.exponential(1.0 / w.throughput, sum(len(a) for a in arrivals))
+    if w.service == "det":
+        draws = np.full(len(draws), 1.0 / w.throughput)
+    return np.split(draws, np.cumsum([len(a) for a in arrivals])[:-1])
+
+
+def _agent_run(
+    plan: Plan,
+    w: Workload,
+    rtt: np.ndarray,
+    arrivals: list[np.ndarray],
+    run: tuple[list[np.ndarray], list[int]],
+    rule: type[AgentDispatch],
+) -> tuple[np.ndarray, int]:
+    """Latencies (ms, RTT included) and rejections when every request is dispatched by the agent's rule
+    (``run``: each client's service times, the instances each node started)."""
+    service, started = run
+    client = np.concatenate([np.full(len(a), c, dtype=np.int64) for c, a in enumerate(arrivals)] or [np.zeros(0, int)])
+    order = np.argsort(np.concatenate(arrivals or [np.zeros(0)]), kind="stable")
+    t, work, client = np.concatenate(arrivals)[order], np.concatenate(service)[order], client[order]
+    draws = np.random.default_rng(w.seed + 2).random(len(t))
+    ids = [f"n{j + 1}" for j in range(w.nodes)]
+    details = plan.details
+    if w.dispatch == "assigned" and "spread" not in details:
+        details = {**details, "spread": assigned_spread(plan, w, rtt)}
+    dispatch = rule(details, ids, started, rtt, client, 1000.0 / w.throughput, draws)
+    node_of = np.repeat(np.arange(w.nodes), started)
+    cores = np.full(w.nodes, w.cores if w.cores > 0 else np.inf)
+    where, sojourn = event_sojourn_ms(t, work, dispatch, node_of, cores)
+    ok = where >= 0
+    total = np.full(len(t), np.nan)
+    total[order[ok]] = sojourn[ok] + rtt[client[ok], node_of[where[ok]]]  # back in the plan run's order
+    return total[~np.isnan(total)], int((~ok).sum())
+
+
+def assigned_spread(plan: Plan, w: Workload, rtt: np.ndarray) -> list[dict[str, Any]]:
+    """A plan's per-client assignments as the queue plan's ``spread``: per site, node -> share of its clients."""
+    out = []
+    for site in range(min(w.sites, w.clients)):
+        members = range(site, w.clients, w.sites)
+        nodes = [n for n in (plan.assignments[c] for c in members) if n is not None]
+        if nodes:
+            shares = {n: round(nodes.count(n) / len(nodes), 6) for n in sorted(set(nodes))}
+            row = {f"n{j + 1}": round(float(v), 1) for j, v in enumerate(rtt[site])}
+            out.append({"model": "m", "rtt_ms": row, "shares": shares})
+    return out
+
+
+def _plan_run(
+    plan: Plan, w: Workload, rtt: np.ndarray, arrivals: list[np.ndarray], service: list[np.ndarray], started: list[int]
+) -> tuple[np.ndarray, int]:
+    """Latencies and rejections when a request goes to a node by the plan and to one of its instances uniformly."""
+    rng = np.random.default_rng(w.seed + 2)
     offset = np.concatenate([[0], np.cumsum(started)])
-    times, inst, net = [], [], []
+    times, inst, net, work = [], [], [], []
     rejected = 0
     for c, ts in enumerate(arrivals):
         nodes, probs = _routing(plan, c, w.nodes)
@@ -163,29 +257,16 @@ def simulate_plan(name: str, plan: Plan, w: Workload, rtt: np.ndarray, arrivals:
         times.append(t)
         inst.append(k)
         net.append(rtt[c, j])
+        work.append(service[c][alive])
     arrival = np.concatenate(times or [np.zeros(0)])
-    service = rng.exponential(1.0 / w.throughput, len(arrival))
-    if w.service == "det":
-        service = np.full(len(arrival), 1.0 / w.throughput)
     instance = np.concatenate(inst or [np.zeros(0, int)])
+    served = np.concatenate(work or [np.zeros(0)])
     if w.cores > 0:
         node_of = np.repeat(np.arange(w.nodes), started)
-        latency = shared_sojourn_ms(arrival, instance, service, node_of, np.full(w.nodes, w.cores))
+        latency = shared_sojourn_ms(arrival, instance, served, node_of, np.full(w.nodes, w.cores))
     else:
-        latency = fifo_sojourn_ms(arrival, instance, service)
-    total = latency + np.concatenate(net or [np.zeros(0)])
-    pct = np.percentile(total, [50, 99]) if len(total) else np.array([np.nan, np.nan])
-    return Outcome(
-        name,
-        float(pct[0]),
-        float(pct[1]),
-        float(total.mean()) if len(total) else float("nan"),
-        int(sum(started)),
-        float(sum(started) * w.model_mem_mb),
-        int(sum(len(a) for a in arrivals)),
-        rejected,
-        plan.solve_ms,
-    )
+        latency = fifo_sojourn_ms(arrival, instance, served)
+    return latency + np.concatenate(net or [np.zeros(0)]), rejected
 
 
 def _routing(plan: Plan, c: int, n_nodes: int) -> tuple[list[int], list[float]]:
@@ -221,7 +302,8 @@ def format_table(w: Workload, outcomes: list[Outcome]) -> str:
     lines = [
         f"{w.clients} clients at {w.sites} sites, {w.rate:g} req/s each, {w.nodes} nodes of {w.node_mem_mb:g} MB, "
         f"instance {w.model_mem_mb:g} MB serving {w.throughput:g} req/s ({w.service} service), {w.duration_s:g} s"
-        + (f", {w.cores:g} cores per node" if w.cores else ""),
+        + (f", {w.cores:g} cores per node" if w.cores else "")
+        + f", {w.dispatch} dispatch",
         head,
         "-" * len(head),
     ]
@@ -233,8 +315,9 @@ def format_table(w: Workload, outcomes: list[Outcome]) -> str:
     return "\n".join(lines)
 
 
-def plot(outcomes: list[Outcome], path: Any) -> Any:
-    """A PNG: p50 and p99 latency and instances per placement; returns the path written."""
+def plot(outcomes: list[Outcome], path: Any, title: str = "") -> Any:
+    """A PNG: p50 and p99 latency (log scale where they span over 30x) and instances per placement; returns
+    the path written."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -245,15 +328,20 @@ def plot(outcomes: list[Outcome], path: Any) -> Any:
     x = np.arange(len(names))
     lat.bar(x - 0.2, [o.p50_ms for o in outcomes], 0.4, label="p50")
     lat.bar(x + 0.2, [o.p99_ms for o in outcomes], 0.4, label="p99")
-    lat.set_xticks(x, names)
+    lat.set_xticks(x, names, rotation=20)
     lat.set_ylabel("latency (ms)")
+    shown = [v for o in outcomes for v in (o.p50_ms, o.p99_ms) if v > 0 and np.isfinite(v)]
+    if shown and max(shown) > 30 * min(shown):
+        lat.set_yscale("log")
     lat.legend()
     inst.bar(x, [o.instances for o in outcomes])
-    inst.set_xticks(x, names)
+    inst.set_xticks(x, names, rotation=20)
     inst.set_ylabel("instances started")
     for o, xi in zip(outcomes, x, strict=True):
         if o.rejected:
             inst.annotate(f"{o.rejected} rejected", (xi, o.instances), ha="center", va="bottom", fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)

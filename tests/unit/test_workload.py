@@ -6,6 +6,7 @@ import json
 import math
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -30,11 +31,14 @@ def test_one_instance_matches_mm1_theory() -> None:
 
 
 def test_queue_placement_serves_everyone_with_few_instances_where_the_thesis_model_hits_memory() -> None:
-    w = Workload(duration_s=20.0)
+    w = Workload(duration_s=20.0, dispatch="plan")  # a request of a client the plan rejected is rejected
     out = {o.placement: o for o in run(w)}
     need = math.ceil(w.clients * w.rate / (0.9 * w.throughput))
     assert out["queue"].instances <= need + 1 and out["queue"].rejected == 0
     assert out["thesis"].instances == 18 and out["thesis"].rejected > 0  # 60 wanted, 6 per node fit
+    agent = {o.placement: o for o in run(replace(w, dispatch="agent"), ("thesis", "queue"))}
+    assert agent["thesis"].instances == 18 and agent["thesis"].rejected == 0  # the agent serves them anyway
+    assert agent["queue"].instances == out["queue"].instances and agent["queue"].rejected == 0
     assert out["queue"].p99_ms < math.inf and all(o.p50_ms <= o.p99_ms for o in out.values() if o.requests > o.rejected)
     assert len({o.requests for o in out.values()}) == 1  # the same arrivals for every placement
 
@@ -46,6 +50,7 @@ def test_bad_workloads_are_refused() -> None:
         f"clients x rate x duration exceeds {MAX_REQUESTS:,} simulated requests"
     )
     assert Workload(service="weibull").check() == "service must be exp or det"
+    assert Workload(dispatch="random").check() == "dispatch must be one of agent, assigned, plan"
     assert Workload().check() is None
 
 

@@ -1,0 +1,107 @@
+"""The endpoint rule the agent serves by and the workload simulation reproduces (issue 16, parts 2 and 3).
+
+Pure and stdlib-only, so the agent (agent/decisions.py ``rank_endpoints`` / ``spread_choice``, which
+carry it out on live candidates) and the simulation (solver/agent_sim.py, which replays it at every
+simulated arrival) run the same code:
+
+* rank: endpoints best first by (estimated RTT + execution ms rounded to 1e-6, load, node, URL);
+* spread: with a plan's shares for the client's site (queue objectives), one endpoint is drawn first:
+  a node's share split evenly over its ready endpoints, an endpoint with a live queue (requests this
+  agent has in flight there; an endpoint with none is absent from the live table) weighted by
+  (1 + planned queue of its node) / (1 + live); no share on any ready endpoint (the thesis objective
+  and the baselines publish none): the ranking stands, and the first endpoint takes the request.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+UNKNOWN_RTT_MS = 1.0  # a LAN hop, used for a node the client has not measured
+MAX_SPREAD_SITES = 64  # site entries an agent keeps from a plan (more are ignored)
+
+
+def rank_key(total_ms: float, load: float, node: str, url: str) -> tuple[float, float, str, str]:
+    """The sort key of endpoint ranking: lowest estimated ms, then lower load, node id, URL."""
+    return (round(total_ms, 6), load, node, url)
+
+
+@dataclass(frozen=True)
+class SiteShares:
+    """A plan's split of one site's stream of ``model``: node -> share of its rate."""
+
+    model: str
+    rtt_ms: Mapping[str, float]
+    shares: Mapping[str, float]
+
+
+def parse_spread(raw: Any) -> tuple[SiteShares, ...]:
+    """The plan summary's ``spread`` (queue objective), malformed entries skipped, at most MAX_SPREAD_SITES."""
+    out: list[SiteShares] = []
+    for entry in raw if isinstance(raw, list) else []:
+        if len(out) >= MAX_SPREAD_SITES:
+            break
+        try:
+            rtts = {str(n): float(v) for n, v in entry["rtt_ms"].items()}
+            shares = {str(n): float(v) for n, v in entry["shares"].items() if float(v) > 0}
+            out.append(SiteShares(str(entry["model"]), rtts, shares))
+        except (KeyError, TypeError, ValueError, AttributeError):
+            continue
+    return tuple(out)
+
+
+def site_shares(sites: Iterable[SiteShares], model: str, client_rtts: Mapping[str, float]) -> Mapping[str, float]:
+    """The shares of the site of ``model`` nearest the client's RTTs (mean absolute difference); {} if none."""
+    best: tuple[float, Mapping[str, float]] | None = None
+    for site in sites:
+        if site.model != model or not site.rtt_ms:
+            continue
+        gap = sum(abs(client_rtts.get(n, UNKNOWN_RTT_MS) - v) for n, v in site.rtt_ms.items()) / len(site.rtt_ms)
+        if best is None or gap < best[0]:
+            best = (gap, site.shares)
+    return {} if best is None else best[1]
+
+
+def planned_queues(placement: Mapping[str, Any], model: str) -> dict[str, float]:
+    """The placement summary's planned queue per node for ``model`` (malformed entries skipped)."""
+    queues = placement.get("planned_queue")
+    if not isinstance(queues, Mapping):
+        return {}
+    return {
+        str(n): float(m[model])
+        for n, m in queues.items()
+        if isinstance(m, Mapping) and isinstance(m.get(model), (int, float))
+    }
+
+
+def spread_weights(
+    endpoints: Sequence[tuple[str, str]],
+    shares: Mapping[str, float],
+    planned_queue: Mapping[str, float] | None = None,
+    live_queue: Mapping[str, float] | None = None,
+) -> list[float]:
+    """The draw weight of each (node, url) endpoint, in order (see the module docstring)."""
+    per_node: dict[str, int] = {}
+    for node, _ in endpoints:
+        per_node[node] = per_node.get(node, 0) + 1
+    weights = []
+    for node, url in endpoints:
+        w = shares.get(node, 0.0) / per_node[node]
+        if live_queue is not None and url in live_queue:
+            w *= (1.0 + (planned_queue or {}).get(node, 0.0)) / (1.0 + max(0.0, live_queue[url]))
+        weights.append(max(0.0, w))
+    return weights
+
+
+def draw(weights: Sequence[float], u: float) -> int | None:
+    """The index ``u`` in [0, 1) falls on in proportion to ``weights``; None when they sum to zero."""
+    total = sum(weights)
+    if total <= 0:
+        return None
+    target, acc = min(max(u, 0.0), 1.0 - 1e-12) * total, 0.0
+    for i, w in enumerate(weights):
+        acc += w
+        if target < acc:
+            return i
+    return len(weights) - 1

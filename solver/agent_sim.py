@@ -1,0 +1,223 @@
+"""Event-driven simulation of requests dispatched as the agent dispatches them (``simulate --workload``).
+
+Where a request goes can depend on the queues at its arrival (the agent weighs endpoints by the requests
+it has in flight there, peerserve/dispatch.py), and with shared cores a request's departure depends on
+every other busy instance of its node, so arrivals and departures are simulated in one time order: the
+arrivals (sorted) against a heap of projected departures. Each instance is a FIFO server; the busy
+instances of a node progress at ``min(1, cores / busy)`` of their speed (as solver/shared_cores.py),
+so a departure is projected as ``now + work left / rate`` and re-projected only when its node's rate
+changes. With no rate change (cores >= the node's instances) a departure is start + service exactly,
+Lindley's recursion, bit for bit (tested against ``workload.fifo_sojourn_ms``).
+
+``AgentDispatch`` replays the agent's choice at every arrival (agent/serving/resolve.py ->
+agent/decisions.py ``rank_endpoints`` + ``spread_ranked``, both built on peerserve/dispatch.py):
+
+* the client's site sends through the agent of its nearest node (bench/load_bench.py: "through that
+  site's own agent"); that agent's live queues are the requests IT has in flight per instance
+  (agent/serving/inflight.py: only its own, an instance with none absent), open until the departure;
+* endpoints are ranked by RTT + that agent's execution estimate per node: the median of the last 16
+  server times it measured there (agent/serving/exec_times.py; the server time is the request's time in
+  the server, wait included), the catalogue's service time before any; ties by node id, then URL (the
+  node's instances in start order; load, equal within a node, is left out);
+* a plan with shares (queue objectives: ``details["spread"]`` and ``["planned_queue"]``) draws the first
+  endpoint by ``spread_weights``; a plan without (thesis, nearest, least-loaded: no spread) leaves the
+  ranking, so the request goes to the first endpoint: the best node's first instance, whatever the
+  plan assigned (the agent reads no assignments from a plan).
+"""
+
+from __future__ import annotations
+
+import heapq
+import statistics
+from collections import deque
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
+
+import numpy as np
+
+from peerserve.dispatch import draw, parse_spread, planned_queues, rank_key, site_shares, spread_weights
+from solver.problem import FloatArray, IntArray
+
+HEAP_SLACK = 1024  # superseded departure projections kept before the heap is compacted
+EXEC_SAMPLES = 16  # agent/serving/exec_times.py SAMPLES: the median of this many recent server times
+
+
+class Dispatch(Protocol):
+    """Where request ``i`` goes at time ``now`` (an instance, or -1: rejected), and its departure."""
+
+    def choose(self, i: int, now: float) -> int: ...
+
+    def done(self, i: int, instance: int, now: float, sojourn_ms: float) -> None: ...
+
+
+class Fixed:
+    """Requests go where ``instance`` says (-1: rejected): the queues as if routing were decided before."""
+
+    def __init__(self, instance: IntArray) -> None:
+        self.instance = np.asarray(instance, dtype=np.int64)
+
+    def choose(self, i: int, now: float) -> int:
+        return int(self.instance[i])
+
+    def done(self, i: int, instance: int, now: float, sojourn_ms: float) -> None:
+        return None
+
+
+def event_sojourn_ms(
+    arrival_s: FloatArray, work_s: FloatArray, dispatch: Dispatch, node_of: IntArray, cores: FloatArray
+) -> tuple[IntArray, FloatArray]:
+    """Each request's instance (-1: rejected) and time in system (ms; nan if rejected), ``arrival_s`` sorted;
+    instance k lives on node ``node_of[k]``, whose ``cores`` (inf: one per instance) its busy ones share."""
+    sim = _Engine(np.asarray(node_of, dtype=np.int64), np.asarray(cores, dtype=float))
+    where = np.full(len(arrival_s), -1, dtype=np.int64)
+    out = np.full(len(arrival_s), np.nan)
+    arrival, work = np.asarray(arrival_s, dtype=float).tolist(), np.asarray(work_s, dtype=float).tolist()
+    nxt = 0
+    while True:
+        tf, k = sim.next_departure()
+        if k < 0 and nxt >= len(arrival):
+            break
+        if nxt < len(arrival) and arrival[nxt] <= tf:
+            now = arrival[nxt]
+            k = dispatch.choose(nxt, now)
+            if k >= 0:
+                where[nxt] = k
+                sim.arrive(k, nxt, now, work)
+            nxt += 1
+            continue
+        i = sim.depart(k, tf, work)
+        out[i] = 1000.0 * (tf - arrival[i])
+        dispatch.done(i, k, tf, float(out[i]))
+    return where, out
+
+
+class _Engine:
+    """FIFO instances whose node's busy ones share its cores; departures projected in a heap."""
+
+    def __init__(self, node_of: IntArray, cores: FloatArray) -> None:
+        self.node_of = node_of.tolist()
+        self.cores = cores.tolist()
+        self.queues: list[deque[int]] = [deque() for _ in self.node_of]
+        self.finish = [np.inf] * len(self.node_of)
+        self.version = [0] * len(self.node_of)
+        self.busy: list[set[int]] = [set() for _ in self.cores]
+        self.heap: list[tuple[float, int, int]] = []  # (projected departure, instance, version)
+        self.heap_bound = 2 * len(self.node_of) + HEAP_SLACK  # at most one live entry per instance
+        self.peak = 0
+
+    def rate(self, j: int) -> float:
+        return min(1.0, self.cores[j] / len(self.busy[j])) if self.busy[j] else 1.0
+
+    def next_departure(self) -> tuple[float, int]:
+        """The earliest live projected departure (inf, -1 if none)."""
+        while self.heap and self.heap[0][2] != self.version[self.heap[0][1]]:
+            heapq.heappop(self.heap)
+        return (self.heap[0][0], self.heap[0][1]) if self.heap else (np.inf, -1)
+
+    def arrive(self, k: int, i: int, now: float, work: Sequence[float]) -> None:
+        self.queues[k].append(i)
+        if len(self.queues[k]) == 1:
+            j = self.node_of[k]
+            before = self.rate(j)
+            self.busy[j].add(k)
+            self._reproject(j, now, before, skip=k)
+            self._project(k, now + work[i] / self.rate(j))
+
+    def depart(self, k: int, now: float, work: Sequence[float]) -> int:
+        """Request leaving instance k at ``now``; its successor starts at once."""
+        heapq.heappop(self.heap)
+        i = self.queues[k].popleft()
+        j = self.node_of[k]
+        if self.queues[k]:
+            self._project(k, now + work[self.queues[k][0]] / self.rate(j))
+            return i
+        before = self.rate(j)
+        self.busy[j].discard(k)
+        self.finish[k] = np.inf
+        self._reproject(j, now, before, skip=k)
+        return i
+
+    def _project(self, k: int, at: float) -> None:
+        self.finish[k] = at
+        self.version[k] += 1
+        heapq.heappush(self.heap, (at, k, self.version[k]))
+        if len(self.heap) > self.heap_bound:  # mostly superseded projections: keep the live ones only
+            self.heap = [e for e in self.heap if e[2] == self.version[e[1]]]
+            heapq.heapify(self.heap)
+        self.peak = max(self.peak, len(self.heap))
+
+    def _reproject(self, j: int, now: float, before: float, skip: int) -> None:
+        """Node j's rate went from ``before`` to its current one: every other busy head's departure moves."""
+        after = self.rate(j)
+        if after == before:
+            return
+        for k in self.busy[j]:
+            if k != skip:
+                self._project(k, now + max(0.0, self.finish[k] - now) * before / after)
+
+
+class AgentDispatch:
+    """The agent's endpoint choice at each arrival (module docstring); counts per agent as the agent does."""
+
+    def __init__(
+        self,
+        plan_details: Mapping[str, Any],
+        node_ids: Sequence[str],
+        started: Sequence[int],
+        rtt: FloatArray,
+        client: IntArray,
+        exec_ms: float,
+        draws: FloatArray,
+    ) -> None:
+        self.node_ids = list(node_ids)
+        self.endpoints = [(n, f"{n}/{i:05d}") for n, count in zip(node_ids, started, strict=True) for i in range(count)]
+        self.node_index = [self.node_ids.index(n) for n, _ in self.endpoints]
+        self.of_node = [[e for e, j in enumerate(self.node_index) if j == n] for n in range(len(self.node_ids))]
+        self.rtt = np.asarray(rtt, dtype=float)
+        self.client = np.asarray(client, dtype=np.int64).tolist()
+        self.agent = np.argmin(self.rtt, axis=1).tolist()  # each client's entry agent: its nearest node's
+        self.exec_ms = exec_ms
+        self.draws = np.asarray(draws, dtype=float).tolist()
+        sites = parse_spread(plan_details.get("spread"))
+        self.shares = [site_shares(sites, "m", dict(zip(self.node_ids, row, strict=True))) for row in self.rtt.tolist()]
+        self.planned = planned_queues(plan_details, "m")
+        self.live: list[dict[str, int]] = [{} for _ in self.node_ids]  # agent -> URL -> requests in flight
+        self.seen: list[list[deque[float]]] = [[deque(maxlen=EXEC_SAMPLES) for _ in node_ids] for _ in node_ids]
+        self.estimate = [[exec_ms] * len(node_ids) for _ in node_ids]  # agent -> node -> exec estimate (ms)
+        self.sent_by: dict[int, int] = {}
+
+    def ranked(self, a: int, c: int) -> list[int]:
+        """Endpoint indices best first for client c through agent a (rank_endpoints's order: a node's
+        endpoints tie on estimate and load, so they sit together in URL order, here start order)."""
+        est, row = self.estimate[a], self.rtt[c].tolist()
+        nodes = sorted(range(len(self.node_ids)), key=lambda j: rank_key(row[j] + est[j], 0.0, self.node_ids[j], ""))
+        return [e for j in nodes for e in self.of_node[j]]
+
+    def choose(self, i: int, now: float) -> int:
+        if not self.endpoints:
+            return -1
+        c = self.client[i]
+        a = self.agent[c]
+        order = self.ranked(a, c)
+        pick = None
+        if self.shares[c]:  # no shares: every weight is 0 and the ranking stands (spread_choice)
+            weights = spread_weights([self.endpoints[e] for e in order], self.shares[c], self.planned, self.live[a])
+            pick = draw(weights, self.draws[i])
+        k = order[0 if pick is None else pick]
+        url = self.endpoints[k][1]
+        self.live[a][url] = self.live[a].get(url, 0) + 1
+        self.sent_by[i] = a
+        return k
+
+    def done(self, i: int, instance: int, now: float, sojourn_ms: float) -> None:
+        a = self.sent_by.pop(i)
+        url = self.endpoints[instance][1]
+        left = self.live[a][url] - 1
+        if left:
+            self.live[a][url] = left
+        else:
+            del self.live[a][url]  # InFlight.counts: an endpoint with nothing in flight is absent
+        j = self.node_index[instance]
+        window = self.seen[a][j]
+        window.append(sojourn_ms)
+        self.estimate[a][j] = float(statistics.median(window))

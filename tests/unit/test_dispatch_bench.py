@@ -1,0 +1,41 @@
+"""bench/dispatch_bench.py: every placement under the three dispatches, the ratios, and its two what-ifs."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+
+from bench.dispatch_bench import BASELINES, DISPATCHES, PLACES, WHAT_IFS, main, one_rate
+
+
+def test_one_rate_simulates_every_placement_under_every_dispatch_and_the_ratios_follow() -> None:
+    row = one_rate(2.0, "exp", 20.0)
+    assert set(row["by"]) == set(DISPATCHES)
+    requests = {o["requests"] for d in DISPATCHES for o in row["by"][d]["outcomes"].values()}
+    assert len(requests) == 1  # the same arrivals everywhere
+    best_any = min(row["by"][d]["outcomes"][b]["p99_ms"] for d in DISPATCHES for b in BASELINES)
+    for d in DISPATCHES:
+        outs = row["by"][d]["outcomes"]
+        assert set(outs) == set(PLACES)
+        assert row["by"][d]["ratio"] == pytest.approx(
+            outs["queue-p99"]["p99_ms"] / min(outs[b]["p99_ms"] for b in BASELINES), rel=1e-3, abs=1e-3
+        )
+        assert row["by"][d]["ratio_any"] == pytest.approx(outs["queue-p99"]["p99_ms"] / best_any, rel=1e-3, abs=1e-3)
+    agent = row["by"]["agent"]["outcomes"]["queue-p99"]
+    assert row["by"]["assigned"]["outcomes"]["queue-p99"] == agent  # queue plans carry their own shares
+    # the what-ifs replace the rule, not the plan: same instances, other latencies
+    for key in WHAT_IFS:
+        assert row[key]["instances"] == agent["instances"] and row[key]["requests"] == agent["requests"]
+    assert row["jsq"]["p99_ms"] != agent["p99_ms"]
+    assert row["jsq"]["p99_ms"] < row["by"]["plan"]["outcomes"]["queue-p99"]["p99_ms"]
+
+
+def test_json_output(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr(
+        sys, "argv", ["dispatch_bench.py", "--duration", "5", "--rates", "1", "--services", "det", "--json"]
+    )
+    main()
+    data = json.loads(capsys.readouterr().out)
+    assert len(data["rows"]) == 1 and data["rows"][0]["service"] == "det" and len(data["loadavg"]) == 3
