@@ -66,12 +66,13 @@ IPOPT_NLP: dict[str, Any] = {
 # superlinear barrier decrease cut Ipopt's median iterations 40 -> 34 at 2 cores and 58 -> 38 at 1 core, and
 # a smaller gradient bound for the scaling (the rejection penalty's gradient set the objective's scale)
 # another few; the same optima within 1e-7 relative.
-# fast_step_computation skips the residual check of each step (the same iterates: the KKT systems here are
-# solved well, no refinement was ever needed). Measured by bench/ipopt_options.py, and not taken: Mehrotra's
-# predictor-corrector (it needs mu_strategy adaptive, "Invalid option" with monotone, and drops the line
-# search: on these NLPs it oscillated, median iterations 31 -> 200 and 2,000-iteration failures), the
-# adaptive strategy with the probing oracle, tau_min, barrier_tol_factor, alpha_for_y, mu_init, tol: none
-# moved the iterations by more than a few per cent over the R(S) problems at 0, 2 and 1 core per node.
+# fast_step_computation skips the residual check of each step (the same iteration counts, optima to ~1e-16:
+# the KKT systems here are solved well; the retries check again). Measured by bench/ipopt_options.py and not
+# taken: Mehrotra's predictor-corrector (it needs mu_strategy adaptive, "Invalid option" with monotone, and
+# drops the line search: on these NLPs it oscillated, median iterations 31 -> 204 and 2,000-iteration
+# failures), the adaptive strategy with the probing oracle (fewer iterations, more time), tau_min,
+# barrier_tol_factor, alpha_for_y, mu_init, mu_min, tol: none moved the iterations by more than a few per
+# cent over the R(S) problems at 0, 2 and 1 core per node.
 IPOPT_NLP_COMPACT: dict[str, Any] = IPOPT_NLP | {
     "mu_init": 1.0,
     "mu_superlinear_decrease_power": 1.9,
@@ -81,11 +82,13 @@ IPOPT_NLP_COMPACT: dict[str, Any] = IPOPT_NLP | {
 FEASIBLE_START = True  # compact form: start from solver.queue_start (switched off only in tests and the bench)
 # Tried in turn when Ipopt fails outright (e.g. -3, an error in the step computation: hypothesis found an
 # instance where the speed options above fail and the first two each succeed, though not together; a
-# nearly empty cluster once needed Ipopt's problem scaling off).
+# nearly empty cluster once needed Ipopt's problem scaling off). Each retry checks every step's residual
+# again (fast_step_computation no: refinement where a step is inaccurate, as before that option).
+_CHECKED = {"fast_step_computation": "no"}
 IPOPT_NLP_RETRIES: tuple[dict[str, Any], ...] = (
-    {"min_refinement_steps": 1},
-    {"mu_strategy": "adaptive"},
-    {"nlp_scaling_method": "none"},
+    {"min_refinement_steps": 1} | _CHECKED,
+    {"mu_strategy": "adaptive"} | _CHECKED,
+    {"nlp_scaling_method": "none"} | _CHECKED,
 )
 
 

@@ -153,6 +153,7 @@ def test_fast_step_computation_keeps_ipopts_path(monkeypatch: pytest.MonkeyPatch
     """fast_step_computation (no residual check of each step) changes the work per iteration, not the path:
     the same iteration count and the same optimum as with the check, at 2 cores per node with instances running."""
     assert queue_model.IPOPT_NLP_COMPACT["fast_step_computation"] == "yes"
+    assert all(retry["fast_step_computation"] == "no" for retry in queue_model.IPOPT_NLP_RETRIES)  # checked again
     q = instance(4, 3, 0.15, (2,), Mode.MODE1, False)
     fast = solve_nlp(q)
     checked = {k: v for k, v in queue_model.IPOPT_NLP_COMPACT.items() if k != "fast_step_computation"}
