@@ -46,6 +46,7 @@ MERGE_SERVERS = True  # compact form: n is the servers on nodes with cores (no e
 PIN_NO_ROOM = True  # compact form: fix n = N_MIN where a node has no room (switched off only in tests)
 CORE_ROWS = True  # compact form: the core rows (switched off only to show tests/unit/test_queue_start.py failing)
 DROP_IDLE_ROWS = True  # compact form: leave out memory and compute rows the core rows keep from binding
+UNUSED_POOLS = True  # compact form: a pool no column reaches (and no instance runs) has lam 0, n N_MIN, no rows
 N_MIN = 1e-6  # lower bound on a pool's (fractional) instance count; D needs n > 0
 INSTANCE_COST = 500.0  # request-ms per second one new instance must save to be worth starting (beta)
 DEFAULT_RATE = 1.0  # requests/s of a stream whose rate the snapshot does not give
@@ -233,7 +234,11 @@ class _Layout:
         # met it as a variable between a bound and a row at the same value (up to 2,000 iterations)
         pj, pk = np.divmod(np.arange(self.P), self.K)
         none_left = ((p.mem[pk] > 0) & (p.mem_budget[pj] <= 0)) | ((p.comp[pk] > 0) & (p.comp_budget[pj] <= 0))
-        self.pinned = none_left & (free == 0) & compact & PIN_NO_ROOM
+        # ... and so is it at a pool no column reaches (lam = 0: D(0, n) = 0, so n only costs beta): lam is
+        # fixed at 0 too and the pool's balance and throughput rows, which it alone fills, are left out
+        reached = np.bincount(self.jj * self.K + p.class_model[self.cc], minlength=self.P) > 0
+        self.unused = ~reached & (free == 0) & compact & UNUSED_POOLS
+        self.pinned = ((none_left & PIN_NO_ROOM) | self.unused) & (free == 0) & compact
 
 
 def _jacobian(q: QueueProblem, lay: _Layout) -> tuple[IntArray, IntArray, FloatArray, FloatArray, FloatArray]:
@@ -294,10 +299,20 @@ def _jacobian(q: QueueProblem, lay: _Layout) -> tuple[IntArray, IntArray, FloatA
     core_cu = np.concatenate([np.zeros(E), np.maximum(lay.cores[cored_nodes], 2 * K * N_MIN)])
     cu = np.concatenate([q.rate, np.zeros(P), np.zeros(P), free, mem_cu, comp_cu, core_cu])
     r, c, v = r[keep], c[keep], v[keep]
+    drop = _dropped_rows(q, lay)
+    return _without_rows(r, c, v, cl, cu, drop) if len(drop) else (r, c, v, cl, cu)
+
+
+def _dropped_rows(q: QueueProblem, lay: _Layout) -> IntArray:
+    """The rows of the full layout the compact form leaves out: unused pools' balance and throughput rows,
+    idle memory and compute rows (``UNUSED_POOLS``, ``DROP_IDLE_ROWS``)."""
+    unused = np.flatnonzero(lay.unused)
+    drop = [lay.C + unused, lay.C + lay.P + unused]
     if lay.compact and DROP_IDLE_ROWS and q.instance_cost > 0:
-        idle = _idle_budget_rows(q, lay, core_cu[E:])
-        return _without_rows(r, c, v, cl, cu, m0 + idle)
-    return r, c, v, cl, cu
+        core_cu = np.maximum(lay.cores[lay.core_nodes], 2 * lay.K * N_MIN)  # as the core rows' bounds
+        m0 = lay.C + 2 * lay.P + len(lay.linked)
+        drop.append(m0 + _idle_budget_rows(q, lay, core_cu))
+    return np.concatenate(drop).astype(np.int64)
 
 
 def _idle_budget_rows(q: QueueProblem, lay: _Layout, core_cu: FloatArray) -> IntArray:
@@ -461,6 +476,7 @@ def _solve_form(q: QueueProblem, cols: IntArray | None, compact: bool) -> tuple[
     lb[lay.e0 :] = N_MIN
     ub = np.full(lay.size, np.inf)
     ub[lay.n0 + np.flatnonzero(lay.pinned)] = N_MIN
+    ub[lay.lam0 + np.flatnonzero(lay.unused)] = 0.0
     ub[lay.e0 + np.flatnonzero(lay.pinned[lay.cored])] = N_MIN  # e <= n
     ub[: lay.r0] = q.rate[lay.cc]
     ub[lay.r0 : lay.lam0] = q.rate
@@ -501,9 +517,14 @@ def _solve_form(q: QueueProblem, cols: IntArray | None, compact: bool) -> tuple[
         servers = servers.reshape(lay.J, lay.K)
     value = float(info["obj_val"])
     sol = NlpSolution(xs, r, lam, n, value, status, callbacks.iterations, columns=len(lay.cols), servers=servers)
-    mult = np.asarray(info["mult_g"], dtype=float).copy()
+    kept = np.ones(len(cl) + len(drop := _dropped_rows(q, lay)), dtype=bool)
+    kept[drop] = False
+    mult = np.zeros(len(kept))
+    mult[kept] = np.asarray(info["mult_g"], dtype=float)
     # Pool rows' least valid multipliers: lam's lower-bound multiplier moves into its pool row (KKT kept).
     mult[lay.C : lay.C + lay.P] -= np.asarray(info["mult_x_L"], dtype=float)[lay.lam0 : lay.n0]
+    # an unused pool's: -d(D - lam s)/dlam at lam = 0, which is 0 (no wait at no load), its rows being out
+    mult[lay.C + np.flatnonzero(lay.unused)] = 0.0
     return sol, mult
 
 

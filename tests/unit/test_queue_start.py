@@ -176,3 +176,39 @@ def test_idle_budget_rows_are_left_out_and_only_those(monkeypatch: pytest.Monkey
     assert relative_gap(q, solve_nlp(q)) <= TOL
     monkeypatch.setattr(queue_model, "_idle_budget_rows", lambda q, lay, _: np.arange(2 * lay.J))
     assert relative_gap(q, solve_nlp(q)) > 100 * TOL
+
+
+def _one_column_each(q: QueueProblem) -> np.ndarray:
+    """Each stream's cheapest column only (as a first lazy round with one candidate): most pools unreached."""
+    p = q.base
+    return np.arange(p.n_classes) * p.n_nodes + np.argmin(p.cost, axis=1)
+
+
+def test_unused_pools_leave_the_nlp_with_the_same_optimum_and_prices(monkeypatch: pytest.MonkeyPatch) -> None:
+    """40 x 10 at 2 cores, one column per stream: the pools no column reaches lose their lam, n and two rows;
+    the optimum and the assignment and pool rows' multipliers (what pricing reads) are the same as with
+    them kept; fixing a reached pool the same way (the reach check switched off for it) misses the optimum."""
+    q = instance(4, 1, 0.0, (2,), Mode.MODE2, False)
+    cols = _one_column_each(q)
+    lay = queue_model._Layout(q, cols)
+    assert lay.unused.any()
+    fewer = len(queue_model._jacobian(q, lay)[3])
+    sol, mult = queue_model.solve_restricted(q, cols)
+    monkeypatch.setattr(queue_model, "UNUSED_POOLS", False)
+    assert fewer == len(queue_model._jacobian(q, queue_model._Layout(q, cols))[3]) - 2 * int(lay.unused.sum())
+    ref, ref_mult = queue_model.solve_restricted(q, cols)
+    assert sol.value == pytest.approx(ref.value, rel=TOL)
+    head = q.base.n_classes + lay.P  # the assignment and pool rows
+    np.testing.assert_allclose(mult[:head], ref_mult[:head], atol=1e-4 * float(np.abs(ref_mult[:head]).max()))
+    monkeypatch.setattr(queue_model, "UNUSED_POOLS", True)
+    layout = queue_model._Layout
+    busiest = int(np.argmax(ref.lam.ravel()))
+
+    def wrong(*args: object, **kwargs: object) -> queue_model._Layout:
+        out = layout(*args, **kwargs)  # type: ignore[arg-type]
+        out.unused[busiest] = out.pinned[busiest] = True
+        return out
+
+    monkeypatch.setattr(queue_model, "_Layout", wrong)
+    broken = queue_model.solve_restricted(q, cols)[0].value  # that pool's streams now wait nowhere
+    assert abs(broken - ref.value) > 100 * TOL * ref.value
