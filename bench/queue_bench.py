@@ -20,7 +20,8 @@
    started as before solver.queue_start (plain start, IPOPT_NLP's options, e variables on cored nodes),
    timed on the same snapshots right after, and the ratio of the two (same-run, same load).
    ``--nlp-before`` does the same with the NLP switches of issue 16 item 5's last round off instead
-   (solver.queue_fast.LINEAR_REUSE, solver.queue_model.DROP_IDLE_ROWS, Ipopt's fast_step_computation,
+   (solver.queue_fast.LINEAR_REUSE, solver.queue_model.DROP_IDLE_ROWS and UNUSED_POOLS, Ipopt's
+   fast_step_computation,
    solver.queue_lazy.LAZY_MIN_PAIRS_CORES back to LAZY_MIN_PAIRS; the leaner callbacks and the pricing
    fix stay: docs/solver.md times them apart).
    ``--reference-closing`` closes pools with solver.queue_close's reference pass instead of the fast one
@@ -86,7 +87,7 @@ def nlp_before(on: bool) -> None:
     """Solve the queue NLP with the switches of issue 16 item 5's last round off (``on``) or as now."""
     from solver import queue_fast, queue_model
 
-    queue_fast.LINEAR_REUSE = queue_model.DROP_IDLE_ROWS = not on
+    queue_fast.LINEAR_REUSE = queue_model.DROP_IDLE_ROWS = queue_model.UNUSED_POOLS = not on
     queue_lazy.LAZY_MIN_PAIRS_CORES = queue_lazy.LAZY_MIN_PAIRS if on else NOW_LAZY_MIN_PAIRS_CORES
     fast = {"fast_step_computation": "yes"}
     queue_model.IPOPT_NLP_COMPACT = {k: v for k, v in queue_model.IPOPT_NLP_COMPACT.items() if k not in fast}
