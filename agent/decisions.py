@@ -11,7 +11,7 @@ from typing import Any
 
 from agent.runtime.base import Instance
 from peerserve import dispatch as rule  # the endpoint rule, shared with the workload simulation
-from peerserve.dispatch import draw, planned_queues, rank_key, spread_weights
+from peerserve.dispatch import draw, idle_counts, planned_queues, rank_key, spread_weights
 
 UNKNOWN_RTT_MS = rule.UNKNOWN_RTT_MS  # these five re-exported: their callers import them from here
 MAX_SPREAD_SITES = rule.MAX_SPREAD_SITES
@@ -74,16 +74,19 @@ def spread_choice(
     u: float,
     planned_queue: Mapping[str, float] | None = None,
     live_queue: Mapping[str, float] | None = None,
+    idle: Mapping[str, int] | None = None,
 ) -> list[Choice]:
     """``ranked`` with one endpoint drawn first in the plan's proportions; the rest keep their rank order.
 
-    A node's share is split evenly over its ready endpoints; an endpoint whose live queue (``live_queue``
-    by URL) differs from the plan's (``planned_queue`` by node) is weighted by (1 + planned) / (1 + live).
-    ``u`` in [0, 1) is the random draw (injected: the function is pure). No share on any ready
-    endpoint (no plan, the thesis objective, or the planned nodes are down): ``ranked`` unchanged.
+    A node's share is split evenly over its ready endpoints but the last ``idle[node]`` of them in rank
+    order (instances the plan keeps running without traffic; at least one endpoint keeps the share); an
+    endpoint whose live queue (``live_queue`` by URL) differs from the plan's (``planned_queue`` by node) is
+    weighted by (1 + planned) / (1 + live). ``u`` in [0, 1) is the random draw (injected: the function is
+    pure). No share on any ready endpoint (no plan, the thesis objective, or the planned nodes are down):
+    ``ranked`` unchanged.
     """
     endpoints = [(ch.candidate.node, ch.candidate.url) for ch in ranked]
-    pick = draw(spread_weights(endpoints, shares, planned_queue, live_queue), u)
+    pick = draw(spread_weights(endpoints, shares, planned_queue, live_queue, idle), u)
     if pick is None:
         return list(ranked)
     return [ranked[pick], *ranked[:pick], *ranked[pick + 1 :]]
@@ -97,12 +100,13 @@ def spread_ranked(
     u: float,
     live_queue: Mapping[str, float] | None = None,
 ) -> list[Choice]:
-    """``spread_choice`` with the last placement summary's shares and planned queues (``live_queue`` by URL)."""
+    """``spread_choice`` with the last placement summary's shares, planned queues and idle running instances
+    (``live_queue`` by URL)."""
     if not placement or not ranked:
         return list(ranked)
     shares = site_shares(parse_spread(placement.get("spread")), model, client_rtts)
     planned = planned_queues(placement, model)
-    return spread_choice(ranked, shares, u, planned, live_queue)
+    return spread_choice(ranked, shares, u, planned, live_queue, idle_counts(placement, model))
 
 
 @dataclass(frozen=True)

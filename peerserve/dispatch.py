@@ -6,7 +6,8 @@ simulated arrival) run the same code:
 
 * rank: endpoints best first by (estimated RTT + execution ms rounded to 1e-6, load, node, URL);
 * spread: with a plan's shares for the client's site (queue objectives), one endpoint is drawn first:
-  a node's share split evenly over its ready endpoints, an endpoint with a live queue (requests this
+  a node's share split evenly over its ready endpoints (but the last ``idle_running`` of them in rank
+  order: instances a Mode 1 plan keeps running without traffic), an endpoint with a live queue (requests this
   agent has in flight there; an endpoint with none is absent from the live table) weighted by
   (1 + planned queue of its node) / (1 + live); no share on any ready endpoint (the thesis objective
   and the baselines publish none): the ranking stands, and the first endpoint takes the request.
@@ -75,19 +76,37 @@ def planned_queues(placement: Mapping[str, Any], model: str) -> dict[str, float]
     }
 
 
+def idle_counts(placement: Mapping[str, Any], model: str) -> dict[str, int]:
+    """The placement summary's running instances of ``model`` kept without traffic per node (``idle_running``,
+    Mode 1 past the instance bound); malformed, boolean, negative or absurd (>= 1e6) counts skipped."""
+    raw = placement.get("idle_running")
+    if not isinstance(raw, Mapping):
+        return {}
+    out = {}
+    for n, m in raw.items():
+        v = m.get(model) if isinstance(m, Mapping) else None
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v < 1e6:
+            out[str(n)] = int(v)
+    return out
+
+
 def spread_weights(
     endpoints: Sequence[tuple[str, str]],
     shares: Mapping[str, float],
     planned_queue: Mapping[str, float] | None = None,
     live_queue: Mapping[str, float] | None = None,
+    idle: Mapping[str, int] | None = None,
 ) -> list[float]:
     """The draw weight of each (node, url) endpoint, in order (see the module docstring)."""
     per_node: dict[str, int] = {}
     for node, _ in endpoints:
         per_node[node] = per_node.get(node, 0) + 1
+    serving = {node: max(1, n - max(0, (idle or {}).get(node, 0))) for node, n in per_node.items()}
+    seen: dict[str, int] = {}
     weights = []
     for node, url in endpoints:
-        w = shares.get(node, 0.0) / per_node[node]
+        seen[node] = seen.get(node, 0) + 1
+        w = shares.get(node, 0.0) / serving[node] if seen[node] <= serving[node] else 0.0
         if live_queue is not None and url in live_queue:
             w *= (1.0 + (planned_queue or {}).get(node, 0.0)) / (1.0 + max(0.0, live_queue[url]))
         weights.append(max(0.0, w))

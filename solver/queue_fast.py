@@ -15,8 +15,9 @@ of least ``cost_cj + w_jk`` (the others never carry rate), and only S's nodes ne
    least-cost node, n = lam / t*; outside S a pool's effective servers are its n).
 2. S empty: the closed form is R(S)'s optimum, no Ipopt at all. Else Ipopt solves R(S) on S's nodes
    with one outside column per stream (its best node outside S, or rejection where the penalty is
-   lower) through ``solver.queue_lazy`` (``solver.queue_dual``'s proven column generation in its place
-   where switched on and no node declares cores).
+   lower): warm-started from ``solver.queue_dual``'s proven column generation and certified by pricing
+   (``solver.queue_warm``), else cold through ``solver.queue_lazy`` (the column generation's own answer
+   in Ipopt's place where ``queue_dual.ENABLED``).
 3. Recheck the dropped rows: nodes outside S that the result overfills, or whose reused pools it
    leaves short of free * t*, join S; repeat.
 
@@ -38,6 +39,7 @@ from solver.problem import FloatArray
 from solver.queue_dual import solve_binding
 from solver.queue_lazy import solve_nlp_lazy
 from solver.queue_model import N_MIN, NlpSolution, QueueProblem
+from solver.queue_warm import solve_certified
 
 log = logging.getLogger(__name__)
 
@@ -206,10 +208,12 @@ def _restricted(q: QueueProblem, in_s: BoolArray, x: FloatArray, r: FloatArray) 
 
 
 def _solve_sub(q: QueueProblem, allowed: BoolArray) -> NlpSolution:
-    """R(S)'s optimum: by column generation where it proves it (solver.queue_dual), else by Ipopt."""
+    """R(S)'s optimum: by column generation where it proves it (solver.queue_dual, switched on), else by Ipopt
+    warm from that proof (solver.queue_warm), else by Ipopt cold (solver.queue_lazy)."""
     if not allowed.any():
         return _all_outside(q)
     exact = solve_binding(q, allowed)
+    exact = exact if exact is not None else solve_certified(q, allowed)
     return exact if exact is not None else solve_nlp_lazy(q, allowed=allowed)
 
 

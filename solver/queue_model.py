@@ -190,6 +190,18 @@ class NlpSolution:
         return self.n if self.servers is None else self.servers
 
 
+@dataclass(frozen=True)
+class WarmStart:
+    """Ipopt's start for one compact restricted solve (solver.queue_warm): the point, the rows' and the bounds'
+    multipliers in the compact layout's order, and options over ``IPOPT_NLP_COMPACT`` (no retries)."""
+
+    x: FloatArray
+    mult_g: FloatArray
+    zl: FloatArray
+    zu: FloatArray
+    options: dict[str, Any]
+
+
 class _Layout:
     """Variable and row positions: x [X] (the (c, j) pairs in ``cols``), r [C], lam [P], n [P], new [L], e [E].
 
@@ -223,6 +235,7 @@ class _Layout:
         self.cored = on_cores[:0] if compact and MERGE_SERVERS else on_cores  # pools with an e variable
         self.e0 = self.new0 + len(self.linked)
         self.size = self.e0 + len(self.cored)
+        self.rows = self.C + 2 * self.P + len(self.linked) + 2 * self.J + len(self.cored) + len(self.core_nodes)
         # per pool: the variable that pays for new instances (its `new`, or n itself where unlinked)
         self.payer = self.n0 + np.arange(self.P)
         self.payer[self.linked] = self.new0 + np.arange(len(self.linked))
@@ -298,9 +311,7 @@ def _jacobian(q: QueueProblem, lay: _Layout) -> tuple[IntArray, IntArray, FloatA
     # carry 1e-6 more than its whole instances, and rounding would open one more)
     core_cu = np.concatenate([np.zeros(E), np.maximum(lay.cores[cored_nodes], 2 * K * N_MIN)])
     cu = np.concatenate([q.rate, np.zeros(P), np.zeros(P), free, mem_cu, comp_cu, core_cu])
-    r, c, v = r[keep], c[keep], v[keep]
-    drop = _dropped_rows(q, lay)
-    return _without_rows(r, c, v, cl, cu, drop) if len(drop) else (r, c, v, cl, cu)
+    return r[keep], c[keep], v[keep], cl, cu
 
 
 def _dropped_rows(q: QueueProblem, lay: _Layout) -> IntArray:
@@ -455,8 +466,15 @@ def solve_restricted(q: QueueProblem, cols: IntArray | None, compact: bool = Tru
     return _solve_form(q, cols, compact=False)
 
 
-def _solve_form(q: QueueProblem, cols: IntArray | None, compact: bool) -> tuple[NlpSolution, FloatArray]:
-    """One form of the restricted NLP by Ipopt, with the safer option sets as retries."""
+def solve_warm(q: QueueProblem, cols: IntArray, warm: WarmStart) -> tuple[NlpSolution, FloatArray]:
+    """``solve_restricted``'s compact form from ``warm`` (one attempt: raises SolverError where Ipopt fails)."""
+    return _solve_form(q, cols, True, warm)
+
+
+def _solve_form(
+    q: QueueProblem, cols: IntArray | None, compact: bool, warm: WarmStart | None = None
+) -> tuple[NlpSolution, FloatArray]:
+    """One form of the restricted NLP by Ipopt, with the safer option sets as retries (none from ``warm``)."""
     try:
         import cyipopt
     except ImportError as exc:  # pragma: no cover - depends on the install
@@ -468,7 +486,10 @@ def _solve_form(q: QueueProblem, cols: IntArray | None, compact: bool) -> tuple[
     if lay.C == 0 or lay.J == 0:
         empty = np.zeros((p.n_nodes, len(p.model_names)))
         return NlpSolution(np.zeros((lay.C, lay.J)), q.rate.copy(), empty, empty, 0.0, "optimal", 0), np.zeros(0)
-    rows, jcols, vals, cl, cu = _jacobian(q, lay)
+    drop = _dropped_rows(q, lay)  # the full layout's rows Ipopt does not get (their multipliers come back 0)
+    kept = np.ones(lay.rows, dtype=bool)
+    kept[drop] = False
+    rows, jcols, vals, cl, cu = _without_rows(*_jacobian(q, lay), drop)
     callbacks = _Callbacks(q, lay, (rows, jcols, vals))
     callbacks.m = len(cl)
     lb = np.zeros(lay.size)
@@ -481,14 +502,15 @@ def _solve_form(q: QueueProblem, cols: IntArray | None, compact: bool) -> tuple[
     ub[: lay.r0] = q.rate[lay.cc]
     ub[lay.r0 : lay.lam0] = q.rate
     fast = compact and FEASIBLE_START
-    start = feasible_start(q, lay) if fast else _start(q, lay)
-    options = IPOPT_NLP_COMPACT if fast else IPOPT_NLP
-    for attempt, change in enumerate(({}, *IPOPT_NLP_RETRIES)):
+    start = warm.x if warm is not None else feasible_start(q, lay) if fast else _start(q, lay)
+    options = IPOPT_NLP_COMPACT | warm.options if warm is not None else IPOPT_NLP_COMPACT if fast else IPOPT_NLP
+    retries = IPOPT_NLP_RETRIES if warm is None else ()
+    for attempt, change in enumerate(({}, *retries)):
         nlp = cyipopt.Problem(n=lay.size, m=len(cl), problem_obj=callbacks, lb=lb, ub=ub, cl=cl, cu=cu)
         for key, value in {**options, **change}.items():
             nlp.add_option(key, value)
-        x, info = nlp.solve(start)
-        last = attempt == len(IPOPT_NLP_RETRIES)
+        x, info = nlp.solve(start) if warm is None else nlp.solve(start, warm.mult_g[kept], warm.zl, warm.zu)
+        last = attempt == len(retries)
         try:
             status = ipopt_status(int(info["status"]))
         except SolverError:
@@ -517,12 +539,14 @@ def _solve_form(q: QueueProblem, cols: IntArray | None, compact: bool) -> tuple[
         servers = servers.reshape(lay.J, lay.K)
     value = float(info["obj_val"])
     sol = NlpSolution(xs, r, lam, n, value, status, callbacks.iterations, columns=len(lay.cols), servers=servers)
-    kept = np.ones(len(cl) + len(drop := _dropped_rows(q, lay)), dtype=bool)
-    kept[drop] = False
-    mult = np.zeros(len(kept))
+    mult = np.zeros(lay.rows)
     mult[kept] = np.asarray(info["mult_g"], dtype=float)
     # Pool rows' least valid multipliers: lam's lower-bound multiplier moves into its pool row (KKT kept).
     mult[lay.C : lay.C + lay.P] -= np.asarray(info["mult_x_L"], dtype=float)[lay.lam0 : lay.n0]
+    # Assignment rows' likewise: the upper bounds x <= rate, r <= rate are implied by the row (nothing else is
+    # negative), so a column at its bound (a stream wholly on it) moves its bound multiplier into the row.
+    upper = np.asarray(info["mult_x_U"], dtype=float)
+    mult[: lay.C] += np.bincount(lay.cc, weights=upper[: lay.r0], minlength=lay.C) + upper[lay.r0 : lay.lam0]
     # an unused pool's: -d(D - lam s)/dlam at lam = 0, which is 0 (no wait at no load), its rows being out
     mult[lay.C + np.flatnonzero(lay.unused)] = 0.0
     return sol, mult

@@ -169,9 +169,9 @@ def test_idle_budget_rows_are_left_out_and_only_those(monkeypatch: pytest.Monkey
     instead (the bound check switched off) misses it."""
     q = instance(4, 0, 0.15, (4,), Mode.MODE1, False)
     lay = queue_model._Layout(q)
-    fewer = len(queue_model._jacobian(q, lay)[3])
+    left_out = len(queue_model._dropped_rows(q, lay))
     monkeypatch.setattr(queue_model, "DROP_IDLE_ROWS", False)
-    assert fewer < len(queue_model._jacobian(q, lay)[3])
+    assert len(queue_model._dropped_rows(q, lay)) < left_out
     monkeypatch.setattr(queue_model, "DROP_IDLE_ROWS", True)
     assert relative_gap(q, solve_nlp(q)) <= TOL
     monkeypatch.setattr(queue_model, "_idle_budget_rows", lambda q, lay, _: np.arange(2 * lay.J))
@@ -192,10 +192,11 @@ def test_unused_pools_leave_the_nlp_with_the_same_optimum_and_prices(monkeypatch
     cols = _one_column_each(q)
     lay = queue_model._Layout(q, cols)
     assert lay.unused.any()
-    fewer = len(queue_model._jacobian(q, lay)[3])
+    left_out = len(queue_model._dropped_rows(q, lay))
     sol, mult = queue_model.solve_restricted(q, cols)
     monkeypatch.setattr(queue_model, "UNUSED_POOLS", False)
-    assert fewer == len(queue_model._jacobian(q, queue_model._Layout(q, cols))[3]) - 2 * int(lay.unused.sum())
+    kept_pools = queue_model._Layout(q, cols)
+    assert left_out == len(queue_model._dropped_rows(q, kept_pools)) + 2 * int(lay.unused.sum())
     ref, ref_mult = queue_model.solve_restricted(q, cols)
     assert sol.value == pytest.approx(ref.value, rel=TOL)
     head = q.base.n_classes + lay.P  # the assignment and pool rows
