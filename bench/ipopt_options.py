@@ -3,9 +3,10 @@
 The problems are the ones ``solver.queue_fast`` hands to Ipopt while the bench's placements run
 (bench/queue_bench.py's thesis sizes, Mode 1 and 2, and Mode 1 with instances running), captured once per
 ``--cores`` value (0: no cores). Each option set then solves every captured problem in the compact form
-from solver.queue_start's start (``solver.queue_model.IPOPT_NLP_COMPACT`` replaced by the set, the retries
-kept); "gap" is the worst relative gap of a set's optimum (Ipopt's objective of R(S)) over the reference
-form's (``compact=False``, its own options); the time columns are each set's CPU ms over the first set's
+from solver.queue_start's start: the cold path, which solver.queue_warm falls back to and whose
+per-iteration cost its warm solves share (``solver.queue_model.IPOPT_NLP_COMPACT`` replaced by the set, the
+retries kept). "gap" is the worst relative gap of a set's optimum (Ipopt's objective of R(S)) over the
+reference form's (``compact=False``, its own options); the time columns are each set's CPU ms over the first set's
 in the same run (the sets run interleaved per problem, so they share the machine's load); "retry" counts
 the solves that needed a retry or ended not optimal.
 
