@@ -89,6 +89,7 @@ def capture(seeds: int, cores: float | None) -> list[tuple[str, Any, Any]]:
 
 
 def options_for(change: dict[str, Any]) -> dict[str, Any]:
+    """The compact options with ``change`` applied (None removes an option)."""
     out = dict(BASE)
     for key, value in change.items():
         if value is None:
@@ -115,26 +116,15 @@ def run_one(q: Any, allowed: Any, options: dict[str, Any], counter: _Counter) ->
 def measure(problems: list[tuple[str, Any, Any]], sets: dict[str, dict[str, Any]], repeat: int) -> dict[str, Any]:
     """Per set: median/max iterations, median ms ratio to the first set, worst relative gap, retries."""
     counter = _Counter()
-    logging.getLogger("solver.queue_model").addHandler(counter)
-    names = list(sets)
-    stats: dict[str, dict[str, list[float]]] = {n: {"ms": [], "it": [], "gap": [], "retries": []} for n in names}
-    bad: dict[str, int] = dict.fromkeys(names, 0)
-    for _, q, allowed in problems:
-        ref_value = queue_model.solve_restricted(q, np.flatnonzero(allowed.ravel()), compact=False)[0].value
-        for name in names:
-            opts = options_for(sets[name])
-            runs = [run_one(q, allowed, opts, counter) for _ in range(repeat)]
-            ms = min(r[0] for r in runs)
-            _, it, value, retries, status = runs[0]
-            stats[name]["ms"].append(ms)
-            stats[name]["it"].append(it)
-            stats[name]["gap"].append(abs(value - ref_value) / max(abs(ref_value), 1e-12))
-            stats[name]["retries"].append(retries)
-            bad[name] += status != "optimal"
-    base = stats[names[0]]["ms"]
+    logger = logging.getLogger("solver.queue_model")
+    logger.addHandler(counter)
+    try:
+        stats, bad = _collect(problems, sets, repeat, counter)
+    finally:
+        logger.removeHandler(counter)
+    base = stats[next(iter(sets))]["ms"]
     out = {}
-    for name in names:
-        s = stats[name]
+    for name, s in stats.items():
         out[name] = {
             "median_iterations": statistics.median(s["it"]),
             "max_iterations": max(s["it"]),
@@ -149,7 +139,27 @@ def measure(problems: list[tuple[str, Any, Any]], sets: dict[str, dict[str, Any]
     return out
 
 
+def _collect(
+    problems: list[tuple[str, Any, Any]], sets: dict[str, dict[str, Any]], repeat: int, counter: _Counter
+) -> tuple[dict[str, dict[str, list[float]]], dict[str, int]]:
+    """Each set on each problem, interleaved: fastest CPU ms, iterations, gap to the reference, retries."""
+    stats: dict[str, dict[str, list[float]]] = {n: {"ms": [], "it": [], "gap": [], "retries": []} for n in sets}
+    bad: dict[str, int] = dict.fromkeys(sets, 0)
+    for _, q, allowed in problems:
+        ref_value = queue_model.solve_restricted(q, np.flatnonzero(allowed.ravel()), compact=False)[0].value
+        for name, change in sets.items():
+            runs = [run_one(q, allowed, options_for(change), counter) for _ in range(repeat)]
+            _, it, value, retries, status = runs[0]
+            stats[name]["ms"].append(min(r[0] for r in runs))
+            stats[name]["it"].append(it)
+            stats[name]["gap"].append(abs(value - ref_value) / max(abs(ref_value), 1e-12))
+            stats[name]["retries"].append(retries)
+            bad[name] += status != "optimal"
+    return stats, bad
+
+
 def parse_sets(raw: list[list[str]] | None) -> dict[str, dict[str, Any]]:
+    """The built-in sets, or 'current' and the command line's (``NAME KEY=VALUE ...``; VALUE '-' removes)."""
     if not raw:
         return SETS
     sets: dict[str, dict[str, Any]] = {"current": {}}

@@ -3,6 +3,8 @@ option sets on them against the reference form and leaves the solver's options a
 
 from __future__ import annotations
 
+import logging
+
 from bench import ipopt_options
 from solver import queue_model
 
@@ -19,5 +21,6 @@ def test_the_options_bench_measures_and_restores() -> None:
     assert out["current"]["worst_gap"] <= 1e-6 and out["current"]["retries"] == out["current"]["not_optimal"] == 0
     assert out["capped"]["max_iterations"] <= 4 * (3 + 1) and out["capped"]["retries"] > 0  # 4 tries, each from 0
     assert before == queue_model.IPOPT_NLP_COMPACT
+    assert not any(isinstance(h, ipopt_options._Counter) for h in logging.getLogger("solver.queue_model").handlers)
     assert ipopt_options.options_for({"mu_init": None})["tol"] == before["tol"]
     assert "mu_init" not in ipopt_options.options_for({"mu_init": None})
