@@ -13,12 +13,12 @@ equal). What changes is the cost of a pass:
   nothing is written back unless it is kept.
 * A pool whose try failed is skipped until its model's rates, or the memory and compute in use where
   that model has open pools, change (a version counter per model instead of a copy of its rates).
-  Without cores, a try that no budget limited (no destination ruled out by memory or compute, no node
-  over) is skipped until its model's rates change (``RETRY_BY_MODEL``): its outcome then depends on its
-  model's rates alone, up to which destinations budgets rule out later and the objective's 1e-9
-  tolerance. A heuristic step (plans need not be bit for bit the reference's: docs/solver.md, "Integer
-  part, fewer steps"): on the bench's 74 cases without cores 24 % fewer tries; of its 222 plans one changed
-  (2 % lower objective), the golden plans are the same.
+  A try that nothing outside its model limited (no destination ruled out by memory, compute or cores, no
+  node over, no node's core share changed) is skipped until its model's rates change (``RETRY_BY_MODEL``):
+  its outcome then depends on its model's rates alone, up to which destinations budgets rule out later
+  and the objective's 1e-9 tolerance. A heuristic step (plans need not be bit for bit the reference's:
+  docs/solver.md, "Integer part, fewer steps"): on the bench's cases 24 % fewer tries without cores, 7 %
+  at 2 cores; of its 222 plans two changed (2.0 and 2.7 % lower objective), the golden plans are the same.
 
 Moves pass the screen rarely; those are checked as the reference checks them.
 
@@ -48,7 +48,7 @@ log = logging.getLogger(__name__)
 
 CHECK_BUDGETS = True  # a try's memory and compute check (switched off only to show the equality test failing)
 CHECK_CORES = True  # a try's core-room and busy-work check (likewise)
-RETRY_BY_MODEL = True  # without cores, a try no budget limited is retried only once its model's rates change
+RETRY_BY_MODEL = True  # a try no budget or core share limited is retried only once its model's rates change
 BoolArray = npt.NDArray[np.bool_]
 
 
@@ -74,7 +74,6 @@ class _Static:
         self.cores: list[float] = np.asarray(pools.cores, dtype=float).tolist()
         self.core_room: list[float] = (q.rho_max * np.asarray(pools.cores, dtype=float)).tolist()  # [j] busy-work cap
         self.core_limit = [r * (1 + CORE_TOL) + CORE_TOL for r in self.core_room]  # as node_cpu.over_cores
-        self.no_cores = not np.isfinite(pools.cores).any()  # then a pool's terms depend on its model alone
         self.limited = False  # the last try had a destination ruled out, or failed, by a budget or cores
 
     def share(self, j: int, total: int) -> float:
@@ -199,7 +198,7 @@ def _close_one(
             continue
         moves = _try_close(pools, static, view, j, k)
         if moves is None:
-            by_model = RETRY_BY_MODEL and static.no_cores and not static.limited
+            by_model = RETRY_BY_MODEL and not static.limited
             failed[(j, k)] = versions[k] if by_model else sig
             continue
         for c, dst, amount in moves:
@@ -261,6 +260,7 @@ def _terms_change(static: _Static, view: _View, k: int, touched: set[int], lam: 
         delta += static.term(o, k, lam[o], cnt[o], now) - static.term(o, k, k_lam[o], k_cnt[o], was)
         if now == was:
             continue
+        static.limited = True  # the other models' pools on node o count: the try depends on more than model k
         row_lam, row_cnt = view.lam_j[o], view.cnt_j[o]
         for k2, n2 in enumerate(row_cnt):
             if k2 != k and n2 > 0:
