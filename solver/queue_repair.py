@@ -415,12 +415,17 @@ def _place_rejected(pools: Pools) -> None:
         if _place_whole(pools, c, amount, limit):
             continue
         state = pools.room_state()  # the rates change only where a move is made or undone
+        mu = pools.q.mu[:, k].tolist()
         for j in np.argsort(p.cost[c], kind="stable").tolist():
             if pools.rejected[c] <= TINY:
                 break  # every take below is at most the rate left, so none would be made
+            if float(state[3][j]) * mu[j] <= TINY:
+                continue  # no core room on node j: room() is at most this for either ``grow``
             for grow in (True, False):  # new instances where the bound allows them, else the open pool's headroom
                 take = min(float(pools.rejected[c]), pools.room(j, k, grow, state))
                 if take <= TINY:
+                    if grow:
+                        break  # the room without new instances is no larger
                     continue
                 moved = _move_within_bound(pools, c, j, take, limit)
                 state = pools.room_state()  # an undone move may leave float residue: read the rates again
