@@ -209,11 +209,12 @@ def _agent_run(
     order = np.argsort(np.concatenate(arrivals or [np.zeros(0)]), kind="stable")
     t, work, client = np.concatenate(arrivals)[order], np.concatenate(service)[order], client[order]
     draws = np.random.default_rng(w.seed + 2).random(len(t))
+    draws2 = np.random.default_rng(w.seed + 4).random(len(t))  # the second choice's (endpoint rule p2c)
     ids = [f"n{j + 1}" for j in range(w.nodes)]
     details = plan.details
     if w.dispatch == "assigned" and "spread" not in details:
         details = {**details, "spread": assigned_spread(plan, w, rtt)}
-    dispatch = rule(details, ids, started, rtt, client, 1000.0 / w.throughput, draws)
+    dispatch = rule(details, ids, started, rtt, client, 1000.0 / w.throughput, draws, draws2)
     node_of = np.repeat(np.arange(w.nodes), started)
     cores = np.full(w.nodes, w.cores if w.cores > 0 else np.inf)
     where, sojourn = event_sojourn_ms(t, work, dispatch, node_of, cores)

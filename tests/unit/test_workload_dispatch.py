@@ -72,7 +72,7 @@ def the_agents_pick(d: AgentDispatch, i: int, details: dict[str, object]) -> str
     cands = [Candidate(n, u, "m", est[d.node_ids.index(n)], 0.0) for n, u in d.endpoints]
     rtts = dict(zip(d.node_ids, d.rtt[c].tolist(), strict=True))
     ranked = rank_endpoints(cands, rtts)
-    return spread_ranked(ranked, details, "m", rtts, d.draws[i], dict(d.live[a]))[0].candidate.url
+    return spread_ranked(ranked, details, "m", rtts, d.draws[i], dict(d.live[a]), d.draws2[i], d.rule)[0].candidate.url
 
 
 @pytest.mark.parametrize("placement", ["queue", "thesis", "least-loaded"])
@@ -85,7 +85,9 @@ def test_the_simulated_choice_is_the_agents_for_any_live_state(placement: str) -
     started = [min(plan.instances.get(f"n{j + 1}", {}).get("m", 0), 40) for j in range(3)]
     rng = np.random.default_rng(5)
     n = 400
-    d = AgentDispatch(plan.details, ["n1", "n2", "n3"], started, rtt, rng.integers(0, 60, n), 20.0, rng.random(n))
+    d = AgentDispatch(
+        plan.details, ["n1", "n2", "n3"], started, rtt, rng.integers(0, 60, n), 20.0, rng.random(n), rng.random(n)
+    )
     assert ("spread" in plan.details) == (placement == "queue")
     for i in range(n):
         for a in range(3):  # a random state: in-flight counts (some absent) and execution estimates
@@ -128,7 +130,9 @@ def test_the_execution_estimate_is_the_agents_median_of_recent_server_times() ->
 def test_the_agent_and_the_simulation_share_one_rule() -> None:
     for name in ("parse_spread", "site_shares", "SiteShares", "MAX_SPREAD_SITES", "UNKNOWN_RTT_MS"):
         assert getattr(decisions, name) is getattr(dispatch, name)
-    assert agent_sim.spread_weights is dispatch.spread_weights and agent_sim.draw is dispatch.draw
+    assert (
+        agent_sim.choose_endpoint is dispatch.choose_endpoint and decisions.choose_endpoint is dispatch.choose_endpoint
+    )
 
 
 def mean_queue_met(monkeypatch: pytest.MonkeyPatch, live: bool) -> float:
@@ -144,7 +148,9 @@ def mean_queue_met(monkeypatch: pytest.MonkeyPatch, live: bool) -> float:
 
     monkeypatch.setattr(AgentDispatch, "choose", counted)
     if not live:  # the property switched off: the plan's shares alone
-        monkeypatch.setattr(agent_sim, "spread_weights", lambda e, s, p, q: dispatch.spread_weights(e, s, p, None))
+        monkeypatch.setattr(
+            agent_sim, "choose_endpoint", lambda e, s, p, q, d, r: dispatch.choose_endpoint(e, s, p, None, d)
+        )
     run(dataclasses.replace(LAB, rate=3.0, duration_s=20.0), ("queue",))
     monkeypatch.undo()
     return float(np.mean(met))
