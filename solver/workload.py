@@ -10,10 +10,12 @@ Every placement solves the same snapshot; its plan is then run as a discrete-eve
   ignores memory cannot start more);
 * each request is dispatched as the agent dispatches it (``dispatch="agent"``, the default;
   solver.agent_sim replays peerserve.dispatch, the agent's rule, at every arrival against the queues of
-  that instant): ranked by RTT + the entry agent's measured execution time, then drawn by the plan's
-  shares (queue objectives) weighed by the entry agent's live queues; plans without shares (thesis model
-  and baselines) go to the best node's first instance; only a request with no instance anywhere is
-  rejected. ``assigned``: the same, with such plans' assignments published as shares. ``plan``: the run
+  that instant): ranked by RTT + the entry agent's measured execution time, then chosen by the plan's
+  shares (every plan publishes them; thesis model and baselines: their assignments,
+  solver/assigned_spread.py) and the entry agent's live queues (the endpoint rule, ``p2c``); a plan
+  without shares would go to the best node's first instance; only a request with no instance anywhere
+  is rejected. ``assigned``: the same, a plan without shares given its assignments as shares (the same
+  as ``agent`` for every plan the solver makes now). ``plan``: the run
   as it was: a node drawn by the plan's shares for its client or the client's assigned node, then one
   of that node's instances uniformly; a client the plan rejected, or a node with no instance started,
   counts a rejection;
