@@ -94,3 +94,12 @@ def test_the_rules_bench_runs_every_candidate_on_the_same_arrivals() -> None:
         assert 0.0 <= o["departure"] <= 1.0
         assert o["p99_ratio"] == round(o["p99_ms"] / row["best_baseline"]["p99_ms"], 3)
     assert row["rules"]["p2c"]["departure"] < 0.05 < row["rules"]["jsq"]["departure"]  # jsq leaves the plan
+
+
+def test_the_load_bench_runs_the_rule_before_p2c_as_a_placement_of_its_own() -> None:
+    from bench.load_bench import ENDPOINT_RULES, PLACEMENTS
+
+    assert set(ENDPOINT_RULES) <= set(PLACEMENTS) and set(ENDPOINT_RULES.values()) <= set(RULES)
+    assert PLACEMENTS["queue-p99-weighted"] == PLACEMENTS["queue-p99"]  # the same plan, the other rule
+    for name in ENDPOINT_RULES.values():
+        assert load_settings(env={}, overrides={"endpoint_rule": name}).endpoint_rule == name
