@@ -430,7 +430,7 @@ class LeaderRound:
             "solve_ms": plan.get("solve_ms"), "requests": e.requests, "nodes": gathered,
             "actions": list(plan.get("actions", [])) if verdict.switch else [],
             "rejected": len(plan.get("rejected", [])), "note": plan.get("note", ""), "fallback": e.fallback,
-            "hold": hold, **{key: source[key] for key in ("spread", "planned_queue") if key in source},
+            "hold": hold, **{key: source[key] for key in ("spread", "planned_queue", "idle_running") if key in source},
         }  # fmt: skip
 
     def _on_command_result(self, r: _Round, e: Acknowledged | CommandFailed | Fenced) -> list[Instruction]:

@@ -6,14 +6,16 @@ simulated arrival) run the same code:
 
 * rank: endpoints best first by (estimated RTT + execution ms rounded to 1e-6, load, node, URL);
 * spread: with a plan's shares for the client's site (every objective publishes them), one endpoint is
-  chosen first. Its plan weight: the node's share split evenly over the node's ready endpoints. Its
-  live queue: the requests this agent has in flight there (0 when idle, absent or not from the table).
-  Its score: how full it is against the plan, (1 + live) / (1 + its node's planned queue).
-  ``p2c`` (the default): two endpoints drawn by plan weight / score ** 2, the one with the lower score
-  taken, a tie keeping the first draw: where every score is the same (the queues as planned, or all
-  idle under one planned queue) the plan's proportions hold exactly. ``weighted`` (the rule before):
-  one draw by plan weight / score. No share on any ready endpoint (no plan, or its nodes are down): the
-  ranking stands, and the first endpoint takes the request. bench/endpoint_rules_bench.py weighs them.
+  chosen first. Its plan weight: the node's share split evenly over the node's ready endpoints (but
+  the last ``idle_running`` of them in rank order, weight 0: instances a Mode 1 plan keeps running
+  without traffic). Its live queue: the requests this agent has in flight there (0 when idle, absent
+  or not from the table). Its score: how full it is against the plan, (1 + live) / (1 + its node's
+  planned queue). ``p2c`` (the default): two endpoints drawn by plan weight / score ** 2, the one with
+  the lower score taken, a tie keeping the first draw: where every score is the same (the queues as
+  planned, or all idle under one planned queue) the plan's proportions hold exactly. ``weighted`` (the
+  rule before): one draw by plan weight / score. No share on any ready endpoint (no plan, or its nodes
+  are down): the ranking stands, and the first endpoint takes the request.
+  bench/endpoint_rules_bench.py weighs the rules.
 """
 
 from __future__ import annotations
@@ -82,21 +84,39 @@ def planned_queues(placement: Mapping[str, Any], model: str) -> dict[str, float]
     }
 
 
+def idle_counts(placement: Mapping[str, Any], model: str) -> dict[str, int]:
+    """The placement summary's running instances of ``model`` kept without traffic per node (``idle_running``,
+    Mode 1 past the instance bound); malformed, boolean, negative or absurd (>= 1e6) counts skipped."""
+    raw = placement.get("idle_running")
+    if not isinstance(raw, Mapping):
+        return {}
+    out = {}
+    for n, m in raw.items():
+        v = m.get(model) if isinstance(m, Mapping) else None
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v < 1e6:
+            out[str(n)] = int(v)
+    return out
+
+
 def spread_weights(
     endpoints: Sequence[tuple[str, str]],
     shares: Mapping[str, float],
     planned_queue: Mapping[str, float] | None = None,
     live_queue: Mapping[str, float] | None = None,
+    idle: Mapping[str, int] | None = None,
 ) -> list[float]:
     """The ``weighted`` rule's draw weight of each (node, url) endpoint, in order; without ``live_queue``
-    the plan weights (a node's share split evenly over its endpoints); an endpoint absent from
-    ``live_queue`` has nothing in flight (live 0)."""
+    the plan weights (a node's share split evenly over its endpoints but the last ``idle[node]``); an
+    endpoint absent from ``live_queue`` has nothing in flight (live 0)."""
     per_node: dict[str, int] = {}
     for node, _ in endpoints:
         per_node[node] = per_node.get(node, 0) + 1
+    serving = {node: max(1, n - max(0, (idle or {}).get(node, 0))) for node, n in per_node.items()}
+    seen: dict[str, int] = {}
     weights = []
     for node, url in endpoints:
-        w = shares.get(node, 0.0) / per_node[node]
+        seen[node] = seen.get(node, 0) + 1
+        w = shares.get(node, 0.0) / serving[node] if seen[node] <= serving[node] else 0.0
         if live_queue is not None:
             w *= (1.0 + (planned_queue or {}).get(node, 0.0)) / (1.0 + max(0.0, live_queue.get(url, 0.0)))
         weights.append(max(0.0, w))
@@ -115,16 +135,19 @@ def choose_endpoint(
     live_queue: Mapping[str, float] | None,
     draws: tuple[float, float],
     rule: str = DEFAULT_RULE,
+    idle: Mapping[str, int] | None = None,
 ) -> int | None:
     """The index of the endpoint that takes the request by ``rule`` (module docstring); None when no
-    endpoint has a plan weight. ``draws``: two uniforms in [0, 1) (injected: the function is pure)."""
+    endpoint has a plan weight. ``draws``: two uniforms in [0, 1) (injected: the function is pure);
+    ``idle``: per node, running instances the plan keeps without traffic."""
     if rule not in RULES:
         raise ValueError(f"unknown endpoint rule {rule!r}; choose one of {', '.join(RULES)}")
     if rule == "weighted" or live_queue is None:
-        return draw(spread_weights(endpoints, shares, planned_queue, live_queue), draws[0])
+        return draw(spread_weights(endpoints, shares, planned_queue, live_queue, idle), draws[0])
     planned = planned_queue or {}
     scores = [queue_score(node, url, planned, live_queue) for node, url in endpoints]
-    weights = [w / s**LIVE_POWER for w, s in zip(spread_weights(endpoints, shares), scores, strict=True)]
+    plain = spread_weights(endpoints, shares, idle=idle)
+    weights = [w / s**LIVE_POWER for w, s in zip(plain, scores, strict=True)]
     first, second = draw(weights, draws[0]), draw(weights, draws[1])
     if first is None or second is None:
         return first

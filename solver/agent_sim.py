@@ -35,7 +35,15 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from peerserve.dispatch import DEFAULT_RULE, choose_endpoint, parse_spread, planned_queues, rank_key, site_shares
+from peerserve.dispatch import (
+    DEFAULT_RULE,
+    choose_endpoint,
+    idle_counts,
+    parse_spread,
+    planned_queues,
+    rank_key,
+    site_shares,
+)
 from solver.problem import FloatArray, IntArray
 
 HEAP_SLACK = 1024  # superseded departure projections kept before the heap is compacted
@@ -186,6 +194,7 @@ class AgentDispatch:
         sites = parse_spread(plan_details.get("spread"))
         self.shares = [site_shares(sites, "m", dict(zip(self.node_ids, row, strict=True))) for row in self.rtt.tolist()]
         self.planned = planned_queues(plan_details, "m")
+        self.idle = idle_counts(plan_details, "m")
         self.live: list[dict[str, int]] = [{} for _ in self.node_ids]  # agent -> URL -> requests in flight
         self.seen: list[list[deque[float]]] = [[deque(maxlen=EXEC_SAMPLES) for _ in node_ids] for _ in node_ids]
         self.estimate = [[exec_ms] * len(node_ids) for _ in node_ids]  # agent -> node -> exec estimate (ms)
@@ -214,7 +223,7 @@ class AgentDispatch:
     def pick(self, endpoints: list[tuple[str, str]], c: int, a: int, i: int) -> int | None:
         """The index in ``endpoints`` (ranked) that request i of client c takes through agent a, or None."""
         draws = (self.draws[i], self.draws2[i])
-        return choose_endpoint(endpoints, self.shares[c], self.planned, self.live[a], draws, self.rule)
+        return choose_endpoint(endpoints, self.shares[c], self.planned, self.live[a], draws, self.rule, self.idle)
 
     def done(self, i: int, instance: int, now: float, sojourn_ms: float) -> None:
         a = self.sent_by.pop(i)

@@ -202,6 +202,10 @@ def _format_plan(plan: Any, first_call_ms: float) -> str:
         )
         or "instances: none"
     )
+    idle = plan.details.get("idle_running") or {}
+    if idle:  # Mode 1 past the instance bound: kept running, served with none of the plan's traffic
+        listed = "; ".join(f"{n}: " + ", ".join(f"{m}x{c}" for m, c in ms.items()) for n, ms in idle.items())
+        lines.append(f"idle running (no traffic; Mode 1 eviction stops them): {listed}")
     for a in plan.actions:
         lines.append(f"  {a.op:<5} {a.count} x {a.model} on {a.node}")
     for r in plan.rejected:

@@ -2,7 +2,8 @@
 
 The plan's ``objective_ms`` is the mean latency per request (RTT + execution + queueing wait, ms) over
 the served rate; ``shares`` gives each request (stream) its node -> fraction split; ``instances`` the
-integer pool sizes (in Mode 1 never below what runs and is kept).
+integer pool sizes (in Mode 1 never below what runs and is kept); ``details["idle_running"]`` the
+instances it keeps running but serves with none of its traffic (Mode 1: running ones its rates do not need).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import numpy as np
 from solver.capacity import violations
 from solver.node_cpu import effective_servers
 from solver.plan import Plan, Rejection
-from solver.problem import FloatArray, Mode, Problem, plan_actions, plan_instances, running_instances
+from solver.problem import FloatArray, IntArray, Mode, Problem, plan_actions, plan_instances, running_instances
 from solver.queue_close_fast import close_pools_fast
 from solver.queue_fast import solve_nlp_fast
 from solver.queue_model import QueueProblem, build_queue_problem
@@ -187,7 +188,7 @@ def make_queue_plan(q: QueueProblem, pools: Pools, method: str, status: str, det
             else:
                 assignments[i] = p.node_ids[j]
     broken = violations(p, placed)
-    details = {**details, "model_ms": model_latency_ms(q, pools)}
+    details = {**details, "model_ms": model_latency_ms(q, pools), "idle_running": idle_running(p, target - placed)}
     return Plan(
         status=status,
         method=method,
@@ -204,6 +205,16 @@ def make_queue_plan(q: QueueProblem, pools: Pools, method: str, status: str, det
         details=details,
         shares=tuple(shares),
     )
+
+
+def idle_running(p: Problem, idle: IntArray) -> dict[str, dict[str, int]]:
+    """Node -> model -> instances the plan keeps running but serves with none of its traffic (Mode 1: they go
+    idle and eviction stops them, solver.queue_running); nodes and models without any left out."""
+    return {
+        node: {p.model_names[k]: int(idle[j, k]) for k in np.flatnonzero(idle[j] > 0).tolist()}
+        for j, node in enumerate(p.node_ids)
+        if (idle[j] > 0).any()
+    }
 
 
 def _spread_members(n: int, x: Any, rejected: float, row: list[float] | None = None) -> list[int | None]:

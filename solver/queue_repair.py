@@ -18,7 +18,9 @@ counts are integers. From the relaxation's rates ``x[c, j]``:
    is raised, never above ``rho_max``: a tail cap gives way to the bound), else the smallest pool's
    streams move into the other open pools of that class; where neither works, part of a pool's rate
    moves into the others' room up to ``rho_max`` so that it needs one instance fewer (on full cores,
-   after other models' rate moves off the receiving node: solver.queue_cores).
+   after other models' rate moves off the receiving node: solver.queue_cores). Where only pools that reuse
+   running instances are left (Mode 1), the least useful one's traffic drains into the others: the bound
+   counts the instances the plan serves with, and running ones past it go idle (solver.queue_running).
 5. Rejected rate is placed where it fits (headroom first, then a new instance, but never one past the
    spread bound nor one for a sliver that is only part of its stream), else stays rejected; float
    residue left on a pool without instances joins the stream's largest share; step 4 once more.
@@ -286,6 +288,8 @@ def _bound_spread(pools: Pools) -> None:
                 if len(open_j) < 2:
                     if SHED_BY_MOVING and (_shed_by_moving(pools, nodes, k) or _swap_with_room(pools, nodes, k)):
                         continue
+                    if _drain_running(pools, nodes, k):
+                        continue
                     break
                 smallest = min(open_j, key=lambda j: (lam[j, k], j))
                 others = {j for j in range(q.base.n_nodes) if j not in nodes or j == smallest}
@@ -322,6 +326,13 @@ def _swap_with_room(pools: Pools, nodes: list[int], k: int) -> bool:
     from solver.queue_cores import shed_making_room
 
     return shed_making_room(pools, nodes, k)
+
+
+def _drain_running(pools: Pools, nodes: list[int], k: int) -> bool:
+    """Where only pools that reuse running instances are left: drain one's traffic (solver.queue_running)."""
+    from solver.queue_running import drain_running
+
+    return drain_running(pools, nodes, k)
 
 
 def _shed_instance(pools: Pools, nodes: list[int], k: int) -> bool:

@@ -78,6 +78,7 @@ function spark(series) {
 
 function renderModels(c, latency) {
   const where = {};
+  const idle = (c.last_placement && c.last_placement.idle_running) || {};  // kept running, no traffic (Mode 1)
   for (const m of c.members) {
     if (m.status === "dead") continue;
     for (const model of m.models || []) (where[model] = where[model] || []).push(m.node_id);
@@ -88,7 +89,8 @@ function renderModels(c, latency) {
     const chart = lat ? el("div", {}, spark(lat),
       el("span", { class: "muted" }, `${lat.kind} p50 now ${fmt(lat.points[lat.points.length - 1][1], 2)} ms`)) :
       el("span", { class: "muted" }, "no requests through this agent");
-    return el("tr", { "data-model": model }, el("td", {}, model), el("td", {}, where[model].join(", ") || "not running"),
+    const nodes = where[model].map((n) => (Number(idle[n]?.[model]) > 0 ? `${n} (${Number(idle[n][model])} idle)` : n));
+    return el("tr", { "data-model": model }, el("td", {}, model), el("td", {}, nodes.join(", ") || "not running"),
       el("td", {}, chart));
   });
   const body = document.querySelector("#models tbody");

@@ -130,3 +130,16 @@ def test_solve_objective_queue_shares_instances(tmp_path: Path) -> None:
     assert sum(sum(m.values()) for m in thesis["instances"].values()) == 60
     assert max(sum(m.values()) for m in queue["instances"].values()) <= 1
     assert len(queue["shares"]) == 60 and not queue["rejected"]
+
+
+def test_solve_names_the_running_instances_a_mode1_plan_serves_none_with() -> None:
+    """Mode 1 past the instance bound (tests/unit/data/queue_bound_mode1_running.json): the table lists n0's
+    instance of m0 as idle running, and --json carries it in details.idle_running."""
+    case = (Path(__file__).parent / "data" / "queue_bound_mode1_running.json").read_text()
+    snap = json.dumps(json.loads(case)["snap"])
+    out = run("solve", "-", "--objective", "queue", "--mode", "1", stdin=snap)
+    assert out.returncode == 0, out.stderr
+    assert "idle running (no traffic; Mode 1 eviction stops them): n0: m0x1" in out.stdout
+    plan = json.loads(run("solve", "-", "--objective", "queue", "--mode", "1", "--json", stdin=snap).stdout)
+    assert plan["details"]["idle_running"] == {"n0": {"m0": 1}}
+    assert plan["instances"]["n0"] == {"m0": 1} and plan["actions"] == []

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from solver import queue_repair
+from solver import queue_repair, queue_running
 from solver.api import solve
 from solver.node_cpu import busy
 from solver.problem import Mode, build_problem
@@ -23,7 +23,7 @@ from solver.queue_fast import solve_nlp_fast
 from solver.queue_model import build_queue_problem
 from solver.queue_repair import Pools, repair
 from solver.snapshot import Model, Node, Request, Snapshot
-from tests.unit.test_solver_queue_placement import check, spread_violations
+from tests.unit.test_solver_queue_placement import check, instances, spread_violations
 
 
 def cluster(draw: st.DrawFn | None = None, rng: np.random.Generator | None = None) -> Snapshot:
@@ -136,12 +136,7 @@ def test_full_cores_everywhere_need_a_swap_of_two_models_rates(name: str, monkey
     assert spread_violations(repaired(snap, mode))
 
 
-def test_mode1_past_the_bound_only_by_instances_that_already_run() -> None:
-    """Found by the closing property test (tests/unit/data/queue_bound_mode1_running.json; the same in the code
-    before this session): Mode 1, no memory left, 1 + 2 + 2 instances of m0 running, 134 req/s that need 3 at
-    0.9. Repair's shedding only touches pools that start instances, so all five keep traffic (one past need +
-    1 spare); none of them is new, and Mode 1 keeps running instances whatever the plan says (eviction stops
-    idle ones). Open: whether the bound should count instances that run anyway."""
+def _running_case() -> tuple[Snapshot, Mode, Pools]:
     import json
     from pathlib import Path
 
@@ -153,7 +148,114 @@ def test_mode1_past_the_bound_only_by_instances_that_already_run() -> None:
     q = build_queue_problem(build_problem(snap, mode))
     q = with_tail_cap(q) if case["tail"] else q
     nlp = solve_nlp(q, compact=False)
+    return snap, mode, repair(q, nlp.x, nlp.r)
+
+
+def test_mode1_serves_with_the_bound_and_running_instances_past_it_go_idle(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found by the closing property test (tests/unit/data/queue_bound_mode1_running.json): Mode 1, no memory
+    left, 1 + 2 + 2 instances of m0 running on three nano nodes, 134 req/s that need 3 at 0.9 (bound 4).
+    Repair used to shed only pools that start instances, so all five kept traffic. The bound counts the
+    instances the plan serves with: n0's one running instance (its whole pool, the cheapest drain) gives its
+    traffic to n1's and n2's room, runs on (Mode 1 never stops it) with no share, and is reported idle.
+    With the drain off (solver.queue_running.ENABLED) the check fails: all five carry traffic."""
+    snap, mode, pools = _running_case()
+    check(pools)
+    assert pools.counts()[:, 0].tolist() == [0, 2, 2]
+    assert np.all(pools.counts() <= pools.q.base.free)  # every instance with traffic already runs
+    for objective in ("queue", "queue-p99"):
+        plan = solve(snap, objective=objective, mode=mode.value)
+        assert plan.instances == {"n0": {"m0": 1}, "n1": {"m0": 2}, "n2": {"m0": 2}} and plan.actions == ()
+        assert plan.details["idle_running"] == {"n0": {"m0": 1}}
+        assert "n0" not in plan.details["planned_queue"]
+        served = [s for r, s in zip(snap.requests, plan.shares, strict=True) if r.model == "m0"]
+        assert all(s and "n0" not in s for s in served)  # endpoint answers spread over n1 and n2 only
+    monkeypatch.setattr(queue_running, "ENABLED", False)
+    _, _, off = _running_case()
+    assert spread_violations(off) == ["m0 on class nano: 5 instances > 3 needed + 1"]
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(instances(), st.booleans())
+def test_mode1_with_running_instances_keeps_the_bound_on_the_instances_with_traffic(snap: Snapshot, tail: bool) -> None:
+    """Up to 5 nodes of two classes, 0-2 instances of each model running, memory from none: in Mode 1 the
+    instances that carry traffic keep the bound after repair, pool closing and the best split, with no
+    exception; the plan's idle running instances are among those it keeps running."""
+    from solver.queue_model import solve_nlp
+    from solver.queue_move import move_instances
+    from solver.queue_split import best_split
+    from solver.tail_cap import with_tail_cap
+
+    q = build_queue_problem(build_problem(snap, Mode.MODE1))
+    q = with_tail_cap(q) if tail else q
+    nlp = solve_nlp(q, compact=False)
     pools = repair(q, nlp.x, nlp.r)
-    check(pools, bound=False)
-    assert spread_violations(pools) == ["m0 on class nano: 5 instances > 3 needed + 1"]
-    assert np.all(pools.counts() <= q.base.free)  # every instance with traffic already runs
+    check(pools)
+    check_cores(pools)
+    close_pools_fast(pools)
+    check(pools)
+    move_instances(pools)
+    best_split(pools)
+    check(pools)
+    plan = solve(snap, objective="queue-p99" if tail else "queue", mode="1")
+    idle = plan.details["idle_running"]
+    for node, running in plan.instances.items():
+        for model, n in running.items():
+            assert 0 <= idle.get(node, {}).get(model, 0) <= n
+
+
+@pytest.mark.parametrize("name", ["queue_split_bound_a.json", "queue_split_bound_b.json"])
+def test_the_best_split_keeps_the_bound_where_it_moves_rate_between_node_classes(
+    name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by bench/bound_sweep.py (2 of 1,000 Mode 1 clusters with running instances, nano and orin nodes):
+    repair keeps the bound, then the best split (solver.queue_split) moves rate from one class's pools to the
+    other's on the same counts, so the first class's need at rho_max falls by one and its count is past the
+    bound. Such a split is no longer taken; with that check off the bound check fails."""
+    import json
+    from pathlib import Path
+
+    from solver import queue_split
+    from solver.queue_move import move_instances
+    from solver.queue_split import best_split
+    from solver.tail_cap import with_tail_cap
+
+    case = json.loads((Path(__file__).parent / "data" / name).read_text())
+    q = build_queue_problem(build_problem(Snapshot.from_dict(case["snap"]), Mode(case["mode"])))
+    q = with_tail_cap(q) if case["tail"] else q
+
+    def planned() -> Pools:
+        nlp = solve_nlp_fast(q)
+        pools = repair(q, nlp.x, nlp.r, nlp.n)
+        check(pools)
+        close_pools_fast(pools)
+        move_instances(pools)
+        best_split(pools)
+        return pools
+
+    check(planned())
+    check_cores(planned())
+    monkeypatch.setattr(queue_split, "KEEP_BOUND", False)
+    assert spread_violations(planned())
+
+
+def test_the_splits_bound_check_is_repairs_for_every_model() -> None:
+    """solver.queue_split's vectorised bound excess equals solver.queue_repair.bound_excess per model."""
+    import json
+    from pathlib import Path
+
+    from solver.queue_split import _bound_excess
+
+    data = Path(__file__).parent / "data"
+    two_classes = [json.loads((data / f"queue_split_bound_{x}.json").read_text()) for x in "ab"]
+    cases = [seeded(seed) for seed in range(30)] + [
+        (Snapshot.from_dict(c["snap"]), Mode(c["mode"])) for c in two_classes
+    ]
+    past = 0
+    for snap, mode in cases:
+        pools = repaired(snap, mode)
+        for scale in (1.0, 0.3):  # caps cut: counts up, past the bound in some classes
+            pools.cap = pools.cap * scale
+            want = [queue_repair.bound_excess(pools, k) for k in range(len(snap.models))]
+            assert _bound_excess(pools).tolist() == want
+            past += max(want) > 0
+    assert past >= 10

@@ -286,3 +286,14 @@ def test_a_target_the_node_reaches_stops_counting_and_a_raised_target_gets_fresh
     m.step(Solved(1000.3, 7, {**PLAN, "instances": {"b": {"m": 2}}}, requests=0))  # target raised to 2
     assert m.intent["b"] == {"m": 2} and ("b", "m") not in m.short
     assert len(m.short) <= sum(len(t) for t in m.intent.values())  # bounded by the targets
+
+
+def test_the_summary_carries_the_plans_idle_running_instances() -> None:
+    """A Mode 1 plan past the instance bound keeps instances running without traffic
+    (``details["idle_running"]``, solver.queue_running); every agent's summary names them, so its endpoint
+    answers spread over the instances the plan serves with (agent.decisions.spread_choice)."""
+    m = solving()
+    details = {"spread": [], "planned_queue": {"b": {"m": 0.5}}, "idle_running": {"a": {"m": 1}}}
+    out = m.step(Solved(101.0, 1, {**PLAN, "details": details}, requests=1))
+    assert isinstance(out[0], Command)
+    assert out[0].summary["idle_running"] == {"a": {"m": 1}} and out[0].summary["planned_queue"] == {"b": {"m": 0.5}}

@@ -83,7 +83,7 @@ def test_closing_keeps_every_invariant_and_never_raises_the_objective(snap: Snap
     before, rejected = integer_objective(pools), pools.rejected.copy()
     excess = [bound_excess(pools, k) for k in range(len(snap.models))]
     close_pools(pools)
-    check(pools, bound=False)  # repair's bound is repair's (tests/unit/data/queue_bound_mode1_running.json)
+    check(pools)  # the bound on the instances with traffic, Mode 1 included (solver.queue_running)
     after = [bound_excess(pools, k) for k in range(len(snap.models))]
     assert all(a <= max(b, 0) for a, b in zip(after, excess, strict=True))  # closing never adds to it
     assert np.all(pools.lam() <= pools.cap * pools.counts() + 1e-6)

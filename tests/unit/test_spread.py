@@ -113,3 +113,52 @@ def test_spread_tables_are_bounded() -> None:
     )
     assert len(solve(many, objective="queue", mode="2").details["spread"]) == MAX_SPREAD_SITES
     assert all(np.isclose(sum(s["shares"].values()), 1.0) for s in plan.details["spread"])
+
+
+def test_idle_running_instances_get_no_draw_and_the_nodes_share_goes_to_the_rest() -> None:
+    """Mode 1 past the instance bound (solver.queue_running): the plan keeps 1 of node a's 3 instances
+    running without traffic; a's share is split over its first 2 endpoints in rank order (by URL, the same
+    on every agent), the third stays a fallback at its rank. Malformed or absurd counts are ignored; a node
+    always keeps one endpoint for its share."""
+    choices = ranked(("a", "a1"), ("a", "a2"), ("a", "a3"), ("b", "b1"))
+    assert firsts(choices, {"a": 0.5, "b": 0.5}, idle={"a": 1}) == {"a1": 250, "a2": 250, "b1": 500}
+    assert firsts(choices, {"a": 0.5, "b": 0.5}, idle={"a": 9}) == {"a1": 500, "b1": 500}
+    assert firsts(choices, {"a": 0.5, "b": 0.5}, idle={"a": -4}) == firsts(choices, {"a": 0.5, "b": 0.5})
+    raw = [{"model": "m", "rtt_ms": RTTS, "shares": {"a": 0.5, "b": 0.5}}]
+    for idle, third in (({"a": {"m": 1}}, 0), ({"a": {"m": 1.5}}, 0), ({"a": {"m": "x"}, "b": 3}, 1)):
+        urls = Counter(
+            spread_ranked(choices, {"spread": raw, "idle_running": idle}, "m", RTTS, (i + 0.5) / 600)[0].candidate.url
+            for i in range(600)
+        )
+        assert urls["a3"] == (100 if third else 0) and urls["b1"] == 300
+    for absurd in (True, float("nan"), float("inf"), 1e12, -1):
+        urls = Counter(
+            spread_ranked(choices, {"spread": raw, "idle_running": {"a": {"m": absurd}}}, "m", RTTS, (i + 0.5) / 600)[
+                0
+            ].candidate.url
+            for i in range(600)
+        )
+        assert urls == {"a1": 100, "a2": 100, "a3": 100, "b1": 300}, absurd
+
+
+def test_a_mode1_plan_past_the_bound_sends_no_draw_to_its_idle_node() -> None:
+    """End to end on tests/unit/data/queue_bound_mode1_running.json: the plan's summary (spread, planned queue,
+    idle running) sends no request of m0 to n0, whose running instance the plan keeps idle."""
+    import json
+    from pathlib import Path
+
+    case = json.loads((Path(__file__).parent / "data" / "queue_bound_mode1_running.json").read_text())
+    snap = Snapshot.from_dict(case["snap"])
+    plan = solve(snap, objective="queue", mode="1")
+    summary = {key: plan.details[key] for key in ("spread", "planned_queue", "idle_running")}
+    cands = [Candidate("n0", "n0-1", "m0", 2.0, 0.0)] + [
+        Candidate(n, f"{n}-{i}", "m0", 2.0, 0.0) for n in ("n1", "n2") for i in (1, 2)
+    ]
+    for req in snap.requests:
+        if req.model != "m0":
+            continue
+        order = rank_endpoints(cands, req.rtt_ms)
+        firsts_ = {
+            spread_ranked(order, summary, "m0", req.rtt_ms, (i + 0.5) / 200)[0].candidate.node for i in range(200)
+        }
+        assert "n0" not in firsts_
