@@ -17,6 +17,7 @@ rejection penalty. Every step lowers it or closes a pool without raising it, so 
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import numpy as np
 
@@ -112,11 +113,12 @@ SCREEN_FALLS = True  # count the destinations' falls (switched off only to show 
 
 
 def _wait(pools: Pools, lam: FloatArray, servers: FloatArray) -> FloatArray:
-    """[j, k] the integer objective's wait term of every pool at rates ``lam`` on ``servers`` effective servers."""
+    """[j, k] the integer objective's wait term of every pool at rates ``lam`` on ``servers`` effective servers
+    (any leading axes broadcast: the same operations per element)."""
     q = pools.q
-    safe = np.where(servers > 0, servers, 1.0)
-    t = np.minimum(lam / safe, q.rho_max * q.mu)
-    return np.asarray(np.where((lam > 0) & (servers > 0), lam * (1000.0 / (q.mu - t) - pools.service_ms), 0.0))
+    positive = servers > 0
+    t = np.minimum(lam / np.where(positive, servers, 1.0), q.rho_max * q.mu)
+    return np.asarray(np.where((lam > 0) & positive, lam * (1000.0 / (q.mu - t) - pools.service_ms), 0.0))
 
 
 def close_screen(pools: Pools, lam: FloatArray, counts: IntArray) -> tuple[FloatArray, FloatArray]:
@@ -129,23 +131,38 @@ def close_screen(pools: Pools, lam: FloatArray, counts: IntArray) -> tuple[Float
     cores = np.asarray(pools.cores, dtype=float)[:, None]
     n = counts.astype(float)
     total = n.sum(axis=1, keepdims=True)
-    wait = _wait(pools, lam, effective_servers(counts, pools.cores))
-    new = np.maximum(n - p.free, 0.0)
-    own = q.instance_cost * new + wait
+    cored = bool(np.isfinite(cores).any())  # without cores every share is 1.0 and x * 1.0 is x: skipped
+    wait = _wait(pools, lam, effective_servers(counts, pools.cores) if cored else n)
+    own = q.instance_cost * np.maximum(n - p.free, 0.0) + wait
     # node j's other pools when pool (j, k) closes: each of its instances then gets C / (T - n_jk) of a core
     saves = np.where(counts > 0, own, 0.0)
     # where no node has more instances than cores, every share below is 1 and ``lost`` is exactly 0
-    for k in range(counts.shape[1]) if np.any(total > cores) else ():
-        lost = wait - _wait(pools, lam, n * np.minimum(1.0, cores / np.maximum(total - n[:, k : k + 1], 1e-12)))
-        saves[:, k] += np.where(counts[:, k] > 0, lost.sum(axis=1) - lost[:, k], 0.0)
+    if cored and np.any(total > cores):
+        saves += _shares_lost(pools, lam, n, cores, total, wait, counts > 0)
     if not SCREEN_FALLS:
         return saves, np.zeros_like(saves)
     best = q.instance_cost * np.maximum(n + LOOKAHEAD + 1 - p.free, 0.0) + lam * (1000.0 / q.mu - pools.service_ms)
-    for d in range(1, LOOKAHEAD + 1):
-        servers = (n + d) * np.minimum(1.0, cores / (total + d))
-        best = np.minimum(best, q.instance_cost * np.maximum(n + d - p.free, 0.0) + _wait(pools, lam, servers))
+    d = _AHEAD[:, None, None]  # the LOOKAHEAD instance counts at once, [d, j, k] (their min is order-free)
+    servers = (n + d) * np.minimum(1.0, cores / (total + d)) if cored else n + d
+    ahead = q.instance_cost * np.maximum(n + d - p.free, 0.0) + _wait(pools, lam, servers)
+    best = np.minimum(best, ahead.min(axis=0))
     fall = np.where(counts > 0, np.maximum(own - best, 0.0), 0.0)
     return saves, fall
+
+
+_AHEAD = np.arange(1, LOOKAHEAD + 1, dtype=float)
+
+
+def _shares_lost(
+    pools: Pools, lam: FloatArray, n: FloatArray, cores: FloatArray, total: FloatArray, wait: FloatArray, open_: Any
+) -> FloatArray:
+    """[j, k] the wait node j's other pools lose when pool (j, k) closes and their share of the cores grows
+    (every k at once on a [k, j, k2] array: the same sums as one k at a time)."""
+    K = n.shape[1]
+    rest = np.maximum(total[None, :, :] - n.T[:, :, None], 1e-12)  # [k, j, 1]: node j's instances without (j, k)
+    lost = wait[None] - _wait(pools, lam[None], n[None] * np.minimum(1.0, cores[None] / rest))  # [k, j, k2]
+    mine = lost[np.arange(K), :, np.arange(K)]  # [k, j]: lost[k, j, k]
+    return np.where(open_, (lost.sum(axis=2) - mine).T, 0.0)
 
 
 Signature = tuple[np.ndarray, ...]

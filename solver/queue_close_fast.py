@@ -155,9 +155,9 @@ def _least_elsewhere(score: FloatArray) -> FloatArray:
 def _per_pool(pools: Pools, per_class: FloatArray) -> FloatArray:
     """[j, k] the sum of ``pools.x * per_class`` over the streams of model k that pool (j, k) carries."""
     p = pools.q.base
-    contrib = pools.x * np.where(pools.x > 0, per_class, 0.0)
+    rows, cols = np.nonzero(pools.x > 0)  # row by row: each pool's terms in class order, as a dense add.at adds
     out = np.zeros((len(p.model_names), p.n_nodes))
-    np.add.at(out, p.class_model, contrib)
+    np.add.at(out, (p.class_model[rows], cols), pools.x[rows, cols] * per_class[rows, cols])  # zeros add nothing
     return out.T
 
 
@@ -201,7 +201,11 @@ def _close_one(
 
 def _try_close(pools: Pools, static: _Static, view: _View, j: int, k: int) -> list[tuple[int, int, float]] | None:
     """The moves that empty pool (j, k) into the model's other open pools, if they fit and do not cost more."""
-    col = pools.x[:, j].tolist()
+    col = pools.x[:, j]
+    if len(static.classes[k]) > 64:  # many classes: numpy picks the positive ones (in class order)
+        members = np.flatnonzero((col > 0) & (pools.q.base.class_model == k)).tolist()
+    else:
+        members = [c for c, v in zip(static.classes[k], col[static.classes[k]].tolist(), strict=True) if v > 0]
     lam, cnt = list(view.lam_k[k]), list(view.cnt_k[k])
     cap, free = static.cap[k], static.free[k]
     used = {o: [*view.used[o], view.busy[o]] for o in view.open[k]}
@@ -209,10 +213,7 @@ def _try_close(pools: Pools, static: _Static, view: _View, j: int, k: int) -> li
     mem_k, comp_k, costs, mu = static.mem[k], static.comp[k], static.cost, static.mu[k]
     moves: list[tuple[int, int, float]] = []
     delta = 0.0
-    for c in static.classes[k]:
-        amount = col[c]
-        if amount <= 0:
-            continue
+    for c, amount in zip(members, col[members].tolist(), strict=True):
         dst = _destination(static, c, k, amount, open_, lam, cnt, used)
         if dst is None:
             return None

@@ -5,10 +5,11 @@ per req/s and needs ``mem_k / t`` MB and ``comp_k / t`` compute per req/s: for f
 Mixing loads in one pool is feasible for the NLP and costs no less there (its delay is sublinear), so the
 LP over a set of loads per pool (one column per pool and load) bounds R(S)'s optimum from above. Its row
 prices ``a_j``, ``b_j`` (memory, compute) give each pool the load it should run at, ``t*`` with
-``t* / (mu - t*) = sqrt(beta_jk / 1000)``, ``beta_jk = beta + a_j mem_k + b_j comp_k`` (at most its load
-cap), and the Lagrangian bound
+``t* / (mu - t*) = sqrt(beta_jk / 1000)``, ``beta_jk = beta + a_j mem_k + b_j comp_k + c_j`` (at most its
+load cap; ``c_j`` the price of node j's core row sum_k n_jk <= cores_j, where it declares cores: as in the
+compact NLP a pool's n is its servers there, ``1 / t`` per req/s in that row), and the Lagrangian bound
 
-    L(a, b) = sum_c rate_c min(outside_c, min_j [cost_cj + w_jk(beta_jk)]) - a.M - b.C
+    L(a, b, c) = sum_c rate_c min(outside_c, min_j [cost_cj + w_jk(beta_jk)]) - a.M - b.C - c.cores
 
 (``w`` the pool's cost per req/s at ``t*``; a pool that reuses running instances has a link row
 n - new <= free whose price ``v`` in [0, beta_jk] prices its instances instead, and its free ones add
@@ -39,14 +40,19 @@ log = logging.getLogger(__name__)
 GAP = 1e-8  # relative gap between the LP's NLP objective and the Lagrangian bound that proves the optimum
 MAX_ROUNDS = 24  # the bench instances need 3-16
 MIN_LOAD = 1e-6  # least per-instance load of a column (a pool whose instances cost nothing wants t -> 0)
+# first LP: loads also at these multiples of the instance price (measured on the bench's R(S) problems: 7.1 -> 5.6
+# LP solves per R(S), 8.1 -> 7.5 ms)
+START_LADDER: tuple[float, ...] = (3.0, 10.0, 30.0, 100.0)
 SMOOTH = 0.5  # weight of the best bound's prices in the smoothed prices (Wentges)
 PROVE = True  # stop only at a proven optimum (switched off only to show the oracle test failing)
-# Off by default: issue 16 asks that Ipopt solve the nonlinear relaxation, and this method does not model
-# node cores (the agent always reports them). `bench/queue_bench.py --proven-cg` measures it beside Ipopt;
-# tests/unit/test_queue_dual.py holds it to Ipopt's optimum.
+# Off by default as the relaxation's answer: issue 16 asks that Ipopt solve the nonlinear relaxation
+# (solver.queue_warm certifies this method's optimum by a warm-started Ipopt instead: ``prove_lp``).
+# `bench/queue_bench.py --proven-cg` measures it beside Ipopt; tests/unit/test_queue_dual.py holds it to
+# Ipopt's optimum, nodes with cores included.
 ENABLED = False
 BoolArray = npt.NDArray[np.bool_]
-Prices = tuple[FloatArray, FloatArray, FloatArray]  # memory, compute row prices [j]; reused pools' link rows [j, k]
+# memory, compute row prices [j]; reused pools' link rows [j, k]; core rows [j] (0 on a node without cores)
+Prices = tuple[FloatArray, FloatArray, FloatArray, FloatArray]
 
 
 def best_load(q: QueueProblem, price: FloatArray) -> tuple[FloatArray, FloatArray]:
@@ -70,17 +76,44 @@ def solve_binding(q: QueueProblem, allowed: BoolArray) -> NlpSolution | None:
 
 
 def solve_binding_priced(q: QueueProblem, allowed: BoolArray) -> tuple[NlpSolution, Prices] | None:
-    """``solve_binding`` and the (memory, compute) row prices [j] whose Lagrangian bound proves it."""
+    """``solve_binding`` and the row prices (``Prices``) whose Lagrangian bound proves it."""
+    return prove(q, allowed) if ENABLED else None
+
+
+def prove(q: QueueProblem, allowed: BoolArray) -> tuple[NlpSolution, Prices] | None:
+    """``solve_binding_priced`` whether or not ``ENABLED`` (solver.queue_warm certifies its result by Ipopt)."""
+    found = prove_lp(q, allowed)
+    return None if found is None else (found.solution, found.prices)
+
+
+@dataclasses.dataclass(frozen=True)
+class Proof:
+    """A proven R(S) optimum: the LP's point, the prices of its bound, and the LP's own duals at its optimum
+    (``reduced`` [c, j] per allowed column, inf elsewhere; ``assign`` [C] and ``pool`` [P] row multipliers
+    with the NLP's sign: Lagrangian f + y.g)."""
+
+    solution: NlpSolution
+    prices: Prices
+    reduced: FloatArray
+    assign: FloatArray
+    pool: FloatArray
+
+
+def prove_lp(q: QueueProblem, allowed: BoolArray, gap: float = GAP, exact_slack: bool = True) -> Proof | None:
+    """``prove`` with the LP's duals at its optimum (``Proof``), to relative ``gap``. ``exact_slack=False``: the
+    rows carry the N_MIN slack of every pool from the start (no re-solve when the pools with rate change; the
+    LP then relaxes R(S) by a few millionths of an instance per pool: for a warm start, not as R(S)'s answer)."""
     p = q.base
-    if not ENABLED or q.instance_cost <= 0 or not allowed.any() or _unknown_terms(q) or _has_cores(q):
+    if q.instance_cost <= 0 or not allowed.any() or _unknown_terms(q):
         return None
     try:
         import highspy
     except ImportError:  # pragma: no cover - depends on the install
         return None
     lp = _Lp(q, allowed, highspy)
-    zero: Prices = (np.zeros(p.n_nodes), np.zeros(p.n_nodes), np.full(q.mu.shape, q.instance_cost))
-    lp.add_level(best_load(q, _price(q, *zero))[0])
+    if not exact_slack:
+        lp.budgets_for(np.ones(q.mu.shape, dtype=bool))
+    zero = _start_levels(q, lp)
     best = -math.inf
     best_prices = zero
     for rounds in range(1, MAX_ROUNDS + 1):
@@ -93,22 +126,35 @@ def solve_binding_priced(q: QueueProblem, allowed: BoolArray) -> tuple[NlpSoluti
             continue  # the active pools changed: their slivers of slack moved (see _Lp.budgets_for)
         upper = nlp_value(q, x, r, n)
         # Wentges smoothing: new loads at the LP's prices and between them and the best bound's prices
-        mixed: Prices = (
-            SMOOTH * best_prices[0] + (1 - SMOOTH) * prices[0],
-            SMOOTH * best_prices[1] + (1 - SMOOTH) * prices[1],
-            SMOOTH * best_prices[2] + (1 - SMOOTH) * prices[2],
-        )
+        mixed = _smoothed(prices, best_prices)
         for cand in (prices, mixed):
             lower = lagrangian_bound(q, allowed, *cand, budgets=lp.budgets)
             if lower > best:
                 best, best_prices = lower, cand
-        if upper - best <= GAP * max(1.0, abs(upper)) or not PROVE:
+        if upper - best <= gap * max(1.0, abs(upper)) or not PROVE:
             log.debug("R(S) by column generation: %d rounds, gap %.2e", rounds, upper - best)
-            return NlpSolution(x, r, lam, n, upper, "optimal", 0, rounds, int(allowed.sum())), best_prices
+            found = NlpSolution(x, r, lam, n, upper, "optimal", 0, rounds, int(allowed.sum()), servers=lp.servers(n))
+            return Proof(found, best_prices, lp.reduced_costs(), *lp.row_multipliers())
         lp.add_level(best_load(q, _price(q, *prices))[0])
         lp.add_level(best_load(q, _price(q, *mixed))[0])
     log.info("R(S) by column generation: no proof after %d rounds; Ipopt solves it", MAX_ROUNDS)
     return None
+
+
+def _start_levels(q: QueueProblem, lp: _Lp) -> Prices:
+    """Add the first LP's loads (at no row price, and ``START_LADDER`` times the instance price); the zero prices."""
+    nothing = np.zeros(q.base.n_nodes)
+    zero: Prices = (nothing, nothing, np.full(q.mu.shape, q.instance_cost), nothing)
+    lp.add_level(best_load(q, _price(q, *zero))[0])
+    for factor in START_LADDER:  # loads at higher instance prices, as if memory, compute or cores were priced
+        lp.add_level(best_load(q, factor * _price(q, *zero))[0])
+    return zero
+
+
+def _smoothed(prices: Prices, best: Prices) -> Prices:
+    """Wentges: ``SMOOTH`` of the way from the LP's prices to the best bound's."""
+    a, b, c, d = (SMOOTH * y + (1 - SMOOTH) * x for x, y in zip(prices, best, strict=True))
+    return a, b, c, d
 
 
 KNOWN_FIELDS = frozenset({"base", "rate", "mu", "node_class", "rho_max", "instance_cost", "load_cap", "r_cost"})
@@ -125,18 +171,25 @@ def _unknown_terms(q: QueueProblem) -> bool:
     return False
 
 
-def _has_cores(q: QueueProblem) -> bool:
-    """Whether a node of ``q`` declares ``cores`` (its instances share them: rows this LP does not model)."""
-    mine = set(q.base.node_ids)
-    return any(getattr(n, "cores", None) is not None for n in q.base.snapshot.nodes if n.id in mine)
+def core_capacity(q: QueueProblem) -> FloatArray:
+    """[j] the core row's right-hand side of a node (as solver.queue_model's compact form; inf without cores)."""
+    return np.maximum(q.cores(), 2 * N_MIN * len(q.base.model_names))
 
 
-def _price(q: QueueProblem, mem_price: FloatArray, comp_price: FloatArray, link_price: FloatArray) -> FloatArray:
+def _price(
+    q: QueueProblem,
+    mem_price: FloatArray,
+    comp_price: FloatArray,
+    link_price: FloatArray,
+    core_price: FloatArray | None = None,
+) -> FloatArray:
     """[j, k] an instance's price: beta plus its memory and compute at the rows' prices [j]; in a pool that
-    reuses running instances, its link row's price (between 0 and that: a running instance costs nothing)."""
+    reuses running instances, its link row's price (between 0 and that: a running instance costs nothing);
+    plus its node's core row price where the node has cores (every instance there is one of its servers)."""
     p = q.base
     new = q.instance_cost + mem_price[:, None] * p.mem[None, :] + comp_price[:, None] * p.comp[None, :]
-    return np.asarray(np.where(p.free > 0, np.clip(link_price, 0.0, new), new))
+    core = np.zeros(p.n_nodes) if core_price is None else np.where(np.isfinite(q.cores()), core_price, 0.0)
+    return np.asarray(np.where(p.free > 0, np.clip(link_price, 0.0, new), new) + core[:, None])
 
 
 def nlp_value(q: QueueProblem, x: FloatArray, r: FloatArray, n: FloatArray) -> float:
@@ -158,21 +211,32 @@ def lagrangian_bound(
     mem_price: FloatArray,
     comp_price: FloatArray,
     link_price: FloatArray,
-    budgets: tuple[FloatArray, FloatArray] | None = None,
+    core_price: FloatArray | None = None,
+    budgets: tuple[FloatArray, FloatArray, FloatArray] | None = None,
 ) -> float:
-    """L(a, b, v): a lower bound on R(S)'s optimum at memory and compute prices ``a``, ``b`` (>= 0) [j] and
-    link prices ``v`` [j, k] of the pools that reuse running instances, with the rows' ``budgets`` (memory,
-    compute) [j] (default: the problem's). With the link rows n - new <= free relaxed at v (0 <= v <= the
-    instance's price), such a pool's instances cost v each and the free ones are worth v free."""
+    """L(a, b, v, c): a lower bound on R(S)'s optimum at memory and compute prices ``a``, ``b`` (>= 0) [j],
+    link prices ``v`` [j, k] of the pools that reuse running instances and core prices ``c`` (>= 0) [j], with
+    the rows' ``budgets`` (memory, compute, cores) [j] (default: the problem's). With the link rows
+    n - new <= free relaxed at v (0 <= v <= the instance's price), such a pool's instances cost v each and
+    the free ones are worth v free; with a node's core row sum_k n <= cores relaxed at c, each of its
+    instances costs c more and its cores are worth c cores."""
     p = q.base
-    price = _price(q, mem_price, comp_price, link_price)
+    price = _price(q, mem_price, comp_price, link_price, core_price)
     _, w = best_load(q, price)
     per = np.where(allowed, p.cost + w[:, p.class_model].T, np.inf).min(axis=1)
     outside = q.r_cost if q.r_cost is not None else np.full(p.n_classes, q.penalty())
     served = np.minimum(per, outside)
-    mem_b, comp_b = budgets if budgets is not None else (np.maximum(p.mem_budget, 0.0), np.maximum(p.comp_budget, 0.0))
-    reused = float((np.where(p.free > 0, price, 0.0) * p.free).sum())
-    return float(q.rate @ served - mem_price @ mem_b - comp_price @ comp_b - reused)
+    mem_b, comp_b, core_b = budgets if budgets is not None else (*_plain_budgets(q), core_capacity(q))
+    link = _price(q, mem_price, comp_price, link_price)  # without the core price: that is paid on core_b
+    reused = float((np.where(p.free > 0, link, 0.0) * p.free).sum())
+    cored = np.isfinite(core_b)
+    cores = 0.0 if core_price is None else float(np.where(cored, core_price, 0.0) @ np.where(cored, core_b, 0.0))
+    return float(q.rate @ served - mem_price @ mem_b - comp_price @ comp_b - cores - reused)
+
+
+def _plain_budgets(q: QueueProblem) -> tuple[FloatArray, FloatArray]:
+    """[j] memory and compute budgets (at least 0)."""
+    return np.maximum(q.base.mem_budget, 0.0), np.maximum(q.base.comp_budget, 0.0)
 
 
 class _Lp:
@@ -181,7 +245,8 @@ class _Lp:
     columns and re-solves from the last basis.
 
     Rows: assignment [C] (sum x + r = rate), pool balance [P] (sum z - sum x = 0), memory [J] and compute
-    [J] (on n = sum z / t, or on new where a pool reuses instances), link [R] (sum z / t - new <= free).
+    [J] (on n = sum z / t, or on new where a pool reuses instances), link [R] (sum z / t - new <= free),
+    cores [Q] (sum_k sum z / t <= cores, on each node that declares cores: n is the pool's servers there).
     """
 
     def __init__(self, q: QueueProblem, allowed: BoolArray, hs: Any) -> None:
@@ -193,30 +258,38 @@ class _Lp:
         self.reuse = np.flatnonzero(p.free.ravel() > 0)  # pools with running instances to reuse
         self.link_of = np.full(P, -1)
         self.link_of[self.reuse] = np.arange(len(self.reuse))
+        self.cored = np.flatnonzero(np.isfinite(q.cores()))  # nodes with a core row
+        self.core_of = np.full(J, -1)
+        self.core_of[self.cored] = np.arange(len(self.cored))
         X, R = len(self.xc), len(self.reuse)
         outside = q.r_cost if q.r_cost is not None else np.full(C, q.penalty())
         rj, rk = np.divmod(self.reuse, K)
         link0 = C + P + 2 * J
+        self.core0 = link0 + R
         assign, balance = [self.xc, np.arange(C)], C + self.xj * K + p.class_model[self.xc]
         rows = np.concatenate([assign[0], balance, assign[1], C + P + rj, C + P + J + rj, link0 + np.arange(R)])
         cols = np.concatenate([np.arange(X), np.arange(X), X + np.arange(C), *[X + C + np.arange(R)] * 3])
         vals = np.concatenate([np.ones(X), -np.ones(X), np.ones(C), p.mem[rk], p.comp[rk], -np.ones(R)])
         keep = vals != 0
-        n_col, n_row = X + C + R, link0 + R
+        n_col, n_row = X + C + R, self.core0 + len(self.cored)
         a = sp.csc_matrix((vals[keep], (rows[keep], cols[keep])), shape=(n_row, n_col))
         # the bindings' own class: highspy.Highs() prints HiGHS's banner to stdout before any option can be
         # set, and stdout carries `peerserve solve --json`
         h = getattr(getattr(hs, "_core", None), "_Highs", hs.Highs)()
         h.setOptionValue("output_flag", False)
         h.setOptionValue("threads", 1)
+        h.setOptionValue("presolve", "off")  # measured: 20 % less time on these small LPs, re-solved from a basis
         lp = hs.HighsLp()
         lp.num_col_, lp.num_row_ = n_col, n_row
         lp.col_cost_ = np.concatenate([p.cost[self.xc, self.xj], outside, np.full(R, q.instance_cost)])
         lp.col_lower_, lp.col_upper_ = np.zeros(n_col), np.full(n_col, math.inf)
-        self.active = np.zeros((J, K), dtype=bool)
-        self.budgets = (np.maximum(p.mem_budget, 0.0), np.maximum(p.comp_budget, 0.0))
-        lp.row_lower_ = np.concatenate([q.rate, np.zeros(P), np.full(2 * J + R, -math.inf)])
-        lp.row_upper_ = np.concatenate([q.rate, np.zeros(P), *self.budgets, p.free.ravel()[self.reuse]])
+        self.active = np.zeros((J, K), dtype=bool)  # pools with rate that start new instances
+        self.served = np.zeros((J, K), dtype=bool)  # pools with rate
+        # every pool holds n >= N_MIN of its node's cores in the reference NLP: those without rate hold that
+        self.budgets = (*_plain_budgets(q), core_capacity(q) - N_MIN * K)
+        lp.row_lower_ = np.concatenate([q.rate, np.zeros(P), np.full(n_row - C - P, -math.inf)])
+        core_b = self.budgets[2][self.cored]
+        lp.row_upper_ = np.concatenate([q.rate, np.zeros(P), *self.budgets[:2], p.free.ravel()[self.reuse], core_b])
         lp.a_matrix_.format_ = hs.MatrixFormat.kColwise
         lp.a_matrix_.start_, lp.a_matrix_.index_, lp.a_matrix_.value_ = a.indptr, a.indices, a.data
         h.passModel(lp)
@@ -229,24 +302,30 @@ class _Lp:
         The reference NLP keeps every pool at n >= N_MIN and gives each node N_MIN of every model's memory
         and compute as slack (solver.queue_model); a pool without rate sits at N_MIN, so the pools with rate
         that start new instances share M_j + N_MIN sum of their models' memory (compute alike; a pool that
-        reuses instances holds its N_MIN in them). The same rows here make the optimum the reference's, not
-        one a few millionths above it."""
+        reuses instances holds its N_MIN in them), and a node's pools with rate share its cores less N_MIN per
+        pool without. The same rows here make the optimum the reference's, not one a few millionths above it."""
         p = self.q.base
-        active = (active & (p.free == 0)) | self.active  # only ever grows: budgets that follow it can cycle
-        if np.array_equal(active, self.active):
+        served = active | self.served  # only ever grows: budgets that follow it can cycle
+        active = (active & (p.free == 0)) | self.active
+        if np.array_equal(active, self.active) and np.array_equal(served, self.served):
             return False
-        self.active = active
+        self.active, self.served = active, served
+        mem, comp = _plain_budgets(self.q)
         self.budgets = (
-            np.maximum(p.mem_budget, 0.0) + N_MIN * (active @ p.mem),
-            np.maximum(p.comp_budget, 0.0) + N_MIN * (active @ p.comp),
+            mem + N_MIN * (active @ p.mem),
+            comp + N_MIN * (active @ p.comp),
+            core_capacity(self.q) - N_MIN * (self.K - served.sum(axis=1)),
         )
         rows = self.C + self.J * self.K + np.arange(2 * self.J, dtype=np.int32)
-        self.h.changeRowsBounds(len(rows), rows, np.full(len(rows), -math.inf), np.concatenate(self.budgets))
+        rows = np.concatenate([rows, self.core0 + np.arange(len(self.cored), dtype=np.int32)])
+        bounds = np.concatenate([*self.budgets[:2], self.budgets[2][self.cored]])
+        self.h.changeRowsBounds(len(rows), rows, np.full(len(rows), -math.inf), bounds)
         return True
 
     def add_level(self, t: FloatArray) -> None:
         """One column per pool run at per-instance rate t [j, k]: its cost per req/s, and its instances per
-        req/s in the memory and compute rows (or, where the pool reuses instances, in its link row)."""
+        req/s in the memory and compute rows (or, where the pool reuses instances, in its link row) and in
+        its node's core row."""
         q, p = self.q, self.q.base
         C, J, K = self.C, self.J, self.K
         P = J * K
@@ -255,10 +334,11 @@ class _Lp:
         tz = t.ravel()
         linked = self.link_of >= 0
         link_row = C + P + 2 * J + np.maximum(self.link_of, 0)
+        core_row = np.where(self.core_of[zj] >= 0, self.core0 + self.core_of[zj], -1)
         rows = np.stack(
-            [C + pools, np.where(linked, link_row, C + P + zj), np.where(linked, -1, C + P + J + zj)], axis=1
+            [C + pools, np.where(linked, link_row, C + P + zj), np.where(linked, -1, C + P + J + zj), core_row], axis=1
         )
-        vals = np.stack([np.ones(P), np.where(linked, 1.0, p.mem[zk]) / tz, p.comp[zk] / tz], axis=1)
+        vals = np.stack([np.ones(P), np.where(linked, 1.0, p.mem[zk]) / tz, p.comp[zk] / tz, 1.0 / tz], axis=1)
         keep = (rows >= 0) & (vals != 0)
         starts = np.concatenate([[0], np.cumsum(keep.sum(axis=1))[:-1]]).astype(np.int32)
         # where the pool reuses instances, new instances are paid through its `new` column, not per req/s
@@ -278,18 +358,37 @@ class _Lp:
         sol = h.getSolution()
         col = np.clip(np.asarray(sol.col_value), 0.0, None)
         dual = np.asarray(sol.row_dual)
+        self.col_dual, self.row_dual = np.asarray(sol.col_dual)[:X], dual
         x = np.zeros((C, J))
         x[self.xc, self.xj] = col[:X]
         z = col[X + C + R :].reshape(len(self.levels), P)
         n = (z / np.stack(self.levels)).sum(axis=0).reshape(J, K)
         link = np.zeros(P)
-        link[self.reuse] = np.clip(-dual[C + P + 2 * J :], 0.0, None)
+        link[self.reuse] = np.clip(-dual[C + P + 2 * J : self.core0], 0.0, None)
+        core = np.zeros(J)
+        core[self.cored] = np.clip(-dual[self.core0 :], 0.0, None)
         prices = (
             np.clip(-dual[C + P : C + P + J], 0.0, None),
             np.clip(-dual[C + P + J : C + P + 2 * J], 0.0, None),
             link.reshape(J, K),
+            core,
         )
         return x, col[X : X + C], n, prices
+
+    def reduced_costs(self) -> FloatArray:
+        """[c, j] the last solve's reduced cost of every stream column (inf where not allowed)."""
+        out = np.full((self.C, self.J), np.inf)
+        out[self.xc, self.xj] = self.col_dual
+        return out
+
+    def row_multipliers(self) -> tuple[FloatArray, FloatArray]:
+        """The last solve's assignment [C] and pool balance [P] row multipliers with the NLP's sign."""
+        C, P = self.C, self.J * self.K
+        return -self.row_dual[:C], -self.row_dual[C : C + P]
+
+    def servers(self, n: FloatArray) -> FloatArray | None:
+        """[j, k] the pools' servers (their n, as the compact NLP's) where a node has cores, else None."""
+        return None if not len(self.cored) else n.copy()
 
 
 def _phi_pools(q: QueueProblem, t: FloatArray) -> FloatArray:

@@ -26,7 +26,7 @@ from solver.node_cpu import core_room, effective_servers
 from solver.problem import FloatArray, IntArray
 from solver.queue_close import integer_objective
 from solver.queue_repair import Pools
-from solver.queue_split import _frank_wolfe, apply_split
+from solver.queue_split import apply_split, split_run
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +100,10 @@ def _try(
             return None
         start[c, int(np.argmin(np.where(allowed[c], p.cost[c], np.inf)))] += short[c]
     servers = effective_servers(moved, pools.cores)
-    split = _frank_wolfe(dataclasses.replace(q, rate=served), servers, allowed, start, TRY_ITERATIONS)
+    run = split_run(dataclasses.replace(q, rate=served), servers, allowed, start, TRY_ITERATIONS)
+    if move is None:
+        pools.split_run = run  # best_split continues it where no move is kept (solver.queue_split.split_run)
+    split = run.x
     saved = pools.x, pools.cap.copy()
     if not apply_split(pools, split, moved):
         return None

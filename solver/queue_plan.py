@@ -8,6 +8,7 @@ instances it keeps running but serves with none of its traffic (Mode 1: running 
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from typing import Any
@@ -99,18 +100,25 @@ def spread(q: QueueProblem, pools: Pools, limit: int = MAX_SPREAD_SITES) -> list
     """Per site (class) and model: its RTT row and node -> share of its rate; at most ``limit`` sites."""
     p = q.base
     out = []
-    rows = pools.x.tolist()
+    rows, totals, used = pools.x.tolist(), pools.x.sum(axis=1).tolist(), _positive(pools.x)  # row sums as row by row
     for c in np.argsort(-q.rate, kind="stable")[:limit].tolist():
-        row = rows[c]
-        served = float(pools.x[c].sum())
+        row, served = rows[c], totals[c]
         if served <= 0:
             continue
         first = p.snapshot.requests[p.class_members[c][0]]
-        shares = {p.node_ids[j]: round(v / served, 6) for j, v in enumerate(row) if v > 0}
+        shares = {p.node_ids[j]: round(row[j] / served, 6) for j in used[c]}
         out.append(
             {"model": first.model, "rtt_ms": {n: round(v, 1) for n, v in first.rtt_ms.items()}, "shares": shares}
         )
     return out
+
+
+def _positive(x: FloatArray) -> list[list[int]]:
+    """[c] the columns where row c of ``x`` is positive, in order (the plan's loops then skip the zeros)."""
+    rows, cols = np.nonzero(x > 0)
+    bounds = np.searchsorted(rows, np.arange(x.shape[0] + 1)).tolist()
+    flat = cols.tolist()
+    return [flat[a:b] for a, b in itertools.pairwise(bounds)]
 
 
 def planned_queue(q: QueueProblem, pools: Pools) -> dict[str, dict[str, float]]:
@@ -144,19 +152,23 @@ def _summed(start: float, values: FloatArray) -> float:
     return start
 
 
-def mean_latency_ms(q: QueueProblem, pools: Pools) -> float:
-    """Rate-weighted mean of RTT + execution + M/M/1 wait over the served rate (0 if nothing is served)."""
+def mean_latency_ms(q: QueueProblem, pools: Pools, terms: tuple[FloatArray, FloatArray] | None = None) -> float:
+    """Rate-weighted mean of RTT + execution + M/M/1 wait over the served rate (0 if nothing is served).
+
+    ``terms``: ``_wait_terms(q, pools)`` where the caller has them."""
     served = float(pools.x.sum())
     if served <= 0:
         return 0.0
-    wait, lam = _wait_terms(q, pools)
+    wait, lam = _wait_terms(q, pools) if terms is None else terms
     return _summed(float((pools.x * q.base.cost).sum()), wait[lam > 0]) / served
 
 
-def model_latency_ms(q: QueueProblem, pools: Pools) -> dict[str, float]:
+def model_latency_ms(
+    q: QueueProblem, pools: Pools, terms: tuple[FloatArray, FloatArray] | None = None
+) -> dict[str, float]:
     """Per model with served rate: the rate-weighted mean of RTT + execution + M/M/1 wait (mean_latency_ms's terms)."""
     p = q.base
-    wait, lam = _wait_terms(q, pools)
+    wait, lam = _wait_terms(q, pools) if terms is None else terms
     out: dict[str, float] = {}
     for k, name in enumerate(p.model_names):
         mine = p.class_model == k
@@ -176,24 +188,38 @@ def make_queue_plan(q: QueueProblem, pools: Pools, method: str, status: str, det
     assignments: list[str | None] = [None] * p.n_requests
     shares: list[dict[str, float]] = [{} for _ in range(p.n_requests)]
     rejections = []
-    rows, rates, rejected = pools.x.tolist(), q.rate.tolist(), pools.rejected.tolist()
+    rows, rates, rejected, used = pools.x.tolist(), q.rate.tolist(), pools.rejected.tolist(), _positive(pools.x)
+    reasons: dict[int, str] = {}  # per model: the same for every rejected member
+    totals: list[float] | None = None  # per class: its weights' sum as _spread_members takes it
     for c, members in enumerate(p.class_members):
         row = rows[c]
-        rounded = {p.node_ids[j]: round(v / rates[c], 6) for j, v in enumerate(row) if v > 0}
-        nodes = _spread_members(len(members), pools.x[c], rejected[c], row)
+        rounded = {p.node_ids[j]: round(row[j] / rates[c], 6) for j in used[c]}
+        if len(members) == 1:
+            nodes = [_largest(row, used[c], rejected[c])]
+        else:
+            totals = _row_totals(pools) if totals is None else totals
+            short = _split_members(len(members), row, rejected[c], totals[c])
+            nodes = _spread_members(len(members), pools.x[c], rejected[c]) if short is None else short
         for i, j in zip(members, nodes, strict=True):
             shares[i] = dict(rounded)
             if j is None:
-                rejections.append(Rejection(i, _reason(q, pools, int(p.class_model[c]))))
+                k = int(p.class_model[c])
+                reasons[k] = reasons[k] if k in reasons else _reason(q, pools, k)
+                rejections.append(Rejection(i, reasons[k]))
             else:
                 assignments[i] = p.node_ids[j]
     broken = violations(p, placed)
-    details = {**details, "model_ms": model_latency_ms(q, pools), "idle_running": idle_running(p, target - placed)}
+    terms = _wait_terms(q, pools)
+    details = {
+        **details,
+        "model_ms": model_latency_ms(q, pools, terms),
+        "idle_running": idle_running(p, target - placed),
+    }
     return Plan(
         status=status,
         method=method,
         mode=p.mode.value,
-        objective_ms=mean_latency_ms(q, pools),
+        objective_ms=mean_latency_ms(q, pools, terms),
         solve_ms=0.0,
         assignments=tuple(assignments),
         instances=plan_instances(p, target),
@@ -205,6 +231,46 @@ def make_queue_plan(q: QueueProblem, pools: Pools, method: str, status: str, det
         details=details,
         shares=tuple(shares),
     )
+
+
+def _largest(row: list[float], positive: list[int], rejected: float) -> int | None:
+    """One member's node: the largest of ``row``'s weights and ``rejected`` (None), the first of equals; None
+    where none is positive (``positive``: the columns where ``row`` is, in order; no other can be largest)."""
+    best, at = rejected, None
+    for j in reversed(positive):  # from the right, so that the first of equals wins; rejected comes last
+        if row[j] >= best:
+            best, at = row[j], j
+    return None if best <= 0 else at
+
+
+def _row_totals(pools: Pools) -> list[float]:
+    """[c] ``np.append(pools.x[c], pools.rejected[c]).sum()`` for every class at once (the same row sums)."""
+    return np.concatenate((pools.x, pools.rejected[:, None]), axis=1).sum(axis=1).tolist()  # type: ignore[no-any-return]
+
+
+def _split_members(n: int, row: list[float], rejected: float, total: float) -> list[int | None] | None:
+    """``_spread_members(n, row, rejected)`` on the non-zero weights only, where that is provably the same: the
+    members left after the whole parts go to the largest remainders, and where those are all positive no zero
+    weight (remainder 0) can take one; else None (the caller takes the long way)."""
+    if n == 0 or total <= 0:
+        return None
+    weights = [(v, j) for j, v in enumerate(row) if v != 0] + ([(rejected, len(row))] if rejected != 0 else [])
+    whole, keys = {}, []
+    for v, j in weights:
+        exact = v / total * n
+        whole[j] = math.floor(exact)
+        keys.append((-(exact - whole[j]), j))
+    left = n - sum(whole.values())
+    keys.sort()
+    if left < 0 or (left > 0 and not (left <= len(keys) and keys[left - 1][0] < 0)):
+        return None
+    for _, j in keys[:left]:
+        whole[j] += 1
+    out: list[int | None] = []
+    for _, j in sorted((-v, j) for v, j in weights):
+        if whole[j] > 0:
+            out += [None if j == len(row) else j] * whole[j]
+    return out
 
 
 def idle_running(p: Problem, idle: IntArray) -> dict[str, dict[str, int]]:
@@ -222,12 +288,7 @@ def _spread_members(n: int, x: Any, rejected: float, row: list[float] | None = N
 
     ``row``: ``x`` as a list, for the one-member shortcut (the largest weight, the first of equals)."""
     if n == 1 and row is not None:
-        one = [*row, rejected]
-        best = max(one)
-        if best <= 0:
-            return [None]
-        i = one.index(best)
-        return [None if i == len(row) else i]
+        return [_largest(row, [j for j, v in enumerate(row) if v > 0], rejected)]
     weights = np.append(x, rejected)
     total = float(weights.sum())
     if n == 0 or total <= 0:

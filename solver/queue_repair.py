@@ -31,6 +31,7 @@ Every move re-checks the node's budgets, so no step breaks memory, compute or th
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -40,6 +41,7 @@ from solver.problem import FloatArray, IntArray
 from solver.queue_model import QueueProblem
 
 TINY = 1e-6
+RoomState = tuple[FloatArray, IntArray, IntArray, FloatArray]  # Pools.room_state: lam, counts, new, core room
 SLIVER = 1e-5  # a pool whose rate is under this fraction of one instance's load is a relaxation artifact
 DROP_SLIVERS = True  # step 1's sliver rule (switched off only to show the bound's tests failing)
 BOUND_STEP_5 = True  # step 5 opens no instance past the bound nor for a sliver (likewise)
@@ -61,8 +63,10 @@ class Pools:
         self.shed = 0  # instances taken from pools below rho_max to keep the instance bound (step 4)
         self.penalty = q.penalty()
         self.service_ms = q.service_ms
-        self.node_group = np.unique(np.asarray(q.node_class), return_inverse=True)[1].ravel()  # [j] node class
+        names = {g: i for i, g in enumerate(sorted(set(q.node_class)))}  # np.unique's order: sorted names
+        self.node_group = np.array([names[g] for g in q.node_class], dtype=np.intp)  # [j] node class
         self.cores = q.cores()  # [j] parallel capacity (inf: no limit)
+        self.split_run: Any = None  # the last Frank-Wolfe run without a move (solver.queue_split.split_run)
 
     def lam(self) -> FloatArray:
         return np.asarray(self.x.T @ self.onehot)
@@ -84,20 +88,27 @@ class Pools:
         counts[j, k] = needed(np.array(self.lam()[j, k] + extra), np.array(self.cap[j, k]))
         return j not in self.over_budget(counts)
 
-    def room(self, j: int, k: int, grow: bool = True) -> float:
-        """Req/s pool (j, k) can still take: its headroom plus (``grow``) the instances node j's budgets still allow."""
+    def room(self, j: int, k: int, grow: bool = True, state: RoomState | None = None) -> float:
+        """Req/s pool (j, k) can still take: its headroom plus (``grow``) the instances node j's budgets still allow.
+
+        ``state``: ``room_state()`` of the current rates, where the caller keeps it (saves recomputing)."""
         p = self.q.base
-        counts = self.counts()
-        new = np.maximum(counts - p.free, 0)
+        lam, counts, new, by_core = self.room_state() if state is None else state
         mem_left = p.mem_budget[j] - float(new[j] @ p.mem)
         comp_left = p.comp_budget[j] - float(new[j] @ p.comp)
         spare_free = max(int(p.free[j, k] - counts[j, k]), 0)
         by_mem = math.inf if p.mem[k] <= 0 else math.floor((mem_left + TINY) / p.mem[k])
         by_comp = math.inf if p.comp[k] <= 0 else math.floor((comp_left + TINY) / p.comp[k])
         more = min(by_mem, by_comp, 10**6) + spare_free if grow else 0
-        by_cores = float(core_room(self.lam(), self.q.mu, self.cores, self.q.rho_max)[j]) * float(self.q.mu[j, k])
-        room = min(float((counts[j, k] + more) * self.cap[j, k] - self.lam()[j, k]), by_cores)
+        by_cores = float(by_core[j]) * float(self.q.mu[j, k])
+        room = min(float((counts[j, k] + more) * self.cap[j, k] - lam[j, k]), by_cores)
         return max(0.0, room * (1 - 1e-9))
+
+    def room_state(self) -> RoomState:
+        """What ``room`` reads of the current rates: pool rates, counts, new instances and each node's core room."""
+        lam, counts = self.lam(), self.counts()
+        by_core = core_room(lam, self.q.mu, self.cores, self.q.rho_max)
+        return lam, counts, np.maximum(counts - self.q.base.free, 0), by_core
 
     def move(self, c: int, src: int | None, dst: int | None, amount: float) -> None:
         """Move ``amount`` req/s of class c from node ``src`` to node ``dst`` (None: the rejected rate)."""
@@ -401,17 +412,34 @@ def _place_rejected(pools: Pools) -> None:
         k = int(p.class_model[c])
         limit = max(bound_excess(pools, k), 0) if BOUND_STEP_5 else 10**9  # step 4 may have been stuck
         amount = float(pools.rejected[c])
-        if any(
-            dst is not None and _move_within_bound(pools, c, dst, amount, limit)
-            for dst in (pools.best_destination(c, amount, set()), pools.best_destination(c, amount, set(), True))
-        ):
+        if _place_whole(pools, c, amount, limit):
             continue
+        state = pools.room_state()  # the rates change only where a move is made or undone
         for j in np.argsort(p.cost[c], kind="stable").tolist():
+            if pools.rejected[c] <= TINY:
+                break  # every take below is at most the rate left, so none would be made
             for grow in (True, False):  # new instances where the bound allows them, else the open pool's headroom
-                take = min(float(pools.rejected[c]), pools.room(j, k, grow))
-                if take > TINY and _move_within_bound(pools, c, j, take, limit):
+                take = min(float(pools.rejected[c]), pools.room(j, k, grow, state))
+                if take <= TINY:
+                    continue
+                moved = _move_within_bound(pools, c, j, take, limit)
+                state = pools.room_state()  # an undone move may leave float residue: read the rates again
+                if moved:
                     break
         pools.rejected[c] = max(0.0, float(pools.rejected[c]))
+
+
+def _place_whole(pools: Pools, c: int, amount: float, limit: int) -> bool:
+    """Class c's whole rejected ``amount`` on its best destination, else its best open pool (``_move_within_bound``)."""
+    state = (pools.lam(), pools.counts())
+    for open_only in (False, True):
+        dst = pools.best_destination(c, amount, set(), open_only, state)
+        if dst is None:
+            return False  # no node fits it, so no open pool does (the second pick is among the first's)
+        if _move_within_bound(pools, c, dst, amount, limit):
+            return True
+        state = (pools.lam(), pools.counts())  # an undone move may leave float residue
+    return False
 
 
 def _move_within_bound(pools: Pools, c: int, dst: int, amount: float, limit: int) -> bool:

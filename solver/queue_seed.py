@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from solver.problem import FloatArray
-from solver.queue_repair import TINY, Pools
+from solver.queue_repair import TINY, Pools, needed
 
 
 def seed_counts(pools: Pools, n: FloatArray) -> int:
@@ -26,15 +26,18 @@ def seed_counts(pools: Pools, n: FloatArray) -> int:
     lam = pools.lam()
     added = 0
     cored = np.isfinite(pools.cores)[:, None]  # only where the model knows the node's cores (see the docstring)
+    counts = pools.counts()  # kept up to date below: only pool (j, k)'s cap changes, so only its count
     for j, k in zip(*np.nonzero((lam > TINY) & cored), strict=True):
-        have = int(pools.counts()[j, k])
+        have = int(counts[j, k])
         want = int(np.floor(float(n[j, k]) + 0.5))
         if want <= have:
             continue
         saved = float(pools.cap[j, k])
         pools.cap[j, k] = float(lam[j, k]) / want * (1 + 1e-9)
-        if pools.over_budget(pools.counts()):
+        counts[j, k] = needed(lam[j, k], pools.cap[j, k])
+        if pools.over_budget(counts):
             pools.cap[j, k] = saved
+            counts[j, k] = have
             continue
-        added += int(pools.counts()[j, k]) - have
+        added += int(counts[j, k]) - have
     return added

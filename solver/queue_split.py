@@ -57,8 +57,8 @@ def best_split(pools: Pools) -> bool:
     if not np.any(allowed.sum(axis=1) > 1):
         return False  # no stream has a choice
     servers = effective_servers(counts, pools.cores)
-    flow = _SplitFlow(dataclasses.replace(q, rate=served), servers, allowed)
-    split, steps, _ = flow.run(np.where(allowed, pools.x, 0.0), ITERATIONS)
+    run = split_run(dataclasses.replace(q, rate=served), servers, allowed, pools.x, ITERATIONS, pools.split_run)
+    split, steps = run.x, run.steps
     if steps == 0:
         return False  # the repaired split is already within TOLERANCE of its best
     old, old_cap = pools.x, pools.cap.copy()
@@ -71,6 +71,46 @@ def best_split(pools: Pools) -> bool:
         return False
     log.debug("best split: objective %.3f -> %.3f (step %.3f)", before, integer_objective(pools), step)
     return True
+
+
+@dataclasses.dataclass(frozen=True)
+class SplitRun:
+    """A Frank-Wolfe run of ``split_run``: its inputs (rates, servers, allowed pools, start) and where it stopped."""
+
+    rate: FloatArray
+    servers: FloatArray
+    allowed: BoolArray
+    start: FloatArray
+    x: FloatArray
+    steps: int
+    gap: float
+    iterations: int
+
+    def same_inputs(self, rate: FloatArray, servers: FloatArray, allowed: BoolArray, start: FloatArray) -> bool:
+        """Whether a run from these inputs takes this run's steps (bit for bit equal arrays)."""
+        pairs = ((self.rate, rate), (self.servers, servers), (self.allowed, allowed), (self.start, start))
+        return all(np.array_equal(a, b) for a, b in pairs)
+
+
+def split_run(
+    q: QueueProblem,
+    servers: FloatArray,
+    allowed: BoolArray,
+    start: FloatArray,
+    iterations: int,
+    resume: SplitRun | None = None,
+) -> SplitRun:
+    """Frank-Wolfe from ``start`` (``_frank_wolfe``), continued from ``resume`` where that run had the same inputs
+    and at most ``iterations`` steps: each step depends on the split alone, so the result is the same bit for bit
+    (solver.queue_move's run without a move is best_split's first steps: the best split then saves them)."""
+    start = np.where(allowed, start, 0.0)
+    if resume is not None and resume.iterations <= iterations and resume.same_inputs(q.rate, servers, allowed, start):
+        if resume.steps < resume.iterations:  # it stopped at the gap: a longer run stops there too
+            return dataclasses.replace(resume, iterations=iterations)
+        x, steps, gap = _SplitFlow(q, servers, allowed).run(resume.x, iterations, done=resume.steps)
+    else:
+        x, steps, gap = _SplitFlow(q, servers, allowed).run(start, iterations)
+    return SplitRun(q.rate, servers, allowed, start, x, steps, gap, iterations)
 
 
 def load_limit(pools: Pools) -> FloatArray:
@@ -121,7 +161,11 @@ def _frank_wolfe(
 
 class _SplitFlow:
     """The split's convex objective on fixed servers, evaluated per pool (numpy over pools, no per-stream
-    Python): solver.hold's _objective / _gradient / _delay with the pool-level terms computed once."""
+    Python): solver.hold's _objective / _gradient / _delay with the pool-level terms computed once.
+
+    Every array that does not change during a run (masks, 1000 mu, the rows that carry rate) is made once
+    here, and the rare branch past ``EVAL_RHO`` is only computed where some pool is past it: the same
+    floating-point operations per element as before, so the same split bit for bit."""
 
     def __init__(self, q: QueueProblem, n: FloatArray, allowed: BoolArray) -> None:
         self.cost, self.rate, self.model = q.base.cost, q.rate, q.base.class_model
@@ -131,34 +175,89 @@ class _SplitFlow:
         self.mu, self.service = q.mu, 1000.0 / q.mu
         self.top = EVAL_RHO * q.mu
         self.big = np.where(allowed, 0.0, np.inf)
+        self.kmu = 1000.0 * self.mu  # d1's numerator (``1000.0 * mu / gap**2`` evaluates it first)
+        self.off = ~self.on
+        self.any_off = bool(self.off.any())
+        self.rows = np.flatnonzero(self.rate > 0)  # _all_on's rows (the rate is fixed during a run)
+        self.all_rows = len(self.rows) == len(self.rate)
+        self.rate_col = self.rate[:, None]
+        self.cols = np.arange(self.cost.shape[1])
+        self.buffers = tuple(np.empty(self.mu.shape) for _ in range(4))  # along's work arrays
+        self.at_top = np.empty(self.mu.shape, dtype=bool)
 
     def pools(self, lam: FloatArray, order: int, wait: bool = False) -> tuple[FloatArray, ...]:
         """Per pool [j, k]: the wait term D - lam * service (for ``order`` 0 or ``wait``), then its first
         ``order`` derivatives in lam."""
         t = lam / self.n
-        tc = np.minimum(t, self.top)
+        at_top = np.greater_equal(t, self.top)  # ~(t < top): t is never NaN here
+        beyond = np.count_nonzero(at_top) > 0  # a pool at or past EVAL_RHO (rare): only then the branches below
+        tc = np.minimum(t, self.top) if beyond else t
         gap = self.mu - tc
-        d1 = 1000.0 * self.mu / gap**2
+        d1 = self.kmu / np.square(gap)
         out = []
+        off = self.off if beyond or self.any_off else None  # pools that run nothing, masked to 0 as before
         if order == 0 or wait:
-            g = 1000.0 * tc / gap + np.where(t > self.top, d1 * (t - self.top), 0.0)
-            out.append(np.where(self.on, self.n * g, 0.0) - lam * self.service)
+            g = 1000.0 * tc / gap
+            if beyond:
+                g += np.where(t > self.top, d1 * (t - self.top), 0.0)
+            ng = np.multiply(self.n, g, out=g)
+            if off is not None:
+                ng[off] = 0.0
+            out.append(ng - lam * self.service)
         if order >= 1:
-            out.append(np.where(self.on, d1, 0.0) - self.service)
+            first = d1.copy() if order == 2 else d1
+            if off is not None:
+                first[off] = 0.0
+            out.append(np.subtract(first, self.service, out=first))
         if order == 2:
-            out.append(np.where(self.on & (t < self.top), 2.0 * d1 / (gap * self.n), 0.0))
+            second = 2.0 * d1 / (gap * self.n)
+            if off is not None:
+                second[(off | at_top) if beyond else off] = 0.0
+            out.append(second)
         return tuple(out)
 
-    def run(self, x: FloatArray, iterations: int) -> tuple[FloatArray, int, float]:
-        """Up to ``iterations`` steps from ``x``; returns (x, steps taken, last relative duality gap)."""
-        gap, steps = np.inf, 0
-        for steps in range(iterations + 1):
+    def along(self, lam: FloatArray, a: float, line: tuple[float, FloatArray, FloatArray]) -> tuple[float, float]:
+        """``_along(linear, dlam, *pools(lam + a * dlam, 2))`` for ``line`` = (linear, dlam, dlam * dlam): the same
+        operations per element, in preallocated arrays, and without masking the pools that run nothing (there
+        dlam is 0, as no stream may use them: their products are zeros either way, a zero's sign aside, which
+        no comparison sees)."""
+        linear, dlam, dd = line
+        t, d1, second, twice = self.buffers
+        np.multiply(dlam, a, out=t)
+        np.add(lam, t, out=t)
+        np.divide(t, self.n, out=t)
+        at_top = np.greater_equal(t, self.top, out=self.at_top)  # ~(t < top): t is never NaN here
+        beyond = np.count_nonzero(at_top) > 0
+        if beyond:
+            np.minimum(t, self.top, out=t)
+        gap = np.subtract(self.mu, t, out=t)
+        np.divide(self.kmu, np.square(gap, out=d1), out=d1)
+        np.divide(np.multiply(d1, 2.0, out=twice), np.multiply(gap, self.n, out=second), out=second)
+        if beyond:
+            second[at_top] = 0.0
+        add = np.add.reduce
+        slope = linear + float(add(np.multiply(dlam, np.subtract(d1, self.service, out=d1), out=d1), axis=None))
+        return slope, float(add(np.multiply(dd, second, out=second), axis=None))
+
+    def all_on(self, cost: FloatArray) -> FloatArray:
+        """solver.hold._all_on(cost, self.rate): each class's whole rate on its cheapest node."""
+        if self.all_rows:  # every rate positive: rate x True is the rate, rate x False is 0.0
+            return np.asarray(np.multiply(self.cols == cost.argmin(axis=1)[:, None], self.rate_col))
+        return _all_on(cost, self.rate)
+
+    def run(self, x: FloatArray, iterations: int, done: int = 0) -> tuple[FloatArray, int, float]:
+        """Up to ``iterations`` steps from ``x``; returns (x, steps taken, last relative duality gap).
+
+        ``done``: steps already taken to reach ``x`` (counted in ``iterations`` and in the steps returned)."""
+        gap, steps = np.inf, done
+        add = np.add.reduce
+        for steps in range(done, iterations + 1):
             lam = x.T @ self.onehot
             wait, slope, second = self.pools(lam, 2, wait=True)
-            grad = self.cost + slope[:, self.model].T
-            direction = _all_on(grad + self.big, self.rate) - x
-            value = float((x * self.cost).sum() + wait.sum())
-            gap = -float((grad * direction).sum()) / max(value, 1e-9)
+            grad = self.cost + slope.T[self.model]
+            direction = self.all_on(grad + self.big) - x
+            value = float(add(x * self.cost, axis=None) + add(wait, axis=None))
+            gap = -float(add(grad * direction, axis=None)) / max(value, 1e-9)
             if steps == iterations or (GAP_STOP and gap <= TOLERANCE):
                 break
             x = x + self.step(x, lam, direction, (slope, second)) * direction
@@ -171,11 +270,12 @@ class _SplitFlow:
         M/M/1 wait's closed-form second derivative), bisection where Newton leaves the bracket.
 
         ``here``: ``pools(lam, 2)``'s derivatives, if the caller has them (the slope at 0 without a new pass)."""
-        linear = float((self.cost * d).sum())
+        linear = float(np.add.reduce(self.cost * d, axis=None))
         dlam = d.T @ self.onehot
+        line = (linear, dlam, dlam * dlam)
 
         def slope(a: float) -> tuple[float, float]:
-            return _along(linear, dlam, *self.pools(lam + a * dlam, 2))
+            return self.along(lam, a, line)
 
         if slope(1.0)[0] <= 0:
             return 1.0
@@ -198,7 +298,8 @@ class _SplitFlow:
 def _along(linear: float, dlam: FloatArray, first: FloatArray, second: FloatArray) -> tuple[float, float]:
     """The objective's first and second derivatives along a direction (``linear``: its RTT + execution part,
     ``dlam`` its pool rates) from the pools' derivatives ``first`` and ``second``."""
-    return linear + float((dlam * first).sum()), float((dlam * dlam * second).sum())
+    add = np.add.reduce
+    return linear + float(add(dlam * first, axis=None)), float(add(dlam * dlam * second, axis=None))
 
 
 def _feasible_step(pools: Pools, counts: FloatArray, x: FloatArray, direction: FloatArray) -> float:

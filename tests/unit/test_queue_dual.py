@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from solver import queue_dual, queue_fast
 from solver.problem import Mode, build_problem
-from solver.queue_dual import best_load, lagrangian_bound, nlp_value, solve_binding, solve_binding_priced
+from solver.queue_dual import best_load, core_capacity, lagrangian_bound, nlp_value, solve_binding, solve_binding_priced
 from solver.queue_fast import solve_nlp_fast
 from solver.queue_lazy import solve_nlp_lazy
 from solver.queue_model import N_MIN, QueueProblem, build_queue_problem
@@ -30,25 +30,36 @@ def _proven_cg_on(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(queue_dual, "ENABLED", True)
 
 
-def _problem(requests: int, nodes: int, seed: int, mode: Mode, running: bool, tail: bool) -> QueueProblem:
+def _problem(
+    requests: int, nodes: int, seed: int, mode: Mode, running: bool, tail: bool, cores: tuple[int, ...] = (0,)
+) -> QueueProblem:
+    """A thesis instance; ``cores``: node j gets cores[j % len] cores (0: none declared)."""
     snap = thesis_instance(requests, nodes, seed)
     snap = _with_running(snap, seed) if running else snap
+    per = [None if cores[j % len(cores)] == 0 else float(cores[j % len(cores)]) for j in range(len(snap.nodes))]
+    snap = dataclasses.replace(
+        snap, nodes=tuple(dataclasses.replace(n, cores=c) for n, c in zip(snap.nodes, per, strict=True))
+    )
     q = build_queue_problem(build_problem(snap, mode))
     return with_tail_cap(q) if tail else q
 
 
-def _reference_extras(sub: QueueProblem, ref: Any, prices: tuple[Any, Any]) -> float:
+def _reference_extras(sub: QueueProblem, ref: Any, prices: tuple[Any, ...]) -> float:
     """What the reference NLP has beyond R(S), priced at the proven row prices (convex sensitivity: more room
     lowers the optimum by at most its price): Ipopt's row excess within its tolerance (``constr_viol_tol``
     1e-4), and the N_MIN instance every pool keeps, which carries a sliver of rate in Ipopt's point (1e-6
-    req/s on pools that are empty here) at the price of an instance it pays anyway."""
+    req/s on pools that are empty here) at the price of an instance it pays anyway (its core too)."""
     p = sub.base
     n = np.maximum(ref.n, N_MIN)
     over_mem = n @ p.mem - (np.maximum(p.mem_budget, 0.0) + N_MIN * float(p.mem.sum()))
     over_comp = n @ p.comp - (np.maximum(p.comp_budget, 0.0) + N_MIN * float(p.comp.sum()))
+    cored = np.isfinite(sub.cores())
+    core_price = np.where(cored, prices[3], 0.0)
+    over_core = np.where(cored, np.maximum(ref.effective(), N_MIN).sum(axis=1) - core_capacity(sub), 0.0)
     excess = prices[0] @ np.maximum(over_mem, 0.0) + prices[1] @ np.maximum(over_comp, 0.0)
+    excess += core_price @ np.maximum(over_core, 0.0)
     instance = sub.instance_cost + prices[0][:, None] * p.mem[None, :] + prices[1][:, None] * p.comp[None, :]
-    return float(excess + N_MIN * instance.sum())
+    return float(excess + N_MIN * (instance + core_price[:, None]).sum())
 
 
 def _against_ipopt(monkeypatch: pytest.MonkeyPatch, q: QueueProblem) -> list[tuple[float, float, float]]:
@@ -88,11 +99,20 @@ def _close(ours: float, ref: float, allowance: float) -> bool:
     mode=st.sampled_from([Mode.MODE1, Mode.MODE2]),
     running=st.booleans(),
     tail=st.booleans(),
+    cores=st.lists(st.integers(0, 4), min_size=1, max_size=4).map(tuple),
 )
 def test_column_generation_reaches_ipopts_optimum_of_the_restricted_nlp(
-    monkeypatch: pytest.MonkeyPatch, requests: int, nodes: int, seed: int, mode: Mode, running: bool, tail: bool
+    monkeypatch: pytest.MonkeyPatch,
+    requests: int,
+    nodes: int,
+    seed: int,
+    mode: Mode,
+    running: bool,
+    tail: bool,
+    cores: tuple[int, ...],
 ) -> None:
-    q = _problem(requests, nodes, seed, mode, running, tail)
+    """Random thesis instances, both modes, running instances, 1-4 cores per node or none, tail cap or not."""
+    q = _problem(requests, nodes, seed, mode, running, tail, cores)
     for ours, ref, allowance in _against_ipopt(monkeypatch, q):
         assert _close(ours, ref, allowance)
     assert abs(_gap(q)) <= 1e-5  # and the whole shortcut still reaches the reference NLP (test_queue_fast's check)
@@ -184,16 +204,37 @@ def test_no_proof_within_the_round_bound_hands_r_s_to_ipopt(monkeypatch: pytest.
     assert abs(_gap(q)) <= 1e-5
 
 
-def test_nodes_with_cores_go_to_ipopt() -> None:
-    """A node whose instances share its cores has rows this LP does not model: it declines."""
-    from solver.snapshot import Node
+@pytest.mark.parametrize(("cores", "running"), [((1,), False), ((2,), True), ((1, 2, 0, 4), True), ((1,), True)])
+def test_nodes_with_cores_are_proven_too(
+    monkeypatch: pytest.MonkeyPatch, cores: tuple[int, ...], running: bool
+) -> None:
+    """Nodes whose instances share their cores: the core rows are priced like memory (an instance costs its
+    node's core price more): Ipopt's optimum of each R(S) reached, no Ipopt needed."""
+    q = _problem(40, 10, 0, Mode.MODE1, running, False, cores)
+    assert solve_nlp_fast(q).iterations == 0
+    pairs = _against_ipopt(monkeypatch, q)
+    assert pairs and all(_close(*pair) for pair in pairs)
 
-    q = _problem(50, 10, 0, Mode.MODE2, False, False)
+
+def test_the_check_fails_when_the_core_rows_are_left_out(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With no core rows in the LP (nodes treated as without cores) the result overfills the cores, so the
+    comparison with Ipopt's optimum of the same R(S) fails."""
+    q = _problem(40, 10, 0, Mode.MODE1, False, False, (1,))
+    monkeypatch.setattr(queue_dual, "core_capacity", lambda q: np.full(q.base.n_nodes, np.inf))
+    pairs = _against_ipopt(monkeypatch, q)
+    assert pairs and not all(_close(*pair) for pair in pairs)
+
+
+def test_the_bound_with_core_prices_stays_below_the_optimum() -> None:
+    """At random memory, compute, link and core prices the Lagrangian bound stays below the proven optimum."""
+    q = _problem(25, 5, 1, Mode.MODE1, True, False, (1, 2))
     allowed = np.ones((q.base.n_classes, q.base.n_nodes), dtype=bool)
     sub = dataclasses.replace(q, r_cost=np.full(q.base.n_classes, q.penalty()))
-    assert solve_binding(sub, allowed) is not None
-    cored = dataclasses.make_dataclass("CoredNode", [("cores", Any, None)], bases=(Node,), frozen=True)
-    nodes = [cored(**{f.name: getattr(n, f.name) for f in dataclasses.fields(n)}) for n in q.base.snapshot.nodes]
-    nodes[3] = dataclasses.replace(nodes[3], cores=2.0)
-    snap = dataclasses.replace(q.base.snapshot, nodes=tuple(nodes))
-    assert solve_binding(dataclasses.replace(sub, base=dataclasses.replace(q.base, snapshot=snap)), allowed) is None
+    best = solve_binding(sub, allowed)
+    assert best is not None
+    rng = np.random.default_rng(1)
+    J = q.base.n_nodes
+    for _ in range(20):
+        mem, comp, core = rng.uniform(0, 50, J), rng.uniform(0, 50, J), rng.uniform(0, 2000, J)
+        link = rng.uniform(0, 2 * q.instance_cost, q.mu.shape)
+        assert lagrangian_bound(sub, allowed, mem, comp, link, core) <= best.value * (1 + 1e-9)

@@ -1,0 +1,223 @@
+"""R(S) of ``solver.queue_fast`` by Ipopt, warm-started from the proven column generation (issue 16 item 5).
+
+``solver.queue_dual`` proves R(S)'s optimum by column generation over pool loads (HiGHS), but the
+relaxation is Ipopt's to solve (issue 16 item 1). Ipopt from a cold start needs 30-60 iterations on these
+problems; from that optimum it needs a handful. So:
+
+1. Columns: the allowed (stream, node) columns that carry rate at the LP's optimum, those whose LP
+   reduced cost is within ``REDUCED_TOL`` of zero (they may carry rate in the NLP's optimum), and per pool
+   without rate the column that gains most from the N_MIN instance every pool keeps in the NLP (a "sliver"
+   of ~1e-6 req/s at no instance cost, which the reference NLP's optimum carries: ``SLIVERS``).
+2. Ipopt solves the compact restricted NLP (``solver.queue_model.solve_warm``) from the LP's point (each
+   sliver at the load where its marginal wait meets its gain), with
+   multipliers from the LP's row prices where they map (assignment, pool balance, memory, compute, link and
+   core rows; throughput rows and bound multipliers from the stationarity of the Lagrangian at that point),
+   ``warm_start_init_point`` and a small ``mu_init`` (``WARM_OPTIONS``).
+3. Every allowed column left out is priced with Ipopt's multipliers exactly as ``solver.queue_lazy`` does:
+   none with a negative reduced cost -> the restricted optimum satisfies R(S)'s KKT conditions (convex: its
+   optimum). Otherwise those columns join and Ipopt solves again, warm from its own point, at most
+   ``MAX_ROUNDS`` times.
+
+The answer is Ipopt's point. Where anything fails (the LP gives no proof, Ipopt is not optimal, a column
+still prices out after ``MAX_ROUNDS``) the caller's path (``solver.queue_lazy``) solves R(S) instead.
+``ENABLED`` switches this path; ``PRICE`` (switched off only to show the property tests failing) the
+pricing of step 3.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from solver.errors import SolverError, SolverUnavailableError
+from solver.problem import FloatArray, IntArray
+from solver.queue_dual import Proof, prove_lp
+from solver.queue_lazy import PRICE_TOL, reduced_costs
+from solver.queue_model import N_MIN, NlpSolution, QueueProblem, WarmStart, _Callbacks, _jacobian, _Layout, solve_warm
+
+log = logging.getLogger(__name__)
+
+ENABLED = True
+EXACT_SLACK = False  # False: the column generation's rows carry every pool's N_MIN slack from the start
+# (no re-solve when the pools with rate change: 4.3 LP solves per R(S) instead of 5.6; queue_dual.prove_lp)
+SLIVERS = True  # start with the columns that fill empty pools' N_MIN instances (see _sliver_columns)
+GAP = 1e-8  # the column generation's proven gap at the warm start (Ipopt and the pricing certify the result)
+PRICE = True  # price the left-out columns (switched off only to show the property tests catching it)
+MAX_ROUNDS = 3  # warm Ipopt solves per R(S) before the caller's path takes over
+REDUCED_TOL = 1e-6  # LP reduced cost (relative to the largest column cost) within which a column joins
+MU_WARM = 1e-9  # Ipopt's barrier parameter at the warm start
+PUSH = 1e-9  # how far Ipopt moves the warm point and multipliers inside their bounds
+WARM_OPTIONS: dict[str, Any] = {
+    "warm_start_init_point": "yes",
+    "mu_init": MU_WARM,
+    "tol": 1e-8,  # measured: no more iterations than 1e-7 here, and ten times closer to the reference
+    "max_iter": 100,  # the warm solves took 2-11 on 150 random instances; past this the cold path is the better bet
+    "warm_start_bound_push": PUSH,
+    "warm_start_bound_frac": PUSH,
+    "warm_start_slack_bound_push": PUSH,
+    "warm_start_slack_bound_frac": PUSH,
+    "warm_start_mult_bound_push": PUSH,
+}
+BoolArray = npt.NDArray[np.bool_]
+
+
+def solve_certified(q: QueueProblem, allowed: BoolArray) -> NlpSolution | None:
+    """R(S)'s optimum as Ipopt's point, warm from the proven column generation; None where this path fails."""
+    if not ENABLED:
+        return None
+    found = prove_lp(q, allowed, GAP, EXACT_SLACK)
+    if found is None:
+        return None
+    lp = found.solution
+    scale = max(1.0, float(np.abs(q.base.cost).max(initial=0.0)))
+    in_lp = allowed & ((lp.x > 0) | (found.reduced <= REDUCED_TOL * scale))
+    slivers = _sliver_columns(q, allowed, found) if SLIVERS else np.zeros_like(allowed)
+    in_lp |= slivers
+    point, proof = _lp_start(q, found, in_lp, slivers)
+    y: FloatArray | Proof = proof
+    iterations = 0
+    for rounds in range(1, MAX_ROUNDS + 1):
+        cols = np.flatnonzero(in_lp.ravel())
+        try:
+            sol, mult = solve_warm(q, cols, _warm(q, cols, point, y))
+        except SolverUnavailableError:
+            raise
+        except SolverError as exc:
+            log.info("warm R(S): Ipopt %s; the cold path solves it", exc)
+            return None
+        iterations += sol.iterations
+        if sol.status != "optimal":
+            log.info("warm R(S): Ipopt %s in round %d; the cold path solves it", sol.status, rounds)
+            return None
+        enter = _priced_in(q, mult, in_lp) & allowed
+        if not enter.any() or not PRICE:
+            return dataclasses.replace(sol, iterations=iterations, rounds=rounds, columns=len(cols))
+        in_lp |= enter
+        point, y = (sol.x, sol.r, sol.n), mult
+    log.info("warm R(S): columns still price out after %d rounds; the cold path solves it", MAX_ROUNDS)
+    return None
+
+
+def _sliver_columns(q: QueueProblem, allowed: BoolArray, proof: Proof) -> BoolArray:
+    """[c, j] per pool without rate at the LP's optimum, the allowed column that gains most from the N_MIN
+    instance every pool keeps in the NLP (a sliver of rate at no instance cost: reduced cost cost + y_assign
+    at y_pool = 0), where that gain is positive."""
+    p = q.base
+    lam = proof.solution.lam
+    gain = np.where(allowed, p.cost + proof.assign[:, None], np.inf)  # [c, j]
+    out = np.zeros_like(allowed)
+    for k in range(len(p.model_names)):
+        mine = np.flatnonzero(p.class_model == k)
+        if not len(mine):
+            continue
+        best = np.argmin(gain[mine], axis=0)  # [j]
+        value = gain[mine[best], np.arange(p.n_nodes)]
+        take = (value < 0) & (lam[:, k] <= 0)
+        out[mine[best[take]], np.flatnonzero(take)] = True
+    return out
+
+
+def _lp_start(
+    q: QueueProblem, proof: Proof, in_lp: BoolArray, slivers: BoolArray
+) -> tuple[tuple[FloatArray, FloatArray, FloatArray], Proof]:
+    """The warm point (x, r, n) and the LP's multipliers, with the slivers carried (``_with_slivers``) and each
+    pool without rate given the pool multiplier its restricted columns allow (``_empty_pool_prices``)."""
+    x, r = _with_slivers(q, proof, slivers)
+    n = np.maximum(proof.solution.n, N_MIN)
+    return (x, r, n), dataclasses.replace(proof, pool=_empty_pool_prices(q, proof, in_lp))
+
+
+def _with_slivers(q: QueueProblem, proof: Proof, slivers: BoolArray) -> tuple[FloatArray, FloatArray]:
+    """x [c, j] and r [c] of the LP's optimum with each sliver column carrying the rate at which its N_MIN
+    instance's marginal wait g'(t) - s meets what the stream saves there (at most the pool's cap), taken from
+    the stream's largest column (or its rejection) as far as that holds it."""
+    p = q.base
+    lp = proof.solution
+    x, r = lp.x.copy(), lp.r.copy()
+    cc, jj = np.nonzero(slivers)
+    mu = q.mu[jj, p.class_model[cc]]
+    gain = np.maximum(-(p.cost[cc, jj] + proof.assign[cc]), 0.0)  # what a req/s moved there saves
+    t = mu - np.sqrt(1000.0 * mu / (gain + 1000.0 / mu))
+    amount = np.clip(t, 0.0, (q.cap() * q.mu)[jj, p.class_model[cc]]) * N_MIN
+    per_stream = np.bincount(cc, weights=amount, minlength=p.n_classes)
+    main = np.argmax(x, axis=1)
+    from_x = (x.max(axis=1) >= r) & (per_stream > 0)
+    source = np.maximum(np.where(from_x, x.max(axis=1), r), 0.0)
+    amount *= np.minimum(1.0, source / np.maximum(per_stream, 1e-300))[cc]
+    taken = np.bincount(cc, weights=amount, minlength=p.n_classes)
+    rows = np.flatnonzero(from_x)
+    x[rows, main[rows]] -= taken[rows]
+    np.add.at(x, (cc, jj), amount)
+    return x, np.where(from_x, r, r - taken)
+
+
+def _empty_pool_prices(q: QueueProblem, proof: Proof, in_lp: BoolArray) -> FloatArray:
+    """[P] pool multipliers: the LP's where a pool has rate; else the least ``cost + y_assign`` over its
+    restricted columns, at most 0 (the LP's dual of an empty pool's row is any value below its columns'; at
+    lam = 0 the NLP's is where the cheapest sliver would enter, 0 with none)."""
+    p = q.base
+    K = len(p.model_names)
+    into = np.where(in_lp, p.cost + proof.assign[:, None], np.inf)  # [c, j]
+    least = np.full((p.n_nodes, K), np.inf)
+    for k in range(K):
+        mine = p.class_model == k
+        if mine.any():
+            least[:, k] = into[mine].min(axis=0)
+    empty = (proof.solution.lam <= 0).ravel()
+    return np.asarray(np.where(empty, np.minimum(least.ravel(), 0.0), proof.pool))
+
+
+def _priced_in(q: QueueProblem, mult: FloatArray, in_lp: BoolArray) -> BoolArray:
+    """[c, j] left-out columns with a negative reduced cost at Ipopt's multipliers (solver.queue_lazy's rule)."""
+    red = reduced_costs(q, mult)
+    tol = PRICE_TOL * max(1.0, float(np.abs(q.base.cost).max(initial=0.0)))
+    return np.asarray(~in_lp & (red < -tol))
+
+
+def _lp_multipliers(q: QueueProblem, lay: _Layout, proof: Proof, d_lam: FloatArray, lam: FloatArray) -> FloatArray:
+    """The compact NLP's row multipliers from the LP's: assignment, pool balance, link, memory, compute and
+    core rows map one to one; a throughput row's is what lam's stationarity asks where its pool has rate
+    (dD/dlam - s + y_pool + y_thr = 0), else 0."""
+    mem, comp, link, core = proof.prices
+    thr = np.where(lam > 0, np.maximum(-(d_lam - q.service_ms.ravel() + proof.pool), 0.0), 0.0)
+    return np.concatenate(
+        [
+            proof.assign,
+            proof.pool,
+            thr,
+            link.ravel()[lay.linked],
+            mem,
+            comp,
+            np.zeros(len(lay.cored)),
+            core[lay.core_nodes],
+        ]
+    )
+
+
+def _warm(q: QueueProblem, cols: IntArray, point: tuple[FloatArray, ...], y: FloatArray | Proof) -> WarmStart:
+    """Ipopt's warm start on columns ``cols`` at ``point`` (x [c, j], r [c], n [j, k]) with row multipliers y."""
+    p = q.base
+    lay = _Layout(q, cols)
+    xs, r, n = point
+    v = np.zeros(lay.size)
+    v[: lay.r0] = xs.ravel()[cols]
+    v[lay.r0 : lay.lam0] = r
+    lam = xs.T @ np.eye(lay.K)[p.class_model]
+    v[lay.lam0 : lay.n0] = lam.ravel()
+    nn = np.maximum(n.ravel(), N_MIN)
+    nn[lay.pinned] = N_MIN
+    v[lay.n0 : lay.new0] = nn
+    v[lay.new0 : lay.e0] = np.maximum(nn[lay.linked] - p.free.ravel()[lay.linked], 0.0)
+    v[lay.e0 :] = nn[lay.cored]
+    rows, jcols, vals, _, _ = _jacobian(q, lay)
+    calls = _Callbacks(q, lay, (rows, jcols, vals))
+    if isinstance(y, Proof):
+        y = _lp_multipliers(q, lay, y, calls._delay_at(v)[1], lam.ravel())
+    grad = calls.gradient(v) + np.bincount(jcols, weights=vals * y[rows], minlength=lay.size)
+    zl = np.maximum(grad, 0.0)
+    zu = np.maximum(-grad, 0.0)
+    return WarmStart(v, y, zl, zu, WARM_OPTIONS)

@@ -1,0 +1,146 @@
+"""R(S) by Ipopt warm-started from the proven column generation (solver.queue_warm, issue 16 item 5): the
+answer is Ipopt's, certified by pricing, and equals the reference NLP's optimum."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+
+from solver import queue_fast, queue_warm
+from solver.problem import Mode
+from solver.queue_fast import solve_nlp_fast
+from solver.queue_model import QueueProblem, solve_restricted
+from tests.unit.test_queue_start import cases, instance, keeps_cores, relative_gap
+
+TOL = 1e-6  # relative, on the NLP objective evaluated by one function for both solutions
+
+
+def _count_warm(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
+    """Counts of R(S) solves the warm path answered and declined (solver.queue_fast._solve_sub's calls)."""
+    seen = {"answered": 0, "declined": 0}
+    real = queue_warm.solve_certified
+
+    def counted(q: QueueProblem, allowed: Any) -> Any:
+        sol = real(q, allowed)
+        seen["answered" if sol is not None else "declined"] += 1
+        return sol
+
+    monkeypatch.setattr(queue_fast, "solve_certified", counted)
+    return seen
+
+
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
+)
+@given(cases)
+def test_the_warm_path_reaches_the_reference_optimum(monkeypatch: pytest.MonkeyPatch, q: QueueProblem) -> None:
+    """Random thesis instances, both modes, running instances, 1-4 cores per node or none, tail cap or not:
+    the relaxation with the warm path equals the reference form's optimum within 1e-6 relative and keeps
+    every node's cores, and the warm path answered every R(S) (none fell back: 0 of ~400 in a longer run)."""
+    seen = _count_warm(monkeypatch)
+    fast = solve_nlp_fast(q)
+    assert relative_gap(q, fast) <= TOL
+    assert keeps_cores(q, fast)
+    assert seen["declined"] == 0
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        (4, 0, 0.15, (1, 2), Mode.MODE1, False),
+        (4, 0, 0.0, (0,), Mode.MODE2, False),
+        (2, 5, 0.0, (1,), Mode.MODE2, True),
+        (4, 3, 0.4, (2,), Mode.MODE1, True),
+    ],
+)
+def test_the_warm_path_answers_with_few_iterations(monkeypatch: pytest.MonkeyPatch, args: tuple[Any, ...]) -> None:
+    """Thesis instances where capacity binds (no cores, 1-2 cores, running instances): every R(S) is answered
+    by the warm path (no fallback), in fewer Ipopt iterations than the cold path, at the same optimum."""
+    q = instance(*args)
+    seen = _count_warm(monkeypatch)
+    warm = solve_nlp_fast(q)
+    assert seen["answered"] >= 1 and seen["declined"] == 0
+    monkeypatch.setattr(queue_warm, "ENABLED", False)
+    cold = solve_nlp_fast(q)
+    assert warm.iterations < cold.iterations
+    assert relative_gap(q, warm) <= TOL and relative_gap(q, cold) <= TOL
+
+
+def test_the_answer_is_ipopts_on_fewer_columns(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each R(S)'s answer is an Ipopt solve (iterations > 0) on fewer columns than R(S) allows, and its value
+    is that of Ipopt's cold solve over every allowed column (what the pricing certifies)."""
+    q = instance(4, 0, 0.15, (1, 2), Mode.MODE1, False)
+    subs: list[tuple[QueueProblem, Any, Any]] = []
+    real = queue_warm.solve_certified
+
+    def kept(sub: QueueProblem, allowed: Any) -> Any:
+        sol = real(sub, allowed)
+        subs.append((sub, allowed, sol))
+        return sol
+
+    monkeypatch.setattr(queue_fast, "solve_certified", kept)
+    solve_nlp_fast(q)
+    assert subs
+    for sub, allowed, sol in subs:
+        assert sol is not None and sol.status == "optimal" and sol.iterations > 0
+        assert sol.columns < int(allowed.sum())
+        cold, _ = solve_restricted(sub, np.flatnonzero(allowed.ravel()))
+        assert sol.value == pytest.approx(cold.value, rel=TOL)
+
+
+def test_the_check_fails_without_the_pricing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With only the columns that carry rate at the LP's optimum and the pricing switched off, the warm answer
+    misses the N_MIN instances' slivers of rate: the reference check sees it (and with pricing, not)."""
+    q = instance(4, 0, 0.15, (1, 2), Mode.MODE1, False)
+    monkeypatch.setattr(queue_warm, "SLIVERS", False)
+    monkeypatch.setattr(queue_warm, "REDUCED_TOL", -1.0)
+    assert relative_gap(q, solve_nlp_fast(q)) <= TOL
+    monkeypatch.setattr(queue_warm, "PRICE", False)
+    assert relative_gap(q, solve_nlp_fast(q)) > TOL
+
+
+def test_a_failed_warm_solve_falls_back_to_the_cold_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ipopt not optimal from the warm start (iteration limit 1): the cold path answers, same optimum."""
+    q = instance(4, 0, 0.15, (1, 2), Mode.MODE1, False)
+    seen = _count_warm(monkeypatch)
+    monkeypatch.setitem(queue_warm.WARM_OPTIONS, "max_iter", 1)
+    sol = solve_nlp_fast(q)
+    assert seen["declined"] >= 1 and seen["answered"] == 0
+    assert relative_gap(q, sol) <= TOL
+
+
+def test_columns_that_still_price_out_fall_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With one warm round allowed and a restricted start that pricing must grow, the path declines."""
+    q = instance(4, 0, 0.15, (1, 2), Mode.MODE1, False)
+    seen = _count_warm(monkeypatch)
+    monkeypatch.setattr(queue_warm, "SLIVERS", False)
+    monkeypatch.setattr(queue_warm, "REDUCED_TOL", -1.0)
+    monkeypatch.setattr(queue_warm, "MAX_ROUNDS", 1)
+    sol = solve_nlp_fast(q)
+    assert seen["declined"] >= 1
+    assert relative_gap(q, sol) <= TOL
+
+
+def test_the_options_bench_measures_and_restores() -> None:
+    """bench/queue_warm_options.py: the cold path counts more iterations than the defaults, and every option
+    it changed is back afterwards."""
+    from bench import queue_warm_options as bench
+
+    qs = bench.problems()[10:12]  # two with 2 cores per node
+    before = dict(queue_warm.WARM_OPTIONS)
+    warm, cold = bench.measure(qs, {}), bench.measure(qs, {"cold": True})
+    pushed = bench.measure(qs, {"push": 1e-6, "slivers": False})
+    assert warm["declined"] == 0 and warm["median"] < cold["median"]
+    assert pushed["median"] > warm["median"]
+    assert before == queue_warm.WARM_OPTIONS and queue_warm.SLIVERS and queue_warm.ENABLED
+
+
+def test_stdout_stays_clean(monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]) -> None:
+    """Neither HiGHS nor the warm Ipopt prints: stdout carries `peerserve solve --json`."""
+    seen = _count_warm(monkeypatch)
+    solve_nlp_fast(instance(4, 0, 0.15, (1, 2), Mode.MODE1, False))
+    assert seen["answered"] >= 1
+    assert capfd.readouterr().out == ""
