@@ -14,15 +14,17 @@ agent/decisions.py ``rank_endpoints`` + ``spread_ranked``, both built on peerser
 
 * the client's site sends through the agent of its nearest node (bench/load_bench.py: "through that
   site's own agent"); that agent's live queues are the requests IT has in flight per instance
-  (agent/serving/inflight.py: only its own, an instance with none absent), open until the departure;
+  (agent/serving/inflight.py: only its own; an instance with none is absent and reads 0), open until
+  the departure;
 * endpoints are ranked by RTT + that agent's execution estimate per node: the median of the last 16
   server times it measured there (agent/serving/exec_times.py; the server time is the request's time in
   the server, wait included), the catalogue's service time before any; ties by node id, then URL (the
   node's instances in start order; load, equal within a node, is left out);
-* a plan with shares (queue objectives: ``details["spread"]`` and ``["planned_queue"]``) draws the first
-  endpoint by ``spread_weights``; a plan without (thesis, nearest, least-loaded: no spread) leaves the
-  ranking, so the request goes to the first endpoint: the best node's first instance, whatever the
-  plan assigned (the agent reads no assignments from a plan).
+* with the plan's shares (``details["spread"]``: every objective publishes them, thesis-model plans
+  from their assignments; queue objectives also ``["planned_queue"]``, Mode 1 ``["idle_running"]``)
+  the first endpoint is chosen by ``choose_endpoint`` under ``rule`` (``p2c`` by default, the agent's
+  ``endpoint_rule``); details without shares leave the ranking, so the request goes to the first
+  endpoint: the best node's first instance.
 """
 
 from __future__ import annotations
