@@ -43,6 +43,13 @@ MIN_LOAD = 1e-6  # least per-instance load of a column (a pool whose instances c
 # first LP: loads also at these multiples of the instance price (measured on the bench's R(S) problems: 7.1 -> 5.6
 # LP solves per R(S), 8.1 -> 7.5 ms)
 START_LADDER: tuple[float, ...] = (3.0, 10.0, 30.0, 100.0)
+# HiGHS's options for the column generation's LP (tiny, re-solved from its last basis after each round's columns)
+HIGHS_OPTIONS: dict[str, Any] = {
+    "output_flag": False,
+    "threads": 1,
+    "presolve": "off",  # measured: 20 % less time on these small LPs, re-solved from a basis
+    "simplex_strategy": 4,  # primal: the basis stays feasible when columns join (7 % less per R(S), same optima)
+}
 SMOOTH = 0.5  # weight of the best bound's prices in the smoothed prices (Wentges)
 PROVE = True  # stop only at a proven optimum (switched off only to show the oracle test failing)
 # Off by default as the relaxation's answer: issue 16 asks that Ipopt solve the nonlinear relaxation
@@ -135,8 +142,7 @@ def prove_lp(q: QueueProblem, allowed: BoolArray, gap: float = GAP, exact_slack:
             log.debug("R(S) by column generation: %d rounds, gap %.2e", rounds, upper - best)
             found = NlpSolution(x, r, lam, n, upper, "optimal", 0, rounds, int(allowed.sum()), servers=lp.servers(n))
             return Proof(found, best_prices, lp.reduced_costs(), *lp.row_multipliers())
-        lp.add_level(best_load(q, _price(q, *prices))[0])
-        lp.add_level(best_load(q, _price(q, *mixed))[0])
+        lp.add_levels([best_load(q, _price(q, *prices))[0], best_load(q, _price(q, *mixed))[0]])
     log.info("R(S) by column generation: no proof after %d rounds; Ipopt solves it", MAX_ROUNDS)
     return None
 
@@ -145,9 +151,9 @@ def _start_levels(q: QueueProblem, lp: _Lp) -> Prices:
     """Add the first LP's loads (at no row price, and ``START_LADDER`` times the instance price); the zero prices."""
     nothing = np.zeros(q.base.n_nodes)
     zero: Prices = (nothing, nothing, np.full(q.mu.shape, q.instance_cost), nothing)
-    lp.add_level(best_load(q, _price(q, *zero))[0])
-    for factor in START_LADDER:  # loads at higher instance prices, as if memory, compute or cores were priced
-        lp.add_level(best_load(q, factor * _price(q, *zero))[0])
+    price = _price(q, *zero)
+    # loads at higher instance prices too, as if memory, compute or cores were priced
+    lp.add_levels([best_load(q, factor * price)[0] for factor in (1.0, *START_LADDER)])
     return zero
 
 
@@ -276,9 +282,8 @@ class _Lp:
         # the bindings' own class: highspy.Highs() prints HiGHS's banner to stdout before any option can be
         # set, and stdout carries `peerserve solve --json`
         h = getattr(getattr(hs, "_core", None), "_Highs", hs.Highs)()
-        h.setOptionValue("output_flag", False)
-        h.setOptionValue("threads", 1)
-        h.setOptionValue("presolve", "off")  # measured: 20 % less time on these small LPs, re-solved from a basis
+        for key, value in HIGHS_OPTIONS.items():
+            h.setOptionValue(key, value)
         lp = hs.HighsLp()
         lp.num_col_, lp.num_row_ = n_col, n_row
         lp.col_cost_ = np.concatenate([p.cost[self.xc, self.xj], outside, np.full(R, q.instance_cost)])
@@ -295,6 +300,7 @@ class _Lp:
         h.passModel(lp)
         self.h, self.X, self.R = h, X, R
         self.levels: list[FloatArray] = []
+        self._level_structure()
 
     def budgets_for(self, active: BoolArray) -> bool:
         """Set the rows' budgets for the pools ``active`` [j, k] (and those active before); True if they changed.
@@ -322,30 +328,55 @@ class _Lp:
         self.h.changeRowsBounds(len(rows), rows, np.full(len(rows), -math.inf), bounds)
         return True
 
-    def add_level(self, t: FloatArray) -> None:
-        """One column per pool run at per-instance rate t [j, k]: its cost per req/s, and its instances per
-        req/s in the memory and compute rows (or, where the pool reuses instances, in its link row) and in
-        its node's core row."""
-        q, p = self.q, self.q.base
+    def _level_structure(self) -> None:
+        """The pattern every load column shares, per pool: its balance row (1), its memory row (or its link
+        row where the pool reuses instances) and compute row, and its node's core row, each at numerator / t."""
+        p = self.q.base
         C, J, K = self.C, self.J, self.K
         P = J * K
         pools = np.arange(P)
         zj, zk = np.divmod(pools, K)
-        tz = t.ravel()
-        linked = self.link_of >= 0
+        self.linked = self.link_of >= 0
         link_row = C + P + 2 * J + np.maximum(self.link_of, 0)
         core_row = np.where(self.core_of[zj] >= 0, self.core0 + self.core_of[zj], -1)
         rows = np.stack(
-            [C + pools, np.where(linked, link_row, C + P + zj), np.where(linked, -1, C + P + J + zj), core_row], axis=1
+            [
+                C + pools,
+                np.where(self.linked, link_row, C + P + zj),
+                np.where(self.linked, -1, C + P + J + zj),
+                core_row,
+            ],
+            axis=1,
         )
-        vals = np.stack([np.ones(P), np.where(linked, 1.0, p.mem[zk]) / tz, p.comp[zk] / tz, 1.0 / tz], axis=1)
-        keep = (rows >= 0) & (vals != 0)
-        starts = np.concatenate([[0], np.cumsum(keep.sum(axis=1))[:-1]]).astype(np.int32)
+        num = np.stack([np.ones(P), np.where(self.linked, 1.0, p.mem[zk]), p.comp[zk], np.ones(P)], axis=1)
+        keep = (rows >= 0) & (num != 0)
+        self.lvl_index = rows[keep].astype(np.int32)
+        self.lvl_num = num[keep]
+        self.lvl_pool = np.broadcast_to(pools[:, None], keep.shape)[keep]
+        self.lvl_per_t = np.broadcast_to(np.arange(4)[None, :] > 0, keep.shape)[keep]  # all rows but balance
+        self.lvl_starts = np.concatenate([[0], np.cumsum(keep.sum(axis=1))[:-1]]).astype(np.int32)
         # where the pool reuses instances, new instances are paid through its `new` column, not per req/s
-        cost = _phi_pools(q, tz[None, :]).ravel() - np.where(linked, q.instance_cost / tz, 0.0)
-        index, value = rows[keep].astype(np.int32), vals[keep]
-        self.h.addCols(P, cost, np.zeros(P), np.full(P, math.inf), len(value), starts, index, value)
-        self.levels.append(tz)
+        self.lvl_unpaid = np.where(self.linked, self.q.instance_cost, 0.0)
+
+    def add_level(self, t: FloatArray) -> None:
+        """One column per pool run at per-instance rate t [j, k] (``add_levels``)."""
+        self.add_levels([t])
+
+    def add_levels(self, ts: list[FloatArray]) -> None:
+        """Per load t [j, k] in ``ts``, one column per pool run at per-instance rate t: its cost per req/s, and
+        its instances per req/s in the memory and compute rows (or, where the pool reuses instances, in its
+        link row) and in its node's core row; all in one call to HiGHS."""
+        tz = np.stack([np.ravel(t) for t in ts])  # [L, P]
+        L, P = tz.shape
+        nnz = len(self.lvl_index)
+        vals = self.lvl_num * np.where(self.lvl_per_t, 1.0 / tz[:, self.lvl_pool], 1.0)  # [L, nnz]
+        cost = _phi_pools(self.q, tz) - self.lvl_unpaid / tz
+        starts = (self.lvl_starts[None, :] + nnz * np.arange(L, dtype=np.int32)[:, None]).ravel()
+        index = np.tile(self.lvl_index, L)
+        self.h.addCols(
+            L * P, cost.ravel(), np.zeros(L * P), np.full(L * P, math.inf), L * nnz, starts, index, vals.ravel()
+        )
+        self.levels.extend(tz)
 
     def solve(self) -> tuple[FloatArray, FloatArray, FloatArray, Prices] | None:
         """x [c, j], r [c], n [j, k] and the row prices (>= 0); None if HiGHS fails."""
