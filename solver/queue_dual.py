@@ -30,7 +30,6 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-import scipy.sparse as sp
 
 from solver.problem import FloatArray
 from solver.queue_model import N_MIN, NlpSolution, QueueProblem
@@ -135,14 +134,14 @@ def prove_lp(q: QueueProblem, allowed: BoolArray, gap: float = GAP, exact_slack:
         # Wentges smoothing: new loads at the LP's prices and between them and the best bound's prices
         mixed = _smoothed(prices, best_prices)
         for cand in (prices, mixed):
-            lower = lagrangian_bound(q, allowed, *cand, budgets=lp.budgets)
+            lower = lagrangian_bound(q, allowed, *cand, budgets=lp.budgets, cores=lp.cores)
             if lower > best:
                 best, best_prices = lower, cand
         if upper - best <= gap * max(1.0, abs(upper)) or not PROVE:
             log.debug("R(S) by column generation: %d rounds, gap %.2e", rounds, upper - best)
             found = NlpSolution(x, r, lam, n, upper, "optimal", 0, rounds, int(allowed.sum()), servers=lp.servers(n))
             return Proof(found, best_prices, lp.reduced_costs(), *lp.row_multipliers())
-        lp.add_levels([best_load(q, _price(q, *prices))[0], best_load(q, _price(q, *mixed))[0]])
+        lp.add_levels([best_load(q, _price(q, *prices, lp.cores))[0], best_load(q, _price(q, *mixed, lp.cores))[0]])
     log.info("R(S) by column generation: no proof after %d rounds; Ipopt solves it", MAX_ROUNDS)
     return None
 
@@ -151,7 +150,7 @@ def _start_levels(q: QueueProblem, lp: _Lp) -> Prices:
     """Add the first LP's loads (at no row price, and ``START_LADDER`` times the instance price); the zero prices."""
     nothing = np.zeros(q.base.n_nodes)
     zero: Prices = (nothing, nothing, np.full(q.mu.shape, q.instance_cost), nothing)
-    price = _price(q, *zero)
+    price = _price(q, *zero, lp.cores)
     # loads at higher instance prices too, as if memory, compute or cores were priced
     lp.add_levels([best_load(q, factor * price)[0] for factor in (1.0, *START_LADDER)])
     return zero
@@ -188,13 +187,17 @@ def _price(
     comp_price: FloatArray,
     link_price: FloatArray,
     core_price: FloatArray | None = None,
+    cores: FloatArray | None = None,
 ) -> FloatArray:
     """[j, k] an instance's price: beta plus its memory and compute at the rows' prices [j]; in a pool that
     reuses running instances, its link row's price (between 0 and that: a running instance costs nothing);
-    plus its node's core row price where the node has cores (every instance there is one of its servers)."""
+    plus its node's core row price where the node has cores (every instance there is one of its servers;
+    ``cores``: ``q.cores()`` where the caller has it)."""
     p = q.base
     new = q.instance_cost + mem_price[:, None] * p.mem[None, :] + comp_price[:, None] * p.comp[None, :]
-    core = np.zeros(p.n_nodes) if core_price is None else np.where(np.isfinite(q.cores()), core_price, 0.0)
+    if core_price is None:
+        return np.asarray(np.where(p.free > 0, np.clip(link_price, 0.0, new), new))
+    core = np.where(np.isfinite(q.cores() if cores is None else cores), core_price, 0.0)
     return np.asarray(np.where(p.free > 0, np.clip(link_price, 0.0, new), new) + core[:, None])
 
 
@@ -219,6 +222,7 @@ def lagrangian_bound(
     link_price: FloatArray,
     core_price: FloatArray | None = None,
     budgets: tuple[FloatArray, FloatArray, FloatArray] | None = None,
+    cores: FloatArray | None = None,
 ) -> float:
     """L(a, b, v, c): a lower bound on R(S)'s optimum at memory and compute prices ``a``, ``b`` (>= 0) [j],
     link prices ``v`` [j, k] of the pools that reuse running instances and core prices ``c`` (>= 0) [j], with
@@ -227,7 +231,7 @@ def lagrangian_bound(
     the free ones are worth v free; with a node's core row sum_k n <= cores relaxed at c, each of its
     instances costs c more and its cores are worth c cores."""
     p = q.base
-    price = _price(q, mem_price, comp_price, link_price, core_price)
+    price = _price(q, mem_price, comp_price, link_price, core_price, cores)
     _, w = best_load(q, price)
     per = np.where(allowed, p.cost + w[:, p.class_model].T, np.inf).min(axis=1)
     outside = q.r_cost if q.r_cost is not None else np.full(p.n_classes, q.penalty())
@@ -236,8 +240,8 @@ def lagrangian_bound(
     link = _price(q, mem_price, comp_price, link_price)  # without the core price: that is paid on core_b
     reused = float((np.where(p.free > 0, link, 0.0) * p.free).sum())
     cored = np.isfinite(core_b)
-    cores = 0.0 if core_price is None else float(np.where(cored, core_price, 0.0) @ np.where(cored, core_b, 0.0))
-    return float(q.rate @ served - mem_price @ mem_b - comp_price @ comp_b - cores - reused)
+    on_cores = 0.0 if core_price is None else float(np.where(cored, core_price, 0.0) @ np.where(cored, core_b, 0.0))
+    return float(q.rate @ served - mem_price @ mem_b - comp_price @ comp_b - on_cores - reused)
 
 
 def _plain_budgets(q: QueueProblem) -> tuple[FloatArray, FloatArray]:
@@ -264,7 +268,8 @@ class _Lp:
         self.reuse = np.flatnonzero(p.free.ravel() > 0)  # pools with running instances to reuse
         self.link_of = np.full(P, -1)
         self.link_of[self.reuse] = np.arange(len(self.reuse))
-        self.cored = np.flatnonzero(np.isfinite(q.cores()))  # nodes with a core row
+        self.cores = q.cores()
+        self.cored = np.flatnonzero(np.isfinite(self.cores))  # nodes with a core row
         self.core_of = np.full(J, -1)
         self.core_of[self.cored] = np.arange(len(self.cored))
         X, R = len(self.xc), len(self.reuse)
@@ -278,7 +283,9 @@ class _Lp:
         vals = np.concatenate([np.ones(X), -np.ones(X), np.ones(C), p.mem[rk], p.comp[rk], -np.ones(R)])
         keep = vals != 0
         n_col, n_row = X + C + R, self.core0 + len(self.cored)
-        a = sp.csc_matrix((vals[keep], (rows[keep], cols[keep])), shape=(n_row, n_col))
+        rows, cols, vals = rows[keep], cols[keep], vals[keep]
+        order = np.lexsort((rows, cols))  # column-wise, rows ascending in each column (no duplicates)
+        starts = np.concatenate([[0], np.cumsum(np.bincount(cols, minlength=n_col))])
         # the bindings' own class: highspy.Highs() prints HiGHS's banner to stdout before any option can be
         # set, and stdout carries `peerserve solve --json`
         h = getattr(getattr(hs, "_core", None), "_Highs", hs.Highs)()
@@ -291,12 +298,12 @@ class _Lp:
         self.active = np.zeros((J, K), dtype=bool)  # pools with rate that start new instances
         self.served = np.zeros((J, K), dtype=bool)  # pools with rate
         # every pool holds n >= N_MIN of its node's cores in the reference NLP: those without rate hold that
-        self.budgets = (*_plain_budgets(q), core_capacity(q) - N_MIN * K)
+        self.budgets = (*_plain_budgets(q), np.maximum(self.cores, 2 * N_MIN * K) - N_MIN * K)
         lp.row_lower_ = np.concatenate([q.rate, np.zeros(P), np.full(n_row - C - P, -math.inf)])
         core_b = self.budgets[2][self.cored]
         lp.row_upper_ = np.concatenate([q.rate, np.zeros(P), *self.budgets[:2], p.free.ravel()[self.reuse], core_b])
         lp.a_matrix_.format_ = hs.MatrixFormat.kColwise
-        lp.a_matrix_.start_, lp.a_matrix_.index_, lp.a_matrix_.value_ = a.indptr, a.indices, a.data
+        lp.a_matrix_.start_, lp.a_matrix_.index_, lp.a_matrix_.value_ = starts, rows[order], vals[order]
         h.passModel(lp)
         self.h, self.X, self.R = h, X, R
         self.levels: list[FloatArray] = []
@@ -320,7 +327,7 @@ class _Lp:
         self.budgets = (
             mem + N_MIN * (active @ p.mem),
             comp + N_MIN * (active @ p.comp),
-            core_capacity(self.q) - N_MIN * (self.K - served.sum(axis=1)),
+            np.maximum(self.cores, 2 * N_MIN * self.K) - N_MIN * (self.K - served.sum(axis=1)),
         )
         rows = self.C + self.J * self.K + np.arange(2 * self.J, dtype=np.int32)
         rows = np.concatenate([rows, self.core0 + np.arange(len(self.cored), dtype=np.int32)])
