@@ -298,7 +298,8 @@ class _Lp:
         self.active = np.zeros((J, K), dtype=bool)  # pools with rate that start new instances
         self.served = np.zeros((J, K), dtype=bool)  # pools with rate
         # every pool holds n >= N_MIN of its node's cores in the reference NLP: those without rate hold that
-        self.budgets = (*_plain_budgets(q), np.maximum(self.cores, 2 * N_MIN * K) - N_MIN * K)
+        self.core_cap = core_capacity(q)
+        self.budgets = (*_plain_budgets(q), self.core_cap - N_MIN * K)
         lp.row_lower_ = np.concatenate([q.rate, np.zeros(P), np.full(n_row - C - P, -math.inf)])
         core_b = self.budgets[2][self.cored]
         lp.row_upper_ = np.concatenate([q.rate, np.zeros(P), *self.budgets[:2], p.free.ravel()[self.reuse], core_b])
@@ -327,7 +328,7 @@ class _Lp:
         self.budgets = (
             mem + N_MIN * (active @ p.mem),
             comp + N_MIN * (active @ p.comp),
-            np.maximum(self.cores, 2 * N_MIN * self.K) - N_MIN * (self.K - served.sum(axis=1)),
+            self.core_cap - N_MIN * (self.K - served.sum(axis=1)),
         )
         rows = self.C + self.J * self.K + np.arange(2 * self.J, dtype=np.int32)
         rows = np.concatenate([rows, self.core0 + np.arange(len(self.cored), dtype=np.int32)])
