@@ -103,3 +103,15 @@ def test_the_benchs_tight_switch_restores_the_defaults() -> None:
     assert queue_warm.GAP == 1e-8 and "simplex_strategy" not in queue_dual.HIGHS_OPTIONS
     queue_bench.tight_cg(False)
     assert gap == queue_warm.GAP and options == queue_dual.HIGHS_OPTIONS
+
+
+def test_the_options_bench_sets_and_restores_the_gap() -> None:
+    """bench/queue_warm_options.py's ``gap`` change: the warm path answers at 1e-8 as at the default, and the
+    default gap is back afterwards."""
+    from bench import queue_warm_options as bench
+
+    qs = bench.problems()[10:11]
+    gap = queue_warm.GAP
+    tight = bench.measure(qs, {"gap": 1e-8})
+    assert tight["declined"] == 0 and tight["median"] > 0
+    assert gap == queue_warm.GAP
