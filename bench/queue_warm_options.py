@@ -42,6 +42,7 @@ OPTION_SETS: list[dict[str, Any]] = [
     {"mu_strategy": "adaptive"},
     {"nlp_scaling_method": "none"},
     {"tol": 1e-7},
+    {"tol": 1e-8},
 ]
 PUSH_KEYS = [k for k in queue_warm.WARM_OPTIONS if k.endswith(("_push", "_frac"))]
 

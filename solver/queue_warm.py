@@ -57,7 +57,7 @@ PUSH = 1e-9  # how far Ipopt moves the warm point and multipliers inside their b
 WARM_OPTIONS: dict[str, Any] = {
     "warm_start_init_point": "yes",
     "mu_init": MU_WARM,
-    "tol": 1e-8,  # measured: no more iterations than 1e-7 here, and ten times closer to the reference
+    "tol": 1e-6,  # measured (cgfast): 5.25 iterations per R(S) instead of 5.75 at 1e-8, the same optima within 5e-12
     "max_iter": 100,  # the warm solves took 2-11 on 150 random instances; past this the cold path is the better bet
     "warm_start_bound_push": PUSH,
     "warm_start_bound_frac": PUSH,
