@@ -161,15 +161,31 @@ def _cores(value: Any) -> float | None:
     return x if x is not None and MIN_CORES <= x <= MAX_CORES else None
 
 
+MAX_LATENCY_MS = 120_000.0  # a proxied request's latency above this is not a measurement (the proxy gives up at 30 s)
+MAX_RTT_MS = 60_000.0  # a round trip above this is not a LAN's
+
+
+def _ms(value: Any, bound: float) -> float | None:
+    """A peer's reported duration (ms) if it is a finite number in [0, bound], else None (not a measurement)."""
+    if value is None:
+        return None
+    x = float(value)
+    return x if math.isfinite(x) and 0.0 <= x <= bound else None
+
+
 def parse_request(raw: Mapping[str, Any]) -> RequestRecord:
+    """A peer's request record; durations that are not plausible measurements (NaN, infinite, negative, past
+    ``MAX_LATENCY_MS`` / ``MAX_RTT_MS``) are dropped: one made-up figure must not price a node out of the plan
+    (a 1e308 ms latency gave a service rate of 1e-308 req/s and overflowed the solve)."""
     rtts = raw.get("rtt_ms") or {}
+    rtt_ms = {str(k): _ms(v, MAX_RTT_MS) for k, v in rtts.items()}
     return RequestRecord(
         ts=float(raw["ts"]),
         model=str(raw["model"]),
         client=str(raw["client"]),
-        rtt_ms={str(k): float(v) for k, v in rtts.items()},
+        rtt_ms={k: v for k, v in rtt_ms.items() if v is not None},
         node=None if raw.get("node") is None else str(raw["node"]),
-        latency_ms=None if raw.get("latency_ms") is None else float(raw["latency_ms"]),
+        latency_ms=_ms(raw.get("latency_ms"), MAX_LATENCY_MS),
         status=int(raw["status"]),
     )
 

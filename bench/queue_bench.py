@@ -21,6 +21,10 @@
    timed on the same snapshots right after, and the ratio of the two (same-run, same load).
    ``--reference-closing`` closes pools with solver.queue_close's reference pass instead of the fast one
    (the "before" of the fast pass). "it" is the median of Ipopt's iterations per queue solve.
+   ``--nlp-before`` fills the plain start's column with the same queue solve with the NLP switches of
+   session 7's Ipopt round off instead (solver.queue_fast.LINEAR_REUSE, solver.queue_model.DROP_IDLE_ROWS
+   and UNUSED_POOLS, Ipopt's fast_step_computation, solver.queue_lazy.LAZY_MIN_PAIRS_CORES back to
+   LAZY_MIN_PAIRS; the leaner callbacks and the pricing fix stay: docs/solver.md times them apart).
    ``--cold-ipopt`` adds columns: the same queue solve with solver.queue_warm switched off (Ipopt cold on
    the binding nodes, the path before it), timed on the same snapshots right after: its relaxation ms,
    relaxation / LP, Ipopt iterations, and the warm relaxation's speed-up over it (same run, same load).
@@ -29,7 +33,7 @@
    relaxation ms, relaxation / LP, and how much faster the warm path is now ("x").
 
     .venv/bin/python bench/queue_bench.py [--seeds N] [--solve-only] [--proven-cg] [--cores N [N ...]]
-                                          [--plain-start] [--cold-ipopt] [--tight-cg]
+                                          [--plain-start | --nlp-before] [--cold-ipopt] [--tight-cg]
                                           [--reference-closing] [--json]
 """
 
@@ -38,11 +42,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import random
 import statistics
 import time
 from typing import Any
 
+from solver import queue_lazy
 from solver.api import solve
 from solver.fastlp import tune_solver_process
 from solver.simulate import SWEEPS, site_instance, thesis_instance
@@ -80,6 +86,21 @@ def plain_start(on: bool) -> None:
     queue_model.FEASIBLE_START = queue_model.MERGE_SERVERS = not on
 
 
+NOW_LAZY_MIN_PAIRS_CORES = queue_lazy.LAZY_MIN_PAIRS_CORES
+
+
+def nlp_before(on: bool) -> None:
+    """Solve the queue NLP with the switches of session 7's Ipopt round off (``on``) or as now."""
+    from solver import queue_fast, queue_model
+
+    queue_fast.LINEAR_REUSE = queue_model.DROP_IDLE_ROWS = queue_model.UNUSED_POOLS = not on
+    queue_lazy.LAZY_MIN_PAIRS_CORES = queue_lazy.LAZY_MIN_PAIRS if on else NOW_LAZY_MIN_PAIRS_CORES
+    fast = {"fast_step_computation": "yes"}
+    queue_model.IPOPT_NLP_COMPACT = {k: v for k, v in queue_model.IPOPT_NLP_COMPACT.items() if k not in fast}
+    if not on:
+        queue_model.IPOPT_NLP_COMPACT |= fast
+
+
 def cold_ipopt(on: bool) -> None:
     """Solve the binding nodes' relaxation by cold Ipopt (``on``: solver.queue_warm off) or as now."""
     from solver import queue_warm
@@ -105,11 +126,16 @@ TIGHT_SAVED: list[Any] = []
 
 
 def solve_times(
-    seeds: int, cores: float | None = None, before: bool = False, cold: bool = False, tight: bool = False
+    seeds: int,
+    cores: float | None = None,
+    before: bool = False,
+    cold: bool = False,
+    switch: Any = plain_start,
+    tight: bool = False,
 ) -> list[dict[str, Any]]:
     """Median CPU ms per (size, mode) for both objectives on the same snapshots (``cores``: ``with_cores``;
-    ``before``: also the queue solve from the plain start, ``plain_start``; ``cold``: also with cold Ipopt,
-    ``cold_ipopt``)."""
+    ``before``: also the queue solve with ``switch(True)``, ``plain_start`` or ``nlp_before``; ``cold``: also
+    with cold Ipopt, ``cold_ipopt``)."""
     warm = thesis_instance(25, 10, 0)
     for objective in ("thesis", "queue", "queue-p99"):
         solve(warm, objective=objective)
@@ -131,9 +157,9 @@ def solve_times(
             p99 = statistics.median(cpu_ms(s, "queue-p99", mode) for s in snaps)
             old = float("nan")
             if before:
-                plain_start(True)
+                switch(True)
                 old = statistics.median(timed(s, "queue", mode)[0] for s in snaps)
-                plain_start(False)
+                switch(False)
             unwarmed = [(float("nan"), float("nan"), 0)]
             if cold:
                 cold_ipopt(True)
@@ -237,6 +263,8 @@ def main() -> None:
                          "(0: none, the default); several: one table each, same run")  # fmt: skip
     ap.add_argument("--plain-start", action="store_true",
                     help="also time each queue solve from the plain start (before solver.queue_start)")  # fmt: skip
+    ap.add_argument("--nlp-before", action="store_true",
+                    help="also time each queue solve with session 7's NLP switches off")  # fmt: skip
     ap.add_argument("--cold-ipopt", action="store_true",
                     help="also time each queue solve with solver.queue_warm off (cold Ipopt, as before)")  # fmt: skip
     ap.add_argument("--tight-cg", action="store_true",
@@ -254,20 +282,20 @@ def main() -> None:
 
         queue_dual.ENABLED = True
     tune_solver_process()
-    runs = [
-        (c, solve_times(args.seeds, c or None, args.plain_start, args.cold_ipopt, args.tight_cg)) for c in args.cores
-    ]
+    before, switch = args.plain_start or args.nlp_before, nlp_before if args.nlp_before else plain_start
+    runs = [(c, solve_times(args.seeds, c or None, before, args.cold_ipopt, switch, args.tight_cg)) for c in args.cores]
     loads = [] if args.solve_only else workloads()
     if args.json:
         by_cores = [{"cores": c, "solve": t, "summary": summary(t)} for c, t in runs]
         print(json.dumps({"solve": runs[0][1], "summary": summary(runs[0][1]), "by_cores": by_cores,
-                          "workload": loads}, indent=1))  # fmt: skip
+                          "workload": loads, "load_average": os.getloadavg()}, indent=1))  # fmt: skip
         return
     for c, times in runs:
         print(f"== {'no cores' if not c else f'{c:g} cores per node'}")
-        print_table(times, args.plain_start, args.cold_ipopt, args.tight_cg)
+        print_table(times, before, args.cold_ipopt, args.tight_cg)
     for c, times in runs:
         print_summary(c, times)
+    print("load average (1, 5, 15 min) at the end: " + ", ".join(f"{x:.2f}" for x in os.getloadavg()))
     if loads:
         print_loads(loads)
 
@@ -278,7 +306,7 @@ def print_table(times: list[dict[str, Any]], before: bool, cold: bool = False, t
     print(
         f"{'size':<22}{'mode':>5}{'thesis LP ms':>14}{'queue ms':>10}{'/ LP':>7}{'relaxation ms':>15}{'/ LP':>7}"
         f"{'it':>5}{'integer ms':>12}{'Ipopt':>7}{'queue-p99 ms':>14}{'/ LP':>7}"
-        + (f"{'plain start ms':>16}{'x':>6}" if before else "")
+        + (f"{'before ms':>16}{'x':>6}" if before else "")
         + (f"{'cold relax ms':>15}{'/ LP':>7}{'it':>5}{'x':>6}" if cold else "")
         + (f"{'tight-cg relax ms':>19}{'/ LP':>7}{'x':>6}" if tight else "")
     )
@@ -312,7 +340,7 @@ def print_summary(cores: float, times: list[dict[str, Any]]) -> None:
             f"relaxation / LP: median {s[tag + 'relaxation_ratio_median']:.2f} "
             f"max {s[tag + 'relaxation_ratio_max']:.2f}; queue-p99 / LP: median {s[tag + 'p99_ratio_median']:.2f} "
             f"max {s[tag + 'p99_ratio_max']:.2f}"
-            + (f"; plain start / now: median {s[tag + 'speedup_median']:.2f}" if tag + "speedup_median" in s else "")
+            + (f"; before / now: median {s[tag + 'speedup_median']:.2f}" if tag + "speedup_median" in s else "")
             + (
                 f"; cold Ipopt relaxation / LP: median {s[tag + 'cold_relaxation_ratio_median']:.2f}, Ipopt "
                 f"iterations median {s[tag + 'iterations_median']:.0f} (cold {s[tag + 'cold_iterations_median']:.0f})"

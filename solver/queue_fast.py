@@ -8,15 +8,18 @@ constant ``w = 1000 / (mu - t*) - 1000 / mu + beta / t*`` per req/s: it is linea
 every node outside a set S (the relaxation R(S)); then every stream's best column outside S is its one
 of least ``cost_cj + w_jk`` (the others never carry rate), and only S's nodes need lam, n and rows:
 
-1. S: nodes with a pool that reuses instances (free > 0: its cost is not linear) and nodes whose
-   budgets (memory, compute, cores: solver.node_cpu) the closed form overfills (every stream whole on
-   its least-cost node, n = lam / t*; outside S a pool's effective servers are its n).
+1. S: nodes with a pool that reuses instances (free > 0: its cost is not linear below free * t*) where
+   the closed form leaves that pool short of free * t* (above it, the pool opens new instances at t*
+   and costs w per req/s on the margin, as any other: ``LINEAR_REUSE``), and nodes whose budgets
+   (memory, compute, cores: solver.node_cpu) the closed form overfills (every stream whole on its
+   least-cost node, n = lam / t*; outside S a pool's effective servers are its n).
 2. S empty: the closed form is R(S)'s optimum, no Ipopt at all. Else Ipopt solves R(S) on S's nodes
    with one outside column per stream (its best node outside S, or rejection where the penalty is
    lower): warm-started from ``solver.queue_dual``'s proven column generation and certified by pricing
    (``solver.queue_warm``), else cold through ``solver.queue_lazy`` (the column generation's own answer
    in Ipopt's place where ``queue_dual.ENABLED``).
-3. Recheck the dropped rows: nodes outside S that the result overfills join S; repeat.
+3. Recheck the dropped rows: nodes outside S that the result overfills, or whose reused pools it
+   leaves short of free * t*, join S; repeat.
 
 R(S) relaxes the NLP; an optimum of R(S) that keeps every dropped row is feasible for the NLP, hence
 its optimum. After ``MAX_ROUNDS``, a non-optimal solve, or with ``beta <= 0`` (no finite best load)
@@ -45,6 +48,8 @@ GREEDY_START = True  # start S with the nodes a greedy placement fills (saves re
 PRUNE = True  # leave out the columns of R(S) that cannot carry rate (see _restricted)
 KEEP_REUSE = True  # ... but never those into pools with running instances (their marginal cost can be below w)
 RECHECK = True  # check the dropped rows (switched off only to show the property test catching it)
+LINEAR_REUSE = True  # leave out of S the nodes whose reused pools the closed form fills (see _short_of_reuse)
+REUSE_MARGIN = 0.25  # ... by this share more than free * t* (R(S) may draw rate away: a re-solve costs more)
 BoolArray = npt.NDArray[np.bool_]
 
 
@@ -61,7 +66,7 @@ def solve_nlp_fast(q: QueueProblem) -> NlpSolution:
     if q.instance_cost <= 0 or p.n_classes == 0 or p.n_nodes == 0:
         return solve_nlp_lazy(q)
     w, t_best = free_pool_terms(q)
-    in_s: BoolArray = np.asarray((p.free > 0).any(axis=1))
+    in_s = _reuse_nodes(q, w, t_best)
     if GREEDY_START:
         in_s |= _filled_by_greedy(q, w, t_best, in_s)
     iterations = columns = 0
@@ -82,7 +87,7 @@ def solve_nlp_fast(q: QueueProblem) -> NlpSolution:
         lam = x.T @ np.eye(len(p.model_names))[p.class_model]
         n = np.where(in_s[:, None], n_out, np.maximum(lam / t_best, N_MIN))
         e = np.where(in_s[:, None], e_out, n)
-        over = _overfilled(q, n) & ~in_s
+        over = (_overfilled(q, n) | _short_of_reuse(q, lam, t_best)) & ~in_s
         if not over.any() or not RECHECK:
             value = objective_value(q, x, r, n, e)
             servers = e if np.isfinite(q.cores()).any() else None
@@ -90,6 +95,29 @@ def solve_nlp_fast(q: QueueProblem) -> NlpSolution:
         in_s |= over
     full = solve_nlp_lazy(q)
     return dataclasses.replace(full, iterations=iterations + full.iterations, fallback=True)
+
+
+def _reuse_nodes(q: QueueProblem, w: FloatArray, t_best: FloatArray) -> BoolArray:
+    """[j] nodes with reused pools (free > 0) that S needs: all of them, or (``LINEAR_REUSE``) those the closed
+    form over every node does not fill ``REUSE_MARGIN`` beyond free * t*."""
+    reuse: BoolArray = np.asarray((q.base.free > 0).any(axis=1))
+    if not LINEAR_REUSE or not reuse.any():
+        return reuse
+    x, _, _ = _outside(q, w, t_best, np.zeros(q.base.n_nodes, dtype=bool))
+    lam = x.T @ np.eye(len(q.base.model_names))[q.base.class_model]
+    return _short_of_reuse(q, lam, t_best, REUSE_MARGIN)
+
+
+def _short_of_reuse(q: QueueProblem, lam: FloatArray, t_best: FloatArray, margin: float = 0.0) -> BoolArray:
+    """[j] nodes with a reused pool whose rate lam [j, k] is below (1 + margin) free * t*.
+
+    Above it the pool's best instance count is lam / t* >= free (new instances at t*, the running ones
+    free): its cost is linear, w per req/s, as the closed form takes it. Below, its marginal cost is less
+    than w (the running instances serve for nothing): only Ipopt on S gets its share right.
+    """
+    free = q.base.free
+    short = (free > 0) & (lam < (1.0 + margin) * free * t_best * (1 - 1e-9))
+    return np.asarray(short.any(axis=1))
 
 
 def _outside(q: QueueProblem, w: FloatArray, t_best: FloatArray, in_s: BoolArray) -> tuple[FloatArray, ...]:

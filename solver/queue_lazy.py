@@ -15,8 +15,8 @@ NLP's KKT conditions (the bound multiplier of each left-out column is its reduce
 is convex, so that point is the full optimum. Ipopt's multipliers are not unique where a pool is empty
 (lam = 0), so each pool row's multiplier is taken at the least value lam's bound allows before pricing
 (without that, pricing adds hundreds of useless columns per round and never closes). Problems with fewer
-than ``LAZY_MIN_PAIRS`` pairs are solved whole. After ``MAX_ROUNDS``, or a restricted solve that is not
-optimal, the full NLP is solved instead (``fallback``).
+than ``LAZY_MIN_PAIRS`` pairs (``LAZY_MIN_PAIRS_CORES`` where a node has a core row) are solved whole.
+After ``MAX_ROUNDS``, or a restricted solve that is not optimal, the full NLP is solved instead (``fallback``).
 """
 
 from __future__ import annotations
@@ -36,19 +36,25 @@ CANDIDATES = 5  # cheapest nodes per stream in the first restricted solve
 ADD_PER_ROUND = 3  # columns per stream added by one pricing round at most
 MAX_ROUNDS = 6
 LAZY_MIN_PAIRS = 2000  # below this many (stream, node) pairs the whole NLP is faster (measured: 25 x 10)
+# ... and below this many where a node has a core row: there pricing needs 3-4 solves, and one whole solve
+# took 0.7-0.9x the lazy time at 3,083-11,459 pairs (1 core per node), 2x and 6x at 19,800 and 79,800 (2 cores)
+LAZY_MIN_PAIRS_CORES = 12000
 BoolArray = npt.NDArray[np.bool_]
 PRICE_TOL = 1e-6  # relative to the largest column cost: smaller negative reduced costs are noise
 
 
 def solve_nlp_lazy(
-    q: QueueProblem, candidates: int = CANDIDATES, min_pairs: int = LAZY_MIN_PAIRS, allowed: BoolArray | None = None
+    q: QueueProblem, candidates: int = CANDIDATES, min_pairs: int | None = None, allowed: BoolArray | None = None
 ) -> NlpSolution:
     """The full NLP's optimum, found on a few columns per stream grown by pricing (full solve as fallback).
 
-    ``allowed`` [c, j]: the only columns that may carry rate (the caller proved the others need none).
+    ``allowed`` [c, j]: the only columns that may carry rate (the caller proved the others need none);
+    ``min_pairs``: fewer pairs are solved whole (None: ``LAZY_MIN_PAIRS``, ``LAZY_MIN_PAIRS_CORES`` with cores).
     """
     p = q.base
     C, J = p.n_classes, p.n_nodes
+    if min_pairs is None:
+        min_pairs = LAZY_MIN_PAIRS_CORES if np.isfinite(q.cores()).any() else LAZY_MIN_PAIRS
     pairs = C * J if allowed is None else int(allowed.sum())
     if C == 0 or J == 0 or candidates >= J or min_pairs > pairs:
         return _whole(q, allowed)
@@ -65,7 +71,7 @@ def solve_nlp_lazy(
         if sol.status != "optimal":
             log.info("lazy NLP: restricted solve %s in round %d; solving the whole NLP", sol.status, rounds)
             break
-        enter = _price(q, mult, in_lp) & ok
+        enter = _price(q, mult, in_lp | ~ok)  # a column the caller ruled out never enters nor takes a slot
         if not enter.any():
             return _with(sol, iterations, rounds, len(cols), False)
         in_lp |= enter
@@ -88,7 +94,8 @@ def reduced_costs(q: QueueProblem, mult: FloatArray) -> FloatArray:
 
 
 def _price(q: QueueProblem, mult: FloatArray, in_lp: np.ndarray) -> np.ndarray:
-    """Left-out columns to add: per stream its ``ADD_PER_ROUND`` most negative reduced costs."""
+    """Left-out columns to add: per stream its ``ADD_PER_ROUND`` most negative reduced costs (``in_lp``: the
+    columns that may not enter, those in the restricted NLP and those ruled out)."""
     red = reduced_costs(q, mult)
     tol = PRICE_TOL * max(1.0, float(np.abs(q.base.cost).max(initial=0.0)))
     red = np.where(in_lp | (red >= -tol), np.inf, red)

@@ -45,6 +45,9 @@ log = logging.getLogger(__name__)
 MERGE_SERVERS = True  # compact form: n is the servers on nodes with cores (no e; switched off only in tests)
 PIN_NO_ROOM = True  # compact form: fix n = N_MIN where a node has no room (switched off only in tests)
 CORE_ROWS = True  # compact form: the core rows (switched off only to show tests/unit/test_queue_start.py failing)
+MU_MIN, MU_MAX = 1e-3, 1e9  # requests/s one instance serves, clipped (a peer's absurd measurement overflowed the solve)
+DROP_IDLE_ROWS = True  # compact form: leave out memory and compute rows the core rows keep from binding
+UNUSED_POOLS = True  # compact form: a pool no column reaches (and no instance runs) has lam 0, n N_MIN, no rows
 N_MIN = 1e-6  # lower bound on a pool's (fractional) instance count; D needs n > 0
 INSTANCE_COST = 500.0  # request-ms per second one new instance must save to be worth starting (beta)
 DEFAULT_RATE = 1.0  # requests/s of a stream whose rate the snapshot does not give
@@ -65,19 +68,29 @@ IPOPT_NLP: dict[str, Any] = {
 # superlinear barrier decrease cut Ipopt's median iterations 40 -> 34 at 2 cores and 58 -> 38 at 1 core, and
 # a smaller gradient bound for the scaling (the rejection penalty's gradient set the objective's scale)
 # another few; the same optima within 1e-7 relative.
+# fast_step_computation skips the residual check of each step (the same iteration counts, optima to ~1e-16:
+# the KKT systems here are solved well; the retries check again). Measured by bench/ipopt_options.py and not
+# taken: Mehrotra's predictor-corrector (it needs mu_strategy adaptive, "Invalid option" with monotone, and
+# drops the line search: on these NLPs it oscillated, median iterations 31 -> 204 and 2,000-iteration
+# failures), the adaptive strategy with the probing oracle (fewer iterations, more time), tau_min,
+# barrier_tol_factor, alpha_for_y, mu_init, mu_min, tol: none moved the iterations by more than a few per
+# cent over the R(S) problems at 0, 2 and 1 core per node.
 IPOPT_NLP_COMPACT: dict[str, Any] = IPOPT_NLP | {
     "mu_init": 1.0,
     "mu_superlinear_decrease_power": 1.9,
     "nlp_scaling_max_gradient": 10.0,
+    "fast_step_computation": "yes",
 }
 FEASIBLE_START = True  # compact form: start from solver.queue_start (switched off only in tests and the bench)
 # Tried in turn when Ipopt fails outright (e.g. -3, an error in the step computation: hypothesis found an
 # instance where the speed options above fail and the first two each succeed, though not together; a
-# nearly empty cluster once needed Ipopt's problem scaling off).
+# nearly empty cluster once needed Ipopt's problem scaling off). Each retry checks every step's residual
+# again (fast_step_computation no: refinement where a step is inaccurate, as before that option).
+_CHECKED = {"fast_step_computation": "no"}
 IPOPT_NLP_RETRIES: tuple[dict[str, Any], ...] = (
-    {"min_refinement_steps": 1},
-    {"mu_strategy": "adaptive"},
-    {"nlp_scaling_method": "none"},
+    {"min_refinement_steps": 1} | _CHECKED,
+    {"mu_strategy": "adaptive"} | _CHECKED,
+    {"nlp_scaling_method": "none"} | _CHECKED,
 )
 
 
@@ -139,6 +152,7 @@ def build_queue_problem(p: Problem, instance_cost: float = INSTANCE_COST, rho_ma
             else:
                 mu[j, k] = 1000.0 / max(float(median[j]), 1e-3) if median is not None else 1000.0
     mu *= np.minimum(node_cores(p), 1.0)[:, None]  # a fraction of a core serves a fraction of the rate
+    mu = np.clip(mu, MU_MIN, MU_MAX)  # measured figures come from peers: keep the arithmetic finite
     node_class = tuple(n.node_class for n in s.nodes)
     return QueueProblem(p, rate, mu, node_class, rho_max, instance_cost)
 
@@ -208,6 +222,7 @@ class _Layout:
         p = q.base
         self.C, self.J, self.K = p.n_classes, p.n_nodes, len(p.model_names)
         self.P = self.J * self.K
+        self.compact = compact
         self.cols = np.arange(self.C * self.J) if cols is None else np.asarray(cols, dtype=np.int64)
         self.cc, self.jj = np.divmod(self.cols, max(self.J, 1))
         free = p.free.ravel()
@@ -224,6 +239,7 @@ class _Layout:
         self.cored = on_cores[:0] if compact and MERGE_SERVERS else on_cores  # pools with an e variable
         self.e0 = self.new0 + len(self.linked)
         self.size = self.e0 + len(self.cored)
+        self.rows = self.C + 2 * self.P + len(self.linked) + 2 * self.J + len(self.cored) + len(self.core_nodes)
         # per pool: the variable that pays for new instances (its `new`, or n itself where unlinked)
         self.payer = self.n0 + np.arange(self.P)
         self.payer[self.linked] = self.new0 + np.arange(len(self.linked))
@@ -235,7 +251,11 @@ class _Layout:
         # met it as a variable between a bound and a row at the same value (up to 2,000 iterations)
         pj, pk = np.divmod(np.arange(self.P), self.K)
         none_left = ((p.mem[pk] > 0) & (p.mem_budget[pj] <= 0)) | ((p.comp[pk] > 0) & (p.comp_budget[pj] <= 0))
-        self.pinned = none_left & (free == 0) & compact & PIN_NO_ROOM
+        # ... and so is it at a pool no column reaches (lam = 0: D(0, n) = 0, so n only costs beta): lam is
+        # fixed at 0 too and the pool's balance and throughput rows, which it alone fills, are left out
+        reached = np.bincount(self.jj * self.K + p.class_model[self.cc], minlength=self.P) > 0
+        self.unused = ~reached & (free == 0) & compact & UNUSED_POOLS
+        self.pinned = ((none_left & PIN_NO_ROOM) | self.unused) & (free == 0) & compact
 
 
 def _jacobian(q: QueueProblem, lay: _Layout) -> tuple[IntArray, IntArray, FloatArray, FloatArray, FloatArray]:
@@ -298,12 +318,53 @@ def _jacobian(q: QueueProblem, lay: _Layout) -> tuple[IntArray, IntArray, FloatA
     return r[keep], c[keep], v[keep], cl, cu
 
 
+def _dropped_rows(q: QueueProblem, lay: _Layout) -> IntArray:
+    """The rows of the full layout the compact form leaves out: unused pools' balance and throughput rows,
+    idle memory and compute rows (``UNUSED_POOLS``, ``DROP_IDLE_ROWS``)."""
+    unused = np.flatnonzero(lay.unused)
+    drop = [lay.C + unused, lay.C + lay.P + unused]
+    if lay.compact and DROP_IDLE_ROWS and q.instance_cost > 0:
+        core_cu = np.maximum(lay.cores[lay.core_nodes], 2 * lay.K * N_MIN)  # as the core rows' bounds
+        m0 = lay.C + 2 * lay.P + len(lay.linked)
+        drop.append(m0 + _idle_budget_rows(q, lay, core_cu))
+    return np.concatenate(drop).astype(np.int64)
+
+
+def _idle_budget_rows(q: QueueProblem, lay: _Layout, core_cu: FloatArray) -> IntArray:
+    """Memory and compute rows (0..2J-1 from the first memory row) that no optimum can reach: on a node with a
+    core row, new <= n at an optimum (new costs beta > 0) and sum_k n <= cores, so the node's memory use is
+    at most cores x the largest memory need (compute likewise); where that fits the row's bound, drop it."""
+    p = q.base
+    J = lay.J
+    bound = np.full(J, np.inf)
+    bound[lay.core_nodes] = core_cu
+    mem_cu = np.maximum(p.mem_budget, 0.0)
+    comp_cu = np.maximum(p.comp_budget, 0.0)
+    idle_mem = bound * float(p.mem.max(initial=0.0)) <= mem_cu
+    idle_comp = bound * float(p.comp.max(initial=0.0)) <= comp_cu
+    return np.flatnonzero(np.concatenate([idle_mem, idle_comp]))
+
+
+def _without_rows(
+    r: IntArray, c: IntArray, v: FloatArray, cl: FloatArray, cu: FloatArray, drop: IntArray
+) -> tuple[IntArray, IntArray, FloatArray, FloatArray, FloatArray]:
+    """The constraint triplets and bounds with rows ``drop`` taken out and the rows after them renumbered."""
+    kept = np.ones(len(cl), dtype=bool)
+    kept[drop] = False
+    new_index = np.cumsum(kept) - 1
+    entries = kept[r]
+    return new_index[r[entries]], c[entries], v[entries], cl[kept], cu[kept]
+
+
 class _Callbacks:
-    """cyipopt callbacks: linear constraints, the convex objective with its exact 2x2 Hessian blocks."""
+    """cyipopt callbacks: linear constraints, the convex objective with its exact 2x2 Hessian blocks.
+
+    Ipopt asks f, grad f and the Hessian at one point, so the pools' delay terms are computed once per point
+    (keyed on the pools' lam and server entries, all the terms read); the rest is one dot product, one
+    bincount and a few slices, about 60 us an iteration at the thesis's sizes (item 3 of issue 16 item 5).
+    """
 
     def __init__(self, q: QueueProblem, lay: _Layout, jac: tuple[IntArray, IntArray, FloatArray]) -> None:
-        from solver.queueing import PoolDelay
-
         self.q, self.lay = q, lay
         self.rows, self.cols, self.vals = jac
         self.m = int(self.rows.max(initial=-1)) + 1
@@ -318,35 +379,39 @@ class _Callbacks:
             ]
         )
         self.cost[lay.payer] = q.instance_cost
-        self.delays = [PoolDelay(float(mu), q.rho_max) for mu in q.mu.ravel()]
         self.mu = q.mu.ravel()
+        self.t_max = q.rho_max * self.mu
+        self.lam = slice(lay.lam0, lay.lam0 + lay.P)
+        contiguous = np.array_equal(lay.server, lay.n0 + np.arange(lay.P))  # the compact form: n is the servers
+        self.server: slice | IntArray = slice(lay.n0, lay.n0 + lay.P) if contiguous else lay.server
         self.iterations = 0
-        self._at: FloatArray | None = None  # the point of the cached delay terms (Ipopt asks f, grad f, H at one x)
+        self._key: FloatArray | None = None  # the pools' entries of the point of the cached delay terms
         self._terms: tuple[FloatArray, ...] = ()
-
-    def _pools(self, x: FloatArray) -> tuple[FloatArray, FloatArray]:
-        lay = self.lay
-        lam = np.clip(x[lay.lam0 : lay.lam0 + lay.P], 0.0, None)
-        n = np.maximum(x[lay.server], N_MIN)
-        return lam, n
 
     def _delay_at(self, x: FloatArray) -> tuple[FloatArray, ...]:
         """``_delay`` at the pools of point x, computed once per point."""
-        if self._at is None or not np.array_equal(x, self._at):
-            self._terms = self._delay(*self._pools(x))
-            self._at = np.array(x, dtype=float)
+        key = np.concatenate([x[self.lam], x[self.server]])
+        if self._key is None or not np.array_equal(key, self._key):
+            P = self.lay.P
+            self._terms = self._delay(np.maximum(key[:P], 0.0), np.maximum(key[P:], N_MIN))
+            self._key = key
         return self._terms
 
     def _delay(self, lam: FloatArray, n: FloatArray) -> tuple[FloatArray, ...]:
         """Per pool: value, dD/dlam, dD/dn, and the Hessian's three entries (vectorised PoolDelay)."""
-        mu, rho = self.mu, self.q.rho_max
+        mu, tm = self.mu, self.t_max
         t = lam / n
-        tm = rho * mu
-        tc = np.minimum(t, tm)
+        over = t > tm
+        tc = np.minimum(t, tm) if over.any() else t
         gap = mu - tc
-        g_in, d1 = 1000.0 * tc / gap, 1000.0 * mu / gap**2
-        g = np.where(t <= tm, g_in, g_in + d1 * (t - tm))
-        d2 = np.where(t <= tm, 2000.0 * mu / gap**3, 0.0)
+        # the same operations as PoolDelay's, rounding included: Ipopt's path on the hypothesis cases of
+        # tests/unit/test_solver_queue_placement.py turns on the last bit
+        g = 1000.0 * tc / gap
+        d1 = 1000.0 * mu / gap**2
+        d2 = 2000.0 * mu / gap**3
+        if over.any():  # above t_max: g's tangent, no curvature
+            g = np.where(over, g + d1 * (t - tm), g)
+            d2 = np.where(over, 0.0, d2)
         base = d2 / n
         return n * g, d1, g - t * d1, base, -t * base, t * t * base
 
@@ -356,12 +421,12 @@ class _Callbacks:
     def gradient(self, x: FloatArray) -> FloatArray:
         _, d_lam, d_n, *_ = self._delay_at(x)
         out = self.cost.copy()
-        out[self.lay.lam0 : self.lay.lam0 + self.lay.P] += d_lam
-        out[self.lay.server] += d_n
+        out[self.lam] += d_lam
+        out[self.server] += d_n
         return out
 
     def constraints(self, x: FloatArray) -> FloatArray:
-        return np.bincount(self.rows, weights=self.vals * x[self.cols], minlength=self.m).astype(np.float64)
+        return np.bincount(self.rows, weights=self.vals * x[self.cols], minlength=self.m).astype(np.float64, copy=False)
 
     def jacobian(self, x: FloatArray) -> FloatArray:
         return self.vals
@@ -425,7 +490,11 @@ def _solve_form(
     if lay.C == 0 or lay.J == 0:
         empty = np.zeros((p.n_nodes, len(p.model_names)))
         return NlpSolution(np.zeros((lay.C, lay.J)), q.rate.copy(), empty, empty, 0.0, "optimal", 0), np.zeros(0)
-    rows, jcols, vals, cl, cu = warm.jacobian if warm is not None and warm.jacobian is not None else _jacobian(q, lay)
+    drop = _dropped_rows(q, lay)  # the full layout's rows Ipopt does not get (their multipliers come back 0)
+    kept = np.ones(lay.rows, dtype=bool)
+    kept[drop] = False
+    full = warm.jacobian if warm is not None and warm.jacobian is not None else _jacobian(q, lay)
+    rows, jcols, vals, cl, cu = _without_rows(full[0], full[1], full[2], full[3], full[4], drop)
     callbacks = _Callbacks(q, lay, (rows, jcols, vals))
     callbacks.m = len(cl)
     lb = np.zeros(lay.size)
@@ -433,6 +502,7 @@ def _solve_form(
     lb[lay.e0 :] = N_MIN
     ub = np.full(lay.size, np.inf)
     ub[lay.n0 + np.flatnonzero(lay.pinned)] = N_MIN
+    ub[lay.lam0 + np.flatnonzero(lay.unused)] = 0.0
     ub[lay.e0 + np.flatnonzero(lay.pinned[lay.cored])] = N_MIN  # e <= n
     ub[: lay.r0] = q.rate[lay.cc]
     ub[lay.r0 : lay.lam0] = q.rate
@@ -444,7 +514,7 @@ def _solve_form(
         nlp = cyipopt.Problem(n=lay.size, m=len(cl), problem_obj=callbacks, lb=lb, ub=ub, cl=cl, cu=cu)
         for key, value in {**options, **change}.items():
             nlp.add_option(key, value)
-        x, info = nlp.solve(start) if warm is None else nlp.solve(start, warm.mult_g, warm.zl, warm.zu)
+        x, info = nlp.solve(start) if warm is None else nlp.solve(start, warm.mult_g[kept], warm.zl, warm.zu)
         last = attempt == len(retries)
         try:
             status = ipopt_status(int(info["status"]))
@@ -474,13 +544,16 @@ def _solve_form(
         servers = servers.reshape(lay.J, lay.K)
     value = float(info["obj_val"])
     sol = NlpSolution(xs, r, lam, n, value, status, callbacks.iterations, columns=len(lay.cols), servers=servers)
-    mult = np.asarray(info["mult_g"], dtype=float).copy()
+    mult = np.zeros(lay.rows)
+    mult[kept] = np.asarray(info["mult_g"], dtype=float)
     # Pool rows' least valid multipliers: lam's lower-bound multiplier moves into its pool row (KKT kept).
     mult[lay.C : lay.C + lay.P] -= np.asarray(info["mult_x_L"], dtype=float)[lay.lam0 : lay.n0]
     # Assignment rows' likewise: the upper bounds x <= rate, r <= rate are implied by the row (nothing else is
     # negative), so a column at its bound (a stream wholly on it) moves its bound multiplier into the row.
     upper = np.asarray(info["mult_x_U"], dtype=float)
     mult[: lay.C] += np.bincount(lay.cc, weights=upper[: lay.r0], minlength=lay.C) + upper[lay.r0 : lay.lam0]
+    # an unused pool's: -d(D - lam s)/dlam at lam = 0, which is 0 (no wait at no load), its rows being out
+    mult[lay.C + np.flatnonzero(lay.unused)] = 0.0
     return sol, mult
 
 

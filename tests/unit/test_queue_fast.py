@@ -128,3 +128,39 @@ def test_pruning_keeps_the_optimum_and_fails_without_the_reuse_exception(monkeyp
     monkeypatch.setattr(queue_fast, "PRUNE", True)
     monkeypatch.setattr(queue_fast, "KEEP_REUSE", False)
     assert _gap(q) > TOL, "the equality check must fail when reused pools' columns are pruned"
+
+
+def _s_sizes(q: QueueProblem, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The node count of every R(S) the shortcut hands on (solver.queue_fast._solve_sub's problems)."""
+    sizes: list[int] = []
+    solve_sub = queue_fast._solve_sub
+
+    def spy(sub: QueueProblem, allowed: np.ndarray) -> object:
+        sizes.append(sub.base.n_nodes)
+        return solve_sub(sub, allowed)
+
+    monkeypatch.setattr(queue_fast, "_solve_sub", spy)
+    solve_nlp_fast(q)
+    return sizes
+
+
+def test_nodes_whose_reused_pools_fill_stay_out_of_s(monkeypatch: pytest.MonkeyPatch) -> None:
+    """25 x 10, Mode 1, instances running: the nodes whose reused pools the closed form fills past free * t*
+    stay out of S (10 nodes -> 5), and the optimum is the reference NLP's."""
+    q = build_queue_problem(build_problem(_with_running(thesis_instance(25, 10, 3), 3), Mode.MODE1))
+    monkeypatch.setattr(queue_fast, "LINEAR_REUSE", False)
+    whole = _s_sizes(q, monkeypatch)
+    monkeypatch.setattr(queue_fast, "LINEAR_REUSE", True)
+    smaller = _s_sizes(q, monkeypatch)
+    assert sum(smaller) < sum(whole)
+    assert abs(_gap(q)) <= TOL
+
+
+def test_the_reused_pool_check_fails_when_switched_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every reused pool taken as linear (REUSE_MARGIN -1): the recheck of pools left short of free * t* brings
+    their nodes back into S and the optimum holds; with that check switched off the equality check fails."""
+    q = build_queue_problem(build_problem(_with_running(thesis_instance(20, 10, 0), 0), Mode.MODE1))
+    monkeypatch.setattr(queue_fast, "REUSE_MARGIN", -1.0)
+    assert abs(_gap(q)) <= TOL
+    monkeypatch.setattr(queue_fast, "_short_of_reuse", lambda q, *_: np.zeros(q.base.n_nodes, dtype=bool))
+    assert abs(_gap(q)) > TOL, "the equality check must fail when reused pools left short stay outside S"

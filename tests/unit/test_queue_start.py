@@ -147,3 +147,69 @@ def test_an_empty_snapshot_starts_anywhere() -> None:
     snap = thesis_instance(5, 3, 0)
     q = build_queue_problem(build_problem(Snapshot(snap.nodes, snap.models, ()), Mode.MODE2))
     assert solve_nlp(q).status == "optimal"
+
+
+def test_fast_step_computation_keeps_ipopts_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """fast_step_computation (no residual check of each step) changes the work per iteration, not the path:
+    the same iteration count and the same optimum as with the check, at 2 cores per node with instances running."""
+    assert queue_model.IPOPT_NLP_COMPACT["fast_step_computation"] == "yes"
+    assert all(retry["fast_step_computation"] == "no" for retry in queue_model.IPOPT_NLP_RETRIES)  # checked again
+    q = instance(4, 3, 0.15, (2,), Mode.MODE1, False)
+    fast = solve_nlp(q)
+    checked = {k: v for k, v in queue_model.IPOPT_NLP_COMPACT.items() if k != "fast_step_computation"}
+    monkeypatch.setattr(queue_model, "IPOPT_NLP_COMPACT", checked)
+    slow = solve_nlp(q)
+    assert fast.iterations == slow.iterations > 0
+    assert fast.value == pytest.approx(slow.value, rel=1e-12)
+
+
+def test_idle_budget_rows_are_left_out_and_only_those(monkeypatch: pytest.MonkeyPatch) -> None:
+    """40 x 10, 4 cores per node, instances running: the memory and compute rows the core rows keep from
+    binding are left out (fewer rows, the reference optimum); leaving out every memory and compute row
+    instead (the bound check switched off) misses it."""
+    q = instance(4, 0, 0.15, (4,), Mode.MODE1, False)
+    lay = queue_model._Layout(q)
+    left_out = len(queue_model._dropped_rows(q, lay))
+    monkeypatch.setattr(queue_model, "DROP_IDLE_ROWS", False)
+    assert len(queue_model._dropped_rows(q, lay)) < left_out
+    monkeypatch.setattr(queue_model, "DROP_IDLE_ROWS", True)
+    assert relative_gap(q, solve_nlp(q)) <= TOL
+    monkeypatch.setattr(queue_model, "_idle_budget_rows", lambda q, lay, _: np.arange(2 * lay.J))
+    assert relative_gap(q, solve_nlp(q)) > 100 * TOL
+
+
+def _one_column_each(q: QueueProblem) -> np.ndarray:
+    """Each stream's cheapest column only (as a first lazy round with one candidate): most pools unreached."""
+    p = q.base
+    return np.arange(p.n_classes) * p.n_nodes + np.argmin(p.cost, axis=1)
+
+
+def test_unused_pools_leave_the_nlp_with_the_same_optimum_and_prices(monkeypatch: pytest.MonkeyPatch) -> None:
+    """40 x 10 at 2 cores, one column per stream: the pools no column reaches lose their lam, n and two rows;
+    the optimum and the assignment and pool rows' multipliers (what pricing reads) are the same as with
+    them kept; fixing a reached pool the same way (the reach check switched off for it) misses the optimum."""
+    q = instance(4, 1, 0.0, (2,), Mode.MODE2, False)
+    cols = _one_column_each(q)
+    lay = queue_model._Layout(q, cols)
+    assert lay.unused.any()
+    left_out = len(queue_model._dropped_rows(q, lay))
+    sol, mult = queue_model.solve_restricted(q, cols)
+    monkeypatch.setattr(queue_model, "UNUSED_POOLS", False)
+    kept_pools = queue_model._Layout(q, cols)
+    assert left_out == len(queue_model._dropped_rows(q, kept_pools)) + 2 * int(lay.unused.sum())
+    ref, ref_mult = queue_model.solve_restricted(q, cols)
+    assert sol.value == pytest.approx(ref.value, rel=TOL)
+    head = q.base.n_classes + lay.P  # the assignment and pool rows
+    np.testing.assert_allclose(mult[:head], ref_mult[:head], atol=1e-4 * float(np.abs(ref_mult[:head]).max()))
+    monkeypatch.setattr(queue_model, "UNUSED_POOLS", True)
+    layout = queue_model._Layout
+    busiest = int(np.argmax(ref.lam.ravel()))
+
+    def wrong(*args: object, **kwargs: object) -> queue_model._Layout:
+        out = layout(*args, **kwargs)  # type: ignore[arg-type]
+        out.unused[busiest] = out.pinned[busiest] = True
+        return out
+
+    monkeypatch.setattr(queue_model, "_Layout", wrong)
+    broken = queue_model.solve_restricted(q, cols)[0].value  # that pool's streams now wait nowhere
+    assert abs(broken - ref.value) > 100 * TOL * ref.value
