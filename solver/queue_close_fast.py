@@ -13,12 +13,6 @@ equal). What changes is the cost of a pass:
   nothing is written back unless it is kept.
 * A pool whose try failed is skipped until its model's rates, or the memory and compute in use where
   that model has open pools, change (a version counter per model instead of a copy of its rates).
-  A try that nothing outside its model limited (no destination ruled out by memory, compute or cores, no
-  node over, no node's core share changed) is skipped until its model's rates change (``RETRY_BY_MODEL``):
-  its outcome then depends on its model's rates alone, up to which destinations budgets rule out later
-  and the objective's 1e-9 tolerance. A heuristic step (plans need not be bit for bit the reference's:
-  docs/solver.md, "Integer part, fewer steps"): on the bench's cases 24 % fewer tries without cores, 7 %
-  at 2 cores; of its 222 plans two changed (2.0 and 2.7 % lower objective), the golden plans are the same.
 
 Moves pass the screen rarely; those are checked as the reference checks them.
 
@@ -48,7 +42,6 @@ log = logging.getLogger(__name__)
 
 CHECK_BUDGETS = True  # a try's memory and compute check (switched off only to show the equality test failing)
 CHECK_CORES = True  # a try's core-room and busy-work check (likewise)
-RETRY_BY_MODEL = True  # a try no budget or core share limited is retried only once its model's rates change
 BoolArray = npt.NDArray[np.bool_]
 
 
@@ -74,7 +67,6 @@ class _Static:
         self.cores: list[float] = np.asarray(pools.cores, dtype=float).tolist()
         self.core_room: list[float] = (q.rho_max * np.asarray(pools.cores, dtype=float)).tolist()  # [j] busy-work cap
         self.core_limit = [r * (1 + CORE_TOL) + CORE_TOL for r in self.core_room]  # as node_cpu.over_cores
-        self.limited = False  # the last try had a destination ruled out, or failed, by a budget or cores
 
     def share(self, j: int, total: int) -> float:
         """Each instance's share of a core on node j running ``total`` instances (``effective_servers``)."""
@@ -130,7 +122,7 @@ def close_pools_fast(pools: Pools) -> int:
     if pools.x.size == 0:
         return 0
     static = _Static(pools)
-    failed: dict[tuple[int, int], Any] = {}
+    failed: dict[tuple[int, int], tuple[Any, ...]] = {}
     versions = [0] * static.K
     steps = 0
     for _ in range(4 * pools.counts().size + 1):  # each step closes a pool or strictly lowers the objective
@@ -184,7 +176,7 @@ def worth_trying(pools: Pools, lam: FloatArray, counts: IntArray) -> BoolArray:
 
 
 def _close_one(
-    pools: Pools, static: _Static, view: _View, failed: dict[tuple[int, int], Any], versions: list[int]
+    pools: Pools, static: _Static, view: _View, failed: dict[tuple[int, int], tuple[Any, ...]], versions: list[int]
 ) -> int | None:
     """Close the first pool (smallest rate first) that can close; its model, or None."""
     worth = worth_trying(pools, view.lam, view.counts).tolist()
@@ -194,12 +186,11 @@ def _close_one(
         if not worth[j][k]:
             continue
         sig = view.signature(k, versions[k])
-        if failed.get((j, k)) in (sig, versions[k]):
+        if failed.get((j, k)) == sig:
             continue
         moves = _try_close(pools, static, view, j, k)
         if moves is None:
-            by_model = RETRY_BY_MODEL and not static.limited
-            failed[(j, k)] = versions[k] if by_model else sig
+            failed[(j, k)] = sig
             continue
         for c, dst, amount in moves:
             pools.move(c, j, dst, amount)
@@ -222,7 +213,6 @@ def _try_close(pools: Pools, static: _Static, view: _View, j: int, k: int) -> li
     mem_k, comp_k, costs, mu = static.mem[k], static.comp[k], static.cost, static.mu[k]
     moves: list[tuple[int, int, float]] = []
     delta = 0.0
-    static.limited = False
     for c, amount in zip(members, col[members].tolist(), strict=True):
         dst = _destination(static, c, k, amount, open_, lam, cnt, used)
         if dst is None:
@@ -240,7 +230,6 @@ def _try_close(pools: Pools, static: _Static, view: _View, j: int, k: int) -> li
             cnt[o] = after
     touched = {j} | {dst for _, dst, _ in moves}
     if view.over - touched or any(_over(static, o, used[o]) for o in touched):
-        static.limited = True
         return None
     if _spread_excess(static, k, lam, cnt):
         return None
@@ -260,7 +249,6 @@ def _terms_change(static: _Static, view: _View, k: int, touched: set[int], lam: 
         delta += static.term(o, k, lam[o], cnt[o], now) - static.term(o, k, k_lam[o], k_cnt[o], was)
         if now == was:
             continue
-        static.limited = True  # the other models' pools on node o count: the try depends on more than model k
         row_lam, row_cnt = view.lam_j[o], view.cnt_j[o]
         for k2, n2 in enumerate(row_cnt):
             if k2 != k and n2 > 0:
@@ -285,10 +273,8 @@ def _destination(
         grown = (after - f if after > f else 0) - (cnt[o] - f if cnt[o] > f else 0)
         u = used[o]
         if check and (u[0] + grown * mem_k > mem_b[o] + TINY or u[1] + grown * comp_k > comp_b[o] + TINY):
-            static.limited = True
             continue
         if cores and not room[o] - u[2] >= amount / mu[o] * (1 + 1e-9):
-            static.limited = True
             continue
         co = cost[o]
         if co < fits_cost or fits < 0:

@@ -3,20 +3,18 @@ plans as they were or within the stated tolerance, and do less work (counted, no
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 import numpy as np
 import pytest
 
 from bench.queue_bench import with_cores
-from solver import queue_close_fast, queue_move, queue_split
+from solver import queue_move, queue_split
 from solver.problem import Mode, build_problem
-from solver.queue_close import integer_objective
 from solver.queue_close_fast import close_pools_fast
 from solver.queue_fast import solve_nlp_fast
 from solver.queue_model import build_queue_problem
-from solver.queue_repair import bound_excess, repair
+from solver.queue_repair import repair
 from solver.simulate import thesis_instance
 from tests.unit.test_queue_split_fast import CASES
 
@@ -46,55 +44,6 @@ def test_the_lazy_end_check_gives_the_same_splits_with_fewer_evaluations(monkeyp
     for a, b in zip(eager, lazy, strict=True):
         assert np.array_equal(a, b)
     assert lazy_calls <= 0.85 * eager_calls
-
-
-def _repaired() -> list[tuple[Any, Any]]:
-    """Repaired relaxations of thesis instances without cores (sizes of the bench, both modes): (q, pools)."""
-    out = []
-    for r, n in [(20, 10), (40, 10), (25, 15), (50, 10)]:
-        for s in range(2):
-            for mode in (Mode.MODE1, Mode.MODE2):
-                q = build_queue_problem(build_problem(thesis_instance(r, n, s), mode))
-                nlp = solve_nlp_fast(q)
-                out.append((q, repair(q, nlp.x, nlp.r, nlp.n)))
-    return out
-
-
-REPAIRED = _repaired()
-
-
-def _closings(monkeypatch: pytest.MonkeyPatch, by_model: bool) -> tuple[list[float], list[Any], int]:
-    """Pool closing on copies of ``REPAIRED`` with ``RETRY_BY_MODEL`` as given: integer objectives, the pools
-    and the close tries made."""
-    monkeypatch.setattr(queue_close_fast, "RETRY_BY_MODEL", by_model)
-    calls = [0]
-    try_close = queue_close_fast._try_close
-
-    def counted(*args: Any) -> Any:
-        calls[0] += 1
-        return try_close(*args)
-
-    monkeypatch.setattr(queue_close_fast, "_try_close", counted)
-    values, closed = [], []
-    for _, pools in REPAIRED:
-        mine = copy.deepcopy(pools)
-        close_pools_fast(mine)
-        values.append(integer_objective(mine))
-        closed.append(mine)
-    return values, closed, calls[0]
-
-
-def test_close_retries_by_model_make_fewer_tries_and_no_worse_plans(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Without cores, a close try no budget limited is retried only when its model's rates change: at most
-    85 % of the tries, every plan within its budgets and the instance bound, and no integer objective above
-    the retry-on-every-budget-change one by more than 1e-3 relative."""
-    exact, _, exact_tries = _closings(monkeypatch, by_model=False)
-    fewer, closed, fewer_tries = _closings(monkeypatch, by_model=True)
-    assert fewer_tries <= 0.85 * exact_tries
-    for a, b, pools in zip(exact, fewer, closed, strict=True):
-        assert b <= a * (1 + 1e-3)
-        assert not pools.over_budget(pools.counts())
-        assert all(bound_excess(pools, k) <= 0 for k in range(pools.counts().shape[1]))
 
 
 def _moves(monkeypatch: pytest.MonkeyPatch, abandon: bool) -> tuple[list[Any], int, int]:
