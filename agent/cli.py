@@ -77,6 +77,15 @@ FLAGS: list[tuple[str, dict[str, Any]]] = [
             "model has no instance or a pool is overloaded (default 60)",
         },
     ),
+    (
+        "--endpoint-rule",
+        {
+            "choices": ["p2c", "weighted"],
+            "help": "how a request picks among the plan's instances: p2c (default) draws two by the plan's "
+            "shares and takes the one with fewer of this agent's requests in flight against its planned "
+            "queue; weighted draws one, each share weighed by planned / live queue (the rule before)",
+        },
+    ),
     ("--max-body-mb", {"type": float, "help": "largest request body, chunked or not, in MiB (default 8)"}),
     ("--header-timeout-s", {"type": float, "help": "time a client has to send complete headers (default 10)"}),
     ("--body-timeout-s", {"type": float, "help": "time a client has to send a request body (default 30)"}),

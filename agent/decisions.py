@@ -11,7 +11,7 @@ from typing import Any
 
 from agent.runtime.base import Instance
 from peerserve import dispatch as rule  # the endpoint rule, shared with the workload simulation
-from peerserve.dispatch import draw, idle_counts, planned_queues, rank_key, spread_weights
+from peerserve.dispatch import DEFAULT_RULE, choose_endpoint, idle_counts, planned_queues, rank_key
 
 UNKNOWN_RTT_MS = rule.UNKNOWN_RTT_MS  # these five re-exported: their callers import them from here
 MAX_SPREAD_SITES = rule.MAX_SPREAD_SITES
@@ -75,18 +75,20 @@ def spread_choice(
     planned_queue: Mapping[str, float] | None = None,
     live_queue: Mapping[str, float] | None = None,
     idle: Mapping[str, int] | None = None,
+    u2: float = 0.0,
+    rule: str = DEFAULT_RULE,
 ) -> list[Choice]:
-    """``ranked`` with one endpoint drawn first in the plan's proportions; the rest keep their rank order.
+    """``ranked`` with one endpoint chosen first in the plan's proportions; the rest keep their rank order.
 
     A node's share is split evenly over its ready endpoints but the last ``idle[node]`` of them in rank
-    order (instances the plan keeps running without traffic; at least one endpoint keeps the share); an
-    endpoint whose live queue (``live_queue`` by URL) differs from the plan's (``planned_queue`` by node) is
-    weighted by (1 + planned) / (1 + live). ``u`` in [0, 1) is the random draw (injected: the function is
-    pure). No share on any ready endpoint (no plan, the thesis objective, or the planned nodes are down):
-    ``ranked`` unchanged.
+    order (instances the plan keeps running without traffic; at least one endpoint keeps the share);
+    ``rule`` (peerserve/dispatch.py) adjusts the choice by the live queues (``live_queue`` by URL, an
+    endpoint absent from it idle) against the plan's (``planned_queue`` by node). ``u``, ``u2`` in [0, 1)
+    are the random draws (injected: the function is pure). No share on any ready endpoint (no plan, or
+    the planned nodes are down): ``ranked`` unchanged.
     """
     endpoints = [(ch.candidate.node, ch.candidate.url) for ch in ranked]
-    pick = draw(spread_weights(endpoints, shares, planned_queue, live_queue, idle), u)
+    pick = choose_endpoint(endpoints, shares, planned_queue, live_queue, (u, u2), rule, idle)
     if pick is None:
         return list(ranked)
     return [ranked[pick], *ranked[:pick], *ranked[pick + 1 :]]
@@ -99,6 +101,8 @@ def spread_ranked(
     client_rtts: Mapping[str, float],
     u: float,
     live_queue: Mapping[str, float] | None = None,
+    u2: float = 0.0,
+    rule: str = DEFAULT_RULE,
 ) -> list[Choice]:
     """``spread_choice`` with the last placement summary's shares, planned queues and idle running instances
     (``live_queue`` by URL)."""
@@ -106,7 +110,7 @@ def spread_ranked(
         return list(ranked)
     shares = site_shares(parse_spread(placement.get("spread")), model, client_rtts)
     planned = planned_queues(placement, model)
-    return spread_choice(ranked, shares, u, planned, live_queue, idle_counts(placement, model))
+    return spread_choice(ranked, shares, u, planned, live_queue, idle_counts(placement, model), u2, rule)
 
 
 @dataclass(frozen=True)

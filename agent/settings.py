@@ -62,6 +62,9 @@ class Settings:
     request_log_rows: int = 100_000
     instance_ready_timeout_s: float = 60.0
     instance_drain_s: float = 3.0  # a server the plan drops leaves endpoint answers this long before it stops
+    endpoint_rule: str = (
+        "p2c"  # p2c: two endpoints drawn by the plan, the emptier taken; weighted (peerserve/dispatch.py)
+    )
     discovery: bool = True
     mdns: bool = True
     interface: str = "auto"
@@ -183,6 +186,8 @@ def validate(s: Settings) -> None:
         if not seed.startswith(("http://", "https://")):
             raise ConfigError("seeds", f"{seed!r} is not an http(s) URL of an agent")
     _validate_http_bounds(s)
+    if s.endpoint_rule not in ("p2c", "weighted"):
+        raise ConfigError("endpoint_rule", f"{s.endpoint_rule!r}: choose p2c or weighted")
     if s.log_format not in ("text", "json"):
         raise ConfigError("log_format", f"{s.log_format!r}: choose text or json")
     if s.https_port and (not 0 < s.https_port < 65536 or s.https_port in (s.port, s.peer_listen_port)):

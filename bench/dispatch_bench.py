@@ -5,19 +5,18 @@ The shared-cores lab (``peerserve simulate --workload --cores 2 --throughput 50 
 client (60-240 req/s), exponential and constant service. Each placement is solved once per rate and its
 plan simulated over the same arrivals and service times under three dispatches (solver/workload.py):
 
-* ``agent``: the agent's rule as it is (peerserve/dispatch.py): queue plans by their shares weighed by the
-  entry agent's live queues; thesis-model plans (thesis, nearest, least-loaded) publish no shares, so
-  each request goes to the best-ranked node's first instance;
-* ``assigned``: the same rule, thesis-model plans published with their assignments as shares (the rule
-  then spreads them over a node's instances);
+* ``agent``: the agent's rule (peerserve/dispatch.py, ``p2c``, the default): every plan publishes its
+  shares (thesis-model plans: their assignments, solver/assigned_spread.py), two endpoints drawn by
+  them and weighed by the entry agent's live queues, the emptier against its planned queue taken;
+* ``weighted``: the agent's rule before p2c (``--endpoint-rule weighted``): one draw, each share weighed
+  by (1 + planned) / (1 + live), an idle endpoint at live 0;
 * ``plan``: the plan's node, then one of its instances uniformly (the simulation before).
 
-And three what-ifs that are NOT the agent's rule (this file only), on the queue-p99 plan, to show what the
-tail owes to the rule rather than to the instance count: ``idle0`` is the agent's rule with an endpoint
-that has nothing in flight counted as live 0 (weight x (1 + planned)) instead of absent (plain share);
-``jsq``: the entry agent sends each request to the endpoint of the model where it has the fewest
-requests in flight (its own counts, as the agent keeps them), ties drawn by the plan's shares;
-``jsq_plan``: the same among the endpoints on the nodes the plan gives the client's site.
+And two what-ifs that are NOT the agent's rule (this file only), on the queue-p99 plan, to show what the
+tail owes to the rule rather than to the instance count: ``jsq``: the entry agent sends each request
+to the endpoint of the model where it has the fewest requests in flight (its own counts, as the agent
+keeps them), ties drawn by the plan's shares; ``jsq_plan``: the same among the endpoints on the nodes
+the plan gives the client's site. bench/endpoint_rules_bench.py weighs more candidate rules.
 
 Prints p50 / p99 ms per placement, the ratio "queue-p99 p99 / best baseline's p99" within each dispatch and
 against the best baseline of any dispatch, the CPU seconds each dispatch's simulations took, and the load
@@ -42,8 +41,8 @@ from solver.workload import PLACEMENTS, Workload, _arrivals, lab_snapshot, simul
 
 PLACES = ("queue", "queue-p99", "thesis", "nearest", "least-loaded")
 BASELINES = ("thesis", "nearest", "least-loaded")
-DISPATCHES = ("agent", "assigned", "plan")
-WHAT_IFS = ("idle0", "jsq_plan", "jsq")
+DISPATCHES = ("agent", "weighted", "plan")
+WHAT_IFS = ("jsq_plan", "jsq")
 LAB = Workload(cores=2.0, throughput=50.0, node_mem_mb=4096.0, model_mem_mb=100.0)
 
 
@@ -76,17 +75,10 @@ class JoinShortestWithinPlan(JoinShortest):
     within_plan = True
 
 
-class IdleCountsZero(AgentDispatch):
-    """What-if: the agent's rule with every endpoint in the live table, idle ones at 0."""
+class Weighted(AgentDispatch):
+    """The agent's rule before p2c (``--endpoint-rule weighted``)."""
 
-    def choose(self, i: int, now: float) -> int:
-        live = self.live[self.agent[self.client[i]]]
-        for _, url in self.endpoints:
-            live.setdefault(url, 0)
-        k = super().choose(i, now)
-        for url in [u for u, n in live.items() if n == 0]:
-            del live[url]
-        return k
+    rule = "weighted"
 
 
 def what_if(rule: type[AgentDispatch], plan: Any, w: Workload, rtt: Any, arrivals: Any) -> dict[str, Any]:
@@ -106,13 +98,15 @@ def one_rate(rate: float, service: str, duration: float) -> dict[str, Any]:
     row: dict[str, Any] = {"rate": rate, "total_rps": rate * w.clients, "service": service, "by": {}}
     for d in DISPATCHES:
         start = time.process_time()
-        outs = {n: simulate_plan(n, p, dataclasses.replace(w, dispatch=d), rtt, arrivals) for n, p in plans.items()}
+        wd, rule = ("agent", Weighted) if d == "weighted" else (d, AgentDispatch)
+        outs = {
+            n: simulate_plan(n, p, dataclasses.replace(w, dispatch=wd), rtt, arrivals, rule) for n, p in plans.items()
+        }
         row["by"][d] = {
             "cpu_s": round(time.process_time() - start, 3),
             "outcomes": {n: o.to_dict() for n, o in outs.items()},
         }
     row["jsq"] = what_if(JoinShortest, plans["queue-p99"], w, rtt, arrivals)
-    row["idle0"] = what_if(IdleCountsZero, plans["queue-p99"], w, rtt, arrivals)
     row["jsq_plan"] = what_if(JoinShortestWithinPlan, plans["queue-p99"], w, rtt, arrivals)
     best_any = min(row["by"][d]["outcomes"][b]["p99_ms"] for d in DISPATCHES for b in BASELINES)
     for d in DISPATCHES:

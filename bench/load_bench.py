@@ -2,7 +2,8 @@
 queue-aware objective and by the baselines (the thesis's model, its nearest-node heuristic) in the same run.
 
 For each placement (default: ``queue-p99``, the agent's default, then ``thesis`` and ``nearest``; also
-``queue`` and ``least-loaded``: ``PLACEMENTS``) the bench starts
+``queue``, ``least-loaded`` and ``queue-p99-weighted``, the queue-p99 plan served by the agents' endpoint
+rule before p2c, ``--endpoint-rule weighted``: ``PLACEMENTS``) the bench starts
 ``--nodes`` agents on 127.0.0.2, .3, ... (process runtime, the stand-in server running the real digits
 softmax regression, mDNS bound to loopback, as ``peerserve demo`` does), and ``--clients`` clients at
 ``--sites`` sites, each sending Poisson arrivals of one digits image at ``--rate`` requests/s through
@@ -76,7 +77,9 @@ PLACEMENTS = {  # name -> (the agents' placement objective, method)
     "thesis": ("thesis", "ipopt"),
     "nearest": ("thesis", "nearest"),
     "least-loaded": ("thesis", "least-loaded"),
+    "queue-p99-weighted": ("queue-p99", "ipopt"),  # the agents' endpoint rule before p2c (ENDPOINT_RULES)
 }
+ENDPOINT_RULES = {"queue-p99-weighted": "weighted"}  # placement -> the agents' --endpoint-rule (default p2c)
 BASELINES = ("thesis", "nearest", "least-loaded")
 TARGET_P99_RATIO = 1.2  # issue 16: p99 under load no worse than 1.2x the best baseline's
 SETTLE_MORE_S = 30.0  # warm-up beyond --warmup-s while rounds keep changing the servers (the thesis's plan churns)
@@ -161,7 +164,8 @@ class Cluster:
                     "--data-dir", str(data), "--cluster-token", self.token, "--placement-mode", "2",
                     "--placement-period-s", str(self.cfg.period_s), "--cores", str(self.cfg.node_cores()),
                     "--placement-objective", PLACEMENTS[self.objective][0],
-                    "--placement-method", PLACEMENTS[self.objective][1]]  # fmt: skip
+                    "--placement-method", PLACEMENTS[self.objective][1],
+                    "--endpoint-rule", ENDPOINT_RULES.get(self.objective, "p2c")]  # fmt: skip
             env = {
                 **os.environ,
                 "PEERSERVE_REQUEST_WINDOW_S": str(max(20.0, self.cfg.warmup_s)),

@@ -5,12 +5,17 @@ carry it out on live candidates) and the simulation (solver/agent_sim.py, which 
 simulated arrival) run the same code:
 
 * rank: endpoints best first by (estimated RTT + execution ms rounded to 1e-6, load, node, URL);
-* spread: with a plan's shares for the client's site (queue objectives), one endpoint is drawn first:
-  a node's share split evenly over its ready endpoints (but the last ``idle_running`` of them in rank
-  order: instances a Mode 1 plan keeps running without traffic), an endpoint with a live queue (requests this
-  agent has in flight there; an endpoint with none is absent from the live table) weighted by
-  (1 + planned queue of its node) / (1 + live); no share on any ready endpoint (the thesis objective
-  and the baselines publish none): the ranking stands, and the first endpoint takes the request.
+* spread: with a plan's shares for the client's site (every objective publishes them), one endpoint is
+  chosen first. Its plan weight: the node's share split evenly over the node's ready endpoints (but
+  the last ``idle_running`` of them in rank order, weight 0: instances a Mode 1 plan keeps running
+  without traffic). Its live queue: the requests this agent has in flight there (0 when idle, absent
+  or not from the table). Its score: how full it is against the plan, (1 + live) / (1 + its node's
+  planned queue). ``p2c`` (the default): two endpoints drawn by plan weight / score ** 2, the one with
+  the lower score taken, a tie keeping the first draw: where every score is the same (the queues as
+  planned, or all idle under one planned queue) the plan's proportions hold exactly. ``weighted`` (the
+  rule before): one draw by plan weight / score. No share on any ready endpoint (no plan, or its nodes
+  are down): the ranking stands, and the first endpoint takes the request.
+  bench/endpoint_rules_bench.py weighs the rules.
 """
 
 from __future__ import annotations
@@ -19,6 +24,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+RULES = ("p2c", "weighted")  # the endpoint rules (module docstring)
+DEFAULT_RULE = RULES[0]
+LIVE_POWER = 2  # p2c draws by plan weight / score ** LIVE_POWER (bench/endpoint_rules_bench.py: 2 over 1)
 UNKNOWN_RTT_MS = 1.0  # a LAN hop, used for a node the client has not measured
 MAX_SPREAD_SITES = 64  # site entries an agent keeps from a plan (more are ignored)
 
@@ -97,7 +105,9 @@ def spread_weights(
     live_queue: Mapping[str, float] | None = None,
     idle: Mapping[str, int] | None = None,
 ) -> list[float]:
-    """The draw weight of each (node, url) endpoint, in order (see the module docstring)."""
+    """The ``weighted`` rule's draw weight of each (node, url) endpoint, in order; without ``live_queue``
+    the plan weights (a node's share split evenly over its endpoints but the last ``idle[node]``); an
+    endpoint absent from ``live_queue`` has nothing in flight (live 0)."""
     per_node: dict[str, int] = {}
     for node, _ in endpoints:
         per_node[node] = per_node.get(node, 0) + 1
@@ -107,10 +117,41 @@ def spread_weights(
     for node, url in endpoints:
         seen[node] = seen.get(node, 0) + 1
         w = shares.get(node, 0.0) / serving[node] if seen[node] <= serving[node] else 0.0
-        if live_queue is not None and url in live_queue:
-            w *= (1.0 + (planned_queue or {}).get(node, 0.0)) / (1.0 + max(0.0, live_queue[url]))
+        if live_queue is not None:
+            w *= (1.0 + (planned_queue or {}).get(node, 0.0)) / (1.0 + max(0.0, live_queue.get(url, 0.0)))
         weights.append(max(0.0, w))
     return weights
+
+
+def queue_score(node: str, url: str, planned_queue: Mapping[str, float], live_queue: Mapping[str, float]) -> float:
+    """How full an endpoint is against the plan: (1 + requests in flight) / (1 + its node's planned queue)."""
+    return (1.0 + max(0.0, live_queue.get(url, 0.0))) / (1.0 + max(0.0, planned_queue.get(node, 0.0)))
+
+
+def choose_endpoint(
+    endpoints: Sequence[tuple[str, str]],
+    shares: Mapping[str, float],
+    planned_queue: Mapping[str, float] | None,
+    live_queue: Mapping[str, float] | None,
+    draws: tuple[float, float],
+    rule: str = DEFAULT_RULE,
+    idle: Mapping[str, int] | None = None,
+) -> int | None:
+    """The index of the endpoint that takes the request by ``rule`` (module docstring); None when no
+    endpoint has a plan weight. ``draws``: two uniforms in [0, 1) (injected: the function is pure);
+    ``idle``: per node, running instances the plan keeps without traffic."""
+    if rule not in RULES:
+        raise ValueError(f"unknown endpoint rule {rule!r}; choose one of {', '.join(RULES)}")
+    if rule == "weighted" or live_queue is None:
+        return draw(spread_weights(endpoints, shares, planned_queue, live_queue, idle), draws[0])
+    planned = planned_queue or {}
+    scores = [queue_score(node, url, planned, live_queue) for node, url in endpoints]
+    plain = spread_weights(endpoints, shares, idle=idle)
+    weights = [w / s**LIVE_POWER for w, s in zip(plain, scores, strict=True)]
+    first, second = draw(weights, draws[0]), draw(weights, draws[1])
+    if first is None or second is None:
+        return first
+    return second if scores[second] < scores[first] else first
 
 
 def draw(weights: Sequence[float], u: float) -> int | None:

@@ -14,15 +14,17 @@ agent/decisions.py ``rank_endpoints`` + ``spread_ranked``, both built on peerser
 
 * the client's site sends through the agent of its nearest node (bench/load_bench.py: "through that
   site's own agent"); that agent's live queues are the requests IT has in flight per instance
-  (agent/serving/inflight.py: only its own, an instance with none absent), open until the departure;
+  (agent/serving/inflight.py: only its own; an instance with none is absent and reads 0), open until
+  the departure;
 * endpoints are ranked by RTT + that agent's execution estimate per node: the median of the last 16
   server times it measured there (agent/serving/exec_times.py; the server time is the request's time in
   the server, wait included), the catalogue's service time before any; ties by node id, then URL (the
   node's instances in start order; load, equal within a node, is left out);
-* a plan with shares (queue objectives: ``details["spread"]`` and ``["planned_queue"]``) draws the first
-  endpoint by ``spread_weights``; a plan without (thesis, nearest, least-loaded: no spread) leaves the
-  ranking, so the request goes to the first endpoint: the best node's first instance, whatever the
-  plan assigned (the agent reads no assignments from a plan).
+* with the plan's shares (``details["spread"]``: every objective publishes them, thesis-model plans
+  from their assignments; queue objectives also ``["planned_queue"]``, Mode 1 ``["idle_running"]``)
+  the first endpoint is chosen by ``choose_endpoint`` under ``rule`` (``p2c`` by default, the agent's
+  ``endpoint_rule``); details without shares leave the ranking, so the request goes to the first
+  endpoint: the best node's first instance.
 """
 
 from __future__ import annotations
@@ -35,7 +37,15 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from peerserve.dispatch import draw, parse_spread, planned_queues, rank_key, site_shares, spread_weights
+from peerserve.dispatch import (
+    DEFAULT_RULE,
+    choose_endpoint,
+    idle_counts,
+    parse_spread,
+    planned_queues,
+    rank_key,
+    site_shares,
+)
 from solver.problem import FloatArray, IntArray
 
 HEAP_SLACK = 1024  # superseded departure projections kept before the heap is compacted
@@ -157,7 +167,10 @@ class _Engine:
 
 
 class AgentDispatch:
-    """The agent's endpoint choice at each arrival (module docstring); counts per agent as the agent does."""
+    """The agent's endpoint choice at each arrival (module docstring); counts per agent as the agent does.
+    ``draws``, ``draws2``: each request's two uniforms (None: the second is 0); ``rule``: the endpoint rule."""
+
+    rule = DEFAULT_RULE
 
     def __init__(
         self,
@@ -168,6 +181,7 @@ class AgentDispatch:
         client: IntArray,
         exec_ms: float,
         draws: FloatArray,
+        draws2: FloatArray | None = None,
     ) -> None:
         self.node_ids = list(node_ids)
         self.endpoints = [(n, f"{n}/{i:05d}") for n, count in zip(node_ids, started, strict=True) for i in range(count)]
@@ -178,9 +192,11 @@ class AgentDispatch:
         self.agent = np.argmin(self.rtt, axis=1).tolist()  # each client's entry agent: its nearest node's
         self.exec_ms = exec_ms
         self.draws = np.asarray(draws, dtype=float).tolist()
+        self.draws2 = np.zeros(len(self.draws)).tolist() if draws2 is None else np.asarray(draws2, float).tolist()
         sites = parse_spread(plan_details.get("spread"))
         self.shares = [site_shares(sites, "m", dict(zip(self.node_ids, row, strict=True))) for row in self.rtt.tolist()]
         self.planned = planned_queues(plan_details, "m")
+        self.idle = idle_counts(plan_details, "m")
         self.live: list[dict[str, int]] = [{} for _ in self.node_ids]  # agent -> URL -> requests in flight
         self.seen: list[list[deque[float]]] = [[deque(maxlen=EXEC_SAMPLES) for _ in node_ids] for _ in node_ids]
         self.estimate = [[exec_ms] * len(node_ids) for _ in node_ids]  # agent -> node -> exec estimate (ms)
@@ -199,15 +215,17 @@ class AgentDispatch:
         c = self.client[i]
         a = self.agent[c]
         order = self.ranked(a, c)
-        pick = None
-        if self.shares[c]:  # no shares: every weight is 0 and the ranking stands (spread_choice)
-            weights = spread_weights([self.endpoints[e] for e in order], self.shares[c], self.planned, self.live[a])
-            pick = draw(weights, self.draws[i])
+        pick = self.pick([self.endpoints[e] for e in order], c, a, i) if self.shares[c] else None
         k = order[0 if pick is None else pick]
         url = self.endpoints[k][1]
         self.live[a][url] = self.live[a].get(url, 0) + 1
         self.sent_by[i] = a
         return k
+
+    def pick(self, endpoints: list[tuple[str, str]], c: int, a: int, i: int) -> int | None:
+        """The index in ``endpoints`` (ranked) that request i of client c takes through agent a, or None."""
+        draws = (self.draws[i], self.draws2[i])
+        return choose_endpoint(endpoints, self.shares[c], self.planned, self.live[a], draws, self.rule, self.idle)
 
     def done(self, i: int, instance: int, now: float, sojourn_ms: float) -> None:
         a = self.sent_by.pop(i)
@@ -216,7 +234,7 @@ class AgentDispatch:
         if left:
             self.live[a][url] = left
         else:
-            del self.live[a][url]  # InFlight.counts: an endpoint with nothing in flight is absent
+            del self.live[a][url]  # as InFlight.counts: absent, nothing in flight (the rule reads 0)
         j = self.node_index[instance]
         window = self.seen[a][j]
         window.append(sojourn_ms)

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from solver import baselines
+from solver.assigned_spread import assigned_spread
 from solver.capacity import Ledger, placed_per_node_model, violations
 from solver.modes import EvictionPolicy, evictions, prefer_mode2
 from solver.plan import Plan, Rejection
@@ -121,6 +122,7 @@ def _make_plan(
     broken = violations(p, placed)
     target = np.maximum(p.free, placed) if p.mode is Mode.MODE1 else placed
     objective = float((counts * p.cost).sum())
+    details = {**details, "spread": assigned_spread(p, counts)}  # the agent spreads by it (solver/assigned_spread.py)
     return Plan(
         status=status,
         method=method,

@@ -133,9 +133,9 @@ def _workload_arguments(s: Any) -> None:
         choices=("agent", "assigned", "plan"),
         default=d.dispatch,
         help="agent (default): each request dispatched by the agent's endpoint rule at its arrival (ranking, the "
-        "plan's shares weighed by the entry agent's live queues; plans without shares go to the best node's "
-        "first instance); assigned: the same, but plans without shares publish their assignments as shares; "
-        "plan: the plan's node, then one of its instances uniformly",
+        "plan's shares, thesis-model plans' from their assignments, and the entry agent's live queues); "
+        "assigned: the same, a plan without shares given its assignments as shares (equal to agent for the "
+        "solver's plans); plan: the plan's node, then one of its instances uniformly",
     )
 
 

@@ -10,10 +10,12 @@ Every placement solves the same snapshot; its plan is then run as a discrete-eve
   ignores memory cannot start more);
 * each request is dispatched as the agent dispatches it (``dispatch="agent"``, the default;
   solver.agent_sim replays peerserve.dispatch, the agent's rule, at every arrival against the queues of
-  that instant): ranked by RTT + the entry agent's measured execution time, then drawn by the plan's
-  shares (queue objectives) weighed by the entry agent's live queues; plans without shares (thesis model
-  and baselines) go to the best node's first instance; only a request with no instance anywhere is
-  rejected. ``assigned``: the same, with such plans' assignments published as shares. ``plan``: the run
+  that instant): ranked by RTT + the entry agent's measured execution time, then chosen by the plan's
+  shares (every plan publishes them; thesis model and baselines: their assignments,
+  solver/assigned_spread.py) and the entry agent's live queues (the endpoint rule, ``p2c``); a plan
+  without shares would go to the best node's first instance; only a request with no instance anywhere
+  is rejected. ``assigned``: the same, a plan without shares given its assignments as shares (the same
+  as ``agent`` for every plan the solver makes now). ``plan``: the run
   as it was: a node drawn by the plan's shares for its client or the client's assigned node, then one
   of that node's instances uniformly; a client the plan rejected, or a node with no instance started,
   counts a rejection;
@@ -209,11 +211,12 @@ def _agent_run(
     order = np.argsort(np.concatenate(arrivals or [np.zeros(0)]), kind="stable")
     t, work, client = np.concatenate(arrivals)[order], np.concatenate(service)[order], client[order]
     draws = np.random.default_rng(w.seed + 2).random(len(t))
+    draws2 = np.random.default_rng(w.seed + 4).random(len(t))  # the second choice's (endpoint rule p2c)
     ids = [f"n{j + 1}" for j in range(w.nodes)]
     details = plan.details
     if w.dispatch == "assigned" and "spread" not in details:
         details = {**details, "spread": assigned_spread(plan, w, rtt)}
-    dispatch = rule(details, ids, started, rtt, client, 1000.0 / w.throughput, draws)
+    dispatch = rule(details, ids, started, rtt, client, 1000.0 / w.throughput, draws, draws2)
     node_of = np.repeat(np.arange(w.nodes), started)
     cores = np.full(w.nodes, w.cores if w.cores > 0 else np.inf)
     where, sojourn = event_sojourn_ms(t, work, dispatch, node_of, cores)

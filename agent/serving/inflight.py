@@ -2,8 +2,8 @@
 
 The proxy calls ``begin(url, now)`` before it sends a request to a model server and ``end(token)`` once
 the answer is read (or the exchange failed); ``counts(now)`` is what ``decisions.spread_choice`` weighs
-against the plan's queue. It counts only this agent's own requests (other agents proxy to the same
-server too), which is what one agent can know without asking.
+against the plan's queue (an endpoint absent here is idle: live 0). It counts only this agent's own
+requests (other agents proxy to the same server too), which is what one agent can know without asking.
 
 Bounded: at most ``max_tracked`` requests are tracked at once (a request beyond that is sent but not
 counted; the agent's own connection cap keeps far fewer in flight), and a request still open after
@@ -59,7 +59,7 @@ class InFlight:
             self._open.pop(token.id, None)
 
     def counts(self, now: float) -> dict[str, int]:
-        """Requests in flight per upstream URL, stale ones pruned; URLs with none are absent."""
+        """Requests in flight per upstream URL, stale ones pruned; URLs with none are absent (the rule reads 0)."""
         self._prune(now)
         out: dict[str, int] = {}
         for token in self._open.values():

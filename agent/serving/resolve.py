@@ -67,7 +67,9 @@ async def resolve(
     rtts = agent.client_rtts(client, reported)
     ranked = rank_endpoints(agent.candidates(model), rtts)
     if ranked:
-        return Ranked(tuple(spread_ranked(ranked, agent.last_placement, model, rtts, random.random(), live)))
+        draws = random.random(), random.random()
+        rule = agent.settings.endpoint_rule
+        return Ranked(tuple(spread_ranked(ranked, agent.last_placement, model, rtts, draws[0], live, draws[1], rule)))
     target, reason = agent.provision_decision(spec)
     if target is None:
         return NoCapacity(reason)

@@ -24,7 +24,8 @@ def test_one_rate_simulates_every_placement_under_every_dispatch_and_the_ratios_
         )
         assert row["by"][d]["ratio_any"] == pytest.approx(outs["queue-p99"]["p99_ms"] / best_any, rel=1e-3, abs=1e-3)
     agent = row["by"]["agent"]["outcomes"]["queue-p99"]
-    assert row["by"]["assigned"]["outcomes"]["queue-p99"] == agent  # queue plans carry their own shares
+    weighted = row["by"]["weighted"]["outcomes"]
+    assert weighted["queue-p99"]["requests"] == agent["requests"] and weighted["queue-p99"] != agent  # another rule
     # the what-ifs replace the rule, not the plan: same instances, other latencies
     for key in WHAT_IFS:
         assert row[key]["instances"] == agent["instances"] and row[key]["requests"] == agent["requests"]

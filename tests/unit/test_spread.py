@@ -51,8 +51,14 @@ def test_live_queues_shift_weight_only_when_they_differ_from_the_plan() -> None:
     choices = ranked(("a", "a1"), ("b", "b1"))
     same = firsts(choices, {"a": 0.5, "b": 0.5}, planned_queue={"a": 1.0, "b": 1.0}, live_queue={"a1": 1.0, "b1": 1.0})
     assert same == {"a1": 500, "b1": 500}
-    busy = firsts(choices, {"a": 0.5, "b": 0.5}, planned_queue={"a": 1.0, "b": 1.0}, live_queue={"a1": 7.0, "b1": 1.0})
-    assert busy == {"a1": 200, "b1": 800}  # weights 2/8 and 2/2
+    busy = firsts(
+        choices,
+        {"a": 0.5, "b": 0.5},
+        planned_queue={"a": 1.0, "b": 1.0},
+        live_queue={"a1": 7.0, "b1": 1.0},
+        rule="weighted",
+    )
+    assert busy == {"a1": 200, "b1": 800}  # the weighted rule: weights 2/8 and 2/2
 
 
 def test_no_plan_or_no_share_on_a_ready_endpoint_keeps_the_ranking() -> None:

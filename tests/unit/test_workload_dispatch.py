@@ -72,7 +72,7 @@ def the_agents_pick(d: AgentDispatch, i: int, details: dict[str, object]) -> str
     cands = [Candidate(n, u, "m", est[d.node_ids.index(n)], 0.0) for n, u in d.endpoints]
     rtts = dict(zip(d.node_ids, d.rtt[c].tolist(), strict=True))
     ranked = rank_endpoints(cands, rtts)
-    return spread_ranked(ranked, details, "m", rtts, d.draws[i], dict(d.live[a]))[0].candidate.url
+    return spread_ranked(ranked, details, "m", rtts, d.draws[i], dict(d.live[a]), d.draws2[i], d.rule)[0].candidate.url
 
 
 @pytest.mark.parametrize("placement", ["queue", "thesis", "least-loaded"])
@@ -85,8 +85,10 @@ def test_the_simulated_choice_is_the_agents_for_any_live_state(placement: str) -
     started = [min(plan.instances.get(f"n{j + 1}", {}).get("m", 0), 40) for j in range(3)]
     rng = np.random.default_rng(5)
     n = 400
-    d = AgentDispatch(plan.details, ["n1", "n2", "n3"], started, rtt, rng.integers(0, 60, n), 20.0, rng.random(n))
-    assert ("spread" in plan.details) == (placement == "queue")
+    d = AgentDispatch(
+        plan.details, ["n1", "n2", "n3"], started, rtt, rng.integers(0, 60, n), 20.0, rng.random(n), rng.random(n)
+    )
+    assert plan.details["spread"]  # every objective publishes its shares (thesis models: its assignments)
     for i in range(n):
         for a in range(3):  # a random state: in-flight counts (some absent) and execution estimates
             d.live[a] = {
@@ -97,10 +99,8 @@ def test_the_simulated_choice_is_the_agents_for_any_live_state(placement: str) -
         assert d.endpoints[d.choose(i, 0.0)][1] == want
 
 
-def test_without_shares_every_request_goes_to_the_best_nodes_first_instance() -> None:
-    """Thesis and baseline plans publish no spread: the agent keeps its ranking and each node's first
-    instance takes all of that node's requests (the rest of the plan's instances idle)."""
-    out = run(dataclasses.replace(LAB, duration_s=10.0), ("least-loaded",))[0]
+def requests_per_instance(details: dict[str, object]) -> tuple[list[int], np.ndarray]:
+    """The least-loaded plan's instances per node and where the agent's rule sends the lab's requests."""
     snap, rtt = lab_snapshot(LAB)
     plan = solve(snap, method="least-loaded", mode="2", objective="thesis")
     started = [plan.instances[f"n{j + 1}"]["m"] for j in range(3)]
@@ -108,10 +108,21 @@ def test_without_shares_every_request_goes_to_the_best_nodes_first_instance() ->
     client = np.concatenate([np.full(len(a), c) for c, a in enumerate(arrivals)])
     t = np.concatenate(arrivals)
     order = np.argsort(t, kind="stable")
-    d = AgentDispatch(plan.details, ["n1", "n2", "n3"], started, rtt, client[order], 20.0, np.zeros(len(t)))
+    draws = np.random.default_rng(3).random((2, len(t)))
+    d = AgentDispatch(details or plan.details, ["n1", "n2", "n3"], started, rtt, client[order], 20.0, *draws)
     where, _ = event_sojourn_ms(t[order], np.full(len(t), 0.02), d, np.repeat(np.arange(3), started), np.full(3, 2.0))
+    return started, where
+
+
+def test_a_thesis_model_plan_is_spread_over_its_instances_and_without_shares_one_per_node_works() -> None:
+    """A baseline plan publishes its assignments as shares: its requests reach many of its instances. A
+    summary without shares (an older leader's) leaves the ranking: each node's first instance takes all
+    of that node's requests (the rest of the plan's instances idle), as before."""
+    started, where = requests_per_instance({})
+    assert sum(started) == 60 and len(set(where.tolist())) > 30
+    started, where = requests_per_instance({"spread": []})
     firsts = set(np.concatenate([[0], np.cumsum(started)[:-1]]).tolist())
-    assert sum(started) == out.instances == 60 and set(where.tolist()) <= firsts
+    assert set(where.tolist()) <= firsts
 
 
 def test_the_execution_estimate_is_the_agents_median_of_recent_server_times() -> None:
@@ -128,7 +139,9 @@ def test_the_execution_estimate_is_the_agents_median_of_recent_server_times() ->
 def test_the_agent_and_the_simulation_share_one_rule() -> None:
     for name in ("parse_spread", "site_shares", "SiteShares", "MAX_SPREAD_SITES", "UNKNOWN_RTT_MS"):
         assert getattr(decisions, name) is getattr(dispatch, name)
-    assert agent_sim.spread_weights is dispatch.spread_weights and agent_sim.draw is dispatch.draw
+    assert (
+        agent_sim.choose_endpoint is dispatch.choose_endpoint and decisions.choose_endpoint is dispatch.choose_endpoint
+    )
 
 
 def mean_queue_met(monkeypatch: pytest.MonkeyPatch, live: bool) -> float:
@@ -144,7 +157,9 @@ def mean_queue_met(monkeypatch: pytest.MonkeyPatch, live: bool) -> float:
 
     monkeypatch.setattr(AgentDispatch, "choose", counted)
     if not live:  # the property switched off: the plan's shares alone
-        monkeypatch.setattr(agent_sim, "spread_weights", lambda e, s, p, q: dispatch.spread_weights(e, s, p, None))
+        monkeypatch.setattr(
+            agent_sim, "choose_endpoint", lambda e, s, p, q, d, r, i: dispatch.choose_endpoint(e, s, p, None, d, r, i)
+        )
     run(dataclasses.replace(LAB, rate=3.0, duration_s=20.0), ("queue",))
     monkeypatch.undo()
     return float(np.mean(met))
@@ -182,12 +197,12 @@ def test_assigned_dispatch_follows_the_plans_assignments_over_all_of_a_nodes_ins
     assert len(set(where.tolist())) > 30  # not one instance per node
 
 
-def test_assigned_dispatch_changes_only_plans_without_shares() -> None:
+def test_assigned_dispatch_is_the_agents_now_that_every_plan_publishes_its_shares() -> None:
     w = dataclasses.replace(LAB, duration_s=10.0)
     agent = {o.placement: o for o in run(w, ("queue", "least-loaded"))}
     assigned = {o.placement: o for o in run(dataclasses.replace(w, dispatch="assigned"), ("queue", "least-loaded"))}
-    assert dataclasses.replace(assigned["queue"], solve_ms=0.0) == dataclasses.replace(agent["queue"], solve_ms=0.0)
-    assert assigned["least-loaded"].p99_ms < agent["least-loaded"].p99_ms  # one instance per node no more
+    for name in ("queue", "least-loaded"):
+        assert dataclasses.replace(assigned[name], solve_ms=0.0) == dataclasses.replace(agent[name], solve_ms=0.0)
 
 
 def test_the_departure_heap_is_bounded_and_compacting_it_changes_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
