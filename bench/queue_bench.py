@@ -28,9 +28,12 @@
    ``--cold-ipopt`` adds columns: the same queue solve with solver.queue_warm switched off (Ipopt cold on
    the binding nodes, the path before it), timed on the same snapshots right after: its relaxation ms,
    relaxation / LP, Ipopt iterations, and the warm relaxation's speed-up over it (same run, same load).
+   ``--tight-cg`` adds columns alike for the warm path's column generation as before issue 16's cgfast step
+   (proven to 1e-8 instead of ``queue_warm.GAP``, HiGHS's default dual simplex, ``tight_cg``): its
+   relaxation ms, relaxation / LP, and how much faster the warm path is now ("x").
 
     .venv/bin/python bench/queue_bench.py [--seeds N] [--solve-only] [--proven-cg] [--cores N [N ...]]
-                                          [--plain-start | --nlp-before] [--cold-ipopt]
+                                          [--plain-start | --nlp-before] [--cold-ipopt] [--tight-cg]
                                           [--reference-closing] [--json]
 """
 
@@ -105,8 +108,30 @@ def cold_ipopt(on: bool) -> None:
     queue_warm.ENABLED = not on
 
 
+def tight_cg(on: bool) -> None:
+    """The warm path's column generation as before cgfast (``on``: proven to 1e-8, dual simplex) or as now."""
+    from solver import queue_dual, queue_warm
+
+    if on:
+        TIGHT_SAVED[:] = [queue_warm.GAP, dict(queue_dual.HIGHS_OPTIONS)]
+        queue_warm.GAP = 1e-8
+        queue_dual.HIGHS_OPTIONS.pop("simplex_strategy", None)
+    elif TIGHT_SAVED:
+        queue_warm.GAP, options = TIGHT_SAVED
+        queue_dual.HIGHS_OPTIONS.clear()
+        queue_dual.HIGHS_OPTIONS.update(options)
+
+
+TIGHT_SAVED: list[Any] = []
+
+
 def solve_times(
-    seeds: int, cores: float | None = None, before: bool = False, cold: bool = False, switch: Any = plain_start
+    seeds: int,
+    cores: float | None = None,
+    before: bool = False,
+    cold: bool = False,
+    switch: Any = plain_start,
+    tight: bool = False,
 ) -> list[dict[str, Any]]:
     """Median CPU ms per (size, mode) for both objectives on the same snapshots (``cores``: ``with_cores``;
     ``before``: also the queue solve with ``switch(True)``, ``plain_start`` or ``nlp_before``; ``cold``: also
@@ -141,6 +166,11 @@ def solve_times(
                 unwarmed = [timed(s, "queue", mode) for s in snaps]
                 cold_ipopt(False)
             cold_relax = statistics.median(r for _, r, _ in unwarmed)
+            tight_relax = float("nan")
+            if tight:
+                tight_cg(True)
+                tight_relax = statistics.median(timed(s, "queue", mode)[1] for s in snaps)
+                tight_cg(False)
             rows.append(
                 {
                     "size": label,
@@ -162,6 +192,9 @@ def solve_times(
                     "cold_relaxation_ratio": cold_relax / lp,
                     "cold_iterations": statistics.median(i for _, _, i in unwarmed) if cold else float("nan"),
                     "warm_speedup": cold_relax / relax if relax > 0 else float("nan"),
+                    "tight_relaxation_ms": tight_relax,
+                    "tight_relaxation_ratio": tight_relax / lp,
+                    "cgfast_speedup": tight_relax / relax if relax > 0 else float("nan"),
                 }
             )
     return rows
@@ -193,6 +226,9 @@ def summary(rows: list[dict[str, Any]]) -> dict[str, float]:
             out[f"{tag}cold_relaxation_ratio_median"] = statistics.median(r["cold_relaxation_ratio"] for r in colds)
             out[f"{tag}iterations_median"] = statistics.median(r["iterations"] for r in colds)
             out[f"{tag}cold_iterations_median"] = statistics.median(r["cold_iterations"] for r in colds)
+        tights = [r for r in thesis if r["tight_relaxation_ms"] == r["tight_relaxation_ms"]]
+        if tights:
+            out[f"{tag}tight_relaxation_ratio_median"] = statistics.median(r["tight_relaxation_ratio"] for r in tights)
     return out
 
 
@@ -231,6 +267,9 @@ def main() -> None:
                     help="also time each queue solve with session 7's NLP switches off")  # fmt: skip
     ap.add_argument("--cold-ipopt", action="store_true",
                     help="also time each queue solve with solver.queue_warm off (cold Ipopt, as before)")  # fmt: skip
+    ap.add_argument("--tight-cg", action="store_true",
+                    help="also time each queue solve with the warm path's column generation as before cgfast "
+                         "(proven to 1e-8, dual simplex)")  # fmt: skip
     ap.add_argument("--reference-closing", action="store_true",
                     help="close pools with solver.queue_close's reference pass, not the fast one")  # fmt: skip
     args = ap.parse_args()
@@ -244,7 +283,7 @@ def main() -> None:
         queue_dual.ENABLED = True
     tune_solver_process()
     before, switch = args.plain_start or args.nlp_before, nlp_before if args.nlp_before else plain_start
-    runs = [(c, solve_times(args.seeds, c or None, before, args.cold_ipopt, switch)) for c in args.cores]
+    runs = [(c, solve_times(args.seeds, c or None, before, args.cold_ipopt, switch, args.tight_cg)) for c in args.cores]
     loads = [] if args.solve_only else workloads()
     if args.json:
         by_cores = [{"cores": c, "solve": t, "summary": summary(t)} for c, t in runs]
@@ -253,7 +292,7 @@ def main() -> None:
         return
     for c, times in runs:
         print(f"== {'no cores' if not c else f'{c:g} cores per node'}")
-        print_table(times, before, args.cold_ipopt)
+        print_table(times, before, args.cold_ipopt, args.tight_cg)
     for c, times in runs:
         print_summary(c, times)
     print("load average (1, 5, 15 min) at the end: " + ", ".join(f"{x:.2f}" for x in os.getloadavg()))
@@ -261,14 +300,15 @@ def main() -> None:
         print_loads(loads)
 
 
-def print_table(times: list[dict[str, Any]], before: bool, cold: bool = False) -> None:
+def print_table(times: list[dict[str, Any]], before: bool, cold: bool = False, tight: bool = False) -> None:
     """One row per (size, mode): LP and queue CPU ms and their ratios (and the plain start's, ``before``; the
-    cold Ipopt relaxation's, ``cold``)."""
+    cold Ipopt relaxation's, ``cold``; the tight column generation's, ``tight``)."""
     print(
         f"{'size':<22}{'mode':>5}{'thesis LP ms':>14}{'queue ms':>10}{'/ LP':>7}{'relaxation ms':>15}{'/ LP':>7}"
         f"{'it':>5}{'integer ms':>12}{'Ipopt':>7}{'queue-p99 ms':>14}{'/ LP':>7}"
         + (f"{'before ms':>16}{'x':>6}" if before else "")
         + (f"{'cold relax ms':>15}{'/ LP':>7}{'it':>5}{'x':>6}" if cold else "")
+        + (f"{'tight-cg relax ms':>19}{'/ LP':>7}{'x':>6}" if tight else "")
     )
     for r in times:
         print(
@@ -280,6 +320,11 @@ def print_table(times: list[dict[str, Any]], before: bool, cold: bool = False) -
                 f"{r['cold_relaxation_ms']:>15.1f}{r['cold_relaxation_ratio']:>7.2f}{r['cold_iterations']:>5.0f}"
                 f"{r['warm_speedup']:>6.2f}"
                 if cold
+                else ""
+            )
+            + (
+                f"{r['tight_relaxation_ms']:>19.1f}{r['tight_relaxation_ratio']:>7.2f}{r['cgfast_speedup']:>6.2f}"
+                if tight
                 else ""
             )
         )
@@ -300,6 +345,11 @@ def print_summary(cores: float, times: list[dict[str, Any]]) -> None:
                 f"; cold Ipopt relaxation / LP: median {s[tag + 'cold_relaxation_ratio_median']:.2f}, Ipopt "
                 f"iterations median {s[tag + 'iterations_median']:.0f} (cold {s[tag + 'cold_iterations_median']:.0f})"
                 if tag + "cold_relaxation_ratio_median" in s
+                else ""
+            )
+            + (
+                f"; tight column generation relaxation / LP: median {s[tag + 'tight_relaxation_ratio_median']:.2f}"
+                if tag + "tight_relaxation_ratio_median" in s
                 else ""
             )
         )

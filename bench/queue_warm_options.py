@@ -6,7 +6,8 @@ For each option set (over ``solver.queue_warm.WARM_OPTIONS``), Ipopt's iteration
 its start, as ``details.iterations`` does; the cold fallback's included where the warm path declines), their
 median and mean, and how many R(S) the warm path declined. Iteration counts, not times: they do not depend
 on the machine's load. ``push`` sets every ``warm_start_*_push`` and ``*_frac`` option; ``slivers`` switches
-``queue_warm.SLIVERS``; ``cold`` solves with the warm path off (the path before it).
+``queue_warm.SLIVERS``; ``cold`` solves with the warm path off (the path before it); ``gap`` sets
+``queue_warm.GAP``, the column generation's proven gap at the warm start (1e-8: as before cgfast).
 
     .venv/bin/python bench/queue_warm_options.py [--json]
 """
@@ -29,6 +30,8 @@ SIZES = [(r, 10) for r in SWEEPS["requests"]] + [(25, n) for n in SWEEPS["nodes"
 OPTION_SETS: list[dict[str, Any]] = [
     {},
     {"cold": True},
+    {"gap": 1e-8},
+    {"gap": 1e-2},
     {"slivers": False},
     {"push": 1e-6, "mu_init": 1e-8},
     {"push": 1e-6},
@@ -39,6 +42,7 @@ OPTION_SETS: list[dict[str, Any]] = [
     {"mu_strategy": "adaptive"},
     {"nlp_scaling_method": "none"},
     {"tol": 1e-7},
+    {"tol": 1e-8},
 ]
 PUSH_KEYS = [k for k in queue_warm.WARM_OPTIONS if k.endswith(("_push", "_frac"))]
 
@@ -58,7 +62,7 @@ def problems() -> list[QueueProblem]:
 
 def measure(qs: list[QueueProblem], change: dict[str, Any]) -> dict[str, Any]:
     """Iterations per relaxation with ``change`` applied over the default options (restored after)."""
-    saved = (dict(queue_warm.WARM_OPTIONS), queue_warm.SLIVERS, queue_warm.ENABLED)
+    saved = (dict(queue_warm.WARM_OPTIONS), queue_warm.SLIVERS, queue_warm.ENABLED, queue_warm.GAP)
     declined = 0
     real = queue_warm.solve_certified
 
@@ -71,6 +75,7 @@ def measure(qs: list[QueueProblem], change: dict[str, Any]) -> dict[str, Any]:
     rest = dict(change)
     queue_warm.ENABLED = not rest.pop("cold", False)
     queue_warm.SLIVERS = rest.pop("slivers", True)
+    queue_warm.GAP = rest.pop("gap", saved[3])
     push = rest.pop("push", None)
     if push is not None:
         queue_warm.WARM_OPTIONS.update(dict.fromkeys(PUSH_KEYS, push))
@@ -82,7 +87,7 @@ def measure(qs: list[QueueProblem], change: dict[str, Any]) -> dict[str, Any]:
         queue_fast.solve_certified = real  # type: ignore[assignment]
         queue_warm.WARM_OPTIONS.clear()
         queue_warm.WARM_OPTIONS.update(saved[0])
-        queue_warm.SLIVERS, queue_warm.ENABLED = saved[1], saved[2]
+        queue_warm.SLIVERS, queue_warm.ENABLED, queue_warm.GAP = saved[1], saved[2], saved[3]
     return {"change": change, "median": statistics.median(its), "mean": statistics.fmean(its), "declined": declined}
 
 

