@@ -29,6 +29,7 @@ Ipopt's local optimum is the global one. Integer instance counts come from ``sol
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,6 +46,7 @@ log = logging.getLogger(__name__)
 MERGE_SERVERS = True  # compact form: n is the servers on nodes with cores (no e; switched off only in tests)
 PIN_NO_ROOM = True  # compact form: fix n = N_MIN where a node has no room (switched off only in tests)
 CORE_ROWS = True  # compact form: the core rows (switched off only to show tests/unit/test_queue_start.py failing)
+WARM_GAP = 1e-5  # a warm solve's point is taken only if its duality gap is at most this times max(1, |objective|)
 MU_MIN, MU_MAX = 1e-3, 1e9  # requests/s one instance serves, clipped (a peer's absurd measurement overflowed the solve)
 DROP_IDLE_ROWS = True  # compact form: leave out memory and compute rows the core rows keep from binding
 UNUSED_POOLS = True  # compact form: a pool no column reaches (and no instance runs) has lam 0, n N_MIN, no rows
@@ -531,6 +533,13 @@ def _solve_form(
             IPOPT_NLP_RETRIES[attempt],
         )
     x = np.asarray(x)
+    if (
+        warm is not None
+        and status == "optimal"
+        and _complementarity(x, info, (lb, ub, cl, cu)) > WARM_GAP * max(1.0, abs(float(info["obj_val"])))
+    ):
+        status = "not complementary"  # a KKT point only in name (a reviewer's case: a row multiplier of 74 on a
+        # row with 1e-4 slack after a start outside a pinned pool's throughput row): the caller falls back
     flat = np.zeros(lay.C * lay.J)
     flat[lay.cols] = np.clip(x[: lay.r0], 0.0, None)
     xs = flat.reshape(lay.C, lay.J)
@@ -555,6 +564,18 @@ def _solve_form(
     # an unused pool's: -d(D - lam s)/dlam at lam = 0, which is 0 (no wait at no load), its rows being out
     mult[lay.C + np.flatnonzero(lay.unused)] = 0.0
     return sol, mult
+
+
+def _complementarity(x: FloatArray, info: Mapping[str, Any], bounds: tuple[FloatArray, ...]) -> float:
+    """The duality gap of Ipopt's point on a convex NLP: each multiplier times its row's or bound's slack, summed."""
+    lb, ub, cl, cu = bounds
+    g = np.asarray(info["g"], dtype=float)
+    rows = np.abs(np.asarray(info["mult_g"], dtype=float)) * np.minimum(
+        np.where(np.isfinite(cl), g - cl, np.inf), np.where(np.isfinite(cu), cu - g, np.inf)
+    )
+    zl = np.asarray(info["mult_x_L"], dtype=float) * np.where(np.isfinite(lb), x - lb, 0.0)
+    zu = np.asarray(info["mult_x_U"], dtype=float) * np.where(np.isfinite(ub), ub - x, 0.0)
+    return float(np.abs(rows).sum() + np.abs(zl).sum() + np.abs(zu).sum())
 
 
 def _start(q: QueueProblem, lay: _Layout) -> FloatArray:

@@ -64,6 +64,7 @@ WARM_OPTIONS: dict[str, Any] = {
     "warm_start_slack_bound_push": PUSH,
     "warm_start_slack_bound_frac": PUSH,
     "warm_start_mult_bound_push": PUSH,
+    "acceptable_iter": 0,  # never stop at Ipopt's "acceptable" level (up to 1e-2 infeasible): pricing needs a KKT point
 }
 BoolArray = npt.NDArray[np.bool_]
 
@@ -72,7 +73,11 @@ def solve_certified(q: QueueProblem, allowed: BoolArray) -> NlpSolution | None:
     """R(S)'s optimum as Ipopt's point, warm from the proven column generation; None where this path fails."""
     if not ENABLED:
         return None
-    found = prove_lp(q, allowed, GAP, EXACT_SLACK)
+    try:
+        found = prove_lp(q, allowed, GAP, EXACT_SLACK)
+    except Exception as exc:
+        log.warning("warm R(S): column generation failed (%r); the cold path solves it", exc)
+        return None
     if found is None:
         return None
     lp = found.solution
@@ -150,7 +155,8 @@ def _with_slivers(q: QueueProblem, proof: Proof, slivers: BoolArray) -> tuple[Fl
     main = np.argmax(x, axis=1)
     from_x = (x.max(axis=1) >= r) & (per_stream > 0)
     source = np.maximum(np.where(from_x, x.max(axis=1), r), 0.0)
-    amount *= np.minimum(1.0, source / np.maximum(per_stream, 1e-300))[cc]
+    share = np.divide(source, per_stream, out=np.ones_like(source), where=per_stream > 0)
+    amount *= np.minimum(1.0, share)[cc]
     taken = np.bincount(cc, weights=amount, minlength=p.n_classes)
     rows = np.flatnonzero(from_x)
     x[rows, main[rows]] -= taken[rows]

@@ -144,3 +144,27 @@ def test_stdout_stays_clean(monkeypatch: pytest.MonkeyPatch, capfd: pytest.Captu
     solve_nlp_fast(instance(4, 0, 0.15, (1, 2), Mode.MODE1, False))
     assert seen["answered"] >= 1
     assert capfd.readouterr().out == ""
+
+
+def test_a_warm_point_that_is_not_complementary_falls_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A reviewer's random cluster (tests/unit/data/queue_warm_not_complementary.json: one R(S) node, every pool
+    pinned at N_MIN by a compute budget of 0): the column generation let a pinned pool carry more than the compact
+    NLP's throughput row allows, Ipopt stopped at status 0 after 2 iterations with a row multiplier of 74 on a row
+    with 1e-4 slack, and the warm answer sat 3.4e-3 above the optimum. The duality gap check (queue_model.WARM_GAP)
+    sends it to the cold path; with the check off the answer is the wrong one."""
+    import json
+    from pathlib import Path
+
+    from solver import queue_model
+    from solver.problem import Mode, build_problem
+    from solver.queue_model import build_queue_problem
+    from solver.snapshot import Snapshot
+
+    case = json.loads((Path(__file__).parent / "data" / "queue_warm_not_complementary.json").read_text())
+    q = build_queue_problem(build_problem(Snapshot.from_dict(case["snap"]), Mode(case["mode"])))
+    monkeypatch.setattr(queue_warm, "ENABLED", False)
+    cold = queue_fast.solve_nlp_fast(q).value
+    monkeypatch.setattr(queue_warm, "ENABLED", True)
+    assert queue_fast.solve_nlp_fast(q).value == pytest.approx(cold, rel=1e-6)
+    monkeypatch.setattr(queue_model, "WARM_GAP", float("inf"))
+    assert queue_fast.solve_nlp_fast(q).value > cold * (1 + 1e-4)
