@@ -167,10 +167,8 @@ MAX_RTT_MS = 60_000.0  # a round trip above this is not a LAN's
 
 def _ms(value: Any, bound: float) -> float | None:
     """A peer's reported duration (ms) if it is a finite number in [0, bound], else None (not a measurement)."""
-    if value is None:
-        return None
-    x = float(value)
-    return x if math.isfinite(x) and 0.0 <= x <= bound else None
+    x = _positive(value, zero=True)
+    return x if x is not None and x <= bound else None
 
 
 def parse_request(raw: Mapping[str, Any]) -> RequestRecord:

@@ -136,13 +136,18 @@ def print_rows(rows: list[dict[str, Any]]) -> None:
         print(f"{'':<10} what-ifs, queue-p99 (p99 / best baseline of any dispatch): {ifs}")
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def lab_arguments(doc: str | None) -> argparse.Namespace:
+    """The lab benches' command line: --duration, --rates, --services, --json."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--duration", type=float, default=60.0, help="simulated seconds per run (default 60)")
     ap.add_argument("--rates", type=float, nargs="+", default=[1.0, 2.0, 3.0, 4.0], help="req/s per client")
     ap.add_argument("--services", nargs="+", default=["exp", "det"], choices=("exp", "det"))
     ap.add_argument("--json", action="store_true", help="machine-readable output")
-    args = ap.parse_args()
+    return ap.parse_args()
+
+
+def main() -> None:
+    args = lab_arguments(__doc__)
     solve(lab_snapshot(LAB)[0], method="ipopt", mode="2", objective="queue")  # warm: imports and set-up
     rows = [one_rate(rate, svc, args.duration) for svc in args.services for rate in args.rates]
     load = os.getloadavg()

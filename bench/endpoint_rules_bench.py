@@ -25,14 +25,13 @@ received shares of each site's requests are from the plan's (total variation, 0 
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import os
 from collections import Counter
 from typing import Any
 
-from bench.dispatch_bench import BASELINES, LAB, JoinShortest
+from bench.dispatch_bench import BASELINES, LAB, JoinShortest, lab_arguments
 from peerserve.dispatch import draw, queue_score, spread_weights
 from solver.agent_sim import AgentDispatch
 from solver.api import solve
@@ -140,12 +139,7 @@ def one_rate(rate: float, service: str, duration: float) -> dict[str, Any]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--duration", type=float, default=60.0, help="simulated seconds per run (default 60)")
-    ap.add_argument("--rates", type=float, nargs="+", default=[1.0, 2.0, 3.0, 4.0], help="req/s per client")
-    ap.add_argument("--services", nargs="+", default=["exp", "det"], choices=("exp", "det"))
-    ap.add_argument("--json", action="store_true", help="machine-readable output")
-    args = ap.parse_args()
+    args = lab_arguments(__doc__)
     rows = [one_rate(rate, svc, args.duration) for svc in args.services for rate in args.rates]
     load = os.getloadavg()
     if args.json:
