@@ -105,7 +105,9 @@ class Proof:
     pool: FloatArray
 
 
-def prove_lp(q: QueueProblem, allowed: BoolArray, gap: float = GAP, exact_slack: bool = True) -> Proof | None:
+def prove_lp(
+    q: QueueProblem, allowed: BoolArray, gap: float = GAP, exact_slack: bool = True, inner: bool = False
+) -> Proof | None:
     """``prove`` with the LP's duals at its optimum (``Proof``), to relative ``gap``. ``exact_slack=False``: the
     rows carry the N_MIN slack of every pool from the start (no re-solve when the pools with rate change; the
     LP then relaxes R(S) by a few millionths of an instance per pool: for a warm start, not as R(S)'s answer)."""
@@ -117,7 +119,9 @@ def prove_lp(q: QueueProblem, allowed: BoolArray, gap: float = GAP, exact_slack:
     except ImportError:  # pragma: no cover - depends on the install
         return None
     lp = _Lp(q, allowed, highspy)
-    if not exact_slack:
+    if inner:
+        lp.budgets_inner()
+    elif not exact_slack:
         lp.budgets_for(np.ones(q.mu.shape, dtype=bool))
     zero = _start_levels(q, lp)
     best = -math.inf
@@ -335,6 +339,19 @@ class _Lp:
         bounds = np.concatenate([*self.budgets[:2], self.budgets[2][self.cored]])
         self.h.changeRowsBounds(len(rows), rows, np.full(len(rows), -math.inf), bounds)
         return True
+
+    def budgets_inner(self) -> None:
+        """Set the rows' budgets inside the NLP's: the plain memory and compute budgets and each node's cores less
+        N_MIN per pool, so the LP's point with every pool at n >= N_MIN keeps the NLP's rows (a feasible warm
+        start; the LP's optimum lies a few millionths of an instance's price above R(S)'s)."""
+        mem, comp = _plain_budgets(self.q)
+        self.budgets = (mem, comp, self.core_cap - N_MIN * self.K)
+        rows = self.C + self.J * self.K + np.arange(2 * self.J, dtype=np.int32)
+        rows = np.concatenate([rows, self.core0 + np.arange(len(self.cored), dtype=np.int32)])
+        bounds = np.concatenate([*self.budgets[:2], self.budgets[2][self.cored]])
+        self.h.changeRowsBounds(len(rows), rows, np.full(len(rows), -math.inf), bounds)
+        self.active = np.ones((self.J, self.K), dtype=bool)
+        self.served = np.ones((self.J, self.K), dtype=bool)
 
     def _level_structure(self) -> None:
         """The pattern every load column shares, per pool: its balance row (1), its memory row (or its link
