@@ -153,8 +153,9 @@ def test_a_warm_point_that_is_not_complementary_falls_back(monkeypatch: pytest.M
     with 1e-4 slack, and the warm answer sat 3.4e-3 above the optimum. The duality gap check (queue_model.WARM_GAP)
     sends it to the cold path; with the check off the answer is the wrong one. That start was the column
     generation's with budgets a few millionths above the NLP's (``queue_warm.INNER`` off); from the inner budgets'
-    start the warm Ipopt answers at a point that keeps every row of the compact NLP and is no worse than the cold
-    path's (1.4e-4 below it: the cold path stops early on this N_MIN-scale cluster)."""
+    start the answer (the warm Ipopt's, 1.4e-4 below the cold path's, which stops early on this N_MIN-scale
+    cluster; or, from the first LP's feasible basis, the cold path's again) keeps every row of the compact NLP
+    (to Ipopt's 1e-8 bound relaxation) and is no worse than the cold path's."""
     import json
     from pathlib import Path
 
@@ -169,7 +170,7 @@ def test_a_warm_point_that_is_not_complementary_falls_back(monkeypatch: pytest.M
     cold = queue_fast.solve_nlp_fast(q).value
     monkeypatch.setattr(queue_warm, "ENABLED", True)
     inner = queue_fast.solve_nlp_fast(q)
-    assert inner.value <= cold * (1 + 1e-9) and row_excess(q, inner) <= 1e-9
+    assert inner.value <= cold * (1 + 1e-9) and row_excess(q, inner) <= 1e-8
     monkeypatch.setattr(queue_warm, "INNER", False)
     assert queue_fast.solve_nlp_fast(q).value == pytest.approx(cold, rel=1e-6)
     monkeypatch.setattr(queue_model, "WARM_GAP", float("inf"))
