@@ -142,15 +142,17 @@ def prove_lp(
         upper = nlp_value(q, x, r, n)
         # Wentges smoothing: new loads at the LP's prices and between them and the best bound's prices
         mixed = _smoothed(prices, best_prices)
+        loads = []  # each candidate's best loads: the bound's, and the next round's load columns
         for cand in (prices, mixed):
-            lower = lagrangian_bound(q, allowed, *cand, budgets=lp.budgets, cores=lp.cores)
+            lower, t = bound_and_loads(q, allowed, cand, lp.budgets, lp.cores)
+            loads.append(t)
             if lower > best:
                 best, best_prices = lower, cand
         if upper - best <= gap * max(1.0, abs(upper)) or not PROVE:
             log.debug("R(S) by column generation: %d rounds, gap %.2e", rounds, upper - best)
             found = NlpSolution(x, r, lam, n, upper, "optimal", 0, rounds, int(allowed.sum()), servers=lp.servers(n))
             return Proof(found, best_prices, lp.reduced_costs(), *lp.row_multipliers())
-        lp.add_levels([best_load(q, _price(q, *prices, lp.cores))[0], best_load(q, _price(q, *mixed, lp.cores))[0]])
+        lp.add_levels(loads)
     log.info("R(S) by column generation: no proof after %d rounds; Ipopt solves it", MAX_ROUNDS)
     return None
 
@@ -239,18 +241,34 @@ def lagrangian_bound(
     n - new <= free relaxed at v (0 <= v <= the instance's price), such a pool's instances cost v each and
     the free ones are worth v free; with a node's core row sum_k n <= cores relaxed at c, each of its
     instances costs c more and its cores are worth c cores."""
+    prices = (mem_price, comp_price, link_price, core_price)
+    return bound_and_loads(q, allowed, prices, budgets, cores)[0]
+
+
+def bound_and_loads(
+    q: QueueProblem,
+    allowed: BoolArray,
+    prices: tuple[FloatArray, FloatArray, FloatArray, FloatArray | None],
+    budgets: tuple[FloatArray, FloatArray, FloatArray] | None = None,
+    cores: FloatArray | None = None,
+) -> tuple[float, FloatArray]:
+    """``lagrangian_bound`` at ``prices`` (memory, compute, link, core) and each pool's best load t* [j, k] there
+    (the bound's instance prices, computed once for both: the column generation adds those loads next)."""
     p = q.base
+    mem_price, comp_price, link_price, core_price = prices
     price = _price(q, mem_price, comp_price, link_price, core_price, cores)
-    _, w = best_load(q, price)
+    t, w = best_load(q, price)
     per = np.where(allowed, p.cost + w[:, p.class_model].T, np.inf).min(axis=1)
     outside = q.r_cost if q.r_cost is not None else np.full(p.n_classes, q.penalty())
     served = np.minimum(per, outside)
     mem_b, comp_b, core_b = budgets if budgets is not None else (*_plain_budgets(q), core_capacity(q))
-    link = _price(q, mem_price, comp_price, link_price)  # without the core price: that is paid on core_b
-    reused = float((np.where(p.free > 0, link, 0.0) * p.free).sum())
+    reused = 0.0
+    if (p.free > 0).any():
+        link = _price(q, mem_price, comp_price, link_price)  # without the core price: that is paid on core_b
+        reused = float((np.where(p.free > 0, link, 0.0) * p.free).sum())
     cored = np.isfinite(core_b)
     on_cores = 0.0 if core_price is None else float(np.where(cored, core_price, 0.0) @ np.where(cored, core_b, 0.0))
-    return float(q.rate @ served - mem_price @ mem_b - comp_price @ comp_b - on_cores - reused)
+    return float(q.rate @ served - mem_price @ mem_b - comp_price @ comp_b - on_cores - reused), t
 
 
 def _plain_budgets(q: QueueProblem) -> tuple[FloatArray, FloatArray]:
