@@ -26,9 +26,9 @@
    and UNUSED_POOLS, Ipopt's fast_step_computation, solver.queue_lazy.LAZY_MIN_PAIRS_CORES back to
    LAZY_MIN_PAIRS; the leaner callbacks and the pricing fix stay: docs/solver.md times them apart).
    ``--warm-before`` fills it with the same queue solve from session 9's warm start instead (solver.queue_warm's
-   column generation on budgets a few millionths above the NLP's, Ipopt's bounds relaxed by 1e-8, mu 1e-9: the
-   switches ``queue_warm.INNER``, ``EXACT_BOUNDS`` and ``queue_dual.FEASIBLE_BASIS`` off) and the summary adds its queue / LP and relaxation /
-   LP medians.
+   column generation on budgets a few millionths above the NLP's from HiGHS's slack basis, Ipopt's bounds relaxed
+   by 1e-8, mu 1e-9: the switches ``queue_warm.INNER``, ``EXACT_BOUNDS`` and ``queue_dual.FEASIBLE_BASIS`` off)
+   and the summary adds its queue / LP and relaxation / LP medians.
    ``--cold-ipopt`` adds columns: the same queue solve with solver.queue_warm switched off (Ipopt cold on
    the binding nodes, the path before it), timed on the same snapshots right after: its relaxation ms,
    relaxation / LP, Ipopt iterations, and the warm relaxation's speed-up over it (same run, same load).
