@@ -121,3 +121,15 @@ def test_the_warm_answer_keeps_every_row(monkeypatch: pytest.MonkeyPatch) -> Non
     for args in CORED:
         q = instance(*args)
         assert row_excess(q, solve_nlp_fast(q)) <= 1e-7
+
+
+def test_the_options_bench_switches_and_restores_the_start() -> None:
+    """bench/queue_warm_options.py's ``session9`` row (the three switches off) takes more iterations than the
+    defaults on two cored relaxations, and the switches are back on after it."""
+    from bench import queue_warm_options as bench
+
+    qs = bench.problems()[10:12]  # two with 2 cores per node
+    now, before = bench.measure(qs, {}), bench.measure(qs, {"session9": True})
+    assert now["declined"] == 0 and before["declined"] == 0
+    assert now["mean"] < before["mean"]
+    assert queue_warm.INNER and queue_warm.EXACT_BOUNDS and queue_dual.FEASIBLE_BASIS
