@@ -42,6 +42,10 @@ MIN_LOAD = 1e-6  # least per-instance load of a column (a pool whose instances c
 # first LP: loads also at these multiples of the instance price (measured on the bench's R(S) problems: 7.1 -> 5.6
 # LP solves per R(S), 8.1 -> 7.5 ms)
 START_LADDER: tuple[float, ...] = (3.0, 10.0, 30.0, 100.0)
+CAP_LEVEL = True  # ... and at the pool's load cap, where a pool whose core or memory row binds runs, for the warm
+# start (``inner``; session 10: 3.19 -> 2.61 LP solves per R(S) of bench/queue_bench.py at 1 core, 3.53 -> 3.35 at
+# 2, the same without cores). This LP's own answer (``ENABLED``, off by default) keeps the ladder it was tested
+# with; the warm path's answer is Ipopt's, certified by pricing, whatever vertex the LP ends at.
 # HiGHS's options for the column generation's LP (tiny, re-solved from its last basis after each round's columns)
 HIGHS_OPTIONS: dict[str, Any] = {
     "output_flag": False,
@@ -126,7 +130,7 @@ def prove_lp(
         lp.budgets_inner()
     elif not exact_slack:
         lp.budgets_for(np.ones(q.mu.shape, dtype=bool))
-    zero = _start_levels(q, lp)
+    zero = _start_levels(q, lp, CAP_LEVEL and inner)
     if FEASIBLE_BASIS:
         lp.feasible_basis()
     best = -math.inf
@@ -157,13 +161,15 @@ def prove_lp(
     return None
 
 
-def _start_levels(q: QueueProblem, lp: _Lp) -> Prices:
-    """Add the first LP's loads (at no row price, and ``START_LADDER`` times the instance price); the zero prices."""
+def _start_levels(q: QueueProblem, lp: _Lp, cap: bool = False) -> Prices:
+    """Add the first LP's loads (at no row price, ``START_LADDER`` times the instance price, and with ``cap`` each
+    pool's load cap); the zero prices."""
     nothing = np.zeros(q.base.n_nodes)
     zero: Prices = (nothing, nothing, np.full(q.mu.shape, q.instance_cost), nothing)
     price = _price(q, *zero, lp.cores)
     # loads at higher instance prices too, as if memory, compute or cores were priced
-    lp.add_levels([best_load(q, factor * price)[0] for factor in (1.0, *START_LADDER)])
+    loads = [best_load(q, factor * price)[0] for factor in (1.0, *START_LADDER)]
+    lp.add_levels([*loads, q.cap() * q.mu] if cap else loads)
     return zero
 
 
