@@ -27,7 +27,8 @@
    LAZY_MIN_PAIRS; the leaner callbacks and the pricing fix stay: docs/solver.md times them apart).
    ``--warm-before`` fills it with the same queue solve from session 9's warm start instead (solver.queue_warm's
    column generation on budgets a few millionths above the NLP's from HiGHS's slack basis, Ipopt's bounds relaxed
-   by 1e-8, mu 1e-9: the switches ``queue_warm.INNER``, ``EXACT_BOUNDS`` and ``queue_dual.FEASIBLE_BASIS`` off)
+   by 1e-8, mu 1e-9: the switches ``queue_warm.INNER``, ``EXACT_BOUNDS``, ``queue_dual.FEASIBLE_BASIS`` and
+   ``CAP_LEVEL`` off)
    and the summary adds its queue / LP and relaxation / LP medians.
    ``--cold-ipopt`` adds columns: the same queue solve with solver.queue_warm switched off (Ipopt cold on
    the binding nodes, the path before it), timed on the same snapshots right after: its relaxation ms,
@@ -110,7 +111,7 @@ def warm_before(on: bool) -> None:
     """Solve the binding nodes' relaxation from session 9's warm start (``on``) or as now."""
     from solver import queue_dual, queue_warm
 
-    queue_warm.INNER = queue_warm.EXACT_BOUNDS = queue_dual.FEASIBLE_BASIS = not on
+    queue_warm.INNER = queue_warm.EXACT_BOUNDS = queue_dual.FEASIBLE_BASIS = queue_dual.CAP_LEVEL = not on
 
 
 def cold_ipopt(on: bool) -> None:

@@ -9,8 +9,8 @@ on the machine's load. ``push`` sets every ``warm_start_*_push`` and ``*_frac`` 
 ``queue_warm.SLIVERS``; ``cold`` solves with the warm path off (the path before it); ``gap`` sets
 ``queue_warm.GAP``, the column generation's proven gap at the warm start (1e-8: as before cgfast); ``inner``
 switches ``queue_warm.INNER`` (the column generation's budgets inside the NLP's), ``exact`` ``queue_warm.EXACT_BOUNDS``
-(Ipopt's bounds exact, mu 1e-10; off: relaxed by 1e-8, mu 1e-9), ``basis`` ``queue_dual.FEASIBLE_BASIS``;
-``session9`` all three off (the warm start before session 10).
+(Ipopt's bounds exact, mu 1e-10; off: relaxed by 1e-8, mu 1e-9), ``basis`` ``queue_dual.FEASIBLE_BASIS``, ``cap``
+``queue_dual.CAP_LEVEL``; ``session9`` all four off (the warm start before session 10).
 
     .venv/bin/python bench/queue_warm_options.py [--json]
 """
@@ -37,6 +37,7 @@ OPTION_SETS: list[dict[str, Any]] = [
     {"inner": False},
     {"exact": False},
     {"basis": False},
+    {"cap": False},
     {"gap": 1e-8},
     {"gap": 1e-2},
     {"slivers": False},
@@ -71,7 +72,7 @@ def problems() -> list[QueueProblem]:
 def measure(qs: list[QueueProblem], change: dict[str, Any]) -> dict[str, Any]:
     """Iterations per relaxation with ``change`` applied over the default options (restored after)."""
     saved = (dict(queue_warm.WARM_OPTIONS), queue_warm.SLIVERS, queue_warm.ENABLED, queue_warm.GAP)
-    switches = (queue_warm.INNER, queue_warm.EXACT_BOUNDS, queue_dual.FEASIBLE_BASIS)
+    switches = (queue_warm.INNER, queue_warm.EXACT_BOUNDS, queue_dual.FEASIBLE_BASIS, queue_dual.CAP_LEVEL)
     declined = 0
     real = queue_warm.solve_certified
 
@@ -89,6 +90,7 @@ def measure(qs: list[QueueProblem], change: dict[str, Any]) -> dict[str, Any]:
     queue_warm.INNER = rest.pop("inner", before)
     queue_warm.EXACT_BOUNDS = rest.pop("exact", before)
     queue_dual.FEASIBLE_BASIS = rest.pop("basis", before)
+    queue_dual.CAP_LEVEL = rest.pop("cap", before)
     push = rest.pop("push", None)
     if push is not None:
         queue_warm.WARM_OPTIONS.update(dict.fromkeys(PUSH_KEYS, push))
@@ -101,7 +103,7 @@ def measure(qs: list[QueueProblem], change: dict[str, Any]) -> dict[str, Any]:
         queue_warm.WARM_OPTIONS.clear()
         queue_warm.WARM_OPTIONS.update(saved[0])
         queue_warm.SLIVERS, queue_warm.ENABLED, queue_warm.GAP = saved[1], saved[2], saved[3]
-        queue_warm.INNER, queue_warm.EXACT_BOUNDS, queue_dual.FEASIBLE_BASIS = switches
+        queue_warm.INNER, queue_warm.EXACT_BOUNDS, queue_dual.FEASIBLE_BASIS, queue_dual.CAP_LEVEL = switches
     return {"change": change, "median": statistics.median(its), "mean": statistics.fmean(its), "declined": declined}
 
 

@@ -109,7 +109,7 @@ def test_with_the_new_start_the_check_still_catches_a_wrong_optimum(monkeypatch:
     """With every switch on, the warm answer from the columns with rate only (pricing off) is off the reference
     optimum by more than the tolerance: the equality checks above would see a wrong start's wrong answer."""
     q = instance(4, 0, 0.15, (1, 2), Mode.MODE1, False)
-    assert queue_warm.INNER and queue_warm.EXACT_BOUNDS and queue_dual.FEASIBLE_BASIS
+    assert queue_warm.INNER and queue_warm.EXACT_BOUNDS and queue_dual.FEASIBLE_BASIS and queue_dual.CAP_LEVEL
     assert relative_gap(q, solve_nlp_fast(q)) <= TOL
     monkeypatch.setattr(queue_warm, "PRICE", False)
     monkeypatch.setattr(queue_warm, "SLIVERS", False)
@@ -132,7 +132,7 @@ def test_the_options_bench_switches_and_restores_the_start() -> None:
     now, before = bench.measure(qs, {}), bench.measure(qs, {"session9": True})
     assert now["declined"] == 0 and before["declined"] == 0
     assert now["mean"] < before["mean"]
-    assert queue_warm.INNER and queue_warm.EXACT_BOUNDS and queue_dual.FEASIBLE_BASIS
+    assert queue_warm.INNER and queue_warm.EXACT_BOUNDS and queue_dual.FEASIBLE_BASIS and queue_dual.CAP_LEVEL
 
 
 def test_the_cap_level_saves_lp_solves_at_one_core(monkeypatch: pytest.MonkeyPatch) -> None:
