@@ -35,6 +35,14 @@ FLAGS: list[tuple[str, dict[str, Any]]] = [
         {"type": float, "help": "cores (or GPU streams) the node's model servers share; 0: os.cpu_count() (default)"},
     ),
     (
+        "--instance-concurrency",
+        {
+            "type": float,
+            "help": "requests one model server serves at once (its threads; the placement counts an instance as "
+            "this many servers, at most the cores); 0: the node's cores (default)",
+        },
+    ),
+    (
         "--provision-wait-s",
         {"type": float, "help": "how long a request waits for on-demand provisioning (default 10)"},
     ),
