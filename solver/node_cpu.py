@@ -36,6 +36,8 @@ def node_cores(p: Problem) -> FloatArray:
 
 def node_slots(p: Problem) -> FloatArray:
     """[j] requests one instance serves at once on each of ``p``'s nodes: min(concurrency, max(cores, 1)), >= 1."""
+    if all(n.concurrency is None for n in p.snapshot.nodes):
+        return np.ones(len(p.node_ids))  # one slot everywhere (every snapshot before concurrency)
     nodes = {n.id: n for n in p.snapshot.nodes}
     cores = np.maximum(node_cores(p), 1.0)
     wanted = [nodes[i].concurrency if i in nodes else None for i in p.node_ids]
