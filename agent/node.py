@@ -554,7 +554,7 @@ class NodeAgent:
             "node_class": s.node_class,
             "compute": s.compute,
             "cores": s.cores or float(os.cpu_count() or 1),
-            "concurrency": s.instance_concurrency or s.cores or float(os.cpu_count() or 1),
+            "concurrency": s.instance_concurrency or max(1.0, s.cores or float(os.cpu_count() or 1)),
             # runnable threads per CPU of this machine: how much contention stretches a service time here
             "load_per_cpu": round(os.getloadavg()[0] / (os.cpu_count() or 1), 3),
             "api_url": s.api_url,
