@@ -2,12 +2,14 @@
 
 Where a request goes can depend on the queues at its arrival (the agent weighs endpoints by the requests
 it has in flight there, peerserve/dispatch.py), and with shared cores a request's departure depends on
-every other busy instance of its node, so arrivals and departures are simulated in one time order: the
-arrivals (sorted) against a heap of projected departures. Each instance is a FIFO server; the busy
-instances of a node progress at ``min(1, cores / busy)`` of their speed (as solver/shared_cores.py),
-so a departure is projected as ``now + work left / rate`` and re-projected only when its node's rate
-changes. With no rate change (cores >= the node's instances) a departure is start + service exactly,
-Lindley's recursion, bit for bit (tested against ``workload.fifo_sojourn_ms``).
+every other request in service on its node, so arrivals and departures are simulated in one time order:
+the arrivals (sorted) against a heap of projected departures, one per request in service. Each instance
+is a FIFO server with ``slots`` slots (up to that many requests in service, started in arrival order);
+the requests in service on a node progress at ``min(1, cores / in service)`` of their speed (as
+solver/shared_cores.py), so a departure is projected as ``now + work left / rate`` and re-projected only
+when its node's rate changes. With no rate change (cores >= the node's slots in use) a departure is
+start + service exactly: Lindley's recursion with one slot, bit for bit (tested against
+``workload.fifo_sojourn_ms``), Kiefer-Wolfowitz's with c (tests/unit/test_slots.py).
 
 ``AgentDispatch`` replays the agent's choice at every arrival (agent/serving/resolve.py ->
 agent/decisions.py ``rank_endpoints`` + ``spread_ranked``, both built on peerserve/dispatch.py):
