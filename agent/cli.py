@@ -39,7 +39,9 @@ FLAGS: list[tuple[str, dict[str, Any]]] = [
         {
             "type": float,
             "help": "requests one model server serves at once (its threads; the placement counts an instance as "
-            "this many servers, at most the cores); 0: the node's cores (default)",
+            "this many servers, at most the cores); 0 (default): the runtime's: the node's cores for "
+            "TF-Serving containers (docker), 1 for the process runtime's stand-in (its model runs under one "
+            "Python lock)",
         },
     ),
     (

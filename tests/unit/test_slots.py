@@ -340,3 +340,13 @@ def test_the_workloads_concurrency_reaches_solver_and_simulation() -> None:
         assert "concurrency" in (dataclasses.replace(w, concurrency=bad).check() or "")  # type: ignore[arg-type]
     a, b = run(w, ("queue-p99",))[0], run(two, ("queue-p99",))[0]
     assert a.requests == b.requests and b.instances <= a.instances and b.rejected == 0
+
+
+def test_the_agent_reports_the_runtimes_concurrency_unless_set() -> None:
+    from agent.node import model_server_concurrency
+
+    assert model_server_concurrency(load_settings(None, overrides={"runtime": "process", "cores": 4.0})) == 1.0
+    assert model_server_concurrency(load_settings(None, overrides={"runtime": "docker", "cores": 4.0})) == 4.0
+    assert model_server_concurrency(load_settings(None, overrides={"runtime": "docker", "cores": 0.5})) == 1.0
+    set_ = {"runtime": "process", "cores": 4.0, "instance_concurrency": 3.0}
+    assert model_server_concurrency(load_settings(None, overrides=set_)) == 3.0
