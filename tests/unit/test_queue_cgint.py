@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from bench.queue_bench import with_cores
-from solver import queue_repair, queue_split
+from solver import queue_close_fast, queue_repair, queue_split
 from solver.problem import Mode, build_problem
 from solver.queue_fast import solve_nlp_fast
 from solver.queue_model import build_queue_problem
@@ -144,3 +144,68 @@ def test_the_halved_curvature_gives_the_same_splits_and_a_wrong_factor_is_caught
     monkeypatch.setattr(queue_split, "HALF_CURVATURE", True)
     monkeypatch.setattr(queue_split._SplitFlow, "along", undoubled)
     assert not all(np.array_equal(a, b) for a, b in zip(runs(), fast, strict=True))
+
+
+def _closings(monkeypatch: pytest.MonkeyPatch) -> tuple[list[Any], int]:
+    """Pool closing on thesis instances at 1 and 2 cores (after repair): the closed rates and caps, and how many
+    whole-pool moves were tried."""
+    tried = [0]
+    real = queue_close_fast._try_move
+
+    def counted(*args: Any) -> bool:
+        tried[0] += 1
+        return bool(real(*args))
+
+    monkeypatch.setattr(queue_close_fast, "_try_move", counted)
+    out = []
+    for cores in (1.0, 2.0):
+        for r, n in [(20, 10), (40, 10), (25, 15), (50, 10)]:
+            for mode in (Mode.MODE1, Mode.MODE2):
+                q = build_queue_problem(build_problem(with_cores(thesis_instance(r, n, 1), cores), mode))
+                nlp = solve_nlp_fast(q)
+                pools = queue_repair.repair(q, nlp.x, nlp.r, nlp.n)
+                steps = queue_close_fast.close_pools_fast(pools)
+                out.append((steps, pools.x.tolist(), pools.cap.tolist()))
+    monkeypatch.setattr(queue_close_fast, "_try_move", real)
+    return out, tried[0]
+
+
+def test_the_move_screen_gives_the_same_closings_with_fewer_tries(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Whole-pool moves screened by the destination's cores and by nodes over budget that a move does not touch:
+    the same closings bit for bit as without the screen (and the golden plans), with at most half the tries."""
+    fast, fast_tries = _closings(monkeypatch)
+    monkeypatch.setattr(queue_close_fast, "SCREEN_CORES", False)
+    slow, slow_tries = _closings(monkeypatch)
+    assert fast == slow
+    assert fast_tries <= 0.5 * slow_tries
+    assert not _golden_differs()
+
+
+def _screen_oracle(monkeypatch: pytest.MonkeyPatch, screen: Any) -> None:
+    """Close the golden inputs and thesis instances with ``screen`` as the move screen, checking every move it rules
+    out: ``_try_move`` must fail there (it changes nothing when it fails)."""
+
+    def checked(pools: Any, static: Any, view: Any, dsts: Any) -> Any:
+        out = screen(pools, static, view, dsts)
+        for k, j, i in zip(*np.nonzero(out), strict=True):
+            if view.lam[j, k] > queue_repair.TINY:
+                assert not queue_close_fast._try_move(pools, static, view, int(j), int(k), int(dsts[k, j, i]))
+        return out
+
+    monkeypatch.setattr(queue_close_fast, "_hopeless_moves", checked)
+    _closings(monkeypatch)
+    _golden_differs()
+
+
+def test_the_move_screen_rules_out_only_moves_that_fail(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Oracle: every move the screen rules out fails when tried; a screen that also rules out moves whose destination
+    is merely busy (over rho_max of its cores less a margin: a plausible slip) is caught by the same oracle."""
+    _screen_oracle(monkeypatch, queue_close_fast._hopeless_moves)
+    real = queue_close_fast._hopeless_moves
+
+    def too_eager(pools: Any, static: Any, view: Any, dsts: Any) -> Any:
+        limit = 0.5 * static.core_limit_j[dsts]
+        return real(pools, static, view, dsts) | (view.busy_j[dsts] > limit)
+
+    with pytest.raises(AssertionError):
+        _screen_oracle(monkeypatch, too_eager)
