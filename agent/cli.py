@@ -119,6 +119,9 @@ def register(commands: Any) -> None:
                    help="serve interactive API docs at /docs, /redoc and the schema at /openapi.json")  # fmt: skip
     p.add_argument("--no-metrics", dest="metrics", action="store_const", const=False, default=None,
                    help="no Prometheus metrics: /metrics answers 404 and requests are not timed")  # fmt: skip
+    p.add_argument("--no-server-timing", dest="server_timing", action="store_const", const=False, default=None,
+                   help="no W3C Server-Timing header on answers, the agent's nor its stand-in model "
+                   "servers' (they reveal each request's execution and garbage-collector times)")  # fmt: skip
     p.add_argument("--no-crash-backoff", dest="crash_backoff", action="store_const", const=False, default=None,
                    help="start at once after crashes in a row (default: from the 3rd crash in a row within "
                    "60 s of its start, wait 2, 4, ... 60 s; for test beds that kill agents on purpose)")  # fmt: skip
@@ -173,6 +176,7 @@ def cmd_agent(args: argparse.Namespace) -> int:
     overrides["api_docs"] = args.api_docs
     overrides["metrics"] = args.metrics
     overrides["crash_backoff"] = args.crash_backoff
+    overrides["server_timing"] = args.server_timing
     try:
         settings = load_settings(args.config, overrides=overrides)
         agent = NodeAgent(settings)

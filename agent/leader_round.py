@@ -186,6 +186,7 @@ class RoundConfig:
     retry_base_s: float = 0.2  # backoff: base, 2 x base, ...
     max_nodes: int = 256  # request-log cursors kept
     max_window: int = 50_000  # request records kept for the snapshot
+    max_clock_ahead_s: float = 60.0  # a record stamped later than now + this (a peer's clock or its word) is left out
     page_limit: int = 5000  # request-log records per gather page
     hold: HoldConfig = field(default_factory=HoldConfig)  # hysteresis: when a plan may replace the running instances
     target_rounds: int = 3  # a target a node's reports still fall short of after this many rounds stops counting
@@ -328,13 +329,19 @@ class LeaderRound:
         return self._solve(r, e.now)
 
     def _solve(self, r: _Round, now: float) -> list[Instruction]:
-        cutoff = now - self.config.window_s
-        while self.window and self.window[0].ts < cutoff:
-            self.window.popleft()
+        self._expire_window(now)
         self.phase = Phase.SOLVING
         self._expire_targets(r)
         nodes = tuple(r.reports[n] for n in sorted(r.reports))
         return [Solve(r.number, nodes, tuple(self.window), now, self._status_quo(r))]
+
+    def _expire_window(self, now: float) -> None:
+        """Keep the records stamped within the window: pages from different peers arrive in any order, and a
+        record a peer stamped in the future (or NaN) would otherwise sit at the head and keep every older one in
+        the window behind it, its count inflating the streams' rates round after round."""
+        oldest, newest = now - self.config.window_s, now + self.config.max_clock_ahead_s
+        kept = [r for r in self.window if oldest <= r.ts <= newest]  # NaN compares false: left out
+        self.window = deque(kept, maxlen=self.config.max_window)
 
     def _expire_targets(self, r: _Round) -> None:
         """Count, per (node, model), the rounds a fresh report runs fewer than the target; at ``target_rounds``

@@ -71,8 +71,10 @@ class ModelServer(ThreadingHTTPServer):
         name: str = "",
         timeout_s: float = TIMEOUT_S,
         max_per_address: int = MAX_PER_ADDRESS,
+        timing: bool = True,
     ) -> None:
         super().__init__(address, _Handler)
+        self.timing = timing  # W3C Server-Timing on answers (off: none; they reveal execution and GC times)
         self.model = model
         self.name = name or model.name
         self.version = version
@@ -204,7 +206,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
-        self.send_header("Server-Timing", self._timing())
+        if self.server.timing:
+            self.send_header("Server-Timing", self._timing())
         self._began = None
         if self.close_connection:
             self.send_header("Connection", "close")
@@ -237,6 +240,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     ap.add_argument("--port", type=int, default=8501, help="REST port (default 8501, as TF-Serving)")
+    ap.add_argument("--no-server-timing", dest="timing", action="store_false",
+                    help="no W3C Server-Timing header on answers (it reveals execution and GC times)")  # fmt: skip
     args = ap.parse_args(argv)
     if not args.model:
         ap.error("--model is required (or set PEERSERVE_STAND_IN)")
@@ -248,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
             load_weights()
         except WeightsMissing as exc:
             ap.exit(1, f"peerserve-modelserver: {exc}\n")
-    server = ModelServer((args.host, args.port), MODELS[args.model], name=args.name)
+    server = ModelServer((args.host, args.port), MODELS[args.model], name=args.name, timing=args.timing)
     pauses.install()
     pauses.freeze_startup_heap()
     signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown).start())

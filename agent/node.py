@@ -94,7 +94,7 @@ def make_runtime(settings: Settings) -> Runtime:
         return DockerRuntime(settings.node_id, settings.advertise_address or settings.host, gpu=settings.docker_gpu)
     from agent.runtime.process import ProcessRuntime
 
-    return ProcessRuntime(settings.advertise_address or settings.host, Path(settings.data_dir))
+    return ProcessRuntime(settings.advertise_address or settings.host, Path(settings.data_dir), settings.server_timing)
 
 
 def _first_ipv4() -> str:

@@ -88,6 +88,7 @@ class Settings:
     placement_target_rounds: int = 3  # a node's target its reports fall short of this many rounds stops counting
     request_window_s: float = 600.0
     metrics: bool = True
+    server_timing: bool = True  # W3C Server-Timing on answers (execution and GC times: off on a LAN of strangers)
     metrics_token: str = ""
     client_token: str = ""  # optional: client API needs Authorization: Bearer (agent/client_auth.py)
     https_port: int = 0  # optional: the client API also over HTTPS here, with tls_cert / tls_key

@@ -45,8 +45,9 @@ class _Server:
 class ProcessRuntime:
     kind = "process"
 
-    def __init__(self, host: str, data_dir: Path) -> None:
+    def __init__(self, host: str, data_dir: Path, server_timing: bool = True) -> None:
         self.host = host
+        self.server_timing = server_timing  # the stand-in servers' Server-Timing header (settings.server_timing)
         self.state_file = data_dir / "process-runtime.json"
         self.log_dir = data_dir / "logs"
         self.log_dir.mkdir(parents=True, exist_ok=True)
@@ -109,6 +110,7 @@ class ProcessRuntime:
             proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "agent.modelserver",
                 "--model", spec.stand_in, "--name", spec.name, "--host", self.host, "--port", "0",
+                *(() if self.server_timing else ("--no-server-timing",)),
                 stdout=asyncio.subprocess.PIPE, stderr=log_file, stdin=asyncio.subprocess.DEVNULL,
                 start_new_session=True,
             )  # fmt: skip

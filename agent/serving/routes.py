@@ -120,13 +120,18 @@ def _has_body(request: Request) -> bool:
     return "chunked" in request.headers.get("transfer-encoding", "").lower() or (length is not None and length != "0")
 
 
+def drop_timing(headers: dict[str, str]) -> None:
+    """Remove every Server-Timing entry (``server_timing = false``: a model server's own included)."""
+    for k in [k for k in headers if k.lower() == "server-timing"]:
+        del headers[k]
+
+
 def add_timing(headers: dict[str, str], began: float, upstream_ms: float | None, gc_ms: float = 0.0) -> None:
     """Append the agent's W3C Server-Timing entries to the model server's: ``agent`` (handler entry -> answer
     read), ``upstream`` (request sent -> response head) and ``agent-gc`` (the agent's garbage-collector pauses
     in that time), in ms, so a client sees where its time went."""
     theirs = [v for k, v in headers.items() if k.lower() == "server-timing"]
-    for k in [k for k in headers if k.lower() == "server-timing"]:
-        del headers[k]
+    drop_timing(headers)
     ours = f"agent;dur={1000 * (time.perf_counter() - began):.3f}"
     if upstream_ms is not None:
         ours += f", upstream;dur={upstream_ms:.3f}"
@@ -274,11 +279,14 @@ class ServingRoutes:
                 return await self._wrap_error(upstream, model, target.node, client, reported, token)
             stream = self._stream(upstream, model, target.node, client, reported, token)
             answer_headers = _response_headers(upstream.headers)
+            if not self.agent.settings.server_timing:
+                drop_timing(answer_headers)
             answer_headers[NODE_HEADER] = target.node  # which node served it (the load bench adds its RTT)
             length = next((v for k, v in answer_headers.items() if k.lower() == "content-length"), "")
             if length.isdigit() and int(length) <= SMALL_BODY:  # one write; no streaming machinery
                 answer = b"".join([chunk async for chunk in stream])
-                add_timing(answer_headers, began, upstream.service_ms, pauses.paused_ms() - gc_before)
+                if self.agent.settings.server_timing:
+                    add_timing(answer_headers, began, upstream.service_ms, pauses.paused_ms() - gc_before)
                 return Response(answer, status_code=upstream.status, headers=answer_headers)
             return StreamingResponse(stream, status_code=upstream.status, headers=answer_headers)
         self._record(model, client, reported, None, None, 502)

@@ -29,3 +29,15 @@ def test_a_proxied_answer_says_how_long_each_hop_took(agents: Any) -> None:
         bad = httpx.post(f"{direct}/v2/models/{MODEL}/infer", content=b"{}", timeout=10)
     assert bad.status_code == 404  # an error answer is timed too, with no model call in it
     assert set(parse_server_timing(bad.headers["server-timing"])) == {"server", "server-gc"}
+
+
+def test_server_timing_off_leaves_no_timing_on_proxied_or_direct_answers(agents: Any) -> None:
+    a = agents("a", "--no-discovery", "--no-server-timing")
+    plan_two_local_instances(a)
+    with httpx.Client(base_url=a.url, timeout=10) as http:
+        r = http.post(f"/v1/models/{MODEL}:predict", json={"instances": [1.0, 2.0]})
+        assert r.status_code == 200 and r.json() == {"predictions": [2.5, 3.0]}
+        assert "server-timing" not in r.headers, r.headers
+        direct = http.get(f"/services/{MODEL}", headers={"X-Peerserve-Client": "c1"}).json()["url"]
+        ok = httpx.post(f"{direct}/v1/models/{MODEL}:predict", json={"instances": [1.0]}, timeout=10)
+    assert ok.status_code == 200 and "server-timing" not in ok.headers, ok.headers  # the stand-in server's too

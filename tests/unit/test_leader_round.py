@@ -297,3 +297,15 @@ def test_the_summary_carries_the_plans_idle_running_instances() -> None:
     out = m.step(Solved(101.0, 1, {**PLAN, "details": details}, requests=1))
     assert isinstance(out[0], Command)
     assert out[0].summary["idle_running"] == {"a": {"m": 1}} and out[0].summary["planned_queue"] == {"b": {"m": 0.5}}
+
+
+def test_a_record_stamped_in_the_future_or_nan_holds_no_older_one_in_the_window() -> None:
+    m = elected(cfg=RoundConfig(debounce_s=0.0, window_s=10.0, max_window=100, page_limit=100))
+    m.step(Tick(100.0))
+    page = ((1, rec(1e12)), (2, rec(float("nan"))), (3, rec(50.0)), (4, rec(95.0)), (5, rec(159.0)), (6, rec(161.0)))
+    m.step(Gathered(100.0, 1, "a", report("a"), page))
+    (solve,) = m.step(Gathered(100.0, 1, "b", report("b"), ((1, rec(80.0)), (2, rec(99.0)))))
+    assert isinstance(solve, Solve)
+    # the far-future and NaN stamps are left out, and so is 50 s behind them; up to 60 s ahead is a clock's skew
+    assert [r.ts for r in solve.requests] == [95.0, 159.0, 99.0]
+    assert len(m.window) == 3
