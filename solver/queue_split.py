@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Generator
 
 import numpy as np
 import numpy.typing as npt
@@ -299,27 +300,40 @@ class _SplitFlow:
         def slope(a: float) -> tuple[float, float]:
             return self.along(lam, a, line)
 
-        lo, hi, a = 0.0, 1.0, 0.0
-        s, h = slope(0.0) if here is None else _along(linear, dlam, *here)
-        if not LAZY_END and slope(1.0)[0] <= 0:
-            return 1.0
-        end_checked = not LAZY_END  # the slope at 1: an evaluation most steps do not need
-        for _ in range(NEWTON_STEPS):
-            hi = min(hi, a) if s > 0 else hi
-            lo = max(lo, a) if s < 0 else lo
-            nxt = a - s / h if h > 0 else 2.0
-            if not end_checked and hi == 1.0 and nxt >= 1.0:
-                end_checked = True
-                if slope(1.0)[0] <= 0:
-                    return 1.0
-            nxt = nxt if lo < nxt < hi else (lo + hi) / 2
-            if abs(nxt - a) <= STEP_TOLERANCE or hi - lo <= STEP_TOLERANCE:
-                return nxt
-            a = nxt
-            s, h = slope(a)
-            if s == 0.0:
-                break
-        return a
+        search = newton(slope(0.0) if here is None else _along(linear, dlam, *here))
+        try:
+            a = next(search)
+            while True:
+                a = search.send(slope(a))
+        except StopIteration as done:
+            return float(done.value)
+
+
+def newton(start: tuple[float, float]) -> Generator[float, tuple[float, float], float]:
+    """``_SplitFlow.step``'s line search from the slope and curvature ``start`` at 0: yields each point whose (slope,
+    curvature) it needs next and returns the step (one generator for the single and the batched runs,
+    solver.queue_batch, so that both take the same steps)."""
+    lo, hi, a = 0.0, 1.0, 0.0
+    s, h = start
+    if not LAZY_END and (yield 1.0)[0] <= 0:
+        return 1.0
+    end_checked = not LAZY_END  # the slope at 1: an evaluation most steps do not need
+    for _ in range(NEWTON_STEPS):
+        hi = min(hi, a) if s > 0 else hi
+        lo = max(lo, a) if s < 0 else lo
+        nxt = a - s / h if h > 0 else 2.0
+        if not end_checked and hi == 1.0 and nxt >= 1.0:
+            end_checked = True
+            if (yield 1.0)[0] <= 0:
+                return 1.0
+        nxt = nxt if lo < nxt < hi else (lo + hi) / 2
+        if abs(nxt - a) <= STEP_TOLERANCE or hi - lo <= STEP_TOLERANCE:
+            return nxt
+        a = nxt
+        s, h = yield a
+        if s == 0.0:
+            break
+    return a
 
 
 def _along(linear: float, dlam: FloatArray, first: FloatArray, second: FloatArray) -> tuple[float, float]:
