@@ -88,9 +88,16 @@ class _Stack:
 
 
 def run_batch(
-    flows: Sequence[_SplitFlow], starts: Sequence[FloatArray], iterations: int, abandons: Sequence[float]
+    flows: Sequence[_SplitFlow],
+    starts: Sequence[FloatArray],
+    iterations: int,
+    abandons: Sequence[float],
+    marks: list[tuple[float, float] | None] | None = None,
 ) -> list[tuple[FloatArray, int, float]]:
-    """``flows[r].run(starts[r], iterations, abandon=abandons[r])`` for every run r, together (module docstring)."""
+    """``flows[r].run(starts[r], iterations, abandon=abandons[r])`` for every run r, together (module docstring).
+
+    ``marks``: receives, for each run that reaches ``ABANDON_STEP`` without stopping there, its objective there and
+    the step before (``hopeless``'s first two arguments), so that a caller can apply a threshold known later."""
     stack, one = _Stack(flows), flows[0]
     x = np.stack([np.asarray(s) for s in starts])  # [run, c, j]
     out: list[tuple[FloatArray, int, float] | None] = [None] * len(flows)
@@ -109,9 +116,11 @@ def run_batch(
             gap = -fall[r] / max(value[r], 1e-9)
             if steps == iterations or (queue_split.GAP_STOP and gap <= queue_split.TOLERANCE):
                 out[r] = (np.array(x[r]), steps, gap)
-            elif steps == ABANDON_STEP and _hopeless(value[r], last[r], iterations - steps, abandons[r]):
+            elif steps == ABANDON_STEP and hopeless(value[r], last[r], iterations - steps, abandons[r]):
                 out[r] = (np.array(x[r]), steps, ABANDONED)
             else:
+                if steps == ABANDON_STEP and marks is not None:
+                    marks[r] = (value[r], last[r])
                 last[r] = value[r]
                 moving.append(r)
         if not moving:
@@ -139,7 +148,7 @@ def _rows(runs: list[int], count: int) -> FloatArray:
     return mask
 
 
-def _hopeless(value: float, last: float, left: int, abandon: float) -> bool:
+def hopeless(value: float, last: float, left: int, abandon: float) -> bool:
     """``_SplitFlow.run``'s test at ``ABANDON_STEP``: the objective, less ``ABANDON_SLOPES`` times the last step's fall
     for each of the ``left`` steps, still at or above ``abandon``."""
     return bool(value - ABANDON_SLOPES * (last - value) * left >= abandon)

@@ -26,11 +26,11 @@ import numpy as np
 
 from solver.node_cpu import core_room, effective_servers
 from solver.problem import FloatArray, IntArray
-from solver.queue_batch import run_batch
+from solver.queue_batch import hopeless, run_batch
 from solver.queue_close import integer_objective
 from solver.queue_model import QueueProblem
 from solver.queue_repair import Pools
-from solver.queue_split import ABANDONED, BoolArray, _SplitFlow, apply_split, split_run
+from solver.queue_split import ABANDON_STEP, ABANDONED, BoolArray, SplitRun, _SplitFlow, apply_split, split_run
 
 log = logging.getLogger(__name__)
 
@@ -53,14 +53,8 @@ def move_instances(pools: Pools) -> int:
         candidates = _candidates(pools, counts)[: MAX_TRIES - tries]
         if not candidates:
             break
-        stay = _try(pools, counts, None)  # the same split budget without a move: a move must beat it
-        before = min(integer_objective(pools), stay[0] if stay else np.inf)
+        before, tried = _round(pools, counts, candidates)
         best: tuple[float, IntArray, FloatArray] | None = None
-        beat = before if ABANDON else np.inf
-        if BATCH and len(candidates) > 1:
-            tried = _try_together(pools, counts, candidates, beat)
-        else:
-            tried = [_try(pools, counts, move, beat) for move in candidates]
         for found in tried:
             tries += 1
             if found is not None and found[0] < before - 1e-9 * max(1.0, abs(before)):
@@ -108,26 +102,52 @@ def _try(
     return None if gap == ABANDONED else _valued(pools, moved, split)
 
 
-def _try_together(
-    pools: Pools, counts: IntArray, moves: list[tuple[int, int, int]], beat: float
-) -> list[tuple[float, IntArray, FloatArray] | None]:
-    """``[_try(pools, counts, move, beat) for move in moves]`` with the moves' Frank-Wolfe runs made together
-    (solver.queue_batch: the same runs, bit for bit, at a fraction of numpy's per-call cost)."""
+Tried = tuple[float, IntArray, FloatArray] | None
+
+
+def _round(pools: Pools, counts: IntArray, moves: list[tuple[int, int, int]]) -> tuple[float, list[Tried]]:
+    """One round: the objective a move must beat (the plan's, or the same split budget without a move: ``_try``
+    with None) and each move's ``_try`` against it; with ``BATCH``, every run of the round made together
+    (``_round_together``)."""
+    if BATCH:
+        return _round_together(pools, counts, moves)
+    stay = _try(pools, counts, None)
+    before = min(integer_objective(pools), stay[0] if stay else np.inf)
+    beat = before if ABANDON else np.inf
+    return before, [_try(pools, counts, move, beat) for move in moves]
+
+
+def _round_together(pools: Pools, counts: IntArray, moves: list[tuple[int, int, int]]) -> tuple[float, list[Tried]]:
+    """``_round`` with the Frank-Wolfe runs without a move and of every move made together (solver.queue_batch: the
+    same runs, bit for bit). The tries' threshold is known only once the run without a move is valued, so the
+    tries run on and the test at ``ABANDON_STEP`` is applied afterwards to the values they had there: a run's steps
+    do not depend on its threshold, so a try not abandoned ends as it would alone, and an abandoned one gives None
+    either way."""
+    stay_ready = _prepare(pools, counts, None)
     ready = [_prepare(pools, counts, move) for move in moves]
-    runs = [r for r in ready if r is not None]
-    done = iter(
-        run_batch([_SplitFlow(*r[1]) for r in runs], [r[2] for r in runs], TRY_ITERATIONS, [beat - r[3] for r in runs])
-        if runs
-        else []
-    )
-    out: list[tuple[float, IntArray, FloatArray] | None] = []
+    runs = ([] if stay_ready is None else [stay_ready]) + [r for r in ready if r is not None]
+    marks: list[tuple[float, float] | None] = [None] * len(runs)
+    starts = [np.where(r[1][2], r[2], 0.0) for r in runs]  # split_run's start (the tries' is the same)
+    flows = [_SplitFlow(*r[1]) for r in runs]
+    done = run_batch(flows, starts, TRY_ITERATIONS, [np.inf] * len(runs), marks) if runs else []
+    stay = None
+    if stay_ready is not None:
+        (rated, servers, allowed), (x, steps, gap) = stay_ready[1], done[0]
+        pools.split_run = SplitRun(rated.rate, servers, allowed, starts[0], x, steps, gap, TRY_ITERATIONS)
+        stay = _valued(pools, stay_ready[0], x)
+    before = min(integer_objective(pools), stay[0] if stay else np.inf)
+    beat = before if ABANDON else np.inf
+    first = 0 if stay_ready is None else 1
+    results = iter(zip(done[first:], marks[first:], strict=True))
+    out: list[Tried] = []
     for r in ready:
         if r is None:
             out.append(None)
             continue
-        split, _, gap = next(done)
-        out.append(None if gap == ABANDONED else _valued(pools, r[0], split))
-    return out
+        (split, _, _), mark = next(results)
+        gave_up = mark is not None and hopeless(mark[0], mark[1], TRY_ITERATIONS - ABANDON_STEP, beat - r[3])
+        out.append(None if gave_up else _valued(pools, r[0], split))
+    return before, out
 
 
 Prepared = tuple[IntArray, tuple[QueueProblem, FloatArray, BoolArray], FloatArray, float]

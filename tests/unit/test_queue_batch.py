@@ -94,3 +94,41 @@ def test_the_move_pass_is_the_same_with_and_without_the_batch(monkeypatch: pytes
 
     monkeypatch.setattr(queue_move, "BATCH", False)
     assert not _golden_differs()
+
+
+def _move_passes(monkeypatch: pytest.MonkeyPatch, batch: bool) -> list[Any]:
+    """The move pass and the best split after it on thesis instances at 2 and 4 cores per node (``BATCH`` as given):
+    moves kept, rates, caps, the run best_split continues, and the split's result."""
+    monkeypatch.setattr(queue_move, "BATCH", batch)
+    from solver.queue_split import best_split
+
+    out = []
+    for cores in (2.0, 4.0):
+        for r, n in [(20, 10), (40, 10), (25, 15), (50, 10), (30, 5), (20, 20)]:
+            for mode in (Mode.MODE1, Mode.MODE2):
+                q = build_queue_problem(build_problem(with_cores(thesis_instance(r, n, 1), cores), mode))
+                nlp = solve_nlp_fast(q)
+                pools = repair(q, nlp.x, nlp.r, nlp.n)
+                close_pools_fast(pools)
+                moved = queue_move.move_instances(pools)
+                run = pools.split_run
+                kept = None if run is None else (run.x.tolist(), run.steps, run.gap, run.start.tolist())
+                out.append((moved, pools.x.tolist(), pools.cap.tolist(), kept, best_split(pools), pools.x.tolist()))
+    return out
+
+
+def test_a_round_made_together_equals_the_round_one_run_at_a_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The run without a move and the tries made together, the tries' early stop applied afterwards: the same
+    moves, rates, caps, continued run and best split bit for bit; some tries are given up and some moves kept."""
+    given_up = [0]
+    real = queue_batch.hopeless
+
+    def counted(*args: Any) -> bool:
+        out = real(*args)
+        given_up[0] += out
+        return out
+
+    monkeypatch.setattr(queue_move, "hopeless", counted)
+    together = _move_passes(monkeypatch, True)
+    assert given_up[0] >= 3 and sum(p[0] for p in together) >= 2
+    assert _move_passes(monkeypatch, False) == together
