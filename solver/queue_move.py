@@ -40,7 +40,9 @@ TRY_ITERATIONS = 8  # steps cost 1.06x the rest of the solve's CPU; 4 of 8 steps
 IDLE_CORE = 1.0  # a destination has at least this much of its cores' busy-work limit free (a core's worth)
 CANDIDATES = 2  # sources (most instances) and destinations (most core room) per model and node class
 ABANDON = True  # a try whose run cannot beat the plan stops early (queue_split.ABANDON_STEP; off: every try runs out)
-BATCH = True  # a round's tries run their Frank-Wolfe together (solver.queue_batch; the same runs bit for bit)
+BATCH = True  # a round's runs make their Frank-Wolfe steps together (solver.queue_batch; the same runs bit for bit)
+BATCH_SIZE = 4096  # ... where a run's split has at most this many entries (numpy's per-call cost dominates; on larger
+# ones, e.g. 1,000 x 100, the tries given up at ABANDON_STEP would run on for nothing)
 
 
 def move_instances(pools: Pools) -> int:
@@ -109,7 +111,7 @@ def _round(pools: Pools, counts: IntArray, moves: list[tuple[int, int, int]]) ->
     """One round: the objective a move must beat (the plan's, or the same split budget without a move: ``_try``
     with None) and each move's ``_try`` against it; with ``BATCH``, every run of the round made together
     (``_round_together``)."""
-    if BATCH:
+    if BATCH and pools.x.size <= BATCH_SIZE:
         return _round_together(pools, counts, moves)
     stay = _try(pools, counts, None)
     before = min(integer_objective(pools), stay[0] if stay else np.inf)

@@ -97,12 +97,14 @@ class Pools:
         ``state``: ``room_state()`` of the current rates, where the caller keeps it (saves recomputing)."""
         p = self.q.base
         lam, counts, new, by_core = self.room_state() if state is None else state
-        mem_left = p.mem_budget[j] - float(new[j] @ p.mem)
-        comp_left = p.comp_budget[j] - float(new[j] @ p.comp)
-        spare_free = max(int(p.free[j, k] - counts[j, k]), 0)
-        by_mem = math.inf if p.mem[k] <= 0 else math.floor((mem_left + TINY) / p.mem[k])
-        by_comp = math.inf if p.comp[k] <= 0 else math.floor((comp_left + TINY) / p.comp[k])
-        more = min(by_mem, by_comp, 10**6) + spare_free if grow else 0
+        more: float = 0
+        if grow:  # the instances node j's budgets still allow (not read without ``grow``)
+            mem_left = p.mem_budget[j] - float(new[j] @ p.mem)
+            comp_left = p.comp_budget[j] - float(new[j] @ p.comp)
+            spare_free = max(int(p.free[j, k] - counts[j, k]), 0)
+            by_mem = math.inf if p.mem[k] <= 0 else math.floor((mem_left + TINY) / p.mem[k])
+            by_comp = math.inf if p.comp[k] <= 0 else math.floor((comp_left + TINY) / p.comp[k])
+            more = min(by_mem, by_comp, 10**6) + spare_free
         by_cores = float(by_core[j]) * float(self.q.mu[j, k])
         room = min(float((counts[j, k] + more) * self.cap[j, k] - lam[j, k]), by_cores)
         return max(0.0, room * (1 - 1e-9))
@@ -292,12 +294,13 @@ def _bound_spread(pools: Pools) -> None:
             nodes = [j for j in range(q.base.n_nodes) if q.node_class[j] == g]
             stuck: set[int] = set()
             while True:
-                lam, counts = pools.lam(), pools.counts()
+                lam = pools.lam()
+                counts = needed(lam, pools.cap)  # pools.counts()
                 need = math.ceil(sum(lam[j, k] / (q.rho_max * q.mu[j, k]) for j in nodes) - 1e-9)
                 open_j = [j for j in nodes if counts[j, k] > 0 and j not in stuck]
                 if sum(int(counts[j, k]) for j in nodes) <= need + 1:
                     break
-                if _shed_instance(pools, nodes, k):
+                if _shed_instance(pools, nodes, k, (lam, counts)):
                     continue
                 if len(open_j) < 2:
                     if SHED_BY_MOVING and (_shed_by_moving(pools, nodes, k) or _swap_with_room(pools, nodes, k)):
@@ -349,10 +352,11 @@ def _drain_running(pools: Pools, nodes: list[int], k: int) -> bool:
     return drain_running(pools, nodes, k)
 
 
-def _shed_instance(pools: Pools, nodes: list[int], k: int) -> bool:
-    """One instance fewer in the pool of ``nodes`` that stays least loaded without it, at most ``rho_max``."""
+def _shed_instance(pools: Pools, nodes: list[int], k: int, state: tuple[FloatArray, IntArray] | None = None) -> bool:
+    """One instance fewer in the pool of ``nodes`` that stays least loaded without it, at most ``rho_max``
+    (``state``: the current (lam, counts), where the caller has them)."""
     q = pools.q
-    lam, counts = pools.lam(), pools.counts()
+    lam, counts = (pools.lam(), pools.counts()) if state is None else state
     options = [
         (float(lam[j, k] / ((counts[j, k] - 1) * q.mu[j, k])), j)
         for j in nodes
