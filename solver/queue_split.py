@@ -185,6 +185,7 @@ class _SplitFlow:
         self.big = np.where(allowed, 0.0, np.inf)
         self.kmu = 1000.0 * self.mu  # d1's numerator (``1000.0 * mu / gap**2`` evaluates it first)
         self.off = ~self.on
+        self.idle_slope = (0.0 - self.service)[self.off]  # the first derivative where a pool runs nothing
         self.any_off = bool(self.off.any())
         self.rows = np.flatnonzero(self.rate > 0)  # _all_on's rows (the rate is fixed during a run)
         self.all_rows = len(self.rows) == len(self.rate)
@@ -212,11 +213,11 @@ class _SplitFlow:
             if off is not None:
                 ng[off] = 0.0
             out.append(ng - lam * self.service)
-        if order >= 1:
-            first = d1.copy() if order == 2 else d1
+        if order >= 1:  # d1 - service, and 0.0 - service where a pool runs nothing (as d1 masked to 0 first)
+            first = np.subtract(d1, self.service) if order == 2 else np.subtract(d1, self.service, out=d1)
             if off is not None:
-                first[off] = 0.0
-            out.append(np.subtract(first, self.service, out=first))
+                first[off] = self.idle_slope
+            out.append(first)
         if order == 2:
             second = 2.0 * d1 / (gap * self.n)
             if off is not None:
@@ -296,11 +297,16 @@ class _SplitFlow:
         linear = float(np.add.reduce(self.cost * d, axis=None))
         dlam = d.T @ self.onehot
         line = (linear, dlam, dlam * dlam)
+        add = np.add.reduce
 
         def slope(a: float) -> tuple[float, float]:
             return self.along(lam, a, line)
 
-        search = newton(slope(0.0) if here is None else _along(linear, dlam, *here))
+        if here is None:
+            start = slope(0.0)
+        else:  # _along(linear, dlam, *here), dlam * dlam as the line has it
+            start = (linear + float(add(dlam * here[0], axis=None)), float(add(line[2] * here[1], axis=None)))
+        search = newton(start)
         try:
             a = next(search)
             while True:
