@@ -107,7 +107,7 @@ class _View:
         self.busy: list[float] = self.busy_j.tolist()
         self.total: list[int] = self.counts.sum(axis=1).tolist()  # [j] instances on the node
         self.lam_j, self.cnt_j = self.lam.tolist(), self.counts.tolist()  # [j][k]
-        self.before = integer_objective(pools)
+        self.before = integer_objective(pools, (self.lam, self.counts))
         self.tol = 1e-9 * max(1.0, abs(self.before))
         self.lam_k, self.cnt_k = self.lam.T.tolist(), self.counts.T.tolist()  # [k][j]
         self.used = [[m, c] for m, c in zip(self.mem_used.tolist(), self.comp_used.tolist(), strict=True)]
