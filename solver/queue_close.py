@@ -30,10 +30,12 @@ log = logging.getLogger(__name__)
 MOVE_CANDIDATES = 3  # nodes a whole pool may move to (cheapest for its streams first)
 
 
-def integer_objective(pools: Pools) -> float:
-    """The relaxation's objective at the placement's whole instance counts (request-ms per second)."""
+def integer_objective(pools: Pools, state: tuple[FloatArray, IntArray] | None = None) -> float:
+    """The relaxation's objective at the placement's whole instance counts (request-ms per second).
+
+    ``state``: the current (lam, counts), where the caller has them."""
     q, p = pools.q, pools.q.base
-    lam, counts = pools.lam(), pools.counts()
+    lam, counts = (pools.lam(), pools.counts()) if state is None else state
     total = float((pools.x * p.cost).sum()) + pools.penalty * float(pools.rejected.sum())
     total += q.instance_cost * float(np.maximum(counts - p.free, 0).sum())
     open_ = counts > 0

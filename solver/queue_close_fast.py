@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 
 CHECK_BUDGETS = True  # a try's memory and compute check (switched off only to show the equality test failing)
 CHECK_CORES = True  # a try's core-room and busy-work check (likewise)
+SCREEN_CORES = True  # move tries that _try_move's core or over-budget check would fail are not made (exact)
 BoolArray = npt.NDArray[np.bool_]
 
 
@@ -51,7 +52,9 @@ class _Static:
     def __init__(self, pools: Pools) -> None:
         q, p = pools.q, pools.q.base
         self.K = len(p.model_names)
-        self.classes = [np.flatnonzero(p.class_model == k).tolist() for k in range(self.K)]
+        self.class_idx = [np.flatnonzero(p.class_model == k) for k in range(self.K)]  # [k] its classes, as an index
+        self.classes = [idx.tolist() for idx in self.class_idx]
+        self.cost_rows = [p.cost[idx] for idx in self.class_idx]  # [k] the cost rows of its classes
         self.cost: list[list[float]] = p.cost.tolist()
         self.cap: list[list[float]] = pools.cap.T.tolist()  # [k][j]
         self.free: list[list[int]] = p.free.T.tolist()
@@ -67,6 +70,7 @@ class _Static:
         self.cores: list[float] = np.asarray(pools.cores, dtype=float).tolist()
         self.core_room: list[float] = (q.rho_max * np.asarray(pools.cores, dtype=float)).tolist()  # [j] busy-work cap
         self.core_limit = [r * (1 + CORE_TOL) + CORE_TOL for r in self.core_room]  # as node_cpu.over_cores
+        self.core_limit_j = np.array(self.core_limit, dtype=float)
 
     def share(self, j: int, total: int) -> float:
         """Each instance's share of a core on node j running ``total`` instances (``effective_servers``)."""
@@ -99,10 +103,11 @@ class _View:
         over = (self.mem_used > p.mem_budget + TINY) | (self.comp_used > p.comp_budget + TINY)
         over |= over_cores(self.lam, pools.q.mu, pools.cores, pools.q.rho_max)
         self.over = set(np.flatnonzero(over).tolist())
-        self.busy: list[float] = busy(self.lam, pools.q.mu).tolist()  # [j] seconds of service per second
+        self.busy_j = busy(self.lam, pools.q.mu)  # [j] seconds of service per second
+        self.busy: list[float] = self.busy_j.tolist()
         self.total: list[int] = self.counts.sum(axis=1).tolist()  # [j] instances on the node
         self.lam_j, self.cnt_j = self.lam.tolist(), self.counts.tolist()  # [j][k]
-        self.before = integer_objective(pools)
+        self.before = integer_objective(pools, (self.lam, self.counts))
         self.tol = 1e-9 * max(1.0, abs(self.before))
         self.lam_k, self.cnt_k = self.lam.T.tolist(), self.counts.T.tolist()  # [k][j]
         self.used = [[m, c] for m, c in zip(self.mem_used.tolist(), self.comp_used.tolist(), strict=True)]
@@ -205,7 +210,7 @@ def _try_close(pools: Pools, static: _Static, view: _View, j: int, k: int) -> li
     if len(static.classes[k]) > 64:  # many classes: numpy picks the positive ones (in class order)
         members = np.flatnonzero((col > 0) & (pools.q.base.class_model == k)).tolist()
     else:
-        members = [c for c, v in zip(static.classes[k], col[static.classes[k]].tolist(), strict=True) if v > 0]
+        members = [c for c, v in zip(static.classes[k], col[static.class_idx[k]].tolist(), strict=True) if v > 0]
     lam, cnt = list(view.lam_k[k]), list(view.cnt_k[k])
     cap, free = static.cap[k], static.free[k]
     used = {o: [*view.used[o], view.busy[o]] for o in view.open[k]}
@@ -324,7 +329,7 @@ def _move_one(pools: Pools, static: _Static, view: _View) -> int | None:
     if not order or m < 1:
         return None
     # by[k, j, o]: the RTT + execution of pool (j, k)'s streams if all sat at node o
-    by = np.stack([pools.x[cs].T @ p.cost[cs] for cs in static.classes])
+    by = np.stack([pools.x[cs].T @ rows for cs, rows in zip(static.class_idx, static.cost_rows, strict=True)])
     ranks = np.argsort(by, axis=2, kind="stable")[:, :, : m + 1]
     keep = ranks != np.arange(J)[None, :, None]
     keep &= np.cumsum(keep, axis=2) <= m
@@ -334,13 +339,31 @@ def _move_one(pools: Pools, static: _Static, view: _View) -> int | None:
     moved = view.lam.T[:, :, None] + view.lam.T[kk, dsts]
     there = _terms(pools, moved, (dsts, kk))
     gain = by[kk, jj, dsts] - by[kk, jj, jj] - here[:, :, None] + there - here[kk, dsts]
-    may = (gain < 0.0).tolist()
+    may = gain < 0.0
+    if SCREEN_CORES and CHECK_CORES:
+        may &= ~_hopeless_moves(pools, static, view, dsts)
+    tries = may.tolist()
+    over = view.over
     for f in order:
         j, k = divmod(f, K)
         for i in range(m):
-            if may[k][j][i] and _try_move(pools, static, view, j, k, int(dsts[k, j, i])):
+            if not tries[k][j][i]:
+                continue
+            dst = int(dsts[k, j, i])
+            if SCREEN_CORES and over and not over <= {j, dst}:
+                continue  # a node over budget that the move does not touch: _try_move fails at once
+            if _try_move(pools, static, view, j, k, dst):
                 return k
     return None
+
+
+def _hopeless_moves(pools: Pools, static: _Static, view: _View, dsts: IntArray) -> BoolArray:
+    """[k, j, i] whether moving pool (j, k) whole to node ``dsts[k, j, i]`` leaves that node's busy work over its
+    cores' limit: ``_try_move``'s core check on the destination, the same sum (its busy work plus the pool's rate
+    over the destination's service rate) in the same order, so that try would fail."""
+    kk = np.arange(static.K)[:, None, None]
+    after = view.busy_j[dsts] + view.lam.T[:, :, None] / pools.q.mu.T[kk, dsts]
+    return np.asarray(after > static.core_limit_j[dsts])
 
 
 def _try_move(pools: Pools, static: _Static, view: _View, j: int, k: int, dst: int) -> bool:

@@ -26,9 +26,11 @@ import numpy as np
 
 from solver.node_cpu import core_room, effective_servers
 from solver.problem import FloatArray, IntArray
+from solver.queue_batch import hopeless, run_batch
 from solver.queue_close import integer_objective
+from solver.queue_model import QueueProblem
 from solver.queue_repair import Pools
-from solver.queue_split import ABANDONED, _SplitFlow, apply_split, split_run
+from solver.queue_split import ABANDON_STEP, ABANDONED, BoolArray, SplitRun, _SplitFlow, apply_split, split_run
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +40,9 @@ TRY_ITERATIONS = 8  # steps cost 1.06x the rest of the solve's CPU; 4 of 8 steps
 IDLE_CORE = 1.0  # a destination has at least this much of its cores' busy-work limit free (a core's worth)
 CANDIDATES = 2  # sources (most instances) and destinations (most core room) per model and node class
 ABANDON = True  # a try whose run cannot beat the plan stops early (queue_split.ABANDON_STEP; off: every try runs out)
+BATCH = True  # a round's runs make their Frank-Wolfe steps together (solver.queue_batch; the same runs bit for bit)
+BATCH_SIZE = 4096  # ... where a run's split has at most this many entries (numpy's per-call cost dominates; on larger
+# ones, e.g. 1,000 x 100, the tries given up at ABANDON_STEP would run on for nothing)
 
 
 def move_instances(pools: Pools) -> int:
@@ -50,12 +55,10 @@ def move_instances(pools: Pools) -> int:
         candidates = _candidates(pools, counts)[: MAX_TRIES - tries]
         if not candidates:
             break
-        stay = _try(pools, counts, None)  # the same split budget without a move: a move must beat it
-        before = min(integer_objective(pools), stay[0] if stay else np.inf)
+        before, tried = _round(pools, counts, candidates)
         best: tuple[float, IntArray, FloatArray] | None = None
-        for move in candidates:
+        for found in tried:
             tries += 1
-            found = _try(pools, counts, move, before if ABANDON else np.inf)
             if found is not None and found[0] < before - 1e-9 * max(1.0, abs(before)):
                 best = found if best is None or found[0] < best[0] else best
         if best is None or not apply_split(pools, best[2], best[1]):
@@ -89,6 +92,72 @@ def _try(
     """The integer objective, counts and split with one instance of model k moved from node a to node b
     (``move`` = (a, b, k); None: no move), or None where the split breaks a cap, a budget or a node's cores,
     or where its Frank-Wolfe run, extrapolated, cannot get below ``beat`` (queue_split.ABANDON_STEP)."""
+    ready = _prepare(pools, counts, move)
+    if ready is None:
+        return None
+    moved, inputs, start, fixed = ready
+    if move is None:
+        run = split_run(*inputs, start, TRY_ITERATIONS)
+        pools.split_run = run  # best_split continues it where no move is kept (solver.queue_split.split_run)
+        return _valued(pools, moved, run.x)
+    split, _, gap = _SplitFlow(*inputs).run(start, TRY_ITERATIONS, abandon=beat - fixed)
+    return None if gap == ABANDONED else _valued(pools, moved, split)
+
+
+Tried = tuple[float, IntArray, FloatArray] | None
+
+
+def _round(pools: Pools, counts: IntArray, moves: list[tuple[int, int, int]]) -> tuple[float, list[Tried]]:
+    """One round: the objective a move must beat (the plan's, or the same split budget without a move: ``_try``
+    with None) and each move's ``_try`` against it; with ``BATCH``, every run of the round made together
+    (``_round_together``)."""
+    if BATCH and pools.x.size <= BATCH_SIZE:
+        return _round_together(pools, counts, moves)
+    stay = _try(pools, counts, None)
+    before = min(integer_objective(pools), stay[0] if stay else np.inf)
+    beat = before if ABANDON else np.inf
+    return before, [_try(pools, counts, move, beat) for move in moves]
+
+
+def _round_together(pools: Pools, counts: IntArray, moves: list[tuple[int, int, int]]) -> tuple[float, list[Tried]]:
+    """``_round`` with the Frank-Wolfe runs without a move and of every move made together (solver.queue_batch: the
+    same runs, bit for bit). The tries' threshold is known only once the run without a move is valued, so the
+    tries run on and the test at ``ABANDON_STEP`` is applied afterwards to the values they had there: a run's steps
+    do not depend on its threshold, so a try not abandoned ends as it would alone, and an abandoned one gives None
+    either way."""
+    stay_ready = _prepare(pools, counts, None)
+    ready = [_prepare(pools, counts, move) for move in moves]
+    runs = ([] if stay_ready is None else [stay_ready]) + [r for r in ready if r is not None]
+    marks: list[tuple[float, float] | None] = [None] * len(runs)
+    starts = [np.where(r[1][2], r[2], 0.0) for r in runs]  # split_run's start (the tries' is the same)
+    flows = [_SplitFlow(*r[1]) for r in runs]
+    done = run_batch(flows, starts, TRY_ITERATIONS, [np.inf] * len(runs), marks) if runs else []
+    stay = None
+    if stay_ready is not None:
+        (rated, servers, allowed), (x, steps, gap) = stay_ready[1], done[0]
+        pools.split_run = SplitRun(rated.rate, servers, allowed, starts[0], x, steps, gap, TRY_ITERATIONS)
+        stay = _valued(pools, stay_ready[0], x)
+    before = min(integer_objective(pools), stay[0] if stay else np.inf)
+    beat = before if ABANDON else np.inf
+    first = 0 if stay_ready is None else 1
+    results = iter(zip(done[first:], marks[first:], strict=True))
+    out: list[Tried] = []
+    for r in ready:
+        if r is None:
+            out.append(None)
+            continue
+        (split, _, _), mark = next(results)
+        gave_up = mark is not None and hopeless(mark[0], mark[1], TRY_ITERATIONS - ABANDON_STEP, beat - r[3])
+        out.append(None if gave_up else _valued(pools, r[0], split))
+    return before, out
+
+
+Prepared = tuple[IntArray, tuple[QueueProblem, FloatArray, BoolArray], FloatArray, float]
+
+
+def _prepare(pools: Pools, counts: IntArray, move: tuple[int, int, int] | None) -> Prepared | None:
+    """A try's counts, Frank-Wolfe inputs (rates, servers, allowed pools), start and the integer objective's terms
+    the split does not move (None where a stream whose pool closed has nowhere to go)."""
     q, p = pools.q, pools.q.base
     moved = counts.copy()
     if move is not None:
@@ -104,17 +173,14 @@ def _try(
             return None
         start[c, int(np.argmin(np.where(allowed[c], p.cost[c], np.inf)))] += short[c]
     servers = effective_servers(moved, pools.cores)
-    rated = dataclasses.replace(q, rate=served)
-    if move is None:
-        run = split_run(rated, servers, allowed, start, TRY_ITERATIONS)
-        pools.split_run = run  # best_split continues it where no move is kept (solver.queue_split.split_run)
-        split = run.x
-    else:
-        fixed = pools.penalty * float(pools.rejected.sum())  # integer_objective's terms the split does not move
-        fixed += q.instance_cost * float(np.maximum(moved - p.free, 0).sum())
-        split, _, gap = _SplitFlow(rated, servers, allowed).run(start, TRY_ITERATIONS, abandon=beat - fixed)
-        if gap == ABANDONED:
-            return None
+    fixed = pools.penalty * float(pools.rejected.sum())  # integer_objective's terms the split does not move
+    fixed += q.instance_cost * float(np.maximum(moved - p.free, 0).sum())
+    return moved, (dataclasses.replace(q, rate=served), servers, allowed), start, fixed
+
+
+def _valued(pools: Pools, moved: IntArray, split: FloatArray) -> tuple[float, IntArray, FloatArray] | None:
+    """The integer objective of ``split`` on the counts ``moved`` (pools left as they were), or None where
+    ``apply_split`` refuses it."""
     saved = pools.x, pools.cap.copy()
     if not apply_split(pools, split, moved):
         return None

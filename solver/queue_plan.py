@@ -276,10 +276,9 @@ def _split_members(n: int, row: list[float], rejected: float, total: float) -> l
 def idle_running(p: Problem, idle: IntArray) -> dict[str, dict[str, int]]:
     """Node -> model -> instances the plan keeps running but serves with none of its traffic (Mode 1: they go
     idle and eviction stops them, solver.queue_running); nodes and models without any left out."""
+    rows = np.flatnonzero((idle > 0).any(axis=1)).tolist()  # the nodes with any, in order
     return {
-        node: {p.model_names[k]: int(idle[j, k]) for k in np.flatnonzero(idle[j] > 0).tolist()}
-        for j, node in enumerate(p.node_ids)
-        if (idle[j] > 0).any()
+        p.node_ids[j]: {p.model_names[k]: int(idle[j, k]) for k in np.flatnonzero(idle[j] > 0).tolist()} for j in rows
     }
 
 

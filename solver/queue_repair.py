@@ -46,6 +46,8 @@ SLIVER = 1e-5  # a pool whose rate is under this fraction of one instance's load
 DROP_SLIVERS = True  # step 1's sliver rule (switched off only to show the bound's tests failing)
 BOUND_STEP_5 = True  # step 5 opens no instance past the bound nor for a sliver (likewise)
 SHED_BY_MOVING = True  # step 4's last resort: move rate into other pools' headroom to free one instance
+KEEP_EXACT_STATE = True  # step 5 keeps its rates' state where an undone move restored them bit for bit (exact)
+SKIP_FULL_CORES = True  # step 5 passes over a class whose model has no core room anywhere (exact: nothing moves)
 
 
 class Pools:
@@ -74,12 +76,13 @@ class Pools:
     def counts(self) -> IntArray:
         return needed(self.lam(), self.cap)
 
-    def over_budget(self, counts: IntArray) -> list[int]:
-        """Nodes whose new instances exceed memory or compute, or whose busy work exceeds their cores."""
+    def over_budget(self, counts: IntArray, lam: FloatArray | None = None) -> list[int]:
+        """Nodes whose new instances exceed memory or compute, or whose busy work exceeds their cores (``lam``: the
+        current pool rates, where the caller has them)."""
         p = self.q.base
         new = np.maximum(counts - p.free, 0)
         over = (new @ p.mem > p.mem_budget + TINY) | (new @ p.comp > p.comp_budget + TINY)
-        over |= over_cores(self.lam(), self.q.mu, self.cores, self.q.rho_max)
+        over |= over_cores(self.lam() if lam is None else lam, self.q.mu, self.cores, self.q.rho_max)
         return [int(j) for j in np.flatnonzero(over)]
 
     def fits_with(self, j: int, k: int, extra: float) -> bool:
@@ -94,12 +97,14 @@ class Pools:
         ``state``: ``room_state()`` of the current rates, where the caller keeps it (saves recomputing)."""
         p = self.q.base
         lam, counts, new, by_core = self.room_state() if state is None else state
-        mem_left = p.mem_budget[j] - float(new[j] @ p.mem)
-        comp_left = p.comp_budget[j] - float(new[j] @ p.comp)
-        spare_free = max(int(p.free[j, k] - counts[j, k]), 0)
-        by_mem = math.inf if p.mem[k] <= 0 else math.floor((mem_left + TINY) / p.mem[k])
-        by_comp = math.inf if p.comp[k] <= 0 else math.floor((comp_left + TINY) / p.comp[k])
-        more = min(by_mem, by_comp, 10**6) + spare_free if grow else 0
+        more: float = 0
+        if grow:  # the instances node j's budgets still allow (not read without ``grow``)
+            mem_left = p.mem_budget[j] - float(new[j] @ p.mem)
+            comp_left = p.comp_budget[j] - float(new[j] @ p.comp)
+            spare_free = max(int(p.free[j, k] - counts[j, k]), 0)
+            by_mem = math.inf if p.mem[k] <= 0 else math.floor((mem_left + TINY) / p.mem[k])
+            by_comp = math.inf if p.comp[k] <= 0 else math.floor((comp_left + TINY) / p.comp[k])
+            more = min(by_mem, by_comp, 10**6) + spare_free
         by_cores = float(by_core[j]) * float(self.q.mu[j, k])
         room = min(float((counts[j, k] + more) * self.cap[j, k] - lam[j, k]), by_cores)
         return max(0.0, room * (1 - 1e-9))
@@ -289,12 +294,13 @@ def _bound_spread(pools: Pools) -> None:
             nodes = [j for j in range(q.base.n_nodes) if q.node_class[j] == g]
             stuck: set[int] = set()
             while True:
-                lam, counts = pools.lam(), pools.counts()
+                lam = pools.lam()
+                counts = needed(lam, pools.cap)  # pools.counts()
                 need = math.ceil(sum(lam[j, k] / (q.rho_max * q.mu[j, k]) for j in nodes) - 1e-9)
                 open_j = [j for j in nodes if counts[j, k] > 0 and j not in stuck]
                 if sum(int(counts[j, k]) for j in nodes) <= need + 1:
                     break
-                if _shed_instance(pools, nodes, k):
+                if _shed_instance(pools, nodes, k, (lam, counts)):
                     continue
                 if len(open_j) < 2:
                     if SHED_BY_MOVING and (_shed_by_moving(pools, nodes, k) or _swap_with_room(pools, nodes, k)):
@@ -346,10 +352,11 @@ def _drain_running(pools: Pools, nodes: list[int], k: int) -> bool:
     return drain_running(pools, nodes, k)
 
 
-def _shed_instance(pools: Pools, nodes: list[int], k: int) -> bool:
-    """One instance fewer in the pool of ``nodes`` that stays least loaded without it, at most ``rho_max``."""
+def _shed_instance(pools: Pools, nodes: list[int], k: int, state: tuple[FloatArray, IntArray] | None = None) -> bool:
+    """One instance fewer in the pool of ``nodes`` that stays least loaded without it, at most ``rho_max``
+    (``state``: the current (lam, counts), where the caller has them)."""
     q = pools.q
-    lam, counts = pools.lam(), pools.counts()
+    lam, counts = (pools.lam(), pools.counts()) if state is None else state
     options = [
         (float(lam[j, k] / ((counts[j, k] - 1) * q.mu[j, k])), j)
         for j in nodes
@@ -410,8 +417,11 @@ def _place_rejected(pools: Pools) -> None:
     p = pools.q.base
     for c in np.nonzero(pools.rejected > TINY)[0].tolist():
         k = int(p.class_model[c])
-        limit = max(bound_excess(pools, k), 0) if BOUND_STEP_5 else 10**9  # step 4 may have been stuck
         amount = float(pools.rejected[c])
+        if SKIP_FULL_CORES and _no_core_room(pools, k, amount):
+            pools.rejected[c] = max(0.0, amount)
+            continue  # every node's cores are full: neither step below can move anything (``_no_core_room``)
+        limit = max(bound_excess(pools, k), 0) if BOUND_STEP_5 else 10**9  # step 4 may have been stuck
         if _place_whole(pools, c, amount, limit):
             continue
         state = pools.room_state()  # the rates change only where a move is made or undone
@@ -427,11 +437,22 @@ def _place_rejected(pools: Pools) -> None:
                     if grow:
                         break  # the room without new instances is no larger
                     continue
-                moved = _move_within_bound(pools, c, j, take, limit)
-                state = pools.room_state()  # an undone move may leave float residue: read the rates again
+                saved = _cell(pools, c, j)
+                moved = _move_within_bound(pools, c, j, take, limit, state[1])
+                state = _state_after(pools, (c, j, saved, moved), state, pools.room_state)
                 if moved:
                     break
         pools.rejected[c] = max(0.0, float(pools.rejected[c]))
+
+
+def _no_core_room(pools: Pools, k: int, amount: float) -> bool:
+    """Whether no node has core room for any of ``amount`` (> 2 ``TINY``) req/s of model k: then ``best_destination``
+    finds no node (room below ``TINY`` / mu < amount / mu) and step 5's loop skips every node (the same product
+    ``room x mu`` it tests), so the class's rejected rate stays as it is, exactly."""
+    if amount <= 2 * TINY:
+        return False
+    room = core_room(pools.lam(), pools.q.mu, pools.cores, pools.q.rho_max)
+    return all(r * m <= TINY for r, m in zip(room.tolist(), pools.q.mu[:, k].tolist(), strict=True))
 
 
 def _place_whole(pools: Pools, c: int, amount: float, limit: int) -> bool:
@@ -441,33 +462,56 @@ def _place_whole(pools: Pools, c: int, amount: float, limit: int) -> bool:
         dst = pools.best_destination(c, amount, set(), open_only, state)
         if dst is None:
             return False  # no node fits it, so no open pool does (the second pick is among the first's)
-        if _move_within_bound(pools, c, dst, amount, limit):
+        saved = _cell(pools, c, dst)
+        if _move_within_bound(pools, c, dst, amount, limit, state[1]):
             return True
-        state = (pools.lam(), pools.counts())  # an undone move may leave float residue
+        state = _state_after(pools, (c, dst, saved, False), state, lambda: (pools.lam(), pools.counts()))
     return False
 
 
-def _move_within_bound(pools: Pools, c: int, dst: int, amount: float, limit: int) -> bool:
+def _state_after(pools: Pools, tried: tuple[int, int, tuple[str, str], bool], state: Any, fresh: Any) -> Any:
+    """Step 5's rate state after a try of class c at node j (``tried`` = (c, j, ``_cell`` before, kept)): ``state``
+    itself where the try was undone bit for bit (the rates are then unchanged), else ``fresh()`` (a kept move, or
+    an undone one that left float residue: the rates are read again)."""
+    c, j, saved, moved = tried
+    if not moved and KEEP_EXACT_STATE and _cell(pools, c, j) == saved:
+        return state
+    return fresh()
+
+
+def _cell(pools: Pools, c: int, j: int) -> tuple[str, str]:
+    """Class c's rate at node j and its rejected rate, bit for bit (``float.hex``: a zero's sign included): all a
+    move of class c to node j writes, so where an undone move leaves both as they were the rates are unchanged."""
+    return float(pools.x[c, j]).hex(), float(pools.rejected[c]).hex()
+
+
+def _move_within_bound(
+    pools: Pools, c: int, dst: int, amount: float, limit: int, counts: IntArray | None = None
+) -> bool:
     """Move ``amount`` of class c's rejected rate to ``dst`` unless its model then runs more than ``limit``
     instances past the spread bound in some node class, or it opens an instance for a sliver (``SLIVER``)
-    that is only part of the stream (a stream that rare as a whole, e.g. once a window, gets its instance)."""
+    that is only part of the stream (a stream that rare as a whole, e.g. once a window, gets its instance).
+
+    ``counts``: ``pools.counts()`` before the move, where the caller has it."""
     k = int(pools.q.base.class_model[c])
-    before = int(pools.counts()[:, k].sum())
+    before = int((pools.counts() if counts is None else counts)[:, k].sum())
     pools.move(c, None, dst, amount)
+    lam = pools.lam()  # the rates after the move, read once for both checks (the same values each reads)
+    after = needed(lam, pools.cap)
     part = amount < float(pools.q.rate[c]) * (1 - 1e-6)
-    sliver = (
-        BOUND_STEP_5 and part and amount < SLIVER * float(pools.cap[dst, k]) and pools.counts()[:, k].sum() > before
-    )
-    if not sliver and bound_excess(pools, k) <= limit:
+    sliver = BOUND_STEP_5 and part and amount < SLIVER * float(pools.cap[dst, k]) and after[:, k].sum() > before
+    if not sliver and bound_excess(pools, k, (lam, after)) <= limit:
         return True
     pools.move(c, dst, None, amount)
     return False
 
 
-def bound_excess(pools: Pools, k: int) -> int:
-    """The most instances model k runs past the spread bound (its need at ``rho_max`` + one spare) in a node class."""
+def bound_excess(pools: Pools, k: int, state: tuple[FloatArray, IntArray] | None = None) -> int:
+    """The most instances model k runs past the spread bound (its need at ``rho_max`` + one spare) in a node class.
+
+    ``state``: the current (lam, counts), where the caller has them."""
     q = pools.q
-    lam, counts = pools.lam(), pools.counts()
+    lam, counts = (pools.lam(), pools.counts()) if state is None else state
     load = np.bincount(pools.node_group, weights=lam[:, k] / (q.rho_max * q.mu[:, k]))
     running = np.bincount(pools.node_group, weights=counts[:, k])
     return int(np.max(running - (np.ceil(load - 1e-9) + 1)))

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Generator
 
 import numpy as np
 import numpy.typing as npt
@@ -32,7 +33,7 @@ from solver.node_cpu import busy, effective_servers
 from solver.problem import FloatArray, IntArray
 from solver.queue_close import integer_objective
 from solver.queue_model import QueueProblem
-from solver.queue_repair import Pools
+from solver.queue_repair import Pools, needed
 
 log = logging.getLogger(__name__)
 BoolArray = npt.NDArray[np.bool_]
@@ -48,6 +49,7 @@ ABANDON_STEP = 4  # a move try (solver.queue_move) whose run, extrapolated from 
 ABANDON_SLOPES = 2.0  # step's fall, cannot beat the plan stops (bench, 2 cores: 43 % of tries, none a move kept)
 ABANDONED = -np.inf  # the gap a given-up run returns
 LAZY_END = True  # the slope at step 1 only where Newton reaches 1 (off: checked first, one evaluation more per step)
+HALF_CURVATURE = True  # the line search sums half the curvature and doubles the sum (exact: a power of two)
 
 
 def best_split(pools: Pools) -> bool:
@@ -70,10 +72,11 @@ def best_split(pools: Pools) -> bool:
     before = integer_objective(pools)
     if step <= 0 or not apply_split(pools, np.where(allowed, old + step * (split - old), 0.0).clip(min=0.0), counts):
         return False
-    if integer_objective(pools) >= before - 1e-9 * max(1.0, abs(before)):
+    after = integer_objective(pools)
+    if after >= before - 1e-9 * max(1.0, abs(before)):
         pools.x, pools.cap = old, old_cap
         return False
-    log.debug("best split: objective %.3f -> %.3f (step %.3f)", before, integer_objective(pools), step)
+    log.debug("best split: objective %.3f -> %.3f (step %.3f)", before, after, step)
     return True
 
 
@@ -128,28 +131,29 @@ def apply_split(pools: Pools, x: FloatArray, counts: IntArray) -> bool:
     """Take rates ``x`` on the whole ``counts`` if every pool stays within its ``load_limit`` on its count and
     every node within its budgets and cores (the pools' caps then hold exactly those counts); else change
     nothing and return False."""
-    onehot = np.eye(len(pools.q.base.model_names))[pools.q.base.class_model]
-    lam = np.asarray(x.T @ onehot)
+    lam = np.asarray(x.T @ pools.onehot)  # pools.lam() once x is taken: read once for every check below
     if np.any(lam > load_limit(pools) * counts * (1 + 1e-9) + 1e-12):
         return False
     old_x, old_cap = pools.x, pools.cap
     excess = _bound_excess(pools)
     pools.x = x
     pools.cap = np.where((counts > 0) & (lam > 0), lam / np.maximum(counts, 1) * (1 + 1e-9), pools.cap)
-    past = KEEP_BOUND and np.any(_bound_excess(pools) > np.maximum(excess, 0))  # it lowered a class's need
-    if past or np.any(pools.counts() > counts) or pools.over_budget(pools.counts()):
+    now = needed(lam, pools.cap)  # pools.counts()
+    past = KEEP_BOUND and np.any(_bound_excess(pools, (lam, now)) > np.maximum(excess, 0))  # it lowered a class's need
+    if past or np.any(now > counts) or pools.over_budget(now, lam):
         pools.x, pools.cap = old_x, old_cap
         return False
     return True
 
 
-def _bound_excess(pools: Pools) -> IntArray:
+def _bound_excess(pools: Pools, state: tuple[FloatArray, IntArray] | None = None) -> IntArray:
     """[k] the most instances each model runs past the instance bound in a node class (queue_repair.bound_excess
-    for every model at once)."""
+    for every model at once). ``state``: the current (lam, counts), where the caller has them."""
     q = pools.q
+    lam, counts = (pools.lam(), pools.counts()) if state is None else state
     group = np.eye(int(pools.node_group.max()) + 1)[pools.node_group].T  # [g, j] node class membership
-    load = group @ (pools.lam() / (q.rho_max * q.mu))  # [g, k] need at rho_max, as bound_excess sums it
-    running = group @ pools.counts()
+    load = group @ (lam / (q.rho_max * q.mu))  # [g, k] need at rho_max, as bound_excess sums it
+    running = group @ counts
     return np.asarray((running - (np.ceil(load - 1e-9) + 1)).max(axis=0), dtype=np.int64)
 
 
@@ -181,6 +185,7 @@ class _SplitFlow:
         self.big = np.where(allowed, 0.0, np.inf)
         self.kmu = 1000.0 * self.mu  # d1's numerator (``1000.0 * mu / gap**2`` evaluates it first)
         self.off = ~self.on
+        self.idle_slope = (0.0 - self.service)[self.off]  # the first derivative where a pool runs nothing
         self.any_off = bool(self.off.any())
         self.rows = np.flatnonzero(self.rate > 0)  # _all_on's rows (the rate is fixed during a run)
         self.all_rows = len(self.rows) == len(self.rate)
@@ -208,11 +213,11 @@ class _SplitFlow:
             if off is not None:
                 ng[off] = 0.0
             out.append(ng - lam * self.service)
-        if order >= 1:
-            first = d1.copy() if order == 2 else d1
+        if order >= 1:  # d1 - service, and 0.0 - service where a pool runs nothing (as d1 masked to 0 first)
+            first = np.subtract(d1, self.service) if order == 2 else np.subtract(d1, self.service, out=d1)
             if off is not None:
-                first[off] = 0.0
-            out.append(np.subtract(first, self.service, out=first))
+                first[off] = self.idle_slope
+            out.append(first)
         if order == 2:
             second = 2.0 * d1 / (gap * self.n)
             if off is not None:
@@ -221,10 +226,11 @@ class _SplitFlow:
         return tuple(out)
 
     def along(self, lam: FloatArray, a: float, line: tuple[float, FloatArray, FloatArray]) -> tuple[float, float]:
-        """``_along(linear, dlam, *pools(lam + a * dlam, 2))`` for ``line`` = (linear, dlam, dlam * dlam): the same
-        operations per element, in preallocated arrays, and without masking the pools that run nothing (there
+        """``_along(linear, dlam, *pools(lam + a * dlam, 2))`` for ``line`` = (linear, dlam, dlam * dlam): the
+        same operations per element, in preallocated arrays, and without masking the pools that run nothing (there
         dlam is 0, as no stream may use them: their products are zeros either way, a zero's sign aside, which
-        no comparison sees)."""
+        no comparison sees). The curvature's factor 2 is taken out of the sum and put back
+        after it (a power of two: every product and partial sum is exactly twice, so the total is the same)."""
         linear, dlam, dd = line
         t, d1, second, twice = self.buffers
         np.multiply(dlam, a, out=t)
@@ -236,10 +242,16 @@ class _SplitFlow:
             np.minimum(t, self.top, out=t)
         gap = np.subtract(self.mu, t, out=t)
         np.divide(self.kmu, np.square(gap, out=d1), out=d1)
+        add = np.add.reduce
+        if HALF_CURVATURE:
+            np.divide(d1, np.multiply(gap, self.n, out=second), out=second)
+            if beyond:
+                second[at_top] = 0.0
+            slope = linear + float(add(np.multiply(dlam, np.subtract(d1, self.service, out=d1), out=d1), axis=None))
+            return slope, 2.0 * float(add(np.multiply(dd, second, out=second), axis=None))
         np.divide(np.multiply(d1, 2.0, out=twice), np.multiply(gap, self.n, out=second), out=second)
         if beyond:
             second[at_top] = 0.0
-        add = np.add.reduce
         slope = linear + float(add(np.multiply(dlam, np.subtract(d1, self.service, out=d1), out=d1), axis=None))
         return slope, float(add(np.multiply(dd, second, out=second), axis=None))
 
@@ -285,31 +297,49 @@ class _SplitFlow:
         linear = float(np.add.reduce(self.cost * d, axis=None))
         dlam = d.T @ self.onehot
         line = (linear, dlam, dlam * dlam)
+        add = np.add.reduce
 
         def slope(a: float) -> tuple[float, float]:
             return self.along(lam, a, line)
 
-        lo, hi, a = 0.0, 1.0, 0.0
-        s, h = slope(0.0) if here is None else _along(linear, dlam, *here)
-        if not LAZY_END and slope(1.0)[0] <= 0:
-            return 1.0
-        end_checked = not LAZY_END  # the slope at 1: an evaluation most steps do not need
-        for _ in range(NEWTON_STEPS):
-            hi = min(hi, a) if s > 0 else hi
-            lo = max(lo, a) if s < 0 else lo
-            nxt = a - s / h if h > 0 else 2.0
-            if not end_checked and hi == 1.0 and nxt >= 1.0:
-                end_checked = True
-                if slope(1.0)[0] <= 0:
-                    return 1.0
-            nxt = nxt if lo < nxt < hi else (lo + hi) / 2
-            if abs(nxt - a) <= STEP_TOLERANCE or hi - lo <= STEP_TOLERANCE:
-                return nxt
-            a = nxt
-            s, h = slope(a)
-            if s == 0.0:
-                break
-        return a
+        if here is None:
+            start = slope(0.0)
+        else:  # _along(linear, dlam, *here), dlam * dlam as the line has it
+            start = (linear + float(add(dlam * here[0], axis=None)), float(add(line[2] * here[1], axis=None)))
+        search = newton(start)
+        try:
+            a = next(search)
+            while True:
+                a = search.send(slope(a))
+        except StopIteration as done:
+            return float(done.value)
+
+
+def newton(start: tuple[float, float]) -> Generator[float, tuple[float, float], float]:
+    """``_SplitFlow.step``'s line search from the slope and curvature ``start`` at 0: yields each point whose (slope,
+    curvature) it needs next and returns the step (one generator for the single and the batched runs,
+    solver.queue_batch, so that both take the same steps)."""
+    lo, hi, a = 0.0, 1.0, 0.0
+    s, h = start
+    if not LAZY_END and (yield 1.0)[0] <= 0:
+        return 1.0
+    end_checked = not LAZY_END  # the slope at 1: an evaluation most steps do not need
+    for _ in range(NEWTON_STEPS):
+        hi = min(hi, a) if s > 0 else hi
+        lo = max(lo, a) if s < 0 else lo
+        nxt = a - s / h if h > 0 else 2.0
+        if not end_checked and hi == 1.0 and nxt >= 1.0:
+            end_checked = True
+            if (yield 1.0)[0] <= 0:
+                return 1.0
+        nxt = nxt if lo < nxt < hi else (lo + hi) / 2
+        if abs(nxt - a) <= STEP_TOLERANCE or hi - lo <= STEP_TOLERANCE:
+            return nxt
+        a = nxt
+        s, h = yield a
+        if s == 0.0:
+            break
+    return a
 
 
 def _along(linear: float, dlam: FloatArray, first: FloatArray, second: FloatArray) -> tuple[float, float]:

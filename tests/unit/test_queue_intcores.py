@@ -50,6 +50,7 @@ def _moves(monkeypatch: pytest.MonkeyPatch, abandon: bool) -> tuple[list[Any], i
     """Closing and instance moves on thesis instances whose nodes have 2 cores, with ``queue_move.ABANDON`` as
     given: the pools, the line searches the move pass made and the moves it kept."""
     monkeypatch.setattr(queue_move, "ABANDON", abandon)
+    monkeypatch.setattr(queue_move, "BATCH", False)  # the tries' line searches counted one run at a time
     calls = [0]
     step = queue_split._SplitFlow.step
 

@@ -1,0 +1,134 @@
+"""The move tries' Frank-Wolfe runs made together (solver.queue_batch) against the same runs one at a time
+(issue 16 item 5): the same splits, steps and gaps bit for bit, abandoned runs included."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+
+from bench.queue_bench import with_cores
+from solver import queue_batch, queue_move
+from solver.problem import Mode, build_problem
+from solver.queue_close import integer_objective
+from solver.queue_close_fast import close_pools_fast
+from solver.queue_fast import solve_nlp_fast
+from solver.queue_model import build_queue_problem
+from solver.queue_move import TRY_ITERATIONS
+from solver.queue_repair import repair
+from solver.queue_split import ABANDONED, _SplitFlow
+from solver.simulate import thesis_instance
+from tests.unit.test_queue_repair_golden import cases
+
+
+def _rounds() -> list[tuple[list[Any], float]]:
+    """Move rounds (each: its prepared tries and the plan's integer objective) on thesis instances at 2 and 4 cores
+    per node and on the golden synthetic inputs with 4 cores per node."""
+    found = []
+    pools_list = []
+    for cores in (2.0, 4.0):
+        for r, n in [(20, 10), (40, 10), (25, 15), (50, 10), (30, 5)]:
+            for mode in (Mode.MODE1, Mode.MODE2):
+                q = build_queue_problem(build_problem(with_cores(thesis_instance(r, n, 2), cores), mode))
+                nlp = solve_nlp_fast(q)
+                pools_list.append(repair(q, nlp.x, nlp.r, nlp.n))
+    from tests.unit.test_queue_plan_golden import _with_cores
+
+    for _, q, x, rejected, n in cases():
+        pools_list.append(repair(_with_cores(q, 4.0), x, rejected, n))
+    for pools in pools_list:
+        close_pools_fast(pools)
+        counts = pools.counts()
+        ready = [queue_move._prepare(pools, counts, move) for move in queue_move._candidates(pools, counts)]
+        ready = [r for r in ready if r is not None]
+        if len(ready) >= 2:
+            found.append((ready, integer_objective(pools)))
+    return found
+
+
+def _compare(rounds: list[tuple[list[Any], float]], slack: float) -> tuple[int, int]:
+    """Each round's runs together and one at a time, with abandon at the plan's objective times ``slack``; asserts
+    they match bit for bit. Returns (runs, abandoned)."""
+    runs = abandoned = 0
+    for ready, before in rounds:
+        beats = [before * slack - fixed for _, _, _, fixed in ready]
+        together = queue_batch.run_batch(
+            [_SplitFlow(*inputs) for _, inputs, _, _ in ready], [r[2] for r in ready], TRY_ITERATIONS, beats
+        )
+        for (_, inputs, start, _), beat, (x, steps, gap) in zip(ready, beats, together, strict=True):
+            alone = _SplitFlow(*inputs).run(start, TRY_ITERATIONS, abandon=beat)
+            assert np.array_equal(x, alone[0]) and steps == alone[1] and (gap == alone[2])
+            assert np.signbit(x).tolist() == np.signbit(alone[0]).tolist()  # zeros' signs too
+            runs += 1
+            abandoned += gap == ABANDONED
+    return runs, abandoned
+
+
+def test_runs_together_equal_runs_alone() -> None:
+    """Bit for bit on every round (plain, and with abandon thresholds that stop some runs at ABANDON_STEP)."""
+    rounds = _rounds()
+    assert len(rounds) >= 10
+    runs, _ = _compare(rounds, np.inf)
+    assert runs >= 30
+    _, abandoned = _compare(rounds, 1.0)
+    assert abandoned >= 5
+
+
+def test_a_batch_with_one_runs_servers_for_all_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A batch that gives every run the first run's servers (a plausible slip: they share everything else) differs."""
+    real = queue_batch._Stack.__init__
+
+    def shared(self: Any, flows: Any) -> None:
+        real(self, flows)
+        self.n = np.stack([flows[0].n for _ in flows])
+
+    monkeypatch.setattr(queue_batch._Stack, "__init__", shared)
+    with pytest.raises(AssertionError):
+        _compare(_rounds(), np.inf)
+
+
+def test_the_move_pass_is_the_same_with_and_without_the_batch(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The golden plans (recorded before the batch) hold with the batch off as well as on (test_queue_plan_golden)."""
+    from tests.unit.test_queue_cgint import _golden_differs
+
+    monkeypatch.setattr(queue_move, "BATCH", False)
+    assert not _golden_differs()
+
+
+def _move_passes(monkeypatch: pytest.MonkeyPatch, batch: bool) -> list[Any]:
+    """The move pass and the best split after it on thesis instances at 2 and 4 cores per node (``BATCH`` as given):
+    moves kept, rates, caps, the run best_split continues, and the split's result."""
+    monkeypatch.setattr(queue_move, "BATCH", batch)
+    from solver.queue_split import best_split
+
+    out = []
+    for cores in (2.0, 4.0):
+        for r, n in [(20, 10), (40, 10), (25, 15), (50, 10), (30, 5), (20, 20)]:
+            for mode in (Mode.MODE1, Mode.MODE2):
+                q = build_queue_problem(build_problem(with_cores(thesis_instance(r, n, 1), cores), mode))
+                nlp = solve_nlp_fast(q)
+                pools = repair(q, nlp.x, nlp.r, nlp.n)
+                close_pools_fast(pools)
+                moved = queue_move.move_instances(pools)
+                run = pools.split_run
+                kept = None if run is None else (run.x.tolist(), run.steps, run.gap, run.start.tolist())
+                out.append((moved, pools.x.tolist(), pools.cap.tolist(), kept, best_split(pools), pools.x.tolist()))
+    return out
+
+
+def test_a_round_made_together_equals_the_round_one_run_at_a_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The run without a move and the tries made together, the tries' early stop applied afterwards: the same
+    moves, rates, caps, continued run and best split bit for bit; some tries are given up and some moves kept."""
+    given_up = [0]
+    real = queue_batch.hopeless
+
+    def counted(*args: Any) -> bool:
+        out = real(*args)
+        given_up[0] += out
+        return out
+
+    monkeypatch.setattr(queue_move, "hopeless", counted)
+    together = _move_passes(monkeypatch, True)
+    assert given_up[0] >= 3 and sum(p[0] for p in together) >= 2
+    assert _move_passes(monkeypatch, False) == together
