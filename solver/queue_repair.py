@@ -47,6 +47,7 @@ DROP_SLIVERS = True  # step 1's sliver rule (switched off only to show the bound
 BOUND_STEP_5 = True  # step 5 opens no instance past the bound nor for a sliver (likewise)
 SHED_BY_MOVING = True  # step 4's last resort: move rate into other pools' headroom to free one instance
 KEEP_EXACT_STATE = True  # step 5 keeps its rates' state where an undone move restored them bit for bit (exact)
+SLIVER_FIRST = True  # step 5 refuses a sliver into an empty pool before computing the move's counts (exact)
 SKIP_FULL_CORES = True  # step 5 passes over a class whose model has no core room anywhere (exact: nothing moves)
 
 
@@ -438,7 +439,7 @@ def _place_rejected(pools: Pools) -> None:
                         break  # the room without new instances is no larger
                     continue
                 saved = _cell(pools, c, j)
-                moved = _move_within_bound(pools, c, j, take, limit, state[1])
+                moved = _move_within_bound(pools, c, j, take, limit, (state[0], state[1]))
                 state = _state_after(pools, (c, j, saved, moved), state, pools.room_state)
                 if moved:
                     break
@@ -463,7 +464,7 @@ def _place_whole(pools: Pools, c: int, amount: float, limit: int) -> bool:
         if dst is None:
             return False  # no node fits it, so no open pool does (the second pick is among the first's)
         saved = _cell(pools, c, dst)
-        if _move_within_bound(pools, c, dst, amount, limit, state[1]):
+        if _move_within_bound(pools, c, dst, amount, limit, (state[0], state[1])):
             return True
         state = _state_after(pools, (c, dst, saved, False), state, lambda: (pools.lam(), pools.counts()))
     return False
@@ -486,15 +487,24 @@ def _cell(pools: Pools, c: int, j: int) -> tuple[str, str]:
 
 
 def _move_within_bound(
-    pools: Pools, c: int, dst: int, amount: float, limit: int, counts: IntArray | None = None
+    pools: Pools,
+    c: int,
+    dst: int,
+    amount: float,
+    limit: int,
+    state: tuple[FloatArray, IntArray] | None = None,
 ) -> bool:
     """Move ``amount`` of class c's rejected rate to ``dst`` unless its model then runs more than ``limit``
     instances past the spread bound in some node class, or it opens an instance for a sliver (``SLIVER``)
     that is only part of the stream (a stream that rare as a whole, e.g. once a window, gets its instance).
 
-    ``counts``: ``pools.counts()`` before the move, where the caller has it."""
+    ``state``: (``pools.lam()``, ``pools.counts()``) before the move, where the caller has them."""
     k = int(pools.q.base.class_model[c])
-    before = int((pools.counts() if counts is None else counts)[:, k].sum())
+    if state is not None and _opens_for_sliver(pools, c, dst, amount, state[0]):
+        pools.move(c, None, dst, amount)  # the move and its undo below, float residue and all
+        pools.move(c, dst, None, amount)
+        return False
+    before = int((pools.counts() if state is None else state[1])[:, k].sum())
     pools.move(c, None, dst, amount)
     lam = pools.lam()  # the rates after the move, read once for both checks (the same values each reads)
     after = needed(lam, pools.cap)
@@ -504,6 +514,24 @@ def _move_within_bound(
         return True
     pools.move(c, dst, None, amount)
     return False
+
+
+def _opens_for_sliver(pools: Pools, c: int, dst: int, amount: float, lam: FloatArray) -> bool:
+    """Whether ``_move_within_bound`` refuses the move as a sliver that opens an instance, known before the move:
+    part of the stream, under ``SLIVER`` of one instance's load, to a pool with no rate at all (``lam`` the rates
+    before; every share is >= 0, so all of that pool's are 0 and after the move its rate is ``amount`` exactly,
+    whose count ``needed`` is 1 where amount / cap - 1e-9 > 0, one instance more than before)."""
+    k = int(pools.q.base.class_model[c])
+    cap = float(pools.cap[dst, k])
+    part = amount < float(pools.q.rate[c]) * (1 - 1e-6)
+    return bool(
+        SLIVER_FIRST
+        and BOUND_STEP_5
+        and part
+        and amount < SLIVER * cap
+        and lam[dst, k] == 0.0
+        and amount / cap - 1e-9 > 0.0
+    )
 
 
 def bound_excess(pools: Pools, k: int, state: tuple[FloatArray, IntArray] | None = None) -> int:
