@@ -470,20 +470,21 @@ def _place_whole(pools: Pools, c: int, amount: float, limit: int) -> bool:
     return False
 
 
-def _state_after(pools: Pools, tried: tuple[int, int, tuple[str, str], bool], state: Any, fresh: Any) -> Any:
+def _state_after(pools: Pools, tried: tuple[int, int, str, bool], state: Any, fresh: Any) -> Any:
     """Step 5's rate state after a try of class c at node j (``tried`` = (c, j, ``_cell`` before, kept)): ``state``
-    itself where the try was undone bit for bit (the rates are then unchanged), else ``fresh()`` (a kept move, or
-    an undone one that left float residue: the rates are read again)."""
+    itself where the try was undone bit for bit (the rates are then unchanged; the state is read from the rates
+    and caps only), else ``fresh()`` (a kept move, or an undone one that left float residue: read again)."""
     c, j, saved, moved = tried
     if not moved and KEEP_EXACT_STATE and _cell(pools, c, j) == saved:
         return state
     return fresh()
 
 
-def _cell(pools: Pools, c: int, j: int) -> tuple[str, str]:
-    """Class c's rate at node j and its rejected rate, bit for bit (``float.hex``: a zero's sign included): all a
-    move of class c to node j writes, so where an undone move leaves both as they were the rates are unchanged."""
-    return float(pools.x[c, j]).hex(), float(pools.rejected[c]).hex()
+def _cell(pools: Pools, c: int, j: int) -> str:
+    """Class c's rate at node j, bit for bit (``float.hex``: a zero's sign included): all of the rates a move of
+    class c to node j writes (it writes the rejected rate too, which no state of step 5 reads), so where an undone
+    move leaves it as it was the rates are unchanged."""
+    return float(pools.x[c, j]).hex()
 
 
 def _move_within_bound(
