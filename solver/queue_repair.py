@@ -47,6 +47,7 @@ DROP_SLIVERS = True  # step 1's sliver rule (switched off only to show the bound
 BOUND_STEP_5 = True  # step 5 opens no instance past the bound nor for a sliver (likewise)
 SHED_BY_MOVING = True  # step 4's last resort: move rate into other pools' headroom to free one instance
 KEEP_EXACT_STATE = True  # step 5 keeps its rates' state where an undone move restored them bit for bit (exact)
+CORES_FIRST = True  # best_destination tests core room first and stops where no node has it (exact)
 SLIVER_FIRST = True  # step 5 refuses a sliver into an empty pool before computing the move's counts (exact)
 SKIP_FULL_CORES = True  # step 5 passes over a class whose model has no core room anywhere (exact: nothing moves)
 
@@ -142,17 +143,19 @@ class Pools:
         p = self.q.base
         k = int(p.class_model[c])
         lam, counts = state if state is not None else (self.lam(), self.counts())
-        after = needed(lam[:, k] + amount, self.cap[:, k])  # [j] pool k's count with the amount added
-        new = np.maximum(counts - p.free, 0)
-        grown = np.maximum(after - p.free[:, k], 0) - new[:, k]  # [j] change in new instances of model k
-        fits = (new @ p.mem + grown * p.mem[k] <= p.mem_budget + TINY) & (
-            new @ p.comp + grown * p.comp[k] <= p.comp_budget + TINY
-        )
-        fits &= core_room(lam, self.q.mu, self.cores, self.q.rho_max) >= amount / self.q.mu[:, k] * (1 + 1e-9)
+        fits = core_room(lam, self.q.mu, self.cores, self.q.rho_max) >= amount / self.q.mu[:, k] * (1 + 1e-9)
         if exclude:
             fits[list(exclude)] = False
         if open_only:
             fits &= counts[:, k] > 0
+        if CORES_FIRST and not fits.any():
+            return None  # no node has the core room (and the other tests only narrow it): as below, sooner
+        after = needed(lam[:, k] + amount, self.cap[:, k])  # [j] pool k's count with the amount added
+        new = np.maximum(counts - p.free, 0)
+        grown = np.maximum(after - p.free[:, k], 0) - new[:, k]  # [j] change in new instances of model k
+        fits &= (new @ p.mem + grown * p.mem[k] <= p.mem_budget + TINY) & (
+            new @ p.comp + grown * p.comp[k] <= p.comp_budget + TINY
+        )
         if not fits.any():
             return None
         stays = fits & (after <= counts[:, k])  # no new instance first (as min over (grows, cost, j))

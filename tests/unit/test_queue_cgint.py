@@ -76,6 +76,7 @@ def test_the_switches_off_give_the_recorded_plans(monkeypatch: pytest.MonkeyPatc
 
     switches = [(queue_split, "HALF_CURVATURE"), (queue_repair, "SKIP_FULL_CORES"), (queue_repair, "SLIVER_FIRST")]
     switches += [(queue_repair, "KEEP_EXACT_STATE"), (queue_close_fast, "SCREEN_CORES"), (queue_move, "BATCH")]
+    switches += [(queue_repair, "CORES_FIRST")]
     for module, name in switches:
         monkeypatch.setattr(module, name, False)
     assert not _golden_differs()
