@@ -422,11 +422,13 @@ def _place_rejected(pools: Pools) -> None:
     for c in np.nonzero(pools.rejected > TINY)[0].tolist():
         k = int(p.class_model[c])
         amount = float(pools.rejected[c])
-        if SKIP_FULL_CORES and _no_core_room(pools, k, amount):
+        lam = pools.lam()  # the rates as the three steps below read them (none changes them before the next)
+        if SKIP_FULL_CORES and _no_core_room(pools, k, amount, lam):
             pools.rejected[c] = max(0.0, amount)
             continue  # every node's cores are full: neither step below can move anything (``_no_core_room``)
-        limit = max(bound_excess(pools, k), 0) if BOUND_STEP_5 else 10**9  # step 4 may have been stuck
-        if _place_whole(pools, c, amount, limit):
+        now = (lam, needed(lam, pools.cap))
+        limit = max(bound_excess(pools, k, now), 0) if BOUND_STEP_5 else 10**9  # step 4 may have been stuck
+        if _place_whole(pools, c, amount, limit, now):
             continue
         state = pools.room_state()  # the rates change only where a move is made or undone
         mu = pools.q.mu[:, k].tolist()
@@ -449,19 +451,22 @@ def _place_rejected(pools: Pools) -> None:
         pools.rejected[c] = max(0.0, float(pools.rejected[c]))
 
 
-def _no_core_room(pools: Pools, k: int, amount: float) -> bool:
+def _no_core_room(pools: Pools, k: int, amount: float, lam: FloatArray | None = None) -> bool:
     """Whether no node has core room for any of ``amount`` (> 2 ``TINY``) req/s of model k: then ``best_destination``
     finds no node (room below ``TINY`` / mu < amount / mu) and step 5's loop skips every node (the same product
     ``room x mu`` it tests), so the class's rejected rate stays as it is, exactly."""
     if amount <= 2 * TINY:
         return False
-    room = core_room(pools.lam(), pools.q.mu, pools.cores, pools.q.rho_max)
+    room = core_room(pools.lam() if lam is None else lam, pools.q.mu, pools.cores, pools.q.rho_max)
     return all(r * m <= TINY for r, m in zip(room.tolist(), pools.q.mu[:, k].tolist(), strict=True))
 
 
-def _place_whole(pools: Pools, c: int, amount: float, limit: int) -> bool:
-    """Class c's whole rejected ``amount`` on its best destination, else its best open pool (``_move_within_bound``)."""
-    state = (pools.lam(), pools.counts())
+def _place_whole(
+    pools: Pools, c: int, amount: float, limit: int, state: tuple[FloatArray, IntArray] | None = None
+) -> bool:
+    """Class c's whole rejected ``amount`` on its best destination, else its best open pool (``_move_within_bound``;
+    ``state``: the current (lam, counts), where the caller has them)."""
+    state = (pools.lam(), pools.counts()) if state is None else state
     for open_only in (False, True):
         dst = pools.best_destination(c, amount, set(), open_only, state)
         if dst is None:

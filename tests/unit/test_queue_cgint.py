@@ -86,7 +86,7 @@ def test_a_wrong_full_cores_skip_is_caught(monkeypatch: pytest.MonkeyPatch) -> N
     """Skipping a class where a node has room for some but not all of its rate (room < its amount, a plausible
     slip) changes plans: the exact record sees it."""
 
-    def too_eager(pools: Any, k: int, amount: float) -> bool:
+    def too_eager(pools: Any, k: int, amount: float, lam: Any = None) -> bool:
         room = queue_repair.core_room(pools.lam(), pools.q.mu, pools.cores, pools.q.rho_max)
         return bool(np.all(room * pools.q.mu[:, k] < amount))
 
