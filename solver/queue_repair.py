@@ -78,6 +78,11 @@ class Pools:
     def counts(self) -> IntArray:
         return needed(self.lam(), self.cap)
 
+    def state(self) -> tuple[FloatArray, IntArray]:
+        """(``lam()``, ``counts()``) with the rates read once (the same values as reading them twice)."""
+        lam = self.lam()
+        return lam, needed(lam, self.cap)
+
     def over_budget(self, counts: IntArray, lam: FloatArray | None = None) -> list[int]:
         """Nodes whose new instances exceed memory or compute, or whose busy work exceeds their cores (``lam``: the
         current pool rates, where the caller has them)."""
@@ -113,7 +118,7 @@ class Pools:
 
     def room_state(self) -> RoomState:
         """What ``room`` reads of the current rates: pool rates, counts, new instances and each node's core room."""
-        lam, counts = self.lam(), self.counts()
+        lam, counts = self.state()
         by_core = core_room(lam, self.q.mu, self.cores, self.q.rho_max)
         return lam, counts, np.maximum(counts - self.q.base.free, 0), by_core
 
@@ -142,7 +147,7 @@ class Pools:
         """
         p = self.q.base
         k = int(p.class_model[c])
-        lam, counts = state if state is not None else (self.lam(), self.counts())
+        lam, counts = state if state is not None else self.state()
         fits = core_room(lam, self.q.mu, self.cores, self.q.rho_max) >= amount / self.q.mu[:, k] * (1 + 1e-9)
         if exclude:
             fits[list(exclude)] = False
@@ -216,7 +221,7 @@ def _sweep_residue(pools: Pools) -> None:
 def _evacuate(pools: Pools, j: int, k: int, exclude: set[int]) -> bool:
     """Move every stream of pool (j, k) into other open pools; False (nothing moved) if some part fits nowhere."""
     saved = pools.x.copy()
-    lam, counts = pools.lam(), pools.counts()
+    lam, counts = pools.state()
     for c in np.nonzero((pools.q.base.class_model == k) & (pools.x[:, j] > 0))[0].tolist():
         amount = float(pools.x[c, j])
         dst = pools.best_destination(c, amount, exclude | {j}, open_only=True, state=(lam, counts))
@@ -236,7 +241,7 @@ def _fix_cores(pools: Pools) -> None:
     a pool on a node with cores that Ipopt's tolerance left a hair above whole instances at its cap (where
     the core row binds) sheds the hair, so it does not count one instance more."""
     q, p = pools.q, pools.q.base
-    lam, counts = pools.lam(), pools.counts()
+    lam, counts = pools.state()
     hair = np.isfinite(pools.cores)[:, None] & (counts > needed(lam * (1 - 1e-6), pools.cap))
     for j, k in zip(*np.nonzero(hair), strict=True):
         excess = float(lam[j, k] - (counts[j, k] - 1) * pools.cap[j, k])
@@ -322,7 +327,7 @@ def _within_bound(pools: Pools) -> dict[tuple[int, str], bool]:
     """(model, node class) -> whether its pools are within the spread bound with a margin that float
     summation order cannot cross (vectorised; ``_bound_spread`` skips those)."""
     q = pools.q
-    lam, counts = pools.lam(), pools.counts()
+    lam, counts = pools.state()
     load = (lam / (q.rho_max * q.mu)).T  # [k, j]
     out = {}
     for g in set(q.node_class):
@@ -360,7 +365,7 @@ def _shed_instance(pools: Pools, nodes: list[int], k: int, state: tuple[FloatArr
     """One instance fewer in the pool of ``nodes`` that stays least loaded without it, at most ``rho_max``
     (``state``: the current (lam, counts), where the caller has them)."""
     q = pools.q
-    lam, counts = (pools.lam(), pools.counts()) if state is None else state
+    lam, counts = pools.state() if state is None else state
     options = [
         (float(lam[j, k] / ((counts[j, k] - 1) * q.mu[j, k])), j)
         for j in nodes
@@ -379,7 +384,7 @@ def _shed_by_moving(pools: Pools, nodes: list[int], k: int) -> bool:
     fewer carries at ``rho_max`` moves into the class's other open pools of model k, up to ``rho_max`` on
     their instances (none grows; load caps below ``rho_max`` are raised, as in ``_shed_instance``)."""
     q, p = pools.q, pools.q.base
-    lam, counts = pools.lam(), pools.counts()
+    lam, counts = pools.state()
     top = q.rho_max * q.mu[:, k]  # [j] req/s one instance may take at rho_max
     by_cores = core_room(lam, q.mu, pools.cores, q.rho_max) * q.mu[:, k]  # [j] req/s the node's cores still take
     full_room = {
@@ -466,7 +471,7 @@ def _place_whole(
 ) -> bool:
     """Class c's whole rejected ``amount`` on its best destination, else its best open pool (``_move_within_bound``;
     ``state``: the current (lam, counts), where the caller has them)."""
-    state = (pools.lam(), pools.counts()) if state is None else state
+    state = pools.state() if state is None else state
     for open_only in (False, True):
         dst = pools.best_destination(c, amount, set(), open_only, state)
         if dst is None:
@@ -474,7 +479,7 @@ def _place_whole(
         saved = _cell(pools, c, dst)
         if _move_within_bound(pools, c, dst, amount, limit, (state[0], state[1])):
             return True
-        state = _state_after(pools, (c, dst, saved, False), state, lambda: (pools.lam(), pools.counts()))
+        state = _state_after(pools, (c, dst, saved, False), state, pools.state)
     return False
 
 
@@ -548,7 +553,7 @@ def bound_excess(pools: Pools, k: int, state: tuple[FloatArray, IntArray] | None
 
     ``state``: the current (lam, counts), where the caller has them."""
     q = pools.q
-    lam, counts = (pools.lam(), pools.counts()) if state is None else state
+    lam, counts = pools.state() if state is None else state
     load = np.bincount(pools.node_group, weights=lam[:, k] / (q.rho_max * q.mu[:, k]))
     running = np.bincount(pools.node_group, weights=counts[:, k])
     return int(np.max(running - (np.ceil(load - 1e-9) + 1)))
