@@ -35,6 +35,16 @@ FLAGS: list[tuple[str, dict[str, Any]]] = [
         {"type": float, "help": "cores (or GPU streams) the node's model servers share; 0: os.cpu_count() (default)"},
     ),
     (
+        "--instance-concurrency",
+        {
+            "type": float,
+            "help": "requests one model server serves at once (its threads; the placement counts an instance as "
+            "this many servers, at most the cores); 0 (default): the runtime's: the node's cores for "
+            "TF-Serving containers (docker), 1 for the process runtime's stand-in (its model runs under one "
+            "Python lock)",
+        },
+    ),
+    (
         "--provision-wait-s",
         {"type": float, "help": "how long a request waits for on-demand provisioning (default 10)"},
     ),

@@ -87,6 +87,15 @@ class NodeState:
     reconcile_error: str | None = None  # the last round's exception, None once a round succeeds
 
 
+def model_server_concurrency(s: Settings) -> float:
+    """Requests one of this node's model servers serves at once: the setting, else the runtime's own: a TF-Serving
+    container's thread pools span the node's cores (docker), the stand-in runs its model under one Python lock
+    (process: 1, as docs/architecture.md measures it)."""
+    if s.instance_concurrency:
+        return s.instance_concurrency
+    return max(1.0, s.cores or float(os.cpu_count() or 1)) if s.runtime == "docker" else 1.0
+
+
 def make_runtime(settings: Settings) -> Runtime:
     if settings.runtime == "docker":
         from agent.runtime.docker import DockerRuntime
@@ -554,6 +563,7 @@ class NodeAgent:
             "node_class": s.node_class,
             "compute": s.compute,
             "cores": s.cores or float(os.cpu_count() or 1),
+            "concurrency": model_server_concurrency(s),
             # runnable threads per CPU of this machine: how much contention stretches a service time here
             "load_per_cpu": round(os.getloadavg()[0] / (os.cpu_count() or 1), 3),
             "api_url": s.api_url,

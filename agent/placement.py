@@ -67,6 +67,7 @@ class NodeReport:
     usage: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     ready: Mapping[str, int] = field(default_factory=dict)
     cores: float | None = None  # the parallel capacity its instances share (None: an agent that does not say)
+    concurrency: float | None = None  # requests one of its instances serves at once (None: 1, as before)
     load_per_cpu: float | None = None  # runnable threads per CPU of its machine, 1-minute average (None: unknown)
 
     def contention(self) -> float:
@@ -107,6 +108,7 @@ def parse_node_report(stats_node: Mapping[str, Any], stats_models: Mapping[str, 
         usage={str(m): dict(v) for m, v in stats_models.get("models", {}).items()},
         ready=ready,
         cores=_cores(stats_node.get("cores")),
+        concurrency=_concurrency(stats_node.get("concurrency")),
         load_per_cpu=_positive(stats_node.get("load_per_cpu"), zero=True),
     )
 
@@ -159,6 +161,18 @@ def _cores(value: Any) -> float | None:
     out-of-range figure must not make the whole round's snapshot invalid)."""
     x = _positive(value)
     return x if x is not None and MIN_CORES <= x <= MAX_CORES else None
+
+
+MIN_CONCURRENCY, MAX_CONCURRENCY = 1.0, 1024.0  # solver.snapshot's bounds (not imported: no numpy here)
+
+
+def _concurrency(value: Any) -> float | None:
+    """A peer's reported instance concurrency within the snapshot's bounds (outside them or junk: unknown, 1)."""
+    try:
+        x = _positive(value)
+    except (TypeError, ValueError):  # an older or odd peer's field must not cost the whole report
+        return None
+    return x if x is not None and MIN_CONCURRENCY <= x <= MAX_CONCURRENCY else None
 
 
 MAX_LATENCY_MS = 120_000.0  # a proxied request's latency above this is not a measurement (the proxy gives up at 30 s)
@@ -280,6 +294,8 @@ def build_snapshot(
             entry["node_class"] = n.node_class
             if n.cores is not None:
                 entry["cores"] = n.cores
+            if n.concurrency is not None:
+                entry["concurrency"] = n.concurrency
     return out
 
 

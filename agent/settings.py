@@ -45,6 +45,7 @@ class Settings:
     node_class: str = "default"
     compute: float = 100.0
     cores: float = 0.0  # parallel capacity the node's instances share (queue model); 0: os.cpu_count()
+    instance_concurrency: float = 0.0  # requests one model server serves at once (queue model); 0: the runtime's
     docker_gpu: bool = False
     provision_wait_s: float = 10.0
     reconcile_interval_s: float = 2.0
@@ -163,6 +164,8 @@ def validate(s: Settings) -> None:
             raise ConfigError(name, "must be positive")
     if not 0 <= s.cores < float("inf"):
         raise ConfigError("cores", "must be a positive number of cores, or 0 for os.cpu_count()")
+    if not (s.instance_concurrency == 0 or 1 <= s.instance_concurrency <= 1024):
+        raise ConfigError("instance_concurrency", "must be 1-1024 requests at once, or 0 for the node's cores")
     if s.suspicion_mult < 1:
         raise ConfigError("suspicion_mult", "must be at least 1 (suspicion shorter than a period flaps)")
     if s.election_timeout_s <= 3 * s.election_heartbeat_s:

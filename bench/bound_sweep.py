@@ -9,12 +9,15 @@
    (solver.queue_running) and the best split's bound check (solver.queue_split.KEEP_BOUND) off ("before")
    and on ("after") in the same run; also the instances kept running idle, the served rate and the
    mean latency of both. ``--tight``: the same clusters with 1-4 cores per node, 0-300 MB available and 0-3
-   instances of each model running.
+   instances of each model running. ``--concurrency N``: every node's instances serve up to N requests at once
+   (slots: N, at most the node's cores), so the need counts ``slots x mu`` per instance (the queue model's
+   ``mu``, solver.queue_model.build_queue_problem).
 2. Solve time: bench/queue_bench.py's Mode 1 rows with instances running (thesis sizes, 15 % of (node,
    model) pairs running one instance), CPU ms per whole solve with both off and on, interleaved in the
    same run; medians and the ratio after / before.
 
-    .venv/bin/python bench/bound_sweep.py [--clusters 1000] [--tight] [--seeds 5] [--cores N] [--json]
+    .venv/bin/python bench/bound_sweep.py [--clusters 1000] [--tight] [--seeds 5] [--cores N] [--concurrency N]
+        [--json]
 """
 
 from __future__ import annotations
@@ -92,6 +95,14 @@ def tight(snap: Snapshot, seed: int) -> Snapshot:
     return dataclasses.replace(snap, nodes=nodes)
 
 
+def with_concurrency(snap: Snapshot, concurrency: int) -> Snapshot:
+    """``snap`` with every node's instances serving up to ``concurrency`` requests at once (1: as generated)."""
+    if concurrency == 1:
+        return snap
+    nodes = tuple(dataclasses.replace(n, concurrency=float(concurrency)) for n in snap.nodes)
+    return dataclasses.replace(snap, nodes=nodes)
+
+
 def final_pools(q: QueueProblem) -> Pools:
     """The integer placement the plan is made of (solver.queue_plan._solve's steps)."""
     nlp = solve_nlp_fast(q)
@@ -115,15 +126,15 @@ def past_bound(pools: Pools) -> int:
     return out
 
 
-def sweep(n: int, tighter: bool = False) -> dict[str, Any]:
+def sweep(n: int, tighter: bool = False, concurrency: int = 1) -> dict[str, Any]:
     """Clusters past the bound, idle running instances, served rate and mean latency with the drain off/on."""
-    out: dict[str, Any] = {"clusters": n, "tight": tighter, "errors": 0}
+    out: dict[str, Any] = {"clusters": n, "tight": tighter, "concurrency": concurrency, "errors": 0}
     for tag in ("before", "after"):
         out[tag] = {"clusters_past_bound": 0, "instances_past_bound": 0, "idle_running": 0, "served_rps": 0.0}
     worse = []
     for seed in range(n):
         snap, tail = cluster(seed)
-        snap = tight(snap, seed) if tighter else snap
+        snap = with_concurrency(tight(snap, seed) if tighter else snap, concurrency)
         q = build_queue_problem(build_problem(snap, Mode.MODE1))
         q = with_tail_cap(q) if tail else q
         lat = {}
@@ -151,15 +162,18 @@ def sweep(n: int, tighter: bool = False) -> dict[str, Any]:
     return out
 
 
-def solve_times(seeds: int, cores: float = 0.0) -> list[dict[str, Any]]:
+def solve_times(seeds: int, cores: float = 0.0, concurrency: int = 1) -> list[dict[str, Any]]:
     """CPU ms per whole Mode 1 solve with instances running, both steps off and on interleaved (medians);
-    ``cores``: every node gets that many (0: none; bench/queue_bench.py's ``--cores``)."""
+    ``cores``: every node gets that many (0: none; bench/queue_bench.py's ``--cores``); ``concurrency``: slots."""
     from bench.queue_bench import SIZES, with_cores, with_running
     from solver.simulate import thesis_instance
 
     rows = []
     for r, n in SIZES:
-        snaps = [with_cores(with_running(thesis_instance(r, n, s), s), cores or None) for s in range(seeds)]
+        snaps = [
+            with_concurrency(with_cores(with_running(thesis_instance(r, n, s), s), cores or None), concurrency)
+            for s in range(seeds)
+        ]
         for objective in ("queue", "queue-p99"):
             times: dict[bool, list[float]] = {False: [], True: []}
             for snap in snaps:
@@ -183,19 +197,23 @@ def main() -> None:
     ap.add_argument("--cores", type=float, default=0.0, help="cores per node in the solve-time part (0: none)")
     ap.add_argument("--tight", action="store_true",
                     help="clusters with 1-4 cores a node, 0-300 MB available, 0-3 instances running")  # fmt: skip
+    ap.add_argument("--concurrency", type=int, default=1,
+                    help="requests one instance serves at once, at most its node's cores (default 1)")  # fmt: skip
     ap.add_argument("--json", action="store_true", help="print the figures as JSON")
     args = ap.parse_args()
+    if not 1 <= args.concurrency <= 1024:
+        ap.error("--concurrency must be 1-1024")
     tune_solver_process()
     result = {
-        "sweep": sweep(args.clusters, args.tight),
-        "solve": solve_times(args.seeds, args.cores) if args.seeds else [],
+        "sweep": sweep(args.clusters, args.tight, args.concurrency),
+        "solve": solve_times(args.seeds, args.cores, args.concurrency) if args.seeds else [],
     }
     if args.json:
         print(json.dumps(result, indent=1))
         return
     s = result["sweep"]
     what = "tight (cores, little memory, more running)" if s["tight"] else "with running instances"
-    print(f"{s['clusters']} Mode 1 clusters, {what} ({s['errors']} solver errors)")
+    print(f"{s['clusters']} Mode 1 clusters, {what}, concurrency {s['concurrency']} ({s['errors']} solver errors)")
     for tag in ("before", "after"):
         r = s[tag]
         print(f"  {tag:<6}: {r['clusters_past_bound']} clusters past the bound "

@@ -1,9 +1,11 @@
 """Issue 16's p99 target in simulation, with requests dispatched as the agent dispatches them.
 
-The shared-cores lab (``peerserve simulate --workload --cores 2 --throughput 50 --node-mem-mb 4096
---model-mem-mb 100``: 60 clients at 6 sites, three 2-core nodes, a 50 req/s instance) at 1-4 req/s per
-client (60-240 req/s), exponential and constant service. Each placement is solved once per rate and its
-plan simulated over the same arrivals and service times under three dispatches (solver/workload.py):
+The shared-cores lab (``peerserve simulate --workload --cores 2 --concurrency 2 --throughput 50 --node-mem-mb
+4096 --model-mem-mb 100``: 60 clients at 6 sites, three 2-core nodes, a 50 req/s instance serving up to 2
+requests at once, as TF-Serving's thread pool sized by the cores; ``--concurrency 1``: one at a time, the lab
+before) at 1-4 req/s per client (60-240 req/s), exponential and constant service. Each placement is solved
+once per rate and its plan simulated over the same arrivals and service times under three dispatches
+(solver/workload.py):
 
 * ``agent``: the agent's rule (peerserve/dispatch.py, ``p2c``, the default): every plan publishes its
   shares (thesis-model plans: their assignments, solver/assigned_spread.py), two endpoints drawn by
@@ -22,7 +24,7 @@ Prints p50 / p99 ms per placement, the ratio "queue-p99 p99 / best baseline's p9
 against the best baseline of any dispatch, the CPU seconds each dispatch's simulations took, and the load
 average (the machine is shared; the simulation's results do not depend on it, its run time does).
 
-    .venv/bin/python bench/dispatch_bench.py [--duration S] [--rates 1 2 3 4] [--json]
+    .venv/bin/python bench/dispatch_bench.py [--duration S] [--rates 1 2 3 4] [--concurrency 2] [--json]
 """
 
 from __future__ import annotations
@@ -37,13 +39,13 @@ from typing import Any
 from peerserve.dispatch import draw
 from solver.agent_sim import AgentDispatch
 from solver.api import solve
-from solver.workload import PLACEMENTS, Workload, _arrivals, lab_snapshot, simulate_plan
+from solver.workload import PLACEMENTS, Workload, _arrivals, lab_snapshot, sim_slots, simulate_plan
 
 PLACES = ("queue", "queue-p99", "thesis", "nearest", "least-loaded")
 BASELINES = ("thesis", "nearest", "least-loaded")
 DISPATCHES = ("agent", "weighted", "plan")
 WHAT_IFS = ("jsq_plan", "jsq")
-LAB = Workload(cores=2.0, throughput=50.0, node_mem_mb=4096.0, model_mem_mb=100.0)
+LAB = Workload(cores=2.0, concurrency=2, throughput=50.0, node_mem_mb=4096.0, model_mem_mb=100.0)
 
 
 class JoinShortest(AgentDispatch):
@@ -86,16 +88,18 @@ def what_if(rule: type[AgentDispatch], plan: Any, w: Workload, rtt: Any, arrival
     return simulate_plan("queue-p99", plan, dataclasses.replace(w, dispatch="agent"), rtt, arrivals, rule).to_dict()
 
 
-def one_rate(rate: float, service: str, duration: float) -> dict[str, Any]:
+def one_rate(rate: float, service: str, duration: float, concurrency: int = LAB.concurrency) -> dict[str, Any]:
     """Every placement under every dispatch at one rate: outcomes and the simulations' CPU seconds."""
-    w = dataclasses.replace(LAB, rate=rate, service=service, duration_s=duration)
+    w = dataclasses.replace(LAB, rate=rate, service=service, duration_s=duration, concurrency=concurrency)
     snap, rtt = lab_snapshot(w)
     arrivals = _arrivals(w)
     plans = {}
     for name in PLACES:
         method, objective = PLACEMENTS[name]
         plans[name] = solve(snap, method=method, mode="2", objective=objective)
-    row: dict[str, Any] = {"rate": rate, "total_rps": rate * w.clients, "service": service, "by": {}}
+    row: dict[str, Any] = {
+        "rate": rate, "total_rps": rate * w.clients, "service": service, "concurrency": concurrency, "by": {}
+    }  # fmt: skip
     for d in DISPATCHES:
         start = time.process_time()
         wd, rule = ("agent", Weighted) if d == "weighted" else (d, AgentDispatch)
@@ -137,24 +141,36 @@ def print_rows(rows: list[dict[str, Any]]) -> None:
 
 
 def lab_arguments(doc: str | None) -> argparse.Namespace:
-    """The lab benches' command line: --duration, --rates, --services, --json."""
+    """The lab benches' command line: --duration, --rates, --services, --concurrency, --json."""
     ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--duration", type=float, default=60.0, help="simulated seconds per run (default 60)")
     ap.add_argument("--rates", type=float, nargs="+", default=[1.0, 2.0, 3.0, 4.0], help="req/s per client")
     ap.add_argument("--services", nargs="+", default=["exp", "det"], choices=("exp", "det"))
+    ap.add_argument(
+        "--concurrency",
+        type=int,
+        default=LAB.concurrency,
+        help=f"requests one instance serves at once, at most the node's cores (default {LAB.concurrency}: the lab's "
+        "cores, TF-Serving's thread pool; 1: one at a time, the lab before)",
+    )
     ap.add_argument("--json", action="store_true", help="machine-readable output")
-    return ap.parse_args()
+    args = ap.parse_args()
+    if not 1 <= args.concurrency <= 1024:
+        ap.error("--concurrency must be 1-1024")
+    return args
 
 
 def main() -> None:
     args = lab_arguments(__doc__)
     solve(lab_snapshot(LAB)[0], method="ipopt", mode="2", objective="queue")  # warm: imports and set-up
-    rows = [one_rate(rate, svc, args.duration) for svc in args.services for rate in args.rates]
+    rows = [one_rate(rate, svc, args.duration, args.concurrency) for svc in args.services for rate in args.rates]
     load = os.getloadavg()
     if args.json:
-        print(json.dumps({"rows": rows, "loadavg": load}, indent=1))
+        print(json.dumps({"rows": rows, "concurrency": args.concurrency, "loadavg": load}, indent=1))
         return
-    print(f"shared-cores lab, {args.duration:g} s per run; cells: p50/p99 ms, instances; "
+    print(f"shared-cores lab, concurrency {args.concurrency} (slots per instance: "
+          f"{sim_slots(dataclasses.replace(LAB, concurrency=args.concurrency))}), {args.duration:g} s per run; "
+          "cells: p50/p99 ms, instances; "
           f"ratio: queue-p99 p99 / best baseline (same dispatch; 'vs any': best baseline of any dispatch)")  # fmt: skip
     print_rows(rows)
     print(f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")

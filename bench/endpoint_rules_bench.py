@@ -114,9 +114,10 @@ def departure(log: dict[tuple[tuple[str, float], ...], Counter[str]]) -> float:
     return gap / total if total else 0.0
 
 
-def one_rate(rate: float, service: str, duration: float) -> dict[str, Any]:
+def one_rate(rate: float, service: str, duration: float, concurrency: int = LAB.concurrency) -> dict[str, Any]:
     """Every candidate rule on the queue-p99 plan at one rate, against the best baseline's p99 and p50."""
     w = dataclasses.replace(LAB, rate=rate, service=service, duration_s=duration, dispatch="agent")
+    w = dataclasses.replace(w, concurrency=concurrency)
     snap, rtt = lab_snapshot(w)
     arrivals = _arrivals(w)
     plans = {
@@ -140,12 +141,13 @@ def one_rate(rate: float, service: str, duration: float) -> dict[str, Any]:
 
 def main() -> None:
     args = lab_arguments(__doc__)
-    rows = [one_rate(rate, svc, args.duration) for svc in args.services for rate in args.rates]
+    rows = [one_rate(rate, svc, args.duration, args.concurrency) for svc in args.services for rate in args.rates]
     load = os.getloadavg()
     if args.json:
         print(json.dumps({"rows": rows, "loadavg": load}, indent=1))
         return
-    print(f"queue-p99 plan, shared-cores lab, {args.duration:g} s per run; cells: p50/p99 ms, "
+    print(f"queue-p99 plan, shared-cores lab, concurrency {args.concurrency}, {args.duration:g} s per run; "
+          "cells: p50/p99 ms, "
           "p99 and p50 / best baseline's, share departure from the plan")  # fmt: skip
     print(f"{'svc':<4}{'req/s':>6} {'base':>9}" + "".join(f"{n:>24}" for n in CANDIDATES))
     for r in rows:

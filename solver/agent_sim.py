@@ -2,12 +2,14 @@
 
 Where a request goes can depend on the queues at its arrival (the agent weighs endpoints by the requests
 it has in flight there, peerserve/dispatch.py), and with shared cores a request's departure depends on
-every other busy instance of its node, so arrivals and departures are simulated in one time order: the
-arrivals (sorted) against a heap of projected departures. Each instance is a FIFO server; the busy
-instances of a node progress at ``min(1, cores / busy)`` of their speed (as solver/shared_cores.py),
-so a departure is projected as ``now + work left / rate`` and re-projected only when its node's rate
-changes. With no rate change (cores >= the node's instances) a departure is start + service exactly,
-Lindley's recursion, bit for bit (tested against ``workload.fifo_sojourn_ms``).
+every other request in service on its node, so arrivals and departures are simulated in one time order:
+the arrivals (sorted) against a heap of projected departures, one per request in service. Each instance
+is a FIFO server with ``slots`` slots (up to that many requests in service, started in arrival order);
+the requests in service on a node progress at ``min(1, cores / in service)`` of their speed (as
+solver/shared_cores.py), so a departure is projected as ``now + work left / rate`` and re-projected only
+when its node's rate changes. With no rate change (cores >= the node's slots in use) a departure is
+start + service exactly: Lindley's recursion with one slot, bit for bit (tested against
+``workload.fifo_sojourn_ms``), Kiefer-Wolfowitz's with c (tests/unit/test_slots.py).
 
 ``AgentDispatch`` replays the agent's choice at every arrival (agent/serving/resolve.py ->
 agent/decisions.py ``rank_endpoints`` + ``spread_ranked``, both built on peerserve/dispatch.py):
@@ -74,11 +76,18 @@ class Fixed:
 
 
 def event_sojourn_ms(
-    arrival_s: FloatArray, work_s: FloatArray, dispatch: Dispatch, node_of: IntArray, cores: FloatArray
+    arrival_s: FloatArray,
+    work_s: FloatArray,
+    dispatch: Dispatch,
+    node_of: IntArray,
+    cores: FloatArray,
+    slots: IntArray | None = None,
 ) -> tuple[IntArray, FloatArray]:
     """Each request's instance (-1: rejected) and time in system (ms; nan if rejected), ``arrival_s`` sorted;
-    instance k lives on node ``node_of[k]``, whose ``cores`` (inf: one per instance) its busy ones share."""
-    sim = _Engine(np.asarray(node_of, dtype=np.int64), np.asarray(cores, dtype=float))
+    instance k lives on node ``node_of[k]``, whose ``cores`` (inf: one per request in service) its requests in
+    service share; an instance there serves up to ``slots[node]`` requests at once (None: 1 everywhere)."""
+    width = np.ones(len(cores), dtype=np.int64) if slots is None else np.asarray(slots, dtype=np.int64)
+    sim = _Engine(np.asarray(node_of, dtype=np.int64), np.asarray(cores, dtype=float), np.maximum(width, 1))
     where = np.full(len(arrival_s), -1, dtype=np.int64)
     out = np.full(len(arrival_s), np.nan)
     arrival, work = np.asarray(arrival_s, dtype=float).tolist(), np.asarray(work_s, dtype=float).tolist()
@@ -102,68 +111,80 @@ def event_sojourn_ms(
 
 
 class _Engine:
-    """FIFO instances whose node's busy ones share its cores; departures projected in a heap."""
+    """FIFO instances with slots whose node's requests in service share its cores; departures in a heap."""
 
-    def __init__(self, node_of: IntArray, cores: FloatArray) -> None:
+    def __init__(self, node_of: IntArray, cores: FloatArray, slots: IntArray | None = None) -> None:
         self.node_of = node_of.tolist()
         self.cores = cores.tolist()
-        self.queues: list[deque[int]] = [deque() for _ in self.node_of]
-        self.finish = [np.inf] * len(self.node_of)
-        self.version = [0] * len(self.node_of)
-        self.busy: list[set[int]] = [set() for _ in self.cores]
-        self.heap: list[tuple[float, int, int]] = []  # (projected departure, instance, version)
-        self.heap_bound = 2 * len(self.node_of) + HEAP_SLACK  # at most one live entry per instance
+        self.slots = [1] * len(self.cores) if slots is None else [int(v) for v in slots.tolist()]
+        self.queues: list[deque[int]] = [deque() for _ in self.node_of]  # requests waiting for a slot
+        self.running = [0] * len(self.node_of)  # requests in service per instance
+        self.finish: dict[int, float] = {}  # request in service -> projected departure
+        self.version: dict[int, int] = {}
+        self.at: dict[int, int] = {}  # request in service -> its instance
+        self.serving: list[set[int]] = [set() for _ in self.cores]  # requests in service per node
+        self.heap: list[tuple[float, int, int, int]] = []  # (projected departure, instance, request, version)
+        widest = max([self.slots[j] for j in self.node_of], default=1)
+        self.heap_bound = 2 * len(self.node_of) * widest + HEAP_SLACK  # at most one live entry per slot
         self.peak = 0
+        self._stamp = 0
 
     def rate(self, j: int) -> float:
-        return min(1.0, self.cores[j] / len(self.busy[j])) if self.busy[j] else 1.0
+        return min(1.0, self.cores[j] / len(self.serving[j])) if self.serving[j] else 1.0
 
     def next_departure(self) -> tuple[float, int]:
         """The earliest live projected departure (inf, -1 if none)."""
-        while self.heap and self.heap[0][2] != self.version[self.heap[0][1]]:
+        while self.heap and self.heap[0][3] != self.version.get(self.heap[0][2]):
             heapq.heappop(self.heap)
         return (self.heap[0][0], self.heap[0][1]) if self.heap else (np.inf, -1)
 
     def arrive(self, k: int, i: int, now: float, work: Sequence[float]) -> None:
-        self.queues[k].append(i)
-        if len(self.queues[k]) == 1:
-            j = self.node_of[k]
-            before = self.rate(j)
-            self.busy[j].add(k)
-            self._reproject(j, now, before, skip=k)
-            self._project(k, now + work[i] / self.rate(j))
+        j = self.node_of[k]
+        if self.running[k] >= self.slots[j]:
+            self.queues[k].append(i)
+            return
+        self.running[k] += 1
+        before = self.rate(j)
+        self.serving[j].add(i)
+        self._reproject(j, now, before, skip=i)
+        self._project(k, i, now + work[i] / self.rate(j))
 
     def depart(self, k: int, now: float, work: Sequence[float]) -> int:
-        """Request leaving instance k at ``now``; its successor starts at once."""
-        heapq.heappop(self.heap)
-        i = self.queues[k].popleft()
+        """The request leaving instance k at ``now`` (the heap's top); a waiting one takes its slot at once."""
+        i = heapq.heappop(self.heap)[2]
+        del self.finish[i], self.version[i], self.at[i]
         j = self.node_of[k]
-        if self.queues[k]:
-            self._project(k, now + work[self.queues[k][0]] / self.rate(j))
+        if self.queues[k]:  # the node's requests in service stay as many: no rate change
+            successor = self.queues[k].popleft()
+            self.serving[j].discard(i)
+            self.serving[j].add(successor)
+            self._project(k, successor, now + work[successor] / self.rate(j))
             return i
         before = self.rate(j)
-        self.busy[j].discard(k)
-        self.finish[k] = np.inf
-        self._reproject(j, now, before, skip=k)
+        self.serving[j].discard(i)
+        self.running[k] -= 1
+        self._reproject(j, now, before, skip=i)
         return i
 
-    def _project(self, k: int, at: float) -> None:
-        self.finish[k] = at
-        self.version[k] += 1
-        heapq.heappush(self.heap, (at, k, self.version[k]))
+    def _project(self, k: int, i: int, at: float) -> None:
+        self.finish[i] = at
+        self.at[i] = k
+        self._stamp += 1
+        self.version[i] = self._stamp
+        heapq.heappush(self.heap, (at, k, i, self._stamp))
         if len(self.heap) > self.heap_bound:  # mostly superseded projections: keep the live ones only
-            self.heap = [e for e in self.heap if e[2] == self.version[e[1]]]
+            self.heap = [e for e in self.heap if e[3] == self.version.get(e[2])]
             heapq.heapify(self.heap)
         self.peak = max(self.peak, len(self.heap))
 
     def _reproject(self, j: int, now: float, before: float, skip: int) -> None:
-        """Node j's rate went from ``before`` to its current one: every other busy head's departure moves."""
+        """Node j's rate went from ``before`` to its current one: every other running request's departure moves."""
         after = self.rate(j)
         if after == before:
             return
-        for k in self.busy[j]:
-            if k != skip:
-                self._project(k, now + max(0.0, self.finish[k] - now) * before / after)
+        for i in self.serving[j]:
+            if i != skip:
+                self._project(self.at[i], i, now + max(0.0, self.finish[i] - now) * before / after)
 
 
 class AgentDispatch:

@@ -123,6 +123,13 @@ def _workload_arguments(s: Any) -> None:
         "instance (default)",
     )
     w.add_argument(
+        "--concurrency",
+        type=int,
+        default=d.concurrency,
+        help="requests one instance serves at once (its server's threads; its slots are this, at most the node's "
+        "cores rounded up); the solver sees it as the nodes' concurrency (default 1: one at a time)",
+    )
+    w.add_argument(
         "--service",
         choices=("exp", "det"),
         default=d.service,
@@ -276,6 +283,7 @@ def cmd_workload(args: argparse.Namespace) -> int:
         seed=args.seed,
         service=args.service,
         cores=args.cores,
+        concurrency=args.concurrency,
         dispatch=args.dispatch,
     )
     problem = w.check()

@@ -11,6 +11,11 @@ cores the node gives it (``e_jk <= n_jk``, ``sum_k e_jk <= cores_j``). In the re
 placement (the plan's objective, the running placement's value) ``effective_servers`` gives every
 instance an equal slice where a node runs more instances than it has cores. Nodes without ``cores`` have
 no limit.
+
+An instance may serve several requests at once (a model server's thread pool; Triton's instance group):
+on node j it has ``slots_j = min(concurrency_j, max(cores_j, 1))`` slots (``node_slots``; no concurrency:
+1). The queue model then sees it as one server at ``slots_j`` times the rate, and the node's cores hold
+``cores_j / slots_j`` such instances (solver.queue_model.build_queue_problem, QueueProblem.cores).
 """
 
 from __future__ import annotations
@@ -27,6 +32,17 @@ def node_cores(p: Problem) -> FloatArray:
     """[j] the parallel capacity of each of ``p``'s nodes (inf where the snapshot gives none)."""
     by_id = {n.id: n.cores for n in p.snapshot.nodes}
     return np.array([np.inf if by_id.get(i) is None else float(by_id[i] or np.inf) for i in p.node_ids], dtype=float)
+
+
+def node_slots(p: Problem) -> FloatArray:
+    """[j] requests one instance serves at once on each of ``p``'s nodes: min(concurrency, max(cores, 1)), >= 1."""
+    if all(n.concurrency is None for n in p.snapshot.nodes):
+        return np.ones(len(p.node_ids))  # one slot everywhere (every snapshot before concurrency)
+    nodes = {n.id: n for n in p.snapshot.nodes}
+    cores = np.maximum(node_cores(p), 1.0)
+    wanted = [nodes[i].concurrency if i in nodes else None for i in p.node_ids]
+    conc = np.array([1.0 if c is None else max(float(c), 1.0) for c in wanted], dtype=float)
+    return np.asarray(np.minimum(conc, cores))
 
 
 def busy(lam: FloatArray, mu: FloatArray) -> FloatArray:

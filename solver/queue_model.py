@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from solver.errors import SolverError, SolverUnavailableError
-from solver.node_cpu import node_cores
+from solver.node_cpu import node_cores, node_slots
 from solver.problem import FloatArray, IntArray, Problem
 from solver.queue_start import feasible_start
 from solver.queueing import RHO_MAX
@@ -118,8 +118,9 @@ class QueueProblem:
 
         A node with a fraction c < 1 of a core is modelled as one core at c times the speed: its ``mu`` is
         scaled by c (``build_queue_problem``), so one instance's throughput, and the instance bound counted
-        from it, are what the node can deliver."""
-        return np.maximum(node_cores(self.base), 1.0)
+        from it, are what the node can deliver. In instance units: an instance with ``slots`` slots
+        (solver.node_cpu.node_slots) takes that many cores, so the node holds ``cores / slots`` of them."""
+        return np.asarray(np.maximum(node_cores(self.base), 1.0) / node_slots(self.base))
 
     @property
     def service_ms(self) -> FloatArray:
@@ -139,6 +140,13 @@ def build_queue_problem(p: Problem, instance_cost: float = INSTANCE_COST, rho_ma
     A model's ``throughput_rps`` names a node id or ``default``; where neither is given, one instance
     serves 1000 / exec_ms requests/s (exec_ms: the median over the model's streams at that node); on a
     node with less than one core, that times its cores.
+
+    An instance with ``slots`` slots on a node (solver.node_cpu.node_slots: its concurrency, at most the node's
+    cores) serves ``slots`` times that: the model sees it as ONE server at ``slots x mu`` (and
+    ``QueueProblem.cores`` counts the node's cores in such instances), so every integer-part module keeps
+    counting instances. Its M/M/1 wait, ``rho / (slots mu - lam)`` with ``rho = lam / (slots mu)``, is an
+    upper bound of the M/M/c wait ``C(c, lam / mu) / (c mu - lam)`` (Erlang C <= rho); the execution time is
+    unchanged (it is in the cost). One slot (no concurrency) leaves every figure as it was, bit for bit.
     """
     s = p.snapshot
     rate = np.array([sum(_rate(s.requests[i].rate) for i in members) for members in p.class_members], dtype=float)
@@ -154,6 +162,7 @@ def build_queue_problem(p: Problem, instance_cost: float = INSTANCE_COST, rho_ma
             else:
                 mu[j, k] = 1000.0 / max(float(median[j]), 1e-3) if median is not None else 1000.0
     mu *= np.minimum(node_cores(p), 1.0)[:, None]  # a fraction of a core serves a fraction of the rate
+    mu *= node_slots(p)[:, None]  # an instance's slots serve in parallel (1: unchanged)
     mu = np.clip(mu, MU_MIN, MU_MAX)  # measured figures come from peers: keep the arithmetic finite
     node_class = tuple(n.node_class for n in s.nodes)
     return QueueProblem(p, rate, mu, node_class, rho_max, instance_cost)

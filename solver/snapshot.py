@@ -37,6 +37,7 @@ class Node:
     usage: Mapping[str, InstanceUsage] = field(default_factory=dict)
     node_class: str = "default"
     cores: float | None = None  # parallel compute (CPU cores, GPU streams) its instances share; None: no limit
+    concurrency: float | None = None  # requests one instance serves at once (its server's threads); None: 1
 
 
 @dataclass(frozen=True)
@@ -221,6 +222,7 @@ def _parse_node(raw: Any, where: str) -> Node:
         usage=usage,
         node_class=_str(d, "node_class", where) if "node_class" in d else "default",
         cores=_cores(d.get("cores"), f"{where}.cores"),
+        concurrency=_concurrency(d.get("concurrency"), f"{where}.concurrency"),
     )
 
 
@@ -234,6 +236,19 @@ def _cores(v: Any, where: str) -> float | None:
     x = _number(v, where)
     if not MIN_CORES <= x <= MAX_CORES:
         raise SnapshotError(where, f"must be within {MIN_CORES:g}-{MAX_CORES:g} (or absent: no limit)")
+    return x
+
+
+MIN_CONCURRENCY, MAX_CONCURRENCY = 1.0, 1024.0  # requests one instance serves at once
+
+
+def _concurrency(v: Any, where: str) -> float | None:
+    """Requests one of the node's instances serves at once: absent (null: 1) or a number in [1, 1024]."""
+    if v is None:
+        return None
+    x = _number(v, where)
+    if not MIN_CONCURRENCY <= x <= MAX_CONCURRENCY:
+        raise SnapshotError(where, f"must be within {MIN_CONCURRENCY:g}-{MAX_CONCURRENCY:g} (or absent: 1)")
     return x
 
 
@@ -276,6 +291,8 @@ def _node_to_dict(n: Node) -> dict[str, Any]:
         out["node_class"] = n.node_class
     if n.cores is not None:
         out["cores"] = n.cores
+    if n.concurrency is not None:
+        out["concurrency"] = n.concurrency
     if n.usage:
         out["usage"] = {
             k: {"requests": u.requests, "last_request_s": u.last_request_s, "provisioned_s": u.provisioned_s}

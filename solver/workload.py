@@ -19,8 +19,10 @@ Every placement solves the same snapshot; its plan is then run as a discrete-eve
   as it was: a node drawn by the plan's shares for its client or the client's assigned node, then one
   of that node's instances uniformly; a client the plan rejected, or a node with no instance started,
   counts a rejection;
-* every instance is a FIFO single server: start = max(arrival, previous finish) (Lindley's recursion,
-  the exact event order of a FIFO queue); latency = RTT + wait + service;
+* every instance is a FIFO server with ``slots`` slots (``concurrency``, ``--concurrency``: how many requests
+  one instance serves at once, at most the node's cores, rounded up; 1 by default): with one slot, start =
+  max(arrival, previous finish) (Lindley's recursion, the exact event order of a FIFO queue); latency =
+  RTT + wait + service; the solver sees it as the nodes' ``concurrency``;
 * with ``cores`` (``--cores``) a node's instances share that many cores: while more of them are busy
   than it has cores, each runs at cores / busy of its speed (solver.shared_cores); the solver sees the
   cores too (the nodes' ``cores``), except the ``queue-nocores`` placement: the queue model without the
@@ -33,6 +35,7 @@ and ``least-loaded`` (the thesis-model baselines).
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
@@ -71,6 +74,7 @@ class Workload:
     seed: int = 0
     service: str = "exp"  # exp: exponential service times (M/M/1 queues); det: constant (M/D/1)
     cores: float = 0.0  # cores a node's instances share; 0: one core per instance (no sharing)
+    concurrency: int = 1  # requests one instance serves at once (at most the node's cores: its slots)
     dispatch: str = "agent"  # agent: the agent's endpoint rule (solver.agent_sim); assigned: the same, plans
     # without shares (thesis, baselines) published with their assignments as shares; plan: shares, then uniform
 
@@ -88,6 +92,12 @@ class Workload:
             return "memory sizes must be positive"
         if not 0 <= self.cores < float("inf"):
             return "cores must be a positive number (0: one per instance)"
+        if (
+            isinstance(self.concurrency, bool)
+            or not isinstance(self.concurrency, int)
+            or not 1 <= self.concurrency <= 1024
+        ):
+            return "concurrency must be a whole number from 1 to 1024"
         if self.clients * self.rate * self.duration_s > MAX_REQUESTS:
             return f"clients x rate x duration exceeds {MAX_REQUESTS:,} simulated requests"
         return None
@@ -118,7 +128,8 @@ def lab_snapshot(w: Workload) -> tuple[Snapshot, np.ndarray]:
     site_rtt = rng.uniform(1.0, 20.0, (w.sites, w.nodes)).round(2)
     rtt = site_rtt[np.arange(w.clients) % w.sites]
     exec_ms = 1000.0 / w.throughput
-    nodes = tuple(Node(i, w.node_mem_mb, w.node_mem_mb, 100.0, cores=w.cores or None) for i in ids)
+    conc = float(w.concurrency) if w.concurrency != 1 else None
+    nodes = tuple(Node(i, w.node_mem_mb, w.node_mem_mb, 100.0, cores=w.cores or None, concurrency=conc) for i in ids)
     model = Model("m", w.model_mem_mb, 1.0, {"default": w.throughput})
     requests = tuple(
         Request("m", {i: float(rtt[c, j]) for j, i in enumerate(ids)}, dict.fromkeys(ids, exec_ms), f"c{c}", w.rate)
@@ -219,7 +230,7 @@ def _agent_run(
     dispatch = rule(details, ids, started, rtt, client, 1000.0 / w.throughput, draws, draws2)
     node_of = np.repeat(np.arange(w.nodes), started)
     cores = np.full(w.nodes, w.cores if w.cores > 0 else np.inf)
-    where, sojourn = event_sojourn_ms(t, work, dispatch, node_of, cores)
+    where, sojourn = event_sojourn_ms(t, work, dispatch, node_of, cores, np.full(w.nodes, sim_slots(w)))
     ok = where >= 0
     total = np.full(len(t), np.nan)
     total[order[ok]] = sojourn[ok] + rtt[client[ok], node_of[where[ok]]]  # back in the plan run's order
@@ -264,12 +275,18 @@ def _plan_run(
     arrival = np.concatenate(times or [np.zeros(0)])
     instance = np.concatenate(inst or [np.zeros(0, int)])
     served = np.concatenate(work or [np.zeros(0)])
-    if w.cores > 0:
+    if w.cores > 0 or w.concurrency > 1:
         node_of = np.repeat(np.arange(w.nodes), started)
-        latency = shared_sojourn_ms(arrival, instance, served, node_of, np.full(w.nodes, w.cores))
+        cores = np.full(w.nodes, w.cores if w.cores > 0 else np.inf)
+        latency = shared_sojourn_ms(arrival, instance, served, node_of, cores, np.full(w.nodes, sim_slots(w)))
     else:
         latency = fifo_sojourn_ms(arrival, instance, served)
     return latency + np.concatenate(net or [np.zeros(0)]), rejected
+
+
+def sim_slots(w: Workload) -> int:
+    """Slots of each simulated instance: its concurrency, at most the node's cores rounded up (no cores: no cap)."""
+    return w.concurrency if w.cores <= 0 else min(w.concurrency, math.ceil(max(w.cores, 1.0)))
 
 
 def _routing(plan: Plan, c: int, n_nodes: int) -> tuple[list[int], list[float]]:
@@ -306,6 +323,7 @@ def format_table(w: Workload, outcomes: list[Outcome]) -> str:
         f"{w.clients} clients at {w.sites} sites, {w.rate:g} req/s each, {w.nodes} nodes of {w.node_mem_mb:g} MB, "
         f"instance {w.model_mem_mb:g} MB serving {w.throughput:g} req/s ({w.service} service), {w.duration_s:g} s"
         + (f", {w.cores:g} cores per node" if w.cores else "")
+        + f", {sim_slots(w)} slot{'s' if sim_slots(w) > 1 else ''} per instance (concurrency {w.concurrency})"
         + f", {w.dispatch} dispatch",
         head,
         "-" * len(head),

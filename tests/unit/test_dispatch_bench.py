@@ -40,3 +40,16 @@ def test_json_output(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixt
     main()
     data = json.loads(capsys.readouterr().out)
     assert len(data["rows"]) == 1 and data["rows"][0]["service"] == "det" and len(data["loadavg"]) == 3
+    assert data["concurrency"] == data["rows"][0]["concurrency"] == 2  # the lab's default: its cores
+
+
+def test_concurrency_one_is_the_lab_before(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """--concurrency 1: one request at a time per instance; the plain output says which."""
+    argv = ["dispatch_bench.py", "--duration", "5", "--rates", "1", "--services", "det", "--concurrency", "1"]
+    monkeypatch.setattr(sys, "argv", argv)
+    main()
+    out = capsys.readouterr().out
+    assert "concurrency 1 (slots per instance: 1)" in out
+    one, two = one_rate(1.0, "det", 5.0, 1), one_rate(1.0, "det", 5.0, 2)
+    instances = [r["by"]["agent"]["outcomes"]["queue-p99"]["instances"] for r in (one, two)]
+    assert instances[1] < instances[0]  # two-slot instances: fewer of them for the same 60 req/s
