@@ -13,7 +13,6 @@ agent and client can both use this module.
 from __future__ import annotations
 
 import hashlib
-import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
