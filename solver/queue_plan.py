@@ -123,7 +123,7 @@ def _positive(x: FloatArray) -> list[list[int]]:
 
 def planned_queue(q: QueueProblem, pools: Pools) -> dict[str, dict[str, float]]:
     """Per node and model: the mean number of requests at one instance under the plan (M/M/1 L)."""
-    lam, counts = pools.lam(), pools.counts()
+    lam, counts = pools.state()
     servers = effective_servers(counts, pools.cores)  # a node's cores shared by its instances
     out: dict[str, dict[str, float]] = {}
     for j, k in zip(*np.nonzero(counts > 0), strict=True):

@@ -270,11 +270,14 @@ def test_a_peers_reported_concurrency_is_clipped_to_the_snapshots_bounds() -> No
         snapshot.MIN_CONCURRENCY,
         snapshot.MAX_CONCURRENCY,
     )
-    base = {"node_id": "n", "mem_available_mb": 1000, "mem_total_mb": 2000, "compute": 4, "instances": []}
-    for bad in (0.5, 0, -1, 1025, 1e9, float("nan"), float("inf"), "x", None, True, [1]):
+    base = {"node_id": "n", "mem_available_mb": 1000, "mem_total_mb": 2000, "compute": 4, "instances": [], "cores": 4}
+    for bad in (0.5, 0, -1, 1025, 1e9, float("nan"), float("inf"), "x", None, True, [1], 10**400):
         assert placement.parse_node_report({**base, "concurrency": bad}, {"models": {}}).concurrency is None
     for good in (1, 4, 1024):
         assert placement.parse_node_report({**base, "concurrency": good}, {"models": {}}).concurrency == float(good)
+    for cores in (None, 1e9, "x"):  # no plausible core count: the concurrency counts for nothing (slots <= cores)
+        report = placement.parse_node_report({**base, "cores": cores, "concurrency": 1024}, {"models": {}})
+        assert report.cores is None and report.concurrency is None
 
 
 @pytest.mark.parametrize("value", ["-1", "0.5", "1025", "inf", "nan"])
