@@ -345,11 +345,13 @@ def test_the_workloads_concurrency_reaches_solver_and_simulation() -> None:
     assert a.requests == b.requests and b.instances <= a.instances and b.rejected == 0
 
 
-def test_the_agent_reports_the_runtimes_concurrency_unless_set() -> None:
+def test_the_agent_reports_one_request_at_a_time_unless_set() -> None:
     from agent.node import model_server_concurrency
 
-    assert model_server_concurrency(load_settings(None, overrides={"runtime": "process", "cores": 4.0})) == 1.0
-    assert model_server_concurrency(load_settings(None, overrides={"runtime": "docker", "cores": 4.0})) == 4.0
-    assert model_server_concurrency(load_settings(None, overrides={"runtime": "docker", "cores": 0.5})) == 1.0
-    set_ = {"runtime": "process", "cores": 4.0, "instance_concurrency": 3.0}
-    assert model_server_concurrency(load_settings(None, overrides=set_)) == 3.0
+    def concurrency(**overrides: float) -> float:
+        return model_server_concurrency(load_settings(None, overrides={"cores": 4.0, **overrides}))
+
+    assert concurrency() == 1.0  # the default: not guessed from the runtime
+    assert concurrency(instance_concurrency=3.0) == 3.0
+    assert concurrency(instance_concurrency=0.0) == 4.0  # 0: the node's cores
+    assert concurrency(instance_concurrency=0.0, cores=0.5) == 1.0  # at least one
