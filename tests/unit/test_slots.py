@@ -27,6 +27,7 @@ from solver.node_cpu import node_cores, node_slots
 from solver.problem import Mode, build_problem
 from solver.queue_model import QueueProblem, build_queue_problem
 from solver.queue_repair import Pools
+from solver.queueing import requests_at_instance
 from solver.shared_cores import shared_sojourn_ms
 from solver.snapshot import Model, Node, Request, Snapshot
 from solver.workload import Workload, lab_snapshot, run, sim_slots
@@ -354,11 +355,33 @@ def test_the_workloads_concurrency_reaches_solver_and_simulation() -> None:
     assert a.requests == b.requests and b.instances <= a.instances and b.rejected == 0
 
 
-def test_the_agent_reports_the_runtimes_concurrency_unless_set() -> None:
+def test_the_agent_reports_one_request_at_a_time_unless_set() -> None:
     from agent.node import model_server_concurrency
 
-    assert model_server_concurrency(load_settings(None, overrides={"runtime": "process", "cores": 4.0})) == 1.0
-    assert model_server_concurrency(load_settings(None, overrides={"runtime": "docker", "cores": 4.0})) == 4.0
-    assert model_server_concurrency(load_settings(None, overrides={"runtime": "docker", "cores": 0.5})) == 1.0
-    set_ = {"runtime": "process", "cores": 4.0, "instance_concurrency": 3.0}
-    assert model_server_concurrency(load_settings(None, overrides=set_)) == 3.0
+    def concurrency(**overrides: float) -> float:
+        return model_server_concurrency(load_settings(None, overrides={"cores": 4.0, **overrides}))
+
+    assert concurrency() == 1.0  # the default: not guessed from the runtime
+    assert concurrency(instance_concurrency=3.0) == 3.0
+    assert concurrency(instance_concurrency=0.0) == 4.0  # 0: the node's cores
+    assert concurrency(instance_concurrency=0.0, cores=0.5) == 1.0  # at least one
+
+
+def test_the_planned_requests_at_an_instance_are_the_mmc_number_in_system() -> None:
+    """The plan's planned_queue is what the agent's live in-flight count averages at any slot count (M/M/c L), so
+    p2c does not read a multi-slot node as busier than planned (M/M/1 L at slots x mu read 1.15x at 2 slots)."""
+    for c in range(1, 9):
+        for rho in (0.0, 0.1, 0.5, 0.9, 0.999):
+            expected = c * rho + erlang_c(c, c * rho) * rho / (1 - rho)
+            assert requests_at_instance(rho, float(c)) == pytest.approx(expected, rel=1e-12, abs=1e-15)
+    assert requests_at_instance(0.7, 1.0) == 0.7 / (1.0 - 0.7)  # one slot: M/M/1 exactly, as before
+    assert requests_at_instance(0.5, 2.4) == requests_at_instance(0.5, 2.0)  # fractional slots: rounded
+    plan = solve(lab(2.0, 2.0), mode="2", objective="queue")
+    q = build_queue_problem(build_problem(lab(2.0, 2.0), Mode.MODE2))
+    site_rate = 60.0 / len(plan.details["spread"])  # the lab's six clients, grouped by RTT into sites
+    lam = {n: sum(site_rate * s["shares"].get(n, 0.0) for s in plan.details["spread"]) for n in ("a", "b", "c")}
+    assert len(plan.details["planned_queue"]) >= 2
+    for node_id, models in plan.details["planned_queue"].items():
+        rho = lam[node_id] / (plan.instances[node_id]["m"] * float(q.mu[0, 0]))  # mu: the instance's, 2 x 50
+        mmc = 2 * rho + erlang_c(2, 2 * rho) * rho / (1 - rho)
+        assert models["m"] == pytest.approx(mmc, abs=1e-4)  # the shares carry 5 digits
