@@ -110,6 +110,7 @@ class Proof:
     reduced: FloatArray
     assign: FloatArray
     pool: FloatArray
+    bound: float = -math.inf  # a lower bound on R(S) as the reference NLP has it (``nlp_budgets``)
 
 
 def prove_lp(
@@ -153,9 +154,15 @@ def prove_lp(
             if lower > best:
                 best, best_prices = lower, cand
         if upper - best <= gap * max(1.0, abs(upper)) or not PROVE:
-            log.debug("R(S) by column generation: %d rounds, gap %.2e", rounds, upper - best)
+            valid = bound_and_loads(q, allowed, best_prices, nlp_budgets(q), lp.cores)[0]
+            log.debug(
+                "R(S) by column generation: %d rounds, gap %.2e (%.2e to the NLP's bound)",
+                rounds,
+                upper - best,
+                upper - valid,
+            )
             found = NlpSolution(x, r, lam, n, upper, "optimal", 0, rounds, int(allowed.sum()), servers=lp.servers(n))
-            return Proof(found, best_prices, lp.reduced_costs(), *lp.row_multipliers())
+            return Proof(found, best_prices, lp.reduced_costs(), *lp.row_multipliers(), bound=valid)
         lp.add_levels(loads)
     log.info("R(S) by column generation: no proof after %d rounds; Ipopt solves it", MAX_ROUNDS)
     return None
@@ -275,6 +282,18 @@ def bound_and_loads(
     cored = np.isfinite(core_b)
     on_cores = 0.0 if core_price is None else float(np.where(cored, core_price, 0.0) @ np.where(cored, core_b, 0.0))
     return float(q.rate @ served - mem_price @ mem_b - comp_price @ comp_b - on_cores - reused), t
+
+
+def nlp_budgets(q: QueueProblem) -> tuple[FloatArray, FloatArray, FloatArray]:
+    """[j] the reference NLP's memory, compute and core budgets: every pool's N_MIN room included.
+
+    The LP's rows leave a pool without rate its N_MIN instance idle (``_Lp.budgets_for``); the NLP may carry
+    a sliver of rate on it (Ipopt does, where the rows bind), so only the bound at these budgets is a lower
+    bound on R(S) as the NLP has it: the LP's own bound (its rows' budgets) proves the LP's optimum only,
+    which sits up to N_MIN x each empty pool's instance price above the NLP's (issue 16, cgproof)."""
+    mem, comp = _plain_budgets(q)
+    p = q.base
+    return mem + N_MIN * float(p.mem.sum()), comp + N_MIN * float(p.comp.sum()), core_capacity(q)
 
 
 def _plain_budgets(q: QueueProblem) -> tuple[FloatArray, FloatArray]:
