@@ -110,7 +110,7 @@ class Proof:
     reduced: FloatArray
     assign: FloatArray
     pool: FloatArray
-    bound: float = -math.inf  # a lower bound on R(S) as the reference NLP has it (``nlp_budgets``)
+    bound: float = -math.inf  # a lower bound on R(S) as the reference NLP has it (``nlp_budgets``; -inf: none)
 
 
 def prove_lp(
@@ -154,7 +154,8 @@ def prove_lp(
             if lower > best:
                 best, best_prices = lower, cand
         if upper - best <= gap * max(1.0, abs(upper)) or not PROVE:
-            valid = bound_and_loads(q, allowed, best_prices, nlp_budgets(q), lp.cores)[0]
+            # the NLP's own bound (``nlp_budgets``); the warm start's proof (``inner``) is certified by Ipopt instead
+            valid = -math.inf if inner else bound_and_loads(q, allowed, best_prices, nlp_budgets(q), lp.cores)[0]
             log.debug(
                 "R(S) by column generation: %d rounds, gap %.2e (%.2e to the NLP's bound)",
                 rounds,
