@@ -58,6 +58,11 @@ FEASIBLE_BASIS = True  # the first LP starts from a feasible basis (every stream
 # rows: 195 -> 114 simplex iterations in the first LP of the bench's cored relaxations, the same optima
 SMOOTH = 0.5  # weight of the best bound's prices in the smoothed prices (Wentges)
 PROVE = True  # stop only at a proven optimum (switched off only to show the oracle test failing)
+# where the LP is R(S)'s answer: every pool keeps n >= N_MIN (an idle column, ``_Lp.add_floors``) within the NLP's own
+# budgets, so a sliver of rate may ride on an empty pool's N_MIN instance as in the NLP, and the proof is the
+# NLP's bound (``floor_bound``); False: the rows' budgets follow the pools with rate (the LP's own optimum,
+# up to N_MIN x each empty pool's instance price above R(S)'s: 1.42e-5 relative on the saved case, cgproof)
+FLOORS = True
 # Off by default as the relaxation's answer: issue 16 asks that Ipopt solve the nonlinear relaxation
 # (solver.queue_warm certifies this method's optimum by a warm-started Ipopt instead: ``prove_lp``).
 # `bench/queue_bench.py --proven-cg` measures it beside Ipopt; tests/unit/test_queue_dual.py holds it to
@@ -127,8 +132,11 @@ def prove_lp(
     except ImportError:  # pragma: no cover - depends on the install
         return None
     lp = _Lp(q, allowed, highspy)
+    floors = FLOORS and exact_slack and not inner
     if inner:
         lp.budgets_inner()
+    elif floors:
+        lp.add_floors()
     elif not exact_slack:
         lp.budgets_for(np.ones(q.mu.shape, dtype=bool))
     zero = _start_levels(q, lp, CAP_LEVEL and inner)
@@ -145,6 +153,10 @@ def prove_lp(
         if lp.budgets_for(lam > 0):
             continue  # the active pools changed: their slivers of slack moved (see _Lp.budgets_for)
         upper = nlp_value(q, x, r, n)
+        if floors:  # the LP pays each empty pool's N_MIN instance, as the reference NLP does
+            upper += q.instance_cost * float(np.where(lam > 0, 0.0, np.maximum(n - p.free, 0.0)).sum())
+            lower, t_floor = floor_bound(q, allowed, prices, lp)
+            best = max(best, lower)
         # Wentges smoothing: new loads at the LP's prices and between them and the best bound's prices
         mixed = _smoothed(prices, best_prices)
         loads = []  # each candidate's best loads: the bound's, and the next round's load columns
@@ -153,9 +165,14 @@ def prove_lp(
             loads.append(t)
             if lower > best:
                 best, best_prices = lower, cand
+        if floors:
+            loads.append(t_floor)  # where the floor's instances carry rate best (slivers included)
         if upper - best <= gap * max(1.0, abs(upper)) or not PROVE:
             # the NLP's own bound (``nlp_budgets``); the warm start's proof (``inner``) is certified by Ipopt instead
-            valid = -math.inf if inner else bound_and_loads(q, allowed, best_prices, nlp_budgets(q), lp.cores)[0]
+            # R(S) as nlp_value counts it: an empty pool's N_MIN instance costs nothing there
+            valid = best - q.instance_cost * N_MIN * float((p.free == 0).sum()) if floors else -math.inf
+            if not (floors or inner):
+                valid = bound_and_loads(q, allowed, best_prices, nlp_budgets(q), lp.cores)[0]
             log.debug(
                 "R(S) by column generation: %d rounds, gap %.2e (%.2e to the NLP's bound)",
                 rounds,
@@ -297,6 +314,30 @@ def nlp_budgets(q: QueueProblem) -> tuple[FloatArray, FloatArray, FloatArray]:
     return mem + N_MIN * float(p.mem.sum()), comp + N_MIN * float(p.comp.sum()), core_capacity(q)
 
 
+def floor_bound(q: QueueProblem, allowed: BoolArray, prices: Prices, lp: _Lp) -> tuple[float, FloatArray]:
+    """The Lagrangian bound of R(S) with every pool at n >= N_MIN (the reference NLP's form, its budgets) at the
+    rows' ``prices`` and the LP's pool balance multipliers pi (each at most the pool's w, so the pool's term
+    min over lam >= 0, n >= N_MIN of D(lam, n) + beta_jk n - pi lam is N_MIN m(pi) >= 0, m below); and the
+    loads [j, k] that minimise m (the next round's load columns)."""
+    p = q.base
+    price = _price(q, *prices, lp.cores)
+    _, w = best_load(q, price)
+    pi = np.minimum(-lp.row_multipliers()[1].reshape(w.shape), w)  # the balance rows: pool rate at its marginal cost
+    per = np.where(allowed, p.cost + pi[:, p.class_model].T, np.inf).min(axis=1)
+    outside = q.r_cost if q.r_cost is not None else np.full(p.n_classes, q.penalty())
+    # m(pi) = beta_jk + min over 0 <= t <= cap mu of t (1000 / (mu - t) - s - pi): where the slope is zero
+    slope = np.maximum(q.service_ms + pi, 1e-300)
+    t = np.clip(q.mu - np.sqrt(1000.0 * q.mu / slope), 0.0, q.cap() * q.mu)
+    m = np.maximum(price + t * (1000.0 / (q.mu - t) - q.service_ms - pi), 0.0)
+    mem_b, comp_b, core_b = nlp_budgets(q)
+    mem_price, comp_price, link_price, core_price = prices
+    reused = float((np.where(p.free > 0, _price(q, mem_price, comp_price, link_price), 0.0) * p.free).sum())
+    cored = np.isfinite(core_b)
+    on_cores = float(np.where(cored, core_price, 0.0) @ np.where(cored, core_b, 0.0))
+    served = q.rate @ np.minimum(per, outside) + N_MIN * float(m.sum())
+    return float(served - mem_price @ mem_b - comp_price @ comp_b - on_cores - reused), np.maximum(t, MIN_LOAD * q.mu)
+
+
 def _plain_budgets(q: QueueProblem) -> tuple[FloatArray, FloatArray]:
     """[j] memory and compute budgets (at least 0)."""
     return np.maximum(q.base.mem_budget, 0.0), np.maximum(q.base.comp_budget, 0.0)
@@ -360,6 +401,7 @@ class _Lp:
         lp.a_matrix_.start_, lp.a_matrix_.index_, lp.a_matrix_.value_ = starts, rows[order], vals[order]
         h.passModel(lp)
         self.h, self.X, self.R = h, X, R
+        self.F, self.floor0 = 0, -1  # idle columns and floor rows, one per pool (``add_floors``)
         self.levels: list[FloatArray] = []
         self._level_structure()
 
@@ -389,6 +431,30 @@ class _Lp:
         self.h.changeRowsBounds(len(rows), rows, np.full(len(rows), -math.inf), bounds)
         return True
 
+    def add_floors(self) -> None:
+        """Keep every pool at n >= N_MIN as the reference NLP does: a floor row per pool (sum z / t + idle >= N_MIN)
+        and an idle column (instances without rate, at beta each; on the link row, free, where the pool reuses
+        instances), within the NLP's own budgets (``nlp_budgets``), before any load column."""
+        P, nrow = self.J * self.K, self.core0 + len(self.cored)
+        self.h.addRows(
+            P, np.full(P, N_MIN), np.full(P, math.inf), 0, np.zeros(0, np.int32), np.zeros(0, np.int32), np.zeros(0)
+        )
+        self.floor0, self.F = nrow, P
+        self._level_structure()  # the load columns' floor rows too
+        keep = self.lvl_per_t  # a load column's entries but its balance row's, at t = 1
+        counts = np.bincount(self.lvl_pool[keep], minlength=P)
+        starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int32)
+        cost = np.where(self.linked, 0.0, self.q.instance_cost)
+        index, vals = self.lvl_index[keep], self.lvl_num[keep]
+        self.h.addCols(P, cost, np.zeros(P), np.full(P, math.inf), len(index), starts, index, vals)
+        self.budgets = nlp_budgets(self.q)
+        rows = self.C + P + np.arange(2 * self.J, dtype=np.int32)
+        rows = np.concatenate([rows, self.core0 + np.arange(len(self.cored), dtype=np.int32)])
+        bounds = np.concatenate([*self.budgets[:2], self.budgets[2][self.cored]])
+        self.h.changeRowsBounds(len(rows), rows, np.full(len(rows), -math.inf), bounds)
+        self.active = np.ones((self.J, self.K), dtype=bool)
+        self.served = np.ones((self.J, self.K), dtype=bool)
+
     def budgets_inner(self) -> None:
         """Set the rows' budgets inside the NLP's: the plain memory and compute budgets and each node's cores less
         N_MIN per pool, so the LP's point with every pool at n >= N_MIN keeps the NLP's rows (a feasible warm
@@ -408,11 +474,13 @@ class _Lp:
         Triangular, hence a basis; the point x = 0, r = rate keeps every row (the budgets are >= 0)."""
         hs, kind = self.hs, self.hs.HighsBasisStatus
         P = self.J * self.K
-        first = self.X + self.C + self.R  # the first load level's columns, one per pool
+        first = self.X + self.C + self.R + self.F  # the first load level's columns, one per pool
         cols = [kind.kLower] * (first + len(self.levels) * P)
         cols[self.X : self.X + self.C] = [kind.kBasic] * self.C
+        cols[first - self.F : first] = [kind.kBasic] * self.F  # each pool's idle column at N_MIN in its floor row
         cols[first : first + P] = [kind.kBasic] * P
         rows = [kind.kLower] * (self.C + P) + [kind.kBasic] * (self.core0 + len(self.cored) - self.C - P)
+        rows += [kind.kLower] * self.F
         basis = hs.HighsBasis()
         basis.col_status, basis.row_status, basis.valid = cols, rows, True
         self.h.setBasis(basis)
@@ -434,15 +502,16 @@ class _Lp:
                 np.where(self.linked, link_row, C + P + zj),
                 np.where(self.linked, -1, C + P + J + zj),
                 core_row,
+                np.where(self.floor0 >= 0, self.floor0 + pools, -1),
             ],
             axis=1,
         )
-        num = np.stack([np.ones(P), np.where(self.linked, 1.0, p.mem[zk]), p.comp[zk], np.ones(P)], axis=1)
+        num = np.stack([np.ones(P), np.where(self.linked, 1.0, p.mem[zk]), p.comp[zk], np.ones(P), np.ones(P)], axis=1)
         keep = (rows >= 0) & (num != 0)
         self.lvl_index = rows[keep].astype(np.int32)
         self.lvl_num = num[keep]
         self.lvl_pool = np.broadcast_to(pools[:, None], keep.shape)[keep]
-        self.lvl_per_t = np.broadcast_to(np.arange(4)[None, :] > 0, keep.shape)[keep]  # all rows but balance
+        self.lvl_per_t = np.broadcast_to(np.arange(5)[None, :] > 0, keep.shape)[keep]  # all rows but balance
         self.lvl_starts = np.concatenate([[0], np.cumsum(keep.sum(axis=1))[:-1]]).astype(np.int32)
         # where the pool reuses instances, new instances are paid through its `new` column, not per req/s
         self.lvl_unpaid = np.where(self.linked, self.q.instance_cost, 0.0)
@@ -481,12 +550,14 @@ class _Lp:
         self.col_dual, self.row_dual = np.asarray(sol.col_dual)[:X], dual
         x = np.zeros((C, J))
         x[self.xc, self.xj] = col[:X]
-        z = col[X + C + R :].reshape(len(self.levels), P)
-        n = (z / np.stack(self.levels)).sum(axis=0).reshape(J, K)
+        z = col[X + C + R + self.F :].reshape(len(self.levels), P)
+        n = (
+            (z / np.stack(self.levels)).sum(axis=0) + (col[X + C + R : X + C + R + self.F] if self.F else 0.0)
+        ).reshape(J, K)
         link = np.zeros(P)
         link[self.reuse] = np.clip(-dual[C + P + 2 * J : self.core0], 0.0, None)
         core = np.zeros(J)
-        core[self.cored] = np.clip(-dual[self.core0 :], 0.0, None)
+        core[self.cored] = np.clip(-dual[self.core0 : self.core0 + len(self.cored)], 0.0, None)
         prices = (
             np.clip(-dual[C + P : C + P + J], 0.0, None),
             np.clip(-dual[C + P + J : C + P + 2 * J], 0.0, None),

@@ -155,28 +155,37 @@ def _within_proof(q: QueueProblem, claimed: float) -> bool:
 
 # (20, 8, 0, Mode 1, nothing running, no tail cap, 1 core per node): the proven path ended 1.42e-5 above the
 # reference NLP (deterministic: every PYTHONHASHSEED, in a fresh process or after other solves), because the
-# LP leaves each empty pool's N_MIN instance idle while Ipopt carries slivers of rate on it where the core
-# rows bind (core prices ~8e4 per core): its "1e-8 proof" was against its own rows' budgets, not the NLP's.
+# LP left each empty pool's N_MIN instance idle while Ipopt carries slivers of rate on it where the core rows
+# bind (core prices ~8e4 per core): its "1e-8 proof" was against its own rows' budgets, not the NLP's.
 SAVED_CASE = (20, 8, 0, Mode.MODE1, False, False, (1,))
 
 
-def test_the_proof_bounds_the_reference_nlp_on_the_saved_case(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The saved case: the proof's bound (at the NLP's budgets) stays below Ipopt's optimum of R(S) and its
-    claimed gap covers the 1.4e-5 the proven path ends above the reference NLP."""
+def test_the_saved_case_reaches_the_reference_nlp(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The saved case: every R(S) proven at the NLP's own bound, that bound below Ipopt's optimum of R(S), and
+    the whole proven path within 1e-5 of the reference NLP (1.42e-5 above it before the floors)."""
     q = _problem(*SAVED_CASE)
+    assert solve_nlp_fast(q).iterations == 0  # proven, no Ipopt
     proofs = _proofs_against_ipopt(monkeypatch, q)
     assert proofs
     for ours, ref, _, row_excess, bound in proofs:
-        assert ours - ref > queue_dual.GAP * abs(ours)  # the LP's own optimum is not R(S)'s to 1e-8 here ...
-        assert _bounds(ours, ref, row_excess, bound)  # ... and the bound says how far it may be
-    claimed = max(p[0] - p[-1] for p in proofs)
-    assert not _within_proof(q, 0.0)  # 1.42e-5 above the reference: past 1e-5 without the claim
-    assert _within_proof(q, claimed)
+        assert _bounds(ours, ref, row_excess, bound)
+        assert ours - ref <= row_excess + TOL * abs(ref)  # no allowance for slivers needed
+    assert _within_proof(q, 0.0)
 
 
-def test_the_bound_check_fails_at_the_lps_own_budgets(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The check switched off: the bound at budgets without the pools' N_MIN room (as the proof before this fix
-    left out the empty pools') lies above Ipopt's optimum of R(S) on the saved case: the check catches it."""
+def test_without_the_floors_the_saved_case_ends_above_the_reference(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The floors switched off (the LP's rows' budgets follow the pools with rate, its own bound): the proven
+    path ends 1.42e-5 above the reference NLP, past the 1e-5 check, and its bound above Ipopt's optimum."""
+    q = _problem(*SAVED_CASE)
+    monkeypatch.setattr(queue_dual, "FLOORS", False)
+    assert not _within_proof(q, 0.0)
+    proofs = _proofs_against_ipopt(monkeypatch, q)
+    assert proofs and all(ours - ref > queue_dual.GAP * abs(ours) for ours, ref, *_ in proofs)
+
+
+def test_the_bound_check_fails_without_the_pools_n_min_room(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The check switched off: budgets without the pools' N_MIN room (as the proof before the floors left out
+    the empty pools') give a bound above Ipopt's optimum of R(S) on the saved case: the check catches it."""
     q = _problem(*SAVED_CASE)
     k = len(q.base.model_names)
     plain = lambda q: (*queue_dual._plain_budgets(q), core_capacity(q) - N_MIN * k)  # noqa: E731
