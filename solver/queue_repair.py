@@ -46,6 +46,7 @@ SLIVER = 1e-5  # a pool whose rate is under this fraction of one instance's load
 DROP_SLIVERS = True  # step 1's sliver rule (switched off only to show the bound's tests failing)
 BOUND_STEP_5 = True  # step 5 opens no instance past the bound nor for a sliver (likewise)
 SHED_BY_MOVING = True  # step 4's last resort: move rate into other pools' headroom to free one instance
+SHED_BY_REJECTING = True  # where no move frees one: reject the least loaded last instance's rate (queue_reject)
 KEEP_EXACT_STATE = True  # step 5 keeps its rates' state where an undone move restored them bit for bit (exact)
 SKIP_FULL_CORES = True  # step 5 passes over a class whose model has no core room anywhere (exact: nothing moves)
 
@@ -63,6 +64,7 @@ class Pools:
             self.x = _merge_slivers(self.x, (self.lam() < SLIVER * self.cap).T[p.class_model])
         self.rejected = np.clip(q.rate - self.x.sum(axis=1), 0.0, None) + 0.0 * rejected
         self.shed = 0  # instances taken from pools below rho_max to keep the instance bound (step 4)
+        self.rejected_for_bound = 0.0  # req/s step 4 rejected where no move freed an instance (solver.queue_reject)
         self.penalty = q.penalty()
         self.service_ms = q.service_ms
         names = {g: i for i, g in enumerate(sorted(set(q.node_class)))}  # np.unique's order: sorted names
@@ -187,7 +189,12 @@ def repair(q: QueueProblem, x: FloatArray, rejected: FloatArray, n: FloatArray |
     _bound_spread(pools)
     _place_rejected(pools)
     _sweep_residue(pools)
+    rejected_before = pools.rejected_for_bound
     _bound_spread(pools)  # rate placed in step 5 may have opened instances past the bound
+    if pools.rejected_for_bound > rejected_before:  # rate rejected for the bound: its cores serve others
+        _place_rejected(pools)
+        _sweep_residue(pools)
+        _bound_spread(pools)
     return pools
 
 
@@ -307,6 +314,8 @@ def _bound_spread(pools: Pools) -> None:
                         continue
                     if _drain_running(pools, nodes, k):
                         continue
+                    if SHED_BY_REJECTING and _reject_for_bound(pools, nodes, k):
+                        continue
                     break
                 smallest = min(open_j, key=lambda j: (lam[j, k], j))
                 others = {j for j in range(q.base.n_nodes) if j not in nodes or j == smallest}
@@ -343,6 +352,14 @@ def _swap_with_room(pools: Pools, nodes: list[int], k: int) -> bool:
     from solver.queue_cores import shed_making_room
 
     return shed_making_room(pools, nodes, k)
+
+
+def _reject_for_bound(pools: Pools, nodes: list[int], k: int) -> bool:
+    """Where no move frees an instance (every node's cores full): reject the least loaded last instance's rate
+    (solver.queue_reject); step 5 places it, and the rate its cores freed, where it fits."""
+    from solver.queue_reject import shed_by_rejecting
+
+    return shed_by_rejecting(pools, nodes, k)
 
 
 def _drain_running(pools: Pools, nodes: list[int], k: int) -> bool:

@@ -268,6 +268,7 @@ def test_spread_bound_where_no_pool_can_shed_or_empty_alone(name: str, monkeypat
     assert pools.shed >= 1
     monkeypatch.setattr(queue_repair, "SHED_BY_MOVING", False)
     monkeypatch.setattr(queue_running, "ENABLED", False)  # draining running pools would keep it too
+    monkeypatch.setattr(queue_repair, "SHED_BY_REJECTING", False)  # so would rejecting (solver.queue_reject)
     if name == "queue_spread_tail_cap.json":  # here step 5's own bound (placing no rate past it) also keeps it
         monkeypatch.setattr(queue_repair, "BOUND_STEP_5", False)
     assert spread_violations(repair(q, nlp.x, nlp.r)), "the bound check must fail without the step"
