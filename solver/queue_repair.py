@@ -21,9 +21,12 @@ counts are integers. From the relaxation's rates ``x[c, j]``:
    after other models' rate moves off the receiving node: solver.queue_cores). Where only pools that reuse
    running instances are left (Mode 1), the least useful one's traffic drains into the others: the bound
    counts the instances the plan serves with, and running ones past it go idle (solver.queue_running).
+   Where no move frees one (every node's cores full, as at overload), the least loaded last instance's rate
+   is rejected (solver.queue_reject): the bound holds at any load.
 5. Rejected rate is placed where it fits (headroom first, then a new instance, but never one past the
    spread bound nor one for a sliver that is only part of its stream), else stays rejected; float
-   residue left on a pool without instances joins the stream's largest share; step 4 once more.
+   residue left on a pool without instances joins the stream's largest share; step 4 once more (and where
+   that rejected rate for the bound, step 5 and 4 once more: the freed cores serve other rejected streams).
 
 Every move re-checks the node's budgets, so no step breaks memory, compute or throughput.
 """
@@ -189,12 +192,11 @@ def repair(q: QueueProblem, x: FloatArray, rejected: FloatArray, n: FloatArray |
     _bound_spread(pools)
     _place_rejected(pools)
     _sweep_residue(pools)
-    rejected_before = pools.rejected_for_bound
-    _bound_spread(pools)  # rate placed in step 5 may have opened instances past the bound
-    if pools.rejected_for_bound > rejected_before:  # rate rejected for the bound: its cores serve others
+    _bound_spread(pools, SHED_BY_REJECTING)  # rate placed in step 5 may have opened instances past the bound
+    if pools.rejected_for_bound > 0:  # rate rejected for the bound: step 5 gives its cores to other streams
         _place_rejected(pools)
         _sweep_residue(pools)
-        _bound_spread(pools)
+        _bound_spread(pools, True)
     return pools
 
 
@@ -290,8 +292,10 @@ def _fix_capacity(pools: Pools) -> None:
             pools.x[:, j] = np.where(pools.x[:, j] > TINY, pools.x[:, j], 0.0)
 
 
-def _bound_spread(pools: Pools) -> None:
-    """Step 4: per model and node class, at most the class's need plus one spare instance."""
+def _bound_spread(pools: Pools, reject: bool = False) -> None:
+    """Step 4: per model and node class, at most the class's need plus one spare instance (``reject``: where no
+    move frees one, reject the least loaded last instance's rate; the last pass only, so a plan that keeps
+    the bound without it is never touched)."""
     q = pools.q
     clear = _within_bound(pools)
     for k in range(len(q.base.model_names)):
@@ -314,7 +318,7 @@ def _bound_spread(pools: Pools) -> None:
                         continue
                     if _drain_running(pools, nodes, k):
                         continue
-                    if SHED_BY_REJECTING and _reject_for_bound(pools, nodes, k):
+                    if reject and _reject_for_bound(pools, nodes, k):
                         continue
                     break
                 smallest = min(open_j, key=lambda j: (lam[j, k], j))

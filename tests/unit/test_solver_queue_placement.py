@@ -88,7 +88,7 @@ def test_far_apart_sites_are_merged_down_to_the_bound_and_the_check_fails_withou
     q = build_queue_problem(build_problem(snap, Mode.MODE2))
     nlp = solve_nlp(q)
     check(repair(q, nlp.x, nlp.r))
-    monkeypatch.setattr(queue_repair, "_bound_spread", lambda pools: None)
+    monkeypatch.setattr(queue_repair, "_bound_spread", lambda *_: None)
     unbounded = repair(q, nlp.x, nlp.r)
     assert spread_violations(unbounded), "the checker must see the spread when the bound is switched off"
 
