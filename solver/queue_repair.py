@@ -25,8 +25,8 @@ counts are integers. From the relaxation's rates ``x[c, j]``:
    is rejected (solver.queue_reject): the bound holds at any load.
 5. Rejected rate is placed where it fits (headroom first, then a new instance, but never one past the
    spread bound nor one for a sliver that is only part of its stream), else stays rejected; float
-   residue left on a pool without instances joins the stream's largest share; step 4 once more (and where
-   that rejected rate for the bound, step 5 and 4 once more: the freed cores serve other rejected streams).
+   residue left on a pool without instances joins the stream's largest share; step 4 once more (where that
+   rejected rate for the bound, the freed cores then serve rejected streams of open pools: solver.queue_reject).
 
 Every move re-checks the node's budgets, so no step breaks memory, compute or throughput.
 """
@@ -193,10 +193,8 @@ def repair(q: QueueProblem, x: FloatArray, rejected: FloatArray, n: FloatArray |
     _place_rejected(pools)
     _sweep_residue(pools)
     _bound_spread(pools, SHED_BY_REJECTING)  # rate placed in step 5 may have opened instances past the bound
-    if pools.rejected_for_bound > 0:  # rate rejected for the bound: step 5 gives its cores to other streams
-        _place_rejected(pools)
-        _sweep_residue(pools)
-        _bound_spread(pools, True)
+    if pools.rejected_for_bound > 0:  # rate rejected for the bound: its cores serve rejected streams of open pools
+        _refill_open_pools(pools)
     return pools
 
 
@@ -364,6 +362,13 @@ def _reject_for_bound(pools: Pools, nodes: list[int], k: int) -> bool:
     from solver.queue_reject import shed_by_rejecting
 
     return shed_by_rejecting(pools, nodes, k)
+
+
+def _refill_open_pools(pools: Pools) -> None:
+    """After rate was rejected for the bound: rejected streams into open pools' headroom (solver.queue_reject)."""
+    from solver.queue_reject import refill_open_pools
+
+    refill_open_pools(pools)
 
 
 def _drain_running(pools: Pools, nodes: list[int], k: int) -> bool:

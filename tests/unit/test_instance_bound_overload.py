@@ -3,10 +3,11 @@
 On an overloaded cluster the relaxation fills every node's cores (a rejected request costs more than any
 placement), so where its rates leave a model past the bound (per model and node class, the instances the
 served rate needs at ``rho_max`` plus one spare) no move of step 4 fits: each needs core room somewhere.
-Step 4's last resort then rejects the least loaded last instance's rate (solver.queue_reject), and step 5
-gives the cores it frees to other streams. ``bench.bound_sweep.overloaded`` draws the clusters: 1-4 nodes of
-whole or fractional cores, 1-3 slots an instance, one or two node classes, 2-3 models, 1.05-2.5x the rate
-rho_max of all the cores serves, Mode 1 (with running instances) or Mode 2, queue or queue-p99.
+Step 4's last resort then rejects the least loaded last instance's rate (solver.queue_reject), and the
+cores it frees go to rejected streams of pools open on that node. ``bench.bound_sweep.overloaded`` draws the
+clusters: 1-4 nodes of whole or fractional cores, 1-3 slots an instance, one or two node classes, 2-3 models,
+1.05-2.5x the rate rho_max of all the cores serves, Mode 1 (with running instances) or Mode 2, queue or
+queue-p99.
 """
 
 from __future__ import annotations
@@ -107,6 +108,26 @@ def test_a_pool_of_one_instance_gives_up_its_whole_rate_stream_by_stream() -> No
     np.testing.assert_array_equal(np.delete(pools.x, 2, axis=1), np.delete(before_x, 2, axis=1))
     check(pools, bound=False)
     assert not shed_by_rejecting(pools, [2], k)  # nothing left to shed there: nothing changes
+
+
+def test_the_freed_cores_go_to_open_pools_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Seed 1323: n2 (2.02 cores) sheds one of m0's 3 instances (3.6 req/s). Its freed cores would take 2.9 req/s
+    of m2 on a new instance, but the node's cores are then shared by 3 instances (solver.node_cpu.effective_
+    servers) and m0's full pool is priced past saturation: the plan's mean latency went from 68.5 to 274,544
+    ms. The refill opens nothing: the latency stays within 1 % of the plan past the bound; with step 5 run
+    again in its place the check fails."""
+    from solver.queue_plan import mean_latency_ms
+
+    snap, mode, tail = overloaded_seed(1323)
+    q, pools = integer_part(snap, mode, tail)
+    monkeypatch.setattr(queue_repair, "SHED_BY_REJECTING", False)
+    _, off = integer_part(snap, mode, tail)
+    assert mean_latency_ms(q, pools) <= 1.01 * mean_latency_ms(q, off)
+    assert np.all((pools.counts() > 0) <= (off.counts() > 0))  # no pool opened
+    monkeypatch.setattr(queue_repair, "SHED_BY_REJECTING", True)
+    monkeypatch.setattr(queue_repair, "_refill_open_pools", queue_repair._place_rejected)
+    _, step5 = integer_part(snap, mode, tail)
+    assert mean_latency_ms(q, step5) > 100 * mean_latency_ms(q, off)
 
 
 def test_the_golden_inputs_keep_the_bound_and_only_case_39_needed_the_last_resort(

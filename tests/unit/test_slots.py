@@ -230,8 +230,9 @@ def test_full_cores_everywhere_keep_the_bound_with_or_without_slots(
     instances 3-slot; the same cluster without slots (n0: 1 core, a 60 req/s instance) is the same problem.
     Every node's cores are full; m1 ran 1 + 1 + 3 instances where its need is 3 (n3's 3 carry 36.07 req/s, 0.066
     above two at rho_max; the swap that frees one falls 4.5e-5 req/s short). Step 4's last resort rejects the
-    least loaded last instance's rate (solver.queue_reject): m1 serves with 1 + 1 + 2, step 5 gives n3's freed
-    cores to m0's rejected stream, and the served rate is the same; with that step off the bound breaks."""
+    least loaded last instance's rate (solver.queue_reject): m1 serves with 1 + 1 + 2, n3's freed cores go
+    to m0's rejected stream (its pool there is open), and the served rate is the same; with that step off the
+    bound breaks."""
     ids = [f"n{j}" for j in range(4)]
     nodes = tuple(Node(i, 2048.0, 2048.0, 100.0, cores=c) for i, c in zip(ids, (3.0, 1.0, 1.0, 3.0), strict=True))
     nodes = (dataclasses.replace(nodes[0], concurrency=3.0), *nodes[1:])
