@@ -51,7 +51,8 @@ class ModelSpec:
         return float(self.exec_ms.get(node_class, self.exec_ms.get("default", 0.0)))
 
     def expected_throughput_rps(self, node_class: str) -> float:
-        """Requests/s one instance serves on ``node_class``: declared, else 1000 / expected exec_ms."""
+        """Requests/s one instance serves on ``node_class`` one request at a time (one slot): declared, else 1000 /
+        expected exec_ms (the placement counts an instance with c slots as c times this, solver.node_cpu)."""
         declared = self.throughput_rps.get(node_class, self.throughput_rps.get("default"))
         if declared is not None:
             return float(declared)

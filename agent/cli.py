@@ -38,10 +38,10 @@ FLAGS: list[tuple[str, dict[str, Any]]] = [
         "--instance-concurrency",
         {
             "type": float,
-            "help": "requests one model server serves at once (its threads; the placement counts an instance as "
-            "this many servers, at most the cores); 0 (default): the runtime's: the node's cores for "
-            "TF-Serving containers (docker), 1 for the process runtime's stand-in (its model runs under one "
-            "Python lock)",
+            "help": "requests one model server serves at once, each on its own core (the placement counts an "
+            "instance as this many servers, at most the cores; default 1). Raise it where the servers really "
+            "run requests in parallel: TF-Serving on CPU (its thread pool), Triton's instance_group count; "
+            "0: the node's cores. Not for GPU-bound models, nor the stand-in (one Python lock)",
         },
     ),
     (

@@ -12,20 +12,22 @@ Rounds start ``debounce_s`` after election or a membership change and every ``pe
 
 Every instruction carries its round number and every result echoes it, so results of an abandoned
 round (deposed, re-elected, timed out) are ignored. State is bounded: cursors for at most
-``max_nodes`` nodes, a request window of at most ``max_window`` records within ``window_s``.
+``max_nodes`` nodes, a request window of at most ``max_window`` records within ``window_s``, fair between the
+nodes that logged them (agent/request_window.py).
 ``agent/leadership.py`` carries the instructions out over HTTP and in the solver worker.
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
 from agent.hysteresis import Births, HoldConfig, Verdict, judge
 from agent.placement import NodeReport, RequestRecord, desired_sets, make_before_break
+from agent.request_window import RequestWindow
 
 
 # -- events in ---------------------------------------------------------------------------------------
@@ -220,7 +222,7 @@ class LeaderRound:
         self.fenced_at: int | None = None  # a term at or past ours that an agent reported
         self.last_placement: dict[str, Any] | None = None
         self.cursors: OrderedDict[str, int] = OrderedDict()  # node -> last request id taken, LRU order
-        self.window: deque[RequestRecord] = deque(maxlen=config.max_window)
+        self.window = RequestWindow(config.max_window, config.window_s, config.max_clock_ahead_s)
         self.births = Births()  # when each (node, model) count last grew: the minimum dwell
         self.last_running: dict[str, dict[str, int]] = {}  # last round's nodes with instances: who was lost
         self.last_reports: dict[str, NodeReport] = {}  # last round's fresh reports (members only)
@@ -316,10 +318,12 @@ class LeaderRound:
         if isinstance(e, Gathered):
             r.reports[e.node] = e.report
             cursor = self.cursors.get(e.node, 0)
+            fresh = []
             for rid, record in e.page:
                 if rid > cursor:  # ids only grow: at or below the cursor was taken already
-                    self.window.append(replace(record, logged_by=e.node))  # whose word it is
+                    fresh.append(record)
                     cursor = rid
+            self.window.add(e.node, fresh, e.now)  # marked as its word; implausible stamps left out
             self.cursors[e.node] = cursor
             if len(e.page) >= self.config.page_limit:
                 return [Gather(r.number, e.node, r.members[e.node], cursor, self.config.page_limit)]  # more pages
@@ -329,19 +333,11 @@ class LeaderRound:
         return self._solve(r, e.now)
 
     def _solve(self, r: _Round, now: float) -> list[Instruction]:
-        self._expire_window(now)
+        self.window.expire(now)
         self.phase = Phase.SOLVING
         self._expire_targets(r)
         nodes = tuple(r.reports[n] for n in sorted(r.reports))
-        return [Solve(r.number, nodes, tuple(self.window), now, self._status_quo(r))]
-
-    def _expire_window(self, now: float) -> None:
-        """Keep the records stamped within the window: pages from different peers arrive in any order, and a
-        record a peer stamped in the future (or NaN) would otherwise sit at the head and keep every older one in
-        the window behind it, its count inflating the streams' rates round after round."""
-        oldest, newest = now - self.config.window_s, now + self.config.max_clock_ahead_s
-        kept = [r for r in self.window if oldest <= r.ts <= newest]  # NaN compares false: left out
-        self.window = deque(kept, maxlen=self.config.max_window)
+        return [Solve(r.number, nodes, self.window.records(), now, self._status_quo(r))]
 
     def _expire_targets(self, r: _Round) -> None:
         """Count, per (node, model), the rounds a fresh report runs fewer than the target; at ``target_rounds``

@@ -273,7 +273,7 @@ class Leadership:
             self._say_once(f"gather:{g.node}:deadline", "cannot gather stats from %s within %.1f s", g.node,
                            GATHER_DEADLINE_S)  # fmt: skip
             return lr.GatherFailed(self.agent.clock(), g.round, g.node, f"no stats within {GATHER_DEADLINE_S:g} s")
-        except (httpx.HTTPError, KeyError, TypeError, ValueError) as exc:
+        except (httpx.HTTPError, KeyError, TypeError, ValueError, OverflowError) as exc:
             self._say_once(f"gather:{g.node}:{type(exc).__name__}", "cannot gather stats from %s: %s", g.node, exc)
             return lr.GatherFailed(self.agent.clock(), g.round, g.node, f"{type(exc).__name__}: {exc}")
 

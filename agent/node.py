@@ -88,12 +88,11 @@ class NodeState:
 
 
 def model_server_concurrency(s: Settings) -> float:
-    """Requests one of this node's model servers serves at once: the setting, else the runtime's own: a TF-Serving
-    container's thread pools span the node's cores (docker), the stand-in runs its model under one Python lock
-    (process: 1, as docs/architecture.md measures it)."""
-    if s.instance_concurrency:
-        return s.instance_concurrency
-    return max(1.0, s.cores or float(os.cpu_count() or 1)) if s.runtime == "docker" else 1.0
+    """Requests one of this node's model servers serves at once, as the placement counts them: the setting (default
+    1), 0 meaning the node's cores. Not guessed from the runtime: a GPU-bound model or one whose intra-op threads
+    already span the cores serves no faster with more requests at once, and counting it as several servers would
+    plan too few instances; the stand-in runs its model under one Python lock (docs/architecture.md)."""
+    return s.instance_concurrency or max(1.0, s.cores or float(os.cpu_count() or 1))
 
 
 def make_runtime(settings: Settings) -> Runtime:

@@ -98,6 +98,7 @@ def parse_node_report(stats_node: Mapping[str, Any], stats_models: Mapping[str, 
             counts[str(inst["model"])] = counts.get(str(inst["model"]), 0) + 1
         if inst.get("ready"):
             ready[str(inst["model"])] = ready.get(str(inst["model"]), 0) + 1
+    cores = _cores(stats_node.get("cores"))
     return NodeReport(
         node_id=str(stats_node["node_id"]),
         mem_available_mb=float(stats_node["mem_available_mb"]),
@@ -107,8 +108,10 @@ def parse_node_report(stats_node: Mapping[str, Any], stats_models: Mapping[str, 
         instances=counts,
         usage={str(m): dict(v) for m, v in stats_models.get("models", {}).items()},
         ready=ready,
-        cores=_cores(stats_node.get("cores")),
-        concurrency=_concurrency(stats_node.get("concurrency")),
+        cores=cores,
+        # slots are at most the cores: without a (plausible) core count a peer's concurrency counts for nothing
+        # (else 1,024 slots on a node with no limit would draw every stream)
+        concurrency=None if cores is None else _concurrency(stats_node.get("concurrency")),
         load_per_cpu=_positive(stats_node.get("load_per_cpu"), zero=True),
     )
 
@@ -149,7 +152,10 @@ def _positive(value: Any, zero: bool = False) -> float | None:
     """A finite positive float (or zero, where allowed) from a report's optional field; None otherwise."""
     if value is None or isinstance(value, bool):
         return None
-    x = float(value)
+    try:
+        x = float(value)
+    except OverflowError:  # an int past a float's range (10**400 in a peer's JSON)
+        return None
     return x if math.isfinite(x) and (x > 0 or (zero and x == 0)) else None
 
 
@@ -158,8 +164,11 @@ MIN_CORES, MAX_CORES = 1 / 64, 4096.0  # solver.snapshot's bounds (not imported:
 
 def _cores(value: Any) -> float | None:
     """A peer's reported cores within the snapshot's bounds (outside them: unknown, no limit assumed; one peer's
-    out-of-range figure must not make the whole round's snapshot invalid)."""
-    x = _positive(value)
+    out-of-range figure must not make the whole round's snapshot invalid, nor a junk one its whole report)."""
+    try:
+        x = _positive(value)
+    except (TypeError, ValueError):
+        return None
     return x if x is not None and MIN_CORES <= x <= MAX_CORES else None
 
 

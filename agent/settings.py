@@ -45,7 +45,7 @@ class Settings:
     node_class: str = "default"
     compute: float = 100.0
     cores: float = 0.0  # parallel capacity the node's instances share (queue model); 0: os.cpu_count()
-    instance_concurrency: float = 0.0  # requests one model server serves at once (queue model); 0: the runtime's
+    instance_concurrency: float = 1.0  # requests one model server serves at once (queue model); 0: the node's cores
     docker_gpu: bool = False
     provision_wait_s: float = 10.0
     reconcile_interval_s: float = 2.0

@@ -25,6 +25,11 @@
    session 7's Ipopt round off instead (solver.queue_fast.LINEAR_REUSE, solver.queue_model.DROP_IDLE_ROWS
    and UNUSED_POOLS, Ipopt's fast_step_computation, solver.queue_lazy.LAZY_MIN_PAIRS_CORES back to
    LAZY_MIN_PAIRS; the leaner callbacks and the pricing fix stay: docs/solver.md times them apart).
+   ``--warm-before`` fills it with the same queue solve from session 9's warm start instead (solver.queue_warm's
+   column generation on budgets a few millionths above the NLP's from HiGHS's slack basis, Ipopt's bounds relaxed
+   by 1e-8, mu 1e-9: the switches ``queue_warm.INNER``, ``EXACT_BOUNDS``, ``queue_dual.FEASIBLE_BASIS`` and
+   ``CAP_LEVEL`` off)
+   and the summary adds its queue / LP and relaxation / LP medians.
    ``--cold-ipopt`` adds columns: the same queue solve with solver.queue_warm switched off (Ipopt cold on
    the binding nodes, the path before it), timed on the same snapshots right after: its relaxation ms,
    relaxation / LP, Ipopt iterations, and the warm relaxation's speed-up over it (same run, same load).
@@ -33,7 +38,8 @@
    relaxation ms, relaxation / LP, and how much faster the warm path is now ("x").
 
     .venv/bin/python bench/queue_bench.py [--seeds N] [--solve-only] [--proven-cg] [--cores N [N ...]]
-                                          [--plain-start | --nlp-before] [--cold-ipopt] [--tight-cg]
+                                          [--plain-start | --nlp-before | --warm-before] [--cold-ipopt]
+                                          [--tight-cg]
                                           [--reference-closing] [--json]
 """
 
@@ -101,6 +107,13 @@ def nlp_before(on: bool) -> None:
         queue_model.IPOPT_NLP_COMPACT |= fast
 
 
+def warm_before(on: bool) -> None:
+    """Solve the binding nodes' relaxation from session 9's warm start (``on``) or as now."""
+    from solver import queue_dual, queue_warm
+
+    queue_warm.INNER = queue_warm.EXACT_BOUNDS = queue_dual.FEASIBLE_BASIS = queue_dual.CAP_LEVEL = not on
+
+
 def cold_ipopt(on: bool) -> None:
     """Solve the binding nodes' relaxation by cold Ipopt (``on``: solver.queue_warm off) or as now."""
     from solver import queue_warm
@@ -155,11 +168,12 @@ def solve_times(
             nlp = statistics.median(t for t, _, _ in queue)
             relax = statistics.median(r for _, r, _ in queue)
             p99 = statistics.median(cpu_ms(s, "queue-p99", mode) for s in snaps)
-            old = float("nan")
+            old = old_relax = float("nan")
             if before:
                 switch(True)
-                old = statistics.median(timed(s, "queue", mode)[0] for s in snaps)
+                earlier = [timed(s, "queue", mode) for s in snaps]
                 switch(False)
+                old, old_relax = (statistics.median(t[i] for t in earlier) for i in (0, 1))
             unwarmed = [(float("nan"), float("nan"), 0)]
             if cold:
                 cold_ipopt(True)
@@ -187,6 +201,8 @@ def solve_times(
                     "p99_ratio": p99 / lp,
                     "plain_start_ms": old,
                     "plain_start_speedup": old / nlp,
+                    "before_ratio": old / lp,
+                    "before_relaxation_ratio": old_relax / lp,
                     "iterations": statistics.median(i for _, _, i in queue),
                     "cold_relaxation_ms": cold_relax,
                     "cold_relaxation_ratio": cold_relax / lp,
@@ -221,6 +237,8 @@ def summary(rows: list[dict[str, Any]]) -> dict[str, float]:
         speedups = [r["plain_start_speedup"] for r in thesis if r["plain_start_speedup"] == r["plain_start_speedup"]]
         if speedups:
             out[f"{tag}speedup_median"] = statistics.median(speedups)
+            for key in ("before_ratio", "before_relaxation_ratio"):
+                out[f"{tag}{key}_median"] = statistics.median(r[key] for r in thesis)
         colds = [r for r in thesis if r["cold_relaxation_ms"] == r["cold_relaxation_ms"]]
         if colds:
             out[f"{tag}cold_relaxation_ratio_median"] = statistics.median(r["cold_relaxation_ratio"] for r in colds)
@@ -265,6 +283,9 @@ def main() -> None:
                     help="also time each queue solve from the plain start (before solver.queue_start)")  # fmt: skip
     ap.add_argument("--nlp-before", action="store_true",
                     help="also time each queue solve with session 7's NLP switches off")  # fmt: skip
+    ap.add_argument("--warm-before", action="store_true",
+                    help="also time each queue solve from session 9's warm start "
+                         "(queue_warm.INNER, EXACT_BOUNDS off)")  # fmt: skip
     ap.add_argument("--cold-ipopt", action="store_true",
                     help="also time each queue solve with solver.queue_warm off (cold Ipopt, as before)")  # fmt: skip
     ap.add_argument("--tight-cg", action="store_true",
@@ -282,7 +303,8 @@ def main() -> None:
 
         queue_dual.ENABLED = True
     tune_solver_process()
-    before, switch = args.plain_start or args.nlp_before, nlp_before if args.nlp_before else plain_start
+    before = args.plain_start or args.nlp_before or args.warm_before
+    switch = nlp_before if args.nlp_before else warm_before if args.warm_before else plain_start
     runs = [(c, solve_times(args.seeds, c or None, before, args.cold_ipopt, switch, args.tight_cg)) for c in args.cores]
     loads = [] if args.solve_only else workloads()
     if args.json:
@@ -340,7 +362,13 @@ def print_summary(cores: float, times: list[dict[str, Any]]) -> None:
             f"relaxation / LP: median {s[tag + 'relaxation_ratio_median']:.2f} "
             f"max {s[tag + 'relaxation_ratio_max']:.2f}; queue-p99 / LP: median {s[tag + 'p99_ratio_median']:.2f} "
             f"max {s[tag + 'p99_ratio_max']:.2f}"
-            + (f"; before / now: median {s[tag + 'speedup_median']:.2f}" if tag + "speedup_median" in s else "")
+            + (
+                f"; before / now: median {s[tag + 'speedup_median']:.2f} (before: queue / LP median "
+                f"{s[tag + 'before_ratio_median']:.2f}, relaxation / LP median "
+                f"{s[tag + 'before_relaxation_ratio_median']:.2f})"
+                if tag + "speedup_median" in s
+                else ""
+            )
             + (
                 f"; cold Ipopt relaxation / LP: median {s[tag + 'cold_relaxation_ratio_median']:.2f}, Ipopt "
                 f"iterations median {s[tag + 'iterations_median']:.0f} (cold {s[tag + 'cold_iterations_median']:.0f})"

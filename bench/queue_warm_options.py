@@ -7,7 +7,10 @@ its start, as ``details.iterations`` does; the cold fallback's included where th
 median and mean, and how many R(S) the warm path declined. Iteration counts, not times: they do not depend
 on the machine's load. ``push`` sets every ``warm_start_*_push`` and ``*_frac`` option; ``slivers`` switches
 ``queue_warm.SLIVERS``; ``cold`` solves with the warm path off (the path before it); ``gap`` sets
-``queue_warm.GAP``, the column generation's proven gap at the warm start (1e-8: as before cgfast).
+``queue_warm.GAP``, the column generation's proven gap at the warm start (1e-8: as before cgfast); ``inner``
+switches ``queue_warm.INNER`` (the column generation's budgets inside the NLP's), ``exact`` ``queue_warm.EXACT_BOUNDS``
+(Ipopt's bounds exact, mu 1e-10; off: relaxed by 1e-8, mu 1e-9), ``basis`` ``queue_dual.FEASIBLE_BASIS``, ``cap``
+``queue_dual.CAP_LEVEL``; ``session9`` all four off (the warm start before session 10).
 
     .venv/bin/python bench/queue_warm_options.py [--json]
 """
@@ -19,7 +22,7 @@ import json
 import statistics
 from typing import Any
 
-from solver import queue_fast, queue_warm
+from solver import queue_dual, queue_fast, queue_warm
 from solver.problem import Mode, build_problem
 from solver.queue_fast import solve_nlp_fast
 from solver.queue_model import QueueProblem, build_queue_problem
@@ -30,6 +33,11 @@ SIZES = [(r, 10) for r in SWEEPS["requests"]] + [(25, n) for n in SWEEPS["nodes"
 OPTION_SETS: list[dict[str, Any]] = [
     {},
     {"cold": True},
+    {"session9": True},
+    {"inner": False},
+    {"exact": False},
+    {"basis": False},
+    {"cap": False},
     {"gap": 1e-8},
     {"gap": 1e-2},
     {"slivers": False},
@@ -38,7 +46,8 @@ OPTION_SETS: list[dict[str, Any]] = [
     {"push": 1e-12},
     {"mu_init": 1e-7},
     {"mu_init": 1e-8},
-    {"mu_init": 1e-10},
+    {"mu_init": 1e-9},
+    {"mu_init": 1e-11},
     {"mu_strategy": "adaptive"},
     {"nlp_scaling_method": "none"},
     {"tol": 1e-7},
@@ -63,6 +72,7 @@ def problems() -> list[QueueProblem]:
 def measure(qs: list[QueueProblem], change: dict[str, Any]) -> dict[str, Any]:
     """Iterations per relaxation with ``change`` applied over the default options (restored after)."""
     saved = (dict(queue_warm.WARM_OPTIONS), queue_warm.SLIVERS, queue_warm.ENABLED, queue_warm.GAP)
+    switches = (queue_warm.INNER, queue_warm.EXACT_BOUNDS, queue_dual.FEASIBLE_BASIS, queue_dual.CAP_LEVEL)
     declined = 0
     real = queue_warm.solve_certified
 
@@ -76,6 +86,11 @@ def measure(qs: list[QueueProblem], change: dict[str, Any]) -> dict[str, Any]:
     queue_warm.ENABLED = not rest.pop("cold", False)
     queue_warm.SLIVERS = rest.pop("slivers", True)
     queue_warm.GAP = rest.pop("gap", saved[3])
+    before = not rest.pop("session9", False)
+    queue_warm.INNER = rest.pop("inner", before)
+    queue_warm.EXACT_BOUNDS = rest.pop("exact", before)
+    queue_dual.FEASIBLE_BASIS = rest.pop("basis", before)
+    queue_dual.CAP_LEVEL = rest.pop("cap", before)
     push = rest.pop("push", None)
     if push is not None:
         queue_warm.WARM_OPTIONS.update(dict.fromkeys(PUSH_KEYS, push))
@@ -88,6 +103,7 @@ def measure(qs: list[QueueProblem], change: dict[str, Any]) -> dict[str, Any]:
         queue_warm.WARM_OPTIONS.clear()
         queue_warm.WARM_OPTIONS.update(saved[0])
         queue_warm.SLIVERS, queue_warm.ENABLED, queue_warm.GAP = saved[1], saved[2], saved[3]
+        queue_warm.INNER, queue_warm.EXACT_BOUNDS, queue_dual.FEASIBLE_BASIS, queue_dual.CAP_LEVEL = switches
     return {"change": change, "median": statistics.median(its), "mean": statistics.fmean(its), "declined": declined}
 
 

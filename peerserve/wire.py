@@ -13,7 +13,6 @@ agent and client can both use this module.
 from __future__ import annotations
 
 import hashlib
-import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -79,7 +78,8 @@ def _float(data: Mapping[str, Any], key: str, optional: bool = False, default: f
     v = data.get(key, default)
     if v is None and optional:
         return None
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not 0 <= v <= MAX_NUMBER:
+    # compared, not converted: NaN fails, and an int past a float's range is refused rather than overflowing
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= MAX_NUMBER:
         raise WireError(f"{key!r} must be a finite number in [0, {MAX_NUMBER:g}]")
     return float(v)
 
@@ -260,20 +260,26 @@ class DesiredCommand:
 
 @dataclass(frozen=True)
 class NodeStats:
-    """GET /stats/node, as the leader consumes it: capacity and running instances (validated only)."""
+    """GET /stats/node, as the leader consumes it: capacity, the queue model's figures and running instances
+    (validated only: agent/placement.py bounds the figures)."""
 
     node_id: str
     node_class: str
     compute: float
     mem_available_mb: float
     mem_total_mb: float
-    instances: tuple[tuple[str, bool, bool], ...]  # (model, running, ready)
+    instances: tuple[tuple[str, bool, bool, bool], ...]  # (model, running, ready, draining)
+    cores: float | None = None  # the parallel capacity its instances share
+    concurrency: float | None = None  # requests one of its instances serves at once
+    load_per_cpu: float | None = None  # runnable threads per CPU of its machine
 
     def to_json(self) -> dict[str, Any]:
-        instances = [{"model": m, "running": run, "ready": ready} for m, run, ready in self.instances]
+        instances = [{"model": m, "running": run, "ready": ready, "draining": draining}
+                     for m, run, ready, draining in self.instances]  # fmt: skip
+        figures = {"cores": self.cores, "concurrency": self.concurrency, "load_per_cpu": self.load_per_cpu}
         return {"node_id": self.node_id, "node_class": self.node_class, "compute": self.compute,
                 "mem_available_mb": self.mem_available_mb, "mem_total_mb": self.mem_total_mb,
-                "instances": instances}  # fmt: skip
+                "instances": instances, **{k: v for k, v in figures.items() if v is not None}}  # fmt: skip
 
     @classmethod
     def parse(cls, data: Any) -> NodeStats:
@@ -286,9 +292,10 @@ class NodeStats:
             i = _obj(item, "instance")
             if not valid_model(i.get("model")) or not isinstance(i.get("running"), bool):
                 raise WireError("an instance needs a model name and a boolean 'running'")
-            instances.append((i["model"], i["running"], bool(i.get("ready", False))))
+            instances.append((i["model"], i["running"], i.get("ready") is True, i.get("draining") is True))
         return cls(_node(d, "node_id"), _str(d, "node_class", default="default"), _float(d, "compute"),
-                   _float(d, "mem_available_mb"), _float(d, "mem_total_mb"), tuple(instances))  # fmt: skip
+                   _float(d, "mem_available_mb"), _float(d, "mem_total_mb"), tuple(instances),
+                   *(_float(d, k, optional=True) for k in ("cores", "concurrency", "load_per_cpu")))  # fmt: skip
 
 
 @dataclass(frozen=True)

@@ -24,10 +24,11 @@ from typing import Any
 
 import numpy as np
 
-from solver.node_cpu import effective_servers
+from solver.node_cpu import effective_servers, node_slots
 from solver.problem import FloatArray, Mode, build_problem, running_instances
 from solver.queue_model import QueueProblem, build_queue_problem
 from solver.queue_plan import MAX_SPREAD_SITES
+from solver.queueing import requests_at_instance
 from solver.snapshot import Snapshot
 
 EVAL_RHO = 0.999  # the delay is M/M/1 up to this load when valuing a placement (as mean_latency_ms does)
@@ -231,9 +232,10 @@ def _spread(q: QueueProblem, x: FloatArray) -> list[dict[str, Any]]:
 
 
 def _planned_queue(q: QueueProblem, n: FloatArray, lam: FloatArray) -> dict[str, dict[str, float]]:
-    """Per node and model with traffic: the M/M/1 mean number of requests at one instance."""
+    """Per node and model with traffic: the mean number of requests at one instance (M/M/c L over its slots)."""
     out: dict[str, dict[str, float]] = {}
+    slots = node_slots(q.base).tolist()
     for j, k in zip(*np.nonzero((n > 0) & (lam > 0)), strict=True):
         rho = min(float(lam[j, k] / (n[j, k] * q.mu[j, k])), EVAL_RHO)
-        out.setdefault(q.base.node_ids[j], {})[q.base.model_names[k]] = round(rho / (1.0 - rho), 6)
+        out.setdefault(q.base.node_ids[j], {})[q.base.model_names[k]] = round(requests_at_instance(rho, slots[j]), 6)
     return out

@@ -35,7 +35,7 @@ def integer_objective(pools: Pools, state: tuple[FloatArray, IntArray] | None = 
 
     ``state``: the current (lam, counts), where the caller has them."""
     q, p = pools.q, pools.q.base
-    lam, counts = (pools.lam(), pools.counts()) if state is None else state
+    lam, counts = pools.state() if state is None else state
     total = float((pools.x * p.cost).sum()) + pools.penalty * float(pools.rejected.sum())
     total += q.instance_cost * float(np.maximum(counts - p.free, 0).sum())
     open_ = counts > 0
@@ -48,7 +48,7 @@ def integer_objective(pools: Pools, state: tuple[FloatArray, IntArray] | None = 
 def spread_excess(pools: Pools, k: int) -> bool:
     """Whether model k runs more instances in some node class than its need at ``rho_max`` plus one spare."""
     q = pools.q
-    lam, counts = pools.lam(), pools.counts()
+    lam, counts = pools.state()
     load = np.bincount(pools.node_group, weights=lam[:, k] / (q.rho_max * q.mu[:, k]))
     running = np.bincount(pools.node_group, weights=counts[:, k])
     return bool(np.any(running > np.ceil(load - 1e-9) + 1))
@@ -98,7 +98,7 @@ def _worth_trying(pools: Pools, j: int, k: int, state: tuple[FloatArray, IntArra
     """Whether closing pool (j, k) could pay (``close_screen``'s bound for this pool).
 
     ``state``: the current (lam, counts), where the caller has them."""
-    lam, counts = state if state is not None else (pools.lam(), pools.counts())
+    lam, counts = state if state is not None else pools.state()
     if counts[j, k] == 0 or not np.any(np.delete(counts[:, k], j) > 0):
         return False
     p = pools.q.base
@@ -183,7 +183,7 @@ def _close_one(pools: Pools, failed: dict[tuple[int, int], Signature] | None = N
     p = pools.q.base
     before = integer_objective(pools)
     failed = {} if failed is None else failed
-    lam, counts = pools.lam(), pools.counts()
+    lam, counts = pools.state()
     new = np.maximum(counts - p.free, 0)
     mem, comp = new @ p.mem, new @ p.comp
     for j, k in _open_pools(pools):

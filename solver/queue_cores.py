@@ -33,7 +33,7 @@ TRIM_TO_ROOM = True  # switched off only to show the bound's tests failing witho
 def gather_making_room(pools: Pools, src: int, k: int, nodes: list[int]) -> bool:
     """Empty pool (src, k) into one open pool of model k on ``nodes`` after making core room there."""
     q, p = pools.q, pools.q.base
-    lam, counts = pools.lam(), pools.counts()
+    lam, counts = pools.state()
     if not np.isfinite(pools.cores[nodes]).any() or lam[src, k] <= TINY:
         return False
     dsts = [j for j in nodes if j != src and counts[j, k] > 0 and np.isfinite(pools.cores[j])]
@@ -93,7 +93,7 @@ def shed_making_room(pools: Pools, nodes: list[int], k: int) -> bool:
     """One instance fewer for model k on ``nodes``: a pool's rate above one instance fewer at ``rho_max`` moves
     into another open pool's headroom on ``nodes`` after core room is made there (module docstring)."""
     q, p = pools.q, pools.q.base
-    lam, counts = pools.lam(), pools.counts()
+    lam, counts = pools.state()
     top = q.rho_max * q.mu[:, k]
     if not np.isfinite(pools.cores[nodes]).any():
         return False

@@ -42,6 +42,10 @@ MIN_LOAD = 1e-6  # least per-instance load of a column (a pool whose instances c
 # first LP: loads also at these multiples of the instance price (measured on the bench's R(S) problems: 7.1 -> 5.6
 # LP solves per R(S), 8.1 -> 7.5 ms)
 START_LADDER: tuple[float, ...] = (3.0, 10.0, 30.0, 100.0)
+CAP_LEVEL = True  # ... and at the pool's load cap, where a pool whose core or memory row binds runs, for the warm
+# start (``inner``; session 10: 3.19 -> 2.61 LP solves per R(S) of bench/queue_bench.py at 1 core, 3.53 -> 3.35 at
+# 2, the same without cores). This LP's own answer (``ENABLED``, off by default) keeps the ladder it was tested
+# with; the warm path's answer is Ipopt's, certified by pricing, whatever vertex the LP ends at.
 # HiGHS's options for the column generation's LP (tiny, re-solved from its last basis after each round's columns)
 HIGHS_OPTIONS: dict[str, Any] = {
     "output_flag": False,
@@ -49,6 +53,9 @@ HIGHS_OPTIONS: dict[str, Any] = {
     "presolve": "off",  # measured: 20 % less time on these small LPs, re-solved from a basis
     "simplex_strategy": 4,  # primal: the basis stays feasible when columns join (7 % less per R(S), same optima)
 }
+FEASIBLE_BASIS = True  # the first LP starts from a feasible basis (every stream rejected, one load column per pool
+# basic at 0, the budget rows' slacks basic) instead of HiGHS's slack basis, which is infeasible on the assignment
+# rows: 195 -> 114 simplex iterations in the first LP of the bench's cored relaxations, the same optima
 SMOOTH = 0.5  # weight of the best bound's prices in the smoothed prices (Wentges)
 PROVE = True  # stop only at a proven optimum (switched off only to show the oracle test failing)
 # Off by default as the relaxation's answer: issue 16 asks that Ipopt solve the nonlinear relaxation
@@ -105,7 +112,9 @@ class Proof:
     pool: FloatArray
 
 
-def prove_lp(q: QueueProblem, allowed: BoolArray, gap: float = GAP, exact_slack: bool = True) -> Proof | None:
+def prove_lp(
+    q: QueueProblem, allowed: BoolArray, gap: float = GAP, exact_slack: bool = True, inner: bool = False
+) -> Proof | None:
     """``prove`` with the LP's duals at its optimum (``Proof``), to relative ``gap``. ``exact_slack=False``: the
     rows carry the N_MIN slack of every pool from the start (no re-solve when the pools with rate change; the
     LP then relaxes R(S) by a few millionths of an instance per pool: for a warm start, not as R(S)'s answer)."""
@@ -117,9 +126,13 @@ def prove_lp(q: QueueProblem, allowed: BoolArray, gap: float = GAP, exact_slack:
     except ImportError:  # pragma: no cover - depends on the install
         return None
     lp = _Lp(q, allowed, highspy)
-    if not exact_slack:
+    if inner:
+        lp.budgets_inner()
+    elif not exact_slack:
         lp.budgets_for(np.ones(q.mu.shape, dtype=bool))
-    zero = _start_levels(q, lp)
+    zero = _start_levels(q, lp, CAP_LEVEL and inner)
+    if FEASIBLE_BASIS:
+        lp.feasible_basis()
     best = -math.inf
     best_prices = zero
     for rounds in range(1, MAX_ROUNDS + 1):
@@ -133,26 +146,30 @@ def prove_lp(q: QueueProblem, allowed: BoolArray, gap: float = GAP, exact_slack:
         upper = nlp_value(q, x, r, n)
         # Wentges smoothing: new loads at the LP's prices and between them and the best bound's prices
         mixed = _smoothed(prices, best_prices)
+        loads = []  # each candidate's best loads: the bound's, and the next round's load columns
         for cand in (prices, mixed):
-            lower = lagrangian_bound(q, allowed, *cand, budgets=lp.budgets, cores=lp.cores)
+            lower, t = bound_and_loads(q, allowed, cand, lp.budgets, lp.cores)
+            loads.append(t)
             if lower > best:
                 best, best_prices = lower, cand
         if upper - best <= gap * max(1.0, abs(upper)) or not PROVE:
             log.debug("R(S) by column generation: %d rounds, gap %.2e", rounds, upper - best)
             found = NlpSolution(x, r, lam, n, upper, "optimal", 0, rounds, int(allowed.sum()), servers=lp.servers(n))
             return Proof(found, best_prices, lp.reduced_costs(), *lp.row_multipliers())
-        lp.add_levels([best_load(q, _price(q, *prices, lp.cores))[0], best_load(q, _price(q, *mixed, lp.cores))[0]])
+        lp.add_levels(loads)
     log.info("R(S) by column generation: no proof after %d rounds; Ipopt solves it", MAX_ROUNDS)
     return None
 
 
-def _start_levels(q: QueueProblem, lp: _Lp) -> Prices:
-    """Add the first LP's loads (at no row price, and ``START_LADDER`` times the instance price); the zero prices."""
+def _start_levels(q: QueueProblem, lp: _Lp, cap: bool = False) -> Prices:
+    """Add the first LP's loads (at no row price, ``START_LADDER`` times the instance price, and with ``cap`` each
+    pool's load cap); the zero prices."""
     nothing = np.zeros(q.base.n_nodes)
     zero: Prices = (nothing, nothing, np.full(q.mu.shape, q.instance_cost), nothing)
     price = _price(q, *zero, lp.cores)
     # loads at higher instance prices too, as if memory, compute or cores were priced
-    lp.add_levels([best_load(q, factor * price)[0] for factor in (1.0, *START_LADDER)])
+    loads = [best_load(q, factor * price)[0] for factor in (1.0, *START_LADDER)]
+    lp.add_levels([*loads, q.cap() * q.mu] if cap else loads)
     return zero
 
 
@@ -230,18 +247,34 @@ def lagrangian_bound(
     n - new <= free relaxed at v (0 <= v <= the instance's price), such a pool's instances cost v each and
     the free ones are worth v free; with a node's core row sum_k n <= cores relaxed at c, each of its
     instances costs c more and its cores are worth c cores."""
+    prices = (mem_price, comp_price, link_price, core_price)
+    return bound_and_loads(q, allowed, prices, budgets, cores)[0]
+
+
+def bound_and_loads(
+    q: QueueProblem,
+    allowed: BoolArray,
+    prices: tuple[FloatArray, FloatArray, FloatArray, FloatArray | None],
+    budgets: tuple[FloatArray, FloatArray, FloatArray] | None = None,
+    cores: FloatArray | None = None,
+) -> tuple[float, FloatArray]:
+    """``lagrangian_bound`` at ``prices`` (memory, compute, link, core) and each pool's best load t* [j, k] there
+    (the bound's instance prices, computed once for both: the column generation adds those loads next)."""
     p = q.base
+    mem_price, comp_price, link_price, core_price = prices
     price = _price(q, mem_price, comp_price, link_price, core_price, cores)
-    _, w = best_load(q, price)
+    t, w = best_load(q, price)
     per = np.where(allowed, p.cost + w[:, p.class_model].T, np.inf).min(axis=1)
     outside = q.r_cost if q.r_cost is not None else np.full(p.n_classes, q.penalty())
     served = np.minimum(per, outside)
     mem_b, comp_b, core_b = budgets if budgets is not None else (*_plain_budgets(q), core_capacity(q))
-    link = _price(q, mem_price, comp_price, link_price)  # without the core price: that is paid on core_b
-    reused = float((np.where(p.free > 0, link, 0.0) * p.free).sum())
+    reused = 0.0
+    if (p.free > 0).any():
+        link = _price(q, mem_price, comp_price, link_price)  # without the core price: that is paid on core_b
+        reused = float((np.where(p.free > 0, link, 0.0) * p.free).sum())
     cored = np.isfinite(core_b)
     on_cores = 0.0 if core_price is None else float(np.where(cored, core_price, 0.0) @ np.where(cored, core_b, 0.0))
-    return float(q.rate @ served - mem_price @ mem_b - comp_price @ comp_b - on_cores - reused)
+    return float(q.rate @ served - mem_price @ mem_b - comp_price @ comp_b - on_cores - reused), t
 
 
 def _plain_budgets(q: QueueProblem) -> tuple[FloatArray, FloatArray]:
@@ -335,6 +368,34 @@ class _Lp:
         bounds = np.concatenate([*self.budgets[:2], self.budgets[2][self.cored]])
         self.h.changeRowsBounds(len(rows), rows, np.full(len(rows), -math.inf), bounds)
         return True
+
+    def budgets_inner(self) -> None:
+        """Set the rows' budgets inside the NLP's: the plain memory and compute budgets and each node's cores less
+        N_MIN per pool, so the LP's point with every pool at n >= N_MIN keeps the NLP's rows (a feasible warm
+        start; the LP's optimum lies a few millionths of an instance's price above R(S)'s)."""
+        mem, comp = _plain_budgets(self.q)
+        self.budgets = (mem, comp, self.core_cap - N_MIN * self.K)
+        rows = self.C + self.J * self.K + np.arange(2 * self.J, dtype=np.int32)
+        rows = np.concatenate([rows, self.core0 + np.arange(len(self.cored), dtype=np.int32)])
+        bounds = np.concatenate([*self.budgets[:2], self.budgets[2][self.cored]])
+        self.h.changeRowsBounds(len(rows), rows, np.full(len(rows), -math.inf), bounds)
+        self.active = np.ones((self.J, self.K), dtype=bool)
+        self.served = np.ones((self.J, self.K), dtype=bool)
+
+    def feasible_basis(self) -> None:
+        """Start HiGHS from a feasible basis: the rejections r basic in the assignment rows (every stream
+        rejected), each pool's first load column basic at 0 in its balance row, the budget rows' slacks basic.
+        Triangular, hence a basis; the point x = 0, r = rate keeps every row (the budgets are >= 0)."""
+        hs, kind = self.hs, self.hs.HighsBasisStatus
+        P = self.J * self.K
+        first = self.X + self.C + self.R  # the first load level's columns, one per pool
+        cols = [kind.kLower] * (first + len(self.levels) * P)
+        cols[self.X : self.X + self.C] = [kind.kBasic] * self.C
+        cols[first : first + P] = [kind.kBasic] * P
+        rows = [kind.kLower] * (self.C + P) + [kind.kBasic] * (self.core0 + len(self.cored) - self.C - P)
+        basis = hs.HighsBasis()
+        basis.col_status, basis.row_status, basis.valid = cols, rows, True
+        self.h.setBasis(basis)
 
     def _level_structure(self) -> None:
         """The pattern every load column shares, per pool: its balance row (1), its memory row (or its link

@@ -16,13 +16,14 @@ from typing import Any
 import numpy as np
 
 from solver.capacity import violations
-from solver.node_cpu import effective_servers
+from solver.node_cpu import effective_servers, node_slots
 from solver.plan import Plan, Rejection
 from solver.problem import FloatArray, IntArray, Mode, Problem, plan_actions, plan_instances, running_instances
 from solver.queue_close_fast import close_pools_fast
 from solver.queue_fast import solve_nlp_fast
 from solver.queue_model import QueueProblem, build_queue_problem
 from solver.queue_repair import Pools, repair
+from solver.queueing import requests_at_instance
 from solver.tail_cap import with_tail_cap
 
 SEED_COUNTS = True  # whole counts follow the relaxation's where budgets allow (solver.queue_seed)
@@ -122,13 +123,14 @@ def _positive(x: FloatArray) -> list[list[int]]:
 
 
 def planned_queue(q: QueueProblem, pools: Pools) -> dict[str, dict[str, float]]:
-    """Per node and model: the mean number of requests at one instance under the plan (M/M/1 L)."""
-    lam, counts = pools.lam(), pools.counts()
+    """Per node and model: the mean number of requests at one instance under the plan (M/M/c L over its slots)."""
+    lam, counts = pools.state()
     servers = effective_servers(counts, pools.cores)  # a node's cores shared by its instances
+    slots = node_slots(q.base).tolist()
     out: dict[str, dict[str, float]] = {}
     for j, k in zip(*np.nonzero(counts > 0), strict=True):
         rho = min(float(lam[j, k] / (servers[j, k] * q.mu[j, k])), 0.999)
-        out.setdefault(q.base.node_ids[j], {})[q.base.model_names[k]] = round(rho / (1.0 - rho), 6)
+        out.setdefault(q.base.node_ids[j], {})[q.base.model_names[k]] = round(requests_at_instance(rho, slots[j]), 6)
     return out
 
 

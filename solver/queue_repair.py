@@ -51,6 +51,8 @@ BOUND_STEP_5 = True  # step 5 opens no instance past the bound nor for a sliver 
 SHED_BY_MOVING = True  # step 4's last resort: move rate into other pools' headroom to free one instance
 SHED_BY_REJECTING = True  # where no move frees one: reject the least loaded last instance's rate (queue_reject)
 KEEP_EXACT_STATE = True  # step 5 keeps its rates' state where an undone move restored them bit for bit (exact)
+CORES_FIRST = True  # best_destination tests core room first and stops where no node has it (exact)
+SLIVER_FIRST = True  # step 5 refuses a sliver into an empty pool before computing the move's counts (exact)
 SKIP_FULL_CORES = True  # step 5 passes over a class whose model has no core room anywhere (exact: nothing moves)
 
 
@@ -80,6 +82,11 @@ class Pools:
 
     def counts(self) -> IntArray:
         return needed(self.lam(), self.cap)
+
+    def state(self) -> tuple[FloatArray, IntArray]:
+        """(``lam()``, ``counts()``) with the rates read once (the same values as reading them twice)."""
+        lam = self.lam()
+        return lam, needed(lam, self.cap)
 
     def over_budget(self, counts: IntArray, lam: FloatArray | None = None) -> list[int]:
         """Nodes whose new instances exceed memory or compute, or whose busy work exceeds their cores (``lam``: the
@@ -116,7 +123,7 @@ class Pools:
 
     def room_state(self) -> RoomState:
         """What ``room`` reads of the current rates: pool rates, counts, new instances and each node's core room."""
-        lam, counts = self.lam(), self.counts()
+        lam, counts = self.state()
         by_core = core_room(lam, self.q.mu, self.cores, self.q.rho_max)
         return lam, counts, np.maximum(counts - self.q.base.free, 0), by_core
 
@@ -145,18 +152,20 @@ class Pools:
         """
         p = self.q.base
         k = int(p.class_model[c])
-        lam, counts = state if state is not None else (self.lam(), self.counts())
-        after = needed(lam[:, k] + amount, self.cap[:, k])  # [j] pool k's count with the amount added
-        new = np.maximum(counts - p.free, 0)
-        grown = np.maximum(after - p.free[:, k], 0) - new[:, k]  # [j] change in new instances of model k
-        fits = (new @ p.mem + grown * p.mem[k] <= p.mem_budget + TINY) & (
-            new @ p.comp + grown * p.comp[k] <= p.comp_budget + TINY
-        )
-        fits &= core_room(lam, self.q.mu, self.cores, self.q.rho_max) >= amount / self.q.mu[:, k] * (1 + 1e-9)
+        lam, counts = state if state is not None else self.state()
+        fits = core_room(lam, self.q.mu, self.cores, self.q.rho_max) >= amount / self.q.mu[:, k] * (1 + 1e-9)
         if exclude:
             fits[list(exclude)] = False
         if open_only:
             fits &= counts[:, k] > 0
+        if CORES_FIRST and not fits.any():
+            return None  # no node has the core room (and the other tests only narrow it): as below, sooner
+        after = needed(lam[:, k] + amount, self.cap[:, k])  # [j] pool k's count with the amount added
+        new = np.maximum(counts - p.free, 0)
+        grown = np.maximum(after - p.free[:, k], 0) - new[:, k]  # [j] change in new instances of model k
+        fits &= (new @ p.mem + grown * p.mem[k] <= p.mem_budget + TINY) & (
+            new @ p.comp + grown * p.comp[k] <= p.comp_budget + TINY
+        )
         if not fits.any():
             return None
         stays = fits & (after <= counts[:, k])  # no new instance first (as min over (grows, cost, j))
@@ -219,7 +228,7 @@ def _sweep_residue(pools: Pools) -> None:
 def _evacuate(pools: Pools, j: int, k: int, exclude: set[int]) -> bool:
     """Move every stream of pool (j, k) into other open pools; False (nothing moved) if some part fits nowhere."""
     saved = pools.x.copy()
-    lam, counts = pools.lam(), pools.counts()
+    lam, counts = pools.state()
     for c in np.nonzero((pools.q.base.class_model == k) & (pools.x[:, j] > 0))[0].tolist():
         amount = float(pools.x[c, j])
         dst = pools.best_destination(c, amount, exclude | {j}, open_only=True, state=(lam, counts))
@@ -239,7 +248,7 @@ def _fix_cores(pools: Pools) -> None:
     a pool on a node with cores that Ipopt's tolerance left a hair above whole instances at its cap (where
     the core row binds) sheds the hair, so it does not count one instance more."""
     q, p = pools.q, pools.q.base
-    lam, counts = pools.lam(), pools.counts()
+    lam, counts = pools.state()
     hair = np.isfinite(pools.cores)[:, None] & (counts > needed(lam * (1 - 1e-6), pools.cap))
     for j, k in zip(*np.nonzero(hair), strict=True):
         excess = float(lam[j, k] - (counts[j, k] - 1) * pools.cap[j, k])
@@ -329,7 +338,7 @@ def _within_bound(pools: Pools) -> dict[tuple[int, str], bool]:
     """(model, node class) -> whether its pools are within the spread bound with a margin that float
     summation order cannot cross (vectorised; ``_bound_spread`` skips those)."""
     q = pools.q
-    lam, counts = pools.lam(), pools.counts()
+    lam, counts = pools.state()
     load = (lam / (q.rho_max * q.mu)).T  # [k, j]
     out = {}
     for g in set(q.node_class):
@@ -382,7 +391,7 @@ def _shed_instance(pools: Pools, nodes: list[int], k: int, state: tuple[FloatArr
     """One instance fewer in the pool of ``nodes`` that stays least loaded without it, at most ``rho_max``
     (``state``: the current (lam, counts), where the caller has them)."""
     q = pools.q
-    lam, counts = (pools.lam(), pools.counts()) if state is None else state
+    lam, counts = pools.state() if state is None else state
     options = [
         (float(lam[j, k] / ((counts[j, k] - 1) * q.mu[j, k])), j)
         for j in nodes
@@ -401,7 +410,7 @@ def _shed_by_moving(pools: Pools, nodes: list[int], k: int) -> bool:
     fewer carries at ``rho_max`` moves into the class's other open pools of model k, up to ``rho_max`` on
     their instances (none grows; load caps below ``rho_max`` are raised, as in ``_shed_instance``)."""
     q, p = pools.q, pools.q.base
-    lam, counts = pools.lam(), pools.counts()
+    lam, counts = pools.state()
     top = q.rho_max * q.mu[:, k]  # [j] req/s one instance may take at rho_max
     by_cores = core_room(lam, q.mu, pools.cores, q.rho_max) * q.mu[:, k]  # [j] req/s the node's cores still take
     full_room = {
@@ -444,11 +453,13 @@ def _place_rejected(pools: Pools) -> None:
     for c in np.nonzero(pools.rejected > TINY)[0].tolist():
         k = int(p.class_model[c])
         amount = float(pools.rejected[c])
-        if SKIP_FULL_CORES and _no_core_room(pools, k, amount):
+        lam = pools.lam()  # the rates as the three steps below read them (none changes them before the next)
+        if SKIP_FULL_CORES and _no_core_room(pools, k, amount, lam):
             pools.rejected[c] = max(0.0, amount)
             continue  # every node's cores are full: neither step below can move anything (``_no_core_room``)
-        limit = max(bound_excess(pools, k), 0) if BOUND_STEP_5 else 10**9  # step 4 may have been stuck
-        if _place_whole(pools, c, amount, limit):
+        now = (lam, needed(lam, pools.cap))
+        limit = max(bound_excess(pools, k, now), 0) if BOUND_STEP_5 else 10**9  # step 4 may have been stuck
+        if _place_whole(pools, c, amount, limit, now):
             continue
         state = pools.room_state()  # the rates change only where a move is made or undone
         mu = pools.q.mu[:, k].tolist()
@@ -464,63 +475,76 @@ def _place_rejected(pools: Pools) -> None:
                         break  # the room without new instances is no larger
                     continue
                 saved = _cell(pools, c, j)
-                moved = _move_within_bound(pools, c, j, take, limit, state[1])
+                moved = _move_within_bound(pools, c, j, take, limit, (state[0], state[1]))
                 state = _state_after(pools, (c, j, saved, moved), state, pools.room_state)
                 if moved:
                     break
         pools.rejected[c] = max(0.0, float(pools.rejected[c]))
 
 
-def _no_core_room(pools: Pools, k: int, amount: float) -> bool:
+def _no_core_room(pools: Pools, k: int, amount: float, lam: FloatArray | None = None) -> bool:
     """Whether no node has core room for any of ``amount`` (> 2 ``TINY``) req/s of model k: then ``best_destination``
     finds no node (room below ``TINY`` / mu < amount / mu) and step 5's loop skips every node (the same product
     ``room x mu`` it tests), so the class's rejected rate stays as it is, exactly."""
     if amount <= 2 * TINY:
         return False
-    room = core_room(pools.lam(), pools.q.mu, pools.cores, pools.q.rho_max)
+    room = core_room(pools.lam() if lam is None else lam, pools.q.mu, pools.cores, pools.q.rho_max)
     return all(r * m <= TINY for r, m in zip(room.tolist(), pools.q.mu[:, k].tolist(), strict=True))
 
 
-def _place_whole(pools: Pools, c: int, amount: float, limit: int) -> bool:
-    """Class c's whole rejected ``amount`` on its best destination, else its best open pool (``_move_within_bound``)."""
-    state = (pools.lam(), pools.counts())
+def _place_whole(
+    pools: Pools, c: int, amount: float, limit: int, state: tuple[FloatArray, IntArray] | None = None
+) -> bool:
+    """Class c's whole rejected ``amount`` on its best destination, else its best open pool (``_move_within_bound``;
+    ``state``: the current (lam, counts), where the caller has them)."""
+    state = pools.state() if state is None else state
     for open_only in (False, True):
         dst = pools.best_destination(c, amount, set(), open_only, state)
         if dst is None:
             return False  # no node fits it, so no open pool does (the second pick is among the first's)
         saved = _cell(pools, c, dst)
-        if _move_within_bound(pools, c, dst, amount, limit, state[1]):
+        if _move_within_bound(pools, c, dst, amount, limit, (state[0], state[1])):
             return True
-        state = _state_after(pools, (c, dst, saved, False), state, lambda: (pools.lam(), pools.counts()))
+        state = _state_after(pools, (c, dst, saved, False), state, pools.state)
     return False
 
 
-def _state_after(pools: Pools, tried: tuple[int, int, tuple[str, str], bool], state: Any, fresh: Any) -> Any:
+def _state_after(pools: Pools, tried: tuple[int, int, str, bool], state: Any, fresh: Any) -> Any:
     """Step 5's rate state after a try of class c at node j (``tried`` = (c, j, ``_cell`` before, kept)): ``state``
-    itself where the try was undone bit for bit (the rates are then unchanged), else ``fresh()`` (a kept move, or
-    an undone one that left float residue: the rates are read again)."""
+    itself where the try was undone bit for bit (the rates are then unchanged; the state is read from the rates
+    and caps only), else ``fresh()`` (a kept move, or an undone one that left float residue: read again)."""
     c, j, saved, moved = tried
     if not moved and KEEP_EXACT_STATE and _cell(pools, c, j) == saved:
         return state
     return fresh()
 
 
-def _cell(pools: Pools, c: int, j: int) -> tuple[str, str]:
-    """Class c's rate at node j and its rejected rate, bit for bit (``float.hex``: a zero's sign included): all a
-    move of class c to node j writes, so where an undone move leaves both as they were the rates are unchanged."""
-    return float(pools.x[c, j]).hex(), float(pools.rejected[c]).hex()
+def _cell(pools: Pools, c: int, j: int) -> str:
+    """Class c's rate at node j, bit for bit (``float.hex``: a zero's sign included): all of the rates a move of
+    class c to node j writes (it writes the rejected rate too, which no state of step 5 reads), so where an undone
+    move leaves it as it was the rates are unchanged."""
+    return float(pools.x[c, j]).hex()
 
 
 def _move_within_bound(
-    pools: Pools, c: int, dst: int, amount: float, limit: int, counts: IntArray | None = None
+    pools: Pools,
+    c: int,
+    dst: int,
+    amount: float,
+    limit: int,
+    state: tuple[FloatArray, IntArray] | None = None,
 ) -> bool:
     """Move ``amount`` of class c's rejected rate to ``dst`` unless its model then runs more than ``limit``
     instances past the spread bound in some node class, or it opens an instance for a sliver (``SLIVER``)
     that is only part of the stream (a stream that rare as a whole, e.g. once a window, gets its instance).
 
-    ``counts``: ``pools.counts()`` before the move, where the caller has it."""
+    ``state``: (``pools.lam()``, ``pools.counts()``) before the move, where the caller has them."""
     k = int(pools.q.base.class_model[c])
-    before = int((pools.counts() if counts is None else counts)[:, k].sum())
+    if state is not None and _opens_for_sliver(pools, c, dst, amount, state[0]):
+        pools.move(c, None, dst, amount)  # the move and its undo below, float residue and all
+        pools.move(c, dst, None, amount)
+        return False
+    before = int((pools.counts() if state is None else state[1])[:, k].sum())
     pools.move(c, None, dst, amount)
     lam = pools.lam()  # the rates after the move, read once for both checks (the same values each reads)
     after = needed(lam, pools.cap)
@@ -532,12 +556,30 @@ def _move_within_bound(
     return False
 
 
+def _opens_for_sliver(pools: Pools, c: int, dst: int, amount: float, lam: FloatArray) -> bool:
+    """Whether ``_move_within_bound`` refuses the move as a sliver that opens an instance, known before the move:
+    part of the stream, under ``SLIVER`` of one instance's load, to a pool with no rate at all (``lam`` the rates
+    before; every share is >= 0, so all of that pool's are 0 and after the move its rate is ``amount`` exactly,
+    whose count ``needed`` is 1 where amount / cap - 1e-9 > 0, one instance more than before)."""
+    k = int(pools.q.base.class_model[c])
+    cap = float(pools.cap[dst, k])
+    part = amount < float(pools.q.rate[c]) * (1 - 1e-6)
+    return bool(
+        SLIVER_FIRST
+        and BOUND_STEP_5
+        and part
+        and amount < SLIVER * cap
+        and lam[dst, k] == 0.0
+        and amount / cap - 1e-9 > 0.0
+    )
+
+
 def bound_excess(pools: Pools, k: int, state: tuple[FloatArray, IntArray] | None = None) -> int:
     """The most instances model k runs past the spread bound (its need at ``rho_max`` + one spare) in a node class.
 
     ``state``: the current (lam, counts), where the caller has them."""
     q = pools.q
-    lam, counts = (pools.lam(), pools.counts()) if state is None else state
+    lam, counts = pools.state() if state is None else state
     load = np.bincount(pools.node_group, weights=lam[:, k] / (q.rho_max * q.mu[:, k]))
     running = np.bincount(pools.node_group, weights=counts[:, k])
     return int(np.max(running - (np.ceil(load - 1e-9) + 1)))

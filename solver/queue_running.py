@@ -60,7 +60,7 @@ def _options(pools: Pools, nodes: list[int], k: int, ceiling: FloatArray) -> lis
     """(keeps traffic, added cost, source, moves) per running pool of ``nodes`` that can shed one instance's
     traffic into the others' room under ``ceiling`` ([j] req/s per instance)."""
     q, p = pools.q, pools.q.base
-    lam, counts = pools.lam(), pools.counts()
+    lam, counts = pools.state()
     by_cores = core_room(lam, q.mu, pools.cores, q.rho_max) * q.mu[:, k]  # [j] req/s the node's cores take
     room = {
         j: min(float(counts[j, k] * ceiling[j] - lam[j, k]), float(by_cores[j])) * (1 - 1e-9)

@@ -150,7 +150,7 @@ def _bound_excess(pools: Pools, state: tuple[FloatArray, IntArray] | None = None
     """[k] the most instances each model runs past the instance bound in a node class (queue_repair.bound_excess
     for every model at once). ``state``: the current (lam, counts), where the caller has them."""
     q = pools.q
-    lam, counts = (pools.lam(), pools.counts()) if state is None else state
+    lam, counts = pools.state() if state is None else state
     group = np.eye(int(pools.node_group.max()) + 1)[pools.node_group].T  # [g, j] node class membership
     load = group @ (lam / (q.rho_max * q.mu))  # [g, k] need at rho_max, as bound_excess sums it
     running = group @ counts

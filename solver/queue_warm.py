@@ -44,6 +44,7 @@ log = logging.getLogger(__name__)
 ENABLED = True
 EXACT_SLACK = False  # False: the column generation's rows carry every pool's N_MIN slack from the start
 # (no re-solve when the pools with rate change: 4.3 LP solves per R(S) instead of 5.6; queue_dual.prove_lp)
+INNER = True  # the column generation's rows inside the NLP's (queue_dual._Lp.budgets_inner): a feasible warm start
 SLIVERS = True  # start with the columns that fill empty pools' N_MIN instances (see _sliver_columns)
 GAP = 1e-5  # the column generation's proven gap at the warm start: Ipopt and the pricing certify the result, so
 # it need not be tight (measured on the 20 relaxations of bench/queue_warm_options.py: 3.7 LP solves per R(S)
@@ -52,7 +53,8 @@ GAP = 1e-5  # the column generation's proven gap at the warm start: Ipopt and th
 PRICE = True  # price the left-out columns (switched off only to show the property tests catching it)
 MAX_ROUNDS = 3  # warm Ipopt solves per R(S) before the caller's path takes over
 REDUCED_TOL = 1e-6  # LP reduced cost (relative to the largest column cost) within which a column joins
-MU_WARM = 1e-9  # Ipopt's barrier parameter at the warm start
+MU_WARM = 1e-10  # Ipopt's barrier parameter at the warm start (1e-9 before the exact bounds below: 1e-10 then saves
+# ~0.7 iterations per R(S) more on the bench's relaxations; 1e-11 fewer still but twice the second pricing rounds)
 PUSH = 1e-9  # how far Ipopt moves the warm point and multipliers inside their bounds
 WARM_OPTIONS: dict[str, Any] = {
     "warm_start_init_point": "yes",
@@ -64,8 +66,17 @@ WARM_OPTIONS: dict[str, Any] = {
     "warm_start_slack_bound_push": PUSH,
     "warm_start_slack_bound_frac": PUSH,
     "warm_start_mult_bound_push": PUSH,
+    # Ipopt's bounds exactly as given (by default it relaxes each bound by 1e-8 of its size): from a start 1e-9
+    # inside the true bounds, every variable and row slack at a bound then sat 1e-8 off the relaxed one, far
+    # from the barrier's centre at a small mu, and Ipopt spent ~2 iterations walking them out by the
+    # fraction-to-boundary rule (6.3 -> 4.8 iterations per R(S) where cores bind; bench/queue_warm_options.py)
+    "bound_relax_factor": 0.0,
     "acceptable_iter": 0,  # never stop at Ipopt's "acceptable" level (up to 1e-2 infeasible): pricing needs a KKT point
 }
+EXACT_BOUNDS = (
+    True  # WARM_OPTIONS' exact bounds and mu_init; False: session 9's start (bounds relaxed by 1e-8, mu 1e-9)
+)
+RELAXED_START: dict[str, Any] = {"bound_relax_factor": 1e-8, "mu_init": 1e-9}
 BoolArray = npt.NDArray[np.bool_]
 
 
@@ -74,7 +85,7 @@ def solve_certified(q: QueueProblem, allowed: BoolArray) -> NlpSolution | None:
     if not ENABLED:
         return None
     try:
-        found = prove_lp(q, allowed, GAP, EXACT_SLACK)
+        found = prove_lp(q, allowed, GAP, EXACT_SLACK, INNER)
     except Exception as exc:
         log.warning("warm R(S): column generation failed (%r); the cold path solves it", exc)
         return None
@@ -230,4 +241,4 @@ def _warm(q: QueueProblem, cols: IntArray, point: tuple[FloatArray, ...], y: Flo
     grad = calls.gradient(v) + np.bincount(jcols, weights=vals * y[rows], minlength=lay.size)
     zl = np.maximum(grad, 0.0)
     zu = np.maximum(-grad, 0.0)
-    return WarmStart(v, y, zl, zu, WARM_OPTIONS, lay, jac)
+    return WarmStart(v, y, zl, zu, WARM_OPTIONS if EXACT_BOUNDS else WARM_OPTIONS | RELAXED_START, lay, jac)

@@ -17,6 +17,7 @@ All functions take numpy arrays (or scalars) and broadcast; ``n`` must be positi
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -103,3 +104,19 @@ def _pos(lam: ArrayLike, n: ArrayLike) -> tuple[Array, Array]:
     if np.any(lam_a < 0):
         raise ValueError("arrival rates must not be negative")
     return lam_a, n_a
+
+
+def requests_at_instance(rho: float, slots: float) -> float:
+    """Mean number of requests at one instance (in service and waiting) whose ``slots`` serve at load ``rho`` each:
+    the M/M/c number in system ``c rho + C(c, c rho) rho / (1 - rho)``, c = ``slots`` rounded (at least 1; one
+    slot: the M/M/1 ``rho / (1 - rho)``), ``rho`` in [0, 1). What an agent's count of requests in flight there
+    averages, so a plan's figure and the live one are comparable at any slot count (peerserve/dispatch.py)."""
+    c = max(1, math.floor(slots + 0.5))
+    if c == 1:
+        return rho / (1.0 - rho)
+    a = c * rho
+    blocking = 1.0  # Erlang B by its recurrence B(k) = a B(k-1) / (k + a B(k-1)): stable for any c
+    for k in range(1, c + 1):
+        blocking = a * blocking / (k + a * blocking)
+    waiting = blocking / (1.0 - rho * (1.0 - blocking))  # Erlang C
+    return a + waiting * rho / (1.0 - rho)

@@ -173,9 +173,14 @@ def _str(d: Mapping[str, Any], key: str, where: str) -> str:
     return v
 
 
+MAX_INT_NUMBER = 1e300  # a JSON integer past this is refused (a float has no room for 10**400)
+
+
 def _number(v: Any, where: str, allow_negative: bool = False) -> float:
     if isinstance(v, bool) or not isinstance(v, (int, float)):
         raise SnapshotError(where, f"must be a number, got {type(v).__name__}")
+    if isinstance(v, int) and abs(v) > MAX_INT_NUMBER:
+        raise SnapshotError(where, f"must be at most {MAX_INT_NUMBER:g} in size")  # float() of it would overflow
     x = float(v)
     if math.isnan(x) or math.isinf(x):
         raise SnapshotError(where, "must be finite (NaN and infinity are not allowed)")

@@ -12,6 +12,8 @@ from typing import Any
 import httpx
 import pytest
 
+from agent.placement import parse_node_report
+from peerserve import wire
 from tests.peer_tools import TestPeer
 from tests.service.conftest import STATS_READER, TOKEN
 
@@ -219,7 +221,10 @@ def test_cluster_and_health_shapes(agents: Any) -> None:
     node = a.get("/stats/node").json()
     assert node["mem_total_mb"] > 0 and 0 <= node["cpu_percent"] <= 100
     assert node["cores"] == float(os.cpu_count() or 1) and node["load_per_cpu"] >= 0  # the queue model's limit
-    assert node["concurrency"] == 1.0  # instance_concurrency 0 under the process runtime: the stand-in's one lock
+    assert node["concurrency"] == 1.0  # instance_concurrency's default: one request at a time per instance
+    # what the leader sees of it: the peer client re-encodes the answer through wire.NodeStats (peer_client.get_json)
+    seen = parse_node_report(wire.NodeStats.parse(node).to_json(), {"models": {}})
+    assert (seen.cores, seen.concurrency, seen.load_per_cpu) == (node["cores"], 1.0, node["load_per_cpu"])
 
 
 def test_on_demand_model_survives_a_leader_command_that_predates_it(agents: Any) -> None:

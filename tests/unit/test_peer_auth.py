@@ -244,7 +244,11 @@ def test_stats_answers_must_be_signed_by_the_node_asked_and_name_it() -> None:
         client = PeerClient(fresh(Identity("a", TOKEN, None)), route, http=http)
         return asyncio.run(client.get_json("http://b/stats/node"))
 
-    assert get(stats)["instances"] == [{"model": "m", "running": True, "ready": True}]
+    assert get(stats)["instances"] == [{"model": "m", "running": True, "ready": True, "draining": False}]
+    figures = {"cores": 4, "concurrency": 2, "load_per_cpu": 0.5}  # the queue model's: kept through the plane
+    assert {k: get({**stats, **figures})[k] for k in figures} == figures
+    with pytest.raises(PeerCallError, match="malformed"):
+        get({**stats, "cores": 10**400})  # compared, not converted: no OverflowError
     with pytest.raises(PeerCallError, match="another node"):
         get({**stats, "node_id": "c"})  # b reporting for c (the KeyError that broke every round)
     with pytest.raises(PeerCallError, match="unauthenticated"):

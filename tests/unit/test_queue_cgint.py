@@ -72,9 +72,13 @@ def test_the_full_cores_skip_and_the_kept_state_give_the_same_repairs(monkeypatc
 def test_the_switches_off_give_the_recorded_plans(monkeypatch: pytest.MonkeyPatch) -> None:
     """The golden plans were recorded before these shortcuts; with them off they are the same (with them on:
     test_queue_plan_golden), so on and off agree on all 120 cases."""
-    for module, name in [(queue_split, "HALF_CURVATURE"), (queue_repair, "SKIP_FULL_CORES")]:
+    from solver import queue_move
+
+    switches = [(queue_split, "HALF_CURVATURE"), (queue_repair, "SKIP_FULL_CORES"), (queue_repair, "SLIVER_FIRST")]
+    switches += [(queue_repair, "KEEP_EXACT_STATE"), (queue_close_fast, "SCREEN_CORES"), (queue_move, "BATCH")]
+    switches += [(queue_repair, "CORES_FIRST")]
+    for module, name in switches:
         monkeypatch.setattr(module, name, False)
-    monkeypatch.setattr(queue_repair, "KEEP_EXACT_STATE", False)
     assert not _golden_differs()
 
 
@@ -82,7 +86,7 @@ def test_a_wrong_full_cores_skip_is_caught(monkeypatch: pytest.MonkeyPatch) -> N
     """Skipping a class where a node has room for some but not all of its rate (room < its amount, a plausible
     slip) changes plans: the exact record sees it."""
 
-    def too_eager(pools: Any, k: int, amount: float) -> bool:
+    def too_eager(pools: Any, k: int, amount: float, lam: Any = None) -> bool:
         room = queue_repair.core_room(pools.lam(), pools.q.mu, pools.cores, pools.q.rho_max)
         return bool(np.all(room * pools.q.mu[:, k] < amount))
 
@@ -209,3 +213,52 @@ def test_the_move_screen_rules_out_only_moves_that_fail(monkeypatch: pytest.Monk
 
     with pytest.raises(AssertionError):
         _screen_oracle(monkeypatch, too_eager)
+
+
+def _check_slivers(monkeypatch: pytest.MonkeyPatch, rule: Any) -> int:
+    """Repair thesis instances at 1 core and the golden inputs with ``rule`` as step 5's early sliver test and an
+    oracle: wherever it fires, the full check (the move made, the counts read, the move undone) on a copy of the
+    pools refuses the move too and leaves the same rates bit for bit. Returns how often it fired."""
+    import copy
+
+    fired = [0]
+
+    def checked(pools: Any, c: int, dst: int, amount: float, lam: Any) -> bool:
+        out = bool(rule(pools, c, dst, amount, lam))
+        if out:
+            fired[0] += 1
+            full = copy.deepcopy(pools)
+            assert not queue_repair._move_within_bound(full, c, dst, amount, 10**9)
+            mine = copy.deepcopy(pools)
+            mine.move(c, None, dst, amount)
+            mine.move(c, dst, None, amount)
+            assert full.x.tobytes() == mine.x.tobytes() and full.rejected.tobytes() == mine.rejected.tobytes()
+        return out
+
+    monkeypatch.setattr(queue_repair, "_opens_for_sliver", checked)
+    for q, nlp in _thesis_repairs():
+        queue_repair.repair(q, nlp.x, nlp.r, nlp.n)
+    assert not _golden_differs()
+    return fired[0]
+
+
+def test_the_early_sliver_refusal_agrees_with_the_full_check(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Oracle above on the real rule (it fires often at 1 core); with it off the repairs are the same."""
+    runs = _thesis_repairs()
+    want = _repaired(runs)
+    assert _check_slivers(monkeypatch, queue_repair._opens_for_sliver) >= 50
+    monkeypatch.setattr(queue_repair, "SLIVER_FIRST", False)
+    assert _repaired(runs) == want
+
+
+def test_an_early_sliver_refusal_into_open_pools_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same rule without its empty-pool condition (a sliver into an open pool need not open an instance, and
+    the full check then takes it) is caught by the oracle."""
+
+    def any_pool(pools: Any, c: int, dst: int, amount: float, lam: Any) -> bool:
+        k = int(pools.q.base.class_model[c])
+        part = amount < float(pools.q.rate[c]) * (1 - 1e-6)
+        return bool(part and amount < queue_repair.SLIVER * float(pools.cap[dst, k]))
+
+    with pytest.raises(AssertionError):
+        _check_slivers(monkeypatch, any_pool)

@@ -151,7 +151,11 @@ def test_a_warm_point_that_is_not_complementary_falls_back(monkeypatch: pytest.M
     pinned at N_MIN by a compute budget of 0): the column generation let a pinned pool carry more than the compact
     NLP's throughput row allows, Ipopt stopped at status 0 after 2 iterations with a row multiplier of 74 on a row
     with 1e-4 slack, and the warm answer sat 3.4e-3 above the optimum. The duality gap check (queue_model.WARM_GAP)
-    sends it to the cold path; with the check off the answer is the wrong one."""
+    sends it to the cold path; with the check off the answer is the wrong one. That start was the column
+    generation's with budgets a few millionths above the NLP's (``queue_warm.INNER`` off); from the inner budgets'
+    start the answer (the warm Ipopt's, 1.4e-4 below the cold path's, which stops early on this N_MIN-scale
+    cluster; or, from the first LP's feasible basis, the cold path's again) keeps every row of the compact NLP
+    (to Ipopt's 1e-8 bound relaxation) and is no worse than the cold path's."""
     import json
     from pathlib import Path
 
@@ -165,6 +169,23 @@ def test_a_warm_point_that_is_not_complementary_falls_back(monkeypatch: pytest.M
     monkeypatch.setattr(queue_warm, "ENABLED", False)
     cold = queue_fast.solve_nlp_fast(q).value
     monkeypatch.setattr(queue_warm, "ENABLED", True)
+    inner = queue_fast.solve_nlp_fast(q)
+    assert inner.value <= cold * (1 + 1e-9) and row_excess(q, inner) <= 1e-8
+    monkeypatch.setattr(queue_warm, "INNER", False)
     assert queue_fast.solve_nlp_fast(q).value == pytest.approx(cold, rel=1e-6)
     monkeypatch.setattr(queue_model, "WARM_GAP", float("inf"))
     assert queue_fast.solve_nlp_fast(q).value > cold * (1 + 1e-4)
+
+
+def row_excess(q: QueueProblem, s: Any) -> float:
+    """The largest excess of the compact NLP's rows (over every column) at solution s."""
+    from solver import queue_model
+
+    lay = queue_model._Layout(q, None, compact=True)
+    v = np.zeros(lay.size)
+    v[: lay.r0], v[lay.r0 : lay.lam0] = s.x.ravel(), s.r
+    v[lay.lam0 : lay.n0], v[lay.n0 : lay.new0] = s.lam.ravel(), s.n.ravel()
+    v[lay.new0 : lay.e0] = np.maximum(s.n.ravel()[lay.linked] - q.base.free.ravel()[lay.linked], 0.0)
+    rows, cols, vals, cl, cu = queue_model._jacobian(q, lay)
+    g = np.bincount(rows, weights=vals * v[cols], minlength=len(cl))
+    return float(np.max(np.maximum(cl - g, 0.0) + np.maximum(g - cu, 0.0), initial=0.0))

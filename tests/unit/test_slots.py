@@ -27,6 +27,7 @@ from solver.node_cpu import node_cores, node_slots
 from solver.problem import Mode, build_problem
 from solver.queue_model import QueueProblem, build_queue_problem
 from solver.queue_repair import Pools
+from solver.queueing import requests_at_instance
 from solver.shared_cores import shared_sojourn_ms
 from solver.snapshot import Model, Node, Request, Snapshot
 from solver.workload import Workload, lab_snapshot, run, sim_slots
@@ -228,11 +229,17 @@ def test_full_cores_everywhere_keep_the_bound_with_or_without_slots(
 ) -> None:
     """147 req/s of 20 req/s instances on 3 + 1 + 1 + 3 cores (more than rho_max of all cores carries), n0's
     instances 3-slot; the same cluster without slots (n0: 1 core, a 60 req/s instance) is the same problem.
-    Every node's cores are full; m1 ran 1 + 1 + 3 instances where its need is 3 (n3's 3 carry 36.07 req/s, 0.066
-    above two at rho_max; the swap that frees one falls 4.5e-5 req/s short). Step 4's last resort rejects the
-    least loaded last instance's rate (solver.queue_reject): m1 serves with 1 + 1 + 2, n3's freed cores go
-    to m0's rejected stream (its pool there is open), and the served rate is the same; with that step off the
-    bound breaks."""
+    On the relaxation point of session 9's warm start (session 10's start reaches another optimum of the
+    relaxation, from which repair keeps the bound here without the last resort) every node's cores are full;
+    m1 ran 1 + 1 + 3 instances where its need is 3 (n3's 3 carry 36.07 req/s, 0.066 above two at rho_max; the
+    swap that frees one falls 4.5e-5 req/s short). Step 4's last resort rejects the least loaded last
+    instance's rate (solver.queue_reject): m1 serves with 1 + 1 + 2, n3's freed cores go to m0's rejected
+    stream (its pool there is open), and the served rate is the same; with that step off the bound breaks."""
+    from solver import queue_dual, queue_warm
+
+    for switch in (queue_warm, "INNER"), (queue_warm, "EXACT_BOUNDS"), (queue_dual, "FEASIBLE_BASIS"):
+        monkeypatch.setattr(*switch, False)
+    monkeypatch.setattr(queue_dual, "CAP_LEVEL", False)
     ids = [f"n{j}" for j in range(4)]
     nodes = tuple(Node(i, 2048.0, 2048.0, 100.0, cores=c) for i, c in zip(ids, (3.0, 1.0, 1.0, 3.0), strict=True))
     nodes = (dataclasses.replace(nodes[0], concurrency=3.0), *nodes[1:])
@@ -274,11 +281,14 @@ def test_a_peers_reported_concurrency_is_clipped_to_the_snapshots_bounds() -> No
         snapshot.MIN_CONCURRENCY,
         snapshot.MAX_CONCURRENCY,
     )
-    base = {"node_id": "n", "mem_available_mb": 1000, "mem_total_mb": 2000, "compute": 4, "instances": []}
-    for bad in (0.5, 0, -1, 1025, 1e9, float("nan"), float("inf"), "x", None, True, [1]):
+    base = {"node_id": "n", "mem_available_mb": 1000, "mem_total_mb": 2000, "compute": 4, "instances": [], "cores": 4}
+    for bad in (0.5, 0, -1, 1025, 1e9, float("nan"), float("inf"), "x", None, True, [1], 10**400):
         assert placement.parse_node_report({**base, "concurrency": bad}, {"models": {}}).concurrency is None
     for good in (1, 4, 1024):
         assert placement.parse_node_report({**base, "concurrency": good}, {"models": {}}).concurrency == float(good)
+    for cores in (None, 1e9, "x"):  # no plausible core count: the concurrency counts for nothing (slots <= cores)
+        report = placement.parse_node_report({**base, "cores": cores, "concurrency": 1024}, {"models": {}})
+        assert report.cores is None and report.concurrency is None
 
 
 @pytest.mark.parametrize("value", ["-1", "0.5", "1025", "inf", "nan"])
@@ -355,11 +365,33 @@ def test_the_workloads_concurrency_reaches_solver_and_simulation() -> None:
     assert a.requests == b.requests and b.instances <= a.instances and b.rejected == 0
 
 
-def test_the_agent_reports_the_runtimes_concurrency_unless_set() -> None:
+def test_the_agent_reports_one_request_at_a_time_unless_set() -> None:
     from agent.node import model_server_concurrency
 
-    assert model_server_concurrency(load_settings(None, overrides={"runtime": "process", "cores": 4.0})) == 1.0
-    assert model_server_concurrency(load_settings(None, overrides={"runtime": "docker", "cores": 4.0})) == 4.0
-    assert model_server_concurrency(load_settings(None, overrides={"runtime": "docker", "cores": 0.5})) == 1.0
-    set_ = {"runtime": "process", "cores": 4.0, "instance_concurrency": 3.0}
-    assert model_server_concurrency(load_settings(None, overrides=set_)) == 3.0
+    def concurrency(**overrides: float) -> float:
+        return model_server_concurrency(load_settings(None, overrides={"cores": 4.0, **overrides}))
+
+    assert concurrency() == 1.0  # the default: not guessed from the runtime
+    assert concurrency(instance_concurrency=3.0) == 3.0
+    assert concurrency(instance_concurrency=0.0) == 4.0  # 0: the node's cores
+    assert concurrency(instance_concurrency=0.0, cores=0.5) == 1.0  # at least one
+
+
+def test_the_planned_requests_at_an_instance_are_the_mmc_number_in_system() -> None:
+    """The plan's planned_queue is what the agent's live in-flight count averages at any slot count (M/M/c L), so
+    p2c does not read a multi-slot node as busier than planned (M/M/1 L at slots x mu read 1.15x at 2 slots)."""
+    for c in range(1, 9):
+        for rho in (0.0, 0.1, 0.5, 0.9, 0.999):
+            expected = c * rho + erlang_c(c, c * rho) * rho / (1 - rho)
+            assert requests_at_instance(rho, float(c)) == pytest.approx(expected, rel=1e-12, abs=1e-15)
+    assert requests_at_instance(0.7, 1.0) == 0.7 / (1.0 - 0.7)  # one slot: M/M/1 exactly, as before
+    assert requests_at_instance(0.5, 2.4) == requests_at_instance(0.5, 2.0)  # fractional slots: rounded
+    plan = solve(lab(2.0, 2.0), mode="2", objective="queue")
+    q = build_queue_problem(build_problem(lab(2.0, 2.0), Mode.MODE2))
+    site_rate = 60.0 / len(plan.details["spread"])  # the lab's six clients, grouped by RTT into sites
+    lam = {n: sum(site_rate * s["shares"].get(n, 0.0) for s in plan.details["spread"]) for n in ("a", "b", "c")}
+    assert len(plan.details["planned_queue"]) >= 2
+    for node_id, models in plan.details["planned_queue"].items():
+        rho = lam[node_id] / (plan.instances[node_id]["m"] * float(q.mu[0, 0]))  # mu: the instance's, 2 x 50
+        mmc = 2 * rho + erlang_c(2, 2 * rho) * rho / (1 - rho)
+        assert models["m"] == pytest.approx(mmc, abs=1e-4)  # the shares carry 5 digits

@@ -1,0 +1,79 @@
+"""The leader's window of request records: bounded in age and in count, and fair between the nodes that logged them.
+
+Records come from every member's request log, page by page, stamped by the peer's clock. A record is kept only
+while its stamp lies within ``window_s`` before now and at most ``max_ahead_s`` after it (a peer's clock skew): a
+NaN, far-future or long-past stamp is dropped on arrival, so it neither holds older records in the window nor
+takes room from real ones. Past ``max_records`` in all, the nodes that logged the most lose their oldest first,
+down to an equal share (water-filling): one member's flood of pages cannot push the others' records out.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import replace
+
+from agent.placement import RequestRecord
+
+
+class RequestWindow:
+    """Request records per logging node, within the window's age and count bounds."""
+
+    def __init__(self, max_records: int, window_s: float, max_ahead_s: float) -> None:
+        self.max_records = max_records
+        self.window_s = window_s
+        self.max_ahead_s = max_ahead_s
+        self._by_node: dict[str, deque[RequestRecord]] = {}
+        self._size = 0
+
+    def __len__(self) -> int:
+        return self._size
+
+    def add(self, node: str, records: Iterable[RequestRecord], now: float) -> int:
+        """Take ``node``'s records (marked as its word) whose stamps are plausible at ``now``; how many were kept."""
+        oldest, newest = now - self.window_s, now + self.max_ahead_s
+        kept = [replace(r, logged_by=node) for r in records if oldest <= r.ts <= newest]  # NaN compares false
+        if kept:
+            self._by_node.setdefault(node, deque()).extend(kept)
+            self._size += len(kept)
+            if self._size > self.max_records:
+                self._trim()
+        return len(kept)
+
+    def expire(self, now: float) -> None:
+        """Drop the records stamped outside the window at ``now`` (pages arrive out of stamp order)."""
+        oldest, newest = now - self.window_s, now + self.max_ahead_s
+        for node, records in list(self._by_node.items()):
+            kept = [r for r in records if oldest <= r.ts <= newest]
+            if kept:
+                self._by_node[node] = deque(kept)
+            else:
+                del self._by_node[node]
+        self._size = sum(len(d) for d in self._by_node.values())
+
+    def records(self) -> tuple[RequestRecord, ...]:
+        """Every record kept, node by node in arrival order."""
+        return tuple(r for records in self._by_node.values() for r in records)
+
+    def clear(self) -> None:
+        self._by_node.clear()
+        self._size = 0
+
+    def _trim(self) -> None:
+        """Cut the largest nodes' oldest records down to an equal share, so that ``max_records`` hold in all."""
+        cap = fair_cap(sorted(len(d) for d in self._by_node.values()), self.max_records)
+        for records in self._by_node.values():
+            while len(records) > cap:
+                records.popleft()
+        self._size = sum(len(d) for d in self._by_node.values())
+
+
+def fair_cap(lengths: list[int], total: int) -> int:
+    """The largest per-node cap L (water-filling) with sum(min(length, L)) <= ``total``; ``lengths`` ascending."""
+    left = total
+    for i, length in enumerate(lengths):
+        share = left // (len(lengths) - i)
+        if length > share:
+            return share
+        left -= length
+    return lengths[-1] if lengths else total
