@@ -38,7 +38,7 @@ def drawn(draw: st.DrawFn) -> tuple[Snapshot, Mode, bool]:
     return overloaded(lambda lo, hi: draw(st.integers(lo, hi)), lambda lo, hi: draw(st.floats(lo, hi)))
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.data())
 def test_overloaded_clusters_keep_the_bound_and_every_invariant(data: st.DataObject) -> None:
     """The plan's integer part (relaxation, repair, closing, moves, the best split) keeps every budget, the load
