@@ -52,18 +52,22 @@ def test_overloaded_clusters_keep_the_bound_and_every_invariant(data: st.DataObj
 
 
 @pytest.mark.parametrize("seed", BROKE)
-def test_the_clusters_that_broke_the_bound_keep_it(seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_clusters_that_broke_the_bound_keep_it(seed: int) -> None:
     """Each broke the bound by one instance with every node's cores full; with the last resort it holds after
-    repair and in the integer part, and the rate it rejects is at most one instance's load at rho_max;
-    with it off (``SHED_BY_REJECTING``) each breaks again."""
+    repair and in the integer part, and the rate it rejects is at most one instance's load at rho_max."""
     snap, mode, tail = overloaded_seed(seed)
     q, pools = integer_part(snap, mode, tail)
     check(pools)
     check_cores(pools)
     assert 0 < pools.rejected_for_bound <= float((q.rho_max * q.mu).max())
+
+
+def test_the_bound_check_fails_on_them_with_the_last_resort_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With ``SHED_BY_REJECTING`` off they break the bound again (all 6 on this relaxation; at least half
+    asked, so that another optimum of the relaxation for one of them does not hide the check)."""
     monkeypatch.setattr(queue_repair, "SHED_BY_REJECTING", False)
-    _, off = integer_part(snap, mode, tail)
-    assert spread_violations(off), "without the last resort the bound must break"
+    broke = [seed for seed in BROKE if spread_violations(integer_part(*overloaded_seed(seed))[1])]
+    assert len(broke) >= len(BROKE) // 2, broke
 
 
 @pytest.mark.parametrize("seed", BROKE[:3])
