@@ -21,9 +21,12 @@ counts are integers. From the relaxation's rates ``x[c, j]``:
    after other models' rate moves off the receiving node: solver.queue_cores). Where only pools that reuse
    running instances are left (Mode 1), the least useful one's traffic drains into the others: the bound
    counts the instances the plan serves with, and running ones past it go idle (solver.queue_running).
+   Where no move frees one (every node's cores full, as at overload), the least loaded last instance's rate
+   is rejected (solver.queue_reject): the bound holds at any load.
 5. Rejected rate is placed where it fits (headroom first, then a new instance, but never one past the
    spread bound nor one for a sliver that is only part of its stream), else stays rejected; float
-   residue left on a pool without instances joins the stream's largest share; step 4 once more.
+   residue left on a pool without instances joins the stream's largest share; step 4 once more (where that
+   rejected rate for the bound, the freed cores then serve rejected streams of open pools: solver.queue_reject).
 
 Every move re-checks the node's budgets, so no step breaks memory, compute or throughput.
 """
@@ -46,6 +49,7 @@ SLIVER = 1e-5  # a pool whose rate is under this fraction of one instance's load
 DROP_SLIVERS = True  # step 1's sliver rule (switched off only to show the bound's tests failing)
 BOUND_STEP_5 = True  # step 5 opens no instance past the bound nor for a sliver (likewise)
 SHED_BY_MOVING = True  # step 4's last resort: move rate into other pools' headroom to free one instance
+SHED_BY_REJECTING = True  # where no move frees one: reject the least loaded last instance's rate (queue_reject)
 KEEP_EXACT_STATE = True  # step 5 keeps its rates' state where an undone move restored them bit for bit (exact)
 CORES_FIRST = True  # best_destination tests core room first and stops where no node has it (exact)
 SLIVER_FIRST = True  # step 5 refuses a sliver into an empty pool before computing the move's counts (exact)
@@ -65,6 +69,7 @@ class Pools:
             self.x = _merge_slivers(self.x, (self.lam() < SLIVER * self.cap).T[p.class_model])
         self.rejected = np.clip(q.rate - self.x.sum(axis=1), 0.0, None) + 0.0 * rejected
         self.shed = 0  # instances taken from pools below rho_max to keep the instance bound (step 4)
+        self.rejected_for_bound = 0.0  # req/s step 4 rejected where no move freed an instance (solver.queue_reject)
         self.penalty = q.penalty()
         self.service_ms = q.service_ms
         names = {g: i for i, g in enumerate(sorted(set(q.node_class)))}  # np.unique's order: sorted names
@@ -196,7 +201,9 @@ def repair(q: QueueProblem, x: FloatArray, rejected: FloatArray, n: FloatArray |
     _bound_spread(pools)
     _place_rejected(pools)
     _sweep_residue(pools)
-    _bound_spread(pools)  # rate placed in step 5 may have opened instances past the bound
+    _bound_spread(pools, SHED_BY_REJECTING)  # rate placed in step 5 may have opened instances past the bound
+    if pools.rejected_for_bound > 0:  # rate rejected for the bound: its cores serve rejected streams of open pools
+        _refill_open_pools(pools)
     return pools
 
 
@@ -292,8 +299,10 @@ def _fix_capacity(pools: Pools) -> None:
             pools.x[:, j] = np.where(pools.x[:, j] > TINY, pools.x[:, j], 0.0)
 
 
-def _bound_spread(pools: Pools) -> None:
-    """Step 4: per model and node class, at most the class's need plus one spare instance."""
+def _bound_spread(pools: Pools, reject: bool = False) -> None:
+    """Step 4: per model and node class, at most the class's need plus one spare instance (``reject``: where no
+    move frees one, reject the least loaded last instance's rate; the last pass only, so a plan that keeps
+    the bound without it is never touched)."""
     q = pools.q
     clear = _within_bound(pools)
     for k in range(len(q.base.model_names)):
@@ -315,6 +324,8 @@ def _bound_spread(pools: Pools) -> None:
                     if SHED_BY_MOVING and (_shed_by_moving(pools, nodes, k) or _swap_with_room(pools, nodes, k)):
                         continue
                     if _drain_running(pools, nodes, k):
+                        continue
+                    if reject and _reject_for_bound(pools, nodes, k):
                         continue
                     break
                 smallest = min(open_j, key=lambda j: (lam[j, k], j))
@@ -352,6 +363,21 @@ def _swap_with_room(pools: Pools, nodes: list[int], k: int) -> bool:
     from solver.queue_cores import shed_making_room
 
     return shed_making_room(pools, nodes, k)
+
+
+def _reject_for_bound(pools: Pools, nodes: list[int], k: int) -> bool:
+    """Where no move frees an instance (every node's cores full): reject the least loaded last instance's rate
+    (solver.queue_reject); step 5 places it, and the rate its cores freed, where it fits."""
+    from solver.queue_reject import shed_by_rejecting
+
+    return shed_by_rejecting(pools, nodes, k)
+
+
+def _refill_open_pools(pools: Pools) -> None:
+    """After rate was rejected for the bound: rejected streams into open pools' headroom (solver.queue_reject)."""
+    from solver.queue_reject import refill_open_pools
+
+    refill_open_pools(pools)
 
 
 def _drain_running(pools: Pools, nodes: list[int], k: int) -> bool:

@@ -110,6 +110,7 @@ def test_the_bound_check_fails_with_the_sliver_rule_and_step_5s_bound_off(monkey
     break with both off, and none with the fix on).
     (The trimmed swap of solver.queue_cores alone keeps them all: tests/unit/test_instance_bound_hair.py.)"""
     assert broken() == []
+    monkeypatch.setattr(queue_repair, "SHED_BY_REJECTING", False)  # the last resort (solver.queue_reject) keeps it too
     monkeypatch.setattr(queue_cores, "TRIM_TO_ROOM", False)
     monkeypatch.setattr(queue_repair, "DROP_SLIVERS", False)
     assert broken(), "without the sliver rule some cluster must break the bound"
@@ -145,6 +146,7 @@ def test_full_cores_everywhere_need_a_swap_of_two_models_rates(name: str, monkey
     pools = repaired(snap, mode)
     check(pools)
     check_cores(pools)
+    monkeypatch.setattr(queue_repair, "SHED_BY_REJECTING", False)  # the last resort (solver.queue_reject) keeps it too
     monkeypatch.setattr(queue_repair, "_swap_with_room", lambda *_: False)
     assert spread_violations(repaired(snap, mode))
 
@@ -182,6 +184,7 @@ def test_mode1_serves_with_the_bound_and_running_instances_past_it_go_idle(monke
         assert "n0" not in plan.details["planned_queue"]
         served = [s for r, s in zip(snap.requests, plan.shares, strict=True) if r.model == "m0"]
         assert all(s and "n0" not in s for s in served)  # endpoint answers spread over n1 and n2 only
+    monkeypatch.setattr(queue_repair, "SHED_BY_REJECTING", False)  # the last resort (solver.queue_reject) keeps it too
     monkeypatch.setattr(queue_running, "ENABLED", False)
     _, _, off = _running_case()
     assert spread_violations(off) == ["m0 on class nano: 5 instances > 3 needed + 1"]

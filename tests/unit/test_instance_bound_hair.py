@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from solver import queue_cores, queue_warm
+from solver import queue_cores, queue_repair, queue_warm
 from solver.api import solve
 from solver.plan import Plan
 from solver.problem import Mode, build_problem
@@ -71,6 +71,7 @@ def test_a_swap_that_fits_to_a_hair_keeps_the_bound(name: str, monkeypatch: pyte
     check(pools)
     check_cores(pools)
     assert np.all(pools.counts() <= 1 + np.ceil(pools.lam() / (pools.q.rho_max * pools.q.mu)))
+    monkeypatch.setattr(queue_repair, "SHED_BY_REJECTING", False)  # the last resort (solver.queue_reject) keeps it too
     monkeypatch.setattr(queue_cores, "TRIM_TO_ROOM", False)
     off = repaired(snap, mode)
     assert spread_violations(off), "without the trimmed move the bound must break"
@@ -86,6 +87,7 @@ def test_the_whole_plan_keeps_the_bound(name: str, monkeypatch: pytest.MonkeyPat
         plan = solve(snap, objective=objective, mode=mode.value)
         assert plan.feasible
         assert plan_violations(snap, mode, plan) == []
+    monkeypatch.setattr(queue_repair, "SHED_BY_REJECTING", False)  # the last resort (solver.queue_reject) keeps it too
     monkeypatch.setattr(queue_cores, "TRIM_TO_ROOM", False)
     assert plan_violations(snap, mode, solve(snap, objective="queue", mode=mode.value))
 
@@ -95,9 +97,9 @@ def test_the_trim_alone_keeps_the_clusters_the_sliver_rule_and_step_5s_bound_wer
 ) -> None:
     """The 13 seeded clusters tests/unit/test_instance_bound.py's two earlier rules fixed were knife-edge swaps
     too: with both rules off the trim keeps them all within the bound; with the trim off as well most break."""
-    from solver import queue_repair
     from tests.unit.test_instance_bound import broken
 
+    monkeypatch.setattr(queue_repair, "SHED_BY_REJECTING", False)  # the last resort (solver.queue_reject) keeps it too
     monkeypatch.setattr(queue_repair, "DROP_SLIVERS", False)
     monkeypatch.setattr(queue_repair, "BOUND_STEP_5", False)
     assert broken() == []
@@ -112,5 +114,6 @@ def test_every_seed_past_the_bound_on_main_keeps_it(monkeypatch: pytest.MonkeyPa
 
     seeds = (900, 1174, 1472, 2834)
     assert broken(seeds) == []
+    monkeypatch.setattr(queue_repair, "SHED_BY_REJECTING", False)  # the last resort (solver.queue_reject) keeps it too
     monkeypatch.setattr(queue_cores, "TRIM_TO_ROOM", False)
     assert broken(seeds) == list(seeds)

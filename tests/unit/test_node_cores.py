@@ -235,6 +235,7 @@ def test_two_models_on_saturated_half_cores_keep_the_bound(monkeypatch: pytest.M
         assert np.all(busy(pools.lam(), q.mu) <= q.rho_max * q.cores() * (1 + 1e-6) + 1e-6)
     monkeypatch.setattr(queue_repair, "_gather_with_room", lambda *_: False)
     monkeypatch.setattr(queue_repair, "_swap_with_room", lambda *_: False)  # which also keeps it now
+    monkeypatch.setattr(queue_repair, "SHED_BY_REJECTING", False)  # so does rejecting (solver.queue_reject)
     assert spread_violations(repair(q, nlp.x, nlp.r, nlp.n)) == ["m0 on class default: 3 instances > 1 needed + 1"]
 
 

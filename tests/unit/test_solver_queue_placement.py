@@ -88,7 +88,7 @@ def test_far_apart_sites_are_merged_down_to_the_bound_and_the_check_fails_withou
     q = build_queue_problem(build_problem(snap, Mode.MODE2))
     nlp = solve_nlp(q)
     check(repair(q, nlp.x, nlp.r))
-    monkeypatch.setattr(queue_repair, "_bound_spread", lambda pools: None)
+    monkeypatch.setattr(queue_repair, "_bound_spread", lambda *_: None)
     unbounded = repair(q, nlp.x, nlp.r)
     assert spread_violations(unbounded), "the checker must see the spread when the bound is switched off"
 
@@ -268,6 +268,7 @@ def test_spread_bound_where_no_pool_can_shed_or_empty_alone(name: str, monkeypat
     assert pools.shed >= 1
     monkeypatch.setattr(queue_repair, "SHED_BY_MOVING", False)
     monkeypatch.setattr(queue_running, "ENABLED", False)  # draining running pools would keep it too
+    monkeypatch.setattr(queue_repair, "SHED_BY_REJECTING", False)  # so would rejecting (solver.queue_reject)
     if name == "queue_spread_tail_cap.json":  # here step 5's own bound (placing no rate past it) also keeps it
         monkeypatch.setattr(queue_repair, "BOUND_STEP_5", False)
     assert spread_violations(repair(q, nlp.x, nlp.r)), "the bound check must fail without the step"
