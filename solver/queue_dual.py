@@ -131,14 +131,7 @@ def prove_lp(
         import highspy
     except ImportError:  # pragma: no cover - depends on the install
         return None
-    lp = _Lp(q, allowed, highspy)
-    floors = FLOORS and exact_slack and not inner
-    if inner:
-        lp.budgets_inner()
-    elif floors:
-        lp.add_floors()
-    elif not exact_slack:
-        lp.budgets_for(np.ones(q.mu.shape, dtype=bool))
+    lp, floors = _open_lp(q, allowed, highspy, exact_slack, inner)
     zero = _start_levels(q, lp, CAP_LEVEL and inner)
     if FEASIBLE_BASIS:
         lp.feasible_basis()
@@ -152,11 +145,12 @@ def prove_lp(
         lam = x.T @ np.eye(len(p.model_names))[p.class_model]
         if lp.budgets_for(lam > 0):
             continue  # the active pools changed: their slivers of slack moved (see _Lp.budgets_for)
-        upper = nlp_value(q, x, r, n)
+        upper = value = nlp_value(q, x, r, n)
         if floors:  # the LP pays each empty pool's N_MIN instance, as the reference NLP does
             upper += q.instance_cost * float(np.where(lam > 0, 0.0, np.maximum(n - p.free, 0.0)).sum())
             lower, t_floor = floor_bound(q, allowed, prices, lp)
-            best = max(best, lower)
+            if lower > best:
+                best, best_prices = lower, prices
         # Wentges smoothing: new loads at the LP's prices and between them and the best bound's prices
         mixed = _smoothed(prices, best_prices)
         loads = []  # each candidate's best loads: the bound's, and the next round's load columns
@@ -168,22 +162,39 @@ def prove_lp(
         if floors:
             loads.append(t_floor)  # where the floor's instances carry rate best (slivers included)
         if upper - best <= gap * max(1.0, abs(upper)) or not PROVE:
-            # the NLP's own bound (``nlp_budgets``); the warm start's proof (``inner``) is certified by Ipopt instead
-            # R(S) as nlp_value counts it: an empty pool's N_MIN instance costs nothing there
-            valid = best - q.instance_cost * N_MIN * float((p.free == 0).sum()) if floors else -math.inf
-            if not (floors or inner):
-                valid = bound_and_loads(q, allowed, best_prices, nlp_budgets(q), lp.cores)[0]
+            valid = _nlp_bound(q, allowed, lp, best, best_prices, floors, inner)
             log.debug(
-                "R(S) by column generation: %d rounds, gap %.2e (%.2e to the NLP's bound)",
-                rounds,
-                upper - best,
-                upper - valid,
+                "R(S) by column generation: %d rounds, gap %.2e (%.2e to R(S)'s)", rounds, upper - best, value - valid
             )
-            found = NlpSolution(x, r, lam, n, upper, "optimal", 0, rounds, int(allowed.sum()), servers=lp.servers(n))
+            found = NlpSolution(x, r, lam, n, value, "optimal", 0, rounds, int(allowed.sum()), servers=lp.servers(n))
             return Proof(found, best_prices, lp.reduced_costs(), *lp.row_multipliers(), bound=valid)
         lp.add_levels(loads)
     log.info("R(S) by column generation: no proof after %d rounds; Ipopt solves it", MAX_ROUNDS)
     return None
+
+
+def _open_lp(q: QueueProblem, allowed: BoolArray, hs: Any, exact_slack: bool, inner: bool) -> tuple[_Lp, bool]:
+    """The LP with its rows' budgets for its use (``prove_lp``) and whether it keeps every pool's N_MIN floor."""
+    lp = _Lp(q, allowed, hs)
+    floors = FLOORS and exact_slack and not inner
+    if inner:
+        lp.budgets_inner()
+    elif floors:
+        lp.add_floors()
+    elif not exact_slack:
+        lp.budgets_for(np.ones(q.mu.shape, dtype=bool))
+    return lp, floors
+
+
+def _nlp_bound(
+    q: QueueProblem, allowed: BoolArray, lp: _Lp, best: float, prices: Prices, floors: bool, inner: bool
+) -> float:
+    """A lower bound on R(S) as ``nlp_value`` counts it (``Proof.bound``): with the floors, the proof's less the
+    empty pools' N_MIN instances (free there); else the bound at the NLP's own budgets; -inf for the warm
+    start's proof (``inner``: Ipopt certifies that one)."""
+    if floors:
+        return best - q.instance_cost * N_MIN * float((q.base.free == 0).sum())
+    return -math.inf if inner else bound_and_loads(q, allowed, prices, nlp_budgets(q), lp.cores)[0]
 
 
 def _start_levels(q: QueueProblem, lp: _Lp, cap: bool = False) -> Prices:
