@@ -60,11 +60,16 @@ class RequestWindow:
         self._size = 0
 
     def _trim(self) -> None:
-        """Cut the largest nodes' oldest records down to an equal share, so that ``max_records`` hold in all."""
+        """Cut the largest nodes' oldest records down to an equal share, so that ``max_records`` hold in all (the
+        room the share's rounding leaves goes one record each to the largest: more nodes than records keep some)."""
         cap = fair_cap(sorted(len(d) for d in self._by_node.values()), self.max_records)
-        for records in self._by_node.values():
-            while len(records) > cap:
+        spare = self.max_records - sum(min(len(d), cap) for d in self._by_node.values())
+        over = sorted((d for d in self._by_node.values() if len(d) > cap), key=len, reverse=True)
+        for i, records in enumerate(over):
+            keep = cap + (1 if i < spare else 0)
+            while len(records) > keep:
                 records.popleft()
+        self._by_node = {node: d for node, d in self._by_node.items() if d}
         self._size = sum(len(d) for d in self._by_node.values())
 
 

@@ -367,7 +367,7 @@ def _swap_with_room(pools: Pools, nodes: list[int], k: int) -> bool:
 
 def _reject_for_bound(pools: Pools, nodes: list[int], k: int) -> bool:
     """Where no move frees an instance (every node's cores full): reject the least loaded last instance's rate
-    (solver.queue_reject); step 5 places it, and the rate its cores freed, where it fits."""
+    (solver.queue_reject); refill_open_pools gives the freed cores to rejected streams of pools open there."""
     from solver.queue_reject import shed_by_rejecting
 
     return shed_by_rejecting(pools, nodes, k)

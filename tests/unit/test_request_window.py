@@ -65,3 +65,10 @@ def test_the_window_never_holds_more_than_its_bound(pages: list[tuple[str, int]]
     for node, n in pages:
         w.add(node, [rec(99.0)] * n, now=100.0)
         assert len(w) == len(w.records()) <= bound
+
+
+def test_more_logging_nodes_than_records_still_fill_the_window() -> None:
+    w = RequestWindow(max_records=10, window_s=600.0, max_ahead_s=60.0)
+    for i in range(20):
+        w.add(f"n{i}", [rec(99.0)], now=100.0)
+        assert len(w) == len(w.records()) == min(i + 1, 10)
