@@ -165,11 +165,16 @@ MIN_CORES, MAX_CORES = 1 / 64, 4096.0  # solver.snapshot's bounds (not imported:
 def _cores(value: Any) -> float | None:
     """A peer's reported cores within the snapshot's bounds (outside them: unknown, no limit assumed; one peer's
     out-of-range figure must not make the whole round's snapshot invalid, nor a junk one its whole report)."""
+    return _within(value, MIN_CORES, MAX_CORES)
+
+
+def _within(value: Any, lo: float, hi: float) -> float | None:
+    """A peer's optional figure if it is a number in [lo, hi], else None (junk or out of range: unknown)."""
     try:
         x = _positive(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError):  # an older or odd peer's field must not cost the whole report
         return None
-    return x if x is not None and MIN_CORES <= x <= MAX_CORES else None
+    return x if x is not None and lo <= x <= hi else None
 
 
 MIN_CONCURRENCY, MAX_CONCURRENCY = 1.0, 1024.0  # solver.snapshot's bounds (not imported: no numpy here)
@@ -177,11 +182,7 @@ MIN_CONCURRENCY, MAX_CONCURRENCY = 1.0, 1024.0  # solver.snapshot's bounds (not 
 
 def _concurrency(value: Any) -> float | None:
     """A peer's reported instance concurrency within the snapshot's bounds (outside them or junk: unknown, 1)."""
-    try:
-        x = _positive(value)
-    except (TypeError, ValueError):  # an older or odd peer's field must not cost the whole report
-        return None
-    return x if x is not None and MIN_CONCURRENCY <= x <= MAX_CONCURRENCY else None
+    return _within(value, MIN_CONCURRENCY, MAX_CONCURRENCY)
 
 
 MAX_LATENCY_MS = 120_000.0  # a proxied request's latency above this is not a measurement (the proxy gives up at 30 s)

@@ -431,15 +431,13 @@ class _Lp:
             return False
         self.active, self.served = active, served
         mem, comp = _plain_budgets(self.q)
-        self.budgets = (
-            mem + N_MIN * (active @ p.mem),
-            comp + N_MIN * (active @ p.comp),
-            self.core_cap - N_MIN * (self.K - served.sum(axis=1)),
+        self._set_budgets(
+            (
+                mem + N_MIN * (active @ p.mem),
+                comp + N_MIN * (active @ p.comp),
+                self.core_cap - N_MIN * (self.K - served.sum(axis=1)),
+            )
         )
-        rows = self.C + self.J * self.K + np.arange(2 * self.J, dtype=np.int32)
-        rows = np.concatenate([rows, self.core0 + np.arange(len(self.cored), dtype=np.int32)])
-        bounds = np.concatenate([*self.budgets[:2], self.budgets[2][self.cored]])
-        self.h.changeRowsBounds(len(rows), rows, np.full(len(rows), -math.inf), bounds)
         return True
 
     def add_floors(self) -> None:
@@ -458,26 +456,26 @@ class _Lp:
         cost = np.where(self.linked, 0.0, self.q.instance_cost)
         index, vals = self.lvl_index[keep], self.lvl_num[keep]
         self.h.addCols(P, cost, np.zeros(P), np.full(P, math.inf), len(index), starts, index, vals)
-        self.budgets = nlp_budgets(self.q)
-        rows = self.C + P + np.arange(2 * self.J, dtype=np.int32)
-        rows = np.concatenate([rows, self.core0 + np.arange(len(self.cored), dtype=np.int32)])
-        bounds = np.concatenate([*self.budgets[:2], self.budgets[2][self.cored]])
-        self.h.changeRowsBounds(len(rows), rows, np.full(len(rows), -math.inf), bounds)
-        self.active = np.ones((self.J, self.K), dtype=bool)
-        self.served = np.ones((self.J, self.K), dtype=bool)
+        self._set_budgets(nlp_budgets(self.q), every_pool=True)
 
     def budgets_inner(self) -> None:
         """Set the rows' budgets inside the NLP's: the plain memory and compute budgets and each node's cores less
         N_MIN per pool, so the LP's point with every pool at n >= N_MIN keeps the NLP's rows (a feasible warm
         start; the LP's optimum lies a few millionths of an instance's price above R(S)'s)."""
         mem, comp = _plain_budgets(self.q)
-        self.budgets = (mem, comp, self.core_cap - N_MIN * self.K)
+        self._set_budgets((mem, comp, self.core_cap - N_MIN * self.K), every_pool=True)
+
+    def _set_budgets(self, budgets: Any, every_pool: bool = False) -> None:
+        """The memory, compute and core rows' upper bounds (``budgets``: per node); ``every_pool``: every pool
+        counts as active and served, so ``budgets_for`` leaves these budgets as set."""
+        self.budgets = budgets
         rows = self.C + self.J * self.K + np.arange(2 * self.J, dtype=np.int32)
         rows = np.concatenate([rows, self.core0 + np.arange(len(self.cored), dtype=np.int32)])
         bounds = np.concatenate([*self.budgets[:2], self.budgets[2][self.cored]])
         self.h.changeRowsBounds(len(rows), rows, np.full(len(rows), -math.inf), bounds)
-        self.active = np.ones((self.J, self.K), dtype=bool)
-        self.served = np.ones((self.J, self.K), dtype=bool)
+        if every_pool:
+            self.active = np.ones((self.J, self.K), dtype=bool)
+            self.served = np.ones((self.J, self.K), dtype=bool)
 
     def feasible_basis(self) -> None:
         """Start HiGHS from a feasible basis: the rejections r basic in the assignment rows (every stream

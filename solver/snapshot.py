@@ -236,11 +236,16 @@ MIN_CORES, MAX_CORES = 1 / 64, 4096.0  # a node's parallel capacity (1e-300 divi
 
 def _cores(v: Any, where: str) -> float | None:
     """A node's parallel capacity: absent (null) or a number in [MIN_CORES, MAX_CORES]."""
+    return _optional_within(v, where, MIN_CORES, MAX_CORES, "no limit")
+
+
+def _optional_within(v: Any, where: str, lo: float, hi: float, absent: str) -> float | None:
+    """An optional number: absent (null) or within [lo, hi]; ``absent`` says what its absence means."""
     if v is None:
         return None
     x = _number(v, where)
-    if not MIN_CORES <= x <= MAX_CORES:
-        raise SnapshotError(where, f"must be within {MIN_CORES:g}-{MAX_CORES:g} (or absent: no limit)")
+    if not lo <= x <= hi:
+        raise SnapshotError(where, f"must be within {lo:g}-{hi:g} (or absent: {absent})")
     return x
 
 
@@ -249,12 +254,7 @@ MIN_CONCURRENCY, MAX_CONCURRENCY = 1.0, 1024.0  # requests one instance serves a
 
 def _concurrency(v: Any, where: str) -> float | None:
     """Requests one of the node's instances serves at once: absent (null: 1) or a number in [1, 1024]."""
-    if v is None:
-        return None
-    x = _number(v, where)
-    if not MIN_CONCURRENCY <= x <= MAX_CONCURRENCY:
-        raise SnapshotError(where, f"must be within {MIN_CONCURRENCY:g}-{MAX_CONCURRENCY:g} (or absent: 1)")
-    return x
+    return _optional_within(v, where, MIN_CONCURRENCY, MAX_CONCURRENCY, "1")
 
 
 def _parse_model(raw: Any, where: str) -> Model:
