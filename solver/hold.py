@@ -6,9 +6,11 @@ keeps the running instances unless the plan beats them by a margin (``agent/hyst
 needs their value under the same snapshot: ``value_running`` fixes the instance counts at what runs and
 finds the split of each stream's rate over the nodes running its model that minimises the same
 objective. With the counts fixed that is a convex flow problem (linear costs plus the convex pool
-delays), solved by Frank-Wolfe with an exact line search, the classic method for traffic assignment;
-its duality gap bounds the error: the value is never below the best split's and above it by at most
-``gap_ms`` (so the running placement is, if anything, undervalued by less than ``gap_ms``: 1e-4 of the
+delays; a node's cores shared by load, ``solver.node_cpu.allot_cores``, recomputed as the rates move: the
+minimum over the allotments of jointly convex perspectives stays convex in the rates), solved by
+Frank-Wolfe with an exact line search, the classic method for traffic assignment; its duality gap bounds
+the error: the value is never below the best split's and above it by at most ``gap_ms`` (so the running
+placement is, if anything, undervalued by less than ``gap_ms``: 1e-4 of the
 objective, far below the hysteresis margin).
 
 Hard facts come with it: models with demand and no running instance (``unserved``) and pools whose
@@ -24,7 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from solver.node_cpu import effective_servers, node_slots
+from solver import node_cpu
+from solver.node_cpu import node_slots, over_cores, pool_servers
 from solver.problem import FloatArray, Mode, build_problem, running_instances
 from solver.queue_model import QueueProblem, build_queue_problem
 from solver.queue_plan import MAX_SPREAD_SITES
@@ -35,6 +38,17 @@ EVAL_RHO = 0.999  # the delay is M/M/1 up to this load when valuing a placement 
 ITERATIONS = 400
 TOLERANCE = 1e-4  # relative duality gap at which Frank-Wolfe stops (1e-7 ran all 400 iterations: ~0.5-1 s)
 BISECTIONS = 30
+
+
+@dataclass(frozen=True)
+class Held:
+    """The instances valued: [j, k] counts and [j] each node's cores (instance units; inf: no limit)."""
+
+    counts: FloatArray
+    cores: FloatArray
+
+
+Servers = Held | FloatArray  # the instances valued, or (the integer part's split, solver.queue_split) fixed servers
 
 
 @dataclass(frozen=True)
@@ -87,15 +101,15 @@ def value_running(
     if rho_max is not None:
         q = QueueProblem(q.base, q.rate, q.mu, q.node_class, rho_max, q.instance_cost)
     p = q.base
-    n = effective_servers(running.astype(float), q.cores())  # instances beyond a node's cores add no server
-    allowed = n[:, p.class_model].T > 0  # [c, j]: node j runs the class's model
+    n = Held(running.astype(float), q.cores())  # the pools' servers follow the rates (solver.node_cpu.pool_servers)
+    allowed = running[:, p.class_model].T > 0  # [c, j]: node j runs the class's model
     demand = q.rate > 0
     lost = demand & ~allowed.any(axis=1)
     unserved = tuple(sorted({p.model_names[int(p.class_model[c])] for c in np.nonzero(lost)[0]}))
     served = demand & ~lost
     x, gap = _best_split(q, n, allowed & served[:, None])
     lam = _lam(q, x)
-    over = lam > n * q.rho_max * q.mu * (1 + 1e-6) + 1e-9
+    over = _over(q, n, lam)
     overloaded = tuple(f"{p.node_ids[j]}/{p.model_names[k]}" for j, k in zip(*np.nonzero(over), strict=True))
     total = float(x.sum())
     value = _objective(q, n, x) / total if total > 0 else 0.0
@@ -112,7 +126,7 @@ def value_running(
     )  # fmt: skip
 
 
-def _model_ms(q: QueueProblem, n: FloatArray, x: FloatArray) -> dict[str, float]:
+def _model_ms(q: QueueProblem, n: Servers, x: FloatArray) -> dict[str, float]:
     """Per model with served rate: mean latency per request at this split (``_objective``'s terms, per model)."""
     p = q.base
     lam = _lam(q, x)
@@ -145,34 +159,51 @@ def _lam(q: QueueProblem, x: FloatArray) -> FloatArray:
     return np.asarray(x.T @ onehot)
 
 
-def _delay(q: QueueProblem, lam: FloatArray, n: FloatArray) -> tuple[FloatArray, FloatArray]:
-    """(D, dD/dlam) per pool, solver.queueing.PoolDelay's formulas at load cap EVAL_RHO; 0 where n = 0."""
-    on = n > 0
-    nn = np.where(on, n, 1.0)
+def _delay(q: QueueProblem, lam: FloatArray, n: Servers) -> tuple[FloatArray, FloatArray]:
+    """(D, dD/dlam) per pool, solver.queueing.PoolDelay's formulas at load cap EVAL_RHO over the servers the
+    node's cores give the pools at these rates (``pool_servers``; by the envelope theorem the allotment's own
+    change adds nothing to the derivative), or over fixed servers ``n`` (an array); 0 where no instance runs."""
+    if isinstance(n, Held):
+        servers, load = pool_servers(lam, q.mu, n.counts, n.cores)
+        on = n.counts > 0
+    else:
+        servers, load, on = n, np.zeros(n.shape), n > 0
     mu = q.mu
-    t = lam / nn
+    t = np.where(on & (servers > 0), lam / np.where(servers > 0, servers, 1.0), load * mu)
     tm = EVAL_RHO * mu
     tc = np.minimum(t, tm)
     gap = mu - tc
     d1 = 1000.0 * mu / gap**2
     g = 1000.0 * tc / gap + np.where(t > tm, d1 * (t - tm), 0.0)
-    return np.where(on, nn * g, 0.0), np.where(on, d1, 0.0)
+    return np.where(on & (servers > 0), servers * g, 0.0), np.where(on, d1, 0.0)
 
 
-def _objective(q: QueueProblem, n: FloatArray, x: FloatArray) -> float:
+def _over(q: QueueProblem, n: Held, lam: FloatArray) -> FloatArray:
+    """[j, k] pools whose load exceeds ``rho_max`` where the node shares its cores by load: every busy pool on a
+    node over its cores, and a pool over its own instances (repair's two checks, with their tolerances)."""
+    on = (n.counts > 0) & (lam > 0)
+    own = lam > n.counts * q.rho_max * q.mu * (1 + 1e-6) + 1e-9
+    if not node_cpu.ALLOT_BY_LOAD:  # the equal split: a pool over the servers it gives
+        servers, _ = pool_servers(lam, q.mu, n.counts, n.cores)
+        return np.asarray(on & (lam > servers * q.rho_max * q.mu * (1 + 1e-6) + 1e-9))
+    node = np.asarray(over_cores(lam, q.mu, n.cores, q.rho_max), dtype=bool)
+    return np.asarray(on & (own | node[:, None]))
+
+
+def _objective(q: QueueProblem, n: Servers, x: FloatArray) -> float:
     """Total request-ms per second: RTT + execution on every share, the pools' waits (service counted once)."""
     lam = _lam(q, x)
     d, _ = _delay(q, lam, n)
     return float((x * q.base.cost).sum() + (d - lam * q.service_ms).sum())
 
 
-def _gradient(q: QueueProblem, n: FloatArray, x: FloatArray) -> FloatArray:
+def _gradient(q: QueueProblem, n: Servers, x: FloatArray) -> FloatArray:
     _, d1 = _delay(q, _lam(q, x), n)
     marginal = (d1 - q.service_ms)[:, q.base.class_model].T  # [c, j]
     return np.asarray(q.base.cost + marginal)
 
 
-def _best_split(q: QueueProblem, n: FloatArray, allowed: Any) -> tuple[FloatArray, float]:
+def _best_split(q: QueueProblem, n: Servers, allowed: Any) -> tuple[FloatArray, float]:
     """Frank-Wolfe on the split of each class's rate over its allowed nodes; returns (x, duality gap)."""
     rate = np.where(allowed.any(axis=1), q.rate, 0.0)
     big = np.where(allowed, 0.0, np.inf)
@@ -198,7 +229,7 @@ def _all_on(cost: FloatArray, rate: FloatArray) -> FloatArray:
     return out
 
 
-def _line_search(q: QueueProblem, n: FloatArray, x: FloatArray, d: FloatArray) -> float:
+def _line_search(q: QueueProblem, n: Servers, x: FloatArray, d: FloatArray) -> float:
     """The step in [0, 1] minimising the convex objective along ``d`` (bisection on its derivative)."""
 
     def slope(a: float) -> float:
@@ -231,11 +262,12 @@ def _spread(q: QueueProblem, x: FloatArray) -> list[dict[str, Any]]:
     return out
 
 
-def _planned_queue(q: QueueProblem, n: FloatArray, lam: FloatArray) -> dict[str, dict[str, float]]:
+def _planned_queue(q: QueueProblem, n: Held, lam: FloatArray) -> dict[str, dict[str, float]]:
     """Per node and model with traffic: the mean number of requests at one instance (M/M/c L over its slots)."""
     out: dict[str, dict[str, float]] = {}
     slots = node_slots(q.base).tolist()
-    for j, k in zip(*np.nonzero((n > 0) & (lam > 0)), strict=True):
-        rho = min(float(lam[j, k] / (n[j, k] * q.mu[j, k])), EVAL_RHO)
+    _, load = pool_servers(lam, q.mu, n.counts, n.cores)
+    for j, k in zip(*np.nonzero((n.counts > 0) & (lam > 0)), strict=True):
+        rho = min(float(load[j, k]), EVAL_RHO)
         out.setdefault(q.base.node_ids[j], {})[q.base.model_names[k]] = round(requests_at_instance(rho, slots[j]), 6)
     return out

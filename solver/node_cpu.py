@@ -8,9 +8,11 @@ GPU streams). A node with ``cores`` of them does at most ``cores`` seconds of se
 and a pool's delay is that of its *effective* servers: the instances it runs, but no more than the
 cores the node gives it (``e_jk <= n_jk``, ``sum_k e_jk <= cores_j``). In the relaxation
 (``solver.queue_model``) ``e`` is a variable and the optimiser allots the cores; on an integer
-placement (the plan's objective, the running placement's value) ``effective_servers`` gives every
-instance an equal slice where a node runs more instances than it has cores. Nodes without ``cores`` have
-no limit.
+placement the plan's figures (objective, per-model latency, planned queues) and the running placement's
+value share them by load (``allot_cores``: the minimum-wait allotment, every pool short of cores at one
+utilisation), which is feasible at ``rho_max`` exactly where repair's two core checks pass. The integer
+part's search still prices a move by ``effective_servers``' equal slice per instance where a node runs
+more instances than it has cores (rate-independent, cheap). Nodes without ``cores`` have no limit.
 
 An instance may serve several requests at once (a model server's thread pool; Triton's instance group):
 on node j it has ``slots_j = min(concurrency_j, max(cores_j, 1))`` slots (``node_slots``; no concurrency:
@@ -71,3 +73,61 @@ def effective_servers(counts: npt.ArrayLike, cores: FloatArray) -> FloatArray:
     total = counts.sum(axis=1)
     share = np.where(total > cores, cores / np.where(total > 0, total, 1.0), 1.0)
     return np.asarray(counts * share[:, None])
+
+
+ALLOT_BY_LOAD = True  # the plan's figures share a node's cores by busy work (False: the equal split per instance)
+
+
+def allot_cores(lam: FloatArray, mu: FloatArray, counts: npt.ArrayLike, cores: FloatArray) -> FloatArray:
+    """[j, k] the cores each pool gets where its node shares them by load: equal utilisation for every pool below
+    its instance count (``e = min(n, b / rho*)``, ``b = lam / mu``, ``sum_k e = cores``); idle pools get none.
+
+    Minimises the pools' total wait over the allotments (``sum_k e_k <= cores``, ``e_k <= n_k``) for any
+    convex per-server delay of the load: its KKT conditions equalise the load of the uncapped pools. So it is
+    the relaxation's own allotment, what a work-conserving scheduler approaches, and feasible at ``rho_max``
+    exactly where repair's checks pass (``sum b <= rho_max cores`` and ``b <= rho_max n``)."""
+    return allot_with_level(lam, mu, counts, cores)[0]
+
+
+def allot_with_level(
+    lam: FloatArray, mu: FloatArray, counts: npt.ArrayLike, cores: FloatArray
+) -> tuple[FloatArray, FloatArray]:
+    """(``allot_cores``, [j] the node's water level ``rho*``: the load of its uncapped pools, 0 where no busy pool
+    is short of cores). One sort per node, vectorised: the pools whose own load ``b / n`` is highest are capped
+    at ``n`` first; with the top ``m`` capped, ``rho* = (sum of the rest's b) / (cores - sum of the top m's n)``."""
+    n = np.asarray(counts, dtype=float)
+    lam, mu = np.asarray(lam, dtype=float), np.asarray(mu, dtype=float)
+    on = (n > 0) & (lam > 0)
+    b = np.where(on, lam / np.where(on, mu, 1.0), 0.0)
+    nb = np.where(on, n, 0.0)
+    own = np.where(on, b / np.where(on, n, 1.0), -1.0)  # [j, k] a pool's load on all its instances
+    order = np.argsort(-own, axis=1, kind="stable")
+    own_s, b_s, n_s = (np.take_along_axis(a, order, axis=1) for a in (own, b, nb))
+    capped_n = np.cumsum(n_s, axis=1) - n_s  # [j, m] n of the pools ranked above m
+    rest_b = np.cumsum(b_s[:, ::-1], axis=1)[:, ::-1]  # [j, m] b of pool m and those below it
+    room = cores[:, None] - capped_n
+    level = np.where(room > 0, rest_b / np.where(room > 0, room, 1.0), np.inf)
+    valid = (own_s > 0) & (level >= own_s * (1 - 1e-12)) & (room > 0)  # pool m uncapped at this level
+    first = np.where(valid.any(axis=1), valid.argmax(axis=1), 0)
+    rho = np.take_along_axis(level, first[:, None], axis=1)[:, 0]
+    short = valid.any(axis=1) & (nb.sum(axis=1) > cores)  # the node's busy pools want more than its cores
+    rho = np.where(short, rho, 0.0)
+    e = np.where(on, np.minimum(n, b / np.where(rho > 0, rho, np.inf)[:, None]), 0.0)
+    e = np.where(on & ~short[:, None], n, e)
+    return np.asarray(e), np.asarray(rho)
+
+
+def pool_servers(
+    lam: FloatArray, mu: FloatArray, counts: npt.ArrayLike, cores: FloatArray
+) -> tuple[FloatArray, FloatArray]:
+    """([j, k] the servers each pool's figures use, [j, k] its load per server): ``allot_cores`` (an idle pool's
+    load is its node's level ``rho*``, the load its first request would share), or, with ``ALLOT_BY_LOAD``
+    off, ``effective_servers``' equal split (an idle pool's load 0)."""
+    lam, mu = np.asarray(lam, dtype=float), np.asarray(mu, dtype=float)
+    if ALLOT_BY_LOAD:
+        e, level = allot_with_level(lam, mu, counts, cores)
+        idle = np.broadcast_to(level[:, None], e.shape)
+    else:
+        e, idle = effective_servers(counts, cores), np.zeros(lam.shape)
+    on = (e > 0) & (lam > 0)
+    return e, np.where(on, lam / np.where(on, e * mu, 1.0), idle)

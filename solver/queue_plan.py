@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from solver.capacity import violations
-from solver.node_cpu import effective_servers, node_slots
+from solver.node_cpu import node_slots, pool_servers
 from solver.plan import Plan, Rejection
 from solver.problem import FloatArray, IntArray, Mode, Problem, plan_actions, plan_instances, running_instances
 from solver.queue_close_fast import close_pools_fast
@@ -123,20 +123,23 @@ def _positive(x: FloatArray) -> list[list[int]]:
 
 
 def planned_queue(q: QueueProblem, pools: Pools) -> dict[str, dict[str, float]]:
-    """Per node and model: the mean number of requests at one instance under the plan (M/M/c L over its slots)."""
+    """Per node and model: the mean number of requests at one instance under the plan (M/M/c L over its slots),
+    the node's cores shared by load (solver.node_cpu.pool_servers; an idle pool: 0)."""
     lam, counts = pools.state()
-    servers = effective_servers(counts, pools.cores)  # a node's cores shared by its instances
+    _, load = pool_servers(lam, q.mu, counts, pools.cores)
     slots = node_slots(q.base).tolist()
     out: dict[str, dict[str, float]] = {}
     for j, k in zip(*np.nonzero(counts > 0), strict=True):
-        rho = min(float(lam[j, k] / (servers[j, k] * q.mu[j, k])), 0.999)
+        rho = min(float(load[j, k]), 0.999) if lam[j, k] > 0 else 0.0
         out.setdefault(q.base.node_ids[j], {})[q.base.model_names[k]] = round(requests_at_instance(rho, slots[j]), 6)
     return out
 
 
 def _wait_terms(q: QueueProblem, pools: Pools) -> tuple[FloatArray, FloatArray]:
-    """[j, k] each pool's M/M/1 wait (request-ms/s, PoolDelay at a cap of rho_max + 0.099, vectorised) and lam."""
-    lam, counts = pools.lam(), effective_servers(pools.counts(), pools.cores)
+    """[j, k] each pool's M/M/1 wait (request-ms/s, PoolDelay at a cap of rho_max + 0.099, vectorised) and lam,
+    over the servers its node's cores give it by load (solver.node_cpu.pool_servers)."""
+    lam, whole = pools.state()
+    counts = pool_servers(lam, q.mu, whole, pools.cores)[0]
     rho = min(0.999, q.rho_max + 0.099)
     n = np.where(lam > 0, counts, 1).astype(float)
     t, tm = lam / n, rho * q.mu

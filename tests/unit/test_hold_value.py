@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from solver import Snapshot
 from solver.api import solve
-from solver.hold import EVAL_RHO, _delay, value_running
+from solver.hold import EVAL_RHO, Held, _delay, value_running
 from solver.problem import Mode, build_problem, running_instances
 from solver.queue_model import build_queue_problem
 from solver.queueing import PoolDelay
@@ -44,7 +44,7 @@ def test_the_delay_is_pool_delays_at_the_evaluation_load_cap() -> None:
     q = build_queue_problem(build_problem(s, Mode.MODE2, current=running_instances(s)))
     n = np.array([[2.0], [3.0]])
     for lam in (0.0, 50.0, 400.0, 900.0):  # below, near and past the cap
-        d, d1 = _delay(q, np.array([[lam], [lam]]), n)
+        d, d1 = _delay(q, np.array([[lam], [lam]]), Held(n, np.full(2, np.inf)))
         for j in range(2):
             ref = PoolDelay(300.0, EVAL_RHO)
             assert d[j, 0] == pytest.approx(float(ref.value(lam, n[j, 0])), rel=1e-9)
