@@ -1,0 +1,215 @@
+"""A node's cores in the plan's figures: the equal split per instance against the allotment by load (issue 16).
+
+1. ``--figures N``: bench/bound_sweep.py's overloaded clusters (seeds 0..N-1, at their rate and at half of it),
+   each solved the plan's way (relaxation, repair, closing, moves, best split). Of the plans that pass repair's
+   checks (every node's busy work within rho_max of its cores, every pool within rho_max of its instances):
+   how many have a pool whose figure's load exceeds rho_max, or a planned queue at the 0.999 cap, with the
+   equal split (``solver.node_cpu.effective_servers``) and with the allotment by load (``allot_cores``).
+2. ``--sim``: per pool, the plan's mean sojourn (ms, M/M/1 on its servers: ``queue_plan._wait_terms``) and
+   mean requests per instance (``planned_queue``) under each split, against the discrete-event simulation of
+   the same placement (solver/shared_cores.py: Poisson arrivals at each pool's rate, each request to one of its
+   instances uniformly, exponential service, the node's cores shared by the requests in service). Clusters: the
+   review's repro (overloaded seed 0 at half its rate) and a few more overloaded seeds at a fraction of their
+   rate, every instance with one slot (slots are another matter) and at least one core per node.
+
+    .venv/bin/python bench/allot_bench.py [--figures 600] [--sim] [--duration 300] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+from typing import Any
+
+import numpy as np
+
+from bench.bound_sweep import final_pools, overloaded_seed
+from solver import node_cpu
+from solver.node_cpu import node_slots, pool_servers
+from solver.problem import build_problem
+from solver.queue_model import QueueProblem, build_queue_problem
+from solver.queue_plan import _wait_terms, planned_queue
+from solver.queue_repair import Pools
+from solver.queueing import requests_at_instance
+from solver.shared_cores import shared_sojourn_ms
+from solver.snapshot import Snapshot
+from solver.tail_cap import with_tail_cap
+
+SIM_CASES = ((0, 0.5), (27, 0.5), (32, 0.4), (35, 0.4), (29, 0.4), (1866, 0.5), (1323, 0.5))
+
+
+def scaled(snap: Snapshot, scale: float, one_slot: bool = False) -> Snapshot:
+    """``snap`` with every rate times ``scale`` (``one_slot``: every node at concurrency 1 and >= 1 core)."""
+    reqs = tuple(dataclasses.replace(r, rate=(r.rate or 0.0) * scale) for r in snap.requests)
+    nodes = snap.nodes
+    if one_slot:
+        nodes = tuple(dataclasses.replace(n, concurrency=1.0, cores=max(n.cores or 1.0, 1.0)) for n in nodes)
+    return dataclasses.replace(snap, requests=reqs, nodes=nodes)
+
+
+def solved(seed: int, scale: float, one_slot: bool = False) -> tuple[QueueProblem, Pools]:
+    """The plan's integer placement of overloaded seed ``seed`` at ``scale`` of its rate."""
+    snap, mode, tail = overloaded_seed(seed)
+    q = build_queue_problem(build_problem(scaled(snap, scale, one_slot), mode))
+    q = with_tail_cap(q) if tail else q
+    return q, final_pools(q)
+
+
+def passes_repair(pools: Pools) -> bool:
+    """Repair's checks: budgets and cores (``over_budget``) and every pool within rho_max of its instances."""
+    lam, counts = pools.state()
+    own = lam <= pools.q.rho_max * pools.q.mu * counts * (1 + 1e-6) + 1e-9
+    return not pools.over_budget(counts, lam) and bool(np.all(own | (counts == 0)))
+
+
+def priced_past(pools: Pools) -> bool:
+    """Whether some pool's figure (under the current split) is past rho_max or its planned queue at the cap."""
+    lam, counts = pools.state()
+    _, load = pool_servers(lam, pools.q.mu, counts, pools.cores)
+    if float(np.where((counts > 0) & (lam > 0), load, 0.0).max(initial=0.0)) > pools.q.rho_max * (1 + 1e-5):
+        return True
+    slots = node_slots(pools.q.base)
+    queues = planned_queue(pools.q, pools)
+    for j, node in enumerate(pools.q.base.node_ids):
+        cap = round(requests_at_instance(0.999, float(slots[j])), 6)
+        if any(v >= cap for v in queues.get(node, {}).values()):
+            return True
+    return False
+
+
+def figures(n: int) -> dict[str, Any]:
+    """Part 1 (module docstring): per scale, plans passing repair and those priced past rho_max per split."""
+    out: dict[str, Any] = {}
+    for scale in (1.0, 0.5):
+        row = {"clusters": n, "pass_repair": 0, "equal_split_past": 0, "by_load_past": 0, "errors": 0}
+        for seed in range(n):
+            try:
+                _, pools = solved(seed, scale)
+            except Exception:  # a solver failure is counted, the sweep goes on
+                row["errors"] += 1
+                continue
+            if not passes_repair(pools):
+                continue
+            row["pass_repair"] += 1
+            for key, on in (("equal_split_past", False), ("by_load_past", True)):
+                node_cpu.ALLOT_BY_LOAD = on
+                row[key] += priced_past(pools)
+            node_cpu.ALLOT_BY_LOAD = True
+        out[f"scale_{scale}"] = row
+    return out
+
+
+def simulate(pools: Pools, duration_s: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """[j, k] simulated mean sojourn (ms) and mean requests per instance of every busy pool (nan elsewhere)."""
+    q, rng = pools.q, np.random.default_rng(seed)
+    lam, counts = pools.state()
+    cores = np.asarray(pools.cores, dtype=float)
+    first = np.concatenate([[0], np.cumsum(counts.ravel())])  # instance ids per pool, row-major
+    node_of = np.repeat(np.repeat(np.arange(counts.shape[0]), counts.shape[1]), counts.ravel())
+    arrivals, instances, work, pool_of = [], [], [], []
+    for j, k in zip(*np.nonzero((lam > 0) & (counts > 0)), strict=True):
+        m = rng.poisson(lam[j, k] * duration_s)
+        arrivals.append(np.sort(rng.uniform(0.0, duration_s, m)))
+        instances.append(first[j * counts.shape[1] + k] + rng.integers(0, counts[j, k], m))
+        work.append(rng.exponential(1.0 / q.mu[j, k], m))
+        pool_of.append(np.full(m, j * counts.shape[1] + k))
+    arrival, instance, service, pool = (np.concatenate(a) for a in (arrivals, instances, work, pool_of))
+    sojourn = shared_sojourn_ms(arrival, instance, service, node_of, cores)
+    warm = arrival > 0.1 * duration_s  # the first tenth is the warm-up
+    flat = np.full(counts.size, np.nan)
+    for p in np.unique(pool).tolist():
+        flat[p] = float(sojourn[(pool == p) & warm].mean())
+    mean = flat.reshape(counts.shape)
+    return mean, lam / np.where(counts > 0, counts, 1) * mean / 1000.0  # Little: per instance
+
+
+def plan_figures(pools: Pools) -> tuple[np.ndarray, np.ndarray]:
+    """[j, k] the plan's mean sojourn (ms) and mean requests per instance under the current split."""
+    q = pools.q
+    wait, lam = _wait_terms(q, pools)
+    sojourn = np.where(lam > 0, (wait + lam * q.service_ms) / np.where(lam > 0, lam, 1.0), np.nan)
+    queues = planned_queue(q, pools)
+    per = np.full(lam.shape, np.nan)
+    for j, node in enumerate(q.base.node_ids):
+        for k, m in enumerate(q.base.model_names):
+            if m in queues.get(node, {}) and lam[j, k] > 0:
+                per[j, k] = queues[node][m]
+    return sojourn, per
+
+
+def sim_rows(duration_s: float) -> list[dict[str, Any]]:
+    """Part 2 (module docstring): one row per busy pool of every SIM_CASES cluster."""
+    rows = []
+    for seed, scale in SIM_CASES:
+        q, pools = solved(seed, scale, one_slot=True)
+        sim_ms, sim_l = simulate(pools, duration_s, seed)
+        figs = {}
+        for tag, on in (("equal", False), ("load", True)):
+            node_cpu.ALLOT_BY_LOAD = on
+            figs[tag] = plan_figures(pools)
+        node_cpu.ALLOT_BY_LOAD = True
+        lam, counts = pools.state()
+        for j, k in zip(*np.nonzero((lam > 0) & (counts > 0)), strict=True):
+            rows.append({"seed": seed, "scale": scale, "node": q.base.node_ids[j], "model": q.base.model_names[k],
+                         "cores": float(pools.cores[j]), "instances": int(counts[j, k]),
+                         "rate_rps": round(float(lam[j, k]), 2), "service_ms": round(float(q.service_ms[j, k]), 3),
+                         "sim_ms": float(sim_ms[j, k]), "equal_ms": float(figs["equal"][0][j, k]),
+                         "load_ms": float(figs["load"][0][j, k]), "sim_l": float(sim_l[j, k]),
+                         "equal_l": float(figs["equal"][1][j, k]), "load_l": float(figs["load"][1][j, k])})  # fmt: skip
+    return rows
+
+
+def error_summary(rows: list[dict[str, Any]]) -> dict[str, float]:
+    """Rate-weighted mean |log(plan / sim)| of the sojourn per split (0: exact), and the worst ratio."""
+    out = {}
+    weights = np.array([r["rate_rps"] for r in rows])
+    for tag in ("equal", "load"):
+        ratio = np.array([r[f"{tag}_ms"] / r["sim_ms"] for r in rows])
+        out[f"{tag}_mean_abs_log"] = float((weights * np.abs(np.log(ratio))).sum() / weights.sum())
+        out[f"{tag}_worst_ratio"] = float(ratio[np.argmax(np.abs(np.log(ratio)))])
+    return out
+
+
+def sim_table(rows: list[dict[str, Any]]) -> str:
+    """The per-pool comparison as text."""
+    lines = ["seed scale node/model cores n  rate  svc_ms |  sim_ms  equal_ms  load_ms |  sim_L  equal_L  load_L"]
+    for r in rows:
+        lines.append(
+            f"{r['seed']:4d} {r['scale']:4.2f} {r['node'] + '/' + r['model']:8s} {r['cores']:4.2f} {r['instances']:2d} "
+            f"{r['rate_rps']:6.1f} {r['service_ms']:6.2f} | {r['sim_ms']:7.2f} {_num(r['equal_ms']):>9s} "
+            f"{r['load_ms']:8.2f} | {r['sim_l']:6.2f} {r['equal_l']:7.2f} {r['load_l']:7.2f}"
+        )
+    return "\n".join(lines)
+
+
+def _num(v: float) -> str:
+    return f"{v:.2f}" if v < 1e5 else f"{v:.3g}"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--figures", type=int, default=0, help="overloaded clusters for part 1 (0: skip)")
+    ap.add_argument("--sim", action="store_true", help="part 2: the plan's figures against the simulation")
+    ap.add_argument("--duration", type=float, default=300.0, help="simulated seconds per cluster (part 2)")
+    ap.add_argument("--json", action="store_true", help="one JSON object instead of text")
+    args = ap.parse_args()
+    out: dict[str, Any] = {}
+    if args.figures:
+        out["figures"] = figures(args.figures)
+    if args.sim:
+        rows = sim_rows(args.duration)
+        out["sim"] = {"rows": rows, "summary": error_summary(rows), "duration_s": args.duration}
+    if args.json:
+        print(json.dumps(out, default=lambda v: None if isinstance(v, float) and math.isnan(v) else v))
+        return
+    for key, row in out.get("figures", {}).items():
+        print(f"{key}: {row}")
+    if "sim" in out:
+        print(sim_table(out["sim"]["rows"]))
+        print("summary (rate-weighted mean |log plan/sim|, worst plan/sim):", out["sim"]["summary"])
+
+
+if __name__ == "__main__":
+    main()
