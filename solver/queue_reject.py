@@ -19,12 +19,14 @@ a plan that keeps the bound without it is never touched. It only lowers rates: m
 the other pools' loads are untouched, the rate is conserved (served + rejected), and each call takes one
 instance away, so step 4's loop ends.
 
-``refill_open_pools`` then gives the freed core share to rejected streams whose model already has an open
-pool on the node (its instances' headroom, cheapest node first; nothing opens, so the bound and memory
-hold). It opens no instance: a new instance there for a few req/s would count as one of the node's
-instances when its cores are shared (solver.node_cpu.effective_servers: counts x cores / instances), and
-the pools beside it, full at rho_max, would be priced past saturation (measured: one such plan's mean
-latency 274,544 ms against 69 ms).
+The cores it frees then go to rejected streams: by step 5 again (solver.queue_repair ``REFILL_OPENS``:
+whole or in parts on the cheapest nodes, new instances only within the bound), or, with that off, by
+``refill_open_pools`` into the headroom of pools already open on the node (nothing opens). The latter was
+the rule while the plan's figures split a node's cores equally per instance: a new instance for a few
+req/s then priced the full pools beside it past saturation (one plan's mean latency 274,544 ms against
+69 ms). Priced by load (solver.node_cpu.allot_cores) that plan is within 1 % and serves more: on the
+overloaded sweep's clusters where the resort acts (seeds 0-2,999 at 1, 2 and 3 slots and as drawn) step
+5 serves 0-2 % more of the offered rate at 0.99-1.01x the mean latency, within the bound.
 """
 
 from __future__ import annotations

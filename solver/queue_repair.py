@@ -50,6 +50,7 @@ DROP_SLIVERS = True  # step 1's sliver rule (switched off only to show the bound
 BOUND_STEP_5 = True  # step 5 opens no instance past the bound nor for a sliver (likewise)
 SHED_BY_MOVING = True  # step 4's last resort: move rate into other pools' headroom to free one instance
 SHED_BY_REJECTING = True  # where no move frees one: reject the least loaded last instance's rate (queue_reject)
+REFILL_OPENS = True  # the freed cores go to step 5 again (new instances within the bound); off: open pools only
 KEEP_EXACT_STATE = True  # step 5 keeps its rates' state where an undone move restored them bit for bit (exact)
 CORES_FIRST = True  # best_destination tests core room first and stops where no node has it (exact)
 SLIVER_FIRST = True  # step 5 refuses a sliver into an empty pool before computing the move's counts (exact)
@@ -369,14 +370,18 @@ def _swap_with_room(pools: Pools, nodes: list[int], k: int) -> bool:
 
 def _reject_for_bound(pools: Pools, nodes: list[int], k: int) -> bool:
     """Where no move frees an instance (every node's cores full): reject the least loaded last instance's rate
-    (solver.queue_reject); refill_open_pools gives the freed cores to rejected streams of pools open there."""
+    (solver.queue_reject); ``_refill_open_pools`` then places rejected streams in the cores it freed."""
     from solver.queue_reject import shed_by_rejecting
 
     return shed_by_rejecting(pools, nodes, k)
 
 
 def _refill_open_pools(pools: Pools) -> None:
-    """After rate was rejected for the bound: rejected streams into open pools' headroom (solver.queue_reject)."""
+    """After rate was rejected for the bound: rejected streams placed by step 5 again, within the bound
+    (``REFILL_OPENS``), else only into open pools' headroom (solver.queue_reject)."""
+    if REFILL_OPENS:
+        _place_rejected(pools)
+        return
     from solver.queue_reject import refill_open_pools
 
     refill_open_pools(pools)
