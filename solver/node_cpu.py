@@ -94,27 +94,32 @@ def allot_with_level(
 ) -> tuple[FloatArray, FloatArray]:
     """(``allot_cores``, [j] the node's water level ``rho*``: the load of its uncapped pools, 0 where no busy pool
     is short of cores). One sort per node, vectorised: the pools whose own load ``b / n`` is highest are capped
-    at ``n`` first; with the top ``m`` capped, ``rho* = (sum of the rest's b) / (cores - sum of the top m's n)``."""
+    at ``n`` first; with the top ``m`` capped, ``rho*_m = (sum of the rest's b) / (cores - sum of the top m's
+    n)``, which falls with m while pool m is busier than it and rises after: ``rho*`` is the least of them."""
     n = np.asarray(counts, dtype=float)
     lam, mu = np.asarray(lam, dtype=float), np.asarray(mu, dtype=float)
     on = (n > 0) & (lam > 0)
-    b = np.where(on, lam / np.where(on, mu, 1.0), 0.0)
-    nb = np.where(on, n, 0.0)
+    e = np.where(on, n, 0.0)
+    level = np.zeros(len(e))
+    short = e.sum(axis=1) > cores  # the node's busy pools want more than its cores: only those rows are allotted
+    if short.any():
+        e[short], level[short] = _water_fill(lam[short] / mu[short], e[short], np.asarray(cores)[short])
+    return e, level
+
+
+def _water_fill(b: FloatArray, n: FloatArray, cores: FloatArray) -> tuple[FloatArray, FloatArray]:
+    """``allot_with_level`` on nodes short of cores: [j, k] busy work ``b`` (0 where idle), counts ``n`` of the
+    busy pools (0 elsewhere), [j] cores below ``n``'s row sums."""
+    on = n > 0
     own = np.where(on, b / np.where(on, n, 1.0), -1.0)  # [j, k] a pool's load on all its instances
     order = np.argsort(-own, axis=1, kind="stable")
-    own_s, b_s, n_s = (np.take_along_axis(a, order, axis=1) for a in (own, b, nb))
+    own_s, b_s, n_s = (np.take_along_axis(a, order, axis=1) for a in (own, np.where(on, b, 0.0), n))
     capped_n = np.cumsum(n_s, axis=1) - n_s  # [j, m] n of the pools ranked above m
     rest_b = np.cumsum(b_s[:, ::-1], axis=1)[:, ::-1]  # [j, m] b of pool m and those below it
     room = cores[:, None] - capped_n
-    level = np.where(room > 0, rest_b / np.where(room > 0, room, 1.0), np.inf)
-    valid = (own_s > 0) & (level >= own_s * (1 - 1e-12)) & (room > 0)  # pool m uncapped at this level
-    first = np.where(valid.any(axis=1), valid.argmax(axis=1), 0)
-    rho = np.take_along_axis(level, first[:, None], axis=1)[:, 0]
-    short = valid.any(axis=1) & (nb.sum(axis=1) > cores)  # the node's busy pools want more than its cores
-    rho = np.where(short, rho, 0.0)
-    e = np.where(on, np.minimum(n, b / np.where(rho > 0, rho, np.inf)[:, None]), 0.0)
-    e = np.where(on & ~short[:, None], n, e)
-    return np.asarray(e), np.asarray(rho)
+    # capping pool m lowers the level exactly while m's own load is above it, so the level is the least one
+    rho = np.where((own_s > 0) & (room > 0), rest_b / np.where(room > 0, room, 1.0), np.inf).min(axis=1)
+    return np.where(on, np.minimum(n, np.where(on, b, 0.0) / rho[:, None]), 0.0), rho
 
 
 def pool_servers(
