@@ -289,3 +289,16 @@ def test_the_figures_meet_the_simulation_where_cores_do_not_bind_and_by_load_whe
     finally:
         node_cpu.ALLOT_BY_LOAD = True
     assert equal[0, 0] > 1000 * sim[0, 0]
+
+
+def test_the_speed_prototype_is_mm1_where_every_instance_has_a_core() -> None:
+    """bench/allot_bench.py's prototype: with a core per instance nothing slows down (the M/M/1 sojourn); with
+    fewer, every instance is slower, and the busiest one's sojourn grows the most (its own queue amplifies it)."""
+    from bench.allot_bench import speed_sojourn
+
+    a, mu = np.array([50.0, 10.0, 80.0]), np.array([100.0, 200.0, 100.0])
+    np.testing.assert_allclose(speed_sojourn(a, mu, 3.0), 1000.0 / (mu - a), rtol=1e-12)
+    shared = speed_sojourn(a, mu, 1.5)
+    assert np.all(shared > 1000.0 / (mu - a))
+    growth = shared / (1000.0 / (mu - a))
+    assert growth[2] > growth[0] > growth[1] > 1.0
