@@ -232,11 +232,14 @@ def build_snapshot(
         slowdown = {n: min(v, own.get(n, 1.0)) for n, v in slowdown.items()}  # a node's word, checked
     streams: dict[tuple[str, str], dict[str, float]] = {}
     latencies: dict[tuple[str, str], list[float]] = {}
-    for r in sorted(records, key=lambda r: r.ts):
+    for r in reversed(sorted(records, key=lambda r: r.ts)):  # newest first: a stream's RTT to a node is its latest
         if r.model not in known or (r.status >= 500 and r.status != 503):
             continue
         rtts = streams.setdefault((r.client, r.model), {})
-        rtts.update({n: v for n, v in r.rtt_ms.items() if n in node_set})
+        if len(rtts) < len(node_set):  # a node not reported yet (the usual stream: only its newest record is read)
+            for node_id, rtt in r.rtt_ms.items():
+                if node_id in node_set and node_id not in rtts:
+                    rtts[node_id] = rtt
         if r.node is not None and r.latency_ms is not None and 200 <= r.status < 300:
             latencies.setdefault((r.node, r.model), []).append(r.latency_ms / slowdown.get(r.node, 1.0))
     classes = {n.node_id: n.node_class for n in nodes}

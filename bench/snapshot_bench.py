@@ -42,10 +42,8 @@ def window(n: int, seed: int = 0) -> list[Any]:
     for _ in range(n):
         c = rnd.randrange(CLIENTS)
         rtt = {f"n{j}": sites[home[c]][j] + rnd.uniform(0, 2) for j in range(NODES)}
-        out.append(
-            RequestRecord(1000 + rnd.random() * 60, rnd.choice(models), f"c{c}", rtt, f"n{rnd.randrange(NODES)}",
-                          rnd.uniform(2, 30), 200)  # fmt: skip
-        )
+        ts, model, node = 1000 + rnd.random() * 60, rnd.choice(models), f"n{rnd.randrange(NODES)}"
+        out.append(RequestRecord(ts, model, f"c{c}", rtt, node, rnd.uniform(2, 30), 200))
     return out
 
 
