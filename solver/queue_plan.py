@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from solver.capacity import violations
-from solver.node_cpu import effective_servers, node_slots
+from solver.node_cpu import core_room, effective_servers, node_slots
 from solver.plan import Plan, Rejection
 from solver.problem import FloatArray, IntArray, Mode, Problem, plan_actions, plan_instances, running_instances
 from solver.queue_close_fast import close_pools_fast
@@ -306,12 +306,26 @@ def _spread_members(n: int, x: Any, rejected: float, row: list[float] | None = N
 
 
 def _reason(q: QueueProblem, pools: Pools, k: int) -> str:
+    """Why model k's rejected rate found no place: the instance bound at full cores, full cores, or memory/compute."""
     p = q.base
+    name = p.model_names[k]
+    if k in pools.shed_models:
+        return (
+            f"every node's cores are busy at {q.rho_max:g} of capacity and {name!r} runs the instances its load "
+            "needs plus one spare per node class (the plan's instance bound): the rest of its rate is rejected"
+        )
+    room = np.maximum(core_room(pools.lam(), q.mu, pools.cores, q.rho_max), 0.0) * q.mu[:, k]  # [j] req/s of k
+    lost = float(pools.rejected[p.class_model == k].sum())
+    if np.isfinite(room).all() and lost > float(room.sum()) * (1 + 1e-6):
+        return (
+            f"the nodes' cores, busy up to {q.rho_max:g} of capacity, have room for only "
+            f"{float(room.sum()) if room.sum() > 1e-3 else 0.0:.3g} more req/s of {name!r}; {lost:.3g} req/s rejected"
+        )
     counts = pools.counts()
     new = np.maximum(counts - p.free, 0)
     left = p.mem_budget - new @ p.mem
     j = int(np.argmax(left))
     return (
-        f"no node has throughput or room for {p.model_names[k]!r} (an instance needs {p.mem[k]:g} MB and "
+        f"no node has throughput or room for {name!r} (an instance needs {p.mem[k]:g} MB and "
         f"{p.comp[k]:g} compute); most memory left: {p.node_ids[j]} with {max(0.0, float(left[j])):g} MB"
     )

@@ -68,6 +68,7 @@ def shed_by_rejecting(pools: Pools, nodes: list[int], k: int) -> bool:
         pools.cap[j, k] = max(pools.cap[j, k], float(pools.lam()[j, k]) / keep * (1 + 1e-9))
     pools.shed += 1
     pools.rejected_for_bound += excess
+    pools.shed_models.add(k)
     log.debug("rejected %.6g req/s of model %d on node %d for the instance bound", excess, k, j)
     return True
 

@@ -70,6 +70,7 @@ class Pools:
         self.rejected = np.clip(q.rate - self.x.sum(axis=1), 0.0, None) + 0.0 * rejected
         self.shed = 0  # instances taken from pools below rho_max to keep the instance bound (step 4)
         self.rejected_for_bound = 0.0  # req/s step 4 rejected where no move freed an instance (solver.queue_reject)
+        self.shed_models: set[int] = set()  # the models whose rate that was (the plan's rejection reason names it)
         self.penalty = q.penalty()
         self.service_ms = q.service_ms
         names = {g: i for i, g in enumerate(sorted(set(q.node_class)))}  # np.unique's order: sorted names
@@ -326,6 +327,7 @@ def _bound_spread(pools: Pools, reject: bool = False) -> None:
                     if _drain_running(pools, nodes, k):
                         continue
                     if reject and _reject_for_bound(pools, nodes, k):
+                        stuck.clear()  # the rejected rate freed core room: a stuck pool may move now
                         continue
                     break
                 smallest = min(open_j, key=lambda j: (lam[j, k], j))

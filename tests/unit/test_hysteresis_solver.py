@@ -151,7 +151,7 @@ def test_steady_noisy_load_never_moves_after_the_first_plan(seed: int) -> None:
 
 def test_the_flap_checker_fails_with_hysteresis_switched_off() -> None:
     moves = [moves_after_first(run(BenchCase(HoldConfig(enabled=False), seed), 8)) for seed in range(3)]
-    assert sum(moves) > 0, "without hysteresis the symmetric case flaps (README run 5)"
+    assert sum(moves) > 0, "without hysteresis the symmetric case flaps (docs/benchmarks/queue-placement.md, run 5)"
 
 
 def test_a_site_at_five_times_its_rate_gets_its_instance_within_one_round() -> None:

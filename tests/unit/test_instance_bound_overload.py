@@ -159,3 +159,15 @@ def test_the_overloaded_generator_binds_every_core() -> None:
         work = sum(r.rate / mu[r.model] for r in snap.requests)
         assert 1.05 * 0.9 * cores * (1 - 1e-9) <= work <= 2.5 * 0.9 * cores * (1 + 1e-9)
         assert Snapshot.from_dict(snap.to_dict()) == snap  # a valid snapshot (cores and concurrency in range)
+
+
+def test_rejections_say_which_limit_bound_them() -> None:
+    """A plan's rejection reason names the limit: the instance bound where repair's last resort shed the rate
+    (seed 255), the nodes' cores where they are full (seed 0, every core busy at rho_max), not memory."""
+    snap, mode, _ = overloaded_seed(255)
+    shed = {r.reason for r in solve(snap, objective="queue", mode=mode.value).rejected}
+    assert shed and all("instance bound" in why and "'m2'" in why for why in shed), shed
+    snap, mode, _ = overloaded_seed(0)
+    full = {r.reason for r in solve(snap, objective="queue", mode=mode.value).rejected}
+    assert full and all("room for only 0 more req/s" in why for why in full), full
+    assert not any("memory" in why for why in shed | full)
