@@ -6,9 +6,12 @@ repair, pool closing and the move pass, runs ``solver.queue_split._SplitFlow.run
 compiled (``fw_run``: the pool terms, the cheapest vertex, the safeguarded Newton line search of
 ``queue_split.newton`` with ``LAZY_END``), and prints the CPU ms per run, the speed-up, the compile time and how
 far the two splits' objectives are apart. The compiled sums run in loop order, not numpy's pairwise order,
-and the pool rates are not BLAS's product, so the splits agree to rounding, not bit for bit.
+and the pool rates are not BLAS's product, so the splits agree to rounding, not bit for bit. ``--whole`` also
+times the whole integer part (bench/queue_integer_bench.py's ``measure``) with numpy's runs and then with every
+Frank-Wolfe run compiled (``_SplitFlow.run`` replaced for the process; the move tries one at a time, as
+``queue_move.BATCH`` off runs them): ms per phase, integer / LP, and how far the plans' objectives move.
 
-    .venv/bin/python bench/fw_kernel_probe.py [--cores N] [--seeds N] [--reps N]
+    .venv/bin/python bench/fw_kernel_probe.py [--cores N] [--seeds N] [--reps N] [--whole]
 """
 
 from __future__ import annotations
@@ -84,40 +87,44 @@ def kernels() -> Any:
         return a
 
     @jit
-    def step(x: Any, cost: Any, model: Any, allowed: Any, rate: Any, f: Any, limits: Any) -> Any:
-        C, J = x.shape
-        lam, dlam = np.zeros(f[0].shape), np.zeros(f[0].shape)
-        slope, second, d = np.zeros(f[0].shape), np.zeros(f[0].shape), np.zeros((C, J))
-        for c in range(C):
-            for j in range(J):
+    def evaluate(x: Any, cost: Any, model: Any, allowed: Any, rate: Any, f: Any, work: Any) -> Any:
+        lam, dlam, slope, second, d = work
+        lam[:], dlam[:] = 0.0, 0.0
+        for c in range(x.shape[0]):
+            for j in range(x.shape[1]):
                 lam[j, model[c]] += x[c, j]
         value, fall, linear = pools(lam, f, slope, second), 0.0, 0.0
-        for c in range(C):
+        for c in range(x.shape[0]):
             best, at = np.inf, -1
-            for j in range(J):
+            for j in range(x.shape[1]):
                 value += x[c, j] * cost[c, j]
                 if allowed[c, j] and cost[c, j] + slope[j, model[c]] < best:
                     best, at = cost[c, j] + slope[j, model[c]], j
-            for j in range(J):
+            for j in range(x.shape[1]):
                 d[c, j] = (rate[c] if j == at else 0.0) - x[c, j]
                 fall += (cost[c, j] + slope[j, model[c]]) * d[c, j]
                 dlam[j, model[c]] += d[c, j]
                 linear += cost[c, j] * d[c, j]
-        gap = -fall / max(value, 1e-9)
-        if gap <= limits[2] or limits[3] == 0:
-            return gap
-        a = newton(linear + (dlam * slope).sum(), (dlam * dlam * second).sum(), lam, dlam, f, linear, limits)
-        x += a * d
-        return gap
+        return value, -fall / max(value, 1e-9), linear
 
     @jit
-    def fw_run(x: Any, cost: Any, model: Any, allowed: Any, rate: Any, f: Any, iterations: int, limits: Any) -> Any:
-        x = x.copy()
-        for done in range(iterations + 1):
-            limits[3] = iterations - done
-            if step(x, cost, model, allowed, rate, f, limits) <= limits[2]:
+    def fw_run(x: Any, cost: Any, model: Any, allowed: Any, rate: Any, f: Any, bounds: Any, limits: Any) -> Any:
+        """_SplitFlow.run(x, iterations, done, abandon) for ``bounds`` = (iterations, done, abandon)."""
+        iterations, done, abandon = int(bounds[0]), int(bounds[1]), bounds[2]
+        x, last, gap, steps = x.copy(), np.inf, np.inf, done
+        shape = f[0].shape
+        work = (np.zeros(shape), np.zeros(shape), np.zeros(shape), np.zeros(shape), np.zeros(x.shape))
+        for steps in range(done, iterations + 1):
+            value, gap, linear = evaluate(x, cost, model, allowed, rate, f, work)
+            if steps == iterations or gap <= limits[2]:
                 break
-        return x
+            if steps == limits[3] and value - limits[4] * (last - value) * (iterations - steps) >= abandon:
+                return x, steps, -np.inf
+            last = value
+            lam, dlam, slope, second, d = work
+            a = newton(linear + (dlam * slope).sum(), (dlam * dlam * second).sum(), lam, dlam, f, linear, limits)
+            x += a * d
+        return x, steps, gap
 
     return fw_run
 
@@ -149,12 +156,14 @@ def split_problems(cores: float, seeds: int) -> list[tuple[Any, Any]]:
 
 
 def main() -> None:
-    from solver.queue_split import ITERATIONS, NEWTON_STEPS, STEP_TOLERANCE, TOLERANCE
+    from solver.queue_split import ABANDON_SLOPES, ABANDON_STEP, ITERATIONS, NEWTON_STEPS, STEP_TOLERANCE, TOLERANCE
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cores", type=float, default=2.0, help="cores per node (0: none; default 2)")
     ap.add_argument("--seeds", type=int, default=3, help="instances per thesis size (default 3)")
     ap.add_argument("--reps", type=int, default=5, help="runs per case, CPU time averaged (default 5)")
+    ap.add_argument("--whole", action="store_true",
+                    help="also the integer part, each Frank-Wolfe run compiled (move tries one by one)")  # fmt: skip
     args = ap.parse_args()
     try:
         start = time.perf_counter()
@@ -162,11 +171,12 @@ def main() -> None:
     except ImportError:
         sys.exit("numba is not installed (pip install numba): this probe measures an option, nothing needs it")
     problems = split_problems(args.cores, args.seeds)
-    limits = np.array([NEWTON_STEPS, STEP_TOLERANCE, TOLERANCE, 0.0])
+    limits = np.array([NEWTON_STEPS, STEP_TOLERANCE, TOLERANCE, ABANDON_STEP, ABANDON_SLOPES])
 
     def compiled(flow: Any, x: Any) -> Any:
         f = (flow.n, flow.on, flow.mu, flow.service, flow.top)
-        return fw_run(x, flow.cost, flow.model.astype(np.int64), flow.big == 0, flow.rate, f, ITERATIONS, limits)
+        bounds = np.array([ITERATIONS, 0.0, np.inf])
+        return fw_run(x, flow.cost, flow.model.astype(np.int64), flow.big == 0, flow.rate, f, bounds, limits)[0]
 
     compiled(*problems[0])
     print(f"compile and first call: {time.perf_counter() - start:.2f} s")
@@ -187,6 +197,34 @@ def main() -> None:
     print(f"{len(problems)} best-split runs (<= {ITERATIONS} steps), {args.cores:g} cores: numpy {slow:.3f} ms, "
           f"compiled {fast:.4f} ms per run ({slow / fast:.0f}x); objectives apart by at most {max(apart):.1e} "
           f"relative (median {float(np.median(apart)):.1e})")  # fmt: skip
+    if args.whole:
+        whole(fw_run, limits, args)
+
+
+def whole(fw_run: Any, limits: Any, args: argparse.Namespace) -> None:
+    """The integer part (bench/queue_integer_bench.py's measure) with numpy's Frank-Wolfe runs, then with the compiled
+    ones (``_SplitFlow.run`` replaced, the move tries run one at a time), in this process: ms, integer / LP, plans."""
+    from bench.queue_integer_bench import measure
+    from solver import queue_move, queue_split
+
+    def run(self: Any, x: Any, iterations: int, done: int = 0, abandon: float = np.inf) -> Any:
+        f = (self.n, self.on, self.mu, self.service, self.top)
+        bounds = np.array([iterations, done, abandon])
+        return fw_run(x, self.cost, self.model.astype(np.int64), self.big == 0, self.rate, f, bounds, limits)
+
+    plain = measure("thesis", args.seeds, args.reps, args.cores or None)
+    numpy_run, batch = queue_split._SplitFlow.run, queue_move.BATCH
+    queue_split._SplitFlow.run, queue_move.BATCH = run, False  # type: ignore[method-assign]
+    try:
+        fast = measure("thesis", args.seeds, args.reps, args.cores or None)
+    finally:
+        queue_split._SplitFlow.run, queue_move.BATCH = numpy_run, batch  # type: ignore[method-assign]
+    for name, found in (("numpy", plain), ("compiled", fast)):
+        print(f"integer part, {name} Frank-Wolfe: {found['integer_ms']:.2f} ms (move {found['move_ms']:.2f}, split "
+              f"{found['split_ms']:.2f}), integer / LP median {found['ratio_median']:.2f}x")  # fmt: skip
+    change = [(b[0] - a[0]) / abs(a[0]) for a, b in zip(plain["figures"], fast["figures"], strict=True)]
+    print(f"integer objective, compiled against numpy: {sum(c != 0 for c in change)} of {len(change)} plans differ, "
+          f"worst {max(change):+.1e}, best {min(change):+.1e} (relative)")  # fmt: skip
 
 
 def _value(flow: Any, x: Any) -> float:
