@@ -39,7 +39,7 @@
 
     .venv/bin/python bench/queue_bench.py [--seeds N] [--solve-only] [--proven-cg] [--cores N [N ...]]
                                           [--plain-start | --nlp-before | --warm-before] [--cold-ipopt]
-                                          [--tight-cg]
+                                          [--tight-cg] [--lp-answer]
                                           [--reference-closing] [--json]
 """
 
@@ -291,6 +291,9 @@ def main() -> None:
     ap.add_argument("--tight-cg", action="store_true",
                     help="also time each queue solve with the warm path's column generation as before cgfast "
                          "(proven to 1e-8, dual simplex)")  # fmt: skip
+    ap.add_argument("--lp-answer", action="store_true",
+                    help="R(S) answered by the column generation's certified point (solver.queue_warm.LP_ANSWER; "
+                         "bench/queue_relax_bench.py compares both answers in one run)")  # fmt: skip
     ap.add_argument("--reference-closing", action="store_true",
                     help="close pools with solver.queue_close's reference pass, not the fast one")  # fmt: skip
     args = ap.parse_args()
@@ -298,6 +301,10 @@ def main() -> None:
         from solver import queue_close, queue_plan
 
         queue_plan.close_pools_fast = queue_close.close_pools  # type: ignore[assignment]
+    if args.lp_answer:
+        from solver import queue_warm
+
+        queue_warm.LP_ANSWER = True
     if args.proven_cg:
         from solver import queue_dual
 

@@ -35,7 +35,7 @@ import numpy.typing as npt
 
 from solver.errors import SolverError, SolverUnavailableError
 from solver.problem import FloatArray, IntArray
-from solver.queue_dual import Proof, prove_lp
+from solver.queue_dual import Proof, bound_and_loads, nlp_budgets, prove_lp
 from solver.queue_lazy import PRICE_TOL, reduced_costs
 from solver.queue_model import N_MIN, NlpSolution, QueueProblem, WarmStart, _Callbacks, _jacobian, _Layout, solve_warm
 
@@ -77,6 +77,11 @@ EXACT_BOUNDS = (
     True  # WARM_OPTIONS' exact bounds and mu_init; False: session 9's start (bounds relaxed by 1e-8, mu 1e-9)
 )
 RELAXED_START: dict[str, Any] = {"bound_relax_factor": 1e-8, "mu_init": 1e-9}
+LP_ANSWER = False  # R(S)'s answer is the column generation's point where its own bound at the NLP's budgets certifies
+# it within ANSWER_GAP (no Ipopt: ``_lp_answer``); else Ipopt from that point as below
+ANSWER_GAP = 1e-4  # relative gap of that certificate (the column generation stops at GAP on its inner budgets; the
+# bound at the NLP's budgets sits up to ~3e-5 below that where core rows bind: each pool's N_MIN room at the core price)
+CHECK_ANSWER = True  # check the certificate (switched off only to show the tests catching an unchecked answer)
 BoolArray = npt.NDArray[np.bool_]
 
 
@@ -92,6 +97,9 @@ def solve_certified(q: QueueProblem, allowed: BoolArray) -> NlpSolution | None:
     if found is None:
         return None
     lp = found.solution
+    answer = _lp_answer(q, allowed, found) if LP_ANSWER else None
+    if answer is not None:
+        return answer
     scale = max(1.0, float(np.abs(q.base.cost).max(initial=0.0)))
     in_lp = allowed & ((lp.x > 0) | (found.reduced <= REDUCED_TOL * scale))
     slivers = _sliver_columns(q, allowed, found) if SLIVERS else np.zeros_like(allowed)
@@ -119,6 +127,21 @@ def solve_certified(q: QueueProblem, allowed: BoolArray) -> NlpSolution | None:
         point, y = (sol.x, sol.r, sol.n), mult
     log.info("warm R(S): columns still price out after %d rounds; the cold path solves it", MAX_ROUNDS)
     return None
+
+
+def _lp_answer(q: QueueProblem, allowed: BoolArray, proof: Proof) -> NlpSolution | None:
+    """The column generation's point as R(S)'s answer where the Lagrangian bound at its best prices and the NLP's
+    own budgets (``nlp_budgets``: a lower bound on R(S)) is within ``ANSWER_GAP`` of its objective; else None.
+
+    The point keeps every row of R(S) (the LP's rows lie inside the NLP's: ``INNER``) and each pool keeps N_MIN
+    instances as in the NLP."""
+    lp = proof.solution
+    lower = bound_and_loads(q, allowed, proof.prices, nlp_budgets(q))[0]
+    if CHECK_ANSWER and lp.value - lower > ANSWER_GAP * max(1.0, abs(lp.value)):
+        return None
+    n = np.maximum(lp.n, N_MIN)
+    servers = None if lp.servers is None else n.copy()
+    return dataclasses.replace(lp, n=n, servers=servers, iterations=0, columns=int(allowed.sum()))
 
 
 def _sliver_columns(q: QueueProblem, allowed: BoolArray, proof: Proof) -> BoolArray:

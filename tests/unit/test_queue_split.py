@@ -27,8 +27,8 @@ from tests.unit.test_solver_queue_placement import check, instances
 
 
 def lab(rate: float) -> Workload:
-    """The shared-cores lab (docs/benchmarks/queue-placement.md): 60 clients at 6 sites, three 2-core nodes,
-    50 req/s instances."""
+    """The shared-cores lab (docs/benchmarks/queue-placement.md): 60 clients at 6 sites, three 2-core nodes, 50 req/s
+    instances."""
     return Workload(rate=rate, cores=2.0, throughput=50.0, node_mem_mb=4096.0, model_mem_mb=100.0, duration_s=30.0)
 
 
