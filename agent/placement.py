@@ -223,6 +223,7 @@ def build_snapshot(
     """The solver snapshot (JSON form) for this round; ``objective="queue"`` needs the window's length."""
     records = list(records)
     ids = [n.node_id for n in nodes]
+    node_set = set(ids)
     known = set(catalogue.models)
     queue_aware = objective in ("queue", "queue-p99")
     slowdown = {n.node_id: n.contention() if queue_aware else 1.0 for n in nodes}
@@ -231,22 +232,32 @@ def build_snapshot(
         slowdown = {n: min(v, own.get(n, 1.0)) for n, v in slowdown.items()}  # a node's word, checked
     streams: dict[tuple[str, str], dict[str, float]] = {}
     latencies: dict[tuple[str, str], list[float]] = {}
-    for r in sorted(records, key=lambda r: r.ts):
+    for r in reversed(sorted(records, key=lambda r: r.ts)):  # newest first: a stream's RTT to a node is its latest
         if r.model not in known or (r.status >= 500 and r.status != 503):
             continue
         rtts = streams.setdefault((r.client, r.model), {})
-        rtts.update({n: v for n, v in r.rtt_ms.items() if n in ids})
+        if len(rtts) < len(node_set):  # a node not reported yet (the usual stream: only its newest record is read)
+            for node_id, rtt in r.rtt_ms.items():
+                if node_id in node_set and node_id not in rtts:
+                    rtts[node_id] = rtt
         if r.node is not None and r.latency_ms is not None and 200 <= r.status < 300:
             latencies.setdefault((r.node, r.model), []).append(r.latency_ms / slowdown.get(r.node, 1.0))
     classes = {n.node_id: n.node_class for n in nodes}
 
     scale = class_scale(latencies, classes, catalogue) if queue_aware else {}
 
+    known_exec: dict[tuple[str, str], float] = {}  # one figure per (node, model), not one sort per stream
+
     def exec_ms(node: str, model: str) -> float:
+        if (node, model) in known_exec:
+            return known_exec[(node, model)]
         measured = latencies.get((node, model))
         if measured and len(measured) >= MIN_LATENCY_SAMPLES:
-            return service_ms(measured) if queue_aware else float(statistics.median(measured))
-        return catalogue.models[model].expected_exec_ms(classes[node]) * scale.get((classes[node], model), 1.0)
+            value = service_ms(measured) if queue_aware else float(statistics.median(measured))
+        else:
+            value = catalogue.models[model].expected_exec_ms(classes[node]) * scale.get((classes[node], model), 1.0)
+        known_exec[(node, model)] = value
+        return value
 
     requests = [
         {

@@ -14,13 +14,22 @@ group, and prints this tree's integer ms over the baseline's: the before/after o
 load; with it, the plans' change over the baseline's on the same relaxations (integer objective and mean
 latency: the worst relative increase and the median relative change over the cases).
 
+``--counts`` adds, per group, the tries and what came of them (summed over the cases, one integer part each):
+pool closing's close tries and the pools it closed or moved; the move pass's rounds, tries, tries that beat the
+plan and moves kept. ``--switch MODULE.NAME=VALUE`` (repeatable) sets one of the solver's switches in this
+tree's runs only (e.g. ``queue_move.ENABLED=False``): with ``--baseline``, an option's cost and plan change
+against the unchanged tree in the same run.
+
     .venv/bin/python bench/queue_integer_bench.py [--seeds N] [--reps N] [--cores N [N ...]]
-                                                  [--baseline DIR] [--json]
+                                                  [--baseline DIR] [--counts] [--switch M.NAME=V ...] [--json]
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
+import contextlib
+import importlib
 import itertools
 import json
 import os
@@ -28,11 +37,13 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 PHASES = ("repair", "close", "move", "split", "plan")
 GROUPS = ("thesis", "running", "1000x100")
+COUNTS = ("close_tries", "closed", "move_rounds", "move_tries", "move_better", "moved")
 
 
 def cases(group: str, seeds: int, cores: float | None) -> list[tuple[str, Any, str]]:
@@ -77,8 +88,9 @@ def integer_phases(q: Any, nlp: Any, figures: list[float] | None = None) -> list
     return [1000.0 * (b - a) for a, b in itertools.pairwise(marks)]
 
 
-def measure(group: str, seeds: int, reps: int, cores: float | None) -> dict[str, Any]:
-    """Per phase: the mean over cases of each case's least CPU ms; the LP's median ms and the ratio."""
+def measure(group: str, seeds: int, reps: int, cores: float | None, counting: bool = False) -> dict[str, Any]:
+    """Per phase: the mean over cases of each case's least CPU ms; the LP's median ms and the ratio (``counting``:
+    also the tries of ``COUNTS``, from one untimed integer part per case)."""
     from solver.api import solve
     from solver.problem import Mode, build_problem
     from solver.queue_fast import solve_nlp_fast
@@ -91,6 +103,11 @@ def measure(group: str, seeds: int, reps: int, cores: float | None) -> dict[str,
         runs.append((q, solve_nlp_fast(q)))
     best = [[float("inf")] * len(PHASES) for _ in runs]
     figures: list[list[float]] = [[] for _ in runs]
+    tally = {name: 0 for name in COUNTS}
+    if counting:
+        with _counting(tally):
+            for q, nlp in runs:
+                integer_phases(q, nlp)
     for _ in range(reps):
         for i, (q, nlp) in enumerate(runs):
             best[i] = [min(a, b) for a, b in zip(best[i], integer_phases(q, nlp, figures[i]), strict=True)]
@@ -111,7 +128,61 @@ def measure(group: str, seeds: int, reps: int, cores: float | None) -> dict[str,
         "lp_median_ms": statistics.median(lp),
         "ratio_median": statistics.median(t / max(x, 1e-9) for t, x in zip(totals, lp, strict=True)),
         "figures": figures,
+        "counts": tally if counting else None,
     }
+
+
+@contextlib.contextmanager
+def _counting(tally: dict[str, int]) -> Iterator[None]:
+    """While open, count into ``tally`` the close tries (queue_close_fast._try_close) and what they closed, and the
+    move rounds (queue_move._round), their tries, the tries that beat the plan and the moves kept."""
+    from solver import queue_close_fast, queue_move
+
+    try_close, one_round, move = queue_close_fast._try_close, queue_move._round, queue_move.move_instances
+
+    def counted_close(*args: Any) -> Any:
+        found = try_close(*args)
+        tally["close_tries"] += 1
+        tally["closed"] += found is not None
+        return found
+
+    def counted_round(pools: Any, counts: Any, moves: Any) -> Any:
+        before, tried = one_round(pools, counts, moves)
+        tally["move_rounds"] += 1
+        tally["move_tries"] += len(tried)
+        tally["move_better"] += sum(t is not None and t[0] < before - 1e-9 * max(1.0, abs(before)) for t in tried)
+        return before, tried
+
+    def counted_move(pools: Any) -> int:
+        kept = int(move(pools))
+        tally["moved"] += kept
+        return kept
+
+    wrapped: list[tuple[Any, str, Any]] = [(queue_close_fast, "_try_close", counted_close)]
+    wrapped += [(queue_move, "_round", counted_round), (queue_move, "move_instances", counted_move)]
+    originals = [(module, name, getattr(module, name)) for module, name, _ in wrapped]
+    for module, name, counted in wrapped:
+        setattr(module, name, counted)
+    try:
+        yield
+    finally:
+        for module, name, original in originals:
+            setattr(module, name, original)
+
+
+def set_switches(switches: list[str]) -> None:
+    """Set each ``MODULE.NAME=VALUE`` (a module of solver/, an existing upper-case name, a Python literal)."""
+    for item in switches:
+        target, _, value = item.partition("=")
+        module, _, name = target.rpartition(".")
+        try:
+            found = importlib.import_module(f"solver.{module}") if module.isidentifier() else None
+            setting = ast.literal_eval(value)
+        except (ImportError, ValueError, SyntaxError):
+            found = None
+        if found is None or not name.isupper() or not hasattr(found, name):
+            raise SystemExit(f"--switch {item!r}: want MODULE.NAME=VALUE (an upper-case name of a solver/ module)")
+        setattr(found, name, setting)
 
 
 def child(args: argparse.Namespace) -> None:
@@ -122,16 +193,23 @@ def child(args: argparse.Namespace) -> None:
     tune_solver_process()
     from solver.api import solve
 
+    set_switches(args.switch)
     for objective in ("thesis", "queue"):
         solve(thesis_instance(25, 10, 0), objective=objective)  # imports and first-call costs out of the figures
-    print(json.dumps(measure(args.group, args.seeds, args.reps, args.one_cores or None)))
+    print(json.dumps(measure(args.group, args.seeds, args.reps, args.one_cores or None, args.counts)))
 
 
-def run_tree(tree: Path, group: str, args: argparse.Namespace, cores: float) -> dict[str, Any]:
-    """One group measured in a fresh process on the source tree ``tree`` (its solver/ and bench/ first)."""
+def run_tree(
+    tree: Path, group: str, args: argparse.Namespace, cores: float, switches: list[str] | None = None
+) -> dict[str, Any]:
+    """One group measured in a fresh process on the source tree ``tree`` (its solver/ and bench/ first), with
+    ``switches`` set there (``--switch``)."""
     env = {**os.environ, "PYTHONPATH": f"{tree}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", group, "--seeds", str(args.seeds)]
     cmd += ["--reps", str(args.reps), "--one-cores", str(cores)]
+    cmd += ["--counts"] if args.counts else []
+    for item in switches or []:
+        cmd += ["--switch", item]
     out = subprocess.run(cmd, env=env, cwd=tree, check=True, capture_output=True, text=True).stdout
     return dict(json.loads(out.strip().splitlines()[-1]))
 
@@ -163,6 +241,9 @@ def main() -> None:
     ap.add_argument("--cores", type=float, nargs="+", default=[0.0, 2.0], metavar="N",
                     help="cores per node where the snapshot declares none (0: none); default 0 2")  # fmt: skip
     ap.add_argument("--baseline", type=Path, help="a second source tree to time in the same run (before/after)")
+    ap.add_argument("--counts", action="store_true", help="also count the close and move tries and what came of them")
+    ap.add_argument("--switch", action="append", default=[], metavar="M.NAME=V",
+                    help="set a solver switch in this tree's runs (queue_move.ENABLED=False); repeatable")  # fmt: skip
     ap.add_argument("--json", action="store_true", help="print the figures as JSON")
     ap.add_argument("--child", choices=GROUPS, dest="group", help=argparse.SUPPRESS)
     ap.add_argument("--one-cores", type=float, default=0.0, help=argparse.SUPPRESS)
@@ -170,11 +251,12 @@ def main() -> None:
     if args.group:
         child(args)
         return
+    set_switches(args.switch)  # checked here before any run (each run sets them in its own process)
     here = Path(__file__).resolve().parents[1]
     rows = []
     for cores in args.cores:
         for group in GROUPS:
-            row = {"cores": cores, "now": run_tree(here, group, args, cores)}
+            row = {"cores": cores, "now": run_tree(here, group, args, cores, args.switch)}
             if args.baseline:
                 row["before"] = run_tree(args.baseline.resolve(), group, args, cores)
             rows.append(row)
@@ -194,6 +276,13 @@ def main() -> None:
             line += f"  {row['before']['integer_ms']:>6.2f}  {now['integer_ms'] / row['before']['integer_ms']:>10.2f}"
         print(line)
     print("ms: mean over the group's cases; int/LP: median over cases of integer ms / the LP's ms on that snapshot")
+    if args.counts:
+        print(f"{'cores':>5} {'group':<9}" + "".join(f"{name:>13}" for name in COUNTS) + "  (summed over the cases)")
+        for row in rows:
+            found = row["now"]["counts"]
+            print(f"{row['cores']:>5g} {row['now']['group']:<9}" + "".join(f"{found[name]:>13}" for name in COUNTS))
+    if args.switch:
+        print("switches (this tree only): " + ", ".join(args.switch))
     if change is not None:
         print(
             f"plans against the baseline's ({change['cases']} cases, {change['changed']} changed): integer objective"

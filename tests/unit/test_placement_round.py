@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 from agent.catalogue import builtin_catalogue_text, parse_catalogue
 from agent.placement import (
     MIN_LATENCY_SAMPLES,
@@ -66,3 +68,17 @@ def test_parse_node_report_and_desired_sets() -> None:
     )  # fmt: skip
     assert r.instances == {"m": 2} and r.ready == {"m": 1} and r.usage["m"]["requests_since_provisioned"] == 3
     assert desired_sets({"a": {"m": 2, "x": 0}}, ["a", "b"]) == {"a": {"m": 2}, "b": {}}
+
+
+def test_a_streams_rtt_to_each_node_is_the_newest_report_of_that_node() -> None:
+    """Newest first, set once per node: a node missing from the newest record keeps its latest earlier report,
+    in whatever order the window holds the records (the leader reads only a stream's newest records)."""
+    rng = random.Random(7)
+    for _ in range(200):
+        recs = [rec("c", "xor_mlp", {n: float(rng.randrange(1, 99)) for n in "ab" if rng.random() < 0.6},
+                    ts=float(rng.randrange(10))) for _ in range(rng.randrange(1, 6))]  # fmt: skip
+        expect: dict[str, float] = {}
+        for r in sorted(recs, key=lambda r: r.ts):  # the reference: every report in time order, the last one wins
+            expect.update(r.rtt_ms)
+        got = build_snapshot([node("a"), node("b")], recs, CAT, 0)["requests"][0]["rtt_ms"]
+        assert got == {n: expect.get(n, 1.0) for n in "ab"}, recs

@@ -1,0 +1,110 @@
+"""The leader's snapshot build per placement round (agent.placement.build_snapshot) against the request window's size.
+
+The leader builds the solver's snapshot from every record in its request window (up to 50,000), in a thread of
+its serving process: pure Python that holds the GIL while it runs, so the agent's proxying and endpoint answers
+wait behind it. This bench times it (CPU time, the least of ``--reps``) on synthetic windows shaped like a lab:
+clients at a few sites (RTT vectors within a few ms of their site's), several models, latencies logged by every
+node. ``--before-rev REV`` times the same windows on ``agent/placement.py`` of git revision REV in the same run
+(its tree extracted to a temporary directory and run in a child process) and prints the ratio.
+
+    python bench/snapshot_bench.py --records 1000,10000,50000 --before-rev HEAD~1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+NODES = 10
+SITES = 12
+CLIENTS = 300
+
+
+def window(n: int, seed: int = 0) -> list[Any]:
+    """``n`` request records over 60 s: CLIENTS clients at SITES sites, the catalogue's models, NODES nodes."""
+    from agent.catalogue import builtin_catalogue_text, parse_catalogue
+    from agent.placement import RequestRecord
+
+    models = list(parse_catalogue(builtin_catalogue_text(), "bench").models)
+    rnd = random.Random(seed)
+    sites = [[rnd.uniform(1, 80) for _ in range(NODES)] for _ in range(SITES)]
+    home = [rnd.randrange(SITES) for _ in range(CLIENTS)]
+    out = []
+    for _ in range(n):
+        c = rnd.randrange(CLIENTS)
+        rtt = {f"n{j}": sites[home[c]][j] + rnd.uniform(0, 2) for j in range(NODES)}
+        ts, model, node = 1000 + rnd.random() * 60, rnd.choice(models), f"n{rnd.randrange(NODES)}"
+        out.append(RequestRecord(ts, model, f"c{c}", rtt, node, rnd.uniform(2, 30), 200))
+    return out
+
+
+def measure(sizes: list[int], reps: int, objective: str) -> dict[str, float]:
+    """Records -> least CPU ms of ``reps`` builds, with this interpreter's ``agent.placement``."""
+    from agent.catalogue import builtin_catalogue_text, parse_catalogue
+    from agent.placement import NodeReport, build_snapshot
+
+    catalogue = parse_catalogue(builtin_catalogue_text(), "bench")
+    first = next(iter(catalogue.models))
+    nodes = [NodeReport(f"n{j}", 2000.0, 4000.0, 4.0, "default", {first: 1}, cores=4.0) for j in range(NODES)]
+    out = {}
+    for n in sizes:
+        records = window(n)
+        best = float("inf")
+        for _ in range(reps):
+            t = time.process_time()
+            build_snapshot(nodes, records, catalogue, 1060.0, objective, 60.0)
+            best = min(best, time.process_time() - t)
+        out[str(n)] = best * 1000.0
+    return out
+
+
+def before(rev: str, sizes: list[int], reps: int, objective: str) -> dict[str, float]:
+    """``measure`` on revision ``rev``'s agent/ (this bench's window unchanged), in a child process."""
+    with tempfile.TemporaryDirectory() as tree:
+        archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev, "agent", "solver", "peerserve"],
+                                 check=True, capture_output=True).stdout  # fmt: skip
+        subprocess.run(["tar", "-x", "-C", tree], input=archive, check=True)
+        code = (f"import json, sys; sys.path.insert(0, {tree!r}); sys.path.append({str(ROOT)!r}); "
+                "from bench.snapshot_bench import measure; "
+                f"print(json.dumps(measure({sizes!r}, {reps}, {objective!r})))")  # fmt: skip
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+        done = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True, env=env)
+        return dict(json.loads(done.stdout.strip().splitlines()[-1]))
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--records", default="1000,10000,50000", help="window sizes, comma-separated")
+    ap.add_argument("--reps", type=int, default=3, help="builds per size; the least CPU time counts")
+    ap.add_argument("--objective", default="queue-p99", choices=["thesis", "queue", "queue-p99"])
+    ap.add_argument("--before-rev", help="also time git revision REV's agent/placement.py, in the same run")
+    ap.add_argument("--json", action="store_true", help="print the figures as JSON")
+    args = ap.parse_args(argv)
+    sizes = [int(s) for s in args.records.split(",") if s.strip()]
+    now = measure(sizes, args.reps, args.objective)
+    then = before(args.before_rev, sizes, args.reps, args.objective) if args.before_rev else None
+    load = os.getloadavg()
+    if args.json:
+        print(json.dumps({"now_ms": now, "before_ms": then, "before_rev": args.before_rev, "load": load}))
+        return 0
+    print(f"build_snapshot ({args.objective}), CPU ms, least of {args.reps}; load average {load[0]:.2f}")
+    print("records      now" + ("    before   now/before" if then else ""))
+    for n in sizes:
+        row = f"{n:>7} {now[str(n)]:>8.1f}"
+        if then:
+            row += f" {then[str(n)]:>9.1f} {now[str(n)] / then[str(n)]:>11.2f}x"
+        print(row)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

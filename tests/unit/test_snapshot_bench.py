@@ -1,0 +1,21 @@
+"""bench/snapshot_bench.py: its window is the shape it says and its timings are of real builds."""
+
+from __future__ import annotations
+
+import pytest
+
+from bench.snapshot_bench import CLIENTS, NODES, main, measure, window
+
+
+def test_the_window_has_the_records_clients_and_nodes_it_says() -> None:
+    records = window(500)
+    assert len(records) == 500
+    assert {r.client for r in records} <= {f"c{c}" for c in range(CLIENTS)}
+    assert all(len(r.rtt_ms) == NODES and r.latency_ms is not None for r in records)
+
+
+def test_it_times_each_size(capsys: pytest.CaptureFixture[str]) -> None:
+    figures = measure([50, 200], 1, "queue")
+    assert set(figures) == {"50", "200"} and all(ms > 0 for ms in figures.values())
+    assert main(["--records", "100", "--reps", "1", "--json"]) == 0
+    assert '"now_ms": {"100":' in capsys.readouterr().out
