@@ -1,0 +1,171 @@
+"""The running placement's value (solver.hold.value_running): CPU per snapshot, now against ``--before-rev``.
+
+The leader values what runs every round (agent/hysteresis.py), in its solver worker, on a Jetson 3-5x slower
+than this machine. Snapshots: the thesis's sizes (25 x 10, 50 x 10, 25 x 20 requests x nodes, seeds
+``--seeds``) with one instance of each model running on a node with probability 0.15 (bench/queue_bench.py's
+``with_running``) and ``--cores`` cores per node. Each is valued with the nodes' cores shared by load
+(solver.node_cpu.ALLOT_BY_LOAD, the default) and by the equal split; least CPU of ``--repeats`` rounds,
+the code of ``--before-rev`` (extracted with ``git archive``) and the working tree's alternating in separate
+processes, so both see the same load. Prints per snapshot the CPU ms, now / before, the values and their
+duality gaps (the two must agree within the larger gap where both converged), and the load average.
+
+    .venv/bin/python bench/hold_bench.py --before-rev main [--cores 2 1] [--seeds 2] [--repeats 3] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tarfile
+import tempfile
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+SIZES = ((25, 10), (50, 10), (25, 20))
+
+
+def _snapshot(size: tuple[int, int], seed: int, cores: float) -> Any:
+    """The thesis instance with running instances (share 0.15, as queue_bench's with_running) and cores."""
+    import dataclasses
+    import random
+
+    from solver.simulate import thesis_instance
+
+    snap = thesis_instance(size[0], size[1], seed)
+    rng = random.Random(seed)
+    nodes = tuple(
+        dataclasses.replace(n, instances={m.name: 1 for m in snap.models if rng.random() < 0.15}) for n in snap.nodes
+    )
+    nodes = tuple(dataclasses.replace(n, cores=cores if n.cores is None else n.cores) for n in nodes)
+    return dataclasses.replace(snap, nodes=nodes)
+
+
+def worker(cores: list[float], seeds: int) -> list[dict[str, Any]]:
+    """One round with the code on sys.path: per snapshot and allotment, value_running's CPU ms and value."""
+    import time
+
+    from solver import node_cpu
+    from solver.hold import value_running
+
+    rows = []
+    for c in cores:
+        for size in SIZES:
+            for seed in range(seeds):
+                snap = _snapshot(size, seed, c)
+                for by_load in (True, False):
+                    if not hasattr(node_cpu, "ALLOT_BY_LOAD") and by_load:
+                        continue  # a revision before the allotment by load: the equal split only
+                    node_cpu.ALLOT_BY_LOAD = by_load
+                    t0 = time.process_time()
+                    v = value_running(snap)
+                    ms = (time.process_time() - t0) * 1000.0
+                    rows.append({"case": f"{size[0]}x{size[1]} s{seed} c{c:g}", "by_load": by_load, "cpu_ms": ms,
+                                 "objective_ms": v.objective_ms, "gap_ms": v.gap_ms})  # fmt: skip
+    return rows
+
+
+def extract(rev: str, into: Path) -> Path:
+    """The tree of git revision ``rev`` under ``into``/code."""
+    data = subprocess.run(["git", "-C", str(REPO), "archive", rev], check=True, capture_output=True).stdout
+    tar = into / "before.tar"
+    tar.write_bytes(data)
+    with tarfile.open(tar) as t:
+        t.extractall(into / "code", filter="data")
+    return into / "code"
+
+
+def _round(code: Path, args: argparse.Namespace) -> list[dict[str, Any]]:
+    """One worker round in a fresh process on ``code``'s tree."""
+    argv = [sys.executable, str(Path(__file__).resolve()), "--worker", "--seeds", str(args.seeds), "--cores"]
+    env = {**os.environ, "PYTHONPATH": str(code)}
+    out = subprocess.run([*argv, *map(str, args.cores)], check=True, capture_output=True, text=True, env=env, cwd=code)
+    return list(json.loads(out.stdout))
+
+
+def _least(rounds: list[list[dict[str, Any]]]) -> dict[tuple[str, bool], dict[str, Any]]:
+    """Per (case, by_load): the last round's values with the least CPU over the rounds."""
+    out: dict[tuple[str, bool], dict[str, Any]] = {}
+    for rows in rounds:
+        for r in rows:
+            key = (r["case"], r["by_load"])
+            best = out.get(key, {}).get("cpu_ms", float("inf"))
+            out[key] = {**r, "cpu_ms": min(best, r["cpu_ms"])}
+    return out
+
+
+def measure(args: argparse.Namespace) -> dict[str, Any]:
+    """Both codes, alternating, ``args.repeats`` rounds each; the rows and the summary ratios."""
+    load = [os.getloadavg()[0]]
+    with tempfile.TemporaryDirectory() as tmp:
+        before_code = extract(args.before_rev, Path(tmp)) if args.before_rev else None
+        now_rounds, before_rounds = [], []
+        for _ in range(args.repeats):
+            if before_code is not None:
+                before_rounds.append(_round(before_code, args))
+            now_rounds.append(_round(REPO, args))
+    load.append(os.getloadavg()[0])
+    now, before = _least(now_rounds), _least(before_rounds)
+    rows = []
+    for (case, by_load), r in now.items():
+        b = before.get((case, by_load))
+        rows.append({**r, **{f"before_{key}": b[key] if b else None for key in ("cpu_ms", "objective_ms", "gap_ms")}})
+    return {"rows": rows, "summary": _summary(rows), "load_average": load, "before_rev": args.before_rev}
+
+
+def _summary(rows: list[dict[str, Any]]) -> dict[str, float]:
+    """Medians and maxima of the CPU ratios (by load now over: the equal split before / now, by load before)."""
+    equal_before = {r["case"]: r["before_cpu_ms"] for r in rows if not r["by_load"] and r["before_cpu_ms"]}
+    equal_now = {r["case"]: r["cpu_ms"] for r in rows if not r["by_load"]}
+    by_load = [r for r in rows if r["by_load"]]
+    ratios = {
+        "vs_equal_before": [r["cpu_ms"] / equal_before[r["case"]] for r in by_load if r["case"] in equal_before],
+        "vs_equal_now": [r["cpu_ms"] / equal_now[r["case"]] for r in by_load if r["case"] in equal_now],
+        "vs_by_load_before": [r["cpu_ms"] / r["before_cpu_ms"] for r in by_load if r["before_cpu_ms"]],
+    }
+    out: dict[str, float] = {}
+    for key, values in ratios.items():
+        if values:
+            out[f"{key}_median"], out[f"{key}_max"] = statistics.median(values), max(values)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse the flags, measure, print a table (or --json)."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--before-rev", help="git revision to compare with in the same run (e.g. main)")
+    parser.add_argument("--cores", type=float, nargs="+", default=[2.0, 1.0], help="cores per node (default 2 1)")
+    parser.add_argument("--seeds", type=int, default=2, help="seeds per size (default 2)")
+    parser.add_argument("--repeats", type=int, default=2, help="rounds per code; the least CPU is kept (default 2)")
+    parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker:
+        print(json.dumps(worker(args.cores, args.seeds)))
+        return 0
+    out = measure(args)
+    if args.json:
+        print(json.dumps(out, indent=1))
+        return 0
+    print(f"value_running CPU ms (least of {args.repeats}); before = {args.before_rev or '-'}; "
+          f"load average {out['load_average'][0]:.2f} -> {out['load_average'][1]:.2f}")  # fmt: skip
+    print(f"{'case':<16} {'cores':<8} {'now ms':>8} {'before':>8} {'ratio':>6}  {'value now':>14} {'gap':>9}"
+          f"  {'value before':>14} {'gap':>9}")  # fmt: skip
+    for r in sorted(out["rows"], key=lambda r: (r["case"], not r["by_load"])):
+        before = r["before_cpu_ms"]
+        ratio = f"{r['cpu_ms'] / before:6.2f}" if before else "     -"
+        b_value = f"{r['before_objective_ms']:14.6g} {r['before_gap_ms']:9.3g}" if before else ""
+        kind, shown = "by load" if r["by_load"] else "equal", before if before else float("nan")
+        print(f"{r['case']:<16} {kind:<8} {r['cpu_ms']:8.1f} {shown:8.1f} {ratio}  "
+              f"{r['objective_ms']:14.6g} {r['gap_ms']:9.3g}  {b_value}")  # fmt: skip
+    for key, value in sorted(out["summary"].items()):
+        print(f"{key}: {value:.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
