@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bench.bound_sweep import cluster, final_pools, overloaded, overloaded_seed, tight
-from solver import node_cpu
+from solver import cpu_speed, node_cpu
 from solver.hold import Held, _delay, _gradient, _objective, value_running
 from solver.node_cpu import allot_cores, allot_with_level, effective_servers, over_cores, pool_servers
 from solver.problem import Mode, build_problem
@@ -194,8 +194,10 @@ def test_no_pool_of_a_plan_that_passes_repair_is_priced_past_rho_max() -> None:
 
 def test_with_the_equal_split_switched_back_on_the_check_fails(monkeypatch: pytest.MonkeyPatch) -> None:
     """The review's repro (overloaded seed 0 at half its rate) and several sweep clusters: planned_queue at the
-    0.999 cap and pool loads past 1 in plans that pass every check of repair."""
+    0.999 cap and pool loads past 1 in plans that pass every check of repair (planned_queue by the split: the
+    scheduler model of solver.cpu_speed switched off)."""
     monkeypatch.setattr(node_cpu, "ALLOT_BY_LOAD", False)
+    monkeypatch.setattr(cpu_speed, "PUBLISHED", False)
     snap, mode, tail = overloaded_seed(0)
     loads, queues, pools = _plan_loads(_solved(_halved(snap), mode, tail))
     assert _passes_repair(pools)
