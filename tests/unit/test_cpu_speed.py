@@ -168,3 +168,14 @@ def test_by_load_the_same_band_fails(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(cpu_speed, "PUBLISHED", False)
     old = requests_at_instance(float(published_load(lam, mu, n, c)[0, 1]), 1.0)
     assert light < 0.3 < 8.0 < old  # the review's repro: 0.24 against the simulation's 0.23-0.25; by load 9
+
+
+def test_p2c_keeps_the_light_model_to_its_plan_with_the_published_queue() -> None:
+    """bench/two_model_p2c_bench.py's lab (20 s): by load the light model's instance beside the busy one is planned
+    at 9 requests, so p2c sends it nearly all of that model's traffic against a half share; by the scheduler model
+    it stays near its share, and both models' p99 fall (same arrivals, work and draws)."""
+    from bench.two_model_p2c_bench import run
+
+    by_load, sched = run(0, 20.0, False), run(0, 20.0, True)
+    assert by_load["B_on_n0"] > 0.95 and 0.5 <= sched["B_on_n0"] < 0.75
+    assert sched["B"]["p99"] < by_load["B"]["p99"] and sched["A"]["p99"] < by_load["A"]["p99"]
