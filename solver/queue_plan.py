@@ -143,13 +143,14 @@ def _wait_terms(q: QueueProblem, pools: Pools) -> tuple[FloatArray, FloatArray]:
     lam, whole = pools.state()
     counts = pool_servers(lam, q.mu, whole, pools.cores)[0]
     rho = min(0.999, q.rho_max + 0.099)
-    n = np.where(lam > 0, counts, 1).astype(float)
+    busy = (lam > 0) & (counts > 0)  # no servers with a rate: work that underflows to 0 (no wait)
+    n = np.where(busy, counts, 1).astype(float)
     t, tm = lam / n, rho * q.mu
     tc = np.minimum(t, tm)
     gap = q.mu - tc
     g_in = 1000.0 * tc / gap
     g = np.where(t <= tm, g_in, g_in + 1000.0 * q.mu / gap**2 * (t - tm))
-    return np.where(lam > 0, n * g - lam * q.service_ms, 0.0), lam
+    return np.where(busy, n * g - lam * q.service_ms, 0.0), lam
 
 
 def _summed(start: float, values: FloatArray) -> float:

@@ -55,8 +55,8 @@ def test_the_allotment_fills_the_cores_at_one_load_below_the_counts(data: st.Dat
     assert np.all(e.sum(axis=1) <= np.minimum(cores, np.where(on, counts, 0).sum(axis=1)) * (1 + 1e-9) + 1e-12)
     rho = np.where(on, lam / np.where(on, e * mu, 1.0), 0.0)
     for j in range(len(cores)):
-        short = np.where(on[j], counts[j], 0).sum() > cores[j]
-        if not short:  # enough cores for every busy instance: each pool keeps its instances
+        short = np.where(on[j], counts[j], 0).sum() >= cores[j] and on[j].any()
+        if not short:  # more cores than busy instances: each pool keeps its instances, the level is 0
             np.testing.assert_array_equal(e[j][on[j]], counts[j][on[j]])
             assert level[j] == 0
             continue
@@ -304,3 +304,16 @@ def test_the_speed_prototype_is_mm1_where_every_instance_has_a_core() -> None:
     assert np.all(shared > 1000.0 / (mu - a))
     growth = shared / (1000.0 / (mu - a))
     assert growth[2] > growth[0] > growth[1] > 1.0
+
+
+def test_an_idle_pool_beside_busy_pools_that_fill_the_cores_exactly_prices_their_load() -> None:
+    """Whole cores and counts: the busy pools' instances fill the node's 2 cores exactly. The node's level (an idle
+    pool's load, hold's marginal price of its first request) is their load, not 0 (a reviewer's finite-difference
+    check: 2500 against 100 for the idle pool's slope); a work rate that underflows to 0 counts as idle."""
+    lam, mu = np.array([[16.0, 0.0]]), np.array([[10.0, 10.0]])
+    e, level = allot_with_level(lam, mu, np.array([[2, 2]]), np.array([2.0]))
+    assert e.tolist() == [[2.0, 0.0]] and level.tolist() == [0.8]
+    e, level = allot_with_level(
+        np.array([[5e-324, 30.0]]), np.array([[10.0, 5.0]]), np.array([[3, 9]]), np.array([2.0])
+    )
+    assert e[0, 0] == 0.0 and e[0, 1] == pytest.approx(2.0) and level[0] == pytest.approx(3.0)
