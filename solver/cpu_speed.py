@@ -77,12 +77,13 @@ def node_speeds(lam: npt.ArrayLike, mu: npt.ArrayLike, counts: npt.ArrayLike, co
     """The scheduler model's figures (module docstring) for pools with rates ``lam`` [j, k] (req/s), service
     rates ``mu`` [j, k] (per instance), instance ``counts`` [j, k] on nodes with ``cores`` [j] (inf: no limit)."""
     lam, mu = np.asarray(lam, dtype=float), np.asarray(mu, dtype=float)
-    n, cores = np.asarray(counts, dtype=float), np.asarray(cores, dtype=float)
+    n = np.asarray(counts, dtype=float)
+    c: FloatArray = np.maximum(np.asarray(cores, dtype=float), 1e-12)  # 0 cores: (almost) no speed
     on = (n > 0) & (lam > 0)
     a = np.where(on, lam / np.where(on, n, 1.0), 0.0)  # per instance
-    shared = np.isfinite(cores) & (np.where(n > 0, n, 0).sum(axis=1) > cores)  # some instance may lack a core
-    speed, rounds, converged = _fixed_point(a, mu, np.where(n > 0, n, 0.0), cores, shared)
-    scale = _work_floor(a, mu, np.where(n > 0, n, 0.0), cores, speed)  # a core per instance: exact as it is
+    shared = np.isfinite(c) & (np.where(n > 0, n, 0).sum(axis=1) > c)  # some instance may lack a core
+    speed, rounds, converged = _fixed_point(a, mu, np.where(n > 0, n, 0.0), c, shared)
+    scale = _work_floor(a, mu, np.where(n > 0, n, 0.0), c, speed)  # a core per instance: exact as it is
     speed = speed * np.where(shared, scale, 1.0)[:, None]
     load = np.where(on, np.minimum(a / (mu * speed), CAP), 0.0)
     sojourn = np.where(on, 1000.0 * load / (1.0 - load) / np.where(on, a, 1.0), 1000.0 / (mu * speed))
@@ -129,7 +130,7 @@ def _work_floor(a: FloatArray, mu: FloatArray, n: FloatArray, cores: FloatArray,
     finite = np.isfinite(cores) & (cores > 0) & (b > 0)
     c = np.where(finite, cores, 1.0)
     rho = np.where(finite, b / c, 0.0)
-    floor = np.where(rho < 1.0, (n * a / mu**2).sum(axis=1) / c / np.maximum(1.0 - rho, 1e-300), np.inf)
+    floor = np.where(rho < 1.0, (n * a / mu**2).sum(axis=1) / c / np.where(rho < 1.0, 1.0 - rho, 1.0), np.inf)
     floor = np.where(finite, floor, 0.0)
     base = np.where(a > 0, a / (mu * speed), 0.0)  # [j, k] loads at factor 1
 

@@ -116,6 +116,19 @@ def test_a_node_at_its_cores_caps_every_busy_instance_and_idle_pools_stay_zero()
     assert np.isfinite(f.sojourn_ms).all()
 
 
+@pytest.mark.filterwarnings("error")
+def test_edge_inputs_give_finite_figures_without_warnings() -> None:
+    """No cores at all (0: no speed, every busy instance capped), no nodes, a rate that underflows, idle pools."""
+    lam, mu, n = np.array([[10.0, 0.0], [0.0, 0.0]]), np.array([[100.0, 50.0], [1.0, 1.0]]), np.array([[2, 1], [0, 0]])
+    for cores, want in ((0.0, CAP), (1e-9, CAP), (np.inf, 0.05)):
+        f = node_speeds(lam, mu, n, np.array([cores, cores]))
+        assert f.load[0, 0] == pytest.approx(want) and np.all(f.load[:, 1] == 0) and np.all(f.load[1] == 0)
+        assert np.all(np.isfinite(f.sojourn_ms))
+    assert published_load(np.zeros((0, 2)), np.ones((0, 2)), np.zeros((0, 2)), np.zeros(0)).shape == (0, 2)
+    tiny = node_speeds(np.array([[1e-320, 5.0]]), np.array([[100.0, 50.0]]), np.array([[3, 1]]), np.array([1.0]))
+    assert 0 <= tiny.load[0, 0] < 1e-300 and tiny.converged
+
+
 def test_repair_can_pass_a_node_the_scheduler_cannot_serve() -> None:
     """1.5 cores: one instance at 0.9 of a core beside one at 0.45 passes repair's checks (busy 1.35 <= 0.9 x 1.5,
     each pool within 0.9 of its instance), but when both are busy each gets 0.75 of a core: the first falls
