@@ -109,14 +109,16 @@ def _fixed_point(
 
 def busy_others_speed(u: FloatArray, n: FloatArray, cores: FloatArray) -> FloatArray:
     """[j, k] ``E[min(1, C_j / (1 + B))]`` for an instance of pool k on node j, ``B`` the others busy: pool l's
-    ``n_l`` (one fewer of k's) instances each busy with probability ``u_l``, independently. The law of ``B`` is
-    read off its generating function ``prod_l (1 - u_l + u_l z)^(n_l - [l = k])`` at M roots of unity (one FFT)."""
+    ``n_l`` (one fewer of k's; all of them where k has none) instances each busy with probability ``u_l``,
+    independently. The law of ``B`` is read off its generating function ``prod_l (1 - u_l + u_l z)^(n_l - [l = k])``
+    at M roots of unity (one FFT), M odd so that no factor vanishes (``1 - u + u z = 0`` only at u = 1/2, z = -1)
+    and the product over the node is divided by k's own factor in logs."""
     total = int(n.sum(axis=1).max(initial=0.0))
-    m = 1 << max(total, 1).bit_length()  # > total: the law's support 0..total-1 fits without aliasing
+    m = total + 1 + total % 2  # odd and > total: the law's support 0..total fits without aliasing
     z = np.exp(2j * np.pi * np.arange(m) / m)  # [M]
-    factor = 1.0 - u[:, :, None] + u[:, :, None] * z  # [j, l, M]
-    others = n[:, None, :] - np.eye(n.shape[1])[None, :, :]  # [j, k, l]: the exponents for an instance of k
-    gen = np.prod(np.power(factor[:, None, :, :], np.maximum(others, 0.0)[..., None]), axis=2)  # [j, k, M]
+    log_f = np.log(1.0 - u[:, :, None] + u[:, :, None] * z)  # [j, l, M], never log 0 (M odd)
+    node = np.einsum("jl,jlm->jm", n, log_f)  # [j, M] log of the product over all the node's instances
+    gen = np.exp(node[:, None, :] - np.where(n > 0, 1.0, 0.0)[:, :, None] * log_f)  # [j, k, M]
     law = np.clip(np.fft.fft(gen, axis=-1).real / m, 0.0, None)  # [j, k, b]
     share = np.minimum(1.0, cores[:, None] / (1.0 + np.arange(m)))  # [j, b]
     return np.asarray(np.einsum("jkb,jb->jk", law, share) / law.sum(axis=-1), dtype=float)
@@ -142,6 +144,8 @@ def _work_floor(a: FloatArray, mu: FloatArray, n: FloatArray, cores: FloatArray,
     lo = np.clip(least / CAP, 1e-300, 1.0)  # at or below lo every busy instance is capped: the most work
     hi = np.ones(len(b))
     need = work(hi) < floor * (1 - 1e-9)  # short of the floor beyond rounding
+    if not need.any():
+        return hi
     for _ in range(BISECT):  # work falls as s rises: the largest s with work(s) >= floor
         mid = 0.5 * (lo + hi)
         ok = work(mid) >= floor
