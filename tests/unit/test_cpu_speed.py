@@ -196,3 +196,26 @@ def test_p2c_keeps_the_light_model_to_its_plan_with_the_published_queue() -> Non
     by_load, sched = run(0, 20.0, False), run(0, 20.0, True)
     assert by_load["B_on_n0"] > 0.95 and 0.5 <= sched["B_on_n0"] < 0.75
     assert sched["B"]["p99"] < by_load["B"]["p99"] and sched["A"]["p99"] < by_load["A"]["p99"]
+
+
+def test_a_sweep_plan_whose_node_falls_behind_publishes_that_node_by_load() -> None:
+    """bound_sweep's overloaded seed 28 passes repair's checks, but on its node n3 (1.5 instance units of cores)
+    one instance at 0.83 of a core beside a busy one falls behind: the model caps it, and the published planned
+    queue there is the load split's (below the cap), the other nodes' the model's."""
+    from bench.allot_bench import passes_repair, solved
+    from solver.node_cpu import pool_servers
+    from solver.queue_plan import planned_queue
+
+    q, pools = solved(28, 1.0)
+    assert passes_repair(pools)
+    lam, counts = pools.state()
+    f = node_speeds(lam, q.mu, counts, pools.cores)
+    capped = np.flatnonzero(f.load.max(axis=1) >= CAP)
+    assert capped.tolist() == [3]
+    queues = planned_queue(q, pools)
+    assert all(v < 900 for vs in queues.values() for v in vs.values())
+    by_load = pool_servers(lam, q.mu, counts, pools.cores)[1]
+    published = published_load(lam, q.mu, counts, pools.cores)
+    np.testing.assert_array_equal(published[3], by_load[3])
+    others = np.arange(len(counts)) != 3
+    np.testing.assert_array_equal(published[others], f.load[others])
