@@ -4,7 +4,8 @@
    each solved the plan's way (relaxation, repair, closing, moves, best split). Of the plans that pass repair's
    checks (every node's busy work within rho_max of its cores, every pool within rho_max of its instances):
    how many have a pool whose figure's load exceeds rho_max, or a planned queue at the 0.999 cap, with the
-   equal split (``solver.node_cpu.effective_servers``) and with the allotment by load (``allot_cores``).
+   equal split (``solver.node_cpu.effective_servers``), with the allotment by load (``allot_cores``), and with
+   the planned queue the plan publishes (``sched``: solver.cpu_speed; the loads by load).
 2. ``--sim``: per pool, the plan's mean sojourn (ms, M/M/1 on its servers: ``queue_plan._wait_terms``) and
    mean requests per instance (``planned_queue``) under each split, against the discrete-event simulation of
    the same placement (solver/shared_cores.py: Poisson arrivals at each pool's rate, each request to one of its
@@ -13,7 +14,10 @@
    rate, every instance with one slot (slots are another matter) and at least one core per node. A third
    column, ``speed``, is a prototype the solver does not use: each instance an M/M/1 at its speed while
    busy, ``v_i = E[min(1, cores / (1 + B_-i))]`` with ``B_-i`` the node's other instances busy (independent,
-   each with its utilisation ``u_l``), solved as a fixed point of ``u_i = a_i / (mu_i v_i)``.
+   each with its utilisation ``u_l``), solved as a fixed point of ``u_i = a_i / (mu_i v_i)``. A fourth,
+   ``sched``, is what the plan publishes as ``planned_queue`` (solver.cpu_speed.node_speeds: that fixed point
+   floored by the node's work conservation). Besides the plans, ``SHARED_NODES``: single nodes where many
+   instances share few cores (where the prototype's independence fails), each simulated the same way.
 
     .venv/bin/python bench/allot_bench.py [--figures 600] [--sim] [--duration 300] [--json]
 """
@@ -29,8 +33,9 @@ from typing import Any
 import numpy as np
 
 from bench.bound_sweep import final_pools, overloaded_seed
-from solver import node_cpu
-from solver.node_cpu import node_slots, pool_servers
+from solver import cpu_speed, node_cpu
+from solver.cpu_speed import node_speeds
+from solver.node_cpu import allot_cores, effective_servers, node_slots, pool_servers
 from solver.problem import build_problem
 from solver.queue_model import QueueProblem, build_queue_problem
 from solver.queue_plan import _wait_terms, planned_queue
@@ -41,6 +46,14 @@ from solver.snapshot import Snapshot
 from solver.tail_cap import with_tail_cap
 
 SIM_CASES = ((0, 0.5), (27, 0.5), (32, 0.4), (35, 0.4), (29, 0.4), (1866, 0.5), (1323, 0.5))
+# (name, cores, [(instances, rate req/s, mu req/s) per pool]): one node each, many instances on few cores
+SHARED_NODES = (
+    ("10x1core", 1.0, [(10, 90.0, 100.0)]),
+    ("4+1on2", 2.0, [(4, 180.0, 100.0), (1, 5.0, 100.0)]),
+    ("5+5on1", 1.0, [(5, 22.5, 50.0), (5, 45.0, 100.0)]),
+    ("6+2on3", 3.0, [(6, 240.0, 100.0), (2, 30.0, 200.0)]),
+    ("8+1on2", 2.0, [(8, 120.0, 80.0), (1, 40.0, 400.0)]),
+)
 
 
 def scaled(snap: Snapshot, scale: float, one_slot: bool = False) -> Snapshot:
@@ -86,7 +99,7 @@ def figures(n: int) -> dict[str, Any]:
     """Part 1 (module docstring): per scale, plans passing repair and those priced past rho_max per split."""
     out: dict[str, Any] = {}
     for scale in (1.0, 0.5):
-        row = {"clusters": n, "pass_repair": 0, "equal_split_past": 0, "by_load_past": 0, "errors": 0}
+        row = {"clusters": n, "pass_repair": 0, "equal_split_past": 0, "by_load_past": 0, "sched_past": 0, "errors": 0}
         for seed in range(n):
             try:
                 _, pools = solved(seed, scale)
@@ -96,19 +109,26 @@ def figures(n: int) -> dict[str, Any]:
             if not passes_repair(pools):
                 continue
             row["pass_repair"] += 1
-            for key, on in (("equal_split_past", False), ("by_load_past", True)):
-                node_cpu.ALLOT_BY_LOAD = on
+            for key, on, published in (("equal_split_past", False, False), ("by_load_past", True, False),
+                                       ("sched_past", True, True)):  # fmt: skip
+                node_cpu.ALLOT_BY_LOAD, cpu_speed.PUBLISHED = on, published
                 row[key] += priced_past(pools)
-            node_cpu.ALLOT_BY_LOAD = True
+            node_cpu.ALLOT_BY_LOAD = cpu_speed.PUBLISHED = True
         out[f"scale_{scale}"] = row
     return out
 
 
 def simulate(pools: Pools, duration_s: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """[j, k] simulated mean sojourn (ms) and mean requests per instance of every busy pool (nan elsewhere)."""
-    q, rng = pools.q, np.random.default_rng(seed)
     lam, counts = pools.state()
-    cores = np.asarray(pools.cores, dtype=float)
+    return simulate_arrays(lam, pools.q.mu, counts, np.asarray(pools.cores, dtype=float), duration_s, seed)
+
+
+def simulate_arrays(
+    lam: np.ndarray, mu: np.ndarray, counts: np.ndarray, cores: np.ndarray, duration_s: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """``simulate`` on [j, k] rates, service rates and instance counts, [j] cores."""
+    rng, counts = np.random.default_rng(seed), np.asarray(counts, dtype=np.int64)
     first = np.concatenate([[0], np.cumsum(counts.ravel())])  # instance ids per pool, row-major
     node_of = np.repeat(np.repeat(np.arange(counts.shape[0]), counts.shape[1]), counts.ravel())
     arrivals, instances, work, pool_of = [], [], [], []
@@ -116,7 +136,7 @@ def simulate(pools: Pools, duration_s: float, seed: int) -> tuple[np.ndarray, np
         m = rng.poisson(lam[j, k] * duration_s)
         arrivals.append(np.sort(rng.uniform(0.0, duration_s, m)))
         instances.append(first[j * counts.shape[1] + k] + rng.integers(0, counts[j, k], m))
-        work.append(rng.exponential(1.0 / q.mu[j, k], m))
+        work.append(rng.exponential(1.0 / mu[j, k], m))
         pool_of.append(np.full(m, j * counts.shape[1] + k))
     arrival, instance, service, pool = (np.concatenate(a) for a in (arrivals, instances, work, pool_of))
     sojourn = shared_sojourn_ms(arrival, instance, service, node_of, cores)
@@ -188,21 +208,62 @@ def sim_rows(duration_s: float) -> list[dict[str, Any]]:
         q, pools = solved(seed, scale, one_slot=True)
         sim_ms, sim_l = simulate(pools, duration_s, seed)
         figs = {}
+        cpu_speed.PUBLISHED = False
         for tag, on in (("equal", False), ("load", True)):
             node_cpu.ALLOT_BY_LOAD = on
             figs[tag] = plan_figures(pools)
-        node_cpu.ALLOT_BY_LOAD = True
+        node_cpu.ALLOT_BY_LOAD = cpu_speed.PUBLISHED = True
         speed = speed_figures(pools)
         lam, counts = pools.state()
+        sched = node_speeds(lam, q.mu, counts, pools.cores)
         for j, k in zip(*np.nonzero((lam > 0) & (counts > 0)), strict=True):
             rows.append({"seed": seed, "scale": scale, "node": q.base.node_ids[j], "model": q.base.model_names[k],
                          "cores": float(pools.cores[j]), "instances": int(counts[j, k]),
                          "rate_rps": round(float(lam[j, k]), 2), "service_ms": round(float(q.service_ms[j, k]), 3),
                          "sim_ms": float(sim_ms[j, k]), "equal_ms": float(figs["equal"][0][j, k]),
                          "load_ms": float(figs["load"][0][j, k]), "speed_ms": float(speed[j, k]),
-                         "sim_l": float(sim_l[j, k]),
-                         "equal_l": float(figs["equal"][1][j, k]), "load_l": float(figs["load"][1][j, k])})  # fmt: skip
+                         "sched_ms": float(sched.sojourn_ms[j, k]), "sim_l": float(sim_l[j, k]),
+                         "equal_l": float(figs["equal"][1][j, k]), "load_l": float(figs["load"][1][j, k]),
+                         "sched_l": _queue(float(sched.load[j, k]))})  # fmt: skip
+    return rows + shared_rows(duration_s)
+
+
+def _queue(load: float) -> float:
+    """Mean requests at a one-slot instance at ``load`` (planned_queue's figure, capped as there)."""
+    return requests_at_instance(min(load, 0.999), 1.0)
+
+
+def shared_rows(duration_s: float) -> list[dict[str, Any]]:
+    """One row per pool of every SHARED_NODES node: the simulation against the four figures."""
+    rows = []
+    for i, (name, cores, spec) in enumerate(SHARED_NODES):
+        n, lam, mu = (np.array([[p[f] for p in spec]], dtype=float) for f in range(3))
+        c = np.array([cores])
+        sim_ms, sim_l = simulate_arrays(lam, mu, n, c, duration_s, 1000 + i)
+        sched = node_speeds(lam, mu, n, c)
+        each = n[0].astype(int)
+        speed = speed_sojourn(np.repeat(lam[0] / n[0], each), np.repeat(mu[0], each), cores)
+        first = np.concatenate([[0], np.cumsum(each)])
+        split = {"equal": effective_servers(n, c), "load": allot_cores(lam, mu, n, c)}
+        for k in range(n.shape[1]):
+            row: dict[str, Any] = {"seed": -1, "scale": 1.0, "node": name, "model": f"m{k}", "cores": cores,
+                                   "instances": int(each[k]), "rate_rps": float(lam[0, k]),
+                                   "service_ms": 1000.0 / float(mu[0, k]), "sim_ms": float(sim_ms[0, k]),
+                                   "speed_ms": float(speed[first[k]]), "sched_ms": float(sched.sojourn_ms[0, k]),
+                                   "sim_l": float(sim_l[0, k]), "sched_l": _queue(float(sched.load[0, k]))}  # fmt: skip
+            for tag, e in split.items():
+                row[f"{tag}_ms"] = _mm1_ms(float(lam[0, k]), float(mu[0, k]), float(e[0, k]))
+                row[f"{tag}_l"] = _queue(float(lam[0, k] / (e[0, k] * mu[0, k])))
+            rows.append(row)
     return rows
+
+
+def _mm1_ms(lam: float, mu: float, servers: float) -> float:
+    """Mean sojourn (ms) over ``servers`` M/M/1 servers, past 0.999 continued as queue_plan._wait_terms does."""
+    t, tm = lam / servers, 0.999 * mu
+    gap = mu - min(t, tm)
+    g = 1000.0 * min(t, tm) / gap + (1000.0 * mu / gap**2 * (t - tm) if t > tm else 0.0)
+    return g / t
 
 
 def error_summary(rows: list[dict[str, Any]]) -> dict[str, float]:
@@ -210,7 +271,7 @@ def error_summary(rows: list[dict[str, Any]]) -> dict[str, float]:
     ratio."""
     out = {}
     weights = np.array([r["rate_rps"] for r in rows])
-    for tag in ("equal", "load", "speed"):
+    for tag in ("equal", "load", "speed", "sched"):
         ratio = np.array([r[f"{tag}_ms"] / r["sim_ms"] for r in rows])
         out[f"{tag}_mean_abs_log"] = float((weights * np.abs(np.log(ratio))).sum() / weights.sum())
         out[f"{tag}_worst_ratio"] = float(ratio[np.argmax(np.abs(np.log(ratio)))])
@@ -220,13 +281,16 @@ def error_summary(rows: list[dict[str, Any]]) -> dict[str, float]:
 def sim_table(rows: list[dict[str, Any]]) -> str:
     """The per-pool comparison as text."""
     lines = [
-        "seed scale node/model cores n  rate  svc_ms |  sim_ms  equal_ms  load_ms  speed_ms |  sim_L  equal_L  load_L"
+        "seed scale node/model   cores  n   rate svc_ms |  sim_ms  equal_ms  load_ms speed_ms sched_ms"
+        " |  sim_L equal_L  load_L sched_L"
     ]
     for r in rows:
         lines.append(
-            f"{r['seed']:4d} {r['scale']:4.2f} {r['node'] + '/' + r['model']:8s} {r['cores']:4.2f} {r['instances']:2d} "
+            f"{r['seed']:4d} {r['scale']:4.2f} {r['node'] + '/' + r['model']:12s} {r['cores']:4.2f} "
+            f"{r['instances']:2d} "
             f"{r['rate_rps']:6.1f} {r['service_ms']:6.2f} | {r['sim_ms']:7.2f} {_num(r['equal_ms']):>9s} "
-            f"{r['load_ms']:8.2f} {r['speed_ms']:9.2f} | {r['sim_l']:6.2f} {r['equal_l']:7.2f} {r['load_l']:7.2f}"
+            f"{r['load_ms']:8.2f} {r['speed_ms']:8.2f} {r['sched_ms']:8.2f} | {r['sim_l']:6.2f} {r['equal_l']:7.2f} "
+            f"{r['load_l']:7.2f} {r['sched_l']:7.2f}"
         )
     return "\n".join(lines)
 

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from solver import node_cpu
+from solver.cpu_speed import published_load
 from solver.node_cpu import node_slots, over_cores, pool_servers
 from solver.problem import FloatArray, Mode, build_problem, running_instances
 from solver.queue_model import QueueProblem, build_queue_problem
@@ -357,7 +358,7 @@ def _planned_queue(q: QueueProblem, n: Held, lam: FloatArray) -> dict[str, dict[
     """Per node and model with traffic: the mean number of requests at one instance (M/M/c L over its slots)."""
     out: dict[str, dict[str, float]] = {}
     slots = node_slots(q.base).tolist()
-    _, load = pool_servers(lam, q.mu, n.counts, n.cores)
+    load = published_load(lam, q.mu, n.counts, n.cores)  # the plan's own figure (solver.cpu_speed)
     for j, k in zip(*np.nonzero((n.counts > 0) & (lam > 0)), strict=True):
         rho = min(float(load[j, k]), EVAL_RHO)
         out.setdefault(q.base.node_ids[j], {})[q.base.model_names[k]] = round(requests_at_instance(rho, slots[j]), 6)

@@ -98,10 +98,12 @@ def allot_with_level(
     n)``, which falls with m while pool m is busier than it and rises after: ``rho*`` is the least of them."""
     n = np.asarray(counts, dtype=float)
     lam, mu = np.asarray(lam, dtype=float), np.asarray(mu, dtype=float)
-    on = (n > 0) & (lam > 0)
+    on = (n > 0) & (lam / mu > 0)  # busy: work to do (a rate so small its work underflows to 0 is idle)
     e = np.where(on, n, 0.0)
     level = np.zeros(len(e))
-    short = e.sum(axis=1) > cores  # the node's busy pools want more than its cores: only those rows are allotted
+    # the node's busy pools want its cores or more: only those rows are allotted. ">=": where they fill the cores
+    # exactly, the level is their load (an idle pool's first request would share it), not 0
+    short = (e.sum(axis=1) >= cores) & e.any(axis=1)
     if short.any():
         e[short], level[short] = _water_fill(lam[short] / mu[short], e[short], np.asarray(cores)[short])
     return e, level

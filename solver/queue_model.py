@@ -94,6 +94,10 @@ IPOPT_NLP_RETRIES: tuple[dict[str, Any], ...] = (
     {"mu_strategy": "adaptive"} | _CHECKED,
     {"nlp_scaling_method": "none"} | _CHECKED,
 )
+# Ipopt's ends that the safer option sets above may turn into an optimum: its iteration limit, a failure, and
+# 3 (Search_Direction_Becomes_Too_Small: the reference form on a cored, tail-capped cluster stalled there at 62
+# iterations; the adaptive mu strategy then solves it in 55)
+RETRIED = frozenset({"iteration_limit", "failed", "ipopt_status_3"})
 
 
 @dataclass(frozen=True)
@@ -533,7 +537,7 @@ def _solve_form(
             if last:
                 raise
             status = "failed"
-        if status not in ("iteration_limit", "failed") or last:
+        if status not in RETRIED or last:
             break
         log.warning(
             "Ipopt: %s (status %s) on the queue NLP; retrying with %s",

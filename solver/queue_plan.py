@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from solver import cpu_speed
 from solver.capacity import violations
 from solver.node_cpu import core_room, node_slots, pool_servers
 from solver.plan import Plan, Rejection
@@ -124,9 +125,10 @@ def _positive(x: FloatArray) -> list[list[int]]:
 
 def planned_queue(q: QueueProblem, pools: Pools) -> dict[str, dict[str, float]]:
     """Per node and model: the mean number of requests at one instance under the plan (M/M/c L over its slots),
-    the node's cores shared by load (solver.node_cpu.pool_servers; an idle pool: 0)."""
+    at the load the scheduler model gives it (solver.cpu_speed; with ``cpu_speed.PUBLISHED`` off, the node's
+    cores shared by load: solver.node_cpu.pool_servers); an idle pool: 0."""
     lam, counts = pools.state()
-    _, load = pool_servers(lam, q.mu, counts, pools.cores)
+    load = cpu_speed.published_load(lam, q.mu, counts, pools.cores)
     slots = node_slots(q.base).tolist()
     out: dict[str, dict[str, float]] = {}
     for j, k in zip(*np.nonzero(counts > 0), strict=True):
@@ -141,13 +143,14 @@ def _wait_terms(q: QueueProblem, pools: Pools) -> tuple[FloatArray, FloatArray]:
     lam, whole = pools.state()
     counts = pool_servers(lam, q.mu, whole, pools.cores)[0]
     rho = min(0.999, q.rho_max + 0.099)
-    n = np.where(lam > 0, counts, 1).astype(float)
+    busy = (lam > 0) & (counts > 0)  # no servers with a rate: work that underflows to 0 (no wait)
+    n = np.where(busy, counts, 1).astype(float)
     t, tm = lam / n, rho * q.mu
     tc = np.minimum(t, tm)
     gap = q.mu - tc
     g_in = 1000.0 * tc / gap
     g = np.where(t <= tm, g_in, g_in + 1000.0 * q.mu / gap**2 * (t - tm))
-    return np.where(lam > 0, n * g - lam * q.service_ms, 0.0), lam
+    return np.where(busy, n * g - lam * q.service_ms, 0.0), lam
 
 
 def _summed(start: float, values: FloatArray) -> float:

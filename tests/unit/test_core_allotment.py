@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bench.bound_sweep import cluster, final_pools, overloaded, overloaded_seed, tight
-from solver import node_cpu
+from solver import cpu_speed, node_cpu
 from solver.hold import Held, _delay, _gradient, _objective, value_running
 from solver.node_cpu import allot_cores, allot_with_level, effective_servers, over_cores, pool_servers
 from solver.problem import Mode, build_problem
@@ -55,8 +55,8 @@ def test_the_allotment_fills_the_cores_at_one_load_below_the_counts(data: st.Dat
     assert np.all(e.sum(axis=1) <= np.minimum(cores, np.where(on, counts, 0).sum(axis=1)) * (1 + 1e-9) + 1e-12)
     rho = np.where(on, lam / np.where(on, e * mu, 1.0), 0.0)
     for j in range(len(cores)):
-        short = np.where(on[j], counts[j], 0).sum() > cores[j]
-        if not short:  # enough cores for every busy instance: each pool keeps its instances
+        short = np.where(on[j], counts[j], 0).sum() >= cores[j] and on[j].any()
+        if not short:  # more cores than busy instances: each pool keeps its instances, the level is 0
             np.testing.assert_array_equal(e[j][on[j]], counts[j][on[j]])
             assert level[j] == 0
             continue
@@ -194,8 +194,10 @@ def test_no_pool_of_a_plan_that_passes_repair_is_priced_past_rho_max() -> None:
 
 def test_with_the_equal_split_switched_back_on_the_check_fails(monkeypatch: pytest.MonkeyPatch) -> None:
     """The review's repro (overloaded seed 0 at half its rate) and several sweep clusters: planned_queue at the
-    0.999 cap and pool loads past 1 in plans that pass every check of repair."""
+    0.999 cap and pool loads past 1 in plans that pass every check of repair (planned_queue by the split: the
+    scheduler model of solver.cpu_speed switched off)."""
     monkeypatch.setattr(node_cpu, "ALLOT_BY_LOAD", False)
+    monkeypatch.setattr(cpu_speed, "PUBLISHED", False)
     snap, mode, tail = overloaded_seed(0)
     loads, queues, pools = _plan_loads(_solved(_halved(snap), mode, tail))
     assert _passes_repair(pools)
@@ -302,3 +304,16 @@ def test_the_speed_prototype_is_mm1_where_every_instance_has_a_core() -> None:
     assert np.all(shared > 1000.0 / (mu - a))
     growth = shared / (1000.0 / (mu - a))
     assert growth[2] > growth[0] > growth[1] > 1.0
+
+
+def test_an_idle_pool_beside_busy_pools_that_fill_the_cores_exactly_prices_their_load() -> None:
+    """Whole cores and counts: the busy pools' instances fill the node's 2 cores exactly. The node's level (an idle
+    pool's load, hold's marginal price of its first request) is their load, not 0 (a reviewer's finite-difference
+    check: 2500 against 100 for the idle pool's slope); a work rate that underflows to 0 counts as idle."""
+    lam, mu = np.array([[16.0, 0.0]]), np.array([[10.0, 10.0]])
+    e, level = allot_with_level(lam, mu, np.array([[2, 2]]), np.array([2.0]))
+    assert e.tolist() == [[2.0, 0.0]] and level.tolist() == [0.8]
+    e, level = allot_with_level(
+        np.array([[5e-324, 30.0]]), np.array([[10.0, 5.0]]), np.array([[3, 9]]), np.array([2.0])
+    )
+    assert e[0, 0] == 0.0 and e[0, 1] == pytest.approx(2.0) and level[0] == pytest.approx(3.0)

@@ -7,7 +7,7 @@ import math
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from solver import queue_dual, queue_fast
@@ -46,6 +46,8 @@ def _gap(q: QueueProblem) -> float:
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# a random run found the reference form ending at Ipopt status 3 (search direction too small) here: now retried
+@example(requests=34, nodes=5, seed=233, mode=Mode.MODE2, running=True, tail=True, cores=True)
 @given(
     requests=st.integers(3, 40),
     nodes=st.integers(2, 14),

@@ -1,0 +1,153 @@
+"""A model of the node's CPU scheduler for the plan's published figures (issue 16, the agents' planned queue).
+
+The plan prices a node's cores by load (solver.node_cpu.allot_cores: every pool short of cores at one
+utilisation). That is the relaxation's allotment and right for the objective, but a scheduler does not slice
+cores in proportion to load: it gives each request in service an equal share, at most one core. So a lightly
+used instance beside a busy model is served almost at full speed, while by load it is priced at the node's
+level (review: planned queue 9 where the simulation has 0.25). This module models the scheduler itself:
+
+1. *Speed*: each instance i is an M/M/1 queue at speed ``v_i = E[min(1, C / (1 + B_-i))]``, ``B_-i`` the
+   number of the node's other instances busy, taken independent, each busy with its utilisation
+   ``u_l = a_l / (mu_l v_l)``. The fixed point is reached by iterating from ``u = a / mu`` (every speed 1):
+   ``v`` falls as any ``u`` rises, so the map ``u -> a / (mu v(u))`` is monotone and the iterates rise to its
+   least fixed point (capped at ``CAP``: bounded, so they converge; ``MAX_ROUNDS`` bounds the work).
+2. *Work floor*: independence misses that a congested node slows every instance at once (10 instances on one
+   core at load 0.9: the speed model gives 29 ms where the node, work-conserving, is an M/M/1 at 0.9: 100 ms).
+   The node drains at most ``C`` core-seconds per second, so its mean work in system is at least that of one
+   server of speed ``C`` (Pollaczek-Khinchine: ``sum_k b_k / (C mu_k) / (1 - rho)``, ``b = lam / mu``,
+   ``rho = sum b / C``); with exponential service a request's remaining work averages ``1 / mu`` whatever it
+   has had, so the work is ``sum_i L_i / mu_i``. Where the speed model's work falls short of the floor,
+   every speed on the node is scaled by one factor ``s`` (bisection) until it meets it.
+
+Slots go through the queue model's transform (an instance = one server at ``slots x mu``, the node holding
+``cores / slots`` of them: ``QueueProblem.cores``). Nodes without cores (inf) or with a core per instance:
+every speed 1, the M/M/1 at the instance's rate. A node whose busy work reaches its cores: every busy
+instance at ``CAP``. bench/allot_bench.py ``--sim`` measures it against solver/shared_cores.py's simulation.
+
+Repair's checks (busy work within ``rho_max`` of the cores, each pool within ``rho_max`` of its instances)
+do not keep the scheduler stable: one instance at 0.9 of a core beside another busy one on 1.5 cores falls
+behind whenever both run (0.75 each), and the simulation's queue grows without bound. There the model caps
+the figure; ``published_load`` then publishes the node's figures by load instead (16 of bound_sweep's 600
+overloaded plans at their rate, 8 at half of it), so no planned queue is at the cap where repair passes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from solver.node_cpu import pool_servers
+from solver.problem import FloatArray
+
+CAP = 0.999  # the highest load a figure takes (planned_queue's cap)
+MAX_ROUNDS = 400  # fixed-point rounds at most (the sweep's plans need < 60; see docs/solver.md)
+TOL = 1e-10  # stop when no load moves more than this
+BISECT = 60  # halvings of the work floor's factor (2**-60: exact in float)
+PUBLISHED = True  # solver.queue_plan.planned_queue from this model (False: the cores shared by load)
+
+
+@dataclass(frozen=True)
+class SpeedFigures:
+    """[j, k] per instance of each pool: its load (utilisation, <= CAP), speed (0-1], mean sojourn (ms; idle: its
+    service time at that speed); ``rounds`` the fixed point took and whether it met ``TOL`` (``converged``)."""
+
+    load: FloatArray
+    speed: FloatArray
+    sojourn_ms: FloatArray
+    rounds: int
+    converged: bool
+
+
+def published_load(lam: npt.ArrayLike, mu: npt.ArrayLike, counts: npt.ArrayLike, cores: npt.ArrayLike) -> FloatArray:
+    """[j, k] the load per instance behind the published planned queue: ``node_speeds``', but on a node where it
+    caps a busy instance the node's cores shared by load (solver.node_cpu.pool_servers: below rho_max wherever
+    repair's checks pass), which is all there is with ``PUBLISHED`` off."""
+    lam, mu, cores = np.asarray(lam, dtype=float), np.asarray(mu, dtype=float), np.asarray(cores, dtype=float)
+    by_load = pool_servers(lam, mu, counts, cores)[1]
+    if not PUBLISHED:
+        return by_load
+    load = node_speeds(lam, mu, counts, cores).load
+    capped = np.max(load, axis=1, initial=0.0) >= CAP  # the scheduler falls behind there (a 999 draws p2c's traffic)
+    return np.asarray(np.where(capped[:, None], by_load, load))
+
+
+def node_speeds(lam: npt.ArrayLike, mu: npt.ArrayLike, counts: npt.ArrayLike, cores: npt.ArrayLike) -> SpeedFigures:
+    """The scheduler model's figures (module docstring) for pools with rates ``lam`` [j, k] (req/s), service
+    rates ``mu`` [j, k] (per instance), instance ``counts`` [j, k] on nodes with ``cores`` [j] (inf: no limit)."""
+    lam, mu = np.asarray(lam, dtype=float), np.asarray(mu, dtype=float)
+    n = np.asarray(counts, dtype=float)
+    c: FloatArray = np.maximum(np.asarray(cores, dtype=float), 1e-12)  # 0 cores: (almost) no speed
+    on = (n > 0) & (lam > 0)
+    a = np.where(on, lam / np.where(on, n, 1.0), 0.0)  # per instance
+    shared = np.isfinite(c) & (np.where(n > 0, n, 0).sum(axis=1) > c)  # some instance may lack a core
+    speed, rounds, converged = _fixed_point(a, mu, np.where(n > 0, n, 0.0), c, shared)
+    scale = _work_floor(a, mu, np.where(n > 0, n, 0.0), c, speed)  # a core per instance: exact as it is
+    speed = speed * np.where(shared, scale, 1.0)[:, None]
+    load = np.where(on, np.minimum(a / (mu * speed), CAP), 0.0)
+    sojourn = np.where(on, 1000.0 * load / (1.0 - load) / np.where(on, a, 1.0), 1000.0 / (mu * speed))
+    return SpeedFigures(load, speed, sojourn, rounds, converged)
+
+
+def _fixed_point(
+    a: FloatArray, mu: FloatArray, n: FloatArray, cores: FloatArray, shared: npt.NDArray[np.bool_]
+) -> tuple[FloatArray, int, bool]:
+    """([j, k] speeds at the least fixed point of ``u = min(a / (mu v(u)), CAP)``, rounds, converged), iterated
+    from every speed 1 on the ``shared`` nodes (the others keep speed 1)."""
+    speed = np.ones(a.shape)
+    if not shared.any():
+        return speed, 0, True
+    a_s, mu_s, n_s, c_s = a[shared], mu[shared], n[shared], cores[shared]
+    u, rounds, moved = np.minimum(a_s / mu_s, CAP), 0, np.inf
+    while rounds < MAX_ROUNDS and moved > TOL:
+        new = np.where(a_s > 0, np.minimum(a_s / (mu_s * busy_others_speed(u, n_s, c_s)), CAP), 0.0)
+        moved, u, rounds = float(np.abs(new - u).max(initial=0.0)), new, rounds + 1
+    speed[shared] = busy_others_speed(u, n_s, c_s)
+    return speed, rounds, moved <= TOL
+
+
+def busy_others_speed(u: FloatArray, n: FloatArray, cores: FloatArray) -> FloatArray:
+    """[j, k] ``E[min(1, C_j / (1 + B))]`` for an instance of pool k on node j, ``B`` the others busy: pool l's
+    ``n_l`` (one fewer of k's; all of them where k has none) instances each busy with probability ``u_l``,
+    independently. The law of ``B`` is read off its generating function ``prod_l (1 - u_l + u_l z)^(n_l - [l = k])``
+    at M roots of unity (one FFT), M odd so that no factor vanishes (``1 - u + u z = 0`` only at u = 1/2, z = -1)
+    and the product over the node is divided by k's own factor in logs."""
+    total = int(n.sum(axis=1).max(initial=0.0))
+    m = total + 1 + total % 2  # odd and > total: the law's support 0..total fits without aliasing
+    z = np.exp(2j * np.pi * np.arange(m) / m)  # [M]
+    log_f = np.log(1.0 - u[:, :, None] + u[:, :, None] * z)  # [j, l, M], never log 0 (M odd)
+    node = np.einsum("jl,jlm->jm", n, log_f)  # [j, M] log of the product over all the node's instances
+    gen = np.exp(node[:, None, :] - np.where(n > 0, 1.0, 0.0)[:, :, None] * log_f)  # [j, k, M]
+    law = np.clip(np.fft.fft(gen, axis=-1).real / m, 0.0, None)  # [j, k, b]
+    share = np.minimum(1.0, cores[:, None] / (1.0 + np.arange(m)))  # [j, b]
+    return np.asarray(np.einsum("jkb,jb->jk", law, share) / law.sum(axis=-1), dtype=float)
+
+
+def _work_floor(a: FloatArray, mu: FloatArray, n: FloatArray, cores: FloatArray, speed: FloatArray) -> FloatArray:
+    """[j] the factor (0, 1] on a node's speeds that lifts its mean work in system (sum n L / mu) to the floor of
+    one server of speed C (module docstring); 1 where the speed model meets it, the least that caps every busy
+    instance where nothing meets it (the node at or past its cores)."""
+    b = (n * a / mu).sum(axis=1)  # busy work, core-seconds per second
+    finite = np.isfinite(cores) & (cores > 0) & (b > 0)
+    c = np.where(finite, cores, 1.0)
+    rho = np.where(finite, b / c, 0.0)
+    floor = np.where(rho < 1.0, (n * a / mu**2).sum(axis=1) / c / np.where(rho < 1.0, 1.0 - rho, 1.0), np.inf)
+    floor = np.where(finite, floor, 0.0)
+    base = np.where(a > 0, a / (mu * speed), 0.0)  # [j, k] loads at factor 1
+
+    def work(s: FloatArray) -> FloatArray:
+        load = np.minimum(base / s[:, None], CAP)
+        return np.asarray((n * load / (1.0 - load) / mu).sum(axis=1))
+
+    least = np.where(base > 0, base, np.inf).min(axis=1, initial=np.inf)  # [j] the lightest busy instance's load
+    lo = np.clip(least / CAP, 1e-300, 1.0)  # at or below lo every busy instance is capped: the most work
+    hi = np.ones(len(b))
+    need = work(hi) < floor * (1 - 1e-9)  # short of the floor beyond rounding
+    if not need.any():
+        return hi
+    for _ in range(BISECT):  # work falls as s rises: the largest s with work(s) >= floor
+        mid = 0.5 * (lo + hi)
+        ok = work(mid) >= floor
+        lo, hi = np.where(ok, mid, lo), np.where(ok, hi, mid)
+    return np.where(need, lo, 1.0)
