@@ -1,4 +1,5 @@
-"""What the benches share: a served process (start it, wait until it answers, stop it).
+"""What the benches share: a served process (start it, wait until it answers, stop it), and an earlier revision's
+tree to measure against in the same run (``extract_revision``).
 
 Benches run as scripts (``python bench/X.py``), so each puts the repository on ``sys.path`` before importing
 this module; processes stop through peerserve.agent_procs like the demo's and the test bed's agents.
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import tarfile
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -16,6 +18,18 @@ from pathlib import Path
 import httpx
 
 from peerserve.agent_procs import stop
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def extract_revision(rev: str, into: Path, paths: Sequence[str] = ()) -> Path:
+    """The tree of git revision ``rev`` (only ``paths`` where given) under ``into``/code."""
+    data = subprocess.run(["git", "-C", str(REPO), "archive", rev, *paths], check=True, capture_output=True).stdout
+    tar = into / "before.tar"
+    tar.write_bytes(data)
+    with tarfile.open(tar) as t:
+        t.extractall(into / "code", filter="data")
+    return into / "code"
 
 
 def wait_answering(url: str, timeout: float = 30.0, proc: subprocess.Popen[bytes] | None = None) -> None:

@@ -20,7 +20,6 @@ import os
 import statistics
 import subprocess
 import sys
-import tarfile
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -69,16 +68,6 @@ def worker(cores: list[float], seeds: int) -> list[dict[str, Any]]:
     return rows
 
 
-def extract(rev: str, into: Path) -> Path:
-    """The tree of git revision ``rev`` under ``into``/code."""
-    data = subprocess.run(["git", "-C", str(REPO), "archive", rev], check=True, capture_output=True).stdout
-    tar = into / "before.tar"
-    tar.write_bytes(data)
-    with tarfile.open(tar) as t:
-        t.extractall(into / "code", filter="data")
-    return into / "code"
-
-
 def _round(code: Path, args: argparse.Namespace) -> list[dict[str, Any]]:
     """One worker round in a fresh process on ``code``'s tree."""
     argv = [sys.executable, str(Path(__file__).resolve()), "--worker", "--seeds", str(args.seeds), "--cores"]
@@ -100,9 +89,12 @@ def _least(rounds: list[list[dict[str, Any]]]) -> dict[tuple[str, bool], dict[st
 
 def measure(args: argparse.Namespace) -> dict[str, Any]:
     """Both codes, alternating, ``args.repeats`` rounds each; the rows and the summary ratios."""
+    sys.path.insert(0, str(REPO))  # the parent only: a worker imports the tree it measures
+    from bench.common import extract_revision
+
     load = [os.getloadavg()[0]]
     with tempfile.TemporaryDirectory() as tmp:
-        before_code = extract(args.before_rev, Path(tmp)) if args.before_rev else None
+        before_code = extract_revision(args.before_rev, Path(tmp)) if args.before_rev else None
         now_rounds, before_rounds = [], []
         for _ in range(args.repeats):
             if before_code is not None:

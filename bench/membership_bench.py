@@ -44,7 +44,6 @@ import re
 import signal
 import subprocess
 import sys
-import tarfile
 import tempfile
 import threading
 import time
@@ -59,6 +58,7 @@ import psutil
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench.common import extract_revision  # noqa: E402
 from tests.service.conftest import TOKEN, free_port  # noqa: E402
 
 LOG_LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) .*peer (\S+): (\S+) -> (\S+)")
@@ -371,15 +371,6 @@ def soak_run(c: Cluster, seconds: float, hogs_n: int = 2) -> dict[str, Any]:
             "soak_agents_cpu": agents_cpu}  # fmt: skip
 
 
-def extract(rev: str, into: Path) -> Path:
-    data = subprocess.run(["git", "-C", str(REPO), "archive", rev], check=True, capture_output=True).stdout
-    tar = into / "before.tar"
-    tar.write_bytes(data)
-    with tarfile.open(tar) as t:
-        t.extractall(into / "code", filter="data")
-    return into / "code"
-
-
 def plot(now: list[dict[str, Any]], before: list[dict[str, Any]], path: Path) -> None:
     import matplotlib
 
@@ -415,7 +406,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     before: list[dict[str, Any]] = []
     if args.before_rev:
         with tempfile.TemporaryDirectory(prefix="membench-before-") as tmp:
-            code = extract(args.before_rev, Path(tmp))
+            code = extract_revision(args.before_rev, Path(tmp))
             before = [run_size(code, int(n), args.window, 0.0, "before") for n in args.before_sizes.split(",") if n]
     return with_ratios({"now": now, "before": before, "before_rev": args.before_rev})
 

@@ -69,10 +69,10 @@ def measure(sizes: list[int], reps: int, objective: str) -> dict[str, float]:
 
 def before(rev: str, sizes: list[int], reps: int, objective: str) -> dict[str, float]:
     """``measure`` on revision ``rev``'s agent/ (this bench's window unchanged), in a child process."""
-    with tempfile.TemporaryDirectory() as tree:
-        archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev, "agent", "solver", "peerserve"],
-                                 check=True, capture_output=True).stdout  # fmt: skip
-        subprocess.run(["tar", "-x", "-C", tree], input=archive, check=True)
+    from bench.common import extract_revision
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tree = str(extract_revision(rev, Path(tmp), ("agent", "solver", "peerserve")))
         code = (f"import json, sys; sys.path.insert(0, {tree!r}); sys.path.append({str(ROOT)!r}); "
                 "from bench.snapshot_bench import measure; "
                 f"print(json.dumps(measure({sizes!r}, {reps}, {objective!r})))")  # fmt: skip
