@@ -49,6 +49,7 @@ from solver.queue_move import move_instances
 from solver.queue_plan import mean_latency_ms
 from solver.queue_repair import Pools, repair
 from solver.queue_split import best_split
+from solver.queue_split_load import resplit_by_load
 from solver.queueing import RHO_MAX
 from solver.snapshot import Model, Node, Request, Snapshot
 from solver.tail_cap import with_tail_cap
@@ -159,6 +160,7 @@ def final_pools(q: QueueProblem) -> Pools:
     close_pools_fast(pools)
     move_instances(pools)
     best_split(pools)
+    resplit_by_load(pools)
     return pools
 
 
