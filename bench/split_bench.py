@@ -12,13 +12,16 @@ instance bound where it held before) and its CPU ms (least of ``--reps``). Popul
   ``--thesis-seeds``), with the thesis's LP solved on each (least CPU of ``--reps``), so the extra time is
   also given per LP (it counts in the solve-time ratio).
 
+``--sim SECONDS`` simulates every overloaded plan whose split changed, before and after, with the same draws
+(``simulated``): mean, p50 and p99 latency per request.
+
 ``--reference`` also runs hold's split (solver.hold, the running placement's valuation) to its stop on the same
 counts: its value (what the plan could reach with no load caps), how often it passes repair's checks, the
 review's fix (hold's split where it passes, else cut back to the largest step that does: ``hold_cut``) and
 hold's CPU ms.
 
     .venv/bin/python bench/split_bench.py [--seeds 40] [--loads 0.3 0.5 1.0] [--cores 2 1] [--thesis-seeds 2]
-                                          [--reps 3] [--reference] [--json]
+                                          [--reps 3] [--reference] [--sim 300] [--json]
 """
 
 from __future__ import annotations
@@ -48,8 +51,9 @@ from solver.queue_model import QueueProblem, build_queue_problem
 from solver.queue_move import move_instances
 from solver.queue_plan import mean_latency_ms
 from solver.queue_repair import Pools, repair
-from solver.queue_split import apply_split, best_split, load_limit
+from solver.queue_split import _feasible_step, apply_split, best_split, load_limit
 from solver.queue_split_load import _take, resplit_by_load
+from solver.shared_cores import shared_sojourn_ms
 from solver.snapshot import Snapshot
 from solver.tail_cap import with_tail_cap
 
@@ -91,15 +95,16 @@ def reference(pools: Pools) -> dict[str, Any]:
     x = hold._best_split(q, held, allowed)[0]
     cpu = 1000.0 * (time.process_time() - start)
     ok = apply_split(copy.deepcopy(pools), x, counts)
-    cut = copy.deepcopy(pools)
-    _take(cut, x, counts, mean_latency_ms(pools.q, pools))  # the review's fix: hold's split where it passes
+    cut = copy.deepcopy(pools)  # the review's fix: hold's split where it passes, else the largest step that does
+    step = 1.0 if ok else _feasible_step(pools, counts.astype(float), pools.x, x - pools.x)
+    _take(cut, pools.x + step * (x - pools.x), counts, mean_latency_ms(pools.q, pools))
     return {
         "hold_ms": hold._objective(q, held, x) / max(float(served.sum()), 1e-12), "hold_passes": ok,
         "hold_cut_ms": mean_latency_ms(pools.q, cut), "hold_cpu_ms": cpu,
     }  # fmt: skip
 
 
-def one(label: str, q: QueueProblem, reps: int, with_reference: bool) -> dict[str, Any]:
+def one(label: str, q: QueueProblem, reps: int, with_reference: bool, sim_s: float = 0.0) -> dict[str, Any]:
     """One plan: the figures before and after the split by load, its least CPU ms, the checks."""
     pools = before_split(q)
     bound = _within_bound(pools)
@@ -117,10 +122,15 @@ def one(label: str, q: QueueProblem, reps: int, with_reference: bool) -> dict[st
     }  # fmt: skip
     if with_reference:
         row.update(reference(pools))
+    if sim_s > 0 and kept:
+        was, now = simulated(pools, sim_s, 0), simulated(after, sim_s, 0)
+        row.update({f"before_{k}": v for k, v in was.items()} | {f"after_{k}": v for k, v in now.items()})
     return row
 
 
-def over_rows(seeds: int, loads: list[float], reps: int, with_reference: bool) -> list[dict[str, Any]]:
+def over_rows(
+    seeds: int, loads: list[float], reps: int, with_reference: bool, sim_s: float = 0.0
+) -> list[dict[str, Any]]:
     """The overloaded clusters at each load."""
     rows = []
     for seed in range(seeds):
@@ -128,7 +138,7 @@ def over_rows(seeds: int, loads: list[float], reps: int, with_reference: bool) -
             snap, mode, tail = overloaded_seed(seed)
             q = build_queue_problem(build_problem(scaled(snap, load), mode))
             q = with_tail_cap(q) if tail else q
-            rows.append(one(f"over s{seed} x{load:g} m{mode.value}", q, reps, with_reference))
+            rows.append(one(f"over s{seed} x{load:g} m{mode.value}", q, reps, with_reference, sim_s))
     return rows
 
 
@@ -155,6 +165,37 @@ def thesis_rows(seeds: int, cores: list[float], reps: int, with_reference: bool)
     return rows
 
 
+def simulated(pools: Pools, duration_s: float, seed: int) -> dict[str, float]:
+    """Latency per request (ms: RTT + execution + the simulated wait) of ``pools``' split: each stream's Poisson
+    arrivals sent to a node by its shares and to one of its pool's instances uniformly, exponential work, the
+    node's cores shared by the requests in service (solver/shared_cores.py). The draws depend on the streams'
+    rates only, so two splits of the same rates see the same arrivals, work and uniforms (first tenth: warm-up)."""
+    q, p = pools.q, pools.q.base
+    rng = np.random.default_rng(seed)
+    counts = pools.counts()
+    served = pools.x.sum(axis=1)
+    parts = []
+    for c in np.flatnonzero(served > 0).tolist():
+        m = rng.poisson(served[c] * duration_s)
+        parts.append(
+            (np.full(m, c), rng.uniform(0.0, duration_s, m), rng.random(m), rng.random(m), rng.exponential(1.0, m))
+        )
+    cls, arrival, pick, slot, unit = (np.concatenate(a) for a in zip(*parts, strict=True))
+    model = p.class_model[cls]
+    share = np.cumsum(pools.x / np.where(served > 0, served, 1.0)[:, None], axis=1)[cls]  # [i, j]
+    node = np.minimum((share < pick[:, None]).sum(axis=1), p.n_nodes - 1)
+    first = np.concatenate([[0], np.cumsum(counts.ravel())])
+    instance = first[node * counts.shape[1] + model] + np.minimum(
+        (slot * counts[node, model]).astype(np.int64), counts[node, model] - 1
+    )
+    node_of = np.repeat(np.repeat(np.arange(counts.shape[0]), counts.shape[1]), counts.ravel())
+    mu = q.mu[node, model]
+    sojourn = shared_sojourn_ms(arrival, instance, unit / mu, node_of, np.asarray(pools.cores, dtype=float))
+    latency = (p.cost[cls, node] + sojourn - 1000.0 / mu)[arrival > 0.1 * duration_s]
+    return {"sim_mean_ms": float(latency.mean()), "sim_p50_ms": float(np.percentile(latency, 50)),
+            "sim_p99_ms": float(np.percentile(latency, 99))}  # fmt: skip
+
+
 def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """Plans improved and by how much (before / after), the checks, the CPU ms (and per LP where known)."""
     gain = [r["before_ms"] / r["after_ms"] for r in rows if r["after_ms"] > 0]
@@ -171,6 +212,12 @@ def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
     if all("lp_ms" in r for r in rows):
         per_lp = [r["cpu_ms"] / r["lp_ms"] for r in rows]
         out.update(per_lp_median=statistics.median(per_lp), per_lp_max=max(per_lp))
+    simmed = [r for r in rows if "after_sim_p99_ms" in r]
+    if simmed:
+        p99 = [r["after_sim_p99_ms"] / r["before_sim_p99_ms"] for r in simmed]
+        mean = [r["after_sim_mean_ms"] / r["before_sim_mean_ms"] for r in simmed]
+        out.update(sim_plans=len(simmed), sim_p99_ratio_median=statistics.median(p99), sim_p99_ratio_min=min(p99),
+                   sim_p99_ratio_max=max(p99), sim_mean_ratio_median=statistics.median(mean))  # fmt: skip
     if all("hold_ms" in r for r in rows):
         room = [r["before_ms"] / r["hold_ms"] for r in rows if r["hold_ms"] > 0]
         out.update(hold_better_1pct=sum(g > 1.01 for g in room), hold_passes=sum(r["hold_passes"] for r in rows))
@@ -198,11 +245,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--thesis-seeds", type=int, default=2, help="seeds per thesis size (default 2; 0: none)")
     ap.add_argument("--reps", type=int, default=3, help="timed runs per plan, least CPU kept (default 3)")
     ap.add_argument("--reference", action="store_true", help="also hold's split to its stop (slow: seconds a plan)")
+    ap.add_argument("--sim", type=float, default=0.0, help="simulated seconds per changed overloaded plan (0: none)")
     ap.add_argument("--json", action="store_true", help="print rows and summaries as JSON")
     args = ap.parse_args(argv)
     load = [os.getloadavg()[0]]
     groups = {
-        "over": over_rows(args.seeds, args.loads, args.reps, args.reference),
+        "over": over_rows(args.seeds, args.loads, args.reps, args.reference, args.sim),
         "thesis": thesis_rows(args.thesis_seeds, args.cores, args.reps, args.reference) if args.thesis_seeds else [],
     }
     load.append(os.getloadavg()[0])

@@ -7,20 +7,18 @@ running placement's value that the leader's hysteresis compares them with (``sol
 So the published split was not the best by the plan's own figures (the review: hold's split better in 37
 of 214 plans by > 1 %, up to 1.29x), and the hysteresis compared a fixed split with a best one.
 
-Here the split continues by load, in rounds (majorize-minimize): the cores are allotted at the current
-rates (``allot_cores``), and best_split's Frank-Wolfe (``queue_split.split_run``, the same pool terms as
-hold's ``_objective``) runs on those fixed servers. Fixed servers price every split at or above its by-load
-figure (the allotment by load is the least wait over the allotments) and exactly at the current one, so
-wherever a round's split lowers the fixed-server value it lowers the by-load figure at least as much; by
-the envelope theorem its gradient at the start is the by-load one, so its duality gap at step 0 is hold's
-(``hold.split_gap``'s): under ``queue_split.TOLERANCE`` of the figure no round runs (the screen).
-
-A round's split must pass repair's checks on the same counts (``queue_split.apply_split``: every pool
-within its load cap on its instances, every node within memory, compute and ``rho_max`` of its cores, no
-model past the instance bound); where it does not, the step towards it is cut back to the largest that
-does (``queue_split._feasible_step``: the fixed-server value is convex, so the cut point is no worse).
-Kept only if the plan's figure (``queue_plan.mean_latency_ms``: hold's ``_objective`` per request) falls;
-else the plan's split stays. ``ROUNDS`` x ``STEPS`` bound the work.
+Here hold's split continues from the plan's split on the final counts: hold's objective (``hold._objective``,
+the plan's ``mean_latency_ms`` times the served rate), its gradient and curvature by load
+(``_gradient_curvature``) and its direction (``_shift``: each class moves rate from its dearer nodes to its
+cheapest by a Newton step on the pools' curvature), ``ITERATIONS`` steps at most. Only the step differs:
+hold's exact line search ignores the plan's load caps, so here a step is at most the largest that keeps
+every pool within its load cap on its instances and every node within ``rho_max`` of its cores
+(``queue_split._feasible_step``) and backtracks from there until the objective falls enough (Armijo). Screens:
+no step where the allotment by load gives every pool best_split's servers (``SAME_SERVERS``: then both
+figures agree and best_split already ran), and none where Frank-Wolfe's duality gap by load (a bound on what
+any split can gain) is under ``TOLERANCE`` of the figure. The result must pass repair's checks on the same
+counts (``queue_split.apply_split``: also memory, compute and the instance bound) and lower the plan's
+figure; else the plan's split stays.
 """
 
 from __future__ import annotations
@@ -30,19 +28,24 @@ import logging
 
 import numpy as np
 
+from solver import hold
 from solver.node_cpu import allot_cores, effective_servers
 from solver.problem import FloatArray, IntArray
 from solver.queue_model import QueueProblem
 from solver.queue_plan import mean_latency_ms
 from solver.queue_repair import Pools
-from solver.queue_split import BoolArray, _feasible_step, apply_split, split_run
+from solver.queue_split import BoolArray, _feasible_step, apply_split
 
 log = logging.getLogger(__name__)
 
 ENABLED = True  # switched off only to show the tests failing without it
-ROUNDS = 3  # allotments at most (each round's Frank-Wolfe from the last one's split)
-STEPS = 10  # Frank-Wolfe steps per round at most
-SAME_SERVERS = True  # no run where the allotment by load gives every pool best_split's servers (equal split)
+ITERATIONS = 6  # hold's steps at most (thesis sizes at 2/1 cores, 3 / 6 / 10 steps: mean gain x1.0041 /
+# 1.0058 / 1.0065, mean CPU 0.7 / 1.0 / 1.4 ms; bench/split_bench.py)
+TOLERANCE = 1e-3  # relative duality gap at which no further step is taken (best_split's)
+SAME_SERVERS = True  # no step where the allotment by load gives every pool best_split's servers (equal split)
+ARMIJO = 1e-4  # a step must lower the objective by this share of its first-order prediction ...
+BACKTRACK = 0.3  # ... else it shrinks by this factor, down to MIN_STEP of the largest feasible one
+MIN_STEP = 1e-4
 
 
 def resplit_by_load(pools: Pools) -> bool:
@@ -50,52 +53,79 @@ def resplit_by_load(pools: Pools) -> bool:
     lowers the plan's mean latency (module docstring); True if a new split was kept."""
     if not ENABLED or pools.x.size == 0:
         return False
-    first = figure = None
-    for r in range(ROUNDS):
-        inputs = _round_inputs(pools, screen=r == 0)
-        if inputs is None:
-            break
-        rates, servers, allowed, counts = inputs
-        run = split_run(rates, servers, allowed, pools.x, STEPS)
-        if run.steps == 0:
-            break  # within queue_split.TOLERANCE of the best by load at its first step (the gap's screen)
-        figure = mean_latency_ms(pools.q, pools) if figure is None else figure
-        lower = _take(pools, run.x, counts, figure)
-        if lower is None:
-            break  # no feasible step that lowers the figure
-        first, figure = figure if first is None else first, lower
-    if first is not None:
-        log.debug("split by load: mean latency %.4f -> %.4f ms", first, figure)
-    return first is not None
-
-
-def _round_inputs(pools: Pools, screen: bool) -> tuple[QueueProblem, FloatArray, BoolArray, IntArray] | None:
-    """(the served rates, [j, k] the servers allotted by load at the current rates, [c, j] the pools a stream may
-    use, the counts) for one round; None where no stream has a choice, where an allowed pool is allotted no
-    servers (work that underflows), or (``screen``, ``SAME_SERVERS``) where every pool has best_split's servers."""
     p = pools.q.base
     lam, counts = pools.state()
     served = pools.x.sum(axis=1)
     allowed = (counts[:, p.class_model].T > 0) & (served[:, None] > 0)  # [c, j]: a pool of its model runs there
     if not np.any(allowed.sum(axis=1) > 1):
-        return None
-    servers = allot_cores(lam, pools.q.mu, counts, pools.cores)
-    if np.any(allowed & (servers[:, p.class_model].T <= 0)):
-        return None
-    if screen and SAME_SERVERS and np.array_equal(servers, effective_servers(counts, pools.cores)):
-        return None
-    return dataclasses.replace(pools.q, rate=served), servers, allowed, counts
+        return False  # no stream has a choice
+    by_load = allot_cores(lam, pools.q.mu, counts, pools.cores)
+    if SAME_SERVERS and np.array_equal(by_load, effective_servers(counts, pools.cores)):
+        return False  # the figures by load and best_split's agree
+    q = dataclasses.replace(pools.q, rate=served)
+    held = hold.Held(counts.astype(float), pools.cores)
+    start = np.where(allowed, pools.x, 0.0)
+    x, value = _descend(pools, q, held, allowed, start)
+    first = hold._objective(q, held, start)
+    if value >= first - 1e-9 * max(1.0, abs(first)):
+        return False
+    before = mean_latency_ms(pools.q, pools)
+    after = _take(pools, x, counts, before)
+    if after is not None:
+        log.debug("split by load: mean latency %.4f -> %.4f ms", before, after)
+    return after is not None
+
+
+def _descend(
+    pools: Pools, q: QueueProblem, held: hold.Held, allowed: BoolArray, x: FloatArray
+) -> tuple[FloatArray, float]:
+    """Up to ``ITERATIONS`` of hold's projected Newton steps from ``x``, each within the plan's caps (module
+    docstring): (the split, hold's objective there)."""
+    big = np.where(allowed, 0.0, np.inf)
+    counts = held.counts
+    value = hold._objective(q, held, x)
+    for _ in range(ITERATIONS):
+        grad, curve = hold._gradient_curvature(q, held, x)
+        target = hold._all_on(grad + big, q.rate)
+        if -float((grad * (target - x)).sum()) <= TOLERANCE * max(value, 1e-9):
+            break  # within TOLERANCE of the best by load
+        direction = hold._shift(x, grad + big, curve, target > 0)
+        slope = float((grad * direction).sum())
+        top = min(1.0, _feasible_step(pools, counts, x, direction)) if slope < 0 else 0.0
+        step = _armijo(q, held, x, direction, (value, slope), top)
+        if step is None:
+            break
+        x, value = step
+    return x, value
+
+
+def _armijo(
+    q: QueueProblem,
+    held: hold.Held,
+    x: FloatArray,
+    direction: FloatArray,
+    here: tuple[float, float],
+    top: float,
+) -> tuple[FloatArray, float] | None:
+    """The first step from ``top`` down (by ``BACKTRACK``) whose objective falls by ``ARMIJO`` of the slope's
+    prediction (``here``: the value and slope at ``x``): (the new split, its value); None if none does."""
+    value, slope = here
+    step = top
+    while step > MIN_STEP * max(top, 1e-300) and top > 0:
+        moved = np.maximum(x + step * direction, 0.0)
+        found = hold._objective(q, held, moved)
+        if found <= value + ARMIJO * step * slope:
+            return moved, found
+        step *= BACKTRACK
+    return None
 
 
 def _take(pools: Pools, split: FloatArray, counts: IntArray, before: float) -> float | None:
-    """Take ``split`` (or the feasible part of the step to it) if it passes repair's checks and lowers the
-    plan's mean latency from ``before``: the new figure; else leave ``pools`` as they were (None)."""
+    """Take ``split`` if it passes repair's checks on ``counts`` and lowers the plan's mean latency from ``before``:
+    the new figure; else leave ``pools`` as they were (None)."""
     old, old_cap = pools.x, pools.cap.copy()
-    direction = split - old
     if not apply_split(pools, split.clip(min=0.0), counts):
-        step = _feasible_step(pools, counts.astype(float), old, direction)
-        if step <= 0 or not apply_split(pools, (old + step * direction).clip(min=0.0), counts):
-            return None
+        return None
     after = mean_latency_ms(pools.q, pools)
     if after >= before - 1e-9 * max(1.0, abs(before)):
         pools.x, pools.cap = old, old_cap

