@@ -124,3 +124,18 @@ def test_the_solve_reports_the_split_by_load() -> None:
     snap, mode, _ = overloaded_seed(13)
     plan = solve(snap, mode=mode.value, objective="queue")
     assert isinstance(plan.details["resplit_by_load"], bool)
+
+
+def test_without_the_screen_the_equal_servers_case_steps_on_fixed_servers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``SAME_SERVERS`` off: where the allotment equals the equal split, hold's steps run on those fixed servers
+    (an array: no allotment per step) and the figure never rises."""
+    monkeypatch.setattr(queue_split_load, "SAME_SERVERS", False)
+    _, pools = _split(13, 0.3)
+    pools.cores = np.full_like(pools.cores, np.inf)
+    before = mean_latency_ms(pools.q, pools)
+    seen: list[object] = []
+    descend = queue_split_load._descend
+    monkeypatch.setattr(queue_split_load, "_descend", lambda *a: seen.append(a[2]) or descend(*a))
+    resplit_by_load(pools)
+    assert len(seen) == 1 and isinstance(seen[0], np.ndarray)
+    assert mean_latency_ms(pools.q, pools) <= before
