@@ -414,6 +414,7 @@ class _Lp:
         self.h, self.X, self.R = h, X, R
         self.F, self.floor0 = 0, -1  # idle columns and floor rows, one per pool (``add_floors``)
         self.levels: list[FloatArray] = []
+        self.level_rates = np.zeros((0, P))  # [L, P] the levels stacked (``solve`` reads them every round)
         self._level_structure()
 
     def budgets_for(self, active: BoolArray) -> bool:
@@ -517,10 +518,11 @@ class _Lp:
         )
         num = np.stack([np.ones(P), np.where(self.linked, 1.0, p.mem[zk]), p.comp[zk], np.ones(P), np.ones(P)], axis=1)
         keep = (rows >= 0) & (num != 0)
-        self.lvl_index = rows[keep].astype(np.int32)
-        self.lvl_num = num[keep]
-        self.lvl_pool = np.broadcast_to(pools[:, None], keep.shape)[keep]
-        self.lvl_per_t = np.broadcast_to(np.arange(5)[None, :] > 0, keep.shape)[keep]  # all rows but balance
+        pool, slot = np.nonzero(keep)  # row-major: each pool's entries together, in slot order
+        self.lvl_index = rows[pool, slot].astype(np.int32)
+        self.lvl_num = num[pool, slot]
+        self.lvl_pool = pool
+        self.lvl_per_t = slot > 0  # all rows but balance
         self.lvl_starts = np.concatenate([[0], np.cumsum(keep.sum(axis=1))[:-1]]).astype(np.int32)
         # where the pool reuses instances, new instances are paid through its `new` column, not per req/s
         self.lvl_unpaid = np.where(self.linked, self.q.instance_cost, 0.0)
@@ -544,6 +546,7 @@ class _Lp:
             L * P, cost.ravel(), np.zeros(L * P), np.full(L * P, math.inf), L * nnz, starts, index, vals.ravel()
         )
         self.levels.extend(tz)
+        self.level_rates = np.concatenate([self.level_rates, tz])
 
     def solve(self) -> tuple[FloatArray, FloatArray, FloatArray, Prices] | None:
         """x [c, j], r [c], n [j, k] and the row prices (>= 0); None if HiGHS fails."""
@@ -560,9 +563,8 @@ class _Lp:
         x = np.zeros((C, J))
         x[self.xc, self.xj] = col[:X]
         z = col[X + C + R + self.F :].reshape(len(self.levels), P)
-        n = (
-            (z / np.stack(self.levels)).sum(axis=0) + (col[X + C + R : X + C + R + self.F] if self.F else 0.0)
-        ).reshape(J, K)
+        idle = col[X + C + R : X + C + R + self.F] if self.F else 0.0
+        n = ((z / self.level_rates).sum(axis=0) + idle).reshape(J, K)
         link = np.zeros(P)
         link[self.reuse] = np.clip(-dual[C + P + 2 * J : self.core0], 0.0, None)
         core = np.zeros(J)
