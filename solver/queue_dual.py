@@ -557,9 +557,9 @@ class _Lp:
         if h.getModelStatus() != hs.HighsModelStatus.kOptimal:
             return None
         sol = h.getSolution()
-        col = np.clip(np.asarray(sol.col_value), 0.0, None)
-        dual = np.asarray(sol.row_dual)
-        self.col_dual, self.row_dual = np.asarray(sol.col_dual)[:X], dual
+        col = np.clip(_floats(sol.col_value), 0.0, None)
+        dual = _floats(sol.row_dual)
+        self.solution, self.row_dual = sol, dual  # the column duals are read only for the proof (reduced_costs)
         x = np.zeros((C, J))
         x[self.xc, self.xj] = col[:X]
         z = col[X + C + R + self.F :].reshape(len(self.levels), P)
@@ -580,7 +580,7 @@ class _Lp:
     def reduced_costs(self) -> FloatArray:
         """[c, j] the last solve's reduced cost of every stream column (inf where not allowed)."""
         out = np.full((self.C, self.J), np.inf)
-        out[self.xc, self.xj] = self.col_dual
+        out[self.xc, self.xj] = _floats(self.solution.col_dual)[: self.X]
         return out
 
     def row_multipliers(self) -> tuple[FloatArray, FloatArray]:
@@ -591,6 +591,12 @@ class _Lp:
     def servers(self, n: FloatArray) -> FloatArray | None:
         """[j, k] the pools' servers (their n, as the compact NLP's) where a node has cores, else None."""
         return None if not len(self.cored) else n.copy()
+
+
+def _floats(values: Any) -> FloatArray:
+    """A list of floats (HiGHS's solution vectors) as an array: with the dtype and length given, numpy skips its
+    per-element type discovery (~2x faster on the column generation's ~800 columns; the same doubles)."""
+    return np.fromiter(values, np.float64, len(values))
 
 
 def _phi_pools(q: QueueProblem, t: FloatArray) -> FloatArray:
