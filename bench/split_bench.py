@@ -15,13 +15,16 @@ instance bound where it held before) and its CPU ms (least of ``--reps``). Popul
 ``--sim SECONDS`` simulates every overloaded plan whose split changed, before and after, with the same draws
 (``simulated``): mean, p50 and p99 latency per request.
 
+``--hysteresis``: the overloaded clusters through ``solve`` with the step off and on, each plan's ``objective_ms``
+against ``value_running`` of its own counts (what the leader's hysteresis compares it with where those counts run).
+
 ``--reference`` also runs hold's split (solver.hold, the running placement's valuation) to its stop on the same
 counts: its value (what the plan could reach with no load caps), how often it passes repair's checks, the
 review's fix (hold's split where it passes, else cut back to the largest step that does: ``hold_cut``) and
 hold's CPU ms.
 
     .venv/bin/python bench/split_bench.py [--seeds 40] [--loads 0.3 0.5 1.0] [--cores 2 1] [--thesis-seeds 2]
-                                          [--reps 3] [--reference] [--sim 300] [--json]
+                                          [--reps 3] [--reference] [--sim 300] [--hysteresis] [--json]
 """
 
 from __future__ import annotations
@@ -142,6 +145,44 @@ def over_rows(
     return rows
 
 
+def hysteresis_rows(seeds: int, loads: list[float]) -> list[dict[str, Any]]:
+    """The overloaded clusters through ``solve`` with the split by load off and on: each plan's ``objective_ms``
+    against ``value_running`` of its own counts (the running value the leader's hysteresis would compare it with,
+    were those counts running), and whether the plan rejects rate (then the running value routes all demand)."""
+    from solver import queue_split_load
+    from solver.api import solve
+
+    rows = []
+    for seed in range(seeds):
+        for load in loads:
+            snap, mode, tail = overloaded_seed(seed)
+            snap = scaled(snap, load)
+            row: dict[str, Any] = {"case": f"over s{seed} x{load:g} m{mode.value}"}
+            for on in (False, True):
+                queue_split_load.ENABLED = on
+                plan = solve(snap, mode=mode.value, objective="queue-p99" if tail else "queue")
+                value = hold.value_running(snap, {n: dict(m) for n, m in plan.instances.items()})
+                key = "after" if on else "before"
+                row.update({f"{key}_plan_ms": plan.objective_ms, f"{key}_value_ms": value.objective_ms})
+                row["rejects"] = bool(plan.details.get("rejected_rps", 0) > 0)
+            queue_split_load.ENABLED = True
+            rows.append(row)
+    return rows
+
+
+def hysteresis_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Plans whose figure sits above the running value of their own counts by > 1 % and > 10 %, before and after
+    (plans that reject no rate: elsewhere the running value routes rate the plan rejects)."""
+    kept = [r for r in rows if not r["rejects"]]
+    out: dict[str, Any] = {"plans": len(rows), "without_rejection": len(kept)}
+    for key in ("before", "after"):
+        ratio = [r[f"{key}_plan_ms"] / r[f"{key}_value_ms"] for r in kept if r[f"{key}_value_ms"] > 0]
+        out[f"{key}_above_1pct"] = sum(x > 1.01 for x in ratio)
+        out[f"{key}_above_10pct"] = sum(x > 1.1 for x in ratio)
+        out[f"{key}_max"] = max(ratio, default=1.0)
+    return out
+
+
 def thesis_rows(seeds: int, cores: list[float], reps: int, with_reference: bool) -> list[dict[str, Any]]:
     """The thesis's sizes in both modes at each cores per node, with the thesis LP's least CPU ms."""
     from bench.queue_bench import SIZES, with_cores
@@ -254,6 +295,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reps", type=int, default=3, help="timed runs per plan, least CPU kept (default 3)")
     ap.add_argument("--reference", action="store_true", help="also hold's split to its stop (slow: seconds a plan)")
     ap.add_argument("--sim", type=float, default=0.0, help="simulated seconds per changed overloaded plan (0: none)")
+    ap.add_argument(
+        "--hysteresis",
+        action="store_true",
+        help="the overloaded plans through solve, off and on, against value_running of their counts",
+    )
     ap.add_argument("--json", action="store_true", help="print rows and summaries as JSON")
     args = ap.parse_args(argv)
     load = [os.getloadavg()[0]]
@@ -261,14 +307,18 @@ def main(argv: list[str] | None = None) -> int:
         "over": over_rows(args.seeds, args.loads, args.reps, args.reference, args.sim),
         "thesis": thesis_rows(args.thesis_seeds, args.cores, args.reps, args.reference) if args.thesis_seeds else [],
     }
+    summaries = {g: summary(rows) for g, rows in groups.items() if rows}
+    if args.hysteresis:
+        groups["hysteresis"] = hysteresis_rows(args.seeds, args.loads)
+        summaries["hysteresis"] = hysteresis_summary(groups["hysteresis"])
     load.append(os.getloadavg()[0])
-    out = {"summary": {g: summary(rows) for g, rows in groups.items() if rows}, "load_average": load, "rows": groups}
+    out = {"summary": summaries, "load_average": load, "rows": groups}
     if args.json:
         print(json.dumps(out, indent=1))
         return 0
     print(f"split by load (solver.queue_split_load); load average {load[0]:.2f} -> {load[1]:.2f}")
-    for rows in groups.values():
-        for r in rows:
+    for name, rows in groups.items():
+        for r in rows if name != "hysteresis" else []:
             if r["kept"] or not r["passes"]:
                 ratio = r["before_ms"] / r["after_ms"]
                 print(f"{r['case']:<28} {r['before_ms']:12.3f} -> {r['after_ms']:12.3f} ms  x{ratio:.4f}"
