@@ -65,12 +65,13 @@ def published_load(lam: npt.ArrayLike, mu: npt.ArrayLike, counts: npt.ArrayLike,
     caps a busy instance the node's cores shared by load (solver.node_cpu.pool_servers: below rho_max wherever
     repair's checks pass), which is all there is with ``PUBLISHED`` off."""
     lam, mu, cores = np.asarray(lam, dtype=float), np.asarray(mu, dtype=float), np.asarray(cores, dtype=float)
-    by_load = pool_servers(lam, mu, counts, cores)[1]
     if not PUBLISHED:
-        return by_load
+        return pool_servers(lam, mu, counts, cores)[1]
     load = node_speeds(lam, mu, counts, cores).load
     capped = np.max(load, axis=1, initial=0.0) >= CAP  # the scheduler falls behind there (a 999 draws p2c's traffic)
-    return np.asarray(np.where(capped[:, None], by_load, load))
+    if not capped.any():
+        return load  # no node by load: the allotment is not read (node_cpu.pool_servers is row by row)
+    return np.asarray(np.where(capped[:, None], pool_servers(lam, mu, counts, cores)[1], load))
 
 
 def node_speeds(lam: npt.ArrayLike, mu: npt.ArrayLike, counts: npt.ArrayLike, cores: npt.ArrayLike) -> SpeedFigures:
@@ -99,29 +100,46 @@ def _fixed_point(
     if not shared.any():
         return speed, 0, True
     a_s, mu_s, n_s, c_s = a[shared], mu[shared], n[shared], cores[shared]
+    law, busy_pool = _OthersLaw(n_s, c_s), a_s > 0
     u, rounds, moved = np.minimum(a_s / mu_s, CAP), 0, np.inf
     while rounds < MAX_ROUNDS and moved > TOL:
-        new = np.where(a_s > 0, np.minimum(a_s / (mu_s * busy_others_speed(u, n_s, c_s)), CAP), 0.0)
+        new = np.where(busy_pool, np.minimum(a_s / (mu_s * law.speed(u)), CAP), 0.0)
         moved, u, rounds = float(np.abs(new - u).max(initial=0.0)), new, rounds + 1
-    speed[shared] = busy_others_speed(u, n_s, c_s)
+    speed[shared] = law.speed(u)
     return speed, rounds, moved <= TOL
 
 
 def busy_others_speed(u: FloatArray, n: FloatArray, cores: FloatArray) -> FloatArray:
     """[j, k] ``E[min(1, C_j / (1 + B))]`` for an instance of pool k on node j, ``B`` the others busy: pool l's
     ``n_l`` (one fewer of k's; all of them where k has none) instances each busy with probability ``u_l``,
-    independently. The law of ``B`` is read off its generating function ``prod_l (1 - u_l + u_l z)^(n_l - [l = k])``
-    at M roots of unity (one FFT), M odd so that no factor vanishes (``1 - u + u z = 0`` only at u = 1/2, z = -1)
-    and the product over the node is divided by k's own factor in logs."""
-    total = int(n.sum(axis=1).max(initial=0.0))
-    m = total + 1 + total % 2  # odd and > total: the law's support 0..total fits without aliasing
-    z = np.exp(2j * np.pi * np.arange(m) / m)  # [M]
-    log_f = np.log(1.0 - u[:, :, None] + u[:, :, None] * z)  # [j, l, M], never log 0 (M odd)
-    node = np.einsum("jl,jlm->jm", n, log_f)  # [j, M] log of the product over all the node's instances
-    gen = np.exp(node[:, None, :] - np.where(n > 0, 1.0, 0.0)[:, :, None] * log_f)  # [j, k, M]
-    law = np.clip(np.fft.fft(gen, axis=-1).real / m, 0.0, None)  # [j, k, b]
-    share = np.minimum(1.0, cores[:, None] / (1.0 + np.arange(m)))  # [j, b]
-    return np.asarray(np.einsum("jkb,jb->jk", law, share) / law.sum(axis=-1), dtype=float)
+    independently (``_OthersLaw``)."""
+    return _OthersLaw(n, cores).speed(u)
+
+
+class _OthersLaw:
+    """``busy_others_speed`` for fixed counts ``n`` [j, k] and ``cores`` [j]: what does not depend on the loads is
+    made once (the fixed point calls ``speed`` every round; the same operations per element as one call).
+
+    The law of ``B`` is read off its generating function ``prod_l (1 - u_l + u_l z)^(n_l - [l = k])`` at M roots
+    of unity (one FFT), M odd so that no factor vanishes (``1 - u + u z = 0`` only at u = 1/2, z = -1) and the
+    product over the node is divided by k's own factor in logs."""
+
+    def __init__(self, n: FloatArray, cores: FloatArray) -> None:
+        total = int(n.sum(axis=1).max(initial=0.0))
+        self.m = total + 1 + total % 2  # odd and > total: the law's support 0..total fits without aliasing
+        self.z = np.exp(2j * np.pi * np.arange(self.m) / self.m)  # [M]
+        self.n = n
+        self.own = np.where(n > 0, 1.0, 0.0)[:, :, None]  # [j, k, 1] k's own factor divided out where k runs
+        self.share = np.minimum(1.0, cores[:, None] / (1.0 + np.arange(self.m)))  # [j, b]
+
+    def speed(self, u: FloatArray) -> FloatArray:
+        """[j, k] ``E[min(1, C_j / (1 + B))]`` at the loads ``u`` [j, k]."""
+        u3 = u[:, :, None]
+        log_f = np.log(1.0 - u3 + u3 * self.z)  # [j, l, M], never log 0 (M odd)
+        node = np.einsum("jl,jlm->jm", self.n, log_f)  # [j, M] log of the product over all the node's instances
+        gen = np.exp(node[:, None, :] - self.own * log_f)  # [j, k, M]
+        law = np.maximum(np.fft.fft(gen, axis=-1).real / self.m, 0.0)  # [j, k, b] (np.clip's lower bound)
+        return np.asarray(np.einsum("jkb,jb->jk", law, self.share) / law.sum(axis=-1), dtype=float)
 
 
 def _work_floor(a: FloatArray, mu: FloatArray, n: FloatArray, cores: FloatArray, speed: FloatArray) -> FloatArray:
