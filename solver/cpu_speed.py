@@ -38,6 +38,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from solver.monotone_bisect import bisect
 from solver.node_cpu import pool_servers
 from solver.problem import FloatArray
 
@@ -45,6 +46,7 @@ CAP = 0.999  # the highest load a figure takes (planned_queue's cap)
 MAX_ROUNDS = 400  # fixed-point rounds at most (the sweep's plans need < 60; see docs/solver.md)
 TOL = 1e-10  # stop when no load moves more than this
 BISECT = 60  # halvings of the work floor's factor (2**-60: exact in float)
+GUESS_ROUNDS = 60  # Newton steps at most for the floor's guess (solver.monotone_bisect: the guess costs no exactness)
 PUBLISHED = True  # solver.queue_plan.planned_queue from this model (False: the cores shared by load)
 
 
@@ -164,8 +166,46 @@ def _work_floor(a: FloatArray, mu: FloatArray, n: FloatArray, cores: FloatArray,
     need = work(hi) < floor * (1 - 1e-9)  # short of the floor beyond rounding
     if not need.any():
         return hi
-    for _ in range(BISECT):  # work falls as s rises: the largest s with work(s) >= floor
-        mid = 0.5 * (lo + hi)
-        ok = work(mid) >= floor
-        lo, hi = np.where(ok, mid, lo), np.where(ok, hi, mid)
-    return np.where(need, lo, 1.0)
+
+    def reaches(s: FloatArray) -> npt.NDArray[np.bool_]:
+        return np.asarray(work(s) >= floor)
+
+    # work falls as s rises, in floats too (each operation rounds monotonically, the terms are >= 0): the largest s
+    # with work(s) >= floor by BISECT halvings, from fewer evaluations near a scalar root's guess (bit for bit)
+    guess = _floor_guess(base, n / mu, floor, lo, need)
+    return np.where(need, bisect(reaches, lo, hi, BISECT, need, guess), 1.0)
+
+
+def _floor_guess(
+    base: FloatArray, per: FloatArray, floor: FloatArray, lo: FloatArray, rows: npt.NDArray[np.bool_]
+) -> FloatArray:
+    """[j] on the ``rows`` wanted, the s in [lo, 1] where the work ``sum per min(base / s, CAP) / (1 - ...)`` meets
+    ``floor``, by safeguarded Newton on ``1 / work - 1 / floor`` in Python floats: a guess for
+    solver.monotone_bisect (a few ulps off the vectorised work's threshold; elsewhere ``lo``)."""
+    guess = np.array(lo, dtype=float)
+    for j in np.flatnonzero(rows).tolist():
+        terms = [(b, c) for b, c in zip(base[j].tolist(), per[j].tolist(), strict=True) if b > 0]
+        guess[j] = _floor_root(terms, float(floor[j]), float(lo[j]))
+    return guess
+
+
+def _floor_root(terms: list[tuple[float, float]], floor: float, lo: float) -> float:
+    """``_floor_guess`` on one node: ``terms`` its busy instances' (load at s = 1, count / mu)."""
+    a, z, s = lo, 1.0, 1.0
+    capped = CAP / (1.0 - CAP)
+    for _ in range(GUESS_ROUNDS):
+        work = slope = 0.0
+        for b, c in terms:
+            x = b / s
+            if x < CAP:
+                work += c * x / (1.0 - x)
+                slope -= c * x / (s * (1.0 - x) ** 2)
+            else:
+                work += c * capped
+        a, z = (s, z) if work >= floor else (a, s)
+        nxt = s - (1.0 / work - 1.0 / floor) * work * work / -slope if slope < 0 and work > 0 else 0.5 * (a + z)
+        nxt = nxt if a < nxt < z else 0.5 * (a + z)
+        if abs(nxt - s) <= 1e-15 * s:
+            return nxt
+        s = nxt
+    return s
