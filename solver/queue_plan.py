@@ -17,6 +17,7 @@ import numpy as np
 
 from solver import cpu_speed
 from solver.capacity import violations
+from solver.fast_round import python_round
 from solver.node_cpu import core_room, node_slots, pool_servers
 from solver.plan import Plan, Rejection
 from solver.problem import FloatArray, IntArray, Mode, Problem, plan_actions, plan_instances, running_instances
@@ -101,18 +102,27 @@ def _solve(q: QueueProblem, extra: dict[str, Any]) -> Plan:
 def spread(q: QueueProblem, pools: Pools, limit: int = MAX_SPREAD_SITES) -> list[dict[str, Any]]:
     """Per site (class) and model: its RTT row and node -> share of its rate; at most ``limit`` sites."""
     p = q.base
-    out = []
     rows, totals, used = pools.x.tolist(), pools.x.sum(axis=1).tolist(), _positive(pools.x)  # row sums as row by row
-    for c in np.argsort(-q.rate, kind="stable")[:limit].tolist():
-        row, served = rows[c], totals[c]
-        if served <= 0:
-            continue
-        first = p.snapshot.requests[p.class_members[c][0]]
-        shares = {p.node_ids[j]: round(row[j] / served, 6) for j in used[c]}
-        out.append(
-            {"model": first.model, "rtt_ms": {n: round(v, 1) for n, v in first.rtt_ms.items()}, "shares": shares}
-        )
-    return out
+    listed = [c for c in np.argsort(-q.rate, kind="stable")[:limit].tolist() if totals[c] > 0]
+    firsts = [p.snapshot.requests[p.class_members[c][0]] for c in listed]
+    rtt_rows = [list(first.rtt_ms.items()) for first in firsts]
+    rtts = iter(_rounded([v for row in rtt_rows for _, v in row], 1))
+    shares = iter(_rounded([rows[c][j] / totals[c] for c in listed for j in used[c]], 6))
+    return [
+        {
+            "model": first.model,
+            "rtt_ms": {n: next(rtts) for n, _ in rtt_row},
+            "shares": {p.node_ids[j]: next(shares) for j in used[c]},
+        }
+        for c, first, rtt_row in zip(listed, firsts, rtt_rows, strict=True)
+    ]
+
+
+def _rounded(values: list[float], digits: int) -> list[float]:
+    """``[round(v, digits) for v in values]``, at once where every value is a float (solver.fast_round)."""
+    if all(type(v) is float for v in values):
+        return python_round(values, digits)
+    return [round(v, digits) for v in values]
 
 
 def _positive(x: FloatArray) -> list[list[int]]:
@@ -199,9 +209,10 @@ def make_queue_plan(q: QueueProblem, pools: Pools, method: str, status: str, det
     rows, rates, rejected, used = pools.x.tolist(), q.rate.tolist(), pools.rejected.tolist(), _positive(pools.x)
     reasons: dict[int, str] = {}  # per model: the same for every rejected member
     totals: list[float] | None = None  # per class: its weights' sum as _spread_members takes it
+    fractions = iter(_rounded([rows[c][j] / rates[c] for c in range(len(rows)) for j in used[c]], 6))
     for c, members in enumerate(p.class_members):
         row = rows[c]
-        rounded = {p.node_ids[j]: round(row[j] / rates[c], 6) for j in used[c]}
+        rounded = {p.node_ids[j]: next(fractions) for j in used[c]}
         if len(members) == 1:
             nodes = [_largest(row, used[c], rejected[c])]
         else:
