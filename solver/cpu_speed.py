@@ -191,6 +191,8 @@ def _floor_guess(
 
 def _floor_root(terms: list[tuple[float, float]], floor: float, lo: float) -> float:
     """``_floor_guess`` on one node: ``terms`` its busy instances' (load at s = 1, count / mu)."""
+    if not floor < np.inf:
+        return lo  # a node at or past its cores: no s meets an infinite floor (every mid fails: the answer is lo)
     a, z, s = lo, 1.0, 1.0
     capped = CAP / (1.0 - CAP)
     for _ in range(GUESS_ROUNDS):
