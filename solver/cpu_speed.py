@@ -38,6 +38,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from solver import cpu_law
 from solver.node_cpu import pool_servers
 from solver.problem import FloatArray
 
@@ -46,6 +47,7 @@ MAX_ROUNDS = 400  # fixed-point rounds at most (the sweep's plans need < 60; see
 TOL = 1e-10  # stop when no load moves more than this
 BISECT = 60  # halvings of the work floor's factor (2**-60: exact in float)
 PUBLISHED = True  # solver.queue_plan.planned_queue from this model (False: the cores shared by load)
+LAW_BOUNDED = True  # nodes past cpu_law.EXACT_MAX instances read the law in bounded arrays (off: the FFT over all)
 
 
 @dataclass(frozen=True)
@@ -112,7 +114,15 @@ def busy_others_speed(u: FloatArray, n: FloatArray, cores: FloatArray) -> FloatA
     ``n_l`` (one fewer of k's; all of them where k has none) instances each busy with probability ``u_l``,
     independently. The law of ``B`` is read off its generating function ``prod_l (1 - u_l + u_l z)^(n_l - [l = k])``
     at M roots of unity (one FFT), M odd so that no factor vanishes (``1 - u + u z = 0`` only at u = 1/2, z = -1)
-    and the product over the node is divided by k's own factor in logs."""
+    and the product over the node is divided by k's own factor in logs. Nodes with more than ``cpu_law.EXACT_MAX``
+    instances read it in bounded arrays instead (solver.cpu_law), so one large node widens no other's arrays."""
+    wide = n.sum(axis=1) > cpu_law.EXACT_MAX
+    if LAW_BOUNDED and wide.any():
+        out = np.empty(u.shape)
+        out[wide] = cpu_law.busy_others_bounded(u[wide], n[wide], cores[wide])
+        if not wide.all():
+            out[~wide] = busy_others_speed(u[~wide], n[~wide], cores[~wide])
+        return out
     total = int(n.sum(axis=1).max(initial=0.0))
     m = total + 1 + total % 2  # odd and > total: the law's support 0..total fits without aliasing
     z = np.exp(2j * np.pi * np.arange(m) / m)  # [M]
