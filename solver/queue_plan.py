@@ -24,6 +24,7 @@ from solver.queue_close_fast import close_pools_fast
 from solver.queue_fast import solve_nlp_fast
 from solver.queue_model import QueueProblem, build_queue_problem
 from solver.queue_repair import Pools, repair
+from solver.queue_sched import add_where_behind
 from solver.queueing import requests_at_instance
 from solver.tail_cap import with_tail_cap
 from solver.too_slow import drop_too_slow
@@ -81,6 +82,7 @@ def _solve(q: QueueProblem, extra: dict[str, Any]) -> Plan:
 
     moved = move_instances(pools)
     resplit = best_split(pools)
+    behind = add_where_behind(pools)  # where the node's scheduler would fall behind (solver.queue_sched)
     details: dict[str, Any] = {
         **extra,
         "shed": pools.shed,
@@ -93,6 +95,7 @@ def _solve(q: QueueProblem, extra: dict[str, Any]) -> Plan:
         "pools_closed": closed,
         "instances_moved": moved,
         "resplit": resplit,
+        "scheduler_added": behind,
         "relaxation_instances": round(float(nlp.n.sum()), 3),
         "rate_rps": round(float(q.rate.sum()), 6),
         "rejected_rps": round(float(pools.rejected.sum()), 6),
