@@ -120,3 +120,34 @@ def test_fast_pools_are_untouched() -> None:
         m.setattr(too_slow, "SCREEN", False)
         off = solve(snap, mode="2", objective="queue-p99")
     assert on.instances == off.instances and on.shares == off.shares and on.objective_ms == off.objective_ms
+
+
+def _leaders_plan(peer_cores: float, peer_latency_ms: float | None) -> Plan:
+    """The leader's round on what peers report: n0's /stats/node through the wire's parser (``peer_cores``) and,
+    where given, 6 proxied requests on n0 that each took ``peer_latency_ms``; n1 and n2 sane (2 cores each)."""
+    from agent.placement import RequestRecord, build_snapshot, parse_node_report
+    from peerserve.wire import NodeStats
+
+    text = ENTRY.replace('"m"', '"slow"') + "exec_ms = { default = 1000.0 }\n"  # 1 req/s per instance, per core
+    cat = parse_catalogue(text, "t")
+    reports = []
+    for j, cores in enumerate((peer_cores, 2.0, 2.0)):
+        kind = "odd" if j == 0 else "c"  # a class of its own: its measurements scale no other node's figure
+        stats = NodeStats(f"n{j}", kind, 100.0, 4000.0, 4000.0, (), cores=cores).to_json()
+        reports.append(parse_node_report(NodeStats.parse(stats).to_json(), {"models": {}}))
+    rtts = {"n0": 1.0, "n1": 5.0, "n2": 6.0}
+    records = [RequestRecord(float(t), "slow", "c", rtts, None, None, 200) for t in range(30)]
+    if peer_latency_ms is not None:
+        records += [RequestRecord(float(t), "slow", "c", rtts, "n0", peer_latency_ms, 200) for t in range(6)]
+    snap = build_snapshot(reports, records, cat, 60.0, objective="queue-p99", window_s=60.0)
+    return solve(Snapshot.from_dict(snap), mode="2")
+
+
+@pytest.mark.parametrize(("cores", "latency"), [(1 / 64, None), (2.0, 60_000.0)])
+def test_a_peers_figures_past_the_bound_start_nothing_there(cores: float, latency: float | None) -> None:
+    """n0 reports 1/64 of a core (64 s a request) or logs 60 s requests (both within what the leader accepts from
+    a peer): the nearest node gets no instance, the sane nodes serve the stream."""
+    plan = _leaders_plan(cores, latency)
+    assert _started(plan, "n0") == 0 and _started(plan) > 0 and plan.served == 1 and not plan.rejected
+    sane = _leaders_plan(2.0, None)
+    assert _started(sane, "n0") > 0  # the same round with n0 sane: the nearest node serves
