@@ -7,11 +7,14 @@
    pool's mean sojourn in the shared-cores simulation (solver/shared_cores.py) of the whole plan over ``--sim`` and
    4x as many seconds (a queue that grows without bound grows with the run), before and after, and the plan's mean
    latency and served rate after / before.
-2. ``--cost``: the queue solve from the relaxation on (solver.queue_plan._solve) with the step off and on,
+2. ``--regular N``: bound_sweep's ordinary clusters (seeds 0..N-1, as drawn and ``--tight``), solved by solver.api
+   in Mode 1 with the step off and on: plans where it added an instance, and plans that changed at all (instances
+   or shares), with the rate rejected off / on.
+3. ``--cost``: the queue solve from the relaxation on (solver.queue_plan._solve) with the step off and on,
    interleaved, on the thesis's sizes (bench/queue_integer_bench.py's cases, both modes) at 2 and 1 cores per
    node, least CPU ms of ``--reps`` each: the step's cost net of the figures it hands the planned queue.
 
-    .venv/bin/python bench/sched_fix_bench.py [--clusters 600] [--sim 100] [--cost] [--reps 5] [--json]
+    .venv/bin/python bench/sched_fix_bench.py [--clusters 600] [--sim 100] [--regular 300] [--cost] [--reps 5] [--json]
 """
 
 from __future__ import annotations
@@ -84,6 +87,31 @@ def sweep(n: int, sim_s: float) -> dict[str, Any]:
     return out
 
 
+def regular(n: int) -> dict[str, Any]:
+    """Part 2 (module docstring)."""
+    from bench.bound_sweep import cluster, tight
+    from solver.api import solve
+
+    out: dict[str, Any] = {"clusters": 2 * n, "added": 0, "changed": []}
+    for seed in range(n):
+        for variant in ("drawn", "tight"):
+            snap, tail = cluster(seed)
+            snap = tight(snap, seed) if variant == "tight" else snap
+            plans = {}
+            for on in (False, True):
+                queue_sched.ENABLED = on
+                plans[on] = solve(snap, mode="1", objective="queue-p99" if tail else "queue")
+            queue_sched.ENABLED = True
+            off, on_ = plans[False], plans[True]
+            out["added"] += on_.details["scheduler_added"] > 0
+            if off.instances != on_.instances or off.shares != on_.shares:
+                rejected = [off.details["rejected_rps"], on_.details["rejected_rps"]]
+                latency = [round(off.objective_ms, 2), round(on_.objective_ms, 2)]
+                out["changed"].append({"seed": seed, "variant": variant, "rate_rps": off.details["rate_rps"],
+                                       "rejected_rps": rejected, "latency_ms": latency})  # fmt: skip
+    return out
+
+
 def cost(reps: int) -> list[dict[str, Any]]:
     """Part 2 (module docstring): per cores setting, the queue solve after the relaxation (solver.queue_plan._solve
     from the relaxation on) with the step off and on, interleaved, least CPU ms of ``reps`` each, per case."""
@@ -123,6 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--clusters", type=int, default=600, help="overloaded seeds per scale (0: skip the sweep)")
     ap.add_argument("--sim", type=float, default=100.0, help="simulated seconds (and 4x) per acted plan; 0: none")
+    ap.add_argument("--regular", type=int, default=0, help="ordinary sweep seeds (drawn and tight) to check too")
     ap.add_argument("--cost", action="store_true", help="also time the step on the thesis's sizes")
     ap.add_argument("--reps", type=int, default=5, help="repetitions per case for --cost (the least is kept)")
     ap.add_argument("--json", action="store_true", help="print one JSON object instead of the summary")
@@ -130,6 +159,8 @@ def main(argv: list[str] | None = None) -> int:
     result: dict[str, Any] = {"loadavg": os.getloadavg()[0]}
     if a.clusters > 0:
         result["sweep"] = sweep(a.clusters, a.sim)
+    if a.regular > 0:
+        result["regular"] = regular(a.regular)
     if a.cost:
         result["cost"] = cost(a.reps)
     if a.json:
@@ -143,6 +174,13 @@ def main(argv: list[str] | None = None) -> int:
         for acted in row["acted"]:
             print(f"  seed {acted['seed']}: sim ms before {acted.get('before_ms')} after {acted.get('after_ms')}, "
                   f"latency x{acted['latency_ratio']}, served x{acted['served_ratio']}")  # fmt: skip
+    if "regular" in result:
+        reg = result["regular"]
+        print(f"ordinary sweep: {reg['clusters']} clusters, an instance added in {reg['added']}, "
+              f"{len(reg['changed'])} plans changed")  # fmt: skip
+        for c in reg["changed"]:
+            print(f"  seed {c['seed']} {c['variant']}: rate {c['rate_rps']:.1f} req/s, rejected {c['rejected_rps']}, "
+                  f"mean latency {c['latency_ms']} ms")  # fmt: skip
     for r in result.get("cost", []):
         print(f"{r['cores']:g} cores, {r['cases']} cases: queue solve off {r['off_ms_median']} ms, on "
               f"{r['on_ms_median']} ms median; on - off {r['diff_ms_median']} ms, on / off {r['ratio_median']} "
