@@ -28,7 +28,8 @@ Repair's checks (busy work within ``rho_max`` of the cores, each pool within ``r
 do not keep the scheduler stable: one instance at 0.9 of a core beside another busy one on 1.5 cores falls
 behind whenever both run (0.75 each), and the simulation's queue grows without bound. There the model caps
 the figure; ``published_load`` then publishes the node's figures by load instead (16 of bound_sweep's 600
-overloaded plans at their rate, 8 at half of it), so no planned queue is at the cap where repair passes.
+overloaded plans at their rate, 8 at half of it), so no planned queue is at the cap where repair passes. The
+plan itself now gives such a pool one more instance, or cuts its rate (solver.queue_sched); the fallback stays.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from solver import cpu_law
 from solver.monotone_bisect import bisect
 from solver.node_cpu import pool_servers
 from solver.problem import FloatArray
@@ -48,6 +50,7 @@ TOL = 1e-10  # stop when no load moves more than this
 BISECT = 60  # halvings of the work floor's factor (2**-60: exact in float)
 GUESS_ROUNDS = 60  # Newton steps at most for the floor's guess (solver.monotone_bisect: the guess costs no exactness)
 PUBLISHED = True  # solver.queue_plan.planned_queue from this model (False: the cores shared by load)
+LAW_BOUNDED = True  # nodes past cpu_law.EXACT_MAX instances read the law in bounded arrays (off: the FFT over all)
 
 
 @dataclass(frozen=True)
@@ -69,11 +72,30 @@ def published_load(lam: npt.ArrayLike, mu: npt.ArrayLike, counts: npt.ArrayLike,
     lam, mu, cores = np.asarray(lam, dtype=float), np.asarray(mu, dtype=float), np.asarray(cores, dtype=float)
     if not PUBLISHED:
         return pool_servers(lam, mu, counts, cores)[1]
-    load = node_speeds(lam, mu, counts, cores).load
+    load = node_speeds_once(lam, mu, counts, cores).load
     capped = np.max(load, axis=1, initial=0.0) >= CAP  # the scheduler falls behind there (a 999 draws p2c's traffic)
     if not capped.any():
         return load  # no node by load: the allotment is not read (node_cpu.pool_servers is row by row)
     return np.asarray(np.where(capped[:, None], pool_servers(lam, mu, counts, cores)[1], load))
+
+
+_LAST: list[tuple[bytes, SpeedFigures]] = []  # node_speeds_once's last inputs and figures
+
+
+def node_speeds_once(
+    lam: npt.ArrayLike, mu: npt.ArrayLike, counts: npt.ArrayLike, cores: npt.ArrayLike
+) -> SpeedFigures:
+    """``node_speeds``, the last call's figures again where the inputs are the same (the plan's check for a node
+    that falls behind, solver.queue_sched, and its published planned queue read the same placement)."""
+    parts = [np.ascontiguousarray(a, dtype=float) for a in (lam, mu, counts, cores)]
+    switches = (parts[0].shape, LAW_BOUNDED, cpu_law.EXACT_MAX, CAP, MAX_ROUNDS, TOL)
+    key = b"|".join([repr(switches).encode(), *(a.tobytes() for a in parts)])
+    last = _LAST[0] if _LAST else None  # read once: another thread may replace it
+    if last is not None and last[0] == key:
+        return last[1]
+    figures = node_speeds(*parts)
+    _LAST[:] = [(key, figures)]
+    return figures
 
 
 def node_speeds(lam: npt.ArrayLike, mu: npt.ArrayLike, counts: npt.ArrayLike, cores: npt.ArrayLike) -> SpeedFigures:
@@ -124,9 +146,15 @@ class _OthersLaw:
 
     The law of ``B`` is read off its generating function ``prod_l (1 - u_l + u_l z)^(n_l - [l = k])`` at M roots
     of unity (one FFT), M odd so that no factor vanishes (``1 - u + u z = 0`` only at u = 1/2, z = -1) and the
-    product over the node is divided by k's own factor in logs."""
+    product over the node is divided by k's own factor in logs. Nodes with more than ``cpu_law.EXACT_MAX``
+    instances read it in bounded arrays instead (solver.cpu_law), so one large node widens no other's arrays."""
 
     def __init__(self, n: FloatArray, cores: FloatArray) -> None:
+        self.wide = (n.sum(axis=1) > cpu_law.EXACT_MAX) if LAW_BOUNDED else np.zeros(len(n), dtype=bool)
+        self.any_wide = bool(self.wide.any())
+        if self.any_wide:
+            self.n_wide, self.cores_wide = n[self.wide], cores[self.wide]
+            n, cores = n[~self.wide], cores[~self.wide]
         total = int(n.sum(axis=1).max(initial=0.0))
         self.m = total + 1 + total % 2  # odd and > total: the law's support 0..total fits without aliasing
         self.z = np.exp(2j * np.pi * np.arange(self.m) / self.m)  # [M]
@@ -136,6 +164,16 @@ class _OthersLaw:
 
     def speed(self, u: FloatArray) -> FloatArray:
         """[j, k] ``E[min(1, C_j / (1 + B))]`` at the loads ``u`` [j, k]."""
+        if not self.any_wide:
+            return self._exact(u)
+        out = np.empty(u.shape)
+        out[self.wide] = cpu_law.busy_others_bounded(u[self.wide], self.n_wide, self.cores_wide)
+        if not self.wide.all():
+            out[~self.wide] = self._exact(u[~self.wide])
+        return out
+
+    def _exact(self, u: FloatArray) -> FloatArray:
+        """The exact law (one FFT over the narrow nodes' largest count) at the narrow nodes' loads ``u``."""
         u3 = u[:, :, None]
         log_f = np.log(1.0 - u3 + u3 * self.z)  # [j, l, M], never log 0 (M odd)
         node = np.einsum("jl,jlm->jm", self.n, log_f)  # [j, M] log of the product over all the node's instances

@@ -25,8 +25,11 @@ from solver.queue_close_fast import close_pools_fast
 from solver.queue_fast import solve_nlp_fast
 from solver.queue_model import QueueProblem, build_queue_problem
 from solver.queue_repair import Pools, repair
+from solver.queue_sched import add_where_behind
 from solver.queueing import requests_at_instance
 from solver.tail_cap import with_tail_cap
+from solver.too_slow import drop_too_slow
+from solver.too_slow import reason as too_slow_reason
 
 SEED_COUNTS = True  # whole counts follow the relaxation's where budgets allow (solver.queue_seed)
 MAX_SPREAD_SITES = 64  # sites (largest rate first) whose split the plan hands to the agents (peer messages <= 256 KiB)
@@ -73,12 +76,14 @@ def _solve(q: QueueProblem, extra: dict[str, Any]) -> Plan:
     nlp = solve_nlp_fast(q)
     relaxation_ms = 1000.0 * (time.process_time() - start)
     pools = repair(q, nlp.x, nlp.r, nlp.n if SEED_COUNTS else None)
+    pools.too_slow_models = drop_too_slow(pools)  # no instance that could not answer in time (solver.too_slow)
     closed = close_pools_fast(pools)
     from solver.queue_move import move_instances  # solver.hold (their Frank-Wolfe) imports this module
     from solver.queue_split import best_split
 
     moved = move_instances(pools)
     resplit = best_split(pools)
+    behind = add_where_behind(pools)  # where the node's scheduler would fall behind (solver.queue_sched)
     details: dict[str, Any] = {
         **extra,
         "shed": pools.shed,
@@ -91,6 +96,7 @@ def _solve(q: QueueProblem, extra: dict[str, Any]) -> Plan:
         "pools_closed": closed,
         "instances_moved": moved,
         "resplit": resplit,
+        "scheduler_added": behind,
         "relaxation_instances": round(float(nlp.n.sum()), 3),
         "rate_rps": round(float(q.rate.sum()), 6),
         "rejected_rps": round(float(pools.rejected.sum()), 6),
@@ -326,6 +332,8 @@ def _reason(q: QueueProblem, pools: Pools, k: int) -> str:
     """Why model k's rejected rate found no place: the instance bound at full cores, full cores, or memory/compute."""
     p = q.base
     name = p.model_names[k]
+    if k in pools.too_slow_models:
+        return too_slow_reason(q, k)
     if k in pools.shed_models:
         return (
             f"every node's cores are busy at {q.rho_max:g} of capacity and {name!r} runs the instances its load "
