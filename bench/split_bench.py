@@ -59,12 +59,14 @@ from solver.queue_split_load import _take, resplit_by_load
 from solver.shared_cores import shared_sojourn_ms
 from solver.snapshot import Snapshot
 from solver.tail_cap import with_tail_cap
+from solver.too_slow import drop_too_slow
 
 
 def before_split(q: QueueProblem) -> Pools:
     """The integer part up to and with best_split (the plan's split before the split by load)."""
     nlp = solve_nlp_fast(q)
     pools = repair(q, nlp.x, nlp.r, nlp.n)
+    pools.too_slow_models = drop_too_slow(pools)
     close_pools_fast(pools)
     move_instances(pools)
     best_split(pools)

@@ -23,6 +23,7 @@ from solver.queue_repair import Pools, repair
 from solver.queue_split import best_split, load_limit
 from solver.queue_split_load import resplit_by_load
 from solver.tail_cap import with_tail_cap
+from solver.too_slow import drop_too_slow
 from tests.unit.test_instance_bound import check_cores
 from tests.unit.test_solver_queue_placement import check, spread_violations
 
@@ -37,6 +38,7 @@ def _split(seed: int, scale: float) -> tuple[QueueProblem, Pools]:
     q = with_tail_cap(q) if tail else q
     nlp = solve_nlp_fast(q)
     pools = repair(q, nlp.x, nlp.r, nlp.n)
+    pools.too_slow_models = drop_too_slow(pools)
     close_pools_fast(pools)
     move_instances(pools)
     best_split(pools)
