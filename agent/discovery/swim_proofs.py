@@ -76,7 +76,7 @@ class ProofBook:
             key = (proof.node_id, proof.incarnation, proof.origin)
             if key not in carried or key in out:
                 continue
-            if self.held.get(key) == proof or self._verified(proof):
+            if (self.held.get(key) == proof and self._fresh(proof)) or self._verified(proof):
                 out.append(key)
         return out
 
