@@ -30,6 +30,7 @@ class ProofBook:
     def __init__(self, identity: Identity, wall: Callable[[], float] = time.time) -> None:
         self.identity, self.wall = identity, wall
         self.held: dict[Key, SuspectProof] = {}
+        self.checked = 0  # proofs that checked out (signature verified once each)
         self.refused = 0  # proofs that did not check out (bad signature, another signer, stale)
         self._warned = False
 
@@ -93,5 +94,6 @@ class ProofBook:
                 self._warned = True
                 log.warning("refused a suspicion of %s claimed for %s: %s", proof.node_id, proof.origin, exc)
             return False
+        self.checked += 1
         self._keep((proof.node_id, proof.incarnation, proof.origin), proof)
         return True

@@ -84,6 +84,9 @@ def test_forged_tampered_stale_and_stray_proofs_prove_nothing() -> None:
     msg = gossip("m", suspect("c1"), suspect("c2", 1), suspect("c3"), proofs=(forged, tampered, stale, stray))
     assert receiver.check(msg) == []
     assert receiver.refused == 3 and receiver.held == {}  # the stray one was not even checked
+    assert receiver.check(gossip("m", suspect("c2"), proofs=(stray,))) == [("x", 0, "c2")]
+    assert receiver.checked == 1 and receiver.check(gossip("m", suspect("c2"), proofs=(stray,))) == [("x", 0, "c2")]
+    assert receiver.checked == 1  # a proof held already is not verified again
 
 
 def test_proofs_per_message_and_proofs_held_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -129,3 +132,21 @@ def test_the_driver_counts_a_relayed_confirmer_only_with_its_origins_signature()
     assert confirmers_after("c1", "c2", "c3") == {"c1", "c2", "c3"}  # relayed with proofs: Lifeguard's benefit kept
     assert confirmers_after() == frozenset()  # claims alone: hearsay
     assert confirmers_after("c1", "c2", "c3", forged_by="m") == frozenset()  # m cannot sign as c1, c2, c3
+
+
+def test_metrics_count_checked_and_refused_proofs() -> None:
+    from types import SimpleNamespace
+
+    from agent.discovery.metrics import MembershipCollector
+
+    d = driver()
+    clock = Clock()
+    d.proofs.wall = clock
+    good = own_proof("c1", clock)
+    bad = replace(own_proof("c2", clock), incarnation=0, signature=good.signature)
+    asyncio.run(d.handle("m", gossip("m", suspect("c1"), suspect("c2"), proofs=(good, bad))))
+    discovery = SimpleNamespace(swim=d, peers=d.peers)
+    samples = {(x.name, tuple(x.labels.items())): x.value for m in MembershipCollector(discovery).collect()  # type: ignore[arg-type]
+               for x in m.samples}  # fmt: skip
+    name = "peerserve_membership_suspicion_proofs_total"
+    assert samples[(name, (("outcome", "checked"),))] == 1 and samples[(name, (("outcome", "refused"),))] == 1
