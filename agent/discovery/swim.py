@@ -15,6 +15,9 @@ Trust (gossip about a third node is a claim, never proof):
   ack); a rumour of a higher incarnation only makes us probe it at once, so only the node refutes;
 * a suspect rumour starts our suspicion timer, a dead/left rumour makes us ``Verify`` it with our own probe;
   a rumour never makes dead a node that answers our own probes;
+* a suspect update's ``origin`` confirms a suspicion (Lifeguard) only when proven: the origin sent it itself, or
+  the shell checked the origin's signature (``proof``, agent.discovery.swim_proofs); the clock to death starts at
+  our own missed probe, never at a rumour;
 * incarnation jumps are bounded (``MAX_INC_JUMP``), and every table here has a bound.
 
     alive --our probe and k indirect probes miss / suspect rumour--> suspect --timeout--> dead --> forgotten
