@@ -77,6 +77,9 @@ class SwimConfig:
     # proven confirmers). True is the rule before, the clock ran from the first rumour: a member that gossiped a
     # suspicion as a node stalled had it dead the moment anyone's own probe missed (a 1.2 s stall, not 2 s).
     rumour_clock: bool = False
+    # Lifeguard: each refutation says others could not reach us (a step of local health), but any member can make us
+    # refute at will; at most one step per this many seconds (answered probes heal one a period), 0: every one
+    refute_health_s: float = 0.2
     max_members: int = MAX_MEMBERS
     max_candidates: int = MAX_CANDIDATES
     max_broadcasts: int = MAX_BROADCASTS
@@ -216,6 +219,7 @@ class Swim:
     _lease_fanout: int = 0  # random members the current renewal still goes to at the next gossip tick
     _lease_skip: frozenset[str] = frozenset()  # who has it already (the sender, the leader)
     _proven: dict[tuple[str, int, str], None] = field(default_factory=dict)  # signed suspicions seen (oldest first)
+    _refuted_at: float = -math.inf  # when a refutation last cost us a step of local health
 
     # -- sizes and timeouts ------------------------------------------------------------------------------
     def cluster_size(self) -> int:
@@ -548,7 +552,7 @@ class Swim:
         """A gossiped fact about ``u.node_id`` from ``sender`` (authenticated; None: unknown), not proof unless it
         is about the sender itself; its ``origin`` is proven only when it is the sender."""
         if u.node_id == self.self_id:
-            return self._about_me(u, self._proven_origin(u, sender))
+            return self._about_me(u, self._proven_origin(u, sender), now)
         rec = self.records.get(u.node_id)
         if rec is None:
             if u.status == "alive":
@@ -597,12 +601,14 @@ class Swim:
         self._enqueue(u)
         return [Transition(rec.node_id, rec.status, "suspect", f"{origin or 'a rumour'} suspects it")]
 
-    def _about_me(self, u: MemberUpdate, origin: str | None) -> list[Transition]:
+    def _about_me(self, u: MemberUpdate, origin: str | None, now: float) -> list[Transition]:
         """Someone says we are suspect or dead: refute with a higher incarnation (only we can)."""
         if u.status == "alive" or u.incarnation < self.incarnation or u.incarnation > self.incarnation + MAX_INC_JUMP:
             return []
         if self.refute:
-            self._note_health(+1)  # others could not reach us: probably we are the slow one
+            if now - self._refuted_at >= self.config.refute_health_s:
+                self._note_health(+1)  # others could not reach us: probably we are the slow one
+                self._refuted_at = now
             self.incarnation = u.incarnation + 1
             self._enqueue(MemberUpdate(self.self_id, "alive", self.incarnation, self.self_url, self.version))
             if origin in self.records and len(self._refute_to) < self.config.indirect_k + 1:

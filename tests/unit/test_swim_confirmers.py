@@ -168,3 +168,22 @@ def test_a_stall_with_one_member_lying_kills_no_one() -> None:
     assert [stalled_with_a_liar(seed) for seed in range(3)] == [0, 0, 0]
     # the checker fails under the rule before (forged confirmers, the clock from the first rumour)
     assert sum(stalled_with_a_liar(seed, unproven_confirmers=True, rumour_clock=True) for seed in range(3)) > 0
+
+
+def health_under_a_stream_of_suspicions(**config: float) -> int:
+    """m tells a it suspects a every 50 ms for 4 s while a's own probes are answered every 0.2 s: a's health."""
+    nodes = cluster()
+    a, m, c1 = nodes["a"], nodes["m"], nodes["c1"]
+    a.config = sw.SwimConfig(**config)  # type: ignore[arg-type]
+    for step in range(80):
+        now = 1.0 + step * 0.05
+        a.received(from_member(m, suspect_of(a, "m")), now)
+        if step % 4 == 0:
+            a.probe_result("c1", c1.received(a.message("ping", "c1"), now)[0], 0, now)
+    return a.health
+
+
+def test_one_member_making_us_refute_cannot_hold_our_local_health_down() -> None:
+    assert health_under_a_stream_of_suspicions() <= 1  # each answered probe heals what a refutation costs
+    # the checker fails with a step per refutation (the rule before): m alone stretched a's timeouts 9x
+    assert health_under_a_stream_of_suspicions(refute_health_s=0.0) == sw.MAX_HEALTH
