@@ -139,29 +139,33 @@ def _filled_by_greedy(q: QueueProblem, w: FloatArray, t_best: FloatArray, in_s: 
     room left."""
     p = q.base
     total = p.cost + w[:, p.class_model].T
-    order = np.argsort(total, axis=1, kind="stable")
-    mem_left = np.maximum(p.mem_budget, 0.0).copy()
-    comp_left = np.maximum(p.comp_budget, 0.0).copy()
-    core_left = q.cores().copy()  # closed-form instances (n = lam / t*) a node's cores hold
-    full = np.zeros(p.n_nodes, dtype=bool)
+    order = np.argsort(total, axis=1, kind="stable").tolist()
+    # Python floats and lists: the loop reads single entries (numpy's scalar indexing costs ~10x; same IEEE doubles)
+    mem_left = np.maximum(p.mem_budget, 0.0).tolist()
+    comp_left = np.maximum(p.comp_budget, 0.0).tolist()
+    core_left = q.cores().tolist()  # closed-form instances (n = lam / t*) a node's cores hold
+    full = [False] * p.n_nodes
+    skip = in_s.tolist()
+    mem, comp, rates, costs = p.mem.tolist(), p.comp.tolist(), q.rate.tolist(), total.tolist()
+    per_rate = (1.0 / t_best).tolist()  # [j][k] instances per req/s
     penalty = q.penalty()
     for c in np.argsort(-q.rate, kind="stable").tolist():
-        k, need = int(p.class_model[c]), float(q.rate[c])
-        for j in order[c].tolist():
-            if need <= 0 or total[c, j] >= penalty:
+        k, need = int(p.class_model[c]), rates[c]
+        for j in order[c]:
+            if need <= 0 or costs[c][j] >= penalty:
                 break
-            if in_s[j] or full[j]:
+            if skip[j] or full[j]:
                 continue
-            per = 1.0 / float(t_best[j, k])  # instances per req/s
-            room = min(_room(mem_left[j], p.mem[k] * per), _room(comp_left[j], p.comp[k] * per))
+            per = per_rate[j][k]
+            room = min(_room(mem_left[j], mem[k] * per), _room(comp_left[j], comp[k] * per))
             room = min(room, _room(core_left[j], per))
             take = min(need, room)
-            mem_left[j] -= take * p.mem[k] * per
-            comp_left[j] -= take * p.comp[k] * per
+            mem_left[j] -= take * mem[k] * per
+            comp_left[j] -= take * comp[k] * per
             core_left[j] -= take * per
             need -= take
             full[j] = room <= take  # it took all the room left
-    return full
+    return np.array(full, dtype=bool)
 
 
 def _room(left: float, per_rate: float) -> float:
