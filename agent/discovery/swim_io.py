@@ -5,7 +5,9 @@ I/O only: every decision is the core's. Probes, gossip, push-pull and indirect-p
 connection's certificates, pinned; signed both ways only to a node that asks for it, docs/security.md);
 admission and resource state are the node's own signed ``GET /peer/state`` answer, accepted only when it
 speaks for itself (``admissible``). An answer counts only when the node we addressed signed it and the
-message names that node as its sender.
+message names that node as its sender. Suspect updates travel with their origins' signatures
+(agent.discovery.swim_proofs: attached to every message we send, checked on every one we get, before the core
+applies it).
 """
 
 from __future__ import annotations
