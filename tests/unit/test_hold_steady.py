@@ -69,3 +69,19 @@ def test_the_gap_check_fails_on_an_understated_value(case: Any) -> None:
     assert not within_gap(dataclasses.replace(v, objective_ms=reference.objective_ms - 2 * reference.gap_ms), reference)
     far = dataclasses.replace(v, objective_ms=reference.objective_ms * 1.01, gap_ms=0.001 * reference.objective_ms)
     assert not within_gap(far, reference)
+
+
+@pytest.mark.parametrize("steps", [5, 40])
+def test_the_best_lower_bound_so_far_tightens_the_gap_and_stays_valid(
+    case: Any, steps: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each iterate's value less its duality gap bounds the best split from below; the best of them is tighter than
+    the latest alone (where the value falls slowly) and, like it, never above the long reference's value."""
+    snap, held, reference = case
+    monkeypatch.setattr(hold, "ITERATIONS", steps)
+    best = value_running(snap, held)
+    monkeypatch.setattr(hold, "LOWER_BOUNDS", False)
+    latest = value_running(snap, held)
+    assert best.steps == latest.steps == steps and best.objective_ms == latest.objective_ms  # the same iterates
+    assert best.gap_ms < latest.gap_ms
+    assert within_gap(best, reference) and within_gap(latest, reference)
