@@ -9,7 +9,11 @@ Protocol, one JSON object per line: request ``{"snapshot": {...}, "method": str,
 (``held``: node -> model -> count, the leader's status quo; absent: the snapshot's running instances) on the
 worker's stdin; reply ``{"plan": {...}, "fallback": str}`` (``fallback`` names the missing solver when
 least-loaded stood in for it; under a queue objective the plan carries ``running_value``, the running
-instances valued by solver.hold for the leader's hysteresis) or ``{"error": str}`` on its stdout. The
+instances valued by solver.hold for the leader's hysteresis) or ``{"error": str}`` on its stdout. A request may
+carry ``{"window": {...}, "build": {...}}`` instead of the snapshot: the worker updates its copy of the leader's
+request window (agent.window_sync; it holds up to the window's 50,000 records, ~1 KB each), builds the snapshot
+itself and adds ``"requests"`` (the snapshot's count) to the reply; a window message that does not follow its copy
+gets ``{"error": str, "resync": true}`` and the leader sends the whole window. The
 worker exits at end of input and dies with the agent (PR_SET_PDEATHSIG), even when it is SIGKILLed. Solving happens in
 another process because the solver holds the GIL for the length of a solve, which would stall the API.
 """

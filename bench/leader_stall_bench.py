@@ -4,10 +4,11 @@ One real agent on loopback (process runtime, no mDNS, a cluster token: it elects
 log holds N real request records (written through agent.store before it starts, stamped within the window: clients
 at sites, RTTs to 10 nodes, proxied latencies of the one model served), placement rounds every ``--period-s``. Each
 round gathers the log over the peer plane into the leader's window and builds the snapshot from all N records.
-While rounds run, one client sends proxied predicts (``/v1/models/half_plus_two:predict``) and another endpoint
-queries (``/services/half_plus_two``) one after another, and a probe ``GET /health`` every 10 ms shows the event
-loop's stalls (its latency over the idle run's). Reported: p50 / p99 / max per kind and window size, for this tree
-and (``--before-rev REV``) revision REV's agent in the same run, with the load average; ``--sizes 0``: idle.
+While rounds run, one client sends proxied predicts (``/v1/models/half_plus_two:predict``), another endpoint
+queries (``/services/half_plus_two``) and a probe ``GET /health``, each ``--interval-s`` after its last answer; the
+probe shows the event loop's stalls (its latency over the idle run's). Reported: p50 / p99 / max per kind and
+window size, for this tree and (``--before-rev REV``) revision REV's agent in the same run, with the load average;
+``--sizes 0``: idle.
 
     python bench/leader_stall_bench.py --sizes 0,1000,10000,50000 --before-rev main [--json]
 """
@@ -121,7 +122,7 @@ def measure(code: Path, n: int, args: argparse.Namespace) -> dict[str, Any]:
             wait_rounds(url, 2, 120)  # the window gathered whole, the worker warm
             stop = threading.Event()
             samples: dict[str, list[float]] = {"predict": [], "endpoint": [], "probe": []}
-            threads = [threading.Thread(target=sender, args=(url, k, stop, samples[k], 0.01 if k == "probe" else 0.0))
+            threads = [threading.Thread(target=sender, args=(url, k, stop, samples[k], args.interval_s))
                        for k in samples]  # fmt: skip
             for t in threads:
                 t.start()
@@ -152,6 +153,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=5, help="placement rounds measured per size (default 5)")
     ap.add_argument("--period-s", type=float, default=2.0, help="placement period (default 2 s)")
     ap.add_argument("--window-s", type=float, default=600.0, help="request window (default 600 s)")
+    ap.add_argument(
+        "--interval-s",
+        type=float,
+        default=0.01,
+        help="pause between one client's requests (default 0.01 s: light traffic, the rounds show)",
+    )
     ap.add_argument("--before-rev", help="also run git revision REV's agent, in the same run")
     ap.add_argument("--json", action="store_true", help="print the figures as JSON")
     args = ap.parse_args(argv)
