@@ -57,6 +57,7 @@ class SolverWorker:
         self._wanted = False  # between start() and stop(): a dead worker is replaced on the next solve
         self._lock = threading.Lock()  # one request in flight: the pipe carries one reply at a time
         self._synced: tuple[int, int] | None = None  # (worker pid, window sequence) its window copy is at
+        self.resets = 0  # window requests sent whole (a new worker, a refused delta, a journal gap)
 
     @property
     def pid(self) -> int | None:
@@ -146,6 +147,9 @@ class SolverWorker:
         delta = build.delta
         for reset in (self._synced != (proc.pid, delta.base) or delta.gap, True):
             window = encode_reset(build.records, delta.seq, build.config) if reset else encode_delta(delta)
+            if reset:
+                self.resets += 1
+                log.info("solver worker gets the whole request window (%d records)", len(build.records))
             self._synced = None  # until the worker says it applied this one
             try:
                 reply = self._round_trip(proc, f'{{"window":{window},{tail[1:]}\n'.encode())

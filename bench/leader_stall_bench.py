@@ -6,7 +6,8 @@ at sites, RTTs to 10 nodes, proxied latencies of the one model served), placemen
 round gathers the log over the peer plane into the leader's window and builds the snapshot from all N records.
 While rounds run, one client sends proxied predicts (``/v1/models/half_plus_two:predict``), another endpoint
 queries (``/services/half_plus_two``) and a probe ``GET /health``, each ``--interval-s`` after its last answer; the
-probe shows the event loop's stalls (its latency over the idle run's). Reported: p50 / p99 / max per kind and
+probe shows the event loop's stalls (its latency over the idle run's); the serving process's CPU per round (user +
+system, its children not counted) shows where the build ran. Reported: p50 / p99 / max per kind and
 window size, for this tree and (``--before-rev REV``) revision REV's agent in the same run, with the load average;
 ``--sizes 0``: idle.
 
@@ -28,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -116,7 +118,7 @@ def measure(code: Path, n: int, args: argparse.Namespace) -> dict[str, Any]:
                 TOKEN, "--placement-period-s", str(args.period_s), "--placement-method",
                 "least-loaded", "--provision-wait-s", "60"]  # fmt: skip
         env = {"PYTHONPATH": str(code), "PEERSERVE_REQUEST_WINDOW_S": str(args.window_s), "PEERSERVE_MDNS": "false"}
-        with served(argv, url + "/health", env=env, cwd=code, timeout=60):
+        with served(argv, url + "/health", env=env, cwd=code, timeout=60) as proc:
             with httpx.Client(timeout=90) as http:
                 assert http.post(f"{url}/v1/models/{MODEL}:predict", json={"instances": [1.0]}).status_code == 200
             wait_rounds(url, 2, 120)  # the window gathered whole, the worker warm
@@ -124,13 +126,17 @@ def measure(code: Path, n: int, args: argparse.Namespace) -> dict[str, Any]:
             samples: dict[str, list[float]] = {"predict": [], "endpoint": [], "probe": []}
             threads = [threading.Thread(target=sender, args=(url, k, stop, samples[k], args.interval_s))
                        for k in samples]  # fmt: skip
+            agent = psutil.Process(proc.pid)  # the serving process itself (its solver worker is a child)
+            cpu = sum(agent.cpu_times()[:2])
             for t in threads:
                 t.start()
             done = wait_rounds(url, args.rounds, args.rounds * args.period_s * 4 + 30)
+            cpu = sum(agent.cpu_times()[:2]) - cpu
             stop.set()
             for t in threads:
                 t.join()
-            return {"rounds": done, **{k: percentiles(v) for k, v in samples.items()}}
+            figures = {k: percentiles(v) for k, v in samples.items()}
+            return {"rounds": done, "serving_cpu_ms_per_round": round(1000 * cpu / max(done, 1), 1), **figures}
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -168,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     print(f"leader serving during placement rounds (period {args.period_s:g} s); load average {out['load'][0]:.2f}")
     print(f"{'records':>7} {'tree':>6} {'rounds':>6}  {'predict p50/p99/max ms':>24}  {'endpoint p50/p99/max ms':>24}"
-          f"  {'probe p50/p99/max ms':>22}")  # fmt: skip
+          f"  {'probe p50/p99/max ms':>22}  serving CPU ms/round")  # fmt: skip
     for n in out["sizes"]:
         for tree in ("now", "before"):
             r = out[tree].get(str(n))
@@ -176,7 +182,8 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             kinds = ("predict", "endpoint", "probe")
             cells = ["/".join(f"{r[k][q]:.1f}" for q in ("p50_ms", "p99_ms", "max_ms")) for k in kinds]
-            print(f"{n:>7} {tree:>6} {r['rounds']:>6}  {cells[0]:>24}  {cells[1]:>24}  {cells[2]:>22}")
+            print(f"{n:>7} {tree:>6} {r['rounds']:>6}  {cells[0]:>24}  {cells[1]:>24}  {cells[2]:>22}"
+                  f"  {r['serving_cpu_ms_per_round']:>8.1f}")  # fmt: skip
     return 0
 
 

@@ -23,6 +23,7 @@ def test_the_worker_built_plan_equals_the_plan_of_the_snapshot_built_here_and_su
         worker = SolverWorker("least-loaded")
         try:
             worker.start()
+            gaps = 0
             for i, (records, config, delta, now) in enumerate(rounds(11)):
                 here = inputs(now)
                 snapshot = here.build(records)
@@ -32,11 +33,13 @@ def test_the_worker_built_plan_equals_the_plan_of_the_snapshot_built_here_and_su
                 )
                 assert plan["status"] != "infeasible" and plan["instances"] != {"a": {}, "b": {}, "c": {}}
                 assert (timeless(plan), fallback, requests) == (timeless(expected), "", len(snapshot["requests"]))
+                gaps += delta.gap
                 if i == 3:  # the worker dies between rounds: the next one resets the new worker's window
                     pid = worker.pid
                     assert pid is not None
                     os.kill(pid, signal.SIGKILL)
                     await asyncio.to_thread(worker._proc.wait)  # type: ignore[union-attr]
+            assert worker.resets == 2 + gaps  # the first round, the one after the death (and any journal gap): no other
         finally:
             await worker.close()
 
