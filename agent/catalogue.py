@@ -10,7 +10,7 @@ import hashlib
 import logging
 import re
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -27,6 +27,9 @@ log = logging.getLogger(__name__)
 
 MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # matched whole (fullmatch)
 SERVERS = ("tfserving", "triton")  # TF-Serving REST (or the stand-in) | Triton, Open Inference Protocol
+# one request's service time past which an instance serves nothing: the proxy gives up on a model server after
+# 30 s without an answer (agent/serving/upstream.py); solver.too_slow rejects what reaches the solver past it
+MAX_SERVICE_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -120,11 +123,13 @@ def _parse_model(entry: Any, where: str) -> ModelSpec:
         isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0 for v in exec_raw.values()
     ):
         raise ConfigError(f"{where}.exec_ms", "must map node classes to non-negative milliseconds")
+    _within_service_time(exec_raw, f"{where}.exec_ms", lambda ms: ms / 1000.0)
     throughput_raw = entry.get("throughput_rps", {})
     if not isinstance(throughput_raw, dict) or not all(
         isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in throughput_raw.values()
     ):
         raise ConfigError(f"{where}.throughput_rps", "must map node classes to positive requests/s")
+    _within_service_time(throughput_raw, f"{where}.throughput_rps", lambda rps: 1.0 / rps)
     warmup = entry.get("warmup")
     if warmup is not None and not isinstance(warmup, dict):
         raise ConfigError(f"{where}.warmup", "must be a predict request body (a table)")
@@ -155,6 +160,17 @@ def _parse_model(entry: Any, where: str) -> ModelSpec:
         server=server,
         throughput_rps={str(k): float(v) for k, v in throughput_raw.items()},
     )
+
+
+def _within_service_time(figures: Mapping[str, float], where: str, seconds: Callable[[float], float]) -> None:
+    """Raise ConfigError naming the first node class whose figure means one request takes over MAX_SERVICE_S."""
+    for node_class, value in figures.items():
+        if seconds(value) > MAX_SERVICE_S:
+            raise ConfigError(
+                f"{where}.{node_class}",
+                f"{value:g} means {seconds(value):.3g} s per request: an instance must answer one request within "
+                f"{MAX_SERVICE_S:g} s (the proxy's limit), i.e. at least {1 / MAX_SERVICE_S:.3g} requests/s",
+            )
 
 
 def builtin_catalogue_text() -> str:

@@ -48,10 +48,12 @@ from solver.queue_model import QueueProblem, build_queue_problem
 from solver.queue_move import move_instances
 from solver.queue_plan import mean_latency_ms
 from solver.queue_repair import Pools, repair
+from solver.queue_sched import add_where_behind
 from solver.queue_split import best_split
 from solver.queueing import RHO_MAX
 from solver.snapshot import Model, Node, Request, Snapshot
 from solver.tail_cap import with_tail_cap
+from solver.too_slow import drop_too_slow
 
 
 def switch(on: bool) -> None:
@@ -156,9 +158,11 @@ def final_pools(q: QueueProblem) -> Pools:
     """The integer placement the plan is made of (solver.queue_plan._solve's steps)."""
     nlp = solve_nlp_fast(q)
     pools = repair(q, nlp.x, nlp.r, nlp.n)
+    pools.too_slow_models = drop_too_slow(pools)
     close_pools_fast(pools)
     move_instances(pools)
     best_split(pools)
+    add_where_behind(pools)
     return pools
 
 

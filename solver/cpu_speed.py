@@ -28,7 +28,8 @@ Repair's checks (busy work within ``rho_max`` of the cores, each pool within ``r
 do not keep the scheduler stable: one instance at 0.9 of a core beside another busy one on 1.5 cores falls
 behind whenever both run (0.75 each), and the simulation's queue grows without bound. There the model caps
 the figure; ``published_load`` then publishes the node's figures by load instead (16 of bound_sweep's 600
-overloaded plans at their rate, 8 at half of it), so no planned queue is at the cap where repair passes.
+overloaded plans at their rate, 8 at half of it), so no planned queue is at the cap where repair passes. The
+plan itself now gives such a pool one more instance, or cuts its rate (solver.queue_sched); the fallback stays.
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from solver import cpu_law
+from solver.monotone_bisect import bisect
 from solver.node_cpu import pool_servers
 from solver.problem import FloatArray
 
@@ -45,7 +48,9 @@ CAP = 0.999  # the highest load a figure takes (planned_queue's cap)
 MAX_ROUNDS = 400  # fixed-point rounds at most (the sweep's plans need < 60; see docs/solver.md)
 TOL = 1e-10  # stop when no load moves more than this
 BISECT = 60  # halvings of the work floor's factor (2**-60: exact in float)
+GUESS_ROUNDS = 60  # Newton steps at most for the floor's guess (solver.monotone_bisect: the guess costs no exactness)
 PUBLISHED = True  # solver.queue_plan.planned_queue from this model (False: the cores shared by load)
+LAW_BOUNDED = True  # nodes past cpu_law.EXACT_MAX instances read the law in bounded arrays (off: the FFT over all)
 
 
 @dataclass(frozen=True)
@@ -65,12 +70,32 @@ def published_load(lam: npt.ArrayLike, mu: npt.ArrayLike, counts: npt.ArrayLike,
     caps a busy instance the node's cores shared by load (solver.node_cpu.pool_servers: below rho_max wherever
     repair's checks pass), which is all there is with ``PUBLISHED`` off."""
     lam, mu, cores = np.asarray(lam, dtype=float), np.asarray(mu, dtype=float), np.asarray(cores, dtype=float)
-    by_load = pool_servers(lam, mu, counts, cores)[1]
     if not PUBLISHED:
-        return by_load
-    load = node_speeds(lam, mu, counts, cores).load
+        return pool_servers(lam, mu, counts, cores)[1]
+    load = node_speeds_once(lam, mu, counts, cores).load
     capped = np.max(load, axis=1, initial=0.0) >= CAP  # the scheduler falls behind there (a 999 draws p2c's traffic)
-    return np.asarray(np.where(capped[:, None], by_load, load))
+    if not capped.any():
+        return load  # no node by load: the allotment is not read (node_cpu.pool_servers is row by row)
+    return np.asarray(np.where(capped[:, None], pool_servers(lam, mu, counts, cores)[1], load))
+
+
+_LAST: list[tuple[bytes, SpeedFigures]] = []  # node_speeds_once's last inputs and figures
+
+
+def node_speeds_once(
+    lam: npt.ArrayLike, mu: npt.ArrayLike, counts: npt.ArrayLike, cores: npt.ArrayLike
+) -> SpeedFigures:
+    """``node_speeds``, the last call's figures again where the inputs are the same (the plan's check for a node
+    that falls behind, solver.queue_sched, and its published planned queue read the same placement)."""
+    parts = [np.ascontiguousarray(a, dtype=float) for a in (lam, mu, counts, cores)]
+    switches = (parts[0].shape, LAW_BOUNDED, cpu_law.EXACT_MAX, CAP, MAX_ROUNDS, TOL)
+    key = b"|".join([repr(switches).encode(), *(a.tobytes() for a in parts)])
+    last = _LAST[0] if _LAST else None  # read once: another thread may replace it
+    if last is not None and last[0] == key:
+        return last[1]
+    figures = node_speeds(*parts)
+    _LAST[:] = [(key, figures)]
+    return figures
 
 
 def node_speeds(lam: npt.ArrayLike, mu: npt.ArrayLike, counts: npt.ArrayLike, cores: npt.ArrayLike) -> SpeedFigures:
@@ -99,29 +124,62 @@ def _fixed_point(
     if not shared.any():
         return speed, 0, True
     a_s, mu_s, n_s, c_s = a[shared], mu[shared], n[shared], cores[shared]
+    law, busy_pool = _OthersLaw(n_s, c_s), a_s > 0
     u, rounds, moved = np.minimum(a_s / mu_s, CAP), 0, np.inf
     while rounds < MAX_ROUNDS and moved > TOL:
-        new = np.where(a_s > 0, np.minimum(a_s / (mu_s * busy_others_speed(u, n_s, c_s)), CAP), 0.0)
+        new = np.where(busy_pool, np.minimum(a_s / (mu_s * law.speed(u)), CAP), 0.0)
         moved, u, rounds = float(np.abs(new - u).max(initial=0.0)), new, rounds + 1
-    speed[shared] = busy_others_speed(u, n_s, c_s)
+    speed[shared] = law.speed(u)
     return speed, rounds, moved <= TOL
 
 
 def busy_others_speed(u: FloatArray, n: FloatArray, cores: FloatArray) -> FloatArray:
     """[j, k] ``E[min(1, C_j / (1 + B))]`` for an instance of pool k on node j, ``B`` the others busy: pool l's
     ``n_l`` (one fewer of k's; all of them where k has none) instances each busy with probability ``u_l``,
-    independently. The law of ``B`` is read off its generating function ``prod_l (1 - u_l + u_l z)^(n_l - [l = k])``
-    at M roots of unity (one FFT), M odd so that no factor vanishes (``1 - u + u z = 0`` only at u = 1/2, z = -1)
-    and the product over the node is divided by k's own factor in logs."""
-    total = int(n.sum(axis=1).max(initial=0.0))
-    m = total + 1 + total % 2  # odd and > total: the law's support 0..total fits without aliasing
-    z = np.exp(2j * np.pi * np.arange(m) / m)  # [M]
-    log_f = np.log(1.0 - u[:, :, None] + u[:, :, None] * z)  # [j, l, M], never log 0 (M odd)
-    node = np.einsum("jl,jlm->jm", n, log_f)  # [j, M] log of the product over all the node's instances
-    gen = np.exp(node[:, None, :] - np.where(n > 0, 1.0, 0.0)[:, :, None] * log_f)  # [j, k, M]
-    law = np.clip(np.fft.fft(gen, axis=-1).real / m, 0.0, None)  # [j, k, b]
-    share = np.minimum(1.0, cores[:, None] / (1.0 + np.arange(m)))  # [j, b]
-    return np.asarray(np.einsum("jkb,jb->jk", law, share) / law.sum(axis=-1), dtype=float)
+    independently (``_OthersLaw``)."""
+    return _OthersLaw(n, cores).speed(u)
+
+
+class _OthersLaw:
+    """``busy_others_speed`` for fixed counts ``n`` [j, k] and ``cores`` [j]: what does not depend on the loads is
+    made once (the fixed point calls ``speed`` every round; the same operations per element as one call).
+
+    The law of ``B`` is read off its generating function ``prod_l (1 - u_l + u_l z)^(n_l - [l = k])`` at M roots
+    of unity (one FFT), M odd so that no factor vanishes (``1 - u + u z = 0`` only at u = 1/2, z = -1) and the
+    product over the node is divided by k's own factor in logs. Nodes with more than ``cpu_law.EXACT_MAX``
+    instances read it in bounded arrays instead (solver.cpu_law), so one large node widens no other's arrays."""
+
+    def __init__(self, n: FloatArray, cores: FloatArray) -> None:
+        self.wide = (n.sum(axis=1) > cpu_law.EXACT_MAX) if LAW_BOUNDED else np.zeros(len(n), dtype=bool)
+        self.any_wide = bool(self.wide.any())
+        if self.any_wide:
+            self.n_wide, self.cores_wide = n[self.wide], cores[self.wide]
+            n, cores = n[~self.wide], cores[~self.wide]
+        total = int(n.sum(axis=1).max(initial=0.0))
+        self.m = total + 1 + total % 2  # odd and > total: the law's support 0..total fits without aliasing
+        self.z = np.exp(2j * np.pi * np.arange(self.m) / self.m)  # [M]
+        self.n = n
+        self.own = np.where(n > 0, 1.0, 0.0)[:, :, None]  # [j, k, 1] k's own factor divided out where k runs
+        self.share = np.minimum(1.0, cores[:, None] / (1.0 + np.arange(self.m)))  # [j, b]
+
+    def speed(self, u: FloatArray) -> FloatArray:
+        """[j, k] ``E[min(1, C_j / (1 + B))]`` at the loads ``u`` [j, k]."""
+        if not self.any_wide:
+            return self._exact(u)
+        out = np.empty(u.shape)
+        out[self.wide] = cpu_law.busy_others_bounded(u[self.wide], self.n_wide, self.cores_wide)
+        if not self.wide.all():
+            out[~self.wide] = self._exact(u[~self.wide])
+        return out
+
+    def _exact(self, u: FloatArray) -> FloatArray:
+        """The exact law (one FFT over the narrow nodes' largest count) at the narrow nodes' loads ``u``."""
+        u3 = u[:, :, None]
+        log_f = np.log(1.0 - u3 + u3 * self.z)  # [j, l, M], never log 0 (M odd)
+        node = np.einsum("jl,jlm->jm", self.n, log_f)  # [j, M] log of the product over all the node's instances
+        gen = np.exp(node[:, None, :] - self.own * log_f)  # [j, k, M]
+        law = np.maximum(np.fft.fft(gen, axis=-1).real / self.m, 0.0)  # [j, k, b] (np.clip's lower bound)
+        return np.asarray(np.einsum("jkb,jb->jk", law, self.share) / law.sum(axis=-1), dtype=float)
 
 
 def _work_floor(a: FloatArray, mu: FloatArray, n: FloatArray, cores: FloatArray, speed: FloatArray) -> FloatArray:
@@ -146,8 +204,48 @@ def _work_floor(a: FloatArray, mu: FloatArray, n: FloatArray, cores: FloatArray,
     need = work(hi) < floor * (1 - 1e-9)  # short of the floor beyond rounding
     if not need.any():
         return hi
-    for _ in range(BISECT):  # work falls as s rises: the largest s with work(s) >= floor
-        mid = 0.5 * (lo + hi)
-        ok = work(mid) >= floor
-        lo, hi = np.where(ok, mid, lo), np.where(ok, hi, mid)
-    return np.where(need, lo, 1.0)
+
+    def reaches(s: FloatArray) -> npt.NDArray[np.bool_]:
+        return np.asarray(work(s) >= floor)
+
+    # work falls as s rises, in floats too (each operation rounds monotonically, the terms are >= 0): the largest s
+    # with work(s) >= floor by BISECT halvings, from fewer evaluations near a scalar root's guess (bit for bit)
+    guess = _floor_guess(base, n / mu, floor, lo, need)
+    return np.where(need, bisect(reaches, lo, hi, BISECT, need, guess), 1.0)
+
+
+def _floor_guess(
+    base: FloatArray, per: FloatArray, floor: FloatArray, lo: FloatArray, rows: npt.NDArray[np.bool_]
+) -> FloatArray:
+    """[j] on the ``rows`` wanted, the s in [lo, 1] where the work ``sum per min(base / s, CAP) / (1 - ...)`` meets
+    ``floor``, by safeguarded Newton on ``1 / work - 1 / floor`` in Python floats: a guess for
+    solver.monotone_bisect (a few ulps off the vectorised work's threshold; elsewhere ``lo``)."""
+    guess = np.array(lo, dtype=float)
+    for j in np.flatnonzero(rows).tolist():
+        terms = [(b, c) for b, c in zip(base[j].tolist(), per[j].tolist(), strict=True) if b > 0]
+        guess[j] = _floor_root(terms, float(floor[j]), float(lo[j]))
+    return guess
+
+
+def _floor_root(terms: list[tuple[float, float]], floor: float, lo: float) -> float:
+    """``_floor_guess`` on one node: ``terms`` its busy instances' (load at s = 1, count / mu)."""
+    if not floor < np.inf:
+        return lo  # a node at or past its cores: no s meets an infinite floor (every mid fails: the answer is lo)
+    a, z, s = lo, 1.0, 1.0
+    capped = CAP / (1.0 - CAP)
+    for _ in range(GUESS_ROUNDS):
+        work = slope = 0.0
+        for b, c in terms:
+            x = b / s
+            if x < CAP:
+                work += c * x / (1.0 - x)
+                slope -= c * x / (s * (1.0 - x) ** 2)
+            else:
+                work += c * capped
+        a, z = (s, z) if work >= floor else (a, s)
+        nxt = s - (1.0 / work - 1.0 / floor) * work * work / -slope if slope < 0 and work > 0 else 0.5 * (a + z)
+        nxt = nxt if a < nxt < z else 0.5 * (a + z)
+        if abs(nxt - s) <= 1e-15 * s:
+            return nxt
+        s = nxt
+    return s

@@ -17,13 +17,14 @@ non-zero sum sees).
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Generator, Sequence
 
 import numpy as np
 
 from solver import queue_split
 from solver.problem import FloatArray
-from solver.queue_split import ABANDON_SLOPES, ABANDON_STEP, ABANDONED, _SplitFlow, newton
+from solver.queue_split import ABANDON_SLOPES, ABANDON_STEP, ABANDONED, BoolArray, _SplitFlow, newton
 
 Search = Generator[float, tuple[float, float], float]
 
@@ -85,6 +86,22 @@ class _Stack:
         if beyond:
             second[at_top] = 0.0
         return np.multiply(dlam, np.subtract(d1, one.service, out=d1), out=d1), np.multiply(dd, second, out=second)
+
+
+def sibling(one: _SplitFlow, n: FloatArray, allowed: BoolArray) -> _SplitFlow:
+    """``_SplitFlow(q, n, allowed)`` for the ``q`` of ``one`` (a run of the same round: the same rates and costs):
+    ``one``'s arrays shared, those made from the servers ``n`` and the ``allowed`` pools made as its __init__ makes
+    them (tests/unit/test_queue_batch.py compares every field with a fresh flow's)."""
+    flow = copy.copy(one)
+    flow.on = n > 0
+    flow.n = np.where(flow.on, n, 1.0)
+    flow.big = np.where(allowed, 0.0, np.inf)
+    flow.off = ~flow.on
+    flow.idle_slope = (0.0 - flow.service)[flow.off]
+    flow.any_off = bool(flow.off.any())
+    flow.buffers = tuple(np.empty(flow.mu.shape) for _ in range(4))
+    flow.at_top = np.empty(flow.mu.shape, dtype=bool)
+    return flow
 
 
 def run_batch(

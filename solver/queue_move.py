@@ -26,7 +26,7 @@ import numpy as np
 
 from solver.node_cpu import core_room, effective_servers
 from solver.problem import FloatArray, IntArray
-from solver.queue_batch import hopeless, run_batch
+from solver.queue_batch import hopeless, run_batch, sibling
 from solver.queue_close import integer_objective
 from solver.queue_model import QueueProblem
 from solver.queue_repair import Pools
@@ -125,12 +125,14 @@ def _round_together(pools: Pools, counts: IntArray, moves: list[tuple[int, int, 
     tries run on and the test at ``ABANDON_STEP`` is applied afterwards to the values they had there: a run's steps
     do not depend on its threshold, so a try not abandoned ends as it would alone, and an abandoned one gives None
     either way."""
-    stay_ready = _prepare(pools, counts, None)
-    ready = [_prepare(pools, counts, move) for move in moves]
+    shared = _shared(pools)
+    stay_ready = _prepare(pools, counts, None, shared)
+    ready = [_prepare(pools, counts, move, shared) for move in moves]
     runs = ([] if stay_ready is None else [stay_ready]) + [r for r in ready if r is not None]
     marks: list[tuple[float, float] | None] = [None] * len(runs)
     starts = [np.where(r[1][2], r[2], 0.0) for r in runs]  # split_run's start (the tries' is the same)
-    flows = [_SplitFlow(*r[1]) for r in runs]
+    flows = [_SplitFlow(*runs[0][1])] if runs else []
+    flows += [sibling(flows[0], r[1][1], r[1][2]) for r in runs[1:]]  # the same rates: the first's arrays shared
     done = run_batch(flows, starts, TRY_ITERATIONS, [np.inf] * len(runs), marks) if runs else []
     stay = None
     if stay_ready is not None:
@@ -153,18 +155,28 @@ def _round_together(pools: Pools, counts: IntArray, moves: list[tuple[int, int, 
 
 
 Prepared = tuple[IntArray, tuple[QueueProblem, FloatArray, BoolArray], FloatArray, float]
+Shared = tuple[FloatArray, QueueProblem, float]  # a round's served rates, the problem with them, rejected rate's term
 
 
-def _prepare(pools: Pools, counts: IntArray, move: tuple[int, int, int] | None) -> Prepared | None:
+def _shared(pools: Pools) -> Shared:
+    """What every ``_prepare`` of a round computes alike (made once: the same values)."""
+    served = pools.x.sum(axis=1)
+    return served, dataclasses.replace(pools.q, rate=served), pools.penalty * float(pools.rejected.sum())
+
+
+def _prepare(
+    pools: Pools, counts: IntArray, move: tuple[int, int, int] | None, shared: Shared | None = None
+) -> Prepared | None:
     """A try's counts, Frank-Wolfe inputs (rates, servers, allowed pools), start and the integer objective's terms
-    the split does not move (None where a stream whose pool closed has nowhere to go)."""
+    the split does not move (None where a stream whose pool closed has nowhere to go; ``shared``: the round's
+    ``_shared``, where the caller has it)."""
     q, p = pools.q, pools.q.base
     moved = counts.copy()
     if move is not None:
         a, b, k = move
         moved[a, k] -= 1
         moved[b, k] += 1
-    served = pools.x.sum(axis=1)
+    served, rated, fixed = _shared(pools) if shared is None else shared
     allowed = (moved[:, p.class_model].T > 0) & (served[:, None] > 0)
     start = np.where(allowed, pools.x, 0.0)
     short = served - start.sum(axis=1)  # rate of a class whose pool closed: to its cheapest allowed node
@@ -173,9 +185,8 @@ def _prepare(pools: Pools, counts: IntArray, move: tuple[int, int, int] | None) 
             return None
         start[c, int(np.argmin(np.where(allowed[c], p.cost[c], np.inf)))] += short[c]
     servers = effective_servers(moved, pools.cores)
-    fixed = pools.penalty * float(pools.rejected.sum())  # integer_objective's terms the split does not move
-    fixed += q.instance_cost * float(np.maximum(moved - p.free, 0).sum())
-    return moved, (dataclasses.replace(q, rate=served), servers, allowed), start, fixed
+    fixed += q.instance_cost * float(np.maximum(moved - p.free, 0).sum())  # (the rejected rate's term first)
+    return moved, (rated, servers, allowed), start, fixed
 
 
 def _valued(pools: Pools, moved: IntArray, split: FloatArray) -> tuple[float, IntArray, FloatArray] | None:

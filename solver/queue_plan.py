@@ -17,6 +17,7 @@ import numpy as np
 
 from solver import cpu_speed
 from solver.capacity import violations
+from solver.fast_round import python_round
 from solver.node_cpu import core_room, node_slots, pool_servers
 from solver.plan import Plan, Rejection
 from solver.problem import FloatArray, IntArray, Mode, Problem, plan_actions, plan_instances, running_instances
@@ -24,8 +25,11 @@ from solver.queue_close_fast import close_pools_fast
 from solver.queue_fast import solve_nlp_fast
 from solver.queue_model import QueueProblem, build_queue_problem
 from solver.queue_repair import Pools, repair
+from solver.queue_sched import add_where_behind
 from solver.queueing import requests_at_instance
 from solver.tail_cap import with_tail_cap
+from solver.too_slow import drop_too_slow
+from solver.too_slow import reason as too_slow_reason
 
 SEED_COUNTS = True  # whole counts follow the relaxation's where budgets allow (solver.queue_seed)
 MAX_SPREAD_SITES = 64  # sites (largest rate first) whose split the plan hands to the agents (peer messages <= 256 KiB)
@@ -72,12 +76,14 @@ def _solve(q: QueueProblem, extra: dict[str, Any]) -> Plan:
     nlp = solve_nlp_fast(q)
     relaxation_ms = 1000.0 * (time.process_time() - start)
     pools = repair(q, nlp.x, nlp.r, nlp.n if SEED_COUNTS else None)
+    pools.too_slow_models = drop_too_slow(pools)  # no instance that could not answer in time (solver.too_slow)
     closed = close_pools_fast(pools)
     from solver.queue_move import move_instances  # solver.hold (their Frank-Wolfe) imports this module
     from solver.queue_split import best_split
 
     moved = move_instances(pools)
     resplit = best_split(pools)
+    behind = add_where_behind(pools)  # where the node's scheduler would fall behind (solver.queue_sched)
     details: dict[str, Any] = {
         **extra,
         "shed": pools.shed,
@@ -90,6 +96,7 @@ def _solve(q: QueueProblem, extra: dict[str, Any]) -> Plan:
         "pools_closed": closed,
         "instances_moved": moved,
         "resplit": resplit,
+        "scheduler_added": behind,
         "relaxation_instances": round(float(nlp.n.sum()), 3),
         "rate_rps": round(float(q.rate.sum()), 6),
         "rejected_rps": round(float(pools.rejected.sum()), 6),
@@ -101,18 +108,27 @@ def _solve(q: QueueProblem, extra: dict[str, Any]) -> Plan:
 def spread(q: QueueProblem, pools: Pools, limit: int = MAX_SPREAD_SITES) -> list[dict[str, Any]]:
     """Per site (class) and model: its RTT row and node -> share of its rate; at most ``limit`` sites."""
     p = q.base
-    out = []
     rows, totals, used = pools.x.tolist(), pools.x.sum(axis=1).tolist(), _positive(pools.x)  # row sums as row by row
-    for c in np.argsort(-q.rate, kind="stable")[:limit].tolist():
-        row, served = rows[c], totals[c]
-        if served <= 0:
-            continue
-        first = p.snapshot.requests[p.class_members[c][0]]
-        shares = {p.node_ids[j]: round(row[j] / served, 6) for j in used[c]}
-        out.append(
-            {"model": first.model, "rtt_ms": {n: round(v, 1) for n, v in first.rtt_ms.items()}, "shares": shares}
-        )
-    return out
+    listed = [c for c in np.argsort(-q.rate, kind="stable")[:limit].tolist() if totals[c] > 0]
+    firsts = [p.snapshot.requests[p.class_members[c][0]] for c in listed]
+    rtt_rows = [list(first.rtt_ms.items()) for first in firsts]
+    rtts = iter(_rounded([v for row in rtt_rows for _, v in row], 1))
+    shares = iter(_rounded([rows[c][j] / totals[c] for c in listed for j in used[c]], 6))
+    return [
+        {
+            "model": first.model,
+            "rtt_ms": {n: next(rtts) for n, _ in rtt_row},
+            "shares": {p.node_ids[j]: next(shares) for j in used[c]},
+        }
+        for c, first, rtt_row in zip(listed, firsts, rtt_rows, strict=True)
+    ]
+
+
+def _rounded(values: list[float], digits: int) -> list[float]:
+    """``[round(v, digits) for v in values]``, at once where every value is a float (solver.fast_round)."""
+    if all(type(v) is float for v in values):
+        return python_round(values, digits)
+    return [round(v, digits) for v in values]
 
 
 def _positive(x: FloatArray) -> list[list[int]]:
@@ -199,9 +215,10 @@ def make_queue_plan(q: QueueProblem, pools: Pools, method: str, status: str, det
     rows, rates, rejected, used = pools.x.tolist(), q.rate.tolist(), pools.rejected.tolist(), _positive(pools.x)
     reasons: dict[int, str] = {}  # per model: the same for every rejected member
     totals: list[float] | None = None  # per class: its weights' sum as _spread_members takes it
+    fractions = iter(_rounded([rows[c][j] / rates[c] for c in range(len(rows)) for j in used[c]], 6))
     for c, members in enumerate(p.class_members):
         row = rows[c]
-        rounded = {p.node_ids[j]: round(row[j] / rates[c], 6) for j in used[c]}
+        rounded = {p.node_ids[j]: next(fractions) for j in used[c]}
         if len(members) == 1:
             nodes = [_largest(row, used[c], rejected[c])]
         else:
@@ -315,6 +332,8 @@ def _reason(q: QueueProblem, pools: Pools, k: int) -> str:
     """Why model k's rejected rate found no place: the instance bound at full cores, full cores, or memory/compute."""
     p = q.base
     name = p.model_names[k]
+    if k in pools.too_slow_models:
+        return too_slow_reason(q, k)
     if k in pools.shed_models:
         return (
             f"every node's cores are busy at {q.rho_max:g} of capacity and {name!r} runs the instances its load "

@@ -72,6 +72,7 @@ class Pools:
         self.shed = 0  # instances taken from pools below rho_max to keep the instance bound (step 4)
         self.rejected_for_bound = 0.0  # req/s step 4 rejected where no move freed an instance (solver.queue_reject)
         self.shed_models: set[int] = set()  # the models whose rate that was (the plan's rejection reason names it)
+        self.too_slow_models: set[int] = set()  # models whose rate on too-slow pools was rejected (solver.too_slow)
         self.penalty = q.penalty()
         self.service_ms = q.service_ms
         names = {g: i for i, g in enumerate(sorted(set(q.node_class)))}  # np.unique's order: sorted names

@@ -132,3 +132,37 @@ def test_a_round_made_together_equals_the_round_one_run_at_a_time(monkeypatch: p
     together = _move_passes(monkeypatch, True)
     assert given_up[0] >= 3 and sum(p[0] for p in together) >= 2
     assert _move_passes(monkeypatch, False) == together
+
+
+def _flow_fields(flow: _SplitFlow) -> dict[str, Any]:
+    """A flow's fields, its work buffers' contents left out (they are scratch space)."""
+    return {k: v for k, v in vars(flow).items() if k not in ("buffers", "at_top")}
+
+
+def _same_fields(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Equal field sets, arrays equal bit for bit (dtype included), other values equal."""
+    if a.keys() != b.keys():
+        return False
+    for key, value in a.items():
+        other = b[key]
+        if isinstance(value, np.ndarray):
+            if not (isinstance(other, np.ndarray) and value.dtype == other.dtype and np.array_equal(value, other)):
+                return False
+        elif value != other:
+            return False
+    return True
+
+
+def test_a_sibling_flow_has_a_fresh_flows_fields() -> None:
+    """queue_batch.sibling (a round's later runs share the first's arrays) sets every field as _SplitFlow's
+    __init__ does; a sibling that keeps the first run's servers is caught."""
+    checked = 0
+    for ready, _ in _rounds():
+        one = _SplitFlow(*ready[0][1])
+        for _, (q, servers, allowed), _, _ in ready[1:]:
+            fresh = _flow_fields(_SplitFlow(q, servers, allowed))
+            assert _same_fields(_flow_fields(queue_batch.sibling(one, servers, allowed)), fresh)
+            if not np.array_equal(servers, ready[0][1][1]):
+                assert not _same_fields(_flow_fields(one), fresh)
+                checked += 1
+    assert checked >= 10

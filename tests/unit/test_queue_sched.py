@@ -1,0 +1,94 @@
+"""One more instance where a node's CPU scheduler would fall behind (solver.queue_sched; bench/sched_fix_bench.py).
+
+bound_sweep's overloaded seed 28 passes repair's checks, but on node n3 (1.5 instance units of cores) an instance
+at 0.83 of a core beside a busy one falls behind: the shared-cores simulation's queue grows with the run. With the
+step the pool runs one more instance within budgets and the bound, and the same simulation is stable; with the
+step off the check below fails. Seed 220's bound leaves no room: there the pool's rate is rejected down to rho_max.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from bench.allot_bench import passes_repair, simulate_arrays, solved
+from bench.bound_sweep import overloaded_seed, past_bound
+from solver import cpu_speed, queue_sched
+from solver.api import solve
+from solver.cpu_speed import CAP, node_speeds
+from solver.queue_repair import Pools
+from solver.queueing import requests_at_instance
+
+
+def _node_sojourn_ms(pools: Pools, j: int, seconds: float) -> np.ndarray:
+    """Node j alone in the shared-cores simulation: [k] mean sojourn of its pools (nan where idle)."""
+    lam, counts = pools.state()
+    row = slice(j, j + 1)
+    cores = np.asarray(pools.cores, dtype=float)[row]
+    return simulate_arrays(lam[row], pools.q.mu[row], counts[row], cores, seconds, 3)[0][0]
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_the_node_that_fell_behind_is_stable_with_one_more_instance(
+    enabled: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(queue_sched, "ENABLED", enabled)
+    q, pools = solved(28, 1.0)
+    assert passes_repair(pools) and past_bound(pools) == 0
+    lam, counts = pools.state()
+    hot = int(np.argmax(lam[3] / q.mu[3]))
+    short, long = _node_sojourn_ms(pools, 3, 100.0)[hot], _node_sojourn_ms(pools, 3, 400.0)[hot]
+    behind = queue_sched.behind(pools)
+    if not enabled:  # the check fails without the step: capped, and the queue grows with the run
+        assert behind == [(3, hot)] and long > 3 * short > 1000.0
+        return
+    assert behind == [] and counts[3, hot] == 2
+    assert long < 1.5 * short < 500.0  # stable: the run's length changes little
+    assert node_speeds(lam, q.mu, counts, pools.cores).load.max() < CAP
+
+
+def test_the_plan_reports_the_instance_and_publishes_the_models_figure() -> None:
+    snap, mode, tail = overloaded_seed(28)
+    plan = solve(snap, mode=mode, objective="queue-p99" if tail else "queue")
+    assert plan.details["scheduler_added"] == 1
+    ceiling = requests_at_instance(0.999, 1.0)
+    assert all(v < ceiling for per in plan.details["planned_queue"].values() for v in per.values())
+
+
+def test_where_the_bound_leaves_no_room_the_rate_is_rejected_to_rho_max(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Seed 220: one more instance would break the instance bound; the pool's rate is cut to the model's rho_max
+    (~1 % of what the plan serves), its model's rejection gives the bound's reason, and the node is stable."""
+    monkeypatch.setattr(queue_sched, "ENABLED", False)
+    _, before = solved(220, 1.0)
+    monkeypatch.setattr(queue_sched, "ENABLED", True)
+    q, pools = solved(220, 1.0)
+    lam, counts = pools.state()
+    assert np.array_equal(counts, before.counts()) and queue_sched.behind(pools) == []
+    shed = float(pools.rejected.sum() - before.rejected.sum())
+    assert 0 < shed < 0.02 * float(before.lam().sum())
+    assert node_speeds(lam, q.mu, counts, pools.cores).load.max() <= q.rho_max * (1 + 1e-9)
+    assert pools.shed_models
+    short, long = _node_sojourn_ms(pools, 3, 100.0), _node_sojourn_ms(pools, 3, 400.0)
+    assert np.nanmax(long) < 2.0 * np.nanmax(short) < 400.0
+
+
+def test_plans_with_no_node_behind_are_untouched(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Seeds 0-19 of the sweep at half their rate have no node behind: the same pools with the step on and off."""
+    for seed in range(20):
+        monkeypatch.setattr(queue_sched, "ENABLED", False)
+        _, off = solved(seed, 0.5)
+        monkeypatch.setattr(queue_sched, "ENABLED", True)
+        _, on = solved(seed, 0.5)
+        if queue_sched.behind(off):
+            continue
+        assert np.array_equal(on.x, off.x) and np.array_equal(on.cap, off.cap), seed
+
+
+def test_the_memo_gives_the_same_figures_and_sees_a_switch(monkeypatch: pytest.MonkeyPatch) -> None:
+    """node_speeds_once: the last figures for the same inputs (any dtype), fresh ones where a switch changed."""
+    lam, mu, n, c = np.array([[90.0, 45.0]]), np.array([[100.0, 100.0]]), np.array([[1, 1]]), np.array([1.5])
+    first = cpu_speed.node_speeds_once(lam, mu, n, c)
+    assert cpu_speed.node_speeds_once(lam, mu, n.astype(float), c) is first
+    np.testing.assert_array_equal(first.load, node_speeds(lam, mu, n, c).load)
+    monkeypatch.setattr(cpu_speed, "LAW_BOUNDED", False)
+    assert cpu_speed.node_speeds_once(lam, mu, n, c) is not first
