@@ -112,6 +112,8 @@ def test_malformed_window_messages_are_refused() -> None:
     for bad in (
         {"seq": 1, "config": [10, 60.0], "reset": []},
         {"seq": 1, "config": [10, 60, 30], "reset": [["a", [[1]]]]},
+        {"seq": 1, "config": [10, 60, 30], "reset": [["a", ["not base64!"]]]},
+        {"seq": 1, "config": [10, 60, 30], "reset": [["a", ["AAAA"]]]},  # base64, not a marshalled list
     ):
         with pytest.raises(WindowSyncError, match="malformed"):
             mirror.apply(bad)
