@@ -621,8 +621,8 @@ class Swim:
         """A suspect update about a member; only a proven ``origin`` confirms (Lifeguard), a claimed one is hearsay."""
         proven = frozenset({origin}) if origin is not None else frozenset()
         # passed on as received, but never naming us: our shell signs what names us (a member could have each node
-        # it told "you suspect x" sign a genuine suspicion of x it never probed)
-        relay = u if u.origin != self.self_id else replace(u, origin="")
+        # it told "you suspect x" sign a genuine suspicion of x it never probed); the rule before passed it on as is
+        relay = u if u.origin != self.self_id or self.config.unproven_confirmers else replace(u, origin="")
         if rec.status == "suspect" and rec.suspicion is not None:
             if proven - rec.suspicion.confirmers and len(rec.suspicion.confirmers) <= self.config.indirect_k:
                 sus = replace(rec.suspicion, confirmers=rec.suspicion.confirmers | proven)
