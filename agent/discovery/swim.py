@@ -16,8 +16,9 @@ Trust (gossip about a third node is a claim, never proof):
 * a suspect rumour starts our suspicion timer, a dead/left rumour makes us ``Verify`` it with our own probe;
   a rumour never makes dead a node that answers our own probes;
 * a suspect update's ``origin`` confirms a suspicion (Lifeguard) only when proven: the origin sent it itself, or
-  the shell checked the origin's signature (``proof``, agent.discovery.swim_proofs); the clock to death starts at
-  our own missed probe, never at a rumour;
+  the shell checked the origin's signature riding on the same message (``received(..., proven)``,
+  agent.discovery.swim_proofs: nothing proven once counts again); we never count or pass on a suspicion in our
+  own name unless our own probe missed; the clock to death starts at our own missed probe, never at a rumour;
 * incarnation jumps are bounded (``MAX_INC_JUMP``), and every table here has a bound.
 
     alive --our probe and k indirect probes miss / suspect rumour--> suspect --timeout--> dead --> forgotten

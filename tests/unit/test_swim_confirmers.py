@@ -204,7 +204,8 @@ def test_a_member_cannot_have_others_sign_a_suspicion_they_never_probed() -> Non
     from tests.unit.test_swim_proofs import IDS, Clock
 
     nodes = cluster()
-    m, victim = nodes["m"], nodes["c3"]
+    a, m, victim = nodes["a"], nodes["m"], nodes["c3"]
+    signed = []
     for name in ("b", "c1", "c2"):
         node = nodes[name]
         node.received(from_member(m, suspect_of(victim, name)), 1.0)
@@ -216,6 +217,12 @@ def test_a_member_cannot_have_others_sign_a_suspicion_they_never_probed() -> Non
         asked = from_member(node, suspect_of(victim, name))  # even a message naming it: its book will not sign
         assert book.attach(asked).proofs == ()
         assert ProofBook(IDS[name], Clock()).attach(asked).proofs  # a book blind to the core would (the rule before)
+        signed += book.attach(node.message("gossip", "m")).proofs
+    assert signed == []  # nothing for m to relay: a's own miss of c3 runs the whole unconfirmed timeout
+    our_probe_missed(a, "c3", 1.1)
+    a.received(from_member(m, *(suspect_of(victim, n) for n in ("b", "c1", "c2"))), 1.11)
+    dead = died_at(a, "c3", 1.11, 1.1 + a.suspicion_timeout(0) + 0.1)
+    assert dead is not None and dead - 1.1 >= a.suspicion_timeout(0) - 0.02
     our_probe_missed(nodes["b"], "c3", 1.2)  # once b's own probe missed, b speaks and signs for itself
     b_book = ProofBook(IDS["b"], Clock(), lambda n, i, o: nodes["b"].suspicion_age(n, i, o, 1.2))
     assert [p.origin for p in b_book.attach(nodes["b"].message("gossip", "a")).proofs] == ["b"]
