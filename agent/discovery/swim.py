@@ -74,6 +74,10 @@ class SwimConfig:
     # authenticated sender). True is the rule before, every distinct claimed origin counted: one member could name
     # k others in one message and cut a lagging node's suspicion to its minimum (tests switch it on to show that).
     unproven_confirmers: bool = False
+    # A suspicion someone says is OURS (origin = us) but our probe never raised is passed on with no origin, and our
+    # shell signs none. True is the rule before: passed on as received, so each node a member told "you suspect x"
+    # signed a genuine suspicion of x (tests switch it on to show the laundering attack).
+    relay_own_name: bool = False
     # A rumour starts our suspicion but not its clock: a member's own miss does (then the timeout, shortened by
     # proven confirmers). True is the rule before, the clock ran from the first rumour: a member that gossiped a
     # suspicion as a node stalled had it dead the moment anyone's own probe missed (a 1.2 s stall, not 2 s).
@@ -599,7 +603,8 @@ class Swim:
         sus = rec.suspicion
         open_now = rec.status == "suspect" and sus is not None and sus.incarnation == incarnation
         if origin == self.self_id:
-            return now - rec.since if open_now and sus is not None and sus.probed else None
+            ours = sus is not None and (sus.probed or self.config.relay_own_name)
+            return now - rec.since if open_now and ours else None
         if open_now and sus is not None:
             full = origin not in sus.confirmers and len(sus.confirmers) > self.config.indirect_k
             return None if full else now - rec.since
@@ -623,7 +628,9 @@ class Swim:
         proven = frozenset({origin}) if origin is not None else frozenset()
         # passed on as received, but never naming us: our shell signs what names us (a member could have each node
         # it told "you suspect x" sign a genuine suspicion of x it never probed); the rule before passed it on as is
-        relay = u if u.origin != self.self_id or self.config.unproven_confirmers else replace(u, origin="")
+        cfg = self.config
+        as_is = u.origin != self.self_id or cfg.unproven_confirmers or cfg.relay_own_name
+        relay = u if as_is else replace(u, origin="")
         if rec.status == "suspect" and rec.suspicion is not None:
             if proven - rec.suspicion.confirmers and len(rec.suspicion.confirmers) <= self.config.indirect_k:
                 sus = replace(rec.suspicion, confirmers=rec.suspicion.confirmers | proven)

@@ -245,15 +245,17 @@ class Sim:
 
         self._later(3 * me.probe_timeout(), report)  # swim_io: relays asked after one timeout, for two more
 
-    def forge_suspicion(self, liar: str, victim: str, k: int) -> None:
+    def forge_suspicion(self, liar: str, victim: str, k: int, launder: bool = False) -> None:
         """Member ``liar`` tells every member that ``k`` others (not itself) suspect ``victim``: one message each, at
-        the incarnation that member holds, with no signatures (it cannot sign as the others)."""
+        the incarnation that member holds, with no signatures (it cannot sign as the others). ``launder``: it tells
+        each member that the member itself suspects ``victim`` (to have it sign that, the review's attack)."""
         sender = self.nodes[liar]
-        others = [n for n in self.nodes if n not in (liar, victim)][:k]
+        named = [n for n in self.nodes if n not in (liar, victim)][:k]
         for target in self.live():
             rec = self.nodes[target].records.get(victim)
             if target in (liar, victim) or not self.up(target) or rec is None:
                 continue
+            others = [target] if launder else named
             updates = tuple(MemberUpdate(victim, "suspect", rec.incarnation, rec.peer_url, 0, o) for o in others)
             msg = SwimMessage("gossip", liar, sender.incarnation, sender.version, sender.self_url, updates)
             self._note(target, self.nodes[target].received(msg, self.now)[1])

@@ -170,6 +170,27 @@ def test_a_stall_with_one_member_lying_kills_no_one() -> None:
     assert sum(stalled_with_a_liar(seed, unproven_confirmers=True, rumour_clock=True) for seed in range(3)) > 0
 
 
+def stalled_with_a_launderer(seed: int, **config: bool) -> int:
+    """Members that declared a live node dead: it stalls 2.1 s while member n1 tells every member, every 0.1 s,
+    that the member itself suspects it (so that each would sign that and relay it as its own)."""
+    sim = Sim(10, seed=seed, loss=0.01, config=sw.SwimConfig(**config))
+    sim.run(15)
+    assert sim.converged()
+    sim.pause("n4", 2.1)
+    for step in range(300):
+        if step % 5 == 0:
+            sim.forge_suspicion("n1", "n4", sim.config.indirect_k, launder=True)
+        sim.run(0.02)
+    sim.run(3)
+    return len(sim.false_deaths())
+
+
+def test_a_stall_with_one_member_laundering_suspicions_kills_no_one() -> None:
+    assert [stalled_with_a_launderer(seed) for seed in (2, 4)] == [0, 0]
+    # the checker fails under the rule before (suspicions naming us passed on, and signed, as our own)
+    assert sum(stalled_with_a_launderer(seed, relay_own_name=True) for seed in (2, 4)) > 0
+
+
 def health_under_a_stream_of_suspicions(every: float = 0.05, **config: float) -> int:
     """m tells a it suspects a every ``every`` s for 8 s; a probes at its own rhythm (``tick``: a period of
     probe_interval * (1 + health)) and every probe is answered: a's local health at the end."""
