@@ -42,6 +42,7 @@ import numpy.typing as npt
 from solver.node_cpu import core_room, over_cores
 from solver.problem import FloatArray, IntArray
 from solver.queue_model import QueueProblem
+from solver.ties import least
 
 TINY = 1e-6
 RoomState = tuple[FloatArray, IntArray, IntArray, FloatArray]  # Pools.room_state: lam, counts, new, core room
@@ -292,10 +293,10 @@ def _fix_capacity(pools: Pools) -> None:
             if j not in pools.over_budget(pools.counts()):
                 break
             lam, counts = pools.lam()[j], pools.counts()[j]
-            open_k = [k for k in np.argsort(lam, kind="stable").tolist() if counts[k] > pools.q.base.free[j, k]]
+            open_k = [k for k in range(len(lam)) if counts[k] > pools.q.base.free[j, k]]
             if not open_k:
                 break
-            k = open_k[0]
+            k = least(open_k, [float(lam[k]) for k in open_k])  # near-ties: the first (solver.ties)
             excess = float(lam[k] - (counts[k] - 1) * pools.cap[j, k] * (1.0 - 1e-9))
             members = np.nonzero((pools.q.base.class_model == k) & (pools.x[:, j] > 0))[0].tolist()
             _reject_rate(pools, j, _smallest_first(pools, j, members), excess)
@@ -332,7 +333,7 @@ def _bound_spread(pools: Pools, reject: bool = False) -> None:
                         stuck.clear()  # the rejected rate freed core room: a stuck pool may move now
                         continue
                     break
-                smallest = min(open_j, key=lambda j: (lam[j, k], j))
+                smallest = least(open_j, [float(lam[j, k]) for j in open_j])  # near-ties: the first (solver.ties)
                 others = {j for j in range(q.base.n_nodes) if j not in nodes or j == smallest}
                 if not _evacuate(pools, smallest, k, others) and not _gather_with_room(pools, smallest, k, nodes):
                     stuck.add(smallest)

@@ -1,0 +1,24 @@
+"""Choices between rates that differ by less than the relaxation's own error, broken by a stable key (issue 16).
+
+Ipopt answers the relaxation to a tolerance: two answers that are both optimal (warm and cold starts) give
+rates that differ by up to ~1e-3 relative, and the thesis's snapshots give pools exactly equal rates (every
+request 1 req/s) that the relaxation returns as 1.0 and 0.9999999999999999. A heuristic step that takes
+"the pool with the smallest rate" then takes whichever the float noise made smaller, and the plans' instance
+counts followed it (bench/plan_sensitivity_bench.py). Here a rate within ``TIE_TOLERANCE`` (relative) of the
+least counts as equal to it, and the first candidate in the caller's stable order (node or model index) wins.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+TIE_TOLERANCE = 1e-3  # relative: above the relaxation's error between optimal answers (warm vs cold Ipopt ~1e-3)
+FLOOR = 1e-6  # req/s: below this two rates are equal whatever their ratio (queue_repair.TINY)
+
+
+def least(candidates: Sequence[int], values: Sequence[float]) -> int:
+    """The first of ``candidates`` (in their order) whose value (``values``, aligned) is within ``TIE_TOLERANCE``
+    of the least value."""
+    low = min(values)
+    limit = low + TIE_TOLERANCE * max(abs(low), FLOOR) if TIE_TOLERANCE > 0 else low
+    return next(c for c, v in zip(candidates, values, strict=True) if v <= limit)

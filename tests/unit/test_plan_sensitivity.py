@@ -1,0 +1,62 @@
+"""The integer part gives the same instance counts from two relaxation answers that differ by far less than
+Ipopt's tolerance (issue 16, "Worth doing next" 3; bench/plan_sensitivity_bench.py measures it at scale)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+
+from solver import ties
+from solver.problem import Mode, build_problem
+from solver.queue_close_fast import close_pools_fast
+from solver.queue_fast import solve_nlp_fast
+from solver.queue_model import QueueProblem, build_queue_problem
+from solver.queue_move import move_instances
+from solver.queue_repair import repair
+from solver.queue_split import best_split
+from solver.simulate import thesis_instance
+
+
+def _counts(q: QueueProblem, x: Any, r: Any, n: Any) -> Any:
+    """The plan's instance counts from the relaxation's (x, r, n): repair, closing, moves, the best split."""
+    pools = repair(q, x, r, n)
+    for step in (close_pools_fast, move_instances, best_split):
+        step(pools)
+    return pools.counts()
+
+
+def _nudged(x: Any, eps: float, seed: int) -> Any:
+    """``x`` with every rate times 1 + eps u (u uniform in [-1, 1]), each stream's rates rescaled to its total."""
+    y = x * (1.0 + eps * np.random.default_rng(seed).uniform(-1.0, 1.0, x.shape))
+    now = y.sum(axis=1)
+    return y * np.where(now > 0, x.sum(axis=1) / np.where(now > 0, now, 1.0), 0.0)[:, None]
+
+
+def _tied_case() -> tuple[QueueProblem, Any]:
+    """A thesis-size snapshot (every request 1 req/s, no cores) whose pools carry exactly equal rates."""
+    q = build_queue_problem(build_problem(thesis_instance(20, 10, 1), Mode.MODE2))
+    return q, solve_nlp_fast(q)
+
+
+def test_repair_breaks_equal_rates_by_node_not_by_float_noise() -> None:
+    q, nlp = _tied_case()
+    base = repair(q, nlp.x, nlp.r, nlp.n).counts()
+    for seed in range(8):
+        for eps in (1e-6, 1e-4, 1e-3):
+            assert np.array_equal(repair(q, _nudged(nlp.x, eps, seed), nlp.r, nlp.n).counts(), base)
+
+
+def test_without_the_tolerance_the_noise_picks_repairs_pool(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ties, "TIE_TOLERANCE", 0.0)
+    q, nlp = _tied_case()
+    base = repair(q, nlp.x, nlp.r, nlp.n).counts()
+    nudged = [repair(q, _nudged(nlp.x, e, s), nlp.r, nlp.n).counts() for s in range(8) for e in (1e-6, 1e-4, 1e-3)]
+    assert any(not np.array_equal(counts, base) for counts in nudged)
+
+
+def test_least_takes_the_first_of_near_ties() -> None:
+    assert ties.least([3, 5, 7], [1.0, 0.9999999999999999, 2.0]) == 3
+    assert ties.least([7, 5, 3], [2.0, 0.9999999999999999, 1.0]) == 5
+    assert ties.least([3, 7], [1.01, 1.0]) == 7  # a real difference still decides
