@@ -55,6 +55,7 @@ REFILL_OPENS = True  # the freed cores go to step 5 again (new instances within 
 KEEP_EXACT_STATE = True  # step 5 keeps its rates' state where an undone move restored them bit for bit (exact)
 CORES_FIRST = True  # best_destination tests core room first and stops where no node has it (exact)
 SLIVER_FIRST = True  # step 5 refuses a sliver into an empty pool before computing the move's counts (exact)
+HAIR_TOLERANCE = 1e-3  # step 3's hair above whole instances at the cap: the relaxation's error (solver.ties; was 1e-6)
 SKIP_FULL_CORES = True  # step 5 passes over a class whose model has no core room anywhere (exact: nothing moves)
 
 
@@ -249,11 +250,11 @@ def _evacuate(pools: Pools, j: int, k: int, exclude: set[int]) -> bool:
 
 def _fix_cores(pools: Pools) -> None:
     """Step 3's core rule: a node over its busy-work limit sheds its smallest streams' rate to ``rejected``;
-    a pool on a node with cores that Ipopt's tolerance left a hair above whole instances at its cap (where
-    the core row binds) sheds the hair, so it does not count one instance more."""
+    a pool on a node with cores that Ipopt's tolerance left a hair (``HAIR_TOLERANCE`` of its rate) above whole
+    instances at its cap (where the core row binds) sheds the hair, so it does not count one instance more."""
     q, p = pools.q, pools.q.base
     lam, counts = pools.state()
-    hair = np.isfinite(pools.cores)[:, None] & (counts > needed(lam * (1 - 1e-6), pools.cap))
+    hair = np.isfinite(pools.cores)[:, None] & (counts > needed(lam * (1 - HAIR_TOLERANCE), pools.cap))
     for j, k in zip(*np.nonzero(hair), strict=True):
         excess = float(lam[j, k] - (counts[j, k] - 1) * pools.cap[j, k])
         _reject_rate(pools, j, np.flatnonzero((p.class_model == k) & (pools.x[:, j] > 0)).tolist(), excess)

@@ -3,12 +3,13 @@ Ipopt's tolerance (issue 16, "Worth doing next" 3; bench/plan_sensitivity_bench.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import numpy as np
 import pytest
 
-from solver import ties
+from solver import queue_repair, ties
 from solver.problem import Mode, build_problem
 from solver.queue_close_fast import close_pools_fast
 from solver.queue_fast import solve_nlp_fast
@@ -60,3 +61,26 @@ def test_least_takes_the_first_of_near_ties() -> None:
     assert ties.least([3, 5, 7], [1.0, 0.9999999999999999, 2.0]) == 3
     assert ties.least([7, 5, 3], [2.0, 0.9999999999999999, 1.0]) == 5
     assert ties.least([3, 7], [1.01, 1.0]) == 7  # a real difference still decides
+
+
+def _at_cap_case() -> tuple[QueueProblem, Any]:
+    """A thesis-size snapshot on 1-core nodes: the core rows bind and pools sit exactly at whole instances' cap."""
+    snap = thesis_instance(40, 10, 1)
+    snap = dataclasses.replace(snap, nodes=tuple(dataclasses.replace(n, cores=1.0) for n in snap.nodes))
+    q = build_queue_problem(build_problem(snap, Mode.MODE1))
+    return q, solve_nlp_fast(q)
+
+
+def _repair_counts_differ(eps: float) -> bool:
+    q, nlp = _at_cap_case()
+    base = repair(q, nlp.x, nlp.r, nlp.n).counts()
+    return any(not np.array_equal(repair(q, _nudged(nlp.x, eps, s), nlp.r, nlp.n).counts(), base) for s in range(8))
+
+
+def test_a_pool_at_its_cap_keeps_its_count_under_noise() -> None:
+    assert not _repair_counts_differ(1e-4)
+
+
+def test_with_the_old_hair_the_noise_adds_an_instance(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(queue_repair, "HAIR_TOLERANCE", 1e-6)
+    assert _repair_counts_differ(1e-4)
