@@ -56,6 +56,7 @@ KEEP_EXACT_STATE = True  # step 5 keeps its rates' state where an undone move re
 CORES_FIRST = True  # best_destination tests core room first and stops where no node has it (exact)
 SLIVER_FIRST = True  # step 5 refuses a sliver into an empty pool before computing the move's counts (exact)
 HAIR_TOLERANCE = 1e-3  # step 3's hair above whole instances at the cap: the relaxation's error (solver.ties; was 1e-6)
+HAIR_OPENS = False  # step 5 opens an instance for a hair of a stream (HAIR_TOLERANCE of its rate; before: True)
 SKIP_FULL_CORES = True  # step 5 passes over a class whose model has no core room anywhere (exact: nothing moves)
 
 
@@ -559,7 +560,8 @@ def _move_within_bound(
     lam = pools.lam()  # the rates after the move, read once for both checks (the same values each reads)
     after = needed(lam, pools.cap)
     part = amount < float(pools.q.rate[c]) * (1 - 1e-6)
-    sliver = BOUND_STEP_5 and part and amount < SLIVER * float(pools.cap[dst, k]) and after[:, k].sum() > before
+    small = amount < _sliver_limit(pools, c, dst, k)
+    sliver = BOUND_STEP_5 and part and small and after[:, k].sum() > before
     if not sliver and bound_excess(pools, k, (lam, after)) <= limit:
         return True
     pools.move(c, dst, None, amount)
@@ -578,10 +580,17 @@ def _opens_for_sliver(pools: Pools, c: int, dst: int, amount: float, lam: FloatA
         SLIVER_FIRST
         and BOUND_STEP_5
         and part
-        and amount < SLIVER * cap
+        and amount < _sliver_limit(pools, c, dst, k)
         and lam[dst, k] == 0.0
         and amount / cap - 1e-9 > 0.0
     )
+
+
+def _sliver_limit(pools: Pools, c: int, dst: int, k: int) -> float:
+    """Req/s below which part of class c's stream opens no instance at ``dst``: ``SLIVER`` of one instance's load,
+    or (``HAIR_OPENS``) ``HAIR_TOLERANCE`` of the stream's rate, a part within the relaxation's own error of it."""
+    limit = SLIVER * float(pools.cap[dst, k])
+    return max(limit, HAIR_TOLERANCE * float(pools.q.rate[c])) if not HAIR_OPENS else limit
 
 
 def bound_excess(pools: Pools, k: int, state: tuple[FloatArray, IntArray] | None = None) -> int:

@@ -84,3 +84,19 @@ def test_a_pool_at_its_cap_keeps_its_count_under_noise() -> None:
 def test_with_the_old_hair_the_noise_adds_an_instance(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(queue_repair, "HAIR_TOLERANCE", 1e-6)
     assert _repair_counts_differ(1e-4)
+
+
+def test_a_hair_of_a_stream_opens_no_instance_under_noise() -> None:
+    assert not _repair_counts_differ(1e-3)
+
+
+def test_where_a_hair_opens_instances_the_noise_adds_them(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(queue_repair, "HAIR_OPENS", True)
+    assert _repair_counts_differ(1e-3)
+
+
+def test_the_whole_integer_part_keeps_its_counts_on_cores() -> None:
+    q, nlp = _at_cap_case()
+    base = _counts(q, nlp.x, nlp.r, nlp.n)
+    for seed in range(4):
+        assert np.array_equal(_counts(q, _nudged(nlp.x, 1e-3, seed), nlp.r, nlp.n), base)
