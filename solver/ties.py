@@ -22,3 +22,20 @@ def least(candidates: Sequence[int], values: Sequence[float]) -> int:
     low = min(values)
     limit = low + TIE_TOLERANCE * max(abs(low), FLOOR) if TIE_TOLERANCE > 0 else low
     return next(c for c, v in zip(candidates, values, strict=True) if v <= limit)
+
+
+def ascending(candidates: Sequence[int], values: Sequence[float]) -> list[int]:
+    """``candidates`` by value, smallest first, where a run of values each within ``TIE_TOLERANCE`` of the run's
+    least counts as equal and keeps the candidates' given order (stable under noise below the tolerance)."""
+    ranked = sorted(zip(values, range(len(candidates)), strict=True))
+    out: list[int] = []
+    run: list[int] = []
+    low = 0.0
+    for v, i in ranked:
+        if run and (TIE_TOLERANCE <= 0 or v > low + TIE_TOLERANCE * max(abs(low), FLOOR)):
+            out += [candidates[r] for r in sorted(run)]
+            run = []
+        if not run:
+            low = v
+        run.append(i)
+    return out + [candidates[r] for r in sorted(run)]

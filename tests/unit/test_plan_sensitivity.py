@@ -100,3 +100,26 @@ def test_the_whole_integer_part_keeps_its_counts_on_cores() -> None:
     base = _counts(q, nlp.x, nlp.r, nlp.n)
     for seed in range(4):
         assert np.array_equal(_counts(q, _nudged(nlp.x, 1e-3, seed), nlp.r, nlp.n), base)
+
+
+def _whole_counts_differ(eps: float) -> bool:
+    q, nlp = _tied_case()
+    base = _counts(q, nlp.x, nlp.r, nlp.n)
+    return any(not np.array_equal(_counts(q, _nudged(nlp.x, eps, s), nlp.r, nlp.n), base) for s in range(8))
+
+
+def test_pool_closing_takes_equal_pools_in_pool_order() -> None:
+    assert not _whole_counts_differ(1e-4)
+    assert not _whole_counts_differ(1e-3)
+
+
+def test_closing_by_float_order_follows_the_noise(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ties, "TIE_TOLERANCE", 0.0)
+    assert _whole_counts_differ(1e-4)
+
+
+def test_ascending_keeps_near_ties_in_the_given_order() -> None:
+    assert ties.ascending([10, 11, 12, 13], [1.0, 0.9999999, 0.5, 1.0000001]) == [12, 10, 11, 13]
+    assert ties.ascending([10, 11, 12], [3.0, 2.0, 1.0]) == [12, 11, 10]
+    assert ties.ascending([10, 11], [1.0, 1.01]) == [10, 11]
+    assert ties.ascending([11, 10], [1.01, 1.0]) == [10, 11]
