@@ -13,11 +13,14 @@ close, move, split, sched), to find where a difference of 1e-3 becomes another c
 Cases (bench/queue_integer_bench.py's, 74 at 3 seeds): the thesis's sizes (Table 6.1, both modes, ``--seeds``
 each), Mode 1 with instances running, and 1,000 x 100 from 50 sites (both modes), at each of ``--cores``
 (0: none declared).
+``--warm-cold`` instead solves every case whole twice, with warm and with cold Ipopt (solver.queue_warm off; both
+optimal to Ipopt's tolerance, rates ~1e-3 apart), and counts plans with other instance counts: the finding that
+started this bench (main before the fixes: 11 / 13 / 4 of 74 at no / 2 / 1 cores).
 ``--switch MODULE.NAME=VALUE`` sets a solver switch first (as queue_integer_bench's): run it with a fix
 switched off and on, same run, for the before/after.
 
     .venv/bin/python bench/plan_sensitivity_bench.py [--seeds N] [--cores N ...] [--eps E ...] [--draws N]
-                                                     [--switch M.NAME=V ...] [--json]
+                                                     [--warm-cold] [--switch M.NAME=V ...] [--json]
 """
 
 from __future__ import annotations
@@ -107,6 +110,30 @@ def measure(cores: float, eps_list: list[float], seeds: int, draws: int) -> dict
     return {"cores": cores, "cases": len(found), "integer_ms_mean": statistics.mean(ms), "by_eps": summary(rows)}
 
 
+def warm_cold(cores: float, seeds: int) -> dict[str, Any]:
+    """Whole queue solves with warm and with cold Ipopt (solver.queue_warm off) on every case at ``cores``: plans
+    with other instance counts, the worst relative change of the total, and the objective's worst relative change."""
+    from bench.queue_bench import cold_ipopt
+    from bench.queue_integer_bench import GROUPS, cases
+    from solver.api import solve
+
+    changed, total_worst, objective_worst = 0, 0.0, 0.0
+    found = [case for group in GROUPS for case in cases(group, seeds, cores or None)]
+    for _, snap, mode in found:
+        plans = []
+        for cold in (False, True):
+            cold_ipopt(cold)
+            plans.append(solve(snap, mode=mode, objective="queue"))
+        cold_ipopt(False)
+        totals = [sum(sum(models.values()) for models in plan.instances.values()) for plan in plans]
+        changed += plans[0].instances != plans[1].instances
+        total_worst = max(total_worst, abs(totals[1] - totals[0]) / max(totals[0], 1))
+        base = plans[0].objective_ms
+        objective_worst = max(objective_worst, abs(plans[1].objective_ms - base) / max(abs(base), 1e-12))
+    return {"cores": cores, "cases": len(found), "changed": changed, "total_worst": total_worst,
+            "objective_worst": objective_worst}  # fmt: skip
+
+
 def summary(rows: dict[float, list[dict[str, Any]]]) -> list[dict[str, Any]]:
     """Per eps: how many plans changed and by how much."""
     out = []
@@ -142,12 +169,23 @@ def main() -> None:
     ap.add_argument("--draws", type=int, default=2, help="perturbed answers per case and eps (default 2)")
     ap.add_argument("--switch", action="append", default=[], metavar="M.NAME=V",
                     help="set a solver switch first (ties.TIE_TOLERANCE=0.0); repeatable")  # fmt: skip
+    ap.add_argument("--warm-cold", action="store_true",
+                    help="instead: whole solves, warm vs cold Ipopt (both optimal): plans that differ")  # fmt: skip
     ap.add_argument("--json", action="store_true", help="print the figures as JSON")
     args = ap.parse_args()
     from solver.fastlp import tune_solver_process
 
     tune_solver_process()
     set_switches(args.switch)
+    if args.warm_cold:
+        found = [warm_cold(c, args.seeds) for c in args.cores]
+        if args.json:
+            print(json.dumps({"warm_cold": found, "loadavg": os.getloadavg(), "switches": args.switch}, indent=1))
+            return
+        for r in found:
+            print(f"cores {r['cores']:g}: {r['changed']} of {r['cases']} plans with other instance counts (total worst"
+                  f" {r['total_worst']:.3f}), objective worst {r['objective_worst']:.2e} (relative)")  # fmt: skip
+        return
     rows = [measure(c, args.eps, args.seeds, args.draws) for c in args.cores]
     load = os.getloadavg()
     if args.json:

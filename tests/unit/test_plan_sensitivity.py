@@ -1,5 +1,6 @@
-"""The integer part gives the same instance counts from two relaxation answers that differ by far less than
-Ipopt's tolerance (issue 16, "Worth doing next" 3; bench/plan_sensitivity_bench.py measures it at scale)."""
+"""The integer part gives the same instance counts from two relaxation answers that differ by no more than
+Ipopt's own error (nudged answers; warm vs cold Ipopt), and each fix's switch turned off shows it failing
+(issue 16, "Worth doing next" 3; bench/plan_sensitivity_bench.py measures it at scale; docs/solver.md)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from solver import queue_repair, ties
+from solver import queue_repair, queue_warm, ties
+from solver.api import solve
 from solver.problem import Mode, build_problem
 from solver.queue_close_fast import close_pools_fast
 from solver.queue_fast import solve_nlp_fast
@@ -123,3 +125,40 @@ def test_ascending_keeps_near_ties_in_the_given_order() -> None:
     assert ties.ascending([10, 11, 12], [3.0, 2.0, 1.0]) == [12, 11, 10]
     assert ties.ascending([10, 11], [1.0, 1.01]) == [10, 11]
     assert ties.ascending([11, 10], [1.01, 1.0]) == [10, 11]
+
+
+def _warm_and_cold_differ(snap: Any, mode: str) -> bool:
+    """Whether the whole queue solve's instances differ between warm and cold Ipopt (both optimal)."""
+    found = []
+    try:
+        for warm in (True, False):
+            queue_warm.ENABLED = warm
+            found.append(solve(snap, mode=mode, objective="queue").instances)
+    finally:
+        queue_warm.ENABLED = True
+    return bool(found[0] != found[1])
+
+
+WARM_COLD_CASES = [(thesis_instance(40, 10, 1), "2", None), (thesis_instance(20, 10, 2), "1", 2.0)]
+
+
+@pytest.mark.parametrize(("snap", "mode", "cores"), WARM_COLD_CASES)
+def test_warm_and_cold_ipopt_give_the_same_plan(snap: Any, mode: str, cores: float | None) -> None:
+    assert not _warm_and_cold_differ(_cored(snap, cores), mode)
+
+
+@pytest.mark.parametrize(("snap", "mode", "cores"), WARM_COLD_CASES)
+def test_with_the_fixes_off_warm_and_cold_differ(
+    snap: Any, mode: str, cores: float | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(ties, "TIE_TOLERANCE", 0.0)
+    monkeypatch.setattr(queue_repair, "HAIR_TOLERANCE", 1e-6)
+    monkeypatch.setattr(queue_repair, "HAIR_OPENS", True)
+    assert _warm_and_cold_differ(_cored(snap, cores), mode)
+
+
+def _cored(snap: Any, cores: float | None) -> Any:
+    """``snap`` with ``cores`` on every node (None: as it is)."""
+    if cores is None:
+        return snap
+    return dataclasses.replace(snap, nodes=tuple(dataclasses.replace(n, cores=cores) for n in snap.nodes))
