@@ -490,6 +490,36 @@ class MemberUpdate:
 
 
 LEASE_CONTEXT = b"peerserve-lease-v1\0"
+SUSPECT_CONTEXT = b"peerserve-suspect-v1\0"
+MAX_PROOFS = 4  # signed suspicions riding on one membership message (Lifeguard counts k = 3 confirmers)
+
+
+@dataclass(frozen=True)
+class SuspectProof:
+    """``origin``'s signed word that it suspects ``node_id`` at ``incarnation`` (its own probe missed), made at
+    wall-clock ``stamp_ms``: any member may relay it, and a receiver counts ``origin`` as a Lifeguard confirmer
+    only with it (or from ``origin`` itself). ``card``/``signature`` as in ``Lease``."""
+
+    node_id: str
+    incarnation: int
+    origin: str
+    stamp_ms: int
+    card: str = ""
+    signature: str = ""
+
+    def signing_bytes(self) -> bytes:
+        return SUSPECT_CONTEXT + f"{self.node_id}\0{self.incarnation}\0{self.origin}\0{self.stamp_ms}".encode()
+
+    def to_json(self) -> list[Any]:
+        return [self.node_id, self.incarnation, self.origin, self.stamp_ms, self.card, self.signature]
+
+    @classmethod
+    def parse(cls, data: Any) -> SuspectProof:
+        if not isinstance(data, list) or len(data) != 6:
+            raise WireError("a suspicion proof is [node, incarnation, origin, stamp_ms, card, signature]")
+        box = dict(zip(("n", "i", "o", "t", "c", "s"), data, strict=True))
+        return cls(_node(box, "n"), _int(box, "i"), _node(box, "o"), _int(box, "t"), _str(box, "c", 256),
+                   _str(box, "s", 128))  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -562,6 +592,7 @@ class SwimMessage:
     acked: bool = False
     lease: Lease | None = None  # the freshest leader's lease the sender holds (signed by that leader)
     loads: Loads | None = None  # the sender's own loads now (older senders send none)
+    proofs: tuple[SuspectProof, ...] = ()  # signed suspicions of the updates it carries (older senders send none)
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"kind": self.kind, "node_id": self.node_id, "incarnation": self.incarnation,
@@ -573,6 +604,8 @@ class SwimMessage:
             out["lease"] = self.lease.to_json()
         if self.loads is not None:
             out["loads"] = self.loads.to_json()
+        if self.proofs:
+            out["proofs"] = [p.to_json() for p in self.proofs]
         return out
 
     @classmethod
@@ -594,6 +627,9 @@ class SwimMessage:
             acked = bool(d.get("acked", False))
         lease = Lease.parse(d["lease"]) if d.get("lease") is not None else None
         loads = Loads.parse(d["loads"]) if d.get("loads") is not None else None
+        proofs = d.get("proofs", [])
+        if not isinstance(proofs, list) or len(proofs) > MAX_PROOFS:
+            raise WireError(f"'proofs' must be a list of at most {MAX_PROOFS}")
         return cls(kind, _node(d, "node_id"), _int(d, "incarnation"), _int(d, "version"), _peer_url(d.get("peer_url")),
                    tuple(MemberUpdate.parse(u) for u in raw), _int(d, "term"), _node(d, "leader", optional=True),
-                   target, target_url, acked, lease, loads)  # fmt: skip
+                   target, target_url, acked, lease, loads, tuple(SuspectProof.parse(p) for p in proofs))  # fmt: skip

@@ -1,6 +1,8 @@
 """Membership traffic as Prometheus metrics, read at scrape time from the SWIM driver and the peer connections.
 
 peerserve_membership_messages_total{direction="sent|received", kind}   SWIM exchanges (and "state" fetches)
+peerserve_membership_suspicion_proofs_total{outcome="checked|refused"}  signed suspicions relayed to us (refused:
+                                                                      forged, tampered or stale: a member lies)
 peerserve_peer_connections_opened_total                               connections (TLS handshakes) we opened
 peerserve_peer_connections_idle                                       kept-alive connections to peers now
 """
@@ -31,6 +33,11 @@ class MembershipCollector(Collector):
             for kind, n in sorted(counts.items()):
                 messages.add_metric([direction, kind], n)
         yield messages
+        proofs = CounterMetricFamily("peerserve_membership_suspicion_proofs", "Signed suspicions checked, by outcome",
+                                     labels=["outcome"])  # fmt: skip
+        proofs.add_metric(["checked"], swim.proofs.checked)
+        proofs.add_metric(["refused"], swim.proofs.refused)
+        yield proofs
         conns = self.discovery.peers.connections
         yield CounterMetricFamily("peerserve_peer_connections_opened", "Peer connections (TLS handshakes) opened",
                                   value=conns.opened)  # fmt: skip

@@ -15,6 +15,9 @@ Trust (gossip about a third node is a claim, never proof):
   ack); a rumour of a higher incarnation only makes us probe it at once, so only the node refutes;
 * a suspect rumour starts our suspicion timer, a dead/left rumour makes us ``Verify`` it with our own probe;
   a rumour never makes dead a node that answers our own probes;
+* a suspect update's ``origin`` confirms a suspicion (Lifeguard) only when proven: the origin sent it itself, or
+  the shell checked the origin's signature (``proof``, agent.discovery.swim_proofs); the clock to death starts at
+  our own missed probe, never at a rumour;
 * incarnation jumps are bounded (``MAX_INC_JUMP``), and every table here has a bound.
 
     alive --our probe and k indirect probes miss / suspect rumour--> suspect --timeout--> dead --> forgotten
@@ -35,6 +38,7 @@ MAX_CANDIDATES = 64  # hinted (node id, peer url) pairs not yet authenticated
 MAX_BROADCASTS = 512  # queued membership updates (one per node at most; newer facts replace older)
 MAX_INC_JUMP = 64  # an incarnation may rise by at most this much in one message or rumour
 MAX_CONFLICTS = 64
+MAX_PROVEN = 512  # (member, incarnation, origin) suspicions proven by their origin's signature (the shell checks it)
 MAX_HEALTH = 8  # Lifeguard local health: our own periods and timeouts stretch up to (1 + 8) x when we are slow
 
 
@@ -65,6 +69,17 @@ class SwimConfig:
     # forwarding only the leader's own pushes (one more hop), then piggybacking, reaches every member about as fast
     # (simulated at 50 nodes: longest gap 0.92-0.98 s against 0.74-1.0 s).
     lease_forward_any: bool = False
+    # Lifeguard's confirmers: a suspect update's ``origin`` counts only when that origin sent it to us itself (the
+    # authenticated sender). True is the rule before, every distinct claimed origin counted: one member could name
+    # k others in one message and cut a lagging node's suspicion to its minimum (tests switch it on to show that).
+    unproven_confirmers: bool = False
+    # A rumour starts our suspicion but not its clock: a member's own miss does (then the timeout, shortened by
+    # proven confirmers). True is the rule before, the clock ran from the first rumour: a member that gossiped a
+    # suspicion as a node stalled had it dead the moment anyone's own probe missed (a 1.2 s stall, not 2 s).
+    rumour_clock: bool = False
+    # Lifeguard: each refutation says others could not reach us (a step of local health), but any member can make us
+    # refute at will; at most one step per this many seconds (answered probes heal one a period), 0: every one
+    refute_health_s: float = 0.2
     max_members: int = MAX_MEMBERS
     max_candidates: int = MAX_CANDIDATES
     max_broadcasts: int = MAX_BROADCASTS
@@ -133,8 +148,12 @@ class Transition:
 class Suspicion:
     started: float
     incarnation: int
-    confirmers: frozenset[str]
+    confirmers: frozenset[str]  # members proven to suspect it: ourselves, or one that told us itself
     probed: bool  # we missed it ourselves (else only rumours): a rumour alone is verified before dead
+
+    def confirmations(self) -> int:
+        """Lifeguard's count: proven suspecters beyond the first."""
+        return max(0, len(self.confirmers) - 1)
 
 
 @dataclass(frozen=True)
@@ -199,6 +218,8 @@ class Swim:
     leases: LeaseBook = field(default_factory=LeaseBook)  # newest renewal seen per leader: stale/replays are no news
     _lease_fanout: int = 0  # random members the current renewal still goes to at the next gossip tick
     _lease_skip: frozenset[str] = frozenset()  # who has it already (the sender, the leader)
+    _proven: dict[tuple[str, int, str], None] = field(default_factory=dict)  # signed suspicions seen (oldest first)
+    _refuted_at: float = -math.inf  # when a refutation last cost us a step of local health
 
     # -- sizes and timeouts ------------------------------------------------------------------------------
     def cluster_size(self) -> int:
@@ -354,7 +375,7 @@ class Swim:
             if rec.status == "alive" and rec.claimed_version > rec.state.version:
                 due.append(rec.fetched_at + cfg.state_fetch_interval_s)
             if rec.status == "suspect" and rec.suspicion is not None:
-                end = rec.suspicion.started + self.suspicion_timeout(len(rec.suspicion.confirmers) - 1)
+                end = rec.suspicion.started + self.suspicion_timeout(rec.suspicion.confirmations())
                 if end > now:  # past it: an unprobed suspicion waits for our own probe (urgent), not for time
                     due.append(end)
             elif rec.status in ("dead", "left"):
@@ -427,7 +448,9 @@ class Swim:
             return self._declare_dead(rec, now, "a rumour, and our own probe missed too")
         if rec.status == "suspect" and rec.suspicion is not None:
             if not rec.suspicion.probed:  # our own miss confirms the rumour, and the confirmation travels
-                sus = replace(rec.suspicion, probed=True, confirmers=rec.suspicion.confirmers | {self.self_id})
+                started = rec.suspicion.started if self.config.rumour_clock else now
+                sus = replace(rec.suspicion, probed=True, confirmers=rec.suspicion.confirmers | {self.self_id},
+                              started=started)  # fmt: skip
                 self.records[rec.node_id] = replace(rec, suspicion=sus)
                 self._enqueue(MemberUpdate(rec.node_id, "suspect", rec.suspicion.incarnation, rec.peer_url,
                                            rec.claimed_version, self.self_id))  # fmt: skip
@@ -458,7 +481,7 @@ class Swim:
         for node_id, rec in list(self.records.items()):
             sus = rec.suspicion
             if rec.status == "suspect" and sus is not None:
-                if now - sus.started >= self.suspicion_timeout(len(sus.confirmers) - 1):
+                if now - sus.started >= self.suspicion_timeout(sus.confirmations()):
                     if sus.probed:
                         out += self._declare_dead(rec, now, f"suspect for {now - sus.started:.2f} s")
                     else:
@@ -518,17 +541,18 @@ class Swim:
             if msg.leader is not None and self.term < msg.term <= self.term + MAX_TERM_AHEAD:
                 self.term, self.leader = msg.term, msg.leader  # informational; bounded like election terms
         for update in msg.updates:
-            out += self.apply(update, now)
+            out += self.apply(update, now, msg.node_id)
         if msg.kind in ("ping", "gossip"):
             return self.message("ack", msg.node_id), out
         if msg.kind == "sync":
             return self.sync_message(), out
         return None, out
 
-    def apply(self, u: MemberUpdate, now: float) -> list[Transition]:
-        """A gossiped fact about ``u.node_id`` from someone (not proof unless it is about the sender itself)."""
+    def apply(self, u: MemberUpdate, now: float, sender: str | None = None) -> list[Transition]:
+        """A gossiped fact about ``u.node_id`` from ``sender`` (authenticated; None: unknown), not proof unless it
+        is about the sender itself; its ``origin`` is proven only when it is the sender."""
         if u.node_id == self.self_id:
-            return self._about_me(u)
+            return self._about_me(u, self._proven_origin(u, sender), now)
         rec = self.records.get(u.node_id)
         if rec is None:
             if u.status == "alive":
@@ -545,33 +569,50 @@ class Swim:
         if u.incarnation < rec.incarnation or rec.status in ("dead", "left"):
             return []
         if u.status == "suspect":
-            return self._suspect_rumour(rec, u, now)
+            return self._suspect_rumour(rec, u, now, self._proven_origin(u, sender))
         self._urgent[rec.node_id] = True  # dead or left: we check with our own probe before believing it
         return []
 
-    def _suspect_rumour(self, rec: Record, u: MemberUpdate, now: float) -> list[Transition]:
-        origin = u.origin or "?"
+    def proof(self, node_id: str, incarnation: int, origin: str) -> None:
+        """The shell checked ``origin``'s signature on its suspicion of ``node_id`` at ``incarnation`` (relayable)."""
+        if len(self._proven) >= MAX_PROVEN:
+            del self._proven[next(iter(self._proven))]
+        self._proven[(node_id, incarnation, origin)] = None
+
+    def _proven_origin(self, u: MemberUpdate, sender: str | None) -> str | None:
+        """The update's origin if it is proven (the authenticated sender, or its signature came with it), else None."""
+        if self.config.unproven_confirmers:
+            return u.origin or "?"
+        if u.origin and (u.origin == sender or (u.node_id, u.incarnation, u.origin) in self._proven):
+            return u.origin
+        return None
+
+    def _suspect_rumour(self, rec: Record, u: MemberUpdate, now: float, origin: str | None) -> list[Transition]:
+        """A suspect update about a member; only a proven ``origin`` confirms (Lifeguard), a claimed one is hearsay."""
+        proven = frozenset({origin}) if origin is not None else frozenset()
         if rec.status == "suspect" and rec.suspicion is not None:
-            if origin not in rec.suspicion.confirmers and len(rec.suspicion.confirmers) <= self.config.indirect_k:
-                sus = replace(rec.suspicion, confirmers=rec.suspicion.confirmers | {origin})
+            if proven - rec.suspicion.confirmers and len(rec.suspicion.confirmers) <= self.config.indirect_k:
+                sus = replace(rec.suspicion, confirmers=rec.suspicion.confirmers | proven)
                 self.records[rec.node_id] = replace(rec, suspicion=sus)
                 self._enqueue(u)  # a new confirmation travels on
             return []
-        sus = Suspicion(now, u.incarnation, frozenset({origin}), False)
+        sus = Suspicion(now, u.incarnation, proven, False)
         self.records[rec.node_id] = replace(rec, status="suspect", since=now, suspicion=sus, incarnation=u.incarnation)
         self._enqueue(u)
-        return [Transition(rec.node_id, rec.status, "suspect", f"{origin} suspects it")]
+        return [Transition(rec.node_id, rec.status, "suspect", f"{origin or 'a rumour'} suspects it")]
 
-    def _about_me(self, u: MemberUpdate) -> list[Transition]:
+    def _about_me(self, u: MemberUpdate, origin: str | None, now: float) -> list[Transition]:
         """Someone says we are suspect or dead: refute with a higher incarnation (only we can)."""
         if u.status == "alive" or u.incarnation < self.incarnation or u.incarnation > self.incarnation + MAX_INC_JUMP:
             return []
         if self.refute:
-            self._note_health(+1)  # others could not reach us: probably we are the slow one
+            if now - self._refuted_at >= self.config.refute_health_s:
+                self._note_health(+1)  # others could not reach us: probably we are the slow one
+                self._refuted_at = now
             self.incarnation = u.incarnation + 1
             self._enqueue(MemberUpdate(self.self_id, "alive", self.incarnation, self.self_url, self.version))
-            if u.origin in self.records and len(self._refute_to) < self.config.indirect_k + 1:
-                self._refute_to.add(u.origin)
+            if origin in self.records and len(self._refute_to) < self.config.indirect_k + 1:
+                self._refute_to.add(origin)  # a proven suspecter hears it from us directly, no one else
         return []
 
     def _own_version(self, node_id: str, version: int) -> None:
@@ -631,8 +672,11 @@ class Swim:
 
     # -- broadcast queue ------------------------------------------------------------------------------------
     def _update_of(self, rec: Record) -> MemberUpdate:
+        """What we say of ``rec``: a suspicion as ours only if we missed it ourselves (else hearsay, no origin)."""
         status = "alive" if rec.status == "new" else rec.status
-        origin = self.self_id if status in ("suspect", "dead") else (rec.node_id if status == "left" else "")
+        ours = status == "dead" or (status == "suspect" and self.config.unproven_confirmers)
+        ours = ours or (rec.suspicion is not None and rec.suspicion.probed)
+        origin = self.self_id if ours else (rec.node_id if status == "left" else "")
         return MemberUpdate(rec.node_id, status, rec.incarnation, rec.peer_url, rec.claimed_version, origin)
 
     def _enqueue(self, update: MemberUpdate) -> None:

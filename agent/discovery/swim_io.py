@@ -5,7 +5,9 @@ I/O only: every decision is the core's. Probes, gossip, push-pull and indirect-p
 connection's certificates, pinned; signed both ways only to a node that asks for it, docs/security.md);
 admission and resource state are the node's own signed ``GET /peer/state`` answer, accepted only when it
 speaks for itself (``admissible``). An answer counts only when the node we addressed signed it and the
-message names that node as its sender.
+message names that node as its sender. Suspect updates travel with their origins' signatures
+(agent.discovery.swim_proofs: attached to every message we send, checked on every one we get, before the core
+applies it).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from typing import Any
 import httpx
 
 from agent.discovery import swim as sw
+from agent.discovery.swim_proofs import ProofBook
 from agent.errors import PeerError
 from agent.identity import AuthError
 from agent.peer_client import PeerCallError, PeerClient
@@ -113,6 +116,7 @@ class SwimDriver:
         self.core = sw.Swim(node_id, peer_url, config, random.Random())
         self.core.version = int(time.time() * 1000)  # versions rise across restarts: a restarted node is newer
         self.peers = peers
+        self.proofs = ProofBook(peers.identity)  # signed suspicions: Lifeguard's confirmers only where proven
         self.local_state = local_state
         self.admissible = admissible
         self.on_transitions = on_transitions
@@ -262,6 +266,7 @@ class SwimDriver:
     async def send(self, node_id: str, url: str, msg: SwimMessage, factor: float = 1.0) -> SwimMessage:
         """One SWIM exchange with ``node_id`` (direct); the answer must be a valid message it sent about itself."""
         self.sent[msg.kind] += 1
+        msg = self.proofs.attach(msg)
         status, data = await self.peers.call(node_id, url, "POST", wire.ROUTE_SWIM, body=msg.to_json(),
                                              timeout=self._timeout(factor), direct=True)  # fmt: skip
         if status != 200:
@@ -273,7 +278,13 @@ class SwimDriver:
         if answer.node_id != node_id:
             raise PeerCallError(f"{node_id} answered in the name of {answer.node_id}", status)
         self.lease_in(answer)
+        self.proofs_in(answer)
         return answer
+
+    def proofs_in(self, msg: SwimMessage) -> None:
+        """Tell the core which suspicions riding on ``msg`` are signed by their origin (before it applies ``msg``)."""
+        for node_id, incarnation, origin in self.proofs.check(msg):
+            self.core.proof(node_id, incarnation, origin)
 
     async def _probe(self, ins: sw.Probe) -> None:
         """SWIM's probe: a direct ping; if it has not answered within the probe timeout, k relays probe the target
@@ -387,6 +398,7 @@ class SwimDriver:
         c = self.core
         self.received[msg.kind] += 1
         self.lease_in(msg)
+        self.proofs_in(msg)
         reply, transitions = c.received(msg, self.clock())
         self.on_transitions(transitions)
         self.wake()
@@ -396,7 +408,7 @@ class SwimDriver:
             acked = await self._relay(msg.target or "", msg.target_url or "")
             return SwimMessage("indirect_ack", c.self_id, c.incarnation, c.version, c.self_url, (), c.term, c.leader,
                                msg.target, msg.target_url, acked, loads=c.loads)  # fmt: skip
-        return reply if reply is not None else c.message("ack", sender)
+        return self.proofs.attach(reply if reply is not None else c.message("ack", sender))
 
     async def _relay(self, target: str, target_url: str) -> bool:
         """Probe ``target`` for someone else: only a member of ours, at the address we know it by. Askers at the

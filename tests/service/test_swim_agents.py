@@ -18,6 +18,16 @@ def statuses(agent: Any) -> dict[str, str]:
     return {m["node_id"]: m["status"] for m in agent.get("/cluster").json()["members"]}
 
 
+def proof_counts(agent: Any) -> dict[str, float]:
+    """The agent's signed suspicions checked and refused, from its /metrics."""
+    found = {"checked": 0.0, "refused": 0.0}
+    for line in agent.get("/metrics").text.splitlines():
+        if line.startswith("peerserve_membership_suspicion_proofs_total{"):
+            outcome = line.split('outcome="', 1)[1].split('"', 1)[0]
+            found[outcome] = float(line.rsplit(" ", 1)[1])
+    return found
+
+
 def test_agents_that_know_one_seed_learn_the_whole_cluster(agents: Any) -> None:
     seed_port = free_port()
     seed = agents("s0", env=ENV, port=seed_port)
@@ -41,6 +51,10 @@ def test_agents_that_know_one_seed_learn_the_whole_cluster(agents: Any) -> None:
     wait_for(lambda: all(a.get("/services").json() == [] for a in rest), 5)
     dead = wait_for(lambda: all(statuses(a).get("s3") == "dead" for a in rest), 5)
     print(f"kill -9: dead at every member {time.monotonic() - killed:.2f} s after ({dead:.2f} s of polling)")
+    # the survivors' suspicions of s3 travelled signed (Lifeguard counts a relayed one only so), and none was refused
+    proofs = [proof_counts(a) for a in rest]
+    print(f"signed suspicions checked / refused per survivor: {[(p['checked'], p['refused']) for p in proofs]}")
+    assert sum(p["checked"] for p in proofs) > 0 and all(p["refused"] == 0 for p in proofs), proofs
 
     late = agents("s9", "--seeds", seed_url, env=ENV)  # a new member: everyone learns of it through gossip
     joined = wait_for(lambda: all(statuses(a).get("s9") == "alive" for a in rest), 10)

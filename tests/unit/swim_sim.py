@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from agent.discovery import swim as sw
-from peerserve.wire import Lease, PeerState, SwimMessage
+from peerserve.wire import MAX_PROOFS, Lease, MemberUpdate, PeerState, SwimMessage
 
 DT = 0.02
 
@@ -48,6 +48,7 @@ class Sim:
     renew_s: float = 0.3
     relay_leases: bool = True  # members follow the leader (take_lease accepted=True): they relay its renewals
     lease_news: dict[str, list[float]] = field(default_factory=dict)  # node -> when a newer renewal reached it
+    proofs: bool = True  # senders attach signed suspicions (swim_proofs: the shell's job, emulated in _prove)
     lazy: bool = False  # tick a node only when its core says work is due (Swim.next_due) or something reached it
     ticks: int = 0  # core ticks run (lazy runs need far fewer)
     _due: dict[str, float] = field(default_factory=dict)
@@ -155,17 +156,38 @@ class Sim:
             if t.new == "dead":
                 self.deaths.append((self.now, observer, t.node_id))
 
+    def _prove(self, at: str, msg: SwimMessage | None) -> None:
+        """What swim_proofs does: the sender attaches its own signed suspicions and those it holds checked (at most
+        MAX_PROOFS a message; every node here is honest, so each signature checks out) and ``at`` notes them."""
+        if not self.proofs or msg is None:
+            return
+        sender = self.nodes[msg.node_id]
+        carried = [(u.node_id, u.incarnation, u.origin) for u in msg.updates if u.status == "suspect" and u.origin]
+        held = [k for k in carried if k[2] == msg.node_id or k in sender._proven]
+        for key in list(dict.fromkeys(held))[:MAX_PROOFS]:
+            self.nodes[at].proof(*key)
+
     def _deliver(self, a: str, b: str, msg: SwimMessage) -> tuple[bool, float, SwimMessage | None]:
         ok, rtt = self._exchange(a, b)
         if not ok:
             return False, rtt, None
         self._lease_in(b, msg)
+        self._prove(b, msg)
         self._poke(b)
         reply, transitions = self.nodes[b].received(msg, self.now)
         self._note(b, transitions)
         if reply is not None:
             self._later(rtt, lambda: self._lease_in(a, reply) if self.up(a) else None)
         return True, rtt, reply
+
+    def _reply(self, a: str, reply: SwimMessage) -> None:
+        if self.up(a):
+            self._prove(a, reply)
+            self._note(a, self.nodes[a].received(reply, self.now)[1])
+
+    def _acked(self, a: str, ins: sw.Probe, ack: SwimMessage | None) -> None:
+        self._prove(a, ack)
+        self._note(a, self.nodes[a].probe_result(ins.node_id, ack, 0, self.now, ins.verify))
 
     def _carry_out(self, a: str, ins: sw.Instruction) -> None:
         me = self.nodes[a]
@@ -174,7 +196,7 @@ class Sim:
         elif isinstance(ins, (sw.Gossip, sw.Sync)):
             ok, rtt, reply = self._deliver(a, ins.node_id, ins.message)
             if ok and reply is not None:
-                self._later(rtt, lambda: self._note(a, me.received(reply, self.now)[1]) if self.up(a) else None)
+                self._later(rtt, lambda: self._reply(a, reply))
         elif isinstance(ins, (sw.Admit, sw.FetchState)):
             ok, rtt = self._exchange(a, ins.node_id)
             target = self.nodes[ins.node_id]
@@ -193,7 +215,7 @@ class Sim:
         me, sent = self.nodes[a], self.now
         ok, rtt, ack = self._deliver(a, ins.node_id, me.message("ping", ins.node_id))
         if ok:
-            self._later(rtt, lambda: self._note(a, me.probe_result(ins.node_id, ack, 0, self.now, ins.verify)))
+            self._later(rtt, lambda: self._acked(a, ins, ack))
             return
         if ins.verify and not me.config.verify_indirect:  # the direct ping alone, until the probe's end
             self._later(3 * me.probe_timeout(),
@@ -213,6 +235,19 @@ class Sim:
             self._note(a, me.probe_result(ins.node_id, None, acks, self.now, ins.verify, sent, silent))
 
         self._later(3 * me.probe_timeout(), report)  # swim_io: relays asked after one timeout, for two more
+
+    def forge_suspicion(self, liar: str, victim: str, k: int) -> None:
+        """Member ``liar`` tells every member that ``k`` others (not itself) suspect ``victim``: one message each, at
+        the incarnation that member holds, with no signatures (it cannot sign as the others)."""
+        sender = self.nodes[liar]
+        others = [n for n in self.nodes if n not in (liar, victim)][:k]
+        for target in self.live():
+            rec = self.nodes[target].records.get(victim)
+            if target in (liar, victim) or not self.up(target) or rec is None:
+                continue
+            updates = tuple(MemberUpdate(victim, "suspect", rec.incarnation, rec.peer_url, 0, o) for o in others)
+            msg = SwimMessage("gossip", liar, sender.incarnation, sender.version, sender.self_url, updates)
+            self._note(target, self.nodes[target].received(msg, self.now)[1])
 
     # -- views ---------------------------------------------------------------------------------------------
     def view(self, observer: str, subject: str) -> str | None:

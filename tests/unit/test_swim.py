@@ -139,7 +139,7 @@ def test_an_id_belongs_to_whoever_authenticates_as_it() -> None:
 
 def test_a_suspected_node_refutes_and_tells_the_suspecter() -> None:
     _a, b = pair()
-    b.apply(MemberUpdate("b", "suspect", 0, b.self_url, 0, "a"), 1.0)
+    b.apply(MemberUpdate("b", "suspect", 0, b.self_url, 0, "a"), 1.0, sender="a")  # a tells b itself
     instructions, _ = b.tick(1.0)
     direct = [i for i in instructions if isinstance(i, sw.Gossip) and i.node_id == "a"]
     assert direct and any(u.node_id == "b" and u.incarnation == 1 for u in direct[0].message.updates)

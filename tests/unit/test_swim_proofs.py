@@ -1,0 +1,152 @@
+"""Signed suspicions (agent.discovery.swim_proofs, wire.SuspectProof): real Ed25519 keys and cards, no mocks.
+
+A relayed suspicion counts as its origin's Lifeguard confirmation only with the origin's own signature; a
+member that signs in another's name, tampers, replays a stale proof or attaches one for an update it does not
+carry proves nothing. Every table has a bound.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from dataclasses import replace
+
+import pytest
+
+from agent.discovery import swim as sw
+from agent.discovery import swim_proofs
+from agent.discovery.swim_io import SwimDriver
+from agent.discovery.swim_proofs import ProofBook
+from agent.identity import WINDOW_S, Identity
+from agent.peer_client import PeerClient
+from peerserve import wire
+from peerserve.wire import MAX_PROOFS, MemberUpdate, SuspectProof, SwimMessage
+from tests.unit.swim_sim import state_of, url_of
+
+TOKEN = "unit-cluster-token-0123456789"
+IDS = {n: Identity(n, TOKEN, None) for n in ("b", "m", "c1", "c2", "c3", "x")}  # b: us; m: a liar; x: the victim
+
+
+class Clock:
+    def __init__(self, t: float = 1_800_000_000.0) -> None:
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def suspect(origin: str, inc: int = 0, about: str = "x") -> MemberUpdate:
+    return MemberUpdate(about, "suspect", inc, url_of(9), 0, origin)
+
+
+def gossip(sender: str, *updates: MemberUpdate, proofs: tuple[SuspectProof, ...] = ()) -> SwimMessage:
+    return SwimMessage("gossip", sender, 0, 1, url_of(3), updates, proofs=proofs)
+
+
+def own_proof(origin: str, clock: Clock, inc: int = 0) -> SuspectProof:
+    """``origin``'s own signed suspicion of x, as its book attaches it to a message of its own."""
+    msg = ProofBook(IDS[origin], clock).attach(gossip(origin, suspect(origin, inc)))
+    [proof] = msg.proofs
+    return proof
+
+
+def test_our_suspicion_is_signed_once_and_checks_out_anywhere() -> None:
+    clock = Clock()
+    book = ProofBook(IDS["c1"], clock)
+    msg = book.attach(gossip("c1", suspect("c1"), MemberUpdate("c2", "alive", 0, url_of(4))))
+    [proof] = msg.proofs
+    assert (proof.node_id, proof.incarnation, proof.origin) == ("x", 0, "c1")
+    assert book.attach(gossip("c1", suspect("c1"))).proofs == (proof,)  # signed once, reused
+    assert SwimMessage.parse(msg.to_json()) == msg  # travels on the wire
+    assert ProofBook(IDS["b"], clock).check(msg) == [("x", 0, "c1")]
+    clock.t += WINDOW_S  # past half the window: signed anew, so it stays fresh wherever it is relayed
+    assert book.attach(gossip("c1", suspect("c1"))).proofs[0].stamp_ms > proof.stamp_ms
+
+
+def test_a_relay_carries_the_proof_and_the_receiver_counts_only_proven_origins() -> None:
+    clock = Clock()
+    relay, receiver = ProofBook(IDS["m"], clock), ProofBook(IDS["b"], clock)
+    assert relay.check(gossip("c1", suspect("c1"), proofs=(own_proof("c1", clock),))) == [("x", 0, "c1")]
+    relayed = relay.attach(gossip("m", suspect("c1"), suspect("c2")))  # m holds c1's proof, none of c2's
+    assert [p.origin for p in relayed.proofs] == ["c1"]
+    assert receiver.check(relayed) == [("x", 0, "c1")]
+
+
+def test_forged_tampered_stale_and_stray_proofs_prove_nothing() -> None:
+    clock = Clock()
+    receiver = ProofBook(IDS["b"], clock)
+    in_c1s_name = replace(own_proof("m", clock), origin="c1")  # m signs and names c1: the signature is m's
+    card, signature = IDS["m"].sign_detached(in_c1s_name.signing_bytes())
+    forged = replace(in_c1s_name, card=card, signature=signature)
+    tampered = replace(own_proof("c2", clock), incarnation=1)  # c2's proof moved to another incarnation
+    stale = own_proof("c3", Clock(clock.t - WINDOW_S - 1))
+    stray = own_proof("c2", clock)  # genuine, but for an update the message does not carry (c2 at incarnation 0)
+    msg = gossip("m", suspect("c1"), suspect("c2", 1), suspect("c3"), proofs=(forged, tampered, stale, stray))
+    assert receiver.check(msg) == []
+    assert receiver.refused == 3 and receiver.held == {}  # the stray one was not even checked
+    assert receiver.check(gossip("m", suspect("c2"), proofs=(stray,))) == [("x", 0, "c2")]
+    assert receiver.checked == 1 and receiver.check(gossip("m", suspect("c2"), proofs=(stray,))) == [("x", 0, "c2")]
+    assert receiver.checked == 1  # a proof held already is not verified again
+
+
+def test_proofs_per_message_and_proofs_held_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = Clock()
+    book = ProofBook(IDS["b"], clock)
+    many = book.attach(gossip("b", *(suspect("b", about=f"n{i}") for i in range(10))))
+    assert len(many.proofs) == MAX_PROOFS
+    with pytest.raises(wire.WireError):
+        SwimMessage.parse({**many.to_json(), "proofs": [p.to_json() for p in many.proofs] * 2})
+    monkeypatch.setattr(swim_proofs, "MAX_HELD", 3)
+    for i in range(6):
+        book.attach(gossip("b", suspect("b", about=f"n{i}")))
+    assert len(book.held) == 3
+
+
+def driver() -> SwimDriver:
+    """Node b's real driver with m, c1-c3 and x as members."""
+    d = SwimDriver("b", url_of(1), PeerClient(IDS["b"], lambda url: None), sw.SwimConfig(),
+                   lambda: None, lambda s, u: s, lambda t: None)  # type: ignore[arg-type,return-value]  # fmt: skip
+    for i, n in enumerate(("m", "c1", "c2", "c3", "x")):
+        other = sw.Swim(n, url_of(i + 2), sw.SwimConfig(), random.Random(i))
+        d.core.hint(n, other.self_url, "", 0.0)
+        d.core.admitted(n, other.self_url, "", state_of(other), 0.0)
+    return d
+
+
+def confirmers_after(*proof_signers: str, forged_by: str | None = None) -> frozenset[str]:
+    d = driver()
+    clock = Clock()
+    d.proofs.wall = clock
+    proofs = tuple(own_proof(n, clock) for n in proof_signers)
+    if forged_by is not None:  # the liar signs each with its own key but claims the others as origins
+        signed = [IDS[forged_by].sign_detached(p.signing_bytes()) for p in proofs]
+        proofs = tuple(replace(p, card=card, signature=sig) for p, (card, sig) in zip(proofs, signed, strict=True))
+    msg = gossip("m", suspect("c1"), suspect("c2"), suspect("c3"), proofs=proofs)
+    asyncio.run(d.handle("m", msg))
+    sus = d.core.records["x"].suspicion
+    assert sus is not None
+    return sus.confirmers
+
+
+def test_the_driver_counts_a_relayed_confirmer_only_with_its_origins_signature() -> None:
+    assert confirmers_after("c1", "c2", "c3") == {"c1", "c2", "c3"}  # relayed with proofs: Lifeguard's benefit kept
+    assert confirmers_after() == frozenset()  # claims alone: hearsay
+    assert confirmers_after("c1", "c2", "c3", forged_by="m") == frozenset()  # m cannot sign as c1, c2, c3
+
+
+def test_metrics_count_checked_and_refused_proofs() -> None:
+    from types import SimpleNamespace
+
+    from agent.discovery.metrics import MembershipCollector
+
+    d = driver()
+    clock = Clock()
+    d.proofs.wall = clock
+    good = own_proof("c1", clock)
+    bad = replace(own_proof("c2", clock), incarnation=0, signature=good.signature)
+    asyncio.run(d.handle("m", gossip("m", suspect("c1"), suspect("c2"), proofs=(good, bad))))
+    discovery = SimpleNamespace(swim=d, peers=d.peers)
+    samples = {(x.name, tuple(x.labels.items())): x.value for m in MembershipCollector(discovery).collect()  # type: ignore[arg-type]
+               for x in m.samples}  # fmt: skip
+    name = "peerserve_membership_suspicion_proofs_total"
+    assert samples[(name, (("outcome", "checked"),))] == 1 and samples[(name, (("outcome", "refused"),))] == 1
