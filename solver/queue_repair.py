@@ -588,9 +588,11 @@ def _opens_for_sliver(pools: Pools, c: int, dst: int, amount: float, lam: FloatA
 
 def _sliver_limit(pools: Pools, c: int, dst: int, k: int) -> float:
     """Req/s below which part of class c's stream opens no instance at ``dst``: ``SLIVER`` of one instance's load,
-    or (``HAIR_OPENS``) ``HAIR_TOLERANCE`` of the stream's rate, a part within the relaxation's own error of it."""
-    limit = SLIVER * float(pools.cap[dst, k])
-    return max(limit, HAIR_TOLERANCE * float(pools.q.rate[c])) if not HAIR_OPENS else limit
+    or (not ``HAIR_OPENS``) a hair: within the relaxation's own error of the stream (``HAIR_TOLERANCE`` of its
+    rate) and as little of the new instance's load (a slow node's instance may be worth a hair of a stream)."""
+    cap = float(pools.cap[dst, k])
+    hair = 0.0 if HAIR_OPENS else HAIR_TOLERANCE * min(float(pools.q.rate[c]), cap)
+    return max(SLIVER * cap, hair)
 
 
 def bound_excess(pools: Pools, k: int, state: tuple[FloatArray, IntArray] | None = None) -> int:
