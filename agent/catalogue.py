@@ -169,7 +169,8 @@ def _within_service_time(figures: Mapping[str, float], where: str, seconds: Call
             raise ConfigError(
                 f"{where}.{node_class}",
                 f"{value:g} means {seconds(value):.3g} s per request: an instance must answer one request within "
-                f"{MAX_SERVICE_S:g} s (the proxy's limit), i.e. at least {1 / MAX_SERVICE_S:.3g} requests/s",
+                f"{MAX_SERVICE_S:g} s (the proxy's limit), i.e. at least 1/{MAX_SERVICE_S:g} requests/s "
+                f"(exec_ms at most {1000 * MAX_SERVICE_S:g})",
             )
 
 

@@ -27,7 +27,7 @@ from typing import Any
 
 from agent.hysteresis import Births, HoldConfig, Verdict, judge
 from agent.placement import NodeReport, RequestRecord, desired_sets, make_before_break
-from agent.request_window import RequestWindow
+from agent.window_sync import JournaledWindow, WindowDelta
 
 
 # -- events in ---------------------------------------------------------------------------------------
@@ -147,6 +147,9 @@ class Solve:
     requests: tuple[RequestRecord, ...]
     now: float
     held: Mapping[str, Mapping[str, int]] = field(default_factory=dict)  # the status quo to value (hysteresis)
+    # what changed in the window since the last Solve, and its bounds: the solver worker's copy (agent.window_sync)
+    delta: WindowDelta | None = field(default=None, compare=False)
+    window_config: tuple[int, float, float] | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -222,7 +225,7 @@ class LeaderRound:
         self.fenced_at: int | None = None  # a term at or past ours that an agent reported
         self.last_placement: dict[str, Any] | None = None
         self.cursors: OrderedDict[str, int] = OrderedDict()  # node -> last request id taken, LRU order
-        self.window = RequestWindow(config.max_window, config.window_s, config.max_clock_ahead_s)
+        self.window = JournaledWindow(config.max_window, config.window_s, config.max_clock_ahead_s)
         self.births = Births()  # when each (node, model) count last grew: the minimum dwell
         self.last_running: dict[str, dict[str, int]] = {}  # last round's nodes with instances: who was lost
         self.last_reports: dict[str, NodeReport] = {}  # last round's fresh reports (members only)
@@ -337,7 +340,8 @@ class LeaderRound:
         self.phase = Phase.SOLVING
         self._expire_targets(r)
         nodes = tuple(r.reports[n] for n in sorted(r.reports))
-        return [Solve(r.number, nodes, self.window.records(), now, self._status_quo(r))]
+        records, delta = self.window.records(), self.window.take_delta()
+        return [Solve(r.number, nodes, records, now, self._status_quo(r), delta, self.window.config())]
 
     def _expire_targets(self, r: _Round) -> None:
         """Count, per (node, model), the rounds a fresh report runs fewer than the target; at ``target_rounds``

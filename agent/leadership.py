@@ -21,8 +21,9 @@ import httpx
 
 from agent import leader_round as lr
 from agent.hysteresis import HoldConfig
-from agent.placement import build_snapshot, parse_node_report, parse_request
+from agent.placement import parse_node_report, parse_request
 from agent.solver_worker import SolverWorker
+from agent.window_sync import BuildInputs, WindowBuild
 from coordinator_election import (
     Action,
     Announce,
@@ -293,23 +294,25 @@ class Leadership:
         return await self.agent.peer_client.get_json(url, params)
 
     async def _solve(self, solve: lr.Solve) -> lr.Solved | lr.SolveFailed:
-        """Build the snapshot and solve it in the worker process (the one place that solves)."""
+        """Solve in the worker process (the one place that solves); it builds the snapshot there too, from its copy
+        of the request window (agent.window_sync), so the build holds no GIL of this serving process."""
         s = self.agent.settings
+        inputs = BuildInputs(solve.nodes, self.agent.catalogue.current, solve.now, s.placement_objective,
+                             s.request_window_s)  # fmt: skip
         try:
-            snapshot = await asyncio.to_thread(  # off the event loop: the window can hold many records
-                build_snapshot,
-                list(solve.nodes),
-                list(solve.requests),
-                self.agent.catalogue.current,
-                solve.now,
-                s.placement_objective,
-                s.request_window_s,
-            )
-            plan, fallback = await self.solver.solve(snapshot, s.placement_method, s.placement_mode, solve.held)
+            if solve.delta is None or solve.window_config is None:  # a Solve made without the round's window
+                snapshot = await asyncio.to_thread(inputs.build, solve.requests)
+                plan, fallback = await self.solver.solve(snapshot, s.placement_method, s.placement_mode, solve.held)
+                requests = len(snapshot["requests"])
+            else:
+                build = WindowBuild(solve.delta, solve.requests, solve.window_config, inputs)
+                plan, fallback, requests = await self.solver.solve_window(
+                    build, s.placement_method, s.placement_mode, solve.held
+                )
         except Exception as exc:  # the worker died or the solver raised
             log.exception("placement solve failed")
             return lr.SolveFailed(self.agent.clock(), solve.round, f"{type(exc).__name__}: {exc}")
-        return lr.Solved(self.agent.clock(), solve.round, plan, len(snapshot["requests"]), fallback)
+        return lr.Solved(self.agent.clock(), solve.round, plan, requests, fallback)
 
     async def _command(self, c: lr.Command) -> lr.Acknowledged | lr.CommandFailed | lr.Fenced:
         """One signed ``PUT /control/desired`` attempt on the peer plane (the round machine decides on retries)."""

@@ -9,7 +9,11 @@ Protocol, one JSON object per line: request ``{"snapshot": {...}, "method": str,
 (``held``: node -> model -> count, the leader's status quo; absent: the snapshot's running instances) on the
 worker's stdin; reply ``{"plan": {...}, "fallback": str}`` (``fallback`` names the missing solver when
 least-loaded stood in for it; under a queue objective the plan carries ``running_value``, the running
-instances valued by solver.hold for the leader's hysteresis) or ``{"error": str}`` on its stdout. The
+instances valued by solver.hold for the leader's hysteresis) or ``{"error": str}`` on its stdout. A request may
+carry ``{"window": {...}, "build": {...}}`` instead of the snapshot: the worker updates its copy of the leader's
+request window (agent.window_sync; it holds up to the window's 50,000 records, ~1 KB each), builds the snapshot
+itself and adds ``"requests"`` (the snapshot's count) to the reply; a window message that does not follow its copy
+gets ``{"error": str, "resync": true}`` and the leader sends the whole window. The
 worker exits at end of input and dies with the agent (PR_SET_PDEATHSIG), even when it is SIGKILLed. Solving happens in
 another process because the solver holds the GIL for the length of a solve, which would stall the API.
 """
@@ -31,6 +35,8 @@ import threading
 from collections.abc import Mapping
 from typing import IO, Any
 
+from agent.window_sync import BuildInputs, WindowBuild, WindowSyncError, WorkerWindow, encode_delta, encode_reset
+
 log = logging.getLogger(__name__)
 
 MAX_REPLY_BYTES = 64 * 1024 * 1024  # a plan for thousands of requests is well under 1 MB
@@ -50,6 +56,8 @@ class SolverWorker:
         self._proc: subprocess.Popen[bytes] | None = None
         self._wanted = False  # between start() and stop(): a dead worker is replaced on the next solve
         self._lock = threading.Lock()  # one request in flight: the pipe carries one reply at a time
+        self._synced: tuple[int, int] | None = None  # (worker pid, window sequence) its window copy is at
+        self.resets = 0  # window requests sent whole (a new worker, a refused delta, a journal gap)
 
     @property
     def pid(self) -> int | None:
@@ -116,6 +124,47 @@ class SolverWorker:
             raise SolverWorkerError(str(reply["error"]))
         return reply["plan"], str(reply.get("fallback", ""))
 
+    async def solve_window(
+        self, build: WindowBuild, method: str, mode: str, held: Mapping[str, Mapping[str, int]] | None = None
+    ) -> tuple[dict[str, Any], str, int]:
+        """(plan, fallback, requests in the snapshot): the worker builds the snapshot from its copy of the window
+        (agent.window_sync), updated by ``build.delta``, or reset to ``build.records`` when it is not at the delta's
+        base (a new worker, a failed solve, a journal gap). Raises SolverWorkerError, like ``solve``."""
+        if not self._wanted:
+            raise SolverWorkerError("no solver worker: this node does not lead")
+        self.start()
+        proc = self._proc
+        assert proc is not None
+        tail = json.dumps({"build": build.inputs.to_json(), "method": method, "mode": mode, "held": held})
+        reply = await asyncio.to_thread(self._window_round_trip, proc, build, tail)
+        if "error" in reply:
+            raise SolverWorkerError(str(reply["error"]))
+        return reply["plan"], str(reply.get("fallback", "")), int(reply.get("requests", 0))
+
+    def _window_round_trip(self, proc: subprocess.Popen[bytes], build: WindowBuild, tail: str) -> dict[str, Any]:
+        """One request with the window's delta (a reset where the worker is not at its base; once more as a reset
+        when the worker refuses the delta). Runs in a thread: the encoding lets the event loop in between chunks."""
+        delta = build.delta
+        for reset in (self._synced != (proc.pid, delta.base) or delta.gap, True):
+            window = encode_reset(build.records, delta.seq, build.config) if reset else encode_delta(delta)
+            if reset:
+                self.resets += 1
+                log.info("solver worker gets the whole request window (%d records)", len(build.records))
+            self._synced = None  # until the worker says it applied this one
+            try:
+                reply = self._round_trip(proc, f'{{"window":{window},{tail[1:]}\n'.encode())
+            except SolverWorkerError:
+                if proc is self._proc and proc.poll() is None:
+                    self._kill()
+                raise
+            if not reply.get("resync"):
+                if "plan" in reply:
+                    self._synced = (proc.pid, delta.seq)
+                return reply
+            if reset:
+                break
+        return reply
+
     def _round_trip(self, proc: subprocess.Popen[bytes], request: bytes) -> dict[str, Any]:
         assert proc.stdin is not None and proc.stdout is not None
         with self._lock:
@@ -161,24 +210,36 @@ def _reap(proc: subprocess.Popen[bytes]) -> None:
 # -- the worker process ------------------------------------------------------------------------------
 
 
-def solve_request(request: Any) -> dict[str, Any]:
-    """One reply for one request; falls back to least-loaded when Ipopt/HiGHS are not installed."""
+def solve_request(request: Any, mirror: WorkerWindow | None = None) -> dict[str, Any]:
+    """One reply for one request; falls back to least-loaded when Ipopt/HiGHS are not installed. A request with a
+    ``window`` (and ``build``) instead of a ``snapshot`` updates ``mirror`` and builds the snapshot from it; a
+    window message that does not follow the mirror's state is answered ``{"error": .., "resync": true}``."""
     from solver import Snapshot, SolverUnavailableError
     from solver.api import solve
 
     if not isinstance(request, dict):
         return {"error": "request is not a JSON object"}
+    built: int | None = None
+    if "window" in request:
+        mirror = mirror if mirror is not None else WorkerWindow()
+        try:
+            mirror.apply(request["window"])
+        except WindowSyncError as exc:
+            return {"error": str(exc), "resync": True}
+        snapshot = BuildInputs.from_json(request["build"]).build(mirror.records())
+        request, built = {**request, "snapshot": snapshot}, len(snapshot["requests"])
     snap = Snapshot.from_dict(request.get("snapshot"))
     method, mode = str(request.get("method", "ipopt")), str(request.get("mode", "1"))
     try:
         plan = solve(snap, method=method, mode=mode).to_dict()
     except SolverUnavailableError as exc:
-        return {"plan": solve(snap, method="least-loaded", mode=mode).to_dict(), "fallback": str(exc)}
+        plan = solve(snap, method="least-loaded", mode=mode).to_dict()
+        return {"plan": plan, "fallback": str(exc), **({} if built is None else {"requests": built})}
     if snap.objective in ("queue", "queue-p99"):  # the status quo's value, for the leader's hysteresis
         from solver.hold import parse_counts, value_running
 
         plan["running_value"] = value_running(snap, parse_counts(request.get("held"))).to_dict()
-    return {"plan": plan, "fallback": ""}
+    return {"plan": plan, "fallback": ""} if built is None else {"plan": plan, "fallback": "", "requests": built}
 
 
 def warm_up(method: str) -> None:
@@ -213,9 +274,10 @@ def _protocol_stdout() -> IO[str]:
 
 def serve(requests: IO[bytes], replies: IO[str]) -> None:
     """Answer requests line by line until end of input."""
+    mirror = WorkerWindow()  # the leader's request window, kept between rounds (agent.window_sync)
     for line in requests:
         try:
-            reply = solve_request(json.loads(line))
+            reply = solve_request(json.loads(line), mirror)
         except Exception as exc:  # a bad request or a solver failure: report it, keep serving
             reply = {"error": f"{type(exc).__name__}: {exc}"}
         replies.write(json.dumps(reply) + "\n")

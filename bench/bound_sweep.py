@@ -50,6 +50,7 @@ from solver.queue_plan import mean_latency_ms
 from solver.queue_repair import Pools, repair
 from solver.queue_sched import add_where_behind
 from solver.queue_split import best_split
+from solver.queue_split_load import resplit_by_load
 from solver.queueing import RHO_MAX
 from solver.snapshot import Model, Node, Request, Snapshot
 from solver.tail_cap import with_tail_cap
@@ -162,6 +163,7 @@ def final_pools(q: QueueProblem) -> Pools:
     close_pools_fast(pools)
     move_instances(pools)
     best_split(pools)
+    resplit_by_load(pools)
     add_where_behind(pools)
     return pools
 

@@ -88,12 +88,18 @@ def node_speeds_once(
     """``node_speeds``, the last call's figures again where the inputs are the same (the plan's check for a node
     that falls behind, solver.queue_sched, and its published planned queue read the same placement)."""
     parts = [np.ascontiguousarray(a, dtype=float) for a in (lam, mu, counts, cores)]
-    switches = (parts[0].shape, LAW_BOUNDED, cpu_law.EXACT_MAX, CAP, MAX_ROUNDS, TOL)
+    switches = (
+        tuple(a.shape for a in parts),
+        (LAW_BOUNDED, cpu_law.EXACT_MAX, cpu_law.POINTS, cpu_law.WIDTH, cpu_law.TAIL),
+        (CAP, MAX_ROUNDS, TOL, BISECT, GUESS_ROUNDS),
+    )
     key = b"|".join([repr(switches).encode(), *(a.tobytes() for a in parts)])
     last = _LAST[0] if _LAST else None  # read once: another thread may replace it
     if last is not None and last[0] == key:
         return last[1]
     figures = node_speeds(*parts)
+    for shared in (figures.load, figures.speed, figures.sojourn_ms):
+        shared.flags.writeable = False  # handed out again: no caller may change what the next one reads
     _LAST[:] = [(key, figures)]
     return figures
 

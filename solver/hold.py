@@ -165,12 +165,15 @@ def _lam(q: QueueProblem, x: FloatArray) -> FloatArray:
     return np.asarray(x.T @ onehot)
 
 
-def _delay(q: QueueProblem, lam: FloatArray, n: Servers) -> tuple[FloatArray, FloatArray]:
+def _delay(
+    q: QueueProblem, lam: FloatArray, n: Servers, allotted: tuple[FloatArray, FloatArray] | None = None
+) -> tuple[FloatArray, FloatArray]:
     """(D, dD/dlam) per pool, solver.queueing.PoolDelay's formulas at load cap EVAL_RHO over the servers the
-    node's cores give the pools at these rates (``pool_servers``; by the envelope theorem the allotment's own
-    change adds nothing to the derivative), or over fixed servers ``n`` (an array); 0 where no instance runs."""
+    node's cores give the pools at these rates (``pool_servers``, or ``allotted`` where the caller has it; by the
+    envelope theorem the allotment's own change adds nothing to the derivative), or over fixed servers ``n``
+    (an array); 0 where no instance runs."""
     if isinstance(n, Held):
-        servers, load = pool_servers(lam, q.mu, n.counts, n.cores)
+        servers, load = pool_servers(lam, q.mu, n.counts, n.cores) if allotted is None else allotted
         on = n.counts > 0
     else:
         servers, load, on = n, np.zeros(n.shape), n > 0
@@ -252,11 +255,12 @@ def _gradient_curvature(q: QueueProblem, n: Servers, x: FloatArray) -> tuple[Flo
     Exact on fixed servers and on nodes with a core per instance; where a node shares its cores by load it is the
     pool's own servers' curvature, not the shared level's (a scale for the step only: the line search sets it)."""
     lam = _lam(q, x)
-    _, d1 = _delay(q, lam, n)
     if isinstance(n, Held):
         servers, load = pool_servers(lam, q.mu, n.counts, n.cores)
+        _, d1 = _delay(q, lam, n, (servers, load))  # the same allotment, computed once
         servers = np.where(servers > 0, servers, n.counts)  # an idle pool: its instances (its first request's)
     else:
+        _, d1 = _delay(q, lam, n)
         servers, load = n, np.where(n > 0, lam / np.where(n > 0, n * q.mu, 1.0), 0.0)
     t = load * q.mu
     h = np.where(

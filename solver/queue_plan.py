@@ -80,9 +80,11 @@ def _solve(q: QueueProblem, extra: dict[str, Any]) -> Plan:
     closed = close_pools_fast(pools)
     from solver.queue_move import move_instances  # solver.hold (their Frank-Wolfe) imports this module
     from solver.queue_split import best_split
+    from solver.queue_split_load import resplit_by_load
 
     moved = move_instances(pools)
     resplit = best_split(pools)
+    by_load = resplit_by_load(pools)
     behind = add_where_behind(pools)  # where the node's scheduler would fall behind (solver.queue_sched)
     details: dict[str, Any] = {
         **extra,
@@ -96,6 +98,7 @@ def _solve(q: QueueProblem, extra: dict[str, Any]) -> Plan:
         "pools_closed": closed,
         "instances_moved": moved,
         "resplit": resplit,
+        "resplit_by_load": by_load,
         "scheduler_added": behind,
         "relaxation_instances": round(float(nlp.n.sum()), 3),
         "rate_rps": round(float(q.rate.sum()), 6),

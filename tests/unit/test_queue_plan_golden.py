@@ -1,6 +1,6 @@
 """The whole integer part on fixed inputs, recorded bit for bit (tests/unit/data/queue_plan_golden.json): repair,
-pool closing, instance moves, the best split and the plan's figures. A speed-up of any of them must give the
-same plans, exactly (issue 16 item 5; test_queue_integer_golden covers closing and the split alone).
+pool closing, instance moves, the best split, the split by load and the plan's figures. A speed-up of any of them
+must give the same plans, exactly (issue 16 item 5; test_queue_integer_golden covers closing and the split alone).
 
 The inputs are test_queue_repair_golden's synthetic relaxation outputs (nodes with 1-4 cores or none), with
 every node given 4 cores in a third variant so that instance moves to idle cores happen. Floats are compared
@@ -21,6 +21,7 @@ from solver.queue_move import move_instances
 from solver.queue_plan import make_queue_plan, planned_queue, spread
 from solver.queue_repair import repair
 from solver.queue_split import best_split
+from solver.queue_split_load import resplit_by_load
 from tests.unit.test_queue_repair_golden import cases
 
 GOLDEN = Path(__file__).parent / "data" / "queue_plan_golden.json"
@@ -39,7 +40,7 @@ def record() -> dict[str, Any]:
     for s, q, x, rejected, n in cases():
         for variant, qq in (("drawn", q), ("four", _with_cores(q, 4.0))):
             pools = repair(qq, x, rejected, n)
-            steps = [close_pools_fast(pools), move_instances(pools), best_split(pools)]
+            steps = [close_pools_fast(pools), move_instances(pools), best_split(pools), resplit_by_load(pools)]
             details = {"spread": spread(qq, pools), "planned_queue": planned_queue(qq, pools)}
             plan = make_queue_plan(qq, pools, "ipopt", "optimal", details)
             out[f"{s}/{variant}"] = {

@@ -13,7 +13,7 @@ import pytest
 
 from bench.allot_bench import passes_repair, simulate_arrays, solved
 from bench.bound_sweep import overloaded_seed, past_bound
-from solver import cpu_speed, queue_sched
+from solver import cpu_law, cpu_speed, queue_sched
 from solver.api import solve
 from solver.cpu_speed import CAP, node_speeds
 from solver.queue_repair import Pools
@@ -92,3 +92,15 @@ def test_the_memo_gives_the_same_figures_and_sees_a_switch(monkeypatch: pytest.M
     np.testing.assert_array_equal(first.load, node_speeds(lam, mu, n, c).load)
     monkeypatch.setattr(cpu_speed, "LAW_BOUNDED", False)
     assert cpu_speed.node_speeds_once(lam, mu, n, c) is not first
+    monkeypatch.setattr(cpu_law, "POINTS", 65)  # the bounded law's own constants are part of the key too
+    third = cpu_speed.node_speeds_once(lam, mu, n, c)
+    assert cpu_speed.node_speeds_once(lam, mu, n, c) is third
+
+
+def test_the_memo_hands_out_figures_nobody_can_change() -> None:
+    """node_speeds_once's figures are read-only: a caller writing into them would change the next caller's."""
+    lam, mu, n, c = np.array([[30.0]]), np.array([[100.0]]), np.array([[1]]), np.array([1.0])
+    figures = cpu_speed.node_speeds_once(lam, mu, n, c)
+    for shared in (figures.load, figures.speed, figures.sojourn_ms):
+        with pytest.raises(ValueError):
+            shared[0, 0] = 0.5

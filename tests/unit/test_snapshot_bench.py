@@ -19,3 +19,19 @@ def test_it_times_each_size(capsys: pytest.CaptureFixture[str]) -> None:
     assert set(figures) == {"50", "200"} and all(ms > 0 for ms in figures.values())
     assert main(["--records", "100", "--reps", "1", "--json"]) == 0
     assert '"now_ms": {"100":' in capsys.readouterr().out
+
+
+def test_it_times_the_hand_off_to_the_solver_worker(capsys: pytest.CaptureFixture[str]) -> None:
+    from bench.snapshot_bench import handoff
+
+    figures = handoff([300], 1, 50)
+    assert figures["300"]["round_ms"] > 0 and figures["300"]["reset_ms"] > 0
+    assert main(["--records", "100", "--reps", "1", "--new-per-round", "10"]) == 0
+    assert "reset (a new worker only)" in capsys.readouterr().out
+
+
+def test_it_times_the_event_loop_while_a_round_is_solved() -> None:
+    from bench.snapshot_bench import loop_lag
+
+    figures = loop_lag([300], 1)
+    assert set(figures["300"]) == {"worker_ms", "thread_ms"} and all(v >= -1 for v in figures["300"].values())

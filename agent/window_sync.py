@@ -1,0 +1,257 @@
+"""The leader's request window mirrored in the solver worker: the snapshot is built there, not in the serving process.
+
+``build_snapshot`` over a full window (50,000 records) is ~150 ms of pure Python; in a thread of the agent it holds
+the GIL and the leader's proxied requests and endpoint answers wait behind it (bench/leader_stall_bench.py). Sending
+the whole window to the worker every round costs about as much as the build (encoding 50,000 records: ~400 ms as
+JSON, ~230 ms pickled, ~95 ms marshalled, and the worker decodes them again), so the worker keeps a copy of the
+window and each round sends only what changed:
+
+* ``JournaledWindow`` (the round machine's window, agent/leader_round.py) journals every ``add`` (node, records,
+  now) and ``expire`` (now) as events with a sequence number; ``take_delta`` drains them once per solve. The journal
+  is bounded (``max_records`` records in its events, as the window): past it the events are dropped and the delta
+  says so (``gap``), and the receiver must start again from the whole window.
+* ``WorkerWindow`` (in the worker) replays the events through the same ``RequestWindow`` code, so its records are the
+  leader's, in the same order: the same snapshot, the same plan. A message whose base is not the worker's sequence
+  is refused (``WindowSyncError``); a ``reset`` message carries the whole window (a new worker, after a gap).
+
+Wire form (JSON, the worker's line protocol): ``{"base": int, "seq": int, "events": [...]}`` or ``{"seq": int,
+"reset": [[node, records], ...], "config": [max_records, window_s, max_ahead_s]}``; an event is ``["add",
+node, now, records]`` or ``["expire", now]``; ``records`` is a list of base64 strings, each a marshalled list of up
+to ENCODE_CHUNK ``(ts, model, client, {node: rtt_ms}, node|None, latency_ms|None, status)`` (floats exactly).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import logging
+import marshal
+from collections import deque
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from agent.catalogue import Catalogue, ModelSpec
+from agent.placement import NodeReport, RequestRecord, build_snapshot
+from agent.request_window import RequestWindow
+
+log = logging.getLogger(__name__)
+
+ENCODE_CHUNK = 1000  # records per marshal.dumps call: a C call holds the GIL whole, so big ones are cut up
+
+AddEvent = tuple[str, str, float, tuple[RequestRecord, ...]]
+ExpireEvent = tuple[str, float]
+WindowEvent = AddEvent | ExpireEvent
+
+
+class WindowSyncError(ValueError):
+    """A window message that does not follow what the worker holds (base != its sequence), or is malformed."""
+
+
+@dataclass(frozen=True)
+class WindowDelta:
+    """The window's events since the last ``take_delta``: sequence ``base`` -> ``seq``; ``gap``: some were dropped."""
+
+    base: int
+    seq: int
+    events: tuple[WindowEvent, ...] = field(default=(), compare=False)
+    gap: bool = False
+
+
+class JournaledWindow(RequestWindow):
+    """A RequestWindow that journals its changes for a mirror (bounded: ``max_records`` records in the journal)."""
+
+    def __init__(self, max_records: int, window_s: float, max_ahead_s: float) -> None:
+        super().__init__(max_records, window_s, max_ahead_s)
+        self.seq = 0
+        self._base = 0  # the sequence before the journal's first event
+        self._journal: list[WindowEvent] = []
+        self._journaled = 0  # records in the journal's add events
+        self._gap = False
+
+    def add(self, node: str, records: Iterable[RequestRecord], now: float) -> int:
+        records = tuple(records)
+        self._journal_event(("add", node, now, records), len(records))
+        return super().add(node, records, now)
+
+    def expire(self, now: float) -> None:
+        self._journal_event(("expire", now), 0)
+        super().expire(now)
+
+    def clear(self) -> None:
+        super().clear()
+        self._drop_journal()  # nothing to replay: the mirror must start again from the (empty) window
+
+    def _journal_event(self, event: WindowEvent, records: int) -> None:
+        self.seq += 1
+        if self._journaled + records > self.max_records:  # bounded: a mirror that fell this far behind resets
+            self._drop_journal()
+            return
+        self._journal.append(event)
+        self._journaled += records
+
+    def _drop_journal(self) -> None:
+        self._journal, self._journaled, self._gap = [], 0, True
+
+    def take_delta(self) -> WindowDelta:
+        """The events since the last call (drained): what a mirror at ``base`` applies to reach ``seq``."""
+        delta = WindowDelta(self._base, self.seq, tuple(self._journal), self._gap)
+        self._base, self._journal, self._journaled, self._gap = self.seq, [], 0, False
+        return delta
+
+    def config(self) -> tuple[int, float, float]:
+        """The window's bounds as a mirror needs them: (max_records, window_s, max_ahead_s)."""
+        return (self.max_records, self.window_s, self.max_ahead_s)
+
+    def journal_records(self) -> int:
+        """Records held by the journal's events (at most ``max_records``)."""
+        return self._journaled
+
+
+def record_row(r: RequestRecord) -> tuple[Any, ...]:
+    """A record as it crosses the pipe (``logged_by`` is the node of the event that carries it)."""
+    return (r.ts, r.model, r.client, dict(r.rtt_ms), r.node, r.latency_ms, r.status)
+
+
+def row_record(row: Sequence[Any], logged_by: str | None = None) -> RequestRecord:
+    """The record back from ``record_row``'s tuple."""
+    ts, model, client, rtt_ms, node, latency_ms, status = row
+    return RequestRecord(float(ts), str(model), str(client), dict(rtt_ms), node, latency_ms, int(status), logged_by)
+
+
+def encode_records(records: Sequence[RequestRecord]) -> str:
+    """A JSON array of chunks, each ``ENCODE_CHUNK`` record rows marshalled and base64-encoded: binary floats (JSON's
+    float repr made a whole window ~4x dearer) in short C calls (other threads run in between). The worker reads what
+    its own agent wrote, with the same interpreter: marshal's format is the same on both ends."""
+    chunks = (base64.b64encode(marshal.dumps([record_row(r) for r in records[i : i + ENCODE_CHUNK]])).decode()
+              for i in range(0, len(records), ENCODE_CHUNK))  # fmt: skip
+    return "[" + ",".join(f'"{c}"' for c in chunks) + "]"
+
+
+def decode_rows(chunks: Iterable[str]) -> list[Sequence[Any]]:
+    """The record rows back from ``encode_records``'s chunks; raises ValueError on anything else."""
+    rows: list[Sequence[Any]] = []
+    for chunk in chunks:
+        try:
+            part = marshal.loads(base64.b64decode(chunk, validate=True))
+        except (EOFError, TypeError, binascii.Error) as exc:
+            raise ValueError(f"not a chunk of records: {exc}") from exc
+        if not isinstance(part, list):
+            raise ValueError("not a chunk of records")
+        rows.extend(part)
+    return rows
+
+
+def encode_delta(delta: WindowDelta) -> str:
+    """The JSON text of a delta message (``delta.gap`` must be False: a gap needs ``encode_reset``)."""
+    events = []
+    for event in delta.events:
+        if event[0] == "add":
+            _, node, now, records = event  # type: ignore[misc]
+            events.append(f'["add",{json.dumps(node)},{json.dumps(now)},{encode_records(records)}]')
+        else:
+            events.append(f'["expire",{json.dumps(event[1])}]')
+    return f'{{"base":{delta.base},"seq":{delta.seq},"events":[{",".join(events)}]}}'
+
+
+def encode_reset(records: Sequence[RequestRecord], seq: int, config: tuple[int, float, float]) -> str:
+    """The JSON text of a reset message: the whole window at sequence ``seq`` (``RequestWindow.records()``: node by
+    node, each ``logged_by`` its node) with its bounds (max_records, window_s, max_ahead_s)."""
+    groups: list[tuple[str | None, list[RequestRecord]]] = []
+    for r in records:
+        if not groups or groups[-1][0] != r.logged_by:
+            groups.append((r.logged_by, []))
+        groups[-1][1].append(r)
+    nodes = ",".join(f"[{json.dumps(node)},{encode_records(rs)}]" for node, rs in groups)
+    return f'{{"seq":{seq},"config":{json.dumps(list(config))},"reset":[{nodes}]}}'
+
+
+class WorkerWindow:
+    """The worker's copy of the leader's window: replays delta messages, or starts again from a reset."""
+
+    def __init__(self) -> None:
+        self.window: RequestWindow | None = None
+        self.seq = -1  # nothing held yet: only a reset is accepted
+
+    def apply(self, message: Mapping[str, Any]) -> None:
+        """Apply one window message; raises WindowSyncError when it does not follow what is held."""
+        try:
+            if "reset" in message:
+                self._reset(message)
+            else:
+                self._replay(message)
+        except (KeyError, TypeError, ValueError) as exc:
+            self.window, self.seq = None, -1  # half applied: only a reset may follow
+            if isinstance(exc, WindowSyncError):
+                raise
+            raise WindowSyncError(f"malformed window message: {type(exc).__name__}: {exc}") from exc
+
+    def _reset(self, message: Mapping[str, Any]) -> None:
+        max_records, window_s, max_ahead_s = message["config"]
+        window = RequestWindow(int(max_records), float(window_s), float(max_ahead_s))
+        for node, rows in message["reset"]:
+            records = deque(row_record(row, str(node)) for row in decode_rows(rows))
+            if records:
+                window._by_node[str(node)] = records
+        window._size = sum(len(d) for d in window._by_node.values())
+        self.window, self.seq = window, int(message["seq"])
+
+    def _replay(self, message: Mapping[str, Any]) -> None:
+        if self.window is None or int(message["base"]) != self.seq:
+            raise WindowSyncError(f"window delta from {message.get('base')} but the worker holds {self.seq}")
+        for event in message["events"]:
+            if event[0] == "add":
+                self.window.add(str(event[1]), [row_record(row) for row in decode_rows(event[3])], float(event[2]))
+            elif event[0] == "expire":
+                self.window.expire(float(event[1]))
+            else:
+                raise WindowSyncError(f"unknown window event {event[0]!r}")
+        self.seq = int(message["seq"])
+
+    def records(self) -> tuple[RequestRecord, ...]:
+        """The window's records (as the leader's ``RequestWindow.records``)."""
+        return self.window.records() if self.window is not None else ()
+
+
+@dataclass(frozen=True)
+class BuildInputs:
+    """``build_snapshot``'s inputs besides the records: the round's reports, the catalogue, the time, the objective."""
+
+    nodes: tuple[NodeReport, ...]
+    catalogue: Catalogue
+    now: float
+    objective: str
+    window_s: float | None
+
+    def to_json(self) -> dict[str, Any]:
+        """The wire form (small: one entry per node and per catalogue model)."""
+        models = [{**asdict(spec), "command": list(spec.command)} for spec in self.catalogue.models.values()]
+        catalogue = {"version": self.catalogue.version, "source": self.catalogue.source, "models": models}
+        return {"nodes": [asdict(n) for n in self.nodes], "now": self.now, "objective": self.objective,
+                "window_s": self.window_s, "catalogue": catalogue}  # fmt: skip
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> BuildInputs:
+        """Back from ``to_json``; raises KeyError/TypeError/ValueError on anything else."""
+        cat = data["catalogue"]
+        specs = [ModelSpec(**{**m, "command": tuple(m["command"])}) for m in cat["models"]]
+        catalogue = Catalogue({s.name: s for s in specs}, str(cat["version"]), str(cat["source"]))
+        window_s = data["window_s"]
+        return cls(tuple(NodeReport(**n) for n in data["nodes"]), catalogue, float(data["now"]), str(data["objective"]),
+                   None if window_s is None else float(window_s))  # fmt: skip
+
+    def build(self, records: Iterable[RequestRecord]) -> dict[str, Any]:
+        """The round's snapshot from these records (agent.placement.build_snapshot)."""
+        return build_snapshot(list(self.nodes), records, self.catalogue, self.now, self.objective, self.window_s)
+
+
+@dataclass(frozen=True)
+class WindowBuild:
+    """One round's snapshot, to be built by the worker: the window's delta, the whole window (for a reset), its
+    bounds, and the rest of ``build_snapshot``'s inputs."""
+
+    delta: WindowDelta
+    records: tuple[RequestRecord, ...]
+    config: tuple[int, float, float]
+    inputs: BuildInputs

@@ -1,0 +1,138 @@
+"""The leader's window mirrored in the solver worker (agent.window_sync): same records and snapshot, bounded journal."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+
+import pytest
+
+from agent.catalogue import builtin_catalogue_text, parse_catalogue
+from agent.placement import NodeReport, RequestRecord, build_snapshot
+from agent.window_sync import (
+    BuildInputs,
+    JournaledWindow,
+    WindowDelta,
+    WindowSyncError,
+    WorkerWindow,
+    encode_delta,
+    encode_reset,
+)
+
+CATALOGUE = parse_catalogue(builtin_catalogue_text(), "test")
+MODELS = list(CATALOGUE.models)
+NODES = ("a", "b", "c")
+
+
+def record(rnd: random.Random, now: float) -> RequestRecord:
+    """A plausible record, with now and then an implausible stamp (NaN, far ahead, long past) or a failure."""
+    ts = rnd.choice([now - rnd.uniform(0, 70), now - rnd.uniform(0, 5), math.nan, now + 500.0, now - 1e6])
+    rtts = {n: rnd.uniform(1, 40) for n in NODES if rnd.random() < 0.9}
+    served = rnd.random() < 0.8
+    return RequestRecord(ts, rnd.choice(MODELS), f"c{rnd.randrange(30)}", rtts, rnd.choice(NODES) if served else None,
+                         rnd.uniform(1, 50) if served else None, rnd.choice([200, 200, 200, 503, 500]))  # fmt: skip
+
+
+Round = tuple[tuple[RequestRecord, ...], tuple[int, float, float], WindowDelta, float]
+
+
+def rounds(seed: int, max_records: int = 100) -> list[Round]:
+    """A leader's window through rounds of pages and expiries (trimmed: ``max_records`` is small), a delta per round."""
+    rnd = random.Random(seed)
+    window = JournaledWindow(max_records, 300.0, 30.0)
+    out = []
+    now = 1000.0
+    for _ in range(8):
+        for _page in range(rnd.randrange(1, 5)):
+            now += rnd.uniform(0, 3)
+            window.add(rnd.choice(NODES), [record(rnd, now) for _ in range(rnd.randrange(0, 40))], now)
+        now += rnd.uniform(0, 20)
+        window.expire(now)
+        out.append((window.records(), window.config(), window.take_delta(), now))
+    return out
+
+
+def inputs(now: float, objective: str = "queue-p99") -> BuildInputs:
+    nodes = tuple(NodeReport(n, 2000.0, 4000.0, 100.0, "default", {MODELS[0]: 1}, cores=4.0) for n in NODES)
+    return BuildInputs(nodes, CATALOGUE, now, objective, 60.0)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_the_mirror_holds_the_leaders_records_and_builds_the_same_snapshot(seed: int) -> None:
+    mirror = WorkerWindow()
+    replayed = 0
+    for i, (records, config, delta, now) in enumerate(rounds(seed)):
+        reset = i == 0 or delta.gap  # as SolverWorker: a gap in the journal needs the whole window
+        replayed += not reset
+        message = encode_reset(records, delta.seq, config) if reset else encode_delta(delta)
+        mirror.apply(json.loads(message))  # as it crosses the pipe
+        assert mirror.records() == records
+        assert [r.logged_by for r in mirror.records()] == [r.logged_by for r in records]
+        for objective in ("queue-p99", "thesis"):
+            theirs = BuildInputs.from_json(json.loads(json.dumps(inputs(now, objective).to_json())))
+            mine = build_snapshot(list(theirs.nodes), records, CATALOGUE, now, objective, 60.0)
+            assert theirs.build(mirror.records()) == mine
+    assert replayed >= 4
+
+
+def test_the_check_catches_a_mirror_that_misses_an_event() -> None:
+    """The comparison above is not decoration: drop one expiry from a delta and the records differ."""
+    mirror = WorkerWindow()
+    differed = False
+    for i, (records, config, delta, _now) in enumerate(rounds(3)):
+        if i == 0:
+            mirror.apply(json.loads(encode_reset(records, delta.seq, config)))
+            continue
+        events = tuple(e for e in delta.events if e[0] != "expire")
+        mirror.apply(json.loads(encode_delta(WindowDelta(delta.base, delta.seq, events))))
+        differed = differed or mirror.records() != records
+    assert differed
+
+
+def test_a_delta_that_does_not_follow_is_refused_and_a_reset_recovers() -> None:
+    steps = rounds(1)
+    mirror = WorkerWindow()
+    with pytest.raises(WindowSyncError, match="holds -1"):
+        mirror.apply(json.loads(encode_delta(steps[0][2])))  # a new worker holds nothing
+    records, config, delta, _ = steps[1]
+    mirror.apply(json.loads(encode_reset(records, delta.seq, config)))
+    with pytest.raises(WindowSyncError, match="from"):
+        mirror.apply(json.loads(encode_delta(steps[3][2])))  # skips round 2's events
+    assert mirror.records() == ()  # refused: only a reset is accepted now
+    records, config, delta, _ = steps[4]
+    mirror.apply(json.loads(encode_reset(records, delta.seq, config)))
+    assert mirror.records() == records
+    mirror.apply(json.loads(encode_delta(steps[5][2])))
+    assert mirror.records() == steps[5][0]
+
+
+def test_malformed_window_messages_are_refused() -> None:
+    mirror = WorkerWindow()
+    for bad in (
+        {"seq": 1, "config": [10, 60.0], "reset": []},
+        {"seq": 1, "config": [10, 60, 30], "reset": [["a", [[1]]]]},
+        {"seq": 1, "config": [10, 60, 30], "reset": [["a", ["not base64!"]]]},
+        {"seq": 1, "config": [10, 60, 30], "reset": [["a", ["AAAA"]]]},  # base64, not a marshalled list
+    ):
+        with pytest.raises(WindowSyncError, match="malformed"):
+            mirror.apply(bad)
+    mirror.apply({"seq": 1, "config": [10, 60, 30], "reset": []})
+    with pytest.raises(WindowSyncError, match="unknown window event"):
+        mirror.apply({"base": 1, "seq": 2, "events": [["drop"]]})
+
+
+def test_the_journal_is_bounded_by_the_windows_record_count_and_a_gap_forces_a_reset() -> None:
+    window = JournaledWindow(100, 60.0, 30.0)
+    rec = RequestRecord(1000.0, MODELS[0], "c", {"a": 1.0}, "a", 5.0, 200)
+    for _ in range(30):
+        window.add("a", [rec] * 7, 1000.0)
+        assert window.journal_records() <= 100
+    delta = window.take_delta()
+    assert delta.gap and delta.seq == 30
+    assert sum(len(e[3]) for e in delta.events if e[0] == "add") <= 100  # type: ignore[misc]
+    window.add("a", [rec] * 7, 1000.0)
+    follow = window.take_delta()
+    assert not follow.gap and follow.base == 30 and follow.seq == 31
+    window.clear()
+    assert window.take_delta().gap  # nothing to replay a clear from
