@@ -2,10 +2,10 @@
 
 Two relaxation answers that are both optimal to Ipopt's tolerance differ by ~1e-3 relative (warm vs cold
 Ipopt). This bench solves each case's relaxation once, runs the integer part (solver.queue_plan._solve's
-steps: repair, pool closing, moves, the best split, the scheduler's additions) from it, then again from
-``--draws`` perturbed copies per size ``--eps``: every rate ``x[c, j]`` and count ``n[j, k]`` times
-``1 + eps u`` (u uniform in [-1, 1], seeded), each stream's rates rescaled to its served total (so the
-served rate is the same), and counts what changes: plans with other instance counts (any pool), other
+steps: repair, pool closing, moves, the best split, the split by load, the scheduler's additions) from it, then
+again from ``--draws`` perturbed copies per size ``--eps``: every rate ``x[c, j]`` and count ``n[j, k]`` times
+``1 + eps u`` (u uniform in [-1, 1], seeded), each stream's rates rescaled to its served total (so the served
+rate is the same), and counts what changes: plans with other instance counts (any pool), other
 total instances, the worst relative change of the total, and the integer objective's and mean latency's
 worst and median relative change. ``first`` names the step after which the counts first differ (repair,
 close, move, split, sched), to find where a difference of 1e-3 becomes another count.
@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-STEPS = ("repair", "close", "move", "split", "sched")
+STEPS = ("repair", "close", "move", "split", "by_load", "sched")
 
 
 def integer_part(q: Any, x: Any, r: Any, n: Any) -> tuple[list[Any], float, float, float, float]:
@@ -48,13 +48,14 @@ def integer_part(q: Any, x: Any, r: Any, n: Any) -> tuple[list[Any], float, floa
     from solver.queue_repair import repair
     from solver.queue_sched import add_where_behind
     from solver.queue_split import best_split
+    from solver.queue_split_load import resplit_by_load
     from solver.too_slow import drop_too_slow
 
     start = time.process_time()
     pools = repair(q, x, r, n if queue_plan.SEED_COUNTS else None)
     pools.too_slow_models = drop_too_slow(pools)
     stages = [pools.counts()]
-    for step in (close_pools_fast, move_instances, best_split, add_where_behind):
+    for step in (close_pools_fast, move_instances, best_split, resplit_by_load, add_where_behind):
         step(pools)
         stages.append(pools.counts())
     ms = 1000.0 * (time.process_time() - start)
