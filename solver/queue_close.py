@@ -24,6 +24,7 @@ import numpy as np
 from solver.node_cpu import effective_servers
 from solver.problem import FloatArray, IntArray
 from solver.queue_repair import TINY, Pools, _evacuate, needed
+from solver.ties import ascending
 
 log = logging.getLogger(__name__)
 
@@ -77,9 +78,11 @@ def closable(pools: Pools) -> list[tuple[int, int]]:
 
 
 def _open_pools(pools: Pools) -> list[tuple[int, int]]:
-    """Pools with traffic, smallest rate first."""
+    """Pools with traffic, smallest rate first (near-ties in pool order: solver.ties)."""
     lam = pools.lam()
-    return sorted(((int(j), int(k)) for j, k in zip(*np.nonzero(lam > TINY), strict=True)), key=lambda jk: lam[jk])
+    open_ = [(int(j), int(k)) for j, k in zip(*np.nonzero(lam > TINY), strict=True)]
+    K = lam.shape[1]
+    return [divmod(f, K) for f in ascending([j * K + k for j, k in open_], [float(lam[jk]) for jk in open_])]
 
 
 def _try_close(pools: Pools, j: int, k: int, before: float) -> bool:

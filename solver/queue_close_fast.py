@@ -37,6 +37,7 @@ from solver.node_cpu import busy, over_cores
 from solver.problem import FloatArray, IntArray
 from solver.queue_close import MOVE_CANDIDATES, close_screen, integer_objective
 from solver.queue_repair import TINY, Pools, needed
+from solver.ties import ascending
 
 log = logging.getLogger(__name__)
 
@@ -146,7 +147,7 @@ def _open_order(lam: FloatArray) -> list[int]:
     """Flat indices (j * K + k) of the pools with traffic, smallest rate first (as ``queue_close._open_pools``)."""
     flat = lam.ravel()
     idx = np.flatnonzero(flat > TINY)
-    return [int(i) for i in idx[np.argsort(flat[idx], kind="stable")]]
+    return ascending(idx.tolist(), flat[idx].tolist())  # near-ties in pool order (solver.ties)
 
 
 def _least_elsewhere(score: FloatArray) -> FloatArray:

@@ -42,6 +42,7 @@ import numpy.typing as npt
 from solver.node_cpu import core_room, over_cores
 from solver.problem import FloatArray, IntArray
 from solver.queue_model import QueueProblem
+from solver.ties import least
 
 TINY = 1e-6
 RoomState = tuple[FloatArray, IntArray, IntArray, FloatArray]  # Pools.room_state: lam, counts, new, core room
@@ -54,6 +55,8 @@ REFILL_OPENS = True  # the freed cores go to step 5 again (new instances within 
 KEEP_EXACT_STATE = True  # step 5 keeps its rates' state where an undone move restored them bit for bit (exact)
 CORES_FIRST = True  # best_destination tests core room first and stops where no node has it (exact)
 SLIVER_FIRST = True  # step 5 refuses a sliver into an empty pool before computing the move's counts (exact)
+HAIR_TOLERANCE = 1e-3  # step 3's hair above whole instances at the cap: the relaxation's error (solver.ties; was 1e-6)
+HAIR_OPENS = False  # step 5 opens an instance for a hair of a stream (HAIR_TOLERANCE of its rate; before: True)
 SKIP_FULL_CORES = True  # step 5 passes over a class whose model has no core room anywhere (exact: nothing moves)
 
 
@@ -248,11 +251,11 @@ def _evacuate(pools: Pools, j: int, k: int, exclude: set[int]) -> bool:
 
 def _fix_cores(pools: Pools) -> None:
     """Step 3's core rule: a node over its busy-work limit sheds its smallest streams' rate to ``rejected``;
-    a pool on a node with cores that Ipopt's tolerance left a hair above whole instances at its cap (where
-    the core row binds) sheds the hair, so it does not count one instance more."""
+    a pool on a node with cores that Ipopt's tolerance left a hair (``HAIR_TOLERANCE`` of its rate) above whole
+    instances at its cap (where the core row binds) sheds the hair, so it does not count one instance more."""
     q, p = pools.q, pools.q.base
     lam, counts = pools.state()
-    hair = np.isfinite(pools.cores)[:, None] & (counts > needed(lam * (1 - 1e-6), pools.cap))
+    hair = np.isfinite(pools.cores)[:, None] & (counts > needed(lam * (1 - HAIR_TOLERANCE), pools.cap))
     for j, k in zip(*np.nonzero(hair), strict=True):
         excess = float(lam[j, k] - (counts[j, k] - 1) * pools.cap[j, k])
         _reject_rate(pools, j, np.flatnonzero((p.class_model == k) & (pools.x[:, j] > 0)).tolist(), excess)
@@ -292,10 +295,10 @@ def _fix_capacity(pools: Pools) -> None:
             if j not in pools.over_budget(pools.counts()):
                 break
             lam, counts = pools.lam()[j], pools.counts()[j]
-            open_k = [k for k in np.argsort(lam, kind="stable").tolist() if counts[k] > pools.q.base.free[j, k]]
+            open_k = [k for k in range(len(lam)) if counts[k] > pools.q.base.free[j, k]]
             if not open_k:
                 break
-            k = open_k[0]
+            k = least(open_k, [float(lam[k]) for k in open_k])  # near-ties: the first (solver.ties)
             excess = float(lam[k] - (counts[k] - 1) * pools.cap[j, k] * (1.0 - 1e-9))
             members = np.nonzero((pools.q.base.class_model == k) & (pools.x[:, j] > 0))[0].tolist()
             _reject_rate(pools, j, _smallest_first(pools, j, members), excess)
@@ -332,7 +335,7 @@ def _bound_spread(pools: Pools, reject: bool = False) -> None:
                         stuck.clear()  # the rejected rate freed core room: a stuck pool may move now
                         continue
                     break
-                smallest = min(open_j, key=lambda j: (lam[j, k], j))
+                smallest = least(open_j, [float(lam[j, k]) for j in open_j])  # near-ties: the first (solver.ties)
                 others = {j for j in range(q.base.n_nodes) if j not in nodes or j == smallest}
                 if not _evacuate(pools, smallest, k, others) and not _gather_with_room(pools, smallest, k, nodes):
                     stuck.add(smallest)
@@ -557,7 +560,8 @@ def _move_within_bound(
     lam = pools.lam()  # the rates after the move, read once for both checks (the same values each reads)
     after = needed(lam, pools.cap)
     part = amount < float(pools.q.rate[c]) * (1 - 1e-6)
-    sliver = BOUND_STEP_5 and part and amount < SLIVER * float(pools.cap[dst, k]) and after[:, k].sum() > before
+    small = amount < _sliver_limit(pools, c, dst, k)
+    sliver = BOUND_STEP_5 and part and small and after[:, k].sum() > before
     if not sliver and bound_excess(pools, k, (lam, after)) <= limit:
         return True
     pools.move(c, dst, None, amount)
@@ -576,10 +580,19 @@ def _opens_for_sliver(pools: Pools, c: int, dst: int, amount: float, lam: FloatA
         SLIVER_FIRST
         and BOUND_STEP_5
         and part
-        and amount < SLIVER * cap
+        and amount < _sliver_limit(pools, c, dst, k)
         and lam[dst, k] == 0.0
         and amount / cap - 1e-9 > 0.0
     )
+
+
+def _sliver_limit(pools: Pools, c: int, dst: int, k: int) -> float:
+    """Req/s below which part of class c's stream opens no instance at ``dst``: ``SLIVER`` of one instance's load,
+    or (not ``HAIR_OPENS``) a hair: within the relaxation's own error of the stream (``HAIR_TOLERANCE`` of its
+    rate) and as little of the new instance's load (a slow node's instance may be worth a hair of a stream)."""
+    cap = float(pools.cap[dst, k])
+    hair = 0.0 if HAIR_OPENS else HAIR_TOLERANCE * min(float(pools.q.rate[c]), cap)
+    return max(SLIVER * cap, hair)
 
 
 def bound_excess(pools: Pools, k: int, state: tuple[FloatArray, IntArray] | None = None) -> int:

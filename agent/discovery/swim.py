@@ -16,8 +16,9 @@ Trust (gossip about a third node is a claim, never proof):
 * a suspect rumour starts our suspicion timer, a dead/left rumour makes us ``Verify`` it with our own probe;
   a rumour never makes dead a node that answers our own probes;
 * a suspect update's ``origin`` confirms a suspicion (Lifeguard) only when proven: the origin sent it itself, or
-  the shell checked the origin's signature (``proof``, agent.discovery.swim_proofs); the clock to death starts at
-  our own missed probe, never at a rumour;
+  the shell checked the origin's signature riding on the same message (``received(..., proven)``,
+  agent.discovery.swim_proofs: nothing proven once counts again); we never count or pass on a suspicion in our
+  own name unless our own probe missed; the clock to death starts at our own missed probe, never at a rumour;
 * incarnation jumps are bounded (``MAX_INC_JUMP``), and every table here has a bound.
 
     alive --our probe and k indirect probes miss / suspect rumour--> suspect --timeout--> dead --> forgotten
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Collection
 from dataclasses import dataclass, field, replace
 
 from coordinator_election.lease import MAX_TERM_AHEAD, LeaseBook
@@ -38,7 +40,6 @@ MAX_CANDIDATES = 64  # hinted (node id, peer url) pairs not yet authenticated
 MAX_BROADCASTS = 512  # queued membership updates (one per node at most; newer facts replace older)
 MAX_INC_JUMP = 64  # an incarnation may rise by at most this much in one message or rumour
 MAX_CONFLICTS = 64
-MAX_PROVEN = 512  # (member, incarnation, origin) suspicions proven by their origin's signature (the shell checks it)
 MAX_HEALTH = 8  # Lifeguard local health: our own periods and timeouts stretch up to (1 + 8) x when we are slow
 
 
@@ -73,6 +74,10 @@ class SwimConfig:
     # authenticated sender). True is the rule before, every distinct claimed origin counted: one member could name
     # k others in one message and cut a lagging node's suspicion to its minimum (tests switch it on to show that).
     unproven_confirmers: bool = False
+    # A suspicion someone says is OURS (origin = us) but our probe never raised is passed on with no origin, and our
+    # shell signs none. True is the rule before: passed on as received, so each node a member told "you suspect x"
+    # signed a genuine suspicion of x (tests switch it on to show the laundering attack).
+    relay_own_name: bool = False
     # A rumour starts our suspicion but not its clock: a member's own miss does (then the timeout, shortened by
     # proven confirmers). True is the rule before, the clock ran from the first rumour: a member that gossiped a
     # suspicion as a node stalled had it dead the moment anyone's own probe missed (a 1.2 s stall, not 2 s).
@@ -80,6 +85,10 @@ class SwimConfig:
     # Lifeguard: each refutation says others could not reach us (a step of local health), but any member can make us
     # refute at will; at most one step per this many seconds (answered probes heal one a period), 0: every one
     refute_health_s: float = 0.2
+    # ... and at most one per our current probe period (probe_interval_s * (1 + health)): answered probes heal one
+    # step a period, so a stream of suspicions cannot outpace them. False: the rule before (a fixed 0.2 s held one
+    # member's victim at MAX_HEALTH, since probes slow down as health rises).
+    refute_health_per_period: bool = True
     max_members: int = MAX_MEMBERS
     max_candidates: int = MAX_CANDIDATES
     max_broadcasts: int = MAX_BROADCASTS
@@ -131,6 +140,7 @@ class FetchState:
 
 
 Instruction = Probe | Gossip | Sync | Admit | FetchState
+Key = tuple[str, int, str]  # a signed suspicion: (member, incarnation, origin)
 
 
 @dataclass(frozen=True)
@@ -218,7 +228,6 @@ class Swim:
     leases: LeaseBook = field(default_factory=LeaseBook)  # newest renewal seen per leader: stale/replays are no news
     _lease_fanout: int = 0  # random members the current renewal still goes to at the next gossip tick
     _lease_skip: frozenset[str] = frozenset()  # who has it already (the sender, the leader)
-    _proven: dict[tuple[str, int, str], None] = field(default_factory=dict)  # signed suspicions seen (oldest first)
     _refuted_at: float = -math.inf  # when a refutation last cost us a step of local health
 
     # -- sizes and timeouts ------------------------------------------------------------------------------
@@ -424,17 +433,19 @@ class Swim:
         verify: bool = False,
         sent: float = -math.inf,
         relays_silent: bool = False,
+        proven: Collection[Key] = (),
     ) -> list[Transition]:
         """How a probe sent at ``sent`` went: the node's own ack (authenticated), else how many relays reached it.
 
         ``verify``: the probe checked a rumour (dead, left, or an unconfirmed suspicion that ran out);
-        ``relays_silent``: not even the relays answered us (Lifeguard: then we are probably the slow one)."""
+        ``relays_silent``: not even the relays answered us (Lifeguard: then we are probably the slow one);
+        ``proven``: the suspicions the ack's own proofs prove (as in ``received``)."""
         rec = self.records.get(node_id)
         if rec is None:
             return []
         if ack is not None and ack.node_id == node_id:
             self._note_health(-1)
-            return self.received(ack, now)[1]
+            return self.received(ack, now, proven)[1]
         if relays_silent:
             self._note_health(+1)
         if indirect_acks > 0 or rec.heard_at >= sent > -math.inf:
@@ -525,10 +536,15 @@ class Swim:
         return SwimMessage("sync", self.self_id, self.incarnation, self.version, self.self_url, tuple(table),
                            self.term, self.leader, lease=self.lease, loads=self.loads)  # fmt: skip
 
-    def received(self, msg: SwimMessage, now: float) -> tuple[SwimMessage | None, list[Transition]]:
+    def received(
+        self, msg: SwimMessage, now: float, proven: Collection[Key] = ()
+    ) -> tuple[SwimMessage | None, list[Transition]]:
         """A message signed by ``msg.node_id`` (the shell checked that): apply it; (our answer, transitions).
 
+        ``proven``: the (member, incarnation, origin) suspicions whose origin's signature rides on THIS message
+        (the shell checked them: agent.discovery.swim_proofs); nothing proven earlier counts again.
         A ``ping_req`` is not answered here: the shell probes the target and answers ``indirect_ack``."""
+        signed = frozenset(proven)
         out: list[Transition] = []
         if msg.node_id != self.self_id:
             if msg.node_id in self.records:
@@ -541,18 +557,20 @@ class Swim:
             if msg.leader is not None and self.term < msg.term <= self.term + MAX_TERM_AHEAD:
                 self.term, self.leader = msg.term, msg.leader  # informational; bounded like election terms
         for update in msg.updates:
-            out += self.apply(update, now, msg.node_id)
+            out += self.apply(update, now, msg.node_id, signed)
         if msg.kind in ("ping", "gossip"):
             return self.message("ack", msg.node_id), out
         if msg.kind == "sync":
             return self.sync_message(), out
         return None, out
 
-    def apply(self, u: MemberUpdate, now: float, sender: str | None = None) -> list[Transition]:
+    def apply(
+        self, u: MemberUpdate, now: float, sender: str | None = None, proven: frozenset[Key] = frozenset()
+    ) -> list[Transition]:
         """A gossiped fact about ``u.node_id`` from ``sender`` (authenticated; None: unknown), not proof unless it
-        is about the sender itself; its ``origin`` is proven only when it is the sender."""
+        is about the sender itself; its ``origin`` is proven only when it is the sender or signed (``proven``)."""
         if u.node_id == self.self_id:
-            return self._about_me(u, self._proven_origin(u, sender), now)
+            return self._about_me(u, self._proven_origin(u, sender, proven), now)
         rec = self.records.get(u.node_id)
         if rec is None:
             if u.status == "alive":
@@ -569,36 +587,59 @@ class Swim:
         if u.incarnation < rec.incarnation or rec.status in ("dead", "left"):
             return []
         if u.status == "suspect":
-            return self._suspect_rumour(rec, u, now, self._proven_origin(u, sender))
+            return self._suspect_rumour(rec, u, now, self._proven_origin(u, sender, proven))
         self._urgent[rec.node_id] = True  # dead or left: we check with our own probe before believing it
         return []
 
-    def proof(self, node_id: str, incarnation: int, origin: str) -> None:
-        """The shell checked ``origin``'s signature on its suspicion of ``node_id`` at ``incarnation`` (relayable)."""
-        if len(self._proven) >= MAX_PROVEN:
-            del self._proven[next(iter(self._proven))]
-        self._proven[(node_id, incarnation, origin)] = None
+    def suspicion_age(self, node_id: str, incarnation: int, origin: str, now: float) -> float | None:
+        """How long the suspicion that ``origin``'s signed word (``node_id`` at ``incarnation``) confirms has been
+        open here (0.0: a message now would open it); None: it confirms nothing here, so it is not worth a check.
 
-    def _proven_origin(self, u: MemberUpdate, sender: str | None) -> str | None:
-        """The update's origin if it is proven (the authenticated sender, or its signature came with it), else None."""
+        Our own word only for our own probed suspicion at that incarnation (never a rumour naming us); another's only
+        for a member, from a member, while the suspicion still takes confirmers (Lifeguard's k)."""
+        rec = self.records.get(node_id)
+        if rec is None or (origin != self.self_id and origin not in self.records):
+            return None
+        sus = rec.suspicion
+        open_now = rec.status == "suspect" and sus is not None and sus.incarnation == incarnation
+        if origin == self.self_id:
+            ours = sus is not None and (sus.probed or self.config.relay_own_name)
+            return now - rec.since if open_now and ours else None
+        if open_now and sus is not None:
+            full = origin not in sus.confirmers and len(sus.confirmers) > self.config.indirect_k
+            return None if full else now - rec.since
+        if rec.status == "alive" and rec.incarnation <= incarnation <= rec.incarnation + MAX_INC_JUMP:
+            return 0.0
+        return None
+
+    def _proven_origin(self, u: MemberUpdate, sender: str | None, proven: frozenset[Key]) -> str | None:
+        """The update's origin if it is proven (the authenticated sender, or its signature came with it), else None;
+        never ourselves (we confirm a suspicion only with our own probe)."""
         if self.config.unproven_confirmers:
             return u.origin or "?"
-        if u.origin and (u.origin == sender or (u.node_id, u.incarnation, u.origin) in self._proven):
+        if not u.origin or u.origin == self.self_id:
+            return None
+        if u.origin == sender or (u.node_id, u.incarnation, u.origin) in proven:
             return u.origin
         return None
 
     def _suspect_rumour(self, rec: Record, u: MemberUpdate, now: float, origin: str | None) -> list[Transition]:
         """A suspect update about a member; only a proven ``origin`` confirms (Lifeguard), a claimed one is hearsay."""
         proven = frozenset({origin}) if origin is not None else frozenset()
+        # passed on as received, but never naming us: our shell signs what names us (a member could have each node
+        # it told "you suspect x" sign a genuine suspicion of x it never probed); the rule before passed it on as is
+        cfg = self.config
+        as_is = u.origin != self.self_id or cfg.unproven_confirmers or cfg.relay_own_name
+        relay = u if as_is else replace(u, origin="")
         if rec.status == "suspect" and rec.suspicion is not None:
             if proven - rec.suspicion.confirmers and len(rec.suspicion.confirmers) <= self.config.indirect_k:
                 sus = replace(rec.suspicion, confirmers=rec.suspicion.confirmers | proven)
                 self.records[rec.node_id] = replace(rec, suspicion=sus)
-                self._enqueue(u)  # a new confirmation travels on
+                self._enqueue(relay)  # a new confirmation travels on
             return []
         sus = Suspicion(now, u.incarnation, proven, False)
         self.records[rec.node_id] = replace(rec, status="suspect", since=now, suspicion=sus, incarnation=u.incarnation)
-        self._enqueue(u)
+        self._enqueue(relay)
         return [Transition(rec.node_id, rec.status, "suspect", f"{origin or 'a rumour'} suspects it")]
 
     def _about_me(self, u: MemberUpdate, origin: str | None, now: float) -> list[Transition]:
@@ -606,7 +647,7 @@ class Swim:
         if u.status == "alive" or u.incarnation < self.incarnation or u.incarnation > self.incarnation + MAX_INC_JUMP:
             return []
         if self.refute:
-            if now - self._refuted_at >= self.config.refute_health_s:
+            if now - self._refuted_at >= self._refute_gap():
                 self._note_health(+1)  # others could not reach us: probably we are the slow one
                 self._refuted_at = now
             self.incarnation = u.incarnation + 1
@@ -614,6 +655,13 @@ class Swim:
             if origin in self.records and len(self._refute_to) < self.config.indirect_k + 1:
                 self._refute_to.add(origin)  # a proven suspecter hears it from us directly, no one else
         return []
+
+    def _refute_gap(self) -> float:
+        """Least time between two refutations that cost us a step of local health (answered probes heal one a
+        period: a member that makes us refute at will must not outpace them)."""
+        cfg = self.config
+        period = cfg.probe_interval_s * (1 + self.health) if cfg.refute_health_per_period else 0.0
+        return max(cfg.refute_health_s, period)
 
     def _own_version(self, node_id: str, version: int) -> None:
         """The node's own word on its state version replaces whatever rumours claimed."""

@@ -116,11 +116,12 @@ class SwimDriver:
         self.core = sw.Swim(node_id, peer_url, config, random.Random())
         self.core.version = int(time.time() * 1000)  # versions rise across restarts: a restarted node is newer
         self.peers = peers
-        self.proofs = ProofBook(peers.identity)  # signed suspicions: Lifeguard's confirmers only where proven
         self.local_state = local_state
         self.admissible = admissible
         self.on_transitions = on_transitions
         self.clock = clock
+        # signed suspicions: Lifeguard's confirmers only where proven, for suspicions the core holds open
+        self.proofs = ProofBook(peers.identity, episode=lambda n, i, o: self.core.suspicion_age(n, i, o, self.clock()))
         self._fingerprint: tuple[tuple[Any, ...], tuple[Any, ...]] | None = None
         self._checked_at = -1e9
         self._bumped_at = -1e9
@@ -278,13 +279,11 @@ class SwimDriver:
         if answer.node_id != node_id:
             raise PeerCallError(f"{node_id} answered in the name of {answer.node_id}", status)
         self.lease_in(answer)
-        self.proofs_in(answer)
         return answer
 
-    def proofs_in(self, msg: SwimMessage) -> None:
-        """Tell the core which suspicions riding on ``msg`` are signed by their origin (before it applies ``msg``)."""
-        for node_id, incarnation, origin in self.proofs.check(msg):
-            self.core.proof(node_id, incarnation, origin)
+    def apply(self, msg: SwimMessage) -> tuple[SwimMessage | None, list[sw.Transition]]:
+        """The core applies ``msg`` with the suspicions its own proofs prove (checked now, nothing kept for later)."""
+        return self.core.received(msg, self.clock(), self.proofs.check(msg))
 
     async def _probe(self, ins: sw.Probe) -> None:
         """SWIM's probe: a direct ping; if it has not answered within the probe timeout, k relays probe the target
@@ -324,7 +323,8 @@ class SwimDriver:
             # make a healthy member look failed)
             self.inconclusive_probes += 1
             return
-        transitions = self.core.probe_result(ins.node_id, ack, acks, self.clock(), ins.verify, sent, silent)
+        proven = self.proofs.check(ack) if ack is not None else ()
+        transitions = self.core.probe_result(ins.node_id, ack, acks, self.clock(), ins.verify, sent, silent, proven)
         self.on_transitions(transitions)
 
     @staticmethod
@@ -352,7 +352,7 @@ class SwimDriver:
             answer = await self.send(relay, relay_url, msg, factor=2.0)
         except PeerCallError:
             return None
-        self.on_transitions(c.received(answer, self.clock())[1])
+        self.on_transitions(self.apply(answer)[1])
         return answer.kind == "indirect_ack" and answer.target == ins.node_id and answer.acked
 
     async def _exchange(self, node_id: str, url: str, msg: SwimMessage) -> None:
@@ -362,7 +362,7 @@ class SwimDriver:
             if msg.kind == "sync":
                 self.core.sync_failed(self.clock())
             return
-        self.on_transitions(self.core.received(answer, self.clock())[1])
+        self.on_transitions(self.apply(answer)[1])
 
     async def _get_state(self, node_id: str, url: str) -> PeerState:
         params = {"peer": self.core.self_url}  # where we listen: a hint for them
@@ -398,8 +398,7 @@ class SwimDriver:
         c = self.core
         self.received[msg.kind] += 1
         self.lease_in(msg)
-        self.proofs_in(msg)
-        reply, transitions = c.received(msg, self.clock())
+        reply, transitions = self.apply(msg)
         self.on_transitions(transitions)
         self.wake()
         if msg.kind == "ping_req":
@@ -437,6 +436,6 @@ class SwimDriver:
             return None if exc.busy else False
         except asyncio.TimeoutError:
             return False
-        self.on_transitions(self.core.received(ack, self.clock())[1])
+        self.on_transitions(self.apply(ack)[1])
         self.wake()  # the target's ack may have brought news (its handler's own wake came before this)
         return True

@@ -2,14 +2,18 @@
 
 A suspect update's ``origin`` is a claim; the SWIM core (agent.discovery.swim) counts it as a confirmer only
 from the origin itself or with the origin's signature (``wire.SuspectProof``: its card, fresh within the
-identity's window). This book signs our own suspicions (each (member, incarnation) once, again when half the
-window has passed), keeps the proofs that checked out (bounded), attaches to each outgoing message the proofs of
-the suspect updates it carries (at most ``wire.MAX_PROOFS``), and tells the caller which incoming ones are
-proven. I/O-free but for the clock and the node's key; the decisions stay the core's.
+identity's window) riding on the same message. This book signs our own suspicions (only those the core shows
+we probed ourselves, each (member, incarnation) once, again when half the window has passed or a new episode
+began), keeps the proofs that checked out where the core would use them (one per (member, origin), bounded),
+attaches to each outgoing message the proofs of the suspect updates it carries (at most ``wire.MAX_PROOFS``),
+and tells the caller which incoming ones are proven. A proof counts only for a suspicion still open here that
+began at most ``EPISODE_SKEW_S`` after it was signed (a cleared suspicion's proof cannot confirm a new one);
+refused ones are remembered briefly (not re-verified). I/O-free but for the clock and the node's key.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from collections.abc import Callable
@@ -20,37 +24,67 @@ from peerserve.wire import MAX_PROOFS, SuspectProof, SwimMessage
 
 log = logging.getLogger(__name__)
 
-MAX_HELD = 512  # proofs kept to relay (ours and others'), oldest dropped first
+MAX_HELD = 512  # proofs kept to relay (ours and others'), one per (member, origin); stale ones dropped first
+MAX_REFUSED = 256  # digests of proofs that did not check out, not verified again for REFUSED_TTL_S
+REFUSED_TTL_S = 10.0
+EPISODE_SKEW_S = 3.0  # a proof signed this long before its suspicion opened here still counts (relay, clocks)
 Key = tuple[str, int, str]  # (member, incarnation, origin)
+# the core's view (Swim.suspicion_age): how long the suspicion a proof confirms has been open (0: opens now);
+# None: it confirms nothing (not a member, cleared, another incarnation, ours unprobed, enough confirmers)
+Episode = Callable[[str, int, str], float | None]
+
+
+def _any_episode(node_id: str, incarnation: int, origin: str) -> float | None:
+    return 0.0
 
 
 class ProofBook:
-    """Our signed suspicions and the checked ones of others, for the suspect updates our messages carry."""
+    """Our signed suspicions and the checked ones of others, for the suspect updates our messages carry.
 
-    def __init__(self, identity: Identity, wall: Callable[[], float] = time.time) -> None:
-        self.identity, self.wall = identity, wall
-        self.held: dict[Key, SuspectProof] = {}
+    ``episode``: the core's view (the driver passes ``Swim.suspicion_age``); the default, for tests of the
+    signatures alone, takes every suspicion as opening now."""
+
+    def __init__(self, identity: Identity, wall: Callable[[], float] = time.time, episode: Episode = _any_episode):
+        self.identity, self.wall, self.episode = identity, wall, episode
+        self.held: dict[tuple[str, str], SuspectProof] = {}  # (member, origin) -> its newest usable proof
         self.checked = 0  # proofs that checked out (signature verified once each)
-        self.refused = 0  # proofs that did not check out (bad signature, another signer, stale)
+        self.refused = 0  # proofs that did not check out (bad signature, another signer, stale, replayed)
+        self._refused: dict[bytes, float] = {}  # digest -> until when it is refused without a check
         self._warned = False
 
     def _fresh(self, proof: SuspectProof, margin: float = 0.0) -> bool:
         return abs(self.wall() * 1000 - proof.stamp_ms) <= (WINDOW_S - margin) * 1000
 
-    def _keep(self, key: Key, proof: SuspectProof) -> None:
+    def _age(self, proof: SuspectProof) -> float | None:
+        """How long its suspicion has been open here, if ``proof`` (fresh) may confirm it now; else None."""
+        age = self.episode(proof.node_id, proof.incarnation, proof.origin)
+        if age is None or not self._fresh(proof):
+            return None
+        return age if proof.stamp_ms >= (self.wall() - age - EPISODE_SKEW_S) * 1000 else None
+
+    def _keep(self, proof: SuspectProof) -> None:
+        key = (proof.node_id, proof.origin)
         self.held.pop(key, None)
+        if len(self.held) >= MAX_HELD:  # those no suspicion here would use go first, then the oldest
+            for k in [k for k, p in self.held.items() if self._age(p) is None]:
+                del self.held[k]
         while len(self.held) >= MAX_HELD:
             del self.held[next(iter(self.held))]
         self.held[key] = proof
 
-    def _own(self, node_id: str, incarnation: int) -> SuspectProof:
-        key = (node_id, incarnation, self.identity.node_id)
-        proof = self.held.get(key)
-        if proof is None or not self._fresh(proof, margin=WINDOW_S / 2):
-            proof = SuspectProof(node_id, incarnation, self.identity.node_id, int(self.wall() * 1000))
+    def _own(self, node_id: str, incarnation: int) -> SuspectProof | None:
+        """Our signed suspicion, only where the core shows our own probe missed ``node_id`` at ``incarnation``."""
+        me = self.identity.node_id
+        age = self.episode(node_id, incarnation, me)
+        if age is None:
+            return None  # a rumour naming us is no suspicion of ours: we sign nothing we did not probe
+        proof = self.held.get((node_id, me))
+        stale = proof is None or proof.incarnation != incarnation or not self._fresh(proof, margin=WINDOW_S / 2)
+        if stale or proof is None or proof.stamp_ms < (self.wall() - age - 0.01) * 1000:  # or an earlier episode's
+            proof = SuspectProof(node_id, incarnation, me, int(self.wall() * 1000))
             card, signature = self.identity.sign_detached(proof.signing_bytes())
             proof = replace(proof, card=card, signature=signature)
-            self._keep(key, proof)
+            self._keep(proof)
         return proof
 
     def attach(self, msg: SwimMessage) -> SwimMessage:
@@ -62,38 +96,60 @@ class ProofBook:
             if u.status != "suspect" or not u.origin:
                 continue
             if u.origin == self.identity.node_id:
-                proof: SuspectProof | None = self._own(u.node_id, u.incarnation)
+                proof = self._own(u.node_id, u.incarnation)
             else:
-                proof = self.held.get((u.node_id, u.incarnation, u.origin))
+                proof = self.held.get((u.node_id, u.origin))
+                if proof is not None and (proof.incarnation != u.incarnation or self._age(proof) is None):
+                    proof = None
             if proof is not None and self._fresh(proof) and proof not in proofs:
                 proofs.append(proof)
         return replace(msg, proofs=tuple(proofs)) if proofs else msg
 
     def check(self, msg: SwimMessage) -> list[Key]:
-        """The suspicions ``msg`` carries that its proofs prove (signed by their origin, fresh); others ignored."""
+        """The suspicions ``msg`` carries that its proofs prove (signed by their origin, fresh, for a suspicion the
+        core would count now); others ignored, and never verified unless they could count."""
         carried = {(u.node_id, u.incarnation, u.origin) for u in msg.updates if u.status == "suspect"}
         out: list[Key] = []
         for proof in msg.proofs:
             key = (proof.node_id, proof.incarnation, proof.origin)
-            if key not in carried or key in out:
-                continue
-            if (self.held.get(key) == proof and self._fresh(proof)) or self._verified(proof):
+            if key not in carried or key in out or proof.origin == self.identity.node_id:
+                continue  # our own word comes back: we count ourselves only by our own probe
+            if self.episode(*key) is None:
+                continue  # nothing here it could confirm: not worth a verification, nor a place in the store
+            if self._age(proof) is None:
+                self._refuse(proof, AuthError("stale, or older than the suspicion it would confirm (a replay?)"))
+            elif self.held.get(key[::2]) == proof or self._verified(proof):
                 out.append(key)
         return out
 
+    def _digest(self, proof: SuspectProof) -> bytes:
+        return hashlib.sha256(
+            proof.signing_bytes() + b"\0" + proof.card.encode() + b"\0" + proof.signature.encode()
+        ).digest()
+
     def _verified(self, proof: SuspectProof) -> bool:
+        digest, now = self._digest(proof), self.wall()
+        if self._refused.get(digest, -1.0) > now:
+            self.refused += 1  # refused a moment ago: not verified again
+            return False
         try:
-            if not self._fresh(proof):
-                raise AuthError("stale or future suspicion (clock skew?)")
             signer = self.identity.verify_detached(proof.card, proof.signature, proof.signing_bytes())
             if signer != proof.origin:
                 raise AuthError(f"signed by {signer}, not by {proof.origin}")
         except AuthError as exc:
-            self.refused += 1
-            if not self._warned:  # a member relaying forged proofs would repeat: loudly once
-                self._warned = True
-                log.warning("refused a suspicion of %s claimed for %s: %s", proof.node_id, proof.origin, exc)
+            self._refuse(proof, exc)
+            for d in [d for d, until in self._refused.items() if until <= now]:
+                del self._refused[d]
+            while len(self._refused) >= MAX_REFUSED:
+                del self._refused[next(iter(self._refused))]
+            self._refused[digest] = now + REFUSED_TTL_S
             return False
         self.checked += 1
-        self._keep((proof.node_id, proof.incarnation, proof.origin), proof)
+        self._keep(proof)
         return True
+
+    def _refuse(self, proof: SuspectProof, exc: AuthError) -> None:
+        self.refused += 1
+        if not self._warned:  # a member relaying forged proofs would repeat: loudly once
+            self._warned = True
+            log.warning("refused a suspicion of %s claimed for %s: %s", proof.node_id, proof.origin, exc)

@@ -51,6 +51,7 @@ class Sim:
     proofs: bool = True  # senders attach signed suspicions (swim_proofs: the shell's job, emulated in _prove)
     lazy: bool = False  # tick a node only when its core says work is due (Swim.next_due) or something reached it
     ticks: int = 0  # core ticks run (lazy runs need far fewer)
+    held: dict[str, dict[tuple[str, str], int]] = field(default_factory=dict)  # node -> checked proofs it holds
     _due: dict[str, float] = field(default_factory=dict)
     _woken: set[str] = field(default_factory=set)
     _events: list[tuple[float, int, Callable[[], None]]] = field(default_factory=list)
@@ -156,25 +157,33 @@ class Sim:
             if t.new == "dead":
                 self.deaths.append((self.now, observer, t.node_id))
 
-    def _prove(self, at: str, msg: SwimMessage | None) -> None:
-        """What swim_proofs does: the sender attaches its own signed suspicions and those it holds checked (at most
-        MAX_PROOFS a message; every node here is honest, so each signature checks out) and ``at`` notes them."""
+    def _prove(self, at: str, msg: SwimMessage | None) -> list[tuple[str, int, str]]:
+        """What swim_proofs does: the sender attaches its own signed suspicions (only those it probed itself) and
+        those it holds checked (at most MAX_PROOFS a message; every node here is honest, so each signature checks
+        out); ``at`` keeps those its core would use and they prove the suspicions of this message only."""
         if not self.proofs or msg is None:
-            return
-        sender = self.nodes[msg.node_id]
+            return []
+        sender, receiver, now = self.nodes[msg.node_id], self.nodes[at], self.now
+        mine, theirs = self.held.setdefault(msg.node_id, {}), self.held.setdefault(at, {})
         carried = [(u.node_id, u.incarnation, u.origin) for u in msg.updates if u.status == "suspect" and u.origin]
-        held = [k for k in carried if k[2] == msg.node_id or k in sender._proven]
-        for key in list(dict.fromkeys(held))[:MAX_PROOFS]:
-            self.nodes[at].proof(*key)
+        signed = [k for k in carried if (k[2] == msg.node_id and sender.suspicion_age(*k, now) is not None)
+                  or mine.get((k[0], k[2])) == k[1]]  # fmt: skip
+        out = [k for k in list(dict.fromkeys(signed))[:MAX_PROOFS] if receiver.suspicion_age(*k, now) is not None]
+        for node_id, inc, origin in out:
+            theirs.pop((node_id, origin), None)
+            theirs[(node_id, origin)] = inc
+            while len(theirs) > 512:
+                del theirs[next(iter(theirs))]
+        return out
 
     def _deliver(self, a: str, b: str, msg: SwimMessage) -> tuple[bool, float, SwimMessage | None]:
         ok, rtt = self._exchange(a, b)
         if not ok:
             return False, rtt, None
         self._lease_in(b, msg)
-        self._prove(b, msg)
+        proven = self._prove(b, msg)
         self._poke(b)
-        reply, transitions = self.nodes[b].received(msg, self.now)
+        reply, transitions = self.nodes[b].received(msg, self.now, proven)
         self._note(b, transitions)
         if reply is not None:
             self._later(rtt, lambda: self._lease_in(a, reply) if self.up(a) else None)
@@ -182,12 +191,12 @@ class Sim:
 
     def _reply(self, a: str, reply: SwimMessage) -> None:
         if self.up(a):
-            self._prove(a, reply)
-            self._note(a, self.nodes[a].received(reply, self.now)[1])
+            proven = self._prove(a, reply)
+            self._note(a, self.nodes[a].received(reply, self.now, proven)[1])
 
     def _acked(self, a: str, ins: sw.Probe, ack: SwimMessage | None) -> None:
-        self._prove(a, ack)
-        self._note(a, self.nodes[a].probe_result(ins.node_id, ack, 0, self.now, ins.verify))
+        proven = self._prove(a, ack)
+        self._note(a, self.nodes[a].probe_result(ins.node_id, ack, 0, self.now, ins.verify, proven=proven))
 
     def _carry_out(self, a: str, ins: sw.Instruction) -> None:
         me = self.nodes[a]
@@ -236,15 +245,17 @@ class Sim:
 
         self._later(3 * me.probe_timeout(), report)  # swim_io: relays asked after one timeout, for two more
 
-    def forge_suspicion(self, liar: str, victim: str, k: int) -> None:
+    def forge_suspicion(self, liar: str, victim: str, k: int, launder: bool = False) -> None:
         """Member ``liar`` tells every member that ``k`` others (not itself) suspect ``victim``: one message each, at
-        the incarnation that member holds, with no signatures (it cannot sign as the others)."""
+        the incarnation that member holds, with no signatures (it cannot sign as the others). ``launder``: it tells
+        each member that the member itself suspects ``victim`` (to have it sign that, the review's attack)."""
         sender = self.nodes[liar]
-        others = [n for n in self.nodes if n not in (liar, victim)][:k]
+        named = [n for n in self.nodes if n not in (liar, victim)][:k]
         for target in self.live():
             rec = self.nodes[target].records.get(victim)
             if target in (liar, victim) or not self.up(target) or rec is None:
                 continue
+            others = [target] if launder else named
             updates = tuple(MemberUpdate(victim, "suspect", rec.incarnation, rec.peer_url, 0, o) for o in others)
             msg = SwimMessage("gossip", liar, sender.incarnation, sender.version, sender.self_url, updates)
             self._note(target, self.nodes[target].received(msg, self.now)[1])

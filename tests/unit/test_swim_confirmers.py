@@ -170,20 +170,102 @@ def test_a_stall_with_one_member_lying_kills_no_one() -> None:
     assert sum(stalled_with_a_liar(seed, unproven_confirmers=True, rumour_clock=True) for seed in range(3)) > 0
 
 
-def health_under_a_stream_of_suspicions(**config: float) -> int:
-    """m tells a it suspects a every 50 ms for 4 s while a's own probes are answered every 0.2 s: a's health."""
+def stalled_with_a_launderer(seed: int, **config: bool) -> int:
+    """Members that declared a live node dead: it stalls 2.1 s while member n1 tells every member, every 0.1 s,
+    that the member itself suspects it (so that each would sign that and relay it as its own)."""
+    sim = Sim(10, seed=seed, loss=0.01, config=sw.SwimConfig(**config))
+    sim.run(15)
+    assert sim.converged()
+    sim.pause("n4", 2.1)
+    for step in range(300):
+        if step % 5 == 0:
+            sim.forge_suspicion("n1", "n4", sim.config.indirect_k, launder=True)
+        sim.run(0.02)
+    sim.run(3)
+    return len(sim.false_deaths())
+
+
+def test_a_stall_with_one_member_laundering_suspicions_kills_no_one() -> None:
+    assert [stalled_with_a_launderer(seed) for seed in (2, 4)] == [0, 0]
+    # the checker fails under the rule before (suspicions naming us passed on, and signed, as our own)
+    assert sum(stalled_with_a_launderer(seed, relay_own_name=True) for seed in (2, 4)) > 0
+
+
+def health_under_a_stream_of_suspicions(every: float = 0.05, **config: float) -> int:
+    """m tells a it suspects a every ``every`` s for 8 s; a probes at its own rhythm (``tick``: a period of
+    probe_interval * (1 + health)) and every probe is answered: a's local health at the end."""
     nodes = cluster()
-    a, m, c1 = nodes["a"], nodes["m"], nodes["c1"]
+    a, m = nodes["a"], nodes["m"]
     a.config = sw.SwimConfig(**config)  # type: ignore[arg-type]
-    for step in range(80):
-        now = 1.0 + step * 0.05
-        a.received(from_member(m, suspect_of(a, "m")), now)
-        if step % 4 == 0:
-            a.probe_result("c1", c1.received(a.message("ping", "c1"), now)[0], 0, now)
+    next_suspicion = 1.0
+    for step in range(800):
+        now = round(1.0 + step * 0.01, 6)
+        if now >= next_suspicion:
+            a.received(from_member(m, suspect_of(a, "m")), now)
+            next_suspicion = round(next_suspicion + every, 6)
+        for ins in a.tick(now)[0]:
+            if isinstance(ins, sw.Probe):
+                ack = nodes[ins.node_id].received(a.message("ping", ins.node_id), now)[0]
+                a.probe_result(ins.node_id, ack, 0, now)
     return a.health
 
 
 def test_one_member_making_us_refute_cannot_hold_our_local_health_down() -> None:
-    assert health_under_a_stream_of_suspicions() <= 1  # each answered probe heals what a refutation costs
-    # the checker fails with a step per refutation (the rule before): m alone stretched a's timeouts 9x
-    assert health_under_a_stream_of_suspicions(refute_health_s=0.0) == sw.MAX_HEALTH
+    assert health_under_a_stream_of_suspicions() <= 1  # at most one step a probe period: each answered probe heals it
+    assert health_under_a_stream_of_suspicions(every=0.2) <= 1
+    # the checker fails under the rules before: a step per 0.2 s outpaced probes that slow down as health rises
+    assert health_under_a_stream_of_suspicions(refute_health_per_period=False) >= sw.MAX_HEALTH - 1
+    assert health_under_a_stream_of_suspicions(refute_health_s=0.0, refute_health_per_period=False) == sw.MAX_HEALTH
+
+
+def test_a_member_cannot_have_others_sign_a_suspicion_they_never_probed() -> None:
+    """m tells b, c1, c2 "c3 is suspect, and the origin is you" (no proof): none passes it on in its own name, and
+    its book signs nothing (the review's laundering: three genuine signatures from nodes that never probed c3)."""
+    from agent.discovery.swim_proofs import ProofBook
+    from tests.unit.test_swim_proofs import IDS, Clock
+
+    nodes = cluster()
+    a, m, victim = nodes["a"], nodes["m"], nodes["c3"]
+    signed = []
+    for name in ("b", "c1", "c2"):
+        node = nodes[name]
+        node.received(from_member(m, suspect_of(victim, name)), 1.0)
+        sus = node.records["c3"].suspicion
+        assert sus is not None and not sus.probed and not sus.confirmers  # our own name proves nothing to us
+        carried = [u for u in node.message("gossip", "a").updates if u.node_id == "c3"]
+        assert carried and all(u.origin != name for u in carried)  # passed on as hearsay, never as its own
+        book = ProofBook(IDS[name], Clock(), lambda n, i, o, node=node: node.suspicion_age(n, i, o, 1.0))  # type: ignore[misc]
+        asked = from_member(node, suspect_of(victim, name))  # even a message naming it: its book will not sign
+        assert book.attach(asked).proofs == ()
+        assert ProofBook(IDS[name], Clock()).attach(asked).proofs  # a book blind to the core would (the rule before)
+        signed += book.attach(node.message("gossip", "m")).proofs
+    assert signed == []  # nothing for m to relay: a's own miss of c3 runs the whole unconfirmed timeout
+    our_probe_missed(a, "c3", 1.1)
+    a.received(from_member(m, *(suspect_of(victim, n) for n in ("b", "c1", "c2"))), 1.11)
+    dead = died_at(a, "c3", 1.11, 1.1 + a.suspicion_timeout(0) + 0.1)
+    assert dead is not None and dead - 1.1 >= a.suspicion_timeout(0) - 0.02
+    our_probe_missed(nodes["b"], "c3", 1.2)  # once b's own probe missed, b speaks and signs for itself
+    b_book = ProofBook(IDS["b"], Clock(), lambda n, i, o: nodes["b"].suspicion_age(n, i, o, 1.2))
+    assert [p.origin for p in b_book.attach(nodes["b"].message("gossip", "a")).proofs] == ["b"]
+
+
+def test_a_proof_counts_for_its_own_message_only() -> None:
+    """c1's signed suspicion proves c1 on the message it rides on; the same update bare, later, is hearsay."""
+    nodes = cluster()
+    a, m, victim = nodes["a"], nodes["m"], nodes["c3"]
+    key = ("c3", victim.incarnation, "c1")
+    a.received(from_member(m, suspect_of(victim, "c1")), 1.0, proven=[key])
+    assert a.records["c3"].suspicion is not None and a.records["c3"].suspicion.confirmers == {"c1"}
+    a.received(from_member(victim), 1.5)  # c3 speaks for itself: alive, at the same incarnation
+    assert a.status_of("c3") == "alive"
+    a.received(from_member(m, suspect_of(victim, "c1")), 601.0)  # ten minutes on, without the proof
+    assert a.records["c3"].suspicion is not None and not a.records["c3"].suspicion.confirmers
+
+
+def test_our_own_word_echoed_back_does_not_confirm_before_our_probe() -> None:
+    nodes = cluster()
+    a, m, victim = nodes["a"], nodes["m"], nodes["c3"]
+    a.received(from_member(m, suspect_of(victim, "a")), 1.0, proven=[("c3", victim.incarnation, "a")])
+    sus = a.records["c3"].suspicion
+    assert sus is not None and not sus.confirmers and not sus.probed  # the full unconfirmed time, then our probe
+    assert a.suspicion_age("c3", victim.incarnation, "a", 1.0) is None  # and our book signs nothing for it

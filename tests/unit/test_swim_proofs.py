@@ -150,3 +150,66 @@ def test_metrics_count_checked_and_refused_proofs() -> None:
                for x in m.samples}  # fmt: skip
     name = "peerserve_membership_suspicion_proofs_total"
     assert samples[(name, (("outcome", "checked"),))] == 1 and samples[(name, (("outcome", "refused"),))] == 1
+
+
+def test_a_member_cannot_flood_the_store_with_its_own_suspicions_of_made_up_nodes() -> None:
+    d = driver()
+    clock = Clock()
+    d.proofs.wall = clock
+    asyncio.run(d.handle("c1", gossip("c1", suspect("c1"), proofs=(own_proof("c1", clock),))))
+    assert ("x", "c1") in d.proofs.held and d.proofs.checked == 1
+    liar = ProofBook(IDS["m"], clock)
+    for i in range(0, 2 * swim_proofs.MAX_HELD, 4):  # nodes that do not exist: nothing to confirm, never verified
+        asyncio.run(d.handle("m", liar.attach(gossip("m", *(suspect("m", about=f"ghost{i + j}") for j in range(4))))))
+    for inc in range(1, 9):  # x at ever new incarnations: one entry per (member, origin)
+        asyncio.run(d.handle("m", liar.attach(gossip("m", suspect("m", inc)))))
+    assert ("x", "c1") in d.proofs.held and len(d.proofs.held) <= 2
+    assert d.proofs.checked <= 1 + 8
+
+
+def test_a_refused_proof_is_not_verified_again_for_a_while_and_the_memory_is_bounded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    clock = Clock()
+    book = ProofBook(IDS["b"], clock)
+    verified: list[str] = []
+    real = book.identity.verify_detached
+    monkeypatch.setattr(book.identity, "verify_detached", lambda *a: verified.append("v") or real(*a))
+    forged = [replace(own_proof("m", clock, inc=i), origin=o) for i, o in enumerate(("c1", "c2", "c3", "x"))]
+    msg = gossip("m", *(suspect(p.origin, p.incarnation) for p in forged), proofs=tuple(forged))
+    for _ in range(50):
+        assert book.check(msg) == []
+    assert len(verified) == 4 and book.refused == 200  # each verified once, refused every time
+    monkeypatch.setattr(swim_proofs, "EPISODE_SKEW_S", WINDOW_S)  # still fresh enough to be checked at all
+    clock.t += swim_proofs.REFUSED_TTL_S + 1
+    book.check(msg)
+    assert len(verified) == 8  # remembered only briefly
+    monkeypatch.setattr(swim_proofs, "MAX_REFUSED", 3)
+    clock.t += swim_proofs.REFUSED_TTL_S + 1
+    book.check(msg)
+    assert len(verified) == 12 and len(book._refused) == 3  # the oldest refused digest makes room
+
+
+def test_a_proof_from_a_cleared_suspicion_cannot_confirm_a_new_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    d = driver()
+    clock = Clock()
+    d.proofs.wall = clock
+    old = own_proof("c1", clock)  # c1's genuine signature from an earlier episode at incarnation 0
+    assert d.proofs.check(gossip("m", suspect("c1"), proofs=(old,))) == [("x", 0, "c1")]
+    clock.t += 10  # x answered in between (no new incarnation); now m replays c1's proof with a new rumour
+    d.proofs.held.clear()
+    assert d.proofs.check(gossip("m", suspect("c1"), proofs=(old,))) == []
+    assert d.proofs.check(gossip("m", suspect("c1"), proofs=(own_proof("c1", clock),))) == [("x", 0, "c1")]
+    monkeypatch.setattr(swim_proofs, "EPISODE_SKEW_S", WINDOW_S)  # the rule before: any fresh proof counted
+    assert d.proofs.check(gossip("m", suspect("c1"), proofs=(old,))) == [("x", 0, "c1")]
+
+
+def test_our_own_proof_echoed_back_is_not_counted() -> None:
+    d = driver()
+    clock = Clock()
+    d.proofs.wall = clock
+    ours = own_proof("b", clock)
+    assert d.proofs.check(gossip("m", suspect("b"), proofs=(ours,))) == []
+    asyncio.run(d.handle("m", gossip("m", suspect("b"), proofs=(ours,))))
+    sus = d.core.records["x"].suspicion
+    assert sus is not None and not sus.confirmers
