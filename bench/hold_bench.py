@@ -9,7 +9,11 @@ the code of ``--before-rev`` (extracted with ``git archive``) and the working tr
 processes, so both see the same load. Prints per snapshot the CPU ms, now / before, the values and their
 duality gaps (the two must agree within the larger gap where both converged), and the load average.
 
-    .venv/bin/python bench/hold_bench.py --before-rev main [--cores 2 1] [--seeds 2] [--repeats 3] [--json]
+``--steady``: the steady state instead (issue 16): each snapshot (no running instances drawn) held at the counts
+its own queue plan asks for in Modes 1 and 2, what runs once the leader applied the last plan; by load only.
+Prints CPU ms, steps, values and gaps now / before, and medians and maxima of them and of the values' change.
+
+    .venv/bin/python bench/hold_bench.py --before-rev main [--steady] [--cores 2 1] [--seeds 2] [--repeats 3] [--json]
 """
 
 from __future__ import annotations
@@ -44,6 +48,39 @@ def _snapshot(size: tuple[int, int], seed: int, cores: float) -> Any:
     return dataclasses.replace(snap, nodes=nodes)
 
 
+def _steady(size: tuple[int, int], seed: int, cores: float, mode: str) -> tuple[Any, dict[str, dict[str, int]]]:
+    """The steady state: the thesis instance with ``cores`` per node, held at the counts its own queue plan asks for."""
+    import dataclasses
+
+    from solver.api import solve
+    from solver.simulate import thesis_instance
+
+    snap = thesis_instance(size[0], size[1], seed)
+    snap = dataclasses.replace(snap, nodes=tuple(dataclasses.replace(n, cores=cores) for n in snap.nodes))
+    plan = solve(snap, mode=mode, objective="queue")
+    return snap, {node: dict(models) for node, models in plan.instances.items()}
+
+
+def steady_worker(cores: list[float], seeds: int) -> list[dict[str, Any]]:
+    """One round of the steady state (``--steady``): per snapshot and mode, value_running's CPU ms, steps, value."""
+    import time
+
+    from solver.hold import value_running
+
+    rows = []
+    for c in cores:
+        for size in SIZES:
+            for seed in range(seeds):
+                for mode in ("1", "2"):
+                    snap, held = _steady(size, seed, c, mode)
+                    t0 = time.process_time()
+                    v = value_running(snap, held)
+                    ms = (time.process_time() - t0) * 1000.0
+                    rows.append({"case": f"{size[0]}x{size[1]} s{seed} c{c:g} M{mode}", "by_load": True, "cpu_ms": ms,
+                                 "objective_ms": v.objective_ms, "gap_ms": v.gap_ms, "steps": v.steps})  # fmt: skip
+    return rows
+
+
 def worker(cores: list[float], seeds: int) -> list[dict[str, Any]]:
     """One round with the code on sys.path: per snapshot and allotment, value_running's CPU ms and value."""
     import time
@@ -70,7 +107,8 @@ def worker(cores: list[float], seeds: int) -> list[dict[str, Any]]:
 
 def _round(code: Path, args: argparse.Namespace) -> list[dict[str, Any]]:
     """One worker round in a fresh process on ``code``'s tree."""
-    argv = [sys.executable, str(Path(__file__).resolve()), "--worker", "--seeds", str(args.seeds), "--cores"]
+    argv = [sys.executable, str(Path(__file__).resolve()), "--worker", "--seeds", str(args.seeds)]
+    argv += ["--steady", "--cores"] if args.steady else ["--cores"]
     env = {**os.environ, "PYTHONPATH": str(code)}
     out = subprocess.run([*argv, *map(str, args.cores)], check=True, capture_output=True, text=True, env=env, cwd=code)
     return list(json.loads(out.stdout))
@@ -105,8 +143,32 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     rows = []
     for (case, by_load), r in now.items():
         b = before.get((case, by_load))
-        rows.append({**r, **{f"before_{key}": b[key] if b else None for key in ("cpu_ms", "objective_ms", "gap_ms")}})
-    return {"rows": rows, "summary": _summary(rows), "load_average": load, "before_rev": args.before_rev}
+        keys = ("cpu_ms", "objective_ms", "gap_ms", "steps")
+        rows.append({**r, **{f"before_{key}": b.get(key) if b else None for key in keys}})
+    summary = _steady_summary(rows) if args.steady else _summary(rows)
+    return {"rows": rows, "summary": summary, "load_average": load, "before_rev": args.before_rev}
+
+
+def _steady_summary(rows: list[dict[str, Any]]) -> dict[str, float]:
+    """The steady state's CPU (median, max) now and before, their ratio, steps, and the values' relative change
+    and gaps (now - before over before: positive where the value now is higher, within its larger gap)."""
+    out: dict[str, float] = {}
+    figures = {
+        "cpu_ms_now": [r["cpu_ms"] for r in rows],
+        "cpu_ms_before": [r["before_cpu_ms"] for r in rows if r["before_cpu_ms"]],
+        "ratio_now_over_before": [r["cpu_ms"] / r["before_cpu_ms"] for r in rows if r["before_cpu_ms"]],
+        "steps_now": [float(r["steps"]) for r in rows],
+        "steps_before": [float(r["before_steps"]) for r in rows if r["before_steps"] is not None],
+        "relative_gap_now": [r["gap_ms"] / r["objective_ms"] for r in rows if r["objective_ms"]],
+        "relative_gap_before": [
+            r["before_gap_ms"] / r["before_objective_ms"] for r in rows if r["before_objective_ms"]
+        ],
+        "value_change": [r["objective_ms"] / r["before_objective_ms"] - 1 for r in rows if r["before_objective_ms"]],
+    }  # fmt: skip
+    for key, values in figures.items():
+        if values:
+            out[f"{key}_median"], out[f"{key}_max"] = statistics.median(values), max(values)
+    return out
 
 
 def _summary(rows: list[dict[str, Any]]) -> dict[str, float]:
@@ -134,10 +196,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, default=2, help="seeds per size (default 2)")
     parser.add_argument("--repeats", type=int, default=2, help="rounds per code; the least CPU is kept (default 2)")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+    steady = "the steady state instead: each snapshot held at its own queue plan's counts (Modes 1, 2)"
+    parser.add_argument("--steady", action="store_true", help=steady)
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
-        print(json.dumps(worker(args.cores, args.seeds)))
+        print(json.dumps((steady_worker if args.steady else worker)(args.cores, args.seeds)))
         return 0
     out = measure(args)
     if args.json:
@@ -145,15 +209,16 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     print(f"value_running CPU ms (least of {args.repeats}); before = {args.before_rev or '-'}; "
           f"load average {out['load_average'][0]:.2f} -> {out['load_average'][1]:.2f}")  # fmt: skip
-    print(f"{'case':<16} {'cores':<8} {'now ms':>8} {'before':>8} {'ratio':>6}  {'value now':>14} {'gap':>9}"
+    print(f"{'case':<19} {'cores':<8} {'now ms':>8} {'before':>8} {'ratio':>6}  {'value now':>14} {'gap':>9}"
           f"  {'value before':>14} {'gap':>9}")  # fmt: skip
     for r in sorted(out["rows"], key=lambda r: (r["case"], not r["by_load"])):
         before = r["before_cpu_ms"]
         ratio = f"{r['cpu_ms'] / before:6.2f}" if before else "     -"
         b_value = f"{r['before_objective_ms']:14.6g} {r['before_gap_ms']:9.3g}" if before else ""
+        steps = f"  steps {r['steps']} / {r['before_steps']}" if "steps" in r else ""
         kind, shown = "by load" if r["by_load"] else "equal", before if before else float("nan")
-        print(f"{r['case']:<16} {kind:<8} {r['cpu_ms']:8.1f} {shown:8.1f} {ratio}  "
-              f"{r['objective_ms']:14.6g} {r['gap_ms']:9.3g}  {b_value}")  # fmt: skip
+        print(f"{r['case']:<19} {kind:<8} {r['cpu_ms']:8.1f} {shown:8.1f} {ratio}  "
+              f"{r['objective_ms']:14.6g} {r['gap_ms']:9.3g}  {b_value}{steps}")  # fmt: skip
     for key, value in sorted(out["summary"].items()):
         print(f"{key}: {value:.3f}")
     return 0

@@ -68,13 +68,13 @@ def test_the_bench_snapshots_converge_in_few_steps_to_frank_wolfes_value(
 
 def test_plain_frank_wolfe_zig_zags_where_the_projection_does_not(monkeypatch: pytest.MonkeyPatch) -> None:
     """25 x 20, seed 1, one core: pools at the load cap's kink; Frank-Wolfe alternates between two targets with
-    steps of 3e-4 and, after 100 iterations, is still 1,000x its tolerance from the end; the projection stops
+    steps of 3e-4 and, after 100 iterations, is still 100x its tolerance (1e-3) from the end; the projection stops
     within 10 steps. The same checker (steps to TOLERANCE) fails for Frank-Wolfe."""
     snap = bench_snapshot((25, 20), 1, 1.0)
     monkeypatch.setattr(hold, "ITERATIONS", 100)
     new, old = both(snap, monkeypatch)
     assert converged(new) and new.steps <= 10
-    assert old.steps == 100 and old.gap_ms > 1000 * hold.TOLERANCE * old.objective_ms
+    assert old.steps == 100 and old.gap_ms > 100 * hold.TOLERANCE * old.objective_ms
     assert new.objective_ms < old.objective_ms
 
 

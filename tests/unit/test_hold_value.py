@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from solver import Snapshot
 from solver.api import solve
-from solver.hold import EVAL_RHO, Held, _delay, value_running
+from solver.hold import EVAL_RHO, TOLERANCE, Held, _delay, value_running
 from solver.problem import Mode, build_problem, running_instances
 from solver.queue_model import build_queue_problem
 from solver.queueing import PoolDelay
@@ -54,7 +54,7 @@ def test_the_delay_is_pool_delays_at_the_evaluation_load_cap() -> None:
 def test_a_symmetric_stream_splits_evenly_and_the_gap_is_tiny() -> None:
     v = value_running(snapshot({"n0": 1, "n1": 1}, [200.0], [[5.0, 5.0]]))
     assert v.spread[0]["shares"] == pytest.approx({"n0": 0.5, "n1": 0.5}, abs=1e-3)
-    assert v.gap_ms < 1e-4 * v.objective_ms
+    assert v.gap_ms < TOLERANCE * v.objective_ms
     assert v.objective_ms == pytest.approx(5.0 + 1000.0 / (300.0 - 100.0), rel=1e-4)  # RTT + M/M/1 sojourn
 
 
