@@ -3,7 +3,9 @@
 Between symmetric sites a queue-aware plan is a coin toss that measurement noise flips every round, and
 every flip moves an instance (a start, a drain, a stop) for nothing. So the leader values the running
 instances under the same snapshot and model as the plan (``solver.hold.value_running``: mean latency per
-request at their best split of the streams) and switches to the plan only when
+request at their best split of the streams; the split may stop early, so the figure is an achievable split's
+and ``gap_ms`` bounds how far above the best it lies: every gain below is taken against that lower bound, and a
+valuation cut short never makes the leader switch) and switches to the plan only when
 
 * something hard requires it, at once: a node that ran instances is gone, a model with demand has no
   instance running, a running pool is loaded past ``rho_max`` even at the best split, nothing runs yet,
@@ -162,7 +164,7 @@ def _frees_at_no_cost(
     if _starts(held, desired):
         return False
     running_ms = float(value["objective_ms"])
-    if plan_ms - running_ms > cfg.stop_tolerance * running_ms:
+    if plan_ms - _running_best_ms(value) > cfg.stop_tolerance * running_ms:
         return False
     per_model = value.get("model_ms")
     if isinstance(per_model, Mapping) and plan_model_ms:
@@ -172,6 +174,17 @@ def _frees_at_no_cost(
             if m in plan_model_ms
         )
     return True
+
+
+def _running_best_ms(value: Mapping[str, Any]) -> float:
+    """The running placement's figure at its best split, as low as the valuation's gap allows: ``objective_ms`` is
+    an achievable split's (an upper bound), ``gap_ms`` bounds how far above the best it may be, so a gain taken
+    against this lower bound is one the plan surely has (a split stopped early never makes the leader switch)."""
+    running_ms = float(value["objective_ms"])
+    gap = value.get("gap_ms", 0.0)
+    if isinstance(gap, bool) or not isinstance(gap, int | float) or not math.isfinite(gap):
+        return running_ms
+    return running_ms - min(max(float(gap), 0.0), running_ms)
 
 
 def _starts(held: Counts, desired: Counts) -> int:
@@ -189,7 +202,7 @@ def _gain(
 ) -> tuple[float, float, str]:
     """(gain, needed, " of MODEL" or ""): the cluster mean's, or a model's where its own clears its margin by more."""
     running_ms = float(value["objective_ms"])
-    gain = running_ms - plan_ms
+    gain = _running_best_ms(value) - plan_ms
     starts = _starts(held, desired)
     needed = starts * cfg.start_cost_ms + cfg.margin * running_ms
     model = _model_gain(value.get("model_ms"), plan_model_ms, starts, cfg) if cfg.per_model else None

@@ -280,3 +280,22 @@ def test_stops_at_no_cost_cannot_flap_with_starts(rounds: list[tuple[float, str]
         counts.append(sum(c for ms in running.values() for c in ms.values()))
     assert all(later <= earlier for earlier, later in itertools.pairwise(counts))
     assert min(counts) >= 1
+
+
+def test_a_gain_within_the_valuations_gap_is_held() -> None:
+    """The running value stopped early (an achievable split's figure, up to gap_ms above its best): a plan that
+    clears the margin only against that figure, not against the best the running instances could do, is held."""
+    plan_ms = 5.9  # 4.1 ms under the running figure of 10: twice the 2 ms needed
+    assert judge(MOVED, RUNNING, plan_ms, value(10.0, gap_ms=0.0), (), old(), 100.0, CFG).switch
+    held = judge(MOVED, RUNNING, plan_ms, value(10.0, gap_ms=3.0), (), old(), 100.0, CFG)
+    assert not held.switch and held.gain_ms is not None and math.isclose(held.gain_ms, 1.1)
+    for junk in (float("nan"), float("inf"), "3", True, -5.0, 50.0):  # never trusted past [0, objective_ms]
+        v = judge(MOVED, RUNNING, plan_ms, value(10.0, gap_ms=junk), (), old(), 100.0, CFG)
+        assert v.gain_ms is not None and -plan_ms <= v.gain_ms <= 10.0 - plan_ms
+
+
+def test_a_plan_that_only_stops_is_judged_against_the_running_best() -> None:
+    """Freeing instances 'at no cost' means no worse than the running placement could be at its best split."""
+    fewer = {"a": {}, "b": {"m": 1}, "c": {}}
+    assert judge(fewer, RUNNING, 10.2, value(10.0, gap_ms=0.0), (), old(), 100.0, CFG).switch
+    assert not judge(fewer, RUNNING, 10.2, value(10.0, gap_ms=0.5), (), old(), 100.0, CFG).switch
