@@ -1,18 +1,23 @@
 """Lifeguard's confirmers, proven origins against the rule before, in the same run (the simulated SWIM cluster).
 
-Two measurements under three rules, in the same run: ``proven`` (now: a suspect update's origin counts as a
+Three measurements under four rules, in the same run: ``proven`` (now: a suspect update's origin counts as a
 confirmer only from the origin itself or with its signature, ``wire.SuspectProof``, which senders attach and
-relays carry; a suspicion's clock starts at our own missed probe), ``direct`` (the same without signatures: only
-the origin's own message proves it) and ``before`` (``SwimConfig.unproven_confirmers`` and ``rumour_clock``:
-every distinct claimed origin counted, the clock ran from the first rumour):
+relays carry; a suspicion's clock starts at our own missed probe; a third party's dead/left is a suspicion),
+``direct`` (the same without signatures: only the origin's own message proves it), ``verify`` (``proven`` but
+``SwimConfig.dead_rumour_verify``: a dead rumour and one missed probe of ours made a node dead at once) and
+``before`` (``unproven_confirmers`` and ``rumour_clock`` too: every distinct claimed origin counted, the clock ran
+from the first rumour):
 
 * **crash**: N nodes (``tests/unit/swim_sim.py``, 1 % loss, delays up to 10 ms) converge, one is crashed, and
   we time when the first member declares it dead and when every live member has (p50/p99 over seeds);
 * **attack**: the same cluster, one member (``n1``) lies: every 0.1 s it tells every member that ``k`` others
   suspect a victim; the victim stalls for ``--pause`` seconds (answers nothing), then answers again. Counted:
-  members that declared the live victim dead (false deaths), with and without the liar.
+  members that declared the live victim dead (false deaths), with and without the liar;
+* **dead lie**: the same, but ``n1`` says in its own name that the victim is dead (the victim stalls
+  ``--dead-pause`` seconds).
 
-    .venv/bin/python bench/lifeguard_bench.py [--sizes 5,10,25,50] [--seeds 20] [--pause 1.0] [--json]
+    .venv/bin/python bench/lifeguard_bench.py [--sizes 5,10,25,50] [--seeds 20] [--pause 1.0] [--dead-pause 1.3]
+        [--json]
 
 Pure simulation (no sockets, one core): the figures are simulated seconds, so the machine's load does not move
 them; the wall time of the run is printed for the record.
@@ -33,15 +38,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from agent.discovery import swim as sw
 from tests.unit.swim_sim import Sim
 
-# name -> (the rule before: SwimConfig.unproven_confirmers and rumour_clock; senders attach signed suspicions)
-RULES = {"proven": (False, True), "direct": (False, False), "before": (True, True)}
+# name -> (the rule before: SwimConfig.unproven_confirmers and rumour_clock; senders attach signed suspicions;
+# SwimConfig.dead_rumour_verify)
+RULES = {"proven": (False, True, False), "direct": (False, False, False), "verify": (False, True, True),
+         "before": (True, True, True)}  # fmt: skip
 STEP = 0.02
 
 
-def converged(n: int, seed: int, rule: tuple[bool, bool]) -> Sim:
+def converged(n: int, seed: int, rule: tuple[bool, bool, bool]) -> Sim:
     """A cluster of ``n`` under ``rule`` that has converged (every member sees every other alive)."""
-    before, proofs = rule
-    config = sw.SwimConfig(unproven_confirmers=before, rumour_clock=before)
+    before, proofs, dead_verify = rule
+    config = sw.SwimConfig(unproven_confirmers=before, rumour_clock=before, dead_rumour_verify=dead_verify)
     sim = Sim(n, seed=seed, loss=0.01, config=config, proofs=proofs)
     sim.run(15 if n <= 25 else 25)
     if not sim.converged():
@@ -49,7 +56,7 @@ def converged(n: int, seed: int, rule: tuple[bool, bool]) -> Sim:
     return sim
 
 
-def crash_detection(n: int, seed: int, rule: tuple[bool, bool], limit: float = 15.0) -> tuple[float, float]:
+def crash_detection(n: int, seed: int, rule: tuple[bool, bool, bool], limit: float = 15.0) -> tuple[float, float]:
     """(first member's, last member's) time from the crash to declaring the crashed node dead."""
     sim = converged(n, seed, rule)
     victim = f"n{2 + seed % (n - 2)}"
@@ -65,8 +72,9 @@ def crash_detection(n: int, seed: int, rule: tuple[bool, bool], limit: float = 1
     return float("inf"), float("inf")
 
 
-def stall(n: int, seed: int, rule: tuple[bool, bool], pause: float, liar: bool, after: float = 6.0) -> int:
-    """Members that declared a victim dead that only stalled ``pause`` s (with ``n1`` lying throughout if ``liar``)."""
+def stall(n: int, seed: int, rule: tuple[bool, bool, bool], pause: float, liar: bool | str, after: float = 6.0) -> int:
+    """Members that declared a victim dead that only stalled ``pause`` s (with ``n1`` lying throughout if ``liar``:
+    forged confirmers, or ``"dead"``: its own word that the victim is dead)."""
     sim = converged(n, seed, rule)
     victim = f"n{2 + seed % (n - 2)}"
     k = sim.config.indirect_k
@@ -74,7 +82,10 @@ def stall(n: int, seed: int, rule: tuple[bool, bool], pause: float, liar: bool, 
     start = sim.now
     while sim.now - start < pause + after:
         if liar and round((sim.now - start) / STEP) % 5 == 0:
-            sim.forge_suspicion("n1", victim, k)
+            if liar == "dead":
+                sim.forge_dead("n1", victim)
+            else:
+                sim.forge_suspicion("n1", victim, k)
         sim.run(STEP)
     return len({o for _t, o, s in sim.false_deaths() if s == victim})
 
@@ -83,8 +94,8 @@ def pct(values: list[float], q: float) -> float:
     return sorted(values)[min(len(values) - 1, int(q * len(values)))]
 
 
-def measure(sizes: list[int], seeds: int, pause: float) -> dict[str, Any]:
-    out: dict[str, Any] = {"crash": [], "attack": []}
+def measure(sizes: list[int], seeds: int, pause: float, dead_pause: float = 1.3) -> dict[str, Any]:
+    out: dict[str, Any] = {"crash": [], "attack": [], "dead_lie": []}
     for n in sizes:
         for name, rule in RULES.items():
             runs = [crash_detection(n, s, rule) for s in range(seeds)]
@@ -101,6 +112,12 @@ def measure(sizes: list[int], seeds: int, pause: float) -> dict[str, Any]:
                 out["attack"].append(row)
                 print(f"stall n={n:3d} {name:7s} liar={liar!s:5s}: false deaths in {row['runs_with_false_death']}"
                       f"/{seeds} runs ({row['false_deaths']} members in all)", file=sys.stderr)  # fmt: skip
+            deaths = [stall(n, s, rule, dead_pause, "dead") for s in range(seeds)]
+            row = {"n": n, "rule": name, "pause_s": dead_pause, "runs_with_false_death": sum(d > 0 for d in deaths),
+                   "runs": seeds, "false_deaths": sum(deaths)}  # fmt: skip
+            out["dead_lie"].append(row)
+            print(f"stall n={n:3d} {name:7s} liar=dead : false deaths in {row['runs_with_false_death']}/{seeds} runs "
+                  f"({row['false_deaths']} members in all)", file=sys.stderr)  # fmt: skip
     return out
 
 
@@ -109,10 +126,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sizes", default="5,10,25,50", help="cluster sizes, comma-separated (default 5,10,25,50)")
     ap.add_argument("--seeds", type=int, default=20, help="runs per size and rule (default 20)")
     ap.add_argument("--pause", type=float, default=1.0, help="seconds the victim stalls in the attack (default 1.0)")
+    ap.add_argument("--dead-pause", type=float, default=1.3, help="seconds the victim stalls under the dead lie")
     ap.add_argument("--json", action="store_true", help="print the figures as JSON on stdout")
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
-    out = measure([int(s) for s in args.sizes.split(",")], args.seeds, args.pause)
+    out = measure([int(s) for s in args.sizes.split(",")], args.seeds, args.pause, args.dead_pause)
     out["wall_s"] = round(time.perf_counter() - t0, 1)
     if args.json:
         print(json.dumps(out, indent=1))

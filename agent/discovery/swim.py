@@ -13,15 +13,17 @@ Trust (gossip about a third node is a claim, never proof):
   ``GET /peer/state`` (``Admit``) admits it; strangers never appear in ``members()``;
 * incarnations and resource-state versions are taken as facts only from the node itself (its signed ping or
   ack); a rumour of a higher incarnation only makes us probe it at once, so only the node refutes;
-* a suspect rumour starts our suspicion timer, a dead/left rumour makes us ``Verify`` it with our own probe;
-  a rumour never makes dead a node that answers our own probes;
+* a suspect, dead or left rumour opens a suspicion (unprobed: it runs its timeout, then our own probe checks it);
+  only our own miss starts the clock to death, so the node may refute; dead at once only by its own authenticated
+  "left"; verify probes are rate-limited per member (``_verify``); a rumour never makes dead a node that
+  answers our own probes;
 * a suspect update's ``origin`` confirms a suspicion (Lifeguard) only when proven: the origin sent it itself, or
   the shell checked the origin's signature riding on the same message (``received(..., proven)``,
   agent.discovery.swim_proofs: nothing proven once counts again); we never count or pass on a suspicion in our
   own name unless our own probe missed; the clock to death starts at our own missed probe, never at a rumour;
 * incarnation jumps are bounded (``MAX_INC_JUMP``), and every table here has a bound.
 
-    alive --our probe and k indirect probes miss / suspect rumour--> suspect --timeout--> dead --> forgotten
+    alive --our probe and k indirect probes miss / any rumour--> suspect --our clock's timeout--> dead --> forgotten
       ^------------- the node's own authenticated answer (with a refuting incarnation) -------'
 """
 
@@ -89,6 +91,10 @@ class SwimConfig:
     # step a period, so a stream of suspicions cannot outpace them. False: the rule before (a fixed 0.2 s held one
     # member's victim at MAX_HEALTH, since probes slow down as health rises).
     refute_health_per_period: bool = True
+    # A third party's dead or left rumour opens a suspicion like a suspect rumour (our own miss starts its clock, the
+    # node may refute). True is the rule before: one missed probe of ours (direct and k relays) made it dead at once,
+    # so one member gossiping "x dead" as x stalled 1.3 s had every member declare it dead (tests switch it on).
+    dead_rumour_verify: bool = False
     max_members: int = MAX_MEMBERS
     max_candidates: int = MAX_CANDIDATES
     max_broadcasts: int = MAX_BROADCASTS
@@ -180,6 +186,7 @@ class Record:
     last_probe: float = -math.inf
     suspicion: Suspicion | None = None
     heard_at: float = -math.inf  # when it last spoke for itself (a miss of a probe sent before is stale)
+    checked_at: float = -math.inf  # when we last sent a verify probe of it (``Swim._verify``: rate-limited)
 
 
 @dataclass(frozen=True)
@@ -385,8 +392,8 @@ class Swim:
                 due.append(rec.fetched_at + cfg.state_fetch_interval_s)
             if rec.status == "suspect" and rec.suspicion is not None:
                 end = rec.suspicion.started + self.suspicion_timeout(rec.suspicion.confirmations())
-                if end > now:  # past it: an unprobed suspicion waits for our own probe (urgent), not for time
-                    due.append(end)
+                # past it: an unprobed suspicion waits for our own verify probe (at most one running)
+                due.append(end if end > now else rec.checked_at + self._check_gap())
             elif rec.status in ("dead", "left"):
                 due.append(rec.since + cfg.forget_after_s)
         return max(now, min(due))
@@ -455,7 +462,7 @@ class Swim:
     def _missed(self, rec: Record, now: float, verify: bool) -> list[Transition]:
         if rec.status in ("dead", "left"):
             return []
-        if verify:
+        if verify and self.config.dead_rumour_verify:  # the rule before: a rumour and one miss of ours were enough
             return self._declare_dead(rec, now, "a rumour, and our own probe missed too")
         if rec.status == "suspect" and rec.suspicion is not None:
             if not rec.suspicion.probed:  # our own miss confirms the rumour, and the confirmation travels
@@ -496,7 +503,7 @@ class Swim:
                     if sus.probed:
                         out += self._declare_dead(rec, now, f"suspect for {now - sus.started:.2f} s")
                     else:
-                        self._urgent[node_id] = True  # a rumour's suspicion: our own probe decides
+                        self._verify(rec, now)  # a rumour's suspicion: our own probe decides
             elif rec.status in ("dead", "left") and now - rec.since >= cfg.forget_after_s:
                 del self.records[node_id]
                 self.broadcasts.pop(node_id, None)
@@ -518,6 +525,17 @@ class Swim:
         rec = self.records.get(node_id)
         if rec is not None and now - rec.last_probe >= self.config.probe_interval_s:
             self._urgent.setdefault(node_id, False)
+
+    def _verify(self, rec: Record, now: float) -> None:
+        """Probe ``rec`` at the next tick to check a rumour's suspicion that ran out, unless we did so less than
+        ``_check_gap`` ago (a verify probe is not repeated while one may still run; rumours must not set our rate)."""
+        if now - rec.checked_at >= self._check_gap():
+            self._urgent[rec.node_id] = True
+            self.records[rec.node_id] = replace(rec, checked_at=now)
+
+    def _check_gap(self) -> float:
+        """Least time between two verify probes of one member: the probe's own length (three probe timeouts)."""
+        return max(self.config.probe_interval_s, 3 * self.probe_timeout())
 
     # -- messages ----------------------------------------------------------------------------------------
     def message(self, kind: str, to: str | None = None) -> SwimMessage:
@@ -586,10 +604,14 @@ class Swim:
             return []
         if u.incarnation < rec.incarnation or rec.status in ("dead", "left"):
             return []
-        if u.status == "suspect":
-            return self._suspect_rumour(rec, u, now, self._proven_origin(u, sender, proven))
-        self._urgent[rec.node_id] = True  # dead or left: we check with our own probe before believing it
-        return []
+        if u.status == "left" and sender == u.node_id:
+            return self.left(u.node_id, now)  # its own word, authenticated
+        if u.status != "suspect" and self.config.dead_rumour_verify:
+            self._verify(rec, now)  # the rule before: one miss of ours and it was dead
+            return []
+        # a third party's dead or left is a suspicion like any other (never naming the node as its own suspecter)
+        as_suspect = replace(u, status="suspect", origin="" if u.origin == u.node_id else u.origin)
+        return self._suspect_rumour(rec, as_suspect, now, self._proven_origin(as_suspect, sender, proven))
 
     def suspicion_age(self, node_id: str, incarnation: int, origin: str, now: float) -> float | None:
         """How long the suspicion that ``origin``'s signed word (``node_id`` at ``incarnation``) confirms has been

@@ -260,6 +260,18 @@ class Sim:
             msg = SwimMessage("gossip", liar, sender.incarnation, sender.version, sender.self_url, updates)
             self._note(target, self.nodes[target].received(msg, self.now)[1])
 
+    def forge_dead(self, liar: str, victim: str, status: str = "dead") -> None:
+        """Member ``liar`` tells every member, in its own name (origin = itself), that ``victim`` is dead (or left),
+        at the incarnation that member holds: the review's dead-rumour stall."""
+        sender = self.nodes[liar]
+        for target in self.live():
+            rec = self.nodes[target].records.get(victim)
+            if target in (liar, victim) or not self.up(target) or rec is None:
+                continue
+            update = MemberUpdate(victim, status, rec.incarnation, rec.peer_url, 0, liar)
+            msg = SwimMessage("gossip", liar, sender.incarnation, sender.version, sender.self_url, (update,))
+            self._note(target, self.nodes[target].received(msg, self.now)[1])
+
     # -- views ---------------------------------------------------------------------------------------------
     def view(self, observer: str, subject: str) -> str | None:
         return self.nodes[observer].status_of(subject)

@@ -20,3 +20,5 @@ def test_the_bench_measures_every_rule_and_the_liar_kills_only_under_the_rule_be
     attack = {(r["rule"], r["liar"]): r["runs_with_false_death"] for r in out["attack"]}
     assert attack[("proven", True)] == 0 and attack[("proven", False)] == 0 and attack[("before", False)] == 0
     assert attack[("before", True)] > 0  # the forged confirmers kill a stalled node under the rule before
+    dead_lie = {r["rule"]: r["runs_with_false_death"] for r in out["dead_lie"]}
+    assert dead_lie["proven"] == 0 and dead_lie["verify"] > 0  # one member's "it is dead" kills only under verify

@@ -75,18 +75,23 @@ def test_a_failed_push_pull_is_retried_within_a_second() -> None:
     assert any(isinstance(i, sw.Sync) for i in a.tick(2.5)[0])
 
 
-def test_a_dead_rumour_is_checked_with_our_own_probe() -> None:
+def test_a_dead_rumour_is_a_suspicion_checked_with_our_own_probe() -> None:
     a, b = pair()
     a.apply(MemberUpdate("b", "dead", 0, b.self_url, 0, "c"), 1.0)
-    assert a.status_of("b") == "alive"
-    instructions, _ = a.tick(1.1)
+    sus = a.records["b"].suspicion
+    assert a.status_of("b") == "suspect" and sus is not None and not sus.probed  # a rumour: not dead, not ours
+    assert sw.Probe("b", b.self_url, verify=True) not in a.tick(1.1)[0]  # no verify before its timeout runs out
+    instructions, _ = a.tick(1.0 + a.suspicion_timeout(0) + 0.01)
     assert sw.Probe("b", b.self_url, verify=True) in instructions
     ack = b.received(a.message("ping", "b"), 1.1)[0]
-    a.probe_result("b", ack, 0, 1.15, verify=True)
+    a.probe_result("b", ack, 0, 4.0, verify=True)
     assert a.status_of("b") == "alive"  # it answers our probes: no rumour makes it dead
-    a.apply(MemberUpdate("b", "dead", 0, b.self_url, 0, "c"), 2.0)
-    a.tick(2.1)
-    assert a.probe_result("b", None, 0, 2.4, verify=True)[0].new == "dead"  # and our own probe missed too
+    assert b.incarnation == a.records["b"].incarnation == 1  # our ping carried our suspicion: b refuted it
+    a.apply(MemberUpdate("b", "dead", 1, b.self_url, 0, "c"), 5.0)
+    end = 5.0 + a.suspicion_timeout(0) + 0.01
+    a.tick(end)
+    assert a.probe_result("b", None, 0, end + 1.2, verify=True, sent=end) == []  # our probe missed too: our clock
+    assert a.tick(end + 1.2 + a.suspicion_timeout(0) + 0.01)[1][0].new == "dead"  # and it ran out
 
 
 def test_only_the_node_itself_clears_a_suspicion() -> None:
@@ -294,7 +299,7 @@ def _verify_across_a_cut(verify_indirect: bool) -> list[tuple[float, str, str]]:
     sim.cut("n1", "n3")
     n3 = sim.nodes["n1"].records["n3"]
     sim.nodes["n1"].apply(MemberUpdate("n3", "dead", n3.incarnation, n3.peer_url, 0, "n2"), sim.now)
-    sim.run(3)
+    sim.run(9)  # a suspicion now: its unconfirmed timeout, the verify probe, then our own timeout
     return sim.false_deaths()
 
 
