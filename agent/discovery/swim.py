@@ -21,7 +21,8 @@ Trust (gossip about a third node is a claim, never proof):
   the shell checked the origin's signature riding on the same message (``received(..., proven)``,
   agent.discovery.swim_proofs: nothing proven once counts again); we never count or pass on a suspicion in our
   own name unless our own probe missed; the clock to death starts at our own missed probe, never at a rumour;
-* incarnation jumps are bounded (``MAX_INC_JUMP``), and every table here has a bound.
+* a rumour's incarnation may jump by at most ``MAX_INC_JUMP`` (the node's own authenticated word by any amount:
+  it refutes above any suspicion of it, as memberlist does), and every table here has a bound.
 
     alive --our probe and k indirect probes miss / any rumour--> suspect --our clock's timeout--> dead --> forgotten
       ^------------- the node's own authenticated answer (with a refuting incarnation) -------'
@@ -95,6 +96,10 @@ class SwimConfig:
     # node may refute). True is the rule before: one missed probe of ours (direct and k relays) made it dead at once,
     # so one member gossiping "x dead" as x stalled 1.3 s had every member declare it dead (tests switch it on).
     dead_rumour_verify: bool = False
+    # A node's own authenticated word on its incarnation is taken however far it jumps (MAX_INC_JUMP bounds rumours
+    # only). True is the rule before: a jump above 64 was ignored even from the node itself, so a member that told a
+    # node "you are suspect at inc+64" three times (it refutes above each, as memberlist does) desynced it for good.
+    bounded_own_jump: bool = False
     max_members: int = MAX_MEMBERS
     max_candidates: int = MAX_CANDIDATES
     max_broadcasts: int = MAX_BROADCASTS
@@ -329,7 +334,8 @@ class Swim:
         rec = self.records.get(node_id)
         if rec is None:
             return []
-        inc = rec.incarnation if incarnation > rec.incarnation + MAX_INC_JUMP else max(rec.incarnation, incarnation)
+        implausible = self.config.bounded_own_jump and incarnation > rec.incarnation + MAX_INC_JUMP
+        inc = rec.incarnation if implausible else max(rec.incarnation, incarnation)
         self._urgent.pop(node_id, None)
         old = None if rec.status == "new" else rec.status
         self.records[node_id] = replace(rec, status="alive", incarnation=inc, suspicion=None, heard_at=now,
@@ -595,15 +601,14 @@ class Swim:
                 host = u.peer_url.split("//", 1)[1].rsplit(":", 1)[0]
                 self.hint(u.node_id, u.peer_url, host, now)
             return []
-        if u.incarnation > rec.incarnation + MAX_INC_JUMP:
-            return []  # an implausible jump: ignored
-        if u.status == "alive":
-            self._claim_version(u.node_id, u.version)
+        if u.status == "alive":  # however far it claims to jump: only the node's own answer to our probe counts
+            if u.incarnation <= rec.incarnation + MAX_INC_JUMP:
+                self._claim_version(u.node_id, u.version)
             if u.incarnation > rec.incarnation or rec.status in ("dead", "left"):
                 self._urgent.setdefault(u.node_id, False)  # a refutation or a return: only its own word counts
             return []
-        if u.incarnation < rec.incarnation or rec.status in ("dead", "left"):
-            return []
+        if not rec.incarnation <= u.incarnation <= rec.incarnation + MAX_INC_JUMP or rec.status in ("dead", "left"):
+            return []  # an old incarnation, or an implausible jump: ignored
         if u.status == "left" and sender == u.node_id:
             return self.left(u.node_id, now)  # its own word, authenticated
         if u.status != "suspect" and self.config.dead_rumour_verify:

@@ -112,9 +112,11 @@ def test_incarnation_jumps_are_bounded() -> None:
     a, b = pair()
     a.apply(MemberUpdate("b", "suspect", sw.MAX_INC_JUMP + 1, b.self_url, 0, "c"), 1.0)
     assert a.status_of("b") == "alive"  # an implausible suspicion is ignored
+    a.apply(MemberUpdate("b", "alive", sw.MAX_INC_JUMP + 1, b.self_url, 0), 1.05)
+    assert a.records["b"].incarnation == 0  # nor is an alive rumour taken (it only makes us probe b)
     b.incarnation = 10**9
     a.received(b.message("ping", "a"), 1.1)
-    assert a.records["b"].incarnation == 0  # not even from the node itself in one step
+    assert a.records["b"].incarnation == 10**9  # the node's own word is (only it raises it: test_swim_incarnation)
     b.apply(MemberUpdate("b", "dead", 10**9 + sw.MAX_INC_JUMP + 1, b.self_url, 0, "c"), 1.2)
     assert b.incarnation == 10**9  # nor does a node refute an implausible rumour about itself
 
