@@ -7,8 +7,11 @@ we probed ourselves, each (member, incarnation) once, again when half the window
 began), keeps the proofs that checked out where the core would use them (one per (member, origin), bounded),
 attaches to each outgoing message the proofs of the suspect updates it carries (at most ``wire.MAX_PROOFS``),
 and tells the caller which incoming ones are proven. A proof counts only for a suspicion still open here that
-began at most ``EPISODE_SKEW_S`` after it was signed (a cleared suspicion's proof cannot confirm a new one);
-refused ones are remembered briefly (not re-verified). I/O-free but for the clock and the node's key.
+began at most ``EPISODE_SKEW_S`` after it was signed, and never for a later suspicion than the one it first counted
+for here (remembered by digest on our own clock: a cleared suspicion's proof cannot confirm a new one, whatever the
+origin's clock says). Refused ones are remembered briefly by their exact bytes, which saves re-verifying a replay
+but not a forger's fresh signatures (each costs a verification, at most ``MAX_PROOFS`` a message). I/O-free but
+for the clock and the node's key.
 """
 
 from __future__ import annotations
@@ -28,6 +31,14 @@ MAX_HELD = 512  # proofs kept to relay (ours and others'), one per (member, orig
 MAX_REFUSED = 256  # digests of proofs that did not check out, not verified again for REFUSED_TTL_S
 REFUSED_TTL_S = 10.0
 EPISODE_SKEW_S = 3.0  # a proof signed this long before its suspicion opened here still counts (relay, clocks)
+# A proof that counted here is remembered (by digest, when it first counted, on our own clock) and refused for any
+# later suspicion of that member: honest origins sign anew for each suspicion, so no origin's clock is needed for
+# a replay of what we saw. Bounded: per (member, origin) and in all; kept while any skew could keep it fresh.
+MAX_SPENT_KEYS = 512
+MAX_SPENT_PER_KEY = 8
+SPENT_TTL_S = 2 * WINDOW_S
+SAME_EPISODE_S = 0.05  # counted this close to the suspicion's start here: the same one (two clocks read apart)
+REMEMBER_SPENT = True  # tests switch it off to show the skew replay comes back
 Key = tuple[str, int, str]  # (member, incarnation, origin)
 # the core's view (Swim.suspicion_age): how long the suspicion a proof confirms has been open (0: opens now);
 # None: it confirms nothing (not a member, cleared, another incarnation, ours unprobed, enough confirmers)
@@ -50,6 +61,7 @@ class ProofBook:
         self.checked = 0  # proofs that checked out (signature verified once each)
         self.refused = 0  # proofs that did not check out (bad signature, another signer, stale, replayed)
         self._refused: dict[bytes, float] = {}  # digest -> until when it is refused without a check
+        self._spent: dict[tuple[str, str], dict[bytes, float]] = {}  # (member, origin) -> digest -> first counted
         self._warned = False
 
     def _fresh(self, proof: SuspectProof, margin: float = 0.0) -> bool:
@@ -116,11 +128,32 @@ class ProofBook:
                 continue  # our own word comes back: we count ourselves only by our own probe
             if self.episode(*key) is None:
                 continue  # nothing here it could confirm: not worth a verification, nor a place in the store
-            if self._age(proof) is None:
+            age = self._age(proof)
+            if age is None:
                 self._refuse(proof, AuthError("stale, or older than the suspicion it would confirm (a replay?)"))
+            elif self._spent_before(proof, age):
+                self._refuse(proof, AuthError("it counted for an earlier suspicion here (a replay)"))
             elif self.held.get(key[::2]) == proof or self._verified(proof):
+                self._spend(proof)
                 out.append(key)
         return out
+
+    def _spent_before(self, proof: SuspectProof, age: float) -> bool:
+        """Whether ``proof`` first counted here before the suspicion it would confirm now (``age`` s old) began."""
+        counted = self._spent.get((proof.node_id, proof.origin), {}).get(self._digest(proof))
+        return REMEMBER_SPENT and counted is not None and counted < self.wall() - age - SAME_EPISODE_S
+
+    def _spend(self, proof: SuspectProof) -> None:
+        """Remember when ``proof`` first counted (bounded; the oldest go first)."""
+        now, key, digest = self.wall(), (proof.node_id, proof.origin), self._digest(proof)
+        book = self._spent.pop(key, {})
+        book = {d: t for d, t in book.items() if now - t < SPENT_TTL_S}
+        book.setdefault(digest, now)
+        while len(book) > MAX_SPENT_PER_KEY:
+            del book[min(book, key=book.__getitem__)]
+        while len(self._spent) >= MAX_SPENT_KEYS:
+            del self._spent[next(iter(self._spent))]
+        self._spent[key] = book  # most recently counted last
 
     def _digest(self, proof: SuspectProof) -> bytes:
         return hashlib.sha256(

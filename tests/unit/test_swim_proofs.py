@@ -200,8 +200,47 @@ def test_a_proof_from_a_cleared_suspicion_cannot_confirm_a_new_one(monkeypatch: 
     d.proofs.held.clear()
     assert d.proofs.check(gossip("m", suspect("c1"), proofs=(old,))) == []
     assert d.proofs.check(gossip("m", suspect("c1"), proofs=(own_proof("c1", clock),))) == [("x", 0, "c1")]
-    monkeypatch.setattr(swim_proofs, "EPISODE_SKEW_S", WINDOW_S)  # the rule before: any fresh proof counted
+    monkeypatch.setattr(swim_proofs, "EPISODE_SKEW_S", WINDOW_S)  # the rules before: any fresh proof counted
+    assert d.proofs.check(gossip("m", suspect("c1"), proofs=(old,))) == []  # it counted here before: refused
+    monkeypatch.setattr(swim_proofs, "REMEMBER_SPENT", False)
     assert d.proofs.check(gossip("m", suspect("c1"), proofs=(old,))) == [("x", 0, "c1")]
+
+
+def test_a_fast_origins_proof_cannot_be_replayed_into_a_later_suspicion(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The review's skew replay: c1's clock runs 20 s ahead; its proof counted for a suspicion here that x's own
+    answer cleared (same incarnation); 15 s later m replays it into a new suspicion. The stamp looks 5 s in the
+    future, so the 3 s rule lets it by; what counted here before is refused, on our own clock alone."""
+    clock = Clock()
+    state = {"age": 0.0}
+    book = ProofBook(IDS["b"], clock, episode=lambda n, i, o: state["age"])
+    fast = own_proof("c1", Clock(clock.t + 20.0))
+    assert book.check(gossip("m", suspect("c1"), proofs=(fast,))) == [("x", 0, "c1")]  # episode 1 opens with it
+    clock.t += 1.0
+    state["age"] = 1.0
+    assert book.check(gossip("m", suspect("c1"), proofs=(fast,))) == [("x", 0, "c1")]  # still episode 1: counts
+    clock.t += 14.0
+    state["age"] = 0.0  # x answered us in between; a new suspicion opens now
+    assert book.check(gossip("m", suspect("c1"), proofs=(fast,))) == []
+    assert book.check(gossip("c1", suspect("c1"), proofs=(own_proof("c1", Clock(clock.t + 20.0)),))) != []
+    monkeypatch.setattr(swim_proofs, "REMEMBER_SPENT", False)  # the rule before: the replay counted
+    assert book.check(gossip("m", suspect("c1"), proofs=(fast,))) == [("x", 0, "c1")]
+
+
+def test_the_memory_of_counted_proofs_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(swim_proofs, "MAX_SPENT_KEYS", 3)
+    monkeypatch.setattr(swim_proofs, "MAX_SPENT_PER_KEY", 2)
+    clock = Clock()
+    book = ProofBook(IDS["b"], clock)
+    for i in range(6):  # c1's suspicions of six members, three times each (signed anew every time)
+        for _ in range(3):
+            clock.t += 1.0
+            proof = ProofBook(IDS["c1"], clock).attach(gossip("c1", suspect("c1", about=f"n{i}"))).proofs[0]
+            assert book.check(gossip("c1", suspect("c1", about=f"n{i}"), proofs=(proof,))) != []
+    assert len(book._spent) == 3 and all(len(v) == 2 for v in book._spent.values())
+    clock.t += swim_proofs.SPENT_TTL_S + 1
+    proof = ProofBook(IDS["c1"], clock).attach(gossip("c1", suspect("c1", about="n5"))).proofs[0]
+    book.check(gossip("c1", suspect("c1", about="n5"), proofs=(proof,)))
+    assert len(book._spent[("n5", "c1")]) == 1  # the expired ones went
 
 
 def test_our_own_proof_echoed_back_is_not_counted() -> None:
