@@ -4,10 +4,11 @@ For each window size, a fresh child process fills the leader's window (agent.win
 page from records shaped like bench/snapshot_bench.py's lab (ten nodes, 300 clients), letting each page go as it
 would after a gather, and reports: the window's Python heap (tracemalloc, bytes still held once the pages are gone)
 and the process's RSS growth; a real solver worker (agent.solver_worker.SolverWorker, least-loaded) given the whole
-window, its RSS before, after and after one more (delta) round; the snapshot build from the window's records (CPU ms, least of ``--reps``); and per
-round with ``--new-per-round`` new records: the serving process's hand-off (add, expire, take the records and the
-delta, encode the delta: CPU ms) and the whole round trip to the worker (wall ms), and the reset's encoding (a new
-worker only). ``--before-rev REV`` measures git revision REV's agent/ the same way in the same run and prints ratios.
+window, its RSS before, after, and after one more (delta) round; the snapshot build from the window's records (CPU
+ms, least of ``--reps``); and per round with ``--new-per-round`` new records: the serving process's hand-off (add,
+expire, take the records and the delta, encode the delta: CPU ms) and the whole round trip to the worker (wall ms),
+and the reset's encoding (a new worker only). ``--before-rev REV`` measures git revision REV's agent/ the same way
+in the same run and prints ratios.
 
     python bench/window_memory_bench.py --records 1000,10000,50000 --before-rev HEAD~3 --json
 """
@@ -159,9 +160,8 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps({"now": now, "before": then, "before_rev": args.before_rev, "load": load}))
         return 0
     print(f"request window memory and round costs ({args.new_per_round} new records a round); load {load[0]:.2f}")
-    keys = ("window_heap_kib", "serving_rss_kib", "worker_rss_before_kib", "worker_rss_after_kib", "worker_rss_round_kib",
-            "build_ms",
-            "handoff_round_ms", "reset_encode_ms", "worker_round_ms")  # fmt: skip
+    keys = ("window_heap_kib", "serving_rss_kib", "worker_rss_before_kib", "worker_rss_after_kib",
+            "worker_rss_round_kib", "build_ms", "handoff_round_ms", "reset_encode_ms", "worker_round_ms")  # fmt: skip
     for n in sizes:
         print(f"{n} records:")
         for k in keys:
