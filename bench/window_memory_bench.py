@@ -2,13 +2,14 @@
 
 For each window size, a fresh child process fills the leader's window (agent.window_sync.JournaledWindow) page by
 page from records shaped like bench/snapshot_bench.py's lab (ten nodes, 300 clients), letting each page go as it
-would after a gather, and reports: the window's Python heap (tracemalloc, bytes still held once the pages are gone)
-and the process's RSS growth; a real solver worker (agent.solver_worker.SolverWorker, least-loaded) given the whole
-window, its RSS before, after, and after ``--reps`` more (delta) rounds; the snapshot build from the window's
-records (CPU ms, least of ``--reps``); and per round with ``--new-per-round`` new records: the serving process's
-hand-off (add, expire, take the records and the delta, encode the delta: CPU ms) and the whole round trip to the
-worker (wall ms), and the reset's encoding (a new worker only). ``--before-rev REV`` measures git revision REV's
-agent/ the same way in the same run and prints ratios.
+would after a gather, and reports: the process's RSS growth, and the window's Python heap (tracemalloc: bytes still
+held once the pages are gone, from a second window filled the same way, so that tracemalloc's own tables stay out of
+the RSS); a real solver worker (agent.solver_worker.SolverWorker, least-loaded) given the whole window, its RSS
+before, after, and after ``--reps`` more (delta) rounds; the snapshot build from the window's records (CPU ms, least
+of ``--reps``); and per round with ``--new-per-round`` new records: the serving process's hand-off (add, expire,
+take the records and the delta, encode the delta: CPU ms) and the whole round trip to the worker (wall ms), and the
+reset's encoding (a new worker only). ``--before-rev REV`` measures git revision REV's agent/ the same way in the
+same run and prints ratios.
 
     python bench/window_memory_bench.py --records 1000,10000,50000 --before-rev 5f53e85 --json
 """
@@ -104,14 +105,19 @@ def measure_one(n: int, reps: int, new_per_round: int) -> dict[str, float]:
     inputs = BuildInputs(nodes, catalogue, 1060.0, "queue-p99", 600.0)
     gc.collect()
     rss0 = rss_kib(os.getpid())
-    tracemalloc.start()
     w = JournaledWindow(n + new_per_round, 600.0, 30.0)
     _fill(w, n)
     w.take_delta()
     gc.collect()
+    rss, held = rss_kib(os.getpid()) - rss0, len(w)
+    tracemalloc.start()  # the heap from a second window (tracemalloc's own tables would inflate the RSS above)
+    twin = JournaledWindow(n + new_per_round, 600.0, 30.0)
+    _fill(twin, n)
+    twin.take_delta()
+    gc.collect()
     heap = tracemalloc.get_traced_memory()[0]
     tracemalloc.stop()
-    rss, held = rss_kib(os.getpid()) - rss0, len(w)
+    del twin
     build_ms = _cpu_ms(lambda: inputs.build(w.records()), reps)
     fresh = lab(new_per_round, seed=7)
 
