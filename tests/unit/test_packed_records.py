@@ -85,3 +85,35 @@ def test_a_full_window_holds_a_fraction_of_the_records_objects() -> None:
     tracemalloc.stop()
     assert len(w) == 5000
     assert packed < held / 4
+
+
+def _churn_strangers() -> int:
+    """Heap growth (bytes) while 20,000 records of made-up names (~40 MB of text) pass a 100-record window."""
+    w = RequestWindow(max_records=100, window_s=600.0, max_ahead_s=60.0)
+    tracemalloc.start()
+    base = 0
+    for i in range(200):
+        page = [RequestRecord(1000.0, f"model-{i}-{j}" * 4, f"client-{i}-{j}-" + "x" * 2000, {f"node-{i}-{j}": 1.0},
+                              f"node-{i}-{j}", 1.0, 200) for j in range(100)]  # fmt: skip
+        w.add("stranger", page, 1000.0)
+        del page
+        assert len(list(w.records())) == 100
+        if i == 10:
+            base = tracemalloc.get_traced_memory()[0]
+    grown = tracemalloc.get_traced_memory()[0] - base
+    tracemalloc.stop()
+    assert len(w) == 100
+    return grown
+
+
+def test_strangers_strings_do_not_pile_up_in_the_intern_table() -> None:
+    """Interned ids are freed with the last row or record that uses them: the heap stays where it was (give or take
+    the intern table's own resizing, ~1 MB)."""
+    assert _churn_strangers() < 4_000_000
+
+
+def test_the_pile_up_check_catches_a_table_that_keeps_every_string(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The check above is not decoration: intern into a table that never lets go and the heap grows by the text."""
+    kept: dict[str, str] = {}
+    monkeypatch.setattr("agent.packed_records.intern", lambda s: kept.setdefault(s, s))
+    assert _churn_strangers() > 4_000_000
