@@ -2,11 +2,12 @@
 
 A ``RequestRecord`` with its RTT dict and boxed floats is ~1.4 KiB of Python objects at ten nodes; a row is one
 ``bytes`` object: the stamp as 8 bytes (little-endian double, read in place for expiry and trimming) followed by
-``marshal.dumps((model, client, rtt_ms, node, latency_ms, status))`` (floats and strings exactly; ``logged_by`` is
-not in the row: the window keeps rows per logging node). Rows are self-contained (no string table shared between
-processes, so nothing to keep in step or to bound beyond the rows themselves) and cross the pipe to the solver
-worker as they are. The worker reads what its own agent packed with the same interpreter: marshal's format is the
-same on both ends. Only a row's reader unpacks it; the snapshot build does, once per round, in the worker.
+``marshal.dumps((model, client, marshal.dumps(rtt_ms), node, latency_ms, status))`` (floats and strings exactly;
+``logged_by`` is not in the row: the window keeps rows per logging node). Rows are self-contained (no string table
+shared between processes, so nothing to keep in step or to bound beyond the rows themselves) and cross the pipe to
+the solver worker as they are. The worker reads what its own agent packed with the same interpreter: marshal's
+format is the same on both ends. Only a row's reader unpacks it; the snapshot build does, once per round, in the
+worker, and the RTTs only where it reads them (``PackedRtts``: a stream's newest records).
 
 The strings are interned before packing, so marshal marks them and unpacking interns them again: the records of one
 build share one object per node id, model and client rather than one per record and field (Python's interned
@@ -17,7 +18,7 @@ from __future__ import annotations
 
 import marshal
 import struct
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from sys import intern
 from typing import Any, overload
 
@@ -31,8 +32,8 @@ MAX_ROW_BYTES = 8192
 
 
 def pack_record(r: RequestRecord) -> bytes:
-    """One record as a row (its ``logged_by`` left out)."""
-    rtt_ms = {intern(k): v for k, v in r.rtt_ms.items()}
+    """One record as a row (its ``logged_by`` left out; its RTTs a nested marshal, read only when looked at)."""
+    rtt_ms = marshal.dumps({intern(k): v for k, v in r.rtt_ms.items()})
     node = None if r.node is None else intern(r.node)
     return _TS.pack(r.ts) + marshal.dumps((intern(r.model), intern(r.client), rtt_ms, node, r.latency_ms, r.status))
 
@@ -50,7 +51,43 @@ def unpack_row(row: bytes, logged_by: str | None) -> RequestRecord:
         model, client, rtt_ms, node, latency_ms, status = marshal.loads(row[_TS.size :])
     except (EOFError, TypeError, ValueError, struct.error) as exc:
         raise ValueError(f"not a packed request record: {exc}") from exc
-    return RequestRecord(ts, model, client, rtt_ms, node, latency_ms, status, logged_by)
+    if not isinstance(rtt_ms, bytes):
+        raise ValueError("not a packed request record: its RTTs are not packed")
+    return RequestRecord(ts, model, client, PackedRtts(rtt_ms), node, latency_ms, status, logged_by)
+
+
+class PackedRtts(Mapping[str, float]):
+    """A record's RTTs (node -> ms) still marshalled until first read: the build reads a stream's newest records'
+    RTTs only, so most records' RTTs are never unpacked (nor held as a dict and boxed floats)."""
+
+    __slots__ = ("_blob", "_map")
+
+    def __init__(self, blob: bytes) -> None:
+        self._blob = blob
+        self._map: dict[str, float] | None = None
+
+    def _loaded(self) -> dict[str, float]:
+        if self._map is None:
+            try:
+                loaded = marshal.loads(self._blob)
+            except (EOFError, TypeError, ValueError) as exc:
+                raise ValueError(f"not packed RTTs: {exc}") from exc
+            if not isinstance(loaded, dict):
+                raise ValueError("not packed RTTs")
+            self._map = loaded
+        return self._map
+
+    def __getitem__(self, node: str) -> float:
+        return self._loaded()[node]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._loaded())
+
+    def __len__(self) -> int:
+        return len(self._loaded())
+
+    def __repr__(self) -> str:
+        return repr(self._loaded())
 
 
 def check_rows(rows: Any) -> list[bytes]:

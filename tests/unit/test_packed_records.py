@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import marshal
 import math
 import random
 import tracemalloc
 
 import pytest
 
-from agent.packed_records import MAX_ROW_BYTES, RecordView, check_rows, pack_record, row_ts, unpack_row
+from agent.packed_records import MAX_ROW_BYTES, PackedRtts, RecordView, check_rows, pack_record, row_ts, unpack_row
 from agent.placement import RequestRecord, parse_request
 from agent.request_window import RequestWindow
 
@@ -42,6 +43,10 @@ def test_garbage_rows_are_refused() -> None:
     for bad in (b"", b"12345678", b"\x00" * 8 + b"\xff\xff", b"\x00" * 8 + b"i\x01\x00\x00\x00"):
         with pytest.raises(ValueError, match="not a packed request record"):
             unpack_row(bad, None)
+    with pytest.raises(ValueError, match="not packed RTTs"):
+        dict(PackedRtts(b"\xff"))  # read only when looked at: then refused like a bad row
+    with pytest.raises(ValueError, match="RTTs are not packed"):
+        unpack_row(b"\x00" * 8 + marshal.dumps(("m", "c", {}, None, None, 200)), None)
     for rows in ([b"short"], [1, 2], "abc", [b"\x00" * 4]):
         with pytest.raises(ValueError, match="not a list"):
             check_rows(rows)
