@@ -231,14 +231,16 @@ def solve_request(request: Any, mirror: WorkerWindow | None = None) -> dict[str,
     snap = Snapshot.from_dict(request.get("snapshot"))
     method, mode = str(request.get("method", "ipopt")), str(request.get("mode", "1"))
     try:
-        plan = solve(snap, method=method, mode=mode).to_dict()
+        solved = solve(snap, method=method, mode=mode)
     except SolverUnavailableError as exc:
         plan = solve(snap, method="least-loaded", mode=mode).to_dict()
         return {"plan": plan, "fallback": str(exc), **({} if built is None else {"requests": built})}
+    plan = solved.to_dict()
     if snap.objective in ("queue", "queue-p99"):  # the status quo's value, for the leader's hysteresis
         from solver.hold import parse_counts, value_running
 
-        plan["running_value"] = value_running(snap, parse_counts(request.get("held"))).to_dict()
+        held = parse_counts(request.get("held"))  # valued from the plan's own split where it fits (solver.hold)
+        plan["running_value"] = value_running(snap, held, start=solved.shares).to_dict()
     return {"plan": plan, "fallback": ""} if built is None else {"plan": plan, "fallback": "", "requests": built}
 
 

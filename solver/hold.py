@@ -27,7 +27,7 @@ load at the best split exceeds ``rho_max`` (``overloaded``): the leader acts on 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -49,6 +49,9 @@ BISECTIONS = 30  # plain Frank-Wolfe's line search (PROJECTED off)
 PROJECTED = True  # the split by Newton-scaled gradient projection (False: plain Frank-Wolfe, the method before)
 SECANTS = 60  # the projected method's line search: evaluations at most (half of them bisections at worst)
 LOWER_BOUNDS = True  # the gap against the best lower bound so far (False: the latest iterate's duality gap alone)
+WARM_START = True  # start from the plan's split where given and no dearer than the cheapest-node start (False: never)
+
+Shares = Sequence[Mapping[str, float]]  # per request, node -> share of its rate (the plan's ``shares``)
 
 
 @dataclass(frozen=True)
@@ -77,6 +80,7 @@ class RunningValue:
     planned_queue: dict[str, dict[str, float]] = field(default_factory=dict)
     model_ms: dict[str, float] = field(default_factory=dict)  # per served model: its mean latency per request
     steps: int = 0  # the split's iterations (at most ITERATIONS)
+    warm_start: bool = False  # the split started from the plan's (``start``), not from each stream's cheapest node
 
     def to_dict(self) -> dict[str, Any]:
         """JSON form (the solver worker's reply, the leader's round)."""
@@ -85,7 +89,7 @@ class RunningValue:
             "overloaded": list(self.overloaded), "demand": list(self.demand), "over_bound": list(self.over_bound),
             "instances": self.instances,
             "spread": self.spread, "planned_queue": self.planned_queue, "model_ms": self.model_ms,
-            "steps": self.steps,
+            "steps": self.steps, "warm_start": self.warm_start,
         }  # fmt: skip
 
 
@@ -99,9 +103,13 @@ def parse_counts(raw: Any) -> dict[str, dict[str, int]] | None:
 
 
 def value_running(
-    snapshot: Snapshot, held: Mapping[str, Mapping[str, int]] | None = None, rho_max: float | None = None
+    snapshot: Snapshot,
+    held: Mapping[str, Mapping[str, int]] | None = None,
+    rho_max: float | None = None,
+    start: Shares | None = None,
 ) -> RunningValue:
-    """Value ``held`` (node -> model -> count; default: the snapshot's running instances) under its streams."""
+    """Value ``held`` (node -> model -> count; default: the snapshot's running instances) under its streams;
+    ``start``: a plan's per-request shares on this snapshot, the split's warm start where they fit (``_warm``)."""
     running = running_instances(snapshot)
     if held is not None:
         models = {m.name: k for k, m in enumerate(snapshot.models)}
@@ -120,7 +128,9 @@ def value_running(
     lost = demand & ~allowed.any(axis=1)
     unserved = tuple(sorted({p.model_names[int(p.class_model[c])] for c in np.nonzero(lost)[0]}))
     served = demand & ~lost
-    x, gap, steps = _best_split(q, n, allowed & served[:, None])
+    usable = allowed & served[:, None]
+    warm = _warm(q, usable, start) if start is not None and WARM_START else None
+    x, gap, steps, warmed = _best_split(q, n, usable, warm)
     lam = _lam(q, x)
     over = _over(q, n, lam)
     overloaded = tuple(f"{p.node_ids[j]}/{p.model_names[k]}" for j, k in zip(*np.nonzero(over), strict=True))
@@ -135,7 +145,7 @@ def value_running(
     return RunningValue(
         objective_ms=value, gap_ms=gap / total if total > 0 else 0.0, unserved=unserved, overloaded=overloaded,
         demand=asked, over_bound=_over_bound(q, running), instances=instances, spread=_spread(q, x),
-        planned_queue=_planned_queue(q, n, lam), model_ms=_model_ms(q, n, x), steps=steps,
+        planned_queue=_planned_queue(q, n, lam), model_ms=_model_ms(q, n, x), steps=steps, warm_start=warmed,
     )  # fmt: skip
 
 
@@ -219,8 +229,36 @@ def _gradient(q: QueueProblem, n: Servers, x: FloatArray) -> FloatArray:
     return np.asarray(q.base.cost + marginal)
 
 
-def _best_split(q: QueueProblem, n: Servers, allowed: Any) -> tuple[FloatArray, float, int]:
-    """The split of each class's rate over its allowed nodes minimising ``_objective``: (x, duality gap, steps).
+def _warm(q: QueueProblem, allowed: Any, shares: Shares) -> FloatArray | None:
+    """[c, j] the plan's split restricted to the held pools (``allowed``), renormalised per class to its whole rate;
+    a class with no share on a held pool starts on its cheapest node. None if ``shares`` is not this snapshot's
+    (another request count) or no class keeps a share: the plan's split does not fit what runs."""
+    p = q.base
+    if len(shares) != len(p.snapshot.requests):
+        return None
+    index = {node: j for j, node in enumerate(p.node_ids)}
+    x = np.zeros((p.n_classes, p.n_nodes))
+    for c, members in enumerate(p.class_members):
+        for i in members:
+            for node, share in shares[i].items():
+                j = index.get(node)
+                if j is not None and math.isfinite(share) and share > 0:
+                    x[c, j] += share
+    x = np.where(allowed, x, 0.0)
+    total = x.sum(axis=1)
+    rate = np.where(allowed.any(axis=1), q.rate, 0.0)
+    kept = (total > 0) & (rate > 0)
+    if not kept.any():
+        return None
+    cold = _all_on(np.where(allowed, q.base.cost, np.inf), rate)
+    return np.where(kept[:, None], x / np.where(kept, total, 1.0)[:, None] * rate[:, None], cold)
+
+
+def _best_split(
+    q: QueueProblem, n: Servers, allowed: Any, warm: FloatArray | None = None
+) -> tuple[FloatArray, float, int, bool]:
+    """The split of each class's rate over its allowed nodes minimising ``_objective``: (x, duality gap, steps,
+    whether it started from ``warm``: where given and no dearer than each class's cheapest node, else from there).
 
     Each step's direction: ``_shift`` (PROJECTED) or plain Frank-Wolfe's (all toward the cheapest nodes, which
     zig-zags near the load cap's kink); either way the stop is at ``TOLERANCE`` of the gap between the value and
@@ -229,6 +267,8 @@ def _best_split(q: QueueProblem, n: Servers, allowed: Any) -> tuple[FloatArray, 
     rate = np.where(allowed.any(axis=1), q.rate, 0.0)
     big = np.where(allowed, 0.0, np.inf)
     x = _all_on(np.where(allowed, q.base.cost, np.inf), rate)
+    warmed = warm is not None and _objective(q, n, warm) <= _objective(q, n, x)
+    x = warm if warm is not None and warmed else x
     gap, steps, lower = 0.0, 0, -np.inf
     for steps in range(ITERATIONS + 1):
         grad, curve = _gradient_curvature(q, n, x) if PROJECTED else (_gradient(q, n, x), None)
@@ -243,7 +283,7 @@ def _best_split(q: QueueProblem, n: Servers, allowed: Any) -> tuple[FloatArray, 
             x = x + _line_search(q, n, x, direction) * direction
         else:
             x = _shift_by_model(q, n, x, _shift(x, grad + big, curve, target > 0), grad)
-    return x, max(gap, 0.0), steps
+    return x, max(gap, 0.0), steps, warmed
 
 
 def _shift_by_model(q: QueueProblem, n: Servers, x: FloatArray, direction: FloatArray, grad: FloatArray) -> FloatArray:
