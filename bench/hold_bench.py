@@ -30,6 +30,7 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 SIZES = ((25, 10), (50, 10), (25, 20))
+CPU_KEYS = ("cpu_ms", "cold_cpu_ms", "solve_ms")  # least of the rounds
 
 
 def _snapshot(size: tuple[int, int], seed: int, cores: float) -> Any:
@@ -48,36 +49,50 @@ def _snapshot(size: tuple[int, int], seed: int, cores: float) -> Any:
     return dataclasses.replace(snap, nodes=nodes)
 
 
-def _steady(size: tuple[int, int], seed: int, cores: float, mode: str) -> tuple[Any, dict[str, dict[str, int]]]:
-    """The steady state: the thesis instance with ``cores`` per node, held at the counts its own queue plan asks for."""
+def _steady(size: tuple[int, int], seed: int, cores: float, mode: str) -> tuple[Any, Any, float]:
+    """The steady state: the thesis instance with ``cores`` per node, its own queue plan (held at the counts it asks
+    for) and the plan's solve CPU ms: (snapshot, plan, ms)."""
     import dataclasses
+    import time
 
     from solver.api import solve
     from solver.simulate import thesis_instance
 
     snap = thesis_instance(size[0], size[1], seed)
     snap = dataclasses.replace(snap, nodes=tuple(dataclasses.replace(n, cores=cores) for n in snap.nodes))
+    t0 = time.process_time()
     plan = solve(snap, mode=mode, objective="queue")
-    return snap, {node: dict(models) for node, models in plan.instances.items()}
+    return snap, plan, (time.process_time() - t0) * 1000.0
 
 
 def steady_worker(cores: list[float], seeds: int) -> list[dict[str, Any]]:
-    """One round of the steady state (``--steady``): per snapshot and mode, value_running's CPU ms, steps, value."""
+    """One round of the steady state (``--steady``): per snapshot and mode, value_running's CPU ms, steps, value, as
+    the solver worker calls it (from the plan's split where the code takes ``start``), the cheapest-node start's
+    (``cold_*``) and the plan's solve CPU (``solve_ms``: the leader's round is both)."""
+    import inspect
     import time
 
     from solver.hold import value_running
 
+    warm = "start" in inspect.signature(value_running).parameters
     rows = []
     for c in cores:
         for size in SIZES:
             for seed in range(seeds):
                 for mode in ("1", "2"):
-                    snap, held = _steady(size, seed, c, mode)
+                    snap, plan, solve_ms = _steady(size, seed, c, mode)
+                    held = {node: dict(models) for node, models in plan.instances.items()}
                     t0 = time.process_time()
-                    v = value_running(snap, held)
+                    v = value_running(snap, held, start=plan.shares) if warm else value_running(snap, held)
                     ms = (time.process_time() - t0) * 1000.0
+                    t0 = time.process_time()
+                    cold = value_running(snap, held)
+                    cold_ms = (time.process_time() - t0) * 1000.0
                     rows.append({"case": f"{size[0]}x{size[1]} s{seed} c{c:g} M{mode}", "by_load": True, "cpu_ms": ms,
-                                 "objective_ms": v.objective_ms, "gap_ms": v.gap_ms, "steps": v.steps})  # fmt: skip
+                                 "objective_ms": v.objective_ms, "gap_ms": v.gap_ms, "steps": v.steps,
+                                 "warm_start": bool(getattr(v, "warm_start", False)), "cold_cpu_ms": cold_ms,
+                                 "cold_steps": cold.steps, "cold_objective_ms": cold.objective_ms,
+                                 "overloaded": len(v.overloaded), "solve_ms": solve_ms})  # fmt: skip
     return rows
 
 
@@ -120,8 +135,8 @@ def _least(rounds: list[list[dict[str, Any]]]) -> dict[tuple[str, bool], dict[st
     for rows in rounds:
         for r in rows:
             key = (r["case"], r["by_load"])
-            best = out.get(key, {}).get("cpu_ms", float("inf"))
-            out[key] = {**r, "cpu_ms": min(best, r["cpu_ms"])}
+            kept = out.get(key, {})
+            out[key] = {**r, **{k: min(kept.get(k, float("inf")), r[k]) for k in CPU_KEYS if k in r}}
     return out
 
 
@@ -143,7 +158,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     rows = []
     for (case, by_load), r in now.items():
         b = before.get((case, by_load))
-        keys = ("cpu_ms", "objective_ms", "gap_ms", "steps")
+        keys = ("cpu_ms", "objective_ms", "gap_ms", "steps", "solve_ms")
         rows.append({**r, **{f"before_{key}": b.get(key) if b else None for key in keys}})
     summary = _steady_summary(rows) if args.steady else _summary(rows)
     return {"rows": rows, "summary": summary, "load_average": load, "before_rev": args.before_rev}
@@ -164,11 +179,35 @@ def _steady_summary(rows: list[dict[str, Any]]) -> dict[str, float]:
             r["before_gap_ms"] / r["before_objective_ms"] for r in rows if r["before_objective_ms"]
         ],
         "value_change": [r["objective_ms"] / r["before_objective_ms"] - 1 for r in rows if r["before_objective_ms"]],
+        **_warm_figures(rows),
     }  # fmt: skip
     for key, values in figures.items():
         if values:
             out[f"{key}_median"], out[f"{key}_max"] = statistics.median(values), max(values)
     return out
+
+
+def _warm_figures(rows: list[dict[str, Any]]) -> dict[str, list[float]]:
+    """The warm start's figures (rows from a tree whose value_running takes the plan's split): now against the
+    cheapest-node start in the same process, steps where nothing is overloaded, and the leader's round (the plan's
+    solve + the value) against before's."""
+    warm = [r for r in rows if "cold_cpu_ms" in r]
+    calm = [r for r in warm if not r["overloaded"]]
+    round_before = [r for r in warm if r.get("before_solve_ms") is not None and r["before_cpu_ms"]]
+    return {
+        "warm_starts": [float(sum(r["warm_start"] for r in warm))] if warm else [],
+        "cold_cpu_ms": [r["cold_cpu_ms"] for r in warm],
+        "ratio_now_over_cold": [r["cpu_ms"] / r["cold_cpu_ms"] for r in warm if r["cold_cpu_ms"]],
+        "cold_steps": [float(r["cold_steps"]) for r in warm],
+        "steps_now_not_overloaded": [float(r["steps"]) for r in calm],
+        "cold_steps_not_overloaded": [float(r["cold_steps"]) for r in calm],
+        "value_change_vs_cold_not_overloaded": [r["objective_ms"] / r["cold_objective_ms"] - 1 for r in calm],
+        "round_cpu_ms_now": [r["solve_ms"] + r["cpu_ms"] for r in round_before],
+        "round_cpu_ms_before": [r["before_solve_ms"] + r["before_cpu_ms"] for r in round_before],
+        "round_ratio_now_over_before": [
+            (r["solve_ms"] + r["cpu_ms"]) / (r["before_solve_ms"] + r["before_cpu_ms"]) for r in round_before
+        ],
+    }
 
 
 def _summary(rows: list[dict[str, Any]]) -> dict[str, float]:
@@ -216,6 +255,9 @@ def main(argv: list[str] | None = None) -> int:
         ratio = f"{r['cpu_ms'] / before:6.2f}" if before else "     -"
         b_value = f"{r['before_objective_ms']:14.6g} {r['before_gap_ms']:9.3g}" if before else ""
         steps = f"  steps {r['steps']} / {r['before_steps']}" if "steps" in r else ""
+        if "cold_cpu_ms" in r:
+            start = "warm" if r["warm_start"] else "cold"
+            steps += f"  {start}; cold {r['cold_cpu_ms']:.1f} ms {r['cold_steps']} steps"
         kind, shown = "by load" if r["by_load"] else "equal", before if before else float("nan")
         print(f"{r['case']:<19} {kind:<8} {r['cpu_ms']:8.1f} {shown:8.1f} {ratio}  "
               f"{r['objective_ms']:14.6g} {r['gap_ms']:9.3g}  {b_value}{steps}")  # fmt: skip

@@ -18,7 +18,10 @@ the work: in the steady state (what runs is what the last plan asked for, thesis
 near the load cap and the gap shrinks slowly, so the round's CPU is bounded and the gap, not a tolerance, says how
 far the value may be off (``gap_ms``, ``steps``; bench/hold_bench.py ``--steady``). ``gap_ms`` is the value less the
 best of Frank-Wolfe's lower bounds over the iterates (each iterate's value less its duality gap), not the last one's
-alone: about half as large where the value falls slowly, as valid.
+alone: about half as large where the value falls slowly, as valid. ``start`` (the solver worker passes the plan it
+just solved on the same snapshot: its ``shares``) starts the split from the plan's own split, restricted to the held
+pools and renormalised per stream (a stream with no share on them starts on its cheapest node), where that is no
+dearer than the cheapest-node start; any start is a feasible split, so the value and ``gap_ms`` keep their meaning.
 
 Hard facts come with it: models with demand and no running instance (``unserved``) and pools whose
 load at the best split exceeds ``rho_max`` (``overloaded``): the leader acts on a plan at once there.
