@@ -244,6 +244,7 @@ class LeaderRound:
             return self._elected(event)
         if isinstance(event, Deposed):
             self.term, self._round, self.phase, self.due = None, None, Phase.IDLE, None
+            self.window.forget_journal()  # the worker stops with the lead: nothing will replay these events
             return []
         if self.term is None:
             return []

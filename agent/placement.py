@@ -208,8 +208,21 @@ def parse_request(raw: Mapping[str, Any]) -> RequestRecord:
         rtt_ms={k: v for k, v in rtt_ms.items() if v is not None},
         node=None if raw.get("node") is None else str(raw["node"]),
         latency_ms=_ms(raw.get("latency_ms"), MAX_LATENCY_MS),
-        status=int(raw["status"]),
+        status=_status(raw["status"]),
     )
+
+
+def _status(value: Any) -> int:
+    """An HTTP status code (three digits, 100-999 as HTTP's syntax allows: an upstream model server's odd code is
+    logged as it came) or ValueError: a peer's 10**4000 must not ride along in every record."""
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise ValueError(f"request record status must be an HTTP status code, not {type(value).__name__}")
+    if isinstance(value, str) and not (len(value) == 3 and value.isdigit()):
+        raise ValueError("request record status must be an HTTP status code")
+    status = int(value)
+    if not 100 <= status <= 999:
+        raise ValueError(f"request record status {status} is not an HTTP status code")
+    return status
 
 
 def build_snapshot(

@@ -129,7 +129,7 @@ class SolverWorker:
     ) -> tuple[dict[str, Any], str, int]:
         """(plan, fallback, requests in the snapshot): the worker builds the snapshot from its copy of the window
         (agent.window_sync), updated by ``build.delta``, or reset to ``build.records`` when it is not at the delta's
-        base (a new worker, a failed solve, a journal gap). Raises SolverWorkerError, like ``solve``."""
+        base (a new worker, a refused delta, a journal gap). Raises SolverWorkerError, like ``solve``."""
         if not self._wanted:
             raise SolverWorkerError("no solver worker: this node does not lead")
         self.start()
@@ -158,7 +158,7 @@ class SolverWorker:
                     self._kill()
                 raise
             if not reply.get("resync"):
-                if "plan" in reply:
+                if reply.get("window_seq") == delta.seq:  # applied, whether or not the build or the solve failed
                     self._synced = (proc.pid, delta.seq)
                 return reply
             if reset:
@@ -282,6 +282,8 @@ def serve(requests: IO[bytes], replies: IO[str]) -> None:
             reply = solve_request(json.loads(line), mirror)
         except Exception as exc:  # a bad request or a solver failure: report it, keep serving
             reply = {"error": f"{type(exc).__name__}: {exc}"}
+        if mirror.seq >= 0:
+            reply["window_seq"] = mirror.seq  # where the copy stands: a failed build or solve needs no resend
         replies.write(json.dumps(reply) + "\n")
         replies.flush()
 

@@ -8,8 +8,8 @@ window and each round sends only what changed:
 
 * ``JournaledWindow`` (the round machine's window, agent/leader_round.py) journals every ``add`` (node, records,
   now) and ``expire`` (now) as events with a sequence number; ``take_delta`` drains them once per solve. The journal
-  is bounded (``max_records`` records in its events, as the window): past it the events are dropped and the delta
-  says so (``gap``), and the receiver must start again from the whole window.
+  is bounded (``max_records`` in its events' records, an expiry counting one; empty pages are not journaled): past
+  it the events are dropped and the delta says so (``gap``), and the receiver must start again from the whole window.
 * ``WorkerWindow`` (in the worker) replays the events through the same ``RequestWindow`` code, so its records are the
   leader's, in the same order: the same snapshot, the same plan. A message whose base is not the worker's sequence
   is refused (``WindowSyncError``); a ``reset`` message carries the whole window (a new worker, after a gap).
@@ -72,7 +72,8 @@ class JournaledWindow(RequestWindow):
 
     def add(self, node: str, records: Iterable[RequestRecord], now: float) -> int:
         records = tuple(records)
-        self._journal_event(("add", node, now, records), len(records))
+        if records:  # an empty page changes nothing: nothing to journal
+            self._journal_event(("add", node, now, records), len(records))
         return super().add(node, records, now)
 
     def expire(self, now: float) -> None:
@@ -85,11 +86,16 @@ class JournaledWindow(RequestWindow):
 
     def _journal_event(self, event: WindowEvent, records: int) -> None:
         self.seq += 1
-        if self._journaled + records > self.max_records:  # bounded: a mirror that fell this far behind resets
+        weight = max(1, records)  # an expiry weighs one: events, not only records, are bounded
+        if self._journaled + weight > self.max_records:  # bounded: a mirror that fell this far behind resets
             self._drop_journal()
             return
         self._journal.append(event)
-        self._journaled += records
+        self._journaled += weight
+
+    def forget_journal(self) -> None:
+        """Drop the journal (no mirror will replay it: the node stepped down); the next delta says ``gap``."""
+        self._drop_journal()
 
     def _drop_journal(self) -> None:
         self._journal, self._journaled, self._gap = [], 0, True
@@ -105,7 +111,7 @@ class JournaledWindow(RequestWindow):
         return (self.max_records, self.window_s, self.max_ahead_s)
 
     def journal_records(self) -> int:
-        """Records held by the journal's events (at most ``max_records``)."""
+        """The journal's weight: its events' records, an expiry counting one (at most ``max_records``)."""
         return self._journaled
 
 

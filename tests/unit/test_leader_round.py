@@ -309,3 +309,14 @@ def test_a_record_stamped_in_the_future_or_nan_holds_no_older_one_in_the_window(
     # the far-future and NaN stamps are left out, and so is 50 s behind them; up to 60 s ahead is a clock's skew
     assert [r.ts for r in solve.requests] == [95.0, 159.0, 99.0]
     assert len(m.window) == 3
+
+
+def test_a_deposed_leader_keeps_no_journal_of_its_window() -> None:
+    """Stepping down stops the solver worker: the window's journal (up to the window's bound of records) is dropped,
+    and the next tenure's first delta says so (its new worker starts from the whole window)."""
+    m = gathering()
+    m.step(Gathered(100.3, 1, "a", report("a"), ((1, rec(99.0)), (2, rec(99.5)))))
+    assert m.window.journal_records() == 2
+    m.step(Deposed(100.4))
+    assert m.window.journal_records() == 0 and m.window.take_delta().gap
+    assert len(m.window.records()) == 2  # the records themselves stay: a new tenure reads them

@@ -96,3 +96,16 @@ def test_the_queue_solve_answers_at_extreme_service_rates(name: str, objective: 
         assert plan.served == 12
     if snap.nodes[0].cores == 1 / 64:  # the sane nodes serve every stream; the absurd one starts nothing
         assert plan.instances["n0"] == snap.nodes[0].instances
+
+
+@pytest.mark.parametrize("bad", [10**4000, 99, 1000, -200, True, 200.0, "2e2", "20000", None, [200]])
+def test_a_status_that_is_no_http_status_is_refused(bad: object) -> None:
+    """The record's status is an HTTP status code or the page is refused (the gather counts it failed, by name)."""
+    raw = {**record(12.5), "status": bad}
+    with pytest.raises(ValueError, match="status"):
+        parse_request(raw)
+
+
+def test_http_statuses_pass() -> None:
+    for ok in (100, 200, "503", 599, 999):
+        assert parse_request({**record(12.5), "status": ok}).status == int(ok)

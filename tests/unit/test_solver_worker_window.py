@@ -8,7 +8,9 @@ import os
 import signal
 from typing import Any
 
-from agent.solver_worker import SolverWorker
+import pytest
+
+from agent.solver_worker import SolverWorker, SolverWorkerError
 from agent.window_sync import WindowBuild, WindowDelta
 from tests.unit.test_window_sync import inputs, rounds
 
@@ -62,6 +64,30 @@ def test_a_delta_the_worker_refuses_is_sent_again_as_the_whole_window() -> None:
             )  # fmt: skip
             expected, _ = await worker.solve(inputs(now).build(records), "least-loaded", "1")
             assert timeless(plan) == timeless(expected) and requests > 0
+        finally:
+            await worker.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_solve_that_fails_after_the_window_applied_needs_no_whole_window_next_round() -> None:
+    """The worker says where its copy stands in every reply (``window_seq``): a failed build or solve is not a
+    reason to resend the whole window (at 50,000 records that resend is the stall the copy removed)."""
+
+    async def scenario() -> None:
+        worker = SolverWorker("least-loaded")
+        try:
+            worker.start()
+            steps = rounds(7)
+            assert not any(delta.gap for _, _, delta, _ in steps[4:6])  # only the first is a whole window
+            for i, (records, config, delta, now) in enumerate(steps[3:6]):
+                build = WindowBuild(delta, records, config, inputs(now))
+                if i == 1:  # an unknown mode: the solve raises in the worker after the delta applied
+                    with pytest.raises(SolverWorkerError, match="mode"):
+                        await worker.solve_window(build, "least-loaded", "no such mode")
+                else:
+                    await worker.solve_window(build, "least-loaded", "1")
+            assert worker.resets == 1
         finally:
             await worker.close()
 

@@ -136,3 +136,16 @@ def test_the_journal_is_bounded_by_the_windows_record_count_and_a_gap_forces_a_r
     assert not follow.gap and follow.base == 30 and follow.seq == 31
     window.clear()
     assert window.take_delta().gap  # nothing to replay a clear from
+
+
+def test_the_journal_bounds_events_not_only_records_and_skips_empty_pages() -> None:
+    """Empty pages change nothing (not journaled); expiries weigh one each: 10,000 of them while no solve drains the
+    journal cannot grow it past the window's bound (the review's 200,000 empty adds held 31 MB)."""
+    window = JournaledWindow(100, 60.0, 30.0)
+    for i in range(10_000):
+        window.add("a", [], 1000.0 + i)
+        window.expire(1000.0 + i)
+        assert window.journal_records() <= 100
+    delta = window.take_delta()
+    assert delta.gap and len(delta.events) <= 100
+    assert all(e[0] == "expire" for e in delta.events)
