@@ -30,7 +30,7 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 SIZES = ((25, 10), (50, 10), (25, 20))
-CPU_KEYS = ("cpu_ms", "cold_cpu_ms", "solve_ms")  # least of the rounds
+CPU_KEYS = ("cpu_ms", "cold_cpu_ms", "solve_ms", "next_cpu_ms", "next_plan_cpu_ms")  # least of the rounds
 
 
 def _snapshot(size: tuple[int, int], seed: int, cores: float) -> Any:
@@ -65,16 +65,42 @@ def _steady(size: tuple[int, int], seed: int, cores: float, mode: str) -> tuple[
     return snap, plan, (time.process_time() - t0) * 1000.0
 
 
-def steady_worker(cores: list[float], seeds: int) -> list[dict[str, Any]]:
-    """One round of the steady state (``--steady``): per snapshot and mode, value_running's CPU ms, steps, value, as
-    the solver worker calls it (from the plan's split where the code takes ``start``), the cheapest-node start's
-    (``cold_*``) and the plan's solve CPU (``solve_ms``: the leader's round is both)."""
-    import inspect
+def _next_round(snap: Any, seed: int) -> Any:
+    """The next round's snapshot in the steady state: every stream's rate off by up to 5 % (window noise), seeded."""
+    import dataclasses
+    import random
+
+    rng = random.Random(seed)
+    rates = tuple(dataclasses.replace(r, rate=(r.rate or 1.0) * (1 + rng.uniform(-0.05, 0.05))) for r in snap.requests)
+    return dataclasses.replace(snap, requests=rates)
+
+
+def _timed(call: Any) -> tuple[Any, float]:
+    """(call(), its CPU ms)."""
     import time
 
+    t0 = time.process_time()
+    out = call()
+    return out, (time.process_time() - t0) * 1000.0
+
+
+def steady_worker(cores: list[float], seeds: int) -> list[dict[str, Any]]:
+    """One round of the steady state (``--steady``): per snapshot and mode, value_running's CPU ms, steps, value, as
+    the solver worker calls it (from the plan's split where the code takes ``starts``), the cheapest-node start's
+    (``cold_*``), the plan's solve CPU (``solve_ms``: the leader's round is both) and the next round's (rates off
+    by up to 5 %, the same counts held: ``next_*`` from the plan's split and the last round's as the worker keeps it,
+    ``next_plan_*`` from the plan's alone)."""
+    import inspect
+
+    from solver.api import solve
     from solver.hold import value_running
 
-    warm = "start" in inspect.signature(value_running).parameters
+    def _value(snap: Any, held: Any, starts: dict[str, Any]) -> Any:
+        """value_running from ``starts`` where the code takes them, else from the cheapest nodes (main's)."""
+        if "starts" in inspect.signature(value_running).parameters:
+            return value_running(snap, held, starts=starts)
+        return value_running(snap, held)
+
     rows = []
     for c in cores:
         for size in SIZES:
@@ -82,17 +108,21 @@ def steady_worker(cores: list[float], seeds: int) -> list[dict[str, Any]]:
                 for mode in ("1", "2"):
                     snap, plan, solve_ms = _steady(size, seed, c, mode)
                     held = {node: dict(models) for node, models in plan.instances.items()}
-                    t0 = time.process_time()
-                    v = value_running(snap, held, start=plan.shares) if warm else value_running(snap, held)
-                    ms = (time.process_time() - t0) * 1000.0
-                    t0 = time.process_time()
-                    cold = value_running(snap, held)
-                    cold_ms = (time.process_time() - t0) * 1000.0
+                    v, ms = _timed(lambda: _value(snap, held, {"plan": plan.shares}))  # noqa: B023
+                    cold, cold_ms = _timed(lambda: value_running(snap, held))  # noqa: B023
+                    nxt = _next_round(snap, seed)
+                    plan2 = solve(nxt, mode=mode, objective="queue")
+                    both = {"plan": plan2.shares, "last round": list(getattr(v, "shares", ()))}
+                    v2, ms2 = _timed(lambda: _value(nxt, held, both))  # noqa: B023
+                    p2, p2_ms = _timed(lambda: _value(nxt, held, {"plan": plan2.shares}))  # noqa: B023
                     rows.append({"case": f"{size[0]}x{size[1]} s{seed} c{c:g} M{mode}", "by_load": True, "cpu_ms": ms,
                                  "objective_ms": v.objective_ms, "gap_ms": v.gap_ms, "steps": v.steps,
-                                 "warm_start": bool(getattr(v, "warm_start", False)), "cold_cpu_ms": cold_ms,
+                                 "start": getattr(v, "start", "cheapest"), "cold_cpu_ms": cold_ms,
                                  "cold_steps": cold.steps, "cold_objective_ms": cold.objective_ms,
-                                 "overloaded": len(v.overloaded), "solve_ms": solve_ms})  # fmt: skip
+                                 "overloaded": len(v.overloaded), "solve_ms": solve_ms, "next_cpu_ms": ms2,
+                                 "next_steps": v2.steps, "next_objective_ms": v2.objective_ms, "next_gap_ms": v2.gap_ms,
+                                 "next_start": getattr(v2, "start", "cheapest"), "next_plan_cpu_ms": p2_ms,
+                                 "next_plan_steps": p2.steps})  # fmt: skip
     return rows
 
 
@@ -158,7 +188,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     rows = []
     for (case, by_load), r in now.items():
         b = before.get((case, by_load))
-        keys = ("cpu_ms", "objective_ms", "gap_ms", "steps", "solve_ms")
+        keys = ("cpu_ms", "objective_ms", "gap_ms", "steps", "solve_ms", "next_cpu_ms", "next_steps")
+        keys += ("next_objective_ms", "next_gap_ms")
         rows.append({**r, **{f"before_{key}": b.get(key) if b else None for key in keys}})
     summary = _steady_summary(rows) if args.steady else _summary(rows)
     return {"rows": rows, "summary": summary, "load_average": load, "before_rev": args.before_rev}
@@ -195,7 +226,18 @@ def _warm_figures(rows: list[dict[str, Any]]) -> dict[str, list[float]]:
     calm = [r for r in warm if not r["overloaded"]]
     round_before = [r for r in warm if r.get("before_solve_ms") is not None and r["before_cpu_ms"]]
     return {
-        "warm_starts": [float(sum(r["warm_start"] for r in warm))] if warm else [],
+        "warm_starts": [float(sum(r["start"] != "cheapest" for r in warm))] if warm else [],
+        "next_cpu_ms_now": [r["next_cpu_ms"] for r in warm],
+        "next_cpu_ms_before": [r["before_next_cpu_ms"] for r in warm if r.get("before_next_cpu_ms")],
+        "next_plan_only_cpu_ms": [r["next_plan_cpu_ms"] for r in warm],
+        "next_steps_now_not_overloaded": [float(r["next_steps"]) for r in calm],
+        "next_plan_only_steps_not_overloaded": [float(r["next_plan_steps"]) for r in calm],
+        "next_steps_before_not_overloaded": [float(r["before_next_steps"]) for r in calm if r.get("before_next_steps")],
+        "next_value_change": [
+            r["next_objective_ms"] / r["before_next_objective_ms"] - 1
+            for r in warm
+            if r.get("before_next_objective_ms")
+        ],
         "cold_cpu_ms": [r["cold_cpu_ms"] for r in warm],
         "ratio_now_over_cold": [r["cpu_ms"] / r["cold_cpu_ms"] for r in warm if r["cold_cpu_ms"]],
         "cold_steps": [float(r["cold_steps"]) for r in warm],
@@ -256,8 +298,8 @@ def main(argv: list[str] | None = None) -> int:
         b_value = f"{r['before_objective_ms']:14.6g} {r['before_gap_ms']:9.3g}" if before else ""
         steps = f"  steps {r['steps']} / {r['before_steps']}" if "steps" in r else ""
         if "cold_cpu_ms" in r:
-            start = "warm" if r["warm_start"] else "cold"
-            steps += f"  {start}; cold {r['cold_cpu_ms']:.1f} ms {r['cold_steps']} steps"
+            steps += f"  from {r['start']}; cold {r['cold_cpu_ms']:.1f} ms {r['cold_steps']} steps; next round"
+            steps += f" {r['next_cpu_ms']:.1f} ms {r['next_steps']} steps from {r['next_start']}"
         kind, shown = "by load" if r["by_load"] else "equal", before if before else float("nan")
         print(f"{r['case']:<19} {kind:<8} {r['cpu_ms']:8.1f} {shown:8.1f} {ratio}  "
               f"{r['objective_ms']:14.6g} {r['gap_ms']:9.3g}  {b_value}{steps}")  # fmt: skip

@@ -1,4 +1,4 @@
-"""The steady state's running value from the plan's own split (issue 16): ``value_running(..., start=plan.shares)``.
+"""The steady state's running value from the plan's own split (issue 16): ``value_running(..., starts=...)``.
 
 Where what runs is what the plan asks for, the split starts from the plan's (restricted to the held pools,
 renormalised per stream) and needs fewer steps; where the plan's split does not fit what runs it starts where it
@@ -17,7 +17,7 @@ import pytest
 from agent.solver_worker import solve_request
 from solver import hold
 from solver.api import solve
-from solver.hold import RunningValue, value_running
+from solver.hold import LastSplit, RunningValue, value_running
 from solver.simulate import thesis_instance
 
 
@@ -55,8 +55,8 @@ def few_steps(v: RunningValue, cold: RunningValue) -> bool:
 
 def test_the_steady_state_from_the_plans_split_stops_within_a_few_steps(case: Any) -> None:
     snap, plan, held, cold, reference = case
-    v = value_running(snap, held, start=plan.shares)
-    assert v.warm_start and not cold.warm_start and v.to_dict()["warm_start"] is True
+    v = value_running(snap, held, starts={"plan": plan.shares})
+    assert v.start == "plan" and cold.start == "cheapest" and v.to_dict()["start"] == "plan"
     assert few_steps(v, cold), (v.steps, cold.steps)
     assert within_gap(v, reference) and within_gap(cold, reference)
     assert v.objective_ms <= plan.objective_ms  # the plan's own split on its own counts is one the value considers
@@ -65,8 +65,8 @@ def test_the_steady_state_from_the_plans_split_stops_within_a_few_steps(case: An
 def test_the_step_check_fails_without_the_warm_start(case: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     snap, plan, held, cold, _ = case
     monkeypatch.setattr(hold, "WARM_START", False)
-    v = value_running(snap, held, start=plan.shares)
-    assert not v.warm_start and v.steps == cold.steps and not few_steps(v, cold)
+    v = value_running(snap, held, starts={"plan": plan.shares})
+    assert v.start == "cheapest" and v.steps == cold.steps and not few_steps(v, cold)
 
 
 def test_a_held_set_the_plan_does_not_run_falls_back_to_the_cheapest_nodes(case: Any) -> None:
@@ -78,14 +78,14 @@ def test_a_held_set_the_plan_does_not_run_falls_back_to_the_cheapest_nodes(case:
         for m, c in models.items():
             free = [n for n in nodes if m not in held.get(n, {})]
             moved.setdefault(free[0], {})[m] = c
-    a, b = value_running(snap, moved), value_running(snap, moved, start=plan.shares)
-    assert not b.warm_start and (b.objective_ms, b.gap_ms, b.steps) == (a.objective_ms, a.gap_ms, a.steps)
+    a, b = value_running(snap, moved), value_running(snap, moved, starts={"plan": plan.shares})
+    assert b.start == "cheapest" and (b.objective_ms, b.gap_ms, b.steps) == (a.objective_ms, a.gap_ms, a.steps)
 
 
 def test_another_snapshots_shares_fall_back(case: Any) -> None:
     snap, plan, held, cold, _ = case
-    v = value_running(snap, held, start=plan.shares[:-1])
-    assert not v.warm_start and (v.objective_ms, v.steps) == (cold.objective_ms, cold.steps)
+    v = value_running(snap, held, starts={"plan": plan.shares[:-1]})
+    assert v.start == "cheapest" and (v.objective_ms, v.steps) == (cold.objective_ms, cold.steps)
 
 
 def test_a_partly_held_plan_starts_from_its_split_on_the_held_pools_and_stays_valid(case: Any) -> None:
@@ -101,7 +101,7 @@ def test_a_partly_held_plan_starts_from_its_split_on_the_held_pools_and_stays_va
         for n in nodes[: len(nodes) // 2]:  # keep at least one pool of every model
             del partial[n][m]
     assert sum(map(len, partial.values())) < len(pools)
-    warm = value_running(snap, partial, start=plan.shares)
+    warm = value_running(snap, partial, starts={"plan": plan.shares})
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(hold, "TOLERANCE", 1e-5)
         mp.setattr(hold, "ITERATIONS", 1000)
@@ -132,4 +132,52 @@ def test_the_solver_worker_values_the_steady_state_from_its_plans_split() -> Non
     request = {"snapshot": {**snap.to_dict(), "objective": "queue"}, "method": "ipopt", "mode": "1", "held": held}
     reply = solve_request(request)
     value = reply["plan"]["running_value"]
-    assert value["warm_start"] is True and value["gap_ms"] <= hold.TOLERANCE * value["objective_ms"]
+    assert value["start"] == "plan" and value["gap_ms"] <= hold.TOLERANCE * value["objective_ms"]
+
+
+def next_round(snap: Any, seed: int) -> Any:
+    """The same streams with every rate off by up to 5 % (a new window's noise), seeded."""
+    import random
+
+    rng = random.Random(seed)
+    rates = tuple(dataclasses.replace(r, rate=(r.rate or 1.0) * (1 + rng.uniform(-0.05, 0.05))) for r in snap.requests)
+    return dataclasses.replace(snap, requests=rates)
+
+
+def test_the_next_round_starts_from_the_last_rounds_split_and_needs_a_few_steps() -> None:
+    """25 x 10, seed 1, 2 cores, Mode 2: the plan's split is ~2 % above the best; the last round's is near it."""
+    snap, plan, held = steady((25, 10), 1, 2.0, "2")
+    last = LastSplit()
+    last.keep(snap, value_running(snap, held, starts={"plan": plan.shares}))
+    nxt = next_round(snap, 1)
+    plan2 = solve(nxt, mode="2", objective="queue")
+    only_plan = value_running(nxt, held, starts={"plan": plan2.shares})
+    both = value_running(nxt, held, starts={"plan": plan2.shares, "last round": last.shares_for(nxt)})
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(hold, "TOLERANCE", 1e-4)  # a tenth of the stop's: the reference's bounds, valid from any start
+        mp.setattr(hold, "ITERATIONS", 400)
+        reference = value_running(nxt, held, starts={"last round": last.shares_for(nxt)})
+    assert both.start == "last round" and few_steps(both, only_plan), (both.steps, only_plan.steps)
+    assert both.steps <= 10 and within_gap(both, reference) and within_gap(only_plan, reference)
+
+
+def test_the_last_split_holds_only_the_last_rounds_streams() -> None:
+    snap, plan, held = steady((25, 10), 1, 2.0, "2")
+    last = LastSplit()
+    value = value_running(snap, held, starts={"plan": plan.shares})
+    last.keep(snap, value)
+    assert 0 < len(last.streams) <= len(snap.requests)
+    fewer = dataclasses.replace(snap, requests=snap.requests[:5])
+    last.keep(fewer, value_running(fewer, held))
+    assert set(last.streams) <= {(r.client, r.model) for r in fewer.requests}  # replaced, not grown
+    assert all(s == {} for s in last.shares_for(dataclasses.replace(snap, requests=snap.requests[5:])))
+
+
+def test_the_worker_keeps_its_split_between_rounds() -> None:
+    snap, _, held = steady((25, 10), 1, 2.0, "2")
+    last = LastSplit()
+    first = {"snapshot": {**snap.to_dict(), "objective": "queue"}, "method": "ipopt", "mode": "2", "held": held}
+    one = solve_request(first, None, last)["plan"]["running_value"]
+    second = {**first, "snapshot": {**next_round(snap, 1).to_dict(), "objective": "queue"}}
+    two = solve_request(second, None, last)["plan"]["running_value"]
+    assert one["start"] == "plan" and two["start"] == "last round" and two["steps"] < one["steps"]
