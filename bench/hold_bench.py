@@ -11,7 +11,10 @@ duality gaps (the two must agree within the larger gap where both converged), an
 
 ``--steady``: the steady state instead (issue 16): each snapshot (no running instances drawn) held at the counts
 its own queue plan asks for in Modes 1 and 2, what runs once the leader applied the last plan; by load only.
-Prints CPU ms, steps, values and gaps now / before, and medians and maxima of them and of the values' change.
+Prints CPU ms, steps, values and gaps now / before, and medians and maxima of them and of the values' change;
+where the tree's value_running takes warm starts, also from the cheapest nodes in the same process (``cold_*``), the
+leader's round (the plan's solve + the value) and the next round (rates off by up to 5 %, the same counts held),
+valued from the plan's split and the last round's as the solver worker does (``next_*``), and from the plan's alone.
 
     .venv/bin/python bench/hold_bench.py --before-rev main [--steady] [--cores 2 1] [--seeds 2] [--repeats 3] [--json]
 """
