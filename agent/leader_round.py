@@ -20,7 +20,7 @@ nodes that logged them (agent/request_window.py).
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -144,7 +144,7 @@ class Solve:
 
     round: int
     nodes: tuple[NodeReport, ...]
-    requests: tuple[RequestRecord, ...]
+    requests: Sequence[RequestRecord]  # the window's records (agent.packed_records.RecordView: packed until read)
     now: float
     held: Mapping[str, Mapping[str, int]] = field(default_factory=dict)  # the status quo to value (hysteresis)
     # what changed in the window since the last Solve, and its bounds: the solver worker's copy (agent.window_sync)

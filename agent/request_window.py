@@ -5,14 +5,17 @@ while its stamp lies within ``window_s`` before now and at most ``max_ahead_s`` 
 NaN, far-future or long-past stamp is dropped on arrival, so it neither holds older records in the window nor
 takes room from real ones. Past ``max_records`` in all, the nodes that logged the most lose their oldest first,
 down to an equal share (water-filling): one member's flood of pages cannot push the others' records out.
+
+Records are kept packed, one ``bytes`` row each (agent/packed_records.py): a full window of 50,000 is a few MiB, not
+~70; expiry and trimming read only the rows' stamps, and ``records()`` hands out a view that unpacks on reading.
 """
 
 from __future__ import annotations
 
 from collections import deque
 from collections.abc import Iterable
-from dataclasses import replace
 
+from agent.packed_records import MAX_ROW_BYTES, RecordView, pack_record, row_ts
 from agent.placement import RequestRecord
 
 
@@ -23,7 +26,7 @@ class RequestWindow:
         self.max_records = max_records
         self.window_s = window_s
         self.max_ahead_s = max_ahead_s
-        self._by_node: dict[str, deque[RequestRecord]] = {}
+        self._by_node: dict[str, deque[bytes]] = {}  # packed rows (agent.packed_records), in arrival order
         self._size = 0
 
     def __len__(self) -> int:
@@ -31,8 +34,21 @@ class RequestWindow:
 
     def add(self, node: str, records: Iterable[RequestRecord], now: float) -> int:
         """Take ``node``'s records (marked as its word) whose stamps are plausible at ``now``; how many were kept."""
+        return self._take(node, self.plausible(records, now))
+
+    def add_rows(self, node: str, rows: Iterable[bytes], now: float) -> int:
+        """As ``add``, for records already packed (a mirror replaying the leader's journal)."""
         oldest, newest = now - self.window_s, now + self.max_ahead_s
-        kept = [replace(r, logged_by=node) for r in records if oldest <= r.ts <= newest]  # NaN compares false
+        return self._take(node, [row for row in rows if oldest <= row_ts(row) <= newest and len(row) <= MAX_ROW_BYTES])
+
+    def plausible(self, records: Iterable[RequestRecord], now: float) -> list[bytes]:
+        """The records whose stamps are plausible at ``now``, packed (a row past ``MAX_ROW_BYTES`` left out)."""
+        oldest, newest = now - self.window_s, now + self.max_ahead_s
+        rows = (pack_record(r) for r in records if oldest <= r.ts <= newest)  # NaN compares false
+        return [row for row in rows if len(row) <= MAX_ROW_BYTES]
+
+    def _take(self, node: str, kept: list[bytes]) -> int:
+        """Keep ``node``'s rows (already checked against the window) and trim to ``max_records``."""
         if kept:
             self._by_node.setdefault(node, deque()).extend(kept)
             self._size += len(kept)
@@ -44,16 +60,21 @@ class RequestWindow:
         """Drop the records stamped outside the window at ``now`` (pages arrive out of stamp order)."""
         oldest, newest = now - self.window_s, now + self.max_ahead_s
         for node, records in list(self._by_node.items()):
-            kept = [r for r in records if oldest <= r.ts <= newest]
+            kept = [row for row in records if oldest <= row_ts(row) <= newest]
             if kept:
                 self._by_node[node] = deque(kept)
             else:
                 del self._by_node[node]
         self._size = sum(len(d) for d in self._by_node.values())
 
-    def records(self) -> tuple[RequestRecord, ...]:
-        """Every record kept, node by node in arrival order."""
-        return tuple(r for records in self._by_node.values() for r in records)
+    def records(self) -> RecordView:
+        """Every record kept, node by node in arrival order, each ``logged_by`` its node (unpacked on reading)."""
+        return RecordView(self._by_node.items())
+
+    def load_rows(self, groups: Iterable[tuple[str, list[bytes]]]) -> None:
+        """Replace the window with these (node, rows) groups, as another window's ``records().groups`` (no checks)."""
+        self._by_node = {node: deque(rows) for node, rows in groups if rows}
+        self._size = sum(len(d) for d in self._by_node.values())
 
     def clear(self) -> None:
         self._by_node.clear()

@@ -33,9 +33,12 @@ import subprocess
 import sys
 import threading
 from collections.abc import Mapping
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from agent.window_sync import BuildInputs, WindowBuild, WindowSyncError, WorkerWindow, encode_delta, encode_reset
+
+if TYPE_CHECKING:
+    from solver.hold import LastSplit
 
 log = logging.getLogger(__name__)
 
@@ -210,10 +213,11 @@ def _reap(proc: subprocess.Popen[bytes]) -> None:
 # -- the worker process ------------------------------------------------------------------------------
 
 
-def solve_request(request: Any, mirror: WorkerWindow | None = None) -> dict[str, Any]:
+def solve_request(request: Any, mirror: WorkerWindow | None = None, last: LastSplit | None = None) -> dict[str, Any]:
     """One reply for one request; falls back to least-loaded when Ipopt/HiGHS are not installed. A request with a
     ``window`` (and ``build``) instead of a ``snapshot`` updates ``mirror`` and builds the snapshot from it; a
-    window message that does not follow the mirror's state is answered ``{"error": .., "resync": true}``."""
+    window message that does not follow the mirror's state is answered ``{"error": .., "resync": true}``. ``last``
+    (solver.hold.LastSplit): the running value's split kept between rounds, its next warm start beside the plan's."""
     from solver import Snapshot, SolverUnavailableError
     from solver.api import solve
 
@@ -231,14 +235,19 @@ def solve_request(request: Any, mirror: WorkerWindow | None = None) -> dict[str,
     snap = Snapshot.from_dict(request.get("snapshot"))
     method, mode = str(request.get("method", "ipopt")), str(request.get("mode", "1"))
     try:
-        plan = solve(snap, method=method, mode=mode).to_dict()
+        solved = solve(snap, method=method, mode=mode)
     except SolverUnavailableError as exc:
         plan = solve(snap, method="least-loaded", mode=mode).to_dict()
         return {"plan": plan, "fallback": str(exc), **({} if built is None else {"requests": built})}
+    plan = solved.to_dict()
     if snap.objective in ("queue", "queue-p99"):  # the status quo's value, for the leader's hysteresis
-        from solver.hold import parse_counts, value_running
+        from solver.hold import LastSplit, parse_counts, value_running
 
-        plan["running_value"] = value_running(snap, parse_counts(request.get("held"))).to_dict()
+        last = last if last is not None else LastSplit()
+        starts = {"plan": solved.shares, "last round": last.shares_for(snap)}  # warm starts (solver.hold)
+        value = value_running(snap, parse_counts(request.get("held")), starts=starts)
+        last.keep(snap, value)
+        plan["running_value"] = value.to_dict()
     return {"plan": plan, "fallback": ""} if built is None else {"plan": plan, "fallback": "", "requests": built}
 
 
@@ -275,9 +284,12 @@ def _protocol_stdout() -> IO[str]:
 def serve(requests: IO[bytes], replies: IO[str]) -> None:
     """Answer requests line by line until end of input."""
     mirror = WorkerWindow()  # the leader's request window, kept between rounds (agent.window_sync)
+    from solver.hold import LastSplit
+
+    last = LastSplit()  # the running value's split, the next round's warm start
     for line in requests:
         try:
-            reply = solve_request(json.loads(line), mirror)
+            reply = solve_request(json.loads(line), mirror, last)
         except Exception as exc:  # a bad request or a solver failure: report it, keep serving
             reply = {"error": f"{type(exc).__name__}: {exc}"}
         if mirror.seq >= 0:

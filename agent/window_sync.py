@@ -8,8 +8,9 @@ window and each round sends only what changed:
 
 * ``JournaledWindow`` (the round machine's window, agent/leader_round.py) journals every ``add`` (node, records,
   now) and ``expire`` (now) as events with a sequence number; ``take_delta`` drains them once per solve. The journal
-  is bounded (``max_records`` in its events' records, an expiry counting one; empty pages are not journaled): past
-  it the events are dropped and the delta says so (``gap``), and the receiver must start again from the whole window.
+  is bounded (``max_records`` in its events' records, an expiry counting one; pages with nothing kept are not
+  journaled): past it the events are dropped and the delta says so (``gap``), and the receiver must start again from
+  the whole window.
 * ``WorkerWindow`` (in the worker) replays the events through the same ``RequestWindow`` code, so its records are the
   leader's, in the same order: the same snapshot, the same plan. A message whose base is not the worker's sequence
   is refused (``WindowSyncError``); a ``reset`` message carries the whole window (a new worker, after a gap).
@@ -17,7 +18,8 @@ window and each round sends only what changed:
 Wire form (JSON, the worker's line protocol): ``{"base": int, "seq": int, "events": [...]}`` or ``{"seq": int,
 "reset": [[node, records], ...], "config": [max_records, window_s, max_ahead_s]}``; an event is ``["add",
 node, now, records]`` or ``["expire", now]``; ``records`` is a list of base64 strings, each a marshalled list of up
-to ENCODE_CHUNK ``(ts, model, client, {node: rtt_ms}, node|None, latency_ms|None, status)`` (floats exactly).
+to ENCODE_CHUNK packed rows (agent/packed_records.py: the window keeps its records packed, so the journal and a
+reset send them as they are held, and the worker keeps them as they arrive).
 """
 
 from __future__ import annotations
@@ -27,12 +29,12 @@ import binascii
 import json
 import logging
 import marshal
-from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from agent.catalogue import Catalogue, ModelSpec
+from agent.packed_records import RecordView, check_rows, pack_record
 from agent.placement import NodeReport, RequestRecord, build_snapshot
 from agent.request_window import RequestWindow
 
@@ -40,7 +42,7 @@ log = logging.getLogger(__name__)
 
 ENCODE_CHUNK = 1000  # records per marshal.dumps call: a C call holds the GIL whole, so big ones are cut up
 
-AddEvent = tuple[str, str, float, tuple[RequestRecord, ...]]
+AddEvent = tuple[str, str, float, tuple[bytes, ...]]  # ("add", node, now, the packed rows it kept)
 ExpireEvent = tuple[str, float]
 WindowEvent = AddEvent | ExpireEvent
 
@@ -71,10 +73,10 @@ class JournaledWindow(RequestWindow):
         self._gap = False
 
     def add(self, node: str, records: Iterable[RequestRecord], now: float) -> int:
-        records = tuple(records)
-        if records:  # an empty page changes nothing: nothing to journal
-            self._journal_event(("add", node, now, records), len(records))
-        return super().add(node, records, now)
+        rows = self.plausible(records, now)  # packed once: the window and the journal share the rows
+        if rows:  # a page with nothing kept changes nothing: nothing to journal
+            self._journal_event(("add", node, now, tuple(rows)), len(rows))
+        return self._take(node, rows)
 
     def expire(self, now: float) -> None:
         self._journal_event(("expire", now), 0)
@@ -115,37 +117,23 @@ class JournaledWindow(RequestWindow):
         return self._journaled
 
 
-def record_row(r: RequestRecord) -> tuple[Any, ...]:
-    """A record as it crosses the pipe (``logged_by`` is the node of the event that carries it)."""
-    return (r.ts, r.model, r.client, dict(r.rtt_ms), r.node, r.latency_ms, r.status)
-
-
-def row_record(row: Sequence[Any], logged_by: str | None = None) -> RequestRecord:
-    """The record back from ``record_row``'s tuple."""
-    ts, model, client, rtt_ms, node, latency_ms, status = row
-    return RequestRecord(float(ts), str(model), str(client), dict(rtt_ms), node, latency_ms, int(status), logged_by)
-
-
-def encode_records(records: Sequence[RequestRecord]) -> str:
-    """A JSON array of chunks, each ``ENCODE_CHUNK`` record rows marshalled and base64-encoded: binary floats (JSON's
-    float repr made a whole window ~4x dearer) in short C calls (other threads run in between). The worker reads what
-    its own agent wrote, with the same interpreter: marshal's format is the same on both ends."""
-    chunks = (base64.b64encode(marshal.dumps([record_row(r) for r in records[i : i + ENCODE_CHUNK]])).decode()
-              for i in range(0, len(records), ENCODE_CHUNK))  # fmt: skip
+def encode_rows(rows: Sequence[bytes]) -> str:
+    """A JSON array of chunks, each ``ENCODE_CHUNK`` packed rows marshalled and base64-encoded (short C calls: other
+    threads run in between)."""
+    chunks = (base64.b64encode(marshal.dumps(list(rows[i : i + ENCODE_CHUNK]))).decode()
+              for i in range(0, len(rows), ENCODE_CHUNK))  # fmt: skip
     return "[" + ",".join(f'"{c}"' for c in chunks) + "]"
 
 
-def decode_rows(chunks: Iterable[str]) -> list[Sequence[Any]]:
-    """The record rows back from ``encode_records``'s chunks; raises ValueError on anything else."""
-    rows: list[Sequence[Any]] = []
+def decode_rows(chunks: Iterable[str]) -> list[bytes]:
+    """The packed rows back from ``encode_rows``'s chunks; raises ValueError on anything else."""
+    rows: list[bytes] = []
     for chunk in chunks:
         try:
             part = marshal.loads(base64.b64decode(chunk, validate=True))
         except (EOFError, TypeError, binascii.Error) as exc:
             raise ValueError(f"not a chunk of records: {exc}") from exc
-        if not isinstance(part, list):
-            raise ValueError("not a chunk of records")
-        rows.extend(part)
+        rows.extend(check_rows(part))
     return rows
 
 
@@ -155,7 +143,7 @@ def encode_delta(delta: WindowDelta) -> str:
     for event in delta.events:
         if event[0] == "add":
             _, node, now, records = event  # type: ignore[misc]
-            events.append(f'["add",{json.dumps(node)},{json.dumps(now)},{encode_records(records)}]')
+            events.append(f'["add",{json.dumps(node)},{json.dumps(now)},{encode_rows(records)}]')
         else:
             events.append(f'["expire",{json.dumps(event[1])}]')
     return f'{{"base":{delta.base},"seq":{delta.seq},"events":[{",".join(events)}]}}'
@@ -163,14 +151,21 @@ def encode_delta(delta: WindowDelta) -> str:
 
 def encode_reset(records: Sequence[RequestRecord], seq: int, config: tuple[int, float, float]) -> str:
     """The JSON text of a reset message: the whole window at sequence ``seq`` (``RequestWindow.records()``: node by
-    node, each ``logged_by`` its node) with its bounds (max_records, window_s, max_ahead_s)."""
-    groups: list[tuple[str | None, list[RequestRecord]]] = []
+    node, each ``logged_by`` its node; its rows are sent as they are held) with its bounds (max_records, window_s,
+    max_ahead_s)."""
+    view = records if isinstance(records, RecordView) else RecordView(_packed_groups(records))
+    nodes = ",".join(f"[{json.dumps(node)},{encode_rows(rows)}]" for node, rows in view.groups)
+    return f'{{"seq":{seq},"config":{json.dumps(list(config))},"reset":[{nodes}]}}'
+
+
+def _packed_groups(records: Iterable[RequestRecord]) -> list[tuple[str | None, list[bytes]]]:
+    """Records (not a window's view) as (logging node, packed rows) groups, in order."""
+    groups: list[tuple[str | None, list[bytes]]] = []
     for r in records:
         if not groups or groups[-1][0] != r.logged_by:
             groups.append((r.logged_by, []))
-        groups[-1][1].append(r)
-    nodes = ",".join(f"[{json.dumps(node)},{encode_records(rs)}]" for node, rs in groups)
-    return f'{{"seq":{seq},"config":{json.dumps(list(config))},"reset":[{nodes}]}}'
+        groups[-1][1].append(pack_record(r))
+    return groups
 
 
 class WorkerWindow:
@@ -196,11 +191,7 @@ class WorkerWindow:
     def _reset(self, message: Mapping[str, Any]) -> None:
         max_records, window_s, max_ahead_s = message["config"]
         window = RequestWindow(int(max_records), float(window_s), float(max_ahead_s))
-        for node, rows in message["reset"]:
-            records = deque(row_record(row, str(node)) for row in decode_rows(rows))
-            if records:
-                window._by_node[str(node)] = records
-        window._size = sum(len(d) for d in window._by_node.values())
+        window.load_rows((str(node), decode_rows(rows)) for node, rows in message["reset"])
         self.window, self.seq = window, int(message["seq"])
 
     def _replay(self, message: Mapping[str, Any]) -> None:
@@ -208,16 +199,16 @@ class WorkerWindow:
             raise WindowSyncError(f"window delta from {message.get('base')} but the worker holds {self.seq}")
         for event in message["events"]:
             if event[0] == "add":
-                self.window.add(str(event[1]), [row_record(row) for row in decode_rows(event[3])], float(event[2]))
+                self.window.add_rows(str(event[1]), decode_rows(event[3]), float(event[2]))
             elif event[0] == "expire":
                 self.window.expire(float(event[1]))
             else:
                 raise WindowSyncError(f"unknown window event {event[0]!r}")
         self.seq = int(message["seq"])
 
-    def records(self) -> tuple[RequestRecord, ...]:
+    def records(self) -> RecordView:
         """The window's records (as the leader's ``RequestWindow.records``)."""
-        return self.window.records() if self.window is not None else ()
+        return self.window.records() if self.window is not None else RecordView(())
 
 
 @dataclass(frozen=True)
@@ -258,6 +249,6 @@ class WindowBuild:
     bounds, and the rest of ``build_snapshot``'s inputs."""
 
     delta: WindowDelta
-    records: tuple[RequestRecord, ...]
+    records: Sequence[RequestRecord]  # the window's records (a RecordView: still packed)
     config: tuple[int, float, float]
     inputs: BuildInputs

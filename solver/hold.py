@@ -18,7 +18,11 @@ the work: in the steady state (what runs is what the last plan asked for, thesis
 near the load cap and the gap shrinks slowly, so the round's CPU is bounded and the gap, not a tolerance, says how
 far the value may be off (``gap_ms``, ``steps``; bench/hold_bench.py ``--steady``). ``gap_ms`` is the value less the
 best of Frank-Wolfe's lower bounds over the iterates (each iterate's value less its duality gap), not the last one's
-alone: about half as large where the value falls slowly, as valid.
+alone: about half as large where the value falls slowly, as valid. ``starts`` (the solver worker passes the plan it
+just solved on the same snapshot, its ``shares``, and this valuation's own split from the last round, ``shares``,
+matched by client and model) are warm starts: each restricted to the held pools and renormalised per stream (a
+stream with no share on them starts on its cheapest node); the split starts from the cheapest of them and the
+cheapest-node start; any start is a feasible split, so the value and ``gap_ms`` keep their meaning.
 
 Hard facts come with it: models with demand and no running instance (``unserved``) and pools whose
 load at the best split exceeds ``rho_max`` (``overloaded``): the leader acts on a plan at once there.
@@ -27,7 +31,7 @@ load at the best split exceeds ``rho_max`` (``overloaded``): the leader acts on 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -49,6 +53,9 @@ BISECTIONS = 30  # plain Frank-Wolfe's line search (PROJECTED off)
 PROJECTED = True  # the split by Newton-scaled gradient projection (False: plain Frank-Wolfe, the method before)
 SECANTS = 60  # the projected method's line search: evaluations at most (half of them bisections at worst)
 LOWER_BOUNDS = True  # the gap against the best lower bound so far (False: the latest iterate's duality gap alone)
+WARM_START = True  # start from the cheapest of the given splits and the cheapest-node start (False: never warm)
+
+Shares = Sequence[Mapping[str, float]]  # per request, node -> share of its rate (the plan's ``shares``)
 
 
 @dataclass(frozen=True)
@@ -77,6 +84,8 @@ class RunningValue:
     planned_queue: dict[str, dict[str, float]] = field(default_factory=dict)
     model_ms: dict[str, float] = field(default_factory=dict)  # per served model: its mean latency per request
     steps: int = 0  # the split's iterations (at most ITERATIONS)
+    start: str = "cheapest"  # where the split started: each stream's cheapest node, or the name of one of ``starts``
+    shares: tuple[Mapping[str, float], ...] = field(default=(), repr=False, compare=False)  # per request: its split
 
     def to_dict(self) -> dict[str, Any]:
         """JSON form (the solver worker's reply, the leader's round)."""
@@ -85,8 +94,25 @@ class RunningValue:
             "overloaded": list(self.overloaded), "demand": list(self.demand), "over_bound": list(self.over_bound),
             "instances": self.instances,
             "spread": self.spread, "planned_queue": self.planned_queue, "model_ms": self.model_ms,
-            "steps": self.steps,
+            "steps": self.steps, "start": self.start,
         }  # fmt: skip
+
+
+class LastSplit:
+    """The running value's split from the last round per (client, model), the next round's warm start; replaced every
+    round (``keep``), so it holds at most the last snapshot's requests (the leader's window bounds them)."""
+
+    def __init__(self) -> None:
+        self.streams: dict[tuple[str, str], Mapping[str, float]] = {}
+
+    def shares_for(self, snapshot: Snapshot) -> list[Mapping[str, float]]:
+        """Per request of ``snapshot``: the last round's split of its stream (empty where unknown or no client)."""
+        return [self.streams.get((r.client, r.model), {}) if r.client is not None else {} for r in snapshot.requests]
+
+    def keep(self, snapshot: Snapshot, value: RunningValue) -> None:
+        """Replace what is kept with ``value``'s split of ``snapshot``'s streams."""
+        pairs = zip(snapshot.requests, value.shares, strict=False)
+        self.streams = {(r.client, r.model): s for r, s in pairs if r.client is not None and s}
 
 
 def parse_counts(raw: Any) -> dict[str, dict[str, int]] | None:
@@ -99,9 +125,13 @@ def parse_counts(raw: Any) -> dict[str, dict[str, int]] | None:
 
 
 def value_running(
-    snapshot: Snapshot, held: Mapping[str, Mapping[str, int]] | None = None, rho_max: float | None = None
+    snapshot: Snapshot,
+    held: Mapping[str, Mapping[str, int]] | None = None,
+    rho_max: float | None = None,
+    starts: Mapping[str, Shares] | None = None,
 ) -> RunningValue:
-    """Value ``held`` (node -> model -> count; default: the snapshot's running instances) under its streams."""
+    """Value ``held`` (node -> model -> count; default: the snapshot's running instances) under its streams;
+    ``starts``: name -> per-request shares on this snapshot (the plan's, the last round's), warm starts (``_warm``)."""
     running = running_instances(snapshot)
     if held is not None:
         models = {m.name: k for k, m in enumerate(snapshot.models)}
@@ -120,7 +150,9 @@ def value_running(
     lost = demand & ~allowed.any(axis=1)
     unserved = tuple(sorted({p.model_names[int(p.class_model[c])] for c in np.nonzero(lost)[0]}))
     served = demand & ~lost
-    x, gap, steps = _best_split(q, n, allowed & served[:, None])
+    usable = allowed & served[:, None]
+    warm = {name: _warm(q, usable, shares) for name, shares in (starts or {}).items()} if WARM_START else {}
+    x, gap, steps, started = _best_split(q, n, usable, {k: v for k, v in warm.items() if v is not None})
     lam = _lam(q, x)
     over = _over(q, n, lam)
     overloaded = tuple(f"{p.node_ids[j]}/{p.model_names[k]}" for j, k in zip(*np.nonzero(over), strict=True))
@@ -135,8 +167,21 @@ def value_running(
     return RunningValue(
         objective_ms=value, gap_ms=gap / total if total > 0 else 0.0, unserved=unserved, overloaded=overloaded,
         demand=asked, over_bound=_over_bound(q, running), instances=instances, spread=_spread(q, x),
-        planned_queue=_planned_queue(q, n, lam), model_ms=_model_ms(q, n, x), steps=steps,
+        planned_queue=_planned_queue(q, n, lam), model_ms=_model_ms(q, n, x), steps=steps, start=started,
+        shares=_request_shares(q, x),
     )  # fmt: skip
+
+
+def _request_shares(q: QueueProblem, x: FloatArray) -> tuple[dict[str, float], ...]:
+    """Per request: node -> share of its class's split (a request whose class is not served: empty)."""
+    p = q.base
+    out: list[dict[str, float]] = [{} for _ in p.snapshot.requests]
+    total = x.sum(axis=1)
+    for c in np.nonzero(total > 0)[0].tolist():
+        row = {p.node_ids[j]: float(x[c, j] / total[c]) for j in np.nonzero(x[c] > 0)[0].tolist()}
+        for i in p.class_members[c]:
+            out[i] = row
+    return tuple(out)
 
 
 def _model_ms(q: QueueProblem, n: Servers, x: FloatArray) -> dict[str, float]:
@@ -219,8 +264,36 @@ def _gradient(q: QueueProblem, n: Servers, x: FloatArray) -> FloatArray:
     return np.asarray(q.base.cost + marginal)
 
 
-def _best_split(q: QueueProblem, n: Servers, allowed: Any) -> tuple[FloatArray, float, int]:
-    """The split of each class's rate over its allowed nodes minimising ``_objective``: (x, duality gap, steps).
+def _warm(q: QueueProblem, allowed: Any, shares: Shares) -> FloatArray | None:
+    """[c, j] the plan's split restricted to the held pools (``allowed``), renormalised per class to its whole rate;
+    a class with no share on a held pool starts on its cheapest node. None if ``shares`` is not this snapshot's
+    (another request count) or no class keeps a share: the plan's split does not fit what runs."""
+    p = q.base
+    if len(shares) != len(p.snapshot.requests):
+        return None
+    index = {node: j for j, node in enumerate(p.node_ids)}
+    x = np.zeros((p.n_classes, p.n_nodes))
+    for c, members in enumerate(p.class_members):
+        for i in members:
+            for node, share in shares[i].items():
+                j = index.get(node)
+                if j is not None and math.isfinite(share) and share > 0:
+                    x[c, j] += share
+    x = np.where(allowed, x, 0.0)
+    total = x.sum(axis=1)
+    rate = np.where(allowed.any(axis=1), q.rate, 0.0)
+    kept = (total > 0) & (rate > 0)
+    if not kept.any():
+        return None
+    cold = _all_on(np.where(allowed, q.base.cost, np.inf), rate)
+    return np.where(kept[:, None], x / np.where(kept, total, 1.0)[:, None] * rate[:, None], cold)
+
+
+def _best_split(
+    q: QueueProblem, n: Servers, allowed: Any, warm: Mapping[str, FloatArray] | None = None
+) -> tuple[FloatArray, float, int, str]:
+    """The split of each class's rate over its allowed nodes minimising ``_objective``: (x, duality gap, steps,
+    where it started: "cheapest" (each class on its cheapest node) or the name of the cheapest of ``warm``'s splits).
 
     Each step's direction: ``_shift`` (PROJECTED) or plain Frank-Wolfe's (all toward the cheapest nodes, which
     zig-zags near the load cap's kink); either way the stop is at ``TOLERANCE`` of the gap between the value and
@@ -229,6 +302,11 @@ def _best_split(q: QueueProblem, n: Servers, allowed: Any) -> tuple[FloatArray, 
     rate = np.where(allowed.any(axis=1), q.rate, 0.0)
     big = np.where(allowed, 0.0, np.inf)
     x = _all_on(np.where(allowed, q.base.cost, np.inf), rate)
+    started, value = "cheapest", _objective(q, n, x)
+    for name, candidate in (warm or {}).items():
+        found = _objective(q, n, candidate)
+        if found <= value:
+            started, value, x = name, found, candidate
     gap, steps, lower = 0.0, 0, -np.inf
     for steps in range(ITERATIONS + 1):
         grad, curve = _gradient_curvature(q, n, x) if PROJECTED else (_gradient(q, n, x), None)
@@ -243,7 +321,7 @@ def _best_split(q: QueueProblem, n: Servers, allowed: Any) -> tuple[FloatArray, 
             x = x + _line_search(q, n, x, direction) * direction
         else:
             x = _shift_by_model(q, n, x, _shift(x, grad + big, curve, target > 0), grad)
-    return x, max(gap, 0.0), steps
+    return x, max(gap, 0.0), steps, started
 
 
 def _shift_by_model(q: QueueProblem, n: Servers, x: FloatArray, direction: FloatArray, grad: FloatArray) -> FloatArray:
