@@ -42,19 +42,13 @@ from solver import queue_repair, queue_running, queue_split
 from solver.api import solve
 from solver.fastlp import tune_solver_process
 from solver.problem import Mode, build_problem
-from solver.queue_close_fast import close_pools_fast
 from solver.queue_fast import solve_nlp_fast
 from solver.queue_model import QueueProblem, build_queue_problem
-from solver.queue_move import move_instances
-from solver.queue_plan import mean_latency_ms
-from solver.queue_repair import Pools, repair
-from solver.queue_sched import add_where_behind
-from solver.queue_split import best_split
-from solver.queue_split_load import resplit_by_load
+from solver.queue_plan import integer_part, mean_latency_ms
+from solver.queue_repair import Pools
 from solver.queueing import RHO_MAX
 from solver.snapshot import Model, Node, Request, Snapshot
 from solver.tail_cap import with_tail_cap
-from solver.too_slow import drop_too_slow
 
 
 def switch(on: bool) -> None:
@@ -156,16 +150,8 @@ def with_concurrency(snap: Snapshot, concurrency: int) -> Snapshot:
 
 
 def final_pools(q: QueueProblem) -> Pools:
-    """The integer placement the plan is made of (solver.queue_plan._solve's steps)."""
-    nlp = solve_nlp_fast(q)
-    pools = repair(q, nlp.x, nlp.r, nlp.n)
-    pools.too_slow_models = drop_too_slow(pools)
-    close_pools_fast(pools)
-    move_instances(pools)
-    best_split(pools)
-    resplit_by_load(pools)
-    add_where_behind(pools)
-    return pools
+    """The integer placement the plan is made of (solver.queue_plan.integer_part, every step)."""
+    return integer_part(q, solve_nlp_fast(q))[0]
 
 
 def past_bound(pools: Pools) -> int:

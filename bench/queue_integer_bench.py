@@ -76,8 +76,20 @@ def integer_phases(q: Any, nlp: Any, figures: list[float] | None = None) -> list
         def resplit_by_load(pools: Any) -> bool:
             return False
 
+    try:
+        from solver.queue_sched import add_where_behind
+        from solver.too_slow import drop_too_slow
+    except ImportError:  # a --baseline tree from before the too-slow pools and the scheduler's extra instance
+
+        def add_where_behind(pools: Any) -> int:
+            return 0
+
+        def drop_too_slow(pools: Any) -> Any:
+            return getattr(pools, "too_slow_models", ())
+
     marks = [time.process_time()]
     pools = repair(q, nlp.x, nlp.r, nlp.n)
+    pools.too_slow_models = drop_too_slow(pools)  # the plan's steps (solver.queue_plan.integer_part), timed apart
     marks.append(time.process_time())
     close_pools_fast(pools)
     marks.append(time.process_time())
@@ -85,6 +97,7 @@ def integer_phases(q: Any, nlp: Any, figures: list[float] | None = None) -> list
     marks.append(time.process_time())
     best_split(pools)
     resplit_by_load(pools)
+    add_where_behind(pools)
     marks.append(time.process_time())
     details = {"spread": queue_plan.spread(q, pools), "planned_queue": queue_plan.planned_queue(q, pools)}
     queue_plan.make_queue_plan(q, pools, "ipopt", nlp.status, details)

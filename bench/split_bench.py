@@ -48,29 +48,20 @@ from bench.allot_bench import scaled
 from bench.bound_sweep import overloaded_seed
 from solver import hold
 from solver.problem import Mode, build_problem
-from solver.queue_close_fast import close_pools_fast
 from solver.queue_fast import solve_nlp_fast
 from solver.queue_model import QueueProblem, build_queue_problem
-from solver.queue_move import move_instances
-from solver.queue_plan import mean_latency_ms
-from solver.queue_repair import Pools, repair
-from solver.queue_split import _feasible_step, apply_split, best_split, load_limit
+from solver.queue_plan import integer_part, mean_latency_ms
+from solver.queue_repair import Pools
+from solver.queue_split import _feasible_step, apply_split, load_limit
 from solver.queue_split_load import _take, resplit_by_load
 from solver.shared_cores import shared_sojourn_ms
 from solver.snapshot import Snapshot
 from solver.tail_cap import with_tail_cap
-from solver.too_slow import drop_too_slow
 
 
 def before_split(q: QueueProblem) -> Pools:
     """The integer part up to and with best_split (the plan's split before the split by load)."""
-    nlp = solve_nlp_fast(q)
-    pools = repair(q, nlp.x, nlp.r, nlp.n)
-    pools.too_slow_models = drop_too_slow(pools)
-    close_pools_fast(pools)
-    move_instances(pools)
-    best_split(pools)
-    return pools
+    return integer_part(q, solve_nlp_fast(q), last="resplit")[0]
 
 
 def passes(pools: Pools, bound: bool) -> bool:

@@ -69,23 +69,34 @@ def tail_breaks_bound(q: QueueProblem) -> bool:
     return False
 
 
+INTEGER_STEPS = ("pools_closed", "instances_moved", "resplit", "resplit_by_load", "scheduler_added")
+
+
+def integer_part(q: QueueProblem, nlp: Any, last: str = INTEGER_STEPS[-1]) -> tuple[Pools, dict[str, Any]]:
+    """The plan's integer part from the relaxation's answer ``nlp``: repair, then ``INTEGER_STEPS`` in order up to
+    and with ``last`` (the plan runs them all; benches and tests stop earlier); each step's result by name."""
+    from solver.queue_move import move_instances  # solver.hold (their Frank-Wolfe) imports this module
+    from solver.queue_split import best_split
+    from solver.queue_split_load import resplit_by_load
+
+    pools = repair(q, nlp.x, nlp.r, nlp.n if SEED_COUNTS else None)
+    pools.too_slow_models = drop_too_slow(pools)  # no instance that could not answer in time (solver.too_slow)
+    steps = (close_pools_fast, move_instances, best_split, resplit_by_load, add_where_behind)  # the last: where
+    done: dict[str, Any] = {}  # the node's scheduler would fall behind (solver.queue_sched)
+    for name, step in zip(INTEGER_STEPS, steps, strict=True):
+        done[name] = step(pools)
+        if name == last:
+            break
+    return pools, done
+
+
 def _solve(q: QueueProblem, extra: dict[str, Any]) -> Plan:
     """Relaxation, repair and pool closing for one QueueProblem."""
     problem = q.base
     start = time.process_time()
     nlp = solve_nlp_fast(q)
     relaxation_ms = 1000.0 * (time.process_time() - start)
-    pools = repair(q, nlp.x, nlp.r, nlp.n if SEED_COUNTS else None)
-    pools.too_slow_models = drop_too_slow(pools)  # no instance that could not answer in time (solver.too_slow)
-    closed = close_pools_fast(pools)
-    from solver.queue_move import move_instances  # solver.hold (their Frank-Wolfe) imports this module
-    from solver.queue_split import best_split
-    from solver.queue_split_load import resplit_by_load
-
-    moved = move_instances(pools)
-    resplit = best_split(pools)
-    by_load = resplit_by_load(pools)
-    behind = add_where_behind(pools)  # where the node's scheduler would fall behind (solver.queue_sched)
+    pools, done = integer_part(q, nlp)
     details: dict[str, Any] = {
         **extra,
         "shed": pools.shed,
@@ -95,11 +106,7 @@ def _solve(q: QueueProblem, extra: dict[str, Any]) -> Plan:
         "nlp_rounds": nlp.rounds,
         "nlp_columns": nlp.columns,
         "nlp_fallback": nlp.fallback,
-        "pools_closed": closed,
-        "instances_moved": moved,
-        "resplit": resplit,
-        "resplit_by_load": by_load,
-        "scheduler_added": behind,
+        **done,
         "relaxation_instances": round(float(nlp.n.sum()), 3),
         "rate_rps": round(float(q.rate.sum()), 6),
         "rejected_rps": round(float(pools.rejected.sum()), 6),

@@ -14,16 +14,13 @@ from solver import hold, queue_split_load
 from solver.api import solve
 from solver.node_cpu import effective_servers, pool_servers
 from solver.problem import build_problem
-from solver.queue_close_fast import close_pools_fast
 from solver.queue_fast import solve_nlp_fast
 from solver.queue_model import QueueProblem, build_queue_problem
-from solver.queue_move import move_instances
-from solver.queue_plan import mean_latency_ms, model_latency_ms
-from solver.queue_repair import Pools, repair
-from solver.queue_split import best_split, load_limit
+from solver.queue_plan import integer_part, mean_latency_ms, model_latency_ms
+from solver.queue_repair import Pools
+from solver.queue_split import load_limit
 from solver.queue_split_load import resplit_by_load
 from solver.tail_cap import with_tail_cap
-from solver.too_slow import drop_too_slow
 from tests.unit.test_instance_bound import check_cores
 from tests.unit.test_solver_queue_placement import check, spread_violations
 
@@ -36,13 +33,7 @@ def _split(seed: int, scale: float) -> tuple[QueueProblem, Pools]:
     snap, mode, tail = overloaded_seed(seed)
     q = build_queue_problem(build_problem(scaled(snap, scale), mode))
     q = with_tail_cap(q) if tail else q
-    nlp = solve_nlp_fast(q)
-    pools = repair(q, nlp.x, nlp.r, nlp.n)
-    pools.too_slow_models = drop_too_slow(pools)
-    close_pools_fast(pools)
-    move_instances(pools)
-    best_split(pools)
-    return q, pools
+    return q, integer_part(q, solve_nlp_fast(q), last="resplit")[0]
 
 
 def _by_load_value(pools: Pools) -> float:
