@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import marshal
 import math
@@ -104,21 +105,27 @@ def _churn_strangers() -> int:
         del page
         assert len(list(w.records())) == 100
         if i == 10:
+            gc.collect()  # what earlier tests left for the collector is not this window's
             base = tracemalloc.get_traced_memory()[0]
+    gc.collect()
     grown = tracemalloc.get_traced_memory()[0] - base
     tracemalloc.stop()
     assert len(w) == 100
     return grown
 
 
+PILE_UP = 16_000_000  # bytes: ~38 MB of made-up text passes the window; a table that keeps it grows by all of it
+
+
 def test_strangers_strings_do_not_pile_up_in_the_intern_table() -> None:
-    """Interned ids are freed with the last row or record that uses them: the heap stays where it was (give or take
-    the intern table's own resizing, ~1 MB)."""
-    assert _churn_strangers() < 4_000_000
+    """Interned ids are freed with the last row or record that uses them: the heap stays near where it was (the
+    intern table's own resizing, ~1 MB, and whatever other threads of the process allocate meanwhile: 7.7 MB once
+    in the whole suite), far under the text that passed."""
+    assert _churn_strangers() < PILE_UP
 
 
 def test_the_pile_up_check_catches_a_table_that_keeps_every_string(monkeypatch: pytest.MonkeyPatch) -> None:
     """The check above is not decoration: intern into a table that never lets go and the heap grows by the text."""
     kept: dict[str, str] = {}
     monkeypatch.setattr("agent.packed_records.intern", lambda s: kept.setdefault(s, s))
-    assert _churn_strangers() > 4_000_000
+    assert _churn_strangers() > 2 * PILE_UP
