@@ -176,6 +176,7 @@ class DamagedPinFile(AuthError):
     """The pin file exists but cannot be read as pins: nothing is pinned from it, and nothing new is (403)."""
 
     def __init__(self, path: Path, reason: str) -> None:
+        self.path, self.reason = path, reason
         super().__init__(
             f"this board's pin file {path} is damaged ({reason}); it pins no new node until an operator repairs "
             "it or moves it aside (docs/operator-guide.md, troubleshooting)",
@@ -210,8 +211,8 @@ class Pins:
             self._refresh()
             if self._known(node_id, public_key):  # pinned by an operator meanwhile
                 return
-            if self._damaged is not None:
-                raise self._damaged
+            if self._damaged is not None:  # a fresh exception each time (a raised one keeps growing its traceback)
+                raise DamagedPinFile(self._damaged.path, self._damaged.reason)
             if len(self._pins) >= self.limit:
                 raise AuthError("pin table full", 403)
             self._pins[node_id] = public_key
