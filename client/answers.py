@@ -89,19 +89,16 @@ def model_name(value: Any, what: str = "model") -> str:
     return value
 
 
+BASE_URL = re.compile(r"(https?)://(\[[0-9A-Fa-f:.]{2,45}\]|[A-Za-z0-9](?:[A-Za-z0-9.-]{0,252}))(?::([0-9]{1,5}))?/?")
+
+
 def base_url(value: Any, what: str = "url") -> str:
-    """An http(s) base URL: a host, an optional port, no credentials, no path, query or fragment."""
-    text = _text(value, what)
-    try:
-        url = httpx.URL(text)
-        port = url.port
-    except (httpx.InvalidURL, ValueError) as exc:
-        raise Malformed(f"{what}: not a URL") from exc
-    if url.scheme not in ("http", "https") or not url.host or url.userinfo or url.query or url.fragment:
-        raise Malformed(f"{what}: not an http(s) URL of a host")
-    if url.path not in ("", "/") or (port is not None and not 0 < port < 65536) or any(c.isspace() for c in text):
+    """An http(s) base URL: a host (a name, IPv4, [IPv6]), an optional port, nothing else (no credentials,
+    path, query or fragment)."""
+    match = BASE_URL.fullmatch(_text(value, what))
+    if match is None or (match.group(3) is not None and not 0 < int(match.group(3)) < 65536):
         raise Malformed(f"{what}: not an http(s) base URL")
-    return text.rstrip("/")
+    return str(value).rstrip("/")
 
 
 def why(value: Any) -> dict[str, Any]:

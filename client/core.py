@@ -51,6 +51,12 @@ def _kept(response: httpx.Response, chunks: list[bytes]) -> httpx.Response:
     return httpx.Response(response.status_code, headers=headers, content=b"".join(chunks), request=response.request)
 
 
+def _declared_within(response: httpx.Response, limit: int) -> bool:
+    """Whether the answer says how long it is, within ``limit``, unencoded (h11 holds it to that length)."""
+    length = response.headers.get("content-length", "")
+    return length.isdigit() and int(length) <= limit and "content-encoding" not in response.headers
+
+
 def _over(call: Call, size: int) -> AnswerTooLarge | None:
     if size <= call.limit:
         return None
@@ -111,6 +117,9 @@ class Client:
         """One request, reading at most ``call.limit`` bytes of the answer."""
         try:
             with self.http.stream(call.method, call.url, **_options(call, self.http)) as response:
+                if _declared_within(response, call.limit):
+                    response.read()
+                    return response
                 chunks, size = [], 0
                 for chunk in response.iter_bytes():
                     size += len(chunk)
@@ -197,6 +206,9 @@ class AsyncClient:
         """One request, reading at most ``call.limit`` bytes of the answer."""
         try:
             async with self.http.stream(call.method, call.url, **_options(call, self.http)) as response:
+                if _declared_within(response, call.limit):
+                    await response.aread()
+                    return response
                 chunks, size = [], 0
                 async for chunk in response.aiter_bytes():
                     size += len(chunk)

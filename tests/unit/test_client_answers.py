@@ -7,9 +7,11 @@ instead of asking the next agent; a non-numeric Retry-After raised ValueError. P
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
+import gzip
 import math
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import httpx
@@ -18,10 +20,10 @@ import pytest
 from agent.catalogue import MODEL_NAME
 from agent.client_ids import MAX_RTT_NODES
 from agent.settings import NODE_ID
-from client import answers
+from client import AsyncClient, Client, answers
 from client.discovery import MAX_FOUND, keep
 from client.errors import ClusterUnreachableError, NotReadyError, RequestError, UnknownModelError
-from client.ops import MAX_AGENTS, Browse, Call, ClientCore, Endpoint, error_for
+from client.ops import MAX_AGENTS, AnswerTooLarge, Browse, Call, ClientCore, Endpoint, error_for
 
 TOKEN = "s3cret-client-token"
 FOUND = ["http://192.168.1.2:8400", "http://192.168.1.20:8400"]  # what client.discovery.browse returns
@@ -297,3 +299,51 @@ def test_one_browse_keeps_a_bounded_number_of_agents() -> None:
     assert found["n0._peerserve._tcp.local."] == "http://10.9.9.9:8401"
     keep(found, "new._peerserve._tcp.local.", [], 8400)
     assert "new._peerserve._tcp.local." not in found
+
+
+# -- the shells read at most a call's limit ---------------------------------------------------------------
+def bomb() -> bytes:
+    """A gzip body of ~5 KB that decodes to CONTROL_LIMIT + 1 MiB."""
+    return gzip.compress(b" " * (answers.CONTROL_LIMIT + 2**20))
+
+
+def endless(asynchronous: bool) -> Callable[[httpx.Request], httpx.Response]:
+    """The first agent answers a chunked body without end or a gzip bomb; the second answers properly."""
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for _ in range(10_000):
+            yield b"[" + b" " * 65536
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        if request.url.host == "good":
+            return httpx.Response(200, json={"node_id": "good", "members": []})
+        if request.url.path == "/cluster":  # chunked, 640 MiB if read
+            return httpx.Response(200, content=chunks() if asynchronous else iter([b"[" + b" " * 65536] * 10_000))
+        return httpx.Response(200, content=bomb(), headers={"Content-Encoding": "gzip"})
+
+    return answer
+
+
+def test_the_sync_client_stops_reading_an_answer_past_its_limit() -> None:
+    for path in ("/cluster", "/stats/node"):
+        with Client(agents=["http://rogue:1", "http://good:1"], transport=httpx.MockTransport(endless(False))) as c:
+            result = c._run(c.core.ask("GET", path, answers.cluster))
+            assert result[0] == "http://good:1"
+            r = c._call(Call("GET", "http://rogue:1" + path))
+            assert isinstance(r, AnswerTooLarge)
+
+
+def test_the_async_client_stops_reading_an_answer_past_its_limit() -> None:
+    async def main() -> None:
+        for path in ("/cluster", "/stats/node"):
+            async with AsyncClient(
+                agents=["http://rogue:1", "http://good:1"], transport=httpx.MockTransport(endless(True))
+            ) as c:
+                result = await c._run(c.core.ask("GET", path, answers.cluster))
+                assert result[0] == "http://good:1"
+                assert isinstance(await c._call(Call("GET", "http://rogue:1" + path)), AnswerTooLarge)
+        async with AsyncClient(transport=httpx.MockTransport(endless(True))) as c:  # within the limit: read whole
+            r = await c._call(Call("GET", "http://good:1/cluster"))
+            assert isinstance(r, httpx.Response) and r.json()["node_id"] == "good"
+
+    asyncio.run(main())
