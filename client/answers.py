@@ -89,7 +89,9 @@ def model_name(value: Any, what: str = "model") -> str:
     return value
 
 
-BASE_URL = re.compile(r"(https?)://(\[[0-9A-Fa-f:.]{2,45}\]|[A-Za-z0-9](?:[A-Za-z0-9.-]{0,252}))(?::([0-9]{1,5}))?/?")
+BASE_URL = re.compile(
+    r"(https?)://(\[[0-9A-Fa-f:.]{2,45}(?:%[A-Za-z0-9_.-]{1,32})?\]|[A-Za-z0-9][A-Za-z0-9_.-]{0,252})(?::([0-9]{1,5}))?/?"
+)
 
 
 def base_url(value: Any, what: str = "url") -> str:

@@ -102,7 +102,9 @@ def test_an_endpoint_answer_is_checked_field_by_field() -> None:
     for data in bad:
         with pytest.raises(answers.Malformed):
             Endpoint.from_json(data, "half_plus_two")
-    assert answers.base_url("https://board-1.lan:8443/") == "https://board-1.lan:8443"
+    for url in ["https://board-1.lan:8443", "http://10.0.0.5:8400", "http://[fd00::5]:8400", "http://[fe80::1%eth0]:8400",
+                "http://board_1:80"]:  # fmt: skip
+        assert answers.base_url(url + "/") == url
 
 
 def test_services_and_cluster_answers_are_bounded() -> None:
