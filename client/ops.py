@@ -215,11 +215,15 @@ class ClientCore:
         self.trim()
 
     def trim(self) -> None:
-        """At most MAX_AGENTS agents besides the named ones (the first kept: the working and the newest known)."""
+        """At most MAX_AGENTS agents besides the named ones: the last /cluster's alive members (at most
+        answers.MAX_RTT_NODES) kept, then the others in failover order."""
         extra = [a for a in self.agents if a not in self.named]
         if len(extra) > MAX_AGENTS:
-            drop = set(extra[MAX_AGENTS:])
-            self.agents = [a for a in self.agents if a not in drop]
+            current = set(self.nodes.values())
+            keep = [a for a in extra if a in current]
+            keep += [a for a in extra if a not in current][: MAX_AGENTS - len(keep)]
+            kept = set(keep)
+            self.agents = [a for a in self.agents if a in self.named or a in kept]
 
     def headers(self, agent: str | None = None) -> dict[str, str]:
         """Headers for a request to ``agent``: the token only if it may have it (never without an agent)."""

@@ -284,6 +284,7 @@ def test_known_agents_nodes_and_vouched_urls_are_bounded(token_env: None) -> Non
         core.learn(answers.cluster({"members": members}), named)
         assert len(core.nodes) == answers.MAX_RTT_NODES  # probed and reported (an agent refuses more)
         assert len(core.agents) <= MAX_AGENTS + 1 and core.agents[0] == named
+        assert set(core.nodes.values()) <= set(core.agents)  # the members just learned stay failover targets
         assert len(core.vouched) <= MAX_AGENTS
     flood = [f"http://10.1.{i // 250}.{i % 250}:8400" for i in range(1000)]
     empty = ClientCore([], "me", None, 60.0, None)
