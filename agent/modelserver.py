@@ -11,14 +11,15 @@ Errors are exactly ``{"error": "..."}``. HTTP/1.1 keep-alive is kept correct wha
 body is always read (Content-Length or chunked) before the answer, and a body that cannot be read whole
 (too large, malformed framing) ends the connection, so no byte of one request is read as the next one.
 The server is reachable from the LAN (clients are sent to it directly), so what one host can make it hold
-is bounded: every socket read has a deadline (``timeout_s``, then the connection closes) and one address
-may hold at most ``max_per_address`` connections (503 and close past it). Memory: a body is at most
-``max_body`` bytes (the agent's own limit, 8 MiB by default: 413 past it), tfrest bounds its values and
-nesting, and what the bodies being read, parsed and answered may cost together is one process-wide budget
-(``memory_budget``, sized to the 64 MiB containers the catalogue gives stand-ins): each request reserves
-``body_cost`` of its length before reading it (chunked: as it grows); one that does not fit within
-``budget_wait_s`` is read and dropped, 503 with Retry-After (parsed JSON costs up to ~30x its body: 2 MiB
-used to peak at 83 MiB).
+is bounded: every socket read has a deadline (``timeout_s``, then the connection closes), a body has
+``timeout_s`` in all from its head (408), and one address may hold at most ``max_per_address`` connections
+(503 and close past it). Memory: a body is at most ``max_body`` bytes (the agent's own limit, 8 MiB by
+default: 413 past it), tfrest bounds its values and nesting, and what the bodies being read, parsed and
+answered may cost together is one process-wide budget (``memory_budget``, sized to the 64 MiB containers
+the catalogue gives stand-ins; parsed JSON costs up to ~30x its body: 2 MiB used to peak at 83 MiB). A
+body over ``SMALL_BODY`` takes its ``body_cost`` before it is read (chunked: as it grows), from all but
+``SMALL_SHARE`` of the budget; a small one once read whole. One that finds no room within ``budget_wait_s``
+is read to its end and dropped: 503 with Retry-After.
 What the model or the server fails at is a 500 JSON answer and one log line, never a traceback; the log
 (``--log-file``) rotates at ``LOG_MAX_BYTES``.
 Runs as a process (``python -m agent.modelserver --model half_plus_two --port 8501``) for the
@@ -47,9 +48,11 @@ from agent.serving import pauses, tfrest
 log = logging.getLogger(__name__)
 
 MAX_BODY = 8 * 1024 * 1024  # as the agent's max_body_mb default: a larger body never came through an agent
-MEMORY_BUDGET = 40 * 1024 * 1024  # body_cost of the requests in progress, process-wide (+ ~24 MiB baseline)
+MEMORY_BUDGET = 40 * 1024 * 1024  # body_cost of the requests in progress, process-wide (+ ~24 MiB at rest)
 VALUE_COST = 128  # bytes one JSON value may cost parsed, run and encoded (measured: 65,535 floats, +7 MiB)
-DISCARD_READ = 64 * 1024  # a dropped body is read in pieces of this size
+READ_PIECE = 64 * 1024  # a body is read in pieces of at most this size (each by the body's deadline)
+SMALL_BODY = 64 * 1024  # a body up to this is read before it takes budget (256 connections: 16 MiB per address)
+SMALL_SHARE = 8 * 1024 * 1024  # of the budget, for bodies read whole (parsing) only: trickled big bodies never reach it
 RETRY_AFTER_S = 1
 BUDGET_WAIT_S = 1.0  # a body waits this long for room in the memory budget before its 503
 LOG_MAX_BYTES = 1024 * 1024  # the log file rotates past this (one old file kept): 2 MiB of disk at most
@@ -90,12 +93,14 @@ class Budget:
         self.held = 0
         self._room = threading.Condition()
 
-    def take(self, n: int, wait_s: float = 0.0) -> bool:
-        """Take ``n`` if it fits within ``wait_s`` (a request just answered gives its share back after the
-        client has its answer: without a short wait, one arriving then was refused by a server at rest)."""
+    def take(self, n: int, wait_s: float = 0.0, limit: int | None = None) -> bool:
+        """Take ``n`` if the amount held stays within ``limit`` (default: all of it) within ``wait_s`` (a
+        request just answered gives its share back after the client has its answer: without a short wait,
+        one arriving then was refused by a server at rest)."""
         deadline = time.monotonic() + wait_s
+        limit = self.total if limit is None else limit
         with self._room:
-            while self.held + n > self.total:
+            while self.held + n > limit:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return False
@@ -136,7 +141,7 @@ class ModelServer(ThreadingHTTPServer):
         self.timeout_s = timeout_s
         self.max_per_address = max_per_address
         self.max_body = max_body
-        self.budget = Budget(max(memory_budget, body_cost(max_body)))  # one largest body always fits
+        self.budget = Budget(max(memory_budget, body_cost(max_body) + SMALL_SHARE))  # a largest body always fits
         self.budget_wait_s = budget_wait_s
         self._open: dict[Any, str] = {}  # accepted socket -> its peer's address
         self._open_lock = threading.Lock()
@@ -198,9 +203,9 @@ class _Handler(BaseHTTPRequestHandler):
             if not self._answered:
                 self._send(500, {"error": f"internal error ({type(exc).__name__})"})
         finally:
-            if self._held:
-                self.server.budget.give(self._held)
-                self._held = 0
+            self._release()
+            with contextlib.suppress(OSError):
+                self.connection.settimeout(self.server.timeout_s)  # the body's deadline ended with it
 
     def _serve(self) -> None:
         try:
@@ -243,27 +248,50 @@ class _Handler(BaseHTTPRequestHandler):
         self.close_connection = True
         self._send(code, {"error": message or self.responses.get(code, ("error",))[0]})
 
-    def _reserve(self, n: int) -> bool:
-        """Hold ``body_cost(n)`` of the memory budget for this request (given back when it is answered)."""
-        need = body_cost(n) - self._held
+    def _reserve(self, cost: int, deadline: float, big: bool = False) -> bool:
+        """Hold ``cost`` of the memory budget for this request in all (given back when it is answered).
+
+        A big body's share (taken before it is read) comes from all but SMALL_SHARE of the budget: bodies
+        announced and trickled can keep other big bodies waiting (each for at most ``timeout_s``), never
+        the small predicts, which take their share only once read whole, when nothing can stall them."""
+        need = cost - self._held
         if need > 0:
-            if not self.server.budget.take(need, self.server.budget_wait_s):
+            wait_s = min(self.server.budget_wait_s, max(0.0, deadline - time.monotonic()))
+            budget = self.server.budget
+            if not budget.take(need, wait_s, budget.total - SMALL_SHARE if big else budget.total):
                 return False
             self._held += need
         return True
 
-    def _discard(self, n: int) -> None:
-        """Read ``n`` body bytes and keep none of them."""
+    def _release(self) -> None:
+        if self._held:
+            self.server.budget.give(self._held)
+            self._held = 0
+
+    def _arm(self, deadline: float) -> None:
+        """The next read waits at most until ``deadline`` (the whole body's), and at most ``timeout_s``."""
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("request body deadline")
+        self.connection.settimeout(min(left, self.server.timeout_s))
+
+    def _read_into(self, buf: bytearray | None, n: int, deadline: float, short: str) -> None:
+        """Read ``n`` body bytes into ``buf`` (None: keep none) by the body's deadline."""
         while n > 0:
-            got = len(self.rfile.read(min(n, DISCARD_READ)))
-            if got == 0:
-                raise BodyError(400, "request body shorter than its Content-Length")
-            n -= got
+            self._arm(deadline)
+            got = self.rfile.read1(min(n, READ_PIECE))
+            if not got:
+                raise BodyError(400, short)
+            if buf is not None:
+                buf += got
+            n -= len(got)
 
     def _read_body(self) -> bytes:
-        """The whole request body (Content-Length or chunked, at most max_body); BodyError or Busy otherwise."""
+        """The whole request body (Content-Length or chunked, at most max_body) within ``timeout_s`` of its
+        head; BodyError, or Busy (the body was read to its end and dropped: the connection stays usable)."""
+        deadline = time.monotonic() + self.server.timeout_s
         if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
-            return self._read_chunked()
+            return self._read_chunked(deadline)
         length = self.headers.get("Content-Length")
         if length is None:
             return b""
@@ -272,38 +300,44 @@ class _Handler(BaseHTTPRequestHandler):
         n = int(length)
         if n > self.server.max_body:
             raise BodyError(413, f"request body over {self.server.max_body} bytes")
-        if not self._reserve(n):
-            self._discard(n)
+        short = "request body shorter than its Content-Length"
+        if n > SMALL_BODY and not self._reserve(body_cost(n), deadline, big=True):
+            self._read_into(None, n, deadline, short)
             raise Busy()
-        body = self.rfile.read(n)
-        if len(body) != n:
-            raise BodyError(400, "request body shorter than its Content-Length")
-        return body
+        body = bytearray()
+        self._read_into(body, n, deadline, short)
+        return self._whole(body, deadline)
 
-    def _read_chunked(self) -> bytes:
-        parts = bytearray()  # not a list of chunks: 1-byte chunks would cost ~40 bytes each
+    def _whole(self, body: bytearray, deadline: float) -> bytes:
+        """The body read whole: it may be parsed once the budget holds what that can cost."""
+        if not self._reserve(body_cost(len(body)), deadline):
+            raise Busy()
+        return bytes(body)
+
+    def _read_chunked(self, deadline: float) -> bytes:
+        body: bytearray | None = bytearray()  # None once dropped (no room in the budget): read on, keep nothing
         total = 0
-        dropping = False  # past the memory budget: read on to the end, keep nothing
         while True:
+            self._arm(deadline)
             line = self.rfile.readline(1024).split(b";", 1)[0].strip()
             if CHUNK_SIZE.fullmatch(line) is None:
                 raise BodyError(400, "malformed chunked body")
             size = int(line, 16)
             if size == 0:
+                self._arm(deadline)
                 while self.rfile.readline(1024) not in (b"\r\n", b"\n", b""):
-                    pass  # trailers
-                if dropping:
+                    self._arm(deadline)  # trailers
+                if body is None:
                     raise Busy()
-                return bytes(parts)
+                return self._whole(body, deadline)
             total += size
             if total > self.server.max_body:
                 raise BodyError(413, f"request body over {self.server.max_body} bytes")
-            if not dropping and not self._reserve(total):
-                dropping, parts = True, bytearray()
-            if dropping:
-                self._discard(size)
-            else:
-                parts += self.rfile.read(size)
+            if body is not None and total > SMALL_BODY and not self._reserve(body_cost(total), deadline, big=True):
+                self._release()
+                body = None
+            self._read_into(body, size, deadline, "malformed chunked body")
+            self._arm(deadline)
             self.rfile.readline(1024)
 
     def _timing(self) -> str:

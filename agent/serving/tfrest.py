@@ -134,15 +134,15 @@ def values_at_most(body: bytes) -> int:
 
 def deeper_than(doc: Any, limit: int) -> bool:
     """Whether arrays/objects nest more than ``limit`` deep in ``doc`` (iterative: no recursion to overflow)."""
-    stack: list[tuple[Any, int]] = [(doc, 0)]
-    while stack:
-        value, depth = stack.pop()
-        if isinstance(value, (list, dict)):
-            if depth >= limit:
-                return True
-            items = value.values() if isinstance(value, dict) else value
-            stack.extend((v, depth + 1) for v in items)
-    return False
+    level, depth = [doc], 0  # level by level: the numbers of a batch are looked at once, never stacked
+    while True:
+        containers = [v for v in level if isinstance(v, (list, dict))]
+        if not containers:
+            return False
+        if depth >= limit:
+            return True
+        depth += 1
+        level = [v for c in containers for v in (c.values() if isinstance(c, dict) else c)]
 
 
 def parse_body(body: bytes) -> dict[str, Any]:
@@ -151,13 +151,14 @@ def parse_body(body: bytes) -> dict[str, Any]:
         raise TFError(400, "JSON Parse error: The document is empty")
     if values_at_most(body) > MAX_VALUES:  # parsed, a value costs up to ~60 bytes for 2-3 bytes of body
         raise TFError(400, f"JSON Parse error: more than {MAX_VALUES} values in one request")
+    few_containers = body.count(b"[") + body.count(b"{") <= MAX_DEPTH  # then nothing nests deeper: no walk
     try:
         doc = json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
         raise TFError(400, f"JSON Parse error: Invalid value. ({exc})") from None
     except RecursionError:
         raise TFError(400, f"JSON Parse error: nested more than {MAX_DEPTH} deep") from None
-    if deeper_than(doc, MAX_DEPTH):
+    if not few_containers and deeper_than(doc, MAX_DEPTH):
         raise TFError(400, f"JSON Parse error: nested more than {MAX_DEPTH} deep")
     if not isinstance(doc, dict):
         raise TFError(400, f"JSON Value: {_debug(doc)} Is not object")

@@ -132,22 +132,54 @@ def test_concurrent_big_bodies_past_the_memory_budget_get_a_503_and_the_budget_c
         conn.close()
 
 
-def test_a_body_waits_briefly_for_the_budget_and_a_chunked_one_is_counted_as_it_grows() -> None:
-    with served(MODELS["half_plus_two"], budget_wait_s=1.0) as server:
+def test_a_trickled_big_body_keeps_other_big_bodies_waiting_for_its_deadline_at_most_and_small_ones_never() -> None:
+    with served(MODELS["half_plus_two"], budget_wait_s=1.0, timeout_s=5.0) as server:
+        port = server.server_address[1]
+        trickler = socket.create_connection(("127.0.0.1", port))
+        head = f"POST {PREDICT.format('half_plus_two')} HTTP/1.1\r\nHost: x\r\nContent-Length: {MAX_BODY}\r\n\r\n"
+        trickler.sendall(head.encode() + b'{"instances": [')
+        stop = threading.Event()
+
+        def trickle() -> None:  # a byte every 0.4 s: every read is well within the 5 s per-read deadline
+            while not stop.wait(0.4):
+                with contextlib.suppress(OSError):
+                    trickler.sendall(b" ")
+
+        threading.Thread(target=trickle, daemon=True).start()
+        try:
+            wait_for(lambda: server.budget.held >= body_cost(MAX_BODY), 5)  # the big share is held
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+            started = time.monotonic()
+            assert post(conn, "half_plus_two", '{"instances": [2]}')[2] == {"predictions": [3.0]}
+            assert time.monotonic() - started < 0.9  # small predicts never wait for it
+            started = time.monotonic()
+            status, headers, _ = post(conn, "half_plus_two", BIG)
+            assert status == 503 and headers["Retry-After"] == "1" and time.monotonic() - started >= 1.0
+            # chunked, no length up front: counted as it grows, dropped (read to its end) past the big share
+            conn.request("POST", PREDICT.format("half_plus_two"), iter([b'{"instances": [', b"1, " * 50_000, b"1]}"]))
+            r = conn.getresponse()
+            assert r.status == 503 and r.getheader("Retry-After") == "1", r.read()
+            r.read()
+            conn.request("POST", PREDICT.format("half_plus_two"), iter([b'{"instances": [', b"1, 2", b"]}"]))
+            assert json.loads(conn.getresponse().read()) == {"predictions": [2.5, 3.0]}
+            # the whole body has timeout_s from its head, however it trickles: 408, and the share comes back
+            trickler.settimeout(10)
+            assert b" 408 " in trickler.recv(4096).split(b"\r\n", 1)[0]
+            wait_for(lambda: server.budget.held == 0, 5)
+            assert post(conn, "half_plus_two", BIG)[0] == 200
+            conn.close()
+        finally:
+            stop.set()
+            trickler.close()
+
+
+def test_a_big_body_waits_briefly_for_room_rather_than_being_refused() -> None:
+    # a request answered gives its share back after its client has the answer: one arriving just then waits
+    with served(MODELS["half_plus_two"], budget_wait_s=2.0) as server:
+        held = server.budget.total
+        assert server.budget.take(held)
+        threading.Timer(0.3, server.budget.give, (held,)).start()
         conn = http.client.HTTPConnection("127.0.0.1", server.server_address[1], timeout=60)
-        room = body_cost(64 * 1024)
-        assert server.budget.take(server.budget.total - room)  # what other requests in progress hold
-        started = time.monotonic()
-        status, headers, _ = post(conn, "half_plus_two", BIG)
-        assert status == 503 and headers["Retry-After"] == "1" and time.monotonic() - started >= 1.0
-        # chunked, no length up front: counted as it grows, dropped (read to its end) past the budget
-        conn.request("POST", PREDICT.format("half_plus_two"), iter([b'{"instances": [', b"1, " * 50_000, b"1]}"]))
-        r = conn.getresponse()
-        assert r.status == 503 and r.getheader("Retry-After") == "1", r.read()
-        r.read()
-        assert post(conn, "half_plus_two", '{"instances": [2]}')[2] == {"predictions": [3.0]}  # small ones fit
-        # the holder gives its share back while a big body waits: that body is served, not refused
-        threading.Timer(0.3, server.budget.give, (server.budget.total - room,)).start()
         assert post(conn, "half_plus_two", BIG)[0] == 200
         conn.close()
 
