@@ -25,7 +25,10 @@ class ModelInputError(ValueError):
 def _number(x: Any) -> float:
     if isinstance(x, bool) or not isinstance(x, (int, float)):
         raise ModelInputError(f"expected a number, got {type(x).__name__}")
-    return float(x)
+    try:
+        return float(x)
+    except OverflowError:  # an integer of 309+ digits: JSON has no bound on them, a float has
+        raise ModelInputError("number too large for a float") from None
 
 
 def _affine(slope: float, offset: float) -> Callable[[Any], Any]:
@@ -38,7 +41,11 @@ def _affine(slope: float, offset: float) -> Callable[[Any], Any]:
 
 
 def _sigmoid(z: float) -> float:
-    return 1.0 / (1.0 + math.exp(-z))
+    """1 / (1 + e^-z) without overflow: e^x is only taken for x <= 0 (math.exp(710) raises)."""
+    if z >= 0:
+        return 1.0 / (1.0 + math.exp(-z))
+    e = math.exp(z)  # z < 0 (or NaN, which falls through to NaN)
+    return e / (1.0 + e)
 
 
 XOR_HIDDEN = ((20.0, 20.0, -10.0), (-20.0, -20.0, 30.0))  # OR unit, NAND unit (w1, w2, bias)

@@ -11,8 +11,17 @@ Errors are exactly ``{"error": "..."}``. HTTP/1.1 keep-alive is kept correct wha
 body is always read (Content-Length or chunked) before the answer, and a body that cannot be read whole
 (too large, malformed framing) ends the connection, so no byte of one request is read as the next one.
 The server is reachable from the LAN (clients are sent to it directly), so what one host can make it hold
-is bounded: every socket read has a deadline (``timeout_s``, then the connection closes) and one address
-may hold at most ``max_per_address`` connections (503 and close past it).
+is bounded: every socket read has a deadline (``timeout_s``, then the connection closes), a body has
+``timeout_s`` in all from its head (408), and one address may hold at most ``max_per_address`` connections
+(503 and close past it). Memory: a body is at most ``max_body`` bytes (the agent's own limit, 8 MiB by
+default: 413 past it), tfrest bounds its values and nesting, and what the bodies being read, parsed and
+answered may cost together is one process-wide budget (``memory_budget``, sized to the 64 MiB containers
+the catalogue gives stand-ins; parsed JSON costs up to ~30x its body: 2 MiB used to peak at 83 MiB). A
+body over ``SMALL_BODY`` takes its ``body_cost`` before it is read (chunked: as it grows), from all but
+``SMALL_SHARE`` of the budget; a small one once read whole. One that finds no room within ``budget_wait_s``
+is read to its end and dropped: 503 with Retry-After.
+What the model or the server fails at is a 500 JSON answer and one log line, never a traceback; the log
+(``--log-file``) rotates at ``LOG_MAX_BYTES``.
 Runs as a process (``python -m agent.modelserver --model half_plus_two --port 8501``) for the
 ProcessRuntime, and inside the stand-in Docker image (images/modelserver) for the DockerRuntime.
 """
@@ -23,6 +32,7 @@ import argparse
 import contextlib
 import json
 import logging
+import logging.handlers
 import os
 import re
 import signal
@@ -37,7 +47,15 @@ from agent.serving import pauses, tfrest
 
 log = logging.getLogger(__name__)
 
-MAX_BODY = 64 * 1024 * 1024
+MAX_BODY = 8 * 1024 * 1024  # as the agent's max_body_mb default: a larger body never came through an agent
+MEMORY_BUDGET = 40 * 1024 * 1024  # body_cost of the requests in progress, process-wide (+ ~24 MiB at rest)
+VALUE_COST = 128  # bytes one JSON value may cost parsed, run and encoded (measured: 65,535 floats, +7 MiB)
+READ_PIECE = 64 * 1024  # a body is read in pieces of at most this size (each by the body's deadline)
+SMALL_BODY = 64 * 1024  # a body up to this is read before it takes budget (256 connections: 16 MiB per address)
+SMALL_SHARE = 8 * 1024 * 1024  # of the budget, for bodies read whole (parsing) only: trickled big bodies never reach it
+RETRY_AFTER_S = 1
+BUDGET_WAIT_S = 1.0  # a body waits this long for room in the memory budget before its 503
+LOG_MAX_BYTES = 1024 * 1024  # the log file rotates past this (one old file kept): 2 MiB of disk at most
 TIMEOUT_S = 30.0  # a read that waits longer (idle keep-alive, half-sent request) ends the connection
 MAX_PER_ADDRESS = 256  # connections one address may hold (each a thread); an agent proxies at most 256 at once
 CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,16}")  # int(x, 16) alone takes "-1", "+5", "0x5" and "5_0"
@@ -57,6 +75,45 @@ class BodyError(Exception):
         self.status = status
 
 
+class Busy(Exception):
+    """The memory budget is spent: the body was read and dropped; answer 503 with Retry-After."""
+
+
+def body_cost(n: int) -> int:
+    """What a request body of ``n`` bytes may cost the process at most: the bytes, their decoded text and a
+    string parsed from it (3n; one 8 MiB string measured +21 MiB), and VALUE_COST per value it can hold."""
+    return 3 * n + VALUE_COST * min(tfrest.MAX_VALUES, n // 2 + 1)
+
+
+class Budget:
+    """A process-wide amount (bytes) that requests take from and give back; thread-safe."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.held = 0
+        self._room = threading.Condition()
+
+    def take(self, n: int, wait_s: float = 0.0, limit: int | None = None) -> bool:
+        """Take ``n`` if the amount held stays within ``limit`` (default: all of it) within ``wait_s`` (a
+        request just answered gives its share back after the client has its answer: without a short wait,
+        one arriving then was refused by a server at rest)."""
+        deadline = time.monotonic() + wait_s
+        limit = self.total if limit is None else limit
+        with self._room:
+            while self.held + n > limit:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._room.wait(left)
+            self.held += n
+            return True
+
+    def give(self, n: int) -> None:
+        with self._room:
+            self.held -= n
+            self._room.notify_all()
+
+
 class ModelServer(ThreadingHTTPServer):
     """Serves one model (one version) on (host, port)."""
 
@@ -72,6 +129,9 @@ class ModelServer(ThreadingHTTPServer):
         timeout_s: float = TIMEOUT_S,
         max_per_address: int = MAX_PER_ADDRESS,
         timing: bool = True,
+        max_body: int = MAX_BODY,
+        memory_budget: int = MEMORY_BUDGET,
+        budget_wait_s: float = BUDGET_WAIT_S,
     ) -> None:
         super().__init__(address, _Handler)
         self.timing = timing  # W3C Server-Timing on answers (off: none; they reveal execution and GC times)
@@ -80,6 +140,9 @@ class ModelServer(ThreadingHTTPServer):
         self.version = version
         self.timeout_s = timeout_s
         self.max_per_address = max_per_address
+        self.max_body = max_body
+        self.budget = Budget(max(memory_budget, body_cost(max_body) + SMALL_SHARE))  # a largest body always fits
+        self.budget_wait_s = budget_wait_s
         self._open: dict[Any, str] = {}  # accepted socket -> its peer's address
         self._open_lock = threading.Lock()
 
@@ -102,6 +165,11 @@ class ModelServer(ThreadingHTTPServer):
             self._open.pop(request, None)
         super().shutdown_request(request)
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """One line, no traceback: socketserver's default printed ~2-150 KiB to stderr per failed request."""
+        exc = sys.exc_info()[1]
+        log.info("connection from %s ended: %s: %s", client_address[0], type(exc).__name__, str(exc)[:200])
+
 
 class _Handler(BaseHTTPRequestHandler):
     server: ModelServer
@@ -111,6 +179,8 @@ class _Handler(BaseHTTPRequestHandler):
     _began: float | None = None  # when this request was read whole (for Server-Timing)
     _exec_ms: float | None = None
     _gc_before = 0.0  # the process's GC pause total when this request began
+    _held = 0  # what this request took from the server's memory budget
+    _answered = False  # a status line went out for this request
 
     def setup(self) -> None:
         super().setup()
@@ -120,8 +190,24 @@ class _Handler(BaseHTTPRequestHandler):
         log.debug("%s " + format, self.address_string(), *args)
 
     def _handle(self) -> None:
-        self._began, self._exec_ms = None, None
+        """One request; whatever fails in it is a 500 and one log line (it used to kill the thread: a 502)."""
+        self._began, self._exec_ms, self._answered = None, None, False
         self._gc_before = pauses.paused_ms()
+        try:
+            self._serve()
+        except OSError:
+            raise  # the connection itself failed: nothing to answer on (handle_error logs one line)
+        except Exception as exc:
+            log.warning("%s %s failed: %s: %s", self.command, self.path[:100], type(exc).__name__, str(exc)[:200])
+            self.close_connection = True
+            if not self._answered:
+                self._send(500, {"error": f"internal error ({type(exc).__name__})"})
+        finally:
+            self._release()
+            with contextlib.suppress(OSError):
+                self.connection.settimeout(self.server.timeout_s)  # the body's deadline ended with it
+
+    def _serve(self) -> None:
         try:
             body = self._read_body()
         except TimeoutError:
@@ -131,6 +217,13 @@ class _Handler(BaseHTTPRequestHandler):
         except BodyError as exc:
             self.close_connection = True  # what is left of the body must never be read as a request
             self._send(exc.status, {"error": str(exc)})
+            return
+        except Busy:  # the body was read whole (and dropped): the connection stays usable
+            self._send(
+                503,
+                {"error": "busy: the requests in progress hold this server's memory budget"},
+                {"Retry-After": str(RETRY_AFTER_S)},
+            )
             return
         self._began = time.perf_counter()  # the request is whole: the server's own time starts here
         path = self.path.split("?", 1)[0]
@@ -155,39 +248,96 @@ class _Handler(BaseHTTPRequestHandler):
         self.close_connection = True
         self._send(code, {"error": message or self.responses.get(code, ("error",))[0]})
 
+    def _reserve(self, cost: int, deadline: float, big: bool = False) -> bool:
+        """Hold ``cost`` of the memory budget for this request in all (given back when it is answered).
+
+        A big body's share (taken before it is read) comes from all but SMALL_SHARE of the budget: bodies
+        announced and trickled can keep other big bodies waiting (each for at most ``timeout_s``), never
+        the small predicts, which take their share only once read whole, when nothing can stall them."""
+        need = cost - self._held
+        if need > 0:
+            wait_s = min(self.server.budget_wait_s, max(0.0, deadline - time.monotonic()))
+            budget = self.server.budget
+            if not budget.take(need, wait_s, budget.total - SMALL_SHARE if big else budget.total):
+                return False
+            self._held += need
+        return True
+
+    def _release(self) -> None:
+        if self._held:
+            self.server.budget.give(self._held)
+            self._held = 0
+
+    def _arm(self, deadline: float) -> None:
+        """The next read waits at most until ``deadline`` (the whole body's), and at most ``timeout_s``."""
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("request body deadline")
+        self.connection.settimeout(min(left, self.server.timeout_s))
+
+    def _read_into(self, buf: bytearray | None, n: int, deadline: float, short: str) -> None:
+        """Read ``n`` body bytes into ``buf`` (None: keep none) by the body's deadline."""
+        while n > 0:
+            self._arm(deadline)
+            got = self.rfile.read1(min(n, READ_PIECE))
+            if not got:
+                raise BodyError(400, short)
+            if buf is not None:
+                buf += got
+            n -= len(got)
+
     def _read_body(self) -> bytes:
-        """The whole request body (Content-Length or chunked, at most MAX_BODY); BodyError otherwise."""
+        """The whole request body (Content-Length or chunked, at most max_body) within ``timeout_s`` of its
+        head; BodyError, or Busy (the body was read to its end and dropped: the connection stays usable)."""
+        deadline = time.monotonic() + self.server.timeout_s
         if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
-            return self._read_chunked()
+            return self._read_chunked(deadline)
         length = self.headers.get("Content-Length")
         if length is None:
             return b""
         if not length.strip().isdigit():
             raise BodyError(400, f"invalid Content-Length {length[:40]!r}")
         n = int(length)
-        if n > MAX_BODY:
-            raise BodyError(413, f"request body over {MAX_BODY} bytes")
-        body = self.rfile.read(n)
-        if len(body) != n:
-            raise BodyError(400, "request body shorter than its Content-Length")
-        return body
+        if n > self.server.max_body:
+            raise BodyError(413, f"request body over {self.server.max_body} bytes")
+        short = "request body shorter than its Content-Length"
+        if n > SMALL_BODY and not self._reserve(body_cost(n), deadline, big=True):
+            self._read_into(None, n, deadline, short)
+            raise Busy()
+        body = bytearray()
+        self._read_into(body, n, deadline, short)
+        return self._whole(body, deadline)
 
-    def _read_chunked(self) -> bytes:
-        parts: list[bytes] = []
+    def _whole(self, body: bytearray, deadline: float) -> bytes:
+        """The body read whole: it may be parsed once the budget holds what that can cost."""
+        if not self._reserve(body_cost(len(body)), deadline):
+            raise Busy()
+        return bytes(body)
+
+    def _read_chunked(self, deadline: float) -> bytes:
+        body: bytearray | None = bytearray()  # None once dropped (no room in the budget): read on, keep nothing
         total = 0
         while True:
+            self._arm(deadline)
             line = self.rfile.readline(1024).split(b";", 1)[0].strip()
             if CHUNK_SIZE.fullmatch(line) is None:
                 raise BodyError(400, "malformed chunked body")
             size = int(line, 16)
             if size == 0:
+                self._arm(deadline)
                 while self.rfile.readline(1024) not in (b"\r\n", b"\n", b""):
-                    pass  # trailers
-                return b"".join(parts)
+                    self._arm(deadline)  # trailers
+                if body is None:
+                    raise Busy()
+                return self._whole(body, deadline)
             total += size
-            if total > MAX_BODY:
-                raise BodyError(413, f"request body over {MAX_BODY} bytes")
-            parts.append(self.rfile.read(size))
+            if total > self.server.max_body:
+                raise BodyError(413, f"request body over {self.server.max_body} bytes")
+            if body is not None and total > SMALL_BODY and not self._reserve(body_cost(total), deadline, big=True):
+                self._release()
+                body = None
+            self._read_into(body, size, deadline, "malformed chunked body")
+            self._arm(deadline)
             self.rfile.readline(1024)
 
     def _timing(self) -> str:
@@ -201,11 +351,14 @@ class _Handler(BaseHTTPRequestHandler):
             + (f", server-gc;dur={gc_ms:.3f}" if self._began is not None else "")
         )
 
-    def _send(self, status: int, payload: Any) -> None:
+    def _send(self, status: int, payload: Any, headers: dict[str, str] | None = None) -> None:
         body = json.dumps(payload).encode()
+        self._answered = True
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
         if self.server.timing:
             self.send_header("Server-Timing", self._timing())
         self._began = None
@@ -213,6 +366,23 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header("Connection", "close")
         self.end_headers()
         self.wfile.write(body)
+
+
+def one_malloc_arena() -> bool:
+    """glibc's malloc: one arena for every thread (``MALLOC_ARENA_MAX=1``), set before any handler thread starts.
+
+    Each handler thread otherwise gets an arena of its own that keeps what it freed: the largest legal
+    requests, four at once, peaked at 54-65 MiB RSS with per-thread arenas and at 50 MiB with one (measured
+    against the 64 MiB container). The GIL serialises the allocations anyway. False where it is not glibc.
+    """
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    try:
+        return bool(name) and ctypes.CDLL(name).mallopt(-8, 1) == 1  # M_ARENA_MAX
+    except (OSError, AttributeError):
+        return False
 
 
 def serve(model: str, host: str, port: int, name: str = "") -> ModelServer:
@@ -240,12 +410,29 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     ap.add_argument("--port", type=int, default=8501, help="REST port (default 8501, as TF-Serving)")
+    ap.add_argument(
+        "--max-body-mb",
+        type=float,
+        default=MAX_BODY / 2**20,
+        help="largest request body, MiB (default 8, as the agent's max_body_mb; 413 past it)",
+    )
+    ap.add_argument("--log-file", default="", help="log here, rotated (one old file kept); default stderr")
+    ap.add_argument("--log-max-kb", type=int, default=LOG_MAX_BYTES // 1024,
+                    help=f"rotate the log file past this many KiB (default {LOG_MAX_BYTES // 1024})")  # fmt: skip
     ap.add_argument("--no-server-timing", dest="timing", action="store_false",
                     help="no W3C Server-Timing header on answers (it reveals execution and GC times)")  # fmt: skip
     args = ap.parse_args(argv)
     if not args.model:
         ap.error("--model is required (or set PEERSERVE_STAND_IN)")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not 0 < args.max_body_mb < float("inf"):
+        ap.error("--max-body-mb must be a positive number")
+    handlers: list[logging.Handler] = [logging.StreamHandler()]
+    if args.log_file:
+        if args.log_max_kb <= 0:
+            ap.error("--log-max-kb must be positive")
+        size = args.log_max_kb * 1024
+        handlers = [logging.handlers.RotatingFileHandler(args.log_file, maxBytes=size, backupCount=1)]
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", handlers=handlers)
     if args.model == "digits":
         from agent.digits import WeightsMissing, load_weights
 
@@ -253,7 +440,11 @@ def main(argv: list[str] | None = None) -> int:
             load_weights()
         except WeightsMissing as exc:
             ap.exit(1, f"peerserve-modelserver: {exc}\n")
-    server = ModelServer((args.host, args.port), MODELS[args.model], name=args.name, timing=args.timing)
+    server = ModelServer(
+        (args.host, args.port), MODELS[args.model], name=args.name, timing=args.timing,
+        max_body=int(args.max_body_mb * 2**20),
+    )  # fmt: skip
+    one_malloc_arena()
     pauses.install()
     pauses.freeze_startup_heap()
     signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown).start())

@@ -102,7 +102,10 @@ def make_runtime(settings: Settings) -> Runtime:
         return DockerRuntime(settings.node_id, settings.advertise_address or settings.host, gpu=settings.docker_gpu)
     from agent.runtime.process import ProcessRuntime
 
-    return ProcessRuntime(settings.advertise_address or settings.host, Path(settings.data_dir), settings.server_timing)
+    return ProcessRuntime(
+        settings.advertise_address or settings.host, Path(settings.data_dir), settings.server_timing,
+        settings.max_body_mb,
+    )  # fmt: skip
 
 
 def _first_ipv4() -> str:

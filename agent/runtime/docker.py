@@ -101,6 +101,8 @@ class DockerRuntime:
             },
             environment=env,
             ports={TRITON_HTTP_PORT if spec.server == "triton" else REST_PORT: (self.bind_address, None)},
+            # the stand-in's own bounds (agent/modelserver.py MEMORY_BUDGET, 40 MiB over ~24 MiB at rest) are
+            # sized to the 64 MiB the catalogue gives it: its largest legal requests peak below that
             mem_limit=f"{max(6, int(spec.mem_mb))}m",
             restart_policy={"Name": "unless-stopped"},
             init=True,

@@ -24,6 +24,7 @@ from pathlib import Path
 from agent.catalogue import ModelSpec
 from agent.errors import InstanceStartError
 from agent.runtime.base import Instance
+from agent.runtime.environment import server_environment
 
 log = logging.getLogger(__name__)
 
@@ -45,9 +46,10 @@ class _Server:
 class ProcessRuntime:
     kind = "process"
 
-    def __init__(self, host: str, data_dir: Path, server_timing: bool = True) -> None:
+    def __init__(self, host: str, data_dir: Path, server_timing: bool = True, max_body_mb: float = 8.0) -> None:
         self.host = host
         self.server_timing = server_timing  # the stand-in servers' Server-Timing header (settings.server_timing)
+        self.max_body_mb = max_body_mb  # the stand-ins take what the agent takes (settings.max_body_mb)
         self.state_file = data_dir / "process-runtime.json"
         self.log_dir = data_dir / "logs"
         self.log_dir.mkdir(parents=True, exist_ok=True)
@@ -106,13 +108,17 @@ class ProcessRuntime:
         if spec.stand_in not in MODELS:
             raise InstanceStartError(f"the process runtime has no stand-in model {spec.stand_in!r}")
         log_path = self.log_dir / f"{spec.name}.log"
+        # stderr (what fails before its logging is set up) goes to the log file; the server then logs there
+        # through a handler that rotates it, so no client can make it grow without bound (after a rotation
+        # stderr still points at the old file: only what fails outside logging, such as a crash, lands there).
         with open(log_path, "ab") as log_file:
             proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "agent.modelserver",
                 "--model", spec.stand_in, "--name", spec.name, "--host", self.host, "--port", "0",
+                "--max-body-mb", f"{self.max_body_mb:g}", "--log-file", str(log_path),
                 *(() if self.server_timing else ("--no-server-timing",)),
                 stdout=asyncio.subprocess.PIPE, stderr=log_file, stdin=asyncio.subprocess.DEVNULL,
-                start_new_session=True,
+                env=server_environment(os.environ), start_new_session=True,
             )  # fmt: skip
         self._starting[proc.pid] = _Server(f"proc-{spec.name}-{proc.pid}", spec.name, proc.pid, 0, term, time.time())
         self._save()  # recorded before it is ready: if this agent dies now, whoever cleans up finds it

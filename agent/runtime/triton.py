@@ -20,6 +20,7 @@ from pathlib import Path
 
 from agent.catalogue import ModelSpec
 from agent.errors import InstanceStartError
+from agent.runtime.environment import server_environment
 
 MODELS_SOURCE = Path(__file__).resolve().parent.parent / "data" / "triton"
 STUB_SITE = "peerserve-triton-site"
@@ -110,8 +111,9 @@ def stub_site_packages() -> Path:
 
 
 def environment(install: TritonInstall) -> dict[str, str]:
-    """The server's environment: the wheel's libraries, and where numpy is for the backend stub."""
-    env = dict(os.environ)
-    env["LD_LIBRARY_PATH"] = ":".join(p for p in (str(install.libs), env.get("LD_LIBRARY_PATH", "")) if p)
-    env["PEERSERVE_SITE_PACKAGES"] = str(stub_site_packages())
-    return env
+    """The server's environment: the allowlisted part of the agent's (no tokens: agent/runtime/environment.py),
+    the wheel's libraries, and where numpy is for the backend stub."""
+    libs = ":".join(p for p in (str(install.libs), os.environ.get("LD_LIBRARY_PATH", "")) if p)
+    return server_environment(
+        os.environ, {"LD_LIBRARY_PATH": libs, "PEERSERVE_SITE_PACKAGES": str(stub_site_packages())}
+    )

@@ -5,6 +5,12 @@ case-insensitive, version parsed as int64), ``http_rest_api_handler.cc`` (dispat
 parse is ``400 Malformed request: METHOD PATH``), ``util/json_tensor.cc`` (request JSON: error texts for
 both keys, empty or ragged instances, named rows, ``signature_name``). Every error is
 ``(status, "message")``, sent as exactly ``{"error": "message"}``. Declared shapes are not enforced.
+
+Bounds TF-Serving does not have (the stand-in is reachable from the LAN and runs in a 64 MiB container):
+at most ``MAX_VALUES`` JSON values per body (counted before parsing, from its separators), nesting at most
+``MAX_DEPTH`` deep (checked after parsing, without recursion, before any model runs), and a JSON value
+quoted in an error message is cut at ``MAX_QUOTE`` characters. A model's arithmetic error on legal JSON
+(an overflow, a value it cannot take) is the client's 400, as ModelInputError is.
 """
 
 from __future__ import annotations
@@ -18,6 +24,9 @@ from urllib.parse import unquote
 from agent.models import ModelInputError, Signature, TinyModel
 
 INT64_MAX = 2**63 - 1
+MAX_VALUES = 65_536  # JSON values per body: 1,024 digits images of 64 pixels; ~4 MiB parsed at most
+MAX_DEPTH = 64  # nesting: the models and the encoder recurse; json.loads alone takes ~1,000 before RecursionError
+MAX_QUOTE = 1_024  # characters of a JSON value quoted in an error (TF-Serving quotes it whole: 8 MiB in, 30 out)
 # kPredictionApiGegex and kModelStatusApiRegex from http_rest_api_util.cc (RE2 FullMatch, (?i)).
 PREDICT_PATH = re.compile(
     r"/v1/models/([^/:]+)(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?:(classify|regress|predict)", re.IGNORECASE
@@ -69,9 +78,37 @@ def parse_path(method: str, path: str) -> Route:
     return Route(kind, name, int(version) if version is not None else None, unquote(label) if label else None)
 
 
+def _clip(value: Any, room: list[int]) -> tuple[Any, bool]:
+    """(``value`` with strings cut and arrays/objects ended once ``room[0]`` characters are spent, whether it was).
+
+    Recursive, over a document parse_body has bounded to MAX_DEPTH; it stops at the budget, so quoting an
+    8 MiB string or 65,536 numbers costs what the quote does, not what rendering the value would (6x escaped).
+    """
+    if isinstance(value, str):
+        room[0] -= len(value) + 2
+        return value[: MAX_QUOTE + 1], len(value) > MAX_QUOTE
+    if isinstance(value, (list, dict)):
+        room[0] -= 2
+        pairs = value.items() if isinstance(value, dict) else enumerate(value)
+        out: dict[Any, Any] = {}
+        for k, v in pairs:
+            if room[0] <= 0:
+                return (out if isinstance(value, dict) else list(out.values())), True
+            key, cut_key = _clip(k, room) if isinstance(k, str) else (k, False)
+            out[key], cut = _clip(v, room)
+            room[0] -= 1
+            if cut or cut_key:
+                return (out if isinstance(value, dict) else list(out.values())), True
+        return (out if isinstance(value, dict) else list(out.values())), False
+    room[0] -= len(json.dumps(value))  # a number, true, false or null
+    return value, False
+
+
 def _debug(value: Any) -> str:
-    """rapidjson's compact rendering of a JSON value (JsonValueToDebugString)."""
-    return json.dumps(value, separators=(",", ":"))
+    """rapidjson's compact rendering of a JSON value (JsonValueToDebugString), cut at MAX_QUOTE characters."""
+    clipped, cut = _clip(value, [MAX_QUOTE])
+    text = json.dumps(clipped, separators=(",", ":"))
+    return text if len(text) <= MAX_QUOTE and not cut else text[:MAX_QUOTE] + "..."
 
 
 def _json_type(value: Any) -> str:
@@ -86,14 +123,43 @@ def _json_type(value: Any) -> str:
     return "String" if isinstance(value, str) else "Number"
 
 
+def values_at_most(body: bytes) -> int:
+    """An upper bound on the JSON values in ``body``, without parsing it.
+
+    Every value but the first is an array's or object's first item (one per ``[`` / ``{``) or follows a
+    comma; separators inside strings only raise the bound.
+    """
+    return 1 + body.count(b",") + body.count(b"[") + body.count(b"{")
+
+
+def deeper_than(doc: Any, limit: int) -> bool:
+    """Whether arrays/objects nest more than ``limit`` deep in ``doc`` (iterative: no recursion to overflow)."""
+    level, depth = [doc], 0  # level by level: the numbers of a batch are looked at once, never stacked
+    while True:
+        containers = [v for v in level if isinstance(v, (list, dict))]
+        if not containers:
+            return False
+        if depth >= limit:
+            return True
+        depth += 1
+        level = [v for c in containers for v in (c.values() if isinstance(c, dict) else c)]
+
+
 def parse_body(body: bytes) -> dict[str, Any]:
-    """Request body -> JSON object, with json_tensor.cc's ParseJson errors."""
+    """Request body -> JSON object, with json_tensor.cc's ParseJson errors (and the module's bounds)."""
     if not body:
         raise TFError(400, "JSON Parse error: The document is empty")
+    if values_at_most(body) > MAX_VALUES:  # parsed, a value costs up to ~60 bytes for 2-3 bytes of body
+        raise TFError(400, f"JSON Parse error: more than {MAX_VALUES} values in one request")
+    few_containers = body.count(b"[") + body.count(b"{") <= MAX_DEPTH  # then nothing nests deeper: no walk
     try:
         doc = json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
         raise TFError(400, f"JSON Parse error: Invalid value. ({exc})") from None
+    except RecursionError:
+        raise TFError(400, f"JSON Parse error: nested more than {MAX_DEPTH} deep") from None
+    if not few_containers and deeper_than(doc, MAX_DEPTH):
+        raise TFError(400, f"JSON Parse error: nested more than {MAX_DEPTH} deep")
     if not isinstance(doc, dict):
         raise TFError(400, f"JSON Value: {_debug(doc)} Is not object")
     return doc
@@ -159,10 +225,13 @@ def _rows(instances: list[Any], sig: Signature) -> list[Any]:
 
 
 def _run(sig: Signature, value: Any) -> Any:
+    """The model on one input; what it cannot compute from legal JSON (overflow, a value it cannot take) is a 400."""
     try:
         return sig.run(value)
     except ModelInputError as exc:
         raise TFError(400, str(exc)) from None
+    except (ValueError, ArithmeticError, RecursionError) as exc:
+        raise TFError(400, f"the model cannot compute this input: {type(exc).__name__}: {str(exc)[:200]}") from None
 
 
 def predict(model: TinyModel, doc: dict[str, Any]) -> dict[str, Any]:
@@ -267,5 +336,7 @@ def handle(model: TinyModel, served_name: str, version: int, method: str, path: 
         if route.kind == "predict":
             return 200, predict(model, doc)
         return 200, classify_or_regress(model, route.kind, doc)
-    except TFError as exc:
-        return exc.status, {"error": exc.message}
+    except TFError as exc:  # messages quote the request (a signature name, a path): at most 4 quotes' worth
+        return exc.status, {
+            "error": exc.message if len(exc.message) <= 4 * MAX_QUOTE else exc.message[: 4 * MAX_QUOTE] + "..."
+        }

@@ -1,0 +1,290 @@
+"""The stand-in model server against input that used to crash or swell it (review11a findings 1 and 2), run for
+real: in a thread, or as the process the runtimes start, with its memory read from the kernel (VmHWM).
+
+Clients reach it directly (from the LAN), so bad input is a 4xx, a failure inside it a 500 and one log line
+(never a traceback per request), its log is bounded on disk, and what bodies in progress may cost is one
+process-wide budget (503 with Retry-After past it) that keeps it inside the 64 MiB container it is given.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import http.client
+import json
+import logging
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent.catalogue import builtin_catalogue_text, parse_catalogue
+from agent.models import MODELS, Signature, Tensor, TinyModel
+from agent.modelserver import MAX_BODY, ModelServer, body_cost
+from agent.runtime.process import ProcessRuntime
+from agent.serving.tfrest import MAX_VALUES
+from tests.waiting import wait_for
+
+ROOT = Path(__file__).resolve().parents[2]
+PREDICT = "/v1/models/{}:predict"
+CRASHERS = [  # each killed the handler thread before: the client saw the connection drop (502 via an agent)
+    ("half_plus_two", '{"instances": ' + "[" * 600 + "1" + "]" * 600 + "}"),  # the model's recursion
+    ("half_plus_two", '{"instances": ' + "[" * 5000 + "1" + "]" * 5000 + "}"),  # json.loads's
+    ("half_plus_two", '{"instances": [' + "9" * 400 + "]}"),  # float(): OverflowError
+    ("xor_mlp", '{"instances": [[-1e300, 0]]}'),  # math.exp: OverflowError
+]
+
+
+@contextlib.contextmanager
+def served(model: TinyModel, **kwargs: Any) -> Iterator[ModelServer]:
+    server = ModelServer(("127.0.0.1", 0), model, **kwargs)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def post(conn: http.client.HTTPConnection, model: str, body: bytes | str) -> tuple[int, dict[str, Any], Any]:
+    conn.request("POST", PREDICT.format(model), body)
+    r = conn.getresponse()
+    return r.status, dict(r.getheaders()), json.loads(r.read())
+
+
+def test_input_that_killed_the_handler_is_a_400_on_a_connection_that_stays_open(
+    caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str]
+) -> None:
+    for model, body in CRASHERS:
+        with served(MODELS[model]) as server, caplog.at_level(logging.INFO, "agent.modelserver"):
+            conn = http.client.HTTPConnection("127.0.0.1", server.server_address[1], timeout=10)
+            for _ in range(3):  # one connection: each answer is whole and the next request is read
+                status, _, answer = post(conn, model, body)
+                assert (status == 400 and set(answer) == {"error"}) or (model == "xor_mlp" and status == 200), answer
+            good = '{"instances": [[0, 1]]}' if model == "xor_mlp" else '{"instances": [1]}'
+            assert post(conn, model, good)[0] == 200
+            conn.close()
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert "Traceback" not in capfd.readouterr().err
+
+
+def test_a_failure_inside_the_server_is_a_500_and_one_log_line(
+    caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str]
+) -> None:
+    # a model with a bug (a TypeError is not the input's fault): the handler answers, the server goes on
+    column = {"x": Tensor("x:0", (-1, 1))}
+    broken = TinyModel("broken", {"serving_default": Signature("predict", column, column, lambda x: x + "!")})
+    with served(broken) as server, caplog.at_level(logging.INFO, "agent.modelserver"):
+        for _ in range(5):
+            conn = http.client.HTTPConnection("127.0.0.1", server.server_address[1], timeout=10)
+            status, headers, answer = post(conn, "broken", '{"instances": [1]}')
+            assert status == 500 and answer == {"error": "internal error (TypeError)"}
+            assert headers.get("Connection") == "close"
+            conn.close()
+        # a client that resets its connection mid-answer: socketserver printed a traceback per connection
+        for _ in range(5):
+            with socket.create_connection(server.server_address) as sock:
+                sock.sendall(b"GET /v1/models/broken HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\n")
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        time.sleep(0.3)
+    failed = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(failed) == 5 and all(r.exc_info is None and "\n" not in r.getMessage() for r in failed)
+    assert all(r.exc_info is None for r in caplog.records)
+    assert "Traceback" not in capfd.readouterr().err
+
+
+BIG = b'{"instances": [' + b" " * (MAX_BODY - 100) + b"1]}"  # 8 MiB: body_cost 32 MiB of the 40
+
+
+def test_concurrent_big_bodies_past_the_memory_budget_get_a_503_and_the_budget_comes_back() -> None:
+    with served(MODELS["half_plus_two"], budget_wait_s=0.0) as server:
+        port = server.server_address[1]
+        results: list[tuple[int, dict[str, Any]]] = []
+        gate = threading.Barrier(4)
+
+        def one() -> None:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+            gate.wait()
+            status, headers, _ = post(conn, "half_plus_two", BIG)
+            ok = post(conn, "half_plus_two", '{"instances": [1]}')[0]  # the connection stays usable either way
+            results.append((status, {**headers, "next": ok}))
+            conn.close()
+
+        threads = [threading.Thread(target=one) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        statuses = sorted(s for s, _ in results)
+        assert statuses[0] == 200 and 503 in statuses, statuses  # one at a time fits the budget
+        assert all(h["Retry-After"] == "1" for s, h in results if s == 503)
+        assert all(h["next"] == 200 for _, h in results)
+        wait_for(lambda: server.budget.held == 0, 5)  # every request gave back what it took (after answering)
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        assert post(conn, "half_plus_two", BIG)[0] == 200  # and the next big body is served
+        conn.close()
+
+
+def test_a_trickled_big_body_keeps_other_big_bodies_waiting_for_its_deadline_at_most_and_small_ones_never() -> None:
+    with served(MODELS["half_plus_two"], budget_wait_s=1.0, timeout_s=5.0) as server:
+        port = server.server_address[1]
+        trickler = socket.create_connection(("127.0.0.1", port))
+        head = f"POST {PREDICT.format('half_plus_two')} HTTP/1.1\r\nHost: x\r\nContent-Length: {MAX_BODY}\r\n\r\n"
+        trickler.sendall(head.encode() + b'{"instances": [')
+        stop = threading.Event()
+
+        def trickle() -> None:  # a byte every 0.4 s: every read is well within the 5 s per-read deadline
+            while not stop.wait(0.4):
+                with contextlib.suppress(OSError):
+                    trickler.sendall(b" ")
+
+        threading.Thread(target=trickle, daemon=True).start()
+        try:
+            wait_for(lambda: server.budget.held >= body_cost(MAX_BODY), 5)  # the big share is held
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+            started = time.monotonic()
+            assert post(conn, "half_plus_two", '{"instances": [2]}')[2] == {"predictions": [3.0]}
+            assert time.monotonic() - started < 0.9  # small predicts never wait for it
+            started = time.monotonic()
+            status, headers, _ = post(conn, "half_plus_two", BIG)
+            assert status == 503 and headers["Retry-After"] == "1" and time.monotonic() - started >= 1.0
+            # chunked, no length up front: counted as it grows, dropped (read to its end) past the big share
+            conn.request("POST", PREDICT.format("half_plus_two"), iter([b'{"instances": [', b"1, " * 50_000, b"1]}"]))
+            r = conn.getresponse()
+            assert r.status == 503 and r.getheader("Retry-After") == "1", r.read()
+            r.read()
+            conn.request("POST", PREDICT.format("half_plus_two"), iter([b'{"instances": [', b"1, 2", b"]}"]))
+            assert json.loads(conn.getresponse().read()) == {"predictions": [2.5, 3.0]}
+            # the whole body has timeout_s from its head, however it trickles: 408, and the share comes back
+            trickler.settimeout(10)
+            assert b" 408 " in trickler.recv(4096).split(b"\r\n", 1)[0]
+            wait_for(lambda: server.budget.held == 0, 5)
+            assert post(conn, "half_plus_two", BIG)[0] == 200
+            conn.close()
+        finally:
+            stop.set()
+            trickler.close()
+
+
+def test_a_big_body_waits_briefly_for_room_rather_than_being_refused() -> None:
+    # a request answered gives its share back after its client has the answer: one arriving just then waits
+    with served(MODELS["half_plus_two"], budget_wait_s=2.0) as server:
+        held = server.budget.total
+        assert server.budget.take(held)
+        threading.Timer(0.3, server.budget.give, (held,)).start()
+        conn = http.client.HTTPConnection("127.0.0.1", server.server_address[1], timeout=60)
+        assert post(conn, "half_plus_two", BIG)[0] == 200
+        conn.close()
+
+
+def vm_hwm_mib(pid: int) -> float:
+    """The process's peak resident memory, as the kernel counts it."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmHWM")
+
+
+@pytest.fixture
+def stand_in_process(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], int, Path]]:
+    log = tmp_path / "half_plus_two.log"
+    argv = [sys.executable, "-m", "agent.modelserver", "--model", "half_plus_two", "--port", "0",
+            "--log-file", str(log), "--log-max-kb", "1"]  # fmt: skip
+    proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert line.startswith(b"READY "), line
+        yield proc, int(line.split()[1]), log
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def test_the_largest_legal_requests_keep_the_stand_in_inside_its_container(
+    stand_in_process: tuple[subprocess.Popen[bytes], int, Path],
+) -> None:
+    proc, port, _ = stand_in_process
+    most = MAX_VALUES - 2
+    pad = MAX_BODY - 64
+    shapes = [  # before: a 2 MiB body peaked at 83 MiB, 8 MiB at 264 MiB, 63 MiB at 1.85 GiB (64 MiB container)
+        b'{"instances": [' + b"1.2345678901234567e+300," * (most - 1) + b"1]}",  # the largest answer
+        b'{"instances": [' + b"1," * (most - 1) + b"1" + b" " * (pad - 2 * most) + b"]}",  # 8 MiB, most values
+        b'{"instances": ["' + "\u00e9".encode() * (pad // 2) + b'"]}',  # one 8 MiB string (quoted in the error)
+        b'{"instances": ["' + b"\\u0001" * (pad // 6) + b'"]}',
+        b'{"instances": [' + b"[]," * (most - 1) + b"[]]}",  # empty arrays, the most per body byte
+    ]
+    statuses: list[int] = []
+
+    def send(body: bytes) -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+        conn.request("POST", PREDICT.format("half_plus_two"), body)
+        statuses.append(conn.getresponse().status)
+        conn.close()
+
+    baseline = vm_hwm_mib(proc.pid)
+    for body in shapes:
+        assert len(body) <= MAX_BODY
+        threads = [threading.Thread(target=send, args=(body,)) for _ in range(4)]  # four at once, each shape
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    peak = vm_hwm_mib(proc.pid)
+    assert 200 in statuses and set(statuses) <= {200, 400, 503}, statuses
+    # measured: ~24 MiB at rest, ~53 MiB peak here; the catalogue gives stand-in containers 64 MiB
+    assert peak < 64, f"peak RSS {peak:.0f} MiB (at rest {baseline:.0f} MiB)"
+
+
+def test_the_log_file_is_bounded_on_disk(stand_in_process: tuple[subprocess.Popen[bytes], int, Path]) -> None:
+    _, port, log = stand_in_process
+    for _ in range(40):  # each ends the connection mid-request: one INFO line each (a traceback before)
+        with socket.create_connection(("127.0.0.1", port)) as sock:
+            sock.sendall(b"POST /v1/models/half_plus_two:predict HTTP/1.1\r\nContent-Length: 10\r\n\r\n{")
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+    deadline = time.monotonic() + 10
+    while not Path(f"{log}.1").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert Path(f"{log}.1").exists(), "the log never rotated"
+    for path in (log, Path(f"{log}.1")):
+        assert path.stat().st_size <= 1024 + 300, path  # --log-max-kb 1, plus at most one line
+    assert "Traceback" not in log.read_text() + Path(f"{log}.1").read_text()
+
+
+def test_the_process_runtime_passes_no_token_to_its_model_servers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PEERSERVE_CLUSTER_TOKEN", "cluster-token-for-this-test-only")
+    monkeypatch.setenv("PEERSERVE_CLIENT_TOKEN", "client-token-for-this-test-only")
+    monkeypatch.setenv("PYTHONPATH", str(ROOT))
+    spec = parse_catalogue(builtin_catalogue_text(), "builtin").get("half_plus_two")
+    assert spec is not None
+
+    async def main() -> tuple[dict[str, str], str]:
+        runtime = ProcessRuntime("127.0.0.1", tmp_path, max_body_mb=0.5)
+        instance = await runtime.start(spec, term=1)
+        try:
+            pid = int(instance.detail.split()[1])
+            raw = Path(f"/proc/{pid}/environ").read_bytes()
+            env = dict(e.decode().split("=", 1) for e in raw.split(b"\0") if b"=" in e)
+            host, port = instance.url.rsplit("/", 1)[1].split(":")
+            conn = http.client.HTTPConnection(host, int(port), timeout=10)
+            conn.request("POST", PREDICT.format("half_plus_two"), b'{"instances": [' + b" " * 600_000 + b"1]}")
+            too_big = conn.getresponse()
+            return env, f"{too_big.status} {too_big.read().decode()}"
+        finally:
+            await runtime.close()
+
+    env, answer = asyncio.run(main())
+    assert not [k for k in env if "TOKEN" in k], sorted(env)  # before: both tokens, as review11a read them
+    assert "cluster-token-for-this-test-only" not in env.values()
+    assert env.get("PYTHONPATH") == str(ROOT)
+    assert answer.startswith("413 ") and str(int(0.5 * 2**20)) in answer  # the agent's max_body_mb reached it
+    assert os.environ["PEERSERVE_CLUSTER_TOKEN"]  # the agent's own environment is untouched
