@@ -377,15 +377,18 @@ class _Lp:
         rj, rk = np.divmod(self.reuse, K)
         link0 = C + P + 2 * J
         self.core0 = link0 + R
-        assign, balance = [self.xc, np.arange(C)], C + self.xj * K + p.class_model[self.xc]
-        rows = np.concatenate([assign[0], balance, assign[1], C + P + rj, C + P + J + rj, link0 + np.arange(R)])
-        cols = np.concatenate([np.arange(X), np.arange(X), X + np.arange(C), *[X + C + np.arange(R)] * 3])
-        vals = np.concatenate([np.ones(X), -np.ones(X), np.ones(C), p.mem[rk], p.comp[rk], -np.ones(R)])
-        keep = vals != 0
+        # column-wise, rows ascending in each column: a stream column's assignment row (< C) then its pool's
+        # balance row; a rejection's assignment row; a reused pool's `new` in its memory, compute and link rows
+        # (left out where its model needs none)
+        balance = C + self.xj * K + p.class_model[self.xc]
+        new_rows = np.stack([C + P + rj, C + P + J + rj, link0 + np.arange(R)], axis=1)
+        new_vals = np.stack([p.mem[rk], p.comp[rk], np.full(R, -1.0)], axis=1)
+        nonzero = new_vals != 0
         n_col, n_row = X + C + R, self.core0 + len(self.cored)
-        rows, cols, vals = rows[keep], cols[keep], vals[keep]
-        order = np.lexsort((rows, cols))  # column-wise, rows ascending in each column (no duplicates)
-        starts = np.concatenate([[0], np.cumsum(np.bincount(cols, minlength=n_col))])
+        index = np.concatenate([np.stack([self.xc, balance], axis=1).ravel(), np.arange(C), new_rows[nonzero]])
+        coef = np.concatenate([np.tile([1.0, -1.0], X), np.ones(C), new_vals[nonzero]])
+        per_col = np.concatenate([np.full(X, 2), np.ones(C, dtype=np.int64), nonzero.sum(axis=1)])
+        starts = np.concatenate([[0], np.cumsum(per_col)])
         # the bindings' own class: highspy.Highs() prints HiGHS's banner to stdout before any option can be
         # set, and stdout carries `peerserve solve --json`
         h = getattr(getattr(hs, "_core", None), "_Highs", hs.Highs)()
@@ -403,7 +406,7 @@ class _Lp:
         h.passModel(
             n_col,
             n_row,
-            len(rows),
+            len(index),
             int(hs.MatrixFormat.kColwise),
             int(hs.ObjSense.kMinimize),
             0.0,
@@ -413,8 +416,8 @@ class _Lp:
             np.concatenate([q.rate, np.zeros(P), np.full(n_row - C - P, -math.inf)]),
             np.concatenate([q.rate, np.zeros(P), *self.budgets[:2], p.free.ravel()[self.reuse], core_b]),
             starts.astype(np.int32),
-            rows[order].astype(np.int32),
-            vals[order],
+            index.astype(np.int32),
+            coef,
             np.zeros(n_col, dtype=np.int32),
         )
         self.h, self.X, self.R = h, X, R

@@ -162,16 +162,22 @@ def _filled_by_greedy(
     mem, comp, rates, costs = p.mem.tolist(), p.comp.tolist(), q.rate.tolist(), total.tolist()
     per_rate = (1.0 / t_best).tolist()  # [j][k] instances per req/s
     penalty = q.penalty()
+    models = p.class_model.tolist()
     for c in np.argsort(-q.rate, kind="stable").tolist():
-        k, need = int(p.class_model[c]), rates[c]
+        k, need, row = models[c], rates[c], costs[c]
         for j in order[c]:
-            if need <= 0 or costs[c][j] >= penalty:
+            if need <= 0 or row[j] >= penalty:
                 break
             if skip[j] or full[j]:
                 continue
             per = per_rate[j][k]
-            room = min(_room(mem_left[j], mem[k] * per), _room(comp_left[j], comp[k] * per))
-            room = min(room, _room(core_left[j], per))
+            # the room left in req/s under each budget (inf where the pool needs none of it)
+            m_rate, c_rate = mem[k] * per, comp[k] * per
+            room = min(
+                math.inf if m_rate <= 0 else max(mem_left[j], 0.0) / m_rate,
+                math.inf if c_rate <= 0 else max(comp_left[j], 0.0) / c_rate,
+            )
+            room = min(room, math.inf if per <= 0 else max(core_left[j], 0.0) / per)
             take = min(need, room)
             mem_left[j] -= take * mem[k] * per
             comp_left[j] -= take * comp[k] * per
@@ -179,10 +185,6 @@ def _filled_by_greedy(
             need -= take
             full[j] = room <= take  # it took all the room left
     return np.array(full, dtype=bool)
-
-
-def _room(left: float, per_rate: float) -> float:
-    return float("inf") if per_rate <= 0 else max(left, 0.0) / per_rate
 
 
 def _restricted(
