@@ -397,9 +397,11 @@ class _Lp:
         self.outside = outside
         self.active = np.zeros((J, K), dtype=bool)  # pools with rate that start new instances
         self.served = np.zeros((J, K), dtype=bool)  # pools with rate
+        self.every_pool = False  # every pool active and served (``_set_budgets``): the budgets stay as set
         # every pool holds n >= N_MIN of its node's cores in the reference NLP: those without rate hold that
         self.core_cap = core_capacity(q)
         self.budgets = (*_plain_budgets(q), self.core_cap - N_MIN * K)
+        self._core_budget()
         core_b = self.budgets[2][self.cored]
         # the LP as arrays in one call (HighsLp's attribute setters convert the matrix element by element);
         # every column continuous, as an LP passed without integrality
@@ -446,6 +448,12 @@ class _Lp:
         self.price_dest = np.concatenate([np.arange(2 * J), 2 * J + self.reuse, 2 * J + P + self.cored])
         self.price_vector = np.zeros(self.price_size)  # the last solve's prices
 
+    def _core_budget(self) -> None:
+        """The core rows' budgets as the bound reads them (``bound_and_loads``): where finite, and 0 elsewhere."""
+        core_b = self.budgets[2]
+        self.cored_budget = np.isfinite(core_b)
+        self.core_budget = np.where(self.cored_budget, core_b, 0.0)
+
     def flat_prices(self, prices: Prices) -> FloatArray:
         """``prices`` as one vector (memory, compute, link, cores)."""
         return np.concatenate([prices[0], prices[1], np.ravel(prices[2]), prices[3]])
@@ -472,10 +480,8 @@ class _Lp:
         w = np.where(price > 0, 1000.0 / (self.mu - t) - self.s + price / t, 0.0)
         per = np.where(self.allowed, p.cost + w[:, :, p.class_model].transpose(0, 2, 1), np.inf).min(axis=2)
         served = np.minimum(per, self.outside)
-        mem_b, comp_b, core_b = self.budgets
-        cored = np.isfinite(core_b)
-        on_cores = np.where(cored, core, 0.0)
-        core_b = np.where(cored, core_b, 0.0)
+        mem_b, comp_b = self.budgets[:2]
+        on_cores, core_b = np.where(self.cored_budget, core, 0.0), self.core_budget
         reused = np.where(self.reused, unpriced, 0.0) * p.free if self.any_reused else None
         out = []
         for i in range(L):
@@ -503,6 +509,8 @@ class _Lp:
         reuses instances holds its N_MIN in them), and a node's pools with rate share its cores less N_MIN per
         pool without. The same rows here make the optimum the reference's, not one a few millionths above it."""
         p = self.q.base
+        if self.every_pool:  # every pool counts as active and served already: nothing can change
+            return False
         served = active | self.served  # only ever grows: budgets that follow it can cycle
         active = (active & (p.free == 0)) | self.active
         if (active == self.active).all() and (served == self.served).all():  # np.array_equal's test ([j, k] both)
@@ -547,6 +555,7 @@ class _Lp:
         """The memory, compute and core rows' upper bounds (``budgets``: per node); ``every_pool``: every pool
         counts as active and served, so ``budgets_for`` leaves these budgets as set."""
         self.budgets = budgets
+        self._core_budget()
         rows = self.C + self.J * self.K + np.arange(2 * self.J, dtype=np.int32)
         rows = np.concatenate([rows, self.core0 + np.arange(len(self.cored), dtype=np.int32)])
         bounds = np.concatenate([*self.budgets[:2], self.budgets[2][self.cored]])
@@ -554,6 +563,7 @@ class _Lp:
         if every_pool:
             self.active = np.ones((self.J, self.K), dtype=bool)
             self.served = np.ones((self.J, self.K), dtype=bool)
+            self.every_pool = True
 
     def feasible_basis(self) -> None:
         """Start HiGHS from a feasible basis: the rejections r basic in the assignment rows (every stream
