@@ -479,10 +479,12 @@ class _Lp:
         t = np.maximum(np.minimum(a / (1.0 + a), self.cap), MIN_LOAD) * self.mu
         w = np.where(price > 0, 1000.0 / (self.mu - t) - self.s + price / t, 0.0)
         per = np.where(self.allowed, p.cost + w[:, :, p.class_model].transpose(0, 2, 1), np.inf).min(axis=2)
-        served = np.minimum(per, self.outside)
+        # C order, so each candidate's row is contiguous as bound_and_loads' vector is: numpy lays `per` out as the
+        # transposed operand (stride 2 along a row), and a strided dot product sums in another order (last bit)
+        served = np.ascontiguousarray(np.minimum(per, self.outside))
         mem_b, comp_b = self.budgets[:2]
-        on_cores, core_b = np.where(self.cored_budget, core, 0.0), self.core_budget
-        reused = np.where(self.reused, unpriced, 0.0) * p.free if self.any_reused else None
+        on_cores, core_b = np.ascontiguousarray(np.where(self.cored_budget, core, 0.0)), self.core_budget
+        reused = np.ascontiguousarray(np.where(self.reused, unpriced, 0.0) * p.free) if self.any_reused else None
         out = []
         for i in range(L):
             r = 0.0 if reused is None else float(reused[i].sum())
