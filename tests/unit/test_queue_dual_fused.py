@@ -1,7 +1,7 @@
 """The column generation's fused round (relax11): ``_Lp.bounds_and_loads`` and ``_Lp.value`` give exactly what
 ``bound_and_loads`` and ``nlp_value`` give, bit for bit (the warm start, hence Ipopt's path and the plan, rests on
-them), the LP's prices read back as the tuple they were, and ``QueueProblem.cores()`` computed once hands out a
-copy each call."""
+them), the LP's prices read back as the tuple they were, the LP's matrix built column-wise is the one sorted
+column-wise before, and ``QueueProblem.cores()`` computed once hands out a copy each call."""
 
 from __future__ import annotations
 
@@ -72,3 +72,38 @@ def test_the_cores_are_computed_once_and_handed_out_as_copies() -> None:
     again = q.cores()
     assert np.all(again >= 1.0) and again is not q.cores()
     assert q.penalty() == q.penalty() > 0
+
+
+def _reference_matrix(q: QueueProblem, allowed: Any) -> tuple[Any, Any, Any]:
+    """The LP's matrix as it was built before relax11: triplets sorted column-wise by ``lexsort``."""
+    p = q.base
+    C, J, K = p.n_classes, p.n_nodes, len(p.model_names)
+    P = J * K
+    xc, xj = np.nonzero(allowed)
+    reuse = np.flatnonzero(p.free.ravel() > 0)
+    X, R = len(xc), len(reuse)
+    rj, rk = np.divmod(reuse, K)
+    link0 = C + P + 2 * J
+    balance = C + xj * K + p.class_model[xc]
+    rows = np.concatenate([xc, balance, np.arange(C), C + P + rj, C + P + J + rj, link0 + np.arange(R)])
+    cols = np.concatenate([np.arange(X), np.arange(X), X + np.arange(C), *[X + C + np.arange(R)] * 3])
+    vals = np.concatenate([np.ones(X), -np.ones(X), np.ones(C), p.mem[rk], p.comp[rk], -np.ones(R)])
+    keep = vals != 0
+    rows, cols, vals = rows[keep], cols[keep], vals[keep]
+    order = np.lexsort((rows, cols))
+    starts = np.concatenate([[0], np.cumsum(np.bincount(cols, minlength=X + C + R))])
+    return starts, rows[order], vals[order]
+
+
+@pytest.mark.parametrize("args", [*CASES[:1], (3, 2, 0.4, (1,), Mode.MODE1, False)])
+def test_the_lp_built_column_wise_is_the_sorted_one(monkeypatch: pytest.MonkeyPatch, args: Any) -> None:
+    reused = 0
+    for q, allowed in _subproblems(monkeypatch, instance(*args)):
+        lp = queue_dual._Lp(q, allowed, highspy)
+        matrix = lp.h.getLp().a_matrix_
+        starts, index, value = _reference_matrix(q, allowed)
+        assert np.array_equal(np.asarray(matrix.start_), starts)
+        assert np.array_equal(np.asarray(matrix.index_), index)
+        assert np.array_equal(np.asarray(matrix.value_), value)
+        reused += int((q.base.free > 0).any())
+    assert reused  # the `new` columns of reused pools were built too
