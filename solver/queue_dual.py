@@ -136,38 +136,37 @@ def prove_lp(
     if FEASIBLE_BASIS:
         lp.feasible_basis()
     best = -math.inf
-    best_prices = zero
+    best_prices = lp.flat_prices(zero)  # every candidate's prices as one vector (``_Lp.prices_of``)
     for rounds in range(1, MAX_ROUNDS + 1):
         solved = lp.solve()
         if solved is None:
             return None
         x, r, n, prices = solved
-        lam = x.T @ np.eye(len(p.model_names))[p.class_model]
+        lam = x.T @ lp.model_of
         if lp.budgets_for(lam > 0):
             continue  # the active pools changed: their slivers of slack moved (see _Lp.budgets_for)
-        upper = value = nlp_value(q, x, r, n)
+        upper = value = lp.value(x, r, n, lam)
         if floors:  # the LP pays each empty pool's N_MIN instance, as the reference NLP does
             upper += q.instance_cost * float(np.where(lam > 0, 0.0, np.maximum(n - p.free, 0.0)).sum())
             lower, t_floor = floor_bound(q, allowed, prices, lp)
             if lower > best:
-                best, best_prices = lower, prices
+                best, best_prices = lower, lp.price_vector
         # Wentges smoothing: new loads at the LP's prices and between them and the best bound's prices
-        mixed = _smoothed(prices, best_prices)
-        loads = []  # each candidate's best loads: the bound's, and the next round's load columns
-        for cand in (prices, mixed):
-            lower, t = bound_and_loads(q, allowed, cand, lp.budgets, lp.cores)
-            loads.append(t)
+        cands = np.stack((lp.price_vector, SMOOTH * best_prices + (1 - SMOOTH) * lp.price_vector))
+        lowers, loads = lp.bounds_and_loads(cands)  # each candidate's bound and best loads (the next load columns)
+        for lower, cand in zip(lowers, cands, strict=True):
             if lower > best:
                 best, best_prices = lower, cand
         if floors:
-            loads.append(t_floor)  # where the floor's instances carry rate best (slivers included)
+            loads = np.concatenate([loads, t_floor[None]])  # where the floor's instances carry rate best (slivers too)
         if upper - best <= gap * max(1.0, abs(upper)) or not PROVE:
-            valid = _nlp_bound(q, allowed, lp, best, best_prices, floors, inner)
+            proven = lp.prices_of(best_prices)
+            valid = _nlp_bound(q, allowed, lp, best, proven, floors, inner)
             log.debug(
                 "R(S) by column generation: %d rounds, gap %.2e (%.2e to R(S)'s)", rounds, upper - best, value - valid
             )
             found = NlpSolution(x, r, lam, n, value, "optimal", 0, rounds, int(allowed.sum()), servers=lp.servers(n))
-            return Proof(found, best_prices, lp.reduced_costs(), *lp.row_multipliers(), bound=valid)
+            return Proof(found, proven, lp.reduced_costs(), *lp.row_multipliers(), bound=valid)
         lp.add_levels(loads)
     log.info("R(S) by column generation: no proof after %d rounds; Ipopt solves it", MAX_ROUNDS)
     return None
@@ -203,16 +202,12 @@ def _start_levels(q: QueueProblem, lp: _Lp, cap: bool = False) -> Prices:
     nothing = np.zeros(q.base.n_nodes)
     zero: Prices = (nothing, nothing, np.full(q.mu.shape, q.instance_cost), nothing)
     price = _price(q, *zero, lp.cores)
-    # loads at higher instance prices too, as if memory, compute or cores were priced
-    loads = [best_load(q, factor * price)[0] for factor in (1.0, *START_LADDER)]
-    lp.add_levels([*loads, q.cap() * q.mu] if cap else loads)
+    # loads at higher instance prices too, as if memory, compute or cores were priced (one pass over the ladder:
+    # each factor's loads are best_load's at factor * price, element for element)
+    factors = np.array([1.0, *START_LADDER])[:, None, None]
+    loads = best_load(q, factors * price)[0]
+    lp.add_levels(np.concatenate([loads, (q.cap() * q.mu)[None]]) if cap else loads)
     return zero
-
-
-def _smoothed(prices: Prices, best: Prices) -> Prices:
-    """Wentges: ``SMOOTH`` of the way from the LP's prices to the best bound's."""
-    a, b, c, d = (SMOOTH * y + (1 - SMOOTH) * x for x, y in zip(prices, best, strict=True))
-    return a, b, c, d
 
 
 KNOWN_FIELDS = frozenset({"base", "rate", "mu", "node_class", "rho_max", "instance_cost", "load_cap", "r_cost"})
@@ -382,40 +377,130 @@ class _Lp:
         rj, rk = np.divmod(self.reuse, K)
         link0 = C + P + 2 * J
         self.core0 = link0 + R
-        assign, balance = [self.xc, np.arange(C)], C + self.xj * K + p.class_model[self.xc]
-        rows = np.concatenate([assign[0], balance, assign[1], C + P + rj, C + P + J + rj, link0 + np.arange(R)])
-        cols = np.concatenate([np.arange(X), np.arange(X), X + np.arange(C), *[X + C + np.arange(R)] * 3])
-        vals = np.concatenate([np.ones(X), -np.ones(X), np.ones(C), p.mem[rk], p.comp[rk], -np.ones(R)])
-        keep = vals != 0
+        # column-wise, rows ascending in each column: a stream column's assignment row (< C) then its pool's
+        # balance row; a rejection's assignment row; a reused pool's `new` in its memory, compute and link rows
+        # (left out where its model needs none)
+        balance = C + self.xj * K + p.class_model[self.xc]
+        new_rows = np.stack([C + P + rj, C + P + J + rj, link0 + np.arange(R)], axis=1)
+        new_vals = np.stack([p.mem[rk], p.comp[rk], np.full(R, -1.0)], axis=1)
+        nonzero = new_vals != 0
         n_col, n_row = X + C + R, self.core0 + len(self.cored)
-        rows, cols, vals = rows[keep], cols[keep], vals[keep]
-        order = np.lexsort((rows, cols))  # column-wise, rows ascending in each column (no duplicates)
-        starts = np.concatenate([[0], np.cumsum(np.bincount(cols, minlength=n_col))])
+        index = np.concatenate([np.stack([self.xc, balance], axis=1).ravel(), np.arange(C), new_rows[nonzero]])
+        coef = np.concatenate([np.tile([1.0, -1.0], X), np.ones(C), new_vals[nonzero]])
+        per_col = np.concatenate([np.full(X, 2), np.ones(C, dtype=np.int64), nonzero.sum(axis=1)])
+        starts = np.concatenate([[0], np.cumsum(per_col)])
         # the bindings' own class: highspy.Highs() prints HiGHS's banner to stdout before any option can be
         # set, and stdout carries `peerserve solve --json`
         h = getattr(getattr(hs, "_core", None), "_Highs", hs.Highs)()
         for key, value in HIGHS_OPTIONS.items():
             h.setOptionValue(key, value)
-        lp = hs.HighsLp()
-        lp.num_col_, lp.num_row_ = n_col, n_row
-        lp.col_cost_ = np.concatenate([p.cost[self.xc, self.xj], outside, np.full(R, q.instance_cost)])
-        lp.col_lower_, lp.col_upper_ = np.zeros(n_col), np.full(n_col, math.inf)
+        self.outside = outside
         self.active = np.zeros((J, K), dtype=bool)  # pools with rate that start new instances
         self.served = np.zeros((J, K), dtype=bool)  # pools with rate
+        self.every_pool = False  # every pool active and served (``_set_budgets``): the budgets stay as set
         # every pool holds n >= N_MIN of its node's cores in the reference NLP: those without rate hold that
         self.core_cap = core_capacity(q)
         self.budgets = (*_plain_budgets(q), self.core_cap - N_MIN * K)
-        lp.row_lower_ = np.concatenate([q.rate, np.zeros(P), np.full(n_row - C - P, -math.inf)])
+        self._core_budget()
         core_b = self.budgets[2][self.cored]
-        lp.row_upper_ = np.concatenate([q.rate, np.zeros(P), *self.budgets[:2], p.free.ravel()[self.reuse], core_b])
-        lp.a_matrix_.format_ = hs.MatrixFormat.kColwise
-        lp.a_matrix_.start_, lp.a_matrix_.index_, lp.a_matrix_.value_ = starts, rows[order], vals[order]
-        h.passModel(lp)
+        # the LP as arrays in one call (HighsLp's attribute setters convert the matrix element by element);
+        # every column continuous, as an LP passed without integrality
+        h.passModel(
+            n_col,
+            n_row,
+            len(index),
+            int(hs.MatrixFormat.kColwise),
+            int(hs.ObjSense.kMinimize),
+            0.0,
+            np.concatenate([p.cost[self.xc, self.xj], outside, np.full(R, q.instance_cost)]),
+            np.zeros(n_col),
+            np.full(n_col, math.inf),
+            np.concatenate([q.rate, np.zeros(P), np.full(n_row - C - P, -math.inf)]),
+            np.concatenate([q.rate, np.zeros(P), *self.budgets[:2], p.free.ravel()[self.reuse], core_b]),
+            starts.astype(np.int32),
+            index.astype(np.int32),
+            coef,
+            np.zeros(n_col, dtype=np.int32),
+        )
         self.h, self.X, self.R = h, X, R
         self.F, self.floor0 = 0, -1  # idle columns and floor rows, one per pool (``add_floors``)
         self.levels: list[FloatArray] = []
         self.level_rates = np.zeros((0, P))  # [L, P] the levels stacked (``solve`` reads them every round)
         self._level_structure()
+        self._constants(allowed)
+
+    def _constants(self, allowed: BoolArray) -> None:
+        """What every round reads and no round changes, computed once (the same arrays the module's functions
+        compute from ``q`` on each call: ``bounds_and_loads``, ``value`` and ``add_levels`` repeat their
+        arithmetic element for element)."""
+        q, p = self.q, self.q.base
+        J, P = self.J, self.J * self.K
+        self.allowed = allowed
+        self.model_of = np.eye(self.K)[p.class_model]  # [c, k] 1 where stream c asks for model k
+        self.mu, self.s, self.cap = q.mu, q.service_ms, q.cap()
+        self.mu_flat, self.s_flat = self.mu.ravel()[None, :], self.s.ravel()[None, :]
+        self.reused = p.free > 0  # [j, k] pools with running instances
+        self.any_reused = bool(self.reused.any())
+        self.finite_cores = np.isfinite(self.cores)
+        # the flat price vector: memory [J], compute [J], link [P] (a pool's, as [j, k] row-major), cores [J]
+        self.price_size = 3 * J + P
+        # where each priced row's dual lands in it: memory and compute rows, link rows (reused pools), core rows
+        self.price_dest = np.concatenate([np.arange(2 * J), 2 * J + self.reuse, 2 * J + P + self.cored])
+        self.price_vector = np.zeros(self.price_size)  # the last solve's prices
+
+    def _core_budget(self) -> None:
+        """The core rows' budgets as the bound reads them (``bound_and_loads``): where finite, and 0 elsewhere."""
+        core_b = self.budgets[2]
+        self.cored_budget = np.isfinite(core_b)
+        self.core_budget = np.where(self.cored_budget, core_b, 0.0)
+
+    def flat_prices(self, prices: Prices) -> FloatArray:
+        """``prices`` as one vector (memory, compute, link, cores)."""
+        return np.concatenate([prices[0], prices[1], np.ravel(prices[2]), prices[3]])
+
+    def prices_of(self, vector: FloatArray) -> Prices:
+        """The ``Prices`` tuple of a flat price vector (views into it)."""
+        J, P = self.J, self.J * self.K
+        return vector[:J], vector[J : 2 * J], vector[2 * J : 2 * J + P].reshape(J, self.K), vector[2 * J + P :]
+
+    def bounds_and_loads(self, cands: FloatArray) -> tuple[list[float], FloatArray]:
+        """``bound_and_loads`` at the rows' budgets for each flat price vector of ``cands`` [L, 3J + P] in one
+        pass: the bounds and the best loads [L, j, k]. Element for element the same arithmetic; the sums and
+        dot products per candidate, on contiguous rows, as there."""
+        J, K, P = self.J, self.K, self.J * self.K
+        L = len(cands)
+        mem, comp = cands[:, :J], cands[:, J : 2 * J]
+        link, core = cands[:, 2 * J : 2 * J + P].reshape(L, J, K), cands[:, 2 * J + P :]
+        p = self.q.base
+        new = self.q.instance_cost + mem[:, :, None] * p.mem[None, None, :] + comp[:, :, None] * p.comp[None, None, :]
+        unpriced = np.where(self.reused, np.clip(link, 0.0, new), new)  # _price without the core price
+        price = unpriced + np.where(self.finite_cores, core, 0.0)[:, :, None]
+        a = np.sqrt(np.maximum(price, 0.0) / 1000.0)
+        t = np.maximum(np.minimum(a / (1.0 + a), self.cap), MIN_LOAD) * self.mu
+        w = np.where(price > 0, 1000.0 / (self.mu - t) - self.s + price / t, 0.0)
+        per = np.where(self.allowed, p.cost + w[:, :, p.class_model].transpose(0, 2, 1), np.inf).min(axis=2)
+        # C order, so each candidate's row is contiguous as bound_and_loads' vector is: numpy lays `per` out as the
+        # transposed operand (stride 2 along a row), and a strided dot product sums in another order (last bit)
+        served = np.ascontiguousarray(np.minimum(per, self.outside))
+        mem_b, comp_b = self.budgets[:2]
+        on_cores, core_b = np.ascontiguousarray(np.where(self.cored_budget, core, 0.0)), self.core_budget
+        reused = np.ascontiguousarray(np.where(self.reused, unpriced, 0.0) * p.free) if self.any_reused else None
+        out = []
+        for i in range(L):
+            r = 0.0 if reused is None else float(reused[i].sum())
+            c = float(on_cores[i] @ core_b)
+            out.append(float(self.q.rate @ served[i] - mem[i] @ mem_b - comp[i] @ comp_b - c - r))
+        return out, t
+
+    def value(self, x: FloatArray, r: FloatArray, n: FloatArray, lam: FloatArray) -> float:
+        """``nlp_value`` at (x, r, n) with the pools' rates ``lam`` (x.T @ model_of, as there)."""
+        p = self.q.base
+        live = (lam > 0) & (n > 0)
+        safe_n = np.where(live, n, 1.0)
+        t = np.where(live, lam / safe_n, 0.0)
+        new = np.maximum(n - p.free, 0.0)
+        wait = np.where(live, lam * (1000.0 / (self.mu - t) - self.s) + self.q.instance_cost * new, 0.0)
+        return float((p.cost * x).sum() + self.outside @ r + wait.sum())
 
     def budgets_for(self, active: BoolArray) -> bool:
         """Set the rows' budgets for the pools ``active`` [j, k] (and those active before); True if they changed.
@@ -426,9 +511,11 @@ class _Lp:
         reuses instances holds its N_MIN in them), and a node's pools with rate share its cores less N_MIN per
         pool without. The same rows here make the optimum the reference's, not one a few millionths above it."""
         p = self.q.base
+        if self.every_pool:  # every pool counts as active and served already: nothing can change
+            return False
         served = active | self.served  # only ever grows: budgets that follow it can cycle
         active = (active & (p.free == 0)) | self.active
-        if np.array_equal(active, self.active) and np.array_equal(served, self.served):
+        if (active == self.active).all() and (served == self.served).all():  # np.array_equal's test ([j, k] both)
             return False
         self.active, self.served = active, served
         mem, comp = _plain_budgets(self.q)
@@ -470,6 +557,7 @@ class _Lp:
         """The memory, compute and core rows' upper bounds (``budgets``: per node); ``every_pool``: every pool
         counts as active and served, so ``budgets_for`` leaves these budgets as set."""
         self.budgets = budgets
+        self._core_budget()
         rows = self.C + self.J * self.K + np.arange(2 * self.J, dtype=np.int32)
         rows = np.concatenate([rows, self.core0 + np.arange(len(self.cored), dtype=np.int32)])
         bounds = np.concatenate([*self.budgets[:2], self.budgets[2][self.cored]])
@@ -477,6 +565,7 @@ class _Lp:
         if every_pool:
             self.active = np.ones((self.J, self.K), dtype=bool)
             self.served = np.ones((self.J, self.K), dtype=bool)
+            self.every_pool = True
 
     def feasible_basis(self) -> None:
         """Start HiGHS from a feasible basis: the rejections r basic in the assignment rows (every stream
@@ -526,25 +615,28 @@ class _Lp:
         self.lvl_starts = np.concatenate([[0], np.cumsum(keep.sum(axis=1))[:-1]]).astype(np.int32)
         # where the pool reuses instances, new instances are paid through its `new` column, not per req/s
         self.lvl_unpaid = np.where(self.linked, self.q.instance_cost, 0.0)
+        self.level_cache: dict[int, tuple[Any, ...]] = {}  # add_levels' index arrays per number of loads
 
     def add_level(self, t: FloatArray) -> None:
         """One column per pool run at per-instance rate t [j, k] (``add_levels``)."""
         self.add_levels([t])
 
-    def add_levels(self, ts: list[FloatArray]) -> None:
-        """Per load t [j, k] in ``ts``, one column per pool run at per-instance rate t: its cost per req/s, and
-        its instances per req/s in the memory and compute rows (or, where the pool reuses instances, in its
-        link row) and in its node's core row; all in one call to HiGHS."""
-        tz = np.stack([np.ravel(t) for t in ts])  # [L, P]
+    def add_levels(self, ts: list[FloatArray] | FloatArray) -> None:
+        """Per load t [j, k] in ``ts`` (a list, or stacked [L, j, k]), one column per pool run at per-instance rate
+        t: its cost per req/s, and its instances per req/s in the memory and compute rows (or, where the pool
+        reuses instances, in its link row) and in its node's core row; all in one call to HiGHS (its index
+        arrays built once per number of loads)."""
+        tz = np.asarray(ts, dtype=float).reshape(len(ts), -1)  # [L, P]
         L, P = tz.shape
-        nnz = len(self.lvl_index)
+        if L not in self.level_cache:
+            nnz = len(self.lvl_index)
+            starts = (self.lvl_starts[None, :] + nnz * np.arange(L, dtype=np.int32)[:, None]).ravel()
+            index = np.tile(self.lvl_index, L)
+            self.level_cache[L] = (starts, index, np.zeros(L * P), np.full(L * P, math.inf), L * nnz)
+        starts, index, lower, upper, nnz = self.level_cache[L]
         vals = self.lvl_num * np.where(self.lvl_per_t, 1.0 / tz[:, self.lvl_pool], 1.0)  # [L, nnz]
-        cost = _phi_pools(self.q, tz) - self.lvl_unpaid / tz
-        starts = (self.lvl_starts[None, :] + nnz * np.arange(L, dtype=np.int32)[:, None]).ravel()
-        index = np.tile(self.lvl_index, L)
-        self.h.addCols(
-            L * P, cost.ravel(), np.zeros(L * P), np.full(L * P, math.inf), L * nnz, starts, index, vals.ravel()
-        )
+        cost = 1000.0 / (self.mu_flat - tz) - self.s_flat + self.q.instance_cost / tz - self.lvl_unpaid / tz
+        self.h.addCols(L * P, cost.ravel(), lower, upper, nnz, starts, index, vals.ravel())
         self.levels.extend(tz)
         self.level_rates = np.concatenate([self.level_rates, tz])
 
@@ -557,7 +649,7 @@ class _Lp:
         if h.getModelStatus() != hs.HighsModelStatus.kOptimal:
             return None
         sol = h.getSolution()
-        col = np.clip(_floats(sol.col_value), 0.0, None)
+        col = np.maximum(_floats(sol.col_value), 0.0)  # np.clip(.., 0, None)'s ufunc
         dual = _floats(sol.row_dual)
         self.solution, self.row_dual = sol, dual  # the column duals are read only for the proof (reduced_costs)
         x = np.zeros((C, J))
@@ -565,17 +657,11 @@ class _Lp:
         z = col[X + C + R + self.F :].reshape(len(self.levels), P)
         idle = col[X + C + R : X + C + R + self.F] if self.F else 0.0
         n = ((z / self.level_rates).sum(axis=0) + idle).reshape(J, K)
-        link = np.zeros(P)
-        link[self.reuse] = np.clip(-dual[C + P + 2 * J : self.core0], 0.0, None)
-        core = np.zeros(J)
-        core[self.cored] = np.clip(-dual[self.core0 : self.core0 + len(self.cored)], 0.0, None)
-        prices = (
-            np.clip(-dual[C + P : C + P + J], 0.0, None),
-            np.clip(-dual[C + P + J : C + P + 2 * J], 0.0, None),
-            link.reshape(J, K),
-            core,
-        )
-        return x, col[X : X + C], n, prices
+        # the priced rows (memory, compute, link, cores: consecutive) into the flat price vector, 0 where no row
+        y = np.zeros(self.price_size)
+        y[self.price_dest] = np.maximum(-dual[C + P : self.core0 + len(self.cored)], 0.0)
+        self.price_vector = y
+        return x, col[X : X + C], n, self.prices_of(y)
 
     def reduced_costs(self) -> FloatArray:
         """[c, j] the last solve's reduced cost of every stream column (inf where not allowed)."""

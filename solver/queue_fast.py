@@ -66,15 +66,17 @@ def solve_nlp_fast(q: QueueProblem) -> NlpSolution:
     if q.instance_cost <= 0 or p.n_classes == 0 or p.n_nodes == 0:
         return solve_nlp_lazy(q)
     w, t_best = free_pool_terms(q)
-    in_s = _reuse_nodes(q, w, t_best)
+    total = p.cost + w[:, p.class_model].T  # [c, j] each column's cost per req/s at its pool's closed form
+    model_of = np.eye(len(p.model_names))[p.class_model]  # [c, k] the pools' rates are x.T @ this
+    in_s = _reuse_nodes(q, w, t_best, total, model_of)
     if GREEDY_START:
-        in_s |= _filled_by_greedy(q, w, t_best, in_s)
+        in_s |= _filled_by_greedy(q, w, t_best, in_s, total)
     iterations = columns = 0
     for rounds in range(1, MAX_ROUNDS + 1):
-        x, r, n_out = _outside(q, w, t_best, in_s)
+        x, r, n_out = _outside(q, w, t_best, in_s, total)
         e_out = n_out.copy()
         if in_s.any():
-            sub_q, allowed = _restricted(q, in_s, x, r)
+            sub_q, allowed = _restricted(q, in_s, x, r, total)
             sub = _solve_sub(sub_q, allowed)
             iterations += sub.iterations
             columns = int(allowed.sum())
@@ -84,27 +86,34 @@ def solve_nlp_fast(q: QueueProblem) -> NlpSolution:
             x, r = _merge(q, in_s, x, r, sub)
             n_out[in_s] = sub.n
             e_out[in_s] = sub.effective()
-        lam = x.T @ np.eye(len(p.model_names))[p.class_model]
+        lam = x.T @ model_of
         n = np.where(in_s[:, None], n_out, np.maximum(lam / t_best, N_MIN))
         e = np.where(in_s[:, None], e_out, n)
-        over = (_overfilled(q, n) | _short_of_reuse(q, lam, t_best)) & ~in_s
+        cores = q.cores()
+        over = (_overfilled(q, n, cores) | _short_of_reuse(q, lam, t_best)) & ~in_s
         if not over.any() or not RECHECK:
-            value = objective_value(q, x, r, n, e)
-            servers = e if np.isfinite(q.cores()).any() else None
+            value = objective_value(q, x, r, n, e, lam)
+            servers = e if np.isfinite(cores).any() else None
             return NlpSolution(x, r, lam, n, value, "optimal", iterations, rounds, columns, servers=servers)
         in_s |= over
     full = solve_nlp_lazy(q)
     return dataclasses.replace(full, iterations=iterations + full.iterations, fallback=True)
 
 
-def _reuse_nodes(q: QueueProblem, w: FloatArray, t_best: FloatArray) -> BoolArray:
+def _reuse_nodes(
+    q: QueueProblem,
+    w: FloatArray,
+    t_best: FloatArray,
+    total: FloatArray | None = None,
+    model_of: FloatArray | None = None,
+) -> BoolArray:
     """[j] nodes with reused pools (free > 0) that S needs: all of them, or (``LINEAR_REUSE``) those the closed
     form over every node does not fill ``REUSE_MARGIN`` beyond free * t*."""
     reuse: BoolArray = np.asarray((q.base.free > 0).any(axis=1))
     if not LINEAR_REUSE or not reuse.any():
         return reuse
-    x, _, _ = _outside(q, w, t_best, np.zeros(q.base.n_nodes, dtype=bool))
-    lam = x.T @ np.eye(len(q.base.model_names))[q.base.class_model]
+    x, _, _ = _outside(q, w, t_best, np.zeros(q.base.n_nodes, dtype=bool), total)
+    lam = x.T @ (np.eye(len(q.base.model_names))[q.base.class_model] if model_of is None else model_of)
     return _short_of_reuse(q, lam, t_best, REUSE_MARGIN)
 
 
@@ -120,11 +129,13 @@ def _short_of_reuse(q: QueueProblem, lam: FloatArray, t_best: FloatArray, margin
     return np.asarray(short.any(axis=1))
 
 
-def _outside(q: QueueProblem, w: FloatArray, t_best: FloatArray, in_s: BoolArray) -> tuple[FloatArray, ...]:
-    """Every stream whole on its least-cost node outside S (or rejected, if cheaper); n [j, k] zero in S."""
+def _outside(
+    q: QueueProblem, w: FloatArray, t_best: FloatArray, in_s: BoolArray, total: FloatArray | None = None
+) -> tuple[FloatArray, ...]:
+    """Every stream whole on its least-cost node outside S (or rejected, if cheaper); n [j, k] zero in S.
+    ``total``: ``p.cost + w[:, class_model].T`` where the caller has it (read, not changed)."""
     p = q.base
-    total = p.cost + w[:, p.class_model].T  # [c, j]
-    total[:, in_s] = np.inf
+    total = np.where(in_s, np.inf, p.cost + w[:, p.class_model].T if total is None else total)  # [c, j]
     best = np.argmin(total, axis=1)
     value = total[np.arange(p.n_classes), best]
     served = value < q.penalty()
@@ -134,11 +145,13 @@ def _outside(q: QueueProblem, w: FloatArray, t_best: FloatArray, in_s: BoolArray
     return x, r, np.zeros(q.mu.shape)
 
 
-def _filled_by_greedy(q: QueueProblem, w: FloatArray, t_best: FloatArray, in_s: BoolArray) -> BoolArray:
+def _filled_by_greedy(
+    q: QueueProblem, w: FloatArray, t_best: FloatArray, in_s: BoolArray, total: FloatArray | None = None
+) -> BoolArray:
     """[j] nodes whose budgets (cores too) fill up when streams, largest first, take their least-cost nodes with
-    room left."""
+    room left (``total`` as in ``_outside``)."""
     p = q.base
-    total = p.cost + w[:, p.class_model].T
+    total = p.cost + w[:, p.class_model].T if total is None else total
     order = np.argsort(total, axis=1, kind="stable").tolist()
     # Python floats and lists: the loop reads single entries (numpy's scalar indexing costs ~10x; same IEEE doubles)
     mem_left = np.maximum(p.mem_budget, 0.0).tolist()
@@ -149,16 +162,22 @@ def _filled_by_greedy(q: QueueProblem, w: FloatArray, t_best: FloatArray, in_s: 
     mem, comp, rates, costs = p.mem.tolist(), p.comp.tolist(), q.rate.tolist(), total.tolist()
     per_rate = (1.0 / t_best).tolist()  # [j][k] instances per req/s
     penalty = q.penalty()
+    models = p.class_model.tolist()
     for c in np.argsort(-q.rate, kind="stable").tolist():
-        k, need = int(p.class_model[c]), rates[c]
+        k, need, row = models[c], rates[c], costs[c]
         for j in order[c]:
-            if need <= 0 or costs[c][j] >= penalty:
+            if need <= 0 or row[j] >= penalty:
                 break
             if skip[j] or full[j]:
                 continue
             per = per_rate[j][k]
-            room = min(_room(mem_left[j], mem[k] * per), _room(comp_left[j], comp[k] * per))
-            room = min(room, _room(core_left[j], per))
+            # the room left in req/s under each budget (inf where the pool needs none of it)
+            m_rate, c_rate = mem[k] * per, comp[k] * per
+            room = min(
+                math.inf if m_rate <= 0 else max(mem_left[j], 0.0) / m_rate,
+                math.inf if c_rate <= 0 else max(comp_left[j], 0.0) / c_rate,
+            )
+            room = min(room, math.inf if per <= 0 else max(core_left[j], 0.0) / per)
             take = min(need, room)
             mem_left[j] -= take * mem[k] * per
             comp_left[j] -= take * comp[k] * per
@@ -168,11 +187,9 @@ def _filled_by_greedy(q: QueueProblem, w: FloatArray, t_best: FloatArray, in_s: 
     return np.array(full, dtype=bool)
 
 
-def _room(left: float, per_rate: float) -> float:
-    return float("inf") if per_rate <= 0 else max(left, 0.0) / per_rate
-
-
-def _restricted(q: QueueProblem, in_s: BoolArray, x: FloatArray, r: FloatArray) -> tuple[QueueProblem, BoolArray]:
+def _restricted(
+    q: QueueProblem, in_s: BoolArray, x: FloatArray, r: FloatArray, total: FloatArray | None = None
+) -> tuple[QueueProblem, BoolArray]:
     """R(S) on S's nodes (the rejection column becomes each stream's outside option at its cost) and the
     columns [c, j in S] that may carry rate in it.
 
@@ -185,8 +202,9 @@ def _restricted(q: QueueProblem, in_s: BoolArray, x: FloatArray, r: FloatArray) 
     nodes = np.flatnonzero(in_s)
     outside = np.full(p.n_classes, q.penalty())
     placed = x.sum(axis=1) > 0
-    w, _ = free_pool_terms(q)
-    total = p.cost + w[:, p.class_model].T
+    if total is None:
+        w, _ = free_pool_terms(q)
+        total = p.cost + w[:, p.class_model].T
     outside[placed] = np.minimum(outside[placed], (total * (x > 0)).sum(axis=1)[placed])
     allowed = np.ones((p.n_classes, len(nodes)), dtype=bool)
     if PRUNE:
@@ -241,14 +259,15 @@ def _merge(
     return out, np.where(placed, 0.0, sub.r)
 
 
-def _overfilled(q: QueueProblem, n: FloatArray) -> BoolArray:
-    """[j] nodes whose instances exceed the NLP's memory, compute or core rows (with their N_MIN slack)."""
+def _overfilled(q: QueueProblem, n: FloatArray, cores: FloatArray | None = None) -> BoolArray:
+    """[j] nodes whose instances exceed the NLP's memory, compute or core rows (with their N_MIN slack);
+    ``cores``: ``q.cores()`` where the caller has it."""
     p = q.base
     new = np.maximum(n - p.free, 0.0)
     mem_cu = np.maximum(p.mem_budget, 0.0) + N_MIN * float(np.sum(p.mem))
     comp_cu = np.maximum(p.comp_budget, 0.0) + N_MIN * float(np.sum(p.comp))
     tol = 1e-9
-    cores = np.maximum(q.cores(), 2 * N_MIN * len(p.model_names))  # as the core rows (solver.queue_model)
+    cores = np.maximum(q.cores() if cores is None else cores, 2 * N_MIN * len(p.model_names))  # as the core rows
     return np.asarray(
         (new @ p.mem > mem_cu * (1 + tol) + tol)
         | (new @ p.comp > comp_cu * (1 + tol) + tol)
@@ -257,11 +276,17 @@ def _overfilled(q: QueueProblem, n: FloatArray) -> BoolArray:
 
 
 def objective_value(
-    q: QueueProblem, x: FloatArray, r: FloatArray, n: FloatArray, servers: FloatArray | None = None
+    q: QueueProblem,
+    x: FloatArray,
+    r: FloatArray,
+    n: FloatArray,
+    servers: FloatArray | None = None,
+    lam: FloatArray | None = None,
 ) -> float:
-    """The NLP's objective at rates x [c, j], rejections r [c], instance counts n and effective servers [j, k]."""
+    """The NLP's objective at rates x [c, j], rejections r [c], instance counts n and effective servers [j, k]
+    (``lam``: the pools' rates x.T @ eye[class_model] where the caller has them)."""
     p = q.base
-    lam = x.T @ np.eye(len(p.model_names))[p.class_model]
+    lam = x.T @ np.eye(len(p.model_names))[p.class_model] if lam is None else lam
     n = np.maximum(n, N_MIN)
     e = np.maximum(n if servers is None else servers, N_MIN)
     t = lam / e

@@ -123,19 +123,31 @@ class QueueProblem:
         A node with a fraction c < 1 of a core is modelled as one core at c times the speed: its ``mu`` is
         scaled by c (``build_queue_problem``), so one instance's throughput, and the instance bound counted
         from it, are what the node can deliver. In instance units: an instance with ``slots`` slots
-        (solver.node_cpu.node_slots) takes that many cores, so the node holds ``cores / slots`` of them."""
-        return np.asarray(np.maximum(node_cores(self.base), 1.0) / node_slots(self.base))
+        (solver.node_cpu.node_slots) takes that many cores, so the node holds ``cores / slots`` of them.
+
+        Computed once per problem (the snapshot's nodes and the problem are immutable; a relaxation asked for
+        it ~6 times, each a pass over the snapshot's nodes): each call gets its own copy."""
+        cached = self.__dict__.get("_cores")
+        if cached is None:
+            cached = np.asarray(np.maximum(node_cores(self.base), 1.0) / node_slots(self.base))
+            object.__setattr__(self, "_cores", cached)  # not a field: dataclasses.replace computes it anew
+        return np.array(cached)
 
     @property
     def service_ms(self) -> FloatArray:
         return np.asarray(1000.0 / self.mu)
 
     def penalty(self) -> float:
-        """Per req/s rejected: more than serving it anywhere, waiting included, plus a whole instance."""
-        wait = float(self.service_ms.max()) / (1.0 - self.rho_max)
-        worst = float(self.base.cost.max(initial=1.0)) + wait
-        smallest = float(self.rate[self.rate > 0].min(initial=1.0))
-        return 10.0 * (worst + self.instance_cost / smallest)
+        """Per req/s rejected: more than serving it anywhere, waiting included, plus a whole instance (computed once
+        per problem, as ``cores``)."""
+        cached = self.__dict__.get("_penalty")
+        if cached is None:
+            wait = float(self.service_ms.max()) / (1.0 - self.rho_max)
+            worst = float(self.base.cost.max(initial=1.0)) + wait
+            smallest = float(self.rate[self.rate > 0].min(initial=1.0))
+            cached = 10.0 * (worst + self.instance_cost / smallest)
+            object.__setattr__(self, "_penalty", cached)
+        return float(cached)
 
 
 def build_queue_problem(p: Problem, instance_cost: float = INSTANCE_COST, rho_max: float = RHO_MAX) -> QueueProblem:
@@ -219,6 +231,7 @@ class WarmStart:
     options: dict[str, Any]
     layout: Any = None  # the _Layout of these columns where the caller built it already (built once per solve)
     jacobian: Any = None  # _jacobian(q, layout)'s result alike
+    callbacks: Any = None  # a _Callbacks of this layout (its rows are set to Ipopt's; its delay terms at x kept)
 
 
 class _Layout:
@@ -285,10 +298,10 @@ def _jacobian(q: QueueProblem, lay: _Layout) -> tuple[IntArray, IntArray, FloatA
     cols: list[Any] = []
     vals: list[Any] = []
 
-    def add(r: Any, c: Any, v: Any) -> None:
-        rows.append(np.asarray(r))
-        cols.append(np.asarray(c))
-        vals.append(np.broadcast_to(np.asarray(v, dtype=float), np.shape(r)))
+    def add(r: Any, c: Any, v: Any) -> None:  # r, c: index arrays; v: one value for all, or one each (floats)
+        rows.append(r)
+        cols.append(c)
+        vals.append(np.full(len(r), v) if isinstance(v, float) else v)
 
     add(cc, lay.x0 + np.arange(X), 1.0)  # assign rows 0..C-1
     add(np.arange(C), lay.r0 + np.arange(C), 1.0)
@@ -399,14 +412,17 @@ class _Callbacks:
         self.lam = slice(lay.lam0, lay.lam0 + lay.P)
         contiguous = np.array_equal(lay.server, lay.n0 + np.arange(lay.P))  # the compact form: n is the servers
         self.server: slice | IntArray = slice(lay.n0, lay.n0 + lay.P) if contiguous else lay.server
+        # the compact form's n follows lam in the variables: the pools' entries are one slice
+        self.pool_slice = slice(lay.lam0, lay.n0 + lay.P) if contiguous and lay.n0 == lay.lam0 + lay.P else None
         self.iterations = 0
         self._key: FloatArray | None = None  # the pools' entries of the point of the cached delay terms
         self._terms: tuple[FloatArray, ...] = ()
 
     def _delay_at(self, x: FloatArray) -> tuple[FloatArray, ...]:
         """``_delay`` at the pools of point x, computed once per point."""
-        key = np.concatenate([x[self.lam], x[self.server]])
-        if self._key is None or not np.array_equal(key, self._key):
+        key = np.concatenate([x[self.lam], x[self.server]]) if self.pool_slice is None else x[self.pool_slice].copy()
+        # np.array_equal's test (same shape, every entry ==) without its wrapper: Ipopt calls this ~15 times a solve
+        if self._key is None or key.shape != self._key.shape or not (key == self._key).all():
             P = self.lay.P
             self._terms = self._delay(np.maximum(key[:P], 0.0), np.maximum(key[P:], N_MIN))
             self._key = key
@@ -510,7 +526,11 @@ def _solve_form(
     kept[drop] = False
     full = warm.jacobian if warm is not None and warm.jacobian is not None else _jacobian(q, lay)
     rows, jcols, vals, cl, cu = _without_rows(full[0], full[1], full[2], full[3], full[4], drop)
-    callbacks = _Callbacks(q, lay, (rows, jcols, vals))
+    if warm is not None and warm.callbacks is not None:  # the caller's, built on this layout (no second build)
+        callbacks = warm.callbacks
+        callbacks.rows, callbacks.cols, callbacks.vals, callbacks.iterations = rows, jcols, vals, 0
+    else:
+        callbacks = _Callbacks(q, lay, (rows, jcols, vals))
     callbacks.m = len(cl)
     lb = np.zeros(lay.size)
     lb[lay.n0 : lay.n0 + lay.P] = N_MIN

@@ -100,7 +100,7 @@ def solve_certified(q: QueueProblem, allowed: BoolArray) -> NlpSolution | None:
     answer = _lp_answer(q, allowed, found) if LP_ANSWER else None
     if answer is not None:
         return answer
-    scale = max(1.0, float(np.abs(q.base.cost).max(initial=0.0)))
+    scale = max(1.0, float(np.abs(q.base.cost).max(initial=0.0)))  # the pricing's scale too (``_priced_in``)
     in_lp = allowed & ((lp.x > 0) | (found.reduced <= REDUCED_TOL * scale))
     slivers = _sliver_columns(q, allowed, found) if SLIVERS else np.zeros_like(allowed)
     in_lp |= slivers
@@ -120,7 +120,7 @@ def solve_certified(q: QueueProblem, allowed: BoolArray) -> NlpSolution | None:
         if sol.status != "optimal":
             log.info("warm R(S): Ipopt %s in round %d; the cold path solves it", sol.status, rounds)
             return None
-        enter = _priced_in(q, mult, in_lp) & allowed
+        enter = _priced_in(q, mult, in_lp, scale) & allowed
         if not enter.any() or not PRICE:
             return dataclasses.replace(sol, iterations=iterations, rounds=rounds, columns=len(cols))
         in_lp |= enter
@@ -150,16 +150,20 @@ def _sliver_columns(q: QueueProblem, allowed: BoolArray, proof: Proof) -> BoolAr
     at y_pool = 0), where that gain is positive."""
     p = q.base
     lam = proof.solution.lam
-    gain = np.where(allowed, p.cost + proof.assign[:, None], np.inf)  # [c, j]
+    gain = _by_model(q, np.where(allowed, p.cost + proof.assign[:, None], np.inf))  # [k, c, j]
+    best = np.argmin(gain, axis=1)  # [k, j] per pool its model's first stream (in stream order) of least gain
+    kk, jj = np.nonzero((gain.min(axis=1) < 0) & (lam.T <= 0))  # a negative least: the column gains
     out = np.zeros_like(allowed)
-    for k in range(len(p.model_names)):
-        mine = np.flatnonzero(p.class_model == k)
-        if not len(mine):
-            continue
-        best = np.argmin(gain[mine], axis=0)  # [j]
-        value = gain[mine[best], np.arange(p.n_nodes)]
-        take = (value < 0) & (lam[:, k] <= 0)
-        out[mine[best[take]], np.flatnonzero(take)] = True
+    out[best[kk, jj], jj] = True
+    return out
+
+
+def _by_model(q: QueueProblem, per_column: FloatArray) -> FloatArray:
+    """[k, c, j] ``per_column`` [c, j] in its stream's model's plane, inf in the others' (a least over a model's
+    streams is then one reduction over axis 1, exact as the least over its own rows)."""
+    p = q.base
+    out = np.full((len(p.model_names), *per_column.shape), np.inf)
+    out[p.class_model, np.arange(p.n_classes)] = per_column
     return out
 
 
@@ -203,21 +207,16 @@ def _empty_pool_prices(q: QueueProblem, proof: Proof, in_lp: BoolArray) -> Float
     restricted columns, at most 0 (the LP's dual of an empty pool's row is any value below its columns'; at
     lam = 0 the NLP's is where the cheapest sliver would enter, 0 with none)."""
     p = q.base
-    K = len(p.model_names)
-    into = np.where(in_lp, p.cost + proof.assign[:, None], np.inf)  # [c, j]
-    least = np.full((p.n_nodes, K), np.inf)
-    for k in range(K):
-        mine = p.class_model == k
-        if mine.any():
-            least[:, k] = into[mine].min(axis=0)
+    least = _by_model(q, np.where(in_lp, p.cost + proof.assign[:, None], np.inf)).min(axis=1).T  # [j, k]
     empty = (proof.solution.lam <= 0).ravel()
     return np.asarray(np.where(empty, np.minimum(least.ravel(), 0.0), proof.pool))
 
 
-def _priced_in(q: QueueProblem, mult: FloatArray, in_lp: BoolArray) -> BoolArray:
-    """[c, j] left-out columns with a negative reduced cost at Ipopt's multipliers (solver.queue_lazy's rule)."""
+def _priced_in(q: QueueProblem, mult: FloatArray, in_lp: BoolArray, scale: float | None = None) -> BoolArray:
+    """[c, j] left-out columns with a negative reduced cost at Ipopt's multipliers (solver.queue_lazy's rule;
+    ``scale``: max(1, the largest |cost|) where the caller has it)."""
     red = reduced_costs(q, mult)
-    tol = PRICE_TOL * max(1.0, float(np.abs(q.base.cost).max(initial=0.0)))
+    tol = PRICE_TOL * (max(1.0, float(np.abs(q.base.cost).max(initial=0.0))) if scale is None else scale)
     return np.asarray(~in_lp & (red < -tol))
 
 
@@ -264,4 +263,4 @@ def _warm(q: QueueProblem, cols: IntArray, point: tuple[FloatArray, ...], y: Flo
     grad = calls.gradient(v) + np.bincount(jcols, weights=vals * y[rows], minlength=lay.size)
     zl = np.maximum(grad, 0.0)
     zu = np.maximum(-grad, 0.0)
-    return WarmStart(v, y, zl, zu, WARM_OPTIONS if EXACT_BOUNDS else WARM_OPTIONS | RELAXED_START, lay, jac)
+    return WarmStart(v, y, zl, zu, WARM_OPTIONS if EXACT_BOUNDS else WARM_OPTIONS | RELAXED_START, lay, jac, calls)
