@@ -2,7 +2,8 @@
 # Install everything peerserve needs on a Debian/Ubuntu machine, as root, into a virtual environment
 # (default .venv in the repository; PEERSERVE_VENV overrides). Idempotent: a second run changes nothing.
 #   apt: python3, venv, headers, and what scripts/install-solver.sh needs
-#   pip: peerserve (editable) with the solver, agent, serving and dev extras; Triton's server binary from
+#   pip: peerserve (editable) with the solver, agent, serving and dev extras, at the versions of
+#        scripts/constraints.txt (what the suite last passed with); Triton's server binary from
 #        the nvidia-pytriton wheel (--no-deps: only its tritonserver is used); the digits model's weights
 #   --test: also what the test suite's real parts need: Docker Engine (docker.io), mmdebstrap (local
 #           images without a registry), iproute2 (network namespaces), prometheus (scraped in the
@@ -60,7 +61,7 @@ if [ ! -x "$venv/bin/python" ]; then
   python3 -m venv "$venv"
 fi
 venv=$(cd "$venv" && pwd)
-quiet_pip "$venv/bin/python" -m pip install -q -e ".[solver,agent,dev,serving]"
+quiet_pip "$venv/bin/python" -m pip install -q -c scripts/constraints.txt -e ".[solver,agent,dev,serving]"
 quiet_pip "$venv/bin/python" -m pip install -q --no-deps "nvidia-pytriton==0.7.0"
 # Triton 2.51's Python backend stub needs numpy 1.x (agent/runtime/triton.py); kept apart from the venv's
 [ -d "$venv/lib/peerserve-triton-site/numpy" ] ||
