@@ -92,12 +92,14 @@ class RequestWindow:
         for node, records in list(self._by_node.items()):
             kept = [row for row in records if oldest <= row_ts(row) <= newest]
             if len(kept) == len(records):
-                continue
+                continue  # nothing expired here: neither its rows nor its bytes change
             if kept:
                 self._by_node[node] = deque(kept)
+                self._bytes_of[node] = held_bytes(kept)
             else:
-                del self._by_node[node]
-        self._recount()
+                del self._by_node[node], self._bytes_of[node]
+        self._size = sum(len(d) for d in self._by_node.values())
+        self._bytes = sum(self._bytes_of.values())
 
     def records(self) -> RecordView:
         """Every record kept, node by node in arrival order, each ``logged_by`` its node (unpacked on reading)."""
