@@ -33,10 +33,11 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from itertools import chain
 from typing import IO, TYPE_CHECKING, Any
 
-from agent.window_sync import BuildInputs, WindowBuild, WindowSyncError, WorkerWindow, encode_delta, encode_reset
+from agent.window_sync import BuildInputs, WindowBuild, WindowSyncError, WorkerWindow, delta_parts, reset_parts
 
 if TYPE_CHECKING:
     from solver.hold import LastSplit
@@ -148,17 +149,20 @@ class SolverWorker:
 
     def _window_round_trip(self, proc: subprocess.Popen[bytes], build: WindowBuild, tail: str) -> dict[str, Any]:
         """One request with the window's delta (a reset where the worker is not at its base; once more as a reset
-        when the worker refuses the delta). Runs in a thread: the encoding lets the event loop in between chunks."""
+        when the worker refuses the delta). Runs in a thread: the encoding lets the event loop in between chunks, and
+        is written to the worker a chunk at a time (the serving process never holds a whole window's text: at a
+        16 MiB window that text is ~22 MiB, and was held three times over while it was put together)."""
         delta = build.delta
         for reset in (self._synced != (proc.pid, delta.base) or delta.gap, True):
-            window = encode_reset(build.records, delta.seq, build.config) if reset else encode_delta(delta)
+            window = reset_parts(build.records, delta.seq, build.config) if reset else delta_parts(delta)
             if reset:
                 self.resets += 1
                 log.info("solver worker gets the whole request window (%d records)", len(build.records))
             self._synced = None  # until the worker says it applied this one
+            pieces = (p.encode() for p in chain(('{"window":',), window, (f",{tail[1:]}\n",)))
             try:
-                reply = self._round_trip(proc, f'{{"window":{window},{tail[1:]}\n'.encode())
-            except SolverWorkerError:
+                reply = self._round_trip(proc, pieces)
+            except Exception:  # unreachable, or a request not written whole: the pipe cannot be trusted
                 if proc is self._proc and proc.poll() is None:
                     self._kill()
                 raise
@@ -172,11 +176,13 @@ class SolverWorker:
                 break
         return reply
 
-    def _round_trip(self, proc: subprocess.Popen[bytes], request: bytes) -> dict[str, Any]:
+    def _round_trip(self, proc: subprocess.Popen[bytes], request: bytes | Iterable[bytes]) -> dict[str, Any]:
+        """Write one request line (whole, or piece by piece as it is encoded) and read the reply line."""
         assert proc.stdin is not None and proc.stdout is not None
         with self._lock:
             try:
-                proc.stdin.write(request)
+                for piece in (request,) if isinstance(request, bytes) else request:
+                    proc.stdin.write(piece)
                 proc.stdin.flush()
                 line = proc.stdout.readline(self.max_reply_bytes + 1)
             except (OSError, ValueError) as exc:

@@ -142,8 +142,16 @@ class JournaledWindow(RequestWindow):
 def encode_rows(rows: Sequence[bytes]) -> str:
     """A JSON array of chunks, each up to ``ENCODE_CHUNK`` packed rows and ``CHUNK_BYTES`` of them, marshalled and
     base64-encoded (short C calls: other threads run in between)."""
-    chunks = (base64.b64encode(marshal.dumps(list(rows[i:j]))).decode() for i, j in chunk_bounds(rows))
-    return "[" + ",".join(f'"{c}"' for c in chunks) + "]"
+    return "".join(_rows_parts(rows))
+
+
+def _rows_parts(rows: Sequence[bytes]) -> Iterator[str]:
+    """``encode_rows``'s text in pieces of at most one chunk (a message is written to the worker piece by piece: the
+    serving process never holds a whole window's text)."""
+    yield "["
+    for n, (i, j) in enumerate(chunk_bounds(rows)):
+        yield f'{"," if n else ""}"{base64.b64encode(marshal.dumps(list(rows[i:j]))).decode()}"'
+    yield "]"
 
 
 def chunk_bounds(rows: Sequence[bytes]) -> Iterator[tuple[int, int]]:
@@ -176,23 +184,40 @@ def decode_rows(chunks: Iterable[str]) -> list[bytes]:
 
 def encode_delta(delta: WindowDelta) -> str:
     """The JSON text of a delta message (``delta.gap`` must be False: a gap needs ``encode_reset``)."""
-    events = []
-    for event in delta.events:
+    return "".join(delta_parts(delta))
+
+
+def delta_parts(delta: WindowDelta) -> Iterator[str]:
+    """``encode_delta``'s text in pieces of at most one chunk of rows."""
+    yield f'{{"base":{delta.base},"seq":{delta.seq},"events":['
+    for n, event in enumerate(delta.events):
+        comma = "," if n else ""
         if event[0] == "add":
             _, node, now, records = event  # type: ignore[misc]
-            events.append(f'["add",{json.dumps(node)},{json.dumps(now)},{encode_rows(records)}]')
+            yield f'{comma}["add",{json.dumps(node)},{json.dumps(now)},'
+            yield from _rows_parts(records)
+            yield "]"
         else:
-            events.append(f'["expire",{json.dumps(event[1])}]')
-    return f'{{"base":{delta.base},"seq":{delta.seq},"events":[{",".join(events)}]}}'
+            yield f'{comma}["expire",{json.dumps(event[1])}]'
+    yield "]}"
 
 
 def encode_reset(records: Sequence[RequestRecord], seq: int, config: WindowConfig) -> str:
     """The JSON text of a reset message: the whole window at sequence ``seq`` (``RequestWindow.records()``: node by
     node, each ``logged_by`` its node; its rows are sent as they are held) with its bounds (max_records, window_s,
     max_ahead_s, max_bytes)."""
+    return "".join(reset_parts(records, seq, config))
+
+
+def reset_parts(records: Sequence[RequestRecord], seq: int, config: WindowConfig) -> Iterator[str]:
+    """``encode_reset``'s text in pieces of at most one chunk of rows."""
     view = records if isinstance(records, RecordView) else RecordView(_packed_groups(records))
-    nodes = ",".join(f"[{json.dumps(node)},{encode_rows(rows)}]" for node, rows in view.groups)
-    return f'{{"seq":{seq},"config":{json.dumps(list(config))},"reset":[{nodes}]}}'
+    yield f'{{"seq":{seq},"config":{json.dumps(list(config))},"reset":['
+    for n, (node, rows) in enumerate(view.groups):
+        yield f"{',' if n else ''}[{json.dumps(node)},"
+        yield from _rows_parts(rows)
+        yield "]"
+    yield "]}"
 
 
 def _packed_groups(records: Iterable[RequestRecord]) -> list[tuple[str | None, list[bytes]]]:

@@ -15,7 +15,8 @@ The worst case (``--worst N``, 50,000 by default; 0 leaves it out), in a fresh c
 records offered (``maximal_record``: the widest a peer's request page may carry, each packing to ~8 KiB, just under
 the row limit) by ten nodes, in pages that fit a peer answer, then a real solver worker given the whole window and
 ``--reps`` delta rounds of ``--new-per-round`` more: the records and bytes the window holds, the serving process's
-RSS growth, and the worker's RSS before, after the whole window and after the rounds.
+RSS growth (after the fill, and its peak: VmHWM, the whole window's encoding for the worker included), and the
+worker's RSS before, after the whole window, after the rounds and at its peak.
 
     python bench/window_memory_bench.py --records 1000,10000,50000 --before-rev 5f53e85 --json
 """
@@ -51,12 +52,12 @@ def maximal_record(ts: float, model: str = "m" * 128) -> Any:
     return RequestRecord(ts, model, "\u20ac" * 128, rtt, "\u20ac" * 64, 60_000.0, 200)
 
 
-def rss_kib(pid: int) -> int:
-    """A process's resident set (VmRSS, KiB) from /proc."""
+def rss_kib(pid: int, field: str = "VmRSS") -> int:
+    """A process's resident set (VmRSS, KiB; ``field="VmHWM"``: its peak so far) from /proc."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1])
-    raise RuntimeError(f"no VmRSS for {pid}")
+    raise RuntimeError(f"no {field} for {pid}")
 
 
 def cpu_ms(pid: int) -> float:
@@ -114,7 +115,8 @@ async def _worker_figures(w: Any, inputs: Any, new_per_round: int, reps: int, pa
             round_ms = min(round_ms, (time.perf_counter() - t) * 1000.0)
             round_cpu = min(round_cpu, cpu_ms(pid) - c)
         return {"worker_rss_before_kib": before, "worker_rss_after_kib": after, "worker_round_ms": round_ms,
-                "worker_rss_round_kib": rss_kib(pid), "worker_round_cpu_ms": round_cpu}  # fmt: skip
+                "worker_rss_round_kib": rss_kib(pid), "worker_round_cpu_ms": round_cpu,
+                "worker_rss_peak_kib": rss_kib(pid, "VmHWM")}  # fmt: skip
     finally:
         await worker.close()
 
@@ -194,6 +196,7 @@ def measure_worst(n: int, reps: int, new_per_round: int) -> dict[str, float]:
     figures = asyncio.run(_worker_figures(w, inputs, new_per_round, reps,
                                           lambda k, i: [maximal_record(1059.0, first) for _ in range(k)]))  # fmt: skip
     out.update({f"worst_{k}": v for k, v in figures.items() if k.startswith("worker_rss")})
+    out["worst_serving_rss_peak_kib"] = rss_kib(os.getpid(), "VmHWM") - rss0  # the whole window's encoding included
     out["worst_records_after_rounds"] = len(w)
     out["worst_window_kib_after_rounds"] = window_bytes(w) / 1024
     return out
@@ -242,9 +245,9 @@ def main(argv: list[str] | None = None) -> int:
     keys = ("window_heap_kib", "serving_rss_kib", "worker_rss_before_kib", "worker_rss_after_kib",
             "worker_rss_round_kib", "build_ms", "handoff_round_ms", "reset_encode_ms", "worker_round_ms",
             "worker_round_cpu_ms")  # fmt: skip
-    worst = ("worst_records", "worst_window_kib", "worst_serving_rss_kib", "worst_worker_rss_before_kib",
-             "worst_worker_rss_after_kib", "worst_worker_rss_round_kib", "worst_records_after_rounds",
-             "worst_window_kib_after_rounds")  # fmt: skip
+    worst = ("worst_records", "worst_window_kib", "worst_serving_rss_kib", "worst_serving_rss_peak_kib",
+             "worst_worker_rss_before_kib", "worst_worker_rss_after_kib", "worst_worker_rss_round_kib",
+             "worst_worker_rss_peak_kib", "worst_records_after_rounds", "worst_window_kib_after_rounds")  # fmt: skip
     shown = [(str(n), f"{n} records:", keys) for n in sizes]
     if args.worst:
         shown.append(("worst", f"worst case, {args.worst} maximal records offered:", worst))

@@ -143,3 +143,35 @@ def test_a_flood_of_maximal_rows_leaves_the_workers_copy_within_the_budget_and_t
             await worker.close()
 
     asyncio.run(scenario())
+
+
+def test_a_message_not_written_whole_ends_the_worker_and_the_next_round_resets(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The window goes to the worker piece by piece as it is encoded: a failure half-way leaves its line protocol
+    mid-line, so that worker is ended, and the next round gives a new one the whole window."""
+    import agent.solver_worker as sw
+
+    def broken(*args: Any) -> Any:
+        yield '{"seq":1,'
+        raise RuntimeError("encoding failed")
+
+    async def scenario() -> None:
+        worker = SolverWorker("least-loaded")
+        try:
+            worker.start()
+            steps = rounds(9)
+            records, config, delta, now = steps[0]
+            with monkeypatch.context() as m:
+                m.setattr(sw, "reset_parts", broken)
+                with pytest.raises(RuntimeError, match="encoding failed"):
+                    await worker.solve_window(WindowBuild(delta, records, config, inputs(now)), "least-loaded", "1")
+            assert worker.pid is None  # ended
+            records, config, delta, now = steps[1]
+            plan, _, requests = await worker.solve_window(
+                WindowBuild(delta, records, config, inputs(now)), "least-loaded", "1"
+            )
+            expected, _ = await worker.solve(inputs(now).build(records), "least-loaded", "1")
+            assert timeless(plan) == timeless(expected) and requests > 0 and worker.resets == 2
+        finally:
+            await worker.close()
+
+    asyncio.run(scenario())

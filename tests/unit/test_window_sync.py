@@ -26,9 +26,11 @@ from agent.window_sync import (
     WindowSyncError,
     WorkerWindow,
     decode_rows,
+    delta_parts,
     encode_delta,
     encode_reset,
     encode_rows,
+    reset_parts,
 )
 from bench.window_memory_bench import maximal_record
 
@@ -206,6 +208,21 @@ def test_chunks_are_bounded_in_bytes_and_a_longer_one_is_refused() -> None:
     too_long = base64.b64encode(marshal.dumps(wide[:40])).decode()
     with pytest.raises(ValueError, match="at most"):
         decode_rows([too_long])
+
+
+def test_a_message_is_encoded_in_pieces_of_at_most_a_chunk() -> None:
+    """The worker is sent a message piece by piece as it is encoded (agent.solver_worker): no piece is longer than a
+    chunk, so the serving process never holds a whole window's text; the pieces make the message."""
+    window = JournaledWindow(10_000, 600.0, 30.0, 3 << 20)
+    for node in NODES:
+        window.add(node, [maximal_record(1000.0, MODELS[0])] * 120, 1000.0)
+    window.expire(1000.0)
+    records, delta = window.records(), window.take_delta()
+    for parts, whole in ((reset_parts(records, delta.seq, window.config()), encode_reset(records, delta.seq,
+                          window.config())), (delta_parts(delta), encode_delta(delta))):  # fmt: skip
+        pieces = list(parts)
+        assert "".join(pieces) == whole and len(whole) > 8 * MAX_CHUNK_CHARS
+        assert max(len(p) for p in pieces) <= MAX_CHUNK_CHARS + 2  # a chunk, its quotes and a comma
 
 
 def test_the_journal_bounds_events_not_only_records_and_skips_empty_pages() -> None:
