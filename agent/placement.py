@@ -52,8 +52,8 @@ MAX_SLOWDOWN = 8.0  # the most contention divided out of a node's measured servi
 # requests): past it the busiest streams in the window are kept (2,000 made-up client ids: an 8 s solve)
 MAX_THESIS_STREAMS = 1000
 # what the snapshot reads of a node's per-model usage (its /stats/models entry): a report keeps these only, so a
-# member's answer of 256 models x 16 made-up keys (~700 KB of objects, kept a round and then as the stale stand-in,
-# and sent to the solver worker every round) costs the leader 256 x 3 figures
+# member's answer of 200 models x 16 made-up keys (~560 KB of objects, kept a round and then as the stale stand-in,
+# and sent to the solver worker every round) costs the leader ~40 KB
 USAGE_KEYS = ("requests_since_provisioned", "last_request", "provisioned_at")
 _Stream = TypeVar("_Stream", bound=Mapping[str, Any])
 
