@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import os
 import time
@@ -10,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from agent.catalogue import CatalogueWatcher, builtin_catalogue_text, parse_catalogue
+from agent.cli import register
 from agent.errors import ConfigError
 from agent.leadership import Leadership
 from agent.node import NodeAgent
@@ -148,3 +150,13 @@ def test_the_request_window_budget_reaches_the_leaders_window(tmp_path: Path) ->
 
     assert asyncio.run(scenario())[3] == int(2.5 * 2**20)
     assert Settings.request_window_mb * 2**20 == MAX_WINDOW_BYTES
+
+
+def test_the_request_window_budget_is_a_flag(tmp_path: Path) -> None:
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    args = parser.parse_args(["agent", "--request-window-mb", "2.5"])
+    overrides = {"request_window_mb": args.request_window_mb, "data_dir": str(tmp_path)}
+    assert load_settings(env={}, overrides=overrides).request_window_mb == 2.5
+    from_env = load_settings(env={"PEERSERVE_REQUEST_WINDOW_MB": "3"}, overrides={"data_dir": str(tmp_path)})
+    assert from_env.request_window_mb == 3
