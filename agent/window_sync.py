@@ -18,7 +18,7 @@ window and each round sends only what changed:
   is refused (``WindowSyncError``); a ``reset`` message carries the whole window (a new worker, after a gap). Its
   copy is held to the same bounds, so it never holds more than the leader's window; while a message is applied the
   worker also holds the message (its JSON line, the parsed text and an event's decoded rows: each within ~1.4x the
-  byte budget), so its peak is a small multiple (~5x) of the budget, never of what peers offered.
+  byte budget; the text is dropped once parsed), so its peak is ~4x the budget (measured), never what peers offered.
 
 Wire form (JSON, the worker's line protocol): ``{"base": int, "seq": int, "events": [...]}`` or ``{"seq": int,
 "reset": [[node, records], ...], "config": [max_records, window_s, max_ahead_s, max_bytes]}``; an event is
