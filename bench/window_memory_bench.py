@@ -86,14 +86,14 @@ def _cpu_ms(fn: Any, reps: int) -> float:
     return best * 1000.0
 
 
-async def _worker_figures(w: Any, inputs: Any, new_per_round: int, reps: int, page: Any = None) -> dict[str, float]:
+async def _worker_figures(w: Any, inputs: Any, new_per_round: int, reps: int, pages: Any = None) -> dict[str, float]:
     """RSS of a real solver worker before/after it takes the whole window, and a delta round's wall time (least);
-    ``page(n, i)``: round i's new records (default: the lab's)."""
+    ``pages(n, i)``: round i's n new records, page by page (default: the lab's, one page)."""
     from agent.solver_worker import SolverWorker
     from agent.window_sync import WindowBuild
     from bench.snapshot_bench import window as lab
 
-    page = page or (lambda n, i: lab(n, seed=99 + i))
+    pages = pages or (lambda n, i: [lab(n, seed=99 + i)])
 
     worker = SolverWorker("least-loaded")
     worker.start()
@@ -107,7 +107,8 @@ async def _worker_figures(w: Any, inputs: Any, new_per_round: int, reps: int, pa
         after = rss_kib(pid)
         round_ms = round_cpu = float("inf")
         for i in range(reps):  # the least wall time, and the worker's least CPU time, of ``reps`` delta rounds
-            w.add("n0", page(new_per_round, i), 1060.0)
+            for page in pages(new_per_round, i):
+                w.add("n0", page, 1060.0)
             w.expire(1060.0)
             t, c = time.perf_counter(), cpu_ms(pid)
             held, delta = w.records(), w.take_delta()
@@ -193,8 +194,12 @@ def measure_worst(n: int, reps: int, new_per_round: int) -> dict[str, float]:
     gc.collect()
     out = {"worst_offered": n, "worst_records": len(w), "worst_window_kib": window_bytes(w) / 1024,
            "worst_serving_rss_kib": rss_kib(os.getpid()) - rss0}  # fmt: skip
-    figures = asyncio.run(_worker_figures(w, inputs, new_per_round, reps,
-                                          lambda k, i: [maximal_record(1059.0, first) for _ in range(k)]))  # fmt: skip
+
+    def widest_pages(k: int, i: int) -> Any:  # as gathered: each page made, added and dropped in turn
+        sizes = (min(WIDEST_PAGE, k - j) for j in range(0, k, WIDEST_PAGE))
+        return ([maximal_record(1059.0, first) for _ in range(size)] for size in sizes)
+
+    figures = asyncio.run(_worker_figures(w, inputs, new_per_round, reps, widest_pages))
     out.update({f"worst_{k}": v for k, v in figures.items() if k.startswith("worker_rss")})
     out["worst_serving_rss_peak_kib"] = rss_kib(os.getpid(), "VmHWM") - rss0  # the whole window's encoding included
     out["worst_records_after_rounds"] = len(w)
