@@ -28,7 +28,13 @@ FLAGS: list[tuple[str, dict[str, Any]]] = [
             "certificates are derived from it and kept in the data dir; it never leaves the node"
         },
     ),
-    ("--node-class", {"help": "node class for the catalogue's execution-time profiles (e.g. xavier-nx)"}),
+    (
+        "--node-class",
+        {
+            "help": "node class for the catalogue's execution-time profiles (e.g. xavier-nx; 1-64 of "
+            "letters, digits, '_', '.', '-')"
+        },
+    ),
     ("--compute", {"type": float, "help": "compute capacity in the catalogue's units (default 100)"}),
     (
         "--cores",

@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 CARD_CONTEXT = b"peerserve-card-v1\0"
 WINDOW_S = 30.0  # a message older or newer than this (sender's clock vs ours) is refused
 NONCE_CACHE = 100_000  # one-time nonces remembered for 2 x WINDOW_S; beyond this, new messages wait (429)
+NONCE_PER_SENDER = 4096  # of them, one sender's (~68 messages/s to one node): past it only that sender waits (429)
 PIN_LIMIT = 4096  # node ids pinned to keys
 CARD_CACHE = 1024  # verified cards kept (saves one signature check per message)
 _EPOCH = datetime.datetime(2020, 1, 1, tzinfo=datetime.timezone.utc)
@@ -126,45 +127,83 @@ class Card:
 
 
 class NonceCache:
-    """One-time nonces seen within the freshness window; bounded (a full cache refuses, never forgets early)."""
+    """One-time nonces seen within the freshness window; bounded (a full cache refuses, never forgets early).
 
-    def __init__(self, ttl_s: float = 2 * WINDOW_S, limit: int = NONCE_CACHE) -> None:
+    Each sender has its own share (``per_sender``): one member sending as fast as it can fills only its own
+    share and waits (429), the others' messages still pass (the whole cache's bound is the last resort)."""
+
+    def __init__(
+        self, ttl_s: float = 2 * WINDOW_S, limit: int = NONCE_CACHE, per_sender: int = NONCE_PER_SENDER
+    ) -> None:
         self.ttl_s = ttl_s
         self.limit = limit
-        self._seen: OrderedDict[str, float] = OrderedDict()
+        self.per_sender = per_sender
+        self._seen: OrderedDict[tuple[str, str], float] = OrderedDict()  # (sender, nonce) -> when, oldest first
+        self._held: dict[str, int] = {}  # sender -> its live nonces (only senders with one or more)
 
     def __len__(self) -> int:
         return len(self._seen)
 
-    def use(self, nonce: str, now: float) -> None:
-        """Record ``nonce``; raises AuthError when it was used before or the cache is full of live ones."""
+    def held(self, sender: str) -> int:
+        """How many of ``sender``'s nonces are remembered."""
+        return self._held.get(sender, 0)
+
+    def use(self, nonce: str, now: float, sender: str = "") -> None:
+        """Record ``sender``'s ``nonce``; AuthError when it was used before, or when the sender's share or the
+        cache is full of live ones (429: retry later)."""
         while self._seen:
-            oldest, at = next(iter(self._seen.items()))
+            (who, oldest), at = next(iter(self._seen.items()))
             if now - at < self.ttl_s:
                 break
-            del self._seen[oldest]
-        if nonce in self._seen:
+            del self._seen[(who, oldest)]
+            left = self._held[who] - 1
+            if left:
+                self._held[who] = left
+            else:
+                del self._held[who]
+        key = (sender, nonce)
+        if key in self._seen:
             raise AuthError("replayed message (nonce already used)")
+        if self._held.get(sender, 0) >= self.per_sender:
+            raise AuthError("too many messages from this sender in the freshness window; retry", 429)
         if len(self._seen) >= self.limit:
             raise AuthError("too many messages in the freshness window; retry", 429)
-        self._seen[nonce] = now
+        self._seen[key] = now
+        self._held[sender] = self._held.get(sender, 0) + 1
+
+
+class DamagedPinFile(AuthError):
+    """The pin file exists but cannot be read as pins: nothing is pinned from it, and nothing new is (403)."""
+
+    def __init__(self, path: Path, reason: str) -> None:
+        self.path, self.reason = path, reason
+        super().__init__(
+            f"this board's pin file {path} is damaged ({reason}); it pins no new node until an operator repairs "
+            "it or moves it aside (docs/operator-guide.md, troubleshooting)",
+            403,
+        )
 
 
 class Pins:
     """node id -> public key, pinned on first authenticated contact, kept in a JSON file (bounded).
 
     The file is the truth: an operator's ``peerserve pins forget`` edits it under the same lock (flock on
-    its folder), and a running agent re-reads it whenever it changed (one stat per check), no restart."""
+    its folder), and a running agent re-reads it whenever it changed (one stat per check), no restart.
+    A damaged file (truncated, hand-edited badly) fails closed: it is never overwritten, and no node is
+    pinned for the first time while it is there (its ids might be in it); a running agent keeps the pins it
+    read before. Writes are fsynced, so a power cut leaves the old file or the new one, never a torn one."""
 
     def __init__(self, path: Path | None, limit: int = PIN_LIMIT) -> None:
         self.path = path
         self.limit = limit
         self._pins: dict[str, bytes] = {}
         self._stamp: tuple[int, int, int] | None = None
+        self._damaged: DamagedPinFile | None = None
         self._refresh()
 
     def check(self, node_id: str, public_key: bytes) -> None:
-        """Pin on first contact; raises AuthError when ``node_id`` is pinned to another key."""
+        """Pin on first contact; raises AuthError when ``node_id`` is pinned to another key, or is not pinned
+        and the pin file is damaged (DamagedPinFile)."""
         self._refresh()
         if self._known(node_id, public_key):
             return
@@ -172,6 +211,8 @@ class Pins:
             self._refresh()
             if self._known(node_id, public_key):  # pinned by an operator meanwhile
                 return
+            if self._damaged is not None:  # a fresh exception each time (a raised one keeps growing its traceback)
+                raise DamagedPinFile(self._damaged.path, self._damaged.reason)
             if len(self._pins) >= self.limit:
                 raise AuthError("pin table full", 403)
             self._pins[node_id] = public_key
@@ -188,8 +229,14 @@ class Pins:
 
     def _refresh(self) -> None:
         stamp = _stamp_of(self.path)
-        if stamp != self._stamp:
-            self._pins, self._stamp = read_pins(self.path), stamp
+        if stamp == self._stamp:
+            return
+        self._stamp = stamp
+        try:
+            self._pins, self._damaged = read_pins(self.path), None
+        except DamagedPinFile as exc:  # logged once per version of the file; the pins read before are kept
+            log.error("%s", exc)
+            self._damaged = exc
 
 
 def _stamp_of(path: Path | None) -> tuple[int, int, int] | None:
@@ -201,26 +248,42 @@ def _stamp_of(path: Path | None) -> tuple[int, int, int] | None:
 
 
 def read_pins(path: Path | None) -> dict[str, bytes]:
-    """The pins kept in ``path`` ({} when there is none, or it is unreadable: logged)."""
+    """The pins kept in ``path`` ({} when there is none); DamagedPinFile when it is there but not pins."""
     if path is None or not path.exists():
         return {}
     try:
-        return {str(k): bytes.fromhex(v) for k, v in json.loads(path.read_text()).items()}
-    except (ValueError, AttributeError, TypeError, OSError) as exc:
-        log.error("ignoring unreadable pin file %s: %s", path, exc)
-        return {}
+        raw = json.loads(path.read_text())
+        if not isinstance(raw, dict):
+            raise ValueError("not a JSON object")
+        pins = {}
+        for node_id, key in raw.items():
+            if not wire.NODE_ID.fullmatch(node_id) or not isinstance(key, str) or len(key) != 64:
+                raise ValueError(f"bad entry {str(node_id)[:64]!r}")
+            pins[node_id] = bytes.fromhex(key)
+        return pins
+    except (ValueError, OSError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise DamagedPinFile(path, str(exc)[:200]) from exc
 
 
 def _save_pins(path: Path | None, pins: Mapping[str, bytes]) -> tuple[int, int, int] | None:
-    """Write ``pins`` atomically (owned like its folder, so root's edits stay the agent's); its new stamp."""
+    """Write ``pins`` atomically and durably (temp file fsynced, renamed, folder fsynced; owned like its
+    folder, so root's edits stay the agent's); its new stamp."""
     if path is None:
         return None
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({k: v.hex() for k, v in pins.items()}))
+    with open(tmp, "w") as f:
+        f.write(json.dumps({k: v.hex() for k, v in pins.items()}))
+        f.flush()
+        os.fsync(f.fileno())
     folder = path.parent.stat()
     if os.geteuid() == 0 and (folder.st_uid, folder.st_gid) != (0, 0):
         os.chown(tmp, folder.st_uid, folder.st_gid)
     os.replace(tmp, path)
+    fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
     return _stamp_of(path)
 
 
@@ -312,7 +375,7 @@ class Identity:
         _check_signature(card, headers, signed)
         _check_fresh(ts, now)
         self.pins.check(card.node_id, card.public_key)
-        self.nonces.use(nonce, now)
+        self.nonces.use(nonce, now, card.node_id)
         return card.node_id
 
     def verify_response(

@@ -224,7 +224,8 @@ class LeaderRound:
         self.members: dict[str, str] = {}
         self.phase = Phase.IDLE
         self.due: float | None = None
-        self.fenced_at: int | None = None  # a term at or past ours that an agent reported
+        self.fenced_at: int | None = None  # a term past ours that an agent reported (a claim: see _on_command_result)
+        self.fenced_until: float | None = None  # no new round before this (one period after that report)
         self.last_placement: dict[str, Any] | None = None
         self.cursors: OrderedDict[str, int] = OrderedDict()  # node -> last request id taken, LRU order
         self.window = JournaledWindow(config.max_window, config.window_s, config.max_clock_ahead_s,
@@ -273,7 +274,7 @@ class LeaderRound:
         self.term, self.members = e.term, dict(e.members)
         self.intent, self.leaving, self.short = {}, {}, {}  # a new term weighs plans against what nodes report
         self.last_reports = {}  # nor does a report from before it stand in for a missed answer
-        self.fenced_at = None
+        self.fenced_at = self.fenced_until = None
         self._round, self.phase = None, Phase.IDLE  # a round of the old term would command with it
         self._due_soon(e.now)
         return []
@@ -290,7 +291,9 @@ class LeaderRound:
             return []
         if r is not None and self.phase is Phase.COMMANDING:
             return self._retries_due(r, now)
-        if r is None and self.due is not None and now >= self.due and self.fenced_at is None:
+        if self.fenced_until is not None and now >= self.fenced_until:
+            self.fenced_at = self.fenced_until = None  # no election deposed us meanwhile: the claim was not news
+        if r is None and self.due is not None and now >= self.due and self.fenced_until is None:
             return self._start(now)
         return []
 
@@ -450,7 +453,10 @@ class LeaderRound:
         if isinstance(e, Acknowledged):
             r.delivered += 1
         elif isinstance(e, Fenced) and e.highest > (self.term or 0):
-            self.fenced_at = max(e.highest, self.fenced_at or 0)  # a newer term exists: no rounds until elected again
+            # a newer term may exist: no new round for one period. A real one deposes us through the election well
+            # before that (its announces and leases); a member's made-up term must not stop placement for good
+            self.fenced_at = max(e.highest, self.fenced_at or 0)
+            self.fenced_until = max(e.now + self.config.period_s, self.fenced_until or 0.0)
         elif isinstance(e, Fenced):  # refused at or below our term (a member that follows no one yet, or lies):
             self.intent.pop(e.node, None)  # that node alone is not commanded this round; the cluster goes on
         elif e.transient and r.attempts[e.node] < self.config.max_attempts:

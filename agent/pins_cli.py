@@ -43,6 +43,20 @@ def register(commands: Any) -> None:
 
 
 def cmd_pins(args: argparse.Namespace) -> int:
+    import sys
+
+    from agent.identity import DamagedPinFile
+
+    try:
+        return _pins(args)
+    except DamagedPinFile as exc:
+        path = Path(args.data_dir) / "peer" / "pins.json"
+        print(f"peerserve: error: {exc}\n  to start afresh (every node pinned again on first contact, the agent "
+              f"picks it up at once): mv {path} {path}.damaged", file=sys.stderr)  # fmt: skip
+        return 1
+
+
+def _pins(args: argparse.Namespace) -> int:
     from agent.identity import edit_pin, read_pins
     from peerserve import wire
     from peerserve.errors import UsageError

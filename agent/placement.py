@@ -42,6 +42,7 @@ from typing import Any, TypeVar
 
 from agent.catalogue import Catalogue
 from agent.decisions import UNKNOWN_RTT_MS
+from peerserve import wire
 
 MIN_LATENCY_SAMPLES = 5  # fewer measured proxy latencies than this: trust the catalogue's profile
 SERVICE_QUANTILE = 0.2  # the service-time estimate: at utilisation <= 0.8 at least this share waits for nothing
@@ -93,6 +94,13 @@ class RequestRecord:
     logged_by: str | None = field(default=None, compare=False)  # whose request log held it (None: unknown)
 
 
+def _node_class(v: Any) -> str:
+    """A node class as the solver's snapshot takes it (one bad report fails its own gather, never the round)."""
+    if not isinstance(v, str) or not wire.NODE_CLASS.fullmatch(v):
+        raise ValueError(f"node_class {str(v)[:80]!r} is not a node class")
+    return v
+
+
 def parse_node_report(stats_node: Mapping[str, Any], stats_models: Mapping[str, Any]) -> NodeReport:
     """Build a NodeReport from the two JSON answers; raises KeyError/TypeError/ValueError on garbage."""
     counts: dict[str, int] = {}
@@ -108,7 +116,7 @@ def parse_node_report(stats_node: Mapping[str, Any], stats_models: Mapping[str, 
         mem_available_mb=float(stats_node["mem_available_mb"]),
         mem_total_mb=float(stats_node["mem_total_mb"]),
         compute=float(stats_node["compute"]),
-        node_class=str(stats_node.get("node_class", "default")),
+        node_class=_node_class(stats_node.get("node_class", "default")),
         instances=counts,
         usage={str(m): {k: v[k] for k in USAGE_KEYS if k in v} for m, v in stats_models.get("models", {}).items()},
         ready=ready,

@@ -19,6 +19,7 @@ from typing import Any
 
 from agent.errors import ConfigError
 from agent.interfaces import interface_address
+from peerserve.wire import NODE_CLASS
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -149,6 +150,8 @@ def _host_for_url(host: str) -> str:
 def validate(s: Settings) -> None:
     if not NODE_ID.fullmatch(s.node_id):
         raise ConfigError("node_id", f"{s.node_id!r} must be one DNS label: letters, digits, '-', '_'")
+    if not NODE_CLASS.fullmatch(s.node_class):
+        raise ConfigError("node_class", f"{s.node_class!r} must be 1-64 letters, digits, '_', '.' or '-'")
     if not 0 < s.port < 65536:
         raise ConfigError("port", f"{s.port} is not a TCP port")
     if not 0 < s.peer_listen_port < 65536 or s.peer_listen_port == s.port:

@@ -9,6 +9,8 @@ from typing import Any
 
 COMMON_HELP = (
     "Without --agent the agents are found by mDNS (PEERSERVE_AGENT=URL[,URL] sets them too). "
+    "PEERSERVE_CLIENT_TOKEN goes only to agents named so (and the members they list), not to ones found by "
+    "mDNS, which cannot be authenticated, unless --trust-discovered. "
     "Exit codes: 0 ok, 1 failure (cluster unreachable, no capacity, ...), 2 usage (unknown model, bad input)."
 )
 
@@ -18,6 +20,13 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--interface", action="append", metavar="ADDR", help="address to browse mDNS on (default all)")
     p.add_argument("--timeout", type=float, default=5.0, help="seconds per request (default 5)")
     p.add_argument("--json", action="store_true", help="print JSON for scripts")
+    p.add_argument(
+        "--trust-discovered",
+        action="store_true",
+        default=None,
+        help="send PEERSERVE_CLIENT_TOKEN to agents found by mDNS too, over plain HTTP (a lab LAN you trust; "
+        "PEERSERVE_TRUST_DISCOVERED=1 does the same)",
+    )
 
 
 def register(commands: Any) -> None:
@@ -58,7 +67,12 @@ def register(commands: Any) -> None:
 def _client(args: argparse.Namespace) -> Any:
     from client import Client
 
-    return Client(agents=args.agent, timeout=args.timeout, discover_interfaces=args.interface)
+    return Client(
+        agents=args.agent,
+        timeout=args.timeout,
+        discover_interfaces=args.interface,
+        trust_discovered=args.trust_discovered,
+    )
 
 
 def _run(args: argparse.Namespace, body: Any) -> int:

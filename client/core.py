@@ -6,7 +6,10 @@
         c.predict("half_plus_two", instances=[1.0, 2.0, 5.0])   # TF-Serving REST -> {"predictions": [...]}
         c.infer("digits_triton", [{"name": "pixels", "shape": [1, 64], "datatype": "FP32", "data": [...]}])
 
-Queries go to any agent and fail over to the next on error or timeout. The client measures its RTT to
+Queries go to any agent and fail over to the next on error, timeout or an answer it cannot use
+(client/answers.py). The client token (``PEERSERVE_CLIENT_TOKEN``) goes only to agents named here or in
+``PEERSERVE_AGENT`` and the members they list, never to one found by mDNS unless ``trust_discovered=True``
+(or ``PEERSERVE_TRUST_DISCOVERED=1``): see client/ops.py and docs/security.md. The client measures its RTT to
 the nodes it learns of (cheap: one small request each, cached for ``rtt_ttl_s``) and reports them with
 every query (``X-Peerserve-RTT``), so the leader's placement sees real client latencies. Both classes are
 thin shells over one core (client/ops.py); ``transport=`` is handed to httpx, as httpx's own clients take it.
@@ -19,7 +22,18 @@ from typing import Any, TypeVar
 
 import httpx
 
-from client.ops import CLIENT_HEADER, RTT_HEADER, Browse, Call, ClientCore, Endpoint, Op, Result, error_for
+from client.ops import (
+    CLIENT_HEADER,
+    RTT_HEADER,
+    AnswerTooLarge,
+    Browse,
+    Call,
+    ClientCore,
+    Endpoint,
+    Op,
+    Result,
+    error_for,
+)
 
 __all__ = ["CLIENT_HEADER", "RTT_HEADER", "AsyncClient", "Client", "Endpoint", "raise_for"]
 
@@ -28,6 +42,25 @@ T = TypeVar("T")
 
 def _options(call: Call, http: httpx.Client | httpx.AsyncClient) -> dict[str, Any]:
     return {"json": call.json, "headers": dict(call.headers), "timeout": call.timeout or http.timeout}
+
+
+def _kept(response: httpx.Response, chunks: list[bytes]) -> httpx.Response:
+    """The answer with its body read (decoded: the encoding headers go with the encoding)."""
+    skip = ("content-encoding", "content-length", "transfer-encoding")
+    headers = [(k, v) for k, v in response.headers.multi_items() if k.lower() not in skip]
+    return httpx.Response(response.status_code, headers=headers, content=b"".join(chunks), request=response.request)
+
+
+def _declared_within(response: httpx.Response, limit: int) -> bool:
+    """Whether the answer says how long it is, within ``limit``, unencoded (h11 holds it to that length)."""
+    length = response.headers.get("content-length", "")
+    return length.isdigit() and int(length) <= limit and "content-encoding" not in response.headers
+
+
+def _over(call: Call, size: int) -> AnswerTooLarge | None:
+    if size <= call.limit:
+        return None
+    return AnswerTooLarge(f"{call.url} answered over {call.limit} bytes")
 
 
 def raise_for(response: httpx.Response) -> None:
@@ -49,8 +82,11 @@ class Client:
         rtt_ttl_s: float = 60.0,
         rtt_override: Mapping[str, float] | None = None,
         transport: httpx.BaseTransport | None = None,
+        trust_discovered: bool | None = None,
     ) -> None:
-        self.core = ClientCore(agents, client_id, discover_interfaces, rtt_ttl_s, rtt_override)
+        self.core = ClientCore(
+            agents, client_id, discover_interfaces, rtt_ttl_s, rtt_override, trust_discovered=trust_discovered
+        )
         self.http = httpx.Client(timeout=timeout, transport=transport)
 
     def __enter__(self) -> Client:
@@ -73,12 +109,27 @@ class Client:
 
                     result = browse(interfaces=list(request.interfaces) if request.interfaces else None)
                     continue
-                try:
-                    result = self.http.request(request.method, request.url, **_options(request, self.http))
-                except httpx.HTTPError as exc:
-                    result = exc
+                result = self._call(request)
         except StopIteration as stop:
             return stop.value  # type: ignore[no-any-return]
+
+    def _call(self, call: Call) -> httpx.Response | httpx.HTTPError:
+        """One request, reading at most ``call.limit`` bytes of the answer."""
+        try:
+            with self.http.stream(call.method, call.url, **_options(call, self.http)) as response:
+                if _declared_within(response, call.limit):
+                    response.read()
+                    return response
+                chunks, size = [], 0
+                for chunk in response.iter_bytes():
+                    size += len(chunk)
+                    too_large = _over(call, size)
+                    if too_large is not None:
+                        return too_large
+                    chunks.append(chunk)
+                return _kept(response, chunks)
+        except httpx.HTTPError as exc:
+            return exc
 
     @property
     def agents(self) -> list[str]:
@@ -120,8 +171,11 @@ class AsyncClient:
         rtt_ttl_s: float = 60.0,
         rtt_override: Mapping[str, float] | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
+        trust_discovered: bool | None = None,
     ) -> None:
-        self.core = ClientCore(agents, client_id, discover_interfaces, rtt_ttl_s, rtt_override)
+        self.core = ClientCore(
+            agents, client_id, discover_interfaces, rtt_ttl_s, rtt_override, trust_discovered=trust_discovered
+        )
         self.http = httpx.AsyncClient(timeout=timeout, transport=transport)
 
     async def __aenter__(self) -> AsyncClient:
@@ -144,12 +198,27 @@ class AsyncClient:
 
                     result = await async_browse(interfaces=list(request.interfaces) if request.interfaces else None)
                     continue
-                try:
-                    result = await self.http.request(request.method, request.url, **_options(request, self.http))
-                except httpx.HTTPError as exc:
-                    result = exc
+                result = await self._call(request)
         except StopIteration as stop:
             return stop.value  # type: ignore[no-any-return]
+
+    async def _call(self, call: Call) -> httpx.Response | httpx.HTTPError:
+        """One request, reading at most ``call.limit`` bytes of the answer."""
+        try:
+            async with self.http.stream(call.method, call.url, **_options(call, self.http)) as response:
+                if _declared_within(response, call.limit):
+                    await response.aread()
+                    return response
+                chunks, size = [], 0
+                async for chunk in response.aiter_bytes():
+                    size += len(chunk)
+                    too_large = _over(call, size)
+                    if too_large is not None:
+                        return too_large
+                    chunks.append(chunk)
+                return _kept(response, chunks)
+        except httpx.HTTPError as exc:
+            return exc
 
     @property
     def agents(self) -> list[str]:

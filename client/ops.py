@@ -2,9 +2,18 @@
 
 An operation yields ``Call`` (one HTTP request) or ``Browse`` (an mDNS browse) and receives the result
 (an ``httpx.Response``, or the ``httpx.HTTPError`` it raised; the agent URLs found). It holds every
-decision: failover order across agents, RTT aggregation, which targets to try in which order, and
-error mapping by the agents' machine-readable ``X-Peerserve-Error`` code. client/core.py drives these
-generators with httpx.Client (sync) or httpx.AsyncClient (async); nothing else differs between the two.
+decision: failover order across agents, RTT aggregation, which targets to try in which order, error
+mapping by the agents' machine-readable ``X-Peerserve-Error`` code, which answers are usable
+(client/answers.py: a malformed 200 counts as a failed call) and which agents get the client token.
+client/core.py drives these generators with httpx.Client (sync) or httpx.AsyncClient (async); nothing
+else differs between the two.
+
+Trust (docs/security.md): an agent found by mDNS cannot be authenticated (anyone on the LAN can advertise
+``_peerserve._tcp``, and adverts carry plain ``http://`` URLs), so ``PEERSERVE_CLIENT_TOKEN`` goes only to
+agents the user named (``agents=``, ``PEERSERVE_AGENT``, ``--agent``) and to the members those list in
+``/cluster`` (over HTTPS only HTTPS ones), or to every agent with ``trust_discovered`` /
+``PEERSERVE_TRUST_DISCOVERED=1`` (a lab LAN). HTTPS certificates are httpx's to verify (``SSL_CERT_FILE``,
+or ``transport=``).
 """
 
 from __future__ import annotations
@@ -19,6 +28,7 @@ from typing import Any, TypeVar
 
 import httpx
 
+from client import answers
 from client.errors import (
     ClusterUnreachableError,
     NoCapacityError,
@@ -31,20 +41,28 @@ from client.errors import (
 RTT_HEADER = "X-Peerserve-RTT"
 CLIENT_HEADER = "X-Peerserve-Client"
 ERROR_HEADER = "X-Peerserve-Error"
+TRUST_ENV = "PEERSERVE_TRUST_DISCOVERED"
 RTT_PROBES = 3
+MAX_AGENTS = 128  # agents kept for failover besides those the user named (found by mDNS, learned from /cluster)
+MESSAGE_MAX = 300  # characters of an agent's error message kept
 
 T = TypeVar("T")
 
 
 @dataclass(frozen=True)
 class Call:
-    """One HTTP request for the shell to make."""
+    """One HTTP request for the shell to make (it reads at most ``limit`` bytes of the answer)."""
 
     method: str
     url: str
     json: Any = None
     headers: Mapping[str, str] = field(default_factory=dict)
     timeout: float | None = None
+    limit: int = answers.CONTROL_LIMIT
+
+
+class AnswerTooLarge(httpx.HTTPError):
+    """An answer longer than its Call's ``limit`` (decoded bytes): the shell stops reading; the call failed."""
 
 
 @dataclass(frozen=True)
@@ -69,33 +87,44 @@ class Endpoint:
     alternatives: tuple[Endpoint, ...] = ()
 
     @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> Endpoint:
-        alts = tuple(cls.from_json(a) for a in data.get("alternatives", []))
-        return cls(str(data["model"]), str(data["node"]), str(data["url"]), dict(data.get("why", {})), alts)
+    def from_json(cls, data: Any, model: str | None = None) -> Endpoint:
+        """An agent's endpoint answer, checked (``answers.Malformed`` when it is not one, or not about ``model``)."""
+        return cls._of(answers.endpoint_fields(data, model))
+
+    @classmethod
+    def _of(cls, f: Mapping[str, Any]) -> Endpoint:
+        return cls(f["model"], f["node"], f["url"], f["why"], tuple(cls._of(a) for a in f["alternatives"]))
 
 
 def default_client_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
 
 
-def error_for(response: httpx.Response) -> PeerserveError | None:
-    """The typed error an answer means (None for success): by X-Peerserve-Error code, else by status."""
+def env_flag(value: str | None) -> bool:
+    return (value or "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def error_for(response: httpx.Response, now: float | None = None) -> PeerserveError | None:
+    """The typed error an answer means (None for success): by X-Peerserve-Error code, else by status.
+    ``now`` (wall clock, default the current time) reads a Retry-After given as an HTTP date."""
     status = response.status_code
     if status < 400:
         return None
     try:
-        body = response.json()
-        message = str(body.get("error", response.text)) if isinstance(body, dict) else response.text[:300]
-    except ValueError:
-        message = response.text[:300]
+        body = answers.body(response)
+        message = str(body.get("error", response.text)) if isinstance(body, dict) else response.text
+    except answers.Malformed:
+        message = response.text
+    message = message[:MESSAGE_MAX]
     code = response.headers.get(ERROR_HEADER)
     if code == "unknown_model":
         return UnknownModelError(message)
     if code == "no_capacity" or (code is None and status == 507):
         return NoCapacityError(message)
     if code == "provisioning" or (code is None and status == 503):
-        return NotReadyError(message, float(response.headers.get("retry-after", "1") or 1))
-    return RequestError(message, status, code)
+        wall = time.time() if now is None else now
+        return NotReadyError(message, answers.retry_after_s(response.headers.get("retry-after"), wall))
+    return RequestError(message, status, code[:64] if code else None)
 
 
 def fails_over(status: int) -> bool:
@@ -119,8 +148,15 @@ def predict_body(instances: Any, inputs: Any) -> dict[str, Any]:
     return {"instances": instances} if instances is not None else {"inputs": inputs}
 
 
+def withheld(agent: str) -> str:
+    return (
+        f"{agent} asks for the client token, which goes only to agents you name (--agent, PEERSERVE_AGENT, "
+        f"agents=) and the members they list; PEERSERVE_TRUST_DISCOVERED=1 sends it to agents found by mDNS too"
+    )
+
+
 class ClientCore:
-    """What a client knows (agents, nodes, RTTs) and the operations on it."""
+    """What a client knows (agents, nodes, RTTs, whom it trusts with its token) and the operations on it."""
 
     def __init__(
         self,
@@ -130,37 +166,70 @@ class ClientCore:
         rtt_ttl_s: float,
         rtt_override: Mapping[str, float] | None,
         clock: Callable[[], float] = time.monotonic,
+        trust_discovered: bool | None = None,
+        wall: Callable[[], float] = time.time,
     ) -> None:
         env = os.environ.get("PEERSERVE_AGENT", "")
         self.agents = [a.rstrip("/") for a in (agents or [u for u in env.split(",") if u])]
+        self.named = frozenset(self.agents)  # the user's own choice: these get the token
+        self.vouched: set[str] = set()  # members a named agent listed (and those they listed)
+        if trust_discovered is None:
+            trust_discovered = env_flag(os.environ.get(TRUST_ENV))
+        self.trust_discovered = trust_discovered
         self.client_id = client_id or os.environ.get("PEERSERVE_CLIENT") or default_client_id()
         self.interfaces = discover_interfaces
         self.rtt_ttl_s = rtt_ttl_s
         self.rtt_override = dict(rtt_override or {})
         self.clock = clock
+        self.wall = wall
         self.rtts: dict[str, float] = {}
         self.rtt_at = -1e18
-        self.nodes: dict[str, str] = {}  # node id -> agent URL, from /cluster
+        self.nodes: dict[str, str] = {}  # node id -> agent URL, the alive members of the last /cluster
         self.token = os.environ.get("PEERSERVE_CLIENT_TOKEN", "")  # for agents run with --client-token
 
-    # -- pure state changes --------------------------------------------------------------------------
+    # -- pure decisions and state changes ------------------------------------------------------------
+    def trusts(self, agent: str) -> bool:
+        """Whether ``agent`` may have the client token (see the module's docstring)."""
+        return self.trust_discovered or agent in self.named or agent in self.vouched
+
     def promote(self, agent: str) -> None:
         """Remember a working agent first; keep the others for failover."""
         if agent in self.agents:
             self.agents.remove(agent)
         self.agents.insert(0, agent)
 
-    def learn(self, cluster: Mapping[str, Any]) -> None:
-        for m in cluster.get("members", []):
-            if m.get("status") == "alive":
-                self.nodes[str(m["node_id"])] = str(m["api_url"])
-                if m["api_url"] not in self.agents:
-                    self.agents.append(str(m["api_url"]))
+    def learn(self, cluster: Mapping[str, Any], source: str) -> None:
+        """The alive members of a checked /cluster answer from ``source`` (at most answers.MAX_RTT_NODES):
+        the nodes to probe, and agents to fail over to. They are vouched for (may have the token) when
+        ``source`` is: named or vouched for itself, and, answering over HTTPS, only for HTTPS URLs."""
+        alive = [m for m in cluster.get("members", []) if m.get("status") == "alive"][: answers.MAX_RTT_NODES]
+        self.nodes = {str(m["node_id"]): str(m["api_url"]) for m in alive}
+        vouches = source in self.named or source in self.vouched
+        vouched = {
+            u for u in self.nodes.values() if vouches and (u.startswith("https://") or source.startswith("http://"))
+        }
+        self.vouched = vouched if len(self.vouched | vouched) > MAX_AGENTS else self.vouched | vouched
+        for url in self.nodes.values():
+            if url not in self.agents:
+                self.agents.append(url)
+        self.trim()
 
-    def headers(self) -> dict[str, str]:
+    def trim(self) -> None:
+        """At most MAX_AGENTS agents besides the named ones: the last /cluster's alive members (at most
+        answers.MAX_RTT_NODES) kept, then the others in failover order."""
+        extra = [a for a in self.agents if a not in self.named]
+        if len(extra) > MAX_AGENTS:
+            current = set(self.nodes.values())
+            keep = [a for a in extra if a in current]
+            keep += [a for a in extra if a not in current][: MAX_AGENTS - len(keep)]
+            kept = set(keep)
+            self.agents = [a for a in self.agents if a in self.named or a in kept]
+
+    def headers(self, agent: str | None = None) -> dict[str, str]:
+        """Headers for a request to ``agent``: the token only if it may have it (never without an agent)."""
         rtts = {**self.rtts, **self.rtt_override}
         h = {CLIENT_HEADER: self.client_id}
-        if self.token:
+        if self.token and agent is not None and self.trusts(agent):
             h["Authorization"] = f"Bearer {self.token}"
         if rtts:
             h[RTT_HEADER] = ", ".join(f"{n}={v:.3f}" for n, v in sorted(rtts.items()))
@@ -171,16 +240,20 @@ class ClientCore:
         if not self.agents:
             found = yield Browse(tuple(self.interfaces) if self.interfaces else None)
             assert isinstance(found, list)
-            self.agents = list(found)
+            self.agents = list(found)[:MAX_AGENTS]
             if not self.agents:
                 raise ClusterUnreachableError("no peerserve agent found by mDNS; pass agents=[...] or --agent URL")
         return list(self.agents)
 
-    def call_any(self, method: str, path: str, json: Any = None) -> Op[httpx.Response]:
-        """The first answer from any agent (failing over on connection errors, timeouts and 5xx)."""
+    def ask(
+        self, method: str, path: str, parse: Callable[[Any], T], json: Any = None, limit: int = answers.CONTROL_LIMIT
+    ) -> Op[tuple[str, T]]:
+        """``parse`` of the first usable answer from any agent, and that agent. Connection errors, timeouts,
+        5xx (but 503 / 507), answers over ``limit`` bytes, 200s that ``parse`` refuses (answers.Malformed)
+        and a 401 from an agent the token was withheld from fail over to the next agent; other errors raise."""
         last: Exception | None = None
         for agent in (yield from self.ordered_agents()):
-            r = yield Call(method, agent + path, json, self.headers())
+            r = yield Call(method, agent + path, json, self.headers(agent), limit=limit)
             if isinstance(r, httpx.HTTPError):
                 last = r
                 continue
@@ -188,31 +261,36 @@ class ClientCore:
             if fails_over(r.status_code):
                 last = RequestError(r.text[:200], r.status_code, r.headers.get(ERROR_HEADER))
                 continue
+            if r.status_code == 401 and self.token and not self.trusts(agent):
+                last = RequestError(withheld(agent), 401)
+                continue
+            error = error_for(r, self.wall())
+            if error is not None:
+                raise error
+            try:
+                value = parse(answers.body(r))
+            except answers.Malformed as exc:
+                last = answers.Malformed(f"{agent} answered {path} with something else: {exc}")
+                continue
             self.promote(agent)
-            return r
+            return agent, value
         raise ClusterUnreachableError(f"no agent answered {path}: {last}")
 
-    def checked(self, method: str, path: str, json: Any = None) -> Op[Any]:
-        r = yield from self.call_any(method, path, json)
-        error = error_for(r)
-        if error is not None:
-            raise error
-        return r.json()
-
     def cluster(self) -> Op[dict[str, Any]]:
-        data = yield from self.checked("GET", "/cluster")
-        return dict(data)
+        _, data = yield from self.ask("GET", "/cluster", answers.cluster)
+        return data
 
     def measure_rtts(self, force: bool = False) -> Op[dict[str, float]]:
         """RTT (ms) to each alive node: median of three small requests; cached for rtt_ttl_s."""
         if not force and self.clock() - self.rtt_at < self.rtt_ttl_s:
             return dict(self.rtts)
-        self.learn((yield from self.cluster()))
+        source, data = yield from self.ask("GET", "/cluster", answers.cluster)
+        self.learn(data, source)
         samples: dict[str, list[float]] = {}
         for node, url in self.nodes.items():
             for _ in range(RTT_PROBES):
                 started = time.perf_counter()
-                r = yield Call("GET", url + "/health", timeout=1.0)
+                r = yield Call("GET", url + "/health", timeout=1.0, limit=answers.CONTROL_LIMIT)
                 if isinstance(r, httpx.HTTPError):
                     break
                 samples.setdefault(node, []).append(1000 * (time.perf_counter() - started))
@@ -221,32 +299,44 @@ class ClientCore:
 
     def endpoints(self) -> Op[list[Endpoint]]:
         yield from self.measure_rtts()
-        data = yield from self.checked("GET", "/services")
-        return [Endpoint.from_json(e) for e in data]
+        _, data = yield from self.ask("GET", "/services", answers.endpoints)
+        return [Endpoint._of(e) for e in data]
 
     def endpoint(self, model: str) -> Op[Endpoint]:
         yield from self.measure_rtts()
-        return Endpoint.from_json((yield from self.checked("GET", f"/services/{model}")))
+        _, chosen = yield from self.ask("GET", f"/services/{model}", lambda d: Endpoint.from_json(d, model))
+        return chosen
 
-    def send(self, model: str, path: str, body: Any, via_proxy: bool) -> Op[Any]:
-        """``body`` to ``path`` of the model's best server (then one alternative), else through an agent."""
+    def send(self, model: str, path: str, body: Any, via_proxy: bool, protocol: str) -> Op[Any]:
+        """``body`` to ``path`` of the model's best server (then one alternative), else through an agent.
+        A server that does not answer, or answers 200 with something that is not ``protocol``'s answer,
+        counts as dead; an error answer raises."""
+
+        def parse(data: Any) -> Any:
+            return answers.inference(data, protocol)
+
         if not via_proxy:
             chosen = yield from self.endpoint(model)
             for url in targets(chosen):
-                r = yield Call("POST", url + path, body)
+                r = yield Call("POST", url + path, body, limit=answers.ANSWER_LIMIT)
                 if isinstance(r, httpx.HTTPError):
                     continue
                 assert isinstance(r, httpx.Response)
-                error = error_for(r)
+                error = error_for(r, self.wall())
                 if error is not None:
                     raise error
-                return r.json()
-        return (yield from self.checked("POST", f"/services/{model}{path}", body))
+                try:
+                    return parse(answers.body(r))
+                except answers.Malformed:
+                    continue
+        _, data = yield from self.ask("POST", f"/services/{model}{path}", parse, body, answers.ANSWER_LIMIT)
+        return data
 
     def predict(self, model: str, instances: Any, inputs: Any, via_proxy: bool) -> Op[Any]:
         """TF-Serving REST predict."""
-        return (yield from self.send(model, f"/v1/models/{model}:predict", predict_body(instances, inputs), via_proxy))
+        body = predict_body(instances, inputs)
+        return (yield from self.send(model, f"/v1/models/{model}:predict", body, via_proxy, "tfserving"))
 
     def infer(self, model: str, inputs: Sequence[Mapping[str, Any]], via_proxy: bool) -> Op[Any]:
         """Open Inference Protocol infer (JSON tensors: ``[{"name", "shape", "datatype", "data"}]``)."""
-        return (yield from self.send(model, f"/v2/models/{model}/infer", {"inputs": list(inputs)}, via_proxy))
+        return (yield from self.send(model, f"/v2/models/{model}/infer", {"inputs": list(inputs)}, via_proxy, "v2"))

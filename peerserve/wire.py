@@ -50,6 +50,7 @@ MAX_RTTS = 64  # nodes in one request's RTT report
 MAX_NUMBER = 1e12
 NODE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,62}")
 MODEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+NODE_CLASS = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # a key of the catalogue's per-class figures
 
 
 class WireError(ValueError):
@@ -90,6 +91,13 @@ def _str(data: Mapping[str, Any], key: str, limit: int = 64, optional: bool = Fa
         return None
     if not isinstance(v, str) or len(v) > limit:
         raise WireError(f"{key!r} must be a string of at most {limit} characters")
+    return v
+
+
+def _node_class(data: Mapping[str, Any]) -> str:
+    v = data.get("node_class", "default")
+    if not isinstance(v, str) or not NODE_CLASS.fullmatch(v):
+        raise WireError("'node_class' must be 1-64 letters, digits, '_', '.' or '-', starting with a letter or digit")
     return v
 
 
@@ -210,7 +218,7 @@ class PeerState:
             mem_total_mb=_float(d, "mem_total_mb"),
             gpu_load=_float(d, "gpu_load", optional=True),
             cpu_load=_float(d, "cpu_load"),
-            node_class=_str(d, "node_class", default="default"),
+            node_class=_node_class(d),
             compute=_float(d, "compute"),
             term=_int(d, "term"),
             leader=_node(d, "leader", optional=True),
@@ -293,7 +301,7 @@ class NodeStats:
             if not valid_model(i.get("model")) or not isinstance(i.get("running"), bool):
                 raise WireError("an instance needs a model name and a boolean 'running'")
             instances.append((i["model"], i["running"], i.get("ready") is True, i.get("draining") is True))
-        return cls(_node(d, "node_id"), _str(d, "node_class", default="default"), _float(d, "compute"),
+        return cls(_node(d, "node_id"), _node_class(d), _float(d, "compute"),
                    _float(d, "mem_available_mb"), _float(d, "mem_total_mb"), tuple(instances),
                    *(_float(d, k, optional=True) for k in ("cores", "concurrency", "load_per_cpu")))  # fmt: skip
 

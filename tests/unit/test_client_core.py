@@ -27,7 +27,7 @@ def test_errors_are_chosen_by_code_not_by_wording() -> None:
 
 def test_failover_order_tries_agents_in_turn_and_remembers_the_one_that_answered() -> None:
     core = ClientCore(["http://a", "http://b", "http://c"], "me", None, 60.0, None)
-    op = core.call_any("GET", "/cluster")
+    op = core.ask("GET", "/cluster", dict)
     call = next(op)
     assert isinstance(call, Call) and call.url == "http://a/cluster" and call.headers["X-Peerserve-Client"] == "me"
     call = op.send(httpx.ConnectError("refused"))
@@ -36,14 +36,14 @@ def test_failover_order_tries_agents_in_turn_and_remembers_the_one_that_answered
     assert isinstance(call, Call) and call.url == "http://c/cluster"
     with pytest.raises(StopIteration) as done:
         op.send(answer(200, {"node_id": "c"}))
-    assert done.value.value.status_code == 200
+    assert done.value.value == ("http://c", {"node_id": "c"})
     assert core.agents[0] == "http://c"
     assert not fails_over(503) and not fails_over(507) and fails_over(502)
 
 
 def test_no_agent_answering_is_cluster_unreachable_and_no_agent_known_browses() -> None:
     core = ClientCore(["http://a"], "me", None, 60.0, None)
-    op = core.call_any("GET", "/cluster")
+    op = core.ask("GET", "/cluster", dict)
     next(op)
     with pytest.raises(ClusterUnreachableError):
         op.send(httpx.ConnectError("refused"))

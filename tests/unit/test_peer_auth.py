@@ -150,6 +150,28 @@ def test_the_nonce_cache_is_bounded_and_refuses_rather_than_forgets() -> None:
     assert len(cache) == 1
 
 
+def test_one_sender_fills_only_its_own_share_of_the_nonce_cache() -> None:
+    """A member sending as fast as it can waits (429) past its share; every other member's messages still pass,
+    and its share frees as its nonces age out of the window."""
+    cache = NonceCache(ttl_s=60, limit=10, per_sender=4)
+    for i in range(4):
+        cache.use(f"m{i}", 0, "liar")
+    with pytest.raises(AuthError) as info:
+        cache.use("m4", 1, "liar")
+    assert info.value.status == 429 and cache.held("liar") == 4
+    for i in range(5):
+        cache.use(f"h{i}", 1, f"honest{i % 3}")
+    with pytest.raises(AuthError, match="replayed"):
+        cache.use("h0", 2, "honest0")
+    cache.use("h0", 2, "honest1")  # the same nonce from another sender is another message
+    assert len(cache) == 10
+    with pytest.raises(AuthError) as info:
+        cache.use("x", 3, "newcomer")  # the whole cache's bound is the last resort
+    assert info.value.status == 429
+    cache.use("m5", 60.5, "liar")  # its first four aged out, the others not yet
+    assert cache.held("liar") == 1 and len(cache) == 7
+
+
 def test_the_pin_table_is_bounded() -> None:
     pins = Pins(None, limit=2)
     pins.check("x", b"k" * 32)

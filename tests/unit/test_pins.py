@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.identity import AuthError, Identity, Pins, edit_pin, read_pins
+from agent.identity import AuthError, DamagedPinFile, Identity, Pins, edit_pin, read_pins
 from peerserve.cli import main
 
 OLD, NEW, THIEF = b"o" * 32, b"n" * 32, b"t" * 32
@@ -71,12 +71,49 @@ def test_the_bound_counts_the_file(tmp_path: Path) -> None:
     agent.check("c", OLD)
 
 
-def test_an_unreadable_pin_file_is_empty_not_a_crash(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "damage", ['{"a": "' + "ab" * 16, "[1, 2]", '{"a": "zz"}', '{"a b": "' + "00" * 32 + '"}', "\xff"]
+)
+def test_a_damaged_pin_file_fails_closed_and_is_never_overwritten(tmp_path: Path, damage: str) -> None:
+    """A truncated or badly edited pin file pins nobody new (an impostor of a node it held must not be pinned in
+    its place) and is kept for the operator; moving it aside starts afresh, no restart."""
     path = tmp_path / "pins.json"
-    path.write_text("[1, 2]")
-    assert read_pins(path) == {}
-    Pins(path).check("a", OLD)
+    path.write_text(damage, errors="surrogateescape")
+    before = path.read_bytes()
+    with pytest.raises(DamagedPinFile):
+        read_pins(path)
+    agent = Pins(path)
+    with pytest.raises(AuthError) as info:
+        agent.check("a", OLD)
+    assert info.value.status == 403 and "damaged" in str(info.value)
+    assert path.read_bytes() == before
+    path.rename(tmp_path / "pins.json.damaged")
+    agent.check("a", OLD)
     assert read_pins(path) == {"a": OLD}
+
+
+def test_a_running_agent_keeps_the_pins_it_read_when_the_file_is_damaged(tmp_path: Path) -> None:
+    path = tmp_path / "pins.json"
+    agent = Pins(path)
+    agent.check("a", OLD)
+    path.write_text(path.read_text()[:10])  # torn (a write without fsync, a bad edit)
+    agent.check("a", OLD)  # still pinned in memory
+    with pytest.raises(AuthError, match="belongs to another key"):
+        agent.check("a", NEW)
+    with pytest.raises(DamagedPinFile):
+        agent.check("b", NEW)
+
+
+def test_the_cli_names_a_damaged_pin_file_and_how_to_start_afresh(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "peer").mkdir()
+    (tmp_path / "peer" / "pins.json").write_text("{")
+    for argv in (["pins", "list"], ["pins", "forget", "n1"]):
+        assert main([*argv, "--data-dir", str(tmp_path)]) == 1
+        err = capsys.readouterr().err
+        assert "damaged" in err and "pins.json.damaged" in err
+    assert (tmp_path / "peer" / "pins.json").read_text() == "{"
 
 
 def test_the_cli_lists_forgets_repins_and_prints_the_own_key(

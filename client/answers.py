@@ -1,0 +1,201 @@
+"""What the client accepts from an agent or a model server: every answer checked before it is used (pure).
+
+An agent found by mDNS over plain HTTP cannot be authenticated (docs/security.md), and even an honest
+agent's answer can be cut short or replaced on the way (a captive portal's HTML page). So a 200 is used
+only when it has the shape the client reads: the right JSON types, finite numbers, node ids and model
+names as the agents write them, http(s) URLs without credentials, and lists and strings within bounds.
+Anything else is ``Malformed`` (a ValueError), which the operations treat like a 5xx: the next agent is
+asked. ``retry_after_s`` reads a Retry-After header (seconds or an HTTP date) without ever raising.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import math
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import httpx
+
+# as the agents write them (agent/settings.py NODE_ID, agent/catalogue.py MODEL_NAME; the client imports
+# neither: it needs only httpx and zeroconf); tests/unit/test_client_answers.py checks they agree
+NODE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,62}")
+MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+MAX_MEMBERS = 256  # members in a /cluster answer (an agent's SWIM table holds at most 256)
+MAX_RTT_NODES = 64  # nodes the client probes and reports (an agent refuses an RTT report naming more)
+MAX_ENDPOINTS = 1024  # entries of a /services answer (one per deployed model)
+MAX_ALTERNATIVES = 8  # alternatives of one endpoint (agents send 3)
+MAX_MODELS = 256  # models listed for one member
+MAX_WHY = 16  # keys of an endpoint's "why"
+MAX_TEXT = 256  # characters of a short string (URL, status, a "why" value)
+WHY_NUMBERS = ("rtt_ms", "exec_ms", "estimated_ms", "load", "in_flight")  # read as numbers (the CLI formats them)
+CONTROL_LIMIT = 4 * 1024 * 1024  # bytes of an agent's control answer (/cluster of 256 members is ~80 KB)
+ANSWER_LIMIT = 64 * 1024 * 1024  # bytes of an inference answer
+RETRY_AFTER_DEFAULT_S = 1.0
+RETRY_AFTER_MAX_S = 300.0
+
+
+class Malformed(ValueError):
+    """An answer the client cannot use; it counts as a failed call (the next agent or server is asked)."""
+
+
+def body(response: httpx.Response) -> Any:
+    """The answer's JSON (NaN and Infinity refused: they are not JSON)."""
+    try:
+        return json.loads(response.content, parse_constant=_no_constant)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise Malformed(f"HTTP {response.status_code} answer is not JSON ({response.text[:60]!r})") from exc
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _text(value: Any, what: str, limit: int = MAX_TEXT) -> str:
+    if not isinstance(value, str) or len(value) > limit:
+        raise Malformed(f"{what}: not a string of at most {limit} characters")
+    return value
+
+
+def _number(value: Any, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise Malformed(f"{what}: not a finite number")
+    return float(value)
+
+
+def _list(value: Any, what: str, limit: int) -> list[Any]:
+    if not isinstance(value, list) or len(value) > limit:
+        raise Malformed(f"{what}: not a list of at most {limit}")
+    return value
+
+
+def _object(value: Any, what: str) -> Mapping[str, Any]:
+    if not isinstance(value, dict):
+        raise Malformed(f"{what}: not a JSON object")
+    return value
+
+
+def node_id(value: Any, what: str = "node") -> str:
+    if not isinstance(value, str) or NODE_ID.fullmatch(value) is None:
+        raise Malformed(f"{what}: not a node id")
+    return value
+
+
+def model_name(value: Any, what: str = "model") -> str:
+    if not isinstance(value, str) or MODEL_NAME.fullmatch(value) is None or ".." in value:
+        raise Malformed(f"{what}: not a model name")
+    return value
+
+
+BASE_URL = re.compile(
+    r"(https?)://(\[[0-9A-Fa-f:.]{2,45}(?:%[A-Za-z0-9_.-]{1,32})?\]|[A-Za-z0-9][A-Za-z0-9_.-]{0,252})(?::([0-9]{1,5}))?/?"
+)
+
+
+def base_url(value: Any, what: str = "url") -> str:
+    """An http(s) base URL: a host (a name, IPv4, [IPv6]), an optional port, nothing else (no credentials,
+    path, query or fragment)."""
+    match = BASE_URL.fullmatch(_text(value, what))
+    if match is None or (match.group(3) is not None and not 0 < int(match.group(3)) < 65536):
+        raise Malformed(f"{what}: not an http(s) base URL")
+    return str(value).rstrip("/")
+
+
+def why(value: Any) -> dict[str, Any]:
+    """An endpoint's reasons: short keys, numbers finite, strings short; the numeric ones numbers."""
+    data = _object(value, "why")
+    if len(data) > MAX_WHY:
+        raise Malformed(f"why: over {MAX_WHY} keys")
+    out: dict[str, Any] = {}
+    for k, v in data.items():
+        _text(k, "why key", 64)
+        if k in WHY_NUMBERS or (isinstance(v, (int, float)) and not isinstance(v, bool)):
+            out[k] = _number(v, f"why.{k}")
+        elif v is None or isinstance(v, bool):
+            out[k] = v
+        else:
+            out[k] = _text(v, f"why.{k}")
+    return out
+
+
+def endpoint_fields(value: Any, model: str | None) -> dict[str, Any]:
+    """One endpoint (``model`` when the question named one: the answer must be about it)."""
+    data = _object(value, "endpoint")
+    name = model_name(data.get("model"))
+    if model is not None and name != model:
+        raise Malformed(f"asked for {model!r}, the answer is about {name!r}")
+    alternatives = [
+        endpoint_fields(a, name) for a in _list(data.get("alternatives", []), "alternatives", MAX_ALTERNATIVES)
+    ]
+    out = {"model": name, "node": node_id(data.get("node")), "url": base_url(data.get("url")),
+           "why": why(data.get("why", {})), "alternatives": alternatives}  # fmt: skip
+    return out
+
+
+def endpoints(value: Any) -> list[dict[str, Any]]:
+    """A /services answer: a list of endpoints."""
+    return [endpoint_fields(e, None) for e in _list(value, "/services", MAX_ENDPOINTS)]
+
+
+def member(value: Any) -> dict[str, Any]:
+    data = dict(_object(value, "member"))
+    data["node_id"] = node_id(data.get("node_id"), "member node_id")
+    data["api_url"] = base_url(data.get("api_url"), "member api_url")
+    data["status"] = _text(data.get("status"), "member status", 16)
+    data["models"] = [model_name(m) for m in _list(data.get("models", []), "member models", MAX_MODELS)]
+    if "mem_available_mb" in data:
+        data["mem_available_mb"] = _number(data["mem_available_mb"], "member mem_available_mb")
+    if data.get("gpu_load") is not None:
+        data["gpu_load"] = _number(data["gpu_load"], "member gpu_load")
+    return data
+
+
+def cluster(value: Any) -> dict[str, Any]:
+    """A /cluster answer: members checked (the client learns nodes from them); the last placement's
+    numbers checked where the CLI prints them."""
+    data = dict(_object(value, "/cluster"))
+    data["members"] = [member(m) for m in _list(data.get("members", []), "members", MAX_MEMBERS)]
+    placement = data.get("last_placement")
+    if placement is not None:
+        p = dict(_object(placement, "last_placement"))
+        for key in ("objective_ms", "solve_ms"):
+            if p.get(key) is not None:
+                p[key] = _number(p[key], f"last_placement.{key}")
+        if not isinstance(p.get("actions", []), list):
+            raise Malformed("last_placement.actions: not a list")
+        data["last_placement"] = p
+    return data
+
+
+def inference(value: Any, protocol: str) -> dict[str, Any]:
+    """A model's answer: TF-Serving REST ``{"predictions"}`` / ``{"outputs"}``, or v2 ``{"outputs": [...]}``."""
+    data = dict(_object(value, f"{protocol} answer"))
+    if protocol == "v2":
+        if not isinstance(data.get("outputs"), list):
+            raise Malformed("v2 answer has no outputs list")
+    elif "predictions" not in data and "outputs" not in data:
+        raise Malformed("TF-Serving answer has neither predictions nor outputs")
+    return data
+
+
+def retry_after_s(value: str | None, now: float) -> float:
+    """Seconds a Retry-After header asks for: delta-seconds or an HTTP date (RFC 9110 10.2.3), read at wall
+    time ``now``; within 0..RETRY_AFTER_MAX_S; RETRY_AFTER_DEFAULT_S when absent or unreadable."""
+    text = (value or "").strip()[:64]
+    if not text:
+        return RETRY_AFTER_DEFAULT_S
+    try:
+        seconds = float(text)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(text)
+        except (TypeError, ValueError, IndexError, OverflowError):
+            return RETRY_AFTER_DEFAULT_S
+        if when.tzinfo is None:  # an HTTP date is GMT
+            return RETRY_AFTER_DEFAULT_S
+        seconds = when.timestamp() - now
+    if not math.isfinite(seconds):
+        return RETRY_AFTER_DEFAULT_S
+    return min(max(seconds, 0.0), RETRY_AFTER_MAX_S)

@@ -1,0 +1,352 @@
+"""The client's checks on what agents answer (client/answers.py) and whom it gives its token (client/ops.py).
+
+Review 11a (finding 5) drove ClientCore against a rogue agent found by mDNS: the client token went to it
+over plain HTTP, and a 200 of the wrong shape (or not JSON) raised AttributeError / JSONDecodeError
+instead of asking the next agent; a non-numeric Retry-After raised ValueError. Pure: no network.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import gzip
+import math
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import httpx
+import pytest
+
+from agent.catalogue import MODEL_NAME
+from agent.client_ids import MAX_RTT_NODES
+from agent.settings import NODE_ID
+from client import AsyncClient, Client, answers
+from client.discovery import MAX_FOUND, keep
+from client.errors import ClusterUnreachableError, NotReadyError, RequestError, UnknownModelError
+from client.ops import MAX_AGENTS, AnswerTooLarge, Browse, Call, ClientCore, Endpoint, error_for
+
+TOKEN = "s3cret-client-token"
+FOUND = ["http://192.168.1.2:8400", "http://192.168.1.20:8400"]  # what client.discovery.browse returns
+NOW = 1_800_000_000.0
+
+
+def ok(body: Any) -> httpx.Response:
+    return httpx.Response(200, json=body)
+
+
+def endpoint(model: str = "half_plus_two", url: str = "http://10.0.0.5:8501", **extra: Any) -> dict[str, Any]:
+    why = {"rtt_ms": 1.5, "rtt_source": "client", "exec_ms": 0.4, "estimated_ms": 1.9, "load": 0.0}
+    return {"model": model, "node": "n1", "url": url, "why": why, **extra}
+
+
+def member(node: str, url: str, status: str = "alive") -> dict[str, Any]:
+    return {"node_id": node, "api_url": url, "status": status, "models": ["half_plus_two"],
+            "mem_available_mb": 512.0, "gpu_load": None}  # fmt: skip
+
+
+def drive(op: Any, answer: Callable[[Call], Any], found: list[str] | None = None) -> tuple[list[Call], Any]:
+    """Run an op, answering each Call with ``answer(call)``: (the calls made, the result or the exception)."""
+    calls: list[Call] = []
+    try:
+        request = next(op)
+        while True:
+            if isinstance(request, Browse):
+                request = op.send(list(found or FOUND))
+                continue
+            calls.append(request)
+            request = op.send(answer(request))
+    except StopIteration as stop:
+        return calls, stop.value
+    except Exception as exc:  # the test looks at which
+        return calls, exc
+
+
+@pytest.fixture
+def token_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PEERSERVE_CLIENT_TOKEN", TOKEN)
+    monkeypatch.delenv("PEERSERVE_AGENT", raising=False)
+    monkeypatch.delenv("PEERSERVE_TRUST_DISCOVERED", raising=False)
+
+
+# -- answers ----------------------------------------------------------------------------------------------
+def test_the_client_reads_names_as_the_agents_write_them() -> None:
+    assert answers.NODE_ID.pattern == NODE_ID.pattern
+    assert answers.MODEL_NAME.pattern == MODEL_NAME.pattern
+    assert answers.MAX_RTT_NODES == MAX_RTT_NODES
+
+
+def test_an_endpoint_answer_is_checked_field_by_field() -> None:
+    good = endpoint(alternatives=[endpoint(url="http://10.0.0.6:8501")], in_flight=0)
+    chosen = Endpoint.from_json(good, "half_plus_two")
+    assert chosen.url == "http://10.0.0.5:8501" and chosen.alternatives[0].url == "http://10.0.0.6:8501"
+    assert chosen.why["estimated_ms"] == 1.9 and chosen.why["rtt_source"] == "client"
+    bad: list[Any] = [
+        ["not", "an", "endpoint"],
+        "<html>",
+        None,
+        {**endpoint(), "model": "resnet"},  # not the model asked about
+        {**endpoint(), "node": "n1\nX-Evil: 1"},
+        {**endpoint(), "node": 7},
+        {**endpoint(), "why": {"estimated_ms": "fast"}},  # the CLI formats it as a number
+        {**endpoint(), "why": {"rtt_ms": math.inf}},
+        {**endpoint(), "why": {f"k{i}": 1 for i in range(answers.MAX_WHY + 1)}},
+        {**endpoint(), "why": {"note": "x" * (answers.MAX_TEXT + 1)}},
+        {**endpoint(), "alternatives": [endpoint()] * (answers.MAX_ALTERNATIVES + 1)},
+        {**endpoint(), "alternatives": [endpoint(model="other")]},
+        {**endpoint(), "url": None},
+    ]
+    for url in ["ftp://10.0.0.5", "http://user:pw@10.0.0.5:1", "http://10.0.0.5:1/x", "http://10.0.0.5:1?q=1",
+                "http://", "10.0.0.5:8501", "http://10.0.0.5:99999", "http://a b:1",
+                "http://" + "a" * 300]:  # fmt: skip
+        bad.append({**endpoint(), "url": url})
+    for data in bad:
+        with pytest.raises(answers.Malformed):
+            Endpoint.from_json(data, "half_plus_two")
+    for url in ["https://board-1.lan:8443", "http://10.0.0.5:8400", "http://[fd00::5]:8400", "http://[fe80::1%eth0]:8400",
+                "http://board_1:80"]:  # fmt: skip
+        assert answers.base_url(url + "/") == url
+
+
+def test_services_and_cluster_answers_are_bounded() -> None:
+    assert len(answers.endpoints([endpoint(model=f"m{i}") for i in range(answers.MAX_ENDPOINTS)])) == 1024
+    with pytest.raises(answers.Malformed):
+        answers.endpoints([endpoint()] * (answers.MAX_ENDPOINTS + 1))
+    with pytest.raises(answers.Malformed):
+        answers.endpoints({"model": "x"})
+    members = [member(f"n{i}", f"http://10.0.{i // 250}.{i % 250}:8400") for i in range(answers.MAX_MEMBERS)]
+    assert len(answers.cluster({"members": members})["members"]) == answers.MAX_MEMBERS
+    for data in [
+        {"members": [*members, member("x", "http://10.9.9.9:8400")]},
+        {"members": "x"},  # review 11a's wrong shape
+        {"members": [member("n1", "http://10.0.0.1:8400") | {"mem_available_mb": math.nan}]},
+        {"members": [member("n1", "http://10.0.0.1:8400") | {"gpu_load": "busy"}]},
+        {"members": [member("n1", "http://10.0.0.1:8400") | {"models": ["../etc"]}]},
+        {"members": [member("n1", "javascript:alert(1)")]},
+        {"members": [], "last_placement": {"objective_ms": "1"}},
+        {"members": [], "last_placement": {"actions": 3}},
+        [],
+    ]:
+        with pytest.raises(answers.Malformed):
+            answers.cluster(data)
+    assert answers.cluster({"members": [], "last_placement": None})["last_placement"] is None
+
+
+def test_inference_answers_and_json_itself() -> None:
+    assert answers.inference({"predictions": [2.5]}, "tfserving") == {"predictions": [2.5]}
+    assert answers.inference({"outputs": []}, "v2") == {"outputs": []}
+    for data, protocol in [([2.5], "tfserving"), ({"result": 1}, "tfserving"), ({"outputs": {}}, "v2"), ("x", "v2")]:
+        with pytest.raises(answers.Malformed):
+            answers.inference(data, protocol)
+    for text in ["<html>captive portal</html>", '{"predictions": [NaN]}', '{"a": Infinity}', "\xff\xfe"]:
+        with pytest.raises(answers.Malformed):
+            answers.body(httpx.Response(200, content=text.encode("latin-1")))
+
+
+def test_retry_after_is_seconds_or_a_date_within_bounds_and_never_raises() -> None:
+    date = email.utils.formatdate(NOW + 30, usegmt=True)
+    cases = {
+        "2": 2.0, " 7 ": 7.0, "0.5": 0.5, date: 30.0, email.utils.formatdate(NOW - 60, usegmt=True): 0.0,
+        "-5": 0.0, "86400": answers.RETRY_AFTER_MAX_S, "1e400": 1.0, "nan": 1.0, "inf": 1.0, "soon": 1.0,
+        "": 1.0, "Mon, 99 Foo 2026 99:99:99 GMT": 1.0, "Wed, 21 Oct 2015 07:28:00 -0000": 1.0,
+        "9" * 999: answers.RETRY_AFTER_MAX_S,
+    }  # fmt: skip
+    for value, seconds in cases.items():
+        assert answers.retry_after_s(value, NOW) == pytest.approx(seconds), value[:40]
+    assert answers.retry_after_s(None, NOW) == 1.0
+    busy = error_for(httpx.Response(503, json={"error": "x"}, headers={"Retry-After": "soon"}), NOW)
+    assert isinstance(busy, NotReadyError) and busy.retry_after == 1.0
+    huge = error_for(httpx.Response(418, json={"error": "e" * 10_000}, headers={"X-Peerserve-Error": "c" * 999}))
+    assert isinstance(huge, RequestError) and len(str(huge)) == 300 and huge.code == "c" * 64
+
+
+# -- failover on bad answers ------------------------------------------------------------------------------
+def test_a_malformed_200_fails_over_to_the_next_agent(token_env: None) -> None:
+    honest = {"members": [member("n1", "http://192.168.1.20:8400")]}
+    for garbage in [ok({"members": "x"}), ok(["not", "an", "endpoint"]),
+                    httpx.Response(200, text="<html>captive portal</html>")]:  # fmt: skip
+        core = ClientCore(None, "phone-1", None, 60.0, None)
+
+        def answer(call: Call, garbage: httpx.Response = garbage) -> httpx.Response:
+            if call.url.startswith(FOUND[0]):
+                return garbage
+            if call.url.endswith("/cluster"):
+                return ok(honest)
+            if call.url.endswith("/health"):
+                return ok({"status": "ok"})
+            return ok(endpoint())
+
+        _, result = drive(core.endpoint("half_plus_two"), answer)
+        assert isinstance(result, Endpoint) and result.node == "n1", result
+        assert core.agents[0] == FOUND[1]  # the honest agent is asked first from now on
+
+
+def test_only_bad_answers_is_cluster_unreachable_and_errors_still_raise() -> None:
+    core = ClientCore(FOUND, "me", None, 60.0, None)
+    _, result = drive(core.cluster(), lambda call: ok({"members": "x"}))
+    assert isinstance(result, ClusterUnreachableError) and "members" in str(result)
+    unknown = httpx.Response(404, json={"error": "no"}, headers={"X-Peerserve-Error": "unknown_model"})
+    calls, result = drive(ClientCore(FOUND, "me", None, 60.0, None).cluster(), lambda call: unknown)
+    assert isinstance(result, UnknownModelError) and len(calls) == 1
+
+
+def test_a_server_answering_garbage_is_skipped_for_the_alternative_then_the_proxy() -> None:
+    core = ClientCore(["http://a:8400"], "me", None, 60.0, None)
+    chosen = endpoint(url="http://s1:8501", alternatives=[endpoint(url="http://s2:8501")])
+
+    def answer(call: Call) -> httpx.Response:
+        if call.url.endswith("/cluster"):
+            return ok({"members": []})
+        if call.url.endswith("/services/half_plus_two"):
+            return ok(chosen)
+        if call.url.startswith("http://s1"):
+            return httpx.Response(200, text="<html>")
+        if call.url.startswith("http://s2"):
+            return ok({"unexpected": 1})
+        return ok({"predictions": [2.5]})  # the agent's proxy
+
+    calls, result = drive(core.predict("half_plus_two", [1.0], None, False), answer)
+    assert result == {"predictions": [2.5]}
+    assert [c.url for c in calls if c.method == "POST"] == [
+        "http://s1:8501/v1/models/half_plus_two:predict", "http://s2:8501/v1/models/half_plus_two:predict",
+        "http://a:8400/services/half_plus_two/v1/models/half_plus_two:predict",
+    ]  # fmt: skip
+    assert all(c.limit == answers.ANSWER_LIMIT for c in calls if c.method == "POST")
+
+
+# -- the token ----------------------------------------------------------------------------------------
+def test_the_token_never_goes_to_an_agent_found_by_mdns(token_env: None) -> None:
+    core = ClientCore(None, "phone-1", None, 60.0, None)
+    calls, result = drive(core.predict("half_plus_two", [1.0], None, False), review_rogue)
+    assert result == {"predictions": [666.0]}  # mDNS + HTTP cannot tell a rogue (docs/security.md)
+    assert calls and all("Authorization" not in c.headers for c in calls)
+    assert TOKEN not in repr(calls)
+
+
+def review_rogue(call: Call) -> httpx.Response:
+    """Review 11a's rogue agent at FOUND[0]: an empty cluster, and an endpoint of its own."""
+    if call.url.startswith("http://192.168.1.2:"):
+        if call.url.endswith("/cluster"):
+            return ok({"members": []})
+        if "/services/" in call.url:
+            return ok(endpoint(url="http://192.168.1.2:9999"))
+        return ok({"predictions": [666.0]})
+    return ok({"predictions": [2.5]})
+
+
+def test_a_token_cluster_found_by_mdns_says_how_to_send_the_token(token_env: None) -> None:
+    refused = httpx.Response(401, json={"error": "client token required"}, headers={"WWW-Authenticate": "Bearer"})
+    calls, result = drive(ClientCore(None, "me", None, 60.0, None).cluster(), lambda call: refused)
+    assert isinstance(result, ClusterUnreachableError) and "PEERSERVE_TRUST_DISCOVERED" in str(result)
+    assert len(calls) == 2  # both agents asked; neither got the token
+    opted = ClientCore(None, "me", None, 60.0, None, trust_discovered=True)
+    calls, result = drive(opted.cluster(), lambda call: ok({"members": []}))
+    assert calls[0].headers["Authorization"] == f"Bearer {TOKEN}"
+
+
+def test_the_opt_in_is_an_explicit_flag_or_variable(token_env: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    for value, trusted in [("1", True), ("true", True), ("yes", True), ("0", False), ("", False), ("no", False)]:
+        monkeypatch.setenv("PEERSERVE_TRUST_DISCOVERED", value)
+        assert ClientCore(None, "me", None, 60.0, None).trusts(FOUND[0]) is trusted
+    monkeypatch.setenv("PEERSERVE_TRUST_DISCOVERED", "1")
+    assert not ClientCore(None, "me", None, 60.0, None, trust_discovered=False).trusts(FOUND[0])
+
+
+def test_named_agents_and_the_members_they_list_get_the_token(token_env: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    named = "http://10.0.0.5:8400"
+    cluster = {"members": [member("a", named), member("b", "http://10.0.0.6:8400"),
+                           member("c", "http://10.0.0.7:8400", "dead")]}  # fmt: skip
+    core = ClientCore([named + "/"], "me", None, 60.0, None)
+    core.learn(answers.cluster(cluster), named)
+    assert core.agents == [named, "http://10.0.0.6:8400"]  # the dead member is no failover target
+    assert core.headers(named)["Authorization"] == core.headers("http://10.0.0.6:8400")["Authorization"]
+    assert "Authorization" not in core.headers() and "Authorization" not in core.headers("http://10.0.0.7:8400")
+    monkeypatch.setenv("PEERSERVE_AGENT", named)  # the variable names agents too
+    assert ClientCore(None, "me", None, 60.0, None).trusts(named)
+    # a member listed by an agent that is not trusted is not trusted either
+    stranger = ClientCore([named], "me", None, 60.0, None)
+    stranger.learn(answers.cluster({"members": [member("x", "http://10.0.0.66:8400")]}), "http://10.0.0.9:8400")
+    assert "http://10.0.0.66:8400" in stranger.agents and not stranger.trusts("http://10.0.0.66:8400")
+
+
+def test_over_https_only_https_members_are_vouched_for(token_env: None) -> None:
+    named = "https://board-1.lan:8443"
+    core = ClientCore([named], "me", None, 60.0, None)
+    core.learn(answers.cluster({"members": [member("a", "http://10.0.0.5:8400"),
+                                            member("b", "https://board-2.lan:8443")]}), named)  # fmt: skip
+    assert core.trusts("https://board-2.lan:8443") and not core.trusts("http://10.0.0.5:8400")
+
+
+def test_known_agents_nodes_and_vouched_urls_are_bounded(token_env: None) -> None:
+    named = "http://10.0.0.5:8400"
+    core = ClientCore([named], "me", None, 60.0, None)
+    for round_ in range(6):  # each /cluster answer lists 256 new members
+        members = [member(f"n{i}", f"http://10.{round_}.{i // 250}.{i % 250}:8400") for i in range(256)]
+        core.learn(answers.cluster({"members": members}), named)
+        assert len(core.nodes) == answers.MAX_RTT_NODES  # probed and reported (an agent refuses more)
+        assert len(core.agents) <= MAX_AGENTS + 1 and core.agents[0] == named
+        assert set(core.nodes.values()) <= set(core.agents)  # the members just learned stay failover targets
+        assert len(core.vouched) <= MAX_AGENTS
+    flood = [f"http://10.1.{i // 250}.{i % 250}:8400" for i in range(1000)]
+    empty = ClientCore([], "me", None, 60.0, None)
+    empty.agents = []
+    _, found = drive(empty.ordered_agents(), lambda call: ok({}), flood)
+    assert len(found) == MAX_AGENTS
+
+
+def test_one_browse_keeps_a_bounded_number_of_agents() -> None:
+    found: dict[str, str] = {}
+    for i in range(MAX_FOUND + 50):
+        keep(found, f"n{i}._peerserve._tcp.local.", [f"10.0.{i // 250}.{i % 250}"], 8400)
+    assert len(found) == MAX_FOUND
+    keep(found, "n0._peerserve._tcp.local.", ["10.9.9.9"], 8401)  # a known name still updates
+    assert found["n0._peerserve._tcp.local."] == "http://10.9.9.9:8401"
+    keep(found, "new._peerserve._tcp.local.", [], 8400)
+    assert "new._peerserve._tcp.local." not in found
+
+
+# -- the shells read at most a call's limit ---------------------------------------------------------------
+def bomb() -> bytes:
+    """A gzip body of ~5 KB that decodes to CONTROL_LIMIT + 1 MiB."""
+    return gzip.compress(b" " * (answers.CONTROL_LIMIT + 2**20))
+
+
+def endless(asynchronous: bool) -> Callable[[httpx.Request], httpx.Response]:
+    """The first agent answers a chunked body without end or a gzip bomb; the second answers properly."""
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for _ in range(10_000):
+            yield b"[" + b" " * 65536
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        if request.url.host == "good":
+            return httpx.Response(200, json={"node_id": "good", "members": []})
+        if request.url.path == "/cluster":  # chunked, 640 MiB if read
+            return httpx.Response(200, content=chunks() if asynchronous else iter([b"[" + b" " * 65536] * 10_000))
+        return httpx.Response(200, content=bomb(), headers={"Content-Encoding": "gzip"})
+
+    return answer
+
+
+def test_the_sync_client_stops_reading_an_answer_past_its_limit() -> None:
+    for path in ("/cluster", "/stats/node"):
+        with Client(agents=["http://rogue:1", "http://good:1"], transport=httpx.MockTransport(endless(False))) as c:
+            result = c._run(c.core.ask("GET", path, answers.cluster))
+            assert result[0] == "http://good:1"
+            r = c._call(Call("GET", "http://rogue:1" + path))
+            assert isinstance(r, AnswerTooLarge)
+
+
+def test_the_async_client_stops_reading_an_answer_past_its_limit() -> None:
+    async def main() -> None:
+        for path in ("/cluster", "/stats/node"):
+            async with AsyncClient(
+                agents=["http://rogue:1", "http://good:1"], transport=httpx.MockTransport(endless(True))
+            ) as c:
+                result = await c._run(c.core.ask("GET", path, answers.cluster))
+                assert result[0] == "http://good:1"
+                assert isinstance(await c._call(Call("GET", "http://rogue:1" + path)), AnswerTooLarge)
+        async with AsyncClient(transport=httpx.MockTransport(endless(True))) as c:  # within the limit: read whole
+            r = await c._call(Call("GET", "http://good:1/cluster"))
+            assert isinstance(r, httpx.Response) and r.json()["node_id"] == "good"
+
+    asyncio.run(main())
