@@ -65,6 +65,14 @@ FLAGS: list[tuple[str, dict[str, Any]]] = [
     ("--push-pull-interval-s", {"type": float, "help": "membership: full table exchange period (default 10)"}),
     ("--priority", {"type": int, "help": "leader election priority, higher first (default 0; ties: memory, id)"}),
     ("--placement-period-s", {"type": float, "help": "seconds between the leader's placement rounds (default 30)"}),
+    (
+        "--request-window-mb",
+        {
+            "type": float,
+            "help": "the leader's request window: MiB its records may take (default 16; the nodes holding the most "
+            "lose their oldest first; the solver worker keeps a copy of the same size)",
+        },
+    ),
     ("--placement-mode", {"choices": ["1", "2", "auto"], "help": "solver mode for placement rounds (default 1)"}),
     ("--placement-method", {"help": "solver method: ipopt (default), milp, least-loaded, ..."}),
     (

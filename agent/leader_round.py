@@ -12,8 +12,8 @@ Rounds start ``debounce_s`` after election or a membership change and every ``pe
 
 Every instruction carries its round number and every result echoes it, so results of an abandoned
 round (deposed, re-elected, timed out) are ignored. State is bounded: cursors for at most
-``max_nodes`` nodes, a request window of at most ``max_window`` records within ``window_s``, fair between the
-nodes that logged them (agent/request_window.py).
+``max_nodes`` nodes, a request window of at most ``max_window`` records and ``max_window_bytes`` of them within
+``window_s``, fair between the nodes that logged them (agent/request_window.py).
 ``agent/leadership.py`` carries the instructions out over HTTP and in the solver worker.
 """
 
@@ -27,7 +27,8 @@ from typing import Any
 
 from agent.hysteresis import Births, HoldConfig, Verdict, judge
 from agent.placement import NodeReport, RequestRecord, desired_sets, make_before_break
-from agent.window_sync import JournaledWindow, WindowDelta
+from agent.request_window import MAX_WINDOW_BYTES
+from agent.window_sync import JournaledWindow, WindowConfig, WindowDelta
 
 
 # -- events in ---------------------------------------------------------------------------------------
@@ -149,7 +150,7 @@ class Solve:
     held: Mapping[str, Mapping[str, int]] = field(default_factory=dict)  # the status quo to value (hysteresis)
     # what changed in the window since the last Solve, and its bounds: the solver worker's copy (agent.window_sync)
     delta: WindowDelta | None = field(default=None, compare=False)
-    window_config: tuple[int, float, float] | None = field(default=None, compare=False)
+    window_config: WindowConfig | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -191,6 +192,7 @@ class RoundConfig:
     retry_base_s: float = 0.2  # backoff: base, 2 x base, ...
     max_nodes: int = 256  # request-log cursors kept
     max_window: int = 50_000  # request records kept for the snapshot
+    max_window_bytes: int = MAX_WINDOW_BYTES  # ... and their rows' bytes (settings.request_window_mb)
     max_clock_ahead_s: float = 60.0  # a record stamped later than now + this (a peer's clock or its word) is left out
     page_limit: int = 5000  # request-log records per gather page
     hold: HoldConfig = field(default_factory=HoldConfig)  # hysteresis: when a plan may replace the running instances
@@ -226,7 +228,8 @@ class LeaderRound:
         self.fenced_until: float | None = None  # no new round before this (one period after that report)
         self.last_placement: dict[str, Any] | None = None
         self.cursors: OrderedDict[str, int] = OrderedDict()  # node -> last request id taken, LRU order
-        self.window = JournaledWindow(config.max_window, config.window_s, config.max_clock_ahead_s)
+        self.window = JournaledWindow(config.max_window, config.window_s, config.max_clock_ahead_s,
+                                      config.max_window_bytes)  # fmt: skip
         self.births = Births()  # when each (node, model) count last grew: the minimum dwell
         self.last_running: dict[str, dict[str, int]] = {}  # last round's nodes with instances: who was lost
         self.last_reports: dict[str, NodeReport] = {}  # last round's fresh reports (members only)

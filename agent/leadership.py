@@ -97,7 +97,7 @@ class Leadership:
         )  # fmt: skip
         round_config = lr.RoundConfig(
             period_s=s.placement_period_s, window_s=s.request_window_s, hold=hold,
-            target_rounds=s.placement_target_rounds,
+            target_rounds=s.placement_target_rounds, max_window_bytes=int(s.request_window_mb * 2**20),
         )  # fmt: skip
         self.rounds = lr.LeaderRound(s.node_id, round_config)
         self._tasks: list[asyncio.Task[None]] = []

@@ -26,8 +26,9 @@ from agent.placement import RequestRecord
 
 _TS = struct.Struct("<d")
 MIN_ROW_BYTES = _TS.size + 1  # a stamp and at least one byte of marshalled fields
-# the most one row may take: the wire's request record (peerserve/wire.py: 64 RTTs to node ids of <= 64 characters,
-# a client name of <= 128) packs to ~5 KiB; a record past this is not kept (a window's bytes stay bounded by its count)
+# the most one row may take: the wire's request record (peerserve/wire.py: 64 RTTs to ids of <= 64 characters, a client
+# name of <= 128) packs to ~5 KiB of ASCII, up to ~8 KiB of three-byte characters (bench/window_memory_bench.py's
+# maximal_record) and past this of four-byte ones; a record past it is not kept (and the window has a byte budget)
 MAX_ROW_BYTES = 8192
 
 

@@ -52,6 +52,10 @@ MAX_SLOWDOWN = 8.0  # the most contention divided out of a node's measured servi
 # (client, model) streams under the thesis objective (one instance each, the thesis's largest table is 1,000
 # requests): past it the busiest streams in the window are kept (2,000 made-up client ids: an 8 s solve)
 MAX_THESIS_STREAMS = 1000
+# what the snapshot reads of a node's per-model usage (its /stats/models entry): a report keeps these only, so a
+# member's answer of 200 models x 16 made-up keys (~560 KB of objects, kept a round and then as the stale stand-in,
+# and sent to the solver worker every round) costs the leader ~40 KB
+USAGE_KEYS = ("requests_since_provisioned", "last_request", "provisioned_at")
 _Stream = TypeVar("_Stream", bound=Mapping[str, Any])
 
 
@@ -114,7 +118,7 @@ def parse_node_report(stats_node: Mapping[str, Any], stats_models: Mapping[str, 
         compute=float(stats_node["compute"]),
         node_class=_node_class(stats_node.get("node_class", "default")),
         instances=counts,
-        usage={str(m): dict(v) for m, v in stats_models.get("models", {}).items()},
+        usage={str(m): {k: v[k] for k in USAGE_KEYS if k in v} for m, v in stats_models.get("models", {}).items()},
         ready=ready,
         cores=cores,
         # slots are at most the cores: without a (plausible) core count a peer's concurrency counts for nothing

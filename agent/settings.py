@@ -28,6 +28,7 @@ else:  # pragma: no cover
 
 NODE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,62}")  # one DNS label: no dots (DESIGN, mDNS)
 MIN_HEARTBEAT_S = 0.03  # election_heartbeat_s at least this: the election loop ticks at a third of it
+MIN_WINDOW_MB, MAX_WINDOW_MB = 0.25, 4096.0  # request_window_mb: room for a page of the widest rows; under 4 GiB
 
 
 @dataclass(frozen=True)
@@ -89,6 +90,7 @@ class Settings:
     placement_hold_per_model: bool = True  # a model's own latency past the margin also switches (small streams)
     placement_target_rounds: int = 3  # a node's target its reports fall short of this many rounds stops counting
     request_window_s: float = 600.0
+    request_window_mb: float = 16.0  # the leader's request window: its rows' bytes, in MiB (agent/request_window.py)
     metrics: bool = True
     server_timing: bool = True  # W3C Server-Timing on answers (execution and GC times: off on a LAN of strangers)
     metrics_token: str = ""
@@ -182,6 +184,8 @@ def validate(s: Settings) -> None:
     for name in ("placement_period_s", "request_window_s", "election_heartbeat_s"):
         if getattr(s, name) <= 0:
             raise ConfigError(name, "must be positive")
+    if not MIN_WINDOW_MB <= s.request_window_mb <= MAX_WINDOW_MB:
+        raise ConfigError("request_window_mb", f"must be {MIN_WINDOW_MB:g}-{MAX_WINDOW_MB:g} MiB")
     if s.election_heartbeat_s < MIN_HEARTBEAT_S:  # the election loop ticks at a third of it: no busy loop
         raise ConfigError("election_heartbeat_s", f"must be at least {MIN_HEARTBEAT_S:g} s")
     for name in ("placement_hold_margin", "placement_hold_start_ms", "placement_min_dwell_s", "instance_drain_s"):

@@ -11,9 +11,10 @@ worker's stdin; reply ``{"plan": {...}, "fallback": str}`` (``fallback`` names t
 least-loaded stood in for it; under a queue objective the plan carries ``running_value``, the running
 instances valued by solver.hold for the leader's hysteresis) or ``{"error": str}`` on its stdout. A request may
 carry ``{"window": {...}, "build": {...}}`` instead of the snapshot: the worker updates its copy of the leader's
-request window (agent.window_sync; it holds up to the window's 50,000 records, ~1 KB each), builds the snapshot
-itself and adds ``"requests"`` (the snapshot's count) to the reply; a window message that does not follow its copy
-gets ``{"error": str, "resync": true}`` and the leader sends the whole window. The
+request window (agent.window_sync; it holds what the window holds, up to 50,000 records and 16 MiB of them by
+default), builds the snapshot itself and adds ``"requests"`` (the snapshot's count) and ``"window_bytes"`` (its
+copy's bytes) to the reply; a window message that does not follow its copy gets ``{"error": str, "resync": true}``
+and the leader sends the whole window. The
 worker exits at end of input and dies with the agent (PR_SET_PDEATHSIG), even when it is SIGKILLed. Solving happens in
 another process because the solver holds the GIL for the length of a solve, which would stall the API.
 """
@@ -32,10 +33,11 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from itertools import chain
 from typing import IO, TYPE_CHECKING, Any
 
-from agent.window_sync import BuildInputs, WindowBuild, WindowSyncError, WorkerWindow, encode_delta, encode_reset
+from agent.window_sync import BuildInputs, WindowBuild, WindowSyncError, WorkerWindow, delta_parts, reset_parts
 
 if TYPE_CHECKING:
     from solver.hold import LastSplit
@@ -61,6 +63,7 @@ class SolverWorker:
         self._lock = threading.Lock()  # one request in flight: the pipe carries one reply at a time
         self._synced: tuple[int, int] | None = None  # (worker pid, window sequence) its window copy is at
         self.resets = 0  # window requests sent whole (a new worker, a refused delta, a journal gap)
+        self.window_bytes = 0  # the worker's copy of the window after the last round, as its byte budget counts it
 
     @property
     def pid(self) -> int | None:
@@ -146,20 +149,25 @@ class SolverWorker:
 
     def _window_round_trip(self, proc: subprocess.Popen[bytes], build: WindowBuild, tail: str) -> dict[str, Any]:
         """One request with the window's delta (a reset where the worker is not at its base; once more as a reset
-        when the worker refuses the delta). Runs in a thread: the encoding lets the event loop in between chunks."""
+        when the worker refuses the delta). Runs in a thread: the encoding lets the event loop in between chunks, and
+        is written to the worker a chunk at a time (the serving process never holds a whole window's text: at a
+        16 MiB window that text is ~22 MiB, and was held three times over while it was put together)."""
         delta = build.delta
         for reset in (self._synced != (proc.pid, delta.base) or delta.gap, True):
-            window = encode_reset(build.records, delta.seq, build.config) if reset else encode_delta(delta)
+            window = reset_parts(build.records, delta.seq, build.config) if reset else delta_parts(delta)
             if reset:
                 self.resets += 1
                 log.info("solver worker gets the whole request window (%d records)", len(build.records))
             self._synced = None  # until the worker says it applied this one
+            pieces = (p.encode() for p in chain(('{"window":',), window, (f",{tail[1:]}\n",)))
             try:
-                reply = self._round_trip(proc, f'{{"window":{window},{tail[1:]}\n'.encode())
-            except SolverWorkerError:
+                reply = self._round_trip(proc, pieces)
+            except Exception:  # unreachable, or a request not written whole: the pipe cannot be trusted
                 if proc is self._proc and proc.poll() is None:
                     self._kill()
                 raise
+            if isinstance(reply.get("window_bytes"), int):
+                self.window_bytes = reply["window_bytes"]
             if not reply.get("resync"):
                 if reply.get("window_seq") == delta.seq:  # applied, whether or not the build or the solve failed
                     self._synced = (proc.pid, delta.seq)
@@ -168,11 +176,13 @@ class SolverWorker:
                 break
         return reply
 
-    def _round_trip(self, proc: subprocess.Popen[bytes], request: bytes) -> dict[str, Any]:
+    def _round_trip(self, proc: subprocess.Popen[bytes], request: bytes | Iterable[bytes]) -> dict[str, Any]:
+        """Write one request line (whole, or piece by piece as it is encoded) and read the reply line."""
         assert proc.stdin is not None and proc.stdout is not None
         with self._lock:
             try:
-                proc.stdin.write(request)
+                for piece in (request,) if isinstance(request, bytes) else request:
+                    proc.stdin.write(piece)
                 proc.stdin.flush()
                 line = proc.stdout.readline(self.max_reply_bytes + 1)
             except (OSError, ValueError) as exc:
@@ -227,7 +237,7 @@ def solve_request(request: Any, mirror: WorkerWindow | None = None, last: LastSp
     if "window" in request:
         mirror = mirror if mirror is not None else WorkerWindow()
         try:
-            mirror.apply(request["window"])
+            mirror.apply(request.pop("window"))  # taken out: its text is not held through the build
         except WindowSyncError as exc:
             return {"error": str(exc), "resync": True}
         snapshot = BuildInputs.from_json(request["build"]).build(mirror.records())
@@ -289,11 +299,16 @@ def serve(requests: IO[bytes], replies: IO[str]) -> None:
     last = LastSplit()  # the running value's split, the next round's warm start
     for line in requests:
         try:
-            reply = solve_request(json.loads(line), mirror, last)
+            request = json.loads(line)
+            del line  # the text, as long as a whole-window message: not held while the window is replayed
+            reply = solve_request(request, mirror, last)
+            del request
         except Exception as exc:  # a bad request or a solver failure: report it, keep serving
             reply = {"error": f"{type(exc).__name__}: {exc}"}
         if mirror.seq >= 0:
             reply["window_seq"] = mirror.seq  # where the copy stands: a failed build or solve needs no resend
+        if mirror.window is not None:
+            reply["window_bytes"] = mirror.window.nbytes  # what its copy holds (bounded as the leader's window)
         replies.write(json.dumps(reply) + "\n")
         replies.flush()
 

@@ -8,18 +8,24 @@ window and each round sends only what changed:
 
 * ``JournaledWindow`` (the round machine's window, agent/leader_round.py) journals every ``add`` (node, records,
   now) and ``expire`` (now) as events with a sequence number; ``take_delta`` drains them once per solve. The journal
-  is bounded (``max_records`` in its events' records, an expiry counting one; pages with nothing kept are not
-  journaled): past it the events are dropped and the delta says so (``gap``), and the receiver must start again from
-  the whole window.
+  is bounded like the window (``max_records`` in its events' records, an expiry counting one; ``max_bytes`` in its
+  rows, counted as the window counts them; pages with nothing kept are not journaled): past either the events are
+  dropped and the delta says so (``gap``), and the receiver must start again from the whole window. The serving
+  process so holds at most twice the window's byte budget in rows (the journal keeps rows the window has evicted
+  since the last solve).
 * ``WorkerWindow`` (in the worker) replays the events through the same ``RequestWindow`` code, so its records are the
   leader's, in the same order: the same snapshot, the same plan. A message whose base is not the worker's sequence
-  is refused (``WindowSyncError``); a ``reset`` message carries the whole window (a new worker, after a gap).
+  is refused (``WindowSyncError``); a ``reset`` message carries the whole window (a new worker, after a gap). Its
+  copy is held to the same bounds, so it never holds more than the leader's window; while a message is applied the
+  worker also holds the message (its JSON line, the parsed text and an event's decoded rows: each within ~1.4x the
+  byte budget; the text is dropped once parsed), so its peak is ~4x the budget (measured), never what peers offered.
 
 Wire form (JSON, the worker's line protocol): ``{"base": int, "seq": int, "events": [...]}`` or ``{"seq": int,
-"reset": [[node, records], ...], "config": [max_records, window_s, max_ahead_s]}``; an event is ``["add",
-node, now, records]`` or ``["expire", now]``; ``records`` is a list of base64 strings, each a marshalled list of up
-to ENCODE_CHUNK packed rows (agent/packed_records.py: the window keeps its records packed, so the journal and a
-reset send them as they are held, and the worker keeps them as they arrive).
+"reset": [[node, records], ...], "config": [max_records, window_s, max_ahead_s, max_bytes]}``; an event is
+``["add", node, now, records]`` or ``["expire", now]``; ``records`` is a list of base64 strings, each a marshalled
+list of up to ENCODE_CHUNK packed rows and CHUNK_BYTES of them (agent/packed_records.py: the window keeps its
+records packed, so the journal and a reset send them as they are held, and the worker keeps them as they arrive; a
+chunk longer than MAX_CHUNK_CHARS is refused).
 """
 
 from __future__ import annotations
@@ -29,19 +35,26 @@ import binascii
 import json
 import logging
 import marshal
-from collections.abc import Iterable, Mapping, Sequence
+from bisect import bisect_right
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from itertools import accumulate
 from typing import Any
 
 from agent.catalogue import Catalogue, ModelSpec
 from agent.packed_records import RecordView, check_rows, pack_record
 from agent.placement import NodeReport, RequestRecord, build_snapshot
-from agent.request_window import RequestWindow
+from agent.request_window import MAX_WINDOW_BYTES, RequestWindow, held_bytes
 
 log = logging.getLogger(__name__)
 
 ENCODE_CHUNK = 1000  # records per marshal.dumps call: a C call holds the GIL whole, so big ones are cut up
+CHUNK_BYTES = 256 * 1024  # ... and at most this many bytes of rows (1,000 lab rows are ~180 KiB; maximal ones 8 MiB)
+# a chunk's base64 text at most: CHUNK_BYTES of rows, marshal's 5 bytes per row and per list (a single row over
+# CHUNK_BYTES, which no window holds, is the one exception encode_rows makes and decode_rows refuses)
+MAX_CHUNK_CHARS = 4 * -(-(CHUNK_BYTES + 5 * ENCODE_CHUNK + 5) // 3)
 
+WindowConfig = tuple[int, float, float, int]  # a window's bounds: (max_records, window_s, max_ahead_s, max_bytes)
 AddEvent = tuple[str, str, float, tuple[bytes, ...]]  # ("add", node, now, the packed rows it kept)
 ExpireEvent = tuple[str, float]
 WindowEvent = AddEvent | ExpireEvent
@@ -62,73 +75,105 @@ class WindowDelta:
 
 
 class JournaledWindow(RequestWindow):
-    """A RequestWindow that journals its changes for a mirror (bounded: ``max_records`` records in the journal)."""
+    """A RequestWindow that journals its changes for a mirror (bounded: ``max_records`` records and ``max_bytes`` of
+    rows in the journal)."""
 
-    def __init__(self, max_records: int, window_s: float, max_ahead_s: float) -> None:
-        super().__init__(max_records, window_s, max_ahead_s)
+    def __init__(
+        self, max_records: int, window_s: float, max_ahead_s: float, max_bytes: int = MAX_WINDOW_BYTES
+    ) -> None:
+        super().__init__(max_records, window_s, max_ahead_s, max_bytes)
         self.seq = 0
         self._base = 0  # the sequence before the journal's first event
         self._journal: list[WindowEvent] = []
         self._journaled = 0  # records in the journal's add events
+        self._journal_bytes = 0  # their rows' held_bytes
         self._gap = False
 
     def add(self, node: str, records: Iterable[RequestRecord], now: float) -> int:
         rows = self.plausible(records, now)  # packed once: the window and the journal share the rows
         if rows:  # a page with nothing kept changes nothing: nothing to journal
-            self._journal_event(("add", node, now, tuple(rows)), len(rows))
+            self._journal_event(("add", node, now, tuple(rows)), len(rows), held_bytes(rows))
         return self._take(node, rows)
 
     def expire(self, now: float) -> None:
-        self._journal_event(("expire", now), 0)
+        self._journal_event(("expire", now), 0, 0)
         super().expire(now)
 
     def clear(self) -> None:
         super().clear()
         self._drop_journal()  # nothing to replay: the mirror must start again from the (empty) window
 
-    def _journal_event(self, event: WindowEvent, records: int) -> None:
+    def _journal_event(self, event: WindowEvent, records: int, nbytes: int) -> None:
         self.seq += 1
         weight = max(1, records)  # an expiry weighs one: events, not only records, are bounded
-        if self._journaled + weight > self.max_records:  # bounded: a mirror that fell this far behind resets
-            self._drop_journal()
+        if self._journaled + weight > self.max_records or self._journal_bytes + nbytes > self.max_bytes:
+            self._drop_journal()  # bounded: a mirror that fell this far behind resets
             return
         self._journal.append(event)
         self._journaled += weight
+        self._journal_bytes += nbytes
 
     def forget_journal(self) -> None:
         """Drop the journal (no mirror will replay it: the node stepped down); the next delta says ``gap``."""
         self._drop_journal()
 
     def _drop_journal(self) -> None:
-        self._journal, self._journaled, self._gap = [], 0, True
+        self._journal, self._journaled, self._journal_bytes, self._gap = [], 0, 0, True
 
     def take_delta(self) -> WindowDelta:
         """The events since the last call (drained): what a mirror at ``base`` applies to reach ``seq``."""
         delta = WindowDelta(self._base, self.seq, tuple(self._journal), self._gap)
-        self._base, self._journal, self._journaled, self._gap = self.seq, [], 0, False
+        self._base, self._journal, self._journaled, self._journal_bytes, self._gap = self.seq, [], 0, 0, False
         return delta
 
-    def config(self) -> tuple[int, float, float]:
-        """The window's bounds as a mirror needs them: (max_records, window_s, max_ahead_s)."""
-        return (self.max_records, self.window_s, self.max_ahead_s)
+    def config(self) -> WindowConfig:
+        """The window's bounds as a mirror needs them: (max_records, window_s, max_ahead_s, max_bytes)."""
+        return (self.max_records, self.window_s, self.max_ahead_s, self.max_bytes)
 
     def journal_records(self) -> int:
         """The journal's weight: its events' records, an expiry counting one (at most ``max_records``)."""
         return self._journaled
 
+    def journal_bytes(self) -> int:
+        """The journal's rows, as the window counts bytes (at most ``max_bytes``)."""
+        return self._journal_bytes
+
 
 def encode_rows(rows: Sequence[bytes]) -> str:
-    """A JSON array of chunks, each ``ENCODE_CHUNK`` packed rows marshalled and base64-encoded (short C calls: other
-    threads run in between)."""
-    chunks = (base64.b64encode(marshal.dumps(list(rows[i : i + ENCODE_CHUNK]))).decode()
-              for i in range(0, len(rows), ENCODE_CHUNK))  # fmt: skip
-    return "[" + ",".join(f'"{c}"' for c in chunks) + "]"
+    """A JSON array of chunks, each up to ``ENCODE_CHUNK`` packed rows and ``CHUNK_BYTES`` of them, marshalled and
+    base64-encoded (short C calls: other threads run in between)."""
+    return "".join(_rows_parts(rows))
+
+
+def _rows_parts(rows: Sequence[bytes]) -> Iterator[str]:
+    """``encode_rows``'s text in pieces of at most one chunk (a message is written to the worker piece by piece: the
+    serving process never holds a whole window's text)."""
+    yield "["
+    for n, (i, j) in enumerate(chunk_bounds(rows)):
+        yield f'{"," if n else ""}"{base64.b64encode(marshal.dumps(list(rows[i:j]))).decode()}"'
+    yield "]"
+
+
+def chunk_bounds(rows: Sequence[bytes]) -> Iterator[tuple[int, int]]:
+    """(start, stop) of consecutive chunks of ``rows``: at most ``ENCODE_CHUNK`` rows and ``CHUNK_BYTES`` of them
+    each (at least one row each: a single row past CHUNK_BYTES is a chunk of its own)."""
+    ends = list(accumulate(map(len, rows)))  # the rows' lengths summed up to each row (C loops: 50,000 in ~2 ms)
+    start = 0
+    while start < len(ends):
+        before = ends[start - 1] if start else 0
+        stop = bisect_right(ends, before + CHUNK_BYTES, start, min(len(ends), start + ENCODE_CHUNK))
+        stop = max(stop, start + 1)
+        yield start, stop
+        start = stop
 
 
 def decode_rows(chunks: Iterable[str]) -> list[bytes]:
-    """The packed rows back from ``encode_rows``'s chunks; raises ValueError on anything else."""
+    """The packed rows back from ``encode_rows``'s chunks; raises ValueError on anything else (a chunk longer than
+    ``MAX_CHUNK_CHARS`` included)."""
     rows: list[bytes] = []
     for chunk in chunks:
+        if not isinstance(chunk, str) or len(chunk) > MAX_CHUNK_CHARS:
+            raise ValueError(f"not a chunk of records of at most {MAX_CHUNK_CHARS} characters")
         try:
             part = marshal.loads(base64.b64decode(chunk, validate=True))
         except (EOFError, TypeError, binascii.Error) as exc:
@@ -139,23 +184,40 @@ def decode_rows(chunks: Iterable[str]) -> list[bytes]:
 
 def encode_delta(delta: WindowDelta) -> str:
     """The JSON text of a delta message (``delta.gap`` must be False: a gap needs ``encode_reset``)."""
-    events = []
-    for event in delta.events:
+    return "".join(delta_parts(delta))
+
+
+def delta_parts(delta: WindowDelta) -> Iterator[str]:
+    """``encode_delta``'s text in pieces of at most one chunk of rows."""
+    yield f'{{"base":{delta.base},"seq":{delta.seq},"events":['
+    for n, event in enumerate(delta.events):
+        comma = "," if n else ""
         if event[0] == "add":
             _, node, now, records = event  # type: ignore[misc]
-            events.append(f'["add",{json.dumps(node)},{json.dumps(now)},{encode_rows(records)}]')
+            yield f'{comma}["add",{json.dumps(node)},{json.dumps(now)},'
+            yield from _rows_parts(records)
+            yield "]"
         else:
-            events.append(f'["expire",{json.dumps(event[1])}]')
-    return f'{{"base":{delta.base},"seq":{delta.seq},"events":[{",".join(events)}]}}'
+            yield f'{comma}["expire",{json.dumps(event[1])}]'
+    yield "]}"
 
 
-def encode_reset(records: Sequence[RequestRecord], seq: int, config: tuple[int, float, float]) -> str:
+def encode_reset(records: Sequence[RequestRecord], seq: int, config: WindowConfig) -> str:
     """The JSON text of a reset message: the whole window at sequence ``seq`` (``RequestWindow.records()``: node by
     node, each ``logged_by`` its node; its rows are sent as they are held) with its bounds (max_records, window_s,
-    max_ahead_s)."""
+    max_ahead_s, max_bytes)."""
+    return "".join(reset_parts(records, seq, config))
+
+
+def reset_parts(records: Sequence[RequestRecord], seq: int, config: WindowConfig) -> Iterator[str]:
+    """``encode_reset``'s text in pieces of at most one chunk of rows."""
     view = records if isinstance(records, RecordView) else RecordView(_packed_groups(records))
-    nodes = ",".join(f"[{json.dumps(node)},{encode_rows(rows)}]" for node, rows in view.groups)
-    return f'{{"seq":{seq},"config":{json.dumps(list(config))},"reset":[{nodes}]}}'
+    yield f'{{"seq":{seq},"config":{json.dumps(list(config))},"reset":['
+    for n, (node, rows) in enumerate(view.groups):
+        yield f"{',' if n else ''}[{json.dumps(node)},"
+        yield from _rows_parts(rows)
+        yield "]"
+    yield "]}"
 
 
 def _packed_groups(records: Iterable[RequestRecord]) -> list[tuple[str | None, list[bytes]]]:
@@ -189,8 +251,8 @@ class WorkerWindow:
             raise WindowSyncError(f"malformed window message: {type(exc).__name__}: {exc}") from exc
 
     def _reset(self, message: Mapping[str, Any]) -> None:
-        max_records, window_s, max_ahead_s = message["config"]
-        window = RequestWindow(int(max_records), float(window_s), float(max_ahead_s))
+        max_records, window_s, max_ahead_s, max_bytes = message["config"]
+        window = RequestWindow(int(max_records), float(window_s), float(max_ahead_s), int(max_bytes))
         window.load_rows((str(node), decode_rows(rows)) for node, rows in message["reset"])
         self.window, self.seq = window, int(message["seq"])
 
@@ -250,5 +312,5 @@ class WindowBuild:
 
     delta: WindowDelta
     records: Sequence[RequestRecord]  # the window's records (a RecordView: still packed)
-    config: tuple[int, float, float]
+    config: WindowConfig
     inputs: BuildInputs

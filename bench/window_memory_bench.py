@@ -11,6 +11,13 @@ take the records and the delta, encode the delta: CPU ms) and the whole round tr
 worker's CPU ms: the wall time is at the mercy of a shared machine's load), and the reset's encoding (a new worker
 only). ``--before-rev REV`` measures git revision REV's agent/ the same way in the same run and prints ratios.
 
+The worst case (``--worst N``, 50,000 by default; 0 leaves it out), in a fresh child process of its own: N maximal
+records offered (``maximal_record``: the widest a peer's request page may carry, each packing to ~8 KiB, just under
+the row limit) by ten nodes, in pages that fit a peer answer, then a real solver worker given the whole window and
+``--reps`` delta rounds of ``--new-per-round`` more: the records and bytes the window holds, the serving process's
+RSS growth (after the fill, and its peak: VmHWM, the whole window's encoding for the worker included), and the
+worker's RSS before, after the whole window, after the rounds and at its peak.
+
     python bench/window_memory_bench.py --records 1000,10000,50000 --before-rev 5f53e85 --json
 """
 
@@ -31,14 +38,26 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGE = 1000  # records per gathered page
+WIDEST_PAGE = 25  # maximal records per gathered page: a peer's answer is at most 256 KiB (peerserve/wire.py MAX_BODY)
+ROW_OVERHEAD = 48  # a held row's memory beyond its length, as agent/request_window.py counts it (not in old trees)
 
 
-def rss_kib(pid: int) -> int:
-    """A process's resident set (VmRSS, KiB) from /proc."""
+def maximal_record(ts: float, model: str = "m" * 128) -> Any:
+    """A record a peer's request page may carry (peerserve.wire.RequestRow: 64 RTTs to ids of up to 64 characters,
+    any characters; a client of up to 128, a node of up to 64) that packs to just under the row limit (8 KiB): ids of
+    three-byte characters. A row past the limit is left out, so this is the widest a window can be made to hold."""
+    from agent.placement import RequestRecord
+
+    rtt = {f"{j:02d}" + "\u20ac" * 34: 60_000.0 for j in range(64)}
+    return RequestRecord(ts, model, "\u20ac" * 128, rtt, "\u20ac" * 64, 60_000.0, 200)
+
+
+def rss_kib(pid: int, field: str = "VmRSS") -> int:
+    """A process's resident set (VmRSS, KiB; ``field="VmHWM"``: its peak so far) from /proc."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1])
-    raise RuntimeError(f"no VmRSS for {pid}")
+    raise RuntimeError(f"no {field} for {pid}")
 
 
 def cpu_ms(pid: int) -> float:
@@ -67,11 +86,14 @@ def _cpu_ms(fn: Any, reps: int) -> float:
     return best * 1000.0
 
 
-async def _worker_figures(w: Any, inputs: Any, new_per_round: int, reps: int) -> dict[str, float]:
-    """RSS of a real solver worker before/after it takes the whole window, and a delta round's wall time (least)."""
+async def _worker_figures(w: Any, inputs: Any, new_per_round: int, reps: int, pages: Any = None) -> dict[str, float]:
+    """RSS of a real solver worker before/after it takes the whole window, and a delta round's wall time (least);
+    ``pages(n, i)``: round i's n new records, page by page (default: the lab's, one page)."""
     from agent.solver_worker import SolverWorker
     from agent.window_sync import WindowBuild
     from bench.snapshot_bench import window as lab
+
+    pages = pages or (lambda n, i: [lab(n, seed=99 + i)])
 
     worker = SolverWorker("least-loaded")
     worker.start()
@@ -85,7 +107,8 @@ async def _worker_figures(w: Any, inputs: Any, new_per_round: int, reps: int) ->
         after = rss_kib(pid)
         round_ms = round_cpu = float("inf")
         for i in range(reps):  # the least wall time, and the worker's least CPU time, of ``reps`` delta rounds
-            w.add("n0", lab(new_per_round, seed=99 + i), 1060.0)
+            for page in pages(new_per_round, i):
+                w.add("n0", page, 1060.0)
             w.expire(1060.0)
             t, c = time.perf_counter(), cpu_ms(pid)
             held, delta = w.records(), w.take_delta()
@@ -93,7 +116,8 @@ async def _worker_figures(w: Any, inputs: Any, new_per_round: int, reps: int) ->
             round_ms = min(round_ms, (time.perf_counter() - t) * 1000.0)
             round_cpu = min(round_cpu, cpu_ms(pid) - c)
         return {"worker_rss_before_kib": before, "worker_rss_after_kib": after, "worker_round_ms": round_ms,
-                "worker_rss_round_kib": rss_kib(pid), "worker_round_cpu_ms": round_cpu}  # fmt: skip
+                "worker_rss_round_kib": rss_kib(pid), "worker_round_cpu_ms": round_cpu,
+                "worker_rss_peak_kib": rss_kib(pid, "VmHWM")}  # fmt: skip
     finally:
         await worker.close()
 
@@ -142,10 +166,52 @@ def measure_one(n: int, reps: int, new_per_round: int) -> dict[str, float]:
     return out
 
 
-def run_child(n: int, reps: int, new_per_round: int, tree: Path | None) -> dict[str, float]:
-    """``measure_one`` in a fresh interpreter, on this checkout's agent/ or on ``tree``'s (another revision)."""
-    code = (f"import json; from bench.window_memory_bench import measure_one; "
-            f"print(json.dumps(measure_one({n}, {reps}, {new_per_round})))")  # fmt: skip
+def window_bytes(w: Any) -> int:
+    """The window's rows as agent/request_window.py counts its byte budget (computed here: old trees have none)."""
+    return sum(sum(map(len, rows)) + ROW_OVERHEAD * len(rows) for _, rows in w.records().groups)
+
+
+def measure_worst(n: int, reps: int, new_per_round: int) -> dict[str, float]:
+    """The worst case's figures, in this process (meant to be a fresh one): ``n`` maximal records offered by ten
+    nodes a page at a time (each page dropped after, as after a gather), then a real worker given the window."""
+    from agent.catalogue import builtin_catalogue_text, parse_catalogue
+    from agent.placement import NodeReport
+    from agent.window_sync import BuildInputs, JournaledWindow
+    from bench.snapshot_bench import NODES
+
+    catalogue = parse_catalogue(builtin_catalogue_text(), "bench")
+    first = next(iter(catalogue.models))
+    nodes = tuple(NodeReport(f"n{j}", 2000.0, 4000.0, 100.0, "default", {first: 1}, cores=4.0) for j in range(NODES))
+    inputs = BuildInputs(nodes, catalogue, 1060.0, "queue-p99", 600.0)
+    gc.collect()
+    rss0 = rss_kib(os.getpid())
+    w = JournaledWindow(n + new_per_round, 600.0, 30.0)  # the default byte budget, where the tree has one
+    for i in range(0, n, WIDEST_PAGE):
+        page = [maximal_record(1000.0 + (i + k) * 60.0 / max(n, 1), first) for k in range(min(WIDEST_PAGE, n - i))]
+        w.add(f"n{(i // WIDEST_PAGE) % NODES}", page, 1060.0)
+        del page
+    w.take_delta()
+    gc.collect()
+    out = {"worst_offered": n, "worst_records": len(w), "worst_window_kib": window_bytes(w) / 1024,
+           "worst_serving_rss_kib": rss_kib(os.getpid()) - rss0}  # fmt: skip
+
+    def widest_pages(k: int, i: int) -> Any:  # as gathered: each page made, added and dropped in turn
+        sizes = (min(WIDEST_PAGE, k - j) for j in range(0, k, WIDEST_PAGE))
+        return ([maximal_record(1059.0, first) for _ in range(size)] for size in sizes)
+
+    figures = asyncio.run(_worker_figures(w, inputs, new_per_round, reps, widest_pages))
+    out.update({f"worst_{k}": v for k, v in figures.items() if k.startswith("worker_rss")})
+    out["worst_serving_rss_peak_kib"] = rss_kib(os.getpid(), "VmHWM") - rss0  # the whole window's encoding included
+    out["worst_records_after_rounds"] = len(w)
+    out["worst_window_kib_after_rounds"] = window_bytes(w) / 1024
+    return out
+
+
+def run_child(n: int, reps: int, new_per_round: int, tree: Path | None, fn: str = "measure_one") -> dict[str, float]:
+    """``fn`` (measure_one, measure_worst) in a fresh interpreter, on this checkout's agent/ or on ``tree``'s (another
+    revision)."""
+    code = (f"import json; from bench.window_memory_bench import {fn}; "
+            f"print(json.dumps({fn}({n}, {reps}, {new_per_round})))")  # fmt: skip
     path = [str(tree)] if tree is not None else []
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([*path, str(ROOT)])}
     done = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True, env=env,
@@ -158,18 +224,24 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--records", default="1000,10000,50000", help="window sizes, comma-separated")
     ap.add_argument("--reps", type=int, default=3, help="timed repetitions; the least CPU time counts")
     ap.add_argument("--new-per-round", type=int, default=1000, help="records new to the window each round")
+    ap.add_argument("--worst", type=int, default=50_000, help="maximal records offered in the worst case (0: none)")
     ap.add_argument("--before-rev", help="also measure git revision REV's agent/ the same way, in the same run")
     ap.add_argument("--json", action="store_true", help="print the figures as JSON")
     args = ap.parse_args(argv)
     sizes = [int(s) for s in args.records.split(",") if s.strip()]
     now = {str(n): run_child(n, args.reps, args.new_per_round, None) for n in sizes}
     then = None
-    if args.before_rev:
-        from bench.common import extract_revision
+    with tempfile.TemporaryDirectory() as tmp:
+        tree = None
+        if args.before_rev:
+            from bench.common import extract_revision
 
-        with tempfile.TemporaryDirectory() as tmp:
             tree = extract_revision(args.before_rev, Path(tmp), ("agent", "solver", "peerserve"))
             then = {str(n): run_child(n, args.reps, args.new_per_round, tree) for n in sizes}
+        if args.worst:  # the worst case, this tree then the before tree, in the same run
+            now["worst"] = run_child(args.worst, args.reps, args.new_per_round, None, "measure_worst")
+            if then is not None:
+                then["worst"] = run_child(args.worst, args.reps, args.new_per_round, tree, "measure_worst")
     load = os.getloadavg()
     if args.json:
         print(json.dumps({"now": now, "before": then, "before_rev": args.before_rev, "load": load}))
@@ -178,13 +250,19 @@ def main(argv: list[str] | None = None) -> int:
     keys = ("window_heap_kib", "serving_rss_kib", "worker_rss_before_kib", "worker_rss_after_kib",
             "worker_rss_round_kib", "build_ms", "handoff_round_ms", "reset_encode_ms", "worker_round_ms",
             "worker_round_cpu_ms")  # fmt: skip
-    for n in sizes:
-        print(f"{n} records:")
-        for k in keys:
-            row = f"  {k:<22} {now[str(n)][k]:>10.1f}"
+    worst = ("worst_records", "worst_window_kib", "worst_serving_rss_kib", "worst_serving_rss_peak_kib",
+             "worst_worker_rss_before_kib", "worst_worker_rss_after_kib", "worst_worker_rss_round_kib",
+             "worst_worker_rss_peak_kib", "worst_records_after_rounds", "worst_window_kib_after_rounds")  # fmt: skip
+    shown = [(str(n), f"{n} records:", keys) for n in sizes]
+    if args.worst:
+        shown.append(("worst", f"worst case, {args.worst} maximal records offered:", worst))
+    for n, title, figures in shown:
+        print(title)
+        for k in figures:
+            row = f"  {k:<30} {now[n][k]:>10.1f}"
             if then:
-                b = then[str(n)][k]
-                row += f"   before {b:>10.1f}   now/before {now[str(n)][k] / b if b else float('nan'):>6.2f}x"
+                b = then[n][k]
+                row += f"   before {b:>10.1f}   now/before {now[n][k] / b if b else float('nan'):>6.2f}x"
             print(row)
     return 0
 

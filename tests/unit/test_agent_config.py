@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+import asyncio
 import os
 import time
 from pathlib import Path
@@ -9,8 +11,12 @@ from pathlib import Path
 import pytest
 
 from agent.catalogue import CatalogueWatcher, builtin_catalogue_text, parse_catalogue
+from agent.cli import register
 from agent.errors import ConfigError
-from agent.settings import load_settings
+from agent.leadership import Leadership
+from agent.node import NodeAgent
+from agent.request_window import MAX_WINDOW_BYTES
+from agent.settings import Settings, load_settings
 
 GOOD = """
 [[models]]
@@ -108,6 +114,9 @@ def test_settings_precedence(tmp_path: Path) -> None:
         ({"PEERSERVE_CORES": "-2"}, "cores"),
         ({"PEERSERVE_CORES": "inf"}, "cores"),
         ({"PEERSERVE_ELECTION_HEARTBEAT_S": "1e-9"}, "election_heartbeat_s"),  # the election loop would spin
+        ({"PEERSERVE_REQUEST_WINDOW_MB": "0"}, "request_window_mb"),
+        ({"PEERSERVE_REQUEST_WINDOW_MB": "nan"}, "request_window_mb"),
+        ({"PEERSERVE_REQUEST_WINDOW_MB": "1e6"}, "request_window_mb"),  # no board has it: no bound at all
     ],
 )
 def test_bad_settings_name_the_key(env: dict[str, str], key: str, tmp_path: Path) -> None:
@@ -125,3 +134,29 @@ def test_broken_config_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as err:
         load_settings(str(cfg), env={})
     assert err.value.key == "colour"
+
+
+def test_the_request_window_budget_reaches_the_leaders_window(tmp_path: Path) -> None:
+    """``request_window_mb`` (MiB) is the leader's window's byte budget, which its solver worker's copy gets too
+    (``config()`` travels with a whole-window message); its default is the window's."""
+
+    async def scenario() -> tuple[int, float, float, int]:
+        overrides = {"node_id": "w", "data_dir": str(tmp_path), "request_window_mb": 2.5, "mdns": False}
+        agent = NodeAgent(load_settings(env={}, overrides=overrides))
+        try:
+            return Leadership(agent).rounds.window.config()
+        finally:
+            await agent.stop()
+
+    assert asyncio.run(scenario())[3] == int(2.5 * 2**20)
+    assert Settings.request_window_mb * 2**20 == MAX_WINDOW_BYTES
+
+
+def test_the_request_window_budget_is_a_flag(tmp_path: Path) -> None:
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    args = parser.parse_args(["agent", "--request-window-mb", "2.5"])
+    overrides = {"request_window_mb": args.request_window_mb, "data_dir": str(tmp_path)}
+    assert load_settings(env={}, overrides=overrides).request_window_mb == 2.5
+    from_env = load_settings(env={"PEERSERVE_REQUEST_WINDOW_MB": "3"}, overrides={"data_dir": str(tmp_path)})
+    assert from_env.request_window_mb == 3

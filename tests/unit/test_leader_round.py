@@ -311,6 +311,19 @@ def test_the_summary_carries_the_plans_idle_running_instances() -> None:
     assert out[0].summary["idle_running"] == {"a": {"m": 1}} and out[0].summary["planned_queue"] == {"b": {"m": 0.5}}
 
 
+def test_the_request_window_is_bounded_by_bytes_too() -> None:
+    """Records with 128-character client ids from one node fill its share of a 2,000-byte budget; the other node's
+    short record stays; the solve carries the budget for the worker's copy."""
+    m = elected(cfg=RoundConfig(debounce_s=0.0, window_s=600.0, max_window=100, max_window_bytes=2000, page_limit=100))
+    m.step(Tick(100.0))
+    m.step(Gathered(100.0, 1, "a", report("a"), ((1, rec(99.0)),)))
+    page = tuple((i, rec(90.0 + i / 10, "x" * 128)) for i in range(1, 40))
+    (solve,) = m.step(Gathered(100.0, 1, "b", report("b"), page))
+    assert isinstance(solve, Solve) and solve.window_config is not None and solve.window_config[3] == 2000
+    assert m.window.nbytes <= 2000 and [r.logged_by for r in solve.requests].count("a") == 1
+    assert 0 < [r.logged_by for r in solve.requests].count("b") < 39  # b's newest that fit
+
+
 def test_a_record_stamped_in_the_future_or_nan_holds_no_older_one_in_the_window() -> None:
     m = elected(cfg=RoundConfig(debounce_s=0.0, window_s=10.0, max_window=100, page_limit=100))
     m.step(Tick(100.0))

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import gc
+import json
 import random
+import tracemalloc
+from typing import Any
 
 from agent.catalogue import builtin_catalogue_text, parse_catalogue
 from agent.placement import (
     MIN_LATENCY_SAMPLES,
+    USAGE_KEYS,
     NodeReport,
     RequestRecord,
     build_snapshot,
@@ -14,6 +19,7 @@ from agent.placement import (
     make_before_break,
     parse_node_report,
 )
+from peerserve import wire
 from solver import Snapshot
 
 CAT = parse_catalogue(builtin_catalogue_text(), "t")
@@ -68,6 +74,37 @@ def test_parse_node_report_and_desired_sets() -> None:
     )  # fmt: skip
     assert r.instances == {"m": 2} and r.ready == {"m": 1} and r.usage["m"]["requests_since_provisioned"] == 3
     assert desired_sets({"a": {"m": 2, "x": 0}}, ["a", "b"]) == {"a": {"m": 2}, "b": {}}
+
+
+def test_a_report_keeps_only_the_usage_the_snapshot_reads() -> None:
+    """A member's /stats/models answer may name 200 models with 16 made-up keys each (as much as a peer answer holds):
+    the leader keeps a report a round, then as the stale stand-in, and sends it to the worker every round. Only the
+    three figures the snapshot reads stay (~40 KB held where the whole answer held ~560 KB), and the snapshot is the
+    one the whole answer gives."""
+    models: dict[str, dict[str, float]] = {
+        f"{i:03d}" + "m" * 60: {f"{i:03d}{k:02d}" + "k" * 59: float(k) for k in range(16)} for i in range(200)
+    }
+    models["xor_mlp"] = {"requests_since_provisioned": 4, "last_request": 9.5, "provisioned_at": 1.0, "junk": 2.0}
+    body = json.dumps({"node_id": "a", "models": models})
+    base = {"node_id": "a", "mem_available_mb": 5, "mem_total_mb": 9, "compute": 100, "instances": []}
+    assert len(body) < wire.MAX_BODY
+
+    def held(parse: Any) -> tuple[Any, int]:
+        gc.collect()
+        tracemalloc.start()
+        before = tracemalloc.get_traced_memory()[0]
+        out = parse(wire.ModelStats.parse(json.loads(body)).to_json())  # the answer itself dropped after
+        gc.collect()
+        grown = tracemalloc.get_traced_memory()[0] - before
+        tracemalloc.stop()
+        return out, grown
+
+    report, kept = held(lambda stats: parse_node_report(base, stats))
+    whole, all_kept = held(lambda stats: {str(m): dict(v) for m, v in stats["models"].items()})  # as before
+    assert all(set(u) <= set(USAGE_KEYS) for u in report.usage.values()) and kept < 100_000 < 4 * 100_000 < all_kept
+    assert report.usage["xor_mlp"] == {"requests_since_provisioned": 4, "last_request": 9.5, "provisioned_at": 1.0}
+    everything = NodeReport("a", 5, 9, 100, "default", {}, whole)
+    assert build_snapshot([report], [], CAT, 10.0) == build_snapshot([everything], [], CAT, 10.0)
 
 
 def test_a_streams_rtt_to_each_node_is_the_newest_report_of_that_node() -> None:

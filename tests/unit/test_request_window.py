@@ -1,12 +1,15 @@
-"""The leader's request window (agent/request_window.py): age and count bounds, junk stamps, fairness between nodes."""
+"""The leader's request window (agent/request_window.py): age, count and byte bounds, junk stamps, fairness between
+nodes."""
 
 from __future__ import annotations
 
 from hypothesis import given
 from hypothesis import strategies as st
 
+from agent.packed_records import MAX_ROW_BYTES, pack_record
 from agent.placement import RequestRecord
-from agent.request_window import RequestWindow, fair_cap
+from agent.request_window import ROW_OVERHEAD, RequestWindow, fair_cap, held_bytes
+from bench.window_memory_bench import maximal_record
 
 
 def rec(ts: float, client: str = "c") -> RequestRecord:
@@ -72,3 +75,78 @@ def test_more_logging_nodes_than_records_still_fill_the_window() -> None:
     for i in range(20):
         w.add(f"n{i}", [rec(99.0)], now=100.0)
         assert len(w) == len(w.records()) == min(i + 1, 10)
+
+
+def maximal(ts: float) -> RequestRecord:
+    """A record whose row packs to just under the row limit (the widest a peer's request page may carry)."""
+    return maximal_record(ts, "m")
+
+
+def test_a_flood_of_maximal_rows_keeps_the_bytes_within_the_budget_and_the_others_records() -> None:
+    budget = 1 << 20
+    w = RequestWindow(max_records=50_000, window_s=600.0, max_ahead_s=60.0, max_bytes=budget)
+    w.add("a", [rec(90.0 + i / 100, "ca") for i in range(300)], now=100.0)
+    w.add("b", [rec(90.0 + i / 100, "cb") for i in range(100)], now=100.0)
+    small = w.nbytes
+    assert len(pack_record(maximal(99.0))) >= 0.95 * MAX_ROW_BYTES
+    for page in range(400):  # the flood: ~3 MiB of rows a node's share of 1 MiB can hold a third of
+        assert w.add("flood", [maximal(95.0 + page / 100)] * 25, now=100.0) == 25
+        assert w.nbytes <= budget and len(w) <= 50_000
+    by_node = {n: sum(r.logged_by == n for r in w.records()) for n in ("a", "b", "flood")}
+    assert by_node["a"] == 300 and by_node["b"] == 100  # within their share: every record kept
+    assert w.bytes_of("a") + w.bytes_of("b") == small
+    assert budget - MAX_ROW_BYTES - ROW_OVERHEAD < w.nbytes <= budget  # the flood keeps the rest of the room
+    assert [r.ts for r in w.records() if r.logged_by == "flood"][-1] == 95.0 + 399 / 100  # its newest, not oldest
+    assert w.nbytes == held_bytes([row for _, rows in w.records().groups for row in rows])
+
+
+def test_two_floods_share_the_bytes_equally_and_a_third_node_keeps_its_records() -> None:
+    budget = 400_000
+    w = RequestWindow(max_records=50_000, window_s=600.0, max_ahead_s=60.0, max_bytes=budget)
+    w.add("quiet", [rec(99.0)] * 50, now=100.0)
+    for _ in range(40):
+        w.add("x", [maximal(99.0)] * 10, now=100.0)
+        w.add("y", [maximal(99.0), rec(99.0)] * 10, now=100.0)
+    quiet = sum(r.logged_by == "quiet" for r in w.records())
+    assert quiet == 50 and w.nbytes <= budget
+    share = (budget - w.bytes_of("quiet")) / 2
+    for node in ("x", "y"):  # each down to its half of the rest, at most a row under it
+        assert share - MAX_ROW_BYTES - ROW_OVERHEAD < w.bytes_of(node) <= share + 1
+
+
+@given(
+    st.lists(st.tuples(st.sampled_from("abcd"), st.integers(0, 40), st.integers(0, 3000)), max_size=30),
+    st.integers(1, 120),
+    st.integers(0, 60_000),
+)
+def test_the_window_holds_both_bounds_and_a_node_within_its_shares_keeps_all(
+    pages: list[tuple[str, int, int]], bound: int, budget: int
+) -> None:
+    """Any pages of records of any width (one client's id padded): both bounds hold after every page, the byte count
+    is the rows' own, and a node whose records fit an equal share of both bounds among the nodes loses none."""
+    w = RequestWindow(max_records=bound, window_s=600.0, max_ahead_s=60.0, max_bytes=budget)
+    offered: dict[str, list[bytes]] = {}
+    for node, n, width in pages:
+        page = [rec(99.0, "c" * (1 + width))] * n
+        w.add(node, page, now=100.0)
+        offered.setdefault(node, []).extend(pack_record(r) for r in page)
+        assert len(w) == len(w.records()) <= bound and w.nbytes <= budget
+        assert w.nbytes == sum(w.bytes_of(n) for n in offered)
+        assert w.nbytes == held_bytes([row for _, rows in w.records().groups for row in rows])
+    k = len(offered)
+    for node, rows in offered.items():
+        if len(rows) <= bound // k and held_bytes(rows) <= budget // k:
+            assert sum(r.logged_by == node for r in w.records()) == len(rows)
+
+
+def test_expiry_and_a_loaded_copy_count_the_bytes_again() -> None:
+    w = RequestWindow(max_records=100, window_s=10.0, max_ahead_s=60.0, max_bytes=100_000)
+    w.add("a", [rec(91.0), maximal(95.0), rec(99.0)], now=100.0)
+    w.add("b", [maximal(92.0)], now=100.0)
+    w.expire(now=102.5)  # 91 and 92 go: b's maximal row with them
+    assert w.nbytes == w.bytes_of("a") == held_bytes([pack_record(maximal(95.0)), pack_record(rec(99.0))])
+    assert w.bytes_of("b") == 0 and len(w) == 2
+    small = RequestWindow(max_records=100, window_s=10.0, max_ahead_s=60.0, max_bytes=10_000)
+    small.load_rows([("a", [pack_record(maximal(95.0))] * 3), ("b", [pack_record(rec(99.0))] * 3)])
+    assert small.nbytes <= 10_000 and len(small) == 4  # a copy holds its own bounds: b's rows kept, a's newest
+    assert [r.logged_by for r in small.records()] == ["a", "b", "b", "b"]

@@ -5,14 +5,18 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import signal
+from dataclasses import replace
 from typing import Any
 
 import pytest
 
+from agent.packed_records import MAX_ROW_BYTES, pack_record
 from agent.solver_worker import SolverWorker, SolverWorkerError
-from agent.window_sync import WindowBuild, WindowDelta
-from tests.unit.test_window_sync import inputs, rounds
+from agent.window_sync import JournaledWindow, WindowBuild, WindowDelta
+from bench.window_memory_bench import maximal_record, rss_kib
+from tests.unit.test_window_sync import MODELS, inputs, record, rounds
 
 
 def timeless(plan: dict[str, Any]) -> dict[str, Any]:
@@ -93,6 +97,80 @@ def test_a_solve_that_fails_after_the_window_applied_needs_no_whole_window_next_
                 else:
                     await worker.solve_window(build, "least-loaded", "1")
             assert worker.resets == 1
+        finally:
+            await worker.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_flood_of_maximal_rows_leaves_the_workers_copy_within_the_budget_and_the_snapshot_solves() -> None:
+    """Thirty rounds in which one node offers ~1.2 MiB of maximal rows (36 MiB in all) beside two quiet nodes, each
+    solved by a real worker from its copy: the copy holds what the leader's window holds, within the 2 MiB budget with
+    every quiet record kept; the worker's RSS grows by a small multiple of the budget, not by what was offered; and
+    the snapshot of a window at its budget solves, to the plan of the same snapshot built here."""
+    budget = 2 << 20
+
+    async def scenario() -> None:
+        worker = SolverWorker("least-loaded")
+        window = JournaledWindow(50_000, 600.0, 30.0, budget)
+        rnd = random.Random(3)
+        offered = 0
+        try:
+            worker.start()
+            await worker.solve(inputs(1000.0).build(()), "least-loaded", "1")  # started and warmed up
+            assert worker.pid is not None
+            before = rss_kib(worker.pid)
+            for i in range(30):
+                now = 1000.0 + i
+                for node in ("a", "b"):
+                    window.add(node, [replace(record(rnd, now), ts=now - 1.0) for _ in range(10)], now)
+                for _ in range(6):  # pages as a peer's answer carries them (at most 256 KiB)
+                    offered += 25 * len(pack_record(maximal_record(now, MODELS[1])))
+                    window.add("c", [maximal_record(now, MODELS[1])] * 25, now)
+                window.expire(now)
+                records, delta = window.records(), window.take_delta()
+                build = WindowBuild(delta, records, window.config(), inputs(now))
+                plan, fallback, requests = await worker.solve_window(build, "least-loaded", "1")
+                assert worker.window_bytes == window.nbytes <= budget
+            grown = (rss_kib(worker.pid) - before) * 1024
+            quiet = [r for r in records if r.logged_by in ("a", "b")]
+            assert len(quiet) == 600 and window.nbytes > budget - 2 * MAX_ROW_BYTES  # at the budget, the quiet kept
+            assert offered > 16 * budget and grown < 8 * budget, (offered, grown)  # unbounded: ~36x (74 MiB)
+            expected, _ = await worker.solve(inputs(now).build(records), "least-loaded", "1")
+            assert plan["status"] != "infeasible" and requests > 0 and fallback == ""
+            assert timeless(plan) == timeless(expected)
+        finally:
+            await worker.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_message_not_written_whole_ends_the_worker_and_the_next_round_resets(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The window goes to the worker piece by piece as it is encoded: a failure half-way leaves its line protocol
+    mid-line, so that worker is ended, and the next round gives a new one the whole window."""
+    import agent.solver_worker as sw
+
+    def broken(*args: Any) -> Any:
+        yield '{"seq":1,'
+        raise RuntimeError("encoding failed")
+
+    async def scenario() -> None:
+        worker = SolverWorker("least-loaded")
+        try:
+            worker.start()
+            steps = rounds(9)
+            records, config, delta, now = steps[0]
+            with monkeypatch.context() as m:
+                m.setattr(sw, "reset_parts", broken)
+                with pytest.raises(RuntimeError, match="encoding failed"):
+                    await worker.solve_window(WindowBuild(delta, records, config, inputs(now)), "least-loaded", "1")
+            assert worker.pid is None  # ended
+            records, config, delta, now = steps[1]
+            plan, _, requests = await worker.solve_window(
+                WindowBuild(delta, records, config, inputs(now)), "least-loaded", "1"
+            )
+            expected, _ = await worker.solve(inputs(now).build(records), "least-loaded", "1")
+            assert timeless(plan) == timeless(expected) and requests > 0 and worker.resets == 2
         finally:
             await worker.close()
 
