@@ -126,7 +126,7 @@ class _ByLoad(_Hold):
     the service times, the load cap's rates) and the rates and allotment of the last split valued kept for the next
     figure at that split (Armijo's accepted point is the next step's start: the same split, so the same rates and the
     same allotment). The same operations per element as hold's functions, so the same figures bit for bit
-    (tests/unit/test_split_load.py compares them)."""
+    (tests/unit/test_queue_split_load.py compares them)."""
 
     def __init__(self, q: QueueProblem, servers: hold.Held) -> None:
         super().__init__(q, servers)
