@@ -98,14 +98,17 @@ def allot_with_level(
     n)``, which falls with m while pool m is busier than it and rises after: ``rho*`` is the least of them."""
     n = np.asarray(counts, dtype=float)
     lam, mu = np.asarray(lam, dtype=float), np.asarray(mu, dtype=float)
-    on = (n > 0) & (lam / mu > 0)  # busy: work to do (a rate so small its work underflows to 0 is idle)
+    b = lam / mu  # [j, k] busy work, divided once (the rows' work below is this array's rows: the same quotients)
+    on = (n > 0) & (b > 0)  # busy: work to do (a rate so small its work underflows to 0 is idle)
     e = np.where(on, n, 0.0)
-    level = np.zeros(len(e))
     # the node's busy pools want its cores or more: only those rows are allotted. ">=": where they fill the cores
     # exactly, the level is their load (an idle pool's first request would share it), not 0
     short = (e.sum(axis=1) >= cores) & e.any(axis=1)
+    if short.all():  # every node short of cores (the usual case where nodes declare them): no row selection
+        return _water_fill(b, e, np.asarray(cores, dtype=float))
+    level = np.zeros(len(e))
     if short.any():
-        e[short], level[short] = _water_fill(lam[short] / mu[short], e[short], np.asarray(cores)[short])
+        e[short], level[short] = _water_fill(b[short], e[short], np.asarray(cores)[short])
     return e, level
 
 
@@ -115,13 +118,15 @@ def _water_fill(b: FloatArray, n: FloatArray, cores: FloatArray) -> tuple[FloatA
     on = n > 0
     own = np.where(on, b / np.where(on, n, 1.0), -1.0)  # [j, k] a pool's load on all its instances
     order = np.argsort(-own, axis=1, kind="stable")
-    own_s, b_s, n_s = (np.take_along_axis(a, order, axis=1) for a in (own, np.where(on, b, 0.0), n))
+    rows = np.arange(len(n))[:, None]  # take_along_axis's own index, made once for the three gathers
+    b_on = np.where(on, b, 0.0)
+    own_s, b_s, n_s = own[rows, order], b_on[rows, order], n[rows, order]
     capped_n = np.cumsum(n_s, axis=1) - n_s  # [j, m] n of the pools ranked above m
     rest_b = np.cumsum(b_s[:, ::-1], axis=1)[:, ::-1]  # [j, m] b of pool m and those below it
     room = cores[:, None] - capped_n
     # capping pool m lowers the level exactly while m's own load is above it, so the level is the least one
     rho = np.where((own_s > 0) & (room > 0), rest_b / np.where(room > 0, room, 1.0), np.inf).min(axis=1)
-    return np.where(on, np.minimum(n, np.where(on, b, 0.0) / rho[:, None]), 0.0), rho
+    return np.where(on, np.minimum(n, b_on / rho[:, None]), 0.0), rho
 
 
 def pool_servers(
@@ -133,8 +138,8 @@ def pool_servers(
     lam, mu = np.asarray(lam, dtype=float), np.asarray(mu, dtype=float)
     if ALLOT_BY_LOAD:
         e, level = allot_with_level(lam, mu, counts, cores)
-        idle = np.broadcast_to(level[:, None], e.shape)
+        idle = level[:, None]  # np.where broadcasts it over the pools
     else:
-        e, idle = effective_servers(counts, cores), np.zeros(lam.shape)
+        e, idle = effective_servers(counts, cores), np.zeros((len(lam), 1))
     on = (e > 0) & (lam > 0)
     return e, np.where(on, lam / np.where(on, e * mu, 1.0), idle)

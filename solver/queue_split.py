@@ -349,13 +349,23 @@ def _along(linear: float, dlam: FloatArray, first: FloatArray, second: FloatArra
     return linear + float(add(dlam * first, axis=None)), float(add(dlam * dlam * second, axis=None))
 
 
-def _feasible_step(pools: Pools, counts: FloatArray, x: FloatArray, direction: FloatArray) -> float:
-    """The largest a in [0, 1] with x + a d within every pool's cap on its ``counts`` and every node's cores."""
-    q, p = pools.q, pools.q.base
-    onehot = np.eye(len(p.model_names))[p.class_model]
-    lam, dlam = x.T @ onehot, direction.T @ onehot  # [j, k]
-    room = load_limit(pools) * counts * (1 - 1e-9) - lam
-    limit = q.rho_max * pools.cores * (1 - 1e-9)
+def _feasible_step(
+    pools: Pools,
+    counts: FloatArray,
+    x: FloatArray,
+    direction: FloatArray,
+    fixed: tuple[FloatArray, FloatArray, FloatArray] | None = None,
+    lam: FloatArray | None = None,
+) -> float:
+    """The largest a in [0, 1] with x + a d within every pool's cap on its ``counts`` and every node's cores.
+
+    ``fixed``: ``feasible_limits(pools, counts)``, where the caller keeps it over several steps (the pools' caps
+    unchanged); ``lam``: the pool rates of ``x``, where the caller has them (the same product)."""
+    q = pools.q
+    onehot, cap_room, limit = feasible_limits(pools, counts) if fixed is None else fixed
+    lam = x.T @ onehot if lam is None else lam
+    dlam = direction.T @ onehot  # [j, k]
+    room = cap_room - lam
     rows = [(room.ravel(), dlam.ravel()), (limit - busy(lam, q.mu), busy(dlam, q.mu))]
     step = 1.0
     for slack, change in rows:
@@ -363,3 +373,11 @@ def _feasible_step(pools: Pools, counts: FloatArray, x: FloatArray, direction: F
         if np.any(grows):
             step = min(step, float(np.min(np.maximum(slack[grows], 0.0) / change[grows])))
     return step
+
+
+def feasible_limits(pools: Pools, counts: FloatArray) -> tuple[FloatArray, FloatArray, FloatArray]:
+    """``_feasible_step``'s terms that do not depend on the split: [c, k] the class -> model one-hot, [j, k] each
+    pool's rate limit on ``counts`` (``load_limit(pools) * counts * (1 - 1e-9)``), [j] each node's busy-work limit."""
+    q, p = pools.q, pools.q.base
+    onehot = np.eye(len(p.model_names))[p.class_model]
+    return onehot, load_limit(pools) * counts * (1 - 1e-9), q.rho_max * pools.cores * (1 - 1e-9)

@@ -29,12 +29,12 @@ import logging
 import numpy as np
 
 from solver import hold
-from solver.node_cpu import allot_cores, effective_servers
+from solver.node_cpu import allot_cores, effective_servers, pool_servers
 from solver.problem import FloatArray, IntArray
 from solver.queue_model import QueueProblem
 from solver.queue_plan import mean_latency_ms
 from solver.queue_repair import Pools
-from solver.queue_split import BoolArray, _feasible_step, apply_split
+from solver.queue_split import BoolArray, _feasible_step, apply_split, feasible_limits
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +48,7 @@ SAME_SERVERS = True  # no step where the allotment by load gives every pool best
 ARMIJO = 1e-4  # a step must lower the objective by this share of its first-order prediction ...
 BACKTRACK = 0.3  # ... else it shrinks by this factor, down to MIN_STEP of the largest feasible one
 MIN_STEP = 1e-4
+FAST_FIGURES = True  # _descend values splits with _ByLoad (hold's figures, invariants made once: exact)
 
 
 def resplit_by_load(pools: Pools) -> bool:
@@ -85,25 +86,106 @@ def _descend(
     docstring): (the split, hold's objective there, hold's objective at ``x``)."""
     big = np.where(allowed, 0.0, np.inf)
     counts = pools.counts().astype(float)
-    value = first = hold._objective(q, servers, x)
+    figures = _ByLoad(q, servers) if FAST_FIGURES and isinstance(servers, hold.Held) else _Hold(q, servers)
+    fixed = feasible_limits(pools, counts)  # the pools' caps do not change here
+    value = first = figures.objective(x)
     for _ in range(ITERATIONS):
-        grad, curve = hold._gradient_curvature(q, servers, x)
+        grad, curve = figures.gradient_curvature(x)
         target = hold._all_on(grad + big, q.rate)
         if -float((grad * (target - x)).sum()) <= TOLERANCE * max(value, 1e-9):
             break  # within TOLERANCE of the best by load
         direction = hold._shift(x, grad + big, curve, target > 0)
         slope = float((grad * direction).sum())
-        top = min(1.0, _feasible_step(pools, counts, x, direction)) if slope < 0 else 0.0
-        step = _armijo(q, servers, x, direction, (value, slope), top)
+        top = min(1.0, _feasible_step(pools, counts, x, direction, fixed, figures.rates(x))) if slope < 0 else 0.0
+        step = _armijo(figures, x, direction, (value, slope), top)
         if step is None:
             break
         x, value = step
     return x, value, first
 
 
+class _Hold:
+    """hold's own figures of a split on ``servers`` (the path without ``_ByLoad``)."""
+
+    def __init__(self, q: QueueProblem, servers: hold.Servers) -> None:
+        self.q, self.servers = q, servers
+
+    def objective(self, x: FloatArray) -> float:
+        return hold._objective(self.q, self.servers, x)
+
+    def gradient_curvature(self, x: FloatArray) -> tuple[FloatArray, FloatArray]:
+        return hold._gradient_curvature(self.q, self.servers, x)
+
+    def rates(self, x: FloatArray) -> FloatArray:
+        return hold._lam(self.q, x)
+
+
+class _ByLoad(_Hold):
+    """``hold._objective`` and ``hold._gradient_curvature`` on one descent's instances (``hold.Held``: the cores shared
+    by load), with what does not change during the descent made once (the one-hot, the pools with instances, 1000 mu,
+    the service times, the load cap's rates) and the rates and allotment of the last split valued kept for the next
+    figure at that split (Armijo's accepted point is the next step's start: the same split, so the same rates and the
+    same allotment). The same operations per element as hold's functions, so the same figures bit for bit
+    (tests/unit/test_queue_split_load.py compares them)."""
+
+    def __init__(self, q: QueueProblem, servers: hold.Held) -> None:
+        super().__init__(q, servers)
+        p = q.base
+        self.counts, self.cores = servers.counts, servers.cores
+        self.onehot = np.eye(len(p.model_names))[p.class_model]  # hold._lam's
+        self.cost, self.model, self.mu = p.cost, p.class_model, q.mu
+        self.service = q.service_ms
+        self.on = servers.counts > 0
+        self.top = hold.EVAL_RHO * q.mu
+        self.kmu = 1000.0 * q.mu  # _delay's d1 numerator (``1000.0 * mu / gap**2`` evaluates it first)
+        self.hmu = 2000.0 * q.mu  # the curvature's numerator, likewise
+        self.last: tuple[FloatArray, FloatArray, tuple[FloatArray, FloatArray]] | None = None
+
+    def rates(self, x: FloatArray) -> FloatArray:
+        return self._at(x)[0]
+
+    def _at(self, x: FloatArray) -> tuple[FloatArray, tuple[FloatArray, FloatArray]]:
+        """(rates, ``pool_servers``' allotment) of split ``x``; the last ones again for the same array (the descent
+        never changes a split it has valued in place: each step makes a new one)."""
+        last = self.last
+        if last is not None and last[0] is x:
+            return last[1], last[2]
+        lam = np.asarray(x.T @ self.onehot)
+        allotted = pool_servers(lam, self.mu, self.counts, self.cores)
+        self.last = (x, lam, allotted)
+        return lam, allotted
+
+    def _delay(self, lam: FloatArray, allotted: tuple[FloatArray, FloatArray]) -> tuple[FloatArray, FloatArray]:
+        """``hold._delay(q, lam, Held, allotted)``."""
+        servers, load = allotted
+        mu, top = self.mu, self.top
+        busy = self.on & (servers > 0)
+        t = np.where(busy, lam / np.where(servers > 0, servers, 1.0), load * mu)
+        tc = np.minimum(t, top)
+        gap = mu - tc
+        d1 = self.kmu / gap**2
+        g = 1000.0 * tc / gap + np.where(t > top, d1 * (t - top), 0.0)
+        return np.where(busy, servers * g, 0.0), np.where(self.on, d1, 0.0)
+
+    def objective(self, x: FloatArray) -> float:
+        lam, allotted = self._at(x)
+        d, _ = self._delay(lam, allotted)
+        return float((x * self.cost).sum() + (d - lam * self.service).sum())
+
+    def gradient_curvature(self, x: FloatArray) -> tuple[FloatArray, FloatArray]:
+        lam, (servers, load) = self._at(x)
+        _, d1 = self._delay(lam, (servers, load))
+        servers = np.where(servers > 0, servers, self.counts)  # an idle pool: its instances
+        t = load * self.mu
+        h = np.where((servers > 0) & (t < self.top), self.hmu / (self.mu - np.minimum(t, self.top)) ** 3, 0.0)
+        with np.errstate(over="ignore"):
+            h = h / np.where(servers > 0, servers, 1.0)
+        model = self.model
+        return np.asarray(self.cost + (d1 - self.service)[:, model].T), np.asarray(h[:, model].T)
+
+
 def _armijo(
-    q: QueueProblem,
-    servers: hold.Servers,
+    figures: _Hold,
     x: FloatArray,
     direction: FloatArray,
     here: tuple[float, float],
@@ -115,7 +197,7 @@ def _armijo(
     step = top
     while step > MIN_STEP * max(top, 1e-300) and top > 0:
         moved = np.maximum(x + step * direction, 0.0)
-        found = hold._objective(q, servers, moved)
+        found = figures.objective(moved)
         if found <= value + ARMIJO * step * slope:
             return moved, found
         step *= BACKTRACK

@@ -157,3 +157,56 @@ def test_without_the_split_by_load_the_plan_looks_worse_than_its_own_counts(monk
     monkeypatch.setattr(queue_split_load, "ENABLED", False)
     plan_ms, value_ms = _plan_and_value(28, 0.3)
     assert plan_ms > 1.2 * value_ms
+
+
+def _descents() -> list[tuple[Pools, QueueProblem, hold.Held, np.ndarray, np.ndarray]]:
+    """resplit_by_load's descent inputs on the cases above and on thesis-size clusters at 1 and 2 cores (pools
+    whose allotment by load differs from the equal split's)."""
+    from bench.queue_bench import with_cores
+    from solver.problem import Mode
+    from solver.simulate import thesis_instance
+
+    found = []
+    problems = [_split(seed, scale)[1] for seed, scale in WORSE]
+    for cores in (1.0, 2.0):
+        for r, n, s in ((20, 10, 0), (25, 15, 1), (40, 10, 2)):
+            q = build_queue_problem(build_problem(with_cores(thesis_instance(r, n, s), cores), Mode.MODE1))
+            problems.append(integer_part(q, solve_nlp_fast(q), last="resplit")[0])
+    for pools in problems:
+        counts = pools.counts()
+        served = pools.x.sum(axis=1)
+        allowed = (counts[:, pools.q.base.class_model].T > 0) & (served[:, None] > 0)
+        q = dataclasses.replace(pools.q, rate=served)
+        found.append((pools, q, hold.Held(counts.astype(float), pools.cores), allowed, np.where(allowed, pools.x, 0.0)))
+    return found
+
+
+def test_the_descents_figures_are_holds_bit_for_bit() -> None:
+    """_ByLoad's objective, gradient, curvature and rates (invariants made once, the last allotment kept) are hold's
+    own functions' at every split a descent values, and the descent takes the same steps with them as with hold's."""
+    cases = _descents()
+    assert len(cases) == 8
+    stepped = 0
+    for pools, q, servers, allowed, x in cases:
+        fast = queue_split_load._ByLoad(q, servers)
+        rng = np.random.default_rng(0)
+        for point in (x, np.maximum(x + rng.normal(0.0, 0.05, x.shape) * allowed, 0.0), x):  # x twice: kept
+            assert fast.objective(point) == hold._objective(q, servers, point)
+            assert np.array_equal(fast.rates(point), hold._lam(q, point))
+            figures = zip(fast.gradient_curvature(point), hold._gradient_curvature(q, servers, point), strict=True)
+            assert all(mine.tobytes() == theirs.tobytes() for mine, theirs in figures)
+        ours = queue_split_load._descend(pools, q, servers, allowed, x)
+        plain = queue_split_load._Hold(q, servers)
+        assert plain.objective(x) == ours[2]
+        stepped += ours[1] < ours[2]
+    assert stepped >= 2  # some descents move (their steps, not only the first figure, are compared below)
+
+
+def test_the_descent_is_the_same_without_the_fast_figures(monkeypatch: pytest.MonkeyPatch) -> None:
+    """_descend with _ByLoad and with hold's functions: the same split and values bit for bit."""
+    cases = _descents()
+    fast = [queue_split_load._descend(*case) for case in cases]
+    monkeypatch.setattr(queue_split_load, "FAST_FIGURES", False)
+    for case, mine in zip(cases, fast, strict=True):
+        theirs = queue_split_load._descend(*case)
+        assert mine[0].tobytes() == theirs[0].tobytes() and mine[1:] == theirs[1:]
