@@ -199,6 +199,7 @@ class Pins:
         self._pins: dict[str, bytes] = {}
         self._stamp: tuple[int, int, int] | None = None
         self._damaged: DamagedPinFile | None = None
+        self._unreadable: str | None = None  # the last read failed (EMFILE, EIO...): retried at every check
         self._refresh()
 
     def check(self, node_id: str, public_key: bytes) -> None:
@@ -213,6 +214,8 @@ class Pins:
                 return
             if self._damaged is not None:  # a fresh exception each time (a raised one keeps growing its traceback)
                 raise DamagedPinFile(self._damaged.path, self._damaged.reason)
+            if self._unreadable is not None:  # not known to be unpinned: this contact waits, the next one re-reads
+                raise AuthError(f"this board cannot read its pin file right now ({self._unreadable}); retry", 503)
             if len(self._pins) >= self.limit:
                 raise AuthError("pin table full", 403)
             self._pins[node_id] = public_key
@@ -229,14 +232,20 @@ class Pins:
 
     def _refresh(self) -> None:
         stamp = _stamp_of(self.path)
-        if stamp == self._stamp:
+        if stamp == self._stamp and self._unreadable is None:
             return
-        self._stamp = stamp
         try:
-            self._pins, self._damaged = read_pins(self.path), None
+            pins = read_pins(self.path)
         except DamagedPinFile as exc:  # logged once per version of the file; the pins read before are kept
             log.error("%s", exc)
-            self._damaged = exc
+            self._stamp, self._damaged, self._unreadable = stamp, exc, None
+            return
+        except OSError as exc:  # a passing failure, not damage: the pins read before are kept, the next check retries
+            if self._unreadable is None:
+                log.warning("cannot read pin file %s: %s", self.path, exc)
+            self._unreadable = str(exc)[:200]
+            return
+        self._pins, self._stamp, self._damaged, self._unreadable = pins, stamp, None, None
 
 
 def _stamp_of(path: Path | None) -> tuple[int, int, int] | None:
@@ -248,11 +257,13 @@ def _stamp_of(path: Path | None) -> tuple[int, int, int] | None:
 
 
 def read_pins(path: Path | None) -> dict[str, bytes]:
-    """The pins kept in ``path`` ({} when there is none); DamagedPinFile when it is there but not pins."""
+    """The pins kept in ``path`` ({} when there is none); DamagedPinFile when it is there but not pins, OSError
+    when it cannot be read now (out of descriptors, an I/O error: not damage)."""
     if path is None or not path.exists():
         return {}
+    text = path.read_bytes()
     try:
-        raw = json.loads(path.read_text())
+        raw = json.loads(text)
         if not isinstance(raw, dict):
             raise ValueError("not a JSON object")
         pins = {}
@@ -261,7 +272,7 @@ def read_pins(path: Path | None) -> dict[str, bytes]:
                 raise ValueError(f"bad entry {str(node_id)[:64]!r}")
             pins[node_id] = bytes.fromhex(key)
         return pins
-    except (ValueError, OSError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         raise DamagedPinFile(path, str(exc)[:200]) from exc
 
 

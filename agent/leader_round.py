@@ -188,6 +188,7 @@ class RoundConfig:
     debounce_s: float = 0.2
     window_s: float = 600.0
     round_timeout_s: float = 60.0  # a round still unfinished after this is abandoned
+    fence_pause_s: float = 5.0  # a 409 naming a newer term: no new round for this long (a real one deposes us sooner)
     max_attempts: int = 3  # command attempts on transient failures
     retry_base_s: float = 0.2  # backoff: base, 2 x base, ...
     max_nodes: int = 256  # request-log cursors kept
@@ -225,7 +226,7 @@ class LeaderRound:
         self.phase = Phase.IDLE
         self.due: float | None = None
         self.fenced_at: int | None = None  # a term past ours that an agent reported (a claim: see _on_command_result)
-        self.fenced_until: float | None = None  # no new round before this (one period after that report)
+        self.fenced_until: float | None = None  # no new round before this (fence_pause_s after that report)
         self.last_placement: dict[str, Any] | None = None
         self.cursors: OrderedDict[str, int] = OrderedDict()  # node -> last request id taken, LRU order
         self.window = JournaledWindow(config.max_window, config.window_s, config.max_clock_ahead_s,
@@ -453,10 +454,11 @@ class LeaderRound:
         if isinstance(e, Acknowledged):
             r.delivered += 1
         elif isinstance(e, Fenced) and e.highest > (self.term or 0):
-            # a newer term may exist: no new round for one period. A real one deposes us through the election well
-            # before that (its announces and leases); a member's made-up term must not stop placement for good
+            # a newer term may exist: no new round for a few seconds, long enough for a real one to depose us through
+            # the election (its announces and leases); a member's made-up term must not hold placement back longer
             self.fenced_at = max(e.highest, self.fenced_at or 0)
-            self.fenced_until = max(e.now + self.config.period_s, self.fenced_until or 0.0)
+            pause = min(self.config.fence_pause_s, self.config.period_s)
+            self.fenced_until = max(e.now + pause, self.fenced_until or 0.0)
         elif isinstance(e, Fenced):  # refused at or below our term (a member that follows no one yet, or lies):
             self.intent.pop(e.node, None)  # that node alone is not commanded this round; the cluster goes on
         elif e.transient and r.attempts[e.node] < self.config.max_attempts:

@@ -98,6 +98,7 @@ class Leadership:
         round_config = lr.RoundConfig(
             period_s=s.placement_period_s, window_s=s.request_window_s, hold=hold,
             target_rounds=s.placement_target_rounds, max_window_bytes=int(s.request_window_mb * 2**20),
+            fence_pause_s=4 * s.election_timeout_s,  # a real newer leader's announces reach us well within it
         )  # fmt: skip
         self.rounds = lr.LeaderRound(s.node_id, round_config)
         self._tasks: list[asyncio.Task[None]] = []

@@ -54,6 +54,9 @@ def cmd_pins(args: argparse.Namespace) -> int:
         print(f"peerserve: error: {exc}\n  to start afresh (every node pinned again on first contact, the agent "
               f"picks it up at once): mv {path} {path}.damaged", file=sys.stderr)  # fmt: skip
         return 1
+    except OSError as exc:
+        print(f"peerserve: error: cannot read or write the pin file: {exc}", file=sys.stderr)
+        return 1
 
 
 def _pins(args: argparse.Namespace) -> int:

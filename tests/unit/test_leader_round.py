@@ -140,20 +140,23 @@ def test_fenced_stops_new_rounds_until_elected_again() -> None:
     m.step(Fenced(101.1, 1, "a", highest=5))
     assert isinstance(m.step(Acknowledged(101.2, 1, "b"))[0], Placed)
     assert m.fenced_at == 5
-    assert m.step(Tick(101.1 + CFG.period_s - 0.1)) == []  # another leader may hold a newer term: no rounds with ours
-    m.step(Elected(110.0, 6, MEMBERS))
-    assert m.step(Tick(110.2)) == [Gather(2, "a", "http://a", 2, 3), Gather(2, "b", "http://b", 0, 3)]
+    m.step(MembershipChanged(101.3, MEMBERS))  # a round is due at once, but another leader may hold a newer term
+    assert m.step(Tick(101.1 + CFG.fence_pause_s - 0.1)) == []
+    m.step(Elected(104.0, 6, MEMBERS))
+    assert m.step(Tick(104.2)) == [Gather(2, "a", "http://a", 2, 3), Gather(2, "b", "http://b", 0, 3)]
 
 
-def test_a_made_up_newer_term_pauses_rounds_for_one_period_only() -> None:
+def test_a_made_up_newer_term_pauses_rounds_for_a_few_seconds_only() -> None:
     """A member answering 409 with a term nobody holds once stopped the leader's rounds for good (1 round in
-    75 s against 22): the election never heard of that term, so nothing deposed or re-elected the leader. Now
-    the pause lasts one period; a real newer term deposes the leader through the election long before."""
+    75 s against 22): the election never heard of that term, so nothing deposed or re-elected the leader. Then
+    each such 409 held the next round back a whole period (a lost board re-placed up to 30 s late). Now the pause
+    is fence_pause_s (the agent: 4 election timeouts, ~5 s): a real newer term deposes the leader sooner."""
     m, _ = commanding()  # term 3
     m.step(Fenced(101.1, 1, "a", highest=3 + 10**9))
     assert isinstance(m.step(Acknowledged(101.2, 1, "b"))[0], Placed)
-    assert m.step(Tick(101.1 + CFG.period_s - 0.1)) == []
-    assert m.step(Tick(101.1 + CFG.period_s + 0.1))  # the next round starts, with our term
+    m.step(MembershipChanged(101.3, {"a": "http://a"}))  # b is lost: a round is due at once
+    assert m.step(Tick(101.1 + CFG.fence_pause_s - 0.1)) == []
+    assert m.step(Tick(101.1 + CFG.fence_pause_s + 0.1))  # the next round starts, with our term
     assert m.fenced_at is None and m.term == 3
 
 

@@ -146,3 +146,29 @@ def test_the_cli_refuses_bad_input_with_a_message(
     assert main(["pins", *argv, "--data-dir", str(tmp_path)]) == 2
     assert capsys.readouterr().err
     assert main(["pins", "list", "--data-dir", str(tmp_path / "missing")]) == 2
+
+
+def test_a_passing_read_error_is_not_damage_and_the_next_check_reads_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Out of descriptors when the operator's edit lands: the contact waits (503), the pins read before still
+    count, and once reads work again the edit is seen (it was once taken for damage and ignored for good)."""
+    path = tmp_path / "peer" / "pins.json"
+    agent = Pins(path)
+    agent.check("a", OLD)
+    agent.check("b", OLD)
+    edit_pin(path, "a", None)  # the operator forgets a (re-imaged with NEW)
+    real = Path.read_bytes
+
+    def emfile(self: Path) -> bytes:
+        raise OSError(24, "Too many open files")
+
+    monkeypatch.setattr(Path, "read_bytes", emfile)
+    agent.check("b", OLD)  # pinned before: still admitted
+    with pytest.raises(AuthError) as info:
+        agent.check("c", NEW)
+    assert info.value.status == 503
+    monkeypatch.setattr(Path, "read_bytes", real)
+    agent.check("a", NEW)  # the forget is seen
+    agent.check("c", NEW)
+    assert read_pins(path) == {"a": NEW, "b": OLD, "c": NEW}
