@@ -3,6 +3,10 @@
 peerserve_membership_messages_total{direction="sent|received", kind}   SWIM exchanges (and "state" fetches)
 peerserve_membership_suspicion_proofs_total{outcome="checked|refused"}  signed suspicions relayed to us (refused:
                                                                       forged, tampered or stale: a member lies)
+peerserve_membership_candidates_replaced_total                        candidates whose slot a newer hint took (a full
+                                                                      table: a stranger's flood of mDNS adverts)
+peerserve_mdns_adverts_total{outcome}                                 mDNS adverts by outcome (hinted, other_cluster,
+                                                                      malformed, own_id, unanswered, resolve_dropped)
 peerserve_peer_connections_opened_total                               connections (TLS handshakes) we opened
 peerserve_peer_connections_idle                                       kept-alive connections to peers now
 """
@@ -38,6 +42,13 @@ class MembershipCollector(Collector):
         proofs.add_metric(["checked"], swim.proofs.checked)
         proofs.add_metric(["refused"], swim.proofs.refused)
         yield proofs
+        yield CounterMetricFamily("peerserve_membership_candidates_replaced",
+                                  "Candidates whose slot a newer hint took (a full table)",
+                                  value=swim.core.replaced)  # fmt: skip
+        adverts = CounterMetricFamily("peerserve_mdns_adverts", "mDNS adverts seen, by outcome", labels=["outcome"])
+        for outcome, n in sorted(self.discovery.mdns.items()):
+            adverts.add_metric([outcome], n)
+        yield adverts
         conns = self.discovery.peers.connections
         yield CounterMetricFamily("peerserve_peer_connections_opened", "Peer connections (TLS handshakes) opened",
                                   value=conns.opened)  # fmt: skip
