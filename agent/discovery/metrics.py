@@ -3,12 +3,12 @@
 peerserve_membership_messages_total{direction="sent|received", kind}   SWIM exchanges (and "state" fetches)
 peerserve_membership_suspicion_proofs_total{outcome="checked|refused"}  signed suspicions relayed to us (refused:
                                                                       forged, tampered or stale: a member lies)
+peerserve_peer_connections_opened_total                               connections (TLS handshakes) we opened
+peerserve_peer_connections_idle                                       kept-alive connections to peers now
 peerserve_membership_candidates_replaced_total                        candidates whose slot a newer hint took (a full
                                                                       table: a stranger's flood of mDNS adverts)
 peerserve_mdns_adverts_total{outcome}                                 mDNS adverts by outcome (hinted, other_cluster,
                                                                       malformed, own_id, unanswered, resolve_dropped)
-peerserve_peer_connections_opened_total                               connections (TLS handshakes) we opened
-peerserve_peer_connections_idle                                       kept-alive connections to peers now
 """
 
 from __future__ import annotations
@@ -42,6 +42,11 @@ class MembershipCollector(Collector):
         proofs.add_metric(["checked"], swim.proofs.checked)
         proofs.add_metric(["refused"], swim.proofs.refused)
         yield proofs
+        conns = self.discovery.peers.connections
+        yield CounterMetricFamily("peerserve_peer_connections_opened", "Peer connections (TLS handshakes) opened",
+                                  value=conns.opened)  # fmt: skip
+        yield GaugeMetricFamily("peerserve_peer_connections_idle", "Kept-alive connections to peers",
+                                value=conns.idle_count)  # fmt: skip
         yield CounterMetricFamily("peerserve_membership_candidates_replaced",
                                   "Candidates whose slot a newer hint took (a full table)",
                                   value=swim.core.replaced)  # fmt: skip
@@ -49,8 +54,3 @@ class MembershipCollector(Collector):
         for outcome, n in sorted(self.discovery.mdns.items()):
             adverts.add_metric([outcome], n)
         yield adverts
-        conns = self.discovery.peers.connections
-        yield CounterMetricFamily("peerserve_peer_connections_opened", "Peer connections (TLS handshakes) opened",
-                                  value=conns.opened)  # fmt: skip
-        yield GaugeMetricFamily("peerserve_peer_connections_idle", "Kept-alive connections to peers",
-                                value=conns.idle_count)  # fmt: skip
