@@ -289,7 +289,9 @@ class Discovery:
                 raise PeerError("no address in the mDNS record")
         except PeerError as exc:
             self.mdns["malformed"] += 1
-            self._say_once("txt", logging.WARNING, "ignoring mDNS service %s: %s (%s)", name[:100], exc, _ONCE)
+            reason = next((r for r in _TXT_REASONS if r in str(exc)), "other")  # a fixed set, not the advert's text
+            self._say_once(f"txt:{reason}", logging.WARNING, "ignoring mDNS service %s: %s (%s)", name[:100], exc,
+                           _ONCE)  # fmt: skip
             return
         if advert.cluster != self.cluster:
             self.mdns["other_cluster"] += 1
@@ -392,3 +394,5 @@ class Discovery:
 
 
 _ONCE = "logged once; all counted in peerserve_mdns_adverts_total"
+# what agent.discovery.txt.parse_txt (and _advert) refuse, by kind: one log line each
+_TXT_REASONS = ("protocol version", "node id", "oversized", "malformed", "no address")

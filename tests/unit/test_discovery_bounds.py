@@ -44,10 +44,12 @@ def test_a_strangers_adverts_leave_a_bounded_said_table_and_are_counted() -> Non
         if kind == 0:
             d._advert(name, props(f"x{i}", os.urandom(120).hex()), ["10.9.9.9"])
         elif kind == 1:
-            d._advert(name, props(f"x{i}", cluster_id(TOKEN), pv="9", junk=f"{rng.random()}"), ["10.9.9.9"])
+            bad = {"pv": "9"} if i % 2 else {"id": f"x.{i}"}  # an unknown protocol version, an id that is no label
+            d._advert(name, {**props(f"x{i}", cluster_id(TOKEN), junk=f"{rng.random()}"),
+                             **{k.encode(): v.encode() for k, v in bad.items()}}, ["10.9.9.9"])  # fmt: skip
         else:
             d._advert(name, props("victim", cluster_id(TOKEN)), [f"10.9.{i // 256 % 256}.{i % 256}"])
-    assert d._said == {"cluster", "txt", "dup"}  # one line per kind, the rest counted
+    assert d._said == {"cluster", "txt:protocol version", "txt:node id", "dup"}  # one line per kind, the rest counted
     assert (d.mdns["other_cluster"], d.mdns["malformed"], d.mdns["own_id"]) == (n // 3, n // 3, n // 3)
 
 
