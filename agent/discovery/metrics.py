@@ -5,6 +5,10 @@ peerserve_membership_suspicion_proofs_total{outcome="checked|refused"}  signed s
                                                                       forged, tampered or stale: a member lies)
 peerserve_peer_connections_opened_total                               connections (TLS handshakes) we opened
 peerserve_peer_connections_idle                                       kept-alive connections to peers now
+peerserve_membership_candidates_replaced_total                        candidates whose slot a newer hint took (a full
+                                                                      table: a stranger's flood of mDNS adverts)
+peerserve_mdns_adverts_total{outcome}                                 mDNS adverts by outcome (hinted, other_cluster,
+                                                                      malformed, own_id, unanswered, resolve_dropped)
 """
 
 from __future__ import annotations
@@ -43,3 +47,10 @@ class MembershipCollector(Collector):
                                   value=conns.opened)  # fmt: skip
         yield GaugeMetricFamily("peerserve_peer_connections_idle", "Kept-alive connections to peers",
                                 value=conns.idle_count)  # fmt: skip
+        yield CounterMetricFamily("peerserve_membership_candidates_replaced",
+                                  "Candidates whose slot a newer hint took (a full table)",
+                                  value=swim.core.replaced)  # fmt: skip
+        adverts = CounterMetricFamily("peerserve_mdns_adverts", "mDNS adverts seen, by outcome", labels=["outcome"])
+        for outcome, n in sorted(self.discovery.mdns.items()):
+            adverts.add_metric([outcome], n)
+        yield adverts

@@ -15,6 +15,7 @@ import contextlib
 import logging
 import socket
 import time
+from collections import Counter
 from collections.abc import Callable, Collection
 from typing import Any
 
@@ -36,6 +37,18 @@ SEED_RETRY_S = 5.0
 # agents) never answered in time and a joiner stayed alone for minutes (and led a cluster of one).
 SEED_TIMEOUT_S = 5.0
 LOADS_REFRESH_S = 1.0  # members() shows load changes alone this late at most (agent.peers consumers: provisioning)
+# Anyone on the LAN can multicast adverts: what they make us keep is bounded. Log lines said once: remembered up to
+# SAID_MAX keys, then forgotten all at once (as agent.leadership and swim_io do; a line may then be said again);
+# keys name a kind, not the advert's text, where the text is the stranger's (cluster ids, TXT errors, addresses).
+SAID_MAX = 256
+# mDNS names being resolved at once (each up to RESOLVE_MS, sending queries): past it an advert is dropped,
+# counted (``mdns["resolve_dropped"]``); one name is resolved once at a time. A real node's advert dropped in such a
+# burst is seen at its next TXT update (models, term, a load or memory step), or when it contacts us itself (its
+# signed state request or SWIM message: ``heard_from`` / ``Swim.received``, slots no stranger can fill).
+MAX_RESOLVING = 64
+RESOLVE_MS = 2000
+# outcomes of the adverts we see (a fixed set: peerserve_mdns_adverts_total{outcome}, agent.discovery.metrics)
+MDNS_OUTCOMES = ("hinted", "other_cluster", "malformed", "own_id", "unanswered", "resolve_dropped")
 
 
 def resolve_interfaces(interface: str, advertise_address: str) -> list[str] | None:
@@ -107,8 +120,9 @@ class Discovery:
         self._members_key: tuple[Any, ...] = ()
         self._members: list[Member] = []
         self._members_at = -1e9
-        self._background: set[asyncio.Task[Any]] = set()
+        self._resolving: dict[str, asyncio.Task[None]] = {}  # mDNS name -> its resolve (at most MAX_RESOLVING)
         self._said: set[str] = set()
+        self.mdns: Counter[str] = Counter(dict.fromkeys(MDNS_OUTCOMES, 0))
         self.mdns_ready = asyncio.Event()  # set once our name is registered over mDNS (or cannot be, or no mDNS)
 
     # -- PeerTable -----------------------------------------------------------------------------------
@@ -159,6 +173,8 @@ class Discovery:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await self.swim.stop()
+        for resolving in list(self._resolving.values()):
+            resolving.cancel()
         peers = [(r.node_id, r.peer_url) for r in self.swim.core.records.values() if r.status in ("alive", "suspect")]
         await asyncio.gather(*(self._post_leave(node, url) for node, url in peers), return_exceptions=True)
         if self._zc is not None:
@@ -245,9 +261,14 @@ class Discovery:
             self.swim.core.recheck(node_id, self.swim.clock())  # an unauthenticated goodbye: check, never conclude
             self.swim.wake()
             return
+        if name in self._resolving:  # an update while it resolves: that resolve reads the fresh records
+            return
+        if len(self._resolving) >= MAX_RESOLVING:  # a stranger's burst of names: each resolve sends queries
+            self.mdns["resolve_dropped"] += 1
+            return
         task = asyncio.get_running_loop().create_task(self._resolve(service_type, name))
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        self._resolving[name] = task
+        task.add_done_callback(lambda _t: self._resolving.pop(name, None))
 
     async def _resolve(self, service_type: str, name: str) -> None:
         from zeroconf.asyncio import AsyncServiceInfo
@@ -255,32 +276,42 @@ class Discovery:
         if self._zc is None:
             return
         info = AsyncServiceInfo(service_type, name)
-        if not await info.async_request(self._zc.zeroconf, 2000):
+        if not await info.async_request(self._zc.zeroconf, RESOLVE_MS):
+            self.mdns["unanswered"] += 1
             return
+        self._advert(name, info.properties or {}, info.parsed_addresses())
+
+    def _advert(self, name: str, properties: dict[Any, Any], addresses: list[str]) -> None:
+        """A resolved advert (anyone's): a candidate of our cluster, or ignored, counted in ``mdns`` by outcome."""
         try:
-            advert = parse_txt(info.properties or {})
-            addresses = info.parsed_addresses()
+            advert = parse_txt(properties)
             if not addresses:
                 raise PeerError("no address in the mDNS record")
         except PeerError as exc:
-            self._say_once(f"txt:{name}:{exc}", logging.WARNING, "ignoring mDNS service %s: %s", name, exc)
+            self.mdns["malformed"] += 1
+            reason = next((r for r in _TXT_REASONS if r in str(exc)), "other")  # a fixed set, not the advert's text
+            self._say_once(f"txt:{reason}", logging.WARNING, "ignoring mDNS service %s: %s (%s)", name[:100], exc,
+                           _ONCE)  # fmt: skip
             return
         if advert.cluster != self.cluster:
-            self._say_once(f"cluster:{advert.cluster}", logging.INFO,
-                           "ignoring agents of another cluster (%s, e.g. %s)", advert.cluster, name)  # fmt: skip
+            self.mdns["other_cluster"] += 1
+            self._say_once("cluster", logging.INFO, "ignoring agents of another cluster (%s, e.g. %s; %s)",
+                           advert.cluster[:16], name[:100], _ONCE)  # fmt: skip
             return
         if advert.node_id == self.node_id:
             if addresses[0] != self.address or advert.port != self.api_port:
-                msg = "another node at %s claims our node id %s; ignored"
-                self._say_once(f"dup:{addresses[0]}", logging.ERROR, msg, addresses[0], self.node_id)
+                self.mdns["own_id"] += 1
+                msg = "another node at %s advertises our node id %s; ignored (%s)"
+                self._say_once("dup", logging.ERROR, msg, addresses[0], self.node_id, _ONCE)
             return
         address = addresses[0]
         peer_url = f"https://{address}:{advert.peer_port}"
+        self.mdns["hinted"] += 1
         self.swim.core.hint(advert.node_id, peer_url, address, self.clock())
         self.swim.wake()
-        for node_id, claimed in self.swim.core.conflicts:
-            self._say_once(f"conflict:{node_id}:{claimed}", logging.ERROR,
-                           "duplicate node id %s claimed by %s; ignored", node_id, claimed)  # fmt: skip
+        for node_id, claimed in self.swim.core.conflicts:  # our own id, heard from another url (a bounded set)
+            self._say_once(f"conflict:{claimed}", logging.ERROR, "node id %s (ours) claimed by %s; ignored", node_id,
+                           claimed)  # fmt: skip
 
     # -- membership ------------------------------------------------------------------------------------
     def _admit_failed(self, ins: Admit, exc: Exception) -> None:
@@ -331,11 +362,12 @@ class Discovery:
             await asyncio.sleep(SEED_RETRY_S)
 
     def heard_from(self, node_id: str, peer_url: str) -> None:
-        """An authenticated heartbeat from ``node_id``, listening at ``peer_url`` (its word, signed): a candidate
-        if it is not a live member (admission still needs its authenticated answer there)."""
+        """An authenticated heartbeat from ``node_id``, listening at ``peer_url`` (its word, signed; or a peer of
+        our last run, from our own disk): a candidate in the slots strangers cannot fill, if it is not a live
+        member (admission still needs its authenticated answer there)."""
         rec = self.swim.core.records.get(node_id)
         if rec is None or rec.status in ("dead", "left"):
-            self.swim.core.hint(node_id, peer_url, httpx.URL(peer_url).host, self.clock())
+            self.swim.core.hint(node_id, peer_url, httpx.URL(peer_url).host, self.clock(), vouched=True)
             self.swim.wake()
 
     def peer_left(self, node_id: str) -> None:
@@ -355,5 +387,12 @@ class Discovery:
 
     def _say_once(self, key: str, level: int, message: str, *args: Any) -> None:
         if key not in self._said:
+            if len(self._said) >= SAID_MAX:
+                self._said.clear()  # bounded: keys of candidates and seeds come and go
             self._said.add(key)
             log.log(level, message, *args)
+
+
+_ONCE = "logged once; all counted in peerserve_mdns_adverts_total"
+# what agent.discovery.txt.parse_txt (and _advert) refuse, by kind: one log line each
+_TXT_REASONS = ("protocol version", "node id", "oversized", "malformed", "no address")

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import math
 import random
+from collections import Counter
 from collections.abc import Collection
 from dataclasses import dataclass, field, replace
 
@@ -39,7 +40,8 @@ from coordinator_election.lease import MAX_TERM_AHEAD, LeaseBook
 from peerserve.wire import MAX_PIGGYBACK, Lease, Loads, MemberUpdate, PeerState, SwimMessage
 
 MAX_MEMBERS = 256  # admitted members (the push-pull message carries them all)
-MAX_CANDIDATES = 64  # hinted (node id, peer url) pairs not yet authenticated
+MAX_CANDIDATES = 64  # hinted (node id, peer url) pairs not yet authenticated, from mDNS, seeds or gossip ...
+MAX_VOUCHED = 64  # ... and from the node itself (its signed message, its signed state request, our known-peers file)
 MAX_BROADCASTS = 512  # queued membership updates (one per node at most; newer facts replace older)
 MAX_INC_JUMP = 64  # an incarnation may rise by at most this much in one message or rumour
 MAX_CONFLICTS = 64
@@ -106,6 +108,7 @@ class SwimConfig:
     bounded_own_jump: bool = False
     max_members: int = MAX_MEMBERS
     max_candidates: int = MAX_CANDIDATES
+    max_vouched: int = MAX_VOUCHED
     max_broadcasts: int = MAX_BROADCASTS
 
 
@@ -200,11 +203,17 @@ class Record:
 
 @dataclass(frozen=True)
 class Candidate:
+    """A hinted (node id, peer URL) not yet admitted. ``vouched``: the node itself said so (authenticated), so it
+    holds one of ``max_vouched`` slots that mDNS, seeds and gossip cannot take."""
+
     node_id: str
     peer_url: str
     address: str
-    seen: float
+    seen: float  # the last hint that keeps it (a hint of one that failed admission does not: it expires)
     last_try: float = -math.inf
+    failures: int = 0  # admissions it failed: a full table gives the slot of the most failed to a new hint
+    first: float = 0.0  # when it was first hinted (among equally failed, the earliest goes first)
+    vouched: bool = False
 
 
 @dataclass
@@ -230,7 +239,9 @@ class Swim:
     records: dict[str, Record] = field(default_factory=dict)
     candidates: dict[tuple[str, str], Candidate] = field(default_factory=dict)
     broadcasts: dict[str, _Broadcast] = field(default_factory=dict)
-    conflicts: set[tuple[str, str]] = field(default_factory=set)
+    conflicts: set[tuple[str, str]] = field(default_factory=set)  # our own id claimed at another url (bounded)
+    replaced: int = 0  # candidates whose slot a new hint took (``hint``: a full table)
+    _failed: dict[tuple[str, str], int] = field(default_factory=dict)  # failures of candidates replaced (bounded)
     _order: list[str] = field(default_factory=list)  # the shuffled round robin of probe targets
     _probe_index: int = 0
     _next_probe: float = 0.0
@@ -272,8 +283,18 @@ class Swim:
         return max(low, high - (high - low) * frac)
 
     # -- hints and admission -----------------------------------------------------------------------------
-    def hint(self, node_id: str, peer_url: str, address: str, now: float) -> None:
-        """mDNS, a seed or gossip says ``node_id`` may listen at ``peer_url``: a candidate, never a member."""
+    def hint(self, node_id: str, peer_url: str, address: str, now: float, vouched: bool = False) -> None:
+        """mDNS, a seed or gossip says ``node_id`` may listen at ``peer_url``: a candidate, never a member.
+
+        ``vouched``: the node itself said so, authenticated (its signed SWIM message or state request; or our own
+        known-peers file): such candidates have their own ``max_vouched`` slots, which no stranger can fill. Anyone
+        can send the others (an mDNS advert needs only the public ``c=``), so a full table never refuses a new one: it
+        takes the slot of the candidate that failed admission most often (``_make_room``), and
+        a candidate that failed is not kept by being hinted again (it expires ``candidate_ttl_s`` after the last
+        hint before its failure). Made-up nodes re-announced forever then only displace each other, and a real
+        node's advert is asked at once (before: a full table dropped every new hint, and re-hints kept the
+        made-up ones, so no new board was ever admitted). The failures of a candidate replaced or expired are
+        remembered (``4 * max_candidates`` keys): hinted again, it comes back as failed, not as new."""
         if node_id == self.self_id:
             if peer_url != self.self_url and len(self.conflicts) < MAX_CONFLICTS:
                 self.conflicts.add((node_id, peer_url))
@@ -282,17 +303,54 @@ class Swim:
         if rec is not None and rec.peer_url == peer_url and rec.status in ("alive", "suspect"):
             return
         key = (node_id, peer_url)
-        if key in self.candidates:
-            self.candidates[key] = replace(self.candidates[key], seen=now)
-        elif len(self.candidates) < self.config.max_candidates:
-            self.candidates[key] = Candidate(node_id, peer_url, address, now)
-            self._next_admit = min(self._next_admit, now)  # a newcomer is asked at the next tick, not up to 0.5 s on
-        elif len(self.conflicts) < MAX_CONFLICTS:
-            self.conflicts.add(key)
+        old = self.candidates.get(key)
+        if old is not None and (old.vouched or not vouched):
+            if vouched or old.failures == 0:
+                self.candidates[key] = replace(old, seen=now)
+            return
+        if old is not None:  # a stranger's hint the node itself now vouches for: into its own slots, asked afresh
+            del self.candidates[key]
+        failures = 0 if vouched else self._failed.get(key, 0)
+        if not self._make_room(vouched, failures):
+            return
+        self._failed.pop(key, None)
+        last_try = now if failures else -math.inf  # one that failed before waits its turn behind new ones
+        self.candidates[key] = Candidate(node_id, peer_url, address, now, last_try, failures, now, vouched)
+        if not failures:
+            self._next_admit = min(self._next_admit, now)  # a newcomer is asked at the next tick, not 0.5 s on
+
+    def _make_room(self, vouched: bool, failures: int = 0) -> bool:
+        """Free a slot among the candidates of this kind (vouched or not) if they fill their bound: the one that
+        failed admission most often; among equals one at the address with the most candidates (a stranger's names
+        at its address, not a board alone at its own), the earliest hinted of those (counted in ``replaced``).
+        False: no room for a newcomer with ``failures`` of its own (it never displaces one that failed less)."""
+        cap = self.config.max_vouched if vouched else self.config.max_candidates
+        kind = [c for c in self.candidates.values() if c.vouched == vouched]
+        if len(kind) < cap:
+            return True
+        if not kind:
+            return False  # a bound of 0: none of this kind at all
+        per_address = Counter(c.address for c in kind)  # one host's made-up names crowd out only each other
+        worst = max(kind, key=lambda c: (c.failures, per_address[c.address], -c.first))
+        if failures > worst.failures:
+            return False
+        key = (worst.node_id, worst.peer_url)
+        del self.candidates[key]
+        self.replaced += 1
+        self._remember_failed(worst)
+        return True
+
+    def _remember_failed(self, cand: Candidate) -> None:
+        """A stranger's candidate leaves having failed admission: hinted again, it comes back as failed, not new."""
+        if cand.failures and not cand.vouched:
+            if len(self._failed) >= 4 * self.config.max_candidates:
+                del self._failed[next(iter(self._failed))]  # the earliest remembered
+            self._failed[(cand.node_id, cand.peer_url)] = cand.failures
 
     def admitted(self, node_id: str, peer_url: str, address: str, state: PeerState, now: float) -> list[Transition]:
         """``node_id`` answered GET /peer/state at ``peer_url`` itself, authenticated: a member (or refreshed)."""
         self.candidates.pop((node_id, peer_url), None)
+        self._failed.pop((node_id, peer_url), None)
         rec = self.records.get(node_id)
         if rec is None and len(self.records) >= self.config.max_members:
             return []
@@ -330,7 +388,7 @@ class Swim:
     def admit_failed(self, node_id: str, peer_url: str, now: float) -> None:
         cand = self.candidates.get((node_id, peer_url))
         if cand is not None:
-            self.candidates[(node_id, peer_url)] = replace(cand, last_try=now)
+            self.candidates[(node_id, peer_url)] = replace(cand, last_try=now, failures=cand.failures + 1)
 
     # -- the node's own word ------------------------------------------------------------------------------
     def _heard_itself(self, node_id: str, incarnation: int, now: float, reason: str) -> list[Transition]:
@@ -506,6 +564,7 @@ class Swim:
         for key, cand in list(self.candidates.items()):
             if now - cand.seen >= cfg.candidate_ttl_s:
                 del self.candidates[key]
+                self._remember_failed(cand)
         for node_id, rec in list(self.records.items()):
             sus = rec.suspicion
             if rec.status == "suspect" and sus is not None:
@@ -581,7 +640,7 @@ class Swim:
                 self._own_loads(msg.node_id, msg.loads)
             else:
                 host = msg.peer_url.split("//", 1)[1].rsplit(":", 1)[0]
-                self.hint(msg.node_id, msg.peer_url, host, now)
+                self.hint(msg.node_id, msg.peer_url, host, now, vouched=True)  # its own signed word
             if msg.leader is not None and self.term < msg.term <= self.term + MAX_TERM_AHEAD:
                 self.term, self.leader = msg.term, msg.leader  # informational; bounded like election terms
         for update in msg.updates:
@@ -794,7 +853,12 @@ class Swim:
     def _admissions(self, now: float) -> list[Instruction]:
         due = [c for c in self.candidates.values() if now - c.last_try >= self.config.admit_interval_s]
         out: list[Instruction] = []
-        for cand in sorted(due, key=lambda c: c.last_try)[:8]:
+        # the nodes' own word first; then the least recently tried; among equals those at an address with fewer
+        # candidates, the latest hinted (a stranger's burst of made-up names at its address does not keep a board's
+        # advert waiting behind it)
+        per_address = Counter(c.address for c in due)
+        order = sorted(due, key=lambda c: (not c.vouched, c.last_try, per_address[c.address], -c.first))
+        for cand in order[:8]:
             self.candidates[(cand.node_id, cand.peer_url)] = replace(cand, last_try=now)
             out.append(Admit(cand.node_id, cand.peer_url, cand.address))
         return out

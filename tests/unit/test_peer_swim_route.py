@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
@@ -31,6 +32,7 @@ class Membership:
 
     driver: SwimDriver
     stopping: bool = False
+    mdns: Counter[str] = field(default_factory=Counter)  # adverts by outcome (no mDNS here)
 
     @property
     def swim(self) -> SwimDriver:

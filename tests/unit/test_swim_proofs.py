@@ -135,6 +135,7 @@ def test_the_driver_counts_a_relayed_confirmer_only_with_its_origins_signature()
 
 
 def test_metrics_count_checked_and_refused_proofs() -> None:
+    from collections import Counter
     from types import SimpleNamespace
 
     from agent.discovery.metrics import MembershipCollector
@@ -145,7 +146,7 @@ def test_metrics_count_checked_and_refused_proofs() -> None:
     good = own_proof("c1", clock)
     bad = replace(own_proof("c2", clock), incarnation=0, signature=good.signature)
     asyncio.run(d.handle("m", gossip("m", suspect("c1"), suspect("c2"), proofs=(good, bad))))
-    discovery = SimpleNamespace(swim=d, peers=d.peers)
+    discovery = SimpleNamespace(swim=d, peers=d.peers, mdns=Counter())
     samples = {(x.name, tuple(x.labels.items())): x.value for m in MembershipCollector(discovery).collect()  # type: ignore[arg-type]
                for x in m.samples}  # fmt: skip
     name = "peerserve_membership_suspicion_proofs_total"
