@@ -303,6 +303,10 @@ def limited_protocol(
             piece = bytes(self._unparsed[:PARSE_SLICE])
             del self._unparsed[:PARSE_SLICE]
             super().data_received(piece)
+            if self.transport.get_protocol() is not self:  # upgraded (WebSocket): the rest was never h11's
+                self._unparsed.clear()
+                self.transport.resume_reading()
+                return
             if self.counted.refused:
                 self._refuse_chunking()
                 return
