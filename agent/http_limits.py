@@ -17,6 +17,12 @@ Two layers, because uvicorn gives no header timeout of its own:
   read (``408``; the client is not blamed for time the app spent before reading). Both answers close
   the connection. A body the app never reads is drained under the header deadline.
 
+h11 parses in pure Python on the agent's event loop, which also runs SWIM and the election: a body sent as
+1-byte chunks (``1\r\n1\r\n``...) cost ~9 us per chunk, 0.4 s of loop for one 256 KiB socket read, and two such
+connections got a leader declared dead (review 11a). So the protocol hands h11 at most ``PARSE_SLICE`` bytes
+per loop turn (reading paused until the rest is parsed), and a body of more than
+``max(MIN_CHUNKS, bytes / MIN_CHUNK_BYTES)`` chunks gets ``400`` and the connection closed (``too_many_chunks``).
+
 The concurrency limit itself is uvicorn's ``limit_concurrency`` (503 past it), set in agent/cli.py.
 """
 
@@ -32,10 +38,16 @@ from typing import Any
 import h11
 from fastapi import HTTPException
 from starlette.requests import ClientDisconnect
+from uvicorn.protocols.http.flow_control import FlowControl
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 log = logging.getLogger(__name__)
 
+PARSE_SLICE = 16 * 1024  # bytes h11 parses per loop turn: at most ~2,700 chunks (~25 ms); other tasks run between
+MIN_CHUNKS = 256  # chunks any body may use ...
+MIN_CHUNK_BYTES = 256  # ... past which they must average at least this many bytes
+REFUSAL_LINGER_S = 1.0  # a refused client has this long to read its 400; what it still sends is dropped unparsed ...
+REFUSAL_DROP_BYTES = 1 << 20  # ... up to this much (then reading stops: a sender at line rate cost ~0.7 GB/s of reads)
 CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")  # decoded %0A etc.: Starlette's routes would drop a final \n
 Scope = dict[str, Any]
 Message = dict[str, Any]
@@ -166,6 +178,59 @@ def _client_host(protocol: Any) -> str | None:
     return str(client[0]) if client else None
 
 
+def too_many_chunks(chunks: int, body_bytes: int) -> bool:
+    """Whether a chunked body of ``chunks`` chunks and ``body_bytes`` bytes so far is chunked pathologically.
+
+    Parsing costs per chunk, not per byte: past ``MIN_CHUNKS``, chunks must average ``MIN_CHUNK_BYTES`` or more.
+    Clients send what they have in chunks of kilobytes; 1-byte chunks only make the agent work (6 wire bytes
+    per body byte, one h11 event each). So a body's chunks are bounded by its size (at most max_body / 256)."""
+    return chunks > max(MIN_CHUNKS, body_bytes // MIN_CHUNK_BYTES)
+
+
+class ChunkCountingConnection(h11.Connection):
+    """h11's server side, counting the chunks and bytes of each request body; past ``too_many_chunks`` it hands
+    out no more events (``NEED_DATA``) and sets ``refused``: the protocol answers 400 and closes."""
+
+    def __init__(self, max_incomplete_event_size: int) -> None:
+        super().__init__(h11.SERVER, max_incomplete_event_size=max_incomplete_event_size)
+        self.chunks = 0
+        self.body_bytes = 0
+        self.refused = False
+
+    def next_event(self) -> Any:
+        if self.refused:
+            return h11.NEED_DATA
+        event = super().next_event()
+        if isinstance(event, h11.Request):
+            self.chunks = self.body_bytes = 0
+        elif isinstance(event, h11.Data):
+            self.body_bytes += len(event.data)
+            # chunk_end, not chunk_start: h11 drops chunk_start when a read ends between a chunk's size and its data
+            if event.chunk_end:
+                self.chunks += 1
+                if too_many_chunks(self.chunks, self.body_bytes):
+                    self.refused = True
+                    return h11.NEED_DATA
+        return event
+
+
+class SlicedFlowControl(FlowControl):
+    """uvicorn's read flow control (paused while a handler leaves 64 KiB of body unread), except that it leaves
+    reading paused while the protocol still holds bytes it has read but not parsed: else every resume would
+    add another socket read (up to 256 KiB) to what waits, without bound."""
+
+    def __init__(self, transport: asyncio.Transport, holding: Any) -> None:
+        super().__init__(transport)
+        self._reading_transport = transport
+        self._holding = holding
+
+    def resume_reading(self) -> None:
+        if self.read_paused:
+            self.read_paused = False
+            if not self._holding():
+                self._reading_transport.resume_reading()
+
+
 def limited_protocol(
     header_timeout_s: float, max_connections_per_address: int, write_timeout_s: float | None = None
 ) -> type[H11Protocol]:
@@ -176,6 +241,16 @@ def limited_protocol(
         _header_timer: asyncio.TimerHandle | None = None
         _write_timer: asyncio.TimerHandle | None = None
         _partial = False
+        _next_slice: asyncio.Handle | None = None  # parsing the rest of what was read, on a later loop turn
+        _reading_held = False  # reading paused by the slicing (uvicorn's flow control pauses it on its own too)
+        _lingering: asyncio.TimerHandle | None = None  # refused: dropping what arrives until this closes
+        _dropped = 0  # bytes dropped since the refusal
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.counted = ChunkCountingConnection(self.config.h11_max_incomplete_event_size or 16 * 1024)
+            self.conn = self.counted
+            self._unparsed = bytearray()  # read, not yet handed to h11: at most a slice plus one read
 
         def pause_writing(self) -> None:
             """The client's socket is full: it must read again within ``write_timeout_s`` or be cut off."""
@@ -196,6 +271,7 @@ def limited_protocol(
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
+            self.flow = SlicedFlowControl(transport, lambda: self._reading_held)
             host = self.client[0] if self.client else None
             if host is not None and self._over_address_cap(host):
                 _warn_once_a_minute(host, f"refusing connections from {host}: {max_connections_per_address} open")
@@ -209,10 +285,75 @@ def limited_protocol(
             return sum(1 for c in self.connections if _client_host(c) == host) > max_connections_per_address
 
         def data_received(self, data: bytes) -> None:
+            if self._lingering is not None:
+                self._dropped += len(data)
+                if self._dropped > REFUSAL_DROP_BYTES:
+                    self.transport.pause_reading()
+                return
             if self._header_timer is not None:
                 self._partial = True
-            super().data_received(data)
+            if self._next_slice is not None:  # a slice waits for its turn (reading is paused: this read was under way)
+                self._unparsed += data
+                self._hold_reading()
+            elif len(data) <= PARSE_SLICE:
+                self._parse(data)
+            else:
+                self._unparsed += data
+                self._parse_slice()
+
+        def _parse_slice(self) -> None:
+            """Hand h11 the next PARSE_SLICE bytes of what was read (a socket read is up to 256 KiB)."""
+            self._next_slice = None
+            piece = self._unparsed[:PARSE_SLICE]
+            del self._unparsed[:PARSE_SLICE]
+            self._parse(piece)
+
+        def _parse(self, piece: bytes | bytearray) -> None:
+            """h11 parses ``piece``; what is left waits for a later loop turn, reading paused meanwhile."""
+            if self.transport.is_closing():
+                self._unparsed.clear()
+                return
+            super().data_received(piece)  # type: ignore[arg-type]  # h11 takes any bytes-like
+            if self.transport.get_protocol() is not self:  # upgraded (WebSocket): the rest was never h11's
+                self._unparsed.clear()
+                self.transport.resume_reading()
+                return
+            if self.counted.refused:
+                self._refuse_chunking()
+                return
             self._update_header_deadline()
+            if self._unparsed and not self.transport.is_closing():
+                self._hold_reading()
+                self._next_slice = self.loop.call_soon(self._parse_slice)
+            elif self._reading_held:
+                self._reading_held = False
+                if not self.flow.read_paused:  # else the flow control resumes it once the handler has read on
+                    self.transport.resume_reading()
+
+        def _hold_reading(self) -> None:
+            if not self._reading_held:
+                self._reading_held = True
+                self.transport.pause_reading()
+
+        def _refuse_chunking(self) -> None:
+            """400 (unless an answer has started) and close; the handler reading the body sees the client gone."""
+            self._unparsed.clear()
+            chunks, size, host = self.counted.chunks, self.counted.body_bytes, _client_host(self)
+            _warn_once_a_minute(f"chunks {host}", f"refusing a body from {host}: {chunks} chunks for {size} bytes")
+            if self.cycle is not None:
+                if not self.cycle.response_started:
+                    message = f"request body in too many small chunks ({chunks} for {size} bytes)"
+                    self.transport.write(_raw_response(400, "Bad Request", message))
+                self.cycle.disconnected = True  # the handler's receive() says so, its send() writes nothing more
+                self.cycle.message_event.set()
+            # Closing with the client's bytes unread would reset the connection, and the client's kernel drops
+            # the 400 it has not read yet: end our side, drop what still comes (no parsing) for a moment, close.
+            if self.transport.can_write_eof():
+                self.transport.write_eof()
+            self._lingering = self.loop.call_later(REFUSAL_LINGER_S, self.transport.close)
+            self._reading_held = False
+            self.flow.read_paused = False
+            self.transport.resume_reading()
 
         def on_response_complete(self) -> None:
             super().on_response_complete()
@@ -220,6 +361,11 @@ def limited_protocol(
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._cancel_header_deadline()
+            for handle in (self._next_slice, self._lingering):
+                if handle is not None:
+                    handle.cancel()
+            self._next_slice = None
+            self._unparsed.clear()
             if self._write_timer is not None:
                 self._write_timer.cancel()
                 self._write_timer = None

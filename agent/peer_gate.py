@@ -6,8 +6,11 @@ card could open tens of thousands of TCP connections to the peer port, send noth
 minute: the agent's file descriptors run out and its client API stops answering too (measured: 400 idle
 connections against an agent limited to 256 descriptors). ``gate_tls`` takes TLS out of the listener
 and does it per connection instead: at most ``PENDING_PER_ADDRESS`` handshakes in progress per source
-address and ``PENDING_TOTAL`` in all (more are closed at once: a stranger with a handful of addresses
-cannot fill the descriptors either) and ``HANDSHAKE_S`` to finish one (then the connection is closed);
+address and ``PENDING_TOTAL`` in all (a stranger with a handful of addresses cannot fill the descriptors
+either) and ``HANDSHAKE_S`` to finish one (then the connection is closed). Past the per-address cap a
+newcomer is closed at once; at the total, a newcomer from an address holding fewer handshakes than the
+busiest address takes that address's oldest slot (it is aborted): two addresses holding 64 idle connections
+each, renewed before the deadline, used to lock every other client out (review 11a: 0 of 60 HTTPS requests).
 a finished handshake (mutual TLS: a certificate of this cluster) hands the TLS transport to uvicorn's
 own protocol, and the handshake slot is free again. Used by the peer listener (agent/peer_api.py) and the
 optional HTTPS client listener (agent/client_auth.py, with a longer deadline for phones).
@@ -18,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import asyncio.sslproto as sslproto
 import contextlib
+import itertools
 import logging
 import ssl
 from collections.abc import Callable
@@ -91,31 +95,47 @@ class CoalescingTransport:
 
 
 class Handshakes:
-    """Handshakes in progress per source address and in all (bounded by the caps above)."""
+    """Handshakes in progress per source address and in all (bounded by the caps above); at the total, the busiest
+    address gives up its oldest handshake to a newcomer from an address holding fewer."""
 
     def __init__(self, per_address: int = PENDING_PER_ADDRESS, total: int = PENDING_TOTAL) -> None:
         self.per_address, self.total = per_address, total
-        self.pending: dict[str, int] = {}
+        self.pending: dict[str, dict[int, Callable[[], None]]] = {}  # host -> {ticket: abort}, oldest first
         self.in_progress = 0
+        self._tickets = itertools.count()
 
-    def admit(self, host: str) -> bool:
-        """Count a new handshake from ``host``; False (not counted) when ``host`` or everyone is at the cap."""
-        if self.in_progress >= self.total or self.pending.get(host, 0) >= self.per_address:
-            return False
-        self.pending[host] = self.pending.get(host, 0) + 1
+    def admit(self, host: str, abort: Callable[[], None]) -> int | None:
+        """A ticket for a new handshake from ``host`` (``abort`` ends it if it is evicted later), or None: ``host``
+        is at its cap, or the total is reached and no address holds more handshakes than ``host``. At the total,
+        the busiest address's oldest handshake is forgotten and its ``abort`` called, so the count never passes it."""
+        mine = self.pending.get(host, {})
+        if len(mine) >= self.per_address:
+            return None
+        if self.in_progress >= self.total:
+            busiest = max(self.pending, key=lambda h: len(self.pending[h]))
+            if len(self.pending[busiest]) <= len(mine):
+                return None
+            oldest = next(iter(self.pending[busiest]))
+            evicted = self.pending[busiest][oldest]
+            self.done(busiest, oldest)
+            evicted()
+        ticket = next(self._tickets)
+        self.pending.setdefault(host, {})[ticket] = abort
         self.in_progress += 1
-        return True
+        return ticket
 
-    def done(self, host: str) -> None:
-        """One handshake from ``host`` ended (either way)."""
-        if host not in self.pending:
+    def done(self, host: str, ticket: int) -> None:
+        """The handshake ``ticket`` from ``host`` ended (either way; nothing if it was evicted already)."""
+        held = self.pending.get(host)
+        if held is None or held.pop(ticket, None) is None:
             return
         self.in_progress -= 1
-        left = self.pending[host] - 1
-        if left > 0:
-            self.pending[host] = left
-        else:
-            self.pending.pop(host, None)
+        if not held:
+            del self.pending[host]
+
+    def held(self, host: str) -> int:
+        """Handshakes in progress from ``host``."""
+        return len(self.pending.get(host, {}))
 
 
 def gated_protocol(
@@ -142,15 +162,18 @@ def gated_protocol(
             assert isinstance(transport, asyncio.Transport)
             peer = transport.get_extra_info("peername")
             host = str(peer[0]) if peer else "?"
-            if not handshakes.admit(host):
+            ticket = handshakes.admit(host, transport.abort)
+            if ticket is None:
                 log.debug("closing a connection from %s: handshake caps reached", host)
                 transport.abort()
                 return
-            self._task = asyncio.get_running_loop().create_task(self._handshake(transport, host))  # held: not GC'd
+            self._task = asyncio.get_running_loop().create_task(self._handshake(transport, host, ticket))  # held
 
-        async def _handshake(self, transport: Any, host: str) -> None:
+        async def _handshake(self, transport: Any, host: str, ticket: int) -> None:
             loop = asyncio.get_running_loop()
             try:
+                if transport.is_closing():  # evicted before this task ran
+                    return
                 tls = await loop.start_tls(
                     transport, self, context, server_side=True, ssl_handshake_timeout=handshake_s
                 )
@@ -160,7 +183,7 @@ def gated_protocol(
                     transport.abort()
                 return
             finally:
-                handshakes.done(host)
+                handshakes.done(host, ticket)
             if tls is None or tls.is_closing():
                 return
             if self._overflow:  # more than EARLY_BYTES before the handover: not a peer speaking HTTP

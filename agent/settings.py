@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import math
 import os
 import re
 import socket
@@ -148,6 +149,10 @@ def _host_for_url(host: str) -> str:
 
 
 def validate(s: Settings) -> None:
+    for f in fields(s):  # NaN passes every "<= 0" check; a NaN deadline fires at once, an infinite one never
+        value = getattr(s, f.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f.name, f"{value!r} is not a finite number")
     if not NODE_ID.fullmatch(s.node_id):
         raise ConfigError("node_id", f"{s.node_id!r} must be one DNS label: letters, digits, '-', '_'")
     if not NODE_CLASS.fullmatch(s.node_class):

@@ -7,16 +7,19 @@ header size limit, malformed client input, made-up client ids, /health when reco
 
 from __future__ import annotations
 
+import http.client
 import select
 import socket
 import sqlite3
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from tests.service.conftest import STATS_READER, RunningAgent
+from tests.service.conftest import STATS_READER, RunningAgent, free_port
+from tests.waiting import wait_for
 
 PREDICT = "/services/half_plus_two/v1/models/half_plus_two:predict"
 QUIET = "--no-discovery"  # no mDNS: agents of parallel tests stay strangers
@@ -82,6 +85,76 @@ def test_chunked_body_over_the_limit_is_refused_while_it_streams(agents: Any) ->
     assert b"request body over 1048576 bytes" in response
     assert sent < 32 * 2**20, f"the agent read {sent} bytes before refusing"
     assert a.get("/health").status_code == 200
+
+
+def health_latency(agent: RunningAgent) -> float:
+    """Seconds for one GET /health on a new connection (http.client: httpx builds a TLS context per call)."""
+    conn = http.client.HTTPConnection(agent.host, agent.port, timeout=30)
+    started = time.monotonic()
+    conn.request("GET", "/health")
+    assert conn.getresponse().status == 200
+    took = time.monotonic() - started
+    conn.close()
+    return took
+
+
+def test_a_body_in_one_byte_chunks_gets_400_and_the_event_loop_keeps_serving(agents: Any) -> None:
+    """Review 11a: h11 parsed each 1-byte chunk in Python on the loop that runs SWIM and the election (0.4 s per
+    256 KiB read); two such connections to one member got it declared dead and the leader moved (term 1 -> 9)."""
+    mdns_off = {"PEERSERVE_MDNS": "false"}
+    port = free_port()
+    a = agents("a", env=mdns_off, port=port)
+    b = agents("b", "--seeds", f"http://127.0.0.1:{port}", env=mdns_off)
+
+    def view() -> tuple[str | None, Any, Any]:
+        cluster = b.get("/cluster").json()
+        status = next((m["status"] for m in cluster["members"] if m["node_id"] == "a"), None)
+        return status, cluster["leader"], cluster["term"]
+
+    wait_for(lambda: view()[0] == "alive" and view()[1] is not None, 30, step=0.2)
+    before = view()
+    head = f"POST {PREDICT} HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n".encode()
+    tiny = b"1\r\nx\r\n" * 20_000  # 120 KB of 1-byte chunks
+    probe = connect(a)
+    started = time.monotonic()
+    probe.sendall(head + tiny)  # the agent drops what follows its answer for a moment, so this all goes out
+    response, _ = read_until_closed(probe, 10)
+    assert status_of(response) == 400 and b"too many small chunks (257 for 257 bytes)" in response
+    assert time.monotonic() - started < 5
+
+    stop = threading.Event()
+
+    def attacker() -> None:  # as the review did: send chunks until cut off, then again
+        while not stop.is_set():
+            with socket.create_connection((a.host, a.port), timeout=10) as sock:
+                try:
+                    sock.sendall(head)
+                    while not stop.is_set():
+                        sock.sendall(tiny)
+                except OSError:
+                    pass
+
+    threads = [threading.Thread(target=attacker) for _ in range(2)]
+    for t in threads:
+        t.start()
+    latencies, views = [], []
+    try:
+        until = time.monotonic() + 6
+        while time.monotonic() < until:
+            latencies.append(health_latency(a))
+            views.append(view())
+            time.sleep(0.05)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    latencies.sort()
+    p99 = latencies[int(0.99 * (len(latencies) - 1))]
+    p50, top = latencies[len(latencies) // 2], latencies[-1]
+    print(f"\n/health, two 1-byte-chunk senders: n={len(latencies)} p50 {1000 * p50:.1f} ms p99 {1000 * p99:.1f} ms"
+          f" max {1000 * top:.1f} ms")  # fmt: skip
+    assert p99 < 0.25, f"/health p99 {1000 * p99:.0f} ms while two clients sent 1-byte chunks"
+    assert set(views) == {before}, f"b's view of a (status, leader, term) changed: {sorted(set(views), key=str)}"
 
 
 def test_declared_body_over_the_limit_is_refused_before_reading(agents: Any) -> None:

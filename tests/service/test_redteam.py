@@ -23,7 +23,7 @@ import pytest
 
 from agent.models import MODELS
 from agent.modelserver import ModelServer
-from agent.peer_gate import PENDING_PER_ADDRESS
+from agent.peer_gate import PENDING_PER_ADDRESS, PENDING_TOTAL
 from agent.serving.tfrest import MAX_VALUES
 from tests.service.conftest import STATS_READER, RunningAgent, free_port
 from tests.service.test_client_auth import self_signed
@@ -175,6 +175,31 @@ def test_a_stranger_cannot_hold_the_peer_port_before_tls(agents: Any) -> None:
         for s in socks:
             s.close()
     assert a.get("/health").status_code == 200
+
+
+def test_two_addresses_holding_every_handshake_slot_do_not_lock_others_out(agents: Any, tmp_path: Path) -> None:
+    """Review 11a: 64 idle TCP connections from each of two addresses (renewed every 9 s) held all 128 handshake
+    slots: 0 of 60 honest HTTPS requests were answered, and no new peer connection got in."""
+    cert, key = self_signed(tmp_path)
+    port = free_port()
+    a = agents("a", QUIET, "--https-port", str(port), "--tls-cert", str(cert), "--tls-key", str(key))
+    for listener in (a.peer_port, port):
+        strangers = [socket.create_connection((a.host, listener), 10, (source, 0))
+                     for source in ("127.0.0.77", "127.0.0.78") for _ in range(PENDING_PER_ADDRESS)]  # fmt: skip
+        try:
+            time.sleep(0.3)  # accepted: every slot is held (the handshake deadline is 5 s, 10 s on HTTPS)
+            if listener == a.peer_port:
+                assert a.put_desired(1, {}).status_code == 200  # a member (127.0.0.1) opens a new connection
+            else:
+                context = ssl.create_default_context(cafile=str(cert))
+                for _ in range(5):  # a new connection each time
+                    with httpx.Client(verify=context) as phone:
+                        assert phone.get(f"https://127.0.0.1:{port}/health").status_code == 200
+            held = sum(_open(s) for s in strangers)
+            assert PENDING_TOTAL - 5 <= held < PENDING_TOTAL, f"{held} strangers' handshakes held"  # evicted, bounded
+        finally:
+            for s in strangers:
+                s.close()
 
 
 def _open(sock: socket.socket) -> bool:

@@ -125,6 +125,35 @@ def test_bad_settings_name_the_key(env: dict[str, str], key: str, tmp_path: Path
     assert err.value.key == key
 
 
+@pytest.mark.parametrize("raw", ["nan", "NaN", "inf", "-inf", "Infinity", "1e999"])
+@pytest.mark.parametrize("key", ["header_timeout_s", "body_timeout_s", "client_rtt_ttl_s", "probe_interval_s",
+                                 "max_body_mb", "placement_period_s", "placement_hold_margin"])  # fmt: skip
+def test_non_finite_numbers_are_refused_from_env_and_flags(raw: str, key: str, tmp_path: Path) -> None:
+    """Review 11a: header_timeout_s=nan fired every header deadline at once, body_timeout_s=inf switched it off."""
+    with pytest.raises(ConfigError, match="is not a finite number") as err:
+        load_settings(None, env={"PEERSERVE_DATA_DIR": str(tmp_path), f"PEERSERVE_{key.upper()}": raw})
+    assert err.value.key == key
+    with pytest.raises(ConfigError, match="is not a finite number") as err:
+        load_settings(None, env={"PEERSERVE_DATA_DIR": str(tmp_path)}, overrides={key: raw})
+    assert err.value.key == key
+
+
+def test_non_finite_numbers_are_refused_from_the_config_file(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.toml"
+    for line in ("header_timeout_s = nan", "body_timeout_s = inf", "suspicion_mult = -inf"):
+        cfg.write_text(line + "\n")
+        with pytest.raises(ConfigError, match="is not a finite number") as err:
+            load_settings(str(cfg), env={"PEERSERVE_DATA_DIR": str(tmp_path)})
+        assert err.value.key == line.split()[0]
+
+
+def test_the_agent_refuses_to_start_on_a_non_finite_setting(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from peerserve.cli import main
+
+    assert main(["agent", "--data-dir", str(tmp_path), "--header-timeout-s", "nan", "--no-discovery"]) == 2
+    assert "header_timeout_s: nan is not a finite number" in capsys.readouterr().err
+
+
 def test_broken_config_file(tmp_path: Path) -> None:
     cfg = tmp_path / "c.toml"
     cfg.write_text("port = [")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -9,32 +11,62 @@ from agent.peer_gate import PENDING_PER_ADDRESS, PENDING_TOTAL, Handshakes
 
 
 def test_one_address_is_capped_and_a_few_addresses_cannot_fill_the_total() -> None:
-    gate = Handshakes()
-    assert all(gate.admit("10.0.0.1") for _ in range(PENDING_PER_ADDRESS))
-    assert not gate.admit("10.0.0.1")
+    gate, aborted = Handshakes(), []
+    first = [gate.admit("10.0.0.1", lambda: aborted.append("10.0.0.1")) for _ in range(PENDING_PER_ADDRESS)]
+    assert None not in first and gate.admit("10.0.0.1", lambda: None) is None
     addresses = [f"10.0.0.{i}" for i in range(2, 10)]
-    admitted = sum(gate.admit(a) for a in addresses for _ in range(PENDING_PER_ADDRESS))
-    assert gate.in_progress == PENDING_TOTAL == PENDING_PER_ADDRESS + admitted
-    assert not gate.admit("10.0.0.99")  # the total is reached: a new address waits too
-    gate.done("10.0.0.1")
-    assert gate.admit("10.0.0.99")
+    admitted = [t for a in addresses for _ in range(PENDING_PER_ADDRESS) if (t := gate.admit(a, lambda: None))]
+    assert gate.in_progress == PENDING_TOTAL  # never more, however many addresses try
+    assert sum(map(len, gate.pending.values())) == PENDING_TOTAL and len(admitted) > PENDING_PER_ADDRESS
+    assert max(map(len, gate.pending.values())) - min(map(len, gate.pending.values())) <= 1  # shared out evenly
+    assert gate.held("10.0.0.1") < PENDING_PER_ADDRESS and len(aborted) == PENDING_PER_ADDRESS - gate.held("10.0.0.1")
 
 
-@given(st.lists(st.tuples(st.booleans(), st.sampled_from("abcde")), max_size=300))
-def test_the_counts_match_the_handshakes_in_progress(events: list[tuple[bool, str]]) -> None:
-    gate, held = Handshakes(per_address=4, total=10), {h: 0 for h in "abcde"}
-    for start, host in events:
+def test_two_addresses_holding_the_total_do_not_lock_a_third_out() -> None:
+    """Review 11a: 64 idle connections from each of two addresses, renewed every 9 s: 0 of 60 HTTPS requests."""
+    gate, aborted = Handshakes(), list[tuple[str, int]]()
+    for attacker in ("10.0.0.77", "10.0.0.78"):
+        for i in range(PENDING_PER_ADDRESS):
+            assert gate.admit(attacker, partial(aborted.append, (attacker, i))) is not None
+    assert gate.in_progress == PENDING_TOTAL
+    honest = gate.admit("10.0.0.5", lambda: aborted.append(("10.0.0.5", 0)))
+    assert honest is not None and aborted == [("10.0.0.77", 0)]  # the busiest address's oldest handshake
+    assert gate.in_progress == PENDING_TOTAL
+    # the attackers renew: each new connection only displaces the other attacker's, never the honest one
+    for round_ in range(3 * PENDING_PER_ADDRESS):
+        attacker = ("10.0.0.77", "10.0.0.78")[round_ % 2]
+        gate.admit(attacker, lambda: None)
+        assert gate.held("10.0.0.5") == 1 and gate.in_progress == PENDING_TOTAL
+    assert gate.admit("10.0.0.77", lambda: None) is None or gate.held("10.0.0.77") <= gate.held("10.0.0.78") + 1
+    gate.done("10.0.0.5", honest)
+    assert gate.held("10.0.0.5") == 0 and gate.in_progress == PENDING_TOTAL - 1
+
+
+@given(st.lists(st.tuples(st.booleans(), st.sampled_from("abcde"), st.integers(0, 20)), max_size=300))
+def test_the_counts_match_the_handshakes_in_progress(events: list[tuple[bool, str, int]]) -> None:
+    gate, held = Handshakes(per_address=4, total=10), {h: list[int]() for h in "abcde"}  # tickets, oldest first
+    aborted: list[int] = []
+    for start, host, pick in events:
         if start:
-            ok = gate.admit(host)
-            assert ok == (held[host] < 4 and sum(held.values()) < 10)
-            held[host] += ok
+            before = {h: len(t) for h, t in held.items()}
+            box: list[int] = []
+            ticket = gate.admit(host, partial(aborted.extend, box))
+            busiest = max(before, key=lambda h: before[h])
+            full = sum(before.values()) >= 10
+            may = before[host] < 4 and (not full or before[busiest] > before[host])
+            assert (ticket is not None) == may
+            if ticket is not None:
+                if full:  # the busiest address's oldest ticket was aborted
+                    victim = next(h for h in held if gate.held(h) == before[h] - 1)
+                    assert before[victim] == before[busiest] and aborted[-1] == held[victim].pop(0)
+                box.append(ticket)
+                held[host].append(ticket)
         elif held[host]:
-            gate.done(host)
-            held[host] -= 1
+            gate.done(host, held[host].pop(pick % len(held[host])))
         else:
-            gate.done(host)  # an end never counted (refused at once) changes nothing
-        assert gate.in_progress == sum(held.values()) <= 10
-        assert gate.pending == {h: n for h, n in held.items() if n}
+            gate.done(host, pick)  # an end never counted (refused at once, or evicted) changes nothing
+        assert gate.in_progress == sum(map(len, held.values())) <= 10
+        assert {h: list(t) for h, t in gate.pending.items()} == {h: t for h, t in held.items() if t}
 
 
 def test_writes_within_one_loop_iteration_leave_as_one_and_close_flushes_first() -> None:
