@@ -14,8 +14,8 @@ import email.utils
 import json
 import math
 import re
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
 
 import httpx
 
@@ -35,6 +35,8 @@ CONTROL_LIMIT = 4 * 1024 * 1024  # bytes of an agent's control answer (/cluster 
 ANSWER_LIMIT = 64 * 1024 * 1024  # bytes of an inference answer
 RETRY_AFTER_DEFAULT_S = 1.0
 RETRY_AFTER_MAX_S = 300.0
+
+T = TypeVar("T")
 
 
 class Malformed(ValueError):
@@ -69,6 +71,23 @@ def _list(value: Any, what: str, limit: int) -> list[Any]:
     if not isinstance(value, list) or len(value) > limit:
         raise Malformed(f"{what}: not a list of at most {limit}")
     return value
+
+
+def usable(values: list[Any], check: Callable[[Any], T], what: str, some: bool = True) -> tuple[list[T], int]:
+    """The entries of a (bounded) list that pass ``check``, and how many were dropped. One entry the client
+    cannot use (a member whose URL has a path, a model name it refuses) does not spoil the others: the
+    agents' own checks are looser than the client's (peerserve/wire.py), so every agent would send the
+    same entry, and refusing the whole answer would refuse every agent. With ``some``, a list with entries
+    of which none is usable is ``Malformed`` (the answer is garbage: the next agent is asked)."""
+    kept: list[T] = []
+    for value in values:
+        try:
+            kept.append(check(value))
+        except Malformed:
+            continue
+    if some and values and not kept:
+        raise Malformed(f"{what}: none of {len(values)} usable")
+    return kept, len(values) - len(kept)
 
 
 def _object(value: Any, what: str) -> Mapping[str, Any]:
@@ -121,22 +140,29 @@ def why(value: Any) -> dict[str, Any]:
 
 
 def endpoint_fields(value: Any, model: str | None) -> dict[str, Any]:
-    """One endpoint (``model`` when the question named one: the answer must be about it)."""
+    """One endpoint (``model`` when the question named one: the answer must be about it); alternatives the
+    client cannot use are dropped, counted in ``dropped`` (with those of the alternatives' own)."""
     data = _object(value, "endpoint")
     name = model_name(data.get("model"))
     if model is not None and name != model:
         raise Malformed(f"asked for {model!r}, the answer is about {name!r}")
-    alternatives = [
-        endpoint_fields(a, name) for a in _list(data.get("alternatives", []), "alternatives", MAX_ALTERNATIVES)
-    ]
+    listed = _list(data.get("alternatives", []), "alternatives", MAX_ALTERNATIVES)
+    alternatives, dropped = usable(listed, lambda a: endpoint_fields(a, name), "alternatives", some=False)
+    dropped += sum(a["dropped"] for a in alternatives)
     out = {"model": name, "node": node_id(data.get("node")), "url": base_url(data.get("url")),
-           "why": why(data.get("why", {})), "alternatives": alternatives}  # fmt: skip
+           "why": why(data.get("why", {})), "alternatives": alternatives, "dropped": dropped}  # fmt: skip
     return out
 
 
+def services(value: Any) -> tuple[list[dict[str, Any]], int]:
+    """A /services answer: its usable endpoints, and how many entries were dropped (alternatives included)."""
+    kept, dropped = usable(_list(value, "/services", MAX_ENDPOINTS), lambda e: endpoint_fields(e, None), "/services")
+    return kept, dropped + sum(e["dropped"] for e in kept)
+
+
 def endpoints(value: Any) -> list[dict[str, Any]]:
-    """A /services answer: a list of endpoints."""
-    return [endpoint_fields(e, None) for e in _list(value, "/services", MAX_ENDPOINTS)]
+    """A /services answer's usable endpoints."""
+    return services(value)[0]
 
 
 def member(value: Any) -> dict[str, Any]:
@@ -153,10 +179,11 @@ def member(value: Any) -> dict[str, Any]:
 
 
 def cluster(value: Any) -> dict[str, Any]:
-    """A /cluster answer: members checked (the client learns nodes from them); the last placement's
-    numbers checked where the CLI prints them."""
+    """A /cluster answer: members checked (the client learns nodes from them), those it cannot use dropped
+    and counted (``members_dropped``); the last placement's numbers checked where the CLI prints them."""
     data = dict(_object(value, "/cluster"))
-    data["members"] = [member(m) for m in _list(data.get("members", []), "members", MAX_MEMBERS)]
+    listed = _list(data.get("members", []), "members", MAX_MEMBERS)
+    data["members"], data["members_dropped"] = usable(listed, member, "members")
     placement = data.get("last_placement")
     if placement is not None:
         p = dict(_object(placement, "last_placement"))

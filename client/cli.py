@@ -152,6 +152,8 @@ def cmd_cluster(args: argparse.Namespace) -> int:
             gpu = "-" if m.get("gpu_load") is None else f"{m['gpu_load']:.0f}"
             print(f"{m['node_id']:<16} {m['status']:<8} {m.get('mem_available_mb', 0):>9.0f} {gpu:>6}  "
                   f"{', '.join(m.get('models', [])) or '-'}")  # fmt: skip
+        if data.get("members_dropped"):
+            print(f"({data['members_dropped']} more members left out: their URL or model names are not usable)")
         p = data.get("last_placement")
         if p:
             print(f"last placement: term {p.get('term')} {p.get('method')} mode {p.get('mode')} "

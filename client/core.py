@@ -25,6 +25,7 @@ import httpx
 from client.ops import (
     CLIENT_HEADER,
     RTT_HEADER,
+    AnswerEncoded,
     AnswerTooLarge,
     Browse,
     Call,
@@ -41,20 +42,35 @@ T = TypeVar("T")
 
 
 def _options(call: Call, http: httpx.Client | httpx.AsyncClient) -> dict[str, Any]:
-    return {"json": call.json, "headers": dict(call.headers), "timeout": call.timeout or http.timeout}
+    """The request's options; every request asks for the answer unencoded (httpx would otherwise offer
+    gzip, deflate and, where the packages are installed, br and zstd, and decode them: an 809-byte
+    brotli answer is 512 MiB in one decoder call, before any limit can look at it)."""
+    headers = {**call.headers, "Accept-Encoding": "identity"}
+    return {"json": call.json, "headers": headers, "timeout": call.timeout or http.timeout}
+
+
+def _encoded(call: Call, response: httpx.Response) -> AnswerEncoded | None:
+    """A failed call when the answer carries a Content-Encoding other than identity (it was not asked for;
+    the client decodes none: no decompressor bounds its output per call, brotli's none at all)."""
+    codings = [c.strip().lower() for c in response.headers.get_list("content-encoding", split_commas=True)]
+    if all(c == "identity" for c in codings):
+        return None
+    return AnswerEncoded(f"{call.url} answered with Content-Encoding {', '.join(codings)[:64]!r}, not asked for")
 
 
 def _kept(response: httpx.Response, chunks: list[bytes]) -> httpx.Response:
-    """The answer with its body read (decoded: the encoding headers go with the encoding)."""
+    """The answer with its body read (as sent: the framing headers go with the framing)."""
     skip = ("content-encoding", "content-length", "transfer-encoding")
     headers = [(k, v) for k, v in response.headers.multi_items() if k.lower() not in skip]
     return httpx.Response(response.status_code, headers=headers, content=b"".join(chunks), request=response.request)
 
 
 def _declared_within(response: httpx.Response, limit: int) -> bool:
-    """Whether the answer says how long it is, within ``limit``, unencoded (h11 holds it to that length)."""
+    """Whether the answer says how long it is, within ``limit``, and is framed by that length alone (h11 then
+    holds it to that length; beside Transfer-Encoding the length is ignored, RFC 9112 6.3, and h11 reads the
+    chunks without end)."""
     length = response.headers.get("content-length", "")
-    return length.isdigit() and int(length) <= limit and "content-encoding" not in response.headers
+    return length.isdigit() and int(length) <= limit and "transfer-encoding" not in response.headers
 
 
 def _over(call: Call, size: int) -> AnswerTooLarge | None:
@@ -117,11 +133,14 @@ class Client:
         """One request, reading at most ``call.limit`` bytes of the answer."""
         try:
             with self.http.stream(call.method, call.url, **_options(call, self.http)) as response:
+                encoded = _encoded(call, response)
+                if encoded is not None:
+                    return encoded
                 if _declared_within(response, call.limit):
                     response.read()
                     return response
                 chunks, size = [], 0
-                for chunk in response.iter_bytes():
+                for chunk in response.iter_raw():
                     size += len(chunk)
                     too_large = _over(call, size)
                     if too_large is not None:
@@ -206,11 +225,14 @@ class AsyncClient:
         """One request, reading at most ``call.limit`` bytes of the answer."""
         try:
             async with self.http.stream(call.method, call.url, **_options(call, self.http)) as response:
+                encoded = _encoded(call, response)
+                if encoded is not None:
+                    return encoded
                 if _declared_within(response, call.limit):
                     await response.aread()
                     return response
                 chunks, size = [], 0
-                async for chunk in response.aiter_bytes():
+                async for chunk in response.aiter_raw():
                     size += len(chunk)
                     too_large = _over(call, size)
                     if too_large is not None:

@@ -62,7 +62,11 @@ class Call:
 
 
 class AnswerTooLarge(httpx.HTTPError):
-    """An answer longer than its Call's ``limit`` (decoded bytes): the shell stops reading; the call failed."""
+    """An answer longer than its Call's ``limit`` (bytes): the shell stops reading; the call failed."""
+
+
+class AnswerEncoded(httpx.HTTPError):
+    """An answer with a Content-Encoding the client did not ask for (it asks for identity): the call failed."""
 
 
 @dataclass(frozen=True)
@@ -186,6 +190,7 @@ class ClientCore:
         self.rtt_at = -1e18
         self.nodes: dict[str, str] = {}  # node id -> agent URL, the alive members of the last /cluster
         self.token = os.environ.get("PEERSERVE_CLIENT_TOKEN", "")  # for agents run with --client-token
+        self.dropped = 0  # entries of usable answers the client could not use (members, endpoints), in all
 
     # -- pure decisions and state changes ------------------------------------------------------------
     def trusts(self, agent: str) -> bool:
@@ -278,6 +283,7 @@ class ClientCore:
 
     def cluster(self) -> Op[dict[str, Any]]:
         _, data = yield from self.ask("GET", "/cluster", answers.cluster)
+        self.dropped += data["members_dropped"]
         return data
 
     def measure_rtts(self, force: bool = False) -> Op[dict[str, float]]:
@@ -285,6 +291,7 @@ class ClientCore:
         if not force and self.clock() - self.rtt_at < self.rtt_ttl_s:
             return dict(self.rtts)
         source, data = yield from self.ask("GET", "/cluster", answers.cluster)
+        self.dropped += data["members_dropped"]
         self.learn(data, source)
         samples: dict[str, list[float]] = {}
         for node, url in self.nodes.items():
@@ -299,13 +306,15 @@ class ClientCore:
 
     def endpoints(self) -> Op[list[Endpoint]]:
         yield from self.measure_rtts()
-        _, data = yield from self.ask("GET", "/services", answers.endpoints)
+        _, (data, dropped) = yield from self.ask("GET", "/services", answers.services)
+        self.dropped += dropped
         return [Endpoint._of(e) for e in data]
 
     def endpoint(self, model: str) -> Op[Endpoint]:
         yield from self.measure_rtts()
-        _, chosen = yield from self.ask("GET", f"/services/{model}", lambda d: Endpoint.from_json(d, model))
-        return chosen
+        _, fields = yield from self.ask("GET", f"/services/{model}", lambda d: answers.endpoint_fields(d, model))
+        self.dropped += fields["dropped"]
+        return Endpoint._of(fields)
 
     def send(self, model: str, path: str, body: Any, via_proxy: bool, protocol: str) -> Op[Any]:
         """``body`` to ``path`` of the model's best server (then one alternative), else through an agent.

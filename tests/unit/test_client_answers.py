@@ -7,11 +7,15 @@ instead of asking the next agent; a non-numeric Retry-After raised ValueError. P
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import email.utils
 import gzip
+import json
 import math
-from collections.abc import AsyncIterator, Callable
+import socket
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import httpx
@@ -21,9 +25,10 @@ from agent.catalogue import MODEL_NAME
 from agent.client_ids import MAX_RTT_NODES
 from agent.settings import NODE_ID
 from client import AsyncClient, Client, answers
+from client.cli import cmd_cluster
 from client.discovery import MAX_FOUND, keep
 from client.errors import ClusterUnreachableError, NotReadyError, RequestError, UnknownModelError
-from client.ops import MAX_AGENTS, AnswerTooLarge, Browse, Call, ClientCore, Endpoint, error_for
+from client.ops import MAX_AGENTS, AnswerEncoded, AnswerTooLarge, Browse, Call, ClientCore, Endpoint, error_for
 
 TOKEN = "s3cret-client-token"
 FOUND = ["http://192.168.1.2:8400", "http://192.168.1.20:8400"]  # what client.discovery.browse returns
@@ -92,7 +97,6 @@ def test_an_endpoint_answer_is_checked_field_by_field() -> None:
         {**endpoint(), "why": {f"k{i}": 1 for i in range(answers.MAX_WHY + 1)}},
         {**endpoint(), "why": {"note": "x" * (answers.MAX_TEXT + 1)}},
         {**endpoint(), "alternatives": [endpoint()] * (answers.MAX_ALTERNATIVES + 1)},
-        {**endpoint(), "alternatives": [endpoint(model="other")]},
         {**endpoint(), "url": None},
     ]
     for url in ["ftp://10.0.0.5", "http://user:pw@10.0.0.5:1", "http://10.0.0.5:1/x", "http://10.0.0.5:1?q=1",
@@ -102,6 +106,8 @@ def test_an_endpoint_answer_is_checked_field_by_field() -> None:
     for data in bad:
         with pytest.raises(answers.Malformed):
             Endpoint.from_json(data, "half_plus_two")
+    other = answers.endpoint_fields({**endpoint(), "alternatives": [endpoint(model="other")]}, "half_plus_two")
+    assert other["alternatives"] == [] and other["dropped"] == 1  # an alternative about another model: dropped
     for url in ["https://board-1.lan:8443", "http://10.0.0.5:8400", "http://[fd00::5]:8400", "http://[fe80::1%eth0]:8400",
                 "http://board_1:80"]:  # fmt: skip
         assert answers.base_url(url + "/") == url
@@ -333,7 +339,7 @@ def test_the_sync_client_stops_reading_an_answer_past_its_limit() -> None:
             result = c._run(c.core.ask("GET", path, answers.cluster))
             assert result[0] == "http://good:1"
             r = c._call(Call("GET", "http://rogue:1" + path))
-            assert isinstance(r, AnswerTooLarge)
+            assert isinstance(r, AnswerTooLarge if path == "/cluster" else AnswerEncoded)
 
 
 def test_the_async_client_stops_reading_an_answer_past_its_limit() -> None:
@@ -344,9 +350,193 @@ def test_the_async_client_stops_reading_an_answer_past_its_limit() -> None:
             ) as c:
                 result = await c._run(c.core.ask("GET", path, answers.cluster))
                 assert result[0] == "http://good:1"
-                assert isinstance(await c._call(Call("GET", "http://rogue:1" + path)), AnswerTooLarge)
+                r = await c._call(Call("GET", "http://rogue:1" + path))
+                assert isinstance(r, AnswerTooLarge if path == "/cluster" else AnswerEncoded)
         async with AsyncClient(transport=httpx.MockTransport(endless(True))) as c:  # within the limit: read whole
             r = await c._call(Call("GET", "http://good:1/cluster"))
             assert isinstance(r, httpx.Response) and r.json()["node_id"] == "good"
 
     asyncio.run(main())
+
+
+# -- on the wire: a real loopback server (review11c) ------------------------------------------------------
+def brotli_bomb() -> bytes:
+    """A brotli body (a few bytes) that decodes to CONTROL_LIMIT + 1 MiB; the gzip bomb where brotli is not
+    installed (the client must refuse it before decoding either way)."""
+    try:
+        import brotli  # type: ignore[import-untyped,unused-ignore]
+    except ImportError:
+        return bomb()
+    return bytes(brotli.compress(b" " * (answers.CONTROL_LIMIT + 2**20), quality=5))
+
+
+def cl_te(chunks: int) -> Iterator[bytes]:
+    """A length of 100 declared beside chunked framing, then ``chunks`` chunks of 1 MiB (the length is ignored:
+    RFC 9112 6.3)."""
+    yield b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 100\r\n"
+    yield b"Transfer-Encoding: chunked\r\n\r\n"
+    for _ in range(chunks):
+        yield b"100000\r\n" + b" " * 2**20 + b"\r\n"
+    yield b"11\r\n" + b'{"members": []}  ' + b"\r\n0\r\n\r\n"
+
+
+def whole(status: str, body: bytes, *headers: str) -> Iterator[bytes]:
+    head = "".join(f"{h}\r\n" for h in (*headers, f"Content-Length: {len(body)}", "Connection: close"))
+    yield f"HTTP/1.1 {status}\r\nContent-Type: application/json\r\n{head}\r\n".encode() + body
+
+
+class Loopback:
+    """An HTTP server on 127.0.0.1 (a free port) that answers each request, one per connection, with the raw
+    bytes ``answer(path)`` gives, and keeps the request heads it got."""
+
+    def __init__(self, answer: Callable[[str], Iterator[bytes]]) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.sock.settimeout(0.1)
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.answer = answer
+        self.heads: list[bytes] = []
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.serve, daemon=True)
+        self.thread.start()
+
+    def serve(self) -> None:
+        while not self.stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except TimeoutError:
+                continue
+            with conn:
+                conn.settimeout(5.0)
+                try:
+                    head = b""
+                    while b"\r\n\r\n" not in head and len(head) < 65536:
+                        data = conn.recv(65536)
+                        if not data:
+                            break
+                        head += data
+                    self.heads.append(head)
+                    for part in self.answer(head.split(b" ")[1].decode()):
+                        conn.sendall(part)
+                except (OSError, IndexError):
+                    continue  # the client stopped reading: what the tests want
+
+    def __enter__(self) -> Loopback:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join(5.0)
+        self.sock.close()
+
+
+def rogue(path: str) -> Iterator[bytes]:
+    """/cluster: a brotli bomb; /services: CL 100 + 64 MiB chunked; /stats/node: CL + TE without end;
+    /small: CL 100 + a small chunked body (read by its chunks)."""
+    if path == "/cluster":
+        return whole("200 OK", brotli_bomb(), "Content-Encoding: br")
+    if path == "/services":
+        return cl_te(64)
+    if path == "/small":
+        return cl_te(0)
+    return cl_te(10**6)
+
+
+def honest(path: str) -> Iterator[bytes]:
+    if path == "/cluster":
+        return whole("200 OK", b'{"node_id": "good", "members": []}')
+    return whole("200 OK", b"[]")
+
+
+def test_on_the_wire_no_encoding_is_asked_for_or_decoded_and_te_frames_the_answer() -> None:
+    with Loopback(rogue) as bad, Loopback(honest) as good, Client(agents=[bad.url, good.url]) as c:
+        assert c.cluster()["node_id"] == "good"  # the brotli bomb failed over
+        assert c._run(c.core.ask("GET", "/services", answers.services))[0] == good.url
+        assert isinstance(c._call(Call("GET", bad.url + "/cluster")), AnswerEncoded)
+        for path in ("/services", "/stats/node"):  # 64 MiB, and without end: stopped past 4 MiB
+            assert isinstance(c._call(Call("GET", bad.url + path)), AnswerTooLarge)
+        small = c._call(Call("GET", bad.url + "/small"))
+        assert isinstance(small, httpx.Response) and answers.body(small) == {"members": []}
+        assert bad.heads and all(b"\r\naccept-encoding: identity\r\n" in h.lower() for h in bad.heads)
+
+
+def test_on_the_wire_the_async_client_too() -> None:
+    async def main() -> None:
+        with Loopback(rogue) as bad, Loopback(honest) as good:
+            async with AsyncClient(agents=[bad.url, good.url]) as c:
+                assert (await c.cluster())["node_id"] == "good"
+                assert isinstance(await c._call(Call("GET", bad.url + "/cluster")), AnswerEncoded)
+                for path in ("/services", "/stats/node"):
+                    assert isinstance(await c._call(Call("GET", bad.url + path)), AnswerTooLarge)
+                small = await c._call(Call("GET", bad.url + "/small"))
+                assert isinstance(small, httpx.Response) and answers.body(small) == {"members": []}
+            assert all(b"\r\naccept-encoding: identity\r\n" in h.lower() for h in bad.heads)
+
+    asyncio.run(main())
+
+
+def test_any_encoding_but_identity_is_a_failed_call() -> None:
+    def answer(request: httpx.Request) -> httpx.Response:
+        assert request.headers["accept-encoding"] == "identity"
+        coding = request.url.path.strip("/")  # a stream: httpx.Response decodes bytes content at once
+        return httpx.Response(200, content=iter([b"[]"]), headers={"Content-Encoding": coding} if coding else {})
+
+    with Client(transport=httpx.MockTransport(answer)) as c:
+        for coding in ("gzip", "deflate", "br", "zstd", "identity, gzip", "x-unknown"):
+            assert isinstance(c._call(Call("GET", f"http://a:1/{coding}")), AnswerEncoded), coding
+        for coding in ("", "identity", "IDENTITY"):
+            r = c._call(Call("GET", f"http://a:1/{coding}"))
+            assert isinstance(r, httpx.Response) and r.content == b"[]", coding
+
+
+# -- one entry the client cannot use does not spoil the answer (review11c) ---------------------------------
+def test_a_member_or_endpoint_the_client_refuses_is_dropped_and_counted() -> None:
+    good = [member("n1", "http://10.0.0.1:8400"), member("n2", "http://10.0.0.2:8400")]
+    for odd in [member("n3", "http://10.0.0.9:8000/x"), member("n3", "http://u@10.0.0.9:8000"),
+                member("n3", "http://10.0.0.9:8000?a"), member("n3", "http://10.0.0.9:8000") | {"models": ["a..b"]},
+                member("n3", "http://10.0.0.9:8000") | {"models": ["m" * 100]}, "x"]:  # fmt: skip
+        data = answers.cluster({"members": [good[0], odd, good[1]]})
+        assert [m["node_id"] for m in data["members"]] == ["n1", "n2"] and data["members_dropped"] == 1
+    assert answers.cluster({"members": []})["members_dropped"] == 0
+    with pytest.raises(answers.Malformed):  # nothing usable: the next agent is asked
+        answers.cluster({"members": [member("n3", "http://10.0.0.9:8000/x")] * answers.MAX_MEMBERS})
+    bad = endpoint(url="http://10.0.0.9:8501/x")
+    second = endpoint(model="m2", alternatives=[endpoint(model="m2"), bad])
+    listed, dropped = answers.services([endpoint(), bad, second])
+    assert [e["model"] for e in listed] == ["half_plus_two", "m2"] and dropped == 2  # one endpoint, one alternative
+    assert len(listed[1]["alternatives"]) == 1
+    assert answers.endpoint_fields(endpoint(alternatives=[bad, bad]), None)["dropped"] == 2  # the endpoint kept
+    with pytest.raises(answers.Malformed):
+        answers.services([bad, bad])
+    with pytest.raises(answers.Malformed):  # the one endpoint asked for is bad: the next agent is asked
+        answers.endpoint_fields(bad, "half_plus_two")
+
+
+def test_one_bad_member_everywhere_still_lets_predict_work() -> None:
+    odd = member("n2", "http://10.0.0.9:8000/x")
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/cluster":
+            return ok({"node_id": "n1", "members": [member("n1", "http://127.0.0.1:1"), odd]})
+        if request.url.path == "/health":
+            return ok({"ok": True})
+        if request.url.path == "/services/half_plus_two":
+            return ok(endpoint(url="http://127.0.0.1:2", alternatives=[endpoint(url="http://h:1/p")]))
+        if request.url.path.endswith(":predict"):
+            return ok({"predictions": [2.5]})
+        return httpx.Response(404, json={"error": "no"})
+
+    with Client(agents=["http://127.0.0.1:1", "http://127.0.0.3:1"], transport=httpx.MockTransport(answer)) as c:
+        assert c.predict("half_plus_two", instances=[1.0]) == {"predictions": [2.5]}
+        assert c.core.nodes == {"n1": "http://127.0.0.1:1"}
+        assert c.core.dropped == 2  # the member, the alternative
+        assert c.cluster()["members_dropped"] == 1 and c.core.dropped == 3
+
+
+def test_the_cli_says_how_many_members_it_left_out(capsys: pytest.CaptureFixture[str]) -> None:
+    listed = [member("n1", "http://10.0.0.1:8400"), member("n2", "http://10.0.0.2:8400/x")]
+    data = json.dumps({"node_id": "n1", "leader": "n1", "term": 3, "members": listed}).encode()
+    with Loopback(lambda path: whole("200 OK", data)) as agent:
+        args = argparse.Namespace(agent=[agent.url], timeout=2.0, interface=None, trust_discovered=False, json=False)
+        assert cmd_cluster(args) == 0
+    out = capsys.readouterr().out
+    assert "n1 " in out and "n2" not in out and "(1 more members left out" in out
