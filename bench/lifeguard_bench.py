@@ -40,15 +40,18 @@ from tests.unit.swim_sim import Sim
 
 # name -> (the rule before: SwimConfig.unproven_confirmers and rumour_clock; senders attach signed suspicions;
 # SwimConfig.dead_rumour_verify)
-RULES = {"proven": (False, True, False), "direct": (False, False, False), "verify": (False, True, True),
-         "before": (True, True, True)}  # fmt: skip
+RULES = {"quorum": (False, True, False, 2, False), "quorum+own": (False, True, False, 2, True),
+         "proven": (False, True, False, 0, False), "direct": (False, False, False, 0, False),
+         "verify": (False, True, True, 0, False), "before": (True, True, True, 0, False)}  # fmt: skip
+Rule = tuple[bool, bool, bool, int, bool]
 STEP = 0.02
 
 
-def converged(n: int, seed: int, rule: tuple[bool, bool, bool]) -> Sim:
+def converged(n: int, seed: int, rule: Rule) -> Sim:
     """A cluster of ``n`` under ``rule`` that has converged (every member sees every other alive)."""
-    before, proofs, dead_verify = rule
-    config = sw.SwimConfig(unproven_confirmers=before, rumour_clock=before, dead_rumour_verify=dead_verify)
+    before, proofs, dead_verify, quorum, own = rule
+    config = sw.SwimConfig(unproven_confirmers=before, rumour_clock=before, dead_rumour_verify=dead_verify,
+                           dead_quorum=quorum, dead_quorum_own=own)  # fmt: skip
     sim = Sim(n, seed=seed, loss=0.01, config=config, proofs=proofs)
     sim.run(15 if n <= 25 else 25)
     if not sim.converged():
@@ -56,7 +59,7 @@ def converged(n: int, seed: int, rule: tuple[bool, bool, bool]) -> Sim:
     return sim
 
 
-def crash_detection(n: int, seed: int, rule: tuple[bool, bool, bool], limit: float = 15.0) -> tuple[float, float]:
+def crash_detection(n: int, seed: int, rule: Rule, limit: float = 15.0) -> tuple[float, float]:
     """(first member's, last member's) time from the crash to declaring the crashed node dead."""
     sim = converged(n, seed, rule)
     victim = f"n{2 + seed % (n - 2)}"
@@ -72,7 +75,7 @@ def crash_detection(n: int, seed: int, rule: tuple[bool, bool, bool], limit: flo
     return float("inf"), float("inf")
 
 
-def stall(n: int, seed: int, rule: tuple[bool, bool, bool], pause: float, liar: bool | str, after: float = 6.0) -> int:
+def stall(n: int, seed: int, rule: Rule, pause: float, liar: bool | str, after: float = 6.0) -> int:
     """Members that declared a victim dead that only stalled ``pause`` s (with ``n1`` lying throughout if ``liar``:
     forged confirmers, or ``"dead"``: its own word that the victim is dead)."""
     sim = converged(n, seed, rule)
