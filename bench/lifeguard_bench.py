@@ -1,12 +1,15 @@
 """Lifeguard's confirmers, proven origins against the rule before, in the same run (the simulated SWIM cluster).
 
-Three measurements under four rules, in the same run: ``proven`` (now: a suspect update's origin counts as a
-confirmer only from the origin itself or with its signature, ``wire.SuspectProof``, which senders attach and
-relays carry; a suspicion's clock starts at our own missed probe; a third party's dead/left is a suspicion),
-``direct`` (the same without signatures: only the origin's own message proves it), ``verify`` (``proven`` but
-``SwimConfig.dead_rumour_verify``: a dead rumour and one missed probe of ours made a node dead at once) and
-``before`` (``unproven_confirmers`` and ``rumour_clock`` too: every distinct claimed origin counted, the clock ran
-from the first rumour):
+Three measurements under six rules, in the same run: ``quorum`` (now, the default: a suspect update's origin counts
+as a confirmer only from the origin itself or with its signature, ``wire.SuspectProof``, which senders attach and
+relays carry; a suspicion's clock starts at our own missed probe; a third party's "dead" is a suspicion unless
+``SwimConfig.dead_quorum`` (2) distinct members are proven to have declared it, their own word or their signed
+declaration, then one missed probe of ours makes it dead), ``quorum+own`` (the same, but our own probed suspicion
+counts as one of the two: ``dead_quorum_own``), ``proven`` (every third party's dead/left a suspicion:
+``dead_quorum=0``), ``direct`` (``proven`` without signatures: only the origin's own message proves it), ``verify``
+(``proven`` but ``SwimConfig.dead_rumour_verify``: any dead rumour and one missed probe of ours made a node dead
+at once, the default before) and ``before`` (``unproven_confirmers`` and ``rumour_clock`` too: every distinct
+claimed origin counted, the clock ran from the first rumour):
 
 * **crash**: N nodes (``tests/unit/swim_sim.py``, 1 % loss, delays up to 10 ms) converge, one is crashed, and
   we time when the first member declares it dead and when every live member has (p50/p99 over seeds);
@@ -17,7 +20,7 @@ from the first rumour):
   ``--dead-pause`` seconds).
 
     .venv/bin/python bench/lifeguard_bench.py [--sizes 5,10,25,50] [--seeds 20] [--pause 1.0] [--dead-pause 1.3]
-        [--json]
+        [--rules quorum,proven,verify] [--json]
 
 Pure simulation (no sockets, one core): the figures are simulated seconds, so the machine's load does not move
 them; the wall time of the run is printed for the record.
@@ -97,10 +100,14 @@ def pct(values: list[float], q: float) -> float:
     return sorted(values)[min(len(values) - 1, int(q * len(values)))]
 
 
-def measure(sizes: list[int], seeds: int, pause: float, dead_pause: float = 1.3) -> dict[str, Any]:
+def measure(
+    sizes: list[int], seeds: int, pause: float, dead_pause: float = 1.3, rules: list[str] | None = None
+) -> dict[str, Any]:
     out: dict[str, Any] = {"crash": [], "attack": [], "dead_lie": []}
     for n in sizes:
         for name, rule in RULES.items():
+            if rules and name not in rules:
+                continue
             runs = [crash_detection(n, s, rule) for s in range(seeds)]
             firsts, lasts = [r[0] for r in runs], [r[1] for r in runs]
             row = {"n": n, "rule": name, "first_p50": statistics.median(firsts), "first_p99": pct(firsts, 0.99),
@@ -130,10 +137,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", type=int, default=20, help="runs per size and rule (default 20)")
     ap.add_argument("--pause", type=float, default=1.0, help="seconds the victim stalls in the attack (default 1.0)")
     ap.add_argument("--dead-pause", type=float, default=1.3, help="seconds the victim stalls under the dead lie")
+    ap.add_argument("--rules", default="", help=f"rules to run, comma-separated (default all: {','.join(RULES)})")
     ap.add_argument("--json", action="store_true", help="print the figures as JSON on stdout")
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
-    out = measure([int(s) for s in args.sizes.split(",")], args.seeds, args.pause, args.dead_pause)
+    rules = [r for r in args.rules.split(",") if r]
+    if set(rules) - set(RULES):
+        ap.error(f"unknown rules {sorted(set(rules) - set(RULES))}")
+    out = measure([int(s) for s in args.sizes.split(",")], args.seeds, args.pause, args.dead_pause, rules)
     out["wall_s"] = round(time.perf_counter() - t0, 1)
     if args.json:
         print(json.dumps(out, indent=1))

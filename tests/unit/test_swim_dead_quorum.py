@@ -329,3 +329,24 @@ def test_a_crash_is_dead_everywhere_sooner_than_under_the_suspicion_rule() -> No
     for seed in (1, 2):
         quorum, suspicion = dead_everywhere(seed, **RULE), dead_everywhere(seed, **{**RULE, "dead_quorum": 0})
         assert quorum < suspicion - 0.3, (seed, quorum, suspicion)
+
+
+def test_the_dead_books_refused_and_spent_memories_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(swim_proofs, "MAX_REFUSED", 3)
+    monkeypatch.setattr(swim_proofs, "MAX_SPENT_KEYS", 3)
+    monkeypatch.setattr(swim_proofs, "MAX_SPENT_PER_KEY", 2)
+    clock = Clock()
+    book = ProofBook(IDS["b"], clock, dead=True)
+    for i in range(6):  # m signs in six others' names: each refused, the memory of refusals bounded
+        named = replace(own_dead_proof("m", clock), origin="c1", node_id=f"n{i}")
+        card, signature = IDS["m"].sign_detached(named.signing_bytes())
+        forged = replace(named, card=card, signature=signature)
+        assert book.check(replace(gossip("m", dead("c1", about=f"n{i}")), dead_proofs=(forged,))) == []
+    assert book.refused == 6 and len(book._refused) == 3
+    for i in range(6):  # c1's declarations of six members, three times each (signed anew every time)
+        for _ in range(3):
+            clock.t += 1.0
+            proof = ProofBook(IDS["c1"], clock, dead=True).attach(gossip("c1", dead("c1", about=f"n{i}")))
+            carried = replace(gossip("c1", dead("c1", about=f"n{i}")), dead_proofs=proof.dead_proofs)
+            assert book.check(carried) != []
+    assert len(book._spent) == 3 and all(len(v) == 2 for v in book._spent.values())
