@@ -28,7 +28,7 @@ from tests.unit.swim_sim import Sim, state_of, url_of
 from tests.unit.test_swim_confirmers import cluster, from_member
 from tests.unit.test_swim_proofs import IDS, Clock, gossip, own_proof, suspect
 
-RULE: dict[str, Any] = {"dead_rumour_verify": False, "dead_quorum": 2}  # the quorum rule (the default), explicit
+RULE: dict[str, Any] = {"dead_rumour_verify": False, "dead_quorum": 2}  # the quorum rule (not yet the default)
 
 
 def dead(origin: str, inc: int = 0, about: str = "x") -> MemberUpdate:
@@ -350,3 +350,14 @@ def test_the_dead_books_refused_and_spent_memories_are_bounded(monkeypatch: pyte
             carried = replace(gossip("c1", dead("c1", about=f"n{i}")), dead_proofs=proof.dead_proofs)
             assert book.check(carried) != []
     assert len(book._spent) == 3 and all(len(v) == 2 for v in book._spent.values())
+
+
+def test_the_agent_setting_switches_the_rule_and_is_bounded(tmp_path: Any) -> None:
+    from agent.errors import ConfigError
+    from agent.settings import load_settings
+
+    base = {"PEERSERVE_DATA_DIR": str(tmp_path)}
+    assert load_settings(None, env=base).dead_quorum == 0  # the rule before stays the default
+    assert load_settings(None, env={**base, "PEERSERVE_DEAD_QUORUM": "2"}).dead_quorum == 2
+    with pytest.raises(ConfigError):
+        load_settings(None, env={**base, "PEERSERVE_DEAD_QUORUM": "17"})
