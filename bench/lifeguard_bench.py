@@ -1,14 +1,15 @@
 """Lifeguard's confirmers, proven origins against the rule before, in the same run (the simulated SWIM cluster).
 
-Three measurements under six rules, in the same run: ``quorum`` (now, the default: a suspect update's origin counts
-as a confirmer only from the origin itself or with its signature, ``wire.SuspectProof``, which senders attach and
-relays carry; a suspicion's clock starts at our own missed probe; a third party's "dead" is a suspicion unless
+Three measurements under six rules, in the same run: ``quorum`` (built, the agent setting ``dead_quorum = 2``,
+not yet the default: a suspect update's origin counts as a confirmer only from the origin itself or with its
+signature, ``wire.SuspectProof``, which senders attach and relays carry; a suspicion's clock starts at our own
+missed probe; a third party's "dead" is a suspicion unless
 ``SwimConfig.dead_quorum`` (2) distinct members are proven to have declared it, their own word or their signed
 declaration, then one missed probe of ours makes it dead), ``quorum+own`` (the same, but our own probed suspicion
 counts as one of the two: ``dead_quorum_own``), ``proven`` (every third party's dead/left a suspicion:
 ``dead_quorum=0``), ``direct`` (``proven`` without signatures: only the origin's own message proves it), ``verify``
 (``proven`` but ``SwimConfig.dead_rumour_verify``: any dead rumour and one missed probe of ours made a node dead
-at once, the default before) and ``before`` (``unproven_confirmers`` and ``rumour_clock`` too: every distinct
+at once: still the default) and ``before`` (``unproven_confirmers`` and ``rumour_clock`` too: every distinct
 claimed origin counted, the clock ran from the first rumour):
 
 * **crash**: N nodes (``tests/unit/swim_sim.py``, 1 % loss, delays up to 10 ms) converge, one is crashed, and
