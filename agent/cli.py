@@ -63,6 +63,14 @@ FLAGS: list[tuple[str, dict[str, Any]]] = [
         {"type": float, "help": "membership: suspect for mult x log10(N+1) x probe interval, then dead (default 4)"},
     ),
     ("--push-pull-interval-s", {"type": float, "help": "membership: full table exchange period (default 10)"}),
+    (
+        "--dead-quorum",
+        {
+            "type": int,
+            "help": "membership: a third party's dead acts at once from this many signed declarers "
+            "(default 0: from any member)",
+        },
+    ),
     ("--priority", {"type": int, "help": "leader election priority, higher first (default 0; ties: memory, id)"}),
     ("--placement-period-s", {"type": float, "help": "seconds between the leader's placement rounds (default 30)"}),
     (

@@ -241,6 +241,8 @@ class NodeAgent:
                 probe_timeout_s=s.probe_timeout_s,
                 suspicion_mult=s.suspicion_mult,
                 push_pull_interval_s=s.push_pull_interval_s,
+                dead_rumour_verify=s.dead_quorum == 0,
+                dead_quorum=s.dead_quorum,
             ),
             cluster=cluster_id(s.cluster_token),
             seeds=s.seed_urls,

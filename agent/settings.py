@@ -77,6 +77,9 @@ class Settings:
     probe_timeout_s: float = 0.4  # a direct probe's deadline; the indirect probes get twice as long
     suspicion_mult: float = 4.0  # suspicion lasts mult x log10(N + 1) x probe_interval_s (up to 4x unconfirmed)
     push_pull_interval_s: float = 10.0  # full table exchange with one random member
+    # a third party's "dead" acts at once (probe, one miss kills) only from this many proven declarers; 0: from any
+    # member's word (the rule before, still the default: docs/security.md, SwimConfig.dead_quorum)
+    dead_quorum: int = 0
     priority: int = 0
     election_heartbeat_s: float = 0.3
     election_timeout_s: float = 1.2
@@ -178,6 +181,8 @@ def validate(s: Settings) -> None:
         raise ConfigError("instance_concurrency", "must be 1-1024 requests at once, or 0 for the node's cores")
     if s.suspicion_mult < 1:
         raise ConfigError("suspicion_mult", "must be at least 1 (suspicion shorter than a period flaps)")
+    if not 0 <= s.dead_quorum <= 16:
+        raise ConfigError("dead_quorum", "must be 0 (any member's word) or 1-16 proven declarers")
     if s.election_timeout_s <= 3 * s.election_heartbeat_s:
         raise ConfigError("election_timeout_s", "must exceed 3 x election_heartbeat_s")
     if s.placement_mode not in ("1", "2", "auto"):

@@ -1,12 +1,16 @@
 """Lifeguard's confirmers, proven origins against the rule before, in the same run (the simulated SWIM cluster).
 
-Three measurements under four rules, in the same run: ``proven`` (now: a suspect update's origin counts as a
-confirmer only from the origin itself or with its signature, ``wire.SuspectProof``, which senders attach and
-relays carry; a suspicion's clock starts at our own missed probe; a third party's dead/left is a suspicion),
-``direct`` (the same without signatures: only the origin's own message proves it), ``verify`` (``proven`` but
-``SwimConfig.dead_rumour_verify``: a dead rumour and one missed probe of ours made a node dead at once) and
-``before`` (``unproven_confirmers`` and ``rumour_clock`` too: every distinct claimed origin counted, the clock ran
-from the first rumour):
+Three measurements under six rules, in the same run: ``quorum`` (built, the agent setting ``dead_quorum = 2``,
+not yet the default: a suspect update's origin counts as a confirmer only from the origin itself or with its
+signature, ``wire.SuspectProof``, which senders attach and relays carry; a suspicion's clock starts at our own
+missed probe; a third party's "dead" is a suspicion unless
+``SwimConfig.dead_quorum`` (2) distinct members are proven to have declared it, their own word or their signed
+declaration, then one missed probe of ours makes it dead), ``quorum+own`` (the same, but our own probed suspicion
+counts as one of the two: ``dead_quorum_own``), ``proven`` (every third party's dead/left a suspicion:
+``dead_quorum=0``), ``direct`` (``proven`` without signatures: only the origin's own message proves it), ``verify``
+(``proven`` but ``SwimConfig.dead_rumour_verify``: any dead rumour and one missed probe of ours made a node dead
+at once: still the default) and ``before`` (``unproven_confirmers`` and ``rumour_clock`` too: every distinct
+claimed origin counted, the clock ran from the first rumour):
 
 * **crash**: N nodes (``tests/unit/swim_sim.py``, 1 % loss, delays up to 10 ms) converge, one is crashed, and
   we time when the first member declares it dead and when every live member has (p50/p99 over seeds);
@@ -17,7 +21,7 @@ from the first rumour):
   ``--dead-pause`` seconds).
 
     .venv/bin/python bench/lifeguard_bench.py [--sizes 5,10,25,50] [--seeds 20] [--pause 1.0] [--dead-pause 1.3]
-        [--json]
+        [--rules quorum,proven,verify] [--json]
 
 Pure simulation (no sockets, one core): the figures are simulated seconds, so the machine's load does not move
 them; the wall time of the run is printed for the record.
@@ -40,15 +44,18 @@ from tests.unit.swim_sim import Sim
 
 # name -> (the rule before: SwimConfig.unproven_confirmers and rumour_clock; senders attach signed suspicions;
 # SwimConfig.dead_rumour_verify)
-RULES = {"proven": (False, True, False), "direct": (False, False, False), "verify": (False, True, True),
-         "before": (True, True, True)}  # fmt: skip
+RULES = {"quorum": (False, True, False, 2, False), "quorum+own": (False, True, False, 2, True),
+         "proven": (False, True, False, 0, False), "direct": (False, False, False, 0, False),
+         "verify": (False, True, True, 0, False), "before": (True, True, True, 0, False)}  # fmt: skip
+Rule = tuple[bool, bool, bool, int, bool]
 STEP = 0.02
 
 
-def converged(n: int, seed: int, rule: tuple[bool, bool, bool]) -> Sim:
+def converged(n: int, seed: int, rule: Rule) -> Sim:
     """A cluster of ``n`` under ``rule`` that has converged (every member sees every other alive)."""
-    before, proofs, dead_verify = rule
-    config = sw.SwimConfig(unproven_confirmers=before, rumour_clock=before, dead_rumour_verify=dead_verify)
+    before, proofs, dead_verify, quorum, own = rule
+    config = sw.SwimConfig(unproven_confirmers=before, rumour_clock=before, dead_rumour_verify=dead_verify,
+                           dead_quorum=quorum, dead_quorum_own=own)  # fmt: skip
     sim = Sim(n, seed=seed, loss=0.01, config=config, proofs=proofs)
     sim.run(15 if n <= 25 else 25)
     if not sim.converged():
@@ -56,7 +63,7 @@ def converged(n: int, seed: int, rule: tuple[bool, bool, bool]) -> Sim:
     return sim
 
 
-def crash_detection(n: int, seed: int, rule: tuple[bool, bool, bool], limit: float = 15.0) -> tuple[float, float]:
+def crash_detection(n: int, seed: int, rule: Rule, limit: float = 15.0) -> tuple[float, float]:
     """(first member's, last member's) time from the crash to declaring the crashed node dead."""
     sim = converged(n, seed, rule)
     victim = f"n{2 + seed % (n - 2)}"
@@ -72,7 +79,7 @@ def crash_detection(n: int, seed: int, rule: tuple[bool, bool, bool], limit: flo
     return float("inf"), float("inf")
 
 
-def stall(n: int, seed: int, rule: tuple[bool, bool, bool], pause: float, liar: bool | str, after: float = 6.0) -> int:
+def stall(n: int, seed: int, rule: Rule, pause: float, liar: bool | str, after: float = 6.0) -> int:
     """Members that declared a victim dead that only stalled ``pause`` s (with ``n1`` lying throughout if ``liar``:
     forged confirmers, or ``"dead"``: its own word that the victim is dead)."""
     sim = converged(n, seed, rule)
@@ -94,10 +101,14 @@ def pct(values: list[float], q: float) -> float:
     return sorted(values)[min(len(values) - 1, int(q * len(values)))]
 
 
-def measure(sizes: list[int], seeds: int, pause: float, dead_pause: float = 1.3) -> dict[str, Any]:
+def measure(
+    sizes: list[int], seeds: int, pause: float, dead_pause: float = 1.3, rules: list[str] | None = None
+) -> dict[str, Any]:
     out: dict[str, Any] = {"crash": [], "attack": [], "dead_lie": []}
     for n in sizes:
         for name, rule in RULES.items():
+            if rules and name not in rules:
+                continue
             runs = [crash_detection(n, s, rule) for s in range(seeds)]
             firsts, lasts = [r[0] for r in runs], [r[1] for r in runs]
             row = {"n": n, "rule": name, "first_p50": statistics.median(firsts), "first_p99": pct(firsts, 0.99),
@@ -127,10 +138,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", type=int, default=20, help="runs per size and rule (default 20)")
     ap.add_argument("--pause", type=float, default=1.0, help="seconds the victim stalls in the attack (default 1.0)")
     ap.add_argument("--dead-pause", type=float, default=1.3, help="seconds the victim stalls under the dead lie")
+    ap.add_argument("--rules", default="", help=f"rules to run, comma-separated (default all: {','.join(RULES)})")
     ap.add_argument("--json", action="store_true", help="print the figures as JSON on stdout")
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
-    out = measure([int(s) for s in args.sizes.split(",")], args.seeds, args.pause, args.dead_pause)
+    rules = [r for r in args.rules.split(",") if r]
+    if set(rules) - set(RULES):
+        ap.error(f"unknown rules {sorted(set(rules) - set(RULES))}")
+    out = measure([int(s) for s in args.sizes.split(",")], args.seeds, args.pause, args.dead_pause, rules)
     out["wall_s"] = round(time.perf_counter() - t0, 1)
     if args.json:
         print(json.dumps(out, indent=1))

@@ -499,14 +499,21 @@ class MemberUpdate:
 
 LEASE_CONTEXT = b"peerserve-lease-v1\0"
 SUSPECT_CONTEXT = b"peerserve-suspect-v1\0"
-MAX_PROOFS = 4  # signed suspicions riding on one membership message (Lifeguard counts k = 3 confirmers)
+DEAD_CONTEXT = b"peerserve-dead-v1\0"
+# signed suspicions and dead declarations riding on one membership message, both together (Lifeguard counts k = 3
+# confirmers; a dead declaration acts at once from 2 members): a receiver verifies at most this many a message
+MAX_PROOFS = 4
 
 
 @dataclass(frozen=True)
 class SuspectProof:
     """``origin``'s signed word that it suspects ``node_id`` at ``incarnation`` (its own probe missed), made at
     wall-clock ``stamp_ms``: any member may relay it, and a receiver counts ``origin`` as a Lifeguard confirmer
-    only with it (or from ``origin`` itself). ``card``/``signature`` as in ``Lease``."""
+    only with it (or from ``origin`` itself). ``card``/``signature`` as in ``Lease``.
+
+    ``dead``: ``origin``'s signed word that it declared ``node_id`` dead at ``incarnation`` (its own suspicion ran
+    out, or its own probe missed once enough members had declared it): signed under another context, so no
+    suspicion's signature passes for a declaration. Carried in ``SwimMessage.dead_proofs`` (the list says which)."""
 
     node_id: str
     incarnation: int
@@ -514,20 +521,22 @@ class SuspectProof:
     stamp_ms: int
     card: str = ""
     signature: str = ""
+    dead: bool = False
 
     def signing_bytes(self) -> bytes:
-        return SUSPECT_CONTEXT + f"{self.node_id}\0{self.incarnation}\0{self.origin}\0{self.stamp_ms}".encode()
+        context = DEAD_CONTEXT if self.dead else SUSPECT_CONTEXT
+        return context + f"{self.node_id}\0{self.incarnation}\0{self.origin}\0{self.stamp_ms}".encode()
 
     def to_json(self) -> list[Any]:
         return [self.node_id, self.incarnation, self.origin, self.stamp_ms, self.card, self.signature]
 
     @classmethod
-    def parse(cls, data: Any) -> SuspectProof:
+    def parse(cls, data: Any, dead: bool = False) -> SuspectProof:
         if not isinstance(data, list) or len(data) != 6:
             raise WireError("a suspicion proof is [node, incarnation, origin, stamp_ms, card, signature]")
         box = dict(zip(("n", "i", "o", "t", "c", "s"), data, strict=True))
         return cls(_node(box, "n"), _int(box, "i"), _node(box, "o"), _int(box, "t"), _str(box, "c", 256),
-                   _str(box, "s", 128))  # fmt: skip
+                   _str(box, "s", 128), dead)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -601,6 +610,8 @@ class SwimMessage:
     lease: Lease | None = None  # the freshest leader's lease the sender holds (signed by that leader)
     loads: Loads | None = None  # the sender's own loads now (older senders send none)
     proofs: tuple[SuspectProof, ...] = ()  # signed suspicions of the updates it carries (older senders send none)
+    # signed dead declarations of the updates it carries (a key of its own: receivers of the version before ignore it)
+    dead_proofs: tuple[SuspectProof, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"kind": self.kind, "node_id": self.node_id, "incarnation": self.incarnation,
@@ -614,6 +625,8 @@ class SwimMessage:
             out["loads"] = self.loads.to_json()
         if self.proofs:
             out["proofs"] = [p.to_json() for p in self.proofs]
+        if self.dead_proofs:
+            out["dead_proofs"] = [p.to_json() for p in self.dead_proofs]
         return out
 
     @classmethod
@@ -635,9 +648,10 @@ class SwimMessage:
             acked = bool(d.get("acked", False))
         lease = Lease.parse(d["lease"]) if d.get("lease") is not None else None
         loads = Loads.parse(d["loads"]) if d.get("loads") is not None else None
-        proofs = d.get("proofs", [])
-        if not isinstance(proofs, list) or len(proofs) > MAX_PROOFS:
-            raise WireError(f"'proofs' must be a list of at most {MAX_PROOFS}")
+        proofs, dead = d.get("proofs", []), d.get("dead_proofs", [])
+        if not isinstance(proofs, list) or not isinstance(dead, list) or len(proofs) + len(dead) > MAX_PROOFS:
+            raise WireError(f"'proofs' and 'dead_proofs' must be lists of at most {MAX_PROOFS} in all")
         return cls(kind, _node(d, "node_id"), _int(d, "incarnation"), _int(d, "version"), _peer_url(d.get("peer_url")),
                    tuple(MemberUpdate.parse(u) for u in raw), _int(d, "term"), _node(d, "leader", optional=True),
-                   target, target_url, acked, lease, loads, tuple(SuspectProof.parse(p) for p in proofs))  # fmt: skip
+                   target, target_url, acked, lease, loads, tuple(SuspectProof.parse(p) for p in proofs),
+                   tuple(SuspectProof.parse(p, dead=True) for p in dead))  # fmt: skip

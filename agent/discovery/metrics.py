@@ -42,6 +42,11 @@ class MembershipCollector(Collector):
         proofs.add_metric(["checked"], swim.proofs.checked)
         proofs.add_metric(["refused"], swim.proofs.refused)
         yield proofs
+        dead = CounterMetricFamily("peerserve_membership_dead_proofs", "Signed dead declarations checked, by outcome",
+                                   labels=["outcome"])  # fmt: skip
+        dead.add_metric(["checked"], swim.dead_proofs.checked)
+        dead.add_metric(["refused"], swim.dead_proofs.refused)
+        yield dead
         conns = self.discovery.peers.connections
         yield CounterMetricFamily("peerserve_peer_connections_opened", "Peer connections (TLS handshakes) opened",
                                   value=conns.opened)  # fmt: skip

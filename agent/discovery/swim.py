@@ -16,7 +16,10 @@ Trust (gossip about a third node is a claim, never proof):
 * a suspect, dead or left rumour opens a suspicion (unprobed: it runs its timeout, then our own probe checks it);
   only our own miss starts the clock to death, so the node may refute; dead at once only by its own authenticated
   "left"; verify probes are rate-limited per member (``_verify``); a rumour never makes dead a node that
-  answers our own probes;
+  answers our own probes; a dead update's ``origin`` is a *declarer* only when proven (as below, with a signed
+  declaration), and ``dead_quorum`` (2) distinct proven declarers take the fast path: probe now, one miss of ours
+  kills (``dead_rumour_verify``, the default until real agents show this within issue 13's target: any dead rumour
+  does);
 * a suspect update's ``origin`` confirms a suspicion (Lifeguard) only when proven: the origin sent it itself, or
   the shell checked the origin's signature riding on the same message (``received(..., proven)``,
   agent.discovery.swim_proofs: nothing proven once counts again); we never count or pass on a suspicion in our
@@ -94,14 +97,25 @@ class SwimConfig:
     # step a period, so a stream of suspicions cannot outpace them. False: the rule before (a fixed 0.2 s held one
     # member's victim at MAX_HEALTH, since probes slow down as health rises).
     refute_health_per_period: bool = True
-    # True (the default): a third party's dead or left rumour makes us probe the node (direct and k relays, at most
-    # one check a probe period) and one miss of ours makes it dead at once: a real crash is dead everywhere fast
-    # (issue 13: <= 3 s p99 at 50 agents), but one member gossiping "x dead" while x stalls ~1.3 s has every member
-    # declare it dead (x refutes and rejoins when it answers). False: the rumour opens a suspicion like a suspect
-    # rumour (our own miss starts its clock, x may refute): no death on one member's word, but a crash is dead
-    # everywhere ~1 s later (real agents, one run: p99 3.07 s at 25 agents against 1.1-1.9 s): past issue 13's
-    # target, so not the default until a dead declaration carries its own proof (docs/security.md).
+    # True (still the default): a third party's dead or left rumour makes us probe the node (direct and k relays, at
+    # most one check a probe period) and one miss of ours makes it dead at once: one member gossiping "x dead" while
+    # x stalls ~1.3 s has every member declare it dead (x refutes and rejoins when it answers). False: the quorum rule
+    # below (simulated: no false death in that attack, crashes dead everywhere as fast as this rule); it becomes the
+    # default once real agents show kill -9 dead everywhere p99 <= 3 s at 50 (issue 13): session 11's two runs of
+    # bench/membership_bench.py failed on a machine at load 20-48 (agents did not start / converge), no figure.
     dead_rumour_verify: bool = True
+    # With dead_rumour_verify False: a dead declaration (``origin`` declared the node dead: its own message, or its
+    # signature riding on the message, wire.SuspectProof with ``dead``) is proof of that one member's word; once this
+    # many distinct members other than the node (and us) are proven declarers, the fast path: probe it at once, and
+    # one miss of ours makes it dead. Fewer: a suspicion like any other (the origin a proven confirmer; our own miss
+    # starts its clock, x may refute). 0: never (every dead rumour a suspicion: a crash was dead everywhere ~1 s
+    # later, real agents p99 3.07 s at 25).
+    dead_quorum: int = 2
+    # True: our own probed suspicion (our probe and k relays missed it) counts as one of them. Not the default: one
+    # liar's "x dead" plus any member's own miss of a node that merely stalls then kills it (lifeguard_bench's dead
+    # lie, 1.3 s stall: false deaths in 4 of 5 runs at 10 nodes, 5 of 5 at 25), while two proven declarers each ran
+    # a suspicion's timeout (or were themselves shown two); a crash is dead everywhere about as fast either way.
+    dead_quorum_own: bool = False
     # A node's own authenticated word on its incarnation is taken however far it jumps (MAX_INC_JUMP bounds rumours
     # only). True is the rule before: a jump above 64 was ignored even from the node itself, so a member that told a
     # node "you are suspect at inc+64" three times (it refutes above each, as memberlist does) desynced it for good.
@@ -178,6 +192,7 @@ class Suspicion:
     incarnation: int
     confirmers: frozenset[str]  # members proven to suspect it: ourselves, or one that told us itself
     probed: bool  # we missed it ourselves (else only rumours): a rumour alone is verified before dead
+    declarers: frozenset[str] = frozenset()  # members proven to have declared it dead (at most dead_quorum)
 
     def confirmations(self) -> int:
         """Lifeguard's count: proven suspecters beyond the first."""
@@ -509,18 +524,19 @@ class Swim:
         sent: float = -math.inf,
         relays_silent: bool = False,
         proven: Collection[Key] = (),
+        declared: Collection[Key] = (),
     ) -> list[Transition]:
         """How a probe sent at ``sent`` went: the node's own ack (authenticated), else how many relays reached it.
 
         ``verify``: the probe checked a rumour (dead, left, or an unconfirmed suspicion that ran out);
         ``relays_silent``: not even the relays answered us (Lifeguard: then we are probably the slow one);
-        ``proven``: the suspicions the ack's own proofs prove (as in ``received``)."""
+        ``proven``, ``declared``: the suspicions and declarations the ack's own proofs prove (as in ``received``)."""
         rec = self.records.get(node_id)
         if rec is None:
             return []
         if ack is not None and ack.node_id == node_id:
             self._note_health(-1)
-            return self.received(ack, now, proven)[1]
+            return self.received(ack, now, proven, declared)[1]
         if relays_silent:
             self._note_health(+1)
         if indirect_acks > 0 or rec.heard_at >= sent > -math.inf:
@@ -537,9 +553,11 @@ class Swim:
                 started = rec.suspicion.started if self.config.rumour_clock else now
                 sus = replace(rec.suspicion, probed=True, confirmers=rec.suspicion.confirmers | {self.self_id},
                               started=started)  # fmt: skip
-                self.records[rec.node_id] = replace(rec, suspicion=sus)
-                self._enqueue(MemberUpdate(rec.node_id, "suspect", rec.suspicion.incarnation, rec.peer_url,
+                rec = self.records[rec.node_id] = replace(rec, suspicion=sus)
+                self._enqueue(MemberUpdate(rec.node_id, "suspect", sus.incarnation, rec.peer_url,
                                            rec.claimed_version, self.self_id))  # fmt: skip
+            if self._dead_quorum(rec):  # enough members declared it dead, and our own probe missed it too
+                return self._declare_dead(rec, now, "declared dead by enough members, and our own probe missed")
             return []
         sus = Suspicion(now, rec.incarnation, frozenset({self.self_id}), True)
         self.records[rec.node_id] = replace(rec, status="suspect", since=now, suspicion=sus)
@@ -624,14 +642,15 @@ class Swim:
                            self.term, self.leader, lease=self.lease, loads=self.loads)  # fmt: skip
 
     def received(
-        self, msg: SwimMessage, now: float, proven: Collection[Key] = ()
+        self, msg: SwimMessage, now: float, proven: Collection[Key] = (), declared: Collection[Key] = ()
     ) -> tuple[SwimMessage | None, list[Transition]]:
         """A message signed by ``msg.node_id`` (the shell checked that): apply it; (our answer, transitions).
 
         ``proven``: the (member, incarnation, origin) suspicions whose origin's signature rides on THIS message
-        (the shell checked them: agent.discovery.swim_proofs); nothing proven earlier counts again.
+        (the shell checked them: agent.discovery.swim_proofs); ``declared``: the same for dead declarations
+        (``wire.SwimMessage.dead_proofs``); nothing proven earlier counts again.
         A ``ping_req`` is not answered here: the shell probes the target and answers ``indirect_ack``."""
-        signed = frozenset(proven)
+        signed, dead_signed = frozenset(proven), frozenset(declared)
         out: list[Transition] = []
         if msg.node_id != self.self_id:
             if msg.node_id in self.records:
@@ -644,7 +663,7 @@ class Swim:
             if msg.leader is not None and self.term < msg.term <= self.term + MAX_TERM_AHEAD:
                 self.term, self.leader = msg.term, msg.leader  # informational; bounded like election terms
         for update in msg.updates:
-            out += self.apply(update, now, msg.node_id, signed)
+            out += self.apply(update, now, msg.node_id, signed, dead_signed)
         if msg.kind in ("ping", "gossip"):
             return self.message("ack", msg.node_id), out
         if msg.kind == "sync":
@@ -652,10 +671,16 @@ class Swim:
         return None, out
 
     def apply(
-        self, u: MemberUpdate, now: float, sender: str | None = None, proven: frozenset[Key] = frozenset()
+        self,
+        u: MemberUpdate,
+        now: float,
+        sender: str | None = None,
+        proven: frozenset[Key] = frozenset(),
+        declared: frozenset[Key] = frozenset(),
     ) -> list[Transition]:
         """A gossiped fact about ``u.node_id`` from ``sender`` (authenticated; None: unknown), not proof unless it
-        is about the sender itself; its ``origin`` is proven only when it is the sender or signed (``proven``)."""
+        is about the sender itself; its ``origin`` is proven only when it is the sender or signed (``proven`` for a
+        suspicion, ``declared`` for a dead declaration)."""
         if u.node_id == self.self_id:
             return self._about_me(u, self._proven_origin(u, sender, proven), now)
         rec = self.records.get(u.node_id)
@@ -679,7 +704,14 @@ class Swim:
             return []
         # a third party's dead or left is a suspicion like any other (never naming the node as its own suspecter)
         as_suspect = replace(u, status="suspect", origin="" if u.origin == u.node_id else u.origin)
-        return self._suspect_rumour(rec, as_suspect, now, self._proven_origin(as_suspect, sender, proven))
+        if u.status != "dead":
+            return self._suspect_rumour(rec, as_suspect, now, self._proven_origin(as_suspect, sender, proven))
+        declarer = self._proven_declarer(u, sender, declared)
+        origin = declarer if declarer is not None else self._proven_origin(as_suspect, sender, proven)
+        out = self._suspect_rumour(rec, as_suspect, now, origin)
+        if declarer is not None:
+            out += self._declared(self.records[rec.node_id], u, declarer, now)
+        return out
 
     def suspicion_age(self, node_id: str, incarnation: int, origin: str, now: float) -> float | None:
         """How long the suspicion that ``origin``'s signed word (``node_id`` at ``incarnation``) confirms has been
@@ -711,6 +743,69 @@ class Swim:
             return None
         if u.origin == sender or (u.node_id, u.incarnation, u.origin) in proven:
             return u.origin
+        return None
+
+    def _proven_declarer(self, u: MemberUpdate, sender: str | None, declared: frozenset[Key]) -> str | None:
+        """The dead update's origin if it is a proven declarer: a member other than the node and ourselves, that
+        sent it itself or whose signed declaration came with it (``declared``); else None (hearsay)."""
+        o = u.origin
+        if not self._may_declare(u.node_id, o):
+            return None
+        return o if o == sender or (u.node_id, u.incarnation, o) in declared else None
+
+    def _may_declare(self, node_id: str, origin: str) -> bool:
+        """Whether ``origin`` may count as a declarer of ``node_id``: a live member of ours, neither the node (its
+        own word is "left") nor ourselves (we count ourselves only by our own probe)."""
+        rec = self.records.get(origin)
+        return origin not in ("", node_id, self.self_id) and rec is not None and rec.status in ("alive", "suspect")
+
+    def _declared(self, rec: Record, u: MemberUpdate, declarer: str, now: float) -> list[Transition]:
+        """``declarer`` is proven to have declared ``rec`` dead: count it (bounded by the quorum); relay its
+        declaration (its signature travels with it); at the quorum, the fast path: probe it now, one miss kills (a
+        miss of ours since it last spoke to us is that miss: dead now)."""
+        sus, quorum = rec.suspicion, self.config.dead_quorum
+        if rec.status != "suspect" or sus is None or sus.incarnation != u.incarnation or quorum <= 0:
+            return []
+        if declarer in sus.declarers or len(sus.declarers) >= quorum:
+            return []
+        rec = self.records[rec.node_id] = replace(rec, suspicion=replace(sus, declarers=sus.declarers | {declarer}))
+        self._enqueue(u)  # others count this declarer too (the rule before passed it on as a suspicion)
+        if not self._dead_quorum(rec):
+            return []
+        if sus.probed and not self.config.dead_quorum_own:
+            return self._declare_dead(rec, now, "declared dead by enough members, and our own probe missed")
+        self._verify(rec, now)
+        return []
+
+    def _dead_quorum(self, rec: Record) -> bool:
+        """Whether enough distinct members declared ``rec`` dead (our own probed suspicion one of them) that one
+        miss of ours makes it dead."""
+        sus, cfg = rec.suspicion, self.config
+        if sus is None or cfg.dead_quorum <= 0 or cfg.dead_rumour_verify:
+            return False
+        own = 1 if sus.probed and cfg.dead_quorum_own else 0
+        return len(sus.declarers) + own >= cfg.dead_quorum
+
+    def declaration_age(self, node_id: str, incarnation: int, origin: str, now: float) -> float | None:
+        """As ``suspicion_age``, for ``origin``'s signed declaration that ``node_id`` is dead at ``incarnation``.
+
+        Our own word only while we hold it dead ourselves (we declared it); another's only for a member (alive or
+        suspect here), from a member other than the node, while it would count (a new declarer below the quorum, or
+        one already counted, whose proof we relay)."""
+        rec = self.records.get(node_id)
+        if rec is None or origin == node_id:
+            return None
+        if origin == self.self_id:
+            return now - rec.since if rec.status == "dead" and rec.incarnation == incarnation else None
+        cfg = self.config
+        if cfg.dead_rumour_verify or cfg.dead_quorum <= 0 or not self._may_declare(node_id, origin):
+            return None
+        sus = rec.suspicion
+        if rec.status == "suspect" and sus is not None and sus.incarnation == incarnation:
+            full = origin not in sus.declarers and len(sus.declarers) >= cfg.dead_quorum
+            return None if full else now - rec.since
+        if rec.status == "alive" and rec.incarnation <= incarnation <= rec.incarnation + MAX_INC_JUMP:
+            return 0.0
         return None
 
     def _suspect_rumour(self, rec: Record, u: MemberUpdate, now: float, origin: str | None) -> list[Transition]:

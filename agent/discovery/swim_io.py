@@ -5,7 +5,7 @@ I/O only: every decision is the core's. Probes, gossip, push-pull and indirect-p
 connection's certificates, pinned; signed both ways only to a node that asks for it, docs/security.md);
 admission and resource state are the node's own signed ``GET /peer/state`` answer, accepted only when it
 speaks for itself (``admissible``). An answer counts only when the node we addressed signed it and the
-message names that node as its sender. Suspect updates travel with their origins' signatures
+message names that node as its sender. Suspect and dead updates travel with their origins' signatures
 (agent.discovery.swim_proofs: attached to every message we send, checked on every one we get, before the core
 applies it).
 """
@@ -122,6 +122,10 @@ class SwimDriver:
         self.clock = clock
         # signed suspicions: Lifeguard's confirmers only where proven, for suspicions the core holds open
         self.proofs = ProofBook(peers.identity, episode=lambda n, i, o: self.core.suspicion_age(n, i, o, self.clock()))
+        # signed dead declarations: a third party's "dead" acts at once only from SwimConfig.dead_quorum members
+        self.dead_proofs = ProofBook(
+            peers.identity, episode=lambda n, i, o: self.core.declaration_age(n, i, o, self.clock()), dead=True
+        )
         self._fingerprint: tuple[tuple[Any, ...], tuple[Any, ...]] | None = None
         self._checked_at = -1e9
         self._bumped_at = -1e9
@@ -267,7 +271,7 @@ class SwimDriver:
     async def send(self, node_id: str, url: str, msg: SwimMessage, factor: float = 1.0) -> SwimMessage:
         """One SWIM exchange with ``node_id`` (direct); the answer must be a valid message it sent about itself."""
         self.sent[msg.kind] += 1
-        msg = self.proofs.attach(msg)
+        msg = self._attach(msg)
         status, data = await self.peers.call(node_id, url, "POST", wire.ROUTE_SWIM, body=msg.to_json(),
                                              timeout=self._timeout(factor), direct=True)  # fmt: skip
         if status != 200:
@@ -281,9 +285,15 @@ class SwimDriver:
         self.lease_in(answer)
         return answer
 
+    def _attach(self, msg: SwimMessage) -> SwimMessage:
+        """``msg`` with the signed dead declarations and suspicions of the updates it carries (dead ones first: the
+        fast path waits on them; MAX_PROOFS in all)."""
+        return self.proofs.attach(self.dead_proofs.attach(msg))
+
     def apply(self, msg: SwimMessage) -> tuple[SwimMessage | None, list[sw.Transition]]:
-        """The core applies ``msg`` with the suspicions its own proofs prove (checked now, nothing kept for later)."""
-        return self.core.received(msg, self.clock(), self.proofs.check(msg))
+        """The core applies ``msg`` with the suspicions and dead declarations its own proofs prove (checked now,
+        nothing kept for later)."""
+        return self.core.received(msg, self.clock(), self.proofs.check(msg), self.dead_proofs.check(msg))
 
     async def _probe(self, ins: sw.Probe) -> None:
         """SWIM's probe: a direct ping; if it has not answered within the probe timeout, k relays probe the target
@@ -324,7 +334,10 @@ class SwimDriver:
             self.inconclusive_probes += 1
             return
         proven = self.proofs.check(ack) if ack is not None else ()
-        transitions = self.core.probe_result(ins.node_id, ack, acks, self.clock(), ins.verify, sent, silent, proven)
+        declared = self.dead_proofs.check(ack) if ack is not None else ()
+        transitions = self.core.probe_result(
+            ins.node_id, ack, acks, self.clock(), ins.verify, sent, silent, proven, declared
+        )
         self.on_transitions(transitions)
 
     @staticmethod
@@ -407,7 +420,7 @@ class SwimDriver:
             acked = await self._relay(msg.target or "", msg.target_url or "")
             return SwimMessage("indirect_ack", c.self_id, c.incarnation, c.version, c.self_url, (), c.term, c.leader,
                                msg.target, msg.target_url, acked, loads=c.loads)  # fmt: skip
-        return self.proofs.attach(reply if reply is not None else c.message("ack", sender))
+        return self._attach(reply if reply is not None else c.message("ack", sender))
 
     async def _relay(self, target: str, target_url: str) -> bool:
         """Probe ``target`` for someone else: only a member of ours, at the address we know it by. Askers at the

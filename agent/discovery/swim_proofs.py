@@ -12,6 +12,11 @@ for here (remembered by digest on our own clock: a cleared suspicion's proof can
 origin's clock says). Refused ones are remembered briefly by their exact bytes, which saves re-verifying a replay
 but not a forger's fresh signatures (each costs a verification, at most ``MAX_PROOFS`` a message). I/O-free but
 for the clock and the node's key.
+
+A second book (``dead=True``) does the same for dead declarations (``SwimMessage.dead_proofs``, signed under their
+own context): ours signed only where the core shows we declared the member dead ourselves, others' counted only
+where the core would count their origin as a declarer (``Swim.declaration_age``); both books share the message's
+``MAX_PROOFS``.
 """
 
 from __future__ import annotations
@@ -55,8 +60,15 @@ class ProofBook:
     ``episode``: the core's view (the driver passes ``Swim.suspicion_age``); the default, for tests of the
     signatures alone, takes every suspicion as opening now."""
 
-    def __init__(self, identity: Identity, wall: Callable[[], float] = time.time, episode: Episode = _any_episode):
-        self.identity, self.wall, self.episode = identity, wall, episode
+    def __init__(
+        self,
+        identity: Identity,
+        wall: Callable[[], float] = time.time,
+        episode: Episode = _any_episode,
+        dead: bool = False,
+    ):
+        self.identity, self.wall, self.episode, self.dead = identity, wall, episode, dead
+        self.status = "dead" if dead else "suspect"  # the updates whose origins this book signs and checks
         self.held: dict[tuple[str, str], SuspectProof] = {}  # (member, origin) -> its newest usable proof
         self.checked = 0  # proofs that checked out (signature verified once each)
         self.refused = 0  # proofs that did not check out (bad signature, another signer, stale, replayed)
@@ -93,19 +105,21 @@ class ProofBook:
         proof = self.held.get((node_id, me))
         stale = proof is None or proof.incarnation != incarnation or not self._fresh(proof, margin=WINDOW_S / 2)
         if stale or proof is None or proof.stamp_ms < (self.wall() - age - 0.01) * 1000:  # or an earlier episode's
-            proof = SuspectProof(node_id, incarnation, me, int(self.wall() * 1000))
+            proof = SuspectProof(node_id, incarnation, me, int(self.wall() * 1000), dead=self.dead)
             card, signature = self.identity.sign_detached(proof.signing_bytes())
             proof = replace(proof, card=card, signature=signature)
             self._keep(proof)
         return proof
 
     def attach(self, msg: SwimMessage) -> SwimMessage:
-        """``msg`` with the proofs of the suspect updates it carries (ours signed now if need be; others' if held)."""
+        """``msg`` with the proofs of the suspect (dead) updates it carries (ours signed now if need be; others' if
+        held), in the room the other book's proofs leave of ``MAX_PROOFS``."""
         proofs: list[SuspectProof] = []
+        room = MAX_PROOFS - len(msg.proofs if self.dead else msg.dead_proofs)
         for u in msg.updates:
-            if len(proofs) >= MAX_PROOFS:
+            if len(proofs) >= room:
                 break
-            if u.status != "suspect" or not u.origin:
+            if u.status != self.status or not u.origin:
                 continue
             if u.origin == self.identity.node_id:
                 proof = self._own(u.node_id, u.incarnation)
@@ -115,14 +129,16 @@ class ProofBook:
                     proof = None
             if proof is not None and self._fresh(proof) and proof not in proofs:
                 proofs.append(proof)
+        if self.dead:
+            return replace(msg, dead_proofs=tuple(proofs)) if proofs else msg
         return replace(msg, proofs=tuple(proofs)) if proofs else msg
 
     def check(self, msg: SwimMessage) -> list[Key]:
-        """The suspicions ``msg`` carries that its proofs prove (signed by their origin, fresh, for a suspicion the
-        core would count now); others ignored, and never verified unless they could count."""
-        carried = {(u.node_id, u.incarnation, u.origin) for u in msg.updates if u.status == "suspect"}
+        """The suspicions (dead declarations) ``msg`` carries that its proofs prove (signed by their origin, fresh,
+        for a suspicion the core would count now); others ignored, and never verified unless they could count."""
+        carried = {(u.node_id, u.incarnation, u.origin) for u in msg.updates if u.status == self.status}
         out: list[Key] = []
-        for proof in msg.proofs:
+        for proof in msg.dead_proofs if self.dead else msg.proofs:
             key = (proof.node_id, proof.incarnation, proof.origin)
             if key not in carried or key in out or proof.origin == self.identity.node_id:
                 continue  # our own word comes back: we count ourselves only by our own probe
@@ -185,4 +201,5 @@ class ProofBook:
         self.refused += 1
         if not self._warned:  # a member relaying forged proofs would repeat: loudly once
             self._warned = True
-            log.warning("refused a suspicion of %s claimed for %s: %s", proof.node_id, proof.origin, exc)
+            what = "dead declaration" if self.dead else "suspicion"
+            log.warning("refused a %s of %s claimed for %s: %s", what, proof.node_id, proof.origin, exc)

@@ -18,6 +18,8 @@ from agent.discovery import swim as sw
 from peerserve.wire import MAX_PROOFS, Lease, MemberUpdate, PeerState, SwimMessage
 
 DT = 0.02
+Key = tuple[str, int, str]
+Age = Callable[[str, int, str, float], float | None]
 
 
 def url_of(i: int) -> str:
@@ -52,6 +54,7 @@ class Sim:
     lazy: bool = False  # tick a node only when its core says work is due (Swim.next_due) or something reached it
     ticks: int = 0  # core ticks run (lazy runs need far fewer)
     held: dict[str, dict[tuple[str, str], int]] = field(default_factory=dict)  # node -> checked proofs it holds
+    held_dead: dict[str, dict[tuple[str, str], int]] = field(default_factory=dict)  # ... and dead declarations
     _due: dict[str, float] = field(default_factory=dict)
     _woken: set[str] = field(default_factory=set)
     _events: list[tuple[float, int, Callable[[], None]]] = field(default_factory=list)
@@ -157,18 +160,25 @@ class Sim:
             if t.new == "dead":
                 self.deaths.append((self.now, observer, t.node_id))
 
-    def _prove(self, at: str, msg: SwimMessage | None) -> list[tuple[str, int, str]]:
-        """What swim_proofs does: the sender attaches its own signed suspicions (only those it probed itself) and
-        those it holds checked (at most MAX_PROOFS a message; every node here is honest, so each signature checks
-        out); ``at`` keeps those its core would use and they prove the suspicions of this message only."""
+    def _prove(self, at: str, msg: SwimMessage | None) -> tuple[list[Key], list[Key]]:
+        """What swim_proofs does: the sender attaches its own signed dead declarations (only of nodes it holds dead
+        itself) and suspicions (only those it probed itself) and those it holds checked (at most MAX_PROOFS a
+        message in all, dead ones first; every node here is honest, so each signature checks out); ``at`` keeps
+        those its core would use and they prove the suspicions and declarations of this message only."""
         if not self.proofs or msg is None:
-            return []
-        sender, receiver, now = self.nodes[msg.node_id], self.nodes[at], self.now
-        mine, theirs = self.held.setdefault(msg.node_id, {}), self.held.setdefault(at, {})
-        carried = [(u.node_id, u.incarnation, u.origin) for u in msg.updates if u.status == "suspect" and u.origin]
-        signed = [k for k in carried if (k[2] == msg.node_id and sender.suspicion_age(*k, now) is not None)
+            return [], []
+        sender, receiver = self.nodes[msg.node_id], self.nodes[at]
+        declared = self._signed(at, msg, "dead", sender.declaration_age, receiver.declaration_age, MAX_PROOFS)
+        room = MAX_PROOFS - len(declared)
+        return self._signed(at, msg, "suspect", sender.suspicion_age, receiver.suspicion_age, room), declared
+
+    def _signed(self, at: str, msg: SwimMessage, status: str, mine_age: Age, their_age: Age, room: int) -> list[Key]:
+        books = self.held_dead if status == "dead" else self.held
+        mine, theirs, now = books.setdefault(msg.node_id, {}), books.setdefault(at, {}), self.now
+        carried = [(u.node_id, u.incarnation, u.origin) for u in msg.updates if u.status == status and u.origin]
+        signed = [k for k in carried if (k[2] == msg.node_id and mine_age(*k, now) is not None)
                   or mine.get((k[0], k[2])) == k[1]]  # fmt: skip
-        out = [k for k in list(dict.fromkeys(signed))[:MAX_PROOFS] if receiver.suspicion_age(*k, now) is not None]
+        out = [k for k in list(dict.fromkeys(signed))[:room] if their_age(*k, now) is not None]
         for node_id, inc, origin in out:
             theirs.pop((node_id, origin), None)
             theirs[(node_id, origin)] = inc
@@ -181,9 +191,9 @@ class Sim:
         if not ok:
             return False, rtt, None
         self._lease_in(b, msg)
-        proven = self._prove(b, msg)
+        proven, declared = self._prove(b, msg)
         self._poke(b)
-        reply, transitions = self.nodes[b].received(msg, self.now, proven)
+        reply, transitions = self.nodes[b].received(msg, self.now, proven, declared)
         self._note(b, transitions)
         if reply is not None:
             self._later(rtt, lambda: self._lease_in(a, reply) if self.up(a) else None)
@@ -191,12 +201,13 @@ class Sim:
 
     def _reply(self, a: str, reply: SwimMessage) -> None:
         if self.up(a):
-            proven = self._prove(a, reply)
-            self._note(a, self.nodes[a].received(reply, self.now, proven)[1])
+            proven, declared = self._prove(a, reply)
+            self._note(a, self.nodes[a].received(reply, self.now, proven, declared)[1])
 
     def _acked(self, a: str, ins: sw.Probe, ack: SwimMessage | None) -> None:
-        proven = self._prove(a, ack)
-        self._note(a, self.nodes[a].probe_result(ins.node_id, ack, 0, self.now, ins.verify, proven=proven))
+        proven, declared = self._prove(a, ack)
+        result = self.nodes[a].probe_result(ins.node_id, ack, 0, self.now, ins.verify, proven=proven, declared=declared)
+        self._note(a, result)
 
     def _carry_out(self, a: str, ins: sw.Instruction) -> None:
         me = self.nodes[a]

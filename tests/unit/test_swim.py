@@ -76,7 +76,7 @@ def test_a_failed_push_pull_is_retried_within_a_second() -> None:
 
 
 def test_a_dead_rumour_is_a_suspicion_checked_with_our_own_probe() -> None:
-    a, b = node("a", 0, dead_rumour_verify=False), node("b", 1)  # the rule that refuses one member's word
+    a, b = node("a", 0, dead_rumour_verify=False), node("b", 1)  # the quorum rule: one member's word is a suspicion
     admit(a, b)
     admit(b, a)
     a.apply(MemberUpdate("b", "dead", 0, b.self_url, 0, "c"), 1.0)

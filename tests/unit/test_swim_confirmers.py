@@ -9,6 +9,7 @@ switches back to the rule before (every distinct claimed origin counted) to show
 from __future__ import annotations
 
 import random
+from typing import Any
 
 from agent.discovery import swim as sw
 from peerserve.wire import MemberUpdate, SwimMessage
@@ -17,7 +18,7 @@ from tests.unit.swim_sim import Sim, state_of, url_of
 NAMES = ("a", "b", "m", "c1", "c2", "c3")  # a: the observer; b: the victim; m: a member that lies
 
 
-def cluster(**config: bool) -> dict[str, sw.Swim]:
+def cluster(**config: Any) -> dict[str, sw.Swim]:
     """Six members that all know each other (admitted at t=0)."""
     nodes = {n: sw.Swim(n, url_of(i), sw.SwimConfig(**config), random.Random(i)) for i, n in enumerate(NAMES)}
     for me in nodes.values():
@@ -217,7 +218,7 @@ def stalled_with_a_dead_liar(seed: int, status: str = "dead", **config: bool) ->
 
 
 def test_a_stall_with_one_member_gossiping_dead_kills_no_one() -> None:
-    # dead_rumour_verify=False: the rule that refuses one member's word (not the default: see SwimConfig)
+    # dead_rumour_verify=False (the quorum rule; not yet the default): one member's word is a suspicion
     runs = [stalled_with_a_dead_liar(seed, dead_rumour_verify=False) for seed in (2, 4)]
     runs += [stalled_with_a_dead_liar(3, "left", dead_rumour_verify=False)]
     assert [deaths for deaths, _ in runs] == [0, 0, 0]
