@@ -21,7 +21,7 @@ body over ``SMALL_BODY`` takes its ``body_cost`` before it is read (chunked: as 
 ``SMALL_SHARE`` of the budget; a small one takes ``SMALL_READ_COST`` per byte of it from there before it is
 read and the rest of its ``body_cost`` once read whole. One that finds no room within ``budget_wait_s`` is read
 to its end and dropped: 503 with Retry-After. Every accepted connection holds ``CONN_COST`` of the budget until it
-closes, which bounds connections process-wide (``max_connections``: 764 at rest); past it, 503 with Retry-After
+closes, which bounds connections process-wide (``max_connections``: 572 at rest); past it, 503 with Retry-After
 and close. Connections and bodies being read leave ``PARSE_ROOM`` (one largest small body's cost) of the budget,
 and big bodies being read hold at most all but ``SMALL_SHARE`` together: what clients hold at their own pace
 never stops a body read whole from being parsed, nor big bodies connections and small ones.
@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import http.client
 import json
 import logging
 import logging.handlers
@@ -44,8 +45,9 @@ import signal
 import sys
 import threading
 import time
+from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, cast
 
 from agent.models import MODELS, TinyModel
 from agent.serving import pauses, tfrest
@@ -59,7 +61,8 @@ READ_PIECE = 64 * 1024  # a body is read in pieces of at most this size (each by
 SMALL_BODY = 64 * 1024  # a body up to this takes SMALL_READ_COST per byte before it is read, the rest once whole
 SMALL_SHARE = 8 * 1024 * 1024  # of the budget, for bodies read whole (parsing) only: trickled bodies never reach it
 SMALL_READ_COST = 2  # bytes per small-body byte while it is read (measured: a 64 KiB body being read, +121 KiB)
-CONN_COST = 48 * 1024  # of the budget, per open connection: its thread, socket and buffers (measured ~32 KiB)
+HEAD_MAX = 16 * 1024  # request line and headers, in all (the base class took 100 lines of 64 KiB: 6.2 MiB stalled)
+CONN_COST = 64 * 1024  # of the budget, per open connection: its thread, socket, buffers, head (measured 32-45 KiB)
 RETRY_AFTER_S = 1
 BUDGET_WAIT_S = 1.0  # a body waits this long for room in the memory budget before its 503
 LOG_MAX_BYTES = 1024 * 1024  # the log file rotates past this (one old file kept): 2 MiB of disk at most
@@ -107,6 +110,22 @@ def read_cost(n: int) -> int:
 
 
 PARSE_ROOM = body_cost(SMALL_BODY)  # of SMALL_SHARE, never held by a client's pace: one small body always parses
+
+
+class _Head:
+    """A request's rfile while its head (request line, headers) is read: at most ``left`` bytes in all, past
+    which a line is LineTooLong (the base class answers 431 for a header line; the request line: 414)."""
+
+    def __init__(self, raw: Any, left: int) -> None:
+        self.raw = raw
+        self.left = left
+
+    def readline(self, limit: int = -1) -> bytes:
+        line: bytes = self.raw.readline(self.left + 1 if limit < 0 else min(limit, self.left + 1))
+        self.left -= len(line)
+        if self.left < 0:
+            raise http.client.LineTooLong(f"request head over {HEAD_MAX} bytes")
+        return line
 
 
 class Budget:
@@ -240,11 +259,25 @@ class _Handler(BaseHTTPRequestHandler):
         super().setup()
         self.connection.settimeout(self.server.timeout_s)  # every read has a deadline (idle, half-sent)
 
+    def handle_one_request(self) -> None:
+        """The base class's, with the request's head read within HEAD_MAX bytes."""
+        raw = self.rfile
+        self.rfile = cast(Any, _Head(raw, HEAD_MAX))
+        try:
+            super().handle_one_request()
+        except http.client.LineTooLong:  # the request line alone (a header line's is a 431 in parse_request)
+            self.requestline, self.request_version, self.command = "", "", ""
+            self.send_error(HTTPStatus.REQUEST_URI_TOO_LONG)
+        finally:
+            self.rfile = raw
+
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("%s " + format, self.address_string(), *args)
 
     def _handle(self) -> None:
         """One request; whatever fails in it is a 500 and one log line (it used to kill the thread: a 502)."""
+        if isinstance(self.rfile, _Head):
+            self.rfile = self.rfile.raw  # the head is read: the body has bounds of its own
         self._began, self._exec_ms, self._answered = None, None, False
         self._gc_before = pauses.paused_ms()
         try:
