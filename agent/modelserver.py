@@ -13,8 +13,8 @@ body is always read (Content-Length or chunked) before the answer, and a body th
 The server is reachable from the LAN (clients are sent to it directly), so what one host can make it hold
 is bounded: every socket read has a deadline (``timeout_s``, then the connection closes), a body has
 ``timeout_s`` in all from its head (408), and one address may hold at most ``max_per_address`` connections
-(503 and close past it); a request's head (line and headers) is at most ``HEAD_MAX`` (414 / 431, closed; an
-agent's own h11 takes 16 KiB too). Memory: a body is at most ``max_body`` bytes (the agent's own limit, 8 MiB by
+(503 and close past it); a request's head (line and headers) is at most ``HEAD_MAX`` (414 / 431, closed; as
+the agent's ``max_header_kb`` default). Memory: a body is at most ``max_body`` bytes (the agent's own limit, 8 MiB by
 default: 413 past it), tfrest bounds its values and nesting, and what the bodies being read, parsed and
 answered may cost together is one process-wide budget (``memory_budget``, sized to the 64 MiB containers
 the catalogue gives stand-ins; parsed JSON costs up to ~30x its body: 2 MiB used to peak at 83 MiB). A
