@@ -13,13 +13,19 @@ body is always read (Content-Length or chunked) before the answer, and a body th
 The server is reachable from the LAN (clients are sent to it directly), so what one host can make it hold
 is bounded: every socket read has a deadline (``timeout_s``, then the connection closes), a body has
 ``timeout_s`` in all from its head (408), and one address may hold at most ``max_per_address`` connections
-(503 and close past it). Memory: a body is at most ``max_body`` bytes (the agent's own limit, 8 MiB by
+(503 and close past it); a request's head (line and headers) is at most ``HEAD_MAX`` (414 / 431, closed; as
+the agent's ``max_header_kb`` default). Memory: a body is at most ``max_body`` bytes (the agent's own limit, 8 MiB by
 default: 413 past it), tfrest bounds its values and nesting, and what the bodies being read, parsed and
 answered may cost together is one process-wide budget (``memory_budget``, sized to the 64 MiB containers
 the catalogue gives stand-ins; parsed JSON costs up to ~30x its body: 2 MiB used to peak at 83 MiB). A
 body over ``SMALL_BODY`` takes its ``body_cost`` before it is read (chunked: as it grows), from all but
-``SMALL_SHARE`` of the budget; a small one once read whole. One that finds no room within ``budget_wait_s``
-is read to its end and dropped: 503 with Retry-After.
+``SMALL_SHARE`` of the budget; a small one takes ``SMALL_READ_COST`` per byte of it from there before it is
+read and the rest of its ``body_cost`` once read whole. One that finds no room within ``budget_wait_s`` is read
+to its end and dropped: 503 with Retry-After. Every accepted connection holds ``CONN_COST`` of the budget until it
+closes, which bounds connections process-wide (``max_connections``: 572 at rest); past it, 503 with Retry-After
+and close. Connections and bodies being read leave ``PARSE_ROOM`` (one largest small body's cost) of the budget,
+and big bodies being read hold at most all but ``SMALL_SHARE`` together: what clients hold at their own pace
+never stops a body read whole from being parsed, nor big bodies connections and small ones.
 What the model or the server fails at is a 500 JSON answer and one log line, never a traceback; the log
 (``--log-file``) rotates at ``LOG_MAX_BYTES``.
 Runs as a process (``python -m agent.modelserver --model half_plus_two --port 8501``) for the
@@ -30,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import http.client
 import json
 import logging
 import logging.handlers
@@ -39,8 +46,9 @@ import signal
 import sys
 import threading
 import time
+from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, cast
 
 from agent.models import MODELS, TinyModel
 from agent.serving import pauses, tfrest
@@ -51,20 +59,31 @@ MAX_BODY = 8 * 1024 * 1024  # as the agent's max_body_mb default: a larger body 
 MEMORY_BUDGET = 40 * 1024 * 1024  # body_cost of the requests in progress, process-wide (+ ~24 MiB at rest)
 VALUE_COST = 128  # bytes one JSON value may cost parsed, run and encoded (measured: 65,535 floats, +7 MiB)
 READ_PIECE = 64 * 1024  # a body is read in pieces of at most this size (each by the body's deadline)
-SMALL_BODY = 64 * 1024  # a body up to this is read before it takes budget (256 connections: 16 MiB per address)
-SMALL_SHARE = 8 * 1024 * 1024  # of the budget, for bodies read whole (parsing) only: trickled big bodies never reach it
+SMALL_BODY = 64 * 1024  # a body up to this takes SMALL_READ_COST per byte before it is read, the rest once whole
+SMALL_SHARE = 8 * 1024 * 1024  # of the budget, for bodies read whole (parsing) only: trickled bodies never reach it
+SMALL_READ_COST = 2  # bytes per small-body byte while it is read (measured: a 64 KiB body being read, +121 KiB)
+HEAD_MAX = 16 * 1024  # request line and headers, in all (the base class took 100 lines of 64 KiB: 6.2 MiB stalled)
+CONN_COST = 64 * 1024  # of the budget, per open connection: its thread, socket, buffers, head (measured 32-45 KiB)
 RETRY_AFTER_S = 1
 BUDGET_WAIT_S = 1.0  # a body waits this long for room in the memory budget before its 503
 LOG_MAX_BYTES = 1024 * 1024  # the log file rotates past this (one old file kept): 2 MiB of disk at most
 TIMEOUT_S = 30.0  # a read that waits longer (idle keep-alive, half-sent request) ends the connection
 MAX_PER_ADDRESS = 256  # connections one address may hold (each a thread); an agent proxies at most 256 at once
 CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,16}")  # int(x, 16) alone takes "-1", "+5", "0x5" and "5_0"
-_BUSY_BODY = b'{"error": "too many connections from this address"}'
-BUSY = (
-    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nConnection: close\r\n"
-    + f"Content-Length: {len(_BUSY_BODY)}\r\n\r\n".encode()
-    + _BUSY_BODY
-)
+
+
+def _busy(message: str) -> bytes:
+    """A whole 503 answer (with Retry-After) for a connection refused before any of its request is read."""
+    body = json.dumps({"error": message}).encode()
+    return (
+        b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nConnection: close\r\n"
+        + f"Retry-After: {RETRY_AFTER_S}\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+        + body
+    )
+
+
+BUSY = _busy("too many connections from this address")
+BUSY_ALL = _busy("busy: the connections open hold this server's memory budget")
 
 
 class BodyError(Exception):
@@ -85,22 +104,50 @@ def body_cost(n: int) -> int:
     return 3 * n + VALUE_COST * min(tfrest.MAX_VALUES, n // 2 + 1)
 
 
+def read_cost(n: int) -> int:
+    """What a body of ``n`` bytes holds while it is read, taken before: a big one its whole ``body_cost``, a
+    small one what its buffer costs (the rest of its body_cost once it is whole)."""
+    return body_cost(n) if n > SMALL_BODY else SMALL_READ_COST * n
+
+
+PARSE_ROOM = body_cost(SMALL_BODY)  # of SMALL_SHARE, never held by a client's pace: one small body always parses
+
+
+class _Head:
+    """A request's rfile while its head (request line, headers) is read: at most ``left`` bytes in all, past
+    which a line is LineTooLong (the base class answers 431 for a header line; the request line: 414)."""
+
+    def __init__(self, raw: Any, left: int) -> None:
+        self.raw = raw
+        self.left = left
+
+    def readline(self, limit: int = -1) -> bytes:
+        line: bytes = self.raw.readline(self.left + 1 if limit < 0 else min(limit, self.left + 1))
+        self.left -= len(line)
+        if self.left < 0:
+            raise http.client.LineTooLong(f"request head over {HEAD_MAX} bytes")
+        return line
+
+
 class Budget:
     """A process-wide amount (bytes) that requests take from and give back; thread-safe."""
 
     def __init__(self, total: int) -> None:
         self.total = total
         self.held = 0
+        self.conns = 0  # of ``held``: what open connections hold (``take_conn``)
         self._room = threading.Condition()
 
-    def take(self, n: int, wait_s: float = 0.0, limit: int | None = None) -> bool:
-        """Take ``n`` if the amount held stays within ``limit`` (default: all of it) within ``wait_s`` (a
-        request just answered gives its share back after the client has its answer: without a short wait,
-        one arriving then was refused by a server at rest)."""
+    def take(self, n: int, wait_s: float = 0.0, limit: int | None = None, bodies_limit: int | None = None) -> bool:
+        """Take ``n`` if the amount held stays within ``limit`` (default: all of it), and what bodies hold
+        (all but the connections' shares) within ``bodies_limit``, within ``wait_s`` (a request just
+        answered gives its share back after the client has its answer: without a short wait, one arriving
+        then was refused by a server at rest)."""
         deadline = time.monotonic() + wait_s
         limit = self.total if limit is None else limit
+        bodies_limit = self.total if bodies_limit is None else bodies_limit
         with self._room:
-            while self.held + n > limit:
+            while self.held + n > limit or self.held - self.conns + n > bodies_limit:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return False
@@ -108,9 +155,20 @@ class Budget:
             self.held += n
             return True
 
-    def give(self, n: int) -> None:
+    def take_conn(self, n: int, limit: int) -> bool:
+        """Take ``n`` for a connection, now or never, if the amount held stays within ``limit``."""
+        with self._room:
+            if self.held + n > limit:
+                return False
+            self.held += n
+            self.conns += n
+            return True
+
+    def give(self, n: int, conn: bool = False) -> None:
         with self._room:
             self.held -= n
+            if conn:
+                self.conns -= n
             self._room.notify_all()
 
 
@@ -119,6 +177,7 @@ class ModelServer(ThreadingHTTPServer):
 
     daemon_threads = True
     allow_reuse_address = True
+    request_queue_size = 128  # listen backlog (socketserver's 5 dropped SYNs of bursts: 1-3 s retransmits)
 
     def __init__(
         self,
@@ -141,28 +200,43 @@ class ModelServer(ThreadingHTTPServer):
         self.timeout_s = timeout_s
         self.max_per_address = max_per_address
         self.max_body = max_body
-        self.budget = Budget(max(memory_budget, body_cost(max_body) + SMALL_SHARE))  # a largest body always fits
+        # a largest body always fits (the connections' shares come out of its SMALL_SHARE)
+        self.budget = Budget(max(memory_budget, body_cost(max_body) + SMALL_SHARE))
         self.budget_wait_s = budget_wait_s
-        self._open: dict[Any, str] = {}  # accepted socket -> its peer's address
+        self._open: dict[Any, str] = {}  # accepted socket -> its peer's address (each holds CONN_COST)
         self._open_lock = threading.Lock()
 
+    @property
+    def max_connections(self) -> int:
+        """Connections open at once, process-wide, when no body holds any of the budget."""
+        return (self.budget.total - PARSE_ROOM) // CONN_COST
+
     def process_request(self, request: Any, client_address: Any) -> None:
-        """Handle in a thread, unless the address already holds ``max_per_address`` connections (503)."""
+        """Handle in a thread once the connection holds ``CONN_COST`` of the budget (503 and close when there
+        is no room, or when its address already holds ``max_per_address`` connections); the accept loop
+        never waits for room."""
         host = str(client_address[0])
         with self._open_lock:
-            busy = sum(1 for h in self._open.values() if h == host) >= self.max_per_address
-            if not busy:
+            refusal = None
+            if sum(1 for h in self._open.values() if h == host) >= self.max_per_address:
+                refusal = BUSY
+            elif not self.budget.take_conn(CONN_COST, self.budget.total - PARSE_ROOM):
+                refusal = BUSY_ALL
+            else:
                 self._open[request] = host
-        if busy:
+        if refusal is not None:
             with contextlib.suppress(OSError):
-                request.sendall(BUSY)
+                request.sendall(refusal)
             self.shutdown_request(request)
             return
         super().process_request(request, client_address)
 
     def shutdown_request(self, request: Any) -> None:
+        """Every path that ends a connection comes here once it is done: its CONN_COST comes back."""
         with self._open_lock:
-            self._open.pop(request, None)
+            held = self._open.pop(request, None) is not None
+        if held:
+            self.budget.give(CONN_COST, conn=True)
         super().shutdown_request(request)
 
     def handle_error(self, request: Any, client_address: Any) -> None:
@@ -186,11 +260,25 @@ class _Handler(BaseHTTPRequestHandler):
         super().setup()
         self.connection.settimeout(self.server.timeout_s)  # every read has a deadline (idle, half-sent)
 
+    def handle_one_request(self) -> None:
+        """The base class's, with the request's head read within HEAD_MAX bytes."""
+        raw = self.rfile
+        self.rfile = cast(Any, _Head(raw, HEAD_MAX))
+        try:
+            super().handle_one_request()
+        except http.client.LineTooLong:  # the request line alone (a header line's is a 431 in parse_request)
+            self.requestline, self.request_version, self.command = "", "", ""
+            self.send_error(HTTPStatus.REQUEST_URI_TOO_LONG)
+        finally:
+            self.rfile = raw
+
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("%s " + format, self.address_string(), *args)
 
     def _handle(self) -> None:
         """One request; whatever fails in it is a 500 and one log line (it used to kill the thread: a 502)."""
+        if isinstance(self.rfile, _Head):
+            self.rfile = self.rfile.raw  # the head is read: the body has bounds of its own
         self._began, self._exec_ms, self._answered = None, None, False
         self._gc_before = pauses.paused_ms()
         try:
@@ -248,17 +336,21 @@ class _Handler(BaseHTTPRequestHandler):
         self.close_connection = True
         self._send(code, {"error": message or self.responses.get(code, ("error",))[0]})
 
-    def _reserve(self, cost: int, deadline: float, big: bool = False) -> bool:
-        """Hold ``cost`` of the memory budget for this request in all (given back when it is answered).
+    def _reserve(self, cost: int, deadline: float, reading: int | None = None) -> bool:
+        """Hold ``cost`` of the memory budget for this request in all (given back when it is answered);
+        ``reading``: the size of the body it is taken for before that is read whole.
 
-        A big body's share (taken before it is read) comes from all but SMALL_SHARE of the budget: bodies
-        announced and trickled can keep other big bodies waiting (each for at most ``timeout_s``), never
-        the small predicts, which take their share only once read whole, when nothing can stall them."""
+        What is taken before a body is read whole can be held by a client at its own pace (each for at most
+        ``timeout_s``), so it leaves PARSE_ROOM of the budget, as connections do: nothing a client stalls
+        stops a body read whole from being parsed. Big bodies hold at most all but SMALL_SHARE together:
+        bodies announced and trickled can keep other big bodies waiting, never connections or small ones."""
         need = cost - self._held
         if need > 0:
             wait_s = min(self.server.budget_wait_s, max(0.0, deadline - time.monotonic()))
             budget = self.server.budget
-            if not budget.take(need, wait_s, budget.total - SMALL_SHARE if big else budget.total):
+            limit = budget.total if reading is None else budget.total - PARSE_ROOM
+            bodies_limit = budget.total - SMALL_SHARE if reading is not None and reading > SMALL_BODY else None
+            if not budget.take(need, wait_s, limit, bodies_limit):
                 return False
             self._held += need
         return True
@@ -301,7 +393,7 @@ class _Handler(BaseHTTPRequestHandler):
         if n > self.server.max_body:
             raise BodyError(413, f"request body over {self.server.max_body} bytes")
         short = "request body shorter than its Content-Length"
-        if n > SMALL_BODY and not self._reserve(body_cost(n), deadline, big=True):
+        if not self._reserve(read_cost(n), deadline, n):
             self._read_into(None, n, deadline, short)
             raise Busy()
         body = bytearray()
@@ -333,7 +425,7 @@ class _Handler(BaseHTTPRequestHandler):
             total += size
             if total > self.server.max_body:
                 raise BodyError(413, f"request body over {self.server.max_body} bytes")
-            if body is not None and total > SMALL_BODY and not self._reserve(body_cost(total), deadline, big=True):
+            if body is not None and not self._reserve(read_cost(total), deadline, total):
                 self._release()
                 body = None
             self._read_into(body, size, deadline, "malformed chunked body")

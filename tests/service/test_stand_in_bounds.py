@@ -27,7 +27,7 @@ import pytest
 
 from agent.catalogue import builtin_catalogue_text, parse_catalogue
 from agent.models import MODELS, Signature, Tensor, TinyModel
-from agent.modelserver import MAX_BODY, ModelServer, body_cost
+from agent.modelserver import CONN_COST, HEAD_MAX, MAX_BODY, SMALL_SHARE, ModelServer, body_cost
 from agent.runtime.process import ProcessRuntime
 from agent.serving.tfrest import MAX_VALUES
 from tests.waiting import wait_for
@@ -126,7 +126,7 @@ def test_concurrent_big_bodies_past_the_memory_budget_get_a_503_and_the_budget_c
         assert statuses[0] == 200 and 503 in statuses, statuses  # one at a time fits the budget
         assert all(h["Retry-After"] == "1" for s, h in results if s == 503)
         assert all(h["next"] == 200 for _, h in results)
-        wait_for(lambda: server.budget.held == 0, 5)  # every request gave back what it took (after answering)
+        wait_for(lambda: server.budget.held == server.budget.conns, 5)  # every request gave back what it took
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
         assert post(conn, "half_plus_two", BIG)[0] == 200  # and the next big body is served
         conn.close()
@@ -165,7 +165,7 @@ def test_a_trickled_big_body_keeps_other_big_bodies_waiting_for_its_deadline_at_
             # the whole body has timeout_s from its head, however it trickles: 408, and the share comes back
             trickler.settimeout(10)
             assert b" 408 " in trickler.recv(4096).split(b"\r\n", 1)[0]
-            wait_for(lambda: server.budget.held == 0, 5)
+            wait_for(lambda: server.budget.held == server.budget.conns, 5)
             assert post(conn, "half_plus_two", BIG)[0] == 200
             conn.close()
         finally:
@@ -176,7 +176,7 @@ def test_a_trickled_big_body_keeps_other_big_bodies_waiting_for_its_deadline_at_
 def test_a_big_body_waits_briefly_for_room_rather_than_being_refused() -> None:
     # a request answered gives its share back after its client has the answer: one arriving just then waits
     with served(MODELS["half_plus_two"], budget_wait_s=2.0) as server:
-        held = server.budget.total
+        held = server.budget.total - SMALL_SHARE  # all big bodies may hold: connections are still accepted
         assert server.budget.take(held)
         threading.Timer(0.3, server.budget.give, (held,)).start()
         conn = http.client.HTTPConnection("127.0.0.1", server.server_address[1], timeout=60)
@@ -288,3 +288,111 @@ def test_the_process_runtime_passes_no_token_to_its_model_servers(
     assert env.get("PYTHONPATH") == str(ROOT)
     assert answer.startswith("413 ") and str(int(0.5 * 2**20)) in answer  # the agent's max_body_mb reached it
     assert os.environ["PEERSERVE_CLUSTER_TOKEN"]  # the agent's own environment is untouched
+
+
+STALL = b"POST /v1/models/half_plus_two:predict HTTP/1.1\r\nHost: x\r\nContent-Length: 65536\r\n\r\n" + b"1" * 65535
+
+
+def stall(port: int, n: int) -> list[socket.socket]:
+    """``n`` connections, each a small body short by one byte, then silent (review11c's repro)."""
+    socks = []
+    for _ in range(n):
+        sock = socket.create_connection(("127.0.0.1", port))
+        with contextlib.suppress(OSError):  # refused: the server answered 503 and closed
+            sock.sendall(STALL)
+        socks.append(sock)
+    return socks
+
+
+def test_small_stalled_bodies_take_the_budget_and_keep_the_stand_in_inside_its_container(
+    stand_in_process: tuple[subprocess.Popen[bytes], int, Path],
+) -> None:
+    # review11c: 256 such connections from one address grew the stand-in 24.8 -> 64.2 MB with nothing taken
+    # from the budget; one honest 390 KB predict on top peaked at 71.9 MB, past the 64 MiB container
+    proc, port, _ = stand_in_process
+    honest = json.dumps({"instances": [1.25] * 65_000}).encode()  # 390 KB: a big body (9.2 MiB of budget)
+    baseline = vm_hwm_mib(proc.pid)
+    socks = stall(port, 120)  # ~20 MiB of budget: room is left for an honest big body and small ones
+    try:
+        time.sleep(1.0)
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        assert post(conn, "half_plus_two", honest)[0] == 200
+        assert post(conn, "half_plus_two", '{"instances": [2]}')[2] == {"predictions": [3.0]}
+        conn.close()
+        socks += stall(port, 256 - 120 - 1)  # the address's limit, one left for the honest client
+        time.sleep(1.0)
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        with contextlib.suppress(ConnectionError):  # refused at accept once stalled bodies hold the room
+            status, headers, _ = post(conn, "half_plus_two", honest)
+            assert status == 200 or (status == 503 and headers["Retry-After"] == "1"), status
+        conn.close()
+        peak = vm_hwm_mib(proc.pid)
+        assert peak < 64, f"peak RSS {peak:.0f} MiB (at rest {baseline:.0f} MiB)"
+    finally:
+        for sock in socks:
+            sock.close()
+    deadline = time.monotonic() + 10  # every share came back: the honest big body is served again
+    while True:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        with contextlib.suppress(ConnectionError):
+            if post(conn, "half_plus_two", honest)[0] == 200:
+                break
+        conn.close()
+        assert time.monotonic() < deadline, "the budget never came back"
+        time.sleep(0.2)
+    conn.close()
+
+
+def test_connections_are_bounded_process_wide_by_their_share_of_the_budget() -> None:
+    # max_body 64 KiB: a budget of 12 MiB, 128 connections (572 with the 8 MiB default)
+    with served(MODELS["half_plus_two"], max_body=64 * 1024, memory_budget=0, max_per_address=10_000) as server:
+        port, budget, most = server.server_address[1], server.budget, server.max_connections
+        assert most == (budget.total - body_cost(64 * 1024)) // CONN_COST == 128
+        # a small body stalled holds twice its bytes (its buffer) besides its connection's share, chunked too
+        stalled = socket.create_connection(("127.0.0.1", port))
+        stalled.sendall(
+            b"POST /v1/models/x:predict HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3e8\r\n" + b"1" * 1000
+        )
+        wait_for(lambda: budget.held == CONN_COST + 2000, 5)
+        stalled.close()
+        wait_for(lambda: budget.held == 0, 5)
+        socks = [socket.create_connection(("127.0.0.1", port)) for _ in range(most)]
+        try:
+            wait_for(lambda: budget.conns == most * CONN_COST, 10)
+            with socket.create_connection(("127.0.0.1", port)) as extra:  # one past the bound: 503, closed
+                extra.settimeout(10)
+                answer = b""
+                while chunk := extra.recv(4096):
+                    answer += chunk
+                assert answer.startswith(b"HTTP/1.1 503 ") and b"\r\nRetry-After: 1\r\n" in answer, answer
+            socks.pop().close()  # two close: the next is accepted, with room for its body being read
+            socks.pop().close()
+            wait_for(lambda: budget.conns == (most - 2) * CONN_COST, 5)
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+            assert post(conn, "half_plus_two", '{"instances": [2]}')[2] == {"predictions": [3.0]}
+            conn.close()
+        finally:
+            for sock in socks:
+                sock.close()
+        wait_for(lambda: budget.held == 0, 10)  # every connection gave its share back
+
+
+def test_a_request_head_is_bounded_and_a_legal_one_served() -> None:
+    # the base class read 100 header lines of 64 KiB each: a head stalled before its end held 6.2 MiB
+    with served(MODELS["half_plus_two"]) as server:
+        port = server.server_address[1]
+        for head, status in [
+            (b"POST /v1/models/half_plus_two:predict HTTP/1.1\r\n" + b"X-a: " + b"a" * HEAD_MAX + b"\r\n", b" 431 "),
+            (b"GET /v1/models/" + b"a" * HEAD_MAX + b" HTTP/1.1\r\n", b" 414 "),
+            (b"GET /v1/models/half_plus_two HTTP/1.1\r\n" + b"X-a: 1\r\n" * (HEAD_MAX // 8), b" 431 "),
+        ]:
+            with socket.create_connection(("127.0.0.1", port)) as sock:
+                with contextlib.suppress(OSError):  # answered and closed before all of it was sent
+                    sock.sendall(head + b"\r\n")
+                sock.settimeout(10)
+                assert status in sock.recv(4096).split(b"\r\n", 1)[0]
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)  # a head just within the bound
+        conn.request("POST", PREDICT.format("half_plus_two"), '{"instances": [2]}', {"X-a": "a" * (HEAD_MAX - 200)})
+        assert json.loads(conn.getresponse().read()) == {"predictions": [3.0]}
+        conn.close()
+        wait_for(lambda: server.budget.held == 0, 10)
