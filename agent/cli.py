@@ -68,7 +68,7 @@ FLAGS: list[tuple[str, dict[str, Any]]] = [
         {
             "type": int,
             "help": "membership: a third party's dead acts at once from this many signed declarers "
-            "(default 0: from any member)",
+            "(default 2; 0: from any member's word, the rule before)",
         },
     ),
     ("--priority", {"type": int, "help": "leader election priority, higher first (default 0; ties: memory, id)"}),

@@ -78,8 +78,8 @@ class Settings:
     suspicion_mult: float = 4.0  # suspicion lasts mult x log10(N + 1) x probe_interval_s (up to 4x unconfirmed)
     push_pull_interval_s: float = 10.0  # full table exchange with one random member
     # a third party's "dead" acts at once (probe, one miss kills) only from this many proven declarers; 0: from any
-    # member's word (the rule before, still the default: docs/security.md, SwimConfig.dead_quorum)
-    dead_quorum: int = 0
+    # member's word (the rule before: docs/security.md, SwimConfig.dead_quorum)
+    dead_quorum: int = 2
     priority: int = 0
     election_heartbeat_s: float = 0.3
     election_timeout_s: float = 1.2

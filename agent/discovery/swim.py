@@ -18,8 +18,7 @@ Trust (gossip about a third node is a claim, never proof):
   "left"; verify probes are rate-limited per member (``_verify``); a rumour never makes dead a node that
   answers our own probes; a dead update's ``origin`` is a *declarer* only when proven (as below, with a signed
   declaration), and ``dead_quorum`` (2) distinct proven declarers take the fast path: probe now, one miss of ours
-  kills (``dead_rumour_verify``, the default until real agents show this within issue 13's target: any dead rumour
-  does);
+  kills (with ``dead_rumour_verify``, the rule before, any dead rumour does);
 * a suspect update's ``origin`` confirms a suspicion (Lifeguard) only when proven: the origin sent it itself, or
   the shell checked the origin's signature riding on the same message (``received(..., proven)``,
   agent.discovery.swim_proofs: nothing proven once counts again); we never count or pass on a suspicion in our
@@ -97,13 +96,12 @@ class SwimConfig:
     # step a period, so a stream of suspicions cannot outpace them. False: the rule before (a fixed 0.2 s held one
     # member's victim at MAX_HEALTH, since probes slow down as health rises).
     refute_health_per_period: bool = True
-    # True (still the default): a third party's dead or left rumour makes us probe the node (direct and k relays, at
-    # most one check a probe period) and one miss of ours makes it dead at once: one member gossiping "x dead" while
-    # x stalls ~1.3 s has every member declare it dead (x refutes and rejoins when it answers). False: the quorum rule
-    # below (simulated: no false death in that attack, crashes dead everywhere as fast as this rule); it becomes the
-    # default once real agents show kill -9 dead everywhere p99 <= 3 s at 50 (issue 13): session 11's two runs of
-    # bench/membership_bench.py failed on a machine at load 20-48 (agents did not start / converge), no figure.
-    dead_rumour_verify: bool = True
+    # True (the rule before; the agent's dead_quorum = 0): a third party's dead or left rumour makes us probe the node
+    # (direct and k relays, at most one check a probe period) and one miss of ours makes it dead at once: one member
+    # gossiping "x dead" while x stalls ~1.3 s has every member declare it dead (x refutes and rejoins when it
+    # answers). False (the default): the quorum rule below (simulated: no false death in that attack, crashes dead
+    # everywhere as fast; 50 real agents: kill -9 dead everywhere p99 2.16 s, issue 13's target 3 s).
+    dead_rumour_verify: bool = False
     # With dead_rumour_verify False: a dead declaration (``origin`` declared the node dead: its own message, or its
     # signature riding on the message, wire.SuspectProof with ``dead``) is proof of that one member's word; once this
     # many distinct members other than the node (and us) are proven declarers, the fast path: probe it at once, and

@@ -218,7 +218,7 @@ def stalled_with_a_dead_liar(seed: int, status: str = "dead", **config: bool) ->
 
 
 def test_a_stall_with_one_member_gossiping_dead_kills_no_one() -> None:
-    # dead_rumour_verify=False (the quorum rule; not yet the default): one member's word is a suspicion
+    # dead_rumour_verify=False (the quorum rule, the default): one member's word is a suspicion
     runs = [stalled_with_a_dead_liar(seed, dead_rumour_verify=False) for seed in (2, 4)]
     runs += [stalled_with_a_dead_liar(3, "left", dead_rumour_verify=False)]
     assert [deaths for deaths, _ in runs] == [0, 0, 0]

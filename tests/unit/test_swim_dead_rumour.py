@@ -2,10 +2,9 @@
 node may refute, and the probes rumours ask for are rate-limited per member.
 
 These tests run that rule (``SwimConfig.dead_rumour_verify=False``: one proven declarer's word, or any unproven
-one, is a suspicion; two proven declarers take the fast path, tests/unit/test_swim_dead_quorum.py); the default
-(``dead_rumour_verify=True``, until real agents show the quorum rule within issue 13's 3 s at 50: one missed probe of
-ours after any dead rumour makes the node dead at once) and a zero ``_check_gap`` (unlimited check probes) show each
-checker fails.
+one, is a suspicion; two proven declarers take the fast path, tests/unit/test_swim_dead_quorum.py: the default);
+the rule before (``dead_rumour_verify=True``: one missed probe of ours after any dead rumour makes the node dead at
+once) and a zero ``_check_gap`` (unlimited check probes) show each checker fails.
 """
 
 from __future__ import annotations
