@@ -145,8 +145,17 @@ class DockerRuntime:
 
     async def list(self) -> list[Instance]:
         def containers() -> list[Any]:
+            import docker.errors
+
+            client = self._docker()
             filters = {"label": [f"{LABEL}=true", f"peerserve.node={self.node_id}"]}
-            return list(self._docker().containers.list(all=True, filters=filters))
+            found = []
+            for listed in client.containers.list(all=True, filters=filters, sparse=True):
+                try:  # what docker-py's list does per container, but one removed meanwhile is gone, not an error
+                    found.append(client.containers.get(listed.id))
+                except docker.errors.NotFound:
+                    continue
+            return found
 
         return [self._instance(c) for c in await self._call(containers)]
 

@@ -124,14 +124,16 @@ def test_agent_restart_adopts_containers_and_trims_foreign_ones(agents: Any, eng
     [again] = a.wait_ready("half_plus_two", timeout=60)
     assert again["id"] == first["id"]
     deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and any(c.id == foreign for c in engine.containers.list(all=True)):
+    while time.monotonic() < deadline and any(c.id == foreign for c in engine.containers.list(all=True, sparse=True)):
         time.sleep(0.2)
-    assert all(c.id != foreign for c in engine.containers.list(all=True))
+    assert all(c.id != foreign for c in engine.containers.list(all=True, sparse=True))
     assert a.put_desired(4, {}).status_code == 200
     deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and engine.containers.list(all=True, filters={"label": "peerserve.node=dock-a"}):
+    while time.monotonic() < deadline and engine.containers.list(
+        all=True, sparse=True, filters={"label": "peerserve.node=dock-a"}
+    ):
         time.sleep(0.2)
-    assert engine.containers.list(all=True, filters={"label": "peerserve.node=dock-a"}) == []
+    assert engine.containers.list(all=True, sparse=True, filters={"label": "peerserve.node=dock-a"}) == []
 
 
 def test_digits_in_the_stand_in_image_answers_like_the_process_stand_in(engine: Any) -> None:
