@@ -24,13 +24,13 @@ body over ``SMALL_BODY`` takes its ``body_cost`` before it is read (chunked: as 
 read and the rest of its ``body_cost`` once read whole. One that finds no room within ``budget_wait_s`` is read
 to its end and dropped: 503 with Retry-After. Every accepted connection holds ``CONN_COST`` of the budget until it
 closes, which bounds connections process-wide (``max_connections``: 572 at rest); past it, a newcomer takes the
-place and share of the oldest connection still waiting for its head from the address holding the most such,
-if that is more than its own address holds (agent.peer_gate's rule for handshakes), else 503 with Retry-After
-and close; a body that finds no room in the budget makes it the same way before it waits (a few addresses
-trickling heads otherwise held every share: review12b). Connections and bodies being read leave
-``PARSE_ROOM`` (one largest small body's cost) of the budget, and big bodies being read hold at most all but
-``SMALL_SHARE`` together: what clients hold at their own pace never stops a body read whole from being parsed,
-nor big bodies connections and small ones.
+place and share of the oldest connection still waiting on its client (a request's head or body not whole yet)
+from the address holding the most such, if that is more than its own address holds (agent.peer_gate's rule
+for handshakes), else 503 with Retry-After and close; a body that finds no room in the budget makes it the
+same way before it waits (a few addresses trickling heads or bodies otherwise held every share: review12b).
+Connections and bodies being read leave ``PARSE_ROOM`` (one largest small body's cost) of the budget, and big
+bodies being read hold at most all but ``SMALL_SHARE`` together: what clients hold at their own pace never
+stops a body read whole from being parsed, nor big bodies connections and small ones.
 What the model or the server fails at is a 500 JSON answer and one log line, never a traceback; the log
 (``--log-file``) rotates at ``LOG_MAX_BYTES``.
 Runs as a process (``python -m agent.modelserver --model half_plus_two --port 8501``) for the
@@ -156,7 +156,7 @@ class LineTimeout(TimeoutError):
 
 
 class Evicted(Exception):
-    """The connection was given up to a newcomer while it waited for a request's head (ModelServer.process_request)."""
+    """The connection was given up to a newcomer while it waited on its client (ModelServer.process_request)."""
 
 
 class _Head:
@@ -243,10 +243,11 @@ class Budget:
 
 def oldest_of_busiest(waiting: dict[str, dict[Any, None]], host: str) -> Any | None:
     """The connection a newcomer from ``host`` takes the place of when every connection is held (the rule of
-    agent.peer_gate.Handshakes.admit): the oldest waiting for its head (``waiting``: per address, oldest first)
-    from the address with the most of them, if that is more than ``host`` has; else None (the newcomer is
-    refused). A few addresses holding every slot with heads they never finish then hold them only until
-    someone else connects: each newcomer takes the place of one of theirs, never of another newcomer's."""
+    agent.peer_gate.Handshakes.admit): the oldest waiting on its client, a request's head or body not whole yet
+    (``waiting``: per address, oldest first), from the address with the most of them, if that is more than
+    ``host`` has; else None (the newcomer is refused). A few addresses holding every slot with requests they
+    never finish then hold them only until someone else connects: each newcomer takes the place of one of
+    theirs, never of another newcomer's. (A body read whole, being answered, is never given up.)"""
     busiest = max(waiting, key=lambda h: len(waiting[h]), default=None)
     if busiest is None or len(waiting[busiest]) <= len(waiting.get(host, {})):
         return None
@@ -287,7 +288,7 @@ class ModelServer(ThreadingHTTPServer):
         self.budget = Budget(max(memory_budget, body_cost(max_body) + SMALL_SHARE))
         self.budget_wait_s = budget_wait_s
         self._open: dict[Any, str] = {}  # accepted socket -> its peer's address (each holds CONN_COST)
-        self._waiting: dict[str, dict[Any, None]] = {}  # address -> its sockets waiting for a head, oldest first
+        self._waiting: dict[str, dict[Any, None]] = {}  # address -> its sockets waiting on the client
         self._open_lock = threading.Lock()
         self.evicted = 0  # connections given up to a newcomer (process_request)
 
@@ -325,7 +326,7 @@ class ModelServer(ThreadingHTTPServer):
 
     def take_evicting(self, host: str, n: int, limit: int, bodies_limit: int) -> bool:
         """Take ``n`` of the budget for a body from ``host`` now (``Budget.take``'s bounds), giving up connections
-        waiting for their heads (``oldest_of_busiest``, one at a time) if that makes the room: a few addresses
+        waiting on their clients (``oldest_of_busiest``, one at a time) if that makes the room: a few addresses
         holding every connection's share would otherwise leave none for a body (503 to every predict)."""
         with self._open_lock:  # the accept loop takes no share meanwhile: the room made is this body's
             short = self.budget.shortfall(n, limit, bodies_limit)
@@ -339,7 +340,7 @@ class ModelServer(ThreadingHTTPServer):
             return self.budget.take(n, 0.0, limit, bodies_limit)
 
     def _evict(self, request: Any) -> None:
-        """End a connection waiting for its head (lock held, its share not given back: the caller's): its
+        """End a connection waiting on its client (lock held, its share not given back: the caller's): its
         thread wakes (end of stream) and ends without a word. Under the lock, so its own close cannot come
         between and hand the descriptor to another connection first."""
         self._forget(request)
@@ -361,9 +362,10 @@ class ModelServer(ThreadingHTTPServer):
         """``request`` still holds its share (False once it was given up to a newcomer, or ended)."""
         return request in self._open
 
-    def await_head(self, request: Any, waiting: bool) -> bool:
-        """``request`` waits for a request's head (``waiting``; the newest of its address that does, unless it
-        waits already) or has it whole (it can no longer be given up); False if it was given up already."""
+    def waits_on_client(self, request: Any, waiting: bool) -> bool:
+        """``request`` waits on its client for a request's head or body (``waiting``; the newest of its address
+        that does, unless it waits already) or has its request whole (it can no longer be given up); False if it
+        was given up already."""
         with self._open_lock:
             host = self._open.get(request)
             if host is None:
@@ -410,7 +412,7 @@ class _Handler(BaseHTTPRequestHandler):
         """The base class's, with the request's head read within HEAD_MAX bytes and ``head_timeout_s`` (idle
         keep-alive before it included: then the connection just closes; a part of a head came: 408)."""
         raw, s = self.rfile, self.server
-        if not s.await_head(self.connection, True):
+        if not s.waits_on_client(self.connection, True):
             self.close_connection = True
             return
         head = _Head(raw, HEAD_MAX, self.connection, time.monotonic() + s.head_timeout_s, s)
@@ -443,9 +445,6 @@ class _Handler(BaseHTTPRequestHandler):
         if isinstance(self.rfile, _Head):
             self.rfile = self.rfile.raw  # the head is read: the body has bounds of its own
         self._began, self._exec_ms, self._answered = None, None, False
-        if not self.server.await_head(self.connection, False):  # given up to a newcomer as its head came
-            self.close_connection = True
-            return
         self._gc_before = pauses.paused_ms()
         try:
             self._serve()
@@ -464,20 +463,27 @@ class _Handler(BaseHTTPRequestHandler):
     def _serve(self) -> None:
         try:
             body = self._read_body()
-        except TimeoutError:
-            self.close_connection = True
-            self._send(408, {"error": f"request body not received within {self.server.timeout_s:g} s"})
-            return
-        except BodyError as exc:
+        except (TimeoutError, BodyError) as exc:
             self.close_connection = True  # what is left of the body must never be read as a request
-            self._send(exc.status, {"error": str(exc)})
+            if not self.server.holds(self.connection):
+                return  # given up to a newcomer (shut down): nothing to answer on
+            if isinstance(exc, BodyError):
+                self._send(exc.status, {"error": str(exc)})
+            else:
+                self._send(408, {"error": f"request body not received within {self.server.timeout_s:g} s"})
             return
         except Busy:  # the body was read whole (and dropped): the connection stays usable
+            if not self.server.holds(self.connection):
+                self.close_connection = True
+                return
             self._send(
                 503,
                 {"error": "busy: the requests in progress hold this server's memory budget"},
                 {"Retry-After": str(RETRY_AFTER_S)},
             )
+            return
+        if not self.server.waits_on_client(self.connection, False):  # given up to a newcomer as its body came
+            self.close_connection = True
             return
         self._began = time.perf_counter()  # the request is whole: the server's own time starts here
         path = self.path.split("?", 1)[0]

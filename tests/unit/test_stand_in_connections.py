@@ -1,6 +1,7 @@
-"""The stand-in's choices about connections (agent/modelserver.py), as pure code: which connection waiting for
-its head a newcomer takes the place of when every share of the budget is held, and how much of the budget
-connections would have to give back for a body (review12b: three addresses trickling heads held every share)."""
+"""The stand-in's choices about connections (agent/modelserver.py), as pure code: which connection waiting on
+its client (a request's head or body not whole) a newcomer takes the place of when every share of the budget
+is held, and how much of the budget connections would have to give back for a body (review12b: three
+addresses trickling heads held every share)."""
 
 from __future__ import annotations
 
