@@ -105,24 +105,32 @@ def _capped_or_plain(
     at 1 core 41 of 72, at 2 cores 9 of 72: ~1.2 ms each for nothing), while the capped run stalls within a step or
     two. Where the capped run goes on, the plain run (whose cut can reach further) answers as before."""
     start = np.where(allowed, pools.x, 0.0)
-    flow = _SplitFlow(rated, servers, allowed)
     fixed = feasible_limits(pools, counts)
-    first = flow.first_step(start)
-    if first is None:
-        return start, 0  # within TOLERANCE at the start: the plain run stops there too
-    a, direction, lam = first
-    if _feasible_step(pools, counts, start, direction, fixed, lam) < a:
-        x, steps = flow.run_capped(start, PROBE, lambda y, d, at: _feasible_step(pools, counts, y, d, fixed, at), fixed)
-        if steps < PROBE:
-            return x, steps
     resume = pools.split_run
-    if (
+    if not (
         resume is not None
         and resume.iterations <= ITERATIONS
         and resume.same_inputs(rated.rate, servers, allowed, start)
     ):
+        resume = None
+    flow = None
+    if resume is not None and (resume.first is not None or resume.steps == 0):
+        first = resume.first  # the move pass's run without a move: its first step is this run's (None: at the gap)
+    else:
+        flow = _SplitFlow(rated, servers, allowed)
+        first = flow.first_step(start)
+    if first is None:
+        return start, 0  # within TOLERANCE at the start: the plain run stops there too
+    a, direction, lam = first
+    if _feasible_step(pools, counts, start, direction, fixed, lam) < a:
+        flow = _SplitFlow(rated, servers, allowed) if flow is None else flow
+        x, steps = flow.run_capped(start, PROBE, lambda y, d, at: _feasible_step(pools, counts, y, d, fixed, at), fixed)
+        if steps < PROBE:
+            return x, steps
+    if resume is not None:
         run = split_run(rated, servers, allowed, pools.x, ITERATIONS, resume)
         return run.x, run.steps
+    assert flow is not None  # no resume: the flow was made for the first step
     x, steps, _ = flow.run(start + a * direction, ITERATIONS, done=1)  # the plain run's first step, as it takes it
     return x, steps
 
@@ -139,6 +147,7 @@ class SplitRun:
     steps: int
     gap: float
     iterations: int
+    first: tuple[float, FloatArray, FloatArray] | None = None  # its first step (step, direction, pool rates at start)
 
     def same_inputs(self, rate: FloatArray, servers: FloatArray, allowed: BoolArray, start: FloatArray) -> bool:
         """Whether a run from these inputs takes this run's steps (bit for bit equal arrays)."""
@@ -162,9 +171,12 @@ def split_run(
         if resume.steps < resume.iterations:  # it stopped at the gap: a longer run stops there too
             return dataclasses.replace(resume, iterations=iterations)
         x, steps, gap = _SplitFlow(q, servers, allowed).run(resume.x, iterations, done=resume.steps)
+        first = resume.first
     else:
-        x, steps, gap = _SplitFlow(q, servers, allowed).run(start, iterations)
-    return SplitRun(q.rate, servers, allowed, start, x, steps, gap, iterations)
+        flow = _SplitFlow(q, servers, allowed)
+        x, steps, gap = flow.run(start, iterations)
+        first = flow.first
+    return SplitRun(q.rate, servers, allowed, start, x, steps, gap, iterations, first)
 
 
 def load_limit(pools: Pools) -> FloatArray:
@@ -240,6 +252,7 @@ class _SplitFlow:
         self.cols = np.arange(self.cost.shape[1])
         self.buffers = tuple(np.empty(self.mu.shape) for _ in range(4))  # along's work arrays
         self.at_top = np.empty(self.mu.shape, dtype=bool)
+        self.first: tuple[float, FloatArray, FloatArray] | None = None  # run's first step from its start, once taken
 
     def pools(self, lam: FloatArray, order: int, wait: bool = False) -> tuple[FloatArray, ...]:
         """Per pool [j, k]: the wait term D - lam * service (for ``order`` 0 or ``wait``), then its first
@@ -330,7 +343,10 @@ class _SplitFlow:
             if steps == ABANDON_STEP and value - ABANDON_SLOPES * (last - value) * (iterations - steps) >= abandon:
                 return x, steps, ABANDONED
             last = value
-            x = x + self.step(x, lam, direction, (slope, second)) * direction
+            a = self.step(x, lam, direction, (slope, second))
+            if steps == 0:
+                self.first = (a, direction, lam)
+            x = x + a * direction
         return x, steps, gap
 
     def first_step(self, x: FloatArray) -> tuple[float, FloatArray, FloatArray] | None:

@@ -175,3 +175,25 @@ def test_the_capped_run_taken_every_time_keeps_every_invariant(snap: Snapshot, m
     assert np.all(busy(pools.lam(), q.mu) <= q.rho_max * q.cores() * (1 + 1e-6) + 1e-6)
     np.testing.assert_allclose(pools.rejected, rejected)
     assert integer_objective(pools) <= before + 1e-9 * max(1.0, abs(before))
+
+
+@pytest.mark.parametrize("batch", [True, False])
+def test_the_move_pass_hands_on_its_first_step_bit_for_bit(monkeypatch: pytest.MonkeyPatch, batch: bool) -> None:
+    """best_split reads the first step of the move pass's run without a move (``SplitRun.first``) instead of taking it
+    again: made together with the tries (solver.queue_batch) or alone, it is ``_SplitFlow.first_step``'s from the
+    same start, bit for bit, wherever the split continues that run."""
+    from solver import queue_move
+
+    monkeypatch.setattr(queue_move, "BATCH", batch)
+    compared = 0
+    for pools in _cases(2.0) + _cases(1.0, seeds=1):
+        run, found = pools.split_run, _start(pools)
+        if run is None or found is None or run.first is None or found[3] is None:
+            continue
+        _, start, _, (a, direction, lam) = found
+        if not run.same_inputs(pools.x.sum(axis=1), run.servers, run.allowed, start):
+            continue
+        assert run.first[0] == a
+        assert np.array_equal(run.first[1], direction) and np.array_equal(run.first[2], lam)
+        compared += 1
+    assert compared >= 10
