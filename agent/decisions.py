@@ -21,6 +21,7 @@ site_shares = rule.site_shares
 
 BACKOFF_BASE_S = 1.0
 BACKOFF_MAX_S = 60.0
+MEMORY_REFUSAL_NAMES = 5  # models a memory refusal names (a desired set may hold every model of the catalogue)
 
 
 @dataclass(frozen=True)
@@ -182,7 +183,6 @@ def memory_refusal(instances: Mapping[str, int], mem_need: Mapping[str, float], 
     )
 
 
-MEMORY_REFUSAL_NAMES = 5  # models a refusal names (a set may hold every model of the catalogue)
 DRAINED_REASONS = ("not desired", "more than desired")  # a healthy server the plan no longer wants
 
 
