@@ -20,6 +20,7 @@ from typing import Any
 
 from agent.errors import ConfigError
 from agent.interfaces import interface_address
+from peerserve import names
 from peerserve.wire import NODE_CLASS
 
 if sys.version_info >= (3, 11):
@@ -27,7 +28,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-NODE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,62}")  # one DNS label: no dots (DESIGN, mDNS)
+NODE_ID = names.NODE_ID  # one DNS label: no dots (DESIGN, mDNS); peerserve/names.py, shared
 MIN_HEARTBEAT_S = 0.03  # election_heartbeat_s at least this: the election loop ticks at a third of it
 MIN_WINDOW_MB, MAX_WINDOW_MB = 0.25, 4096.0  # request_window_mb: room for a page of the widest rows; under 4 GiB
 
