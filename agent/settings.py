@@ -18,6 +18,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from agent.browser_guard import parse_allowed_hosts
 from agent.errors import ConfigError
 from agent.interfaces import interface_address
 from peerserve import names
@@ -100,6 +101,8 @@ class Settings:
     server_timing: bool = True  # W3C Server-Timing on answers (execution and GC times: off on a LAN of strangers)
     metrics_token: str = ""
     client_token: str = ""  # optional: client API needs Authorization: Bearer (agent/client_auth.py)
+    # names besides its own the client API answers to, comma-separated; "*": any (agent/browser_guard.py)
+    allowed_hosts: str = ""
     https_port: int = 0  # optional: the client API also over HTTPS here, with tls_cert / tls_key
     tls_cert: str = ""
     tls_key: str = ""
@@ -216,6 +219,10 @@ def validate(s: Settings) -> None:
         raise ConfigError("https_port", f"{s.https_port} is not a TCP port other than port and peer_port")
     if s.https_port and not (s.tls_cert and s.tls_key and Path(s.tls_cert).is_file() and Path(s.tls_key).is_file()):
         raise ConfigError("tls_cert", "https_port needs tls_cert and tls_key: readable PEM files")
+    try:
+        parse_allowed_hosts(s.allowed_hosts)
+    except ValueError as exc:
+        raise ConfigError("allowed_hosts", str(exc)) from exc
     if s.cluster_token and len(s.cluster_token) < 16:
         raise ConfigError("cluster_token", "must be at least 16 characters")
 
