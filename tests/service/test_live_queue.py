@@ -34,7 +34,7 @@ def hold_one_predict(a: Any) -> socket.socket:
     until the socket closes (a body within the first 64 KiB is read whole before any server is contacted)."""
     sock = socket.create_connection((a.host, a.port), timeout=5)
     head = (
-        f"POST /v1/models/{MODEL}:predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        f"POST /v1/models/{MODEL}:predict HTTP/1.1\r\nHost: {a.host}\r\nContent-Type: application/json\r\n"
         "Content-Length: 200000\r\n\r\n"
     )
     sock.sendall(head.encode() + b'{"instances": [' + b"1.0, " * 14000)
