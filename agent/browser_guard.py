@@ -129,7 +129,7 @@ def refusal(method: str, scheme: str, headers: Mapping[str, str], rule: HostRule
             return 400, "malformed Host header"
         if not host_allowed(authority[0], rule):
             return 403, (
-                f"this agent does not answer to the name {authority[0]!r} (a defence against DNS rebinding): "
+                f"this agent does not answer to the name {authority[0][:100]!r} (a defence against DNS rebinding): "
                 "reach it by its IP address, hostname or HOSTNAME.local, or add the name to its allowed_hosts "
                 "setting (--allowed-hosts, PEERSERVE_ALLOWED_HOSTS)"
             )
@@ -158,7 +158,7 @@ def same_origin(origin: str, authority: tuple[str, int] | None) -> bool:
 
 
 class BrowserGuard:
-    """ASGI middleware: HTTP requests pass only when ``refusal`` finds nothing (then a JSON 4xx, connection closed)."""
+    """ASGI middleware: HTTP requests pass only when ``refusal`` finds nothing (else a JSON 4xx)."""
 
     def __init__(self, app: Any, rule: HostRule) -> None:
         self.app = app
@@ -177,9 +177,10 @@ class BrowserGuard:
 
 
 async def send_refusal(send: Any, status: int, message: str) -> None:
-    """A JSON error that closes the connection (the body, if any, is never read)."""
+    """A JSON error. The connection stays open, as after agent.client_auth's 401: the body, never handed to the
+    app, is drained under the header deadline (agent/http_limits.py), and a client whose body is already on the
+    way reads the answer (closing with its bytes unread would reset the connection and lose it)."""
     body = json.dumps({"error": message}).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-               (b"connection", b"close")]  # fmt: skip
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body, "more_body": False})
