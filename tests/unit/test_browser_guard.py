@@ -8,7 +8,9 @@ from __future__ import annotations
 import pytest
 
 from agent.browser_guard import (
+    HOST_CACHE,
     HostRule,
+    checked_host,
     host_rule,
     own_names,
     parse_allowed_hosts,
@@ -127,3 +129,13 @@ def test_split_authority() -> None:
     assert split_authority("box", "https") == ("box", 443)
     assert split_authority("[fe80::1%25eth0]:5", "http") == ("fe80::1%25eth0", 5)
     assert split_authority("box:0", "http") is None and split_authority("box:65536", "http") is None
+
+
+def test_host_verdicts_are_remembered_within_their_bound() -> None:
+    checked_host.cache_clear()
+    for i in range(2 * HOST_CACHE):  # a client sending a new Host each time cannot grow the memo
+        assert status("GET", {"host": f"name{i}.example"}) == 403
+    assert checked_host.cache_info().currsize == HOST_CACHE
+    assert status("GET", {"host": "127.0.0.1:8400"}) is None
+    assert status("GET", {"host": "127.0.0.1:8400"}, HostRule(frozenset(), any_host=True)) is None  # per rule
+    assert status("GET", {"host": "name0.example"}, HostRule(frozenset({"name0.example"}))) is None
