@@ -14,8 +14,9 @@ tokens); so does this ASGI middleware, before any route runs:
   adds (comma-separated names; ``*``: any Host, the check off). Else 403.
 * **Origin**, when a browser sends one, must be the agent's own (its host and port those the Host header
   names; ``null`` is no origin of the agent's). Else 403.
-* **Sec-Fetch-Site** ``cross-site`` or ``same-site`` is refused (403) except for a top-level navigation
-  (``GET``/``HEAD`` with ``Sec-Fetch-Mode: navigate``: a link to the cluster page from a wiki still opens).
+* **Sec-Fetch-Site** ``cross-site`` or ``same-site`` is refused (403) except for a top-level navigation to the
+  cluster page (``GET``/``HEAD`` of ``/`` or ``/ui`` with ``Sec-Fetch-Mode: navigate``: a link from a wiki still
+  opens it; a navigation to ``/services/MODEL``, which provisions, does not).
 * A state-changing method (anything but GET, HEAD, OPTIONS) with a content type a page may send without a
   preflight (``text/plain``, ``application/x-www-form-urlencoded``, ``multipart/form-data``) is refused
   (415): the API takes JSON (or, for Triton's binary extension, ``application/octet-stream``), which a
@@ -45,6 +46,7 @@ SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 SIMPLE_TYPES = frozenset({"text/plain", "application/x-www-form-urlencoded", "multipart/form-data"})
 HOST_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,252}")  # a DNS name as a Host header carries it
 DEFAULT_PORTS = {"http": 80, "https": 443}
+PAGES = frozenset({"/", "/ui"})  # what another site may link to (agent/observe.py: the cluster page)
 HOST_CACHE = 1024  # distinct (Host header, scheme, rule) verdicts remembered
 GUARDED = frozenset({b"host", b"origin", b"sec-fetch-site", b"sec-fetch-mode", b"content-type"})
 
@@ -131,7 +133,9 @@ def checked_host(host_header: str, scheme: str, rule: HostRule) -> tuple[tuple[s
     return authority, authority is not None and host_allowed(authority[0], rule)
 
 
-def refusal(method: str, scheme: str, headers: Mapping[str, str], rule: HostRule) -> tuple[int, str] | None:
+def refusal(
+    method: str, scheme: str, headers: Mapping[str, str], rule: HostRule, path: str = ""
+) -> tuple[int, str] | None:
     """Why a request with this head is refused (status, message), or None. ``headers``: lower-case names."""
     host_header = headers.get("host")
     authority, allowed = checked_host(host_header, scheme, rule) if host_header is not None else (None, True)
@@ -149,6 +153,7 @@ def refusal(method: str, scheme: str, headers: Mapping[str, str], rule: HostRule
         return 403, f"cross-origin request from {origin[:100]!r} refused: the client API serves its own pages only"
     site = headers.get("sec-fetch-site", "").lower()
     navigation = method in ("GET", "HEAD") and headers.get("sec-fetch-mode", "").lower() == "navigate"
+    navigation = navigation and path in PAGES
     if site in ("cross-site", "same-site") and not navigation:
         return 403, f"{site} request refused: the client API serves its own pages only"
     media = headers.get("content-type", "").split(";", 1)[0].strip().lower()
@@ -181,7 +186,7 @@ class BrowserGuard:
             for name, value in scope["headers"]:  # ASGI: names in lower case; the first of each counts
                 if name in GUARDED and name.decode() not in headers:
                     headers[name.decode()] = value.decode("latin-1")
-            why = refusal(scope["method"], scope.get("scheme", "http"), headers, self.rule)
+            why = refusal(scope["method"], scope.get("scheme", "http"), headers, self.rule, scope.get("path", ""))
             if why is not None:
                 await send_refusal(send, *why)
                 return

@@ -44,8 +44,10 @@ def test_host_origin_and_content_type_rules_on_a_real_agent(agents: Any) -> None
         assert http.post(PREDICT, json={}, headers={"Origin": a.url}).status_code == 404  # the cluster page's own
         cross = {"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "no-cors"}  # an <img src> on another site
         assert http.get("/services/half_plus_two", headers=cross).status_code == 403
-        page = http.get("/", headers={"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "navigate"})
+        link = {"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "navigate"}
+        page = http.get("/", headers=link)
         assert page.status_code == 200 and "text/html" in page.headers["content-type"]  # a link to the page opens
+        assert http.get("/services/half_plus_two", headers=link).status_code == 403  # one that would provision
     by_name = Client(agents=[f"http://localhost:{port}"])  # the client library by a name the agent knows
     try:
         assert by_name.cluster()["node_id"] == "a"

@@ -24,8 +24,10 @@ RULE = HostRule(own_names("n1", "jetson1", "jetson1.lab.example"))
 JSON = {"content-type": "application/json"}
 
 
-def status(method: str, headers: dict[str, str], rule: HostRule = RULE, scheme: str = "http") -> int | None:
-    why = refusal(method, scheme, headers, rule)
+def status(
+    method: str, headers: dict[str, str], rule: HostRule = RULE, scheme: str = "http", path: str = "/services"
+) -> int | None:
+    why = refusal(method, scheme, headers, rule, path)
     return None if why is None else why[0]
 
 
@@ -81,13 +83,16 @@ def test_the_agents_own_origin_passes_whatever_the_default_port_spelling() -> No
     assert status("POST", {"origin": "http://10.0.0.5:8400", **JSON}) == 403  # no Host to be the origin of
 
 
-def test_cross_site_fetches_are_refused_and_navigations_pass() -> None:
+def test_cross_site_fetches_are_refused_and_navigations_pass_to_the_cluster_page_only() -> None:
     host = {"host": "10.0.0.5:8400"}
     for site in ("cross-site", "same-site"):
         assert status("GET", {**host, "sec-fetch-site": site, "sec-fetch-mode": "no-cors"}) == 403  # <img src>
         assert status("GET", {**host, "sec-fetch-site": site, "sec-fetch-mode": "cors"}) == 403
-        assert status("GET", {**host, "sec-fetch-site": site, "sec-fetch-mode": "navigate"}) is None  # a link
-        assert status("POST", {**host, "sec-fetch-site": site, "sec-fetch-mode": "navigate", **JSON}) == 403  # form
+        link = {**host, "sec-fetch-site": site, "sec-fetch-mode": "navigate"}
+        assert status("GET", link, path="/") is None and status("HEAD", link, path="/ui") is None  # a link
+        assert status("GET", link, path="/services/half_plus_two") == 403  # a link that would provision
+        assert status("GET", link, path="/ui/static/app.js") == 403
+        assert status("POST", {**link, **JSON}, path="/") == 403  # a form
     for site in ("same-origin", "none"):
         assert status("POST", {**host, "sec-fetch-site": site, **JSON}) is None
 
