@@ -17,16 +17,14 @@ tokens); so does this ASGI middleware, before any route runs:
 * **Sec-Fetch-Site** ``cross-site`` or ``same-site`` is refused (403) except for a top-level navigation to the
   cluster page (``GET``/``HEAD`` of ``/`` or ``/ui`` with ``Sec-Fetch-Mode: navigate``: a link from a wiki still
   opens it; a navigation to ``/services/MODEL``, which provisions, does not).
-* A state-changing method (anything but GET, HEAD, OPTIONS) with a content type a page may send without a
-  preflight (``text/plain``, ``application/x-www-form-urlencoded``, ``multipart/form-data``) is refused
-  (415): the API takes JSON (or, for Triton's binary extension, ``application/octet-stream``), which a
-  cross-site page can send only after a preflight the agent never grants (it serves no CORS headers).
+* Body types are not checked: a page's cross-site "simple" POST (``text/plain``, a form) carries an Origin
+  in every current browser (and Sec-Fetch-Site in all since 2023), refused above, while programs post JSON
+  under any type (TF-Serving's own REST examples use ``curl -d``, which sends a form type).
 
 Programs (the client library, curl, httpx, Prometheus) send no Origin and no Sec-Fetch headers, so only the
-Host rule and the content-type rule concern them: a client that reaches the agent by a name the agent does
-not know needs ``allowed_hosts``, and ``curl -d`` needs ``-H 'Content-Type: application/json'``. Every
-refusal is a JSON ``{"error": ...}`` naming what to change. The decisions are pure functions of the request
-head (``refusal``); ``BrowserGuard`` only applies them.
+Host rule concerns them: a client that reaches the agent by a name the agent does not know needs
+``allowed_hosts``. Every refusal is a JSON ``{"error": ...}`` naming what to change. The decisions are pure
+functions of the request head (``refusal``); ``BrowserGuard`` only applies them.
 """
 
 from __future__ import annotations
@@ -41,14 +39,11 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
-# the content types a page may POST cross-site without a preflight (Fetch standard, CORS-safelisted request header)
-SIMPLE_TYPES = frozenset({"text/plain", "application/x-www-form-urlencoded", "multipart/form-data"})
 HOST_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,252}")  # a DNS name as a Host header carries it
 DEFAULT_PORTS = {"http": 80, "https": 443}
 PAGES = frozenset({"/", "/ui"})  # what another site may link to (agent/observe.py: the cluster page)
 HOST_CACHE = 1024  # distinct (Host header, scheme, rule) verdicts remembered
-GUARDED = frozenset({b"host", b"origin", b"sec-fetch-site", b"sec-fetch-mode", b"content-type"})
+GUARDED = frozenset({b"host", b"origin", b"sec-fetch-site", b"sec-fetch-mode"})
 
 
 @dataclass(frozen=True)
@@ -156,12 +151,6 @@ def refusal(
     navigation = navigation and path in PAGES
     if site in ("cross-site", "same-site") and not navigation:
         return 403, f"{site} request refused: the client API serves its own pages only"
-    media = headers.get("content-type", "").split(";", 1)[0].strip().lower()
-    if method not in SAFE_METHODS and media in SIMPLE_TYPES:
-        return 415, (
-            f"{method} with Content-Type {media} refused (a web page could send it from another site): "
-            "send application/json (curl: -H 'Content-Type: application/json')"
-        )
     return None
 
 
