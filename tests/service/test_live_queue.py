@@ -81,7 +81,7 @@ def test_answered_and_failed_requests_leave_nothing_counted(agents: Any) -> None
             r = http.post(f"/v1/models/{MODEL}:predict", json={"instances": [1.0, 2.0]})
             assert r.json() == {"predictions": [2.5, 3.0]}
             assert r.headers["x-peerserve-node"] == "a"  # the node that served it
-        # the model server's 400 (a text/plain body would be the agent's own 415: agent/browser_guard.py)
+        # the model server's 400 for a body that is not JSON
         bad = http.post(
             f"/v1/models/{MODEL}:predict", content=b"not json", headers={"content-type": "application/json"}
         )
