@@ -90,10 +90,10 @@ class JournaledWindow(RequestWindow):
         self._gap = False
 
     def add(self, node: str, records: Iterable[RequestRecord], now: float) -> int:
-        rows = self.plausible(records, now)  # packed once: the window and the journal share the rows
+        clients, rows = self.plausible(records, now)  # packed once: the window and the journal share the rows
         if rows:  # a page with nothing kept changes nothing: nothing to journal
             self._journal_event(("add", node, now, tuple(rows)), len(rows), held_bytes(rows))
-        return self._take(node, rows)
+        return self._take(node, clients, rows)
 
     def expire(self, now: float) -> None:
         self._journal_event(("expire", now), 0, 0)
