@@ -227,6 +227,10 @@ def test_a_client_loses_rows_only_down_to_the_level_of_its_nodes_largest(
         w.add(node, [rec(90.0 + t / 100, client + "x" * pad)] * n, now=100.0)
         after = holdings(w, by_bytes)
         assert (len(w) <= bound) if not by_bytes else (w.nbytes <= bound * 1000)
+        kept_sizes: dict[str, dict[str, int]] = {}  # the sizes the cut orders clients by, kept as rows come and go
+        for (n_, c_), b_ in holdings(w, by_bytes=True).items():
+            kept_sizes.setdefault(n_, {})[c_] = b_
+        assert w._client_bytes == kept_sizes
         for (cut_node, cut), held in before.items():
             kept = after.get((cut_node, cut), 0)
             if kept < held:
@@ -250,3 +254,20 @@ def test_a_members_made_up_clients_thin_only_its_own_share() -> None:
     assert made_up * (len(pack_record(rec(99.0, "made-up-0-0"))) + ROW_OVERHEAD + CLIENT_OVERHEAD) <= budget
     kept = [r.client for r in w.records() if r.logged_by == "liar"]
     assert 0 < len(kept) == len(set(kept))  # one row each: the cut took the widest made-up clients' rows
+
+
+@given(PAGES, st.integers(1, 150), st.integers(0, 60_000))
+def test_expiry_and_cuts_keep_the_clients_sizes_the_cut_orders_by(
+    pages: list[tuple[str, str, int, int]], bound: int, budget: int
+) -> None:
+    """Pages of several stamps, an expiry after every few: the per-client sizes the cut orders clients by stay the
+    rows' own, and the bounds hold."""
+    w = RequestWindow(max_records=bound, window_s=10.0, max_ahead_s=60.0, max_bytes=budget)
+    for t, (node, client, n, pad) in enumerate(pages):
+        w.add(node, [rec(90.0 + t + i % 3, client + "x" * pad) for i in range(n)], now=100.0 + t)
+        if t % 3 == 2:
+            w.expire(now=100.0 + t)
+        sizes: dict[str, dict[str, int]] = {}
+        for (n_, c_), b_ in holdings(w, by_bytes=True).items():
+            sizes.setdefault(n_, {})[c_] = b_
+        assert w._client_bytes == sizes and w.nbytes == view_bytes(w.records()) <= budget and len(w) <= bound
