@@ -23,10 +23,10 @@ window and each round sends only what changed:
 Wire form (JSON, the worker's line protocol): ``{"base": int, "seq": int, "events": [...]}`` or ``{"seq": int,
 "reset": [[node, records], ...], "config": [max_records, window_s, max_ahead_s, max_bytes]}`` (a group per node
 and client, in the window's order: the copy reads each row's client and keeps the clients in that order, which the
-window's cuts break ties by); an event is ``["add", node, now, records]`` or ``["expire", now]``; ``records`` is a list of base64 strings, each a marshalled
-list of up to ENCODE_CHUNK packed rows and CHUNK_BYTES of them (agent/packed_records.py: the window keeps its
-records packed, so the journal and a reset send them as they are held, and the worker keeps them as they arrive; a
-chunk longer than MAX_CHUNK_CHARS is refused).
+window's cuts break ties by); an event is ``["add", node, now, records]`` or ``["expire", now]``; ``records`` is
+a list of base64 strings, each a marshalled list of up to ENCODE_CHUNK packed rows and CHUNK_BYTES of them
+(agent/packed_records.py: the window keeps its records packed, so the journal and a reset send them as they are
+held, and the worker keeps them as they arrive; a chunk longer than MAX_CHUNK_CHARS is refused).
 """
 
 from __future__ import annotations
