@@ -52,6 +52,7 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Mapping
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, cast
@@ -92,6 +93,7 @@ def _busy(message: str) -> bytes:
 
 BUSY = _busy("too many connections from this address")
 BUSY_ALL = _busy("busy: the connections open hold this server's memory budget")
+EVICTED = _busy("busy: this request's place was given to a newcomer before its body came whole")
 
 
 class BodyError(Exception):
@@ -241,7 +243,7 @@ class Budget:
             self._room.notify_all()
 
 
-def oldest_of_busiest(waiting: dict[str, dict[Any, None]], host: str) -> Any | None:
+def oldest_of_busiest(waiting: Mapping[str, Mapping[Any, object]], host: str) -> Any | None:
     """The connection a newcomer from ``host`` takes the place of when every connection is held (the rule of
     agent.peer_gate.Handshakes.admit): the oldest waiting on its client, a request's head or body not whole yet
     (``waiting``: per address, oldest first), from the address with the most of them, if that is more than
@@ -288,7 +290,9 @@ class ModelServer(ThreadingHTTPServer):
         self.budget = Budget(max(memory_budget, body_cost(max_body) + SMALL_SHARE))
         self.budget_wait_s = budget_wait_s
         self._open: dict[Any, str] = {}  # accepted socket -> its peer's address (each holds CONN_COST)
-        self._waiting: dict[str, dict[Any, None]] = {}  # address -> its sockets waiting on the client
+        # address -> its sockets waiting on the client, oldest first: True once a request's head is whole (its body
+        # is awaited: given up, it is answered EVICTED; a head or an idle keep-alive just closes, as a client expects)
+        self._waiting: dict[str, dict[Any, bool]] = {}
         self._open_lock = threading.Lock()
         self.evicted = 0  # connections given up to a newcomer (process_request)
 
@@ -316,7 +320,7 @@ class ModelServer(ThreadingHTTPServer):
                     self._evict(victim)  # its CONN_COST stays held: the newcomer's now
             if refusal is None:
                 self._open[request] = host
-                self._waiting.setdefault(host, {})[request] = None
+                self._waiting.setdefault(host, {})[request] = False
         if refusal is not None:
             with contextlib.suppress(OSError):
                 request.sendall(refusal)
@@ -325,9 +329,12 @@ class ModelServer(ThreadingHTTPServer):
         super().process_request(request, client_address)
 
     def take_evicting(self, host: str, n: int, limit: int, bodies_limit: int) -> bool:
-        """Take ``n`` of the budget for a body from ``host`` now (``Budget.take``'s bounds), giving up connections
-        waiting on their clients (``oldest_of_busiest``, one at a time) if that makes the room: a few addresses
-        holding every connection's share would otherwise leave none for a body (503 to every predict)."""
+        """Take ``n`` of the budget for a small body from ``host`` now (``Budget.take``'s bounds), giving up
+        connections waiting on their clients (``oldest_of_busiest``, one at a time) if that makes the room: a few
+        addresses holding every connection's share would otherwise leave none for a body (503 to every predict).
+        Never for a big body (``_reserve``): it takes its whole ``body_cost`` before a byte of it is read, so one
+        head announcing 8 MB (30.9 MiB) gave up 43 of 120 other requests in progress and then held their shares
+        for as long as its client trickled the body, keeping their address out (review12c)."""
         with self._open_lock:  # the accept loop takes no share meanwhile: the room made is this body's
             short = self.budget.shortfall(n, limit, bodies_limit)
             while short is not None and short > 0:
@@ -341,10 +348,17 @@ class ModelServer(ThreadingHTTPServer):
 
     def _evict(self, request: Any) -> None:
         """End a connection waiting on its client (lock held, its share not given back: the caller's): its
-        thread wakes (end of stream) and ends without a word. Under the lock, so its own close cannot come
-        between and hand the descriptor to another connection first."""
+        thread wakes (end of stream) and ends without a word. One whose body was awaited is answered EVICTED
+        first, if its send buffer has room now (never waited for): a 503 with Retry-After that a client, or
+        the agent's proxy, can retry, where a silent close mid-request was a 502 through the proxy. Under the
+        lock, so its own close cannot come between and hand the descriptor to another connection first."""
+        awaited = self._waiting.get(self._open.get(request, ""), {}).get(request, False)
         self._forget(request)
         self.evicted += 1
+        if awaited:
+            with contextlib.suppress(OSError), request.dup() as sock:
+                sock.setblocking(False)  # a timeout socket's send polls for room first, up to its timeout
+                sock.send(EVICTED)
         with contextlib.suppress(OSError):
             request.shutdown(socket.SHUT_RDWR)
 
@@ -362,16 +376,16 @@ class ModelServer(ThreadingHTTPServer):
         """``request`` still holds its share (False once it was given up to a newcomer, or ended)."""
         return request in self._open
 
-    def waits_on_client(self, request: Any, waiting: bool) -> bool:
-        """``request`` waits on its client for a request's head or body (``waiting``; the newest of its address
-        that does, unless it waits already) or has its request whole (it can no longer be given up); False if it
-        was given up already."""
+    def waits_on_client(self, request: Any, waiting: bool, body: bool = False) -> bool:
+        """``request`` waits on its client for a request's head or its body (``waiting``, ``body``; the newest of
+        its address that does, unless it waits already) or has its request whole (it can no longer be given up);
+        False if it was given up already."""
         with self._open_lock:
             host = self._open.get(request)
             if host is None:
                 return False
             if waiting:
-                self._waiting.setdefault(host, {}).setdefault(request, None)
+                self._waiting.setdefault(host, {})[request] = body  # one waiting already keeps its place
             elif request in self._waiting.get(host, {}):
                 del self._waiting[host][request]
                 if not self._waiting[host]:
@@ -444,6 +458,9 @@ class _Handler(BaseHTTPRequestHandler):
         """One request; whatever fails in it is a 500 and one log line (it used to kill the thread: a 502)."""
         if isinstance(self.rfile, _Head):
             self.rfile = self.rfile.raw  # the head is read: the body has bounds of its own
+        if not self.server.waits_on_client(self.connection, True, body=True):
+            self.close_connection = True  # given up to a newcomer as its head came whole: closed without a word
+            return
         self._began, self._exec_ms, self._answered = None, None, False
         self._gc_before = pauses.paused_ms()
         try:
@@ -466,7 +483,7 @@ class _Handler(BaseHTTPRequestHandler):
         except (TimeoutError, BodyError) as exc:
             self.close_connection = True  # what is left of the body must never be read as a request
             if not self.server.holds(self.connection):
-                return  # given up to a newcomer (shut down): nothing to answer on
+                return  # given up to a newcomer (shut down, answered EVICTED if it could take it)
             if isinstance(exc, BodyError):
                 self._send(exc.status, {"error": str(exc)})
             else:
@@ -515,7 +532,9 @@ class _Handler(BaseHTTPRequestHandler):
         What is taken before a body is read whole can be held by a client at its own pace (each for at most
         ``timeout_s``), so it leaves PARSE_ROOM of the budget, as connections do: nothing a client stalls
         stops a body read whole from being parsed. Big bodies hold at most all but SMALL_SHARE together:
-        bodies announced and trickled can keep other big bodies waiting, never connections or small ones."""
+        bodies announced and trickled can keep other big bodies waiting, never connections or small ones. Only a
+        small body (or a body read whole) gives up connections waiting on their clients for room
+        (``take_evicting``): a big one waits for room as it is (review12c)."""
         need = cost - self._held
         if need > 0:
             wait_s = min(self.server.budget_wait_s, max(0.0, deadline - time.monotonic()))
@@ -525,7 +544,7 @@ class _Handler(BaseHTTPRequestHandler):
             bodies_limit = budget.total - SMALL_SHARE if big else budget.total
             host = str(self.client_address[0])
             if not (
-                self.server.take_evicting(host, need, limit, bodies_limit)
+                (not big and self.server.take_evicting(host, need, limit, bodies_limit))
                 or budget.take(need, wait_s, limit, bodies_limit)
             ):
                 return False
