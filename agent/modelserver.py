@@ -26,8 +26,9 @@ to its end and dropped: 503 with Retry-After. Every accepted connection holds ``
 closes, which bounds connections process-wide (``max_connections``: 572 at rest); past it, a newcomer takes the
 place and share of the oldest connection still waiting on its client (a request's head or body not whole yet)
 from the address holding the most such, if that is more than its own address holds (agent.peer_gate's rule
-for handshakes), else 503 with Retry-After and close; a body that finds no room in the budget makes it the
-same way before it waits (a few addresses trickling heads or bodies otherwise held every share: review12b).
+for handshakes), else 503 with Retry-After and close (the one given up is closed: a 503 with Retry-After first if
+its body was awaited); a small body that finds no room in the budget makes it the same way before it waits (a few
+addresses trickling heads or bodies otherwise held every share: review12b), a big one never (review12c).
 Connections and bodies being read leave ``PARSE_ROOM`` (one largest small body's cost) of the budget, and big
 bodies being read hold at most all but ``SMALL_SHARE`` together: what clients hold at their own pace never
 stops a body read whole from being parsed, nor big bodies connections and small ones.
