@@ -173,6 +173,7 @@ def test_tritons_admin_apis_answer_403_and_its_log_stays_bounded(tmp_path: Path)
                     ("POST", "/v2/logging", {"log_verbose_level": 3}),
                     ("GET", "/v2/logging", None),
                     ("GET", "/v2/systemsharedmemory/status", None),
+                    ("GET", "/v2/cudasharedmemory/status", None),
                     ("POST", "/v2/systemsharedmemory/region/r/register", {"key": "/x", "offset": 0, "byte_size": 64}),
                     ("POST", "/v2/trace/setting", {"trace_level": ["TIMESTAMPS"]}),
                     ("POST", "/v2/repository/index", {}),
