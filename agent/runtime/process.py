@@ -234,23 +234,31 @@ def bound_log(path: Path, limit: int) -> bool:
 
     In place (copy, then truncate) because the server keeps the file open: renamed, the server would go on
     writing to the renamed file. The servers write in append mode, so their next write lands at the new end,
-    not at their old offset (no hole). What a server writes between the copy and the truncation is lost."""
+    not at their old offset (no hole). What a server writes between the copy and the truncation is lost; when
+    the copy fails (a full disk) the file is cut all the same, and nothing here raises: it runs in every
+    reconcile round."""
     try:
         size = path.stat().st_size
     except OSError:
         return False
     if size <= limit:
         return False
-    keep = limit
-    with open(path, "rb") as f:
-        f.seek(max(0, size - keep))
-        tail = f.read(keep)
     old = path.with_name(path.name + ".1")
-    tmp = path.with_name(path.name + ".1.tmp")
-    tmp.write_bytes(tail)
-    tmp.replace(old)
-    os.truncate(path, 0)
-    log.info("cut model server log %s at %d bytes (its last %d bytes are in %s)", path, size, len(tail), old.name)
+    try:
+        with open(path, "rb") as f:
+            f.seek(size - limit)
+            tail = f.read(limit)
+        tmp = path.with_name(path.name + ".1.tmp")
+        tmp.write_bytes(tail)
+        tmp.replace(old)
+    except OSError as exc:
+        log.warning("model server log %s: its end not kept (%s), cut all the same", path, exc)
+    try:
+        os.truncate(path, 0)
+    except OSError as exc:
+        log.warning("model server log %s could not be cut: %s", path, exc)
+        return False
+    log.info("cut model server log %s at %d bytes (its last %d bytes are in %s)", path, size, limit, old.name)
     return True
 
 

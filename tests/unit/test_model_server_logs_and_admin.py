@@ -42,6 +42,16 @@ def test_a_second_cut_replaces_the_old_file_so_two_files_are_kept_at_most(tmp_pa
     assert (tmp_path / "m.log.1").read_bytes() == b"E" * 2048
 
 
+def test_a_log_is_cut_even_when_its_end_cannot_be_kept(tmp_path: Path) -> None:
+    """A full disk (here: the old file's place is taken by a directory) must not leave the log growing, nor raise
+    into the reconcile round that calls this."""
+    path = tmp_path / "m.log"
+    path.write_bytes(b"z" * 5000)
+    (tmp_path / "m.log.1.tmp").mkdir()
+    assert bound_log(path, 2048)
+    assert path.stat().st_size == 0 and not (tmp_path / "m.log.1").exists()
+
+
 def test_the_process_runtime_bound_is_at_least_a_kib(tmp_path: Path) -> None:
     with pytest.raises(ValueError):
         ProcessRuntime("127.0.0.1", tmp_path, log_max_bytes=1023)
