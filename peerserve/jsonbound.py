@@ -18,3 +18,18 @@ def values_at_most(body: bytes) -> int:
     from bytes (UTF-8, -16, -32): each of these characters has its ASCII byte in all of them.
     """
     return 1 + body.count(b",") + body.count(b"[") + body.count(b"{")
+
+
+def cost_at_most(body: bytes) -> int:
+    """``values_at_most`` weighted by what each value costs parsed: two more for each list, object and quote.
+
+    A bound on an inference answer's memory from its bytes, in units of about one number (a float parses to
+    32 bytes, its slot included; ``-6`` to 36). Counted alike, a list or object cost up to ~8x a number and a
+    short string ~2.5x (CPython 3.11, tracemalloc: ``{}`` 72 bytes, ``[-6]`` 124, ``{"123":0}`` 246 with its
+    key, ``"Ā"`` 84), so 1,048,576 values of ``{},`` took 72 MiB where a million floats take 32. Weighted,
+    no shape parses to more than ~36 bytes a unit (tests/unit/test_client_answers.py measures each), besides
+    the text of long strings and the decoded copy of the body, both bounded by its bytes. An honest tensor is
+    almost all numbers: YOLOv5's [1, 25200, 85] output is 2.14 M values and ~2.19 M units.
+    """
+    quotes = body.count(b'"')
+    return values_at_most(body) + 2 * (body.count(b"[") + body.count(b"{") + quotes)
