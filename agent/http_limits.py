@@ -29,6 +29,7 @@ The concurrency limit itself is uvicorn's ``limit_concurrency`` (503 past it), s
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import re
@@ -69,6 +70,9 @@ def error_bytes(status: int, message: str) -> tuple[list[tuple[bytes, bytes]], b
         (b"connection", b"close"),
     ]
     return headers, body
+
+
+ABORTED = "peerserve.answer_aborted"  # scope key HttpLimits sets when an answer was aborted (AbortAnswer)
 
 
 class AbortAnswer(Exception):
@@ -116,6 +120,7 @@ class HttpLimits:
         except ClientDisconnect:
             log.debug("client %s went away while sending its body", scope.get("client"))
         except AbortAnswer as exc:
+            scope[ABORTED] = True  # for the metrics outside: the answer failed whatever its head said
             if not started:
                 await _send_error(send, 502, str(exc))
 
@@ -254,6 +259,7 @@ def limited_protocol(
         _reading_held = False  # reading paused by the slicing (uvicorn's flow control pauses it on its own too)
         _lingering: asyncio.TimerHandle | None = None  # refused: dropping what arrives until this closes
         _dropped = 0  # bytes dropped since the refusal
+        _half_closed = False  # the client ended its sending side: answer what it sent, then close
 
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
@@ -317,12 +323,42 @@ def limited_protocol(
             del self._unparsed[:PARSE_SLICE]
             self._parse(piece)
 
+        def eof_received(self) -> bool | None:  # type: ignore[override]  # asyncio.Protocol allows bool
+            """The client shut down its sending side (``shutdown(SHUT_WR)``, ``curl`` reading a request from a pipe,
+            netcat): uvicorn's own ``eof_received`` lets asyncio close the transport, so a request read whole got
+            no answer at all. Keep the write side open (asyncio: return True) while a request is read or still
+            being parsed, answer it, then close (``on_response_complete``). A request cut short by the EOF still
+            closes the connection (its handler sees the client gone), as before. TLS has no half-close in
+            asyncio (its transport closes whatever this returns): unchanged there."""
+            if self.scheme == "https" or self.transport.is_closing():
+                return None
+            self._half_closed = True
+            return True if self._unparsed or self._answering() else None
+
+        def _answering(self) -> bool:
+            """A request read whole whose answer is not complete yet."""
+            return self.cycle is not None and not self.cycle.response_complete and self.conn.their_state is h11.DONE
+
+        def _close_if_half_closed(self) -> None:
+            """After the last answer to a client that half-closed (or once its cut-short request is parsed): close."""
+            if self._half_closed and not self._unparsed and not self._answering() and not self.transport.is_closing():
+                if self.cycle is not None and not self.cycle.response_complete:  # the EOF cut its request short
+                    self.cycle.disconnected = True
+                    self.cycle.message_event.set()
+                with contextlib.suppress(h11.LocalProtocolError):
+                    self.conn.send(h11.ConnectionClosed())
+                self.transport.close()
+
         def _parse(self, piece: bytes | bytearray) -> None:
             """h11 parses ``piece``; what is left waits for a later loop turn, reading paused meanwhile."""
             if self.transport.is_closing():
                 self._unparsed.clear()
                 return
             super().data_received(piece)  # type: ignore[arg-type]  # h11 takes any bytes-like
+            if self._half_closed and not self._unparsed:
+                self._close_if_half_closed()
+                if self.transport.is_closing():
+                    return
             if self.transport.get_protocol() is not self:  # upgraded (WebSocket): the rest was never h11's
                 self._unparsed.clear()
                 self.transport.resume_reading()
@@ -366,6 +402,7 @@ def limited_protocol(
 
         def on_response_complete(self) -> None:
             super().on_response_complete()
+            self._close_if_half_closed()
             self._update_header_deadline()
 
         def connection_lost(self, exc: Exception | None) -> None:
