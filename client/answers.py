@@ -47,9 +47,10 @@ CONTROL_VALUES = 131_072
 # defaults of an inference answer's bounds (TF-Serving's predictions, v2 outputs; Client(max_answer_bytes=,
 # max_answer_values=) sets them): its bytes, and its JSON values weighted by what they cost parsed
 # (jsonbound.cost_at_most: a list, object or string counts as 3-5, a number as 1). Parsed, a unit costs at
-# most ~36 bytes (a float 32), so the largest answer let through costs ~300 MiB of whatever shape, about what
-# an honest one of 8 M floats costs; 64 MiB of {} was 1.6 GiB unweighted. YOLOv5's output [1, 25200, 85] is
-# ~2.19 M units in ~16-25 MiB; 1,048,576 plain values and 32 MiB (review 12b) refused it (review 12c)
+# most ~36 bytes (a float 32), so the worst answer let through costs what an honest one at the bound does:
+# RSS +375 MiB while parsing 8 M floats (56 MiB) or 8 M units of -6, +346 MiB of one-key objects; YOLOv5's
+# output [1, 25200, 85] (~2.22 M units, 16.2 MiB) +100 MiB. Review 12b's 1,048,576 plain values and 32 MiB
+# refused YOLO (review 12c); unweighted, 64 MiB of {} was 1.6 GiB
 ANSWER_VALUES = 8 * 1024 * 1024
 ANSWER_LIMIT = 64 * 1024 * 1024
 SNIPPET = 60  # characters of an answer quoted in a Malformed

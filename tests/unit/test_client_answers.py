@@ -777,6 +777,7 @@ def test_the_weighted_count_bounds_what_an_answer_costs_parsed() -> None:
     }  # fmt: skip
     bodies = {name: b"[" + listed + b"0]" for name, listed in items.items()}
     bodies["one object, distinct keys"] = b"{" + b",".join(b'"%x":-6' % i for i in range(n)) + b"}"
+    bodies["one wide string"] = ('["😀' + "a" * 40 * n + '"]').encode()  # decoded 4 bytes a character, twice
     per_unit = {}
     for name, body in bodies.items():
         tracemalloc.start()
@@ -790,6 +791,14 @@ def test_the_weighted_count_bounds_what_an_answer_costs_parsed() -> None:
         per_unit[name] = (kept / units, (peak - len(body)) / units)  # the peak holds the body decoded
     assert all(kept <= 40 and peak <= 40 for kept, peak in per_unit.values()), per_unit
     assert per_unit["floats"][0] > 30  # a number is the unit: nothing is weighted far past what it costs
+    escaped = b'["\\ud83d\\ude00' + b"a" * 40 * n + b'"]'  # an ASCII body: its long strings cost ~5 bytes a byte
+    tracemalloc.start()
+    try:
+        assert len(json.loads(escaped)[0]) == 40 * n + 1
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert 4 * len(escaped) < peak - len(escaped) < 5.1 * len(escaped) and jsonbound.cost_at_most(escaped) < 16
     floats = b"[" + b"0.1234567," * n + b"0]"
     assert jsonbound.cost_at_most(floats) == jsonbound.values_at_most(floats) + 2 == n + 4  # the list weighs 2
 
