@@ -211,7 +211,7 @@ class ClientCore:
         self.token = os.environ.get("PEERSERVE_CLIENT_TOKEN", "")  # for agents run with --client-token
         self.dropped = 0  # entries of usable answers the client could not use (members, endpoints), in all
         self.max_answer_bytes = max_answer_bytes  # an inference answer's bounds (answers.ANSWER_LIMIT, ...)
-        self.max_answer_values = max_answer_values  # weighted: answers.cost_at_most
+        self.max_answer_values = max_answer_values  # weighted: jsonbound.cost_at_most
 
     # -- pure decisions and state changes ------------------------------------------------------------
     def trusts(self, agent: str) -> bool:
@@ -285,7 +285,7 @@ class ClientCore:
         5xx (but 503 / 507), answers over ``limit`` bytes or ``values`` JSON values, 200s that ``parse``
         refuses or raises on (answers.checked: Malformed) and a 401 from an agent the token was withheld
         from fail over to the next agent; other errors raise. An ``inference`` (through an agent's proxy)
-        has its values weighted (answers.cost_at_most), and over either bound raises AnswerTooLarge."""
+        has its values weighted (jsonbound.cost_at_most), and over either bound raises AnswerTooLarge."""
         last: Exception | None = None
         count = cost_at_most if inference else values_at_most
         for agent in (yield from self.ordered_agents()):
@@ -307,12 +307,9 @@ class ClientCore:
                 raise error
             try:
                 value = answers.checked(r, parse, values, count)
-            except answers.TooLarge as exc:
-                if inference:
-                    raise too_large_values(agent + path, exc) from exc
-                last = answers.Malformed(f"{agent} answered {path} with something else: {exc}")
-                continue
             except answers.Malformed as exc:
+                if inference and isinstance(exc, answers.TooLarge):
+                    raise too_large_values(agent + path, exc) from exc
                 last = answers.Malformed(f"{agent} answered {path} with something else: {exc}")
                 continue
             self.promote(agent)
