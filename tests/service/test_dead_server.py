@@ -67,7 +67,7 @@ def test_a_stall_shorter_than_the_timeout_keeps_the_server_and_a_hang_replaces_i
     os.kill(pid, signal.SIGSTOP)
     hung_at = time.monotonic()
     try:
-        deadline = hung_at + 30
+        deadline = hung_at + 40
         while time.monotonic() < deadline and first["id"] in {i["id"] for i in _servers(a)}:
             time.sleep(0.2)
         replaced_after = time.monotonic() - hung_at
@@ -75,7 +75,9 @@ def test_a_stall_shorter_than_the_timeout_keeps_the_server_and_a_hang_replaces_i
         with contextlib.suppress(ProcessLookupError):  # the runtime's stop has ended it (SIGKILL ends a stopped pid)
             os.kill(pid, signal.SIGCONT)
     assert first["id"] not in {i["id"] for i in _servers(a)}, "a server hung for good was never replaced"
-    assert 8 <= replaced_after <= 20
+    print(f"hung for good: replaced {replaced_after:.1f} s after the stop")
+    # the timeout from its last good probe (up to a round before the stop), then the stop (SIGTERM waits 5 s)
+    assert 7 <= replaced_after <= 30
     assert "not AVAILABLE for 8 s" in a.log.read_text()
     a.wait_ready("digits", timeout=10)
 
