@@ -160,6 +160,24 @@ def plan_reconcile(
     return steps
 
 
+def stuck_instances(
+    instances: Iterable[Instance], ready: Collection[str], last_ready: Mapping[str, float], now: float, timeout: float
+) -> set[str]:
+    """Running servers not ready now and not ready for ``timeout`` seconds: since their start, or since their
+    last successful probe (``last_ready``: id -> when).
+
+    Counting from the start alone replaced any server older than ``timeout`` at its first missed probe (a
+    3 s stall of a Triton up 151 s stopped it, review12d F2); a server that was ready gets the same
+    ``timeout`` from its last good probe. It leaves the ready set (and every endpoint answer) at the first
+    missed probe all the same: this only decides when it is stopped and replaced.
+    """
+    return {
+        i.id
+        for i in instances
+        if i.running and i.id not in ready and now - max(i.started_at, last_ready.get(i.id, i.started_at)) > timeout
+    }
+
+
 def memory_refusal(instances: Mapping[str, int], mem_need: Mapping[str, float], mem_total_mb: float) -> str | None:
     """Why a desired set could never fit in this node's memory (None: it fits).
 

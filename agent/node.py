@@ -31,6 +31,7 @@ from agent.decisions import (
     memory_refusal,
     plan_reconcile,
     provision_target,
+    stuck_instances,
 )
 from agent.discovery.service import Discovery
 from agent.discovery.swim import SwimConfig
@@ -179,6 +180,8 @@ class NodeAgent:
         self._ever_ready: set[str] = set()
         self._ready_models: set[str] = set()
         self._draining: dict[str, float] = {}  # instance id -> unpublished since (decisions.drain_stops)
+        self._last_ready: dict[str, float] = {}  # instance id -> its last successful probe (decisions.stuck_instances)
+        self._refused: dict[str, float] = {}  # instance id -> when it refused a proxied connection (endpoint_refused)
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._background: set[asyncio.Task[None]] = set()
@@ -416,7 +419,7 @@ class NodeAgent:
         now = self.clock()
         next_try = {m: h.next_try for m, h in self.health.items()}
         timeout = self.settings.instance_ready_timeout_s
-        stuck = {i.id for i in instances if i.running and i.id not in ready and now - i.started_at > timeout}
+        stuck = stuck_instances(instances, ready, self._last_ready, now, timeout)
         steps = plan_reconcile(self._desired.instances, instances, next_try, now, stuck)
         steps, self._draining = drain_stops(steps, self._draining, now, self.settings.instance_drain_s)
         self._publish(instances, ready)  # servers that began to drain leave every endpoint answer now
@@ -425,7 +428,7 @@ class NodeAgent:
                 if step.reason == "exited":
                     self._record_failure(step.model, "model server exited", now)
                 elif step.reason == "not ready in time":
-                    self._record_failure(step.model, f"not AVAILABLE after {timeout:g} s", now)
+                    self._record_failure(step.model, f"not AVAILABLE for {timeout:g} s", now)
                 await self._stop(step)
         starts = [s.model for s in steps if isinstance(s, Start)]
         await gather_bounded((self._start(m) for m in starts), self.settings.max_parallel_starts)
@@ -436,7 +439,7 @@ class NodeAgent:
             self._publish(instances, ready)
 
     def _publish(self, instances: list[Instance], ready: set[str]) -> None:
-        ready = ready - self._draining.keys()
+        ready = ready - self._draining.keys() - self._refused.keys()
         self.state.instances = instances
         self.state.ready = ready
         self._ready_models = {i.model for i in instances if i.id in ready}
@@ -449,11 +452,36 @@ class NodeAgent:
             spec = cat.get(model)
             return spec.server if spec is not None else "tfserving"
 
+        began = self.clock()
         probes = (probe_available(self.http, i.url, i.model, server=server_of(i.model)) for i in running)
         results = await asyncio.gather(*probes)
+        # A refusal seen after these probes were sent still stands; an older one is superseded by them.
+        self._refused = {k: at for k, at in self._refused.items() if at >= began}
         return {i.id for i, ok in zip(running, results, strict=True) if ok}
 
+    def endpoint_refused(self, url: str) -> bool:
+        """The proxy's connection to ``url`` was refused; True when that is one of this node's servers.
+
+        Nothing listens there (a killed server): it leaves the ready set, this node's endpoint answers and its
+        peer state at once, until a probe sent after now finds it ready again, and the reconcile loop is woken to
+        replace it. Before, the dead URL was handed out, and refused, until the next round (review12d F5)."""
+        hit = [i for i in self.state.instances if i.url == url]
+        if not hit:
+            return False
+        now = self.clock()
+        for inst in hit:
+            if inst.id in self.state.ready:
+                log.warning("%s at %s refused a connection: out of the ready set until a probe answers", inst.id, url)
+            self._refused[inst.id] = now
+        self._publish(self.state.instances, self.state.ready)
+        self._wake.set()
+        return True
+
     def _note_readiness(self, instances: list[Instance], ready: set[str], now: float) -> None:
+        present = {i.id for i in instances}
+        self._last_ready = {k: at for k, at in self._last_ready.items() if k in present} | dict.fromkeys(
+            ready & present, now
+        )
         for inst in instances:
             if inst.id in ready:
                 self.health.pop(inst.model, None)

@@ -269,6 +269,7 @@ class ServingRoutes:
                 raise exc.original from None  # refused by the HTTP bounds (408/413) or the client left
         headers = _forward_headers(request, keep_authorization=not self.agent.settings.client_token)
         query = urlencode([(k, v) for k, v in request.query_params.multi_items() if k != "rtt"])
+        refused_here = False  # a server of this node refused the connection (it is gone: being replaced)
         for choice in outcome.choices[:2]:  # the best, then one retry elsewhere if it is unreachable
             target = choice.candidate
             url = f"{target.url}{quote(upstream_path, safe=SAFE_PATH)}" + (f"?{query}" if query else "")
@@ -284,6 +285,8 @@ class ServingRoutes:
             except UpstreamError as exc:
                 self.inflight.end(token)
                 log.warning("proxy to %s (%s) failed: %s", target.url, target.node, exc)
+                if exc.refused and target.node == self.agent.settings.node_id:
+                    refused_here = self.agent.endpoint_refused(target.url) or refused_here
                 if exc.sent and (body is None or not body.replayable):
                     break
                 continue
@@ -307,6 +310,10 @@ class ServingRoutes:
                     add_timing(answer_headers, began, upstream.service_ms, pauses.paused_ms() - gc_before)
                 return Response(answer, status_code=upstream.status, headers=answer_headers)
             return StreamingResponse(stream, status_code=upstream.status, headers=answer_headers)
+        if refused_here and not self.agent.candidates(model):  # no other server to try: the client retries soon
+            why = "its server on this node refused the connection and is being replaced"
+            return self._outcome_error(Provisioning(self.agent.settings.node_id, why, retry_after_s=1),
+                                       model, protocol, client, reported)  # fmt: skip
         self._record(model, client, reported, None, None, 502)
         return protocol_error(502, f"no endpoint of {model} answered", "unreachable")
 

@@ -31,11 +31,13 @@ IDLE_TTL_S = 4.0
 
 
 class UpstreamError(Exception):
-    """The exchange with the model server failed; ``sent`` tells whether any request byte went out."""
+    """The exchange with the model server failed; ``sent`` tells whether any request byte went out, ``refused``
+    whether the connection was refused (nothing listens there: the server is gone, not slow)."""
 
-    def __init__(self, message: str, sent: bool) -> None:
+    def __init__(self, message: str, sent: bool, refused: bool = False) -> None:
         super().__init__(message)
         self.sent = sent
+        self.refused = refused
 
 
 class Unsendable(Exception):
@@ -230,7 +232,8 @@ class UpstreamPool:
         try:
             reader, writer = await asyncio.wait_for(asyncio.open_connection(*key), self.connect_timeout)
         except (OSError, asyncio.TimeoutError) as exc:
-            raise UpstreamError(f"cannot connect to {key[0]}:{key[1]}: {exc or 'timed out'}", sent=False) from None
+            refused = isinstance(exc, ConnectionRefusedError)
+            raise UpstreamError(f"cannot connect to {key[0]}:{key[1]}: {exc or 'timed out'}", False, refused) from None
         self.opened += 1
         return _Conn(key, reader, writer)
 

@@ -19,6 +19,7 @@ from agent.decisions import (
     plan_reconcile,
     provision_target,
     rank_endpoints,
+    stuck_instances,
 )
 from agent.runtime.base import Instance
 
@@ -90,6 +91,26 @@ def test_exited_instance_is_cleaned_and_replaced() -> None:
 def test_instance_stuck_unready_is_replaced() -> None:
     steps = plan_reconcile({"a": 1}, [inst("1", "a")], {}, now=100, stuck={"1"})
     assert steps == [Stop("1", "a", "not ready in time"), Start("a")]
+
+
+def test_a_server_that_was_ready_gets_the_timeout_from_its_last_good_probe() -> None:
+    """review12d F2: a Triton up 151 s that missed one probe (a 3 s stall) was replaced at once."""
+    up_long = inst("1", "a", started=0.0)
+    assert stuck_instances([up_long], set(), {"1": 148.0}, now=151.0, timeout=60.0) == set()  # one missed probe
+    assert stuck_instances([up_long], set(), {"1": 148.0}, now=208.0, timeout=60.0) == set()
+    assert stuck_instances([up_long], set(), {"1": 148.0}, now=208.5, timeout=60.0) == {"1"}  # hung for 60 s
+    assert stuck_instances([up_long], set(), {}, now=151.0, timeout=60.0) == {"1"}  # never ready: from its start
+
+
+def test_stuck_counts_from_the_later_of_start_and_last_ready() -> None:
+    restarted = inst("1", "a", started=100.0)  # a container restarted after its last good probe (at 50)
+    assert stuck_instances([restarted], set(), {"1": 50.0}, now=159.0, timeout=60.0) == set()
+    assert stuck_instances([restarted], set(), {"1": 50.0}, now=161.0, timeout=60.0) == {"1"}
+
+
+def test_ready_and_exited_servers_are_never_stuck() -> None:
+    servers = [inst("1", "a"), inst("2", "a", running=False), inst("3", "b")]
+    assert stuck_instances(servers, {"1"}, {}, now=1000.0, timeout=60.0) == {"3"}
 
 
 def test_backoff_holds_starts() -> None:
