@@ -108,7 +108,8 @@ def create_peer_app(agent: NodeAgent, identity: Identity) -> FastAPI:
                 raise AuthError("peer message body too large", 413)
         target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
         headers = {k.lower(): v for k, v in request.headers.items()}
-        sender = identity.verify_request(headers, request.method, target, body, agent.clock())
+        source = request.client.host if request.client else ""
+        sender = identity.verify_request(headers, request.method, target, body, agent.clock(), source)
         return _Signed(identity, agent.clock, sender, headers[wire.H_NONCE]), body
 
     def parse(body: bytes) -> Any:
