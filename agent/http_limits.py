@@ -380,9 +380,10 @@ class SlicedH11Protocol(H11Protocol):
                 self.transport.resume_reading()
 
     def _hold_reading(self) -> None:
-        if not self._reading_held:
-            self._reading_held = True
-            self.transport.pause_reading()
+        """Pause reading while parsing waits: every time, since uvicorn resumes the transport itself at the end
+        of a body its handler did not read (pausing a paused transport does nothing)."""
+        self._reading_held = True
+        self.transport.pause_reading()
 
     def on_response_complete(self) -> None:
         super().on_response_complete()  # parses pipelined events: that turn may be cut short too

@@ -9,8 +9,9 @@ e.g. main's) and this checkout's, in the same run:
   loop records how late each 1 ms sleep wakes (the loop's longest turn), while (a) the front-loaded body and
   (b) an honest 8 MiB upload (64 KiB chunks; and Content-Length) are sent from another thread. Reported: the
   request's time, the loop's lag p99 / max, and the CPU the loop thread spent.
-- real agents (``--agents``): an agent from each checkout; two threads send front-loaded bodies (POST /health:
-  405, the body drained by h11) over and over while /health is timed on new connections.
+- real agents (``--agents``): an agent from each checkout; two connections send front-loaded bodies (POST
+  /health: 405, each body drained by h11) one after another, kept alive (the header deadline cuts one off after
+  10 s: it reconnects), while /health is timed on new connections.
 
     .venv/bin/python bench/parse_cost_bench.py --before /work/main [--rounds 3] [--agents] [--json]
 """
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import http.client
 import importlib.util
 import json
@@ -152,14 +154,18 @@ def health_p99(port: int, seconds: float, attack_port: int | None) -> dict[str, 
     stop = threading.Event()
     wire = front_loaded(b"/health")
 
-    def attacker() -> None:
+    def drain(sock: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while sock.recv(65536):
+                pass
+
+    def attacker() -> None:  # body after body on one kept-alive connection (each 405, drained); again when cut off
         while not stop.is_set():
             try:
                 with socket.create_connection(("127.0.0.1", attack_port or 0), timeout=30) as sock:
-                    sock.sendall(wire)
-                    sock.settimeout(30)
-                    while sock.recv(65536) and not stop.is_set():
-                        pass
+                    threading.Thread(target=drain, args=(sock,), daemon=True).start()
+                    while not stop.is_set():
+                        sock.sendall(wire)
             except OSError:
                 time.sleep(0.05)
 
@@ -191,25 +197,27 @@ def health_p99(port: int, seconds: float, attack_port: int | None) -> dict[str, 
 
 
 def agents(before_repo: Path, rounds: int, seconds: float) -> dict[str, Any]:
-    from bench.agent_bench import agent
-    from tests.service.conftest import free_port
+    import psutil
+
+    from bench.common import served
+    from tests.service.conftest import TOKEN, free_port
 
     results: dict[str, list[dict[str, Any]]] = {"before": [], "after": []}
     for r in range(rounds):
         order = [("before", before_repo), ("after", REPO)] if r % 2 == 0 else [("after", REPO), ("before", before_repo)]
         for label, repo in order:
             port = free_port()
-            saved = os.environ.get("PYTHONPATH")
-            os.environ["PYTHONPATH"] = str(repo)
-            try:
-                with tempfile.TemporaryDirectory() as tmp, agent(Path(tmp), port):
+            with tempfile.TemporaryDirectory() as tmp:
+                argv = [sys.executable, "-m", "peerserve", "agent", "--port", str(port), "--data-dir", tmp,
+                        "--peer-port", str(free_port()), "--node-id", "bench-node", "--no-discovery",
+                        "--cluster-token", TOKEN, "--log-level", "warning"]  # fmt: skip
+                # cwd and PYTHONPATH both the checkout: `python -m` puts the working directory first on the path
+                with served(argv, f"http://127.0.0.1:{port}/health", {"PYTHONPATH": str(repo)}, cwd=repo) as popen:
+                    proc = psutil.Process(popen.pid)
                     quiet = health_p99(port, 2.0, None)
+                    cpu = sum(proc.cpu_times()[:2])
                     attacked = health_p99(port, seconds, port)
-            finally:
-                if saved is None:
-                    os.environ.pop("PYTHONPATH", None)
-                else:
-                    os.environ["PYTHONPATH"] = saved
+                    attacked["agent_cpu_s_per_s"] = round((sum(proc.cpu_times()[:2]) - cpu) / seconds, 3)
             results[label].append({"quiet": quiet, "attacked": attacked})
             print(f"agents round {r} {label:6s} quiet {quiet} attacked {attacked}", flush=True)
     return results

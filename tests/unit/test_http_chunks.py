@@ -160,12 +160,20 @@ async def echo(scope: dict[str, Any], receive: Any, send: Any) -> None:
     await send({"type": "http.response.body", "body": answer})
 
 
+async def early(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """Answers at once without reading the body (as a 404 or 405 does): uvicorn drains it through h11."""
+    if scope["type"] != "http":
+        return
+    await send({"type": "http.response.start", "status": 405, "headers": [(b"content-length", b"2")]})
+    await send({"type": "http.response.body", "body": b"no"})
+
+
 async def serve_once(
-    wire: bytes, parsing: type[SlicedH11Protocol] = SlicedH11Protocol, made: list[Any] | None = None
+    wire: bytes, parsing: type[SlicedH11Protocol] = SlicedH11Protocol, made: list[Any] | None = None, app: Any = echo
 ) -> tuple[bytes, list[int], int]:
     """Send ``wire`` at once to a LimitedH11Protocol server; its answer, the sizes h11 was handed per feed and
     the most bytes the protocol held unparsed at a feed (the protocol itself appended to ``made``)."""
-    config = uvicorn.Config(echo, h11_max_incomplete_event_size=16384, log_config=None)
+    config = uvicorn.Config(app, h11_max_incomplete_event_size=16384, log_config=None)
     config.load()
     protocol_class = limited_protocol(10.0, 64, 30.0, parsing)
     state, fed, held = ServerState(), [], [0]
@@ -237,3 +245,13 @@ def test_a_front_loaded_body_is_parsed_within_the_connections_budget() -> None:
     started = time.monotonic()
     answer, _, _ = asyncio.run(serve_once(wire, SlicedH11Protocol, made))  # the default budget: 10x that share
     assert answer.startswith(b"HTTP/1.1 200 ") and time.monotonic() - started < 0.5 * took
+
+
+def test_a_body_nobody_reads_is_drained_in_slices_too() -> None:
+    """An answer before the body is read: uvicorn resumes reading itself at the body's end, while later bytes
+    still wait to be parsed; what waits stays a slice and a read (it grew by a read at each resume before)."""
+    drained = HEAD + front_loaded(2**20)
+    wire = drained * 3 + b"GET /x HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
+    answer, fed, held = asyncio.run(serve_once(wire, app=early))
+    assert answer.count(b"HTTP/1.1 405 ") == 4 and max(fed) <= PARSE_SLICE and sum(fed) == len(wire)
+    assert held <= PARSE_SLICE + 256 * 1024 + 4096, held
