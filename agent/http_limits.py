@@ -19,9 +19,13 @@ Two layers, because uvicorn gives no header timeout of its own:
 
 h11 parses in pure Python on the agent's event loop, which also runs SWIM and the election: a body sent as
 1-byte chunks (``1\r\n1\r\n``...) cost ~9 us per chunk, 0.4 s of loop for one 256 KiB socket read, and two such
-connections got a leader declared dead (review 11a). So the protocol hands h11 at most ``PARSE_SLICE`` bytes
-per loop turn (reading paused until the rest is parsed), and a body of more than
-``max(MIN_CHUNKS, bytes / MIN_CHUNK_BYTES)`` chunks gets ``400`` and the connection closed (``too_many_chunks``).
+connections got a leader declared dead (review 11a). So the protocol (``SlicedH11Protocol``) hands h11 at most
+``PARSE_SLICE`` bytes and takes at most ``EVENTS_PER_TURN`` events per loop turn (reading paused until the rest
+is parsed), and a body of more than ``max(MIN_CHUNKS, bytes / MIN_CHUNK_BYTES)`` chunks gets ``400`` and the
+connection closed (``too_many_chunks``). A sender can still front-load bytes to buy tiny chunks (8 MiB buys
+32,767), so each connection's parsing also has a CPU budget (``ParseBudget``: ``PARSE_SHARE`` of a second,
+``PARSE_BURST_S`` at once) and all connections from one address share another (``AddressBudgets``); past
+either, the next step waits. The peer port runs the same protocol when httptools is missing.
 
 The concurrency limit itself is uvicorn's ``limit_concurrency`` (503 past it), set in agent/cli.py.
 """
@@ -49,6 +53,8 @@ PARSE_SLICE = 16 * 1024  # bytes h11 parses per loop turn (at most ~2,700 chunks
 EVENTS_PER_TURN = 128  # ... events it hands out per turn (~1 ms of 1-byte chunks); other tasks run between
 PARSE_SHARE = 0.05  # CPU seconds per second one connection's parsing may take, past ...
 PARSE_BURST_S = 0.1  # ... this much at once (an honest 8 MiB upload costs ~10-20 ms here)
+ADDRESS_SHARE = 0.2  # ... and all connections from one address together (64 of them would be 3.2 s a second) ...
+ADDRESS_BURST_S = 0.1  # ... past this much at once
 MIN_CHUNKS = 256  # chunks any body may use ...
 MIN_CHUNK_BYTES = 256  # ... past which they must average at least this many bytes
 REFUSAL_LINGER_S = 1.0  # a refused client has this long to read its 400; what it still sends is dropped unparsed ...
@@ -226,6 +232,32 @@ class ParseBudget:
         return self.wait(now)
 
 
+class AddressBudgets:
+    """One ``ParseBudget`` per client address, shared by that address's open connections (held while one is
+    open: as many entries as addresses with a connection, at most the server's connection limit)."""
+
+    def __init__(self, share: float = ADDRESS_SHARE, burst_s: float = ADDRESS_BURST_S) -> None:
+        self.share, self.burst_s = share, burst_s
+        self._held: dict[str, tuple[ParseBudget, int]] = {}
+
+    def __len__(self) -> int:
+        return len(self._held)
+
+    def take(self, host: str) -> ParseBudget:
+        """``host``'s budget, for one more connection."""
+        budget, users = self._held.get(host) or (ParseBudget(self.share, self.burst_s), 0)
+        self._held[host] = (budget, users + 1)
+        return budget
+
+    def give(self, host: str) -> None:
+        """A connection from ``host`` closed; its budget goes when the last one does."""
+        budget, users = self._held[host]
+        if users > 1:
+            self._held[host] = (budget, users - 1)
+        else:
+            del self._held[host]
+
+
 class ChunkCountingConnection(h11.Connection):
     """h11's server side, counting the chunks and bytes of each request body; past ``too_many_chunks`` it hands
     out no more events (``NEED_DATA``) and sets ``refused``: the protocol answers 400 and closes.
@@ -297,6 +329,8 @@ class SlicedH11Protocol(H11Protocol):
     parse_share = PARSE_SHARE
     parse_burst_s = PARSE_BURST_S
     events_per_turn = EVENTS_PER_TURN
+    address_budgets = AddressBudgets()  # this class's connections' (a subclass may have its own)
+    _address: str | None = None  # whose address budget this connection holds
     _next_step: asyncio.Handle | None = None  # parsing the rest (or h11's pending events) on a later loop turn
     _reading_held = False  # reading paused by the slicing (uvicorn's flow control pauses it on its own too)
     _lingering: asyncio.TimerHandle | None = None  # refused: dropping what arrives until this closes
@@ -309,11 +343,20 @@ class SlicedH11Protocol(H11Protocol):
         self.conn = self.counted
         self._unparsed = bytearray()  # read, not yet handed to h11: at most a slice plus one read
         self.budget = ParseBudget(self.parse_share, self.parse_burst_s)
+        self.shared: ParseBudget | None = None  # its address's, from connection_made on
         self.parse_cpu_s = 0.0  # CPU time spent parsing on this connection (what the budget was charged)
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self.flow = SlicedFlowControl(transport, lambda: self._reading_held)
+        self._address = _client_host(self) or ""
+        self.shared = self.address_budgets.take(self._address)
+
+    def _wait(self) -> float:
+        """Seconds before this connection may parse again: its own budget and its address's."""
+        now = self.loop.time()
+        own = self.budget.wait(now)
+        return max(own, self.shared.wait(now)) if self.shared is not None else own
 
     def data_received(self, data: bytes) -> None:
         if self._lingering is not None:
@@ -325,7 +368,7 @@ class SlicedH11Protocol(H11Protocol):
         self._unparsed += data
         if self._next_step is not None:  # a step waits for its turn (reading is paused: this read was under way)
             self._hold_reading()
-        elif (wait := self.budget.wait(self.loop.time())) > 0:
+        elif (wait := self._wait()) > 0:
             self._hold_reading()
             self._next_step = self.loop.call_later(wait, self._step)
         else:
@@ -343,6 +386,9 @@ class SlicedH11Protocol(H11Protocol):
         if self.transport.is_closing():
             self._unparsed.clear()
             return
+        if (wait := self._wait()) > 0:  # another connection from this address spent it since this was scheduled
+            self._next_step = self.loop.call_later(wait, self._step)
+            return
         started = time.thread_time()
         pending = self.counted.cut_short
         self.counted.new_turn()
@@ -354,7 +400,10 @@ class SlicedH11Protocol(H11Protocol):
             super().data_received(piece)
         spent = time.thread_time() - started
         self.parse_cpu_s += spent
-        wait = self.budget.spend(spent, self.loop.time())
+        now = self.loop.time()
+        wait = self.budget.spend(spent, now)
+        if self.shared is not None:
+            wait = max(wait, self.shared.spend(spent, now))
         if self.transport.get_protocol() is not self:  # upgraded (WebSocket): the rest was never h11's
             self._unparsed.clear()
             self.transport.resume_reading()
@@ -388,7 +437,7 @@ class SlicedH11Protocol(H11Protocol):
     def on_response_complete(self) -> None:
         super().on_response_complete()  # parses pipelined events: that turn may be cut short too
         if self.counted.cut_short and self._next_step is None and not self.counted.refused:
-            self._next_or_release(self.budget.wait(self.loop.time()))
+            self._next_or_release(self._wait())
 
     def _refuse_chunking(self) -> None:
         """400 (unless an answer has started) and close; the handler reading the body sees the client gone."""
@@ -416,15 +465,22 @@ class SlicedH11Protocol(H11Protocol):
                 handle.cancel()
         self._next_step = None
         self._unparsed.clear()
+        if self._address is not None:
+            self.address_budgets.give(self._address)
+            self._address = None
         super().connection_lost(exc)
 
 
 def sliced_protocol(
-    share: float = PARSE_SHARE, burst_s: float = PARSE_BURST_S, events_per_turn: int = EVENTS_PER_TURN
+    share: float = PARSE_SHARE,
+    burst_s: float = PARSE_BURST_S,
+    events_per_turn: int = EVENTS_PER_TURN,
+    address: AddressBudgets | None = None,
 ) -> type[SlicedH11Protocol]:
-    """``SlicedH11Protocol`` with another parse budget or turn size (tests, benchmarks)."""
-    return type("SlicedH11Protocol", (SlicedH11Protocol,),
-                {"parse_share": share, "parse_burst_s": burst_s, "events_per_turn": events_per_turn})  # fmt: skip
+    """``SlicedH11Protocol`` with another parse budget, turn size or address budgets (tests, benchmarks)."""
+    fields = {"parse_share": share, "parse_burst_s": burst_s, "events_per_turn": events_per_turn,
+              "address_budgets": AddressBudgets() if address is None else address}  # fmt: skip
+    return type("SlicedH11Protocol", (SlicedH11Protocol,), fields)
 
 
 def limited_protocol(
@@ -437,6 +493,7 @@ def limited_protocol(
     and (with ``write_timeout_s``) a deadline for a client that stops reading what it is sent."""
 
     class LimitedH11Protocol(parsing):  # type: ignore[valid-type,misc]
+        address_budgets = AddressBudgets(parsing.address_budgets.share, parsing.address_budgets.burst_s)
         _header_timer: asyncio.TimerHandle | None = None
         _write_timer: asyncio.TimerHandle | None = None
         _partial = False
