@@ -229,7 +229,7 @@ class ParseBudget:
         """Charge ``seconds`` of parsing that ended at ``now``; the wait before the next step."""
         self._refill(now)
         self.credit -= seconds
-        return self.wait(now)
+        return 0.0 if self.credit >= 0 else -self.credit / self.share
 
 
 class AddressBudgets:
@@ -365,14 +365,18 @@ class SlicedH11Protocol(H11Protocol):
                 self.transport.pause_reading()
             return
         self._on_data()
-        self._unparsed += data
         if self._next_step is not None:  # a step waits for its turn (reading is paused: this read was under way)
+            self._unparsed += data
             self._hold_reading()
         elif (wait := self._wait()) > 0:
+            self._unparsed += data
             self._hold_reading()
             self._next_step = self.loop.call_later(wait, self._step)
+        elif self._unparsed or len(data) > PARSE_SLICE:
+            self._unparsed += data
+            self._parse(None)
         else:
-            self._step()
+            self._parse(data)  # the common case: a read of a slice or less, parsed as it came
 
     def _on_data(self) -> None:
         """Bytes arrived (before they are parsed); a subclass's hook."""
@@ -381,23 +385,31 @@ class SlicedH11Protocol(H11Protocol):
         """h11 has handed out what it could of a step; a subclass's hook."""
 
     def _step(self) -> None:
-        """One loop turn's parsing: h11's events left from a turn cut short, else the next slice of what was read."""
+        """A scheduled step, on its loop turn: parse, unless the address's budget was spent since it was scheduled."""
         self._next_step = None
+        overdrawn = self.budget.credit < 0 or (self.shared is not None and self.shared.credit < 0)  # (cheap test)
+        if overdrawn and (wait := self._wait()) > 0 and not self.transport.is_closing():
+            self._next_step = self.loop.call_later(wait, self._step)
+            return
+        self._parse(None)
+
+    def _parse(self, data: bytes | None) -> None:
+        """One loop turn's parsing: ``data`` (a slice at most, nothing waiting), else h11's events left from a turn
+        cut short, else the next slice of what was read; then the next step is scheduled or reading resumed."""
         if self.transport.is_closing():
             self._unparsed.clear()
-            return
-        if (wait := self._wait()) > 0:  # another connection from this address spent it since this was scheduled
-            self._next_step = self.loop.call_later(wait, self._step)
             return
         started = time.thread_time()
         pending = self.counted.cut_short
         self.counted.new_turn()
-        if pending:
+        if data is not None:
+            super().data_received(data)
+        elif pending:
             self.handle_events()
         elif self._unparsed:  # (never empty data: h11 reads that as the end of the stream)
-            piece = bytes(self._unparsed[:PARSE_SLICE])
+            piece = self._unparsed[:PARSE_SLICE]
             del self._unparsed[:PARSE_SLICE]
-            super().data_received(piece)
+            super().data_received(piece)  # type: ignore[arg-type]  # h11 takes any bytes-like
         spent = time.thread_time() - started
         self.parse_cpu_s += spent
         now = self.loop.time()

@@ -9,9 +9,9 @@ e.g. main's) and this checkout's, in the same run:
   loop records how late each 1 ms sleep wakes (the loop's longest turn), while (a) the front-loaded body and
   (b) an honest 8 MiB upload (64 KiB chunks; and Content-Length) are sent from another thread. Reported: the
   request's time, the loop's lag p99 / max, and the CPU the loop thread spent.
-- real agents (``--agents``): an agent from each checkout; two connections send front-loaded bodies (POST
-  /health: 405, each body drained by h11) one after another, kept alive (the header deadline cuts one off after
-  10 s: it reconnects), while /health is timed on new connections.
+- real agents (``--agents``): an agent from each checkout; ``--attackers`` connections (2) send front-loaded
+  bodies (POST /health: 405, each body drained by h11) one after another, kept alive (the header deadline cuts
+  one off after 10 s: it reconnects), while /health is timed on new connections; and the agent's CPU.
 
     .venv/bin/python bench/parse_cost_bench.py --before /work/main [--rounds 3] [--agents] [--json]
 """
@@ -136,8 +136,9 @@ async def one_request(module: ModuleType, wire: bytes) -> dict[str, Any]:
     }
 
 
-def in_process(before: ModuleType, after: ModuleType, rounds: int) -> dict[str, Any]:
+def in_process(before: ModuleType, after: ModuleType, rounds: int, only: str) -> dict[str, Any]:
     cases = {"front_loaded": front_loaded(), "honest_chunked_64k": honest_chunked(), "honest_length": honest_length()}
+    cases = {c: w for c, w in cases.items() if not only or c in only.split(",")}
     results: dict[str, dict[str, list[dict[str, Any]]]] = {c: {"before": [], "after": []} for c in cases}
     for r in range(rounds):
         for case, wire in cases.items():
@@ -149,8 +150,8 @@ def in_process(before: ModuleType, after: ModuleType, rounds: int) -> dict[str, 
     return results
 
 
-def health_p99(port: int, seconds: float, attack_port: int | None) -> dict[str, Any]:
-    """/health timings on new connections for ``seconds``, with two front-loaded senders if ``attack_port``."""
+def health_p99(port: int, seconds: float, attack_port: int | None, attackers: int = 2) -> dict[str, Any]:
+    """/health timings on new connections for ``seconds``; ``attackers`` front-loaded senders if ``attack_port``."""
     stop = threading.Event()
     wire = front_loaded(b"/health")
 
@@ -169,7 +170,7 @@ def health_p99(port: int, seconds: float, attack_port: int | None) -> dict[str, 
             except OSError:
                 time.sleep(0.05)
 
-    threads = [threading.Thread(target=attacker) for _ in range(2 if attack_port else 0)]
+    threads = [threading.Thread(target=attacker) for _ in range(attackers if attack_port else 0)]
     for t in threads:
         t.start()
     took: list[float] = []
@@ -196,7 +197,7 @@ def health_p99(port: int, seconds: float, attack_port: int | None) -> dict[str, 
     }
 
 
-def agents(before_repo: Path, rounds: int, seconds: float) -> dict[str, Any]:
+def agents(before_repo: Path, rounds: int, seconds: float, attackers: int) -> dict[str, Any]:
     import psutil
 
     from bench.common import served
@@ -216,7 +217,7 @@ def agents(before_repo: Path, rounds: int, seconds: float) -> dict[str, Any]:
                     proc = psutil.Process(popen.pid)
                     quiet = health_p99(port, 2.0, None)
                     cpu = sum(proc.cpu_times()[:2])
-                    attacked = health_p99(port, seconds, port)
+                    attacked = health_p99(port, seconds, port, attackers)
                     attacked["agent_cpu_s_per_s"] = round((sum(proc.cpu_times()[:2]) - cpu) / seconds, 3)
             results[label].append({"quiet": quiet, "attacked": attacked})
             print(f"agents round {r} {label:6s} quiet {quiet} attacked {attacked}", flush=True)
@@ -229,13 +230,16 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--agents", action="store_true", help="also time /health of real agents under the attack")
     ap.add_argument("--seconds", type=float, default=6.0, help="attack length per agent round")
+    ap.add_argument("--cases", default="", help="in-process cases to run, comma-separated (default: all)")
+    ap.add_argument("--attackers", type=int, default=2, help="front-loaded senders per agent round")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     before = load(args.before / "agent" / "http_limits.py", "http_limits_before")
     after = load(REPO / "agent" / "http_limits.py", "http_limits_after")
-    report: dict[str, Any] = {"load_average": os.getloadavg(), "in_process": in_process(before, after, args.rounds)}
+    report: dict[str, Any] = {"load_average": os.getloadavg()}
+    report["in_process"] = in_process(before, after, args.rounds, args.cases)
     if args.agents:
-        report["agents"] = agents(args.before, args.rounds, args.seconds)
+        report["agents"] = agents(args.before, args.rounds, args.seconds, args.attackers)
     report["load_average_end"] = os.getloadavg()
     if args.json:
         print(json.dumps(report, indent=1))
