@@ -82,6 +82,12 @@ def error_bytes(status: int, message: str) -> tuple[list[tuple[bytes, bytes]], b
     return headers, body
 
 
+class AbortAnswer(Exception):
+    """Raised out of a streamed answer to end the exchange without completing it (the proxy's model server broke
+    off mid-answer): ``HttpLimits`` returns without the answer's last chunk (or its declared bytes) and uvicorn
+    closes the connection, so the client sees a cut answer, never a well-formed one that is short."""
+
+
 class HttpLimits:
     """ASGI middleware: body size limit (declared and counted) and a deadline for receiving the body."""
 
@@ -120,6 +126,9 @@ class HttpLimits:
                 await _send_error(send, exc.status_code, str(exc.detail))
         except ClientDisconnect:
             log.debug("client %s went away while sending its body", scope.get("client"))
+        except AbortAnswer as exc:
+            if not started:
+                await _send_error(send, 502, str(exc))
 
     def _declared_length(self, scope: Scope) -> int | tuple[int, str] | None:
         """The Content-Length (None if absent), or (status, message) when it is invalid or too large."""

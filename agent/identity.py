@@ -136,7 +136,14 @@ class NonceCache:
     Each sender has its own share (``per_sender``): one member sending as fast as it can fills only its own
     share and waits (429), the others' messages still pass (the whole cache's bound is the last resort). A
     cluster-token holder can sign as many node ids as it likes, so each source address has a share too
-    (``per_source``): one host fills at most that, however many ids it uses."""
+    (``per_source``): one host fills at most that, however many ids it uses.
+
+    A nonce is forgotten once the wall clock is more than ``ttl_s`` from when it was used, on either side: its
+    message (stamped within WINDOW_S of that) can no longer pass the freshness check. Measured only forwards, a
+    backward step of the clock stopped all expiry (the oldest nonce stood "in the future") and a sender was
+    refused after ``per_sender`` messages; aged by a monotonic clock instead, a nonce would be forgotten 60 s
+    after its use even where a step back meanwhile kept its message fresh (a replay). A step back of s seconds
+    holds nonces at most min(s, 2 x ``ttl_s``) longer while messages come (tests/unit/test_nonce_clock.py)."""
 
     def __init__(
         self,
@@ -170,7 +177,7 @@ class NonceCache:
         when the sender's share, the source's share or the cache is full of live ones (429: retry later)."""
         while self._seen:
             key, (at, where) = next(iter(self._seen.items()))
-            if now - at < self.ttl_s:
+            if abs(now - at) <= self.ttl_s:  # still replayable by the freshness check (clock stepped back too)
                 break
             del self._seen[key]
             _release(self._held, key[0])
@@ -230,23 +237,29 @@ class Pins:
 
     def check(self, node_id: str, public_key: bytes) -> None:
         """Pin on first contact; raises AuthError when ``node_id`` is pinned to another key, or is not pinned
-        and the pin file is damaged (DamagedPinFile)."""
+        and the pin file is damaged (DamagedPinFile), or the new pin cannot be written now (503: retry)."""
         self._refresh()
         if self._known(node_id, public_key):
             return
-        with _folder_lock(self.path):
-            self._refresh()
-            if self._known(node_id, public_key):  # pinned by an operator meanwhile
-                return
-            if self._damaged is not None:  # a fresh exception each time (a raised one keeps growing its traceback)
-                raise DamagedPinFile(self._damaged.path, self._damaged.reason)
-            if self._unreadable is not None:  # not known to be unpinned: this contact waits, the next one re-reads
-                raise AuthError(f"this board cannot read its pin file right now ({self._unreadable}); retry", 503)
-            if len(self._pins) >= self.limit:
-                raise AuthError("pin table full", 403)
-            self._pins[node_id] = public_key
-            log.info("pinned node %s to key %s", node_id, public_key.hex()[:16])
-            self._stamp = _save_pins(self.path, self._pins)
+        try:
+            with _folder_lock(self.path):
+                self._refresh()
+                if self._known(node_id, public_key):  # pinned by an operator meanwhile
+                    return
+                if self._damaged is not None:  # a fresh exception each time (a raised one grows its traceback)
+                    raise DamagedPinFile(self._damaged.path, self._damaged.reason)
+                if self._unreadable is not None:  # not known to be unpinned: this contact waits, the next re-reads
+                    raise AuthError(f"this board cannot read its pin file right now ({self._unreadable}); retry", 503)
+                if len(self._pins) >= self.limit:
+                    raise AuthError("pin table full", 403)
+                # pinned in memory only once it is on disk: a pin held in memory alone (disk full) admitted the
+                # key until a restart, after which another key for the id was pinned in its place
+                pins = {**self._pins, node_id: public_key}
+                self._stamp = _save_pins(self.path, pins)
+                self._pins = pins
+                log.info("pinned node %s to key %s", node_id, public_key.hex()[:16])
+        except OSError as exc:  # disk full, I/O error, out of descriptors: not pinned, this contact waits (503)
+            raise AuthError(f"this board cannot write its pin file right now ({str(exc)[:200]}); retry", 503) from exc
 
     def _known(self, node_id: str, public_key: bytes) -> bool:
         """True when pinned to ``public_key``, False when not pinned; AuthError when pinned to another."""

@@ -11,9 +11,10 @@ Errors are exactly ``{"error": "..."}``. HTTP/1.1 keep-alive is kept correct wha
 body is always read (Content-Length or chunked) before the answer, and a body that cannot be read whole
 (too large, malformed framing) ends the connection, so no byte of one request is read as the next one.
 The server is reachable from the LAN (clients are sent to it directly), so what one host can make it hold
-is bounded: every socket read has a deadline (``timeout_s``, then the connection closes), a body has
-``timeout_s`` in all from its head (408), and one address may hold at most ``max_per_address`` connections
-(503 and close past it); a request's head (line and headers) is at most ``HEAD_MAX`` (414 / 431, closed; as
+is bounded: every socket read has a deadline (``timeout_s``, then the connection closes), a request's head
+has ``head_timeout_s`` in all, the idle keep-alive before it included (closed; 408 if a part of it came), a
+body ``timeout_s`` in all from its head (408), and one address may hold at most ``max_per_address``
+connections (503 and close past it); a request's head (line and headers) is at most ``HEAD_MAX`` (414 / 431, closed; as
 the agent's ``max_header_kb`` default). Memory: a body is at most ``max_body`` bytes (the agent's own limit, 8 MiB by
 default: 413 past it), tfrest bounds its values and nesting, and what the bodies being read, parsed and
 answered may cost together is one process-wide budget (``memory_budget``, sized to the 64 MiB containers
@@ -22,10 +23,14 @@ body over ``SMALL_BODY`` takes its ``body_cost`` before it is read (chunked: as 
 ``SMALL_SHARE`` of the budget; a small one takes ``SMALL_READ_COST`` per byte of it from there before it is
 read and the rest of its ``body_cost`` once read whole. One that finds no room within ``budget_wait_s`` is read
 to its end and dropped: 503 with Retry-After. Every accepted connection holds ``CONN_COST`` of the budget until it
-closes, which bounds connections process-wide (``max_connections``: 572 at rest); past it, 503 with Retry-After
-and close. Connections and bodies being read leave ``PARSE_ROOM`` (one largest small body's cost) of the budget,
-and big bodies being read hold at most all but ``SMALL_SHARE`` together: what clients hold at their own pace
-never stops a body read whole from being parsed, nor big bodies connections and small ones.
+closes, which bounds connections process-wide (``max_connections``: 572 at rest); past it, a newcomer takes the
+place and share of the oldest connection still waiting on its client (a request's head or body not whole yet)
+from the address holding the most such, if that is more than its own address holds (agent.peer_gate's rule
+for handshakes), else 503 with Retry-After and close; a body that finds no room in the budget makes it the
+same way before it waits (a few addresses trickling heads or bodies otherwise held every share: review12b).
+Connections and bodies being read leave ``PARSE_ROOM`` (one largest small body's cost) of the budget, and big
+bodies being read hold at most all but ``SMALL_SHARE`` together: what clients hold at their own pace never
+stops a body read whole from being parsed, nor big bodies connections and small ones.
 What the model or the server fails at is a 500 JSON answer and one log line, never a traceback; the log
 (``--log-file``) rotates at ``LOG_MAX_BYTES``.
 Runs as a process (``python -m agent.modelserver --model half_plus_two --port 8501``) for the
@@ -43,6 +48,7 @@ import logging.handlers
 import os
 import re
 import signal
+import socket
 import sys
 import threading
 import time
@@ -68,8 +74,10 @@ RETRY_AFTER_S = 1
 BUDGET_WAIT_S = 1.0  # a body waits this long for room in the memory budget before its 503
 LOG_MAX_BYTES = 1024 * 1024  # the log file rotates past this (one old file kept): 2 MiB of disk at most
 TIMEOUT_S = 30.0  # a read that waits longer (idle keep-alive, half-sent request) ends the connection
+HEAD_TIMEOUT_S = 10.0  # a request's head, idle keep-alive before it included (as the agent's header_timeout_s)
 MAX_PER_ADDRESS = 256  # connections one address may hold (each a thread); an agent proxies at most 256 at once
 CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,16}")  # int(x, 16) alone takes "-1", "+5", "0x5" and "5_0"
+CONTENT_LENGTH = re.compile(r"[0-9]{1,16}")  # ASCII digits: "\xb2".isdigit() is True and int() raises (a 500)
 
 
 def _busy(message: str) -> bytes:
@@ -113,16 +121,69 @@ def read_cost(n: int) -> int:
 PARSE_ROOM = body_cost(SMALL_BODY)  # of SMALL_SHARE, never held by a client's pace: one small body always parses
 
 
+def read_line(rfile: Any, connection: socket.socket, limit: int, deadline: float, timeout_s: float) -> bytes:
+    """One line of at most ``limit`` bytes from ``rfile`` (buffered, over ``connection``) by ``deadline``
+    (monotonic; TimeoutError past it), each read within ``timeout_s`` too; short only at the end of the stream.
+
+    A plain ``readline`` makes as many reads as it takes, each with the socket's whole timeout: one byte every
+    29 s kept a 16 KiB head (or a 1 KiB chunk-size line) being read for days."""
+    line = bytearray()
+    try:
+        while len(line) < limit:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("line deadline")
+            connection.settimeout(min(left, timeout_s))
+            ahead = rfile.peek(1)  # what is buffered, else one read of the socket
+            if not ahead:
+                break
+            n = min(len(ahead), limit - len(line))
+            end = ahead.find(b"\n", 0, n)
+            line += rfile.read1(n if end < 0 else end + 1)  # buffered already: no read
+            if end >= 0:
+                break
+    except TimeoutError:
+        raise LineTimeout(len(line)) from None
+    return bytes(line)
+
+
+class LineTimeout(TimeoutError):
+    """A line not whole by its deadline; ``partial``: how many of its bytes came (they are consumed)."""
+
+    def __init__(self, partial: int) -> None:
+        super().__init__(f"line not received in time ({partial} bytes of it)")
+        self.partial = partial
+
+
+class Evicted(Exception):
+    """The connection was given up to a newcomer while it waited on its client (ModelServer.process_request)."""
+
+
 class _Head:
     """A request's rfile while its head (request line, headers) is read: at most ``left`` bytes in all, past
-    which a line is LineTooLong (the base class answers 431 for a header line; the request line: 414)."""
+    which a line is LineTooLong (the base class answers 431 for a header line; the request line: 414), and
+    all of it by ``deadline`` (TimeoutError: ``timed_out``, and ``received`` says whether any of it came)."""
 
-    def __init__(self, raw: Any, left: int) -> None:
+    def __init__(self, raw: Any, left: int, connection: socket.socket, deadline: float, server: ModelServer) -> None:
         self.raw = raw
         self.left = left
+        self.connection = connection
+        self.deadline = deadline
+        self.server = server
+        self.received = False
+        self.timed_out = False
 
     def readline(self, limit: int = -1) -> bytes:
-        line: bytes = self.raw.readline(self.left + 1 if limit < 0 else min(limit, self.left + 1))
+        cap = self.left + 1 if limit < 0 else min(limit, self.left + 1)
+        try:
+            line = read_line(self.raw, self.connection, cap, self.deadline, self.server.timeout_s)
+        except LineTimeout as exc:
+            self.timed_out = True
+            self.received = self.received or exc.partial > 0
+            raise
+        self.received = self.received or bool(line)
+        if len(line) < cap and not line.endswith(b"\n") and not self.server.holds(self.connection):
+            raise Evicted()  # shut down by process_request: its share of the budget is a newcomer's now
         self.left -= len(line)
         if self.left < 0:
             raise http.client.LineTooLong(f"request head over {HEAD_MAX} bytes")
@@ -164,12 +225,33 @@ class Budget:
             self.conns += n
             return True
 
+    def shortfall(self, n: int, limit: int, bodies_limit: int) -> int | None:
+        """What connections would have to give back for ``take(n, 0, limit, bodies_limit)`` to succeed now (0:
+        it would); None when no amount would do (what bodies hold is the bound)."""
+        with self._room:
+            if self.held - self.conns + n > bodies_limit:
+                return None
+            return max(0, self.held + n - limit)
+
     def give(self, n: int, conn: bool = False) -> None:
         with self._room:
             self.held -= n
             if conn:
                 self.conns -= n
             self._room.notify_all()
+
+
+def oldest_of_busiest(waiting: dict[str, dict[Any, None]], host: str) -> Any | None:
+    """The connection a newcomer from ``host`` takes the place of when every connection is held (the rule of
+    agent.peer_gate.Handshakes.admit): the oldest waiting on its client, a request's head or body not whole yet
+    (``waiting``: per address, oldest first), from the address with the most of them, if that is more than
+    ``host`` has; else None (the newcomer is refused). A few addresses holding every slot with requests they
+    never finish then hold them only until someone else connects: each newcomer takes the place of one of
+    theirs, never of another newcomer's. (A body read whole, being answered, is never given up.)"""
+    busiest = max(waiting, key=lambda h: len(waiting[h]), default=None)
+    if busiest is None or len(waiting[busiest]) <= len(waiting.get(host, {})):
+        return None
+    return next(iter(waiting[busiest]))
 
 
 class ModelServer(ThreadingHTTPServer):
@@ -187,6 +269,7 @@ class ModelServer(ThreadingHTTPServer):
         name: str = "",
         timeout_s: float = TIMEOUT_S,
         max_per_address: int = MAX_PER_ADDRESS,
+        head_timeout_s: float = HEAD_TIMEOUT_S,
         timing: bool = True,
         max_body: int = MAX_BODY,
         memory_budget: int = MEMORY_BUDGET,
@@ -198,13 +281,16 @@ class ModelServer(ThreadingHTTPServer):
         self.name = name or model.name
         self.version = version
         self.timeout_s = timeout_s
+        self.head_timeout_s = head_timeout_s
         self.max_per_address = max_per_address
         self.max_body = max_body
         # a largest body always fits (the connections' shares come out of its SMALL_SHARE)
         self.budget = Budget(max(memory_budget, body_cost(max_body) + SMALL_SHARE))
         self.budget_wait_s = budget_wait_s
         self._open: dict[Any, str] = {}  # accepted socket -> its peer's address (each holds CONN_COST)
+        self._waiting: dict[str, dict[Any, None]] = {}  # address -> its sockets waiting on the client
         self._open_lock = threading.Lock()
+        self.evicted = 0  # connections given up to a newcomer (process_request)
 
     @property
     def max_connections(self) -> int:
@@ -212,18 +298,25 @@ class ModelServer(ThreadingHTTPServer):
         return (self.budget.total - PARSE_ROOM) // CONN_COST
 
     def process_request(self, request: Any, client_address: Any) -> None:
-        """Handle in a thread once the connection holds ``CONN_COST`` of the budget (503 and close when there
-        is no room, or when its address already holds ``max_per_address`` connections); the accept loop
-        never waits for room."""
+        """Handle in a thread once the connection holds ``CONN_COST`` of the budget; the accept loop never waits
+        for room. With no room, the newcomer takes the share of the connection ``oldest_of_busiest`` names
+        (shut down: its thread wakes and ends), else 503 and close; 503 too when its address already holds
+        ``max_per_address`` connections."""
         host = str(client_address[0])
+        victim = None
         with self._open_lock:
             refusal = None
             if sum(1 for h in self._open.values() if h == host) >= self.max_per_address:
                 refusal = BUSY
             elif not self.budget.take_conn(CONN_COST, self.budget.total - PARSE_ROOM):
-                refusal = BUSY_ALL
-            else:
+                victim = oldest_of_busiest(self._waiting, host)
+                if victim is None:
+                    refusal = BUSY_ALL
+                else:
+                    self._evict(victim)  # its CONN_COST stays held: the newcomer's now
+            if refusal is None:
                 self._open[request] = host
+                self._waiting.setdefault(host, {})[request] = None
         if refusal is not None:
             with contextlib.suppress(OSError):
                 request.sendall(refusal)
@@ -231,10 +324,65 @@ class ModelServer(ThreadingHTTPServer):
             return
         super().process_request(request, client_address)
 
-    def shutdown_request(self, request: Any) -> None:
-        """Every path that ends a connection comes here once it is done: its CONN_COST comes back."""
+    def take_evicting(self, host: str, n: int, limit: int, bodies_limit: int) -> bool:
+        """Take ``n`` of the budget for a body from ``host`` now (``Budget.take``'s bounds), giving up connections
+        waiting on their clients (``oldest_of_busiest``, one at a time) if that makes the room: a few addresses
+        holding every connection's share would otherwise leave none for a body (503 to every predict)."""
+        with self._open_lock:  # the accept loop takes no share meanwhile: the room made is this body's
+            short = self.budget.shortfall(n, limit, bodies_limit)
+            while short is not None and short > 0:
+                victim = oldest_of_busiest(self._waiting, host)
+                if victim is None:
+                    break
+                self._evict(victim)
+                self.budget.give(CONN_COST, conn=True)
+                short -= CONN_COST
+            return self.budget.take(n, 0.0, limit, bodies_limit)
+
+    def _evict(self, request: Any) -> None:
+        """End a connection waiting on its client (lock held, its share not given back: the caller's): its
+        thread wakes (end of stream) and ends without a word. Under the lock, so its own close cannot come
+        between and hand the descriptor to another connection first."""
+        self._forget(request)
+        self.evicted += 1
+        with contextlib.suppress(OSError):
+            request.shutdown(socket.SHUT_RDWR)
+
+    def _forget(self, request: Any) -> str | None:
+        """Drop ``request`` from the connections held (lock held); its address, None if it was not held."""
+        host = self._open.pop(request, None)
+        waiting = self._waiting.get(host or "")
+        if waiting is not None:
+            waiting.pop(request, None)
+            if not waiting:
+                del self._waiting[host or ""]
+        return host
+
+    def holds(self, request: Any) -> bool:
+        """``request`` still holds its share (False once it was given up to a newcomer, or ended)."""
+        return request in self._open
+
+    def waits_on_client(self, request: Any, waiting: bool) -> bool:
+        """``request`` waits on its client for a request's head or body (``waiting``; the newest of its address
+        that does, unless it waits already) or has its request whole (it can no longer be given up); False if it
+        was given up already."""
         with self._open_lock:
-            held = self._open.pop(request, None) is not None
+            host = self._open.get(request)
+            if host is None:
+                return False
+            if waiting:
+                self._waiting.setdefault(host, {}).setdefault(request, None)
+            elif request in self._waiting.get(host, {}):
+                del self._waiting[host][request]
+                if not self._waiting[host]:
+                    del self._waiting[host]
+            return True
+
+    def shutdown_request(self, request: Any) -> None:
+        """Every path that ends a connection comes here once it is done: its CONN_COST comes back (unless it was
+        given up to a newcomer, who holds it now)."""
+        with self._open_lock:
+            held = self._forget(request) is not None
         if held:
             self.budget.give(CONN_COST, conn=True)
         super().shutdown_request(request)
@@ -261,16 +409,33 @@ class _Handler(BaseHTTPRequestHandler):
         self.connection.settimeout(self.server.timeout_s)  # every read has a deadline (idle, half-sent)
 
     def handle_one_request(self) -> None:
-        """The base class's, with the request's head read within HEAD_MAX bytes."""
-        raw = self.rfile
-        self.rfile = cast(Any, _Head(raw, HEAD_MAX))
+        """The base class's, with the request's head read within HEAD_MAX bytes and ``head_timeout_s`` (idle
+        keep-alive before it included: then the connection just closes; a part of a head came: 408)."""
+        raw, s = self.rfile, self.server
+        if not s.waits_on_client(self.connection, True):
+            self.close_connection = True
+            return
+        head = _Head(raw, HEAD_MAX, self.connection, time.monotonic() + s.head_timeout_s, s)
+        self.rfile = cast(Any, head)
         try:
-            super().handle_one_request()
+            super().handle_one_request()  # a TimeoutError in it closes the connection
+        except Evicted:
+            self.close_connection = True
         except http.client.LineTooLong:  # the request line alone (a header line's is a 431 in parse_request)
-            self.requestline, self.request_version, self.command = "", "", ""
+            self._unparsed()
             self.send_error(HTTPStatus.REQUEST_URI_TOO_LONG)
         finally:
             self.rfile = raw
+        if head.timed_out and head.received:
+            self._unparsed()
+            self.close_connection = True
+            with contextlib.suppress(OSError):
+                self._send(408, {"error": f"request head not received within {s.head_timeout_s:g} s"})
+
+    def _unparsed(self) -> None:
+        """What is answered next answers no request this handler parsed (the base class's fields of the last)."""
+        self.requestline, self.request_version, self.command = "", "", ""
+        self._exec_ms = None
 
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("%s " + format, self.address_string(), *args)
@@ -298,20 +463,27 @@ class _Handler(BaseHTTPRequestHandler):
     def _serve(self) -> None:
         try:
             body = self._read_body()
-        except TimeoutError:
-            self.close_connection = True
-            self._send(408, {"error": f"request body not received within {self.server.timeout_s:g} s"})
-            return
-        except BodyError as exc:
+        except (TimeoutError, BodyError) as exc:
             self.close_connection = True  # what is left of the body must never be read as a request
-            self._send(exc.status, {"error": str(exc)})
+            if not self.server.holds(self.connection):
+                return  # given up to a newcomer (shut down): nothing to answer on
+            if isinstance(exc, BodyError):
+                self._send(exc.status, {"error": str(exc)})
+            else:
+                self._send(408, {"error": f"request body not received within {self.server.timeout_s:g} s"})
             return
         except Busy:  # the body was read whole (and dropped): the connection stays usable
+            if not self.server.holds(self.connection):
+                self.close_connection = True
+                return
             self._send(
                 503,
                 {"error": "busy: the requests in progress hold this server's memory budget"},
                 {"Retry-After": str(RETRY_AFTER_S)},
             )
+            return
+        if not self.server.waits_on_client(self.connection, False):  # given up to a newcomer as its body came
+            self.close_connection = True
             return
         self._began = time.perf_counter()  # the request is whole: the server's own time starts here
         path = self.path.split("?", 1)[0]
@@ -349,8 +521,13 @@ class _Handler(BaseHTTPRequestHandler):
             wait_s = min(self.server.budget_wait_s, max(0.0, deadline - time.monotonic()))
             budget = self.server.budget
             limit = budget.total if reading is None else budget.total - PARSE_ROOM
-            bodies_limit = budget.total - SMALL_SHARE if reading is not None and reading > SMALL_BODY else None
-            if not budget.take(need, wait_s, limit, bodies_limit):
+            big = reading is not None and reading > SMALL_BODY
+            bodies_limit = budget.total - SMALL_SHARE if big else budget.total
+            host = str(self.client_address[0])
+            if not (
+                self.server.take_evicting(host, need, limit, bodies_limit)
+                or budget.take(need, wait_s, limit, bodies_limit)
+            ):
                 return False
             self._held += need
         return True
@@ -387,7 +564,7 @@ class _Handler(BaseHTTPRequestHandler):
         length = self.headers.get("Content-Length")
         if length is None:
             return b""
-        if not length.strip().isdigit():
+        if CONTENT_LENGTH.fullmatch(length.strip(" \t")) is None:
             raise BodyError(400, f"invalid Content-Length {length[:40]!r}")
         n = int(length)
         if n > self.server.max_body:
@@ -410,15 +587,13 @@ class _Handler(BaseHTTPRequestHandler):
         body: bytearray | None = bytearray()  # None once dropped (no room in the budget): read on, keep nothing
         total = 0
         while True:
-            self._arm(deadline)
-            line = self.rfile.readline(1024).split(b";", 1)[0].strip()
+            line = self._line(deadline).split(b";", 1)[0].strip()
             if CHUNK_SIZE.fullmatch(line) is None:
                 raise BodyError(400, "malformed chunked body")
             size = int(line, 16)
             if size == 0:
-                self._arm(deadline)
-                while self.rfile.readline(1024) not in (b"\r\n", b"\n", b""):
-                    self._arm(deadline)  # trailers
+                while self._line(deadline) not in (b"\r\n", b"\n", b""):
+                    pass  # trailers
                 if body is None:
                     raise Busy()
                 return self._whole(body, deadline)
@@ -429,8 +604,11 @@ class _Handler(BaseHTTPRequestHandler):
                 self._release()
                 body = None
             self._read_into(body, size, deadline, "malformed chunked body")
-            self._arm(deadline)
-            self.rfile.readline(1024)
+            self._line(deadline)
+
+    def _line(self, deadline: float) -> bytes:
+        """A line of a chunked body (at most 1 KiB) by the body's deadline."""
+        return read_line(self.rfile, self.connection, 1024, deadline, self.server.timeout_s)
 
     def _timing(self) -> str:
         """W3C Server-Timing: ``server`` (request read whole -> answer encoded) and ``exec`` (the model's call), ms."""

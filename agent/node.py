@@ -617,7 +617,11 @@ class NodeAgent:
                 m: {"failures": h.failures, "error": h.last_error, "retry_at": h.next_try}
                 for m, h in self.health.items()
             },
-            # request records the log could not keep (its write queue was full: the disk fell behind); not an error
-            # of this agent's serving, but the leader's statistics miss them
-            "request_log": {"dropped": self.store.dropped},
+            # request records the log could not keep (its write queue was full: the disk fell behind; or a write
+            # failed: a full disk); not an error of this agent's serving, but the leader's statistics miss them
+            "request_log": {
+                "dropped": self.store.dropped,
+                "write_failures": self.store.write_failures,
+                "last_write_error": self.store.last_write_error or None,
+            },
         }

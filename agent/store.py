@@ -10,15 +10,21 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
+import math
 import sqlite3
 import threading
+import time
 from collections import deque
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+log = logging.getLogger(__name__)
+
 MAX_PENDING = 20_000  # request records queued between batch writes (written every 0.25 s; ~4 MB at most)
+FAILURE_LOG_S = 60.0  # a failing write is logged at most once in this many seconds
 PendingRow = tuple[float, str, str, dict[str, float], str | None, float | None, int]
 
 SCHEMA = """
@@ -98,7 +104,10 @@ class Store:
         self._inserted = 0
         self._rtt_upserts = 0
         self._pending: deque[PendingRow] = deque(maxlen=max_pending)  # the oldest go first past the bound
-        self.dropped = 0  # request records dropped because the queue was full (writes fell behind)
+        self.dropped = 0  # request records lost: the queue was full (writes fell behind) or a write failed
+        self.write_failures = 0  # flushes that failed (disk full, I/O error): their records are counted in dropped
+        self.last_write_error = ""
+        self._failure_logged = -math.inf  # monotonic time of the last failure logged (one line a minute at most)
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[None]:
@@ -106,7 +115,8 @@ class Store:
         try:
             yield
         except BaseException:
-            self._db.execute("ROLLBACK")
+            if self._db.in_transaction:  # SQLite rolls back by itself on some errors (SQLITE_FULL): no second one
+                self._db.execute("ROLLBACK")
             raise
         self._db.execute("COMMIT")
 
@@ -213,39 +223,56 @@ class Store:
         return len(self._pending)
 
     def flush(self) -> int:
-        """Write queued request records; returns how many."""
+        """Write queued request records; returns how many.
+
+        A write that fails (a full disk, an I/O error) loses its batch: counted in ``dropped`` and
+        ``write_failures``, logged once a minute at most, never raised to the caller (the flush loop and every
+        reader), so a full disk costs the leader statistics, not the agent's serving or its /stats routes."""
         with self._lock:
             pending, self._pending = list(self._pending), deque(maxlen=self._pending.maxlen)
             if not pending:
                 return 0
-            with self._transaction():
-                self._db.executemany(
-                    "INSERT INTO requests(ts, model, client, rtts, node, latency_ms, status) VALUES (?,?,?,?,?,?,?)",
-                    [(ts, m, c, json.dumps(r), n, lat, st) for ts, m, c, r, n, lat, st in pending],
-                )
-                self._db.executemany(
-                    "INSERT INTO model_stats(model, requests, last_request) VALUES (?, 1, ?) "
-                    "ON CONFLICT(model) DO UPDATE SET requests = requests + 1, last_request = excluded.last_request",
-                    [(m, ts) for ts, m, _c, _r, n, _lat, st in pending if n is not None and 200 <= st < 300],
-                )
-                rtt_rows = [(c, node, float(v), ts) for ts, _m, c, r, _n, _lat, _st in pending for node, v in r.items()]
-                self._db.executemany(
-                    "INSERT INTO client_rtt(client, node, rtt_ms, ts) VALUES (?,?,?,?) "
-                    "ON CONFLICT(client, node) DO UPDATE SET rtt_ms = excluded.rtt_ms, ts = excluded.ts",
-                    rtt_rows,
-                )
-                self._rtt_upserts += len(rtt_rows)
-                if self._rtt_upserts >= max(1, self.client_rtt_rows // 10):
-                    self._rtt_upserts = 0
-                    self._expire_client_rtts(max(ts for ts, *_ in pending))
-                self._inserted += len(pending)
-                if self._inserted >= 1000:
-                    self._inserted = 0
-                    self._db.execute(
-                        "DELETE FROM requests WHERE id <= (SELECT MAX(id) FROM requests) - ?",
-                        (self.max_request_rows,),
-                    )
+            try:
+                self._write(pending)
+            except sqlite3.Error as exc:
+                self.dropped += len(pending)
+                self.write_failures += 1
+                self.last_write_error = str(exc)[:200]
+                if time.monotonic() - self._failure_logged >= FAILURE_LOG_S:
+                    self._failure_logged = time.monotonic()
+                    log.warning("writing %d request records failed (%s): they are lost", len(pending), exc)
+                return 0
             return len(pending)
+
+    def _write(self, pending: list[PendingRow]) -> None:
+        """``flush``'s one transaction (the caller holds the lock)."""
+        with self._transaction():
+            self._db.executemany(
+                "INSERT INTO requests(ts, model, client, rtts, node, latency_ms, status) VALUES (?,?,?,?,?,?,?)",
+                [(ts, m, c, json.dumps(r), n, lat, st) for ts, m, c, r, n, lat, st in pending],
+            )
+            self._db.executemany(
+                "INSERT INTO model_stats(model, requests, last_request) VALUES (?, 1, ?) "
+                "ON CONFLICT(model) DO UPDATE SET requests = requests + 1, last_request = excluded.last_request",
+                [(m, ts) for ts, m, _c, _r, n, _lat, st in pending if n is not None and 200 <= st < 300],
+            )
+            rtt_rows = [(c, node, float(v), ts) for ts, _m, c, r, _n, _lat, _st in pending for node, v in r.items()]
+            self._db.executemany(
+                "INSERT INTO client_rtt(client, node, rtt_ms, ts) VALUES (?,?,?,?) "
+                "ON CONFLICT(client, node) DO UPDATE SET rtt_ms = excluded.rtt_ms, ts = excluded.ts",
+                rtt_rows,
+            )
+            self._rtt_upserts += len(rtt_rows)
+            if self._rtt_upserts >= max(1, self.client_rtt_rows // 10):
+                self._rtt_upserts = 0
+                self._expire_client_rtts(max(ts for ts, *_ in pending))
+            self._inserted += len(pending)
+            if self._inserted >= 1000:
+                self._inserted = 0
+                self._db.execute(
+                    "DELETE FROM requests WHERE id <= (SELECT MAX(id) FROM requests) - ?",
+                    (self.max_request_rows,),
+                )
 
     def requests_since(self, cursor: int, limit: int) -> tuple[list[RequestRecord], int]:
         """Records with id > cursor (oldest first) and the cursor to pass next time."""

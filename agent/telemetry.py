@@ -267,9 +267,16 @@ class StateCollector(Collector):
         yield _gauge("peerserve_node_gpu_utilization_ratio", "GPU load, 0-1 (jtop or NVML; absent without)", gpu)
         yield _gauge("peerserve_runtime_up", "1 when the model-server runtime answers",
                      float(self.agent.state.runtime_error is None))  # fmt: skip
-        dropped = CounterMetricFamily("peerserve_request_log_dropped", "Request records dropped (log write queue full)")
+        dropped = CounterMetricFamily(
+            "peerserve_request_log_dropped", "Request records lost (log write queue full, or a write failed)"
+        )
         dropped.add_metric([], self.agent.store.dropped)
         yield dropped
+        failed = CounterMetricFamily(
+            "peerserve_request_log_write_failures", "Request log writes that failed (disk full, I/O error)"
+        )
+        failed.add_metric([], self.agent.store.write_failures)
+        yield failed
 
     def _instances(self) -> Iterator[Metric]:
         state = self.agent.state

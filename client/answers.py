@@ -5,7 +5,12 @@ agent's answer can be cut short or replaced on the way (a captive portal's HTML 
 only when it has the shape the client reads: the right JSON types, finite numbers, node ids and model
 names as the agents write them, http(s) URLs without credentials, and lists and strings within bounds.
 Anything else is ``Malformed`` (a ValueError), which the operations treat like a 5xx: the next agent is
-asked. ``retry_after_s`` reads a Retry-After header (seconds or an HTTP date) without ever raising.
+asked. Reading is bounded before it is parsed (an answer's JSON values are counted from its bytes,
+peerserve/jsonbound.py, and held to ``CONTROL_VALUES`` or ``ANSWER_VALUES``: parsed, 4 MiB of ``{},`` was
++115 MiB) and total (``checked``: whatever goes wrong reading or checking an answer, a RecursionError from
+its nesting or an OverflowError from a 400-digit number included, is ``Malformed``: review 12b found both
+raised out of the client instead of failing over). ``retry_after_s`` reads a Retry-After header (seconds or
+an HTTP date) without ever raising.
 """
 
 from __future__ import annotations
@@ -18,6 +23,8 @@ from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 import httpx
+
+from peerserve.jsonbound import values_at_most
 
 # as the agents write them (agent/settings.py NODE_ID, agent/catalogue.py MODEL_NAME; the client imports
 # neither: it needs only httpx and zeroconf); tests/unit/test_client_answers.py checks they agree
@@ -32,7 +39,15 @@ MAX_WHY = 16  # keys of an endpoint's "why"
 MAX_TEXT = 256  # characters of a short string (URL, status, a "why" value)
 WHY_NUMBERS = ("rtt_ms", "exec_ms", "estimated_ms", "load", "in_flight")  # read as numbers (the CLI formats them)
 CONTROL_LIMIT = 4 * 1024 * 1024  # bytes of an agent's control answer (/cluster of 256 members is ~80 KB)
-ANSWER_LIMIT = 64 * 1024 * 1024  # bytes of an inference answer
+# JSON values (peerserve/jsonbound.py) of a control answer, an error answer's too: /cluster of 256 members
+# naming 256 models each is ~68,000, /services of 1,024 endpoints ~46,000; parsed, 131,072 values cost at most
+# ~12.5 MiB (one-key objects; 4.7 MiB as {}), where 4 MiB of {} was 115 MiB
+CONTROL_VALUES = 131_072
+# of an inference answer (TF-Serving's predictions, v2 outputs): a million floats parse to ~51 MiB, the
+# worst shape (one-key objects) to ~100 MiB, where 64 MiB of {} was 1.6 GiB
+ANSWER_VALUES = 1_048_576
+ANSWER_LIMIT = 32 * 1024 * 1024  # bytes of an inference answer: ANSWER_VALUES numbers of up to ~30 characters
+SNIPPET = 60  # characters of an answer quoted in a Malformed
 RETRY_AFTER_DEFAULT_S = 1.0
 RETRY_AFTER_MAX_S = 300.0
 
@@ -43,12 +58,35 @@ class Malformed(ValueError):
     """An answer the client cannot use; it counts as a failed call (the next agent or server is asked)."""
 
 
-def body(response: httpx.Response) -> Any:
-    """The answer's JSON (NaN and Infinity refused: they are not JSON)."""
+def snippet(response: httpx.Response, characters: int = SNIPPET) -> str:
+    """The answer's first ``characters`` characters (UTF-8, undecodable bytes replaced), decoding no more
+    than those: ``response.text`` would decode all of it (32 MiB, 128 MiB as a str) to quote 60 of them."""
+    return response.content[: 4 * characters].decode("utf-8", "replace")[:characters]
+
+
+def body(response: httpx.Response, values: int = CONTROL_VALUES) -> Any:
+    """The answer's JSON (NaN and Infinity refused: they are not JSON), if it has at most ``values`` values
+    (counted before parsing) and nests no deeper than json.loads can read (~1,000: a RecursionError)."""
+    content = response.content
+    if values_at_most(content) > values:
+        raise Malformed(f"HTTP {response.status_code} answer has more than {values} JSON values")
     try:
-        return json.loads(response.content, parse_constant=_no_constant)
+        return json.loads(content, parse_constant=_no_constant)
     except (ValueError, UnicodeDecodeError) as exc:
-        raise Malformed(f"HTTP {response.status_code} answer is not JSON ({response.text[:60]!r})") from exc
+        raise Malformed(f"HTTP {response.status_code} answer is not JSON ({snippet(response)!r})") from exc
+    except RecursionError:
+        raise Malformed(f"HTTP {response.status_code} answer nests too deep") from None
+
+
+def checked(response: httpx.Response, parse: Callable[[Any], T], values: int = CONTROL_VALUES) -> T:
+    """``parse`` of the answer's JSON (``body``), total: any exception reading or checking it is ``Malformed``,
+    so a shape no check foresaw makes the client ask the next agent or server instead of raising out of it."""
+    try:
+        return parse(body(response, values))
+    except Malformed:
+        raise
+    except Exception as exc:
+        raise Malformed(f"HTTP {response.status_code} answer not checkable ({type(exc).__name__})") from exc
 
 
 def _no_constant(name: str) -> Any:
@@ -62,9 +100,16 @@ def _text(value: Any, what: str, limit: int = MAX_TEXT) -> str:
 
 
 def _number(value: Any, what: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    """A finite number as a float (an integer past float's range, 1 followed by 400 zeros, is not one)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise Malformed(f"{what}: not a finite number")
-    return float(value)
+    try:
+        number = float(value)
+    except OverflowError:
+        raise Malformed(f"{what}: not a finite number") from None
+    if not math.isfinite(number):
+        raise Malformed(f"{what}: not a finite number")
+    return number
 
 
 def _list(value: Any, what: str, limit: int) -> list[Any]:
@@ -139,16 +184,16 @@ def why(value: Any) -> dict[str, Any]:
     return out
 
 
-def endpoint_fields(value: Any, model: str | None) -> dict[str, Any]:
+def endpoint_fields(value: Any, model: str | None, alternative: bool = False) -> dict[str, Any]:
     """One endpoint (``model`` when the question named one: the answer must be about it); alternatives the
-    client cannot use are dropped, counted in ``dropped`` (with those of the alternatives' own)."""
+    client cannot use are dropped, counted in ``dropped``. An ``alternative``'s own alternatives are not read
+    (agents send none; read, they recursed once per level: 400 levels nested raised RecursionError)."""
     data = _object(value, "endpoint")
     name = model_name(data.get("model"))
     if model is not None and name != model:
         raise Malformed(f"asked for {model!r}, the answer is about {name!r}")
-    listed = _list(data.get("alternatives", []), "alternatives", MAX_ALTERNATIVES)
-    alternatives, dropped = usable(listed, lambda a: endpoint_fields(a, name), "alternatives", some=False)
-    dropped += sum(a["dropped"] for a in alternatives)
+    listed = [] if alternative else _list(data.get("alternatives", []), "alternatives", MAX_ALTERNATIVES)
+    alternatives, dropped = usable(listed, lambda a: endpoint_fields(a, name, True), "alternatives", some=False)
     out = {"model": name, "node": node_id(data.get("node")), "url": base_url(data.get("url")),
            "why": why(data.get("why", {})), "alternatives": alternatives, "dropped": dropped}  # fmt: skip
     return out

@@ -116,10 +116,10 @@ def error_for(response: httpx.Response, now: float | None = None) -> PeerserveEr
         return None
     try:
         body = answers.body(response)
-        message = str(body.get("error", response.text)) if isinstance(body, dict) else response.text
+        error = body.get("error") if isinstance(body, dict) else None
     except answers.Malformed:
-        message = response.text
-    message = message[:MESSAGE_MAX]
+        error = None
+    message = error[:MESSAGE_MAX] if isinstance(error, str) else answers.snippet(response, MESSAGE_MAX)
     code = response.headers.get(ERROR_HEADER)
     if code == "unknown_model":
         return UnknownModelError(message)
@@ -251,11 +251,18 @@ class ClientCore:
         return list(self.agents)
 
     def ask(
-        self, method: str, path: str, parse: Callable[[Any], T], json: Any = None, limit: int = answers.CONTROL_LIMIT
+        self,
+        method: str,
+        path: str,
+        parse: Callable[[Any], T],
+        json: Any = None,
+        limit: int = answers.CONTROL_LIMIT,
+        values: int = answers.CONTROL_VALUES,
     ) -> Op[tuple[str, T]]:
         """``parse`` of the first usable answer from any agent, and that agent. Connection errors, timeouts,
-        5xx (but 503 / 507), answers over ``limit`` bytes, 200s that ``parse`` refuses (answers.Malformed)
-        and a 401 from an agent the token was withheld from fail over to the next agent; other errors raise."""
+        5xx (but 503 / 507), answers over ``limit`` bytes or ``values`` JSON values, 200s that ``parse``
+        refuses or raises on (answers.checked: Malformed) and a 401 from an agent the token was withheld
+        from fail over to the next agent; other errors raise."""
         last: Exception | None = None
         for agent in (yield from self.ordered_agents()):
             r = yield Call(method, agent + path, json, self.headers(agent), limit=limit)
@@ -264,7 +271,7 @@ class ClientCore:
                 continue
             assert isinstance(r, httpx.Response)
             if fails_over(r.status_code):
-                last = RequestError(r.text[:200], r.status_code, r.headers.get(ERROR_HEADER))
+                last = RequestError(answers.snippet(r, 200), r.status_code, r.headers.get(ERROR_HEADER))
                 continue
             if r.status_code == 401 and self.token and not self.trusts(agent):
                 last = RequestError(withheld(agent), 401)
@@ -273,7 +280,7 @@ class ClientCore:
             if error is not None:
                 raise error
             try:
-                value = parse(answers.body(r))
+                value = answers.checked(r, parse, values)
             except answers.Malformed as exc:
                 last = answers.Malformed(f"{agent} answered {path} with something else: {exc}")
                 continue
@@ -318,8 +325,8 @@ class ClientCore:
 
     def send(self, model: str, path: str, body: Any, via_proxy: bool, protocol: str) -> Op[Any]:
         """``body`` to ``path`` of the model's best server (then one alternative), else through an agent.
-        A server that does not answer, or answers 200 with something that is not ``protocol``'s answer,
-        counts as dead; an error answer raises."""
+        A server that does not answer, or answers 200 with something that is not ``protocol``'s answer
+        (answers.checked: over ANSWER_VALUES values included), counts as dead; an error answer raises."""
 
         def parse(data: Any) -> Any:
             return answers.inference(data, protocol)
@@ -335,10 +342,12 @@ class ClientCore:
                 if error is not None:
                     raise error
                 try:
-                    return parse(answers.body(r))
+                    return answers.checked(r, parse, answers.ANSWER_VALUES)
                 except answers.Malformed:
                     continue
-        _, data = yield from self.ask("POST", f"/services/{model}{path}", parse, body, answers.ANSWER_LIMIT)
+        _, data = yield from self.ask(
+            "POST", f"/services/{model}{path}", parse, body, answers.ANSWER_LIMIT, answers.ANSWER_VALUES
+        )
         return data
 
     def predict(self, model: str, instances: Any, inputs: Any, via_proxy: bool) -> Op[Any]:

@@ -154,7 +154,7 @@ if [ "$uninstall" = 1 ]; then
   if [ -f "$unit" ]; then
     if [ "$sd" = running ]; then
       act systemctl disable --now "$service"
-      # anything the agent left in its cgroup (KillMode=process keeps model servers over restarts)
+      # anything the agent left in its cgroup (KillMode=process keeps model servers over a crash)
       systemctl kill --signal=SIGKILL "$service" 2>/dev/null || true
     elif [ "$sd" = offline ]; then
       act systemctl disable "$service"
@@ -312,7 +312,8 @@ fi
 
 # -- 4. the service --------------------------------------------------------------------------------------
 # Compared with k3s's and Consul's units: KillMode=process as both (model servers of the process runtime
-# outlive an agent restart and are adopted; containers live in dockerd anyway), a dedicated user as
+# outlive an agent crash and are adopted; a graceful stop or restart ends them, the agent's own doing;
+# containers live in dockerd anyway), a dedicated user as
 # Consul, never give up restarting as k3s (StartLimitIntervalSec=0), and the sandboxing they leave out.
 # The growing restart delay is the agent's own (agent/crash_backoff.py): systemd's RestartSteps needs >= 254,
 # and Debian 12 has 252, JetPack 6 249.

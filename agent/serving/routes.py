@@ -29,6 +29,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from agent.catalogue import valid_model_name
 from agent.client_ids import CLIENT_INPUT
 from agent.decisions import Choice, best_per_model
+from agent.http_limits import AbortAnswer
 from agent.node import NodeAgent
 from agent.serving import pauses, tfrest
 from agent.serving.inflight import InFlight, Token
@@ -284,7 +285,10 @@ class ServingRoutes:
             answer_headers[NODE_HEADER] = target.node  # which node served it (the load bench adds its RTT)
             length = next((v for k, v in answer_headers.items() if k.lower() == "content-length"), "")
             if length.isdigit() and int(length) <= SMALL_BODY:  # one write; no streaming machinery
-                answer = b"".join([chunk async for chunk in stream])
+                try:
+                    answer = b"".join([chunk async for chunk in stream])
+                except AbortAnswer as exc:  # nothing sent yet: the client gets the failure, not half an answer
+                    return protocol_error(502, f"{exc}: the answer was not complete", "upstream_broke_off")
                 if self.agent.settings.server_timing:
                     add_timing(answer_headers, began, upstream.service_ms, pauses.paused_ms() - gc_before)
                 return Response(answer, status_code=upstream.status, headers=answer_headers)
@@ -295,21 +299,29 @@ class ServingRoutes:
     async def _stream(
         self, upstream: Any, model: str, node: str, client: str, reported: Any, token: Token | None
     ) -> AsyncIterator[bytes]:
-        """Stream the answer; record the server's own time (``service_ms``), never the client's pauses."""
-        complete = False
+        """Stream the answer; record the server's own time (``service_ms``), never the client's pauses.
+
+        A server that breaks off its answer raises ``AbortAnswer`` out of the stream (recorded as a 502): the
+        small-body path answers the client a 502; a streamed answer is aborted (``HttpLimits`` ends the
+        exchange without its last chunk or bytes and uvicorn closes the connection), so the client sees the cut
+        instead of a well-formed 200 with half a body."""
+        complete, status = False, upstream.status
         try:
-            async for chunk in upstream.aiter_body():
-                yield chunk
+            try:
+                async for chunk in upstream.aiter_body():
+                    yield chunk
+            except UpstreamError as exc:
+                status = 502
+                log.warning("model server %s broke off the response: %s", node, exc)
+                raise AbortAnswer(f"model server {node} broke off its answer") from None
             complete = True
-        except UpstreamError as exc:
-            log.warning("model server %s broke off the response: %s", node, exc)
         finally:
             self.inflight.end(token)
             await upstream.aclose()
             latency = upstream.service_ms if complete else None
             if latency is not None and upstream.status < 500:
                 self.agent.record_latency(node, model, latency)
-            self._record(model, client, reported, node, latency, upstream.status)
+            self._record(model, client, reported, node, latency, status)
 
     async def _wrap_error(
         self, upstream: Any, model: str, node: str, client: str, reported: Any, token: Token | None

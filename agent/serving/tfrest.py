@@ -7,10 +7,11 @@ both keys, empty or ragged instances, named rows, ``signature_name``). Every err
 ``(status, "message")``, sent as exactly ``{"error": "message"}``. Declared shapes are not enforced.
 
 Bounds TF-Serving does not have (the stand-in is reachable from the LAN and runs in a 64 MiB container):
-at most ``MAX_VALUES`` JSON values per body (counted before parsing, from its separators), nesting at most
-``MAX_DEPTH`` deep (checked after parsing, without recursion, before any model runs), and a JSON value
-quoted in an error message is cut at ``MAX_QUOTE`` characters. A model's arithmetic error on legal JSON
-(an overflow, a value it cannot take) is the client's 400, as ModelInputError is.
+at most ``MAX_VALUES`` JSON values per body (counted before parsing, from its separators: the count in
+peerserve/jsonbound.py, which the client shares), nesting at most ``MAX_DEPTH`` deep (checked after parsing,
+without recursion, before any model runs), and a JSON value quoted in an error message is cut at
+``MAX_QUOTE`` characters. A model's arithmetic error on legal JSON (an overflow, a value it cannot take) is
+the client's 400, as ModelInputError is.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Any
 from urllib.parse import unquote
 
 from agent.models import ModelInputError, Signature, TinyModel
+from peerserve.jsonbound import values_at_most
 
 INT64_MAX = 2**63 - 1
 MAX_VALUES = 65_536  # JSON values per body: 1,024 digits images of 64 pixels; ~4 MiB parsed at most
@@ -121,15 +123,6 @@ def _json_type(value: Any) -> str:
     if isinstance(value, list):
         return "Array"
     return "String" if isinstance(value, str) else "Number"
-
-
-def values_at_most(body: bytes) -> int:
-    """An upper bound on the JSON values in ``body``, without parsing it.
-
-    Every value but the first is an array's or object's first item (one per ``[`` / ``{``) or follows a
-    comma; separators inside strings only raise the bound.
-    """
-    return 1 + body.count(b",") + body.count(b"[") + body.count(b"{")
 
 
 def deeper_than(doc: Any, limit: int) -> bool:

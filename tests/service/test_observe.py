@@ -59,7 +59,8 @@ def test_metrics_count_requests_by_model_protocol_and_outcome_with_bounded_label
     assert value(m, "peerserve_node_memory_available_bytes") > 0
     assert value(m, "peerserve_runtime_up") == 1
     assert value(m, "peerserve_request_log_dropped_total") == 0  # the log kept every record
-    assert a.get("/health").json()["request_log"] == {"dropped": 0}
+    assert a.get("/health").json()["request_log"] == {"dropped": 0, "write_failures": 0, "last_write_error": None}
+    assert value(m, "peerserve_request_log_write_failures_total") == 0
     models = {dict(labels).get("model") for (_name, labels) in m} - {None}
     assert models <= CATALOGUE | {"other", "_all"}, models
     # the buckets resolve 1 ms on loopback and 100+ ms on Wi-Fi

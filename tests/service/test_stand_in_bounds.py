@@ -27,7 +27,7 @@ import pytest
 
 from agent.catalogue import builtin_catalogue_text, parse_catalogue
 from agent.models import MODELS, Signature, Tensor, TinyModel
-from agent.modelserver import CONN_COST, HEAD_MAX, MAX_BODY, SMALL_SHARE, ModelServer, body_cost
+from agent.modelserver import CONN_COST, HEAD_MAX, MAX_BODY, PARSE_ROOM, SMALL_SHARE, ModelServer, body_cost
 from agent.runtime.process import ProcessRuntime
 from agent.serving.tfrest import MAX_VALUES
 from tests.waiting import wait_for
@@ -396,3 +396,142 @@ def test_a_request_head_is_bounded_and_a_legal_one_served() -> None:
         assert json.loads(conn.getresponse().read()) == {"predictions": [3.0]}
         conn.close()
         wait_for(lambda: server.budget.held == 0, 10)
+
+
+ATTACKERS = ("127.0.5.1", "127.0.5.2", "127.0.5.3")
+
+
+TRICKLED_BODY = b"POST /v1/models/half_plus_two:predict HTTP/1.1\r\nContent-Length: 1000\r\n\r\n{"
+
+
+def _trickle_requests(port: int, address: str, keep: int, stop: threading.Event, first: bytes = b"P") -> None:
+    """Keep ``keep`` connections from ``address`` open, each sending ``first`` then one more byte every 0.2 s
+    and reopened as soon as the server ends it (review12b's slowloris, without its 20 s pauses)."""
+    socks: list[socket.socket] = []
+    try:
+        while not stop.is_set():
+            while len(socks) < keep:
+                sock = socket.socket()
+                sock.bind((address, 0))
+                sock.connect(("127.0.0.1", port))
+                with contextlib.suppress(OSError):
+                    sock.sendall(first)
+                socks.append(sock)
+            kept = []
+            for sock in socks:
+                try:
+                    sock.sendall(b" ")
+                    kept.append(sock)
+                except OSError:  # ended by the server (a 503, a 408, or given up to a newcomer)
+                    sock.close()
+            socks = kept
+            stop.wait(0.2)
+    finally:
+        for sock in socks:
+            sock.close()
+
+
+@pytest.mark.parametrize("first", [b"P", TRICKLED_BODY], ids=["heads", "bodies"])
+def test_a_few_addresses_trickling_requests_never_keep_honest_predicts_out(first: bytes) -> None:
+    # review12b: 200 connections from each of three addresses, one head byte each every 20 s, held every slot of
+    # the process-wide bound (each read had 30 s, the head none in all): every honest predict got a 503. Here 3 x
+    # 60 against 128 slots, reopened at once when ended, trickling heads (2 s each in all) or bodies (30 s): each
+    # newcomer takes the place of the oldest connection still waiting on its client from the address with the
+    # most of them (a body finding no room in the budget too: connections hold all of it that is not kept for
+    # parsing).
+    near_64k = json.dumps({"instances": [2] * 21_000})  # 63 KB: twice that held while it is read
+    with served(MODELS["half_plus_two"], max_body=64 * 1024, memory_budget=0, head_timeout_s=2.0) as server:
+        port, budget = server.server_address[1], server.budget
+        assert server.max_connections == 128
+        full = budget.total - PARSE_ROOM - CONN_COST  # past it, a new connection finds no room
+        stop = threading.Event()
+        attackers = [threading.Thread(target=_trickle_requests, args=(port, a, 60, stop, first)) for a in ATTACKERS]
+        for thread in attackers:
+            thread.start()
+        try:
+            wait_for(lambda: budget.held > full, 10)  # every slot held by the three addresses
+            started = time.monotonic()
+            answered = 0
+            while time.monotonic() - started < 5:  # past two head deadlines: the attack goes on throughout
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+                status, _, answer = post(conn, "half_plus_two", '{"instances": [2]}')
+                assert status == 200 and answer == {"predictions": [3.0]}, (status, answer)
+                status, _, answer = post(conn, "half_plus_two", near_64k)  # the same connection, kept alive
+                assert status == 200 and answer == {"predictions": [3.0] * 21_000}, status
+                conn.close()
+                answered += 1
+                assert budget.conns <= server.max_connections * CONN_COST
+                time.sleep(0.1)
+            assert answered >= 10 and server.evicted >= answered
+        finally:
+            stop.set()
+            for thread in attackers:
+                thread.join(10)
+        wait_for(lambda: budget.held == 0, 10)  # every share came back, those handed over included
+
+
+def _trickle(sock: socket.socket, data: bytes, every_s: float, within_s: float) -> tuple[bytes, float]:
+    """Send ``data`` a byte every ``every_s`` until the server answers or closes; (its answer, seconds taken)."""
+    started = time.monotonic()
+    answer = b""
+    for byte in data:
+        sock.setblocking(False)
+        try:
+            answer = sock.recv(4096)
+            break  # answered, or closed
+        except BlockingIOError:
+            pass
+        except OSError:
+            break
+        with contextlib.suppress(OSError):  # one byte: never blocks
+            sock.sendall(bytes([byte]))
+        time.sleep(every_s)
+        assert time.monotonic() - started < within_s, "still held"
+    took = time.monotonic() - started
+    sock.settimeout(5)
+    with contextlib.suppress(OSError):
+        while chunk := sock.recv(4096):
+            answer += chunk
+    return answer, took
+
+
+def test_a_request_head_has_a_deadline_in_all_and_a_chunk_line_the_bodys() -> None:
+    # each read had 30 s, a head none in all: one byte every 29 s held a 16 KiB head for days (review12b)
+    head = b"POST /v1/models/half_plus_two:predict HTTP/1.1\r\nHost: x\r\nX-a: " + b"a" * 2000
+    with served(MODELS["half_plus_two"], head_timeout_s=1.0) as server:
+        port = server.server_address[1]
+        for data in (head, b"GET /v1/models/" + b"a" * 2000):  # in the headers; in the request line
+            with socket.create_connection(("127.0.0.1", port)) as sock:
+                answer, took = _trickle(sock, data, 0.05, 10)
+                assert answer.startswith(b"HTTP/1.1 408 ") and b"request head not received within 1 s" in answer
+                assert took < 8, took
+        with socket.create_connection(("127.0.0.1", port)) as idle:  # nothing sent: closed, no answer
+            idle.settimeout(10)
+            started = time.monotonic()
+            assert idle.recv(4096) == b"" and time.monotonic() - started < 8
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)  # keep-alive within the deadline
+        for _ in range(3):
+            assert post(conn, "half_plus_two", '{"instances": [2]}')[2] == {"predictions": [3.0]}
+            time.sleep(0.3)
+        conn.close()
+    with served(MODELS["half_plus_two"], timeout_s=1.0) as server:  # a chunk-size line, by the body's deadline
+        port = server.server_address[1]
+        with socket.create_connection(("127.0.0.1", port)) as sock:
+            sock.sendall(b"POST /v1/models/half_plus_two:predict HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n")
+            answer, took = _trickle(sock, b"0" * 1000, 0.05, 10)
+            assert answer.startswith(b"HTTP/1.1 408 ") and took < 8, (answer[:100], took)
+        wait_for(lambda: server.budget.held == 0, 10)
+
+
+@pytest.mark.parametrize("length", [b"\xb2", b"\xb9", b"+5", b"-1", b"5_0", b"0x5", b"1" * 17])
+def test_a_content_length_that_is_not_ascii_digits_is_a_400(length: bytes, caplog: pytest.LogCaptureFixture) -> None:
+    # review12b: "\xb2".isdigit() is True and int() raised: a 500 and a WARNING line per request
+    with served(MODELS["half_plus_two"]) as server, caplog.at_level(logging.INFO, "agent.modelserver"):
+        with socket.create_connection(server.server_address) as sock:
+            sock.sendall(b"POST /v1/models/half_plus_two:predict HTTP/1.1\r\nContent-Length: " + length + b"\r\n\r\n")
+            sock.settimeout(10)
+            answer = b""
+            while chunk := sock.recv(4096):
+                answer += chunk
+        assert answer.startswith(b"HTTP/1.1 400 ") and b"invalid Content-Length" in answer, answer
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]

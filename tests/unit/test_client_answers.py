@@ -15,6 +15,7 @@ import json
 import math
 import socket
 import threading
+import tracemalloc
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
@@ -23,12 +24,14 @@ import pytest
 
 from agent.catalogue import MODEL_NAME
 from agent.client_ids import MAX_RTT_NODES
+from agent.serving import tfrest
 from agent.settings import NODE_ID
 from client import AsyncClient, Client, answers
 from client.cli import cmd_cluster
 from client.discovery import MAX_FOUND, keep
 from client.errors import ClusterUnreachableError, NotReadyError, RequestError, UnknownModelError
 from client.ops import MAX_AGENTS, AnswerEncoded, AnswerTooLarge, Browse, Call, ClientCore, Endpoint, error_for
+from peerserve import jsonbound
 
 TOKEN = "s3cret-client-token"
 FOUND = ["http://192.168.1.2:8400", "http://192.168.1.20:8400"]  # what client.discovery.browse returns
@@ -540,3 +543,183 @@ def test_the_cli_says_how_many_members_it_left_out(capsys: pytest.CaptureFixture
         assert cmd_cluster(args) == 0
     out = capsys.readouterr().out
     assert "n1 " in out and "n2" not in out and "(1 more members left out" in out
+
+
+# -- hostile answers: whatever their shape the client fails over; parsing is bounded (review 12b) ----------
+HUGE = int("1" + "0" * 400)  # JSON has no bound on an integer's digits; float() of this one overflows
+HONEST_CLUSTER = {"node_id": "good", "members": [member("n1", FOUND[1])]}
+
+
+def raw(body: bytes, status: int = 200) -> httpx.Response:
+    return httpx.Response(status, content=body)
+
+
+def hostile_control() -> dict[str, list[bytes]]:
+    """Per path, the answers review 12b made the client raise on (or parse whole, up to 4 MiB): nesting past
+    json.loads' recursion, a 400-digit integer where a number is read, and more values than CONTROL_VALUES."""
+    deep = b"[" * 100_000
+    over = b"[" + b"{}," * answers.CONTROL_VALUES + b"{}]"
+    services = [
+        deep, over, json.dumps([endpoint() | {"why": {"rtt_ms": HUGE}}]).encode(),
+        json.dumps([endpoint() | {"why": {"load": HUGE}}]).encode(),
+    ]  # fmt: skip
+    service = [deep, over, json.dumps(endpoint() | {"why": {"estimated_ms": HUGE}}).encode()]
+    cluster = [
+        deep, over,
+        json.dumps({"members": [member("n1", FOUND[1]) | {"mem_available_mb": HUGE}]}).encode(),
+        json.dumps({"members": [member("n1", FOUND[1]) | {"gpu_load": -HUGE}]}).encode(),
+        json.dumps({"members": [], "last_placement": {"objective_ms": HUGE}}).encode(),
+    ]  # fmt: skip
+    return {"/services": services, "/services/half_plus_two": service, "/cluster": cluster}
+
+
+def test_a_hostile_control_answer_of_any_shape_fails_over_to_the_good_agent() -> None:
+    for path, bodies in hostile_control().items():
+        for hostile in bodies:
+
+            def answer(call: Call, hostile: bytes = hostile, path: str = path) -> httpx.Response:
+                asked = call.url.split(":8400", 1)[1]
+                if call.url.startswith(FOUND[0]) and asked == path:
+                    return raw(hostile)
+                if asked == "/cluster":
+                    return ok(HONEST_CLUSTER)
+                if asked == "/health":
+                    return ok({"status": "ok"})
+                return ok([endpoint()] if asked == "/services" else endpoint())
+
+            core = ClientCore(list(FOUND), "me", None, 60.0, None)
+            op = {"/services": core.endpoints(), "/cluster": core.cluster()}.get(path, core.endpoint("half_plus_two"))
+            calls, result = drive(op, answer)
+            assert FOUND[0] + path in [c.url for c in calls], (path, hostile[:40])  # the rogue was asked
+            assert not isinstance(result, Exception), (path, hostile[:40], result)
+            if path == "/cluster":
+                assert [m["node_id"] for m in result["members"]] == ["n1"]
+            else:
+                assert (result[0] if path == "/services" else result).url == "http://10.0.0.5:8501"
+            assert core.agents[0] == FOUND[1]  # the good agent answered, and is asked first from now on
+
+
+def test_a_hostile_inference_answer_fails_over_to_the_alternative_then_the_proxy() -> None:
+    deep = b"[" * 100_000
+    over = b'{"predictions": [' + b"{}," * answers.ANSWER_VALUES + b"{}]}"
+    chosen = endpoint(url="http://s1:8501", alternatives=[endpoint(url="http://s2:8501")])
+    for first, second in [(deep, over), (over, deep)]:
+
+        def answer(call: Call, first: bytes = first, second: bytes = second) -> httpx.Response:
+            if call.url.endswith("/cluster"):
+                return ok({"members": []})
+            if call.url.endswith("/services/half_plus_two"):
+                return ok(chosen)
+            return raw(
+                first if call.url.startswith("http://s1") else second if "s2" in call.url else b'{"predictions": [2.5]}'
+            )
+
+        calls, result = drive(
+            ClientCore(["http://a:8400"], "me", None, 60.0, None).predict("half_plus_two", [1.0], None, False), answer
+        )
+        assert result == {"predictions": [2.5]}
+        assert [c.url.split("/")[2] for c in calls if c.method == "POST"] == ["s1:8501", "s2:8501", "a:8400"]
+
+
+def test_checking_an_answer_is_total() -> None:
+    """Any exception a check raises, foreseen or not, is Malformed: the next agent or server is asked."""
+    for error in (RecursionError, OverflowError, KeyError, ZeroDivisionError, TypeError, MemoryError):
+
+        def parse(data: Any, error: type[Exception] = error) -> Any:
+            raise error("a shape no check foresaw")
+
+        with pytest.raises(answers.Malformed, match=error.__name__):
+            answers.checked(ok({"a": 1}), parse)
+    core = ClientCore(list(FOUND), "me", None, 60.0, None)
+    calls, result = drive(
+        core.ask("GET", "/x", lambda d: 10 // d["n"]), lambda c: ok({"n": 0 if FOUND[0] in c.url else 5})
+    )
+    assert result == (FOUND[1], 2) and len(calls) == 2
+
+
+def test_answers_are_counted_before_they_are_parsed_and_held_to_a_bound() -> None:
+    assert answers.values_at_most is jsonbound.values_at_most is tfrest.values_at_most  # one count, shared
+    for limit in (answers.CONTROL_VALUES, answers.ANSWER_VALUES):
+        at = b"[" + b"0," * (limit - 2) + b"0]"  # exactly ``limit`` values
+        assert jsonbound.values_at_most(at) == limit and len(answers.body(raw(at), limit)) == limit - 1
+        with pytest.raises(answers.Malformed, match=f"more than {limit} JSON values"):
+            answers.body(raw(b"[0," + at[1:]), limit)
+    with pytest.raises(answers.Malformed, match=f"more than {answers.CONTROL_VALUES} JSON"):  # the default
+        answers.checked(raw(b"[" + b"0," * answers.CONTROL_VALUES + b"0]"), lambda d: d)
+    flood = raw(b"[" + b"{}," * (4 * 2**20 // 3) + b"{}]")  # review 12b: 4 MiB of {} parsed was +115 MiB RSS
+    tracemalloc.start()
+    try:  # refused before anything is built
+        with pytest.raises(answers.Malformed, match="JSON values"):
+            answers.checked(flood, answers.services)
+        assert tracemalloc.get_traced_memory()[1] < 64 * 1024
+    finally:
+        tracemalloc.stop()
+    endpoints = [
+        endpoint(model=f"m{i}", alternatives=[endpoint(model=f"m{i}")] * 3) for i in range(answers.MAX_ENDPOINTS)
+    ]
+    models = {"models": [f"m{j}" for j in range(answers.MAX_MODELS)]}
+    members = [member(f"n{i}", f"http://10.0.{i // 250}.{i % 250}:8400") | models for i in range(answers.MAX_MEMBERS)]
+    for largest in (endpoints, {"node_id": "n0", "members": members}):  # the largest answers the checks let through
+        assert jsonbound.values_at_most(json.dumps(largest).encode()) < answers.CONTROL_VALUES
+
+
+def test_an_alternatives_own_alternatives_are_not_read() -> None:
+    nested = endpoint(url="http://10.0.0.9:8501")
+    for _ in range(450):  # json.loads reads it; checking it level by level raised RecursionError
+        nested = endpoint(alternatives=[nested])
+    fields = answers.checked(raw(json.dumps(nested).encode()), lambda d: answers.endpoint_fields(d, "half_plus_two"))
+    assert len(fields["alternatives"]) == 1 and fields["alternatives"][0]["alternatives"] == []
+
+
+def test_an_error_answer_is_quoted_not_parsed_past_the_bound() -> None:
+    huge = raw(b'{"error": [' + b"{}," * (4 * 2**20 // 3) + b"{}]}", 418)
+    error = error_for(huge)
+    assert isinstance(error, RequestError) and str(error) == huge.content[:300].decode()
+    for body in (b'{"error": {"code": 7}}', b"[" * 100_000, b'{"error": ' + b"[" * 990 + b"]" * 990 + b"}"):
+        error = error_for(raw(body, 400))
+        assert isinstance(error, RequestError) and str(error) == body[:300].decode()
+    assert str(error_for(raw('{"error": "quota – exceeded"}'.encode(), 429))) == "quota – exceeded"
+
+
+def rogue12b(path: str) -> Iterator[bytes]:
+    """review 12b's rogue agent (and model server): a 400-digit number in /cluster, 100,000 [ elsewhere."""
+    if path == "/cluster":
+        return whole(
+            "200 OK",
+            json.dumps({"members": [member("n1", "http://127.0.0.1:1") | {"mem_available_mb": HUGE}]}).encode(),
+        )
+    return whole("200 OK", b"[" * 100_000)
+
+
+def good12b(server: list[str]) -> Callable[[str], Iterator[bytes]]:
+    """The good agent: no members, the one endpoint on ``server[0]`` (the rogue's), and a working proxy."""
+
+    def answer(path: str) -> Iterator[bytes]:
+        if path == "/cluster":
+            return whole("200 OK", b'{"node_id": "good", "members": []}')
+        if path == "/services":
+            return whole("200 OK", json.dumps([endpoint(url=server[0])]).encode())
+        if path == "/services/half_plus_two":
+            return whole("200 OK", json.dumps(endpoint(url=server[0])).encode())
+        return whole("200 OK", b'{"predictions": [2.5]}')
+
+    return answer
+
+
+def test_on_the_wire_hostile_answers_fail_over_to_the_good_agent_sync_and_async() -> None:
+    server: list[str] = []
+    with Loopback(rogue12b) as bad, Loopback(good12b(server)) as good:
+        server.append(bad.url)
+        with Client(agents=[bad.url, good.url]) as c:
+            assert c.cluster()["node_id"] == "good"
+            assert [e.url for e in c.endpoints()] == [bad.url]
+            assert c.predict("half_plus_two", instances=[1.0]) == {"predictions": [2.5]}
+
+        async def main() -> None:
+            async with AsyncClient(agents=[bad.url, good.url]) as c:
+                assert (await c.cluster())["node_id"] == "good"
+                assert await c.predict("half_plus_two", instances=[1.0]) == {"predictions": [2.5]}
+
+        asyncio.run(main())
+        posts = [h.split(b" ")[1] for h in bad.heads if h.startswith(b"POST")]
+        assert posts == [b"/v1/models/half_plus_two:predict"] * 2  # the rogue's server was tried, then the proxy

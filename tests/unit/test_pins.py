@@ -172,3 +172,71 @@ def test_a_passing_read_error_is_not_damage_and_the_next_check_reads_again(
     agent.check("a", NEW)  # the forget is seen
     agent.check("c", NEW)
     assert read_pins(path) == {"a": NEW, "b": OLD, "c": NEW}
+
+
+def _disk_full(folder: Path) -> None:
+    """Every write of the pin file's temp file fails with ENOSPC, as a full data partition answers."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "pins.tmp").symlink_to("/dev/full")
+
+
+def test_a_pin_that_cannot_be_written_is_not_made_and_the_contact_waits(tmp_path: Path) -> None:
+    """Disk full at first contact: 503 (retry), nothing pinned in memory either (a pin in memory alone admitted
+    the key until a restart, which then pinned whichever key came next), the pins on disk untouched."""
+    path = tmp_path / "peer" / "pins.json"
+    agent = Pins(path)
+    agent.check("a", OLD)
+    before = path.read_bytes()
+    _disk_full(path.parent)
+    agent.check("a", OLD)  # pinned before: still admitted, nothing to write
+    for key in (NEW, NEW, THIEF):
+        with pytest.raises(AuthError) as info:
+            agent.check("n2", key)
+        assert info.value.status == 503 and "cannot write its pin file" in str(info.value)
+    assert path.read_bytes() == before and "n2" not in agent._pins
+    (path.parent / "pins.tmp").unlink()  # space again
+    agent.check("n2", NEW)
+    assert read_pins(path) == {"a": OLD, "n2": NEW}
+    with pytest.raises(AuthError, match="belongs to another key"):
+        Pins(path).check("n2", THIEF)  # after a restart too
+
+
+def test_a_full_disk_answers_503_on_the_peer_route_not_500(tmp_path: Path) -> None:
+    """Through the peer plane (the route's AuthError handler): a signed request from a member met for the first
+    time while the disk is full is 503 every time until the pin is written; then 200, and the id is pinned."""
+    import asyncio
+
+    import httpx
+
+    from agent.node import NodeAgent
+    from agent.peer_api import create_peer_app
+    from agent.settings import load_settings
+    from peerserve import wire
+
+    token = "pins-disk-full-cluster-token-0123456789"
+    member, impostor = Identity("m", token, tmp_path / "m"), Identity("m", token, tmp_path / "m-impostor")
+
+    async def scenario() -> list[tuple[int, str]]:
+        overrides = {"node_id": "f", "data_dir": str(tmp_path / "f"), "cluster_token": token, "mdns": False}
+        agent = NodeAgent(load_settings(env={}, overrides=overrides))
+        assert agent.identity is not None
+        http = httpx.AsyncClient(transport=httpx.ASGITransport(app=create_peer_app(agent, agent.identity)))
+
+        async def get(sender: Identity) -> tuple[int, str]:
+            signed = sender.sign_request("f", "GET", wire.ROUTE_STATE, b"", agent.clock())
+            r = await http.get("http://f" + wire.ROUTE_STATE, headers=dict(signed.headers))
+            return r.status_code, r.text
+
+        try:
+            _disk_full(tmp_path / "f" / "peer")
+            answers = [await get(member), await get(member), await get(impostor)]
+            (tmp_path / "f" / "peer" / "pins.tmp").unlink()
+            return [*answers, await get(member), await get(impostor)]
+        finally:
+            await http.aclose()
+            await agent.stop()
+
+    answers = asyncio.run(scenario())
+    assert [status for status, _ in answers] == [503, 503, 503, 200, 403]
+    assert "cannot write its pin file" in answers[0][1]
+    assert read_pins(tmp_path / "f" / "peer" / "pins.json") == {"m": member.public_key}

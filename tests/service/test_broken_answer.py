@@ -1,0 +1,163 @@
+"""A model server that dies mid-answer: the client must see a failed exchange, never a well-formed short 200.
+
+A real agent (uvicorn with the agent's own protocol, in this process) proxies to a real HTTP server on loopback
+that answers the readiness probe and breaks off every predict part-way: chunked (no terminating chunk), with a
+small Content-Length (the proxy's one-write path) and with a large one (the streamed path). review12a's F2: the
+proxy used to end the client's chunked answer normally (a complete 200 with half a body) and log a 200.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import h11
+import pytest
+import uvicorn
+
+from agent.api import create_app
+from agent.cli import server_config
+from agent.node import NodeAgent
+from agent.runtime.base import Instance
+from agent.settings import Settings
+from tests.service.conftest import free_port
+from tests.waiting import wait_for
+
+MODEL = "half_plus_two"
+PROBE = json.dumps({"model_version_status": [{"version": "1", "state": "AVAILABLE"}]}).encode()
+PART = b'{"predictions": [2.5, 3.0'  # where every answer breaks off
+
+
+class BreaksOff:
+    """A model server that answers the probe and cuts every predict after ``PART`` (the way it frames it: ``mode``)."""
+
+    def __init__(self, mode: str) -> None:
+        self.mode = mode
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
+
+    def _answer(self, conn: socket.socket) -> None:
+        with conn:
+            parser = h11.Connection(h11.SERVER)
+            method = b""
+            while True:
+                event = parser.next_event()
+                if event is h11.NEED_DATA:
+                    data = conn.recv(65536)
+                    if not data:
+                        return
+                    parser.receive_data(data)
+                elif isinstance(event, h11.Request):
+                    method = event.method
+                elif isinstance(event, h11.EndOfMessage):
+                    if method == b"GET":  # the readiness probe: answered whole, then the next request
+                        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n")
+                        conn.sendall(b"Content-Length: %d\r\n\r\n" % len(PROBE) + PROBE)
+                        parser = h11.Connection(h11.SERVER)
+                        continue
+                    head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                    if self.mode == "chunked":
+                        conn.sendall(head + b"Transfer-Encoding: chunked\r\n\r\n%x\r\n%s\r\n" % (len(PART), PART))
+                    else:
+                        declared = 30 if self.mode == "small" else 1_000_000  # over the one-write limit (64 KiB)
+                        conn.sendall(head + b"Content-Length: %d\r\n\r\n" % declared + PART)
+                    time.sleep(0.05)
+                    return  # the server dies: the connection closes mid-answer
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class Listed:
+    """A runtime whose one server is already running at ``url`` (as an adopted container is)."""
+
+    kind = "static"
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    async def start(self, spec: Any, term: int) -> Instance:
+        raise AssertionError("the test's server is already running")
+
+    async def stop(self, instance_id: str) -> None:
+        return None
+
+    async def list(self) -> list[Instance]:
+        return [Instance("up-1", MODEL, self.url, True, 1, time.time())]
+
+    async def close(self) -> None:
+        return None
+
+
+@pytest.fixture(params=["chunked", "small", "large"])
+def proxied(request: Any, tmp_path: Path) -> Iterator[tuple[str, int, NodeAgent]]:
+    upstream = BreaksOff(request.param)
+    port = free_port()
+    settings = Settings(node_id="n1", host="127.0.0.1", port=port, data_dir=str(tmp_path), discovery=False)
+    agent = NodeAgent(settings, runtime=Listed(f"http://127.0.0.1:{upstream.port}"))
+    agent.set_desired(1, None, {MODEL: 1})
+    server = uvicorn.Server(server_config(create_app(agent), settings, "warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    wait_for(lambda: server.started, timeout=20)
+    try:
+        yield request.param, port, agent
+    finally:
+        server.should_exit = True
+        thread.join(15)
+        upstream.close()
+
+
+def _predict(port: int) -> tuple[int | None, bytes, str]:
+    """One predict read with h11 (strict framing): (status, body, how the exchange ended)."""
+    body = b'{"instances": [1.0, 2.0]}'
+    client = h11.Connection(h11.CLIENT)
+    wire = client.send(h11.Request(method="POST", target=f"/v1/models/{MODEL}:predict", headers=[
+        ("Host", "x"), ("Content-Type", "application/json"), ("Content-Length", str(len(body)))]))  # fmt: skip
+    status, got = None, b""
+    with socket.create_connection(("127.0.0.1", port), timeout=20) as sock:
+        rest = (client.send(h11.Data(data=body)) or b"") + (client.send(h11.EndOfMessage()) or b"")
+        sock.sendall((wire or b"") + rest)
+        while True:
+            try:
+                event = client.next_event()
+            except h11.RemoteProtocolError:
+                return status, got, "cut"
+            if event is h11.NEED_DATA:
+                client.receive_data(sock.recv(65536))
+            elif isinstance(event, h11.Response):
+                status = event.status_code
+            elif isinstance(event, h11.Data):
+                got += event.data
+            elif isinstance(event, h11.EndOfMessage):
+                return status, got, "complete"
+            elif isinstance(event, h11.ConnectionClosed):
+                return status, got, "cut"
+
+
+def test_a_server_that_breaks_off_its_answer_never_reaches_the_client_as_a_complete_answer(proxied: Any) -> None:
+    mode, port, agent = proxied
+    status, body, ended = _predict(port)
+    if mode == "small":  # nothing was sent yet: the client gets the failure as the protocol's error
+        assert (status, ended) == (502, "complete")
+        assert json.loads(body)["error"].startswith("model server n1 broke off its answer")
+    else:  # already streaming: the answer is cut, not ended as if it were whole
+        assert (status, ended) == (200, "cut")
+        assert body.startswith(PART[:10]) and len(body) <= len(PART)
+    wait_for(lambda: agent.store.requests_since(0, 10)[0], timeout=10)
+    records, _ = agent.store.requests_since(0, 10)
+    assert [(r.status, r.latency_ms) for r in records] == [(502, None)]  # a failure, no latency learned from it
