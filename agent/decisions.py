@@ -21,6 +21,7 @@ site_shares = rule.site_shares
 
 BACKOFF_BASE_S = 1.0
 BACKOFF_MAX_S = 60.0
+MEMORY_REFUSAL_NAMES = 5  # models a memory refusal names (a desired set may hold every model of the catalogue)
 
 
 @dataclass(frozen=True)
@@ -157,6 +158,29 @@ def plan_reconcile(
         elif len(have) < count and now >= next_try.get(model, 0.0):
             steps += [Start(model)] * (count - len(have))
     return steps
+
+
+def memory_refusal(instances: Mapping[str, int], mem_need: Mapping[str, float], mem_total_mb: float) -> str | None:
+    """Why a desired set could never fit in this node's memory (None: it fits).
+
+    The servers together, sum(count x mem_mb), may not need more than ``mem_total_mb``: each model alone may fit
+    while all of them order many times the board, and every one would be started. A set of one server in all is
+    accepted whatever its size (a catalogue's mem_mb is the planner's estimate; one model on a board said to be
+    too small for it is the operator's call, as before).
+    """
+    counts = {m: c for m, c in instances.items() if c > 0}
+    if sum(counts.values()) <= 1:
+        return None
+    total = sum(c * mem_need.get(m, 0.0) for m, c in counts.items())
+    if total <= mem_total_mb:
+        return None
+    largest = sorted(counts, key=lambda m: (-counts[m] * mem_need.get(m, 0.0), m))[:MEMORY_REFUSAL_NAMES]
+    parts = ", ".join(f"{counts[m]} x {m} ({mem_need.get(m, 0.0):.0f} MB)" for m in largest)
+    more = f" and {len(counts) - len(largest)} more models" if len(counts) > len(largest) else ""
+    return (
+        f"the desired servers need {total:.0f} MB together, over this node's memory capacity of {mem_total_mb:.0f} MB "
+        f"(largest: {parts}{more})"
+    )
 
 
 DRAINED_REASONS = ("not desired", "more than desired")  # a healthy server the plan no longer wants

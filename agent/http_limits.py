@@ -82,6 +82,9 @@ def error_bytes(status: int, message: str) -> tuple[list[tuple[bytes, bytes]], b
     return headers, body
 
 
+ABORTED = "peerserve.answer_aborted"  # scope key HttpLimits sets when an answer was aborted (AbortAnswer)
+
+
 class AbortAnswer(Exception):
     """Raised out of a streamed answer to end the exchange without completing it (the proxy's model server broke
     off mid-answer): ``HttpLimits`` returns without the answer's last chunk (or its declared bytes) and uvicorn
@@ -127,6 +130,7 @@ class HttpLimits:
         except ClientDisconnect:
             log.debug("client %s went away while sending its body", scope.get("client"))
         except AbortAnswer as exc:
+            scope[ABORTED] = True  # for the metrics outside: the answer failed whatever its head said
             if not started:
                 await _send_error(send, 502, str(exc))
 

@@ -332,6 +332,9 @@ class Leadership:
             return lr.Fenced(self.agent.clock(), c.round, c.node, c.term if highest is None else highest)
         if status == 200:
             return lr.Acknowledged(self.agent.clock(), c.round, c.node)
+        # refused (e.g. 400: the set's memory is over the node's total, a make-before-break hold beside the new
+        # plan): said, bounded, so the operator sees why a node keeps its old set until the hold clears
+        self._say_once(f"refused {c.node} {status}", "command to %s refused (HTTP %d): %.300s", c.node, status, answer)
         return lr.CommandFailed(self.agent.clock(), c.round, c.node, transient=status >= 500)
 
     def _say_once(self, key: str, message: str, *args: Any) -> None:

@@ -12,7 +12,7 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +28,7 @@ from agent.decisions import (
     Stop,
     backoff_delay,
     drain_stops,
+    memory_refusal,
     plan_reconcile,
     provision_target,
 )
@@ -70,6 +71,10 @@ class UnknownModelError(AgentError):
     """A model name that is not in the catalogue."""
 
 
+class CapacityError(AgentError):
+    """A desired set whose servers together need more memory than this node has (decisions.memory_refusal)."""
+
+
 @dataclass
 class ModelHealth:
     failures: int = 0
@@ -109,6 +114,18 @@ def make_runtime(settings: Settings) -> Runtime:
         settings.advertise_address or settings.host, Path(settings.data_dir), settings.server_timing,
         settings.max_body_mb,
     )  # fmt: skip
+
+
+async def gather_bounded(jobs: Iterable[Awaitable[None]], limit: int) -> None:
+    """Await every job, at most ``limit`` at once: a round may start dozens of servers, each one loading its model
+    (memory, CPU, the runtime's own workers), and the runtime need not take them all at the same moment."""
+    gate = asyncio.Semaphore(limit)
+
+    async def one(job: Awaitable[None]) -> None:
+        async with gate:
+            await job
+
+    await asyncio.gather(*(one(j) for j in jobs))
 
 
 def _first_ipv4() -> str:
@@ -159,7 +176,8 @@ class NodeAgent:
         self.state = NodeState()
         self.health: dict[str, ModelHealth] = {}
         self.exec_ms = ExecTimes()  # (node, model) -> median of recent proxied times (agent/serving/exec_times.py)
-        self._desired = self.store.desired()
+        self._metrics_cache: tuple[float, NodeMetrics] | None = None
+        self._desired = self._restored_desired()
         self._on_demand_at = dict.fromkeys(self._desired.on_demand, clock())
         self._ever_ready: set[str] = set()
         self._ready_models: set[str] = set()
@@ -167,7 +185,6 @@ class NodeAgent:
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._background: set[asyncio.Task[None]] = set()
-        self._metrics_cache: tuple[float, NodeMetrics] | None = None
         self._client_rtts: dict[str, tuple[float, dict[str, float]]] = {}  # client -> (loaded at, rtts)
         self.telemetry = Telemetry(self, enabled=settings.metrics)
         if self.discovery is not None:
@@ -293,10 +310,25 @@ class NodeAgent:
     def desired(self) -> DesiredState:
         return self._desired
 
+    def memory_refusal(self, instances: Mapping[str, int]) -> str | None:
+        """Why ``instances`` could never fit in this node's memory (None: they fit; decisions.memory_refusal)."""
+        need = {m: s.mem_mb for m, s in self.catalogue.current.models.items()}
+        return memory_refusal(instances, need, self.node_metrics().mem_total_mb)
+
+    def _restored_desired(self) -> DesiredState:
+        """The persisted desired set, emptied when it cannot fit here (kept by a version without the memory check,
+        or a catalogue whose sizes grew): the leader's next round orders again."""
+        state = self.store.desired()
+        why = self.memory_refusal(state.instances)
+        if why is None:
+            return state
+        log.warning("not restoring the desired set %s: %s", dict(state.instances), why)
+        return DesiredState({}, state.term, state.leader, frozenset())
+
     def set_desired(
         self, term: int, leader: str | None, instances: Mapping[str, int], placement: dict[str, Any] | None = None
     ) -> DesiredState:
-        """Apply a leader's desired set (idempotent); raises FencedError or UnknownModelError."""
+        """Apply a leader's desired set (idempotent); raises FencedError, UnknownModelError or CapacityError."""
         unknown = sorted(m for m in instances if self.catalogue.current.get(m) is None)
         if unknown:
             raise UnknownModelError(f"not in the catalogue: {', '.join(unknown)}")
@@ -306,6 +338,9 @@ class NodeAgent:
         accepted = self.store.term_leader() if term == highest else None
         if accepted is not None and leader is not None and accepted != leader:
             raise FencedError(term, highest, accepted)  # two leaders in one term: only the first is obeyed
+        why = self.memory_refusal(instances)
+        if why is not None:
+            raise CapacityError(why)
         self.store.observe_term(term, leader)
         if placement is not None:
             self.last_placement = placement
@@ -314,9 +349,11 @@ class NodeAgent:
         # request reached the leader: keep it for two placement periods unless the leader places it.
         now = self.clock()
         grace = 2 * self.settings.placement_period_s
-        self._on_demand_at = {m: at for m, at in self._on_demand_at.items() if m not in wanted and now - at < grace}
-        for m in self._on_demand_at:
-            wanted[m] = 1
+        kept = {m: at for m, at in self._on_demand_at.items() if m not in wanted and now - at < grace}
+        self._on_demand_at = {}
+        for m, at in sorted(kept.items(), key=lambda item: item[1]):  # the leader's set first, then what still fits
+            if self.memory_refusal({**wanted, m: 1}) is None:
+                wanted[m], self._on_demand_at[m] = 1, at
         state = DesiredState(wanted, term, leader, frozenset(self._on_demand_at))
         if state != self._desired:
             log.info("desired set from %s at term %d: %s", leader, term, wanted)  # every change is an event
@@ -325,16 +362,22 @@ class NodeAgent:
             self._wake.set()
         return state
 
-    def _add_on_demand(self, model: str) -> None:
+    def _add_on_demand(self, model: str) -> bool:
+        """Add one server of ``model`` to the desired set; False when the set with it would not fit in memory."""
         if self._desired.instances.get(model, 0) > 0:
-            return
-        self._on_demand_at[model] = self.clock()
+            return True
         instances = {**self._desired.instances, model: 1}
+        why = self.memory_refusal(instances)
+        if why is not None:
+            log.warning("not provisioning %s on demand: %s", model, why)
+            return False
+        self._on_demand_at[model] = self.clock()
         state = DesiredState(instances, self._desired.term, self._desired.leader, self._desired.on_demand | {model})
         self.store.set_desired(state)
         self._desired = state
         log.info("provisioning %s on demand", model)
         self._wake.set()
+        return True
 
     # -- reconciliation ----------------------------------------------------------------------------------
     async def _reconcile_loop(self) -> None:
@@ -387,9 +430,8 @@ class NodeAgent:
                 elif step.reason == "not ready in time":
                     self._record_failure(step.model, f"not AVAILABLE after {timeout:g} s", now)
                 await self._stop(step)
-        starts = [s for s in steps if isinstance(s, Start)]
-        if starts:
-            await asyncio.gather(*(self._start(s.model) for s in starts))
+        starts = [s.model for s in steps if isinstance(s, Start)]
+        await gather_bounded((self._start(m) for m in starts), self.settings.max_parallel_starts)
         if steps:
             instances = await self.runtime.list()
             ready = await self._probe(instances)
@@ -547,13 +589,18 @@ class NodeAgent:
         return await resolve(self, model, client, reported, live)
 
     def provision_decision(self, spec: ModelSpec) -> tuple[str | None, str]:
-        local = NodeRoom(self.settings.node_id, self.node_metrics().mem_available_mb)
+        free = self.node_metrics().mem_available_mb
+        desired = self._desired.instances
+        if self.memory_refusal({**desired, spec.name: max(1, desired.get(spec.name, 0))}) is not None:
+            free = 0.0  # free now, but promised to servers of the desired set that are still to start
+        local = NodeRoom(self.settings.node_id, free)
         peers = [NodeRoom(p.node_id, p.mem_available_mb) for p in self.peers.members() if p.status == "alive"]
         return provision_target(spec.mem_mb, local, peers)
 
     async def provision_locally(self, model: str, wait_s: float) -> bool:
         """Start ``model`` here on demand and wait up to ``wait_s`` for it to be ready."""
-        self._add_on_demand(model)
+        if not self._add_on_demand(model):
+            return False
         deadline = self.clock() + wait_s
         while self.clock() < deadline:
             if model in self._ready_models:

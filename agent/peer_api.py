@@ -31,9 +31,10 @@ import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
+from agent.decisions import memory_refusal
 from agent.http_limits import SlicedH11Protocol
 from agent.identity import AuthError, Identity
-from agent.node import FencedError, UnknownModelError
+from agent.node import CapacityError, FencedError, UnknownModelError
 from agent.peer_gate import gate_tls
 from agent.peer_swim_route import SwimRoute
 from agent.peer_tls import connection_state
@@ -65,13 +66,8 @@ def command_refusal(sender: str, cmd: wire.DesiredCommand, accepted: tuple[int, 
 
 
 def capacity_refusal(cmd: wire.DesiredCommand, mem_total_mb: float, mem_need: dict[str, float]) -> str | None:
-    """Why the counts exceed what this node could ever hold (None: within capacity)."""
-    for model, count in cmd.instances.items():
-        need = mem_need.get(model, 0.0)
-        most = min(wire.MAX_COUNT, int(mem_total_mb // need) if need > 0 else wire.MAX_COUNT)
-        if count > max(1, most):
-            return f"{count} instances of {model} exceed this node's capacity ({max(1, most)})"
-    return None
+    """Why the counts exceed what this node could ever hold (None: within capacity; agent.decisions.memory_refusal)."""
+    return memory_refusal(cmd.instances, mem_need, mem_total_mb)
 
 
 class _Signed:
@@ -208,7 +204,7 @@ def create_peer_app(agent: NodeAgent, identity: Identity) -> FastAPI:
             state = agent.set_desired(cmd.term, cmd.leader, cmd.instances, dict(cmd.placement or {}) or None)
         except FencedError as exc:
             return reply.error(409, str(exc), highest_term=exc.highest)
-        except UnknownModelError as exc:
+        except (UnknownModelError, CapacityError) as exc:
             return reply.error(400, str(exc))
         return reply({"accepted": True, "term": state.term, "leader": state.leader, "instances": dict(state.instances)})
 

@@ -318,7 +318,7 @@ def build_snapshot(
         "nodes": [
             {
                 "id": n.node_id,
-                "mem_available_mb": min(n.mem_available_mb, n.mem_total_mb),
+                "mem_available_mb": unpromised_mb(n, catalogue),
                 "mem_total_mb": n.mem_total_mb,
                 "compute": n.compute,
                 "instances": {m: c for m, c in n.instances.items() if m in known},
@@ -345,6 +345,14 @@ def build_snapshot(
             if n.concurrency is not None:
                 entry["concurrency"] = n.concurrency
     return out
+
+
+def unpromised_mb(node: NodeReport, catalogue: Catalogue) -> float:
+    """The memory a plan may still give out on ``node``: free now, and never more than its total less its running
+    servers at their catalogue size. A node refuses a desired set whose servers' mem_mb passes its total
+    (agent.decisions.memory_refusal); servers measuring less than their mem_mb leave more free than that."""
+    promised = sum(c * catalogue.models[m].mem_mb for m, c in node.instances.items() if m in catalogue.models and c > 0)
+    return max(0.0, min(node.mem_available_mb, node.mem_total_mb, node.mem_total_mb - promised))
 
 
 def records_kept(records: Iterable[RequestRecord], known: set[str]) -> list[RequestRecord]:

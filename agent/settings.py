@@ -69,6 +69,7 @@ class Settings:
     request_log_rows: int = 100_000
     instance_ready_timeout_s: float = 60.0
     instance_drain_s: float = 3.0  # a server the plan drops leaves endpoint answers this long before it stops
+    max_parallel_starts: int = 4  # model servers a reconcile round starts at once (each loads its model: memory, CPU)
     endpoint_rule: str = (
         "p2c"  # p2c: two endpoints drawn by the plan, the emptier taken; weighted (peerserve/dispatch.py)
     )
@@ -208,6 +209,8 @@ def validate(s: Settings) -> None:
     for name in ("placement_hold_margin", "placement_hold_start_ms", "placement_min_dwell_s", "instance_drain_s"):
         if not 0 <= getattr(s, name) < float("inf"):
             raise ConfigError(name, "must be a finite number, zero or more")
+    if not 1 <= s.max_parallel_starts <= 64:
+        raise ConfigError("max_parallel_starts", "must be 1-64 servers started at once")
     if not 1 <= s.placement_target_rounds <= 1000:
         raise ConfigError("placement_target_rounds", "must be a whole number of rounds, 1 to 1000")
     for seed in s.seed_urls:

@@ -23,6 +23,8 @@ from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_late
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from agent.http_limits import ABORTED
+
 if TYPE_CHECKING:
     from agent.node import NodeAgent
     from agent.runtime.base import Instance
@@ -234,6 +236,8 @@ class RequestMetrics:
         try:
             await self.app(scope, receive, watch)
         finally:
+            if scope.get(ABORTED):  # the head said 200, then the model server broke off: the client got no answer
+                status = 502
             self.telemetry.request(*what, status, time.perf_counter() - started)
 
 

@@ -110,11 +110,14 @@ def run_batch(
     iterations: int,
     abandons: Sequence[float],
     marks: list[tuple[float, float] | None] | None = None,
+    firsts: list[tuple[float, FloatArray, FloatArray] | None] | None = None,
 ) -> list[tuple[FloatArray, int, float]]:
     """``flows[r].run(starts[r], iterations, abandon=abandons[r])`` for every run r, together (module docstring).
 
     ``marks``: receives, for each run that reaches ``ABANDON_STEP`` without stopping there, its objective there and
-    the step before (``hopeless``'s first two arguments), so that a caller can apply a threshold known later."""
+    the step before (``hopeless``'s first two arguments), so that a caller can apply a threshold known later.
+    ``firsts``: receives each run's first step (step, direction, pool rates at its start), as ``_SplitFlow.run``
+    keeps it in ``first``."""
     stack, one = _Stack(flows), flows[0]
     x = np.stack([np.asarray(s) for s in starts])  # [run, c, j]
     out: list[tuple[FloatArray, int, float] | None] = [None] * len(flows)
@@ -144,6 +147,9 @@ def run_batch(
             break
         at = np.zeros(len(flows))
         at[moving] = _steps(stack, lam, direction, (slope, second), moving)
+        if steps == 0 and firsts is not None:
+            for r in moving:
+                firsts[r] = (float(at[r]), direction[r], lam[r])
         x = np.where(_rows(moving, len(flows)), x + at[:, None, None] * direction, x)
     return [o if o is not None else (np.array(x[r]), iterations, np.inf) for r, o in enumerate(out)]
 

@@ -133,11 +133,13 @@ def _round_together(pools: Pools, counts: IntArray, moves: list[tuple[int, int, 
     starts = [np.where(r[1][2], r[2], 0.0) for r in runs]  # split_run's start (the tries' is the same)
     flows = [_SplitFlow(*runs[0][1])] if runs else []
     flows += [sibling(flows[0], r[1][1], r[1][2]) for r in runs[1:]]  # the same rates: the first's arrays shared
-    done = run_batch(flows, starts, TRY_ITERATIONS, [np.inf] * len(runs), marks) if runs else []
+    firsts: list[tuple[float, FloatArray, FloatArray] | None] = [None] * len(runs)
+    done = run_batch(flows, starts, TRY_ITERATIONS, [np.inf] * len(runs), marks, firsts) if runs else []
     stay = None
     if stay_ready is not None:
         (rated, servers, allowed), (x, steps, gap) = stay_ready[1], done[0]
-        pools.split_run = SplitRun(rated.rate, servers, allowed, starts[0], x, steps, gap, TRY_ITERATIONS)
+        run = SplitRun(rated.rate, servers, allowed, starts[0], x, steps, gap, TRY_ITERATIONS, firsts[0])
+        pools.split_run = run
         stay = _valued(pools, stay_ready[0], x)
     before = min(integer_objective(pools), stay[0] if stay else np.inf)
     beat = before if ABANDON else np.inf

@@ -17,13 +17,15 @@ and no model ends past the instance bound (rate moved between node classes lower
 ``rho_max`` while its counts stay: 2 of 1,000 Mode 1 clusters in bench/bound_sweep.py).
 Frank-Wolfe stops at relative duality gap ``TOLERANCE`` (no step at all where repair left the split within
 it); its line search is a safeguarded Newton on the wait's closed-form second derivative (_SplitFlow.step).
+Where its first step already leaves the caps, a run that stays within them is tried first (``CAPPED``,
+_capped_or_plain).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 
 import numpy as np
 import numpy.typing as npt
@@ -49,6 +51,12 @@ ABANDON_STEP = 4  # a move try (solver.queue_move) whose run, extrapolated from 
 ABANDON_SLOPES = 2.0  # step's fall, cannot beat the plan stops (bench, 2 cores: 43 % of tries, none a move kept)
 ABANDONED = -np.inf  # the gap a given-up run returns
 LAZY_END = True  # the slope at step 1 only where Newton reaches 1 (off: checked first, one evaluation more per step)
+CAPPED = True  # where the run's first step leaves the caps, a capped run (_SplitFlow.run_capped) first: off, the plain
+# run cut back at its end (docs/solver.md, "The capped split": 17 of 222 bench plans change, mean -0.9 %, worst +0.1 %)
+PROBE = 2  # ... taken where it ends within this many steps (stalled or blocked), else the plain run as before
+BLOCKED = 1e-3  # a capped run's first step shorter than this takes the cheapest vertex among the pools with room,
+ROOM_HAIR = 1e-6  # ... those whose room exceeds this fraction of their limit (and nodes likewise)
+STALL = 1e-4  # a capped run stops once a step fell by less than this relative to the objective
 HALF_CURVATURE = True  # the line search sums half the curvature and doubles the sum (exact: a power of two)
 
 
@@ -63,12 +71,16 @@ def best_split(pools: Pools) -> bool:
     if not np.any(allowed.sum(axis=1) > 1):
         return False  # no stream has a choice
     servers = effective_servers(counts, pools.cores)
-    run = split_run(dataclasses.replace(q, rate=served), servers, allowed, pools.x, ITERATIONS, pools.split_run)
-    split, steps = run.x, run.steps
+    rated, fcounts = dataclasses.replace(q, rate=served), counts.astype(float)
+    if CAPPED:
+        split, steps = _capped_or_plain(pools, rated, servers, allowed, fcounts)
+    else:
+        run = split_run(rated, servers, allowed, pools.x, ITERATIONS, pools.split_run)
+        split, steps = run.x, run.steps
     if steps == 0:
         return False  # the repaired split is already within TOLERANCE of its best
     old, old_cap = pools.x, pools.cap.copy()
-    step = _feasible_step(pools, counts.astype(float), old, split - old)
+    step = _feasible_step(pools, fcounts, old, split - old)
     before = integer_objective(pools)
     if step <= 0 or not apply_split(pools, np.where(allowed, old + step * (split - old), 0.0).clip(min=0.0), counts):
         return False
@@ -78,6 +90,49 @@ def best_split(pools: Pools) -> bool:
         return False
     log.debug("best split: objective %.3f -> %.3f (step %.3f)", before, after, step)
     return True
+
+
+def _capped_or_plain(
+    pools: Pools, rated: QueueProblem, servers: FloatArray, allowed: BoolArray, counts: FloatArray
+) -> tuple[FloatArray, int]:
+    """best_split's run: the plain Frank-Wolfe run (``split_run``, continuing the move pass's run where it can)
+    where its first step keeps every pool within its cap and every node within its cores; else first the capped run
+    (``_SplitFlow.run_capped``) from the same start, taken where it ends within ``PROBE`` steps. Returns (split,
+    steps).
+
+    Why: where the first step leaves the caps (a pool at its cap, or a node at its cores, that the cheapest vertex
+    grows), the plain run's 20 steps mostly end where the cut back from the start is 0 (on the bench's thesis cases
+    at 1 core 41 of 72, at 2 cores 9 of 72: ~1.2 ms each for nothing), while the capped run stalls within a step or
+    two. Where the capped run goes on, the plain run (whose cut can reach further) answers as before."""
+    start = np.where(allowed, pools.x, 0.0)
+    fixed = feasible_limits(pools, counts)
+    resume = pools.split_run
+    if not (
+        resume is not None
+        and resume.iterations <= ITERATIONS
+        and resume.same_inputs(rated.rate, servers, allowed, start)
+    ):
+        resume = None
+    flow = None
+    if resume is not None and (resume.first is not None or resume.steps == 0):
+        first = resume.first  # the move pass's run without a move: its first step is this run's (None: at the gap)
+    else:
+        flow = _SplitFlow(rated, servers, allowed)
+        first = flow.first_step(start)
+    if first is None:
+        return start, 0  # within TOLERANCE at the start: the plain run stops there too
+    a, direction, lam = first
+    if _feasible_step(pools, counts, start, direction, fixed, lam) < a:
+        flow = _SplitFlow(rated, servers, allowed) if flow is None else flow
+        x, steps = flow.run_capped(start, PROBE, lambda y, d, at: _feasible_step(pools, counts, y, d, fixed, at), fixed)
+        if steps < PROBE:
+            return x, steps
+    if resume is not None:
+        run = split_run(rated, servers, allowed, pools.x, ITERATIONS, resume)
+        return run.x, run.steps
+    assert flow is not None  # no resume: the flow was made for the first step
+    x, steps, _ = flow.run(start + a * direction, ITERATIONS, done=1)  # the plain run's first step, as it takes it
+    return x, steps
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,6 +147,7 @@ class SplitRun:
     steps: int
     gap: float
     iterations: int
+    first: tuple[float, FloatArray, FloatArray] | None = None  # its first step (step, direction, pool rates at start)
 
     def same_inputs(self, rate: FloatArray, servers: FloatArray, allowed: BoolArray, start: FloatArray) -> bool:
         """Whether a run from these inputs takes this run's steps (bit for bit equal arrays)."""
@@ -115,9 +171,12 @@ def split_run(
         if resume.steps < resume.iterations:  # it stopped at the gap: a longer run stops there too
             return dataclasses.replace(resume, iterations=iterations)
         x, steps, gap = _SplitFlow(q, servers, allowed).run(resume.x, iterations, done=resume.steps)
+        first = resume.first
     else:
-        x, steps, gap = _SplitFlow(q, servers, allowed).run(start, iterations)
-    return SplitRun(q.rate, servers, allowed, start, x, steps, gap, iterations)
+        flow = _SplitFlow(q, servers, allowed)
+        x, steps, gap = flow.run(start, iterations)
+        first = flow.first
+    return SplitRun(q.rate, servers, allowed, start, x, steps, gap, iterations, first)
 
 
 def load_limit(pools: Pools) -> FloatArray:
@@ -193,6 +252,7 @@ class _SplitFlow:
         self.cols = np.arange(self.cost.shape[1])
         self.buffers = tuple(np.empty(self.mu.shape) for _ in range(4))  # along's work arrays
         self.at_top = np.empty(self.mu.shape, dtype=bool)
+        self.first: tuple[float, FloatArray, FloatArray] | None = None  # run's first step from its start, once taken
 
     def pools(self, lam: FloatArray, order: int, wait: bool = False) -> tuple[FloatArray, ...]:
         """Per pool [j, k]: the wait term D - lam * service (for ``order`` 0 or ``wait``), then its first
@@ -283,8 +343,76 @@ class _SplitFlow:
             if steps == ABANDON_STEP and value - ABANDON_SLOPES * (last - value) * (iterations - steps) >= abandon:
                 return x, steps, ABANDONED
             last = value
-            x = x + self.step(x, lam, direction, (slope, second)) * direction
+            a = self.step(x, lam, direction, (slope, second))
+            if steps == 0:
+                self.first = (a, direction, lam)
+            x = x + a * direction
         return x, steps, gap
+
+    def first_step(self, x: FloatArray) -> tuple[float, FloatArray, FloatArray] | None:
+        """``run``'s first step from ``x``: (step, direction, pool rates at ``x``), or None where ``run`` stops at
+        ``x`` (its gap within ``TOLERANCE``). The same operations as ``run``'s, so ``x + step * direction`` is its
+        first iterate bit for bit."""
+        add = np.add.reduce
+        lam = x.T @ self.onehot
+        wait, slope, second = self.pools(lam, 2, wait=True)
+        grad = self.cost + slope.T[self.model]
+        direction = self.all_on(grad + self.big) - x
+        value = float(add(x * self.cost, axis=None) + add(wait, axis=None))
+        gap = -float(add(grad * direction, axis=None)) / max(value, 1e-9)
+        if GAP_STOP and gap <= TOLERANCE:
+            return None
+        return self.step(x, lam, direction, (slope, second)), direction, lam
+
+    def run_capped(
+        self,
+        x: FloatArray,
+        iterations: int,
+        room: Callable[[FloatArray, FloatArray, FloatArray], float],
+        fixed: tuple[FloatArray, FloatArray, FloatArray],
+    ) -> tuple[FloatArray, int]:
+        """Frank-Wolfe from ``x`` (within every cap) whose iterates stay within the caps (best_split where the plain
+        run's first step leaves them: there the plain run's end is cut back from the start, often to nothing).
+
+        Each step is searched on the segment within the caps (``room(x, direction, lam)``: ``_feasible_step``'s
+        largest step; the segment scaled to [0, 1], so Newton's lazy end check takes its end in one evaluation
+        where the objective still falls there). Where the first step's cheapest vertex has no room at all (it grows
+        a pool at its cap or a node at its cores), that step's vertex is the cheapest among the pools and nodes
+        with room (a stream with none keeps its split); a later step without room ends the run (on the bench's
+        cases, later restricted steps gained ~1e-7 each at two to three times a plain step's line-search cost).
+        Also stops at the plain gap's ``TOLERANCE``, after ``iterations`` steps, or once a step fell by less than
+        ``STALL`` of the objective. Returns (x, steps taken)."""
+        _, cap_room, limit = fixed
+        add = np.add.reduce
+        steps, last = 0, np.inf
+        for steps in range(iterations + 1):
+            lam = x.T @ self.onehot
+            wait, slope, second = self.pools(lam, 2, wait=True)
+            grad = self.cost + slope.T[self.model]
+            direction = self.all_on(grad + self.big) - x
+            value = float(add(x * self.cost, axis=None) + add(wait, axis=None))
+            gap = -float(add(grad * direction, axis=None)) / max(value, 1e-9)
+            if steps == iterations or (GAP_STOP and gap <= TOLERANCE) or last - value < STALL * value:
+                break
+            last = value
+            cap = room(x, direction, lam)
+            if cap < BLOCKED and steps == 0:  # [j, k] the pools at their cap, to a hair, or on a node at its cores
+                full = np.isfinite(limit) & (limit - busy(lam, self.mu) <= ROOM_HAIR * limit)
+                shut = (cap_room - lam <= ROOM_HAIR * cap_room) | full[:, None]
+                barred = grad + self.big + np.where(shut[:, self.model].T, np.inf, 0.0)
+                stuck = ~np.isfinite(barred.min(axis=1))  # [c] every allowed pool shut: the stream stays
+                vertex = self.all_on(np.where(stuck[:, None], 0.0, barred))
+                direction = np.where(stuck[:, None], 0.0, vertex - x)
+                cap = room(x, direction, lam)
+            if cap <= 0:
+                break
+            if cap < 1.0:  # the segment within the caps, searched as the whole step's [0, 1]
+                direction = direction * cap
+            a = self.step(x, lam, direction, (slope, second))
+            if a <= 0:
+                break
+            x = x + a * direction
+        return x, steps
 
     def step(
         self, x: FloatArray, lam: FloatArray, d: FloatArray, here: tuple[FloatArray, FloatArray] | None = None

@@ -16,7 +16,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, TypeVar
@@ -30,6 +31,7 @@ log = logging.getLogger(__name__)
 LABEL = "peerserve.managed"
 REST_PORT = "8501/tcp"
 TRITON_HTTP_PORT = "8000/tcp"  # NVIDIA's Triton images (server = "triton") answer HTTP on 8000
+DOCKER_WORKERS = 4  # threads for Docker calls, apart from asyncio's default pool (a hung daemon holds them)
 T = TypeVar("T")
 
 
@@ -68,17 +70,21 @@ class DockerRuntime:
         self.gpu = gpu
         self._factory = client_factory or _from_env
         self._client: Any = None
+        # Docker calls block a thread until the Engine answers or the client's timeout (20 s): on their own pool, a
+        # hung daemon never holds the threads the leader's solver round trips and the request-log flush run on
+        self._pool = ThreadPoolExecutor(DOCKER_WORKERS, thread_name_prefix="docker")
 
     def _docker(self) -> Any:
         import docker.errors
+        import requests
 
         if self._client is None:
             try:
                 self._client = self._factory()
                 self._client.ping()
-            except docker.errors.DockerException as exc:
+            except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
                 self._client = None
-                raise RuntimeUnavailable(f"Docker Engine unreachable: {exc}") from exc
+                raise RuntimeUnavailable(f"Docker Engine unreachable: {type(exc).__name__}: {exc}") from exc
         return self._client
 
     async def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
@@ -86,12 +92,13 @@ class DockerRuntime:
         import requests
 
         try:
-            return await asyncio.to_thread(partial(fn, *args, **kwargs))
+            return await asyncio.get_running_loop().run_in_executor(self._pool, partial(fn, *args, **kwargs))
         except (docker.errors.APIError, docker.errors.ImageNotFound, docker.errors.NotFound):
             raise
-        except (docker.errors.DockerException, requests.exceptions.ConnectionError) as exc:
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+            # unreachable, refused, or a read timeout (a hung daemon): the next call makes a new client
             self._client = None
-            raise RuntimeUnavailable(f"Docker Engine unreachable: {exc}") from exc
+            raise RuntimeUnavailable(f"Docker Engine unreachable: {type(exc).__name__}: {exc}") from exc
 
     def _run_container(self, spec: ModelSpec, term: int) -> Any:
         import docker.errors
@@ -154,14 +161,13 @@ class DockerRuntime:
             host = bindings[0].get("HostIp") or "127.0.0.1"
             host = "127.0.0.1" if host in ("0.0.0.0", "") else host
             url = f"http://{host}:{bindings[0]['HostPort']}"
-        created = container.attrs.get("Created", "")
         return Instance(
             id=container.id,
             model=labels.get("peerserve.model", ""),
             url=url,
             running=container.status == "running" and bool(url),
             term=int(labels.get("peerserve.term", "0") or 0),
-            started_at=_parse_time(created),
+            started_at=started_at(container.attrs),
             detail=f"container {container.short_id} {container.status}",
             mem_mb=_measured_mb(container),
         )
@@ -201,6 +207,7 @@ class DockerRuntime:
         if self._client is not None:
             self._client.close()
             self._client = None
+        self._pool.shutdown(wait=False, cancel_futures=True)  # a call stuck on a hung daemon ends at its timeout
 
 
 def _from_env() -> Any:
@@ -217,10 +224,21 @@ def _measured_mb(container: Any) -> float | None:
     return tree_rss_mb(int(pid)) if pid and container.status == "running" else None
 
 
+def started_at(attrs: Mapping[str, Any]) -> float:
+    """When the container's processes last started (State.StartedAt), else when it was created.
+
+    Not Created alone: after a reboot or a dockerd restart the restart policy starts a container made days ago,
+    and a server still loading its model would look past instance_ready_timeout_s and be replaced."""
+    created = _parse_time(str(attrs.get("Created") or ""))
+    state = attrs.get("State")
+    started = _parse_time(str(state.get("StartedAt") or "")) if isinstance(state, Mapping) else 0.0
+    return started if started > 0 else created  # a never-started container reports 0001-01-01T00:00:00Z
+
+
 def _parse_time(text: str) -> float:
     from datetime import datetime
 
     try:
-        return datetime.fromisoformat(text[:26].rstrip("Z") + "+00:00").timestamp()
-    except ValueError:
+        return max(0.0, datetime.fromisoformat(text[:26].rstrip("Z") + "+00:00").timestamp())
+    except (ValueError, OverflowError):
         return 0.0

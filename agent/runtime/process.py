@@ -6,18 +6,25 @@ an agent crash; their pids are kept in ``<data_dir>/process-runtime.json`` (from
 so a server whose agent dies before it is ready is never lost: its record has port 0) and a restarted agent
 adopts those still alive and ready, and stops those left half-started. A graceful agent shutdown stops every
 server it owns.
+
+A recorded PID is ours only while it is the same process: its start time (/proc/PID/stat field 22, clock ticks
+since boot, recorded at spawn) and its command line (the stand-in's ``--name``, Triton's ``--http-port`` and
+repository) must match the record before it is adopted or signalled; a PID reused by another process, or
+another agent's server, is left alone.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import logging
 import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +37,7 @@ log = logging.getLogger(__name__)
 
 START_TIMEOUT_S = 15.0
 STOP_TIMEOUT_S = 5.0
+LEGACY_SLACK_S = START_TIMEOUT_S + 5.0  # a record without ticks: the process started this long before it at most
 
 
 @dataclass
@@ -41,6 +49,11 @@ class _Server:
     term: int
     started_at: float
     process: asyncio.subprocess.Process | None = None  # None when adopted after a restart
+    ticks: int = 0  # the process's start time (/proc/PID/stat field 22); 0: a record written before it was kept
+
+    def is_alive(self) -> bool:
+        """Whether this server's process still runs: the same PID, start time and command line as recorded."""
+        return _is_our_server(self.pid, self.model, self.port, self.ticks, self.started_at)
 
 
 class ProcessRuntime:
@@ -63,13 +76,8 @@ class ProcessRuntime:
         except (OSError, ValueError):
             return
         for e in entries if isinstance(entries, list) else []:
-            try:
-                server = _Server(
-                    e["id"], e["model"], int(e["pid"]), int(e["port"]), int(e["term"]), float(e["started_at"])
-                )
-            except (KeyError, TypeError, ValueError):
-                continue
-            if not _is_our_server(server.pid):
+            server = _record(e)
+            if server is None or not server.is_alive():
                 continue
             if server.port == 0:  # the last run died while it started: ours, never ready, nobody else stops it
                 with contextlib.suppress(OSError):
@@ -89,6 +97,7 @@ class ProcessRuntime:
                 "port": s.port,
                 "term": s.term,
                 "started_at": s.started_at,
+                "ticks": s.ticks,
             }
             for s in [*self._servers.values(), *self._starting.values()]
         ]
@@ -120,7 +129,10 @@ class ProcessRuntime:
                 stdout=asyncio.subprocess.PIPE, stderr=log_file, stdin=asyncio.subprocess.DEVNULL,
                 env=server_environment(os.environ), start_new_session=True,
             )  # fmt: skip
-        self._starting[proc.pid] = _Server(f"proc-{spec.name}-{proc.pid}", spec.name, proc.pid, 0, term, time.time())
+        ticks = start_ticks(proc.pid) or 0
+        self._starting[proc.pid] = _Server(
+            f"proc-{spec.name}-{proc.pid}", spec.name, proc.pid, 0, term, time.time(), ticks=ticks
+        )
         self._save()  # recorded before it is ready: if this agent dies now, whoever cleans up finds it
         try:
             assert proc.stdout is not None
@@ -136,10 +148,10 @@ class ProcessRuntime:
         finally:
             self._starting.pop(proc.pid, None)
         if not port:
-            await _terminate(proc.pid, proc)
+            await _terminate(proc.pid, proc, lambda: proc.returncode is None)
             self._save()
             raise InstanceStartError(f"model server for {spec.name} did not start; see {log_path}")
-        server = _Server(f"proc-{spec.name}-{proc.pid}", spec.name, proc.pid, port, term, time.time(), proc)
+        server = _Server(f"proc-{spec.name}-{proc.pid}", spec.name, proc.pid, port, term, time.time(), proc, ticks)
         self._servers[server.id] = server
         self._save()
         log.info("started %s on port %d (pid %d)", spec.name, port, proc.pid)
@@ -161,14 +173,15 @@ class ProcessRuntime:
                 stdout=log_file, stderr=log_file, stdin=asyncio.subprocess.DEVNULL,
                 env=triton.environment(install), start_new_session=True,
             )  # fmt: skip
-        server = _Server(f"triton-{spec.name}-{proc.pid}", spec.name, proc.pid, port, term, time.time(), proc)
+        ticks = start_ticks(proc.pid) or 0
+        server = _Server(f"triton-{spec.name}-{proc.pid}", spec.name, proc.pid, port, term, time.time(), proc, ticks)
         self._servers[server.id] = server
         self._save()
         log.info("started tritonserver for %s on port %d (pid %d)", spec.name, port, proc.pid)
         return self._instance(server)
 
     def _instance(self, s: _Server) -> Instance:
-        running = s.process.returncode is None if s.process is not None else _is_our_server(s.pid)
+        running = s.process.returncode is None if s.process is not None else s.is_alive()
         url = self._url(s.port)
         return Instance(s.id, s.model, url, running, s.term, s.started_at, f"pid {s.pid}", tree_rss_mb(s.pid))
 
@@ -177,7 +190,9 @@ class ProcessRuntime:
         if server is None:
             return
         self._save()
-        await _terminate(server.pid, server.process)
+        if server.process is None and not server.is_alive():
+            return  # adopted, and gone or no longer the process recorded: nothing of ours to signal
+        await _terminate(server.pid, server.process, server.is_alive)
         log.info("stopped %s (pid %d)", server.model, server.pid)
 
     async def list(self) -> list[Instance]:
@@ -197,20 +212,72 @@ def recorded_server_pids(data_dir: Path) -> list[int]:
         entries = json.loads((data_dir / "process-runtime.json").read_text())
     except (OSError, ValueError):
         return []
-    pids = []
-    for e in entries if isinstance(entries, list) else []:
-        with contextlib.suppress(KeyError, TypeError, ValueError):
-            if _is_our_server(int(e["pid"])):
-                pids.append(int(e["pid"]))
-    return pids
+    servers = [_record(e) for e in entries] if isinstance(entries, list) else []
+    return [s.pid for s in servers if s is not None and s.is_alive()]
 
 
-def _is_our_server(pid: int) -> bool:
+def _record(entry: object) -> _Server | None:
+    """One entry of process-runtime.json, or None when it is malformed."""
+    if not isinstance(entry, dict):
+        return None
+    e = entry
     try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        return _Server(
+            str(e["id"]), str(e["model"]), int(e["pid"]), int(e["port"]), int(e["term"]), float(e["started_at"]),
+            ticks=int(e.get("ticks") or 0),
+        )  # fmt: skip
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def start_ticks(pid: int) -> int | None:
+    """When ``pid`` started, in clock ticks since boot (/proc/PID/stat field 22); None when there is no such PID."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return int(stat.rsplit(")", 1)[1].split()[19])  # the name (field 2) may hold spaces and ')': cut after it
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _is_our_server(pid: int, model: str, port: int, ticks: int, started_at: float) -> bool:
+    """Whether ``pid`` is still the model server recorded: same start time, and a command line that is ours.
+
+    A record without ``ticks`` (written before they were kept) needs a start within LEGACY_SLACK_S before
+    ``started_at`` instead."""
+    now_ticks = start_ticks(pid)
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except OSError:
         return False
-    return b"agent.modelserver" in cmdline or cmdline.split(b"\0", 1)[0].endswith(b"/tritonserver")
+    if now_ticks is None:
+        return False
+    if ticks:
+        if now_ticks != ticks:
+            return False
+    else:
+        started = _boot_time() + now_ticks / os.sysconf("SC_CLK_TCK")
+        if not started_at - LEGACY_SLACK_S <= started <= started_at + 2.0:
+            return False
+    return _argv_is_server(argv, model, port)
+
+
+def _argv_is_server(argv: list[bytes], model: str, port: int) -> bool:
+    """A stand-in started for ``model`` (``-m agent.modelserver ... --name model``), or tritonserver on ``port``
+    serving ``model``'s repository."""
+    args = [a.decode(errors="replace") for a in argv]
+    if any(a == "-m" and b == "agent.modelserver" for a, b in itertools.pairwise(args)):
+        return any(a == "--name" and b == model for a, b in itertools.pairwise(args))
+    if args and args[0].endswith("/tritonserver"):
+        repository = next((a for a in args if a.startswith("--model-repository=")), "")
+        return f"--http-port={port}" in args and repository.endswith(f"/repos/{model}")
+    return False
+
+
+def _boot_time() -> float:
+    """When this machine booted, seconds since the epoch (/proc/stat btime)."""
+    import psutil
+
+    return float(psutil.boot_time())
 
 
 def tree_rss_mb(pid: int) -> float | None:
@@ -231,8 +298,8 @@ def tree_rss_mb(pid: int) -> float | None:
     return round(total / 2**20, 1)
 
 
-async def _terminate(pid: int, proc: asyncio.subprocess.Process | None) -> None:
-    """SIGTERM, then SIGKILL after STOP_TIMEOUT_S; only the given pid (a server we started)."""
+async def _terminate(pid: int, proc: asyncio.subprocess.Process | None, alive: Callable[[], bool]) -> None:
+    """SIGTERM, then SIGKILL after STOP_TIMEOUT_S; only the given pid, while ``alive`` says it is still ours."""
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + STOP_TIMEOUT_S
@@ -242,10 +309,12 @@ async def _terminate(pid: int, proc: asyncio.subprocess.Process | None) -> None:
                 await asyncio.wait_for(proc.wait(), 0.05)
             if proc.returncode is not None:
                 return
-        elif not _is_our_server(pid):
+        elif not alive():
             return
         else:
             await asyncio.sleep(0.05)
+    if proc is None and not alive():
+        return
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGKILL)
     if proc is not None:

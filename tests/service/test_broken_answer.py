@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import h11
+import httpx
 import pytest
 import uvicorn
 
@@ -25,6 +26,7 @@ from agent.cli import server_config
 from agent.node import NodeAgent
 from agent.runtime.base import Instance
 from agent.settings import Settings
+from agent.telemetry import outcome_of
 from tests.service.conftest import free_port
 from tests.waiting import wait_for
 
@@ -161,3 +163,6 @@ def test_a_server_that_breaks_off_its_answer_never_reaches_the_client_as_a_compl
     wait_for(lambda: agent.store.requests_since(0, 10)[0], timeout=10)
     records, _ = agent.store.requests_since(0, 10)
     assert [(r.status, r.latency_ms) for r in records] == [(502, None)]  # a failure, no latency learned from it
+    metrics = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+    counted = [line for line in metrics.splitlines() if line.startswith("peerserve_inference_requests_total{")]
+    assert len(counted) == 1 and f'outcome="{outcome_of(502)}"' in counted[0]  # the metrics say so too

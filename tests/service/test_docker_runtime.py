@@ -16,7 +16,7 @@ import pytest
 from agent.catalogue import ModelSpec
 from agent.errors import InstanceStartError, RuntimeUnavailable
 from agent.runtime.base import probe_available
-from agent.runtime.docker import DockerLog, DockerRuntime
+from agent.runtime.docker import DockerLog, DockerRuntime, _parse_time
 from scripts.dockerd import PrivateDockerd
 
 pytestmark = pytest.mark.docker
@@ -98,6 +98,28 @@ def test_a_model_servers_log_is_bounded_on_the_engine(engine: Any) -> None:
         assert 100 < logged < 6000 and c.logs().rstrip().endswith(b"line 05999 " + b"x" * 80)  # the newest kept
         await rt.stop(inst.id)
         await rt.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_restarted_container_is_as_old_as_its_last_start(engine: Any) -> None:
+    """review12a F3: after a reboot or a dockerd restart, the restart policy starts containers made long ago; one
+    still loading its model must not look older than instance_ready_timeout_s (it would be replaced as stuck)."""
+
+    async def scenario() -> None:
+        rt = DockerRuntime("node-a", "127.0.0.1")
+        try:
+            inst = await rt.start(spec(), term=1)
+            await asyncio.sleep(2.0)
+            restarted = time.time()
+            await asyncio.to_thread(engine.containers.get(inst.id).restart, timeout=5)
+            [listed] = await rt.list()
+            created = _parse_time(engine.containers.get(inst.id).attrs["Created"])
+            assert listed.id == inst.id and listed.running
+            assert listed.started_at >= restarted - 0.5 and listed.started_at > created + 1.5
+            await rt.stop(inst.id)
+        finally:
+            await rt.close()
 
     asyncio.run(scenario())
 

@@ -119,3 +119,21 @@ def test_a_streams_rtt_to_each_node_is_the_newest_report_of_that_node() -> None:
             expect.update(r.rtt_ms)
         got = build_snapshot([node("a"), node("b")], recs, CAT, 0)["requests"][0]["rtt_ms"]
         assert got == {n: expect.get(n, 1.0) for n in "ab"}, recs
+
+
+def test_a_plan_never_gives_out_memory_the_nodes_running_servers_are_promised() -> None:
+    """Servers measuring less than their catalogue mem_mb leave more memory free than the catalogue says; a Mode 1
+    plan that spent it would be refused by the node (agent.decisions.memory_refusal sums count x mem_mb)."""
+    from agent.decisions import memory_refusal
+    from solver.api import solve
+
+    need = {m: s.mem_mb for m, s in CAT.models.items()}  # half_plus_two: 64 MB
+    full = NodeReport("a", 250, 300, 100, "orin", {"half_plus_two": 4})  # 256 MB promised, 250 MB measured free
+    snap = build_snapshot([full, NodeReport("b", 4000, 4000, 100, "orin", {})],
+                          [rec(f"c{i}", "half_plus_two", {"a": 1, "b": 50}) for i in range(8)], CAT, 0)  # fmt: skip
+    assert [n["mem_available_mb"] for n in snap["nodes"]] == [44, 4000]  # 300 - 4 x 64, not 250
+    plan = solve(Snapshot.from_dict(snap), method="ipopt", mode="1")
+    assert memory_refusal(plan.instances["a"], need, 300) is None
+    assert dict(plan.instances["a"]) == {"half_plus_two": 4}  # no fifth: 320 MB of mem_mb on a 300 MB node
+    over = NodeReport("o", 100, 100, 100, "orin", {"half_plus_two": 3})  # already past its total: nothing more
+    assert build_snapshot([over], [], CAT, 0)["nodes"][0]["mem_available_mb"] == 0
