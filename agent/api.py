@@ -30,6 +30,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from agent.browser_guard import BrowserGuard, host_rule
 from agent.client_auth import ClientToken, HttpsListener
 from agent.client_ids import BadClientInput, ClientIds, known_nodes_only, parse_rtt_report, scoped, valid_client_id
 from agent.http_limits import HttpLimits
@@ -84,6 +85,8 @@ def create_app(agent: NodeAgent) -> FastAPI:
     )
     if agent.settings.client_token:  # optional: the client API is open by default (agent/client_auth.py)
         app.add_middleware(ClientToken, token=agent.settings.client_token)
+    # outermost: a page on another site, or one that re-pointed its name at us, is refused before anything runs
+    app.add_middleware(BrowserGuard, rule=host_rule(agent.settings.node_id, agent.settings.allowed_hosts))
     client_ids = ClientIds(agent.settings.max_clients_per_address, agent.settings.request_window_s)
     mount_operator_routes(app, agent)
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import re
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -17,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.errors import ConfigError
+from peerserve import names
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -25,7 +25,7 @@ else:  # pragma: no cover - Python 3.10 (JetPack 6)
 
 log = logging.getLogger(__name__)
 
-MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # matched whole (fullmatch)
+MODEL_NAME = names.MODEL_NAME  # matched whole, and no "..": valid_model_name (peerserve/names.py, shared)
 SERVERS = ("tfserving", "triton")  # TF-Serving REST (or the stand-in) | Triton, Open Inference Protocol
 # one request's service time past which an instance serves nothing: the proxy gives up on a model server after
 # 30 s without an answer (agent/serving/upstream.py); solver.too_slow rejects what reaches the solver past it
@@ -75,8 +75,9 @@ class Catalogue:
 
 
 def valid_model_name(name: str) -> bool:
-    """Model names are one path segment: letters, digits, '_', '.', '-' (no '/', no '..'), matched whole."""
-    return MODEL_NAME.fullmatch(name) is not None and ".." not in name
+    """Model names are one path segment: letters, digits, '_', '.', '-' (no '/', no '..'), matched whole; the
+    one rule of peerserve/names.py, which the wire and the client apply too."""
+    return names.valid_model_name(name)
 
 
 def parse_catalogue(text: str, source: str) -> Catalogue:

@@ -132,6 +132,13 @@ FLAGS: list[tuple[str, dict[str, Any]]] = [
         {"type": int, "help": "distinct X-Peerserve-Client ids counted per source address (default 8)"},
     ),
     ("--metrics-token", {"help": "bearer token /metrics and /sd/prometheus require (default: none)"}),
+    (
+        "--allowed-hosts",
+        {
+            "help": "comma-separated host names the client API answers to besides its own (IP addresses, "
+            "localhost, hostname, HOSTNAME.local, NODE.local); '*': any (the DNS-rebinding check off)"
+        },
+    ),
     ("--log-format", {"choices": ["text", "json"], "help": "log lines as text (default) or one JSON object each"}),
 ]
 

@@ -33,6 +33,7 @@ The concurrency limit itself is uvicorn's ``limit_concurrency`` (503 past it), s
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import re
@@ -522,6 +523,7 @@ def limited_protocol(
         _header_timer: asyncio.TimerHandle | None = None
         _write_timer: asyncio.TimerHandle | None = None
         _partial = False
+        _half_closed = False  # the client ended its sending side: answer what it sent, then close
 
         def pause_writing(self) -> None:
             """The client's socket is full: it must read again within ``write_timeout_s`` or be cut off."""
@@ -558,11 +560,45 @@ def limited_protocol(
             if self._header_timer is not None:
                 self._partial = True
 
+        def eof_received(self) -> bool | None:  # asyncio.Protocol allows bool
+            """The client shut down its sending side (``shutdown(SHUT_WR)``, ``curl`` reading a request from a pipe,
+            netcat): uvicorn's own ``eof_received`` lets asyncio close the transport, so a request read whole got
+            no answer at all. Keep the write side open (asyncio: return True) while a request is read or still
+            being parsed, answer it, then close (``on_response_complete``). A request cut short by the EOF still
+            closes the connection (its handler sees the client gone), as before. TLS has no half-close in
+            asyncio (its transport closes whatever this returns): unchanged there."""
+            if self.scheme == "https" or self.transport.is_closing():
+                return None
+            self._half_closed = True
+            return True if self._parsing_left() or self._answering() else None
+
+        def _parsing_left(self) -> bool:
+            """Bytes read and not yet parsed, or events h11 holds from a turn cut short."""
+            return bool(self._unparsed) or self.counted.cut_short
+
+        def _answering(self) -> bool:
+            """A request read whole whose answer is not complete yet."""
+            return self.cycle is not None and not self.cycle.response_complete and self.conn.their_state is h11.DONE
+
+        def _close_if_half_closed(self) -> None:
+            """After the last answer to a client that half-closed (or once its cut-short request is parsed): close."""
+            if self._half_closed and not self._parsing_left() and not self._answering():
+                if self.transport.is_closing():
+                    return
+                if self.cycle is not None and not self.cycle.response_complete:  # the EOF cut its request short
+                    self.cycle.disconnected = True
+                    self.cycle.message_event.set()
+                with contextlib.suppress(h11.LocalProtocolError):
+                    self.conn.send(h11.ConnectionClosed())
+                self.transport.close()
+
         def _after_parse(self) -> None:
+            self._close_if_half_closed()
             self._update_header_deadline()
 
         def on_response_complete(self) -> None:
             super().on_response_complete()
+            self._close_if_half_closed()
             self._update_header_deadline()
 
         def connection_lost(self, exc: Exception | None) -> None:

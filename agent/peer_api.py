@@ -22,7 +22,6 @@ import contextlib
 import importlib.util
 import json
 import logging
-import re
 import ssl
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
@@ -44,7 +43,7 @@ from coordinator_election import (
     MAX_TERM_AHEAD,  # an election message may not push terms further than this past ours
     fencing,
 )
-from peerserve import wire
+from peerserve import names, wire
 
 if TYPE_CHECKING:
     from agent.node import NodeAgent
@@ -53,7 +52,7 @@ log = logging.getLogger(__name__)
 
 ELECTION_RATE = 5.0  # election messages per second one member may make us act on, past the burst
 ELECTION_BURST = 20
-PEER_URL = re.compile(r"https://[0-9.]{7,15}:[0-9]{1,5}")  # IPv4 peer listeners, as Discovery announces them
+PEER_URL = names.PEER_URL  # IPv4 peer listeners, as Discovery announces them (peerserve/names.py)
 
 
 def command_refusal(sender: str, cmd: wire.DesiredCommand, accepted: tuple[int, str | None] | None) -> str | None:

@@ -18,8 +18,10 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from agent.browser_guard import parse_allowed_hosts
 from agent.errors import ConfigError
 from agent.interfaces import interface_address
+from peerserve import names
 from peerserve.wire import NODE_CLASS
 
 if sys.version_info >= (3, 11):
@@ -27,7 +29,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-NODE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,62}")  # one DNS label: no dots (DESIGN, mDNS)
+NODE_ID = names.NODE_ID  # one DNS label: no dots (DESIGN, mDNS); peerserve/names.py, shared
 MIN_HEARTBEAT_S = 0.03  # election_heartbeat_s at least this: the election loop ticks at a third of it
 MIN_DOCKER_LOG_MB, MAX_DOCKER_LOG_MB = 0.0625, 1024.0  # docker_log_max_mb: at least 64 KiB a file, under 1 GiB
 MIN_WINDOW_MB, MAX_WINDOW_MB = 0.25, 4096.0  # request_window_mb: room for a page of the widest rows; under 4 GiB
@@ -103,6 +105,8 @@ class Settings:
     server_timing: bool = True  # W3C Server-Timing on answers (execution and GC times: off on a LAN of strangers)
     metrics_token: str = ""
     client_token: str = ""  # optional: client API needs Authorization: Bearer (agent/client_auth.py)
+    # names besides its own the client API answers to, comma-separated; "*": any (agent/browser_guard.py)
+    allowed_hosts: str = ""
     https_port: int = 0  # optional: the client API also over HTTPS here, with tls_cert / tls_key
     tls_cert: str = ""
     tls_key: str = ""
@@ -225,6 +229,10 @@ def validate(s: Settings) -> None:
         raise ConfigError("https_port", f"{s.https_port} is not a TCP port other than port and peer_port")
     if s.https_port and not (s.tls_cert and s.tls_key and Path(s.tls_cert).is_file() and Path(s.tls_key).is_file()):
         raise ConfigError("tls_cert", "https_port needs tls_cert and tls_key: readable PEM files")
+    try:
+        parse_allowed_hosts(s.allowed_hosts)
+    except ValueError as exc:
+        raise ConfigError("allowed_hosts", str(exc)) from exc
     if s.cluster_token and len(s.cluster_token) < 16:
         raise ConfigError("cluster_token", "must be at least 16 characters")
 

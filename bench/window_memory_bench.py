@@ -42,10 +42,11 @@ WIDEST_PAGE = 25  # maximal records per gathered page: a peer's answer is at mos
 ROW_OVERHEAD = 48  # a held row's memory beyond its length, as agent/request_window.py counts it (not in old trees)
 
 
-def maximal_record(ts: float, model: str = "m" * 128) -> Any:
+def maximal_record(ts: float, model: str = "m" * 64) -> Any:
     """A record a peer's request page may carry (peerserve.wire.RequestRow: 64 RTTs to ids of up to 64 characters,
-    any characters; a client of up to 128, a node of up to 64) that packs to just under the row limit (8 KiB): ids of
-    three-byte characters. A row past the limit is left out, so this is the widest a window can be made to hold."""
+    any characters; a client of up to 128, a node of up to 64; a model name of up to 64, peerserve/names.py) that
+    packs to just under the row limit (8 KiB: 7,983 bytes): ids of three-byte characters. A row past the limit
+    is left out, so this is the widest a window can be made to hold."""
     from agent.placement import RequestRecord
 
     rtt = {f"{j:02d}" + "\u20ac" * 34: 60_000.0 for j in range(64)}

@@ -18,18 +18,18 @@ from __future__ import annotations
 import email.utils
 import json
 import math
-import re
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 import httpx
 
+from peerserve import names
 from peerserve.jsonbound import values_at_most
 
-# as the agents write them (agent/settings.py NODE_ID, agent/catalogue.py MODEL_NAME; the client imports
-# neither: it needs only httpx and zeroconf); tests/unit/test_client_answers.py checks they agree
-NODE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,62}")
-MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+# as the agents write and the wire accepts them: the one definition in peerserve/names.py (standard library
+# only: the client still needs only httpx and zeroconf)
+NODE_ID = names.NODE_ID
+MODEL_NAME = names.MODEL_NAME
 MAX_MEMBERS = 256  # members in a /cluster answer (an agent's SWIM table holds at most 256)
 MAX_RTT_NODES = 64  # nodes the client probes and reports (an agent refuses an RTT report naming more)
 MAX_ENDPOINTS = 1024  # entries of a /services answer (one per deployed model)
@@ -120,9 +120,10 @@ def _list(value: Any, what: str, limit: int) -> list[Any]:
 
 def usable(values: list[Any], check: Callable[[Any], T], what: str, some: bool = True) -> tuple[list[T], int]:
     """The entries of a (bounded) list that pass ``check``, and how many were dropped. One entry the client
-    cannot use (a member whose URL has a path, a model name it refuses) does not spoil the others: the
-    agents' own checks are looser than the client's (peerserve/wire.py), so every agent would send the
-    same entry, and refusing the whole answer would refuse every agent. With ``some``, a list with entries
+    cannot use (a member whose URL has a path, a model name it refuses) does not spoil the others: agents
+    apply the same rules at the wire (peerserve/names.py), so an honest cluster sends none, but an agent of
+    an older version could still relay one to every agent's answer, and refusing the whole answer would refuse every
+    agent. With ``some``, a list with entries
     of which none is usable is ``Malformed`` (the answer is garbage: the next agent is asked)."""
     kept: list[T] = []
     for value in values:
@@ -142,29 +143,24 @@ def _object(value: Any, what: str) -> Mapping[str, Any]:
 
 
 def node_id(value: Any, what: str = "node") -> str:
-    if not isinstance(value, str) or NODE_ID.fullmatch(value) is None:
+    if not names.valid_node_id(value):
         raise Malformed(f"{what}: not a node id")
-    return value
+    return str(value)
 
 
 def model_name(value: Any, what: str = "model") -> str:
-    if not isinstance(value, str) or MODEL_NAME.fullmatch(value) is None or ".." in value:
+    if not names.valid_model_name(value):
         raise Malformed(f"{what}: not a model name")
-    return value
-
-
-BASE_URL = re.compile(
-    r"(https?)://(\[[0-9A-Fa-f:.]{2,45}(?:%[A-Za-z0-9_.-]{1,32})?\]|[A-Za-z0-9][A-Za-z0-9_.-]{0,252})(?::([0-9]{1,5}))?/?"
-)
+    return str(value)
 
 
 def base_url(value: Any, what: str = "url") -> str:
     """An http(s) base URL: a host (a name, IPv4, [IPv6]), an optional port, nothing else (no credentials,
-    path, query or fragment)."""
-    match = BASE_URL.fullmatch(_text(value, what))
-    if match is None or (match.group(3) is not None and not 0 < int(match.group(3)) < 65536):
+    path, query or fragment): peerserve/names.py, the rule the agents' wire applies too."""
+    url = names.base_url(_text(value, what))
+    if url is None:
         raise Malformed(f"{what}: not an http(s) base URL")
-    return str(value).rstrip("/")
+    return url
 
 
 def why(value: Any) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from coordinator_election import Announce, Message, Vote, VoteRequest
+from peerserve import names
 
 # -- routes and headers (the peer listener; client paths are agent.api's) --------------------------------
 ROUTE_STATE = "/peer/state"  # GET: heartbeat; answer PeerState
@@ -48,8 +49,8 @@ MAX_INSTANCES = 512
 MAX_PAGE = 5000  # request-log rows per page
 MAX_RTTS = 64  # nodes in one request's RTT report
 MAX_NUMBER = 1e12
-NODE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,62}")
-MODEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+NODE_ID = names.NODE_ID
+MODEL = names.MODEL_NAME  # and no "..": valid_model (peerserve/names.py: what the catalogue and the client take)
 NODE_CLASS = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # a key of the catalogue's per-class figures
 
 
@@ -111,14 +112,17 @@ def _node(data: Mapping[str, Any], key: str, optional: bool = False) -> Any:
 
 
 def valid_model(name: Any) -> bool:
-    """A model name as the catalogue allows it (matched whole)."""
-    return isinstance(name, str) and MODEL.fullmatch(name) is not None
+    """A model name as the catalogue allows it (peerserve/names.py: one path segment, no '..')."""
+    return names.valid_model_name(name)
 
 
 def _url(v: Any) -> str:
-    if not isinstance(v, str) or len(v) > 256 or not v.startswith(("http://", "https://")):
-        raise WireError("a URL must be an http(s) URL of at most 256 characters")
-    return v.rstrip("/")
+    """A member's API or a model server's base URL: no path, query, fragment or credentials (a client would
+    follow them: peerserve/names.py)."""
+    url = names.base_url(v)
+    if url is None:
+        raise WireError(f"a URL must be http(s)://HOST[:PORT], nothing more, at most {names.MAX_URL} characters")
+    return url
 
 
 def _counts(data: Any, key: str, hi: int = MAX_COUNT) -> dict[str, int]:
@@ -467,7 +471,7 @@ MAX_SYNC = 300  # updates in one push-pull exchange (the whole table, this node 
 
 
 def _peer_url(v: Any) -> str:
-    if not isinstance(v, str) or not re.fullmatch(r"https://[0-9.]{7,15}:[0-9]{1,5}", v):
+    if not isinstance(v, str) or not names.PEER_URL.fullmatch(v):
         raise WireError("a peer URL must be https://IPv4:PORT")
     return v
 

@@ -34,7 +34,7 @@ def hold_one_predict(a: Any) -> socket.socket:
     until the socket closes (a body within the first 64 KiB is read whole before any server is contacted)."""
     sock = socket.create_connection((a.host, a.port), timeout=5)
     head = (
-        f"POST /v1/models/{MODEL}:predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        f"POST /v1/models/{MODEL}:predict HTTP/1.1\r\nHost: {a.host}\r\nContent-Type: application/json\r\n"
         "Content-Length: 200000\r\n\r\n"
     )
     sock.sendall(head.encode() + b'{"instances": [' + b"1.0, " * 14000)
@@ -81,7 +81,10 @@ def test_answered_and_failed_requests_leave_nothing_counted(agents: Any) -> None
             r = http.post(f"/v1/models/{MODEL}:predict", json={"instances": [1.0, 2.0]})
             assert r.json() == {"predictions": [2.5, 3.0]}
             assert r.headers["x-peerserve-node"] == "a"  # the node that served it
-        bad = http.post(f"/v1/models/{MODEL}:predict", content=b"not json", headers={"content-type": "text/plain"})
+        # the model server's 400 for a body that is not JSON
+        bad = http.post(
+            f"/v1/models/{MODEL}:predict", content=b"not json", headers={"content-type": "application/json"}
+        )
         assert bad.status_code == 400
     choice = first_choices(a, 1)[0]
     assert [c["in_flight"] for c in [choice, *choice["alternatives"]]] == [0, 0]
