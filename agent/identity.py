@@ -20,6 +20,7 @@ import base64
 import contextlib
 import datetime
 import fcntl
+import heapq
 import json
 import logging
 import os
@@ -138,12 +139,16 @@ class NonceCache:
     cluster-token holder can sign as many node ids as it likes, so each source address has a share too
     (``per_source``): one host fills at most that, however many ids it uses.
 
-    A nonce is forgotten once the wall clock is more than ``ttl_s`` from when it was used, on either side: its
-    message (stamped within WINDOW_S of that) can no longer pass the freshness check. Measured only forwards, a
-    backward step of the clock stopped all expiry (the oldest nonce stood "in the future") and a sender was
-    refused after ``per_sender`` messages; aged by a monotonic clock instead, a nonce would be forgotten 60 s
-    after its use even where a step back meanwhile kept its message fresh (a replay). A step back of s seconds
-    holds nonces at most min(s, 2 x ``ttl_s``) longer while messages come (tests/unit/test_nonce_clock.py)."""
+    A nonce is forgotten once the wall clock reads more than ``ttl_s`` past when it was used: its message
+    (stamped within WINDOW_S of that) can no longer pass the freshness check, and a clock that reads less never
+    makes it forgettable. After a step back, nonces used before it stand "in the future"; they leave the front of
+    the insertion-order queue for ``_ahead`` (still refused as replays, still counted in both bounds) and expire
+    there once the clock has climbed back past their use + ``ttl_s``, so they no longer stop the queue's expiry
+    (a sender was refused 429 after ``per_sender`` messages), nor are they forgotten while the climb back can make
+    their messages fresh again (forgetting them on |now - at| > ``ttl_s`` accepted a replay 98 s after a 100 s
+    step). Each step back costs at most one more window of nonces (those used in the ``ttl_s`` before it), held
+    until the clock reads their use + ``ttl_s`` again: a sender under ``per_sender`` / (2 x ``ttl_s``) messages a
+    second (34/s) is never refused for it (tests/unit/test_nonce_clock.py)."""
 
     def __init__(
         self,
@@ -160,9 +165,12 @@ class NonceCache:
         self._seen: OrderedDict[tuple[str, str], tuple[float, str]] = OrderedDict()
         self._held: dict[str, int] = {}  # sender -> its live nonces (only senders with one or more)
         self._from: dict[str, int] = {}  # source address -> its live nonces (likewise)
+        # used at a time the clock has since stepped back behind: (sender, nonce) -> (when, source), a heap by when
+        self._ahead: dict[tuple[str, str], tuple[float, str]] = {}
+        self._ahead_by_time: list[tuple[float, tuple[str, str]]] = []
 
     def __len__(self) -> int:
-        return len(self._seen)
+        return len(self._seen) + len(self._ahead)
 
     def held(self, sender: str) -> int:
         """How many of ``sender``'s nonces are remembered."""
@@ -175,25 +183,39 @@ class NonceCache:
     def use(self, nonce: str, now: float, sender: str = "", source: str = "") -> None:
         """Record ``sender``'s ``nonce``, received from address ``source``; AuthError when it was used before, or
         when the sender's share, the source's share or the cache is full of live ones (429: retry later)."""
-        while self._seen:
-            key, (at, where) = next(iter(self._seen.items()))
-            if abs(now - at) <= self.ttl_s:  # still replayable by the freshness check (clock stepped back too)
-                break
-            del self._seen[key]
-            _release(self._held, key[0])
-            _release(self._from, where)
+        self._expire(now)
         key = (sender, nonce)
-        if key in self._seen:
+        if key in self._seen or key in self._ahead:
             raise AuthError("replayed message (nonce already used)")
         if self._held.get(sender, 0) >= self.per_sender:
             raise AuthError("too many messages from this sender in the freshness window; retry", 429)
         if self._from.get(source, 0) >= self.per_source:
             raise AuthError("too many messages from this address in the freshness window; retry", 429)
-        if len(self._seen) >= self.limit:
+        if len(self) >= self.limit:
             raise AuthError("too many messages in the freshness window; retry", 429)
         self._seen[key] = (now, source)
         self._held[sender] = self._held.get(sender, 0) + 1
         self._from[source] = self._from.get(source, 0) + 1
+
+    def _expire(self, now: float) -> None:
+        """Forget what the clock reads more than ``ttl_s`` past; move what it reads in the future to ``_ahead``."""
+        while self._seen:
+            key, (at, where) = next(iter(self._seen.items()))
+            if now - at > self.ttl_s:  # no longer replayable by the freshness check: forgotten
+                del self._seen[key]
+                _release(self._held, key[0])
+                _release(self._from, where)
+            elif at > now:  # the clock stepped back behind its use: kept until it climbs back past at + ttl_s
+                del self._seen[key]
+                self._ahead[key] = (at, where)
+                heapq.heappush(self._ahead_by_time, (at, key))
+            else:
+                break
+        while self._ahead_by_time and now - self._ahead_by_time[0][0] > self.ttl_s:
+            _, key = heapq.heappop(self._ahead_by_time)
+            _, where = self._ahead.pop(key)
+            _release(self._held, key[0])
+            _release(self._from, where)
 
 
 def _release(counts: dict[str, int], key: str) -> None:

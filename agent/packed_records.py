@@ -45,6 +45,18 @@ def row_ts(row: bytes) -> float:
     return ts
 
 
+def row_client(row: bytes) -> str:
+    """A row's client id (the window keeps each node's rows per client; a mirror learns the id from the row);
+    raises ValueError on anything but ``pack_record``'s row."""
+    try:
+        fields = marshal.loads(row[_TS.size :])
+    except (EOFError, TypeError, ValueError) as exc:
+        raise ValueError(f"not a packed request record: {exc}") from exc
+    if not isinstance(fields, tuple) or len(fields) != 6 or not isinstance(fields[1], str):
+        raise ValueError("not a packed request record")
+    return fields[1]
+
+
 def unpack_row(row: bytes, logged_by: str | None) -> RequestRecord:
     """The record back from ``pack_record``'s row, marked as ``logged_by``'s; raises ValueError on anything else."""
     try:

@@ -21,11 +21,12 @@ window and each round sends only what changed:
   byte budget; the text is dropped once parsed), so its peak is ~4x the budget (measured), never what peers offered.
 
 Wire form (JSON, the worker's line protocol): ``{"base": int, "seq": int, "events": [...]}`` or ``{"seq": int,
-"reset": [[node, records], ...], "config": [max_records, window_s, max_ahead_s, max_bytes]}``; an event is
-``["add", node, now, records]`` or ``["expire", now]``; ``records`` is a list of base64 strings, each a marshalled
-list of up to ENCODE_CHUNK packed rows and CHUNK_BYTES of them (agent/packed_records.py: the window keeps its
-records packed, so the journal and a reset send them as they are held, and the worker keeps them as they arrive; a
-chunk longer than MAX_CHUNK_CHARS is refused).
+"reset": [[node, records], ...], "config": [max_records, window_s, max_ahead_s, max_bytes]}`` (a group per node
+and client, in the window's order: the copy reads each row's client and keeps the clients in that order, which the
+window's cuts break ties by); an event is ``["add", node, now, records]`` or ``["expire", now]``; ``records`` is
+a list of base64 strings, each a marshalled list of up to ENCODE_CHUNK packed rows and CHUNK_BYTES of them
+(agent/packed_records.py: the window keeps its records packed, so the journal and a reset send them as they are
+held, and the worker keeps them as they arrive; a chunk longer than MAX_CHUNK_CHARS is refused).
 """
 
 from __future__ import annotations
@@ -90,10 +91,10 @@ class JournaledWindow(RequestWindow):
         self._gap = False
 
     def add(self, node: str, records: Iterable[RequestRecord], now: float) -> int:
-        rows = self.plausible(records, now)  # packed once: the window and the journal share the rows
+        clients, rows = self.plausible(records, now)  # packed once: the window and the journal share the rows
         if rows:  # a page with nothing kept changes nothing: nothing to journal
             self._journal_event(("add", node, now, tuple(rows)), len(rows), held_bytes(rows))
-        return self._take(node, rows)
+        return self._take(node, clients, rows)
 
     def expire(self, now: float) -> None:
         self._journal_event(("expire", now), 0, 0)

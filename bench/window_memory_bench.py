@@ -123,18 +123,26 @@ async def _worker_figures(w: Any, inputs: Any, new_per_round: int, reps: int, pa
         await worker.close()
 
 
-def measure_one(n: int, reps: int, new_per_round: int) -> dict[str, float]:
-    """One window size's figures, in this process (meant to be a fresh one: RSS is the whole process's)."""
+def _lab_inputs() -> tuple[Any, str]:
+    """The lab's build inputs besides the records (bench/snapshot_bench.py's ten nodes, the built-in catalogue, the
+    queue-p99 objective) and the catalogue's first model, which each node runs."""
     from agent.catalogue import builtin_catalogue_text, parse_catalogue
     from agent.placement import NodeReport
-    from agent.window_sync import BuildInputs, JournaledWindow, encode_delta, encode_reset
+    from agent.window_sync import BuildInputs
     from bench.snapshot_bench import NODES
-    from bench.snapshot_bench import window as lab
 
     catalogue = parse_catalogue(builtin_catalogue_text(), "bench")
     first = next(iter(catalogue.models))
     nodes = tuple(NodeReport(f"n{j}", 2000.0, 4000.0, 100.0, "default", {first: 1}, cores=4.0) for j in range(NODES))
-    inputs = BuildInputs(nodes, catalogue, 1060.0, "queue-p99", 600.0)
+    return BuildInputs(nodes, catalogue, 1060.0, "queue-p99", 600.0), first
+
+
+def measure_one(n: int, reps: int, new_per_round: int) -> dict[str, float]:
+    """One window size's figures, in this process (meant to be a fresh one: RSS is the whole process's)."""
+    from agent.window_sync import JournaledWindow, encode_delta, encode_reset
+    from bench.snapshot_bench import window as lab
+
+    inputs, _ = _lab_inputs()
     gc.collect()
     rss0 = rss_kib(os.getpid())
     w = JournaledWindow(n + new_per_round, 600.0, 30.0)
@@ -168,22 +176,18 @@ def measure_one(n: int, reps: int, new_per_round: int) -> dict[str, float]:
 
 
 def window_bytes(w: Any) -> int:
-    """The window's rows as agent/request_window.py counts its byte budget (computed here: old trees have none)."""
+    """The window's rows as agent/request_window.py counts its byte budget, without its clients' cost (computed
+    here: old trees have no byte count, nor a cost per client)."""
     return sum(sum(map(len, rows)) + ROW_OVERHEAD * len(rows) for _, rows in w.records().groups)
 
 
 def measure_worst(n: int, reps: int, new_per_round: int) -> dict[str, float]:
     """The worst case's figures, in this process (meant to be a fresh one): ``n`` maximal records offered by ten
     nodes a page at a time (each page dropped after, as after a gather), then a real worker given the window."""
-    from agent.catalogue import builtin_catalogue_text, parse_catalogue
-    from agent.placement import NodeReport
-    from agent.window_sync import BuildInputs, JournaledWindow
+    from agent.window_sync import JournaledWindow
     from bench.snapshot_bench import NODES
 
-    catalogue = parse_catalogue(builtin_catalogue_text(), "bench")
-    first = next(iter(catalogue.models))
-    nodes = tuple(NodeReport(f"n{j}", 2000.0, 4000.0, 100.0, "default", {first: 1}, cores=4.0) for j in range(NODES))
-    inputs = BuildInputs(nodes, catalogue, 1060.0, "queue-p99", 600.0)
+    inputs, first = _lab_inputs()
     gc.collect()
     rss0 = rss_kib(os.getpid())
     w = JournaledWindow(n + new_per_round, 600.0, 30.0)  # the default byte budget, where the tree has one

@@ -73,10 +73,36 @@ def _declared_within(response: httpx.Response, limit: int) -> bool:
     return length.isdigit() and int(length) <= limit and "transfer-encoding" not in response.headers
 
 
-def _over(call: Call, size: int) -> AnswerTooLarge | None:
-    if size <= call.limit:
-        return None
-    return AnswerTooLarge(f"{call.url} answered over {call.limit} bytes")
+class _Answer:
+    """One answer as it is read, the accumulator the sync and async readers share: its Content-Encoding checked
+    (``failed``), whether its declared length lets it be read whole (``whole``), else its raw chunks held to
+    ``call.limit`` as they come (``add``); ``result`` is what the call returns."""
+
+    def __init__(self, call: Call, response: httpx.Response) -> None:
+        self.call, self.response = call, response
+        self.failed: AnswerEncoded | AnswerTooLarge | None = _encoded(call, response)
+        self.whole = self.failed is None and _declared_within(response, call.limit)
+        self.chunks: list[bytes] = []
+        self.size = 0
+
+    @property
+    def streamed(self) -> bool:
+        """Whether the body is to be read chunk by chunk (not failed, not read whole)."""
+        return self.failed is None and not self.whole
+
+    def add(self, chunk: bytes) -> bool:
+        """Take one raw chunk; False once the answer is over the limit (read no more)."""
+        self.size += len(chunk)
+        if self.size > self.call.limit:
+            self.failed = AnswerTooLarge(f"{self.call.url} answered over {self.call.limit} bytes")
+            return False
+        self.chunks.append(chunk)
+        return True
+
+    def result(self) -> httpx.Response | AnswerEncoded | AnswerTooLarge:
+        if self.failed is not None:
+            return self.failed
+        return self.response if self.whole else _kept(self.response, self.chunks)
 
 
 def raise_for(response: httpx.Response) -> None:
@@ -133,20 +159,14 @@ class Client:
         """One request, reading at most ``call.limit`` bytes of the answer."""
         try:
             with self.http.stream(call.method, call.url, **_options(call, self.http)) as response:
-                encoded = _encoded(call, response)
-                if encoded is not None:
-                    return encoded
-                if _declared_within(response, call.limit):
+                answer = _Answer(call, response)
+                if answer.whole:
                     response.read()
-                    return response
-                chunks, size = [], 0
-                for chunk in response.iter_raw():
-                    size += len(chunk)
-                    too_large = _over(call, size)
-                    if too_large is not None:
-                        return too_large
-                    chunks.append(chunk)
-                return _kept(response, chunks)
+                elif answer.streamed:
+                    for chunk in response.iter_raw():
+                        if not answer.add(chunk):
+                            break
+                return answer.result()
         except httpx.HTTPError as exc:
             return exc
 
@@ -225,20 +245,14 @@ class AsyncClient:
         """One request, reading at most ``call.limit`` bytes of the answer."""
         try:
             async with self.http.stream(call.method, call.url, **_options(call, self.http)) as response:
-                encoded = _encoded(call, response)
-                if encoded is not None:
-                    return encoded
-                if _declared_within(response, call.limit):
+                answer = _Answer(call, response)
+                if answer.whole:
                     await response.aread()
-                    return response
-                chunks, size = [], 0
-                async for chunk in response.aiter_raw():
-                    size += len(chunk)
-                    too_large = _over(call, size)
-                    if too_large is not None:
-                        return too_large
-                    chunks.append(chunk)
-                return _kept(response, chunks)
+                elif answer.streamed:
+                    async for chunk in response.aiter_raw():
+                        if not answer.add(chunk):
+                            break
+                return answer.result()
         except httpx.HTTPError as exc:
             return exc
 

@@ -7,6 +7,8 @@ import asyncio
 import os
 import random
 import signal
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import replace
 from typing import Any
 
@@ -29,11 +31,20 @@ def timeless(plan: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+@asynccontextmanager
+async def started_worker() -> AsyncIterator[SolverWorker]:
+    """A real solver worker (least-loaded), started, and closed however the scenario ends (no process left over)."""
+    worker = SolverWorker("least-loaded")
+    try:
+        worker.start()
+        yield worker
+    finally:
+        await worker.close()
+
+
 def test_the_worker_built_plan_equals_the_plan_of_the_snapshot_built_here_and_survives_a_dead_worker() -> None:
     async def scenario() -> None:
-        worker = SolverWorker("least-loaded")
-        try:
-            worker.start()
+        async with started_worker() as worker:
             gaps = 0
             for i, (records, config, delta, now) in enumerate(rounds(11)):
                 here = inputs(now)
@@ -51,17 +62,13 @@ def test_the_worker_built_plan_equals_the_plan_of_the_snapshot_built_here_and_su
                     os.kill(pid, signal.SIGKILL)
                     await asyncio.to_thread(worker._proc.wait)  # type: ignore[union-attr]
             assert worker.resets == 2 + gaps  # the first round, the one after the death (and any journal gap): no other
-        finally:
-            await worker.close()
 
     asyncio.run(scenario())
 
 
 def test_a_delta_the_worker_refuses_is_sent_again_as_the_whole_window() -> None:
     async def scenario() -> None:
-        worker = SolverWorker("least-loaded")
-        try:
-            worker.start()
+        async with started_worker() as worker:
             steps = rounds(5)
             records, config, delta, now = steps[0]
             await worker.solve_window(WindowBuild(delta, records, config, inputs(now)), "least-loaded", "1")
@@ -73,8 +80,6 @@ def test_a_delta_the_worker_refuses_is_sent_again_as_the_whole_window() -> None:
             )  # fmt: skip
             expected, _ = await worker.solve(inputs(now).build(records), "least-loaded", "1")
             assert timeless(plan) == timeless(expected) and requests > 0
-        finally:
-            await worker.close()
 
     asyncio.run(scenario())
 
@@ -84,9 +89,7 @@ def test_a_solve_that_fails_after_the_window_applied_needs_no_whole_window_next_
     reason to resend the whole window (at 50,000 records that resend is the stall the copy removed)."""
 
     async def scenario() -> None:
-        worker = SolverWorker("least-loaded")
-        try:
-            worker.start()
+        async with started_worker() as worker:
             steps = rounds(7)
             assert not any(delta.gap for _, _, delta, _ in steps[4:6])  # only the first is a whole window
             for i, (records, config, delta, now) in enumerate(steps[3:6]):
@@ -97,8 +100,6 @@ def test_a_solve_that_fails_after_the_window_applied_needs_no_whole_window_next_
                 else:
                     await worker.solve_window(build, "least-loaded", "1")
             assert worker.resets == 1
-        finally:
-            await worker.close()
 
     asyncio.run(scenario())
 
@@ -111,12 +112,10 @@ def test_a_flood_of_maximal_rows_leaves_the_workers_copy_within_the_budget_and_t
     budget = 2 << 20
 
     async def scenario() -> None:
-        worker = SolverWorker("least-loaded")
         window = JournaledWindow(50_000, 600.0, 30.0, budget)
         rnd = random.Random(3)
         offered = 0
-        try:
-            worker.start()
+        async with started_worker() as worker:
             await worker.solve(inputs(1000.0).build(()), "least-loaded", "1")  # started and warmed up
             assert worker.pid is not None
             before = rss_kib(worker.pid)
@@ -139,8 +138,6 @@ def test_a_flood_of_maximal_rows_leaves_the_workers_copy_within_the_budget_and_t
             expected, _ = await worker.solve(inputs(now).build(records), "least-loaded", "1")
             assert plan["status"] != "infeasible" and requests > 0 and fallback == ""
             assert timeless(plan) == timeless(expected)
-        finally:
-            await worker.close()
 
     asyncio.run(scenario())
 
@@ -155,9 +152,7 @@ def test_a_message_not_written_whole_ends_the_worker_and_the_next_round_resets(m
         raise RuntimeError("encoding failed")
 
     async def scenario() -> None:
-        worker = SolverWorker("least-loaded")
-        try:
-            worker.start()
+        async with started_worker() as worker:
             steps = rounds(9)
             records, config, delta, now = steps[0]
             with monkeypatch.context() as m:
@@ -171,7 +166,5 @@ def test_a_message_not_written_whole_ends_the_worker_and_the_next_round_resets(m
             )
             expected, _ = await worker.solve(inputs(now).build(records), "least-loaded", "1")
             assert timeless(plan) == timeless(expected) and requests > 0 and worker.resets == 2
-        finally:
-            await worker.close()
 
     asyncio.run(scenario())

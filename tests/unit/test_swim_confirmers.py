@@ -259,7 +259,7 @@ def test_a_member_cannot_have_others_sign_a_suspicion_they_never_probed() -> Non
     """m tells b, c1, c2 "c3 is suspect, and the origin is you" (no proof): none passes it on in its own name, and
     its book signs nothing (the review's laundering: three genuine signatures from nodes that never probed c3)."""
     from agent.discovery.swim_proofs import ProofBook
-    from tests.unit.test_swim_proofs import IDS, Clock
+    from tests.unit.swim_proof_kit import IDS, Clock
 
     nodes = cluster()
     a, m, victim = nodes["a"], nodes["m"], nodes["c3"]

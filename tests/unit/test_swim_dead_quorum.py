@@ -10,7 +10,6 @@ signatures; the rules before (``dead_rumour_verify``, ``dead_quorum_own``) switc
 from __future__ import annotations
 
 import asyncio
-import random
 from dataclasses import replace
 from typing import Any
 
@@ -21,12 +20,12 @@ from agent.discovery import swim_proofs
 from agent.discovery.swim_io import SwimDriver
 from agent.discovery.swim_proofs import ProofBook
 from agent.identity import WINDOW_S
-from agent.peer_client import PeerClient
 from peerserve import wire
 from peerserve.wire import MAX_PROOFS, MemberUpdate, SuspectProof, SwimMessage
-from tests.unit.swim_sim import Sim, state_of, url_of
+from tests.unit import swim_proof_kit as kit
+from tests.unit.swim_proof_kit import IDS, Clock, gossip, own_proof, resigned, suspect
+from tests.unit.swim_sim import Sim, url_of
 from tests.unit.test_swim_confirmers import cluster, from_member
-from tests.unit.test_swim_proofs import IDS, Clock, gossip, own_proof, suspect
 
 RULE: dict[str, Any] = {"dead_rumour_verify": False, "dead_quorum": 2}  # the quorum rule (the default, spelled out)
 
@@ -188,9 +187,7 @@ def test_a_dead_declaration_is_signed_under_its_own_context_and_only_by_its_orig
     as_suspicion = replace(own_dead_proof("c2", clock), dead=False)
     assert ProofBook(IDS["b"], clock).check(gossip("m", suspect("c2"), proofs=(as_suspicion,))) == []
     # m signs with its own key and names c3 (it cannot sign as another: a card names one node)
-    named = replace(own_dead_proof("m", clock), origin="c3")
-    card, signature = IDS["m"].sign_detached(named.signing_bytes())
-    forged = replace(named, card=card, signature=signature)
+    forged = resigned(replace(own_dead_proof("m", clock), origin="c3"), "m")
     book = ProofBook(IDS["b"], clock, dead=True)
     assert book.check(replace(gossip("m", dead("c3")), dead_proofs=(forged,))) == [] and book.refused == 1
 
@@ -214,28 +211,15 @@ def test_proofs_and_declarations_share_the_bound_per_message() -> None:
 
 def driver(**config: Any) -> SwimDriver:
     """Node b's real driver (the quorum rule) with m, c1-c3 and x as members."""
-    cfg = sw.SwimConfig(**{**RULE, **config})
-    d = SwimDriver("b", url_of(1), PeerClient(IDS["b"], lambda url: None), cfg,
-                   lambda: None, lambda s, u: s, lambda t: None)  # type: ignore[arg-type,return-value]  # fmt: skip
-    for i, n in enumerate(("m", "c1", "c2", "c3", "x")):
-        other = sw.Swim(n, url_of(i + 2), sw.SwimConfig(), random.Random(i))
-        d.core.hint(n, other.self_url, "", 0.0)
-        d.core.admitted(n, other.self_url, "", state_of(other), 0.0)
-    return d
+    return kit.swim_driver(sw.SwimConfig(**{**RULE, **config}))
 
 
 def declarers_after(*signers: str, forged_by: str | None = None) -> tuple[frozenset[str], bool]:
     """m relays the declarations of c1, c2 (with the signatures of ``signers``): (b's declarers of x, fast path?)."""
     d = driver()
-    clock = Clock()
-    d.dead_proofs.wall = clock
-    proofs = tuple(own_dead_proof(n, clock) for n in signers)
-    if forged_by is not None:  # the liar signs each with its own key but claims the others as origins
-        signed = [IDS[forged_by].sign_detached(p.signing_bytes()) for p in proofs]
-        proofs = tuple(replace(p, card=card, signature=sig) for p, (card, sig) in zip(proofs, signed, strict=True))
-    asyncio.run(d.handle("m", replace(gossip("m", dead("c1"), dead("c2")), dead_proofs=proofs)))
-    sus = d.core.records["x"].suspicion
-    assert sus is not None
+    d.dead_proofs.wall = clock = Clock()
+    proofs = kit.signed_by(signers, own_dead_proof, clock, forged_by)
+    sus = kit.suspicion_after(d, replace(gossip("m", dead("c1"), dead("c2")), dead_proofs=proofs))
     return sus.declarers, bool(d.core._urgent.get("x"))
 
 
@@ -339,9 +323,7 @@ def test_the_dead_books_refused_and_spent_memories_are_bounded(monkeypatch: pyte
     clock = Clock()
     book = ProofBook(IDS["b"], clock, dead=True)
     for i in range(6):  # m signs in six others' names: each refused, the memory of refusals bounded
-        named = replace(own_dead_proof("m", clock), origin="c1", node_id=f"n{i}")
-        card, signature = IDS["m"].sign_detached(named.signing_bytes())
-        forged = replace(named, card=card, signature=signature)
+        forged = resigned(replace(own_dead_proof("m", clock), origin="c1", node_id=f"n{i}"), "m")
         assert book.check(replace(gossip("m", dead("c1", about=f"n{i}")), dead_proofs=(forged,))) == []
     assert book.refused == 6 and len(book._refused) == 3
     for i in range(6):  # c1's declarations of six members, three times each (signed anew every time)

@@ -8,7 +8,6 @@ carry proves nothing. Every table has a bound.
 from __future__ import annotations
 
 import asyncio
-import random
 from dataclasses import replace
 
 import pytest
@@ -17,37 +16,21 @@ from agent.discovery import swim as sw
 from agent.discovery import swim_proofs
 from agent.discovery.swim_io import SwimDriver
 from agent.discovery.swim_proofs import ProofBook
-from agent.identity import WINDOW_S, Identity
-from agent.peer_client import PeerClient
+from agent.identity import WINDOW_S
 from peerserve import wire
-from peerserve.wire import MAX_PROOFS, MemberUpdate, SuspectProof, SwimMessage
-from tests.unit.swim_sim import state_of, url_of
-
-TOKEN = "unit-cluster-token-0123456789"
-IDS = {n: Identity(n, TOKEN, None) for n in ("b", "m", "c1", "c2", "c3", "x")}  # b: us; m: a liar; x: the victim
-
-
-class Clock:
-    def __init__(self, t: float = 1_800_000_000.0) -> None:
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
-
-
-def suspect(origin: str, inc: int = 0, about: str = "x") -> MemberUpdate:
-    return MemberUpdate(about, "suspect", inc, url_of(9), 0, origin)
-
-
-def gossip(sender: str, *updates: MemberUpdate, proofs: tuple[SuspectProof, ...] = ()) -> SwimMessage:
-    return SwimMessage("gossip", sender, 0, 1, url_of(3), updates, proofs=proofs)
-
-
-def own_proof(origin: str, clock: Clock, inc: int = 0) -> SuspectProof:
-    """``origin``'s own signed suspicion of x, as its book attaches it to a message of its own."""
-    msg = ProofBook(IDS[origin], clock).attach(gossip(origin, suspect(origin, inc)))
-    [proof] = msg.proofs
-    return proof
+from peerserve.wire import MAX_PROOFS, MemberUpdate, SwimMessage
+from tests.unit.swim_proof_kit import (
+    IDS,
+    Clock,
+    gossip,
+    own_proof,
+    resigned,
+    signed_by,
+    suspect,
+    suspicion_after,
+    swim_driver,
+)
+from tests.unit.swim_sim import url_of
 
 
 def test_our_suspicion_is_signed_once_and_checks_out_anywhere() -> None:
@@ -75,9 +58,7 @@ def test_a_relay_carries_the_proof_and_the_receiver_counts_only_proven_origins()
 def test_forged_tampered_stale_and_stray_proofs_prove_nothing() -> None:
     clock = Clock()
     receiver = ProofBook(IDS["b"], clock)
-    in_c1s_name = replace(own_proof("m", clock), origin="c1")  # m signs and names c1: the signature is m's
-    card, signature = IDS["m"].sign_detached(in_c1s_name.signing_bytes())
-    forged = replace(in_c1s_name, card=card, signature=signature)
+    forged = resigned(replace(own_proof("m", clock), origin="c1"), "m")  # m signs and names c1: the signature is m's
     tampered = replace(own_proof("c2", clock), incarnation=1)  # c2's proof moved to another incarnation
     stale = own_proof("c3", Clock(clock.t - WINDOW_S - 1))
     stray = own_proof("c2", clock)  # genuine, but for an update the message does not carry (c2 at incarnation 0)
@@ -103,29 +84,16 @@ def test_proofs_per_message_and_proofs_held_are_bounded(monkeypatch: pytest.Monk
 
 
 def driver() -> SwimDriver:
-    """Node b's real driver with m, c1-c3 and x as members."""
-    d = SwimDriver("b", url_of(1), PeerClient(IDS["b"], lambda url: None), sw.SwimConfig(),
-                   lambda: None, lambda s, u: s, lambda t: None)  # type: ignore[arg-type,return-value]  # fmt: skip
-    for i, n in enumerate(("m", "c1", "c2", "c3", "x")):
-        other = sw.Swim(n, url_of(i + 2), sw.SwimConfig(), random.Random(i))
-        d.core.hint(n, other.self_url, "", 0.0)
-        d.core.admitted(n, other.self_url, "", state_of(other), 0.0)
-    return d
+    """Node b's real driver (the default configuration) with m, c1-c3 and x as members."""
+    return swim_driver(sw.SwimConfig())
 
 
 def confirmers_after(*proof_signers: str, forged_by: str | None = None) -> frozenset[str]:
+    """m relays the suspicions of c1-c3 (with the signatures of ``proof_signers``): b's confirmers of x."""
     d = driver()
-    clock = Clock()
-    d.proofs.wall = clock
-    proofs = tuple(own_proof(n, clock) for n in proof_signers)
-    if forged_by is not None:  # the liar signs each with its own key but claims the others as origins
-        signed = [IDS[forged_by].sign_detached(p.signing_bytes()) for p in proofs]
-        proofs = tuple(replace(p, card=card, signature=sig) for p, (card, sig) in zip(proofs, signed, strict=True))
-    msg = gossip("m", suspect("c1"), suspect("c2"), suspect("c3"), proofs=proofs)
-    asyncio.run(d.handle("m", msg))
-    sus = d.core.records["x"].suspicion
-    assert sus is not None
-    return sus.confirmers
+    d.proofs.wall = clock = Clock()
+    proofs = signed_by(proof_signers, own_proof, clock, forged_by)
+    return suspicion_after(d, gossip("m", suspect("c1"), suspect("c2"), suspect("c3"), proofs=proofs)).confirmers
 
 
 def test_the_driver_counts_a_relayed_confirmer_only_with_its_origins_signature() -> None:

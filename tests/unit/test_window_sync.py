@@ -14,7 +14,7 @@ import pytest
 from agent.catalogue import builtin_catalogue_text, parse_catalogue
 from agent.packed_records import pack_record
 from agent.placement import NodeReport, RequestRecord, build_snapshot
-from agent.request_window import MAX_WINDOW_BYTES, held_bytes
+from agent.request_window import MAX_WINDOW_BYTES, held_bytes, view_bytes
 from agent.window_sync import (
     CHUNK_BYTES,
     ENCODE_CHUNK,
@@ -85,7 +85,7 @@ def test_the_mirror_holds_the_leaders_records_and_builds_the_same_snapshot(seed:
         message = encode_reset(records, delta.seq, config) if reset else encode_delta(delta)
         mirror.apply(json.loads(message))  # as it crosses the pipe
         assert mirror.records() == records
-        assert mirror.window is not None and mirror.window.nbytes == held_bytes(list(_rows(records))) <= max_bytes
+        assert mirror.window is not None and mirror.window.nbytes == view_bytes(records) <= max_bytes
         assert [r.logged_by for r in mirror.records()] == [r.logged_by for r in records]
         for objective in ("queue-p99", "thesis"):
             theirs = BuildInputs.from_json(json.loads(json.dumps(inputs(now, objective).to_json())))
