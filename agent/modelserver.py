@@ -26,8 +26,9 @@ to its end and dropped: 503 with Retry-After. Every accepted connection holds ``
 closes, which bounds connections process-wide (``max_connections``: 572 at rest); past it, a newcomer takes the
 place and share of the oldest connection still waiting on its client (a request's head or body not whole yet)
 from the address holding the most such, if that is more than its own address holds (agent.peer_gate's rule
-for handshakes), else 503 with Retry-After and close; a body that finds no room in the budget makes it the
-same way before it waits (a few addresses trickling heads or bodies otherwise held every share: review12b).
+for handshakes), else 503 with Retry-After and close (the one given up is closed: a 503 with Retry-After first if
+its body was awaited); a small body that finds no room in the budget makes it the same way before it waits (a few
+addresses trickling heads or bodies otherwise held every share: review12b), a big one never (review12c).
 Connections and bodies being read leave ``PARSE_ROOM`` (one largest small body's cost) of the budget, and big
 bodies being read hold at most all but ``SMALL_SHARE`` together: what clients hold at their own pace never
 stops a body read whole from being parsed, nor big bodies connections and small ones.
@@ -42,6 +43,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import http.client
+import io
 import json
 import logging
 import logging.handlers
@@ -52,6 +54,7 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Mapping
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, cast
@@ -92,6 +95,7 @@ def _busy(message: str) -> bytes:
 
 BUSY = _busy("too many connections from this address")
 BUSY_ALL = _busy("busy: the connections open hold this server's memory budget")
+EVICTED = _busy("busy: this request's place was given to a newcomer before its body came whole")
 
 
 class BodyError(Exception):
@@ -121,19 +125,41 @@ def read_cost(n: int) -> int:
 PARSE_ROOM = body_cost(SMALL_BODY)  # of SMALL_SHARE, never held by a client's pace: one small body always parses
 
 
-def read_line(rfile: Any, connection: socket.socket, limit: int, deadline: float, timeout_s: float) -> bytes:
-    """One line of at most ``limit`` bytes from ``rfile`` (buffered, over ``connection``) by ``deadline``
-    (monotonic; TimeoutError past it), each read within ``timeout_s`` too; short only at the end of the stream.
+class DeadlineReader(io.RawIOBase):
+    """A connection's reads, each armed as it reaches the socket: it waits at most ``timeout_s`` and, while
+    ``deadline`` is set (monotonic), at most until then (TimeoutError; past it, at once). Buffered over it, a
+    request's lines and body pieces already read cost no system call: arming the socket before every line
+    (``settimeout`` per chunk line, three per chunk) made a body of 1-byte chunks 1.7x dearer (review12c)."""
 
-    A plain ``readline`` makes as many reads as it takes, each with the socket's whole timeout: one byte every
-    29 s kept a 16 KiB head (or a 1 KiB chunk-size line) being read for days."""
-    line = bytearray()
+    def __init__(self, sock: socket.socket, timeout_s: float) -> None:
+        super().__init__()
+        self.sock = sock
+        self.timeout_s = timeout_s
+        self.deadline: float | None = None
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        wait_s = self.timeout_s
+        if self.deadline is not None:
+            wait_s = min(wait_s, self.deadline - time.monotonic())
+            if wait_s <= 0:
+                raise TimeoutError("read deadline")
+        self.sock.settimeout(wait_s)
+        return self.sock.recv_into(buffer)
+
+
+def read_line(rfile: Any, limit: int) -> bytes:
+    """One line of at most ``limit`` bytes from ``rfile`` (buffered over a DeadlineReader: by its deadline, or
+    LineTimeout); short only at the end of the stream.
+
+    A plain ``readline`` over a socket makes as many reads as it takes, each with the socket's whole timeout:
+    one byte every 29 s kept a 16 KiB head (or a 1 KiB chunk-size line) being read for days. Here each read
+    is armed by the deadline, and what a read that times out brought is counted (``LineTimeout.partial``)."""
+    line = b""
     try:
         while len(line) < limit:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise TimeoutError("line deadline")
-            connection.settimeout(min(left, timeout_s))
             ahead = rfile.peek(1)  # what is buffered, else one read of the socket
             if not ahead:
                 break
@@ -144,7 +170,7 @@ def read_line(rfile: Any, connection: socket.socket, limit: int, deadline: float
                 break
     except TimeoutError:
         raise LineTimeout(len(line)) from None
-    return bytes(line)
+    return line
 
 
 class LineTimeout(TimeoutError):
@@ -162,13 +188,13 @@ class Evicted(Exception):
 class _Head:
     """A request's rfile while its head (request line, headers) is read: at most ``left`` bytes in all, past
     which a line is LineTooLong (the base class answers 431 for a header line; the request line: 414), and
-    all of it by ``deadline`` (TimeoutError: ``timed_out``, and ``received`` says whether any of it came)."""
+    all of it by the deadline of the DeadlineReader under ``raw`` (TimeoutError: ``timed_out``, and ``received``
+    says whether any of it came)."""
 
-    def __init__(self, raw: Any, left: int, connection: socket.socket, deadline: float, server: ModelServer) -> None:
+    def __init__(self, raw: Any, left: int, connection: socket.socket, server: ModelServer) -> None:
         self.raw = raw
         self.left = left
         self.connection = connection
-        self.deadline = deadline
         self.server = server
         self.received = False
         self.timed_out = False
@@ -176,7 +202,7 @@ class _Head:
     def readline(self, limit: int = -1) -> bytes:
         cap = self.left + 1 if limit < 0 else min(limit, self.left + 1)
         try:
-            line = read_line(self.raw, self.connection, cap, self.deadline, self.server.timeout_s)
+            line = read_line(self.raw, cap)
         except LineTimeout as exc:
             self.timed_out = True
             self.received = self.received or exc.partial > 0
@@ -241,7 +267,7 @@ class Budget:
             self._room.notify_all()
 
 
-def oldest_of_busiest(waiting: dict[str, dict[Any, None]], host: str) -> Any | None:
+def oldest_of_busiest(waiting: Mapping[str, Mapping[Any, object]], host: str) -> Any | None:
     """The connection a newcomer from ``host`` takes the place of when every connection is held (the rule of
     agent.peer_gate.Handshakes.admit): the oldest waiting on its client, a request's head or body not whole yet
     (``waiting``: per address, oldest first), from the address with the most of them, if that is more than
@@ -288,7 +314,9 @@ class ModelServer(ThreadingHTTPServer):
         self.budget = Budget(max(memory_budget, body_cost(max_body) + SMALL_SHARE))
         self.budget_wait_s = budget_wait_s
         self._open: dict[Any, str] = {}  # accepted socket -> its peer's address (each holds CONN_COST)
-        self._waiting: dict[str, dict[Any, None]] = {}  # address -> its sockets waiting on the client
+        # address -> its sockets waiting on the client, oldest first: True once a request's head is whole (its body
+        # is awaited: given up, it is answered EVICTED; a head or an idle keep-alive just closes, as a client expects)
+        self._waiting: dict[str, dict[Any, bool]] = {}
         self._open_lock = threading.Lock()
         self.evicted = 0  # connections given up to a newcomer (process_request)
 
@@ -316,7 +344,7 @@ class ModelServer(ThreadingHTTPServer):
                     self._evict(victim)  # its CONN_COST stays held: the newcomer's now
             if refusal is None:
                 self._open[request] = host
-                self._waiting.setdefault(host, {})[request] = None
+                self._waiting.setdefault(host, {})[request] = False
         if refusal is not None:
             with contextlib.suppress(OSError):
                 request.sendall(refusal)
@@ -325,9 +353,12 @@ class ModelServer(ThreadingHTTPServer):
         super().process_request(request, client_address)
 
     def take_evicting(self, host: str, n: int, limit: int, bodies_limit: int) -> bool:
-        """Take ``n`` of the budget for a body from ``host`` now (``Budget.take``'s bounds), giving up connections
-        waiting on their clients (``oldest_of_busiest``, one at a time) if that makes the room: a few addresses
-        holding every connection's share would otherwise leave none for a body (503 to every predict)."""
+        """Take ``n`` of the budget for a small body from ``host`` now (``Budget.take``'s bounds), giving up
+        connections waiting on their clients (``oldest_of_busiest``, one at a time) if that makes the room: a few
+        addresses holding every connection's share would otherwise leave none for a body (503 to every predict).
+        Never for a big body (``_reserve``): it takes its whole ``body_cost`` before a byte of it is read, so one
+        head announcing 8 MB (30.9 MiB) gave up 43 of 120 other requests in progress and then held their shares
+        for as long as its client trickled the body, keeping their address out (review12c)."""
         with self._open_lock:  # the accept loop takes no share meanwhile: the room made is this body's
             short = self.budget.shortfall(n, limit, bodies_limit)
             while short is not None and short > 0:
@@ -341,10 +372,17 @@ class ModelServer(ThreadingHTTPServer):
 
     def _evict(self, request: Any) -> None:
         """End a connection waiting on its client (lock held, its share not given back: the caller's): its
-        thread wakes (end of stream) and ends without a word. Under the lock, so its own close cannot come
-        between and hand the descriptor to another connection first."""
+        thread wakes (end of stream) and ends without a word. One whose body was awaited is answered EVICTED
+        first, if its send buffer has room now (never waited for): a 503 with Retry-After that a client, or
+        the agent's proxy, can retry, where a silent close mid-request was a 502 through the proxy. Under the
+        lock, so its own close cannot come between and hand the descriptor to another connection first."""
+        awaited = self._waiting.get(self._open.get(request, ""), {}).get(request, False)
         self._forget(request)
         self.evicted += 1
+        if awaited:
+            with contextlib.suppress(OSError), request.dup() as sock:
+                sock.setblocking(False)  # a timeout socket's send polls for room first, up to its timeout
+                sock.send(EVICTED)
         with contextlib.suppress(OSError):
             request.shutdown(socket.SHUT_RDWR)
 
@@ -362,16 +400,16 @@ class ModelServer(ThreadingHTTPServer):
         """``request`` still holds its share (False once it was given up to a newcomer, or ended)."""
         return request in self._open
 
-    def waits_on_client(self, request: Any, waiting: bool) -> bool:
-        """``request`` waits on its client for a request's head or body (``waiting``; the newest of its address
-        that does, unless it waits already) or has its request whole (it can no longer be given up); False if it
-        was given up already."""
+    def waits_on_client(self, request: Any, waiting: bool, body: bool = False) -> bool:
+        """``request`` waits on its client for a request's head or its body (``waiting``, ``body``; the newest of
+        its address that does, unless it waits already) or has its request whole (it can no longer be given up);
+        False if it was given up already."""
         with self._open_lock:
             host = self._open.get(request)
             if host is None:
                 return False
             if waiting:
-                self._waiting.setdefault(host, {}).setdefault(request, None)
+                self._waiting.setdefault(host, {})[request] = body  # one waiting already keeps its place
             elif request in self._waiting.get(host, {}):
                 del self._waiting[host][request]
                 if not self._waiting[host]:
@@ -406,7 +444,10 @@ class _Handler(BaseHTTPRequestHandler):
 
     def setup(self) -> None:
         super().setup()
-        self.connection.settimeout(self.server.timeout_s)  # every read has a deadline (idle, half-sent)
+        self.connection.settimeout(self.server.timeout_s)  # every write has a deadline
+        self.rfile.close()  # the base class's, over socket.SocketIO: every read armed by a DeadlineReader instead
+        self.reader = DeadlineReader(self.connection, self.server.timeout_s)  # every read: idle, half-sent
+        self.rfile = io.BufferedReader(self.reader)
 
     def handle_one_request(self) -> None:
         """The base class's, with the request's head read within HEAD_MAX bytes and ``head_timeout_s`` (idle
@@ -415,7 +456,8 @@ class _Handler(BaseHTTPRequestHandler):
         if not s.waits_on_client(self.connection, True):
             self.close_connection = True
             return
-        head = _Head(raw, HEAD_MAX, self.connection, time.monotonic() + s.head_timeout_s, s)
+        self.reader.deadline = time.monotonic() + s.head_timeout_s
+        head = _Head(raw, HEAD_MAX, self.connection, s)
         self.rfile = cast(Any, head)
         try:
             super().handle_one_request()  # a TimeoutError in it closes the connection
@@ -444,6 +486,9 @@ class _Handler(BaseHTTPRequestHandler):
         """One request; whatever fails in it is a 500 and one log line (it used to kill the thread: a 502)."""
         if isinstance(self.rfile, _Head):
             self.rfile = self.rfile.raw  # the head is read: the body has bounds of its own
+        if not self.server.waits_on_client(self.connection, True, body=True):
+            self.close_connection = True  # given up to a newcomer as its head came whole: closed without a word
+            return
         self._began, self._exec_ms, self._answered = None, None, False
         self._gc_before = pauses.paused_ms()
         try:
@@ -457,8 +502,9 @@ class _Handler(BaseHTTPRequestHandler):
                 self._send(500, {"error": f"internal error ({type(exc).__name__})"})
         finally:
             self._release()
+            self.reader.deadline = None  # the body's deadline ended with it
             with contextlib.suppress(OSError):
-                self.connection.settimeout(self.server.timeout_s)  # the body's deadline ended with it
+                self.connection.settimeout(self.server.timeout_s)
 
     def _serve(self) -> None:
         try:
@@ -466,7 +512,7 @@ class _Handler(BaseHTTPRequestHandler):
         except (TimeoutError, BodyError) as exc:
             self.close_connection = True  # what is left of the body must never be read as a request
             if not self.server.holds(self.connection):
-                return  # given up to a newcomer (shut down): nothing to answer on
+                return  # given up to a newcomer (shut down, answered EVICTED if it could take it)
             if isinstance(exc, BodyError):
                 self._send(exc.status, {"error": str(exc)})
             else:
@@ -515,7 +561,9 @@ class _Handler(BaseHTTPRequestHandler):
         What is taken before a body is read whole can be held by a client at its own pace (each for at most
         ``timeout_s``), so it leaves PARSE_ROOM of the budget, as connections do: nothing a client stalls
         stops a body read whole from being parsed. Big bodies hold at most all but SMALL_SHARE together:
-        bodies announced and trickled can keep other big bodies waiting, never connections or small ones."""
+        bodies announced and trickled can keep other big bodies waiting, never connections or small ones. Only a
+        small body (or a body read whole) gives up connections waiting on their clients for room
+        (``take_evicting``): a big one waits for room as it is (review12c)."""
         need = cost - self._held
         if need > 0:
             wait_s = min(self.server.budget_wait_s, max(0.0, deadline - time.monotonic()))
@@ -525,7 +573,7 @@ class _Handler(BaseHTTPRequestHandler):
             bodies_limit = budget.total - SMALL_SHARE if big else budget.total
             host = str(self.client_address[0])
             if not (
-                self.server.take_evicting(host, need, limit, bodies_limit)
+                (not big and self.server.take_evicting(host, need, limit, bodies_limit))
                 or budget.take(need, wait_s, limit, bodies_limit)
             ):
                 return False
@@ -537,17 +585,9 @@ class _Handler(BaseHTTPRequestHandler):
             self.server.budget.give(self._held)
             self._held = 0
 
-    def _arm(self, deadline: float) -> None:
-        """The next read waits at most until ``deadline`` (the whole body's), and at most ``timeout_s``."""
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise TimeoutError("request body deadline")
-        self.connection.settimeout(min(left, self.server.timeout_s))
-
-    def _read_into(self, buf: bytearray | None, n: int, deadline: float, short: str) -> None:
-        """Read ``n`` body bytes into ``buf`` (None: keep none) by the body's deadline."""
+    def _read_into(self, buf: bytearray | None, n: int, short: str) -> None:
+        """Read ``n`` body bytes into ``buf`` (None: keep none) by the body's deadline (the reader's)."""
         while n > 0:
-            self._arm(deadline)
             got = self.rfile.read1(min(n, READ_PIECE))
             if not got:
                 raise BodyError(400, short)
@@ -559,6 +599,7 @@ class _Handler(BaseHTTPRequestHandler):
         """The whole request body (Content-Length or chunked, at most max_body) within ``timeout_s`` of its
         head; BodyError, or Busy (the body was read to its end and dropped: the connection stays usable)."""
         deadline = time.monotonic() + self.server.timeout_s
+        self.reader.deadline = deadline  # every read of the body by it (None again once it is answered)
         if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
             return self._read_chunked(deadline)
         length = self.headers.get("Content-Length")
@@ -571,10 +612,10 @@ class _Handler(BaseHTTPRequestHandler):
             raise BodyError(413, f"request body over {self.server.max_body} bytes")
         short = "request body shorter than its Content-Length"
         if not self._reserve(read_cost(n), deadline, n):
-            self._read_into(None, n, deadline, short)
+            self._read_into(None, n, short)
             raise Busy()
         body = bytearray()
-        self._read_into(body, n, deadline, short)
+        self._read_into(body, n, short)
         return self._whole(body, deadline)
 
     def _whole(self, body: bytearray, deadline: float) -> bytes:
@@ -587,12 +628,12 @@ class _Handler(BaseHTTPRequestHandler):
         body: bytearray | None = bytearray()  # None once dropped (no room in the budget): read on, keep nothing
         total = 0
         while True:
-            line = self._line(deadline).split(b";", 1)[0].strip()
+            line = self._line().split(b";", 1)[0].strip()
             if CHUNK_SIZE.fullmatch(line) is None:
                 raise BodyError(400, "malformed chunked body")
             size = int(line, 16)
             if size == 0:
-                while self._line(deadline) not in (b"\r\n", b"\n", b""):
+                while self._line() not in (b"\r\n", b"\n", b""):
                     pass  # trailers
                 if body is None:
                     raise Busy()
@@ -603,12 +644,12 @@ class _Handler(BaseHTTPRequestHandler):
             if body is not None and not self._reserve(read_cost(total), deadline, total):
                 self._release()
                 body = None
-            self._read_into(body, size, deadline, "malformed chunked body")
-            self._line(deadline)
+            self._read_into(body, size, "malformed chunked body")
+            self._line()
 
-    def _line(self, deadline: float) -> bytes:
-        """A line of a chunked body (at most 1 KiB) by the body's deadline."""
-        return read_line(self.rfile, self.connection, 1024, deadline, self.server.timeout_s)
+    def _line(self) -> bytes:
+        """A line of a chunked body (at most 1 KiB) by the body's deadline (the reader's)."""
+        return read_line(self.rfile, 1024)
 
     def _timing(self) -> str:
         """W3C Server-Timing: ``server`` (request read whole -> answer encoded) and ``exec`` (the model's call), ms."""

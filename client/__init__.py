@@ -2,6 +2,7 @@
 
 from client.core import AsyncClient, Client, Endpoint
 from client.errors import (
+    AnswerTooLarge,
     ClusterUnreachableError,
     NoCapacityError,
     NotReadyError,
@@ -11,6 +12,7 @@ from client.errors import (
 )
 
 __all__ = [
+    "AnswerTooLarge",
     "AsyncClient",
     "Client",
     "ClusterUnreachableError",

@@ -5,12 +5,13 @@ agent's answer can be cut short or replaced on the way (a captive portal's HTML 
 only when it has the shape the client reads: the right JSON types, finite numbers, node ids and model
 names as the agents write them, http(s) URLs without credentials, and lists and strings within bounds.
 Anything else is ``Malformed`` (a ValueError), which the operations treat like a 5xx: the next agent is
-asked. Reading is bounded before it is parsed (an answer's JSON values are counted from its bytes,
-peerserve/jsonbound.py, and held to ``CONTROL_VALUES`` or ``ANSWER_VALUES``: parsed, 4 MiB of ``{},`` was
-+115 MiB) and total (``checked``: whatever goes wrong reading or checking an answer, a RecursionError from
-its nesting or an OverflowError from a 400-digit number included, is ``Malformed``: review 12b found both
-raised out of the client instead of failing over). ``retry_after_s`` reads a Retry-After header (seconds or
-an HTTP date) without ever raising.
+asked (but for an inference answer over its bounds, ``TooLarge``: see client/ops.py). Reading is bounded
+before it is parsed (an answer's JSON values are counted from its bytes, peerserve/jsonbound.py, and held to
+``CONTROL_VALUES``, or for an inference answer weighted by what they cost parsed and held to
+``ANSWER_VALUES``: parsed, 4 MiB of ``{},`` was +115 MiB) and total (``checked``: whatever goes wrong
+reading or checking an answer, a RecursionError from its nesting or an OverflowError from a 400-digit number
+included, is ``Malformed``: review 12b found both raised out of the client instead of failing over).
+``retry_after_s`` reads a Retry-After header (seconds or an HTTP date) without ever raising.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from typing import Any, TypeVar
 import httpx
 
 from peerserve import names
-from peerserve.jsonbound import values_at_most
+from peerserve.jsonbound import cost_at_most, values_at_most
 
 # as the agents write and the wire accepts them: the one definition in peerserve/names.py (standard library
 # only: the client still needs only httpx and zeroconf)
@@ -43,10 +44,15 @@ CONTROL_LIMIT = 4 * 1024 * 1024  # bytes of an agent's control answer (/cluster 
 # naming 256 models each is ~68,000, /services of 1,024 endpoints ~46,000; parsed, 131,072 values cost at most
 # ~12.5 MiB (one-key objects; 4.7 MiB as {}), where 4 MiB of {} was 115 MiB
 CONTROL_VALUES = 131_072
-# of an inference answer (TF-Serving's predictions, v2 outputs): a million floats parse to ~51 MiB, the
-# worst shape (one-key objects) to ~100 MiB, where 64 MiB of {} was 1.6 GiB
-ANSWER_VALUES = 1_048_576
-ANSWER_LIMIT = 32 * 1024 * 1024  # bytes of an inference answer: ANSWER_VALUES numbers of up to ~30 characters
+# defaults of an inference answer's bounds (TF-Serving's predictions, v2 outputs; Client(max_answer_bytes=,
+# max_answer_values=) sets them): its bytes, and its JSON values weighted by what they cost parsed
+# (jsonbound.cost_at_most: a list, object or string counts as 3-5, a number as 1). Parsed, a unit costs at
+# most ~36 bytes (a float 32), so the worst answer let through costs what an honest one at the bound does:
+# RSS +375 MiB while parsing 8 M floats (56 MiB) or 8 M units of -6, +346 MiB of one-key objects; YOLOv5's
+# output [1, 25200, 85] (~2.22 M units, 16.2 MiB) +100 MiB. Review 12b's 1,048,576 plain values and 32 MiB
+# refused YOLO (review 12c); unweighted, 64 MiB of {} was 1.6 GiB
+ANSWER_VALUES = 8 * 1024 * 1024
+ANSWER_LIMIT = 64 * 1024 * 1024
 SNIPPET = 60  # characters of an answer quoted in a Malformed
 RETRY_AFTER_DEFAULT_S = 1.0
 RETRY_AFTER_MAX_S = 300.0
@@ -58,18 +64,31 @@ class Malformed(ValueError):
     """An answer the client cannot use; it counts as a failed call (the next agent or server is asked)."""
 
 
+class TooLarge(Malformed):
+    """An answer over its bound of JSON values. From an agent's control route it is a failed call like any
+    Malformed; an inference answer over it is real, perhaps (the model's output is as large as it is), and
+    would be as large from any server: the operations raise client.errors.AnswerTooLarge instead of asking
+    the next one (client/ops.py)."""
+
+    def __init__(self, message: str, bound: int) -> None:
+        super().__init__(message)
+        self.bound = bound
+
+
 def snippet(response: httpx.Response, characters: int = SNIPPET) -> str:
     """The answer's first ``characters`` characters (UTF-8, undecodable bytes replaced), decoding no more
     than those: ``response.text`` would decode all of it (32 MiB, 128 MiB as a str) to quote 60 of them."""
     return response.content[: 4 * characters].decode("utf-8", "replace")[:characters]
 
 
-def body(response: httpx.Response, values: int = CONTROL_VALUES) -> Any:
+def body(response: httpx.Response, values: int = CONTROL_VALUES, count: Callable[[bytes], int] = values_at_most) -> Any:
     """The answer's JSON (NaN and Infinity refused: they are not JSON), if it has at most ``values`` values
-    (counted before parsing) and nests no deeper than json.loads can read (~1,000: a RecursionError)."""
+    as ``count`` counts them before parsing (else ``TooLarge``; ``cost_at_most`` weights them by their cost
+    parsed) and nests no deeper than json.loads can read (~1,000: a RecursionError)."""
     content = response.content
-    if values_at_most(content) > values:
-        raise Malformed(f"HTTP {response.status_code} answer has more than {values} JSON values")
+    if count(content) > values:
+        weighted = " (weighted)" if count is cost_at_most else ""
+        raise TooLarge(f"HTTP {response.status_code} answer has more than {values} JSON values{weighted}", values)
     try:
         return json.loads(content, parse_constant=_no_constant)
     except (ValueError, UnicodeDecodeError) as exc:
@@ -78,11 +97,16 @@ def body(response: httpx.Response, values: int = CONTROL_VALUES) -> Any:
         raise Malformed(f"HTTP {response.status_code} answer nests too deep") from None
 
 
-def checked(response: httpx.Response, parse: Callable[[Any], T], values: int = CONTROL_VALUES) -> T:
+def checked(
+    response: httpx.Response,
+    parse: Callable[[Any], T],
+    values: int = CONTROL_VALUES,
+    count: Callable[[bytes], int] = values_at_most,
+) -> T:
     """``parse`` of the answer's JSON (``body``), total: any exception reading or checking it is ``Malformed``,
     so a shape no check foresaw makes the client ask the next agent or server instead of raising out of it."""
     try:
-        return parse(body(response, values))
+        return parse(body(response, values, count))
     except Malformed:
         raise
     except Exception as exc:

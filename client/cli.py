@@ -29,6 +29,13 @@ def _common(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not a positive integer")
+    return value
+
+
 def register(commands: Any) -> None:
     about = (
         "Print the best endpoint (TF-Serving or Triton server) of MODEL for this client, or of every deployed model. "
@@ -55,6 +62,13 @@ def register(commands: Any) -> None:
         help="tfserving (REST predict, default) or v2 (Open Inference Protocol, for Triton models)",
     )
     p.add_argument("--via-proxy", action="store_true", help="send it through an agent's proxy")
+    # defaults: the library's (client/answers.py; not imported here: `peerserve solve` would import httpx)
+    p.add_argument("--max-answer-mb", type=_positive, metavar="MiB",
+                   help="largest answer read (default 64); past it, or past --max-answer-values, the model's "
+                   "answer is refused, not asked for elsewhere (exit 1)")  # fmt: skip
+    p.add_argument("--max-answer-values", type=_positive, metavar="N",
+                   help="most JSON values in an answer, a list, object or string counting as 3-5 "
+                   "(default 8,388,608)")  # fmt: skip
     _common(p)
     p.set_defaults(handler=cmd_predict)
 
@@ -66,17 +80,28 @@ def register(commands: Any) -> None:
 
 def _client(args: argparse.Namespace) -> Any:
     from client import Client
+    from client.answers import ANSWER_LIMIT, ANSWER_VALUES
 
+    mb, values = getattr(args, "max_answer_mb", None), getattr(args, "max_answer_values", None)
     return Client(
         agents=args.agent,
         timeout=args.timeout,
         discover_interfaces=args.interface,
         trust_discovered=args.trust_discovered,
+        max_answer_bytes=ANSWER_LIMIT if mb is None else mb << 20,
+        max_answer_values=ANSWER_VALUES if values is None else values,
     )
 
 
 def _run(args: argparse.Namespace, body: Any) -> int:
-    from client import ClusterUnreachableError, NoCapacityError, NotReadyError, RequestError, UnknownModelError
+    from client import (
+        AnswerTooLarge,
+        ClusterUnreachableError,
+        NoCapacityError,
+        NotReadyError,
+        RequestError,
+        UnknownModelError,
+    )
     from peerserve.errors import UsageError
 
     try:
@@ -89,7 +114,7 @@ def _run(args: argparse.Namespace, body: Any) -> int:
             raise UsageError(str(exc)) from exc
         print(f"peerserve: error: {exc}", file=sys.stderr)
         return 1
-    except (ClusterUnreachableError, NoCapacityError, NotReadyError) as exc:
+    except (ClusterUnreachableError, NoCapacityError, NotReadyError, AnswerTooLarge) as exc:
         print(f"peerserve: error: {exc}", file=sys.stderr)
         return 1
 

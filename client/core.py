@@ -13,6 +13,9 @@ Queries go to any agent and fail over to the next on error, timeout or an answer
 the nodes it learns of (cheap: one small request each, cached for ``rtt_ttl_s``) and reports them with
 every query (``X-Peerserve-RTT``), so the leader's placement sees real client latencies. Both classes are
 thin shells over one core (client/ops.py); ``transport=`` is handed to httpx, as httpx's own clients take it.
+An inference answer is read up to ``max_answer_bytes`` (64 MiB) and ``max_answer_values`` (8 Mi JSON values,
+a list, object or string counting as 3-5: what they cost parsed; client/answers.py); past either the call
+raises ``AnswerTooLarge`` at once, without running the model elsewhere.
 """
 
 from __future__ import annotations
@@ -22,16 +25,17 @@ from typing import Any, TypeVar
 
 import httpx
 
+from client.answers import ANSWER_LIMIT, ANSWER_VALUES
 from client.ops import (
     CLIENT_HEADER,
     RTT_HEADER,
     AnswerEncoded,
-    AnswerTooLarge,
     Browse,
     Call,
     ClientCore,
     Endpoint,
     Op,
+    OverLimit,
     Result,
     error_for,
 )
@@ -80,7 +84,7 @@ class _Answer:
 
     def __init__(self, call: Call, response: httpx.Response) -> None:
         self.call, self.response = call, response
-        self.failed: AnswerEncoded | AnswerTooLarge | None = _encoded(call, response)
+        self.failed: AnswerEncoded | OverLimit | None = _encoded(call, response)
         self.whole = self.failed is None and _declared_within(response, call.limit)
         self.chunks: list[bytes] = []
         self.size = 0
@@ -94,12 +98,12 @@ class _Answer:
         """Take one raw chunk; False once the answer is over the limit (read no more)."""
         self.size += len(chunk)
         if self.size > self.call.limit:
-            self.failed = AnswerTooLarge(f"{self.call.url} answered over {self.call.limit} bytes")
+            self.failed = OverLimit(f"{self.call.url} answered over {self.call.limit} bytes", self.call.limit)
             return False
         self.chunks.append(chunk)
         return True
 
-    def result(self) -> httpx.Response | AnswerEncoded | AnswerTooLarge:
+    def result(self) -> httpx.Response | AnswerEncoded | OverLimit:
         if self.failed is not None:
             return self.failed
         return self.response if self.whole else _kept(self.response, self.chunks)
@@ -125,10 +129,13 @@ class Client:
         rtt_override: Mapping[str, float] | None = None,
         transport: httpx.BaseTransport | None = None,
         trust_discovered: bool | None = None,
+        max_answer_bytes: int = ANSWER_LIMIT,
+        max_answer_values: int = ANSWER_VALUES,
     ) -> None:
         self.core = ClientCore(
-            agents, client_id, discover_interfaces, rtt_ttl_s, rtt_override, trust_discovered=trust_discovered
-        )
+            agents, client_id, discover_interfaces, rtt_ttl_s, rtt_override, trust_discovered=trust_discovered,
+            max_answer_bytes=max_answer_bytes, max_answer_values=max_answer_values,
+        )  # fmt: skip
         self.http = httpx.Client(timeout=timeout, transport=transport)
 
     def __enter__(self) -> Client:
@@ -211,10 +218,13 @@ class AsyncClient:
         rtt_override: Mapping[str, float] | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
         trust_discovered: bool | None = None,
+        max_answer_bytes: int = ANSWER_LIMIT,
+        max_answer_values: int = ANSWER_VALUES,
     ) -> None:
         self.core = ClientCore(
-            agents, client_id, discover_interfaces, rtt_ttl_s, rtt_override, trust_discovered=trust_discovered
-        )
+            agents, client_id, discover_interfaces, rtt_ttl_s, rtt_override, trust_discovered=trust_discovered,
+            max_answer_bytes=max_answer_bytes, max_answer_values=max_answer_values,
+        )  # fmt: skip
         self.http = httpx.AsyncClient(timeout=timeout, transport=transport)
 
     async def __aenter__(self) -> AsyncClient:

@@ -5,6 +5,8 @@ PeerserveError                  base
 ├── NoCapacityError             the model fits on no node (507)
 ├── NotReadyError               the model is being provisioned; retry after ``retry_after`` s (503)
 ├── ClusterUnreachableError     no agent answered
+├── AnswerTooLarge              an inference answer over the client's ``max_answer_bytes`` / ``max_answer_values``
+                                (raised at once: asked elsewhere, the model would run again to answer as much)
 └── RequestError                the agent or model server refused the request (other 4xx); ``status``
                                 and ``code`` (the agent's X-Peerserve-Error, None from a model server)
 
@@ -34,6 +36,19 @@ class NotReadyError(PeerserveError):
 
 class ClusterUnreachableError(PeerserveError):
     pass
+
+
+class AnswerTooLarge(PeerserveError):
+    """A model's answer over a bound the client was given (``what``: "bytes" or "values", ``bound``); the
+    request ran. Not failed over: another server (or an agent's proxy) would run the model again for an
+    answer as large (review 12c: YOLOv5's 16 MiB output ran on 2 + N servers, then ClusterUnreachableError).
+    A client expecting such answers raises the bound: ``Client(max_answer_bytes=..., max_answer_values=...)``,
+    ``peerserve predict --max-answer-mb / --max-answer-values``."""
+
+    def __init__(self, message: str, what: str, bound: int) -> None:
+        super().__init__(message)
+        self.what = what
+        self.bound = bound
 
 
 class RequestError(PeerserveError):

@@ -30,6 +30,7 @@ import httpx
 
 from client import answers
 from client.errors import (
+    AnswerTooLarge,
     ClusterUnreachableError,
     NoCapacityError,
     NotReadyError,
@@ -37,6 +38,7 @@ from client.errors import (
     RequestError,
     UnknownModelError,
 )
+from peerserve.jsonbound import cost_at_most, values_at_most
 
 RTT_HEADER = "X-Peerserve-RTT"
 CLIENT_HEADER = "X-Peerserve-Client"
@@ -61,8 +63,13 @@ class Call:
     limit: int = answers.CONTROL_LIMIT
 
 
-class AnswerTooLarge(httpx.HTTPError):
-    """An answer longer than its Call's ``limit`` (bytes): the shell stops reading; the call failed."""
+class OverLimit(httpx.HTTPError):
+    """An answer longer than its Call's ``limit`` (bytes): the shell stops reading; the call failed (for an
+    inference, ``send`` raises AnswerTooLarge instead of asking the next server)."""
+
+    def __init__(self, message: str, limit: int) -> None:
+        super().__init__(message)
+        self.limit = limit
 
 
 class AnswerEncoded(httpx.HTTPError):
@@ -152,6 +159,14 @@ def predict_body(instances: Any, inputs: Any) -> dict[str, Any]:
     return {"instances": instances} if instances is not None else {"inputs": inputs}
 
 
+def too_large_bytes(over: OverLimit) -> AnswerTooLarge:
+    return AnswerTooLarge(f"{over} (max_answer_bytes; not asked elsewhere: the model ran)", "bytes", over.limit)
+
+
+def too_large_values(url: str, exc: answers.TooLarge) -> AnswerTooLarge:
+    return AnswerTooLarge(f"{url}: {exc} (max_answer_values; not asked elsewhere: the model ran)", "values", exc.bound)
+
+
 def withheld(agent: str) -> str:
     return (
         f"{agent} asks for the client token, which goes only to agents you name (--agent, PEERSERVE_AGENT, "
@@ -172,7 +187,11 @@ class ClientCore:
         clock: Callable[[], float] = time.monotonic,
         trust_discovered: bool | None = None,
         wall: Callable[[], float] = time.time,
+        max_answer_bytes: int = answers.ANSWER_LIMIT,
+        max_answer_values: int = answers.ANSWER_VALUES,
     ) -> None:
+        if max_answer_bytes < 1 or max_answer_values < 1:
+            raise ValueError("max_answer_bytes and max_answer_values are positive")
         env = os.environ.get("PEERSERVE_AGENT", "")
         self.agents = [a.rstrip("/") for a in (agents or [u for u in env.split(",") if u])]
         self.named = frozenset(self.agents)  # the user's own choice: these get the token
@@ -191,6 +210,8 @@ class ClientCore:
         self.nodes: dict[str, str] = {}  # node id -> agent URL, the alive members of the last /cluster
         self.token = os.environ.get("PEERSERVE_CLIENT_TOKEN", "")  # for agents run with --client-token
         self.dropped = 0  # entries of usable answers the client could not use (members, endpoints), in all
+        self.max_answer_bytes = max_answer_bytes  # an inference answer's bounds (answers.ANSWER_LIMIT, ...)
+        self.max_answer_values = max_answer_values  # weighted: jsonbound.cost_at_most
 
     # -- pure decisions and state changes ------------------------------------------------------------
     def trusts(self, agent: str) -> bool:
@@ -258,14 +279,19 @@ class ClientCore:
         json: Any = None,
         limit: int = answers.CONTROL_LIMIT,
         values: int = answers.CONTROL_VALUES,
+        inference: bool = False,
     ) -> Op[tuple[str, T]]:
         """``parse`` of the first usable answer from any agent, and that agent. Connection errors, timeouts,
         5xx (but 503 / 507), answers over ``limit`` bytes or ``values`` JSON values, 200s that ``parse``
         refuses or raises on (answers.checked: Malformed) and a 401 from an agent the token was withheld
-        from fail over to the next agent; other errors raise."""
+        from fail over to the next agent; other errors raise. An ``inference`` (through an agent's proxy)
+        has its values weighted (jsonbound.cost_at_most), and over either bound raises AnswerTooLarge."""
         last: Exception | None = None
+        count = cost_at_most if inference else values_at_most
         for agent in (yield from self.ordered_agents()):
             r = yield Call(method, agent + path, json, self.headers(agent), limit=limit)
+            if inference and isinstance(r, OverLimit):
+                raise too_large_bytes(r)
             if isinstance(r, httpx.HTTPError):
                 last = r
                 continue
@@ -280,8 +306,10 @@ class ClientCore:
             if error is not None:
                 raise error
             try:
-                value = answers.checked(r, parse, values)
+                value = answers.checked(r, parse, values, count)
             except answers.Malformed as exc:
+                if inference and isinstance(exc, answers.TooLarge):
+                    raise too_large_values(agent + path, exc) from exc
                 last = answers.Malformed(f"{agent} answered {path} with something else: {exc}")
                 continue
             self.promote(agent)
@@ -326,15 +354,20 @@ class ClientCore:
     def send(self, model: str, path: str, body: Any, via_proxy: bool, protocol: str) -> Op[Any]:
         """``body`` to ``path`` of the model's best server (then one alternative), else through an agent.
         A server that does not answer, or answers 200 with something that is not ``protocol``'s answer
-        (answers.checked: over ANSWER_VALUES values included), counts as dead; an error answer raises."""
+        (answers.checked), counts as dead; an error answer raises, and so does an answer over the client's
+        bounds (``max_answer_bytes``, ``max_answer_values``: AnswerTooLarge), once: the model ran, and
+        asked elsewhere it would run again for an answer as large (review 12c: 2 + N runs)."""
 
         def parse(data: Any) -> Any:
             return answers.inference(data, protocol)
 
+        limit, values = self.max_answer_bytes, self.max_answer_values
         if not via_proxy:
             chosen = yield from self.endpoint(model)
             for url in targets(chosen):
-                r = yield Call("POST", url + path, body, limit=answers.ANSWER_LIMIT)
+                r = yield Call("POST", url + path, body, limit=limit)
+                if isinstance(r, OverLimit):
+                    raise too_large_bytes(r)
                 if isinstance(r, httpx.HTTPError):
                     continue
                 assert isinstance(r, httpx.Response)
@@ -342,12 +375,12 @@ class ClientCore:
                 if error is not None:
                     raise error
                 try:
-                    return answers.checked(r, parse, answers.ANSWER_VALUES)
+                    return answers.checked(r, parse, values, cost_at_most)
+                except answers.TooLarge as exc:
+                    raise too_large_values(url + path, exc) from exc
                 except answers.Malformed:
                     continue
-        _, data = yield from self.ask(
-            "POST", f"/services/{model}{path}", parse, body, answers.ANSWER_LIMIT, answers.ANSWER_VALUES
-        )
+        _, data = yield from self.ask("POST", f"/services/{model}{path}", parse, body, limit, values, inference=True)
         return data
 
     def predict(self, model: str, instances: Any, inputs: Any, via_proxy: bool) -> Op[Any]:

@@ -11,6 +11,11 @@ A recorded PID is ours only while it is the same process: its start time (/proc/
 since boot, recorded at spawn) and its command line (the stand-in's ``--name``, Triton's ``--http-port`` and
 repository) must match the record before it is adopted or signalled; a PID reused by another process, or
 another agent's server, is left alone.
+
+Each model's server writes ``<data_dir>/logs/<model>.log`` (stdout and stderr, append mode). No client can make
+it grow without bound: Triton's log verbosity is one of its restricted APIs (agent/runtime/triton.py), the
+stand-in rotates its own log, and past ``log_max_bytes`` every such file is cut in place (``bound_log``: its
+last part kept in ``<model>.log.1``) at each start and each ``list()`` (every reconcile round, 2 s).
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ log = logging.getLogger(__name__)
 START_TIMEOUT_S = 15.0
 STOP_TIMEOUT_S = 5.0
 LEGACY_SLACK_S = START_TIMEOUT_S + 5.0  # a record without ticks: the process started this long before it at most
+LOG_MAX_BYTES = 1024 * 1024  # a server's log is cut past this (its last part kept in .1): ~2 MiB a model at most
 
 
 @dataclass
@@ -59,12 +65,22 @@ class _Server:
 class ProcessRuntime:
     kind = "process"
 
-    def __init__(self, host: str, data_dir: Path, server_timing: bool = True, max_body_mb: float = 8.0) -> None:
+    def __init__(
+        self,
+        host: str,
+        data_dir: Path,
+        server_timing: bool = True,
+        max_body_mb: float = 8.0,
+        log_max_bytes: int = LOG_MAX_BYTES,
+    ) -> None:
+        if log_max_bytes < 1024:
+            raise ValueError("log_max_bytes must be at least 1024")
         self.host = host
         self.server_timing = server_timing  # the stand-in servers' Server-Timing header (settings.server_timing)
         self.max_body_mb = max_body_mb  # the stand-ins take what the agent takes (settings.max_body_mb)
         self.state_file = data_dir / "process-runtime.json"
         self.log_dir = data_dir / "logs"
+        self.log_max_bytes = log_max_bytes
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self._servers: dict[str, _Server] = {}
         self._starting: dict[int, _Server] = {}  # pid -> spawned, not yet ready (recorded with port 0)
@@ -116,7 +132,7 @@ class ProcessRuntime:
             return await self._start_triton(spec, term)
         if spec.stand_in not in MODELS:
             raise InstanceStartError(f"the process runtime has no stand-in model {spec.stand_in!r}")
-        log_path = self.log_dir / f"{spec.name}.log"
+        log_path = self._log_path(spec.name)
         # stderr (what fails before its logging is set up) goes to the log file; the server then logs there
         # through a handler that rotates it, so no client can make it grow without bound (after a rotation
         # stderr still points at the old file: only what fails outside logging, such as a crash, lands there).
@@ -125,6 +141,7 @@ class ProcessRuntime:
                 sys.executable, "-m", "agent.modelserver",
                 "--model", spec.stand_in, "--name", spec.name, "--host", self.host, "--port", "0",
                 "--max-body-mb", f"{self.max_body_mb:g}", "--log-file", str(log_path),
+                "--log-max-kb", str(self.log_max_bytes // 1024),
                 *(() if self.server_timing else ("--no-server-timing",)),
                 stdout=asyncio.subprocess.PIPE, stderr=log_file, stdin=asyncio.subprocess.DEVNULL,
                 env=server_environment(os.environ), start_new_session=True,
@@ -166,10 +183,10 @@ class ProcessRuntime:
         backends = triton.prepare_backend(install, base / "backends")
         repository = triton.prepare_repository(spec, base / "repos" / spec.name)
         port = triton.free_port(self.host)
-        log_path = self.log_dir / f"{spec.name}.log"
-        with open(log_path, "ab") as log_file:
+        log_path = self._log_path(spec.name)
+        with open(log_path, "ab") as log_file:  # append mode: a cut (bound_log) makes its next write land at 0
             proc = await asyncio.create_subprocess_exec(
-                *triton.command(install, repository, backends, self.host, port),
+                *triton.command(install, repository, backends, self.host, port, triton.admin_key()),
                 stdout=log_file, stderr=log_file, stdin=asyncio.subprocess.DEVNULL,
                 env=triton.environment(install), start_new_session=True,
             )  # fmt: skip
@@ -179,6 +196,12 @@ class ProcessRuntime:
         self._save()
         log.info("started tritonserver for %s on port %d (pid %d)", spec.name, port, proc.pid)
         return self._instance(server)
+
+    def _log_path(self, model: str) -> Path:
+        """``model``'s log file, cut first if it is over the bound (left so by an earlier run)."""
+        path = self.log_dir / f"{model}.log"
+        bound_log(path, self.log_max_bytes)
+        return path
 
     def _instance(self, s: _Server) -> Instance:
         running = s.process.returncode is None if s.process is not None else s.is_alive()
@@ -196,11 +219,47 @@ class ProcessRuntime:
         log.info("stopped %s (pid %d)", server.model, server.pid)
 
     async def list(self) -> list[Instance]:
+        for model in {s.model for s in self._servers.values()}:
+            bound_log(self.log_dir / f"{model}.log", self.log_max_bytes)
         return [self._instance(s) for s in self._servers.values()]
 
     async def close(self) -> None:
         for instance_id in list(self._servers):
             await self.stop(instance_id)
+
+
+def bound_log(path: Path, limit: int) -> bool:
+    """Cut ``path`` in place when it is larger than ``limit``: its last ``limit`` bytes replace ``<path>.1`` and
+    it is truncated to 0 (as the stand-in's own rotation, one old file kept). Returns whether it was cut.
+
+    In place (copy, then truncate) because the server keeps the file open: renamed, the server would go on
+    writing to the renamed file. The servers write in append mode, so their next write lands at the new end,
+    not at their old offset (no hole). What a server writes between the copy and the truncation is lost; when
+    the copy fails (a full disk) the file is cut all the same, and nothing here raises: it runs in every
+    reconcile round."""
+    try:
+        size = path.stat().st_size
+    except OSError:
+        return False
+    if size <= limit:
+        return False
+    old = path.with_name(path.name + ".1")
+    try:
+        with open(path, "rb") as f:
+            f.seek(size - limit)
+            tail = f.read(limit)
+        tmp = path.with_name(path.name + ".1.tmp")
+        tmp.write_bytes(tail)
+        tmp.replace(old)
+    except OSError as exc:
+        log.warning("model server log %s: its end not kept (%s), cut all the same", path, exc)
+    try:
+        os.truncate(path, 0)
+    except OSError as exc:
+        log.warning("model server log %s could not be cut: %s", path, exc)
+        return False
+    log.info("cut model server log %s at %d bytes (its last %d bytes are in %s)", path, size, limit, old.name)
+    return True
 
 
 def recorded_server_pids(data_dir: Path) -> list[int]:

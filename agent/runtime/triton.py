@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import secrets
 import shutil
 import socket
 import sys
@@ -24,6 +25,12 @@ from agent.runtime.environment import server_environment
 
 MODELS_SOURCE = Path(__file__).resolve().parent.parent / "data" / "triton"
 STUB_SITE = "peerserve-triton-site"
+# Triton's APIs that change the server or reach outside it, open to anyone who reaches its port (/services
+# publishes it): log verbosity (its log grew ~2 KB an infer at level 3), system shared memory (a registered
+# region had infer outputs written into a /dev/shm file), trace settings, model load/unload. Triton answers
+# them 403 unless the request carries ADMIN_HEADER with the value given at start; nobody is given it.
+RESTRICTED_APIS = "shared-memory,model-repository,logging,trace"
+ADMIN_HEADER = "peerserve-admin"
 
 
 @dataclass(frozen=True)
@@ -95,13 +102,25 @@ def prepare_backend(install: TritonInstall, base: Path) -> Path:
     return base
 
 
-def command(install: TritonInstall, repository: Path, backends: Path, host: str, port: int) -> list[str]:
-    """tritonserver's command line: HTTP only on (host, port), no gRPC, no metrics, quick exit."""
+def command(
+    install: TritonInstall, repository: Path, backends: Path, host: str, port: int, admin_key: str
+) -> list[str]:
+    """tritonserver's command line: HTTP only on (host, port), no gRPC, no metrics, quick exit, and the admin
+    APIs (RESTRICTED_APIS) only for a request with ``ADMIN_HEADER: admin_key`` (a fresh random key per start,
+    kept nowhere: health, metadata, config, statistics and inference stay open)."""
+    if not admin_key or not admin_key.isalnum():
+        raise ValueError("the admin key must be a non-empty alphanumeric string")
     return [
         str(install.binary), f"--model-repository={repository}", f"--backend-directory={backends}",
         f"--http-address={host}", f"--http-port={port}", "--allow-grpc=false", "--allow-metrics=false",
         "--allow-gpu-metrics=false", "--exit-timeout-secs=3", "--strict-readiness=true",
+        f"--http-restricted-api={RESTRICTED_APIS}:{ADMIN_HEADER}={admin_key}",
     ]  # fmt: skip
+
+
+def admin_key() -> str:
+    """A fresh key for one Triton start (128 bits); never stored or sent: the admin APIs stay shut to all."""
+    return secrets.token_hex(16)
 
 
 def stub_site_packages() -> Path:

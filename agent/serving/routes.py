@@ -49,6 +49,8 @@ HOP_BY_HOP = {
     "transfer-encoding", "upgrade", "host", "x-peerserve-rtt", "x-peerserve-client",
     "expect",  # 100-continue is settled between the client and the agent; the body is already flowing
 }  # fmt: skip
+# the answer's own: uvicorn writes its Date and Server on every answer, the model server's would come twice
+UPSTREAM_OWN = {"date", "server"}
 SAFE_PATH = "/:%"  # the HTTP layer decoded the path once: re-quote the rest (label "a b" goes as "a%20b")
 SMALL_BODY = 64 * 1024  # an answer up to this size is sent in one piece; larger ones are streamed
 ERROR_TEXT_MAX = 2048  # of a non-JSON upstream error, kept as the message
@@ -101,13 +103,25 @@ def _forward_headers(request: Request, keep_authorization: bool = True) -> list[
 
 
 def _response_headers(headers: list[tuple[str, str]]) -> dict[str, str]:
+    """The model server's end-to-end headers, less its Date and Server (the agent's HTTP server sends its own)."""
     named = {v.strip().lower() for k, v in headers if k.lower() == "connection" for v in v.split(",")}
-    return {k: v for k, v in headers if k.lower() not in HOP_BY_HOP and k.lower() not in named}
+    drop = HOP_BY_HOP | UPSTREAM_OWN | named
+    return {k: v for k, v in headers if k.lower() not in drop}
 
 
 def upstream_error_message(status: int, body: bytes) -> str:
-    """The message for a model server's non-JSON error: its text (first ERROR_TEXT_MAX bytes, tags stripped)."""
-    text = re.sub(r"<[^>]*>", " ", body[:ERROR_TEXT_MAX].decode("utf-8", "replace"))
+    """The message for a model server's error not labelled JSON: its own ``error`` when the first
+    ERROR_TEXT_MAX bytes are a JSON object with a string ``error`` (Triton sends some of its JSON errors as
+    text/plain: wrapped again they read ``model server answered HTTP 400: {"error": ...}``), else its text
+    (first ERROR_TEXT_MAX bytes, tags stripped)."""
+    head = body[:ERROR_TEXT_MAX]
+    try:
+        parsed = json.loads(head)
+    except (ValueError, RecursionError):  # not JSON, not UTF-8, or nested deeper than the parser goes
+        parsed = None
+    if isinstance(parsed, dict) and isinstance(parsed.get("error"), str):
+        return str(parsed["error"])
+    text = re.sub(r"<[^>]*>", " ", head.decode("utf-8", "replace"))
     text = " ".join(text.split())
     return f"model server answered HTTP {status}" + (f": {text}" if text else "")
 
@@ -326,7 +340,8 @@ class ServingRoutes:
     async def _wrap_error(
         self, upstream: Any, model: str, node: str, client: str, reported: Any, token: Token | None
     ) -> Response:
-        """A model server's error that is not JSON (a crash page, a proxy's HTML): the protocol's error body."""
+        """A model server's error not labelled JSON (a crash page, a proxy's HTML, Triton's text/plain JSON): the
+        protocol's error body (upstream_error_message)."""
         text = b""
         try:
             async for chunk in upstream.aiter_body():

@@ -128,8 +128,8 @@ def _predict(port: int) -> tuple[int | None, bytes, str]:
     """One predict read with h11 (strict framing): (status, body, how the exchange ended)."""
     body = b'{"instances": [1.0, 2.0]}'
     client = h11.Connection(h11.CLIENT)
-    wire = client.send(h11.Request(method="POST", target=f"/v1/models/{MODEL}:predict", headers=[
-        ("Host", "x"), ("Content-Type", "application/json"), ("Content-Length", str(len(body)))]))  # fmt: skip
+    head = [("Host", f"127.0.0.1:{port}"), ("Content-Type", "application/json"), ("Content-Length", str(len(body)))]
+    wire = client.send(h11.Request(method="POST", target=f"/v1/models/{MODEL}:predict", headers=head))
     status, got = None, b""
     with socket.create_connection(("127.0.0.1", port), timeout=20) as sock:
         rest = (client.send(h11.Data(data=body)) or b"") + (client.send(h11.EndOfMessage()) or b"")

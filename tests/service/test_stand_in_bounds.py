@@ -470,6 +470,71 @@ def test_a_few_addresses_trickling_requests_never_keep_honest_predicts_out(first
         wait_for(lambda: budget.held == 0, 10)  # every share came back, those handed over included
 
 
+def _half_sent_predicts(port: int, address: str, n: int) -> tuple[list[socket.socket], bytes]:
+    """``n`` predicts from ``address``, each with its head whole and 10 bytes of its body; (sockets, the rest)."""
+    body = json.dumps({"instances": [1.0, 2.0, 5.0]}).encode()
+    head = f"POST /v1/models/half_plus_two:predict HTTP/1.1\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+    socks = []
+    for _ in range(n):
+        sock = socket.socket()
+        sock.bind((address, 0))
+        sock.connect(("127.0.0.1", port))
+        sock.settimeout(10)
+        sock.sendall(head + body[:10])
+        socks.append(sock)
+    return socks, body[10:]
+
+
+def test_one_head_announcing_a_big_body_gives_up_no_request_in_progress() -> None:
+    # review12c: a big body took its whole body_cost before a byte of it was read, giving up the connections it
+    # needed for that: one head with Content-Length: 8000000 (30.9 MiB of 40) from one address closed 43 of 120
+    # predicts in progress from another without an answer, then held their shares while trickled (0/80 admitted)
+    with served(MODELS["half_plus_two"]) as server:
+        port, budget = server.server_address[1], server.budget
+        honest, rest = _half_sent_predicts(port, "127.0.0.1", 120)
+        wait_for(lambda: budget.conns == 120 * CONN_COST, 10)
+        assert budget.conns + body_cost(8_000_000) > budget.total - PARSE_ROOM  # it fits only by giving some up
+        with socket.socket() as big:
+            big.bind(("127.0.5.9", 0))
+            big.connect(("127.0.0.1", port))
+            big.sendall(b"POST /v1/models/half_plus_two:predict HTTP/1.1\r\nContent-Length: 8000000\r\n\r\n[")
+            time.sleep(1.5)  # past budget_wait_s: it waited for room, gave up none, then reads on holding nothing
+            answered = 0
+            for sock in honest:
+                sock.sendall(rest)
+                answered += sock.recv(4096).startswith(b"HTTP/1.1 200 ")
+                sock.close()
+            assert answered == 120 and server.evicted == 0
+            wait_for(lambda: budget.held == CONN_COST, 10)  # the big body's connection alone: its body holds none
+            conns = [http.client.HTTPConnection("127.0.0.1", port, timeout=10) for _ in range(40)]
+            for conn in conns:  # its address is not kept out
+                assert post(conn, "half_plus_two", '{"instances": [2]}')[2] == {"predictions": [3.0]}
+            for conn in conns:
+                conn.close()
+        wait_for(lambda: budget.held == 0, 10)
+
+
+def test_a_request_given_up_while_its_body_came_is_answered_503_with_retry_after() -> None:
+    # a silent close mid-body was a 502 through the agent's proxy (it cannot replay a body it streamed)
+    with served(MODELS["half_plus_two"], max_body=64 * 1024, memory_budget=0) as server:
+        port, budget = server.server_address[1], server.budget
+        held, rest = _half_sent_predicts(port, "127.0.5.4", server.max_connections - 1)
+        wait_for(lambda: budget.conns == len(held) * CONN_COST, 10)
+        time.sleep(0.5)  # every handler has read its head and waits for the body: no room for a connection left
+        newcomer = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        assert post(newcomer, "half_plus_two", '{"instances": [2]}')[2] == {"predictions": [3.0]}
+        newcomer.close()
+        assert 1 <= server.evicted <= 2  # the oldest of the busiest address (its connection; room for the body)
+        answer = held[0].recv(4096)
+        assert answer.startswith(b"HTTP/1.1 503 ") and b"Retry-After: 1\r\n" in answer
+        assert b"given to a newcomer" in answer
+        held[-1].sendall(rest)  # the others are served
+        assert held[-1].recv(4096).startswith(b"HTTP/1.1 200 ")
+        for sock in held:
+            sock.close()
+        wait_for(lambda: budget.held == 0, 10)
+
+
 def _trickle(sock: socket.socket, data: bytes, every_s: float, within_s: float) -> tuple[bytes, float]:
     """Send ``data`` a byte every ``every_s`` until the server answers or closes; (its answer, seconds taken)."""
     started = time.monotonic()

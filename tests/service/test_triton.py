@@ -6,8 +6,11 @@ installs and builds both); tritonclient.http is the real client, used with its d
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import time
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -87,6 +90,19 @@ def test_digits_over_tf_serving_and_triton_through_an_agent(agents: Any) -> None
     bad = httpx.post(a.url + "/v2/models/digits_triton/infer", json={"inputs": [
         {"name": "pixels", "shape": [1, 2], "datatype": "FP32", "data": [1, 2]}]}, timeout=30)  # fmt: skip
     assert bad.status_code == 400 and set(bad.json()) == {"error"}
+    # ... those it sends as text/plain too: its message, not wrapped again (review12d F3).
+    records = json.loads((a.data_dir / "process-runtime.json").read_text())
+    [record] = [x for x in records if x["model"] == "digits_triton"]
+    odd = {"Inference-Header-Content-Length": "999", "Content-Type": "application/octet-stream"}
+    direct = httpx.post(f"http://127.0.0.1:{record['port']}/v2/models/digits_triton/infer", content=b"{}",
+                        headers=odd, timeout=30)  # fmt: skip
+    proxied = httpx.post(a.url + "/v2/models/digits_triton/infer", content=b"{}", headers=odd, timeout=30)
+    assert direct.status_code == proxied.status_code == 400 and "json" not in direct.headers["content-type"]
+    assert proxied.json() == json.loads(direct.text) and "999" in proxied.json()["error"]
+    # One Date and one Server on proxied answers, Triton's and the stand-in's alike (review12d F4).
+    for answer in (r, r2, proxied):
+        assert len(answer.headers.get_list("date")) == 1 and len(answer.headers.get_list("server")) == 1
+    assert "server-timing" in r.headers and r.headers["x-peerserve-node"] == r2.headers["x-peerserve-node"]
     # Memory of the Triton server is measured (its process tree), and its execution time is recorded.
     [inst] = [i for i in a.get("/stats/node").json()["instances"] if i["model"] == "digits_triton"]
     assert inst["ready"] and inst["mem_mb"] is not None and inst["mem_mb"] > 10
@@ -120,3 +136,64 @@ def test_digits_over_tf_serving_and_triton_through_an_agent(agents: Any) -> None
     [digits_request] = [r for r in snapshot["requests"] if r["model"] == "digits"]
     assert digits_request["exec_ms"][node.node_id] == pytest.approx(float(np.median(measured)))
     assert digits_request["exec_ms"][node.node_id] > 3.0
+
+
+def test_tritons_admin_apis_answer_403_and_its_log_stays_bounded(tmp_path: Path) -> None:
+    """review12d F1: a stranger on Triton's port (published in /services) set its log verbosity to 3 (~2 KB an
+    infer into a log never rotated), registered system shared memory (model outputs written into /dev/shm),
+    changed trace settings. Those APIs are restricted to a key nobody holds; probes, infer and stats stay open.
+    The process runtime cuts a server's log past its bound in place (here 2 KiB: Triton's start-up writes ~9 KB)."""
+    from agent.catalogue import builtin_catalogue_text, parse_catalogue
+    from agent.runtime.process import ProcessRuntime
+    from agent.runtime.triton import ADMIN_HEADER, find_triton
+
+    find_triton()
+    spec = parse_catalogue(builtin_catalogue_text(), "builtin").get("digits_triton")
+    assert spec is not None
+    log = tmp_path / "logs" / "digits_triton.log"
+    v2 = {"inputs": [{"name": "pixels", "shape": [1, 64], "datatype": "FP32", "data": [0.0] * 64}]}
+
+    async def main() -> None:
+        runtime = ProcessRuntime("127.0.0.1", tmp_path, log_max_bytes=2048)
+        instance = await runtime.start(spec, term=1)
+        try:
+            base = f"{instance.url}/v2/models/digits_triton"
+            async with httpx.AsyncClient(timeout=10) as c:
+                deadline = time.monotonic() + 90
+                while True:
+                    with contextlib.suppress(httpx.TransportError):  # not listening yet
+                        if (await c.get(f"{base}/ready")).status_code == 200:
+                            break
+                    assert time.monotonic() < deadline, log.read_text()[-2000:]
+                    await asyncio.sleep(0.3)
+                assert (await c.post(f"{base}/infer", json=v2)).status_code == 200
+                assert (await c.get(f"{base}/stats")).status_code == 200
+                assert (await c.get(base)).status_code == 200
+                for method, path, body in [
+                    ("POST", "/v2/logging", {"log_verbose_level": 3}),
+                    ("GET", "/v2/logging", None),
+                    ("GET", "/v2/systemsharedmemory/status", None),
+                    ("GET", "/v2/cudasharedmemory/status", None),
+                    ("POST", "/v2/systemsharedmemory/region/r/register", {"key": "/x", "offset": 0, "byte_size": 64}),
+                    ("POST", "/v2/trace/setting", {"trace_level": ["TIMESTAMPS"]}),
+                    ("POST", "/v2/repository/index", {}),
+                    ("POST", "/v2/repository/models/digits_triton/unload", {}),
+                ]:
+                    for headers in ({}, {ADMIN_HEADER: "guess"}):
+                        answer = await c.request(method, instance.url + path, json=body, headers=headers)
+                        assert answer.status_code == 403, (path, answer.status_code, answer.text)
+                assert (await c.get(f"{base}/ready")).status_code == 200  # still loaded, log verbosity unchanged
+                grown = log.stat().st_size
+                for _ in range(20):
+                    assert (await c.post(f"{base}/infer", json=v2)).status_code == 200
+                assert log.stat().st_size == grown  # at the default verbosity an infer logs nothing
+            assert grown > 2048  # start-up alone passed the bound ...
+            await runtime.list()  # ... and the next round (every reconcile) cut it
+            assert log.stat().st_size == 0
+            assert (tmp_path / "logs" / "digits_triton.log.1").stat().st_size == 2048
+        finally:
+            await runtime.close()  # Triton logs its shutdown: into the cut file, from its start
+
+    asyncio.run(main())
+    after = log.read_bytes()
+    assert after.startswith(b"Signal (15) received.") and b"\0" not in after

@@ -13,6 +13,7 @@ import email.utils
 import gzip
 import json
 import math
+import random
 import socket
 import threading
 import tracemalloc
@@ -26,12 +27,13 @@ from agent.catalogue import MODEL_NAME
 from agent.client_ids import MAX_RTT_NODES
 from agent.serving import tfrest
 from agent.settings import NODE_ID
-from client import AsyncClient, Client, answers
+from client import AnswerTooLarge, AsyncClient, Client, answers
 from client.cli import cmd_cluster
 from client.discovery import MAX_FOUND, keep
 from client.errors import ClusterUnreachableError, NotReadyError, RequestError, UnknownModelError
-from client.ops import MAX_AGENTS, AnswerEncoded, AnswerTooLarge, Browse, Call, ClientCore, Endpoint, error_for
+from client.ops import MAX_AGENTS, AnswerEncoded, Browse, Call, ClientCore, Endpoint, OverLimit, error_for
 from peerserve import jsonbound
+from peerserve.cli import build_parser
 
 TOKEN = "s3cret-client-token"
 FOUND = ["http://192.168.1.2:8400", "http://192.168.1.20:8400"]  # what client.discovery.browse returns
@@ -342,7 +344,7 @@ def test_the_sync_client_stops_reading_an_answer_past_its_limit() -> None:
             result = c._run(c.core.ask("GET", path, answers.cluster))
             assert result[0] == "http://good:1"
             r = c._call(Call("GET", "http://rogue:1" + path))
-            assert isinstance(r, AnswerTooLarge if path == "/cluster" else AnswerEncoded)
+            assert isinstance(r, OverLimit if path == "/cluster" else AnswerEncoded)
 
 
 def test_the_async_client_stops_reading_an_answer_past_its_limit() -> None:
@@ -354,7 +356,7 @@ def test_the_async_client_stops_reading_an_answer_past_its_limit() -> None:
                 result = await c._run(c.core.ask("GET", path, answers.cluster))
                 assert result[0] == "http://good:1"
                 r = await c._call(Call("GET", "http://rogue:1" + path))
-                assert isinstance(r, AnswerTooLarge if path == "/cluster" else AnswerEncoded)
+                assert isinstance(r, OverLimit if path == "/cluster" else AnswerEncoded)
         async with AsyncClient(transport=httpx.MockTransport(endless(True))) as c:  # within the limit: read whole
             r = await c._call(Call("GET", "http://good:1/cluster"))
             assert isinstance(r, httpx.Response) and r.json()["node_id"] == "good"
@@ -456,7 +458,7 @@ def test_on_the_wire_no_encoding_is_asked_for_or_decoded_and_te_frames_the_answe
         assert c._run(c.core.ask("GET", "/services", answers.services))[0] == good.url
         assert isinstance(c._call(Call("GET", bad.url + "/cluster")), AnswerEncoded)
         for path in ("/services", "/stats/node"):  # 64 MiB, and without end: stopped past 4 MiB
-            assert isinstance(c._call(Call("GET", bad.url + path)), AnswerTooLarge)
+            assert isinstance(c._call(Call("GET", bad.url + path)), OverLimit)
         small = c._call(Call("GET", bad.url + "/small"))
         assert isinstance(small, httpx.Response) and answers.body(small) == {"members": []}
         assert bad.heads and all(b"\r\naccept-encoding: identity\r\n" in h.lower() for h in bad.heads)
@@ -469,7 +471,7 @@ def test_on_the_wire_the_async_client_too() -> None:
                 assert (await c.cluster())["node_id"] == "good"
                 assert isinstance(await c._call(Call("GET", bad.url + "/cluster")), AnswerEncoded)
                 for path in ("/services", "/stats/node"):
-                    assert isinstance(await c._call(Call("GET", bad.url + path)), AnswerTooLarge)
+                    assert isinstance(await c._call(Call("GET", bad.url + path)), OverLimit)
                 small = await c._call(Call("GET", bad.url + "/small"))
                 assert isinstance(small, httpx.Response) and answers.body(small) == {"members": []}
             assert all(b"\r\naccept-encoding: identity\r\n" in h.lower() for h in bad.heads)
@@ -600,10 +602,10 @@ def test_a_hostile_control_answer_of_any_shape_fails_over_to_the_good_agent() ->
 
 
 def test_a_hostile_inference_answer_fails_over_to_the_alternative_then_the_proxy() -> None:
+    """Garbage is a dead server; an answer over the client's bounds is not (it raises: see the tests below)."""
     deep = b"[" * 100_000
-    over = b'{"predictions": [' + b"{}," * answers.ANSWER_VALUES + b"{}]}"
     chosen = endpoint(url="http://s1:8501", alternatives=[endpoint(url="http://s2:8501")])
-    for first, second in [(deep, over), (over, deep)]:
+    for first, second in [(deep, b"<html>"), (b"<html>", deep), (deep, b'{"unexpected": 1}')]:
 
         def answer(call: Call, first: bytes = first, second: bytes = second) -> httpx.Response:
             if call.url.endswith("/cluster"):
@@ -639,11 +641,12 @@ def test_checking_an_answer_is_total() -> None:
 
 def test_answers_are_counted_before_they_are_parsed_and_held_to_a_bound() -> None:
     assert answers.values_at_most is jsonbound.values_at_most is tfrest.values_at_most  # one count, shared
-    for limit in (answers.CONTROL_VALUES, answers.ANSWER_VALUES):
-        at = b"[" + b"0," * (limit - 2) + b"0]"  # exactly ``limit`` values
-        assert jsonbound.values_at_most(at) == limit and len(answers.body(raw(at), limit)) == limit - 1
-        with pytest.raises(answers.Malformed, match=f"more than {limit} JSON values"):
-            answers.body(raw(b"[0," + at[1:]), limit)
+    for limit, count, weight in [(answers.CONTROL_VALUES, jsonbound.values_at_most, 0),
+                                 (answers.ANSWER_VALUES, jsonbound.cost_at_most, 2)]:  # fmt: skip
+        at = b"[" + b"0," * (limit - 2 - weight) + b"0]"  # exactly ``limit`` values (the [ weighs 2 more)
+        assert count(at) == limit and len(answers.body(raw(at), limit, count)) == limit - 1 - weight
+        with pytest.raises(answers.TooLarge, match=f"more than {limit} JSON values"):
+            answers.body(raw(b"[0," + at[1:]), limit, count)
     with pytest.raises(answers.Malformed, match=f"more than {answers.CONTROL_VALUES} JSON"):  # the default
         answers.checked(raw(b"[" + b"0," * answers.CONTROL_VALUES + b"0]"), lambda d: d)
     flood = raw(b"[" + b"{}," * (4 * 2**20 // 3) + b"{}]")  # review 12b: 4 MiB of {} parsed was +115 MiB RSS
@@ -723,3 +726,176 @@ def test_on_the_wire_hostile_answers_fail_over_to_the_good_agent_sync_and_async(
         asyncio.run(main())
         posts = [h.split(b" ")[1] for h in bad.heads if h.startswith(b"POST")]
         assert posts == [b"/v1/models/half_plus_two:predict"] * 2  # the rogue's server was tried, then the proxy
+
+
+# -- an inference answer's bounds: an honest large one is read; past the bounds it raises, once (review 12c) --
+def yolo() -> bytes:
+    """YOLOv5s's output as TF-Serving answers it (review 12c's repro): predictions [1, 25200, 85] of 4-digit
+    floats, 16.2 MiB and ~2.17 M values."""
+    rng = random.Random(1)
+    row = [round(rng.random(), 4) for _ in range(85)]
+    return json.dumps({"predictions": [[row] * 25200]}).encode()
+
+
+def predictions(data: Any) -> dict[str, Any]:
+    return answers.inference(data, "tfserving")
+
+
+def test_an_honest_yolo_sized_answer_is_read_from_the_first_server() -> None:
+    body = yolo()
+    assert len(body) > 16 * 2**20 and jsonbound.values_at_most(body) > 2_000_000  # past review 12b's bounds
+    assert jsonbound.cost_at_most(body) < answers.ANSWER_VALUES // 3 and len(body) < answers.ANSWER_LIMIT // 3
+    chosen = endpoint(url="http://s1:8501", alternatives=[endpoint(url="http://s2:8501")])
+
+    def answer(call: Call) -> httpx.Response:
+        if call.url.endswith("/cluster"):
+            return ok({"members": []})
+        return ok(chosen) if call.url.endswith("/services/half_plus_two") else raw(body)
+
+    core = ClientCore(["http://a:8400"], "me", None, 60.0, None)
+    calls, result = drive(core.predict("half_plus_two", [1.0], None, False), answer)
+    assert not isinstance(result, Exception), result
+    assert len(result["predictions"][0]) == 25200 and len(result["predictions"][0][-1]) == 85
+    assert [(c.url.split("/")[2], c.limit) for c in calls if c.method == "POST"] == [("s1:8501", answers.ANSWER_LIMIT)]
+    for side in (512, 1024):  # a mask as nested lists: review 12c's 1024 x 1024 was refused
+        mask = raw(json.dumps({"predictions": [[[0.5] * side] * side]}).encode())
+        data = answers.checked(mask, predictions, answers.ANSWER_VALUES, jsonbound.cost_at_most)
+        assert len(data["predictions"][0]) == side
+
+
+def test_the_weighted_count_bounds_what_an_answer_costs_parsed() -> None:
+    """Counted plainly, a value costs 8 bytes parsed (``true``) to ~250 (``{"123":0}`` with its key): 1,048,576
+    one-key objects were ~250 MiB where as many floats are 32. Weighted (jsonbound.cost_at_most: two more for
+    each list, object and quote), no shape costs more than ~36 bytes a unit besides its text, about what a
+    number costs (numbers count 1), so ``max_answer_values`` bounds memory whatever the shape."""
+    n = 20_000
+    items = {
+        "ints": b"-6," * n, "floats": b"0.1234567," * n, "strings": b'"ab",' * n, "non-ascii": '"Ā",'.encode() * n,
+        "objects": b"{}," * n, "lists": b"[]," * n, "singletons": b"[-6]," * n, "nested": b"[[]]," * n,
+        "one-key objects": b"".join(b'{"%d":-6},' % i for i in range(n)),
+        "six-key objects": b"".join(b'{"a":-6,"b":-6,"c":-6,"d":-6,"e":-6,"%d":-6},' % i for i in range(n // 6)),
+    }  # fmt: skip
+    bodies = {name: b"[" + listed + b"0]" for name, listed in items.items()}
+    bodies["one object, distinct keys"] = b"{" + b",".join(b'"%x":-6' % i for i in range(n)) + b"}"
+    bodies["one wide string"] = ('["😀' + "a" * 40 * n + '"]').encode()  # decoded 4 bytes a character, twice
+    per_unit = {}
+    for name, body in bodies.items():
+        tracemalloc.start()
+        try:
+            parsed = json.loads(body)
+            kept, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        assert parsed
+        units = jsonbound.cost_at_most(body)
+        per_unit[name] = (kept / units, (peak - len(body)) / units)  # the peak holds the body decoded
+    assert all(kept <= 40 and peak <= 40 for kept, peak in per_unit.values()), per_unit
+    assert per_unit["floats"][0] > 30  # a number is the unit: nothing is weighted far past what it costs
+    escaped = b'["\\ud83d\\ude00' + b"a" * 40 * n + b'"]'  # an ASCII body: its long strings cost ~5 bytes a byte
+    tracemalloc.start()
+    try:
+        assert len(json.loads(escaped)[0]) == 40 * n + 1
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert 4 * len(escaped) < peak - len(escaped) < 5.1 * len(escaped) and jsonbound.cost_at_most(escaped) < 16
+    floats = b"[" + b"0.1234567," * n + b"0]"
+    assert jsonbound.cost_at_most(floats) == jsonbound.values_at_most(floats) + 2 == n + 4  # the list weighs 2
+
+
+def test_the_inference_bound_is_exact_at_and_one_past() -> None:
+    body = json.dumps({"predictions": [[0.25] * 64] * 64}).encode()
+    units = jsonbound.cost_at_most(body)
+    assert units == jsonbound.values_at_most(body) + 2 * (66 + 2)  # 64 + 2 lists, 1 object, 2 quotes
+    assert answers.checked(raw(body), predictions, units, jsonbound.cost_at_most)["predictions"][0][0] == 0.25
+    with pytest.raises(answers.TooLarge, match=f"more than {units - 1} JSON values") as refused:
+        answers.checked(raw(body), predictions, units - 1, jsonbound.cost_at_most)
+    assert refused.value.bound == units - 1 and isinstance(refused.value, answers.Malformed)
+    with pytest.raises(ValueError, match="positive"):
+        ClientCore(["http://a:8400"], "me", None, 60.0, None, max_answer_values=0)
+    with pytest.raises(ValueError, match="positive"):
+        Client(agents=["http://a:8400"], max_answer_bytes=0)
+
+
+BIG = json.dumps({"predictions": [[0.25] * 64] * 64}).encode()  # 4,298 values weighted, 24,721 bytes
+
+
+def agent_of(servers: list[str]) -> Callable[[str], Iterator[bytes]]:
+    """An agent sending the client to ``servers[0]`` (alternative ``servers[1]``); its proxy answers BIG."""
+
+    def answer(path: str) -> Iterator[bytes]:
+        if path == "/cluster":
+            return whole("200 OK", b'{"node_id": "a", "members": []}')
+        if path == "/services/half_plus_two":
+            chosen = endpoint(url=servers[0], alternatives=[endpoint(url=servers[1])])
+            return whole("200 OK", json.dumps(chosen).encode())
+        return whole("200 OK", BIG)
+
+    return answer
+
+
+def posts(*servers: Loopback) -> int:
+    return sum(head.startswith(b"POST ") for server in servers for head in server.heads)
+
+
+def test_an_answer_over_the_clients_bounds_raises_answer_too_large_once_sync_and_async() -> None:
+    """Review 12c: a real answer over the bounds was Malformed, so ``predict`` ran the model on the alternative
+    and through every agent (2 + N runs), then raised ClusterUnreachableError. Now AnswerTooLarge, at once, on
+    either bound, direct or through an agent's proxy, sync and async; at the bounds the answer is read."""
+    units = jsonbound.cost_at_most(BIG)
+    servers: list[str] = []
+    with (
+        Loopback(lambda path: whole("200 OK", BIG)) as s1,
+        Loopback(lambda path: whole("200 OK", BIG)) as s2,
+        Loopback(agent_of(servers)) as agent,
+        Loopback(agent_of(servers)) as other,
+    ):
+        servers += [s1.url, s2.url]
+        bounds = [({"max_answer_values": units - 1}, "values", units - 1),
+                  ({"max_answer_bytes": len(BIG) - 1}, "bytes", len(BIG) - 1)]  # fmt: skip
+        for options, what, bound in bounds:
+            for via_proxy in (False, True):
+                before = posts(s1, s2, agent, other)
+                client = Client(agents=[agent.url, other.url], **options)  # type: ignore[arg-type]
+                with client as c, pytest.raises(AnswerTooLarge, match=f"max_answer_{what}") as refused:
+                    c.predict("half_plus_two", instances=[1.0], via_proxy=via_proxy)
+                assert (refused.value.what, refused.value.bound) == (what, bound)
+                assert posts(s1, s2, agent, other) == before + 1, (what, via_proxy)
+
+                async def main(
+                    options: dict[str, int] = options, via_proxy: bool = via_proxy, what: str = what
+                ) -> None:
+                    client = AsyncClient(agents=[agent.url, other.url], **options)  # type: ignore[arg-type]
+                    async with client as c:
+                        with pytest.raises(AnswerTooLarge, match=f"max_answer_{what}"):
+                            await c.predict("half_plus_two", instances=[1.0], via_proxy=via_proxy)
+
+                asyncio.run(main())
+                assert posts(s1, s2, agent, other) == before + 2, (what, via_proxy)
+        assert posts(s2, other) == 0  # neither the alternative nor another agent ran the model
+        with Client(agents=[agent.url], max_answer_values=units, max_answer_bytes=len(BIG)) as c:
+            for via_proxy in (False, True):
+                assert c.predict("half_plus_two", instances=[1.0], via_proxy=via_proxy)["predictions"][0][0] == 0.25
+
+
+def test_the_cli_takes_the_bounds_and_exits_1_past_them(capsys: pytest.CaptureFixture[str]) -> None:
+    parser = build_parser(["client.cli"])
+    with pytest.raises(SystemExit):
+        parser.parse_args(["predict", "--help"])
+    shown = " ".join(capsys.readouterr().out.split())
+    assert f"(default {answers.ANSWER_LIMIT >> 20})" in shown and f"(default {answers.ANSWER_VALUES:,})" in shown
+    for bad in (["--max-answer-mb", "0"], ["--max-answer-values", "-1"], ["--max-answer-mb", "x"]):
+        with pytest.raises(SystemExit):
+            parser.parse_args(["predict", "half_plus_two", "--data", "[1.0]", *bad])
+    capsys.readouterr()
+    servers: list[str] = []
+    with Loopback(lambda path: whole("200 OK", BIG)) as s1, Loopback(agent_of(servers)) as agent:
+        servers += [s1.url, s1.url]
+        units = jsonbound.cost_at_most(BIG)
+        for values, code in [(str(units - 1), 1), (str(units), 0)]:
+            argv = ["predict", "half_plus_two", "--data", "[1.0]", "--agent", agent.url, "--max-answer-values", values]
+            args = parser.parse_args(argv)
+            assert args.handler(args) == code
+        out, err = capsys.readouterr()
+        assert "max_answer_values" in err and json.loads(out)["predictions"][0][0] == 0.25
+        assert posts(s1, agent) == 2

@@ -44,6 +44,33 @@ def test_response_hop_by_hop_headers_are_dropped_end_to_end_ones_kept() -> None:
     }
 
 
+def test_the_model_servers_date_and_server_are_dropped_its_server_timing_kept() -> None:
+    """uvicorn writes its own Date and Server on every answer: the upstream's would make two of each (review12d F4)."""
+    kept = _response_headers([
+        ("Date", "Mon, 30 Nov 2026 01:00:00 GMT"), ("server", "peerserve-modelserver"), ("Content-Length", "2"),
+        ("Server-Timing", "server;dur=0.5"), ("X-Served-By", "n1"),
+    ])  # fmt: skip
+    assert kept == {"Content-Length": "2", "Server-Timing": "server;dur=0.5", "X-Served-By": "n1"}
+
+
+def test_a_json_error_sent_as_text_passes_its_message_on_unchanged() -> None:
+    """Triton sends some JSON errors as text/plain; wrapped again the client read
+    ``model server answered HTTP 400: {"error":...}`` (review12d F3)."""
+    from agent.serving.routes import ERROR_TEXT_MAX, upstream_error_message
+
+    triton = b'{"error":"inference header size should be in range (0, 2), got: 999"}'
+    assert upstream_error_message(400, triton) == "inference header size should be in range (0, 2), got: 999"
+    assert upstream_error_message(400, b' {"error": "", "code": 3}\n') == ""  # its message, even empty
+    # Anything else is text: no string error, not an object, not JSON, cut mid-object, too deep to parse.
+    assert upstream_error_message(400, b'{"error": 7}') == 'model server answered HTTP 400: {"error": 7}'
+    assert upstream_error_message(400, b'["error"]') == 'model server answered HTTP 400: ["error"]'
+    assert upstream_error_message(400, b'{"error": "x\xff"}').startswith("model server answered HTTP 400: ")
+    long = b'{"error": "' + b"y" * ERROR_TEXT_MAX + b'"}'
+    assert upstream_error_message(400, long).startswith('model server answered HTTP 400: {"error": "yyy')
+    deep = b"[" * ERROR_TEXT_MAX  # json.loads raises RecursionError, not ValueError: that was a 500 in the agent
+    assert upstream_error_message(500, deep) == "model server answered HTTP 500: " + "[" * ERROR_TEXT_MAX
+
+
 def test_a_non_json_upstream_error_becomes_the_protocols_error_message() -> None:
     from agent.serving.routes import ERROR_TEXT_MAX, upstream_error_message
 
