@@ -118,6 +118,11 @@ FLAGS: list[tuple[str, dict[str, Any]]] = [
             "queue; weighted draws one, each share weighed by planned / live queue (the rule before)",
         },
     ),
+    (
+        "--docker-log-max-mb",
+        {"type": float, "help": "docker runtime: a container's log rotates at this size, in MiB (default 10)"},
+    ),
+    ("--docker-log-files", {"type": int, "help": "docker runtime: log files kept per container (default 3)"}),
     ("--max-body-mb", {"type": float, "help": "largest request body, chunked or not, in MiB (default 8)"}),
     ("--header-timeout-s", {"type": float, "help": "time a client has to send complete headers (default 10)"}),
     ("--body-timeout-s", {"type": float, "help": "time a client has to send a request body (default 30)"}),

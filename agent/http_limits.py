@@ -19,9 +19,13 @@ Two layers, because uvicorn gives no header timeout of its own:
 
 h11 parses in pure Python on the agent's event loop, which also runs SWIM and the election: a body sent as
 1-byte chunks (``1\r\n1\r\n``...) cost ~9 us per chunk, 0.4 s of loop for one 256 KiB socket read, and two such
-connections got a leader declared dead (review 11a). So the protocol hands h11 at most ``PARSE_SLICE`` bytes
-per loop turn (reading paused until the rest is parsed), and a body of more than
-``max(MIN_CHUNKS, bytes / MIN_CHUNK_BYTES)`` chunks gets ``400`` and the connection closed (``too_many_chunks``).
+connections got a leader declared dead (review 11a). So the protocol (``SlicedH11Protocol``) hands h11 at most
+``PARSE_SLICE`` bytes and takes at most ``EVENTS_PER_TURN`` events per loop turn (reading paused until the rest
+is parsed), and a body of more than ``max(MIN_CHUNKS, bytes / MIN_CHUNK_BYTES)`` chunks gets ``400`` and the
+connection closed (``too_many_chunks``). A sender can still front-load bytes to buy tiny chunks (8 MiB buys
+32,767), so each connection's parsing also has a CPU budget (``ParseBudget``: ``PARSE_SHARE`` of a second,
+``PARSE_BURST_S`` at once) and all connections from one address share another (``AddressBudgets``); past
+either, the next step waits. The peer port runs the same protocol when httptools is missing.
 
 The concurrency limit itself is uvicorn's ``limit_concurrency`` (503 past it), set in agent/cli.py.
 """
@@ -34,6 +38,8 @@ import json
 import logging
 import re
 import time
+from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import h11
@@ -44,7 +50,12 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 log = logging.getLogger(__name__)
 
-PARSE_SLICE = 16 * 1024  # bytes h11 parses per loop turn: at most ~2,700 chunks (~25 ms); other tasks run between
+PARSE_SLICE = 16 * 1024  # bytes h11 parses per loop turn (at most ~2,700 chunks), and ...
+EVENTS_PER_TURN = 128  # ... events it hands out per turn (~1 ms of 1-byte chunks); other tasks run between
+PARSE_SHARE = 0.05  # CPU seconds per second one connection's parsing may take, past ...
+PARSE_BURST_S = 0.1  # ... this much at once (an honest 8 MiB upload costs ~10-20 ms here)
+ADDRESS_SHARE = 0.2  # ... and all connections from one address together (64 of them would be 3.2 s a second) ...
+ADDRESS_BURST_S = 0.1  # ... past this much at once
 MIN_CHUNKS = 256  # chunks any body may use ...
 MIN_CHUNK_BYTES = 256  # ... past which they must average at least this many bytes
 REFUSAL_LINGER_S = 1.0  # a refused client has this long to read its 400; what it still sends is dropped unparsed ...
@@ -201,20 +212,96 @@ def too_many_chunks(chunks: int, body_bytes: int) -> bool:
     return chunks > max(MIN_CHUNKS, body_bytes // MIN_CHUNK_BYTES)
 
 
+@dataclass
+class ParseBudget:
+    """The CPU time one connection's parsing may take: a bucket of ``burst_s`` refilled at ``share`` of a second
+    per second. A step may overdraw it; the next one waits until the bucket is back at zero.
+
+    The chunk rule bounds a body's chunks by its size, so a sender can still front-load bytes to buy tiny chunks
+    (a full 8 MiB body buys 32,768 of them, ~0.3 s of h11); this bounds what any connection costs per second,
+    whatever it sends. An honest 8 MiB upload costs a fraction of the burst."""
+
+    share: float = PARSE_SHARE
+    burst_s: float = PARSE_BURST_S
+    credit: float = field(init=False)
+    at: float | None = field(default=None, init=False)
+
+    def __post_init__(self) -> None:
+        self.credit = self.burst_s
+
+    def _refill(self, now: float) -> None:
+        if self.at is not None:
+            self.credit = min(self.burst_s, self.credit + max(0.0, now - self.at) * self.share)
+        self.at = now
+
+    def wait(self, now: float) -> float:
+        """Seconds from ``now`` before the connection may parse again (0: at once)."""
+        self._refill(now)
+        return 0.0 if self.credit >= 0 else -self.credit / self.share
+
+    def spend(self, seconds: float, now: float) -> float:
+        """Charge ``seconds`` of parsing that ended at ``now``; the wait before the next step."""
+        self._refill(now)
+        self.credit -= seconds
+        return 0.0 if self.credit >= 0 else -self.credit / self.share
+
+
+class AddressBudgets:
+    """One ``ParseBudget`` per client address, shared by that address's open connections (held while one is
+    open: as many entries as addresses with a connection, at most the server's connection limit)."""
+
+    def __init__(self, share: float = ADDRESS_SHARE, burst_s: float = ADDRESS_BURST_S) -> None:
+        self.share, self.burst_s = share, burst_s
+        self._held: dict[str, tuple[ParseBudget, int]] = {}
+
+    def __len__(self) -> int:
+        return len(self._held)
+
+    def take(self, host: str) -> ParseBudget:
+        """``host``'s budget, for one more connection."""
+        budget, users = self._held.get(host) or (ParseBudget(self.share, self.burst_s), 0)
+        self._held[host] = (budget, users + 1)
+        return budget
+
+    def give(self, host: str) -> None:
+        """A connection from ``host`` closed; its budget goes when the last one does."""
+        budget, users = self._held[host]
+        if users > 1:
+            self._held[host] = (budget, users - 1)
+        else:
+            del self._held[host]
+
+
 class ChunkCountingConnection(h11.Connection):
     """h11's server side, counting the chunks and bytes of each request body; past ``too_many_chunks`` it hands
-    out no more events (``NEED_DATA``) and sets ``refused``: the protocol answers 400 and closes."""
+    out no more events (``NEED_DATA``) and sets ``refused``: the protocol answers 400 and closes.
 
-    def __init__(self, max_incomplete_event_size: int) -> None:
+    It also hands out at most ``EVENTS_PER_TURN`` events between ``new_turn()`` calls: then ``NEED_DATA`` with
+    ``cut_short`` set, and the protocol asks again on a later loop turn (h11 holds the rest, at most a slice)."""
+
+    def __init__(self, max_incomplete_event_size: int, events_per_turn: int = EVENTS_PER_TURN) -> None:
         super().__init__(h11.SERVER, max_incomplete_event_size=max_incomplete_event_size)
         self.chunks = 0
         self.body_bytes = 0
         self.refused = False
+        self.events_per_turn = events_per_turn
+        self.turn_left = events_per_turn
+        self.cut_short = False
+
+    def new_turn(self) -> None:
+        """A new loop turn: ``events_per_turn`` more events may be handed out."""
+        self.turn_left, self.cut_short = self.events_per_turn, False
 
     def next_event(self) -> Any:
         if self.refused:
             return h11.NEED_DATA
+        if self.turn_left <= 0:
+            self.cut_short = True
+            return h11.NEED_DATA
         event = super().next_event()
+        if event is h11.NEED_DATA or event is h11.PAUSED:
+            return event
+        self.turn_left -= 1
         if isinstance(event, h11.Request):
             self.chunks = self.body_bytes = 0
         elif isinstance(event, h11.Data):
@@ -245,27 +332,198 @@ class SlicedFlowControl(FlowControl):
                 self._reading_transport.resume_reading()
 
 
-def limited_protocol(
-    header_timeout_s: float, max_connections_per_address: int, write_timeout_s: float | None = None
-) -> type[H11Protocol]:
-    """An H11Protocol subclass with a request-header deadline, a per-address connection cap and (with
-    ``write_timeout_s``) a deadline for a client that stops reading what it is sent."""
+class SlicedH11Protocol(H11Protocol):
+    """uvicorn's h11 protocol with h11's work on the event loop bounded: per loop turn at most ``PARSE_SLICE``
+    bytes and ``EVENTS_PER_TURN`` events, per connection at most ``ParseBudget`` (CPU time), and a body in too
+    many small chunks refused (400, closed). Reading stays paused while parsed work waits for its turn.
 
-    class LimitedH11Protocol(H11Protocol):
+    The client port's protocol (``limited_protocol``) adds its deadlines and caps on top; the peer port runs
+    this one when httptools (C) is missing (``agent.peer_api.peer_http_parser``)."""
+
+    parse_share = PARSE_SHARE
+    parse_burst_s = PARSE_BURST_S
+    events_per_turn = EVENTS_PER_TURN
+    address_budgets = AddressBudgets()  # this class's connections' (a subclass may have its own)
+    _address: str | None = None  # whose address budget this connection holds
+    _next_step: asyncio.Handle | None = None  # parsing the rest (or h11's pending events) on a later loop turn
+    _reading_held = False  # reading paused by the slicing (uvicorn's flow control pauses it on its own too)
+    _lingering: asyncio.TimerHandle | None = None  # refused: dropping what arrives until this closes
+    _dropped = 0  # bytes dropped since the refusal
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        size = self.config.h11_max_incomplete_event_size or 16 * 1024
+        self.counted = ChunkCountingConnection(size, self.events_per_turn)
+        self.conn = self.counted
+        self._unparsed = bytearray()  # read, not yet handed to h11: at most a slice plus one read
+        self.budget = ParseBudget(self.parse_share, self.parse_burst_s)
+        self.shared: ParseBudget | None = None  # its address's, from connection_made on
+        self.parse_cpu_s = 0.0  # CPU time spent parsing on this connection (what the budget was charged)
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self.flow = SlicedFlowControl(transport, lambda: self._reading_held)
+        self._address = _client_host(self) or ""
+        self.shared = self.address_budgets.take(self._address)
+
+    def _wait(self) -> float:
+        """Seconds before this connection may parse again: its own budget and its address's."""
+        now = self.loop.time()
+        own = self.budget.wait(now)
+        return max(own, self.shared.wait(now)) if self.shared is not None else own
+
+    def data_received(self, data: bytes) -> None:
+        if self._lingering is not None:
+            self._dropped += len(data)
+            if self._dropped > REFUSAL_DROP_BYTES:
+                self.transport.pause_reading()
+            return
+        self._on_data()
+        if self._next_step is not None:  # a step waits for its turn (reading is paused: this read was under way)
+            self._unparsed += data
+            self._hold_reading()
+        elif (wait := self._wait()) > 0:
+            self._unparsed += data
+            self._hold_reading()
+            self._next_step = self.loop.call_later(wait, self._step)
+        elif self._unparsed or len(data) > PARSE_SLICE:
+            self._unparsed += data
+            self._parse(None)
+        else:
+            self._parse(data)  # the common case: a read of a slice or less, parsed as it came
+
+    def _on_data(self) -> None:
+        """Bytes arrived (before they are parsed); a subclass's hook."""
+
+    def _after_parse(self) -> None:
+        """h11 has handed out what it could of a step; a subclass's hook."""
+
+    def _step(self) -> None:
+        """A scheduled step, on its loop turn: parse, unless the address's budget was spent since it was scheduled."""
+        self._next_step = None
+        overdrawn = self.budget.credit < 0 or (self.shared is not None and self.shared.credit < 0)  # (cheap test)
+        if overdrawn and (wait := self._wait()) > 0 and not self.transport.is_closing():
+            self._next_step = self.loop.call_later(wait, self._step)
+            return
+        self._parse(None)
+
+    def _parse(self, data: bytes | None) -> None:
+        """One loop turn's parsing: ``data`` (a slice at most, nothing waiting), else h11's events left from a turn
+        cut short, else the next slice of what was read; then the next step is scheduled or reading resumed."""
+        if self.transport.is_closing():
+            self._unparsed.clear()
+            return
+        started = time.thread_time()
+        pending = self.counted.cut_short
+        self.counted.new_turn()
+        if data is not None:
+            super().data_received(data)
+        elif pending:
+            self.handle_events()
+        elif self._unparsed:  # (never empty data: h11 reads that as the end of the stream)
+            piece = self._unparsed[:PARSE_SLICE]
+            del self._unparsed[:PARSE_SLICE]
+            super().data_received(piece)  # type: ignore[arg-type]  # h11 takes any bytes-like
+        spent = time.thread_time() - started
+        self.parse_cpu_s += spent
+        now = self.loop.time()
+        wait = self.budget.spend(spent, now)
+        if self.shared is not None:
+            wait = max(wait, self.shared.spend(spent, now))
+        if self.transport.get_protocol() is not self:  # upgraded (WebSocket): the rest was never h11's
+            self._unparsed.clear()
+            self.transport.resume_reading()
+            return
+        if self.counted.refused:
+            self._refuse_chunking()
+            return
+        self._after_parse()
+        self._next_or_release(wait)
+
+    def _next_or_release(self, wait: float) -> None:
+        """Schedule the next step when work is left (after ``wait``), else let reading go on."""
+        if self.transport.is_closing():
+            self._unparsed.clear()
+        elif self.counted.cut_short or self._unparsed:
+            self._hold_reading()
+            if self._next_step is None:
+                call = self.loop.call_soon if wait <= 0 else partial(self.loop.call_later, wait)
+                self._next_step = call(self._step)
+        elif self._reading_held:
+            self._reading_held = False
+            if not self.flow.read_paused:  # else the flow control resumes it once the handler has read on
+                self.transport.resume_reading()
+
+    def _hold_reading(self) -> None:
+        """Pause reading while parsing waits: every time, since uvicorn resumes the transport itself at the end
+        of a body its handler did not read (pausing a paused transport does nothing)."""
+        self._reading_held = True
+        self.transport.pause_reading()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()  # parses pipelined events: that turn may be cut short too
+        if self.counted.cut_short and self._next_step is None and not self.counted.refused:
+            self._next_or_release(self._wait())
+
+    def _refuse_chunking(self) -> None:
+        """400 (unless an answer has started) and close; the handler reading the body sees the client gone."""
+        self._unparsed.clear()
+        chunks, size, host = self.counted.chunks, self.counted.body_bytes, _client_host(self)
+        _warn_once_a_minute(f"chunks {host}", f"refusing a body from {host}: {chunks} chunks for {size} bytes")
+        if self.cycle is not None:
+            if not self.cycle.response_started:
+                message = f"request body in too many small chunks ({chunks} for {size} bytes)"
+                self.transport.write(_raw_response(400, "Bad Request", message))
+            self.cycle.disconnected = True  # the handler's receive() says so, its send() writes nothing more
+            self.cycle.message_event.set()
+        # Closing with the client's bytes unread would reset the connection, and the client's kernel drops
+        # the 400 it has not read yet: end our side, drop what still comes (no parsing) for a moment, close.
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+        self._lingering = self.loop.call_later(REFUSAL_LINGER_S, self.transport.close)
+        self._reading_held = False
+        self.flow.read_paused = False
+        self.transport.resume_reading()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        for handle in (self._next_step, self._lingering):
+            if handle is not None:
+                handle.cancel()
+        self._next_step = None
+        self._unparsed.clear()
+        if self._address is not None:
+            self.address_budgets.give(self._address)
+            self._address = None
+        super().connection_lost(exc)
+
+
+def sliced_protocol(
+    share: float = PARSE_SHARE,
+    burst_s: float = PARSE_BURST_S,
+    events_per_turn: int = EVENTS_PER_TURN,
+    address: AddressBudgets | None = None,
+) -> type[SlicedH11Protocol]:
+    """``SlicedH11Protocol`` with another parse budget, turn size or address budgets (tests, benchmarks)."""
+    fields = {"parse_share": share, "parse_burst_s": burst_s, "events_per_turn": events_per_turn,
+              "address_budgets": AddressBudgets() if address is None else address}  # fmt: skip
+    return type("SlicedH11Protocol", (SlicedH11Protocol,), fields)
+
+
+def limited_protocol(
+    header_timeout_s: float,
+    max_connections_per_address: int,
+    write_timeout_s: float | None = None,
+    parsing: type[SlicedH11Protocol] = SlicedH11Protocol,
+) -> type[H11Protocol]:
+    """A ``parsing`` (SlicedH11Protocol) subclass with a request-header deadline, a per-address connection cap
+    and (with ``write_timeout_s``) a deadline for a client that stops reading what it is sent."""
+
+    class LimitedH11Protocol(parsing):  # type: ignore[valid-type,misc]
+        address_budgets = AddressBudgets(parsing.address_budgets.share, parsing.address_budgets.burst_s)
         _header_timer: asyncio.TimerHandle | None = None
         _write_timer: asyncio.TimerHandle | None = None
         _partial = False
-        _next_slice: asyncio.Handle | None = None  # parsing the rest of what was read, on a later loop turn
-        _reading_held = False  # reading paused by the slicing (uvicorn's flow control pauses it on its own too)
-        _lingering: asyncio.TimerHandle | None = None  # refused: dropping what arrives until this closes
-        _dropped = 0  # bytes dropped since the refusal
         _half_closed = False  # the client ended its sending side: answer what it sent, then close
-
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            super().__init__(*args, **kwargs)
-            self.counted = ChunkCountingConnection(self.config.h11_max_incomplete_event_size or 16 * 1024)
-            self.conn = self.counted
-            self._unparsed = bytearray()  # read, not yet handed to h11: at most a slice plus one read
 
         def pause_writing(self) -> None:
             """The client's socket is full: it must read again within ``write_timeout_s`` or be cut off."""
@@ -284,9 +542,8 @@ def limited_protocol(
             log.debug("aborting a connection to %s: it read nothing for %g s", self.client, write_timeout_s)
             self.transport.abort()  # close() would wait for the client to read the buffer first
 
-        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        def connection_made(self, transport: asyncio.Transport) -> None:
             super().connection_made(transport)
-            self.flow = SlicedFlowControl(transport, lambda: self._reading_held)
             host = self.client[0] if self.client else None
             if host is not None and self._over_address_cap(host):
                 _warn_once_a_minute(host, f"refusing connections from {host}: {max_connections_per_address} open")
@@ -299,31 +556,11 @@ def limited_protocol(
         def _over_address_cap(self, host: str) -> bool:
             return sum(1 for c in self.connections if _client_host(c) == host) > max_connections_per_address
 
-        def data_received(self, data: bytes) -> None:
-            if self._lingering is not None:
-                self._dropped += len(data)
-                if self._dropped > REFUSAL_DROP_BYTES:
-                    self.transport.pause_reading()
-                return
+        def _on_data(self) -> None:
             if self._header_timer is not None:
                 self._partial = True
-            if self._next_slice is not None:  # a slice waits for its turn (reading is paused: this read was under way)
-                self._unparsed += data
-                self._hold_reading()
-            elif len(data) <= PARSE_SLICE:
-                self._parse(data)
-            else:
-                self._unparsed += data
-                self._parse_slice()
 
-        def _parse_slice(self) -> None:
-            """Hand h11 the next PARSE_SLICE bytes of what was read (a socket read is up to 256 KiB)."""
-            self._next_slice = None
-            piece = self._unparsed[:PARSE_SLICE]
-            del self._unparsed[:PARSE_SLICE]
-            self._parse(piece)
-
-        def eof_received(self) -> bool | None:  # type: ignore[override]  # asyncio.Protocol allows bool
+        def eof_received(self) -> bool | None:  # asyncio.Protocol allows bool
             """The client shut down its sending side (``shutdown(SHUT_WR)``, ``curl`` reading a request from a pipe,
             netcat): uvicorn's own ``eof_received`` lets asyncio close the transport, so a request read whole got
             no answer at all. Keep the write side open (asyncio: return True) while a request is read or still
@@ -333,7 +570,11 @@ def limited_protocol(
             if self.scheme == "https" or self.transport.is_closing():
                 return None
             self._half_closed = True
-            return True if self._unparsed or self._answering() else None
+            return True if self._parsing_left() or self._answering() else None
+
+        def _parsing_left(self) -> bool:
+            """Bytes read and not yet parsed, or events h11 holds from a turn cut short."""
+            return bool(self._unparsed) or self.counted.cut_short
 
         def _answering(self) -> bool:
             """A request read whole whose answer is not complete yet."""
@@ -341,7 +582,9 @@ def limited_protocol(
 
         def _close_if_half_closed(self) -> None:
             """After the last answer to a client that half-closed (or once its cut-short request is parsed): close."""
-            if self._half_closed and not self._unparsed and not self._answering() and not self.transport.is_closing():
+            if self._half_closed and not self._parsing_left() and not self._answering():
+                if self.transport.is_closing():
+                    return
                 if self.cycle is not None and not self.cycle.response_complete:  # the EOF cut its request short
                     self.cycle.disconnected = True
                     self.cycle.message_event.set()
@@ -349,56 +592,9 @@ def limited_protocol(
                     self.conn.send(h11.ConnectionClosed())
                 self.transport.close()
 
-        def _parse(self, piece: bytes | bytearray) -> None:
-            """h11 parses ``piece``; what is left waits for a later loop turn, reading paused meanwhile."""
-            if self.transport.is_closing():
-                self._unparsed.clear()
-                return
-            super().data_received(piece)  # type: ignore[arg-type]  # h11 takes any bytes-like
-            if self._half_closed and not self._unparsed:
-                self._close_if_half_closed()
-                if self.transport.is_closing():
-                    return
-            if self.transport.get_protocol() is not self:  # upgraded (WebSocket): the rest was never h11's
-                self._unparsed.clear()
-                self.transport.resume_reading()
-                return
-            if self.counted.refused:
-                self._refuse_chunking()
-                return
+        def _after_parse(self) -> None:
+            self._close_if_half_closed()
             self._update_header_deadline()
-            if self._unparsed and not self.transport.is_closing():
-                self._hold_reading()
-                self._next_slice = self.loop.call_soon(self._parse_slice)
-            elif self._reading_held:
-                self._reading_held = False
-                if not self.flow.read_paused:  # else the flow control resumes it once the handler has read on
-                    self.transport.resume_reading()
-
-        def _hold_reading(self) -> None:
-            if not self._reading_held:
-                self._reading_held = True
-                self.transport.pause_reading()
-
-        def _refuse_chunking(self) -> None:
-            """400 (unless an answer has started) and close; the handler reading the body sees the client gone."""
-            self._unparsed.clear()
-            chunks, size, host = self.counted.chunks, self.counted.body_bytes, _client_host(self)
-            _warn_once_a_minute(f"chunks {host}", f"refusing a body from {host}: {chunks} chunks for {size} bytes")
-            if self.cycle is not None:
-                if not self.cycle.response_started:
-                    message = f"request body in too many small chunks ({chunks} for {size} bytes)"
-                    self.transport.write(_raw_response(400, "Bad Request", message))
-                self.cycle.disconnected = True  # the handler's receive() says so, its send() writes nothing more
-                self.cycle.message_event.set()
-            # Closing with the client's bytes unread would reset the connection, and the client's kernel drops
-            # the 400 it has not read yet: end our side, drop what still comes (no parsing) for a moment, close.
-            if self.transport.can_write_eof():
-                self.transport.write_eof()
-            self._lingering = self.loop.call_later(REFUSAL_LINGER_S, self.transport.close)
-            self._reading_held = False
-            self.flow.read_paused = False
-            self.transport.resume_reading()
 
         def on_response_complete(self) -> None:
             super().on_response_complete()
@@ -407,11 +603,6 @@ def limited_protocol(
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._cancel_header_deadline()
-            for handle in (self._next_slice, self._lingering):
-                if handle is not None:
-                    handle.cancel()
-            self._next_slice = None
-            self._unparsed.clear()
             if self._write_timer is not None:
                 self._write_timer.cancel()
                 self._write_timer = None

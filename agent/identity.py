@@ -45,6 +45,10 @@ CARD_CONTEXT = b"peerserve-card-v1\0"
 WINDOW_S = 30.0  # a message older or newer than this (sender's clock vs ours) is refused
 NONCE_CACHE = 100_000  # one-time nonces remembered for 2 x WINDOW_S; beyond this, new messages wait (429)
 NONCE_PER_SENDER = 4096  # of them, one sender's (~68 messages/s to one node): past it only that sender waits (429)
+# ... and one source address's, whatever card ids it signs with: a token holder can mint a card for any id, and 25 of
+# them filled the whole cache; now it takes four addresses (a quarter still covers ~400 messages/s from one host, as
+# when many agents share one loopback address)
+NONCE_PER_SOURCE = NONCE_CACHE // 4
 PIN_LIMIT = 4096  # node ids pinned to keys
 CARD_CACHE = 1024  # verified cards kept (saves one signature check per message)
 _EPOCH = datetime.datetime(2020, 1, 1, tzinfo=datetime.timezone.utc)
@@ -131,7 +135,9 @@ class NonceCache:
     """One-time nonces seen within the freshness window; bounded (a full cache refuses, never forgets early).
 
     Each sender has its own share (``per_sender``): one member sending as fast as it can fills only its own
-    share and waits (429), the others' messages still pass (the whole cache's bound is the last resort).
+    share and waits (429), the others' messages still pass (the whole cache's bound is the last resort). A
+    cluster-token holder can sign as many node ids as it likes, so each source address has a share too
+    (``per_source``): one host fills at most that, however many ids it uses.
 
     A nonce is forgotten once the wall clock reads more than ``ttl_s`` past when it was used: its message
     (stamped within WINDOW_S of that) can no longer pass the freshness check, and a clock that reads less never
@@ -145,15 +151,22 @@ class NonceCache:
     second (34/s) is never refused for it (tests/unit/test_nonce_clock.py)."""
 
     def __init__(
-        self, ttl_s: float = 2 * WINDOW_S, limit: int = NONCE_CACHE, per_sender: int = NONCE_PER_SENDER
+        self,
+        ttl_s: float = 2 * WINDOW_S,
+        limit: int = NONCE_CACHE,
+        per_sender: int = NONCE_PER_SENDER,
+        per_source: int = NONCE_PER_SOURCE,
     ) -> None:
         self.ttl_s = ttl_s
         self.limit = limit
         self.per_sender = per_sender
-        self._seen: OrderedDict[tuple[str, str], float] = OrderedDict()  # (sender, nonce) -> when, oldest first
+        self.per_source = per_source
+        # (sender, nonce) -> (when, source address), oldest first
+        self._seen: OrderedDict[tuple[str, str], tuple[float, str]] = OrderedDict()
         self._held: dict[str, int] = {}  # sender -> its live nonces (only senders with one or more)
-        # used at a time the clock has since stepped back behind: (sender, nonce) -> when, and a heap by when
-        self._ahead: dict[tuple[str, str], float] = {}
+        self._from: dict[str, int] = {}  # source address -> its live nonces (likewise)
+        # used at a time the clock has since stepped back behind: (sender, nonce) -> (when, source), a heap by when
+        self._ahead: dict[tuple[str, str], tuple[float, str]] = {}
         self._ahead_by_time: list[tuple[float, tuple[str, str]]] = []
 
     def __len__(self) -> int:
@@ -163,44 +176,55 @@ class NonceCache:
         """How many of ``sender``'s nonces are remembered."""
         return self._held.get(sender, 0)
 
-    def use(self, nonce: str, now: float, sender: str = "") -> None:
-        """Record ``sender``'s ``nonce``; AuthError when it was used before, or when the sender's share or the
-        cache is full of live ones (429: retry later)."""
+    def held_from(self, source: str) -> int:
+        """How many nonces that came from ``source`` (an address) are remembered."""
+        return self._from.get(source, 0)
+
+    def use(self, nonce: str, now: float, sender: str = "", source: str = "") -> None:
+        """Record ``sender``'s ``nonce``, received from address ``source``; AuthError when it was used before, or
+        when the sender's share, the source's share or the cache is full of live ones (429: retry later)."""
         self._expire(now)
         key = (sender, nonce)
         if key in self._seen or key in self._ahead:
             raise AuthError("replayed message (nonce already used)")
         if self._held.get(sender, 0) >= self.per_sender:
             raise AuthError("too many messages from this sender in the freshness window; retry", 429)
+        if self._from.get(source, 0) >= self.per_source:
+            raise AuthError("too many messages from this address in the freshness window; retry", 429)
         if len(self) >= self.limit:
             raise AuthError("too many messages in the freshness window; retry", 429)
-        self._seen[key] = now
+        self._seen[key] = (now, source)
         self._held[sender] = self._held.get(sender, 0) + 1
+        self._from[source] = self._from.get(source, 0) + 1
 
     def _expire(self, now: float) -> None:
         """Forget what the clock reads more than ``ttl_s`` past; move what it reads in the future to ``_ahead``."""
         while self._seen:
-            key, at = next(iter(self._seen.items()))
+            key, (at, where) = next(iter(self._seen.items()))
             if now - at > self.ttl_s:  # no longer replayable by the freshness check: forgotten
                 del self._seen[key]
-                self._release(key[0])
+                _release(self._held, key[0])
+                _release(self._from, where)
             elif at > now:  # the clock stepped back behind its use: kept until it climbs back past at + ttl_s
                 del self._seen[key]
-                self._ahead[key] = at
+                self._ahead[key] = (at, where)
                 heapq.heappush(self._ahead_by_time, (at, key))
             else:
                 break
         while self._ahead_by_time and now - self._ahead_by_time[0][0] > self.ttl_s:
             _, key = heapq.heappop(self._ahead_by_time)
-            del self._ahead[key]
-            self._release(key[0])
+            _, where = self._ahead.pop(key)
+            _release(self._held, key[0])
+            _release(self._from, where)
 
-    def _release(self, sender: str) -> None:
-        left = self._held[sender] - 1
-        if left:
-            self._held[sender] = left
-        else:
-            del self._held[sender]
+
+def _release(counts: dict[str, int], key: str) -> None:
+    """One fewer live nonce for ``key``; a key with none left is dropped (the tables stay as small as the cache)."""
+    left = counts[key] - 1
+    if left:
+        counts[key] = left
+    else:
+        del counts[key]
 
 
 class DamagedPinFile(AuthError):
@@ -411,8 +435,10 @@ class Identity:
         self.pins.check(card.node_id, card.public_key)
         return card.node_id
 
-    def verify_request(self, headers: Mapping[str, str], method: str, target: str, body: bytes, now: float) -> str:
-        """The authenticated sender of a request to this node; raises AuthError."""
+    def verify_request(
+        self, headers: Mapping[str, str], method: str, target: str, body: bytes, now: float, source: str = ""
+    ) -> str:
+        """The authenticated sender of a request to this node, received from address ``source``; raises AuthError."""
         card = self._card(headers)
         if headers.get(wire.H_TO) != self.node_id:
             raise AuthError("message addressed to another node", 403)
@@ -423,7 +449,7 @@ class Identity:
         _check_signature(card, headers, signed)
         _check_fresh(ts, now)
         self.pins.check(card.node_id, card.public_key)
-        self.nonces.use(nonce, now, card.node_id)
+        self.nonces.use(nonce, now, card.node_id, source)
         return card.node_id
 
     def verify_response(

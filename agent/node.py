@@ -103,9 +103,12 @@ def model_server_concurrency(s: Settings) -> float:
 
 def make_runtime(settings: Settings) -> Runtime:
     if settings.runtime == "docker":
-        from agent.runtime.docker import DockerRuntime
+        from agent.runtime.docker import DockerLog, DockerRuntime
 
-        return DockerRuntime(settings.node_id, settings.advertise_address or settings.host, gpu=settings.docker_gpu)
+        log = DockerLog(settings.docker_log_max_mb, settings.docker_log_files)
+        return DockerRuntime(
+            settings.node_id, settings.advertise_address or settings.host, gpu=settings.docker_gpu, log=log
+        )
     from agent.runtime.process import ProcessRuntime
 
     return ProcessRuntime(

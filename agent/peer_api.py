@@ -31,6 +31,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
 from agent.decisions import memory_refusal
+from agent.http_limits import SlicedH11Protocol
 from agent.identity import AuthError, Identity
 from agent.node import CapacityError, FencedError, UnknownModelError
 from agent.peer_gate import gate_tls
@@ -103,7 +104,8 @@ def create_peer_app(agent: NodeAgent, identity: Identity) -> FastAPI:
                 raise AuthError("peer message body too large", 413)
         target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
         headers = {k.lower(): v for k, v in request.headers.items()}
-        sender = identity.verify_request(headers, request.method, target, body, agent.clock())
+        source = request.client.host if request.client else ""
+        sender = identity.verify_request(headers, request.method, target, body, agent.clock(), source)
         return _Signed(identity, agent.clock, sender, headers[wire.H_NONCE]), body
 
     def parse(body: bytes) -> Any:
@@ -246,12 +248,17 @@ def fit_page(rows: list[dict[str, Any]], cursor: int, budget: int = wire.MAX_BOD
     return rows, cursor
 
 
-def peer_http_parser() -> str:
-    """uvicorn's HTTP implementation for the peer listener: httptools (C) when installed, else h11.
+def peer_http_parser() -> str | type[asyncio.Protocol]:
+    """uvicorn's HTTP implementation for the peer listener: httptools (C) when installed, else h11 with the
+    client port's parsing bounds (``SlicedH11Protocol``: per loop turn, per connection, chunks per body).
 
     Every member answers several SWIM messages a second; h11's pure-Python parsing was a quarter of an idle
-    member's CPU (bench/peer_exchange_bench.py, same run: 0.43 -> 0.30 ms per direct exchange, both ends)."""
-    return "httptools" if importlib.util.find_spec("httptools") is not None else "h11"
+    member's CPU (bench/peer_exchange_bench.py, same run: 0.43 -> 0.30 ms per direct exchange, both ends). On
+    the fallback, one connection's body of 1-byte chunks would hold the loop that runs SWIM and the election
+    as it did on the client port (review 11a), from any holder of a cluster certificate."""
+    if importlib.util.find_spec("httptools") is not None:
+        return "httptools"
+    return SlicedH11Protocol
 
 
 class _EmbeddedServer(uvicorn.Server):

@@ -48,6 +48,7 @@ class SwimRoute:
             return
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         direct = wire.H_CARD not in headers  # no signature: the connection's certificate must say who it is
+        client = scope.get("client")
         try:
             body = await _body(headers, receive)
             if direct:
@@ -55,9 +56,9 @@ class SwimRoute:
             else:
                 query = scope["query_string"].decode("latin-1")
                 target = scope["path"] + (f"?{query}" if query else "")
-                sender = self.identity.verify_request(headers, "POST", target, body, self.agent.clock())
+                source = str(client[0]) if client else ""
+                sender = self.identity.verify_request(headers, "POST", target, body, self.agent.clock(), source)
         except AuthError as exc:
-            client = scope.get("client")
             log.warning("refused a peer message from %s to %s: %s", client[0] if client else "?", scope["path"], exc)
             await _send(send, exc.status, json.dumps({"error": str(exc)}).encode(), {})
             return

@@ -31,6 +31,7 @@ else:  # pragma: no cover
 
 NODE_ID = names.NODE_ID  # one DNS label: no dots (DESIGN, mDNS); peerserve/names.py, shared
 MIN_HEARTBEAT_S = 0.03  # election_heartbeat_s at least this: the election loop ticks at a third of it
+MIN_DOCKER_LOG_MB, MAX_DOCKER_LOG_MB = 0.0625, 1024.0  # docker_log_max_mb: at least 64 KiB a file, under 1 GiB
 MIN_WINDOW_MB, MAX_WINDOW_MB = 0.25, 4096.0  # request_window_mb: room for a page of the widest rows; under 4 GiB
 
 
@@ -52,6 +53,8 @@ class Settings:
     cores: float = 0.0  # parallel capacity the node's instances share (queue model); 0: os.cpu_count()
     instance_concurrency: float = 1.0  # requests one model server serves at once (queue model); 0: the node's cores
     docker_gpu: bool = False
+    docker_log_max_mb: float = 10.0  # a container's json-file log rotates at this size (agent/runtime/docker.py) ...
+    docker_log_files: int = 3  # ... keeping this many files: at most max_mb x files per model server
     provision_wait_s: float = 10.0
     reconcile_interval_s: float = 2.0
     catalogue_poll_s: float = 2.0
@@ -196,6 +199,10 @@ def validate(s: Settings) -> None:
         raise ConfigError("placement_method", f"{s.placement_method!r} is not a solver method")
     if s.placement_objective not in ("queue", "queue-p99", "thesis"):
         raise ConfigError("placement_objective", f"{s.placement_objective!r}: choose queue, queue-p99 or thesis")
+    if not MIN_DOCKER_LOG_MB <= s.docker_log_max_mb <= MAX_DOCKER_LOG_MB:
+        raise ConfigError("docker_log_max_mb", f"must be {MIN_DOCKER_LOG_MB:g}-{MAX_DOCKER_LOG_MB:g} MiB")
+    if not 1 <= s.docker_log_files <= 100:
+        raise ConfigError("docker_log_files", "must be 1-100 files")
     for name in ("placement_period_s", "request_window_s", "election_heartbeat_s"):
         if getattr(s, name) <= 0:
             raise ConfigError(name, "must be positive")

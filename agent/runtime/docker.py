@@ -4,8 +4,9 @@
 * Never pulls: an image missing locally is an InstanceStartError naming it.
 * Containers carry labels ``peerserve.managed``, ``peerserve.node``, ``peerserve.model``,
   ``peerserve.term``, a memory limit from the catalogue, ``restart_policy: unless-stopped`` (they
-  outlive an agent restart and are adopted by label), ``init`` (fast stops), and the nvidia runtime
-  when ``docker_gpu`` is set (Jetson).
+  outlive an agent restart and are adopted by label), ``init`` (fast stops), a bounded log (``DockerLog``:
+  json-file rotated at ``docker_log_max_mb``, ``docker_log_files`` kept), and the nvidia runtime when
+  ``docker_gpu`` is set (Jetson).
 * REST port 8501 (TF-Serving; 8000 for Triton images, ``server = "triton"``) is published on the
   advertised address at a port the Engine picks.
 """
@@ -17,6 +18,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from functools import partial
 from typing import Any, TypeVar
 
@@ -33,6 +35,24 @@ DOCKER_WORKERS = 4  # threads for Docker calls, apart from asyncio's default poo
 T = TypeVar("T")
 
 
+@dataclass(frozen=True)
+class DockerLog:
+    """A container's log bound: the json-file driver rotates at ``max_mb`` and keeps ``files`` files.
+
+    A model server logs a line per request (the stand-in one per failing request); Docker's default json-file
+    log has no size limit unless the engine's daemon.json sets one, so it grew on the board's disk (an SD card
+    on a Nano) without end. json-file, not ``local``: ``docker logs`` reads both, and json-file is what an
+    engine without a daemon.json uses, so operators' tools that read the files still find them."""
+
+    max_mb: float = 10.0
+    files: int = 3
+
+    def config(self) -> dict[str, Any]:
+        """The ``log_config`` for docker-py's ``containers.run`` (HostConfig.LogConfig)."""
+        size_kb = max(1, round(self.max_mb * 1024))
+        return {"Type": "json-file", "Config": {"max-size": f"{size_kb}k", "max-file": str(self.files)}}
+
+
 class DockerRuntime:
     kind = "docker"
 
@@ -42,8 +62,10 @@ class DockerRuntime:
         bind_address: str,
         gpu: bool = False,
         client_factory: Callable[[], Any] | None = None,
+        log: DockerLog | None = None,
     ) -> None:
         self.node_id = node_id
+        self.log = log or DockerLog()
         self.bind_address = bind_address or "0.0.0.0"
         self.gpu = gpu
         self._factory = client_factory or _from_env
@@ -113,6 +135,7 @@ class DockerRuntime:
             mem_limit=f"{max(6, int(spec.mem_mb))}m",
             restart_policy={"Name": "unless-stopped"},
             init=True,
+            log_config=self.log.config(),
         )
         if self.gpu:
             kwargs["runtime"] = "nvidia"

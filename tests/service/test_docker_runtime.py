@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import docker
@@ -15,7 +16,7 @@ import pytest
 from agent.catalogue import ModelSpec
 from agent.errors import InstanceStartError, RuntimeUnavailable
 from agent.runtime.base import probe_available
-from agent.runtime.docker import DockerRuntime, _parse_time
+from agent.runtime.docker import DockerLog, DockerRuntime, _parse_time
 from scripts.dockerd import PrivateDockerd
 
 pytestmark = pytest.mark.docker
@@ -61,10 +62,41 @@ def test_start_predict_list_stop(engine: Any) -> None:
         assert c.attrs["HostConfig"]["Memory"] == 64 * 2**20
         assert c.attrs["HostConfig"]["RestartPolicy"]["Name"] == "unless-stopped"
         assert c.attrs["HostConfig"]["Init"] is True
+        log_config = {"Type": "json-file", "Config": {"max-size": "10240k", "max-file": "3"}}  # the defaults
+        assert c.attrs["HostConfig"]["LogConfig"] == log_config
         assert await DockerRuntime("node-b", "127.0.0.1").list() == []  # another node's view
         await rt.stop(inst.id)
         assert await rt.list() == []
         await rt.stop(inst.id)  # stopping twice is fine
+        await rt.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_model_servers_log_is_bounded_on_the_engine(engine: Any) -> None:
+    """Containers used to start with the engine's default json-file log, unbounded: every line a model server
+    writes stayed on the board's disk. With a 64 KiB x 2 bound, thousands of logged lines keep the container's
+    log files (as the engine writes them) within it, and the newest lines are still there for `docker logs`."""
+
+    async def scenario() -> None:
+        rt = DockerRuntime("node-a", "127.0.0.1", log=DockerLog(max_mb=1 / 16, files=2))
+        inst = await rt.start(spec(), term=1)
+        await _wait_available(inst.url, "half_plus_two")
+        c = engine.containers.get(inst.id)
+        assert c.attrs["HostConfig"]["LogConfig"] == {"Type": "json-file",
+                                                      "Config": {"max-size": "64k", "max-file": "2"}}  # fmt: skip
+        log_path = Path(c.attrs["LogPath"])
+        # 6,000 lines of ~100 bytes (~1 MB as json-file writes them) on the container's own output, as a model
+        # server's per-request lines arrive: PID 1 (docker-init) holds the stream the engine logs
+        write = ("import sys\nsys.stdout = open('/proc/1/fd/2', 'w')\n"
+                 "for i in range(6000): print(f'line {i:05d}', 'x' * 80)")  # fmt: skip
+        assert (await asyncio.to_thread(c.exec_run, ["python3", "-c", write])).exit_code == 0
+        logged = await settled(lambda: c.logs().count(b"line "), 20)
+        files = sorted(log_path.parent.glob(log_path.name + "*"))
+        sizes = [f.stat().st_size for f in files]
+        assert len(files) == 2 and sum(sizes) <= 2 * 64 * 1024 + 4096, sizes  # rotated at least once, then bounded
+        assert 100 < logged < 6000 and c.logs().rstrip().endswith(b"line 05999 " + b"x" * 80)  # the newest kept
+        await rt.stop(inst.id)
         await rt.close()
 
     asyncio.run(scenario())
@@ -90,6 +122,18 @@ def test_a_restarted_container_is_as_old_as_its_last_start(engine: Any) -> None:
             await rt.close()
 
     asyncio.run(scenario())
+
+
+async def settled(count: Callable[[], int], timeout: float) -> int:
+    """The last ``count()`` once the log has settled: it stops growing (the engine writes the lines a moment later)."""
+    started, last = time.monotonic(), -1
+    while time.monotonic() - started < timeout:
+        now = await asyncio.to_thread(count)
+        if now == last:
+            return now
+        last = now
+        await asyncio.sleep(0.5)
+    return last
 
 
 def test_missing_image_is_named_and_never_pulled(engine: Any) -> None:

@@ -117,6 +117,9 @@ def test_settings_precedence(tmp_path: Path) -> None:
         ({"PEERSERVE_REQUEST_WINDOW_MB": "0"}, "request_window_mb"),
         ({"PEERSERVE_REQUEST_WINDOW_MB": "nan"}, "request_window_mb"),
         ({"PEERSERVE_REQUEST_WINDOW_MB": "1e6"}, "request_window_mb"),  # no board has it: no bound at all
+        ({"PEERSERVE_DOCKER_LOG_MAX_MB": "0"}, "docker_log_max_mb"),  # a model server's log must stay bounded
+        ({"PEERSERVE_DOCKER_LOG_MAX_MB": "1e6"}, "docker_log_max_mb"),
+        ({"PEERSERVE_DOCKER_LOG_FILES": "0"}, "docker_log_files"),
     ],
 )
 def test_bad_settings_name_the_key(env: dict[str, str], key: str, tmp_path: Path) -> None:
@@ -189,3 +192,20 @@ def test_the_request_window_budget_is_a_flag(tmp_path: Path) -> None:
     assert load_settings(env={}, overrides=overrides).request_window_mb == 2.5
     from_env = load_settings(env={"PEERSERVE_REQUEST_WINDOW_MB": "3"}, overrides={"data_dir": str(tmp_path)})
     assert from_env.request_window_mb == 3
+
+
+def test_the_docker_log_bound_is_a_flag_and_reaches_the_runtime(tmp_path: Path) -> None:
+    """Flags -> settings -> the runtime's log_config (the engine test checks what a container gets)."""
+    from agent.node import make_runtime
+    from agent.runtime.docker import DockerRuntime
+
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    args = parser.parse_args(["agent", "--docker-log-max-mb", "0.5", "--docker-log-files", "2"])
+    overrides = {"docker_log_max_mb": args.docker_log_max_mb, "docker_log_files": args.docker_log_files,
+                 "data_dir": str(tmp_path), "runtime": "docker"}  # fmt: skip
+    runtime = make_runtime(load_settings(env={}, overrides=overrides))
+    assert isinstance(runtime, DockerRuntime)
+    assert runtime.log.config() == {"Type": "json-file", "Config": {"max-size": "512k", "max-file": "2"}}
+    default = load_settings(env={}, overrides={"data_dir": str(tmp_path)})
+    assert (default.docker_log_max_mb, default.docker_log_files) == (10.0, 3)  # at most 30 MiB per model server

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import time
 from typing import Any
 
 import h11
@@ -18,11 +19,16 @@ from hypothesis import strategies as st
 from uvicorn.server import ServerState
 
 from agent.http_limits import (
+    EVENTS_PER_TURN,
     MIN_CHUNK_BYTES,
     MIN_CHUNKS,
     PARSE_SLICE,
+    AddressBudgets,
     ChunkCountingConnection,
+    ParseBudget,
+    SlicedH11Protocol,
     limited_protocol,
+    sliced_protocol,
     too_many_chunks,
 )
 
@@ -43,18 +49,33 @@ def test_past_256_chunks_they_must_average_256_bytes() -> None:
     assert not too_many_chunks(2**20 // 300, 2**20)  # 300-byte chunks
 
 
-def events(conn: h11.Connection, wire: bytes, splits: list[int]) -> tuple[bytes, bool]:
-    """The body h11 hands out for ``wire`` fed in pieces cut at ``splits``; whether the request ended."""
+def events(
+    conn: ChunkCountingConnection, wire: bytes, splits: list[int], turns: list[int] | None = None
+) -> tuple[bytes, bool]:
+    """The body h11 hands out for ``wire`` fed in pieces cut at ``splits``, a new turn whenever one is cut short
+    (the events of each turn appended to ``turns``); whether the request ended."""
     body: list[bytes] = []
-    ended, last = False, 0
+    ended, last, turn = False, 0, 0
     for cut in [*sorted(splits), len(wire)]:
         if cut > last:  # h11 reads empty data as the end of the stream
             conn.receive_data(wire[last:cut])
             last = cut
-        while (event := conn.next_event()) is not h11.NEED_DATA:
+        while True:
+            event = conn.next_event()
+            if event is h11.NEED_DATA:
+                if not conn.cut_short:
+                    break
+                conn.new_turn()
+                if turns is not None:
+                    turns.append(turn)
+                turn = 0
+                continue
+            turn += 1
             if isinstance(event, h11.Data):
                 body.append(event.data)
             ended = ended or isinstance(event, h11.EndOfMessage)
+    if turns is not None:
+        turns.append(turn)
     return b"".join(body), ended
 
 
@@ -74,6 +95,36 @@ def test_ordinary_chunked_bodies_pass_however_the_reads_fall(splits: list[int], 
     got, ended = events(conn, HEAD + chunked(body, size), splits)
     assert got == body and ended and not conn.refused
     assert conn.chunks == -(-len(body) // size)  # every chunk counted once, wherever a read ends
+
+
+def test_h11_hands_out_at_most_a_turns_events_and_the_rest_on_later_turns() -> None:
+    """A front-loaded body: one big chunk buys 32,767 1-byte chunks under the chunk rule (8 MiB in all). They all
+    come out, in turns of at most EVENTS_PER_TURN events (~1 ms), never more (it was ~2,700 per 16 KiB slice)."""
+    tiny = 8 * 2**20 // MIN_CHUNK_BYTES - 1
+    big = 8 * 2**20 - tiny
+    wire = HEAD + b"%x\r\n" % big + b"b" * big + b"\r\n" + b"1\r\nx\r\n" * tiny + b"0\r\n\r\n"
+    conn, turns = ChunkCountingConnection(16384), []
+    body, ended = events(conn, wire, list(range(0, len(wire), PARSE_SLICE)), turns)
+    assert ended and not conn.refused and len(body) == 8 * 2**20 and conn.chunks == tiny + 1
+    assert max(turns) == EVENTS_PER_TURN and sum(turns) >= tiny and len(turns) >= tiny // EVENTS_PER_TURN
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.floats(0, 0.5), st.floats(0, 0.02)), min_size=1, max_size=60))
+def test_the_parse_budget_bounds_any_connections_cpu_per_second(steps: list[tuple[float, float]]) -> None:
+    """Whatever a connection's steps cost, if each waits as the budget says, the CPU it spends in any interval
+    is at most burst + share x interval + one step (a step may overdraw before it is charged)."""
+    budget, now, done = ParseBudget(share=0.05, burst_s=0.1), 0.0, []
+    for gap, cost in steps:
+        now += gap + budget.wait(now)  # the protocol parses no sooner than the budget allows
+        done.append((now, cost))
+        now += cost
+        budget.spend(cost, now)
+    for i, (start, _) in enumerate(done):
+        for j in range(i, len(done)):
+            end = done[j][0] + done[j][1]
+            spent = sum(c for _, c in done[i : j + 1])
+            assert spent <= 0.1 + 0.05 * (end - start) + 0.02 + 1e-9
 
 
 def test_the_count_starts_again_with_each_request() -> None:
@@ -110,16 +161,28 @@ async def echo(scope: dict[str, Any], receive: Any, send: Any) -> None:
     await send({"type": "http.response.body", "body": answer})
 
 
-async def serve_once(wire: bytes) -> tuple[bytes, list[int], int]:
+async def early(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """Answers at once without reading the body (as a 404 or 405 does): uvicorn drains it through h11."""
+    if scope["type"] != "http":
+        return
+    await send({"type": "http.response.start", "status": 405, "headers": [(b"content-length", b"2")]})
+    await send({"type": "http.response.body", "body": b"no"})
+
+
+async def serve_once(
+    wire: bytes, parsing: type[SlicedH11Protocol] = SlicedH11Protocol, made: list[Any] | None = None, app: Any = echo
+) -> tuple[bytes, list[int], int]:
     """Send ``wire`` at once to a LimitedH11Protocol server; its answer, the sizes h11 was handed per feed and
-    the most bytes the protocol held unparsed at a feed."""
-    config = uvicorn.Config(echo, h11_max_incomplete_event_size=16384, log_config=None)
+    the most bytes the protocol held unparsed at a feed (the protocol itself appended to ``made``)."""
+    config = uvicorn.Config(app, h11_max_incomplete_event_size=16384, log_config=None)
     config.load()
-    protocol_class = limited_protocol(10.0, 64, 30.0)
+    protocol_class = limited_protocol(10.0, 64, 30.0, parsing)
     state, fed, held = ServerState(), [], [0]
 
     def make() -> Any:
         protocol: Any = protocol_class(config=config, server_state=state, app_state={})
+        if made is not None:
+            made.append(protocol)
         receive_data = protocol.conn.receive_data
 
         def observed(data: bytes) -> None:  # what h11 is handed, and what still waits beside it
@@ -157,3 +220,95 @@ def test_a_large_chunked_upload_still_works_in_slices() -> None:
     assert answer.endswith(f"{len(body)} {hashlib.sha256(body).hexdigest()}".encode())
     assert max(fed) <= PARSE_SLICE and sum(fed) >= len(body)
     assert held <= PARSE_SLICE + 256 * 1024 + 4096, held  # what waits: a slice and one read, not the socket
+
+
+def front_loaded(size: int) -> bytes:
+    """One big chunk, then as many 1-byte chunks as the chunk rule allows: ``size`` bytes of body in all."""
+    tiny = size // MIN_CHUNK_BYTES - 1
+    big = size - tiny
+    return b"%x\r\n" % big + b"b" * big + b"\r\n" + b"1\r\nx\r\n" * tiny + b"0\r\n\r\n"
+
+
+def test_a_front_loaded_body_is_parsed_within_the_connections_budget() -> None:
+    """The chunk rule lets 1 MiB buy 4,095 1-byte chunks; they are parsed, but at the budget's pace: with 1 % of
+    a second (10 ms at once) the connection's parsing took at least what that share allows, in steps of a few ms."""
+    made: list[Any] = []
+    wire = HEAD.replace(b"Host: a", b"Host: a\r\nConnection: close") + front_loaded(2**20)
+    started = time.monotonic()
+    answer, _, _ = asyncio.run(serve_once(wire, sliced_protocol(share=0.01, burst_s=0.01), made))
+    took = time.monotonic() - started
+    assert answer.startswith(b"HTTP/1.1 200 ") and b"\r\n\r\n%d " % 2**20 in answer
+    (protocol,) = made
+    assert protocol.parse_cpu_s > 0.015  # it cost more than the burst (else this shows nothing)
+    print(f"\nfront-loaded 1 MiB at 1 %: {took:.2f} s for {1000 * protocol.parse_cpu_s:.0f} ms of parsing")
+    assert took >= 0.9 * (protocol.parse_cpu_s - 0.01 - 0.005) / 0.01, (took, protocol.parse_cpu_s)
+    made.clear()
+    started = time.monotonic()
+    answer, _, _ = asyncio.run(serve_once(wire, SlicedH11Protocol, made))  # the default budget: 10x that share
+    assert answer.startswith(b"HTTP/1.1 200 ") and time.monotonic() - started < 0.5 * took
+
+
+def test_a_body_nobody_reads_is_drained_in_slices_too() -> None:
+    """An answer before the body is read: uvicorn resumes reading itself at the body's end, while later bytes
+    still wait to be parsed; what waits stays a slice and a read (it grew by a read at each resume before)."""
+    drained = HEAD + front_loaded(2**20)
+    wire = drained * 3 + b"GET /x HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
+    answer, fed, held = asyncio.run(serve_once(wire, app=early))
+    assert answer.count(b"HTTP/1.1 405 ") == 4 and max(fed) <= PARSE_SLICE and sum(fed) == len(wire)
+    assert held <= PARSE_SLICE + 256 * 1024 + 4096, held
+
+
+def test_address_budgets_are_shared_and_go_with_the_last_connection() -> None:
+    budgets = AddressBudgets(0.2, 0.1)
+    first, second, other = budgets.take("10.0.0.1"), budgets.take("10.0.0.1"), budgets.take("10.0.0.2")
+    assert first is second and first is not other and len(budgets) == 2
+    budgets.give("10.0.0.1")
+    assert budgets.take("10.0.0.1") is first  # still held by the second connection
+    budgets.give("10.0.0.1")
+    budgets.give("10.0.0.1")
+    budgets.give("10.0.0.2")
+    assert len(budgets) == 0  # nothing kept for addresses with no connection
+
+
+async def serve_together(wires: list[bytes], parsing: type[SlicedH11Protocol]) -> tuple[list[bytes], list[Any], Any]:
+    """Send each of ``wires`` on its own connection at once (all from 127.0.0.1); the answers, the protocols and
+    the server's address budgets once every connection closed."""
+    config = uvicorn.Config(echo, h11_max_incomplete_event_size=16384, log_config=None)
+    config.load()
+    protocol_class: Any = limited_protocol(10.0, 64, 30.0, parsing)
+    state, made = ServerState(), []
+
+    def make() -> Any:
+        made.append(protocol_class(config=config, server_state=state, app_state={}))
+        return made[-1]
+
+    server = await asyncio.get_running_loop().create_server(make, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+
+    async def one(wire: bytes) -> bytes:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(wire)
+        answer = await asyncio.wait_for(reader.read(), 60)
+        writer.close()
+        return answer
+
+    answers = await asyncio.gather(*(one(w) for w in wires))
+    server.close()
+    await server.wait_closed()
+    await asyncio.sleep(0.05)  # connection_lost of the last ones
+    return list(answers), made, protocol_class.address_budgets
+
+
+def test_connections_from_one_address_share_its_parse_budget() -> None:
+    """64 connections from one address, each within its own budget, would take 64 x 5 % of a second: they share
+    their address's too. Here four front-loaded bodies at once, each connection free, the address at 2 %."""
+    wire = HEAD.replace(b"Host: a", b"Host: a\r\nConnection: close") + front_loaded(2**19)
+    parsing = sliced_protocol(share=1.0, burst_s=1.0, address=AddressBudgets(0.02, 0.01))
+    started = time.monotonic()
+    answers, made, budgets = asyncio.run(serve_together([wire] * 4, parsing))
+    took = time.monotonic() - started
+    assert all(a.startswith(b"HTTP/1.1 200 ") and b"\r\n\r\n%d " % 2**19 in a for a in answers)
+    spent = sum(p.parse_cpu_s for p in made)
+    print(f"\nfour front-loaded 512 KiB bodies, one address at 2 %: {took:.2f} s for {1000 * spent:.0f} ms of parsing")
+    assert spent > 0.04 and took >= 0.9 * (spent - 0.01 - 4 * 0.003) / 0.02, (took, spent)  # (a step may overdraw)
+    assert len(budgets) == 0

@@ -172,6 +172,44 @@ def test_one_sender_fills_only_its_own_share_of_the_nonce_cache() -> None:
     assert cache.held("liar") == 1 and len(cache) == 7
 
 
+def test_one_address_fills_only_its_share_of_the_nonce_cache_whatever_ids_it_signs_as() -> None:
+    """A token holder can mint a card for any node id; with one id per 4,096 nonces, 25 ids filled the whole
+    cache and every member's messages got 429. Its address now holds at most its own share."""
+    cache = NonceCache(ttl_s=60, limit=12, per_sender=2, per_source=6)
+    for i in range(6):  # three minted ids, each within its own sender share
+        cache.use(f"n{i}", 0, f"minted{i // 2}", "10.0.0.66")
+    with pytest.raises(AuthError, match="this address") as info:
+        cache.use("n6", 1, "minted9", "10.0.0.66")  # a fresh id does not buy room from the same address
+    assert info.value.status == 429 and cache.held_from("10.0.0.66") == 6 and len(cache) == 6
+    for i in range(6):  # members on other addresses still get in
+        cache.use(f"h{i}", 1, f"member{i % 3}", f"10.0.0.{i % 3 + 1}")
+    assert len(cache) == 12 and cache.held_from("10.0.0.1") == 2
+    cache.use("n7", 60.5, "minted9", "10.0.0.66")  # the address's first nonces aged out: room again
+    assert cache.held_from("10.0.0.66") == 1 and cache.held("minted0") == 0 and len(cache) == 7
+
+
+def test_25_minted_card_ids_from_one_address_leave_room_for_the_members() -> None:
+    """The attack through the real verifier, at the defaults' proportions scaled down 100x (each share a quarter
+    of the cache, a sender's 1/24.4 of it): a token holder signs as 25 node ids from one address, each up to its
+    sender share (enough to fill the cache before); the cache keeps three quarters for every other address."""
+    b = fresh(B)
+    b.nonces = NonceCache(limit=1000, per_sender=41, per_source=250)
+    minted = [Identity(f"minted{i}", TOKEN, None) for i in range(25)]
+    sent = refused = 0
+    for ident in minted:
+        for n in range(b.nonces.per_sender):
+            headers = dict(ident.sign_request("b", "POST", "/peer/x", b"", NOW + n * 1e-3).headers)
+            try:
+                b.verify_request(headers, "POST", "/peer/x", b"", NOW + 1, "10.0.0.66")
+                sent += 1
+            except AuthError as exc:
+                assert exc.status == 429
+                refused += 1
+    assert sent == b.nonces.per_source == len(b.nonces) and refused == 25 * b.nonces.per_sender - sent
+    assert len(b.nonces) <= b.nonces.limit // 4
+    assert b.verify_request(signed(A), "PUT", "/control/desired", BODY, NOW + 2, "10.0.0.1") == "a"
+
+
 def test_the_pin_table_is_bounded() -> None:
     pins = Pins(None, limit=2)
     pins.check("x", b"k" * 32)

@@ -167,3 +167,37 @@ def test_the_peer_listener_speaks_tls_1_3_only(tmp_path: Path) -> None:
             writer.close()
 
     serve(tmp_path, run)
+
+
+def test_without_httptools_the_peer_listener_parses_with_the_client_ports_bounds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The fallback (no httptools): h11, sliced and budgeted as on the client port (one implementation). A
+    certificate holder's body in 1-byte chunks gets 400 at the 257th chunk, and SWIM still works on it."""
+    import importlib.util
+
+    from agent.http_limits import SlicedH11Protocol
+    from agent.peer_client import tls_context
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "httptools" else find_spec(name, *a)
+    )
+    assert peer_http_parser() is SlicedH11Protocol
+
+    async def run(client: PeerClient, url: str, node: Node, b: Identity) -> None:
+        status, answer = await client.call("b", url, "POST", wire.ROUTE_SWIM, body=ping(), direct=True)
+        assert status == 200 and SwimMessage.parse(answer).kind == "ack"
+        (served,) = server_of[0].server.server_state.connections
+        assert isinstance(served, SlicedH11Protocol)
+        host, port = url.removeprefix("https://").split(":")
+        reader, writer = await asyncio.open_connection(host, int(port), ssl=tls_context(client.identity))
+        writer.write(f"POST {wire.ROUTE_SWIM} HTTP/1.1\r\nHost: b\r\nTransfer-Encoding: chunked\r\n\r\n".encode())
+        writer.write(b"1\r\nx\r\n" * 20_000)
+        answer_bytes = await asyncio.wait_for(reader.read(), 10)
+        writer.close()
+        assert (
+            answer_bytes.startswith(b"HTTP/1.1 400 ") and b"too many small chunks (257 for 257 bytes)" in answer_bytes
+        )
+
+    serve(tmp_path, run)

@@ -1,0 +1,250 @@
+"""What one connection's body parsing costs the agent's event loop, before and after the parse budget.
+
+The chunk rule (agent/http_limits.py) bounds a body's chunks by its size, so a sender can front-load bytes to
+buy tiny chunks: one chunk of 8 MiB - 32,767 bytes, then 32,767 1-byte chunks (8 MiB in all, within every
+bound). Two parts, each alternating the protocol before (``--before``: another checkout's agent/http_limits.py,
+e.g. main's) and this checkout's, in the same run:
+
+- in-process: a uvicorn server with each protocol and an app that reads the whole body; a ticker on the same
+  loop records how late each 1 ms sleep wakes (the loop's longest turn), while (a) the front-loaded body and
+  (b) an honest 8 MiB upload (64 KiB chunks; and Content-Length) are sent from another thread. Reported: the
+  request's time, the loop's lag p99 / max, and the CPU the loop thread spent.
+- real agents (``--agents``): an agent from each checkout; ``--attackers`` connections (2) send front-loaded
+  bodies (POST /health: 405, each body drained by h11) one after another, kept alive (the header deadline cuts
+  one off after 10 s: it reconnects), while /health is timed on new connections; and the agent's CPU.
+
+    .venv/bin/python bench/parse_cost_bench.py --before /work/main [--rounds 3] [--agents] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import http.client
+import importlib.util
+import json
+import os
+import socket
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+HEAD = b"POST /echo HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n"
+MIB8 = 8 * 2**20
+
+
+def front_loaded(path: bytes = b"/echo") -> bytes:
+    """The worst legal body: one big chunk, then as many 1-byte chunks as the chunk rule allows (8 MiB in all)."""
+    tiny = MIB8 // 256 - 1
+    big = MIB8 - tiny
+    head = HEAD.replace(b"/echo", path) + b"\r\n"
+    return head + b"%x\r\n" % big + b"b" * big + b"\r\n" + b"1\r\nx\r\n" * tiny + b"0\r\n\r\n"
+
+
+def honest_chunked() -> bytes:
+    chunk = b"%x\r\n" % 65536 + b"h" * 65536 + b"\r\n"
+    return HEAD + b"\r\n" + chunk * (MIB8 // 65536) + b"0\r\n\r\n"
+
+
+def honest_length() -> bytes:
+    return b"POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\n\r\n" % MIB8 + b"l" * MIB8
+
+
+def load(path: Path, name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+async def reader_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """Reads the whole body, answers its length."""
+    if scope["type"] != "http":
+        return
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return
+        size += len(message.get("body", b""))
+        if not message.get("more_body"):
+            break
+    answer = str(size).encode()
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"%d" % len(answer))]})
+    await send({"type": "http.response.body", "body": answer})
+
+
+def send_and_read(port: int, wire: bytes, out: dict[str, Any]) -> None:
+    """From another thread: send ``wire``, read the answer's status line; the time from first byte to answer."""
+    started = time.perf_counter()
+    with socket.create_connection(("127.0.0.1", port), timeout=60) as sock:
+        sock.sendall(wire)
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    out["status"] = data.split(b" ", 2)[1].decode() if data.startswith(b"HTTP/1.1 ") else "none"
+    out["s"] = time.perf_counter() - started
+
+
+async def one_request(module: ModuleType, wire: bytes) -> dict[str, Any]:
+    import uvicorn
+    from uvicorn.server import ServerState
+
+    config = uvicorn.Config(reader_app, h11_max_incomplete_event_size=16384, log_config=None)
+    config.load()
+    protocol_class = module.limited_protocol(10.0, 64, 30.0)
+    state = ServerState()
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(
+        lambda: protocol_class(config=config, server_state=state, app_state={}), "127.0.0.1", 0
+    )
+    port = server.sockets[0].getsockname()[1]
+    lags: list[float] = []
+    out: dict[str, Any] = {}
+    thread = threading.Thread(target=send_and_read, args=(port, wire, out))
+    cpu = time.thread_time()
+    thread.start()
+    while thread.is_alive():
+        before = loop.time()
+        await asyncio.sleep(0.001)
+        lags.append(loop.time() - before - 0.001)
+    cpu = time.thread_time() - cpu
+    thread.join()
+    server.close()
+    await server.wait_closed()
+    lags.sort()
+    return {
+        "status": out.get("status"),
+        "s": round(out.get("s", float("nan")), 3),
+        "lag_p99_ms": round(1000 * lags[int(0.99 * (len(lags) - 1))], 2),
+        "lag_max_ms": round(1000 * lags[-1], 2),
+        "loop_cpu_s": round(cpu, 3),
+    }
+
+
+def in_process(before: ModuleType, after: ModuleType, rounds: int, only: str) -> dict[str, Any]:
+    cases = {"front_loaded": front_loaded(), "honest_chunked_64k": honest_chunked(), "honest_length": honest_length()}
+    cases = {c: w for c, w in cases.items() if not only or c in only.split(",")}
+    results: dict[str, dict[str, list[dict[str, Any]]]] = {c: {"before": [], "after": []} for c in cases}
+    for r in range(rounds):
+        for case, wire in cases.items():
+            order = [("before", before), ("after", after)] if r % 2 == 0 else [("after", after), ("before", before)]
+            for label, module in order:
+                result = asyncio.run(one_request(module, wire))
+                results[case][label].append(result)
+                print(f"round {r} {case:20s} {label:6s} {result}", flush=True)
+    return results
+
+
+def health_p99(port: int, seconds: float, attack_port: int | None, attackers: int = 2) -> dict[str, Any]:
+    """/health timings on new connections for ``seconds``; ``attackers`` front-loaded senders if ``attack_port``."""
+    stop = threading.Event()
+    wire = front_loaded(b"/health")
+
+    def drain(sock: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while sock.recv(65536):
+                pass
+
+    def attacker() -> None:  # body after body on one kept-alive connection (each 405, drained); again when cut off
+        while not stop.is_set():
+            try:
+                with socket.create_connection(("127.0.0.1", attack_port or 0), timeout=30) as sock:
+                    threading.Thread(target=drain, args=(sock,), daemon=True).start()
+                    while not stop.is_set():
+                        sock.sendall(wire)
+            except OSError:
+                time.sleep(0.05)
+
+    threads = [threading.Thread(target=attacker) for _ in range(attackers if attack_port else 0)]
+    for t in threads:
+        t.start()
+    took: list[float] = []
+    until = time.monotonic() + seconds
+    try:
+        while time.monotonic() < until:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+            started = time.perf_counter()
+            conn.request("GET", "/health")
+            assert conn.getresponse().status == 200
+            took.append(time.perf_counter() - started)
+            conn.close()
+            time.sleep(0.02)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    took.sort()
+    return {
+        "n": len(took),
+        "p50_ms": round(1000 * statistics.median(took), 1),
+        "p99_ms": round(1000 * took[int(0.99 * (len(took) - 1))], 1),
+        "max_ms": round(1000 * took[-1], 1),
+    }
+
+
+def agents(before_repo: Path, rounds: int, seconds: float, attackers: int) -> dict[str, Any]:
+    import psutil
+
+    from bench.common import served
+    from tests.service.conftest import TOKEN, free_port
+
+    results: dict[str, list[dict[str, Any]]] = {"before": [], "after": []}
+    for r in range(rounds):
+        order = [("before", before_repo), ("after", REPO)] if r % 2 == 0 else [("after", REPO), ("before", before_repo)]
+        for label, repo in order:
+            port = free_port()
+            with tempfile.TemporaryDirectory() as tmp:
+                argv = [sys.executable, "-m", "peerserve", "agent", "--port", str(port), "--data-dir", tmp,
+                        "--peer-port", str(free_port()), "--node-id", "bench-node", "--no-discovery",
+                        "--cluster-token", TOKEN, "--log-level", "warning"]  # fmt: skip
+                # cwd and PYTHONPATH both the checkout: `python -m` puts the working directory first on the path
+                with served(argv, f"http://127.0.0.1:{port}/health", {"PYTHONPATH": str(repo)}, cwd=repo) as popen:
+                    proc = psutil.Process(popen.pid)
+                    quiet = health_p99(port, 2.0, None)
+                    cpu = sum(proc.cpu_times()[:2])
+                    attacked = health_p99(port, seconds, port, attackers)
+                    attacked["agent_cpu_s_per_s"] = round((sum(proc.cpu_times()[:2]) - cpu) / seconds, 3)
+            results[label].append({"quiet": quiet, "attacked": attacked})
+            print(f"agents round {r} {label:6s} quiet {quiet} attacked {attacked}", flush=True)
+    return results
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--before", type=Path, required=True, help="checkout whose agent/http_limits.py is 'before'")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--agents", action="store_true", help="also time /health of real agents under the attack")
+    ap.add_argument("--seconds", type=float, default=6.0, help="attack length per agent round")
+    ap.add_argument("--cases", default="", help="in-process cases to run, comma-separated (default: all)")
+    ap.add_argument("--attackers", type=int, default=2, help="front-loaded senders per agent round")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    before = load(args.before / "agent" / "http_limits.py", "http_limits_before")
+    after = load(REPO / "agent" / "http_limits.py", "http_limits_after")
+    report: dict[str, Any] = {"load_average": os.getloadavg()}
+    report["in_process"] = in_process(before, after, args.rounds, args.cases)
+    if args.agents:
+        report["agents"] = agents(args.before, args.rounds, args.seconds, args.attackers)
+    report["load_average_end"] = os.getloadavg()
+    if args.json:
+        print(json.dumps(report, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
