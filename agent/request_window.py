@@ -31,7 +31,7 @@ import sys
 from collections.abc import Collection, Iterable
 from heapq import heapify, heappop, heappush, heapreplace
 from itertools import compress, count, repeat
-from operator import add, mul
+from operator import add, mul, neg
 
 from agent.packed_records import MAX_ROW_BYTES, RecordView, pack_record, row_client, row_ts
 from agent.placement import RequestRecord
@@ -44,7 +44,7 @@ ROW_OVERHEAD = 48  # what holding a row costs beyond its length: the bytes objec
 CLIENT_OVERHEAD = 384
 
 Rows = dict[str, list[bytes]]  # one node's rows: client -> its packed rows, in arrival order
-CutHeap = list[tuple[int, int, str]]  # (-held, first-seen order, client): a node's clients, the one holding most first
+STALE_SLACK = 64  # a node's cut heap is rebuilt once it would hold over twice its clients' entries and this many
 
 
 def held_bytes(rows: Collection[bytes]) -> int:
@@ -94,8 +94,7 @@ class RequestWindow:
         self._client_bytes: dict[str, dict[str, int]] = {}  # node -> client -> its rows' bytes and client_cost
         self._seen = count()  # clients' first-seen order: the cut's tie-break (a node's dict order, as numbers)
         self._order: dict[str, dict[str, int]] = {}  # node -> client -> when it was first seen (in the node's rows)
-        self._heaps: dict[str, tuple[CutHeap, CutHeap]] = {}  # node -> (by rows, by bytes), kept across cuts
-        self._dirty: dict[str, set[str]] = {}  # node -> clients whose holdings changed since its heaps last saw them
+        self._heaps: dict[str, list[ClientHeap | None]] = {}  # node -> [by rows, by bytes], made on its first cut
         self._size = 0
         self._bytes = 0
 
@@ -148,7 +147,7 @@ class RequestWindow:
                     added += cost
                 rows.append(row)
                 sizes[client] += len(row) + ROW_OVERHEAD
-            self._dirty.setdefault(node, set()).update(clients_of)  # their heap entries are stale (C-level update)
+            self._changed(node, clients_of, (0, 1))
             self._count_of[node] = self._count_of.get(node, 0) + len(kept)
             self._bytes_of[node] = self._bytes_of.get(node, 0) + added
             self._size += len(kept)
@@ -169,7 +168,7 @@ class RequestWindow:
                 changed = True
                 if kept:
                     clients[client] = kept  # in its place: the clients' order (the cut's tie-break) holds
-                    self._dirty[node].add(client)
+                    self._changed(node, (client,), (0, 1))
                 else:
                     del clients[client], self._order[node][client]  # its heap entries go stale
             if changed:
@@ -191,7 +190,7 @@ class RequestWindow:
                 self._by_node.setdefault(node, {}).setdefault(row_client(row), []).append(row)
         self._count_of, self._bytes_of, self._client_bytes = {}, {}, {}
         self._order = {n: dict(zip(clients, self._seen, strict=False)) for n, clients in self._by_node.items()}
-        self._heaps, self._dirty = {}, {node: set() for node in self._by_node}
+        self._heaps = {}
         for node in list(self._by_node):
             self._recount_node(node)
         self._totals()
@@ -199,8 +198,7 @@ class RequestWindow:
             self._trim()
 
     def clear(self) -> None:
-        for per_node in (self._by_node, self._count_of, self._bytes_of, self._client_bytes, self._order, self._heaps,
-                         self._dirty):  # fmt: skip
+        for per_node in (self._by_node, self._count_of, self._bytes_of, self._client_bytes, self._order, self._heaps):
             per_node.clear()
         self._size = self._bytes = 0
 
@@ -216,9 +214,24 @@ class RequestWindow:
 
     def _drop_node(self, node: str) -> None:
         """Forget ``node``: it holds no rows."""
-        for per_node in (self._by_node, self._count_of, self._bytes_of, self._client_bytes, self._order, self._heaps,
-                         self._dirty):  # fmt: skip
+        for per_node in (self._by_node, self._count_of, self._bytes_of, self._client_bytes, self._order, self._heaps):
             per_node.pop(node, None)
+
+    def _changed(self, node: str, clients: Iterable[str], kinds: tuple[int, ...]) -> None:
+        """``clients`` of ``node`` hold other rows now: their entries in its heaps of these kinds (0: by rows, 1: by
+        bytes) are stale, and they are pushed again before the next cut (a set update: C-level). A heap whose
+        changed clients would take it past its bound is dropped instead (made again whole at the next cut), so a
+        node that is not cut for a while holds no more than that."""
+        heaps = self._heaps.get(node)
+        if heaps is None:
+            return  # no cut yet: its heaps will be made from what it then holds
+        bound = 2 * len(self._by_node[node]) + STALE_SLACK
+        for kind in kinds:
+            heap = heaps[kind]
+            if heap is not None:
+                heap.changed.update(clients)
+                if len(heap.entries) + len(heap.changed) > bound:
+                    heaps[kind] = None
 
     def _totals(self) -> None:
         self._size = sum(self._count_of.values())
@@ -270,42 +283,61 @@ class RequestWindow:
                 heappop(heap)
             else:
                 heapreplace(heap, (size + (cost if by_bytes else 1), i, client))
-        dirty = self._dirty[node]
         for client, k in dropped.items():
             if k == len(clients[client]):
-                del clients[client], sizes_now[client], order[client]
+                del clients[client], sizes_now[client], order[client]  # its entries in the other heap go stale
             else:
                 del clients[client][:k]
-                dirty.add(client)  # the other heap's entry is stale
-        if clients:
-            self._count_of[node], self._bytes_of[node] = rows_left, nbytes
-        else:
+        if not clients:
             self._drop_node(node)
+            return
+        self._count_of[node], self._bytes_of[node] = rows_left, nbytes
+        self._changed(node, [c for c in dropped if c in clients], (0,) if by_bytes else (1,))  # this heap knows
 
-    def _cut_heap(self, node: str, by_bytes: bool) -> CutHeap:
-        """``node``'s heap of (-held, first seen, client), by rows or by bytes: after this, every client it holds has
-        an entry for what it holds now (entries of what it held before are skipped when they come up). Made on the
-        node's first cut; then each client whose holdings changed since is pushed again (O(log clients) each, once
-        per page however many of its rows came); rebuilt whole (O(clients)) once stale entries would outnumber
-        live ones, so a heap holds at most ~2x the node's clients and a rebuild is paid for by the pushes before it."""
-        clients, order, dirty = self._by_node[node], self._order[node], self._dirty[node]
-        heaps = self._heaps.get(node)
-        if heaps is None or max(map(len, heaps)) + len(dirty) > 2 * len(clients) + 64:
-            sizes = self._client_bytes[node]
-            by_rows = [(-len(rows), order[c], c) for c, rows in clients.items()]
-            by_size = [(-sizes[c], order[c], c) for c in clients]
-            heapify(by_rows)
-            heapify(by_size)
-            heaps = self._heaps[node] = (by_rows, by_size)
+    def _cut_heap(self, node: str, by_bytes: bool) -> CutEntries:
+        """``node``'s heap of (-held, first seen, client), by rows or by bytes, such that every client it holds has an
+        entry for what it holds now (entries of what it held before are skipped when they come up). Made on the
+        node's first cut of that kind (from the clients' sizes, C-level iteration); then the clients whose
+        holdings changed since are pushed again, O(log clients) each, once per cut however many of their rows came;
+        made again whole once stale entries would outnumber the live ones (``_changed``), so a heap holds at most
+        about twice the node's clients, and a rebuild is paid for by the pushes before it."""
+        clients, order = self._by_node[node], self._order[node]
+        heaps = self._heaps.setdefault(node, [None, None])
+        kind = 1 if by_bytes else 0
+        heap = heaps[kind]
+        if heap is None or len(heap.entries) + len(heap.changed) > 2 * len(clients) + STALE_SLACK:
+            sizes = map(self._client_bytes[node].__getitem__, clients) if by_bytes else map(len, clients.values())
+            heap = heaps[kind] = ClientHeap(list(zip(map(neg, sizes), map(order.__getitem__, clients), clients,
+                                                     strict=True)))  # fmt: skip
+            return heap.entries
+        entries = heap.entries
+        if by_bytes:
+            size_of = self._client_bytes[node]
+            for c in heap.changed:
+                if c in clients:  # else gone: its entries are stale
+                    heappush(entries, (-size_of[c], order[c], c))
         else:
-            sizes = self._client_bytes[node]
-            for c in dirty:
+            for c in heap.changed:
                 rows = clients.get(c)
-                if rows is not None:  # else gone: its entries are stale
-                    heappush(heaps[0], (-len(rows), order[c], c))
-                    heappush(heaps[1], (-sizes[c], order[c], c))
-        dirty.clear()
-        return heaps[1] if by_bytes else heaps[0]
+                if rows is not None:
+                    heappush(entries, (-len(rows), order[c], c))
+        heap.changed.clear()
+        return entries
+
+
+CutEntries = list[tuple[int, int, str]]  # (-held, first-seen order, client): the one holding the most first
+
+
+class ClientHeap:
+    """One node's clients by what they hold (rows, or bytes), the one holding the most on top, kept across cuts;
+    ``changed``: the clients whose entries are stale, to be pushed again before the next cut."""
+
+    __slots__ = ("changed", "entries")
+
+    def __init__(self, entries: CutEntries) -> None:
+        heapify(entries)
+        self.entries = entries
+        self.changed: set[str] = set()
 
 
 def fair_cap(lengths: list[int], total: int) -> int:
