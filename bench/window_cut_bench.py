@@ -6,9 +6,11 @@ Two cases, each on a full window of ``--records`` lab records (bench/snapshot_be
 
 * ``made_up``: a member at its full share sends pages of 1,000 records, each of a new made-up client (one row each):
   every page is cut from a node holding thousands of clients (after ``--warm`` such pages, so its share is full);
+* ``made_up_alone``: the same, from the only node in the window: its share is the whole window (~29,000 clients);
 * ``normal``: a member sends a page of 100 lab records (its own clients): the window cuts its share back.
 
-Each round times ``--pages`` pages per window (wall ms per page: perf_counter around ``add``), the two windows in
+Each round times ``--pages`` pages per window (CPU ms per page: thread_time around ``add``; on a shared machine wall
+time is mostly waiting), the two windows in
 alternating order; the median and range over all pages are printed with the load average. At the end both windows
 must hold the same rows (an assertion: the figures are of the same work).
 
@@ -29,6 +31,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+
+
+CASES = ("made_up", "made_up_alone", "normal")
 
 
 def made_up_page(page: int, n: int = 1000) -> list[Any]:
@@ -56,11 +61,17 @@ def run(records: int, rounds: int, pages: int, warm: int) -> dict[str, Any]:
     from tests.unit.request_window_reference import ReferenceWindow
 
     out: dict[str, Any] = {"records": records, "rounds": rounds, "pages": pages}
-    for case in ("made_up", "normal"):
-        windows = {"reference": full_window(ReferenceWindow, records), "kept": full_window(RequestWindow, records)}
+    for case in CASES:
+        if case == "made_up_alone":  # the member's share is the whole window: ~29,000 one-row clients (bytes bind)
+            windows = {"reference": ReferenceWindow(records, 600.0, 60.0), "kept": RequestWindow(records, 600.0, 60.0)}
+            for w in windows.values():
+                for k in range(records // 1000):
+                    w.add("n9", made_up_page(-1 - k), 1060.0)
+        else:
+            windows = {"reference": full_window(ReferenceWindow, records), "kept": full_window(RequestWindow, records)}
         times: dict[str, list[float]] = {name: [] for name in windows}
         pages_of = {name: iter(range(1, 10**9)) for name in windows}  # each window gets the same pages in turn
-        make = made_up_page if case == "made_up" else (lambda k: lab(100, seed=10_000 + k))
+        make = made_up_page if case.startswith("made_up") else (lambda k: lab(100, seed=10_000 + k))
         for name, w in windows.items():
             for _ in range(warm):
                 w.add("n9", make(next(pages_of[name])), 1060.0)
@@ -68,9 +79,9 @@ def run(records: int, rounds: int, pages: int, warm: int) -> dict[str, Any]:
             for name in list(windows) if r % 2 == 0 else list(reversed(windows)):
                 for _ in range(pages):
                     page = make(next(pages_of[name]))
-                    t0 = time.perf_counter()
+                    t0 = time.thread_time()
                     windows[name].add("n9", page, 1060.0)
-                    times[name].append((time.perf_counter() - t0) * 1000)
+                    times[name].append((time.thread_time() - t0) * 1000)
         a, b = windows.values()
         assert [(n, list(rows)) for n, rows in a.records().groups] == [(n, list(r)) for n, r in b.records().groups]
         assert (len(a), a.nbytes) == (len(b), b.nbytes)
@@ -94,11 +105,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps(out, indent=1))
     else:
-        for case in ("made_up", "normal"):
+        for case in CASES:
             for name, t in out[case].items():
                 if isinstance(t, dict):
-                    print(f"{case:8} {name:11} median {t['median_ms']:.2f} ms  ({t['min_ms']:.2f}-{t['max_ms']:.2f})")
-            print(f"{case:8} the member holds {out[case]['clients_of_the_member']} clients")
+                    print(f"{case:13} {name:11} median {t['median_ms']:.2f} ms  ({t['min_ms']:.2f}-{t['max_ms']:.2f})")
+            print(f"{case:13} the member holds {out[case]['clients_of_the_member']} clients")
         print("load average", " ".join(f"{x:.2f}" for x in out["loadavg"]))
     return 0
 
