@@ -18,7 +18,10 @@ at or under the level the cut ends at keeps every record, so the placement still
 oldest rows whoever they were: one client's newer flood pushed every other client of its node out of the window,
 and their streams out of the placement (``test_one_clients_flood_through_a_node_*``). Client ids are what the
 serving node recorded (at most ``max_clients_per_address`` per address, agent/client_ids.py); a member that makes
-up clients only spreads its own node's share thinner, since nodes are cut first.
+up clients only spreads its own node's share thinner, since nodes are cut first. The client holding the most is the
+top of a heap per node (by rows, and by bytes), kept across pages: a row cut is O(log clients), so a member's
+thousands of made-up clients do not make each of its pages cost their number (tidy12's first cut built its heap from
+the node's clients every time; tests/unit/request_window_reference.py keeps it, and the two must cut alike).
 
 Records are kept packed, one ``bytes`` row each (agent/packed_records.py): a full window of 50,000 is a few MiB, not
 ~70; expiry and trimming read only the rows' stamps and lengths, and ``records()`` hands out a view that unpacks on
