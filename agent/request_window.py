@@ -18,7 +18,10 @@ at or under the level the cut ends at keeps every record, so the placement still
 oldest rows whoever they were: one client's newer flood pushed every other client of its node out of the window,
 and their streams out of the placement (``test_one_clients_flood_through_a_node_*``). Client ids are what the
 serving node recorded (at most ``max_clients_per_address`` per address, agent/client_ids.py); a member that makes
-up clients only spreads its own node's share thinner, since nodes are cut first.
+up clients only spreads its own node's share thinner, since nodes are cut first. The client holding the most is the
+top of a heap per node (by rows, and by bytes), kept across pages: a row cut is O(log clients), so a member's
+thousands of made-up clients do not make each of its pages cost their number (tidy12's first cut built its heap from
+the node's clients every time; tests/unit/request_window_reference.py keeps it, and the two must cut alike).
 
 Records are kept packed, one ``bytes`` row each (agent/packed_records.py): a full window of 50,000 is a few MiB, not
 ~70; expiry and trimming read only the rows' stamps and lengths, and ``records()`` hands out a view that unpacks on
@@ -29,7 +32,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Collection, Iterable
-from heapq import heapify, heappop, heapreplace
+from heapq import heapify, heappop, heappush, heapreplace
 from itertools import compress, count, repeat
 from operator import add, mul, neg
 
@@ -39,11 +42,14 @@ from agent.placement import RequestRecord
 MAX_WINDOW_BYTES = 16 * 1024 * 1024  # the default budget: a full window of 50,000 lab records (ten nodes) is ~11 MiB
 ROW_OVERHEAD = 48  # what holding a row costs beyond its length: the bytes object's header (33) and its list slot
 # ... and a client's rows held apart: its list (88), its entries and size (an int) in the node's two dicts, its id's
-# entry among the interned strings (that table grows to ~3x the ids held: the window keeps a made-up id alive); the
-# id itself is counted by its size
-CLIENT_OVERHEAD = 384
+# entry among the interned strings (that table grows to ~3x the ids held: the window keeps a made-up id alive), its
+# first-seen order (an int, its entry in a third dict) and its entries in the node's cut heaps (a tuple and two ints
+# each): ~200 more than before the heaps were kept (384); measured with tracemalloc, a node of 24,000 one-row made-up
+# clients holds 15.7 MiB against its 16 MiB; the id itself is counted by its size
+CLIENT_OVERHEAD = 512
 
 Rows = dict[str, list[bytes]]  # one node's rows: client -> its packed rows, in arrival order
+STALE_SLACK = 64  # a node's cut heap is rebuilt once it would hold over twice its clients' entries and this many
 
 
 def held_bytes(rows: Collection[bytes]) -> int:
@@ -91,6 +97,9 @@ class RequestWindow:
         self._count_of: dict[str, int] = {}  # node -> its rows
         self._bytes_of: dict[str, int] = {}  # node -> node_bytes of its rows
         self._client_bytes: dict[str, dict[str, int]] = {}  # node -> client -> its rows' bytes and client_cost
+        self._seen = count()  # clients' first-seen order: the cut's tie-break (a node's dict order, as numbers)
+        self._order: dict[str, dict[str, int]] = {}  # node -> client -> when it was first seen (in the node's rows)
+        self._heaps: dict[str, list[ClientHeap | None]] = {}  # node -> [by rows, by bytes], made on its first cut
         self._size = 0
         self._bytes = 0
 
@@ -132,15 +141,18 @@ class RequestWindow:
         if kept:
             clients = self._by_node.setdefault(node, {})
             sizes = self._client_bytes.setdefault(node, {})
+            order = self._order.setdefault(node, {})
             added = held_bytes(kept)
             for client, row in zip(clients_of, kept, strict=True):
                 rows = clients.get(client)
                 if rows is None:
                     rows = clients[client] = []
                     sizes[client] = cost = client_cost(client)
+                    order[client] = next(self._seen)
                     added += cost
                 rows.append(row)
                 sizes[client] += len(row) + ROW_OVERHEAD
+            self._changed(node, clients_of, (0, 1))
             self._count_of[node] = self._count_of.get(node, 0) + len(kept)
             self._bytes_of[node] = self._bytes_of.get(node, 0) + added
             self._size += len(kept)
@@ -161,8 +173,9 @@ class RequestWindow:
                 changed = True
                 if kept:
                     clients[client] = kept  # in its place: the clients' order (the cut's tie-break) holds
+                    self._changed(node, (client,), (0, 1))
                 else:
-                    del clients[client]
+                    del clients[client], self._order[node][client]  # its heap entries go stale
             if changed:
                 self._recount_node(node)
         self._totals()
@@ -181,6 +194,8 @@ class RequestWindow:
             for row in rows:
                 self._by_node.setdefault(node, {}).setdefault(row_client(row), []).append(row)
         self._count_of, self._bytes_of, self._client_bytes = {}, {}, {}
+        self._order = {n: dict(zip(clients, self._seen, strict=False)) for n, clients in self._by_node.items()}
+        self._heaps = {}
         for node in list(self._by_node):
             self._recount_node(node)
         self._totals()
@@ -188,10 +203,8 @@ class RequestWindow:
             self._trim()
 
     def clear(self) -> None:
-        self._by_node.clear()
-        self._count_of.clear()
-        self._bytes_of.clear()
-        self._client_bytes.clear()
+        for per_node in (self._by_node, self._count_of, self._bytes_of, self._client_bytes, self._order, self._heaps):
+            per_node.clear()
         self._size = self._bytes = 0
 
     def _recount_node(self, node: str) -> None:
@@ -202,9 +215,28 @@ class RequestWindow:
             self._client_bytes[node] = dict(zip(clients, client_sizes(clients, by_bytes=True), strict=True))
             self._bytes_of[node] = sum(self._client_bytes[node].values())
         else:
-            del self._by_node[node]
-            for counts in (self._count_of, self._bytes_of, self._client_bytes):
-                counts.pop(node, None)
+            self._drop_node(node)
+
+    def _drop_node(self, node: str) -> None:
+        """Forget ``node``: it holds no rows."""
+        for per_node in (self._by_node, self._count_of, self._bytes_of, self._client_bytes, self._order, self._heaps):
+            per_node.pop(node, None)
+
+    def _changed(self, node: str, clients: Iterable[str], kinds: tuple[int, ...]) -> None:
+        """``clients`` of ``node`` hold other rows now: their entries in its heaps of these kinds (0: by rows, 1: by
+        bytes) are stale, and they are pushed again before the next cut (a set update: C-level). A heap whose
+        changed clients would take it past its bound is dropped instead (made again whole at the next cut), so a
+        node that is not cut for a while holds no more than that."""
+        heaps = self._heaps.get(node)
+        if heaps is None:
+            return  # no cut yet: its heaps will be made from what it then holds
+        bound = 2 * len(self._by_node[node]) + STALE_SLACK
+        for kind in kinds:
+            heap = heaps[kind]
+            if heap is not None:
+                heap.changed.update(clients)
+                if len(heap.entries) + len(heap.changed) > bound:
+                    heaps[kind] = None
 
     def _totals(self) -> None:
         self._size = sum(self._count_of.values())
@@ -232,20 +264,21 @@ class RequestWindow:
     def _cut(self, node: str, keep: int, by_bytes: bool) -> None:
         """Cut ``node`` to ``keep`` rows (or bytes) one row at a time: the oldest of the client holding the most (of
         equals, the one seen first), so a client's flood costs its own rows and the node's other clients keep
-        theirs while they hold less. Only clients above the water level (``fair_cap`` of the clients' holdings)
-        can be the most while the node is over ``keep``: a heap of those, built by C-level iteration from the clients'
-        sizes (kept per client, bytes included), then O(rows cut x log clients)."""
-        clients = self._by_node[node]
-        sizes = list(self._client_bytes[node].values()) if by_bytes else list(map(len, clients.values()))
-        level = fair_cap(sorted(sizes), keep)
-        heap = list(compress(zip(map(neg, sizes), count(), clients), map(level.__lt__, sizes)))
-        heapify(heap)
-        rows_left, nbytes = self._count_of[node], self._bytes_of[node]
+        theirs while they hold less. The client holding the most is the top of the node's heap (``_cut_heap``), kept
+        across pages: each row cut is O(log clients), not a pass over the node's clients (tidy12's cut built its heap
+        from them every time: a member's page of 1,000 made-up clients against a full share took 24-33 ms)."""
+        clients, order = self._by_node[node], self._order[node]
         sizes_now = self._client_bytes[node]
+        heap = self._cut_heap(node, by_bytes)
+        rows_left, nbytes = self._count_of[node], self._bytes_of[node]
         dropped: dict[str, int] = {}  # client -> rows cut from its front
         while (nbytes if by_bytes else rows_left) > keep and heap:
             size, i, client = heap[0]
-            rows, k = clients[client], dropped.get(client, 0)
+            rows, k = clients.get(client), dropped.get(client, 0)
+            if rows is None or k == len(rows) or order[client] != i or -size != (sizes_now[client] if by_bytes
+                                                                                    else len(rows) - k):  # fmt: skip
+                heappop(heap)  # stale: the client has gone, or holds another size now
+                continue
             cost = len(rows[k]) + ROW_OVERHEAD
             dropped[client] = k = k + 1
             rows_left, nbytes = rows_left - 1, nbytes - cost
@@ -257,13 +290,59 @@ class RequestWindow:
                 heapreplace(heap, (size + (cost if by_bytes else 1), i, client))
         for client, k in dropped.items():
             if k == len(clients[client]):
-                del clients[client], sizes_now[client]
+                del clients[client], sizes_now[client], order[client]  # its entries in the other heap go stale
             else:
                 del clients[client][:k]
-        if clients:
-            self._count_of[node], self._bytes_of[node] = rows_left, nbytes
+        if not clients:
+            self._drop_node(node)
+            return
+        self._count_of[node], self._bytes_of[node] = rows_left, nbytes
+        self._changed(node, [c for c in dropped if c in clients], (0,) if by_bytes else (1,))  # this heap knows
+
+    def _cut_heap(self, node: str, by_bytes: bool) -> CutEntries:
+        """``node``'s heap of (-held, first seen, client), by rows or by bytes, such that every client it holds has an
+        entry for what it holds now (entries of what it held before are skipped when they come up). Made on the
+        node's first cut of that kind (from the clients' sizes, C-level iteration); then the clients whose
+        holdings changed since are pushed again, O(log clients) each, once per cut however many of their rows came;
+        made again whole once stale entries would outnumber the live ones (``_changed``), so a heap holds at most
+        about twice the node's clients, and a rebuild is paid for by the pushes before it."""
+        clients, order = self._by_node[node], self._order[node]
+        heaps = self._heaps.setdefault(node, [None, None])
+        kind = 1 if by_bytes else 0
+        heap = heaps[kind]
+        if heap is None or len(heap.entries) + len(heap.changed) > 2 * len(clients) + STALE_SLACK:
+            sizes = map(self._client_bytes[node].__getitem__, clients) if by_bytes else map(len, clients.values())
+            heap = heaps[kind] = ClientHeap(list(zip(map(neg, sizes), map(order.__getitem__, clients), clients,
+                                                     strict=True)))  # fmt: skip
+            return heap.entries
+        entries = heap.entries
+        if by_bytes:
+            size_of = self._client_bytes[node]
+            for c in heap.changed:
+                if c in clients:  # else gone: its entries are stale
+                    heappush(entries, (-size_of[c], order[c], c))
         else:
-            del self._by_node[node], self._count_of[node], self._bytes_of[node], self._client_bytes[node]
+            for c in heap.changed:
+                rows = clients.get(c)
+                if rows is not None:
+                    heappush(entries, (-len(rows), order[c], c))
+        heap.changed.clear()
+        return entries
+
+
+CutEntries = list[tuple[int, int, str]]  # (-held, first-seen order, client): the one holding the most first
+
+
+class ClientHeap:
+    """One node's clients by what they hold (rows, or bytes), the one holding the most on top, kept across cuts;
+    ``changed``: the clients whose entries are stale, to be pushed again before the next cut."""
+
+    __slots__ = ("changed", "entries")
+
+    def __init__(self, entries: CutEntries) -> None:
+        heapify(entries)
+        self.entries = entries
+        self.changed: set[str] = set()
 
 
 def fair_cap(lengths: list[int], total: int) -> int:
