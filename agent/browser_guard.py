@@ -41,7 +41,8 @@ from urllib.parse import urlsplit
 
 HOST_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,252}")  # a DNS name as a Host header carries it
 DEFAULT_PORTS = {"http": 80, "https": 443}
-PAGES = frozenset({"/", "/ui"})  # what another site may link to (agent/observe.py: the cluster page)
+PAGES = frozenset({"/", "/ui", "/ui/"})  # what another site may link to (agent/observe.py: the cluster page;
+# /ui/ redirects to /ui)
 HOST_CACHE = 1024  # distinct (Host header, scheme, rule) verdicts remembered
 GUARDED = frozenset({b"host", b"origin", b"sec-fetch-site", b"sec-fetch-mode"})
 
@@ -109,8 +110,10 @@ def split_authority(authority: str, scheme: str) -> tuple[str, int] | None:
 
 
 def is_ip_literal(host: str) -> bool:
+    """An IP address as it stands (an IPv6 zone is Python's to accept: ``fe80::1%eth0``; ``127.0.0.1%evil.example``
+    is not an address, review12e)."""
     try:
-        ipaddress.ip_address(host.split("%", 1)[0])
+        ipaddress.ip_address(host)
     except ValueError:
         return False
     return True
