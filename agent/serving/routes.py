@@ -15,6 +15,7 @@ included, passes through unchanged (binary tensor bodies and ``Inference-Header-
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
@@ -54,6 +55,7 @@ UPSTREAM_OWN = {"date", "server"}
 SAFE_PATH = "/:%"  # the HTTP layer decoded the path once: re-quote the rest (label "a b" goes as "a%20b")
 SMALL_BODY = 64 * 1024  # an answer up to this size is sent in one piece; larger ones are streamed
 ERROR_TEXT_MAX = 2048  # of a non-JSON upstream error, kept as the message
+ERROR_READ_S = 5.0  # at most this long reading it (the pool's timeout is per read: a trickle could last hours)
 ALL_METHODS = ["GET", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"]
 PROTOCOLS = {"tfserving": "v1", "triton": "v2"}
 
@@ -351,9 +353,12 @@ class ServingRoutes:
         protocol's error body (upstream_error_message)."""
         text = b""
         try:
-            async for chunk in upstream.aiter_body():
-                text += chunk[: ERROR_TEXT_MAX - len(text)]
-        except UpstreamError:
+            async with asyncio.timeout(ERROR_READ_S):  # a server trickling its error page holds no handler for long
+                async for chunk in upstream.aiter_body():
+                    text += chunk[: ERROR_TEXT_MAX - len(text)]
+                    if len(text) >= ERROR_TEXT_MAX:
+                        break  # the rest is never read: the connection is closed, not reused
+        except (UpstreamError, TimeoutError):
             pass
         finally:
             self.inflight.end(token)

@@ -8,6 +8,7 @@ proxy used to end the client's chunked answer normally (a complete 200 with half
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import threading
@@ -25,6 +26,7 @@ from agent.api import create_app
 from agent.cli import server_config
 from agent.node import NodeAgent
 from agent.runtime.base import Instance
+from agent.serving import routes
 from agent.settings import Settings
 from agent.telemetry import outcome_of
 from tests.service.conftest import free_port
@@ -72,6 +74,17 @@ class BreaksOff:
                         parser = h11.Connection(h11.SERVER)
                         continue
                     head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                    if self.mode in ("trickled error", "endless error"):  # an error page that never ends
+                        conn.sendall(b"HTTP/1.1 500 Oops\r\nContent-Type: text/html\r\n")
+                        conn.sendall(b"Transfer-Encoding: chunked\r\n\r\n")
+                        with contextlib.suppress(OSError):
+                            while True:
+                                if self.mode == "trickled error":
+                                    conn.sendall(b"1\r\nx\r\n")
+                                    time.sleep(0.2)
+                                else:
+                                    conn.sendall(b"4000\r\n" + b"<p>" * 5461 + b"p\r\n")
+                        return
                     if self.mode == "chunked":
                         conn.sendall(head + b"Transfer-Encoding: chunked\r\n\r\n%x\r\n%s\r\n" % (len(PART), PART))
                     else:
@@ -107,7 +120,11 @@ class Listed:
 
 @pytest.fixture(params=["chunked", "small", "large"])
 def proxied(request: Any, tmp_path: Path) -> Iterator[tuple[str, int, NodeAgent]]:
-    upstream = BreaksOff(request.param)
+    yield from _proxied_to(request.param, tmp_path)
+
+
+def _proxied_to(mode: str, tmp_path: Path) -> Iterator[tuple[str, int, NodeAgent]]:
+    upstream = BreaksOff(mode)
     port = free_port()
     settings = Settings(node_id="n1", host="127.0.0.1", port=port, data_dir=str(tmp_path), discovery=False)
     agent = NodeAgent(settings, runtime=Listed(f"http://127.0.0.1:{upstream.port}"))
@@ -117,7 +134,7 @@ def proxied(request: Any, tmp_path: Path) -> Iterator[tuple[str, int, NodeAgent]
     thread.start()
     wait_for(lambda: server.started, timeout=20)
     try:
-        yield request.param, port, agent
+        yield mode, port, agent
     finally:
         server.should_exit = True
         thread.join(15)
@@ -166,3 +183,17 @@ def test_a_server_that_breaks_off_its_answer_never_reaches_the_client_as_a_compl
     metrics = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
     counted = [line for line in metrics.splitlines() if line.startswith("peerserve_inference_requests_total{")]
     assert len(counted) == 1 and f'outcome="{outcome_of(502)}"' in counted[0]  # the metrics say so too
+
+
+@pytest.mark.parametrize("mode", ["trickled error", "endless error"])
+def test_an_error_page_that_never_ends_is_answered_in_bounded_time(
+    mode: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A server's non-JSON error is read for its first ERROR_TEXT_MAX bytes within ERROR_READ_S (review12e: the
+    pool's timeout is per read, so a trickled error page held the client's handler for as long as it went on)."""
+    monkeypatch.setattr(routes, "ERROR_READ_S", 1.0)
+    for _mode, port, _agent in _proxied_to(mode, tmp_path):
+        began = time.monotonic()
+        status, body, ended = _predict(port)
+        assert (status, ended) == (500, "complete") and time.monotonic() - began < 10
+        assert json.loads(body)["error"].startswith("model server answered HTTP 500")
