@@ -59,6 +59,7 @@ PIN_LIMIT = 4096  # node ids pinned to keys
 # and a rewrite of the whole file on the event loop (2.8 ms at 4,000 pins here; tens of ms on an SD card)
 PIN_FIRST_PER_MIN = 8.0
 PIN_FIRST_BURST = 16
+RELAYED = "(relayed)"  # the budget key of signers first met in a statement another member relays (leases, proofs)
 PIN_SOURCES = 1024  # source addresses whose budget is remembered (least recently used dropped: starts full again)
 CARD_CACHE = 1024  # verified cards kept (saves one signature check per message)
 _EPOCH = datetime.datetime(2020, 1, 1, tzinfo=datetime.timezone.utc)
@@ -306,8 +307,8 @@ class Pins:
 
     def _spend_first_contact(self, source: str, now: float) -> None:
         """One first contact from ``source``, or AuthError 429 with the seconds until it has one again. Checked
-        before the lock and the write: a refused contact costs neither. "" (no address: a detached statement, an
-        answer to our own request) and loopback addresses are not budgeted."""
+        before the lock and the write: a refused contact costs neither. "" (no address: an answer to our own
+        request, the certificate of a listener we connect to) and loopback addresses are not budgeted."""
         if not source or _is_loopback(source) or self.first_contacts.allow(source, now):
             return
         wait = max(1, math.ceil(self.first_contacts.wait(source, now)))
@@ -473,11 +474,13 @@ class Identity:
         return self.card_text, b64(self.key.sign(data))
 
     # -- receiving -----------------------------------------------------------------------------------
-    def verify_detached(self, card_text: str, signature: str, data: bytes) -> str:
-        """The node whose certified key signed ``data`` (its card issued by our cluster CA, pinned); AuthError."""
+    def verify_detached(self, card_text: str, signature: str, data: bytes, now: float | None = None) -> str:
+        """The node whose certified key signed ``data`` (its card issued by our cluster CA, pinned); AuthError.
+        With ``now`` (wall clock), a signer met here for the first time spends the one budget all relayed
+        statements share (``RELAYED``): a member relaying statements of minted ids pins no more than one address."""
         card = self._card({wire.H_CARD: card_text})
         _check_signature(card, {wire.H_SIGNATURE: signature}, data)
-        self.pins.check(card.node_id, card.public_key)
+        self.pins.check(card.node_id, card.public_key, RELAYED if now is not None else "", now or 0.0)
         return card.node_id
 
     def verify_request(

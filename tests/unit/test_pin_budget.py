@@ -128,3 +128,20 @@ def test_minted_ids_from_one_address_get_429_with_retry_after_on_both_peer_route
     pinned = read_pins(tmp_path / "f" / "peer" / "pins.json")
     assert len(pinned) == 50 + PIN_FIRST_BURST
     assert f"m{PIN_FIRST_BURST}" not in pinned and "s0" not in pinned
+
+
+def test_signers_first_met_in_relayed_statements_share_one_budget() -> None:
+    """A member relaying leases or suspect proofs signed by minted ids pins no more of them than one address:
+    they all spend the ``RELAYED`` budget (the SWIM callers pass the wall clock); a signer pinned before is not."""
+    token = "relayed-budget-cluster-token-0123456789"
+    us = Identity("b", token, None)
+    signers = [Identity(f"minted-{i}", token, None) for i in range(PIN_FIRST_BURST + 1)]
+    data = b"a lease or a proof"
+    for s in signers[:PIN_FIRST_BURST]:
+        assert us.verify_detached(*s.sign_detached(data), data, 1000.0) == s.node_id
+    with pytest.raises(AuthError) as info:
+        us.verify_detached(*signers[-1].sign_detached(data), data, 1000.0)
+    assert info.value.status == 429 and info.value.retry_after == 8
+    assert signers[-1].node_id not in us.pins._pins
+    assert us.verify_detached(*signers[0].sign_detached(data), data, 1000.0) == "minted-0"  # pinned: no budget
+    us.pins.check("direct", KEY, "192.0.2.1", 1000.0)  # an address's own budget is untouched
