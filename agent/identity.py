@@ -21,8 +21,10 @@ import contextlib
 import datetime
 import fcntl
 import heapq
+import ipaddress
 import json
 import logging
+import math
 import os
 import secrets
 from collections import OrderedDict
@@ -37,6 +39,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.x509.oid import NameOID
 
+from agent.rate_limit import SenderBuckets
 from peerserve import wire
 
 log = logging.getLogger(__name__)
@@ -50,6 +53,14 @@ NONCE_PER_SENDER = 4096  # of them, one sender's (~68 messages/s to one node): p
 # when many agents share one loopback address)
 NONCE_PER_SOURCE = NONCE_CACHE // 4
 PIN_LIMIT = 4096  # node ids pinned to keys
+# first-contact pins one source address may make: a burst (a board meeting a shelf of new members at once), then a
+# rate; past it that address waits (429 + Retry-After) before anything is written. Without it one token holder minted
+# ids until the table was full (403 for every new board until an operator ran `pins forget`), each costing an fsync
+# and a rewrite of the whole file on the event loop (2.8 ms at 4,000 pins here; tens of ms on an SD card)
+PIN_FIRST_PER_MIN = 8.0
+PIN_FIRST_BURST = 16
+RELAYED = "(relayed)"  # the budget key of signers first met in a statement another member relays (leases, proofs)
+PIN_SOURCES = 1024  # source addresses whose budget is remembered (least recently used dropped: starts full again)
 CARD_CACHE = 1024  # verified cards kept (saves one signature check per message)
 _EPOCH = datetime.datetime(2020, 1, 1, tzinfo=datetime.timezone.utc)
 _FAR = datetime.datetime(2120, 1, 1, tzinfo=datetime.timezone.utc)
@@ -58,9 +69,10 @@ _FAR = datetime.datetime(2120, 1, 1, tzinfo=datetime.timezone.utc)
 class AuthError(Exception):
     """Not authentic, not for this node, stale or replayed; ``status`` is the HTTP answer."""
 
-    def __init__(self, message: str, status: int = 401) -> None:
+    def __init__(self, message: str, status: int = 401, retry_after: int | None = None) -> None:
         super().__init__(message)
         self.status = status
+        self.retry_after = retry_after  # whole seconds, for a Retry-After header (429)
 
 
 def b64(data: bytes) -> str:
@@ -248,21 +260,31 @@ class Pins:
     pinned for the first time while it is there (its ids might be in it); a running agent keeps the pins it
     read before. Writes are fsynced, so a power cut leaves the old file or the new one, never a torn one."""
 
-    def __init__(self, path: Path | None, limit: int = PIN_LIMIT) -> None:
+    def __init__(
+        self,
+        path: Path | None,
+        limit: int = PIN_LIMIT,
+        first_per_min: float = PIN_FIRST_PER_MIN,
+        first_burst: int = PIN_FIRST_BURST,
+    ) -> None:
         self.path = path
         self.limit = limit
+        # per source address; loopback is exempt (this board itself, and the test bed's agents sharing 127.0.0.1)
+        self.first_contacts = SenderBuckets(first_per_min / 60.0, first_burst, PIN_SOURCES)
         self._pins: dict[str, bytes] = {}
         self._stamp: tuple[int, int, int] | None = None
         self._damaged: DamagedPinFile | None = None
         self._unreadable: str | None = None  # the last read failed (EMFILE, EIO...): retried at every check
         self._refresh()
 
-    def check(self, node_id: str, public_key: bytes) -> None:
+    def check(self, node_id: str, public_key: bytes, source: str = "", now: float = 0.0) -> None:
         """Pin on first contact; raises AuthError when ``node_id`` is pinned to another key, or is not pinned
-        and the pin file is damaged (DamagedPinFile), or the new pin cannot be written now (503: retry)."""
+        and the pin file is damaged (DamagedPinFile), or the new pin cannot be written now (503: retry), or
+        ``source`` (the address it came from, at wall-clock ``now``) has spent its first-contact budget (429)."""
         self._refresh()
         if self._known(node_id, public_key):
             return
+        self._spend_first_contact(source, now)
         try:
             with _folder_lock(self.path):
                 self._refresh()
@@ -282,6 +304,15 @@ class Pins:
                 log.info("pinned node %s to key %s", node_id, public_key.hex()[:16])
         except OSError as exc:  # disk full, I/O error, out of descriptors: not pinned, this contact waits (503)
             raise AuthError(f"this board cannot write its pin file right now ({str(exc)[:200]}); retry", 503) from exc
+
+    def _spend_first_contact(self, source: str, now: float) -> None:
+        """One first contact from ``source``, or AuthError 429 with the seconds until it has one again. Checked
+        before the lock and the write: a refused contact costs neither. "" (no address: an answer to our own
+        request, the certificate of a listener we connect to) and loopback addresses are not budgeted."""
+        if not source or _is_loopback(source) or self.first_contacts.allow(source, now):
+            return
+        wait = max(1, math.ceil(self.first_contacts.wait(source, now)))
+        raise AuthError(f"too many new node ids from {source}; retry in {wait} s", 429, wait)
 
     def _known(self, node_id: str, public_key: bytes) -> bool:
         """True when pinned to ``public_key``, False when not pinned; AuthError when pinned to another."""
@@ -307,6 +338,13 @@ class Pins:
             self._unreadable = str(exc)[:200]
             return
         self._pins, self._stamp, self._damaged, self._unreadable = pins, stamp, None, None
+
+
+def _is_loopback(source: str) -> bool:
+    try:
+        return ipaddress.ip_address(source).is_loopback
+    except ValueError:  # not an address (a test client's name): budgeted like any other source
+        return False
 
 
 def _stamp_of(path: Path | None) -> tuple[int, int, int] | None:
@@ -397,7 +435,14 @@ class Signed:
 class Identity:
     """This node's keys, certificates and verifier, made from the token and the data dir."""
 
-    def __init__(self, node_id: str, token: str, data_dir: Path | None) -> None:
+    def __init__(
+        self,
+        node_id: str,
+        token: str,
+        data_dir: Path | None,
+        pin_first_per_min: float = PIN_FIRST_PER_MIN,
+        pin_first_burst: int = PIN_FIRST_BURST,
+    ) -> None:
         self.node_id = node_id
         ca = derive_ca_key(token)
         self.ca_public = ca.public_key()
@@ -405,7 +450,8 @@ class Identity:
         self.public_key = _raw(self.key.public_key())
         self.card = Card.issue(ca, node_id, self.public_key)
         self.card_text = self.card.encode()
-        self.pins = Pins(data_dir / "peer" / "pins.json" if data_dir else None)
+        pins_path = data_dir / "peer" / "pins.json" if data_dir else None
+        self.pins = Pins(pins_path, first_per_min=pin_first_per_min, first_burst=pin_first_burst)
         self.nonces = NonceCache()
         self._cards: OrderedDict[str, Card] = OrderedDict()
         self.tls_files = _write_tls_files(data_dir / "peer", ca, self.key, node_id) if data_dir else None
@@ -428,11 +474,13 @@ class Identity:
         return self.card_text, b64(self.key.sign(data))
 
     # -- receiving -----------------------------------------------------------------------------------
-    def verify_detached(self, card_text: str, signature: str, data: bytes) -> str:
-        """The node whose certified key signed ``data`` (its card issued by our cluster CA, pinned); AuthError."""
+    def verify_detached(self, card_text: str, signature: str, data: bytes, now: float | None = None) -> str:
+        """The node whose certified key signed ``data`` (its card issued by our cluster CA, pinned); AuthError.
+        With ``now`` (wall clock), a signer met here for the first time spends the one budget all relayed
+        statements share (``RELAYED``): a member relaying statements of minted ids pins no more than one address."""
         card = self._card({wire.H_CARD: card_text})
         _check_signature(card, {wire.H_SIGNATURE: signature}, data)
-        self.pins.check(card.node_id, card.public_key)
+        self.pins.check(card.node_id, card.public_key, RELAYED if now is not None else "", now or 0.0)
         return card.node_id
 
     def verify_request(
@@ -448,7 +496,7 @@ class Identity:
         signed = wire.request_signing_bytes(card.node_id, self.node_id, method, target, body, ts, nonce)
         _check_signature(card, headers, signed)
         _check_fresh(ts, now)
-        self.pins.check(card.node_id, card.public_key)
+        self.pins.check(card.node_id, card.public_key, source, now)
         self.nonces.use(nonce, now, card.node_id, source)
         return card.node_id
 

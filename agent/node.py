@@ -161,8 +161,10 @@ class NodeAgent:
             timeout=httpx.Timeout(30.0, connect=2.0), limits=httpx.Limits(max_keepalive_connections=64)
         )
         # The peer plane exists only with a cluster token: identity, keys and admission all derive from it.
-        self.identity = Identity(settings.node_id, settings.cluster_token, Path(settings.data_dir)) if (
-            settings.cluster_token) else None  # fmt: skip
+        self.identity = Identity(
+            settings.node_id, settings.cluster_token, Path(settings.data_dir),
+            settings.pin_first_contact_per_min, settings.pin_first_contact_burst,
+        ) if settings.cluster_token else None  # fmt: skip
         self.peer_client = PeerClient(self.identity, self._peer_route) if self.identity else None
         self.peer_server: Any = None
         self.discovery: Discovery | None = None

@@ -118,7 +118,8 @@ def create_peer_app(agent: NodeAgent, identity: Identity) -> FastAPI:
     async def auth_error(request: Request, exc: AuthError) -> JSONResponse:
         host = request.client.host if request.client else "?"
         log.warning("refused a peer message from %s to %s: %s", host, request.url.path, exc)
-        return JSONResponse({"error": str(exc)}, status_code=exc.status)
+        headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after is not None else None
+        return JSONResponse({"error": str(exc)}, status_code=exc.status, headers=headers)
 
     @app.get(wire.ROUTE_STATE)
     async def peer_state(request: Request) -> Response:

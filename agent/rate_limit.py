@@ -45,5 +45,13 @@ class SenderBuckets:
         self.refused += 1
         return False
 
+    def wait(self, sender: str, now: float) -> float:
+        """Seconds until ``sender`` has a token again (0 when it has one now); does not spend one."""
+        b = self._buckets.get(sender)
+        if b is None:
+            return 0.0
+        tokens = min(self.burst, b.tokens + max(0.0, now - b.at) * self.rate)
+        return max(0.0, (1.0 - tokens) / self.rate)
+
     def __len__(self) -> int:
         return len(self._buckets)

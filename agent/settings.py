@@ -86,6 +86,10 @@ class Settings:
     # a third party's "dead" acts at once (probe, one miss kills) only from this many proven declarers; 0: from any
     # member's word (the rule before: docs/security.md, SwimConfig.dead_quorum)
     dead_quorum: int = 2
+    # new node ids one source address may pin here (first contact): a burst, then a rate (agent/identity.py Pins);
+    # loopback addresses are not budgeted
+    pin_first_contact_per_min: float = 8.0
+    pin_first_contact_burst: int = 16
     priority: int = 0
     election_heartbeat_s: float = 0.3
     election_timeout_s: float = 1.2
@@ -189,6 +193,8 @@ def validate(s: Settings) -> None:
         raise ConfigError("instance_concurrency", "must be 1-1024 requests at once, or 0 for the node's cores")
     if s.suspicion_mult < 1:
         raise ConfigError("suspicion_mult", "must be at least 1 (suspicion shorter than a period flaps)")
+    if not (s.pin_first_contact_per_min > 0 and 1 <= s.pin_first_contact_burst <= 4096):
+        raise ConfigError("pin_first_contact_per_min", "must be positive, with pin_first_contact_burst 1-4096")
     if not 0 <= s.dead_quorum <= 16:
         raise ConfigError("dead_quorum", "must be 0 (any member's word) or 1-16 proven declarers")
     if s.election_timeout_s <= 3 * s.election_heartbeat_s:

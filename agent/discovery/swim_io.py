@@ -186,7 +186,9 @@ class SwimDriver:
             self.core.take_lease(lease, msg.node_id, self.on_lease(lease) if self.on_lease is not None else False)
             return
         try:
-            signer = self.peers.identity.verify_detached(lease.card, lease.signature, lease.signing_bytes())
+            signer = self.peers.identity.verify_detached(
+                lease.card, lease.signature, lease.signing_bytes(), time.time()
+            )
         except AuthError as exc:
             self._say_once(f"lease:{msg.node_id}", "refused a lease of %s relayed by %s: %s", lease.leader,
                            msg.node_id, exc)  # fmt: skip

@@ -182,7 +182,7 @@ class ProofBook:
             self.refused += 1  # refused a moment ago: not verified again
             return False
         try:
-            signer = self.identity.verify_detached(proof.card, proof.signature, proof.signing_bytes())
+            signer = self.identity.verify_detached(proof.card, proof.signature, proof.signing_bytes(), now)
             if signer != proof.origin:
                 raise AuthError(f"signed by {signer}, not by {proof.origin}")
         except AuthError as exc:

@@ -97,7 +97,7 @@ def _impostor(tmp_path: Path, monkeypatch: pytest.MonkeyPatch | None) -> int:
     async def run(client: PeerClient, url: str, node: Node, b: Identity) -> None:
         b.pins.check("a", bytes(32))  # pinned first to another key
         if monkeypatch is not None:  # the pin check switched off: the checker below must see the impostor in
-            monkeypatch.setattr(b.pins, "check", lambda node_id, key: None)
+            monkeypatch.setattr(b.pins, "check", lambda node_id, key, *where: None)
         got.append((await client.call("b", url, "POST", wire.ROUTE_SWIM, body=ping(), direct=True))[0])
 
     serve(tmp_path, run)

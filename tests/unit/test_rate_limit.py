@@ -43,3 +43,13 @@ def test_never_more_than_burst_plus_rate_times_time(gaps: list[float]) -> None:
         now += gap
         allowed += b.allow("m", now)
     assert allowed <= 10 + 5.0 * now + 1e-9
+
+
+def test_wait_says_when_a_token_is_back_without_spending_one() -> None:
+    b = SenderBuckets(0.5, 1)
+    assert b.wait("a", 0.0) == 0.0  # unknown: full
+    assert b.allow("a", 0.0)
+    assert b.wait("a", 0.0) == pytest.approx(2.0)
+    assert b.wait("a", 1.5) == pytest.approx(0.5)
+    assert b.wait("a", 1.5) == pytest.approx(0.5)  # asking spends nothing
+    assert b.allow("a", 2.0)
