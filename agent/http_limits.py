@@ -263,6 +263,12 @@ class AddressBudgets:
         self._held[host] = (budget, users + 1)
         return budget
 
+    def users(self, host: str) -> int:
+        """How many open connections from ``host`` hold its budget: the per-address connection count, kept as
+        connections open and close (a scan of the server's connections per connect was quadratic in them)."""
+        held = self._held.get(host)
+        return 0 if held is None else held[1]
+
     def give(self, host: str) -> None:
         """A connection from ``host`` closed; its budget goes when the last one does."""
         budget, users = self._held[host]
@@ -554,7 +560,10 @@ def limited_protocol(
             self._update_header_deadline()
 
         def _over_address_cap(self, host: str) -> bool:
-            return sum(1 for c in self.connections if _client_host(c) == host) > max_connections_per_address
+            """Whether ``host`` holds more than the cap, this connection included (counted by ``take`` in the parent's
+            ``connection_made``): O(1), where a scan of uvicorn's connection set cost O(open connections) per connect
+            (review12e: 6,000 connects against 2,560 held connections, 7-13 s of loop lag)."""
+            return self.address_budgets.users(host) > max_connections_per_address
 
         def _on_data(self) -> None:
             if self._header_timer is not None:
