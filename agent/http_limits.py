@@ -25,7 +25,13 @@ is parsed), and a body of more than ``max(MIN_CHUNKS, bytes / MIN_CHUNK_BYTES)``
 connection closed (``too_many_chunks``). A sender can still front-load bytes to buy tiny chunks (8 MiB buys
 32,767), so each connection's parsing also has a CPU budget (``ParseBudget``: ``PARSE_SHARE`` of a second,
 ``PARSE_BURST_S`` at once) and all connections from one address share another (``AddressBudgets``); past
-either, the next step waits. The peer port runs the same protocol when httptools is missing.
+either, the next step waits. Behind a NAT one address is many clients, so the address's budget is not first come
+first served (60 throttled senders made an honest 8 MiB upload behind them wait 95-106 s, review12e): each
+connection also has its fair part, ``ADDRESS_SHARE / users`` (at most ``PARSE_SHARE``; a new connection starts it
+one fair burst in debt, so reconnecting buys nothing), and may step on it whatever the address's budget says,
+while the address owes less than ``ADDRESS_DEBT_S``. A connection that spends little never waits on the others;
+every step is charged to the address, so what it takes in all stays ``ADDRESS_SHARE`` a second (plus bursts).
+The peer port runs the same protocol when httptools is missing.
 
 The concurrency limit itself is uvicorn's ``limit_concurrency`` (503 past it), set in agent/cli.py.
 """
@@ -55,7 +61,8 @@ EVENTS_PER_TURN = 128  # ... events it hands out per turn (~1 ms of 1-byte chunk
 PARSE_SHARE = 0.05  # CPU seconds per second one connection's parsing may take, past ...
 PARSE_BURST_S = 0.1  # ... this much at once (an honest 8 MiB upload costs ~10-20 ms here)
 ADDRESS_SHARE = 0.2  # ... and all connections from one address together (64 of them would be 3.2 s a second) ...
-ADDRESS_BURST_S = 0.1  # ... past this much at once
+ADDRESS_BURST_S = 0.1  # ... past this much at once; each connection's fair part of it needs no more (see below) ...
+ADDRESS_DEBT_S = 1.0  # ... while the address owes less than this (a cap on what fair parts may overdraw it)
 MIN_CHUNKS = 256  # chunks any body may use ...
 MIN_CHUNK_BYTES = 256  # ... past which they must average at least this many bytes
 REFUSAL_LINGER_S = 1.0  # a refused client has this long to read its 400; what it still sends is dropped unparsed ...
@@ -246,6 +253,15 @@ class ParseBudget:
         return 0.0 if self.credit >= 0 else -self.credit / self.share
 
 
+def step_wait(own: ParseBudget, address: ParseBudget, fair: ParseBudget, now: float) -> float:
+    """Seconds from ``now`` before a connection may parse again: its ``own`` budget, and the sooner of its
+    ``address``'s budget and its ``fair`` part of it, that one only while the address owes less than
+    ``ADDRESS_DEBT_S`` (each step is charged to all three)."""
+    address_wait = address.wait(now)
+    owed = max(0.0, (-address.credit - ADDRESS_DEBT_S) / address.share)
+    return max(own.wait(now), min(address_wait, max(fair.wait(now), owed)))
+
+
 class AddressBudgets:
     """One ``ParseBudget`` per client address, shared by that address's open connections (held while one is
     open: as many entries as addresses with a connection, at most the server's connection limit)."""
@@ -364,6 +380,7 @@ class SlicedH11Protocol(H11Protocol):
         self._unparsed = bytearray()  # read, not yet handed to h11: at most a slice plus one read
         self.budget = ParseBudget(self.parse_share, self.parse_burst_s)
         self.shared: ParseBudget | None = None  # its address's, from connection_made on
+        self.fair = ParseBudget(self.parse_share, self.parse_burst_s)  # its fair part of the address's (_fair_now)
         self.parse_cpu_s = 0.0  # CPU time spent parsing on this connection (what the budget was charged)
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -371,12 +388,23 @@ class SlicedH11Protocol(H11Protocol):
         self.flow = SlicedFlowControl(transport, lambda: self._reading_held)
         self._address = _client_host(self) or ""
         self.shared = self.address_budgets.take(self._address)
+        self._fair_now()
+        self.fair.credit, self.fair.at = -self.fair.burst_s, self.loop.time()
+
+    def _fair_now(self) -> ParseBudget:
+        """The fair part's rate and burst for the address's connections now: ``1 / users`` of the address's."""
+        users = max(1, self.address_budgets.users(self._address or ""))
+        self.fair.share = min(self.parse_share, self.address_budgets.share / users)
+        self.fair.burst_s = min(self.parse_burst_s, self.address_budgets.burst_s / users)
+        return self.fair
 
     def _wait(self) -> float:
-        """Seconds before this connection may parse again: its own budget and its address's."""
+        """Seconds before this connection may parse again: its own budget, and the sooner of its address's budget
+        and its fair part of it (that one only while the address owes less than ``ADDRESS_DEBT_S``)."""
         now = self.loop.time()
-        own = self.budget.wait(now)
-        return max(own, self.shared.wait(now)) if self.shared is not None else own
+        if self.shared is None:
+            return self.budget.wait(now)
+        return step_wait(self.budget, self.shared, self._fair_now(), now)
 
     def data_received(self, data: bytes) -> None:
         if self._lingering is not None:
@@ -407,7 +435,9 @@ class SlicedH11Protocol(H11Protocol):
     def _step(self) -> None:
         """A scheduled step, on its loop turn: parse, unless the address's budget was spent since it was scheduled."""
         self._next_step = None
-        overdrawn = self.budget.credit < 0 or (self.shared is not None and self.shared.credit < 0)  # (cheap test)
+        overdrawn = self.budget.credit < 0 or (
+            self.shared is not None and min(self.shared.credit, self.fair.credit) < 0
+        )
         if overdrawn and (wait := self._wait()) > 0 and not self.transport.is_closing():
             self._next_step = self.loop.call_later(wait, self._step)
             return
@@ -435,7 +465,9 @@ class SlicedH11Protocol(H11Protocol):
         now = self.loop.time()
         wait = self.budget.spend(spent, now)
         if self.shared is not None:
-            wait = max(wait, self.shared.spend(spent, now))
+            self.shared.spend(spent, now)
+            self._fair_now().spend(spent, now)
+            wait = self._wait()
         if self.transport.get_protocol() is not self:  # upgraded (WebSocket): the rest was never h11's
             self._unparsed.clear()
             self.transport.resume_reading()
