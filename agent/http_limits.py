@@ -46,13 +46,15 @@ import re
 import time
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any
+from typing import Any, ClassVar
 
 import h11
 from fastapi import HTTPException
 from starlette.requests import ClientDisconnect
 from uvicorn.protocols.http.flow_control import FlowControl
 from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from agent.modelserver import oldest_of_busiest
 
 log = logging.getLogger(__name__)
 
@@ -558,6 +560,8 @@ def limited_protocol(
 
     class LimitedH11Protocol(parsing):  # type: ignore[valid-type,misc]
         address_budgets = AddressBudgets(parsing.address_budgets.share, parsing.address_budgets.burst_s)
+        waiting: ClassVar[dict[str, dict[Any, None]]] = {}  # waiting for a request head, per address, oldest first
+        given_up: ClassVar[set[Any]] = set()  # closed to make room, not yet gone from uvicorn's connection set
         _header_timer: asyncio.TimerHandle | None = None
         _write_timer: asyncio.TimerHandle | None = None
         _partial = False
@@ -589,7 +593,32 @@ def limited_protocol(
                 transport.write(_raw_response(503, "Service Unavailable", message))
                 transport.close()
                 return
+            self._make_room(host or "")
             self._update_header_deadline()
+
+        def _make_room(self, host: str) -> None:
+            """At ``limit_concurrency`` (uvicorn answers every request 503 while that many connections are open), close
+            the oldest connection waiting for its request head from the address holding the most such, if more than
+            ``host`` holds (``oldest_of_busiest``): four addresses' 64 idle connections each kept every other client
+            out (review12e). Idle and half-sent heads only: a request being read or answered is never given up."""
+            limit = self.limit_concurrency
+            while limit is not None and len(self.connections) - len(self.given_up) >= limit:
+                victim = oldest_of_busiest(self.waiting, host)
+                if victim is None:
+                    return  # the newcomer's own address holds the most: its request gets uvicorn's 503
+                victim._unmark_waiting()
+                self.given_up.add(victim)
+                log.debug("closing an idle connection from %s for a newcomer from %s", victim.client, host)
+                victim.transport.close()
+
+        def _mark_waiting(self) -> None:
+            if self._address is not None:
+                self.waiting.setdefault(self._address, {})[self] = None
+
+        def _unmark_waiting(self) -> None:
+            held = self.waiting.get(self._address or "")
+            if held is not None and held.pop(self, 0) is None and not held:
+                del self.waiting[self._address or ""]
 
         def _over_address_cap(self, host: str) -> bool:
             """Whether ``host`` holds more than the cap, this connection included (counted by ``take`` in the parent's
@@ -644,6 +673,8 @@ def limited_protocol(
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._cancel_header_deadline()
+            self._unmark_waiting()
+            self.given_up.discard(self)
             if self._write_timer is not None:
                 self._write_timer.cancel()
                 self._write_timer = None
@@ -659,14 +690,17 @@ def limited_protocol(
             elif self._header_timer is None:
                 self._partial = False
                 self._header_timer = self.loop.call_later(header_timeout_s, self._header_timeout)
+                self._mark_waiting()
 
         def _cancel_header_deadline(self) -> None:
             if self._header_timer is not None:
                 self._header_timer.cancel()
                 self._header_timer = None
+                self._unmark_waiting()
 
         def _header_timeout(self) -> None:
             self._header_timer = None
+            self._unmark_waiting()
             if self.transport.is_closing():
                 return
             if self._partial and self.conn.our_state in (h11.IDLE, h11.DONE):

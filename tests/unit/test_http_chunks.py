@@ -8,6 +8,7 @@ sockets in this process, where what h11 is handed per loop turn can be observed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import time
 from typing import Any
@@ -428,3 +429,47 @@ def test_a_connection_within_its_fair_part_never_waits_on_the_others() -> None:
             address.spend(0.001, 0.0)
             fair.spend(-0.001, 0.0)
     assert -address.credit <= ADDRESS_DEBT_S + 0.001 + 1e-9
+
+
+async def idle_then_honest(addresses: int, each: int, limit: int) -> tuple[bytes, int, int]:
+    """``each`` idle connections from each of ``addresses`` addresses (127.0.77.x), then one GET from 127.0.78.1,
+    against a server whose ``limit_concurrency`` is ``limit``: its answer, the idle ones still open and the
+    connections uvicorn holds after it."""
+    config = uvicorn.Config(echo, h11_max_incomplete_event_size=16384, log_config=None, limit_concurrency=limit)
+    config.load()
+    protocol_class: Any = limited_protocol(10.0, 64, 30.0)
+    state = ServerState()
+    server = await asyncio.get_running_loop().create_server(
+        lambda: protocol_class(config=config, server_state=state, app_state={}), "127.0.0.1", 0
+    )
+    port = server.sockets[0].getsockname()[1]
+    idle = []
+    for a in range(addresses):
+        for _ in range(each):
+            idle.append(await asyncio.open_connection("127.0.0.1", port, local_addr=(f"127.0.77.{a + 1}", 0)))
+    await asyncio.sleep(0.05)
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=("127.0.78.1", 0))
+    writer.write(b"GET /x HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+    answer = await asyncio.wait_for(reader.read(), 10)
+    writer.close()
+    still_open = 0
+    for r, w in idle:
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(r.read(1), 0.01)  # b"" at once when the server closed it
+        still_open += not r.at_eof()
+        w.close()
+    held = len(state.connections)
+    server.close()
+    await server.wait_closed()
+    return answer, still_open, held
+
+
+def test_idle_connections_from_a_few_addresses_do_not_keep_another_client_out() -> None:
+    """Review12e: uvicorn's ``limit_concurrency`` counts open connections, so 4 addresses x 64 idle connections at
+    the agent's 256 made every other client's request a 503. At the limit a newcomer takes the place of the oldest
+    connection waiting for its request head from the address holding the most such (here 4 x 16 at a limit of
+    64): it is answered, and the idle ones lose only the places it needed."""
+    answer, still_open, held = asyncio.run(idle_then_honest(4, 16, 64))
+    assert answer.startswith(b"HTTP/1.1 200 "), answer[:60]
+    assert 60 <= still_open <= 62, still_open  # 64 + 1 connections, at most 63 open for a request to be served
+    assert held <= 64, held  # the limit still bounds what is held
