@@ -6,7 +6,9 @@ Two layers, because uvicorn gives no header timeout of its own:
   requests (a new connection, or after a response) the client must deliver complete request headers
   within ``header_timeout_s``; a half-sent request line or header block gets ``408`` and the connection is
   closed (an idle keep-alive connection is simply closed). It also caps open connections per client
-  address (``max_connections_per_address``): one host cannot hold every slot of the concurrency limit.
+  address (``max_connections_per_address``), read from the count ``AddressBudgets`` keeps; at uvicorn's
+  ``limit_concurrency`` a newcomer takes the place of the oldest connection waiting for its request head from
+  the address holding the most such (a few addresses' idle connections cannot keep everyone else out).
   A client that stops reading an answer (its socket full for ``write_timeout_s``) is cut off: it would
   otherwise hold the proxied model server's connection and its in-flight count without end.
 - ``HttpLimits`` is pure ASGI middleware around the app. It refuses a path with control characters
@@ -33,7 +35,8 @@ while the address owes less than ``ADDRESS_DEBT_S``. A connection that spends li
 every step is charged to the address, so what it takes in all stays ``ADDRESS_SHARE`` a second (plus bursts).
 The peer port runs the same protocol when httptools is missing.
 
-The concurrency limit itself is uvicorn's ``limit_concurrency`` (503 past it), set in agent/cli.py.
+The concurrency limit itself is uvicorn's ``limit_concurrency`` (503 past it, unless a waiting connection is given
+up for the newcomer), set in agent/cli.py.
 """
 
 from __future__ import annotations
