@@ -112,6 +112,9 @@ class DockerRuntime:
     def _run_container(self, spec: ModelSpec, term: int) -> Any:
         import docker.errors
 
+        refusal = triton_command_refusal(spec)
+        if refusal:
+            raise InstanceStartError(refusal)
         client = self._docker()
         try:
             image = client.images.get(spec.image)
@@ -268,6 +271,20 @@ class DockerRuntime:
             self._client.close()
             self._client = None
         self._pool.shutdown(wait=False, cancel_futures=True)  # a call stuck on a hung daemon ends at its timeout
+
+
+def triton_command_refusal(spec: ModelSpec) -> str | None:
+    """Why a Triton entry's catalogue ``command`` is refused (None: no command, or it keeps the restriction).
+
+    A ``command`` replaces the image's CMD, and with it ``--http-restricted-api``, which keeps Triton's admin
+    APIs (logging, shared memory, trace, model repository) from anyone who can reach its published port
+    (docs/security.md, review12d): a command that drops it would quietly reopen them (review12f F2)."""
+    if spec.server != "triton" or not spec.command or "--http-restricted-api" in " ".join(spec.command):
+        return None
+    return (
+        f"catalogue command for Triton model {spec.name!r} lacks --http-restricted-api: it replaces the image's "
+        f"CMD and would open Triton's admin APIs to anyone who reaches its port (see docs/operator-guide.md)"
+    )
 
 
 def config_digest(shape: Mapping[str, Any]) -> str:
