@@ -135,13 +135,19 @@ def plan_reconcile(
     next_try: Mapping[str, float],
     now: float,
     stuck: Collection[str] = (),
+    ready: Collection[str] = (),
 ) -> list[Step]:
     """Steps that bring the runtime to ``desired``; a model in backoff is not started before next_try.
 
     ``stuck`` names running instances that never became ready in time: they are stopped and replaced.
+    An ``outdated`` instance (created with other settings than the runtime would use now) is replaced
+    make-before-break: it counts for nothing towards ``desired``, so a new one is started, and it is stopped
+    (drained, reason "outdated") only while enough of the new ones are ready (``ready``: ids that answer) to
+    keep ``desired`` ready servers; a model whose new server cannot start keeps its outdated one.
     """
     steps: list[Step] = []
     live: dict[str, list[Instance]] = {}
+    old: dict[str, list[Instance]] = {}
     for inst in instances:
         if not inst.running:
             steps.append(Stop(inst.id, inst.model, "exited"))
@@ -150,13 +156,17 @@ def plan_reconcile(
         elif inst.model not in desired or desired[inst.model] <= 0:
             steps.append(Stop(inst.id, inst.model, "not desired"))
         else:
-            live.setdefault(inst.model, []).append(inst)
+            (old if inst.outdated else live).setdefault(inst.model, []).append(inst)
     for model, count in sorted(desired.items()):
         have = sorted(live.get(model, []), key=lambda i: (i.started_at, i.id))
         if len(have) > count:
             steps += [Stop(i.id, model, "more than desired") for i in have[count:]]
         elif len(have) < count and now >= next_try.get(model, 0.0):
             steps += [Start(model)] * (count - len(have))
+        outdated = sorted(old.get(model, []), key=lambda i: (i.started_at, i.id))
+        ready_new = sum(1 for i in have[:count] if i.id in ready)
+        retire = min(len(outdated), max(0, ready_new + len(outdated) - count))
+        steps += [Stop(i.id, model, "outdated") for i in outdated[:retire]]
     return steps
 
 
@@ -201,7 +211,8 @@ def memory_refusal(instances: Mapping[str, int], mem_need: Mapping[str, float], 
     )
 
 
-DRAINED_REASONS = ("not desired", "more than desired")  # a healthy server the plan no longer wants
+# a healthy server the plan no longer wants, or one replaced by a ready newer one
+DRAINED_REASONS = ("not desired", "more than desired", "outdated")
 
 
 def drain_stops(

@@ -101,14 +101,15 @@ def model_server_concurrency(s: Settings) -> float:
     return s.instance_concurrency or max(1.0, s.cores or float(os.cpu_count() or 1))
 
 
-def make_runtime(settings: Settings) -> Runtime:
+def make_runtime(settings: Settings, spec_of: Callable[[str], ModelSpec | None] | None = None) -> Runtime:
     if settings.runtime == "docker":
         from agent.runtime.docker import DockerLog, DockerRuntime
 
         log = DockerLog(settings.docker_log_max_mb, settings.docker_log_files)
         return DockerRuntime(
-            settings.node_id, settings.advertise_address or settings.host, gpu=settings.docker_gpu, log=log
-        )
+            settings.node_id, settings.advertise_address or settings.host, gpu=settings.docker_gpu, log=log,
+            spec_of=spec_of,
+        )  # fmt: skip
     from agent.runtime.process import ProcessRuntime
 
     return ProcessRuntime(
@@ -155,7 +156,7 @@ class NodeAgent:
         self.store = Store(
             Path(settings.data_dir), settings.request_log_rows, settings.client_rtt_ttl_s, settings.client_rtt_rows
         )
-        self.runtime = runtime or make_runtime(settings)
+        self.runtime = runtime or make_runtime(settings, lambda model: self.catalogue.current.get(model))
         self.metrics = metrics or MetricsReader()
         self.http = httpx.AsyncClient(
             timeout=httpx.Timeout(30.0, connect=2.0), limits=httpx.Limits(max_keepalive_connections=64)
@@ -425,7 +426,7 @@ class NodeAgent:
         next_try = {m: h.next_try for m, h in self.health.items()}
         timeout = self.settings.instance_ready_timeout_s
         stuck = stuck_instances(instances, ready, self._last_ready, now, timeout)
-        steps = plan_reconcile(self._desired.instances, instances, next_try, now, stuck)
+        steps = plan_reconcile(self._desired.instances, instances, next_try, now, stuck, ready)
         steps, self._draining = drain_stops(steps, self._draining, now, self.settings.instance_drain_s)
         self._publish(instances, ready)  # servers that began to drain leave every endpoint answer now
         for step in steps:

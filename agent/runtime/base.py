@@ -22,6 +22,8 @@ class Instance:
     started_at: float
     detail: str = ""
     mem_mb: float | None = None  # measured resident memory of the server (its process tree), if known
+    # created with other settings than the runtime would use now (an upgrade): replaced make-before-break
+    outdated: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return {

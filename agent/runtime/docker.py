@@ -14,8 +14,10 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import logging
-import time
+import secrets
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -31,6 +33,9 @@ log = logging.getLogger(__name__)
 LABEL = "peerserve.managed"
 REST_PORT = "8501/tcp"
 TRITON_HTTP_PORT = "8000/tcp"  # NVIDIA's Triton images (server = "triton") answer HTTP on 8000
+DIGEST_LABEL = "peerserve.digest"
+# Bump when this module changes how a container is created in a way the digested settings below do not show.
+DIGEST_VERSION = 1
 DOCKER_WORKERS = 4  # threads for Docker calls, apart from asyncio's default pool (a hung daemon holds them)
 T = TypeVar("T")
 
@@ -63,8 +68,12 @@ class DockerRuntime:
         gpu: bool = False,
         client_factory: Callable[[], Any] | None = None,
         log: DockerLog | None = None,
+        spec_of: Callable[[str], ModelSpec | None] | None = None,
     ) -> None:
         self.node_id = node_id
+        # the catalogue entry a model's container would be created from now (None: no outdated check)
+        self.spec_of = spec_of
+        self._told_outdated: set[str] = set()  # container ids already logged as outdated (pruned on each list)
         self.log = log or DockerLog()
         self.bind_address = bind_address or "0.0.0.0"
         self.gpu = gpu
@@ -103,32 +112,54 @@ class DockerRuntime:
     def _run_container(self, spec: ModelSpec, term: int) -> Any:
         import docker.errors
 
+        refusal = triton_command_refusal(spec)
+        if refusal:
+            raise InstanceStartError(refusal)
         client = self._docker()
         try:
-            client.images.get(spec.image)
+            image = client.images.get(spec.image)
         except docker.errors.ImageNotFound as exc:
             raise InstanceStartError(
                 f"image {spec.image!r} for model {spec.name!r} is not on this node; peerserve never pulls: "
                 f"build or load it (see images/README.md)"
             ) from exc
-        env = {
-            "MODEL_NAME": spec.name,
-            "MODEL_BASE_PATH": spec.model_path.rsplit("/", 1)[0] or "/models",
-            **spec.env,
-        }
+        shape = self._shape(spec, image.id)
         kwargs: dict[str, Any] = dict(
             image=spec.image,
-            command=list(spec.command) or None,
             detach=True,
-            name=f"peerserve-{self.node_id}-{spec.name}-{int(time.time() * 1000) % 10**9}",
+            # a random suffix, not the clock: parallel starts of one model in one millisecond got the same name
+            # and Docker refused all but one with 409 (review12f F1: 63 of 200 starts)
+            name=f"peerserve-{self.node_id}-{spec.name}-{secrets.token_hex(4)}",
             labels={
                 LABEL: "true",
                 "peerserve.node": self.node_id,
                 "peerserve.model": spec.name,
                 "peerserve.term": str(term),
                 "peerserve.server": spec.server,
+                DIGEST_LABEL: config_digest(shape),
             },
-            environment=env,
+            **{k: v for k, v in shape.items() if k not in ("image_id", "version")},
+        )
+        try:
+            container = client.containers.run(**kwargs)
+        except docker.errors.APIError as exc:
+            raise InstanceStartError(f"docker could not start {spec.image} for {spec.name}: {exc.explanation}") from exc
+        container.reload()
+        return container
+
+    def _shape(self, spec: ModelSpec, image_id: str) -> dict[str, Any]:
+        """Everything a new container for ``spec`` is created with that shapes what runs (``containers.run``
+        arguments, plus the image's id), apart from its name and labels: digested into its ``peerserve.digest``
+        label, so a container created by another version or from another image, command or setting is seen."""
+        shape: dict[str, Any] = dict(
+            version=DIGEST_VERSION,
+            image_id=image_id,
+            command=list(spec.command) or None,
+            environment={
+                "MODEL_NAME": spec.name,
+                "MODEL_BASE_PATH": spec.model_path.rsplit("/", 1)[0] or "/models",
+                **spec.env,
+            },
             ports={TRITON_HTTP_PORT if spec.server == "triton" else REST_PORT: (self.bind_address, None)},
             # the stand-in's own bounds (agent/modelserver.py MEMORY_BUDGET, 40 MiB over ~24 MiB at rest) are
             # sized to the 64 MiB the catalogue gives it: its largest legal requests peak below that
@@ -138,13 +169,8 @@ class DockerRuntime:
             log_config=self.log.config(),
         )
         if self.gpu:
-            kwargs["runtime"] = "nvidia"
-        try:
-            container = client.containers.run(**kwargs)
-        except docker.errors.APIError as exc:
-            raise InstanceStartError(f"docker could not start {spec.image} for {spec.name}: {exc.explanation}") from exc
-        container.reload()
-        return container
+            shape["runtime"] = "nvidia"
+        return shape
 
     async def start(self, spec: ModelSpec, term: int) -> Instance:
         container = await self._call(self._run_container, spec, term)
@@ -152,7 +178,7 @@ class DockerRuntime:
         log.info("started container %s for %s at %s", container.short_id, spec.name, instance.url)
         return instance
 
-    def _instance(self, container: Any) -> Instance:
+    def _instance(self, container: Any, outdated: bool = False) -> Instance:
         labels = container.labels or {}
         port = TRITON_HTTP_PORT if labels.get("peerserve.server") == "triton" else REST_PORT
         bindings = (container.attrs.get("NetworkSettings", {}).get("Ports") or {}).get(port) or []
@@ -168,25 +194,62 @@ class DockerRuntime:
             running=container.status == "running" and bool(url),
             term=int(labels.get("peerserve.term", "0") or 0),
             started_at=started_at(container.attrs),
-            detail=f"container {container.short_id} {container.status}",
+            detail=f"container {container.short_id} {container.status}" + (" (outdated)" if outdated else ""),
             mem_mb=_measured_mb(container),
+            outdated=outdated,
         )
 
     async def list(self) -> list[Instance]:
-        def containers() -> list[Any]:
+        def containers() -> list[tuple[Any, bool]]:
             import docker.errors
 
             client = self._docker()
             filters = {"label": [f"{LABEL}=true", f"peerserve.node={self.node_id}"]}
             found = []
+            image_ids: dict[str, str | None] = {}  # image name -> its id now (None: not on this node), per list
             for listed in client.containers.list(all=True, filters=filters, sparse=True):
                 try:  # what docker-py's list does per container, but one removed meanwhile is gone, not an error
-                    found.append(client.containers.get(listed.id))
+                    container = client.containers.get(listed.id)
                 except docker.errors.NotFound:
                     continue
+                found.append((container, self._outdated(client, container, image_ids)))
             return found
 
-        return [self._instance(c) for c in await self._call(containers)]
+        listed = await self._call(containers)
+        outdated = {c.id for c, old in listed if old}
+        for c, _ in listed:
+            if c.id in outdated and c.id not in self._told_outdated:
+                log.warning(
+                    "container %s for %s was created with other settings or another image than this agent's "
+                    "(an older version, or a changed catalogue): it is replaced once a new one is ready",
+                    c.short_id,
+                    (c.labels or {}).get("peerserve.model", "?"),
+                )
+        self._told_outdated = outdated
+        return [self._instance(c, old) for c, old in listed]
+
+    def _outdated(self, client: Any, container: Any, image_ids: dict[str, str | None]) -> bool:
+        """Whether ``container`` differs from what this agent would create for its model now (its digest label).
+
+        Adopting every labelled container for good kept an upgrade's create-time changes (the log bound, Triton's
+        admin restriction, a new image) from ever reaching the servers already running (review12f F2). A model
+        not in the catalogue, or whose image is not on this node, is not judged: it is stopped as not desired, or
+        no new container could be created for it."""
+        import docker.errors
+
+        labels = container.labels or {}
+        spec = self.spec_of(labels.get("peerserve.model", "")) if self.spec_of is not None else None
+        if spec is None:
+            return False
+        if spec.image not in image_ids:
+            try:
+                image_ids[spec.image] = client.images.get(spec.image).id
+            except docker.errors.ImageNotFound:
+                image_ids[spec.image] = None
+        image_id = image_ids[spec.image]
+        if image_id is None:
+            return False
+        return str(labels.get(DIGEST_LABEL, "")) != config_digest(self._shape(spec, image_id))
 
     async def stop(self, instance_id: str) -> None:
         import docker.errors
@@ -208,6 +271,26 @@ class DockerRuntime:
             self._client.close()
             self._client = None
         self._pool.shutdown(wait=False, cancel_futures=True)  # a call stuck on a hung daemon ends at its timeout
+
+
+def triton_command_refusal(spec: ModelSpec) -> str | None:
+    """Why a Triton entry's catalogue ``command`` is refused (None: no command, or it keeps the restriction).
+
+    A ``command`` replaces the image's CMD, and with it ``--http-restricted-api``, which keeps Triton's admin
+    APIs (logging, shared memory, trace, model repository) from anyone who can reach its published port
+    (docs/security.md, review12d): a command that drops it would quietly reopen them (review12f F2)."""
+    if spec.server != "triton" or not spec.command or "--http-restricted-api" in " ".join(spec.command):
+        return None
+    return (
+        f"catalogue command for Triton model {spec.name!r} lacks --http-restricted-api: it replaces the image's "
+        f"CMD and would open Triton's admin APIs to anyone who reaches its port (see docs/operator-guide.md)"
+    )
+
+
+def config_digest(shape: Mapping[str, Any]) -> str:
+    """A short stable digest of a container's creation settings (``DockerRuntime._shape``)."""
+    text = json.dumps(shape, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def _from_env() -> Any:

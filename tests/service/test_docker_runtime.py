@@ -16,7 +16,7 @@ import pytest
 from agent.catalogue import ModelSpec
 from agent.errors import InstanceStartError, RuntimeUnavailable
 from agent.runtime.base import probe_available
-from agent.runtime.docker import DockerLog, DockerRuntime, _parse_time
+from agent.runtime.docker import DIGEST_LABEL, DockerLog, DockerRuntime, _parse_time
 from scripts.dockerd import PrivateDockerd
 
 pytestmark = pytest.mark.docker
@@ -200,6 +200,75 @@ def test_agent_restart_adopts_containers_and_trims_foreign_ones(agents: Any, eng
     ):
         time.sleep(0.2)
     assert engine.containers.list(all=True, sparse=True, filters={"label": "peerserve.node=dock-a"}) == []
+
+
+def test_parallel_starts_of_one_model_get_distinct_names(engine: Any) -> None:
+    """review12f F1: the name's suffix came from the clock, so starts in one millisecond collided (409)."""
+
+    async def scenario() -> None:
+        rt = DockerRuntime("node-a", "127.0.0.1")
+        started = await asyncio.gather(*(rt.start(spec(), term=1) for _ in range(8)))
+        names = {engine.containers.get(i.id).name for i in started}
+        assert len(names) == 8 and all(n.startswith("peerserve-node-a-half_plus_two-") for n in names)
+        await rt.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_container_created_with_other_settings_is_outdated_and_one_with_the_same_is_not(engine: Any) -> None:
+    """review12f F2: every labelled container was adopted for good, so an upgrade's create-time settings (the log
+    bound, the image, its command) never reached the ones already running. Each carries a digest of what it was
+    created with; the runtime compares it with what it would create now."""
+
+    async def scenario() -> None:
+        catalogue = {"half_plus_two": spec()}
+        rt = DockerRuntime("node-a", "127.0.0.1", spec_of=catalogue.get)
+        same = await rt.start(spec(), term=1)
+        other_log = DockerRuntime("node-a", "127.0.0.1", log=DockerLog(max_mb=1, files=2))
+        changed = await other_log.start(spec(), term=1)
+        c = engine.containers.get(same.id)
+        labels = {k: v for k, v in c.labels.items() if k != DIGEST_LABEL}  # as an agent before digests made it
+        unlabelled = engine.containers.run(
+            "peerserve/modelserver:latest", detach=True, labels=labels,
+            environment={"MODEL_NAME": "half_plus_two", "MODEL_BASE_PATH": "/models"},
+        )  # fmt: skip
+        listed = {i.id: i for i in await rt.list()}
+        assert not listed[same.id].outdated and listed[changed.id].outdated and listed[unlabelled.id].outdated
+        assert "(outdated)" in listed[changed.id].detail
+        assert not any(i.outdated for i in await DockerRuntime("node-a", "127.0.0.1").list())  # no catalogue: no check
+        catalogue["half_plus_two"] = spec(mem=96)  # the catalogue changed: created with 64 MB, it is outdated now
+        assert all(i.outdated for i in await rt.list())
+        await rt.close()
+        await other_log.close()
+
+    asyncio.run(scenario())
+
+
+def test_agent_replaces_an_outdated_container_after_the_new_one_is_ready(
+    agents: Any, engine: Any, docker_engine: Any
+) -> None:
+    env = docker_engine.env
+    a = agents("a", "--runtime", "docker", "--node-id", "dock-a", "--no-discovery", env=env)
+    assert a.put_desired(3, {"half_plus_two": 1}).status_code == 200
+    [first] = a.wait_ready("half_plus_two", timeout=60)
+    a.stop(signal.SIGKILL)
+    engine.containers.get(first["id"]).remove(force=True)
+
+    async def plant() -> str:  # what an older agent created: another log bound
+        old = DockerRuntime("dock-a", "127.0.0.1", log=DockerLog(max_mb=1, files=2))
+        inst = await old.start(spec(), term=3)
+        await _wait_available(inst.url, "half_plus_two")
+        return inst.id
+
+    outdated = asyncio.run(plant())
+    a.start()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and any(c.id == outdated for c in engine.containers.list(all=True, sparse=True)):
+        time.sleep(0.2)
+    assert all(c.id != outdated for c in engine.containers.list(all=True, sparse=True))
+    [new] = a.wait_ready("half_plus_two", timeout=30)
+    assert new["id"] != outdated
+    assert engine.containers.get(new["id"]).attrs["HostConfig"]["LogConfig"]["Config"]["max-size"] == "10240k"
 
 
 def test_digits_in_the_stand_in_image_answers_like_the_process_stand_in(engine: Any) -> None:

@@ -62,8 +62,8 @@ def test_choice_is_never_beaten(entries: list[tuple[str, float, float]]) -> None
     assert all(ranked[0].total_ms <= c.total_ms + 1e-6 for c in ranked)
 
 
-def inst(id_: str, model: str, running: bool = True, started: float = 0.0) -> Instance:
-    return Instance(id_, model, f"http://x/{id_}", running, 1, started)
+def inst(id_: str, model: str, running: bool = True, started: float = 0.0, outdated: bool = False) -> Instance:
+    return Instance(id_, model, f"http://x/{id_}", running, 1, started, outdated=outdated)
 
 
 def test_reconcile_starts_missing_and_stops_extra() -> None:
@@ -111,6 +111,29 @@ def test_stuck_counts_from_the_later_of_start_and_last_ready() -> None:
 def test_ready_and_exited_servers_are_never_stuck() -> None:
     servers = [inst("1", "a"), inst("2", "a", running=False), inst("3", "b")]
     assert stuck_instances(servers, {"1"}, {}, now=1000.0, timeout=60.0) == {"3"}
+
+
+def test_an_outdated_server_is_replaced_make_before_break() -> None:
+    """review12f F2: a container from an older agent is replaced: the new one first, the old one once it is ready."""
+    old = inst("old", "a", outdated=True)
+    assert plan_reconcile({"a": 1}, [old], {}, now=0) == [Start("a")]  # serves on while the new one starts
+    new = inst("new", "a", started=5)
+    assert plan_reconcile({"a": 1}, [old, new], {}, now=6) == []  # the new one is not ready yet
+    assert plan_reconcile({"a": 1}, [old, new], {}, now=7, ready={"old", "new"}) == [Stop("old", "a", "outdated")]
+    assert plan_reconcile({"a": 1}, [old], {"a": 60.0}, now=7) == []  # the new one failed: the old one stays
+
+
+def test_outdated_servers_retire_one_per_ready_new_one() -> None:
+    olds = [inst(f"o{k}", "a", started=k, outdated=True) for k in range(3)]
+    assert plan_reconcile({"a": 3}, olds, {}, now=0) == [Start("a")] * 3
+    news = [inst(f"n{k}", "a", started=10 + k) for k in range(3)]
+    steps = plan_reconcile({"a": 3}, olds + news, {}, now=20, ready={"n0", "n2"})
+    assert steps == [Stop("o0", "a", "outdated"), Stop("o1", "a", "outdated")]  # the oldest first
+    assert plan_reconcile({"a": 2}, olds + news, {}, now=20, ready={"n0", "n1", "n2"}) == [
+        Stop("n2", "a", "more than desired"),
+        *[Stop(f"o{k}", "a", "outdated") for k in range(3)],
+    ]
+    assert plan_reconcile({}, [olds[0]], {}, now=0) == [Stop("o0", "a", "not desired")]
 
 
 def test_backoff_holds_starts() -> None:

@@ -46,3 +46,10 @@ def test_no_healthy_server_stops_before_it_drained(times: list[float], drain: fl
         if steps:
             assert started is not None and now - started >= drain
             return
+
+
+def test_an_outdated_server_drains_before_it_stops() -> None:
+    """review12f F2: a server replaced after an upgrade is healthy: it leaves endpoint answers before it stops."""
+    outdated = Stop("i5", "m", "outdated")
+    assert drain_stops([outdated], {}, 0.0, 3.0) == ([], {"i5": 0.0})
+    assert drain_stops([outdated], {"i5": 0.0}, 3.0, 3.0) == ([outdated], {"i5": 0.0})
