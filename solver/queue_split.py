@@ -330,14 +330,8 @@ class _SplitFlow:
         ``abandon``: after ``ABANDON_STEP`` steps, a run whose objective, less ``ABANDON_SLOPES`` times its last
         step's fall for each step left, is still at or above this stops there with gap ``ABANDONED``."""
         gap, steps, last = np.inf, done, np.inf
-        add = np.add.reduce
         for steps in range(done, iterations + 1):
-            lam = x.T @ self.onehot
-            wait, slope, second = self.pools(lam, 2, wait=True)
-            grad = self.cost + slope.T[self.model]
-            direction = self.all_on(grad + self.big) - x
-            value = float(add(x * self.cost, axis=None) + add(wait, axis=None))
-            gap = -float(add(grad * direction, axis=None)) / max(value, 1e-9)
+            lam, slope, second, direction, value, gap = self._here(x)
             if steps == iterations or (GAP_STOP and gap <= TOLERANCE):
                 break
             if steps == ABANDON_STEP and value - ABANDON_SLOPES * (last - value) * (iterations - steps) >= abandon:
@@ -351,8 +345,16 @@ class _SplitFlow:
 
     def first_step(self, x: FloatArray) -> tuple[float, FloatArray, FloatArray] | None:
         """``run``'s first step from ``x``: (step, direction, pool rates at ``x``), or None where ``run`` stops at
-        ``x`` (its gap within ``TOLERANCE``). The same operations as ``run``'s, so ``x + step * direction`` is its
-        first iterate bit for bit."""
+        ``x`` (its gap within ``TOLERANCE``). The same operations as ``run``'s (``_here``), so ``x + step * direction``
+        is its first iterate bit for bit."""
+        lam, slope, second, direction, _value, gap = self._here(x)
+        if GAP_STOP and gap <= TOLERANCE:
+            return None
+        return self.step(x, lam, direction, (slope, second)), direction, lam
+
+    def _here(self, x: FloatArray) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray, float, float]:
+        """Frank-Wolfe's figures at ``x`` (one definition for ``run`` and ``first_step``): the pool rates, their
+        slope and curvature, the direction to the vertex, the objective and the relative duality gap."""
         add = np.add.reduce
         lam = x.T @ self.onehot
         wait, slope, second = self.pools(lam, 2, wait=True)
@@ -360,9 +362,7 @@ class _SplitFlow:
         direction = self.all_on(grad + self.big) - x
         value = float(add(x * self.cost, axis=None) + add(wait, axis=None))
         gap = -float(add(grad * direction, axis=None)) / max(value, 1e-9)
-        if GAP_STOP and gap <= TOLERANCE:
-            return None
-        return self.step(x, lam, direction, (slope, second)), direction, lam
+        return lam, slope, second, direction, value, gap
 
     def run_capped(
         self,
