@@ -188,6 +188,17 @@ def stuck_instances(
     }
 
 
+def memory_fits(instances: Mapping[str, int], mem_need: Mapping[str, float], mem_total_mb: float) -> bool:
+    """Whether a node accepts ``instances`` for memory: one server in all, or sum(count x mem_mb) within its total.
+
+    The one rule the node applies (``memory_refusal``) and the leader's make-before-break plans by
+    (placement.make_before_break), so a leader never sends a set the node would refuse for what it adds."""
+    counts = {m: c for m, c in instances.items() if c > 0}
+    if sum(counts.values()) <= 1:
+        return True
+    return sum(c * mem_need.get(m, 0.0) for m, c in counts.items()) <= mem_total_mb
+
+
 def memory_refusal(instances: Mapping[str, int], mem_need: Mapping[str, float], mem_total_mb: float) -> str | None:
     """Why a desired set could never fit in this node's memory (None: it fits).
 
@@ -196,12 +207,10 @@ def memory_refusal(instances: Mapping[str, int], mem_need: Mapping[str, float], 
     accepted whatever its size (a catalogue's mem_mb is the planner's estimate; one model on a board said to be
     too small for it is the operator's call, as before).
     """
+    if memory_fits(instances, mem_need, mem_total_mb):
+        return None
     counts = {m: c for m, c in instances.items() if c > 0}
-    if sum(counts.values()) <= 1:
-        return None
     total = sum(c * mem_need.get(m, 0.0) for m, c in counts.items())
-    if total <= mem_total_mb:
-        return None
     largest = sorted(counts, key=lambda m: (-counts[m] * mem_need.get(m, 0.0), m))[:MEMORY_REFUSAL_NAMES]
     parts = ", ".join(f"{counts[m]} x {m} ({mem_need.get(m, 0.0):.0f} MB)" for m in largest)
     more = f" and {len(counts) - len(largest)} more models" if len(counts) > len(largest) else ""
