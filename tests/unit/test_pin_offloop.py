@@ -148,7 +148,7 @@ def test_the_listener_keeps_answering_while_a_first_contacts_pin_waits_on_the_lo
 ) -> None:
     got = _latency_under_a_held_lock(tmp_path, False, monkeypatch)
     assert got["first_status"] == 200 and got["pinned"]
-    assert got["first_s"] >= HOLD_S * 0.8  # the first contact did wait for the lock (and its write)
+    assert got["first_s"] >= HOLD_S * 0.5  # the first contact did wait for the lock (and its write)
     assert got["pending_midway"] and not got["pinned_midway"]  # not answered, not pinned, before it is on disk
     assert got["pings"] >= 5, got  # meanwhile other members were answered, and quickly
     assert got["max_ping"] < HOLD_S / 3 and got["max_lag"] < HOLD_S / 3, got
@@ -335,3 +335,28 @@ def test_a_write_that_fails_is_not_pinned_and_every_waiter_is_told(tmp_path: Pat
         assert read_pins(path) == {"n": K1}
 
     asyncio.run(main())
+
+
+def test_a_client_meeting_a_listener_first_waits_for_its_pin_within_the_deadline(tmp_path: Path) -> None:
+    """The client's check of a listener's certificate (agent.peer_http verify_peer): a first contact's write is
+    awaited off the loop, within the exchange's deadline; past it the call fails, nothing is sent on that
+    connection, and the write still lands for the next call."""
+    from agent.peer_client import PeerCallError
+    from tests.unit.test_peer_direct import Node as DirectNode
+    from tests.unit.test_peer_direct import serve
+
+    async def run(client: PeerClient, url: str, node: DirectNode, b: Identity) -> None:
+        pins = client.identity.pins
+        assert pins.path is not None
+        with folder_locked(pins.path) as release:
+            with pytest.raises(PeerCallError, match="TimeoutError"):
+                await client.call("b", url, "POST", wire.ROUTE_SWIM, body=ping("a"), timeout=0.4, direct=True)
+            assert node.discovery is not None and node.discovery.driver.received["ping"] == 0  # nothing sent
+            assert client.connections.idle_count == 0 and list(pins._writing) == ["b"]
+            release.set()
+            await until(lambda: not pins._writing)
+        assert pins.pinned("b", b.public_key) and read_pins(pins.path) == {"b": b.public_key}
+        status, _ = await client.call("b", url, "POST", wire.ROUTE_SWIM, body=ping("a"), direct=True)
+        assert status == 200 and node.discovery.driver.received["ping"] == 1
+
+    serve(tmp_path, run)
