@@ -65,10 +65,11 @@ PIN_LIMIT = 4096  # node ids pinned to keys
 # and a rewrite of the whole file (then on the event loop: 2.8 ms at 4,000 pins here; tens of ms on an SD card)
 PIN_FIRST_PER_MIN = 8.0
 PIN_FIRST_BURST = 16
-# first contacts waiting for their pin write at once, all addresses together (the budget bounds them per address
-# only): the writes run one at a time in one thread, off the event loop; past this a new first contact is answered
-# 503 + Retry-After at once (no budget spent, nothing queued). At an SD card's tens of ms an fsync pair, the last
-# one waits well under a second; a shelf of boards joining at once retries the rest a second later
+# first-contact pin writes in flight (until they land, whether or not their contact still waits) and contacts
+# waiting on another's, all addresses together (the budget bounds them per address only): the writes run one at
+# a time in one thread, off the event loop; past this a new first contact is answered 503 + Retry-After at once (no
+# budget spent, nothing queued). At an SD card's tens of ms an fsync pair, the last one waits well under a second;
+# a shelf of boards joining at once retries the rest a second later
 PIN_PENDING = 16
 RELAYED = "(relayed)"  # the budget key of signers first met in a statement another member relays (leases, proofs)
 PIN_SOURCES = 1024  # source addresses whose budget is remembered (least recently used dropped: starts full again)
@@ -277,10 +278,10 @@ class Pins:
     on; ``check`` (synchronous: the statements SWIM relays) writes at once where no loop runs in its thread (the
     CLI, tests), and on a loop starts the write there and refuses this one contact (503, retry: its signer is
     pinned for the next). One write per node id at a time: a second contact for the id waits for it and is then
-    checked against what it pinned (two keys cannot both win); at most ``pending`` contacts wait in all (503 at
-    once past it). The writer thread touches nothing of this object: it is given the pins and stamp read so far
-    and gives back the new ones, which the loop takes (``_landed``), so ``_pins``/``_stamp`` change on one
-    thread only."""
+    checked against what it pinned (two keys cannot both win); at most ``pending`` writes in flight and contacts
+    joined to one (503 at once past it). The writer thread touches nothing of this object: it is given the pins
+    and stamp read so far and gives back the new ones, which the loop takes (``_landed``), so ``_pins`` and
+    ``_stamp`` change on one thread only."""
 
     def __init__(
         self,
@@ -300,7 +301,7 @@ class Pins:
         self._damaged: DamagedPinFile | None = None
         self._unreadable: str | None = None  # the last read failed (EMFILE, EIO...): retried at every check
         self._writing: dict[str, asyncio.Task[AuthError | None]] = {}  # node id -> its pin write in flight
-        self._waiting = 0  # first contacts waiting for a write, and writes no one waits for (started by check)
+        self._joined = 0  # contacts waiting for a write another contact started (no write of their own)
         self._refresh()
 
     def check(self, node_id: str, public_key: bytes, source: str = "", now: float = 0.0) -> None:
@@ -318,7 +319,7 @@ class Pins:
             return
         if node_id not in self._writing:
             self._admit()
-            self._start(node_id, public_key, source, now, held=True)
+            self._start(node_id, public_key, source, now)
         raise AuthError(f"node {node_id!r} is being pinned (first contact); retry", 503, 1)
 
     async def pin(self, node_id: str, public_key: bytes, source: str = "", now: float = 0.0) -> None:
@@ -332,35 +333,33 @@ class Pins:
             return
         self._admit()
         task = self._writing.get(node_id)  # another contact's write for this id: wait for it, spend nothing
+        joined = task is not None
         if task is None:
-            task = self._start(node_id, public_key, source, now, held=False)
-        self._waiting += 1
+            task = self._start(node_id, public_key, source, now)
+        self._joined += joined
         try:
-            failed = await asyncio.shield(task)  # a contact that goes away leaves the write to finish
+            failed = await asyncio.shield(task)  # a contact that goes away leaves the write to finish (counted)
         finally:
-            self._waiting -= 1
+            self._joined -= joined
         if self.pinned(node_id, public_key):  # by this write, another contact's, or an operator meanwhile
             return
         raise _again(failed) if failed is not None else AuthError(f"node {node_id!r} is not pinned yet; retry", 503, 1)
 
     def _admit(self) -> None:
-        """Room for one more first contact waiting on a write, or AuthError 503 at once (nothing spent, queued)."""
-        if self._waiting >= self.pending:
-            raise AuthError(f"{self._waiting} first contacts are waiting for their pin write; retry", 503, 1)
+        """Room for one more first contact: the writes in flight (until they land, whether or not their contact
+        still waits) and the contacts joined to one are under ``pending``; else AuthError 503 at once (nothing
+        spent, nothing queued)."""
+        if len(self._writing) + self._joined >= self.pending:
+            raise AuthError(f"{len(self._writing)} pin writes in flight; retry", 503, 1)
 
-    def _start(
-        self, node_id: str, public_key: bytes, source: str, now: float, held: bool
-    ) -> asyncio.Task[AuthError | None]:
-        """Spend ``source``'s budget (429 before anything is queued), then start ``node_id``'s write; ``held``:
-        the write itself counts as one waiting until it lands (no contact waits for it)."""
+    def _start(self, node_id: str, public_key: bytes, source: str, now: float) -> asyncio.Task[AuthError | None]:
+        """Spend ``source``'s budget (429 before anything is queued), then start ``node_id``'s write."""
         self._spend_first_contact(source, now)
-        task = asyncio.get_running_loop().create_task(self._write(node_id, public_key, self._seen(), held))
+        task = asyncio.get_running_loop().create_task(self._write(node_id, public_key, self._seen()))
         self._writing[node_id] = task
-        if held:
-            self._waiting += 1
         return task
 
-    async def _write(self, node_id: str, public_key: bytes, seen: _Seen | None, held: bool) -> AuthError | None:
+    async def _write(self, node_id: str, public_key: bytes, seen: _Seen | None) -> AuthError | None:
         """``node_id``'s pin written in the pin writer thread and taken here, on the loop; what refused it, if any
         (returned, not raised: every contact waiting for it raises its own copy)."""
         try:
@@ -371,8 +370,6 @@ class Pins:
             return exc
         finally:
             self._writing.pop(node_id, None)
-            if held:
-                self._waiting -= 1
         self._landed(node_id, public_key, result)
         return None
 

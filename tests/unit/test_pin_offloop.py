@@ -175,7 +175,7 @@ def test_a_pin_is_in_memory_only_once_on_disk_and_two_keys_for_one_id_cannot_bot
             await asyncio.sleep(0.2)
             assert not first.done() and not second.done()
             assert "n" not in pins._pins and not path.exists()  # waiting for the lock: nothing pinned anywhere
-            assert list(pins._writing) == ["n"]  # one write for the id, the second contact waits on it
+            assert list(pins._writing) == ["n"] and pins._joined == 1  # one write; the second contact waits on it
             assert "192.0.2.2" not in pins.first_contacts._buckets  # ... and spent no budget (it writes nothing)
             release.set()
             await first
@@ -183,7 +183,7 @@ def test_a_pin_is_in_memory_only_once_on_disk_and_two_keys_for_one_id_cannot_bot
                 await second
         assert info.value.status == 403 and "another key" in str(info.value)
         assert pins._pins == {"n": K1} and read_pins(path) == {"n": K1}
-        assert pins._writing == {} and pins._waiting == 0
+        assert pins._writing == {} and pins._joined == 0
 
     asyncio.run(main())
 
@@ -204,13 +204,37 @@ def test_first_contacts_waiting_on_writes_are_bounded_past_it_refused_at_once(tm
             assert time.perf_counter() - t < 0.1  # refused at once, not queued behind the lock
             with pytest.raises(AuthError) as info:  # the synchronous path (relayed statements) likewise
                 pins.check("n4", K1, "192.0.2.9", 0.0)
-            assert info.value.status == 503 and "waiting" in str(info.value)
+            assert info.value.status == 503 and "in flight" in str(info.value)
             assert "192.0.2.9" not in pins.first_contacts._buckets  # a refused contact spends no budget
-            assert len(pins._writing) == 3 and pins._waiting == 3
+            assert len(pins._writing) == 3 and pins._joined == 0
             release.set()
             await asyncio.gather(*waiting)
         await pins.pin("n3", K1, "192.0.2.9", 0.0)  # room again
         assert read_pins(path) == {f"n{i}": K1 for i in range(4)} == pins._pins
+
+    asyncio.run(main())
+
+
+def test_contacts_that_go_away_leave_their_writes_counted_until_they_land(tmp_path: Path) -> None:
+    """A contact cancelled while it waits (its peer hung up) does not free its place: its write still runs, so a
+    flood that connects and leaves cannot queue writes past the bound; the pins it made land in memory too."""
+    path = tmp_path / "peer" / "pins.json"
+
+    async def main() -> None:
+        pins = Pins(path, pending=2)
+        with folder_locked(path) as release:
+            gone = [asyncio.ensure_future(pins.pin(f"n{i}", K1, f"192.0.2.{i + 1}", 0.0)) for i in range(2)]
+            await asyncio.sleep(0.05)
+            for task in gone:
+                task.cancel()
+            await asyncio.gather(*gone, return_exceptions=True)
+            with pytest.raises(AuthError) as info:
+                await pins.pin("n2", K1, "192.0.2.3", 0.0)
+            assert info.value.status == 503 and len(pins._writing) == 2
+            release.set()
+            await until(lambda: not pins._writing)
+        assert pins._pins == read_pins(path) == {"n0": K1, "n1": K1}
+        await pins.pin("n2", K1, "192.0.2.3", 0.0)
 
     asyncio.run(main())
 
@@ -236,7 +260,7 @@ def test_a_flood_of_first_contacts_leaves_disk_and_memory_equal(tmp_path: Path) 
         refused = await asyncio.gather(*(contact(pins, i) for i in range(60)))
         assert sum(refused) > 0  # the bound was reached
         assert pins._pins == read_pins(path) and len(pins._pins) == 60
-        assert pins._writing == {} and pins._waiting == 0
+        assert pins._writing == {} and pins._joined == 0
 
     asyncio.run(main())
 
@@ -287,13 +311,13 @@ def test_on_a_loop_the_synchronous_check_writes_off_it_and_refuses_once(tmp_path
                 with pytest.raises(AuthError) as info:
                     pins.check("s", key, "(relayed)", 0.0)
                 assert info.value.status == 503 and info.value.retry_after == 1
-            assert list(pins._writing) == ["s"] and pins._waiting == 1 and "s" not in pins._pins
+            assert list(pins._writing) == ["s"] and "s" not in pins._pins
             release.set()
             await until(lambda: not pins._writing)
         pins.check("s", K1, "(relayed)", 0.0)
         with pytest.raises(AuthError) as info:
             pins.check("s", K2, "(relayed)", 0.0)
-        assert info.value.status == 403 and read_pins(path) == {"s": K1} and pins._waiting == 0
+        assert info.value.status == 403 and read_pins(path) == {"s": K1} and pins._writing == {}
 
     asyncio.run(main())
 
