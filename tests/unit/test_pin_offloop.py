@@ -384,3 +384,25 @@ def test_a_client_meeting_a_listener_first_waits_for_its_pin_within_the_deadline
         assert status == 200 and node.discovery.driver.received["ping"] == 1
 
     serve(tmp_path, run)
+
+
+def test_a_relayed_statement_of_a_new_signer_is_refused_once_while_its_pin_is_written(tmp_path: Path) -> None:
+    """Identity.verify_detached (leases and suspect proofs SWIM relays, checked synchronously) on a loop: the
+    signature is checked, the relayed budget spent, the write started off the loop; the next statement passes."""
+    us, signer = Identity("us", TOKEN, tmp_path / "us"), Identity("s", TOKEN, None)
+    data = b"a statement"
+
+    async def main() -> None:
+        card, signature = signer.sign_detached(data)
+        with pytest.raises(AuthError) as info:
+            us.verify_detached(card, signature, b"another statement", time.time())  # forged: no pin started
+        assert info.value.status == 401 and us.pins._writing == {}
+        with pytest.raises(AuthError) as info:
+            us.verify_detached(card, signature, data, time.time())
+        assert info.value.status == 503 and list(us.pins._writing) == ["s"]
+        assert 15 <= us.pins.first_contacts._buckets["(relayed)"].tokens < 15.1  # one of the relayed budget's 16
+        await until(lambda: not us.pins._writing)
+        assert us.verify_detached(card, signature, data, time.time()) == "s"
+        assert us.pins.path is not None and read_pins(us.pins.path) == {"s": signer.public_key}
+
+    asyncio.run(main())
