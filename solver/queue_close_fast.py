@@ -114,6 +114,13 @@ class _View:
         self.used = [[m, c] for m, c in zip(self.mem_used.tolist(), self.comp_used.tolist(), strict=True)]
         self.open = [[j for j in range(p.n_nodes) if row[j] > 0] for row in self.cnt_k]  # [k] nodes with a pool
         self._sig: dict[int, tuple[Any, ...]] = {}
+        self._order: list[int] | None = None
+
+    def order(self) -> list[int]:
+        """``_open_order(self.lam)``, made once per view (both passes of a step read it)."""
+        if self._order is None:
+            self._order = _open_order(self.lam)
+        return self._order
 
     def signature(self, k: int, version: int) -> tuple[Any, ...]:
         """What a failed try of a model-k pool depends on: model k's rates (their version), and the memory
@@ -187,7 +194,7 @@ def _close_one(
     """Close the first pool (smallest rate first) that can close; its model, or None."""
     worth = worth_trying(pools, view.lam, view.counts).tolist()
     K = static.K
-    for f in _open_order(view.lam):
+    for f in view.order():
         j, k = divmod(f, K)
         if not worth[j][k]:
             continue
@@ -326,7 +333,7 @@ def _move_one(pools: Pools, static: _Static, view: _View) -> int | None:
     p = pools.q.base
     J, K = p.n_nodes, static.K
     m = min(MOVE_CANDIDATES, J - 1)
-    order = _open_order(view.lam)
+    order = view.order()
     if not order or m < 1:
         return None
     # by[k, j, o]: the RTT + execution of pool (j, k)'s streams if all sat at node o
