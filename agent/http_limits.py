@@ -33,7 +33,14 @@ connection also has its fair part, ``ADDRESS_SHARE / users`` (at most ``PARSE_SH
 one fair burst in debt, so reconnecting buys nothing), and may step on it whatever the address's budget says,
 while the address owes less than ``ADDRESS_DEBT_S``. A connection that spends little never waits on the others;
 every step is charged to the address, so what it takes in all stays ``ADDRESS_SHARE`` a second (plus bursts).
-The peer port runs the same protocol when httptools is missing.
+Five addresses at that share would take the whole loop, and on a LAN an attacker has many: all the client
+port's parsing (HTTP and HTTPS listeners together) has one more budget, ``TOTAL_SHARE`` (50 %) of a second,
+``TOTAL_BURST_S`` at once (``ParseTurns``). A step goes at once while it is in credit and nobody waits; else the
+connection waits in its address's queue, and one timer serves the queues as the budget allows, the address whose
+steps took least CPU first (start-time fair queuing): an honest request is next in line, not behind the floods,
+and a new address starts behind everyone waiting, so appearing or reconnecting buys no burst. The peer port runs
+the same protocol when httptools is missing (``PeerH11Protocol``, with a total of its own: a client-port flood
+never delays SWIM there).
 
 The concurrency limit itself is uvicorn's ``limit_concurrency`` (503 past it, unless a waiting connection is given
 up for the newcomer), set in agent/cli.py.
@@ -401,12 +408,15 @@ class ParseTurns:
             entry, connection = turn
             try:
                 connection._granted()  # parses and charges (or finds its transport closing)
-            finally:
+            finally:  # (whatever it raised: the others' turns go on)
                 self.release(entry)
-        self.arm(self._loop)
+                self.arm(self._loop)
+        else:
+            self.arm(self._loop)
 
 
-PARSING = ParseTurns()  # the process's: the client port (HTTP and HTTPS) and the peer port's h11 fallback share it
+PARSING = ParseTurns()  # the client port's, HTTP and HTTPS listeners together
+PEER_PARSING = ParseTurns()  # the peer port's h11 fallback's: a flood of the client port never delays SWIM there
 
 
 @dataclass(eq=False)
@@ -637,9 +647,10 @@ class SlicedH11Protocol(H11Protocol):
         return not self._in_turns
 
     def _granted(self) -> None:
-        """Its turn (``ParseTurns``): one step."""
+        """Its turn (``ParseTurns``): one step (none for a connection of a loop that has closed: tests, benches)."""
         self._in_turns = False
-        self._parse(None)
+        if not self.loop.is_closed():
+            self._parse(None)
 
     def _charge(self, spent: float) -> float:
         """Charge ``spent`` seconds of parsing to every budget it counts against; the wait before the next step."""
@@ -746,6 +757,14 @@ class SlicedH11Protocol(H11Protocol):
             self.address_budgets.give(self._address)
             self._address = None
         super().connection_lost(exc)
+
+
+class PeerH11Protocol(SlicedH11Protocol):
+    """The peer port's h11 fallback (``agent.peer_api.peer_http_parser``): the client port's bounds, with its
+    own address table and turns (``PEER_PARSING``): a member's SWIM messages never wait behind the client port's
+    queues; what the peer port's parsing takes (certificate holders only) has its own bound of the same size."""
+
+    address_budgets = AddressBudgets(turns=PEER_PARSING)
 
 
 def sliced_protocol(
