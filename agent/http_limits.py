@@ -77,7 +77,7 @@ PARSE_BURST_S = 0.1  # ... this much at once (an honest 8 MiB upload costs ~10-2
 ADDRESS_SHARE = 0.2  # ... and all connections from one address together (64 of them would be 3.2 s a second) ...
 ADDRESS_BURST_S = 0.1  # ... past this much at once; each connection's fair part of it needs no more (see below) ...
 ADDRESS_DEBT_S = 1.0  # ... while the address owes less than this (a cap on what fair parts may overdraw it)
-TOTAL_SHARE = 0.5  # ... and all parsing of the process (every address, every port) together, past ...
+TOTAL_SHARE = 0.5  # ... and all parsing of a port (every address; HTTP and HTTPS client listeners) together ...
 TOTAL_BURST_S = 0.1  # ... this much at once: SWIM, the election and answers keep the rest, however many send
 IDLE_CREDIT_S = 0.005  # an address that joins the turns may be this far behind their virtual time (a step's worth)
 RECENT_ADDRESSES = 1024  # addresses with no connection open whose place in the turns is remembered (ParseTurns)
@@ -281,9 +281,10 @@ def step_wait(own: ParseBudget, address: ParseBudget, fair: ParseBudget, now: fl
 
 
 class ParseTurns:
-    """All parsing of the process together (every address, every port: one event loop) takes at most ``share``
-    of a second, ``burst_s`` at once, and when that budget is spent, the steps that wait take turns fairly
-    across addresses, whatever each address sends or how many connections it has.
+    """All parsing of a port together (every address; the client port's HTTP and HTTPS listeners share one, the
+    peer port's h11 fallback has its own) takes at most ``share`` of a second, ``burst_s`` at once, and when that
+    budget is spent, the steps that wait take turns fairly across addresses, whatever each address sends or how
+    many connections it has.
 
     Per-address budgets alone let five addresses at ``ADDRESS_SHARE`` take the whole loop, and on a LAN an
     attacker has many addresses. A step goes at once only while the budget is in credit and nobody waits;
@@ -422,7 +423,7 @@ PEER_PARSING = ParseTurns()  # the peer port's h11 fallback's: a flood of the cl
 @dataclass(eq=False)
 class AddressEntry:
     """What ``AddressBudgets`` holds for one address: its parse budget, its open connections, and its place in
-    the process's ``ParseTurns`` (virtual time, the connections waiting for a turn, oldest first)."""
+    the port's ``ParseTurns`` (virtual time, the connections waiting for a turn, oldest first)."""
 
     budget: ParseBudget
     virtual: float
@@ -435,7 +436,7 @@ class AddressEntry:
 class AddressBudgets:
     """One ``ParseBudget`` per client address, shared by that address's open connections (held while one is
     open: as many entries as addresses with a connection, at most the server's connection limit), and the
-    ``ParseTurns`` all of them take turns in (the process's unless given another)."""
+    ``ParseTurns`` all of them take turns in (the client port's, ``PARSING``, unless given another)."""
 
     def __init__(
         self, share: float = ADDRESS_SHARE, burst_s: float = ADDRESS_BURST_S, turns: ParseTurns | None = None
@@ -551,9 +552,9 @@ class SlicedH11Protocol(H11Protocol):
     events_per_turn = EVENTS_PER_TURN
     address_budgets = AddressBudgets()  # this class's connections' (a subclass may have its own)
     _address: str | None = None  # whose address budget this connection holds
-    _entry: AddressEntry | None = None  # its address's entry (budget, place in the process's turns)
+    _entry: AddressEntry | None = None  # its address's entry (budget, place in the port's turns)
     _next_step: asyncio.Handle | None = None  # parsing the rest (or h11's pending events) on a later loop turn
-    _in_turns = False  # waiting in its address's queue for a turn of the process's parse budget (ParseTurns)
+    _in_turns = False  # waiting in its address's queue for a turn of the port's parse budget (ParseTurns)
     _reading_held = False  # reading paused by the slicing (uvicorn's flow control pauses it on its own too)
     _lingering: asyncio.TimerHandle | None = None  # refused: dropping what arrives until this closes
     _dropped = 0  # bytes dropped since the refusal
@@ -607,7 +608,7 @@ class SlicedH11Protocol(H11Protocol):
             self._unparsed += data
             self._hold_reading()
             self._next_step = self.loop.call_later(wait, self._step)
-        elif not self._admitted():  # the process's parse budget is spent or others wait: in the queue
+        elif not self._admitted():  # the port's parse budget is spent or others wait: in the queue
             self._unparsed += data
             self._hold_reading()
         elif self._unparsed or len(data) > PARSE_SLICE:
@@ -624,7 +625,7 @@ class SlicedH11Protocol(H11Protocol):
 
     def _step(self) -> None:
         """A scheduled step, on its loop turn: parse, unless the address's budget was spent since it was scheduled
-        (then later) or the process's turns say to wait (then in its address's queue)."""
+        (then later) or the port's turns say to wait (then in its address's queue)."""
         self._next_step = None
         overdrawn = self.budget.credit < 0 or (
             self.shared is not None and min(self.shared.credit, self.fair.credit) < 0
@@ -636,7 +637,7 @@ class SlicedH11Protocol(H11Protocol):
             self._parse(None)
 
     def _admitted(self) -> bool:
-        """Whether the process's parse budget lets this connection step now; if not, it waits for its turn
+        """Whether the port's parse budget lets this connection step now; if not, it waits for its turn
         (``_granted``). Its own and its address's budgets were checked before: waiting only refills them."""
         if self._entry is None:
             return True
@@ -789,7 +790,7 @@ def limited_protocol(
     and (with ``write_timeout_s``) a deadline for a client that stops reading what it is sent."""
 
     class LimitedH11Protocol(parsing):  # type: ignore[valid-type,misc]
-        address_budgets = AddressBudgets(  # its own table; the parsing class's turns (the process's unless a test's)
+        address_budgets = AddressBudgets(  # its own table; the parsing class's turns (PARSING unless a test's)
             parsing.address_budgets.share, parsing.address_budgets.burst_s, parsing.address_budgets.turns
         )
         waiting: ClassVar[dict[str, dict[Any, None]]] = {}  # waiting for a request head, per address, oldest first

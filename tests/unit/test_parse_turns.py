@@ -19,10 +19,13 @@ from hypothesis import strategies as st
 from uvicorn.server import ServerState
 
 from agent.http_limits import (
+    PARSING,
+    PEER_PARSING,
     RECENT_ADDRESSES,
     AddressBudgets,
     AddressEntry,
     ParseTurns,
+    PeerH11Protocol,
     limited_protocol,
     sliced_protocol,
 )
@@ -210,6 +213,16 @@ def test_the_tables_stay_bounded() -> None:
     assert served == stay and turns.waiting == 0  # the live ones, each once, in the order they joined
 
 
+def test_the_client_listeners_share_one_total_and_the_peer_port_has_its_own() -> None:
+    """The HTTP and HTTPS client listeners (``server_config`` builds a protocol class for each) take turns in one
+    total, with tables of their own; the peer port's h11 fallback has its own total, so a flood of the client
+    port never delays a member's SWIM messages there."""
+    http, https = limited_protocol(10.0, 64), limited_protocol(10.0, 64)
+    assert http.address_budgets is not https.address_budgets  # type: ignore[attr-defined]
+    assert http.address_budgets.turns is https.address_budgets.turns is PARSING  # type: ignore[attr-defined]
+    assert PeerH11Protocol.address_budgets.turns is PEER_PARSING and PEER_PARSING is not PARSING
+
+
 # -- over loopback ---------------------------------------------------------------------------------------------
 
 
@@ -245,9 +258,9 @@ HONEST = b"POST /v1/models/m:predict HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r
 
 async def flood(addresses: int, turns: ParseTurns, seconds: float) -> tuple[float, float, list[float], float]:
     """``addresses`` hostile addresses (127.0.79.x): half send front-loaded 2 MiB bodies, half pipeline requests of
-    2,500 headers, all at once, while one honest address (127.0.78.9) sends small predicts one after another on a
-    kept-alive connection for ``seconds``. The parsing CPU of all connections, the elapsed time, the honest
-    answers' latencies, and the loop's longest lag (a 5 ms ticker)."""
+    2,500 headers, all at once, while one honest address (127.0.78.9, connected before them) sends small predicts
+    one after another on a kept-alive connection for ``seconds``. The parsing CPU of all connections, the elapsed
+    time, the honest answers' latencies, and the loop's longest lag (a 5 ms ticker)."""
     config = uvicorn.Config(answer, h11_max_incomplete_event_size=16384, log_config=None)
     config.load()
     parsing = sliced_protocol(share=1.0, burst_s=1.0, address=AddressBudgets(1.0, 1.0, turns))  # only turns bind
@@ -270,15 +283,16 @@ async def flood(addresses: int, turns: ParseTurns, seconds: float) -> tuple[floa
             await asyncio.sleep(0.005)
             lags.append(loop.time() - before - 0.005)
 
+    # the honest client connects first and keeps its connection (a new address would join behind everyone waiting)
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=("127.0.78.9", 0))
     hostile = []
     for a in range(addresses):
-        reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=(f"127.0.79.{a + 1}", 0))
-        writer.write(front_loaded(2 * 2**20) if a % 2 == 0 else MANY_HEADERS * 200)
-        hostile.append(writer)
+        _, flooding = await asyncio.open_connection("127.0.0.1", port, local_addr=(f"127.0.79.{a + 1}", 0))
+        flooding.write(front_loaded(2 * 2**20) if a % 2 == 0 else MANY_HEADERS * 200)
+        hostile.append(flooding)
     tick = asyncio.ensure_future(ticker())
     await asyncio.sleep(0.3)  # the flood is on: the budget spent, the queues full
     started, cpu_before = time.monotonic(), sum(p.parse_cpu_s for p in made)
-    reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=("127.0.78.9", 0))
     latencies = []
     while time.monotonic() - started < seconds:
         sent = time.monotonic()
@@ -310,4 +324,4 @@ def test_many_addresses_flooding_get_the_total_share_and_an_honest_one_is_served
           f"loop lag max {1000 * lag:.1f} ms")  # fmt: skip
     assert spent <= burst + share * elapsed + 0.02, (spent, elapsed)  # (a step may overdraw: a header block)
     assert spent >= 0.5 * share * elapsed, (spent, elapsed)  # the flood did want it: the cap is what bound it
-    assert len(latencies) >= 20 and p50 < 0.15, (len(latencies), p50)
+    assert len(latencies) >= 30 and p50 < 0.1, (len(latencies), p50)
