@@ -33,7 +33,14 @@ connection also has its fair part, ``ADDRESS_SHARE / users`` (at most ``PARSE_SH
 one fair burst in debt, so reconnecting buys nothing), and may step on it whatever the address's budget says,
 while the address owes less than ``ADDRESS_DEBT_S``. A connection that spends little never waits on the others;
 every step is charged to the address, so what it takes in all stays ``ADDRESS_SHARE`` a second (plus bursts).
-The peer port runs the same protocol when httptools is missing.
+Five addresses at that share would take the whole loop, and on a LAN an attacker has many: all the client
+port's parsing (HTTP and HTTPS listeners together) has one more budget, ``TOTAL_SHARE`` (50 %) of a second,
+``TOTAL_BURST_S`` at once (``ParseTurns``). A step goes at once while it is in credit and nobody waits; else the
+connection waits in its address's queue, and one timer serves the queues as the budget allows, the address whose
+steps took least CPU first (start-time fair queuing): an honest request is next in line, not behind the floods,
+and a new address starts behind everyone waiting, so appearing or reconnecting buys no burst. The peer port runs
+the same protocol when httptools is missing (``PeerH11Protocol``, with a total of its own: a client-port flood
+never delays SWIM there).
 
 The concurrency limit itself is uvicorn's ``limit_concurrency`` (503 past it, unless a waiting connection is given
 up for the newcomer), set in agent/cli.py.
@@ -43,6 +50,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
+import itertools
 import json
 import logging
 import re
@@ -68,6 +77,10 @@ PARSE_BURST_S = 0.1  # ... this much at once (an honest 8 MiB upload costs ~10-2
 ADDRESS_SHARE = 0.2  # ... and all connections from one address together (64 of them would be 3.2 s a second) ...
 ADDRESS_BURST_S = 0.1  # ... past this much at once; each connection's fair part of it needs no more (see below) ...
 ADDRESS_DEBT_S = 1.0  # ... while the address owes less than this (a cap on what fair parts may overdraw it)
+TOTAL_SHARE = 0.5  # ... and all parsing of a port (every address; HTTP and HTTPS client listeners) together ...
+TOTAL_BURST_S = 0.1  # ... this much at once: SWIM, the election and answers keep the rest, however many send
+IDLE_CREDIT_S = 0.005  # an address that joins the turns may be this far behind their virtual time (a step's worth)
+RECENT_ADDRESSES = 1024  # addresses with no connection open whose place in the turns is remembered (ParseTurns)
 MIN_CHUNKS = 256  # chunks any body may use ...
 MIN_CHUNK_BYTES = 256  # ... past which they must average at least this many bytes
 REFUSAL_LINGER_S = 1.0  # a refused client has this long to read its 400; what it still sends is dropped unparsed ...
@@ -267,36 +280,203 @@ def step_wait(own: ParseBudget, address: ParseBudget, fair: ParseBudget, now: fl
     return max(own.wait(now), min(address_wait, max(fair.wait(now), owed)))
 
 
+class ParseTurns:
+    """All parsing of a port together (every address; the client port's HTTP and HTTPS listeners share one, the
+    peer port's h11 fallback has its own) takes at most ``share`` of a second, ``burst_s`` at once, and when that
+    budget is spent, the steps that wait take turns fairly across addresses, whatever each address sends or how
+    many connections it has.
+
+    Per-address budgets alone let five addresses at ``ADDRESS_SHARE`` take the whole loop, and on a LAN an
+    attacker has many addresses. A step goes at once only while the budget is in credit and nobody waits;
+    else its connection joins its address's queue, and one timer serves the queues, one step at a time, as
+    the budget allows: the address whose steps have taken the least goes first (start-time fair queuing: each
+    address has a virtual time, the CPU its steps took; one that starts waiting again joins at the virtual
+    time of the step served last, ``virtual``, if it is behind that, so an idle address banks nothing). An
+    honest address, whose request parses in one cheap step, is next in line when it joins, not behind the
+    others' floods (~one step of the budget's refill); the hostile ones share the rest equally. A new address
+    starts at the ``horizon``, behind every one that waits (``AddressBudgets.take``): appearing, or closing
+    every connection and reconnecting, buys one turn a round like everyone else's, never a burst.
+
+    One timer however many wait (a timer per waiting connection would wake them all together each time the
+    budget is back: their rechecks, uncharged, cost more than the steps); O(log n) per step (a heap of
+    addresses; stale entries, of addresses whose last waiting connection closed, are dropped when popped or
+    when they outnumber the live ones)."""
+
+    def __init__(self, share: float = TOTAL_SHARE, burst_s: float = TOTAL_BURST_S) -> None:
+        self.budget = ParseBudget(share, burst_s)
+        self.virtual = 0.0  # the virtual time where the step served last started
+        self.horizon = 0.0  # the latest virtual time any address has reached: where a new one starts
+        # (virtual time, its last turn, ticket, address) per address waiting: among equal virtual times the one
+        # served least recently goes first (an address that was idle is not put behind a round of ties)
+        self._turns: list[tuple[float, int, int, AddressEntry]] = []
+        self._tickets = itertools.count()
+        self._live = 0  # addresses with a connection waiting (the others' heap entries are stale)
+        self._timer: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def __len__(self) -> int:
+        """Heap entries held (live and stale): at most twice the addresses waiting, plus 16."""
+        return len(self._turns)
+
+    @property
+    def waiting(self) -> int:
+        """Addresses with a connection waiting for its turn."""
+        return self._live
+
+    def admit(self, entry: AddressEntry, connection: Any, now: float) -> bool:
+        """Whether ``connection`` (of ``entry``'s address) may parse now; if not, it waits in its address's queue
+        for ``next_turn`` (the protocol then arms the timer: ``arm``)."""
+        if not self._live and self._budget_wait(now) == 0:
+            entry.virtual = max(entry.virtual, self.virtual - IDLE_CREDIT_S)
+            self.virtual = max(self.virtual, entry.virtual)
+            return True
+        if not entry.waiting:
+            self._join(entry)
+        entry.waiting[connection] = None
+        return False
+
+    def next_turn(self, now: float) -> tuple[AddressEntry, Any] | None:
+        """The connection whose turn it is (its address's oldest waiting, of the address that has had the least),
+        or None (the budget is not back yet, or nobody waits). ``release`` its address after its step."""
+        if self._budget_wait(now) > 0:
+            return None
+        while self._turns:
+            virtual, _, ticket, entry = heapq.heappop(self._turns)
+            if ticket == entry.ticket:
+                connection = next(iter(entry.waiting))
+                del entry.waiting[connection]
+                self.virtual, entry.ticket, entry.served = max(self.virtual, virtual), None, next(self._tickets)
+                self._live -= 1
+                return entry, connection
+        return None
+
+    def release(self, entry: AddressEntry) -> None:
+        """``entry``'s step is done (and charged): it joins the queues again if more of its connections wait."""
+        if entry.waiting and entry.ticket is None:
+            self._join(entry)
+
+    def wait(self, now: float) -> float | None:
+        """Seconds from ``now`` to the next turn; None when nobody waits."""
+        return self._budget_wait(now) if self._live else None
+
+    def _budget_wait(self, now: float) -> float:
+        """The budget's wait, a rounding error taken as none (the refill's arithmetic can leave -1e-19 of credit)."""
+        wait = self.budget.wait(now)
+        return 0.0 if wait < 1e-9 else wait
+
+    def withdraw(self, entry: AddressEntry, connection: Any) -> None:
+        """``connection`` closed while it waited for its turn."""
+        if entry.waiting.pop(connection, 0) is None and not entry.waiting and entry.ticket is not None:
+            entry.ticket = None  # its heap entry is stale now
+            self._live -= 1
+            if len(self._turns) > 2 * self._live + 16:
+                self._turns = [turn for turn in self._turns if turn[2] == turn[3].ticket]
+                heapq.heapify(self._turns)
+
+    def charge(self, entry: AddressEntry, seconds: float, now: float) -> None:
+        """A step of ``entry``'s address took ``seconds`` of parsing, ending at ``now``."""
+        self.budget.spend(seconds, now)
+        entry.virtual += seconds
+        self.horizon = max(self.horizon, entry.virtual)
+
+    def ticket(self) -> int:
+        """A ticket number: later than every one given so far."""
+        return next(self._tickets)
+
+    def _join(self, entry: AddressEntry) -> None:
+        """``entry``'s address starts waiting: at its virtual time, or the current one if that is later (an address
+        that was idle banks nothing)."""
+        entry.virtual = max(entry.virtual, self.virtual - IDLE_CREDIT_S)
+        self.horizon = max(self.horizon, entry.virtual)
+        entry.ticket = next(self._tickets)
+        heapq.heappush(self._turns, (entry.virtual, entry.served, entry.ticket, entry))
+        self._live += 1
+
+    def arm(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Serve the queues on ``loop``: one timer, at the next turn."""
+        if self._loop is not loop:  # (a new loop: tests run one per server; the old one's timer went with it)
+            self._loop, self._timer = loop, None
+        wait = self.wait(loop.time())
+        if self._timer is None and wait is not None:
+            self._timer = loop.call_later(wait, self._serve)
+
+    def _serve(self) -> None:
+        """The timer: one step, the next turn's; then the timer for the one after (other tasks run between)."""
+        self._timer = None
+        assert self._loop is not None
+        turn = self.next_turn(self._loop.time())
+        if turn is not None:
+            entry, connection = turn
+            try:
+                connection._granted()  # parses and charges (or finds its transport closing)
+            finally:  # (whatever it raised: the others' turns go on)
+                self.release(entry)
+                self.arm(self._loop)
+        else:
+            self.arm(self._loop)
+
+
+PARSING = ParseTurns()  # the client port's, HTTP and HTTPS listeners together
+PEER_PARSING = ParseTurns()  # the peer port's h11 fallback's: a flood of the client port never delays SWIM there
+
+
+@dataclass(eq=False)
+class AddressEntry:
+    """What ``AddressBudgets`` holds for one address: its parse budget, its open connections, and its place in
+    the port's ``ParseTurns`` (virtual time, the connections waiting for a turn, oldest first)."""
+
+    budget: ParseBudget
+    virtual: float
+    users: int = 0
+    waiting: dict[Any, None] = field(default_factory=dict)
+    ticket: int | None = None  # its live heap entry's, while a connection waits
+    served: int = 0  # when it last had a turn (a ticket number; 0: never)
+
+
 class AddressBudgets:
     """One ``ParseBudget`` per client address, shared by that address's open connections (held while one is
-    open: as many entries as addresses with a connection, at most the server's connection limit)."""
+    open: as many entries as addresses with a connection, at most the server's connection limit), and the
+    ``ParseTurns`` all of them take turns in (the client port's, ``PARSING``, unless given another)."""
 
-    def __init__(self, share: float = ADDRESS_SHARE, burst_s: float = ADDRESS_BURST_S) -> None:
+    def __init__(
+        self, share: float = ADDRESS_SHARE, burst_s: float = ADDRESS_BURST_S, turns: ParseTurns | None = None
+    ) -> None:
         self.share, self.burst_s = share, burst_s
-        self._held: dict[str, tuple[ParseBudget, int]] = {}
+        self.turns = PARSING if turns is None else turns
+        self._held: dict[str, AddressEntry] = {}
+        self._recent: dict[str, float] = {}  # virtual times of addresses with no connection open, oldest first
 
     def __len__(self) -> int:
         return len(self._held)
 
-    def take(self, host: str) -> ParseBudget:
-        """``host``'s budget, for one more connection."""
-        budget, users = self._held.get(host) or (ParseBudget(self.share, self.burst_s), 0)
-        self._held[host] = (budget, users + 1)
-        return budget
+    def take(self, host: str) -> AddressEntry:
+        """``host``'s entry, for one more connection. A new one starts at the virtual time it had when its last
+        connection closed, if remembered (an honest client that connects per request keeps its place), else
+        at the turns' horizon, behind every address that waits: an address that appears, or reconnects to shed
+        what its steps took, waits a whole round, never buys turns ahead of the others."""
+        entry = self._held.get(host)
+        if entry is None:
+            start = self._recent.pop(host, self.turns.horizon)
+            entry = self._held[host] = AddressEntry(ParseBudget(self.share, self.burst_s), start)
+            entry.served = self.turns.ticket()  # last among equals, as if it had just had a turn
+        entry.users += 1
+        return entry
 
     def users(self, host: str) -> int:
         """How many open connections from ``host`` hold its budget: the per-address connection count, kept as
         connections open and close (a scan of the server's connections per connect was quadratic in them)."""
-        held = self._held.get(host)
-        return 0 if held is None else held[1]
+        entry = self._held.get(host)
+        return 0 if entry is None else entry.users
 
     def give(self, host: str) -> None:
         """A connection from ``host`` closed; its budget goes when the last one does."""
-        budget, users = self._held[host]
-        if users > 1:
-            self._held[host] = (budget, users - 1)
-        else:
+        entry = self._held[host]
+        entry.users -= 1
+        if entry.users <= 0:
             del self._held[host]
+            self._recent[host] = entry.virtual
+            if len(self._recent) > RECENT_ADDRESSES:  # the least recently closed goes (it starts at the horizon)
+                del self._recent[next(iter(self._recent))]
 
 
 class ChunkCountingConnection(h11.Connection):
@@ -372,7 +552,9 @@ class SlicedH11Protocol(H11Protocol):
     events_per_turn = EVENTS_PER_TURN
     address_budgets = AddressBudgets()  # this class's connections' (a subclass may have its own)
     _address: str | None = None  # whose address budget this connection holds
+    _entry: AddressEntry | None = None  # its address's entry (budget, place in the port's turns)
     _next_step: asyncio.Handle | None = None  # parsing the rest (or h11's pending events) on a later loop turn
+    _in_turns = False  # waiting in its address's queue for a turn of the port's parse budget (ParseTurns)
     _reading_held = False  # reading paused by the slicing (uvicorn's flow control pauses it on its own too)
     _lingering: asyncio.TimerHandle | None = None  # refused: dropping what arrives until this closes
     _dropped = 0  # bytes dropped since the refusal
@@ -392,7 +574,8 @@ class SlicedH11Protocol(H11Protocol):
         super().connection_made(transport)
         self.flow = SlicedFlowControl(transport, lambda: self._reading_held)
         self._address = _client_host(self) or ""
-        self.shared = self.address_budgets.take(self._address)
+        self._entry = self.address_budgets.take(self._address)
+        self.shared = self._entry.budget
         self._fair_now()
         self.fair.credit, self.fair.at = -self.fair.burst_s, self.loop.time()
 
@@ -418,13 +601,16 @@ class SlicedH11Protocol(H11Protocol):
                 self.transport.pause_reading()
             return
         self._on_data()
-        if self._next_step is not None:  # a step waits for its turn (reading is paused: this read was under way)
+        if self._next_step is not None or self._in_turns:  # a step waits (reading is paused: this read was under way)
             self._unparsed += data
             self._hold_reading()
         elif (wait := self._wait()) > 0:
             self._unparsed += data
             self._hold_reading()
             self._next_step = self.loop.call_later(wait, self._step)
+        elif not self._admitted():  # the port's parse budget is spent or others wait: in the queue
+            self._unparsed += data
+            self._hold_reading()
         elif self._unparsed or len(data) > PARSE_SLICE:
             self._unparsed += data
             self._parse(None)
@@ -438,7 +624,8 @@ class SlicedH11Protocol(H11Protocol):
         """h11 has handed out what it could of a step; a subclass's hook."""
 
     def _step(self) -> None:
-        """A scheduled step, on its loop turn: parse, unless the address's budget was spent since it was scheduled."""
+        """A scheduled step, on its loop turn: parse, unless the address's budget was spent since it was scheduled
+        (then later) or the port's turns say to wait (then in its address's queue)."""
         self._next_step = None
         overdrawn = self.budget.credit < 0 or (
             self.shared is not None and min(self.shared.credit, self.fair.credit) < 0
@@ -446,7 +633,37 @@ class SlicedH11Protocol(H11Protocol):
         if overdrawn and (wait := self._wait()) > 0 and not self.transport.is_closing():
             self._next_step = self.loop.call_later(wait, self._step)
             return
-        self._parse(None)
+        if self.transport.is_closing() or self._admitted():
+            self._parse(None)
+
+    def _admitted(self) -> bool:
+        """Whether the port's parse budget lets this connection step now; if not, it waits for its turn
+        (``_granted``). Its own and its address's budgets were checked before: waiting only refills them."""
+        if self._entry is None:
+            return True
+        turns = self.address_budgets.turns
+        self._in_turns = not turns.admit(self._entry, self, self.loop.time())
+        if self._in_turns:
+            turns.arm(self.loop)
+        return not self._in_turns
+
+    def _granted(self) -> None:
+        """Its turn (``ParseTurns``): one step (none for a connection of a loop that has closed: tests, benches)."""
+        self._in_turns = False
+        if not self.loop.is_closed():
+            self._parse(None)
+
+    def _charge(self, spent: float) -> float:
+        """Charge ``spent`` seconds of parsing to every budget it counts against; the wait before the next step."""
+        self.parse_cpu_s += spent
+        now = self.loop.time()
+        wait = self.budget.spend(spent, now)
+        if self.shared is not None and self._entry is not None:
+            self.shared.spend(spent, now)
+            self._fair_now().spend(spent, now)
+            self.address_budgets.turns.charge(self._entry, spent, now)
+            wait = self._wait()
+        return wait
 
     def _parse(self, data: bytes | None) -> None:
         """One loop turn's parsing: ``data`` (a slice at most, nothing waiting), else h11's events left from a turn
@@ -465,14 +682,7 @@ class SlicedH11Protocol(H11Protocol):
             piece = self._unparsed[:PARSE_SLICE]
             del self._unparsed[:PARSE_SLICE]
             super().data_received(piece)  # type: ignore[arg-type]  # h11 takes any bytes-like
-        spent = time.thread_time() - started
-        self.parse_cpu_s += spent
-        now = self.loop.time()
-        wait = self.budget.spend(spent, now)
-        if self.shared is not None:
-            self.shared.spend(spent, now)
-            self._fair_now().spend(spent, now)
-            wait = self._wait()
+        wait = self._charge(time.thread_time() - started)
         if self.transport.get_protocol() is not self:  # upgraded (WebSocket): the rest was never h11's
             self._unparsed.clear()
             self.transport.resume_reading()
@@ -489,7 +699,7 @@ class SlicedH11Protocol(H11Protocol):
             self._unparsed.clear()
         elif self.counted.cut_short or self._unparsed:
             self._hold_reading()
-            if self._next_step is None:
+            if self._next_step is None and not self._in_turns:
                 call = self.loop.call_soon if wait <= 0 else partial(self.loop.call_later, wait)
                 self._next_step = call(self._step)
         elif self._reading_held:
@@ -504,9 +714,16 @@ class SlicedH11Protocol(H11Protocol):
         self.transport.pause_reading()
 
     def on_response_complete(self) -> None:
-        super().on_response_complete()  # parses pipelined events: that turn may be cut short too
-        if self.counted.cut_short and self._next_step is None and not self.counted.refused:
-            self._next_or_release(self._wait())
+        """uvicorn parses pipelined events here: a step like any other, charged, and only if the budgets allow
+        it now (else it is left to the step that waits: h11 keeps the events, cut short at once)."""
+        waiting = self._next_step is not None or self._in_turns
+        if waiting or self.transport.is_closing() or self._wait() > 0 or not self._admitted():
+            self.counted.turn_left = 0
+        started = time.thread_time()
+        super().on_response_complete()
+        wait = self._charge(time.thread_time() - started)
+        if self.counted.cut_short and self._next_step is None and not self._in_turns and not self.counted.refused:
+            self._next_or_release(wait)
 
     def _refuse_chunking(self) -> None:
         """400 (unless an answer has started) and close; the handler reading the body sees the client gone."""
@@ -534,10 +751,21 @@ class SlicedH11Protocol(H11Protocol):
                 handle.cancel()
         self._next_step = None
         self._unparsed.clear()
+        if self._in_turns and self._entry is not None:
+            self.address_budgets.turns.withdraw(self._entry, self)
+            self._in_turns = False
         if self._address is not None:
             self.address_budgets.give(self._address)
             self._address = None
         super().connection_lost(exc)
+
+
+class PeerH11Protocol(SlicedH11Protocol):
+    """The peer port's h11 fallback (``agent.peer_api.peer_http_parser``): the client port's bounds, with its
+    own address table and turns (``PEER_PARSING``): a member's SWIM messages never wait behind the client port's
+    queues; what the peer port's parsing takes (certificate holders only) has its own bound of the same size."""
+
+    address_budgets = AddressBudgets(turns=PEER_PARSING)
 
 
 def sliced_protocol(
@@ -562,7 +790,9 @@ def limited_protocol(
     and (with ``write_timeout_s``) a deadline for a client that stops reading what it is sent."""
 
     class LimitedH11Protocol(parsing):  # type: ignore[valid-type,misc]
-        address_budgets = AddressBudgets(parsing.address_budgets.share, parsing.address_budgets.burst_s)
+        address_budgets = AddressBudgets(  # its own table; the parsing class's turns (PARSING unless a test's)
+            parsing.address_budgets.share, parsing.address_budgets.burst_s, parsing.address_budgets.turns
+        )
         waiting: ClassVar[dict[str, dict[Any, None]]] = {}  # waiting for a request head, per address, oldest first
         given_up: ClassVar[set[Any]] = set()  # closed to make room, not yet gone from uvicorn's connection set
         _header_timer: asyncio.TimerHandle | None = None

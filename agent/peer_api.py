@@ -31,7 +31,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
 from agent.decisions import memory_refusal
-from agent.http_limits import SlicedH11Protocol
+from agent.http_limits import PeerH11Protocol
 from agent.identity import AuthError, Identity
 from agent.node import CapacityError, FencedError, UnknownModelError
 from agent.peer_gate import gate_tls
@@ -251,7 +251,8 @@ def fit_page(rows: list[dict[str, Any]], cursor: int, budget: int = wire.MAX_BOD
 
 def peer_http_parser() -> str | type[asyncio.Protocol]:
     """uvicorn's HTTP implementation for the peer listener: httptools (C) when installed, else h11 with the
-    client port's parsing bounds (``SlicedH11Protocol``: per loop turn, per connection, chunks per body).
+    client port's parsing bounds (``PeerH11Protocol``: per loop turn, per connection, per address, chunks per
+    body, and a total of its own).
 
     Every member answers several SWIM messages a second; h11's pure-Python parsing was a quarter of an idle
     member's CPU (bench/peer_exchange_bench.py, same run: 0.43 -> 0.30 ms per direct exchange, both ends). On
@@ -259,7 +260,7 @@ def peer_http_parser() -> str | type[asyncio.Protocol]:
     as it did on the client port (review 11a), from any holder of a cluster certificate."""
     if importlib.util.find_spec("httptools") is not None:
         return "httptools"
-    return SlicedH11Protocol
+    return PeerH11Protocol
 
 
 class _EmbeddedServer(uvicorn.Server):

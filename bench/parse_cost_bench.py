@@ -12,8 +12,16 @@ e.g. main's) and this checkout's, in the same run:
 - real agents (``--agents``): an agent from each checkout; ``--attackers`` connections (2) send front-loaded
   bodies (POST /health: 405, each body drained by h11) one after another, kept alive (the header deadline cuts
   one off after 10 s: it reconnects), while /health is timed on new connections; and the agent's CPU.
+  ``--addresses N`` spreads the senders over N source addresses (127.0.79.x): many addresses against the budget
+  of all of them together (``ParseTurns``) rather than one address's.
+- in-process flood (``--flood N``): N addresses x 4 connections (127.0.79.x) send front-loaded 2 MiB bodies and
+  pipelined 2,500-header requests at once while a keep-alive client from another address sends small predicts
+  one after another for ``--seconds``: parsing CPU a second, the loop's CPU, the honest answers, the loop's lag.
 
     .venv/bin/python bench/parse_cost_bench.py --before /work/main [--rounds 3] [--agents] [--json]
+    .venv/bin/python bench/parse_cost_bench.py --before /work/main --cases front_loaded --agents --attackers 24 \
+        --addresses 24 --rounds 2
+    .venv/bin/python bench/parse_cost_bench.py --before /work/main --flood 24 --seconds 4 --rounds 4
 """
 
 from __future__ import annotations
@@ -24,6 +32,8 @@ import contextlib
 import http.client
 import importlib.util
 import json
+import logging
+import multiprocessing
 import os
 import socket
 import statistics
@@ -42,10 +52,10 @@ HEAD = b"POST /echo HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n"
 MIB8 = 8 * 2**20
 
 
-def front_loaded(path: bytes = b"/echo") -> bytes:
+def front_loaded(path: bytes = b"/echo", size: int = MIB8) -> bytes:
     """The worst legal body: one big chunk, then as many 1-byte chunks as the chunk rule allows (8 MiB in all)."""
-    tiny = MIB8 // 256 - 1
-    big = MIB8 - tiny
+    tiny = size // 256 - 1
+    big = size - tiny
     head = HEAD.replace(b"/echo", path) + b"\r\n"
     return head + b"%x\r\n" % big + b"b" * big + b"\r\n" + b"1\r\nx\r\n" * tiny + b"0\r\n\r\n"
 
@@ -150,8 +160,106 @@ def in_process(before: ModuleType, after: ModuleType, rounds: int, only: str) ->
     return results
 
 
-def health_p99(port: int, seconds: float, attack_port: int | None, attackers: int = 2) -> dict[str, Any]:
-    """/health timings on new connections for ``seconds``; ``attackers`` front-loaded senders if ``attack_port``."""
+MANY_HEADERS = b"POST /echo HTTP/1.1\r\nHost: a\r\n" + b"x: y\r\n" * 2500 + b"Content-Length: 0\r\n\r\n"  # ~15 KiB
+PREDICT = b'{"instances": [1.0, 2.0, 5.0]}'
+HONEST = b"POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\n\r\n%s" % (len(PREDICT), PREDICT)
+
+
+def flood_from(port: int, addresses: int, per_address: int) -> None:
+    """(A process of its own.) Open the flood's connections and write to them until killed."""
+
+    async def run() -> None:
+        body = front_loaded(b"/echo", 2 * 2**20)
+        for n in range(addresses * per_address):
+            source = (f"127.0.79.{n % addresses + 1}", 0)
+            _, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=source)
+            writer.write(body if n % 2 == 0 else MANY_HEADERS * 200)
+        await asyncio.sleep(3600)
+
+    asyncio.run(run())
+
+
+async def one_flood(module: ModuleType, addresses: int, per_address: int, seconds: float) -> dict[str, Any]:
+    """``addresses`` x ``per_address`` connections from 127.0.79.x flood (half front-loaded 2 MiB bodies, half
+    pipelined requests of 2,500 headers) while one keep-alive client from 127.0.78.9 sends small predicts one
+    after another for ``seconds``: parsing CPU a second (all connections), the loop thread's CPU a second, the
+    honest answers, and the loop's lag (a 5 ms ticker). The module's default budgets."""
+    import uvicorn
+    from uvicorn.server import ServerState
+
+    config = uvicorn.Config(reader_app, h11_max_incomplete_event_size=16384, log_config=None)
+    config.load()
+    protocol_class = module.limited_protocol(30.0, 64, 30.0)
+    state, made = ServerState(), []
+
+    def make() -> Any:
+        made.append(protocol_class(config=config, server_state=state, app_state={}))
+        return made[-1]
+
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(make, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    logging.getLogger("uvicorn.error").setLevel(logging.CRITICAL)  # (the aborted flood's handlers, at the end)
+    flooders = multiprocessing.get_context("spawn").Process(target=flood_from, args=(port, addresses, per_address))
+    flooders.start()  # another process: its writes are not the loop's work
+    await asyncio.sleep(2.0)
+    lags: list[float] = []
+    stop = asyncio.Event()
+
+    async def ticker() -> None:
+        while not stop.is_set():
+            before = loop.time()
+            await asyncio.sleep(0.005)
+            lags.append(loop.time() - before - 0.005)
+
+    tick = asyncio.ensure_future(ticker())
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=("127.0.78.9", 0))
+    started, cpu, parse = time.monotonic(), time.thread_time(), sum(p.parse_cpu_s for p in made)
+    took: list[float] = []
+    while time.monotonic() - started < seconds:
+        sent = time.monotonic()
+        writer.write(HONEST)
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 60)
+        await reader.readexactly(int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0]))
+        took.append(time.monotonic() - sent)
+    elapsed = time.monotonic() - started
+    parse, cpu = sum(p.parse_cpu_s for p in made) - parse, time.thread_time() - cpu
+    stop.set()
+    await tick
+    flooders.kill()
+    flooders.join()
+    writer.transport.abort()
+    server.close()
+    await server.wait_closed()
+    took.sort()
+    lags.sort()
+    return {
+        "parse_cpu_s_per_s": round(parse / elapsed, 3),
+        "loop_cpu_s_per_s": round(cpu / elapsed, 3),
+        "honest_n": len(took),
+        "honest_p50_ms": round(1000 * statistics.median(took), 1),
+        "honest_p99_ms": round(1000 * took[int(0.99 * (len(took) - 1))], 1),
+        "lag_p99_ms": round(1000 * lags[int(0.99 * (len(lags) - 1))], 2),
+        "lag_max_ms": round(1000 * lags[-1], 2),
+    }
+
+
+def flood(before: ModuleType, after: ModuleType, rounds: int, addresses: int, seconds: float) -> dict[str, Any]:
+    results: dict[str, list[dict[str, Any]]] = {"before": [], "after": []}
+    for r in range(rounds):
+        order = [("before", before), ("after", after)] if r % 2 == 0 else [("after", after), ("before", before)]
+        for label, module in order:
+            result = asyncio.run(one_flood(module, addresses, 4, seconds))
+            results[label].append(result)
+            print(f"flood round {r} {label:6s} {result}", flush=True)
+    return results
+
+
+def health_p99(
+    port: int, seconds: float, attack_port: int | None, attackers: int = 2, addresses: int = 0
+) -> dict[str, Any]:
+    """/health timings on new connections for ``seconds``; ``attackers`` front-loaded senders if ``attack_port``
+    (from 127.0.0.1, or spread over ``addresses`` source addresses 127.0.79.x)."""
     stop = threading.Event()
     wire = front_loaded(b"/health")
 
@@ -160,17 +268,18 @@ def health_p99(port: int, seconds: float, attack_port: int | None, attackers: in
             while sock.recv(65536):
                 pass
 
-    def attacker() -> None:  # body after body on one kept-alive connection (each 405, drained); again when cut off
+    def attacker(n: int) -> None:  # body after body on one kept-alive connection (each 405, drained); again if cut off
+        source = (f"127.0.79.{n % addresses + 1}", 0) if addresses else None
         while not stop.is_set():
             try:
-                with socket.create_connection(("127.0.0.1", attack_port or 0), timeout=30) as sock:
+                with socket.create_connection(("127.0.0.1", attack_port or 0), 30, source) as sock:
                     threading.Thread(target=drain, args=(sock,), daemon=True).start()
                     while not stop.is_set():
                         sock.sendall(wire)
             except OSError:
                 time.sleep(0.05)
 
-    threads = [threading.Thread(target=attacker) for _ in range(attackers if attack_port else 0)]
+    threads = [threading.Thread(target=attacker, args=(n,)) for n in range(attackers if attack_port else 0)]
     for t in threads:
         t.start()
     took: list[float] = []
@@ -197,7 +306,7 @@ def health_p99(port: int, seconds: float, attack_port: int | None, attackers: in
     }
 
 
-def agents(before_repo: Path, rounds: int, seconds: float, attackers: int) -> dict[str, Any]:
+def agents(before_repo: Path, rounds: int, seconds: float, attackers: int, addresses: int = 0) -> dict[str, Any]:
     import psutil
 
     from bench.common import served
@@ -217,7 +326,7 @@ def agents(before_repo: Path, rounds: int, seconds: float, attackers: int) -> di
                     proc = psutil.Process(popen.pid)
                     quiet = health_p99(port, 2.0, None)
                     cpu = sum(proc.cpu_times()[:2])
-                    attacked = health_p99(port, seconds, port, attackers)
+                    attacked = health_p99(port, seconds, port, attackers, addresses)
                     attacked["agent_cpu_s_per_s"] = round((sum(proc.cpu_times()[:2]) - cpu) / seconds, 3)
             results[label].append({"quiet": quiet, "attacked": attacked})
             print(f"agents round {r} {label:6s} quiet {quiet} attacked {attacked}", flush=True)
@@ -232,14 +341,25 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=6.0, help="attack length per agent round")
     ap.add_argument("--cases", default="", help="in-process cases to run, comma-separated (default: all)")
     ap.add_argument("--attackers", type=int, default=2, help="front-loaded senders per agent round")
+    ap.add_argument("--addresses", type=int, default=0, help="spread the senders over this many 127.0.79.x addresses")
+    ap.add_argument("--flood", type=int, default=0, help="in-process: this many addresses x 4 connections flood")
+    ap.add_argument("--total-share", type=float, default=0.0,
+                    help="the after checkout's total parse share (default: its TOTAL_SHARE); lower stands in for a "
+                    "machine where the process gets a whole core")  # fmt: skip
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     before = load(args.before / "agent" / "http_limits.py", "http_limits_before")
     after = load(REPO / "agent" / "http_limits.py", "http_limits_after")
     report: dict[str, Any] = {"load_average": os.getloadavg()}
-    report["in_process"] = in_process(before, after, args.rounds, args.cases)
+    if args.total_share:
+        after.PARSING.budget.share = args.total_share
+        after.PARSING.budget.burst_s = min(after.PARSING.budget.burst_s, args.total_share / 5)
+    if args.flood:
+        report["flood"] = flood(before, after, args.rounds, args.flood, args.seconds)
+    if not args.flood or args.cases:
+        report["in_process"] = in_process(before, after, args.rounds, args.cases)
     if args.agents:
-        report["agents"] = agents(args.before, args.rounds, args.seconds, args.attackers)
+        report["agents"] = agents(args.before, args.rounds, args.seconds, args.attackers, args.addresses)
     report["load_average_end"] = os.getloadavg()
     if args.json:
         print(json.dumps(report, indent=1))

@@ -180,14 +180,14 @@ def test_without_httptools_the_peer_listener_parses_with_the_client_ports_bounds
     certificate holder's body in 1-byte chunks gets 400 at the 257th chunk, and SWIM still works on it."""
     import importlib.util
 
-    from agent.http_limits import SlicedH11Protocol
+    from agent.http_limits import PeerH11Protocol, SlicedH11Protocol
     from agent.peer_client import tls_context
 
     find_spec = importlib.util.find_spec
     monkeypatch.setattr(
         importlib.util, "find_spec", lambda name, *a: None if name == "httptools" else find_spec(name, *a)
     )
-    assert peer_http_parser() is SlicedH11Protocol
+    assert peer_http_parser() is PeerH11Protocol
 
     async def run(client: PeerClient, url: str, node: Node, b: Identity) -> None:
         status, answer = await client.call("b", url, "POST", wire.ROUTE_SWIM, body=ping(), direct=True)

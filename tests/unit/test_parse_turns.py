@@ -1,0 +1,327 @@
+"""The process's parse budget across all addresses (agent/http_limits.py ``ParseTurns``).
+
+Per-address budgets alone let five addresses take the whole event loop, and on a LAN an attacker has many.
+The turns' arithmetic is checked with the clock passed in (a simulated loop: a step holds it for its cost);
+the protocol itself over real loopback sockets, many 127.0.x.y source addresses against one honest one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import uvicorn
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from uvicorn.server import ServerState
+
+from agent.http_limits import (
+    PARSING,
+    PEER_PARSING,
+    RECENT_ADDRESSES,
+    AddressBudgets,
+    AddressEntry,
+    ParseTurns,
+    PeerH11Protocol,
+    limited_protocol,
+    sliced_protocol,
+)
+
+
+@dataclass(eq=False)
+class Conn:
+    """A connection as the turns see it (a key in its address's queue) and what the simulation needs of it."""
+
+    host: str
+    cost: float  # CPU each of its steps takes
+    think_s: float | None  # None: always wants another step; else waits this long after one (a client's request)
+    served: list[tuple[float, float]] = field(default_factory=list)  # (asked, served) per step
+
+
+class Loop:
+    """One event loop, simulated: steps happen one at a time, each holding the loop for its cost; the clock
+    advances to the next timer (the turns' or a client's next request) when nothing is ready."""
+
+    def __init__(self, turns: ParseTurns, table: AddressBudgets) -> None:
+        self.turns, self.table, self.now = turns, table, 0.0
+        self.entries: dict[str, AddressEntry] = {}
+        self.conns: set[Conn] = set()
+        self.asks: list[tuple[float, int, Conn]] = []  # (when, order, connection): a client's next request
+        self.asked: dict[Conn, float] = {}
+        self.steps: list[tuple[float, float, str]] = []  # (start, cost, host)
+
+    def open(self, conn: Conn, at: float = 0.0) -> None:
+        self.entries[conn.host] = self.table.take(conn.host)
+        self.conns.add(conn)
+        self.asks.append((at, len(self.asks), conn))
+
+    def close(self, conn: Conn) -> None:
+        entry = self.entries.pop(conn.host)
+        self.conns.discard(conn)
+        self.turns.withdraw(entry, conn)
+        self.table.give(conn.host)
+
+    def _step(self, entry: AddressEntry, conn: Conn) -> None:
+        conn.served.append((self.asked.pop(conn), self.now))
+        self.steps.append((self.now, conn.cost, conn.host))
+        self.now += conn.cost
+        self.turns.charge(entry, conn.cost, self.now)
+        nxt = self.now if conn.think_s is None else self.now + conn.think_s
+        self.asks.append((nxt, len(self.steps), conn))
+
+    def _ask(self, conn: Conn) -> None:
+        self.asked[conn] = self.now
+        entry = self.entries[conn.host]
+        if self.turns.admit(entry, conn, self.now):
+            self._step(entry, conn)
+
+    def run(self, until: float) -> None:
+        while self.now < until:
+            self.asks.sort(key=lambda a: (a[0], a[1]))
+            due = [a for a in self.asks if a[0] <= self.now]
+            for ask in due:  # every client ready now asks (in order)
+                self.asks.remove(ask)
+                if ask[2] in self.conns:
+                    self._ask(ask[2])
+            wait = self.turns.wait(self.now)
+            if wait is not None and wait <= 0:
+                turn = self.turns.next_turn(self.now)
+                assert turn is not None
+                self._step(*turn)
+                self.turns.release(turn[0])
+                continue
+            later = [a[0] for a in self.asks] + ([self.now + wait] if wait is not None else [])
+            self.now = max(self.now, min(later)) if later else until
+
+
+def spent_in_windows_at_most(steps: list[tuple[float, float, str]], share: float, burst_s: float, step: float) -> None:
+    """Over any window of the loop, the steps took at most ``burst_s + share x window + one step``: for steps i..j,
+    (spent to j - share x end of j) + (share x start of i - spent before i) at most burst + step, O(n)."""
+    before, best = 0.0, float("-inf")
+    for start, cost, _ in steps:
+        best = max(best, share * start - before)  # the worst window start so far
+        before += cost
+        assert before - share * (start + cost) + best <= burst_s + step + 1e-9, (start, before)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.integers(0, 7), st.floats(0.0005, 0.003), st.one_of(st.none(), st.floats(0, 0.05))),
+        min_size=1,
+        max_size=24,
+    )
+)
+def test_all_parsing_together_stays_within_the_total_budget(conns: list[tuple[int, float, float | None]]) -> None:
+    """Whatever addresses, connections, step costs and request rates, the turns keep every window of the loop's
+    parsing within the total budget (plus one step: a step may overdraw before it is charged)."""
+    turns = ParseTurns(0.5, 0.05)
+    loop = Loop(turns, AddressBudgets(1.0, 1.0, turns))
+    for n, (address, cost, think) in enumerate(conns):
+        loop.open(Conn(f"10.0.{address}.{n}", cost, think))
+    loop.run(2.0)
+    assert loop.steps
+    spent_in_windows_at_most(loop.steps, 0.5, 0.05, 0.003)
+
+
+def test_honest_addresses_among_200_flooding_ones_get_answers_and_their_share() -> None:
+    """200 addresses, 4 connections each, every one always wanting another 2 ms step: the budget (50 % of the
+    loop) is spent all the time. An honest keep-alive client asking a 0.3 ms step every 250 ms (less than its
+    fair part, 1 / 202 of the budget) joins the queues next in line each time: it waits about a step's refill
+    (4 ms), not a round of the 200 addresses (0.8 s). A busier one, asking every 5 ms (more than its part),
+    still gets its part of the budget. The flooding addresses share the rest equally, and the loop's parsing
+    stays within its budget."""
+    turns = ParseTurns(0.5, 0.1)
+    loop = Loop(turns, AddressBudgets(1.0, 1.0, turns))
+    for a in range(200):
+        for _ in range(4):
+            loop.open(Conn(f"10.1.{a}.1", 0.002, None))
+    light, busy = Conn("10.9.9.9", 0.0003, 0.25), Conn("10.9.9.10", 0.0003, 0.005)
+    loop.open(light, at=1.0)  # (connected at 0 and kept alive: the first round, everyone at 0, is over by 1 s)
+    loop.open(busy, at=1.0)
+    loop.run(11.0)
+    waits = [served - asked for asked, served in light.served]
+    p50, top, busy_n = 1000 * statistics.median(waits), 1000 * max(waits), len(busy.served)
+    print(
+        f"\nlight honest among 200 flooding: {len(waits)} asked, wait p50 {p50:.1f} / max {top:.1f} ms; busy {busy_n}"
+    )
+    assert len(waits) >= 0.9 * 10.0 / 0.25  # one request per think time, all answered ...
+    assert max(waits) <= 2 * 0.002 / 0.5 + 0.002 + 1e-9  # ... each after a step's refill and a step, at worst
+    assert len(busy.served) * 0.0003 >= 0.9 * 10.0 * 0.5 / 202  # its part of the budget
+    spent = {h: sum(c for _, c, x in loop.steps if x == h and _ > 1.0) for h in {x for _, _, x in loop.steps}}
+    spent.pop(light.host), spent.pop(busy.host)
+    assert len(spent) == 200 and max(spent.values()) - min(spent.values()) <= 3 * 0.002 + 1e-9  # of ~12 steps each
+    spent_in_windows_at_most(loop.steps, 0.5, 0.1, 0.002)
+
+
+def reconnecting(hosts: list[str]) -> tuple[int, list[int]]:
+    """20 addresses always wanting a 2 ms step; then a connection that closes after each step it gets and opens
+    again, from each of ``hosts`` in turn: its steps, and each of the 20's meanwhile."""
+    turns = ParseTurns(0.5, 0.1)
+    loop = Loop(turns, AddressBudgets(1.0, 1.0, turns))
+    for a in range(20):
+        loop.open(Conn(f"10.2.{a}.1", 0.002, None))
+    loop.run(1.0)
+    started = len(loop.steps)
+    for host in hosts:
+        conn = Conn(host, 0.002, None)
+        loop.open(conn, at=loop.now)
+        while not conn.served:
+            loop.run(loop.now + 0.001)
+        loop.close(conn)
+    steps = loop.steps[started:]
+    return len(hosts), [sum(1 for _, _, h in steps if h == f"10.2.{a}.1") for a in range(20)]
+
+
+def test_an_address_that_reconnects_or_appears_buys_no_burst() -> None:
+    """An address that closes its connections after each step and opens a new one gets one turn a round, as
+    each of the 20 that stay do (its place is remembered), not a turn after each of its own; a stream of new
+    addresses, one after another, each starting at the horizon behind everyone, gets one turn a round in all,
+    as one more address would (started at the current virtual time, either took every turn, the 20 none)."""
+    for kind, hosts in (("one address", ["10.3.0.1"] * 100), ("new addresses", [f"10.4.0.{n}" for n in range(100)])):
+        fresh, others = reconnecting(hosts)
+        print(f"\n{kind}: {fresh} reconnects, one step each; each of the 20 took {min(others)}-{max(others)} meanwhile")
+        assert fresh <= min(others) + 1, (kind, fresh, others)
+
+
+def test_the_tables_stay_bounded() -> None:
+    """Heap entries: at most twice the addresses waiting, plus 16, however many joined and left; remembered
+    addresses: ``RECENT_ADDRESSES``; held entries: addresses with a connection open."""
+    turns = ParseTurns(0.5, 0.1)
+    table = AddressBudgets(1.0, 1.0, turns)
+    turns.charge(table.take("10.5.0.0"), 1.0, 0.0)  # the budget spent: everyone after waits in the queues
+    stay = [Conn(f"10.6.0.{a}", 0.001, None) for a in range(8)]
+    for conn in stay:
+        assert not turns.admit(table.take(conn.host), conn, 0.0)
+    for n in range(5000):  # addresses that join the queues and close before their turn
+        conn = Conn(f"10.7.{n // 256}.{n % 256}", 0.001, None)
+        entry = table.take(conn.host)
+        assert not turns.admit(entry, conn, 0.0)
+        turns.withdraw(entry, conn)
+        table.give(conn.host)
+        assert len(turns) <= 2 * turns.waiting + 16 and turns.waiting == 8
+        assert len(table._recent) <= RECENT_ADDRESSES and len(table) == 9
+    served = []
+    now = 10.0
+    while (turn := turns.next_turn(now)) is not None:
+        served.append(turn[1])
+        turns.charge(turn[0], 0.0, now)
+        turns.release(turn[0])
+    assert served == stay and turns.waiting == 0  # the live ones, each once, in the order they joined
+
+
+def test_the_client_listeners_share_one_total_and_the_peer_port_has_its_own() -> None:
+    """The HTTP and HTTPS client listeners (``server_config`` builds a protocol class for each) take turns in one
+    total, with tables of their own; the peer port's h11 fallback has its own total, so a flood of the client
+    port never delays a member's SWIM messages there."""
+    http, https = limited_protocol(10.0, 64), limited_protocol(10.0, 64)
+    assert http.address_budgets is not https.address_budgets  # type: ignore[attr-defined]
+    assert http.address_budgets.turns is https.address_budgets.turns is PARSING  # type: ignore[attr-defined]
+    assert PeerH11Protocol.address_budgets.turns is PEER_PARSING and PEER_PARSING is not PARSING
+
+
+# -- over loopback ---------------------------------------------------------------------------------------------
+
+
+async def answer(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """Reads the whole body and answers its length."""
+    if scope["type"] != "http":
+        return
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return
+        size += len(message.get("body", b""))
+        if not message.get("more_body"):
+            break
+    body = b"%d" % size
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"%d" % len(body))]})
+    await send({"type": "http.response.body", "body": body})
+
+
+def front_loaded(size: int) -> bytes:
+    """A chunked POST of one big chunk, then as many 1-byte chunks as the chunk rule allows (``size`` in all)."""
+    tiny = size // 256 - 1
+    big = size - tiny
+    head = b"POST /p HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+    return head + b"%x\r\n" % big + b"b" * big + b"\r\n" + b"1\r\nx\r\n" * tiny + b"0\r\n\r\n"
+
+
+MANY_HEADERS = b"POST /p HTTP/1.1\r\nHost: a\r\n" + b"x: y\r\n" * 2500 + b"Content-Length: 0\r\n\r\n"  # ~15 KiB
+PREDICT = b'{"instances": [1.0, 2.0, 5.0]}'
+HONEST = b"POST /v1/models/m:predict HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\n\r\n%s" % (len(PREDICT), PREDICT)
+
+
+async def flood(addresses: int, turns: ParseTurns, seconds: float) -> tuple[float, float, list[float], float]:
+    """``addresses`` hostile addresses (127.0.79.x): half send front-loaded 2 MiB bodies, half pipeline requests of
+    2,500 headers, all at once, while one honest address (127.0.78.9, connected before them) sends small predicts
+    one after another on a kept-alive connection for ``seconds``. The parsing CPU of all connections, the elapsed
+    time, the honest answers' latencies, and the loop's longest lag (a 5 ms ticker)."""
+    config = uvicorn.Config(answer, h11_max_incomplete_event_size=16384, log_config=None)
+    config.load()
+    parsing = sliced_protocol(share=1.0, burst_s=1.0, address=AddressBudgets(1.0, 1.0, turns))  # only turns bind
+    protocol_class: Any = limited_protocol(30.0, 64, 30.0, parsing)
+    state, made = ServerState(), []
+
+    def make() -> Any:
+        made.append(protocol_class(config=config, server_state=state, app_state={}))
+        return made[-1]
+
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(make, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    lags: list[float] = []
+    stop = asyncio.Event()
+
+    async def ticker() -> None:
+        while not stop.is_set():
+            before = loop.time()
+            await asyncio.sleep(0.005)
+            lags.append(loop.time() - before - 0.005)
+
+    # the honest client connects first and keeps its connection (a new address would join behind everyone waiting)
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=("127.0.78.9", 0))
+    hostile = []
+    for a in range(addresses):
+        _, flooding = await asyncio.open_connection("127.0.0.1", port, local_addr=(f"127.0.79.{a + 1}", 0))
+        flooding.write(front_loaded(2 * 2**20) if a % 2 == 0 else MANY_HEADERS * 200)
+        hostile.append(flooding)
+    tick = asyncio.ensure_future(ticker())
+    await asyncio.sleep(0.3)  # the flood is on: the budget spent, the queues full
+    started, cpu_before = time.monotonic(), sum(p.parse_cpu_s for p in made)
+    latencies = []
+    while time.monotonic() - started < seconds:
+        sent = time.monotonic()
+        writer.write(HONEST)
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 30)
+        assert head.startswith(b"HTTP/1.1 200 ") and await reader.readexactly(2) == b"30"
+        latencies.append(time.monotonic() - sent)
+    elapsed, spent = time.monotonic() - started, sum(p.parse_cpu_s for p in made) - cpu_before
+    stop.set()
+    await tick
+    for w in [writer, *hostile]:
+        w.transport.abort()
+    server.close()
+    await server.wait_closed()
+    await asyncio.sleep(0.05)
+    return spent, elapsed, latencies, max(lags)
+
+
+def test_many_addresses_flooding_get_the_total_share_and_an_honest_one_is_served() -> None:
+    """24 addresses flood expensive-to-parse input (1-byte chunks, huge header counts), each connection and
+    address free to parse (their budgets at 100 %): together they get the total share (here 10 % of a second),
+    and an honest client from another address gets its small predicts answered one after another at a useful
+    rate, each waiting about a step's refill, not a round of the 24."""
+    share, burst = 0.1, 0.02
+    spent, elapsed, latencies, lag = asyncio.run(flood(24, ParseTurns(share, burst), 2.5))
+    p50 = statistics.median(latencies)
+    print(f"\n24 flooding addresses, total share {share:.0%}: parsing {spent:.3f} s in {elapsed:.2f} s; honest "
+          f"{len(latencies)} predicts, p50 {1000 * p50:.1f} ms, max {1000 * max(latencies):.1f} ms; "
+          f"loop lag max {1000 * lag:.1f} ms")  # fmt: skip
+    assert spent <= burst + share * elapsed + 0.02, (spent, elapsed)  # (a step may overdraw: a header block)
+    assert spent >= 0.5 * share * elapsed, (spent, elapsed)  # the flood did want it: the cap is what bound it
+    assert len(latencies) >= 30 and p50 < 0.1, (len(latencies), p50)
