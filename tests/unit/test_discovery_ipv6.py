@@ -49,8 +49,9 @@ def discovery(http: httpx.AsyncClient | None = None) -> Discovery:
                      7001, cluster_id(TOKEN), use_mdns=False)  # fmt: skip
 
 
-def props(node_id: str, peer_port: int) -> dict[bytes, bytes]:
-    p = {"id": node_id, "port": str(peer_port - 1), "pv": "1", "c": cluster_id(TOKEN), "pp": str(peer_port)}
+def props(node_id: str, peer_port: int, term: int = 0) -> dict[bytes, bytes]:
+    p = {"id": node_id, "port": str(peer_port - 1), "pv": "1", "c": cluster_id(TOKEN), "pp": str(peer_port),
+         "t": str(term)}  # fmt: skip
     return {k.encode(): v.encode() for k, v in p.items()}
 
 
@@ -182,7 +183,7 @@ def test_any_exception_in_an_admission_or_a_fetch_counts_as_failed_and_is_said_o
         d.swim.core.admitted("m", url, "127.0.0.1", state("m"), now)
         fetched_at = d.swim.core.records["m"].fetched_at
         d.swim._start(sw.FetchState("m", url))
-        await asyncio.sleep(0.3)
+        await asyncio.wait(set(d.swim._tasks), timeout=30)  # in-process: at once, unless the machine stalls
         out["failures"] = [c.failures for c in d.swim.core.candidates.values()]
         out["fetch_counted"] = d.swim.core.records["m"].fetched_at > fetched_at
         await d.swim.stop()
@@ -208,13 +209,13 @@ def test_a_real_advert_with_an_ipv6_first_address_is_counted_not_a_log_flood(cap
     refused = free_port()  # nothing listens there
     out: dict[str, Any] = {}
 
-    def info(name: str, addresses: list[bytes]) -> AsyncServiceInfo:
+    def info(name: str, addresses: list[bytes], term: int = 0) -> AsyncServiceInfo:
         return AsyncServiceInfo(SERVICE_TYPE, f"{name}.{SERVICE_TYPE}", port=refused - 1, addresses=addresses,
-                                properties=props(name, refused), server=f"{name}.local.")  # fmt: skip
+                                properties=props(name, refused, term), server=f"{name}.local.")  # fmt: skip
 
     v6 = socket.inet_pton(socket.AF_INET6, STRANGER_V6)
-    infos = [info(f"v6only{i}", [v6]) for i in range(8)]
-    infos.append(info("both", [v6, socket.inet_aton("127.0.0.1")]))
+    records = [(f"v6only{i}", [v6]) for i in range(8)] + [("both", [v6, socket.inet_aton("127.0.0.1")])]
+    infos = [info(name, addresses) for name, addresses in records]
 
     async def main() -> None:
         stranger = AsyncZeroconf(interfaces=["127.0.0.1"], ip_version=IPVersion.V4Only)
@@ -222,15 +223,19 @@ def test_a_real_advert_with_an_ipv6_first_address_is_counted_not_a_log_flood(cap
         browser = AsyncServiceBrowser(d._zc.zeroconf, SERVICE_TYPE, handlers=[d._on_service])
         loop = asyncio.create_task(d.swim.run())
         try:
-            await asyncio.gather(*[await stranger.async_register_service(i) for i in infos])
+            # registered once probed; the announcements go on in zeroconf's own tasks (their end is not awaited)
+            await asyncio.gather(*(stranger.async_register_service(i) for i in infos))
             deadline = time.monotonic() + 20
             while time.monotonic() < deadline and not (
                 d.mdns["no_ipv4"] >= 8 and any(c.failures for c in d.swim.core.candidates.values())
             ):
                 await asyncio.sleep(0.2)
-            for i in infos:  # re-announced: each name resolved again (an update while resolving starts nothing)
-                await stranger.async_update_service(i)
-            await asyncio.sleep(2.0)
+            first = d.mdns["no_ipv4"]
+            for name, addresses in records:  # re-announced with a new TXT (a term): each name is resolved again
+                await stranger.async_update_service(info(name, addresses, term=1))
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline and d.mdns["no_ipv4"] < first + 8:
+                await asyncio.sleep(0.2)
             out["candidates"] = {(c.node_id, c.peer_url): c.failures for c in d.swim.core.candidates.values()}
         finally:
             loop.cancel()
@@ -244,7 +249,7 @@ def test_a_real_advert_with_an_ipv6_first_address_is_counted_not_a_log_flood(cap
     assert unretrieved == []
     mine = {k: v for k, v in out["candidates"].items() if k[0] in ("both",) or k[0].startswith("v6only")}
     assert list(mine) == [("both", f"https://127.0.0.1:{refused}")] and mine[("both", f"https://127.0.0.1:{refused}")]
-    assert d.mdns["no_ipv4"] >= 8 and not d.swim.errors
+    assert d.mdns["no_ipv4"] >= 16 and not d.swim.errors  # each name seen, and seen again when re-announced
     lines = [r for r in caplog.records if r.name.startswith("agent.discovery")]
     assert all(r.exc_info is None for r in lines)
     assert sum("no IPv4 address" in r.getMessage() for r in lines) == 1
