@@ -5,6 +5,7 @@ No I/O and no clock reads: callers pass ``now`` and the facts; these return what
 
 from __future__ import annotations
 
+import math
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -136,6 +137,8 @@ def plan_reconcile(
     now: float,
     stuck: Collection[str] = (),
     ready: Collection[str] = (),
+    mem_need: Mapping[str, float] | None = None,
+    mem_total_mb: float | None = None,
 ) -> list[Step]:
     """Steps that bring the runtime to ``desired``; a model in backoff is not started before next_try.
 
@@ -144,6 +147,10 @@ def plan_reconcile(
     make-before-break: it counts for nothing towards ``desired``, so a new one is started, and it is stopped
     (drained, reason "outdated") only while enough of the new ones are ready (``ready``: ids that answer) to
     keep ``desired`` ready servers; a model whose new server cannot start keeps its outdated one.
+
+    With the catalogue's sizes (``mem_need``) and the node's total, a replacement starts only where it fits beside
+    every server still in memory (``memory_fits``, the rule desired sets are accepted by; a full board's start
+    would fail while the old one keeps serving): those that do not fit wait (``stop_first``).
     """
     steps: list[Step] = []
     live: dict[str, list[Instance]] = {}
@@ -167,7 +174,58 @@ def plan_reconcile(
         ready_new = sum(1 for i in have[:count] if i.id in ready)
         retire = min(len(outdated), max(0, ready_new + len(outdated) - count))
         steps += [Stop(i.id, model, "outdated") for i in outdated[:retire]]
-    return steps
+    if mem_need is None or mem_total_mb is None or not old:
+        return steps
+    return stop_first(steps, instances, old, mem_need, mem_total_mb, ready)
+
+
+def stop_first(
+    steps: list[Step],
+    instances: Sequence[Instance],
+    old: Mapping[str, Sequence[Instance]],
+    mem_need: Mapping[str, float],
+    mem_total_mb: float,
+    ready: Collection[str] = (),
+) -> list[Step]:
+    """Replacement starts of outdated servers (``old``: model -> its outdated running servers) cut to what fits.
+
+    In memory this round: every running server not stopped at once (a drained stop still holds its memory) and
+    the starts of other models. A model's replacements start as many as fit beside that (make-before-break for
+    those); where none fits and nothing is on its way -- no server being stopped, no new server of the model
+    loading (an old one retires when it is ready) -- its oldest outdated server is stopped first (reason
+    ``STOP_FIRST``, drained) and the replacement starts the round after it is gone: the model has fewer servers,
+    none if it had one, while the new one loads. Otherwise it waits for what is on its way.
+    """
+    at_once = {s.instance_id for s in steps if isinstance(s, Stop) and s.reason not in DRAINED_REASONS}
+    held: dict[str, int] = {}
+    for inst in instances:
+        if inst.running and inst.id not in at_once:
+            held[inst.model] = held.get(inst.model, 0) + 1
+    starts: dict[str, int] = {}
+    for s in steps:
+        if isinstance(s, Start):
+            starts[s.model] = starts.get(s.model, 0) + 1
+    for m, c in starts.items():
+        if m not in old:
+            held[m] = held.get(m, 0) + c
+    leaving = any(isinstance(s, Stop) and s.reason in DRAINED_REASONS for s in steps)
+    cut: dict[str, int] = {}
+    first: list[Step] = []
+    for m in sorted(set(old) & set(starts)):
+        k = _most_that_fit(held, m, starts[m], mem_need, mem_total_mb)
+        held[m] = held.get(m, 0) + k
+        cut[m] = starts[m] - k
+        loading = any(i.running and i.model == m and not i.outdated and i.id not in ready for i in instances)
+        if k == 0 and not leaving and not loading:
+            oldest = min(old[m], key=lambda i: (i.started_at, i.id))
+            first.append(Stop(oldest.id, m, STOP_FIRST))
+    out: list[Step] = []
+    for s in steps:
+        if isinstance(s, Start) and cut.get(s.model, 0) > 0:
+            cut[s.model] -= 1
+            continue
+        out.append(s)
+    return out + first
 
 
 def stuck_instances(
@@ -188,6 +246,17 @@ def stuck_instances(
     }
 
 
+def memory_fits(instances: Mapping[str, int], mem_need: Mapping[str, float], mem_total_mb: float) -> bool:
+    """Whether a node accepts ``instances`` for memory: one server in all, or sum(count x mem_mb) within its total.
+
+    The one rule the node applies (``memory_refusal``) and the leader's make-before-break plans by
+    (placement.make_before_break), so a leader never sends a set the node would refuse for what it adds."""
+    counts = {m: c for m, c in instances.items() if c > 0}
+    if sum(counts.values()) <= 1:
+        return True
+    return sum(c * mem_need.get(m, 0.0) for m, c in counts.items()) <= mem_total_mb
+
+
 def memory_refusal(instances: Mapping[str, int], mem_need: Mapping[str, float], mem_total_mb: float) -> str | None:
     """Why a desired set could never fit in this node's memory (None: it fits).
 
@@ -196,12 +265,10 @@ def memory_refusal(instances: Mapping[str, int], mem_need: Mapping[str, float], 
     accepted whatever its size (a catalogue's mem_mb is the planner's estimate; one model on a board said to be
     too small for it is the operator's call, as before).
     """
+    if memory_fits(instances, mem_need, mem_total_mb):
+        return None
     counts = {m: c for m, c in instances.items() if c > 0}
-    if sum(counts.values()) <= 1:
-        return None
     total = sum(c * mem_need.get(m, 0.0) for m, c in counts.items())
-    if total <= mem_total_mb:
-        return None
     largest = sorted(counts, key=lambda m: (-counts[m] * mem_need.get(m, 0.0), m))[:MEMORY_REFUSAL_NAMES]
     parts = ", ".join(f"{counts[m]} x {m} ({mem_need.get(m, 0.0):.0f} MB)" for m in largest)
     more = f" and {len(counts) - len(largest)} more models" if len(counts) > len(largest) else ""
@@ -211,8 +278,28 @@ def memory_refusal(instances: Mapping[str, int], mem_need: Mapping[str, float], 
     )
 
 
-# a healthy server the plan no longer wants, or one replaced by a ready newer one
-DRAINED_REASONS = ("not desired", "more than desired", "outdated")
+def _most_that_fit(held: Mapping[str, int], m: str, most: int, need: Mapping[str, float], total: float) -> int:
+    """How many more servers of ``m`` (at most ``most``) fit beside ``held`` (arithmetic, not one by one)."""
+    size = need.get(m, 0.0)
+    if memory_fits({**held, m: held.get(m, 0) + most}, need, total):
+        return most
+    if size <= 0:
+        return 0  # takes no memory, yet the set is over: the one-server rule alone let ``held`` fit
+    used = sum(c * need.get(x, 0.0) for x, c in held.items() if c > 0)
+    k = min(most, max(0, math.floor((total - used) / size)))
+    while k > 0 and not memory_fits({**held, m: held.get(m, 0) + k}, need, total):
+        k -= 1  # float rounding in the estimate: once or twice
+    if 0 < k < most and memory_fits({**held, m: held.get(m, 0) + k + 1}, need, total):
+        k += 1  # rounded down past one that fits
+    if k == 0 and memory_fits({**held, m: held.get(m, 0) + 1}, need, total):
+        k = 1  # one server in all fits whatever its size
+    return k
+
+
+# an outdated server stopped before its replacement starts: the node's memory cannot hold both (stop_first)
+STOP_FIRST = "outdated, no memory for both"
+# a healthy server the plan no longer wants, or one replaced by a ready newer one (or before it: STOP_FIRST)
+DRAINED_REASONS = ("not desired", "more than desired", "outdated", STOP_FIRST)
 
 
 def drain_stops(

@@ -10,12 +10,16 @@
   receiver, freshness (``window_s``) and one-time use of the nonce (bounded cache), then pins the node id to
   its key on first contact: a later, different key for that id is refused and logged until an operator
   forgets or re-pins it (``peerserve pins``, agent/pins_cli.py), which a running agent sees at once.
+  The pin write (flock, rewrite, two fsyncs) never runs on the event loop: an awaited first contact
+  (``Pins.pin``) waits for it in the pin writer thread; a synchronous one on a loop (``Pins.check``: the
+  statements SWIM relays) starts it there and is refused this once (503, retry).
 
     AuthError(Exception)   a message that is not authentic, not for us, stale or replayed (status 401/403/429)
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import datetime
@@ -27,8 +31,10 @@ import logging
 import math
 import os
 import secrets
+import threading
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,9 +62,15 @@ PIN_LIMIT = 4096  # node ids pinned to keys
 # first-contact pins one source address may make: a burst (a board meeting a shelf of new members at once), then a
 # rate; past it that address waits (429 + Retry-After) before anything is written. Without it one token holder minted
 # ids until the table was full (403 for every new board until an operator ran `pins forget`), each costing an fsync
-# and a rewrite of the whole file on the event loop (2.8 ms at 4,000 pins here; tens of ms on an SD card)
+# and a rewrite of the whole file (then on the event loop: 2.8 ms at 4,000 pins here; tens of ms on an SD card)
 PIN_FIRST_PER_MIN = 8.0
 PIN_FIRST_BURST = 16
+# first-contact pin writes in flight (until they land, whether or not their contact still waits) and contacts
+# waiting on another's, all addresses together (the budget bounds them per address only): the writes run one at
+# a time in one thread, off the event loop; past this a new first contact is answered 503 + Retry-After at once (no
+# budget spent, nothing queued). At an SD card's tens of ms an fsync pair, the last one waits well under a second;
+# a shelf of boards joining at once retries the rest a second later
+PIN_PENDING = 16
 RELAYED = "(relayed)"  # the budget key of signers first met in a statement another member relays (leases, proofs)
 PIN_SOURCES = 1024  # source addresses whose budget is remembered (least recently used dropped: starts full again)
 CARD_CACHE = 1024  # verified cards kept (saves one signature check per message)
@@ -258,7 +270,18 @@ class Pins:
     its folder), and a running agent re-reads it whenever it changed (one stat per check), no restart.
     A damaged file (truncated, hand-edited badly) fails closed: it is never overwritten, and no node is
     pinned for the first time while it is there (its ids might be in it); a running agent keeps the pins it
-    read before. Writes are fsynced, so a power cut leaves the old file or the new one, never a torn one."""
+    read before. Writes are fsynced, so a power cut leaves the old file or the new one, never a torn one.
+
+    The write (the lock, a rewrite of the whole file, two fsyncs: tens of ms on an SD card, as long as an
+    operator's edit holds the lock) never runs on an event loop. ``pin`` (awaited: both peer routes, answers to
+    our requests, a listener's certificate) hands it to the one pin writer thread and waits while the loop goes
+    on; ``check`` (synchronous: the statements SWIM relays) writes at once where no loop runs in its thread (the
+    CLI, tests), and on a loop starts the write there and refuses this one contact (503, retry: its signer is
+    pinned for the next). One write per node id at a time: a second contact for the id waits for it and is then
+    checked against what it pinned (two keys cannot both win); at most ``pending`` writes in flight and contacts
+    joined to one (503 at once past it). The writer thread touches nothing of this object: it is given the pins
+    and stamp read so far and gives back the new ones, which the loop takes (``_landed``), so ``_pins`` and
+    ``_stamp`` change on one thread only."""
 
     def __init__(
         self,
@@ -266,44 +289,108 @@ class Pins:
         limit: int = PIN_LIMIT,
         first_per_min: float = PIN_FIRST_PER_MIN,
         first_burst: int = PIN_FIRST_BURST,
+        pending: int = PIN_PENDING,
     ) -> None:
         self.path = path
         self.limit = limit
+        self.pending = pending
         # per source address; loopback is exempt (this board itself, and the test bed's agents sharing 127.0.0.1)
         self.first_contacts = SenderBuckets(first_per_min / 60.0, first_burst, PIN_SOURCES)
-        self._pins: dict[str, bytes] = {}
+        self._pins: dict[str, bytes] = {}  # replaced whole, never changed in place (the writer reads a snapshot)
         self._stamp: tuple[int, int, int] | None = None
         self._damaged: DamagedPinFile | None = None
         self._unreadable: str | None = None  # the last read failed (EMFILE, EIO...): retried at every check
+        self._writing: dict[str, asyncio.Task[AuthError | None]] = {}  # node id -> its pin write in flight
+        self._joined = 0  # contacts waiting for a write another contact started (no write of their own)
         self._refresh()
 
     def check(self, node_id: str, public_key: bytes, source: str = "", now: float = 0.0) -> None:
         """Pin on first contact; raises AuthError when ``node_id`` is pinned to another key, or is not pinned
         and the pin file is damaged (DamagedPinFile), or the new pin cannot be written now (503: retry), or
-        ``source`` (the address it came from, at wall-clock ``now``) has spent its first-contact budget (429)."""
-        self._refresh()
-        if self._known(node_id, public_key):
+        ``source`` (the address it came from, at wall-clock ``now``) has spent its first-contact budget (429).
+        On an event loop a first contact is not written here: its write starts in the pin writer thread (budget
+        spent first) and this contact is refused 503 + Retry-After; what the write finds (damage, another key)
+        answers the next one."""
+        if self.pinned(node_id, public_key):
             return
-        self._spend_first_contact(source, now)
+        if self.path is None or not _on_loop():  # nothing to write, or no loop to keep from waiting
+            self._spend_first_contact(source, now)
+            self._landed(node_id, public_key, _pin_on_disk(self.path, node_id, public_key, self.limit, self._seen()))
+            return
+        if node_id not in self._writing:
+            self._admit()
+            self._start(node_id, public_key, source, now)
+        raise AuthError(f"node {node_id!r} is being pinned (first contact); retry", 503, 1)
+
+    async def pin(self, node_id: str, public_key: bytes, source: str = "", now: float = 0.0) -> None:
+        """``check`` for a caller that can wait: a known pin costs what it costs there (no thread, no await that
+        yields); a first contact waits for its write in the pin writer thread while the loop serves others, and
+        returns once the pin is on disk and in memory (or raises what ``check`` raises)."""
+        if self.pinned(node_id, public_key):
+            return
+        if self.path is None:
+            self.check(node_id, public_key, source, now)
+            return
+        self._admit()
+        task = self._writing.get(node_id)  # another contact's write for this id: wait for it, spend nothing
+        joined = task is not None
+        if task is None:
+            task = self._start(node_id, public_key, source, now)
+        self._joined += joined
         try:
-            with _folder_lock(self.path):
-                self._refresh()
-                if self._known(node_id, public_key):  # pinned by an operator meanwhile
-                    return
-                if self._damaged is not None:  # a fresh exception each time (a raised one grows its traceback)
-                    raise DamagedPinFile(self._damaged.path, self._damaged.reason)
-                if self._unreadable is not None:  # not known to be unpinned: this contact waits, the next re-reads
-                    raise AuthError(f"this board cannot read its pin file right now ({self._unreadable}); retry", 503)
-                if len(self._pins) >= self.limit:
-                    raise AuthError("pin table full", 403)
-                # pinned in memory only once it is on disk: a pin held in memory alone (disk full) admitted the
-                # key until a restart, after which another key for the id was pinned in its place
-                pins = {**self._pins, node_id: public_key}
-                self._stamp = _save_pins(self.path, pins)
-                self._pins = pins
-                log.info("pinned node %s to key %s", node_id, public_key.hex()[:16])
-        except OSError as exc:  # disk full, I/O error, out of descriptors: not pinned, this contact waits (503)
-            raise AuthError(f"this board cannot write its pin file right now ({str(exc)[:200]}); retry", 503) from exc
+            failed = await asyncio.shield(task)  # a contact that goes away leaves the write to finish (counted)
+        finally:
+            self._joined -= joined
+        if self.pinned(node_id, public_key):  # by this write, another contact's, or an operator meanwhile
+            return
+        raise _again(failed) if failed is not None else AuthError(f"node {node_id!r} is not pinned yet; retry", 503, 1)
+
+    def _admit(self) -> None:
+        """Room for one more first contact: the writes in flight (until they land, whether or not their contact
+        still waits) and the contacts joined to one are under ``pending``; else AuthError 503 at once (nothing
+        spent, nothing queued)."""
+        if len(self._writing) + self._joined >= self.pending:
+            raise AuthError(f"{len(self._writing)} pin writes in flight; retry", 503, 1)
+
+    def _start(self, node_id: str, public_key: bytes, source: str, now: float) -> asyncio.Task[AuthError | None]:
+        """Spend ``source``'s budget (429 before anything is queued), then start ``node_id``'s write."""
+        self._spend_first_contact(source, now)
+        task = asyncio.get_running_loop().create_task(self._write(node_id, public_key, self._seen()))
+        self._writing[node_id] = task
+        return task
+
+    async def _write(self, node_id: str, public_key: bytes, seen: _Seen | None) -> AuthError | None:
+        """``node_id``'s pin written in the pin writer thread and taken here, on the loop; what refused it, if any
+        (returned, not raised: every contact waiting for it raises its own copy)."""
+        try:
+            result = await asyncio.get_running_loop().run_in_executor(
+                _writer(), _pin_on_disk, self.path, node_id, public_key, self.limit, seen
+            )
+        except AuthError as exc:
+            return exc
+        finally:
+            self._writing.pop(node_id, None)
+        self._landed(node_id, public_key, result)
+        return None
+
+    def _landed(self, node_id: str, public_key: bytes, result: _Written) -> None:
+        """Take the pins a write left on disk. A write that lands after a later one (or an operator's edit) leaves
+        a stamp older than the file's: the next check's stat sees it and reads the file again."""
+        pins, stamp, wrote = result
+        self._pins, self._stamp, self._damaged, self._unreadable = pins, stamp, None, None
+        if wrote:
+            log.info("pinned node %s to key %s", node_id, public_key.hex()[:16])
+
+    def _seen(self) -> _Seen | None:
+        """The pins read so far and the stamp they were read at, for the writer to use if the file has not changed
+        since; None after damage or a failed read (the writer reads the file itself, under the lock)."""
+        return (self._pins, self._stamp) if self._damaged is None and self._unreadable is None else None
+
+    def pinned(self, node_id: str, public_key: bytes) -> bool:
+        """Whether ``node_id`` is pinned to ``public_key`` now (the file re-read if it changed); AuthError 403 when
+        it is pinned to another key."""
+        self._refresh()
+        return self._known(node_id, public_key)
 
     def _spend_first_contact(self, source: str, now: float) -> None:
         """One first contact from ``source``, or AuthError 429 with the seconds until it has one again. Checked
@@ -338,6 +425,81 @@ class Pins:
             self._unreadable = str(exc)[:200]
             return
         self._pins, self._stamp, self._damaged, self._unreadable = pins, stamp, None, None
+
+
+_Stamp = tuple[int, int, int] | None
+_Seen = tuple[Mapping[str, bytes], _Stamp]  # pins, and the file's stamp when they were read
+_Written = tuple[dict[str, bytes], _Stamp, bool]  # the pins on disk, the file's stamp, whether this call wrote it
+_WRITER: ThreadPoolExecutor | None = None
+_WRITER_MADE = threading.Lock()
+
+
+def _writer() -> ThreadPoolExecutor:
+    """The process's one pin writer thread (made at the first write off a loop). One is enough: the folder lock
+    serialises the writes anyway, and a flood cannot multiply threads (``Pins.pending`` bounds its queue)."""
+    global _WRITER
+    with _WRITER_MADE:
+        if _WRITER is None:
+            _WRITER = ThreadPoolExecutor(1, thread_name_prefix="peerserve-pins")
+        return _WRITER
+
+
+def _forget_writer() -> None:
+    """In a forked child the thread is gone but the executor would still count it: make a new one there."""
+    global _WRITER, _WRITER_MADE
+    _WRITER, _WRITER_MADE = None, threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_writer)
+
+
+def _on_loop() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
+def _again(exc: AuthError) -> AuthError:
+    """A fresh copy of ``exc`` for one more contact (a raised exception grows its traceback at each raise)."""
+    if isinstance(exc, DamagedPinFile):
+        return DamagedPinFile(exc.path, exc.reason)
+    return AuthError(str(exc), exc.status, exc.retry_after)
+
+
+def _pin_on_disk(path: Path | None, node_id: str, public_key: bytes, limit: int, seen: _Seen | None) -> _Written:
+    """Pin ``node_id`` to ``public_key`` in the file, under the folder lock: (the pins on disk after, the file's
+    stamp, whether this wrote). ``seen``: the pins the caller read and the stamp then, used when the file still
+    has it; None: read it again. Runs in the pin writer thread (or where no loop runs) and touches no Pins.
+    AuthError when the id is pinned to another key meanwhile (403), the file is damaged (DamagedPinFile), the
+    table is full (403), or the file cannot be read or written now (503: retry)."""
+    try:
+        with _folder_lock(path):
+            stamp = _stamp_of(path)
+            if seen is not None and seen[1] == stamp:
+                pins = dict(seen[0])
+            else:
+                try:
+                    pins = read_pins(path)
+                except OSError as exc:  # not known to be unpinned: this contact waits, the next re-reads
+                    raise AuthError(
+                        f"this board cannot read its pin file right now ({str(exc)[:200]}); retry", 503
+                    ) from exc
+            known = pins.get(node_id)
+            if known is not None:  # pinned by an operator (or another contact) meanwhile
+                if known != public_key:
+                    log.error("node %s presented a different key than the one pinned; refused", node_id)
+                    raise AuthError(f"node id {node_id!r} belongs to another key (pinned on first contact)", 403)
+                return pins, stamp, False
+            if len(pins) >= limit:
+                raise AuthError("pin table full", 403)
+            # pinned in memory only once it is on disk: a pin held in memory alone (disk full) admitted the
+            # key until a restart, after which another key for the id was pinned in its place
+            pins[node_id] = public_key
+            return pins, _save_pins(path, pins), True
+    except OSError as exc:  # disk full, I/O error, out of descriptors: not pinned, this contact waits (503)
+        raise AuthError(f"this board cannot write its pin file right now ({str(exc)[:200]}); retry", 503) from exc
 
 
 def _is_loopback(source: str) -> bool:
@@ -477,7 +639,10 @@ class Identity:
     def verify_detached(self, card_text: str, signature: str, data: bytes, now: float | None = None) -> str:
         """The node whose certified key signed ``data`` (its card issued by our cluster CA, pinned); AuthError.
         With ``now`` (wall clock), a signer met here for the first time spends the one budget all relayed
-        statements share (``RELAYED``): a member relaying statements of minted ids pins no more than one address."""
+        statements share (``RELAYED``): a member relaying statements of minted ids pins no more than one address.
+        Synchronous (SWIM checks relayed statements inside its message handling): on an event loop a signer met
+        for the first time is refused this once (503) while its pin is written off the loop (``Pins.check``);
+        its next statement passes."""
         card = self._card({wire.H_CARD: card_text})
         _check_signature(card, {wire.H_SIGNATURE: signature}, data)
         self.pins.check(card.node_id, card.public_key, RELAYED if now is not None else "", now or 0.0)
@@ -486,7 +651,28 @@ class Identity:
     def verify_request(
         self, headers: Mapping[str, str], method: str, target: str, body: bytes, now: float, source: str = ""
     ) -> str:
-        """The authenticated sender of a request to this node, received from address ``source``; raises AuthError."""
+        """The authenticated sender of a request to this node, received from address ``source``; raises AuthError.
+        Synchronous: on an event loop a first contact is refused 503 while its pin is written (``Pins.check``);
+        the peer routes await ``verify_request_async``."""
+        card, nonce = self._request_card(headers, method, target, body, now)
+        self.pins.check(card.node_id, card.public_key, source, now)
+        self.nonces.use(nonce, now, card.node_id, source)
+        return card.node_id
+
+    async def verify_request_async(
+        self, headers: Mapping[str, str], method: str, target: str, body: bytes, now: float, source: str = ""
+    ) -> str:
+        """``verify_request`` where a first contact waits for its pin write off the loop (``Pins.pin``); the nonce
+        is spent after it, as there (a replay sent meanwhile waits for the same write, then is refused)."""
+        card, nonce = self._request_card(headers, method, target, body, now)
+        await self.pins.pin(card.node_id, card.public_key, source, now)
+        self.nonces.use(nonce, now, card.node_id, source)
+        return card.node_id
+
+    def _request_card(
+        self, headers: Mapping[str, str], method: str, target: str, body: bytes, now: float
+    ) -> tuple[Card, str]:
+        """The card of a request's signer and its nonce, everything but the pin and the nonce's use checked."""
         card = self._card(headers)
         if headers.get(wire.H_TO) != self.node_id:
             raise AuthError("message addressed to another node", 403)
@@ -496,21 +682,33 @@ class Identity:
         signed = wire.request_signing_bytes(card.node_id, self.node_id, method, target, body, ts, nonce)
         _check_signature(card, headers, signed)
         _check_fresh(ts, now)
-        self.pins.check(card.node_id, card.public_key, source, now)
-        self.nonces.use(nonce, now, card.node_id, source)
-        return card.node_id
+        return card, nonce
 
     def verify_response(
         self, headers: Mapping[str, str], responder: str, status: int, nonce: str, body: bytes, now: float
     ) -> None:
-        """Check that an answer comes from ``responder`` and answers our request ``nonce``; raises AuthError."""
+        """Check that an answer comes from ``responder`` and answers our request ``nonce``; raises AuthError.
+        Synchronous (see ``verify_request``); the peer client awaits ``verify_response_async``."""
+        card = self._response_card(headers, responder, status, nonce, body, now)
+        self.pins.check(card.node_id, card.public_key)
+
+    async def verify_response_async(
+        self, headers: Mapping[str, str], responder: str, status: int, nonce: str, body: bytes, now: float
+    ) -> None:
+        """``verify_response`` where a first contact waits for its pin write off the loop."""
+        card = self._response_card(headers, responder, status, nonce, body, now)
+        await self.pins.pin(card.node_id, card.public_key)
+
+    def _response_card(
+        self, headers: Mapping[str, str], responder: str, status: int, nonce: str, body: bytes, now: float
+    ) -> Card:
         card = self._card(headers)
         if card.node_id != responder:
             raise AuthError(f"expected an answer from {responder!r}, {card.node_id!r} answered", 403)
         ts = headers.get(wire.H_TIME, "")
         _check_signature(card, headers, wire.response_signing_bytes(responder, self.node_id, status, nonce, body, ts))
         _check_fresh(ts, now)
-        self.pins.check(card.node_id, card.public_key)
+        return card
 
     def _card(self, headers: Mapping[str, str]) -> Card:
         text = headers.get(wire.H_CARD)

@@ -30,6 +30,10 @@ from agent.placement import NodeReport, RequestRecord, desired_sets, make_before
 from agent.request_window import MAX_WINDOW_BYTES
 from agent.window_sync import JournaledWindow, WindowConfig, WindowDelta
 
+# /stats/node rounds mem_total_mb to 0.1 MB (agent.metrics) while the node checks a set against its exact total:
+# make-before-break plans against the reported total less the most that rounding can add
+REPORTED_MB_ROUNDING = 0.05
+
 
 # -- events in ---------------------------------------------------------------------------------------
 @dataclass(frozen=True)
@@ -83,6 +87,9 @@ class Solved:
     plan: Mapping[str, Any]
     requests: int  # requests in the snapshot that was solved
     fallback: str = ""  # why the preferred solver was not used, if it was not
+    # the catalogue's mem_mb per model the plan was made with: make-before-break keeps each node's set within its
+    # memory by the node's own rule (empty: holds are added without a memory check, as before)
+    mem_mb: Mapping[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -404,12 +411,24 @@ class LeaderRound:
         changed = verdict.desired != status_quo
         self.changes += changed
         self.holds += not verdict.switch
-        desired = make_before_break(verdict.desired, {n: r.reports[n].ready for n in gathered})
+        totals = {n: r.reports[n].mem_total_mb - REPORTED_MB_ROUNDING for n in gathered} if e.mem_mb else {}
+        desired = make_before_break(verdict.desired, {n: r.reports[n].ready for n in gathered}, e.mem_mb, totals)
         self.leaving = {
             n: {m: c - verdict.desired[n].get(m, 0) for m, c in d.items() if c > verdict.desired[n].get(m, 0)}
             for n, d in desired.items()
         }
+        deferred = {
+            n: {m: c - desired[n].get(m, 0) for m, c in d.items() if c > desired[n].get(m, 0)}
+            for n, d in verdict.desired.items()
+        }
+        deferred = {n: d for n, d in deferred.items() if d}
+        for n, d in deferred.items():  # held back by the leader, not failing: its rounds to be met start when sent
+            for m in d:
+                self.short.pop((n, m), None)
         r.summary = self._summary(plan, e, gathered, verdict, changed)
+        held = {n: d for n, d in self.leaving.items() if d}
+        if held or deferred:  # make-before-break at work: what is kept until its replacement is ready, what waits
+            r.summary["handover"] = {"held": held, "deferred": deferred}
         r.commands = {
             n: Command(r.number, n, r.members[n], self.term, d, r.summary)
             for n, d in sorted(desired.items())

@@ -298,8 +298,9 @@ class Leadership:
         """Solve in the worker process (the one place that solves); it builds the snapshot there too, from its copy
         of the request window (agent.window_sync), so the build holds no GIL of this serving process."""
         s = self.agent.settings
-        inputs = BuildInputs(solve.nodes, self.agent.catalogue.current, solve.now, s.placement_objective,
-                             s.request_window_s)  # fmt: skip
+        catalogue = self.agent.catalogue.current
+        inputs = BuildInputs(solve.nodes, catalogue, solve.now, s.placement_objective, s.request_window_s)
+        mem_mb = {m: spec.mem_mb for m, spec in catalogue.models.items()}
         try:
             if solve.delta is None or solve.window_config is None:  # a Solve made without the round's window
                 snapshot = await asyncio.to_thread(inputs.build, solve.requests)
@@ -313,7 +314,7 @@ class Leadership:
         except Exception as exc:  # the worker died or the solver raised
             log.exception("placement solve failed")
             return lr.SolveFailed(self.agent.clock(), solve.round, f"{type(exc).__name__}: {exc}")
-        return lr.Solved(self.agent.clock(), solve.round, plan, requests, fallback)
+        return lr.Solved(self.agent.clock(), solve.round, plan, requests, fallback, mem_mb)
 
     async def _command(self, c: lr.Command) -> lr.Acknowledged | lr.CommandFailed | lr.Fenced:
         """One signed ``PUT /control/desired`` attempt on the peer plane (the round machine decides on retries)."""
@@ -332,8 +333,8 @@ class Leadership:
             return lr.Fenced(self.agent.clock(), c.round, c.node, c.term if highest is None else highest)
         if status == 200:
             return lr.Acknowledged(self.agent.clock(), c.round, c.node)
-        # refused (e.g. 400: the set's memory is over the node's total, a make-before-break hold beside the new
-        # plan): said, bounded, so the operator sees why a node keeps its old set until the hold clears
+        # refused (e.g. 400: the plan's own set is over the node's memory -- make-before-break adds no hold that
+        # does not fit -- or the node's catalogue differs): said, bounded, so the operator sees why it keeps its old set
         self._say_once(f"refused {c.node} {status}", "command to %s refused (HTTP %d): %.300s", c.node, status, answer)
         return lr.CommandFailed(self.agent.clock(), c.round, c.node, transient=status >= 500)
 

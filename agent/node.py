@@ -12,7 +12,7 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,9 +22,11 @@ import httpx
 from agent import known_peers
 from agent.catalogue import CatalogueWatcher, ModelSpec
 from agent.decisions import (
+    STOP_FIRST,
     Candidate,
     NodeRoom,
     Start,
+    Step,
     Stop,
     backoff_delay,
     drain_stops,
@@ -186,6 +188,7 @@ class NodeAgent:
         self._ever_ready: set[str] = set()
         self._ready_models: set[str] = set()
         self._draining: dict[str, float] = {}  # instance id -> unpublished since (decisions.drain_stops)
+        self._stopped_first: set[str] = set()  # outdated servers logged as stopped before their replacement
         self._last_ready: dict[str, float] = {}  # instance id -> its last successful probe (decisions.stuck_instances)
         self._refused: dict[str, float] = {}  # instance id -> when it refused a proxied connection (endpoint_refused)
         self._wake = asyncio.Event()
@@ -426,7 +429,10 @@ class NodeAgent:
         next_try = {m: h.next_try for m, h in self.health.items()}
         timeout = self.settings.instance_ready_timeout_s
         stuck = stuck_instances(instances, ready, self._last_ready, now, timeout)
-        steps = plan_reconcile(self._desired.instances, instances, next_try, now, stuck, ready)
+        need = {m: spec.mem_mb for m, spec in self.catalogue.current.models.items()}
+        total = self.node_metrics().mem_total_mb
+        steps = plan_reconcile(self._desired.instances, instances, next_try, now, stuck, ready, need, total)
+        self._say_stop_first(steps, instances, need, total)
         steps, self._draining = drain_stops(steps, self._draining, now, self.settings.instance_drain_s)
         self._publish(instances, ready)  # servers that began to drain leave every endpoint answer now
         for step in steps:
@@ -443,6 +449,20 @@ class NodeAgent:
             ready = await self._probe(instances)
             self._note_readiness(instances, ready, self.clock())
             self._publish(instances, ready)
+
+    def _say_stop_first(
+        self, steps: Sequence[Step], instances: Sequence[Instance], need: Mapping[str, float], total: float
+    ) -> None:
+        """Log once per server that an outdated one is stopped before its replacement (decisions.stop_first)."""
+        self._stopped_first &= {i.id for i in instances}  # bounded by the servers listed now
+        for step in steps:
+            if isinstance(step, Stop) and step.reason == STOP_FIRST and step.instance_id not in self._stopped_first:
+                self._stopped_first.add(step.instance_id)
+                log.warning(
+                    "stopping outdated %s (%s) before its replacement starts: this node's %.0f MB cannot hold both "
+                    "(%s needs %.0f MB beside its other servers); %s has fewer servers while the new one loads",
+                    step.instance_id, step.model, total, step.model, need.get(step.model, 0.0), step.model,
+                )  # fmt: skip
 
     def _publish(self, instances: list[Instance], ready: set[str]) -> None:
         ready = ready - self._draining.keys() - self._refused.keys()

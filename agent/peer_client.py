@@ -14,7 +14,7 @@ import json
 import logging
 import ssl
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 from urllib.parse import urlencode
 
@@ -116,7 +116,9 @@ class PeerClient:
         if len(answer) > wire.MAX_BODY:
             raise PeerCallError(f"{node_id} answered {len(answer)} bytes", status)
         try:
-            self.identity.verify_response(answer_headers, node_id, status, signed.nonce, answer, self.clock())
+            await self.identity.verify_response_async(
+                answer_headers, node_id, status, signed.nonce, answer, self.clock()
+            )
         except AuthError as exc:
             raise PeerCallError(f"unauthenticated answer from {node_id} (HTTP {status}): {exc}", status) from exc
         try:
@@ -138,11 +140,17 @@ class PeerClient:
         total, connect = _seconds(timeout)
         headers = {"content-type": "application/json"} if content else {}
 
-        def is_node(peer: PeerIdentity | None) -> None:  # before a byte of the message is written
+        async def pin(key: bytes) -> None:  # a first contact with the listener: its pin written off the loop
+            try:
+                await self.identity.pins.pin(node_id, key)
+            except AuthError as exc:
+                raise _NotThatNode(f"{node_id} at {base_url}: {exc}") from exc
+
+        def is_node(peer: PeerIdentity | None) -> Awaitable[None] | None:  # before a byte of the message is written
             if peer is None or peer[0] != node_id:
                 raise _NotThatNode(f"{base_url} is not {node_id} (its certificate names {peer and peer[0]!r})")
             try:
-                self.identity.pins.check(node_id, peer[1])
+                return None if self.identity.pins.pinned(node_id, peer[1]) else pin(peer[1])
             except AuthError as exc:
                 raise _NotThatNode(f"{node_id} at {base_url}: {exc}") from exc
 

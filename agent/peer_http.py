@@ -21,7 +21,7 @@ import re
 import ssl
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -122,12 +122,13 @@ class PeerConnections:
         body: bytes,
         timeout: float,
         connect_timeout: float,
-        verify_peer: Callable[[PeerIdentity | None], None] | None = None,
+        verify_peer: Callable[[PeerIdentity | None], Awaitable[None] | None] | None = None,
     ) -> Answer:
         """One exchange with the listener at ``base_url`` (``https://host:port``); raises PeerHttpError.
 
         ``verify_peer``: called with the connection's proven identity before anything is written on it; it
-        raises PeerHttpError to refuse the listener (the request is then never sent)."""
+        raises to refuse the listener (the request is then never sent), or returns what to await first (within
+        the exchange's deadline: a first contact's pin write, agent.identity.Pins.pin)."""
         listener_address(base_url)  # a URL we could never connect to fails here, before it takes a slot
         head = _request_head(base_url, method, target, headers, len(body))
         deadline = self.clock() + timeout  # one deadline for the whole exchange, the retry included
@@ -143,12 +144,12 @@ class PeerConnections:
         data: bytes,
         deadline: float,
         connect_timeout: float,
-        verify_peer: Callable[[PeerIdentity | None], None] | None,
+        verify_peer: Callable[[PeerIdentity | None], Awaitable[None] | None] | None,
     ) -> Answer:
         timeout = max(deadline - self.clock(), 0.001)
         conn = self._checkout(base_url)
         if conn is not None:
-            _verified(conn, verify_peer)
+            await _verified(conn, verify_peer, deadline - self.clock())
             try:
                 return await self._exchange(base_url, conn, data, timeout)
             except _Stale:
@@ -157,7 +158,7 @@ class PeerConnections:
         if left <= 0:
             raise PeerHttpError(f"{base_url} timed out")
         conn = await self._connect(base_url, min(connect_timeout, left))
-        _verified(conn, verify_peer)
+        await _verified(conn, verify_peer, deadline - self.clock())
         try:
             return await self._exchange(base_url, conn, data, max(deadline - self.clock(), 0.001))
         except _Stale as exc:
@@ -339,12 +340,17 @@ class PeerConnections:
         self._idle.clear()
 
 
-def _verified(conn: _Conn, verify_peer: Callable[[PeerIdentity | None], None] | None) -> None:
-    """Let ``verify_peer`` refuse the connection's listener before anything is written (then it is closed)."""
+async def _verified(
+    conn: _Conn, verify_peer: Callable[[PeerIdentity | None], Awaitable[None] | None] | None, timeout: float
+) -> None:
+    """Let ``verify_peer`` refuse the connection's listener before anything is written (then it is closed); what
+    it gives to await (a pin write) is refused as timed out past ``timeout``, what is left of the deadline."""
     if verify_peer is None:
         return
     try:
-        verify_peer(conn.peer)
+        pending = verify_peer(conn.peer)
+        if pending is not None:  # only a first contact: a known pin is decided at once, with no task or timer
+            await asyncio.wait_for(pending, max(timeout, 0.001))
     except BaseException:
         conn.close()
         raise

@@ -52,12 +52,14 @@ class SwimRoute:
         try:
             body = await _body(headers, receive)
             if direct:
-                sender = self.tls_sender(scope, str(client[0]) if client else "")
+                sender = await self.tls_sender(scope, str(client[0]) if client else "")
             else:
                 query = scope["query_string"].decode("latin-1")
                 target = scope["path"] + (f"?{query}" if query else "")
                 source = str(client[0]) if client else ""
-                sender = self.identity.verify_request(headers, "POST", target, body, self.agent.clock(), source)
+                sender = await self.identity.verify_request_async(
+                    headers, "POST", target, body, self.agent.clock(), source
+                )
         except AuthError as exc:
             log.warning("refused a peer message from %s to %s: %s", client[0] if client else "?", scope["path"], exc)
             retry = {"retry-after": str(exc.retry_after)} if exc.retry_after is not None else {}
@@ -71,7 +73,7 @@ class SwimRoute:
         signed = self.identity.sign_response(sender, status, headers[wire.H_NONCE], data, self.agent.clock())
         await _send(send, status, data, signed)
 
-    def tls_sender(self, scope: Scope, source: str = "") -> str:
+    async def tls_sender(self, scope: Scope, source: str = "") -> str:
         """The sender of a direct (unsigned) message: the node its connection's certificate proved, with the key
         pinned for that node id (checked at every message: an operator may re-pin it; a first contact spends
         ``source``'s budget, as a signed one does); raises AuthError."""
@@ -79,7 +81,7 @@ class SwimRoute:
         if found is None:
             raise AuthError("unauthenticated: no node card, and no node certificate on this connection")
         node_id, key = found
-        self.identity.pins.check(node_id, key, source, self.agent.clock())
+        await self.identity.pins.pin(node_id, key, source, self.agent.clock())
         return str(node_id)
 
     async def answer(self, sender: str, body: bytes) -> tuple[int, Any]:

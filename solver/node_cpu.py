@@ -48,19 +48,20 @@ def node_slots(p: Problem) -> FloatArray:
 
 
 def busy(lam: FloatArray, mu: FloatArray) -> FloatArray:
-    """[j] seconds of service per second the pools' rates ``lam`` [j, k] ask of each node."""
-    return np.asarray((np.asarray(lam) / np.asarray(mu)).sum(axis=1), dtype=float)
+    """[j] seconds of service per second the pools' rates ``lam`` [j, k] ask of each node (``ndarray.sum``'s own
+    reduction called directly: the same sums without its Python wrapper, which costs as much on these sizes)."""
+    return np.asarray(np.add.reduce(np.divide(lam, mu, dtype=float), axis=1))
 
 
 def core_room(lam: FloatArray, mu: FloatArray, cores: FloatArray, rho_max: float) -> FloatArray:
     """[j] busy work each node can still take (seconds per second; inf without a limit)."""
-    return np.asarray(rho_max * cores - busy(lam, mu), dtype=float)
+    return np.subtract(np.multiply(rho_max, cores, dtype=float), busy(lam, mu))
 
 
 def over_cores(lam: FloatArray, mu: FloatArray, cores: FloatArray, rho_max: float) -> FloatArray:
     """[j] whether a node's busy work exceeds ``rho_max`` of its cores."""
-    limit = rho_max * cores
-    return np.asarray(busy(lam, mu) > limit * (1 + TOL) + TOL)
+    limit = np.multiply(rho_max, cores, dtype=float)
+    return np.greater(busy(lam, mu), limit * (1 + TOL) + TOL)
 
 
 def effective_servers(counts: npt.ArrayLike, cores: FloatArray) -> FloatArray:
@@ -70,9 +71,9 @@ def effective_servers(counts: npt.ArrayLike, cores: FloatArray) -> FloatArray:
     Independent of the rates, so a delay over these servers stays convex in the rates (solver.hold's
     Frank-Wolfe needs that); the relaxation allots the cores per pool instead and is never worse."""
     counts = np.asarray(counts, dtype=float)
-    total = counts.sum(axis=1)
+    total = np.add.reduce(counts, axis=1)  # counts.sum(axis=1) without its Python wrapper
     share = np.where(total > cores, cores / np.where(total > 0, total, 1.0), 1.0)
-    return np.asarray(counts * share[:, None])
+    return np.asarray(np.multiply(counts, share[:, None]))
 
 
 ALLOT_BY_LOAD = True  # the plan's figures share a node's cores by busy work (False: the equal split per instance)

@@ -39,6 +39,8 @@ class _Stack:
         self.off = np.stack([f.off for f in flows])
         self.big = np.stack([f.big for f in flows])
         self.any_off = bool(self.off.any())
+        self.both = np.empty((2, *self.n.shape))  # along's two terms, reduced before the next call writes them
+        self.pair = np.empty((2, len(flows), *one.cost.shape))  # a step's x * cost and grad * direction, likewise
 
     def pools(self, lam: FloatArray) -> tuple[FloatArray, FloatArray, FloatArray]:
         """``_SplitFlow.pools(lam, 2, wait=True)`` of every run at once: wait terms, first and second derivatives."""
@@ -66,9 +68,10 @@ class _Stack:
             second[(self.off | at_top) if beyond else self.off] = 0.0
         return wait, first, second
 
-    def along(self, lam: FloatArray, at: FloatArray, dlam: FloatArray, dd: FloatArray) -> tuple[FloatArray, FloatArray]:
+    def along(self, lam: FloatArray, at: FloatArray, dlam: FloatArray, dd: FloatArray) -> FloatArray:
         """Per run r: ``_SplitFlow.along``'s two sums' terms at ``lam + at[r] dlam`` (the slope's and the curvature's,
-        the latter halved where ``queue_split.HALF_CURVATURE``)."""
+        the latter halved where ``queue_split.HALF_CURVATURE``), as [2, run, j, k]: one reduction sums both per run
+        (``_both_sums``)."""
         one = self.one
         t = np.multiply(dlam, at[:, None, None])
         np.add(lam, t, out=t)
@@ -85,7 +88,10 @@ class _Stack:
             second = np.divide(np.multiply(d1, 2.0), np.multiply(gap, self.n))
         if beyond:
             second[at_top] = 0.0
-        return np.multiply(dlam, np.subtract(d1, one.service, out=d1), out=d1), np.multiply(dd, second, out=second)
+        both = self.both
+        np.multiply(dlam, np.subtract(d1, one.service, out=d1), out=both[0])
+        np.multiply(dd, second, out=both[1])
+        return both
 
 
 def sibling(one: _SplitFlow, n: FloatArray, allowed: BoolArray) -> _SplitFlow:
@@ -127,8 +133,11 @@ def run_batch(
         wait, slope, second = stack.pools(lam)
         grad = one.cost + slope.transpose(0, 2, 1)[:, one.model]
         direction = _all_on(one, grad + stack.big) - x
-        value = (_sums(x * one.cost) + _sums(wait)).tolist()
-        fall = _sums(grad * direction).tolist()
+        pair = stack.pair  # x * cost and grad * direction, summed per run in one reduction
+        np.multiply(x, one.cost, out=pair[0])
+        np.multiply(grad, direction, out=pair[1])
+        linear, fall = _both_sums(pair)
+        value = [a + b for a, b in zip(linear, _sums(wait).tolist(), strict=True)]  # as the arrays' sum
         moving = []
         for r in range(len(flows)):
             if out[r] is not None:
@@ -164,6 +173,12 @@ def _sums(terms: FloatArray) -> FloatArray:
     return np.asarray(np.add.reduce(terms, axis=(1, 2)))
 
 
+def _both_sums(terms: FloatArray) -> list[list[float]]:
+    """``_sums`` of ``terms[0]`` and of ``terms[1]`` ([2, run, ...]) in one reduction: each run's slice is the same
+    contiguous block reduced alone, in the same order (tests/unit/test_queue_batch.py)."""
+    return list(np.add.reduce(terms, axis=(2, 3)).tolist())
+
+
 def _rows(runs: list[int], count: int) -> FloatArray:
     """[run, 1, 1] True for the runs listed."""
     mask = np.zeros((count, 1, 1), dtype=bool)
@@ -192,7 +207,10 @@ def _steps(
     dlam = _per_run_lam(one, direction)
     dd = dlam * dlam
     linear = _sums(one.cost * direction).tolist()
-    slope0, curve0 = _sums(dlam * here[0]).tolist(), _sums(dd * here[1]).tolist()
+    pair = stack.both  # free until the first ``along``
+    np.multiply(dlam, here[0], out=pair[0])
+    np.multiply(dd, here[1], out=pair[1])
+    slope0, curve0 = _both_sums(pair)
     searches: dict[int, Search] = {}
     wanted: dict[int, float] = {}
     steps: dict[int, float] = {}
@@ -204,8 +222,7 @@ def _steps(
         at = np.zeros(len(stack.flows))  # runs whose search is over are evaluated at 0 (their pools' own point)
         for r, a in wanted.items():
             at[r] = a
-        terms, curvature = stack.along(lam, at, dlam, dd)
-        slopes, curves = _sums(terms).tolist(), _sums(curvature).tolist()
+        slopes, curves = _both_sums(stack.along(lam, at, dlam, dd))
         for r in list(wanted):
             _advance(searches, wanted, steps, r, (linear[r] + slopes[r], double * curves[r]))
     return [steps[r] for r in moving]

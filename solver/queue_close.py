@@ -137,8 +137,7 @@ def close_screen(pools: Pools, lam: FloatArray, counts: IntArray) -> tuple[Float
     n = counts.astype(float)
     total = n.sum(axis=1, keepdims=True)
     cored = bool(np.isfinite(cores).any())  # without cores every share is 1.0 and x * 1.0 is x: skipped
-    wait = _wait(pools, lam, effective_servers(counts, pools.cores) if cored else n)
-    own = q.instance_cost * np.maximum(n - p.free, 0.0) + wait
+    own, wait = own_terms(pools, lam, counts, n, cored)
     # node j's other pools when pool (j, k) closes: each of its instances then gets C / (T - n_jk) of a core
     saves = np.where(counts > 0, own, 0.0)
     # where no node has more instances than cores, every share below is 1 and ``lost`` is exactly 0
@@ -156,6 +155,18 @@ def close_screen(pools: Pools, lam: FloatArray, counts: IntArray) -> tuple[Float
 
 
 _AHEAD = np.arange(1, LOOKAHEAD + 1, dtype=float)
+
+
+def own_terms(
+    pools: Pools, lam: FloatArray, counts: IntArray, n: FloatArray | None = None, cored: bool | None = None
+) -> tuple[FloatArray, FloatArray]:
+    """([j, k] each pool's own term of the integer objective, its wait part): ``close_screen``'s first figures
+    (``n``: the counts as floats; ``cored``: whether any node declares cores, where the caller has them)."""
+    q, p = pools.q, pools.q.base
+    n = counts.astype(float) if n is None else n
+    cored = bool(np.isfinite(pools.cores).any()) if cored is None else cored
+    wait = _wait(pools, lam, effective_servers(counts, pools.cores) if cored else n)
+    return q.instance_cost * np.maximum(n - p.free, 0.0) + wait, wait
 
 
 def _shares_lost(

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 
 import numpy as np
 
@@ -72,15 +73,16 @@ def _candidates(pools: Pools, counts: IntArray) -> list[tuple[int, int, int]]:
     """(from node, to node, model): per model and node class, its pools with several instances to the
     nodes with the most core room, at least ``IDLE_CORE`` (both on nodes with cores)."""
     q = pools.q
-    room = core_room(pools.lam(), q.mu, pools.cores, q.rho_max)
-    cored = np.isfinite(pools.cores)
+    room = core_room(pools.lam(), q.mu, pools.cores, q.rho_max).tolist()
+    cores = pools.cores.tolist()
+    groups = pools.node_group.tolist()
+    by_model = counts.T.tolist()  # [k][j]
     out = []
-    for k in range(counts.shape[1]):
-        for g in np.unique(pools.node_group).tolist():
-            mine = cored & (pools.node_group == g)
-            sources = [int(j) for j in np.flatnonzero(mine & (counts[:, k] >= 2))]
-            sources = sorted(sources, key=lambda j: (-counts[j, k], j))[:CANDIDATES]
-            dests = [int(j) for j in np.flatnonzero(mine & (counts[:, k] < pools.cores) & (room >= IDLE_CORE))]
+    for k, row in enumerate(by_model):
+        for g in sorted(set(groups)):  # np.unique's order
+            mine = [j for j, h in enumerate(groups) if h == g and math.isfinite(cores[j])]  # on nodes with cores
+            sources = sorted((j for j in mine if row[j] >= 2), key=lambda j: (-row[j], j))[:CANDIDATES]
+            dests = [j for j in mine if row[j] < cores[j] and room[j] >= IDLE_CORE]
             dests = sorted(dests, key=lambda j: (-room[j], j))[:CANDIDATES]
             out += [(a, b, k) for a in sources for b in dests if a != b]
     return out

@@ -82,6 +82,13 @@ class Pools:
         self.node_group = np.array([names[g] for g in q.node_class], dtype=np.intp)  # [j] node class
         self.cores = q.cores()  # [j] parallel capacity (inf: no limit)
         self.split_run: Any = None  # the last Frank-Wolfe run without a move (solver.queue_split.split_run)
+        self._groups: FloatArray | None = None
+
+    def group_matrix(self) -> FloatArray:
+        """[g, j] 1.0 where node j is in node class g (made once: the classes do not change)."""
+        if self._groups is None:
+            self._groups = np.eye(int(self.node_group.max()) + 1)[self.node_group].T
+        return self._groups
 
     def lam(self) -> FloatArray:
         return np.asarray(self.x.T @ self.onehot)

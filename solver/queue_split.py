@@ -210,7 +210,7 @@ def _bound_excess(pools: Pools, state: tuple[FloatArray, IntArray] | None = None
     for every model at once). ``state``: the current (lam, counts), where the caller has them."""
     q = pools.q
     lam, counts = pools.state() if state is None else state
-    group = np.eye(int(pools.node_group.max()) + 1)[pools.node_group].T  # [g, j] node class membership
+    group = pools.group_matrix()  # [g, j] node class membership
     load = group @ (lam / (q.rho_max * q.mu))  # [g, k] need at rho_max, as bound_excess sums it
     running = group @ counts
     return np.asarray((running - (np.ceil(load - 1e-9) + 1)).max(axis=0), dtype=np.int64)
@@ -506,6 +506,5 @@ def _feasible_step(
 def feasible_limits(pools: Pools, counts: FloatArray) -> tuple[FloatArray, FloatArray, FloatArray]:
     """``_feasible_step``'s terms that do not depend on the split: [c, k] the class -> model one-hot, [j, k] each
     pool's rate limit on ``counts`` (``load_limit(pools) * counts * (1 - 1e-9)``), [j] each node's busy-work limit."""
-    q, p = pools.q, pools.q.base
-    onehot = np.eye(len(p.model_names))[p.class_model]
-    return onehot, load_limit(pools) * counts * (1 - 1e-9), q.rho_max * pools.cores * (1 - 1e-9)
+    q = pools.q
+    return pools.onehot, load_limit(pools) * counts * (1 - 1e-9), q.rho_max * pools.cores * (1 - 1e-9)

@@ -95,9 +95,13 @@ def _impostor(tmp_path: Path, monkeypatch: pytest.MonkeyPatch | None) -> int:
     got: list[int] = []
 
     async def run(client: PeerClient, url: str, node: Node, b: Identity) -> None:
-        b.pins.check("a", bytes(32))  # pinned first to another key
+        await b.pins.pin("a", bytes(32))  # pinned first to another key
         if monkeypatch is not None:  # the pin check switched off: the checker below must see the impostor in
-            monkeypatch.setattr(b.pins, "check", lambda node_id, key, *where: None)
+
+            async def nothing(node_id: str, key: bytes, *where: Any) -> None:
+                return None
+
+            monkeypatch.setattr(b.pins, "pin", nothing)
         got.append((await client.call("b", url, "POST", wire.ROUTE_SWIM, body=ping(), direct=True))[0])
 
     serve(tmp_path, run)
@@ -116,7 +120,7 @@ def test_the_client_refuses_a_listener_whose_certificate_names_another_node(tmp_
     async def run(client: PeerClient, url: str, node: Node, b: Identity) -> None:
         with pytest.raises(PeerCallError, match="its certificate names 'b'"):
             await client.call("c", url, "POST", wire.ROUTE_SWIM, body=ping(), direct=True)
-        client.identity.pins.check("b", bytes(32))  # and one that names the node, with another key than pinned
+        await client.identity.pins.pin("b", bytes(32))  # and one that names the node, with another key than pinned
         with pytest.raises(PeerCallError, match="pinned"):
             await client.call("b", url, "POST", wire.ROUTE_SWIM, body=ping(), direct=True)
         assert node.discovery is not None and node.discovery.driver.received["ping"] == 0  # refused before sending

@@ -166,3 +166,54 @@ def test_a_sibling_flow_has_a_fresh_flows_fields() -> None:
                 assert not _same_fields(_flow_fields(one), fresh)
                 checked += 1
     assert checked >= 10
+
+
+def test_both_sums_reduce_each_half_as_its_own_sums() -> None:
+    """queue_batch._both_sums (the slope's and the curvature's terms of every run in one reduction) gives each half's
+    per-run sums bit for bit as ``_sums`` on that half alone, on shapes below, at and past numpy's pairwise blocks."""
+    rng = np.random.default_rng(16)
+    for runs, rows, cols in [(1, 1, 1), (3, 5, 4), (5, 10, 5), (4, 50, 10), (2, 129, 7), (6, 40, 100)]:
+        terms = rng.standard_normal((2, runs, rows, cols)) * 10.0 ** rng.integers(-8, 8, (2, runs, rows, cols))
+        first, second = queue_batch._both_sums(terms)
+        assert first == queue_batch._sums(np.array(terms[0])).tolist()
+        assert second == queue_batch._sums(np.array(terms[1])).tolist()
+
+
+def _candidates_reference(pools: Any, counts: Any) -> list[tuple[int, int, int]]:
+    """queue_move._candidates as it was in numpy (session 12): the Python-list version must list the same moves."""
+    from solver.node_cpu import core_room
+
+    q = pools.q
+    room = core_room(pools.lam(), q.mu, pools.cores, q.rho_max)
+    cored = np.isfinite(pools.cores)
+    out = []
+    for k in range(counts.shape[1]):
+        for g in np.unique(pools.node_group).tolist():
+            mine = cored & (pools.node_group == g)
+            sources = [int(j) for j in np.flatnonzero(mine & (counts[:, k] >= 2))]
+            sources = sorted(sources, key=lambda j: (-counts[j, k], j))[: queue_move.CANDIDATES]
+            dests = [
+                int(j) for j in np.flatnonzero(mine & (counts[:, k] < pools.cores) & (room >= queue_move.IDLE_CORE))
+            ]
+            dests = sorted(dests, key=lambda j: (-room[j], j))[: queue_move.CANDIDATES]
+            out += [(a, b, k) for a in sources for b in dests if a != b]
+    return out
+
+
+def test_move_candidates_equal_the_numpy_reference() -> None:
+    """The move pass's candidates (Python lists over the nodes) equal the numpy version's, moves and order, on thesis
+    instances at 1, 2 and 4 cores and with half the nodes without cores (those take no part)."""
+    listed = 0
+    for cores in (1.0, 2.0, 4.0):
+        for r, n in [(20, 10), (40, 10), (25, 15), (30, 5)]:
+            for mode in (Mode.MODE1, Mode.MODE2):
+                q = build_queue_problem(build_problem(with_cores(thesis_instance(r, n, 1), cores), mode))
+                nlp = solve_nlp_fast(q)
+                pools = repair(q, nlp.x, nlp.r, nlp.n)
+                close_pools_fast(pools)
+                counts = pools.counts()
+                assert queue_move._candidates(pools, counts) == _candidates_reference(pools, counts)
+                pools.cores = np.where(np.arange(len(pools.cores)) % 2 == 0, pools.cores, np.inf)
+                assert queue_move._candidates(pools, counts) == _candidates_reference(pools, counts)
+                listed += len(queue_move._candidates(pools, counts))
+    assert listed > 0

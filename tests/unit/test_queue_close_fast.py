@@ -129,3 +129,65 @@ def test_the_equality_check_fails_when_the_fast_core_check_is_off(
 def _relaxed(q: QueueProblem) -> tuple[np.ndarray, np.ndarray]:
     nlp = solve_nlp_fast(q)
     return nlp.x, nlp.r
+
+
+def _screen_states() -> list[Pools]:
+    """Repaired placements of thesis instances without cores, at 1, 2 and 4 cores per node, Mode 1 with instances
+    running and Mode 2, each as repair leaves it and after one closing pass."""
+    from bench.queue_bench import with_cores as bench_cores
+
+    found = []
+    for cores in (None, 1.0, 2.0, 4.0):
+        for r, n, seed in [(20, 10, 0), (40, 10, 1), (25, 15, 2), (25, 5, 1)]:
+            for snap, mode in [
+                (_with_running(thesis_instance(r, n, seed), seed), Mode.MODE1),
+                (thesis_instance(r, n, seed), Mode.MODE2),
+            ]:
+                q = build_queue_problem(build_problem(bench_cores(snap, cores), mode))
+                nlp = solve_nlp_fast(q)
+                pools = repair(q, nlp.x, nlp.r, nlp.n)
+                found.append(copy.deepcopy(pools))
+                close_pools_fast(pools)
+                found.append(pools)
+    return found
+
+
+def test_a_pool_surely_worth_trying_passes_the_screen(monkeypatch: pytest.MonkeyPatch) -> None:
+    """queue_close_fast.surely_worth (no falls, no shares) passes only pools the full close screen passes, and most
+    of those; with its margin made negative (a bound 1 % of the screen's terms above the pool's own term) the
+    implication breaks."""
+    passed = screened = 0
+    states = _screen_states()
+    for pools in states:
+        lam, counts = pools.lam(), pools.counts()
+        extra = queue_close_fast._extra(pools, counts)
+        sure = queue_close_fast.surely_worth(pools, lam, counts, extra)
+        full = worth_trying(pools, lam, counts, extra)
+        assert np.array_equal(full, worth_trying(pools, lam, counts))  # ``extra`` handed in changes nothing
+        assert not np.any(sure & ~full)
+        passed, screened = passed + int(sure.sum()), screened + int(full.sum())
+    assert passed > 0.8 * screened
+    monkeypatch.setattr(queue_close_fast, "SURE_MARGIN", -0.01)
+    wrong = 0
+    for pools in states:
+        lam, counts = pools.lam(), pools.counts()
+        extra = queue_close_fast._extra(pools, counts)
+        wrong += int(
+            np.sum(queue_close_fast.surely_worth(pools, lam, counts, extra) & ~worth_trying(pools, lam, counts))
+        )
+    assert wrong > 0
+
+
+def test_the_lazy_screen_closes_as_the_screen_made_first(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pool closing with the close screen made only where surely_worth cannot answer reaches the same placement, bit for
+    bit, as with it made every step (queue_close_fast.LAZY_SCREEN off), on states where pools close."""
+    closed = 0
+    for pools in _screen_states()[::2]:
+        lazy, eager = copy.deepcopy(pools), copy.deepcopy(pools)
+        steps = close_pools_fast(lazy)
+        monkeypatch.setattr(queue_close_fast, "LAZY_SCREEN", False)
+        assert close_pools_fast(eager) == steps
+        monkeypatch.setattr(queue_close_fast, "LAZY_SCREEN", True)
+        assert np.array_equal(lazy.x, eager.x) and np.array_equal(lazy.cap, eager.cap)
+        closed += steps
+    assert closed > 0
