@@ -191,7 +191,7 @@ class PeerClient:
             return a.status, a.headers, a.content
         try:
             r = await self.http.request(method, base_url + target, content=content, headers=headers, timeout=timeout)
-        except httpx.HTTPError as exc:
+        except (httpx.HTTPError, httpx.InvalidURL) as exc:  # InvalidURL: not an HTTPError
             raise PeerCallError(f"{node_id} unreachable: {type(exc).__name__}: {exc}") from exc
         return r.status_code, r.headers, r.content
 

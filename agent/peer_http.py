@@ -129,6 +129,7 @@ class PeerConnections:
         ``verify_peer``: called with the connection's proven identity before anything is written on it; it
         raises to refuse the listener (the request is then never sent), or returns what to await first (within
         the exchange's deadline: a first contact's pin write, agent.identity.Pins.pin)."""
+        listener_address(base_url)  # a URL we could never connect to fails here, before it takes a slot
         head = _request_head(base_url, method, target, headers, len(body))
         deadline = self.clock() + timeout  # one deadline for the whole exchange, the retry included
         await self._acquire(base_url, timeout)
@@ -276,15 +277,12 @@ class PeerConnections:
 
     # -- the kept connections ---------------------------------------------------------------------------
     async def _connect(self, base_url: str, timeout: float) -> _Conn:
-        parts = urlsplit(base_url)
-        if parts.scheme not in ("http", "https") or not parts.hostname or parts.port is None:
-            raise PeerHttpError(f"not a peer listener URL: {base_url}")
-        tls = _unverified() if parts.scheme == "https" and self.tls is None else self.tls
+        scheme, host, port = listener_address(base_url)
+        tls = _unverified() if scheme == "https" and self.tls is None else self.tls
         try:
             reader, writer = await asyncio.wait_for(
-                asyncio.open_connection(parts.hostname, parts.port, ssl=tls if parts.scheme == "https" else None,
-                                        limit=HEAD_LIMIT, ssl_handshake_timeout=timeout if parts.scheme == "https"
-                                        else None),
+                asyncio.open_connection(host, port, ssl=tls if scheme == "https" else None, limit=HEAD_LIMIT,
+                                        ssl_handshake_timeout=timeout if scheme == "https" else None),
                 timeout,
             )  # fmt: skip
         except (OSError, ssl.SSLError) as exc:
@@ -356,6 +354,21 @@ async def _verified(
     except BaseException:
         conn.close()
         raise
+
+
+def listener_address(base_url: str) -> tuple[str, str, int]:
+    """(scheme, host, port) of a listener's base URL; PeerHttpError when it is not ``http(s)://HOST:PORT``.
+
+    urlsplit raises ValueError for a port it cannot read (``https://fe80::1:7001``: no brackets) or out of range,
+    and for an unclosed '[': before, that escaped every caller's ``except PeerHttpError`` (review13a F5)."""
+    try:
+        parts = urlsplit(base_url)
+        host, port = parts.hostname, parts.port
+    except ValueError as exc:
+        raise PeerHttpError(f"not a peer listener URL: {base_url[:100]!r} ({exc})") from exc
+    if parts.scheme not in ("http", "https") or not host or port is None:
+        raise PeerHttpError(f"not a peer listener URL: {base_url[:100]!r}")
+    return parts.scheme, host, port
 
 
 def _request_head(base_url: str, method: str, target: str, headers: Mapping[str, str], length: int) -> bytes:

@@ -8,7 +8,8 @@ peerserve_peer_connections_idle                                       kept-alive
 peerserve_membership_candidates_replaced_total                        candidates whose slot a newer hint took (a full
                                                                       table: a stranger's flood of mDNS adverts)
 peerserve_mdns_adverts_total{outcome}                                 mDNS adverts by outcome (hinted, other_cluster,
-                                                                      malformed, own_id, unanswered, resolve_dropped)
+                                                                      malformed, own_id, no_ipv4, unanswered,
+                                                                      resolve_dropped)
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ import httpx
 
 from agent.discovery.swim import Admit, SwimConfig, Transition
 from agent.discovery.swim_io import SwimDriver
-from agent.discovery.txt import SERVICE_TYPE, build_txt, parse_txt, should_update
+from agent.discovery.txt import SERVICE_TYPE, build_txt, parse_txt, peer_address, should_update
 from agent.errors import PeerError
 from agent.peer_client import PeerCallError, PeerClient
 from agent.peers import Member
@@ -47,8 +47,9 @@ SAID_MAX = 256
 # signed state request or SWIM message: ``heard_from`` / ``Swim.received``, slots no stranger can fill).
 MAX_RESOLVING = 64
 RESOLVE_MS = 2000
-# outcomes of the adverts we see (a fixed set: peerserve_mdns_adverts_total{outcome}, agent.discovery.metrics)
-MDNS_OUTCOMES = ("hinted", "other_cluster", "malformed", "own_id", "unanswered", "resolve_dropped")
+# outcomes of the adverts we see (a fixed set: peerserve_mdns_adverts_total{outcome}, agent.discovery.metrics);
+# "no_ipv4": an advert of our cluster with no IPv4 address (the peer plane is IPv4 only: txt.peer_address)
+MDNS_OUTCOMES = ("hinted", "other_cluster", "malformed", "own_id", "no_ipv4", "unanswered", "resolve_dropped")
 
 
 def resolve_interfaces(interface: str, advertise_address: str) -> list[str] | None:
@@ -163,6 +164,13 @@ class Discovery:
             self.mdns_ready.set()
         if self.seeds:
             self._tasks.append(asyncio.create_task(self._seed_loop(), name="seeds"))
+        for task in self._tasks:
+            task.add_done_callback(self._loop_ended)
+
+    def _loop_ended(self, task: asyncio.Task[None]) -> None:
+        """A long-running task ended: said at once if by an exception (its loop is gone), not when we stop it."""
+        if not task.cancelled() and task.exception() is not None:
+            log.error("discovery task %s ended", task.get_name(), exc_info=task.exception())
 
     async def stop(self) -> None:
         """Leave gracefully: tell alive peers, send the mDNS goodbye, stop the tasks."""
@@ -170,7 +178,7 @@ class Discovery:
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
+            with contextlib.suppress(asyncio.CancelledError, Exception):  # an exception was said when it ended
                 await task
         await self.swim.stop()
         for resolving in list(self._resolving.values()):
@@ -243,15 +251,15 @@ class Discovery:
             await asyncio.sleep(0.5)
             if self._info is None or self._zc is None:
                 continue
-            txt = self._txt()
-            now = self.clock()
-            if should_update(self._published, txt, self._published_at, now):
-                self._info = self._service_info(txt)
-                try:
+            try:  # one failed update (our state, zeroconf) must not end advertising
+                txt = self._txt()
+                now = self.clock()
+                if should_update(self._published, txt, self._published_at, now):
+                    self._info = self._service_info(txt)
                     await self._zc.async_update_service(self._info)
                     self._published, self._published_at = txt, now
-                except Exception as exc:
-                    self._say_once(f"mdns-update:{exc}", logging.WARNING, "mDNS update failed: %s", exc)
+            except Exception as exc:
+                self._say_once(f"mdns-update:{type(exc).__name__}", logging.WARNING, "mDNS update failed: %s", exc)
 
     def _on_service(self, zeroconf: Any, service_type: str, name: str, state_change: Any) -> None:
         from zeroconf import ServiceStateChange
@@ -275,11 +283,16 @@ class Discovery:
 
         if self._zc is None:
             return
-        info = AsyncServiceInfo(service_type, name)
-        if not await info.async_request(self._zc.zeroconf, RESOLVE_MS):
-            self.mdns["unanswered"] += 1
-            return
-        self._advert(name, info.properties or {}, info.parsed_addresses())
+        try:  # anyone's advert: whatever it does to zeroconf or to us, counted and said once, never a dead task
+            info = AsyncServiceInfo(service_type, name)
+            if not await info.async_request(self._zc.zeroconf, RESOLVE_MS):
+                self.mdns["unanswered"] += 1
+                return
+            self._advert(name, info.properties or {}, info.parsed_addresses())
+        except Exception as exc:
+            self.mdns["malformed"] += 1
+            self._say_once(f"resolve:{type(exc).__name__}", logging.WARNING, "ignoring mDNS service %s: %s: %s (%s)",
+                           name[:100], type(exc).__name__, exc, _ONCE)  # fmt: skip
 
     def _advert(self, name: str, properties: dict[Any, Any], addresses: list[str]) -> None:
         """A resolved advert (anyone's): a candidate of our cluster, or ignored, counted in ``mdns`` by outcome."""
@@ -298,13 +311,18 @@ class Discovery:
             self._say_once("cluster", logging.INFO, "ignoring agents of another cluster (%s, e.g. %s; %s)",
                            advert.cluster[:16], name[:100], _ONCE)  # fmt: skip
             return
+        address = peer_address(addresses)
         if advert.node_id == self.node_id:
-            if addresses[0] != self.address or advert.port != self.api_port:
+            if address != self.address or advert.port != self.api_port:
                 self.mdns["own_id"] += 1
                 msg = "another node at %s advertises our node id %s; ignored (%s)"
-                self._say_once("dup", logging.ERROR, msg, addresses[0], self.node_id, _ONCE)
+                self._say_once("dup", logging.ERROR, msg, str(addresses[0])[:64], self.node_id, _ONCE)
             return
-        address = addresses[0]
+        if address is None:  # IPv6 only (or junk): we could never reach it, nor gossip its URL
+            self.mdns["no_ipv4"] += 1
+            msg = "ignoring mDNS service %s: no IPv4 address (%s; the peer plane is IPv4 only; %s)"
+            self._say_once("no_ipv4", logging.WARNING, msg, name[:100], str(addresses[0])[:64], _ONCE)
+            return
         peer_url = f"https://{address}:{advert.peer_port}"
         self.mdns["hinted"] += 1
         self.swim.core.hint(advert.node_id, peer_url, address, self.clock())
@@ -349,13 +367,16 @@ class Discovery:
                 try:  # public and unauthenticated: only a hint of whom to heartbeat, and where
                     r = await self.http.get(f"{seed}/cluster", timeout=SEED_TIMEOUT_S)
                     hint = wire.ClusterHint.parse(r.json())
-                except (httpx.HTTPError, ValueError) as exc:
+                except (httpx.HTTPError, httpx.InvalidURL, ValueError) as exc:  # InvalidURL: not an HTTPError
                     self._say_once(f"seed:{seed}", logging.INFO, "seed %s not reachable yet: %s", seed, exc)
                     continue
                 if hint.node_id == self.node_id:
                     known.add(seed)
                     continue
                 host = httpx.URL(seed).host
+                if ":" in host:  # an IPv6 literal: the peer plane is IPv4 only (txt.peer_address)
+                    self._say_once(f"seed6:{seed}", logging.WARNING, "seed %s: IPv6, ignored (peers speak IPv4)", seed)
+                    continue
                 peer_url = f"https://{host}:{hint.peer_port}"
                 self.swim.core.hint(hint.node_id, peer_url, host, self.clock())
                 self.swim.wake()

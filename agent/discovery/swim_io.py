@@ -145,6 +145,9 @@ class SwimDriver:
         # exchanges by kind (SWIM kinds and "state"; a fixed set): /metrics (agent.discovery.service) and the bench
         self.sent: Counter[str] = Counter()
         self.received: Counter[str] = Counter()
+        # exchanges that raised something unexpected, by kind of exception (logged once each, with its traceback):
+        # an admission or fetch counts as failed, any other exchange as having learned nothing
+        self.errors: Counter[str] = Counter()
 
     # -- our own state -------------------------------------------------------------------------------------
     def stamp(self, state: PeerState) -> PeerState:
@@ -255,8 +258,26 @@ class SwimDriver:
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._finished)
         task.add_done_callback(lambda _t: self._in_flight.discard(key))
         task.add_done_callback(lambda _t: self.wake())  # its result may have queued work (a refutation, gossip)
+
+    def _finished(self, task: asyncio.Task[Any]) -> None:
+        """An exchange ended: an exception it raised is taken here (asyncio would print each one's traceback as
+        "Task exception was never retrieved": 144 in 10 s from one stranger's adverts, review13a F5)."""
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            self._unexpected(exc, "an exchange")
+
+    def _unexpected(self, exc: BaseException, what: str) -> None:
+        """Counted by its kind; logged once per kind (``SAID_MAX``), with its traceback: a bug to find, not news."""
+        kind = type(exc).__name__
+        self.errors[kind] += 1
+        key = f"error:{kind}"
+        if key not in self._said:
+            if len(self._said) >= SAID_MAX:
+                self._said.clear()
+            self._said.add(key)
+            log.warning("%s failed unexpectedly (%s; each kind logged once, counted)", what, kind, exc_info=exc)
 
     async def stop(self) -> None:
         for task in list(self._tasks):
@@ -357,6 +378,9 @@ class SwimDriver:
             return await self.send(ins.node_id, ins.url, self.core.message("ping", ins.node_id), factor=3.0)
         except PeerCallError as exc:
             return BUSY if exc.busy else None
+        except Exception as exc:  # ours, not the target's: evidence of nothing, like our own bound's refusal
+            self._unexpected(exc, f"a ping of {ins.node_id}")
+            return BUSY
 
     async def _ping_req(self, relay: str, relay_url: str, ins: sw.Probe) -> bool | None:
         """Whether ``relay`` reached the target for us (None: the relay itself did not answer)."""
@@ -365,15 +389,20 @@ class SwimDriver:
                           ins.node_id, ins.url, loads=c.loads)  # fmt: skip
         try:
             answer = await self.send(relay, relay_url, msg, factor=2.0)
+            self.on_transitions(self.apply(answer)[1])
         except PeerCallError:
             return None
-        self.on_transitions(self.apply(answer)[1])
+        except Exception as exc:  # a silent relay, as one that did not answer
+            self._unexpected(exc, f"a ping_req through {relay}")
+            return None
         return answer.kind == "indirect_ack" and answer.target == ins.node_id and answer.acked
 
     async def _exchange(self, node_id: str, url: str, msg: SwimMessage) -> None:
         try:
             answer = await self.send(node_id, url, msg, factor=2.0 if msg.kind == "sync" else 1.0)
-        except PeerCallError:
+        except Exception as exc:
+            if not isinstance(exc, PeerCallError):
+                self._unexpected(exc, f"a {msg.kind} exchange with {node_id}")
             if msg.kind == "sync":
                 self.core.sync_failed(self.clock())
             return
@@ -388,9 +417,13 @@ class SwimDriver:
         return self.admissible(parse_peer_state(data, expected_id=node_id), url)
 
     async def _admit(self, ins: sw.Admit) -> None:
+        """Admission: any exception is a failed attempt (counted: a candidate that never fails is never replaced
+        nor expired, review11b), not only the peer's own refusal."""
         try:
             state = await self._get_state(ins.node_id, ins.url)
-        except (PeerCallError, PeerError) as exc:
+        except Exception as exc:
+            if not isinstance(exc, (PeerCallError, PeerError)):
+                self._unexpected(exc, f"admission of {ins.node_id}")
             self.core.admit_failed(ins.node_id, ins.url, self.clock())
             self.on_admit_failed(ins, exc)
             return
@@ -402,7 +435,9 @@ class SwimDriver:
     async def _fetch(self, ins: sw.FetchState) -> None:
         try:
             state = await self._get_state(ins.node_id, ins.url)
-        except (PeerCallError, PeerError):
+        except Exception as exc:  # any exception: a failed fetch (as in ``_admit``)
+            if not isinstance(exc, (PeerCallError, PeerError)):
+                self._unexpected(exc, f"state fetch of {ins.node_id}")
             self.core.fetch_failed(ins.node_id, self.clock())
             return
         self.on_transitions(self.core.state_fetched(ins.node_id, state, self.clock()))
@@ -436,6 +471,7 @@ class SwimDriver:
             shared = self._relays[target] = task
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
+            task.add_done_callback(self._finished)  # its asker may be gone
             task.add_done_callback(lambda _t: self._relays.pop(target, None))
         acked = await asyncio.shield(shared)  # one asker going away does not cancel the others' ping
         if acked is None:

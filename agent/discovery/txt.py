@@ -11,7 +11,8 @@ is a hint of who may exist and where; a node is admitted only by an authenticate
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+import ipaddress
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,6 +49,24 @@ class Advert:
     gpu_load: float | None
     term: int
     peer_port: int = 0
+
+
+def peer_address(addresses: Iterable[str]) -> str | None:
+    """The address an advert's node is reached at: its first unicast IPv4 address (None: it has none).
+
+    The peer plane is IPv4 only: we advertise and listen on IPv4, and a member's peer URL travels in gossip as
+    ``https://IPv4:PORT`` (peerserve.names.PEER_URL), so a candidate at an IPv6 address could never be gossiped.
+    Anyone may add AAAA records (or list one first) to an advert; before, its first address was taken as it came
+    and ``https://fe80::1:PORT`` (no brackets) broke the admission task with a ValueError (review13a F5). Zeroconf
+    lists IPv4 addresses first, but a caller may not; unspecified, broadcast and multicast ones are skipped."""
+    for text in addresses:
+        try:
+            address = ipaddress.IPv4Address(text)
+        except ValueError:
+            continue
+        if not (address.is_unspecified or address.is_multicast or address == ipaddress.IPv4Address(0xFFFFFFFF)):
+            return str(address)
+    return None
 
 
 def encoded_size(txt: Mapping[str, str]) -> int:
