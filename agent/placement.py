@@ -51,7 +51,6 @@ import math
 import statistics
 from collections.abc import Callable, Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from heapq import nsmallest
 from typing import Any
 
 from agent.catalogue import Catalogue
@@ -68,7 +67,7 @@ MAX_SLOWDOWN = 8.0  # the most contention divided out of a node's measured servi
 MAX_THESIS_STREAMS = 1000
 # (logged_by, client, model) streams the queue objectives read a round, before sites merge them; past it each logger
 # keeps its busiest up to an equal share (fair_streams): one member's made-up clients cost bounded CPU
-MAX_STREAMS = 4096
+MAX_STREAMS = 8192
 # what the snapshot reads of a node's per-model usage (its /stats/models entry): a report keeps these only, so a
 # member's answer of 200 models x 16 made-up keys (~560 KB of objects, kept a round and then as the stale stand-in,
 # and sent to the solver worker every round) costs the leader ~40 KB
@@ -318,11 +317,12 @@ def build_snapshot(
     models = [{"name": m.name, "mem_mb": m.mem_mb, "compute": m.compute} for m in catalogue.models.values()]
     extra: dict[str, Any] = {}
     if queue_aware and window_s is not None:
-        by_logger: dict[str | None, tuple[list[dict[str, Any]], dict[tuple[str, str], int]]] = {}
+        carried = carried_demand(counts, chosen)
+        by_logger: dict[str | None, tuple[list[dict[str, Any]], dict[tuple[str, str], float]]] = {}
         for key, q in entries:
             mine, mine_counts = by_logger.setdefault(key[0], ([], {}))
             mine.append(q)
-            mine_counts[key[1:]] = counts[key]
+            mine_counts[key[1:]] = carried[key]
         requests = group_logged_sites(by_logger, window_s)
         for entry, spec in zip(models, catalogue.models.values(), strict=True):
             entry["throughput_rps"] = {
@@ -389,9 +389,23 @@ def stream_counts(records: Iterable[RequestRecord]) -> dict[StreamKey, int]:
     return counts
 
 
+def carried_demand(counts: Mapping[StreamKey, int], chosen: Container[StreamKey]) -> dict[StreamKey, float]:
+    """The records each chosen stream stands for: its own, and those of its logger's streams of its model that were
+    left out (``fair_streams``), shared in proportion to the chosen ones': no demand a logger reported is lost, it
+    is placed where its busiest clients are."""
+    total: dict[tuple[str | None, str], int] = {}
+    kept: dict[tuple[str | None, str], int] = {}
+    for (logger, _, model), n in counts.items():
+        total[(logger, model)] = total.get((logger, model), 0) + n
+        if (logger, _, model) in chosen:
+            kept[(logger, model)] = kept.get((logger, model), 0) + n
+    return {key: n * total[(key[0], key[2])] / kept[(key[0], key[2])] for key, n in counts.items() if key in chosen}
+
+
 def fair_streams(counts: Mapping[StreamKey, int], budget: int) -> set[StreamKey]:
     """The streams a round reads: all of them within ``budget``; past it, each logger's busiest (most records; of
-    equals, by client and model) up to an equal share of the budget (water-filling: a logger with fewer keeps all).
+    equals, by client and model) up to an equal share of the budget (water-filling: a logger with fewer keeps all),
+    the busiest of each of its models first; ``carried_demand`` gives the ones left out's records to the kept.
 
     Each stream costs the build its RTT and execution rows and the site grouping a pass per bucket width: one
     member's 50,000 one-row made-up streams took 3.7 s of the worker's CPU a round (review13a), and its share now
@@ -404,7 +418,17 @@ def fair_streams(counts: Mapping[StreamKey, int], budget: int) -> set[StreamKey]
     cap = fair_cap(sorted(map(len, per_logger.values())), budget)
     out: set[StreamKey] = set()
     for keys in per_logger.values():
-        out.update(keys if len(keys) <= cap else nsmallest(cap, keys, key=lambda k: (-counts[k], k[1], k[2])))
+        if len(keys) <= cap:
+            out.update(keys)
+            continue
+        ranked = sorted(keys, key=lambda k: (-counts[k], k[1], k[2]))
+        firsts: dict[str, StreamKey] = {}  # each model's busiest first: a model it reported keeps a stream
+        for k in ranked:
+            firsts.setdefault(k[2], k)
+        picked = list(firsts.values())[:cap]
+        out.update(picked)
+        chosen = set(picked)
+        out.update([k for k in ranked if k not in chosen][: cap - len(picked)])
     return out
 
 
@@ -472,32 +496,31 @@ def fair_cap(lengths: list[int], total: int) -> int:
 
 
 def group_sites(
-    streams: Sequence[Mapping[str, Any]], counts: Mapping[tuple[str, str], int], window_s: float
+    streams: Sequence[Mapping[str, Any]], counts: Mapping[tuple[str, str], float], window_s: float
 ) -> list[dict[str, Any]]:
     """One logger's per-client streams as (site, model) streams (``group_logged_sites`` of that logger alone)."""
     return group_logged_sites({None: (streams, counts)}, window_s)
 
 
 def group_logged_sites(
-    logged: Mapping[str | None, tuple[Sequence[Mapping[str, Any]], Mapping[tuple[str, str], int]]], window_s: float
+    logged: Mapping[str | None, tuple[Sequence[Mapping[str, Any]], Mapping[tuple[str, str], float]]], window_s: float
 ) -> list[dict[str, Any]]:
     """Merge per-client streams into (site, model) streams with a rate in requests/s over the window.
 
     ``logged``: per logger, its streams and their records per (client, model). A site is the clients whose RTT to
     every node rounds to the same bucket; its RTT and execution rows are the members' means, its ``client`` names
-    the first member and the count. Buckets are ``SITE_RTT_MS`` wide; a logger whose streams make more sites than
-    its equal share of ``MAX_SITES`` (water-filling) widens its own (2, 4, 8 ... ms) until they fit: one member's
-    made-up clients with random RTTs coarsen only its own sites, where one global width merged every client, honest
-    ones too, into one site per model (review13a). Sites of equal width and bucket merge across loggers (a room of
-    phones logged by two agents is one site).
+    the first member and the count. Buckets start ``SITE_RTT_MS`` wide and sites of equal width and bucket merge
+    across loggers (a room of phones logged by two agents is one site). Past ``MAX_SITES`` sites, the loggers
+    holding more than an equal share of them widen their buckets (2, 4, 8 ... ms), all of them a step at a time,
+    until the sites fit (``_widths``): one member's made-up clients with random RTTs coarsen only its own sites,
+    where one global width merged every client, honest ones too, into one site per model (review13a).
     """
-    base = {logger: _bucketed(streams, SITE_RTT_MS) for logger, (streams, _) in logged.items()}
-    cap = max(1, fair_cap(sorted(map(len, base.values())), MAX_SITES))
-    merged: dict[tuple[Any, ...], list[tuple[Mapping[str, Any], int]]] = {}
-    for logger, (streams, counts) in logged.items():
-        width, sites = _fitted(streams, base[logger], cap)
+    rows = {logger: _rtt_rows(streams) for logger, (streams, _) in logged.items()}
+    merged: dict[tuple[Any, ...], list[tuple[Mapping[str, Any], float]]] = {}
+    for logger, (exponent, sites) in _widths(rows).items():
+        counts = logged[logger][1]
         for key, site in sites.items():
-            merged.setdefault((width, *key), []).extend((m, counts.get((m["client"], m["model"]), 0)) for m in site)
+            merged.setdefault((exponent, *key), []).extend((m, counts.get((m["client"], m["model"]), 0)) for m in site)
     out = []
     for members in merged.values():
         first = members[0][0]
@@ -515,32 +538,81 @@ def group_logged_sites(
 
 
 MAX_WIDENINGS = 29  # SITE_RTT_MS x 2**29 > 1e9 ms: every stream of a model in one bucket
+_RttRows = list[tuple[Mapping[str, Any], str, list[float]]]  # (stream, model, its RTTs in node order)
+_Sites = dict[tuple[Any, ...], list[Mapping[str, Any]]]
 
 
-def _fitted(
-    streams: Sequence[Mapping[str, Any]], sites: dict[tuple[Any, ...], list[Mapping[str, Any]]], cap: int
-) -> tuple[float, dict[tuple[Any, ...], list[Mapping[str, Any]]]]:
-    """The finest bucket width (SITE_RTT_MS x 2**k) found by bisection at which ``streams`` make at most ``cap``
-    sites (``sites``: at SITE_RTT_MS), and those sites: ~5 passes over the streams, not one per doubling."""
-    if len(sites) <= cap:
-        return SITE_RTT_MS, sites
-    lo, hi = 0, MAX_WIDENINGS  # too many sites at lo; at hi as few as the widening can make
-    best = _bucketed(streams, SITE_RTT_MS * 2**hi)
+def _rtt_rows(streams: Sequence[Mapping[str, Any]]) -> _RttRows:
+    return [(s, s["model"], [v for _, v in sorted(s["rtt_ms"].items())]) for s in streams]
+
+
+def _bucketed(rows: _RttRows, exponent: int) -> _Sites:
+    width = SITE_RTT_MS * 2**exponent
+    sites: _Sites = {}
+    for s, model, rtts in rows:
+        sites.setdefault((model, *[round(v / width) for v in rtts]), []).append(s)
+    return sites
+
+
+def _widths(rows: Mapping[str | None, _RttRows]) -> dict[str | None, tuple[int, _Sites]]:
+    """Per logger, its bucket width's exponent (width SITE_RTT_MS x 2**exponent) and its sites at that width.
+
+    A site held by h loggers (same width, same bucket) costs each of them 1/h, so the costs add up to the sites
+    there are. While there are more than ``MAX_SITES``, every logger whose cost is over the water level
+    (``fair_level``: the equal share of MAX_SITES the others leave) widens one step; loggers that share sites
+    widen together and keep sharing them, and a logger under the level keeps its sites as they are. A member's
+    made-up sites are its alone: a logger that shares none goes straight to the finest width at which it holds no
+    more than the level (``_fit``: bisection, ~5 passes over its streams, at most its share of MAX_STREAMS; one
+    step per pass took 3.7 s for 50,000 made-up streams). Past the last width the sites left are one per model
+    and logger."""
+    exponent = dict.fromkeys(rows, 0)
+    sites = {logger: _bucketed(r, 0) for logger, r in rows.items()}
+    while True:
+        held: dict[tuple[Any, ...], int] = {}
+        for logger, mine in sites.items():
+            for key in mine:
+                k = (exponent[logger], *key)
+                held[k] = held.get(k, 0) + 1
+        if len(held) <= MAX_SITES:
+            break
+        cost = {logger: sum(1 / held[(exponent[logger], *key)] for key in mine) for logger, mine in sites.items()}
+        level = fair_level(sorted(cost.values()), float(MAX_SITES))
+        over = [g for g, c in cost.items() if c > level and exponent[g] < MAX_WIDENINGS]
+        if not over:
+            break
+        for logger in over:
+            if cost[logger] == len(sites[logger]):  # none of its sites shared: straight to its fit, by bisection
+                exponent[logger], sites[logger] = _fit(rows[logger], exponent[logger], int(level))
+            else:  # widen with those it shares sites with, a step at a time
+                exponent[logger] += 1
+                sites[logger] = _bucketed(rows[logger], exponent[logger])
+    return {logger: (exponent[logger], sites[logger]) for logger in rows}
+
+
+def _fit(rows: _RttRows, exponent: int, cap: int) -> tuple[int, _Sites]:
+    """The smallest exponent past ``exponent`` found by bisection at which ``rows`` make at most ``cap`` sites (the
+    largest, MAX_WIDENINGS, if none), and those sites: ~5 passes over the rows, not one per step."""
+    lo, hi = exponent, MAX_WIDENINGS  # too many sites at lo; at hi as few as widening can make
+    best = _bucketed(rows, hi)
     while hi - lo > 1:
         mid = (lo + hi) // 2
-        at_mid = _bucketed(streams, SITE_RTT_MS * 2**mid)
+        at_mid = _bucketed(rows, mid)
         if len(at_mid) <= cap:
             hi, best = mid, at_mid
         else:
             lo = mid
-    return SITE_RTT_MS * 2**hi, best
+    return hi, best
 
 
-def _bucketed(streams: Sequence[Mapping[str, Any]], width: float) -> dict[tuple[Any, ...], list[Mapping[str, Any]]]:
-    sites: dict[tuple[Any, ...], list[Mapping[str, Any]]] = {}
-    for s in streams:
-        sites.setdefault((s["model"], *(round(v / width) for _, v in sorted(s["rtt_ms"].items()))), []).append(s)
-    return sites
+def fair_level(costs: list[float], total: float) -> float:
+    """The water level L with sum(min(cost, L)) = ``total`` (``costs`` ascending); the largest cost if all fit."""
+    left = total
+    for i, c in enumerate(costs):
+        share = left / (len(costs) - i)
+        if c > share:
+            return share
+        left -= c
+    return costs[-1] if costs else total
 
 
 def service_ms(measured: Sequence[float]) -> float:

@@ -238,6 +238,7 @@ def test_fair_streams_keeps_each_logger_within_its_share_and_the_busiest_of_a_fl
     assert len(kept) <= 1000
     assert {k for k in counts if k[0] != "m"} <= kept  # within their shares: whole
     assert ("m", "busy", "k") in kept and sum(k[0] == "m" for k in kept) == 1000 - 301
+    assert {k for k in kept if k[0] == "m"} - {("m", "busy", "k")} <= {("m", f"x{i}", "k") for i in range(10_000)}
     assert fair_streams(counts, len(counts)) == set(counts)
     two: dict[StreamKey, int] = {(by, f"x{i}", "k"): 1 for by in "mn" for i in range(5000)}
     assert [sum(k[0] == by for k in fair_streams(two, 1000)) for by in "mn"] == [500, 500]
@@ -245,20 +246,35 @@ def test_fair_streams_keeps_each_logger_within_its_share_and_the_busiest_of_a_fl
 
 @pytest.mark.parametrize("objective", ["queue", "thesis"])
 def test_the_snapshot_reads_at_most_its_stream_budget_and_the_honest_streams_whole(objective: str) -> None:
-    """Thesis: one member's 5,000 made-up ids fill only its share of MAX_THESIS_STREAMS (before, its busier
-    ids could push honest clients out); queue: at most MAX_STREAMS streams reach the site grouping."""
+    """Thesis: one member's made-up ids fill only its share of MAX_THESIS_STREAMS (before, its busier ids could
+    push honest clients out); queue: at most MAX_STREAMS streams reach the site grouping, the honest ones among
+    them, and no demand is lost (the streams left out's records are carried by their logger's kept ones)."""
     ids = ["n0", "n1", "n2"]
     reports = [NodeReport(i, 3000, 4000, 100, "default", {}) for i in ids]
-    fake = [RequestRecord(NOW - 1, "half_plus_two", f"x{i}@10.9.9.9", {"n0": 5.0}, None, None, 200, "n2")
-            for i in range(5000) for _ in range(3)]  # fmt: skip
+    n_fake = MAX_STREAMS + 2000
+    fake = [RequestRecord(NOW - 1, "half_plus_two", f"x{i}@10.9.9.9", {"n2": 5.0}, None, None, 200, "n2")
+            for i in range(n_fake) for _ in range(3)]  # fmt: skip
     real = [RequestRecord(NOW - 1, "half_plus_two", f"phone{i}@10.0.0.2", {"n0": 5.0}, None, None, 200, "n0")
             for i in range(50)]  # fmt: skip
     s = build_snapshot(reports, fake + real, CAT, NOW, objective, 60.0)
     if objective == "thesis":
         clients = [r["client"] for r in s["requests"]]
         assert len(clients) == MAX_THESIS_STREAMS and {f"phone{i}@10.0.0.2" for i in range(50)} <= set(clients)
-    else:
-        assert sum(r["rate"] for r in s["requests"]) * 60.0 == pytest.approx(3 * (MAX_STREAMS - 50) + 50)
+        return
+    read = sum(int(r["client"].rsplit("+", 1)[1]) + 1 for r in s["requests"])  # site:first+others
+    assert read == MAX_STREAMS
+    assert sum(r["rate"] for r in s["requests"]) * 60.0 == pytest.approx(3 * n_fake + 50)
+    phones = [r for r in s["requests"] if r["client"].startswith("site:phone")]
+    assert len(phones) == 1 and phones[0]["rate"] * 60.0 == pytest.approx(50)
+
+
+def test_a_model_a_logger_reported_keeps_a_stream_past_its_share() -> None:
+    """Past its share a logger keeps its busiest stream of every model first, so its demand of a quiet model is
+    not folded into another model's."""
+    counts: dict[StreamKey, int] = {("m", f"x{i}", "busy"): 5 for i in range(100)}
+    counts[("m", "q", "quiet")] = 1
+    kept = fair_streams(counts, 10)
+    assert len(kept) == 10 and ("m", "q", "quiet") in kept
 
 
 def test_sites_stay_within_max_sites_for_many_loggers_each_of_many_sites() -> None:
@@ -276,3 +292,25 @@ def test_sites_stay_within_max_sites_for_many_loggers_each_of_many_sites() -> No
         "a": (logged["n0"][0][:3], logged["n0"][1])
     }  # few streams: the base width, one site each
     assert len(group_logged_sites(fine, 10.0)) == 3 and SITE_RTT_MS == 2.0
+
+
+def test_loggers_sharing_their_sites_keep_them_fine_beside_a_members_made_up_ones() -> None:
+    """Two agents log the same 150 rooms (each of their clients through both): 150 sites held by two loggers cost
+    each 75, under the equal share (85), so both stay at the 2 ms buckets beside a member's 5,000 random-RTT
+    streams, which widen into the 106 sites left; shares by count (150 each, over 85) would have coarsened the
+    honest rooms."""
+    rooms = [{"a": 1.0 + 4 * (r % 20), "b": 1.0 + 4 * (r // 20)} for r in range(150)]
+    honest_logged: dict[str | None, tuple[list[dict[str, Any]], dict[tuple[str, str], float]]] = {}
+    for by in ("n0", "n1"):
+        streams = [{"model": "k", "client": f"r{r}", "rtt_ms": rooms[r], "exec_ms": {"a": 1.0, "b": 1.0}}
+                   for r in range(150)]  # fmt: skip
+        honest_logged[by] = (streams, {(f"r{r}", "k"): 1.0 for r in range(150)})
+    alone = group_logged_sites(honest_logged, 10.0)
+    assert len(alone) == 150 and all(s["rate"] == pytest.approx(0.2) for s in alone)
+    rng = random.Random(5)
+    made_up = [{"model": "k", "client": f"x{i}", "rtt_ms": {"a": rng.uniform(0, 60_000), "b": rng.uniform(0, 60_000)},
+                "exec_ms": {"a": 1.0, "b": 1.0}} for i in range(5000)]  # fmt: skip
+    flooded = group_logged_sites(honest_logged | {"m": (made_up, {(f"x{i}", "k"): 1.0 for i in range(5000)})}, 10.0)
+    assert len(flooded) <= MAX_SITES
+    assert [s for s in flooded if s["client"].startswith("site:r")] == alone
+    assert sum(s["rate"] for s in flooded) == pytest.approx((300 + 5000) / 10.0)
