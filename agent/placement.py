@@ -1,9 +1,22 @@
 """What the leader does each round, as pure functions: gather -> snapshot -> desired sets.
 
 ``build_snapshot`` turns what the agents report (node stats, model stats, a window of request records)
-into a solver.Snapshot: one request per (client, model) stream active in the window, its RTT to each
-node from the client's latest report (UNKNOWN_RTT_MS where it measured none), execution time per node
-from the median of proxied latencies there, else the catalogue's profile for the node's class.
+into a solver.Snapshot: one request per (logger, client, model) stream active in the window, its RTT to each
+node from the client's latest report in that logger's records (UNKNOWN_RTT_MS where it measured none),
+execution time per node from the median of proxied latencies there, else the catalogue's profile for the
+node's class.
+
+Every record is some member's word (``logged_by``: the leader's window marks each with the node whose log held
+it), and a member's log may name any client and any node. So a logger's rows shape only its own streams: a
+stream is keyed by its logger, "newest" orders rows by min(stamp, now) (a row stamped ahead, as the window keeps
+for clock skew, is not newer than now), and a member writing rows under another member's clients' names makes
+streams of its own, never rewrites theirs (review13a F4). A node's measured figure is computed per logger
+(``latency_figures``): its own log where that holds ``MIN_LATENCY_SAMPLES``, else the lowest of the other loggers'
+(and only of a model it reports running: nothing else could have been measured), so one member's records can make
+another node look faster, capped by the catalogue's throughput, never slower (review13a F3). The round reads at
+most ``MAX_STREAMS`` streams (``MAX_THESIS_STREAMS`` for the thesis objective), each logger an equal share where
+they exceed it (``fair_streams``), and each logger's sites fit its share of ``MAX_SITES``: one member's made-up
+clients cost bounded CPU and coarsen only its own sites.
 
 With ``objective="queue"`` (issue 16) a stream is a client *site* and a model instead: clients whose RTT
 vectors agree within ``SITE_RTT_MS`` on every node are one site (a room of phones is one stream), the
@@ -15,8 +28,8 @@ plan asks for more on the same cores, they get slower still: seen in bench/load_
 machine); so the service time is a low quantile (``SERVICE_QUANTILE``) of the measured latencies, the
 requests that found the instance idle, and the queue model adds the queueing delay itself. Execution
 times for the queue objective come from the same quantile; the thesis objective keeps the median. A node
-without measurements of a model is priced at the catalogue's figure scaled by what its class's measured
-nodes show (``class_scale``), so unmeasured nodes do not look better than measured ones of the same kind.
+without measurements of a model is priced at the catalogue's figure scaled by what its class's fastest measured
+node shows (``class_scale``), so unmeasured nodes do not look better than measured ones of the same kind.
 
 A node's instances share its cores (``cores``, reported by the agent: its setting or os.cpu_count()), and
 the queue model limits each node's busy work to them (solver.node_cpu). On a saturated node even an idle
@@ -36,9 +49,9 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Container, Iterable, Mapping, Sequence
+from collections.abc import Callable, Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
 from agent.catalogue import Catalogue
 from agent.decisions import UNKNOWN_RTT_MS, memory_fits
@@ -52,11 +65,13 @@ MAX_SLOWDOWN = 8.0  # the most contention divided out of a node's measured servi
 # (client, model) streams under the thesis objective (one instance each, the thesis's largest table is 1,000
 # requests): past it the busiest streams in the window are kept (2,000 made-up client ids: an 8 s solve)
 MAX_THESIS_STREAMS = 1000
+# (logged_by, client, model) streams the queue objectives read a round, before sites merge them; past it each logger
+# keeps its busiest up to an equal share (fair_streams): one member's made-up clients cost bounded CPU
+MAX_STREAMS = 8192
 # what the snapshot reads of a node's per-model usage (its /stats/models entry): a report keeps these only, so a
 # member's answer of 200 models x 16 made-up keys (~560 KB of objects, kept a round and then as the stale stand-in,
 # and sent to the solver worker every round) costs the leader ~40 KB
 USAGE_KEYS = ("requests_since_provisioned", "last_request", "provisioned_at")
-_Stream = TypeVar("_Stream", bound=Mapping[str, Any])
 
 
 @dataclass(frozen=True)
@@ -251,67 +266,72 @@ def build_snapshot(
     node_set = set(ids)
     known = set(catalogue.models)
     queue_aware = objective in ("queue", "queue-p99")
+    if queue_aware and (window_s is None or window_s <= 0):
+        raise ValueError("the queue objective needs a positive window_s")
     slowdown = {n.node_id: n.contention() if queue_aware else 1.0 for n in nodes}
-    if queue_aware and window_s is not None and window_s > 0:
+    if queue_aware and window_s is not None:
         own = explained_contention(records, window_s, {n.node_id: n.cores for n in nodes}, known)
         slowdown = {n: min(v, own.get(n, 1.0)) for n, v in slowdown.items()}  # a node's word, checked
-    streams: dict[tuple[str, str], dict[str, float]] = {}
-    latencies: dict[tuple[str, str], list[float]] = {}
-    for r in reversed(sorted(records, key=lambda r: r.ts)):  # newest first: a stream's RTT to a node is its latest
-        if r.model not in known or (r.status >= 500 and r.status != 503):
+    kept = records_kept(records, known)
+    counts = stream_counts(kept)
+    chosen = fair_streams(counts, MAX_STREAMS if queue_aware else MAX_THESIS_STREAMS)
+    streams: dict[StreamKey, dict[str, float]] = {key: {} for key in chosen}
+    # newest first, by min(stamp, now): a row stamped ahead (the window keeps up to max_ahead_s) is no newer than now;
+    # of equals, the later in the window (a logger's rows are in its log's order)
+    for r in reversed(sorted(kept, key=lambda r: min(r.ts, now_s))):
+        rtts = streams.get((r.logged_by, r.client, r.model))
+        if rtts is None or len(rtts) >= len(node_set):  # left out, or every node reported (usually: after its newest)
             continue
-        rtts = streams.setdefault((r.client, r.model), {})
-        if len(rtts) < len(node_set):  # a node not reported yet (the usual stream: only its newest record is read)
-            for node_id, rtt in r.rtt_ms.items():
-                if node_id in node_set and node_id not in rtts:
-                    rtts[node_id] = rtt
-        if r.node is not None and r.latency_ms is not None and 200 <= r.status < 300:
-            latencies.setdefault((r.node, r.model), []).append(r.latency_ms / slowdown.get(r.node, 1.0))
-    for measured in latencies.values():
-        measured.sort()  # once: the quantiles below (class_scale, exec_ms, _throughput) sort again in linear time
+        for node_id, rtt in r.rtt_ms.items():
+            if node_id in node_set and node_id not in rtts:
+                rtts[node_id] = rtt
+    serving = {n.node_id: {m for m, c in (*n.instances.items(), *n.ready.items()) if c > 0} for n in nodes}
+    figures = latency_figures(kept, slowdown, service_ms if queue_aware else _median, serving)
     classes = {n.node_id: n.node_class for n in nodes}
 
-    scale = class_scale(latencies, classes, catalogue) if queue_aware else {}
+    scale = class_scale(figures, classes, catalogue) if queue_aware else {}
 
-    known_exec: dict[tuple[str, str], float] = {}  # one figure per (node, model), not one sort per stream
+    known_exec: dict[tuple[str, str], float] = {}  # one figure per (node, model), not one per stream
 
     def exec_ms(node: str, model: str) -> float:
         if (node, model) in known_exec:
             return known_exec[(node, model)]
-        measured = latencies.get((node, model))
-        if measured and len(measured) >= MIN_LATENCY_SAMPLES:
-            value = service_ms(measured) if queue_aware else float(statistics.median(measured))
-        else:
+        value = figures.get((node, model))
+        if value is None:
             value = catalogue.models[model].expected_exec_ms(classes[node]) * scale.get((classes[node], model), 1.0)
         known_exec[(node, model)] = value
         return value
 
-    requests = [
-        {
-            "model": model,
-            "client": client,
-            "rtt_ms": {n: rtts.get(n, UNKNOWN_RTT_MS) for n in ids},
-            "exec_ms": {n: exec_ms(n, model) for n in ids},
-        }
-        for (client, model), rtts in sorted(streams.items())
+    entries: list[tuple[StreamKey, dict[str, Any]]] = [
+        (
+            (logger, client, model),
+            {
+                "model": model,
+                "client": client,
+                "rtt_ms": {n: streams[(logger, client, model)].get(n, UNKNOWN_RTT_MS) for n in ids},
+                "exec_ms": {n: exec_ms(n, model) for n in ids},
+            },
+        )
+        for logger, client, model in sorted(streams, key=_stream_order)
     ]
     models = [{"name": m.name, "mem_mb": m.mem_mb, "compute": m.compute} for m in catalogue.models.values()]
     extra: dict[str, Any] = {}
-    if not queue_aware and len(requests) > MAX_THESIS_STREAMS:
-        requests = busiest_streams(requests, records_kept(records, known), MAX_THESIS_STREAMS)
-    if queue_aware:
-        if window_s is None or window_s <= 0:
-            raise ValueError("the queue objective needs a positive window_s")
-        counts: dict[tuple[str, str], int] = {}
-        for r in records_kept(records, known):
-            counts[(r.client, r.model)] = counts.get((r.client, r.model), 0) + 1
-        requests = group_sites(requests, counts, window_s)
+    if queue_aware and window_s is not None:
+        carried = carried_demand(counts, chosen)
+        by_logger: dict[str | None, tuple[list[dict[str, Any]], dict[tuple[str, str], float]]] = {}
+        for key, q in entries:
+            mine, mine_counts = by_logger.setdefault(key[0], ([], {}))
+            mine.append(q)
+            mine_counts[key[1:]] = carried[key]
+        requests = group_logged_sites(by_logger, window_s)
         for entry, spec in zip(models, catalogue.models.values(), strict=True):
             entry["throughput_rps"] = {
-                n: _throughput(spec, classes[n], latencies.get((n, spec.name)), scale.get((classes[n], spec.name), 1.0))
+                n: _throughput(spec, classes[n], figures.get((n, spec.name)), scale.get((classes[n], spec.name), 1.0))
                 for n in ids
             }
         extra = {"objective": objective}
+    else:
+        requests = [q for _, q in entries]  # in (client, model, logger) order
     out = {
         **extra,
         "now_s": now_s,
@@ -347,6 +367,109 @@ def build_snapshot(
     return out
 
 
+StreamKey = tuple[str | None, str, str]  # (logged_by, client, model): a logger's rows shape only its own streams
+
+
+def _stream_order(key: StreamKey) -> tuple[str, str, int, str]:
+    """Streams in (client, model) order, then by logger (None, records of unknown origin, first)."""
+    logger, client, model = key
+    return client, model, logger is not None, logger or ""
+
+
+def _median(measured: Sequence[float]) -> float:
+    return float(statistics.median(measured))
+
+
+def stream_counts(records: Iterable[RequestRecord]) -> dict[StreamKey, int]:
+    """Records per (logged_by, client, model) stream."""
+    counts: dict[StreamKey, int] = {}
+    for r in records:
+        key = (r.logged_by, r.client, r.model)
+        counts[key] = counts.get(key, 0) + 1
+    return counts
+
+
+def carried_demand(counts: Mapping[StreamKey, int], chosen: Container[StreamKey]) -> dict[StreamKey, float]:
+    """The records each chosen stream stands for: its own, and those of its logger's streams of its model that were
+    left out (``fair_streams``), shared in proportion to the chosen ones': no demand a logger reported is lost, it
+    is placed where its busiest clients are."""
+    total: dict[tuple[str | None, str], int] = {}
+    kept: dict[tuple[str | None, str], int] = {}
+    for (logger, _, model), n in counts.items():
+        total[(logger, model)] = total.get((logger, model), 0) + n
+        if (logger, _, model) in chosen:
+            kept[(logger, model)] = kept.get((logger, model), 0) + n
+    return {key: n * total[(key[0], key[2])] / kept[(key[0], key[2])] for key, n in counts.items() if key in chosen}
+
+
+def fair_streams(counts: Mapping[StreamKey, int], budget: int) -> set[StreamKey]:
+    """The streams a round reads: all of them within ``budget``; past it, each logger's busiest (most records; of
+    equals, by client and model) up to an equal share of the budget (water-filling: a logger with fewer keeps all),
+    the busiest of each of its models first; ``carried_demand`` gives the ones left out's records to the kept.
+
+    Each stream costs the build its RTT and execution rows and the site grouping a pass per bucket width: one
+    member's 50,000 one-row made-up streams took 3.7 s of the worker's CPU a round (review13a), and its share now
+    bounds what it can add; the other members' streams stay whole while they are within theirs."""
+    if len(counts) <= budget:
+        return set(counts)
+    per_logger: dict[str | None, list[StreamKey]] = {}
+    for key in counts:
+        per_logger.setdefault(key[0], []).append(key)
+    cap = fair_cap(sorted(map(len, per_logger.values())), budget)
+    out: set[StreamKey] = set()
+    for keys in per_logger.values():
+        if len(keys) <= cap:
+            out.update(keys)
+            continue
+        ranked = sorted(keys, key=lambda k: (-counts[k], k[1], k[2]))
+        firsts: dict[str, StreamKey] = {}  # each model's busiest first: a model it reported keeps a stream
+        for k in ranked:
+            firsts.setdefault(k[2], k)
+        picked = list(firsts.values())[:cap]
+        out.update(picked)
+        chosen = set(picked)
+        out.update([k for k in ranked if k not in chosen][: cap - len(picked)])
+    return out
+
+
+def latency_figures(
+    records: Iterable[RequestRecord],
+    slowdown: Mapping[str, float],
+    figure: Callable[[Sequence[float]], float],
+    serving: Mapping[str, Container[str]],
+) -> dict[tuple[str, str], float]:
+    """(node, model) -> its measured figure: ``figure`` (a quantile) of the latencies one logger holds of it, the
+    node's contention divided out; the node's own log where it holds ``MIN_LATENCY_SAMPLES``, else the lowest of
+    the other loggers that hold as many, counted only for a model the node reports running or ready
+    (``serving``); no entry where none does. Records of unknown origin (``logged_by`` None: a caller that does
+    not say, as the benchmarks; the leader's window marks every record) are one logger, taken as they come.
+
+    A member's log may name any node as a request's server (a proxy logs the node it forwarded to, and the node
+    itself logs nothing of it), so pooling every log let one member's five records of "b took 120 s" price
+    honest b (and, through ``class_scale``, its class) out of the plan (review13a F3). Per logger, a liar can
+    only make another node look faster than the other loggers' figures say (and its throughput never passes the
+    catalogue's, ``_throughput``); and of a model the node does not run, there is nothing another node could
+    have measured, so a made-up figure there is not taken. What remains: a node running a model that no honest
+    logger measured ``MIN_LATENCY_SAMPLES`` times in the window (an idle instance) can be priced out of it."""
+    measured: dict[tuple[str, str, str | None], list[float]] = {}
+    for r in records:
+        if r.node is None or r.latency_ms is None or not 200 <= r.status < 300:
+            continue
+        if r.logged_by in (r.node, None) or r.model in serving.get(r.node, ()):
+            measured.setdefault((r.node, r.model, r.logged_by), []).append(r.latency_ms / slowdown.get(r.node, 1.0))
+    own: dict[tuple[str, str], float] = {}
+    lowest: dict[tuple[str, str], float] = {}
+    for (node, model, logger), latencies in measured.items():
+        if len(latencies) < MIN_LATENCY_SAMPLES:
+            continue
+        value = figure(latencies)
+        if logger == node:
+            own[(node, model)] = value
+        elif value < lowest.get((node, model), math.inf):
+            lowest[(node, model)] = value
+    return lowest | own
+
+
 def unpromised_mb(node: NodeReport, catalogue: Catalogue) -> float:
     """The memory a plan may still give out on ``node``: free now, and never more than its total less its running
     servers at their catalogue size. A node refuses a desired set whose servers' mem_mb passes its total
@@ -360,50 +483,136 @@ def records_kept(records: Iterable[RequestRecord], known: set[str]) -> list[Requ
     return [r for r in records if r.model in known and not (r.status >= 500 and r.status != 503)]
 
 
-def busiest_streams(requests: Sequence[_Stream], records: Iterable[RequestRecord], limit: int) -> list[_Stream]:
-    """The ``limit`` (client, model) streams with the most records in the window (ties: by client, model)."""
-    counts: dict[tuple[str, str], int] = {}
-    for r in records:
-        counts[(r.client, r.model)] = counts.get((r.client, r.model), 0) + 1
-    ranked = sorted(requests, key=lambda q: (-counts.get((q["client"], q["model"]), 0), q["client"], q["model"]))
-    return sorted(ranked[:limit], key=lambda q: (q["client"], q["model"]))
+def fair_cap(lengths: list[int], total: int) -> int:
+    """The largest per-node cap L (water-filling) with sum(min(length, L)) <= ``total``; ``lengths`` ascending (of
+    records or of bytes, of streams or of sites)."""
+    left = total
+    for i, length in enumerate(lengths):
+        share = left // (len(lengths) - i)
+        if length > share:
+            return share
+        left -= length
+    return lengths[-1] if lengths else total
 
 
 def group_sites(
-    streams: Sequence[Mapping[str, Any]], counts: Mapping[tuple[str, str], int], window_s: float
+    streams: Sequence[Mapping[str, Any]], counts: Mapping[tuple[str, str], float], window_s: float
+) -> list[dict[str, Any]]:
+    """One logger's per-client streams as (site, model) streams (``group_logged_sites`` of that logger alone)."""
+    return group_logged_sites({None: (streams, counts)}, window_s)
+
+
+def group_logged_sites(
+    logged: Mapping[str | None, tuple[Sequence[Mapping[str, Any]], Mapping[tuple[str, str], float]]], window_s: float
 ) -> list[dict[str, Any]]:
     """Merge per-client streams into (site, model) streams with a rate in requests/s over the window.
 
-    A site is the clients whose RTT to every node rounds to the same ``SITE_RTT_MS`` bucket; its RTT
-    and execution rows are the members' means, its ``client`` names the first member and the count.
+    ``logged``: per logger, its streams and their records per (client, model). A site is the clients whose RTT to
+    every node rounds to the same bucket; its RTT and execution rows are the members' means, its ``client`` names
+    the first member and the count. Buckets start ``SITE_RTT_MS`` wide and sites of equal width and bucket merge
+    across loggers (a room of phones logged by two agents is one site). Past ``MAX_SITES`` sites, the loggers
+    holding more than an equal share of them widen their buckets (2, 4, 8 ... ms), all of them a step at a time,
+    until the sites fit (``_widths``): one member's made-up clients with random RTTs coarsen only its own sites,
+    where one global width merged every client, honest ones too, into one site per model (review13a).
     """
-    width = SITE_RTT_MS
-    sites = _bucketed(streams, width)
-    while len(sites) > MAX_SITES and width < 1e9:  # clients report any RTTs: coarser buckets, a bounded solve
-        width *= 2
-        sites = _bucketed(streams, width)
+    rows = {logger: _rtt_rows(streams) for logger, (streams, _) in logged.items()}
+    merged: dict[tuple[Any, ...], list[tuple[Mapping[str, Any], float]]] = {}
+    for logger, (exponent, sites) in _widths(rows).items():
+        counts = logged[logger][1]
+        for key, site in sites.items():
+            merged.setdefault((exponent, *key), []).extend((m, counts.get((m["client"], m["model"]), 0)) for m in site)
     out = []
-    for members in sites.values():
-        first = members[0]
+    for members in merged.values():
+        first = members[0][0]
         nodes = list(first["rtt_ms"])
-        total = sum(counts.get((m["client"], m["model"]), 0) for m in members)
         out.append(
             {
                 "model": first["model"],
                 "client": f"site:{first['client']}+{len(members) - 1}",
-                "rtt_ms": {n: statistics.fmean(m["rtt_ms"][n] for m in members) for n in nodes},
-                "exec_ms": {n: statistics.fmean(m["exec_ms"][n] for m in members) for n in nodes},
-                "rate": total / window_s,
+                "rtt_ms": {n: statistics.fmean(m["rtt_ms"][n] for m, _ in members) for n in nodes},
+                "exec_ms": {n: statistics.fmean(m["exec_ms"][n] for m, _ in members) for n in nodes},
+                "rate": sum(k for _, k in members) / window_s,
             }
         )
     return out
 
 
-def _bucketed(streams: Sequence[Mapping[str, Any]], width: float) -> dict[tuple[Any, ...], list[Mapping[str, Any]]]:
-    sites: dict[tuple[Any, ...], list[Mapping[str, Any]]] = {}
-    for s in streams:
-        sites.setdefault((s["model"], *(round(v / width) for _, v in sorted(s["rtt_ms"].items()))), []).append(s)
+MAX_WIDENINGS = 29  # SITE_RTT_MS x 2**29 > 1e9 ms: every stream of a model in one bucket
+_RttRows = list[tuple[Mapping[str, Any], str, list[float]]]  # (stream, model, its RTTs in node order)
+_Sites = dict[tuple[Any, ...], list[Mapping[str, Any]]]
+
+
+def _rtt_rows(streams: Sequence[Mapping[str, Any]]) -> _RttRows:
+    return [(s, s["model"], [v for _, v in sorted(s["rtt_ms"].items())]) for s in streams]
+
+
+def _bucketed(rows: _RttRows, exponent: int) -> _Sites:
+    width = SITE_RTT_MS * 2**exponent
+    sites: _Sites = {}
+    for s, model, rtts in rows:
+        sites.setdefault((model, *[round(v / width) for v in rtts]), []).append(s)
     return sites
+
+
+def _widths(rows: Mapping[str | None, _RttRows]) -> dict[str | None, tuple[int, _Sites]]:
+    """Per logger, its bucket width's exponent (width SITE_RTT_MS x 2**exponent) and its sites at that width.
+
+    A site held by h loggers (same width, same bucket) costs each of them 1/h, so the costs add up to the sites
+    there are. While there are more than ``MAX_SITES``, every logger whose cost is over the water level
+    (``fair_level``: the equal share of MAX_SITES the others leave) widens one step; loggers that share sites
+    widen together and keep sharing them, and a logger under the level keeps its sites as they are. A member's
+    made-up sites are its alone: a logger that shares none goes straight to the finest width at which it holds no
+    more than the level (``_fit``: bisection, ~5 passes over its streams, at most its share of MAX_STREAMS; one
+    step per pass took 3.7 s for 50,000 made-up streams). Past the last width the sites left are one per model
+    and logger."""
+    exponent = dict.fromkeys(rows, 0)
+    sites = {logger: _bucketed(r, 0) for logger, r in rows.items()}
+    while True:
+        held: dict[tuple[Any, ...], int] = {}
+        for logger, mine in sites.items():
+            for key in mine:
+                k = (exponent[logger], *key)
+                held[k] = held.get(k, 0) + 1
+        if len(held) <= MAX_SITES:
+            break
+        cost = {logger: sum(1 / held[(exponent[logger], *key)] for key in mine) for logger, mine in sites.items()}
+        level = fair_level(sorted(cost.values()), float(MAX_SITES))
+        over = [g for g, c in cost.items() if c > level and exponent[g] < MAX_WIDENINGS]
+        if not over:
+            break
+        for logger in over:
+            if cost[logger] == len(sites[logger]):  # none of its sites shared: straight to its fit, by bisection
+                exponent[logger], sites[logger] = _fit(rows[logger], exponent[logger], int(level))
+            else:  # widen with those it shares sites with, a step at a time
+                exponent[logger] += 1
+                sites[logger] = _bucketed(rows[logger], exponent[logger])
+    return {logger: (exponent[logger], sites[logger]) for logger in rows}
+
+
+def _fit(rows: _RttRows, exponent: int, cap: int) -> tuple[int, _Sites]:
+    """The smallest exponent past ``exponent`` found by bisection at which ``rows`` make at most ``cap`` sites (the
+    largest, MAX_WIDENINGS, if none), and those sites: ~5 passes over the rows, not one per step."""
+    lo, hi = exponent, MAX_WIDENINGS  # too many sites at lo; at hi as few as widening can make
+    best = _bucketed(rows, hi)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        at_mid = _bucketed(rows, mid)
+        if len(at_mid) <= cap:
+            hi, best = mid, at_mid
+        else:
+            lo = mid
+    return hi, best
+
+
+def fair_level(costs: list[float], total: float) -> float:
+    """The water level L with sum(min(cost, L)) = ``total`` (``costs`` ascending); the largest cost if all fit."""
+    left = total
+    for i, c in enumerate(costs):
+        share = left / (len(costs) - i)
+        if c > share:
+            return share
+        left -= c
+    return costs[-1] if costs else total
 
 
 def service_ms(measured: Sequence[float]) -> float:
@@ -412,33 +621,40 @@ def service_ms(measured: Sequence[float]) -> float:
     return float(ordered[int(SERVICE_QUANTILE * (len(ordered) - 1))])
 
 
-def _throughput(spec: Any, node_class: str, measured: Sequence[float] | None, scale: float = 1.0) -> float:
+def _throughput(spec: Any, node_class: str, measured_ms: float | None, scale: float = 1.0) -> float:
+    """An instance's throughput on a node: the catalogue's for its class, or less where measured (``measured_ms``,
+    its service time) or where its class measures slower than declared (``scale``); never more than declared."""
     declared = float(spec.expected_throughput_rps(node_class))
-    if measured and len(measured) >= MIN_LATENCY_SAMPLES:
-        return min(declared, 1000.0 / max(service_ms(measured), 0.1))
+    if measured_ms is not None:
+        return min(declared, 1000.0 / max(measured_ms, 0.1))
     if scale > 1.0:  # the class runs slower than declared where measured: so will this node
         return min(declared, 1000.0 / max(float(spec.expected_exec_ms(node_class)) * scale, 0.1))
     return declared
 
 
 def class_scale(
-    latencies: Mapping[tuple[str, str], Sequence[float]], classes: Mapping[str, str], catalogue: Catalogue
+    figures: Mapping[tuple[str, str], float], classes: Mapping[str, str], catalogue: Catalogue
 ) -> dict[tuple[str, str], float]:
-    """(node class, model) -> median over the class's measured nodes of service time / the catalogue's.
+    """(node class, model) -> the lowest over the class's measured nodes of service time / the catalogue's.
 
     A node that runs no instance of a model has no measurements and would be priced at the catalogue's
     figure while its measured peers of the same class show the real one: the plan would keep moving
-    instances to whichever nodes it has not measured yet. Its estimate is scaled like its class's.
+    instances to whichever nodes it has not measured yet. Its estimate is scaled like its class's fastest
+    measured peer: never better than that. The figures are ``latency_figures``' (per logger, the node's own
+    or the lowest), and the lowest of them, not the median: a member's figures of itself (its own word) could
+    move a median up and price every unmeasured node of its class out (review13a F3); it can only lower a
+    minimum.
     """
-    ratios: dict[tuple[str, str], list[float]] = {}
-    for (node, model), measured in latencies.items():
+    ratios: dict[tuple[str, str], float] = {}
+    for (node, model), measured in figures.items():
         spec = catalogue.models.get(model)
-        if spec is None or node not in classes or len(measured) < MIN_LATENCY_SAMPLES:
+        if spec is None or node not in classes:
             continue
         declared = spec.expected_exec_ms(classes[node])
         if declared > 0:
-            ratios.setdefault((classes[node], model), []).append(service_ms(measured) / declared)
-    return {key: float(statistics.median(r)) for key, r in ratios.items()}
+            key = (classes[node], model)
+            ratios[key] = min(ratios.get(key, math.inf), measured / declared)
+    return ratios
 
 
 def desired_sets(plan_instances: Mapping[str, Mapping[str, int]], node_ids: Sequence[str]) -> dict[str, dict[str, int]]:

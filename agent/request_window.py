@@ -37,7 +37,7 @@ from itertools import compress, count, repeat
 from operator import add, mul, neg
 
 from agent.packed_records import MAX_ROW_BYTES, RecordView, pack_record, row_client, row_ts
-from agent.placement import RequestRecord
+from agent.placement import RequestRecord, fair_cap
 
 MAX_WINDOW_BYTES = 16 * 1024 * 1024  # the default budget: a full window of 50,000 lab records (ten nodes) is ~11 MiB
 ROW_OVERHEAD = 48  # what holding a row costs beyond its length: the bytes object's header (33) and its list slot
@@ -343,15 +343,3 @@ class ClientHeap:
         heapify(entries)
         self.entries = entries
         self.changed: set[str] = set()
-
-
-def fair_cap(lengths: list[int], total: int) -> int:
-    """The largest per-node cap L (water-filling) with sum(min(length, L)) <= ``total``; ``lengths`` ascending (of
-    records or of bytes)."""
-    left = total
-    for i, length in enumerate(lengths):
-        share = left // (len(lengths) - i)
-        if length > share:
-            return share
-        left -= length
-    return lengths[-1] if lengths else total

@@ -108,9 +108,11 @@ def _two_nodes(
     latency_b_ms: float,
     extra: Sequence[RequestRecord] = (),
     cores_b: float | None = 2.0,
+    own_logs: bool = False,
 ) -> dict[str, Any]:
     """a (2 ms from the phones) and b (5 ms), 2 cores each (b: ``cores_b``); a serves 20 req/s at 12 ms, b
-    ``rate_b`` at ``latency_b_ms`` and reports ``load_b`` runnable threads per CPU; ``extra`` records join."""
+    ``rate_b`` at ``latency_b_ms`` and reports ``load_b`` runnable threads per CPU; ``extra`` records join.
+    ``own_logs``: each node logged the requests it served (else their logger is unknown)."""
     nodes = [
         NodeReport("a", 4000.0, 4000.0, 100.0, "board", {"m": 1}, cores=2.0, load_per_cpu=0.1),
         NodeReport("b", 4000.0, 4000.0, 100.0, "board", {"m": 1}, cores=cores_b, load_per_cpu=load_b),
@@ -118,7 +120,8 @@ def _two_nodes(
     recs = []
     for node, rate, latency in (("a", 20.0, 12.0), ("b", rate_b, latency_b_ms)):
         for i in range(int(rate * WINDOW_S)):
-            recs.append(RequestRecord(i / rate, "m", f"phone{i % 6}", {"a": 2.0, "b": 5.0}, node, latency, 200))
+            logger = node if own_logs else None
+            recs.append(RequestRecord(i / rate, "m", f"phone{i % 6}", {"a": 2.0, "b": 5.0}, node, latency, 200, logger))
     return build_snapshot(nodes, [*recs, *extra], CAT, 100.0, "queue", WINDOW_S)
 
 
@@ -181,11 +184,14 @@ def test_only_catalogue_models_and_finite_latencies_explain_contention() -> None
 def test_a_node_cannot_move_the_median_with_its_own_records_where_others_logged_enough() -> None:
     """b (reporting 8) logs 300 made-up 160 s requests beside its 200 real 12 ms ones: the median of b's own
     word is 80 s and explains 8 per core (12 ms read as 1.5 ms). a proxied 100 requests to b and logged them
-    at 12 ms; that median (the word of a node other than b) counts, and b stays at its 12 ms."""
+    at 12 ms; that median (the word of a node other than b) counts, and b stays at its 12 ms (its service time
+    from its own log, which holds enough)."""
     fake = [RequestRecord(5.0, "m", "x", {}, "b", 160_000.0, 200, logged_by="b") for _ in range(300)]
     seen = [RequestRecord(i / 10, "m", f"phone{i % 6}", {}, "b", 12.0, 200, logged_by="a") for i in range(100)]
-    assert _two_nodes(8.0, 20.0, 12.0, extra=fake)["requests"][0]["exec_ms"]["b"] == pytest.approx(1.5)
-    assert _two_nodes(8.0, 20.0, 12.0, extra=[*fake, *seen])["requests"][0]["exec_ms"]["b"] == pytest.approx(12.0)
+    snap = _two_nodes(8.0, 20.0, 12.0, extra=fake, own_logs=True)
+    assert snap["requests"][0]["exec_ms"]["b"] == pytest.approx(1.5)
+    snap = _two_nodes(8.0, 20.0, 12.0, extra=[*fake, *seen], own_logs=True)
+    assert snap["requests"][0]["exec_ms"]["b"] == pytest.approx(12.0)
     own = [RequestRecord(i / 10, "m", "c", {}, "b", 12.0, 200, logged_by="b") for i in range(100)]
     got = explained_contention([*fake, *own], WINDOW_S, {"b": 2.0}, {"m"})  # b's word alone: its median stands
     assert got["b"] == pytest.approx(400 * 160.0 / WINDOW_S / 2.0)

@@ -117,8 +117,19 @@ def test_a_streams_rtt_to_each_node_is_the_newest_report_of_that_node() -> None:
         expect: dict[str, float] = {}
         for r in sorted(recs, key=lambda r: r.ts):  # the reference: every report in time order, the last one wins
             expect.update(r.rtt_ms)
-        got = build_snapshot([node("a"), node("b")], recs, CAT, 0)["requests"][0]["rtt_ms"]
+        got = build_snapshot([node("a"), node("b")], recs, CAT, 10.0)["requests"][0]["rtt_ms"]
         assert got == {n: expect.get(n, 1.0) for n in "ab"}, recs
+
+
+def test_a_row_stamped_ahead_of_now_is_no_newer_than_now() -> None:
+    """The window keeps rows stamped up to max_ahead_s ahead (clock skew): such a row counts as stamped now, so it
+    cannot outrank the stream's rows of now by its stamp; of rows at now, the later in the window is the newer."""
+    ahead = rec("c", "xor_mlp", {"a": 60_000.0}, ts=159.0)
+    at_now = rec("c", "xor_mlp", {"a": 3.0}, ts=100.0)
+    assert build_snapshot([node("a")], [ahead, at_now], CAT, 100.0)["requests"][0]["rtt_ms"] == {"a": 3.0}
+    assert build_snapshot([node("a")], [at_now, ahead], CAT, 100.0)["requests"][0]["rtt_ms"] == {"a": 60_000.0}
+    older = rec("c", "xor_mlp", {"a": 5.0}, ts=99.0)
+    assert build_snapshot([node("a")], [ahead, older], CAT, 100.0)["requests"][0]["rtt_ms"] == {"a": 60_000.0}
 
 
 def test_a_plan_never_gives_out_memory_the_nodes_running_servers_are_promised() -> None:
