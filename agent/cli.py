@@ -241,10 +241,20 @@ def cmd_agent(args: argparse.Namespace) -> int:
 
 
 def server_config(app: Any, settings: Any, log_level: str = "info") -> Any:
-    """uvicorn's configuration with the HTTP bounds of ``settings`` (agent/http_limits.py)."""
+    """uvicorn's configuration with the HTTP bounds of ``settings`` (agent/http_limits.py).
+
+    Every listener configured for one ``app`` (the client port and its HTTPS port) shares one per-address table:
+    an address has one parse budget, one place in the parse turns and one connection cap across them."""
     import uvicorn
 
-    from agent.http_limits import limited_protocol
+    from agent.http_limits import AddressBudgets, limited_protocol
+
+    state = getattr(app, "state", None)
+    addresses = getattr(state, "client_address_budgets", None)
+    if not isinstance(addresses, AddressBudgets):
+        addresses = AddressBudgets()
+        if state is not None:
+            state.client_address_budgets = addresses
 
     return uvicorn.Config(
         app,
@@ -254,7 +264,12 @@ def server_config(app: Any, settings: Any, log_level: str = "info") -> Any:
         log_config=None,
         access_log=log_level == "debug",
         timeout_graceful_shutdown=10,
-        http=limited_protocol(settings.header_timeout_s, settings.max_connections_per_address, settings.body_timeout_s),
+        http=limited_protocol(
+            settings.header_timeout_s,
+            settings.max_connections_per_address,
+            settings.body_timeout_s,
+            address_budgets=addresses,
+        ),
         limit_concurrency=settings.max_concurrency,
         h11_max_incomplete_event_size=settings.max_header_kb * 1024,
         proxy_headers=False,  # the source address is the peer's: X-Forwarded-For must not fake it

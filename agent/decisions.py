@@ -191,10 +191,11 @@ def stop_first(
 
     In memory this round: every running server not stopped at once (a drained stop still holds its memory) and
     the starts of other models. A model's replacements start as many as fit beside that (make-before-break for
-    those); where none fits and nothing is on its way -- no server being stopped, no new server of the model
-    loading (an old one retires when it is ready) -- its oldest outdated server is stopped first (reason
-    ``STOP_FIRST``, drained) and the replacement starts the round after it is gone: the model has fewer servers,
-    none if it had one, while the new one loads. Otherwise it waits for what is on its way.
+    those); where none fits and nothing is on its way anywhere on the node -- no server being stopped, no new
+    server loading, no replacement starting this round -- the oldest outdated server of the models waiting is
+    stopped first (reason ``STOP_FIRST``, drained; one a round) and its replacement starts the round after it is
+    gone: that model has fewer servers, none if it had one, while the new one loads. Otherwise they wait for
+    what is on its way.
     """
     at_once = {s.instance_id for s in steps if isinstance(s, Stop) and s.reason not in DRAINED_REASONS}
     held: dict[str, int] = {}
@@ -208,17 +209,25 @@ def stop_first(
     for m, c in starts.items():
         if m not in old:
             held[m] = held.get(m, 0) + c
+    # on its way, anywhere on the node: a drained stop, a new server loading (an old one retires when it is
+    # ready), a replacement that fits this round. Any of them frees or will free memory, so nothing is stopped
+    # first while one is under way, and at most one server per round: stopping every outdated model of a full
+    # board at once after an upgrade took all of them down together (review13b F1)
     leaving = any(isinstance(s, Stop) and s.reason in DRAINED_REASONS for s in steps)
+    loading = any(i.running and not i.outdated and i.id not in ready for i in instances)
     cut: dict[str, int] = {}
-    first: list[Step] = []
+    waiting: list[str] = []
     for m in sorted(set(old) & set(starts)):
         k = _most_that_fit(held, m, starts[m], mem_need, mem_total_mb)
         held[m] = held.get(m, 0) + k
         cut[m] = starts[m] - k
-        loading = any(i.running and i.model == m and not i.outdated and i.id not in ready for i in instances)
-        if k == 0 and not leaving and not loading:
-            oldest = min(old[m], key=lambda i: (i.started_at, i.id))
-            first.append(Stop(oldest.id, m, STOP_FIRST))
+        if k == 0:
+            waiting.append(m)
+    first: list[Step] = []
+    starting = sum(starts.values()) > sum(cut.values())  # a start that goes ahead this round, of any model
+    if waiting and not leaving and not loading and not starting:
+        oldest = min((i for m in waiting for i in old[m]), key=lambda i: (i.started_at, i.id))
+        first.append(Stop(oldest.id, oldest.model, STOP_FIRST))
     out: list[Step] = []
     for s in steps:
         if isinstance(s, Start) and cut.get(s.model, 0) > 0:

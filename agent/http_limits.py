@@ -785,14 +785,21 @@ def limited_protocol(
     max_connections_per_address: int,
     write_timeout_s: float | None = None,
     parsing: type[SlicedH11Protocol] = SlicedH11Protocol,
+    address_budgets: AddressBudgets | None = None,
 ) -> type[H11Protocol]:
     """A ``parsing`` (SlicedH11Protocol) subclass with a request-header deadline, a per-address connection cap
-    and (with ``write_timeout_s``) a deadline for a client that stops reading what it is sent."""
+    and (with ``write_timeout_s``) a deadline for a client that stops reading what it is sent.
+
+    ``address_budgets``: the per-address table (parse budgets, places in the turns, connection counts) to share
+    with another listener of the same agent (its HTTP and HTTPS ports: one address, one place and one cap, not
+    one on each, review13b F4); None: a table of its own on the parsing class's turns."""
+    if address_budgets is None:
+        own = parsing.address_budgets
+        address_budgets = AddressBudgets(own.share, own.burst_s, own.turns)
+    table: AddressBudgets = address_budgets
 
     class LimitedH11Protocol(parsing):  # type: ignore[valid-type,misc]
-        address_budgets = AddressBudgets(  # its own table; the parsing class's turns (PARSING unless a test's)
-            parsing.address_budgets.share, parsing.address_budgets.burst_s, parsing.address_budgets.turns
-        )
+        address_budgets = table  # the parsing class's turns (PARSING unless a test's)
         waiting: ClassVar[dict[str, dict[Any, None]]] = {}  # waiting for a request head, per address, oldest first
         given_up: ClassVar[set[Any]] = set()  # closed to make room, not yet gone from uvicorn's connection set
         _header_timer: asyncio.TimerHandle | None = None

@@ -412,7 +412,10 @@ class LeaderRound:
         self.changes += changed
         self.holds += not verdict.switch
         totals = {n: r.reports[n].mem_total_mb - REPORTED_MB_ROUNDING for n in gathered} if e.mem_mb else {}
-        desired = make_before_break(verdict.desired, {n: r.reports[n].ready for n in gathered}, e.mem_mb, totals)
+        # a stale node's report is last round's: its "ready" servers may be on a board that just died, so they
+        # make no model "served" (a live node's last ready server of a moving model was dropped for them, review13b F2)
+        live_ready = {n: r.reports[n].ready for n in gathered if n not in r.stale}
+        desired = make_before_break(verdict.desired, live_ready, e.mem_mb, totals)
         self.leaving = {
             n: {m: c - verdict.desired[n].get(m, 0) for m, c in d.items() if c > verdict.desired[n].get(m, 0)}
             for n, d in desired.items()

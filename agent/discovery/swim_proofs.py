@@ -186,6 +186,11 @@ class ProofBook:
             if signer != proof.origin:
                 raise AuthError(f"signed by {signer}, not by {proof.origin}")
         except AuthError as exc:
+            if exc.status == 503:  # retryable: the signer's first pin is being written (identity.Pins.pin), or the
+                # pin file cannot be read right now. Not remembered as refused: the origin reuses this proof for
+                # up to WINDOW_S / 2, and its relays must count once the pin lands (review13b F3)
+                self.refused += 1
+                return False
             self._refuse(proof, exc)
             for d in [d for d, until in self._refused.items() if until <= now]:
                 del self._refused[d]

@@ -326,3 +326,40 @@ def test_counts_are_deferred_and_held_by_arithmetic_not_server_by_server() -> No
         held = models[i % 64]
         assert all(big[n].get(m, 0) >= c for m, c in big_desired[n].items())
         assert big[n].get(held, 0) >= 1 or not memory_fits({**big_desired[n], held: 1}, sizes, totals[n])
+
+
+def test_a_stale_nodes_old_report_serves_nothing() -> None:
+    """A node whose gather failed stands in with last round's report; its "ready" servers may be on a board that just
+    died, so they do not make a model served: a's last ready m is still held while m moves to b (review13b F2)."""
+    from agent.leader_round import GatherFailed
+
+    members = {"a": "http://a", "b": "http://b", "c": "http://c", "d": "http://d"}
+    m = LeaderRound("a", RoundConfig(debounce_s=0.0, target_rounds=3))
+    m.step(Elected(0.0, 1, members))
+    need = {"m": 600.0, "x": 600.0}
+    plan = {
+        "instances": {"a": {"x": 1}, "b": {"m": 1}, "c": {"m": 1}, "d": {"x": 1}},
+        "method": "t",
+        "status": "optimal",
+    }
+    reports = {
+        "a": NodeReport("a", 400, 1000, 100, "orin", {"m": 1}, {}, {"m": 1}),
+        "b": NodeReport("b", 4000, 4000, 100, "orin", {}, {}, {}),
+        "c": NodeReport("c", 3400, 4000, 100, "orin", {"m": 1}, {}, {"m": 1}),
+        "d": NodeReport("d", 3400, 4000, 100, "orin", {"x": 1}, {}, {"x": 1}),
+    }
+
+    def rnd(k: int, now: float, failed: set[str]) -> dict[str, dict[str, int]]:
+        m.step(Tick(now))
+        for n in sorted(reports):
+            m.step(GatherFailed(now, k, n, "timeout") if n in failed else Gathered(now, k, n, reports[n], ()))
+        sent = [c for c in m.step(Solved(now, k, plan, requests=0, mem_mb=need)) if isinstance(c, Command)]
+        for c in sent:
+            m.step(Acknowledged(now, k, c.node))
+        return {c.node: dict(c.instances) for c in sent}
+
+    first = rnd(1, 1.0, set())
+    assert first["a"] == {"x": 1}  # c's m is live and ready: a's m is capacity only, and does not fit beside x
+    second = rnd(2, 40.0, {"c"})  # c misses its gather: its m may be gone
+    assert "c" not in second  # a stale node gets no command
+    assert second["a"] == {"m": 1}  # a keeps the last m it can vouch for; x waits

@@ -11,6 +11,7 @@ import asyncio
 import statistics
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import uvicorn
@@ -213,13 +214,28 @@ def test_the_tables_stay_bounded() -> None:
     assert served == stay and turns.waiting == 0  # the live ones, each once, in the order they joined
 
 
-def test_the_client_listeners_share_one_total_and_the_peer_port_has_its_own() -> None:
-    """The HTTP and HTTPS client listeners (``server_config`` builds a protocol class for each) take turns in one
-    total, with tables of their own; the peer port's h11 fallback has its own total, so a flood of the client
-    port never delays a member's SWIM messages there."""
-    http, https = limited_protocol(10.0, 64), limited_protocol(10.0, 64)
-    assert http.address_budgets is not https.address_budgets  # type: ignore[attr-defined]
-    assert http.address_budgets.turns is https.address_budgets.turns is PARSING  # type: ignore[attr-defined]
+def test_the_client_listeners_share_one_total_and_one_address_table_and_the_peer_port_has_its_own(
+    tmp_path: Path,
+) -> None:
+    """The HTTP and HTTPS client listeners of one agent (``server_config`` builds a protocol class for each) take
+    turns in one total with one per-address table: an address using both ports had two places in each round, two
+    address budgets and two connection caps (review13b F4). Another agent in the same process (the tests' and
+    benches' in-process clusters) keeps a table of its own. The peer port's h11 fallback has its own total, so a
+    flood of the client port never delays a member's SWIM messages there."""
+    from fastapi import FastAPI
+
+    from agent.cli import server_config
+    from agent.settings import load_settings
+
+    settings = load_settings(None, overrides={"data_dir": str(tmp_path)})
+    app, other = FastAPI(), FastAPI()
+    http, https = server_config(app, settings).http, server_config(app, settings).http
+    assert http is not https and http.address_budgets is https.address_budgets
+    assert server_config(other, settings).http.address_budgets is not http.address_budgets
+    assert http.address_budgets.turns is PARSING
+    one, two = limited_protocol(10.0, 64), limited_protocol(10.0, 64)
+    assert one.address_budgets is not two.address_budgets  # type: ignore[attr-defined]
+    assert one.address_budgets.turns is two.address_budgets.turns is PARSING  # type: ignore[attr-defined]
     assert PeerH11Protocol.address_budgets.turns is PEER_PARSING and PEER_PARSING is not PARSING
 
 

@@ -45,9 +45,10 @@ def test_a_full_board_stops_the_outdated_server_first_and_starts_the_new_one_whe
 def test_other_servers_count_and_a_server_on_its_way_out_is_waited_for() -> None:
     old, b = inst("old", "a", outdated=True), inst("b1", "b")
     # b's 300 MB stays: a's new 600 MB does not fit beside old a and b in 1200 MB
-    assert plan_reconcile({"a": 1, "b": 1}, [old, b], {}, 0.0, mem_need=NEED, mem_total_mb=1200) == [
-        Stop("old", "a", STOP_FIRST)
-    ]
+    steps = plan_reconcile({"a": 1, "b": 1}, [old, b], {}, 0.0, ready={"old", "b1"}, mem_need=NEED, mem_total_mb=1200)
+    assert steps == [Stop("old", "a", STOP_FIRST)]
+    # ... but not while b1 is still loading (not ready): a new server on its way, the old one waits
+    assert plan_reconcile({"a": 1, "b": 1}, [old, b], {}, 0.0, ready={"old"}, mem_need=NEED, mem_total_mb=1200) == []
     # b is no longer desired and drains: its memory comes back, so nothing is stopped first and nothing starts yet
     assert plan_reconcile({"a": 1}, [old, b], {}, 0.0, mem_need=NEED, mem_total_mb=1200) == [
         Stop("b1", "b", "not desired")
@@ -95,12 +96,28 @@ def test_counts_are_cut_by_arithmetic() -> None:
     assert not memory_fits({"tiny": 3 + k + 1}, {"tiny": 1e-4}, 50.0)
 
 
+def test_a_full_board_stops_one_outdated_server_a_round_and_the_others_keep_serving() -> None:
+    """After an upgrade every server is outdated: stopping all of them first at once took every model down together
+    (review13b F1). One stop a round, and none while a new server loads or a replacement fits."""
+    need = {"a": 1500.0, "b": 1500.0}
+    a1, b1 = inst("a1", "a", started=0.0, outdated=True), inst("b1", "b", started=1.0, outdated=True)
+    steps = plan_reconcile({"a": 1, "b": 1}, [a1, b1], {}, 0.0, ready={"a1", "b1"}, mem_need=need, mem_total_mb=3900)
+    assert steps == [Stop("a1", "a", STOP_FIRST)]  # the oldest only; b1 keeps serving
+    steps = plan_reconcile({"a": 1, "b": 1}, [b1], {}, 1.0, ready={"b1"}, mem_need=need, mem_total_mb=3900)
+    assert steps == [Start("a")]  # a's new one fits beside b1
+    a2 = inst("a2", "a", started=1.0)
+    steps = plan_reconcile({"a": 1, "b": 1}, [a2, b1], {}, 2.0, ready={"b1"}, mem_need=need, mem_total_mb=3900)
+    assert steps == []  # a2 loading: b1 is not stopped, b's replacement waits
+    steps = plan_reconcile({"a": 1, "b": 1}, [a2, b1], {}, 3.0, ready={"a2", "b1"}, mem_need=need, mem_total_mb=3900)
+    assert steps == [Stop("b1", "b", STOP_FIRST)]  # a's new one serves: now b's turn
+
+
 def simulate(desired: dict[str, int], running: list[Instance], need: dict[str, float], total: float) -> list[str]:
     """Reconcile rounds on a runtime where a start is ready by the next round and a stop is immediate (drain_s 0).
     Asserts every round's servers fit; returns the ids at the end."""
     ids = iter(range(10**6))
     ready = {i.id for i in running}
-    for t in range(12):
+    for t in range(40):
         steps: list[Step] = plan_reconcile(
             desired, running, {}, float(t), ready=ready, mem_need=need, mem_total_mb=total
         )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
@@ -16,11 +17,12 @@ from agent.discovery import swim as sw
 from agent.discovery import swim_proofs
 from agent.discovery.swim_io import SwimDriver
 from agent.discovery.swim_proofs import ProofBook
-from agent.identity import WINDOW_S
+from agent.identity import WINDOW_S, Identity
 from peerserve import wire
 from peerserve.wire import MAX_PROOFS, MemberUpdate, SwimMessage
 from tests.unit.swim_proof_kit import (
     IDS,
+    TOKEN,
     Clock,
     gossip,
     own_proof,
@@ -221,3 +223,28 @@ def test_our_own_proof_echoed_back_is_not_counted() -> None:
     asyncio.run(d.handle("m", gossip("m", suspect("b"), proofs=(ours,))))
     sus = d.core.records["x"].suspicion
     assert sus is not None and not sus.confirmers
+
+
+def test_a_proof_refused_while_its_signers_pin_is_written_counts_once_the_pin_lands(tmp_path: Path) -> None:
+    """On a running loop a first-met signer's pin is written off the loop and its statement refused 503 once; that
+    refusal is retryable, so the same proof (its origin reuses it for WINDOW_S / 2) is checked again, not refused
+    unchecked for REFUSED_TTL_S (review13b F3)."""
+
+    async def run() -> tuple[bool, bool, bool]:
+        me = Identity("b", TOKEN, tmp_path)  # a board with a real pin file that never met c1
+        clock = Clock()
+        t0 = clock.t
+        book = ProofBook(me, clock, lambda n, i, o: clock.t - t0)
+        proof = own_proof("c1", clock)
+        msg = gossip("m", suspect("c1"), proofs=(proof,))
+        first = book.check(msg)  # 503: c1's pin is being written
+        for _ in range(200):  # the write lands off the loop
+            await asyncio.sleep(0.01)
+            if "c1" in me.pins._pins:
+                break
+        clock.t += 1.0
+        return first, "c1" in me.pins._pins, book.check(msg)
+
+    first, pinned, again = asyncio.run(run())
+    assert not first and pinned
+    assert again  # counted a second later, not REFUSED_TTL_S later
