@@ -577,3 +577,31 @@ def test_a_leader_back_from_a_freeze_yields_to_the_newer_term() -> None:
     m2 = machine("a")
     m2.step(Tick(1.3, {}))
     assert m2.step(Received(4.0, "c", Vote(3, "c", False, "b"))) == [Persist(3, None), BecameFollower(3, None)]
+
+
+def test_a_leader_moves_past_vote_requests_at_most_once_per_election_timeout() -> None:
+    """review13a F2: one member's vote requests made the leader take a new term (fsync, broadcast) on each one."""
+    m = machine("a")
+    m.step(Tick(1.3, {}))
+    assert m.is_leader and m.term == 1
+    first = m.step(Received(1.4, "c", VoteRequest(1, "c", P["c"])))
+    assert first == [
+        Persist(2, "a", "a"),
+        BecameLeader(2, frozenset({"a"})),
+        Broadcast(Announce(2, "a", P["a"])),
+        Send("c", Vote(2, "a", False, "a")),
+    ]
+    # within the timeout: refused with the current term, nothing persisted or broadcast
+    for t, term in [(1.5, 2), (2.0, 3), (2.5, 2)]:
+        assert m.step(Received(t, "c", VoteRequest(term, "c", P["c"]))) == [Send("c", Vote(2, "a", False, "a"))]
+    assert m.step(Received(2.55, "c", Vote(7, "c", False, None))) == []  # the refusal route too
+    assert m.term == 2 and m.is_leader
+    later = m.step(Received(2.6, "c", VoteRequest(2, "c", P["c"])))  # a timeout after the move: once more
+    assert later[0] == Persist(3, "a", "a") and later[-1] == Send("c", Vote(3, "a", False, "a"))
+
+
+def test_a_follower_with_a_live_leader_neither_grants_nor_moves_on_vote_requests() -> None:
+    m = _follower_of_a("c")
+    for t in (0.2, 0.3, 0.4):
+        assert m.step(Received(t, "b", VoteRequest(2, "b", P["b"]))) == [Send("b", Vote(2, "c", False, "a"))]
+    assert (m.term, m.vote, m.leader) == (1, None, "a")
