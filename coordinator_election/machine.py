@@ -16,9 +16,13 @@ Algorithm: leases with terms and votes over the *discovered* members (see docs/e
 * One leader per term at each node: a node accepts (follows, obeys) at most one leader in a term, the first it
   hears (``accepted``, persisted with term and vote), and never a lower term. Two sides of a partition may each
   elect a leader of the same term number, but no node accepts both: its fencing token (term, leader) only
-  moves up. Two leaders that hear each other (after a partition heals) resolve at once: the higher term
-  wins; on equal terms the higher priority moves to a new term (the loser stays where it is until it hears
-  that term: it never follows a rival of its own term), so every node then accepts the winner.
+  moves up. Two leaders that hear each other (after a partition heals) resolve by priority: on equal terms
+  the higher priority moves to a new term (the loser stays where it is until it hears that term: it never
+  follows a rival of its own term); a lower leader's newer term is moved past, a better one's followed. A
+  leader back from a freeze longer than a lease yields to a newer term instead (its voters may have moved on).
+* Leader stickiness: a node holding a lease on a live leader ignores a newer term from anyone else (announce,
+  lease, unasked-for refusal): with the voters' leases held, nobody can have won it. Another node's message
+  moves a leader to a new term at most once per election timeout (each move costs every node an fsync).
 * A restarted node listens for a leader for an election timeout before it may stand, unless it was told
   whom to expect (``known``: the peers it knew before the restart): once every one of them is alive in its
   view again and none has announced itself as leader for two heartbeats, there is no leader to wait for
