@@ -380,7 +380,7 @@ class Election:
             return [Send(m.leader, Vote(self.term, self.node_id, False, self.leader))]
         if m.term == self.term and self.accepted not in (None, m.leader):
             return self._rival(now, m.leader, m.priority)
-        if m.term > self.term and self._lease_valid(now) and m.leader != self.leader:
+        if m.term > self.term and self.role is Role.FOLLOWER and self._lease_valid(now) and m.leader != self.leader:
             # leader stickiness: we hold a lease on a live leader, so nobody else can have won a majority for a newer
             # term (its voters refuse while they hold one too) -- an announce or lease without votes behind it is
             # ignored; if our leader is really gone, the lease runs out and the newer leader's next renewal counts
@@ -420,7 +420,10 @@ class Election:
         self._skipped.discard(m.candidate)  # it is evidently not silent: it may be the best candidate again
         if m.term > self.term:
             self._set_term(m.term)
-            if self.role is Role.CANDIDATE:
+            if self.role is Role.CANDIDATE or self.leader is not None:
+                # a leader whose lease ran out (not yet noticed by a tick) is not this term's: /cluster, the chaos
+                # checker and the agent must not see it named as the leader of a term it was never accepted for
+                self._lost_leader = self.leader or self._lost_leader
                 actions += self._follow(now, None)
         elif self.role is Role.CANDIDATE and m.priority > self.priority:
             # a better candidate stands in our term (we had passed over it, or we both stood at once): stand

@@ -605,3 +605,23 @@ def test_a_follower_with_a_live_leader_neither_grants_nor_moves_on_vote_requests
     for t in (0.2, 0.3, 0.4):
         assert m.step(Received(t, "b", VoteRequest(2, "b", P["b"]))) == [Send("b", Vote(2, "c", False, "a"))]
     assert (m.term, m.vote, m.leader) == (1, None, "a")
+
+
+def test_a_leader_elected_during_its_first_listen_still_follows_a_better_leader_of_a_newer_term() -> None:
+    """A leader elected before its listen period ended (every known peer back) still has that period's lease time:
+    stickiness is a follower's rule, so the better leader's newer term is followed, not ignored."""
+    m = Election("b", P["b"], CFG, now=0.0, known=frozenset({"c"}))
+    view = {n: P[n] for n in ("b", "c")}
+    m.step(Tick(0.0, view))
+    m.step(Tick(0.6, view))  # c back for two heartbeats: b (the best it sees) stands
+    m.step(Received(0.65, "c", Vote(1, "c", True, None)))
+    assert m.is_leader and m.lease_until > 0.7
+    assert m.step(Received(0.7, "a", Announce(2, "a", P["a"]))) == [Persist(2, None, "a"), BecameFollower(2, "a")]
+
+
+def test_a_vote_for_a_newer_term_leaves_no_leader_named_for_it() -> None:
+    """A follower whose lease ran out between ticks votes in a newer term: the old leader is not that term's."""
+    m = _follower_of_a("c")
+    actions = m.step(Received(1.35, "b", VoteRequest(2, "b", P["b"])))  # lease ended at 1.3, no tick since
+    assert actions == [Persist(2, "b"), BecameFollower(2, None), Send("b", Vote(2, "c", True, None))]
+    assert (m.term, m.leader, m.accepted, m.vote) == (2, None, None, "b")
