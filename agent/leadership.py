@@ -206,7 +206,8 @@ class Leadership:
             elif isinstance(action, BecameLeader):
                 self.agent.store.observe_term(action.term, self.agent.settings.node_id)
                 log.info("node %s became leader at term %d", self.agent.settings.node_id, action.term)
-                self.leader_since = self.agent.clock()
+                if self.rounds.term is None:  # a new tenure (a move to a new term keeps its start and its round)
+                    self.leader_since = self.agent.clock()
                 self.solver.start()  # warms up in the background; before the round machine can ask for a solve
                 self._feed(lr.Elected(self.agent.clock(), action.term, self._members()))
             elif isinstance(action, BecameFollower):
