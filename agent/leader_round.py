@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import Any
 
@@ -279,12 +279,23 @@ class LeaderRound:
         return self._on_command_result(r, event)
 
     def _elected(self, e: Elected) -> list[Instruction]:
+        if self.term is not None and e.term > self.term:
+            return self._moved(e)
         self.term, self.members = e.term, dict(e.members)
         self.intent, self.leaving, self.short = {}, {}, {}  # a new term weighs plans against what nodes report
         self.last_reports = {}  # nor does a report from before it stand in for a missed answer
         self.fenced_at = self.fenced_until = None
         self._round, self.phase = None, Phase.IDLE  # a round of the old term would command with it
         self._due_soon(e.now)
+        return []
+
+    def _moved(self, e: Elected) -> list[Instruction]:
+        """This leader moved itself to a newer term (past a rival or a candidate): the same leader with the same
+        knowledge, so the round in progress goes on (dropping it let a member's vote requests, one a second, stop
+        placement: review13a F2); its commands still to send, and retries, carry the new term."""
+        self.term, self.members = e.term, dict(e.members)
+        if self.fenced_at is not None and self.fenced_at <= e.term:
+            self.fenced_at = self.fenced_until = None  # the newer term we were told of is now ours
         return []
 
     def _due_soon(self, now: float) -> None:
@@ -481,6 +492,13 @@ class LeaderRound:
             self.fenced_at = max(e.highest, self.fenced_at or 0)
             pause = min(self.config.fence_pause_s, self.config.period_s)
             self.fenced_until = max(e.now + pause, self.fenced_until or 0.0)
+        elif isinstance(e, Fenced) and r.commands[e.node].term < (self.term or 0):
+            # sent before this leader moved to its current term, and refused by a node already there: again, at once
+            # with the current term (one attempt, counted like a transient failure's)
+            if r.attempts[e.node] < self.config.max_attempts:
+                r.retry_at[e.node] = e.now
+                return []
+            self.intent.pop(e.node, None)
         elif isinstance(e, Fenced):  # refused at or below our term (a member that follows no one yet, or lies):
             self.intent.pop(e.node, None)  # that node alone is not commanded this round; the cluster goes on
         elif e.transient and r.attempts[e.node] < self.config.max_attempts:
@@ -496,7 +514,8 @@ class LeaderRound:
         for n in due:
             del r.retry_at[n]
             r.attempts[n] += 1
-        return [r.commands[n] for n in due]
+        term = self.term if self.term is not None else 0
+        return [replace(r.commands[n], term=max(term, r.commands[n].term)) for n in due]  # the term we hold now
 
     def _finish(self, r: _Round) -> list[Instruction]:
         summary = {**r.summary, "delivered": r.delivered}

@@ -164,7 +164,14 @@ class Leadership:
     def receive(self, sender: str, data: Any) -> None:
         """A message from a peer (POST /election/message); raises ValueError when malformed."""
         message = decode(data)
+        self._judge_with_current_view()
         self._carry_out(self.machine.step(Received(self.monotonic(), sender, message)))
+
+    def _judge_with_current_view(self) -> None:
+        """Give the machine the membership view as it is now, before a message: whether the leader this node holds a
+        lease on is still alive decides whether a newer term's announce is ignored (leader stickiness); the view of
+        the last tick may be a tick old, or missing before the first tick."""
+        self.machine.observe(self._view())
 
     def lease_received(self, lease: Lease) -> bool:
         """A renewal signed by its leader (checked by the SWIM shell): fed to the election as that leader's announce
@@ -175,6 +182,7 @@ class Leadership:
             log.debug("lease of %s at term %d not taken: %s", lease.leader, lease.term, why)
             return False
         announce = Announce(lease.term, lease.leader, lease.priority)
+        self._judge_with_current_view()
         self._carry_out(self.machine.step(Received(self.monotonic(), lease.leader, announce)))
         return self.machine.leader == lease.leader and self.machine.term == lease.term
 
@@ -198,7 +206,8 @@ class Leadership:
             elif isinstance(action, BecameLeader):
                 self.agent.store.observe_term(action.term, self.agent.settings.node_id)
                 log.info("node %s became leader at term %d", self.agent.settings.node_id, action.term)
-                self.leader_since = self.agent.clock()
+                if self.rounds.term is None:  # a new tenure (a move to a new term keeps its start and its round)
+                    self.leader_since = self.agent.clock()
                 self.solver.start()  # warms up in the background; before the round machine can ask for a solve
                 self._feed(lr.Elected(self.agent.clock(), action.term, self._members()))
             elif isinstance(action, BecameFollower):

@@ -16,9 +16,13 @@ Algorithm: leases with terms and votes over the *discovered* members (see docs/e
 * One leader per term at each node: a node accepts (follows, obeys) at most one leader in a term, the first it
   hears (``accepted``, persisted with term and vote), and never a lower term. Two sides of a partition may each
   elect a leader of the same term number, but no node accepts both: its fencing token (term, leader) only
-  moves up. Two leaders that hear each other (after a partition heals) resolve at once: the higher term
-  wins; on equal terms the higher priority moves to a new term (the loser stays where it is until it hears
-  that term: it never follows a rival of its own term), so every node then accepts the winner.
+  moves up. Two leaders that hear each other (after a partition heals) resolve by priority: on equal terms
+  the higher priority moves to a new term (the loser stays where it is until it hears that term: it never
+  follows a rival of its own term); a lower leader's newer term is moved past, a better one's followed. A
+  leader back from a freeze longer than a lease yields to a newer term instead (its voters may have moved on).
+* Leader stickiness: a node holding a lease on a live leader ignores a newer term from anyone else (announce,
+  lease, unasked-for refusal): with the voters' leases held, nobody can have won it. Another node's message
+  moves a leader to a new term at most once per election timeout (each move costs every node an fsync).
 * A restarted node listens for a leader for an election timeout before it may stand, unless it was told
   whom to expect (``known``: the peers it knew before the restart): once every one of them is alive in its
   view again and none has announced itself as leader for two heartbeats, there is no leader to wait for
@@ -193,6 +197,9 @@ class Election:
         # given seeds, a node is joining a cluster, not founding one: until ``join_by`` it does not stand while it
         # sees no other member (under load a seed can take seconds to admit us; a leader of one spawns a solver)
         self._join_by = join_by
+        self._moved_at = -1e18  # when another node's message last moved this leader to a new term (one per timeout)
+        self._last_event = now  # when this node last took an event: a longer silence means it was frozen
+        self._yield_until = -1e18  # a leader back from a freeze yields to a newer term until then
 
     # -- queries ---------------------------------------------------------------------------------
     @property
@@ -205,11 +212,21 @@ class Election:
     # -- the step function -----------------------------------------------------------------------
     def step(self, event: Event) -> list[Action]:
         """Feed one event; returns the actions, a ``Persist`` first whenever term, vote or accepted leader changed."""
+        if self.role is Role.LEADER and event.now - self._last_event > self.config.lease:
+            # frozen (SIGSTOP, a stalled loop) for longer than a lease: our followers may have elected another leader
+            # meanwhile, so for an election timeout this leader yields to a newer term instead of defending its own
+            self._yield_until = event.now + self.config.election_timeout_s
+        self._last_event = max(self._last_event, event.now)
         actions = self._step(event)
         if (self.term, self.vote, self.accepted) != self._persisted:
             self._persisted = (self.term, self.vote, self.accepted)
             return [Persist(self.term, self.vote, self.accepted), *actions]
         return actions
+
+    def observe(self, alive: Mapping[str, Priority]) -> None:
+        """The current membership view (node id -> priority), without time passing: the shell may call it before a
+        message, so that whether our leader is still alive is judged on the view of now (leader stickiness)."""
+        self.alive = {**alive, self.node_id: self.priority}
 
     def _set_term(self, term: int) -> None:
         """Move to a higher term: the vote and the accepted leader belong to the old one."""
@@ -220,7 +237,7 @@ class Election:
 
     def _step(self, event: Event) -> list[Action]:
         if isinstance(event, Tick):
-            self.alive = {**event.alive, self.node_id: self.priority}
+            self.observe(event.alive)
             return self._tick(event.now)
         message = event.message
         if isinstance(message, Announce):
@@ -309,6 +326,22 @@ class Election:
         self._last_announce = now
         return [BecameLeader(self.term, voters), Broadcast(Announce(self.term, self.node_id, self.priority))]
 
+    def _outranks(self, other: str, claimed: Priority) -> bool:
+        """Whether this node's priority beats ``other``'s (as the view has it; else as its message claims)."""
+        return self.priority > self.alive.get(other, claimed)
+
+    def _yielding(self, now: float) -> bool:
+        return now < self._yield_until
+
+    def _move_past(self, now: float, term: int) -> list[Action]:
+        """Another node's message moves this leader to ``term`` (> ours): at most once per election timeout, so a
+        member's stream of election messages cannot make every node fsync and broadcast a new term each time
+        (a later one within the timeout is answered by the caller with the current term, or not at all)."""
+        if now - self._moved_at < self.config.election_timeout_s:
+            return []
+        self._moved_at = now
+        return self._jump(now, term)
+
     def _jump(self, now: float, term: int) -> list[Action]:
         """Stay leader under a new, higher term (announced at once); fences commands of older terms."""
         self._set_term(term)
@@ -347,6 +380,16 @@ class Election:
             return [Send(m.leader, Vote(self.term, self.node_id, False, self.leader))]
         if m.term == self.term and self.accepted not in (None, m.leader):
             return self._rival(now, m.leader, m.priority)
+        if m.term > self.term and self.role is Role.FOLLOWER and self._lease_valid(now) and m.leader != self.leader:
+            # leader stickiness: we hold a lease on a live leader, so nobody else can have won a majority for a newer
+            # term (its voters refuse while they hold one too) -- an announce or lease without votes behind it is
+            # ignored; if our leader is really gone, the lease runs out and the newer leader's next renewal counts
+            return []
+        leading = self.role is Role.LEADER and not self._yielding(now)
+        if m.term > self.term and leading and self._outranks(m.leader, m.priority):
+            # two leaders that hear each other: the better by priority keeps leading (as for equal terms), moving past
+            # the other's term; a lower member cannot take the lead with one announce of a higher term
+            return self._move_past(now, m.term + 1)
         self._set_term(m.term)
         actions = self._follow(now, m.leader)
         self.lease_until = now + self.config.lease
@@ -357,14 +400,15 @@ class Election:
         if self.role is not Role.LEADER:  # tell the rival whom this term belongs to here
             return [Send(rival, Vote(self.term, self.node_id, False, self.accepted))]
         if priority is None or self.priority > priority:
-            return self._jump(now, self.term + 1)  # we win the tie: a new term that every node can accept
+            return self._move_past(now, self.term + 1)  # we win the tie: a new term that every node can accept
         return [Send(rival, Announce(self.term, self.node_id, self.priority))]  # it wins: make sure it hears us
 
     def _on_vote_request(self, now: float, m: VoteRequest) -> list[Action]:
         if self.role is Role.LEADER:
-            # a live leader refuses; if the candidate's term caught up, it moves past it (no step-down)
-            jumped = self._jump(now, m.term + 1) if m.term >= self.term else []
-            return [*jumped, Send(m.candidate, Vote(self.term, self.node_id, False, self.node_id))]
+            # a live leader refuses; if the candidate's term caught up, it moves past it (no step-down), at most once
+            # per election timeout: later requests are refused with the current term
+            moved = self._move_past(now, m.term + 1) if m.term >= self.term else []
+            return [*moved, Send(m.candidate, Vote(self.term, self.node_id, False, self.node_id))]
         if m.term < self.term:
             return [Send(m.candidate, Vote(self.term, self.node_id, False, self.leader))]
         if self._lease_valid(now) and self.leader != m.candidate:
@@ -376,7 +420,10 @@ class Election:
         self._skipped.discard(m.candidate)  # it is evidently not silent: it may be the best candidate again
         if m.term > self.term:
             self._set_term(m.term)
-            if self.role is Role.CANDIDATE:
+            if self.role is Role.CANDIDATE or self.leader is not None:
+                # a leader whose lease ran out (not yet noticed by a tick) is not this term's: /cluster, the chaos
+                # checker and the agent must not see it named as the leader of a term it was never accepted for
+                self._lost_leader = self.leader or self._lost_leader
                 actions += self._follow(now, None)
         elif self.role is Role.CANDIDATE and m.priority > self.priority:
             # a better candidate stands in our term (we had passed over it, or we both stood at once): stand
@@ -395,11 +442,17 @@ class Election:
             if m.granted or m.leader == self.node_id or m.term < self.term:
                 return []  # late answers to our own candidacy, or old news
             if m.leader is None:  # a node with a term at or past ours but no leader: move past it
-                return self._jump(now, m.term + 1)
-            if m.term > self.term:  # it follows another live leader at a newer term: stand down
-                self._set_term(m.term)
+                return self._move_past(now, m.term + 1)
+            if m.term > self.term:
+                if not self._yielding(now):
+                    # a claim that another leader holds a newer term: its own announces (above) decide, not hearsay
+                    # (standing down on it would leave us without a lease, open to anyone's announce)
+                    return []
+                self._set_term(m.term)  # back from a freeze: our followers may have moved on, stand down
                 return self._follow(now, None)
             return self._rival(now, m.leader, self.alive.get(m.leader))  # another leader of our term
+        if m.term > self.term and self._lease_valid(now):
+            return []  # unasked-for news of a newer term while our leader is live: stickiness, as for announces
         if m.term > self.term and not m.granted:
             self._set_term(m.term)
             return self._follow(now, None)

@@ -24,6 +24,7 @@ from coordinator_election import (
     Vote,
     VoteRequest,
 )
+from coordinator_election.fencing import command_refusal
 from tests.unit.election_sim import FAULTS, Network
 
 CFG = ElectionConfig(heartbeat_s=0.3, election_timeout_s=1.2)
@@ -135,10 +136,11 @@ def test_lease_expiry_drops_the_leader() -> None:
     assert m.role is Role.CANDIDATE and m.term == 3 and actions
 
 
-def test_leader_steps_down_for_a_higher_term() -> None:
-    m = machine()
+def test_leader_steps_down_for_a_better_leader_of_a_higher_term() -> None:
+    m = machine("c")
     m.step(Tick(1.3, {}))
-    assert m.step(Received(2.0, "c", Announce(5, "c", P["c"]))) == [Persist(5, None, "c"), BecameFollower(5, "c")]
+    assert m.is_leader
+    assert m.step(Received(2.0, "a", Announce(5, "a", P["a"]))) == [Persist(5, None, "a"), BecameFollower(5, "a")]
 
 
 def test_equal_terms_the_higher_priority_leader_moves_on_and_fences() -> None:
@@ -236,11 +238,14 @@ def test_partition_gives_each_side_a_leader_and_heal_leaves_one() -> None:
     minority_term = net.nodes["n4"].term
     majority_leader = net.agreed_leader(["n0", "n1", "n2"])
     assert majority_leader == "n2" and net.nodes["n2"].term > minority_term
+    majority_term = net.nodes["n2"].term
     net.heal()
     took = net.time_until_agreed(5)
-    assert took is not None and took < 1.0
-    assert net.agreed_leader() == "n2"
-    assert all(net.nodes[n].term > minority_term for n in net.ids)  # n4's old commands are now fenced
+    # the two leaders hear each other: the better (n4) moves past n2's term and n2 follows it at once; n0 and n1 hold
+    # a lease on n2 and ignore n4's announces (leader stickiness) until that lease runs out: within a lease + heartbeat
+    assert took is not None and took < CFG.lease + 2 * CFG.heartbeat_s
+    assert net.agreed_leader() == "n4"
+    assert all(net.nodes[n].term > majority_term for n in net.ids)  # both sides' old commands are now fenced
 
 
 def _voter_of(net: Network, leader: str) -> str:
@@ -495,3 +500,128 @@ def test_a_node_joining_through_seeds_does_not_lead_itself_alone() -> None:
     assert Broadcast(VoteRequest(1, "a", P["a"])) in actions  # a member admitted: the usual election
     founder = Election("a", P["a"], CFG, now=0.0)  # no seeds: the first node founds the cluster after a listen
     assert BecameLeader(1, frozenset({"a"})) in founder.step(Tick(1.3, {}))
+
+
+# -- leader stickiness: a higher term without votes behind it (review13a F1) -------------------------------------------
+def _follower_of_a(node: str = "b") -> Election:
+    m = machine(node)
+    m.step(Tick(0.05, P))
+    m.step(Received(0.1, "a", Announce(1, "a", P["a"])))
+    assert m.leader == "a" and m.term == 1
+    return m
+
+
+def test_a_follower_with_a_live_lease_ignores_a_higher_term_announce_from_anyone_else() -> None:
+    m = _follower_of_a("b")
+    assert m.step(Received(0.5, "c", Announce(2, "c", P["c"]))) == []
+    assert (m.term, m.leader, m.accepted) == (1, "a", "a")
+    assert m.step(Received(0.6, "c", Announce(1000, "c", P["c"]))) == []  # however far ahead
+    assert m.step(Received(0.7, "c", Vote(5, "c", False, None))) == []  # nor unasked-for news of a newer term
+    assert m.term == 1
+    # our own leader moving to a newer term is followed at once
+    assert m.step(Received(0.8, "a", Announce(2, "a", P["a"]))) == [Persist(2, None, "a")]
+    assert (m.term, m.leader) == (2, "a")
+
+
+def test_once_the_lease_runs_out_a_higher_term_leader_is_followed() -> None:
+    m = _follower_of_a("b")
+    assert m.step(Received(1.31, "c", Announce(2, "c", P["c"]))) == [Persist(2, None, "c"), BecameFollower(2, "c")]
+
+
+def test_a_lease_on_a_leader_gone_from_the_view_holds_nobody_back() -> None:
+    m = _follower_of_a("c")
+    m.step(Tick(0.2, {n: p for n, p in P.items() if n != "a"}))  # membership declared a dead
+    assert m.step(Received(0.3, "b", Announce(2, "b", P["b"]))) == [Persist(2, None, "b"), BecameFollower(2, "b")]
+
+
+def test_a_leader_is_not_unseated_by_a_lower_members_announce_of_a_higher_term() -> None:
+    m = machine("a")
+    m.step(Tick(1.3, {}))
+    assert m.is_leader and m.term == 1
+    # c (lower priority) announces itself at term 2: a moves past it to 3 and stays leader
+    actions = m.step(Received(1.5, "c", Announce(2, "c", P["c"])))
+    assert actions == [Persist(3, "a", "a"), BecameLeader(3, frozenset({"a"})), Broadcast(Announce(3, "a", P["a"]))]
+    # once per election timeout: a second one within it is not answered (no fsync, no broadcast)
+    assert m.step(Received(1.6, "c", Announce(4, "c", P["c"]))) == [] and m.term == 3 and m.is_leader
+    assert m.step(Received(2.8, "c", Announce(4, "c", P["c"])))[1] == BecameLeader(5, frozenset({"a"}))
+    # hearsay that c leads a newer term does not unseat it either
+    assert m.step(Received(2.9, "b", Vote(9, "b", False, "c"))) == [] and m.is_leader and m.term == 5
+
+
+def test_the_announce_route_repro_no_member_takes_over_with_one_announce() -> None:
+    """review13a announce_takeover.py with the real machines: L leads, a follows; m (lowest) announces T + 1."""
+    prio = {"L": (0, 4000.0, "L"), "a": (0, 2000.0, "a"), "m": (0, 1000.0, "m")}
+    cfg = ElectionConfig(heartbeat_s=0.3, election_timeout_s=1.2, lease_s=2.0)
+    nodes = {n: Election(n, prio[n], cfg, now=0.0) for n in ("L", "a")}
+    now = 1.3
+    nodes["L"].step(Tick(now, prio))
+    nodes["a"].step(Tick(now, prio))
+    nodes["L"].step(Received(now, "a", Vote(1, "a", True, None)))
+    nodes["a"].step(Received(now, "L", Announce(1, "L", prio["L"])))
+    assert nodes["L"].is_leader and nodes["a"].leader == "L"
+    answers = {n: e.step(Received(now + 0.1, "m", Announce(2, "m", prio["m"]))) for n, e in nodes.items()}
+    assert nodes["a"].accepted == "L" and nodes["a"].term == 1  # sticky: m's announce ignored
+    assert nodes["L"].is_leader and nodes["L"].term == 3  # L moved past m's term ...
+    (moved,) = [a for a in answers["L"] if isinstance(a, Broadcast)]
+    nodes["a"].step(Received(now + 0.1, "L", moved.message))
+    assert (nodes["a"].term, nodes["a"].accepted) == (3, "L")  # ... and a follows it there: m leads nobody
+    assert command_refusal(2, "m", nodes["a"].term, nodes["a"].accepted) is not None
+
+
+def test_a_leader_back_from_a_freeze_yields_to_the_newer_term() -> None:
+    m = machine("a")
+    m.step(Tick(1.3, {}))
+    assert m.is_leader and m.term == 1
+    # frozen for longer than a lease: b was elected meanwhile; a, though better, follows it (no churn)
+    assert m.step(Received(4.0, "b", Announce(2, "b", P["b"]))) == [Persist(2, None, "b"), BecameFollower(2, "b")]
+    m2 = machine("a")
+    m2.step(Tick(1.3, {}))
+    assert m2.step(Received(4.0, "c", Vote(3, "c", False, "b"))) == [Persist(3, None), BecameFollower(3, None)]
+
+
+def test_a_leader_moves_past_vote_requests_at_most_once_per_election_timeout() -> None:
+    """review13a F2: one member's vote requests made the leader take a new term (fsync, broadcast) on each one."""
+    m = machine("a")
+    m.step(Tick(1.3, {}))
+    assert m.is_leader and m.term == 1
+    first = m.step(Received(1.4, "c", VoteRequest(1, "c", P["c"])))
+    assert first == [
+        Persist(2, "a", "a"),
+        BecameLeader(2, frozenset({"a"})),
+        Broadcast(Announce(2, "a", P["a"])),
+        Send("c", Vote(2, "a", False, "a")),
+    ]
+    # within the timeout: refused with the current term, nothing persisted or broadcast
+    for t, term in [(1.5, 2), (2.0, 3), (2.5, 2)]:
+        assert m.step(Received(t, "c", VoteRequest(term, "c", P["c"]))) == [Send("c", Vote(2, "a", False, "a"))]
+    assert m.step(Received(2.55, "c", Vote(7, "c", False, None))) == []  # the refusal route too
+    assert m.term == 2 and m.is_leader
+    later = m.step(Received(2.6, "c", VoteRequest(2, "c", P["c"])))  # a timeout after the move: once more
+    assert later[0] == Persist(3, "a", "a") and later[-1] == Send("c", Vote(3, "a", False, "a"))
+
+
+def test_a_follower_with_a_live_leader_neither_grants_nor_moves_on_vote_requests() -> None:
+    m = _follower_of_a("c")
+    for t in (0.2, 0.3, 0.4):
+        assert m.step(Received(t, "b", VoteRequest(2, "b", P["b"]))) == [Send("b", Vote(2, "c", False, "a"))]
+    assert (m.term, m.vote, m.leader) == (1, None, "a")
+
+
+def test_a_leader_elected_during_its_first_listen_still_follows_a_better_leader_of_a_newer_term() -> None:
+    """A leader elected before its listen period ended (every known peer back) still has that period's lease time:
+    stickiness is a follower's rule, so the better leader's newer term is followed, not ignored."""
+    m = Election("b", P["b"], CFG, now=0.0, known=frozenset({"c"}))
+    view = {n: P[n] for n in ("b", "c")}
+    m.step(Tick(0.0, view))
+    m.step(Tick(0.6, view))  # c back for two heartbeats: b (the best it sees) stands
+    m.step(Received(0.65, "c", Vote(1, "c", True, None)))
+    assert m.is_leader and m.lease_until > 0.7
+    assert m.step(Received(0.7, "a", Announce(2, "a", P["a"]))) == [Persist(2, None, "a"), BecameFollower(2, "a")]
+
+
+def test_a_vote_for_a_newer_term_leaves_no_leader_named_for_it() -> None:
+    """A follower whose lease ran out between ticks votes in a newer term: the old leader is not that term's."""
+    m = _follower_of_a("c")
+    actions = m.step(Received(1.35, "b", VoteRequest(2, "b", P["b"])))  # lease ended at 1.3, no tick since
+    assert actions == [Persist(2, "b"), BecameFollower(2, None), Send("b", Vote(2, "c", True, None))]
+    assert (m.term, m.leader, m.accepted, m.vote) == (2, None, None, "b")

@@ -348,3 +348,50 @@ def test_a_deposed_leader_keeps_no_journal_of_its_window() -> None:
     m.step(Deposed(100.4))
     assert m.window.journal_records() == 0 and m.window.take_delta().gap
     assert len(m.window.records()) == 2  # the records themselves stay: a new tenure reads them
+
+
+# -- a leader that moves itself to a newer term keeps its round (review13a F2) -----------------------------------------
+def test_a_move_to_a_newer_term_while_gathering_keeps_the_round_and_commands_with_the_new_term() -> None:
+    m = gathering()  # term 3, round 1 gathering
+    assert m.step(Elected(100.25, 4, MEMBERS)) == [] and m.phase is Phase.GATHERING and m.term == 4
+    assert m.step(Tick(100.45)) == []  # no new round: the one in progress goes on
+    m.step(Gathered(100.3, 1, "a", report("a", m=1), ()))
+    assert isinstance(m.step(Gathered(100.4, 1, "b", report("b"), ()))[0], Solve)
+    out = m.step(Solved(101.0, 1, PLAN, requests=1))
+    assert [(c.round, c.node, c.term) for c in out if isinstance(c, Command)] == [(1, "a", 4), (1, "b", 4)]
+
+
+def test_a_move_while_commanding_resends_a_command_fenced_by_a_node_already_at_the_new_term() -> None:
+    m, summary = commanding()  # commands of term 3 out
+    assert m.step(Elected(101.05, 5, MEMBERS)) == [] and m.phase is Phase.COMMANDING
+    assert m.step(Acknowledged(101.1, 1, "a")) == []
+    assert m.step(Fenced(101.1, 1, "b", highest=5)) == []  # b moved to 5 before our term-3 command reached it
+    assert m.step(Tick(101.15)) == [Command(1, "b", "http://b", 5, {"m": 1}, summary)]
+    assert m.step(Acknowledged(101.2, 1, "b")) == [Placed({**summary, "delivered": 2})]
+    assert m.fenced_at is None
+
+
+def test_a_move_past_a_term_we_were_told_of_lifts_the_fence_pause() -> None:
+    m, _ = commanding()
+    m.step(Fenced(101.1, 1, "a", highest=5))
+    m.step(Acknowledged(101.2, 1, "b"))
+    assert m.fenced_until is not None
+    m.step(Elected(101.3, 6, MEMBERS))  # the election moved us past it: no reason to wait
+    assert m.fenced_at is None and m.fenced_until is None
+
+
+def test_resends_after_a_move_are_bounded_by_max_attempts() -> None:
+    m, summary = commanding()
+    m.step(Elected(101.05, 5, MEMBERS))
+    m.step(Acknowledged(101.1, 1, "a"))
+    sent = 1
+    now = 101.1
+    while True:
+        out = m.step(Fenced(now, 1, "b", highest=4))  # b keeps refusing (it lies, or sits between our terms)
+        if out:
+            assert out == [Placed({**summary, "delivered": 1})]
+            break
+        now += 0.01
+        assert m.step(Tick(now)) == [Command(1, "b", "http://b", 5, {"m": 1}, summary)]
+        sent += 1
+    assert sent == CFG.max_attempts
