@@ -197,7 +197,9 @@ class Election:
         # given seeds, a node is joining a cluster, not founding one: until ``join_by`` it does not stand while it
         # sees no other member (under load a seed can take seconds to admit us; a leader of one spawns a solver)
         self._join_by = join_by
-        self._moved_at = -1e18  # when another node's message last moved this leader to a new term (one per timeout)
+        # per sender, when its message last moved this leader to a new term (one each per election timeout: one
+        # member's stream of messages cannot use up the allowance another leader's announces need at a heal)
+        self._moved_at: dict[str, float] = {}
         self._last_event = now  # when this node last took an event: a longer silence means it was frozen
         self._yield_until = -1e18  # a leader back from a freeze yields to a newer term until then
 
@@ -330,16 +332,33 @@ class Election:
         """Whether this node's priority beats ``other``'s (as the view has it; else as its message claims)."""
         return self.priority > self.alive.get(other, claimed)
 
+    def _better_leader(self, other: str) -> bool:
+        """Whether ``other`` outranks the leader we follow, by the view's priorities (both must be in it): a follower
+        gives way to its announce despite stickiness, as a leader does (a member that claims a higher priority can
+        win anyway, docs/security.md), so a node taken by a lower member while it had no lease is won back."""
+        return (
+            self.leader is not None
+            and other in self.alive
+            and self.leader in self.alive
+            and (self.alive[other] > self.alive[self.leader])
+        )
+
     def _yielding(self, now: float) -> bool:
         return now < self._yield_until
 
-    def _move_past(self, now: float, term: int) -> list[Action]:
-        """Another node's message moves this leader to ``term`` (> ours): at most once per election timeout, so a
-        member's stream of election messages cannot make every node fsync and broadcast a new term each time
-        (a later one within the timeout is answered by the caller with the current term, or not at all)."""
-        if now - self._moved_at < self.config.election_timeout_s:
+    def _move_past(self, now: float, term: int, by: str = "") -> list[Action]:
+        """``by``'s message moves this leader to ``term`` (> ours): at most once per election timeout per sender, so a
+        member's stream of election messages cannot make every node fsync and broadcast a new term each time (a
+        later one within the timeout is answered by the caller with the current term, or not at all), nor use up
+        the move another leader's announce needs (one allowance for all let a member keep two leaders after a
+        partition healed for minutes, review13c F1). The table holds the moves of the last timeout only: one per
+        sender, and senders are admitted members (pruned by time alone: pruning by the view let two senders outside
+        it wipe each other's entry and move the term at every message)."""
+        if now - self._moved_at.get(by, -1e18) < self.config.election_timeout_s:
             return []
-        self._moved_at = now
+        timeout = self.config.election_timeout_s
+        self._moved_at = {k: t for k, t in self._moved_at.items() if now - t < timeout}
+        self._moved_at[by] = now
         return self._jump(now, term)
 
     def _jump(self, now: float, term: int) -> list[Action]:
@@ -380,7 +399,13 @@ class Election:
             return [Send(m.leader, Vote(self.term, self.node_id, False, self.leader))]
         if m.term == self.term and self.accepted not in (None, m.leader):
             return self._rival(now, m.leader, m.priority)
-        if m.term > self.term and self.role is Role.FOLLOWER and self._lease_valid(now) and m.leader != self.leader:
+        if (
+            m.term > self.term
+            and self.role is Role.FOLLOWER
+            and self._lease_valid(now)
+            and m.leader != self.leader
+            and not self._better_leader(m.leader)
+        ):
             # leader stickiness: we hold a lease on a live leader, so nobody else can have won a majority for a newer
             # term (its voters refuse while they hold one too) -- an announce or lease without votes behind it is
             # ignored; if our leader is really gone, the lease runs out and the newer leader's next renewal counts
@@ -389,7 +414,7 @@ class Election:
         if m.term > self.term and leading and self._outranks(m.leader, m.priority):
             # two leaders that hear each other: the better by priority keeps leading (as for equal terms), moving past
             # the other's term; a lower member cannot take the lead with one announce of a higher term
-            return self._move_past(now, m.term + 1)
+            return self._move_past(now, m.term + 1, m.leader)
         self._set_term(m.term)
         actions = self._follow(now, m.leader)
         self.lease_until = now + self.config.lease
@@ -400,14 +425,14 @@ class Election:
         if self.role is not Role.LEADER:  # tell the rival whom this term belongs to here
             return [Send(rival, Vote(self.term, self.node_id, False, self.accepted))]
         if priority is None or self.priority > priority:
-            return self._move_past(now, self.term + 1)  # we win the tie: a new term that every node can accept
+            return self._move_past(now, self.term + 1, rival)  # we win the tie: a new term that every node can accept
         return [Send(rival, Announce(self.term, self.node_id, self.priority))]  # it wins: make sure it hears us
 
     def _on_vote_request(self, now: float, m: VoteRequest) -> list[Action]:
         if self.role is Role.LEADER:
             # a live leader refuses; if the candidate's term caught up, it moves past it (no step-down), at most once
             # per election timeout: later requests are refused with the current term
-            moved = self._move_past(now, m.term + 1) if m.term >= self.term else []
+            moved = self._move_past(now, m.term + 1, m.candidate) if m.term >= self.term else []
             return [*moved, Send(m.candidate, Vote(self.term, self.node_id, False, self.node_id))]
         if m.term < self.term:
             return [Send(m.candidate, Vote(self.term, self.node_id, False, self.leader))]
@@ -442,8 +467,17 @@ class Election:
             if m.granted or m.leader == self.node_id or m.term < self.term:
                 return []  # late answers to our own candidacy, or old news
             if m.leader is None:  # a node with a term at or past ours but no leader: move past it
-                return self._move_past(now, m.term + 1)
+                return self._move_past(now, m.term + 1, m.voter)
             if m.term > self.term:
+                if (
+                    not self._yielding(now)
+                    and m.leader in self.alive
+                    and self._outranks(m.leader, self.alive[m.leader])
+                ):
+                    # a node follows a leader of a newer term that we outrank (it took the node while the node had no
+                    # lease): move past it, so our announces reach that node again and it comes back (stickiness
+                    # kept it with the other for good, review13c F2)
+                    return self._move_past(now, m.term + 1, m.voter)
                 if not self._yielding(now):
                     # a claim that another leader holds a newer term: its own announces (above) decide, not hearsay
                     # (standing down on it would leave us without a lease, open to anyone's announce)

@@ -91,25 +91,29 @@ def test_a_members_records_cannot_price_an_honest_node_out(objective: str) -> No
 
 def test_where_an_honest_logger_measured_the_node_a_liar_can_only_make_it_look_faster() -> None:
     """b runs digits and a's proxy measured it (25 ms, 3,600 records): m's 120 s records are the slower figure,
-    not taken; m's 0.1 ms records are the lower one, taken (a liar can only flatter), and b's throughput stays
-    within the catalogue's declared figure."""
+    not taken; m's 0.1 ms records are the lower one, taken only where m holds LOGGER_SHARE of the others' samples
+    (500 against 3,600 are not: review13c F3), and b's throughput stays within the catalogue's declared figure."""
     base = snap(honest(b_served=True), b_runs=True)
     assert exec_of(base)["b"] == 25.0 and throughput(base)["b"] == pytest.approx(40.0)
-    slow = snap(honest(b_served=True) + frame("b", 120_000.0, 500), b_runs=True)
+    slow = snap(honest(b_served=True) + frame("b", 120_000.0, 2000), b_runs=True)
     assert exec_of(slow)["b"] == 25.0 and throughput(slow)["b"] == pytest.approx(40.0)
-    fast = snap(honest(b_served=True) + frame("b", 0.1, 500), b_runs=True)
+    small = snap(honest(b_served=True) + frame("b", 0.1, 500), b_runs=True)
+    assert exec_of(small)["b"] == 25.0 and throughput(small)["b"] == pytest.approx(40.0)
+    fast = snap(honest(b_served=True) + frame("b", 0.1, 2000), b_runs=True)
     declared = CAT.models[M].expected_throughput_rps("default")
     assert exec_of(fast)["b"] == 0.1 and throughput(fast)["b"] == declared < 1000 / 0.1  # the declared caps it
 
 
 def test_a_nodes_own_log_is_its_figure_where_it_holds_enough() -> None:
     """b logged 10 requests it served itself at 30 ms; a's proxy saw it at 25 ms and m says 1 ms: b's own word
-    stands (it can only price itself); with fewer than MIN_LATENCY_SAMPLES of its own, the lowest other."""
+    stands (it can only price itself); with fewer than MIN_LATENCY_SAMPLES of its own, the lowest other that holds
+    LOGGER_SHARE of the others' samples (m's 50 do not, its 2,000 do)."""
     own = [RequestRecord(NOW - 5 - i, M, "p@10.0.1.1", {"b": 1.0}, "b", 30.0, 200, "b") for i in range(10)]
-    s = snap(honest(b_served=True) + own + frame("b", 1.0, 50), b_runs=True)
+    s = snap(honest(b_served=True) + own + frame("b", 1.0, 2000), b_runs=True)
     assert exec_of(s)["b"] == 30.0
     few = own[: MIN_LATENCY_SAMPLES - 1]
-    assert exec_of(snap(honest(b_served=True) + few + frame("b", 1.0, 50), b_runs=True))["b"] == 1.0
+    assert exec_of(snap(honest(b_served=True) + few + frame("b", 1.0, 2000), b_runs=True))["b"] == 1.0
+    assert exec_of(snap(honest(b_served=True) + few + frame("b", 1.0, 50), b_runs=True))["b"] == 25.0
     assert exec_of(snap(honest(b_served=True) + few, b_runs=True))["b"] == 25.0
 
 
@@ -314,3 +318,38 @@ def test_loggers_sharing_their_sites_keep_them_fine_beside_a_members_made_up_one
     assert len(flooded) <= MAX_SITES
     assert [s for s in flooded if s["client"].startswith("site:r")] == alone
     assert sum(s["rate"] for s in flooded) == pytest.approx((300 + 5000) / 10.0)
+
+
+def test_five_flattering_records_cannot_price_a_slow_boards_class_past_what_it_serves() -> None:
+    """review13c F3, its script: p proxies 40 clients' digits to a and measures 60 ms a request (the catalogue says 3:
+    a slow board); m adds 5 records "a served it in 0.5 ms". The lowest of any logger priced a, and through
+    class_scale its idle class-mates, at 300 req/s: one instance for 40 req/s that one serves 17 of (240 %
+    utilisation). A logger holding under LOGGER_SHARE of the others' samples is not a's figure: the plan is as
+    with the honest window."""
+    rtt = {"p": 0.5, "a": 1.0, "c": 1.0, "m": 1.0}
+
+    def nodes4() -> list[NodeReport]:
+        return [
+            NodeReport("p", 3000, 4000, 100, "default", {}, cores=4.0),
+            NodeReport("a", 3000, 4000, 100, "default", {M: 1}, ready={M: 1}, cores=4.0),
+            NodeReport("c", 3000, 4000, 100, "default", {}, cores=4.0),
+            NodeReport("m", 3000, 4000, 100, "default", {}, cores=4.0),
+        ]
+
+    honest_log = [
+        RequestRecord(NOW - 600 + k, M, f"c{c}@10.0.0.{c}", rtt, "a", 60.0, 200, "p")
+        for c in range(40)
+        for k in range(0, 600, 4)
+    ]
+    flattering = [RequestRecord(NOW - 1, M, "x@10.9.9.9", rtt, "a", 0.5, 200, "m")] * 5
+
+    def built(records: list[RequestRecord]) -> tuple[dict[str, Any], dict[str, dict[str, int]]]:
+        s = build_snapshot(nodes4(), records, CAT, NOW, objective="queue-p99", window_s=WINDOW_S)
+        plan = solve(Snapshot.from_dict(s), method="ipopt", mode="1").to_dict()["instances"]
+        return s, {n: d for n, d in plan.items() if d}
+
+    clean, clean_plan = built(honest_log)
+    framed, framed_plan = built(honest_log + flattering)
+    assert exec_of(framed) == exec_of(clean) and exec_of(clean)["a"] == 60.0
+    servers = sum(d.get(M, 0) for d in clean_plan.values())
+    assert framed_plan == clean_plan and servers * 1000.0 / 60.0 > len(honest_log) / WINDOW_S  # room for the demand
