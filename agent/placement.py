@@ -68,9 +68,10 @@ MAX_THESIS_STREAMS = 1000
 # (logged_by, client, model) streams the queue objectives read a round, before sites merge them; past it each logger
 # keeps its busiest up to an equal share (fair_streams): one member's made-up clients cost bounded CPU
 MAX_STREAMS = 8192
-# another logger's figure of a node counts only where it holds at least this share of the samples every other logger
-# holds of that (node, model): "the lowest of the others" let one member's 5 records of "a took 0.5 ms" against
-# 24,000 honest ones price a slow board's class at 300 req/s, 4x under-provisioned (review13c F3)
+# another logger's figure of a node counts only where it holds at least this share of the samples the busiest other
+# logger holds of that (node, model): "the lowest of the others" let one member's 5 records of "a took 0.5 ms"
+# against 24,000 honest ones price a slow board's class at 300 req/s, 4x under-provisioned (review13c F3). Of the
+# busiest, not of all: with five honest proxies at a fifth each, a share of the sum left the node no figure at all
 LOGGER_SHARE = 0.25
 # what the snapshot reads of a node's per-model usage (its /stats/models entry): a report keeps these only, so a
 # member's answer of 200 models x 16 made-up keys (~560 KB of objects, kept a round and then as the stale stand-in,
@@ -452,29 +453,30 @@ def latency_figures(
     itself logs nothing of it), so pooling every log let one member's five records of "b took 120 s" price
     honest b (and, through ``class_scale``, its class) out of the plan (review13a F3). Per logger, a liar can
     only make another node look faster than the other loggers' figures say, and only holding ``LOGGER_SHARE`` of
-    the samples the others hold of it (the lowest of any logger let five records against 24,000 price a slow
-    board's class 120x faster, review13c F3); its throughput never passes the catalogue's (``_throughput``). Of a
-    model the node does not run there is nothing another node could have measured, so a made-up figure there is
-    not taken. What remains: a node running a model that no honest logger measured ``MIN_LATENCY_SAMPLES`` times
-    in the window (an idle instance) can be priced out of it, and a member whose share of a node's traffic
-    passes ``LOGGER_SHARE`` sets how fast it looks, down to the catalogue's throughput."""
+    the samples the busiest other logger holds of it (the lowest of any logger let five records against 24,000
+    price a slow board's class 120x faster, review13c F3); its throughput never passes the catalogue's
+    (``_throughput``). Of a model the node does not run there is nothing another node could have measured, so a
+    made-up figure there is not taken. What remains: a node running a model that no honest logger measured
+    ``MIN_LATENCY_SAMPLES`` times in the window (an idle instance) can be priced out of it, and a member holding
+    ``LOGGER_SHARE`` of the busiest logger's samples of a node sets how fast it looks, down to the catalogue's
+    throughput."""
     measured: dict[tuple[str, str, str | None], list[float]] = {}
     for r in records:
         if r.node is None or r.latency_ms is None or not 200 <= r.status < 300:
             continue
         if r.logged_by in (r.node, None) or r.model in serving.get(r.node, ()):
             measured.setdefault((r.node, r.model, r.logged_by), []).append(r.latency_ms / slowdown.get(r.node, 1.0))
-    others: dict[tuple[str, str], int] = {}  # samples of (node, model) in every other logger's log
+    busiest: dict[tuple[str, str], int] = {}  # the most samples of (node, model) any other logger holds
     for (node, model, logger), latencies in measured.items():
         if logger != node:
-            others[(node, model)] = others.get((node, model), 0) + len(latencies)
+            busiest[(node, model)] = max(busiest.get((node, model), 0), len(latencies))
     own: dict[tuple[str, str], float] = {}
     lowest: dict[tuple[str, str], float] = {}
     for (node, model, logger), latencies in measured.items():
         if len(latencies) < MIN_LATENCY_SAMPLES:
             continue
-        if logger != node and len(latencies) < LOGGER_SHARE * others[(node, model)]:
-            continue  # a small share of what the others saw of the node: not its figure
+        if logger != node and len(latencies) < LOGGER_SHARE * busiest[(node, model)]:
+            continue  # a small share of what the busiest logger saw of the node: not its figure
         value = figure(latencies)
         if logger == node:
             own[(node, model)] = value

@@ -91,8 +91,9 @@ def test_a_members_records_cannot_price_an_honest_node_out(objective: str) -> No
 
 def test_where_an_honest_logger_measured_the_node_a_liar_can_only_make_it_look_faster() -> None:
     """b runs digits and a's proxy measured it (25 ms, 3,600 records): m's 120 s records are the slower figure,
-    not taken; m's 0.1 ms records are the lower one, taken only where m holds LOGGER_SHARE of the others' samples
-    (500 against 3,600 are not: review13c F3), and b's throughput stays within the catalogue's declared figure."""
+    not taken; m's 0.1 ms records are the lower one, taken only where m holds LOGGER_SHARE of the busiest other
+    logger's samples (500 against 3,600 are not: review13c F3), and b's throughput stays within the catalogue's
+    declared figure."""
     base = snap(honest(b_served=True), b_runs=True)
     assert exec_of(base)["b"] == 25.0 and throughput(base)["b"] == pytest.approx(40.0)
     slow = snap(honest(b_served=True) + frame("b", 120_000.0, 2000), b_runs=True)
@@ -107,7 +108,7 @@ def test_where_an_honest_logger_measured_the_node_a_liar_can_only_make_it_look_f
 def test_a_nodes_own_log_is_its_figure_where_it_holds_enough() -> None:
     """b logged 10 requests it served itself at 30 ms; a's proxy saw it at 25 ms and m says 1 ms: b's own word
     stands (it can only price itself); with fewer than MIN_LATENCY_SAMPLES of its own, the lowest other that holds
-    LOGGER_SHARE of the others' samples (m's 50 do not, its 2,000 do)."""
+    LOGGER_SHARE of the busiest other logger's samples (m's 50 do not, its 2,000 do)."""
     own = [RequestRecord(NOW - 5 - i, M, "p@10.0.1.1", {"b": 1.0}, "b", 30.0, 200, "b") for i in range(10)]
     s = snap(honest(b_served=True) + own + frame("b", 1.0, 2000), b_runs=True)
     assert exec_of(s)["b"] == 30.0
@@ -324,8 +325,8 @@ def test_five_flattering_records_cannot_price_a_slow_boards_class_past_what_it_s
     """review13c F3, its script: p proxies 40 clients' digits to a and measures 60 ms a request (the catalogue says 3:
     a slow board); m adds 5 records "a served it in 0.5 ms". The lowest of any logger priced a, and through
     class_scale its idle class-mates, at 300 req/s: one instance for 40 req/s that one serves 17 of (240 %
-    utilisation). A logger holding under LOGGER_SHARE of the others' samples is not a's figure: the plan is as
-    with the honest window."""
+    utilisation). A logger holding under LOGGER_SHARE of the busiest other logger's samples is not a's figure: the
+    plan is as with the honest window."""
     rtt = {"p": 0.5, "a": 1.0, "c": 1.0, "m": 1.0}
 
     def nodes4() -> list[NodeReport]:
@@ -353,3 +354,19 @@ def test_five_flattering_records_cannot_price_a_slow_boards_class_past_what_it_s
     assert exec_of(framed) == exec_of(clean) and exec_of(clean)["a"] == 60.0
     servers = sum(d.get(M, 0) for d in clean_plan.values())
     assert framed_plan == clean_plan and servers * 1000.0 / 60.0 > len(honest_log) / WINDOW_S  # room for the demand
+
+
+def test_many_honest_proxies_at_equal_shares_keep_the_nodes_measured_figure() -> None:
+    """Five agents each forward a fifth of b's requests and measure it at 25 ms (the catalogue says otherwise): each
+    holds as many samples as the busiest, so b keeps its measured figure (a share of the sum of all loggers' samples
+    left b with none: every one held a fifth, under a quarter); m's 50 flattering records are still not taken."""
+    loggers = ["a", "p1", "p2", "p3", "p4"]
+    rtt = {"a": 1.0, "b": 4.0, "m": 8.0}
+    records = [
+        RequestRecord(NOW - 600 + k, M, f"c{i}@10.0.0.{i}", rtt, "b", 25.0, 200, logger)
+        for i, logger in enumerate(loggers)
+        for k in range(0, 600, 2)
+    ]
+    s = snap(records, b_runs=True)
+    assert exec_of(s, "site:")["b"] == 25.0
+    assert exec_of(snap(records + frame("b", 0.1, 50), b_runs=True), "site:")["b"] == 25.0
