@@ -73,6 +73,9 @@ MAX_STREAMS = 8192
 # against 24,000 honest ones price a slow board's class at 300 req/s, 4x under-provisioned (review13c F3). Of the
 # busiest, not of all: with five honest proxies at a fifth each, a share of the sum left the node no figure at all
 LOGGER_SHARE = 0.25
+# ... and where this many other loggers measured it, its figure is their lower median, one vote per logger: a share
+# rule alone let a member logging 4x the busiest proxy's records leave its own slow figure the only one (review13d F2)
+MEDIAN_LOGGERS = 3
 # what the snapshot reads of a node's per-model usage (its /stats/models entry): a report keeps these only, so a
 # member's answer of 200 models x 16 made-up keys (~560 KB of objects, kept a round and then as the stale stand-in,
 # and sent to the solver worker every round) costs the leader ~40 KB
@@ -444,45 +447,49 @@ def latency_figures(
     serving: Mapping[str, Container[str]],
 ) -> dict[tuple[str, str], float]:
     """(node, model) -> its measured figure: ``figure`` (a quantile) of the latencies one logger holds of it, the
-    node's contention divided out; the node's own log where it holds ``MIN_LATENCY_SAMPLES``, else the lowest of
-    the other loggers that hold as many, counted only for a model the node reports running or ready
-    (``serving``); no entry where none does. Records of unknown origin (``logged_by`` None: a caller that does
-    not say, as the benchmarks; the leader's window marks every record) are one logger, taken as they come.
+    node's contention divided out, from loggers holding ``MIN_LATENCY_SAMPLES`` of it, counted only for a model
+    the node reports running or ready (``serving``): the node's own log where it has one; else, where
+    ``MEDIAN_LOGGERS`` or more other loggers measured it, the lower median of their figures (one vote each); else
+    the lowest of the one or two that hold ``LOGGER_SHARE`` of the busiest one's samples; no entry where none
+    does. Records of unknown origin (``logged_by`` None: a caller that does not say, as the benchmarks; the
+    leader's window marks every record) are one logger, taken as they come.
 
     A member's log may name any node as a request's server (a proxy logs the node it forwarded to, and the node
     itself logs nothing of it), so pooling every log let one member's five records of "b took 120 s" price
-    honest b (and, through ``class_scale``, its class) out of the plan (review13a F3). Per logger, a liar can
-    only make another node look faster than the other loggers' figures say, and only holding ``LOGGER_SHARE`` of
-    the samples the busiest other logger holds of it (the lowest of any logger let five records against 24,000
-    price a slow board's class 120x faster, review13c F3); its throughput never passes the catalogue's
-    (``_throughput``). Of a model the node does not run there is nothing another node could have measured, so a
-    made-up figure there is not taken. What remains: a node running a model that no honest logger measured
-    ``MIN_LATENCY_SAMPLES`` times in the window (an idle instance) can be priced out of it, and a member holding
-    ``LOGGER_SHARE`` of the busiest logger's samples of a node sets how fast it looks, down to the catalogue's
-    throughput."""
+    honest b (and, through ``class_scale``, its class) out of the plan (review13a F3); the lowest of any logger
+    let five records of "0.5 ms" against 24,000 price a slow board's class at 300 req/s, 4x under-provisioned
+    (review13c F3); a share of the busiest alone let a member logging 4x the busiest proxy's records leave its own
+    slow figure the only one (review13d F2). Now, with three or more other loggers one member moves the figure only
+    as far as the honest loggers' own spread; with one or two, volume decides (a member holding a quarter of the
+    busiest honest proxy's records can make the node look faster, one holding four times as many slower). A
+    throughput never passes the catalogue's (``_throughput``). Of a model the node does not run there is nothing
+    another node could have measured, so a made-up figure there is not taken. What remains: a node running a
+    model that no honest logger measured ``MIN_LATENCY_SAMPLES`` times in the window (an idle instance) can be
+    priced out of it; the lasting fix is each node reporting its own servers' service times."""
     measured: dict[tuple[str, str, str | None], list[float]] = {}
     for r in records:
         if r.node is None or r.latency_ms is None or not 200 <= r.status < 300:
             continue
         if r.logged_by in (r.node, None) or r.model in serving.get(r.node, ()):
             measured.setdefault((r.node, r.model, r.logged_by), []).append(r.latency_ms / slowdown.get(r.node, 1.0))
-    busiest: dict[tuple[str, str], int] = {}  # the most samples of (node, model) any other logger holds
-    for (node, model, logger), latencies in measured.items():
-        if logger != node:
-            busiest[(node, model)] = max(busiest.get((node, model), 0), len(latencies))
     own: dict[tuple[str, str], float] = {}
-    lowest: dict[tuple[str, str], float] = {}
+    others: dict[tuple[str, str], list[tuple[int, float]]] = {}  # (samples, figure) per other logger with enough
     for (node, model, logger), latencies in measured.items():
         if len(latencies) < MIN_LATENCY_SAMPLES:
             continue
-        if logger != node and len(latencies) < LOGGER_SHARE * busiest[(node, model)]:
-            continue  # a small share of what the busiest logger saw of the node: not its figure
-        value = figure(latencies)
         if logger == node:
-            own[(node, model)] = value
-        elif value < lowest.get((node, model), math.inf):
-            lowest[(node, model)] = value
-    return lowest | own
+            own[(node, model)] = figure(latencies)
+        else:
+            others.setdefault((node, model), []).append((len(latencies), figure(latencies)))
+    chosen: dict[tuple[str, str], float] = {}
+    for key, held in others.items():
+        if len(held) >= MEDIAN_LOGGERS:  # one vote per logger, however many records it holds
+            values = sorted(v for _, v in held)
+            chosen[key] = values[(len(values) - 1) // 2]
+        else:  # one or two: the lowest of those holding LOGGER_SHARE of the busiest one's samples
+            busiest = max(n for n, _ in held)
+            chosen[key] = min(v for n, v in held if n >= LOGGER_SHARE * busiest)
+    return chosen | own
 
 
 def unpromised_mb(node: NodeReport, catalogue: Catalogue) -> float:

@@ -398,7 +398,7 @@ class Election:
             # a leader behind our term (we came back with a higher one): tell it, so it moves past us
             return [Send(m.leader, Vote(self.term, self.node_id, False, self.leader))]
         if m.term == self.term and self.accepted not in (None, m.leader):
-            return self._rival(now, m.leader, m.priority)
+            return self._rival(now, m.leader, m.priority, m.leader)
         if (
             m.term > self.term
             and self.role is Role.FOLLOWER
@@ -420,12 +420,15 @@ class Election:
         self.lease_until = now + self.config.lease
         return actions
 
-    def _rival(self, now: float, rival: str, priority: Priority | None) -> list[Action]:
-        """Another leader of the term whose leader we already accept: never follow it; the better one moves on."""
+    def _rival(self, now: float, rival: str, priority: Priority | None, by: str) -> list[Action]:
+        """Another leader of the term whose leader we already accept: never follow it; the better one moves on.
+        ``by``: who said so (the rival's own announce, or a voter's refusal naming it), whose move allowance a move
+        spends -- the rival's name is the message's word: keyed by it, one member's refusals naming a new made-up
+        rival each time moved the leader 5 times a second (review13d F1)."""
         if self.role is not Role.LEADER:  # tell the rival whom this term belongs to here
             return [Send(rival, Vote(self.term, self.node_id, False, self.accepted))]
         if priority is None or self.priority > priority:
-            return self._move_past(now, self.term + 1, rival)  # we win the tie: a new term that every node can accept
+            return self._move_past(now, self.term + 1, by)  # we win the tie: a new term that every node can accept
         return [Send(rival, Announce(self.term, self.node_id, self.priority))]  # it wins: make sure it hears us
 
     def _on_vote_request(self, now: float, m: VoteRequest) -> list[Action]:
@@ -484,7 +487,7 @@ class Election:
                     return []
                 self._set_term(m.term)  # back from a freeze: our followers may have moved on, stand down
                 return self._follow(now, None)
-            return self._rival(now, m.leader, self.alive.get(m.leader))  # another leader of our term
+            return self._rival(now, m.leader, self.alive.get(m.leader), m.voter)  # another leader of our term
         if m.term > self.term and self._lease_valid(now):
             return []  # unasked-for news of a newer term while our leader is live: stickiness, as for announces
         if m.term > self.term and not m.granted:

@@ -182,3 +182,28 @@ def test_without_the_attack_one_leader_soon_after_the_heal() -> None:
 def test_a_node_taken_by_a_lower_member_comes_back_to_the_real_leader(attack: bool) -> None:
     x, leader, refusal = run_capture(attack)
     assert leader.is_leader and x.accepted == "L" and refusal is None  # was: X with M at term 1001 for good
+
+
+def test_refusals_naming_made_up_rivals_move_the_leader_once_a_timeout() -> None:
+    """review13d F1: a refusal at the leader's term naming another leader of it spent the *named* rival's move
+    allowance, a name the voter picks: one member naming a new made-up rival at 5 a second moved the leader 61 times
+    in 12 s. The voter's allowance is spent: at most one move per election timeout."""
+    from coordinator_election import BecameLeader, Vote
+
+    cfg = ElectionConfig()
+    view = {"a": (5, 8000.0, "a"), "m": (0, 4000.0, "m"), "x": (0, 4000.0, "x")}
+    e = Election("a", view["a"], cfg, now=0.0)
+    t = 0.0
+    while not e.is_leader:
+        t += 0.1
+        e.step(Tick(t, view))
+        for v in ("m", "x"):
+            if e.role.value == "candidate":
+                e.step(Received(t, v, Vote(e.term, v, True, None)))
+    start, moves = t, 0
+    for i in range(60):  # 12 s at 5 a second
+        t += 0.2
+        e.step(Tick(t, view))
+        acts = e.step(Received(t, "m", Vote(e.term, "m", False, f"ghost{i}")))
+        moves += sum(isinstance(a, BecameLeader) for a in acts)
+    assert moves <= (t - start) / cfg.election_timeout_s + 1, moves

@@ -5,6 +5,7 @@ and the other members' site locality on made-up clients (agent/placement.py)."""
 from __future__ import annotations
 
 import random
+import statistics
 import time
 from typing import Any
 
@@ -25,6 +26,7 @@ from agent.placement import (
     build_snapshot,
     fair_streams,
     group_logged_sites,
+    latency_figures,
 )
 from solver import Snapshot
 from solver.api import solve
@@ -370,3 +372,22 @@ def test_many_honest_proxies_at_equal_shares_keep_the_nodes_measured_figure() ->
     s = snap(records, b_runs=True)
     assert exec_of(s, "site:")["b"] == 25.0
     assert exec_of(snap(records + frame("b", 0.1, 50), b_runs=True), "site:")["b"] == 25.0
+
+
+@pytest.mark.parametrize("proxies", [2, 5])
+def test_a_member_logging_four_times_the_busiest_proxy_cannot_frame_the_node_slow(proxies: int) -> None:
+    """review13d F2: the share-of-the-busiest rule alone let m, logging 4x the busiest honest proxy's records of a,
+    leave its own 6 s figure the only one (then, through class_scale, its whole class). Three or more loggers vote
+    one each (the lower median)."""
+    rng = random.Random(1)
+
+    def recs(logger: str, n: int, ms: float) -> list[RequestRecord]:
+        return [
+            RequestRecord(NOW - 1 - i * 0.01, M, f"c-{logger}-{i % 7}", {"a": 2.0}, "a", ms * jitter, 200, logger)
+            for i, jitter in enumerate(0.9 + 0.2 * rng.random() for _ in range(n))
+        ]
+
+    honest_log = [r for j in range(proxies) for r in recs(f"p{j}", 400, 60.0)]
+    for liar in (recs("m", 1601, 6000.0), recs("m", 1601, 0.5)):
+        got = latency_figures(honest_log + liar, {}, statistics.median, {"a": {M}})[("a", M)]
+        assert 54.0 <= got <= 66.0, got
