@@ -30,6 +30,7 @@ from agent.http_limits import (
     limited_protocol,
     sliced_protocol,
 )
+from bench.parse_cost_bench import reader_app  # the bench's flood target: the same server app
 
 
 @dataclass(eq=False)
@@ -242,23 +243,6 @@ def test_the_client_listeners_share_one_total_and_one_address_table_and_the_peer
 # -- over loopback ---------------------------------------------------------------------------------------------
 
 
-async def answer(scope: dict[str, Any], receive: Any, send: Any) -> None:
-    """Reads the whole body and answers its length."""
-    if scope["type"] != "http":
-        return
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            return
-        size += len(message.get("body", b""))
-        if not message.get("more_body"):
-            break
-    body = b"%d" % size
-    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"%d" % len(body))]})
-    await send({"type": "http.response.body", "body": body})
-
-
 def front_loaded(size: int) -> bytes:
     """A chunked POST of one big chunk, then as many 1-byte chunks as the chunk rule allows (``size`` in all)."""
     tiny = size // 256 - 1
@@ -277,7 +261,7 @@ async def flood(addresses: int, turns: ParseTurns, seconds: float) -> tuple[floa
     2,500 headers, all at once, while one honest address (127.0.78.9, connected before them) sends small predicts
     one after another on a kept-alive connection for ``seconds``. The parsing CPU of all connections, the elapsed
     time, the honest answers' latencies, and the loop's longest lag (a 5 ms ticker)."""
-    config = uvicorn.Config(answer, h11_max_incomplete_event_size=16384, log_config=None)
+    config = uvicorn.Config(reader_app, h11_max_incomplete_event_size=16384, log_config=None)
     config.load()
     parsing = sliced_protocol(share=1.0, burst_s=1.0, address=AddressBudgets(1.0, 1.0, turns))  # only turns bind
     protocol_class: Any = limited_protocol(30.0, 64, 30.0, parsing)
