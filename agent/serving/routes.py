@@ -352,13 +352,13 @@ class ServingRoutes:
         """A model server's error not labelled JSON (a crash page, a proxy's HTML, Triton's text/plain JSON): the
         protocol's error body (upstream_error_message)."""
         text = b""
+        deadline = asyncio.get_running_loop().time() + ERROR_READ_S  # a trickled error page holds no handler long
         try:
-            async with asyncio.timeout(ERROR_READ_S):  # a server trickling its error page holds no handler for long
-                async for chunk in upstream.aiter_body():
-                    text += chunk[: ERROR_TEXT_MAX - len(text)]
-                    if len(text) >= ERROR_TEXT_MAX:
-                        break  # the rest is never read: the connection is closed, not reused
-        except (UpstreamError, TimeoutError):
+            async for chunk in upstream.aiter_body(deadline):
+                text += chunk[: ERROR_TEXT_MAX - len(text)]
+                if len(text) >= ERROR_TEXT_MAX:
+                    break  # the rest is never read: the connection is closed, not reused
+        except UpstreamError:
             pass
         finally:
             self.inflight.end(token)

@@ -176,11 +176,17 @@ class UpstreamResponse:
         self._clean_send = clean_send
         self._body_sent = body_sent
 
-    async def aiter_body(self) -> AsyncIterator[bytes]:
+    async def aiter_body(self, deadline: float | None = None) -> AsyncIterator[bytes]:
+        """The body's chunks as they arrive; with ``deadline`` (the event loop's clock) no read waits past it, and
+        UpstreamError is raised once it has passed.
+
+        The deadline bounds each read's own timeout rather than cancelling the reader from outside: before Python
+        3.12 ``asyncio.wait_for`` returns the inner read's data when a cancellation arrives as that read
+        completes (the cancellation is lost), so a server trickling its body could outlive an outer timeout."""
         conn = self._conn
         assert conn is not None
         while True:
-            event = await self._pool._next_event(conn)
+            event = await self._pool._next_event(conn, deadline)
             if isinstance(event, h11.Data):
                 yield bytes(event.data)
             elif isinstance(event, h11.EndOfMessage):
@@ -233,7 +239,8 @@ class UpstreamPool:
             reader, writer = await asyncio.wait_for(asyncio.open_connection(*key), self.connect_timeout)
         except (OSError, asyncio.TimeoutError) as exc:
             refused = isinstance(exc, ConnectionRefusedError)
-            raise UpstreamError(f"cannot connect to {key[0]}:{key[1]}: {exc or 'timed out'}", False, refused) from None
+            why = str(exc) or f"no connection in {self.connect_timeout:g} s"
+            raise UpstreamError(f"cannot connect to {key[0]}:{key[1]}: {why}", False, refused) from None
         self.opened += 1
         return _Conn(key, reader, writer)
 
@@ -252,7 +259,7 @@ class UpstreamPool:
                 conn.close()
         self._idle.clear()
 
-    async def _next_event(self, conn: _Conn) -> object:
+    async def _next_event(self, conn: _Conn, deadline: float | None = None) -> object:
         while True:
             try:
                 event = conn.h11.next_event()
@@ -260,10 +267,17 @@ class UpstreamPool:
                 raise UpstreamError(f"bad HTTP from the model server: {exc}", sent=True) from None
             if event is not h11.NEED_DATA:
                 return event
+            timeout, why = self.timeout, f"no data in {self.timeout:g} s"
+            if deadline is not None and deadline - asyncio.get_running_loop().time() < timeout:
+                timeout, why = deadline - asyncio.get_running_loop().time(), "the read's deadline passed"
+                if timeout <= 0:
+                    raise UpstreamError(f"reading from the model server stopped: {why}", sent=True)
             try:
-                data = await asyncio.wait_for(conn.reader.read(READ_SIZE), self.timeout)
-            except (OSError, asyncio.TimeoutError) as exc:
-                raise UpstreamError(f"reading from the model server failed: {exc or 'timed out'}", sent=True) from None
+                data = await asyncio.wait_for(conn.reader.read(READ_SIZE), timeout)
+            except asyncio.TimeoutError:
+                raise UpstreamError(f"reading from the model server stopped: {why}", sent=True) from None
+            except OSError as exc:
+                raise UpstreamError(f"reading from the model server failed: {exc}", sent=True) from None
             conn.h11.receive_data(data)
 
     async def request(
