@@ -6,6 +6,9 @@ Paths, JSON shapes, status codes and error texts follow TF-Serving's own code (a
     GET  /v1/models/{name}[/versions/{v}|/labels/{l}]/metadata    signatures
     POST /v1/models/{name}[/versions/{v}|/labels/{l}]:predict     {"instances": [...]} or {"inputs": ...}
     POST /v1/models/{name}[...]:classify | :regress               {"examples": [{"x": 1.0}, ...]}
+    GET  /monitoring/prometheus/metrics                           TF-Serving's request_latency histogram (Prometheus
+                                                                  text; the agent's own service figures: not served
+                                                                  with --no-server-timing)
 
 Errors are exactly ``{"error": "..."}``. HTTP/1.1 keep-alive is kept correct whatever the request: the
 body is always read (Content-Length or chunked) before the answer, and a body that cannot be read whole
@@ -537,7 +540,7 @@ class _Handler(BaseHTTPRequestHandler):
         self._began = time.perf_counter()  # the request is whole: the server's own time starts here
         path = self.path.split("?", 1)[0]
         s = self.server
-        if path == METRICS_PATH and self.command == "GET":
+        if path == METRICS_PATH and self.command == "GET" and s.timing:  # off with Server-Timing: it shows load too
             self._send(200, None, text=s.latency.page(s.name))
             return
         if not path.lower().startswith("/v1/"):

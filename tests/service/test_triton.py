@@ -146,6 +146,7 @@ def test_tritons_admin_apis_answer_403_and_its_log_stays_bounded(tmp_path: Path)
     from agent.catalogue import builtin_catalogue_text, parse_catalogue
     from agent.runtime.process import ProcessRuntime
     from agent.runtime.triton import ADMIN_HEADER, find_triton
+    from agent.serving.server_scrape import ServerScraper
 
     find_triton()
     spec = parse_catalogue(builtin_catalogue_text(), "builtin").get("digits_triton")
@@ -184,9 +185,19 @@ def test_tritons_admin_apis_answer_403_and_its_log_stays_bounded(tmp_path: Path)
                         assert answer.status_code == 403, (path, answer.status_code, answer.text)
                 assert (await c.get(f"{base}/ready")).status_code == 200  # still loaded, log verbosity unchanged
                 grown = log.stat().st_size
+                scraper = ServerScraper(c, 600.0)  # its statistics extension: the node's own service figure
+                await scraper.scrape_once([instance], lambda _model: "triton")
                 for _ in range(20):
                     assert (await c.post(f"{base}/infer", json=v2)).status_code == 200
                 assert log.stat().st_size == grown  # at the default verbosity an infer logs nothing
+                for _ in range(50):  # Triton counts a request once it is done with it: at most a moment after
+                    await asyncio.sleep(0.1)
+                    await scraper.scrape_once([instance], lambda _model: "triton")
+                    figure = scraper.figures().get("digits_triton")
+                    if figure is not None and figure.requests >= 20:
+                        break
+                assert figure is not None
+                assert figure.requests == 20 and 0 < figure.service_ms < 1000 and scraper.errors == 0
             assert grown > 2048  # start-up alone passed the bound ...
             await runtime.list()  # ... and the next round (every reconcile) cut it
             assert log.stat().st_size == 0
