@@ -591,7 +591,7 @@ class NodeAgent:
         while True:
             await asyncio.sleep(self.settings.server_stats_s)
             try:
-                await self.server_stats.scrape_once(self.state.instances, server_of)
+                await self.server_stats.scrape_once(self.state.instances, server_of, self.state.ready)
             except Exception:  # the loop must survive anything; each server's failure is counted in scrape_once
                 log.exception("scraping the model servers' statistics failed")
 

@@ -13,7 +13,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Container, Sequence
 
 import httpx
 
@@ -74,15 +74,19 @@ class ServerScraper:
         self.last_error = ""
         self._told: set[tuple[str, str]] = set()  # (server, kind of failure) already logged
 
-    async def scrape_once(self, instances: Sequence[Instance], server_of: Callable[[str], str]) -> None:
-        """Scrape every running server in ``instances`` once, at the same time; forget the ones not listed."""
+    async def scrape_once(
+        self, instances: Sequence[Instance], server_of: Callable[[str], str], ready: Container[str] | None = None
+    ) -> None:
+        """Scrape every running server in ``instances`` (of those, the ``ready`` ones where given: one still
+        loading its model refuses, and is no error) once, at the same time; forget the ones not running."""
         running = [i for i in instances if i.running and i.url]
         present = {i.id for i in running}
         self.window.forget(present)
         self._told = {t for t in self._told if t[0] in present}
-        results = await asyncio.gather(*(self._scrape(i, server_of(i.model)) for i in running))
+        scraped = [i for i in running if ready is None or i.id in ready]
+        results = await asyncio.gather(*(self._scrape(i, server_of(i.model)) for i in scraped))
         now = self.clock()
-        for inst, counters in zip(running, results, strict=True):
+        for inst, counters in zip(scraped, results, strict=True):
             if counters is not None:
                 self.window.record(inst.id, inst.model, now, counters)
 

@@ -123,10 +123,11 @@ def _value(text: str, bound: float) -> float:
     return x
 
 
-def parse_prometheus(page: str, model: str) -> Counters | None:
+def parse_prometheus(page: str, model: str) -> Counters:
     """``model``'s counters from a TF-Serving-style Prometheus page (``request_latency`` ``_sum``/``_count`` of
-    ``model_name=model``, summed over their label sets: API, entrypoint); None where it has no such line."""
-    count, total_us, found = 0, 0.0, False
+    ``model_name=model``, summed over their label sets: API, entrypoint); zero where it has no such line (the
+    exporter writes a cell once it is set: a server that served nothing yet; its first scrape is the base)."""
+    count, total_us = 0, 0.0
     for line in page.splitlines():
         if not line.startswith(TF_LATENCY):
             continue  # comments, other metrics, histogram buckets: not read
@@ -136,13 +137,10 @@ def parse_prometheus(page: str, model: str) -> Counters | None:
         name, labels, value = m.group(1), m.group(2) or "", m.group(3)
         if name not in (TF_LATENCY + "_sum", TF_LATENCY + "_count") or _labels(labels).get("model_name") != model:
             continue
-        found = True
         if name.endswith("_count"):
             count += int(_value(value, MAX_COUNT))
         else:
             total_us += _value(value, MAX_BUSY_MS * 1000)
-    if not found:
-        return None
     return Counters(min(count, MAX_COUNT), min(total_us / 1000.0, MAX_BUSY_MS))
 
 

@@ -3,6 +3,7 @@ where nobody else measured it, never faster than the other loggers measured it, 
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -19,6 +20,7 @@ from agent.placement import (
     parse_node_report,
     service_ms,
 )
+from agent.window_sync import BuildInputs
 from peerserve import wire
 
 CAT = parse_catalogue(builtin_catalogue_text(), "t")
@@ -124,3 +126,11 @@ def test_the_peer_plane_keeps_the_figures_and_refuses_too_many() -> None:
     for bad in (many, {M: {"requests": -1, "service_ms": 1.0}}, {"../x": {"requests": 1, "service_ms": 1.0}}, [1]):
         with pytest.raises(wire.WireError):
             wire.NodeStats.parse({**STATS, "service": bad})
+
+
+def test_the_figures_reach_the_solver_worker_whole() -> None:
+    """The worker builds the snapshot from the round's reports as they cross its pipe (agent/window_sync.py)."""
+    nodes = (node("a", runs=False), node("b", service={M: (400, 7.5)}))
+    inputs = BuildInputs(nodes, CAT, NOW, "queue-p99", WINDOW_S)
+    theirs = BuildInputs.from_json(json.loads(json.dumps(inputs.to_json())))
+    assert theirs.nodes == nodes and theirs.build(direct_client()) == inputs.build(direct_client())

@@ -43,8 +43,7 @@ TF_PAGE = f"""# TYPE :tensorflow:cc:saved_model:load_attempt_count counter
 def test_a_tf_serving_page_gives_the_models_requests_and_time_summed_over_its_apis() -> None:
     assert parse_prometheus(TF_PAGE, "m") == Counters(50, 150.0)  # us -> ms
     assert parse_prometheus(TF_PAGE, "other") == Counters(7, 9e6)
-    assert parse_prometheus(TF_PAGE, "absent") is None
-    assert parse_prometheus("", "m") is None
+    assert parse_prometheus(TF_PAGE, "absent") == parse_prometheus("", "m") == Counters(0, 0.0)  # nothing served yet
 
 
 @pytest.mark.parametrize(
@@ -148,8 +147,7 @@ def _app(answers: dict[str, Any]) -> Any:
 def test_scrapes_are_bounded_and_their_failures_counted_never_raised() -> None:
     models = ("good", "huge", "junk", "none", "tri")
     instances = [Instance(f"i-{m}", m, f"http://srv-{m}", True, 1, 0.0) for m in models]
-    page = RequestLatency()
-    page.observe("predict", 2000.0)
+    page = RequestLatency()  # a fresh server: its page names no model yet, the first scrape is still the base
     triton = {"model_stats": [{"name": "tri", "inference_stats": {"success": {"count": 4, "ns": 8_000_000}}}]}
     answers = {
         "/monitoring/prometheus/metrics": (200, lambda: page.page("good").encode()),
@@ -168,14 +166,18 @@ def test_scrapes_are_bounded_and_their_failures_counted_never_raised() -> None:
         await _app(by_host[host])(scope, receive, send)
 
     async def main() -> tuple[ServerScraper, dict[str, Any]]:
-        clock = iter([100.0, 105.0, 105.0])
+        clock = iter([100.0, 105.0, 105.0, 110.0])
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=router)) as http:
             scraper = ServerScraper(http, 600.0, clock=lambda: next(clock))
             servers = {"tri": "triton"}
             await scraper.scrape_once(instances, lambda m: servers.get(m, "tfserving"))
-            page.observe("predict", 4000.0)  # one more request before the second scrape
+            page.observe("predict", 4000.0)  # its first request, between the scrapes
             await scraper.scrape_once(instances, lambda m: servers.get(m, "tfserving"))
-            return scraper, report(scraper.figures())
+            figures = report(scraper.figures())
+            errors = scraper.errors
+            await scraper.scrape_once(instances, lambda m: servers.get(m, "tfserving"), ready={"i-good"})
+            assert scraper.errors == errors  # servers not ready (loading their model) are not scraped
+            return scraper, figures
 
     scraper, figures = asyncio.run(main())
     assert figures == {"good": {"requests": 1, "service_ms": 4.0, "span_s": 5.0}}  # tri: no request between scrapes
