@@ -134,7 +134,11 @@ def test_digits_over_tf_serving_and_triton_through_an_agent(agents: Any) -> None
         r.latency_ms for r in rows if r.model == "digits" and r.latency_ms is not None and r.status == 200
     )
     [digits_request] = [r for r in snapshot["requests"] if r["model"] == "digits"]
-    assert digits_request["exec_ms"][node.node_id] == pytest.approx(float(np.median(measured)))
+    # ... or its server's own mean where that is slower (the node's word, taken only where it is: its two 1,000-row
+    # predicts weigh in a mean, not in the median of the proxied times)
+    served, own_ms = node.service.get("digits", (0, 0.0))
+    expected = max(float(np.median(measured)), own_ms if served >= MIN_LATENCY_SAMPLES else 0.0)
+    assert digits_request["exec_ms"][node.node_id] == pytest.approx(expected)
     assert digits_request["exec_ms"][node.node_id] > 3.0
 
 
