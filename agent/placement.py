@@ -497,7 +497,8 @@ def latency_figures(
     the busiest logger's records, the node's own log included, can make it look faster, where the node has no word
     of its own; one holding four times as many, slower). A throughput never passes the catalogue's
     (``_throughput``). Of a model the node does not run there is nothing to measure, so a figure there is not
-    taken."""
+    taken. What remains: a node whose instance of a model served fewer than ``MIN_LATENCY_SAMPLES`` requests in
+    the window (idle), so that it has no word of its own, can be priced out of it by one member's records."""
     measured: dict[tuple[str, str, str | None], list[float]] = {}
     for r in records:
         if r.node is None or r.latency_ms is None or not 200 <= r.status < 300:
