@@ -7,9 +7,12 @@ import json
 from typing import Any
 
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 from agent.catalogue import builtin_catalogue_text, parse_catalogue
 from agent.placement import (
+    LOGGER_SHARE,
     MAX_SERVICE_MODELS,
     MIN_LATENCY_SAMPLES,
     NodeReport,
@@ -134,3 +137,22 @@ def test_the_figures_reach_the_solver_worker_whole() -> None:
     inputs = BuildInputs(nodes, CAT, NOW, "queue-p99", WINDOW_S)
     theirs = BuildInputs.from_json(json.loads(json.dumps(inputs.to_json())))
     assert theirs.nodes == nodes and theirs.build(direct_client()) == inputs.build(direct_client())
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, 10_000), st.floats(0.0, 120_000.0), st.integers(0, 400), st.booleans())
+@example(10_000, 0.0, 13, True)  # the share rule's edge: 13 of b's own 50 records
+@example(10_000, 0.0, MIN_LATENCY_SAMPLES, False)
+def test_whatever_a_node_says_of_itself_it_is_no_faster_than_others_measured_it(
+    served: int, ms: float, proxied: int, b_logs_itself: bool
+) -> None:
+    """b's report (any count, any time) and its own log: b's figure is never below the other loggers' (a's proxy,
+    where it measured b and holds LOGGER_SHARE of b's own log's records: volume decides between one logger and the
+    node's log, test_its_own_log_is_its_word_too...), and a's own figure does not move."""
+    records = logged("a", "a", 20.0, 300, "p@10.0.0.3") + logged("a", "b", 25.0, proxied)
+    records += logged("b", "b", 0.5, 50, "q@10.0.0.4") if b_logs_itself else []
+    plain = exec_of([node("a"), node("b")], records + direct_client())
+    told = exec_of([node("a"), node("b", service={M: (served, ms)})], records + direct_client())
+    assert told["a"] == plain["a"] == 20.0
+    if proxied >= MIN_LATENCY_SAMPLES and (not b_logs_itself or proxied >= LOGGER_SHARE * 50):
+        assert told["b"] >= 25.0 and plain["b"] >= 25.0
