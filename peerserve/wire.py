@@ -284,14 +284,18 @@ class NodeStats:
     cores: float | None = None  # the parallel capacity its instances share
     concurrency: float | None = None  # requests one of its instances serves at once
     load_per_cpu: float | None = None  # runnable threads per CPU of its machine
+    # per model: (requests, mean ms in the server) its own servers measured over the window (agent/serving/server_stats)
+    service: Mapping[str, tuple[float, float]] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         instances = [{"model": m, "running": run, "ready": ready, "draining": draining}
                      for m, run, ready, draining in self.instances]  # fmt: skip
         figures = {"cores": self.cores, "concurrency": self.concurrency, "load_per_cpu": self.load_per_cpu}
+        service = {m: {"requests": n, "service_ms": ms} for m, (n, ms) in self.service.items()}
         return {"node_id": self.node_id, "node_class": self.node_class, "compute": self.compute,
                 "mem_available_mb": self.mem_available_mb, "mem_total_mb": self.mem_total_mb,
-                "instances": instances, **{k: v for k, v in figures.items() if v is not None}}  # fmt: skip
+                "instances": instances, **{k: v for k, v in figures.items() if v is not None},
+                **({"service": service} if service else {})}  # fmt: skip
 
     @classmethod
     def parse(cls, data: Any) -> NodeStats:
@@ -307,7 +311,24 @@ class NodeStats:
             instances.append((i["model"], i["running"], i.get("ready") is True, i.get("draining") is True))
         return cls(_node(d, "node_id"), _node_class(d), _float(d, "compute"),
                    _float(d, "mem_available_mb"), _float(d, "mem_total_mb"), tuple(instances),
-                   *(_float(d, k, optional=True) for k in ("cores", "concurrency", "load_per_cpu")))  # fmt: skip
+                   _float(d, "cores", optional=True), _float(d, "concurrency", optional=True),
+                   _float(d, "load_per_cpu", optional=True), _service(d.get("service")))  # fmt: skip
+
+
+def _service(raw: Any) -> dict[str, tuple[float, float]]:
+    """A node's own service figures (absent: none); at most MAX_MODELS, each a model's requests and mean ms."""
+    if raw is None:
+        return {}
+    entries = _obj(raw, "service")
+    if len(entries) > MAX_MODELS:
+        raise WireError(f"'service' names more than {MAX_MODELS} models")
+    out = {}
+    for model, entry in entries.items():
+        e = _obj(entry, "service entry")
+        if not valid_model(model):
+            raise WireError(f"bad service entry {str(model)[:80]!r}")
+        out[model] = (_float(e, "requests"), _float(e, "service_ms"))
+    return out
 
 
 @dataclass(frozen=True)
