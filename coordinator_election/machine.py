@@ -556,8 +556,10 @@ class Election:
             if m.term > self.term and self._yielding(now):
                 self._set_term(m.term)  # back from a freeze: our followers may have moved on, stand down
                 return self._follow(now, None)
-            if m.leader is None and m.term == self.term:
+            if m.leader is None and m.term == self.term == self.led_term:
                 return self._tell(now, m.voter)  # it follows no one in our term: our certificate lets it follow us
+            # (at our term but past our certificate's: it granted a standing-again of ours that did not win, and
+            # cannot follow us until one does: stand again, below)
             # a node at a newer term, or one that accepts another leader of ours or of a newer term (a partition's other
             # side; a leader that took it while it had no lease): stand again past it -- a real election, which only a
             # majority can win (a made-up rival's name moves nothing but the voter's own allowance, review13d F1)

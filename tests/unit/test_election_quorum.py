@@ -196,3 +196,25 @@ def test_the_wire_bounds_a_certificate() -> None:
         wire.ElectionPost.parse({**body, "cert": [grant] * (wire.MAX_GRANTS + 1)})
     with pytest.raises(wire.WireError):
         wire.ElectionPost.parse({**body, "cert": [["a", "c"]]})
+
+
+def test_a_follower_left_without_a_leader_by_a_standing_again_that_did_not_win_brings_another() -> None:
+    """L stands again (m names a newer term); f grants, but its grant is lost and the attempt ends: f holds term 6 with
+    no leader it accepts, so it cannot obey L. Its refusal at term 6 makes L stand again (it used to get L's
+    certificate of term 1 back, which f, at term 6, cannot take: f stayed without a leader it obeys)."""
+    leader, f = _leader_and_follower()
+    stand = leader.step(Received(3.0, "m", Vote(5, "m", False, None)))
+    request = next(a.message for a in stand if isinstance(a, Broadcast))
+    assert request == VoteRequest(6, "L", P["L"], frozenset({"L", "f"}), 1)
+    assert f.step(Received(3.01, "L", request))[-1] == Send("L", Vote(6, "f", True, "L"))  # lost on the way
+    leader.step(Tick(5.4, THREE))  # a lease and a heartbeat later the attempt ends; L keeps leading term 1
+    assert leader.is_leader and leader.led_term == 1 and (f.term, f.leader, f.accepted) == (6, "L", None)
+    renewal = Announce(6, "L", P["L"])
+    (refusal,) = f.step(Received(5.5, "L", renewal))  # holds its lease on L, and says it follows no one at 6
+    assert refusal == Send("L", Vote(6, "f", False, None))
+    again = leader.step(Received(5.51, "f", refusal.message))
+    assert Broadcast(VoteRequest(7, "L", P["L"], frozenset({"L", "f"}), 1)) in again
+    grant = f.step(Received(5.52, "L", VoteRequest(7, "L", P["L"], frozenset({"L", "f"}), 1)))[-1]
+    won = next(a.message for a in leader.step(Received(5.53, "f", grant.message)) if isinstance(a, Broadcast))
+    f.step(Received(5.54, "L", won))
+    assert (f.term, f.accepted) == (7, "L") and leader.led_term == 7
