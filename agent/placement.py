@@ -332,7 +332,11 @@ def build_snapshot(
             return known_exec[(node, model)]
         value = figures.get((node, model))
         if value is None:
-            value = catalogue.models[model].expected_exec_ms(classes[node]) * scale.get((classes[node], model), 1.0)
+            # never below the catalogue's through its class: one node's word about itself (review14b F4: a member
+            # reporting 0.001 ms priced its unmeasured class-mates at 0.001 ms) moves only its own figure
+            value = catalogue.models[model].expected_exec_ms(classes[node]) * max(
+                1.0, scale.get((classes[node], model), 1.0)
+            )
         known_exec[(node, model)] = value
         return value
 
@@ -710,7 +714,10 @@ def class_scale(
     A node that runs no instance of a model has no measurements and would be priced at the catalogue's
     figure while its measured peers of the same class show the real one: the plan would keep moving
     instances to whichever nodes it has not measured yet. Its estimate is scaled like its class's fastest
-    measured peer: never better than that. The figures are ``latency_figures``' (per logger, the node's own
+    measured peer: never better than that, and never better than the catalogue's (the caller takes the scale
+    only above 1: a class measured faster than declared leaves its unmeasured nodes at the catalogue's figure,
+    since one member's report of its own servers could otherwise price every class-mate near zero: review14b F4).
+    The figures are ``latency_figures``' (per logger, the node's own
     or the lowest), and the lowest of them, not the median: a member's figures of itself (its own word) could
     move a median up and price every unmeasured node of its class out (review13a F3); it can only lower a
     minimum.

@@ -10,6 +10,7 @@ answers 404) is no figure, not an error; a page too large, late or that does not
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import time
@@ -73,6 +74,7 @@ class ServerScraper:
         self.errors = 0  # scrapes that failed (transport, size, deadline, parse)
         self.last_error = ""
         self._told: set[tuple[str, str]] = set()  # (server, kind of failure) already logged
+        self._running: dict[str, asyncio.Task[Counters | None]] = {}  # server -> its scrape (one at most)
 
     async def scrape_once(
         self, instances: Sequence[Instance], server_of: Callable[[str], str], ready: Container[str] | None = None
@@ -83,12 +85,40 @@ class ServerScraper:
         present = {i.id for i in running}
         self.window.forget(present)
         self._told = {t for t in self._told if t[0] in present}
-        scraped = [i for i in running if ready is None or i.id in ready]
-        results = await asyncio.gather(*(self._scrape(i, server_of(i.model)) for i in scraped))
+        for gone in [k for k in self._running if k not in present]:
+            self._running.pop(gone).cancel()
+        scraped: list[tuple[Instance, asyncio.Task[Counters | None]]] = []
+        for inst in running:
+            if ready is not None and inst.id not in ready:
+                continue
+            if inst.id in self._running:  # its last scrape was given up and has not ended yet: not two at once
+                self._failed(inst, PageTooLarge("the last scrape of it has not ended yet"))
+                continue
+            task = asyncio.ensure_future(self._scrape(inst, server_of(inst.model)))
+            self._running[inst.id] = task
+            task.add_done_callback(functools.partial(self._ended, inst.id))
+            scraped.append((inst, task))
+        if not scraped:
+            return
+        # the whole scrape is bounded here, not by each page's reads: httpx's timeout is per read, so a server
+        # trickling its response head (review14b F5: one byte a second) held read_page, and with it every other
+        # server's scrape, for as long as it went on. A wait's timeout, not an outer cancellation of a reader.
+        _, late = await asyncio.wait([t for _, t in scraped], timeout=SCRAPE_DEADLINE_S + 1.0)
         now = self.clock()
-        for inst, counters in zip(scraped, results, strict=True):
+        for inst, task in scraped:
+            if task in late:
+                task.cancel()
+                self._failed(inst, PageTooLarge(f"statistics page not whole within {SCRAPE_DEADLINE_S:g} s"))
+                continue
+            counters = task.result()
             if counters is not None:
-                self.window.record(inst.id, inst.model, now, counters)
+                self.window.record(inst.id, inst.model, now, counters, inst.started_at)
+
+    def _ended(self, key: str, task: asyncio.Task[Counters | None]) -> None:
+        if self._running.get(key) is task:
+            del self._running[key]
+        if not task.cancelled():
+            task.exception()  # retrieved: _scrape returns its failures, so this is None
 
     async def _scrape(self, instance: Instance, server: str) -> Counters | None:
         try:
@@ -99,12 +129,15 @@ class ServerScraper:
                 return parse_triton_stats(json.loads(page), instance.model)
             return parse_prometheus(page.decode("utf-8", errors="replace"), instance.model)
         except (httpx.HTTPError, ServerStatsError, PageTooLarge, ValueError, RecursionError) as exc:
-            self.errors += 1
-            self.last_error = f"{instance.id}: {type(exc).__name__}: {exc}"[:300]
-            if (instance.id, type(exc).__name__) not in self._told:
-                self._told.add((instance.id, type(exc).__name__))
-                log.warning("statistics of %s could not be read: %s: %s", instance.id, type(exc).__name__, exc)
+            self._failed(instance, exc)
             return None
+
+    def _failed(self, instance: Instance, exc: Exception) -> None:
+        self.errors += 1
+        self.last_error = f"{instance.id}: {type(exc).__name__}: {exc}"[:300]
+        if (instance.id, type(exc).__name__) not in self._told:
+            self._told.add((instance.id, type(exc).__name__))
+            log.warning("statistics of %s could not be read: %s: %s", instance.id, type(exc).__name__, exc)
 
     def figures(self) -> dict[str, ServiceFigure]:
         return self.window.figures(self.clock())

@@ -191,14 +191,20 @@ class ServiceWindow:
     def __len__(self) -> int:
         return len(self._samples)
 
-    def record(self, server: str, model: str, now: float, counters: Counters) -> None:
+    def record(
+        self, server: str, model: str, now: float, counters: Counters, started_at: float | None = None
+    ) -> None:
         """One scrape of ``server`` (serving ``model``); a counter that went back (a restarted server) starts its
-        history again; a server past ``max_servers`` is not tracked."""
+        history again; a server past ``max_servers`` is not tracked. ``started_at``: when the server started (its
+        counters were zero then); a server first seen within the window gets that zero as its base, so the
+        requests it served before its first scrape count (they were lost: the first scrape was only a base)."""
         held = self._samples.get(server)
         if held is None or held[0] != model:
             if held is None and len(self._samples) >= self.max_servers:
                 return
             held = self._samples[server] = (model, deque(maxlen=self._max_samples))
+            if started_at is not None and now - self.window_s < started_at < now:
+                held[1].append((started_at, Counters(0, 0.0)))
         ring = held[1]
         if ring and (counters.requests < ring[-1][1].requests or counters.busy_ms < ring[-1][1].busy_ms):
             ring.clear()

@@ -156,3 +156,24 @@ def test_whatever_a_node_says_of_itself_it_is_no_faster_than_others_measured_it(
     assert told["a"] == plain["a"] == 20.0
     if proxied >= MIN_LATENCY_SAMPLES and (not b_logs_itself or proxied >= LOGGER_SHARE * 50):
         assert told["b"] >= 25.0 and plain["b"] >= 25.0
+
+
+def test_a_nodes_word_prices_no_class_mate_below_the_catalogue() -> None:
+    """review14b F4: m (nobody proxies to it) reports 10^6 requests at 0.001 ms; a proxies to b at 3.0 ms (the
+    catalogue's figure). Before: through class_scale's minimum, c (unmeasured, the same class) was priced at
+    0.001 ms too. Now an unmeasured node is never scaled below the catalogue's by its class; m's word prices m
+    alone (a member lying about itself: docs/security.md, "What a member can still do")."""
+    recs = [
+        RequestRecord(NOW - 1 - i, M, "phone@10.0.0.9", {"a": 1.0, "b": 2.0, "c": 2.0, "m": 2.0}, "b", 3.0, 200, "a")
+        for i in range(400)
+    ]
+    declared = CAT.models[M].expected_exec_ms("default")
+    nodes = [node("a"), node("b"), node("c"), node("m", service={M: (1_000_000, 0.001)})]
+    for objective in ("queue-p99", "queue"):
+        snap = build_snapshot(nodes, recs, CAT, NOW, objective=objective, window_s=600.0)
+        ex = next(r for r in snap["requests"] if r["model"] == M)["exec_ms"]
+        assert ex["c"] == pytest.approx(declared) and ex["a"] == pytest.approx(declared)
+        assert ex["m"] == pytest.approx(0.001)
+    slow = [node("a"), node("b"), node("c"), node("m", service={M: (1_000_000, 30.0)})]
+    snap = build_snapshot(slow, recs, CAT, NOW, objective="queue-p99", window_s=600.0)
+    assert next(r for r in snap["requests"] if r["model"] == M)["exec_ms"]["c"] == pytest.approx(declared)

@@ -4,13 +4,16 @@ bounded, windows differenced, scrapes that fail counted and never raised."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import time
 from typing import Any
 
 import httpx
 import pytest
 
 from agent.runtime.base import Instance
+from agent.serving import server_scrape
 from agent.serving.server_scrape import ServerScraper, read_page, stats_url
 from agent.serving.server_stats import (
     MAX_PAGE_BYTES,
@@ -180,7 +183,12 @@ def test_scrapes_are_bounded_and_their_failures_counted_never_raised() -> None:
             return scraper, figures
 
     scraper, figures = asyncio.run(main())
-    assert figures == {"good": {"requests": 1, "service_ms": 4.0, "span_s": 5.0}}  # tri: no request between scrapes
+    # the servers started at 0.0, within the window: their counters were zero then, so tri's 4 requests before its
+    # first scrape count too (they were lost: the first scrape was only a base)
+    assert figures == {
+        "good": {"requests": 1, "service_ms": 4.0, "span_s": 105.0},
+        "tri": {"requests": 4, "service_ms": 2.0, "span_s": 105.0},
+    }
     assert scraper.errors == 4 and "junk" in scraper.last_error  # huge and junk, each scrape
 
 
@@ -199,3 +207,76 @@ def test_the_stats_url_is_the_servers_own() -> None:
     i = Instance("x", "m", "http://127.0.0.1:9", True, 1, 0.0)
     assert stats_url(i, "triton") == "http://127.0.0.1:9/v2/models/m/stats"
     assert stats_url(i, "tfserving") == "http://127.0.0.1:9/monitoring/prometheus/metrics"
+
+
+def test_a_server_trickling_its_head_holds_no_scrape_past_the_deadline(monkeypatch: pytest.MonkeyPatch) -> None:
+    """review14b F5: httpx's timeout is per read, so a server sending its response head one byte at a time held
+    read_page (and, gathered with it, every other server's scrape) for as long as it went on. Real loopback
+    servers: the trickler is given up at the scrape's deadline and counted, the honest server's page recorded,
+    and a scrape given up is never run twice at once."""
+    monkeypatch.setattr(server_scrape, "SCRAPE_DEADLINE_S", 0.3)
+    page = RequestLatency()
+    page.observe("predict", 4000.0)
+
+    async def trickle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nX-Pad: ")
+        with contextlib.suppress(ConnectionError):
+            while True:
+                await asyncio.sleep(0.05)
+                writer.write(b"a")
+                await writer.drain()
+
+    async def honest(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        body = page.page("good").encode()
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+        await writer.drain()
+        writer.close()
+
+    async def main() -> tuple[ServerScraper, float, int]:
+        slow = await asyncio.start_server(trickle, "127.0.0.1", 0)
+        good = await asyncio.start_server(honest, "127.0.0.1", 0)
+        urls = {s: f"http://127.0.0.1:{s.sockets[0].getsockname()[1]}" for s in (slow, good)}
+        instances = [
+            Instance("i-slow", "slow", urls[slow], True, 1, 0.0),
+            Instance("i-good", "good", urls[good], True, 1, 0.0),
+        ]
+        async with httpx.AsyncClient() as http:
+            scraper = ServerScraper(http, 600.0)
+            began = time.monotonic()
+            await scraper.scrape_once(instances, lambda _m: "tfserving")
+            took = time.monotonic() - began
+            await asyncio.sleep(0.2)  # the given-up scrape ends once cancelled: no task left behind
+            left = len(scraper._running)
+            stuck: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            scraper._running["i-slow"] = stuck  # type: ignore[assignment]  # a given-up scrape that has not ended
+            await scraper.scrape_once(instances, lambda _m: "tfserving")
+            assert scraper._running.get("i-slow") is stuck  # not a second one of the same server
+            stuck.cancel()
+        slow.close()
+        good.close()
+        return scraper, took, left
+
+    scraper, took, left = asyncio.run(main())
+    assert took < 0.3 + 1.0 + 5.0  # the deadline (plus scheduling on a loaded machine), not the endless head
+    assert left == 0
+    assert set(scraper.window._samples) == {"i-good"}  # the honest server's pages recorded, both scrapes
+    assert scraper.errors == 2 and "i-slow" in scraper.last_error and "not ended" in scraper.last_error
+
+
+def test_a_fresh_servers_requests_before_its_first_scrape_count() -> None:
+    """A server started within the window had zero counters at its start: that is its base, so what it served
+    before the first scrape counts (speed14's service test lost them when the first scrape came after the
+    predicts). One started before the window has its first scrape as its base, as before."""
+    fresh = ServiceWindow(600.0)
+    fresh.record("s", "m", 1000.0, Counters(40, 80.0), started_at=999.0)
+    assert report(fresh.figures(1000.0)) == {"m": {"requests": 40, "service_ms": 2.0, "span_s": 1.0}}
+    old = ServiceWindow(600.0)
+    old.record("s", "m", 1000.0, Counters(40, 80.0), started_at=100.0)  # before the window: its totals are older
+    assert old.figures(1000.0) == {}
+    old.record("s", "m", 1005.0, Counters(42, 86.0), started_at=100.0)
+    assert report(old.figures(1005.0)) == {"m": {"requests": 2, "service_ms": 3.0, "span_s": 5.0}}
+    ahead = ServiceWindow(600.0)
+    ahead.record("s", "m", 1000.0, Counters(40, 80.0), started_at=2000.0)  # a start "after" now: no base made up
+    assert ahead.figures(1000.0) == {}
