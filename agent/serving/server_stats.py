@@ -191,9 +191,7 @@ class ServiceWindow:
     def __len__(self) -> int:
         return len(self._samples)
 
-    def record(
-        self, server: str, model: str, now: float, counters: Counters, started_at: float | None = None
-    ) -> None:
+    def record(self, server: str, model: str, now: float, counters: Counters, started_at: float | None = None) -> None:
         """One scrape of ``server`` (serving ``model``); a counter that went back (a restarted server) starts its
         history again; a server past ``max_servers`` is not tracked. ``started_at``: when the server started (its
         counters were zero then); a server first seen within the window gets that zero as its base, so the
