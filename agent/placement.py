@@ -48,9 +48,11 @@ measurements say.
 from __future__ import annotations
 
 import math
+import operator
 import statistics
-from collections.abc import Callable, Container, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import repeat
 from typing import Any
 
 from agent.catalogue import Catalogue
@@ -76,6 +78,10 @@ LOGGER_SHARE = 0.25
 # ... and where this many other loggers measured it, its figure is their lower median, one vote per logger: a share
 # rule alone let a member logging 4x the busiest proxy's records leave its own slow figure the only one (review13d F2)
 MEDIAN_LOGGERS = 3
+# two loggers' newest rows of one (client, model) agreeing within this on every node are one client's (client_groups):
+# one request under the thesis objective, one RTT row for the sites; SITE_RTT_MS, the bucket the queue objectives
+# already take as one place. A row further from every other is its logger's own stream, as made-up RTTs are
+SAME_CLIENT_RTT_MS = SITE_RTT_MS
 # what the snapshot reads of a node's per-model usage (its /stats/models entry): a report keeps these only, so a
 # member's answer of 200 models x 16 made-up keys (~560 KB of objects, kept a round and then as the stale stand-in,
 # and sent to the solver worker every round) costs the leader ~40 KB
@@ -290,6 +296,9 @@ def build_snapshot(
         rtts = streams.get((r.logged_by, r.client, r.model))
         if rtts is None or len(rtts) >= len(node_set):  # left out, or every node reported (usually: after its newest)
             continue
+        if not rtts and r.rtt_ms.keys() <= node_set:  # its newest row, every node it names a member (the usual one)
+            rtts.update(r.rtt_ms)
+            continue
         for node_id, rtt in r.rtt_ms.items():
             if node_id in node_set and node_id not in rtts:
                 rtts[node_id] = rtt
@@ -310,36 +319,34 @@ def build_snapshot(
         known_exec[(node, model)] = value
         return value
 
-    entries: list[tuple[StreamKey, dict[str, Any]]] = [
-        (
-            (logger, client, model),
-            {
-                "model": model,
-                "client": client,
-                "rtt_ms": {n: streams[(logger, client, model)].get(n, UNKNOWN_RTT_MS) for n in ids},
-                "exec_ms": {n: exec_ms(n, model) for n in ids},
-            },
-        )
-        for logger, client, model in sorted(streams, key=_stream_order)
-    ]
+    exec_rows = {m: {n: exec_ms(n, m) for n in ids} for m in {key[2] for key in streams}}
+    ordered = sorted(streams, key=_stream_order)
+    unknown = [UNKNOWN_RTT_MS] * len(ids)
+    rows = {key: tuple(map(streams[key].get, ids, unknown)) for key in ordered}
+    request_of: dict[StreamKey, dict[str, Any]] = {}  # each stream's request: one per group of agreeing loggers' rows
+    for row, members in client_groups(rows, counts):
+        _, client, model = members[0]
+        q = {"model": model, "client": client, "rtt_ms": dict(zip(ids, row, strict=True)),
+             "exec_ms": dict(exec_rows[model])}  # fmt: skip
+        request_of.update(dict.fromkeys(members, q))
     models = [{"name": m.name, "mem_mb": m.mem_mb, "compute": m.compute} for m in catalogue.models.values()]
     extra: dict[str, Any] = {}
     if queue_aware and window_s is not None:
         carried = carried_demand(counts, chosen)
         by_logger: dict[str | None, tuple[list[dict[str, Any]], dict[tuple[str, str], float]]] = {}
-        for key, q in entries:
+        for key in ordered:  # each logger's streams in (client, model) order; a group's request is each member's
             mine, mine_counts = by_logger.setdefault(key[0], ([], {}))
-            mine.append(q)
+            mine.append(request_of[key])
             mine_counts[key[1:]] = carried[key]
         requests = group_logged_sites(by_logger, window_s)
-        for entry, spec in zip(models, catalogue.models.values(), strict=True):
-            entry["throughput_rps"] = {
+        for model_entry, spec in zip(models, catalogue.models.values(), strict=True):
+            model_entry["throughput_rps"] = {
                 n: _throughput(spec, classes[n], figures.get((n, spec.name)), scale.get((classes[n], spec.name), 1.0))
                 for n in ids
             }
         extra = {"objective": objective}
-    else:
-        requests = [q for _, q in entries]  # in (client, model, logger) order
+    else:  # the thesis counts a client's (client, model) once, however many agents logged it (client_groups)
+        requests = list({id(q): q for q in map(request_of.__getitem__, ordered)}.values())  # (client, model) order
     out = {
         **extra,
         "now_s": now_s,
@@ -397,10 +404,60 @@ def stream_counts(records: Iterable[RequestRecord]) -> dict[StreamKey, int]:
     return counts
 
 
-def carried_demand(counts: Mapping[StreamKey, int], chosen: Container[StreamKey]) -> dict[StreamKey, float]:
+Row = tuple[float, ...]  # a stream's RTT to each node, in the snapshot's node order
+
+
+def client_groups(rows: Mapping[StreamKey, Row], counts: Mapping[StreamKey, int]) -> list[tuple[Row, list[StreamKey]]]:
+    """Each (client, model)'s per-logger streams in groups whose rows agree: (the group's row, its streams), ...
+
+    A client whose requests pass through several agents is in each one's log; it is one client, and the thesis
+    objective gives it one request (two loggers made it two: two instances). But a member may log any client id
+    with any RTTs, and whatever merges rows must not let it move what an honest logger reported (review13a F4).
+    Rows agree where they differ by at most ``SAME_CLIENT_RTT_MS`` on every node: loggers are taken busiest first
+    (most records; of equals, by name) and each joins the first group whose first row its own agrees with, else
+    starts one. A group's row is the per-node lower median of its rows where ``MEDIAN_LOGGERS`` or more loggers are
+    in it (one vote each), else its busiest logger's. So made-up RTTs further than that from an honest logger's
+    are a group of their own (as a made-up client is: the member's own demand), and the honest row is exactly
+    as reported; rows that agree can move it by at most the agreement, as much as a row already varies between
+    the client's measurements. Groups per (client, model) are at most its loggers, each a comparison per group."""
+    by_client: dict[tuple[str, str], list[StreamKey]] = {}
+    for key in rows:
+        by_client.setdefault(key[1:], []).append(key)
+    out: list[tuple[Row, list[StreamKey]]] = []
+    for keys in by_client.values():
+        if len(keys) == 1:
+            out.append((rows[keys[0]], keys))
+            continue
+        groups: list[list[StreamKey]] = []
+        for key in sorted(keys, key=lambda k: (-counts.get(k, 0), k[0] is not None, k[0] or "")):
+            row = rows[key]
+            home = next((g for g in groups if _agree(rows[g[0]], row)), None)
+            if home is None:
+                groups.append([key])
+            else:
+                home.append(key)
+        out.extend((_group_row([rows[k] for k in g]), g) for g in groups)
+    return out
+
+
+def _agree(a: Row, b: Row) -> bool:
+    """Two rows within ``SAME_CLIENT_RTT_MS`` of each other on every node."""
+    return not a or max(map(abs, map(operator.sub, a, b))) <= SAME_CLIENT_RTT_MS
+
+
+def _group_row(rows: Sequence[Row]) -> Row:
+    """A group's row: the per-node lower median of three or more loggers' (one vote each), else the busiest's."""
+    if len(rows) < MEDIAN_LOGGERS:
+        return rows[0]
+    return tuple(map(operator.itemgetter((len(rows) - 1) // 2), map(sorted, zip(*rows, strict=True))))
+
+
+def carried_demand(counts: Mapping[StreamKey, int], chosen: Collection[StreamKey]) -> dict[StreamKey, float]:
     """The records each chosen stream stands for: its own, and those of its logger's streams of its model that were
     left out (``fair_streams``), shared in proportion to the chosen ones': no demand a logger reported is lost, it
     is placed where its busiest clients are."""
+    if len(chosen) == len(counts):  # none left out: each its own (n * total / kept with total == kept: n exactly)
+        return {key: float(n) for key, n in counts.items()}
     total: dict[tuple[str | None, str], int] = {}
     kept: dict[tuple[str | None, str], int] = {}
     for (logger, _, model), n in counts.items():
@@ -537,46 +594,68 @@ def group_logged_sites(
     until the sites fit (``_widths``): one member's made-up clients with random RTTs coarsen only its own sites,
     where one global width merged every client, honest ones too, into one site per model (review13a).
     """
-    rows = {logger: _rtt_rows(streams) for logger, (streams, _) in logged.items()}
-    merged: dict[tuple[Any, ...], list[tuple[Mapping[str, Any], float]]] = {}
-    for logger, (exponent, sites) in _widths(rows).items():
+    distinct: dict[int, int] = {}  # id(stream) -> its place in ``streams``: a stream several loggers hold is one
+    streams: list[Mapping[str, Any]] = []
+    rows: dict[str | None, list[int]] = {}
+    for logger, (mine, _) in logged.items():
+        held = rows[logger] = []
+        for s in mine:
+            i = distinct.get(id(s))
+            if i is None:
+                i = distinct[id(s)] = len(streams)
+                streams.append(s)
+            held.append(i)
+    merged: dict[tuple[Any, ...], dict[int, float]] = {}
+    for logger, (exponent, sites) in _widths(rows, _SiteKeys(streams)).items():
         counts = logged[logger][1]
         for key, site in sites.items():
-            merged.setdefault((exponent, *key), []).extend((m, counts.get((m["client"], m["model"]), 0)) for m in site)
-    out = []
-    for members in merged.values():
-        first = members[0][0]
-        nodes = list(first["rtt_ms"])
-        out.append(
-            {
-                "model": first["model"],
-                "client": f"site:{first['client']}+{len(members) - 1}",
-                "rtt_ms": {n: statistics.fmean(m["rtt_ms"][n] for m, _ in members) for n in nodes},
-                "exec_ms": {n: statistics.fmean(m["exec_ms"][n] for m, _ in members) for n in nodes},
-                "rate": sum(k for _, k in members) / window_s,
-            }
-        )
+            members = merged.setdefault((exponent, *key), {})
+            for i in site:
+                m = streams[i]
+                members[i] = members.get(i, 0) + counts.get((m["client"], m["model"]), 0)
+    return [_site(streams, members, window_s) for members in merged.values()]
+
+
+def _site(streams: Sequence[Mapping[str, Any]], members: Mapping[int, float], window_s: float) -> dict[str, Any]:
+    """One site's stream: its members' mean RTT and execution rows (a mean per node: fsum / count, as fmean)."""
+    first = streams[next(iter(members))]
+    nodes = list(first["rtt_ms"])
+    rows = [streams[i] for i in members]
+    out = {"model": first["model"], "client": f"site:{first['client']}+{len(rows) - 1}"}
+    for field_name in ("rtt_ms", "exec_ms"):
+        columns = zip(*([m[field_name][n] for n in nodes] for m in rows), strict=True) if nodes else iter(())
+        out[field_name] = {n: math.fsum(c) / len(rows) for n, c in zip(nodes, columns, strict=True)}
+    out["rate"] = sum(members.values()) / window_s
     return out
 
 
 MAX_WIDENINGS = 29  # SITE_RTT_MS x 2**29 > 1e9 ms: every stream of a model in one bucket
-_RttRows = list[tuple[Mapping[str, Any], str, list[float]]]  # (stream, model, its RTTs in node order)
-_Sites = dict[tuple[Any, ...], list[Mapping[str, Any]]]
+_Sites = dict[tuple[Any, ...], list[int]]  # a logger's sites: bucket -> its streams (places in _SiteKeys' streams)
 
 
-def _rtt_rows(streams: Sequence[Mapping[str, Any]]) -> _RttRows:
-    return [(s, s["model"], [v for _, v in sorted(s["rtt_ms"].items())]) for s in streams]
+class _SiteKeys:
+    """Each stream's bucket at each width, computed once whichever loggers hold the stream (a client logged by ten
+    agents is bucketed once per width, not ten times)."""
+
+    def __init__(self, streams: Sequence[Mapping[str, Any]]) -> None:
+        self.models = [s["model"] for s in streams]
+        self.rows = [[v for _, v in sorted(s["rtt_ms"].items())] for s in streams]
+        self.keys: dict[int, list[tuple[Any, ...] | None]] = {}
+
+    def bucketed(self, held: Sequence[int], exponent: int) -> _Sites:
+        """The sites ``held`` streams make at width SITE_RTT_MS x 2**exponent."""
+        width = SITE_RTT_MS * 2**exponent
+        keys = self.keys.setdefault(exponent, [None] * len(self.rows))
+        sites: _Sites = {}
+        for i in held:
+            key = keys[i]
+            if key is None:
+                key = keys[i] = (self.models[i], *map(round, map(operator.truediv, self.rows[i], repeat(width))))
+            sites.setdefault(key, []).append(i)
+        return sites
 
 
-def _bucketed(rows: _RttRows, exponent: int) -> _Sites:
-    width = SITE_RTT_MS * 2**exponent
-    sites: _Sites = {}
-    for s, model, rtts in rows:
-        sites.setdefault((model, *[round(v / width) for v in rtts]), []).append(s)
-    return sites
-
-
-def _widths(rows: Mapping[str | None, _RttRows]) -> dict[str | None, tuple[int, _Sites]]:
+def _widths(rows: Mapping[str | None, Sequence[int]], keys: _SiteKeys) -> dict[str | None, tuple[int, _Sites]]:
     """Per logger, its bucket width's exponent (width SITE_RTT_MS x 2**exponent) and its sites at that width.
 
     A site held by h loggers (same width, same bucket) costs each of them 1/h, so the costs add up to the sites
@@ -588,37 +667,37 @@ def _widths(rows: Mapping[str | None, _RttRows]) -> dict[str | None, tuple[int, 
     step per pass took 3.7 s for 50,000 made-up streams). Past the last width the sites left are one per model
     and logger."""
     exponent = dict.fromkeys(rows, 0)
-    sites = {logger: _bucketed(r, 0) for logger, r in rows.items()}
+    sites = {logger: keys.bucketed(r, 0) for logger, r in rows.items()}
     while True:
-        held: dict[tuple[Any, ...], int] = {}
+        held: dict[tuple[int, tuple[Any, ...]], int] = {}
         for logger, mine in sites.items():
+            e = exponent[logger]
             for key in mine:
-                k = (exponent[logger], *key)
-                held[k] = held.get(k, 0) + 1
+                held[(e, key)] = held.get((e, key), 0) + 1
         if len(held) <= MAX_SITES:
             break
-        cost = {logger: sum(1 / held[(exponent[logger], *key)] for key in mine) for logger, mine in sites.items()}
+        cost = {logger: sum(1 / held[(exponent[logger], key)] for key in mine) for logger, mine in sites.items()}
         level = fair_level(sorted(cost.values()), float(MAX_SITES))
         over = [g for g, c in cost.items() if c > level and exponent[g] < MAX_WIDENINGS]
         if not over:
             break
         for logger in over:
             if cost[logger] == len(sites[logger]):  # none of its sites shared: straight to its fit, by bisection
-                exponent[logger], sites[logger] = _fit(rows[logger], exponent[logger], int(level))
+                exponent[logger], sites[logger] = _fit(rows[logger], keys, exponent[logger], int(level))
             else:  # widen with those it shares sites with, a step at a time
                 exponent[logger] += 1
-                sites[logger] = _bucketed(rows[logger], exponent[logger])
+                sites[logger] = keys.bucketed(rows[logger], exponent[logger])
     return {logger: (exponent[logger], sites[logger]) for logger in rows}
 
 
-def _fit(rows: _RttRows, exponent: int, cap: int) -> tuple[int, _Sites]:
+def _fit(rows: Sequence[int], keys: _SiteKeys, exponent: int, cap: int) -> tuple[int, _Sites]:
     """The smallest exponent past ``exponent`` found by bisection at which ``rows`` make at most ``cap`` sites (the
     largest, MAX_WIDENINGS, if none), and those sites: ~5 passes over the rows, not one per step."""
     lo, hi = exponent, MAX_WIDENINGS  # too many sites at lo; at hi as few as widening can make
-    best = _bucketed(rows, hi)
+    best = keys.bucketed(rows, hi)
     while hi - lo > 1:
         mid = (lo + hi) // 2
-        at_mid = _bucketed(rows, mid)
+        at_mid = keys.bucketed(rows, mid)
         if len(at_mid) <= cap:
             hi, best = mid, at_mid
         else:
