@@ -320,7 +320,8 @@ def build_snapshot(
         return value
 
     exec_rows = {m: {n: exec_ms(n, m) for n in ids} for m in {key[2] for key in streams}}
-    ordered = sorted(streams, key=_stream_order)
+    unmarked = any(key[0] is None for key in streams)  # None sorts first of its (client, model); else as stored
+    ordered = sorted(streams, key=_stream_order if unmarked else operator.itemgetter(1, 2, 0))
     unknown = [UNKNOWN_RTT_MS] * len(ids)
     rows = {key: tuple(map(streams[key].get, ids, unknown)) for key in ordered}
     request_of: dict[StreamKey, dict[str, Any]] = {}  # each stream's request: one per group of agreeing loggers' rows
@@ -424,12 +425,20 @@ def client_groups(rows: Mapping[StreamKey, Row], counts: Mapping[StreamKey, int]
     for key in rows:
         by_client.setdefault(key[1:], []).append(key)
     out: list[tuple[Row, list[StreamKey]]] = []
+
+    def busiest(k: StreamKey) -> tuple[int, bool, str]:
+        return -counts.get(k, 0), k[0] is not None, k[0] or ""
+
     for keys in by_client.values():
         if len(keys) == 1:
             out.append((rows[keys[0]], keys))
             continue
+        seed = rows[min(keys, key=busiest)]
+        if all(_agree(seed, rows[k]) for k in keys):  # the usual: every row agrees with the busiest's, one group
+            out.append((_group_row([rows[k] for k in keys]) if len(keys) >= MEDIAN_LOGGERS else seed, keys))
+            continue
         groups: list[list[StreamKey]] = []
-        for key in sorted(keys, key=lambda k: (-counts.get(k, 0), k[0] is not None, k[0] or "")):
+        for key in sorted(keys, key=busiest):
             row = rows[key]
             home = next((g for g in groups if _agree(rows[g[0]], row)), None)
             if home is None:
@@ -605,14 +614,13 @@ def group_logged_sites(
                 i = distinct[id(s)] = len(streams)
                 streams.append(s)
             held.append(i)
-    merged: dict[tuple[Any, ...], dict[int, float]] = {}
-    for logger, (exponent, sites) in _widths(rows, _SiteKeys(streams)).items():
-        counts = logged[logger][1]
-        for key, site in sites.items():
-            members = merged.setdefault((exponent, *key), {})
-            for i in site:
-                m = streams[i]
-                members[i] = members.get(i, 0) + counts.get((m["client"], m["model"]), 0)
+    keys = _SiteKeys(streams)
+    merged: dict[tuple[int, tuple[Any, ...]], dict[int, float]] = {}  # (exponent, bucket) -> stream -> its records
+    for logger, exponent in _widths(rows, keys).items():
+        counts, at = logged[logger][1], keys.at(rows[logger], exponent)
+        for i in rows[logger]:
+            m, members = streams[i], merged.setdefault((exponent, at[i]), {})  # type: ignore[arg-type]
+            members[i] = members.get(i, 0) + counts.get((m["client"], m["model"]), 0)
     return [_site(streams, members, window_s) for members in merged.values()]
 
 
@@ -630,33 +638,35 @@ def _site(streams: Sequence[Mapping[str, Any]], members: Mapping[int, float], wi
 
 
 MAX_WIDENINGS = 29  # SITE_RTT_MS x 2**29 > 1e9 ms: every stream of a model in one bucket
-_Sites = dict[tuple[Any, ...], list[int]]  # a logger's sites: bucket -> its streams (places in _SiteKeys' streams)
+_Sites = dict[tuple[Any, ...], None]  # a logger's sites: their buckets, in the order its streams first hold them
 
 
 class _SiteKeys:
     """Each stream's bucket at each width, computed once whichever loggers hold the stream (a client logged by ten
-    agents is bucketed once per width, not ten times)."""
+    agents is bucketed once per width, not ten times); a logger's sites are then its streams' buckets, looked up."""
 
     def __init__(self, streams: Sequence[Mapping[str, Any]]) -> None:
         self.models = [s["model"] for s in streams]
         self.rows = [[v for _, v in sorted(s["rtt_ms"].items())] for s in streams]
         self.keys: dict[int, list[tuple[Any, ...] | None]] = {}
 
-    def bucketed(self, held: Sequence[int], exponent: int) -> _Sites:
-        """The sites ``held`` streams make at width SITE_RTT_MS x 2**exponent."""
+    def at(self, held: Sequence[int], exponent: int) -> list[tuple[Any, ...] | None]:
+        """Every stream's bucket at width SITE_RTT_MS x 2**exponent where computed, ``held``'s among them."""
+        keys = self.keys.get(exponent)
+        if keys is None:
+            keys = self.keys[exponent] = [None] * len(self.rows)
         width = SITE_RTT_MS * 2**exponent
-        keys = self.keys.setdefault(exponent, [None] * len(self.rows))
-        sites: _Sites = {}
-        for i in held:
-            key = keys[i]
-            if key is None:
-                key = keys[i] = (self.models[i], *map(round, map(operator.truediv, self.rows[i], repeat(width))))
-            sites.setdefault(key, []).append(i)
-        return sites
+        for i in [i for i in held if keys[i] is None]:
+            keys[i] = (self.models[i], *map(round, map(operator.truediv, self.rows[i], repeat(width))))
+        return keys
+
+    def sites(self, held: Sequence[int], exponent: int) -> _Sites:
+        """The sites ``held`` streams make at width SITE_RTT_MS x 2**exponent."""
+        return dict.fromkeys(map(self.at(held, exponent).__getitem__, held))  # type: ignore[arg-type]
 
 
-def _widths(rows: Mapping[str | None, Sequence[int]], keys: _SiteKeys) -> dict[str | None, tuple[int, _Sites]]:
-    """Per logger, its bucket width's exponent (width SITE_RTT_MS x 2**exponent) and its sites at that width.
+def _widths(rows: Mapping[str | None, Sequence[int]], keys: _SiteKeys) -> dict[str | None, int]:
+    """Per logger, its bucket width's exponent (width SITE_RTT_MS x 2**exponent).
 
     A site held by h loggers (same width, same bucket) costs each of them 1/h, so the costs add up to the sites
     there are. While there are more than ``MAX_SITES``, every logger whose cost is over the water level
@@ -667,7 +677,7 @@ def _widths(rows: Mapping[str | None, Sequence[int]], keys: _SiteKeys) -> dict[s
     step per pass took 3.7 s for 50,000 made-up streams). Past the last width the sites left are one per model
     and logger."""
     exponent = dict.fromkeys(rows, 0)
-    sites = {logger: keys.bucketed(r, 0) for logger, r in rows.items()}
+    sites = {logger: keys.sites(r, 0) for logger, r in rows.items()}
     while True:
         held: dict[tuple[int, tuple[Any, ...]], int] = {}
         for logger, mine in sites.items():
@@ -686,18 +696,18 @@ def _widths(rows: Mapping[str | None, Sequence[int]], keys: _SiteKeys) -> dict[s
                 exponent[logger], sites[logger] = _fit(rows[logger], keys, exponent[logger], int(level))
             else:  # widen with those it shares sites with, a step at a time
                 exponent[logger] += 1
-                sites[logger] = keys.bucketed(rows[logger], exponent[logger])
-    return {logger: (exponent[logger], sites[logger]) for logger in rows}
+                sites[logger] = keys.sites(rows[logger], exponent[logger])
+    return exponent
 
 
 def _fit(rows: Sequence[int], keys: _SiteKeys, exponent: int, cap: int) -> tuple[int, _Sites]:
     """The smallest exponent past ``exponent`` found by bisection at which ``rows`` make at most ``cap`` sites (the
     largest, MAX_WIDENINGS, if none), and those sites: ~5 passes over the rows, not one per step."""
     lo, hi = exponent, MAX_WIDENINGS  # too many sites at lo; at hi as few as widening can make
-    best = keys.bucketed(rows, hi)
+    best = keys.sites(rows, hi)
     while hi - lo > 1:
         mid = (lo + hi) // 2
-        at_mid = keys.bucketed(rows, mid)
+        at_mid = keys.sites(rows, mid)
         if len(at_mid) <= cap:
             hi, best = mid, at_mid
         else:

@@ -166,15 +166,15 @@ def test_ten_agents_logging_every_client_bucket_each_client_once_per_width() -> 
             one.append(r)
             ten.append(RequestRecord(r.ts, r.model, r.client, r.rtt_ms, None, None, 200, ids[k]))
     computed: list[int] = []
-    real = placement._SiteKeys.bucketed
+    real = placement._SiteKeys.at
 
-    def counting(self: placement._SiteKeys, held: list[int], exponent: int) -> dict[tuple[Any, ...], list[int]]:
+    def counting(self: placement._SiteKeys, held: list[int], exponent: int) -> list[tuple[Any, ...] | None]:
         out = real(self, held, exponent)
-        computed.append(sum(key is not None for key in self.keys[exponent]))
+        computed.append(sum(key is not None for key in out))
         return out
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(placement._SiteKeys, "bucketed", counting)
+        mp.setattr(placement._SiteKeys, "at", counting)
         s_one = build_snapshot(reports, one, CAT, NOW, "queue", WINDOW_S)
         computed_one, computed[:] = max(computed), []
         s_ten = build_snapshot(reports, ten, CAT, NOW, "queue", WINDOW_S)
