@@ -322,24 +322,26 @@ def build_snapshot(
     exec_rows = {m: {n: exec_ms(n, m) for n in ids} for m in {key[2] for key in streams}}
     unmarked = any(key[0] is None for key in streams)  # None sorts first of its (client, model); else as stored
     ordered = sorted(streams, key=_stream_order if unmarked else operator.itemgetter(1, 2, 0))
-    unknown = [UNKNOWN_RTT_MS] * len(ids)
-    rows = {key: tuple(map(streams[key].get, ids, unknown)) for key in ordered}
-    request_of: dict[StreamKey, dict[str, Any]] = {}  # each stream's request: one per group of agreeing loggers' rows
+    rows = {key: _row(streams[key], ids) for key in ordered}
+    grouped: list[dict[str, Any]] = []  # one request per group of agreeing loggers' rows (client_groups)
+    group_of: dict[StreamKey, int] = {}  # each stream's group
     for row, members in client_groups(rows, counts):
         _, client, model = members[0]
-        q = {"model": model, "client": client, "rtt_ms": dict(zip(ids, row, strict=True)),
-             "exec_ms": dict(exec_rows[model])}  # fmt: skip
-        request_of.update(dict.fromkeys(members, q))
+        group_of.update(dict.fromkeys(members, len(grouped)))
+        grouped.append({"model": model, "client": client, "rtt_ms": dict(zip(ids, row, strict=True)),
+                        "exec_ms": dict(exec_rows[model])})  # fmt: skip
     models = [{"name": m.name, "mem_mb": m.mem_mb, "compute": m.compute} for m in catalogue.models.values()]
     extra: dict[str, Any] = {}
     if queue_aware and window_s is not None:
         carried = carried_demand(counts, chosen)
-        by_logger: dict[str | None, tuple[list[dict[str, Any]], dict[tuple[str, str], float]]] = {}
+        held: dict[str | None, tuple[list[int], list[float]]] = {}  # per logger: its streams' groups, their records
         for key in ordered:  # each logger's streams in (client, model) order; a group's request is each member's
-            mine, mine_counts = by_logger.setdefault(key[0], ([], {}))
-            mine.append(request_of[key])
-            mine_counts[key[1:]] = carried[key]
-        requests = group_logged_sites(by_logger, window_s)
+            if key[0] not in held:
+                held[key[0]] = ([], [])
+            mine, weights = held[key[0]]
+            mine.append(group_of[key])
+            weights.append(carried[key])
+        requests = _sites(grouped, held, window_s)
         for model_entry, spec in zip(models, catalogue.models.values(), strict=True):
             model_entry["throughput_rps"] = {
                 n: _throughput(spec, classes[n], figures.get((n, spec.name)), scale.get((classes[n], spec.name), 1.0))
@@ -347,7 +349,7 @@ def build_snapshot(
             }
         extra = {"objective": objective}
     else:  # the thesis counts a client's (client, model) once, however many agents logged it (client_groups)
-        requests = list({id(q): q for q in map(request_of.__getitem__, ordered)}.values())  # (client, model) order
+        requests = [grouped[g] for g in dict.fromkeys(map(group_of.__getitem__, ordered))]  # (client, model) order
     out = {
         **extra,
         "now_s": now_s,
@@ -434,8 +436,16 @@ def client_groups(rows: Mapping[StreamKey, Row], counts: Mapping[StreamKey, int]
             out.append((rows[keys[0]], keys))
             continue
         seed = rows[min(keys, key=busiest)]
-        if all(_agree(seed, rows[k]) for k in keys):  # the usual: every row agrees with the busiest's, one group
-            out.append((_group_row([rows[k] for k in keys]) if len(keys) >= MEDIAN_LOGGERS else seed, keys))
+        if [rows[k] for k in keys].count(seed) == len(keys):  # one row reported through each agent (as a client does)
+            out.append((seed, keys))
+            continue
+        columns = list(map(sorted, zip(*[rows[k] for k in keys], strict=True)))  # per node, ascending
+        if not seed or (  # the usual: every row agrees with the busiest's (its lowest and highest do), one group
+            max(map(operator.sub, map(operator.itemgetter(-1), columns), seed)) <= SAME_CLIENT_RTT_MS
+            and max(map(operator.sub, seed, map(operator.itemgetter(0), columns))) <= SAME_CLIENT_RTT_MS
+        ):
+            median = operator.itemgetter((len(keys) - 1) // 2)
+            out.append((tuple(map(median, columns)) if len(keys) >= MEDIAN_LOGGERS else seed, keys))
             continue
         groups: list[list[StreamKey]] = []
         for key in sorted(keys, key=busiest):
@@ -447,6 +457,13 @@ def client_groups(rows: Mapping[StreamKey, Row], counts: Mapping[StreamKey, int]
                 home.append(key)
         out.extend((_group_row([rows[k] for k in g]), g) for g in groups)
     return out
+
+
+def _row(rtts: Mapping[str, float], ids: Sequence[str]) -> Row:
+    """A stream's RTTs in node order (UNKNOWN_RTT_MS where its rows named none; one C call where they named all)."""
+    if len(rtts) == len(ids) > 1:  # its keys are among ids (the build fills them so): all of them
+        return operator.itemgetter(*ids)(rtts)  # type: ignore[no-any-return]
+    return tuple(rtts.get(n, UNKNOWN_RTT_MS) for n in ids)
 
 
 def _agree(a: Row, b: Row) -> bool:
@@ -605,22 +622,33 @@ def group_logged_sites(
     """
     distinct: dict[int, int] = {}  # id(stream) -> its place in ``streams``: a stream several loggers hold is one
     streams: list[Mapping[str, Any]] = []
-    rows: dict[str | None, list[int]] = {}
-    for logger, (mine, _) in logged.items():
-        held = rows[logger] = []
+    held: dict[str | None, tuple[list[int], list[float]]] = {}
+    for logger, (mine, counts) in logged.items():
+        places, weights = held[logger] = ([], [])
         for s in mine:
             i = distinct.get(id(s))
             if i is None:
                 i = distinct[id(s)] = len(streams)
                 streams.append(s)
-            held.append(i)
+            places.append(i)
+            weights.append(counts.get((s["client"], s["model"]), 0))
+    return _sites(streams, held, window_s)
+
+
+def _sites(
+    streams: Sequence[Mapping[str, Any]],
+    held: Mapping[str | None, tuple[Sequence[int], Sequence[float]]],
+    window_s: float,
+) -> list[dict[str, Any]]:
+    """``group_logged_sites`` of ``streams`` as each logger holds them: its streams' places there and their records."""
     keys = _SiteKeys(streams)
     merged: dict[tuple[int, tuple[Any, ...]], dict[int, float]] = {}  # (exponent, bucket) -> stream -> its records
-    for logger, exponent in _widths(rows, keys).items():
-        counts, at = logged[logger][1], keys.at(rows[logger], exponent)
-        for i in rows[logger]:
-            m, members = streams[i], merged.setdefault((exponent, at[i]), {})  # type: ignore[arg-type]
-            members[i] = members.get(i, 0) + counts.get((m["client"], m["model"]), 0)
+    for logger, exponent in _widths({g: places for g, (places, _) in held.items()}, keys).items():
+        places, weights = held[logger]
+        at = keys.at(places, exponent)
+        for i, n in zip(places, weights, strict=True):
+            members = merged.setdefault((exponent, at[i]), {})  # type: ignore[arg-type]
+            members[i] = members.get(i, 0) + n
     return [_site(streams, members, window_s) for members in merged.values()]
 
 
