@@ -1,16 +1,18 @@
 """What the leader does each round, as pure functions: gather -> snapshot -> desired sets.
 
 ``build_snapshot`` turns what the agents report (node stats, model stats, a window of request records)
-into a solver.Snapshot: one request per (logger, client, model) stream active in the window, its RTT to each
-node from the client's latest report in that logger's records (UNKNOWN_RTT_MS where it measured none),
-execution time per node from the median of proxied latencies there, else the catalogue's profile for the
-node's class.
+into a solver.Snapshot: one request per (client, model) active in the window, its RTT to each node from the
+client's latest report in its logger's records (UNKNOWN_RTT_MS where it measured none), execution time per node
+from the median of proxied latencies there, else the catalogue's profile for the node's class.
 
 Every record is some member's word (``logged_by``: the leader's window marks each with the node whose log held
 it), and a member's log may name any client and any node. So a logger's rows shape only its own streams: a
 stream is keyed by its logger, "newest" orders rows by min(stamp, now) (a row stamped ahead, as the window keeps
 for clock skew, is not newer than now), and a member writing rows under another member's clients' names makes
-streams of its own, never rewrites theirs (review13a F4). A node's measured figure is computed per logger
+streams of its own, never rewrites theirs (review13a F4). A client whose requests pass through several agents is
+in each one's log: its loggers' rows that agree within ``SAME_CLIENT_RTT_MS`` on every node are one client
+(``client_groups``: one request under the thesis objective, one RTT row for the sites), a row that agrees with none
+stays its logger's own. A node's measured figure is computed per logger
 (``latency_figures``): its own log where that holds ``MIN_LATENCY_SAMPLES``, else the lowest of the other loggers'
 (and only of a model it reports running: nothing else could have been measured), so one member's records can make
 another node look faster, capped by the catalogue's throughput, never slower (review13a F3). The round reads at
@@ -50,6 +52,7 @@ from __future__ import annotations
 import math
 import operator
 import statistics
+from collections import Counter
 from collections.abc import Callable, Collection, Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import repeat
@@ -399,12 +402,8 @@ def _median(measured: Sequence[float]) -> float:
 
 
 def stream_counts(records: Iterable[RequestRecord]) -> dict[StreamKey, int]:
-    """Records per (logged_by, client, model) stream."""
-    counts: dict[StreamKey, int] = {}
-    for r in records:
-        key = (r.logged_by, r.client, r.model)
-        counts[key] = counts.get(key, 0) + 1
-    return counts
+    """Records per (logged_by, client, model) stream (in the order of their first records)."""
+    return Counter(map(operator.attrgetter("logged_by", "client", "model"), records))
 
 
 Row = tuple[float, ...]  # a stream's RTT to each node, in the snapshot's node order
@@ -707,14 +706,15 @@ def _widths(rows: Mapping[str | None, Sequence[int]], keys: _SiteKeys) -> dict[s
     exponent = dict.fromkeys(rows, 0)
     sites = {logger: keys.sites(r, 0) for logger, r in rows.items()}
     while True:
-        held: dict[tuple[int, tuple[Any, ...]], int] = {}
+        held: Counter[tuple[int, tuple[Any, ...]]] = Counter()  # (width, bucket) -> loggers holding that site
         for logger, mine in sites.items():
-            e = exponent[logger]
-            for key in mine:
-                held[(e, key)] = held.get((e, key), 0) + 1
+            held.update(zip(repeat(exponent[logger]), mine))
         if len(held) <= MAX_SITES:
             break
-        cost = {logger: sum(1 / held[(exponent[logger], key)] for key in mine) for logger, mine in sites.items()}
+        cost = {
+            logger: sum(map(operator.truediv, repeat(1), map(held.__getitem__, zip(repeat(exponent[logger]), mine))))
+            for logger, mine in sites.items()
+        }
         level = fair_level(sorted(cost.values()), float(MAX_SITES))
         over = [g for g, c in cost.items() if c > level and exponent[g] < MAX_WIDENINGS]
         if not over:
