@@ -617,7 +617,9 @@ def group_logged_sites(
     across loggers (a room of phones logged by two agents is one site). Past ``MAX_SITES`` sites, the loggers
     holding more than an equal share of them widen their buckets (2, 4, 8 ... ms), all of them a step at a time,
     until the sites fit (``_widths``): one member's made-up clients with random RTTs coarsen only its own sites,
-    where one global width merged every client, honest ones too, into one site per model (review13a).
+    where one global width merged every client, honest ones too, into one site per model (review13a). One stream
+    (the same object) held by several loggers, as ``build_snapshot`` gives a client's agreeing rows, is bucketed once
+    per width and is one member of a site, with the records of every logger that holds it there.
     """
     distinct: dict[int, int] = {}  # id(stream) -> its place in ``streams``: a stream several loggers hold is one
     streams: list[Mapping[str, Any]] = []
