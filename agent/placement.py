@@ -85,6 +85,10 @@ MEDIAN_LOGGERS = 3
 # one request under the thesis objective, one RTT row for the sites; SITE_RTT_MS, the bucket the queue objectives
 # already take as one place. A row further from every other is its logger's own stream, as made-up RTTs are
 SAME_CLIENT_RTT_MS = SITE_RTT_MS
+# a row is compared with at most this many of its (client, model)'s groups, the busiest first: members logging one
+# client id with rows that agree with none cost a comparison each, not one per group (256 made-up rows of one id:
+# ~33,000 comparisons), and a row past them is a group of its own (a request more, as a made-up client id is)
+MAX_GROUP_SEEDS = 16
 # what the snapshot reads of a node's per-model usage (its /stats/models entry): a report keeps these only, so a
 # member's answer of 200 models x 16 made-up keys (~560 KB of objects, kept a round and then as the stale stand-in,
 # and sent to the solver worker every round) costs the leader ~40 KB
@@ -421,7 +425,8 @@ def client_groups(rows: Mapping[StreamKey, Row], counts: Mapping[StreamKey, int]
     in it (one vote each), else its busiest logger's. So made-up RTTs further than that from an honest logger's
     are a group of their own (as a made-up client is: the member's own demand), and the honest row is exactly
     as reported; rows that agree can move it by at most the agreement, as much as a row already varies between
-    the client's measurements. Groups per (client, model) are at most its loggers, each a comparison per group."""
+    the client's measurements. Groups per (client, model) are at most its loggers; a row is compared with the first
+    ``MAX_GROUP_SEEDS`` of them at most."""
     by_client: dict[tuple[str, str], list[StreamKey]] = {}
     for key in rows:
         by_client.setdefault(key[1:], []).append(key)
@@ -449,7 +454,7 @@ def client_groups(rows: Mapping[StreamKey, Row], counts: Mapping[StreamKey, int]
         groups: list[list[StreamKey]] = []
         for key in sorted(keys, key=busiest):
             row = rows[key]
-            home = next((g for g in groups if _agree(rows[g[0]], row)), None)
+            home = next((g for g in groups[:MAX_GROUP_SEEDS] if _agree(rows[g[0]], row)), None)
             if home is None:
                 groups.append([key])
             else:

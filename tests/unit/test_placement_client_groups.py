@@ -138,17 +138,31 @@ def test_one_member_under_an_honest_clients_id_cannot_split_a_group_it_agrees_wi
         assert sorted(groups) == sorted([((1.0, 5.0), keys[:2]), ((60_000.0, 0.0), keys[2:])])
 
 
-def test_groups_per_client_are_bounded_by_its_loggers() -> None:
-    """Every one of 200 loggers reporting one client with a different row (no two agree): 200 groups, one per
-    logger, found with at most a comparison per logger and group (~20,000; well under a second here)."""
+def test_groups_per_client_are_bounded_by_its_loggers_and_comparisons_by_the_seeds(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Every one of 1,000 loggers reporting one client with a different row (no two agree): 1,000 groups, one per
+    logger, each row compared with at most MAX_GROUP_SEEDS groups (~16,000 comparisons, not ~500,000); a row that
+    agrees with one of the busiest groups still joins it."""
     rng = random.Random(2)
     rows: dict[StreamKey, tuple[float, ...]] = {
-        (f"n{i}", "p", "k"): (rng.uniform(0, 60_000), 10.0 * i) for i in range(200)
+        (f"n{i:04}", "p", "k"): (rng.uniform(0, 60_000), 10.0 * i) for i in range(1000)
     }
+    compared: list[int] = []
+    real = placement._agree
+
+    def counted(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
+        compared.append(1)
+        return real(a, b)
+
+    monkeypatch.setattr(placement, "_agree", counted)
     t = time.process_time()
     groups = client_groups(rows, dict.fromkeys(rows, 1))
     assert time.process_time() - t < 2.0
-    assert len(groups) == 200 and all(len(g) == 1 for _, g in groups)
+    assert len(groups) == 1000 and all(len(g) == 1 for _, g in groups)
+    assert 0 < len(compared) <= 1000 * 16  # MAX_GROUP_SEEDS; every group: ~500,000
+    honest = dict(rows) | {("z", "p", "k"): rows[("n0003", "p", "k")]}  # agrees with the fourth busiest group
+    assert sum(len(g) == 2 for _, g in client_groups(honest, dict.fromkeys(honest, 1))) == 1
 
 
 def test_ten_agents_logging_every_client_bucket_each_client_once_per_width() -> None:
