@@ -296,15 +296,22 @@ def build_snapshot(
     kept = records_kept(records, known)
     counts = stream_counts(kept)
     chosen = fair_streams(counts, MAX_STREAMS if queue_aware else MAX_THESIS_STREAMS)
-    streams: dict[StreamKey, dict[str, float]] = {key: {} for key in chosen}
+    whole: dict[StreamKey, Row] = {}  # streams whose newest row named every node: that row, in node order
+    partial: dict[StreamKey, dict[str, float]] = {}  # the others: each node's RTT from its newest row naming it
+    every = operator.itemgetter(*ids) if len(ids) > 1 else None
     # newest first, by min(stamp, now): a row stamped ahead (the window keeps up to max_ahead_s) is no newer than now;
     # of equals, the later in the window (a logger's rows are in its log's order)
     for r in reversed(sorted(kept, key=lambda r: min(r.ts, now_s))):
-        rtts = streams.get((r.logged_by, r.client, r.model))
-        if rtts is None or len(rtts) >= len(node_set):  # left out, or every node reported (usually: after its newest)
+        key = (r.logged_by, r.client, r.model)
+        if key in whole or key not in chosen:  # read already (usually: after its newest), or left out
             continue
-        if not rtts and r.rtt_ms.keys() <= node_set:  # its newest row, every node it names a member (the usual one)
-            rtts.update(r.rtt_ms)
+        rtts = partial.get(key)
+        if rtts is None:
+            if every is not None and len(r.rtt_ms) == len(ids) and r.rtt_ms.keys() <= node_set:  # the usual newest
+                whole[key] = every(r.rtt_ms)
+                continue
+            rtts = partial[key] = {}
+        elif len(rtts) >= len(node_set):  # every node reported
             continue
         for node_id, rtt in r.rtt_ms.items():
             if node_id in node_set and node_id not in rtts:
@@ -326,10 +333,10 @@ def build_snapshot(
         known_exec[(node, model)] = value
         return value
 
-    exec_rows = {m: {n: exec_ms(n, m) for n in ids} for m in {key[2] for key in streams}}
-    unmarked = any(key[0] is None for key in streams)  # None sorts first of its (client, model); else as stored
-    ordered = sorted(streams, key=_stream_order if unmarked else operator.itemgetter(1, 2, 0))
-    rows = {key: _row(streams[key], ids) for key in ordered}
+    exec_rows = {m: {n: exec_ms(n, m) for n in ids} for m in {key[2] for key in chosen}}
+    unmarked = any(key[0] is None for key in chosen)  # None sorts first of its (client, model); else as stored
+    ordered = sorted(chosen, key=_stream_order if unmarked else operator.itemgetter(1, 2, 0))
+    rows = {key: whole[key] if key in whole else _row(partial.get(key, {}), ids) for key in ordered}
     grouped: list[dict[str, Any]] = []  # one request per group of agreeing loggers' rows (client_groups)
     group_of: dict[StreamKey, int] = {}  # each stream's group
     for row, members in client_groups(rows, counts):
@@ -420,7 +427,8 @@ def client_groups(rows: Mapping[StreamKey, Row], counts: Mapping[StreamKey, int]
     objective gives it one request (two loggers made it two: two instances). But a member may log any client id
     with any RTTs, and whatever merges rows must not let it move what an honest logger reported (review13a F4).
     Rows agree where they differ by at most ``SAME_CLIENT_RTT_MS`` on every node: loggers are taken busiest first
-    (most records; of equals, by name) and each joins the first group whose first row its own agrees with, else
+    (most records in ``counts``, which holds every key of ``rows``; of equals, in ``rows``' order: build_snapshot's
+    is by logger name) and each joins the first group whose first row its own agrees with, else
     starts one. A group's row is the per-node lower median of its rows where ``MEDIAN_LOGGERS`` or more loggers are
     in it (one vote each), else its busiest logger's. So made-up RTTs further than that from an honest logger's
     are a group of their own (as a made-up client is: the member's own demand), and the honest row is exactly
@@ -431,15 +439,11 @@ def client_groups(rows: Mapping[StreamKey, Row], counts: Mapping[StreamKey, int]
     for key in rows:
         by_client.setdefault(key[1:], []).append(key)
     out: list[tuple[Row, list[StreamKey]]] = []
-
-    def busiest(k: StreamKey) -> tuple[int, bool, str]:
-        return -counts.get(k, 0), k[0] is not None, k[0] or ""
-
     for keys in by_client.values():
         if len(keys) == 1:
             out.append((rows[keys[0]], keys))
             continue
-        seed = rows[min(keys, key=busiest)]
+        seed = rows[max(keys, key=counts.__getitem__)]  # the busiest; of equals, the first
         if [rows[k] for k in keys].count(seed) == len(keys):  # one row reported through each agent (as a client does)
             out.append((seed, keys))
             continue
@@ -452,7 +456,7 @@ def client_groups(rows: Mapping[StreamKey, Row], counts: Mapping[StreamKey, int]
             out.append((tuple(map(median, columns)) if len(keys) >= MEDIAN_LOGGERS else seed, keys))
             continue
         groups: list[list[StreamKey]] = []
-        for key in sorted(keys, key=busiest):
+        for key in sorted(keys, key=counts.__getitem__, reverse=True):  # busiest first; of equals, in rows' order
             row = rows[key]
             home = next((g for g in groups[:MAX_GROUP_SEEDS] if _agree(rows[g[0]], row)), None)
             if home is None:
