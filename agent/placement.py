@@ -443,17 +443,9 @@ def client_groups(rows: Mapping[StreamKey, Row], counts: Mapping[StreamKey, int]
         if len(keys) == 1:
             out.append((rows[keys[0]], keys))
             continue
-        seed = rows[max(keys, key=counts.__getitem__)]  # the busiest; of equals, the first
-        if [rows[k] for k in keys].count(seed) == len(keys):  # one row reported through each agent (as a client does)
-            out.append((seed, keys))
-            continue
-        columns = list(map(sorted, zip(*[rows[k] for k in keys], strict=True)))  # per node, ascending
-        if not seed or (  # the usual: every row agrees with the busiest's (its lowest and highest do), one group
-            max(map(operator.sub, map(operator.itemgetter(-1), columns), seed)) <= SAME_CLIENT_RTT_MS
-            and max(map(operator.sub, seed, map(operator.itemgetter(0), columns))) <= SAME_CLIENT_RTT_MS
-        ):
-            median = operator.itemgetter((len(keys) - 1) // 2)
-            out.append((tuple(map(median, columns)) if len(keys) >= MEDIAN_LOGGERS else seed, keys))
+        together = _all_agreeing(rows[max(keys, key=counts.__getitem__)], [rows[k] for k in keys])
+        if together is not None:  # the usual: every row agrees with the busiest's, one group
+            out.append((together, keys))
             continue
         groups: list[list[StreamKey]] = []
         for key in sorted(keys, key=counts.__getitem__, reverse=True):  # busiest first; of equals, in rows' order
@@ -465,6 +457,20 @@ def client_groups(rows: Mapping[StreamKey, Row], counts: Mapping[StreamKey, int]
                 home.append(key)
         out.extend((_group_row([rows[k] for k in g]), g) for g in groups)
     return out
+
+
+def _all_agreeing(seed: Row, rows: list[Row]) -> Row | None:
+    """The one group's row where every one of ``rows`` agrees with ``seed`` (the busiest's, of equals the first), else
+    None: ``client_groups``' greedy pass would make one group of them, in one pass over the nodes."""
+    if rows.count(seed) == len(rows):  # one row reported through every agent (as a client does: it caches its RTTs)
+        return seed
+    columns = list(map(sorted, zip(*rows, strict=True)))  # per node, ascending: its lowest and highest agree
+    if seed and (
+        max(map(operator.sub, map(operator.itemgetter(-1), columns), seed)) > SAME_CLIENT_RTT_MS
+        or max(map(operator.sub, seed, map(operator.itemgetter(0), columns))) > SAME_CLIENT_RTT_MS
+    ):
+        return None
+    return tuple(map(operator.itemgetter((len(rows) - 1) // 2), columns)) if len(rows) >= MEDIAN_LOGGERS else seed
 
 
 def _row(rtts: Mapping[str, float], ids: Sequence[str]) -> Row:

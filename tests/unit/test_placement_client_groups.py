@@ -9,6 +9,8 @@ import time
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from agent import placement
 from agent.catalogue import builtin_catalogue_text, parse_catalogue
@@ -206,3 +208,59 @@ def test_without_the_agreement_a_busier_member_would_rewrite_the_honest_row(monk
     lied = thesis(clients(1) + _lies(FAR, 600))
     p0 = [r["rtt_ms"] for r in lied["requests"] if r["client"] == "p0@10.0.0.0" and r["model"] == MODELS[0]]
     assert p0 == [FAR]
+
+
+def _reference_groups(
+    rows: dict[StreamKey, tuple[float, ...]], counts: dict[StreamKey, int]
+) -> list[tuple[tuple[float, ...], list[StreamKey]]]:
+    """client_groups' rule written plainly: per (client, model), loggers busiest first (of equals, in rows' order),
+    each joining the first of the first MAX_GROUP_SEEDS groups whose first row it agrees with on every node; a
+    group's row the per-node lower median of 3+ rows, else its first's."""
+    out = []
+    for client in dict.fromkeys(k[1:] for k in rows):
+        keys = sorted((k for k in rows if k[1:] == client), key=lambda k: -counts[k])
+        groups: list[list[StreamKey]] = []
+        for k in keys:
+            home = [
+                g
+                for g in groups[: placement.MAX_GROUP_SEEDS]
+                if all(abs(a - b) <= SAME_CLIENT_RTT_MS for a, b in zip(rows[g[0]], rows[k], strict=True))
+            ]
+            if home:
+                home[0].append(k)
+            else:
+                groups.append([k])
+        for g in groups:
+            rs = [rows[k] for k in g]
+            row = (
+                rs[0]
+                if len(rs) < MEDIAN_LOGGERS
+                else tuple(sorted(c)[(len(rs) - 1) // 2] for c in zip(*rs, strict=True))
+            )
+            out.append((row, g))
+    return out
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["a", "b", "c", "d", "m"]),
+            st.sampled_from(["p", "q"]),
+            st.tuples(*[st.sampled_from([0.0, 1.0, 1.5, 2.0, 2.5, 4.0, 60.0])] * 2),
+            st.integers(1, 3),
+        ),
+        max_size=14,
+    )
+)
+def test_client_groups_are_the_plain_rules_groups(draws: list[tuple[str, str, tuple[float, ...], int]]) -> None:
+    """The shortcuts (one row through every agent; every row agreeing with the busiest's) give exactly the groups
+    and rows of the plain greedy rule, on rows at and around the agreement's edge."""
+    rows: dict[StreamKey, tuple[float, ...]] = {}
+    counts: dict[StreamKey, int] = {}
+    for logger, client, row, n in draws:
+        rows.setdefault((logger, client, "k"), row)
+        counts.setdefault((logger, client, "k"), n)
+    rows = dict(sorted(rows.items(), key=lambda kv: (kv[0][1], kv[0][2], kv[0][0])))  # as build_snapshot orders them
+    got = sorted((sorted(g), row) for row, g in client_groups(rows, counts))
+    assert got == sorted((sorted(g), row) for row, g in _reference_groups(rows, counts))
