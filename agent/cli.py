@@ -81,6 +81,14 @@ FLAGS: list[tuple[str, dict[str, Any]]] = [
             "lose their oldest first; the solver worker keeps a copy of the same size)",
         },
     ),
+    (
+        "--server-stats-s",
+        {
+            "type": float,
+            "help": "scrape this node's own model servers' statistics this often (their service times, reported "
+            "to the leader; default 5; 0: never)",
+        },
+    ),
     ("--placement-mode", {"choices": ["1", "2", "auto"], "help": "solver mode for placement rounds (default 1)"}),
     ("--placement-method", {"help": "solver method: ipopt (default), milp, least-loaded, ..."}),
     (

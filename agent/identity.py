@@ -24,6 +24,7 @@ import base64
 import contextlib
 import datetime
 import fcntl
+import hashlib
 import heapq
 import ipaddress
 import json
@@ -608,6 +609,8 @@ class Identity:
         self.node_id = node_id
         ca = derive_ca_key(token)
         self.ca_public = ca.public_key()
+        # names this cluster in statements signed for it (quorum grants): the CA key's digest, the same on every node
+        self.cluster = hashlib.sha256(_raw(self.ca_public)).hexdigest()[:32]
         self.key = _load_or_create_key(data_dir / "peer" / "node.key" if data_dir else None)
         self.public_key = _raw(self.key.public_key())
         self.card = Card.issue(ca, node_id, self.public_key)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Collection, Mapping
@@ -22,6 +23,7 @@ import httpx
 from agent import leader_round as lr
 from agent.hysteresis import HoldConfig
 from agent.placement import parse_node_report, parse_request
+from agent.quorum import Certificates, Grants
 from agent.solver_worker import SolverWorker
 from agent.window_sync import BuildInputs, WindowBuild
 from coordinator_election import (
@@ -39,6 +41,8 @@ from coordinator_election import (
     Renew,
     Send,
     Tick,
+    Vote,
+    VoteRequest,
     lease_refusal,
 )
 from peerserve.wire import ROUTE_DESIRED, ROUTE_ELECTION, DesiredCommand, ElectionPost, Lease
@@ -106,12 +110,16 @@ class Leadership:
         self._said: set[str] = set()
         self.leader_since: float | None = None
         self.solver = SolverWorker(s.placement_method)  # runs only while this node leads
+        # quorum certificates (agent/quorum.py): the grants we sign and collect, and others' certificates verified
+        self.grants = Grants(agent.identity) if agent.identity is not None else None
+        self.certificates = Certificates(agent.identity) if agent.identity is not None else None
         if agent.discovery is not None:  # the leader's lease rides on SWIM messages (signed by the leader)
             agent.discovery.swim.on_lease = self.lease_received
 
     @property
     def leader(self) -> str | None:
-        return self.machine.leader
+        """The leader this node follows and accepts for ``term`` (not one whose newer term it has no certificate of)."""
+        return self.machine.leader if self.machine.leader == self.machine.accepted else None
 
     @property
     def term(self) -> int:
@@ -162,10 +170,53 @@ class Leadership:
             await asyncio.sleep(min(TICK_S, self.agent.settings.election_heartbeat_s / 3))
 
     def receive(self, sender: str, data: Any) -> None:
-        """A message from a peer (POST /election/message); raises ValueError when malformed."""
-        message = decode(data)
+        """A message from a peer (POST /election/message); raises ValueError when malformed. Its proofs are checked
+        here: a granted vote counts only with the voter's signed grant, and a certificate reaches the machine as the
+        voters whose grants verify (``agent.quorum``)."""
+        post = ElectionPost.parse(data)
+        message = self._verified(sender, post)
+        if message is None:
+            return
         self._judge_with_current_view()
         self._carry_out(self.machine.step(Received(self.monotonic(), sender, message)))
+
+    def _verified(self, sender: str, post: ElectionPost) -> Message | None:
+        """``post`` as the machine may take it: certificates reduced to verified voters; a grant without a valid
+        signature dropped (None)."""
+        message = post.to_message()
+        if self.grants is None or self.certificates is None:
+            return message  # no cluster token: no peer plane, nobody to verify
+        members = {m.node_id for m in self.agent.peers.members() if m.status != "dead"} | {self.agent.settings.node_id}
+        if isinstance(message, Vote) and message.granted:
+            if not self.grants.take(message.term, sender, post.grant):
+                self._say_once(f"grant:{sender}", "a vote granted by %s at term %d carries no valid signed grant: "
+                               "not counted", sender, message.term)  # fmt: skip
+                return None
+        elif isinstance(message, Announce):
+            if post.cert is None:
+                if (message.term, message.leader) != (self.term, self.accepted):
+                    self._say_once(f"nocert:{sender}", "announce of %s at term %d carries no quorum certificate (a "
+                                   "peer of an older version?): not followed", sender, message.term)  # fmt: skip
+                return message
+            voters = self.certificates.voters(message.term, message.leader, post.cert, members)
+            return Announce(message.term, message.leader, message.priority, voters)
+        elif isinstance(message, VoteRequest) and post.cert is not None:
+            voters = self.certificates.voters(post.cert_term, message.candidate, post.cert, members)
+            return VoteRequest(message.term, message.candidate, message.priority, voters, post.cert_term)
+        return message
+
+    def _encode(self, to: str | None, message: Message) -> dict[str, Any]:
+        """``message`` as it travels, with its proofs: our signed grant on a granted vote (to ``to``), the certificate's
+        grants on an announce or a sitting leader's vote request."""
+        post = ElectionPost.from_message(message)
+        if self.grants is not None:
+            if isinstance(message, Vote) and message.granted and to is not None:
+                post = dataclasses.replace(post, grant=self.grants.sign(message.term, to))
+            elif isinstance(message, Announce) and message.voters is not None:
+                post = dataclasses.replace(post, cert=self.grants.certificate(message.term, message.voters))
+            elif isinstance(message, VoteRequest) and message.voters is not None:
+                post = dataclasses.replace(post, cert=self.grants.certificate(message.cert_term, message.voters))
+        return post.to_json()
 
     def _judge_with_current_view(self) -> None:
         """Give the machine the membership view as it is now, before a message: whether the leader this node holds a
@@ -195,11 +246,12 @@ class Leadership:
                 self.agent.store.save_election_state(action.term, action.vote, action.leader)
             elif isinstance(action, Send):
                 if action.to in urls:
-                    self._spawn(self._post(urls[action.to], action.message))
+                    self._spawn(self._post(urls[action.to], self._encode(action.to, action.message)))
             elif isinstance(action, Broadcast):
+                body = self._encode(None, action.message)  # signed once for every member
                 for node, url in urls.items():
                     if node in self.machine.alive:
-                        self._spawn(self._post(url, action.message))
+                        self._spawn(self._post(url, body))
             elif isinstance(action, Renew):
                 if self.agent.discovery is not None:
                     self.agent.discovery.swim.renew_lease(action.message.term, action.message.priority)
@@ -217,12 +269,12 @@ class Leadership:
                 self._feed(lr.Deposed(self.agent.clock()))
                 self.solver.stop()
 
-    async def _post(self, url: str, message: Message) -> None:
+    async def _post(self, url: str, body: dict[str, Any]) -> None:
         peers = self.agent.peer_client
         if peers is None:
             return
         with contextlib.suppress(ValueError):  # PeerCallError: unreachable or unauthentic; the machine retries
-            await peers.send(url, "POST", ROUTE_ELECTION, encode(message))
+            await peers.send(url, "POST", ROUTE_ELECTION, body)
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)

@@ -6,6 +6,9 @@ Paths, JSON shapes, status codes and error texts follow TF-Serving's own code (a
     GET  /v1/models/{name}[/versions/{v}|/labels/{l}]/metadata    signatures
     POST /v1/models/{name}[/versions/{v}|/labels/{l}]:predict     {"instances": [...]} or {"inputs": ...}
     POST /v1/models/{name}[...]:classify | :regress               {"examples": [{"x": 1.0}, ...]}
+    GET  /monitoring/prometheus/metrics                           TF-Serving's request_latency histogram (Prometheus
+                                                                  text; the agent's own service figures: not served
+                                                                  with --no-server-timing)
 
 Errors are exactly ``{"error": "..."}``. HTTP/1.1 keep-alive is kept correct whatever the request: the
 body is always read (Content-Length or chunked) before the answer, and a body that cannot be read whole
@@ -61,6 +64,7 @@ from typing import Any, cast
 
 from agent.models import MODELS, TinyModel
 from agent.serving import pauses, tfrest
+from agent.serving.server_stats import INFERENCE_APIS, METRICS_PATH, PROMETHEUS_TEXT, RequestLatency
 
 log = logging.getLogger(__name__)
 
@@ -319,6 +323,7 @@ class ModelServer(ThreadingHTTPServer):
         self._waiting: dict[str, dict[Any, bool]] = {}
         self._open_lock = threading.Lock()
         self.evicted = 0  # connections given up to a newcomer (process_request)
+        self.latency = RequestLatency()  # what its monitoring page answers (TF-Serving's request_latency)
 
     @property
     def max_connections(self) -> int:
@@ -438,6 +443,7 @@ class _Handler(BaseHTTPRequestHandler):
     server_version = "peerserve-modelserver/1"
     _began: float | None = None  # when this request was read whole (for Server-Timing)
     _exec_ms: float | None = None
+    _api: str | None = None  # the inference call (predict, classify, regress) this answer completes, if served
     _gc_before = 0.0  # the process's GC pause total when this request began
     _held = 0  # what this request took from the server's memory budget
     _answered = False  # a status line went out for this request
@@ -489,7 +495,7 @@ class _Handler(BaseHTTPRequestHandler):
         if not self.server.waits_on_client(self.connection, True, body=True):
             self.close_connection = True  # given up to a newcomer as its head came whole: closed without a word
             return
-        self._began, self._exec_ms, self._answered = None, None, False
+        self._began, self._exec_ms, self._answered, self._api = None, None, False, None
         self._gc_before = pauses.paused_ms()
         try:
             self._serve()
@@ -533,13 +539,18 @@ class _Handler(BaseHTTPRequestHandler):
             return
         self._began = time.perf_counter()  # the request is whole: the server's own time starts here
         path = self.path.split("?", 1)[0]
+        s = self.server
+        if path == METRICS_PATH and self.command == "GET" and s.timing:  # off with Server-Timing: it shows load too
+            self._send(200, None, text=s.latency.page(s.name))
+            return
         if not path.lower().startswith("/v1/"):
             self._send(404, {"error": f"Not found: {self.command} {path[:200]}"})
             return
-        s = self.server
         started = time.perf_counter()
         status, payload = tfrest.handle(s.model, s.name, s.version, self.command, path, body)
         self._exec_ms = 1000 * (time.perf_counter() - started)
+        api = path.rsplit(":", 1)[-1]
+        self._api = api if status == 200 and self.command == "POST" and api in INFERENCE_APIS else None
         self._send(status, payload)
 
     do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _handle
@@ -662,11 +673,16 @@ class _Handler(BaseHTTPRequestHandler):
             + (f", server-gc;dur={gc_ms:.3f}" if self._began is not None else "")
         )
 
-    def _send(self, status: int, payload: Any, headers: dict[str, str] | None = None) -> None:
-        body = json.dumps(payload).encode()
+    def _send(self, status: int, payload: Any, headers: dict[str, str] | None = None, text: str | None = None) -> None:
+        """Answer ``payload`` as JSON (``text``: that, as Prometheus text); an inference call served (``_api``) is
+        counted in the server's ``latency``, its time from request read whole to answer encoded."""
+        body = json.dumps(payload).encode() if text is None else text.encode()
+        if self._api is not None and self._began is not None:
+            self.server.latency.observe(self._api, 1e6 * (time.perf_counter() - self._began))
+        self._api = None
         self._answered = True
         self.send_response(status)
-        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Type", "application/json" if text is None else PROMETHEUS_TEXT)
         self.send_header("Content-Length", str(len(body)))
         for name, value in (headers or {}).items():
             self.send_header(name, value)

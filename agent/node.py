@@ -48,6 +48,8 @@ from agent.runtime.base import Instance, Runtime, probe_available
 from agent.serving.exec_times import ExecTimes
 from agent.serving.provision import ProvisionRequests
 from agent.serving.resolve import Outcome, resolve
+from agent.serving.server_scrape import ServerScraper
+from agent.serving.server_stats import report as service_report
 from agent.settings import Settings
 from agent.store import DesiredState, Store
 from agent.telemetry import Telemetry
@@ -182,6 +184,8 @@ class NodeAgent:
         self.state = NodeState()
         self.health: dict[str, ModelHealth] = {}
         self.exec_ms = ExecTimes()  # (node, model) -> median of recent proxied times (agent/serving/exec_times.py)
+        # its own servers' service times, measured at the servers, over the request window (server_scrape.py)
+        self.server_stats = ServerScraper(self.http, settings.request_window_s, clock)
         self._metrics_cache: tuple[float, NodeMetrics] | None = None
         self._desired = self._restored_desired()
         self._on_demand_at = dict.fromkeys(self._desired.on_demand, clock())
@@ -231,6 +235,8 @@ class NodeAgent:
             asyncio.create_task(self._catalogue_loop(), name="catalogue"),
             asyncio.create_task(self._flush_loop(), name="request-log"),
         ]
+        if self.settings.server_stats_s > 0:
+            self._tasks.append(asyncio.create_task(self._server_stats_loop(), name="server-stats"))
 
     async def stop(self) -> None:
         if self.leadership is not None:
@@ -574,6 +580,21 @@ class NodeAgent:
             except Exception:
                 log.exception("writing the request log failed")
 
+    async def _server_stats_loop(self) -> None:
+        """Scrape this node's servers' statistics every ``server_stats_s`` (each scrape bounded: server_scrape.py)."""
+        cat = self.catalogue
+
+        def server_of(model: str) -> str:
+            spec = cat.current.get(model)
+            return spec.server if spec is not None else "tfserving"
+
+        while True:
+            await asyncio.sleep(self.settings.server_stats_s)
+            try:
+                await self.server_stats.scrape_once(self.state.instances, server_of, self.state.ready)
+            except Exception:  # the loop must survive anything; each server's failure is counted in scrape_once
+                log.exception("scraping the model servers' statistics failed")
+
     async def _catalogue_loop(self) -> None:
         while True:
             await asyncio.sleep(self.settings.catalogue_poll_s)
@@ -679,6 +700,9 @@ class NodeAgent:
             ],
             "desired": dict(self.desired.instances),
             "term": self.store.highest_term(),
+            # per model: requests its servers here served over the request window, whoever sent them, and their
+            # mean time in the server (the leader's figure for this node where nobody else measured it)
+            "service": service_report(self.server_stats.figures()),
         }
 
     def models_report(self) -> dict[str, Any]:
@@ -717,6 +741,7 @@ class NodeAgent:
             },
             # request records the log could not keep (its write queue was full: the disk fell behind; or a write
             # failed: a full disk); not an error of this agent's serving, but the leader's statistics miss them
+            "server_stats": {"errors": self.server_stats.errors, "last_error": self.server_stats.last_error or None},
             "request_log": {
                 "dropped": self.store.dropped,
                 "write_failures": self.store.write_failures,

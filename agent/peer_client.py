@@ -120,7 +120,8 @@ class PeerClient:
                 answer_headers, node_id, status, signed.nonce, answer, self.clock()
             )
         except AuthError as exc:
-            raise PeerCallError(f"unauthenticated answer from {node_id} (HTTP {status}): {exc}", status) from exc
+            said = _stated_error(answer)  # unauthenticated: shown as what it claims, for the operator's log only
+            raise PeerCallError(f"unauthenticated answer from {node_id} (HTTP {status}): {exc}{said}", status) from exc
         try:
             return status, json.loads(answer)
         except ValueError as exc:
@@ -241,3 +242,14 @@ def _parse_answer(path: str, data: Any, since: int) -> wire.NodeStats | wire.Mod
     if path == wire.ROUTE_STATS_REQUESTS:
         return wire.RequestPage.parse(data, since)
     raise wire.WireError(f"no parser for {path}")
+
+
+def _stated_error(answer: bytes) -> str:
+    """``; it said: '...'`` with the ``error`` an unsigned answer states (its first 200 characters, repr'd: input
+    from whoever answered), or "" when it states none. A peer's own refusals are unsigned (it could not
+    authenticate us), so this is the only place their reason shows up on our side."""
+    try:
+        error = json.loads(answer[:4096]).get("error") if answer.startswith(b"{") else None
+    except (ValueError, AttributeError):
+        return ""
+    return f"; it said: {str(error)[:200]!r}" if isinstance(error, str) and error else ""

@@ -110,6 +110,8 @@ class NodeReport:
     cores: float | None = None  # the parallel capacity its instances share (None: an agent that does not say)
     concurrency: float | None = None  # requests one of its instances serves at once (None: 1, as before)
     load_per_cpu: float | None = None  # runnable threads per CPU of its machine, 1-minute average (None: unknown)
+    # model -> (requests, mean ms in the server) its own servers measured over the window: its word about itself
+    service: Mapping[str, tuple[int, float]] = field(default_factory=dict)
 
     def contention(self) -> float:
         """How much a saturated machine stretches a service time: runnable threads per CPU, in [1, MAX_SLOWDOWN]."""
@@ -161,7 +163,29 @@ def parse_node_report(stats_node: Mapping[str, Any], stats_models: Mapping[str, 
         # (else 1,024 slots on a node with no limit would draw every stream)
         concurrency=None if cores is None else _concurrency(stats_node.get("concurrency")),
         load_per_cpu=_positive(stats_node.get("load_per_cpu"), zero=True),
+        service=_service(stats_node.get("service")),
     )
+
+
+MAX_SERVICE_MODELS = 256  # a report's service figures read (wire.MAX_MODELS: the peer plane refuses more)
+
+
+def _service(raw: Any) -> dict[str, tuple[int, float]]:
+    """A report's own service figures: at most MAX_SERVICE_MODELS, each (requests, ms) a plausible measurement;
+    an entry that is not is left out (it must not cost the rest of the report)."""
+    out: dict[str, tuple[int, float]] = {}
+    if not isinstance(raw, Mapping):
+        return out
+    for model, entry in list(raw.items())[:MAX_SERVICE_MODELS]:
+        if not isinstance(entry, Mapping):
+            continue
+        try:
+            n, ms = _ms(entry.get("requests"), MAX_SERVICE_REQUESTS), _ms(entry.get("service_ms"), MAX_LATENCY_MS)
+        except (TypeError, ValueError):
+            continue
+        if n is not None and ms is not None:
+            out[str(model)] = (int(n), ms)
+    return out
 
 
 def explained_contention(
@@ -235,6 +259,7 @@ def _concurrency(value: Any) -> float | None:
 
 MAX_LATENCY_MS = 120_000.0  # a proxied request's latency above this is not a measurement (the proxy gives up at 30 s)
 MAX_RTT_MS = 60_000.0  # a round trip above this is not a LAN's
+MAX_SERVICE_REQUESTS = 1e12  # a node's requests served in a window above this is not a count
 
 
 def _ms(value: Any, bound: float) -> float | None:
@@ -317,7 +342,8 @@ def build_snapshot(
             if node_id in node_set and node_id not in rtts:
                 rtts[node_id] = rtt
     serving = {n.node_id: {m for m, c in (*n.instances.items(), *n.ready.items()) if c > 0} for n in nodes}
-    figures = latency_figures(kept, slowdown, service_ms if queue_aware else _median, serving)
+    reported = {(n.node_id, m): v for n in nodes for m, v in n.service.items()}
+    figures = latency_figures(kept, slowdown, service_ms if queue_aware else _median, serving, reported)
     classes = {n.node_id: n.node_class for n in nodes}
 
     scale = class_scale(figures, classes, catalogue) if queue_aware else {}
@@ -542,27 +568,34 @@ def latency_figures(
     slowdown: Mapping[str, float],
     figure: Callable[[Sequence[float]], float],
     serving: Mapping[str, Container[str]],
+    reported: Mapping[tuple[str, str], tuple[int, float]] | None = None,
 ) -> dict[tuple[str, str], float]:
-    """(node, model) -> its measured figure: ``figure`` (a quantile) of the latencies one logger holds of it, the
-    node's contention divided out, from loggers holding ``MIN_LATENCY_SAMPLES`` of it, counted only for a model
-    the node reports running or ready (``serving``): the node's own log where it has one; else, where
-    ``MEDIAN_LOGGERS`` or more other loggers measured it, the lower median of their figures (one vote each); else
-    the lowest of the one or two that hold ``LOGGER_SHARE`` of the busiest one's samples; no entry where none
-    does. Records of unknown origin (``logged_by`` None: a caller that does not say, as the benchmarks; the
-    leader's window marks every record) are one logger, taken as they come.
+    """(node, model) -> its measured figure, the node's contention divided out, counted only for a model the node
+    reports running or ready (``serving``): the slower of its own word and the other loggers' (either alone where
+    the other has none; no entry where neither has one).
 
-    A member's log may name any node as a request's server (a proxy logs the node it forwarded to, and the node
-    itself logs nothing of it), so pooling every log let one member's five records of "b took 120 s" price
-    honest b (and, through ``class_scale``, its class) out of the plan (review13a F3); the lowest of any logger
-    let five records of "0.5 ms" against 24,000 price a slow board's class at 300 req/s, 4x under-provisioned
-    (review13c F3); a share of the busiest alone let a member logging 4x the busiest proxy's records leave its own
-    slow figure the only one (review13d F2). Now, with three or more other loggers one member moves the figure only
-    as far as the honest loggers' own spread; with one or two, volume decides (a member holding a quarter of the
-    busiest honest proxy's records can make the node look faster, one holding four times as many slower). A
-    throughput never passes the catalogue's (``_throughput``). Of a model the node does not run there is nothing
-    another node could have measured, so a made-up figure there is not taken. What remains: a node running a
-    model that no honest logger measured ``MIN_LATENCY_SAMPLES`` times in the window (an idle instance) can be
-    priced out of it; the lasting fix is each node reporting its own servers' service times."""
+    Its own word: its servers' service time as it reports it (``reported``: requests and mean ms over the window,
+    agent/serving/server_stats.py) where they served ``MIN_LATENCY_SAMPLES``, else ``figure`` (a quantile) of the
+    latencies its own log holds of itself where it holds as many. The other loggers' (each holding
+    ``MIN_LATENCY_SAMPLES``): where ``MEDIAN_LOGGERS`` or more measured it, the lower median of their figures (one
+    vote each); else the lowest of the one or two that hold ``LOGGER_SHARE`` of the busiest one's samples, the
+    node's own log counted as one of them. Records of unknown origin (``logged_by`` None: a caller that does not
+    say, as the benchmarks; the leader's window marks every record) are one logger, taken as they come.
+
+    A node is trusted about itself only as far as it hurts only itself: claiming to be faster than the others
+    measured it does not make it faster (the slower of the two), so a node cannot attract load by lying; claiming
+    to be slower only takes load off it. Its own word is what prices a node nobody proxies to (clients sent to its
+    servers directly), which before had the catalogue's figure. A member's log may name any node as a request's
+    server, so pooling every log let one member's five records of "b took 120 s" price honest b out (review13a
+    F3); the lowest of any logger let five records of "0.5 ms" against 24,000 price a slow board's class at 300
+    req/s (review13c F3); a share of the busiest alone let a member logging 4x the busiest proxy's records leave
+    its own slow figure the only one (review13d F2). With three or more other loggers one member moves their figure
+    only as far as the honest loggers' own spread; with one or two, volume decides (a member holding a quarter of
+    the busiest logger's records, the node's own log included, can make it look faster, where the node has no word
+    of its own; one holding four times as many, slower). A throughput never passes the catalogue's
+    (``_throughput``). Of a model the node does not run there is nothing to measure, so a figure there is not
+    taken. What remains: a node whose instance of a model served fewer than ``MIN_LATENCY_SAMPLES`` requests in
+    the window (idle), so that it has no word of its own, can be priced out of it by one member's records."""
     measured: dict[tuple[str, str, str | None], list[float]] = {}
     for r in records:
         if r.node is None or r.latency_ms is None or not 200 <= r.status < 300:
@@ -570,23 +603,38 @@ def latency_figures(
         if r.logged_by in (r.node, None) or r.model in serving.get(r.node, ()):
             measured.setdefault((r.node, r.model, r.logged_by), []).append(r.latency_ms / slowdown.get(r.node, 1.0))
     own: dict[tuple[str, str], float] = {}
+    own_samples: dict[tuple[str, str], int] = {}  # the node's own log's samples: a logger in the share rule
     others: dict[tuple[str, str], list[tuple[int, float]]] = {}  # (samples, figure) per other logger with enough
     for (node, model, logger), latencies in measured.items():
         if len(latencies) < MIN_LATENCY_SAMPLES:
             continue
         if logger == node:
-            own[(node, model)] = figure(latencies)
+            own[(node, model)], own_samples[(node, model)] = figure(latencies), len(latencies)
         else:
             others.setdefault((node, model), []).append((len(latencies), figure(latencies)))
+    for (node, model), (served, ms) in (reported or {}).items():
+        if served >= MIN_LATENCY_SAMPLES and model in serving.get(node, ()):
+            own[(node, model)] = ms / slowdown.get(node, 1.0)  # measured at its servers: no proxy in it
     chosen: dict[tuple[str, str], float] = {}
-    for key, held in others.items():
-        if len(held) >= MEDIAN_LOGGERS:  # one vote per logger, however many records it holds
-            values = sorted(v for _, v in held)
-            chosen[key] = values[(len(values) - 1) // 2]
-        else:  # one or two: the lowest of those holding LOGGER_SHARE of the busiest one's samples
-            busiest = max(n for n, _ in held)
-            chosen[key] = min(v for n, v in held if n >= LOGGER_SHARE * busiest)
-    return chosen | own
+    for key in others.keys() | own.keys():
+        theirs = others_figure(others.get(key, []), own_samples.get(key, 0))
+        mine = own.get(key)
+        if mine is not None or theirs is not None:
+            chosen[key] = max(v for v in (mine, theirs) if v is not None)
+    return chosen
+
+
+def others_figure(held: Sequence[tuple[int, float]], own_samples: int = 0) -> float | None:
+    """The other loggers' figure of a (node, model) from their (samples, figure) pairs: with ``MEDIAN_LOGGERS`` or
+    more, the lower median (one vote per logger, however many records it holds); else the lowest of those holding
+    ``LOGGER_SHARE`` of the busiest logger's samples, the node's own log (``own_samples``) among them; None where
+    none does."""
+    if len(held) >= MEDIAN_LOGGERS:
+        values = sorted(v for _, v in held)
+        return values[(len(values) - 1) // 2]
+    busiest = max([own_samples, *(n for n, _ in held)])
+    counted = [v for n, v in held if n >= LOGGER_SHARE * busiest]
+    return min(counted) if counted else None
 
 
 def unpromised_mb(node: NodeReport, catalogue: Catalogue) -> float:

@@ -105,6 +105,9 @@ class Settings:
     placement_target_rounds: int = 3  # a node's target its reports fall short of this many rounds stops counting
     request_window_s: float = 600.0
     request_window_mb: float = 16.0  # the leader's request window: its rows' bytes, in MiB (agent/request_window.py)
+    # how often the node scrapes its own model servers' statistics (their service times over request_window_s,
+    # reported in /stats/node: agent/serving/server_scrape.py); 0: never
+    server_stats_s: float = 5.0
     metrics: bool = True
     server_timing: bool = True  # W3C Server-Timing on answers (execution and GC times: off on a LAN of strangers)
     metrics_token: str = ""
@@ -216,6 +219,8 @@ def validate(s: Settings) -> None:
         raise ConfigError("request_window_mb", f"must be {MIN_WINDOW_MB:g}-{MAX_WINDOW_MB:g} MiB")
     if s.election_heartbeat_s < MIN_HEARTBEAT_S:  # the election loop ticks at a third of it: no busy loop
         raise ConfigError("election_heartbeat_s", f"must be at least {MIN_HEARTBEAT_S:g} s")
+    if not (s.server_stats_s == 0 or 0.1 <= s.server_stats_s <= 3600):  # no busy loop
+        raise ConfigError("server_stats_s", "must be 0 (off) or 0.1-3600 s between scrapes")
     for name in ("placement_hold_margin", "placement_hold_start_ms", "placement_min_dwell_s", "instance_drain_s"):
         if not 0 <= getattr(s, name) < float("inf"):
             raise ConfigError(name, "must be a finite number, zero or more")

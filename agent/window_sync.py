@@ -298,7 +298,9 @@ class BuildInputs:
         specs = [ModelSpec(**{**m, "command": tuple(m["command"])}) for m in cat["models"]]
         catalogue = Catalogue({s.name: s for s in specs}, str(cat["version"]), str(cat["source"]))
         window_s = data["window_s"]
-        return cls(tuple(NodeReport(**n) for n in data["nodes"]), catalogue, float(data["now"]), str(data["objective"]),
+        nodes = tuple(NodeReport(**{**n, "service": {m: tuple(v) for m, v in n.get("service", {}).items()}})
+                      for n in data["nodes"])  # fmt: skip
+        return cls(nodes, catalogue, float(data["now"]), str(data["objective"]),
                    None if window_s is None else float(window_s))  # fmt: skip
 
     def build(self, records: Iterable[RequestRecord]) -> dict[str, Any]:

@@ -53,16 +53,26 @@ class Role(str, Enum):
 # -- messages --------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Announce:
+    """``leader`` leads ``term``. ``voters``: its quorum certificate, the voters whose signed grants of (term, leader)
+    the shell verified (None: none carried, as in a renewal). A node that does not yet accept ``leader`` for ``term``
+    follows it only when ``voters`` are a majority of the members alive in its own view."""
+
     term: int
     leader: str
     priority: Priority
+    voters: frozenset[str] | None = None
 
 
 @dataclass(frozen=True)
 class VoteRequest:
+    """``candidate`` asks for a vote in ``term``. A sitting leader standing again (a re-election) carries the
+    certificate of the term it leads (``voters``, verified by the shell, of ``cert_term``): another leader weighs it."""
+
     term: int
     candidate: str
     priority: Priority
+    voters: frozenset[str] | None = None
+    cert_term: int = 0
 
 
 @dataclass(frozen=True)
@@ -166,6 +176,7 @@ class _Candidacy:
     asked: float
     granted: set[str] = field(default_factory=set)
     electorate: frozenset[str] = frozenset()
+    sitting: bool = False  # a leader standing again: it keeps leading its certified term meanwhile
 
 
 class Election:
@@ -202,6 +213,12 @@ class Election:
         self._moved_at: dict[str, float] = {}
         self._last_event = now  # when this node last took an event: a longer silence means it was frozen
         self._yield_until = -1e18  # a leader back from a freeze yields to a newer term until then
+        self.cert: frozenset[str] = frozenset()  # while leading: the voters that granted us ``led_term``
+        self.led_term = 0  # the term whose certificate we hold (below ``term`` while we stand again)
+        self._led_view: frozenset[str] = frozenset()  # our electorate when we stood for it
+        # per node, when we last sent it our certificate or an unasked refusal (once per election timeout each: two
+        # leaders that each answer the other's announce would otherwise send them back and forth for ever)
+        self._told_at: dict[str, float] = {}
 
     # -- queries ---------------------------------------------------------------------------------
     @property
@@ -210,6 +227,20 @@ class Election:
 
     def _lease_valid(self, now: float) -> bool:
         return self.leader is not None and now < self.lease_until and self.leader in self.alive
+
+    def _majority(self, voters: frozenset[str] | None) -> bool:
+        """Whether ``voters`` (a verified certificate) are a majority of the members alive in this node's own view,
+        itself included: the quorum rule for following a leader this node does not accept yet. The candidate's view
+        when it stood does not count (it names its electorate itself); a view that grew since the election (a
+        partition healed) makes the certificate a minority here, and the leader stands again (``_tick``)."""
+        return voters is not None and 2 * len(voters & self.alive.keys()) > len(self.alive)
+
+    def _weaker_than(self, other: str, voters: frozenset[str], claimed: Priority) -> bool:
+        """Whether this leader yields to ``other``'s certificate where neither holds a majority of this view: more
+        voters alive here win, then priority (the view's, else as claimed). Priority only breaks a tie between two
+        certificates of the same size: a member that declares itself better has at best its own grant."""
+        ours = (len(self.cert & self.alive.keys()), self.priority)
+        return (len(voters & self.alive.keys()), self.alive.get(other, claimed)) > ours
 
     # -- the step function -----------------------------------------------------------------------
     def step(self, event: Event) -> list[Action]:
@@ -250,10 +281,22 @@ class Election:
 
     def _tick(self, now: float) -> list[Action]:
         if self.role is Role.LEADER:
+            actions: list[Action] = []
+            c = self._candidacy
+            if c is not None and now - c.started >= self.config.lease + self.config.heartbeat_s:
+                self._candidacy = c = None  # standing again did not win: we keep leading; the view decides below
+            if c is not None and now - c.asked >= self.config.heartbeat_s:
+                c.asked = now  # ask again: the leases other voters hold on another leader run out one by one
+                actions.append(Broadcast(self._request(c.term)))
+            elif c is None and not self._majority(self.cert) and not self.alive.keys() <= self._led_view:
+                # the view outgrew our certificate (members joined, a partition healed): stand again, so that the new
+                # members can follow us on a majority (at most once per election timeout). A view that only shrank
+                # (a partition's minority side, voters gone) needs nothing: the members left follow us already
+                actions += self._reelect(now, self.term + 1, self.node_id)
             if now - self._last_announce >= self.config.heartbeat_s:
                 self._last_announce = now
-                return [Renew(Announce(self.term, self.node_id, self.priority))]
-            return []
+                actions.append(Renew(Announce(self.term, self.node_id, self.priority)))
+            return actions
         if self.role is Role.CANDIDATE:
             c = self._candidacy
             assert c is not None
@@ -318,58 +361,75 @@ class Election:
         return c is not None and len(c.granted & c.electorate) * 2 > len(c.electorate)
 
     def _win(self, now: float) -> list[Action]:
+        """A majority granted the term: lead it, and announce it with the certificate (the shell adds the grants)."""
         assert self._candidacy is not None
         voters = frozenset(self._candidacy.granted)
         self.role = Role.LEADER
         self.leader = self.accepted = self.node_id
+        self.cert, self.led_term, self._led_view = voters, self.term, self._candidacy.electorate
         self._candidacy = None
         self._waiting_since = None
         self._skipped.clear()
         self._last_announce = now
-        return [BecameLeader(self.term, voters), Broadcast(Announce(self.term, self.node_id, self.priority))]
+        return [BecameLeader(self.term, voters), Broadcast(Announce(self.term, self.node_id, self.priority, voters))]
 
-    def _outranks(self, other: str, claimed: Priority) -> bool:
-        """Whether this node's priority beats ``other``'s (as the view has it; else as its message claims)."""
-        return self.priority > self.alive.get(other, claimed)
+    def _request(self, term: int) -> VoteRequest:
+        """Our vote request for ``term``; standing again while leading, it carries the certificate we hold."""
+        if self.role is Role.LEADER:
+            return VoteRequest(term, self.node_id, self.priority, self.cert, self.led_term)
+        return VoteRequest(term, self.node_id, self.priority)
 
-    def _better_leader(self, other: str) -> bool:
-        """Whether ``other`` outranks the leader we follow, by the view's priorities (both must be in it): a follower
-        gives way to its announce despite stickiness, as a leader does (a member that claims a higher priority can
-        win anyway, docs/security.md), so a node taken by a lower member while it had no lease is won back."""
-        return (
-            self.leader is not None
-            and other in self.alive
-            and self.leader in self.alive
-            and (self.alive[other] > self.alive[self.leader])
-        )
+    def _once_per_timeout(self, table: dict[str, float], key: str, now: float) -> bool:
+        """True (and noted) if ``key`` has not used ``table``'s allowance within an election timeout. The table holds
+        the last timeout's entries only (pruned by time alone, not by the view: two senders outside it must not wipe
+        each other's entry)."""
+        timeout = self.config.election_timeout_s
+        if now - table.get(key, -1e18) < timeout:
+            return False
+        for k in [k for k, t in table.items() if now - t >= timeout]:
+            del table[k]
+        table[key] = now
+        return True
+
+    def _tell(self, now: float, to: str) -> list[Action]:
+        """Send ``to`` our certificate (a rival leader, a node that does not follow us yet), once a timeout per node."""
+        if not self._once_per_timeout(self._told_at, to, now):
+            return []
+        return [Send(to, Announce(self.led_term, self.node_id, self.priority, self.cert))]
+
+    def _refuse_unasked(self, now: float, to: str, term: int) -> list[Action]:
+        """Tell a leader we do not follow (its announce carried no certificate, or one that is a minority here) that we
+        follow no one at ``term``: a real leader answers with its certificate or stands again. Once a timeout each."""
+        if not self._once_per_timeout(self._told_at, to, now):
+            return []
+        return [Send(to, Vote(term, self.node_id, False, None))]
 
     def _yielding(self, now: float) -> bool:
         return now < self._yield_until
 
-    def _move_past(self, now: float, term: int, by: str = "") -> list[Action]:
-        """``by``'s message moves this leader to ``term`` (> ours): at most once per election timeout per sender, so a
-        member's stream of election messages cannot make every node fsync and broadcast a new term each time (a
-        later one within the timeout is answered by the caller with the current term, or not at all), nor use up
-        the move another leader's announce needs (one allowance for all let a member keep two leaders after a
-        partition healed for minutes, review13c F1). The table holds the moves of the last timeout only: one per
-        sender, and senders are admitted members (pruned by time alone: pruning by the view let two senders outside
-        it wipe each other's entry and move the term at every message)."""
-        if now - self._moved_at.get(by, -1e18) < self.config.election_timeout_s:
+    def _reelect(self, now: float, term: int, by: str = "") -> list[Action]:
+        """``by``'s message (or our own view, ``by`` = us) makes this leader stand again, for ``term`` or above: a real
+        election, which only a majority can win, while it keeps leading the term it holds a certificate for (its
+        followers grant it and keep their lease on it; the others' leases run out and they grant). At most once per
+        election timeout per sender, so a member's stream of election messages cannot make every node fsync and
+        answer a new term each time, nor use up the move another leader's announce needs (one allowance for all let
+        a member keep two leaders after a partition healed for minutes, review13c F1). This replaced the jump, a
+        leader taking a newer term on its own word, which a follower can no longer take (no certificate)."""
+        c = self._candidacy
+        if c is not None and term <= c.term:
+            return []  # we stand for that term already
+        term = max(term, self.term + 1)
+        if not self._once_per_timeout(self._moved_at, by, now):
             return []
-        timeout = self.config.election_timeout_s
-        self._moved_at = {k: t for k, t in self._moved_at.items() if now - t < timeout}
-        self._moved_at[by] = now
-        return self._jump(now, term)
-
-    def _jump(self, now: float, term: int) -> list[Action]:
-        """Stay leader under a new, higher term (announced at once); fences commands of older terms."""
         self._set_term(term)
-        self.vote = self.accepted = self.node_id  # our one vote in the new term is spent on ourselves
-        self._last_announce = now
-        return [BecameLeader(term, frozenset({self.node_id})), Broadcast(Announce(term, self.node_id, self.priority))]
+        self.vote = self.node_id  # our one vote in the new term is spent on ourselves
+        self._candidacy = _Candidacy(term, now, now, {self.node_id}, frozenset(self.alive), sitting=True)
+        if self._has_majority():
+            return self._win(now)
+        return [Broadcast(self._request(term))]
 
     def _follow(self, now: float, leader: str | None) -> list[Action]:
-        was = (self.role, self.leader)
+        was = (self.role, self.leader, self.accepted)
         self.role = Role.FOLLOWER
         self.leader = leader
         self._candidacy = None
@@ -384,7 +444,7 @@ class Election:
         else:
             self.lease_until = now + self.config.election_timeout_s  # listen before standing again
             self._waiting_since = None
-        if was != (self.role, self.leader):
+        if was != (self.role, self.leader, self.accepted):  # (our leader's new term, once its certificate came)
             return [BecameFollower(self.term, leader)]
         return []
 
@@ -392,63 +452,81 @@ class Election:
     def _on_announce(self, now: float, m: Announce) -> list[Action]:
         if m.leader == self.node_id:
             return []
+        if self.role is Role.LEADER:
+            return self._leader_hears(now, m)
         if m.term < self.term:
-            if self.role is Role.LEADER:  # a stale leader: tell it about our newer term at once
-                return [Send(m.leader, Announce(self.term, self.node_id, self.priority))]
-            # a leader behind our term (we came back with a higher one): tell it, so it moves past us
+            # a leader behind our term (we came back with a higher one): tell it, so it stands again past us
             return [Send(m.leader, Vote(self.term, self.node_id, False, self.leader))]
-        if m.term == self.term and self.accepted not in (None, m.leader):
-            return self._rival(now, m.leader, m.priority, m.leader)
-        if (
-            m.term > self.term
-            and self.role is Role.FOLLOWER
-            and self._lease_valid(now)
-            and m.leader != self.leader
-            and not self._better_leader(m.leader)
-        ):
+        if m.term == self.term and self.accepted == m.leader:
+            return self._follow(now, m.leader)  # the leader we accept for this term: a renewal
+        if m.term == self.term and self.accepted is not None:
+            # another leader of the term whose leader we accept: never follow it; tell it whose term it is here
+            return [Send(m.leader, Vote(self.term, self.node_id, False, self.accepted))]
+        if self._majority(m.voters):
+            # a majority of the members we see granted it the term (the certificate the shell verified): follow it,
+            # whatever lease we hold -- those voters cannot also have held leases on our leader
+            self._set_term(m.term)
+            return self._follow(now, m.leader)
+        if self._lease_valid(now) and self.leader == m.leader:
+            # our leader stands again for a newer term: hold on to it, and ask for the certificate once a timeout (its
+            # broadcast of the win may not have reached us)
+            self.lease_until = now + self.config.lease
+            return self._refuse_unasked(now, m.leader, m.term)
+        if self._lease_valid(now):
             # leader stickiness: we hold a lease on a live leader, so nobody else can have won a majority for a newer
-            # term (its voters refuse while they hold one too) -- an announce or lease without votes behind it is
-            # ignored; if our leader is really gone, the lease runs out and the newer leader's next renewal counts
+            # term (its voters refuse while they hold one too)
             return []
-        leading = self.role is Role.LEADER and not self._yielding(now)
-        if m.term > self.term and leading and self._outranks(m.leader, m.priority):
-            # two leaders that hear each other: the better by priority keeps leading (as for equal terms), moving past
-            # the other's term; a lower member cannot take the lead with one announce of a higher term
-            return self._move_past(now, m.term + 1, m.leader)
-        self._set_term(m.term)
-        actions = self._follow(now, m.leader)
-        self.lease_until = now + self.config.lease
-        return actions
+        # a newer term, or a leader of ours we have not accepted, without a majority certificate: one member's word, not
+        # followed (a lower member once took every lease-less node this way). Tell it we follow no one: a real leader
+        # answers with its certificate, or stands again when its certificate is a minority of our view
+        return self._refuse_unasked(now, m.leader, max(m.term, self.term))
 
-    def _rival(self, now: float, rival: str, priority: Priority | None, by: str) -> list[Action]:
-        """Another leader of the term whose leader we already accept: never follow it; the better one moves on.
-        ``by``: who said so (the rival's own announce, or a voter's refusal naming it), whose move allowance a move
-        spends -- the rival's name is the message's word: keyed by it, one member's refusals naming a new made-up
-        rival each time moved the leader 5 times a second (review13d F1)."""
-        if self.role is not Role.LEADER:  # tell the rival whom this term belongs to here
-            return [Send(rival, Vote(self.term, self.node_id, False, self.accepted))]
-        if priority is None or self.priority > priority:
-            return self._move_past(now, self.term + 1, by)  # we win the tie: a new term that every node can accept
-        return [Send(rival, Announce(self.term, self.node_id, self.priority))]  # it wins: make sure it hears us
+    def _leader_hears(self, now: float, m: Announce) -> list[Action]:
+        """Another leader's announce (or its certificate, sent to us): who keeps leading."""
+        if m.term > self.term and self._majority(m.voters):
+            self._set_term(m.term)  # a majority of our view granted it a newer term: it won; follow it
+            return self._follow(now, m.leader)
+        if m.term > self.term and self._yielding(now):
+            # back from a freeze longer than a lease: our followers may have elected it meanwhile. Stand down and ask it
+            # for its certificate (not on its word: we would follow a member's announce)
+            return [*self._follow(now, None), *self._refuse_unasked(now, m.leader, m.term)]
+        if m.voters is not None and not self._majority(self.cert) and self._weaker_than(m.leader, m.voters, m.priority):
+            # two leaders met (a partition healed) and our certificate is a minority here: the one with more voters
+            # (then priority) keeps leading and stands again; we stand down, so that our followers' leases run out and
+            # they can grant it
+            return self._follow(now, None)
+        # ours holds a majority of this view, or it sent no certificate (a renewal), or it is weaker: send it ours,
+        # so that it can judge; a member's word moves nothing here
+        return self._tell(now, m.leader)
 
     def _on_vote_request(self, now: float, m: VoteRequest) -> list[Action]:
+        actions: list[Action] = []
         if self.role is Role.LEADER:
-            # a live leader refuses; if the candidate's term caught up, it moves past it (no step-down), at most once
-            # per election timeout: later requests are refused with the current term
-            moved = self._move_past(now, m.term + 1, m.candidate) if m.term >= self.term else []
-            return [*moved, Send(m.candidate, Vote(self.term, self.node_id, False, self.node_id))]
+            newer = m.voters is not None and m.cert_term > self.led_term and self._majority(m.voters)
+            stronger = (
+                m.voters is not None and not self._majority(self.cert)
+                and self._weaker_than(m.candidate, m.voters, m.priority)
+            )  # fmt: skip
+            if not (newer or stronger):
+                # a live leader refuses; if the candidate's term caught up, it stands again past it (no step-down), at
+                # most once per election timeout per candidate: later requests are refused with the current term
+                moved = self._reelect(now, m.term + 1, m.candidate) if m.term >= self.term else []
+                return [*moved, Send(m.candidate, Vote(self.term, self.node_id, False, self.node_id))]
+            # another leader standing again with a certificate that beats ours (a majority here for a newer term, or
+            # more voters than ours where neither has a majority): stand down and grant it if our vote is free
+            actions += self._follow(now, None)
         if m.term < self.term:
-            return [Send(m.candidate, Vote(self.term, self.node_id, False, self.leader))]
+            return [*actions, Send(m.candidate, Vote(self.term, self.node_id, False, self.leader))]
         if self._lease_valid(now) and self.leader != m.candidate:
             # we follow a live leader: refuse, and let the candidate learn who it is
             return [Send(m.candidate, Vote(m.term, self.node_id, False, self.leader))]
         if m.term == self.term and self.accepted not in (None, m.candidate):
-            return [Send(m.candidate, Vote(m.term, self.node_id, False, self.leader))]  # this term has its leader
-        actions: list[Action] = []
+            return [*actions, Send(m.candidate, Vote(m.term, self.node_id, False, self.leader))]  # it has its leader
         self._skipped.discard(m.candidate)  # it is evidently not silent: it may be the best candidate again
         if m.term > self.term:
+            ours = self._lease_valid(now) and self.leader == m.candidate  # our own leader stands again: keep it
             self._set_term(m.term)
-            if self.role is Role.CANDIDATE or self.leader is not None:
+            if not ours and (self.role is Role.CANDIDATE or self.leader is not None):
                 # a leader whose lease ran out (not yet noticed by a tick) is not this term's: /cluster, the chaos
                 # checker and the agent must not see it named as the leader of a term it was never accepted for
                 self._lost_leader = self.leader or self._lost_leader
@@ -467,27 +545,25 @@ class Election:
 
     def _on_vote(self, now: float, m: Vote) -> list[Action]:
         if self.role is Role.LEADER:
+            c = self._candidacy
+            if c is not None and m.term == c.term:  # an answer to our standing again
+                if m.granted:
+                    c.granted.add(m.voter)
+                    return self._win(now) if self._has_majority() else []
+                return []  # its lease on a leader holds, or it voted already: we ask again every heartbeat
             if m.granted or m.leader == self.node_id or m.term < self.term:
                 return []  # late answers to our own candidacy, or old news
-            if m.leader is None:  # a node with a term at or past ours but no leader: move past it
-                return self._move_past(now, m.term + 1, m.voter)
-            if m.term > self.term:
-                if (
-                    not self._yielding(now)
-                    and m.leader in self.alive
-                    and self._outranks(m.leader, self.alive[m.leader])
-                ):
-                    # a node follows a leader of a newer term that we outrank (it took the node while the node had no
-                    # lease): move past it, so our announces reach that node again and it comes back (stickiness
-                    # kept it with the other for good, review13c F2)
-                    return self._move_past(now, m.term + 1, m.voter)
-                if not self._yielding(now):
-                    # a claim that another leader holds a newer term: its own announces (above) decide, not hearsay
-                    # (standing down on it would leave us without a lease, open to anyone's announce)
-                    return []
+            if m.term > self.term and self._yielding(now):
                 self._set_term(m.term)  # back from a freeze: our followers may have moved on, stand down
                 return self._follow(now, None)
-            return self._rival(now, m.leader, self.alive.get(m.leader), m.voter)  # another leader of our term
+            if m.leader is None and m.term == self.term == self.led_term:
+                return self._tell(now, m.voter)  # it follows no one in our term: our certificate lets it follow us
+            # (at our term but past our certificate's: it granted a standing-again of ours that did not win, and
+            # cannot follow us until one does: stand again, below)
+            # a node at a newer term, or one that accepts another leader of ours or of a newer term (a partition's other
+            # side; a leader that took it while it had no lease): stand again past it -- a real election, which only a
+            # majority can win (a made-up rival's name moves nothing but the voter's own allowance, review13d F1)
+            return self._reelect(now, m.term + 1, m.voter)
         if m.term > self.term and self._lease_valid(now):
             return []  # unasked-for news of a newer term while our leader is live: stickiness, as for announces
         if m.term > self.term and not m.granted:

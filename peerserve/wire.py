@@ -284,14 +284,18 @@ class NodeStats:
     cores: float | None = None  # the parallel capacity its instances share
     concurrency: float | None = None  # requests one of its instances serves at once
     load_per_cpu: float | None = None  # runnable threads per CPU of its machine
+    # per model: (requests, mean ms in the server) its own servers measured over the window (agent/serving/server_stats)
+    service: Mapping[str, tuple[float, float]] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         instances = [{"model": m, "running": run, "ready": ready, "draining": draining}
                      for m, run, ready, draining in self.instances]  # fmt: skip
         figures = {"cores": self.cores, "concurrency": self.concurrency, "load_per_cpu": self.load_per_cpu}
+        service = {m: {"requests": n, "service_ms": ms} for m, (n, ms) in self.service.items()}
         return {"node_id": self.node_id, "node_class": self.node_class, "compute": self.compute,
                 "mem_available_mb": self.mem_available_mb, "mem_total_mb": self.mem_total_mb,
-                "instances": instances, **{k: v for k, v in figures.items() if v is not None}}  # fmt: skip
+                "instances": instances, **{k: v for k, v in figures.items() if v is not None},
+                **({"service": service} if service else {})}  # fmt: skip
 
     @classmethod
     def parse(cls, data: Any) -> NodeStats:
@@ -307,7 +311,24 @@ class NodeStats:
             instances.append((i["model"], i["running"], i.get("ready") is True, i.get("draining") is True))
         return cls(_node(d, "node_id"), _node_class(d), _float(d, "compute"),
                    _float(d, "mem_available_mb"), _float(d, "mem_total_mb"), tuple(instances),
-                   *(_float(d, k, optional=True) for k in ("cores", "concurrency", "load_per_cpu")))  # fmt: skip
+                   _float(d, "cores", optional=True), _float(d, "concurrency", optional=True),
+                   _float(d, "load_per_cpu", optional=True), _service(d.get("service")))  # fmt: skip
+
+
+def _service(raw: Any) -> dict[str, tuple[float, float]]:
+    """A node's own service figures (absent: none); at most MAX_MODELS, each a model's requests and mean ms."""
+    if raw is None:
+        return {}
+    entries = _obj(raw, "service")
+    if len(entries) > MAX_MODELS:
+        raise WireError(f"'service' names more than {MAX_MODELS} models")
+    out = {}
+    for model, entry in entries.items():
+        e = _obj(entry, "service entry")
+        if not valid_model(model):
+            raise WireError(f"bad service entry {str(model)[:80]!r}")
+        out[model] = (_float(e, "requests"), _float(e, "service_ms"))
+    return out
 
 
 @dataclass(frozen=True)
@@ -401,9 +422,50 @@ def _priority(d: Mapping[str, Any]) -> tuple[int, float, str]:
     return (_int(box, "p", -(2**31), 2**31), _float(box, "m"), _node(box, "n"))
 
 
+GRANT_CONTEXT = b"peerserve-grant-v1\0"
+MAX_GRANTS = 256  # grants in one quorum certificate (a cluster's worth; the receiver verifies its members' only)
+
+
+@dataclass(frozen=True)
+class Grant:
+    """``voter``'s signed grant of its vote: its card and detached signature over ``signing_bytes`` (cluster, term,
+    candidate, voter), as ``Lease`` and ``SuspectProof`` are signed, so the candidate can carry it to anyone."""
+
+    voter: str
+    card: str
+    signature: str
+
+    @staticmethod
+    def signing_bytes(cluster: str, term: int, candidate: str, voter: str) -> bytes:
+        return GRANT_CONTEXT + f"{cluster}\0{term}\0{candidate}\0{voter}".encode()
+
+    def to_json(self) -> list[str]:
+        return [self.voter, self.card, self.signature]
+
+    @classmethod
+    def parse(cls, data: Any) -> Grant:
+        if not isinstance(data, list) or len(data) != 3:
+            raise WireError("a grant is [voter, card, signature]")
+        box = dict(zip(("v", "c", "s"), data, strict=True))
+        return cls(_node(box, "v"), _str(box, "c", 256), _str(box, "s", 128))
+
+
+def _grants(d: Mapping[str, Any]) -> tuple[Grant, ...] | None:
+    raw = d.get("cert")
+    if raw is None:
+        return None  # an older peer's announce: no certificate (refused by the election, with a log line)
+    if not isinstance(raw, list) or len(raw) > MAX_GRANTS:
+        raise WireError(f"'cert' must be a list of at most {MAX_GRANTS} grants")
+    return tuple(Grant.parse(g) for g in raw)
+
+
 @dataclass(frozen=True)
 class ElectionPost:
-    """POST /election/message: one election message (kind + fields of coordinator_election's messages)."""
+    """POST /election/message: one election message (kind + fields of coordinator_election's messages).
+
+    ``cert``: the quorum certificate (the voters' signed grants) of an announce, or of the term a sitting leader holds
+    when it stands again (``cert_term``); ``grant``: a granted vote's signed grant. The machine sees certificates only
+    as the voters whose grants the shell verified (agent.leadership)."""
 
     kind: str
     term: int
@@ -411,28 +473,36 @@ class ElectionPost:
     priority: tuple[int, float, str] | None = None
     granted: bool | None = None
     leader: str | None = None  # vote only: the leader the voter knows
+    cert: tuple[Grant, ...] | None = None
+    cert_term: int = 0
+    grant: Grant | None = None
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"type": self.kind, "term": self.term}
+        cert = {} if self.cert is None else {"cert": [g.to_json() for g in self.cert]}
         if self.kind == "announce":
-            return {**out, "leader": self.node, "priority": list(self.priority or ())}
+            return {**out, "leader": self.node, "priority": list(self.priority or ()), **cert}
         if self.kind == "vote_request":
-            return {**out, "candidate": self.node, "priority": list(self.priority or ())}
-        return {**out, "voter": self.node, "granted": self.granted, "leader": self.leader}
+            extra = {**cert, "cert_term": self.cert_term} if cert else {}
+            return {**out, "candidate": self.node, "priority": list(self.priority or ()), **extra}
+        grant = {} if self.grant is None else {"grant": self.grant.to_json()}
+        return {**out, "voter": self.node, "granted": self.granted, "leader": self.leader, **grant}
 
     @classmethod
     def from_message(cls, m: Message) -> ElectionPost:
+        """The message without its proofs (the shell attaches grants: agent.leadership)."""
         if isinstance(m, Announce):
             return cls("announce", m.term, m.leader, m.priority)
         if isinstance(m, VoteRequest):
-            return cls("vote_request", m.term, m.candidate, m.priority)
+            return cls("vote_request", m.term, m.candidate, m.priority, cert_term=m.cert_term)
         return cls("vote", m.term, m.voter, None, m.granted, m.leader)
 
     def to_message(self) -> Message:
+        """The message without its certificate (``voters`` None): the shell verifies the grants and adds the voters."""
         if self.kind == "announce":
             return Announce(self.term, self.node, self.priority or (0, 0.0, self.node))
         if self.kind == "vote_request":
-            return VoteRequest(self.term, self.node, self.priority or (0, 0.0, self.node))
+            return VoteRequest(self.term, self.node, self.priority or (0, 0.0, self.node), None, self.cert_term)
         return Vote(self.term, self.node, bool(self.granted), self.leader)
 
     @classmethod
@@ -440,13 +510,17 @@ class ElectionPost:
         d = _obj(data, "election message")
         kind = d.get("type")
         if kind == "announce":
-            return cls(kind, _int(d, "term"), _node(d, "leader"), _priority(d))
+            return cls(kind, _int(d, "term"), _node(d, "leader"), _priority(d), cert=_grants(d))
         if kind == "vote_request":
-            return cls(kind, _int(d, "term"), _node(d, "candidate"), _priority(d))
+            cert = _grants(d)
+            cert_term = _int(d, "cert_term") if cert is not None else 0
+            return cls(kind, _int(d, "term"), _node(d, "candidate"), _priority(d), cert=cert, cert_term=cert_term)
         if kind == "vote":
             if not isinstance(d.get("granted"), bool):
                 raise WireError("'granted' must be a boolean")
-            return cls(kind, _int(d, "term"), _node(d, "voter"), None, d["granted"], _node(d, "leader", optional=True))
+            grant = Grant.parse(d["grant"]) if d.get("grant") is not None else None
+            return cls(kind, _int(d, "term"), _node(d, "voter"), None, d["granted"], _node(d, "leader", optional=True),
+                       grant=grant)  # fmt: skip
         raise WireError(f"unknown election message type {str(kind)[:40]!r}")
 
 

@@ -129,7 +129,8 @@ class RunningAgent:
             if len(insts) >= count:
                 return insts
             time.sleep(0.1)
-        raise AssertionError(f"{model} x{count} not ready on {self.url} in {timeout} s")
+        tail = self.log.read_text(errors="replace")[-3000:] if self.log.is_file() else ""
+        raise AssertionError(f"{model} x{count} not ready on {self.url} in {timeout} s; its log ends:\n{tail}")
 
 
 @pytest.fixture

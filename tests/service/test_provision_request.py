@@ -47,7 +47,8 @@ def test_resolve_asks_the_peer_with_room_and_the_peer_starts_the_model(agents: A
         try:
             outcome = await resolve(a, "half_plus_two", "phone", {})
             again = await resolve(a, "half_plus_two", "phone", {})  # asked once per interval, not per request
-            await asyncio.sleep(0.5)
+            # the ask runs in the background: wait for it (a fixed 0.5 s let teardown cancel it under load)
+            await asyncio.wait_for(asyncio.gather(*a.provision_requests._tasks), 30)
             return outcome, again, dict(a.provision_requests.asked)
         finally:
             await a.http.aclose()

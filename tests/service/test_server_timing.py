@@ -41,3 +41,5 @@ def test_server_timing_off_leaves_no_timing_on_proxied_or_direct_answers(agents:
         direct = http.get(f"/services/{MODEL}", headers={"X-Peerserve-Client": "c1"}).json()["url"]
         ok = httpx.post(f"{direct}/v1/models/{MODEL}:predict", json={"instances": [1.0]}, timeout=10)
     assert ok.status_code == 200 and "server-timing" not in ok.headers, ok.headers  # the stand-in server's too
+    page = httpx.get(f"{direct}/monitoring/prometheus/metrics", timeout=10)  # nor its monitoring page
+    assert page.status_code == 404 and "request_latency" not in page.text

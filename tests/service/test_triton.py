@@ -134,7 +134,11 @@ def test_digits_over_tf_serving_and_triton_through_an_agent(agents: Any) -> None
         r.latency_ms for r in rows if r.model == "digits" and r.latency_ms is not None and r.status == 200
     )
     [digits_request] = [r for r in snapshot["requests"] if r["model"] == "digits"]
-    assert digits_request["exec_ms"][node.node_id] == pytest.approx(float(np.median(measured)))
+    # ... or its server's own mean where that is slower (the node's word, taken only where it is: its two 1,000-row
+    # predicts weigh in a mean, not in the median of the proxied times)
+    served, own_ms = node.service.get("digits", (0, 0.0))
+    expected = max(float(np.median(measured)), own_ms if served >= MIN_LATENCY_SAMPLES else 0.0)
+    assert digits_request["exec_ms"][node.node_id] == pytest.approx(expected)
     assert digits_request["exec_ms"][node.node_id] > 3.0
 
 
@@ -146,6 +150,7 @@ def test_tritons_admin_apis_answer_403_and_its_log_stays_bounded(tmp_path: Path)
     from agent.catalogue import builtin_catalogue_text, parse_catalogue
     from agent.runtime.process import ProcessRuntime
     from agent.runtime.triton import ADMIN_HEADER, find_triton
+    from agent.serving.server_scrape import ServerScraper
 
     find_triton()
     spec = parse_catalogue(builtin_catalogue_text(), "builtin").get("digits_triton")
@@ -184,9 +189,19 @@ def test_tritons_admin_apis_answer_403_and_its_log_stays_bounded(tmp_path: Path)
                         assert answer.status_code == 403, (path, answer.status_code, answer.text)
                 assert (await c.get(f"{base}/ready")).status_code == 200  # still loaded, log verbosity unchanged
                 grown = log.stat().st_size
+                scraper = ServerScraper(c, 600.0)  # its statistics extension: the node's own service figure
+                await scraper.scrape_once([instance], lambda _model: "triton")
                 for _ in range(20):
                     assert (await c.post(f"{base}/infer", json=v2)).status_code == 200
                 assert log.stat().st_size == grown  # at the default verbosity an infer logs nothing
+                for _ in range(50):  # Triton counts a request once it is done with it: at most a moment after
+                    await asyncio.sleep(0.1)
+                    await scraper.scrape_once([instance], lambda _model: "triton")
+                    figure = scraper.figures().get("digits_triton")
+                    if figure is not None and figure.requests >= 20:
+                        break
+                assert figure is not None
+                assert figure.requests == 20 and 0 < figure.service_ms < 1000 and scraper.errors == 0
             assert grown > 2048  # start-up alone passed the bound ...
             await runtime.list()  # ... and the next round (every reconcile) cut it
             assert log.stat().st_size == 0

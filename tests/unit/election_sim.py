@@ -4,13 +4,22 @@ Each node has a disk: a ``Persist`` action writes (term, vote, accepted leader) 
 out, and ``restart`` builds the node from exactly what is on its disk. ``persist=False`` is the test-only
 fault that loses every write, so the checker (``double_votes``) can be shown to catch what follows;
 ``one_leader_per_term=False`` is the test-only fault that makes every node forget the leader it accepted in
-its term before each message (the election as it was before fencing tokens), for ``fencing_violations``.
+its term before each message (the election as it was before fencing tokens), for ``fencing_violations``;
+``quorum=False`` makes every announce arrive as if every node had granted it (before quorum certificates, a node
+followed an announce on its sender's word): with both, the checker is shown to bite again.
 
 Leaders also command: at election and with every renewal a leader sends each member it sees (and itself) a
 ``Command(term, leader)``, which travels like any message; the receiver obeys it when the agent's fencing
 rule (``coordinator_election.fencing.command_refusal``) says so, and the observer records it in ``obeyed``.
 ``fencing_violations`` is the property that matters to agents: no node obeys two leaders in one term, nor a
 term below one it has obeyed (the record lives outside the nodes: it survives their restarts).
+
+Quorum certificates travel as the agent carries them: a granted ``Vote`` is the voter's signed grant of (term,
+candidate), which the network records when the voter sends it (``grants``); a certificate in an ``Announce`` or a
+``VoteRequest`` reaches its receiver as the voters among it that really granted that (term, leader), as the agent's
+signature check leaves it (a name with no grant behind it is a forgery and drops out). ``accepted_by`` records, per
+term, which nodes accepted which leader; ``majority_violations`` is the quorum property: in no term are two leaders
+accepted by majorities of the cluster.
 """
 
 from __future__ import annotations
@@ -18,9 +27,10 @@ from __future__ import annotations
 import heapq
 import itertools
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from coordinator_election import (
+    Announce,
     BecameLeader,
     Broadcast,
     Election,
@@ -33,6 +43,8 @@ from coordinator_election import (
     Role,
     Send,
     Tick,
+    Vote,
+    VoteRequest,
 )
 from coordinator_election.fencing import command_refusal
 
@@ -65,6 +77,7 @@ class Network:
     persist: bool = True  # False: the test-only fault that loses every Persist
     known: bool = False  # True: a restarted node expects every other node back (agent/known_peers.py)
     one_leader_per_term: bool = True  # False: the test-only fault that forgets the leader accepted in a term
+    quorum: bool = True  # False: the test-only fault that takes any announce as granted by every node (no certificates)
 
     def __post_init__(self) -> None:
         self.rng = random.Random(self.seed)
@@ -83,6 +96,8 @@ class Network:
         self.leader_log: list[tuple[float, str, int]] = []  # (time, node, term) at each BecameLeader
         self.votes_by_term: dict[int, list[tuple[str, frozenset[str]]]] = {}  # term -> (leader, voters)
         self.obeyed: dict[str, list[tuple[float, int, str]]] = {n: [] for n in self.ids}  # (time, term, leader)
+        self.grants: dict[tuple[int, str], set[str]] = {}  # (term, candidate) -> voters that signed a grant of it
+        self.accepted_by: dict[int, dict[str, set[str]]] = {}  # term -> leader -> nodes that accepted it
 
     def priority(self, n: str) -> Priority:
         return (0, self.memory.get(n, 1000.0), n)
@@ -186,6 +201,8 @@ class Network:
                 if self.persist:
                     self.disk[n] = (a.term, a.vote, a.leader)
             elif isinstance(a, Send):
+                if isinstance(a.message, Vote) and a.message.granted:  # the voter signs its grant
+                    self.grants.setdefault((a.message.term, a.to), set()).add(n)
                 self._deliver(n, a.to, a.message)
             elif isinstance(a, (Broadcast, Renew)):  # a renewal reaches everyone here (gossip: test_swim.py)
                 for m in node.alive:
@@ -194,6 +211,7 @@ class Network:
                 if isinstance(a, Renew):
                     self._command(n, a.message.term)
             elif isinstance(a, BecameLeader):
+                self.grants.setdefault((a.term, n), set()).add(n)  # its own grant, signed when it stood
                 self.leader_log.append((self.now, n, a.term))
                 self.votes_by_term.setdefault(a.term, []).append((n, a.voters))
                 self._command(n, a.term)
@@ -205,9 +223,34 @@ class Network:
             if m != leader:
                 self._deliver(leader, m, Command(term, leader))
 
+    def _verified(self, message: Packet) -> Packet:
+        """``message`` as the receiving agent's signature check leaves it: voters without a grant drop out."""
+        if isinstance(message, Announce) and not self.quorum:
+            return replace(message, voters=frozenset(self.ids))  # the election before certificates: anyone's word
+        if isinstance(message, Announce) and message.voters is not None:
+            return replace(message, voters=message.voters & self.grants.get((message.term, message.leader), set()))
+        if isinstance(message, VoteRequest) and message.voters is not None:
+            granted = self.grants.get((message.cert_term, message.candidate), set())
+            return replace(message, voters=message.voters & granted)
+        return message
+
+    def _note_accepted(self, n: str) -> None:
+        node = self.nodes[n]
+        if node.accepted is not None:
+            self.accepted_by.setdefault(node.term, {}).setdefault(node.accepted, set()).add(n)
+
+    def majority_violations(self) -> list[tuple[int, list[str]]]:
+        """Terms in which two leaders were each accepted by a majority of the cluster's nodes."""
+        found = []
+        for term, by_leader in sorted(self.accepted_by.items()):
+            big = sorted(leader for leader, nodes in by_leader.items() if 2 * len(nodes) > self.size)
+            if len(big) > 1:
+                found.append((term, big))
+        return found
+
     def _obey(self, n: str, sender: str, command: Command) -> None:
         node = self.nodes[n]
-        if command_refusal(command.term, sender, node.term, node.leader) is None:
+        if command_refusal(command.term, sender, node.term, node.accepted) is None:
             self.obeyed[n].append((self.now, command.term, command.leader))
 
     def run(self, seconds: float) -> None:
@@ -227,10 +270,12 @@ class Network:
                 elif self.reachable(sender, to):
                     if not self.one_leader_per_term:
                         self.nodes[to].accepted = None
-                    self._carry_out(to, self.nodes[to].step(Received(self.now, sender, message)))
+                    self._carry_out(to, self.nodes[to].step(Received(self.now, sender, self._verified(message))))
+                    self._note_accepted(to)
             for n in self.ids:
                 if n in self.up and n not in self.paused:
                     self._carry_out(n, self.nodes[n].step(Tick(self.now, self.view(n))))
+                    self._note_accepted(n)
 
     # -- observations ----------------------------------------------------------------------------
     def leader_log_voters(self) -> list[tuple[str, frozenset[str]]]:

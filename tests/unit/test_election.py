@@ -29,6 +29,7 @@ from tests.unit.election_sim import FAULTS, Network
 
 CFG = ElectionConfig(heartbeat_s=0.3, election_timeout_s=1.2)
 P = {n: (0, 1000.0 - i, n) for i, n in enumerate(["a", "b", "c"])}  # a is best
+Q = frozenset(P)  # a quorum certificate every view here takes (each voter's grant verified by the shell)
 
 
 def machine(node: str = "a", term: int = 0) -> Election:
@@ -74,7 +75,7 @@ def test_candidate_to_leader_on_majority() -> None:
     assert m.step(Received(1.31, "b", Vote(1, "b", True, None))) == [
         Persist(1, "a", "a"),  # durable before its first command: it accepts itself for term 1
         BecameLeader(1, frozenset({"a", "b"})),
-        Broadcast(Announce(1, "a", P["a"])),
+        Broadcast(Announce(1, "a", P["a"], frozenset({"a", "b"}))),  # with its certificate
     ]
     assert m.role is Role.LEADER and m.leader == "a"
 
@@ -88,7 +89,7 @@ def test_leader_renews_its_lease_every_heartbeat() -> None:
 
 def test_a_renewal_holds_a_follower_for_lease_s() -> None:
     m = Election("b", P["b"], ElectionConfig(heartbeat_s=0.3, election_timeout_s=1.2, lease_s=2.0), now=0.0)
-    m.step(Received(0.1, "a", Announce(1, "a", P["a"])))
+    m.step(Received(0.1, "a", Announce(1, "a", P["a"], Q)))
     assert m.leader == "a" and m.lease_until == pytest.approx(2.1)
     with pytest.raises(ValueError, match="lease_s"):
         ElectionConfig(heartbeat_s=0.3, election_timeout_s=1.2, lease_s=1.0)
@@ -103,7 +104,7 @@ def test_candidate_to_follower_when_refused_for_a_live_leader() -> None:
 
 def test_candidate_asks_again_and_ignores_refusals_naming_the_lost_leader() -> None:
     m = machine("b")
-    m.step(Received(0.1, "a", Announce(1, "a", P["a"])))
+    m.step(Received(0.1, "a", Announce(1, "a", P["a"], Q)))
     m.step(Tick(1.4, {"b": P["b"], "c": P["c"]}))  # a silent and gone from the view: b is best
     assert m.role is Role.CANDIDATE and m._lost_leader == "a"
     assert m.step(Received(1.45, "c", Vote(2, "c", False, "a"))) == []  # c's lease on a runs out soon
@@ -121,51 +122,77 @@ def test_candidate_times_out() -> None:
 
 def test_announce_makes_a_follower_and_refreshes_its_lease() -> None:
     m = machine("b")
-    assert m.step(Received(0.5, "a", Announce(3, "a", P["a"]))) == [Persist(3, None, "a"), BecameFollower(3, "a")]
+    assert m.step(Received(0.5, "a", Announce(3, "a", P["a"], Q))) == [Persist(3, None, "a"), BecameFollower(3, "a")]
     assert m.term == 3 and m.leader == "a"
     assert m.step(Tick(1.6, P)) == []  # lease valid until 1.7
-    m.step(Received(1.6, "a", Announce(3, "a", P["a"])))
+    m.step(Received(1.6, "a", Announce(3, "a", P["a"])))  # a renewal: no certificate needed for the leader we accept
     assert m.step(Tick(2.7, P)) == [] and m.leader == "a"
 
 
 def test_lease_expiry_drops_the_leader() -> None:
     m = machine("a")
-    m.step(Received(0.1, "c", Announce(2, "c", P["c"])))
+    m.step(Received(0.1, "c", Announce(2, "c", P["c"], Q)))
     actions = m.step(Tick(1.4, P))  # lease expired at 1.3; a is best and stands at once
     assert m.leader is None
     assert m.role is Role.CANDIDATE and m.term == 3 and actions
 
 
-def test_leader_steps_down_for_a_better_leader_of_a_higher_term() -> None:
-    m = machine("c")
+def test_leader_steps_down_for_a_leader_a_majority_granted_a_newer_term() -> None:
+    m = machine("a")
     m.step(Tick(1.3, {}))
     assert m.is_leader
-    assert m.step(Received(2.0, "a", Announce(5, "a", P["a"]))) == [Persist(5, None, "a"), BecameFollower(5, "a")]
+    m.observe(P)
+    # the best priority, but b holds a certificate of a newer term from a majority of a's view: b won
+    assert m.step(Received(2.0, "b", Announce(5, "b", P["b"], frozenset({"b", "c"})))) == [
+        Persist(5, None, "b"),
+        BecameFollower(5, "b"),
+    ]
 
 
-def test_equal_terms_the_higher_priority_leader_moves_on_and_fences() -> None:
+def test_two_leaders_of_one_term_the_larger_certificate_keeps_leading() -> None:
+    """A partition healed: a (best priority, elected alone) meets b, elected by b and c. a's certificate is a minority
+    of its grown view and b's is larger: a stands down, b's certificate is a majority and b keeps leading."""
+    m = machine("a")
+    m.step(Tick(1.3, {}))
+    m.observe(P)
+    assert m.step(Received(2.0, "b", Announce(1, "b", P["b"]))) == [Send("b", Announce(1, "a", P["a"], {"a"}))]
+    assert m.step(Received(2.1, "b", Announce(1, "b", P["b"], frozenset({"b", "c"})))) == [BecameFollower(1, None)]
+    assert m.role is Role.FOLLOWER and m.accepted == "a"  # it never follows a rival of its own term
+    winner = machine("b")
+    winner.step(Tick(0.05, {"b": P["b"], "c": P["c"]}))
+    winner.step(Tick(1.3, {"b": P["b"], "c": P["c"]}))
+    winner.step(Received(1.31, "c", Vote(1, "c", True, None)))
+    assert winner.is_leader and winner.cert == {"b", "c"}
+    winner.observe(P)  # a is back in the view: b's certificate is still a majority (2 of 3), a's {a} is not
+    actions = winner.step(Received(2.0, "a", Announce(1, "a", P["a"], frozenset({"a"}))))
+    assert actions == [Send("a", Announce(1, "b", P["b"], frozenset({"b", "c"})))] and winner.is_leader
+
+
+def test_equal_certificates_priority_breaks_the_tie_and_the_winner_stands_again() -> None:
+    """Two leaders elected alone (a 1/1 split of two nodes): neither certificate is a majority of the healed view of
+    two; the better priority keeps leading and stands again, the other stands down and grants it."""
+    a, b = machine("a"), machine("b")
+    for m in (a, b):
+        m.step(Tick(1.3, {}))
+    two = {n: P[n] for n in ("a", "b")}
+    b.observe(two)
+    assert b.step(Received(2.0, "a", Announce(1, "a", P["a"], frozenset({"a"})))) == [BecameFollower(1, None)]
+    actions = a.step(Tick(2.0, two))  # a's view grew past its certificate: it stands again
+    assert actions[:2] == [Persist(2, "a"), Broadcast(VoteRequest(2, "a", P["a"], frozenset({"a"}), 1))]
+    assert a.is_leader and a.term == 2 and a.accepted is None
+    assert b.step(Received(2.01, "a", actions[1].message)) == [Persist(2, "a"), Send("a", Vote(2, "b", True, None))]
+    won = a.step(Received(2.02, "b", Vote(2, "b", True, None)))
+    assert won[:2] == [Persist(2, "a", "a"), BecameLeader(2, frozenset({"a", "b"}))]
+    assert b.step(Received(2.03, "a", won[2].message)) == [Persist(2, "a", "a"), BecameFollower(2, "a")]
+
+
+def test_stale_leader_is_sent_the_certificate_of_the_newer_term() -> None:
     m = machine()
     m.step(Tick(1.3, {}))
-    actions = m.step(Received(2.0, "b", Announce(1, "b", P["b"])))
-    assert m.role is Role.LEADER and m.term == 2
-    assert actions == [Persist(2, "a", "a"), BecameLeader(2, frozenset({"a"})), Broadcast(Announce(2, "a", P["a"]))]
-    loser = machine("b")
-    loser.step(Tick(1.3, {}))
-    # the loser never follows a rival of its own term (its own agent obeyed it in term 1): it makes sure the
-    # winner hears of it, and follows when the winner's new term reaches it
-    assert loser.step(Received(2.0, "a", Announce(1, "a", P["a"]))) == [Send("a", Announce(1, "b", P["b"]))]
-    assert loser.role is Role.LEADER and loser.accepted == "b"
-    assert loser.step(Received(2.1, "a", Announce(2, "a", P["a"]))) == [Persist(2, None, "a"), BecameFollower(2, "a")]
-
-
-def test_stale_leader_is_told_the_newer_term() -> None:
-    m = machine()
-    m.step(Tick(1.3, {}))
-    m.step(Received(1.4, "c", Announce(4, "c", P["c"])))
-    m.step(Tick(3.0, {}))  # c gone silent; a stands alone and wins term 5
-    m.step(Tick(3.1, {}))
-    assert m.role is Role.LEADER and m.term == 5
-    assert m.step(Received(3.2, "b", Announce(2, "b", P["b"]))) == [Send("b", Announce(5, "a", P["a"]))]
+    m.step(Received(1.4, "c", Announce(4, "c", P["c"], frozenset({"c"}))))  # a majority of a's view {a}? no: a leads
+    m.step(Tick(3.0, {}))
+    assert m.role is Role.LEADER and m.term == 1
+    assert m.step(Received(3.2, "b", Announce(0, "b", P["b"]))) == [Send("b", Announce(1, "a", P["a"], {"a"}))]
 
 
 def test_votes_once_per_term_and_not_while_following_a_live_leader() -> None:
@@ -176,7 +203,7 @@ def test_votes_once_per_term_and_not_while_following_a_live_leader() -> None:
         Send("a", Vote(1, "c", True, None)),
     ]
     assert m.step(Received(0.2, "b", VoteRequest(1, "b", P["b"]))) == [Send("b", Vote(1, "c", False, None))]
-    m.step(Received(0.3, "a", Announce(1, "a", P["a"])))
+    m.step(Received(0.3, "a", Announce(1, "a", P["a"], Q)))
     assert m.step(Received(0.4, "b", VoteRequest(2, "b", P["b"]))) == [Send("b", Vote(2, "c", False, "a"))]
     assert m.step(Received(0.5, "b", VoteRequest(0, "b", P["b"]))) == [Send("b", Vote(1, "c", False, "a"))]
 
@@ -241,11 +268,12 @@ def test_partition_gives_each_side_a_leader_and_heal_leaves_one() -> None:
     majority_term = net.nodes["n2"].term
     net.heal()
     took = net.time_until_agreed(5)
-    # the two leaders hear each other: the better (n4) moves past n2's term and n2 follows it at once; n0 and n1 hold
-    # a lease on n2 and ignore n4's announces (leader stickiness) until that lease runs out: within a lease + heartbeat
-    assert took is not None and took < CFG.lease + 2 * CFG.heartbeat_s
-    assert net.agreed_leader() == "n4"
+    # the two leaders hear each other: n2's certificate (3 voters) is a majority of the healed view, n4's (2) is not;
+    # n4 stands down, its followers' leases run out, and n2 stands again past n4's term with every vote
+    assert took is not None and took < CFG.lease + 4 * CFG.heartbeat_s, took
+    assert net.agreed_leader() == "n2"
     assert all(net.nodes[n].term > majority_term for n in net.ids)  # both sides' old commands are now fenced
+    assert net.majority_violations() == [] and not net.double_votes()
 
 
 def _voter_of(net: Network, leader: str) -> str:
@@ -454,7 +482,7 @@ def test_the_short_listen_restarts_when_a_known_peer_drops_out() -> None:
 def test_a_leader_heard_during_the_short_listen_is_followed_and_nobody_stands() -> None:
     m = known_machine()
     m.step(Tick(0.05, P))
-    assert m.step(Received(0.3, "b", Announce(4, "b", P["b"]))) == [Persist(4, "b", "b"), BecameFollower(4, "b")]
+    assert m.step(Received(0.3, "b", Announce(4, "b", P["b"], Q))) == [Persist(4, "b", "b"), BecameFollower(4, "b")]
     assert m.step(Tick(0.7, P)) == [] and m.role is Role.FOLLOWER and m.leader == "b"
 
 
@@ -506,7 +534,7 @@ def test_a_node_joining_through_seeds_does_not_lead_itself_alone() -> None:
 def _follower_of_a(node: str = "b") -> Election:
     m = machine(node)
     m.step(Tick(0.05, P))
-    m.step(Received(0.1, "a", Announce(1, "a", P["a"])))
+    m.step(Received(0.1, "a", Announce(1, "a", P["a"], Q)))
     assert m.leader == "a" and m.term == 1
     return m
 
@@ -518,34 +546,67 @@ def test_a_follower_with_a_live_lease_ignores_a_higher_term_announce_from_anyone
     assert m.step(Received(0.6, "c", Announce(1000, "c", P["c"]))) == []  # however far ahead
     assert m.step(Received(0.7, "c", Vote(5, "c", False, None))) == []  # nor unasked-for news of a newer term
     assert m.term == 1
-    # our own leader moving to a newer term is followed at once
-    assert m.step(Received(0.8, "a", Announce(2, "a", P["a"]))) == [Persist(2, None, "a")]
+    # our own leader's newer term without a certificate holds our lease on it, but is not accepted
+    assert m.step(Received(0.8, "a", Announce(2, "a", P["a"]))) == [Send("a", Vote(2, "b", False, None))]
+    assert (m.term, m.accepted) == (1, "a")  # it asks a for the certificate (once a timeout)
+    assert m.step(Received(0.9, "a", Announce(2, "a", P["a"], Q))) == [Persist(2, None, "a"), BecameFollower(2, "a")]
     assert (m.term, m.leader) == (2, "a")
 
 
-def test_once_the_lease_runs_out_a_higher_term_leader_is_followed() -> None:
+def test_once_the_lease_runs_out_a_certified_higher_term_leader_is_followed() -> None:
     m = _follower_of_a("b")
-    assert m.step(Received(1.31, "c", Announce(2, "c", P["c"]))) == [Persist(2, None, "c"), BecameFollower(2, "c")]
+    assert m.step(Received(1.31, "c", Announce(2, "c", P["c"]))) == [Send("c", Vote(2, "b", False, None))]  # its word
+    assert m.step(Received(1.32, "c", Announce(2, "c", P["c"], frozenset({"b", "c"})))) == [
+        Persist(2, None, "c"),
+        BecameFollower(2, "c"),
+    ]
+
+
+def test_a_certified_newer_leader_is_followed_despite_a_lease() -> None:
+    """A majority of the view granted c a newer term: those voters held no lease on a, so a is no longer leading."""
+    m = _follower_of_a("b")
+    assert m.step(Received(0.5, "c", Announce(2, "c", P["c"], frozenset({"a", "c"})))) == [
+        Persist(2, None, "c"),
+        BecameFollower(2, "c"),
+    ]
 
 
 def test_a_lease_on_a_leader_gone_from_the_view_holds_nobody_back() -> None:
     m = _follower_of_a("c")
     m.step(Tick(0.2, {n: p for n, p in P.items() if n != "a"}))  # membership declared a dead
-    assert m.step(Received(0.3, "b", Announce(2, "b", P["b"]))) == [Persist(2, None, "b"), BecameFollower(2, "b")]
+    # b and c are the view: b's grant alone is not a majority of two (c is told it follows no one), b's and c's are
+    assert m.step(Received(0.3, "b", Announce(2, "b", P["b"], frozenset({"b"})))) == [
+        Send("b", Vote(2, "c", False, None))
+    ]
+    assert m.step(Received(0.4, "b", Announce(2, "b", P["b"], frozenset({"b", "c"})))) == [
+        Persist(2, None, "b"),
+        BecameFollower(2, "b"),
+    ]
 
 
 def test_a_leader_is_not_unseated_by_a_lower_members_announce_of_a_higher_term() -> None:
     m = machine("a")
     m.step(Tick(1.3, {}))
     assert m.is_leader and m.term == 1
-    # c (lower priority) announces itself at term 2: a moves past it to 3 and stays leader
+    m.observe(P)
+    # c (lower priority) announces itself at term 2 without a certificate: a sends it its own and stays leader
     actions = m.step(Received(1.5, "c", Announce(2, "c", P["c"])))
-    assert actions == [Persist(3, "a", "a"), BecameLeader(3, frozenset({"a"})), Broadcast(Announce(3, "a", P["a"]))]
-    # once per election timeout: a second one within it is not answered (no fsync, no broadcast)
-    assert m.step(Received(1.6, "c", Announce(4, "c", P["c"]))) == [] and m.term == 3 and m.is_leader
-    assert m.step(Received(2.8, "c", Announce(4, "c", P["c"])))[1] == BecameLeader(5, frozenset({"a"}))
-    # hearsay that c leads a newer term does not unseat it either
-    assert m.step(Received(2.9, "b", Vote(9, "b", False, "c"))) == [] and m.is_leader and m.term == 5
+    assert actions == [Send("c", Announce(1, "a", P["a"], frozenset({"a"})))] and m.term == 1 and m.is_leader
+    # once per election timeout for each node: a second one within it is not answered
+    assert m.step(Received(1.6, "c", Announce(4, "c", P["c"]))) == [] and m.term == 1 and m.is_leader
+    # nor with c's own grant as its certificate (one voter, a's has as many and a better priority), nor on hearsay
+    assert m.step(Received(2.8, "c", Announce(4, "c", P["c"], frozenset({"c"}))))[0] == Send("c", m_announce(m))
+    assert m.step(Received(2.9, "b", Vote(9, "b", False, "c")))[1] == Broadcast(m_request(m))  # stands again
+    assert m.is_leader and m.accepted is None and m.term == 10
+    assert m.step(Received(3.0, "b", Vote(10, "b", True, None)))[1] == BecameLeader(10, frozenset({"a", "b"}))
+
+
+def m_announce(m: Election) -> Announce:
+    return Announce(m.led_term, m.node_id, m.priority, m.cert)
+
+
+def m_request(m: Election) -> VoteRequest:
+    return VoteRequest(m.term, m.node_id, m.priority, m.cert, m.led_term)
 
 
 def test_the_announce_route_repro_no_member_takes_over_with_one_announce() -> None:
@@ -556,24 +617,27 @@ def test_the_announce_route_repro_no_member_takes_over_with_one_announce() -> No
     now = 1.3
     nodes["L"].step(Tick(now, prio))
     nodes["a"].step(Tick(now, prio))
-    nodes["L"].step(Received(now, "a", Vote(1, "a", True, None)))
-    nodes["a"].step(Received(now, "L", Announce(1, "L", prio["L"])))
+    (won,) = [a for a in nodes["L"].step(Received(now, "a", Vote(1, "a", True, None))) if isinstance(a, Broadcast)]
+    nodes["a"].step(Received(now, "L", won.message))  # with its certificate {L, a}
     assert nodes["L"].is_leader and nodes["a"].leader == "L"
     answers = {n: e.step(Received(now + 0.1, "m", Announce(2, "m", prio["m"]))) for n, e in nodes.items()}
     assert nodes["a"].accepted == "L" and nodes["a"].term == 1  # sticky: m's announce ignored
-    assert nodes["L"].is_leader and nodes["L"].term == 3  # L moved past m's term ...
-    (moved,) = [a for a in answers["L"] if isinstance(a, Broadcast)]
-    nodes["a"].step(Received(now + 0.1, "L", moved.message))
-    assert (nodes["a"].term, nodes["a"].accepted) == (3, "L")  # ... and a follows it there: m leads nobody
-    assert command_refusal(2, "m", nodes["a"].term, nodes["a"].accepted) is not None
+    assert nodes["L"].is_leader and nodes["L"].term == 1  # L keeps its term: it sends m its certificate, nothing more
+    assert answers["L"] == [Send("m", Announce(1, "L", prio["L"], frozenset({"L", "a"})))]
+    assert command_refusal(2, "m", nodes["a"].term, nodes["a"].accepted) is not None  # m leads nobody
 
 
 def test_a_leader_back_from_a_freeze_yields_to_the_newer_term() -> None:
     m = machine("a")
     m.step(Tick(1.3, {}))
     assert m.is_leader and m.term == 1
-    # frozen for longer than a lease: b was elected meanwhile; a, though better, follows it (no churn)
-    assert m.step(Received(4.0, "b", Announce(2, "b", P["b"]))) == [Persist(2, None, "b"), BecameFollower(2, "b")]
+    # frozen for longer than a lease: b may have been elected meanwhile; a, though better, stands down (no churn) and
+    # asks b for its certificate, then follows it
+    assert m.step(Received(4.0, "b", Announce(2, "b", P["b"]))) == [
+        BecameFollower(1, None),
+        Send("b", Vote(2, "a", False, None)),
+    ]
+    assert m.step(Received(4.1, "b", Announce(2, "b", P["b"], Q))) == [Persist(2, None, "b"), BecameFollower(2, "b")]
     m2 = machine("a")
     m2.step(Tick(1.3, {}))
     assert m2.step(Received(4.0, "c", Vote(3, "c", False, "b"))) == [Persist(3, None), BecameFollower(3, None)]
@@ -587,8 +651,8 @@ def test_a_leader_moves_past_vote_requests_at_most_once_per_election_timeout() -
     first = m.step(Received(1.4, "c", VoteRequest(1, "c", P["c"])))
     assert first == [
         Persist(2, "a", "a"),
-        BecameLeader(2, frozenset({"a"})),
-        Broadcast(Announce(2, "a", P["a"])),
+        BecameLeader(2, frozenset({"a"})),  # alone in its view: its own vote is a majority
+        Broadcast(Announce(2, "a", P["a"], frozenset({"a"}))),
         Send("c", Vote(2, "a", False, "a")),
     ]
     # within the timeout: refused with the current term, nothing persisted or broadcast
@@ -616,7 +680,11 @@ def test_a_leader_elected_during_its_first_listen_still_follows_a_better_leader_
     m.step(Tick(0.6, view))  # c back for two heartbeats: b (the best it sees) stands
     m.step(Received(0.65, "c", Vote(1, "c", True, None)))
     assert m.is_leader and m.lease_until > 0.7
-    assert m.step(Received(0.7, "a", Announce(2, "a", P["a"]))) == [Persist(2, None, "a"), BecameFollower(2, "a")]
+    m.observe(P)  # a is back: a majority of this view (a and c) granted it a newer term
+    assert m.step(Received(0.7, "a", Announce(2, "a", P["a"], frozenset({"a", "c"})))) == [
+        Persist(2, None, "a"),
+        BecameFollower(2, "a"),
+    ]
 
 
 def test_a_vote_for_a_newer_term_leaves_no_leader_named_for_it() -> None:

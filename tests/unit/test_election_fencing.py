@@ -15,6 +15,7 @@ import pytest
 from coordinator_election import (
     Announce,
     BecameFollower,
+    BecameLeader,
     Election,
     ElectionConfig,
     Persist,
@@ -29,6 +30,7 @@ from tests.unit.election_sim import CONFIG, Network
 
 CFG = ElectionConfig(heartbeat_s=0.3, election_timeout_s=1.2)
 P = {n: (0, 1000.0 - i, n) for i, n in enumerate(["a", "b", "c"])}  # a is best
+Q = frozenset(P)  # a certificate every view here takes
 
 # Schedules the property test's generator found against the election before this fix (size, seed, faults):
 # each made a node obey two leaders of one term. Kept as regressions; they fail again with the fault on.
@@ -81,26 +83,28 @@ def test_the_agent_rule_obeys_only_the_leader_accepted_for_exactly_that_term() -
 def test_two_sides_of_one_term_meet_and_no_node_obeys_both() -> None:
     net = _both_sides_elect_term_2()
     took = net.time_until_agreed(3)
-    # n1 follows n2 once they hear each other (a heartbeat); n0 holds a lease on n1 and ignores n2's newer term until
-    # it runs out (leader stickiness), then takes n2's next renewal
+    # n1's certificate {n0, n1} is a majority of the healed view of three, n2's {n2} is not: n2 stands down (it never
+    # follows a rival of its own term), tells n1 the term is its own, and n1 stands again past it with every vote
     assert took is not None and took < CONFIG.lease + 2 * CONFIG.heartbeat_s
-    assert net.agreed_leader() == "n2" and net.nodes["n2"].term == 3  # the winner moved to a new term
-    assert net.fencing_violations() == []
-    assert {n: {t for _, t, leader in net.obeyed[n] if leader == "n1"} for n in ("n0", "n1")} == {"n0": {2}, "n1": {2}}
-
-
-def test_checker_bites_when_nodes_follow_any_leader_of_their_term() -> None:
-    net = _both_sides_elect_term_2(one_leader_per_term=False)
-    net.run(3)
-    found = net.fencing_violations()
-    assert found and {(term, first, second) for _, term, first, second in found} == {(2, "n1", "n2")}
+    assert net.agreed_leader() == "n1" and net.nodes["n1"].term > 2  # the winner stood again for a new term
+    assert net.fencing_violations() == [] and net.majority_violations() == []
+    assert {n: {t for _, t, leader in net.obeyed[n] if leader == "n2"} for n in ("n2",)} == {"n2": {2}}
 
 
 @pytest.mark.parametrize(("size", "seed", "text"), FOUND, ids=[str(seed) for _, seed, _ in FOUND])
 def test_found_schedules_obey_one_leader_per_term(size: int, seed: int, text: str) -> None:
     schedule = _steps(text)
-    assert _play(size, seed, schedule).fencing_violations() == []
-    assert _play(size, seed, schedule, one_leader_per_term=False).fencing_violations()  # the old election
+    net = _play(size, seed, schedule)
+    assert net.fencing_violations() == [] and net.majority_violations() == []
+
+
+@pytest.mark.parametrize(("size", "seed", "text"), FOUND[:4], ids=[str(seed) for _, seed, _ in FOUND[:4]])
+def test_found_schedules_break_the_election_without_its_guards(size: int, seed: int, text: str) -> None:
+    """The checker bites on them: with every write lost (``persist=False``) a restarted node obeys a second leader or a
+    lower term. (Forgetting the accepted leader and following any announce, the two guards' faults, no longer breaks
+    these schedules: leaders stand again instead of jumping to a new term on their word; it still breaks seeded chaos,
+    ``test_seeded_chaos_obeys_one_leader_per_term_only_with_the_fix``. Seed 93 breaks neither way now.)"""
+    assert _play(size, seed, _steps(text), persist=False).fencing_violations()
 
 
 def _chaos(seed: int, **faults: bool) -> Network:
@@ -119,7 +123,7 @@ def _chaos(seed: int, **faults: bool) -> Network:
 
 def test_seeded_chaos_obeys_one_leader_per_term_only_with_the_fix() -> None:
     assert all(_chaos(seed).fencing_violations() == [] for seed in range(12))
-    assert any(_chaos(seed, one_leader_per_term=False).fencing_violations() for seed in range(12))
+    assert any(_chaos(seed, one_leader_per_term=False, quorum=False).fencing_violations() for seed in range(12))
 
 
 def test_the_accepted_leader_must_survive_a_restart() -> None:
@@ -130,40 +134,40 @@ def test_the_accepted_leader_must_survive_a_restart() -> None:
 # -- the machine's rules, step by step -------------------------------------------------------------------
 def test_a_follower_never_follows_a_second_leader_of_its_term_and_tells_it() -> None:
     m = Election("c", P["c"], CFG, now=0.0)
-    m.step(Received(0.1, "b", Announce(2, "b", P["b"])))
+    m.step(Received(0.1, "b", Announce(2, "b", P["b"], Q)))
     assert (m.term, m.leader, m.accepted) == (2, "b", "b")
-    assert m.step(Received(0.2, "a", Announce(2, "a", P["a"]))) == [Send("a", Vote(2, "c", False, "b"))]
+    assert m.step(Received(0.2, "a", Announce(2, "a", P["a"], Q))) == [Send("a", Vote(2, "c", False, "b"))]
     assert (m.leader, m.accepted) == ("b", "b")
     m.step(Tick(3.0, P))  # b's lease ran out: no leader, but term 2 still belongs to b here
-    assert m.leader is None and m.step(Received(3.1, "a", Announce(2, "a", P["a"])))[0] == Send(
+    assert m.leader is None and m.step(Received(3.1, "a", Announce(2, "a", P["a"], Q)))[0] == Send(
         "a", Vote(2, "c", False, "b")
     )
-    assert m.step(Received(3.2, "a", Announce(3, "a", P["a"]))) == [Persist(3, None, "a"), BecameFollower(3, "a")]
+    assert m.step(Received(3.2, "a", Announce(3, "a", P["a"], Q))) == [Persist(3, None, "a"), BecameFollower(3, "a")]
 
 
 def test_a_voter_that_accepted_a_leader_gives_no_vote_in_that_term() -> None:
     m = Election("c", P["c"], CFG, now=0.0)
-    m.step(Received(0.1, "b", Announce(2, "b", P["b"])))
+    m.step(Received(0.1, "b", Announce(2, "b", P["b"], Q)))
     m.step(Tick(3.0, P))  # lease gone
     assert m.step(Received(3.1, "a", VoteRequest(2, "a", P["a"]))) == [Send("a", Vote(2, "c", False, None))]
     granted = m.step(Received(3.2, "a", VoteRequest(3, "a", P["a"])))
     assert granted == [Persist(3, "a", None), Send("a", Vote(3, "c", True, None))]
 
 
-def test_a_leader_told_of_a_rival_of_its_term_moves_on_or_makes_the_better_one_hear_it() -> None:
-    winner = Election("a", P["a"], CFG, now=0.0)
-    winner.step(Tick(1.3, {}))  # leads term 1 alone
-    winner.step(Tick(1.35, P))
-    actions = winner.step(Received(1.4, "c", Vote(1, "c", False, "b")))  # c follows b, also of term 1
-    assert actions[0] == Persist(2, "a", "a") and winner.term == 2 and winner.is_leader
-    loser = Election("b", P["b"], CFG, now=0.0)
-    loser.step(Tick(1.3, {}))
-    loser.step(Tick(1.35, P))
-    assert loser.step(Received(1.4, "c", Vote(1, "c", False, "a"))) == [Send("a", Announce(1, "b", P["b"]))]
-    assert loser.is_leader and loser.term == 1  # it waits for a's new term
+def test_a_leader_told_of_a_rival_of_its_term_stands_again() -> None:
+    """A refusal naming another leader of our term (a partition's other side): stand again past it, a real election
+    (was: a new term on the leader's word, which followers no longer take)."""
+    leader = Election("a", P["a"], CFG, now=0.0)
+    leader.step(Tick(1.3, {}))  # leads term 1 alone
+    leader.step(Tick(1.35, P))  # b and c are back: its certificate {a} is a minority, it stands again at once
+    assert leader.term == 2 and leader.is_leader and leader.accepted is None
+    actions = leader.step(Received(1.4, "c", Vote(2, "c", False, "b")))  # c follows b: it is asked again next beat
+    assert actions == [] and leader.is_leader
+    won = leader.step(Received(1.45, "b", Vote(2, "b", True, None)))
+    assert won[:2] == [Persist(2, "a", "a"), BecameLeader(2, frozenset({"a", "b"}))] and leader.cert == {"a", "b"}
 
 
 def test_a_restarted_node_keeps_the_leader_it_accepted() -> None:
     m = Election("c", P["c"], CFG, now=0.0, term=2, vote=None, accepted="b")
-    assert m.step(Received(0.1, "a", Announce(2, "a", P["a"]))) == [Send("a", Vote(2, "c", False, "b"))]
+    assert m.step(Received(0.1, "a", Announce(2, "a", P["a"], Q))) == [Send("a", Vote(2, "c", False, "b"))]
     assert m.step(Received(0.2, "b", Announce(2, "b", P["b"]))) == [BecameFollower(2, "b")]  # nothing new to persist

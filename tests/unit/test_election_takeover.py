@@ -17,6 +17,7 @@ from agent.node import NodeAgent
 from agent.peer_api import create_peer_app
 from agent.peer_client import PeerClient
 from agent.peers import Member
+from agent.quorum import Grants
 from agent.settings import load_settings
 from peerserve import wire
 
@@ -38,8 +39,9 @@ class Table:
         ]  # fmt: skip
 
 
-def _announce(node: str, term: int, memory: float) -> dict[str, Any]:
-    return {"type": "announce", "term": term, "leader": node, "priority": [0, memory, node], "node": node}
+def _announce(node: str, term: int, memory: float, cert: list[wire.Grant] | None = None) -> dict[str, Any]:
+    body = {"type": "announce", "term": term, "leader": node, "priority": [0, memory, node], "node": node}
+    return body if cert is None else {**body, "cert": [g.to_json() for g in cert]}
 
 
 def _command(node: str, term: int) -> dict[str, Any]:
@@ -62,7 +64,9 @@ def test_a_member_announcing_a_higher_term_does_not_take_over_a_follower(tmp_pat
 
         seen: list[Any] = []
         try:
-            seen.append(await send("L", "POST", wire.ROUTE_ELECTION, _announce("L", 1, 8000.0)))
+            # L's certificate of term 1: its grant and f's (a majority of f's view {f, L, m}; agent/quorum.py)
+            cert = [Grants(clients["L"].identity).sign(1, "L"), Grants(agent.identity).sign(1, "L")]
+            seen.append(await send("L", "POST", wire.ROUTE_ELECTION, _announce("L", 1, 8000.0, cert)))
             seen.append((lead.term, lead.accepted))
             seen.append(await send("m", "POST", wire.ROUTE_ELECTION, _announce("m", 2, 1000.0)))
             seen.append((lead.term, lead.accepted))
@@ -71,7 +75,7 @@ def test_a_member_announcing_a_higher_term_does_not_take_over_a_follower(tmp_pat
             seen.append((lead.term, lead.accepted))
             seen.append(await send("L", "PUT", wire.ROUTE_DESIRED, _command("L", 1)))
             seen.append(await send("m", "PUT", wire.ROUTE_DESIRED, _command("m", 2)))
-            # once the leader is dead in the view the lease no longer holds: a newer leader is followed
+            # once the leader is dead in the view the lease no longer holds, but m's word is still no certificate
             table.leader_status = "dead"
             seen.append(await send("m", "POST", wire.ROUTE_ELECTION, _announce("m", 2, 1000.0)))
             seen.append((lead.term, lead.accepted))
@@ -82,4 +86,4 @@ def test_a_member_announcing_a_higher_term_does_not_take_over_a_follower(tmp_pat
             await agent.stop()
 
     seen = asyncio.run(scenario())
-    assert seen == [200, (1, "L"), 200, (1, "L"), False, (1, "L"), 200, 409, 200, (2, "m")]
+    assert seen == [200, (1, "L"), 200, (1, "L"), False, (1, "L"), 200, 409, 200, (1, "L")]

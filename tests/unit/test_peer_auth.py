@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -315,3 +316,27 @@ def test_stats_answers_must_be_signed_by_the_node_asked_and_name_it() -> None:
         get(stats, signer=Identity("c", TOKEN, None))  # answered by someone else
     with pytest.raises(PeerCallError, match="malformed"):
         get({**stats, "mem_total_mb": float("inf")})
+
+
+def test_a_peers_unsigned_refusal_shows_its_stated_reason_bounded() -> None:
+    """A peer that refuses us answers unsigned (it could not authenticate us): the call fails as unauthenticated,
+    and the error it states is shown, repr'd and cut at 200 characters (CI once saw only "HTTP 403: no node card",
+    which hid which of five 403s the peer meant)."""
+
+    def refused(error: Any) -> str:
+        async def app(scope: Any, receive: Any, send: Any) -> None:
+            body = json.dumps({"error": error}).encode()
+            await send({"type": "http.response.start", "status": 403, "headers": [(b"content-type", b"x")]})
+            await send({"type": "http.response.body", "body": body})
+
+        http = httpx.AsyncClient(transport=httpx.ASGITransport(app=app))
+        client = PeerClient(fresh(Identity("a", TOKEN, None)), {"http://b": ("b", "http://b")}.get, http=http)
+        with pytest.raises(PeerCallError) as err:
+            asyncio.run(client.call("b", "http://b", "POST", "/peer/provision", body={"model": "m"}))
+        assert err.value.status == 403 and "unauthenticated answer from b (HTTP 403)" in str(err.value)
+        return str(err.value)
+
+    assert refused("pin table full").endswith("; it said: 'pin table full'")
+    long = refused("x\n" * 500)
+    assert "\n" not in long and long.endswith("'") and len(long) < 600  # one log line, bounded
+    assert "it said" not in refused(["not", "a", "string"])

@@ -3,8 +3,9 @@
 figures. Merging a client's rows across loggers and the site grouping's speed-ups must leave these exactly as they
 were (the one-logger case is the thesis reproduction's and the lab's usual one).
 
-The thesis cases were also checked, when recorded, against the build before session 13 keyed streams by logger
-(git 22371fb~1, agent/placement.py): the same requests, RTTs and execution times. Floats are compared exactly
+Recorded on main at 8f71ecf (before client_groups). The thesis lab case was also checked against the build before
+session 13 keyed streams by logger (git 22371fb~1): the same requests and RTTs (execution times differ by design:
+session 13's per-logger latency figures, review13a F3, and session 14's node service figures). Floats are compared exactly
 (JSON keeps a float's repr). Regenerate only on purpose, from the code whose snapshots are the reference:
 ``python -m tests.unit.test_snapshot_golden``.
 """

@@ -36,7 +36,7 @@ def _run(rate: float, seconds: float) -> tuple[int, int]:
                 plan = {"instances": {}, "method": "ipopt", "objective_ms": 1.0, "solve_ms": 1.0}
                 pending.append((now + 0.1, lr.Solved(now + 0.1, ins.round, plan, 0)))
             elif isinstance(ins, lr.Command):
-                assert ins.term == e.term  # commands go out with the term the leader holds now
+                assert ins.term == e.led_term  # commands go out with the term the leader holds a certificate for
                 pending.append((now + 0.05, lr.Acknowledged(now + 0.05, ins.round, ins.node)))
             elif isinstance(ins, lr.Placed):
                 placed += 1
@@ -55,9 +55,9 @@ def _run(rate: float, seconds: float) -> tuple[int, int]:
             feed(now, item[1])
         if step % 5 == 0:
             actions = e.step(Tick(now, ALIVE))
-            for a in list(actions):  # our candidacy's vote request: a grants it
+            for a in list(actions):  # our candidacy's vote request (or standing again while leading): a grants it
                 message = getattr(a, "message", None)
-                if isinstance(message, VoteRequest) and not e.is_leader:
+                if isinstance(message, VoteRequest):
                     actions += e.step(Received(now, "a", Vote(message.term, "a", True, None)))
             carry_out(now, actions)
             feed(now, lr.Tick(now))

@@ -1,0 +1,220 @@
+"""Quorum certificates: a leader is followed only when a majority of the members alive in the follower's own view
+granted it the term (coordinator_election/machine.py), and a certificate counts only the grants whose signatures
+verify (agent/quorum.py). Session 13's closing gap, each case failing on the election before certificates."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+
+from agent.identity import Identity
+from agent.quorum import Certificates, Grants
+from coordinator_election import (
+    Announce,
+    BecameFollower,
+    Broadcast,
+    Election,
+    ElectionConfig,
+    Persist,
+    Received,
+    Send,
+    Tick,
+    Vote,
+    VoteRequest,
+)
+from peerserve import wire
+from tests.unit.election_sim import Network
+
+CFG = ElectionConfig(heartbeat_s=0.3, election_timeout_s=1.2, lease_s=2.0)
+# m claims the highest priority of all (priorities are self-declared); L is the leader
+P = {"m": (9, 100.0, "m"), "L": (0, 8000.0, "L"), "f": (0, 2000.0, "f"), "g": (0, 1500.0, "g"), "h": (0, 1400.0, "h")}
+THREE = {n: P[n] for n in ("L", "f", "m")}
+
+
+def _leader_and_follower(view: dict[str, tuple[int, float, str]] = THREE) -> tuple[Election, Election]:
+    """L elected by L and f in ``view``; f follows it on that certificate."""
+    leader, follower = Election("L", P["L"], CFG, now=0.0), Election("f", P["f"], CFG, now=0.0)
+    follower.step(Tick(0.05, view))
+    assert leader.step(Tick(1.3, view)) == []  # m claims the best priority: L waits for it ...
+    request = next(a for a in leader.step(Tick(2.6, view)) if isinstance(a, Broadcast)).message  # ... m stays silent
+    (grant,) = [a for a in follower.step(Received(2.61, "L", request)) if isinstance(a, Send)]
+    (won,) = [a for a in leader.step(Received(2.62, "f", grant.message)) if isinstance(a, Broadcast)]
+    assert won.message == Announce(1, "L", P["L"], frozenset({"L", "f"}))
+    follower.step(Received(2.63, "L", won.message))
+    assert leader.is_leader and (follower.term, follower.accepted) == (1, "L")
+    return leader, follower
+
+
+def test_follows_only_with_a_majority_of_its_own_view() -> None:
+    f = Election("f", P["f"], CFG, now=0.0)
+    f.step(Tick(0.05, P))  # five members
+    assert f.step(Received(0.1, "L", Announce(1, "L", P["L"], frozenset({"L", "f"})))) == [
+        Send("L", Vote(1, "f", False, None))  # two of five: it follows no one, and says so
+    ]
+    assert f.accepted is None and f.leader is None
+    assert f.step(Received(0.2, "L", Announce(1, "L", P["L"], frozenset({"L", "f", "g"})))) == [
+        Persist(1, None, "L"),
+        BecameFollower(1, "L"),
+    ]
+
+
+def test_voters_outside_the_view_do_not_count() -> None:
+    f = Election("f", P["f"], CFG, now=0.0)
+    f.step(Tick(0.05, THREE))
+    made_up = frozenset({"L", "x1", "x2", "x3"})  # names no member here: a majority of nothing
+    assert f.step(Received(0.1, "L", Announce(1, "L", P["L"], made_up)))[0] == Send("L", Vote(1, "f", False, None))
+    assert f.accepted is None
+
+
+def test_a_member_claiming_a_higher_priority_does_not_unseat_the_leader() -> None:
+    """The self-declared-priority takeover: m claims a priority above L's and announces a newer term (without a
+    certificate, or with its own grant). Before, L followed m (a leader followed a newer term's leader that outranked
+    it) and f followed m despite its lease (it gave way to a "better" leader)."""
+    leader, f = _leader_and_follower()
+    for message in (Announce(2, "m", P["m"]), Announce(3, "m", P["m"], frozenset({"m"}))):
+        leader.step(Received(2.8, "m", message))
+        f.step(Received(2.8, "m", message))
+    assert leader.is_leader and (leader.term, leader.accepted) == (1, "L")
+    assert (f.term, f.accepted, f.leader) == (1, "L", "L")
+
+
+def test_a_lease_less_restarted_node_is_not_captured_by_a_newer_term() -> None:
+    """f restarts (no lease, listening) and m announces term 1000: f does not follow it; L's certificate it does."""
+    restarted = Election("f", P["f"], CFG, now=5.0, term=1, vote="L", accepted="L")
+    restarted.step(Tick(5.05, THREE))
+    assert restarted.step(Received(5.1, "m", Announce(1000, "m", P["m"]))) == [Send("m", Vote(1000, "f", False, None))]
+    assert restarted.step(Received(5.2, "m", Announce(1000, "m", P["m"], frozenset({"m"})))) == []  # told already
+    assert (restarted.term, restarted.accepted) == (1, "L")
+    assert restarted.step(Received(5.3, "L", Announce(1, "L", P["L"]))) == [BecameFollower(1, "L")]  # its renewal
+
+
+def test_a_certificate_becomes_a_minority_when_the_view_grows_and_the_leader_stands_again() -> None:
+    """L was elected by L and f in a view of three; g and h join. A node that sees all five does not follow L on
+    that certificate (two of five); L, seeing the new members, stands again and its new certificate is followed."""
+    leader, _ = _leader_and_follower()
+    g = Election("g", P["g"], CFG, now=0.0)
+    g.step(Tick(3.0, P))
+    assert g.step(Received(3.1, "L", Announce(1, "L", P["L"], frozenset({"L", "f"})))) == [
+        Send("L", Vote(1, "g", False, None))
+    ]
+    actions = leader.step(Tick(3.2, P))  # its view grew past its electorate: it stands again, keeping term 1's lead
+    request = VoteRequest(2, "L", P["L"], frozenset({"L", "f"}), 1)
+    assert actions[:2] == [Persist(2, "L"), Broadcast(request)] and leader.is_leader
+    assert g.step(Received(3.3, "L", request))[-1] == Send("L", Vote(2, "g", True, None))
+    leader.step(Received(3.35, "g", Vote(2, "g", True, None)))
+    won = leader.step(Received(3.36, "f", Vote(2, "f", True, "L")))
+    announce = next(a.message for a in won if isinstance(a, Broadcast))
+    assert announce.voters == {"L", "f", "g"} and leader.led_term == 2
+    assert g.step(Received(3.4, "L", announce)) == [Persist(2, "L", "L"), BecameFollower(2, "L")]
+
+
+def test_single_and_two_node_clusters_still_elect() -> None:
+    alone = Election("L", P["L"], CFG, now=0.0)
+    assert alone.step(Tick(1.3, {}))[1].voters == {"L"}  # a majority of one is itself
+    two = Network(2)
+    assert two.time_until_agreed(10) is not None  # a majority of two is both
+    two.crash("n1")
+    two.restart("n1")
+    assert two.time_until_agreed(10) is not None and not two.majority_violations()
+
+
+@pytest.mark.parametrize("seed", range(120))
+def test_partitions_and_heals_converge_and_never_two_majority_leaders_in_a_term(seed: int) -> None:
+    """Random overlapping partitions, heals, crashes, restarts and pauses with the certificates carried (forged names
+    drop out, as the agents' signature checks leave them): never two leaders accepted by majorities in one term, no
+    voter elects two, no node obeys two; one leader agreed within 8 s of the faults' end."""
+    rng = random.Random(seed)
+    net = Network(rng.choice([3, 4, 5, 6]), seed=seed)
+    net.run(2)
+    for _ in range(10):
+        net.inject(rng.choice(["partition", "heal", "isolate", "restart", "crash", "pause", "drop"]), rng.randrange(6))
+        net.run(rng.uniform(0.2, 3.0))
+    net.end_faults()
+    assert net.time_until_agreed(8) is not None, seed
+    assert net.majority_violations() == [] and net.double_votes() == [] and net.fencing_violations() == []
+
+
+def _identities(tmp_path: Path, *names: str) -> dict[str, Identity]:
+    return {n: Identity(n, "quorum-cluster-token-0123456789ab", tmp_path / n) for n in names}
+
+
+def test_a_certificate_counts_only_verified_grants_of_its_term_and_candidate(tmp_path: Path) -> None:
+    ids = _identities(tmp_path, "f", "L", "a", "b", "m")
+    f = ids["f"]
+    for n in ("L", "a", "b", "m"):  # f has met them (their requests pinned their keys)
+        f.pins.check(n, ids[n].public_key)
+    good = [Grants(ids[n]).sign(3, "L") for n in ("L", "a")]
+    forged = wire.Grant("b", *ids["m"].sign_detached(wire.Grant.signing_bytes(f.cluster, 3, "L", "b")))
+    other_term = Grants(ids["b"]).sign(2, "L")
+    other_candidate = Grants(ids["b"]).sign(3, "m")
+    renamed = wire.Grant("b", other_candidate.card, other_candidate.signature)
+    other_cluster = Identity("b", "another-cluster-token-0123456789", tmp_path / "b2")
+    stranger = Grants(other_cluster).sign(3, "L")
+    certificates = Certificates(f)
+    members = {"f", "L", "a", "b", "m"}
+    cert = [*good, good[0], forged, other_term, renamed, stranger]
+    assert certificates.voters(3, "L", cert, members) == {"L", "a"}
+    assert certificates.voters(3, "L", [*good, Grants(ids["b"]).sign(3, "L")], members | {"x"}) == {"L", "a", "b"}
+    assert Certificates(f).voters(3, "L", good, {"f", "L"}) == {"L"}  # a grant of a non-member is not looked at
+
+
+def test_each_certificate_is_verified_once_and_the_cache_is_bounded(tmp_path: Path) -> None:
+    ids = _identities(tmp_path, "f", "L", "a")
+    for n in ("L", "a"):
+        ids["f"].pins.check(n, ids[n].public_key)
+    certificates = Certificates(ids["f"], limit=3)
+    for term in range(1, 6):
+        cert = [Grants(ids[n]).sign(term, "L") for n in ("L", "a")]
+        for _ in range(4):
+            assert certificates.voters(term, "L", cert, {"f", "L", "a"}) == {"L", "a"}
+    assert certificates.verifications == 10 and len(certificates.cache) == 3  # 2 per (term, leader), once
+
+
+def test_own_grants_and_collected_grants(tmp_path: Path) -> None:
+    ids = _identities(tmp_path, "L", "a")
+    ids["L"].pins.check("a", ids["a"].public_key)
+    book = Grants(ids["L"])
+    assert book.take(4, "a", Grants(ids["a"]).sign(4, "L"))
+    assert not book.take(4, "a", Grants(ids["a"]).sign(4, "a"))  # a grant to someone else
+    assert not book.take(4, "a", None)  # a granted vote without its signed grant
+    cert = book.certificate(4, {"L", "a"})
+    assert [g.voter for g in cert] == ["L", "a"]
+    assert Certificates(ids["L"]).voters(4, "L", cert, {"L", "a"}) == {"L", "a"}
+    for term in range(5, 12):
+        book.take(term, "a", Grants(ids["a"]).sign(term, "L"))
+    assert len(book.collected) <= 4  # only the last few candidacies' grants are kept
+
+
+def test_the_wire_bounds_a_certificate() -> None:
+    grant = ["a", "c" * 10, "s" * 10]
+    body = {"type": "announce", "term": 1, "leader": "L", "priority": [0, 1.0, "L"], "cert": [grant] * 3}
+    post = wire.ElectionPost.parse(body)
+    assert post.cert is not None and len(post.cert) == 3 and post.to_json() == body
+    with pytest.raises(wire.WireError):
+        wire.ElectionPost.parse({**body, "cert": [grant] * (wire.MAX_GRANTS + 1)})
+    with pytest.raises(wire.WireError):
+        wire.ElectionPost.parse({**body, "cert": [["a", "c"]]})
+
+
+def test_a_follower_left_without_a_leader_by_a_standing_again_that_did_not_win_brings_another() -> None:
+    """L stands again (m names a newer term); f grants, but its grant is lost and the attempt ends: f holds term 6 with
+    no leader it accepts, so it cannot obey L. Its refusal at term 6 makes L stand again (it used to get L's
+    certificate of term 1 back, which f, at term 6, cannot take: f stayed without a leader it obeys)."""
+    leader, f = _leader_and_follower()
+    stand = leader.step(Received(3.0, "m", Vote(5, "m", False, None)))
+    request = next(a.message for a in stand if isinstance(a, Broadcast))
+    assert request == VoteRequest(6, "L", P["L"], frozenset({"L", "f"}), 1)
+    assert f.step(Received(3.01, "L", request))[-1] == Send("L", Vote(6, "f", True, "L"))  # lost on the way
+    leader.step(Tick(5.4, THREE))  # a lease and a heartbeat later the attempt ends; L keeps leading term 1
+    assert leader.is_leader and leader.led_term == 1 and (f.term, f.leader, f.accepted) == (6, "L", None)
+    renewal = Announce(6, "L", P["L"])
+    (refusal,) = f.step(Received(5.5, "L", renewal))  # holds its lease on L, and says it follows no one at 6
+    assert refusal == Send("L", Vote(6, "f", False, None))
+    again = leader.step(Received(5.51, "f", refusal.message))
+    assert Broadcast(VoteRequest(7, "L", P["L"], frozenset({"L", "f"}), 1)) in again
+    grant = f.step(Received(5.52, "L", VoteRequest(7, "L", P["L"], frozenset({"L", "f"}), 1)))[-1]
+    won = next(a.message for a in leader.step(Received(5.53, "f", grant.message)) if isinstance(a, Broadcast))
+    f.step(Received(5.54, "L", won))
+    assert (f.term, f.accepted) == (7, "L") and leader.led_term == 7

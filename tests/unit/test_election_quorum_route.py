@@ -1,0 +1,172 @@
+"""A leader is followed only on a quorum certificate, through the real peer route (signed messages, agent.peer_api,
+Leadership, agent.quorum's checks, the fencing check). Session 13's closing gap: priorities are self-declared, so a
+member m that claims a priority above the leader L's took a follower f with one announce of a newer term (the
+follower gave way to a "better" leader despite its lease), and a node with no lease followed any member's newer
+announce. Here f stays with L, obeys L (200) and refuses m (409), whatever m claims or signs, and whether or not f
+holds a lease. Only the membership table is a fixed list (SWIM's view: L and m alive; m claims the higher priority).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from agent.identity import Identity
+from agent.leadership import Leadership
+from agent.node import NodeAgent
+from agent.peer_api import create_peer_app
+from agent.peer_client import PeerClient
+from agent.peers import Member
+from agent.quorum import Grants
+from agent.settings import load_settings
+from peerserve import wire
+
+TOKEN = "quorum-cluster-token-0123456789ab"
+
+
+class Table:
+    """The membership view: L and m alive, m claiming a priority above L's (it says what it likes)."""
+
+    def __init__(self) -> None:
+        self.leader_status = "alive"
+
+    def members(self) -> list[Member]:
+        return [
+            Member("L", "127.0.0.1", "http://127.0.0.1:18101", self.leader_status, mem_total_mb=8000.0,
+                   peer_url="https://127.0.0.1:18102"),
+            Member("m", "127.0.0.1", "http://127.0.0.1:18201", "alive", mem_total_mb=1000.0, priority=100,
+                   peer_url="https://127.0.0.1:18202"),
+        ]  # fmt: skip
+
+
+def _announce(node: str, term: int, cert: list[wire.Grant] | None, priority: int = 0) -> dict[str, Any]:
+    body: dict[str, Any] = {"type": "announce", "term": term, "leader": node, "priority": [priority, 8000.0, node]}
+    if cert is not None:
+        body["cert"] = [g.to_json() for g in cert]
+    return body
+
+
+def _command(node: str, term: int) -> dict[str, Any]:
+    return {"term": term, "leader": node, "instances": {}}  # an empty desired set: stop every model server
+
+
+def _scenario(tmp_path: Path, restarted: bool) -> list[Any]:
+    async def scenario() -> list[Any]:
+        table = Table()
+        overrides = {"node_id": "f", "data_dir": str(tmp_path / "f"), "cluster_token": TOKEN, "mdns": False}
+        agent = NodeAgent(load_settings(env={}, overrides=overrides), peers=table)
+        agent.leadership = lead = Leadership(agent)
+        assert agent.identity is not None
+        http = httpx.AsyncClient(transport=httpx.ASGITransport(app=create_peer_app(agent, agent.identity)))
+        ids = {n: Identity(n, TOKEN, tmp_path / n) for n in ("L", "m")}
+        clients = {n: PeerClient(ids[n], lambda url: None, http=http) for n in ("L", "m")}
+        signed = {n: Grants(identity) for n, identity in ids.items()}
+        f_grants = Grants(agent.identity)
+
+        async def send(node: str, method: str, route: str, body: dict[str, Any]) -> int:
+            status, _ = await clients[node].call("f", "http://f", method, route, body=body)
+            return status
+
+        seen: list[Any] = []
+        try:
+            # L stands for term 1; f grants (its vote, signed by f, goes back to L: here we sign it with f's key)
+            request = {"type": "vote_request", "term": 1, "candidate": "L", "priority": [0, 8000.0, "L"]}
+            seen.append(await send("L", "POST", wire.ROUTE_ELECTION, request))
+            seen.append((lead.term, lead.machine.vote))
+            cert_l = [signed["L"].sign(1, "L"), f_grants.sign(1, "L")]  # a majority of f's view {f, L, m}
+            if restarted:  # f restarts: no lease, it keeps only (term, vote, accepted) from its disk
+                agent.leadership = lead = Leadership(agent)
+            else:
+                seen.append(await send("L", "POST", wire.ROUTE_ELECTION, _announce("L", 1, cert_l)))
+                seen.append((lead.term, lead.accepted))
+            # m claims the higher priority and a newer term: without a certificate, with its own grant alone, with a
+            # forged grant of f (m's card, f's name), with a grant f really signed -- but for another term
+            seen.append(await send("m", "POST", wire.ROUTE_ELECTION, _announce("m", 2, None, priority=100)))
+            seen.append(
+                await send("m", "POST", wire.ROUTE_ELECTION, _announce("m", 3, [signed["m"].sign(3, "m")], 100))
+            )
+            forged = wire.Grant(
+                "f", *ids["m"].sign_detached(wire.Grant.signing_bytes(agent.identity.cluster, 4, "m", "f"))
+            )
+            cert_forged = [signed["m"].sign(4, "m"), forged, forged]  # and named twice
+            seen.append(await send("m", "POST", wire.ROUTE_ELECTION, _announce("m", 4, cert_forged, 100)))
+            other_term = [signed["m"].sign(5, "m"), f_grants.sign(1, "m")]  # f's grant of term 1, replayed for 5
+            seen.append(await send("m", "POST", wire.ROUTE_ELECTION, _announce("m", 5, other_term, 100)))
+            other_candidate = [signed["m"].sign(1, "m"), f_grants.sign(1, "L")]  # L's grant, claimed for m
+            seen.append(await send("m", "POST", wire.ROUTE_ELECTION, _announce("m", 6, other_candidate, 100)))
+            seen.append(lead.lease_received(wire.Lease(7, "m", 1, (100, 1000.0, "m"))))  # a relayed lease too
+            seen.append((lead.term, lead.accepted, lead.leader))
+            if restarted:  # L's certificate reaches f (the announce of its win, or sent when f said it follows no one)
+                seen.append(await send("L", "POST", wire.ROUTE_ELECTION, _announce("L", 1, cert_l)))
+                seen.append((lead.term, lead.accepted))
+            seen.append(await send("L", "PUT", wire.ROUTE_DESIRED, _command("L", 1)))
+            seen.append(await send("m", "PUT", wire.ROUTE_DESIRED, _command("m", 7)))
+            # L dies: f's lease ends, and still m's word takes nobody
+            table.leader_status = "dead"
+            seen.append(
+                await send("m", "POST", wire.ROUTE_ELECTION, _announce("m", 8, [signed["m"].sign(8, "m")], 100))
+            )
+            seen.append((lead.term, lead.accepted))
+            return seen
+        finally:
+            for client in clients.values():
+                await client.close()
+            await agent.stop()
+
+    return asyncio.run(scenario())
+
+
+def test_a_member_claiming_a_higher_priority_does_not_take_the_follower(tmp_path: Path) -> None:
+    seen = _scenario(tmp_path, restarted=False)
+    assert seen == [
+        200,
+        (1, "L"),
+        200,
+        (1, "L"),
+        200,
+        200,
+        200,
+        200,
+        200,
+        False,
+        (1, "L", "L"),
+        200,
+        409,
+        200,
+        (1, "L"),
+    ]
+
+
+def test_a_restarted_node_without_a_lease_is_not_captured_by_a_newer_term(tmp_path: Path) -> None:
+    seen = _scenario(tmp_path, restarted=True)
+    assert seen == [
+        200,
+        (1, "L"),
+        200,
+        200,
+        200,
+        200,
+        200,
+        False,
+        (1, None, None),
+        200,
+        (1, "L"),
+        200,
+        409,
+        200,
+        (1, "L"),
+    ]
+
+
+def test_an_announce_without_a_certificate_is_refused_with_a_log_line(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An older peer's announce (no ``cert`` field): refused with a clear line, no crash, no 500."""
+    with caplog.at_level(logging.WARNING, logger="agent.leadership"):
+        _scenario(tmp_path, restarted=True)
+    assert any("carries no quorum certificate" in r.getMessage() for r in caplog.records)
