@@ -5,8 +5,8 @@ were (the one-logger case is the thesis reproduction's and the lab's usual one).
 
 Recorded on main at 8f71ecf (before client_groups). The thesis lab case was also checked against the build before
 session 13 keyed streams by logger (git 22371fb~1): the same requests and RTTs (execution times differ by design:
-session 13's per-logger latency figures, review13a F3, and session 14's node service figures). Floats are compared exactly
-(JSON keeps a float's repr). Regenerate only on purpose, from the code whose snapshots are the reference:
+session 13's per-logger latency figures, review13a F3, and session 14's node service figures). Floats are compared
+exactly (JSON keeps a float's repr). Regenerate only on purpose, from the code whose snapshots are the reference:
 ``python -m tests.unit.test_snapshot_golden``.
 """
 
