@@ -1,16 +1,18 @@
 """What the leader does each round, as pure functions: gather -> snapshot -> desired sets.
 
 ``build_snapshot`` turns what the agents report (node stats, model stats, a window of request records)
-into a solver.Snapshot: one request per (logger, client, model) stream active in the window, its RTT to each
-node from the client's latest report in that logger's records (UNKNOWN_RTT_MS where it measured none),
-execution time per node from the median of proxied latencies there, else the catalogue's profile for the
-node's class.
+into a solver.Snapshot: one request per (client, model) active in the window, its RTT to each node from the
+client's latest report in its logger's records (UNKNOWN_RTT_MS where it measured none), execution time per node
+from the median of proxied latencies there, else the catalogue's profile for the node's class.
 
 Every record is some member's word (``logged_by``: the leader's window marks each with the node whose log held
 it), and a member's log may name any client and any node. So a logger's rows shape only its own streams: a
 stream is keyed by its logger, "newest" orders rows by min(stamp, now) (a row stamped ahead, as the window keeps
 for clock skew, is not newer than now), and a member writing rows under another member's clients' names makes
-streams of its own, never rewrites theirs (review13a F4). A node's measured figure is computed per logger
+streams of its own, never rewrites theirs (review13a F4). A client whose requests pass through several agents is
+in each one's log: its loggers' rows that agree within ``SAME_CLIENT_RTT_MS`` on every node are one client
+(``client_groups``: one request under the thesis objective, one RTT row for the sites), a row that agrees with none
+stays its logger's own. A node's measured figure is computed per logger
 (``latency_figures``): its own log where that holds ``MIN_LATENCY_SAMPLES``, else the lowest of the other loggers'
 (and only of a model it reports running: nothing else could have been measured), so one member's records can make
 another node look faster, capped by the catalogue's throughput, never slower (review13a F3). The round reads at
@@ -48,9 +50,12 @@ measurements say.
 from __future__ import annotations
 
 import math
+import operator
 import statistics
-from collections.abc import Callable, Container, Iterable, Mapping, Sequence
+from collections import Counter
+from collections.abc import Callable, Collection, Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import repeat
 from typing import Any
 
 from agent.catalogue import Catalogue
@@ -76,6 +81,14 @@ LOGGER_SHARE = 0.25
 # ... and where this many other loggers measured it, its figure is their lower median, one vote per logger: a share
 # rule alone let a member logging 4x the busiest proxy's records leave its own slow figure the only one (review13d F2)
 MEDIAN_LOGGERS = 3
+# two loggers' newest rows of one (client, model) agreeing within this on every node are one client's (client_groups):
+# one request under the thesis objective, one RTT row for the sites; SITE_RTT_MS, the bucket the queue objectives
+# already take as one place. A row further from every other is its logger's own stream, as made-up RTTs are
+SAME_CLIENT_RTT_MS = SITE_RTT_MS
+# a row is compared with at most this many of its (client, model)'s groups, the busiest first: members logging one
+# client id with rows that agree with none cost a comparison each, not one per group (256 made-up rows of one id:
+# ~33,000 comparisons), and a row past them is a group of its own (a request more, as a made-up client id is)
+MAX_GROUP_SEEDS = 16
 # what the snapshot reads of a node's per-model usage (its /stats/models entry): a report keeps these only, so a
 # member's answer of 200 models x 16 made-up keys (~560 KB of objects, kept a round and then as the stale stand-in,
 # and sent to the solver worker every round) costs the leader ~40 KB
@@ -308,12 +321,22 @@ def build_snapshot(
     kept = records_kept(records, known)
     counts = stream_counts(kept)
     chosen = fair_streams(counts, MAX_STREAMS if queue_aware else MAX_THESIS_STREAMS)
-    streams: dict[StreamKey, dict[str, float]] = {key: {} for key in chosen}
+    whole: dict[StreamKey, Row] = {}  # streams whose newest row named every node: that row, in node order
+    partial: dict[StreamKey, dict[str, float]] = {}  # the others: each node's RTT from its newest row naming it
+    every = operator.itemgetter(*ids) if len(ids) > 1 else None
     # newest first, by min(stamp, now): a row stamped ahead (the window keeps up to max_ahead_s) is no newer than now;
     # of equals, the later in the window (a logger's rows are in its log's order)
     for r in reversed(sorted(kept, key=lambda r: min(r.ts, now_s))):
-        rtts = streams.get((r.logged_by, r.client, r.model))
-        if rtts is None or len(rtts) >= len(node_set):  # left out, or every node reported (usually: after its newest)
+        key = (r.logged_by, r.client, r.model)
+        if key in whole or key not in chosen:  # read already (usually: after its newest), or left out
+            continue
+        rtts = partial.get(key)
+        if rtts is None:
+            if every is not None and len(r.rtt_ms) == len(ids) and r.rtt_ms.keys() <= node_set:  # the usual newest
+                whole[key] = every(r.rtt_ms)
+                continue
+            rtts = partial[key] = {}
+        elif len(rtts) >= len(node_set):  # every node reported
             continue
         for node_id, rtt in r.rtt_ms.items():
             if node_id in node_set and node_id not in rtts:
@@ -340,36 +363,37 @@ def build_snapshot(
         known_exec[(node, model)] = value
         return value
 
-    entries: list[tuple[StreamKey, dict[str, Any]]] = [
-        (
-            (logger, client, model),
-            {
-                "model": model,
-                "client": client,
-                "rtt_ms": {n: streams[(logger, client, model)].get(n, UNKNOWN_RTT_MS) for n in ids},
-                "exec_ms": {n: exec_ms(n, model) for n in ids},
-            },
-        )
-        for logger, client, model in sorted(streams, key=_stream_order)
-    ]
+    exec_rows = {m: {n: exec_ms(n, m) for n in ids} for m in {key[2] for key in chosen}}
+    unmarked = any(key[0] is None for key in chosen)  # None sorts first of its (client, model); else as stored
+    ordered = sorted(chosen, key=_stream_order if unmarked else operator.itemgetter(1, 2, 0))
+    rows = {key: whole[key] if key in whole else _row(partial.get(key, {}), ids) for key in ordered}
+    grouped: list[dict[str, Any]] = []  # one request per group of agreeing loggers' rows (client_groups)
+    group_of: dict[StreamKey, int] = {}  # each stream's group
+    for row, members in client_groups(rows, counts):
+        _, client, model = members[0]
+        group_of.update(dict.fromkeys(members, len(grouped)))
+        grouped.append({"model": model, "client": client, "rtt_ms": dict(zip(ids, row, strict=True)),
+                        "exec_ms": dict(exec_rows[model])})  # fmt: skip
     models = [{"name": m.name, "mem_mb": m.mem_mb, "compute": m.compute} for m in catalogue.models.values()]
     extra: dict[str, Any] = {}
     if queue_aware and window_s is not None:
         carried = carried_demand(counts, chosen)
-        by_logger: dict[str | None, tuple[list[dict[str, Any]], dict[tuple[str, str], float]]] = {}
-        for key, q in entries:
-            mine, mine_counts = by_logger.setdefault(key[0], ([], {}))
-            mine.append(q)
-            mine_counts[key[1:]] = carried[key]
-        requests = group_logged_sites(by_logger, window_s)
-        for entry, spec in zip(models, catalogue.models.values(), strict=True):
-            entry["throughput_rps"] = {
+        held: dict[str | None, tuple[list[int], list[float]]] = {}  # per logger: its streams' groups, their records
+        for key in ordered:  # each logger's streams in (client, model) order; a group's request is each member's
+            if key[0] not in held:
+                held[key[0]] = ([], [])
+            mine, weights = held[key[0]]
+            mine.append(group_of[key])
+            weights.append(carried[key])
+        requests = _sites(grouped, held, window_s)
+        for model_entry, spec in zip(models, catalogue.models.values(), strict=True):
+            model_entry["throughput_rps"] = {
                 n: _throughput(spec, classes[n], figures.get((n, spec.name)), scale.get((classes[n], spec.name), 1.0))
                 for n in ids
             }
         extra = {"objective": objective}
-    else:
-        requests = [q for _, q in entries]  # in (client, model, logger) order
+    else:  # the thesis counts a client's (client, model) once, however many agents logged it (client_groups)
+        requests = [grouped[g] for g in dict.fromkeys(map(group_of.__getitem__, ordered))]  # (client, model) order
     out = {
         **extra,
         "now_s": now_s,
@@ -419,18 +443,91 @@ def _median(measured: Sequence[float]) -> float:
 
 
 def stream_counts(records: Iterable[RequestRecord]) -> dict[StreamKey, int]:
-    """Records per (logged_by, client, model) stream."""
-    counts: dict[StreamKey, int] = {}
-    for r in records:
-        key = (r.logged_by, r.client, r.model)
-        counts[key] = counts.get(key, 0) + 1
-    return counts
+    """Records per (logged_by, client, model) stream (in the order of their first records)."""
+    return Counter(map(operator.attrgetter("logged_by", "client", "model"), records))
 
 
-def carried_demand(counts: Mapping[StreamKey, int], chosen: Container[StreamKey]) -> dict[StreamKey, float]:
+Row = tuple[float, ...]  # a stream's RTT to each node, in the snapshot's node order
+
+
+def client_groups(rows: Mapping[StreamKey, Row], counts: Mapping[StreamKey, int]) -> list[tuple[Row, list[StreamKey]]]:
+    """Each (client, model)'s per-logger streams in groups whose rows agree: (the group's row, its streams), ...
+
+    A client whose requests pass through several agents is in each one's log; it is one client, and the thesis
+    objective gives it one request (two loggers made it two: two instances). But a member may log any client id
+    with any RTTs, and whatever merges rows must not let it move what an honest logger reported (review13a F4).
+    Rows agree where they differ by at most ``SAME_CLIENT_RTT_MS`` on every node: loggers are taken busiest first
+    (most records in ``counts``, which holds every key of ``rows``; of equals, in ``rows``' order: build_snapshot's
+    is by logger name) and each joins the first group whose first row its own agrees with, else
+    starts one. A group's row is the per-node lower median of its rows where ``MEDIAN_LOGGERS`` or more loggers are
+    in it (one vote each), else its busiest logger's. So made-up RTTs further than that from an honest logger's
+    are a group of their own (as a made-up client is: the member's own demand), and the honest row is exactly
+    as reported; rows that agree can move it by at most the agreement, as much as a row already varies between
+    the client's measurements. Groups per (client, model) are at most its loggers; a row is compared with the first
+    ``MAX_GROUP_SEEDS`` of them at most."""
+    by_client: dict[tuple[str, str], list[StreamKey]] = {}
+    for key in rows:
+        by_client.setdefault(key[1:], []).append(key)
+    out: list[tuple[Row, list[StreamKey]]] = []
+    for keys in by_client.values():
+        if len(keys) == 1:
+            out.append((rows[keys[0]], keys))
+            continue
+        together = _all_agreeing(rows[max(keys, key=counts.__getitem__)], [rows[k] for k in keys])
+        if together is not None:  # the usual: every row agrees with the busiest's, one group
+            out.append((together, keys))
+            continue
+        groups: list[list[StreamKey]] = []
+        for key in sorted(keys, key=counts.__getitem__, reverse=True):  # busiest first; of equals, in rows' order
+            row = rows[key]
+            home = next((g for g in groups[:MAX_GROUP_SEEDS] if _agree(rows[g[0]], row)), None)
+            if home is None:
+                groups.append([key])
+            else:
+                home.append(key)
+        out.extend((_group_row([rows[k] for k in g]), g) for g in groups)
+    return out
+
+
+def _all_agreeing(seed: Row, rows: list[Row]) -> Row | None:
+    """The one group's row where every one of ``rows`` agrees with ``seed`` (the busiest's, of equals the first), else
+    None: ``client_groups``' greedy pass would make one group of them, in one pass over the nodes."""
+    if rows.count(seed) == len(rows):  # one row reported through every agent (as a client does: it caches its RTTs)
+        return seed
+    columns = list(map(sorted, zip(*rows, strict=True)))  # per node, ascending: its lowest and highest agree
+    if seed and (
+        max(map(operator.sub, map(operator.itemgetter(-1), columns), seed)) > SAME_CLIENT_RTT_MS
+        or max(map(operator.sub, seed, map(operator.itemgetter(0), columns))) > SAME_CLIENT_RTT_MS
+    ):
+        return None
+    return tuple(map(operator.itemgetter((len(rows) - 1) // 2), columns)) if len(rows) >= MEDIAN_LOGGERS else seed
+
+
+def _row(rtts: Mapping[str, float], ids: Sequence[str]) -> Row:
+    """A stream's RTTs in node order (UNKNOWN_RTT_MS where its rows named none; one C call where they named all)."""
+    if len(rtts) == len(ids) > 1:  # its keys are among ids (the build fills them so): all of them
+        return operator.itemgetter(*ids)(rtts)  # type: ignore[no-any-return]
+    return tuple(rtts.get(n, UNKNOWN_RTT_MS) for n in ids)
+
+
+def _agree(a: Row, b: Row) -> bool:
+    """Two rows within ``SAME_CLIENT_RTT_MS`` of each other on every node."""
+    return not a or max(map(abs, map(operator.sub, a, b))) <= SAME_CLIENT_RTT_MS
+
+
+def _group_row(rows: Sequence[Row]) -> Row:
+    """A group's row: the per-node lower median of three or more loggers' (one vote each), else the busiest's."""
+    if len(rows) < MEDIAN_LOGGERS:
+        return rows[0]
+    return tuple(map(operator.itemgetter((len(rows) - 1) // 2), map(sorted, zip(*rows, strict=True))))
+
+
+def carried_demand(counts: Mapping[StreamKey, int], chosen: Collection[StreamKey]) -> dict[StreamKey, float]:
     """The records each chosen stream stands for: its own, and those of its logger's streams of its model that were
     left out (``fair_streams``), shared in proportion to the chosen ones': no demand a logger reported is lost, it
     is placed where its busiest clients are."""
+    if len(chosen) == len(counts):  # none left out: each its own (n * total / kept with total == kept: n exactly)
+        return {key: float(n) for key, n in counts.items()}
     total: dict[tuple[str | None, str], int] = {}
     kept: dict[tuple[str | None, str], int] = {}
     for (logger, _, model), n in counts.items():
@@ -587,49 +684,85 @@ def group_logged_sites(
     across loggers (a room of phones logged by two agents is one site). Past ``MAX_SITES`` sites, the loggers
     holding more than an equal share of them widen their buckets (2, 4, 8 ... ms), all of them a step at a time,
     until the sites fit (``_widths``): one member's made-up clients with random RTTs coarsen only its own sites,
-    where one global width merged every client, honest ones too, into one site per model (review13a).
+    where one global width merged every client, honest ones too, into one site per model (review13a). One stream
+    (the same object) held by several loggers, as ``build_snapshot`` gives a client's agreeing rows, is bucketed once
+    per width and is one member of a site, with the records of every logger that holds it there.
     """
-    rows = {logger: _rtt_rows(streams) for logger, (streams, _) in logged.items()}
-    merged: dict[tuple[Any, ...], list[tuple[Mapping[str, Any], float]]] = {}
-    for logger, (exponent, sites) in _widths(rows).items():
-        counts = logged[logger][1]
-        for key, site in sites.items():
-            merged.setdefault((exponent, *key), []).extend((m, counts.get((m["client"], m["model"]), 0)) for m in site)
-    out = []
-    for members in merged.values():
-        first = members[0][0]
-        nodes = list(first["rtt_ms"])
-        out.append(
-            {
-                "model": first["model"],
-                "client": f"site:{first['client']}+{len(members) - 1}",
-                "rtt_ms": {n: statistics.fmean(m["rtt_ms"][n] for m, _ in members) for n in nodes},
-                "exec_ms": {n: statistics.fmean(m["exec_ms"][n] for m, _ in members) for n in nodes},
-                "rate": sum(k for _, k in members) / window_s,
-            }
-        )
+    distinct: dict[int, int] = {}  # id(stream) -> its place in ``streams``: a stream several loggers hold is one
+    streams: list[Mapping[str, Any]] = []
+    held: dict[str | None, tuple[list[int], list[float]]] = {}
+    for logger, (mine, counts) in logged.items():
+        places, weights = held[logger] = ([], [])
+        for s in mine:
+            i = distinct.get(id(s))
+            if i is None:
+                i = distinct[id(s)] = len(streams)
+                streams.append(s)
+            places.append(i)
+            weights.append(counts.get((s["client"], s["model"]), 0))
+    return _sites(streams, held, window_s)
+
+
+def _sites(
+    streams: Sequence[Mapping[str, Any]],
+    held: Mapping[str | None, tuple[Sequence[int], Sequence[float]]],
+    window_s: float,
+) -> list[dict[str, Any]]:
+    """``group_logged_sites`` of ``streams`` as each logger holds them: its streams' places there and their records."""
+    keys = _SiteKeys(streams)
+    merged: dict[tuple[int, tuple[Any, ...]], dict[int, float]] = {}  # (exponent, bucket) -> stream -> its records
+    for logger, exponent in _widths({g: places for g, (places, _) in held.items()}, keys).items():
+        places, weights = held[logger]
+        at = keys.at(places, exponent)
+        for i, n in zip(places, weights, strict=True):
+            members = merged.setdefault((exponent, at[i]), {})  # type: ignore[arg-type]
+            members[i] = members.get(i, 0) + n
+    return [_site(streams, members, window_s) for members in merged.values()]
+
+
+def _site(streams: Sequence[Mapping[str, Any]], members: Mapping[int, float], window_s: float) -> dict[str, Any]:
+    """One site's stream: its members' mean RTT and execution rows (a mean per node: fsum / count, as fmean)."""
+    first = streams[next(iter(members))]
+    nodes = list(first["rtt_ms"])
+    rows = [streams[i] for i in members]
+    out = {"model": first["model"], "client": f"site:{first['client']}+{len(rows) - 1}"}
+    for field_name in ("rtt_ms", "exec_ms"):
+        columns = zip(*([m[field_name][n] for n in nodes] for m in rows), strict=True) if nodes else iter(())
+        out[field_name] = {n: math.fsum(c) / len(rows) for n, c in zip(nodes, columns, strict=True)}
+    out["rate"] = sum(members.values()) / window_s
     return out
 
 
 MAX_WIDENINGS = 29  # SITE_RTT_MS x 2**29 > 1e9 ms: every stream of a model in one bucket
-_RttRows = list[tuple[Mapping[str, Any], str, list[float]]]  # (stream, model, its RTTs in node order)
-_Sites = dict[tuple[Any, ...], list[Mapping[str, Any]]]
+_Sites = dict[tuple[Any, ...], None]  # a logger's sites: their buckets, in the order its streams first hold them
 
 
-def _rtt_rows(streams: Sequence[Mapping[str, Any]]) -> _RttRows:
-    return [(s, s["model"], [v for _, v in sorted(s["rtt_ms"].items())]) for s in streams]
+class _SiteKeys:
+    """Each stream's bucket at each width, computed once whichever loggers hold the stream (a client logged by ten
+    agents is bucketed once per width, not ten times); a logger's sites are then its streams' buckets, looked up."""
+
+    def __init__(self, streams: Sequence[Mapping[str, Any]]) -> None:
+        self.models = [s["model"] for s in streams]
+        self.rows = [[v for _, v in sorted(s["rtt_ms"].items())] for s in streams]
+        self.keys: dict[int, list[tuple[Any, ...] | None]] = {}
+
+    def at(self, held: Sequence[int], exponent: int) -> list[tuple[Any, ...] | None]:
+        """Every stream's bucket at width SITE_RTT_MS x 2**exponent where computed, ``held``'s among them."""
+        keys = self.keys.get(exponent)
+        if keys is None:
+            keys = self.keys[exponent] = [None] * len(self.rows)
+        width = SITE_RTT_MS * 2**exponent
+        for i in [i for i in held if keys[i] is None]:
+            keys[i] = (self.models[i], *map(round, map(operator.truediv, self.rows[i], repeat(width))))
+        return keys
+
+    def sites(self, held: Sequence[int], exponent: int) -> _Sites:
+        """The sites ``held`` streams make at width SITE_RTT_MS x 2**exponent."""
+        return dict.fromkeys(map(self.at(held, exponent).__getitem__, held))  # type: ignore[arg-type]
 
 
-def _bucketed(rows: _RttRows, exponent: int) -> _Sites:
-    width = SITE_RTT_MS * 2**exponent
-    sites: _Sites = {}
-    for s, model, rtts in rows:
-        sites.setdefault((model, *[round(v / width) for v in rtts]), []).append(s)
-    return sites
-
-
-def _widths(rows: Mapping[str | None, _RttRows]) -> dict[str | None, tuple[int, _Sites]]:
-    """Per logger, its bucket width's exponent (width SITE_RTT_MS x 2**exponent) and its sites at that width.
+def _widths(rows: Mapping[str | None, Sequence[int]], keys: _SiteKeys) -> dict[str | None, int]:
+    """Per logger, its bucket width's exponent (width SITE_RTT_MS x 2**exponent).
 
     A site held by h loggers (same width, same bucket) costs each of them 1/h, so the costs add up to the sites
     there are. While there are more than ``MAX_SITES``, every logger whose cost is over the water level
@@ -640,37 +773,38 @@ def _widths(rows: Mapping[str | None, _RttRows]) -> dict[str | None, tuple[int, 
     step per pass took 3.7 s for 50,000 made-up streams). Past the last width the sites left are one per model
     and logger."""
     exponent = dict.fromkeys(rows, 0)
-    sites = {logger: _bucketed(r, 0) for logger, r in rows.items()}
+    sites = {logger: keys.sites(r, 0) for logger, r in rows.items()}
     while True:
-        held: dict[tuple[Any, ...], int] = {}
+        held: Counter[tuple[int, tuple[Any, ...]]] = Counter()  # (width, bucket) -> loggers holding that site
         for logger, mine in sites.items():
-            for key in mine:
-                k = (exponent[logger], *key)
-                held[k] = held.get(k, 0) + 1
+            held.update(zip(repeat(exponent[logger]), mine))
         if len(held) <= MAX_SITES:
             break
-        cost = {logger: sum(1 / held[(exponent[logger], *key)] for key in mine) for logger, mine in sites.items()}
+        cost = {
+            logger: sum(map(operator.truediv, repeat(1), map(held.__getitem__, zip(repeat(exponent[logger]), mine))))
+            for logger, mine in sites.items()
+        }
         level = fair_level(sorted(cost.values()), float(MAX_SITES))
         over = [g for g, c in cost.items() if c > level and exponent[g] < MAX_WIDENINGS]
         if not over:
             break
         for logger in over:
             if cost[logger] == len(sites[logger]):  # none of its sites shared: straight to its fit, by bisection
-                exponent[logger], sites[logger] = _fit(rows[logger], exponent[logger], int(level))
+                exponent[logger], sites[logger] = _fit(rows[logger], keys, exponent[logger], int(level))
             else:  # widen with those it shares sites with, a step at a time
                 exponent[logger] += 1
-                sites[logger] = _bucketed(rows[logger], exponent[logger])
-    return {logger: (exponent[logger], sites[logger]) for logger in rows}
+                sites[logger] = keys.sites(rows[logger], exponent[logger])
+    return exponent
 
 
-def _fit(rows: _RttRows, exponent: int, cap: int) -> tuple[int, _Sites]:
+def _fit(rows: Sequence[int], keys: _SiteKeys, exponent: int, cap: int) -> tuple[int, _Sites]:
     """The smallest exponent past ``exponent`` found by bisection at which ``rows`` make at most ``cap`` sites (the
     largest, MAX_WIDENINGS, if none), and those sites: ~5 passes over the rows, not one per step."""
     lo, hi = exponent, MAX_WIDENINGS  # too many sites at lo; at hi as few as widening can make
-    best = _bucketed(rows, hi)
+    best = keys.sites(rows, hi)
     while hi - lo > 1:
         mid = (lo + hi) // 2
-        at_mid = _bucketed(rows, mid)
+        at_mid = keys.sites(rows, mid)
         if len(at_mid) <= cap:
             hi, best = mid, at_mid
         else:

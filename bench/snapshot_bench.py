@@ -8,7 +8,12 @@ shaped like a lab: clients at a few sites (RTT vectors within a few ms of their 
 logged by every node. ``--before-rev REV`` times the same windows on ``agent/placement.py`` of git revision REV in
 the same run (its tree extracted to a temporary directory and run in a child process) and prints the ratio.
 
+``--loggers 1,2,10`` times the build where each client's requests pass through that many agents (each record logged
+by one of the client's agents, at random: every agent logs every client at 10), the builds of the counts alternating
+in each repetition, with the ratio to the first count's measured in the same run (with ``--before-rev``, REV's too).
+
     python bench/snapshot_bench.py --records 1000,10000,50000 --before-rev HEAD~1
+    python bench/snapshot_bench.py --records 10000,50000 --loggers 1,2,10 --reps 5 --before-rev HEAD~1
 """
 
 from __future__ import annotations
@@ -45,6 +50,35 @@ def window(n: int, seed: int = 0) -> list[Any]:
         rtt = {f"n{j}": sites[home[c]][j] + rnd.uniform(0, 2) for j in range(NODES)}
         ts, model, node = 1000 + rnd.random() * 60, rnd.choice(models), f"n{rnd.randrange(NODES)}"
         out.append(RequestRecord(ts, model, f"c{c}", rtt, node, rnd.uniform(2, 30), 200))
+    return out
+
+
+def logged_window(n: int, loggers: int, seed: int = 0) -> list[Any]:
+    """``window(n)`` with each client's records logged by ``loggers`` agents: client c's are agents c, c + 1, ...
+    (mod NODES), each record by one of them at random; one logger per client at 1."""
+    from dataclasses import replace
+
+    rnd = random.Random(seed + 1)
+    return [replace(r, logged_by=f"n{(int(r.client[1:]) + rnd.randrange(loggers)) % NODES}") for r in window(n, seed)]
+
+
+def measure_loggers(sizes: list[int], reps: int, objective: str, loggers: list[int]) -> dict[str, float]:
+    """ "records/loggers" -> least CPU ms of ``reps`` builds, the logger counts alternating within each repetition."""
+    from agent.catalogue import builtin_catalogue_text, parse_catalogue
+    from agent.placement import NodeReport, build_snapshot
+
+    catalogue = parse_catalogue(builtin_catalogue_text(), "bench")
+    first = next(iter(catalogue.models))
+    nodes = [NodeReport(f"n{j}", 2000.0, 4000.0, 4.0, "default", {first: 1}, cores=4.0) for j in range(NODES)]
+    out: dict[str, float] = {}
+    for n in sizes:
+        windows = {k: logged_window(n, k) for k in loggers}
+        for _ in range(reps):
+            for k, records in windows.items():
+                t = time.process_time()
+                build_snapshot(nodes, records, catalogue, 1060.0, objective, 60.0)
+                key = f"{n}/{k}"
+                out[key] = min(out.get(key, float("inf")), (time.process_time() - t) * 1000.0)
     return out
 
 
@@ -163,15 +197,19 @@ def loop_lag(sizes: list[int], rounds: int) -> dict[str, dict[str, float]]:
     return out
 
 
-def before(rev: str, sizes: list[int], reps: int, objective: str) -> dict[str, float]:
-    """``measure`` on revision ``rev``'s agent/ (this bench's window unchanged), in a child process."""
+def before(rev: str, sizes: list[int], reps: int, objective: str, loggers: list[int] | None = None) -> dict[str, float]:
+    """``measure`` (``measure_loggers`` with ``loggers``) on revision ``rev``'s agent/ (this bench's window
+    unchanged), in a child process."""
     from bench.common import extract_revision
 
+    call = f"measure({sizes!r}, {reps}, {objective!r})"
+    if loggers:
+        call = f"measure_loggers({sizes!r}, {reps}, {objective!r}, {loggers!r})"
     with tempfile.TemporaryDirectory() as tmp:
         tree = str(extract_revision(rev, Path(tmp), ("agent", "solver", "peerserve")))
         code = (f"import json, sys; sys.path.insert(0, {tree!r}); sys.path.append({str(ROOT)!r}); "
-                "from bench.snapshot_bench import measure; "
-                f"print(json.dumps(measure({sizes!r}, {reps}, {objective!r})))")  # fmt: skip
+                "from bench.snapshot_bench import measure, measure_loggers; "
+                f"print(json.dumps({call}))")  # fmt: skip
         env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
         done = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True, env=env)
         return dict(json.loads(done.stdout.strip().splitlines()[-1]))
@@ -195,9 +233,15 @@ def main(argv: list[str] | None = None) -> int:
         default=0,
         help="also time the event loop's lateness over this many solved rounds (a real solver worker)",
     )
+    ap.add_argument(
+        "--loggers",
+        help="instead: time the build with each client logged by this many agents, e.g. 1,2,10 (ratios to the first)",
+    )
     ap.add_argument("--json", action="store_true", help="print the figures as JSON")
     args = ap.parse_args(argv)
     sizes = [int(s) for s in args.records.split(",") if s.strip()]
+    if args.loggers:
+        return print_loggers(args, sizes, [int(k) for k in args.loggers.split(",") if k.strip()])
     now = measure(sizes, args.reps, args.objective)
     passed = handoff(sizes, args.reps, args.new_per_round)
     lag = loop_lag(sizes, args.lag_rounds) if args.lag_rounds > 0 else None
@@ -223,6 +267,30 @@ def main(argv: list[str] | None = None) -> int:
         print("records  worker builds  thread builds")
         for n in sizes:
             print(f"{n:>7} {lag[str(n)]['worker_ms']:>11.1f} ms {lag[str(n)]['thread_ms']:>10.1f} ms")
+    return 0
+
+
+def print_loggers(args: argparse.Namespace, sizes: list[int], loggers: list[int]) -> int:
+    """The ``--loggers`` table: per window size and logger count, the build's CPU ms and its ratio to the first
+    count's, now (and REV's, in the same run)."""
+    now = measure_loggers(sizes, args.reps, args.objective, loggers)
+    then = before(args.before_rev, sizes, args.reps, args.objective, loggers) if args.before_rev else None
+    load = os.getloadavg()
+    if args.json:
+        print(json.dumps({"now_ms": now, "before_ms": then, "before_rev": args.before_rev, "load": load}))
+        return 0
+    print(f"build_snapshot ({args.objective}) with each client logged by k agents, CPU ms, least of {args.reps}; "
+          f"load average {load[0]:.2f}")  # fmt: skip
+    print("records  loggers      now   vs first" + ("    before   vs first   now/before" if then else ""))
+    for n in sizes:
+        base, base_then = now[f"{n}/{loggers[0]}"], then[f"{n}/{loggers[0]}"] if then else 0.0
+        for k in loggers:
+            ms = now[f"{n}/{k}"]
+            row = f"{n:>7} {k:>8} {ms:>8.1f} {ms / base:>9.2f}x"
+            if then:
+                old = then[f"{n}/{k}"]
+                row += f" {old:>9.1f} {old / base_then:>9.2f}x {ms / old:>11.2f}x"
+            print(row)
     return 0
 
 

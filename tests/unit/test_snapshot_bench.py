@@ -35,3 +35,22 @@ def test_it_times_the_event_loop_while_a_round_is_solved() -> None:
 
     figures = loop_lag([300], 1)
     assert set(figures["300"]) == {"worker_ms", "thread_ms"} and all(v >= -1 for v in figures["300"].values())
+
+
+def test_each_clients_records_are_logged_by_the_agents_it_says(capsys: pytest.CaptureFixture[str]) -> None:
+    """``--loggers``: at 1 each client has one logger, at k its records are spread over k agents (every one used,
+    the window otherwise unchanged); the table has a row per size and count with the ratio to the first count's."""
+    from bench.snapshot_bench import logged_window, measure_loggers
+
+    for k in (1, 3):
+        records = logged_window(3000, k)
+        assert [(r.ts, r.client, r.rtt_ms) for r in records] == [(r.ts, r.client, r.rtt_ms) for r in window(3000)]
+        loggers: dict[str, set[str | None]] = {}
+        for r in records:
+            loggers.setdefault(r.client, set()).add(r.logged_by)
+        assert max(map(len, loggers.values())) == k and all(len(v) <= k for v in loggers.values())
+    figures = measure_loggers([200], 1, "queue", [1, 2])
+    assert set(figures) == {"200/1", "200/2"} and all(ms > 0 for ms in figures.values())
+    assert main(["--records", "200", "--reps", "1", "--loggers", "1,2"]) == 0
+    out = capsys.readouterr().out
+    assert "logged by k agents" in out and "    200        2 " in out and "1.00x" in out
