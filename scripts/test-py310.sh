@@ -26,6 +26,7 @@ if ! is_310 "$venv/bin/python"; then
   rm -rf "$venv"
   "$py310" -m venv "$venv"
 fi
+venv=$(cd "$venv" && pwd)  # install-solver.sh works in a folder of its own
 quiet_pip "$venv/bin/python" -m pip install -q -c scripts/constraints.txt -e ".[solver,agent,dev,serving]"
 quiet_pip bash scripts/install-solver.sh --no-apt --python "$venv/bin/python"
 [ -f agent/data/models/digits.json ] || "$venv/bin/python" -m agent.digits build
