@@ -6,10 +6,10 @@ A loop stopped by ``task.cancel()`` that waits that way (``while True: await aio
 then goes round again, and whoever awaits the stopped task waits for ever; a deadline enforced by cancelling a
 coroutine that itself waits that way runs on past it. Python 3.12 rebuilt ``asyncio.wait_for`` on
 ``asyncio.timeout`` and lost nothing since; 3.10 (JetPack 6's Python) has no ``asyncio.timeout`` at all. So on
-3.12+ this is ``asyncio.wait_for``; before, the inner awaitable runs as a task watched with ``asyncio.wait``
-(whose own wait raises a cancellation however late it comes), and a cancellation always propagates: the inner
-task is cancelled and waited for (as ``asyncio.wait_for`` does: nothing of it runs after we return), and an
-inner result that was ready at that moment is dropped, as 3.12 drops it.
+3.12+ this is ``asyncio.wait_for``; before, it is 3.10/3.11's ``asyncio.wait_for`` (the same futures and timer,
+the same cost) except that a cancellation always propagates: the inner task is cancelled and waited for (as
+``asyncio.wait_for`` does: nothing of it runs after we return), and an inner result that was ready at that moment
+is dropped, as 3.12 drops it.
 
 The agent's code calls this, never ``asyncio.wait_for`` (ruff's banned-api rule, pyproject.toml).
 """
@@ -17,6 +17,7 @@ The agent's code calls this, never ``asyncio.wait_for`` (ruff's banned-api rule,
 from __future__ import annotations
 
 import asyncio
+import functools
 import sys
 from collections.abc import Awaitable
 from typing import TypeVar
@@ -36,33 +37,55 @@ async def wait_for(aw: Awaitable[T], timeout: float | None) -> T:
 
 
 async def _wait_for(aw: Awaitable[T], timeout: float | None) -> T:
+    """3.10/3.11's ``asyncio.wait_for`` less its one flaw: a cancellation is raised even when the inner task is done.
+    The waits are on futures of our own: a task cancelled while it awaits a future that is already done resumes
+    with CancelledError all the same (Task._must_cancel), so no cancellation can slip past an ``await`` here."""
     task = asyncio.ensure_future(aw)
     if timeout is None:
         return await task  # a cancellation goes into the task; one arriving as it completes is raised here
-    try:
-        if timeout > 0:
-            # asyncio.wait's own wait (on a future of its own) raises a cancellation that arrives in the same
-            # loop iteration as the task's completion: a task resumes with CancelledError whenever cancel() was
-            # called on it while it waited, done or not (Task._must_cancel)
-            await asyncio.wait((task,), timeout=timeout)
+    if timeout <= 0:
         if task.done():
             return task.result()
-    except asyncio.CancelledError:
         await _cancelled(task)
-        raise
-    await _cancelled(task)
-    if task.cancelled():
         raise asyncio.TimeoutError
-    return task.result()  # it completed (or raised) rather than take the cancellation, as asyncio.wait_for
+    loop = asyncio.get_running_loop()
+    waiter: asyncio.Future[None] = loop.create_future()
+    timer = loop.call_later(timeout, _release, waiter)
+    done = functools.partial(_release, waiter)
+    task.add_done_callback(done)
+    try:
+        try:
+            await waiter
+        except asyncio.CancelledError:  # asyncio.wait_for returned the task's result here when it was done
+            task.remove_done_callback(done)
+            await _cancelled(task)
+            raise
+        if task.done():
+            return task.result()
+        task.remove_done_callback(done)
+        await _cancelled(task)
+        if task.cancelled():
+            raise asyncio.TimeoutError
+        return task.result()  # it completed (or raised) rather than take the cancellation, as asyncio.wait_for
+    finally:
+        timer.cancel()
+
+
+def _release(waiter: asyncio.Future[None], *_: object) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
 
 
 async def _cancelled(task: asyncio.Future[T]) -> None:
     """Cancel ``task`` and wait until it has ended (a cancellation of ours while we wait is raised)."""
-    if task.done():
-        if not task.cancelled():
-            task.exception()  # retrieved: a result dropped for a cancellation is not "never retrieved"
-        return
-    task.cancel()
-    await asyncio.wait((task,))
+    if not task.done():
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        done = functools.partial(_release, waiter)
+        task.add_done_callback(done)
+        try:
+            task.cancel()
+            await waiter
+        finally:
+            task.remove_done_callback(done)
     if not task.cancelled():
-        task.exception()
+        task.exception()  # retrieved: a result or error dropped for a cancellation is not "never retrieved"
