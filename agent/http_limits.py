@@ -66,6 +66,7 @@ from starlette.requests import ClientDisconnect
 from uvicorn.protocols.http.flow_control import FlowControl
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from agent import aio
 from agent.modelserver import oldest_of_busiest
 
 log = logging.getLogger(__name__)
@@ -184,7 +185,7 @@ class HttpLimits:
             deadline = deadline or time.monotonic() + self.body_timeout_s
             remaining = deadline - time.monotonic()
             try:
-                message = dict(await asyncio.wait_for(receive(), max(remaining, 0.0)))
+                message = dict(await aio.wait_for(receive(), max(remaining, 0.0)))
             except asyncio.TimeoutError:
                 raise BodyRefused(408, f"request body not received within {self.body_timeout_s:g} s") from None
             if message["type"] == "http.request":

@@ -20,8 +20,10 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
+from agent import aio
 from agent import leader_round as lr
 from agent.hysteresis import HoldConfig
+from agent.peer_client import TIMEOUT
 from agent.placement import parse_node_report, parse_request
 from agent.quorum import Certificates, Grants
 from agent.solver_worker import SolverWorker
@@ -327,33 +329,40 @@ class Leadership:
 
     async def _gather(self, g: lr.Gather) -> lr.Gathered | lr.GatherFailed:
         """One gather: the node's stats and one page of its request log after ``g.since``."""
+        deadline = asyncio.get_running_loop().time() + GATHER_DEADLINE_S
         try:
-            stats_node, stats_models, page = await asyncio.wait_for(self._fetch_stats(g), GATHER_DEADLINE_S)
+            stats_node, stats_models, page = await aio.wait_for(self._fetch_stats(g, deadline), GATHER_DEADLINE_S)
             report = parse_node_report(stats_node, stats_models)
             records = tuple((int(raw["id"]), parse_request(raw)) for raw in page["requests"])
             return lr.Gathered(self.agent.clock(), g.round, g.node, report, records)
-        except asyncio.TimeoutError:
-            self._say_once(f"gather:{g.node}:deadline", "cannot gather stats from %s within %.1f s", g.node,
-                           GATHER_DEADLINE_S)  # fmt: skip
-            return lr.GatherFailed(self.agent.clock(), g.round, g.node, f"no stats within {GATHER_DEADLINE_S:g} s")
-        except (httpx.HTTPError, KeyError, TypeError, ValueError, OverflowError) as exc:
+        except (asyncio.TimeoutError, httpx.HTTPError, KeyError, TypeError, ValueError, OverflowError) as exc:
+            # a call cut to what was left of the deadline failed by it (a timer may fire a clock tick early)
+            if isinstance(exc, asyncio.TimeoutError) or asyncio.get_running_loop().time() >= deadline - 0.001:
+                self._say_once(f"gather:{g.node}:deadline", "cannot gather stats from %s within %.1f s", g.node,
+                               GATHER_DEADLINE_S)  # fmt: skip
+                return lr.GatherFailed(self.agent.clock(), g.round, g.node,
+                                       f"no stats within {GATHER_DEADLINE_S:g} s")  # fmt: skip
             self._say_once(f"gather:{g.node}:{type(exc).__name__}", "cannot gather stats from %s: %s", g.node, exc)
             return lr.GatherFailed(self.agent.clock(), g.round, g.node, f"{type(exc).__name__}: {exc}")
 
-    async def _fetch_stats(self, g: lr.Gather) -> tuple[Any, Any, Any]:
+    async def _fetch_stats(self, g: lr.Gather, deadline: float) -> tuple[Any, Any, Any]:
         """The node's two stats answers and one request-log page: one after another, on one kept connection (three
         at once needed a third connection to each peer every round, two are kept: a TLS handshake on the
-        leader's event loop that its proxied requests waited behind, the load bench's slow 1 %)."""
-        stats_node = await self._get_json(f"{g.url}/stats/node")
-        stats_models = await self._get_json(f"{g.url}/stats/models")
-        page = await self._get_json(f"{g.url}/stats/requests", params={"since": g.since, "limit": g.limit})
+        leader's event loop that its proxied requests waited behind, the load bench's slow 1 %).
+
+        Each call's own timeout is what is left of ``deadline`` (the loop's clock), so the gather ends by then even
+        where a cancellation from the outer wait is lost below us (Python 3.10/3.11's ``asyncio.wait_for`` in a
+        library: the call would return, and the next one would start with a full timeout of its own)."""
+        stats_node = await self._get_json(f"{g.url}/stats/node", None, _left(deadline))
+        stats_models = await self._get_json(f"{g.url}/stats/models", None, _left(deadline))
+        page = await self._get_json(f"{g.url}/stats/requests", {"since": g.since, "limit": g.limit}, _left(deadline))
         return stats_node, stats_models, page
 
-    async def _get_json(self, url: str, params: Mapping[str, Any] | None = None) -> Any:
+    async def _get_json(self, url: str, params: Mapping[str, Any] | None, timeout: httpx.Timeout) -> Any:
         """A peer's stats answer, authenticated and strictly parsed; raises ValueError (PeerCallError)."""
         if self.agent.peer_client is None:
             raise ValueError("no peer plane without a cluster token")
-        return await self.agent.peer_client.get_json(url, params)
+        return await self.agent.peer_client.get_json(url, params, timeout)
 
     async def _solve(self, solve: lr.Solve) -> lr.Solved | lr.SolveFailed:
         """Solve in the worker process (the one place that solves); it builds the snapshot there too, from its copy
@@ -413,3 +422,13 @@ def _highest_term(answer: Any) -> int | None:
     if isinstance(highest, int) and not isinstance(highest, bool):
         return highest
     return None
+
+
+def _left(deadline: float) -> httpx.Timeout:
+    """A peer call's timeout: its usual one (agent.peer_client.TIMEOUT), cut to what is left of ``deadline``;
+    ``asyncio.TimeoutError`` when nothing is."""
+    left = deadline - asyncio.get_running_loop().time()
+    if left <= 0:
+        raise asyncio.TimeoutError
+    full, connect = TIMEOUT.read or left, TIMEOUT.connect or left
+    return httpx.Timeout(min(full, left), connect=min(connect, left))

@@ -19,7 +19,7 @@ from typing import Any
 
 import httpx
 
-from agent import known_peers
+from agent import aio, known_peers
 from agent.catalogue import CatalogueWatcher, ModelSpec
 from agent.decisions import (
     STOP_FIRST,
@@ -398,7 +398,7 @@ class NodeAgent:
     async def _reconcile_loop(self) -> None:
         while True:
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.settings.reconcile_interval_s)
+                await aio.wait_for(self._wake.wait(), self.settings.reconcile_interval_s)
             self._wake.clear()
             try:
                 await self.reconcile_once()

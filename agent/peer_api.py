@@ -30,6 +30,7 @@ import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
+from agent import aio
 from agent.decisions import memory_refusal
 from agent.http_limits import PeerH11Protocol
 from agent.identity import AuthError, Identity
@@ -280,7 +281,7 @@ class _EmbeddedServer(uvicorn.Server):
         while not await self.on_tick(counter):
             counter = (counter + 10) % 864000
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._exit.wait(), 1.0)
+                await aio.wait_for(self._exit.wait(), 1.0)
 
     def stop_soon(self) -> None:
         """Exit now rather than at the next once-a-second look."""

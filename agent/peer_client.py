@@ -206,10 +206,12 @@ class PeerClient:
                 return hit[0], hit[1], url[prefix_len:] or "/"
         raise PeerCallError(f"no admitted node serves {url}")
 
-    async def get_json(self, url: str, params: Mapping[str, Any] | None = None) -> Any:
+    async def get_json(
+        self, url: str, params: Mapping[str, Any] | None = None, timeout: httpx.Timeout | float = TIMEOUT
+    ) -> Any:
         """GET a stats route of the node behind agent URL ``url``; the answer is validated and re-encoded."""
         node_id, base, path = self._routed(url)
-        status, data = await self.call(node_id, base, "GET", path, params)
+        status, data = await self.call(node_id, base, "GET", path, params, timeout=timeout)
         if status != 200:
             raise PeerCallError(f"{node_id} answered HTTP {status} to {path}", status)
         try:

@@ -24,6 +24,7 @@ import contextlib
 import itertools
 import logging
 import ssl
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -34,7 +35,11 @@ log = logging.getLogger(__name__)
 HANDSHAKE_S = 5.0  # an Ed25519 mutual-TLS handshake on a LAN takes milliseconds
 PENDING_PER_ADDRESS = 64  # handshakes in progress from one address (agents on one host share it)
 PENDING_TOTAL = 128  # handshakes in progress from every address together
-EARLY_BYTES = 1 << 16  # decrypted bytes held between the handshake's end and the handover
+# Decrypted bytes held between the handshake's end and the handover (past them: not a peer speaking HTTP). Python
+# 3.10's TLS (the asyncio.sslproto before 3.11's rewrite) decrypts a whole socket read, up to 256 KiB, in the call
+# that completes the handshake and hands it all over at once: a client writing its request right after its Finished
+# message (agent.peer_http does) was past 64 KiB there before the handover could run, and was cut off.
+EARLY_BYTES = 1 << 16 if sys.version_info >= (3, 11) else (1 << 16) + 256 * 1024
 # asyncio gives every TLS connection a read buffer of 256 KiB, zero-filled (resident): measured 330 KiB per kept
 # connection (both ends) against 90 KiB with 32 KiB, and an agent keeps connections to and from every member.
 # TLS records are at most 16 KiB, so a smaller buffer only means more reads for a large answer.

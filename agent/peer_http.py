@@ -25,6 +25,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+from agent import aio
 from agent.peer_gate import small_tls_buffers
 from agent.peer_tls import PeerIdentity, peer_identity
 
@@ -166,7 +167,7 @@ class PeerConnections:
 
     async def _exchange(self, key: str, conn: _Conn, data: bytes, timeout: float) -> Answer:
         try:
-            answer, keep = await asyncio.wait_for(self._send_and_read(conn, data), timeout)
+            answer, keep = await aio.wait_for(self._send_and_read(conn, data), timeout)
         except BaseException:
             conn.close()
             raise
@@ -244,7 +245,7 @@ class PeerConnections:
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiting.setdefault(key, deque()).append(waiter)
         try:
-            await asyncio.wait_for(waiter, timeout)  # _release hands its slot over (the count stays)
+            await aio.wait_for(waiter, timeout)  # _release hands its slot over (the count stays)
         except BaseException as exc:  # timed out or cancelled
             if waiter.done() and not waiter.cancelled():
                 self._release(key)  # a slot handed over just as we gave up: pass it on
@@ -280,12 +281,12 @@ class PeerConnections:
         scheme, host, port = listener_address(base_url)
         tls = _unverified() if scheme == "https" and self.tls is None else self.tls
         try:
-            reader, writer = await asyncio.wait_for(
+            reader, writer = await aio.wait_for(
                 asyncio.open_connection(host, port, ssl=tls if scheme == "https" else None, limit=HEAD_LIMIT,
                                         ssl_handshake_timeout=timeout if scheme == "https" else None),
                 timeout,
             )  # fmt: skip
-        except (OSError, ssl.SSLError) as exc:
+        except (OSError, ssl.SSLError, asyncio.TimeoutError) as exc:  # on 3.10 asyncio's is not an OSError
             raise PeerHttpError(f"cannot connect to {base_url}: {exc!r}") from exc
         self.opened += 1
         return _Conn(reader, writer, peer=peer_identity(writer) if self.tls is not None else None)
@@ -350,7 +351,7 @@ async def _verified(
     try:
         pending = verify_peer(conn.peer)
         if pending is not None:  # only a first contact: a known pin is decided at once, with no task or timer
-            await asyncio.wait_for(pending, max(timeout, 0.001))
+            await aio.wait_for(pending, max(timeout, 0.001))
     except BaseException:
         conn.close()
         raise

@@ -25,6 +25,7 @@ from typing import Any
 
 import httpx
 
+from agent import aio
 from agent.discovery import swim as sw
 from agent.discovery.swim_proofs import ProofBook
 from agent.errors import PeerError
@@ -233,7 +234,7 @@ class SwimDriver:
             delay = min(MAX_SLEEP_S, max(MIN_SLEEP_S, delay))
             self._sleep_until = self.clock() + delay
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), delay)
+                await aio.wait_for(self._wake.wait(), delay)
 
     def wake(self) -> None:
         """Something was fed to the core from outside the loop (a message, a result, a hint): tick at once if that
@@ -482,7 +483,7 @@ class SwimDriver:
         """Whether our ping reached ``target`` (None: our own bound refused it: we cannot say)."""
         try:  # within one probe timeout in all (connect included): the asker waits twice that for our answer
             ping = self.send(target, target_url, self.core.message("ping", target))
-            ack = await asyncio.wait_for(ping, self.core.probe_timeout())
+            ack = await aio.wait_for(ping, self.core.probe_timeout())
         except PeerCallError as exc:
             return None if exc.busy else False
         except asyncio.TimeoutError:

@@ -33,6 +33,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from agent import aio
 from agent.catalogue import ModelSpec
 from agent.errors import InstanceStartError
 from agent.runtime.base import Instance
@@ -153,7 +154,7 @@ class ProcessRuntime:
         self._save()  # recorded before it is ready: if this agent dies now, whoever cleans up finds it
         try:
             assert proc.stdout is not None
-            line = await asyncio.wait_for(proc.stdout.readline(), START_TIMEOUT_S)
+            line = await aio.wait_for(proc.stdout.readline(), START_TIMEOUT_S)
             port = int(line.decode().split()[1]) if line.startswith(b"READY ") else 0
         except (asyncio.TimeoutError, ValueError, IndexError):
             port = 0
@@ -365,7 +366,7 @@ async def _terminate(pid: int, proc: asyncio.subprocess.Process | None, alive: C
     while time.monotonic() < deadline:
         if proc is not None:
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(proc.wait(), 0.05)
+                await aio.wait_for(proc.wait(), 0.05)
             if proc.returncode is not None:
                 return
         elif not alive():

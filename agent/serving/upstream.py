@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 
 import h11
 
+from agent import aio
 from agent.http_limits import BodyRefused
 
 log = logging.getLogger(__name__)
@@ -236,7 +237,7 @@ class UpstreamPool:
                 return conn
             conn.close()
         try:
-            reader, writer = await asyncio.wait_for(asyncio.open_connection(*key), self.connect_timeout)
+            reader, writer = await aio.wait_for(asyncio.open_connection(*key), self.connect_timeout)
         except (OSError, asyncio.TimeoutError) as exc:
             refused = isinstance(exc, ConnectionRefusedError)
             why = str(exc) or f"no connection in {self.connect_timeout:g} s"
@@ -273,7 +274,7 @@ class UpstreamPool:
                 if timeout <= 0:
                     raise UpstreamError(f"reading from the model server stopped: {why}", sent=True)
             try:
-                data = await asyncio.wait_for(conn.reader.read(READ_SIZE), timeout)
+                data = await aio.wait_for(conn.reader.read(READ_SIZE), timeout)
             except asyncio.TimeoutError:
                 raise UpstreamError(f"reading from the model server stopped: {why}", sent=True) from None
             except OSError as exc:

@@ -806,7 +806,7 @@ def test_the_weighted_count_bounds_what_an_answer_costs_parsed() -> None:
 def test_the_inference_bound_is_exact_at_and_one_past() -> None:
     body = json.dumps({"predictions": [[0.25] * 64] * 64}).encode()
     units = jsonbound.cost_at_most(body)
-    assert units == jsonbound.values_at_most(body) + 2 * (66 + 2)  # 64 + 2 lists, 1 object, 2 quotes
+    assert units == jsonbound.values_at_most(body) + 2 * (66 + 2) + jsonbound.DICT_EXTRA  # 66 lists, 1 object, 2 quotes
     assert answers.checked(raw(body), predictions, units, jsonbound.cost_at_most)["predictions"][0][0] == 0.25
     with pytest.raises(answers.TooLarge, match=f"more than {units - 1} JSON values") as refused:
         answers.checked(raw(body), predictions, units - 1, jsonbound.cost_at_most)

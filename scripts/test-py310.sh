@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# The unit tier (or the given pytest arguments) under Python 3.10, JetPack 6's Python, in a venv of its own
+# (default .venv310; PEERSERVE_PY310_VENV overrides), installed as scripts/bootstrap.sh installs .venv (the
+# constraints file has 3.10 lines), when a 3.10 interpreter is here: $PEERSERVE_PY310, python3.10 on PATH
+# (Ubuntu 22.04's python3, JetPack 6), or pyenv's 3.10. Debian 12 ships no 3.10 and nothing fetches one: with none
+# found it says so and exits 0 (PEERSERVE_REQUIRE_PY310=1: exits 1). Expects scripts/bootstrap.sh to have run
+# (apt packages, the solver's build tools). Usage: test-py310.sh [pytest args...]   (default: tests/unit)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+venv=${PEERSERVE_PY310_VENV:-.venv310}
+
+is_310() { [ -n "$1" ] && "$1" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 10))' 2>/dev/null; }
+py310=""
+pyenv_root=$(pyenv root 2>/dev/null || true)
+for candidate in "${PEERSERVE_PY310:-}" "$(command -v python3.10 || true)" "${pyenv_root:-/nonexistent}"/versions/3.10*/bin/python3.10; do
+  if is_310 "$candidate"; then py310=$candidate; break; fi
+done
+if [ -z "$py310" ]; then
+  echo "py310: no Python 3.10 interpreter here (PEERSERVE_PY310, python3.10, pyenv): not tested under 3.10"
+  [ "${PEERSERVE_REQUIRE_PY310:-0}" = 1 ] && exit 1
+  exit 0
+fi
+echo "py310: $("$py310" -V) ($py310)"
+quiet_pip() { "$@" 2> >(grep -v "^WARNING: Location" >&2); }
+if ! is_310 "$venv/bin/python"; then
+  rm -rf "$venv"
+  "$py310" -m venv "$venv"
+fi
+venv=$(cd "$venv" && pwd)  # install-solver.sh works in a folder of its own
+quiet_pip "$venv/bin/python" -m pip install -q -c scripts/constraints.txt -e ".[solver,agent,dev,serving]"
+quiet_pip bash scripts/install-solver.sh --no-apt --python "$venv/bin/python"
+[ -f agent/data/models/digits.json ] || "$venv/bin/python" -m agent.digits build
+[ $# -gt 0 ] || set -- tests/unit
+"$venv/bin/python" -m pytest -q -p no:cacheprovider "$@"
