@@ -123,7 +123,9 @@ def test_minted_ids_from_one_address_get_429_with_retry_after_on_both_peer_route
     assert shelf == [200] * 50
     assert [r.status_code for r in minted] == [200] * PIN_FIRST_BURST + [429, 429]
     for refused in (*minted[PIN_FIRST_BURST:], *swim):
-        assert refused.status_code == 429 and refused.headers["retry-after"] == "8"
+        # 8 s when the bucket just emptied (60 s / 8 a minute, rounded up); the real clock runs on meanwhile, and
+        # a loaded machine took over 0.5 s between the last mint and a refusal (CI saw 7)
+        assert refused.status_code == 429 and 1 <= int(refused.headers["retry-after"]) <= 8
         assert "too many new node ids" in refused.text
     pinned = read_pins(tmp_path / "f" / "peer" / "pins.json")
     assert len(pinned) == 50 + PIN_FIRST_BURST
