@@ -276,10 +276,10 @@ class Leadership:
     async def _gather(self, g: lr.Gather) -> lr.Gathered | lr.GatherFailed:
         """One gather: the node's stats and one page of its request log after ``g.since``."""
         try:
-            stats_node, stats_models, page = await asyncio.wait_for(self._fetch_stats(g), GATHER_DEADLINE_S)
+            stats_node, stats_models, page, ahead = await asyncio.wait_for(self._fetch_stats(g), GATHER_DEADLINE_S)
             report = parse_node_report(stats_node, stats_models)
             records = tuple((int(raw["id"]), parse_request(raw)) for raw in page["requests"])
-            return lr.Gathered(self.agent.clock(), g.round, g.node, report, records)
+            return lr.Gathered(self.agent.clock(), g.round, g.node, report, records, ahead)
         except asyncio.TimeoutError:
             self._say_once(f"gather:{g.node}:deadline", "cannot gather stats from %s within %.1f s", g.node,
                            GATHER_DEADLINE_S)  # fmt: skip
@@ -288,20 +288,26 @@ class Leadership:
             self._say_once(f"gather:{g.node}:{type(exc).__name__}", "cannot gather stats from %s: %s", g.node, exc)
             return lr.GatherFailed(self.agent.clock(), g.round, g.node, f"{type(exc).__name__}: {exc}")
 
-    async def _fetch_stats(self, g: lr.Gather) -> tuple[Any, Any, Any]:
-        """The node's two stats answers and one request-log page: one after another, on one kept connection (three
-        at once needed a third connection to each peer every round, two are kept: a TLS handshake on the
+    async def _fetch_stats(self, g: lr.Gather) -> tuple[Any, Any, Any, float]:
+        """The node's two stats answers, one request-log page and how far its clock reads ahead of ours (from the
+        page's signed stamp against the middle of our wait for it): one after another, on one kept connection
+        (three at once needed a third connection to each peer every round, two are kept: a TLS handshake on the
         leader's event loop that its proxied requests waited behind, the load bench's slow 1 %)."""
         stats_node = await self._get_json(f"{g.url}/stats/node")
         stats_models = await self._get_json(f"{g.url}/stats/models")
-        page = await self._get_json(f"{g.url}/stats/requests", params={"since": g.since, "limit": g.limit})
-        return stats_node, stats_models, page
+        stamp: list[float] = []
+        asked = self.agent.clock()
+        page = await self._get_json(f"{g.url}/stats/requests", {"since": g.since, "limit": g.limit}, stamp)
+        ahead = stamp[0] - (asked + self.agent.clock()) / 2 if stamp else 0.0
+        return stats_node, stats_models, page, ahead
 
-    async def _get_json(self, url: str, params: Mapping[str, Any] | None = None) -> Any:
+    async def _get_json(
+        self, url: str, params: Mapping[str, Any] | None = None, stamp: list[float] | None = None
+    ) -> Any:
         """A peer's stats answer, authenticated and strictly parsed; raises ValueError (PeerCallError)."""
         if self.agent.peer_client is None:
             raise ValueError("no peer plane without a cluster token")
-        return await self.agent.peer_client.get_json(url, params)
+        return await self.agent.peer_client.get_json(url, params, stamp)
 
     async def _solve(self, solve: lr.Solve) -> lr.Solved | lr.SolveFailed:
         """Solve in the worker process (the one place that solves); it builds the snapshot there too, from its copy

@@ -18,7 +18,7 @@ from agent.leadership import Leadership
 def gather_with(delay: float) -> tuple[Any, list[str]]:
     calls: list[str] = []
 
-    async def get_json(url: str, params: Any = None) -> Any:
+    async def get_json(url: str, params: Any = None, stamp: Any = None) -> Any:
         calls.append(url.rsplit("/", 1)[-1])
         await asyncio.sleep(delay)
         if url.endswith("/stats/node"):
