@@ -19,7 +19,7 @@ from tests.service.conftest import free_port
 from tests.waiting import wait_for
 
 OFF = 14.0  # one board this far ahead, one this far behind: 28 s apart, inside the 30 s window
-WINDOW = 20.0  # the leader's request window (request_window_s), shorter than the boards' 28 s disagreement
+WINDOW = 12.0  # the leader's request window (request_window_s), shorter than the boards' 28 s disagreement
 PERIOD = 2.0  # placement_period_s
 ENV = {"PEERSERVE_MDNS": "false", "PEERSERVE_PLACEMENT_PERIOD_S": str(PERIOD),
        "PEERSERVE_REQUEST_WINDOW_S": str(WINDOW)}  # fmt: skip
