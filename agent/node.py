@@ -446,7 +446,9 @@ class NodeAgent:
         stuck = stuck_instances(instances, ready, self._last_ready, now, timeout)
         need = {m: spec.mem_mb for m, spec in self.catalogue.current.models.items()}
         total = self.node_metrics().mem_total_mb
-        steps = plan_reconcile(self._desired.instances, instances, next_try, now, stuck, ready, need, total)
+        steps = plan_reconcile(
+            self._desired.instances, instances, next_try, now, stuck, ready, need, total, self._draining.keys()
+        )
         self._say_stop_first(steps, instances, need, total)
         steps, self._draining = drain_stops(steps, self._draining, now, self.settings.instance_drain_s)
         self._publish(instances, ready)  # servers that began to drain leave every endpoint answer now
