@@ -148,6 +148,14 @@ FLAGS: list[tuple[str, dict[str, Any]]] = [
         },
     ),
     ("--log-format", {"choices": ["text", "json"], "help": "log lines as text (default) or one JSON object each"}),
+    (
+        "--clock-offset-s",
+        {
+            "type": float,
+            "help": "drills and tests only: this agent reads its wall clock this many seconds off the machine's "
+            "(a board whose clock is wrong; peers refuse it past 30 s apart). Default 0",
+        },
+    ),
 ]
 
 

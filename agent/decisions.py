@@ -139,6 +139,7 @@ def plan_reconcile(
     ready: Collection[str] = (),
     mem_need: Mapping[str, float] | None = None,
     mem_total_mb: float | None = None,
+    draining: Collection[str] = (),
 ) -> list[Step]:
     """Steps that bring the runtime to ``desired``; a model in backoff is not started before next_try.
 
@@ -150,7 +151,8 @@ def plan_reconcile(
 
     With the catalogue's sizes (``mem_need``) and the node's total, a replacement starts only where it fits beside
     every server still in memory (``memory_fits``, the rule desired sets are accepted by; a full board's start
-    would fail while the old one keeps serving): those that do not fit wait (``stop_first``).
+    would fail while the old one keeps serving): those that do not fit wait (``stop_first``; ``draining``: the ids
+    the node is draining, so a server stopped first stays the one stopped first).
     """
     steps: list[Step] = []
     live: dict[str, list[Instance]] = {}
@@ -176,7 +178,7 @@ def plan_reconcile(
         steps += [Stop(i.id, model, "outdated") for i in outdated[:retire]]
     if mem_need is None or mem_total_mb is None or not old:
         return steps
-    return stop_first(steps, instances, old, mem_need, mem_total_mb, ready)
+    return stop_first(steps, instances, old, mem_need, mem_total_mb, ready, draining)
 
 
 def stop_first(
@@ -186,6 +188,7 @@ def stop_first(
     mem_need: Mapping[str, float],
     mem_total_mb: float,
     ready: Collection[str] = (),
+    draining: Collection[str] = (),
 ) -> list[Step]:
     """Replacement starts of outdated servers (``old``: model -> its outdated running servers) cut to what fits.
 
@@ -195,7 +198,11 @@ def stop_first(
     server loading, no replacement starting this round -- the oldest outdated server of the models waiting is
     stopped first (reason ``STOP_FIRST``, drained; one a round) and its replacement starts the round after it is
     gone: that model has fewer servers, none if it had one, while the new one loads. Otherwise they wait for
-    what is on its way.
+    what is on its way. An outdated server already being drained (``draining``: it was stopped first in an earlier
+    round) is on its way too, and stays the one stopped first until it is gone: chosen afresh each round, a model
+    that went outdated during its drain, with an older server, was stopped first as well, and both models went dark
+    at once (on a real engine: a catalogue reload landing in the middle of one listing judged one container by the
+    old entry, the other by the new).
     """
     at_once = {s.instance_id for s in steps if isinstance(s, Stop) and s.reason not in DRAINED_REASONS}
     held: dict[str, int] = {}
@@ -225,7 +232,11 @@ def stop_first(
             waiting.append(m)
     first: list[Step] = []
     starting = sum(starts.values()) > sum(cut.values())  # a start that goes ahead this round, of any model
-    if waiting and not leaving and not loading and not starting:
+    going = [i for m in waiting for i in old[m] if i.id in draining]  # stopped first in an earlier round
+    if going:
+        oldest = min(going, key=lambda i: (i.started_at, i.id))
+        first.append(Stop(oldest.id, oldest.model, STOP_FIRST))
+    elif waiting and not leaving and not loading and not starting:
         oldest = min((i for m in waiting for i in old[m]), key=lambda i: (i.started_at, i.id))
         first.append(Stop(oldest.id, oldest.model, STOP_FIRST))
     out: list[Step] = []

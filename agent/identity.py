@@ -684,7 +684,7 @@ class Identity:
             raise AuthError("missing or malformed nonce")
         signed = wire.request_signing_bytes(card.node_id, self.node_id, method, target, body, ts, nonce)
         _check_signature(card, headers, signed)
-        _check_fresh(ts, now)
+        _check_fresh(ts, now, f"a message signed by {card.node_id}")
         return card, nonce
 
     def verify_response(
@@ -710,7 +710,7 @@ class Identity:
             raise AuthError(f"expected an answer from {responder!r}, {card.node_id!r} answered", 403)
         ts = headers.get(wire.H_TIME, "")
         _check_signature(card, headers, wire.response_signing_bytes(responder, self.node_id, status, nonce, body, ts))
-        _check_fresh(ts, now)
+        _check_fresh(ts, now, f"an answer signed by {responder}")
         return card
 
     def _card(self, headers: Mapping[str, str]) -> Card:
@@ -734,13 +734,24 @@ def _check_signature(card: Card, headers: Mapping[str, str], signed: bytes) -> N
         raise AuthError("bad signature") from exc
 
 
-def _check_fresh(ts: str, now: float) -> None:
+def _check_fresh(ts: str, now: float, what: str = "a message") -> None:
+    """Refuse a stamp more than WINDOW_S from ``now``, saying by how much: a replay that old, or clocks that far apart
+    (the pair of boards cannot talk until one is set right: docs/architecture.md, "Clocks")."""
     try:
         at = float(ts)
     except ValueError as exc:
         raise AuthError("malformed timestamp") from exc
     if not abs(now - at) <= WINDOW_S:  # also refuses NaN
-        raise AuthError(f"stale or future message (clock skew over {WINDOW_S:.0f} s?)")
+        raise AuthError(skew_refusal(what, at - now))
+
+
+def skew_refusal(what: str, ahead_s: float) -> str:
+    """Why a stamp ``ahead_s`` seconds off this node's clock (negative: behind) is refused."""
+    way = "ahead of" if ahead_s > 0 else "behind"
+    return (
+        f"stale or future message: {what} is stamped {abs(ahead_s):.1f} s {way} this node's clock, over the "
+        f"{WINDOW_S:.0f} s the peer plane accepts (a replay, or clock skew: set both boards' clocks, e.g. by NTP)"
+    )
 
 
 def _load_or_create_key(path: Path | None) -> Ed25519PrivateKey:

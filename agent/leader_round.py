@@ -19,6 +19,7 @@ round (deposed, re-elected, timed out) are ignored. State is bounded: cursors fo
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -63,13 +64,17 @@ class MembershipChanged:
 
 @dataclass(frozen=True)
 class Gathered:
-    """One gather answer: the node's report and one page of its request log (``(id, record)``, by id)."""
+    """One gather answer: the node's report and one page of its request log (``(id, record)``, by id).
+
+    ``clock_ahead_s``: how far the node's wall clock reads ahead of ours (negative: behind), from the signed stamp of
+    its answer; its records' stamps are moved onto our clock by it (``on_our_clock``)."""
 
     now: float
     round: int
     node: str
     report: NodeReport
     page: tuple[tuple[int, RequestRecord], ...]
+    clock_ahead_s: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -132,6 +137,18 @@ Event = (
     Tick | Elected | Deposed | MembershipChanged | Gathered | GatherFailed | Solved | SolveFailed | Acknowledged
     | CommandFailed | Fenced
 )  # fmt: skip
+
+
+def on_our_clock(record: RequestRecord, clock_ahead_s: float) -> RequestRecord:
+    """``record`` as stamped by a node whose clock reads ``clock_ahead_s`` ahead of ours, stamped on our clock.
+
+    Stamped by the node's own clock, a record of a board 20 s behind looked 20 s old on arrival and left the window
+    20 s early, and one of a board far enough ahead was dropped as future. The offset comes from the signed stamp of
+    the node's answer, which the peer plane accepts only within identity.WINDOW_S of our clock: a member can move
+    its own records by no more than that, and it could stamp them anywhere in the window anyway."""
+    if clock_ahead_s == 0 or not math.isfinite(clock_ahead_s):
+        return record
+    return replace(record, ts=record.ts - clock_ahead_s)
 
 
 # -- instructions out --------------------------------------------------------------------------------
@@ -350,7 +367,7 @@ class LeaderRound:
             fresh = []
             for rid, record in e.page:
                 if rid > cursor:  # ids only grow: at or below the cursor was taken already
-                    fresh.append(record)
+                    fresh.append(on_our_clock(record, e.clock_ahead_s))
                     cursor = rid
             self.window.add(e.node, fresh, e.now)  # marked as its word; implausible stamps left out
             self.cursors[e.node] = cursor

@@ -331,10 +331,12 @@ class Leadership:
         """One gather: the node's stats and one page of its request log after ``g.since``."""
         deadline = asyncio.get_running_loop().time() + GATHER_DEADLINE_S
         try:
-            stats_node, stats_models, page = await aio.wait_for(self._fetch_stats(g, deadline), GATHER_DEADLINE_S)
+            stats_node, stats_models, page, ahead = await aio.wait_for(
+                self._fetch_stats(g, deadline), GATHER_DEADLINE_S
+            )
             report = parse_node_report(stats_node, stats_models)
             records = tuple((int(raw["id"]), parse_request(raw)) for raw in page["requests"])
-            return lr.Gathered(self.agent.clock(), g.round, g.node, report, records)
+            return lr.Gathered(self.agent.clock(), g.round, g.node, report, records, ahead)
         except (asyncio.TimeoutError, httpx.HTTPError, KeyError, TypeError, ValueError, OverflowError) as exc:
             # a call cut to what was left of the deadline failed by it (a timer may fire a clock tick early)
             if isinstance(exc, asyncio.TimeoutError) or asyncio.get_running_loop().time() >= deadline - 0.001:
@@ -345,9 +347,10 @@ class Leadership:
             self._say_once(f"gather:{g.node}:{type(exc).__name__}", "cannot gather stats from %s: %s", g.node, exc)
             return lr.GatherFailed(self.agent.clock(), g.round, g.node, f"{type(exc).__name__}: {exc}")
 
-    async def _fetch_stats(self, g: lr.Gather, deadline: float) -> tuple[Any, Any, Any]:
-        """The node's two stats answers and one request-log page: one after another, on one kept connection (three
-        at once needed a third connection to each peer every round, two are kept: a TLS handshake on the
+    async def _fetch_stats(self, g: lr.Gather, deadline: float) -> tuple[Any, Any, Any, float]:
+        """The node's two stats answers, one request-log page and how far its clock reads ahead of ours (from the
+        page's signed stamp against the middle of our wait for it): one after another, on one kept connection
+        (three at once needed a third connection to each peer every round, two are kept: a TLS handshake on the
         leader's event loop that its proxied requests waited behind, the load bench's slow 1 %).
 
         Each call's own timeout is what is left of ``deadline`` (the loop's clock), so the gather ends by then even
@@ -355,14 +358,25 @@ class Leadership:
         library: the call would return, and the next one would start with a full timeout of its own)."""
         stats_node = await self._get_json(f"{g.url}/stats/node", None, _left(deadline))
         stats_models = await self._get_json(f"{g.url}/stats/models", None, _left(deadline))
-        page = await self._get_json(f"{g.url}/stats/requests", {"since": g.since, "limit": g.limit}, _left(deadline))
-        return stats_node, stats_models, page
+        stamp: list[float] = []
+        asked = self.agent.clock()
+        page = await self._get_json(
+            f"{g.url}/stats/requests", {"since": g.since, "limit": g.limit}, _left(deadline), stamp
+        )
+        ahead = stamp[0] - (asked + self.agent.clock()) / 2 if stamp else 0.0
+        return stats_node, stats_models, page, ahead
 
-    async def _get_json(self, url: str, params: Mapping[str, Any] | None, timeout: httpx.Timeout) -> Any:
+    async def _get_json(
+        self,
+        url: str,
+        params: Mapping[str, Any] | None,
+        timeout: httpx.Timeout,
+        stamp: list[float] | None = None,
+    ) -> Any:
         """A peer's stats answer, authenticated and strictly parsed; raises ValueError (PeerCallError)."""
         if self.agent.peer_client is None:
             raise ValueError("no peer plane without a cluster token")
-        return await self.agent.peer_client.get_json(url, params, timeout)
+        return await self.agent.peer_client.get_json(url, params, timeout, stamp)
 
     async def _solve(self, solve: lr.Solve) -> lr.Solved | lr.SolveFailed:
         """Solve in the worker process (the one place that solves); it builds the snapshot there too, from its copy

@@ -105,7 +105,18 @@ def model_server_concurrency(s: Settings) -> float:
     return s.instance_concurrency or max(1.0, s.cores or float(os.cpu_count() or 1))
 
 
-def make_runtime(settings: Settings, spec_of: Callable[[str], ModelSpec | None] | None = None) -> Runtime:
+def offset_clock(offset_s: float) -> Callable[[], float]:
+    """The wall clock, read ``offset_s`` seconds off (0: time.time itself)."""
+    if offset_s == 0:
+        return time.time
+    return lambda: time.time() + offset_s
+
+
+def make_runtime(
+    settings: Settings,
+    spec_of: Callable[[str], ModelSpec | None] | None = None,
+    clock: Callable[[], float] = time.time,
+) -> Runtime:
     if settings.runtime == "docker":
         from agent.runtime.docker import DockerLog, DockerRuntime
 
@@ -118,7 +129,7 @@ def make_runtime(settings: Settings, spec_of: Callable[[str], ModelSpec | None] 
 
     return ProcessRuntime(
         settings.advertise_address or settings.host, Path(settings.data_dir), settings.server_timing,
-        settings.max_body_mb,
+        settings.max_body_mb, clock=clock,
     )  # fmt: skip
 
 
@@ -152,15 +163,18 @@ class NodeAgent:
         runtime: Runtime | None = None,
         metrics: MetricsReader | None = None,
         peers: PeerTable | None = None,
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] | None = None,
     ) -> None:
         self.settings = settings
-        self.clock = clock
+        # the agent's one wall clock (request stamps, signatures, proofs, leases, runtimes): the machine's, or off by
+        # settings.clock_offset_s in a drill
+        self.clock = clock or offset_clock(settings.clock_offset_s)
+        clock = self.clock
         self.catalogue = CatalogueWatcher(Path(settings.catalogue) if settings.catalogue else None)
         self.store = Store(
             Path(settings.data_dir), settings.request_log_rows, settings.client_rtt_ttl_s, settings.client_rtt_rows
         )
-        self.runtime = runtime or make_runtime(settings, lambda model: self.catalogue.current.get(model))
+        self.runtime = runtime or make_runtime(settings, lambda model: self.catalogue.current.get(model), clock)
         self.metrics = metrics or MetricsReader()
         self.http = httpx.AsyncClient(
             timeout=httpx.Timeout(30.0, connect=2.0), limits=httpx.Limits(max_keepalive_connections=64)
@@ -170,7 +184,7 @@ class NodeAgent:
             settings.node_id, settings.cluster_token, Path(settings.data_dir),
             settings.pin_first_contact_per_min, settings.pin_first_contact_burst,
         ) if settings.cluster_token else None  # fmt: skip
-        self.peer_client = PeerClient(self.identity, self._peer_route) if self.identity else None
+        self.peer_client = PeerClient(self.identity, self._peer_route, clock) if self.identity else None
         self.peer_server: Any = None
         self.discovery: Discovery | None = None
         if peers is None and settings.discovery and self.peer_client is not None:
@@ -283,6 +297,7 @@ class NodeAgent:
             seeds=s.seed_urls,
             use_mdns=s.mdns,
             on_change=lambda _transitions: self._membership_changed(),
+            wall=self.clock,
         )
 
     def _membership_changed(self) -> None:
@@ -437,7 +452,9 @@ class NodeAgent:
         stuck = stuck_instances(instances, ready, self._last_ready, now, timeout)
         need = {m: spec.mem_mb for m, spec in self.catalogue.current.models.items()}
         total = self.node_metrics().mem_total_mb
-        steps = plan_reconcile(self._desired.instances, instances, next_try, now, stuck, ready, need, total)
+        steps = plan_reconcile(
+            self._desired.instances, instances, next_try, now, stuck, ready, need, total, self._draining.keys()
+        )
         self._say_stop_first(steps, instances, need, total)
         steps, self._draining = drain_stops(steps, self._draining, now, self.settings.instance_drain_s)
         self._publish(instances, ready)  # servers that began to drain leave every endpoint answer now

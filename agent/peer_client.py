@@ -92,12 +92,14 @@ class PeerClient:
         body: Mapping[str, Any] | None = None,
         timeout: httpx.Timeout | float = TIMEOUT,
         direct: bool = False,
+        stamp: list[float] | None = None,
     ) -> tuple[int, Any]:
         """One authenticated exchange with ``node_id`` at ``base_url``: (status, JSON answer).
 
         ``direct``: no per-message signatures when our kept mutual-TLS connections carry it; the connection's
         certificate must name ``node_id`` with its pinned key (docs/security.md, "Direct exchanges"). A peer
-        that still wants signed messages (401) is asked signed, and so for ``SIGNED_ONLY_S``."""
+        that still wants signed messages (401) is asked signed, and so for ``SIGNED_ONLY_S``. ``stamp``: the signed
+        answer's stamp (the peer's wall clock as it answered, checked fresh) is appended to it."""
         target = path + (f"?{urlencode(dict(params))}" if params else "")
         content = json.dumps(body, separators=(",", ":")).encode() if body is not None else b""
         if direct and self._direct_to(node_id):
@@ -122,6 +124,8 @@ class PeerClient:
         except AuthError as exc:
             said = _stated_error(answer)  # unauthenticated: shown as what it claims, for the operator's log only
             raise PeerCallError(f"unauthenticated answer from {node_id} (HTTP {status}): {exc}{said}", status) from exc
+        if stamp is not None:
+            stamp.append(float(answer_headers[wire.H_TIME]))  # verified: a finite number within the window
         try:
             return status, json.loads(answer)
         except ValueError as exc:
@@ -207,11 +211,16 @@ class PeerClient:
         raise PeerCallError(f"no admitted node serves {url}")
 
     async def get_json(
-        self, url: str, params: Mapping[str, Any] | None = None, timeout: httpx.Timeout | float = TIMEOUT
+        self,
+        url: str,
+        params: Mapping[str, Any] | None = None,
+        timeout: httpx.Timeout | float = TIMEOUT,
+        stamp: list[float] | None = None,
     ) -> Any:
-        """GET a stats route of the node behind agent URL ``url``; the answer is validated and re-encoded."""
+        """GET a stats route of the node behind agent URL ``url``; the answer is validated and re-encoded.
+        ``stamp``: as ``call``'s (the node's clock as it answered)."""
         node_id, base, path = self._routed(url)
-        status, data = await self.call(node_id, base, "GET", path, params, timeout=timeout)
+        status, data = await self.call(node_id, base, "GET", path, params, timeout=timeout, stamp=stamp)
         if status != 200:
             raise PeerCallError(f"{node_id} answered HTTP {status} to {path}", status)
         try:

@@ -33,6 +33,7 @@ NODE_ID = names.NODE_ID  # one DNS label: no dots (DESIGN, mDNS); peerserve/name
 MIN_HEARTBEAT_S = 0.03  # election_heartbeat_s at least this: the election loop ticks at a third of it
 MIN_DOCKER_LOG_MB, MAX_DOCKER_LOG_MB = 0.0625, 1024.0  # docker_log_max_mb: at least 64 KiB a file, under 1 GiB
 MIN_WINDOW_MB, MAX_WINDOW_MB = 0.25, 4096.0  # request_window_mb: room for a page of the widest rows; under 4 GiB
+MAX_CLOCK_OFFSET_S = 86_400.0  # clock_offset_s: a day either way
 
 
 @dataclass(frozen=True)
@@ -119,6 +120,9 @@ class Settings:
     tls_key: str = ""
     log_format: str = "text"
     crash_backoff: bool = True  # wait before serving after crashes in a row (agent/crash_backoff.py)
+    # drills and tests: this agent's wall clock reads the machine's plus this many seconds (a board whose clock is
+    # off); every wall-clock reading of the agent goes through NodeAgent.clock. 0 in service
+    clock_offset_s: float = 0.0
 
     def __post_init__(self) -> None:
         if not self.node_id:
@@ -224,6 +228,8 @@ def validate(s: Settings) -> None:
     for name in ("placement_hold_margin", "placement_hold_start_ms", "placement_min_dwell_s", "instance_drain_s"):
         if not 0 <= getattr(s, name) < float("inf"):
             raise ConfigError(name, "must be a finite number, zero or more")
+    if not abs(s.clock_offset_s) <= MAX_CLOCK_OFFSET_S:
+        raise ConfigError("clock_offset_s", f"must be within +-{MAX_CLOCK_OFFSET_S:g} s (a drill's skew)")
     if not 1 <= s.max_parallel_starts <= 64:
         raise ConfigError("max_parallel_starts", "must be 1-64 servers started at once")
     if not 1 <= s.placement_target_rounds <= 1000:

@@ -93,6 +93,7 @@ class Discovery:
         use_mdns: bool = True,
         on_change: Callable[[list[Transition]], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
     ) -> None:
         self.node_id = node_id
         self.api_port = api_port
@@ -108,7 +109,7 @@ class Discovery:
         self.on_change = on_change
         self.clock = clock
         self.swim = SwimDriver(node_id, f"https://{advertise_address}:{peer_port}", peers, config, local_state,
-                               self.admissible, self._apply, clock)  # fmt: skip
+                               self.admissible, self._apply, clock, wall)  # fmt: skip
         self.swim.on_admit_failed = self._admit_failed  # type: ignore[method-assign]
         self.cluster = cluster
         self.stopping = False

@@ -113,19 +113,23 @@ class SwimDriver:
         admissible: Callable[[PeerState, str], PeerState],
         on_transitions: Callable[[list[sw.Transition]], None],
         clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
     ) -> None:
+        self.wall = wall  # the agent's wall clock (NodeAgent.clock): proof stamps, state versions, relayed leases
         self.core = sw.Swim(node_id, peer_url, config, random.Random())
-        self.core.version = int(time.time() * 1000)  # versions rise across restarts: a restarted node is newer
+        self.core.version = int(wall() * 1000)  # versions rise across restarts: a restarted node is newer
         self.peers = peers
         self.local_state = local_state
         self.admissible = admissible
         self.on_transitions = on_transitions
         self.clock = clock
         # signed suspicions: Lifeguard's confirmers only where proven, for suspicions the core holds open
-        self.proofs = ProofBook(peers.identity, episode=lambda n, i, o: self.core.suspicion_age(n, i, o, self.clock()))
+        self.proofs = ProofBook(
+            peers.identity, wall, episode=lambda n, i, o: self.core.suspicion_age(n, i, o, self.clock())
+        )
         # signed dead declarations: a third party's "dead" acts at once only from SwimConfig.dead_quorum members
         self.dead_proofs = ProofBook(
-            peers.identity, episode=lambda n, i, o: self.core.declaration_age(n, i, o, self.clock()), dead=True
+            peers.identity, wall, episode=lambda n, i, o: self.core.declaration_age(n, i, o, self.clock()), dead=True
         )
         self._fingerprint: tuple[tuple[Any, ...], tuple[Any, ...]] | None = None
         self._checked_at = -1e9
@@ -134,7 +138,7 @@ class SwimDriver:
         self._tasks: set[asyncio.Task[Any]] = set()
         # the election's judge of a verified lease renewal (agent.leadership): True when it follows that leader
         self.on_lease: Callable[[Lease], bool] | None = None
-        self._lease_seq = int(time.time() * 1000)  # renewals rise across restarts too
+        self._lease_seq = int(wall() * 1000)  # renewals rise across restarts too
         self._said: set[str] = set()
         self._wake: asyncio.Event | None = None
         self._sleep_until = -math.inf
@@ -191,7 +195,7 @@ class SwimDriver:
             return
         try:
             signer = self.peers.identity.verify_detached(
-                lease.card, lease.signature, lease.signing_bytes(), time.time()
+                lease.card, lease.signature, lease.signing_bytes(), self.wall()
             )
         except AuthError as exc:
             self._say_once(f"lease:{msg.node_id}", "refused a lease of %s relayed by %s: %s", lease.leader,

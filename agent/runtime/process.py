@@ -73,6 +73,7 @@ class ProcessRuntime:
         server_timing: bool = True,
         max_body_mb: float = 8.0,
         log_max_bytes: int = LOG_MAX_BYTES,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         if log_max_bytes < 1024:
             raise ValueError("log_max_bytes must be at least 1024")
@@ -82,6 +83,7 @@ class ProcessRuntime:
         self.state_file = data_dir / "process-runtime.json"
         self.log_dir = data_dir / "logs"
         self.log_max_bytes = log_max_bytes
+        self.clock = clock  # the agent's wall clock: a server's started_at is compared with it (stuck_instances)
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self._servers: dict[str, _Server] = {}
         self._starting: dict[int, _Server] = {}  # pid -> spawned, not yet ready (recorded with port 0)
@@ -149,7 +151,7 @@ class ProcessRuntime:
             )  # fmt: skip
         ticks = start_ticks(proc.pid) or 0
         self._starting[proc.pid] = _Server(
-            f"proc-{spec.name}-{proc.pid}", spec.name, proc.pid, 0, term, time.time(), ticks=ticks
+            f"proc-{spec.name}-{proc.pid}", spec.name, proc.pid, 0, term, self.clock(), ticks=ticks
         )
         self._save()  # recorded before it is ready: if this agent dies now, whoever cleans up finds it
         try:
@@ -169,7 +171,7 @@ class ProcessRuntime:
             await _terminate(proc.pid, proc, lambda: proc.returncode is None)
             self._save()
             raise InstanceStartError(f"model server for {spec.name} did not start; see {log_path}")
-        server = _Server(f"proc-{spec.name}-{proc.pid}", spec.name, proc.pid, port, term, time.time(), proc, ticks)
+        server = _Server(f"proc-{spec.name}-{proc.pid}", spec.name, proc.pid, port, term, self.clock(), proc, ticks)
         self._servers[server.id] = server
         self._save()
         log.info("started %s on port %d (pid %d)", spec.name, port, proc.pid)
@@ -192,7 +194,7 @@ class ProcessRuntime:
                 env=triton.environment(install), start_new_session=True,
             )  # fmt: skip
         ticks = start_ticks(proc.pid) or 0
-        server = _Server(f"triton-{spec.name}-{proc.pid}", spec.name, proc.pid, port, term, time.time(), proc, ticks)
+        server = _Server(f"triton-{spec.name}-{proc.pid}", spec.name, proc.pid, port, term, self.clock(), proc, ticks)
         self._servers[server.id] = server
         self._save()
         log.info("started tritonserver for %s on port %d (pid %d)", spec.name, port, proc.pid)

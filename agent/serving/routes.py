@@ -382,7 +382,7 @@ class ServingRoutes:
     def _record(
         self, model: str, client: str, reported: Any, node: str | None, latency: float | None, status: int
     ) -> None:
-        self.agent.store.record_request(time.time(), model, client, reported, node, latency, status)
+        self.agent.store.record_request(self.agent.clock(), model, client, reported, node, latency, status)
 
 
 def mount_serving(app: FastAPI, agent: NodeAgent, client_of: ClientOf, max_body: int) -> ServingRoutes:

@@ -25,7 +25,7 @@ def gather_with(delay: float, loses_cancel: bool = False) -> tuple[Any, list[str
     calls: list[str] = []
     timeouts: list[float] = []
 
-    async def get_json(url: str, params: Any, timeout: httpx.Timeout) -> Any:
+    async def get_json(url: str, params: Any, timeout: httpx.Timeout, stamp: Any = None) -> Any:
         calls.append(url.rsplit("/", 1)[-1])
         assert timeout.read is not None and timeout.connect is not None and timeout.connect <= timeout.read
         timeouts.append(timeout.read)

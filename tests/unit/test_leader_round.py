@@ -395,3 +395,21 @@ def test_resends_after_a_move_are_bounded_by_max_attempts() -> None:
         assert m.step(Tick(now)) == [Command(1, "b", "http://b", 5, {"m": 1}, summary)]
         sent += 1
     assert sent == CFG.max_attempts
+
+
+def test_a_skewed_nodes_records_are_stamped_on_the_leaders_clock() -> None:
+    """A board whose clock reads 25 s behind stamps a request of 8 s ago at now - 33, one 25 s ahead at now + 17:
+    judged by those stamps the first left a 10 s window 25 s early (here: at once). Moved by the offset its answer's
+    signed stamp shows, each is as old on the leader's clock as it really is, and both stay in the window."""
+    cfg = RoundConfig(debounce_s=0.0, window_s=10.0, page_limit=100)
+    for ahead, kept in ((0.0, [92.0]), (-25.0, [92.0, 92.0])):  # without the offset, the slow board's record is gone
+        m = elected(cfg=cfg)
+        m.step(Tick(100.0))
+        m.step(Gathered(100.0, 1, "a", report("a"), ((1, rec(92.0)),)))
+        (solve,) = m.step(Gathered(100.0, 1, "b", report("b"), ((1, rec(100.0 - 8 - 25)),), ahead))
+        assert isinstance(solve, Solve) and sorted(r.ts for r in solve.requests) == kept, ahead
+    m = elected(cfg=cfg)
+    m.step(Tick(100.0))
+    m.step(Gathered(100.0, 1, "a", report("a"), ((1, rec(100.0 - 8 + 25)),), 25.0))
+    (solve,) = m.step(Gathered(100.0, 1, "b", report("b"), ()))
+    assert isinstance(solve, Solve) and [r.ts for r in solve.requests] == [92.0]  # the fast board's, on our clock

@@ -85,6 +85,20 @@ def test_clock_skew_beyond_the_window_is_refused(skew: float) -> None:
             b.verify_request(headers, "PUT", "/control/desired", BODY, NOW)
 
 
+def test_a_skewed_signers_refusal_names_it_and_says_by_how_much_and_which_way() -> None:
+    """The refusal an operator reads in the log: who, how far, which way, and the bound (the edge of the skew the
+    cluster tolerates, docs/architecture.md "Clocks"); an answer's refusal names its responder the same way."""
+    with pytest.raises(AuthError, match=r"signed by a is stamped 31\.5 s ahead of this node's clock, over the 30 s"):
+        fresh(B).verify_request(signed(now=NOW + 31.5), "PUT", "/control/desired", BODY, NOW)
+    with pytest.raises(AuthError, match=r"signed by a is stamped 30\.2 s behind this node's clock"):
+        fresh(B).verify_request(signed(now=NOW - 30.2), "PUT", "/control/desired", BODY, NOW)
+    assert fresh(B).verify_request(signed(now=NOW - 29.9), "PUT", "/control/desired", BODY, NOW) == "a"
+    request = A.sign_request("b", "GET", "/stats/node", b"", NOW)
+    answer = B.sign_response("a", 200, request.nonce, b"{}", NOW + 45)
+    with pytest.raises(AuthError, match=r"answer signed by b is stamped 45\.0 s ahead"):
+        fresh(A).verify_response(answer, "b", 200, request.nonce, b"{}", NOW)
+
+
 def test_a_message_for_one_node_cannot_be_replayed_to_another_or_as_another() -> None:
     headers = signed(to="b")
     with pytest.raises(AuthError, match="another node"):

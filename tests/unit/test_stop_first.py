@@ -42,6 +42,29 @@ def test_a_full_board_stops_the_outdated_server_first_and_starts_the_new_one_whe
     assert drain_stops([Stop("old", "a", STOP_FIRST)], draining, 2.0, 2.0)[0] == [Stop("old", "a", STOP_FIRST)]
 
 
+def test_a_server_stopped_first_stays_the_one_stopped_first_when_another_model_goes_outdated() -> None:
+    """Seen on a real Docker Engine (tests/service/test_docker_upgrade.py): a catalogue reload in the middle of one
+    listing judged b's container by the old entry, a's by the new. a was stopped first; the next round saw both
+    outdated and, choosing afresh, stopped b first too (the older): both models dark at once. The server being
+    drained stays the one stopped first, and b waits for it."""
+    a_old, b_old = inst("a0", "a", started=2.0, outdated=True), inst("b0", "b", started=1.0)
+    kw = {"ready": {"a0", "b0"}, "mem_need": NEED, "mem_total_mb": 1000.0}
+    assert plan_reconcile({"a": 1, "b": 1}, [a_old, b_old], {}, 0.0, **kw) == [Stop("a0", "a", STOP_FIRST)]
+    b_old = inst("b0", "b", started=1.0, outdated=True)  # b goes outdated while a0 drains
+    steps = plan_reconcile({"a": 1, "b": 1}, [a_old, b_old], {}, 0.5, **kw, draining={"a0"})
+    assert steps == [Stop("a0", "a", STOP_FIRST)]
+    assert plan_reconcile({"a": 1, "b": 1}, [b_old], {}, 1.0, **kw, draining={"a0"}) == [Start("a")]  # a0 gone
+    a_new = inst("a1", "a", started=1.5)
+    assert plan_reconcile({"a": 1, "b": 1}, [a_new, b_old], {}, 2.0, **kw) == []  # b waits for a1 to load
+    ready = {"a1", "b0"}
+    steps = plan_reconcile({"a": 1, "b": 1}, [a_new, b_old], {}, 3.0, ready=ready, mem_need=NEED, mem_total_mb=1000.0)
+    assert steps == [Stop("b0", "b", STOP_FIRST)]  # then b's turn
+    # two servers drained as stopped first (an agent that stopped both before this fix): one stays, one serves again
+    both = plan_reconcile({"a": 1, "b": 1}, [a_old, b_old], {}, 4.0, **kw, draining={"a0", "b0"})
+    assert both == [Stop("b0", "b", STOP_FIRST)]
+    assert drain_stops(both, {"a0": 3.0, "b0": 3.0}, 4.0, 2.0) == ([], {"b0": 3.0})  # a0 back in endpoint answers
+
+
 def test_other_servers_count_and_a_server_on_its_way_out_is_waited_for() -> None:
     old, b = inst("old", "a", outdated=True), inst("b1", "b")
     # b's 300 MB stays: a's new 600 MB does not fit beside old a and b in 1200 MB
