@@ -17,11 +17,12 @@ An inference answer is read up to ``max_answer_bytes`` (64 MiB) and ``max_answer
 a list, object or string counting as 3-5: what they cost parsed; client/answers.py); past either the call
 raises ``AnswerTooLarge`` at once, without running the model elsewhere.
 
-Timeouts: ``timeout`` (5 s) is httpx's, per connect / read / write; every request also has a whole-call deadline,
-``call_deadline_s`` (60 s), head and answer together (client/deadline.py: with the client's own transport every
-socket wait is bounded by what is left of it; a ``transport=`` handed in keeps its own timeouts for the head,
-the chunks of a streamed answer are checked either way), failing over like a timeout. Measuring RTTs probes at
-most ``RTT_MAX_PROBED`` (16) nodes within ``RTT_BUDGET_S`` (2 s) in all (client/ops.py ``measure_rtts``).
+Timeouts: ``timeout`` (5 s) is httpx's, per connect / read / write; every request also has a whole-call
+deadline, ``call_deadline_s`` (60 s; a control call such as /cluster or /services 10 s at most), head and answer
+together (client/deadline.py: with the client's own transport every socket wait is bounded by what is left of
+it; a ``transport=`` handed in keeps its own timeouts for the head, the chunks of a streamed answer are checked
+either way), failing over like a timeout. Measuring RTTs probes at most ``RTT_MAX_PROBED`` (16) nodes within
+``RTT_BUDGET_S`` (2 s) in all (client/ops.py ``measure_rtts``).
 """
 
 from __future__ import annotations
@@ -192,7 +193,7 @@ class Client:
         """One request, reading at most ``call.limit`` bytes of the answer, all of it by the call's deadline
         (from ``began``): every socket wait is bounded by it (client/deadline.py), and a streamed answer's chunks
         are checked against it too (a ``transport=`` of the user's own has only its per-read timeouts)."""
-        deadline_s = self.call_deadline_s if call.deadline_s is None else call.deadline_s
+        deadline_s = self.call_deadline_s if call.deadline_s is None else min(call.deadline_s, self.call_deadline_s)
         end = (time.monotonic() if began is None else began) + deadline_s
         token = DEADLINE.set(end)
         try:
@@ -303,7 +304,7 @@ class AsyncClient:
     async def _call(self, call: Call, began: float | None = None) -> httpx.Response | httpx.HTTPError:
         """One request, reading at most ``call.limit`` bytes of the answer, all of it by the call's deadline (as
         the sync client's; a timeout on each wait, never a cancellation from outside)."""
-        deadline_s = self.call_deadline_s if call.deadline_s is None else call.deadline_s
+        deadline_s = self.call_deadline_s if call.deadline_s is None else min(call.deadline_s, self.call_deadline_s)
         end = (time.monotonic() if began is None else began) + deadline_s
         token = DEADLINE.set(end)
         try:

@@ -46,6 +46,7 @@ CLIENT_HEADER = "X-Peerserve-Client"
 ERROR_HEADER = "X-Peerserve-Error"
 TRUST_ENV = "PEERSERVE_TRUST_DISCOVERED"
 RTT_PROBES = 3
+CONTROL_DEADLINE_S = 10.0  # a whole control call (/cluster, /services: ~100 KB honest, 4 MiB at most), in all
 RTT_BUDGET_S = 2.0  # for all of one measurement's probes together (they go in parallel where the client allows)
 RTT_PROBE_TIMEOUT_S = 1.0  # per read of one probe, within that budget
 RTT_MAX_PROBED = 16  # nodes probed in one measurement (named agents, then the known ones nearest first, ...)
@@ -60,7 +61,8 @@ log = logging.getLogger(__name__)
 class Call:
     """One HTTP request for the shell to make (it reads at most ``limit`` bytes of the answer). ``timeout`` is
     httpx's, per read; ``deadline_s`` bounds the whole call, head and body, from when the shell starts it
-    (None: the client's ``call_deadline_s``): past it the call fails as a timeout (client/deadline.py)."""
+    (None: the client's ``call_deadline_s``, which also caps it): past it the call fails as a timeout
+    (client/deadline.py)."""
 
     method: str
     url: str
@@ -320,7 +322,8 @@ class ClientCore:
         last: Exception | None = None
         count = cost_at_most if inference else values_at_most
         for agent in (yield from self.ordered_agents()):
-            r = yield Call(method, agent + path, json, self.headers(agent), limit=limit)
+            deadline = None if inference else CONTROL_DEADLINE_S
+            r = yield Call(method, agent + path, json, self.headers(agent), limit=limit, deadline_s=deadline)
             if inference and isinstance(r, OverLimit):
                 raise too_large_bytes(r)
             if isinstance(r, httpx.HTTPError):

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from client import AsyncClient, Client, ClusterUnreachableError
+from client import AsyncClient, Client, ClusterUnreachableError, ops
 from client.ops import RTT_BUDGET_S, RTT_MAX_PROBED, rtt_targets
 
 MODEL = "half_plus_two"
@@ -208,3 +208,33 @@ def test_rtt_targets_named_then_nearest_known_then_listed_at_most_the_cap() -> N
     assert order[4:] == [f"n{i}" for i in range(40) if i not in (5, 30, 31, 39)][: RTT_MAX_PROBED - 4]
     assert set(order) | set(skipped) == set(nodes)
     assert rtt_targets({}, known, frozenset()) == ([], [])
+
+
+@pytest.mark.parametrize("kind", ["body", "head", "silent"])
+def test_a_rogue_alone_listing_hostile_members_is_given_up_in_bounded_time(
+    cluster: Any, kind: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The reviewer's shape: only the rogue is named; its members all trickle (or never answer). endpoint() asks
+    /services of the rogue (not an endpoint), then of the members it learned, each a control call: it fails in
+    the RTT budget plus one control deadline per member URL, not for as long as the trickle goes on."""
+    monkeypatch.setattr(ops, "CONTROL_DEADLINE_S", 2.0)
+    _rogue, _honest, hostile = cluster
+    members = [{"node_id": f"m{i}", "api_url": hostile[kind].url, "status": "alive"} for i in range(64)]
+    listing = json.dumps({"node_id": "r", "members": members}).encode()
+
+    def handle(conn: socket.socket) -> None:
+        conn.recv(65536)
+        _answer(conn, listing)
+
+    rogue = Server(handle)
+
+    def run() -> Any:
+        with Client(agents=[rogue.url], timeout=5.0) as c:
+            return c.endpoint(MODEL)
+
+    try:
+        error, took = _bounded(run)
+    finally:
+        rogue.close()
+    assert isinstance(error, ClusterUnreachableError), error
+    assert took < RTT_BUDGET_S + 2.0 + 3.0, took
