@@ -7,8 +7,9 @@ Two layers, because uvicorn gives no header timeout of its own:
   within ``header_timeout_s``; a half-sent request line or header block gets ``408`` and the connection is
   closed (an idle keep-alive connection is simply closed). It also caps open connections per client
   address (``max_connections_per_address``), read from the count ``AddressBudgets`` keeps; at uvicorn's
-  ``limit_concurrency`` a newcomer takes the place of the oldest connection waiting for its request head from
-  the address holding the most such (a few addresses' idle connections cannot keep everyone else out).
+  ``limit_concurrency`` a newcomer takes the place of the oldest connection waiting on its client (for its
+  request head, or the rest of its request body) from the address holding the most such (a few addresses'
+  idle connections or stalled bodies cannot keep everyone else out).
   A client that stops reading an answer (its socket full for ``write_timeout_s``) is cut off: it would
   otherwise hold the proxied model server's connection and its in-flight count without end.
 - ``HttpLimits`` is pure ASGI middleware around the app. It refuses a path with control characters
@@ -781,6 +782,25 @@ def sliced_protocol(
     return type("SlicedH11Protocol", (SlicedH11Protocol,), fields)
 
 
+class RecordedTasks:
+    """uvicorn's set of request tasks (``server_state.tasks``) as one connection sees it: the same set, and the
+    connection remembers the task uvicorn adds for its request, so a request given up for a newcomer can leave
+    the count at once (``_give_up``). uvicorn uses only ``add``, ``discard`` and ``len`` on it."""
+
+    def __init__(self, tasks: set[Any], owner: Any) -> None:
+        self.tasks, self.owner = tasks, owner
+
+    def add(self, task: Any) -> None:
+        self.tasks.add(task)
+        self.owner._task = task
+
+    def discard(self, task: Any) -> None:
+        self.tasks.discard(task)
+
+    def __len__(self) -> int:
+        return len(self.tasks)
+
+
 def limited_protocol(
     header_timeout_s: float,
     max_connections_per_address: int,
@@ -807,6 +827,11 @@ def limited_protocol(
         _write_timer: asyncio.TimerHandle | None = None
         _partial = False
         _half_closed = False  # the client ended its sending side: answer what it sent, then close
+        _task: asyncio.Task[None] | None = None  # its latest request's task (RecordedTasks)
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.tasks = RecordedTasks(self.server_state.tasks, self)
 
         def pause_writing(self) -> None:
             """The client's socket is full: it must read again within ``write_timeout_s`` or be cut off."""
@@ -838,21 +863,61 @@ def limited_protocol(
             self._update_header_deadline()
 
         def _make_room(self, host: str) -> None:
-            """At ``limit_concurrency`` (uvicorn answers every request 503 while that many connections are open), close
-            the oldest connection waiting for its request head from the address holding the most such, if more than
+            """At ``limit_concurrency`` (uvicorn answers every request 503 while that many connections are open), give
+            up the oldest connection waiting on its client from the address holding the most such, if more than
             ``host`` holds (``oldest_of_busiest``): four addresses' 64 idle connections each kept every other client
-            out (review12e). Idle and half-sent heads only: a request being read or answered is never given up."""
+            out (review12e), and so did 4 x 64 predicts whose bodies stalled after a byte (review14a F5). Waiting on
+            its client: for a request head (idle keep-alive included: closed without a word) or for the rest of a
+            request body (answered 503, see ``_give_up``). A request read whole, or being answered, is never given
+            up."""
             limit = self.limit_concurrency
             while limit is not None and len(self.connections) - len(self.given_up) >= limit:
                 victim = oldest_of_busiest(self.waiting, host)
                 if victim is None:
                     return  # the newcomer's own address holds the most: its request gets uvicorn's 503
                 victim._unmark_waiting()
+                if victim._answer_started():  # answering before the body came (an early error): not waiting
+                    continue
                 self.given_up.add(victim)
-                log.debug("closing an idle connection from %s for a newcomer from %s", victim.client, host)
-                victim.transport.close()
+                log.debug("giving up a connection from %s for a newcomer from %s", victim.client, host)
+                victim._give_up()
+
+        def _answer_started(self) -> bool:
+            return self.cycle is not None and not self.cycle.response_complete and self.cycle.response_started
+
+        def _awaiting_body(self) -> bool:
+            """A request handed to the app whose body has not all come, and no answer started: waits on its client."""
+            cycle = self.cycle
+            return (
+                cycle is not None
+                and not cycle.response_started
+                and self.conn.their_state is h11.SEND_BODY
+                and not self.transport.is_closing()
+            )
+
+        def _give_up(self) -> None:
+            """Close this connection for a newcomer. One waiting for its head just closes, as a client expects of an
+            idle connection. One whose body was awaited is answered 503 with ``Connection: close`` (the app has
+            written nothing: the stand-in's rule), and the app's ``receive`` says the client is gone
+            (``http.disconnect``): the proxy reading the body stops there and closes its model-server
+            connection mid-request (never reused, nothing answered from it), and nothing the app still sends is
+            written. Its task also leaves uvicorn's count at once (it ends within a few loop turns, once its
+            ``receive`` returns): else the newcomer's request, parsed on the next turns, still found the cap full
+            of tasks and got the 503 itself."""
+            cycle = self.cycle
+            if cycle is not None and not cycle.response_complete:
+                if not cycle.response_started:
+                    message = "this request's place was given to a newcomer: the agent is at its connection limit"
+                    self.transport.write(_raw_response(503, "Service Unavailable", message))
+                cycle.disconnected = True  # receive() answers http.disconnect; send() writes nothing more
+                cycle.message_event.set()
+                if self._task is not None:
+                    self.server_state.tasks.discard(self._task)
+            self._unparsed.clear()
+            self.transport.close()
 
         def _mark_waiting(self) -> None:
+            """Waiting on its client: kept in place if it waited already (a head, then its body: one wait)."""
             if self._address is not None:
                 self.waiting.setdefault(self._address, {})[self] = None
 
@@ -925,19 +990,22 @@ def limited_protocol(
             return self.cycle is None or self.cycle.response_complete
 
         def _update_header_deadline(self) -> None:
-            """Arm the deadline while no request is in progress; disarm it once a request's headers are in."""
+            """Arm the deadline while no request is in progress; disarm it once a request's headers are in. Then
+            the connection is in ``waiting`` while it waits on its client (a head, or a body not all come)."""
             if self.transport.is_closing() or not self._waiting_for_headers():
                 self._cancel_header_deadline()
             elif self._header_timer is None:
                 self._partial = False
                 self._header_timer = self.loop.call_later(header_timeout_s, self._header_timeout)
+            if self._header_timer is not None or self._awaiting_body():
                 self._mark_waiting()
+            else:
+                self._unmark_waiting()
 
         def _cancel_header_deadline(self) -> None:
             if self._header_timer is not None:
                 self._header_timer.cancel()
                 self._header_timer = None
-                self._unmark_waiting()
 
         def _header_timeout(self) -> None:
             self._header_timer = None

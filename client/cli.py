@@ -18,7 +18,7 @@ COMMON_HELP = (
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--agent", action="append", metavar="URL", help="agent API URL (repeatable); default: mDNS")
     p.add_argument("--interface", action="append", metavar="ADDR", help="address to browse mDNS on (default all)")
-    p.add_argument("--timeout", type=float, default=5.0, help="seconds per request (default 5)")
+    p.add_argument("--timeout", type=float, default=5.0, help="seconds per read (default 5; a request has 60 s in all)")
     p.add_argument("--json", action="store_true", help="print JSON for scripts")
     p.add_argument(
         "--trust-discovered",

@@ -16,16 +16,26 @@ thin shells over one core (client/ops.py); ``transport=`` is handed to httpx, as
 An inference answer is read up to ``max_answer_bytes`` (64 MiB) and ``max_answer_values`` (8 Mi JSON values,
 a list, object or string counting as 3-5: what they cost parsed; client/answers.py); past either the call
 raises ``AnswerTooLarge`` at once, without running the model elsewhere.
+
+Timeouts: ``timeout`` (5 s) is httpx's, per connect / read / write; every request also has a whole-call
+deadline, ``call_deadline_s`` (60 s; a control call such as /cluster or /services 10 s at most), head and answer
+together (client/deadline.py: with the client's own transport every socket wait is bounded by what is left of
+it; a ``transport=`` handed in keeps its own timeouts for the head, the chunks of a streamed answer are checked
+either way), failing over like a timeout. Measuring RTTs probes at most ``RTT_MAX_PROBED`` (16) nodes within
+``RTT_BUDGET_S`` (2 s) in all (client/ops.py ``measure_rtts``).
 """
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any, TypeVar
 
 import httpx
 
 from client.answers import ANSWER_LIMIT, ANSWER_VALUES
+from client.deadline import DEADLINE, async_deadline_transport, deadline_transport
 from client.ops import (
     CLIENT_HEADER,
     RTT_HEADER,
@@ -36,6 +46,7 @@ from client.ops import (
     Endpoint,
     Op,
     OverLimit,
+    Probes,
     Result,
     error_for,
 )
@@ -43,6 +54,7 @@ from client.ops import (
 __all__ = ["CLIENT_HEADER", "RTT_HEADER", "AsyncClient", "Client", "Endpoint", "raise_for"]
 
 T = TypeVar("T")
+CALL_DEADLINE_S = 60.0  # a whole request, head and answer (64 MiB at ~1 MB/s); a Call may ask for less
 
 
 def _options(call: Call, http: httpx.Client | httpx.AsyncClient) -> dict[str, Any]:
@@ -51,6 +63,11 @@ def _options(call: Call, http: httpx.Client | httpx.AsyncClient) -> dict[str, An
     brotli answer is 512 MiB in one decoder call, before any limit can look at it)."""
     headers = {**call.headers, "Accept-Encoding": "identity"}
     return {"json": call.json, "headers": headers, "timeout": call.timeout or http.timeout}
+
+
+def _past(call: Call, deadline_s: float) -> httpx.ReadTimeout:
+    """The failure of a call whose deadline passed (httpx's timeouts say only "timed out")."""
+    return httpx.ReadTimeout(f"{call.url}: no whole answer within {deadline_s:g} s (the call's deadline)")
 
 
 def _encoded(call: Call, response: httpx.Response) -> AnswerEncoded | None:
@@ -131,12 +148,14 @@ class Client:
         trust_discovered: bool | None = None,
         max_answer_bytes: int = ANSWER_LIMIT,
         max_answer_values: int = ANSWER_VALUES,
+        call_deadline_s: float = CALL_DEADLINE_S,
     ) -> None:
         self.core = ClientCore(
             agents, client_id, discover_interfaces, rtt_ttl_s, rtt_override, trust_discovered=trust_discovered,
             max_answer_bytes=max_answer_bytes, max_answer_values=max_answer_values,
         )  # fmt: skip
-        self.http = httpx.Client(timeout=timeout, transport=transport)
+        self.call_deadline_s = call_deadline_s
+        self.http = httpx.Client(timeout=timeout, transport=transport or deadline_transport())
 
     def __enter__(self) -> Client:
         return self
@@ -158,24 +177,45 @@ class Client:
 
                     result = browse(interfaces=list(request.interfaces) if request.interfaces else None)
                     continue
-                result = self._call(request)
+                if isinstance(request, Probes):  # in turn: each within its deadline from the batch's start
+                    began = time.monotonic()
+                    result = [self._timed(c, began) for c in request.calls]
+                    continue
+                result = self._call(request, time.monotonic())
         except StopIteration as stop:
             return stop.value  # type: ignore[no-any-return]
 
-    def _call(self, call: Call) -> httpx.Response | httpx.HTTPError:
-        """One request, reading at most ``call.limit`` bytes of the answer."""
+    def _timed(self, call: Call, began: float) -> tuple[httpx.Response | httpx.HTTPError, float]:
+        started = time.perf_counter()
+        return self._call(call, began), time.perf_counter() - started
+
+    def _call(self, call: Call, began: float | None = None) -> httpx.Response | httpx.HTTPError:
+        """One request, reading at most ``call.limit`` bytes of the answer, all of it by the call's deadline
+        (from ``began``): every socket wait is bounded by it (client/deadline.py), and a streamed answer's chunks
+        are checked against it too (a ``transport=`` of the user's own has only its per-read timeouts)."""
+        deadline_s = self.call_deadline_s if call.deadline_s is None else min(call.deadline_s, self.call_deadline_s)
+        end = (time.monotonic() if began is None else began) + deadline_s
+        token = DEADLINE.set(end)
         try:
+            if time.monotonic() >= end:
+                return _past(call, deadline_s)
             with self.http.stream(call.method, call.url, **_options(call, self.http)) as response:
                 answer = _Answer(call, response)
                 if answer.whole:
                     response.read()
                 elif answer.streamed:
                     for chunk in response.iter_raw():
+                        if time.monotonic() >= end:
+                            return _past(call, deadline_s)
                         if not answer.add(chunk):
                             break
                 return answer.result()
+        except httpx.TimeoutException as exc:
+            return _past(call, deadline_s) if time.monotonic() >= end else exc
         except httpx.HTTPError as exc:
             return exc
+        finally:
+            DEADLINE.reset(token)
 
     @property
     def agents(self) -> list[str]:
@@ -220,12 +260,14 @@ class AsyncClient:
         trust_discovered: bool | None = None,
         max_answer_bytes: int = ANSWER_LIMIT,
         max_answer_values: int = ANSWER_VALUES,
+        call_deadline_s: float = CALL_DEADLINE_S,
     ) -> None:
         self.core = ClientCore(
             agents, client_id, discover_interfaces, rtt_ttl_s, rtt_override, trust_discovered=trust_discovered,
             max_answer_bytes=max_answer_bytes, max_answer_values=max_answer_values,
         )  # fmt: skip
-        self.http = httpx.AsyncClient(timeout=timeout, transport=transport)
+        self.call_deadline_s = call_deadline_s
+        self.http = httpx.AsyncClient(timeout=timeout, transport=transport or async_deadline_transport())
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -247,24 +289,44 @@ class AsyncClient:
 
                     result = await async_browse(interfaces=list(request.interfaces) if request.interfaces else None)
                     continue
-                result = await self._call(request)
+                if isinstance(request, Probes):  # in parallel, each within its deadline
+                    began = time.monotonic()
+                    result = list(await asyncio.gather(*(self._timed(c, began) for c in request.calls)))
+                    continue
+                result = await self._call(request, time.monotonic())
         except StopIteration as stop:
             return stop.value  # type: ignore[no-any-return]
 
-    async def _call(self, call: Call) -> httpx.Response | httpx.HTTPError:
-        """One request, reading at most ``call.limit`` bytes of the answer."""
+    async def _timed(self, call: Call, began: float) -> tuple[httpx.Response | httpx.HTTPError, float]:
+        started = time.perf_counter()
+        return await self._call(call, began), time.perf_counter() - started
+
+    async def _call(self, call: Call, began: float | None = None) -> httpx.Response | httpx.HTTPError:
+        """One request, reading at most ``call.limit`` bytes of the answer, all of it by the call's deadline (as
+        the sync client's; a timeout on each wait, never a cancellation from outside)."""
+        deadline_s = self.call_deadline_s if call.deadline_s is None else min(call.deadline_s, self.call_deadline_s)
+        end = (time.monotonic() if began is None else began) + deadline_s
+        token = DEADLINE.set(end)
         try:
+            if time.monotonic() >= end:
+                return _past(call, deadline_s)
             async with self.http.stream(call.method, call.url, **_options(call, self.http)) as response:
                 answer = _Answer(call, response)
                 if answer.whole:
                     await response.aread()
                 elif answer.streamed:
                     async for chunk in response.aiter_raw():
+                        if time.monotonic() >= end:
+                            return _past(call, deadline_s)
                         if not answer.add(chunk):
                             break
                 return answer.result()
+        except httpx.TimeoutException as exc:
+            return _past(call, deadline_s) if time.monotonic() >= end else exc
         except httpx.HTTPError as exc:
             return exc
+        finally:
+            DEADLINE.reset(token)
 
     @property
     def agents(self) -> list[str]:

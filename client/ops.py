@@ -18,13 +18,14 @@ or ``transport=``).
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import statistics
 import time
 from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import httpx
 
@@ -45,15 +46,23 @@ CLIENT_HEADER = "X-Peerserve-Client"
 ERROR_HEADER = "X-Peerserve-Error"
 TRUST_ENV = "PEERSERVE_TRUST_DISCOVERED"
 RTT_PROBES = 3
+CONTROL_DEADLINE_S = 10.0  # a whole control call (/cluster, /services: ~100 KB honest, 4 MiB at most), in all
+RTT_BUDGET_S = 2.0  # for all of one measurement's probes together (they go in parallel where the client allows)
+RTT_PROBE_TIMEOUT_S = 1.0  # per read of one probe, within that budget
+RTT_MAX_PROBED = 16  # nodes probed in one measurement (named agents, then the known ones nearest first, ...)
 MAX_AGENTS = 128  # agents kept for failover besides those the user named (found by mDNS, learned from /cluster)
 MESSAGE_MAX = 300  # characters of an agent's error message kept
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class Call:
-    """One HTTP request for the shell to make (it reads at most ``limit`` bytes of the answer)."""
+    """One HTTP request for the shell to make (it reads at most ``limit`` bytes of the answer). ``timeout`` is
+    httpx's, per read; ``deadline_s`` bounds the whole call, head and body, from when the shell starts it
+    (None: the client's ``call_deadline_s``, which also caps it): past it the call fails as a timeout
+    (client/deadline.py)."""
 
     method: str
     url: str
@@ -61,6 +70,15 @@ class Call:
     headers: Mapping[str, str] = field(default_factory=dict)
     timeout: float | None = None
     limit: int = answers.CONTROL_LIMIT
+    deadline_s: float | None = None
+
+
+@dataclass(frozen=True)
+class Probes:
+    """Calls the shell may make in parallel (the async client does; the sync one makes them in turn, each within
+    its own ``deadline_s`` counted from the batch's start). It answers each call's result and its duration (s)."""
+
+    calls: tuple[Call, ...]
 
 
 class OverLimit(httpx.HTTPError):
@@ -83,8 +101,9 @@ class Browse:
     interfaces: tuple[str, ...] | None
 
 
-Result = httpx.Response | httpx.HTTPError | list[str]
-Op = Generator[Call | Browse, Result, T]
+Timed = list[tuple[httpx.Response | httpx.HTTPError, float]]
+Result = httpx.Response | httpx.HTTPError | list[str] | Timed
+Op = Generator[Call | Browse | Probes, Result, T]
 
 
 @dataclass(frozen=True)
@@ -146,6 +165,20 @@ def fails_over(status: int) -> bool:
 def aggregate_rtts(samples: Mapping[str, Sequence[float]]) -> dict[str, float]:
     """Per node, the median of its probe round trips (ms); nodes without a sample are left out."""
     return {node: statistics.median(s) for node, s in samples.items() if s}
+
+
+def rtt_targets(
+    nodes: Mapping[str, str], known: Mapping[str, float], named: frozenset[str], cap: int = RTT_MAX_PROBED
+) -> tuple[list[tuple[str, str]], list[str]]:
+    """The (node, URL) pairs one RTT measurement probes, at most ``cap``, and the nodes left out. First the nodes
+    at an agent the user named (their own choice), then the nodes measured before, nearest first (the ones the
+    client is likely to be sent to), then the others as the agent listed them. Any agent's /cluster names the
+    nodes (up to 64): a hostile one can list members that never answer, and every probe costs time."""
+    order = sorted(
+        nodes.items(),
+        key=lambda item: (item[1].rstrip("/") not in named, item[0] not in known, known.get(item[0], 0.0)),
+    )  # (sorted is stable: the listed order among equals)
+    return order[:cap], [node for node, _ in order[cap:]]
 
 
 def targets(chosen: Endpoint) -> list[str]:
@@ -266,7 +299,7 @@ class ClientCore:
         if not self.agents:
             found = yield Browse(tuple(self.interfaces) if self.interfaces else None)
             assert isinstance(found, list)
-            self.agents = list(found)[:MAX_AGENTS]
+            self.agents = [str(a) for a in found][:MAX_AGENTS]
             if not self.agents:
                 raise ClusterUnreachableError("no peerserve agent found by mDNS; pass agents=[...] or --agent URL")
         return list(self.agents)
@@ -289,7 +322,8 @@ class ClientCore:
         last: Exception | None = None
         count = cost_at_most if inference else values_at_most
         for agent in (yield from self.ordered_agents()):
-            r = yield Call(method, agent + path, json, self.headers(agent), limit=limit)
+            deadline = None if inference else CONTROL_DEADLINE_S
+            r = yield Call(method, agent + path, json, self.headers(agent), limit=limit, deadline_s=deadline)
             if inference and isinstance(r, OverLimit):
                 raise too_large_bytes(r)
             if isinstance(r, httpx.HTTPError):
@@ -322,20 +356,42 @@ class ClientCore:
         return data
 
     def measure_rtts(self, force: bool = False) -> Op[dict[str, float]]:
-        """RTT (ms) to each alive node: median of three small requests; cached for rtt_ttl_s."""
+        """RTT (ms) to alive nodes: the median of three small requests each; cached for rtt_ttl_s. At most
+        ``RTT_MAX_PROBED`` nodes (``rtt_targets``), all their probes within ``RTT_BUDGET_S`` together: three
+        rounds, each one probe per node still answering, in parallel where the shell allows. What a listed
+        member does (never answer, trickle its answer) costs the measurement that budget at most (review14a
+        F4: 64 such members held ``endpoint()`` 69 s, or for as long as they trickled). Nodes left out, and
+        probes that failed, are logged at debug; a node with no sample is left out of the report."""
         if not force and self.clock() - self.rtt_at < self.rtt_ttl_s:
             return dict(self.rtts)
         source, data = yield from self.ask("GET", "/cluster", answers.cluster)
         self.dropped += data["members_dropped"]
         self.learn(data, source)
+        probed, skipped = rtt_targets(self.nodes, self.rtts, self.named)
+        if skipped:
+            log.debug("RTT: %d of %d nodes not probed (at most %d): %s", len(skipped), len(self.nodes),
+                      RTT_MAX_PROBED, ", ".join(skipped[:8]) + (", ..." if len(skipped) > 8 else ""))  # fmt: skip
+        end = self.clock() + RTT_BUDGET_S
         samples: dict[str, list[float]] = {}
-        for node, url in self.nodes.items():
-            for _ in range(RTT_PROBES):
-                started = time.perf_counter()
-                r = yield Call("GET", url + "/health", timeout=1.0, limit=answers.CONTROL_LIMIT)
+        answering = probed
+        for round_ in range(RTT_PROBES):
+            left = end - self.clock()
+            if left <= 0 or not answering:
+                if answering:
+                    log.debug("RTT: budget of %g s spent after %d rounds; %s", RTT_BUDGET_S, round_,
+                              ", ".join(n for n, _ in answering[:8]))  # fmt: skip
+                break
+            timeout = min(RTT_PROBE_TIMEOUT_S, left)
+            calls = tuple(Call("GET", url + "/health", timeout=timeout, deadline_s=left) for _, url in answering)
+            results = cast(Timed, (yield Probes(calls)))
+            still = []
+            for (node, url), (r, seconds) in zip(answering, results, strict=True):
                 if isinstance(r, httpx.HTTPError):
-                    break
-                samples.setdefault(node, []).append(1000 * (time.perf_counter() - started))
+                    log.debug("RTT: probe of %s (%s) failed: %s: %s", node, url, type(r).__name__, r)
+                    continue
+                samples.setdefault(node, []).append(1000 * seconds)
+                still.append((node, url))
+            answering = still
         self.rtts, self.rtt_at = aggregate_rtts(samples), self.clock()
         return dict(self.rtts)
 

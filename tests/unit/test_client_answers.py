@@ -31,7 +31,17 @@ from client import AnswerTooLarge, AsyncClient, Client, answers
 from client.cli import cmd_cluster
 from client.discovery import MAX_FOUND, keep
 from client.errors import ClusterUnreachableError, NotReadyError, RequestError, UnknownModelError
-from client.ops import MAX_AGENTS, AnswerEncoded, Browse, Call, ClientCore, Endpoint, OverLimit, error_for
+from client.ops import (
+    MAX_AGENTS,
+    AnswerEncoded,
+    Browse,
+    Call,
+    ClientCore,
+    Endpoint,
+    OverLimit,
+    Probes,
+    error_for,
+)
 from peerserve import jsonbound
 from peerserve.cli import build_parser
 
@@ -62,6 +72,10 @@ def drive(op: Any, answer: Callable[[Call], Any], found: list[str] | None = None
         while True:
             if isinstance(request, Browse):
                 request = op.send(list(found or FOUND))
+                continue
+            if isinstance(request, Probes):  # answered in turn, as the sync client does
+                calls.extend(request.calls)
+                request = op.send([(answer(c), 0.001) for c in request.calls])
                 continue
             calls.append(request)
             request = op.send(answer(request))

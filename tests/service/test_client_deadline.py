@@ -1,0 +1,241 @@
+"""The client against a hostile agent (real loopback HTTP): every call has a whole-call deadline, and measuring
+RTTs to the members an agent lists has one time budget and a cap on the members probed.
+
+review14a F4: any agent's /cluster decides which members the client probes (3 x GET /health each), with httpx's
+per-read timeout and nothing bounding a call: 64 listed members that trickle their answer held ``endpoint()``
+for as long as they trickled; 64 that accept and never answer cost 69 s, again every ``rtt_ttl_s``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from client import AsyncClient, Client, ClusterUnreachableError, ops
+from client.ops import RTT_BUDGET_S, RTT_MAX_PROBED, rtt_targets
+
+MODEL = "half_plus_two"
+
+
+class Server:
+    """A loopback listener handing each connection to ``handle`` in a thread; closes what it accepted."""
+
+    def __init__(self, handle: Callable[[socket.socket], None]) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.handle = handle
+        self.stop = threading.Event()
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._one, args=(conn,), daemon=True).start()
+
+    def _one(self, conn: socket.socket) -> None:
+        with conn:
+            try:
+                self.handle(conn)
+            except OSError:
+                return
+
+    def close(self) -> None:
+        self.stop.set()
+        self.sock.close()
+
+
+def _answer(conn: socket.socket, body: bytes) -> None:
+    head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body)
+    conn.sendall(head + body)
+
+
+def _path(conn: socket.socket) -> str:
+    return conn.recv(65536).split(b" ", 2)[1].decode()
+
+
+def _trickled_body(stop: threading.Event) -> Callable[[socket.socket], None]:
+    def handle(conn: socket.socket) -> None:
+        conn.recv(65536)
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 1000000\r\n\r\n")
+        while not stop.wait(0.2):
+            conn.sendall(b" ")
+
+    return handle
+
+
+def _trickled_head(stop: threading.Event) -> Callable[[socket.socket], None]:
+    def handle(conn: socket.socket) -> None:
+        conn.recv(65536)
+        conn.sendall(b"HTTP/1.1 200 OK\r\nX-Slow: ")
+        while not stop.wait(0.2):
+            conn.sendall(b"a")
+
+    return handle
+
+
+def _silent(stop: threading.Event) -> Callable[[socket.socket], None]:
+    def handle(conn: socket.socket) -> None:
+        conn.recv(65536)
+        stop.wait(60)
+
+    return handle
+
+
+@pytest.fixture
+def cluster() -> Iterator[tuple[Server, Server, dict[str, Server]]]:
+    """(rogue, honest, hostile members): the rogue lists 64 hostile members (trickled bodies, trickled heads,
+    silent) and answers every other path with the same /cluster (not an endpoint); the honest agent answers."""
+    stop = threading.Event()
+    hostile = {
+        "body": Server(_trickled_body(stop)),
+        "head": Server(_trickled_head(stop)),
+        "silent": Server(_silent(stop)),
+    }
+    kinds = list(hostile)
+    members = [{"node_id": f"m{i}", "api_url": hostile[kinds[i % 3]].url, "status": "alive"} for i in range(64)]
+    listing = json.dumps({"node_id": "r", "members": members}).encode()
+
+    def rogue_handle(conn: socket.socket) -> None:
+        conn.recv(65536)
+        _answer(conn, listing)
+
+    rogue = Server(rogue_handle)
+
+    def honest_handle(conn: socket.socket) -> None:
+        path = _path(conn)
+        if path == "/cluster":
+            body: Any = {"node_id": "h", "members": [{"node_id": "h", "api_url": honest.url, "status": "alive"}]}
+        elif path == f"/services/{MODEL}":
+            body = {"model": MODEL, "node": "h", "url": "http://127.0.0.1:9", "why": {}}
+        else:
+            body = {"status": "ok"}
+        _answer(conn, json.dumps(body).encode())
+
+    honest = Server(honest_handle)
+    try:
+        yield rogue, honest, hostile
+    finally:
+        stop.set()
+        for server in (rogue, honest, *hostile.values()):
+            server.close()
+
+
+def _bounded(run: Callable[[], Any], cap_s: float = 40.0) -> tuple[Any, float]:
+    """``run()`` in a thread (the old client hung there): its result or exception, and how long it took."""
+    out: list[Any] = []
+
+    def go() -> None:
+        try:
+            out.append(run())
+        except Exception as exc:  # handed back to the test
+            out.append(exc)
+
+    began = time.monotonic()
+    thread = threading.Thread(target=go, daemon=True)
+    thread.start()
+    thread.join(cap_s)
+    assert out, f"still blocked after {cap_s:g} s"
+    return out[0], time.monotonic() - began
+
+
+@pytest.mark.parametrize("flavour", ["sync", "async"])
+def test_endpoint_returns_within_the_budget_despite_64_hostile_members(cluster: Any, flavour: str) -> None:
+    rogue, honest, _hostile = cluster
+    agents = [rogue.url, honest.url]
+
+    def sync() -> Any:
+        with Client(agents=agents, timeout=5.0) as c:
+            return c.endpoint(MODEL), c.core.rtts
+
+    def in_loop() -> Any:
+        async def go() -> Any:
+            async with AsyncClient(agents=agents, timeout=5.0) as c:
+                return await c.endpoint(MODEL), c.core.rtts
+
+        return asyncio.run(go())
+
+    result, took = _bounded(sync if flavour == "sync" else in_loop)
+    assert not isinstance(result, Exception), result
+    endpoint, rtts = result
+    assert (endpoint.node, endpoint.model) == ("h", MODEL)  # the honest agent's answer
+    assert rtts == {}  # no hostile member gave a sample
+    print(f"\n{flavour}: endpoint() beside 64 hostile members: {took:.2f} s")
+    assert took < RTT_BUDGET_S + 3.0, took  # was: blocked for as long as the trickle went on
+
+
+@pytest.mark.parametrize("kind", ["body", "head"])
+@pytest.mark.parametrize("flavour", ["sync", "async"])
+def test_a_trickled_answer_fails_at_the_calls_deadline(cluster: Any, kind: str, flavour: str) -> None:
+    """An agent whose answer (its head, or its body) trickles within every read's timeout: the call fails at its
+    deadline and says so; the client then fails over (here: no other agent)."""
+    _rogue, _honest, hostile = cluster
+    agents = [hostile[kind].url]
+
+    def sync() -> Any:
+        with Client(agents=agents, timeout=5.0, call_deadline_s=1.5) as c:
+            return c.cluster()
+
+    def in_loop() -> Any:
+        async def go() -> Any:
+            async with AsyncClient(agents=agents, timeout=5.0, call_deadline_s=1.5) as c:
+                return await c.cluster()
+
+        return asyncio.run(go())
+
+    error, took = _bounded(sync if flavour == "sync" else in_loop)
+    assert isinstance(error, ClusterUnreachableError), error
+    assert "within 1.5 s (the call's deadline)" in str(error)
+    assert 1.4 < took < 4.0, took
+
+
+def test_rtt_targets_named_then_nearest_known_then_listed_at_most_the_cap() -> None:
+    nodes = {f"n{i}": f"http://10.0.0.{i}:8000" for i in range(40)}
+    known = {"n30": 9.0, "n31": 2.0, "n5": 4.0}
+    probed, skipped = rtt_targets(nodes, known, frozenset({"http://10.0.0.39:8000"}))
+    order = [node for node, _ in probed]
+    assert len(order) == RTT_MAX_PROBED and len(skipped) == 40 - RTT_MAX_PROBED
+    assert order[:4] == ["n39", "n31", "n5", "n30"]  # the named agent's node, then known, nearest first
+    assert order[4:] == [f"n{i}" for i in range(40) if i not in (5, 30, 31, 39)][: RTT_MAX_PROBED - 4]
+    assert set(order) | set(skipped) == set(nodes)
+    assert rtt_targets({}, known, frozenset()) == ([], [])
+
+
+@pytest.mark.parametrize("kind", ["body", "head", "silent"])
+def test_a_rogue_alone_listing_hostile_members_is_given_up_in_bounded_time(
+    cluster: Any, kind: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The reviewer's shape: only the rogue is named; its members all trickle (or never answer). endpoint() asks
+    /services of the rogue (not an endpoint), then of the members it learned, each a control call: it fails in
+    the RTT budget plus one control deadline per member URL, not for as long as the trickle goes on."""
+    monkeypatch.setattr(ops, "CONTROL_DEADLINE_S", 2.0)
+    _rogue, _honest, hostile = cluster
+    members = [{"node_id": f"m{i}", "api_url": hostile[kind].url, "status": "alive"} for i in range(64)]
+    listing = json.dumps({"node_id": "r", "members": members}).encode()
+
+    def handle(conn: socket.socket) -> None:
+        conn.recv(65536)
+        _answer(conn, listing)
+
+    rogue = Server(handle)
+
+    def run() -> Any:
+        with Client(agents=[rogue.url], timeout=5.0) as c:
+            return c.endpoint(MODEL)
+
+    try:
+        error, took = _bounded(run)
+    finally:
+        rogue.close()
+    assert isinstance(error, ClusterUnreachableError), error
+    assert took < RTT_BUDGET_S + 2.0 + 3.0, took

@@ -1,0 +1,268 @@
+"""The agent's whole-agent connection cap (``max_concurrency``) cannot be filled by a few addresses' stalled bodies.
+
+review14a F5: at the cap a newcomer took the place only of connections waiting for a request head; a request
+whose body was still coming was never given up, so 4 addresses x 64 predicts (``Content-Length: 1000``, one
+byte sent, then nothing) filled the default 256 and every other client, ``/health`` included, got 503 for
+``body_timeout_s`` (renewable). Now a connection waits on its client while its body is incomplete too, and the
+newcomer takes the place of the oldest such from the busiest address (``oldest_of_busiest``): that one is
+answered 503 with ``Connection: close``, and the proxy reading its body sees the client gone (a body already
+being streamed to the model server is cut there: the server never sees a whole request).
+
+A real agent (the agent's own uvicorn config, in this process) proxies to a scripted model server on loopback.
+Scaled: cap 24, 8 per address, attackers from 127.0.77.1-3, newcomers from 127.0.78.x, the quiet uploader from
+127.0.79.1 (any 127/8 address is loopback; none of the bed's fixed ones).
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import h11
+import pytest
+import uvicorn
+
+from agent.api import create_app
+from agent.cli import server_config
+from agent.node import NodeAgent
+from agent.runtime.base import Instance
+from agent.settings import Settings
+from tests.service.conftest import free_port
+from tests.waiting import wait_for
+
+MODEL = "half_plus_two"
+PROBE = json.dumps({"model_version_status": [{"version": "1", "state": "AVAILABLE"}]}).encode()
+OK = b'{"predictions": [2.5]}'
+CAP, PER_ADDRESS = 24, 8
+ATTACKERS = ("127.0.77.1", "127.0.77.2", "127.0.77.3")
+BIG = 100_000  # declared by the first attacker's bodies: past the proxy's 64 KiB prefetch, so it streams them
+
+
+class ModelServer:
+    """Answers the readiness probe and every whole predict; counts predicts answered and requests cut mid-body."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.answered = 0
+        self.cut = 0  # connections that closed in the middle of a request body
+        self.streaming = 0  # requests whose body has begun and not ended
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._conn, args=(conn,), daemon=True).start()
+
+    def _conn(self, conn: socket.socket) -> None:
+        with conn:
+            parser, method, in_body = h11.Connection(h11.SERVER), b"", False
+            while True:
+                event = parser.next_event()
+                if event is h11.NEED_DATA:
+                    data = conn.recv(65536)
+                    if not data:
+                        self.cut += in_body
+                        self.streaming -= in_body and method != b"GET"
+                        return
+                    parser.receive_data(data)
+                elif isinstance(event, h11.Request):
+                    method, in_body = event.method, True
+                    self.streaming += method != b"GET"
+                elif isinstance(event, h11.EndOfMessage):
+                    in_body = False
+                    self.streaming -= method != b"GET"
+                    answer = PROBE if method == b"GET" else OK
+                    head = [("Content-Type", "application/json"), ("Content-Length", str(len(answer)))]
+                    wire = parser.send(h11.Response(status_code=200, headers=head)) or b""
+                    conn.sendall(
+                        wire + (parser.send(h11.Data(data=answer)) or b"") + (parser.send(h11.EndOfMessage()) or b"")
+                    )
+                    self.answered += method != b"GET"
+                    parser.start_next_cycle()
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class Listed:
+    kind = "static"
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    async def start(self, spec: Any, term: int) -> Instance:
+        raise AssertionError("the test's server is already running")
+
+    async def stop(self, instance_id: str) -> None:
+        return None
+
+    async def list(self) -> list[Instance]:
+        return [Instance("up-1", MODEL, self.url, True, 1, time.time())]
+
+    async def close(self) -> None:
+        return None
+
+
+@pytest.fixture
+def agent(tmp_path: Path) -> Iterator[tuple[int, uvicorn.Server, ModelServer]]:
+    upstream = ModelServer()
+    port = free_port()
+    settings = Settings(node_id="n1", host="127.0.0.1", port=port, data_dir=str(tmp_path), discovery=False,
+                        max_concurrency=CAP, max_connections_per_address=PER_ADDRESS)  # fmt: skip
+    node = NodeAgent(settings, runtime=Listed(f"http://127.0.0.1:{upstream.port}"))
+    node.set_desired(1, None, {MODEL: 1})
+    server = uvicorn.Server(server_config(create_app(node), settings, "warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    wait_for(lambda: server.started, timeout=20)
+    wait_for(lambda: bool(node.candidates(MODEL)), timeout=20)
+    try:
+        yield port, server, upstream
+    finally:
+        server.should_exit = True
+        thread.join(15)
+        upstream.close()
+
+
+def _head(length: int) -> bytes:
+    return (f"POST /v1/models/{MODEL}:predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {length}\r\n\r\n").encode()  # fmt: skip
+
+
+def _stall(port: int, source: str, length: int, sent: bytes) -> socket.socket:
+    """A predict declaring ``length`` bytes of body, of which ``sent`` goes out; then nothing."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10, source_address=(source, 0))
+    sock.sendall(_head(length) + sent)
+    return sock
+
+
+def _exchange(port: int, source: str, request: bytes) -> tuple[int, bytes]:
+    """One whole request from ``source``: (status, body) of its answer (status 0: no answer)."""
+    client = h11.Connection(h11.CLIENT)
+    status, body = 0, b""
+    with socket.create_connection(("127.0.0.1", port), timeout=10, source_address=(source, 0)) as sock:
+        sock.sendall(request)
+        while True:
+            event = client.next_event()
+            if event is h11.NEED_DATA:
+                client.receive_data(sock.recv(65536))
+            elif isinstance(event, h11.Response):
+                status = event.status_code
+            elif isinstance(event, h11.Data):
+                body += event.data
+            elif isinstance(event, (h11.EndOfMessage, h11.ConnectionClosed)):
+                return status, body
+
+
+def _health(port: int, source: str) -> int:
+    return _exchange(port, source, b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")[0]
+
+
+def _predict(port: int, source: str) -> tuple[int, bytes]:
+    body = b'{"instances": [1.0]}'
+    return _exchange(port, source, _head(len(body)).replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n") + body)
+
+
+def _answer_of(sock: socket.socket) -> bytes:
+    """What the agent wrote to a stalled connection before closing it (b"" if it is still open after 0.2 s)."""
+    sock.settimeout(0.2)
+    data = b""
+    try:
+        while chunk := sock.recv(65536):
+            data += chunk
+    except (TimeoutError, OSError):
+        return data
+    return data or b"closed"
+
+
+def _waiting_table(server: uvicorn.Server) -> dict[str, int]:
+    """Per address, the connections the agent counts as waiting on their clients (what ``_make_room`` picks from)."""
+    return {host: len(held) for host, held in _protocol_class(server).waiting.items()}
+
+
+def _protocol_class(server: uvicorn.Server) -> Any:
+    return server.config.http  # the class agent.cli's server_config built (limited_protocol)
+
+
+def _wait_waiting(server: uvicorn.Server, count: int) -> None:
+    wait_for(lambda: sum(_waiting_table(server).values()) == count, timeout=10)
+
+
+def _fill(port: int, counts: dict[str, int], length: int = 1000, sent: bytes = b"{") -> list[socket.socket]:
+    held = []
+    for source, n in counts.items():
+        for _ in range(n):
+            held.append(_stall(port, source, length, sent))
+            time.sleep(0.02)
+    return held
+
+
+def test_stalled_bodies_from_a_few_addresses_do_not_keep_another_client_out(agent: Any) -> None:
+    """CAP - 1 stalled predicts (8, 8, 7 from three addresses): any newcomer makes CAP connections, where uvicorn
+    answers every request 503. The first address's bodies are 70 KB of 100 KB: the proxy is streaming them to
+    the model server when they stall."""
+    port, server, upstream = agent
+    assert _health(port, "127.0.78.1") == 200
+    held = _fill(port, {ATTACKERS[0]: PER_ADDRESS}, BIG, b"[" * 70_000)
+    held += _fill(port, {ATTACKERS[1]: PER_ADDRESS, ATTACKERS[2]: PER_ADDRESS - 1})
+    wait_for(lambda: len(server.server_state.tasks) == CAP - 1 and upstream.streaming == PER_ADDRESS, timeout=10)
+    before = upstream.answered  # (the agent's own warm-up predict)
+
+    assert _health(port, "127.0.78.1") == 200  # was 503 for body_timeout_s (30 s), renewable
+    assert _predict(port, "127.0.78.2") == (200, OK)
+    assert _health(port, "127.0.78.3") == 200
+
+    answers = [_answer_of(s) for s in held]
+    given_up = [i for i, a in enumerate(answers) if a]
+    # the first newcomer took the place of the oldest of the busiest address's; the later ones found room
+    assert given_up == [0], given_up
+    for i in given_up:
+        assert answers[i].startswith(b"HTTP/1.1 503 ") and b"connection: close" in answers[i].lower(), answers[i]
+    # the body being streamed was cut at the model server, which answered only the honest predict
+    wait_for(lambda: upstream.cut >= 1, timeout=10)
+    assert upstream.answered == before + 1
+    # bounded: the table holds the connections still open, uvicorn's tasks those of the requests still there
+    table = _waiting_table(server)  # every stalled body waits on its client (before: none did)
+    assert table == {ATTACKERS[0]: PER_ADDRESS - 1, ATTACKERS[1]: PER_ADDRESS, ATTACKERS[2]: PER_ADDRESS - 1}
+    wait_for(lambda: len(server.server_state.tasks) == CAP - 2, timeout=10)  # the given-up request's task ended
+    for sock in held:
+        sock.close()
+    wait_for(lambda: not server.server_state.connections and not _waiting_table(server), timeout=10)
+
+
+def test_an_honest_slow_upload_from_a_quiet_address_is_not_the_one_given_up(agent: Any) -> None:
+    """The quiet address's upload is the oldest waiting on its client, but the busiest address pays for each
+    newcomer; the attackers refill their places before each of four newcomers. The upload, finished after that,
+    gets its answer."""
+    port, server, upstream = agent
+    body = b'{"instances": [1.0]}'
+    honest = socket.create_connection(("127.0.0.1", port), timeout=10, source_address=("127.0.79.1", 0))
+    honest.sendall(_head(len(body)) + body[:5])
+    wait_for(lambda: _waiting_table(server) == {"127.0.79.1": 1}, timeout=10)
+    before = upstream.answered
+    held: list[socket.socket] = []
+    for newcomer in range(4):
+        while sum(_waiting_table(server).values()) < CAP - 1:  # refill from the address holding the fewest
+            table = _waiting_table(server)
+            held += _fill(port, {min(ATTACKERS, key=lambda a: table.get(a, 0)): 1})
+            _wait_waiting(server, sum(table.values()) + 1)
+        assert _predict(port, f"127.0.78.{newcomer + 1}") == (200, OK)
+        assert _waiting_table(server)["127.0.79.1"] == 1
+    assert _answer_of(honest) == b""  # still open, never answered a 503
+    assert sum(bool(_answer_of(s)) for s in held) == 4  # a place per newcomer, each an attacker's
+    honest.settimeout(10)
+    honest.sendall(body[5:])
+    assert honest.recv(65536).startswith(b"HTTP/1.1 200 ")
+    assert upstream.answered == before + 5
+    honest.close()
+    for sock in held:
+        sock.close()
