@@ -188,7 +188,10 @@ class Leadership:
             return message  # no cluster token: no peer plane, nobody to verify
         members = {m.node_id for m in self.agent.peers.members() if m.status != "dead"} | {self.agent.settings.node_id}
         if isinstance(message, Vote) and message.granted:
-            if not self.grants.take(message.term, sender, post.grant):
+            standing = self.machine.standing_for
+            if message.term != standing:
+                return None  # late, or of a term we do not stand for: nothing to count or to book (review14b F1)
+            if not self.grants.take(message.term, sender, post.grant, standing, self.machine.led_term):
                 self._say_once(f"grant:{sender}", "a vote granted by %s at term %d carries no valid signed grant: "
                                "not counted", sender, message.term)  # fmt: skip
                 return None
@@ -213,10 +216,17 @@ class Leadership:
             if isinstance(message, Vote) and message.granted and to is not None:
                 post = dataclasses.replace(post, grant=self.grants.sign(message.term, to))
             elif isinstance(message, Announce) and message.voters is not None:
-                post = dataclasses.replace(post, cert=self.grants.certificate(message.term, message.voters))
+                cert = self.grants.certificate(message.term, message.voters, self._keep())
+                post = dataclasses.replace(post, cert=cert)
             elif isinstance(message, VoteRequest) and message.voters is not None:
-                post = dataclasses.replace(post, cert=self.grants.certificate(message.cert_term, message.voters))
+                cert = self.grants.certificate(message.cert_term, message.voters, self._keep())
+                post = dataclasses.replace(post, cert=cert)
         return post.to_json()
+
+    def _keep(self) -> tuple[int, ...]:
+        """The grant books never pruned: the term we lead and the one we stand for."""
+        standing = self.machine.standing_for
+        return (self.machine.led_term,) if standing is None else (self.machine.led_term, standing)
 
     def _judge_with_current_view(self) -> None:
         """Give the machine the membership view as it is now, before a message: whether the leader this node holds a

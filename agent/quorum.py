@@ -27,7 +27,7 @@ from peerserve.wire import Grant
 log = logging.getLogger(__name__)
 
 MAX_CACHED = 64  # (term, leader) certificates remembered once verified
-KEEP_TERMS = 4  # candidacies whose grants we keep (the term we lead and the ones we stand for)
+KEEP_TERMS = 4  # candidacies whose grants we keep (besides the term we stand for and the term we lead, never pruned)
 
 
 class Grants:
@@ -47,26 +47,32 @@ class Grants:
         card, signature = self.identity.sign_detached(self._bytes(term, candidate, me))
         return Grant(me, card, signature)
 
-    def take(self, term: int, voter: str, grant: Grant | None) -> bool:
-        """A vote granted to us in ``term`` by ``voter``: True (and kept) only if ``grant`` is its signature of it."""
-        if grant is None or grant.voter != voter:
+    def take(self, term: int, voter: str, grant: Grant | None, standing: int | None, led: int = 0) -> bool:
+        """A vote granted to us in ``term`` by ``voter``: True (and kept) only if we stand for ``term`` now
+        (``standing``: the machine's candidacy, a sitting leader's standing again included) and ``grant`` is the voter's
+        signature of it. A grant of any other term is not booked: a member's signed grants of far-future terms once
+        pruned the book of the term we stood for, and we won with a certificate nobody followed (review14b F1)."""
+        if standing is None or term != standing or grant is None or grant.voter != voter:
             self.refused += 1
             return False
         if verified(self.identity, grant, term, self.identity.node_id, self.wall()) is None:
             self.refused += 1
             return False
-        self._book(term)[voter] = grant
+        self._book(term, (led,))[voter] = grant
         return True
 
-    def _book(self, term: int) -> dict[str, Grant]:
+    def _book(self, term: int, keep: Collection[int] = ()) -> dict[str, Grant]:
+        """The grants of our candidacy of ``term``; the oldest other books are pruned to ``KEEP_TERMS``, never
+        ``term``'s nor ``keep``'s (the term we lead: failed stand-agains must not prune its certificate)."""
         book = self.collected.setdefault(term, {})
-        for old in sorted(self.collected)[:-KEEP_TERMS]:
+        kept = {term, *keep}
+        for old in sorted(t for t in self.collected if t not in kept)[: max(0, len(self.collected) - KEEP_TERMS)]:
             del self.collected[old]
         return book
 
-    def certificate(self, term: int, voters: Collection[str]) -> tuple[Grant, ...]:
-        """The grants of ``voters`` for our candidacy of ``term`` (ours signed now)."""
-        book = self._book(term)
+    def certificate(self, term: int, voters: Collection[str], keep: Collection[int] = ()) -> tuple[Grant, ...]:
+        """The grants of ``voters`` for our candidacy of ``term`` (ours signed now); ``keep``: the books to keep too."""
+        book = self._book(term, keep)
         if self.identity.node_id in voters and self.identity.node_id not in book:
             book[self.identity.node_id] = self.sign(term, self.identity.node_id)
         return tuple(book[v] for v in sorted(voters) if v in book)

@@ -225,6 +225,12 @@ class Election:
     def is_leader(self) -> bool:
         return self.role is Role.LEADER
 
+    @property
+    def standing_for(self) -> int | None:
+        """The term this node stands for now (a candidate, or a leader standing again), if any: the only term whose
+        granted votes the shell books (agent.quorum.Grants.take)."""
+        return self._candidacy.term if self._candidacy is not None else None
+
     def _lease_valid(self, now: float) -> bool:
         return self.leader is not None and now < self.lease_until and self.leader in self.alive
 

@@ -176,15 +176,36 @@ def test_own_grants_and_collected_grants(tmp_path: Path) -> None:
     ids = _identities(tmp_path, "L", "a")
     ids["L"].pins.check("a", ids["a"].public_key)
     book = Grants(ids["L"])
-    assert book.take(4, "a", Grants(ids["a"]).sign(4, "L"))
-    assert not book.take(4, "a", Grants(ids["a"]).sign(4, "a"))  # a grant to someone else
-    assert not book.take(4, "a", None)  # a granted vote without its signed grant
+    assert book.take(4, "a", Grants(ids["a"]).sign(4, "L"), standing=4)
+    assert not book.take(4, "a", Grants(ids["a"]).sign(4, "a"), standing=4)  # a grant to someone else
+    assert not book.take(4, "a", None, standing=4)  # a granted vote without its signed grant
     cert = book.certificate(4, {"L", "a"})
     assert [g.voter for g in cert] == ["L", "a"]
     assert Certificates(ids["L"]).voters(4, "L", cert, {"L", "a"}) == {"L", "a"}
     for term in range(5, 12):
-        book.take(term, "a", Grants(ids["a"]).sign(term, "L"))
+        book.take(term, "a", Grants(ids["a"]).sign(term, "L"), standing=term)
     assert len(book.collected) <= 4  # only the last few candidacies' grants are kept
+
+
+def test_grants_of_a_term_we_do_not_stand_for_are_not_booked_and_the_led_terms_book_is_kept(tmp_path: Path) -> None:
+    """review14b F1: a member's valid grants of far-future terms were booked before the machine looked, and only the
+    4 highest terms' books were kept, so four of them deleted the book of the term really stood for (the winner
+    announced a certificate of itself alone). Also without an attacker: failed stand-agains pruned the led term's."""
+    ids = _identities(tmp_path, "L", "a", "m")
+    for n in ("a", "m"):
+        ids["L"].pins.check(n, ids[n].public_key)
+    book = Grants(ids["L"])
+    for term in (1000, 999, 998, 997):  # m's own valid grants of L, of terms L does not stand for
+        assert not book.take(term, "m", Grants(ids["m"]).sign(term, "L"), standing=1)
+    assert not book.take(1, "m", Grants(ids["m"]).sign(1, "L"), standing=None)  # L stands for nothing
+    assert book.take(1, "a", Grants(ids["a"]).sign(1, "L"), standing=1)
+    assert sorted(book.collected) == [1]
+    assert [g.voter for g in book.certificate(1, {"L", "a"})] == ["L", "a"]
+    for term in range(2, 12):  # L leads term 1 and stands again ten times without winning
+        assert book.take(term, "a", Grants(ids["a"]).sign(term, "L"), standing=term, led=1)
+    assert 1 in book.collected and len(book.collected) <= 5  # the kept few, and the led term's book
+    cert = book.certificate(1, {"L", "a"}, keep=(11,))
+    assert Certificates(ids["L"]).voters(1, "L", cert, {"L", "a"}) == {"L", "a"}
 
 
 def test_the_wire_bounds_a_certificate() -> None:

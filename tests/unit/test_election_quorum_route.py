@@ -22,8 +22,9 @@ from agent.node import NodeAgent
 from agent.peer_api import create_peer_app
 from agent.peer_client import PeerClient
 from agent.peers import Member
-from agent.quorum import Grants
+from agent.quorum import Certificates, Grants
 from agent.settings import load_settings
+from coordinator_election import Announce, Election, ElectionConfig, Received
 from peerserve import wire
 
 TOKEN = "quorum-cluster-token-0123456789ab"
@@ -170,3 +171,51 @@ def test_an_announce_without_a_certificate_is_refused_with_a_log_line(
     with caplog.at_level(logging.WARNING, logger="agent.leadership"):
         _scenario(tmp_path, restarted=True)
     assert any("carries no quorum certificate" in r.getMessage() for r in caplog.records)
+
+
+class Four:
+    """L's view: A, B and m alive besides L."""
+
+    def members(self) -> list[Member]:
+        return [
+            Member(n, "127.0.0.1", f"http://127.0.0.1:{19100 + i}", "alive", mem_total_mb=1000.0,
+                   peer_url=f"https://127.0.0.1:{19200 + i}")
+            for i, n in enumerate(("A", "B", "m"))
+        ]  # fmt: skip
+
+
+def test_planted_far_future_grants_do_not_empty_the_winners_certificate(tmp_path: Path) -> None:
+    """review14b F1 (its repro, through the peer route): L stands for term 1; m sends L four granted votes of terms
+    997-1000 (its own valid grants of L), then A and B grant term 1. L's announce used to carry only L's own grant (the
+    book of term 1 was pruned) and a follower F of view {L, A, B, m, F} did not follow it."""
+
+    async def scenario() -> tuple[list[wire.Grant], list[int], Any]:
+        overrides = {"node_id": "L", "data_dir": str(tmp_path / "L"), "cluster_token": TOKEN, "mdns": False}
+        agent = NodeAgent(load_settings(env={}, overrides=overrides), peers=Four())
+        agent.leadership = lead = Leadership(agent)
+        http = httpx.AsyncClient(transport=httpx.ASGITransport(app=create_peer_app(agent, agent.identity)))
+        ids = {n: Identity(n, TOKEN, tmp_path / n) for n in ("A", "B", "m")}
+        clients = {n: PeerClient(ids[n], lambda url: None, http=http) for n in ids}
+        try:
+            lead.machine.observe(lead._view())
+            lead.machine._stand(lead.monotonic())  # L stands for term 1 (its broadcast is not needed here)
+            for voter, term in [("m", 1000), ("m", 999), ("m", 998), ("m", 997), ("A", 1), ("B", 1)]:
+                vote = {"type": "vote", "term": term, "voter": voter, "granted": True, "leader": None,
+                        "grant": Grants(ids[voter]).sign(term, "L").to_json()}  # fmt: skip
+                status, _ = await clients[voter].call("L", "http://L", "POST", wire.ROUTE_ELECTION, body=vote)
+                assert status == 200
+            assert lead.is_leader and lead.machine.cert == {"L", "A", "B"}
+            body = lead._encode(None, Announce(lead.term, "L", lead.machine.priority, lead.machine.cert))
+            return [wire.Grant.parse(g) for g in body["cert"]], sorted(lead.grants.collected), lead.machine.priority
+        finally:
+            for client in clients.values():
+                await client.close()
+            await agent.stop()
+
+    cert, books, priority = asyncio.run(scenario())
+    assert [g.voter for g in cert] == ["A", "B", "L"] and books == [1]
+    voters = Certificates(Identity("F", TOKEN, tmp_path / "F")).voters(1, "L", cert, {"L", "A", "B", "m", "F"})
+    f = Election("F", (0, 1000.0, "F"), ElectionConfig(), 0.0)
+    f.observe({n: (0, 1000.0, n) for n in ("L", "A", "B", "m")})
+    f.step(Received(10.0, "L", Announce(1, "L", priority, voters)))
+    assert voters == {"A", "B", "L"} and f.accepted == "L"
