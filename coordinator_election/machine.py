@@ -27,6 +27,8 @@ Algorithm: leases with terms and votes over the *discovered* members (see docs/e
   whom to expect (``known``: the peers it knew before the restart): once every one of them is alive in its
   view again and none has announced itself as leader for two heartbeats, there is no leader to wait for
   and the listen period ends (after a power cut the cluster elects in about two heartbeats, not a timeout).
+  Until its expected peers (``known`` and the leader it accepted) are all in its view again it grants no vote,
+  and they count in the majority a certificate needs: a view still filling is not the cluster.
 * A node given seeds (``join_by``) does not stand while it sees no other member until ``join_by``: it is
   joining a cluster, and a leader of one would only spawn a solver and fight the cluster's leader later.
 * Persist before you send: whenever the term, this node's vote in it or the leader it accepts for it changes,
@@ -203,7 +205,10 @@ class Election:
         self._waiting_since: float | None = None
         self._skipped: set[str] = set()
         self._lost_leader: str | None = None  # the leader whose lease ran out, if any
-        self._expected = known - {node_id}  # peers expected back after a restart; emptied once a leader is known
+        # peers expected back after a restart (the ones it knew, and the leader it accepted): emptied once a leader is
+        # known or the first listen ends. Until they are all in the view again it grants nobody, and they count in the
+        # majority a certificate needs (a just-restarted view of {itself, m} made m's grant a majority, review14b F7)
+        self._expected = (known | ({accepted} if accepted is not None else frozenset())) - {node_id}
         self._back_since: float | None = None  # when every expected peer was last seen alive again
         # given seeds, a node is joining a cluster, not founding one: until ``join_by`` it does not stand while it
         # sees no other member (under load a seed can take seconds to admit us; a leader of one spawns a solver)
@@ -238,8 +243,9 @@ class Election:
         """Whether ``voters`` (a verified certificate) are a majority of the members alive in this node's own view,
         itself included: the quorum rule for following a leader this node does not accept yet. The candidate's view
         when it stood does not count (it names its electorate itself); a view that grew since the election (a
-        partition healed) makes the certificate a minority here, and the leader stands again (``_tick``)."""
-        return voters is not None and 2 * len(voters & self.alive.keys()) > len(self.alive)
+        partition healed) makes the certificate a minority here, and the leader stands again (``_tick``). During the
+        first listen after a restart the peers it expects back count too, alive or not yet (review14b F7)."""
+        return voters is not None and 2 * len(voters & self.alive.keys()) > len(self.alive.keys() | self._expected)
 
     def _weaker_than(self, other: str, voters: frozenset[str], claimed: Priority) -> bool:
         """Whether this leader yields to ``other``'s certificate where neither holds a majority of this view: more
@@ -322,6 +328,12 @@ class Election:
             return []  # still joining through a seed: nobody to lead yet
         self._expected = frozenset()  # the first listen is over: from now on the usual timeouts
         return self._consider_standing(now)
+
+    def _restarting(self) -> bool:
+        """In the first listen after a restart, some peer it expects back not yet in the view: its view is still
+        filling (SWIM admits one new member at a time; a member that contacts it first gets in first), so a grant now
+        could make one member's candidacy a majority of a view of two (review14b F7)."""
+        return bool(self._expected) and not self._expected <= self.alive.keys()
 
     def _all_back(self, now: float) -> bool:
         """Every expected peer has been alive in the view for two heartbeats and none announced a leader."""
@@ -523,6 +535,8 @@ class Election:
             actions += self._follow(now, None)
         if m.term < self.term:
             return [*actions, Send(m.candidate, Vote(self.term, self.node_id, False, self.leader))]
+        if self._restarting():
+            return [*actions, Send(m.candidate, Vote(m.term, self.node_id, False, self.leader))]  # asks again later
         if self._lease_valid(now) and self.leader != m.candidate:
             # we follow a live leader: refuse, and let the candidate learn who it is
             return [Send(m.candidate, Vote(m.term, self.node_id, False, self.leader))]

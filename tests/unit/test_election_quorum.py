@@ -239,3 +239,22 @@ def test_a_follower_left_without_a_leader_by_a_standing_again_that_did_not_win_b
     won = next(a.message for a in leader.step(Received(5.53, "f", grant.message)) if isinstance(a, Broadcast))
     f.step(Received(5.54, "L", won))
     assert (f.term, f.accepted) == (7, "L") and leader.led_term == 7
+
+
+def test_a_just_restarted_node_grants_nobody_until_its_expected_peers_are_back() -> None:
+    """review14b F7: f restarts (it followed L at term 3) with a view still filling, {f, m} or {f, m, X}: it granted m,
+    and m's certificate {m, f} (or {m, X}) was a majority of that small view. Now it refuses until its expected peers
+    are all in view, and they count in the majority meanwhile; once back, it grants as before."""
+    view = {n: (0, 1000.0, n) for n in ("f", "m", "X", "L", "A")}
+    for known in (frozenset({"L", "A", "m", "X"}), frozenset()):  # the leader it accepted is expected even unnamed
+        f = Election("f", view["f"], CFG, now=0.0, term=3, vote="L", accepted="L", known=known)
+        f.step(Tick(0.05, {n: view[n] for n in ("f", "m")}))
+        assert f.step(Received(0.1, "m", VoteRequest(4, "m", view["m"])))[-1] == Send("m", Vote(4, "f", False, None))
+        f.step(Tick(0.15, {n: view[n] for n in ("f", "m", "X")}))
+        f.step(Received(0.2, "m", Announce(4, "m", view["m"], frozenset({"m", "X"}))))
+        assert (f.term, f.accepted, f.vote) == (3, "L", "L")  # 2 of {f, m, X, L(, A)}: not a majority
+        f.step(Tick(0.25, view))  # all back: it grants again
+        assert f.step(Received(0.3, "A", VoteRequest(4, "A", view["A"])))[-1] == Send("A", Vote(4, "f", True, None))
+    fresh = Election("f", view["f"], CFG, now=0.0)  # a fresh node (nothing expected) grants as before
+    fresh.step(Tick(0.05, {n: view[n] for n in ("f", "m")}))
+    assert fresh.step(Received(0.1, "m", VoteRequest(1, "m", view["m"])))[-1] == Send("m", Vote(1, "f", True, None))

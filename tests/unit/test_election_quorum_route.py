@@ -219,3 +219,68 @@ def test_planted_far_future_grants_do_not_empty_the_winners_certificate(tmp_path
     f.observe({n: (0, 1000.0, n) for n in ("L", "A", "B", "m")})
     f.step(Received(10.0, "L", Announce(1, "L", priority, voters)))
     assert voters == {"A", "B", "L"} and f.accepted == "L"
+
+
+class Filling:
+    """f's view just after its restart: m got in first; the rest arrives later."""
+
+    def __init__(self) -> None:
+        self.names = ["m"]
+
+    def members(self) -> list[Member]:
+        return [
+            Member(n, "127.0.0.1", f"http://127.0.0.1:{19300 + i}", "alive", mem_total_mb=1000.0,
+                   peer_url=f"https://127.0.0.1:{19400 + i}")
+            for i, n in enumerate(self.names)
+        ]  # fmt: skip
+
+
+def test_a_just_restarted_node_is_not_taken_by_the_member_admitted_first(tmp_path: Path) -> None:
+    """review14b F7 (its repro, through the peer route): f restarts having followed L at term 3; m, admitted first,
+    asks f for term 4. f granted, followed m's announce of {m, f}, obeyed m's empty desired set (200) and refused L
+    (409). Now f refuses the vote, m's certificate of itself is no majority, m is fenced and L obeyed."""
+
+    async def scenario() -> list[Any]:
+        table = Filling()
+        overrides = {"node_id": "f", "data_dir": str(tmp_path / "f"), "cluster_token": TOKEN, "mdns": False}
+        agent = NodeAgent(load_settings(env={}, overrides=overrides), peers=table)
+        agent.store.save_election_state(3, "L", "L")  # before the restart f followed L at term 3
+        agent.leadership = lead = Leadership(agent)
+        sent: list[dict[str, Any]] = []
+
+        async def capture(url: str, body: dict[str, Any]) -> None:
+            sent.append(body)
+
+        lead._post = capture  # type: ignore[method-assign]
+        http = httpx.AsyncClient(transport=httpx.ASGITransport(app=create_peer_app(agent, agent.identity)))
+        ids = {n: Identity(n, TOKEN, tmp_path / n) for n in ("m", "L")}
+        clients = {n: PeerClient(ids[n], lambda url: None, http=http) for n in ids}
+
+        async def send(node: str, method: str, route: str, body: dict[str, Any]) -> int:
+            for _ in range(3):
+                status, _ = await clients[node].call("f", "http://f", method, route, body=body)
+                if status != 503:  # a first contact waits for its pin write
+                    break
+                await asyncio.sleep(0.2)
+            return status
+
+        seen: list[Any] = []
+        try:
+            request = {"type": "vote_request", "term": 4, "candidate": "m", "priority": [0, 1000.0, "m"]}
+            seen.append(await send("m", "POST", wire.ROUTE_ELECTION, request))
+            await asyncio.sleep(0.1)
+            vote = next(b for b in sent if b.get("type") == "vote")
+            seen.append((vote["term"], vote["granted"], "grant" in vote))
+            own = [Grants(ids["m"]).sign(4, "m")]  # m's certificate of itself: f granted nothing
+            seen.append(await send("m", "POST", wire.ROUTE_ELECTION, _announce("m", 4, own)))
+            seen.append((lead.term, lead.accepted))
+            seen.append(await send("m", "PUT", wire.ROUTE_DESIRED, _command("m", 4)))
+            table.names += ["L", "A", "B"]  # the rest of f's view arrives
+            seen.append(await send("L", "PUT", wire.ROUTE_DESIRED, _command("L", 3)))
+            return seen
+        finally:
+            for client in clients.values():
+                await client.close()
+            await agent.stop()
+
+    assert asyncio.run(scenario()) == [200, (4, False, False), 200, (3, "L"), 409, 200]
