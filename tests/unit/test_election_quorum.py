@@ -156,7 +156,7 @@ def test_a_certificate_counts_only_verified_grants_of_its_term_and_candidate(tmp
     members = {"f", "L", "a", "b", "m"}
     cert = [*good, good[0], forged, other_term, renamed, stranger]
     assert certificates.voters(3, "L", cert, members) == {"L", "a"}
-    assert certificates.voters(3, "L", [*good, Grants(ids["b"]).sign(3, "L")], members | {"x"}) == {"L", "a", "b"}
+    assert Certificates(f).voters(3, "L", [*good, Grants(ids["b"]).sign(3, "L")], members | {"x"}) == {"L", "a", "b"}
     assert Certificates(f).voters(3, "L", good, {"f", "L"}) == {"L"}  # a grant of a non-member is not looked at
 
 
@@ -258,3 +258,40 @@ def test_a_just_restarted_node_grants_nobody_until_its_expected_peers_are_back()
     fresh = Election("f", view["f"], CFG, now=0.0)  # a fresh node (nothing expected) grants as before
     fresh.step(Tick(0.05, {n: view[n] for n in ("f", "m")}))
     assert fresh.step(Received(0.1, "m", VoteRequest(1, "m", view["m"])))[-1] == Send("m", Vote(1, "f", True, None))
+
+
+def test_a_certificate_met_while_the_view_fills_counts_its_voters_once_they_are_members(tmp_path: Path) -> None:
+    """review14b F3: a grant of a voter not yet a member was skipped and the smaller set cached as whole, so a node
+    that met L's certificate while its view was still filling kept {L} for good and never followed L."""
+    ids = _identities(tmp_path, "L", "A", "B", "C")
+    for n in ("L", "A", "B"):
+        ids["C"].pins.check(n, ids[n].public_key)
+    cert = [Grants(ids[n]).sign(7, "L") for n in ("L", "A", "B")]  # L won term 7 on {L, A, B} of five
+    certificates = Certificates(ids["C"])
+    assert certificates.voters(7, "L", cert, {"L", "C"}) == {"L"}  # A and B not admitted here yet
+    assert certificates.voters(7, "L", cert, {"L", "A", "B", "C", "D"}) == {"L", "A", "B"}
+    assert certificates.verifications == 3  # L's grant was not checked twice
+
+
+def test_a_forged_grant_is_verified_once_and_the_verdicts_are_bounded(tmp_path: Path) -> None:
+    """review14b F6: a certificate with one bad grant was never cached, so each message re-verified all its grants
+    (3.56 ms per 32-grant message). Each grant's verdict is kept by its bytes (bounded); a certificate whose refusals
+    are final (forgeries) is cached whole."""
+    names = [f"n{i}" for i in range(6)]
+    ids = _identities(tmp_path, "R", *names)
+    for n in names:
+        ids["R"].pins.check(n, ids[n].public_key)
+    certificates = Certificates(ids["R"], grant_limit=8)
+    for term in (1, 2):
+        cert = [Grants(ids[n]).sign(term, "n0") for n in names]
+        cert[-1] = wire.Grant(cert[-1].voter, cert[-1].card, cert[0].signature)  # n5's card, n0's signature
+        for _ in range(5):
+            assert certificates.voters(term, "n0", cert, set(names)) == set(names[:-1])
+    assert certificates.verifications == 12 and len(certificates.checked) == 8  # each grant once; bounded
+    unpinned = Certificates(ids["R"])  # a voter whose pin is refused: not cached whole, its signature checked once
+    stranger = _identities(tmp_path, "z")["z"]
+    cert = [Grants(ids["n1"]).sign(3, "n0"), Grants(stranger).sign(3, "n0")]
+    ids["R"].pins.check("z", ids["n1"].public_key)  # "z" is pinned to another key here: its grant cannot count
+    for _ in range(3):
+        assert unpinned.voters(3, "n0", cert, {"n0", "n1", "z", "R"}) == {"n1"}
+    assert unpinned.verifications == 2 and not unpinned.cache
