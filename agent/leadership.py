@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 
 from agent import leader_round as lr
+from agent.discovery.swim import address_voice
 from agent.hysteresis import HoldConfig
 from agent.placement import parse_node_report, parse_request
 from agent.quorum import Certificates, Grants
@@ -151,18 +152,26 @@ class Leadership:
 
     # -- election I/O ----------------------------------------------------------------------------
     def _view(self) -> dict[str, Priority]:
+        return self._view_and_voices()[0]
+
+    def _view_and_voices(self) -> tuple[dict[str, Priority], dict[str, str]]:
+        """The election's view (node id -> priority) and each member's voice in a majority (``address_voice``)."""
         # A suspect member stays in the view: SWIM suspects after one missed probe round and the node usually
         # refutes within a few hundred ms; the lease (or dead) decides when a leader is gone.
-        return {
-            m.node_id: (m.priority, m.mem_total_mb, m.node_id)
-            for m in self.agent.peers.members()
-            if m.status in ("alive", "suspect")
-        }
+        view: dict[str, Priority] = {}
+        voices: dict[str, str] = {}
+        for m in self.agent.peers.members():
+            if m.status in ("alive", "suspect"):
+                view[m.node_id] = (m.priority, m.mem_total_mb, m.node_id)
+                address = address_voice(m.address)
+                if address is not None:
+                    voices[m.node_id] = address
+        return view, voices
 
     async def _tick_loop(self) -> None:
         while True:
             try:
-                self._carry_out(self.machine.step(Tick(self.monotonic(), self._view())))
+                self._carry_out(self.machine.step(Tick(self.monotonic(), *self._view_and_voices())))
                 if self.is_leader:
                     self._feed(lr.Tick(self.agent.clock()))
             except Exception:
@@ -232,7 +241,7 @@ class Leadership:
         """Give the machine the membership view as it is now, before a message: whether the leader this node holds a
         lease on is still alive decides whether a newer term's announce is ignored (leader stickiness); the view of
         the last tick may be a tick old, or missing before the first tick."""
-        self.machine.observe(self._view())
+        self.machine.observe(*self._view_and_voices())
 
     def lease_received(self, lease: Lease) -> bool:
         """A renewal signed by its leader (checked by the SWIM shell): fed to the election as that leader's announce

@@ -39,7 +39,7 @@ Algorithm: leases with terms and votes over the *discovered* members (see docs/e
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -91,10 +91,13 @@ Message = Announce | VoteRequest | Vote
 # -- events ----------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Tick:
-    """Time passed; ``alive`` is the current membership view (node id -> priority), self included."""
+    """Time passed; ``alive`` is the current membership view (node id -> priority), self included. ``voices``: each
+    member's voice in a majority (its address as admitted; a member missing from it is its own voice): node ids are
+    free to mint with the cluster token, so ids at one address count once (review14b F2)."""
 
     now: float
     alive: Mapping[str, Priority]
+    voices: Mapping[str, str] | None = None
 
 
 @dataclass(frozen=True)
@@ -200,6 +203,7 @@ class Election:
         self.leader: str | None = None
         self.lease_until = now + config.election_timeout_s  # listen before standing
         self.alive: dict[str, Priority] = {node_id: priority}
+        self.voices: dict[str, str] = {}  # member -> its voice in a majority (its address), where the shell gave one
         self._candidacy: _Candidacy | None = None
         self._last_announce = -1e18
         self._waiting_since: float | None = None
@@ -245,14 +249,21 @@ class Election:
         when it stood does not count (it names its electorate itself); a view that grew since the election (a
         partition healed) makes the certificate a minority here, and the leader stands again (``_tick``). During the
         first listen after a restart the peers it expects back count too, alive or not yet (review14b F7)."""
-        return voters is not None and 2 * len(voters & self.alive.keys()) > len(self.alive.keys() | self._expected)
+        if voters is None:
+            return False
+        return 2 * self._count(voters & self.alive.keys()) > self._count(self.alive.keys() | self._expected)
+
+    def _count(self, nodes: Collection[str]) -> int:
+        """How many distinct voices ``nodes`` are: members at one address count once (ids minted with the token at a
+        member's own address are not a majority, review14b F2), this node is its own voice."""
+        return len({n if n == self.node_id else self.voices.get(n, n) for n in nodes})
 
     def _weaker_than(self, other: str, voters: frozenset[str], claimed: Priority) -> bool:
         """Whether this leader yields to ``other``'s certificate where neither holds a majority of this view: more
         voters alive here win, then priority (the view's, else as claimed). Priority only breaks a tie between two
         certificates of the same size: a member that declares itself better has at best its own grant."""
-        ours = (len(self.cert & self.alive.keys()), self.priority)
-        return (len(voters & self.alive.keys()), self.alive.get(other, claimed)) > ours
+        ours = (self._count(self.cert & self.alive.keys()), self.priority)
+        return (self._count(voters & self.alive.keys()), self.alive.get(other, claimed)) > ours
 
     # -- the step function -----------------------------------------------------------------------
     def step(self, event: Event) -> list[Action]:
@@ -268,10 +279,12 @@ class Election:
             return [Persist(self.term, self.vote, self.accepted), *actions]
         return actions
 
-    def observe(self, alive: Mapping[str, Priority]) -> None:
-        """The current membership view (node id -> priority), without time passing: the shell may call it before a
-        message, so that whether our leader is still alive is judged on the view of now (leader stickiness)."""
+    def observe(self, alive: Mapping[str, Priority], voices: Mapping[str, str] | None = None) -> None:
+        """The current membership view (node id -> priority; ``voices`` as in ``Tick``), without time passing: the
+        shell may call it before a message, so that whether our leader is still alive is judged on the view of now
+        (leader stickiness)."""
         self.alive = {**alive, self.node_id: self.priority}
+        self.voices = dict(voices) if voices is not None else {}
 
     def _set_term(self, term: int) -> None:
         """Move to a higher term: the vote and the accepted leader belong to the old one."""
@@ -282,7 +295,7 @@ class Election:
 
     def _step(self, event: Event) -> list[Action]:
         if isinstance(event, Tick):
-            self.observe(event.alive)
+            self.observe(event.alive, event.voices)
             return self._tick(event.now)
         message = event.message
         if isinstance(message, Announce):
@@ -376,7 +389,7 @@ class Election:
 
     def _has_majority(self) -> bool:
         c = self._candidacy
-        return c is not None and len(c.granted & c.electorate) * 2 > len(c.electorate)
+        return c is not None and self._count(c.granted & c.electorate) * 2 > self._count(c.electorate)
 
     def _win(self, now: float) -> list[Action]:
         """A majority granted the term: lead it, and announce it with the certificate (the shell adds the grants)."""

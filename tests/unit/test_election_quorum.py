@@ -295,3 +295,36 @@ def test_a_forged_grant_is_verified_once_and_the_verdicts_are_bounded(tmp_path: 
     for _ in range(3):
         assert unpinned.voters(3, "n0", cert, {"n0", "n1", "z", "R"}) == {"n1"}
     assert unpinned.verifications == 2 and not unpinned.cache
+
+
+def test_ids_minted_at_one_address_are_one_voice() -> None:
+    """review14b F2: a token holder mints ids (cards from the token's CA), gets them admitted, and their grants made
+    its certificate a majority of every view: m with s1-s3 was 4 of 6 at f, which followed m despite its lease on L.
+    Voters and the view count by address as admitted (the shell's ``voices``): m's four ids are one of three voices.
+    Loopback members (no voice given) count by id, as before."""
+    ids = ("L", "f", "m", "s1", "s2", "s3")
+    view = {n: (0, 8000.0 if n == "L" else 1000.0, n) for n in ids}
+    voices = {"L": "10.0.0.1", "m": "10.0.0.9", "s1": "10.0.0.9", "s2": "10.0.0.9", "s3": "10.0.0.9"}
+    sybil = Announce(2, "m", view["m"], frozenset({"m", "s1", "s2", "s3"}))
+    for lease in (True, False):
+        f = Election("f", view["f"], CFG, now=0.0)
+        f.step(Tick(0.05, view, voices))
+        if lease:
+            f.step(Received(0.1, "L", Announce(1, "L", view["L"], frozenset({"L", "f"}))))  # 2 of 3 voices
+            assert f.accepted == "L"
+        f.step(Received(0.2, "m", sybil))
+        assert f.accepted == ("L" if lease else None) and f.term == (1 if lease else 0)
+    loopback = Election("f", view["f"], CFG, now=0.0)  # the one-host demo: no voices, every id its own
+    loopback.step(Tick(0.05, view))
+    loopback.step(Received(0.2, "m", sybil))
+    assert loopback.accepted == "m"
+    # a candidate counts its grants the same way: m's own candidacy does not win on its minted ids' grants
+    best = {**view, "m": (9, 1000.0, "m")}
+    candidate = Election("m", best["m"], CFG, now=0.0)
+    request = next(a.message for a in candidate.step(Tick(1.3, best, voices)) if isinstance(a, Broadcast))
+    assert request == VoteRequest(1, "m", best["m"])
+    for n in ("s1", "s2", "s3"):
+        candidate.step(Received(1.31, n, Vote(1, n, True, None)))
+    assert not candidate.is_leader  # one voice of three
+    candidate.step(Received(1.32, "f", Vote(1, "f", True, None)))
+    assert candidate.is_leader  # f's grant is a second voice: a real majority

@@ -284,3 +284,62 @@ def test_a_just_restarted_node_is_not_taken_by_the_member_admitted_first(tmp_pat
             await agent.stop()
 
     assert asyncio.run(scenario()) == [200, (4, False, False), 200, (3, "L"), 409, 200]
+
+
+class Minted:
+    """f's view: L at its own address; m and the ids it minted with the token (admitted by SWIM) at m's."""
+
+    def __init__(self) -> None:
+        self.names = ["L", "m"]
+
+    def members(self) -> list[Member]:
+        return [
+            Member(n, "10.0.0.1" if n == "L" else "10.0.0.9", f"http://127.0.0.1:{19500 + i}", "alive",
+                   mem_total_mb=1000.0, peer_url=f"https://127.0.0.1:{19600 + i}")
+            for i, n in enumerate(self.names)
+        ]  # fmt: skip
+
+
+def test_ids_minted_at_one_address_do_not_take_the_follower(tmp_path: Path) -> None:
+    """review14b F2 (its repro, with the members at LAN addresses): f follows L at term 1 on {L, f}; m's three minted
+    ids s1-s3 are admitted and grant m term 2. f followed m (4 of 6), obeyed its empty desired set and refused L. Now
+    m's ids are one voice of f's three (L's, f's, m's address): f stays with L, refuses m (409) and obeys L."""
+
+    async def scenario() -> list[Any]:
+        table = Minted()
+        overrides = {"node_id": "f", "data_dir": str(tmp_path / "f"), "cluster_token": TOKEN, "mdns": False}
+        agent = NodeAgent(load_settings(env={}, overrides=overrides), peers=table)
+        agent.leadership = lead = Leadership(agent)
+        assert agent.identity is not None
+        http = httpx.AsyncClient(transport=httpx.ASGITransport(app=create_peer_app(agent, agent.identity)))
+        ids = {n: Identity(n, TOKEN, tmp_path / n) for n in ("L", "m", "s1", "s2", "s3")}
+        clients = {n: PeerClient(ids[n], lambda url: None, http=http) for n in ids}
+        g = {n: Grants(i) for n, i in ids.items()}
+
+        async def send(node: str, method: str, route: str, body: dict[str, Any]) -> int:
+            for _ in range(3):
+                status, _ = await clients[node].call("f", "http://f", method, route, body=body)
+                if status != 503:  # a first contact waits for its pin write
+                    break
+                await asyncio.sleep(0.2)
+            return status
+
+        seen: list[Any] = []
+        try:
+            cert_l = [g["L"].sign(1, "L"), Grants(agent.identity).sign(1, "L")]
+            seen.append(await send("L", "POST", wire.ROUTE_ELECTION, _announce("L", 1, cert_l)))
+            table.names += ["s1", "s2", "s3"]
+            cert_m = [g[n].sign(2, "m") for n in ("m", "s1", "s2", "s3")]
+            for _ in range(3):  # a minted signer met first is refused once while its pin is written
+                seen.append(await send("m", "POST", wire.ROUTE_ELECTION, _announce("m", 2, cert_m)))
+                await asyncio.sleep(0.3)
+            seen.append((lead.term, lead.accepted, lead.leader))
+            seen.append(await send("m", "PUT", wire.ROUTE_DESIRED, _command("m", 2)))
+            seen.append(await send("L", "PUT", wire.ROUTE_DESIRED, _command("L", 1)))
+            return seen
+        finally:
+            for client in clients.values():
+                await client.close()
+            await agent.stop()
+
+    assert asyncio.run(scenario()) == [200, 200, 200, 200, (1, "L", "L"), 409, 200]
