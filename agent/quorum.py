@@ -150,28 +150,35 @@ class Certificates:
     def _verdict(self, grant: Grant, term: int, leader: str, now: float) -> bool | None:
         """True if ``grant`` is its voter's signature of (term, leader); False if it never will be (forged, another
         cluster's card, another node's); None if it may be on a later message (a pin refusal)."""
-        if grant.voter == self.identity.node_id:
-            return verified(self.identity, grant, term, leader, now) is not None
+        own = grant.voter == self.identity.node_id
         digest = hashlib.sha256(repr((term, leader, grant.voter, grant.card, grant.signature)).encode()).digest()
         if digest in self.checked:
             self.checked.move_to_end(digest)
             card = self.checked[digest]
         else:
             self.verifications += 1
-            data = Grant.signing_bytes(self.identity.cluster, term, leader, grant.voter)
-            try:
-                card = self.identity.detached_card(grant.card, grant.signature, data)
-            except AuthError as exc:
-                log.debug("grant of %s for %s at term %d refused: %s", grant.voter, leader, term, exc)
-                card = None
+            card = self._signer(grant, term, leader, now, own)
             self.checked[digest] = card
             while len(self.checked) > self.grant_limit:
                 self.checked.popitem(last=False)
         if card is None or card.node_id != grant.voter:
             return False
+        if own:
+            return True  # our own key (we are in no pin file of ours)
         try:
             self.identity.verify_pinned(card, now)
         except AuthError as exc:
             log.debug("grant of %s for %s at term %d not counted yet: %s", grant.voter, leader, term, exc)
             return None
         return True
+
+    def _signer(self, grant: Grant, term: int, leader: str, now: float, own: bool) -> Card | None:
+        """The card whose key signed ``grant`` of (term, leader), pins aside; None for a forgery."""
+        if own:
+            return Card.decode(self.identity.card_text) if verified(self.identity, grant, term, leader, now) else None
+        data = Grant.signing_bytes(self.identity.cluster, term, leader, grant.voter)
+        try:
+            return self.identity.detached_card(grant.card, grant.signature, data)
+        except AuthError as exc:
+            log.debug("grant of %s for %s at term %d refused: %s", grant.voter, leader, term, exc)
+            return None

@@ -283,11 +283,11 @@ def test_a_forged_grant_is_verified_once_and_the_verdicts_are_bounded(tmp_path: 
         ids["R"].pins.check(n, ids[n].public_key)
     certificates = Certificates(ids["R"], grant_limit=8)
     for term in (1, 2):
-        cert = [Grants(ids[n]).sign(term, "n0") for n in names]
-        cert[-1] = wire.Grant(cert[-1].voter, cert[-1].card, cert[0].signature)  # n5's card, n0's signature
+        cert = [Grants(ids[n]).sign(term, "n0") for n in [*names, "R"]]  # R's own grant too
+        cert[-2] = wire.Grant(cert[-2].voter, cert[-2].card, cert[0].signature)  # n5's card, n0's signature
         for _ in range(5):
-            assert certificates.voters(term, "n0", cert, set(names)) == set(names[:-1])
-    assert certificates.verifications == 12 and len(certificates.checked) == 8  # each grant once; bounded
+            assert certificates.voters(term, "n0", cert, {*names, "R"}) == {*names[:-1], "R"}
+    assert certificates.verifications == 14 and len(certificates.checked) == 8  # each grant once; bounded
     unpinned = Certificates(ids["R"])  # a voter whose pin is refused: not cached whole, its signature checked once
     stranger = _identities(tmp_path, "z")["z"]
     cert = [Grants(ids["n1"]).sign(3, "n0"), Grants(stranger).sign(3, "n0")]
