@@ -646,10 +646,20 @@ class Identity:
         Synchronous (SWIM checks relayed statements inside its message handling): on an event loop a signer met
         for the first time is refused this once (503) while its pin is written off the loop (``Pins.check``);
         its next statement passes."""
-        card = self._card({wire.H_CARD: card_text})
-        _check_signature(card, {wire.H_SIGNATURE: signature}, data)
+        card = self.detached_card(card_text, signature, data)
         self.pins.check(card.node_id, card.public_key, RELAYED if now is not None else "", now or 0.0)
         return card.node_id
+
+    def detached_card(self, card_text: str, signature: str, data: bytes) -> Card:
+        """The card (issued by our cluster CA) whose key signed ``data``; AuthError. Depends on the bytes alone (no
+        pin, no clock), so a verdict may be cached by them (agent.quorum); ``verify_detached`` adds the pin check."""
+        card = self._card({wire.H_CARD: card_text})
+        _check_signature(card, {wire.H_SIGNATURE: signature}, data)
+        return card
+
+    def verify_pinned(self, card: Card, now: float) -> None:
+        """The pin check ``verify_detached`` makes of a relayed statement's signer (``detached_card``); AuthError."""
+        self.pins.check(card.node_id, card.public_key, RELAYED, now)
 
     def verify_request(
         self, headers: Mapping[str, str], method: str, target: str, body: bytes, now: float, source: str = ""

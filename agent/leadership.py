@@ -22,6 +22,7 @@ import httpx
 
 from agent import aio
 from agent import leader_round as lr
+from agent.discovery.swim import address_voice
 from agent.hysteresis import HoldConfig
 from agent.peer_client import TIMEOUT
 from agent.placement import parse_node_report, parse_request
@@ -153,18 +154,26 @@ class Leadership:
 
     # -- election I/O ----------------------------------------------------------------------------
     def _view(self) -> dict[str, Priority]:
+        return self._view_and_voices()[0]
+
+    def _view_and_voices(self) -> tuple[dict[str, Priority], dict[str, str]]:
+        """The election's view (node id -> priority) and each member's voice in a majority (``address_voice``)."""
         # A suspect member stays in the view: SWIM suspects after one missed probe round and the node usually
         # refutes within a few hundred ms; the lease (or dead) decides when a leader is gone.
-        return {
-            m.node_id: (m.priority, m.mem_total_mb, m.node_id)
-            for m in self.agent.peers.members()
-            if m.status in ("alive", "suspect")
-        }
+        view: dict[str, Priority] = {}
+        voices: dict[str, str] = {}
+        for m in self.agent.peers.members():
+            if m.status in ("alive", "suspect"):
+                view[m.node_id] = (m.priority, m.mem_total_mb, m.node_id)
+                address = address_voice(m.address)
+                if address is not None:
+                    voices[m.node_id] = address
+        return view, voices
 
     async def _tick_loop(self) -> None:
         while True:
             try:
-                self._carry_out(self.machine.step(Tick(self.monotonic(), self._view())))
+                self._carry_out(self.machine.step(Tick(self.monotonic(), *self._view_and_voices())))
                 if self.is_leader:
                     self._feed(lr.Tick(self.agent.clock()))
             except Exception:
@@ -190,7 +199,10 @@ class Leadership:
             return message  # no cluster token: no peer plane, nobody to verify
         members = {m.node_id for m in self.agent.peers.members() if m.status != "dead"} | {self.agent.settings.node_id}
         if isinstance(message, Vote) and message.granted:
-            if not self.grants.take(message.term, sender, post.grant):
+            standing = self.machine.standing_for
+            if message.term != standing:
+                return None  # late, or of a term we do not stand for: nothing to count or to book (review14b F1)
+            if not self.grants.take(message.term, sender, post.grant, standing, self.machine.led_term):
                 self._say_once(f"grant:{sender}", "a vote granted by %s at term %d carries no valid signed grant: "
                                "not counted", sender, message.term)  # fmt: skip
                 return None
@@ -215,16 +227,23 @@ class Leadership:
             if isinstance(message, Vote) and message.granted and to is not None:
                 post = dataclasses.replace(post, grant=self.grants.sign(message.term, to))
             elif isinstance(message, Announce) and message.voters is not None:
-                post = dataclasses.replace(post, cert=self.grants.certificate(message.term, message.voters))
+                cert = self.grants.certificate(message.term, message.voters, self._keep())
+                post = dataclasses.replace(post, cert=cert)
             elif isinstance(message, VoteRequest) and message.voters is not None:
-                post = dataclasses.replace(post, cert=self.grants.certificate(message.cert_term, message.voters))
+                cert = self.grants.certificate(message.cert_term, message.voters, self._keep())
+                post = dataclasses.replace(post, cert=cert)
         return post.to_json()
+
+    def _keep(self) -> tuple[int, ...]:
+        """The grant books never pruned: the term we lead and the one we stand for."""
+        standing = self.machine.standing_for
+        return (self.machine.led_term,) if standing is None else (self.machine.led_term, standing)
 
     def _judge_with_current_view(self) -> None:
         """Give the machine the membership view as it is now, before a message: whether the leader this node holds a
         lease on is still alive decides whether a newer term's announce is ignored (leader stickiness); the view of
         the last tick may be a tick old, or missing before the first tick."""
-        self.machine.observe(self._view())
+        self.machine.observe(*self._view_and_voices())
 
     def lease_received(self, lease: Lease) -> bool:
         """A renewal signed by its leader (checked by the SWIM shell): fed to the election as that leader's announce

@@ -27,6 +27,8 @@ Algorithm: leases with terms and votes over the *discovered* members (see docs/e
   whom to expect (``known``: the peers it knew before the restart): once every one of them is alive in its
   view again and none has announced itself as leader for two heartbeats, there is no leader to wait for
   and the listen period ends (after a power cut the cluster elects in about two heartbeats, not a timeout).
+  Until its expected peers (``known`` and the leader it accepted) are all in its view again it grants no vote,
+  and they count in the majority a certificate needs: a view still filling is not the cluster.
 * A node given seeds (``join_by``) does not stand while it sees no other member until ``join_by``: it is
   joining a cluster, and a leader of one would only spawn a solver and fight the cluster's leader later.
 * Persist before you send: whenever the term, this node's vote in it or the leader it accepts for it changes,
@@ -37,7 +39,7 @@ Algorithm: leases with terms and votes over the *discovered* members (see docs/e
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -89,10 +91,13 @@ Message = Announce | VoteRequest | Vote
 # -- events ----------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Tick:
-    """Time passed; ``alive`` is the current membership view (node id -> priority), self included."""
+    """Time passed; ``alive`` is the current membership view (node id -> priority), self included. ``voices``: each
+    member's voice in a majority (its address as admitted; a member missing from it is its own voice): node ids are
+    free to mint with the cluster token, so ids at one address count once (review14b F2)."""
 
     now: float
     alive: Mapping[str, Priority]
+    voices: Mapping[str, str] | None = None
 
 
 @dataclass(frozen=True)
@@ -198,12 +203,16 @@ class Election:
         self.leader: str | None = None
         self.lease_until = now + config.election_timeout_s  # listen before standing
         self.alive: dict[str, Priority] = {node_id: priority}
+        self.voices: dict[str, str] = {}  # member -> its voice in a majority (its address), where the shell gave one
         self._candidacy: _Candidacy | None = None
         self._last_announce = -1e18
         self._waiting_since: float | None = None
         self._skipped: set[str] = set()
         self._lost_leader: str | None = None  # the leader whose lease ran out, if any
-        self._expected = known - {node_id}  # peers expected back after a restart; emptied once a leader is known
+        # peers expected back after a restart (the ones it knew, and the leader it accepted): emptied once a leader is
+        # known or the first listen ends. Until they are all in the view again it grants nobody, and they count in the
+        # majority a certificate needs (a just-restarted view of {itself, m} made m's grant a majority, review14b F7)
+        self._expected = (known | ({accepted} if accepted is not None else frozenset())) - {node_id}
         self._back_since: float | None = None  # when every expected peer was last seen alive again
         # given seeds, a node is joining a cluster, not founding one: until ``join_by`` it does not stand while it
         # sees no other member (under load a seed can take seconds to admit us; a leader of one spawns a solver)
@@ -225,6 +234,12 @@ class Election:
     def is_leader(self) -> bool:
         return self.role is Role.LEADER
 
+    @property
+    def standing_for(self) -> int | None:
+        """The term this node stands for now (a candidate, or a leader standing again), if any: the only term whose
+        granted votes the shell books (agent.quorum.Grants.take)."""
+        return self._candidacy.term if self._candidacy is not None else None
+
     def _lease_valid(self, now: float) -> bool:
         return self.leader is not None and now < self.lease_until and self.leader in self.alive
 
@@ -232,15 +247,23 @@ class Election:
         """Whether ``voters`` (a verified certificate) are a majority of the members alive in this node's own view,
         itself included: the quorum rule for following a leader this node does not accept yet. The candidate's view
         when it stood does not count (it names its electorate itself); a view that grew since the election (a
-        partition healed) makes the certificate a minority here, and the leader stands again (``_tick``)."""
-        return voters is not None and 2 * len(voters & self.alive.keys()) > len(self.alive)
+        partition healed) makes the certificate a minority here, and the leader stands again (``_tick``). During the
+        first listen after a restart the peers it expects back count too, alive or not yet (review14b F7)."""
+        if voters is None:
+            return False
+        return 2 * self._count(voters & self.alive.keys()) > self._count(self.alive.keys() | self._expected)
+
+    def _count(self, nodes: Collection[str]) -> int:
+        """How many distinct voices ``nodes`` are: members at one address count once (ids minted with the token at a
+        member's own address are not a majority, review14b F2), this node is its own voice."""
+        return len({n if n == self.node_id else self.voices.get(n, n) for n in nodes})
 
     def _weaker_than(self, other: str, voters: frozenset[str], claimed: Priority) -> bool:
         """Whether this leader yields to ``other``'s certificate where neither holds a majority of this view: more
         voters alive here win, then priority (the view's, else as claimed). Priority only breaks a tie between two
         certificates of the same size: a member that declares itself better has at best its own grant."""
-        ours = (len(self.cert & self.alive.keys()), self.priority)
-        return (len(voters & self.alive.keys()), self.alive.get(other, claimed)) > ours
+        ours = (self._count(self.cert & self.alive.keys()), self.priority)
+        return (self._count(voters & self.alive.keys()), self.alive.get(other, claimed)) > ours
 
     # -- the step function -----------------------------------------------------------------------
     def step(self, event: Event) -> list[Action]:
@@ -256,10 +279,12 @@ class Election:
             return [Persist(self.term, self.vote, self.accepted), *actions]
         return actions
 
-    def observe(self, alive: Mapping[str, Priority]) -> None:
-        """The current membership view (node id -> priority), without time passing: the shell may call it before a
-        message, so that whether our leader is still alive is judged on the view of now (leader stickiness)."""
+    def observe(self, alive: Mapping[str, Priority], voices: Mapping[str, str] | None = None) -> None:
+        """The current membership view (node id -> priority; ``voices`` as in ``Tick``), without time passing: the
+        shell may call it before a message, so that whether our leader is still alive is judged on the view of now
+        (leader stickiness)."""
         self.alive = {**alive, self.node_id: self.priority}
+        self.voices = dict(voices) if voices is not None else {}
 
     def _set_term(self, term: int) -> None:
         """Move to a higher term: the vote and the accepted leader belong to the old one."""
@@ -270,7 +295,7 @@ class Election:
 
     def _step(self, event: Event) -> list[Action]:
         if isinstance(event, Tick):
-            self.observe(event.alive)
+            self.observe(event.alive, event.voices)
             return self._tick(event.now)
         message = event.message
         if isinstance(message, Announce):
@@ -317,6 +342,12 @@ class Election:
         self._expected = frozenset()  # the first listen is over: from now on the usual timeouts
         return self._consider_standing(now)
 
+    def _restarting(self) -> bool:
+        """In the first listen after a restart, some peer it expects back not yet in the view: its view is still
+        filling (SWIM admits one new member at a time; a member that contacts it first gets in first), so a grant now
+        could make one member's candidacy a majority of a view of two (review14b F7)."""
+        return bool(self._expected) and not self._expected <= self.alive.keys()
+
     def _all_back(self, now: float) -> bool:
         """Every expected peer has been alive in the view for two heartbeats and none announced a leader."""
         if not self._expected or not self._expected <= self.alive.keys():
@@ -358,7 +389,7 @@ class Election:
 
     def _has_majority(self) -> bool:
         c = self._candidacy
-        return c is not None and len(c.granted & c.electorate) * 2 > len(c.electorate)
+        return c is not None and self._count(c.granted & c.electorate) * 2 > self._count(c.electorate)
 
     def _win(self, now: float) -> list[Action]:
         """A majority granted the term: lead it, and announce it with the certificate (the shell adds the grants)."""
@@ -517,6 +548,8 @@ class Election:
             actions += self._follow(now, None)
         if m.term < self.term:
             return [*actions, Send(m.candidate, Vote(self.term, self.node_id, False, self.leader))]
+        if self._restarting():
+            return [*actions, Send(m.candidate, Vote(m.term, self.node_id, False, self.leader))]  # asks again later
         if self._lease_valid(now) and self.leader != m.candidate:
             # we follow a live leader: refuse, and let the candidate learn who it is
             return [Send(m.candidate, Vote(m.term, self.node_id, False, self.leader))]

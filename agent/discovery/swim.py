@@ -32,6 +32,7 @@ Trust (gossip about a third node is a claim, never proof):
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import random
 from collections import Counter
@@ -181,6 +182,17 @@ class Transition:
     old: str | None
     new: str | None
     reason: str
+
+
+def address_voice(address: str) -> str | None:
+    """A member's voice in a majority or a quorum of declarers (the election's and ``dead_quorum``): its address as
+    admitted, so that node ids minted with the cluster token at one host count once (review14b F2); None (its node id
+    is its voice) for a loopback address, as pins exempt it (the loopback demo runs every agent on one host), and for
+    none at all. A host with several addresses still has one voice per address (docs/security.md)."""
+    try:
+        return None if ipaddress.ip_address(address).is_loopback else address
+    except ValueError:  # not an address literal (a name): the name itself
+        return address or None
 
 
 # -- the table ---------------------------------------------------------------------------------------------
@@ -764,8 +776,9 @@ class Swim:
         sus, quorum = rec.suspicion, self.config.dead_quorum
         if rec.status != "suspect" or sus is None or sus.incarnation != u.incarnation or quorum <= 0:
             return []
-        if declarer in sus.declarers or len(sus.declarers) >= quorum:
-            return []
+        voices = self._voices(sus.declarers)
+        if declarer in sus.declarers or len(voices) >= quorum or self._voice(declarer) in voices:
+            return []  # counted, the quorum is full, or another id at an address counted already (review14b F2)
         rec = self.records[rec.node_id] = replace(rec, suspicion=replace(sus, declarers=sus.declarers | {declarer}))
         self._enqueue(u)  # others count this declarer too (the rule before passed it on as a suspicion)
         if not self._dead_quorum(rec):
@@ -782,7 +795,17 @@ class Swim:
         if sus is None or cfg.dead_quorum <= 0 or cfg.dead_rumour_verify:
             return False
         own = 1 if sus.probed and cfg.dead_quorum_own else 0
-        return len(sus.declarers) + own >= cfg.dead_quorum
+        return len(self._voices(sus.declarers)) + own >= cfg.dead_quorum
+
+    def _voice(self, node_id: str) -> str:
+        """A member's voice among declarers: its address as admitted (ids minted with the cluster token at one host
+        count once, review14b F2), its id at a loopback address (the one-host demo) or with none known."""
+        rec = self.records.get(node_id)
+        address = address_voice(rec.address) if rec is not None else None
+        return address if address is not None else f"id:{node_id}"
+
+    def _voices(self, nodes: Collection[str]) -> set[str]:
+        return {self._voice(n) for n in nodes}
 
     def declaration_age(self, node_id: str, incarnation: int, origin: str, now: float) -> float | None:
         """As ``suspicion_age``, for ``origin``'s signed declaration that ``node_id`` is dead at ``incarnation``.
@@ -800,7 +823,8 @@ class Swim:
             return None
         sus = rec.suspicion
         if rec.status == "suspect" and sus is not None and sus.incarnation == incarnation:
-            full = origin not in sus.declarers and len(sus.declarers) >= cfg.dead_quorum
+            voices = self._voices(sus.declarers)
+            full = origin not in sus.declarers and (len(voices) >= cfg.dead_quorum or self._voice(origin) in voices)
             return None if full else now - rec.since
         if rec.status == "alive" and rec.incarnation <= incarnation <= rec.incarnation + MAX_INC_JUMP:
             return 0.0

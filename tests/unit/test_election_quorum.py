@@ -156,7 +156,7 @@ def test_a_certificate_counts_only_verified_grants_of_its_term_and_candidate(tmp
     members = {"f", "L", "a", "b", "m"}
     cert = [*good, good[0], forged, other_term, renamed, stranger]
     assert certificates.voters(3, "L", cert, members) == {"L", "a"}
-    assert certificates.voters(3, "L", [*good, Grants(ids["b"]).sign(3, "L")], members | {"x"}) == {"L", "a", "b"}
+    assert Certificates(f).voters(3, "L", [*good, Grants(ids["b"]).sign(3, "L")], members | {"x"}) == {"L", "a", "b"}
     assert Certificates(f).voters(3, "L", good, {"f", "L"}) == {"L"}  # a grant of a non-member is not looked at
 
 
@@ -176,15 +176,36 @@ def test_own_grants_and_collected_grants(tmp_path: Path) -> None:
     ids = _identities(tmp_path, "L", "a")
     ids["L"].pins.check("a", ids["a"].public_key)
     book = Grants(ids["L"])
-    assert book.take(4, "a", Grants(ids["a"]).sign(4, "L"))
-    assert not book.take(4, "a", Grants(ids["a"]).sign(4, "a"))  # a grant to someone else
-    assert not book.take(4, "a", None)  # a granted vote without its signed grant
+    assert book.take(4, "a", Grants(ids["a"]).sign(4, "L"), standing=4)
+    assert not book.take(4, "a", Grants(ids["a"]).sign(4, "a"), standing=4)  # a grant to someone else
+    assert not book.take(4, "a", None, standing=4)  # a granted vote without its signed grant
     cert = book.certificate(4, {"L", "a"})
     assert [g.voter for g in cert] == ["L", "a"]
     assert Certificates(ids["L"]).voters(4, "L", cert, {"L", "a"}) == {"L", "a"}
     for term in range(5, 12):
-        book.take(term, "a", Grants(ids["a"]).sign(term, "L"))
+        book.take(term, "a", Grants(ids["a"]).sign(term, "L"), standing=term)
     assert len(book.collected) <= 4  # only the last few candidacies' grants are kept
+
+
+def test_grants_of_a_term_we_do_not_stand_for_are_not_booked_and_the_led_terms_book_is_kept(tmp_path: Path) -> None:
+    """review14b F1: a member's valid grants of far-future terms were booked before the machine looked, and only the
+    4 highest terms' books were kept, so four of them deleted the book of the term really stood for (the winner
+    announced a certificate of itself alone). Also without an attacker: failed stand-agains pruned the led term's."""
+    ids = _identities(tmp_path, "L", "a", "m")
+    for n in ("a", "m"):
+        ids["L"].pins.check(n, ids[n].public_key)
+    book = Grants(ids["L"])
+    for term in (1000, 999, 998, 997):  # m's own valid grants of L, of terms L does not stand for
+        assert not book.take(term, "m", Grants(ids["m"]).sign(term, "L"), standing=1)
+    assert not book.take(1, "m", Grants(ids["m"]).sign(1, "L"), standing=None)  # L stands for nothing
+    assert book.take(1, "a", Grants(ids["a"]).sign(1, "L"), standing=1)
+    assert sorted(book.collected) == [1]
+    assert [g.voter for g in book.certificate(1, {"L", "a"})] == ["L", "a"]
+    for term in range(2, 12):  # L leads term 1 and stands again ten times without winning
+        assert book.take(term, "a", Grants(ids["a"]).sign(term, "L"), standing=term, led=1)
+    assert 1 in book.collected and len(book.collected) <= 5  # the kept few, and the led term's book
+    cert = book.certificate(1, {"L", "a"}, keep=(11,))
+    assert Certificates(ids["L"]).voters(1, "L", cert, {"L", "a"}) == {"L", "a"}
 
 
 def test_the_wire_bounds_a_certificate() -> None:
@@ -218,3 +239,92 @@ def test_a_follower_left_without_a_leader_by_a_standing_again_that_did_not_win_b
     won = next(a.message for a in leader.step(Received(5.53, "f", grant.message)) if isinstance(a, Broadcast))
     f.step(Received(5.54, "L", won))
     assert (f.term, f.accepted) == (7, "L") and leader.led_term == 7
+
+
+def test_a_just_restarted_node_grants_nobody_until_its_expected_peers_are_back() -> None:
+    """review14b F7: f restarts (it followed L at term 3) with a view still filling, {f, m} or {f, m, X}: it granted m,
+    and m's certificate {m, f} (or {m, X}) was a majority of that small view. Now it refuses until its expected peers
+    are all in view, and they count in the majority meanwhile; once back, it grants as before."""
+    view = {n: (0, 1000.0, n) for n in ("f", "m", "X", "L", "A")}
+    for known in (frozenset({"L", "A", "m", "X"}), frozenset()):  # the leader it accepted is expected even unnamed
+        f = Election("f", view["f"], CFG, now=0.0, term=3, vote="L", accepted="L", known=known)
+        f.step(Tick(0.05, {n: view[n] for n in ("f", "m")}))
+        assert f.step(Received(0.1, "m", VoteRequest(4, "m", view["m"])))[-1] == Send("m", Vote(4, "f", False, None))
+        f.step(Tick(0.15, {n: view[n] for n in ("f", "m", "X")}))
+        f.step(Received(0.2, "m", Announce(4, "m", view["m"], frozenset({"m", "X"}))))
+        assert (f.term, f.accepted, f.vote) == (3, "L", "L")  # 2 of {f, m, X, L(, A)}: not a majority
+        f.step(Tick(0.25, view))  # all back: it grants again
+        assert f.step(Received(0.3, "A", VoteRequest(4, "A", view["A"])))[-1] == Send("A", Vote(4, "f", True, None))
+    fresh = Election("f", view["f"], CFG, now=0.0)  # a fresh node (nothing expected) grants as before
+    fresh.step(Tick(0.05, {n: view[n] for n in ("f", "m")}))
+    assert fresh.step(Received(0.1, "m", VoteRequest(1, "m", view["m"])))[-1] == Send("m", Vote(1, "f", True, None))
+
+
+def test_a_certificate_met_while_the_view_fills_counts_its_voters_once_they_are_members(tmp_path: Path) -> None:
+    """review14b F3: a grant of a voter not yet a member was skipped and the smaller set cached as whole, so a node
+    that met L's certificate while its view was still filling kept {L} for good and never followed L."""
+    ids = _identities(tmp_path, "L", "A", "B", "C")
+    for n in ("L", "A", "B"):
+        ids["C"].pins.check(n, ids[n].public_key)
+    cert = [Grants(ids[n]).sign(7, "L") for n in ("L", "A", "B")]  # L won term 7 on {L, A, B} of five
+    certificates = Certificates(ids["C"])
+    assert certificates.voters(7, "L", cert, {"L", "C"}) == {"L"}  # A and B not admitted here yet
+    assert certificates.voters(7, "L", cert, {"L", "A", "B", "C", "D"}) == {"L", "A", "B"}
+    assert certificates.verifications == 3  # L's grant was not checked twice
+
+
+def test_a_forged_grant_is_verified_once_and_the_verdicts_are_bounded(tmp_path: Path) -> None:
+    """review14b F6: a certificate with one bad grant was never cached, so each message re-verified all its grants
+    (3.56 ms per 32-grant message). Each grant's verdict is kept by its bytes (bounded); a certificate whose refusals
+    are final (forgeries) is cached whole."""
+    names = [f"n{i}" for i in range(6)]
+    ids = _identities(tmp_path, "R", *names)
+    for n in names:
+        ids["R"].pins.check(n, ids[n].public_key)
+    certificates = Certificates(ids["R"], grant_limit=8)
+    for term in (1, 2):
+        cert = [Grants(ids[n]).sign(term, "n0") for n in [*names, "R"]]  # R's own grant too
+        cert[-2] = wire.Grant(cert[-2].voter, cert[-2].card, cert[0].signature)  # n5's card, n0's signature
+        for _ in range(5):
+            assert certificates.voters(term, "n0", cert, {*names, "R"}) == {*names[:-1], "R"}
+    assert certificates.verifications == 14 and len(certificates.checked) == 8  # each grant once; bounded
+    unpinned = Certificates(ids["R"])  # a voter whose pin is refused: not cached whole, its signature checked once
+    stranger = _identities(tmp_path, "z")["z"]
+    cert = [Grants(ids["n1"]).sign(3, "n0"), Grants(stranger).sign(3, "n0")]
+    ids["R"].pins.check("z", ids["n1"].public_key)  # "z" is pinned to another key here: its grant cannot count
+    for _ in range(3):
+        assert unpinned.voters(3, "n0", cert, {"n0", "n1", "z", "R"}) == {"n1"}
+    assert unpinned.verifications == 2 and not unpinned.cache
+
+
+def test_ids_minted_at_one_address_are_one_voice() -> None:
+    """review14b F2: a token holder mints ids (cards from the token's CA), gets them admitted, and their grants made
+    its certificate a majority of every view: m with s1-s3 was 4 of 6 at f, which followed m despite its lease on L.
+    Voters and the view count by address as admitted (the shell's ``voices``): m's four ids are one of three voices.
+    Loopback members (no voice given) count by id, as before."""
+    ids = ("L", "f", "m", "s1", "s2", "s3")
+    view = {n: (0, 8000.0 if n == "L" else 1000.0, n) for n in ids}
+    voices = {"L": "10.0.0.1", "m": "10.0.0.9", "s1": "10.0.0.9", "s2": "10.0.0.9", "s3": "10.0.0.9"}
+    sybil = Announce(2, "m", view["m"], frozenset({"m", "s1", "s2", "s3"}))
+    for lease in (True, False):
+        f = Election("f", view["f"], CFG, now=0.0)
+        f.step(Tick(0.05, view, voices))
+        if lease:
+            f.step(Received(0.1, "L", Announce(1, "L", view["L"], frozenset({"L", "f"}))))  # 2 of 3 voices
+            assert f.accepted == "L"
+        f.step(Received(0.2, "m", sybil))
+        assert f.accepted == ("L" if lease else None) and f.term == (1 if lease else 0)
+    loopback = Election("f", view["f"], CFG, now=0.0)  # the one-host demo: no voices, every id its own
+    loopback.step(Tick(0.05, view))
+    loopback.step(Received(0.2, "m", sybil))
+    assert loopback.accepted == "m"
+    # a candidate counts its grants the same way: m's own candidacy does not win on its minted ids' grants
+    best = {**view, "m": (9, 1000.0, "m")}
+    candidate = Election("m", best["m"], CFG, now=0.0)
+    request = next(a.message for a in candidate.step(Tick(1.3, best, voices)) if isinstance(a, Broadcast))
+    assert request == VoteRequest(1, "m", best["m"])
+    for n in ("s1", "s2", "s3"):
+        candidate.step(Received(1.31, n, Vote(1, n, True, None)))
+    assert not candidate.is_leader  # one voice of three
+    candidate.step(Received(1.32, "f", Vote(1, "f", True, None)))
+    assert candidate.is_leader  # f's grant is a second voice: a real majority

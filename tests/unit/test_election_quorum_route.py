@@ -22,8 +22,9 @@ from agent.node import NodeAgent
 from agent.peer_api import create_peer_app
 from agent.peer_client import PeerClient
 from agent.peers import Member
-from agent.quorum import Grants
+from agent.quorum import Certificates, Grants
 from agent.settings import load_settings
+from coordinator_election import Announce, Election, ElectionConfig, Received
 from peerserve import wire
 
 TOKEN = "quorum-cluster-token-0123456789ab"
@@ -170,3 +171,175 @@ def test_an_announce_without_a_certificate_is_refused_with_a_log_line(
     with caplog.at_level(logging.WARNING, logger="agent.leadership"):
         _scenario(tmp_path, restarted=True)
     assert any("carries no quorum certificate" in r.getMessage() for r in caplog.records)
+
+
+class Four:
+    """L's view: A, B and m alive besides L."""
+
+    def members(self) -> list[Member]:
+        return [
+            Member(n, "127.0.0.1", f"http://127.0.0.1:{19100 + i}", "alive", mem_total_mb=1000.0,
+                   peer_url=f"https://127.0.0.1:{19200 + i}")
+            for i, n in enumerate(("A", "B", "m"))
+        ]  # fmt: skip
+
+
+def test_planted_far_future_grants_do_not_empty_the_winners_certificate(tmp_path: Path) -> None:
+    """review14b F1 (its repro, through the peer route): L stands for term 1; m sends L four granted votes of terms
+    997-1000 (its own valid grants of L), then A and B grant term 1. L's announce used to carry only L's own grant (the
+    book of term 1 was pruned) and a follower F of view {L, A, B, m, F} did not follow it."""
+
+    async def scenario() -> tuple[list[wire.Grant], list[int], Any]:
+        overrides = {"node_id": "L", "data_dir": str(tmp_path / "L"), "cluster_token": TOKEN, "mdns": False}
+        agent = NodeAgent(load_settings(env={}, overrides=overrides), peers=Four())
+        agent.leadership = lead = Leadership(agent)
+        http = httpx.AsyncClient(transport=httpx.ASGITransport(app=create_peer_app(agent, agent.identity)))
+        ids = {n: Identity(n, TOKEN, tmp_path / n) for n in ("A", "B", "m")}
+        clients = {n: PeerClient(ids[n], lambda url: None, http=http) for n in ids}
+        try:
+            lead.machine.observe(lead._view())
+            lead.machine._stand(lead.monotonic())  # L stands for term 1 (its broadcast is not needed here)
+            for voter, term in [("m", 1000), ("m", 999), ("m", 998), ("m", 997), ("A", 1), ("B", 1)]:
+                vote = {"type": "vote", "term": term, "voter": voter, "granted": True, "leader": None,
+                        "grant": Grants(ids[voter]).sign(term, "L").to_json()}  # fmt: skip
+                status, _ = await clients[voter].call("L", "http://L", "POST", wire.ROUTE_ELECTION, body=vote)
+                assert status == 200
+            assert lead.is_leader and lead.machine.cert == {"L", "A", "B"}
+            body = lead._encode(None, Announce(lead.term, "L", lead.machine.priority, lead.machine.cert))
+            return [wire.Grant.parse(g) for g in body["cert"]], sorted(lead.grants.collected), lead.machine.priority
+        finally:
+            for client in clients.values():
+                await client.close()
+            await agent.stop()
+
+    cert, books, priority = asyncio.run(scenario())
+    assert [g.voter for g in cert] == ["A", "B", "L"] and books == [1]
+    voters = Certificates(Identity("F", TOKEN, tmp_path / "F")).voters(1, "L", cert, {"L", "A", "B", "m", "F"})
+    f = Election("F", (0, 1000.0, "F"), ElectionConfig(), 0.0)
+    f.observe({n: (0, 1000.0, n) for n in ("L", "A", "B", "m")})
+    f.step(Received(10.0, "L", Announce(1, "L", priority, voters)))
+    assert voters == {"A", "B", "L"} and f.accepted == "L"
+
+
+class Filling:
+    """f's view just after its restart: m got in first; the rest arrives later."""
+
+    def __init__(self) -> None:
+        self.names = ["m"]
+
+    def members(self) -> list[Member]:
+        return [
+            Member(n, "127.0.0.1", f"http://127.0.0.1:{19300 + i}", "alive", mem_total_mb=1000.0,
+                   peer_url=f"https://127.0.0.1:{19400 + i}")
+            for i, n in enumerate(self.names)
+        ]  # fmt: skip
+
+
+def test_a_just_restarted_node_is_not_taken_by_the_member_admitted_first(tmp_path: Path) -> None:
+    """review14b F7 (its repro, through the peer route): f restarts having followed L at term 3; m, admitted first,
+    asks f for term 4. f granted, followed m's announce of {m, f}, obeyed m's empty desired set (200) and refused L
+    (409). Now f refuses the vote, m's certificate of itself is no majority, m is fenced and L obeyed."""
+
+    async def scenario() -> list[Any]:
+        table = Filling()
+        overrides = {"node_id": "f", "data_dir": str(tmp_path / "f"), "cluster_token": TOKEN, "mdns": False}
+        agent = NodeAgent(load_settings(env={}, overrides=overrides), peers=table)
+        agent.store.save_election_state(3, "L", "L")  # before the restart f followed L at term 3
+        agent.leadership = lead = Leadership(agent)
+        sent: list[dict[str, Any]] = []
+
+        async def capture(url: str, body: dict[str, Any]) -> None:
+            sent.append(body)
+
+        lead._post = capture  # type: ignore[method-assign]
+        http = httpx.AsyncClient(transport=httpx.ASGITransport(app=create_peer_app(agent, agent.identity)))
+        ids = {n: Identity(n, TOKEN, tmp_path / n) for n in ("m", "L")}
+        clients = {n: PeerClient(ids[n], lambda url: None, http=http) for n in ids}
+
+        async def send(node: str, method: str, route: str, body: dict[str, Any]) -> int:
+            for _ in range(3):
+                status, _ = await clients[node].call("f", "http://f", method, route, body=body)
+                if status != 503:  # a first contact waits for its pin write
+                    break
+                await asyncio.sleep(0.2)
+            return status
+
+        seen: list[Any] = []
+        try:
+            request = {"type": "vote_request", "term": 4, "candidate": "m", "priority": [0, 1000.0, "m"]}
+            seen.append(await send("m", "POST", wire.ROUTE_ELECTION, request))
+            await asyncio.sleep(0.1)
+            vote = next(b for b in sent if b.get("type") == "vote")
+            seen.append((vote["term"], vote["granted"], "grant" in vote))
+            own = [Grants(ids["m"]).sign(4, "m")]  # m's certificate of itself: f granted nothing
+            seen.append(await send("m", "POST", wire.ROUTE_ELECTION, _announce("m", 4, own)))
+            seen.append((lead.term, lead.accepted))
+            seen.append(await send("m", "PUT", wire.ROUTE_DESIRED, _command("m", 4)))
+            table.names += ["L", "A", "B"]  # the rest of f's view arrives
+            seen.append(await send("L", "PUT", wire.ROUTE_DESIRED, _command("L", 3)))
+            return seen
+        finally:
+            for client in clients.values():
+                await client.close()
+            await agent.stop()
+
+    assert asyncio.run(scenario()) == [200, (4, False, False), 200, (3, "L"), 409, 200]
+
+
+class Minted:
+    """f's view: L at its own address; m and the ids it minted with the token (admitted by SWIM) at m's."""
+
+    def __init__(self) -> None:
+        self.names = ["L", "m"]
+
+    def members(self) -> list[Member]:
+        return [
+            Member(n, "10.0.0.1" if n == "L" else "10.0.0.9", f"http://127.0.0.1:{19500 + i}", "alive",
+                   mem_total_mb=1000.0, peer_url=f"https://127.0.0.1:{19600 + i}")
+            for i, n in enumerate(self.names)
+        ]  # fmt: skip
+
+
+def test_ids_minted_at_one_address_do_not_take_the_follower(tmp_path: Path) -> None:
+    """review14b F2 (its repro, with the members at LAN addresses): f follows L at term 1 on {L, f}; m's three minted
+    ids s1-s3 are admitted and grant m term 2. f followed m (4 of 6), obeyed its empty desired set and refused L. Now
+    m's ids are one voice of f's three (L's, f's, m's address): f stays with L, refuses m (409) and obeys L."""
+
+    async def scenario() -> list[Any]:
+        table = Minted()
+        overrides = {"node_id": "f", "data_dir": str(tmp_path / "f"), "cluster_token": TOKEN, "mdns": False}
+        agent = NodeAgent(load_settings(env={}, overrides=overrides), peers=table)
+        agent.leadership = lead = Leadership(agent)
+        assert agent.identity is not None
+        http = httpx.AsyncClient(transport=httpx.ASGITransport(app=create_peer_app(agent, agent.identity)))
+        ids = {n: Identity(n, TOKEN, tmp_path / n) for n in ("L", "m", "s1", "s2", "s3")}
+        clients = {n: PeerClient(ids[n], lambda url: None, http=http) for n in ids}
+        g = {n: Grants(i) for n, i in ids.items()}
+
+        async def send(node: str, method: str, route: str, body: dict[str, Any]) -> int:
+            for _ in range(3):
+                status, _ = await clients[node].call("f", "http://f", method, route, body=body)
+                if status != 503:  # a first contact waits for its pin write
+                    break
+                await asyncio.sleep(0.2)
+            return status
+
+        seen: list[Any] = []
+        try:
+            cert_l = [g["L"].sign(1, "L"), Grants(agent.identity).sign(1, "L")]
+            seen.append(await send("L", "POST", wire.ROUTE_ELECTION, _announce("L", 1, cert_l)))
+            table.names += ["s1", "s2", "s3"]
+            cert_m = [g[n].sign(2, "m") for n in ("m", "s1", "s2", "s3")]
+            for _ in range(3):  # a minted signer met first is refused once while its pin is written
+                seen.append(await send("m", "POST", wire.ROUTE_ELECTION, _announce("m", 2, cert_m)))
+                await asyncio.sleep(0.3)
+            seen.append((lead.term, lead.accepted, lead.leader))
+            seen.append(await send("m", "PUT", wire.ROUTE_DESIRED, _command("m", 2)))
+            seen.append(await send("L", "PUT", wire.ROUTE_DESIRED, _command("L", 1)))
+            return seen
+        finally:
+            for client in clients.values():
+                await client.close()
+            await agent.stop()
+
+    assert asyncio.run(scenario()) == [200, 200, 200, 200, (1, "L", "L"), 409, 200]

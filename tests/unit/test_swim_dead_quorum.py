@@ -344,3 +344,26 @@ def test_the_agent_setting_switches_the_rule_and_is_bounded(tmp_path: Any) -> No
     assert load_settings(None, env={**base, "PEERSERVE_DEAD_QUORUM": "0"}).dead_quorum == 0  # the rule before
     with pytest.raises(ConfigError):
         load_settings(None, env={**base, "PEERSERVE_DEAD_QUORUM": "17"})
+
+
+def test_declarers_at_one_address_count_once_loopback_ones_each() -> None:
+    """review14b F2: ids minted with the cluster token at one host met ``dead_quorum`` alone. Declarers count by their
+    address as admitted: m and its minted c1 at one address are one declarer; c2 at its own is the second. At a
+    loopback address (the one-host demo) each id still counts, as pins exempt it."""
+    nodes = cluster(**RULE)
+    a = nodes["a"]
+    for node, address in (("m", "10.9.9.9"), ("c1", "10.9.9.9"), ("c2", "10.9.9.10")):
+        a.records[node] = replace(a.records[node], address=address)
+    a.received(from_member(nodes["m"], declared_dead(a, "b", "m")), 1.0)
+    a.received(from_member(nodes["c1"], declared_dead(a, "b", "c1")), 1.1)
+    sus = a.records["b"].suspicion
+    assert sus is not None and sus.declarers == {"m"} and verify_probes(a, "b", 1.11) == []
+    assert a.declaration_age("b", 0, "c1", 1.2) is None  # nor is its proof worth a check
+    a.received(from_member(nodes["c2"], declared_dead(a, "b", "c2")), 1.3)
+    assert verify_probes(a, "b", 1.31) == [sw.Probe("b", nodes["b"].self_url, verify=True)]
+    demo = cluster(**RULE)
+    for node in ("m", "c1"):
+        demo["a"].records[node] = replace(demo["a"].records[node], address="127.0.0.1")
+    demo["a"].received(from_member(demo["m"], declared_dead(demo["a"], "b", "m")), 1.0)
+    demo["a"].received(from_member(demo["c1"], declared_dead(demo["a"], "b", "c1")), 1.1)
+    assert verify_probes(demo["a"], "b", 1.11)  # two loopback ids: two declarers
