@@ -613,7 +613,7 @@ class NodeAgent:
         """A proxied 2xx answer's service time; ``source`` is the client's address (its share of the figure is
         bounded: agent/serving/exec_times.py)."""
         self.telemetry.upstream(model, latency_ms)
-        self.exec_ms.record(node, model, latency_ms, source)
+        self.exec_ms.record(node, model, latency_ms, source, time.monotonic())
 
     def candidates(self, model: str | None = None) -> list[Candidate]:
         """Ready servers of ``model`` (or of every model) on this node and on alive peers."""

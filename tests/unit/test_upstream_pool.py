@@ -164,14 +164,14 @@ def test_the_head_waits_while_a_slow_upload_still_makes_progress() -> None:
             writer.close()
 
         async def slow() -> AsyncIterator[bytes]:
-            for _ in range(5):
+            for _ in range(8):
                 await asyncio.sleep(0.15)
                 yield b"x" * 1000
 
         server, url = await _serve(echo_size)
-        pool = UpstreamPool(timeout=0.3)
+        pool = UpstreamPool(timeout=0.6)
         try:
-            answer = await pool.request("POST", url + "/a", [], Replay(slow(), 1 << 20))  # 0.75 s in all
+            answer = await pool.request("POST", url + "/a", [], Replay(slow(), 1 << 20))  # 1.2 s in all
             got = await answer.read()
             await answer.aclose()
             return answer.status, got
@@ -179,7 +179,7 @@ def test_the_head_waits_while_a_slow_upload_still_makes_progress() -> None:
             await pool.aclose()
             server.close()
 
-    assert asyncio.run(main()) == (200, b"5000")
+    assert asyncio.run(main()) == (200, b"8000")
 
 
 def test_a_head_trickled_while_the_server_stops_reading_the_body_is_cut_off() -> None:
