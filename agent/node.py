@@ -647,9 +647,11 @@ class NodeAgent:
         cached[1].update(reported)
         return dict(cached[1])
 
-    def record_latency(self, node: str, model: str, latency_ms: float) -> None:
+    def record_latency(self, node: str, model: str, latency_ms: float, source: str = "") -> None:
+        """A proxied 2xx answer's service time; ``source`` is the client's address (its share of the figure is
+        bounded: agent/serving/exec_times.py)."""
         self.telemetry.upstream(model, latency_ms)
-        self.exec_ms.record(node, model, latency_ms)
+        self.exec_ms.record(node, model, latency_ms, source, time.monotonic())
 
     def candidates(self, model: str | None = None) -> list[Candidate]:
         """Ready servers of ``model`` (or of every model) on this node and on alive peers."""

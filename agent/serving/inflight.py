@@ -1,7 +1,9 @@
 """Requests this agent's proxy has in flight per upstream server: the live queue lengths of endpoint choice.
 
-The proxy calls ``begin(url, now)`` before it sends a request to a model server and ``end(token)`` once
-the answer is read (or the exchange failed); ``counts(now)`` is what ``decisions.spread_choice`` weighs
+The proxy calls ``begin(url, now)`` once a request's last byte went to a model server and ``end(token)`` when
+its response head came (or the exchange failed): the time the server holds it, ``service_ms`` (review14a F2: a
+client's stalled upload or slow read of the answer is the client's time, and was counted, steering other
+clients away from an idle server; ``routes.AtServer``). ``counts(now)`` is what ``decisions.spread_choice`` weighs
 against the plan's queue (an endpoint absent here is idle: live 0). It counts only this agent's own
 requests (other agents proxy to the same server too), which is what one agent can know without asking.
 

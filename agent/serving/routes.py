@@ -56,6 +56,8 @@ SAFE_PATH = "/:%"  # the HTTP layer decoded the path once: re-quote the rest (la
 SMALL_BODY = 64 * 1024  # an answer up to this size is sent in one piece; larger ones are streamed
 ERROR_TEXT_MAX = 2048  # of a non-JSON upstream error, kept as the message
 ERROR_READ_S = 5.0  # at most this long reading it (the pool's timeout is per read: a trickle could last hours)
+ANSWER_READ_S = 30.0  # a one-write answer (<= SMALL_BODY) is read whole within this from its head, else 504
+STREAM_PACE = (64 * 1024, 30.0)  # a streamed answer: each 64 KiB within 30 s of waiting on the server, else cut
 ALL_METHODS = ["GET", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"]
 PROTOCOLS = {"tfserving": "v1", "triton": "v2"}
 
@@ -105,10 +107,60 @@ def _forward_headers(request: Request, keep_authorization: bool = True) -> list[
 
 
 def _response_headers(headers: list[tuple[str, str]]) -> dict[str, str]:
-    """The model server's end-to-end headers, less its Date and Server (the agent's HTTP server sends its own)."""
+    """The model server's end-to-end headers, less its Date and Server (the agent's HTTP server sends its own).
+
+    A header the server sent more than once is one field, its values joined with ", " (RFC 9110 5.3), except
+    Set-Cookie, which cannot be joined: its first value is here, the others in ``_more_cookies``."""
     named = {v.strip().lower() for k, v in headers if k.lower() == "connection" for v in v.split(",")}
     drop = HOP_BY_HOP | UPSTREAM_OWN | named
-    return {k: v for k, v in headers if k.lower() not in drop}
+    out: dict[str, str] = {}
+    first: dict[str, str] = {}  # lower-case name -> the name as the server first spelled it
+    for k, v in headers:
+        low = k.lower()
+        if low in drop:
+            continue
+        if low not in first:
+            first[low] = k
+            out[k] = v
+        elif low != "set-cookie":
+            out[first[low]] += ", " + v
+    return out
+
+
+def _more_cookies(headers: list[tuple[str, str]]) -> list[str]:
+    """The model server's second and later Set-Cookie values (a dict holds one; they go on as separate fields)."""
+    return [v for k, v in headers if k.lower() == "set-cookie"][1:]
+
+
+class AnswerCut(AbortAnswer):
+    """A model server's answer that did not come whole: ``status`` is 504 when a deadline or the pace ended it,
+    502 when the server broke it off."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class AtServer:
+    """One request counted in the live queue (``InFlight``) while it is at its server: from its last byte sent to
+    its response head, the ``service_ms`` interval (review14a F2: counted from before the client's body was
+    streamed to after the client read the whole answer, three stalled uploads steered 199 of 200 endpoint
+    answers away from a server doing nothing)."""
+
+    def __init__(self, inflight: InFlight, url: str) -> None:
+        self.inflight = inflight
+        self.url = url
+        self.token: Token | None = None
+        self.counted = False
+
+    def sent(self) -> None:
+        if not self.counted:  # once, however many attempts the pool makes
+            self.counted = True
+            self.token = self.inflight.begin(self.url, time.monotonic())
+
+    def end(self) -> None:
+        self.inflight.end(self.token)
+        self.token = None
 
 
 def upstream_error_message(status: int, body: bytes) -> str:
@@ -272,46 +324,61 @@ class ServingRoutes:
         headers = _forward_headers(request, keep_authorization=not self.agent.settings.client_token)
         query = urlencode([(k, v) for k, v in request.query_params.multi_items() if k != "rtt"])
         refused_here = False  # a server of this node refused the connection (it is gone: being replaced)
+        timed_out: str | None = None  # the node whose server took the whole request and did not answer in time
+        source = request.client.host if request.client is not None else ""
         for choice in outcome.choices[:2]:  # the best, then one retry elsewhere if it is unreachable
             target = choice.candidate
             url = f"{target.url}{quote(upstream_path, safe=SAFE_PATH)}" + (f"?{query}" if query else "")
-            token = self.inflight.begin(target.url, time.monotonic())
+            at_server = AtServer(self.inflight, target.url)
             try:
-                upstream = await self.pool.request(request.method, url, headers, body)
+                upstream = await self.pool.request(request.method, url, headers, body, on_sent=at_server.sent)
             except BodyTooLarge as exc:
-                self.inflight.end(token)
                 return protocol_error(413, str(exc), "body_too_large")
             except Unsendable as exc:
-                self.inflight.end(token)
                 return protocol_error(400, str(exc), "bad_request")
             except UpstreamError as exc:
-                self.inflight.end(token)
                 log.warning("proxy to %s (%s) failed: %s", target.url, target.node, exc)
                 if exc.refused and target.node == self.agent.settings.node_id:
                     refused_here = self.agent.endpoint_refused(target.url) or refused_here
+                if exc.sent and exc.timed_out:  # it may still be running there: not sent again (review14a F6)
+                    timed_out = target.node
+                    break
                 if exc.sent and (body is None or not body.replayable):
                     break
                 continue
-            except BaseException:
-                self.inflight.end(token)
-                raise
+            finally:
+                at_server.end()
             if upstream.status >= 400 and not _is_json(upstream.headers):
-                return await self._wrap_error(upstream, model, target.node, client, reported, token)
-            stream = self._stream(upstream, model, target.node, client, reported, token)
+                return await self._wrap_error(upstream, model, target.node, client, reported)
             answer_headers = _response_headers(upstream.headers)
+            cookies = _more_cookies(upstream.headers)
             if not self.agent.settings.server_timing:
                 drop_timing(answer_headers)
             answer_headers[NODE_HEADER] = target.node  # which node served it (the load bench adds its RTT)
             length = next((v for k, v in answer_headers.items() if k.lower() == "content-length"), "")
             if length.isdigit() and int(length) <= SMALL_BODY:  # one write; no streaming machinery
+                deadline = asyncio.get_running_loop().time() + ANSWER_READ_S  # a trickled answer holds no handler
+                stream = self._stream(upstream, model, target.node, client, reported, source, deadline=deadline)
                 try:
                     answer = b"".join([chunk async for chunk in stream])
-                except AbortAnswer as exc:  # nothing sent yet: the client gets the failure, not half an answer
-                    return protocol_error(502, f"{exc}: the answer was not complete", "upstream_broke_off")
+                except AnswerCut as exc:  # nothing sent yet: the client gets the failure, not half an answer
+                    code = "upstream_timeout" if exc.status == 504 else "upstream_broke_off"
+                    return protocol_error(exc.status, f"{exc}: the answer was not complete", code)
                 if self.agent.settings.server_timing:
                     add_timing(answer_headers, began, upstream.service_ms, pauses.paused_ms() - gc_before)
-                return Response(answer, status_code=upstream.status, headers=answer_headers)
-            return StreamingResponse(stream, status_code=upstream.status, headers=answer_headers)
+                small = Response(answer, status_code=upstream.status, headers=answer_headers)
+                for cookie in cookies:
+                    small.headers.append("Set-Cookie", cookie)
+                return small
+            stream = self._stream(upstream, model, target.node, client, reported, source, pace=STREAM_PACE)
+            streamed = StreamingResponse(stream, status_code=upstream.status, headers=answer_headers)
+            for cookie in cookies:
+                streamed.headers.append("Set-Cookie", cookie)
+            return streamed
+        if timed_out is not None:
+            self._record(model, client, reported, timed_out, None, 504)
+            why = f"the model server on {timed_out} did not answer within {self.pool.timeout:g} s"
+            return protocol_error(504, f"{why}; not sent elsewhere, it may still be running there", "upstream_timeout")
         if refused_here and not self.agent.candidates(model):  # no other server to try: the client retries soon
             why = "its server on this node refused the connection and is being replaced"
             return self._outcome_error(Provisioning(self.agent.settings.node_id, why, retry_after_s=1),
@@ -320,35 +387,44 @@ class ServingRoutes:
         return protocol_error(502, f"no endpoint of {model} answered", "unreachable")
 
     async def _stream(
-        self, upstream: Any, model: str, node: str, client: str, reported: Any, token: Token | None
+        self,
+        upstream: Any,
+        model: str,
+        node: str,
+        client: str,
+        reported: Any,
+        source: str,
+        deadline: float | None = None,
+        pace: tuple[int, float] | None = None,
     ) -> AsyncIterator[bytes]:
-        """Stream the answer; record the server's own time (``service_ms``), never the client's pauses.
+        """Stream the answer; record the server's own time (``service_ms``), never the client's pauses, and only of
+        a 2xx answer as an execution time (review14a F3: a client's malformed predicts, rejected in well under a
+        millisecond, made a 50 ms node look 5 ms to every client).
 
-        A server that breaks off its answer raises ``AbortAnswer`` out of the stream (recorded as a 502): the
-        small-body path answers the client a 502; a streamed answer is aborted (``HttpLimits`` ends the
-        exchange without its last chunk or bytes and uvicorn closes the connection), so the client sees the cut
-        instead of a well-formed 200 with half a body."""
+        ``deadline`` bounds the whole answer, ``pace`` its rate (``UpstreamResponse.aiter_body``). A server that
+        breaks off its answer or misses either raises ``AnswerCut`` out of the stream (recorded as a 502, 504 for
+        a timeout): the small-body path answers the client that status; a streamed answer is aborted
+        (``HttpLimits`` ends the exchange without its last chunk or bytes and uvicorn closes the connection), so
+        the client sees the cut instead of a well-formed 200 with half a body."""
         complete, status = False, upstream.status
         try:
             try:
-                async for chunk in upstream.aiter_body():
+                async for chunk in upstream.aiter_body(deadline, pace):
                     yield chunk
             except UpstreamError as exc:
-                status = 502
+                status = 504 if exc.timed_out else 502
                 log.warning("model server %s broke off the response: %s", node, exc)
-                raise AbortAnswer(f"model server {node} broke off its answer") from None
+                what = "did not send its answer in time" if exc.timed_out else "broke off its answer"
+                raise AnswerCut(f"model server {node} {what}", status) from None
             complete = True
         finally:
-            self.inflight.end(token)
             await upstream.aclose()
             latency = upstream.service_ms if complete else None
-            if latency is not None and upstream.status < 500:
-                self.agent.record_latency(node, model, latency)
+            if latency is not None and 200 <= upstream.status < 300:
+                self.agent.record_latency(node, model, latency, source)
             self._record(model, client, reported, node, latency, status)
 
-    async def _wrap_error(
-        self, upstream: Any, model: str, node: str, client: str, reported: Any, token: Token | None
-    ) -> Response:
+    async def _wrap_error(self, upstream: Any, model: str, node: str, client: str, reported: Any) -> Response:
         """A model server's error not labelled JSON (a crash page, a proxy's HTML, Triton's text/plain JSON): the
         protocol's error body (upstream_error_message)."""
         text = b""
@@ -361,7 +437,6 @@ class ServingRoutes:
         except UpstreamError:
             pass
         finally:
-            self.inflight.end(token)
             await upstream.aclose()
         self._record(model, client, reported, node, None, upstream.status)
         return protocol_error(upstream.status, upstream_error_message(upstream.status, text), "upstream_error")

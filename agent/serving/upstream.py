@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
@@ -33,12 +33,14 @@ IDLE_TTL_S = 4.0
 
 class UpstreamError(Exception):
     """The exchange with the model server failed; ``sent`` tells whether any request byte went out, ``refused``
-    whether the connection was refused (nothing listens there: the server is gone, not slow)."""
+    whether the connection was refused (nothing listens there: the server is gone, not slow), ``timed_out``
+    whether a read's timeout or deadline ended it (the server may still be working on the request)."""
 
-    def __init__(self, message: str, sent: bool, refused: bool = False) -> None:
+    def __init__(self, message: str, sent: bool, refused: bool = False, timed_out: bool = False) -> None:
         super().__init__(message)
         self.sent = sent
         self.refused = refused
+        self.timed_out = timed_out
 
 
 class Unsendable(Exception):
@@ -65,6 +67,7 @@ class _Conn:
     h11: h11.Connection = field(default_factory=lambda: h11.Connection(h11.CLIENT))
     idle_since: float = 0.0
     reused: bool = False
+    answered: bool = False  # a response byte came in this exchange (the server did read the request)
 
     def usable(self) -> bool:
         return (
@@ -177,18 +180,34 @@ class UpstreamResponse:
         self._clean_send = clean_send
         self._body_sent = body_sent
 
-    async def aiter_body(self, deadline: float | None = None) -> AsyncIterator[bytes]:
+    async def aiter_body(
+        self, deadline: float | None = None, pace: tuple[int, float] | None = None
+    ) -> AsyncIterator[bytes]:
         """The body's chunks as they arrive; with ``deadline`` (the event loop's clock) no read waits past it, and
-        UpstreamError is raised once it has passed.
+        UpstreamError is raised once it has passed. With ``pace`` = (n bytes, s seconds) each n bytes must come
+        within s seconds of waiting on the server (the time the caller spends between chunks, e.g. on a slow
+        client, is not counted): a server trickling a long answer is cut off, however it paces its bytes.
 
         The deadline bounds each read's own timeout rather than cancelling the reader from outside: before Python
         3.12 ``asyncio.wait_for`` returns the inner read's data when a cancellation arrives as that read
         completes (the cancellation is lost), so a server trickling its body could outlive an outer timeout."""
         conn = self._conn
         assert conn is not None
+        loop = asyncio.get_running_loop()
+        window_got, window_used = 0, 0.0  # bytes and seconds of waiting in the current pace window
         while True:
-            event = await self._pool._next_event(conn, deadline)
+            limit = deadline
+            if pace is not None:
+                budget_ends = loop.time() + pace[1] - window_used
+                limit = budget_ends if limit is None else min(limit, budget_ends)
+            waited_from = loop.time()
+            event = await self._pool._next_event(conn, limit)
+            window_used += loop.time() - waited_from
             if isinstance(event, h11.Data):
+                if pace is not None:
+                    window_got += len(event.data)
+                    if window_got >= pace[0]:  # this window's bytes came in time: a new one starts
+                        window_got, window_used = window_got % pace[0], 0.0
                 yield bytes(event.data)
             elif isinstance(event, h11.EndOfMessage):
                 return
@@ -208,6 +227,7 @@ class UpstreamResponse:
             and c.our_state is h11.DONE
             and c.their_state is h11.DONE
             and (self.reuse_after_error_with_body or not (self.status >= 400 and self._body_sent))
+            and not c.trailing_data[0]  # bytes past the answer's end would be read as the next request's answer
         )
         self._pool._release(conn, clean)
 
@@ -260,7 +280,13 @@ class UpstreamPool:
                 conn.close()
         self._idle.clear()
 
-    async def _next_event(self, conn: _Conn, deadline: float | None = None) -> object:
+    async def _next_event(
+        self, conn: _Conn, deadline: float | None = None, deadline_of: Callable[[], float | None] | None = None
+    ) -> object:
+        """The next h11 event; each read waits at most the pool's timeout and never past the deadline (``deadline``,
+        or ``deadline_of()`` asked again before each read and when a read times out: a deadline that moves on while
+        a read waits, as the response head's does while the request is still being sent)."""
+        loop = asyncio.get_running_loop()
         while True:
             try:
                 event = conn.h11.next_event()
@@ -268,26 +294,42 @@ class UpstreamPool:
                 raise UpstreamError(f"bad HTTP from the model server: {exc}", sent=True) from None
             if event is not h11.NEED_DATA:
                 return event
-            timeout, why = self.timeout, f"no data in {self.timeout:g} s"
-            if deadline is not None and deadline - asyncio.get_running_loop().time() < timeout:
-                timeout, why = deadline - asyncio.get_running_loop().time(), "the read's deadline passed"
+            limit = deadline_of() if deadline_of is not None else deadline
+            timeout, why, by_deadline = self.timeout, f"no data in {self.timeout:g} s", False
+            if limit is not None and limit - loop.time() <= timeout:
+                timeout, why, by_deadline = limit - loop.time(), "the read's deadline passed", True
                 if timeout <= 0:
-                    raise UpstreamError(f"reading from the model server stopped: {why}", sent=True)
+                    raise UpstreamError(f"reading from the model server stopped: {why}", sent=True, timed_out=True)
             try:
                 data = await aio.wait_for(conn.reader.read(READ_SIZE), timeout)
             except asyncio.TimeoutError:
-                raise UpstreamError(f"reading from the model server stopped: {why}", sent=True) from None
+                moved = deadline_of() if deadline_of is not None and by_deadline else None
+                if moved is not None and moved > loop.time():
+                    continue  # the deadline moved on while this read waited: wait again, to the new one
+                stopped = f"reading from the model server stopped: {why}"
+                raise UpstreamError(stopped, sent=True, timed_out=True) from None
             except OSError as exc:
                 raise UpstreamError(f"reading from the model server failed: {exc}", sent=True) from None
+            if data:
+                conn.answered = True
             conn.h11.receive_data(data)
 
     async def request(
-        self, method: str, url: str, headers: list[tuple[str, str]], body: Replay | None
+        self,
+        method: str,
+        url: str,
+        headers: list[tuple[str, str]],
+        body: Replay | None,
+        on_sent: Callable[[], None] | None = None,
     ) -> UpstreamResponse:
         """Send one request (body streamed) and return once the response head arrived.
 
-        A stale pooled connection (closed by the server while idle) is retried once on a fresh one
-        when the body could be replayed; UpstreamError otherwise.
+        A stale pooled connection (closed by the server while idle) is retried once on a fresh one when the body
+        could be replayed and the server sent nothing back and did not time out: a connection reset or closed
+        without a response byte. A read that timed out after the request went out is never retried (review14a
+        F6: a model slower than the timeout ran up to four times); UpstreamError otherwise. ``on_sent`` is called
+        once the request's last byte is written (each attempt: the caller counts the request as in flight at the
+        server from then until this returns).
         """
         parts = urlsplit(url)
         key = (parts.hostname or "127.0.0.1", parts.port or 80)
@@ -296,10 +338,11 @@ class UpstreamPool:
         for attempt in (0, 1):
             conn = await self._acquire(key, fresh=attempt > 0)
             try:
-                return await self._exchange(conn, method, target, host, headers, body)
+                return await self._exchange(conn, method, target, host, headers, body, on_sent)
             except UpstreamError as exc:
                 conn.close()
-                if attempt == 0 and conn.reused and (body is None or body.replayable):
+                stale = conn.reused and not exc.timed_out and not conn.answered
+                if attempt == 0 and stale and (body is None or body.replayable):
                     log.debug("pooled connection to %s:%d was stale (%s); retrying on a fresh one", *key, exc)
                     continue
                 raise
@@ -309,7 +352,14 @@ class UpstreamPool:
         raise AssertionError("unreachable")
 
     async def _exchange(
-        self, conn: _Conn, method: str, target: str, host: str, headers: list[tuple[str, str]], body: Replay | None
+        self,
+        conn: _Conn,
+        method: str,
+        target: str,
+        host: str,
+        headers: list[tuple[str, str]],
+        body: Replay | None,
+        on_sent: Callable[[], None] | None = None,
     ) -> UpstreamResponse:
         # latin-1, as the HTTP layer decoded them: a header byte past ASCII is passed on, not a failed send
         out = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in [("Host", host), *headers]]
@@ -317,34 +367,54 @@ class UpstreamPool:
             out.append((b"Transfer-Encoding", b"chunked"))
         sent_any = False
         sent_at: float | None = None
+        loop = asyncio.get_running_loop()
+        # The response head's deadline: the pool's timeout from the last request byte written; while the request
+        # is still going out, from the last progress of the send (a server that stops reading the body while it
+        # trickles a head is cut off too). Each read's own timeout stays the pool's (review14a F1: a head trickled
+        # a byte at a time under it held the handler for days).
+        progress = [loop.time()]
+
+        def head_deadline() -> float:
+            return progress[0] + self.timeout
+
+        def last_byte_out() -> None:
+            nonlocal sent_at
+            sent_at = time.perf_counter()
+            if on_sent is not None:
+                on_sent()
 
         async def send() -> None:
-            nonlocal sent_any, sent_at
+            nonlocal sent_any
             head = conn.h11.send(h11.Request(method=method, target=target, headers=out))
             if body is None or body.whole:  # one write, one segment: the server wakes once
                 rest = [conn.h11.send(h11.Data(data=c)) for c in (body.kept() if body else []) if c]
                 whole = b"".join([head, *rest, conn.h11.send(h11.EndOfMessage())])
-                sent_at = time.perf_counter()  # before the write: the server cannot start before it (nested timings)
+                last_byte_out()  # before the write: the server cannot start before it (nested timings)
                 conn.writer.write(whole)
                 await conn.writer.drain()
                 sent_any = True
+                progress[0] = loop.time()
                 return
             conn.writer.write(head)
             await conn.writer.drain()
             sent_any = True
+            progress[0] = loop.time()
             if body is not None:
                 async for chunk in body.chunks():
                     if chunk:
                         conn.writer.write(conn.h11.send(h11.Data(data=chunk)))
                         await conn.writer.drain()
+                        progress[0] = loop.time()
             end = conn.h11.send(h11.EndOfMessage())
-            sent_at = time.perf_counter()  # the last request byte leaves now
+            last_byte_out()  # the last request byte leaves now
             conn.writer.write(end)
             await conn.writer.drain()
+            progress[0] = loop.time()
 
+        conn.answered = False
         sender = asyncio.create_task(send())
         try:
-            head = asyncio.create_task(self._response_head(conn))
+            head = asyncio.create_task(self._response_head(conn, head_deadline))
             await asyncio.wait({sender, head}, return_when=asyncio.FIRST_COMPLETED)
             failed = sender.exception() if sender.done() else None
             if isinstance(failed, (BodyTooLarge, BodyRefused)):  # the client's fault: no upstream failure
@@ -374,9 +444,9 @@ class UpstreamPool:
             sender.cancel()
             raise
 
-    async def _response_head(self, conn: _Conn) -> h11.Response:
+    async def _response_head(self, conn: _Conn, deadline_of: Callable[[], float | None]) -> h11.Response:
         while True:
-            event = await self._next_event(conn)
+            event = await self._next_event(conn, deadline_of=deadline_of)
             if isinstance(event, h11.Response):
                 return event
             if isinstance(event, h11.ConnectionClosed):

@@ -1,0 +1,394 @@
+"""The proxy's deadlines, its live-queue count, its execution-time figures and its retries (review14a F1, F1b, F2,
+F3, F6) over real loopback HTTP: a real agent (uvicorn with the agent's own config, in this process, mDNS off)
+in front of scripted model servers. Timeouts are scaled down through the module constants and the pool's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import socket
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import h11
+import httpx
+import pytest
+import uvicorn
+
+from agent.api import create_app
+from agent.cli import server_config
+from agent.node import NodeAgent
+from agent.runtime.base import Instance
+from agent.serving import routes
+from agent.settings import Settings
+from tests.service.conftest import free_port
+from tests.waiting import wait_for
+
+MODEL = "half_plus_two"
+PROBE = json.dumps({"model_version_status": [{"version": "1", "state": "AVAILABLE"}]}).encode()
+OK = b'{"predictions": [2.5]}'
+TIMEOUT = 1.0  # the pool's per-read timeout here (30 s in the agent)
+GAP = 0.1  # between trickled bytes: far under TIMEOUT, so no single read times out
+
+Answer = Callable[[socket.socket, bytes], None]
+
+
+def ok(conn: socket.socket, _body: bytes) -> None:
+    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(OK) + OK)
+
+
+class Scripted:
+    """A keep-alive model server: GETs (the readiness probe) answered whole; every other request is handed to
+    ``answer(conn, body)`` and counted (``requests``), then the next request on the connection is read."""
+
+    def __init__(self, answer: Answer) -> None:
+        self.answer = answer
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.requests = 0
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._conn, args=(conn,), daemon=True).start()
+
+    def _conn(self, conn: socket.socket) -> None:
+        with conn, contextlib.suppress(OSError, h11.RemoteProtocolError):
+            parser = h11.Connection(h11.SERVER)
+            method, body = b"", b""
+            while True:
+                event = parser.next_event()
+                if event is h11.NEED_DATA:
+                    data = conn.recv(65536)
+                    if not data:
+                        return
+                    parser.receive_data(data)
+                elif isinstance(event, h11.Request):
+                    method, body = event.method, b""
+                elif isinstance(event, h11.Data):
+                    body += event.data
+                elif isinstance(event, h11.EndOfMessage):
+                    if method == b"GET":
+                        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n")
+                        conn.sendall(b"Content-Length: %d\r\n\r\n" % len(PROBE) + PROBE)
+                    else:
+                        self.requests += 1
+                        self.answer(conn, body)
+                    parser = h11.Connection(h11.SERVER)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class Listed:
+    """A runtime whose servers are already running at ``urls`` (as adopted containers are)."""
+
+    kind = "static"
+
+    def __init__(self, urls: list[str]) -> None:
+        self.urls = urls
+
+    async def start(self, spec: Any, term: int) -> Instance:
+        raise AssertionError("the test's servers are already running")
+
+    async def stop(self, instance_id: str) -> None:
+        return None
+
+    async def list(self) -> list[Instance]:
+        return [Instance(f"up-{i}", MODEL, u, True, 1, time.time()) for i, u in enumerate(self.urls)]
+
+    async def close(self) -> None:
+        return None
+
+
+@contextlib.contextmanager
+def agent_before(
+    answers: list[Answer], tmp_path: Path, timeout: float = TIMEOUT, **extra: Any
+) -> Iterator[tuple[str, NodeAgent, list[Scripted]]]:
+    """A real agent proxying ``MODEL`` to one scripted server per answer; yields (base URL, agent, servers)."""
+    ups = [Scripted(a) for a in answers]
+    port = free_port()
+    settings = Settings(node_id="n1", host="127.0.0.1", port=port, data_dir=str(tmp_path), discovery=False, **extra)
+    agent = NodeAgent(settings, runtime=Listed([u.url for u in ups]))
+    agent.set_desired(1, None, {MODEL: len(ups)})
+    app = create_app(agent)
+    app.state.serving.pool.timeout = timeout
+    server = uvicorn.Server(server_config(app, settings, "warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    wait_for(lambda: server.started, timeout=20)
+    base = f"http://127.0.0.1:{port}"
+    wait_for(lambda: len(agent.candidates(MODEL)) == len(ups), timeout=20)
+    try:
+        yield base, agent, ups
+    finally:
+        server.should_exit = True
+        thread.join(15)
+        for u in ups:
+            u.close()
+
+
+def predict(base: str, body: dict[str, Any] | None = None, timeout: float = 10.0) -> tuple[int | str, float]:
+    """(status, or "no answer" if the client gave up, seconds taken)."""
+    began = time.monotonic()
+    try:
+        r = httpx.post(f"{base}/v1/models/{MODEL}:predict", json=body or {"instances": [1.0]}, timeout=timeout)
+        return r.status_code, time.monotonic() - began
+    except httpx.HTTPError:
+        return "no answer", time.monotonic() - began
+
+
+# -- F1: trickled answers and heads end in bounded time ---------------------------------------------------------
+
+
+def trickle(head: bytes, body_len: int, piece: bytes = b" ") -> Answer:
+    def answer(conn: socket.socket, _body: bytes) -> None:
+        conn.sendall(head + b"Content-Length: %d\r\n\r\n" % body_len)
+        for _ in range(body_len // len(piece)):
+            conn.sendall(piece)
+            time.sleep(GAP)
+
+    return answer
+
+
+def trickled_head(conn: socket.socket, _body: bytes) -> None:
+    conn.sendall(b"HTTP/1.1 200 OK\r\n")
+    for _ in range(10_000):
+        conn.sendall(b"X")
+        time.sleep(GAP)
+
+
+TRICKLES = {
+    "500 JSON, one-write": trickle(b"HTTP/1.1 500 Oops\r\nContent-Type: application/json\r\n", 400),
+    "200 JSON, one-write": trickle(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n", 400),
+    "head trickled": trickled_head,
+    "200 streamed": trickle(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n", 1_000_000, b"x" * 100),
+}
+
+
+@pytest.mark.parametrize("case", list(TRICKLES))
+def test_a_trickled_answer_or_head_ends_in_bounded_time(
+    case: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """review14a F1: each read came well within the pool's timeout, so nothing ended these exchanges (400 bytes at
+    one per 29 s: 3 hours; a head up to h11's 16 KiB: 5.5 days). Now: the head within the pool's timeout of the
+    last request byte, a one-write answer within ANSWER_READ_S (504), a streamed one at STREAM_PACE (cut)."""
+    monkeypatch.setattr(routes, "ANSWER_READ_S", 1.0)
+    monkeypatch.setattr(routes, "STREAM_PACE", (4096, 1.0))  # 1,000 B/s here: 4 KiB take 4 s of waiting
+    with agent_before([TRICKLES[case]], tmp_path) as (base, agent, _ups):
+        if case == "200 streamed":
+            began, got, cut = time.monotonic(), b"", False
+            url = f"{base}/v1/models/{MODEL}:predict"
+            try:
+                with httpx.stream("POST", url, json={"instances": [1]}, timeout=15) as r:
+                    assert r.status_code == 200
+                    for chunk in r.iter_raw():
+                        got += chunk
+                        if time.monotonic() - began > 10:
+                            break  # still coming: the old code's 1 MB at 1,000 B/s would take 17 minutes
+            except httpx.HTTPError:
+                cut = True  # the answer is aborted: the client sees a cut, never a short complete answer
+            took = time.monotonic() - began
+            assert cut and len(got) < 4096 and took < 8, (cut, len(got), took)
+        else:
+            status, took = predict(base, timeout=15)
+            assert status == 504 and took < 6, (status, took)
+        wait_for(lambda: agent.store.requests_since(0, 10)[0], timeout=10)
+        records, _ = agent.store.requests_since(0, 10)
+        assert [(r.status, r.latency_ms) for r in records] == [(504, None)]  # recorded as a timeout, no latency
+
+
+def test_another_client_is_answered_while_a_trickling_server_holds_the_agent_at_its_cap(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """review14a F1b: handlers stuck on a trickling server kept their uvicorn task and connection after their
+    clients gave up (uvicorn stops reading once the body is in: the FIN is not seen); at the concurrency cap every
+    client of the agent, any model or /health, got 503 for as long as the trickle went on (40 s here)."""
+    monkeypatch.setattr(routes, "ANSWER_READ_S", 1.0)
+    answer = trickle(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n", 400)
+    with agent_before([answer], tmp_path, max_concurrency=4) as (base, _agent, ups):
+        body = b'{"instances": [1.0]}'
+        head = f"POST /v1/models/{MODEL}:predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        wire = (head + f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+        held = []
+        for _ in range(3):  # the cap's worth of predicts (uvicorn counts the newcomer's own connection in the cap)
+            s = socket.create_connection(("127.0.0.1", int(base.rsplit(":", 1)[1])))
+            s.sendall(wire)
+            held.append(s)
+        wait_for(lambda: ups[0].requests >= 3, timeout=10)  # the warm-up's may count too
+        for s in held:
+            s.close()
+        began, seen = time.monotonic(), []
+        while time.monotonic() - began < 8:
+            try:
+                seen.append(httpx.get(f"{base}/health", timeout=5).status_code)
+            except httpx.HTTPError:
+                seen.append(0)
+            if seen[-1] == 200:
+                break
+            time.sleep(0.2)
+        assert seen[-1] == 200 and time.monotonic() - began < 5, seen
+
+
+# -- F2: the live queue counts a request only while its server holds it ------------------------------------------
+
+
+def in_flight(base: str) -> dict[str, int]:
+    e = httpx.get(f"{base}/services/{MODEL}", headers={"X-Peerserve-Client": "spy"}, timeout=10).json()
+    return {x["url"]: x["in_flight"] for x in [e, *e["alternatives"]]}
+
+
+def tally(base: str, n: int = 200) -> Counter[str]:
+    seen: Counter[str] = Counter()
+    with httpx.Client(timeout=10) as c:
+        for _ in range(n):
+            seen[c.get(f"{base}/services/{MODEL}", headers={"X-Peerserve-Client": "victim"}).json()["url"]] += 1
+    return seen
+
+
+def plan_even_split(agent: NodeAgent, queue: float = 1.0) -> None:
+    """The plan a leader publishes: this site's traffic all on n1, split over its two servers, ``queue`` planned."""
+    agent.last_placement = {
+        "spread": [{"model": MODEL, "rtt_ms": {"n1": 1.0}, "shares": {"n1": 1.0}}],
+        "planned_queue": {"n1": {MODEL: queue}},
+    }
+
+
+def test_stalled_uploads_and_slow_readers_count_nowhere_in_the_live_queue(tmp_path: Path) -> None:
+    """review14a F2: a predict's count began before its body was streamed and ended after its client read the whole
+    answer; 3 stalled uploads (70 KiB of 1 MB, then nothing) on one server steered 199 of 200 endpoint answers to
+    the other. The server held none of them."""
+    big = b"x" * 1_000_000
+
+    def large(conn: socket.socket, _body: bytes) -> None:
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(big))
+        conn.sendall(big)
+
+    with agent_before([large, large], tmp_path) as (base, agent, ups):
+        plan_even_split(agent)
+        port = int(base.rsplit(":", 1)[1])
+        head = (
+            f"POST /v1/models/{MODEL}:predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            "X-Peerserve-RTT: n1=0\r\nContent-Length: 1000000\r\n\r\n"
+        ).encode()
+        stalled = [socket.create_connection(("127.0.0.1", port)) for _ in range(3)]
+        for s in stalled:
+            s.sendall(head + b" " * 70_000)  # past the 64 KiB prefetch: streamed to a server, then nothing
+        # and a client that reads the head of a 1 MB answer, then stops reading
+        reader = socket.create_connection(("127.0.0.1", port))
+        reader.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        reader.sendall(
+            f"POST /v1/models/{MODEL}:predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 2\r\n\r\n{{}}".encode()
+        )
+        assert reader.recv(64).startswith(b"HTTP/1.1 200")
+        try:
+            time.sleep(0.5)
+            assert sum(in_flight(base).values()) == 0  # the old count: 4
+            split = tally(base)
+            assert all(0.35 < split[u.url] / 200 < 0.65 for u in ups), split
+        finally:
+            for s in [*stalled, reader]:
+                s.close()
+
+
+def test_a_request_its_server_holds_is_counted_and_drawn_away_from(tmp_path: Path) -> None:
+    """The live queue still does its job: a predict its server has not answered counts on that server from its
+    last byte sent to its response head, and the p2c rule draws away from it (issue 16)."""
+    release = threading.Event()
+
+    def held(conn: socket.socket, body: bytes) -> None:
+        if b"hold" in body:
+            release.wait(30)
+        ok(conn, body)
+
+    with agent_before([held, held], tmp_path, timeout=30.0) as (base, agent, _ups):
+        plan_even_split(agent, queue=0.0)
+        out: list[int | str] = []
+        t = threading.Thread(target=lambda: out.append(predict(base, {"instances": [1.0], "hold": 1})[0]))
+        t.start()
+        try:
+            wait_for(lambda: sum(in_flight(base).values()) == 1, timeout=5)
+            busy = next(u for u, n in in_flight(base).items() if n == 1)
+            share = tally(base, 400)[busy] / 400
+            # p2c: scores 2 and 1, draw weights 0.5 / 2 ** 2 and 0.5 / 1: the busy server only when both draws
+            # fall on it, 0.2 ** 2 = 4% of the time (sd 0.01)
+            assert 0.005 < share < 0.1, share
+        finally:
+            release.set()
+            t.join(15)
+        assert out == [200] and sum(in_flight(base).values()) == 0
+
+
+# -- F3: only 2xx answers are execution times ----------------------------------------------------------------------
+
+
+def test_rejected_predicts_do_not_make_a_slow_server_look_fast(tmp_path: Path) -> None:
+    """review14a F3: 4xx answers were recorded as execution times: after 16 honest 50 ms predicts, 9 malformed
+    ones (rejected at once) made the node's exec_ms 5.66 for every client of the agent."""
+
+    def answer(conn: socket.socket, body: bytes) -> None:
+        if b"instances" not in body:
+            out, status = b'{"error": "Missing \'instances\' key"}', b"400 Bad Request"
+        else:
+            time.sleep(0.05)
+            out, status = OK, b"200 OK"
+        head = b"HTTP/1.1 %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % (status, len(out))
+        conn.sendall(head + out)
+
+    with agent_before([answer], tmp_path) as (base, agent, _ups):
+        with httpx.Client(timeout=10) as c:
+            for _ in range(16):
+                assert c.post(f"{base}/v1/models/{MODEL}:predict", json={"instances": [1.0]}).status_code == 200
+            honest = agent.exec_ms.get(("n1", MODEL))
+            assert honest is not None and honest >= 45
+            for _ in range(16):
+                assert c.post(f"{base}/v1/models/{MODEL}:predict", json={"x": 1}).status_code == 400
+        assert agent.exec_ms.get(("n1", MODEL)) == honest
+
+
+# -- F6: a request sent whole and timed out is not run again ------------------------------------------------------
+
+
+def test_a_predict_slower_than_the_timeout_runs_once_and_answers_504(tmp_path: Path) -> None:
+    """review14a F6: a read timeout after the whole request went out was retried on a fresh connection and then
+    on the next endpoint: one heavy predict ran 3 times (up to 4), 502 after 3 x the timeout."""
+    runs: list[int] = []
+
+    def answer(conn: socket.socket, body: bytes) -> None:
+        if b"slow" in body:
+            runs.append(1)
+            time.sleep(1.5 * TIMEOUT)
+        ok(conn, body)
+
+    with agent_before([answer, answer], tmp_path) as (base, _agent, _ups):
+        with httpx.Client(timeout=10) as c:
+            for _ in range(6):  # pooled connections to both servers: the retry on a fresh one had its chance
+                assert c.post(f"{base}/v1/models/{MODEL}:predict", json={"instances": [1.0]}).status_code == 200
+            began = time.monotonic()
+            r = c.post(f"{base}/v1/models/{MODEL}:predict", json={"instances": [1.0], "slow": 1})
+            took = time.monotonic() - began
+        time.sleep(2 * TIMEOUT)  # a retry, had there been one, would have reached a server by now
+        assert (r.status_code, r.headers[routes.ERROR_HEADER]) == (504, "upstream_timeout")
+        assert len(runs) == 1 and took < 2 * TIMEOUT + 1, (runs, took)
+
+
+def test_repeated_set_cookie_headers_reach_the_client_each(tmp_path: Path) -> None:
+    """A dict of the server's headers kept one Set-Cookie of two; other repeated headers are joined (RFC 9110 5.3)."""
+
+    def answer(conn: socket.socket, _body: bytes) -> None:
+        head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nSet-Cookie: a=1\r\nSet-Cookie: b=2\r\n"
+        conn.sendall(head + b"X-Tag: one\r\nX-Tag: two\r\nContent-Length: %d\r\n\r\n" % len(OK) + OK)
+
+    with agent_before([answer], tmp_path) as (base, _agent, _ups):
+        r = httpx.post(f"{base}/v1/models/{MODEL}:predict", json={"instances": [1.0]}, timeout=10)
+        assert r.headers.get_list("set-cookie") == ["a=1", "b=2"] and r.headers["x-tag"] == "one, two"
