@@ -270,7 +270,7 @@ def memory_fits(instances: Mapping[str, int], mem_need: Mapping[str, float], mem
     """Whether a node accepts ``instances`` for memory: one server in all, or sum(count x mem_mb) within its total.
 
     The one rule the node applies (``memory_refusal``) and the leader's make-before-break plans by
-    (placement.make_before_break), so a leader never sends a set the node would refuse for what it adds."""
+    (handover.make_before_break), so a leader never sends a set the node would refuse for what it adds."""
     counts = {m: c for m, c in instances.items() if c > 0}
     if sum(counts.values()) <= 1:
         return True

@@ -26,8 +26,9 @@ from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import Any
 
+from agent.handover import make_before_break
 from agent.hysteresis import Births, HoldConfig, Verdict, judge
-from agent.placement import NodeReport, RequestRecord, desired_sets, make_before_break
+from agent.placement import NodeReport, RequestRecord, desired_sets
 from agent.request_window import MAX_WINDOW_BYTES
 from agent.window_sync import JournaledWindow, WindowConfig, WindowDelta
 

@@ -37,7 +37,8 @@ from itertools import compress, count, repeat
 from operator import add, mul, neg
 
 from agent.packed_records import MAX_ROW_BYTES, RecordView, pack_record, row_client, row_ts
-from agent.placement import RequestRecord, fair_cap
+from agent.placement import RequestRecord
+from agent.placement_sites import fair_cap
 
 MAX_WINDOW_BYTES = 16 * 1024 * 1024  # the default budget: a full window of 50,000 lab records (ten nodes) is ~11 MiB
 ROW_OVERHEAD = 48  # what holding a row costs beyond its length: the bytes object's header (33) and its list slot

@@ -1,5 +1,5 @@
 """A real agent's leadership hands the round machine the catalogue's sizes its plan was made with, so
-make-before-break keeps every node's set within the node's memory (agent/placement.make_before_break)."""
+make-before-break keeps every node's set within the node's memory (agent/handover.make_before_break)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Make-before-break within each node's memory (placement.make_before_break with catalogue sizes and totals).
+"""Make-before-break within each node's memory (handover.make_before_break with catalogue sizes and totals).
 
 The node refuses a desired set whose servers' mem_mb pass its total (decisions.memory_refusal); the leader adds
 held servers to the plan's sets while a moved model's replacements load. These check that a held server never
@@ -16,8 +16,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from agent.decisions import memory_fits, memory_refusal
+from agent.handover import make_before_break
 from agent.leader_round import Acknowledged, Command, Elected, Gathered, LeaderRound, RoundConfig, Solved, Tick
-from agent.placement import NodeReport, make_before_break
+from agent.placement import NodeReport
 
 Sets = dict[str, dict[str, int]]
 

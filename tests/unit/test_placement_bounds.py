@@ -5,7 +5,8 @@ from __future__ import annotations
 import random
 
 from agent.catalogue import builtin_catalogue_text, parse_catalogue
-from agent.placement import MAX_SITES, MAX_THESIS_STREAMS, NodeReport, RequestRecord, build_snapshot, group_sites
+from agent.placement import MAX_THESIS_STREAMS, NodeReport, RequestRecord, build_snapshot
+from agent.placement_sites import MAX_SITES, group_sites
 from solver import Snapshot
 
 

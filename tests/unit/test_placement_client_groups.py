@@ -12,17 +12,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent import placement
+from agent import placement_sites
 from agent.catalogue import builtin_catalogue_text, parse_catalogue
-from agent.placement import (
-    MEDIAN_LOGGERS,
-    SAME_CLIENT_RTT_MS,
-    NodeReport,
-    RequestRecord,
-    StreamKey,
-    build_snapshot,
-    client_groups,
-)
+from agent.placement import MEDIAN_LOGGERS, NodeReport, RequestRecord, StreamKey, build_snapshot, client_groups
+from agent.placement_sites import SAME_CLIENT_RTT_MS
 from solver import Snapshot
 from solver.api import solve
 
@@ -151,13 +144,13 @@ def test_groups_per_client_are_bounded_by_its_loggers_and_comparisons_by_the_see
         (f"n{i:04}", "p", "k"): (rng.uniform(0, 60_000), 10.0 * i) for i in range(1000)
     }
     compared: list[int] = []
-    real = placement._agree
+    real = placement_sites._agree
 
     def counted(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
         compared.append(1)
         return real(a, b)
 
-    monkeypatch.setattr(placement, "_agree", counted)
+    monkeypatch.setattr(placement_sites, "_agree", counted)
     t = time.process_time()
     groups = client_groups(rows, dict.fromkeys(rows, 1))
     assert time.process_time() - t < 2.0
@@ -182,15 +175,15 @@ def test_ten_agents_logging_every_client_bucket_each_client_once_per_width() -> 
             one.append(r)
             ten.append(RequestRecord(r.ts, r.model, r.client, r.rtt_ms, None, None, 200, ids[k]))
     computed: list[int] = []
-    real = placement._SiteKeys.at
+    real = placement_sites._SiteKeys.at
 
-    def counting(self: placement._SiteKeys, held: list[int], exponent: int) -> list[tuple[Any, ...] | None]:
+    def counting(self: placement_sites._SiteKeys, held: list[int], exponent: int) -> list[tuple[Any, ...] | None]:
         out = real(self, held, exponent)
         computed.append(sum(key is not None for key in out))
         return out
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(placement._SiteKeys, "at", counting)
+        mp.setattr(placement_sites._SiteKeys, "at", counting)
         s_one = build_snapshot(reports, one, CAT, NOW, "queue", WINDOW_S)
         computed_one, computed[:] = max(computed), []
         s_ten = build_snapshot(reports, ten, CAT, NOW, "queue", WINDOW_S)
@@ -204,7 +197,7 @@ def test_ten_agents_logging_every_client_bucket_each_client_once_per_width() -> 
 def test_without_the_agreement_a_busier_member_would_rewrite_the_honest_row(monkeypatch: pytest.MonkeyPatch) -> None:
     """The check above catches a merge that ignores agreement: every row taken as the client's (the agreement
     infinite), m's 600 made-up rows are the busiest and p0's request carries m's RTTs."""
-    monkeypatch.setattr(placement, "SAME_CLIENT_RTT_MS", float("inf"))
+    monkeypatch.setattr(placement_sites, "SAME_CLIENT_RTT_MS", float("inf"))
     lied = thesis(clients(1) + _lies(FAR, 600))
     p0 = [r["rtt_ms"] for r in lied["requests"] if r["client"] == "p0@10.0.0.0" and r["model"] == MODELS[0]]
     assert p0 == [FAR]
@@ -223,7 +216,7 @@ def _reference_groups(
         for k in keys:
             home = [
                 g
-                for g in groups[: placement.MAX_GROUP_SEEDS]
+                for g in groups[: placement_sites.MAX_GROUP_SEEDS]
                 if all(abs(a - b) <= SAME_CLIENT_RTT_MS for a, b in zip(rows[g[0]], rows[k], strict=True))
             ]
             if home:

@@ -15,19 +15,17 @@ from hypothesis import strategies as st
 
 from agent.catalogue import builtin_catalogue_text, parse_catalogue
 from agent.placement import (
-    MAX_SITES,
     MAX_STREAMS,
     MAX_THESIS_STREAMS,
     MIN_LATENCY_SAMPLES,
-    SITE_RTT_MS,
     NodeReport,
     RequestRecord,
     StreamKey,
     build_snapshot,
     fair_streams,
-    group_logged_sites,
     latency_figures,
 )
+from agent.placement_sites import MAX_SITES, SITE_RTT_MS, group_logged_sites
 from solver import Snapshot
 from solver.api import solve
 

@@ -9,6 +9,7 @@ import tracemalloc
 from typing import Any
 
 from agent.catalogue import builtin_catalogue_text, parse_catalogue
+from agent.handover import make_before_break
 from agent.placement import (
     MIN_LATENCY_SAMPLES,
     USAGE_KEYS,
@@ -16,7 +17,6 @@ from agent.placement import (
     RequestRecord,
     build_snapshot,
     desired_sets,
-    make_before_break,
     parse_node_report,
 )
 from peerserve import wire
