@@ -300,7 +300,10 @@ class ServingRoutes:
 
     # -- the proxy -------------------------------------------------------------------------------------
     async def proxy(self, model: str, protocol: str, upstream_path: str, request: Request) -> Response:
-        """Resolve ``model`` and stream the request to the best endpoint (once more to the next if unreachable)."""
+        """Resolve ``model`` and stream the request to the best endpoint, once more to the next if the first could not
+        be reached or failed before the request's last byte went out. A request sent whole is never sent again: a
+        timeout answers 504, a server that then closed or answered malformed HTTP 502 (review14d S1: an input that
+        kills its server, sent on, took down the next one too)."""
         began, gc_before = time.perf_counter(), pauses.paused_ms()
         spec = self.agent.catalogue.current.get(model)
         if spec is not None and spec.server != protocol:
@@ -325,6 +328,7 @@ class ServingRoutes:
         query = urlencode([(k, v) for k, v in request.query_params.multi_items() if k != "rtt"])
         refused_here = False  # a server of this node refused the connection (it is gone: being replaced)
         timed_out: str | None = None  # the node whose server took the whole request and did not answer in time
+        broke_off: tuple[str, str] | None = None  # (node, why): its server took the whole request, then failed
         source = request.client.host if request.client is not None else ""
         for choice in outcome.choices[:2]:  # the best, then one retry elsewhere if it is unreachable
             target = choice.candidate
@@ -342,6 +346,9 @@ class ServingRoutes:
                     refused_here = self.agent.endpoint_refused(target.url) or refused_here
                 if exc.sent and exc.timed_out:  # it may still be running there: not sent again (review14a F6)
                     timed_out = target.node
+                    break
+                if at_server.counted:  # the server had it whole: an input that killed it kills no other (S1)
+                    broke_off = (target.node, str(exc))
                     break
                 if exc.sent and (body is None or not body.replayable):
                     break
@@ -379,6 +386,10 @@ class ServingRoutes:
             self._record(model, client, reported, timed_out, None, 504)
             why = f"the model server on {timed_out} did not answer within {self.pool.timeout:g} s"
             return protocol_error(504, f"{why}; not sent elsewhere, it may still be running there", "upstream_timeout")
+        if broke_off is not None:
+            self._record(model, client, reported, broke_off[0], None, 502)
+            why = f"the model server on {broke_off[0]} took the whole request and did not answer ({broke_off[1]})"
+            return protocol_error(502, f"{why}; not sent elsewhere", "upstream_broke_off")
         if refused_here and not self.agent.candidates(model):  # no other server to try: the client retries soon
             why = "its server on this node refused the connection and is being replaced"
             return self._outcome_error(Provisioning(self.agent.settings.node_id, why, retry_after_s=1),

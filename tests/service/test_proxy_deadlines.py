@@ -392,3 +392,32 @@ def test_repeated_set_cookie_headers_reach_the_client_each(tmp_path: Path) -> No
     with agent_before([answer], tmp_path) as (base, _agent, _ups):
         r = httpx.post(f"{base}/v1/models/{MODEL}:predict", json={"instances": [1.0]}, timeout=10)
         assert r.headers.get_list("set-cookie") == ["a=1", "b=2"] and r.headers["x-tag"] == "one, two"
+
+
+# -- review14d S1: a request its server received whole is not sent again -----------------------------------------
+
+
+def test_an_input_that_kills_its_server_reaches_one_server_once(tmp_path: Path) -> None:
+    """review14d S1: the server read the predict whole and closed without answering (it died of the input); the
+    pool's stale-connection retry sent it to that server again, then the proxy to the next: received [2, 1] times,
+    two servers down for one request. Now once, and the client gets a 502 that says so."""
+    deadly: list[int] = []
+
+    def answer(conn: socket.socket, body: bytes) -> None:
+        if b"deadly" in body:
+            deadly.append(conn.getsockname()[1])
+            conn.close()  # the model server dies on this input: no answer
+            return
+        ok(conn, body)
+
+    with agent_before([answer, answer], tmp_path) as (base, agent, _ups):
+        with httpx.Client(timeout=10) as c:
+            for _ in range(8):  # pooled connections to both servers: the stale-connection retry had its chance
+                assert c.post(f"{base}/v1/models/{MODEL}:predict", json={"instances": [1.0]}).status_code == 200
+            r = c.post(f"{base}/v1/models/{MODEL}:predict", json={"instances": [1.0], "deadly": 1})
+        time.sleep(2 * TIMEOUT)  # a re-send, had there been one, would have reached a server by now
+        assert (r.status_code, r.headers[routes.ERROR_HEADER]) == (502, "upstream_broke_off"), r.text
+        assert len(deadly) == 1, deadly
+        wait_for(lambda: len(agent.store.requests_since(0, 100)[0]) == 9, timeout=10)
+        records, _ = agent.store.requests_since(0, 100)
+        assert (records[-1].status, records[-1].node) == (502, "n1")
