@@ -58,6 +58,7 @@ ERROR_TEXT_MAX = 2048  # of a non-JSON upstream error, kept as the message
 ERROR_READ_S = 5.0  # at most this long reading it (the pool's timeout is per read: a trickle could last hours)
 ANSWER_READ_S = 30.0  # a one-write answer (<= SMALL_BODY) is read whole within this from its head, else 504
 STREAM_PACE = (64 * 1024, 30.0)  # a streamed answer: each 64 KiB within 30 s of waiting on the server, else cut
+STREAM_MAX_S = 600.0  # and whole within this of its head, else cut (a server keeping the pace held a slot for good)
 ALL_METHODS = ["GET", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"]
 PROTOCOLS = {"tfserving": "v1", "triton": "v2"}
 
@@ -377,7 +378,8 @@ class ServingRoutes:
                 for cookie in cookies:
                     small.headers.append("Set-Cookie", cookie)
                 return small
-            stream = self._stream(upstream, model, target.node, client, reported, source, pace=STREAM_PACE)
+            ends = asyncio.get_running_loop().time() + STREAM_MAX_S  # paced or not, it ends (review14d S2)
+            stream = self._stream(upstream, model, target.node, client, reported, source, ends, STREAM_PACE)
             streamed = StreamingResponse(stream, status_code=upstream.status, headers=answer_headers)
             for cookie in cookies:
                 streamed.headers.append("Set-Cookie", cookie)

@@ -208,6 +208,41 @@ def test_a_trickled_answer_or_head_ends_in_bounded_time(
         assert [(r.status, r.latency_ms) for r in records] == [(504, None)]  # recorded as a timeout, no latency
 
 
+def endless_chunked(conn: socket.socket, _body: bytes) -> None:
+    """A chunked 200 that never ends: 1 KiB every 0.3 s, well inside the scaled pace (1 KiB per 1 s of waiting)."""
+    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n")
+    while True:
+        conn.sendall(b"400\r\n" + b" " * 1024 + b"\r\n")
+        time.sleep(0.3)
+
+
+def test_a_streamed_answer_that_keeps_its_pace_still_ends_at_its_deadline(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """review14d S2: a streamed answer had only STREAM_PACE, so a server sending just faster than it (2.2 KB/s at
+    the real figures) held the handler, its concurrency slot and the upstream connection as long as it liked
+    (still streaming after 20 x the scaled pace window). Now it is cut at STREAM_MAX_S from its head, recorded as
+    a 504 with no latency."""
+    monkeypatch.setattr(routes, "STREAM_PACE", (1024, 1.0))
+    monkeypatch.setattr(routes, "STREAM_MAX_S", 2.0)
+    with agent_before([endless_chunked], tmp_path) as (base, agent, _ups):
+        began, got, cut = time.monotonic(), 0, False
+        try:
+            with httpx.stream("POST", f"{base}/v1/models/{MODEL}:predict", json={"instances": [1]}, timeout=15) as r:
+                assert r.status_code == 200
+                for chunk in r.iter_raw():
+                    got += len(chunk)
+                    if time.monotonic() - began > 12:
+                        break  # still coming: no total deadline
+        except httpx.HTTPError:
+            cut = True  # aborted: the client sees the cut, never a short complete answer
+        took = time.monotonic() - began
+        assert cut and got >= 2048 and took < 6, (cut, got, took)  # it kept the pace, then met the deadline
+        wait_for(lambda: agent.store.requests_since(0, 10)[0], timeout=10)
+        records, _ = agent.store.requests_since(0, 10)
+        assert [(r.status, r.latency_ms) for r in records] == [(504, None)]
+
+
 def test_another_client_is_answered_while_a_trickling_server_holds_the_agent_at_its_cap(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
