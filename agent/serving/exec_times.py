@@ -9,7 +9,9 @@ When the window is full, the sample that makes room is the oldest of the source 
 most samples, not simply the oldest: one client sending most requests, with heavy or trivial inputs, pushed
 everyone else's samples out and set the median for all (review14a F3). Active sources so end up with about
 equal parts: with two or more others, one source is under a third of the window and the median is theirs;
-with one other it holds half (the median between the two). A lone source keeps the plain last ``SAMPLES``
+with one other it holds half (the median between the two). A source is an address, so a client with several
+addresses has a part per address (review14d S3, docs/security.md: as the election's one voice per address; a
+median of per-source medians gives the same votes and was not taken). A lone source keeps the plain last ``SAMPLES``
 (the rule solver/agent_sim.py replays). A sample older than ``MAX_AGE_S`` is dropped at the next record, so
 the samples of a client that went quiet do not hold half the window for good.
 Bounded: ``SAMPLES`` per key, at most ``MAX_KEYS`` keys (the oldest-updated dropped). Pure: the clock is passed in.

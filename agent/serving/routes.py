@@ -58,6 +58,7 @@ ERROR_TEXT_MAX = 2048  # of a non-JSON upstream error, kept as the message
 ERROR_READ_S = 5.0  # at most this long reading it (the pool's timeout is per read: a trickle could last hours)
 ANSWER_READ_S = 30.0  # a one-write answer (<= SMALL_BODY) is read whole within this from its head, else 504
 STREAM_PACE = (64 * 1024, 30.0)  # a streamed answer: each 64 KiB within 30 s of waiting on the server, else cut
+STREAM_MAX_S = 600.0  # and whole within this of its head, else cut (a server keeping the pace held a slot for good)
 ALL_METHODS = ["GET", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"]
 PROTOCOLS = {"tfserving": "v1", "triton": "v2"}
 
@@ -300,7 +301,10 @@ class ServingRoutes:
 
     # -- the proxy -------------------------------------------------------------------------------------
     async def proxy(self, model: str, protocol: str, upstream_path: str, request: Request) -> Response:
-        """Resolve ``model`` and stream the request to the best endpoint (once more to the next if unreachable)."""
+        """Resolve ``model`` and stream the request to the best endpoint, once more to the next if the first could not
+        be reached or failed before the request's last byte went out. A request sent whole is never sent again: a
+        timeout answers 504, a server that then closed or answered malformed HTTP 502 (review14d S1: an input that
+        kills its server, sent on, took down the next one too)."""
         began, gc_before = time.perf_counter(), pauses.paused_ms()
         spec = self.agent.catalogue.current.get(model)
         if spec is not None and spec.server != protocol:
@@ -325,6 +329,7 @@ class ServingRoutes:
         query = urlencode([(k, v) for k, v in request.query_params.multi_items() if k != "rtt"])
         refused_here = False  # a server of this node refused the connection (it is gone: being replaced)
         timed_out: str | None = None  # the node whose server took the whole request and did not answer in time
+        broke_off: tuple[str, str] | None = None  # (node, why): its server took the whole request, then failed
         source = request.client.host if request.client is not None else ""
         for choice in outcome.choices[:2]:  # the best, then one retry elsewhere if it is unreachable
             target = choice.candidate
@@ -342,6 +347,9 @@ class ServingRoutes:
                     refused_here = self.agent.endpoint_refused(target.url) or refused_here
                 if exc.sent and exc.timed_out:  # it may still be running there: not sent again (review14a F6)
                     timed_out = target.node
+                    break
+                if at_server.counted:  # the server had it whole: an input that killed it kills no other (S1)
+                    broke_off = (target.node, str(exc))
                     break
                 if exc.sent and (body is None or not body.replayable):
                     break
@@ -370,7 +378,8 @@ class ServingRoutes:
                 for cookie in cookies:
                     small.headers.append("Set-Cookie", cookie)
                 return small
-            stream = self._stream(upstream, model, target.node, client, reported, source, pace=STREAM_PACE)
+            ends = asyncio.get_running_loop().time() + STREAM_MAX_S  # paced or not, it ends (review14d S2)
+            stream = self._stream(upstream, model, target.node, client, reported, source, ends, STREAM_PACE)
             streamed = StreamingResponse(stream, status_code=upstream.status, headers=answer_headers)
             for cookie in cookies:
                 streamed.headers.append("Set-Cookie", cookie)
@@ -379,6 +388,10 @@ class ServingRoutes:
             self._record(model, client, reported, timed_out, None, 504)
             why = f"the model server on {timed_out} did not answer within {self.pool.timeout:g} s"
             return protocol_error(504, f"{why}; not sent elsewhere, it may still be running there", "upstream_timeout")
+        if broke_off is not None:
+            self._record(model, client, reported, broke_off[0], None, 502)
+            why = f"the model server on {broke_off[0]} took the whole request and did not answer ({broke_off[1]})"
+            return protocol_error(502, f"{why}; not sent elsewhere", "upstream_broke_off")
         if refused_here and not self.agent.candidates(model):  # no other server to try: the client retries soon
             why = "its server on this node refused the connection and is being replaced"
             return self._outcome_error(Provisioning(self.agent.settings.node_id, why, retry_after_s=1),

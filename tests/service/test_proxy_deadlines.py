@@ -208,6 +208,41 @@ def test_a_trickled_answer_or_head_ends_in_bounded_time(
         assert [(r.status, r.latency_ms) for r in records] == [(504, None)]  # recorded as a timeout, no latency
 
 
+def endless_chunked(conn: socket.socket, _body: bytes) -> None:
+    """A chunked 200 that never ends: 1 KiB every 0.3 s, well inside the scaled pace (1 KiB per 1 s of waiting)."""
+    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n")
+    while True:
+        conn.sendall(b"400\r\n" + b" " * 1024 + b"\r\n")
+        time.sleep(0.3)
+
+
+def test_a_streamed_answer_that_keeps_its_pace_still_ends_at_its_deadline(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """review14d S2: a streamed answer had only STREAM_PACE, so a server sending just faster than it (2.2 KB/s at
+    the real figures) held the handler, its concurrency slot and the upstream connection as long as it liked
+    (still streaming after 20 x the scaled pace window). Now it is cut at STREAM_MAX_S from its head, recorded as
+    a 504 with no latency."""
+    monkeypatch.setattr(routes, "STREAM_PACE", (1024, 1.0))
+    monkeypatch.setattr(routes, "STREAM_MAX_S", 2.0)
+    with agent_before([endless_chunked], tmp_path) as (base, agent, _ups):
+        began, got, cut = time.monotonic(), 0, False
+        try:
+            with httpx.stream("POST", f"{base}/v1/models/{MODEL}:predict", json={"instances": [1]}, timeout=15) as r:
+                assert r.status_code == 200
+                for chunk in r.iter_raw():
+                    got += len(chunk)
+                    if time.monotonic() - began > 12:
+                        break  # still coming: no total deadline
+        except httpx.HTTPError:
+            cut = True  # aborted: the client sees the cut, never a short complete answer
+        took = time.monotonic() - began
+        assert cut and got >= 2048 and took < 6, (cut, got, took)  # it kept the pace, then met the deadline
+        wait_for(lambda: agent.store.requests_since(0, 10)[0], timeout=10)
+        records, _ = agent.store.requests_since(0, 10)
+        assert [(r.status, r.latency_ms) for r in records] == [(504, None)]
+
+
 def test_another_client_is_answered_while_a_trickling_server_holds_the_agent_at_its_cap(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -392,3 +427,32 @@ def test_repeated_set_cookie_headers_reach_the_client_each(tmp_path: Path) -> No
     with agent_before([answer], tmp_path) as (base, _agent, _ups):
         r = httpx.post(f"{base}/v1/models/{MODEL}:predict", json={"instances": [1.0]}, timeout=10)
         assert r.headers.get_list("set-cookie") == ["a=1", "b=2"] and r.headers["x-tag"] == "one, two"
+
+
+# -- review14d S1: a request its server received whole is not sent again -----------------------------------------
+
+
+def test_an_input_that_kills_its_server_reaches_one_server_once(tmp_path: Path) -> None:
+    """review14d S1: the server read the predict whole and closed without answering (it died of the input); the
+    pool's stale-connection retry sent it to that server again, then the proxy to the next: received [2, 1] times,
+    two servers down for one request. Now once, and the client gets a 502 that says so."""
+    deadly: list[int] = []
+
+    def answer(conn: socket.socket, body: bytes) -> None:
+        if b"deadly" in body:
+            deadly.append(conn.getsockname()[1])
+            conn.close()  # the model server dies on this input: no answer
+            return
+        ok(conn, body)
+
+    with agent_before([answer, answer], tmp_path) as (base, agent, _ups):
+        with httpx.Client(timeout=10) as c:
+            for _ in range(8):  # pooled connections to both servers: the stale-connection retry had its chance
+                assert c.post(f"{base}/v1/models/{MODEL}:predict", json={"instances": [1.0]}).status_code == 200
+            r = c.post(f"{base}/v1/models/{MODEL}:predict", json={"instances": [1.0], "deadly": 1})
+        time.sleep(2 * TIMEOUT)  # a re-send, had there been one, would have reached a server by now
+        assert (r.status_code, r.headers[routes.ERROR_HEADER]) == (502, "upstream_broke_off"), r.text
+        assert len(deadly) == 1, deadly
+        wait_for(lambda: len(agent.store.requests_since(0, 100)[0]) == 9, timeout=10)
+        records, _ = agent.store.requests_since(0, 100)
+        assert (records[-1].status, records[-1].node) == (502, "n1")

@@ -102,6 +102,44 @@ def test_a_sent_request_that_timed_out_is_not_retried() -> None:
     assert asyncio.run(main()) == (1, True, 1)
 
 
+def test_a_pooled_post_its_server_read_whole_and_closed_on_is_not_sent_again() -> None:
+    """review14d S1: the server read the request whole and closed without answering (the input killed it); the
+    reused connection looked stale (no response byte, no timeout), so the pool sent it again on a fresh one. A
+    written request with a body now goes out once; a bodyless GET is still retried (the test above)."""
+
+    async def main() -> tuple[int, bool, int]:
+        runs = [0]
+
+        async def dies_on_deadly(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            try:
+                while True:
+                    if await _request_body(reader) == b"deadly":
+                        runs[0] += 1
+                        writer.close()
+                        return
+                    writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                    await writer.drain()
+            except (asyncio.IncompleteReadError, ConnectionError):
+                writer.close()
+
+        server, url = await _serve(dies_on_deadly)
+        pool = UpstreamPool(timeout=1.0)
+        try:
+            first = await pool.request("POST", url + "/a", [("Content-Length", "2")], _whole(b"ok"))
+            await first.read()
+            await first.aclose()
+            assert pool.idle_count() == 1
+            with pytest.raises(UpstreamError) as failed:
+                await pool.request("POST", url + "/a", [("Content-Length", "6")], _whole(b"deadly"))
+            await asyncio.sleep(0.3)
+            return runs[0], failed.value.sent and not failed.value.timed_out, pool.opened
+        finally:
+            await pool.aclose()
+            server.close()
+
+    assert asyncio.run(main()) == (1, True, 1)
+
+
 def _whole(data: bytes) -> Replay:
     async def one() -> AsyncIterator[bytes]:
         yield data
