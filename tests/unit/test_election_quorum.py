@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from agent.discovery import swim as sw
+from agent.discovery.swim import address_voice
 from agent.identity import Identity
 from agent.quorum import Certificates, Grants
 from coordinator_election import (
@@ -24,7 +26,7 @@ from coordinator_election import (
     Vote,
     VoteRequest,
 )
-from peerserve import wire
+from peerserve import names, wire
 from tests.unit.election_sim import Network
 
 CFG = ElectionConfig(heartbeat_s=0.3, election_timeout_s=1.2, lease_s=2.0)
@@ -328,3 +330,39 @@ def test_ids_minted_at_one_address_are_one_voice() -> None:
     assert not candidate.is_leader  # one voice of three
     candidate.step(Received(1.32, "f", Vote(1, "f", True, None)))
     assert candidate.is_leader  # f's grant is a second voice: a real majority
+
+
+SPELLINGS = ("10.0.05", "10.0.005", "10.00.5", "10.000005", "167772165", "012.0.5", "10.0.0005", "10.5", "0xa.0.0.5")
+
+
+def test_one_address_in_other_spellings_is_one_voice() -> None:
+    """review14d Q1: the C resolver (so httpx) connects every one of SPELLINGS to 10.0.0.5, and ``[0-9.]{7,15}``
+    passed most: a member announcing each id it minted at another spelling gave each its own voice (4 ids at
+    10.0.0.5 plus f: 5 of 7, a majority), and a loopback spelling lost its exemption. Now the wire, the peer
+    route's hint and ``Swim.hint`` take only the canonical dotted quad, and ``address_voice`` counts any spelling as
+    its dotted quad, so the same majority is 2 voices of 4."""
+    for host in SPELLINGS:
+        url = f"https://{host}:7443"
+        assert names.ipv4_spelling(host) == "10.0.0.5" and not names.PEER_URL.fullmatch(url)
+        with pytest.raises(wire.WireError):
+            wire.MemberUpdate.parse(["m", "alive", 1, url, 0, ""])
+        assert address_voice(host) == "10.0.0.5"
+    for host in ("127.000001", "2130706433", "127.1", "0x7f.0.0.1"):
+        assert address_voice(host) is None  # loopback in any spelling: exempt, as 127.0.0.1
+    assert names.PEER_URL.fullmatch("https://10.0.0.5:7443") and address_voice("10.0.0.5") == "10.0.0.5"
+    assert not names.PEER_URL.fullmatch("https://10.0.0.5:07443") and names.ipv4_spelling("board.lan") is None
+    assert address_voice("board.lan") == "board.lan"  # a seed given by name (ours only: the wire takes no names)
+    me = sw.Swim("f", "https://10.0.0.6:7443", sw.SwimConfig(), random.Random(0))
+    for i, host in enumerate(SPELLINGS):
+        me.hint(f"s{i}", f"https://{host}:7443", host, 0.0, vouched=True)
+        me.hint(f"t{i}", "https://10.0.0.5:7443", host, 0.0)  # the address given apart, in another spelling
+    me.hint("m", "https://10.0.0.5:7443", "10.0.0.5", 0.0)
+    assert [c.node_id for c in me.candidates.values()] == ["m"]
+    # the repro's certificate, counted by the voices the shell now gives
+    hosts = {"m0": "10.0.0.5", "m1": "10.0.05", "m2": "167772165", "m3": "012.0.5", "L": "10.0.0.7", "g": "10.0.0.8"}
+    view = {n: (0, 8000.0 if n == "L" else 1000.0, n) for n in [*hosts, "f"]}
+    voices = {n: v for n, h in hosts.items() if (v := address_voice(h)) is not None}
+    f = Election("f", view["f"], CFG, now=0.0)
+    f.step(Tick(0.05, view, voices))
+    f.step(Received(0.2, "m0", Announce(1, "m0", view["m0"], frozenset({"m0", "m1", "m2", "m3", "f"}))))
+    assert f.accepted is None and f.term == 0  # 2 voices of 4 (m's address, f): not a majority
