@@ -366,3 +366,48 @@ def test_one_address_in_other_spellings_is_one_voice() -> None:
     f.step(Tick(0.05, view, voices))
     f.step(Received(0.2, "m0", Announce(1, "m0", view["m0"], frozenset({"m0", "m1", "m2", "m3", "f"}))))
     assert f.accepted is None and f.term == 0  # 2 voices of 4 (m's address, f): not a majority
+
+
+def _refused_stream(
+    node: str, known: frozenset[str], alive: list[str], until: float
+) -> tuple[Election, float | None, float | None]:
+    """review14d Q2's run: ``node`` (default config) ticks every 0.1 s; a member M sends it a refused vote one term
+    past its own once a second, and L (best priority) asks it for a vote at its next term once a second. When it
+    first granted L, and when it first stood."""
+    e = Election(node, (5, 0.0, node), ElectionConfig(), 0.0, term=3, known=known)
+    view = {n: (9 if n == "L" else 1, 0.0, n) for n in alive}
+    voices = {n: f"10.0.0.{i + 10}" for i, n in enumerate(alive)}
+    granted_at = stood_at = None
+    for k in range(1, round(until * 10) + 1):
+        t = k / 10
+        acts = e.step(Tick(t, view, voices))
+        if stood_at is None and any(isinstance(a, Broadcast) and isinstance(a.message, VoteRequest) for a in acts):
+            stood_at = t
+        if k % 10 == 5:
+            e.step(Received(t, "M", Vote(e.term + 1, "M", False, None)))
+        if k % 10 == 0 and "L" in view:
+            out = e.step(Received(t, "L", VoteRequest(e.term + 1, "L", view["L"])))
+            if granted_at is None and any(isinstance(a, Send) and isinstance(a.message, Vote) and a.message.granted
+                                          for a in out):  # fmt: skip
+                granted_at = t
+    return e, granted_at, stood_at
+
+
+def test_one_members_refused_votes_neither_hold_a_restart_nor_stop_a_node_standing() -> None:
+    """review14d Q2: each refused vote of a newer term restarted the listen (``lease_until``), any member may send
+    them unasked, and the restart wait ended only with that listen: a restarted node expecting a board gone for good
+    (G) refused every vote for the 60 s measured, and a node with no lease never stood. Now the first listen ends
+    when it was due (1.2 s) and a refusal starts a listen at most once per two timeouts."""
+    restarted, granted_at, _ = _refused_stream("r", frozenset({"L", "A", "M", "G"}), ["r", "L", "A", "M"], 30.0)
+    assert granted_at is not None and granted_at <= 2.0 and not restarted._restarting()
+    _, _, stood_at = _refused_stream("x", frozenset(), ["x", "A", "M"], 30.0)
+    assert stood_at is not None and stood_at <= 2 * ElectionConfig().election_timeout_s
+    # an honest refusal of a newer term still ends a candidacy and gives that term's leader a listen, once
+    c = Election("x", (5, 0.0, "x"), CFG, now=0.0)
+    view = {"x": (5, 0.0, "x"), "A": (1, 0.0, "A"), "B": (1, 0.0, "B")}
+    c.step(Tick(1.3, view))
+    assert c.role.value == "candidate" and c.term == 1
+    c.step(Received(1.4, "A", Vote(4, "A", False, None)))
+    assert c.role.value == "follower" and c.term == 4 and c.lease_until == pytest.approx(1.4 + CFG.election_timeout_s)
+    c.step(Received(2.0, "B", Vote(5, "B", False, None)))  # another within two timeouts: the listen is not moved
+    assert c.term == 5 and c.lease_until == pytest.approx(1.4 + CFG.election_timeout_s)
