@@ -11,7 +11,7 @@ import pytest
 
 from agent.discovery import swim as sw
 from agent.discovery.swim import address_voice
-from agent.identity import Identity
+from agent.identity import Identity, edit_pin
 from agent.quorum import Certificates, Grants
 from coordinator_election import (
     Announce,
@@ -411,3 +411,24 @@ def test_one_members_refused_votes_neither_hold_a_restart_nor_stop_a_node_standi
     assert c.role.value == "follower" and c.term == 4 and c.lease_until == pytest.approx(1.4 + CFG.election_timeout_s)
     c.step(Received(2.0, "B", Vote(5, "B", False, None)))  # another within two timeouts: the listen is not moved
     assert c.term == 5 and c.lease_until == pytest.approx(1.4 + CFG.election_timeout_s)
+
+
+def test_a_certificate_cached_whole_drops_a_voter_whose_pin_is_forgotten_or_changed(tmp_path: Path) -> None:
+    """review14d Q3: a certificate looked at whole was cached per (term, leader) and answered from the cache without
+    the pin check, so a voter an operator had re-pinned to another key (``peerserve pins forget ID --key``: a stolen
+    card's id given to the re-imaged board) still counted in it. The cache is dropped when the pins change."""
+    ids = _identities(tmp_path, "R", "L", "a", "b")
+    for n in ("L", "a", "b"):
+        ids["R"].pins.check(n, ids[n].public_key)
+    certificates = Certificates(ids["R"])
+    cert = [Grants(ids[n]).sign(5, "L") for n in ("L", "a", "b")]
+    members = {"R", "L", "a", "b"}
+    assert certificates.voters(5, "L", cert, members) == {"L", "a", "b"} and certificates.cache
+    reimaged = _identities(tmp_path / "new", "b")["b"]
+    path = ids["R"].pins.path
+    assert path is not None
+    edit_pin(path, "b", reimaged.public_key)  # the operator's re-pin, as the CLI does it (the agent keeps running)
+    assert certificates.voters(5, "L", cert, members) == {"L", "a"}  # b's old key no longer counts
+    edit_pin(path, "a", None)  # forgotten: a's next key is pinned on its first contact (here, this grant's card)
+    assert certificates.voters(5, "L", cert, members) == {"L", "a"}
+    assert certificates.verifications == 3  # the signatures were not checked again: only the pins
