@@ -393,6 +393,12 @@ class Pins:
         self._refresh()
         return self._known(node_id, public_key)
 
+    def current(self) -> Mapping[str, bytes]:
+        """The pins in force now (the file re-read if it changed): a new mapping whenever they may have changed (it is
+        replaced whole, never changed in place), so a cache of verdicts that took pins can tell (agent.quorum)."""
+        self._refresh()
+        return self._pins
+
     def _spend_first_contact(self, source: str, now: float) -> None:
         """One first contact from ``source``, or AuthError 429 with the seconds until it has one again. Checked
         before the lock and the write: a refused contact costs neither. "" (no address: an answer to our own

@@ -18,7 +18,7 @@ import hashlib
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping
 
 from cryptography.exceptions import InvalidSignature
 
@@ -105,7 +105,9 @@ class Certificates:
     so that a grant's signature is checked once whatever the certificate around it: a certificate with one bad grant
     (never cached whole) once cost every receiver all its signatures again on each message (3.56 ms for 32 grants,
     review14b F6), and a grant skipped while its voter was not yet a member is verified when it is (review14b F3).
-    The pin check, which depends on this node's state (a first contact's pin being written: 503), runs each time."""
+    The pin check, which depends on this node's state (a first contact's pin being written: 503), runs each time a
+    grant is looked at; the certificates cached whole are dropped whenever the pins change (an operator's ``pins
+    forget`` or a re-pin, a new pin written), so a voter whose pin went no longer counts in one (review14d Q3)."""
 
     def __init__(
         self, identity: Identity, wall: Callable[[], float] = time.time, limit: int = MAX_CACHED,
@@ -115,11 +117,16 @@ class Certificates:
         self.cache: OrderedDict[tuple[int, str], frozenset[str]] = OrderedDict()
         self.checked: OrderedDict[bytes, Card | None] = OrderedDict()  # a grant's digest -> the card that signed it
         self.verifications = 0  # signatures checked (each grant's bytes at most once while remembered)
+        self._pins: Mapping[str, bytes] | None = None  # the pins the cached certificates were judged under
 
     def voters(self, term: int, leader: str, grants: Collection[Grant], members: Collection[str]) -> frozenset[str]:
         """The voters among ``grants`` whose signature of (term, leader) checks out; only ``members``' grants are
         looked at, one per voter (at most ``len(members)`` verifications, each grant's once)."""
         key = (term, leader)
+        pins = self.identity.pins.current()
+        if pins is not self._pins:  # a pin forgotten, changed or added: every verdict on a pin is looked at again
+            self.cache.clear()
+            self._pins = pins
         cached = self.cache.get(key)
         if cached is not None:
             self.cache.move_to_end(key)

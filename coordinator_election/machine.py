@@ -202,6 +202,11 @@ class Election:
         self.role = Role.FOLLOWER
         self.leader: str | None = None
         self.lease_until = now + config.election_timeout_s  # listen before standing
+        # the first listen's end, fixed: ``lease_until`` moves (a refused vote of a newer term made it listen again),
+        # and a restarted node waiting on it for its expected peers waited for good while one member kept it moving
+        # and a board it expected was gone (review14d Q2)
+        self._listen_ends = self.lease_until
+        self._refusal_listen_at = -1e18  # when a refused vote of a newer term last made this node listen (_heard_newer)
         self.alive: dict[str, Priority] = {node_id: priority}
         self.voices: dict[str, str] = {}  # member -> its voice in a majority (its address), where the shell gave one
         self._candidacy: _Candidacy | None = None
@@ -305,6 +310,8 @@ class Election:
         return self._on_vote(event.now, message)
 
     def _tick(self, now: float) -> list[Action]:
+        if self._expected and now >= self._listen_ends and not self._joining(now):
+            self._expected = frozenset()  # the first listen is over, whatever moved ``lease_until`` since
         if self.role is Role.LEADER:
             actions: list[Action] = []
             c = self._candidacy
@@ -337,10 +344,13 @@ class Election:
             return []
         if self.leader is None and now < self.lease_until and not self._all_back(now):
             return []  # listening for a leader (after start, or after standing down)
-        if now < self._join_by and self.alive.keys() == {self.node_id}:
+        if self._joining(now):
             return []  # still joining through a seed: nobody to lead yet
         self._expected = frozenset()  # the first listen is over: from now on the usual timeouts
         return self._consider_standing(now)
+
+    def _joining(self, now: float) -> bool:
+        return now < self._join_by and self.alive.keys() == {self.node_id}
 
     def _restarting(self) -> bool:
         """In the first listen after a restart, some peer it expects back not yet in the view: its view is still
@@ -404,6 +414,23 @@ class Election:
         self._last_announce = now
         return [BecameLeader(self.term, voters), Broadcast(Announce(self.term, self.node_id, self.priority, voters))]
 
+    def _heard_newer(self, now: float, term: int) -> list[Action]:
+        """A refused vote of a newer ``term`` (any member may send one, unasked): take the term, end a candidacy of an
+        older one, and listen for that term's leader -- at most one such listen per two election timeouts, from any
+        sender. Each used to restart the listen, so one member's refusal a second kept every node without a lease from
+        ever standing (no leader anywhere once the leader was lost), review14d Q2; now the listen it starts ends in
+        time and the node stands in the next timeout if no leader announced itself."""
+        self._set_term(term)
+        return self._follow(now, None, self._refusal_listen(now))
+
+    def _refusal_listen(self, now: float) -> bool:
+        """Whether a refused vote may make this node listen now (and noted): once per two election timeouts, from any
+        sender, so that however often refusals come, each listen is followed by a timeout in which the node stands."""
+        if now - self._refusal_listen_at < 2 * self.config.election_timeout_s:
+            return False
+        self._refusal_listen_at = now
+        return True
+
     def _request(self, term: int) -> VoteRequest:
         """Our vote request for ``term``; standing again while leading, it carries the certificate we hold."""
         if self.role is Role.LEADER:
@@ -459,7 +486,9 @@ class Election:
             return self._win(now)
         return [Broadcast(self._request(term))]
 
-    def _follow(self, now: float, leader: str | None) -> list[Action]:
+    def _follow(self, now: float, leader: str | None, listen: bool = True) -> list[Action]:
+        """Follow ``leader`` on a lease, or (None) no one: then listen for an election timeout before standing, unless
+        ``listen`` is False (the listen that is running, if any, ends when it would have)."""
         was = (self.role, self.leader, self.accepted)
         self.role = Role.FOLLOWER
         self.leader = leader
@@ -473,7 +502,8 @@ class Election:
             self._lost_leader = None
             self._expected = frozenset()
         else:
-            self.lease_until = now + self.config.election_timeout_s  # listen before standing again
+            if listen:
+                self.lease_until = now + self.config.election_timeout_s  # listen before standing again
             self._waiting_since = None
         if was != (self.role, self.leader, self.accepted):  # (our leader's new term, once its certificate came)
             return [BecameFollower(self.term, leader)]
@@ -600,14 +630,14 @@ class Election:
         if m.term > self.term and self._lease_valid(now):
             return []  # unasked-for news of a newer term while our leader is live: stickiness, as for announces
         if m.term > self.term and not m.granted:
-            self._set_term(m.term)
-            return self._follow(now, None)
+            return self._heard_newer(now, m.term)
         c = self._candidacy
         if self.role is not Role.CANDIDATE or c is None or m.term != c.term:
             return []
         if not m.granted:
             if m.leader is not None and m.leader not in (self.node_id, self._lost_leader):
-                return self._follow(now, None)  # someone follows another live leader: stand down and listen
+                # someone follows another live leader: stand down and listen (once per two timeouts, as below)
+                return self._follow(now, None, self._refusal_listen(now))
             return []  # its lease on the leader we lost runs out soon: we ask again
         c.granted.add(m.voter)
         if self._has_majority():

@@ -10,12 +10,16 @@ credentials that a client would then follow).
     NODE_ID / valid_node_id        one DNS label of letters, digits, '-', '_' (at most 63)
     MODEL_NAME / valid_model_name  letters, digits, '_', '.', '-', at most 64, no '..'
     base_url(value)                http(s)://HOST[:PORT][/] -> the URL without its '/', else None
-    PEER_URL                       https://IPv4:PORT, a peer listener as Discovery announces it
+    PEER_URL                       https://IPv4:PORT, a peer listener as Discovery announces it: the address in
+                                   its one canonical spelling (no leading zeros, four parts), the port without one
+    ipv4_spelling(host)            a spelling of an IPv4 address the C resolver connects to: its dotted quad, or None
 """
 
 from __future__ import annotations
 
+import ipaddress
 import re
+import socket
 from typing import Any
 
 NODE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,62}")
@@ -25,7 +29,22 @@ MAX_URL = 256  # characters of a base URL
 BASE_URL = re.compile(
     r"(https?)://(\[[0-9A-Fa-f:.]{2,45}(?:%[A-Za-z0-9_.-]{1,32})?\]|[A-Za-z0-9][A-Za-z0-9_.-]{0,252})(?::([0-9]{1,5}))?/?"
 )
-PEER_URL = re.compile(r"https://[0-9.]{7,15}:[0-9]{1,5}")
+# Only the canonical dotted quad (review14d Q1): the C resolver (so httpx) connects ``10.0.05``, ``012.0.5`` (octal),
+# ``10.5`` and ``167772165`` to 10.0.0.5 too, and each such spelling would be its own voice in a majority.
+_OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+PEER_URL = re.compile(rf"https://{_OCTET}(?:\.{_OCTET}){{3}}:[1-9][0-9]{{0,4}}")
+
+
+def ipv4_spelling(host: str) -> str | None:
+    """The dotted quad that ``host`` names as an IPv4 literal in any spelling the C resolver takes (``inet_aton``:
+    short forms, octal and hex parts, one 32-bit number), with no lookup; None for a name or anything else. So
+    ``ipv4_spelling(h) not in (None, h)``: an address in a spelling other than its canonical one."""
+    if not host or not host.isascii() or host.strip() != host:
+        return None
+    try:
+        return str(ipaddress.IPv4Address(socket.inet_aton(host)))
+    except OSError:
+        return None
 
 
 def valid_node_id(value: Any) -> bool:

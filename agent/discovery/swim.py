@@ -40,6 +40,7 @@ from collections.abc import Collection
 from dataclasses import dataclass, field, replace
 
 from coordinator_election.lease import MAX_TERM_AHEAD, LeaseBook
+from peerserve import names
 from peerserve.wire import MAX_PIGGYBACK, Lease, Loads, MemberUpdate, PeerState, SwimMessage
 
 MAX_MEMBERS = 256  # admitted members (the push-pull message carries them all)
@@ -188,11 +189,23 @@ def address_voice(address: str) -> str | None:
     """A member's voice in a majority or a quorum of declarers (the election's and ``dead_quorum``): its address as
     admitted, so that node ids minted with the cluster token at one host count once (review14b F2); None (its node id
     is its voice) for a loopback address, as pins exempt it (the loopback demo runs every agent on one host), and for
-    none at all. A host with several addresses still has one voice per address (docs/security.md)."""
+    none at all. A host with several addresses still has one voice per address (docs/security.md). An IPv4 address
+    in another spelling the C resolver connects to (``10.0.05``, ``167772165``: review14d Q1) is its dotted quad, so it
+    is the same voice (and a loopback one is exempt); hints refuse such spellings, this holds if one got through."""
+    quad = names.ipv4_spelling(address)
     try:
-        return None if ipaddress.ip_address(address).is_loopback else address
-    except ValueError:  # not an address literal (a name): the name itself
+        ip = ipaddress.ip_address(quad if quad is not None else address)
+    except ValueError:  # not an address literal (a name, only from our own --seeds): the name itself
         return address or None
+    return None if ip.is_loopback else str(ip)
+
+
+def _other_spelling(peer_url: str) -> bool:
+    """``peer_url``'s host is an IPv4 address spelt other than as its dotted quad (``https://10.0.05:7443``): never a
+    candidate, from a seed, mDNS or gossip alike (the wire already refuses them: ``names.PEER_URL``)."""
+    host = peer_url.split("//", 1)[-1].rsplit(":", 1)[0]
+    quad = names.ipv4_spelling(host)
+    return quad is not None and quad != host
 
 
 # -- the table ---------------------------------------------------------------------------------------------
@@ -320,6 +333,8 @@ class Swim:
         node's advert is asked at once (before: a full table dropped every new hint, and re-hints kept the
         made-up ones, so no new board was ever admitted). The failures of a candidate replaced or expired are
         remembered (``4 * max_candidates`` keys): hinted again, it comes back as failed, not as new."""
+        if _other_spelling(peer_url) or names.ipv4_spelling(address) not in (None, address):
+            return  # one address in another spelling: a voice of its own per spelling (review14d Q1)
         if node_id == self.self_id:
             if peer_url != self.self_url and len(self.conflicts) < MAX_CONFLICTS:
                 self.conflicts.add((node_id, peer_url))

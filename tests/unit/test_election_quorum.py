@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from agent.identity import Identity
+from agent.discovery import swim as sw
+from agent.discovery.swim import address_voice
+from agent.identity import Identity, edit_pin
 from agent.quorum import Certificates, Grants
 from coordinator_election import (
     Announce,
@@ -24,7 +26,7 @@ from coordinator_election import (
     Vote,
     VoteRequest,
 )
-from peerserve import wire
+from peerserve import names, wire
 from tests.unit.election_sim import Network
 
 CFG = ElectionConfig(heartbeat_s=0.3, election_timeout_s=1.2, lease_s=2.0)
@@ -328,3 +330,105 @@ def test_ids_minted_at_one_address_are_one_voice() -> None:
     assert not candidate.is_leader  # one voice of three
     candidate.step(Received(1.32, "f", Vote(1, "f", True, None)))
     assert candidate.is_leader  # f's grant is a second voice: a real majority
+
+
+SPELLINGS = ("10.0.05", "10.0.005", "10.00.5", "10.000005", "167772165", "012.0.5", "10.0.0005", "10.5", "0xa.0.0.5")
+
+
+def test_one_address_in_other_spellings_is_one_voice() -> None:
+    """review14d Q1: the C resolver (so httpx) connects every one of SPELLINGS to 10.0.0.5, and ``[0-9.]{7,15}``
+    passed most: a member announcing each id it minted at another spelling gave each its own voice (4 ids at
+    10.0.0.5 plus f: 5 of 7, a majority), and a loopback spelling lost its exemption. Now the wire, the peer
+    route's hint and ``Swim.hint`` take only the canonical dotted quad, and ``address_voice`` counts any spelling as
+    its dotted quad, so the same majority is 2 voices of 4."""
+    for host in SPELLINGS:
+        url = f"https://{host}:7443"
+        assert names.ipv4_spelling(host) == "10.0.0.5" and not names.PEER_URL.fullmatch(url)
+        with pytest.raises(wire.WireError):
+            wire.MemberUpdate.parse(["m", "alive", 1, url, 0, ""])
+        assert address_voice(host) == "10.0.0.5"
+    for host in ("127.000001", "2130706433", "127.1", "0x7f.0.0.1"):
+        assert address_voice(host) is None  # loopback in any spelling: exempt, as 127.0.0.1
+    assert names.PEER_URL.fullmatch("https://10.0.0.5:7443") and address_voice("10.0.0.5") == "10.0.0.5"
+    assert not names.PEER_URL.fullmatch("https://10.0.0.5:07443") and names.ipv4_spelling("board.lan") is None
+    assert address_voice("board.lan") == "board.lan"  # a seed given by name (ours only: the wire takes no names)
+    me = sw.Swim("f", "https://10.0.0.6:7443", sw.SwimConfig(), random.Random(0))
+    for i, host in enumerate(SPELLINGS):
+        me.hint(f"s{i}", f"https://{host}:7443", host, 0.0, vouched=True)
+        me.hint(f"t{i}", "https://10.0.0.5:7443", host, 0.0)  # the address given apart, in another spelling
+    me.hint("m", "https://10.0.0.5:7443", "10.0.0.5", 0.0)
+    assert [c.node_id for c in me.candidates.values()] == ["m"]
+    # the repro's certificate, counted by the voices the shell now gives
+    hosts = {"m0": "10.0.0.5", "m1": "10.0.05", "m2": "167772165", "m3": "012.0.5", "L": "10.0.0.7", "g": "10.0.0.8"}
+    view = {n: (0, 8000.0 if n == "L" else 1000.0, n) for n in [*hosts, "f"]}
+    voices = {n: v for n, h in hosts.items() if (v := address_voice(h)) is not None}
+    f = Election("f", view["f"], CFG, now=0.0)
+    f.step(Tick(0.05, view, voices))
+    f.step(Received(0.2, "m0", Announce(1, "m0", view["m0"], frozenset({"m0", "m1", "m2", "m3", "f"}))))
+    assert f.accepted is None and f.term == 0  # 2 voices of 4 (m's address, f): not a majority
+
+
+def _refused_stream(
+    node: str, known: frozenset[str], alive: list[str], until: float
+) -> tuple[Election, float | None, float | None]:
+    """review14d Q2's run: ``node`` (default config) ticks every 0.1 s; a member M sends it a refused vote one term
+    past its own once a second, and L (best priority) asks it for a vote at its next term once a second. When it
+    first granted L, and when it first stood."""
+    e = Election(node, (5, 0.0, node), ElectionConfig(), 0.0, term=3, known=known)
+    view = {n: (9 if n == "L" else 1, 0.0, n) for n in alive}
+    voices = {n: f"10.0.0.{i + 10}" for i, n in enumerate(alive)}
+    granted_at = stood_at = None
+    for k in range(1, round(until * 10) + 1):
+        t = k / 10
+        acts = e.step(Tick(t, view, voices))
+        if stood_at is None and any(isinstance(a, Broadcast) and isinstance(a.message, VoteRequest) for a in acts):
+            stood_at = t
+        if k % 10 == 5:
+            e.step(Received(t, "M", Vote(e.term + 1, "M", False, None)))
+        if k % 10 == 0 and "L" in view:
+            out = e.step(Received(t, "L", VoteRequest(e.term + 1, "L", view["L"])))
+            if granted_at is None and any(isinstance(a, Send) and isinstance(a.message, Vote) and a.message.granted
+                                          for a in out):  # fmt: skip
+                granted_at = t
+    return e, granted_at, stood_at
+
+
+def test_one_members_refused_votes_neither_hold_a_restart_nor_stop_a_node_standing() -> None:
+    """review14d Q2: each refused vote of a newer term restarted the listen (``lease_until``), any member may send
+    them unasked, and the restart wait ended only with that listen: a restarted node expecting a board gone for good
+    (G) refused every vote for the 60 s measured, and a node with no lease never stood. Now the first listen ends
+    when it was due (1.2 s) and a refusal starts a listen at most once per two timeouts."""
+    restarted, granted_at, _ = _refused_stream("r", frozenset({"L", "A", "M", "G"}), ["r", "L", "A", "M"], 30.0)
+    assert granted_at is not None and granted_at <= 2.0 and not restarted._restarting()
+    _, _, stood_at = _refused_stream("x", frozenset(), ["x", "A", "M"], 30.0)
+    assert stood_at is not None and stood_at <= 2 * ElectionConfig().election_timeout_s
+    # an honest refusal of a newer term still ends a candidacy and gives that term's leader a listen, once
+    c = Election("x", (5, 0.0, "x"), CFG, now=0.0)
+    view = {"x": (5, 0.0, "x"), "A": (1, 0.0, "A"), "B": (1, 0.0, "B")}
+    c.step(Tick(1.3, view))
+    assert c.role.value == "candidate" and c.term == 1
+    c.step(Received(1.4, "A", Vote(4, "A", False, None)))
+    assert c.role.value == "follower" and c.term == 4 and c.lease_until == pytest.approx(1.4 + CFG.election_timeout_s)
+    c.step(Received(2.0, "B", Vote(5, "B", False, None)))  # another within two timeouts: the listen is not moved
+    assert c.term == 5 and c.lease_until == pytest.approx(1.4 + CFG.election_timeout_s)
+
+
+def test_a_certificate_cached_whole_drops_a_voter_whose_pin_is_forgotten_or_changed(tmp_path: Path) -> None:
+    """review14d Q3: a certificate looked at whole was cached per (term, leader) and answered from the cache without
+    the pin check, so a voter an operator had re-pinned to another key (``peerserve pins forget ID --key``: a stolen
+    card's id given to the re-imaged board) still counted in it. The cache is dropped when the pins change."""
+    ids = _identities(tmp_path, "R", "L", "a", "b")
+    for n in ("L", "a", "b"):
+        ids["R"].pins.check(n, ids[n].public_key)
+    certificates = Certificates(ids["R"])
+    cert = [Grants(ids[n]).sign(5, "L") for n in ("L", "a", "b")]
+    members = {"R", "L", "a", "b"}
+    assert certificates.voters(5, "L", cert, members) == {"L", "a", "b"} and certificates.cache
+    reimaged = _identities(tmp_path / "new", "b")["b"]
+    path = ids["R"].pins.path
+    assert path is not None
+    edit_pin(path, "b", reimaged.public_key)  # the operator's re-pin, as the CLI does it (the agent keeps running)
+    assert certificates.voters(5, "L", cert, members) == {"L", "a"}  # b's old key no longer counts
+    edit_pin(path, "a", None)  # forgotten: a's next key is pinned on its first contact (here, this grant's card)
+    assert certificates.voters(5, "L", cert, members) == {"L", "a"}
+    assert certificates.verifications == 3  # the signatures were not checked again: only the pins
