@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import json
 import socket
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,39 +19,23 @@ from typing import Any
 import h11
 import httpx
 import pytest
-import uvicorn
 
-from agent.api import create_app
-from agent.cli import server_config
 from agent.node import NodeAgent
-from agent.runtime.base import Instance
 from agent.serving import routes
-from agent.settings import Settings
 from agent.telemetry import outcome_of
-from tests.service.conftest import free_port
+from tests.service.scripted import MODEL, LoopbackServer, agent_in_front
 from tests.waiting import wait_for
 
-MODEL = "half_plus_two"
 PROBE = json.dumps({"model_version_status": [{"version": "1", "state": "AVAILABLE"}]}).encode()
 PART = b'{"predictions": [2.5, 3.0'  # where every answer breaks off
 
 
-class BreaksOff:
+class BreaksOff(LoopbackServer):
     """A model server that answers the probe and cuts every predict after ``PART`` (the way it frames it: ``mode``)."""
 
     def __init__(self, mode: str) -> None:
         self.mode = mode
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
+        super().__init__(self._answer)
 
     def _answer(self, conn: socket.socket) -> None:
         with conn:
@@ -93,30 +76,6 @@ class BreaksOff:
                     time.sleep(0.05)
                     return  # the server dies: the connection closes mid-answer
 
-    def close(self) -> None:
-        self.sock.close()
-
-
-class Listed:
-    """A runtime whose one server is already running at ``url`` (as an adopted container is)."""
-
-    kind = "static"
-
-    def __init__(self, url: str) -> None:
-        self.url = url
-
-    async def start(self, spec: Any, term: int) -> Instance:
-        raise AssertionError("the test's server is already running")
-
-    async def stop(self, instance_id: str) -> None:
-        return None
-
-    async def list(self) -> list[Instance]:
-        return [Instance("up-1", MODEL, self.url, True, 1, time.time())]
-
-    async def close(self) -> None:
-        return None
-
 
 @pytest.fixture(params=["chunked", "small", "large"])
 def proxied(request: Any, tmp_path: Path) -> Iterator[tuple[str, int, NodeAgent]]:
@@ -125,19 +84,10 @@ def proxied(request: Any, tmp_path: Path) -> Iterator[tuple[str, int, NodeAgent]
 
 def _proxied_to(mode: str, tmp_path: Path) -> Iterator[tuple[str, int, NodeAgent]]:
     upstream = BreaksOff(mode)
-    port = free_port()
-    settings = Settings(node_id="n1", host="127.0.0.1", port=port, data_dir=str(tmp_path), discovery=False)
-    agent = NodeAgent(settings, runtime=Listed(f"http://127.0.0.1:{upstream.port}"))
-    agent.set_desired(1, None, {MODEL: 1})
-    server = uvicorn.Server(server_config(create_app(agent), settings, "warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    wait_for(lambda: server.started, timeout=20)
     try:
-        yield mode, port, agent
+        with agent_in_front([upstream.url], tmp_path) as (base, agent):
+            yield mode, int(base.rsplit(":", 1)[1]), agent
     finally:
-        server.should_exit = True
-        thread.join(15)
         upstream.close()
 
 

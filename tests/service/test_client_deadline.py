@@ -20,39 +20,21 @@ import pytest
 
 from client import AsyncClient, Client, ClusterUnreachableError, ops
 from client.ops import RTT_BUDGET_S, RTT_MAX_PROBED, rtt_targets
+from tests.service.scripted import LoopbackServer
 
 MODEL = "half_plus_two"
 
 
-class Server:
-    """A loopback listener handing each connection to ``handle`` in a thread; closes what it accepted."""
+class Server(LoopbackServer):
+    """A loopback listener handing each connection to ``handle`` in a thread; ``stop`` ends the trickles."""
 
     def __init__(self, handle: Callable[[socket.socket], None]) -> None:
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.handle = handle
         self.stop = threading.Event()
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._one, args=(conn,), daemon=True).start()
-
-    def _one(self, conn: socket.socket) -> None:
-        with conn:
-            try:
-                self.handle(conn)
-            except OSError:
-                return
+        super().__init__(handle)
 
     def close(self) -> None:
         self.stop.set()
-        self.sock.close()
+        super().close()
 
 
 def _answer(conn: socket.socket, body: bytes) -> None:

@@ -18,18 +18,12 @@ from typing import Any
 import h11
 import httpx
 import pytest
-import uvicorn
 
-from agent.api import create_app
-from agent.cli import server_config
 from agent.node import NodeAgent
-from agent.runtime.base import Instance
 from agent.serving import routes
-from agent.settings import Settings
-from tests.service.conftest import free_port
+from tests.service.scripted import MODEL, LoopbackServer, agent_in_front
 from tests.waiting import wait_for
 
-MODEL = "half_plus_two"
 PROBE = json.dumps({"model_version_status": [{"version": "1", "state": "AVAILABLE"}]}).encode()
 OK = b'{"predictions": [2.5]}'
 TIMEOUT = 1.0  # the pool's per-read timeout here (30 s in the agent)
@@ -42,25 +36,14 @@ def ok(conn: socket.socket, _body: bytes) -> None:
     conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(OK) + OK)
 
 
-class Scripted:
+class Scripted(LoopbackServer):
     """A keep-alive model server: GETs (the readiness probe) answered whole; every other request is handed to
     ``answer(conn, body)`` and counted (``requests``), then the next request on the connection is read."""
 
     def __init__(self, answer: Answer) -> None:
         self.answer = answer
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
         self.requests = 0
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._conn, args=(conn,), daemon=True).start()
+        super().__init__(self._conn)
 
     def _conn(self, conn: socket.socket) -> None:
         with conn, contextlib.suppress(OSError, h11.RemoteProtocolError):
@@ -86,30 +69,6 @@ class Scripted:
                         self.answer(conn, body)
                     parser = h11.Connection(h11.SERVER)
 
-    def close(self) -> None:
-        self.sock.close()
-
-
-class Listed:
-    """A runtime whose servers are already running at ``urls`` (as adopted containers are)."""
-
-    kind = "static"
-
-    def __init__(self, urls: list[str]) -> None:
-        self.urls = urls
-
-    async def start(self, spec: Any, term: int) -> Instance:
-        raise AssertionError("the test's servers are already running")
-
-    async def stop(self, instance_id: str) -> None:
-        return None
-
-    async def list(self) -> list[Instance]:
-        return [Instance(f"up-{i}", MODEL, u, True, 1, time.time()) for i, u in enumerate(self.urls)]
-
-    async def close(self) -> None:
-        return None
-
 
 @contextlib.contextmanager
 def agent_before(
@@ -117,23 +76,10 @@ def agent_before(
 ) -> Iterator[tuple[str, NodeAgent, list[Scripted]]]:
     """A real agent proxying ``MODEL`` to one scripted server per answer; yields (base URL, agent, servers)."""
     ups = [Scripted(a) for a in answers]
-    port = free_port()
-    settings = Settings(node_id="n1", host="127.0.0.1", port=port, data_dir=str(tmp_path), discovery=False, **extra)
-    agent = NodeAgent(settings, runtime=Listed([u.url for u in ups]))
-    agent.set_desired(1, None, {MODEL: len(ups)})
-    app = create_app(agent)
-    app.state.serving.pool.timeout = timeout
-    server = uvicorn.Server(server_config(app, settings, "warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    wait_for(lambda: server.started, timeout=20)
-    base = f"http://127.0.0.1:{port}"
-    wait_for(lambda: len(agent.candidates(MODEL)) == len(ups), timeout=20)
     try:
-        yield base, agent, ups
+        with agent_in_front([u.url for u in ups], tmp_path, pool_timeout=timeout, **extra) as (base, agent):
+            yield base, agent, ups
     finally:
-        server.should_exit = True
-        thread.join(15)
         for u in ups:
             u.close()
 
