@@ -8,8 +8,10 @@ Two layers, because uvicorn gives no header timeout of its own:
   closed (an idle keep-alive connection is simply closed). It also caps open connections per client
   address (``max_connections_per_address``), read from the count ``AddressBudgets`` keeps; at uvicorn's
   ``limit_concurrency`` a newcomer takes the place of the oldest connection waiting on its client (for its
-  request head, or the rest of its request body) from the address holding the most such (a few addresses'
-  idle connections or stalled bodies cannot keep everyone else out).
+  request head, or the rest of a request body that has stalled: no byte for ``BODY_STALL_S`` while the agent was
+  not the one holding its reading) from the address holding the most such (a few addresses' idle connections or
+  stalled bodies cannot keep everyone else out; an upload still coming, or one the agent stopped reading, is
+  never given up).
   A client that stops reading an answer (its socket full for ``write_timeout_s``) is cut off: it would
   otherwise hold the proxied model server's connection and its in-flight count without end.
 - ``HttpLimits`` is pure ASGI middleware around the app. It refuses a path with control characters
@@ -85,6 +87,7 @@ IDLE_CREDIT_S = 0.005  # an address that joins the turns may be this far behind 
 RECENT_ADDRESSES = 1024  # addresses with no connection open whose place in the turns is remembered (ParseTurns)
 MIN_CHUNKS = 256  # chunks any body may use ...
 MIN_CHUNK_BYTES = 256  # ... past which they must average at least this many bytes
+BODY_STALL_S = 1.0  # a request body counts as waiting on its client after this long with no byte (reading not paused)
 REFUSAL_LINGER_S = 1.0  # a refused client has this long to read its 400; what it still sends is dropped unparsed ...
 REFUSAL_DROP_BYTES = 1 << 20  # ... up to this much (then reading stops: a sender at line rate cost ~0.7 GB/s of reads)
 CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")  # decoded %0A etc.: Starlette's routes would drop a final \n
@@ -529,14 +532,17 @@ class SlicedFlowControl(FlowControl):
     reading paused while the protocol still holds bytes it has read but not parsed: else every resume would
     add another socket read (up to 256 KiB) to what waits, without bound."""
 
-    def __init__(self, transport: asyncio.Transport, holding: Any) -> None:
+    def __init__(self, transport: asyncio.Transport, holding: Any, resumed: Any = None) -> None:
         super().__init__(transport)
         self._reading_transport = transport
         self._holding = holding
+        self._resumed = resumed  # called when uvicorn lets reading go on (the protocol's ``_reading_resumed``)
 
     def resume_reading(self) -> None:
         if self.read_paused:
             self.read_paused = False
+            if self._resumed is not None:
+                self._resumed()
             if not self._holding():
                 self._reading_transport.resume_reading()
 
@@ -574,7 +580,7 @@ class SlicedH11Protocol(H11Protocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        self.flow = SlicedFlowControl(transport, lambda: self._reading_held)
+        self.flow = SlicedFlowControl(transport, lambda: self._reading_held, self._reading_resumed)
         self._address = _client_host(self) or ""
         self._entry = self.address_budgets.take(self._address)
         self.shared = self._entry.budget
@@ -621,6 +627,9 @@ class SlicedH11Protocol(H11Protocol):
 
     def _on_data(self) -> None:
         """Bytes arrived (before they are parsed); a subclass's hook."""
+
+    def _reading_resumed(self) -> None:
+        """Reading was paused by the agent (uvicorn's flow control or the slicing) and goes on; a subclass's hook."""
 
     def _after_parse(self) -> None:
         """h11 has handed out what it could of a step; a subclass's hook."""
@@ -706,6 +715,7 @@ class SlicedH11Protocol(H11Protocol):
                 self._next_step = call(self._step)
         elif self._reading_held:
             self._reading_held = False
+            self._reading_resumed()
             if not self.flow.read_paused:  # else the flow control resumes it once the handler has read on
                 self.transport.resume_reading()
 
@@ -807,17 +817,21 @@ def limited_protocol(
     write_timeout_s: float | None = None,
     parsing: type[SlicedH11Protocol] = SlicedH11Protocol,
     address_budgets: AddressBudgets | None = None,
+    body_stall_s: float | None = None,
 ) -> type[H11Protocol]:
     """A ``parsing`` (SlicedH11Protocol) subclass with a request-header deadline, a per-address connection cap
     and (with ``write_timeout_s``) a deadline for a client that stops reading what it is sent.
 
     ``address_budgets``: the per-address table (parse budgets, places in the turns, connection counts) to share
     with another listener of the same agent (its HTTP and HTTPS ports: one address, one place and one cap, not
-    one on each, review13b F4); None: a table of its own on the parsing class's turns."""
+    one on each, review13b F4); None: a table of its own on the parsing class's turns. ``body_stall_s``: how long a
+    request body must go without a byte (while the agent is not the one holding its reading) before the connection
+    counts as waiting on its client, one a newcomer may take the place of at the cap (None: ``BODY_STALL_S``)."""
     if address_budgets is None:
         own = parsing.address_budgets
         address_budgets = AddressBudgets(own.share, own.burst_s, own.turns)
     table: AddressBudgets = address_budgets
+    stall_s = BODY_STALL_S if body_stall_s is None else body_stall_s
 
     class LimitedH11Protocol(parsing):  # type: ignore[valid-type,misc]
         address_budgets = table  # the parsing class's turns (PARSING unless a test's)
@@ -828,6 +842,8 @@ def limited_protocol(
         _partial = False
         _half_closed = False  # the client ended its sending side: answer what it sent, then close
         _task: asyncio.Task[None] | None = None  # its latest request's task (RecordedTasks)
+        _body_at = 0.0  # loop time its client last sent a byte, or the agent last let its reading go on
+        _stall_timer: asyncio.TimerHandle | None = None  # when an incomplete body would count as stalled
 
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
@@ -868,8 +884,8 @@ def limited_protocol(
             ``host`` holds (``oldest_of_busiest``): four addresses' 64 idle connections each kept every other client
             out (review12e), and so did 4 x 64 predicts whose bodies stalled after a byte (review14a F5). Waiting on
             its client: for a request head (idle keep-alive included: closed without a word) or for the rest of a
-            request body (answered 503, see ``_give_up``). A request read whole, or being answered, is never given
-            up."""
+            request body that has stalled (``_body_stalled``; answered 503, see ``_give_up``). A request read whole,
+            or being answered, is never given up."""
             limit = self.limit_concurrency
             while limit is not None and len(self.connections) - len(self.given_up) >= limit:
                 victim = oldest_of_busiest(self.waiting, host)
@@ -884,6 +900,33 @@ def limited_protocol(
 
         def _answer_started(self) -> bool:
             return self.cycle is not None and not self.cycle.response_complete and self.cycle.response_started
+
+        def _body_stalled(self) -> bool:
+            """A body awaited (``_awaiting_body``) that has really stalled: no byte for ``body_stall_s`` while reading
+            was not paused by the agent. An honest upload on a slow link keeps sending, and one the agent stopped
+            reading (uvicorn pauses reading while a handler leaves 64 KiB unread; the slicing holds it while
+            parsing waits) waits on the agent, not its client: neither is given up for a newcomer (review14c F1)."""
+            return (
+                self._awaiting_body()
+                and not self.flow.read_paused
+                and not self._reading_held
+                and self.loop.time() - self._body_at >= stall_s
+            )
+
+        def _reading_resumed(self) -> None:
+            self._body_at = self.loop.time()  # the client could not send while the agent held its reading
+
+        def _arm_stall_check(self) -> None:
+            """Look again when the awaited body would have gone ``body_stall_s`` without a byte."""
+            if self._stall_timer is None:
+                held = self.flow.read_paused or self._reading_held
+                left = stall_s if held else stall_s - (self.loop.time() - self._body_at)
+                self._stall_timer = self.loop.call_later(max(left, 0.0), self._stall_check)
+
+        def _stall_check(self) -> None:
+            self._stall_timer = None
+            if not self.transport.is_closing():
+                self._update_header_deadline()
 
         def _awaiting_body(self) -> bool:
             """A request handed to the app whose body has not all come, and no answer started: waits on its client."""
@@ -917,7 +960,7 @@ def limited_protocol(
             self.transport.close()
 
         def _mark_waiting(self) -> None:
-            """Waiting on its client: kept in place if it waited already (a head, then its body: one wait)."""
+            """Waiting on its client: kept in place if it was marked already."""
             if self._address is not None:
                 self.waiting.setdefault(self._address, {})[self] = None
 
@@ -933,8 +976,11 @@ def limited_protocol(
             return self.address_budgets.users(host) > max_connections_per_address
 
         def _on_data(self) -> None:
+            self._body_at = self.loop.time()
             if self._header_timer is not None:
                 self._partial = True
+            else:  # a body that was stalled is moving again: no longer waiting on its client
+                self._unmark_waiting()
 
         def eof_received(self) -> bool | None:  # asyncio.Protocol allows bool
             """The client shut down its sending side (``shutdown(SHUT_WR)``, ``curl`` reading a request from a pipe,
@@ -981,6 +1027,9 @@ def limited_protocol(
             self._cancel_header_deadline()
             self._unmark_waiting()
             self.given_up.discard(self)
+            if self._stall_timer is not None:
+                self._stall_timer.cancel()
+                self._stall_timer = None
             if self._write_timer is not None:
                 self._write_timer.cancel()
                 self._write_timer = None
@@ -991,16 +1040,19 @@ def limited_protocol(
 
         def _update_header_deadline(self) -> None:
             """Arm the deadline while no request is in progress; disarm it once a request's headers are in. Then
-            the connection is in ``waiting`` while it waits on its client (a head, or a body not all come)."""
+            the connection is in ``waiting`` while it waits on its client (a head, or a body that has stalled:
+            ``_body_stalled``, looked at again by a timer while the body is awaited)."""
             if self.transport.is_closing() or not self._waiting_for_headers():
                 self._cancel_header_deadline()
             elif self._header_timer is None:
                 self._partial = False
                 self._header_timer = self.loop.call_later(header_timeout_s, self._header_timeout)
-            if self._header_timer is not None or self._awaiting_body():
+            if self._header_timer is not None or self._body_stalled():
                 self._mark_waiting()
             else:
                 self._unmark_waiting()
+                if self._awaiting_body():
+                    self._arm_stall_check()
 
         def _cancel_header_deadline(self) -> None:
             if self._header_timer is not None:

@@ -27,6 +27,7 @@ import h11
 import pytest
 import uvicorn
 
+from agent import http_limits
 from agent.api import create_app
 from agent.cli import server_config
 from agent.node import NodeAgent
@@ -40,6 +41,8 @@ PROBE = json.dumps({"model_version_status": [{"version": "1", "state": "AVAILABL
 OK = b'{"predictions": [2.5]}'
 CAP, PER_ADDRESS = 24, 8
 ATTACKERS = ("127.0.77.1", "127.0.77.2", "127.0.77.3")
+STALL_S = 0.4  # scaled BODY_STALL_S (1 s): a body this long without a byte waits on its client
+LATE_OVER = 200_000  # (ModelServer.late_s)
 BIG = 100_000  # declared by the first attacker's bodies: past the proxy's 64 KiB prefetch, so it streams them
 
 
@@ -52,6 +55,8 @@ class ModelServer:
         self.answered = 0
         self.cut = 0  # connections that closed in the middle of a request body
         self.streaming = 0  # requests whose body has begun and not ended
+        self.slow_s = 0.0  # answers a predict whose body says "slow" this late (a heavy model)
+        self.late_s = 0.0  # starts reading a body over LATE_OVER bytes this late (a busy server)
         threading.Thread(target=self._serve, daemon=True).start()
 
     def _serve(self) -> None:
@@ -64,10 +69,13 @@ class ModelServer:
 
     def _conn(self, conn: socket.socket) -> None:
         with conn:
-            parser, method, in_body = h11.Connection(h11.SERVER), b"", False
+            parser, method, in_body, slow, late = h11.Connection(h11.SERVER), b"", False, False, False
             while True:
                 event = parser.next_event()
                 if event is h11.NEED_DATA:
+                    if late:
+                        time.sleep(self.late_s)
+                        late = False
                     data = conn.recv(65536)
                     if not data:
                         self.cut += in_body
@@ -77,8 +85,14 @@ class ModelServer:
                 elif isinstance(event, h11.Request):
                     method, in_body = event.method, True
                     self.streaming += method != b"GET"
+                    late = int(dict(event.headers).get(b"content-length", b"0")) > LATE_OVER
+                elif isinstance(event, h11.Data):
+                    slow = slow or b"slow" in event.data
                 elif isinstance(event, h11.EndOfMessage):
                     in_body = False
+                    if slow:
+                        time.sleep(self.slow_s)
+                        slow = False
                     self.streaming -= method != b"GET"
                     answer = PROBE if method == b"GET" else OK
                     head = [("Content-Type", "application/json"), ("Content-Length", str(len(answer)))]
@@ -113,7 +127,8 @@ class Listed:
 
 
 @pytest.fixture
-def agent(tmp_path: Path) -> Iterator[tuple[int, uvicorn.Server, ModelServer]]:
+def agent(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[int, uvicorn.Server, ModelServer]]:
+    monkeypatch.setattr(http_limits, "BODY_STALL_S", STALL_S)  # read by limited_protocol in server_config
     upstream = ModelServer()
     port = free_port()
     settings = Settings(node_id="n1", host="127.0.0.1", port=port, data_dir=str(tmp_path), discovery=False,
@@ -215,6 +230,7 @@ def test_stalled_bodies_from_a_few_addresses_do_not_keep_another_client_out(agen
     held = _fill(port, {ATTACKERS[0]: PER_ADDRESS}, BIG, b"[" * 70_000)
     held += _fill(port, {ATTACKERS[1]: PER_ADDRESS, ATTACKERS[2]: PER_ADDRESS - 1})
     wait_for(lambda: len(server.server_state.tasks) == CAP - 1 and upstream.streaming == PER_ADDRESS, timeout=10)
+    _wait_waiting(server, CAP - 1)  # each counts once its body has gone BODY_STALL_S without a byte
     before = upstream.answered  # (the agent's own warm-up predict)
 
     assert _health(port, "127.0.78.1") == 200  # was 503 for body_timeout_s (30 s), renewable
@@ -265,4 +281,46 @@ def test_an_honest_slow_upload_from_a_quiet_address_is_not_the_one_given_up(agen
     assert upstream.answered == before + 5
     honest.close()
     for sock in held:
+        sock.close()
+
+
+@pytest.mark.parametrize("upload", ["trickled", "read_late"])
+def test_an_upload_still_coming_or_held_by_the_agent_is_not_given_up(agent: Any, upload: str) -> None:
+    """review14c F1: the cap held by predicts being answered (a heavy model, 4 s), a quiet address's upload in
+    flight, and one newcomer from a fresh address. The upload is not waiting on its client: "trickled" sends a
+    2 KB body in pieces 0.1 s apart (a slow link; STALL_S 0.4), "read_late" sends 6 MB at once that the model
+    server starts reading 4 s late (uvicorn pauses reading while the handler leaves 64 KiB unread). Before,
+    either counted as waiting (h11 still reading the body) and was answered 503 for the newcomer; now the
+    newcomer gets uvicorn's 503 and the upload its answer."""
+    port, server, upstream = agent
+    upstream.slow_s, upstream.late_s = 4.0, 4.0
+    slow = b'{"instances": [1.0], "x": "slow"}'
+    busy = [_stall(port, f"127.0.71.{i // PER_ADDRESS + 1}", len(slow), slow) for i in range(CAP - 2)]
+    wait_for(lambda: len(server.server_state.tasks) == CAP - 2, timeout=10)
+    honest = socket.create_connection(("127.0.0.1", port), timeout=30, source_address=("127.0.79.1", 0))
+    if upload == "trickled":
+        body = b'{"instances": [' + b"1.0," * 500 + b"1.0]}"
+        pieces = [body[i : i + 100] for i in range(0, len(body), 100)]  # 21 pieces, 2 s
+        honest.sendall(_head(len(body)) + pieces[0])
+
+        def send_rest() -> None:
+            for piece in pieces[1:]:
+                time.sleep(0.1)
+                honest.sendall(piece)
+
+        sender = threading.Thread(target=send_rest, daemon=True)
+    else:
+        body = b'{"instances": [' + b"1.0," * 1_500_000 + b"1.0]}"
+        sender = threading.Thread(target=honest.sendall, args=(_head(len(body)) + body,), daemon=True)
+    sender.start()
+    time.sleep(1.5)  # well past STALL_S: the upload is still coming (or held by the agent), never stalled
+    assert _waiting_table(server) == {}
+    newcomer = _exchange(port, "127.0.78.1", b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+    assert newcomer[0] == 503 and b"given to a newcomer" not in newcomer[1], newcomer
+    sender.join(30)
+    honest.settimeout(30)
+    answer = honest.recv(65536)
+    assert answer.startswith(b"HTTP/1.1 200 "), answer[:200]
+    honest.close()
+    for sock in busy:
         sock.close()
