@@ -114,6 +114,7 @@ def error_bytes(status: int, message: str) -> tuple[list[tuple[bytes, bytes]], b
 
 
 ABORTED = "peerserve.answer_aborted"  # scope key HttpLimits sets when an answer was aborted (AbortAnswer)
+GIVEN_UP = "peerserve.given_up"  # scope key: the request's place went to a newcomer and its task was cancelled
 
 
 class AbortAnswer(Exception):
@@ -160,6 +161,12 @@ class HttpLimits:
                 await _send_error(send, exc.status_code, str(exc.detail))
         except ClientDisconnect:
             log.debug("client %s went away while sending its body", scope.get("client"))
+        except asyncio.CancelledError:
+            if not scope.get(GIVEN_UP):
+                raise
+            # its place went to a newcomer (limited_protocol's _give_up, which answered it 503): the task ends here
+            # quietly, not as uvicorn's "Exception in ASGI application" once per newcomer
+            log.debug("request from %s given up for a newcomer", scope.get("client"))
         except AbortAnswer as exc:
             scope[ABORTED] = True  # for the metrics outside: the answer failed whatever its head said
             if not started:
@@ -944,9 +951,11 @@ def limited_protocol(
             written nothing: the stand-in's rule), and the app's ``receive`` says the client is gone
             (``http.disconnect``): the proxy reading the body stops there and closes its model-server
             connection mid-request (never reused, nothing answered from it), and nothing the app still sends is
-            written. Its task also leaves uvicorn's count at once (it ends within a few loop turns, once its
-            ``receive`` returns): else the newcomer's request, parsed on the next turns, still found the cap full
-            of tasks and got the 503 itself."""
+            written. Its task also leaves uvicorn's count at once (else the newcomer's request, parsed on the next
+            turns, still found the cap full of tasks and got the 503 itself), and is cancelled (``GIVEN_UP`` in its
+            scope: ``HttpLimits`` ends it quietly): left to end at its next ``receive``, a handler that waits before
+            reading its body (the proxy's ``resolve`` provisioning a model, up to ``provision_wait_s``) ran on
+            uncounted, and newcomers from rotating addresses piled up 323 live handlers at cap 24 (review14c F2)."""
             cycle = self.cycle
             if cycle is not None and not cycle.response_complete:
                 if not cycle.response_started:
@@ -956,6 +965,8 @@ def limited_protocol(
                 cycle.message_event.set()
                 if self._task is not None:
                     self.server_state.tasks.discard(self._task)
+                    cycle.scope[GIVEN_UP] = True  # (an ASGI scope is a dict)
+                    self._task.cancel()
             self._unparsed.clear()
             self.transport.close()
 

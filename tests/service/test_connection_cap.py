@@ -15,6 +15,7 @@ Scaled: cap 24, 8 per address, attackers from 127.0.77.1-3, newcomers from 127.0
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 import threading
@@ -323,4 +324,41 @@ def test_an_upload_still_coming_or_held_by_the_agent_is_not_given_up(agent: Any,
     assert answer.startswith(b"HTTP/1.1 200 "), answer[:200]
     honest.close()
     for sock in busy:
+        sock.close()
+
+
+def _live_handlers(server: uvicorn.Server) -> int:
+    """Request handlers (uvicorn's ``run_asgi`` tasks) not yet ended on the agent's loop, counted on that loop."""
+    loop = next(iter(server.server_state.connections)).loop
+
+    async def count() -> int:
+        return sum(1 for t in asyncio.all_tasks() if "run_asgi" in repr(t.get_coro()))
+
+    return asyncio.run_coroutine_threadsafe(count(), loop).result(10)
+
+
+def test_a_given_up_request_that_waits_before_reading_its_body_ends_at_once(agent: Any) -> None:
+    """review14c F2: a predict for a catalogue model not running here waits in ``resolve`` (provisioning, up to
+    ``provision_wait_s``) before it reads its body. Given up, its task left uvicorn's count but ran on until then:
+    newcomers from rotating addresses, each such a predict that stalls, piled up live handlers past the cap (323
+    at cap 24 in 3.3 s). Now a given-up request's task is cancelled: the live handlers stay within the cap."""
+    port, server, _ = agent
+    other = "half_plus_three"  # in the catalogue, not running on this node
+
+    def stalled(source: str) -> socket.socket:
+        sock = socket.create_connection(("127.0.0.1", port), timeout=10, source_address=(source, 0))
+        sock.sendall(_head(1000).replace(MODEL.encode(), other.encode()) + b"{")
+        return sock
+
+    held = [stalled(f"127.0.74.{i // PER_ADDRESS + 1}") for i in range(CAP - 1)]
+    _wait_waiting(server, CAP - 1)
+    peak = 0
+    for k in range(60):
+        held.append(stalled(f"127.0.75.{k + 1}"))
+        time.sleep(0.03)
+        if k % 10 == 9:
+            peak = max(peak, _live_handlers(server))
+    assert peak <= CAP, peak  # before: 23 + every newcomer so far (33 ... 83)
+    assert len(server.server_state.tasks) <= CAP
+    for sock in held:
         sock.close()
