@@ -88,6 +88,7 @@ RECENT_ADDRESSES = 1024  # addresses with no connection open whose place in the 
 MIN_CHUNKS = 256  # chunks any body may use ...
 MIN_CHUNK_BYTES = 256  # ... past which they must average at least this many bytes
 BODY_STALL_S = 1.0  # a request body counts as waiting on its client after this long with no byte (reading not paused)
+CLOSE_DRAIN_S = 10.0  # a closed connection's unsent bytes get this long to drain before it is aborted (_close)
 REFUSAL_LINGER_S = 1.0  # a refused client has this long to read its 400; what it still sends is dropped unparsed ...
 REFUSAL_DROP_BYTES = 1 << 20  # ... up to this much (then reading stops: a sender at line rate cost ~0.7 GB/s of reads)
 CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")  # decoded %0A etc.: Starlette's routes would drop a final \n
@@ -573,6 +574,7 @@ class SlicedH11Protocol(H11Protocol):
     _reading_held = False  # reading paused by the slicing (uvicorn's flow control pauses it on its own too)
     _lingering: asyncio.TimerHandle | None = None  # refused: dropping what arrives until this closes
     _dropped = 0  # bytes dropped since the refusal
+    close_drain_s = CLOSE_DRAIN_S  # (limited_protocol: its write_timeout_s)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -637,6 +639,15 @@ class SlicedH11Protocol(H11Protocol):
 
     def _reading_resumed(self) -> None:
         """Reading was paused by the agent (uvicorn's flow control or the slicing) and goes on; a subclass's hook."""
+
+    def _close(self) -> None:
+        """Close the connection, and abort it if what is still to be sent has not drained ``close_drain_s`` later.
+        ``transport.close()`` waits for the client to read the write buffer: a client with a small receive buffer
+        that never reads leaves a few tens of KB there, under asyncio's 64 KiB high-water mark, so ``pause_writing``
+        never fires and the close never finishes; 23 such held a cap of 24 (/health 503 at 40 s, review14c F3)."""
+        self.transport.close()
+        if self.transport.get_write_buffer_size() > 0:
+            self.loop.call_later(self.close_drain_s, self.transport.abort)  # (a no-op once it is closed)
 
     def _after_parse(self) -> None:
         """h11 has handed out what it could of a step; a subclass's hook."""
@@ -759,7 +770,7 @@ class SlicedH11Protocol(H11Protocol):
         # the 400 it has not read yet: end our side, drop what still comes (no parsing) for a moment, close.
         if self.transport.can_write_eof():
             self.transport.write_eof()
-        self._lingering = self.loop.call_later(REFUSAL_LINGER_S, self.transport.close)
+        self._lingering = self.loop.call_later(REFUSAL_LINGER_S, self._close)
         self._reading_held = False
         self.flow.read_paused = False
         self.transport.resume_reading()
@@ -838,10 +849,12 @@ def limited_protocol(
         own = parsing.address_budgets
         address_budgets = AddressBudgets(own.share, own.burst_s, own.turns)
     table: AddressBudgets = address_budgets
+    drain_s = header_timeout_s if write_timeout_s is None else write_timeout_s
     stall_s = BODY_STALL_S if body_stall_s is None else body_stall_s
 
     class LimitedH11Protocol(parsing):  # type: ignore[valid-type,misc]
         address_budgets = table  # the parsing class's turns (PARSING unless a test's)
+        close_drain_s = drain_s  # what a closed connection's unsent bytes get (_close)
         waiting: ClassVar[dict[str, dict[Any, None]]] = {}  # waiting for a request head, per address, oldest first
         given_up: ClassVar[set[Any]] = set()  # closed to make room, not yet gone from uvicorn's connection set
         _header_timer: asyncio.TimerHandle | None = None
@@ -851,6 +864,7 @@ def limited_protocol(
         _task: asyncio.Task[None] | None = None  # its latest request's task (RecordedTasks)
         _body_at = 0.0  # loop time its client last sent a byte, or the agent last let its reading go on
         _stall_timer: asyncio.TimerHandle | None = None  # when an incomplete body would count as stalled
+        _write_left = 0  # bytes unsent when the write timer was armed (fewer when it fires: the client reads)
 
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
@@ -859,17 +873,37 @@ def limited_protocol(
         def pause_writing(self) -> None:
             """The client's socket is full: it must read again within ``write_timeout_s`` or be cut off."""
             super().pause_writing()
-            if write_timeout_s is not None and self._write_timer is None:
-                self._write_timer = self.loop.call_later(write_timeout_s, self._write_timeout)
+            self._arm_write_timer()
 
         def resume_writing(self) -> None:
             super().resume_writing()
             if self._write_timer is not None:
                 self._write_timer.cancel()
                 self._write_timer = None
+            if self.transport.get_write_buffer_size() > 0:  # under the low-water mark, not drained: still watched
+                self._arm_write_timer()
+
+        def _arm_write_timer(self) -> None:
+            if write_timeout_s is not None and self._write_timer is None:
+                self._write_left = self.transport.get_write_buffer_size()
+                self._write_timer = self.loop.call_later(write_timeout_s, self._write_timeout)
 
         def _write_timeout(self) -> None:
+            """``write_timeout_s`` after the socket filled (``pause_writing``), or after an answer (or the
+            low-water mark) left bytes unsent: cut off a client that read nothing meanwhile. Under asyncio's
+            64 KiB high-water mark ``pause_writing`` never fires, so a client that stopped reading with a few
+            tens of KB unsent was never cut off, and every close of its connection waited on it for good
+            (review14c F3). A buffer still shrinking, or an answer still being written (that one pauses writing
+            if its client stops reading), is looked at again later."""
             self._write_timer = None
+            left = self.transport.get_write_buffer_size()
+            if not self.flow.write_paused:
+                if left == 0:
+                    return
+                answering = self.cycle is not None and not self.cycle.response_complete
+                if left < self._write_left or (answering and not self.transport.is_closing()):
+                    self._arm_write_timer()
+                    return
             log.debug("aborting a connection to %s: it read nothing for %g s", self.client, write_timeout_s)
             self.transport.abort()  # close() would wait for the client to read the buffer first
 
@@ -880,7 +914,7 @@ def limited_protocol(
                 _warn_once_a_minute(host, f"refusing connections from {host}: {max_connections_per_address} open")
                 message = f"over {max_connections_per_address} connections open from {host}"
                 transport.write(_raw_response(503, "Service Unavailable", message))
-                transport.close()
+                self._close()
                 return
             self._make_room(host or "")
             self._update_header_deadline()
@@ -956,9 +990,11 @@ def limited_protocol(
             scope: ``HttpLimits`` ends it quietly): left to end at its next ``receive``, a handler that waits before
             reading its body (the proxy's ``resolve`` provisioning a model, up to ``provision_wait_s``) ran on
             uncounted, and newcomers from rotating addresses piled up 323 live handlers at cap 24 (review14c F2)."""
+            if self.transport.get_write_buffer_size() > 0:  # it is not even reading what it was sent: nothing more
+                self.transport.abort()
             cycle = self.cycle
             if cycle is not None and not cycle.response_complete:
-                if not cycle.response_started:
+                if not cycle.response_started and not self.transport.is_closing():
                     message = "this request's place was given to a newcomer: the agent is at its connection limit"
                     self.transport.write(_raw_response(503, "Service Unavailable", message))
                 cycle.disconnected = True  # receive() answers http.disconnect; send() writes nothing more
@@ -968,7 +1004,7 @@ def limited_protocol(
                     cycle.scope[GIVEN_UP] = True  # (an ASGI scope is a dict)
                     self._task.cancel()
             self._unparsed.clear()
-            self.transport.close()
+            self._close()
 
         def _mark_waiting(self) -> None:
             """Waiting on its client: kept in place if it was marked already."""
@@ -1023,7 +1059,7 @@ def limited_protocol(
                     self.cycle.message_event.set()
                 with contextlib.suppress(h11.LocalProtocolError):
                     self.conn.send(h11.ConnectionClosed())
-                self.transport.close()
+                self._close()
 
         def _after_parse(self) -> None:
             self._close_if_half_closed()
@@ -1031,6 +1067,8 @@ def limited_protocol(
 
         def on_response_complete(self) -> None:
             super().on_response_complete()
+            if self.transport.get_write_buffer_size() > 0:  # the answer's tail unsent: the client must read it
+                self._arm_write_timer()
             self._close_if_half_closed()
             self._update_header_deadline()
 
@@ -1079,6 +1117,6 @@ def limited_protocol(
                 message = f"request headers not received within {header_timeout_s:g} s"
                 self.transport.write(_raw_response(408, "Request Timeout", message))
             log.debug("closing a connection from %s: no complete request in %g s", self.client, header_timeout_s)
-            self.transport.close()
+            self._close()
 
     return LimitedH11Protocol

@@ -56,6 +56,7 @@ class ModelServer:
         self.answered = 0
         self.cut = 0  # connections that closed in the middle of a request body
         self.streaming = 0  # requests whose body has begun and not ended
+        self.answer = OK  # to every predict
         self.slow_s = 0.0  # answers a predict whose body says "slow" this late (a heavy model)
         self.late_s = 0.0  # starts reading a body over LATE_OVER bytes this late (a busy server)
         threading.Thread(target=self._serve, daemon=True).start()
@@ -95,7 +96,7 @@ class ModelServer:
                         time.sleep(self.slow_s)
                         slow = False
                     self.streaming -= method != b"GET"
-                    answer = PROBE if method == b"GET" else OK
+                    answer = PROBE if method == b"GET" else self.answer
                     head = [("Content-Type", "application/json"), ("Content-Length", str(len(answer)))]
                     wire = parser.send(h11.Response(status_code=200, headers=head)) or b""
                     conn.sendall(
@@ -128,12 +129,16 @@ class Listed:
 
 
 @pytest.fixture
-def agent(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[int, uvicorn.Server, ModelServer]]:
+def agent(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
+) -> Iterator[tuple[int, uvicorn.Server, ModelServer]]:
+    """The agent (cap 24, 8 per address) and its model server; ``request.param``: more Settings (indirect)."""
     monkeypatch.setattr(http_limits, "BODY_STALL_S", STALL_S)  # read by limited_protocol in server_config
     upstream = ModelServer()
     port = free_port()
     settings = Settings(node_id="n1", host="127.0.0.1", port=port, data_dir=str(tmp_path), discovery=False,
-                        max_concurrency=CAP, max_connections_per_address=PER_ADDRESS)  # fmt: skip
+                        max_concurrency=CAP, max_connections_per_address=PER_ADDRESS,
+                        **getattr(request, "param", {}))  # fmt: skip
     node = NodeAgent(settings, runtime=Listed(f"http://127.0.0.1:{upstream.port}"))
     node.set_desired(1, None, {MODEL: 1})
     server = uvicorn.Server(server_config(create_app(node), settings, "warning"))
@@ -360,5 +365,68 @@ def test_a_given_up_request_that_waits_before_reading_its_body_ends_at_once(agen
             peak = max(peak, _live_handlers(server))
     assert peak <= CAP, peak  # before: 23 + every newcomer so far (33 ... 83)
     assert len(server.server_state.tasks) <= CAP
+    for sock in held:
+        sock.close()
+
+
+def _unsent(server: uvicorn.Server) -> list[int]:
+    """Bytes in each open connection's write buffer (read from the test's thread: retried if the set changed)."""
+    for _ in range(100):
+        try:
+            return [p.transport.get_write_buffer_size() for p in list(server.server_state.connections)]
+        except RuntimeError:
+            time.sleep(0.01)
+    raise AssertionError("the connection set kept changing")
+
+
+def _unread_answers(port: int, server: uvicorn.Server, upstream: ModelServer) -> list[socket.socket]:
+    """CAP - 1 predicts from clients with a 2 KB receive buffer that never read: each 50 KB answer completes with
+    tens of KB unsent, under asyncio's 64 KiB high-water mark (``pause_writing`` never fires)."""
+    for listener in server.servers:  # a kernel that buffers less (loopback here takes ~2 MB: accepted sockets
+        for sock in listener.sockets:  # inherit the listener's send buffer)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8192)
+    upstream.answer = b'{"predictions": [' + b"2.5," * 12_500 + b"2.5]}"  # 50 KB
+    before = upstream.answered
+    body = b'{"instances": [1.0]}'
+    held = []
+    for i in range(CAP - 1):
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 2048)
+        sock.bind((f"127.0.76.{i // PER_ADDRESS + 1}", 0))
+        sock.connect(("127.0.0.1", port))
+        sock.sendall(_head(len(body)) + body)
+        held.append(sock)
+    wait_for(lambda: upstream.answered == before + CAP - 1, timeout=20)
+    wait_for(lambda: sum(n > 0 for n in _unsent(server)) == CAP - 1, timeout=10)  # every answer's tail unsent
+    assert max(_unsent(server)) < 64 * 1024
+    return held
+
+
+@pytest.mark.parametrize("agent", [{"header_timeout_s": 1.0, "body_timeout_s": 2.0}], indirect=True)
+def test_connections_that_never_read_their_answers_do_not_hold_the_cap(agent: Any) -> None:
+    """review14c F3: CAP - 1 predicts from clients with a 2 KB receive buffer that never read: each 50 KB answer
+    completes with tens of KB unsent, under asyncio's 64 KiB high-water mark (``pause_writing`` never fires, so
+    the write timeout never started). The header deadline, and uvicorn's keep-alive timeout, closed them with
+    ``transport.close()``, which waits for the client to read: never. They held the cap (/health 503 at 40 s).
+    Now they are aborted ``write_timeout_s`` (here 2 s) after their answers."""
+    port, server, upstream = agent
+    held = _unread_answers(port, server, upstream)
+    wait_for(lambda: not server.server_state.connections, timeout=10)  # before: all CAP - 1 open for good
+    assert _health(port, "127.0.78.1") == 200
+    for sock in held:
+        sock.close()
+
+
+@pytest.mark.parametrize("agent", [{"body_timeout_s": 30.0}], indirect=True)
+def test_a_connection_given_up_with_its_answer_unread_is_gone_at_once(agent: Any) -> None:
+    """review14c F3 at the cap: CAP - 1 connections whose answers' tails are unsent wait for their next request
+    (header deadline 10 s, write timeout 30 s). A newcomer gives up the oldest of the busiest address's: before,
+    ``transport.close()`` left it open (it waits for the client to read), uvicorn still counted CAP connections and
+    the newcomer got 503. Now a given-up connection with bytes unsent is aborted at once."""
+    port, server, upstream = agent
+    held = _unread_answers(port, server, upstream)
+    wait_for(lambda: sum(_waiting_table(server).values()) == CAP - 1, timeout=10)
+    assert _health(port, "127.0.78.1") == 200  # before: 503 (the given-up connection never closed)
+    wait_for(lambda: len(_unsent(server)) == CAP - 2, timeout=5)  # one gone; the rest wait for their deadlines
     for sock in held:
         sock.close()
