@@ -12,8 +12,10 @@ Two layers, because uvicorn gives no header timeout of its own:
   not the one holding its reading) from the address holding the most such (a few addresses' idle connections or
   stalled bodies cannot keep everyone else out; an upload still coming, or one the agent stopped reading, is
   never given up).
-  A client that stops reading an answer (its socket full for ``write_timeout_s``) is cut off: it would
-  otherwise hold the proxied model server's connection and its in-flight count without end.
+  A client that stops reading an answer (its socket full for ``write_timeout_s``, or an answer's tail left
+  unsent that long without the buffer shrinking) is cut off: it would otherwise hold the proxied model server's
+  connection and its in-flight count, or its place in the cap, without end; every close aborts a connection whose
+  unsent bytes have not drained by then (``_close``: ``transport.close()`` alone waits for the client to read).
 - ``HttpLimits`` is pure ASGI middleware around the app. It refuses a path with control characters
   (400), request headers over the limit (431; h11's ``max_incomplete_event_size`` bounds what is
   buffered before they are complete) and a declared ``Content-Length`` over the limit before reading
