@@ -8,10 +8,14 @@ Two layers, because uvicorn gives no header timeout of its own:
   closed (an idle keep-alive connection is simply closed). It also caps open connections per client
   address (``max_connections_per_address``), read from the count ``AddressBudgets`` keeps; at uvicorn's
   ``limit_concurrency`` a newcomer takes the place of the oldest connection waiting on its client (for its
-  request head, or the rest of its request body) from the address holding the most such (a few addresses'
-  idle connections or stalled bodies cannot keep everyone else out).
-  A client that stops reading an answer (its socket full for ``write_timeout_s``) is cut off: it would
-  otherwise hold the proxied model server's connection and its in-flight count without end.
+  request head, or the rest of a request body that has stalled: no byte for ``BODY_STALL_S`` while the agent was
+  not the one holding its reading) from the address holding the most such (a few addresses' idle connections or
+  stalled bodies cannot keep everyone else out; an upload still coming, or one the agent stopped reading, is
+  never given up).
+  A client that stops reading an answer (its socket full for ``write_timeout_s``, or an answer's tail left
+  unsent that long without the buffer shrinking) is cut off: it would otherwise hold the proxied model server's
+  connection and its in-flight count, or its place in the cap, without end; every close aborts a connection whose
+  unsent bytes have not drained by then (``_close``: ``transport.close()`` alone waits for the client to read).
 - ``HttpLimits`` is pure ASGI middleware around the app. It refuses a path with control characters
   (400), request headers over the limit (431; h11's ``max_incomplete_event_size`` bounds what is
   buffered before they are complete) and a declared ``Content-Length`` over the limit before reading
@@ -85,6 +89,8 @@ IDLE_CREDIT_S = 0.005  # an address that joins the turns may be this far behind 
 RECENT_ADDRESSES = 1024  # addresses with no connection open whose place in the turns is remembered (ParseTurns)
 MIN_CHUNKS = 256  # chunks any body may use ...
 MIN_CHUNK_BYTES = 256  # ... past which they must average at least this many bytes
+BODY_STALL_S = 1.0  # a request body counts as waiting on its client after this long with no byte (reading not paused)
+CLOSE_DRAIN_S = 10.0  # a closed connection's unsent bytes get this long to drain before it is aborted (_close)
 REFUSAL_LINGER_S = 1.0  # a refused client has this long to read its 400; what it still sends is dropped unparsed ...
 REFUSAL_DROP_BYTES = 1 << 20  # ... up to this much (then reading stops: a sender at line rate cost ~0.7 GB/s of reads)
 CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")  # decoded %0A etc.: Starlette's routes would drop a final \n
@@ -111,6 +117,7 @@ def error_bytes(status: int, message: str) -> tuple[list[tuple[bytes, bytes]], b
 
 
 ABORTED = "peerserve.answer_aborted"  # scope key HttpLimits sets when an answer was aborted (AbortAnswer)
+GIVEN_UP = "peerserve.given_up"  # scope key: the request's place went to a newcomer and its task was cancelled
 
 
 class AbortAnswer(Exception):
@@ -157,6 +164,12 @@ class HttpLimits:
                 await _send_error(send, exc.status_code, str(exc.detail))
         except ClientDisconnect:
             log.debug("client %s went away while sending its body", scope.get("client"))
+        except asyncio.CancelledError:
+            if not scope.get(GIVEN_UP):
+                raise
+            # its place went to a newcomer (limited_protocol's _give_up, which answered it 503): the task ends here
+            # quietly, not as uvicorn's "Exception in ASGI application" once per newcomer
+            log.debug("request from %s given up for a newcomer", scope.get("client"))
         except AbortAnswer as exc:
             scope[ABORTED] = True  # for the metrics outside: the answer failed whatever its head said
             if not started:
@@ -529,14 +542,17 @@ class SlicedFlowControl(FlowControl):
     reading paused while the protocol still holds bytes it has read but not parsed: else every resume would
     add another socket read (up to 256 KiB) to what waits, without bound."""
 
-    def __init__(self, transport: asyncio.Transport, holding: Any) -> None:
+    def __init__(self, transport: asyncio.Transport, holding: Any, resumed: Any = None) -> None:
         super().__init__(transport)
         self._reading_transport = transport
         self._holding = holding
+        self._resumed = resumed  # called when uvicorn lets reading go on (the protocol's ``_reading_resumed``)
 
     def resume_reading(self) -> None:
         if self.read_paused:
             self.read_paused = False
+            if self._resumed is not None:
+                self._resumed()
             if not self._holding():
                 self._reading_transport.resume_reading()
 
@@ -560,6 +576,7 @@ class SlicedH11Protocol(H11Protocol):
     _reading_held = False  # reading paused by the slicing (uvicorn's flow control pauses it on its own too)
     _lingering: asyncio.TimerHandle | None = None  # refused: dropping what arrives until this closes
     _dropped = 0  # bytes dropped since the refusal
+    close_drain_s = CLOSE_DRAIN_S  # (limited_protocol: its write_timeout_s)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -574,7 +591,7 @@ class SlicedH11Protocol(H11Protocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        self.flow = SlicedFlowControl(transport, lambda: self._reading_held)
+        self.flow = SlicedFlowControl(transport, lambda: self._reading_held, self._reading_resumed)
         self._address = _client_host(self) or ""
         self._entry = self.address_budgets.take(self._address)
         self.shared = self._entry.budget
@@ -621,6 +638,18 @@ class SlicedH11Protocol(H11Protocol):
 
     def _on_data(self) -> None:
         """Bytes arrived (before they are parsed); a subclass's hook."""
+
+    def _reading_resumed(self) -> None:
+        """Reading was paused by the agent (uvicorn's flow control or the slicing) and goes on; a subclass's hook."""
+
+    def _close(self) -> None:
+        """Close the connection, and abort it if what is still to be sent has not drained ``close_drain_s`` later.
+        ``transport.close()`` waits for the client to read the write buffer: a client with a small receive buffer
+        that never reads leaves a few tens of KB there, under asyncio's 64 KiB high-water mark, so ``pause_writing``
+        never fires and the close never finishes; 23 such held a cap of 24 (/health 503 at 40 s, review14c F3)."""
+        self.transport.close()
+        if self.transport.get_write_buffer_size() > 0:
+            self.loop.call_later(self.close_drain_s, self.transport.abort)  # (a no-op once it is closed)
 
     def _after_parse(self) -> None:
         """h11 has handed out what it could of a step; a subclass's hook."""
@@ -706,6 +735,7 @@ class SlicedH11Protocol(H11Protocol):
                 self._next_step = call(self._step)
         elif self._reading_held:
             self._reading_held = False
+            self._reading_resumed()
             if not self.flow.read_paused:  # else the flow control resumes it once the handler has read on
                 self.transport.resume_reading()
 
@@ -742,7 +772,7 @@ class SlicedH11Protocol(H11Protocol):
         # the 400 it has not read yet: end our side, drop what still comes (no parsing) for a moment, close.
         if self.transport.can_write_eof():
             self.transport.write_eof()
-        self._lingering = self.loop.call_later(REFUSAL_LINGER_S, self.transport.close)
+        self._lingering = self.loop.call_later(REFUSAL_LINGER_S, self._close)
         self._reading_held = False
         self.flow.read_paused = False
         self.transport.resume_reading()
@@ -807,20 +837,26 @@ def limited_protocol(
     write_timeout_s: float | None = None,
     parsing: type[SlicedH11Protocol] = SlicedH11Protocol,
     address_budgets: AddressBudgets | None = None,
+    body_stall_s: float | None = None,
 ) -> type[H11Protocol]:
     """A ``parsing`` (SlicedH11Protocol) subclass with a request-header deadline, a per-address connection cap
     and (with ``write_timeout_s``) a deadline for a client that stops reading what it is sent.
 
     ``address_budgets``: the per-address table (parse budgets, places in the turns, connection counts) to share
     with another listener of the same agent (its HTTP and HTTPS ports: one address, one place and one cap, not
-    one on each, review13b F4); None: a table of its own on the parsing class's turns."""
+    one on each, review13b F4); None: a table of its own on the parsing class's turns. ``body_stall_s``: how long a
+    request body must go without a byte (while the agent is not the one holding its reading) before the connection
+    counts as waiting on its client, one a newcomer may take the place of at the cap (None: ``BODY_STALL_S``)."""
     if address_budgets is None:
         own = parsing.address_budgets
         address_budgets = AddressBudgets(own.share, own.burst_s, own.turns)
     table: AddressBudgets = address_budgets
+    drain_s = header_timeout_s if write_timeout_s is None else write_timeout_s
+    stall_s = BODY_STALL_S if body_stall_s is None else body_stall_s
 
     class LimitedH11Protocol(parsing):  # type: ignore[valid-type,misc]
         address_budgets = table  # the parsing class's turns (PARSING unless a test's)
+        close_drain_s = drain_s  # what a closed connection's unsent bytes get (_close)
         waiting: ClassVar[dict[str, dict[Any, None]]] = {}  # waiting for a request head, per address, oldest first
         given_up: ClassVar[set[Any]] = set()  # closed to make room, not yet gone from uvicorn's connection set
         _header_timer: asyncio.TimerHandle | None = None
@@ -828,6 +864,9 @@ def limited_protocol(
         _partial = False
         _half_closed = False  # the client ended its sending side: answer what it sent, then close
         _task: asyncio.Task[None] | None = None  # its latest request's task (RecordedTasks)
+        _body_at = 0.0  # loop time its client last sent a byte, or the agent last let its reading go on
+        _stall_timer: asyncio.TimerHandle | None = None  # when an incomplete body would count as stalled
+        _write_left = 0  # bytes unsent when the write timer was armed (fewer when it fires: the client reads)
 
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
@@ -836,17 +875,37 @@ def limited_protocol(
         def pause_writing(self) -> None:
             """The client's socket is full: it must read again within ``write_timeout_s`` or be cut off."""
             super().pause_writing()
-            if write_timeout_s is not None and self._write_timer is None:
-                self._write_timer = self.loop.call_later(write_timeout_s, self._write_timeout)
+            self._arm_write_timer()
 
         def resume_writing(self) -> None:
             super().resume_writing()
             if self._write_timer is not None:
                 self._write_timer.cancel()
                 self._write_timer = None
+            if self.transport.get_write_buffer_size() > 0:  # under the low-water mark, not drained: still watched
+                self._arm_write_timer()
+
+        def _arm_write_timer(self) -> None:
+            if write_timeout_s is not None and self._write_timer is None:
+                self._write_left = self.transport.get_write_buffer_size()
+                self._write_timer = self.loop.call_later(write_timeout_s, self._write_timeout)
 
         def _write_timeout(self) -> None:
+            """``write_timeout_s`` after the socket filled (``pause_writing``), or after an answer (or the
+            low-water mark) left bytes unsent: cut off a client that read nothing meanwhile. Under asyncio's
+            64 KiB high-water mark ``pause_writing`` never fires, so a client that stopped reading with a few
+            tens of KB unsent was never cut off, and every close of its connection waited on it for good
+            (review14c F3). A buffer still shrinking, or an answer still being written (that one pauses writing
+            if its client stops reading), is looked at again later."""
             self._write_timer = None
+            left = self.transport.get_write_buffer_size()
+            if not self.flow.write_paused:
+                if left == 0:
+                    return
+                answering = self.cycle is not None and not self.cycle.response_complete
+                if left < self._write_left or (answering and not self.transport.is_closing()):
+                    self._arm_write_timer()
+                    return
             log.debug("aborting a connection to %s: it read nothing for %g s", self.client, write_timeout_s)
             self.transport.abort()  # close() would wait for the client to read the buffer first
 
@@ -857,7 +916,7 @@ def limited_protocol(
                 _warn_once_a_minute(host, f"refusing connections from {host}: {max_connections_per_address} open")
                 message = f"over {max_connections_per_address} connections open from {host}"
                 transport.write(_raw_response(503, "Service Unavailable", message))
-                transport.close()
+                self._close()
                 return
             self._make_room(host or "")
             self._update_header_deadline()
@@ -868,8 +927,8 @@ def limited_protocol(
             ``host`` holds (``oldest_of_busiest``): four addresses' 64 idle connections each kept every other client
             out (review12e), and so did 4 x 64 predicts whose bodies stalled after a byte (review14a F5). Waiting on
             its client: for a request head (idle keep-alive included: closed without a word) or for the rest of a
-            request body (answered 503, see ``_give_up``). A request read whole, or being answered, is never given
-            up."""
+            request body that has stalled (``_body_stalled``; answered 503, see ``_give_up``). A request read whole,
+            or being answered, is never given up."""
             limit = self.limit_concurrency
             while limit is not None and len(self.connections) - len(self.given_up) >= limit:
                 victim = oldest_of_busiest(self.waiting, host)
@@ -884,6 +943,33 @@ def limited_protocol(
 
         def _answer_started(self) -> bool:
             return self.cycle is not None and not self.cycle.response_complete and self.cycle.response_started
+
+        def _body_stalled(self) -> bool:
+            """A body awaited (``_awaiting_body``) that has really stalled: no byte for ``body_stall_s`` while reading
+            was not paused by the agent. An honest upload on a slow link keeps sending, and one the agent stopped
+            reading (uvicorn pauses reading while a handler leaves 64 KiB unread; the slicing holds it while
+            parsing waits) waits on the agent, not its client: neither is given up for a newcomer (review14c F1)."""
+            return (
+                self._awaiting_body()
+                and not self.flow.read_paused
+                and not self._reading_held
+                and self.loop.time() - self._body_at >= stall_s
+            )
+
+        def _reading_resumed(self) -> None:
+            self._body_at = self.loop.time()  # the client could not send while the agent held its reading
+
+        def _arm_stall_check(self) -> None:
+            """Look again when the awaited body would have gone ``body_stall_s`` without a byte."""
+            if self._stall_timer is None:
+                held = self.flow.read_paused or self._reading_held
+                left = stall_s if held else stall_s - (self.loop.time() - self._body_at)
+                self._stall_timer = self.loop.call_later(max(left, 0.0), self._stall_check)
+
+        def _stall_check(self) -> None:
+            self._stall_timer = None
+            if not self.transport.is_closing():
+                self._update_header_deadline()
 
         def _awaiting_body(self) -> bool:
             """A request handed to the app whose body has not all come, and no answer started: waits on its client."""
@@ -901,23 +987,29 @@ def limited_protocol(
             written nothing: the stand-in's rule), and the app's ``receive`` says the client is gone
             (``http.disconnect``): the proxy reading the body stops there and closes its model-server
             connection mid-request (never reused, nothing answered from it), and nothing the app still sends is
-            written. Its task also leaves uvicorn's count at once (it ends within a few loop turns, once its
-            ``receive`` returns): else the newcomer's request, parsed on the next turns, still found the cap full
-            of tasks and got the 503 itself."""
+            written. Its task also leaves uvicorn's count at once (else the newcomer's request, parsed on the next
+            turns, still found the cap full of tasks and got the 503 itself), and is cancelled (``GIVEN_UP`` in its
+            scope: ``HttpLimits`` ends it quietly): left to end at its next ``receive``, a handler that waits before
+            reading its body (the proxy's ``resolve`` provisioning a model, up to ``provision_wait_s``) ran on
+            uncounted, and newcomers from rotating addresses piled up 323 live handlers at cap 24 (review14c F2)."""
+            if self.transport.get_write_buffer_size() > 0:  # it is not even reading what it was sent: nothing more
+                self.transport.abort()
             cycle = self.cycle
             if cycle is not None and not cycle.response_complete:
-                if not cycle.response_started:
+                if not cycle.response_started and not self.transport.is_closing():
                     message = "this request's place was given to a newcomer: the agent is at its connection limit"
                     self.transport.write(_raw_response(503, "Service Unavailable", message))
                 cycle.disconnected = True  # receive() answers http.disconnect; send() writes nothing more
                 cycle.message_event.set()
                 if self._task is not None:
                     self.server_state.tasks.discard(self._task)
+                    cycle.scope[GIVEN_UP] = True  # (an ASGI scope is a dict)
+                    self._task.cancel()
             self._unparsed.clear()
-            self.transport.close()
+            self._close()
 
         def _mark_waiting(self) -> None:
-            """Waiting on its client: kept in place if it waited already (a head, then its body: one wait)."""
+            """Waiting on its client: kept in place if it was marked already."""
             if self._address is not None:
                 self.waiting.setdefault(self._address, {})[self] = None
 
@@ -933,8 +1025,11 @@ def limited_protocol(
             return self.address_budgets.users(host) > max_connections_per_address
 
         def _on_data(self) -> None:
+            self._body_at = self.loop.time()
             if self._header_timer is not None:
                 self._partial = True
+            else:  # a body that was stalled is moving again: no longer waiting on its client
+                self._unmark_waiting()
 
         def eof_received(self) -> bool | None:  # asyncio.Protocol allows bool
             """The client shut down its sending side (``shutdown(SHUT_WR)``, ``curl`` reading a request from a pipe,
@@ -966,7 +1061,7 @@ def limited_protocol(
                     self.cycle.message_event.set()
                 with contextlib.suppress(h11.LocalProtocolError):
                     self.conn.send(h11.ConnectionClosed())
-                self.transport.close()
+                self._close()
 
         def _after_parse(self) -> None:
             self._close_if_half_closed()
@@ -974,6 +1069,8 @@ def limited_protocol(
 
         def on_response_complete(self) -> None:
             super().on_response_complete()
+            if self.transport.get_write_buffer_size() > 0:  # the answer's tail unsent: the client must read it
+                self._arm_write_timer()
             self._close_if_half_closed()
             self._update_header_deadline()
 
@@ -981,6 +1078,9 @@ def limited_protocol(
             self._cancel_header_deadline()
             self._unmark_waiting()
             self.given_up.discard(self)
+            if self._stall_timer is not None:
+                self._stall_timer.cancel()
+                self._stall_timer = None
             if self._write_timer is not None:
                 self._write_timer.cancel()
                 self._write_timer = None
@@ -991,16 +1091,19 @@ def limited_protocol(
 
         def _update_header_deadline(self) -> None:
             """Arm the deadline while no request is in progress; disarm it once a request's headers are in. Then
-            the connection is in ``waiting`` while it waits on its client (a head, or a body not all come)."""
+            the connection is in ``waiting`` while it waits on its client (a head, or a body that has stalled:
+            ``_body_stalled``, looked at again by a timer while the body is awaited)."""
             if self.transport.is_closing() or not self._waiting_for_headers():
                 self._cancel_header_deadline()
             elif self._header_timer is None:
                 self._partial = False
                 self._header_timer = self.loop.call_later(header_timeout_s, self._header_timeout)
-            if self._header_timer is not None or self._awaiting_body():
+            if self._header_timer is not None or self._body_stalled():
                 self._mark_waiting()
             else:
                 self._unmark_waiting()
+                if self._awaiting_body():
+                    self._arm_stall_check()
 
         def _cancel_header_deadline(self) -> None:
             if self._header_timer is not None:
@@ -1016,6 +1119,6 @@ def limited_protocol(
                 message = f"request headers not received within {header_timeout_s:g} s"
                 self.transport.write(_raw_response(408, "Request Timeout", message))
             log.debug("closing a connection from %s: no complete request in %g s", self.client, header_timeout_s)
-            self.transport.close()
+            self._close()
 
     return LimitedH11Protocol

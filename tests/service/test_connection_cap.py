@@ -15,6 +15,7 @@ Scaled: cap 24, 8 per address, attackers from 127.0.77.1-3, newcomers from 127.0
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 import threading
@@ -27,6 +28,7 @@ import h11
 import pytest
 import uvicorn
 
+from agent import http_limits
 from agent.api import create_app
 from agent.cli import server_config
 from agent.node import NodeAgent
@@ -40,6 +42,8 @@ PROBE = json.dumps({"model_version_status": [{"version": "1", "state": "AVAILABL
 OK = b'{"predictions": [2.5]}'
 CAP, PER_ADDRESS = 24, 8
 ATTACKERS = ("127.0.77.1", "127.0.77.2", "127.0.77.3")
+STALL_S = 0.4  # scaled BODY_STALL_S (1 s): a body this long without a byte waits on its client
+LATE_OVER = 200_000  # (ModelServer.late_s)
 BIG = 100_000  # declared by the first attacker's bodies: past the proxy's 64 KiB prefetch, so it streams them
 
 
@@ -52,6 +56,9 @@ class ModelServer:
         self.answered = 0
         self.cut = 0  # connections that closed in the middle of a request body
         self.streaming = 0  # requests whose body has begun and not ended
+        self.answer = OK  # to every predict
+        self.slow_s = 0.0  # answers a predict whose body says "slow" this late (a heavy model)
+        self.late_s = 0.0  # starts reading a body over LATE_OVER bytes this late (a busy server)
         threading.Thread(target=self._serve, daemon=True).start()
 
     def _serve(self) -> None:
@@ -64,10 +71,13 @@ class ModelServer:
 
     def _conn(self, conn: socket.socket) -> None:
         with conn:
-            parser, method, in_body = h11.Connection(h11.SERVER), b"", False
+            parser, method, in_body, slow, late = h11.Connection(h11.SERVER), b"", False, False, False
             while True:
                 event = parser.next_event()
                 if event is h11.NEED_DATA:
+                    if late:
+                        time.sleep(self.late_s)
+                        late = False
                     data = conn.recv(65536)
                     if not data:
                         self.cut += in_body
@@ -77,10 +87,16 @@ class ModelServer:
                 elif isinstance(event, h11.Request):
                     method, in_body = event.method, True
                     self.streaming += method != b"GET"
+                    late = int(dict(event.headers).get(b"content-length", b"0")) > LATE_OVER
+                elif isinstance(event, h11.Data):
+                    slow = slow or b"slow" in event.data
                 elif isinstance(event, h11.EndOfMessage):
                     in_body = False
+                    if slow:
+                        time.sleep(self.slow_s)
+                        slow = False
                     self.streaming -= method != b"GET"
-                    answer = PROBE if method == b"GET" else OK
+                    answer = PROBE if method == b"GET" else self.answer
                     head = [("Content-Type", "application/json"), ("Content-Length", str(len(answer)))]
                     wire = parser.send(h11.Response(status_code=200, headers=head)) or b""
                     conn.sendall(
@@ -113,11 +129,16 @@ class Listed:
 
 
 @pytest.fixture
-def agent(tmp_path: Path) -> Iterator[tuple[int, uvicorn.Server, ModelServer]]:
+def agent(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
+) -> Iterator[tuple[int, uvicorn.Server, ModelServer]]:
+    """The agent (cap 24, 8 per address) and its model server; ``request.param``: more Settings (indirect)."""
+    monkeypatch.setattr(http_limits, "BODY_STALL_S", STALL_S)  # read by limited_protocol in server_config
     upstream = ModelServer()
     port = free_port()
     settings = Settings(node_id="n1", host="127.0.0.1", port=port, data_dir=str(tmp_path), discovery=False,
-                        max_concurrency=CAP, max_connections_per_address=PER_ADDRESS)  # fmt: skip
+                        max_concurrency=CAP, max_connections_per_address=PER_ADDRESS,
+                        **getattr(request, "param", {}))  # fmt: skip
     node = NodeAgent(settings, runtime=Listed(f"http://127.0.0.1:{upstream.port}"))
     node.set_desired(1, None, {MODEL: 1})
     server = uvicorn.Server(server_config(create_app(node), settings, "warning"))
@@ -215,6 +236,7 @@ def test_stalled_bodies_from_a_few_addresses_do_not_keep_another_client_out(agen
     held = _fill(port, {ATTACKERS[0]: PER_ADDRESS}, BIG, b"[" * 70_000)
     held += _fill(port, {ATTACKERS[1]: PER_ADDRESS, ATTACKERS[2]: PER_ADDRESS - 1})
     wait_for(lambda: len(server.server_state.tasks) == CAP - 1 and upstream.streaming == PER_ADDRESS, timeout=10)
+    _wait_waiting(server, CAP - 1)  # each counts once its body has gone BODY_STALL_S without a byte
     before = upstream.answered  # (the agent's own warm-up predict)
 
     assert _health(port, "127.0.78.1") == 200  # was 503 for body_timeout_s (30 s), renewable
@@ -264,5 +286,147 @@ def test_an_honest_slow_upload_from_a_quiet_address_is_not_the_one_given_up(agen
     assert honest.recv(65536).startswith(b"HTTP/1.1 200 ")
     assert upstream.answered == before + 5
     honest.close()
+    for sock in held:
+        sock.close()
+
+
+@pytest.mark.parametrize("upload", ["trickled", "read_late"])
+def test_an_upload_still_coming_or_held_by_the_agent_is_not_given_up(agent: Any, upload: str) -> None:
+    """review14c F1: the cap held by predicts being answered (a heavy model, 4 s), a quiet address's upload in
+    flight, and one newcomer from a fresh address. The upload is not waiting on its client: "trickled" sends a
+    2 KB body in pieces 0.1 s apart (a slow link; STALL_S 0.4), "read_late" sends 6 MB at once that the model
+    server starts reading 4 s late (uvicorn pauses reading while the handler leaves 64 KiB unread). Before,
+    either counted as waiting (h11 still reading the body) and was answered 503 for the newcomer; now the
+    newcomer gets uvicorn's 503 and the upload its answer."""
+    port, server, upstream = agent
+    upstream.slow_s, upstream.late_s = 4.0, 4.0
+    slow = b'{"instances": [1.0], "x": "slow"}'
+    busy = [_stall(port, f"127.0.71.{i // PER_ADDRESS + 1}", len(slow), slow) for i in range(CAP - 2)]
+    wait_for(lambda: len(server.server_state.tasks) == CAP - 2, timeout=10)
+    honest = socket.create_connection(("127.0.0.1", port), timeout=30, source_address=("127.0.79.1", 0))
+    if upload == "trickled":
+        body = b'{"instances": [' + b"1.0," * 500 + b"1.0]}"
+        pieces = [body[i : i + 100] for i in range(0, len(body), 100)]  # 21 pieces, 2 s
+        honest.sendall(_head(len(body)) + pieces[0])
+
+        def send_rest() -> None:
+            for piece in pieces[1:]:
+                time.sleep(0.1)
+                honest.sendall(piece)
+
+        sender = threading.Thread(target=send_rest, daemon=True)
+    else:
+        body = b'{"instances": [' + b"1.0," * 1_500_000 + b"1.0]}"
+        sender = threading.Thread(target=honest.sendall, args=(_head(len(body)) + body,), daemon=True)
+    sender.start()
+    time.sleep(1.5)  # well past STALL_S: the upload is still coming (or held by the agent), never stalled
+    assert _waiting_table(server) == {}
+    newcomer = _exchange(port, "127.0.78.1", b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+    assert newcomer[0] == 503 and b"given to a newcomer" not in newcomer[1], newcomer
+    sender.join(30)
+    honest.settimeout(30)
+    answer = honest.recv(65536)
+    assert answer.startswith(b"HTTP/1.1 200 "), answer[:200]
+    honest.close()
+    for sock in busy:
+        sock.close()
+
+
+def _live_handlers(server: uvicorn.Server) -> int:
+    """Request handlers (uvicorn's ``run_asgi`` tasks) not yet ended on the agent's loop, counted on that loop."""
+    loop = next(iter(server.server_state.connections)).loop
+
+    async def count() -> int:
+        return sum(1 for t in asyncio.all_tasks() if "run_asgi" in repr(t.get_coro()))
+
+    return asyncio.run_coroutine_threadsafe(count(), loop).result(10)
+
+
+def test_a_given_up_request_that_waits_before_reading_its_body_ends_at_once(agent: Any) -> None:
+    """review14c F2: a predict for a catalogue model not running here waits in ``resolve`` (provisioning, up to
+    ``provision_wait_s``) before it reads its body. Given up, its task left uvicorn's count but ran on until then:
+    newcomers from rotating addresses, each such a predict that stalls, piled up live handlers past the cap (323
+    at cap 24 in 3.3 s). Now a given-up request's task is cancelled: the live handlers stay within the cap."""
+    port, server, _ = agent
+    other = "half_plus_three"  # in the catalogue, not running on this node
+
+    def stalled(source: str) -> socket.socket:
+        sock = socket.create_connection(("127.0.0.1", port), timeout=10, source_address=(source, 0))
+        sock.sendall(_head(1000).replace(MODEL.encode(), other.encode()) + b"{")
+        return sock
+
+    held = [stalled(f"127.0.74.{i // PER_ADDRESS + 1}") for i in range(CAP - 1)]
+    _wait_waiting(server, CAP - 1)
+    peak = 0
+    for k in range(60):
+        held.append(stalled(f"127.0.75.{k + 1}"))
+        time.sleep(0.03)
+        if k % 10 == 9:
+            peak = max(peak, _live_handlers(server))
+    assert peak <= CAP, peak  # before: 23 + every newcomer so far (33 ... 83)
+    assert len(server.server_state.tasks) <= CAP
+    for sock in held:
+        sock.close()
+
+
+def _unsent(server: uvicorn.Server) -> list[int]:
+    """Bytes in each open connection's write buffer (read from the test's thread: retried if the set changed)."""
+    for _ in range(100):
+        try:
+            return [p.transport.get_write_buffer_size() for p in list(server.server_state.connections)]
+        except RuntimeError:
+            time.sleep(0.01)
+    raise AssertionError("the connection set kept changing")
+
+
+def _unread_answers(port: int, server: uvicorn.Server, upstream: ModelServer) -> list[socket.socket]:
+    """CAP - 1 predicts from clients with a 2 KB receive buffer that never read: each 50 KB answer completes with
+    tens of KB unsent, under asyncio's 64 KiB high-water mark (``pause_writing`` never fires)."""
+    for listener in server.servers:  # a kernel that buffers less (loopback here takes ~2 MB: accepted sockets
+        for sock in listener.sockets:  # inherit the listener's send buffer)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8192)
+    upstream.answer = b'{"predictions": [' + b"2.5," * 12_500 + b"2.5]}"  # 50 KB
+    before = upstream.answered
+    body = b'{"instances": [1.0]}'
+    held = []
+    for i in range(CAP - 1):
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 2048)
+        sock.bind((f"127.0.76.{i // PER_ADDRESS + 1}", 0))
+        sock.connect(("127.0.0.1", port))
+        sock.sendall(_head(len(body)) + body)
+        held.append(sock)
+    wait_for(lambda: upstream.answered == before + CAP - 1, timeout=20)
+    wait_for(lambda: sum(n > 0 for n in _unsent(server)) == CAP - 1, timeout=10)  # every answer's tail unsent
+    assert max(_unsent(server)) < 64 * 1024
+    return held
+
+
+@pytest.mark.parametrize("agent", [{"header_timeout_s": 1.0, "body_timeout_s": 4.0}], indirect=True)
+def test_connections_that_never_read_their_answers_do_not_hold_the_cap(agent: Any) -> None:
+    """review14c F3: CAP - 1 predicts from clients with a 2 KB receive buffer that never read: each 50 KB answer
+    completes with tens of KB unsent, under asyncio's 64 KiB high-water mark (``pause_writing`` never fires, so
+    the write timeout never started). The header deadline, and uvicorn's keep-alive timeout, closed them with
+    ``transport.close()``, which waits for the client to read: never. They held the cap (/health 503 at 40 s).
+    Now they are aborted ``write_timeout_s`` (here 4 s) after their answers."""
+    port, server, upstream = agent
+    held = _unread_answers(port, server, upstream)
+    wait_for(lambda: not server.server_state.connections, timeout=10)  # before: all CAP - 1 open for good
+    assert _health(port, "127.0.78.1") == 200
+    for sock in held:
+        sock.close()
+
+
+@pytest.mark.parametrize("agent", [{"body_timeout_s": 30.0}], indirect=True)
+def test_a_connection_given_up_with_its_answer_unread_is_gone_at_once(agent: Any) -> None:
+    """review14c F3 at the cap: CAP - 1 connections whose answers' tails are unsent wait for their next request
+    (header deadline 10 s, write timeout 30 s). A newcomer gives up the oldest of the busiest address's: before,
+    ``transport.close()`` left it open (it waits for the client to read), uvicorn still counted CAP connections and
+    the newcomer got 503. Now a given-up connection with bytes unsent is aborted at once."""
+    port, server, upstream = agent
+    held = _unread_answers(port, server, upstream)
+    wait_for(lambda: sum(_waiting_table(server).values()) == CAP - 1, timeout=10)
+    assert _health(port, "127.0.78.1") == 200  # before: 503 (the given-up connection never closed)
+    wait_for(lambda: len(_unsent(server)) == CAP - 2, timeout=5)  # one gone; the rest wait for their deadlines
     for sock in held:
         sock.close()
