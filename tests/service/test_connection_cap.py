@@ -32,12 +32,11 @@ from agent import http_limits
 from agent.api import create_app
 from agent.cli import server_config
 from agent.node import NodeAgent
-from agent.runtime.base import Instance
 from agent.settings import Settings
 from tests.service.conftest import free_port
+from tests.service.scripted import MODEL, Listed, LoopbackServer
 from tests.waiting import wait_for
 
-MODEL = "half_plus_two"
 PROBE = json.dumps({"model_version_status": [{"version": "1", "state": "AVAILABLE"}]}).encode()
 OK = b'{"predictions": [2.5]}'
 CAP, PER_ADDRESS = 24, 8
@@ -47,27 +46,17 @@ LATE_OVER = 200_000  # (ModelServer.late_s)
 BIG = 100_000  # declared by the first attacker's bodies: past the proxy's 64 KiB prefetch, so it streams them
 
 
-class ModelServer:
+class ModelServer(LoopbackServer):
     """Answers the readiness probe and every whole predict; counts predicts answered and requests cut mid-body."""
 
     def __init__(self) -> None:
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
         self.answered = 0
         self.cut = 0  # connections that closed in the middle of a request body
         self.streaming = 0  # requests whose body has begun and not ended
         self.answer = OK  # to every predict
         self.slow_s = 0.0  # answers a predict whose body says "slow" this late (a heavy model)
         self.late_s = 0.0  # starts reading a body over LATE_OVER bytes this late (a busy server)
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._conn, args=(conn,), daemon=True).start()
+        super().__init__(self._conn)
 
     def _conn(self, conn: socket.socket) -> None:
         with conn:
@@ -105,28 +94,6 @@ class ModelServer:
                     self.answered += method != b"GET"
                     parser.start_next_cycle()
 
-    def close(self) -> None:
-        self.sock.close()
-
-
-class Listed:
-    kind = "static"
-
-    def __init__(self, url: str) -> None:
-        self.url = url
-
-    async def start(self, spec: Any, term: int) -> Instance:
-        raise AssertionError("the test's server is already running")
-
-    async def stop(self, instance_id: str) -> None:
-        return None
-
-    async def list(self) -> list[Instance]:
-        return [Instance("up-1", MODEL, self.url, True, 1, time.time())]
-
-    async def close(self) -> None:
-        return None
-
 
 @pytest.fixture
 def agent(
@@ -139,7 +106,7 @@ def agent(
     settings = Settings(node_id="n1", host="127.0.0.1", port=port, data_dir=str(tmp_path), discovery=False,
                         max_concurrency=CAP, max_connections_per_address=PER_ADDRESS,
                         **getattr(request, "param", {}))  # fmt: skip
-    node = NodeAgent(settings, runtime=Listed(f"http://127.0.0.1:{upstream.port}"))
+    node = NodeAgent(settings, runtime=Listed([upstream.url]))
     node.set_desired(1, None, {MODEL: 1})
     server = uvicorn.Server(server_config(create_app(node), settings, "warning"))
     thread = threading.Thread(target=server.run, daemon=True)
