@@ -28,7 +28,7 @@ import h11
 import pytest
 import uvicorn
 
-from agent import http_limits
+from agent import http_caps
 from agent.api import create_app
 from agent.cli import server_config
 from agent.node import NodeAgent
@@ -100,7 +100,7 @@ def agent(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
 ) -> Iterator[tuple[int, uvicorn.Server, ModelServer]]:
     """The agent (cap 24, 8 per address) and its model server; ``request.param``: more Settings (indirect)."""
-    monkeypatch.setattr(http_limits, "BODY_STALL_S", STALL_S)  # read by limited_protocol in server_config
+    monkeypatch.setattr(http_caps, "BODY_STALL_S", STALL_S)  # read by limited_protocol in server_config
     upstream = ModelServer()
     port = free_port()
     settings = Settings(node_id="n1", host="127.0.0.1", port=port, data_dir=str(tmp_path), discovery=False,
