@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 from typing import Any, ClassVar
 
 import h11
@@ -25,7 +26,34 @@ from agent.modelserver import oldest_of_busiest
 log = logging.getLogger(__name__)
 
 BODY_STALL_S = 1.0  # a request body counts as waiting on its client after this long with no byte (reading not paused)
+BODY_MIN_RATE = 500.0  # ... or once it falls behind this many bytes a second (Apache mod_reqtimeout's MinRate) ...
+BODY_RATE_GRACE_S = 2.0  # ... by more than this long (500 B/s x 2 s: its first ~1 KB may take 2 s longer than that)
 GIVEN_UP = "peerserve.given_up"  # scope key: the request's place went to a newcomer and its task was cancelled
+
+
+def body_rate_left(body_bytes: int, elapsed_s: float, min_rate: float, grace_s: float) -> float:
+    """Seconds before a request body that has sent ``body_bytes`` in ``elapsed_s`` seconds of its client's time falls
+    behind ``min_rate`` bytes a second by more than ``grace_s`` (<= 0: it has; ``inf``: no minimum, ``min_rate`` 0).
+
+    mod_reqtimeout's form: a body may take ``grace_s + body_bytes / min_rate`` seconds for what it has sent, so
+    every byte buys ``1 / min_rate`` seconds more. The stall rule (no byte for ``BODY_STALL_S``) alone let a body
+    trickled one byte every 0.9 s hold its place at the cap for ``body_timeout_s``; at 500 B/s it is behind after
+    ~2 s, while a 2 KB body over a 64 kbit/s link (8 KB/s) is never behind (a 2G link is ~5 KB/s)."""
+    if min_rate <= 0:
+        return math.inf
+    return grace_s + body_bytes / min_rate - elapsed_s
+
+
+def retry_after_s(stall_s: float, rate_grace_s: float) -> int:
+    """The ``Retry-After`` (whole seconds, at least 1) of the cap's 503s: to a request given up for a newcomer, and
+    to a newcomer refused because no connection could be given up for it.
+
+    At the cap a place is made for a newcomer from the connections waiting on their clients; a body still coming
+    becomes one once it has gone ``stall_s`` without a byte, or fallen ``rate_grace_s`` behind the minimum rate
+    (``body_rate_left``). A retry sooner finds the uploads of now still counted as coming (only a request that
+    ended makes room); one this much later finds every upload that stopped or trickles counted as waiting on its
+    client, so its place can be taken. (What a request being answered takes, the agent cannot know.)"""
+    return max(1, math.ceil(max(stall_s, rate_grace_s)))
 
 
 class RecordedTasks:
@@ -54,6 +82,8 @@ def limited_protocol(
     parsing: type[SlicedH11Protocol] = SlicedH11Protocol,
     address_budgets: AddressBudgets | None = None,
     body_stall_s: float | None = None,
+    body_min_rate: float | None = None,
+    body_rate_grace_s: float | None = None,
 ) -> type[H11Protocol]:
     """A ``parsing`` (SlicedH11Protocol) subclass with a request-header deadline, a per-address connection cap
     and (with ``write_timeout_s``) a deadline for a client that stops reading what it is sent.
@@ -62,13 +92,19 @@ def limited_protocol(
     with another listener of the same agent (its HTTP and HTTPS ports: one address, one place and one cap, not
     one on each, review13b F4); None: a table of its own on the parsing class's turns. ``body_stall_s``: how long a
     request body must go without a byte (while the agent is not the one holding its reading) before the connection
-    counts as waiting on its client, one a newcomer may take the place of at the cap (None: ``BODY_STALL_S``)."""
+    counts as waiting on its client, one a newcomer may take the place of at the cap (None: ``BODY_STALL_S``);
+    ``body_min_rate`` / ``body_rate_grace_s``: the bytes a second below which (by more than the grace) a body counts
+    so too (``body_rate_left``; None: ``BODY_MIN_RATE`` / ``BODY_RATE_GRACE_S``; a rate of 0: no minimum). The cap's
+    503s say ``Retry-After: retry_after_s(...)``."""
     if address_budgets is None:
         own = parsing.address_budgets
         address_budgets = AddressBudgets(own.share, own.burst_s, own.turns)
     table: AddressBudgets = address_budgets
     drain_s = header_timeout_s if write_timeout_s is None else write_timeout_s
     stall_s = BODY_STALL_S if body_stall_s is None else body_stall_s
+    min_rate = BODY_MIN_RATE if body_min_rate is None else body_min_rate
+    grace_s = BODY_RATE_GRACE_S if body_rate_grace_s is None else body_rate_grace_s
+    retry_after = retry_after_s(stall_s, grace_s if min_rate > 0 else 0.0)
 
     class LimitedH11Protocol(parsing):  # type: ignore[valid-type,misc]
         address_budgets = table  # the parsing class's turns (PARSING unless a test's)
@@ -82,6 +118,8 @@ def limited_protocol(
         _task: asyncio.Task[None] | None = None  # its latest request's task (RecordedTasks)
         _body_at = 0.0  # loop time its client last sent a byte, or the agent last let its reading go on
         _stall_timer: asyncio.TimerHandle | None = None  # when an incomplete body would count as stalled
+        _rate_cycle: Any = None  # the request whose body's rate is measured (a new one starts its clock)
+        _rate_from = 0.0  # loop time its body's clock started, moved on by the time the agent held its reading
         _write_left = 0  # bytes unsent when the write timer was armed (fewer when it fires: the client reads)
 
         def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -157,29 +195,54 @@ def limited_protocol(
                 log.debug("giving up a connection from %s for a newcomer from %s", victim.client, host)
                 victim._give_up()
 
+        def _should_upgrade(self) -> bool:
+            """uvicorn asks this of each request head just before it checks ``limit_concurrency`` and, past it, answers
+            with its own 503 (which says nothing of when to come back): that 503 gets ``Retry-After`` (the
+            connection's h11 adds it, ``ChunkCountingConnection.send``)."""
+            upgrade: bool = super()._should_upgrade()
+            limit = self.limit_concurrency
+            at_cap = limit is not None and (len(self.connections) >= limit or len(self.tasks) >= limit)
+            self.counted.retry_after_s = retry_after if at_cap and not upgrade else None
+            return upgrade
+
         def _answer_started(self) -> bool:
             return self.cycle is not None and not self.cycle.response_complete and self.cycle.response_started
 
         def _body_stalled(self) -> bool:
-            """A body awaited (``_awaiting_body``) that has really stalled: no byte for ``body_stall_s`` while reading
-            was not paused by the agent. An honest upload on a slow link keeps sending, and one the agent stopped
-            reading (uvicorn pauses reading while a handler leaves 64 KiB unread; the slicing holds it while
-            parsing waits) waits on the agent, not its client: neither is given up for a newcomer (review14c F1)."""
+            """A body awaited (``_awaiting_body``) that has really stalled, while reading was not paused by the agent:
+            no byte for ``body_stall_s``, or its bytes behind the minimum rate by more than the grace
+            (``_rate_left``: one byte every 0.9 s never stalls, and held its place for ``body_timeout_s``). An
+            honest upload on a slow link keeps sending, and one the agent stopped reading (uvicorn pauses reading
+            while a handler leaves 64 KiB unread; the slicing holds it while parsing waits) waits on the agent,
+            not its client: neither is given up for a newcomer (review14c F1)."""
             return (
                 self._awaiting_body()
                 and not self.flow.read_paused
                 and not self._reading_held
-                and self.loop.time() - self._body_at >= stall_s
+                and (self.loop.time() - self._body_at >= stall_s or self._rate_left() <= 0)
             )
 
+        def _rate_left(self) -> float:
+            """``body_rate_left`` of the awaited body: its clock starts when its request is first looked at here
+            (after its head was parsed) and does not run while the agent held its reading (``_reading_resumed``)."""
+            now = self.loop.time()
+            if self._rate_cycle is not self.cycle:
+                self._rate_cycle, self._rate_from = self.cycle, now
+            return body_rate_left(self.counted.body_bytes, now - self._rate_from, min_rate, grace_s)
+
         def _reading_resumed(self) -> None:
-            self._body_at = self.loop.time()  # the client could not send while the agent held its reading
+            """The client could not send while the agent held its reading: neither clock counts that time (taken
+            as from its last byte, or its body's start if later)."""
+            now = self.loop.time()
+            self._rate_from += max(0.0, now - max(self._body_at, self._rate_from))
+            self._body_at = now
 
         def _arm_stall_check(self) -> None:
-            """Look again when the awaited body would have gone ``body_stall_s`` without a byte."""
+            """Look again when the awaited body would have gone ``body_stall_s`` without a byte, or fallen behind
+            the minimum rate, whichever comes first."""
             if self._stall_timer is None:
                 held = self.flow.read_paused or self._reading_held
-                left = stall_s if held else stall_s - (self.loop.time() - self._body_at)
+                left = stall_s if held else min(stall_s - (self.loop.time() - self._body_at), self._rate_left())
                 self._stall_timer = self.loop.call_later(max(left, 0.0), self._stall_check)
 
         def _stall_check(self) -> None:
@@ -214,7 +277,7 @@ def limited_protocol(
             if cycle is not None and not cycle.response_complete:
                 if not cycle.response_started and not self.transport.is_closing():
                     message = "this request's place was given to a newcomer: the agent is at its connection limit"
-                    self.transport.write(raw_response(503, "Service Unavailable", message))
+                    self.transport.write(raw_response(503, "Service Unavailable", message, retry_after))
                 cycle.disconnected = True  # receive() answers http.disconnect; send() writes nothing more
                 cycle.message_event.set()
                 if self._task is not None:
@@ -244,8 +307,8 @@ def limited_protocol(
             self._body_at = self.loop.time()
             if self._header_timer is not None:
                 self._partial = True
-            else:  # a body that was stalled is moving again: no longer waiting on its client
-                self._unmark_waiting()
+            elif not (self._awaiting_body() and self._rate_left() <= 0):  # a stalled body moves again: not waiting
+                self._unmark_waiting()  # (one behind the rate keeps its place in the table, looked at after the parse)
 
         def eof_received(self) -> bool | None:  # asyncio.Protocol allows bool
             """The client shut down its sending side (``shutdown(SHUT_WR)``, ``curl`` reading a request from a pipe,

@@ -55,9 +55,11 @@ def error_bytes(status: int, message: str) -> tuple[list[tuple[bytes, bytes]], b
     return headers, body
 
 
-def raw_response(status: int, reason: str, message: str) -> bytes:
-    """A whole HTTP/1.1 error response, for answering outside any request cycle."""
+def raw_response(status: int, reason: str, message: str, retry_after_s: int | None = None) -> bytes:
+    """A whole HTTP/1.1 error response, for answering outside any request cycle (with ``Retry-After`` if given)."""
     headers, body = error_bytes(status, message)
+    if retry_after_s is not None:
+        headers.append((b"retry-after", b"%d" % retry_after_s))
     lines = b"".join(k + b": " + v + b"\r\n" for k, v in headers)
     return f"HTTP/1.1 {status} {reason}\r\n".encode() + lines + b"\r\n" + body
 
@@ -104,6 +106,17 @@ class ChunkCountingConnection(h11.Connection):
         self.events_per_turn = events_per_turn
         self.turn_left = events_per_turn
         self.cut_short = False
+        self.retry_after_s: int | None = None  # what a 503 to the current request says, if it says nothing itself
+
+    def send(self, event: Any) -> Any:  # (h11's overloads: any event in, bytes or None out)
+        """h11's ``send``, a 503 response head without ``Retry-After`` given ``retry_after_s`` (uvicorn's own
+        refusal at its concurrency limit says nothing of when to come back; the protocol sets it for that one)."""
+        after = self.retry_after_s
+        refusal = after is not None and isinstance(event, h11.Response) and event.status_code == 503
+        if refusal and not any(name == b"retry-after" for name, _ in event.headers):
+            headers = [*event.headers, (b"retry-after", b"%d" % (after or 0))]
+            event = h11.Response(status_code=503, headers=headers, reason=event.reason)
+        return super().send(event)
 
     def new_turn(self) -> None:
         """A new loop turn: ``events_per_turn`` more events may be handed out."""
@@ -121,6 +134,7 @@ class ChunkCountingConnection(h11.Connection):
         self.turn_left -= 1
         if isinstance(event, h11.Request):
             self.chunks = self.body_bytes = 0
+            self.retry_after_s = None
         elif isinstance(event, h11.Data):
             self.body_bytes += len(event.data)
             # chunk_end, not chunk_start: h11 drops chunk_start when a read ends between a chunk's size and its data
