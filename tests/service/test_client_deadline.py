@@ -291,3 +291,39 @@ def test_a_member_given_by_name_is_looked_up_and_answers(cluster: Any) -> None:
     with Client(agents=[honest.url.replace("127.0.0.1", "localhost")], timeout=5.0) as c:
         assert c.cluster()["node_id"] == "h"
     assert len(deadline.LOOKUPS) == 0  # done, nothing left running
+
+
+@pytest.mark.parametrize("flavour", ["sync", "async"])
+def test_a_question_to_128_agents_all_down_fails_within_its_budget(flavour: str) -> None:
+    """128 named agents, every one down: half closed ports (refused at once), half listeners that accept (the
+    kernel's backlog) and never answer, each costing the client's per-read timeout (0.5 s here). Before: every one
+    asked, 64 x 0.5 s = 32 s at least; now the question's budget, four timeouts (2 s), then ClusterUnreachableError."""
+    silent = [socket.create_server(("127.0.0.1", 0), backlog=8) for _ in range(64)]  # never accepted
+    closed = []
+    for _ in range(64):
+        with socket.create_server(("127.0.0.1", 0)) as sock:
+            closed.append(sock.getsockname()[1])  # nothing listens there once it is closed
+    agents = []
+    for quiet, port in zip(silent, closed, strict=True):
+        agents += [f"http://127.0.0.1:{quiet.getsockname()[1]}", f"http://127.0.0.1:{port}"]
+
+    def sync() -> Any:
+        with Client(agents=agents, timeout=0.5) as c:
+            return c.cluster()
+
+    def in_loop() -> Any:
+        async def go() -> Any:
+            async with AsyncClient(agents=agents, timeout=0.5) as c:
+                return await c.cluster()
+
+        return asyncio.run(go())
+
+    try:
+        error, took = _bounded(sync if flavour == "sync" else in_loop)
+    finally:
+        for sock in silent:
+            sock.close()
+    assert isinstance(error, ClusterUnreachableError), error
+    assert "within 2 s" in str(error) and "of 128 asked" in str(error), error
+    print(f"\n{flavour}: 128 agents down: {took:.2f} s ({error})")
+    assert took < 2.0 + 0.5 + 1.5, took  # the budget, the last call's timeout, this machine's noise
