@@ -77,12 +77,14 @@ def one_round(min_rate: float, seconds: float) -> dict[str, Any]:
         result: dict[str, Any] = {"min_rate": min_rate, "honest": [], "newcomers": [], "trickler_503_at_s": None}
         trickler = socket.create_connection(("127.0.0.1", port), 30, ("127.0.77.1", 0))
         trickler.sendall(head(1000) + b"[")
-        time.sleep(0.2)  # its head parsed: else the honest client's first connection may take its place as an idle one
+        sent_at = time.monotonic()
 
         def trickle() -> None:
+            nonlocal sent_at
             trickler.settimeout(0.01)
             while time.monotonic() < end:
-                time.sleep(0.9)
+                time.sleep(max(0.0, sent_at + 0.9 - time.monotonic()))  # never 1 s without a byte
+                sent_at = time.monotonic()
                 try:
                     trickler.sendall(b"1")
                     got = trickler.recv(65536)
@@ -111,8 +113,9 @@ def one_round(min_rate: float, seconds: float) -> dict[str, Any]:
                 time.sleep(0.25)
 
         threads = [threading.Thread(target=trickle), threading.Thread(target=honest)]
-        for thread in threads:
-            thread.start()
+        threads[0].start()
+        time.sleep(0.2)  # the trickler's head parsed: else the honest client's first connection may take its place
+        threads[1].start()  # as an idle one's
         k = 0
         while time.monotonic() < end - 0.5:
             time.sleep(1.0)
