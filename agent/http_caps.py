@@ -4,8 +4,9 @@ Split out of agent/http_limits.py (the overview is there). ``limited_protocol(..
 subclass for ``uvicorn.Config(http=...)``: a request-header deadline (``header_timeout_s``; uvicorn has none), a
 per-address connection cap (read from the count ``AddressBudgets`` keeps), a deadline for a client that stops
 reading what it is sent (``write_timeout_s``), and at uvicorn's ``limit_concurrency`` a newcomer takes the place
-of the oldest connection waiting on its client (a request head, or the rest of a request body that has stalled)
-from the address holding the most such (``oldest_of_busiest``).
+of the oldest connection waiting on its client (a request head, or the rest of a request body that has stalled
+or fallen behind the minimum rate: ``body_rate_left``) from the address holding the most such
+(``oldest_of_busiest``); the cap's 503s say when to come back (``retry_after_s``).
 """
 
 from __future__ import annotations

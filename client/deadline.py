@@ -95,12 +95,15 @@ class Lookups:
     def _run(self, key: tuple[str, int], future: concurrent.futures.Future[Addresses]) -> None:
         try:
             infos = self.resolve(key[0], key[1], type=socket.SOCK_STREAM)
-            future.set_result(list(dict.fromkeys(str(info[4][0]) for info in infos)))
+            found: Addresses | Exception = list(dict.fromkeys(str(info[4][0]) for info in infos))
         except Exception as exc:  # (a lookup's failure is the call's: gaierror, UnicodeError)
-            future.set_exception(exc)
-        finally:
-            with self._lock:
-                self._running.pop(key, None)
+            found = exc
+        with self._lock:  # no longer running once its waiters hear of it
+            self._running.pop(key, None)
+        if isinstance(found, Exception):
+            future.set_exception(found)
+        else:
+            future.set_result(found)
 
     def addresses(self, host: str, port: int, timeout: float | None) -> Addresses:
         """``host``'s addresses within ``timeout`` (None: no limit; an IP address as it is)."""
