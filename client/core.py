@@ -21,8 +21,11 @@ Timeouts: ``timeout`` (5 s) is httpx's, per connect / read / write; every reques
 deadline, ``call_deadline_s`` (60 s; a control call such as /cluster or /services 10 s at most), head and answer
 together (client/deadline.py: with the client's own transport every socket wait is bounded by what is left of
 it; a ``transport=`` handed in keeps its own timeouts for the head, the chunks of a streamed answer are checked
-either way), failing over like a timeout. Measuring RTTs probes at most ``RTT_MAX_PROBED`` (16) nodes within
-``RTT_BUDGET_S`` (2 s) in all (client/ops.py ``measure_rtts``).
+either way), failing over like a timeout. A question asked of the agents in turn (failing over) has
+``ask_budget_s`` in all (default four ``timeout``s, 20 s: four agents that accept and never answer): the first agent
+asked has its call's whole deadline, each next one only what is left of the budget (client/ops.py ``ask``; up to
+128 agents may be listed, and all down cost ~128 timeouts before). Measuring RTTs probes at most
+``RTT_MAX_PROBED`` (16) nodes within ``RTT_BUDGET_S`` (2 s) in all (client/ops.py ``measure_rtts``).
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ import httpx
 from client.answers import ANSWER_LIMIT, ANSWER_VALUES
 from client.deadline import DEADLINE, async_deadline_transport, deadline_transport
 from client.ops import (
+    ASK_TIMEOUTS,
     CLIENT_HEADER,
     RTT_HEADER,
     AnswerEncoded,
@@ -149,10 +153,12 @@ class Client:
         max_answer_bytes: int = ANSWER_LIMIT,
         max_answer_values: int = ANSWER_VALUES,
         call_deadline_s: float = CALL_DEADLINE_S,
+        ask_budget_s: float | None = None,
     ) -> None:
         self.core = ClientCore(
             agents, client_id, discover_interfaces, rtt_ttl_s, rtt_override, trust_discovered=trust_discovered,
             max_answer_bytes=max_answer_bytes, max_answer_values=max_answer_values,
+            ask_budget_s=ASK_TIMEOUTS * timeout if ask_budget_s is None else ask_budget_s,
         )  # fmt: skip
         self.call_deadline_s = call_deadline_s
         self.http = httpx.Client(timeout=timeout, transport=transport or deadline_transport())
@@ -261,10 +267,12 @@ class AsyncClient:
         max_answer_bytes: int = ANSWER_LIMIT,
         max_answer_values: int = ANSWER_VALUES,
         call_deadline_s: float = CALL_DEADLINE_S,
+        ask_budget_s: float | None = None,
     ) -> None:
         self.core = ClientCore(
             agents, client_id, discover_interfaces, rtt_ttl_s, rtt_override, trust_discovered=trust_discovered,
             max_answer_bytes=max_answer_bytes, max_answer_values=max_answer_values,
+            ask_budget_s=ASK_TIMEOUTS * timeout if ask_budget_s is None else ask_budget_s,
         )  # fmt: skip
         self.call_deadline_s = call_deadline_s
         self.http = httpx.AsyncClient(timeout=timeout, transport=transport or async_deadline_transport())

@@ -9,6 +9,14 @@ streams clamp each connect, read and write timeout to the time left, and fail at
 cancellation from outside (Python 3.10 / 3.11's ``asyncio.wait_for`` can lose a cancellation that arrives as
 its inner await completes; ``asyncio.timeout`` does not exist on 3.10, JetPack 6's Python).
 
+A member given by hostname is looked up under the deadline too (``Lookups``): httpcore's sync backend connects with
+``socket.create_connection``, whose ``getaddrinfo`` has no timeout at all (a resolver that never answers held a
+call with a 1 s deadline for good), and its async backend runs ``getaddrinfo`` on the event loop's default
+executor, where the call returns at its deadline but ``asyncio.run`` then waits at exit for the stuck thread.
+``getaddrinfo`` cannot be interrupted, so it runs in a daemon thread of its own that the call waits for at most
+what is left of its deadline (a lookup that hangs is left to the OS, never waited for again); the addresses it
+gives are tried in order, as ``create_connection`` does.
+
 ``deadline_transport()`` / ``async_deadline_transport()`` build httpx's own transport over that backend (its
 default pool limits, certificates from ``SSL_CERT_FILE`` where set, else certifi's); the clients use them unless
 handed a ``transport=``, whose own timeouts then bound the head (the client still checks the deadline between
@@ -18,9 +26,16 @@ an RTT measured through a proxy would be the proxy's.
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
+import contextlib
+import ipaddress
+import socket
 import ssl
+import threading
 import time
 import typing
+from collections.abc import Callable
 from contextvars import ContextVar
 
 import httpcore
@@ -29,6 +44,8 @@ import httpx
 DEADLINE: ContextVar[float | None] = ContextVar("peerserve_call_deadline", default=None)
 
 Timeout = type[httpcore.TimeoutException]
+MAX_LOOKUPS = 16  # name lookups in flight at once, process-wide (a daemon thread each; one that hangs holds its slot)
+Addresses = list[str]
 
 
 def clamp(timeout: float | None, error: Timeout, now: float | None = None) -> float | None:
@@ -41,6 +58,107 @@ def clamp(timeout: float | None, error: Timeout, now: float | None = None) -> fl
     if left <= 0:
         raise error("the call's deadline passed")
     return left if timeout is None else min(timeout, left)
+
+
+class Lookups:
+    """Name lookups (``getaddrinfo``) that a call waits for at most what is left of its deadline.
+
+    Each runs in a daemon thread of its own: ``getaddrinfo`` cannot be interrupted, and a resolver that never
+    answers would hold the thread (and, on the default executor, ``asyncio.run``'s exit) for good. A lookup of a
+    name already being looked up is shared, and at most ``limit`` run at once: past it a call fails at once
+    (``ConnectError``), so names that hang cannot pile up threads without bound (a listed member's hostname is
+    anyone's to choose: /cluster lists up to 64). ``resolve`` is ``socket.getaddrinfo``."""
+
+    def __init__(self, limit: int = MAX_LOOKUPS, resolve: Callable[..., typing.Any] = socket.getaddrinfo) -> None:
+        self.limit = limit
+        self.resolve = resolve
+        self._lock = threading.Lock()
+        self._running: dict[tuple[str, int], concurrent.futures.Future[Addresses]] = {}
+
+    def __len__(self) -> int:
+        """Lookups running (a hung one included)."""
+        return len(self._running)
+
+    def start(self, host: str, port: int) -> concurrent.futures.Future[Addresses]:
+        """The lookup of ``host`` (its addresses, in ``getaddrinfo``'s order), started if not running."""
+        key = (host, port)
+        with self._lock:
+            future = self._running.get(key)
+            if future is None:
+                if len(self._running) >= self.limit:
+                    raise httpcore.ConnectError(f"{len(self._running)} name lookups already in flight; not {host}")
+                future = self._running[key] = concurrent.futures.Future()
+                future.set_running_or_notify_cancel()  # (a waiter's cancel can no longer take it from the others)
+                threading.Thread(target=self._run, args=(key, future), name=f"lookup {host}", daemon=True).start()
+            return future
+
+    def _run(self, key: tuple[str, int], future: concurrent.futures.Future[Addresses]) -> None:
+        try:
+            infos = self.resolve(key[0], key[1], type=socket.SOCK_STREAM)
+            found: Addresses | Exception = list(dict.fromkeys(str(info[4][0]) for info in infos))
+        except Exception as exc:  # (a lookup's failure is the call's: gaierror, UnicodeError)
+            found = exc
+        with self._lock:  # no longer running once its waiters hear of it
+            self._running.pop(key, None)
+        if isinstance(found, Exception):
+            future.set_exception(found)
+        else:
+            future.set_result(found)
+
+    def addresses(self, host: str, port: int, timeout: float | None) -> Addresses:
+        """``host``'s addresses within ``timeout`` (None: no limit; an IP address as it is)."""
+        if _is_address(host):
+            return [host]
+        future = self.start(host, port)
+        try:
+            return _looked_up(host, future.result(timeout))
+        except concurrent.futures.TimeoutError:
+            raise httpcore.ConnectTimeout(f"no address for {host} within the call's deadline") from None
+        except (OSError, UnicodeError) as exc:  # (as httpcore's backends map them: gaierror is an OSError)
+            raise httpcore.ConnectError(f"{host}: {exc}") from exc
+
+    async def async_addresses(self, host: str, port: int, timeout: float | None) -> Addresses:
+        """``addresses`` for asyncio code: waits on the loop, its thread never the loop's executor's."""
+        if _is_address(host):
+            return [host]
+        future = self.start(host, port)
+        loop = asyncio.get_running_loop()
+        done = loop.create_future()
+
+        def settle() -> None:
+            if not done.done():
+                done.set_result(None)
+
+        def wake(_: object) -> None:
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nobody waits
+                loop.call_soon_threadsafe(settle)
+
+        future.add_done_callback(wake)
+        await asyncio.wait({done}, timeout=timeout)  # (a timeout on the wait; nothing cancelled from outside)
+        if not future.done():
+            done.cancel()
+            raise httpcore.ConnectTimeout(f"no address for {host} within the call's deadline")
+        try:
+            return _looked_up(host, future.result())
+        except (OSError, UnicodeError) as exc:  # (as httpcore's backends map them: gaierror is an OSError)
+            raise httpcore.ConnectError(f"{host}: {exc}") from exc
+
+
+def _is_address(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def _looked_up(host: str, addresses: Addresses) -> Addresses:
+    if not addresses:
+        raise httpcore.ConnectError(f"no address for {host}")
+    return addresses
+
+
+LOOKUPS = Lookups()  # the process's: every client's transports share the bound
 
 
 class DeadlineStream(httpcore.NetworkStream):
@@ -68,8 +186,9 @@ class DeadlineStream(httpcore.NetworkStream):
 
 
 class DeadlineBackend(httpcore.NetworkBackend):
-    def __init__(self, backend: httpcore.NetworkBackend | None = None) -> None:
+    def __init__(self, backend: httpcore.NetworkBackend | None = None, lookups: Lookups | None = None) -> None:
         self.backend = backend or httpcore.SyncBackend()
+        self.lookups = LOOKUPS if lookups is None else lookups
 
     def connect_tcp(
         self,
@@ -79,8 +198,16 @@ class DeadlineBackend(httpcore.NetworkBackend):
         local_address: str | None = None,
         socket_options: typing.Iterable[httpcore.SOCKET_OPTION] | None = None,
     ) -> httpcore.NetworkStream:
-        left = clamp(timeout, httpcore.ConnectTimeout)
-        return DeadlineStream(self.backend.connect_tcp(host, port, left, local_address, socket_options))
+        addresses = self.lookups.addresses(host, port, clamp(timeout, httpcore.ConnectTimeout))
+        failed: Exception | None = None
+        for address in addresses:  # in getaddrinfo's order, as socket.create_connection tries them
+            left = clamp(timeout, httpcore.ConnectTimeout)
+            try:
+                return DeadlineStream(self.backend.connect_tcp(address, port, left, local_address, socket_options))
+            except httpcore.ConnectError as exc:
+                failed = exc
+        assert failed is not None
+        raise failed
 
     def connect_unix_socket(
         self,
@@ -119,8 +246,9 @@ class AsyncDeadlineStream(httpcore.AsyncNetworkStream):
 
 
 class AsyncDeadlineBackend(httpcore.AsyncNetworkBackend):
-    def __init__(self, backend: httpcore.AsyncNetworkBackend | None = None) -> None:
+    def __init__(self, backend: httpcore.AsyncNetworkBackend | None = None, lookups: Lookups | None = None) -> None:
         self.backend = backend or httpcore.AnyIOBackend()
+        self.lookups = LOOKUPS if lookups is None else lookups
 
     async def connect_tcp(
         self,
@@ -130,8 +258,18 @@ class AsyncDeadlineBackend(httpcore.AsyncNetworkBackend):
         local_address: str | None = None,
         socket_options: typing.Iterable[httpcore.SOCKET_OPTION] | None = None,
     ) -> httpcore.AsyncNetworkStream:
-        left = clamp(timeout, httpcore.ConnectTimeout)
-        return AsyncDeadlineStream(await self.backend.connect_tcp(host, port, left, local_address, socket_options))
+        addresses = await self.lookups.async_addresses(host, port, clamp(timeout, httpcore.ConnectTimeout))
+        failed: Exception | None = None
+        for address in addresses:
+            left = clamp(timeout, httpcore.ConnectTimeout)
+            try:
+                stream = await self.backend.connect_tcp(address, port, left, local_address, socket_options)
+            except httpcore.ConnectError as exc:
+                failed = exc
+                continue
+            return AsyncDeadlineStream(stream)
+        assert failed is not None
+        raise failed
 
     async def connect_unix_socket(
         self,

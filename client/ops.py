@@ -51,6 +51,8 @@ RTT_BUDGET_S = 2.0  # for all of one measurement's probes together (they go in p
 RTT_PROBE_TIMEOUT_S = 1.0  # per read of one probe, within that budget
 RTT_MAX_PROBED = 16  # nodes probed in one measurement (named agents, then the known ones nearest first, ...)
 MAX_AGENTS = 128  # agents kept for failover besides those the user named (found by mDNS, learned from /cluster)
+ASK_TIMEOUTS = 4  # one question's failover across agents: this many per-agent timeouts in all (ask_budget_s) ...
+ASK_BUDGET_S = ASK_TIMEOUTS * 5.0  # ... the default client's (timeout 5 s): four agents that accept and never answer
 MESSAGE_MAX = 300  # characters of an agent's error message kept
 
 T = TypeVar("T")
@@ -222,9 +224,12 @@ class ClientCore:
         wall: Callable[[], float] = time.time,
         max_answer_bytes: int = answers.ANSWER_LIMIT,
         max_answer_values: int = answers.ANSWER_VALUES,
+        ask_budget_s: float = ASK_BUDGET_S,
     ) -> None:
         if max_answer_bytes < 1 or max_answer_values < 1:
             raise ValueError("max_answer_bytes and max_answer_values are positive")
+        if not ask_budget_s > 0:
+            raise ValueError("ask_budget_s is positive")
         env = os.environ.get("PEERSERVE_AGENT", "")
         self.agents = [a.rstrip("/") for a in (agents or [u for u in env.split(",") if u])]
         self.named = frozenset(self.agents)  # the user's own choice: these get the token
@@ -245,6 +250,7 @@ class ClientCore:
         self.dropped = 0  # entries of usable answers the client could not use (members, endpoints), in all
         self.max_answer_bytes = max_answer_bytes  # an inference answer's bounds (answers.ANSWER_LIMIT, ...)
         self.max_answer_values = max_answer_values  # weighted: jsonbound.cost_at_most
+        self.ask_budget_s = ask_budget_s  # one question's failover across agents, in all (``ask``)
 
     # -- pure decisions and state changes ------------------------------------------------------------
     def trusts(self, agent: str) -> bool:
@@ -318,11 +324,26 @@ class ClientCore:
         5xx (but 503 / 507), answers over ``limit`` bytes or ``values`` JSON values, 200s that ``parse``
         refuses or raises on (answers.checked: Malformed) and a 401 from an agent the token was withheld
         from fail over to the next agent; other errors raise. An ``inference`` (through an agent's proxy)
-        has its values weighted (jsonbound.cost_at_most), and over either bound raises AnswerTooLarge."""
+        has its values weighted (jsonbound.cost_at_most), and over either bound raises AnswerTooLarge.
+
+        The failover has ``ask_budget_s`` in all: up to 128 agents may be listed, and one that accepts and never
+        answers costs a per-agent timeout (5 s: all down, over 10 minutes). The first agent asked has its call's
+        own deadline (a slow model's answer through a proxy is not cut short); each next one is asked only while
+        the budget lasts, its call's deadline at most what is left of it."""
         last: Exception | None = None
         count = cost_at_most if inference else values_at_most
-        for agent in (yield from self.ordered_agents()):
+        agents = yield from self.ordered_agents()
+        began = self.clock()
+        for asked, agent in enumerate(agents):
             deadline = None if inference else CONTROL_DEADLINE_S
+            if asked:
+                left = self.ask_budget_s - (self.clock() - began)
+                if left <= 0:
+                    raise ClusterUnreachableError(
+                        f"no agent answered {path} within {self.ask_budget_s:g} s ({asked} of {len(agents)} asked):"
+                        f" {last}"
+                    )
+                deadline = left if deadline is None else min(deadline, left)
             r = yield Call(method, agent + path, json, self.headers(agent), limit=limit, deadline_s=deadline)
             if inference and isinstance(r, OverLimit):
                 raise too_large_bytes(r)

@@ -10,15 +10,20 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import shutil
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from client import AsyncClient, Client, ClusterUnreachableError, ops
+from client import AsyncClient, Client, ClusterUnreachableError, deadline, ops
 from client.ops import RTT_BUDGET_S, RTT_MAX_PROBED, rtt_targets
 from tests.service.scripted import LoopbackServer
 
@@ -221,3 +226,104 @@ def test_a_rogue_alone_listing_hostile_members_is_given_up_in_bounded_time(
         rogue.close()
     assert isinstance(error, ClusterUnreachableError), error
     assert took < RTT_BUDGET_S + 2.0 + 3.0, took
+
+
+HUNG_LOOKUP = """
+import asyncio, json, sys, time
+from client import AsyncClient, Client, ClusterUnreachableError
+agents = ["http://member.peerserve.test:9"]
+began = time.monotonic()
+try:
+    if sys.argv[1] == "sync":
+        with Client(agents=agents, timeout=5.0, call_deadline_s=1.0) as c:
+            c.cluster()
+    else:
+        async def go():
+            async with AsyncClient(agents=agents, timeout=5.0, call_deadline_s=1.0) as c:
+                await c.cluster()
+        asyncio.run(go())
+    error = None
+except ClusterUnreachableError as exc:
+    error = str(exc)
+print(json.dumps({"error": error, "took": time.monotonic() - began}), flush=True)
+"""
+
+
+def _namespaces() -> bool:
+    """Whether this machine lets a user make a user and mount namespace of its own (``unshare -rm``)."""
+    if shutil.which("unshare") is None:
+        return False
+    return subprocess.run(["unshare", "-rm", "true"], capture_output=True, timeout=10).returncode == 0
+
+
+@pytest.mark.skipif(not _namespaces(), reason="needs unprivileged user and mount namespaces (unshare -rm)")
+@pytest.mark.parametrize("flavour", ["sync", "async"])
+def test_a_member_whose_name_lookup_hangs_fails_at_the_calls_deadline(tmp_path: Any, flavour: str) -> None:
+    """review14c (suspected; confirmed here first): an agent given by hostname is looked up by ``getaddrinfo``,
+    which no deadline bounded. A real lookup that hangs: in a user and mount namespace of the test's own (no network
+    namespace: nothing is sent anywhere), /etc/hosts is a named pipe nobody writes, so glibc's ``getaddrinfo``
+    (``hosts: files dns``) blocks opening it, as it blocks on a resolver that never answers. Before: the sync
+    client was still blocked at 30 s with a 1 s deadline; the async one failed at its deadline, but ``asyncio.run``
+    then waited at exit for the lookup stuck on the loop's executor (also past 30 s). Now both fail at the deadline
+    and exit (the lookup's daemon thread is left to the OS)."""
+    fifo = tmp_path / "hosts"
+    os.mkfifo(fifo)
+    repo = str(Path(__file__).resolve().parents[2])
+    command = ["unshare", "-rm", "sh", "-c", 'mount --bind "$0" /etc/hosts && exec "$1" -c "$2" "$3"',
+               str(fifo), sys.executable, HUNG_LOOKUP, flavour]  # fmt: skip
+    began = time.monotonic()
+    try:
+        done = subprocess.run(
+            command, capture_output=True, text=True, timeout=30, env={**os.environ, "PYTHONPATH": repo}
+        )
+    except subprocess.TimeoutExpired:
+        raise AssertionError(f"{flavour}: still blocked after 30 s (a 1 s deadline)") from None
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["error"] is not None and "within 1 s (the call's deadline)" in result["error"], result
+    assert 0.9 < result["took"] < 3.0, result
+    assert time.monotonic() - began < 20  # the process exited too (the interpreter's start included)
+
+
+def test_a_member_given_by_name_is_looked_up_and_answers(cluster: Any) -> None:
+    """The lookup in the client's own thread (``deadline.LOOKUPS``) for a name that resolves: the call goes on."""
+    _rogue, honest, _hostile = cluster
+    with Client(agents=[honest.url.replace("127.0.0.1", "localhost")], timeout=5.0) as c:
+        assert c.cluster()["node_id"] == "h"
+    assert len(deadline.LOOKUPS) == 0  # done, nothing left running
+
+
+@pytest.mark.parametrize("flavour", ["sync", "async"])
+def test_a_question_to_128_agents_all_down_fails_within_its_budget(flavour: str) -> None:
+    """128 named agents, every one down: half closed ports (refused at once), half listeners that accept (the
+    kernel's backlog) and never answer, each costing the client's per-read timeout (0.5 s here). Before: every one
+    asked, 64 x 0.5 s = 32 s at least; now the question's budget, four timeouts (2 s), then ClusterUnreachableError."""
+    silent = [socket.create_server(("127.0.0.1", 0), backlog=8) for _ in range(64)]  # never accepted
+    closed = []
+    for _ in range(64):
+        with socket.create_server(("127.0.0.1", 0)) as sock:
+            closed.append(sock.getsockname()[1])  # nothing listens there once it is closed
+    agents = []
+    for quiet, port in zip(silent, closed, strict=True):
+        agents += [f"http://127.0.0.1:{quiet.getsockname()[1]}", f"http://127.0.0.1:{port}"]
+
+    def sync() -> Any:
+        with Client(agents=agents, timeout=0.5) as c:
+            return c.cluster()
+
+    def in_loop() -> Any:
+        async def go() -> Any:
+            async with AsyncClient(agents=agents, timeout=0.5) as c:
+                return await c.cluster()
+
+        return asyncio.run(go())
+
+    try:
+        error, took = _bounded(sync if flavour == "sync" else in_loop)
+    finally:
+        for sock in silent:
+            sock.close()
+    assert isinstance(error, ClusterUnreachableError), error
+    assert "within 2 s" in str(error) and "of 128 asked" in str(error), error
+    print(f"\n{flavour}: 128 agents down: {took:.2f} s ({error})")
+    assert took < 2.0 + 0.5 + 1.5, took  # the budget, the last call's timeout, this machine's noise

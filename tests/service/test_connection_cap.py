@@ -28,7 +28,7 @@ import h11
 import pytest
 import uvicorn
 
-from agent import http_limits
+from agent import http_caps
 from agent.api import create_app
 from agent.cli import server_config
 from agent.node import NodeAgent
@@ -99,13 +99,17 @@ class ModelServer(LoopbackServer):
 def agent(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
 ) -> Iterator[tuple[int, uvicorn.Server, ModelServer]]:
-    """The agent (cap 24, 8 per address) and its model server; ``request.param``: more Settings (indirect)."""
-    monkeypatch.setattr(http_limits, "BODY_STALL_S", STALL_S)  # read by limited_protocol in server_config
+    """The agent (cap 24, 8 per address) and its model server; ``request.param``: more Settings (indirect), and
+    ``body_min_rate`` for ``http_caps.BODY_MIN_RATE``."""
+    params = dict(getattr(request, "param", {}))
+    monkeypatch.setattr(http_caps, "BODY_STALL_S", STALL_S)  # read by limited_protocol in server_config
+    if "body_min_rate" in params:
+        monkeypatch.setattr(http_caps, "BODY_MIN_RATE", params.pop("body_min_rate"))
     upstream = ModelServer()
     port = free_port()
     settings = Settings(node_id="n1", host="127.0.0.1", port=port, data_dir=str(tmp_path), discovery=False,
                         max_concurrency=CAP, max_connections_per_address=PER_ADDRESS,
-                        **getattr(request, "param", {}))  # fmt: skip
+                        **params)  # fmt: skip
     node = NodeAgent(settings, runtime=Listed([upstream.url]))
     node.set_desired(1, None, {MODEL: 1})
     server = uvicorn.Server(server_config(create_app(node), settings, "warning"))
@@ -135,8 +139,14 @@ def _stall(port: int, source: str, length: int, sent: bytes) -> socket.socket:
 
 def _exchange(port: int, source: str, request: bytes) -> tuple[int, bytes]:
     """One whole request from ``source``: (status, body) of its answer (status 0: no answer)."""
+    status, _, body = _exchanged(port, source, request)
+    return status, body
+
+
+def _exchanged(port: int, source: str, request: bytes) -> tuple[int, dict[bytes, bytes], bytes]:
+    """One whole request from ``source``: status, headers (lower-cased names) and body of its answer."""
     client = h11.Connection(h11.CLIENT)
-    status, body = 0, b""
+    status, headers, body = 0, {}, b""
     with socket.create_connection(("127.0.0.1", port), timeout=10, source_address=(source, 0)) as sock:
         sock.sendall(request)
         while True:
@@ -144,15 +154,18 @@ def _exchange(port: int, source: str, request: bytes) -> tuple[int, bytes]:
             if event is h11.NEED_DATA:
                 client.receive_data(sock.recv(65536))
             elif isinstance(event, h11.Response):
-                status = event.status_code
+                status, headers = event.status_code, dict(event.headers)
             elif isinstance(event, h11.Data):
                 body += event.data
             elif isinstance(event, (h11.EndOfMessage, h11.ConnectionClosed)):
-                return status, body
+                return status, headers, body
+
+
+_HEALTH = b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
 
 
 def _health(port: int, source: str) -> int:
-    return _exchange(port, source, b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")[0]
+    return _exchange(port, source, _HEALTH)[0]
 
 
 def _predict(port: int, source: str) -> tuple[int, bytes]:
@@ -216,6 +229,7 @@ def test_stalled_bodies_from_a_few_addresses_do_not_keep_another_client_out(agen
     assert given_up == [0], given_up
     for i in given_up:
         assert answers[i].startswith(b"HTTP/1.1 503 ") and b"connection: close" in answers[i].lower(), answers[i]
+        assert b"\r\nretry-after: 2\r\n" in answers[i].lower()  # retry_after_s: the rate's grace, 2 s
     # the body being streamed was cut at the model server, which answered only the honest predict
     wait_for(lambda: upstream.cut >= 1, timeout=10)
     assert upstream.answered == before + 1
@@ -288,8 +302,9 @@ def test_an_upload_still_coming_or_held_by_the_agent_is_not_given_up(agent: Any,
     sender.start()
     time.sleep(1.5)  # well past STALL_S: the upload is still coming (or held by the agent), never stalled
     assert _waiting_table(server) == {}
-    newcomer = _exchange(port, "127.0.78.1", b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
-    assert newcomer[0] == 503 and b"given to a newcomer" not in newcomer[1], newcomer
+    status, headers, body = _exchanged(port, "127.0.78.1", _HEALTH)
+    assert status == 503 and b"given to a newcomer" not in body, (status, body)
+    assert headers[b"retry-after"] == b"2"  # uvicorn's own 503 at its limit, which said nothing of when
     sender.join(30)
     honest.settimeout(30)
     answer = honest.recv(65536)
@@ -297,6 +312,67 @@ def test_an_upload_still_coming_or_held_by_the_agent_is_not_given_up(agent: Any,
     honest.close()
     for sock in busy:
         sock.close()
+
+
+@pytest.mark.parametrize("agent", [{}, {"body_min_rate": 0.0}], indirect=True, ids=["min_rate", "stall_only"])
+def test_a_trickled_body_is_given_up_and_an_honest_slow_upload_keeps_its_place(agent: Any) -> None:
+    """The cap held by predicts being answered (a heavy model, 6 s), a trickler from one address sending one byte
+    every 0.3 s (under STALL_S 0.4: as one byte every 0.9 s under the 1 s default), and an honest 40 KB upload from
+    a quiet address over a 64 kbit/s link (8 KB/s, 5 s); a newcomer comes once the trickler is past the rate's grace
+    (2 s). With the minimum rate (500 B/s) the trickler's place goes to the newcomer (503, ``Retry-After: 2``) and
+    the honest upload keeps its own and is answered; with none (0: the stall rule alone, as before) the trickler
+    never counts as waiting, and the newcomer gets uvicorn's 503 (``Retry-After: 1``, the stall alone)."""
+    port, server, upstream = agent
+    min_rate = http_caps.BODY_MIN_RATE  # (the fixture's, as the agent's protocol read it)
+    upstream.slow_s = 6.0
+    slow = b'{"instances": [1.0], "x": "slow"}'
+    busy = [_stall(port, f"127.0.71.{i // PER_ADDRESS + 1}", len(slow), slow) for i in range(CAP - 3)]
+    wait_for(lambda: len(server.server_state.tasks) == CAP - 3, timeout=10)
+    trickler = _stall(port, ATTACKERS[0], 1000, b"[")
+    body = b'{"instances": [' + b"1.0," * 10_000 + b"1.0]}"  # 40 KB
+    honest = socket.create_connection(("127.0.0.1", port), timeout=30, source_address=("127.0.79.1", 0))
+    stop = threading.Event()
+
+    def trickle() -> None:
+        while not stop.wait(0.3):
+            try:
+                trickler.sendall(b"1")
+            except OSError:
+                return
+
+    def upload() -> None:
+        honest.sendall(_head(len(body)))
+        for i in range(0, len(body), 100):  # 100 bytes every 12.5 ms: 8 KB/s
+            time.sleep(0.0125)
+            honest.sendall(body[i : i + 100])
+
+    threads = [threading.Thread(target=trickle, daemon=True), threading.Thread(target=upload, daemon=True)]
+    for thread in threads:
+        thread.start()
+    began = time.monotonic()
+    try:
+        if min_rate:
+            wait_for(lambda: _waiting_table(server) == {ATTACKERS[0]: 1}, timeout=10)  # behind the rate: ~2 s
+        else:
+            time.sleep(2.5)
+            assert _waiting_table(server) == {}
+        assert threads[1].is_alive(), "the honest upload was over before the newcomer came: too slow a machine"
+        status, headers, _ = _exchanged(port, "127.0.78.1", _HEALTH)
+        if min_rate:
+            assert status == 200
+            answer = _answer_of(trickler)
+            assert answer.startswith(b"HTTP/1.1 503 ") and b"\r\nretry-after: 2\r\n" in answer.lower(), answer
+        else:
+            assert status == 503 and headers[b"retry-after"] == b"1", (status, headers)
+            assert _answer_of(trickler) == b""  # still open, its place kept
+        threads[1].join(30)
+        answer = honest.recv(65536)
+        assert answer.startswith(b"HTTP/1.1 200 "), answer[:200]
+        assert time.monotonic() - began >= 4.0  # the upload took its 5 s: it was in flight all along
+    finally:
+        stop.set()
+        for sock in [trickler, honest, *busy]:
+            sock.close()
 
 
 def _live_handlers(server: uvicorn.Server) -> int:

@@ -60,3 +60,44 @@ def test_rtts_are_medians_and_targets_are_best_then_one_alternative() -> None:
     alt = Endpoint("m", "n2", "http://n2:1")
     chosen = Endpoint("m", "n1", "http://n1:1", alternatives=(alt, Endpoint("m", "n3", "http://n3:1")))
     assert targets(chosen) == ["http://n1:1", "http://n2:1"]
+
+
+@pytest.mark.parametrize("inference", [False, True])
+def test_a_question_fails_over_within_its_budget_however_many_agents_are_down(inference: bool) -> None:
+    """128 listed agents, each failing after the 5 s a non-answering one costs (the clock passed in): the first
+    is asked with its call's own deadline, the next ones only while the budget (20 s) lasts, each at most what is
+    left of it; then ClusterUnreachableError (before: all 128 asked, 640 s)."""
+    now = [0.0]
+    core = ClientCore([f"http://a{i}" for i in range(128)], "me", None, 60.0, None, clock=lambda: now[0],
+                      ask_budget_s=20.0)  # fmt: skip
+    op = core.ask("POST" if inference else "GET", "/x", dict, inference=inference)
+    calls = [next(op)]
+    with pytest.raises(ClusterUnreachableError, match=r"within 20 s \(4 of 128 asked\)"):
+        while True:
+            call = calls[-1]
+            assert isinstance(call, Call)
+            spent = 5.0 if call.deadline_s is None else min(5.0, call.deadline_s)
+            now[0] += spent
+            calls.append(op.send(httpx.ReadTimeout("no answer")))
+    first, *rest = calls
+    assert isinstance(first, Call) and first.deadline_s == (None if inference else 10.0)  # its own, whole
+    left = [15.0, 10.0, 5.0] if inference else [10.0, 10.0, 5.0]  # the budget's rest (a control call: 10 s at most)
+    assert [c.deadline_s for c in rest if isinstance(c, Call)] == left
+    assert now[0] == 20.0
+
+
+def test_the_budget_is_positive_and_a_quick_failure_leaves_room_for_every_agent() -> None:
+    with pytest.raises(ValueError, match="ask_budget_s"):
+        ClientCore(["http://a"], "me", None, 60.0, None, ask_budget_s=0.0)
+    now = [0.0]
+    core = ClientCore([f"http://a{i}" for i in range(128)], "me", None, 60.0, None, clock=lambda: now[0])
+    op = core.ask("GET", "/x", dict)
+    call = next(op)
+    asked = 1
+    for _ in range(127):  # refused at once (closed ports): 1 ms each, every agent is asked
+        now[0] += 0.001
+        call = op.send(httpx.ConnectError("refused"))
+        asked += 1
+    assert isinstance(call, Call) and call.url == "http://a127/x" and asked == 128
+    with pytest.raises(ClusterUnreachableError, match="no agent answered /x: refused"):
+        op.send(httpx.ConnectError("refused"))

@@ -1,0 +1,404 @@
+"""The client port's protocol: deadlines and caps per connection on top of ``SlicedH11Protocol``.
+
+Split out of agent/http_limits.py (the overview is there). ``limited_protocol(...)`` builds the ``H11Protocol``
+subclass for ``uvicorn.Config(http=...)``: a request-header deadline (``header_timeout_s``; uvicorn has none), a
+per-address connection cap (read from the count ``AddressBudgets`` keeps), a deadline for a client that stops
+reading what it is sent (``write_timeout_s``), and at uvicorn's ``limit_concurrency`` a newcomer takes the place
+of the oldest connection waiting on its client (a request head, or the rest of a request body that has stalled
+or fallen behind the minimum rate: ``body_rate_left``) from the address holding the most such
+(``oldest_of_busiest``); the cap's 503s say when to come back (``retry_after_s``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+from typing import Any, ClassVar
+
+import h11
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from agent.http_parse import AddressBudgets
+from agent.http_sliced import SlicedH11Protocol, raw_response, warn_once_a_minute
+from agent.modelserver import oldest_of_busiest
+
+log = logging.getLogger(__name__)
+
+BODY_STALL_S = 1.0  # a request body counts as waiting on its client after this long with no byte (reading not paused)
+BODY_MIN_RATE = 500.0  # ... or once it falls behind this many bytes a second (Apache mod_reqtimeout's MinRate) ...
+BODY_RATE_GRACE_S = 2.0  # ... by more than this long (500 B/s x 2 s: its first ~1 KB may take 2 s longer than that)
+GIVEN_UP = "peerserve.given_up"  # scope key: the request's place went to a newcomer and its task was cancelled
+
+
+def body_rate_left(body_bytes: int, elapsed_s: float, min_rate: float, grace_s: float) -> float:
+    """Seconds before a request body that has sent ``body_bytes`` in ``elapsed_s`` seconds of its client's time falls
+    behind ``min_rate`` bytes a second by more than ``grace_s`` (<= 0: it has; ``inf``: no minimum, ``min_rate`` 0).
+
+    mod_reqtimeout's form: a body may take ``grace_s + body_bytes / min_rate`` seconds for what it has sent, so
+    every byte buys ``1 / min_rate`` seconds more. The stall rule (no byte for ``BODY_STALL_S``) alone let a body
+    trickled one byte every 0.9 s hold its place at the cap for ``body_timeout_s``; at 500 B/s it is behind after
+    ~2 s, while a 2 KB body over a 64 kbit/s link (8 KB/s) is never behind (a 2G link is ~5 KB/s)."""
+    if min_rate <= 0:
+        return math.inf
+    return grace_s + body_bytes / min_rate - elapsed_s
+
+
+def retry_after_s(stall_s: float, rate_grace_s: float) -> int:
+    """The ``Retry-After`` (whole seconds, at least 1) of the cap's 503s: to a request given up for a newcomer, and
+    to a newcomer refused because no connection could be given up for it.
+
+    At the cap a place is made for a newcomer from the connections waiting on their clients; a body still coming
+    becomes one once it has gone ``stall_s`` without a byte, or fallen ``rate_grace_s`` behind the minimum rate
+    (``body_rate_left``). A retry sooner finds the uploads of now still counted as coming (only a request that
+    ended makes room); one this much later finds every upload that stopped or trickles counted as waiting on its
+    client, so its place can be taken. (What a request being answered takes, the agent cannot know.)"""
+    return max(1, math.ceil(max(stall_s, rate_grace_s)))
+
+
+class RecordedTasks:
+    """uvicorn's set of request tasks (``server_state.tasks``) as one connection sees it: the same set, and the
+    connection remembers the task uvicorn adds for its request, so a request given up for a newcomer can leave
+    the count at once (``_give_up``). uvicorn uses only ``add``, ``discard`` and ``len`` on it."""
+
+    def __init__(self, tasks: set[Any], owner: Any) -> None:
+        self.tasks, self.owner = tasks, owner
+
+    def add(self, task: Any) -> None:
+        self.tasks.add(task)
+        self.owner._task = task
+
+    def discard(self, task: Any) -> None:
+        self.tasks.discard(task)
+
+    def __len__(self) -> int:
+        return len(self.tasks)
+
+
+def limited_protocol(
+    header_timeout_s: float,
+    max_connections_per_address: int,
+    write_timeout_s: float | None = None,
+    parsing: type[SlicedH11Protocol] = SlicedH11Protocol,
+    address_budgets: AddressBudgets | None = None,
+    body_stall_s: float | None = None,
+    body_min_rate: float | None = None,
+    body_rate_grace_s: float | None = None,
+) -> type[H11Protocol]:
+    """A ``parsing`` (SlicedH11Protocol) subclass with a request-header deadline, a per-address connection cap
+    and (with ``write_timeout_s``) a deadline for a client that stops reading what it is sent.
+
+    ``address_budgets``: the per-address table (parse budgets, places in the turns, connection counts) to share
+    with another listener of the same agent (its HTTP and HTTPS ports: one address, one place and one cap, not
+    one on each, review13b F4); None: a table of its own on the parsing class's turns. ``body_stall_s``: how long a
+    request body must go without a byte (while the agent is not the one holding its reading) before the connection
+    counts as waiting on its client, one a newcomer may take the place of at the cap (None: ``BODY_STALL_S``);
+    ``body_min_rate`` / ``body_rate_grace_s``: the bytes a second below which (by more than the grace) a body counts
+    so too (``body_rate_left``; None: ``BODY_MIN_RATE`` / ``BODY_RATE_GRACE_S``; a rate of 0: no minimum). The cap's
+    503s say ``Retry-After: retry_after_s(...)``."""
+    if address_budgets is None:
+        own = parsing.address_budgets
+        address_budgets = AddressBudgets(own.share, own.burst_s, own.turns)
+    table: AddressBudgets = address_budgets
+    drain_s = header_timeout_s if write_timeout_s is None else write_timeout_s
+    stall_s = BODY_STALL_S if body_stall_s is None else body_stall_s
+    min_rate = BODY_MIN_RATE if body_min_rate is None else body_min_rate
+    grace_s = BODY_RATE_GRACE_S if body_rate_grace_s is None else body_rate_grace_s
+    retry_after = retry_after_s(stall_s, grace_s if min_rate > 0 else 0.0)
+
+    class LimitedH11Protocol(parsing):  # type: ignore[valid-type,misc]
+        address_budgets = table  # the parsing class's turns (PARSING unless a test's)
+        close_drain_s = drain_s  # what a closed connection's unsent bytes get (_close)
+        waiting: ClassVar[dict[str, dict[Any, None]]] = {}  # waiting for a request head, per address, oldest first
+        given_up: ClassVar[set[Any]] = set()  # closed to make room, not yet gone from uvicorn's connection set
+        _header_timer: asyncio.TimerHandle | None = None
+        _write_timer: asyncio.TimerHandle | None = None
+        _partial = False
+        _half_closed = False  # the client ended its sending side: answer what it sent, then close
+        _task: asyncio.Task[None] | None = None  # its latest request's task (RecordedTasks)
+        _body_at = 0.0  # loop time its client last sent a byte, or the agent last let its reading go on
+        _stall_timer: asyncio.TimerHandle | None = None  # when an incomplete body would count as stalled
+        _rate_cycle: Any = None  # the request whose body's rate is measured (a new one starts its clock)
+        _rate_from = 0.0  # loop time its body's clock started, moved on by the time the agent held its reading
+        _write_left = 0  # bytes unsent when the write timer was armed (fewer when it fires: the client reads)
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.tasks = RecordedTasks(self.server_state.tasks, self)
+
+        def pause_writing(self) -> None:
+            """The client's socket is full: it must read again within ``write_timeout_s`` or be cut off."""
+            super().pause_writing()
+            self._arm_write_timer()
+
+        def resume_writing(self) -> None:
+            super().resume_writing()
+            if self._write_timer is not None:
+                self._write_timer.cancel()
+                self._write_timer = None
+            if self.transport.get_write_buffer_size() > 0:  # under the low-water mark, not drained: still watched
+                self._arm_write_timer()
+
+        def _arm_write_timer(self) -> None:
+            if write_timeout_s is not None and self._write_timer is None:
+                self._write_left = self.transport.get_write_buffer_size()
+                self._write_timer = self.loop.call_later(write_timeout_s, self._write_timeout)
+
+        def _write_timeout(self) -> None:
+            """``write_timeout_s`` after the socket filled (``pause_writing``), or after an answer (or the
+            low-water mark) left bytes unsent: cut off a client that read nothing meanwhile. Under asyncio's
+            64 KiB high-water mark ``pause_writing`` never fires, so a client that stopped reading with a few
+            tens of KB unsent was never cut off, and every close of its connection waited on it for good
+            (review14c F3). A buffer still shrinking, or an answer still being written (that one pauses writing
+            if its client stops reading), is looked at again later."""
+            self._write_timer = None
+            left = self.transport.get_write_buffer_size()
+            if not self.flow.write_paused:
+                if left == 0:
+                    return
+                answering = self.cycle is not None and not self.cycle.response_complete
+                if left < self._write_left or (answering and not self.transport.is_closing()):
+                    self._arm_write_timer()
+                    return
+            log.debug("aborting a connection to %s: it read nothing for %g s", self.client, write_timeout_s)
+            self.transport.abort()  # close() would wait for the client to read the buffer first
+
+        def connection_made(self, transport: asyncio.Transport) -> None:
+            super().connection_made(transport)
+            host = self.client[0] if self.client else None
+            if host is not None and self._over_address_cap(host):
+                warn_once_a_minute(host, f"refusing connections from {host}: {max_connections_per_address} open")
+                message = f"over {max_connections_per_address} connections open from {host}"
+                transport.write(raw_response(503, "Service Unavailable", message))
+                self._close()
+                return
+            self._make_room(host or "")
+            self._update_header_deadline()
+
+        def _make_room(self, host: str) -> None:
+            """At ``limit_concurrency`` (uvicorn answers every request 503 while that many connections are open), give
+            up the oldest connection waiting on its client from the address holding the most such, if more than
+            ``host`` holds (``oldest_of_busiest``): four addresses' 64 idle connections each kept every other client
+            out (review12e), and so did 4 x 64 predicts whose bodies stalled after a byte (review14a F5). Waiting on
+            its client: for a request head (idle keep-alive included: closed without a word) or for the rest of a
+            request body that has stalled (``_body_stalled``; answered 503, see ``_give_up``). A request read whole,
+            or being answered, is never given up."""
+            limit = self.limit_concurrency
+            while limit is not None and len(self.connections) - len(self.given_up) >= limit:
+                victim = oldest_of_busiest(self.waiting, host)
+                if victim is None:
+                    return  # the newcomer's own address holds the most: its request gets uvicorn's 503
+                victim._unmark_waiting()
+                if victim._answer_started():  # answering before the body came (an early error): not waiting
+                    continue
+                self.given_up.add(victim)
+                log.debug("giving up a connection from %s for a newcomer from %s", victim.client, host)
+                victim._give_up()
+
+        def _should_upgrade(self) -> bool:
+            """uvicorn asks this of each request head just before it checks ``limit_concurrency`` and, past it, answers
+            with its own 503 (which says nothing of when to come back): that 503 gets ``Retry-After`` (the
+            connection's h11 adds it, ``ChunkCountingConnection.send``)."""
+            upgrade: bool = super()._should_upgrade()
+            limit = self.limit_concurrency
+            at_cap = limit is not None and (len(self.connections) >= limit or len(self.tasks) >= limit)
+            self.counted.retry_after_s = retry_after if at_cap and not upgrade else None
+            return upgrade
+
+        def _answer_started(self) -> bool:
+            return self.cycle is not None and not self.cycle.response_complete and self.cycle.response_started
+
+        def _body_stalled(self) -> bool:
+            """A body awaited (``_awaiting_body``) that has really stalled, while reading was not paused by the agent:
+            no byte for ``body_stall_s``, or its bytes behind the minimum rate by more than the grace
+            (``_rate_left``: one byte every 0.9 s never stalls, and held its place for ``body_timeout_s``). An
+            honest upload on a slow link keeps sending, and one the agent stopped reading (uvicorn pauses reading
+            while a handler leaves 64 KiB unread; the slicing holds it while parsing waits) waits on the agent,
+            not its client: neither is given up for a newcomer (review14c F1)."""
+            return (
+                self._awaiting_body()
+                and not self.flow.read_paused
+                and not self._reading_held
+                and (self.loop.time() - self._body_at >= stall_s or self._rate_left() <= 0)
+            )
+
+        def _rate_left(self) -> float:
+            """``body_rate_left`` of the awaited body: its clock starts when its request is first looked at here
+            (after its head was parsed) and does not run while the agent held its reading (``_reading_resumed``)."""
+            now = self.loop.time()
+            if self._rate_cycle is not self.cycle:
+                self._rate_cycle, self._rate_from = self.cycle, now
+            return body_rate_left(self.counted.body_bytes, now - self._rate_from, min_rate, grace_s)
+
+        def _reading_resumed(self) -> None:
+            """The client could not send while the agent held its reading: neither clock counts that time (taken
+            as from its last byte, or its body's start if later)."""
+            now = self.loop.time()
+            self._rate_from += max(0.0, now - max(self._body_at, self._rate_from))
+            self._body_at = now
+
+        def _arm_stall_check(self) -> None:
+            """Look again when the awaited body would have gone ``body_stall_s`` without a byte, or fallen behind
+            the minimum rate, whichever comes first."""
+            if self._stall_timer is None:
+                held = self.flow.read_paused or self._reading_held
+                left = stall_s if held else min(stall_s - (self.loop.time() - self._body_at), self._rate_left())
+                self._stall_timer = self.loop.call_later(max(left, 0.0), self._stall_check)
+
+        def _stall_check(self) -> None:
+            self._stall_timer = None
+            if not self.transport.is_closing():
+                self._update_header_deadline()
+
+        def _awaiting_body(self) -> bool:
+            """A request handed to the app whose body has not all come, and no answer started: waits on its client."""
+            cycle = self.cycle
+            return (
+                cycle is not None
+                and not cycle.response_started
+                and self.conn.their_state is h11.SEND_BODY
+                and not self.transport.is_closing()
+            )
+
+        def _give_up(self) -> None:
+            """Close this connection for a newcomer. One waiting for its head just closes, as a client expects of an
+            idle connection. One whose body was awaited is answered 503 with ``Connection: close`` (the app has
+            written nothing: the stand-in's rule), and the app's ``receive`` says the client is gone
+            (``http.disconnect``): the proxy reading the body stops there and closes its model-server
+            connection mid-request (never reused, nothing answered from it), and nothing the app still sends is
+            written. Its task also leaves uvicorn's count at once (else the newcomer's request, parsed on the next
+            turns, still found the cap full of tasks and got the 503 itself), and is cancelled (``GIVEN_UP`` in its
+            scope: ``HttpLimits`` ends it quietly): left to end at its next ``receive``, a handler that waits before
+            reading its body (the proxy's ``resolve`` provisioning a model, up to ``provision_wait_s``) ran on
+            uncounted, and newcomers from rotating addresses piled up 323 live handlers at cap 24 (review14c F2)."""
+            if self.transport.get_write_buffer_size() > 0:  # it is not even reading what it was sent: nothing more
+                self.transport.abort()
+            cycle = self.cycle
+            if cycle is not None and not cycle.response_complete:
+                if not cycle.response_started and not self.transport.is_closing():
+                    message = "this request's place was given to a newcomer: the agent is at its connection limit"
+                    self.transport.write(raw_response(503, "Service Unavailable", message, retry_after))
+                cycle.disconnected = True  # receive() answers http.disconnect; send() writes nothing more
+                cycle.message_event.set()
+                if self._task is not None:
+                    self.server_state.tasks.discard(self._task)
+                    cycle.scope[GIVEN_UP] = True  # (an ASGI scope is a dict)
+                    self._task.cancel()
+            self._unparsed.clear()
+            self._close()
+
+        def _mark_waiting(self) -> None:
+            """Waiting on its client: kept in place if it was marked already."""
+            if self._address is not None:
+                self.waiting.setdefault(self._address, {})[self] = None
+
+        def _unmark_waiting(self) -> None:
+            held = self.waiting.get(self._address or "")
+            if held is not None and held.pop(self, 0) is None and not held:
+                del self.waiting[self._address or ""]
+
+        def _over_address_cap(self, host: str) -> bool:
+            """Whether ``host`` holds more than the cap, this connection included (counted by ``take`` in the parent's
+            ``connection_made``): O(1), where a scan of uvicorn's connection set cost O(open connections) per connect
+            (review12e: 6,000 connects against 2,560 held connections, 7-13 s of loop lag)."""
+            return self.address_budgets.users(host) > max_connections_per_address
+
+        def _on_data(self) -> None:
+            self._body_at = self.loop.time()
+            if self._header_timer is not None:
+                self._partial = True
+            elif not (self._awaiting_body() and self._rate_left() <= 0):  # a stalled body moves again: not waiting
+                self._unmark_waiting()  # (one behind the rate keeps its place in the table, looked at after the parse)
+
+        def eof_received(self) -> bool | None:  # asyncio.Protocol allows bool
+            """The client shut down its sending side (``shutdown(SHUT_WR)``, ``curl`` reading a request from a pipe,
+            netcat): uvicorn's own ``eof_received`` lets asyncio close the transport, so a request read whole got
+            no answer at all. Keep the write side open (asyncio: return True) while a request is read or still
+            being parsed, answer it, then close (``on_response_complete``). A request cut short by the EOF still
+            closes the connection (its handler sees the client gone), as before. TLS has no half-close in
+            asyncio (its transport closes whatever this returns): unchanged there."""
+            if self.scheme == "https" or self.transport.is_closing():
+                return None
+            self._half_closed = True
+            return True if self._parsing_left() or self._answering() else None
+
+        def _parsing_left(self) -> bool:
+            """Bytes read and not yet parsed, or events h11 holds from a turn cut short."""
+            return bool(self._unparsed) or self.counted.cut_short
+
+        def _answering(self) -> bool:
+            """A request read whole whose answer is not complete yet."""
+            return self.cycle is not None and not self.cycle.response_complete and self.conn.their_state is h11.DONE
+
+        def _close_if_half_closed(self) -> None:
+            """After the last answer to a client that half-closed (or once its cut-short request is parsed): close."""
+            if self._half_closed and not self._parsing_left() and not self._answering():
+                if self.transport.is_closing():
+                    return
+                if self.cycle is not None and not self.cycle.response_complete:  # the EOF cut its request short
+                    self.cycle.disconnected = True
+                    self.cycle.message_event.set()
+                with contextlib.suppress(h11.LocalProtocolError):
+                    self.conn.send(h11.ConnectionClosed())
+                self._close()
+
+        def _after_parse(self) -> None:
+            self._close_if_half_closed()
+            self._update_header_deadline()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            if self.transport.get_write_buffer_size() > 0:  # the answer's tail unsent: the client must read it
+                self._arm_write_timer()
+            self._close_if_half_closed()
+            self._update_header_deadline()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._cancel_header_deadline()
+            self._unmark_waiting()
+            self.given_up.discard(self)
+            if self._stall_timer is not None:
+                self._stall_timer.cancel()
+                self._stall_timer = None
+            if self._write_timer is not None:
+                self._write_timer.cancel()
+                self._write_timer = None
+            super().connection_lost(exc)
+
+        def _waiting_for_headers(self) -> bool:
+            return self.cycle is None or self.cycle.response_complete
+
+        def _update_header_deadline(self) -> None:
+            """Arm the deadline while no request is in progress; disarm it once a request's headers are in. Then
+            the connection is in ``waiting`` while it waits on its client (a head, or a body that has stalled:
+            ``_body_stalled``, looked at again by a timer while the body is awaited)."""
+            if self.transport.is_closing() or not self._waiting_for_headers():
+                self._cancel_header_deadline()
+            elif self._header_timer is None:
+                self._partial = False
+                self._header_timer = self.loop.call_later(header_timeout_s, self._header_timeout)
+            if self._header_timer is not None or self._body_stalled():
+                self._mark_waiting()
+            else:
+                self._unmark_waiting()
+                if self._awaiting_body():
+                    self._arm_stall_check()
+
+        def _cancel_header_deadline(self) -> None:
+            if self._header_timer is not None:
+                self._header_timer.cancel()
+                self._header_timer = None
+
+        def _header_timeout(self) -> None:
+            self._header_timer = None
+            self._unmark_waiting()
+            if self.transport.is_closing():
+                return
+            if self._partial and self.conn.our_state in (h11.IDLE, h11.DONE):
+                message = f"request headers not received within {header_timeout_s:g} s"
+                self.transport.write(raw_response(408, "Request Timeout", message))
+            log.debug("closing a connection from %s: no complete request in %g s", self.client, header_timeout_s)
+            self._close()
+
+    return LimitedH11Protocol

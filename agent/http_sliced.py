@@ -1,0 +1,421 @@
+"""The h11 protocol with its work on the event loop bounded (``SlicedH11Protocol``), and the raw answers it sends.
+
+Split out of agent/http_limits.py (the overview is there). h11 parses in pure Python on the agent's event loop,
+which also runs SWIM and the election: a body sent as 1-byte chunks (``1\\r\\n1\\r\\n``...) cost ~9 us per chunk, 0.4 s
+of loop for one 256 KiB socket read, and two such connections got a leader declared dead (review 11a). So the
+protocol hands h11 at most ``PARSE_SLICE`` bytes and takes at most ``EVENTS_PER_TURN`` events per loop turn (reading
+paused until the rest is parsed), a body of more than ``max(MIN_CHUNKS, bytes / MIN_CHUNK_BYTES)`` chunks gets
+``400`` and the connection closed (``too_many_chunks``), and each step is charged to the parse budgets of
+agent/http_parse.py. The peer port runs the same protocol when httptools is missing (``PeerH11Protocol``, with a
+total of its own: a client-port flood never delays SWIM there).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from functools import partial
+from typing import Any
+
+import h11
+from uvicorn.protocols.http.flow_control import FlowControl
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from agent.http_parse import (
+    PARSE_BURST_S,
+    PARSE_SHARE,
+    PEER_PARSING,
+    AddressBudgets,
+    AddressEntry,
+    ParseBudget,
+    step_wait,
+)
+
+log = logging.getLogger(__name__)
+
+PARSE_SLICE = 16 * 1024  # bytes h11 parses per loop turn (at most ~2,700 chunks), and ...
+EVENTS_PER_TURN = 128  # ... events it hands out per turn (~1 ms of 1-byte chunks); other tasks run between
+MIN_CHUNKS = 256  # chunks any body may use ...
+MIN_CHUNK_BYTES = 256  # ... past which they must average at least this many bytes
+CLOSE_DRAIN_S = 10.0  # a closed connection's unsent bytes get this long to drain before it is aborted (_close)
+REFUSAL_LINGER_S = 1.0  # a refused client has this long to read its 400; what it still sends is dropped unparsed ...
+REFUSAL_DROP_BYTES = 1 << 20  # ... up to this much (then reading stops: a sender at line rate cost ~0.7 GB/s of reads)
+
+
+def error_bytes(status: int, message: str) -> tuple[list[tuple[bytes, bytes]], bytes]:
+    """Headers and body of a JSON error that also closes the connection."""
+    body = json.dumps({"error": message}).encode()
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        (b"connection", b"close"),
+    ]
+    return headers, body
+
+
+def raw_response(status: int, reason: str, message: str, retry_after_s: int | None = None) -> bytes:
+    """A whole HTTP/1.1 error response, for answering outside any request cycle (with ``Retry-After`` if given)."""
+    headers, body = error_bytes(status, message)
+    if retry_after_s is not None:
+        headers.append((b"retry-after", b"%d" % retry_after_s))
+    lines = b"".join(k + b": " + v + b"\r\n" for k, v in headers)
+    return f"HTTP/1.1 {status} {reason}\r\n".encode() + lines + b"\r\n" + body
+
+
+_warned: dict[str, float] = {}
+
+
+def warn_once_a_minute(key: str, message: str) -> None:
+    """Log ``message`` at most once a minute per ``key`` (a flood of refusals is one line, not thousands)."""
+    now = time.monotonic()
+    if now - _warned.get(key, -60.0) >= 60.0:
+        if len(_warned) > 1000:
+            _warned.clear()
+        _warned[key] = now
+        log.warning("%s", message)
+
+
+def client_host(protocol: Any) -> str | None:
+    client = getattr(protocol, "client", None)
+    return str(client[0]) if client else None
+
+
+def too_many_chunks(chunks: int, body_bytes: int) -> bool:
+    """Whether a chunked body of ``chunks`` chunks and ``body_bytes`` bytes so far is chunked pathologically.
+
+    Parsing costs per chunk, not per byte: past ``MIN_CHUNKS``, chunks must average ``MIN_CHUNK_BYTES`` or more.
+    Clients send what they have in chunks of kilobytes; 1-byte chunks only make the agent work (6 wire bytes
+    per body byte, one h11 event each). So a body's chunks are bounded by its size (at most max_body / 256)."""
+    return chunks > max(MIN_CHUNKS, body_bytes // MIN_CHUNK_BYTES)
+
+
+class ChunkCountingConnection(h11.Connection):
+    """h11's server side, counting the chunks and bytes of each request body; past ``too_many_chunks`` it hands
+    out no more events (``NEED_DATA``) and sets ``refused``: the protocol answers 400 and closes.
+
+    It also hands out at most ``EVENTS_PER_TURN`` events between ``new_turn()`` calls: then ``NEED_DATA`` with
+    ``cut_short`` set, and the protocol asks again on a later loop turn (h11 holds the rest, at most a slice)."""
+
+    def __init__(self, max_incomplete_event_size: int, events_per_turn: int = EVENTS_PER_TURN) -> None:
+        super().__init__(h11.SERVER, max_incomplete_event_size=max_incomplete_event_size)
+        self.chunks = 0
+        self.body_bytes = 0
+        self.refused = False
+        self.events_per_turn = events_per_turn
+        self.turn_left = events_per_turn
+        self.cut_short = False
+        self.retry_after_s: int | None = None  # what a 503 to the current request says, if it says nothing itself
+
+    def send(self, event: Any) -> Any:  # (h11's overloads: any event in, bytes or None out)
+        """h11's ``send``, a 503 response head without ``Retry-After`` given ``retry_after_s`` (uvicorn's own
+        refusal at its concurrency limit says nothing of when to come back; the protocol sets it for that one)."""
+        after = self.retry_after_s
+        refusal = after is not None and isinstance(event, h11.Response) and event.status_code == 503
+        if refusal and not any(name == b"retry-after" for name, _ in event.headers):
+            headers = [*event.headers, (b"retry-after", b"%d" % (after or 0))]
+            event = h11.Response(status_code=503, headers=headers, reason=event.reason)
+        return super().send(event)
+
+    def new_turn(self) -> None:
+        """A new loop turn: ``events_per_turn`` more events may be handed out."""
+        self.turn_left, self.cut_short = self.events_per_turn, False
+
+    def next_event(self) -> Any:
+        if self.refused:
+            return h11.NEED_DATA
+        if self.turn_left <= 0:
+            self.cut_short = True
+            return h11.NEED_DATA
+        event = super().next_event()
+        if event is h11.NEED_DATA or event is h11.PAUSED:
+            return event
+        self.turn_left -= 1
+        if isinstance(event, h11.Request):
+            self.chunks = self.body_bytes = 0
+            self.retry_after_s = None
+        elif isinstance(event, h11.Data):
+            self.body_bytes += len(event.data)
+            # chunk_end, not chunk_start: h11 drops chunk_start when a read ends between a chunk's size and its data
+            if event.chunk_end:
+                self.chunks += 1
+                if too_many_chunks(self.chunks, self.body_bytes):
+                    self.refused = True
+                    return h11.NEED_DATA
+        return event
+
+
+class SlicedFlowControl(FlowControl):
+    """uvicorn's read flow control (paused while a handler leaves 64 KiB of body unread), except that it leaves
+    reading paused while the protocol still holds bytes it has read but not parsed: else every resume would
+    add another socket read (up to 256 KiB) to what waits, without bound."""
+
+    def __init__(self, transport: asyncio.Transport, holding: Any, resumed: Any = None) -> None:
+        super().__init__(transport)
+        self._reading_transport = transport
+        self._holding = holding
+        self._resumed = resumed  # called when uvicorn lets reading go on (the protocol's ``_reading_resumed``)
+
+    def resume_reading(self) -> None:
+        if self.read_paused:
+            self.read_paused = False
+            if self._resumed is not None:
+                self._resumed()
+            if not self._holding():
+                self._reading_transport.resume_reading()
+
+
+class SlicedH11Protocol(H11Protocol):
+    """uvicorn's h11 protocol with h11's work on the event loop bounded: per loop turn at most ``PARSE_SLICE``
+    bytes and ``EVENTS_PER_TURN`` events, per connection at most ``ParseBudget`` (CPU time), and a body in too
+    many small chunks refused (400, closed). Reading stays paused while parsed work waits for its turn.
+
+    The client port's protocol (``limited_protocol``) adds its deadlines and caps on top; the peer port runs
+    this one when httptools (C) is missing (``agent.peer_api.peer_http_parser``)."""
+
+    parse_share = PARSE_SHARE
+    parse_burst_s = PARSE_BURST_S
+    events_per_turn = EVENTS_PER_TURN
+    address_budgets = AddressBudgets()  # this class's connections' (a subclass may have its own)
+    _address: str | None = None  # whose address budget this connection holds
+    _entry: AddressEntry | None = None  # its address's entry (budget, place in the port's turns)
+    _next_step: asyncio.Handle | None = None  # parsing the rest (or h11's pending events) on a later loop turn
+    _in_turns = False  # waiting in its address's queue for a turn of the port's parse budget (ParseTurns)
+    _reading_held = False  # reading paused by the slicing (uvicorn's flow control pauses it on its own too)
+    _lingering: asyncio.TimerHandle | None = None  # refused: dropping what arrives until this closes
+    _dropped = 0  # bytes dropped since the refusal
+    close_drain_s = CLOSE_DRAIN_S  # (limited_protocol: its write_timeout_s)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        size = self.config.h11_max_incomplete_event_size or 16 * 1024
+        self.counted = ChunkCountingConnection(size, self.events_per_turn)
+        self.conn = self.counted
+        self._unparsed = bytearray()  # read, not yet handed to h11: at most a slice plus one read
+        self.budget = ParseBudget(self.parse_share, self.parse_burst_s)
+        self.shared: ParseBudget | None = None  # its address's, from connection_made on
+        self.fair = ParseBudget(self.parse_share, self.parse_burst_s)  # its fair part of the address's (_fair_now)
+        self.parse_cpu_s = 0.0  # CPU time spent parsing on this connection (what the budget was charged)
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self.flow = SlicedFlowControl(transport, lambda: self._reading_held, self._reading_resumed)
+        self._address = client_host(self) or ""
+        self._entry = self.address_budgets.take(self._address)
+        self.shared = self._entry.budget
+        self._fair_now()
+        self.fair.credit, self.fair.at = -self.fair.burst_s, self.loop.time()
+
+    def _fair_now(self) -> ParseBudget:
+        """The fair part's rate and burst for the address's connections now: ``1 / users`` of the address's."""
+        users = max(1, self.address_budgets.users(self._address or ""))
+        self.fair.share = min(self.parse_share, self.address_budgets.share / users)
+        self.fair.burst_s = min(self.parse_burst_s, self.address_budgets.burst_s / users)
+        return self.fair
+
+    def _wait(self) -> float:
+        """Seconds before this connection may parse again: its own budget, and the sooner of its address's budget
+        and its fair part of it (that one only while the address owes less than ``ADDRESS_DEBT_S``)."""
+        now = self.loop.time()
+        if self.shared is None:
+            return self.budget.wait(now)
+        return step_wait(self.budget, self.shared, self._fair_now(), now)
+
+    def data_received(self, data: bytes) -> None:
+        if self._lingering is not None:
+            self._dropped += len(data)
+            if self._dropped > REFUSAL_DROP_BYTES:
+                self.transport.pause_reading()
+            return
+        self._on_data()
+        if self._next_step is not None or self._in_turns:  # a step waits (reading is paused: this read was under way)
+            self._unparsed += data
+            self._hold_reading()
+        elif (wait := self._wait()) > 0:
+            self._unparsed += data
+            self._hold_reading()
+            self._next_step = self.loop.call_later(wait, self._step)
+        elif not self._admitted():  # the port's parse budget is spent or others wait: in the queue
+            self._unparsed += data
+            self._hold_reading()
+        elif self._unparsed or len(data) > PARSE_SLICE:
+            self._unparsed += data
+            self._parse(None)
+        else:
+            self._parse(data)  # the common case: a read of a slice or less, parsed as it came
+
+    def _on_data(self) -> None:
+        """Bytes arrived (before they are parsed); a subclass's hook."""
+
+    def _reading_resumed(self) -> None:
+        """Reading was paused by the agent (uvicorn's flow control or the slicing) and goes on; a subclass's hook."""
+
+    def _close(self) -> None:
+        """Close the connection, and abort it if what is still to be sent has not drained ``close_drain_s`` later.
+        ``transport.close()`` waits for the client to read the write buffer: a client with a small receive buffer
+        that never reads leaves a few tens of KB there, under asyncio's 64 KiB high-water mark, so ``pause_writing``
+        never fires and the close never finishes; 23 such held a cap of 24 (/health 503 at 40 s, review14c F3)."""
+        self.transport.close()
+        if self.transport.get_write_buffer_size() > 0:
+            self.loop.call_later(self.close_drain_s, self.transport.abort)  # (a no-op once it is closed)
+
+    def _after_parse(self) -> None:
+        """h11 has handed out what it could of a step; a subclass's hook."""
+
+    def _step(self) -> None:
+        """A scheduled step, on its loop turn: parse, unless the address's budget was spent since it was scheduled
+        (then later) or the port's turns say to wait (then in its address's queue)."""
+        self._next_step = None
+        overdrawn = self.budget.credit < 0 or (
+            self.shared is not None and min(self.shared.credit, self.fair.credit) < 0
+        )
+        if overdrawn and (wait := self._wait()) > 0 and not self.transport.is_closing():
+            self._next_step = self.loop.call_later(wait, self._step)
+            return
+        if self.transport.is_closing() or self._admitted():
+            self._parse(None)
+
+    def _admitted(self) -> bool:
+        """Whether the port's parse budget lets this connection step now; if not, it waits for its turn
+        (``_granted``). Its own and its address's budgets were checked before: waiting only refills them."""
+        if self._entry is None:
+            return True
+        turns = self.address_budgets.turns
+        self._in_turns = not turns.admit(self._entry, self, self.loop.time())
+        if self._in_turns:
+            turns.arm(self.loop)
+        return not self._in_turns
+
+    def _granted(self) -> None:
+        """Its turn (``ParseTurns``): one step (none for a connection of a loop that has closed: tests, benches)."""
+        self._in_turns = False
+        if not self.loop.is_closed():
+            self._parse(None)
+
+    def _charge(self, spent: float) -> float:
+        """Charge ``spent`` seconds of parsing to every budget it counts against; the wait before the next step."""
+        self.parse_cpu_s += spent
+        now = self.loop.time()
+        wait = self.budget.spend(spent, now)
+        if self.shared is not None and self._entry is not None:
+            self.shared.spend(spent, now)
+            self._fair_now().spend(spent, now)
+            self.address_budgets.turns.charge(self._entry, spent, now)
+            wait = self._wait()
+        return wait
+
+    def _parse(self, data: bytes | None) -> None:
+        """One loop turn's parsing: ``data`` (a slice at most, nothing waiting), else h11's events left from a turn
+        cut short, else the next slice of what was read; then the next step is scheduled or reading resumed."""
+        if self.transport.is_closing():
+            self._unparsed.clear()
+            return
+        started = time.thread_time()
+        pending = self.counted.cut_short
+        self.counted.new_turn()
+        if data is not None:
+            super().data_received(data)
+        elif pending:
+            self.handle_events()
+        elif self._unparsed:  # (never empty data: h11 reads that as the end of the stream)
+            piece = self._unparsed[:PARSE_SLICE]
+            del self._unparsed[:PARSE_SLICE]
+            super().data_received(piece)  # type: ignore[arg-type]  # h11 takes any bytes-like
+        wait = self._charge(time.thread_time() - started)
+        if self.transport.get_protocol() is not self:  # upgraded (WebSocket): the rest was never h11's
+            self._unparsed.clear()
+            self.transport.resume_reading()
+            return
+        if self.counted.refused:
+            self._refuse_chunking()
+            return
+        self._after_parse()
+        self._next_or_release(wait)
+
+    def _next_or_release(self, wait: float) -> None:
+        """Schedule the next step when work is left (after ``wait``), else let reading go on."""
+        if self.transport.is_closing():
+            self._unparsed.clear()
+        elif self.counted.cut_short or self._unparsed:
+            self._hold_reading()
+            if self._next_step is None and not self._in_turns:
+                call = self.loop.call_soon if wait <= 0 else partial(self.loop.call_later, wait)
+                self._next_step = call(self._step)
+        elif self._reading_held:
+            self._reading_held = False
+            self._reading_resumed()
+            if not self.flow.read_paused:  # else the flow control resumes it once the handler has read on
+                self.transport.resume_reading()
+
+    def _hold_reading(self) -> None:
+        """Pause reading while parsing waits: every time, since uvicorn resumes the transport itself at the end
+        of a body its handler did not read (pausing a paused transport does nothing)."""
+        self._reading_held = True
+        self.transport.pause_reading()
+
+    def on_response_complete(self) -> None:
+        """uvicorn parses pipelined events here: a step like any other, charged, and only if the budgets allow
+        it now (else it is left to the step that waits: h11 keeps the events, cut short at once)."""
+        waiting = self._next_step is not None or self._in_turns
+        if waiting or self.transport.is_closing() or self._wait() > 0 or not self._admitted():
+            self.counted.turn_left = 0
+        started = time.thread_time()
+        super().on_response_complete()
+        wait = self._charge(time.thread_time() - started)
+        if self.counted.cut_short and self._next_step is None and not self._in_turns and not self.counted.refused:
+            self._next_or_release(wait)
+
+    def _refuse_chunking(self) -> None:
+        """400 (unless an answer has started) and close; the handler reading the body sees the client gone."""
+        self._unparsed.clear()
+        chunks, size, host = self.counted.chunks, self.counted.body_bytes, client_host(self)
+        warn_once_a_minute(f"chunks {host}", f"refusing a body from {host}: {chunks} chunks for {size} bytes")
+        if self.cycle is not None:
+            if not self.cycle.response_started:
+                message = f"request body in too many small chunks ({chunks} for {size} bytes)"
+                self.transport.write(raw_response(400, "Bad Request", message))
+            self.cycle.disconnected = True  # the handler's receive() says so, its send() writes nothing more
+            self.cycle.message_event.set()
+        # Closing with the client's bytes unread would reset the connection, and the client's kernel drops
+        # the 400 it has not read yet: end our side, drop what still comes (no parsing) for a moment, close.
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+        self._lingering = self.loop.call_later(REFUSAL_LINGER_S, self._close)
+        self._reading_held = False
+        self.flow.read_paused = False
+        self.transport.resume_reading()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        for handle in (self._next_step, self._lingering):
+            if handle is not None:
+                handle.cancel()
+        self._next_step = None
+        self._unparsed.clear()
+        if self._in_turns and self._entry is not None:
+            self.address_budgets.turns.withdraw(self._entry, self)
+            self._in_turns = False
+        if self._address is not None:
+            self.address_budgets.give(self._address)
+            self._address = None
+        super().connection_lost(exc)
+
+
+class PeerH11Protocol(SlicedH11Protocol):
+    """The peer port's h11 fallback (``agent.peer_api.peer_http_parser``): the client port's bounds, with its
+    own address table and turns (``PEER_PARSING``): a member's SWIM messages never wait behind the client port's
+    queues; what the peer port's parsing takes (certificate holders only) has its own bound of the same size."""
+
+    address_budgets = AddressBudgets(turns=PEER_PARSING)
+
+
+def sliced_protocol(
+    share: float = PARSE_SHARE,
+    burst_s: float = PARSE_BURST_S,
+    events_per_turn: int = EVENTS_PER_TURN,
+    address: AddressBudgets | None = None,
+) -> type[SlicedH11Protocol]:
+    """``SlicedH11Protocol`` with another parse budget, turn size or address budgets (tests, benchmarks)."""
+    fields = {"parse_share": share, "parse_burst_s": burst_s, "events_per_turn": events_per_turn,
+              "address_budgets": AddressBudgets() if address is None else address}  # fmt: skip
+    return type("SlicedH11Protocol", (SlicedH11Protocol,), fields)

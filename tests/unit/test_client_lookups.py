@@ -1,0 +1,104 @@
+"""Name lookups under a call's deadline (client/deadline.py ``Lookups``): bounded in time and in number.
+
+The resolver here is a function that blocks until the test lets it go (``getaddrinfo`` on a resolver that never
+answers); tests/service/test_client_deadline.py hangs the real ``getaddrinfo`` (a named pipe for /etc/hosts in a
+namespace of the test's own)."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+from typing import Any
+
+import httpcore
+import pytest
+
+from client.deadline import MAX_LOOKUPS, Lookups
+
+
+class Resolver:
+    """``getaddrinfo`` that blocks until ``release``; counts its calls; a name ending ``.bad`` does not exist."""
+
+    def __init__(self) -> None:
+        self.gate = threading.Event()
+        self.calls = 0
+
+    def __call__(self, host: str, port: int, type: int = 0) -> list[Any]:  # (getaddrinfo's keyword)
+        self.calls += 1
+        self.gate.wait(30)
+        if host.endswith(".bad"):
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        return [(socket.AF_INET, type, 6, "", ("10.9.0.1", port)), (socket.AF_INET, type, 6, "", ("10.9.0.1", port)),
+                (socket.AF_INET6, type, 6, "", ("fd00::1", port, 0, 0))]  # fmt: skip
+
+
+def test_a_lookup_that_hangs_costs_the_time_left_and_the_same_name_shares_it() -> None:
+    resolver = Resolver()
+    lookups = Lookups(resolve=resolver)
+    began = time.monotonic()
+    with pytest.raises(httpcore.ConnectTimeout):
+        lookups.addresses("a.test", 80, 0.3)
+    assert 0.25 < time.monotonic() - began < 2.0
+    with pytest.raises(httpcore.ConnectTimeout):
+        lookups.addresses("a.test", 80, 0.05)  # still running: waited on again, not started again
+    assert resolver.calls == 1 and len(lookups) == 1
+    resolver.gate.set()
+    deadline = time.monotonic() + 5
+    while len(lookups) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert len(lookups) == 0
+    assert lookups.addresses("a.test", 80, 1.0) == ["10.9.0.1", "fd00::1"]  # in order, once each
+    assert lookups.addresses("10.1.2.3", 80, 0.0) == ["10.1.2.3"]  # an address is not looked up
+    assert lookups.addresses("::1", 80, 0.0) == ["::1"]
+    with pytest.raises(httpcore.ConnectError):
+        lookups.addresses("nobody.bad", 80, 1.0)
+
+
+def test_at_most_max_lookups_run_at_once_past_it_a_call_fails_at_once() -> None:
+    resolver = Resolver()
+    lookups = Lookups(resolve=resolver)
+    for i in range(MAX_LOOKUPS):
+        with pytest.raises(httpcore.ConnectTimeout):
+            lookups.addresses(f"m{i}.test", 80, 0.01)
+    assert len(lookups) == MAX_LOOKUPS
+    began = time.monotonic()
+    with pytest.raises(httpcore.ConnectError, match="name lookups already in flight"):
+        lookups.addresses("one-more.test", 80, 5.0)
+    assert time.monotonic() - began < 0.5  # at once, not after the time left
+    assert resolver.calls == MAX_LOOKUPS  # no thread for it
+    resolver.gate.set()
+    deadline = time.monotonic() + 5
+    while len(lookups) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert lookups.addresses("one-more.test", 80, 1.0) == ["10.9.0.1", "fd00::1"]
+
+
+def test_the_async_lookup_waits_on_the_loop_at_most_the_time_left() -> None:
+    resolver = Resolver()
+    lookups = Lookups(resolve=resolver)
+
+    async def go() -> tuple[float, list[str], float]:
+        ticks = 0
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0.01)
+                ticks += 1
+
+        task = asyncio.ensure_future(ticker())
+        began = time.monotonic()
+        with pytest.raises(httpcore.ConnectTimeout):
+            await lookups.async_addresses("b.test", 80, 0.3)
+        took = time.monotonic() - began
+        resolver.gate.set()
+        found = await lookups.async_addresses("b.test", 80, 5.0)
+        task.cancel()
+        return took, found, ticks
+
+    took, found, ticks = asyncio.run(go())
+    assert 0.25 < took < 2.0
+    assert found == ["10.9.0.1", "fd00::1"]
+    assert ticks >= 10  # the loop ran meanwhile

@@ -1,0 +1,102 @@
+"""The connection cap's pure rules (agent/http_caps.py): the minimum body rate and the cap's ``Retry-After``, and
+the 503 head h11 writes for uvicorn's own refusal (agent/http_sliced.py ``ChunkCountingConnection.send``).
+
+Over real sockets at a real agent's cap: tests/service/test_connection_cap.py."""
+
+from __future__ import annotations
+
+import math
+
+import h11
+from hypothesis import given
+from hypothesis import strategies as st
+
+from agent.http_caps import BODY_MIN_RATE, BODY_RATE_GRACE_S, BODY_STALL_S, body_rate_left, retry_after_s
+from agent.http_sliced import ChunkCountingConnection, raw_response
+
+KBIT = 1000 / 8  # bytes a second per kbit/s
+
+
+def behind_at(send_every_s: float, piece: int, horizon_s: float, step_s: float = 0.01) -> float | None:
+    """When a body sending ``piece`` bytes every ``send_every_s`` (the first at 0) first counts as behind the default
+    minimum rate, looked at every ``step_s`` up to ``horizon_s`` (None: never)."""
+    for i in range(int(horizon_s / step_s) + 1):
+        t = i * step_s
+        sent = piece * (int(t / send_every_s + 1e-9) + 1)
+        if body_rate_left(sent, t, BODY_MIN_RATE, BODY_RATE_GRACE_S) <= 0:
+            return t
+    return None
+
+
+def test_an_honest_slow_upload_is_never_behind_and_a_trickle_is_behind_after_the_grace() -> None:
+    # a 2 KB body over a 64 kbit/s link: 100-byte pieces every 12.5 ms (8 KB/s); and 30 s of it (240 KB)
+    assert behind_at(100 / (64 * KBIT), 100, 30.0) is None
+    # a 2G link (~40 kbit/s) and one at 8 kbit/s (1 KB/s, twice the minimum) are never behind either
+    assert behind_at(100 / (40 * KBIT), 100, 30.0) is None
+    assert behind_at(100 / (8 * KBIT), 100, 30.0) is None
+    # one byte every 0.9 s never stalls (BODY_STALL_S 1 s) but falls behind just after the grace
+    t = behind_at(0.9, 1, 30.0)
+    assert t is not None and BODY_RATE_GRACE_S <= t < BODY_RATE_GRACE_S + 0.1, t
+    # a body that sends nothing at all after its head: behind at the grace exactly
+    assert body_rate_left(0, BODY_RATE_GRACE_S, BODY_MIN_RATE, BODY_RATE_GRACE_S) == 0
+
+
+@given(
+    st.floats(0, 3600),
+    st.floats(1, 1e6),
+    st.floats(0, 60),
+    st.floats(1.0, 100.0),
+)
+def test_a_body_at_or_over_the_rate_is_never_behind(elapsed: float, rate: float, grace: float, factor: float) -> None:
+    """Whatever the rate and grace, a body that has sent at least ``rate`` bytes a second of its time is not behind;
+    one that sent nothing is behind from the grace on; each byte buys ``1 / rate`` s."""
+    sent = math.ceil(rate * factor * elapsed)
+    assert body_rate_left(sent, elapsed, rate, grace) >= grace - 1e-6
+    assert (body_rate_left(0, elapsed, rate, grace) <= 0) == (elapsed >= grace)
+    more = body_rate_left(sent + 1000, elapsed, rate, grace) - body_rate_left(sent, elapsed, rate, grace)
+    assert math.isclose(more, 1000 / rate, rel_tol=1e-6, abs_tol=1e-6)
+
+
+def test_no_minimum_rate_never_counts_a_body_behind() -> None:
+    assert body_rate_left(0, 1e9, 0.0, BODY_RATE_GRACE_S) == math.inf
+
+
+def test_retry_after_is_the_time_after_which_every_upload_now_coming_can_be_given_up() -> None:
+    assert retry_after_s(BODY_STALL_S, BODY_RATE_GRACE_S) == 2  # the defaults: the grace is the longer
+    assert retry_after_s(1.0, 0.0) == 1  # no minimum rate: the stall
+    assert retry_after_s(0.4, 0.0) == 1  # at least a second (whole seconds)
+    assert retry_after_s(2.5, 1.0) == 3  # rounded up: a retry sooner may find the same uploads still counted
+
+
+def _head_of(retry_after_s: int | None, status: int, headers: list[tuple[bytes, bytes]]) -> dict[bytes, bytes]:
+    """The response head a connection writes to a request, the protocol having set ``retry_after_s`` for it (as
+    ``_should_upgrade`` does for uvicorn's refusal at its limit), read back by a client."""
+    conn = ChunkCountingConnection(16384)
+    conn.retry_after_s = 9  # a previous request's: a new request clears it
+    conn.receive_data(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+    assert isinstance(conn.next_event(), h11.Request) and conn.retry_after_s is None
+    conn.retry_after_s = retry_after_s
+    wire = conn.send(h11.Response(status_code=status, headers=headers)) or b""
+    client = h11.Connection(h11.CLIENT)
+    client.send(h11.Request(method="GET", target="/", headers=[("Host", "a")]))
+    client.receive_data(wire)
+    event = client.next_event()
+    assert isinstance(event, h11.Response) and event.status_code == status
+    assert wire.lower().count(b"retry-after") <= 1
+    return dict(event.headers)
+
+
+def test_a_503_head_without_retry_after_gets_the_caps_and_only_when_asked() -> None:
+    plain = [(b"content-type", b"text/plain; charset=utf-8"), (b"content-length", b"19"), (b"connection", b"close")]
+    assert _head_of(2, 503, plain)[b"retry-after"] == b"2"  # uvicorn's refusal (its exact head)
+    assert b"retry-after" not in _head_of(None, 503, plain)  # a request the cap let in: the app's 503 as it is
+    assert _head_of(2, 503, [*plain, (b"retry-after", b"7")])[b"retry-after"] == b"7"  # one of its own is kept
+    assert b"retry-after" not in _head_of(2, 200, plain[:2])  # only a 503
+
+
+def test_the_raw_503_of_a_given_up_request_says_retry_after() -> None:
+    wire = raw_response(503, "Service Unavailable", "given to a newcomer", 2)
+    head, _, body = wire.partition(b"\r\n\r\n")
+    assert body.startswith(b'{"error"')
+    assert head.startswith(b"HTTP/1.1 503 ") and b"\r\nretry-after: 2" in head and b"connection: close" in head
+    assert b"retry-after" not in raw_response(503, "Service Unavailable", "x")
