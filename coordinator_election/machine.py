@@ -233,6 +233,8 @@ class Election:
         # per node, when we last sent it our certificate or an unasked refusal (once per election timeout each: two
         # leaders that each answer the other's announce would otherwise send them back and forth for ever)
         self._told_at: dict[str, float] = {}
+        self._waited_for: dict[str, float] = {}  # per candidate we granted, when it last reset our wait to stand
+        self._granted_until = -1e18  # until then we hold the term of the candidate we granted (its result is due)
 
     # -- queries ---------------------------------------------------------------------------------
     @property
@@ -438,10 +440,14 @@ class Election:
         return VoteRequest(term, self.node_id, self.priority)
 
     def _once_per_timeout(self, table: dict[str, float], key: str, now: float) -> bool:
-        """True (and noted) if ``key`` has not used ``table``'s allowance within an election timeout. The table holds
-        the last timeout's entries only (pruned by time alone, not by the view: two senders outside it must not wipe
-        each other's entry)."""
-        timeout = self.config.election_timeout_s
+        """True (and noted) if ``key`` has not used ``table``'s allowance within an election timeout."""
+        return self._once_per(table, key, now, self.config.election_timeout_s)
+
+    @staticmethod
+    def _once_per(table: dict[str, float], key: str, now: float, timeout: float) -> bool:
+        """True (and noted) if ``key`` has not used ``table``'s allowance within ``timeout``. The table holds the last
+        ``timeout``'s entries only (pruned by time alone, not by the view: two senders outside it must not wipe each
+        other's entry), so it is bounded by the senders heard within it."""
         if now - table.get(key, -1e18) < timeout:
             return False
         for k in [k for k, t in table.items() if now - t >= timeout]:
@@ -585,7 +591,22 @@ class Election:
             return [Send(m.candidate, Vote(m.term, self.node_id, False, self.leader))]
         if m.term == self.term and self.accepted not in (None, m.candidate):
             return [*actions, Send(m.candidate, Vote(m.term, self.node_id, False, self.leader))]  # it has its leader
-        self._skipped.discard(m.candidate)  # it is evidently not silent: it may be the best candidate again
+        # A vote request is its sender's word (its priority is self-declared, its term made up at will): it is no proof
+        # that anyone will win. It ends our candidacy at most once per two election timeouts, from any sender, as a
+        # refused vote does (``_refusal_listen``); past that we keep standing and refuse it. One member's requests with
+        # a top priority (or a newer term) each ended every honest candidacy and restarted the listen, and un-skipped
+        # it as the best candidate, so no election finished while it kept asking (session 14's note, item 1). A
+        # passed-over candidate stays passed over until a leader is followed (its asking is not leading).
+        if (
+            self.role is Role.CANDIDATE and (m.term > self.term or m.priority > self.priority)
+            and not self._refusal_listen(now)
+        ):  # fmt: skip
+            return [Send(m.candidate, Vote(m.term, self.node_id, False, None))]
+        if m.term > self.term and self.role is Role.FOLLOWER and now < self._granted_until and self.vote != m.candidate:
+            # we granted a candidate of our term a heartbeat ago: its certificate is on the way. Moving to a newer term
+            # now would refuse it (a member answering each candidate's request at once with a newer term's request
+            # kept every winner unfollowed); the hold is given once per two timeouts per candidate, as the wait is
+            return [Send(m.candidate, Vote(m.term, self.node_id, False, None))]
         if m.term > self.term:
             ours = self._lease_valid(now) and self.leader == m.candidate  # our own leader stands again: keep it
             self._set_term(m.term)
@@ -603,7 +624,11 @@ class Election:
         granted = self.vote in (None, m.candidate)
         if granted:
             self.vote = m.candidate
-            self._waiting_since = now  # give the candidate a full timeout before standing ourselves
+            if self._once_per(self._waited_for, m.candidate, now, 2 * self.config.election_timeout_s):
+                # give the candidate a full timeout before standing ourselves: once per two timeouts per candidate,
+                # or one member asking every second would keep every node from ever standing
+                self._waiting_since = now
+                self._granted_until = now + self.config.heartbeat_s
         return [*actions, Send(m.candidate, Vote(m.term, self.node_id, granted, self.leader))]
 
     def _on_vote(self, now: float, m: Vote) -> list[Action]:

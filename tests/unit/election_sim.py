@@ -65,6 +65,40 @@ Packet = Message | Command
 
 
 @dataclass
+class Disruptor:
+    """A hostile member (it holds the token): it asks every member for a vote every ``every`` s, and at once when it
+    hears another node's vote request, in the newest term it heard of plus ``ahead`` (0: the candidate's own term,
+    claiming a priority above everyone's), and never grants, answers or announces. Priority is self-declared: its
+    view's priority is the top one too (``Network.memory``). Put in place by ``Network.disrupt``."""
+
+    node_id: str
+    every: float = 0.2
+    ahead: int = 1
+    react: bool = True
+    term: int = 0
+    alive: dict[str, Priority] = field(default_factory=dict)
+    role: Role = Role.FOLLOWER
+    leader: str | None = None
+    accepted: str | None = None
+    _last: float = -1e18
+
+    def _ask(self) -> list[object]:
+        return [Broadcast(VoteRequest(self.term + self.ahead, self.node_id, (9, 1e12, self.node_id)))]
+
+    def step(self, event: Tick | Received) -> list[object]:
+        if isinstance(event, Tick):
+            self.alive = {**event.alive, self.node_id: (9, 1e12, self.node_id)}
+            if event.now - self._last >= self.every:
+                self._last = event.now
+                return self._ask()
+            return []
+        self.term = max(self.term, event.message.term)
+        if self.react and isinstance(event.message, VoteRequest):
+            return self._ask()
+        return []
+
+
+@dataclass
 class Network:
     """Nodes n0..n{k-1}; priority = (0, memory, id). Call run(seconds) to advance."""
 
@@ -98,6 +132,19 @@ class Network:
         self.obeyed: dict[str, list[tuple[float, int, str]]] = {n: [] for n in self.ids}  # (time, term, leader)
         self.grants: dict[tuple[int, str], set[str]] = {}  # (term, candidate) -> voters that signed a grant of it
         self.accepted_by: dict[int, dict[str, set[str]]] = {}  # term -> leader -> nodes that accepted it
+
+    def disrupt(self, n: str, **how: object) -> None:
+        """Make ``n`` a ``Disruptor`` (keyword arguments as its fields), ranked above everyone in every view."""
+        self.memory[n] = 1e12
+        self.nodes[n] = Disruptor(n, **how)  # type: ignore[assignment,arg-type]
+
+    def completed(self, since: float = 0.0) -> int:
+        """Elections completed since ``since``: leaders that became leader then and were accepted by a majority of
+        the cluster in their term."""
+        return sum(
+            1 for at, n, term in self.leader_log
+            if at >= since and 2 * len(self.accepted_by.get(term, {}).get(n, ())) > self.size
+        )  # fmt: skip
 
     def priority(self, n: str) -> Priority:
         return (0, self.memory.get(n, 1000.0), n)

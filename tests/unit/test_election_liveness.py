@@ -1,0 +1,101 @@
+"""The election's liveness against one member's word, and its heals (session 14's note, items 1-3).
+
+Each rule is shown in the pure machine (the clock passed in) and in the simulator (tests/unit/election_sim.py), each
+case failing on the election before it."""
+
+from __future__ import annotations
+
+import pytest
+
+from coordinator_election import (
+    Broadcast,
+    Election,
+    ElectionConfig,
+    Received,
+    Role,
+    Send,
+    Tick,
+    Vote,
+    VoteRequest,
+)
+from tests.unit.election_sim import Network
+
+CFG = ElectionConfig(heartbeat_s=0.3, election_timeout_s=1.2)
+TOP = (9, 1e12, "m")  # m claims a priority above everyone's (priorities are self-declared)
+P = {"c": (0, 4000.0, "c"), "a": (0, 2000.0, "a"), "b": (0, 1000.0, "b"), "m": TOP}
+
+
+# -- item 1: a vote request is a claim, not proof ---------------------------------------------------------------------
+def _candidate() -> Election:
+    c = Election("c", P["c"], CFG, now=0.0)
+    c.step(Tick(0.05, {n: P[n] for n in ("c", "a", "b")}))  # m not in view yet: c is the best and stands at 1.2
+    c.step(Tick(1.25, {n: P[n] for n in ("c", "a", "b")}))
+    assert c.role is Role.CANDIDATE and c.term == 1
+    return c
+
+
+def test_a_claimed_priority_or_newer_term_ends_a_candidacy_at_most_once_per_two_timeouts() -> None:
+    """Before, every vote request of our term with a higher (self-declared) priority, and every one of a newer term,
+    ended the candidacy and restarted the listen: m asking twice a second kept c from ever finishing."""
+    c = _candidate()
+    c.step(Received(1.3, "m", VoteRequest(1, "m", TOP)))  # the first claim: c stands down (two honest bests meeting)
+    assert c.role is Role.FOLLOWER
+    c.step(Tick(2.6, P))  # a timeout later m has not won: c passes over it and stands again
+    assert c.role is Role.CANDIDATE and c.term == 2
+    for t, term in ((2.7, 2), (2.9, 3), (3.1, 9)):  # within two timeouts of the first: refused, the candidacy stays
+        assert c.step(Received(t, "m", VoteRequest(term, "m", TOP))) == [Send("m", Vote(term, "c", False, None))]
+        assert c.role is Role.CANDIDATE and c.term == 2 and c.standing_for == 2
+    c.step(Received(3.2, "a", Vote(2, "a", True, None)))
+    c.step(Received(3.2, "b", Vote(2, "b", True, None)))
+    assert c.is_leader and c.term == 2  # three of the four it sees
+
+
+def test_a_best_candidate_passed_over_stays_passed_over_while_it_only_asks() -> None:
+    """Before, each vote request of the best-ranked member took it off the skipped list ("not silent"): m asking every
+    0.2 s (and never winning) was waited for by every node for good."""
+    a = Election("a", P["a"], CFG, now=0.0)
+    view = {n: P[n] for n in ("a", "b", "m")}
+    stood = None
+    for k in range(1, 61):
+        t = round(k * 0.1, 6)
+        if k % 2 == 0:
+            a.step(Received(t, "m", VoteRequest(a.term + 1, "m", TOP)))
+        if any(isinstance(x, Broadcast) for x in a.step(Tick(t, view))) and stood is None:
+            stood = t
+    assert stood is not None and stood <= 2 * CFG.election_timeout_s + 0.2, stood
+
+
+def test_a_voter_holds_the_term_of_the_candidate_it_just_granted() -> None:
+    """A member answering a candidate's request at once with a newer term's moved every voter past the term before
+    the winner's announce came: no winner was ever followed. A voter now refuses another's newer term for a heartbeat
+    after it granted, once per two timeouts per candidate (so m's own grants cannot hold voters for good)."""
+    a = Election("a", P["a"], CFG, now=0.0)
+    a.step(Tick(1.25, P))
+    assert a.step(Received(1.3, "c", VoteRequest(1, "c", P["c"])))[-1] == Send("c", Vote(1, "a", True, None))
+    assert a.step(Received(1.31, "m", VoteRequest(2, "m", TOP))) == [Send("m", Vote(2, "a", False, None))]
+    assert (a.term, a.vote) == (1, "c")
+    assert a.step(Received(1.61, "m", VoteRequest(2, "m", TOP)))[-1] == Send("m", Vote(2, "a", True, None))
+    assert a.step(Received(1.7, "m", VoteRequest(3, "m", TOP)))[-1] == Send("m", Vote(3, "a", True, None))  # no hold
+
+
+@pytest.mark.parametrize(("ahead", "react"), [(0, True), (1, True), (1, False), (0, False)])
+def test_one_member_asking_for_votes_does_not_stop_elections(ahead: int, react: bool) -> None:
+    """Five nodes, n4 hostile (``Disruptor``: top priority in every view, a vote request to everyone every 0.2 s and
+    at once on each other candidate's request, of the candidate's term or the next; it never grants). The honest
+    leader crashes after each election (the one before restarts). Before: no election completed in the 36 s (every
+    wait None); after: each within 2.75 s (1.35-2.6 s without n4), never two majority-accepted leaders in a term."""
+    net = Network(5, seed=ahead)
+    net.disrupt("n4", ahead=ahead, react=react)
+    honest, down = ["n0", "n1", "n2", "n3"], None
+    for _ in range(6):
+        up = [n for n in honest if n != down]
+        took = net.time_until_agreed(5.0, up)
+        assert took is not None and took <= 3.0, took
+        net.run(1.0)
+        leader = net.agreed_leader(up)
+        assert leader is not None
+        if down is not None:
+            net.restart(down)
+        net.crash(leader)
+        down = leader
+    assert net.majority_violations() == [] and net.double_votes() == [] and net.fencing_violations() == []
