@@ -541,7 +541,11 @@ class Election:
             return self._refuse_unasked(now, m.leader, m.term)
         if self._lease_valid(now):
             # leader stickiness: we hold a lease on a live leader, so nobody else can have won a majority for a newer
-            # term (its voters refuse while they hold one too)
+            # term (its voters refuse while they hold one too). Tell the other leader whom we follow, at what term (once
+            # a timeout): after a partition healed it learns of our leader at once and sends it its certificate, and
+            # the two resolve by the certificate rule (before, they waited for our lease or a stand-again)
+            if self._once_per_timeout(self._told_at, m.leader, now):
+                return [Send(m.leader, Vote(self.term, self.node_id, False, self.leader))]
             return []
         # a newer term, or a leader of ours we have not accepted, without a majority certificate: one member's word, not
         # followed (a lower member once took every lease-less node this way). Tell it we follow no one: a real leader
@@ -639,8 +643,15 @@ class Election:
                     c.granted.add(m.voter)
                     return self._win(now) if self._has_majority() else []
                 return []  # its lease on a leader holds, or it voted already: we ask again every heartbeat
-            if m.granted or m.leader == self.node_id or m.term < self.term:
-                return []  # late answers to our own candidacy, or old news
+            if m.granted or m.leader == self.node_id:
+                return []  # late answers to our own candidacy
+            if m.term < self.term:
+                if m.leader is not None and m.leader in self.alive:
+                    # a node that follows another leader at an older term (it answered our renewal: a partition
+                    # healed): send it and that leader our certificate. The node follows us at once if it is a
+                    # majority of its view (not when its lease ran out), the leader judges by the certificate rule
+                    return [*self._tell(now, m.voter), *self._tell(now, m.leader)]
+                return []  # old news
             if m.term > self.term and self._yielding(now):
                 self._set_term(m.term)  # back from a freeze: our followers may have moved on, stand down
                 return self._follow(now, None)
@@ -651,7 +662,8 @@ class Election:
             # a node at a newer term, or one that accepts another leader of ours or of a newer term (a partition's other
             # side; a leader that took it while it had no lease): stand again past it -- a real election, which only a
             # majority can win (a made-up rival's name moves nothing but the voter's own allowance, review13d F1)
-            return self._reelect(now, m.term + 1, m.voter)
+            rival = self._tell(now, m.leader) if m.leader is not None and m.leader in self.alive else []
+            return [*self._reelect(now, m.term + 1, m.voter), *rival]  # (the rival learns of us: certificate rule)
         if m.term > self.term and self._lease_valid(now):
             return []  # unasked-for news of a newer term while our leader is live: stickiness, as for announces
         if m.term > self.term and not m.granted:

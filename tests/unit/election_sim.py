@@ -112,6 +112,11 @@ class Network:
     known: bool = False  # True: a restarted node expects every other node back (agent/known_peers.py)
     one_leader_per_term: bool = True  # False: the test-only fault that forgets the leader accepted in a term
     quorum: bool = True  # False: the test-only fault that takes any announce as granted by every node (no certificates)
+    detect_s: float = DETECT_S  # membership marks a silent node dead after this long
+    # > 0: a renewal reaches that many random members of the leader's view at once and the others up to ``gossip_s``
+    # later (SWIM pushes it to a few and piggybacks it on its messages), else every member at once
+    renew_fanout: int = 0
+    gossip_s: float = 0.8
 
     def __post_init__(self) -> None:
         self.rng = random.Random(self.seed)
@@ -233,12 +238,12 @@ class Network:
     # -- running ---------------------------------------------------------------------------------
     def view(self, n: str) -> dict[str, Priority]:
         """What membership would say: nodes heard from (heartbeats) within DETECT_S."""
-        return {m: self.priority(m) for m in self.ids if m != n and self.now - self.last_heard[n][m] < DETECT_S}
+        return {m: self.priority(m) for m in self.ids if m != n and self.now - self.last_heard[n][m] < self.detect_s}
 
-    def _deliver(self, sender: str, to: str, message: Packet) -> None:
+    def _deliver(self, sender: str, to: str, message: Packet, late: float = 0.0) -> None:
         if self.rng.random() < self.drop_rate:
             return
-        at = self.now + self.delay + self.rng.random() * self.extra_delay
+        at = self.now + self.delay + self.rng.random() * self.extra_delay + late
         heapq.heappush(self.queue, (at, next(self.counter), sender, to, message))
 
     def _carry_out(self, n: str, actions: list[object]) -> None:
@@ -251,10 +256,13 @@ class Network:
                 if isinstance(a.message, Vote) and a.message.granted:  # the voter signs its grant
                     self.grants.setdefault((a.message.term, a.to), set()).add(n)
                 self._deliver(n, a.to, a.message)
-            elif isinstance(a, (Broadcast, Renew)):  # a renewal reaches everyone here (gossip: test_swim.py)
-                for m in node.alive:
-                    if m != n:
-                        self._deliver(n, m, a.message)
+            elif isinstance(a, (Broadcast, Renew)):  # a renewal reaches everyone here (gossip: test_swim.py) ...
+                to = sorted(m for m in node.alive if m != n)
+                first = set(to)
+                if isinstance(a, Renew) and 0 < self.renew_fanout < len(to):  # ... or a few at once, the rest later
+                    first = set(self.rng.sample(to, self.renew_fanout))
+                for m in to:
+                    self._deliver(n, m, a.message, 0.0 if m in first else self.rng.random() * self.gossip_s)
                 if isinstance(a, Renew):
                     self._command(n, a.message.term)
             elif isinstance(a, BecameLeader):
