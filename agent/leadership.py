@@ -97,7 +97,7 @@ class Leadership:
             term, vote, accepted = agent.store.highest_term(), None, agent.store.term_leader()
         join_by = monotonic() + JOIN_WAIT_S if s.seed_urls else -1e18  # joining through seeds: no leader of one
         self.machine = Election(s.node_id, self.priority, config, now=monotonic(), term=term, vote=vote,
-                                known=frozenset(known), join_by=join_by, accepted=accepted)  # fmt: skip
+                                known=frozenset(known), join_by=join_by, accepted=accepted, fresh=True)  # fmt: skip
         hold = HoldConfig(
             s.placement_hold, s.placement_hold_margin, s.placement_hold_start_ms, s.placement_min_dwell_s,
             per_model=s.placement_hold_per_model,

@@ -44,6 +44,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 Priority = tuple[int, float, str]  # (configured priority, memory MB, node id): higher wins
+FRESH_WAIT_TIMEOUTS = 5  # a fresh board waits for its view to settle at most this many election timeouts after start
 
 
 class Role(str, Enum):
@@ -182,6 +183,7 @@ class _Candidacy:
     granted: set[str] = field(default_factory=set)
     electorate: frozenset[str] = frozenset()
     sitting: bool = False  # a leader standing again: it keeps leading its certified term meanwhile
+    outranked: bool = False  # a candidate claiming a better priority asked in our term: if we lose, it goes first
 
 
 class Election:
@@ -190,7 +192,7 @@ class Election:
     def __init__(
         self, node_id: str, priority: Priority, config: ElectionConfig, now: float, term: int = 0,
         vote: str | None = None, known: frozenset[str] = frozenset(), join_by: float = -1e18,
-        accepted: str | None = None,
+        accepted: str | None = None, fresh: bool = False,
     ) -> None:  # fmt: skip
         self.node_id = node_id
         self.priority = priority
@@ -219,6 +221,15 @@ class Election:
         # majority a certificate needs (a just-restarted view of {itself, m} made m's grant a majority, review14b F7)
         self._expected = (known | ({accepted} if accepted is not None else frozenset())) - {node_id}
         self._back_since: float | None = None  # when every expected peer was last seen alive again
+        # a fresh board (nothing persisted, no known peers) joins with a view that fills one admission at a time: until
+        # it has not grown for an election timeout (at most FRESH_WAIT_TIMEOUTS after the start) it grants no vote and
+        # follows no certificate, so the member admitted first cannot take it with a certificate of itself and the
+        # board (a majority of a view of two). Over once it follows or leads. ``fresh``: the shell says the board is
+        # new (nothing persisted, no known peers); the wait applies only then
+        fresh = fresh and term == 0 and vote is None and accepted is None and not known
+        self._fresh_until = now + FRESH_WAIT_TIMEOUTS * config.election_timeout_s if fresh else -1e18
+        self._seen: set[str] = {node_id}  # members seen while fresh
+        self._grew_at = now  # when a member was last seen for the first time while fresh
         # given seeds, a node is joining a cluster, not founding one: until ``join_by`` it does not stand while it
         # sees no other member (under load a seed can take seconds to admit us; a leader of one spawns a solver)
         self._join_by = join_by
@@ -303,7 +314,9 @@ class Election:
     def _step(self, event: Event) -> list[Action]:
         if isinstance(event, Tick):
             self.observe(event.alive, event.voices)
+            self._note_growth(event.now)
             return self._tick(event.now)
+        self._note_growth(event.now)  # (the shell may have given the view of now just before: ``observe``)
         message = event.message
         if isinstance(message, Announce):
             return self._on_announce(event.now, message)
@@ -335,7 +348,10 @@ class Election:
             c = self._candidacy
             assert c is not None
             if now - c.started >= self.config.election_timeout_s:
-                return self._follow(now, None)  # lost or stalled; re-evaluate on the next tick
+                actions = self._follow(now, None)  # lost or stalled; re-evaluate on the next tick
+                if c.outranked:  # a better candidate stood in our term: it stands again first
+                    self.lease_until = now + 2 * self.config.election_timeout_s
+                return actions
             if now - c.asked >= self.config.heartbeat_s:  # ask again: voters' leases expire one by one
                 c.asked = now
                 return [Broadcast(VoteRequest(self.term, self.node_id, self.priority))]
@@ -359,6 +375,23 @@ class Election:
         filling (SWIM admits one new member at a time; a member that contacts it first gets in first), so a grant now
         could make one member's candidacy a majority of a view of two (review14b F7)."""
         return bool(self._expected) and not self._expected <= self.alive.keys()
+
+    def _note_growth(self, now: float) -> None:
+        """While fresh, note when the view last showed a member for the first time (bounded: members seen, and only
+        until the fresh wait ends)."""
+        if now >= self._fresh_until:
+            self._seen.clear()
+            return
+        if not self.alive.keys() <= self._seen:
+            self._seen.update(self.alive)
+            self._grew_at = now
+
+    def _settling(self, now: float) -> bool:
+        """A fresh board whose view grew within the last election timeout: it may be seeing a corner of the cluster
+        (SWIM admits one candidate at a time, the first to contact it first), so it grants nobody and follows no
+        certificate yet. A genuinely new cluster is not stalled: one board needs no grant, and two boards' views
+        settle a timeout after they met (the candidate asks again every heartbeat)."""
+        return now < self._fresh_until and now - self._grew_at < self.config.election_timeout_s
 
     def _all_back(self, now: float) -> bool:
         """Every expected peer has been alive in the view for two heartbeats and none announced a leader."""
@@ -410,6 +443,7 @@ class Election:
         self.role = Role.LEADER
         self.leader = self.accepted = self.node_id
         self.cert, self.led_term, self._led_view = voters, self.term, self._candidacy.electorate
+        self._fresh_until = -1e18
         self._candidacy = None
         self._waiting_since = None
         self._skipped.clear()
@@ -507,6 +541,7 @@ class Election:
             self._skipped.clear()
             self._lost_leader = None
             self._expected = frozenset()
+            self._fresh_until = -1e18  # a board that follows a leader is no longer fresh
         else:
             if listen:
                 self.lease_until = now + self.config.election_timeout_s  # listen before standing again
@@ -529,9 +564,11 @@ class Election:
         if m.term == self.term and self.accepted is not None:
             # another leader of the term whose leader we accept: never follow it; tell it whose term it is here
             return [Send(m.leader, Vote(self.term, self.node_id, False, self.accepted))]
-        if self._majority(m.voters):
+        if self._majority(m.voters) and not self._settling(now):
             # a majority of the members we see granted it the term (the certificate the shell verified): follow it,
-            # whatever lease we hold -- those voters cannot also have held leases on our leader
+            # whatever lease we hold -- those voters cannot also have held leases on our leader. (A fresh board whose
+            # view is still growing judges no certificate yet: it says it follows no one, and the leader sends its
+            # certificate again a timeout later, below)
             self._set_term(m.term)
             return self._follow(now, m.leader)
         if self._lease_valid(now) and self.leader == m.leader:
@@ -588,7 +625,7 @@ class Election:
             actions += self._follow(now, None)
         if m.term < self.term:
             return [*actions, Send(m.candidate, Vote(self.term, self.node_id, False, self.leader))]
-        if self._restarting():
+        if self._restarting() or self._settling(now):
             return [*actions, Send(m.candidate, Vote(m.term, self.node_id, False, self.leader))]  # asks again later
         if self._lease_valid(now) and self.leader != m.candidate:
             # we follow a live leader: refuse, and let the candidate learn who it is
@@ -596,15 +633,17 @@ class Election:
         if m.term == self.term and self.accepted not in (None, m.candidate):
             return [*actions, Send(m.candidate, Vote(m.term, self.node_id, False, self.leader))]  # it has its leader
         # A vote request is its sender's word (its priority is self-declared, its term made up at will): it is no proof
-        # that anyone will win. It ends our candidacy at most once per two election timeouts, from any sender, as a
-        # refused vote does (``_refusal_listen``); past that we keep standing and refuse it. One member's requests with
-        # a top priority (or a newer term) each ended every honest candidacy and restarted the listen, and un-skipped
-        # it as the best candidate, so no election finished while it kept asking (session 14's note, item 1). A
-        # passed-over candidate stays passed over until a leader is followed (its asking is not leading).
-        if (
-            self.role is Role.CANDIDATE and (m.term > self.term or m.priority > self.priority)
-            and not self._refusal_listen(now)
-        ):  # fmt: skip
+        # that anyone will win, so it never ends our candidacy: we keep standing and refuse it (our vote in our term is
+        # ours). Only proof does: a certificate that is a majority of our view (``_on_announce``), a refusal of our
+        # request naming a live leader or a newer term (``_on_vote``, at most once per two timeouts), or our timeout.
+        # A better candidate of our term is remembered: when our candidacy times out, we listen two timeouts, so that
+        # it stands again first (two nodes that each think themselves best split the vote in lockstep otherwise).
+        # Before, each such request ended the candidacy at once and restarted the listen, and un-skipped its sender as
+        # the best candidate: one member asking with a top priority kept every election from finishing (session 14's
+        # note, item 1). A passed-over candidate stays passed over until a leader is followed (asking is not leading).
+        c = self._candidacy
+        if self.role is Role.CANDIDATE and c is not None and (m.term > self.term or m.priority > self.priority):
+            c.outranked = c.outranked or m.priority > self.priority
             return [Send(m.candidate, Vote(m.term, self.node_id, False, None))]
         if m.term > self.term and self.role is Role.FOLLOWER and now < self._granted_until and self.vote != m.candidate:
             # we granted a candidate of our term a heartbeat ago: its certificate is on the way. Moving to a newer term
@@ -619,12 +658,6 @@ class Election:
                 # checker and the agent must not see it named as the leader of a term it was never accepted for
                 self._lost_leader = self.leader or self._lost_leader
                 actions += self._follow(now, None)
-        elif self.role is Role.CANDIDATE and m.priority > self.priority:
-            # a better candidate stands in our term (we had passed over it, or we both stood at once): stand
-            # down and give it a full timeout, or two nodes that each think themselves best split the vote
-            # in lockstep forever
-            actions += self._follow(now, None)
-            self._waiting_since = now
         granted = self.vote in (None, m.candidate)
         if granted:
             self.vote = m.candidate

@@ -99,6 +99,38 @@ class Disruptor:
 
 
 @dataclass
+class Captor:
+    """A hostile member that goes for a fresh board (``target``) as soon as the board's view shows it: it asks the board
+    for its vote in a newer term and, granted, announces itself with the certificate {itself, the board}: a majority
+    of a view of two. It never grants anyone. Put in place by ``Network.capture``."""
+
+    node_id: str
+    target: str
+    grants: dict[tuple[int, str], set[str]]
+    term: int = 0
+    granted: bool = False
+    alive: dict[str, Priority] = field(default_factory=dict)
+    role: Role = Role.FOLLOWER
+    leader: str | None = None
+    accepted: str | None = None
+
+    def step(self, event: Tick | Received) -> list[object]:
+        if isinstance(event, Tick):
+            self.alive = {**event.alive, self.node_id: (0, 0.0, self.node_id)}
+            if self.target in self.alive and not self.granted:  # ask again every tick until granted
+                return [Send(self.target, VoteRequest(self.term + 1, self.node_id, (9, 1e12, self.node_id)))]
+            return []
+        m = event.message
+        self.term = max(self.term, m.term) if not isinstance(m, Vote) or not m.granted else self.term
+        if isinstance(m, Vote) and m.granted and event.sender == self.target:
+            self.granted = True
+            self.grants.setdefault((m.term, self.node_id), set()).add(self.node_id)  # its own grant, signed
+            voters = frozenset({self.node_id, self.target})
+            return [Send(self.target, Announce(m.term, self.node_id, (9, 1e12, self.node_id), voters))]
+        return []
+
+
+@dataclass
 class Network:
     """Nodes n0..n{k-1}; priority = (0, memory, id). Call run(seconds) to advance."""
 
@@ -117,6 +149,7 @@ class Network:
     # later (SWIM pushes it to a few and piggybacks it on its messages), else every member at once
     renew_fanout: int = 0
     gossip_s: float = 0.8
+    fresh: bool = True  # a node with nothing on its disk is a fresh board (it waits for its view to settle), as agents
 
     def __post_init__(self) -> None:
         self.rng = random.Random(self.seed)
@@ -137,6 +170,19 @@ class Network:
         self.obeyed: dict[str, list[tuple[float, int, str]]] = {n: [] for n in self.ids}  # (time, term, leader)
         self.grants: dict[tuple[int, str], set[str]] = {}  # (term, candidate) -> voters that signed a grant of it
         self.accepted_by: dict[int, dict[str, set[str]]] = {}  # term -> leader -> nodes that accepted it
+        self.admit_at: dict[str, dict[str, float]] = {}  # node -> member -> when its view admits it (``join``)
+
+    def join(self, n: str, order: list[str], every: float = 0.5) -> None:
+        """``n`` starts as a fresh board (nothing on its disk) whose view admits the others one at a time, in ``order``,
+        ``every`` seconds apart from now (SWIM admits one candidate each 0.5 s; the first to contact it first)."""
+        self.disk[n] = (0, None, None)
+        self.up.add(n)
+        self.nodes[n] = self._new(n)
+        self.admit_at[n] = {m: self.now + (i + 1) * every for i, m in enumerate(order)}
+
+    def capture(self, n: str, target: str) -> None:
+        """Make ``n`` a ``Captor`` of the fresh board ``target``."""
+        self.nodes[n] = Captor(n, target, self.grants)  # type: ignore[assignment]
 
     def disrupt(self, n: str, **how: object) -> None:
         """Make ``n`` a ``Disruptor`` (keyword arguments as its fields), ranked above everyone in every view."""
@@ -157,7 +203,17 @@ class Network:
     def _new(self, n: str) -> Election:
         term, vote, accepted = self.disk[n]
         known = frozenset(self.ids) if self.known else frozenset()
-        return Election(n, self.priority(n), CONFIG, self.now, term=term, vote=vote, known=known, accepted=accepted)
+        return Election(
+            n,
+            self.priority(n),
+            CONFIG,
+            self.now,
+            term=term,
+            vote=vote,
+            known=known,
+            accepted=accepted,
+            fresh=self.fresh,
+        )
 
     # -- faults ----------------------------------------------------------------------------------
     def reachable(self, a: str, b: str) -> bool:
@@ -238,7 +294,11 @@ class Network:
     # -- running ---------------------------------------------------------------------------------
     def view(self, n: str) -> dict[str, Priority]:
         """What membership would say: nodes heard from (heartbeats) within DETECT_S."""
-        return {m: self.priority(m) for m in self.ids if m != n and self.now - self.last_heard[n][m] < self.detect_s}
+        admit = self.admit_at.get(n, {})
+        return {
+            m: self.priority(m) for m in self.ids
+            if m != n and self.now - self.last_heard[n][m] < self.detect_s and self.now >= admit.get(m, -1e18)
+        }  # fmt: skip
 
     def _deliver(self, sender: str, to: str, message: Packet, late: float = 0.0) -> None:
         if self.rng.random() < self.drop_rate:

@@ -39,20 +39,21 @@ def _candidate() -> Election:
     return c
 
 
-def test_a_claimed_priority_or_newer_term_ends_a_candidacy_at_most_once_per_two_timeouts() -> None:
+def test_a_claimed_priority_or_newer_term_does_not_end_a_candidacy() -> None:
     """Before, every vote request of our term with a higher (self-declared) priority, and every one of a newer term,
-    ended the candidacy and restarted the listen: m asking twice a second kept c from ever finishing."""
+    ended the candidacy at once and restarted the listen: m asking twice a second kept c from ever finishing. Now a
+    request is refused and the candidacy goes on; a better candidate of our term is let go first only once ours
+    timed out (c listens two timeouts then)."""
     c = _candidate()
-    c.step(Received(1.3, "m", VoteRequest(1, "m", TOP)))  # the first claim: c stands down (two honest bests meeting)
-    assert c.role is Role.FOLLOWER
-    c.step(Tick(2.6, P))  # a timeout later m has not won: c passes over it and stands again
-    assert c.role is Role.CANDIDATE and c.term == 2
-    for t, term in ((2.7, 2), (2.9, 3), (3.1, 9)):  # within two timeouts of the first: refused, the candidacy stays
+    for t, term in ((1.3, 1), (1.4, 2), (1.5, 9)):
         assert c.step(Received(t, "m", VoteRequest(term, "m", TOP))) == [Send("m", Vote(term, "c", False, None))]
-        assert c.role is Role.CANDIDATE and c.term == 2 and c.standing_for == 2
-    c.step(Received(3.2, "a", Vote(2, "a", True, None)))
-    c.step(Received(3.2, "b", Vote(2, "b", True, None)))
-    assert c.is_leader and c.term == 2  # three of the four it sees
+        assert c.role is Role.CANDIDATE and c.term == 1 and c.standing_for == 1
+    c.step(Received(1.6, "a", Vote(1, "a", True, None)))
+    assert c.is_leader and c.term == 1  # two of the three it stood before
+    lost = _candidate()
+    lost.step(Received(1.3, "m", VoteRequest(1, "m", TOP)))
+    lost.step(Tick(2.5, P))  # no majority within the timeout: it listens two timeouts (m, if real, stands first)
+    assert lost.role is Role.FOLLOWER and lost.lease_until == pytest.approx(2.5 + 2 * CFG.election_timeout_s)
 
 
 def test_a_best_candidate_passed_over_stays_passed_over_while_it_only_asks() -> None:
@@ -88,14 +89,14 @@ def test_one_member_asking_for_votes_does_not_stop_elections(ahead: int, react: 
     """Five nodes, n4 hostile (``Disruptor``: top priority in every view, a vote request to everyone every 0.2 s and
     at once on each other candidate's request, of the candidate's term or the next; it never grants). The honest
     leader crashes after each election (the one before restarts). Before: no election completed in the 36 s (every
-    wait None); after: each within 2.75 s (1.35-2.6 s without n4), never two majority-accepted leaders in a term."""
+    wait None); after: each within 3.15 s (1.35-2.6 s without n4), never two majority-accepted leaders in a term."""
     net = Network(5, seed=ahead)
     net.disrupt("n4", ahead=ahead, react=react)
     honest, down = ["n0", "n1", "n2", "n3"], None
     for _ in range(6):
         up = [n for n in honest if n != down]
         took = net.time_until_agreed(5.0, up)
-        assert took is not None and took <= 3.0, took
+        assert took is not None and took <= 3.5, took
         net.run(1.0)
         leader = net.agreed_leader(up)
         assert leader is not None
@@ -157,3 +158,83 @@ def test_two_leaders_after_a_heal_resolve_within_a_lease(fanout: int) -> None:
         if two:
             heals.append(took)
     assert len(heals) >= 10 and max(heals) <= 1.0, sorted(heals)
+
+
+# -- item 3: a fresh board waits for its view to settle ---------------------------------------------------------------
+def test_a_fresh_board_grants_and_follows_only_once_its_view_stopped_growing() -> None:
+    """A fresh board (nothing persisted, no known peers) whose view fills one admission at a time: m, admitted first,
+    asks for its vote and announces a certificate {m, f}, a majority of the view {f, m}. Before, f granted and followed
+    m (it obeyed m's commands until its view grew). Now it refuses while its view grew within a timeout; once the view
+    has stood still for a timeout it grants and judges certificates as usual."""
+    view = {n: (0, 1000.0 - i, n) for i, n in enumerate(["L", "a", "b", "f"])} | {"m": TOP}
+    f = Election("f", view["f"], CFG, now=0.0, fresh=True)
+    seen = {n: view[n] for n in ("f", "m")}
+    f.step(Tick(0.5, seen))
+    assert f.step(Received(0.55, "m", VoteRequest(1, "m", TOP)))[-1] == Send("m", Vote(1, "f", False, None))
+    f.step(Received(0.6, "m", Announce(1, "m", TOP, frozenset({"m", "f"}))))
+    assert (f.term, f.accepted, f.vote) == (0, None, None)
+    for t, n in ((1.0, "L"), (1.5, "a"), (2.0, "b")):  # the others are admitted one each 0.5 s
+        seen[n] = view[n]
+        f.step(Tick(t, seen))
+        assert f.step(Received(t, "L", VoteRequest(1, "L", view["L"])))[-1] == Send("L", Vote(1, "f", False, None))
+    f.step(Tick(3.1, seen))  # a timeout after its view last grew: it grants
+    assert f.step(Received(3.2, "L", VoteRequest(1, "L", view["L"])))[-1] == Send("L", Vote(1, "f", True, None))
+    # the same board told it is not fresh (the machine as before, and a board with a disk or known peers)
+    old = Election("f", view["f"], CFG, now=0.0)
+    old.step(Tick(0.5, {n: view[n] for n in ("f", "m")}))
+    assert old.step(Received(0.55, "m", VoteRequest(1, "m", TOP)))[-1] == Send("m", Vote(1, "f", True, None))
+
+
+def test_a_fresh_boards_wait_is_bounded_while_its_view_keeps_growing() -> None:
+    """Members minted and admitted one after another cannot keep a fresh board from ever granting: the wait ends
+    FRESH_WAIT_TIMEOUTS election timeouts after the start."""
+    from coordinator_election.machine import FRESH_WAIT_TIMEOUTS
+
+    f = Election("f", (0, 1.0, "f"), CFG, now=0.0, fresh=True)
+    view = {"f": (0, 1.0, "f")}
+    granted = None
+    for k in range(1, 200):
+        t = k * 0.1
+        view[f"x{k}"] = (0, 1.0, f"x{k}")  # a new member every tick
+        f.step(Tick(t, view))
+        out = f.step(Received(t, "x1", VoteRequest(1, "x1", view["x1"])))
+        if out[-1] == Send("x1", Vote(1, "f", True, None)):
+            granted = t
+            break
+    assert granted is not None and granted <= FRESH_WAIT_TIMEOUTS * CFG.election_timeout_s + 0.1
+
+
+@pytest.mark.parametrize("boards", [1, 2, 3])
+def test_a_new_cluster_of_fresh_boards_still_elects(boards: int) -> None:
+    """Every board fresh (the simulator's default, as agents): one board leads itself after its listen, two and three
+    elect within 1.35 s (as before: their views filled at once), and a second board admitted later joins."""
+    net = Network(boards, fresh=True)
+    took = net.time_until_agreed(10)
+    assert took is not None and took <= 1.4, took
+    two = Network(2, fresh=True)
+    two.crash("n1")
+    assert two.time_until_agreed(10, ["n0"]) is not None
+    two.join("n1", ["n0"])
+    took = two.time_until_agreed(10)
+    assert took is not None and took <= 2.5 and two.majority_violations() == [], took
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_the_member_admitted_first_does_not_take_a_fresh_board(seed: int) -> None:
+    """Six nodes; n0 is a ``Captor`` (it asks the fresh board n5 for its vote at once and announces {n0, n5}); n5 joins
+    with n0 admitted first, the others one each 0.5 s. With the fresh wait off (``fresh=False``, the rule before) n5
+    accepted n0 as its leader (term 3) and followed the cluster's leader 3.45 s after it started; with it, n5 never
+    accepts n0 and follows the cluster's leader within 3.9 s (2.9 s before and 3.9 s now without n0)."""
+    for fresh in (False, True):
+        net = Network(6, seed=seed, fresh=fresh, memory={"n0": 10.0})
+        net.crash("n5")
+        net.capture("n0", "n5")
+        assert net.time_until_agreed(10, ["n1", "n2", "n3", "n4"]) is not None
+        net.join("n5", ["n0", "n1", "n2", "n3", "n4"])
+        took = net.time_until_agreed(15, ["n1", "n2", "n3", "n4", "n5"])
+        captured = [term for term, by in net.accepted_by.items() if "n5" in by.get("n0", ())]
+        assert took is not None and net.majority_violations() == [] and net.fencing_violations() == []
+        if fresh:
+            assert captured == [] and took <= 4.0, (captured, took)
+        else:
+            assert captured != []  # the attack, shown on the rule before

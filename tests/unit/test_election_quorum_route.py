@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,15 @@ class Table:
         ]  # fmt: skip
 
 
+def _up_a_minute(agent: NodeAgent) -> Leadership:
+    """f's election as on a board up for a minute: past a fresh board's wait for its view to settle (elect15 item 3:
+    a fresh board judges no certificate and grants nothing while its view still grows)."""
+    ahead = [0.0]
+    lead = Leadership(agent, monotonic=lambda: time.monotonic() + ahead[0])
+    ahead[0] = 60.0
+    return lead
+
+
 def _announce(node: str, term: int, cert: list[wire.Grant] | None, priority: int = 0) -> dict[str, Any]:
     body: dict[str, Any] = {"type": "announce", "term": term, "leader": node, "priority": [priority, 8000.0, node]}
     if cert is not None:
@@ -61,7 +71,7 @@ def _scenario(tmp_path: Path, restarted: bool) -> list[Any]:
         table = Table()
         overrides = {"node_id": "f", "data_dir": str(tmp_path / "f"), "cluster_token": TOKEN, "mdns": False}
         agent = NodeAgent(load_settings(env={}, overrides=overrides), peers=table)
-        agent.leadership = lead = Leadership(agent)
+        agent.leadership = lead = _up_a_minute(agent)
         assert agent.identity is not None
         http = httpx.AsyncClient(transport=httpx.ASGITransport(app=create_peer_app(agent, agent.identity)))
         ids = {n: Identity(n, TOKEN, tmp_path / n) for n in ("L", "m")}
@@ -309,7 +319,7 @@ def test_ids_minted_at_one_address_do_not_take_the_follower(tmp_path: Path) -> N
         table = Minted()
         overrides = {"node_id": "f", "data_dir": str(tmp_path / "f"), "cluster_token": TOKEN, "mdns": False}
         agent = NodeAgent(load_settings(env={}, overrides=overrides), peers=table)
-        agent.leadership = lead = Leadership(agent)
+        agent.leadership = lead = _up_a_minute(agent)
         assert agent.identity is not None
         http = httpx.AsyncClient(transport=httpx.ASGITransport(app=create_peer_app(agent, agent.identity)))
         ids = {n: Identity(n, TOKEN, tmp_path / n) for n in ("L", "m", "s1", "s2", "s3")}
