@@ -48,7 +48,15 @@ from coordinator_election import (
     VoteRequest,
     lease_refusal,
 )
-from peerserve.wire import ROUTE_DESIRED, ROUTE_ELECTION, DesiredCommand, ElectionPost, Lease
+from peerserve.wire import (
+    MAX_LEASE_GRANTS,
+    ROUTE_DESIRED,
+    ROUTE_ELECTION,
+    DesiredCommand,
+    ElectionPost,
+    Grant,
+    Lease,
+)
 
 if TYPE_CHECKING:
     from agent.node import NodeAgent
@@ -64,6 +72,7 @@ GATHER_DEADLINE_S = 3.0
 # (simulated tail): a follower's lease lasts this much longer than the election timeout. A crashed leader is
 # still noticed sooner by SWIM (dead: out of the view, the lease ends at once).
 GOSSIP_LEASE_SLACK_S = 0.8
+LEASE_CERT_EVERY = 4  # a lease renewal's pushes carry our certificate every this many renewals (1.2 s by default)
 JOIN_WAIT_S = 10.0  # a node given seeds stands alone only if no member is admitted by then (seeds retry every 5 s)
 
 
@@ -97,7 +106,7 @@ class Leadership:
             term, vote, accepted = agent.store.highest_term(), None, agent.store.term_leader()
         join_by = monotonic() + JOIN_WAIT_S if s.seed_urls else -1e18  # joining through seeds: no leader of one
         self.machine = Election(s.node_id, self.priority, config, now=monotonic(), term=term, vote=vote,
-                                known=frozenset(known), join_by=join_by, accepted=accepted)  # fmt: skip
+                                known=frozenset(known), join_by=join_by, accepted=accepted, fresh=True)  # fmt: skip
         hold = HoldConfig(
             s.placement_hold, s.placement_hold_margin, s.placement_hold_start_ms, s.placement_min_dwell_s,
             per_model=s.placement_hold_per_model,
@@ -111,6 +120,7 @@ class Leadership:
         self._tasks: list[asyncio.Task[None]] = []
         self._background: set[asyncio.Task[Any]] = set()
         self._said: set[str] = set()
+        self._renewals = 0  # lease renewals signed (every LEASE_CERT_EVERY-th carries our certificate)
         self.leader_since: float | None = None
         self.solver = SolverWorker(s.placement_method)  # runs only while this node leads
         # quorum certificates (agent/quorum.py): the grants we sign and collect, and others' certificates verified
@@ -234,6 +244,18 @@ class Leadership:
                 post = dataclasses.replace(post, cert=cert)
         return post.to_json()
 
+    def _lease_cert(self, term: int) -> tuple[Grant, ...]:
+        """The certificate a renewal of ``term`` carries on its pushes: ours of that term, every LEASE_CERT_EVERY-th
+        renewal (a member that missed the announce verifies us within that many heartbeats without asking), none when
+        it has more than MAX_LEASE_GRANTS grants (those members ask us for it, as before) or we stand again."""
+        self._renewals += 1
+        cert = self.machine.cert
+        if self.grants is None or term != self.machine.led_term or len(cert) > MAX_LEASE_GRANTS:
+            return ()
+        if (self._renewals - 1) % LEASE_CERT_EVERY:
+            return ()
+        return self.grants.certificate(term, cert, self._keep())
+
     def _keep(self) -> tuple[int, ...]:
         """The grant books never pruned: the term we lead and the one we stand for."""
         standing = self.machine.standing_for
@@ -254,6 +276,13 @@ class Leadership:
             log.debug("lease of %s at term %d not taken: %s", lease.leader, lease.term, why)
             return False
         announce = Announce(lease.term, lease.leader, lease.priority)
+        if lease.cert and self.certificates is not None and (lease.term, lease.leader) != (self.term, self.accepted):
+            # its certificate rode along (a push): a node that missed the winner's announce verifies the leader from
+            # the gossiped lease (agent/quorum.py; only members' grants, each signature once)
+            voters = self.certificates.voters(
+                lease.term, lease.leader, lease.cert, {*members, self.machine.node_id}, from_leader=False
+            )  # (a relay may have swapped a grant for a forgery: not cached whole as the leader's certificate)
+            announce = Announce(lease.term, lease.leader, lease.priority, voters)
         self._judge_with_current_view()
         self._carry_out(self.machine.step(Received(self.monotonic(), lease.leader, announce)))
         return self.machine.leader == lease.leader and self.machine.term == lease.term
@@ -275,7 +304,8 @@ class Leadership:
                         self._spawn(self._post(url, body))
             elif isinstance(action, Renew):
                 if self.agent.discovery is not None:
-                    self.agent.discovery.swim.renew_lease(action.message.term, action.message.priority)
+                    m = action.message
+                    self.agent.discovery.swim.renew_lease(m.term, m.priority, self._lease_cert(m.term))
             elif isinstance(action, BecameLeader):
                 self.agent.store.observe_term(action.term, self.agent.settings.node_id)
                 log.info("node %s became leader at term %d", self.agent.settings.node_id, action.term)

@@ -119,9 +119,13 @@ class Certificates:
         self.verifications = 0  # signatures checked (each grant's bytes at most once while remembered)
         self._pins: Mapping[str, bytes] | None = None  # the pins the cached certificates were judged under
 
-    def voters(self, term: int, leader: str, grants: Collection[Grant], members: Collection[str]) -> frozenset[str]:
+    def voters(
+        self, term: int, leader: str, grants: Collection[Grant], members: Collection[str], from_leader: bool = True
+    ) -> frozenset[str]:
         """The voters among ``grants`` whose signature of (term, leader) checks out; only ``members``' grants are
-        looked at, one per voter (at most ``len(members)`` verifications, each grant's once)."""
+        looked at, one per voter (at most ``len(members)`` verifications, each grant's once). ``from_leader`` False:
+        the grants came by a relay (a gossiped lease), which may have swapped one for a forgery, so the set is not
+        cached whole under (term, leader) (it would stand for the leader's own certificate); each grant's verdict is."""
         key = (term, leader)
         pins = self.identity.pins.current()
         if pins is not self._pins:  # a pin forgotten, changed or added: every verdict on a pin is looked at again
@@ -144,7 +148,7 @@ class Certificates:
                 found.add(grant.voter)
             whole = whole and verdict is not None  # a pin refusal may pass next time: looked at again then
         result = frozenset(found)
-        if whole:
+        if whole and from_leader:
             # cached whole only when no verdict may change: a pin refusal (a signer's first pin still being written,
             # 503) and a voter not yet a member here may count on a later message; a forged grant never will. Only
             # the leader itself sends its (term, leader) certificate (the peer route checks the sender), and an

@@ -8,11 +8,17 @@ Algorithm: leases with terms and votes over the *discovered* members (see docs/e
   ``election_timeout_s``; longer when renewals travel by gossip and may arrive late).
 * When its lease runs out (or the leader drops out of the alive view), a follower looks at the alive
   members: only the best by priority (configured priority, then memory, then node id) stands, after a
-  quiet period, with ``term + 1``; the others wait, and skip a best candidate that stays silent for an
-  election timeout.
+  quiet period, with ``term + 1``; the others wait, and skip a best candidate that has not led within an
+  election timeout (until a leader is followed).
 * A voter grants one vote per term, and none while it holds a lease on a live leader (so a returning
-  node cannot unseat a healthy leader: no churn). A candidate wins with votes from a majority of the
-  members alive in its view, so a partition's sides each elect their own leader and keep placing.
+  node cannot unseat a healthy leader: no churn). A vote request is its sender's word (priority and term are
+  self-declared): it never ends a candidacy, and it cannot keep a passed-over best candidate in the running; a voter
+  holds the term of the candidate it just granted for a heartbeat. A fresh board (``fresh``, nothing persisted, no
+  known peers) grants nothing and follows no certificate until its view has stopped growing for a timeout.
+  A candidate wins with votes from a majority of the members alive in its view, so a partition's sides each elect
+  their own leader and keep placing.
+* A follower holding a lease that hears another leader's renewal tells it whom it follows; that leader sends it and
+  the rival its certificate (two leaders after a heal meet within a renewal).
 * One leader per term at each node: a node accepts (follows, obeys) at most one leader in a term, the first it
   hears (``accepted``, persisted with term and vote), and never a lower term. Two sides of a partition may each
   elect a leader of the same term number, but no node accepts both: its fencing token (term, leader) only
@@ -44,6 +50,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 Priority = tuple[int, float, str]  # (configured priority, memory MB, node id): higher wins
+FRESH_WAIT_TIMEOUTS = 5  # a fresh board waits for its view to settle at most this many election timeouts after start
 
 
 class Role(str, Enum):
@@ -182,6 +189,7 @@ class _Candidacy:
     granted: set[str] = field(default_factory=set)
     electorate: frozenset[str] = frozenset()
     sitting: bool = False  # a leader standing again: it keeps leading its certified term meanwhile
+    outranked: bool = False  # a candidate claiming a better priority asked in our term: if we lose, it goes first
 
 
 class Election:
@@ -190,7 +198,7 @@ class Election:
     def __init__(
         self, node_id: str, priority: Priority, config: ElectionConfig, now: float, term: int = 0,
         vote: str | None = None, known: frozenset[str] = frozenset(), join_by: float = -1e18,
-        accepted: str | None = None,
+        accepted: str | None = None, fresh: bool = False,
     ) -> None:  # fmt: skip
         self.node_id = node_id
         self.priority = priority
@@ -219,6 +227,15 @@ class Election:
         # majority a certificate needs (a just-restarted view of {itself, m} made m's grant a majority, review14b F7)
         self._expected = (known | ({accepted} if accepted is not None else frozenset())) - {node_id}
         self._back_since: float | None = None  # when every expected peer was last seen alive again
+        # a fresh board (nothing persisted, no known peers) joins with a view that fills one admission at a time: until
+        # it has not grown for an election timeout (at most FRESH_WAIT_TIMEOUTS after the start) it grants no vote and
+        # follows no certificate, so the member admitted first cannot take it with a certificate of itself and the
+        # board (a majority of a view of two). Over once it follows or leads. ``fresh``: the shell says the board is
+        # new (nothing persisted, no known peers); the wait applies only then
+        fresh = fresh and term == 0 and vote is None and accepted is None and not known
+        self._fresh_until = now + FRESH_WAIT_TIMEOUTS * config.election_timeout_s if fresh else -1e18
+        self._seen: set[str] = {node_id}  # members seen while fresh
+        self._grew_at = now  # when a member was last seen for the first time while fresh
         # given seeds, a node is joining a cluster, not founding one: until ``join_by`` it does not stand while it
         # sees no other member (under load a seed can take seconds to admit us; a leader of one spawns a solver)
         self._join_by = join_by
@@ -233,6 +250,8 @@ class Election:
         # per node, when we last sent it our certificate or an unasked refusal (once per election timeout each: two
         # leaders that each answer the other's announce would otherwise send them back and forth for ever)
         self._told_at: dict[str, float] = {}
+        self._waited_for: dict[str, float] = {}  # per candidate we granted, when it last reset our wait to stand
+        self._granted_until = -1e18  # until then we hold the term of the candidate we granted (its result is due)
 
     # -- queries ---------------------------------------------------------------------------------
     @property
@@ -301,7 +320,9 @@ class Election:
     def _step(self, event: Event) -> list[Action]:
         if isinstance(event, Tick):
             self.observe(event.alive, event.voices)
+            self._note_growth(event.now)
             return self._tick(event.now)
+        self._note_growth(event.now)  # (the shell may have given the view of now just before: ``observe``)
         message = event.message
         if isinstance(message, Announce):
             return self._on_announce(event.now, message)
@@ -333,7 +354,10 @@ class Election:
             c = self._candidacy
             assert c is not None
             if now - c.started >= self.config.election_timeout_s:
-                return self._follow(now, None)  # lost or stalled; re-evaluate on the next tick
+                actions = self._follow(now, None)  # lost or stalled; re-evaluate on the next tick
+                if c.outranked:  # a better candidate stood in our term: it stands again first
+                    self.lease_until = now + 2 * self.config.election_timeout_s
+                return actions
             if now - c.asked >= self.config.heartbeat_s:  # ask again: voters' leases expire one by one
                 c.asked = now
                 return [Broadcast(VoteRequest(self.term, self.node_id, self.priority))]
@@ -357,6 +381,23 @@ class Election:
         filling (SWIM admits one new member at a time; a member that contacts it first gets in first), so a grant now
         could make one member's candidacy a majority of a view of two (review14b F7)."""
         return bool(self._expected) and not self._expected <= self.alive.keys()
+
+    def _note_growth(self, now: float) -> None:
+        """While fresh, note when the view last showed a member for the first time (bounded: members seen, and only
+        until the fresh wait ends)."""
+        if now >= self._fresh_until:
+            self._seen.clear()
+            return
+        if not self.alive.keys() <= self._seen:
+            self._seen.update(self.alive)
+            self._grew_at = now
+
+    def _settling(self, now: float) -> bool:
+        """A fresh board whose view grew within the last election timeout: it may be seeing a corner of the cluster
+        (SWIM admits one candidate at a time, the first to contact it first), so it grants nobody and follows no
+        certificate yet. A genuinely new cluster is not stalled: one board needs no grant, and two boards' views
+        settle a timeout after they met (the candidate asks again every heartbeat)."""
+        return now < self._fresh_until and now - self._grew_at < self.config.election_timeout_s
 
     def _all_back(self, now: float) -> bool:
         """Every expected peer has been alive in the view for two heartbeats and none announced a leader."""
@@ -408,6 +449,7 @@ class Election:
         self.role = Role.LEADER
         self.leader = self.accepted = self.node_id
         self.cert, self.led_term, self._led_view = voters, self.term, self._candidacy.electorate
+        self._fresh_until = -1e18
         self._candidacy = None
         self._waiting_since = None
         self._skipped.clear()
@@ -438,10 +480,14 @@ class Election:
         return VoteRequest(term, self.node_id, self.priority)
 
     def _once_per_timeout(self, table: dict[str, float], key: str, now: float) -> bool:
-        """True (and noted) if ``key`` has not used ``table``'s allowance within an election timeout. The table holds
-        the last timeout's entries only (pruned by time alone, not by the view: two senders outside it must not wipe
-        each other's entry)."""
-        timeout = self.config.election_timeout_s
+        """True (and noted) if ``key`` has not used ``table``'s allowance within an election timeout."""
+        return self._once_per(table, key, now, self.config.election_timeout_s)
+
+    @staticmethod
+    def _once_per(table: dict[str, float], key: str, now: float, timeout: float) -> bool:
+        """True (and noted) if ``key`` has not used ``table``'s allowance within ``timeout``. The table holds the last
+        ``timeout``'s entries only (pruned by time alone, not by the view: two senders outside it must not wipe each
+        other's entry), so it is bounded by the senders heard within it."""
         if now - table.get(key, -1e18) < timeout:
             return False
         for k in [k for k, t in table.items() if now - t >= timeout]:
@@ -501,6 +547,7 @@ class Election:
             self._skipped.clear()
             self._lost_leader = None
             self._expected = frozenset()
+            self._fresh_until = -1e18  # a board that follows a leader is no longer fresh
         else:
             if listen:
                 self.lease_until = now + self.config.election_timeout_s  # listen before standing again
@@ -523,9 +570,11 @@ class Election:
         if m.term == self.term and self.accepted is not None:
             # another leader of the term whose leader we accept: never follow it; tell it whose term it is here
             return [Send(m.leader, Vote(self.term, self.node_id, False, self.accepted))]
-        if self._majority(m.voters):
+        if self._majority(m.voters) and not self._settling(now):
             # a majority of the members we see granted it the term (the certificate the shell verified): follow it,
-            # whatever lease we hold -- those voters cannot also have held leases on our leader
+            # whatever lease we hold -- those voters cannot also have held leases on our leader. (A fresh board whose
+            # view is still growing judges no certificate yet: it says it follows no one, and the leader sends its
+            # certificate again a timeout later, below)
             self._set_term(m.term)
             return self._follow(now, m.leader)
         if self._lease_valid(now) and self.leader == m.leader:
@@ -535,7 +584,11 @@ class Election:
             return self._refuse_unasked(now, m.leader, m.term)
         if self._lease_valid(now):
             # leader stickiness: we hold a lease on a live leader, so nobody else can have won a majority for a newer
-            # term (its voters refuse while they hold one too)
+            # term (its voters refuse while they hold one too). Tell the other leader whom we follow, at what term (once
+            # a timeout): after a partition healed it learns of our leader at once and sends it its certificate, and
+            # the two resolve by the certificate rule (before, they waited for our lease or a stand-again)
+            if self._once_per_timeout(self._told_at, m.leader, now):
+                return [Send(m.leader, Vote(self.term, self.node_id, False, self.leader))]
             return []
         # a newer term, or a leader of ours we have not accepted, without a majority certificate: one member's word, not
         # followed (a lower member once took every lease-less node this way). Tell it we follow no one: a real leader
@@ -578,14 +631,31 @@ class Election:
             actions += self._follow(now, None)
         if m.term < self.term:
             return [*actions, Send(m.candidate, Vote(self.term, self.node_id, False, self.leader))]
-        if self._restarting():
+        if self._restarting() or self._settling(now):
             return [*actions, Send(m.candidate, Vote(m.term, self.node_id, False, self.leader))]  # asks again later
         if self._lease_valid(now) and self.leader != m.candidate:
             # we follow a live leader: refuse, and let the candidate learn who it is
             return [Send(m.candidate, Vote(m.term, self.node_id, False, self.leader))]
         if m.term == self.term and self.accepted not in (None, m.candidate):
             return [*actions, Send(m.candidate, Vote(m.term, self.node_id, False, self.leader))]  # it has its leader
-        self._skipped.discard(m.candidate)  # it is evidently not silent: it may be the best candidate again
+        # A vote request is its sender's word (its priority is self-declared, its term made up at will): it is no proof
+        # that anyone will win, so it never ends our candidacy: we keep standing and refuse it (our vote in our term is
+        # ours). Only proof does: a certificate that is a majority of our view (``_on_announce``), a refusal of our
+        # request naming a live leader or a newer term (``_on_vote``, at most once per two timeouts), or our timeout.
+        # A better candidate of our term is remembered: when our candidacy times out, we listen two timeouts, so that
+        # it stands again first (two nodes that each think themselves best split the vote in lockstep otherwise).
+        # Before, each such request ended the candidacy at once and restarted the listen, and un-skipped its sender as
+        # the best candidate: one member asking with a top priority kept every election from finishing (session 14's
+        # note, item 1). A passed-over candidate stays passed over until a leader is followed (asking is not leading).
+        c = self._candidacy
+        if self.role is Role.CANDIDATE and c is not None and (m.term > self.term or m.priority > self.priority):
+            c.outranked = c.outranked or m.priority > self.priority
+            return [Send(m.candidate, Vote(m.term, self.node_id, False, None))]
+        if m.term > self.term and self.role is Role.FOLLOWER and now < self._granted_until and self.vote != m.candidate:
+            # we granted a candidate of our term a heartbeat ago: its certificate is on the way. Moving to a newer term
+            # now would refuse it (a member answering each candidate's request at once with a newer term's request
+            # kept every winner unfollowed); the hold is given once per two timeouts per candidate, as the wait is
+            return [Send(m.candidate, Vote(m.term, self.node_id, False, None))]
         if m.term > self.term:
             ours = self._lease_valid(now) and self.leader == m.candidate  # our own leader stands again: keep it
             self._set_term(m.term)
@@ -594,16 +664,14 @@ class Election:
                 # checker and the agent must not see it named as the leader of a term it was never accepted for
                 self._lost_leader = self.leader or self._lost_leader
                 actions += self._follow(now, None)
-        elif self.role is Role.CANDIDATE and m.priority > self.priority:
-            # a better candidate stands in our term (we had passed over it, or we both stood at once): stand
-            # down and give it a full timeout, or two nodes that each think themselves best split the vote
-            # in lockstep forever
-            actions += self._follow(now, None)
-            self._waiting_since = now
         granted = self.vote in (None, m.candidate)
         if granted:
             self.vote = m.candidate
-            self._waiting_since = now  # give the candidate a full timeout before standing ourselves
+            if self._once_per(self._waited_for, m.candidate, now, 2 * self.config.election_timeout_s):
+                # give the candidate a full timeout before standing ourselves: once per two timeouts per candidate,
+                # or one member asking every second would keep every node from ever standing
+                self._waiting_since = now
+                self._granted_until = now + self.config.heartbeat_s
         return [*actions, Send(m.candidate, Vote(m.term, self.node_id, granted, self.leader))]
 
     def _on_vote(self, now: float, m: Vote) -> list[Action]:
@@ -614,8 +682,15 @@ class Election:
                     c.granted.add(m.voter)
                     return self._win(now) if self._has_majority() else []
                 return []  # its lease on a leader holds, or it voted already: we ask again every heartbeat
-            if m.granted or m.leader == self.node_id or m.term < self.term:
-                return []  # late answers to our own candidacy, or old news
+            if m.granted or m.leader == self.node_id:
+                return []  # late answers to our own candidacy
+            if m.term < self.term:
+                if m.leader is not None and m.leader in self.alive:
+                    # a node that follows another leader at an older term (it answered our renewal: a partition
+                    # healed): send it and that leader our certificate. The node follows us at once if it is a
+                    # majority of its view (not when its lease ran out), the leader judges by the certificate rule
+                    return [*self._tell(now, m.voter), *self._tell(now, m.leader)]
+                return []  # old news
             if m.term > self.term and self._yielding(now):
                 self._set_term(m.term)  # back from a freeze: our followers may have moved on, stand down
                 return self._follow(now, None)
@@ -626,7 +701,8 @@ class Election:
             # a node at a newer term, or one that accepts another leader of ours or of a newer term (a partition's other
             # side; a leader that took it while it had no lease): stand again past it -- a real election, which only a
             # majority can win (a made-up rival's name moves nothing but the voter's own allowance, review13d F1)
-            return self._reelect(now, m.term + 1, m.voter)
+            rival = self._tell(now, m.leader) if m.leader is not None and m.leader in self.alive else []
+            return [*self._reelect(now, m.term + 1, m.voter), *rival]  # (the rival learns of us: certificate rule)
         if m.term > self.term and self._lease_valid(now):
             return []  # unasked-for news of a newer term while our leader is live: stickiness, as for announces
         if m.term > self.term and not m.granted:

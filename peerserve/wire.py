@@ -424,6 +424,9 @@ def _priority(d: Mapping[str, Any]) -> tuple[int, float, str]:
 
 GRANT_CONTEXT = b"peerserve-grant-v1\0"
 MAX_GRANTS = 256  # grants in one quorum certificate (a cluster's worth; the receiver verifies its members' only)
+# grants a gossiped lease may carry (~7 KB at most): a majority of a cluster of up to 31; a larger certificate is not
+# carried there (members that missed the announce ask the leader for it, as before)
+MAX_LEASE_GRANTS = 16
 
 
 @dataclass(frozen=True)
@@ -649,20 +652,30 @@ class Lease:
     priority: tuple[int, float, str]
     card: str = ""
     signature: str = ""
+    # the leader's quorum certificate of (term, leader), at most MAX_LEASE_GRANTS grants: carried on the lease's pushes
+    # now and then (not on every piggyback), so a member that missed the winner's announce can verify the leader from
+    # the gossiped lease alone. Not signed by the leader: each grant is its voter's own signature of (term, leader)
+    cert: tuple[Grant, ...] = ()
 
     def signing_bytes(self) -> bytes:
         p = self.priority
         return LEASE_CONTEXT + f"{self.term}\0{self.leader}\0{self.seq}\0{p[0]}\0{float(p[1])!r}\0{p[2]}".encode()
 
     def to_json(self) -> dict[str, Any]:
-        return {"term": self.term, "leader": self.leader, "seq": self.seq, "priority": list(self.priority),
-                "card": self.card, "signature": self.signature}  # fmt: skip
+        out = {"term": self.term, "leader": self.leader, "seq": self.seq, "priority": list(self.priority),
+               "card": self.card, "signature": self.signature}  # fmt: skip
+        if self.cert:
+            out["cert"] = [g.to_json() for g in self.cert]
+        return out
 
     @classmethod
     def parse(cls, data: Any) -> Lease:
         d = _obj(data, "lease")
+        raw = d.get("cert", [])
+        if not isinstance(raw, list) or len(raw) > MAX_LEASE_GRANTS:
+            raise WireError(f"a lease's 'cert' must be a list of at most {MAX_LEASE_GRANTS} grants")
         return cls(_int(d, "term"), _node(d, "leader"), _int(d, "seq"), _priority(d), _str(d, "card", 256),
-                   _str(d, "signature", 128))  # fmt: skip
+                   _str(d, "signature", 128), tuple(Grant.parse(g) for g in raw))  # fmt: skip
 
 
 @dataclass(frozen=True)

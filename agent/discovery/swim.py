@@ -41,7 +41,7 @@ from dataclasses import dataclass, field, replace
 
 from coordinator_election.lease import MAX_TERM_AHEAD, LeaseBook
 from peerserve import names
-from peerserve.wire import MAX_PIGGYBACK, Lease, Loads, MemberUpdate, PeerState, SwimMessage
+from peerserve.wire import MAX_PIGGYBACK, Grant, Lease, Loads, MemberUpdate, PeerState, SwimMessage
 
 MAX_MEMBERS = 256  # admitted members (the push-pull message carries them all)
 MAX_CANDIDATES = 64  # hinted (node id, peer url) pairs not yet authenticated, from mDNS, seeds or gossip ...
@@ -292,6 +292,7 @@ class Swim:
     loads: Loads | None = None  # our own loads now (the shell keeps them current): on every message we send
     leases: LeaseBook = field(default_factory=LeaseBook)  # newest renewal seen per leader: stale/replays are no news
     _lease_fanout: int = 0  # random members the current renewal still goes to at the next gossip tick
+    _lease_cert: tuple[Grant, ...] = ()  # the current renewal's certificate, carried on its pushes only
     _lease_skip: frozenset[str] = frozenset()  # who has it already (the sender, the leader)
     _refuted_at: float = -math.inf  # when a refutation last cost us a step of local health
 
@@ -914,9 +915,10 @@ class Swim:
 
     # -- the leader's lease ---------------------------------------------------------------------------------
     def renew(self, lease: Lease) -> None:
-        """Our own renewal (we lead, the shell signed it): relay it from now on, pushed to ``lease_push`` members."""
+        """Our own renewal (we lead, the shell signed it): relay it from now on, pushed to ``lease_push`` members (its
+        certificate, if it carries one, on those pushes only: not on every message that piggybacks the lease)."""
         self.leases.note(lease.leader, lease.term, lease.seq)
-        self.lease = lease
+        self.lease, self._lease_cert = replace(lease, cert=()), lease.cert
         self._lease_fanout, self._lease_skip = self.config.lease_push, frozenset()
 
     def lease_news(self, lease: Lease) -> bool:
@@ -929,7 +931,7 @@ class Swim:
         itself); else it is only remembered as seen."""
         self.leases.note(lease.leader, lease.term, lease.seq)
         if accepted:
-            self.lease = lease
+            self.lease, self._lease_cert = replace(lease, cert=()), lease.cert
             fanout = self.config.lease_forward if self.config.lease_forward_any or sender == lease.leader else 0
             self._lease_fanout, self._lease_skip = fanout, frozenset({sender, lease.leader})
 
@@ -938,7 +940,8 @@ class Swim:
             return []
         targets = self._random_members(self._lease_fanout, exclude=set(self._lease_skip), alive_only=True)
         self._lease_fanout = 0
-        return [Gossip(n, self.records[n].peer_url, self.message("gossip", n)) for n in targets]
+        lease = replace(self.lease, cert=self._lease_cert)
+        return [Gossip(n, self.records[n].peer_url, replace(self.message("gossip", n), lease=lease)) for n in targets]
 
     # -- broadcast queue ------------------------------------------------------------------------------------
     def _update_of(self, rec: Record) -> MemberUpdate:

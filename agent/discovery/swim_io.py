@@ -33,7 +33,7 @@ from agent.identity import AuthError
 from agent.peer_client import PeerCallError, PeerClient
 from agent.rate_limit import SenderBuckets
 from peerserve import wire
-from peerserve.wire import Lease, Loads, PeerState, SwimMessage
+from peerserve.wire import Grant, Lease, Loads, PeerState, SwimMessage
 
 log = logging.getLogger(__name__)
 
@@ -174,12 +174,13 @@ class SwimDriver:
             self._fingerprint, self._bumped_at = fp, now
 
     # -- the leader's lease -----------------------------------------------------------------------------
-    def renew_lease(self, term: int, priority: tuple[int, float, str]) -> Lease:
-        """We lead ``term``: sign a new renewal; SWIM carries it (pushed to a few, then piggybacked and relayed)."""
+    def renew_lease(self, term: int, priority: tuple[int, float, str], cert: tuple[Grant, ...] = ()) -> Lease:
+        """We lead ``term``: sign a new renewal; SWIM carries it (pushed to a few, then piggybacked and relayed), with
+        ``cert`` (our certificate of ``term``, at most ``MAX_LEASE_GRANTS``) on its pushes."""
         self._lease_seq += 1
         lease = Lease(term, self.core.self_id, self._lease_seq, priority)
         card, signature = self.peers.identity.sign_detached(lease.signing_bytes())
-        lease = replace(lease, card=card, signature=signature)
+        lease = replace(lease, card=card, signature=signature, cert=cert)
         self.core.renew(lease)
         self.wake()
         return lease

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,15 @@ def _agent(data_dir: Path, token: str | None = None) -> NodeAgent:
 TOKEN = "restart-cluster-token-0123456789ab"
 
 
+def _up_a_minute(agent: NodeAgent) -> Leadership:
+    """A fresh agent's election as a minute after its start: past a fresh board's wait for its view to settle (it
+    grants and follows nobody in its first timeout, elect15 item 3); these tests are about what it persists."""
+    ahead = [0.0]
+    lead = Leadership(agent, monotonic=lambda: time.monotonic() + ahead[0])
+    ahead[0] = 60.0
+    return lead
+
+
 def _announce(agent: NodeAgent, term: int, leader: str, memory: float) -> dict[str, Any]:
     """``leader``'s announce of ``term`` with its quorum certificate: n1's own signed grant, a majority of n1's view
     (no other member: discovery is off), as agent/quorum.py checks it."""
@@ -31,7 +41,7 @@ def _announce(agent: NodeAgent, term: int, leader: str, memory: float) -> dict[s
 
 def test_a_restarted_agent_resumes_its_persisted_term_and_vote(tmp_path: Path) -> None:
     agent = _agent(tmp_path)
-    lead = Leadership(agent)
+    lead = _up_a_minute(agent)
     assert (lead.term, lead.machine.vote) == (0, None)
     lead.receive("n2", encode(VoteRequest(4, "n2", (0, 1.0, "n2"))))  # granted: n1 voted for n2 in term 4
     assert (lead.term, lead.machine.vote) == (4, "n2")
@@ -52,7 +62,7 @@ def test_a_restarted_agent_resumes_its_persisted_term_and_vote(tmp_path: Path) -
 
 def test_a_restarted_agent_keeps_the_one_leader_it_accepted_for_its_term(tmp_path: Path) -> None:
     agent = _agent(tmp_path, TOKEN)
-    lead = Leadership(agent)
+    lead = _up_a_minute(agent)
     lead.receive("n2", _announce(agent, 5, "n2", 1.0))  # follows n2 in term 5
     assert (lead.term, lead.leader, agent.store.election_accepted()) == (5, "n2", "n2")  # durable at once
     asyncio.run(agent.stop())

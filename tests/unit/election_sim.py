@@ -65,6 +65,72 @@ Packet = Message | Command
 
 
 @dataclass
+class Disruptor:
+    """A hostile member (it holds the token): it asks every member for a vote every ``every`` s, and at once when it
+    hears another node's vote request, in the newest term it heard of plus ``ahead`` (0: the candidate's own term,
+    claiming a priority above everyone's), and never grants, answers or announces. Priority is self-declared: its
+    view's priority is the top one too (``Network.memory``). Put in place by ``Network.disrupt``."""
+
+    node_id: str
+    every: float = 0.2
+    ahead: int = 1
+    react: bool = True
+    term: int = 0
+    alive: dict[str, Priority] = field(default_factory=dict)
+    role: Role = Role.FOLLOWER
+    leader: str | None = None
+    accepted: str | None = None
+    _last: float = -1e18
+
+    def _ask(self) -> list[object]:
+        return [Broadcast(VoteRequest(self.term + self.ahead, self.node_id, (9, 1e12, self.node_id)))]
+
+    def step(self, event: Tick | Received) -> list[object]:
+        if isinstance(event, Tick):
+            self.alive = {**event.alive, self.node_id: (9, 1e12, self.node_id)}
+            if event.now - self._last >= self.every:
+                self._last = event.now
+                return self._ask()
+            return []
+        self.term = max(self.term, event.message.term)
+        if self.react and isinstance(event.message, VoteRequest):
+            return self._ask()
+        return []
+
+
+@dataclass
+class Captor:
+    """A hostile member that goes for a fresh board (``target``) as soon as the board's view shows it: it asks the board
+    for its vote in a newer term and, granted, announces itself with the certificate {itself, the board}: a majority
+    of a view of two. It never grants anyone. Put in place by ``Network.capture``."""
+
+    node_id: str
+    target: str
+    grants: dict[tuple[int, str], set[str]]
+    term: int = 0
+    granted: bool = False
+    alive: dict[str, Priority] = field(default_factory=dict)
+    role: Role = Role.FOLLOWER
+    leader: str | None = None
+    accepted: str | None = None
+
+    def step(self, event: Tick | Received) -> list[object]:
+        if isinstance(event, Tick):
+            self.alive = {**event.alive, self.node_id: (0, 0.0, self.node_id)}
+            if self.target in self.alive and not self.granted:  # ask again every tick until granted
+                return [Send(self.target, VoteRequest(self.term + 1, self.node_id, (9, 1e12, self.node_id)))]
+            return []
+        m = event.message
+        self.term = max(self.term, m.term) if not isinstance(m, Vote) or not m.granted else self.term
+        if isinstance(m, Vote) and m.granted and event.sender == self.target:
+            self.granted = True
+            self.grants.setdefault((m.term, self.node_id), set()).add(self.node_id)  # its own grant, signed
+            voters = frozenset({self.node_id, self.target})
+            return [Send(self.target, Announce(m.term, self.node_id, (9, 1e12, self.node_id), voters))]
+        return []
+
+
+@dataclass
 class Network:
     """Nodes n0..n{k-1}; priority = (0, memory, id). Call run(seconds) to advance."""
 
@@ -78,6 +144,12 @@ class Network:
     known: bool = False  # True: a restarted node expects every other node back (agent/known_peers.py)
     one_leader_per_term: bool = True  # False: the test-only fault that forgets the leader accepted in a term
     quorum: bool = True  # False: the test-only fault that takes any announce as granted by every node (no certificates)
+    detect_s: float = DETECT_S  # membership marks a silent node dead after this long
+    # > 0: a renewal reaches that many random members of the leader's view at once and the others up to ``gossip_s``
+    # later (SWIM pushes it to a few and piggybacks it on its messages), else every member at once
+    renew_fanout: int = 0
+    gossip_s: float = 0.8
+    fresh: bool = True  # a node with nothing on its disk is a fresh board (it waits for its view to settle), as agents
 
     def __post_init__(self) -> None:
         self.rng = random.Random(self.seed)
@@ -98,6 +170,32 @@ class Network:
         self.obeyed: dict[str, list[tuple[float, int, str]]] = {n: [] for n in self.ids}  # (time, term, leader)
         self.grants: dict[tuple[int, str], set[str]] = {}  # (term, candidate) -> voters that signed a grant of it
         self.accepted_by: dict[int, dict[str, set[str]]] = {}  # term -> leader -> nodes that accepted it
+        self.admit_at: dict[str, dict[str, float]] = {}  # node -> member -> when its view admits it (``join``)
+
+    def join(self, n: str, order: list[str], every: float = 0.5) -> None:
+        """``n`` starts as a fresh board (nothing on its disk) whose view admits the others one at a time, in ``order``,
+        ``every`` seconds apart from now (SWIM admits one candidate each 0.5 s; the first to contact it first)."""
+        self.disk[n] = (0, None, None)
+        self.up.add(n)
+        self.nodes[n] = self._new(n)
+        self.admit_at[n] = {m: self.now + (i + 1) * every for i, m in enumerate(order)}
+
+    def capture(self, n: str, target: str) -> None:
+        """Make ``n`` a ``Captor`` of the fresh board ``target``."""
+        self.nodes[n] = Captor(n, target, self.grants)  # type: ignore[assignment]
+
+    def disrupt(self, n: str, **how: object) -> None:
+        """Make ``n`` a ``Disruptor`` (keyword arguments as its fields), ranked above everyone in every view."""
+        self.memory[n] = 1e12
+        self.nodes[n] = Disruptor(n, **how)  # type: ignore[assignment,arg-type]
+
+    def completed(self, since: float = 0.0) -> int:
+        """Elections completed since ``since``: leaders that became leader then and were accepted by a majority of
+        the cluster in their term."""
+        return sum(
+            1 for at, n, term in self.leader_log
+            if at >= since and 2 * len(self.accepted_by.get(term, {}).get(n, ())) > self.size
+        )  # fmt: skip
 
     def priority(self, n: str) -> Priority:
         return (0, self.memory.get(n, 1000.0), n)
@@ -105,7 +203,17 @@ class Network:
     def _new(self, n: str) -> Election:
         term, vote, accepted = self.disk[n]
         known = frozenset(self.ids) if self.known else frozenset()
-        return Election(n, self.priority(n), CONFIG, self.now, term=term, vote=vote, known=known, accepted=accepted)
+        return Election(
+            n,
+            self.priority(n),
+            CONFIG,
+            self.now,
+            term=term,
+            vote=vote,
+            known=known,
+            accepted=accepted,
+            fresh=self.fresh,
+        )
 
     # -- faults ----------------------------------------------------------------------------------
     def reachable(self, a: str, b: str) -> bool:
@@ -186,12 +294,16 @@ class Network:
     # -- running ---------------------------------------------------------------------------------
     def view(self, n: str) -> dict[str, Priority]:
         """What membership would say: nodes heard from (heartbeats) within DETECT_S."""
-        return {m: self.priority(m) for m in self.ids if m != n and self.now - self.last_heard[n][m] < DETECT_S}
+        admit = self.admit_at.get(n, {})
+        return {
+            m: self.priority(m) for m in self.ids
+            if m != n and self.now - self.last_heard[n][m] < self.detect_s and self.now >= admit.get(m, -1e18)
+        }  # fmt: skip
 
-    def _deliver(self, sender: str, to: str, message: Packet) -> None:
+    def _deliver(self, sender: str, to: str, message: Packet, late: float = 0.0) -> None:
         if self.rng.random() < self.drop_rate:
             return
-        at = self.now + self.delay + self.rng.random() * self.extra_delay
+        at = self.now + self.delay + self.rng.random() * self.extra_delay + late
         heapq.heappush(self.queue, (at, next(self.counter), sender, to, message))
 
     def _carry_out(self, n: str, actions: list[object]) -> None:
@@ -204,10 +316,13 @@ class Network:
                 if isinstance(a.message, Vote) and a.message.granted:  # the voter signs its grant
                     self.grants.setdefault((a.message.term, a.to), set()).add(n)
                 self._deliver(n, a.to, a.message)
-            elif isinstance(a, (Broadcast, Renew)):  # a renewal reaches everyone here (gossip: test_swim.py)
-                for m in node.alive:
-                    if m != n:
-                        self._deliver(n, m, a.message)
+            elif isinstance(a, (Broadcast, Renew)):  # a renewal reaches everyone here (gossip: test_swim.py) ...
+                to = sorted(m for m in node.alive if m != n)
+                first = set(to)
+                if isinstance(a, Renew) and 0 < self.renew_fanout < len(to):  # ... or a few at once, the rest later
+                    first = set(self.rng.sample(to, self.renew_fanout))
+                for m in to:
+                    self._deliver(n, m, a.message, 0.0 if m in first else self.rng.random() * self.gossip_s)
                 if isinstance(a, Renew):
                     self._command(n, a.message.term)
             elif isinstance(a, BecameLeader):

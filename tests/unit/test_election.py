@@ -541,7 +541,8 @@ def _follower_of_a(node: str = "b") -> Election:
 
 def test_a_follower_with_a_live_lease_ignores_a_higher_term_announce_from_anyone_else() -> None:
     m = _follower_of_a("b")
-    assert m.step(Received(0.5, "c", Announce(2, "c", P["c"]))) == []
+    # it says whom it follows, at what term (once a timeout: c learns of a at once after a heal, elect15 item 2)
+    assert m.step(Received(0.5, "c", Announce(2, "c", P["c"]))) == [Send("c", Vote(1, "b", False, "a"))]
     assert (m.term, m.leader, m.accepted) == (1, "a", "a")
     assert m.step(Received(0.6, "c", Announce(1000, "c", P["c"]))) == []  # however far ahead
     assert m.step(Received(0.7, "c", Vote(5, "c", False, None))) == []  # nor unasked-for news of a newer term

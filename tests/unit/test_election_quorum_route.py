@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from agent.identity import Identity
+from agent.identity import AuthError, Identity
 from agent.leadership import Leadership
 from agent.node import NodeAgent
 from agent.peer_api import create_peer_app
@@ -45,6 +46,15 @@ class Table:
         ]  # fmt: skip
 
 
+def _up_a_minute(agent: NodeAgent) -> Leadership:
+    """f's election as on a board up for a minute: past a fresh board's wait for its view to settle (elect15 item 3:
+    a fresh board judges no certificate and grants nothing while its view still grows)."""
+    ahead = [0.0]
+    lead = Leadership(agent, monotonic=lambda: time.monotonic() + ahead[0])
+    ahead[0] = 60.0
+    return lead
+
+
 def _announce(node: str, term: int, cert: list[wire.Grant] | None, priority: int = 0) -> dict[str, Any]:
     body: dict[str, Any] = {"type": "announce", "term": term, "leader": node, "priority": [priority, 8000.0, node]}
     if cert is not None:
@@ -61,7 +71,7 @@ def _scenario(tmp_path: Path, restarted: bool) -> list[Any]:
         table = Table()
         overrides = {"node_id": "f", "data_dir": str(tmp_path / "f"), "cluster_token": TOKEN, "mdns": False}
         agent = NodeAgent(load_settings(env={}, overrides=overrides), peers=table)
-        agent.leadership = lead = Leadership(agent)
+        agent.leadership = lead = _up_a_minute(agent)
         assert agent.identity is not None
         http = httpx.AsyncClient(transport=httpx.ASGITransport(app=create_peer_app(agent, agent.identity)))
         ids = {n: Identity(n, TOKEN, tmp_path / n) for n in ("L", "m")}
@@ -309,7 +319,7 @@ def test_ids_minted_at_one_address_do_not_take_the_follower(tmp_path: Path) -> N
         table = Minted()
         overrides = {"node_id": "f", "data_dir": str(tmp_path / "f"), "cluster_token": TOKEN, "mdns": False}
         agent = NodeAgent(load_settings(env={}, overrides=overrides), peers=table)
-        agent.leadership = lead = Leadership(agent)
+        agent.leadership = lead = _up_a_minute(agent)
         assert agent.identity is not None
         http = httpx.AsyncClient(transport=httpx.ASGITransport(app=create_peer_app(agent, agent.identity)))
         ids = {n: Identity(n, TOKEN, tmp_path / n) for n in ("L", "m", "s1", "s2", "s3")}
@@ -343,3 +353,62 @@ def test_ids_minted_at_one_address_do_not_take_the_follower(tmp_path: Path) -> N
             await agent.stop()
 
     assert asyncio.run(scenario()) == [200, 200, 200, 200, (1, "L", "L"), 409, 200]
+
+
+def test_a_node_that_missed_the_announce_follows_the_leader_from_its_gossiped_lease(tmp_path: Path) -> None:
+    """elect15 item 4: a renewal relayed on SWIM carried no certificate, so f, which missed L's announce of term 1,
+    could not verify L from it (it refused, and waited for L to send the certificate directly). Now a renewal's pushes
+    carry it: f follows L from the lease alone. A relay that swapped a grant for a forgery does not poison the cache
+    (the leader's certificate, whole, still counts afterwards), and a lease without one is judged as before."""
+
+    async def scenario() -> list[Any]:
+        table = Table()
+        overrides = {"node_id": "f", "data_dir": str(tmp_path / "f"), "cluster_token": TOKEN, "mdns": False}
+        agent = NodeAgent(load_settings(env={}, overrides=overrides), peers=table)
+        agent.leadership = lead = _up_a_minute(agent)
+        assert agent.identity is not None
+        ids = {n: Identity(n, TOKEN, tmp_path / n) for n in ("L", "m")}
+        for n, identity in ids.items():  # f has met them (a first contact's pin is written in the background)
+            for _ in range(20):
+                try:
+                    agent.identity.pins.check(n, identity.public_key)
+                    break
+                except AuthError:
+                    await asyncio.sleep(0.1)
+        cert = (Grants(ids["L"]).sign(1, "L"), Grants(agent.identity).sign(1, "L"))  # 2 of f's view {f, L, m}
+        forged = wire.Grant("f", *ids["m"].sign_detached(wire.Grant.signing_bytes(agent.identity.cluster, 1, "L", "f")))
+        seen: list[Any] = []
+        try:
+            seen.append(lead.lease_received(wire.Lease(1, "L", 1, (0, 8000.0, "L"))))  # no certificate
+            seen.append(lead.lease_received(wire.Lease(1, "L", 2, (0, 8000.0, "L"), cert=(cert[0], forged))))
+            seen.append((lead.term, lead.accepted))
+            seen.append(lead.lease_received(wire.Lease(1, "L", 3, (0, 8000.0, "L"), cert=cert)))
+            seen.append((lead.term, lead.accepted, lead.leader))
+            return seen
+        finally:
+            await agent.stop()
+
+    assert asyncio.run(scenario()) == [False, False, (0, None), True, (1, "L", "L")]
+
+
+def test_the_leader_puts_its_certificate_on_every_fourth_renewal_within_the_bound(tmp_path: Path) -> None:
+    """The leader's side of item 4: a renewal of the term it leads carries its certificate every LEASE_CERT_EVERY-th
+    time (a member that missed the announce verifies it within 1.2 s), none while it stands again (the renewal's term
+    is not the certificate's) and none above MAX_LEASE_GRANTS grants (those members ask, as before)."""
+    from agent.leadership import LEASE_CERT_EVERY
+
+    async def scenario() -> None:
+        overrides = {"node_id": "f", "data_dir": str(tmp_path / "f"), "cluster_token": TOKEN, "mdns": False}
+        agent = NodeAgent(load_settings(env={}, overrides=overrides), peers=Table())
+        lead = _up_a_minute(agent)
+        try:
+            lead.machine.cert, lead.machine.led_term = frozenset({"f"}), 1  # f leads term 1 on its own grant
+            carried = [len(lead._lease_cert(1)) for _ in range(2 * LEASE_CERT_EVERY)]
+            assert carried == ([1] + [0] * (LEASE_CERT_EVERY - 1)) * 2
+            assert all(lead._lease_cert(2) == () for _ in range(LEASE_CERT_EVERY))  # standing again for term 2
+            lead.machine.cert = frozenset({"f", *(f"x{i}" for i in range(wire.MAX_LEASE_GRANTS))})
+            assert all(lead._lease_cert(1) == () for _ in range(LEASE_CERT_EVERY))
+        finally:
+            await agent.stop()
+
+    asyncio.run(scenario())

@@ -136,3 +136,34 @@ def test_a_renewal_from_the_leader_itself_needs_no_signature_check_and_a_relayed
     assert [t.seq for t in taken] == [10, 11] and checked == ["x"]
     d.lease_in(carrying(signed(seq=12, by=Identity("x", TOKEN, None)), sender="c"))  # forged in a's name: refused
     assert [t.seq for t in taken] == [10, 11]
+
+
+def test_a_renewals_pushes_carry_its_certificate_and_its_piggybacks_do_not() -> None:
+    """elect15 item 4: a gossiped lease carried no certificate, so a member that missed the winner's announce learnt a
+    leader it could not verify (it asked the leader for the certificate). The leader's certificate now rides on the
+    renewal's pushes (and a member's forward of it), at most MAX_LEASE_GRANTS grants on the wire; every other message
+    that piggybacks the lease carries none (its size stays as it was)."""
+    from agent.quorum import Grants
+    from tests.unit.test_swim import admit, node
+
+    cert = tuple(Grants(Identity(n, TOKEN, None)).sign(3, "a") for n in ("a", "b", "c"))
+    a, b, c = node("a", 0), node("b", 1), node("c", 2)
+    admit(a, b)
+    admit(a, c)
+    a.renew(replace(signed(seq=10), cert=cert))
+    gossip = [i.message for i in a.tick(0.5)[0] if isinstance(i, sw.Gossip)]
+    pushes = [m for m in gossip if m.lease is not None and m.lease.cert == cert]
+    assert len(pushes) == 2 and all(m.lease == signed(seq=10) for m in gossip if m not in pushes)  # b and c
+    assert a.message("ping", "b").lease == signed(seq=10) and a.sync_message().lease == signed(seq=10)
+    wire_form = SwimMessage.parse(pushes[0].to_json())
+    assert wire_form.lease is not None and wire_form.lease.cert == cert
+    admit(b, a)
+    admit(b, c)
+    b.take_lease(wire_form.lease, "a", True)  # b follows a: it forwards the renewal (to c) with its certificate
+    forwards = [i.message for i in b.tick(0.5)[0] if isinstance(i, sw.Gossip)]
+    assert [m.lease.cert for m in forwards if m.lease is not None and m.lease.cert] == [cert]
+    assert b.message("ack", "a").lease == signed(seq=10)
+    too_many = {**signed().to_json(), "cert": [cert[0].to_json()] * (wire.MAX_LEASE_GRANTS + 1)}
+    with pytest.raises(wire.WireError):
+        Lease.parse(too_many)
+    assert Lease.parse(signed().to_json()).cert == ()  # older leaders send none
