@@ -322,12 +322,15 @@ class OperatorTrust:
 
     def vouch(self, node_id: str, public_key: bytes, now: float) -> BoardCard:
         """The live board card this node proved for (``node_id``, ``public_key``) in a signed message (a direct TLS
-        exchange carries no card); CardError 401 when there is none (the client falls back to signing, with its
-        card)."""
+        exchange carries no card); CardError 401 when there is none, or the one seen expired or was revoked (the client
+        falls back to signing, with its current card, which is checked in full)."""
         card = self.roster.get(node_id)
         if card is None or card.public_key != public_key:
             raise CardError(f"no board card of {node_id} for this key seen yet: sign the message", 401)
-        self.check_live(card, now)
+        try:
+            self.check_live(card, now)
+        except CardError as exc:  # the card we saw expired or was revoked; it may have a new one: let it show it
+            raise CardError(f"{exc}: sign the message (with the current card)", 401) from exc
         return card
 
     def priority(self, node_id: str) -> int:

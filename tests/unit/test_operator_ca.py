@@ -213,8 +213,12 @@ def test_a_direct_tls_exchange_needs_a_live_card_seen_in_a_signed_message(tmp_pa
     receiver.vouch("m", m.public_key, NOW)
     with pytest.raises(AuthError):
         receiver.vouch("m", bytes(32), NOW)  # another key under that id
-    with pytest.raises(AuthError, match="expired"):
+    with pytest.raises(AuthError, match="expired") as expired:
         receiver.vouch("m", m.public_key, NOW + 2 * 86400)
+    assert expired.value.status == 401  # the client signs instead, showing its current card (checked in full)
+    with pytest.raises(AuthError, match="expired") as signed:
+        send(m, receiver, NOW + 2 * 86400)
+    assert signed.value.status == 403
     Identity("g", TOKEN, tmp_path / "g").vouch("anyone", bytes(32), NOW)  # token-only mode: the certificate is enough
 
 

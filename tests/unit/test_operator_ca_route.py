@@ -14,12 +14,14 @@ from typing import Any
 import httpx
 import pytest
 
-from agent.identity import Card, Identity, derive_ca_key
+from agent.identity import AuthError, Card, Identity, derive_ca_key
 from agent.leadership import Leadership
 from agent.node import NodeAgent
 from agent.operator_ca import b64, raw_public, sign_revocations
 from agent.peer_api import create_peer_app
 from agent.peer_client import PeerCallError, PeerClient
+from agent.peer_swim_route import SwimRoute
+from agent.peer_tls import PEER_KEY
 from agent.peers import Member
 from agent.quorum import Grants
 from agent.settings import load_settings
@@ -176,3 +178,28 @@ def test_token_only_mode_admits_a_token_holder_as_before(tmp_path: Path) -> None
         return await send(x1, _announce("x1", 1, [Grants(x1).sign(1, "x1")])), agent.settings.priority
 
     assert _run(tmp_path, False, [_member("x1", "10.0.0.9")], script) == (200, 9)
+
+
+def test_a_direct_swim_exchange_needs_the_card_its_node_showed_signed(tmp_path: Path) -> None:
+    """SWIM's direct exchanges carry no card (the TLS certificate, from the token's CA, names node and key): the route
+    takes one only from a node whose live board card it saw in a signed message; else 401, and the client signs."""
+    ids = _ids(tmp_path, True, m=1)
+    x1 = _minted(tmp_path, "x1")
+
+    async def script(agent: NodeAgent, send: Any) -> Any:
+        route = SwimRoute(None, agent, agent.identity)  # type: ignore[arg-type]
+
+        async def direct(ident: Identity) -> Any:
+            scope = {"state": {PEER_KEY: (ident.node_id, ident.public_key)}}
+            try:
+                return await route.tls_sender(scope, "10.0.0.6")
+            except AuthError as exc:
+                return exc.status
+
+        seen = [await direct(ids["m"]), await direct(x1)]
+        seen.append(await send(ids["m"], _announce("m", 1, [Grants(ids["m"]).sign(1, "m")])))
+        seen += [await direct(ids["m"]), await direct(x1)]
+        return seen
+
+    members = [_member("m", "10.0.0.6"), _member("x1", "10.0.0.9")]
+    assert _run(tmp_path, True, members, script) == [401, 401, 200, "m", 401]
