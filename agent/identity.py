@@ -790,6 +790,16 @@ class Identity:
         except CardError as exc:
             raise AuthError(str(exc), exc.status) from exc
 
+    def revocation_state(self) -> object:
+        """What the operator's revocation list says now, as an object that stays the same while the list does (None in
+        the token-only mode; a new object each call while the list is damaged): caches of verdicts compare it."""
+        if self.operator is None:
+            return None
+        try:
+            return self.operator.revocations.current()
+        except CardError:
+            return object()
+
     def vouch(self, node_id: str, public_key: bytes, now: float) -> None:
         """For an exchange authenticated by its TLS connection alone (no card on the wire): in the operator-CA mode,
         ``node_id`` must have shown a live board card for ``public_key`` in a signed message (401 otherwise: the

@@ -26,6 +26,7 @@ from agent.operator_ca import (
     raw_public,
     sign_revocations,
 )
+from agent.quorum import Certificates, Grants
 from peerserve import wire
 from peerserve.cli import main
 
@@ -281,3 +282,16 @@ def test_the_operator_and_board_commands_end_to_end(tmp_path: Path, capsys: pyte
     assert revoked == {ident.board.fingerprint}
     assert main(["ca", "show", "--ca", str(ca), "--json"]) == 0
     assert public in capsys.readouterr().out
+
+
+def test_a_certificate_cached_whole_is_judged_again_when_the_revocation_list_changes(tmp_path: Path) -> None:
+    receiver, leader, voter = member(tmp_path, "f"), member(tmp_path, "L"), member(tmp_path, "A")
+    for ident in (leader, voter):
+        send(ident, receiver)  # their first contacts: pinned
+    certificates = Certificates(receiver, wall=lambda: NOW)
+    cert = [Grants(leader).sign(1, "L"), Grants(voter).sign(1, "L")]
+    assert certificates.voters(1, "L", cert, {"f", "L", "A"}) == {"L", "A"}
+    assert (1, "L") in certificates.cache  # cached whole
+    listed = tmp_path / "f" / "peer" / "revoked.json"
+    listed.write_text(json.dumps(sign_revocations(OPERATOR, 1, [voter.board.fingerprint])))  # type: ignore[union-attr]
+    assert certificates.voters(1, "L", cert, {"f", "L", "A"}) == {"L"}
