@@ -202,6 +202,11 @@ def sign_revocations(ca: Ed25519PrivateKey, issued: int, revoked: list[str]) -> 
 
 def parse_revocations(text: bytes, ca_public: Ed25519PublicKey) -> frozenset[str]:
     """The fingerprints a signed revocation list names; CardError when it is not one (damaged, unsigned, too long)."""
+    return read_revocations(text, ca_public)[1]
+
+
+def read_revocations(text: bytes, ca_public: Ed25519PublicKey) -> tuple[int, frozenset[str]]:
+    """(when it was signed, the fingerprints) of a signed revocation list; CardError as ``parse_revocations``."""
     try:
         data = json.loads(text)
         issued, revoked = int(data["issued"]), data["revoked"]
@@ -214,20 +219,23 @@ def parse_revocations(text: bytes, ca_public: Ed25519PublicKey) -> frozenset[str
         raise CardError("the revocation list is not signed by this cluster's operator CA") from exc
     except (ValueError, KeyError, TypeError) as exc:  # JSON errors are ValueErrors
         raise CardError(f"damaged revocation list: {str(exc)[:200]}") from exc
-    return frozenset(revoked)
+    return issued, frozenset(revoked)
 
 
 class Revocations:
     """The operator's revocation list at ``path`` (absent: nothing revoked), re-read whenever the file changes (one
     stat per check). A file that is there but not a list signed by this operator CA fails closed: every board card
     is refused (503) until it is replaced, logged once per version of the file; a list cut short or forged must not
-    readmit a revoked board."""
+    readmit a revoked board. Nor may an older list (a stale copy, or one replayed to undo a revocation): one signed
+    before the list in force, or the file's removal, leaves that list in force (logged); only a newer signed list,
+    as ``peerserve ca revoke`` writes, changes it. What a restart reads is the file as it is then."""
 
     def __init__(self, path: Path | None, ca_public: Ed25519PublicKey) -> None:
         self.path, self.ca_public = path, ca_public
         self._stamp: tuple[int, int, int] | None = None
         self._revoked: frozenset[str] = frozenset()
         self._damage: str | None = None
+        self._issued = -1  # when the list in force was signed (-1: none read yet)
 
     def current(self) -> frozenset[str]:
         """The revoked fingerprints; CardError (503) while the file is damaged."""
@@ -245,14 +253,23 @@ class Revocations:
     def _load(self, stamp: tuple[int, int, int] | None) -> None:
         self._stamp = stamp
         if stamp is None or self.path is None:
-            self._revoked, self._damage = frozenset(), None
+            if self._issued >= 0:
+                log.error("revocation list %s removed: the list signed at %d stays in force (%d card(s) revoked)",
+                          self.path, self._issued, len(self._revoked))  # fmt: skip
+            self._damage = None
             return
         try:
             with open(self.path, "rb") as f:
                 text = f.read(MAX_REVOCATION_FILE + 1)
             if len(text) > MAX_REVOCATION_FILE:
                 raise CardError(f"revocation list over {MAX_REVOCATION_FILE} bytes")
-            self._revoked, self._damage = parse_revocations(text, self.ca_public), None
+            issued, revoked = read_revocations(text, self.ca_public)
+            self._damage = None
+            if issued < self._issued:
+                log.error("revocation list %s was signed at %d, before the one in force (%d): a stale copy? The newer "
+                          "list stays in force", self.path, issued, self._issued)  # fmt: skip
+                return
+            self._issued, self._revoked = issued, revoked
             log.info("revocation list %s: %d board card(s) revoked", self.path, len(self._revoked))
         except (OSError, CardError) as exc:
             self._damage = f"this board's revocation list {self.path} cannot be used ({exc}): no board card is " \

@@ -170,6 +170,18 @@ def test_the_revocation_list_is_checked_at_each_message_and_reread_when_it_chang
     assert send(m, receiver) == "m"  # un-revoked by the operator's newer list
     listed.unlink()
     assert send(m, receiver) == "m"
+    listed.write_text(json.dumps(sign_revocations(OPERATOR, 5, [k.board.fingerprint])))  # type: ignore[union-attr]
+    with pytest.raises(AuthError, match="revoked"):
+        send(k, receiver)
+    # a stale copy (signed before the list in force) or the file's removal does not undo a revocation
+    listed.write_text(json.dumps(sign_revocations(OPERATOR, 4, [])))
+    with pytest.raises(AuthError, match="revoked"):
+        send(k, receiver)
+    listed.unlink()
+    with pytest.raises(AuthError, match="revoked"):
+        send(k, receiver)
+    listed.write_text(json.dumps(sign_revocations(OPERATOR, 6, [])))
+    assert send(k, receiver) == "k"
 
 
 def test_a_revocation_list_is_bounded_and_its_signature_covers_every_entry() -> None:
