@@ -29,6 +29,19 @@ FLAGS: list[tuple[str, dict[str, Any]]] = [
         },
     ),
     (
+        "--operator-ca",
+        {
+            "help": "opt-in: the operator CA's public key (ca.pub from 'peerserve ca init', or the key itself, "
+            "base64url or hex); peers are then members only with a board card it signed, and this board shows "
+            "its own (--board-card). Default: off, the token alone admits (docs/security.md)"
+        },
+    ),
+    ("--board-card", {"help": "with --operator-ca: this board's signed card (default DATA_DIR/peer/board.card)"}),
+    (
+        "--revocations",
+        {"help": "with --operator-ca: the operator's signed revocation list (default DATA_DIR/peer/revoked.json)"},
+    ),
+    (
         "--node-class",
         {
             "help": "node class for the catalogue's execution-time profiles (e.g. xavier-nx; 1-64 of "

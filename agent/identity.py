@@ -33,6 +33,7 @@ import math
 import os
 import secrets
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -46,6 +47,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.x509.oid import NameOID
 
+from agent.errors import ConfigError
+from agent.operator_ca import MAX_BOARD_BYTES, BoardCard, CardError, OperatorTrust, read_board_card
 from agent.rate_limit import SenderBuckets
 from peerserve import wire
 
@@ -129,25 +132,28 @@ class Card:
     node_id: str
     public_key: bytes  # 32 raw bytes
     signature: bytes  # 64 bytes, CA over CARD_CONTEXT + node id + NUL + key
+    # the operator CA's board card for this id and key, appended (agent/operator_ca.py; b"": none, token-only mode).
+    # The cluster CA's signature does not cover it: the operator's own signature does, over the same id and key
+    board: bytes = b""
 
     @staticmethod
-    def issue(ca: Ed25519PrivateKey, node_id: str, public_key: bytes) -> Card:
-        return Card(node_id, public_key, ca.sign(CARD_CONTEXT + node_id.encode() + b"\0" + public_key))
+    def issue(ca: Ed25519PrivateKey, node_id: str, public_key: bytes, board: bytes = b"") -> Card:
+        return Card(node_id, public_key, ca.sign(CARD_CONTEXT + node_id.encode() + b"\0" + public_key), board)
 
     def encode(self) -> str:
         nid = self.node_id.encode()
-        return b64(bytes([len(nid)]) + nid + self.public_key + self.signature)
+        return b64(bytes([len(nid)]) + nid + self.public_key + self.signature + self.board)
 
     @staticmethod
     def decode(text: str) -> Card:
-        raw = unb64(text)
+        raw = unb64(text, wire.MAX_CARD)
         n = raw[0] if raw else 0
-        if not 0 < n <= 63 or len(raw) != 1 + n + 32 + 64:
+        if not 0 < n <= 63 or not 1 + n + 32 + 64 <= len(raw) <= 1 + n + 32 + 64 + MAX_BOARD_BYTES:
             raise AuthError("malformed node card")
         node_id = raw[1 : 1 + n].decode("ascii", "replace")
         if not wire.NODE_ID.fullmatch(node_id):
             raise AuthError("malformed node id in card")
-        return Card(node_id, raw[1 + n : 1 + n + 32], raw[1 + n + 32 :])
+        return Card(node_id, raw[1 + n : 1 + n + 32], raw[1 + n + 32 : 1 + n + 96], raw[1 + n + 96 :])
 
     def verify(self, ca_public: Ed25519PublicKey) -> None:
         try:
@@ -611,7 +617,13 @@ class Identity:
         data_dir: Path | None,
         pin_first_per_min: float = PIN_FIRST_PER_MIN,
         pin_first_burst: int = PIN_FIRST_BURST,
+        operator_ca: Ed25519PublicKey | None = None,
+        board_card: Path | None = None,
+        revocations: Path | None = None,
     ) -> None:
+        """``operator_ca`` switches the operator-CA mode on (agent/operator_ca.py): this node shows its board card
+        (``board_card``, default ``DATA_DIR/peer/board.card``) and admits only peers showing one; ``revocations``
+        (default ``DATA_DIR/peer/revoked.json``, absent: none) is the operator's signed revocation list."""
         self.node_id = node_id
         ca = derive_ca_key(token)
         self.ca_public = ca.public_key()
@@ -619,7 +631,16 @@ class Identity:
         self.cluster = hashlib.sha256(_raw(self.ca_public)).hexdigest()[:32]
         self.key = _load_or_create_key(data_dir / "peer" / "node.key" if data_dir else None)
         self.public_key = _raw(self.key.public_key())
-        self.card = Card.issue(ca, node_id, self.public_key)
+        self.operator: OperatorTrust | None = None
+        self.board: BoardCard | None = None
+        if operator_ca is not None:
+            peer = data_dir / "peer" if data_dir else None
+            if revocations is None and peer is not None:
+                revocations = peer / "revoked.json"
+            self.operator = OperatorTrust(operator_ca, revocations)
+            self.board = _own_board_card(board_card or (peer / "board.card" if peer else None), node_id,
+                                         self.public_key, self.operator)  # fmt: skip
+        self.card = Card.issue(ca, node_id, self.public_key, self.board.raw() if self.board else b"")
         self.card_text = self.card.encode()
         pins_path = data_dir / "peer" / "pins.json" if data_dir else None
         self.pins = Pins(pins_path, first_per_min=pin_first_per_min, first_burst=pin_first_burst)
@@ -653,6 +674,7 @@ class Identity:
         for the first time is refused this once (503) while its pin is written off the loop (``Pins.check``);
         its next statement passes."""
         card = self.detached_card(card_text, signature, data)
+        self.admit(card, time.time() if now is None else now)
         self.pins.check(card.node_id, card.public_key, RELAYED if now is not None else "", now or 0.0)
         return card.node_id
 
@@ -664,7 +686,9 @@ class Identity:
         return card
 
     def verify_pinned(self, card: Card, now: float) -> None:
-        """The pin check ``verify_detached`` makes of a relayed statement's signer (``detached_card``); AuthError."""
+        """The checks ``verify_detached`` makes of a relayed statement's signer (``detached_card``) that depend on this
+        node's state: its board card's expiry and revocation (operator-CA mode) and its pin; AuthError."""
+        self.admit(card, now)
         self.pins.check(card.node_id, card.public_key, RELAYED, now)
 
     def verify_request(
@@ -674,6 +698,7 @@ class Identity:
         Synchronous: on an event loop a first contact is refused 503 while its pin is written (``Pins.check``);
         the peer routes await ``verify_request_async``."""
         card, nonce = self._request_card(headers, method, target, body, now)
+        self.admit(card, now)
         self.pins.check(card.node_id, card.public_key, source, now)
         self.nonces.use(nonce, now, card.node_id, source)
         return card.node_id
@@ -684,6 +709,7 @@ class Identity:
         """``verify_request`` where a first contact waits for its pin write off the loop (``Pins.pin``); the nonce
         is spent after it, as there (a replay sent meanwhile waits for the same write, then is refused)."""
         card, nonce = self._request_card(headers, method, target, body, now)
+        self.admit(card, now)
         await self.pins.pin(card.node_id, card.public_key, source, now)
         self.nonces.use(nonce, now, card.node_id, source)
         return card.node_id
@@ -709,6 +735,7 @@ class Identity:
         """Check that an answer comes from ``responder`` and answers our request ``nonce``; raises AuthError.
         Synchronous (see ``verify_request``); the peer client awaits ``verify_response_async``."""
         card = self._response_card(headers, responder, status, nonce, body, now)
+        self.admit(card, now)
         self.pins.check(card.node_id, card.public_key)
 
     async def verify_response_async(
@@ -716,6 +743,7 @@ class Identity:
     ) -> None:
         """``verify_response`` where a first contact waits for its pin write off the loop."""
         card = self._response_card(headers, responder, status, nonce, body, now)
+        self.admit(card, now)
         await self.pins.pin(card.node_id, card.public_key)
 
     def _response_card(
@@ -737,10 +765,81 @@ class Identity:
         if card is None:
             card = Card.decode(text)
             card.verify(self.ca_public)
+            if self.operator is not None:
+                self._certify(card)
             self._cards[text] = card
             if len(self._cards) > CARD_CACHE:
                 self._cards.popitem(last=False)
         return card
+
+    def _certify(self, card: Card) -> BoardCard:
+        assert self.operator is not None
+        try:
+            return self.operator.certify(card.node_id, card.public_key, card.board)
+        except CardError as exc:
+            raise AuthError(str(exc), exc.status) from exc
+
+    def admit(self, card: Card, now: float) -> None:
+        """In the operator-CA mode, refuse ``card`` (already checked by ``_card``) unless it carries a live board card
+        of the operator (not expired at wall clock ``now``, not revoked); a no-op in the token-only mode. Run at every
+        use: a card cached as verified may have expired or been revoked since."""
+        if self.operator is None:
+            return
+        try:
+            self.operator.check_live(self._certify(card), now)
+        except CardError as exc:
+            raise AuthError(str(exc), exc.status) from exc
+
+    def revocation_state(self) -> object:
+        """What the operator's revocation list says now, as an object that stays the same while the list does (None in
+        the token-only mode; a new object each call while the list is damaged): caches of verdicts compare it."""
+        if self.operator is None:
+            return None
+        try:
+            return self.operator.revocations.current()
+        except CardError:
+            return object()
+
+    def vouch(self, node_id: str, public_key: bytes, now: float) -> None:
+        """For an exchange authenticated by its TLS connection alone (no card on the wire): in the operator-CA mode,
+        ``node_id`` must have shown a live board card for ``public_key`` in a signed message (401 otherwise: the
+        client falls back to signing, with its card); a no-op in the token-only mode."""
+        if self.operator is None:
+            return
+        try:
+            self.operator.vouch(node_id, public_key, now)
+        except CardError as exc:
+            raise AuthError(str(exc), exc.status) from exc
+
+
+def _own_board_card(path: Path | None, node_id: str, public_key: bytes, trust: OperatorTrust) -> BoardCard:
+    """This board's card from the operator (``path``), checked against our id, our key and the operator CA; a
+    missing or wrong one is a setup error (ConfigError: the agent does not start), an expired one is logged (peers
+    refuse it: this node serves alone until the operator signs a new one)."""
+    if path is None:
+        raise ConfigError("board_card", "operator_ca is set but there is no data dir for the board card")
+    try:
+        card = read_board_card(path)
+        card.verify(trust.ca_public)
+    except CardError as exc:
+        raise ConfigError(
+            "board_card",
+            f"operator_ca is set but this board has no usable board card: {exc} (make a request with "
+            "'peerserve card request', have the operator sign it with 'peerserve ca sign')",
+        ) from exc
+    if card.node_id != node_id or card.public_key != public_key:
+        raise ConfigError(
+            "board_card",
+            f"the board card in {path} is for {card.node_id} with key {card.public_key.hex()[:16]}..., "
+            f"this node is {node_id} with key {public_key.hex()[:16]}...: request a card for this board",
+        )
+    left = card.expires - time.time()
+    if left <= 0:
+        log.error("this board's card %s expired %.0f s ago: every peer refuses this node until the operator signs "
+                  "a new one (peerserve ca sign)", path, -left)  # fmt: skip
+    elif left < 14 * 86400:
+        log.warning("this board's card %s expires in %.1f days: ask the operator for a new one", path, left / 86400)
+    return card
 
 
 def _check_signature(card: Card, headers: Mapping[str, str], signed: bytes) -> None:

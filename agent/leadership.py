@@ -60,6 +60,7 @@ from peerserve.wire import (
 
 if TYPE_CHECKING:
     from agent.node import NodeAgent
+    from agent.operator_ca import OperatorTrust
 
 log = logging.getLogger(__name__)
 
@@ -171,14 +172,25 @@ class Leadership:
         # A suspect member stays in the view: SWIM suspects after one missed probe round and the node usually
         # refutes within a few hundred ms; the lease (or dead) decides when a leader is gone.
         view: dict[str, Priority] = {}
-        voices: dict[str, str] = {}
+        voices: dict[str, str] = {}  # operator-CA mode: none, each member (one board card) its own voice
+        by_card = self._operator() is not None
         for m in self.agent.peers.members():
             if m.status in ("alive", "suspect"):
-                view[m.node_id] = (m.priority, m.mem_total_mb, m.node_id)
-                address = address_voice(m.address)
+                view[m.node_id] = self._granted(m.node_id, (m.priority, m.mem_total_mb, m.node_id))
+                address = None if by_card else address_voice(m.address)
                 if address is not None:
                     voices[m.node_id] = address
         return view, voices
+
+    def _operator(self) -> OperatorTrust | None:
+        identity = getattr(self.agent, "identity", None)
+        return identity.operator if identity is not None else None
+
+    def _granted(self, node_id: str, claimed: Priority) -> Priority:
+        """``node_id``'s priority: in the operator-CA mode the one its board card grants (0 without), whatever it
+        claims (agent/operator_ca.py); as claimed otherwise."""
+        trust = self._operator()
+        return claimed if trust is None else (trust.priority(node_id), claimed[1], claimed[2])
 
     async def _tick_loop(self) -> None:
         while True:
@@ -205,6 +217,10 @@ class Leadership:
         """``post`` as the machine may take it: certificates reduced to verified voters; a grant without a valid
         signature dropped (None)."""
         message = post.to_message()
+        if isinstance(message, Announce):
+            message = dataclasses.replace(message, priority=self._granted(message.leader, message.priority))
+        elif isinstance(message, VoteRequest):
+            message = dataclasses.replace(message, priority=self._granted(message.candidate, message.priority))
         if self.grants is None or self.certificates is None:
             return message  # no cluster token: no peer plane, nobody to verify
         members = {m.node_id for m in self.agent.peers.members() if m.status != "dead"} | {self.agent.settings.node_id}
@@ -275,14 +291,15 @@ class Leadership:
         if why is not None:
             log.debug("lease of %s at term %d not taken: %s", lease.leader, lease.term, why)
             return False
-        announce = Announce(lease.term, lease.leader, lease.priority)
+        priority = self._granted(lease.leader, lease.priority)
+        announce = Announce(lease.term, lease.leader, priority)
         if lease.cert and self.certificates is not None and (lease.term, lease.leader) != (self.term, self.accepted):
             # its certificate rode along (a push): a node that missed the winner's announce verifies the leader from
             # the gossiped lease (agent/quorum.py; only members' grants, each signature once)
             voters = self.certificates.voters(
                 lease.term, lease.leader, lease.cert, {*members, self.machine.node_id}, from_leader=False
             )  # (a relay may have swapped a grant for a forgery: not cached whole as the leader's certificate)
-            announce = Announce(lease.term, lease.leader, lease.priority, voters)
+            announce = Announce(lease.term, lease.leader, priority, voters)
         self._judge_with_current_view()
         self._carry_out(self.machine.step(Received(self.monotonic(), lease.leader, announce)))
         return self.machine.leader == lease.leader and self.machine.term == lease.term

@@ -42,6 +42,7 @@ from agent.errors import AgentError, InstanceStartError, RuntimeUnavailable
 from agent.identity import Identity
 from agent.leadership import Leadership
 from agent.metrics import MetricsReader, NodeMetrics
+from agent.operator_ca import CardError, parse_operator_ca, read_board_card
 from agent.peer_client import PeerClient
 from agent.peers import NoPeers, PeerTable
 from agent.runtime.base import Instance, Runtime, probe_available
@@ -156,6 +157,23 @@ def _first_ipv4() -> str:
     return "127.0.0.1"
 
 
+def _operator_settings(settings: Settings) -> Settings:
+    """In the operator-CA mode the election priority is the one the operator granted on this board's card (0 where
+    it grants none), not ``--priority``: the settings as the agent runs with them (the card itself is checked when
+    the identity is made; a card that cannot be read is left to that check)."""
+    if not settings.operator_ca or not settings.cluster_token:
+        return settings
+    path = Path(settings.board_card or Path(settings.data_dir) / "peer" / "board.card")
+    try:
+        granted = read_board_card(path).priority or 0
+    except CardError:
+        return settings
+    if granted != settings.priority:
+        log.warning("election priority %d from this board's card, not the configured %d (operator-CA mode)",
+                    granted, settings.priority)  # fmt: skip
+    return settings.replace(priority=granted)
+
+
 class NodeAgent:
     def __init__(
         self,
@@ -165,7 +183,7 @@ class NodeAgent:
         peers: PeerTable | None = None,
         clock: Callable[[], float] | None = None,
     ) -> None:
-        self.settings = settings
+        self.settings = settings = _operator_settings(settings)
         # the agent's one wall clock (request stamps, signatures, proofs, leases, runtimes): the machine's, or off by
         # settings.clock_offset_s in a drill
         self.clock = clock or offset_clock(settings.clock_offset_s)
@@ -183,6 +201,9 @@ class NodeAgent:
         self.identity = Identity(
             settings.node_id, settings.cluster_token, Path(settings.data_dir),
             settings.pin_first_contact_per_min, settings.pin_first_contact_burst,
+            parse_operator_ca(settings.operator_ca) if settings.operator_ca else None,
+            Path(settings.board_card) if settings.board_card else None,
+            Path(settings.revocations) if settings.revocations else None,
         ) if settings.cluster_token else None  # fmt: skip
         self.peer_client = PeerClient(self.identity, self._peer_route, clock) if self.identity else None
         self.peer_server: Any = None
@@ -292,6 +313,7 @@ class NodeAgent:
                 push_pull_interval_s=s.push_pull_interval_s,
                 dead_rumour_verify=s.dead_quorum == 0,
                 dead_quorum=s.dead_quorum,
+                id_voices=bool(s.operator_ca),
             ),
             cluster=cluster_id(s.cluster_token),
             seeds=s.seed_urls,

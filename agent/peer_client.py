@@ -155,6 +155,7 @@ class PeerClient:
             if peer is None or peer[0] != node_id:
                 raise _NotThatNode(f"{base_url} is not {node_id} (its certificate names {peer and peer[0]!r})")
             try:
+                self.identity.vouch(node_id, peer[1], self.clock())  # operator-CA mode: its live board card seen
                 return None if self.identity.pins.pinned(node_id, peer[1]) else pin(peer[1])
             except AuthError as exc:
                 raise _NotThatNode(f"{node_id} at {base_url}: {exc}") from exc

@@ -81,6 +81,7 @@ class SwimRoute:
         if found is None:
             raise AuthError("unauthenticated: no node card, and no node certificate on this connection")
         node_id, key = found
+        self.identity.vouch(node_id, key, self.agent.clock())  # operator-CA mode: a live board card shown for it
         await self.identity.pins.pin(node_id, key, source, self.agent.clock())
         return str(node_id)
 

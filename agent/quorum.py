@@ -118,6 +118,7 @@ class Certificates:
         self.checked: OrderedDict[bytes, Card | None] = OrderedDict()  # a grant's digest -> the card that signed it
         self.verifications = 0  # signatures checked (each grant's bytes at most once while remembered)
         self._pins: Mapping[str, bytes] | None = None  # the pins the cached certificates were judged under
+        self._revoked: object = None  # ... and the revocation list (operator-CA mode; Identity.revocation_state)
 
     def voters(
         self, term: int, leader: str, grants: Collection[Grant], members: Collection[str], from_leader: bool = True
@@ -128,9 +129,12 @@ class Certificates:
         cached whole under (term, leader) (it would stand for the leader's own certificate); each grant's verdict is."""
         key = (term, leader)
         pins = self.identity.pins.current()
-        if pins is not self._pins:  # a pin forgotten, changed or added: every verdict on a pin is looked at again
+        revoked = self.identity.revocation_state()
+        if pins is not self._pins or revoked is not self._revoked:
+            # a pin forgotten, changed or added, or the operator's revocation list changed: every verdict on a pin
+            # or a board card is looked at again
             self.cache.clear()
-            self._pins = pins
+            self._pins, self._revoked = pins, revoked
         cached = self.cache.get(key)
         if cached is not None:
             self.cache.move_to_end(key)

@@ -21,6 +21,7 @@ from typing import Any
 from agent.browser_guard import parse_allowed_hosts
 from agent.errors import ConfigError
 from agent.interfaces import interface_address
+from agent.operator_ca import parse_operator_ca
 from peerserve import names
 from peerserve.wire import NODE_CLASS
 
@@ -49,6 +50,12 @@ class Settings:
     catalogue: str = ""
     runtime: str = "process"
     cluster_token: str = ""
+    # opt-in operator CA (agent/operator_ca.py): its public key (a file, or base64url / hex); with it a peer is a member
+    # only with a board card the operator signed; this board's own card and the operator's revocation list (default
+    # DATA_DIR/peer/board.card and DATA_DIR/peer/revoked.json)
+    operator_ca: str = ""
+    board_card: str = ""
+    revocations: str = ""
     node_class: str = "default"
     compute: float = 100.0
     cores: float = 0.0  # parallel capacity the node's instances share (queue model); 0: os.cpu_count()
@@ -252,6 +259,13 @@ def validate(s: Settings) -> None:
         raise ConfigError("allowed_hosts", str(exc)) from exc
     if s.cluster_token and len(s.cluster_token) < 16:
         raise ConfigError("cluster_token", "must be at least 16 characters")
+    if s.operator_ca:
+        if not s.cluster_token:
+            raise ConfigError("operator_ca", "needs cluster_token (the token still gates TLS; the card admits)")
+        try:
+            parse_operator_ca(s.operator_ca)
+        except (OSError, ValueError) as exc:
+            raise ConfigError("operator_ca", f"not an operator CA public key: {exc}") from exc
 
 
 def _validate_http_bounds(s: Settings) -> None:

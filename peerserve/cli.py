@@ -21,15 +21,16 @@ __all__ = ["UsageError", "build_parser", "main"]
 
 
 # Each part registers its subcommands; `peerserve --help` lists them in this order. The agent's own
-# commands need only the first two: `peerserve agent` builds a parser of those alone, so a running agent
+# commands need only the first three: `peerserve agent` builds a parser of those alone, so a running agent
 # never imports the solver (numpy), the client library or the demo (~20 MB of a follower's RSS, README).
-PARTS = ("agent.cli", "agent.pins_cli", "client.cli", "solver.cli", "peerserve.demo", "peerserve.chaos")
-AGENT_PARTS = PARTS[:2]
+PARTS = ("agent.cli", "agent.pins_cli", "agent.ca_cli", "client.cli", "solver.cli", "peerserve.demo", "peerserve.chaos")
+AGENT_PARTS = PARTS[:3]
 # The commands each part registers, so that a part whose dependencies are not installed still lists its
 # commands, each answering with what to install (tests/unit/test_cli_parts.py keeps this table true).
 PART_COMMANDS = {
     "agent.cli": ("agent", "stats-token", "model-server"),
     "agent.pins_cli": ("pins",),
+    "agent.ca_cli": ("ca", "card"),
     "client.cli": ("endpoints", "predict", "cluster"),
     "solver.cli": ("solve", "simulate"),
     "peerserve.demo": ("demo",),

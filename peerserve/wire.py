@@ -41,6 +41,9 @@ H_SIGNATURE = "x-peerserve-signature"  # Ed25519 over the signing bytes, base64u
 
 # -- bounds ------------------------------------------------------------------------------------------
 MAX_BODY = 256 * 1024  # bytes of any peer message or answer
+# characters of a node card (agent.identity.Card): 220 with the token card alone, up to 446 with an operator's board
+# card appended (agent/operator_ca.py)
+MAX_CARD = 512
 MAX_TERM = 2**53  # terms and cursors stay exact in every JSON implementation
 MAX_COUNT = 64  # instances of one model on one node (also bounded by the node's memory)
 MAX_MODELS = 256
@@ -450,7 +453,7 @@ class Grant:
         if not isinstance(data, list) or len(data) != 3:
             raise WireError("a grant is [voter, card, signature]")
         box = dict(zip(("v", "c", "s"), data, strict=True))
-        return cls(_node(box, "v"), _str(box, "c", 256), _str(box, "s", 128))
+        return cls(_node(box, "v"), _str(box, "c", MAX_CARD), _str(box, "s", 128))
 
 
 def _grants(d: Mapping[str, Any]) -> tuple[Grant, ...] | None:
@@ -616,7 +619,7 @@ class SuspectProof:
         if not isinstance(data, list) or len(data) != 6:
             raise WireError("a suspicion proof is [node, incarnation, origin, stamp_ms, card, signature]")
         box = dict(zip(("n", "i", "o", "t", "c", "s"), data, strict=True))
-        return cls(_node(box, "n"), _int(box, "i"), _node(box, "o"), _int(box, "t"), _str(box, "c", 256),
+        return cls(_node(box, "n"), _int(box, "i"), _node(box, "o"), _int(box, "t"), _str(box, "c", MAX_CARD),
                    _str(box, "s", 128), dead)  # fmt: skip
 
 
@@ -674,7 +677,7 @@ class Lease:
         raw = d.get("cert", [])
         if not isinstance(raw, list) or len(raw) > MAX_LEASE_GRANTS:
             raise WireError(f"a lease's 'cert' must be a list of at most {MAX_LEASE_GRANTS} grants")
-        return cls(_int(d, "term"), _node(d, "leader"), _int(d, "seq"), _priority(d), _str(d, "card", 256),
+        return cls(_int(d, "term"), _node(d, "leader"), _int(d, "seq"), _priority(d), _str(d, "card", MAX_CARD),
                    _str(d, "signature", 128), tuple(Grant.parse(g) for g in raw))  # fmt: skip
 
 

@@ -3,6 +3,7 @@
 #
 #   install.sh [--token TOKEN | --token-file FILE] [--node-id ID] [--interface IFACE] [--runtime docker|process]
 #              [--catalogue FILE] [--source DIR] [--wheelhouse DIR] [--no-start] [--dry-run]
+#              [--card-request FILE] [--operator-ca FILE --board-card FILE]
 #   install.sh --download-wheels DIR
 #   install.sh --uninstall [--purge]
 #
@@ -30,6 +31,12 @@
 #   --wheelhouse DIR     install Python packages only from DIR (offline; fill it with --download-wheels)
 #   --download-wheels DIR  on a machine with network (same CPU architecture and Python as the boards):
 #                        put every wheel the install needs into DIR, then exit
+#   --card-request FILE  opt-in operator CA, step 1: write this board's signing request (node id + node key)
+#                        to FILE for the operator ('peerserve ca sign --ca DIR FILE' on the operator's machine)
+#   --operator-ca FILE   opt-in operator CA, step 2: the CA's public key (ca.pub from 'peerserve ca init'); the
+#                        agent then admits only peers with a board card it signed (docs/security.md)
+#   --board-card FILE    with --operator-ca: this board's signed card, checked against its key and installed
+#                        as DATA_DIR/peer/board.card (required unless one is installed already)
 #   --no-start           write everything but start and enable nothing
 #   --dry-run            print what would be done, change nothing
 #   --uninstall          stop and disable the service, remove it and /opt/peerserve; keeps config and data
@@ -44,11 +51,12 @@ service=peerserve-agent.service
 unit=/etc/systemd/system/$service
 user=peerserve
 source_dir=$(cd "$(dirname "$0")/.." && pwd)
+card_request="" operator_ca="" board_card=""
 token="" token_file="" node_id="" interface="" runtime="" catalogue="" wheelhouse="" download=""
 no_start=0 dry_run=0 uninstall=0 purge=0
 changed=0
 
-usage() { sed -n '2,36p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,/^set -eEuo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; }
 die() { echo "install.sh: $*" >&2; exit 1; }
 say() { echo "install.sh: $*"; }
 
@@ -63,6 +71,9 @@ while [ $# -gt 0 ]; do
     --source) source_dir="${2:?--source needs a value}"; shift 2 ;;
     --wheelhouse) wheelhouse="${2:?--wheelhouse needs a directory}"; shift 2 ;;
     --download-wheels) download="${2:?--download-wheels needs a directory}"; shift 2 ;;
+    --card-request) card_request="${2:?--card-request needs a file}"; shift 2 ;;
+    --operator-ca) operator_ca="${2:?--operator-ca needs a file}"; shift 2 ;;
+    --board-card) board_card="${2:?--board-card needs a file}"; shift 2 ;;
     --no-start) no_start=1; shift ;;
     --dry-run) dry_run=1; shift ;;
     --uninstall) uninstall=1; shift ;;
@@ -294,6 +305,25 @@ if [ -n "$catalogue" ]; then
 elif [ ! -f "$etc/catalogue.toml" ]; then
   put_file "$etc/catalogue.toml" 644 root:root "$(cat "$source_dir/agent/data/catalogue.toml")"
 fi
+# opt-in operator CA: its public key beside the config; the agent refuses to start without this board's card
+ca_file="$etc/operator-ca.pub"
+if [ -n "$operator_ca" ]; then
+  [ -r "$operator_ca" ] || die "--operator-ca $operator_ca: cannot read it (ca.pub from 'peerserve ca init')"
+  put_file "$ca_file" 644 root:root "$(cat "$operator_ca")"
+fi
+if [ -n "$board_card" ]; then
+  [ -r "$board_card" ] || die "--board-card $board_card: cannot read it"
+  [ -n "$operator_ca" ] || [ -f "$ca_file" ] || die "--board-card needs --operator-ca (the CA that signed it)"
+fi
+operator_line=""
+if [ -n "$operator_ca" ] || [ -f "$ca_file" ]; then
+  if [ -z "$board_card" ] && [ ! -f "$data/peer/board.card" ]; then
+    die "--operator-ca needs this board's card: run install.sh --card-request FILE, have the operator sign FILE \
+(peerserve ca sign --ca DIR FILE -o CARD), then install.sh --operator-ca CA.pub --board-card CARD"
+  fi
+  operator_line="
+operator_ca = \"$ca_file\""
+fi
 put_file "$config" 640 "root:$user" "# peerserve agent settings (see: peerserve agent --help); written by scripts/install.sh
 node_id = \"$node_id\"
 host = \"0.0.0.0\"
@@ -304,10 +334,20 @@ data_dir = \"$data\"
 catalogue = \"$etc/catalogue.toml\"
 runtime = \"$runtime\"
 docker_gpu = $gpu
-cluster_token = \"$token\""
+cluster_token = \"$token\"$operator_line"
 [ -d "$data" ] || act install -d -m 700 -o "$user" -g "$user" "$data"
+if [ -n "$card_request" ]; then  # the node key is made here if the agent has not made it yet
+  act "$prefix/venv/bin/peerserve" card request --node-id "$node_id" --data-dir "$data" -o "$card_request"
+fi
+if [ -n "$board_card" ] && ! cmp -s "$board_card" "$data/peer/board.card" 2>/dev/null; then
+  act "$prefix/venv/bin/peerserve" card install "$board_card" --data-dir "$data"  # refuses another board's card
+fi
 if [ "$dry_run" = 0 ] && [ -n "$(find "$data" ! -user "$user" -print -quit 2>/dev/null)" ]; then
-  act chown -R "$user:$user" "$data"  # an install from before the dedicated user: hand the data over
+  act chown -R "$user:$user" "$data"  # an install from before the dedicated user, or the card steps: hand it over
+fi
+if [ -n "$card_request" ] && [ "$dry_run" = 0 ]; then
+  say "wrote this board's card request to $card_request: the operator signs it (peerserve ca sign --ca DIR \
+$card_request -o CARD), then run install.sh --operator-ca CA.pub --board-card CARD"
 fi
 
 # -- 4. the service --------------------------------------------------------------------------------------

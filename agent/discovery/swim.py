@@ -116,6 +116,9 @@ class SwimConfig:
     # lie, 1.3 s stall: false deaths in 4 of 5 runs at 10 nodes, 5 of 5 at 25), while two proven declarers each ran
     # a suspicion's timeout (or were themselves shown two); a crash is dead everywhere about as fast either way.
     dead_quorum_own: bool = False
+    # True (the operator-CA mode, agent/operator_ca.py): a declarer's voice is its node id, one per board card; node
+    # ids are no longer free, so several addresses of one member are still one voice. False: its address (``_voice``)
+    id_voices: bool = False
     # A node's own authenticated word on its incarnation is taken however far it jumps (MAX_INC_JUMP bounds rumours
     # only). True is the rule before: a jump above 64 was ignored even from the node itself, so a member that told a
     # node "you are suspect at inc+64" three times (it refutes above each, as memberlist does) desynced it for good.
@@ -817,7 +820,7 @@ class Swim:
         """A member's voice among declarers: its address as admitted (ids minted with the cluster token at one host
         count once, review14b F2), its id at a loopback address (the one-host demo) or with none known."""
         rec = self.records.get(node_id)
-        address = address_voice(rec.address) if rec is not None else None
+        address = address_voice(rec.address) if rec is not None and not self.config.id_voices else None
         return address if address is not None else f"id:{node_id}"
 
     def _voices(self, nodes: Collection[str]) -> set[str]:

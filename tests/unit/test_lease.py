@@ -56,7 +56,13 @@ def test_leases_travel_on_swim_messages_and_parse_strictly() -> None:
     msg = SwimMessage("ping", "c", 0, 1, "https://127.0.0.3:7001", lease=lease)
     assert SwimMessage.parse(msg.to_json()) == msg
     assert SwimMessage.parse({**msg.to_json(), "lease": None}).lease is None  # older senders carry none
-    for bad in ({"term": -1}, {"seq": True}, {"leader": "a b"}, {"card": "x" * 300}, {"priority": [0, 1]}):
+    for bad in (
+        {"term": -1},
+        {"seq": True},
+        {"leader": "a b"},
+        {"card": "x" * (wire.MAX_CARD + 1)},
+        {"priority": [0, 1]},
+    ):
         with pytest.raises(wire.WireError):
             SwimMessage.parse({**msg.to_json(), "lease": {**lease.to_json(), **bad}})
 

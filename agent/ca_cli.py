@@ -1,0 +1,252 @@
+"""`peerserve ca` and `peerserve card`: an operator's CA for board cards (opt-in; docs/security.md, operator CA).
+
+Without it the cluster token alone makes a member: anyone holding it can mint a card for any node id. With it,
+a board is a member only with a board card the operator signed for its node id and node key, with an expiry.
+
+On the operator's own machine (never on a board; the private key stays there, 0600):
+
+  peerserve ca init DIR                         make the CA key pair (DIR/ca.key, DIR/ca.pub)
+  peerserve ca sign --ca DIR REQUEST [--days N] [--priority P] [-o CARD]
+                                                sign a board's request: its board card (JSON), valid N days
+  peerserve ca revoke --ca DIR (CARD... | --node ID) -o revoked.json
+                                                the signed revocation list, with these cards added
+  peerserve ca show --ca DIR [CARD]             the CA's public key (what boards configure), or a card's fields
+
+On each board:
+
+  peerserve card request --node-id ID [--data-dir D] [-o REQUEST]
+                                                the signing request, from D/peer/node.key (made if missing)
+  peerserve card install CARD [--data-dir D]    check the signed card against this board, copy it to
+                                                D/peer/board.card
+
+Then give every agent the CA's public key (`operator_ca = "/etc/peerserve/operator-ca.pub"` in its config, or
+--operator-ca, or scripts/install.sh --operator-ca FILE --board-card FILE) and copy revoked.json to each board's
+D/peer/revoked.json whenever it changes (an agent re-reads it at once). The token still gates TLS: both must hold.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+DEFAULT_DATA_DIR = "/var/lib/peerserve"  # what scripts/install.sh configures
+DEFAULT_DAYS = 365.0
+
+
+def register(commands: Any) -> None:
+    desc = __doc__.split("\n\n", 1)[1]
+    ca = commands.add_parser(
+        "ca",
+        help="an operator's CA for board cards (opt-in; on the operator's machine, never a board)",
+        description=desc,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = ca.add_subparsers(dest="ca_command", required=True, metavar="COMMAND")
+    init = sub.add_parser("init", help="make the CA key pair in DIR (ca.key 0600, ca.pub)")
+    init.add_argument("dir", help="a folder for the CA (created 0700); keep it off the boards, back it up")
+    sign = sub.add_parser("sign", help="sign a board's request (from 'peerserve card request'): its board card")
+    sign.add_argument("request", help="the board's request file")
+    sign.add_argument("--days", type=float, default=DEFAULT_DAYS, help=f"valid this long (default {DEFAULT_DAYS:g})")
+    sign.add_argument("--priority", type=int, help="the election priority this board gets (default: none, i.e. 0)")
+    sign.add_argument("-o", "--out", help="write the card here (default: stdout)")
+    revoke = sub.add_parser("revoke", help="add cards to the signed revocation list boards check")
+    revoke.add_argument("cards", nargs="*", help="board card files to revoke")
+    revoke.add_argument("--node", action="append", default=[], help="revoke every card issued to this node id")
+    revoke.add_argument("-o", "--out", required=True, help="the revocation list (read and extended if it exists)")
+    show = sub.add_parser("show", help="the CA's public key, or a board card's fields")
+    show.add_argument("card", nargs="?", help="a board card file to show (checked against the CA)")
+    for s in (sign, revoke, show):
+        s.add_argument("--ca", required=True, help="the CA folder ('peerserve ca init')")
+    for s in (init, sign, revoke, show):
+        s.add_argument("--json", action="store_true", help="answer as one JSON object")
+    ca.set_defaults(handler=cmd_ca)
+
+    card = commands.add_parser(
+        "card",
+        help="this board's signing request and signed board card (operator CA mode)",
+        description=desc,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = card.add_subparsers(dest="card_command", required=True, metavar="COMMAND")
+    req = sub.add_parser("request", help="write this board's signing request (node id + node key, signed by it)")
+    req.add_argument("--node-id", required=True, help="the agent's node id (--node-id / node_id)")
+    req.add_argument("-o", "--out", help="write the request here (default: stdout)")
+    inst = sub.add_parser("install", help="check the operator's signed card against this board and install it")
+    inst.add_argument("card", help="the card file from 'peerserve ca sign'")
+    for s in (req, inst):
+        s.add_argument(
+            "--data-dir", default=DEFAULT_DATA_DIR, help=f"the agent's data dir (default {DEFAULT_DATA_DIR})"
+        )
+        s.add_argument("--json", action="store_true", help="answer as one JSON object")
+    card.set_defaults(handler=cmd_card)
+
+
+def _emit(args: argparse.Namespace, data: dict[str, Any], text: str) -> None:
+    print(json.dumps(data, indent=1) if args.json else text)
+
+
+def _write(path: str | None, data: dict[str, Any]) -> None:
+    text = json.dumps(data, indent=1) + "\n"
+    if path is None:
+        sys.stdout.write(text)
+        return
+    tmp = Path(path + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def cmd_ca(args: argparse.Namespace) -> int:
+    from agent.operator_ca import CardError
+
+    try:
+        return _ca(args)
+    except (CardError, OSError, ValueError) as exc:
+        print(f"peerserve: error: {exc}", file=sys.stderr)
+        return 1
+
+
+def _load_ca(folder: Path) -> Any:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    key = serialization.load_pem_private_key((folder / "ca.key").read_bytes(), password=None)
+    if not isinstance(key, Ed25519PrivateKey):
+        raise ValueError(f"{folder / 'ca.key'} is not an Ed25519 key")
+    return key
+
+
+def _ca(args: argparse.Namespace) -> int:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from agent.operator_ca import (
+        BoardCard,
+        BoardRequest,
+        CardError,
+        b64,
+        parse_revocations,
+        raw_public,
+        read_board_card,
+        sign_revocations,
+    )
+
+    if args.ca_command == "init":
+        folder = Path(args.dir)
+        if (folder / "ca.key").exists():
+            raise ValueError(f"{folder / 'ca.key'} exists: a second CA would orphan every card the first signed")
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        key = Ed25519PrivateKey.generate()
+        pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption())  # fmt: skip
+        fd = os.open(folder / "ca.key", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(pem)
+        public = b64(raw_public(key.public_key()))
+        (folder / "ca.pub").write_text(public + "\n")
+        _emit(args, {"ca": str(folder), "public_key": public, "public_file": str(folder / "ca.pub")},
+              f"operator CA made in {folder} (keep ca.key there, off the boards)\npublic key {public}\n"
+              f"boards: operator_ca = {public!r} (or copy {folder / 'ca.pub'} and name the file)")  # fmt: skip
+        return 0
+    folder = Path(args.ca)
+    if args.ca_command == "show":
+        public_key = (folder / "ca.pub").read_text().strip()
+        if args.card is None:
+            _emit(args, {"public_key": public_key}, public_key)
+            return 0
+        card = read_board_card(Path(args.card))
+        from agent.operator_ca import parse_operator_ca
+
+        try:
+            card.verify(parse_operator_ca(public_key))
+            valid = True
+        except CardError:
+            valid = False
+        data = {**card.to_json(), "signed_by_this_ca": valid, "expired": time.time() >= card.expires}
+        expires = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(card.expires))
+        verdict = "signed by this CA" if valid else "NOT signed by this CA"
+        _emit(args, data, f"{card.node_id}  key {card.public_key.hex()}  expires {expires}  priority "
+              f"{card.priority}  fingerprint {card.fingerprint}  {verdict}")  # fmt: skip
+        return 0 if valid else 1
+    ca = _load_ca(folder)
+    if args.ca_command == "sign":
+        request = BoardRequest.from_json(json.loads(Path(args.request).read_text()))
+        if not 0 < args.days <= 36500:
+            raise ValueError("--days must be 0-36500")
+        card = BoardCard.issue(ca, request.node_id, request.public_key, int(time.time() + args.days * 86400),
+                               args.priority)  # fmt: skip
+        with open(folder / "issued.jsonl", "a") as log:  # what 'ca revoke --node' revokes
+            log.write(json.dumps({k: v for k, v in card.to_json().items() if k != "card"}) + "\n")
+        _write(args.out, card.to_json())
+        if args.out is not None:
+            _emit(args, card.to_json(), f"signed {card.node_id}'s card into {args.out} (fingerprint "
+                  f"{card.fingerprint}); install it on the board with 'peerserve card install'")  # fmt: skip
+        return 0
+    # revoke
+    from agent.operator_ca import MAX_REVOKED
+
+    out = Path(args.out)
+    revoked = set(parse_revocations(out.read_bytes(), ca.public_key())) if out.exists() else set()
+    added = {read_board_card(Path(c)).fingerprint for c in args.cards}
+    if args.node:
+        issued = folder / "issued.jsonl"
+        lines = issued.read_text().splitlines() if issued.exists() else []
+        for line in lines:
+            entry = json.loads(line)
+            if entry.get("node_id") in args.node:
+                added.add(str(entry["fingerprint"]))
+    if not added:
+        raise ValueError("nothing to revoke: name card files or --node IDs this CA issued cards to")
+    if len(revoked | added) > MAX_REVOKED:
+        raise ValueError(f"a revocation list holds at most {MAX_REVOKED} cards")
+    _write(str(out), sign_revocations(ca, int(time.time()), sorted(revoked | added)))
+    _emit(args, {"revoked": sorted(added), "total": len(revoked | added), "list": str(out)},
+          f"revoked {len(added)} card(s), {len(revoked | added)} in {out}: copy it to each board's "
+          "DATA_DIR/peer/revoked.json")  # fmt: skip
+    return 0
+
+
+def cmd_card(args: argparse.Namespace) -> int:
+    from agent.operator_ca import CardError
+
+    try:
+        return _card(args)
+    except (CardError, OSError, ValueError) as exc:
+        print(f"peerserve: error: {exc}", file=sys.stderr)
+        return 1
+
+
+def _card(args: argparse.Namespace) -> int:
+    from agent.identity import _load_or_create_key
+    from agent.operator_ca import BoardRequest, raw_public, read_board_card
+    from peerserve import wire
+
+    peer = Path(args.data_dir) / "peer"
+    key = _load_or_create_key(peer / "node.key")  # the key the agent signs with (made here on a fresh board)
+    if args.card_command == "request":
+        if not wire.NODE_ID.fullmatch(args.node_id):
+            raise ValueError(f"{args.node_id!r} is not a node id")
+        request = BoardRequest.make(args.node_id, key).to_json()
+        _write(args.out, request)
+        if args.out is not None:
+            _emit(args, request, f"request for {args.node_id} written to {args.out}: give it to the operator "
+                  "('peerserve ca sign --ca DIR REQUEST')")  # fmt: skip
+        return 0
+    card = read_board_card(Path(args.card))
+    if card.public_key != raw_public(key.public_key()):
+        raise ValueError(f"the card is for another key than this board's ({peer / 'node.key'}): was the request "
+                         "made on this board, with this data dir?")  # fmt: skip
+    if card.expires <= time.time():
+        raise ValueError("the card has expired: ask the operator for a new one")
+    target = peer / "board.card"
+    tmp = target.with_suffix(".tmp")
+    tmp.write_text(json.dumps(card.to_json(), indent=1) + "\n")
+    os.replace(tmp, target)
+    _emit(args, {**card.to_json(), "installed": str(target)},
+          f"installed {card.node_id}'s card in {target} (expires "
+          f"{time.strftime('%Y-%m-%d', time.gmtime(card.expires))}); restart the agent")  # fmt: skip
+    return 0

@@ -1,0 +1,380 @@
+"""Board cards from an operator's CA (opt-in): node ids bound to board keys by someone who holds no token secret.
+
+In the token-only mode (the default) the cluster CA is derived from the shared token (agent/identity.py), so anyone
+who holds the token can mint a card for any node id: ids are free, and a majority has to count distinct addresses
+instead (a member that answers at several addresses still has several voices), and priorities are self-declared.
+
+With an operator CA (agent setting ``operator_ca``: its public key) a peer is a member only with a *board card*:
+the operator CA's Ed25519 signature over (node id, the board's node key, expiry, optional priority). The board card
+rides appended to the token card (``Card.board``), so it goes wherever the token card goes today (every signed
+message, every answer, every relayed statement: grants, leases, suspicion proofs) and is checked where that card is
+checked; the token still gates TLS and the token card must still hold. The operator's private key never sits on a
+board (``peerserve ca init`` on the operator's machine). Node ids are no longer free, so majorities count node ids
+(one voice per card), and the election takes the card's priority (0 where the card carries none), not the flag.
+
+    BoardCard        the signed binding; ``issue`` (operator side), ``parse`` / ``verify`` (board side)
+    BoardRequest     what a board hands the operator: node id + node key, signed by that key (proof of possession)
+    Revocations      the operator's signed list of revoked card fingerprints, re-read when its file changes
+    OperatorTrust    a board's verifier: card -> BoardCard (verdicts cached, bounded), expiry and revocation per use,
+                     and the roster of the latest verified card per node id (bounded) for direct TLS exchanges
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import logging
+import os
+import struct
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from peerserve import wire
+
+log = logging.getLogger(__name__)
+
+BOARD_CONTEXT = b"peerserve-board-card-v1\0"
+REQUEST_CONTEXT = b"peerserve-board-request-v1\0"
+REVOKE_CONTEXT = b"peerserve-revocations-v1\0"
+VERSION = 1
+MAX_BOARD_BYTES = 2 + 63 + 32 + 13 + 64  # the largest board card: version, id, key, expiry/flags/priority, signature
+VERDICTS = 1024  # board cards whose operator signature was checked, by their bytes (one check per card, not message)
+ROSTER = 4096  # node id -> its latest verified board card (as many as ids can be pinned: identity.PIN_LIMIT)
+MAX_REVOKED = 65_536  # fingerprints in one revocation list
+MAX_REVOCATION_FILE = 64 + MAX_REVOKED * 40 + 4096  # bytes read from it at most
+PRIORITY_RANGE = (-(2**31), 2**31 - 1)
+
+
+class CardError(Exception):
+    """Not a valid board card, request or revocation list for this operator; ``status`` the HTTP answer."""
+
+    def __init__(self, message: str, status: int = 403) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def unb64(text: str) -> bytes:
+    try:
+        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    except ValueError as exc:
+        raise CardError("malformed base64") from exc
+
+
+def raw_public(key: Ed25519PublicKey) -> bytes:
+    return key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+
+
+@dataclass(frozen=True)
+class BoardCard:
+    """The operator CA's signature binding ``node_id`` to ``public_key`` (the board's node key) until ``expires``."""
+
+    node_id: str
+    public_key: bytes  # 32 raw bytes: DATA_DIR/peer/node.key's public half
+    expires: int  # unix seconds
+    priority: int | None  # the election priority the operator grants (None: 0 in this mode)
+    signature: bytes = b""  # 64 bytes, the operator CA over BOARD_CONTEXT + body
+
+    def body(self) -> bytes:
+        nid = self.node_id.encode()
+        has = self.priority is not None
+        return bytes([VERSION, len(nid)]) + nid + self.public_key + struct.pack(">QBi", self.expires, has,
+                                                                              self.priority or 0)  # fmt: skip
+
+    def raw(self) -> bytes:
+        return self.body() + self.signature
+
+    @property
+    def fingerprint(self) -> str:
+        """What a revocation list names: the card's bytes' SHA-256 (32 hex digits); a renewed card has another."""
+        return hashlib.sha256(self.raw()).hexdigest()[:32]
+
+    @staticmethod
+    def issue(
+        ca: Ed25519PrivateKey, node_id: str, public_key: bytes, expires: int, priority: int | None = None
+    ) -> BoardCard:
+        if not wire.NODE_ID.fullmatch(node_id) or len(public_key) != 32:
+            raise CardError("a board card names a node id and a 32-byte Ed25519 key")
+        if priority is not None and not PRIORITY_RANGE[0] <= priority <= PRIORITY_RANGE[1]:
+            raise CardError("priority out of range")
+        unsigned = BoardCard(node_id, public_key, expires, priority)
+        return BoardCard(node_id, public_key, expires, priority, ca.sign(BOARD_CONTEXT + unsigned.body()))
+
+    @staticmethod
+    def parse(raw: bytes) -> BoardCard:
+        if len(raw) < 2 or raw[0] != VERSION:
+            raise CardError("malformed board card (or of a newer version)")
+        n = raw[1]
+        if not 0 < n <= 63 or len(raw) != 2 + n + 32 + 13 + 64:
+            raise CardError("malformed board card")
+        node_id = raw[2 : 2 + n].decode("ascii", "replace")
+        if not wire.NODE_ID.fullmatch(node_id):
+            raise CardError("malformed node id in board card")
+        key = raw[2 + n : 2 + n + 32]
+        expires, has, priority = struct.unpack(">QBi", raw[2 + n + 32 : 2 + n + 45])
+        if has not in (0, 1):
+            raise CardError("malformed board card")
+        return BoardCard(node_id, key, expires, priority if has else None, raw[2 + n + 45 :])
+
+    def verify(self, ca_public: Ed25519PublicKey) -> None:
+        try:
+            ca_public.verify(self.signature, BOARD_CONTEXT + self.body())
+        except InvalidSignature as exc:
+            raise CardError(f"{self.node_id}'s board card is not signed by this cluster's operator CA") from exc
+
+    def to_json(self) -> dict[str, Any]:
+        return {"format": "peerserve-board-card-v1", "node_id": self.node_id, "public_key": self.public_key.hex(),
+                "expires": self.expires, "priority": self.priority, "fingerprint": self.fingerprint,
+                "card": b64(self.raw())}  # fmt: skip
+
+
+def read_board_card(path: Path) -> BoardCard:
+    """The board card in ``path`` (what ``peerserve ca sign`` writes: JSON with a ``card`` field); CardError."""
+    try:
+        data = json.loads(path.read_text())
+        return BoardCard.parse(unb64(str(data["card"])))
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise CardError(f"cannot read a board card from {path}: {exc}") from exc
+
+
+@dataclass(frozen=True)
+class BoardRequest:
+    """A board's signing request: its node id and node key, signed by that key (the operator signs only a key whose
+    holder asked)."""
+
+    node_id: str
+    public_key: bytes
+    signature: bytes
+
+    @staticmethod
+    def make(node_id: str, key: Ed25519PrivateKey) -> BoardRequest:
+        public = raw_public(key.public_key())
+        return BoardRequest(node_id, public, key.sign(REQUEST_CONTEXT + node_id.encode() + b"\0" + public))
+
+    def to_json(self) -> dict[str, Any]:
+        return {"format": "peerserve-board-request-v1", "node_id": self.node_id, "public_key": self.public_key.hex(),
+                "signature": b64(self.signature)}  # fmt: skip
+
+    @staticmethod
+    def from_json(data: Any) -> BoardRequest:
+        """The request in ``data``, its signature checked; CardError."""
+        try:
+            node_id, public = str(data["node_id"]), bytes.fromhex(str(data["public_key"]))
+            request = BoardRequest(node_id, public, unb64(str(data["signature"])))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CardError(f"not a board signing request: {exc}") from exc
+        if (
+            data.get("format") != "peerserve-board-request-v1"
+            or not wire.NODE_ID.fullmatch(node_id)
+            or len(public) != 32
+        ):
+            raise CardError("not a board signing request (format, node id or key)")
+        try:
+            Ed25519PublicKey.from_public_bytes(public).verify(
+                request.signature, REQUEST_CONTEXT + node_id.encode() + b"\0" + public
+            )
+        except (InvalidSignature, ValueError) as exc:
+            raise CardError("the request is not signed by the key it names") from exc
+        return request
+
+
+def revocation_bytes(issued: int, revoked: list[str]) -> bytes:
+    return REVOKE_CONTEXT + json.dumps([issued, sorted(revoked)], separators=(",", ":")).encode()
+
+
+def sign_revocations(ca: Ed25519PrivateKey, issued: int, revoked: list[str]) -> dict[str, Any]:
+    if len(revoked) > MAX_REVOKED:
+        raise CardError(f"a revocation list holds at most {MAX_REVOKED} cards")
+    revoked = sorted(set(revoked))
+    return {"format": "peerserve-revocations-v1", "issued": issued, "revoked": revoked,
+            "signature": b64(ca.sign(revocation_bytes(issued, revoked)))}  # fmt: skip
+
+
+def parse_revocations(text: bytes, ca_public: Ed25519PublicKey) -> frozenset[str]:
+    """The fingerprints a signed revocation list names; CardError when it is not one (damaged, unsigned, too long)."""
+    return read_revocations(text, ca_public)[1]
+
+
+def read_revocations(text: bytes, ca_public: Ed25519PublicKey) -> tuple[int, frozenset[str]]:
+    """(when it was signed, the fingerprints) of a signed revocation list; CardError as ``parse_revocations``."""
+    try:
+        data = json.loads(text)
+        issued, revoked = int(data["issued"]), data["revoked"]
+        if data.get("format") != "peerserve-revocations-v1" or not isinstance(revoked, list):
+            raise ValueError("not a revocation list")
+        if len(revoked) > MAX_REVOKED or not all(isinstance(r, str) and len(r) == 32 for r in revoked):
+            raise ValueError(f"at most {MAX_REVOKED} fingerprints of 32 hex digits")
+        ca_public.verify(unb64(str(data["signature"])), revocation_bytes(issued, revoked))
+    except InvalidSignature as exc:
+        raise CardError("the revocation list is not signed by this cluster's operator CA") from exc
+    except (ValueError, KeyError, TypeError) as exc:  # JSON errors are ValueErrors
+        raise CardError(f"damaged revocation list: {str(exc)[:200]}") from exc
+    return issued, frozenset(revoked)
+
+
+class Revocations:
+    """The operator's revocation list at ``path`` (absent: nothing revoked), re-read whenever the file changes (one
+    stat per check). A file that is there but not a list signed by this operator CA fails closed: every board card
+    is refused (503) until it is replaced, logged once per version of the file; a list cut short or forged must not
+    readmit a revoked board. Nor may an older list (a stale copy, or one replayed to undo a revocation): one signed
+    before the list in force, or the file's removal, leaves that list in force (logged); only a newer signed list,
+    as ``peerserve ca revoke`` writes, changes it. What a restart reads is the file as it is then."""
+
+    def __init__(self, path: Path | None, ca_public: Ed25519PublicKey) -> None:
+        self.path, self.ca_public = path, ca_public
+        self._stamp: tuple[int, int, int] | None = None
+        self._revoked: frozenset[str] = frozenset()
+        self._damage: str | None = None
+        self._issued = -1  # when the list in force was signed (-1: none read yet)
+
+    def current(self) -> frozenset[str]:
+        """The revoked fingerprints; CardError (503) while the file is damaged."""
+        try:
+            st = self.path.stat() if self.path is not None else None
+        except OSError:
+            st = None
+        stamp = (st.st_ino, st.st_mtime_ns, st.st_size) if st is not None else None
+        if stamp != self._stamp:
+            self._load(stamp)
+        if self._damage is not None:
+            raise CardError(self._damage, 503)
+        return self._revoked
+
+    def _load(self, stamp: tuple[int, int, int] | None) -> None:
+        self._stamp = stamp
+        if stamp is None or self.path is None:
+            if self._issued >= 0:
+                log.error("revocation list %s removed: the list signed at %d stays in force (%d card(s) revoked)",
+                          self.path, self._issued, len(self._revoked))  # fmt: skip
+            self._damage = None
+            return
+        try:
+            with open(self.path, "rb") as f:
+                text = f.read(MAX_REVOCATION_FILE + 1)
+            if len(text) > MAX_REVOCATION_FILE:
+                raise CardError(f"revocation list over {MAX_REVOCATION_FILE} bytes")
+            issued, revoked = read_revocations(text, self.ca_public)
+            self._damage = None
+            if issued < self._issued:
+                log.error("revocation list %s was signed at %d, before the one in force (%d): a stale copy? The newer "
+                          "list stays in force", self.path, issued, self._issued)  # fmt: skip
+                return
+            self._issued, self._revoked = issued, revoked
+            log.info("revocation list %s: %d board card(s) revoked", self.path, len(self._revoked))
+        except (OSError, CardError) as exc:
+            self._damage = f"this board's revocation list {self.path} cannot be used ({exc}): no board card is " \
+                           "accepted until the operator's signed list replaces it"  # fmt: skip
+            log.error("%s", self._damage)
+
+
+class OperatorTrust:
+    """A board's check of its peers' board cards against the operator CA (``ca_public``).
+
+    ``certify`` is the bytes-only part (the operator's signature, the binding to the token card's id and key), cached
+    by the card's bytes (``verdicts``, least recently used dropped); ``check_live`` the part that depends on the clock
+    and the revocation list, run at every use. Every certified card becomes its node's entry in the roster (``roster``
+    ids, least recently used dropped; only operator-signed cards enter it, so a token holder cannot fill it), which
+    direct TLS exchanges (no card on the wire) are checked against (``vouch``)."""
+
+    def __init__(
+        self, ca_public: Ed25519PublicKey, revocations: Path | None = None, verdicts: int = VERDICTS,
+        roster: int = ROSTER,
+    ) -> None:  # fmt: skip
+        self.ca_public = ca_public
+        self.revocations = Revocations(revocations, ca_public)
+        self.verdict_limit, self.roster_limit = verdicts, roster
+        self._verdicts: OrderedDict[bytes, BoardCard | CardError] = OrderedDict()
+        self.roster: OrderedDict[str, BoardCard] = OrderedDict()
+        self.verifications = 0  # operator signatures checked
+        self._said: set[tuple[str, str]] = set()  # (node id, why) logged once (bounded by the roster's ids x reasons)
+
+    def certify(self, node_id: str, public_key: bytes, board: bytes) -> BoardCard:
+        """The board card in ``board`` if the operator CA signed it for exactly (``node_id``, ``public_key``)."""
+        if not board:
+            raise CardError(f"{node_id} shows no board card signed by the operator CA: a token holder without one is "
+                            "no member of this cluster (docs/security.md, operator CA)")  # fmt: skip
+        verdict = self._verdicts.get(board)
+        if verdict is None:
+            self.verifications += 1
+            try:
+                verdict = BoardCard.parse(board)
+                verdict.verify(self.ca_public)
+            except CardError as exc:
+                verdict = exc
+            self._verdicts[board] = verdict
+            while len(self._verdicts) > self.verdict_limit:
+                self._verdicts.popitem(last=False)
+        else:
+            self._verdicts.move_to_end(board)
+        if isinstance(verdict, CardError):
+            raise verdict
+        if verdict.node_id != node_id or verdict.public_key != public_key:
+            raise CardError(f"the board card shown by {node_id} is for {verdict.node_id} with another key")
+        return verdict
+
+    def check_live(self, card: BoardCard, now: float) -> None:
+        """Refuse an expired or revoked card (logged once per node and reason); remember it in the roster."""
+        if now >= card.expires:
+            self._say(card.node_id, "expired", "board card of %s expired %.0f s ago (fingerprint %s): refused until "
+                      "the operator signs a new one", card.node_id, now - card.expires, card.fingerprint)  # fmt: skip
+            raise CardError(f"{card.node_id}'s board card expired {now - card.expires:.0f} s ago")
+        if card.fingerprint in self.revocations.current():
+            self._say(card.node_id, "revoked", "board card of %s (fingerprint %s) is revoked by the operator: refused",
+                      card.node_id, card.fingerprint)  # fmt: skip
+            raise CardError(f"{card.node_id}'s board card is revoked by the operator")
+        self.roster[card.node_id] = card  # the card last shown (a renewed one replaces the old)
+        self.roster.move_to_end(card.node_id)
+        while len(self.roster) > self.roster_limit:
+            self.roster.popitem(last=False)
+
+    def vouch(self, node_id: str, public_key: bytes, now: float) -> BoardCard:
+        """The live board card this node proved for (``node_id``, ``public_key``) in a signed message (a direct TLS
+        exchange carries no card); CardError 401 when there is none, or the one seen expired or was revoked (the client
+        falls back to signing, with its current card, which is checked in full)."""
+        card = self.roster.get(node_id)
+        if card is None or card.public_key != public_key:
+            raise CardError(f"no board card of {node_id} for this key seen yet: sign the message", 401)
+        try:
+            self.check_live(card, now)
+        except CardError as exc:  # the card we saw expired or was revoked; it may have a new one: let it show it
+            raise CardError(f"{exc}: sign the message (with the current card)", 401) from exc
+        return card
+
+    def priority(self, node_id: str) -> int:
+        """The election priority the operator granted ``node_id`` (0 without one, or without a card seen)."""
+        card = self.roster.get(node_id)
+        return card.priority if card is not None and card.priority is not None else 0
+
+    def _say(self, node_id: str, why: str, fmt: str, *args: Any) -> None:
+        if (node_id, why) not in self._said:
+            if len(self._said) >= 2 * self.roster_limit:
+                self._said.clear()
+            self._said.add((node_id, why))
+            log.warning(fmt, *args)
+
+
+def parse_operator_ca(value: str) -> Ed25519PublicKey:
+    """The operator CA public key from the ``operator_ca`` setting: a file (``ca.pub`` from ``peerserve ca init``) or
+    the key itself, base64url or 64 hex digits; ValueError."""
+    text = value.strip()
+    if os.sep in text or text.endswith(".pub"):
+        text = Path(text).read_text().strip()
+    raw = bytes.fromhex(text) if len(text) == 64 and all(c in "0123456789abcdefABCDEF" for c in text) else None
+    if raw is None:
+        try:
+            raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+        except ValueError as exc:
+            raise ValueError("not a base64url or hex Ed25519 public key") from exc
+    if len(raw) != 32:
+        raise ValueError("an Ed25519 public key is 32 bytes")
+    return Ed25519PublicKey.from_public_bytes(raw)
