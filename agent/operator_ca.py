@@ -293,7 +293,9 @@ class OperatorTrust:
         self.ca_public = ca_public
         self.revocations = Revocations(revocations, ca_public)
         self.verdict_limit, self.roster_limit = verdicts, roster
-        self._verdicts: OrderedDict[bytes, BoardCard | CardError] = OrderedDict()
+        # a refusal is cached as data (message, status) and raised fresh each time: a cached exception object re-raised
+        # grows its __traceback__ by the raiser's frames at every use (and keeps them, their requests, alive)
+        self._verdicts: OrderedDict[bytes, BoardCard | tuple[str, int]] = OrderedDict()
         self.roster: OrderedDict[str, BoardCard] = OrderedDict()
         self.verifications = 0  # operator signatures checked
         self._said: set[tuple[str, str]] = set()  # (node id, why) logged once (bounded by the roster's ids x reasons)
@@ -310,14 +312,14 @@ class OperatorTrust:
                 verdict = BoardCard.parse(board)
                 verdict.verify(self.ca_public)
             except CardError as exc:
-                verdict = exc
+                verdict = (str(exc), exc.status)
             self._verdicts[board] = verdict
             while len(self._verdicts) > self.verdict_limit:
                 self._verdicts.popitem(last=False)
         else:
             self._verdicts.move_to_end(board)
-        if isinstance(verdict, CardError):
-            raise verdict
+        if isinstance(verdict, tuple):
+            raise CardError(*verdict)
         if verdict.node_id != node_id or verdict.public_key != public_key:
             raise CardError(f"the board card shown by {node_id} is for {verdict.node_id} with another key")
         return verdict
