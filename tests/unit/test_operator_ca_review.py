@@ -2,14 +2,30 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import time
+from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from agent.identity import Card, derive_ca_key
+from fastapi import FastAPI
+
+from agent.discovery import swim as sw
+from agent.discovery.swim_io import SwimDriver
+from agent.identity import Card, Identity, derive_ca_key
 from agent.operator_ca import BoardCard, CardError, OperatorTrust, raw_public
+from agent.peer_api import PeerServer
+from agent.peer_client import PeerClient
+from agent.peer_swim_route import SwimRoute
+from peerserve import wire
+from tests.service.conftest import free_port
+from tests.unit.test_operator_ca import OPERATOR as OP
+from tests.unit.test_operator_ca import TOKEN as OP_TOKEN
+from tests.unit.test_operator_ca import board, send
+from tests.unit.test_peer_direct import ping
+from tests.unit.test_peer_swim_route import Membership, Node
 
 TOKEN = "operator-ca-cluster-token-0123456789"
 NOW = time.time()
@@ -41,3 +57,40 @@ def test_repeated_refusals_of_a_bad_card_keep_nothing_growing() -> None:
     assert refused.value.status == 403 and "malformed" in str(refused.value)
     gc.collect()
     assert sum(isinstance(o, CardError) for o in gc.get_objects()) <= 2  # none kept but the last one raised
+
+
+def test_a_callers_stale_card_of_the_listener_falls_back_to_a_signed_call(tmp_path: Path) -> None:
+    """F4: a holds b's card that has since expired (b was renewed, same key). a's own check of b's certificate used
+    to fail the direct call (PeerCallError, each probe, on every board at once); now it is a 401: a asks signed, b's
+    answer shows b's current card, and a's later direct calls go through."""
+    a = Identity("a", OP_TOKEN, board(tmp_path / "a", "a"), operator_ca=OP.public_key())
+    b = Identity("b", OP_TOKEN, board(tmp_path / "b", "b"), operator_ca=OP.public_key())
+    old = BoardCard.issue(OP, "b", b.public_key, int(time.time() - 60))  # b's previous card, expired a minute ago
+    assert a.operator is not None
+    a.operator.check_live(old, time.time() - 120)  # a saw it while it was live
+    send(a, b, time.time())  # b saw a's card
+    driver = SwimDriver("b", "https://127.0.0.1:1", PeerClient(b, lambda url: None), sw.SwimConfig(), lambda: None,
+                        lambda s, u: s, lambda t: None)  # type: ignore[arg-type,return-value]  # fmt: skip
+    app = FastAPI()
+    app.add_middleware(SwimRoute, agent=Node(Membership(driver)), identity=b)  # type: ignore[arg-type]
+
+    async def main() -> list[int]:
+        port = free_port()
+        server = PeerServer(app, b, "127.0.0.1", port)  # type: ignore[arg-type]
+        await server.start()
+        client, url, out = PeerClient(a, lambda u: None), f"https://127.0.0.1:{port}", []
+        try:
+            for _ in range(2):
+                status, _answer = await client.call("b", url, "POST", wire.ROUTE_SWIM, body=ping(), direct=True)
+                out.append(status)
+            client._signed_only.clear()  # past SIGNED_ONLY_S: a tries direct again, now with b's current card held
+            status, _answer = await client.call("b", url, "POST", wire.ROUTE_SWIM, body=ping(), direct=True)
+            out.append(status)
+            assert "b" not in client._signed_only  # that one went direct: a now holds a live card of b
+        finally:
+            await client.close()
+            await server.stop()
+        return out
+
+    assert asyncio.run(main()) == [200, 200, 200]
+    assert a.operator.roster["b"].expires > time.time() + 86400  # the signed answer brought b's current card
