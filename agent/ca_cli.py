@@ -6,8 +6,10 @@ a board is a member only with a board card the operator signed for its node id a
 On the operator's own machine (never on a board; the private key stays there, 0600):
 
   peerserve ca init DIR                         make the CA key pair (DIR/ca.key, DIR/ca.pub)
-  peerserve ca sign --ca DIR REQUEST [--days N] [--priority P] [-o CARD]
-                                                sign a board's request: its board card (JSON), valid N days
+  peerserve ca sign --ca DIR REQUEST [--days N] [--priority P] [-o CARD] [--replace] [--revoked LIST]
+                                                sign a board's request: its board card (JSON), valid N days;
+                                                refused while the id or key holds a valid card, unless
+                                                --replace (which revokes it in LIST, default DIR/revoked.json)
   peerserve ca revoke --ca DIR (CARD... | --node ID) -o revoked.json
                                                 the signed revocation list, with these cards added
   peerserve ca show --ca DIR [CARD]             the CA's public key (what boards configure), or a card's fields
@@ -54,6 +56,10 @@ def register(commands: Any) -> None:
     sign.add_argument("--days", type=float, default=DEFAULT_DAYS, help=f"valid this long (default {DEFAULT_DAYS:g})")
     sign.add_argument("--priority", type=int, help="the election priority this board gets (default: none, i.e. 0)")
     sign.add_argument("-o", "--out", help="write the card here (default: stdout)")
+    sign.add_argument("--replace", action="store_true", help="revoke (in --revoked) the valid cards this CA issued "
+                      "to this node id or this key, instead of refusing: one board, one card, one voice")  # fmt: skip
+    sign.add_argument("--revoked", help="the revocation list ('ca revoke -o'): read to tell which issued cards are "
+                      "still valid, extended by --replace (default: DIR/revoked.json)")  # fmt: skip
     revoke = sub.add_parser("revoke", help="add cards to the signed revocation list boards check")
     revoke.add_argument("cards", nargs="*", help="board card files to revoke")
     revoke.add_argument("--node", action="append", default=[], help="revoke every card issued to this node id")
@@ -177,7 +183,26 @@ def _ca(args: argparse.Namespace) -> int:
         request = BoardRequest.from_json(json.loads(Path(args.request).read_text()))
         if not 0 < args.days <= 36500:
             raise ValueError("--days must be 0-36500")
-        card = BoardCard.issue(ca, request.node_id, request.public_key, int(time.time() + args.days * 86400),
+        now = int(time.time())
+        revoked_file = Path(args.revoked) if args.revoked else folder / "revoked.json"
+        revoked = set(parse_revocations(revoked_file.read_bytes(), ca.public_key())) if revoked_file.exists() else set()
+        clash = _valid_cards(folder, request.node_id, request.public_key.hex(), revoked, now)
+        if clash and not args.replace:
+            raise ValueError(
+                f"this CA already issued valid card(s) to {request.node_id!r} or to this key: "
+                + ", ".join(f"{e['node_id']} (fingerprint {e['fingerprint']})" for e in clash)
+                + f". One board, one card: pass --replace to revoke them in {revoked_file} (--revoked), install the"
+                " new card, then copy the list to the boards"
+            )
+        if clash:
+            from agent.operator_ca import MAX_REVOKED
+
+            if len(revoked) + len(clash) > MAX_REVOKED:
+                raise ValueError(f"a revocation list holds at most {MAX_REVOKED} cards")
+            _write(str(revoked_file), sign_revocations(ca, now, sorted(revoked | {e["fingerprint"] for e in clash})))
+            print(f"revoked {len(clash)} card(s) in {revoked_file}: copy it to each board's DATA_DIR/peer/revoked.json "
+                  "once the new card is installed", file=sys.stderr)  # fmt: skip
+        card = BoardCard.issue(ca, request.node_id, request.public_key, int(now + args.days * 86400),
                                args.priority)  # fmt: skip
         with open(folder / "issued.jsonl", "a") as log:  # what 'ca revoke --node' revokes
             log.write(json.dumps({k: v for k, v in card.to_json().items() if k != "card"}) + "\n")
@@ -208,6 +233,20 @@ def _ca(args: argparse.Namespace) -> int:
           f"revoked {len(added)} card(s), {len(revoked | added)} in {out}: copy it to each board's "
           "DATA_DIR/peer/revoked.json")  # fmt: skip
     return 0
+
+
+def _valid_cards(folder: Path, node_id: str, key_hex: str, revoked: set[str], now: int) -> list[dict[str, Any]]:
+    """The cards this CA issued (DIR/issued.jsonl) to ``node_id`` or to the key ``key_hex`` that are neither expired
+    nor revoked: each is a voice a second card would add to."""
+    issued = folder / "issued.jsonl"
+    found = []
+    for line in issued.read_text().splitlines() if issued.exists() else []:
+        entry = json.loads(line)
+        if entry.get("node_id") != node_id and entry.get("public_key") != key_hex:
+            continue
+        if int(entry.get("expires", 0)) > now and str(entry.get("fingerprint")) not in revoked:
+            found.append(entry)
+    return found
 
 
 def cmd_card(args: argparse.Namespace) -> int:

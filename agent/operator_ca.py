@@ -330,11 +330,17 @@ class OperatorTrust:
             self._say(card.node_id, "expired", "board card of %s expired %.0f s ago (fingerprint %s): refused until "
                       "the operator signs a new one", card.node_id, now - card.expires, card.fingerprint)  # fmt: skip
             raise CardError(f"{card.node_id}'s board card expired {now - card.expires:.0f} s ago")
-        if card.fingerprint in self.revocations.current():
+        revoked = self.revocations.current()
+        if card.fingerprint in revoked:
             self._say(card.node_id, "revoked", "board card of %s (fingerprint %s) is revoked by the operator: refused",
                       card.node_id, card.fingerprint)  # fmt: skip
             raise CardError(f"{card.node_id}'s board card is revoked by the operator")
-        self.roster[card.node_id] = card  # the card last shown (a renewed one replaces the old)
+        held = self.roster.get(card.node_id)
+        # A renewed card replaces the one held only if it lasts at least as long, or the held one is no longer live:
+        # any member relaying an older statement of this node shows its older card, which must not roll back its
+        # priority (or key) here while still valid ('ca sign' revokes the old card when it issues a replacement).
+        if held is None or card.expires >= held.expires or now >= held.expires or held.fingerprint in revoked:
+            self.roster[card.node_id] = card
         self.roster.move_to_end(card.node_id)
         while len(self.roster) > self.roster_limit:
             self.roster.popitem(last=False)
@@ -352,10 +358,16 @@ class OperatorTrust:
             raise CardError(f"{exc}: sign the message (with the current card)", 401) from exc
         return card
 
-    def priority(self, node_id: str) -> int:
-        """The election priority the operator granted ``node_id`` (0 without one, or without a card seen)."""
+    def priority(self, node_id: str, now: float) -> int:
+        """The election priority the operator granted ``node_id``: its live card's (0 without one, or without a live
+        card seen: expired, revoked, or the revocation list unusable)."""
         card = self.roster.get(node_id)
-        return card.priority if card is not None and card.priority is not None else 0
+        if card is None or card.priority is None or now >= card.expires:
+            return 0
+        try:
+            return 0 if card.fingerprint in self.revocations.current() else card.priority
+        except CardError:
+            return 0
 
     def _say(self, node_id: str, why: str, fmt: str, *args: Any) -> None:
         if (node_id, why) not in self._said:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import json
 import time
 from pathlib import Path
 
@@ -15,11 +16,20 @@ from fastapi import FastAPI
 from agent.discovery import swim as sw
 from agent.discovery.swim_io import SwimDriver
 from agent.identity import Card, Identity, derive_ca_key
-from agent.operator_ca import BoardCard, CardError, OperatorTrust, raw_public
+from agent.operator_ca import (
+    BoardCard,
+    CardError,
+    OperatorTrust,
+    parse_operator_ca,
+    parse_revocations,
+    raw_public,
+    sign_revocations,
+)
 from agent.peer_api import PeerServer
 from agent.peer_client import PeerClient
 from agent.peer_swim_route import SwimRoute
 from peerserve import wire
+from peerserve.cli import main
 from tests.service.conftest import free_port
 from tests.unit.test_operator_ca import OPERATOR as OP
 from tests.unit.test_operator_ca import TOKEN as OP_TOKEN
@@ -94,3 +104,53 @@ def test_a_callers_stale_card_of_the_listener_falls_back_to_a_signed_call(tmp_pa
 
     assert asyncio.run(main()) == [200, 200, 200]
     assert a.operator.roster["b"].expires > time.time() + 86400  # the signed answer brought b's current card
+
+
+def test_an_older_card_shown_again_does_not_roll_back_a_renewed_one(tmp_path: Path) -> None:
+    """F2: the roster held the card shown last, so a relayed older statement of x (its older, still valid card) put
+    x's old priority back on this board only; priority() read the held card without checking it was live."""
+    key = raw_public(Ed25519PrivateKey.generate().public_key())
+    old = BoardCard.issue(OPERATOR, "x", key, int(NOW + 300 * 86400), priority=10)
+    new = BoardCard.issue(OPERATOR, "x", key, int(NOW + 365 * 86400), priority=1)
+    trust = OperatorTrust(OPERATOR.public_key())
+    trust.check_live(trust.certify("x", key, new.raw()), NOW)
+    assert trust.priority("x", NOW) == 1
+    trust.check_live(trust.certify("x", key, old.raw()), NOW)  # still valid: accepted, but it does not replace
+    assert trust.priority("x", NOW) == 1 and trust.roster["x"] == new
+    assert trust.priority("x", new.expires) == 0  # a held card that expired grants nothing
+    revoked = tmp_path / "revoked.json"  # the operator revokes the renewed card: the older one is x's card again
+    revoked.write_text(json.dumps(sign_revocations(OPERATOR, int(NOW), [new.fingerprint])))
+    later = OperatorTrust(OPERATOR.public_key(), revoked)
+    later.roster["x"] = new  # held from before the revocation
+    later.check_live(later.certify("x", key, old.raw()), NOW)
+    assert later.roster["x"] == old and later.priority("x", NOW) == 10
+
+
+def test_ca_sign_gives_a_board_one_card_and_replace_revokes_the_old(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """F3: 'ca sign' signed any request: one key got ids x and y, and x a second valid card (two cards, two voices)."""
+    ca, data, other = tmp_path / "ca", tmp_path / "board", tmp_path / "other"
+    assert main(["ca", "init", str(ca)]) == 0
+    for node, folder in (("x", data), ("y", data), ("x", other)):
+        assert main(["card", "request", "--node-id", node, "--data-dir", str(folder), "-o",
+                     str(tmp_path / f"{node}-{folder.name}.req")]) == 0  # fmt: skip
+    capsys.readouterr()
+
+    def sign(request: str, *extra: str) -> int:
+        return main(["ca", "sign", "--ca", str(ca), str(tmp_path / request), "-o", str(tmp_path / "out.card"), *extra])
+
+    assert sign("x-board.req", "--priority", "10") == 0
+    first = json.loads((tmp_path / "out.card").read_text())["fingerprint"]
+    assert sign("y-board.req") == 1  # the same key under another id
+    assert sign("x-other.req") == 1  # the same id for another key
+    assert sign("x-board.req", "--priority", "9") == 1  # a second valid card for x
+    assert "--replace" in capsys.readouterr().err
+    assert sign("x-board.req", "--priority", "1", "--replace") == 0  # a renewal: the old card revoked in the list
+    public = parse_operator_ca(str(ca / "ca.pub"))
+    assert parse_revocations((ca / "revoked.json").read_bytes(), public) == {first}
+    second = json.loads((tmp_path / "out.card").read_text())["fingerprint"]
+    listed = tmp_path / "list.json"
+    assert sign("y-board.req", "--replace", "--revoked", str(listed)) == 0  # the board's key moves to id y
+    assert parse_revocations(listed.read_bytes(), public) == {first, second}
+    assert sign("x-other.req", "--revoked", str(listed)) == 0  # x's cards all revoked there: x is free again
