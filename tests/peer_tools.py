@@ -17,6 +17,8 @@ from urllib.parse import urlencode
 import httpx
 
 from agent.identity import Identity
+from agent.leadership import Leadership
+from agent.node import NodeAgent
 from agent.peer_client import tls_context
 
 
@@ -63,3 +65,13 @@ class TestPeer:
 
     def close(self) -> None:
         self.http.close()
+
+
+def leadership_up_a_minute(agent: NodeAgent) -> Leadership:
+    """``agent``'s election as on a board up for a minute: past a fresh board's wait for its view to settle (a fresh
+    board judges no certificate and grants nothing while its view still grows, docs/election.md). For tests about
+    certificates, admission or persistence rather than that wait."""
+    ahead = [0.0]
+    lead = Leadership(agent, monotonic=lambda: time.monotonic() + ahead[0])
+    ahead[0] = 60.0
+    return lead

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +11,7 @@ from agent.node import NodeAgent
 from agent.quorum import Grants
 from agent.settings import load_settings
 from coordinator_election import Announce, VoteRequest
+from tests.peer_tools import leadership_up_a_minute
 
 
 def _agent(data_dir: Path, token: str | None = None) -> NodeAgent:
@@ -20,15 +20,6 @@ def _agent(data_dir: Path, token: str | None = None) -> NodeAgent:
 
 
 TOKEN = "restart-cluster-token-0123456789ab"
-
-
-def _up_a_minute(agent: NodeAgent) -> Leadership:
-    """A fresh agent's election as a minute after its start: past a fresh board's wait for its view to settle (it
-    grants and follows nobody in its first timeout, elect15 item 3); these tests are about what it persists."""
-    ahead = [0.0]
-    lead = Leadership(agent, monotonic=lambda: time.monotonic() + ahead[0])
-    ahead[0] = 60.0
-    return lead
 
 
 def _announce(agent: NodeAgent, term: int, leader: str, memory: float) -> dict[str, Any]:
@@ -41,7 +32,7 @@ def _announce(agent: NodeAgent, term: int, leader: str, memory: float) -> dict[s
 
 def test_a_restarted_agent_resumes_its_persisted_term_and_vote(tmp_path: Path) -> None:
     agent = _agent(tmp_path)
-    lead = _up_a_minute(agent)
+    lead = leadership_up_a_minute(agent)
     assert (lead.term, lead.machine.vote) == (0, None)
     lead.receive("n2", encode(VoteRequest(4, "n2", (0, 1.0, "n2"))))  # granted: n1 voted for n2 in term 4
     assert (lead.term, lead.machine.vote) == (4, "n2")
@@ -62,7 +53,7 @@ def test_a_restarted_agent_resumes_its_persisted_term_and_vote(tmp_path: Path) -
 
 def test_a_restarted_agent_keeps_the_one_leader_it_accepted_for_its_term(tmp_path: Path) -> None:
     agent = _agent(tmp_path, TOKEN)
-    lead = _up_a_minute(agent)
+    lead = leadership_up_a_minute(agent)
     lead.receive("n2", _announce(agent, 5, "n2", 1.0))  # follows n2 in term 5
     assert (lead.term, lead.leader, agent.store.election_accepted()) == (5, "n2", "n2")  # durable at once
     asyncio.run(agent.stop())

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +26,7 @@ from agent.quorum import Certificates, Grants
 from agent.settings import load_settings
 from coordinator_election import Announce, Election, ElectionConfig, Received
 from peerserve import wire
+from tests.peer_tools import leadership_up_a_minute
 
 TOKEN = "quorum-cluster-token-0123456789ab"
 
@@ -46,15 +46,6 @@ class Table:
         ]  # fmt: skip
 
 
-def _up_a_minute(agent: NodeAgent) -> Leadership:
-    """f's election as on a board up for a minute: past a fresh board's wait for its view to settle (elect15 item 3:
-    a fresh board judges no certificate and grants nothing while its view still grows)."""
-    ahead = [0.0]
-    lead = Leadership(agent, monotonic=lambda: time.monotonic() + ahead[0])
-    ahead[0] = 60.0
-    return lead
-
-
 def _announce(node: str, term: int, cert: list[wire.Grant] | None, priority: int = 0) -> dict[str, Any]:
     body: dict[str, Any] = {"type": "announce", "term": term, "leader": node, "priority": [priority, 8000.0, node]}
     if cert is not None:
@@ -71,7 +62,7 @@ def _scenario(tmp_path: Path, restarted: bool) -> list[Any]:
         table = Table()
         overrides = {"node_id": "f", "data_dir": str(tmp_path / "f"), "cluster_token": TOKEN, "mdns": False}
         agent = NodeAgent(load_settings(env={}, overrides=overrides), peers=table)
-        agent.leadership = lead = _up_a_minute(agent)
+        agent.leadership = lead = leadership_up_a_minute(agent)
         assert agent.identity is not None
         http = httpx.AsyncClient(transport=httpx.ASGITransport(app=create_peer_app(agent, agent.identity)))
         ids = {n: Identity(n, TOKEN, tmp_path / n) for n in ("L", "m")}
@@ -319,7 +310,7 @@ def test_ids_minted_at_one_address_do_not_take_the_follower(tmp_path: Path) -> N
         table = Minted()
         overrides = {"node_id": "f", "data_dir": str(tmp_path / "f"), "cluster_token": TOKEN, "mdns": False}
         agent = NodeAgent(load_settings(env={}, overrides=overrides), peers=table)
-        agent.leadership = lead = _up_a_minute(agent)
+        agent.leadership = lead = leadership_up_a_minute(agent)
         assert agent.identity is not None
         http = httpx.AsyncClient(transport=httpx.ASGITransport(app=create_peer_app(agent, agent.identity)))
         ids = {n: Identity(n, TOKEN, tmp_path / n) for n in ("L", "m", "s1", "s2", "s3")}
@@ -365,7 +356,7 @@ def test_a_node_that_missed_the_announce_follows_the_leader_from_its_gossiped_le
         table = Table()
         overrides = {"node_id": "f", "data_dir": str(tmp_path / "f"), "cluster_token": TOKEN, "mdns": False}
         agent = NodeAgent(load_settings(env={}, overrides=overrides), peers=table)
-        agent.leadership = lead = _up_a_minute(agent)
+        agent.leadership = lead = leadership_up_a_minute(agent)
         assert agent.identity is not None
         ids = {n: Identity(n, TOKEN, tmp_path / n) for n in ("L", "m")}
         for n, identity in ids.items():  # f has met them (a first contact's pin is written in the background)
@@ -400,7 +391,7 @@ def test_the_leader_puts_its_certificate_on_every_fourth_renewal_within_the_boun
     async def scenario() -> None:
         overrides = {"node_id": "f", "data_dir": str(tmp_path / "f"), "cluster_token": TOKEN, "mdns": False}
         agent = NodeAgent(load_settings(env={}, overrides=overrides), peers=Table())
-        lead = _up_a_minute(agent)
+        lead = leadership_up_a_minute(agent)
         try:
             lead.machine.cert, lead.machine.led_term = frozenset({"f"}), 1  # f leads term 1 on its own grant
             carried = [len(lead._lease_cert(1)) for _ in range(2 * LEASE_CERT_EVERY)]

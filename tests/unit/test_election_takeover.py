@@ -6,14 +6,12 @@ refuses the member's command. Only the membership table is a fixed list here (SW
 from __future__ import annotations
 
 import asyncio
-import time
 from pathlib import Path
 from typing import Any
 
 import httpx
 
 from agent.identity import Identity
-from agent.leadership import Leadership
 from agent.node import NodeAgent
 from agent.peer_api import create_peer_app
 from agent.peer_client import PeerClient
@@ -21,6 +19,7 @@ from agent.peers import Member
 from agent.quorum import Grants
 from agent.settings import load_settings
 from peerserve import wire
+from tests.peer_tools import leadership_up_a_minute
 
 TOKEN = "takeover-cluster-token-0123456789"
 
@@ -49,21 +48,12 @@ def _command(node: str, term: int) -> dict[str, Any]:
     return {"term": term, "leader": node, "instances": {}}  # an empty desired set: stop every model server
 
 
-def _up_a_minute(agent: NodeAgent) -> Leadership:
-    """f's election as on a board up for a minute: past a fresh board's wait for its view to settle (elect15 item 3:
-    a fresh board judges no certificate and grants nothing while its view still grows)."""
-    ahead = [0.0]
-    lead = Leadership(agent, monotonic=lambda: time.monotonic() + ahead[0])
-    ahead[0] = 60.0
-    return lead
-
-
 def test_a_member_announcing_a_higher_term_does_not_take_over_a_follower(tmp_path: Path) -> None:
     async def scenario() -> list[Any]:
         table = Table()
         overrides = {"node_id": "f", "data_dir": str(tmp_path / "f"), "cluster_token": TOKEN, "mdns": False}
         agent = NodeAgent(load_settings(env={}, overrides=overrides), peers=table)
-        agent.leadership = lead = _up_a_minute(agent)
+        agent.leadership = lead = leadership_up_a_minute(agent)
         assert agent.identity is not None
         http = httpx.AsyncClient(transport=httpx.ASGITransport(app=create_peer_app(agent, agent.identity)))
         clients = {n: PeerClient(Identity(n, TOKEN, tmp_path / n), lambda url: None, http=http) for n in ("L", "m")}

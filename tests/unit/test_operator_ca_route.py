@@ -15,7 +15,6 @@ import httpx
 import pytest
 
 from agent.identity import AuthError, Card, Identity, derive_ca_key
-from agent.leadership import Leadership
 from agent.node import NodeAgent
 from agent.operator_ca import b64, raw_public, sign_revocations
 from agent.peer_api import create_peer_app
@@ -26,6 +25,7 @@ from agent.peers import Member
 from agent.quorum import Grants
 from agent.settings import load_settings
 from peerserve import wire
+from tests.peer_tools import leadership_up_a_minute
 from tests.unit.test_operator_ca import OPERATOR, board
 
 TOKEN = "operator-route-cluster-token-0123456789"
@@ -68,7 +68,7 @@ def _run(tmp_path: Path, operator: bool, members: list[Member], script: Any) -> 
         if operator:
             overrides["operator_ca"] = b64(raw_public(OPERATOR.public_key()))
         agent = NodeAgent(load_settings(env={}, overrides=overrides), peers=Table(members))
-        agent.leadership = Leadership(agent)
+        agent.leadership = leadership_up_a_minute(agent)
         assert agent.identity is not None
         http = httpx.AsyncClient(transport=httpx.ASGITransport(app=create_peer_app(agent, agent.identity)))
         clients: list[PeerClient] = []
