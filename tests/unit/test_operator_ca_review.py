@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
 from fastapi import FastAPI
 
 from agent.discovery import swim as sw
@@ -28,18 +27,14 @@ from agent.operator_ca import (
 from agent.peer_api import PeerServer
 from agent.peer_client import PeerClient
 from agent.peer_swim_route import SwimRoute
+from agent.quorum import Certificates, Grants
 from peerserve import wire
 from peerserve.cli import main
 from tests.service.conftest import free_port
-from tests.unit.test_operator_ca import OPERATOR as OP
-from tests.unit.test_operator_ca import TOKEN as OP_TOKEN
-from tests.unit.test_operator_ca import board, send
+from tests.unit.test_operator_ca import NOW, OPERATOR, TOKEN, board, send
+from tests.unit.test_operator_ca import member as _member
 from tests.unit.test_peer_direct import ping
 from tests.unit.test_peer_swim_route import Membership, Node
-
-TOKEN = "operator-ca-cluster-token-0123456789"
-NOW = time.time()
-OPERATOR = Ed25519PrivateKey.generate()
 
 
 def _depth(exc: BaseException) -> int:
@@ -73,9 +68,9 @@ def test_a_callers_stale_card_of_the_listener_falls_back_to_a_signed_call(tmp_pa
     """F4: a holds b's card that has since expired (b was renewed, same key). a's own check of b's certificate used
     to fail the direct call (PeerCallError, each probe, on every board at once); now it is a 401: a asks signed, b's
     answer shows b's current card, and a's later direct calls go through."""
-    a = Identity("a", OP_TOKEN, board(tmp_path / "a", "a"), operator_ca=OP.public_key())
-    b = Identity("b", OP_TOKEN, board(tmp_path / "b", "b"), operator_ca=OP.public_key())
-    old = BoardCard.issue(OP, "b", b.public_key, int(time.time() - 60))  # b's previous card, expired a minute ago
+    a = Identity("a", TOKEN, board(tmp_path / "a", "a"), operator_ca=OPERATOR.public_key())
+    b = Identity("b", TOKEN, board(tmp_path / "b", "b"), operator_ca=OPERATOR.public_key())
+    old = BoardCard.issue(OPERATOR, "b", b.public_key, int(time.time() - 60))  # b's previous card, expired a minute ago
     assert a.operator is not None
     a.operator.check_live(old, time.time() - 120)  # a saw it while it was live
     send(a, b, time.time())  # b saw a's card
@@ -154,3 +149,21 @@ def test_ca_sign_gives_a_board_one_card_and_replace_revokes_the_old(
     assert sign("y-board.req", "--replace", "--revoked", str(listed)) == 0  # the board's key moves to id y
     assert parse_revocations(listed.read_bytes(), public) == {first, second}
     assert sign("x-other.req", "--revoked", str(listed)) == 0  # x's cards all revoked there: x is free again
+
+
+def test_a_certificate_cached_whole_is_dropped_when_a_voters_card_expires(tmp_path: Path) -> None:
+    """F6: the cached voter set kept counting A after A's board card expired (a fresh look counted only L)."""
+    receiver, leader = _member(tmp_path, "f"), _member(tmp_path, "L")
+    voter = _member(tmp_path, "A", days=1)
+    for ident in (leader, voter):
+        send(ident, receiver)
+    clock = [NOW]
+    certs = Certificates(receiver, wall=lambda: clock[0])
+    cert = [Grants(leader).sign(1, "L"), Grants(voter).sign(1, "L")]
+    assert certs.voters(1, "L", cert, {"f", "L", "A"}) == {"L", "A"}
+    checked = certs.verifications
+    assert certs.voters(1, "L", cert, {"f", "L", "A"}) == {"L", "A"} and certs.verifications == checked  # cached
+    clock[0] = NOW + 2 * 86400  # A's card expired a day ago
+    assert certs.voters(1, "L", cert, {"f", "L", "A"}) == {"L"}
+    assert certs.verifications == checked  # judged again from each grant's kept verdict: no signature re-checked
+    assert len(certs.cache) <= 1
