@@ -18,8 +18,9 @@ On each board:
 
   peerserve card request --node-id ID [--data-dir D] [-o REQUEST]
                                                 the signing request, from D/peer/node.key (made if missing)
-  peerserve card install CARD [--data-dir D]    check the signed card against this board, copy it to
-                                                D/peer/board.card
+  peerserve card install CARD --operator-ca CA.pub --node-id ID [--data-dir D]
+                                                check the signed card (the CA's signature, this node id,
+                                                this board's key, expiry), copy it to D/peer/board.card
 
 Then give every agent the CA's public key (`operator_ca = "/etc/peerserve/operator-ca.pub"` in its config, or
 --operator-ca, or scripts/install.sh --operator-ca FILE --board-card FILE) and copy revoked.json to each board's
@@ -38,6 +39,8 @@ from typing import Any
 
 DEFAULT_DATA_DIR = "/var/lib/peerserve"  # what scripts/install.sh configures
 DEFAULT_DAYS = 365.0
+# what a board has (scripts/install.sh): 'ca init' refuses to make the operator's key where one of these exists
+BOARD_MARKERS = (Path(DEFAULT_DATA_DIR) / "peer" / "node.key", Path("/etc/peerserve/config.toml"))
 
 
 def register(commands: Any) -> None:
@@ -84,6 +87,9 @@ def register(commands: Any) -> None:
     req.add_argument("-o", "--out", help="write the request here (default: stdout)")
     inst = sub.add_parser("install", help="check the operator's signed card against this board and install it")
     inst.add_argument("card", help="the card file from 'peerserve ca sign'")
+    inst.add_argument("--operator-ca", required=True, help="the operator CA's public key (ca.pub, or the key): the "
+                      "card must be signed by it")  # fmt: skip
+    inst.add_argument("--node-id", required=True, help="this agent's node id (node_id): the card must name it")
     for s in (req, inst):
         s.add_argument(
             "--data-dir", default=DEFAULT_DATA_DIR, help=f"the agent's data dir (default {DEFAULT_DATA_DIR})"
@@ -145,7 +151,16 @@ def _ca(args: argparse.Namespace) -> int:
         folder = Path(args.dir)
         if (folder / "ca.key").exists():
             raise ValueError(f"{folder / 'ca.key'} exists: a second CA would orphan every card the first signed")
+        board = [str(m) for m in BOARD_MARKERS if m.exists()]
+        if board:
+            raise ValueError(f"this looks like a board ({', '.join(board)}): the operator CA's key never sits on a "
+                             "board (a board's root could sign itself any card); run 'ca init' on the operator's "
+                             "machine")  # fmt: skip
+        if folder.exists() and folder.stat().st_mode & 0o022:
+            raise ValueError(f"{folder} is writable by group or others (mode {folder.stat().st_mode & 0o777:o}): "
+                             "they could swap ca.key; use a new folder or chmod 700 it")  # fmt: skip
         folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        folder.chmod(0o700)
         key = Ed25519PrivateKey.generate()
         pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                 serialization.NoEncryption())  # fmt: skip
@@ -261,7 +276,7 @@ def cmd_card(args: argparse.Namespace) -> int:
 
 def _card(args: argparse.Namespace) -> int:
     from agent.identity import _load_or_create_key
-    from agent.operator_ca import BoardRequest, raw_public, read_board_card
+    from agent.operator_ca import BoardRequest, parse_operator_ca, raw_public, read_board_card
     from peerserve import wire
 
     peer = Path(args.data_dir) / "peer"
@@ -276,6 +291,13 @@ def _card(args: argparse.Namespace) -> int:
                   "('peerserve ca sign --ca DIR REQUEST')")  # fmt: skip
         return 0
     card = read_board_card(Path(args.card))
+    try:
+        card.verify(parse_operator_ca(args.operator_ca))
+    except ValueError as exc:
+        raise ValueError(f"--operator-ca {args.operator_ca}: {exc}") from exc
+    if card.node_id != args.node_id:
+        raise ValueError(f"the card is for node {card.node_id!r}, this agent is {args.node_id!r} (node_id): the "
+                         "agent would refuse every start with it")  # fmt: skip
     if card.public_key != raw_public(key.public_key()):
         raise ValueError(f"the card is for another key than this board's ({peer / 'node.key'}): was the request "
                          "made on this board, with this data dir?")  # fmt: skip

@@ -284,11 +284,12 @@ def test_the_operator_and_board_commands_end_to_end(tmp_path: Path, capsys: pyte
                  "-o", str(tmp_path / "n1.card")]) == 0  # fmt: skip
     assert main(["ca", "show", "--ca", str(ca), str(tmp_path / "n1.card"), "--json"]) == 0
     capsys.readouterr()
-    assert main(["card", "install", str(tmp_path / "n1.card"), "--data-dir", str(data)]) == 0
+    pub = ["--operator-ca", str(ca / "ca.pub"), "--node-id", "n1"]
+    assert main(["card", "install", str(tmp_path / "n1.card"), "--data-dir", str(data), *pub]) == 0
     ident = Identity("n1", TOKEN, data, operator_ca=parse_operator_ca(public))  # the agent starts with it
     assert ident.board is not None and ident.board.priority == 3
     assert 9 * 86400 < ident.board.expires - time.time() <= 10 * 86400
-    assert main(["card", "install", str(tmp_path / "n1.card"), "--data-dir", str(tmp_path / "other")]) == 1
+    assert main(["card", "install", str(tmp_path / "n1.card"), "--data-dir", str(tmp_path / "other"), *pub]) == 1
     assert main(["ca", "revoke", "--ca", str(ca), "--node", "n1", "-o", str(tmp_path / "revoked.json")]) == 0
     revoked = parse_revocations((tmp_path / "revoked.json").read_bytes(), parse_operator_ca(public))
     assert revoked == {ident.board.fingerprint}

@@ -12,6 +12,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fastapi import FastAPI
 
+from agent import ca_cli
 from agent.discovery import swim as sw
 from agent.discovery.swim_io import SwimDriver
 from agent.identity import Card, Identity, derive_ca_key
@@ -167,3 +168,41 @@ def test_a_certificate_cached_whole_is_dropped_when_a_voters_card_expires(tmp_pa
     assert certs.voters(1, "L", cert, {"f", "L", "A"}) == {"L"}
     assert certs.verifications == checked  # judged again from each grant's kept verdict: no signature re-checked
     assert len(certs.cache) <= 1
+
+
+def test_ca_init_keeps_its_folder_private_and_stays_off_boards(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """F7: 'ca init' into an existing folder kept its mode (0777 stayed 0777: ca.key swappable), and ran on a board."""
+    monkeypatch.setattr(ca_cli, "BOARD_MARKERS", (tmp_path / "board" / "peer" / "node.key",))
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    assert main(["ca", "init", str(shared)]) == 1 and not (shared / "ca.key").exists()
+    kept = tmp_path / "kept"
+    kept.mkdir(mode=0o755)
+    kept.chmod(0o755)
+    assert main(["ca", "init", str(kept)]) == 0 and kept.stat().st_mode & 0o777 == 0o700
+    (tmp_path / "board" / "peer").mkdir(parents=True)
+    (tmp_path / "board" / "peer" / "node.key").write_text("")
+    assert main(["ca", "init", str(tmp_path / "on-board")]) == 1 and not (tmp_path / "on-board").exists()
+    assert "board" in capsys.readouterr().err
+
+
+def test_card_install_checks_the_ca_signature_and_the_node_id(tmp_path: Path) -> None:
+    """F7: 'card install' checked the card against the board's key and expiry only: another CA's card, or one for
+    another node id (the agent then fails every start), installed."""
+    ca, data = tmp_path / "ca", tmp_path / "board"
+    assert main(["ca", "init", str(ca)]) == 0
+    assert main(["ca", "init", str(tmp_path / "other-ca")]) == 0
+    assert main(["card", "request", "--node-id", "n1", "--data-dir", str(data), "-o", str(tmp_path / "req")]) == 0
+    assert main(["ca", "sign", "--ca", str(ca), str(tmp_path / "req"), "-o", str(tmp_path / "n1.card")]) == 0
+
+    def install(pub: Path, node: str) -> int:
+        return main(["card", "install", str(tmp_path / "n1.card"), "--data-dir", str(data), "--operator-ca", str(pub),
+                     "--node-id", node])  # fmt: skip
+
+    assert install(tmp_path / "other-ca" / "ca.pub", "n1") == 1  # not signed by the configured CA
+    assert install(ca / "ca.pub", "n2") == 1  # not this agent's node id
+    assert not (data / "peer" / "board.card").exists()
+    assert install(ca / "ca.pub", "n1") == 0 and (data / "peer" / "board.card").exists()
