@@ -40,7 +40,8 @@ from typing import Any
 DEFAULT_DATA_DIR = "/var/lib/peerserve"  # what scripts/install.sh configures
 DEFAULT_DAYS = 365.0
 # what a board has (scripts/install.sh): 'ca init' refuses to make the operator's key where one of these exists
-BOARD_MARKERS = (Path(DEFAULT_DATA_DIR) / "peer" / "node.key", Path("/etc/peerserve/config.toml"))
+DEFAULT_CONFIG = "/etc/peerserve/config.toml"
+BOARD_MARKERS = (Path(DEFAULT_DATA_DIR) / "peer" / "node.key", Path(DEFAULT_CONFIG))
 
 
 def register(commands: Any) -> None:
@@ -94,6 +95,8 @@ def register(commands: Any) -> None:
         s.add_argument(
             "--data-dir", default=DEFAULT_DATA_DIR, help=f"the agent's data dir (default {DEFAULT_DATA_DIR})"
         )
+        s.add_argument("--config", help=f"the agent's config, for its cluster_token: the card names the cluster "
+                       f"(default {DEFAULT_CONFIG} if there; PEERSERVE_CLUSTER_TOKEN also works)")  # fmt: skip
         s.add_argument("--json", action="store_true", help="answer as one JSON object")
     card.set_defaults(handler=cmd_card)
 
@@ -218,7 +221,7 @@ def _ca(args: argparse.Namespace) -> int:
             print(f"revoked {len(clash)} card(s) in {revoked_file}: copy it to each board's DATA_DIR/peer/revoked.json "
                   "once the new card is installed", file=sys.stderr)  # fmt: skip
         card = BoardCard.issue(ca, request.node_id, request.public_key, int(now + args.days * 86400),
-                               args.priority)  # fmt: skip
+                               args.priority, cluster=request.cluster)  # fmt: skip
         with open(folder / "issued.jsonl", "a") as log:  # what 'ca revoke --node' revokes
             log.write(json.dumps({k: v for k, v in card.to_json().items() if k != "card"}) + "\n")
         _write(args.out, card.to_json())
@@ -274,6 +277,20 @@ def cmd_card(args: argparse.Namespace) -> int:
         return 1
 
 
+def _cluster(args: argparse.Namespace) -> bytes:
+    """The cluster this board's token makes (``Identity.cluster``), which its card must name: the token from the
+    agent's config (``--config``, or /etc/peerserve/config.toml) or the environment."""
+    from agent.identity import cluster_of
+    from agent.settings import load_settings
+
+    config = args.config or (DEFAULT_CONFIG if Path(DEFAULT_CONFIG).exists() else None)
+    token = load_settings(config).cluster_token
+    if not token:
+        raise ValueError("the card names the cluster: give the agent's config (--config FILE with cluster_token) or "
+                         "PEERSERVE_CLUSTER_TOKEN")  # fmt: skip
+    return bytes.fromhex(cluster_of(token))
+
+
 def _card(args: argparse.Namespace) -> int:
     from agent.identity import _load_or_create_key
     from agent.operator_ca import BoardRequest, parse_operator_ca, raw_public, read_board_card
@@ -284,7 +301,7 @@ def _card(args: argparse.Namespace) -> int:
     if args.card_command == "request":
         if not wire.NODE_ID.fullmatch(args.node_id):
             raise ValueError(f"{args.node_id!r} is not a node id")
-        request = BoardRequest.make(args.node_id, key).to_json()
+        request = BoardRequest.make(args.node_id, key, _cluster(args)).to_json()
         _write(args.out, request)
         if args.out is not None:
             _emit(args, request, f"request for {args.node_id} written to {args.out}: give it to the operator "
@@ -295,6 +312,9 @@ def _card(args: argparse.Namespace) -> int:
         card.verify(parse_operator_ca(args.operator_ca))
     except ValueError as exc:
         raise ValueError(f"--operator-ca {args.operator_ca}: {exc}") from exc
+    if card.cluster != _cluster(args):
+        raise ValueError(f"the card is for cluster {card.cluster.hex()}, this board's token is cluster "
+                         f"{_cluster(args).hex()}: request a card with this board's token")  # fmt: skip
     if card.node_id != args.node_id:
         raise ValueError(f"the card is for node {card.node_id!r}, this agent is {args.node_id!r} (node_id): the "
                          "agent would refuse every start with it")  # fmt: skip

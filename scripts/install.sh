@@ -340,12 +340,13 @@ docker_gpu = $gpu
 cluster_token = \"$token\"$operator_line"
 [ -d "$data" ] || act install -d -m 700 -o "$user" -g "$user" "$data"
 if [ -n "$card_request" ]; then  # the node key is made here if the agent has not made it yet
-  act "$prefix/venv/bin/peerserve" card request --node-id "$node_id" --data-dir "$data" -o "$card_request"
+  act "$prefix/venv/bin/peerserve" card request --node-id "$node_id" --data-dir "$data" --config "$config" \
+    -o "$card_request"
 fi
 if [ -n "$board_card" ] && ! cmp -s "$board_card" "$data/peer/board.card" 2>/dev/null; then
-  # refuses a card of another CA, another node id, another board's key, or expired
-  act "$prefix/venv/bin/peerserve" card install "$board_card" --data-dir "$data" --operator-ca "$ca_file" \
-    --node-id "$node_id"
+  # refuses a card of another CA, cluster (token) or node id, another board's key, or expired
+  act "$prefix/venv/bin/peerserve" card install "$board_card" --data-dir "$data" --config "$config" \
+    --operator-ca "$ca_file" --node-id "$node_id"
 fi
 if [ "$dry_run" = 0 ] && [ -n "$(find "$data" ! -user "$user" -print -quit 2>/dev/null)" ]; then
   act chown -R "$user:$user" "$data"  # an install from before the dedicated user, or the card steps: hand it over

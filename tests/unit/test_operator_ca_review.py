@@ -15,6 +15,7 @@ from fastapi import FastAPI
 from agent import ca_cli
 from agent.discovery import swim as sw
 from agent.discovery.swim_io import SwimDriver
+from agent.errors import ConfigError
 from agent.identity import Card, Identity, derive_ca_key
 from agent.operator_ca import (
     BoardCard,
@@ -32,10 +33,16 @@ from agent.quorum import Certificates, Grants
 from peerserve import wire
 from peerserve.cli import main
 from tests.service.conftest import free_port
-from tests.unit.test_operator_ca import NOW, OPERATOR, TOKEN, board, send
+from tests.unit.test_operator_ca import CLUSTER, NOW, OPERATOR, TOKEN, board, send
 from tests.unit.test_operator_ca import member as _member
 from tests.unit.test_peer_direct import ping
 from tests.unit.test_peer_swim_route import Membership, Node
+
+
+@pytest.fixture(autouse=True)
+def _board_token(monkeypatch: pytest.MonkeyPatch) -> None:
+    """'card request' and 'card install' read the board's token (its card names the cluster)."""
+    monkeypatch.setenv("PEERSERVE_CLUSTER_TOKEN", TOKEN)
 
 
 def _depth(exc: BaseException) -> int:
@@ -50,7 +57,7 @@ def test_repeated_refusals_of_a_bad_card_keep_nothing_growing() -> None:
     frames it keeps) by a frame per refused request, without a ceiling."""
     key = raw_public(Ed25519PrivateKey.generate().public_key())
     card = Card.issue(derive_ca_key(TOKEN), "evil", key, board=b"\x01junk")
-    trust = OperatorTrust(OPERATOR.public_key())
+    trust = OperatorTrust(OPERATOR.public_key(), cluster=CLUSTER)
     depths = []
     for _ in range(200):
         with pytest.raises(CardError) as refused:
@@ -71,7 +78,9 @@ def test_a_callers_stale_card_of_the_listener_falls_back_to_a_signed_call(tmp_pa
     answer shows b's current card, and a's later direct calls go through."""
     a = Identity("a", TOKEN, board(tmp_path / "a", "a"), operator_ca=OPERATOR.public_key())
     b = Identity("b", TOKEN, board(tmp_path / "b", "b"), operator_ca=OPERATOR.public_key())
-    old = BoardCard.issue(OPERATOR, "b", b.public_key, int(time.time() - 60))  # b's previous card, expired a minute ago
+    old = BoardCard.issue(
+        OPERATOR, "b", b.public_key, int(time.time() - 60), cluster=CLUSTER
+    )  # b's previous card, expired a minute ago
     assert a.operator is not None
     a.operator.check_live(old, time.time() - 120)  # a saw it while it was live
     send(a, b, time.time())  # b saw a's card
@@ -106,9 +115,9 @@ def test_an_older_card_shown_again_does_not_roll_back_a_renewed_one(tmp_path: Pa
     """F2: the roster held the card shown last, so a relayed older statement of x (its older, still valid card) put
     x's old priority back on this board only; priority() read the held card without checking it was live."""
     key = raw_public(Ed25519PrivateKey.generate().public_key())
-    old = BoardCard.issue(OPERATOR, "x", key, int(NOW + 300 * 86400), priority=10)
-    new = BoardCard.issue(OPERATOR, "x", key, int(NOW + 365 * 86400), priority=1)
-    trust = OperatorTrust(OPERATOR.public_key())
+    old = BoardCard.issue(OPERATOR, "x", key, int(NOW + 300 * 86400), priority=10, cluster=CLUSTER)
+    new = BoardCard.issue(OPERATOR, "x", key, int(NOW + 365 * 86400), priority=1, cluster=CLUSTER)
+    trust = OperatorTrust(OPERATOR.public_key(), cluster=CLUSTER)
     trust.check_live(trust.certify("x", key, new.raw()), NOW)
     assert trust.priority("x", NOW) == 1
     trust.check_live(trust.certify("x", key, old.raw()), NOW)  # still valid: accepted, but it does not replace
@@ -116,7 +125,7 @@ def test_an_older_card_shown_again_does_not_roll_back_a_renewed_one(tmp_path: Pa
     assert trust.priority("x", new.expires) == 0  # a held card that expired grants nothing
     revoked = tmp_path / "revoked.json"  # the operator revokes the renewed card: the older one is x's card again
     revoked.write_text(json.dumps(sign_revocations(OPERATOR, int(NOW), [new.fingerprint])))
-    later = OperatorTrust(OPERATOR.public_key(), revoked)
+    later = OperatorTrust(OPERATOR.public_key(), revoked, cluster=CLUSTER)
     later.roster["x"] = new  # held from before the revocation
     later.check_live(later.certify("x", key, old.raw()), NOW)
     assert later.roster["x"] == old and later.priority("x", NOW) == 10
@@ -206,3 +215,30 @@ def test_card_install_checks_the_ca_signature_and_the_node_id(tmp_path: Path) ->
     assert install(ca / "ca.pub", "n2") == 1  # not this agent's node id
     assert not (data / "peer" / "board.card").exists()
     assert install(ca / "ca.pub", "n1") == 0 and (data / "peer" / "board.card").exists()
+
+
+def test_a_card_for_one_cluster_admits_nobody_to_another(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """F5: a board card named no cluster: one operator CA for clusters A and B, a board carded for A that is given
+    B's token was a full member of B. Cards (v2) and requests name the token CA's fingerprint."""
+    other = "cluster-B-token-0123456789abcdef"
+    folder = board(tmp_path / "x", "x")  # x's card, for this cluster (TOKEN)
+    with pytest.raises(ConfigError, match="is for cluster"):
+        Identity("x", other, folder, operator_ca=OPERATOR.public_key())  # x given B's token: it does not start
+    x = Identity("x", TOKEN, folder, operator_ca=OPERATOR.public_key())
+    f_in_b = Identity("f", other, board(tmp_path / "f", "f", token=other), operator_ca=OPERATOR.public_key())
+    forged = Card.issue(derive_ca_key(other), "x", x.public_key, x.board.raw() if x.board else b"")
+    assert f_in_b.operator is not None
+    with pytest.raises(CardError, match="another cluster"):
+        f_in_b.operator.certify("x", x.public_key, Card.decode(forged.encode()).board)
+    # the commands: the request names the board's cluster; install refuses a card of another
+    ca, data = tmp_path / "ca", tmp_path / "board"
+    assert main(["ca", "init", str(ca)]) == 0
+    assert main(["card", "request", "--node-id", "n1", "--data-dir", str(data), "-o", str(tmp_path / "req")]) == 0
+    assert json.loads((tmp_path / "req").read_text())["cluster"] == CLUSTER.hex()
+    assert main(["ca", "sign", "--ca", str(ca), str(tmp_path / "req"), "-o", str(tmp_path / "n1.card")]) == 0
+    monkeypatch.setenv("PEERSERVE_CLUSTER_TOKEN", other)
+    install = ["card", "install", str(tmp_path / "n1.card"), "--data-dir", str(data), "--operator-ca",
+               str(ca / "ca.pub"), "--node-id", "n1"]  # fmt: skip
+    assert main(install) == 1
+    monkeypatch.setenv("PEERSERVE_CLUSTER_TOKEN", TOKEN)
+    assert main(install) == 0
