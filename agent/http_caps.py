@@ -199,12 +199,19 @@ def limited_protocol(
         def _should_upgrade(self) -> bool:
             """uvicorn asks this of each request head just before it checks ``limit_concurrency`` and, past it, answers
             with its own 503 (which says nothing of when to come back): that 503 gets ``Retry-After`` (the
-            connection's h11 adds it, ``ChunkCountingConnection.send``)."""
+            connection's h11 adds it, ``ChunkCountingConnection.send``). uvicorn 0.54 calls it there only; a test
+            (``test_an_upload_still_coming_or_held_by_the_agent_is_not_given_up``) fails if a version stops. With
+            ws="none" (agent.cli, review15c F4) it is never true: an upgrade request is a plain request."""
             upgrade: bool = super()._should_upgrade()
             limit = self.limit_concurrency
             at_cap = limit is not None and (len(self.connections) >= limit or len(self.tasks) >= limit)
             self.counted.retry_after_s = retry_after if at_cap and not upgrade else None
             return upgrade
+
+        def _unsupported_upgrade_warning(self) -> None:
+            """uvicorn logs two warnings for each upgrade request it will not upgrade (ws="none"): a client could fill
+            the log with them; one line at debug."""
+            log.debug("upgrade request from %s served as a plain request (no WebSockets here)", self.client)
 
         def _answer_started(self) -> bool:
             return self.cycle is not None and not self.cycle.response_complete and self.cycle.response_started

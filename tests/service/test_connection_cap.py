@@ -473,3 +473,27 @@ def test_a_connection_given_up_with_its_answer_unread_is_gone_at_once(agent: Any
     wait_for(lambda: len(_unsent(server)) == CAP - 2, timeout=5)  # one gone; the rest wait for their deadlines
     for sock in held:
         sock.close()
+
+
+_UPGRADE = (b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")  # fmt: skip
+
+
+def test_websocket_upgrade_requests_give_their_connection_counts_back(agent: Any) -> None:
+    """review15c F4: with uvicorn's ws="auto" (wsproto installed) each upgrade request handed its connection to
+    uvicorn's WSProtocol, past the cap, and its count in the per-address table was never given back: after
+    ``max_connections_per_address`` upgrades (each closed at once) every connection from that address got 503 for
+    good. The agent serves no WebSockets (ws="none"): an upgrade request is a plain request (404 here), its
+    connection counted and given back like any other. Fails on the old config (the table stays at 8, then 503)."""
+    port, server, _ = agent
+    source = "127.0.80.1"
+    table = _protocol_class(server).address_budgets
+    for _ in range(PER_ADDRESS + 2):
+        with socket.create_connection(("127.0.0.1", port), timeout=10, source_address=(source, 0)) as sock:
+            sock.sendall(_UPGRADE)
+            first = sock.recv(300).split(b"\r\n")[0]
+        assert not first.startswith(b"HTTP/1.1 101"), first
+        assert first.startswith(b"HTTP/1.1 404"), first
+    wait_for(lambda: table.users(source) == 0, timeout=10)
+    assert _health(port, source) == 200
+    wait_for(lambda: table.users(source) == 0, timeout=10)
