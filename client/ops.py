@@ -326,25 +326,31 @@ class ClientCore:
         from fail over to the next agent; other errors raise. An ``inference`` (through an agent's proxy)
         has its values weighted (jsonbound.cost_at_most), and over either bound raises AnswerTooLarge.
 
-        The failover has ``ask_budget_s`` in all: up to 128 agents may be listed, and one that accepts and never
-        answers costs a per-agent timeout (5 s: all down, over 10 minutes). The first agent asked has its call's
-        own deadline (a slow model's answer through a proxy is not cut short); each next one is asked only while
-        the budget lasts, its call's deadline at most what is left of it."""
+        The failover has ``ask_budget_s``: up to 128 agents may be listed, and one that accepts and never answers
+        costs a per-agent timeout (5 s: all down, over 10 minutes). The budget's clock starts when the first agent's
+        call returns (review15c F1: started before it, an agent holding its call's whole deadline left nobody else
+        asked), and a next agent is asked only while it lasts. An inference gives every agent asked its call's own
+        deadline (a slow model's answer through a proxy is not cut short, whichever agent serves it): at worst the
+        first deadline + the budget + one deadline. A control call's next agent has at most what is left of the
+        budget (at worst the first deadline + the budget)."""
         last: Exception | None = None
         count = cost_at_most if inference else values_at_most
         agents = yield from self.ordered_agents()
-        began = self.clock()
+        began: float | None = None
         for asked, agent in enumerate(agents):
             deadline = None if inference else CONTROL_DEADLINE_S
-            if asked:
+            if began is not None:
                 left = self.ask_budget_s - (self.clock() - began)
                 if left <= 0:
                     raise ClusterUnreachableError(
-                        f"no agent answered {path} within {self.ask_budget_s:g} s ({asked} of {len(agents)} asked):"
-                        f" {last}"
+                        f"no agent answered {path} within {self.ask_budget_s:g} s after the first failed"
+                        f" ({asked} of {len(agents)} asked): {last}"
                     )
-                deadline = left if deadline is None else min(deadline, left)
+                if not inference:
+                    deadline = min(CONTROL_DEADLINE_S, left)
             r = yield Call(method, agent + path, json, self.headers(agent), limit=limit, deadline_s=deadline)
+            if began is None:
+                began = self.clock()
             if inference and isinstance(r, OverLimit):
                 raise too_large_bytes(r)
             if isinstance(r, httpx.HTTPError):
