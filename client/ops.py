@@ -26,10 +26,12 @@ import time
 from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar, cast
+from urllib.parse import urlsplit
 
 import httpx
 
 from client import answers
+from client.deadline import is_address
 from client.errors import (
     AnswerTooLarge,
     ClusterUnreachableError,
@@ -51,6 +53,7 @@ RTT_BUDGET_S = 2.0  # for all of one measurement's probes together (they go in p
 RTT_PROBE_TIMEOUT_S = 1.0  # per read of one probe, within that budget
 RTT_MAX_PROBED = 16  # nodes probed in one measurement (named agents, then the known ones nearest first, ...)
 MAX_AGENTS = 128  # agents kept for failover besides those the user named (found by mDNS, learned from /cluster)
+LISTED_NAMES = 4  # members given by hostname taken from one /cluster answer (their lookups may hang: review15c F2)
 ASK_TIMEOUTS = 4  # one question's failover across agents: this many per-agent timeouts in all (ask_budget_s) ...
 ASK_BUDGET_S = ASK_TIMEOUTS * 5.0  # ... the default client's (timeout 5 s): four agents that accept and never answer
 MESSAGE_MAX = 300  # characters of an agent's error message kept
@@ -209,6 +212,19 @@ def withheld(agent: str) -> str:
     )
 
 
+def _few_names(members: list[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """``members`` without those given by hostname past the first ``LISTED_NAMES`` (an address is not looked up)."""
+    kept, names = [], 0
+    for m in members:
+        host = urlsplit(str(m.get("api_url", ""))).hostname or ""
+        if not is_address(host):
+            names += 1
+            if names > LISTED_NAMES:
+                continue
+        kept.append(m)
+    return kept
+
+
 class ClientCore:
     """What a client knows (agents, nodes, RTTs, whom it trusts with its token) and the operations on it."""
 
@@ -266,8 +282,11 @@ class ClientCore:
     def learn(self, cluster: Mapping[str, Any], source: str) -> None:
         """The alive members of a checked /cluster answer from ``source`` (at most answers.MAX_RTT_NODES):
         the nodes to probe, and agents to fail over to. They are vouched for (may have the token) when
-        ``source`` is: named or vouched for itself, and, answering over HTTPS, only for HTTPS URLs."""
-        alive = [m for m in cluster.get("members", []) if m.get("status") == "alive"][: answers.MAX_RTT_NODES]
+        ``source`` is: named or vouched for itself, and, answering over HTTPS, only for HTTPS URLs. At most
+        ``LISTED_NAMES`` of them given by hostname: a name's lookup may hang and hold one of the process's lookup
+        slots (client/deadline.py ``Lookups``), so one member's list cannot take every slot (review15c F2)."""
+        alive = [m for m in cluster.get("members", []) if m.get("status") == "alive"]
+        alive = _few_names(alive)[: answers.MAX_RTT_NODES]
         self.nodes = {str(m["node_id"]): str(m["api_url"]) for m in alive}
         vouches = source in self.named or source in self.vouched
         vouched = {
