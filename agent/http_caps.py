@@ -166,6 +166,7 @@ def limited_protocol(
 
         def connection_made(self, transport: asyncio.Transport) -> None:
             super().connection_made(transport)
+            self.counted.on_continue = self._continue_sent
             host = self.client[0] if self.client else None
             if host is not None and self._over_address_cap(host):
                 warn_once_a_minute(host, f"refusing connections from {host}: {max_connections_per_address} open")
@@ -227,8 +228,20 @@ def limited_protocol(
                 self._awaiting_body()
                 and not self.flow.read_paused
                 and not self._reading_held
+                and not self._awaiting_continue()
                 and (self.loop.time() - self._body_at >= stall_s or self._rate_left() <= 0)
             )
+
+        def _awaiting_continue(self) -> bool:
+            """The client sent ``Expect: 100-continue`` and the agent has not asked for the body yet (uvicorn sends
+            the 100 at the handler's first ``receive``): it waits on the agent, not the other way round, and is never
+            given up for a newcomer (review15c F6: one whose handler worked 3 s first got 503 at 1.3 s)."""
+            return self.cycle is not None and bool(self.cycle.waiting_for_100_continue)
+
+        def _continue_sent(self) -> None:
+            """The agent asked for the body (its ``100 Continue`` went out): both body clocks start now."""
+            now = self.loop.time()
+            self._rate_cycle, self._rate_from, self._body_at = self.cycle, now, now
 
         def _rate_left(self) -> float:
             """``body_rate_left`` of the awaited body: its clock starts when its request is first looked at here
@@ -249,7 +262,7 @@ def limited_protocol(
             """Look again when the awaited body would have gone ``body_stall_s`` without a byte, or fallen behind
             the minimum rate, whichever comes first."""
             if self._stall_timer is None:
-                held = self.flow.read_paused or self._reading_held
+                held = self.flow.read_paused or self._reading_held or self._awaiting_continue()
                 left = stall_s if held else min(stall_s - (self.loop.time() - self._body_at), self._rate_left())
                 self._stall_timer = self.loop.call_later(max(left, 0.0), self._stall_check)
 

@@ -16,6 +16,7 @@ import asyncio
 import json
 import logging
 import time
+from collections.abc import Callable
 from functools import partial
 from typing import Any
 
@@ -107,6 +108,7 @@ class ChunkCountingConnection(h11.Connection):
         self.turn_left = events_per_turn
         self.cut_short = False
         self.retry_after_s: int | None = None  # what a 503 to the current request says, if it says nothing itself
+        self.on_continue: Callable[[], None] | None = None  # called as a ``100 Continue`` goes out (the protocol's)
 
     def send(self, event: Any) -> Any:  # (h11's overloads: any event in, bytes or None out)
         """h11's ``send``, a 503 response head without ``Retry-After`` given ``retry_after_s`` (uvicorn's own
@@ -116,7 +118,10 @@ class ChunkCountingConnection(h11.Connection):
         if refusal and not any(name == b"retry-after" for name, _ in event.headers):
             headers = [*event.headers, (b"retry-after", b"%d" % (after or 0))]
             event = h11.Response(status_code=503, headers=headers, reason=event.reason)
-        return super().send(event)
+        data = super().send(event)
+        if self.on_continue is not None and isinstance(event, h11.InformationalResponse) and event.status_code == 100:
+            self.on_continue()
+        return data
 
     def new_turn(self) -> None:
         """A new loop turn: ``events_per_turn`` more events may be handed out."""

@@ -497,3 +497,61 @@ def test_websocket_upgrade_requests_give_their_connection_counts_back(agent: Any
     wait_for(lambda: table.users(source) == 0, timeout=10)
     assert _health(port, source) == 200
     wait_for(lambda: table.users(source) == 0, timeout=10)
+
+
+async def _late_reader(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """An app whose handler works before it reads its body (``/late``: 1.5 s; ``/hold``: 3 s), as the proxy's
+    ``resolve`` may while it provisions a model; then answers with the body's length."""
+    if scope["type"] != "http":
+        return
+    await asyncio.sleep(1.5 if scope["path"] == "/late" else 3.0 if scope["path"] == "/hold" else 0.0)
+    size, more = 0, True
+    while more:
+        message = await receive()
+        size, more = size + len(message.get("body", b"")), bool(message.get("more_body"))
+    out = b"read %d" % size
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"%d" % len(out))]})
+    await send({"type": "http.response.body", "body": out})
+
+
+def test_an_expect_100_continue_client_is_not_given_up_while_the_agent_has_not_asked_for_its_body(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """review15c F6: a client that sent ``Expect: 100-continue`` waits for the agent's 100 (uvicorn sends it at the
+    handler's first ``receive``), yet counted as waiting on its client once no body byte came for the stall: at the
+    cap a newcomer took its place (503 at 1.3 s of a handler's 3 s). Now it waits on the agent until the 100 goes
+    out (then both body clocks start); the newcomer gets uvicorn's 503 and the client its 100 and 200. Fails on the
+    old code (the client is answered 503)."""
+    monkeypatch.setattr(http_caps, "BODY_STALL_S", STALL_S)
+    port = free_port()
+    settings = Settings(node_id="n1", host="127.0.0.1", port=port, data_dir=str(tmp_path), discovery=False,
+                        max_concurrency=3, max_connections_per_address=3)  # fmt: skip
+    server = uvicorn.Server(server_config(_late_reader, settings, "warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    wait_for(lambda: server.started, timeout=20)
+    held: list[socket.socket] = []
+    try:
+        for i in range(2):  # requests read whole, being worked on: never given up
+            held.append(socket.create_connection(("127.0.0.1", port), timeout=10, source_address=(f"127.0.81.{i}", 0)))
+            held[-1].sendall(b"POST /hold HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\nhi")
+        waiter = socket.create_connection(("127.0.0.1", port), timeout=10, source_address=("127.0.82.1", 0))
+        held.append(waiter)
+        waiter.sendall(b"POST /late HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n")
+        time.sleep(1.0)  # past STALL_S: no body byte, but the agent has not asked for it
+        status, headers, _ = _exchanged(port, "127.0.83.1", _HEALTH)
+        assert status == 503 and headers[b"retry-after"] == b"2", (status, headers)  # uvicorn's, at the cap
+        first = waiter.recv(200)
+        assert first.startswith(b"HTTP/1.1 100 "), first
+        waiter.sendall(b"hello")
+        answer = first.split(b"\r\n\r\n", 1)[1]
+        while b"read 5" not in answer:
+            chunk = waiter.recv(400)
+            assert chunk, answer
+            answer += chunk
+        assert answer.startswith(b"HTTP/1.1 200 "), answer
+    finally:
+        for sock in held:
+            sock.close()
+        server.should_exit = True
+        thread.join(15)
