@@ -227,10 +227,17 @@ def limited_protocol(
             return (
                 self._awaiting_body()
                 and not self.flow.read_paused
-                and not self._reading_held
+                and not self._agent_holds_reading()
                 and not self._awaiting_continue()
                 and (self.loop.time() - self._body_at >= stall_s or self._rate_left() <= 0)
             )
+
+        def _agent_holds_reading(self) -> bool:
+            """The slicing holds reading for the agent's own reasons (the port's parse turns, a slice at a time), not
+            for the parse debt of the connection or its address: that debt is what the address's own clients spent,
+            and excused it let a client keep its address in debt so that its tricklers never counted as waiting
+            (review15c F7)."""
+            return self._reading_held and not self._held_for_debt
 
         def _awaiting_continue(self) -> bool:
             """The client sent ``Expect: 100-continue`` and the agent has not asked for the body yet (uvicorn sends
@@ -253,7 +260,10 @@ def limited_protocol(
 
         def _reading_resumed(self) -> None:
             """The client could not send while the agent held its reading: neither clock counts that time (taken
-            as from its last byte, or its body's start if later)."""
+            as from its last byte, or its body's start if later). Not a hold for its own or its address's parse debt
+            (``_agent_holds_reading``): that time counts."""
+            if self._held_for_debt:
+                return
             now = self.loop.time()
             self._rate_from += max(0.0, now - max(self._body_at, self._rate_from))
             self._body_at = now
@@ -262,7 +272,7 @@ def limited_protocol(
             """Look again when the awaited body would have gone ``body_stall_s`` without a byte, or fallen behind
             the minimum rate, whichever comes first."""
             if self._stall_timer is None:
-                held = self.flow.read_paused or self._reading_held or self._awaiting_continue()
+                held = self.flow.read_paused or self._agent_holds_reading() or self._awaiting_continue()
                 left = stall_s if held else min(stall_s - (self.loop.time() - self._body_at), self._rate_left())
                 self._stall_timer = self.loop.call_later(max(left, 0.0), self._stall_check)
 

@@ -16,6 +16,7 @@ Scaled: cap 24, 8 per address, attackers from 127.0.77.1-3, newcomers from 127.0
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import socket
 import threading
@@ -551,6 +552,63 @@ def test_an_expect_100_continue_client_is_not_given_up_while_the_agent_has_not_a
             answer += chunk
         assert answer.startswith(b"HTTP/1.1 200 "), answer
     finally:
+        for sock in held:
+            sock.close()
+        server.should_exit = True
+        thread.join(15)
+
+
+def test_a_trickler_whose_address_is_in_parse_debt_still_falls_behind_the_rate(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """review15c F7 (the suspected excuse, real): every time the agent held a connection's reading was excused from
+    its body clocks (``_reading_resumed``), a hold for the parse debt of the connection or its address too: debt
+    its own clients ran up. An address with a tiny parse share (here, as a client keeping its address in debt
+    would make it) had each trickled byte held for that debt, so its trickler never counted as waiting and a
+    newcomer at the cap got 503. Only the port's turns and flow-control pauses are excused now: the trickler
+    falls behind the minimum rate after the grace and the newcomer takes its place. Fails on the old code."""
+    from agent.http_limits import AddressBudgets
+
+    monkeypatch.setattr(http_caps, "BODY_STALL_S", STALL_S)
+    monkeypatch.setattr(http_caps, "BODY_RATE_GRACE_S", 0.5)
+
+    class App:
+        def __init__(self) -> None:
+            self.state = type("State", (), {})()
+            self.state.client_address_budgets = AddressBudgets(share=1e-4, burst_s=1e-5)  # every step: debt
+
+        async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+            await _late_reader(scope, receive, send)
+
+    port = free_port()
+    settings = Settings(node_id="n1", host="127.0.0.1", port=port, data_dir=str(tmp_path), discovery=False,
+                        max_concurrency=3, max_connections_per_address=3)  # fmt: skip
+    server = uvicorn.Server(server_config(App(), settings, "warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    wait_for(lambda: server.started, timeout=20)
+    held: list[socket.socket] = []
+    stop = threading.Event()
+    try:
+        for i in range(2):  # requests read whole, being worked on (3 s): never given up
+            held.append(socket.create_connection(("127.0.0.1", port), timeout=10, source_address=(f"127.0.84.{i}", 0)))
+            held[-1].sendall(b"POST /hold HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\nhi")
+        trickler = socket.create_connection(("127.0.0.1", port), timeout=10, source_address=("127.0.85.1", 0))
+        held.append(trickler)
+        trickler.sendall(b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 1000\r\n\r\n")
+
+        def trickle() -> None:
+            with contextlib.suppress(OSError):
+                while not stop.wait(0.25):  # a byte each 0.25 s: never a stall (0.4 s), far behind 500 B/s
+                    trickler.sendall(b"x")
+
+        threading.Thread(target=trickle, daemon=True).start()
+        time.sleep(1.5)  # past the grace: behind the rate
+        status, _, body = _exchanged(port, "127.0.86.1", _HEALTH)
+        assert status != 503, (status, body)
+        assert _answer_of(trickler).startswith(b"HTTP/1.1 503 ")
+    finally:
+        stop.set()
         for sock in held:
             sock.close()
         server.should_exit = True
