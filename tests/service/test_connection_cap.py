@@ -613,3 +613,53 @@ def test_a_trickler_whose_address_is_in_parse_debt_still_falls_behind_the_rate(
             sock.close()
         server.should_exit = True
         thread.join(15)
+
+
+@pytest.mark.parametrize("slowest", [True, False], ids=["slowest_body", "off"])
+def test_bodies_sent_just_over_the_minimum_rate_do_not_hold_every_place(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, slowest: bool
+) -> None:
+    """review15c F5: 23 bodies (Content-Length 1,000,000) from 3 addresses at 600 B/s each, just over the minimum
+    rate, held a cap of 24: none counted as waiting on its client, newcomers 0 of 10 served. With no connection
+    waiting at a full cap, a newcomer now takes the place of the body that would take longest at its measured rate
+    (``TAKE_SLOWEST_BODY``; off, the rule before: every newcomer 503)."""
+    monkeypatch.setattr(http_caps, "TAKE_SLOWEST_BODY", slowest)
+    monkeypatch.setattr(http_caps, "BODY_RATE_GRACE_S", 1.0)
+    port = free_port()
+    settings = Settings(node_id="n1", host="127.0.0.1", port=port, data_dir=str(tmp_path), discovery=False,
+                        max_concurrency=CAP, max_connections_per_address=PER_ADDRESS)  # fmt: skip
+    server = uvicorn.Server(server_config(_late_reader, settings, "critical"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    wait_for(lambda: server.started, timeout=20)
+    held: list[socket.socket] = []
+    stop = threading.Event()
+    try:
+        for i in range(CAP - 1):
+            held.append(socket.create_connection(("127.0.0.1", port), timeout=10, source_address=(ATTACKERS[i % 3], 0)))
+            held[-1].sendall(b"POST /up HTTP/1.1\r\nHost: a\r\nContent-Length: 1000000\r\n\r\n")
+
+        def trickle() -> None:
+            while not stop.wait(0.1):
+                for sock in held:
+                    with contextlib.suppress(OSError):
+                        sock.sendall(b"x" * 60)  # 600 B/s
+
+        threading.Thread(target=trickle, daemon=True).start()
+        time.sleep(1.5)  # past the grace: each body's rate measured
+        statuses = []
+        for k in range(4):
+            statuses.append(_health(port, f"127.0.87.{k + 1}"))
+            time.sleep(0.3)
+        if slowest:
+            assert statuses == [200] * 4, statuses
+            answered = [_answer_of(sock) for sock in held]
+            assert sum(a.startswith(b"HTTP/1.1 503 ") for a in answered) >= 1, answered  # (a place freed: enough)
+        else:
+            assert statuses == [503] * 4, statuses
+    finally:
+        stop.set()
+        for sock in held:
+            sock.close()
+        server.should_exit = True
+        thread.join(15)
