@@ -302,6 +302,9 @@ def server_config(app: Any, settings: Any, log_level: str = "info") -> Any:
         limit_concurrency=settings.max_concurrency,
         h11_max_incomplete_event_size=settings.max_header_kb * 1024,
         proxy_headers=False,  # the source address is the peer's: X-Forwarded-For must not fake it
+        # the agent serves no WebSockets (review15c F4): with ws="auto" (wsproto installed) an upgrade request
+        # hands the connection to uvicorn's WSProtocol past the cap, and its per-address count is never given back
+        ws="none",
     )
 
 

@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import logging
 import math
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, ClassVar
 
 import h11
@@ -29,6 +30,7 @@ log = logging.getLogger(__name__)
 BODY_STALL_S = 1.0  # a request body counts as waiting on its client after this long with no byte (reading not paused)
 BODY_MIN_RATE = 500.0  # ... or once it falls behind this many bytes a second (Apache mod_reqtimeout's MinRate) ...
 BODY_RATE_GRACE_S = 2.0  # ... by more than this long (500 B/s x 2 s: its first ~1 KB may take 2 s longer than that)
+TAKE_SLOWEST_BODY = True  # at a full cap with no connection waiting, a newcomer takes the slowest body's place
 GIVEN_UP = "peerserve.given_up"  # scope key: the request's place went to a newcomer and its task was cancelled
 
 
@@ -43,6 +45,30 @@ def body_rate_left(body_bytes: int, elapsed_s: float, min_rate: float, grace_s: 
     if min_rate <= 0:
         return math.inf
     return grace_s + body_bytes / min_rate - elapsed_s
+
+
+def time_to_finish(remaining: float, sent: int, elapsed_s: float) -> float:
+    """Seconds a request body still needs at its measured rate (``sent`` bytes in ``elapsed_s`` of its client's
+    time) for ``remaining`` bytes (``inf``: a chunked body's length is unknown); ``inf`` for one that sent nothing."""
+    if remaining <= 0:
+        return 0.0
+    if sent <= 0 or elapsed_s <= 0:
+        return math.inf
+    return remaining * elapsed_s / sent
+
+
+def slowest_body(bodies: Iterable[tuple[Any, str, float]], users: Callable[[str], int], host: str) -> Any | None:
+    """Of ``bodies`` (a connection, its address, its body's ``time_to_finish``), the one a newcomer from ``host``
+    takes the place of when the cap is full and no connection counts as waiting on its client: the one that would
+    take longest, from an address holding more connections than ``host`` (``users``); None if there is none.
+    Bodies sent just over the minimum rate held every place (review15c F5: 23 connections at 600 B/s from 3
+    addresses at cap 24, newcomers 0 of 10 served); an honest upload about to finish is the last one taken."""
+    own = users(host)
+    best, longest = None, -1.0
+    for conn, address, left in bodies:
+        if left > longest and users(address) > own:
+            best, longest = conn, left
+    return best
 
 
 def retry_after_s(stall_s: float, rate_grace_s: float) -> int:
@@ -106,6 +132,7 @@ def limited_protocol(
     min_rate = BODY_MIN_RATE if body_min_rate is None else body_min_rate
     grace_s = BODY_RATE_GRACE_S if body_rate_grace_s is None else body_rate_grace_s
     retry_after = retry_after_s(stall_s, grace_s if min_rate > 0 else 0.0)
+    take_slowest = TAKE_SLOWEST_BODY
 
     class LimitedH11Protocol(parsing):  # type: ignore[valid-type,misc]
         address_budgets = table  # the parsing class's turns (PARSING unless a test's)
@@ -166,6 +193,7 @@ def limited_protocol(
 
         def connection_made(self, transport: asyncio.Transport) -> None:
             super().connection_made(transport)
+            self.counted.on_continue = self._continue_sent
             host = self.client[0] if self.client else None
             if host is not None and self._over_address_cap(host):
                 warn_once_a_minute(host, f"refusing connections from {host}: {max_connections_per_address} open")
@@ -187,6 +215,8 @@ def limited_protocol(
             limit = self.limit_concurrency
             while limit is not None and len(self.connections) - len(self.given_up) >= limit:
                 victim = oldest_of_busiest(self.waiting, host)
+                if victim is None and not self.waiting and take_slowest:
+                    victim = slowest_body(self._incomplete_bodies(), self.address_budgets.users, host)
                 if victim is None:
                     return  # the newcomer's own address holds the most: its request gets uvicorn's 503
                 victim._unmark_waiting()
@@ -196,15 +226,48 @@ def limited_protocol(
                 log.debug("giving up a connection from %s for a newcomer from %s", victim.client, host)
                 victim._give_up()
 
+        def _incomplete_bodies(self) -> Iterator[tuple[Any, str, float]]:
+            """(connection, address, ``time_to_finish``) of each body awaited from its client for at least the
+            rate's grace, not held by the agent (``_body_stalled``'s rules): O(connections), only at a full cap
+            with no connection waiting."""
+            now = self.loop.time()
+            for conn in self.connections:
+                if conn in self.given_up or not isinstance(conn, LimitedH11Protocol) or conn._address is None:
+                    continue
+                if not conn._awaiting_body() or conn.flow.read_paused or conn._agent_holds_reading():
+                    continue
+                if conn._awaiting_continue():
+                    continue
+                conn._rate_left()  # (starts its clock if its request is new)
+                elapsed = now - conn._rate_from
+                if elapsed < grace_s:
+                    continue
+                yield conn, conn._address, time_to_finish(conn._remaining(), conn.counted.body_bytes, elapsed)
+
+        def _remaining(self) -> float:
+            """Bytes of the awaited body still to come (``inf``: chunked, its length unknown)."""
+            for name, value in self.headers:
+                if name == b"content-length":
+                    with contextlib.suppress(ValueError):
+                        return float(int(value) - self.counted.body_bytes)
+            return math.inf
+
         def _should_upgrade(self) -> bool:
             """uvicorn asks this of each request head just before it checks ``limit_concurrency`` and, past it, answers
             with its own 503 (which says nothing of when to come back): that 503 gets ``Retry-After`` (the
-            connection's h11 adds it, ``ChunkCountingConnection.send``)."""
+            connection's h11 adds it, ``ChunkCountingConnection.send``). uvicorn 0.54 calls it there only; a test
+            (``test_an_upload_still_coming_or_held_by_the_agent_is_not_given_up``) fails if a version stops. With
+            ws="none" (agent.cli, review15c F4) it is never true: an upgrade request is a plain request."""
             upgrade: bool = super()._should_upgrade()
             limit = self.limit_concurrency
             at_cap = limit is not None and (len(self.connections) >= limit or len(self.tasks) >= limit)
             self.counted.retry_after_s = retry_after if at_cap and not upgrade else None
             return upgrade
+
+        def _unsupported_upgrade_warning(self) -> None:
+            """uvicorn logs two warnings for each upgrade request it will not upgrade (ws="none"): a client could fill
+            the log with them; one line at debug."""
+            log.debug("upgrade request from %s served as a plain request (no WebSockets here)", self.client)
 
         def _answer_started(self) -> bool:
             return self.cycle is not None and not self.cycle.response_complete and self.cycle.response_started
@@ -219,9 +282,28 @@ def limited_protocol(
             return (
                 self._awaiting_body()
                 and not self.flow.read_paused
-                and not self._reading_held
+                and not self._agent_holds_reading()
+                and not self._awaiting_continue()
                 and (self.loop.time() - self._body_at >= stall_s or self._rate_left() <= 0)
             )
+
+        def _agent_holds_reading(self) -> bool:
+            """The slicing holds reading for the agent's own reasons (the port's parse turns, a slice at a time), not
+            for the parse debt of the connection or its address: that debt is what the address's own clients spent,
+            and excused it let a client keep its address in debt so that its tricklers never counted as waiting
+            (review15c F7)."""
+            return self._reading_held and not self._held_for_debt
+
+        def _awaiting_continue(self) -> bool:
+            """The client sent ``Expect: 100-continue`` and the agent has not asked for the body yet (uvicorn sends
+            the 100 at the handler's first ``receive``): it waits on the agent, not the other way round, and is never
+            given up for a newcomer (review15c F6: one whose handler worked 3 s first got 503 at 1.3 s)."""
+            return self.cycle is not None and bool(self.cycle.waiting_for_100_continue)
+
+        def _continue_sent(self) -> None:
+            """The agent asked for the body (its ``100 Continue`` went out): both body clocks start now."""
+            now = self.loop.time()
+            self._rate_cycle, self._rate_from, self._body_at = self.cycle, now, now
 
         def _rate_left(self) -> float:
             """``body_rate_left`` of the awaited body: its clock starts when its request is first looked at here
@@ -233,7 +315,10 @@ def limited_protocol(
 
         def _reading_resumed(self) -> None:
             """The client could not send while the agent held its reading: neither clock counts that time (taken
-            as from its last byte, or its body's start if later)."""
+            as from its last byte, or its body's start if later). Not a hold for its own or its address's parse debt
+            (``_agent_holds_reading``): that time counts."""
+            if self._held_for_debt:
+                return
             now = self.loop.time()
             self._rate_from += max(0.0, now - max(self._body_at, self._rate_from))
             self._body_at = now
@@ -242,7 +327,7 @@ def limited_protocol(
             """Look again when the awaited body would have gone ``body_stall_s`` without a byte, or fallen behind
             the minimum rate, whichever comes first."""
             if self._stall_timer is None:
-                held = self.flow.read_paused or self._reading_held
+                held = self.flow.read_paused or self._agent_holds_reading() or self._awaiting_continue()
                 left = stall_s if held else min(stall_s - (self.loop.time() - self._body_at), self._rate_left())
                 self._stall_timer = self.loop.call_later(max(left, 0.0), self._stall_check)
 

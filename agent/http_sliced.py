@@ -16,6 +16,7 @@ import asyncio
 import json
 import logging
 import time
+from collections.abc import Callable
 from functools import partial
 from typing import Any
 
@@ -107,6 +108,7 @@ class ChunkCountingConnection(h11.Connection):
         self.turn_left = events_per_turn
         self.cut_short = False
         self.retry_after_s: int | None = None  # what a 503 to the current request says, if it says nothing itself
+        self.on_continue: Callable[[], None] | None = None  # called as a ``100 Continue`` goes out (the protocol's)
 
     def send(self, event: Any) -> Any:  # (h11's overloads: any event in, bytes or None out)
         """h11's ``send``, a 503 response head without ``Retry-After`` given ``retry_after_s`` (uvicorn's own
@@ -116,7 +118,10 @@ class ChunkCountingConnection(h11.Connection):
         if refusal and not any(name == b"retry-after" for name, _ in event.headers):
             headers = [*event.headers, (b"retry-after", b"%d" % (after or 0))]
             event = h11.Response(status_code=503, headers=headers, reason=event.reason)
-        return super().send(event)
+        data = super().send(event)
+        if self.on_continue is not None and isinstance(event, h11.InformationalResponse) and event.status_code == 100:
+            self.on_continue()
+        return data
 
     def new_turn(self) -> None:
         """A new loop turn: ``events_per_turn`` more events may be handed out."""
@@ -183,6 +188,7 @@ class SlicedH11Protocol(H11Protocol):
     _next_step: asyncio.Handle | None = None  # parsing the rest (or h11's pending events) on a later loop turn
     _in_turns = False  # waiting in its address's queue for a turn of the port's parse budget (ParseTurns)
     _reading_held = False  # reading paused by the slicing (uvicorn's flow control pauses it on its own too)
+    _held_for_debt = False  # ... and, since reading was last let go on, for its own or its address's parse debt
     _lingering: asyncio.TimerHandle | None = None  # refused: dropping what arrives until this closes
     _dropped = 0  # bytes dropped since the refusal
     close_drain_s = CLOSE_DRAIN_S  # (limited_protocol: its write_timeout_s)
@@ -234,7 +240,7 @@ class SlicedH11Protocol(H11Protocol):
             self._hold_reading()
         elif (wait := self._wait()) > 0:
             self._unparsed += data
-            self._hold_reading()
+            self._hold_reading(debt=True)
             self._next_step = self.loop.call_later(wait, self._step)
         elif not self._admitted():  # the port's parse budget is spent or others wait: in the queue
             self._unparsed += data
@@ -271,6 +277,7 @@ class SlicedH11Protocol(H11Protocol):
             self.shared is not None and min(self.shared.credit, self.fair.credit) < 0
         )
         if overdrawn and (wait := self._wait()) > 0 and not self.transport.is_closing():
+            self._held_for_debt = True
             self._next_step = self.loop.call_later(wait, self._step)
             return
         if self.transport.is_closing() or self._admitted():
@@ -338,20 +345,23 @@ class SlicedH11Protocol(H11Protocol):
         if self.transport.is_closing():
             self._unparsed.clear()
         elif self.counted.cut_short or self._unparsed:
-            self._hold_reading()
+            self._hold_reading(debt=wait > 0)
             if self._next_step is None and not self._in_turns:
                 call = self.loop.call_soon if wait <= 0 else partial(self.loop.call_later, wait)
                 self._next_step = call(self._step)
         elif self._reading_held:
             self._reading_held = False
             self._reading_resumed()
+            self._held_for_debt = False
             if not self.flow.read_paused:  # else the flow control resumes it once the handler has read on
                 self.transport.resume_reading()
 
-    def _hold_reading(self) -> None:
+    def _hold_reading(self, debt: bool = False) -> None:
         """Pause reading while parsing waits: every time, since uvicorn resumes the transport itself at the end
-        of a body its handler did not read (pausing a paused transport does nothing)."""
+        of a body its handler did not read (pausing a paused transport does nothing). ``debt``: it waits for its
+        own or its address's parse budget (what that address's clients spent), not the port's turns."""
         self._reading_held = True
+        self._held_for_debt = self._held_for_debt or debt
         self.transport.pause_reading()
 
     def on_response_complete(self) -> None:
@@ -383,6 +393,7 @@ class SlicedH11Protocol(H11Protocol):
             self.transport.write_eof()
         self._lingering = self.loop.call_later(REFUSAL_LINGER_S, self._close)
         self._reading_held = False
+        self._held_for_debt = False
         self.flow.read_paused = False
         self.transport.resume_reading()
 

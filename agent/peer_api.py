@@ -300,6 +300,7 @@ class PeerServer:
             app, host=host, port=port, log_level=None, lifespan="off", http=peer_http_parser(),
             ssl_keyfile=str(files.key), ssl_certfile=str(files.cert), ssl_ca_certs=str(files.ca),
             ssl_cert_reqs=ssl.CERT_REQUIRED, timeout_keep_alive=30, limit_concurrency=256, log_config=None,
+            ws="none",  # no WebSockets here: an upgrade would leave the connection's caps (review15c F4)
             # access_log=False would strip the process's shared "uvicorn.access" logger of its handlers
             access_log=True,
             timeout_graceful_shutdown=2,

@@ -5,9 +5,11 @@ scripted model server. The cap is held by 22 predicts a heavy model answers late
 predict declaring 1,000 bytes, then one byte every 0.9 s: it never goes 1 s without a byte) and an honest client
 (127.0.79.1) uploading 2 KB predicts over a 64 kbit/s link (100 bytes every 12.5 ms), one after another, each on a
 new connection. A newcomer (127.0.78.x) asks ``/health`` every second. Rounds alternate the minimum body rate off
-(``BODY_MIN_RATE`` 0: the stall rule alone, as before) and on (the default), in one run.
+(``BODY_MIN_RATE`` 0: the stall rule alone, as before) and on (the default), in one run; with ``--slowest``, the
+default rate throughout and the slowest-body rule (``TAKE_SLOWEST_BODY``: at a full cap with no connection
+waiting, a newcomer takes the place of the body that would take longest) off and on.
 
-    PYTHONPATH=. python bench/body_rate_bench.py --rounds 3 --seconds 10
+    PYTHONPATH=. python bench/body_rate_bench.py --rounds 3 --seconds 10 [--slowest]
 """
 
 from __future__ import annotations
@@ -53,8 +55,9 @@ def status_of(data: bytes) -> tuple[int, str | None]:
     return status, after[0] if after else None
 
 
-def one_round(min_rate: float, seconds: float) -> dict[str, Any]:
+def one_round(min_rate: float, seconds: float, slowest: bool = True) -> dict[str, Any]:
     http_caps.BODY_MIN_RATE = min_rate  # read by limited_protocol when the agent's server_config is built
+    http_caps.TAKE_SLOWEST_BODY = slowest  # (likewise)
     upstream = ModelServer()
     upstream.slow_s = seconds + 5
     with (
@@ -74,7 +77,13 @@ def one_round(min_rate: float, seconds: float) -> dict[str, Any]:
         time.sleep(0.5)
         began = time.monotonic()
         end = began + seconds
-        result: dict[str, Any] = {"min_rate": min_rate, "honest": [], "newcomers": [], "trickler_503_at_s": None}
+        result: dict[str, Any] = {
+            "min_rate": min_rate,
+            "slowest": slowest,
+            "honest": [],
+            "newcomers": [],
+            "trickler_503_at_s": None,
+        }
         trickler = socket.create_connection(("127.0.0.1", port), 30, ("127.0.77.1", 0))
         trickler.sendall(head(1000) + b"[")
         sent_at = time.monotonic()
@@ -135,12 +144,13 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--seconds", type=float, default=10.0)
+    ap.add_argument("--slowest", action="store_true", help="alternate the slowest-body rule off and on instead")
     args = ap.parse_args()
     default = http_caps.BODY_MIN_RATE
     report: dict[str, Any] = {"load_average": os.getloadavg(), "rounds": []}
     for _ in range(args.rounds):
-        for rate in (0.0, default):
-            r = one_round(rate, args.seconds)
+        for rate, slowest in [(default, False), (default, True)] if args.slowest else [(0.0, True), (default, True)]:
+            r = one_round(rate, args.seconds, slowest)
             honest = r.pop("honest")
             r["honest_answered"] = f"{sum(s == 200 for s, _ in honest)}/{len(honest)}"
             r["honest_statuses"] = sorted({s for s, _ in honest})

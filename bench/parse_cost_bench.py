@@ -3,7 +3,9 @@
 The chunk rule (agent/http_limits.py) bounds a body's chunks by its size, so a sender can front-load bytes to
 buy tiny chunks: one chunk of 8 MiB - 32,767 bytes, then 32,767 1-byte chunks (8 MiB in all, within every
 bound). Two parts, each alternating the protocol before (``--before``: another checkout's agent/http_limits.py,
-e.g. main's) and this checkout's, in the same run:
+e.g. main's) and this checkout's, in the same run. Each in-process measurement runs in a process of its own with
+its checkout first on ``sys.path`` (review15c F7: loaded by path, a post-split before's ``from agent.http_caps
+import`` resolved to this checkout, which was then compared with itself):
 
 - in-process: a uvicorn server with each protocol and an app that reads the whole body; a ticker on the same
   loop records how late each 1 ms sleep wakes (the loop's longest turn), while (a) the front-loaded body and
@@ -30,13 +32,14 @@ import argparse
 import asyncio
 import contextlib
 import http.client
-import importlib.util
+import importlib
 import json
 import logging
 import multiprocessing
 import os
 import socket
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -69,13 +72,35 @@ def honest_length() -> bytes:
     return b"POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\n\r\n" % MIB8 + b"l" * MIB8
 
 
-def load(path: Path, name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
+CASES = {"front_loaded": front_loaded, "honest_chunked_64k": honest_chunked, "honest_length": honest_length}
+
+
+def side(root: Path, what: str, args: argparse.Namespace, total_share: float = 0.0) -> dict[str, Any]:
+    """One measurement (``what``: ``in_process:<case>`` or ``flood``) in a process of its own whose
+    ``agent`` package is ``root``'s (its first ``sys.path`` entry): its JSON result."""
+    argv = [sys.executable, str(Path(__file__).resolve()), "--before", str(root), "--side", str(root), "--what", what,
+            "--flood", str(args.flood), "--seconds", str(args.seconds), "--total-share", str(total_share)]  # fmt: skip
+    done = subprocess.run(argv, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"{what} with {root} failed: {done.stderr[-2000:]}")
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
+
+
+def one_side(args: argparse.Namespace) -> dict[str, Any]:
+    """(The process ``side`` starts.) ``args.side``'s agent.http_limits, first on sys.path, measured once."""
+    root = args.side.resolve()
+    sys.path.insert(0, str(root))
+    module = importlib.import_module("agent.http_limits")
+    loaded = Path(str(module.__file__)).resolve()
+    if root not in loaded.parents:
+        raise RuntimeError(f"agent.http_limits came from {loaded}, not {root}")
+    if args.total_share:
+        module.PARSING.budget.share = args.total_share
+        module.PARSING.budget.burst_s = min(module.PARSING.budget.burst_s, args.total_share / 5)
+    if args.what == "flood":
+        return asyncio.run(one_flood(module, args.flood, 4, args.seconds))
+    return asyncio.run(one_request(module, CASES[args.what.split(":", 1)[1]]()))
 
 
 async def reader_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -146,15 +171,15 @@ async def one_request(module: ModuleType, wire: bytes) -> dict[str, Any]:
     }
 
 
-def in_process(before: ModuleType, after: ModuleType, rounds: int, only: str) -> dict[str, Any]:
-    cases = {"front_loaded": front_loaded(), "honest_chunked_64k": honest_chunked(), "honest_length": honest_length()}
-    cases = {c: w for c, w in cases.items() if not only or c in only.split(",")}
+def in_process(before: Path, args: argparse.Namespace) -> dict[str, Any]:
+    cases = [c for c in CASES if not args.cases or c in args.cases.split(",")]
     results: dict[str, dict[str, list[dict[str, Any]]]] = {c: {"before": [], "after": []} for c in cases}
-    for r in range(rounds):
-        for case, wire in cases.items():
-            order = [("before", before), ("after", after)] if r % 2 == 0 else [("after", after), ("before", before)]
-            for label, module in order:
-                result = asyncio.run(one_request(module, wire))
+    sides = {"before": (before, 0.0), "after": (REPO, args.total_share)}
+    for r in range(args.rounds):
+        for case in cases:
+            order = ["before", "after"] if r % 2 == 0 else ["after", "before"]
+            for label in order:
+                result = side(sides[label][0], f"in_process:{case}", args, sides[label][1])
                 results[case][label].append(result)
                 print(f"round {r} {case:20s} {label:6s} {result}", flush=True)
     return results
@@ -244,12 +269,13 @@ async def one_flood(module: ModuleType, addresses: int, per_address: int, second
     }
 
 
-def flood(before: ModuleType, after: ModuleType, rounds: int, addresses: int, seconds: float) -> dict[str, Any]:
+def flood(before: Path, args: argparse.Namespace) -> dict[str, Any]:
     results: dict[str, list[dict[str, Any]]] = {"before": [], "after": []}
-    for r in range(rounds):
-        order = [("before", before), ("after", after)] if r % 2 == 0 else [("after", after), ("before", before)]
-        for label, module in order:
-            result = asyncio.run(one_flood(module, addresses, 4, seconds))
+    sides = {"before": (before, 0.0), "after": (REPO, args.total_share)}
+    for r in range(args.rounds):
+        order = ["before", "after"] if r % 2 == 0 else ["after", "before"]
+        for label in order:
+            result = side(sides[label][0], "flood", args, sides[label][1])
             results[label].append(result)
             print(f"flood round {r} {label:6s} {result}", flush=True)
     return results
@@ -347,17 +373,18 @@ def main() -> int:
                     help="the after checkout's total parse share (default: its TOTAL_SHARE); lower stands in for a "
                     "machine where the process gets a whole core")  # fmt: skip
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--side", type=Path, help=argparse.SUPPRESS)  # (one measurement, in the process side() starts)
+    ap.add_argument("--what", default="", help=argparse.SUPPRESS)
     args = ap.parse_args()
-    before = load(args.before / "agent" / "http_limits.py", "http_limits_before")
-    after = load(REPO / "agent" / "http_limits.py", "http_limits_after")
+    if args.side is not None:
+        print(json.dumps(one_side(args)), flush=True)
+        return 0
+    before = args.before.resolve()
     report: dict[str, Any] = {"load_average": os.getloadavg()}
-    if args.total_share:
-        after.PARSING.budget.share = args.total_share
-        after.PARSING.budget.burst_s = min(after.PARSING.budget.burst_s, args.total_share / 5)
     if args.flood:
-        report["flood"] = flood(before, after, args.rounds, args.flood, args.seconds)
+        report["flood"] = flood(before, args)
     if not args.flood or args.cases:
-        report["in_process"] = in_process(before, after, args.rounds, args.cases)
+        report["in_process"] = in_process(before, args)
     if args.agents:
         report["agents"] = agents(args.before, args.rounds, args.seconds, args.attackers, args.addresses)
     report["load_average_end"] = os.getloadavg()

@@ -22,8 +22,9 @@ deadline, ``call_deadline_s`` (60 s; a control call such as /cluster or /service
 together (client/deadline.py: with the client's own transport every socket wait is bounded by what is left of
 it; a ``transport=`` handed in keeps its own timeouts for the head, the chunks of a streamed answer are checked
 either way), failing over like a timeout. A question asked of the agents in turn (failing over) has
-``ask_budget_s`` in all (default four ``timeout``s, 20 s: four agents that accept and never answer): the first agent
-asked has its call's whole deadline, each next one only what is left of the budget (client/ops.py ``ask``; up to
+``ask_budget_s`` (default four ``timeout``s, 20 s: four agents that accept and never answer), counted from when the
+first agent's call returns: a next agent is asked only while it lasts, an inference's with its whole deadline, a
+control call's with at most what is left (client/ops.py ``ask``; up to
 128 agents may be listed, and all down cost ~128 timeouts before). Measuring RTTs probes at most
 ``RTT_MAX_PROBED`` (16) nodes within ``RTT_BUDGET_S`` (2 s) in all (client/ops.py ``measure_rtts``).
 """

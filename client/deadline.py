@@ -60,68 +60,120 @@ def clamp(timeout: float | None, error: Timeout, now: float | None = None) -> fl
     return left if timeout is None else min(timeout, left)
 
 
+class _Lookup:
+    """One name's lookup: its outcome, and the calls waiting for it (each a wake-up; a call that gives up takes its
+    own out, so a lookup that never ends holds none of them: review15c F3)."""
+
+    __slots__ = ("future", "started", "waiters")
+
+    def __init__(self) -> None:
+        self.future: concurrent.futures.Future[Addresses] = concurrent.futures.Future()
+        self.future.set_running_or_notify_cancel()  # (nobody's cancel can take it from the others)
+        self.waiters: list[Callable[[], None]] = []
+        self.started = False  # (its thread: it has a slot)
+
+
 class Lookups:
     """Name lookups (``getaddrinfo``) that a call waits for at most what is left of its deadline.
 
     Each runs in a daemon thread of its own: ``getaddrinfo`` cannot be interrupted, and a resolver that never
-    answers would hold the thread (and, on the default executor, ``asyncio.run``'s exit) for good. A lookup of a
-    name already being looked up is shared, and at most ``limit`` run at once: past it a call fails at once
-    (``ConnectError``), so names that hang cannot pile up threads without bound (a listed member's hostname is
-    anyone's to choose: /cluster lists up to 64). ``resolve`` is ``socket.getaddrinfo``."""
+    answers would hold the thread (and, on the default executor, ``asyncio.run``'s exit) for good. A lookup is
+    of a host (port 0; the caller attaches its port), shared by every call for that host whatever its port
+    (review15c F2: shared by (host, port), one hanging name listed under 16 ports took every slot). At most
+    ``limit`` run at once, so names that hang cannot pile up threads without bound; past it a call waits, within
+    its deadline, for a slot (first come first served) instead of failing at once. A waiting call that gives up
+    takes its wake-up out (review15c F3: a done-callback left on the shared future per timed-out call, ~0.7 KB
+    each, without bound), and a name no call waits for any more is not looked up. ``resolve`` is
+    ``socket.getaddrinfo``."""
 
     def __init__(self, limit: int = MAX_LOOKUPS, resolve: Callable[..., typing.Any] = socket.getaddrinfo) -> None:
         self.limit = limit
         self.resolve = resolve
         self._lock = threading.Lock()
-        self._running: dict[tuple[str, int], concurrent.futures.Future[Addresses]] = {}
+        self._running: dict[str, _Lookup] = {}
+        self._queued: dict[str, _Lookup] = {}  # waiting for a slot, in order of arrival
 
     def __len__(self) -> int:
         """Lookups running (a hung one included)."""
         return len(self._running)
 
-    def start(self, host: str, port: int) -> concurrent.futures.Future[Addresses]:
-        """The lookup of ``host`` (its addresses, in ``getaddrinfo``'s order), started if not running."""
-        key = (host, port)
+    def waiting(self) -> tuple[int, int]:
+        """(names waiting for a slot, calls waiting for a lookup): both held only by calls still waiting."""
         with self._lock:
-            future = self._running.get(key)
-            if future is None:
-                if len(self._running) >= self.limit:
-                    raise httpcore.ConnectError(f"{len(self._running)} name lookups already in flight; not {host}")
-                future = self._running[key] = concurrent.futures.Future()
-                future.set_running_or_notify_cancel()  # (a waiter's cancel can no longer take it from the others)
-                threading.Thread(target=self._run, args=(key, future), name=f"lookup {host}", daemon=True).start()
-            return future
+            lookups = [*self._running.values(), *self._queued.values()]
+            return len(self._queued), sum(len(lookup.waiters) for lookup in lookups)
 
-    def _run(self, key: tuple[str, int], future: concurrent.futures.Future[Addresses]) -> None:
+    def _join(self, host: str, wake: Callable[[], None]) -> _Lookup:
+        """``host``'s lookup, running or queued for a slot, with ``wake`` called once it has an outcome."""
+        with self._lock:
+            lookup = self._running.get(host) or self._queued.get(host)
+            if lookup is None:
+                lookup = self._queued[host] = _Lookup()
+                self._start_queued()
+            lookup.waiters.append(wake)
+            return lookup
+
+    def _leave(self, host: str, lookup: _Lookup, wake: Callable[[], None]) -> None:
+        """A call stops waiting for ``lookup`` (its deadline): its wake-up taken out; a queued lookup no call waits
+        for any more is dropped."""
+        with self._lock:
+            with contextlib.suppress(ValueError):  # (already taken by _run)
+                lookup.waiters.remove(wake)
+            if not lookup.waiters and self._queued.get(host) is lookup:
+                del self._queued[host]
+
+    def _start_queued(self) -> None:
+        """(under the lock) Start queued lookups, oldest first, while there are slots."""
+        while self._queued and len(self._running) < self.limit:
+            host = next(iter(self._queued))
+            lookup = self._running[host] = self._queued.pop(host)
+            lookup.started = True
+            threading.Thread(target=self._run, args=(host, lookup), name=f"lookup {host}", daemon=True).start()
+
+    def _run(self, host: str, lookup: _Lookup) -> None:
         try:
-            infos = self.resolve(key[0], key[1], type=socket.SOCK_STREAM)
+            infos = self.resolve(host, 0, type=socket.SOCK_STREAM)
             found: Addresses | Exception = list(dict.fromkeys(str(info[4][0]) for info in infos))
         except Exception as exc:  # (a lookup's failure is the call's: gaierror, UnicodeError)
             found = exc
-        with self._lock:  # no longer running once its waiters hear of it
-            self._running.pop(key, None)
         if isinstance(found, Exception):
-            future.set_exception(found)
+            lookup.future.set_exception(found)
         else:
-            future.set_result(found)
+            lookup.future.set_result(found)
+        with self._lock:  # no longer running once its waiters hear of it; its slot to the next queued
+            self._running.pop(host, None)
+            waiters, lookup.waiters = lookup.waiters, []
+            self._start_queued()
+        for wake in waiters:
+            wake()
 
-    def addresses(self, host: str, port: int, timeout: float | None) -> Addresses:
-        """``host``'s addresses within ``timeout`` (None: no limit; an IP address as it is)."""
-        if _is_address(host):
-            return [host]
-        future = self.start(host, port)
+    def _outcome(self, host: str, lookup: _Lookup) -> Addresses:
+        if not lookup.future.done():
+            if not lookup.started:
+                raise httpcore.ConnectTimeout(
+                    f"no slot to look {host} up within the call's deadline ({self.limit} name lookups in flight)"
+                )
+            raise httpcore.ConnectTimeout(f"no address for {host} within the call's deadline")
         try:
-            return _looked_up(host, future.result(timeout))
-        except concurrent.futures.TimeoutError:
-            raise httpcore.ConnectTimeout(f"no address for {host} within the call's deadline") from None
+            return _looked_up(host, lookup.future.result())
         except (OSError, UnicodeError) as exc:  # (as httpcore's backends map them: gaierror is an OSError)
             raise httpcore.ConnectError(f"{host}: {exc}") from exc
 
+    def addresses(self, host: str, port: int, timeout: float | None) -> Addresses:
+        """``host``'s addresses within ``timeout`` (None: no limit; an IP address as it is). ``port`` is the
+        caller's: the lookup is of the host alone."""
+        if is_address(host):
+            return [host]
+        woken = threading.Event()
+        lookup = self._join(host, woken.set)
+        if not woken.wait(timeout):
+            self._leave(host, lookup, woken.set)
+        return self._outcome(host, lookup)
+
     async def async_addresses(self, host: str, port: int, timeout: float | None) -> Addresses:
         """``addresses`` for asyncio code: waits on the loop, its thread never the loop's executor's."""
-        if _is_address(host):
+        if is_address(host):
             return [host]
-        future = self.start(host, port)
         loop = asyncio.get_running_loop()
         done = loop.create_future()
 
@@ -129,22 +181,21 @@ class Lookups:
             if not done.done():
                 done.set_result(None)
 
-        def wake(_: object) -> None:
+        def wake() -> None:
             with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nobody waits
                 loop.call_soon_threadsafe(settle)
 
-        future.add_done_callback(wake)
-        await asyncio.wait({done}, timeout=timeout)  # (a timeout on the wait; nothing cancelled from outside)
-        if not future.done():
-            done.cancel()
-            raise httpcore.ConnectTimeout(f"no address for {host} within the call's deadline")
+        lookup = self._join(host, wake)
         try:
-            return _looked_up(host, future.result())
-        except (OSError, UnicodeError) as exc:  # (as httpcore's backends map them: gaierror is an OSError)
-            raise httpcore.ConnectError(f"{host}: {exc}") from exc
+            await asyncio.wait({done}, timeout=timeout)  # (a timeout on the wait; nothing cancelled from outside)
+        finally:
+            if not done.done():
+                done.cancel()
+                self._leave(host, lookup, wake)
+        return self._outcome(host, lookup)
 
 
-def _is_address(host: str) -> bool:
+def is_address(host: str) -> bool:
     try:
         ipaddress.ip_address(host)
     except ValueError:

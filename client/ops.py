@@ -26,10 +26,12 @@ import time
 from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar, cast
+from urllib.parse import urlsplit
 
 import httpx
 
 from client import answers
+from client.deadline import is_address
 from client.errors import (
     AnswerTooLarge,
     ClusterUnreachableError,
@@ -51,6 +53,7 @@ RTT_BUDGET_S = 2.0  # for all of one measurement's probes together (they go in p
 RTT_PROBE_TIMEOUT_S = 1.0  # per read of one probe, within that budget
 RTT_MAX_PROBED = 16  # nodes probed in one measurement (named agents, then the known ones nearest first, ...)
 MAX_AGENTS = 128  # agents kept for failover besides those the user named (found by mDNS, learned from /cluster)
+LISTED_NAMES = 4  # members given by hostname taken from one /cluster answer (their lookups may hang: review15c F2)
 ASK_TIMEOUTS = 4  # one question's failover across agents: this many per-agent timeouts in all (ask_budget_s) ...
 ASK_BUDGET_S = ASK_TIMEOUTS * 5.0  # ... the default client's (timeout 5 s): four agents that accept and never answer
 MESSAGE_MAX = 300  # characters of an agent's error message kept
@@ -209,6 +212,19 @@ def withheld(agent: str) -> str:
     )
 
 
+def _few_names(members: list[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """``members`` without those given by hostname past the first ``LISTED_NAMES`` (an address is not looked up)."""
+    kept, names = [], 0
+    for m in members:
+        host = urlsplit(str(m.get("api_url", ""))).hostname or ""
+        if not is_address(host):
+            names += 1
+            if names > LISTED_NAMES:
+                continue
+        kept.append(m)
+    return kept
+
+
 class ClientCore:
     """What a client knows (agents, nodes, RTTs, whom it trusts with its token) and the operations on it."""
 
@@ -266,8 +282,11 @@ class ClientCore:
     def learn(self, cluster: Mapping[str, Any], source: str) -> None:
         """The alive members of a checked /cluster answer from ``source`` (at most answers.MAX_RTT_NODES):
         the nodes to probe, and agents to fail over to. They are vouched for (may have the token) when
-        ``source`` is: named or vouched for itself, and, answering over HTTPS, only for HTTPS URLs."""
-        alive = [m for m in cluster.get("members", []) if m.get("status") == "alive"][: answers.MAX_RTT_NODES]
+        ``source`` is: named or vouched for itself, and, answering over HTTPS, only for HTTPS URLs. At most
+        ``LISTED_NAMES`` of them given by hostname: a name's lookup may hang and hold one of the process's lookup
+        slots (client/deadline.py ``Lookups``), so one member's list cannot take every slot (review15c F2)."""
+        alive = [m for m in cluster.get("members", []) if m.get("status") == "alive"]
+        alive = _few_names(alive)[: answers.MAX_RTT_NODES]
         self.nodes = {str(m["node_id"]): str(m["api_url"]) for m in alive}
         vouches = source in self.named or source in self.vouched
         vouched = {
@@ -326,25 +345,31 @@ class ClientCore:
         from fail over to the next agent; other errors raise. An ``inference`` (through an agent's proxy)
         has its values weighted (jsonbound.cost_at_most), and over either bound raises AnswerTooLarge.
 
-        The failover has ``ask_budget_s`` in all: up to 128 agents may be listed, and one that accepts and never
-        answers costs a per-agent timeout (5 s: all down, over 10 minutes). The first agent asked has its call's
-        own deadline (a slow model's answer through a proxy is not cut short); each next one is asked only while
-        the budget lasts, its call's deadline at most what is left of it."""
+        The failover has ``ask_budget_s``: up to 128 agents may be listed, and one that accepts and never answers
+        costs a per-agent timeout (5 s: all down, over 10 minutes). The budget's clock starts when the first agent's
+        call returns (review15c F1: started before it, an agent holding its call's whole deadline left nobody else
+        asked), and a next agent is asked only while it lasts. An inference gives every agent asked its call's own
+        deadline (a slow model's answer through a proxy is not cut short, whichever agent serves it): at worst the
+        first deadline + the budget + one deadline. A control call's next agent has at most what is left of the
+        budget (at worst the first deadline + the budget)."""
         last: Exception | None = None
         count = cost_at_most if inference else values_at_most
         agents = yield from self.ordered_agents()
-        began = self.clock()
+        began: float | None = None
         for asked, agent in enumerate(agents):
             deadline = None if inference else CONTROL_DEADLINE_S
-            if asked:
+            if began is not None:
                 left = self.ask_budget_s - (self.clock() - began)
                 if left <= 0:
                     raise ClusterUnreachableError(
-                        f"no agent answered {path} within {self.ask_budget_s:g} s ({asked} of {len(agents)} asked):"
-                        f" {last}"
+                        f"no agent answered {path} within {self.ask_budget_s:g} s after the first failed"
+                        f" ({asked} of {len(agents)} asked): {last}"
                     )
-                deadline = left if deadline is None else min(deadline, left)
+                if not inference:
+                    deadline = min(CONTROL_DEADLINE_S, left)
             r = yield Call(method, agent + path, json, self.headers(agent), limit=limit, deadline_s=deadline)
+            if began is None:
+                began = self.clock()
             if inference and isinstance(r, OverLimit):
                 raise too_large_bytes(r)
             if isinstance(r, httpx.HTTPError):

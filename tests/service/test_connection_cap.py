@@ -16,6 +16,7 @@ Scaled: cap 24, 8 per address, attackers from 127.0.77.1-3, newcomers from 127.0
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import socket
 import threading
@@ -473,3 +474,192 @@ def test_a_connection_given_up_with_its_answer_unread_is_gone_at_once(agent: Any
     wait_for(lambda: len(_unsent(server)) == CAP - 2, timeout=5)  # one gone; the rest wait for their deadlines
     for sock in held:
         sock.close()
+
+
+_UPGRADE = (b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")  # fmt: skip
+
+
+def test_websocket_upgrade_requests_give_their_connection_counts_back(agent: Any) -> None:
+    """review15c F4: with uvicorn's ws="auto" (wsproto installed) each upgrade request handed its connection to
+    uvicorn's WSProtocol, past the cap, and its count in the per-address table was never given back: after
+    ``max_connections_per_address`` upgrades (each closed at once) every connection from that address got 503 for
+    good. The agent serves no WebSockets (ws="none"): an upgrade request is a plain request (404 here), its
+    connection counted and given back like any other. Fails on the old config (the table stays at 8, then 503)."""
+    port, server, _ = agent
+    source = "127.0.80.1"
+    table = _protocol_class(server).address_budgets
+    for _ in range(PER_ADDRESS + 2):
+        with socket.create_connection(("127.0.0.1", port), timeout=10, source_address=(source, 0)) as sock:
+            sock.sendall(_UPGRADE)
+            first = sock.recv(300).split(b"\r\n")[0]
+        assert not first.startswith(b"HTTP/1.1 101"), first
+        assert first.startswith(b"HTTP/1.1 404"), first
+    wait_for(lambda: table.users(source) == 0, timeout=10)
+    assert _health(port, source) == 200
+    wait_for(lambda: table.users(source) == 0, timeout=10)
+
+
+async def _late_reader(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """An app whose handler works before it reads its body (``/late``: 1.5 s; ``/hold``: 3 s), as the proxy's
+    ``resolve`` may while it provisions a model; then answers with the body's length."""
+    if scope["type"] != "http":
+        return
+    await asyncio.sleep(1.5 if scope["path"] == "/late" else 3.0 if scope["path"] == "/hold" else 0.0)
+    size, more = 0, True
+    while more:
+        message = await receive()
+        size, more = size + len(message.get("body", b"")), bool(message.get("more_body"))
+    out = b"read %d" % size
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"%d" % len(out))]})
+    await send({"type": "http.response.body", "body": out})
+
+
+def test_an_expect_100_continue_client_is_not_given_up_while_the_agent_has_not_asked_for_its_body(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """review15c F6: a client that sent ``Expect: 100-continue`` waits for the agent's 100 (uvicorn sends it at the
+    handler's first ``receive``), yet counted as waiting on its client once no body byte came for the stall: at the
+    cap a newcomer took its place (503 at 1.3 s of a handler's 3 s). Now it waits on the agent until the 100 goes
+    out (then both body clocks start); the newcomer gets uvicorn's 503 and the client its 100 and 200. Fails on the
+    old code (the client is answered 503)."""
+    monkeypatch.setattr(http_caps, "BODY_STALL_S", STALL_S)
+    port = free_port()
+    settings = Settings(node_id="n1", host="127.0.0.1", port=port, data_dir=str(tmp_path), discovery=False,
+                        max_concurrency=3, max_connections_per_address=3)  # fmt: skip
+    server = uvicorn.Server(server_config(_late_reader, settings, "warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    wait_for(lambda: server.started, timeout=20)
+    held: list[socket.socket] = []
+    try:
+        for i in range(2):  # requests read whole, being worked on: never given up
+            held.append(socket.create_connection(("127.0.0.1", port), timeout=10, source_address=(f"127.0.81.{i}", 0)))
+            held[-1].sendall(b"POST /hold HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\nhi")
+        waiter = socket.create_connection(("127.0.0.1", port), timeout=10, source_address=("127.0.82.1", 0))
+        held.append(waiter)
+        waiter.sendall(b"POST /late HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n")
+        time.sleep(1.0)  # past STALL_S: no body byte, but the agent has not asked for it
+        status, headers, _ = _exchanged(port, "127.0.83.1", _HEALTH)
+        assert status == 503 and headers[b"retry-after"] == b"2", (status, headers)  # uvicorn's, at the cap
+        first = waiter.recv(200)
+        assert first.startswith(b"HTTP/1.1 100 "), first
+        waiter.sendall(b"hello")
+        answer = first.split(b"\r\n\r\n", 1)[1]
+        while b"read 5" not in answer:
+            chunk = waiter.recv(400)
+            assert chunk, answer
+            answer += chunk
+        assert answer.startswith(b"HTTP/1.1 200 "), answer
+    finally:
+        for sock in held:
+            sock.close()
+        server.should_exit = True
+        thread.join(15)
+
+
+def test_a_trickler_whose_address_is_in_parse_debt_still_falls_behind_the_rate(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """review15c F7 (the suspected excuse, real): every time the agent held a connection's reading was excused from
+    its body clocks (``_reading_resumed``), a hold for the parse debt of the connection or its address too: debt
+    its own clients ran up. An address with a tiny parse share (here, as a client keeping its address in debt
+    would make it) had each trickled byte held for that debt, so its trickler never counted as waiting and a
+    newcomer at the cap got 503. Only the port's turns and flow-control pauses are excused now: the trickler
+    falls behind the minimum rate after the grace and the newcomer takes its place. Fails on the old code."""
+    from agent.http_limits import AddressBudgets
+
+    monkeypatch.setattr(http_caps, "BODY_STALL_S", STALL_S)
+    monkeypatch.setattr(http_caps, "BODY_RATE_GRACE_S", 0.5)
+
+    class App:
+        def __init__(self) -> None:
+            self.state = type("State", (), {})()
+            self.state.client_address_budgets = AddressBudgets(share=1e-4, burst_s=1e-5)  # every step: debt
+
+        async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+            await _late_reader(scope, receive, send)
+
+    port = free_port()
+    settings = Settings(node_id="n1", host="127.0.0.1", port=port, data_dir=str(tmp_path), discovery=False,
+                        max_concurrency=3, max_connections_per_address=3)  # fmt: skip
+    server = uvicorn.Server(server_config(App(), settings, "warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    wait_for(lambda: server.started, timeout=20)
+    held: list[socket.socket] = []
+    stop = threading.Event()
+    try:
+        for i in range(2):  # requests read whole, being worked on (3 s): never given up
+            held.append(socket.create_connection(("127.0.0.1", port), timeout=10, source_address=(f"127.0.84.{i}", 0)))
+            held[-1].sendall(b"POST /hold HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\nhi")
+        trickler = socket.create_connection(("127.0.0.1", port), timeout=10, source_address=("127.0.85.1", 0))
+        held.append(trickler)
+        trickler.sendall(b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 1000\r\n\r\n")
+
+        def trickle() -> None:
+            with contextlib.suppress(OSError):
+                while not stop.wait(0.25):  # a byte each 0.25 s: never a stall (0.4 s), far behind 500 B/s
+                    trickler.sendall(b"x")
+
+        threading.Thread(target=trickle, daemon=True).start()
+        time.sleep(1.5)  # past the grace: behind the rate
+        status, _, body = _exchanged(port, "127.0.86.1", _HEALTH)
+        assert status != 503, (status, body)
+        assert _answer_of(trickler).startswith(b"HTTP/1.1 503 ")
+    finally:
+        stop.set()
+        for sock in held:
+            sock.close()
+        server.should_exit = True
+        thread.join(15)
+
+
+@pytest.mark.parametrize("slowest", [True, False], ids=["slowest_body", "off"])
+def test_bodies_sent_just_over_the_minimum_rate_do_not_hold_every_place(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, slowest: bool
+) -> None:
+    """review15c F5: 23 bodies (Content-Length 1,000,000) from 3 addresses at 600 B/s each, just over the minimum
+    rate, held a cap of 24: none counted as waiting on its client, newcomers 0 of 10 served. With no connection
+    waiting at a full cap, a newcomer now takes the place of the body that would take longest at its measured rate
+    (``TAKE_SLOWEST_BODY``; off, the rule before: every newcomer 503)."""
+    monkeypatch.setattr(http_caps, "TAKE_SLOWEST_BODY", slowest)
+    monkeypatch.setattr(http_caps, "BODY_RATE_GRACE_S", 1.0)
+    port = free_port()
+    settings = Settings(node_id="n1", host="127.0.0.1", port=port, data_dir=str(tmp_path), discovery=False,
+                        max_concurrency=CAP, max_connections_per_address=PER_ADDRESS)  # fmt: skip
+    server = uvicorn.Server(server_config(_late_reader, settings, "critical"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    wait_for(lambda: server.started, timeout=20)
+    held: list[socket.socket] = []
+    stop = threading.Event()
+    try:
+        for i in range(CAP - 1):
+            held.append(socket.create_connection(("127.0.0.1", port), timeout=10, source_address=(ATTACKERS[i % 3], 0)))
+            held[-1].sendall(b"POST /up HTTP/1.1\r\nHost: a\r\nContent-Length: 1000000\r\n\r\n")
+
+        def trickle() -> None:
+            while not stop.wait(0.1):
+                for sock in held:
+                    with contextlib.suppress(OSError):
+                        sock.sendall(b"x" * 60)  # 600 B/s
+
+        threading.Thread(target=trickle, daemon=True).start()
+        time.sleep(1.5)  # past the grace: each body's rate measured
+        statuses = []
+        for k in range(4):
+            statuses.append(_health(port, f"127.0.87.{k + 1}"))
+            time.sleep(0.3)
+        if slowest:
+            assert statuses == [200] * 4, statuses
+            answered = [_answer_of(sock) for sock in held]
+            assert sum(a.startswith(b"HTTP/1.1 503 ") for a in answered) >= 1, answered  # (a place freed: enough)
+        else:
+            assert statuses == [503] * 4, statuses
+    finally:
+        stop.set()
+        for sock in held:
+            sock.close()
+        server.should_exit = True
+        thread.join(15)

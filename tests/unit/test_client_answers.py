@@ -32,6 +32,7 @@ from client.cli import cmd_cluster
 from client.discovery import MAX_FOUND, keep
 from client.errors import ClusterUnreachableError, NotReadyError, RequestError, UnknownModelError
 from client.ops import (
+    LISTED_NAMES,
     MAX_AGENTS,
     AnswerEncoded,
     Browse,
@@ -299,6 +300,22 @@ def test_over_https_only_https_members_are_vouched_for(token_env: None) -> None:
     core.learn(answers.cluster({"members": [member("a", "http://10.0.0.5:8400"),
                                             member("b", "https://board-2.lan:8443")]}), named)  # fmt: skip
     assert core.trusts("https://board-2.lan:8443") and not core.trusts("http://10.0.0.5:8400")
+
+
+def test_one_cluster_answer_gives_at_most_a_few_members_by_hostname(token_env: None) -> None:
+    """review15c F2: a member's /cluster listing 16 hostnames that hang took every lookup slot of the process (each
+    probed or failed over to); at most LISTED_NAMES of one answer's members are taken by hostname, members by
+    address all (up to answers.MAX_RTT_NODES)."""
+    named = "http://10.0.0.5:8400"
+    core = ClientCore([named], "me", None, 60.0, None)
+    members = [member(f"h{i}", f"http://slow{i}.test:{8400 + i}") for i in range(16)]
+    members += [member(f"a{i}", f"http://10.0.1.{i}:8400") for i in range(8)]
+    members += [member("v6", "http://[fd00::7]:8400")]
+    core.learn(answers.cluster({"members": members}), named)
+    urls = set(core.nodes.values())
+    assert {u for u in urls if "slow" in u} == {f"http://slow{i}.test:{8400 + i}" for i in range(LISTED_NAMES)}
+    assert len(urls) == LISTED_NAMES + 9 and "http://[fd00::7]:8400" in urls
+    assert len([a for a in core.agents if "slow" in a]) == LISTED_NAMES
 
 
 def test_known_agents_nodes_and_vouched_urls_are_bounded(token_env: None) -> None:

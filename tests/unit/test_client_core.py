@@ -65,14 +65,15 @@ def test_rtts_are_medians_and_targets_are_best_then_one_alternative() -> None:
 @pytest.mark.parametrize("inference", [False, True])
 def test_a_question_fails_over_within_its_budget_however_many_agents_are_down(inference: bool) -> None:
     """128 listed agents, each failing after the 5 s a non-answering one costs (the clock passed in): the first
-    is asked with its call's own deadline, the next ones only while the budget (20 s) lasts, each at most what is
-    left of it; then ClusterUnreachableError (before: all 128 asked, 640 s)."""
+    is asked with its call's own deadline; the budget (20 s) starts when it returns, and the next ones are asked
+    only while it lasts: an inference with its call's own deadline each, a control call's at most what is left;
+    then ClusterUnreachableError (before edge15: all 128 asked, 640 s)."""
     now = [0.0]
     core = ClientCore([f"http://a{i}" for i in range(128)], "me", None, 60.0, None, clock=lambda: now[0],
                       ask_budget_s=20.0)  # fmt: skip
     op = core.ask("POST" if inference else "GET", "/x", dict, inference=inference)
     calls = [next(op)]
-    with pytest.raises(ClusterUnreachableError, match=r"within 20 s \(4 of 128 asked\)"):
+    with pytest.raises(ClusterUnreachableError, match=r"within 20 s after the first failed \(5 of 128 asked\)"):
         while True:
             call = calls[-1]
             assert isinstance(call, Call)
@@ -81,9 +82,50 @@ def test_a_question_fails_over_within_its_budget_however_many_agents_are_down(in
             calls.append(op.send(httpx.ReadTimeout("no answer")))
     first, *rest = calls
     assert isinstance(first, Call) and first.deadline_s == (None if inference else 10.0)  # its own, whole
-    left = [15.0, 10.0, 5.0] if inference else [10.0, 10.0, 5.0]  # the budget's rest (a control call: 10 s at most)
+    left = [None] * 4 if inference else [10.0, 10.0, 10.0, 5.0]  # a control call: the budget's rest, 10 s at most
     assert [c.deadline_s for c in rest if isinstance(c, Call)] == left
-    assert now[0] == 20.0
+    assert now[0] == 25.0  # the first's 5 s + the budget
+
+
+def test_a_first_agent_holding_its_whole_deadline_leaves_the_budget_for_the_others() -> None:
+    """review15c F1 (a): the budget's clock started before the first agent was asked, so one holding its call's
+    whole deadline (a trickler, or just slow) left nobody else asked. A timeout=1 client (budget 4 s) whose first
+    agent holds its 10 s control deadline asks the next with 4 s (before: ClusterUnreachableError at 10 s); an
+    inference whose first agent holds 60 s asks the next with its own deadline (before: raised, 1 of 3 asked)."""
+    now = [0.0]
+    core = ClientCore(["http://trickler", "http://honest"], "me", None, 60.0, None, clock=lambda: now[0],
+                      ask_budget_s=4.0)  # fmt: skip
+    op = core.ask("GET", "/cluster", dict)
+    assert next(op).deadline_s == 10.0
+    now[0] += 10.0
+    second = op.send(httpx.ReadTimeout("deadline passed"))
+    assert isinstance(second, Call) and second.url == "http://honest/cluster" and second.deadline_s == 4.0
+    now = [0.0]
+    core = ClientCore([f"http://a{i}" for i in range(3)], "me", None, 60.0, None, clock=lambda: now[0])
+    op = core.ask("POST", "/x", dict, inference=True)
+    assert next(op).deadline_s is None
+    now[0] += 60.0
+    second = op.send(httpx.ReadTimeout("call deadline"))
+    assert isinstance(second, Call) and second.url == "http://a1/x" and second.deadline_s is None
+
+
+def test_an_inference_on_a_later_agent_is_not_cut_short() -> None:
+    """review15c F1 (b): with the first agent down (refused at once) the second was asked with the budget's rest
+    (19.999 s of 20), cutting an honest 30 s model answer; now it has the call's own deadline, and so does an agent
+    asked just before the budget runs out (worst case: first deadline + budget + one deadline)."""
+    now = [0.0]
+    core = ClientCore([f"http://a{i}" for i in range(4)], "me", None, 60.0, None, clock=lambda: now[0])
+    op = core.ask("POST", "/x", dict, inference=True)
+    next(op)
+    now[0] += 0.001
+    second = op.send(httpx.ConnectError("refused"))
+    assert isinstance(second, Call) and second.deadline_s is None
+    now[0] += core.ask_budget_s - 0.002  # the second fails just inside the budget
+    third = op.send(httpx.ReadTimeout("no answer"))
+    assert isinstance(third, Call) and third.url == "http://a2/x" and third.deadline_s is None
+    now[0] += 60.0
+    with pytest.raises(ClusterUnreachableError, match=r"3 of 4 asked"):
+        op.send(httpx.ReadTimeout("no answer"))
 
 
 def test_the_budget_is_positive_and_a_quick_failure_leaves_room_for_every_agent() -> None:

@@ -56,7 +56,16 @@ def test_a_lookup_that_hangs_costs_the_time_left_and_the_same_name_shares_it() -
         lookups.addresses("nobody.bad", 80, 1.0)
 
 
-def test_at_most_max_lookups_run_at_once_past_it_a_call_fails_at_once() -> None:
+def _settled(lookups: Lookups) -> None:
+    deadline = time.monotonic() + 5
+    while len(lookups) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert len(lookups) == 0
+
+
+def test_at_most_max_lookups_run_at_once_past_it_a_call_waits_for_a_slot_within_its_deadline() -> None:
+    """review15c F2: past the limit a call failed at once ("16 name lookups already in flight" at 0.000 s of a 5 s
+    deadline); now it waits for a slot within its deadline, and gets one when a lookup ends."""
     resolver = Resolver()
     lookups = Lookups(resolve=resolver)
     for i in range(MAX_LOOKUPS):
@@ -64,15 +73,64 @@ def test_at_most_max_lookups_run_at_once_past_it_a_call_fails_at_once() -> None:
             lookups.addresses(f"m{i}.test", 80, 0.01)
     assert len(lookups) == MAX_LOOKUPS
     began = time.monotonic()
-    with pytest.raises(httpcore.ConnectError, match="name lookups already in flight"):
-        lookups.addresses("one-more.test", 80, 5.0)
-    assert time.monotonic() - began < 0.5  # at once, not after the time left
+    with pytest.raises(httpcore.ConnectTimeout, match=r"no slot to look one-more\.test up"):
+        lookups.addresses("one-more.test", 80, 0.3)
+    assert 0.25 < time.monotonic() - began < 2.0  # the time left, no more
     assert resolver.calls == MAX_LOOKUPS  # no thread for it
-    resolver.gate.set()
-    deadline = time.monotonic() + 5
-    while len(lookups) and time.monotonic() < deadline:
-        time.sleep(0.01)
+    assert lookups.waiting() == (0, 0)  # nothing left queued by the call that gave up
+    got: list[object] = []
+    waiter = threading.Thread(target=lambda: got.append(lookups.addresses("late.test", 80, 10.0)))
+    waiter.start()
+    time.sleep(0.1)
+    assert lookups.waiting() == (1, 1)
+    resolver.gate.set()  # the hung lookups end: the queued one takes a slot
+    waiter.join(10)
+    assert got == [["10.9.0.1", "fd00::1"]]
+    _settled(lookups)
     assert lookups.addresses("one-more.test", 80, 1.0) == ["10.9.0.1", "fd00::1"]
+
+
+def test_a_lookup_is_shared_by_host_whatever_the_port() -> None:
+    """review15c F2: shared by (host, port), one hanging name listed under 16 ports took all 16 slots; the user's
+    own jetson1.local:8080 then failed. Now one lookup per host (port 0), whatever port each call connects to."""
+    resolver = Resolver()
+    lookups = Lookups(resolve=resolver)
+    for port in range(1, MAX_LOOKUPS + 1):
+        with pytest.raises(httpcore.ConnectTimeout):
+            lookups.addresses("slow.test", port, 0.01)
+    assert len(lookups) == 1 and resolver.calls == 1
+    resolver.gate.set()
+    assert lookups.addresses("slow.test", 8080, 1.0) == ["10.9.0.1", "fd00::1"]
+    _settled(lookups)
+
+
+def test_calls_that_give_up_on_a_hung_lookup_leave_nothing_behind() -> None:
+    """review15c F3: each async call that timed out left a done-callback (its loop and future) on the shared
+    future of a lookup that never ends: 1,000 calls, 1,000 callbacks, ~0.7 KB each. Now each call takes its
+    wake-up out: after 1,000 timed-out calls (async and sync) on a hung name nothing waits; 1,000 calls on 1,000
+    names queued behind hung ones leave no name queued."""
+    resolver = Resolver()
+    lookups = Lookups(resolve=resolver)
+
+    async def calls(hosts: list[str]) -> None:
+        for host in hosts:
+            with pytest.raises(httpcore.ConnectTimeout):
+                await lookups.async_addresses(host, 80, 0.0005)
+
+    asyncio.run(calls(["hung.test"] * 1000))
+    for _ in range(100):
+        with pytest.raises(httpcore.ConnectTimeout):
+            lookups.addresses("hung.test", 80, 0.0005)
+    assert lookups.waiting() == (0, 0) and len(lookups) == 1
+    for i in range(MAX_LOOKUPS - 1):
+        with pytest.raises(httpcore.ConnectTimeout):
+            lookups.addresses(f"h{i}.test", 80, 0.0005)
+    assert len(lookups) == MAX_LOOKUPS
+    asyncio.run(calls([f"q{i}.test" for i in range(1000)]))
+    assert lookups.waiting() == (0, 0)
+    resolver.gate.set()
+    _settled(lookups)
+    assert resolver.calls == MAX_LOOKUPS  # the queued names no call waited for were never looked up
 
 
 def test_the_async_lookup_waits_on_the_loop_at_most_the_time_left() -> None:

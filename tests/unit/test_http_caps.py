@@ -11,7 +11,15 @@ import h11
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agent.http_caps import BODY_MIN_RATE, BODY_RATE_GRACE_S, BODY_STALL_S, body_rate_left, retry_after_s
+from agent.http_caps import (
+    BODY_MIN_RATE,
+    BODY_RATE_GRACE_S,
+    BODY_STALL_S,
+    body_rate_left,
+    retry_after_s,
+    slowest_body,
+    time_to_finish,
+)
 from agent.http_sliced import ChunkCountingConnection, raw_response
 
 KBIT = 1000 / 8  # bytes a second per kbit/s
@@ -100,3 +108,26 @@ def test_the_raw_503_of_a_given_up_request_says_retry_after() -> None:
     assert body.startswith(b'{"error"')
     assert head.startswith(b"HTTP/1.1 503 ") and b"\r\nretry-after: 2" in head and b"connection: close" in head
     assert b"retry-after" not in raw_response(503, "Service Unavailable", "x")
+
+
+def test_a_bodys_time_to_finish_is_what_is_left_at_its_measured_rate() -> None:
+    assert time_to_finish(2000, 1000, 2.0) == 4.0  # 500 B/s, 2 KB to go
+    assert time_to_finish(0, 10, 1.0) == 0.0
+    assert time_to_finish(100, 0, 5.0) == math.inf  # nothing sent: no rate
+    assert time_to_finish(math.inf, 5000, 1.0) == math.inf  # chunked: its length unknown
+
+
+def test_the_slowest_body_of_an_address_holding_more_than_the_newcomers_is_taken() -> None:
+    """review15c F5: bodies just over the minimum rate held every place at a full cap; a newcomer takes the place
+    of the one that would take longest, only from an address holding more connections than its own."""
+    held = {"a": 8, "b": 8, "honest": 1, "new": 1}
+    bodies = [
+        ("a1", "a", time_to_finish(990_000, 6000, 10.0)),
+        ("a2", "a", 12.0),
+        ("b1", "b", time_to_finish(20_000, 6000, 10.0)),
+        ("h", "honest", time_to_finish(1000, 8000, 1.0)),
+    ]
+    assert slowest_body(bodies, held.__getitem__, "new") == "a1"
+    assert slowest_body(bodies, held.__getitem__, "a") is None  # its own address holds as many as any
+    assert slowest_body([("h", "honest", 1e9)], held.__getitem__, "new") is None  # an address of one: not taken
+    assert slowest_body([], held.__getitem__, "new") is None
