@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The full test suite: lint (ruff), types (mypy; strict for solver/ and coordinator_election/), tests
-# (pytest: unit, service and, as root, cluster tiers; then a subset of the unit tier under Python 3.10 where a 3.10
-# interpreter is here, scripts/test-py310.sh). Expects scripts/bootstrap.sh to have run.
+# (pytest: the service and, as root, cluster and system tiers one test at a time, then the unit tier on two
+# pytest-xdist workers; then a subset of the unit tier under Python 3.10 where a 3.10 interpreter is here,
+# scripts/test-py310.sh). Expects scripts/bootstrap.sh to have run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 venv=${PEERSERVE_VENV:-.venv}
@@ -52,6 +53,7 @@ else
   # and the cores their deadlines were measured on. Then the unit tier, whose tests share nothing (tmp_path, port 0,
   # no fixed file or address): CPU-bound, on two workers.
   "$py" -m pytest tests/cluster tests/service tests/system
+  echo "== pytest: the unit tier ($workers workers)"
   "$py" -m pytest -n "$workers" tests/unit
 fi
 if [ $# -eq 0 ] && [ "$tier" != off ]; then
