@@ -4,10 +4,19 @@
 # constraints file has 3.10 lines), when a 3.10 interpreter is here: $PEERSERVE_PY310, python3.10 on PATH
 # (Ubuntu 22.04's python3, JetPack 6), or pyenv's 3.10. Debian 12 ships no 3.10 and nothing fetches one: with none
 # found it says so and exits 0 (PEERSERVE_REQUIRE_PY310=1: exits 1). Expects scripts/bootstrap.sh to have run
-# (apt packages, the solver's build tools). Usage: test-py310.sh [pytest args...]   (default: tests/unit)
+# (apt packages, the solver's build tools). Usage: test-py310.sh [--prepare | --prepared] [pytest args...]
+# (default: tests/unit). --prepare: make and install the venv, run nothing; --prepared: run in the venv a
+# --prepare made, installing nothing (scripts/test.sh makes it while lint runs). PyNumero's ASL library does
+# not link Python: one built in .venv (scripts/bootstrap.sh) is copied rather than built again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 venv=${PEERSERVE_PY310_VENV:-.venv310}
+install=1
+run=1
+case "${1:-}" in
+  --prepare) run=0; shift ;;
+  --prepared) install=0; shift ;;
+esac
 
 is_310() { [ -n "$1" ] && "$1" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 10))' 2>/dev/null; }
 py310=""
@@ -22,13 +31,24 @@ if [ -z "$py310" ]; then
 fi
 echo "py310: $("$py310" -V) ($py310)"
 quiet_pip() { "$@" 2> >(grep -v "^WARNING: Location" >&2); }
-if ! is_310 "$venv/bin/python"; then
-  rm -rf "$venv"
-  "$py310" -m venv "$venv"
+if [ "$install" = 1 ]; then
+  if ! is_310 "$venv/bin/python"; then
+    rm -rf "$venv"
+    "$py310" -m venv "$venv"
+  fi
+  venv=$(cd "$venv" && pwd)  # install-solver.sh works in a folder of its own
+  quiet_pip "$venv/bin/python" -m pip install -q -c scripts/constraints.txt -e ".[solver,agent,dev,serving]"
+  built=${PEERSERVE_VENV:-.venv}/share/pyomo
+  if ! ls "$venv"/share/pyomo/lib/libpynumero_ASL.* >/dev/null 2>&1 && ls "$built"/lib/libpynumero_ASL.* >/dev/null 2>&1
+  then
+    mkdir -p "$venv/share" && cp -a "$built" "$venv/share/"
+  fi
+  quiet_pip bash scripts/install-solver.sh --no-apt --python "$venv/bin/python"
+  [ -f agent/data/models/digits.json ] || "$venv/bin/python" -m agent.digits build
+elif ! is_310 "$venv/bin/python"; then
+  echo "py310: no venv in $venv (run test-py310.sh --prepare first)" >&2
+  exit 1
 fi
-venv=$(cd "$venv" && pwd)  # install-solver.sh works in a folder of its own
-quiet_pip "$venv/bin/python" -m pip install -q -c scripts/constraints.txt -e ".[solver,agent,dev,serving]"
-quiet_pip bash scripts/install-solver.sh --no-apt --python "$venv/bin/python"
-[ -f agent/data/models/digits.json ] || "$venv/bin/python" -m agent.digits build
+[ "$run" = 1 ] || exit 0
 [ $# -gt 0 ] || set -- tests/unit
 "$venv/bin/python" -m pytest -q -p no:cacheprovider "$@"

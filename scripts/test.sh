@@ -1,11 +1,38 @@
 #!/usr/bin/env bash
 # The full test suite: lint (ruff), types (mypy; strict for solver/ and coordinator_election/), tests
-# (pytest: unit, service and, as root, cluster tiers; then a subset of the unit tier under Python 3.10 where a 3.10
-# interpreter is here, scripts/test-py310.sh). Expects scripts/bootstrap.sh to have run.
+# (pytest: the service and, as root, cluster and system tiers one test at a time, then the unit tier on two
+# pytest-xdist workers; then a subset of the unit tier under Python 3.10 where a 3.10 interpreter is here,
+# scripts/test-py310.sh). Expects scripts/bootstrap.sh to have run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 venv=${PEERSERVE_VENV:-.venv}
 py="$venv/bin/python"
+workers=${PEERSERVE_UNIT_WORKERS:-2}  # the unit tier's pytest-xdist workers (0: in the pytest process itself)
+
+# Python 3.10 (JetPack 6): the version-sensitive unit tests (asyncio timeouts and cancellation: agent/aio.py and its
+# users; the proxy's reads: the upstream pool's heads and paced bodies, chunked parsing and its loop-turn budget; TLS,
+# JSON bounds, TOML settings) in a 3.10 venv of their own, where a 3.10 interpreter is here (none on Debian 12: said
+# and skipped). PEERSERVE_PY310_TIER: subset (default), unit (the whole unit tier), off. Not with pytest arguments.
+# Its venv is made while lint and types run (pip and those checks have no timing to disturb; pytest does), and
+# waited for before pytest starts.
+tier=${PEERSERVE_PY310_TIER:-subset}
+py310_pid=""
+if [ $# -eq 0 ] && [ "$tier" != off ]; then
+  py310_log=$(mktemp)
+  bash scripts/test-py310.sh --prepare >"$py310_log" 2>&1 &
+  py310_pid=$!
+fi
+py310_ready() {
+  [ -n "$py310_pid" ] || return 0
+  local rc=0
+  wait "$py310_pid" || rc=$?
+  py310_pid=""
+  cat "$py310_log"
+  [ "$rc" = 0 ] || echo "py310: preparing the Python 3.10 venv failed ($rc)" >&2
+  rm -f "$py310_log"
+  return "$rc"
+}
+trap 'if [ -n "$py310_pid" ]; then kill "$py310_pid" 2>/dev/null || true; rm -f "$py310_log"; fi' EXIT
 
 echo "== ruff"
 "$py" -m ruff check .
@@ -14,23 +41,30 @@ echo "== shellcheck"
 shellcheck scripts/*.sh .ci/run
 echo "== mypy"
 "$py" -m mypy
+echo "== Python 3.10 venv (made while lint and types ran)"
+py310_ready
 echo "== pytest"
 # As root the real parts must be there: a test that needs dockerd fails rather than skips.
 if [ "$(id -u)" = 0 ]; then export PEERSERVE_REQUIRE_DOCKER=1; fi
-"$py" -m pytest "$@"
-# Python 3.10 (JetPack 6): the version-sensitive unit tests (asyncio timeouts and cancellation, TLS, HTTP parsing,
-# JSON bounds, TOML settings) in a 3.10 venv of their own, where a 3.10 interpreter is here (none on Debian 12: said
-# and skipped). PEERSERVE_PY310_TIER: subset (default), unit (the whole unit tier), off. Not with pytest arguments.
-tier=${PEERSERVE_PY310_TIER:-subset}
+if [ $# -gt 0 ]; then
+  "$py" -m pytest "$@"
+else
+  # Real agents, namespaces, Docker and booted boards one test at a time: they share loopback addresses, the bridge
+  # and the cores their deadlines were measured on. Then the unit tier, whose tests share nothing (tmp_path, port 0,
+  # no fixed file or address): CPU-bound, on two workers.
+  "$py" -m pytest tests/cluster tests/service tests/system
+  echo "== pytest: the unit tier ($workers workers)"
+  "$py" -m pytest -n "$workers" tests/unit
+fi
 if [ $# -eq 0 ] && [ "$tier" != off ]; then
   echo "== pytest under Python 3.10 ($tier)"
   if [ "$tier" = unit ]; then
-    bash scripts/test-py310.sh tests/unit
+    bash scripts/test-py310.sh --prepared -n "$workers" tests/unit
   else
-    bash scripts/test-py310.sh tests/unit/test_aio.py tests/unit/test_lost_cancellation.py \
+    bash scripts/test-py310.sh --prepared -n "$workers" tests/unit/test_aio.py tests/unit/test_lost_cancellation.py \
       tests/unit/test_gather_deadline.py tests/unit/test_upstream_deadline.py tests/unit/test_peer_http.py \
       tests/unit/test_peer_direct.py tests/unit/test_peer_gate.py tests/unit/test_http_chunks.py \
       tests/unit/test_http_half_close.py tests/unit/test_client_answers.py tests/unit/test_agent_config.py \
-      tests/unit/test_pin_offloop.py
+      tests/unit/test_pin_offloop.py tests/unit/test_upstream_pool.py tests/unit/test_parse_turns.py
   fi
 fi

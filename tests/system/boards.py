@@ -12,16 +12,23 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from tests import child_guard
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # Python 3.10 (JetPack 6)
+    import tomli as tomllib
 
 REPO = Path(__file__).resolve().parents[2]
 CACHE = Path(os.environ.get("PEERSERVE_CACHE", "/var/cache/peerserve"))
@@ -63,12 +70,26 @@ def rootfs_tarball() -> Path:
     return tarball
 
 
+def wheelhouse_key(repo: Path = REPO) -> str:
+    """What the wheelhouse holds depends on: the build system, the runtime requirements and the two extras a board
+    installs (``[solver,agent]``), and install-solver.sh. A change to the rest of pyproject.toml (the dev extra,
+    tool settings) downloads nothing again."""
+    project = tomllib.loads((repo / "pyproject.toml").read_text())
+    extras = project["project"].get("optional-dependencies", {})
+    wanted = {
+        "build-system": project.get("build-system", {}),
+        "requires-python": project["project"].get("requires-python", ""),
+        "dependencies": project["project"].get("dependencies", []),
+        "extras": {name: extras.get(name, []) for name in ("solver", "agent")},
+    }
+    h = hashlib.sha256(json.dumps(wanted, sort_keys=True).encode())
+    h.update((repo / "scripts/install-solver.sh").read_bytes())
+    return h.hexdigest()[:12]
+
+
 def wheelhouse() -> Path:
     """The cached wheelhouse for offline installs, filled by ``install.sh --download-wheels`` (needs the index)."""
-    h = hashlib.sha256()
-    for name in ("pyproject.toml", "scripts/install-solver.sh"):
-        h.update((REPO / name).read_bytes())
-    target = CACHE / f"wheels-{h.hexdigest()[:12]}"
+    target = CACHE / f"wheels-{wheelhouse_key()}"
     if not target.exists():
         partial = CACHE / f"{target.name}.partial"
         shutil.rmtree(partial, ignore_errors=True)
