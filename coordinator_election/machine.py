@@ -9,12 +9,13 @@ Algorithm: leases with terms and votes over the *discovered* members (see docs/e
 * When its lease runs out (or the leader drops out of the alive view), a follower looks at the alive
   members: only the best by priority (configured priority, then memory, then node id) stands, after a
   quiet period, with ``term + 1``; the others wait, and skip a best candidate that has not led within an
-  election timeout (until a leader is followed).
+  election timeout, with every id of its voice (until a leader is followed).
 * A voter grants one vote per term, and none while it holds a lease on a live leader (so a returning
   node cannot unseat a healthy leader: no churn). A vote request is its sender's word (priority and term are
   self-declared): it never ends a candidacy, and it cannot keep a passed-over best candidate in the running; a voter
   holds the term of the candidate it just granted for a heartbeat. A fresh board (``fresh``, nothing persisted, no
-  known peers) grants nothing and follows no certificate until its view has stopped growing for a timeout.
+  known peers) grants nothing, follows no certificate and stands only alone until its view has stopped growing for a
+  timeout.
   A candidate wins with votes from a majority of the members alive in its view, so a partition's sides each elect
   their own leader and keep placing.
 * A follower holding a lease that hears another leader's renewal tells it whom it follows; that leader sends it and
