@@ -6,8 +6,10 @@ a board is a member only with a board card the operator signed for its node id a
 On the operator's own machine (never on a board; the private key stays there, 0600):
 
   peerserve ca init DIR                         make the CA key pair (DIR/ca.key, DIR/ca.pub)
-  peerserve ca sign --ca DIR REQUEST [--days N] [--priority P] [-o CARD]
-                                                sign a board's request: its board card (JSON), valid N days
+  peerserve ca sign --ca DIR REQUEST [--days N] [--priority P] [-o CARD] [--replace] [--revoked LIST]
+                                                sign a board's request: its board card (JSON), valid N days;
+                                                refused while the id or key holds a valid card, unless
+                                                --replace (which revokes it in LIST, default DIR/revoked.json)
   peerserve ca revoke --ca DIR (CARD... | --node ID) -o revoked.json
                                                 the signed revocation list, with these cards added
   peerserve ca show --ca DIR [CARD]             the CA's public key (what boards configure), or a card's fields
@@ -16,8 +18,9 @@ On each board:
 
   peerserve card request --node-id ID [--data-dir D] [-o REQUEST]
                                                 the signing request, from D/peer/node.key (made if missing)
-  peerserve card install CARD [--data-dir D]    check the signed card against this board, copy it to
-                                                D/peer/board.card
+  peerserve card install CARD --operator-ca CA.pub --node-id ID [--data-dir D]
+                                                check the signed card (the CA's signature, this node id,
+                                                this board's key, expiry), copy it to D/peer/board.card
 
 Then give every agent the CA's public key (`operator_ca = "/etc/peerserve/operator-ca.pub"` in its config, or
 --operator-ca, or scripts/install.sh --operator-ca FILE --board-card FILE) and copy revoked.json to each board's
@@ -36,6 +39,9 @@ from typing import Any
 
 DEFAULT_DATA_DIR = "/var/lib/peerserve"  # what scripts/install.sh configures
 DEFAULT_DAYS = 365.0
+# what a board has (scripts/install.sh): 'ca init' refuses to make the operator's key where one of these exists
+DEFAULT_CONFIG = "/etc/peerserve/config.toml"
+BOARD_MARKERS = (Path(DEFAULT_DATA_DIR) / "peer" / "node.key", Path(DEFAULT_CONFIG))
 
 
 def register(commands: Any) -> None:
@@ -54,6 +60,10 @@ def register(commands: Any) -> None:
     sign.add_argument("--days", type=float, default=DEFAULT_DAYS, help=f"valid this long (default {DEFAULT_DAYS:g})")
     sign.add_argument("--priority", type=int, help="the election priority this board gets (default: none, i.e. 0)")
     sign.add_argument("-o", "--out", help="write the card here (default: stdout)")
+    sign.add_argument("--replace", action="store_true", help="revoke (in --revoked) the valid cards this CA issued "
+                      "to this node id or this key, instead of refusing: one board, one card, one voice")  # fmt: skip
+    sign.add_argument("--revoked", help="the revocation list ('ca revoke -o'): read to tell which issued cards are "
+                      "still valid, extended by --replace (default: DIR/revoked.json)")  # fmt: skip
     revoke = sub.add_parser("revoke", help="add cards to the signed revocation list boards check")
     revoke.add_argument("cards", nargs="*", help="board card files to revoke")
     revoke.add_argument("--node", action="append", default=[], help="revoke every card issued to this node id")
@@ -78,10 +88,15 @@ def register(commands: Any) -> None:
     req.add_argument("-o", "--out", help="write the request here (default: stdout)")
     inst = sub.add_parser("install", help="check the operator's signed card against this board and install it")
     inst.add_argument("card", help="the card file from 'peerserve ca sign'")
+    inst.add_argument("--operator-ca", required=True, help="the operator CA's public key (ca.pub, or the key): the "
+                      "card must be signed by it")  # fmt: skip
+    inst.add_argument("--node-id", required=True, help="this agent's node id (node_id): the card must name it")
     for s in (req, inst):
         s.add_argument(
             "--data-dir", default=DEFAULT_DATA_DIR, help=f"the agent's data dir (default {DEFAULT_DATA_DIR})"
         )
+        s.add_argument("--config", help=f"the agent's config, for its cluster_token: the card names the cluster "
+                       f"(default {DEFAULT_CONFIG} if there; PEERSERVE_CLUSTER_TOKEN also works)")  # fmt: skip
         s.add_argument("--json", action="store_true", help="answer as one JSON object")
     card.set_defaults(handler=cmd_card)
 
@@ -139,7 +154,16 @@ def _ca(args: argparse.Namespace) -> int:
         folder = Path(args.dir)
         if (folder / "ca.key").exists():
             raise ValueError(f"{folder / 'ca.key'} exists: a second CA would orphan every card the first signed")
+        board = [str(m) for m in BOARD_MARKERS if m.exists()]
+        if board:
+            raise ValueError(f"this looks like a board ({', '.join(board)}): the operator CA's key never sits on a "
+                             "board (a board's root could sign itself any card); run 'ca init' on the operator's "
+                             "machine")  # fmt: skip
+        if folder.exists() and folder.stat().st_mode & 0o022:
+            raise ValueError(f"{folder} is writable by group or others (mode {folder.stat().st_mode & 0o777:o}): "
+                             "they could swap ca.key; use a new folder or chmod 700 it")  # fmt: skip
         folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        folder.chmod(0o700)
         key = Ed25519PrivateKey.generate()
         pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                 serialization.NoEncryption())  # fmt: skip
@@ -177,8 +201,27 @@ def _ca(args: argparse.Namespace) -> int:
         request = BoardRequest.from_json(json.loads(Path(args.request).read_text()))
         if not 0 < args.days <= 36500:
             raise ValueError("--days must be 0-36500")
-        card = BoardCard.issue(ca, request.node_id, request.public_key, int(time.time() + args.days * 86400),
-                               args.priority)  # fmt: skip
+        now = int(time.time())
+        revoked_file = Path(args.revoked) if args.revoked else folder / "revoked.json"
+        revoked = set(parse_revocations(revoked_file.read_bytes(), ca.public_key())) if revoked_file.exists() else set()
+        clash = _valid_cards(folder, request.node_id, request.public_key.hex(), revoked, now)
+        if clash and not args.replace:
+            raise ValueError(
+                f"this CA already issued valid card(s) to {request.node_id!r} or to this key: "
+                + ", ".join(f"{e['node_id']} (fingerprint {e['fingerprint']})" for e in clash)
+                + f". One board, one card: pass --replace to revoke them in {revoked_file} (--revoked), install the"
+                " new card, then copy the list to the boards"
+            )
+        if clash:
+            from agent.operator_ca import MAX_REVOKED
+
+            if len(revoked) + len(clash) > MAX_REVOKED:
+                raise ValueError(f"a revocation list holds at most {MAX_REVOKED} cards")
+            _write(str(revoked_file), sign_revocations(ca, now, sorted(revoked | {e["fingerprint"] for e in clash})))
+            print(f"revoked {len(clash)} card(s) in {revoked_file}: copy it to each board's DATA_DIR/peer/revoked.json "
+                  "once the new card is installed", file=sys.stderr)  # fmt: skip
+        card = BoardCard.issue(ca, request.node_id, request.public_key, int(now + args.days * 86400),
+                               args.priority, cluster=request.cluster)  # fmt: skip
         with open(folder / "issued.jsonl", "a") as log:  # what 'ca revoke --node' revokes
             log.write(json.dumps({k: v for k, v in card.to_json().items() if k != "card"}) + "\n")
         _write(args.out, card.to_json())
@@ -210,6 +253,20 @@ def _ca(args: argparse.Namespace) -> int:
     return 0
 
 
+def _valid_cards(folder: Path, node_id: str, key_hex: str, revoked: set[str], now: int) -> list[dict[str, Any]]:
+    """The cards this CA issued (DIR/issued.jsonl) to ``node_id`` or to the key ``key_hex`` that are neither expired
+    nor revoked: each is a voice a second card would add to."""
+    issued = folder / "issued.jsonl"
+    found = []
+    for line in issued.read_text().splitlines() if issued.exists() else []:
+        entry = json.loads(line)
+        if entry.get("node_id") != node_id and entry.get("public_key") != key_hex:
+            continue
+        if int(entry.get("expires", 0)) > now and str(entry.get("fingerprint")) not in revoked:
+            found.append(entry)
+    return found
+
+
 def cmd_card(args: argparse.Namespace) -> int:
     from agent.operator_ca import CardError
 
@@ -220,9 +277,23 @@ def cmd_card(args: argparse.Namespace) -> int:
         return 1
 
 
+def _cluster(args: argparse.Namespace) -> bytes:
+    """The cluster this board's token makes (``Identity.cluster``), which its card must name: the token from the
+    agent's config (``--config``, or /etc/peerserve/config.toml) or the environment."""
+    from agent.identity import cluster_of
+    from agent.settings import load_settings
+
+    config = args.config or (DEFAULT_CONFIG if Path(DEFAULT_CONFIG).exists() else None)
+    token = load_settings(config).cluster_token
+    if not token:
+        raise ValueError("the card names the cluster: give the agent's config (--config FILE with cluster_token) or "
+                         "PEERSERVE_CLUSTER_TOKEN")  # fmt: skip
+    return bytes.fromhex(cluster_of(token))
+
+
 def _card(args: argparse.Namespace) -> int:
     from agent.identity import _load_or_create_key
-    from agent.operator_ca import BoardRequest, raw_public, read_board_card
+    from agent.operator_ca import BoardRequest, parse_operator_ca, raw_public, read_board_card
     from peerserve import wire
 
     peer = Path(args.data_dir) / "peer"
@@ -230,13 +301,23 @@ def _card(args: argparse.Namespace) -> int:
     if args.card_command == "request":
         if not wire.NODE_ID.fullmatch(args.node_id):
             raise ValueError(f"{args.node_id!r} is not a node id")
-        request = BoardRequest.make(args.node_id, key).to_json()
+        request = BoardRequest.make(args.node_id, key, _cluster(args)).to_json()
         _write(args.out, request)
         if args.out is not None:
             _emit(args, request, f"request for {args.node_id} written to {args.out}: give it to the operator "
                   "('peerserve ca sign --ca DIR REQUEST')")  # fmt: skip
         return 0
     card = read_board_card(Path(args.card))
+    try:
+        card.verify(parse_operator_ca(args.operator_ca))
+    except ValueError as exc:
+        raise ValueError(f"--operator-ca {args.operator_ca}: {exc}") from exc
+    if card.cluster != _cluster(args):
+        raise ValueError(f"the card is for cluster {card.cluster.hex()}, this board's token is cluster "
+                         f"{_cluster(args).hex()}: request a card with this board's token")  # fmt: skip
+    if card.node_id != args.node_id:
+        raise ValueError(f"the card is for node {card.node_id!r}, this agent is {args.node_id!r} (node_id): the "
+                         "agent would refuse every start with it")  # fmt: skip
     if card.public_key != raw_public(key.public_key()):
         raise ValueError(f"the card is for another key than this board's ({peer / 'node.key'}): was the request "
                          "made on this board, with this data dir?")  # fmt: skip

@@ -112,6 +112,11 @@ def derive_ca_key(token: str) -> Ed25519PrivateKey:
     return Ed25519PrivateKey.from_private_bytes(seed)
 
 
+def cluster_of(token: str) -> str:
+    """The cluster's fingerprint (``Identity.cluster``): the token CA's public key's SHA-256, 32 hex digits."""
+    return hashlib.sha256(_raw(derive_ca_key(token).public_key())).hexdigest()[:32]
+
+
 def derive_stats_token(token: str) -> str:
     """The request-log reader token: derived from the cluster token (HKDF), so the token itself never
     crosses the wire and a captured reader token reads statistics only (``peerserve stats-token``)."""
@@ -628,7 +633,7 @@ class Identity:
         ca = derive_ca_key(token)
         self.ca_public = ca.public_key()
         # names this cluster in statements signed for it (quorum grants): the CA key's digest, the same on every node
-        self.cluster = hashlib.sha256(_raw(self.ca_public)).hexdigest()[:32]
+        self.cluster = cluster_of(token)
         self.key = _load_or_create_key(data_dir / "peer" / "node.key" if data_dir else None)
         self.public_key = _raw(self.key.public_key())
         self.operator: OperatorTrust | None = None
@@ -637,7 +642,7 @@ class Identity:
             peer = data_dir / "peer" if data_dir else None
             if revocations is None and peer is not None:
                 revocations = peer / "revoked.json"
-            self.operator = OperatorTrust(operator_ca, revocations)
+            self.operator = OperatorTrust(operator_ca, revocations, cluster=bytes.fromhex(self.cluster))
             self.board = _own_board_card(board_card or (peer / "board.card" if peer else None), node_id,
                                          self.public_key, self.operator)  # fmt: skip
         self.card = Card.issue(ca, node_id, self.public_key, self.board.raw() if self.board else b"")
@@ -827,6 +832,12 @@ def _own_board_card(path: Path | None, node_id: str, public_key: bytes, trust: O
             f"operator_ca is set but this board has no usable board card: {exc} (make a request with "
             "'peerserve card request', have the operator sign it with 'peerserve ca sign')",
         ) from exc
+    if card.cluster != trust.cluster:
+        raise ConfigError(
+            "board_card",
+            f"the board card in {path} is for cluster {card.cluster.hex()}, this node's token is cluster "
+            f"{trust.cluster.hex()}: request a card with this token ('peerserve card request')",
+        )
     if card.node_id != node_id or card.public_key != public_key:
         raise ConfigError(
             "board_card",

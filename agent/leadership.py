@@ -192,7 +192,7 @@ class Leadership:
         """``node_id``'s priority: in the operator-CA mode the one its board card grants (0 without), whatever it
         claims (agent/operator_ca.py); as claimed otherwise."""
         trust = self._operator()
-        return claimed if trust is None else (trust.priority(node_id), claimed[1], claimed[2])
+        return claimed if trust is None else (trust.priority(node_id, self.agent.clock()), claimed[1], claimed[2])
 
     async def _tick_loop(self) -> None:
         while True:

@@ -40,11 +40,13 @@ from peerserve import wire
 
 log = logging.getLogger(__name__)
 
-BOARD_CONTEXT = b"peerserve-board-card-v1\0"
-REQUEST_CONTEXT = b"peerserve-board-request-v1\0"
+BOARD_CONTEXT = b"peerserve-board-card-v2\0"
+REQUEST_CONTEXT = b"peerserve-board-request-v2\0"
 REVOKE_CONTEXT = b"peerserve-revocations-v1\0"
-VERSION = 1
-MAX_BOARD_BYTES = 2 + 63 + 32 + 13 + 64  # the largest board card: version, id, key, expiry/flags/priority, signature
+VERSION = 2  # v2 names the cluster (review15a F5); v1 cards (no cluster) are refused
+CLUSTER_BYTES = 16  # Identity.cluster: the token CA's public key's SHA-256, first 16 bytes
+# the largest board card: version, id, key, cluster, expiry/flags/priority, signature
+MAX_BOARD_BYTES = 2 + 63 + 32 + CLUSTER_BYTES + 13 + 64
 VERDICTS = 1024  # board cards whose operator signature was checked, by their bytes (one check per card, not message)
 ROSTER = 4096  # node id -> its latest verified board card (as many as ids can be pinned: identity.PIN_LIMIT)
 MAX_REVOKED = 65_536  # fingerprints in one revocation list
@@ -77,10 +79,13 @@ def raw_public(key: Ed25519PublicKey) -> bytes:
 
 @dataclass(frozen=True)
 class BoardCard:
-    """The operator CA's signature binding ``node_id`` to ``public_key`` (the board's node key) until ``expires``."""
+    """The operator CA's signature binding ``node_id`` to ``public_key`` (the board's node key) in ``cluster`` (the
+    token CA's fingerprint: a card for one cluster admits nobody to another the same operator CA serves) until
+    ``expires``."""
 
     node_id: str
     public_key: bytes  # 32 raw bytes: DATA_DIR/peer/node.key's public half
+    cluster: bytes  # CLUSTER_BYTES: bytes.fromhex(Identity.cluster) of the token the board was given
     expires: int  # unix seconds
     priority: int | None  # the election priority the operator grants (None: 0 in this mode)
     signature: bytes = b""  # 64 bytes, the operator CA over BOARD_CONTEXT + body
@@ -88,8 +93,13 @@ class BoardCard:
     def body(self) -> bytes:
         nid = self.node_id.encode()
         has = self.priority is not None
-        return bytes([VERSION, len(nid)]) + nid + self.public_key + struct.pack(">QBi", self.expires, has,
-                                                                              self.priority or 0)  # fmt: skip
+        return (
+            bytes([VERSION, len(nid)])
+            + nid
+            + self.public_key
+            + self.cluster
+            + struct.pack(">QBi", self.expires, has, self.priority or 0)
+        )
 
     def raw(self) -> bytes:
         return self.body() + self.signature
@@ -101,30 +111,33 @@ class BoardCard:
 
     @staticmethod
     def issue(
-        ca: Ed25519PrivateKey, node_id: str, public_key: bytes, expires: int, priority: int | None = None
-    ) -> BoardCard:
-        if not wire.NODE_ID.fullmatch(node_id) or len(public_key) != 32:
-            raise CardError("a board card names a node id and a 32-byte Ed25519 key")
+        ca: Ed25519PrivateKey, node_id: str, public_key: bytes, expires: int, priority: int | None = None, *,
+        cluster: bytes,
+    ) -> BoardCard:  # fmt: skip
+        if not wire.NODE_ID.fullmatch(node_id) or len(public_key) != 32 or len(cluster) != CLUSTER_BYTES:
+            raise CardError("a board card names a node id, a 32-byte Ed25519 key and a 16-byte cluster")
         if priority is not None and not PRIORITY_RANGE[0] <= priority <= PRIORITY_RANGE[1]:
             raise CardError("priority out of range")
-        unsigned = BoardCard(node_id, public_key, expires, priority)
-        return BoardCard(node_id, public_key, expires, priority, ca.sign(BOARD_CONTEXT + unsigned.body()))
+        unsigned = BoardCard(node_id, public_key, cluster, expires, priority)
+        return BoardCard(node_id, public_key, cluster, expires, priority, ca.sign(BOARD_CONTEXT + unsigned.body()))
 
     @staticmethod
     def parse(raw: bytes) -> BoardCard:
         if len(raw) < 2 or raw[0] != VERSION:
             raise CardError("malformed board card (or of a newer version)")
         n = raw[1]
-        if not 0 < n <= 63 or len(raw) != 2 + n + 32 + 13 + 64:
+        if not 0 < n <= 63 or len(raw) != 2 + n + 32 + CLUSTER_BYTES + 13 + 64:
             raise CardError("malformed board card")
         node_id = raw[2 : 2 + n].decode("ascii", "replace")
         if not wire.NODE_ID.fullmatch(node_id):
             raise CardError("malformed node id in board card")
-        key = raw[2 + n : 2 + n + 32]
-        expires, has, priority = struct.unpack(">QBi", raw[2 + n + 32 : 2 + n + 45])
+        at = 2 + n
+        key, cluster = raw[at : at + 32], raw[at + 32 : at + 32 + CLUSTER_BYTES]
+        at += 32 + CLUSTER_BYTES
+        expires, has, priority = struct.unpack(">QBi", raw[at : at + 13])
         if has not in (0, 1):
             raise CardError("malformed board card")
-        return BoardCard(node_id, key, expires, priority if has else None, raw[2 + n + 45 :])
+        return BoardCard(node_id, key, cluster, expires, priority if has else None, raw[at + 13 :])
 
     def verify(self, ca_public: Ed25519PublicKey) -> None:
         try:
@@ -133,9 +146,9 @@ class BoardCard:
             raise CardError(f"{self.node_id}'s board card is not signed by this cluster's operator CA") from exc
 
     def to_json(self) -> dict[str, Any]:
-        return {"format": "peerserve-board-card-v1", "node_id": self.node_id, "public_key": self.public_key.hex(),
-                "expires": self.expires, "priority": self.priority, "fingerprint": self.fingerprint,
-                "card": b64(self.raw())}  # fmt: skip
+        return {"format": "peerserve-board-card-v2", "node_id": self.node_id, "public_key": self.public_key.hex(),
+                "cluster": self.cluster.hex(), "expires": self.expires, "priority": self.priority,
+                "fingerprint": self.fingerprint, "card": b64(self.raw())}  # fmt: skip
 
 
 def read_board_card(path: Path) -> BoardCard:
@@ -149,39 +162,46 @@ def read_board_card(path: Path) -> BoardCard:
 
 @dataclass(frozen=True)
 class BoardRequest:
-    """A board's signing request: its node id and node key, signed by that key (the operator signs only a key whose
-    holder asked)."""
+    """A board's signing request: its node id, node key and cluster (from its token), signed by that key (the
+    operator signs only a key whose holder asked, for the cluster it was given the token of)."""
 
     node_id: str
     public_key: bytes
+    cluster: bytes
     signature: bytes
 
     @staticmethod
-    def make(node_id: str, key: Ed25519PrivateKey) -> BoardRequest:
+    def signing_bytes(node_id: str, public: bytes, cluster: bytes) -> bytes:
+        return REQUEST_CONTEXT + node_id.encode() + b"\0" + public + cluster
+
+    @staticmethod
+    def make(node_id: str, key: Ed25519PrivateKey, cluster: bytes) -> BoardRequest:
         public = raw_public(key.public_key())
-        return BoardRequest(node_id, public, key.sign(REQUEST_CONTEXT + node_id.encode() + b"\0" + public))
+        return BoardRequest(node_id, public, cluster, key.sign(BoardRequest.signing_bytes(node_id, public, cluster)))
 
     def to_json(self) -> dict[str, Any]:
-        return {"format": "peerserve-board-request-v1", "node_id": self.node_id, "public_key": self.public_key.hex(),
-                "signature": b64(self.signature)}  # fmt: skip
+        return {"format": "peerserve-board-request-v2", "node_id": self.node_id, "public_key": self.public_key.hex(),
+                "cluster": self.cluster.hex(), "signature": b64(self.signature)}  # fmt: skip
 
     @staticmethod
     def from_json(data: Any) -> BoardRequest:
         """The request in ``data``, its signature checked; CardError."""
         try:
             node_id, public = str(data["node_id"]), bytes.fromhex(str(data["public_key"]))
-            request = BoardRequest(node_id, public, unb64(str(data["signature"])))
+            cluster = bytes.fromhex(str(data["cluster"]))
+            request = BoardRequest(node_id, public, cluster, unb64(str(data["signature"])))
         except (KeyError, TypeError, ValueError) as exc:
             raise CardError(f"not a board signing request: {exc}") from exc
         if (
-            data.get("format") != "peerserve-board-request-v1"
+            data.get("format") != "peerserve-board-request-v2"
             or not wire.NODE_ID.fullmatch(node_id)
             or len(public) != 32
+            or len(cluster) != CLUSTER_BYTES
         ):
-            raise CardError("not a board signing request (format, node id or key)")
+            raise CardError("not a board signing request (format, node id, key or cluster)")
         try:
             Ed25519PublicKey.from_public_bytes(public).verify(
-                request.signature, REQUEST_CONTEXT + node_id.encode() + b"\0" + public
+                request.signature, BoardRequest.signing_bytes(node_id, public, cluster)
             )
         except (InvalidSignature, ValueError) as exc:
             raise CardError("the request is not signed by the key it names") from exc
@@ -288,12 +308,15 @@ class OperatorTrust:
 
     def __init__(
         self, ca_public: Ed25519PublicKey, revocations: Path | None = None, verdicts: int = VERDICTS,
-        roster: int = ROSTER,
+        roster: int = ROSTER, *, cluster: bytes,
     ) -> None:  # fmt: skip
         self.ca_public = ca_public
+        self.cluster = cluster  # this node's (bytes.fromhex(Identity.cluster)): cards for another are refused
         self.revocations = Revocations(revocations, ca_public)
         self.verdict_limit, self.roster_limit = verdicts, roster
-        self._verdicts: OrderedDict[bytes, BoardCard | CardError] = OrderedDict()
+        # a refusal is cached as data (message, status) and raised fresh each time: a cached exception object re-raised
+        # grows its __traceback__ by the raiser's frames at every use (and keeps them, their requests, alive)
+        self._verdicts: OrderedDict[bytes, BoardCard | tuple[str, int]] = OrderedDict()
         self.roster: OrderedDict[str, BoardCard] = OrderedDict()
         self.verifications = 0  # operator signatures checked
         self._said: set[tuple[str, str]] = set()  # (node id, why) logged once (bounded by the roster's ids x reasons)
@@ -310,16 +333,19 @@ class OperatorTrust:
                 verdict = BoardCard.parse(board)
                 verdict.verify(self.ca_public)
             except CardError as exc:
-                verdict = exc
+                verdict = (str(exc), exc.status)
             self._verdicts[board] = verdict
             while len(self._verdicts) > self.verdict_limit:
                 self._verdicts.popitem(last=False)
         else:
             self._verdicts.move_to_end(board)
-        if isinstance(verdict, CardError):
-            raise verdict
+        if isinstance(verdict, tuple):
+            raise CardError(*verdict)
         if verdict.node_id != node_id or verdict.public_key != public_key:
             raise CardError(f"the board card shown by {node_id} is for {verdict.node_id} with another key")
+        if verdict.cluster != self.cluster:
+            raise CardError(f"the board card shown by {node_id} is for another cluster (another token): the operator "
+                            "signs a card per cluster")  # fmt: skip
         return verdict
 
     def check_live(self, card: BoardCard, now: float) -> None:
@@ -328,11 +354,17 @@ class OperatorTrust:
             self._say(card.node_id, "expired", "board card of %s expired %.0f s ago (fingerprint %s): refused until "
                       "the operator signs a new one", card.node_id, now - card.expires, card.fingerprint)  # fmt: skip
             raise CardError(f"{card.node_id}'s board card expired {now - card.expires:.0f} s ago")
-        if card.fingerprint in self.revocations.current():
+        revoked = self.revocations.current()
+        if card.fingerprint in revoked:
             self._say(card.node_id, "revoked", "board card of %s (fingerprint %s) is revoked by the operator: refused",
                       card.node_id, card.fingerprint)  # fmt: skip
             raise CardError(f"{card.node_id}'s board card is revoked by the operator")
-        self.roster[card.node_id] = card  # the card last shown (a renewed one replaces the old)
+        held = self.roster.get(card.node_id)
+        # A renewed card replaces the one held only if it lasts at least as long, or the held one is no longer live:
+        # any member relaying an older statement of this node shows its older card, which must not roll back its
+        # priority (or key) here while still valid ('ca sign' revokes the old card when it issues a replacement).
+        if held is None or card.expires >= held.expires or now >= held.expires or held.fingerprint in revoked:
+            self.roster[card.node_id] = card
         self.roster.move_to_end(card.node_id)
         while len(self.roster) > self.roster_limit:
             self.roster.popitem(last=False)
@@ -350,10 +382,16 @@ class OperatorTrust:
             raise CardError(f"{exc}: sign the message (with the current card)", 401) from exc
         return card
 
-    def priority(self, node_id: str) -> int:
-        """The election priority the operator granted ``node_id`` (0 without one, or without a card seen)."""
+    def priority(self, node_id: str, now: float) -> int:
+        """The election priority the operator granted ``node_id``: its live card's (0 without one, or without a live
+        card seen: expired, revoked, or the revocation list unusable)."""
         card = self.roster.get(node_id)
-        return card.priority if card is not None and card.priority is not None else 0
+        if card is None or card.priority is None or now >= card.expires:
+            return 0
+        try:
+            return 0 if card.fingerprint in self.revocations.current() else card.priority
+        except CardError:
+            return 0
 
     def _say(self, node_id: str, why: str, fmt: str, *args: Any) -> None:
         if (node_id, why) not in self._said:

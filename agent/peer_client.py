@@ -36,6 +36,12 @@ class _NotThatNode(PeerHttpError):
     """The listener's certificate does not prove the node we meant (or not with its pinned key)."""
 
 
+class _Unvouched(PeerHttpError):
+    """The listener proved its node and key, but we hold no live board card for it (operator-CA mode: none seen yet,
+    or the one seen expired or was revoked): like a listener's 401, answered by asking signed, which carries its
+    current card and so refreshes ours. Raised before a byte of the message is written."""
+
+
 class PeerCallError(ValueError):
     """A peer call that did not produce an authenticated answer (``status``: the peer's HTTP status, or 0;
     ``busy``: refused here by the bound of exchanges in flight with the peer: nothing was sent)."""
@@ -156,12 +162,18 @@ class PeerClient:
                 raise _NotThatNode(f"{base_url} is not {node_id} (its certificate names {peer and peer[0]!r})")
             try:
                 self.identity.vouch(node_id, peer[1], self.clock())  # operator-CA mode: its live board card seen
+            except AuthError as exc:
+                raise _Unvouched(f"{node_id} at {base_url}: {exc}") from exc
+            try:
                 return None if self.identity.pins.pinned(node_id, peer[1]) else pin(peer[1])
             except AuthError as exc:
                 raise _NotThatNode(f"{node_id} at {base_url}: {exc}") from exc
 
         try:
             a = await self.connections.request(base_url, method, target, headers, content, total, connect, is_node)
+        except _Unvouched as exc:  # our own check's 401: the caller asks signed (and so for SIGNED_ONLY_S)
+            log.info("direct exchange with %s not sent: %s", node_id, exc)
+            return 401, {"detail": str(exc)}
         except _NotThatNode as exc:
             raise PeerCallError(str(exc)) from exc
         except PeerBusyError as exc:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Collection, Mapping
@@ -23,6 +24,7 @@ from collections.abc import Callable, Collection, Mapping
 from cryptography.exceptions import InvalidSignature
 
 from agent.identity import AuthError, Card, Identity, unb64
+from agent.operator_ca import BoardCard, CardError
 from peerserve.wire import Grant
 
 log = logging.getLogger(__name__)
@@ -97,6 +99,17 @@ def verified(identity: Identity, grant: Grant, term: int, candidate: str, now: f
     return signer if signer == grant.voter else None
 
 
+def board_expiry(card: Card) -> float:
+    """When ``card``'s board card expires (operator-CA mode; infinity without one): a certificate cached whole counts
+    its voter until then at most, as expiry is judged at every use (review15a F6)."""
+    if not card.board:
+        return math.inf
+    try:
+        return float(BoardCard.parse(card.board).expires)
+    except CardError:
+        return -math.inf  # not a board card (it was refused when checked): never cached past now
+
+
 class Certificates:
     """Verified certificates of others, per (term, leader): the voters whose grants checked out.
 
@@ -107,14 +120,17 @@ class Certificates:
     review14b F6), and a grant skipped while its voter was not yet a member is verified when it is (review14b F3).
     The pin check, which depends on this node's state (a first contact's pin being written: 503), runs each time a
     grant is looked at; the certificates cached whole are dropped whenever the pins change (an operator's ``pins
-    forget`` or a re-pin, a new pin written), so a voter whose pin went no longer counts in one (review14d Q3)."""
+    forget`` or a re-pin, a new pin written), so a voter whose pin went no longer counts in one (review14d Q3); in
+    the operator-CA mode also when the revocation list changes, and each once its voters' earliest board card
+    expires (``board_expiry``)."""
 
     def __init__(
         self, identity: Identity, wall: Callable[[], float] = time.time, limit: int = MAX_CACHED,
         grant_limit: int = MAX_VERDICTS,
     ) -> None:  # fmt: skip
         self.identity, self.wall, self.limit, self.grant_limit = identity, wall, limit, grant_limit
-        self.cache: OrderedDict[tuple[int, str], frozenset[str]] = OrderedDict()
+        # (term, leader) -> (its voters, the wall time the earliest of their board cards expires: dropped then)
+        self.cache: OrderedDict[tuple[int, str], tuple[frozenset[str], float]] = OrderedDict()
         self.checked: OrderedDict[bytes, Card | None] = OrderedDict()  # a grant's digest -> the card that signed it
         self.verifications = 0  # signatures checked (each grant's bytes at most once while remembered)
         self._pins: Mapping[str, bytes] | None = None  # the pins the cached certificates were judged under
@@ -136,11 +152,14 @@ class Certificates:
             # or a board card is looked at again
             self.cache.clear()
             self._pins, self._revoked = pins, revoked
+        now = self.wall()
         cached = self.cache.get(key)
-        if cached is not None:
+        if cached is not None and now < cached[1]:
             self.cache.move_to_end(key)
-            return cached
-        now, found, seen, whole = self.wall(), set(), set(), True
+            return cached[0]
+        found, seen, whole, until = set(), set(), True, math.inf
+        if cached is not None:  # a voter's board card has expired since: judged again, each grant's verdict kept
+            del self.cache[key]
         for grant in grants:
             if grant.voter in seen:
                 continue  # a voter named twice counts once
@@ -148,9 +167,10 @@ class Certificates:
                 whole = False  # a stranger cannot count here; it may be a member whose admission is under way (F3)
                 continue
             seen.add(grant.voter)
-            verdict = self._verdict(grant, term, leader, now, keep=from_leader)
-            if verdict:
+            verdict, card = self._verdict(grant, term, leader, now, keep=from_leader)
+            if verdict and card is not None:
                 found.add(grant.voter)
+                until = min(until, board_expiry(card))
             whole = whole and verdict is not None  # a pin refusal may pass next time: looked at again then
         result = frozenset(found)
         if whole and from_leader:
@@ -158,16 +178,19 @@ class Certificates:
             # 503) and a voter not yet a member here may count on a later message; a forged grant never will. Only
             # the leader itself sends its (term, leader) certificate (the peer route checks the sender), and an
             # honest one carries no forgery (it verified each grant it booked), so nobody else's grants are lost
-            self.cache[key] = result
+            self.cache[key] = (result, until)
             while len(self.cache) > self.limit:
                 self.cache.popitem(last=False)
         return result
 
-    def _verdict(self, grant: Grant, term: int, leader: str, now: float, keep: bool = True) -> bool | None:
+    def _verdict(
+        self, grant: Grant, term: int, leader: str, now: float, keep: bool = True
+    ) -> tuple[bool | None, Card | None]:
         """True if ``grant`` is its voter's signature of (term, leader); False if it never will be (forged, another
-        cluster's card, another node's); None if it may be on a later message (a pin refusal). ``keep`` False (a grant
-        relayed on a gossiped lease): a verdict already remembered is used, a new one is not remembered, so that leases
-        of forged grants (any member may put them on SWIM messages) cannot evict genuine verdicts (review15b F2)."""
+        cluster's card, another node's); None if it may be on a later message (a pin refusal). With the card that
+        signed it. ``keep`` False (a grant relayed on a gossiped lease): a verdict already remembered is used, a new one
+        is not remembered, so that leases of forged grants (any member may put them on SWIM messages) cannot evict
+        genuine verdicts (review15b F2)."""
         own = grant.voter == self.identity.node_id
         digest = hashlib.sha256(repr((term, leader, grant.voter, grant.card, grant.signature)).encode()).digest()
         if digest in self.checked:
@@ -181,15 +204,15 @@ class Certificates:
                 while len(self.checked) > self.grant_limit:
                     self.checked.popitem(last=False)
         if card is None or card.node_id != grant.voter:
-            return False
+            return False, card
         if own:
-            return True  # our own key (we are in no pin file of ours)
+            return True, card  # our own key (we are in no pin file of ours)
         try:
             self.identity.verify_pinned(card, now)
         except AuthError as exc:
             log.debug("grant of %s for %s at term %d not counted yet: %s", grant.voter, leader, term, exc)
-            return None
-        return True
+            return None, card
+        return True, card
 
     def _signer(self, grant: Grant, term: int, leader: str, now: float, own: bool) -> Card | None:
         """The card whose key signed ``grant`` of (term, leader), pins aside; None for a forgery."""

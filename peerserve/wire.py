@@ -41,7 +41,7 @@ H_SIGNATURE = "x-peerserve-signature"  # Ed25519 over the signing bytes, base64u
 
 # -- bounds ------------------------------------------------------------------------------------------
 MAX_BODY = 256 * 1024  # bytes of any peer message or answer
-# characters of a node card (agent.identity.Card): 220 with the token card alone, up to 446 with an operator's board
+# characters of a node card (agent.identity.Card): 220 with the token card alone, up to 467 with an operator's board
 # card appended (agent/operator_ca.py)
 MAX_CARD = 512
 MAX_TERM = 2**53  # terms and cursors stay exact in every JSON implementation

@@ -35,7 +35,8 @@
 #                        to FILE for the operator ('peerserve ca sign --ca DIR FILE' on the operator's machine)
 #   --operator-ca FILE   opt-in operator CA, step 2: the CA's public key (ca.pub from 'peerserve ca init'); the
 #                        agent then admits only peers with a board card it signed (docs/security.md)
-#   --board-card FILE    with --operator-ca: this board's signed card, checked against its key and installed
+#   --board-card FILE    with --operator-ca: this board's signed card, checked (the CA's signature, the node id,
+#                        this board's key, expiry) and installed
 #                        as DATA_DIR/peer/board.card (required unless one is installed already)
 #   --no-start           write everything but start and enable nothing
 #   --dry-run            print what would be done, change nothing
@@ -309,6 +310,8 @@ fi
 ca_file="$etc/operator-ca.pub"
 if [ -n "$operator_ca" ]; then
   [ -r "$operator_ca" ] || die "--operator-ca $operator_ca: cannot read it (ca.pub from 'peerserve ca init')"
+  [[ "$(tr -d '[:space:]' < "$operator_ca")" =~ ^([A-Za-z0-9_-]{43}=?|[0-9A-Fa-f]{64})$ ]] \
+    || die "--operator-ca $operator_ca: not an Ed25519 public key (ca.pub from 'peerserve ca init', not ca.key)"
   put_file "$ca_file" 644 root:root "$(cat "$operator_ca")"
 fi
 if [ -n "$board_card" ]; then
@@ -337,10 +340,13 @@ docker_gpu = $gpu
 cluster_token = \"$token\"$operator_line"
 [ -d "$data" ] || act install -d -m 700 -o "$user" -g "$user" "$data"
 if [ -n "$card_request" ]; then  # the node key is made here if the agent has not made it yet
-  act "$prefix/venv/bin/peerserve" card request --node-id "$node_id" --data-dir "$data" -o "$card_request"
+  act "$prefix/venv/bin/peerserve" card request --node-id "$node_id" --data-dir "$data" --config "$config" \
+    -o "$card_request"
 fi
 if [ -n "$board_card" ] && ! cmp -s "$board_card" "$data/peer/board.card" 2>/dev/null; then
-  act "$prefix/venv/bin/peerserve" card install "$board_card" --data-dir "$data"  # refuses another board's card
+  # refuses a card of another CA, cluster (token) or node id, another board's key, or expired
+  act "$prefix/venv/bin/peerserve" card install "$board_card" --data-dir "$data" --config "$config" \
+    --operator-ca "$ca_file" --node-id "$node_id"
 fi
 if [ "$dry_run" = 0 ] && [ -n "$(find "$data" ! -user "$user" -print -quit 2>/dev/null)" ]; then
   act chown -R "$user:$user" "$data"  # an install from before the dedicated user, or the card steps: hand it over

@@ -11,7 +11,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from agent.identity import Identity
+from agent.identity import Identity, cluster_of
 from agent.operator_ca import BoardCard, b64, raw_public
 from tests.service.conftest import TOKEN, free_port
 from tests.waiting import wait_for
@@ -28,7 +28,8 @@ def test_carded_agents_form_a_cluster_and_a_token_holder_without_a_card_stays_ou
     (tmp_path / "ca.pub").write_text(b64(raw_public(ca.public_key())) + "\n")
     for name, priority in (("c0", 1), ("c1", None), ("c2", 10)):  # what the operator signed for each board
         key = Identity(name, TOKEN, tmp_path / name).key  # the board's node key, made before its first start
-        card = BoardCard.issue(ca, name, raw_public(key.public_key()), int(time.time() + 86400), priority)
+        card = BoardCard.issue(ca, name, raw_public(key.public_key()), int(time.time() + 86400), priority,
+                               cluster=bytes.fromhex(cluster_of(TOKEN)))  # fmt: skip
         (tmp_path / name / "peer" / "board.card").write_text(json.dumps(card.to_json()))
     flags = ("--operator-ca", str(tmp_path / "ca.pub"), "--priority", "50")  # a claimed priority: the card's wins
     seed_port = free_port()

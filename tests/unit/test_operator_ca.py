@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from agent.discovery.swim import Swim, SwimConfig
 from agent.errors import ConfigError
-from agent.identity import AuthError, Card, Identity, derive_ca_key
+from agent.identity import AuthError, Card, Identity, cluster_of, derive_ca_key
 from agent.operator_ca import (
     MAX_REVOKED,
     BoardCard,
@@ -34,14 +34,18 @@ TOKEN = "operator-ca-cluster-token-0123456789"
 NOW = time.time()
 BODY = b'{"x":1}'
 OPERATOR = Ed25519PrivateKey.generate()
+CLUSTER = bytes.fromhex(cluster_of(TOKEN))  # what the cards of this cluster name
 
 
 def board(
-    folder: Path, node_id: str, *, ca: Ed25519PrivateKey = OPERATOR, days: float = 30, priority: int | None = None
-) -> Path:
-    """A data dir whose node key has a board card signed by ``ca`` for ``node_id`` (as 'ca sign' writes it)."""
-    key = Identity(node_id, TOKEN, folder).key  # makes DATA_DIR/peer/node.key, as the agent would
-    card = BoardCard.issue(ca, node_id, raw_public(key.public_key()), int(NOW + days * 86400), priority)
+    folder: Path, node_id: str, *, ca: Ed25519PrivateKey = OPERATOR, days: float = 30, priority: int | None = None,
+    token: str = TOKEN,
+) -> Path:  # fmt: skip
+    """A data dir whose node key has a board card signed by ``ca`` for ``node_id`` in ``token``'s cluster (as 'ca
+    sign' writes it)."""
+    key = Identity(node_id, token, folder).key  # makes DATA_DIR/peer/node.key, as the agent would
+    card = BoardCard.issue(ca, node_id, raw_public(key.public_key()), int(NOW + days * 86400), priority,
+                           cluster=bytes.fromhex(cluster_of(token)))  # fmt: skip
     (folder / "peer" / "board.card").write_text(json.dumps(card.to_json()))
     return folder
 
@@ -59,9 +63,9 @@ def send(sender: Identity, receiver: Identity, now: float = NOW, source: str = "
 
 def test_a_board_card_round_trips_and_any_change_breaks_its_signature() -> None:
     key = Ed25519PrivateKey.generate()
-    card = BoardCard.issue(OPERATOR, "n1", raw_public(key.public_key()), 2_000_000_000, 7)
+    card = BoardCard.issue(OPERATOR, "n1", raw_public(key.public_key()), 2_000_000_000, 7, cluster=CLUSTER)
     again = BoardCard.parse(card.raw())
-    assert again == card and again.priority == 7 and len(card.raw()) <= 2 + 63 + 32 + 13 + 64
+    assert again == card and again.priority == 7 and len(card.raw()) <= 2 + 63 + 32 + 16 + 13 + 64
     again.verify(OPERATOR.public_key())
     for i in range(len(card.body())):  # each byte the signature covers
         raw = bytearray(card.raw())
@@ -70,7 +74,7 @@ def test_a_board_card_round_trips_and_any_change_breaks_its_signature() -> None:
             BoardCard.parse(bytes(raw)).verify(OPERATOR.public_key())
     with pytest.raises(CardError, match="operator CA"):
         card.verify(Ed25519PrivateKey.generate().public_key())
-    assert BoardCard.parse(BoardCard.issue(OPERATOR, "n1", card.public_key, 1).raw()).priority is None
+    assert BoardCard.parse(BoardCard.issue(OPERATOR, "n1", card.public_key, 1, cluster=CLUSTER).raw()).priority is None
 
 
 def test_the_largest_card_fits_every_wire_field_that_carries_a_card(tmp_path: Path) -> None:
@@ -198,11 +202,11 @@ def test_a_revocation_list_is_bounded_and_its_signature_covers_every_entry() -> 
 
 
 def test_the_verdict_cache_and_the_roster_are_bounded(tmp_path: Path) -> None:
-    trust = OperatorTrust(OPERATOR.public_key(), None, verdicts=4, roster=3)
+    trust = OperatorTrust(OPERATOR.public_key(), None, verdicts=4, roster=3, cluster=CLUSTER)
     cards = []
     for i in range(10):
         key = raw_public(Ed25519PrivateKey.generate().public_key())
-        card = BoardCard.issue(OPERATOR, f"n{i}", key, int(NOW + 3600))
+        card = BoardCard.issue(OPERATOR, f"n{i}", key, int(NOW + 3600), cluster=CLUSTER)
         cards.append(card)
         trust.check_live(trust.certify(card.node_id, key, card.raw()), NOW)
         assert len(trust._verdicts) <= 4 and len(trust.roster) <= 3
@@ -211,7 +215,7 @@ def test_the_verdict_cache_and_the_roster_are_bounded(tmp_path: Path) -> None:
     trust.certify("n9", cards[9].public_key, cards[9].raw())
     assert trust.verifications == before  # a card seen recently is not verified again
     for i in range(10):  # forged cards are remembered too (bounded), each verified once while remembered
-        forged = BoardCard("z", cards[0].public_key, 1, None, bytes(64)).raw() + bytes([i])
+        forged = BoardCard("z", cards[0].public_key, CLUSTER, 1, None, bytes(64)).raw() + bytes([i])
         with pytest.raises(CardError):
             trust.certify("z", cards[0].public_key, forged)
     assert len(trust._verdicts) <= 4 and len(trust.roster) <= 3
@@ -264,15 +268,20 @@ def test_the_operator_ca_setting_takes_a_file_or_the_key(tmp_path: Path) -> None
 
 def test_a_signing_request_must_be_signed_by_the_key_it_names() -> None:
     key = Ed25519PrivateKey.generate()
-    request = BoardRequest.make("n1", key).to_json()
+    request = BoardRequest.make("n1", key, CLUSTER).to_json()
     assert BoardRequest.from_json(request).node_id == "n1"
     with pytest.raises(CardError, match="not signed by the key"):
         BoardRequest.from_json({**request, "node_id": "n2"})
     with pytest.raises(CardError):
         BoardRequest.from_json({**request, "public_key": "00" * 32})
+    with pytest.raises(CardError, match="not signed by the key"):
+        BoardRequest.from_json({**request, "cluster": "00" * 16})  # the cluster is signed too
 
 
-def test_the_operator_and_board_commands_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_the_operator_and_board_commands_end_to_end(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PEERSERVE_CLUSTER_TOKEN", TOKEN)  # the board's token: its card names the cluster
     ca, data = tmp_path / "ca", tmp_path / "board"
     assert main(["ca", "init", str(ca), "--json"]) == 0
     public = json.loads(capsys.readouterr().out)["public_key"]
@@ -284,11 +293,12 @@ def test_the_operator_and_board_commands_end_to_end(tmp_path: Path, capsys: pyte
                  "-o", str(tmp_path / "n1.card")]) == 0  # fmt: skip
     assert main(["ca", "show", "--ca", str(ca), str(tmp_path / "n1.card"), "--json"]) == 0
     capsys.readouterr()
-    assert main(["card", "install", str(tmp_path / "n1.card"), "--data-dir", str(data)]) == 0
+    pub = ["--operator-ca", str(ca / "ca.pub"), "--node-id", "n1"]
+    assert main(["card", "install", str(tmp_path / "n1.card"), "--data-dir", str(data), *pub]) == 0
     ident = Identity("n1", TOKEN, data, operator_ca=parse_operator_ca(public))  # the agent starts with it
     assert ident.board is not None and ident.board.priority == 3
     assert 9 * 86400 < ident.board.expires - time.time() <= 10 * 86400
-    assert main(["card", "install", str(tmp_path / "n1.card"), "--data-dir", str(tmp_path / "other")]) == 1
+    assert main(["card", "install", str(tmp_path / "n1.card"), "--data-dir", str(tmp_path / "other"), *pub]) == 1
     assert main(["ca", "revoke", "--ca", str(ca), "--node", "n1", "-o", str(tmp_path / "revoked.json")]) == 0
     revoked = parse_revocations((tmp_path / "revoked.json").read_bytes(), parse_operator_ca(public))
     assert revoked == {ident.board.fingerprint}

@@ -62,7 +62,7 @@ def _minted(tmp_path: Path, node: str, show: Identity | None = None) -> Identity
 
 def _run(tmp_path: Path, operator: bool, members: list[Member], script: Any) -> Any:
     async def scenario() -> Any:
-        folder = board(tmp_path / "f", "f", priority=2)
+        folder = board(tmp_path / "f", "f", priority=2, token=TOKEN)
         overrides: dict[str, Any] = {"node_id": "f", "data_dir": str(folder), "cluster_token": TOKEN,
                                      "mdns": False, "priority": 9}  # fmt: skip
         if operator:
@@ -94,7 +94,10 @@ def _run(tmp_path: Path, operator: bool, members: list[Member], script: Any) -> 
 
 def _ids(tmp_path: Path, operator: bool, **priorities: int) -> dict[str, Identity]:
     ca = OPERATOR.public_key() if operator else None
-    return {n: Identity(n, TOKEN, board(tmp_path / n, n, priority=p), operator_ca=ca) for n, p in priorities.items()}
+    return {
+        n: Identity(n, TOKEN, board(tmp_path / n, n, priority=p, token=TOKEN), operator_ca=ca)
+        for n, p in priorities.items()
+    }
 
 
 @pytest.mark.parametrize("operator", [True, False])
@@ -156,7 +159,7 @@ def test_the_cards_priority_replaces_the_claimed_one(tmp_path: Path) -> None:
 
 def test_expired_and_revoked_cards_are_refused_on_the_route(tmp_path: Path) -> None:
     ids = _ids(tmp_path, True, L=5, m=1)
-    expired = Identity("e", TOKEN, board(tmp_path / "e", "e", days=-1), operator_ca=OPERATOR.public_key())
+    expired = Identity("e", TOKEN, board(tmp_path / "e", "e", days=-1, token=TOKEN), operator_ca=OPERATOR.public_key())
 
     async def script(agent: NodeAgent, send: Any) -> Any:
         seen = [await send(expired, _announce("e", 1, [Grants(expired).sign(1, "e")]))]
