@@ -48,6 +48,7 @@ from coordinator_election import (
     VoteRequest,
     lease_refusal,
 )
+from coordinator_election.lease import CertAllowance
 from peerserve.wire import (
     MAX_LEASE_GRANTS,
     ROUTE_DESIRED,
@@ -127,6 +128,7 @@ class Leadership:
         # quorum certificates (agent/quorum.py): the grants we sign and collect, and others' certificates verified
         self.grants = Grants(agent.identity) if agent.identity is not None else None
         self.certificates = Certificates(agent.identity) if agent.identity is not None else None
+        self._lease_certs = CertAllowance(config.election_timeout_s)  # gossiped lease certificates verified, per leader
         if agent.discovery is not None:  # the leader's lease rides on SWIM messages (signed by the leader)
             agent.discovery.swim.on_lease = self.lease_received
 
@@ -293,16 +295,27 @@ class Leadership:
             return False
         priority = self._granted(lease.leader, lease.priority)
         announce = Announce(lease.term, lease.leader, priority)
-        if lease.cert and self.certificates is not None and (lease.term, lease.leader) != (self.term, self.accepted):
+        if lease.cert and self.certificates is not None and self._lease_cert_wanted(lease):
             # its certificate rode along (a push): a node that missed the winner's announce verifies the leader from
             # the gossiped lease (agent/quorum.py; only members' grants, each signature once)
             voters = self.certificates.voters(
                 lease.term, lease.leader, lease.cert, {*members, self.machine.node_id}, from_leader=False
-            )  # (a relay may have swapped a grant for a forgery: not cached whole as the leader's certificate)
+            )  # (a relay may have swapped a grant for a forgery: not cached whole, nor its verdicts kept)
             announce = Announce(lease.term, lease.leader, priority, voters)
         self._judge_with_current_view()
         self._carry_out(self.machine.step(Received(self.monotonic(), lease.leader, announce)))
         return self.machine.leader == lease.leader and self.machine.term == lease.term
+
+    def _lease_cert_wanted(self, lease: Lease) -> bool:
+        """Whether a gossiped lease's certificate could change whom this node follows, and may be verified now: not of a
+        term below ours, not of the leader we accept at its term already, and at most one per leader per election
+        timeout (``CertAllowance``, 16 leaders). Any member may put a lease of its own, with forged grants, on every
+        SWIM message (a route with no per-sender rate limit): each cost every receiver a signature check per grant
+        even where the machine then ignored the certificate (958 us a message against 310 for the request's own
+        check, review15b F2)."""
+        if lease.term < self.term or (lease.term, lease.leader) == (self.term, self.accepted):
+            return False
+        return self._lease_certs.take(lease.leader, self.monotonic())
 
     def _carry_out(self, actions: list[Action]) -> None:
         if not actions:  # most ticks: nothing to do (and no member list to build)

@@ -142,7 +142,8 @@ class Certificates:
         """The voters among ``grants`` whose signature of (term, leader) checks out; only ``members``' grants are
         looked at, one per voter (at most ``len(members)`` verifications, each grant's once). ``from_leader`` False:
         the grants came by a relay (a gossiped lease), which may have swapped one for a forgery, so the set is not
-        cached whole under (term, leader) (it would stand for the leader's own certificate); each grant's verdict is."""
+        cached whole under (term, leader) (it would stand for the leader's own certificate), nor is a new verdict of
+        its grants remembered (one already there is used)."""
         key = (term, leader)
         pins = self.identity.pins.current()
         revoked = self.identity.revocation_state()
@@ -166,7 +167,7 @@ class Certificates:
                 whole = False  # a stranger cannot count here; it may be a member whose admission is under way (F3)
                 continue
             seen.add(grant.voter)
-            verdict, card = self._verdict(grant, term, leader, now)
+            verdict, card = self._verdict(grant, term, leader, now, keep=from_leader)
             if verdict and card is not None:
                 found.add(grant.voter)
                 until = min(until, board_expiry(card))
@@ -182,10 +183,14 @@ class Certificates:
                 self.cache.popitem(last=False)
         return result
 
-    def _verdict(self, grant: Grant, term: int, leader: str, now: float) -> tuple[bool | None, Card | None]:
+    def _verdict(
+        self, grant: Grant, term: int, leader: str, now: float, keep: bool = True
+    ) -> tuple[bool | None, Card | None]:
         """True if ``grant`` is its voter's signature of (term, leader); False if it never will be (forged, another
         cluster's card, another node's); None if it may be on a later message (a pin refusal). With the card that
-        signed it."""
+        signed it. ``keep`` False (a grant relayed on a gossiped lease): a verdict already remembered is used, a new one
+        is not remembered, so that leases of forged grants (any member may put them on SWIM messages) cannot evict
+        genuine verdicts (review15b F2)."""
         own = grant.voter == self.identity.node_id
         digest = hashlib.sha256(repr((term, leader, grant.voter, grant.card, grant.signature)).encode()).digest()
         if digest in self.checked:
@@ -194,9 +199,10 @@ class Certificates:
         else:
             self.verifications += 1
             card = self._signer(grant, term, leader, now, own)
-            self.checked[digest] = card
-            while len(self.checked) > self.grant_limit:
-                self.checked.popitem(last=False)
+            if keep:
+                self.checked[digest] = card
+                while len(self.checked) > self.grant_limit:
+                    self.checked.popitem(last=False)
         if card is None or card.node_id != grant.voter:
             return False, card
         if own:

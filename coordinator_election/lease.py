@@ -18,22 +18,49 @@ MAX_LEADERS = 16  # leaders whose newest renewal is remembered (the lowest (term
 
 @dataclass
 class LeaseBook:
-    """The newest (term, seq) seen from each leader; at most ``limit`` leaders."""
+    """The newest (term, seq) seen from each leader, and whether a copy of it carried a certificate; at most ``limit``
+    leaders."""
 
     limit: int = MAX_LEADERS
-    seen: dict[str, tuple[int, int]] = field(default_factory=dict)
+    seen: dict[str, tuple[int, int, bool]] = field(default_factory=dict)
 
-    def is_news(self, leader: str, term: int, seq: int) -> bool:
-        """Whether (term, seq) is newer than every renewal seen from ``leader`` (stale and replays are not)."""
-        return (term, seq) > self.seen.get(leader, (-1, -1))
+    def is_news(self, leader: str, term: int, seq: int, cert: bool = False) -> bool:
+        """Whether (term, seq) is newer than every renewal seen from ``leader`` (stale and replays are not), or is the
+        newest seen and carries a certificate where the copy seen carried none: a leader's pushes carry its certificate
+        but the copies piggybacked on other messages do not, and the cert-less copy often arrives first (review15b F3).
+        """
+        return (term, seq, cert) > self.seen.get(leader, (-1, -1, False))
 
-    def note(self, leader: str, term: int, seq: int) -> None:
+    def note(self, leader: str, term: int, seq: int, cert: bool = False) -> None:
         """Remember (term, seq) as the newest from ``leader`` (if it is); the bound drops the lowest term."""
-        if not self.is_news(leader, term, seq):
+        if not self.is_news(leader, term, seq, cert):
             return
-        self.seen[leader] = (term, seq)
+        self.seen[leader] = (term, seq, cert)
         while len(self.seen) > self.limit:  # the oldest other leader goes (a renewal that old renews no lease)
             del self.seen[min((n for n in self.seen if n != leader), key=lambda n: self.seen[n])]
+
+
+@dataclass
+class CertAllowance:
+    """Per leader, when a gossiped lease's certificate was last verified: at most one per ``every`` seconds each, for at
+    most ``limit`` leaders at once (a lease's certificate costs a signature check per grant, and any member may put a
+    lease of its own with forged grants on every SWIM message, a route with no per-sender rate limit: review15b F2).
+    Entries older than ``every`` are dropped; while ``limit`` leaders have one within it, a new leader waits."""
+
+    every: float
+    limit: int = MAX_LEADERS
+    at: dict[str, float] = field(default_factory=dict)
+
+    def take(self, leader: str, now: float) -> bool:
+        """True (and noted) if ``leader``'s lease certificate may be verified now."""
+        if now - self.at.get(leader, -1e18) < self.every:
+            return False
+        for n in [n for n, t in self.at.items() if now - t >= self.every]:
+            del self.at[n]
+        if len(self.at) >= self.limit:
+            return False
+        self.at[leader] = now
+        return True
 
 
 def lease_refusal(term: int, leader: str, self_id: str, own_term: int, members: Collection[str]) -> str | None:

@@ -9,12 +9,13 @@ Algorithm: leases with terms and votes over the *discovered* members (see docs/e
 * When its lease runs out (or the leader drops out of the alive view), a follower looks at the alive
   members: only the best by priority (configured priority, then memory, then node id) stands, after a
   quiet period, with ``term + 1``; the others wait, and skip a best candidate that has not led within an
-  election timeout (until a leader is followed).
+  election timeout, with every id of its voice (until a leader is followed).
 * A voter grants one vote per term, and none while it holds a lease on a live leader (so a returning
   node cannot unseat a healthy leader: no churn). A vote request is its sender's word (priority and term are
   self-declared): it never ends a candidacy, and it cannot keep a passed-over best candidate in the running; a voter
   holds the term of the candidate it just granted for a heartbeat. A fresh board (``fresh``, nothing persisted, no
-  known peers) grants nothing and follows no certificate until its view has stopped growing for a timeout.
+  known peers) grants nothing, follows no certificate and stands only alone until its view has stopped growing for a
+  timeout.
   A candidate wins with votes from a majority of the members alive in its view, so a partition's sides each elect
   their own leader and keep placing.
 * A follower holding a lease that hears another leader's renewal tells it whom it follows; that leader sends it and
@@ -250,7 +251,7 @@ class Election:
         # per node, when we last sent it our certificate or an unasked refusal (once per election timeout each: two
         # leaders that each answer the other's announce would otherwise send them back and forth for ever)
         self._told_at: dict[str, float] = {}
-        self._waited_for: dict[str, float] = {}  # per candidate we granted, when it last reset our wait to stand
+        self._waited_for: dict[str, float] = {}  # per voice we granted, when it last reset our wait to stand
         self._granted_until = -1e18  # until then we hold the term of the candidate we granted (its result is due)
 
     # -- queries ---------------------------------------------------------------------------------
@@ -281,6 +282,10 @@ class Election:
         """How many distinct voices ``nodes`` are: members at one address count once (ids minted with the token at a
         member's own address are not a majority, review14b F2), this node is its own voice."""
         return len({n if n == self.node_id else self.voices.get(n, n) for n in nodes})
+
+    def _voice(self, node: str) -> str:
+        """``node``'s voice in a majority (its address as admitted; itself where the shell gave none)."""
+        return self.voices.get(node, node)
 
     def _weaker_than(self, other: str, voters: frozenset[str], claimed: Priority) -> bool:
         """Whether this leader yields to ``other``'s certificate where neither holds a majority of this view: more
@@ -412,12 +417,20 @@ class Election:
         if self.leader is not None:
             self._lost_leader = self.leader
             self.leader = None  # the lease ran out: no known leader
+        if self._settling(now) and self.alive.keys() != {self.node_id}:
+            # a fresh board whose view is still growing stands only alone (one board leads itself): the member admitted
+            # first, claiming a low priority, would otherwise grant it a majority of a view of two (review15b F4)
+            return []
         if self._waiting_since is None:
             self._waiting_since = now
         elif now - self._waiting_since >= self.config.election_timeout_s:
             best = self._best(exclude=self._skipped)
             if best is not None and best != self.node_id:
-                self._skipped.add(best)  # the best candidate stayed silent: pass over it
+                # the best candidate stayed silent: pass over it and every other id of its voice (ids are free to mint
+                # with the token: passed over one id a timeout, K ids at one address cost every election K timeouts,
+                # review15b F1)
+                voice = self._voice(best)
+                self._skipped.update(n for n in self.alive if n != self.node_id and self._voice(n) == voice)
             self._waiting_since = now
         best = self._best(exclude=self._skipped)
         if best != self.node_id:
@@ -654,7 +667,7 @@ class Election:
         if m.term > self.term and self.role is Role.FOLLOWER and now < self._granted_until and self.vote != m.candidate:
             # we granted a candidate of our term a heartbeat ago: its certificate is on the way. Moving to a newer term
             # now would refuse it (a member answering each candidate's request at once with a newer term's request
-            # kept every winner unfollowed); the hold is given once per two timeouts per candidate, as the wait is
+            # kept every winner unfollowed); the hold is given once per two timeouts per voice, as the wait is
             return [Send(m.candidate, Vote(m.term, self.node_id, False, None))]
         if m.term > self.term:
             ours = self._lease_valid(now) and self.leader == m.candidate  # our own leader stands again: keep it
@@ -667,9 +680,10 @@ class Election:
         granted = self.vote in (None, m.candidate)
         if granted:
             self.vote = m.candidate
-            if self._once_per(self._waited_for, m.candidate, now, 2 * self.config.election_timeout_s):
-                # give the candidate a full timeout before standing ourselves: once per two timeouts per candidate,
-                # or one member asking every second would keep every node from ever standing
+            if self._once_per(self._waited_for, self._voice(m.candidate), now, 2 * self.config.election_timeout_s):
+                # give the candidate a full timeout before standing ourselves (and hold its term for a heartbeat): once
+                # per two timeouts per voice, or one member asking every second would keep every node from ever
+                # standing, and one with K ids at its address would win it K times (review15b F1)
                 self._waiting_since = now
                 self._granted_until = now + self.config.heartbeat_s
         return [*actions, Send(m.candidate, Vote(m.term, self.node_id, granted, self.leader))]

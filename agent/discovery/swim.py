@@ -920,19 +920,21 @@ class Swim:
     def renew(self, lease: Lease) -> None:
         """Our own renewal (we lead, the shell signed it): relay it from now on, pushed to ``lease_push`` members (its
         certificate, if it carries one, on those pushes only: not on every message that piggybacks the lease)."""
-        self.leases.note(lease.leader, lease.term, lease.seq)
+        self.leases.note(lease.leader, lease.term, lease.seq, bool(lease.cert))
         self.lease, self._lease_cert = replace(lease, cert=()), lease.cert
         self._lease_fanout, self._lease_skip = self.config.lease_push, frozenset()
 
     def lease_news(self, lease: Lease) -> bool:
-        """Whether a renewal is worth checking: another node's, newer than any seen from that leader."""
-        return lease.leader != self.self_id and self.leases.is_news(lease.leader, lease.term, lease.seq)
+        """Whether a renewal is worth checking: another node's, newer than any seen from that leader, or the newest with
+        a certificate where the copy seen had none (the election may need it; its checks are limited per leader)."""
+        news = self.leases.is_news(lease.leader, lease.term, lease.seq, bool(lease.cert))
+        return lease.leader != self.self_id and news
 
     def take_lease(self, lease: Lease, sender: str, accepted: bool) -> None:
         """A verified renewal (signed by its leader) from ``sender``; ``accepted``: our election follows it, so we
         relay it on our messages (and forward it once to ``lease_forward`` members if ``sender`` is the leader
         itself); else it is only remembered as seen."""
-        self.leases.note(lease.leader, lease.term, lease.seq)
+        self.leases.note(lease.leader, lease.term, lease.seq, bool(lease.cert))
         if accepted:
             self.lease, self._lease_cert = replace(lease, cert=()), lease.cert
             fanout = self.config.lease_forward if self.config.lease_forward_any or sender == lease.leader else 0

@@ -66,15 +66,18 @@ Packet = Message | Command
 
 @dataclass
 class Disruptor:
-    """A hostile member (it holds the token): it asks every member for a vote every ``every`` s, and at once when it
-    hears another node's vote request, in the newest term it heard of plus ``ahead`` (0: the candidate's own term,
-    claiming a priority above everyone's), and never grants, answers or announces. Priority is self-declared: its
-    view's priority is the top one too (``Network.memory``). Put in place by ``Network.disrupt``."""
+    """A hostile member (it holds the token): it asks every member for a vote every ``every`` s, and on hearing another
+    node's vote request, in the newest term it heard of plus ``ahead`` (0: the candidate's own term, claiming a priority
+    above everyone's), and never grants, answers or announces. Priority is self-declared: its view's priority is the
+    top one too (``Network.memory``). It asks at most ``rate`` times a second (the peer route's ELECTION_RATE per
+    sender id; without it two disruptors answered each other at network speed, which no receiver would take). Put in
+    place by ``Network.disrupt``."""
 
     node_id: str
     every: float = 0.2
     ahead: int = 1
     react: bool = True
+    rate: float = 5.0
     term: int = 0
     alive: dict[str, Priority] = field(default_factory=dict)
     role: Role = Role.FOLLOWER
@@ -88,12 +91,13 @@ class Disruptor:
     def step(self, event: Tick | Received) -> list[object]:
         if isinstance(event, Tick):
             self.alive = {**event.alive, self.node_id: (9, 1e12, self.node_id)}
-            if event.now - self._last >= self.every:
+            if event.now - self._last >= max(self.every, 1 / self.rate):
                 self._last = event.now
                 return self._ask()
             return []
         self.term = max(self.term, event.message.term)
-        if self.react and isinstance(event.message, VoteRequest):
+        if self.react and isinstance(event.message, VoteRequest) and event.now - self._last >= 1 / self.rate:
+            self._last = event.now
             return self._ask()
         return []
 
@@ -150,6 +154,8 @@ class Network:
     renew_fanout: int = 0
     gossip_s: float = 0.8
     fresh: bool = True  # a node with nothing on its disk is a fresh board (it waits for its view to settle), as agents
+    # each node's voice in a majority (its address, ``Tick.voices``); a node missing from it is its own voice
+    voices: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.rng = random.Random(self.seed)
@@ -389,7 +395,7 @@ class Network:
                     self._note_accepted(to)
             for n in self.ids:
                 if n in self.up and n not in self.paused:
-                    self._carry_out(n, self.nodes[n].step(Tick(self.now, self.view(n))))
+                    self._carry_out(n, self.nodes[n].step(Tick(self.now, self.view(n), self.voices or None)))
                     self._note_accepted(n)
 
     # -- observations ----------------------------------------------------------------------------

@@ -9,7 +9,10 @@ holds a lease. Only the membership table is a fixed list (SWIM's view: L and m a
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
+import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -373,13 +376,51 @@ def test_a_node_that_missed_the_announce_follows_the_leader_from_its_gossiped_le
             seen.append(lead.lease_received(wire.Lease(1, "L", 1, (0, 8000.0, "L"))))  # no certificate
             seen.append(lead.lease_received(wire.Lease(1, "L", 2, (0, 8000.0, "L"), cert=(cert[0], forged))))
             seen.append((lead.term, lead.accepted))
+            # one lease certificate per leader per election timeout (review15b F2): the genuine one checked a timeout on
             seen.append(lead.lease_received(wire.Lease(1, "L", 3, (0, 8000.0, "L"), cert=cert)))
+            clock = lead.monotonic
+            lead.monotonic = lambda: clock() + lead.machine.config.election_timeout_s
+            seen.append(lead.lease_received(wire.Lease(1, "L", 4, (0, 8000.0, "L"), cert=cert)))
             seen.append((lead.term, lead.accepted, lead.leader))
             return seen
         finally:
             await agent.stop()
 
-    assert asyncio.run(scenario()) == [False, False, (0, None), True, (1, "L", "L")]
+    assert asyncio.run(scenario()) == [False, False, (0, None), False, True, (1, "L", "L")]
+
+
+def test_a_members_own_leases_of_forged_grants_cost_one_check_per_timeout(tmp_path: Path) -> None:
+    """review15b F2: m puts a lease signed as itself (a new seq each time) with forged grants of every member on SWIM
+    messages (a route with no per-sender rate limit). Before, every such lease cost f a signature check per grant (150
+    for 50 leases) and filled f's verdict cache; now one certificate per leader per election timeout is checked (3),
+    its verdicts are not kept, and a lease that cannot change whom f follows (a term below f's, or of the leader f
+    accepts at its term) is not checked at all."""
+
+    async def scenario() -> None:
+        overrides = {"node_id": "f", "data_dir": str(tmp_path / "f"), "cluster_token": TOKEN, "mdns": False}
+        agent = NodeAgent(load_settings(env={}, overrides=overrides), peers=Table())
+        lead = leadership_up_a_minute(agent)
+        assert agent.identity is not None and lead.certificates is not None
+        m = Identity("m", TOKEN, tmp_path / "m")
+        try:
+
+            def forged(term: int) -> tuple[wire.Grant, ...]:  # m's card, a fresh random signature each (no cache hit)
+                card = m.sign_detached(b"")[0]
+                return tuple(wire.Grant(v, card, base64.b64encode(os.urandom(64)).decode()) for v in ("L", "m", "f"))
+
+            for seq in range(1, 51):
+                assert lead.lease_received(wire.Lease(5, "m", seq, (100, 1000.0, "m"), cert=forged(5))) is False
+            assert lead.certificates.verifications == 3 and len(lead.certificates.checked) == 0
+            lead.machine.term = 9  # a term below ours: nothing it carries can change whom f follows
+            lead.monotonic = lambda: time.monotonic() + 120.0
+            assert lead.lease_received(wire.Lease(8, "m", 99, (100, 1000.0, "m"), cert=forged(8))) is False
+            lead.machine.accepted = "L"  # the leader f accepts at its term: followed already
+            assert lead.lease_received(wire.Lease(9, "L", 1, (0, 8000.0, "L"), cert=forged(9))) is True
+            assert lead.certificates.verifications == 3
+        finally:
+            await agent.stop()
+
+    asyncio.run(scenario())
 
 
 def test_the_leader_puts_its_certificate_on_every_fourth_renewal_within_the_bound(tmp_path: Path) -> None:

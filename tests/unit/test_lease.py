@@ -13,6 +13,7 @@ from agent.discovery.swim_io import SwimDriver
 from agent.identity import AuthError, Identity
 from agent.peer_client import PeerClient
 from coordinator_election import MAX_TERM_AHEAD, LeaseBook, lease_refusal
+from coordinator_election.lease import MAX_LEADERS, CertAllowance
 from peerserve import wire
 from peerserve.wire import Lease, SwimMessage
 
@@ -38,7 +39,7 @@ def test_only_a_newer_renewal_of_a_leader_is_news(notes: list[tuple[str, int, in
         if expected:
             newest[leader] = (term, seq)
         newest = {n: newest[n] for n in book.seen}  # the bound forgets a leader: the model forgets it too
-        assert all(book.seen[n] == newest[n] for n in book.seen)
+        assert all(book.seen[n][:2] == newest[n] for n in book.seen)
         assert len(book.seen) <= 4  # the bound
         assert not book.is_news(leader, term, seq)  # a replay is never news
 
@@ -173,3 +174,32 @@ def test_a_renewals_pushes_carry_its_certificate_and_its_piggybacks_do_not() -> 
     with pytest.raises(wire.WireError):
         Lease.parse(too_many)
     assert Lease.parse(signed().to_json()).cert == ()  # older leaders send none
+
+
+def test_a_copy_with_its_certificate_is_news_after_one_without() -> None:
+    """review15b F3: the copies of a renewal piggybacked on SWIM messages carry no certificate and often arrive before
+    a push that does; a receiver took only the first copy of a (term, seq), so the certificate was never looked at.
+    Now the same renewal carrying a certificate is news once when the copy seen carried none (and never again)."""
+    from agent.quorum import Grants
+
+    cert = (Grants(LEADER).sign(3, "a"),)
+    taken: list[Lease] = []
+    d = driver(taken)
+    d.lease_in(carrying(signed(seq=10)))
+    d.lease_in(carrying(replace(signed(seq=10), cert=cert), sender="e"))  # the push with the certificate
+    d.lease_in(carrying(replace(signed(seq=10), cert=cert), sender="f"))  # again: no news
+    d.lease_in(carrying(signed(seq=10), sender="g"))  # a cert-less copy after it: no news
+    assert [(t.seq, len(t.cert)) for t in taken] == [(10, 0), (10, 1)]
+    d.lease_in(carrying(replace(signed(seq=11), cert=cert)))  # with it first: one copy is news, as before
+    d.lease_in(carrying(signed(seq=11)))
+    assert [(t.seq, len(t.cert)) for t in taken] == [(10, 0), (10, 1), (11, 1)]
+
+
+def test_a_lease_certificate_is_checked_once_per_leader_per_interval_for_a_bounded_set_of_leaders() -> None:
+    """review15b F2's table: one check per leader per ``every`` seconds, at most MAX_LEADERS leaders at once (a member
+    minting leader ids cannot grow it); entries older than ``every`` make room."""
+    allow = CertAllowance(every=1.2)
+    assert allow.take("a", 0.0) and not allow.take("a", 1.0) and allow.take("a", 1.2)
+    assert all(allow.take(f"x{i}", 1.3) for i in range(MAX_LEADERS - 1))
+    assert not allow.take("late", 1.3) and len(allow.at) == MAX_LEADERS  # full: a new leader waits
+    assert allow.take("late", 2.5) and len(allow.at) <= MAX_LEADERS  # the old entries went
