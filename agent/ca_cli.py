@@ -8,10 +8,13 @@ On the operator's own machine (never on a board; the private key stays there, 06
   peerserve ca init DIR                         make the CA key pair (DIR/ca.key, DIR/ca.pub)
   peerserve ca sign --ca DIR REQUEST [--days N] [--priority P] [-o CARD] [--replace] [--revoked LIST]
                                                 sign a board's request: its board card (JSON), valid N days;
-                                                refused while the id or key holds a valid card, unless
-                                                --replace (which revokes it in LIST, default DIR/revoked.json)
-  peerserve ca revoke --ca DIR (CARD... | --node ID) -o revoked.json
-                                                the signed revocation list, with these cards added
+                                                refused while the id (in the request's cluster) or the key
+                                                holds a valid card, unless --replace (which revokes it in
+                                                DIR/revoked.json, and a copy in LIST if given)
+  peerserve ca revoke --ca DIR (CARD... | --node ID [--cluster C]) [-o LIST]
+                                                the CA's one signed revocation list, DIR/revoked.json, with
+                                                these cards added (-o: a copy there too); --cluster: an id
+                                                used in two clusters (the card's cluster, 'ca show --json')
   peerserve ca show --ca DIR [CARD]             the CA's public key (what boards configure), or a card's fields
 
 On each board:
@@ -60,14 +63,19 @@ def register(commands: Any) -> None:
     sign.add_argument("--days", type=float, default=DEFAULT_DAYS, help=f"valid this long (default {DEFAULT_DAYS:g})")
     sign.add_argument("--priority", type=int, help="the election priority this board gets (default: none, i.e. 0)")
     sign.add_argument("-o", "--out", help="write the card here (default: stdout)")
-    sign.add_argument("--replace", action="store_true", help="revoke (in --revoked) the valid cards this CA issued "
-                      "to this node id or this key, instead of refusing: one board, one card, one voice")  # fmt: skip
-    sign.add_argument("--revoked", help="the revocation list ('ca revoke -o'): read to tell which issued cards are "
-                      "still valid, extended by --replace (default: DIR/revoked.json)")  # fmt: skip
+    sign.add_argument("--replace", action="store_true", help="revoke (in DIR/revoked.json) the valid cards "
+                      "this CA issued to this node id in this cluster or to this key, instead of refusing: one board, "
+                      "one card, one voice")  # fmt: skip
+    sign.add_argument("--revoked", help="a copy of the CA's revocation list (DIR/revoked.json) kept elsewhere: "
+                      "merged into it, and written there too by --replace")  # fmt: skip
     revoke = sub.add_parser("revoke", help="add cards to the signed revocation list boards check")
     revoke.add_argument("cards", nargs="*", help="board card files to revoke")
-    revoke.add_argument("--node", action="append", default=[], help="revoke every card issued to this node id")
-    revoke.add_argument("-o", "--out", required=True, help="the revocation list (read and extended if it exists)")
+    revoke.add_argument("--node", action="append", default=[], help="revoke every card issued to this node id (in "
+                        "--cluster)")  # fmt: skip
+    revoke.add_argument("--cluster", help="with --node: only the cards for this cluster (its 32 hex digits, a card's "
+                        "'cluster'); needed for an id this CA carded in two clusters")  # fmt: skip
+    revoke.add_argument("-o", "--out", help="a copy of the CA's revocation list (DIR/revoked.json, always written) "
+                        "to write here too; merged into it first if it exists")  # fmt: skip
     show = sub.add_parser("show", help="the CA's public key, or a board card's fields")
     show.add_argument("card", nargs="?", help="a board card file to show (checked against the CA)")
     for s in (sign, revoke, show):
@@ -144,10 +152,8 @@ def _ca(args: argparse.Namespace) -> int:
         BoardRequest,
         CardError,
         b64,
-        parse_revocations,
         raw_public,
         read_board_card,
-        sign_revocations,
     )
 
     if args.ca_command == "init":
@@ -194,7 +200,7 @@ def _ca(args: argparse.Namespace) -> int:
         expires = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(card.expires))
         verdict = "signed by this CA" if valid else "NOT signed by this CA"
         _emit(args, data, f"{card.node_id}  key {card.public_key.hex()}  expires {expires}  priority "
-              f"{card.priority}  fingerprint {card.fingerprint}  {verdict}")  # fmt: skip
+              f"{card.priority}  cluster {card.cluster.hex()}  fingerprint {card.fingerprint}  {verdict}")  # fmt: skip
         return 0 if valid else 1
     ca = _load_ca(folder)
     if args.ca_command == "sign":
@@ -202,26 +208,27 @@ def _ca(args: argparse.Namespace) -> int:
         if not 0 < args.days <= 36500:
             raise ValueError("--days must be 0-36500")
         now = int(time.time())
-        revoked_file = Path(args.revoked) if args.revoked else folder / "revoked.json"
-        revoked = set(parse_revocations(revoked_file.read_bytes(), ca.public_key())) if revoked_file.exists() else set()
-        clash = _valid_cards(folder, request.node_id, request.public_key.hex(), revoked, now)
+        copy = Path(args.revoked) if args.revoked else None
+        revoked = _revocations(folder, ca.public_key(), copy)
+        clash = _valid_cards(folder, request.node_id, request.public_key.hex(), request.cluster.hex(), revoked, now)
         if clash and not args.replace:
             raise ValueError(
-                f"this CA already issued valid card(s) to {request.node_id!r} or to this key: "
+                f"this CA already issued valid card(s) to {request.node_id!r} in this cluster or to this key: "
                 + ", ".join(f"{e['node_id']} (fingerprint {e['fingerprint']})" for e in clash)
-                + f". One board, one card: pass --replace to revoke them in {revoked_file} (--revoked), install the"
+                + f". One board, one card: pass --replace to revoke them in {folder / 'revoked.json'}, install the"
                 " new card, then copy the list to the boards"
             )
+        dropped = revoked | {str(e["fingerprint"]) for e in clash}
+        until = int(now + args.days * 86400)
+        card = BoardCard.issue(ca, request.node_id, request.public_key, until, args.priority, cluster=request.cluster)
+        while card.fingerprint in dropped:  # the same fields signed in the same second: the very card revoked
+            until += 1
+            card = BoardCard.issue(ca, request.node_id, request.public_key, until, args.priority,
+                                   cluster=request.cluster)  # fmt: skip
         if clash:
-            from agent.operator_ca import MAX_REVOKED
-
-            if len(revoked) + len(clash) > MAX_REVOKED:
-                raise ValueError(f"a revocation list holds at most {MAX_REVOKED} cards")
-            _write(str(revoked_file), sign_revocations(ca, now, sorted(revoked | {e["fingerprint"] for e in clash})))
-            print(f"revoked {len(clash)} card(s) in {revoked_file}: copy it to each board's DATA_DIR/peer/revoked.json "
-                  "once the new card is installed", file=sys.stderr)  # fmt: skip
-        card = BoardCard.issue(ca, request.node_id, request.public_key, int(now + args.days * 86400),
-                               args.priority, cluster=request.cluster)  # fmt: skip
+            written = _write_revocations(folder, ca, copy, dropped, now)
+            print(f"revoked {len(clash)} card(s) in {' and '.join(map(str, written))}: copy it to each board's "
+                  "DATA_DIR/peer/revoked.json once the new card is installed", file=sys.stderr)  # fmt: skip
         with open(folder / "issued.jsonl", "a") as log:  # what 'ca revoke --node' revokes
             log.write(json.dumps({k: v for k, v in card.to_json().items() if k != "card"}) + "\n")
         _write(args.out, card.to_json())
@@ -230,37 +237,84 @@ def _ca(args: argparse.Namespace) -> int:
                   f"{card.fingerprint}); install it on the board with 'peerserve card install'")  # fmt: skip
         return 0
     # revoke
-    from agent.operator_ca import MAX_REVOKED
-
-    out = Path(args.out)
-    revoked = set(parse_revocations(out.read_bytes(), ca.public_key())) if out.exists() else set()
+    copy = Path(args.out) if args.out else None
+    revoked = _revocations(folder, ca.public_key(), copy)
     added = {read_board_card(Path(c)).fingerprint for c in args.cards}
-    if args.node:
-        issued = folder / "issued.jsonl"
-        lines = issued.read_text().splitlines() if issued.exists() else []
-        for line in lines:
-            entry = json.loads(line)
-            if entry.get("node_id") in args.node:
-                added.add(str(entry["fingerprint"]))
+    if args.cluster is not None and not args.node:
+        raise ValueError("--cluster picks which cards of a --node ID to revoke: give --node")
+    added |= _issued_to(folder, args.node, args.cluster)
     if not added:
-        raise ValueError("nothing to revoke: name card files or --node IDs this CA issued cards to")
-    if len(revoked | added) > MAX_REVOKED:
-        raise ValueError(f"a revocation list holds at most {MAX_REVOKED} cards")
-    _write(str(out), sign_revocations(ca, int(time.time()), sorted(revoked | added)))
-    _emit(args, {"revoked": sorted(added), "total": len(revoked | added), "list": str(out)},
-          f"revoked {len(added)} card(s), {len(revoked | added)} in {out}: copy it to each board's "
-          "DATA_DIR/peer/revoked.json")  # fmt: skip
+        raise ValueError("nothing to revoke: name card files or --node IDs this CA issued cards to (in --cluster)")
+    written = _write_revocations(folder, ca, copy, revoked | added, int(time.time()))
+    _emit(args, {"revoked": sorted(added), "total": len(revoked | added), "list": str(written[0]),
+                 "copies": [str(p) for p in written[1:]]},
+          f"revoked {len(added)} card(s), {len(revoked | added)} in {' and '.join(map(str, written))}: copy it to "
+          "each board's DATA_DIR/peer/revoked.json")  # fmt: skip
     return 0
 
 
-def _valid_cards(folder: Path, node_id: str, key_hex: str, revoked: set[str], now: int) -> list[dict[str, Any]]:
-    """The cards this CA issued (DIR/issued.jsonl) to ``node_id`` or to the key ``key_hex`` that are neither expired
-    nor revoked: each is a voice a second card would add to."""
+def _revocations(folder: Path, public: Any, copy: Path | None) -> set[str]:
+    """The CA's revoked fingerprints: its one list, DIR/revoked.json, merged with ``copy`` (a list kept elsewhere,
+    '-o' / '--revoked'). Every write starts from this: a list written from a copy alone would be signed later than
+    the CA's list yet lack its revocations, and boards take the newer list (review15d F3)."""
+    from agent.operator_ca import parse_revocations
+
+    found: set[str] = set()
+    for path in (folder / "revoked.json", copy):
+        if path is not None and path.exists():
+            found |= parse_revocations(path.read_bytes(), public)
+    return found
+
+
+def _write_revocations(folder: Path, ca: Any, copy: Path | None, revoked: set[str], now: int) -> list[Path]:
+    """Sign ``revoked`` once and write it to DIR/revoked.json and to ``copy`` (if another file); the paths."""
+    from agent.operator_ca import MAX_REVOKED, sign_revocations
+
+    if len(revoked) > MAX_REVOKED:
+        raise ValueError(f"a revocation list holds at most {MAX_REVOKED} cards")
+    signed = sign_revocations(ca, now, sorted(revoked))
+    paths = [folder / "revoked.json"]
+    if copy is not None and copy.resolve() != paths[0].resolve():
+        paths.append(copy)
+    for path in paths:
+        _write(str(path), signed)
+    return paths
+
+
+def _issued_to(folder: Path, nodes: list[str], cluster: str | None) -> set[str]:
+    """The fingerprints of the cards this CA issued (DIR/issued.jsonl) to ``nodes`` in ``cluster`` (None: every
+    cluster, refused for an id carded in two: one board's id says nothing of another cluster's board of that name).
+    An entry without a cluster (a v1 card) matches any."""
+    if cluster is not None:
+        cluster = cluster.lower()
+        if len(cluster) != 32 or any(c not in "0123456789abcdef" for c in cluster):
+            raise ValueError(f"--cluster {cluster!r}: a cluster is 32 hex digits (a card's 'cluster')")
+    issued = folder / "issued.jsonl"
+    entries = [json.loads(line) for line in (issued.read_text().splitlines() if issued.exists() else [])]
+    found: set[str] = set()
+    for node in nodes:
+        mine = [e for e in entries if e.get("node_id") == node]
+        clusters = sorted({str(e["cluster"]) for e in mine if e.get("cluster")})
+        if cluster is None and len(clusters) > 1:
+            raise ValueError(f"this CA carded {node!r} in {len(clusters)} clusters ({', '.join(clusters)}): name the "
+                             "one to revoke with --cluster")  # fmt: skip
+        found |= {str(e["fingerprint"]) for e in mine if cluster is None or e.get("cluster") in (None, cluster)}
+    return found
+
+
+def _valid_cards(
+    folder: Path, node_id: str, key_hex: str, cluster_hex: str, revoked: set[str], now: int
+) -> list[dict[str, Any]]:
+    """The cards this CA issued (DIR/issued.jsonl) to ``node_id`` in ``cluster_hex`` or to the key ``key_hex`` (in
+    any cluster: one board, one card) that are neither expired nor revoked: each is a voice a second card would add
+    to. Ids are per cluster (review15d F2): cluster B's board jetson1 is no voice in cluster A. An entry without a
+    cluster (a v1 card) counts in every cluster."""
     issued = folder / "issued.jsonl"
     found = []
     for line in issued.read_text().splitlines() if issued.exists() else []:
         entry = json.loads(line)
-        if entry.get("node_id") != node_id and entry.get("public_key") != key_hex:
+        same_id = entry.get("node_id") == node_id and entry.get("cluster", cluster_hex) == cluster_hex
+        if not same_id and entry.get("public_key") != key_hex:
             continue
         if int(entry.get("expires", 0)) > now and str(entry.get("fingerprint")) not in revoked:
             found.append(entry)

@@ -44,6 +44,7 @@ BOARD_CONTEXT = b"peerserve-board-card-v2\0"
 REQUEST_CONTEXT = b"peerserve-board-request-v2\0"
 REVOKE_CONTEXT = b"peerserve-revocations-v1\0"
 VERSION = 2  # v2 names the cluster (review15a F5); v1 cards (no cluster) are refused
+V1 = "a v1 card (before cards named the cluster): request and sign a new one"  # what a v1 card or request is told
 CLUSTER_BYTES = 16  # Identity.cluster: the token CA's public key's SHA-256, first 16 bytes
 # the largest board card: version, id, key, cluster, expiry/flags/priority, signature
 MAX_BOARD_BYTES = 2 + 63 + 32 + CLUSTER_BYTES + 13 + 64
@@ -123,6 +124,8 @@ class BoardCard:
 
     @staticmethod
     def parse(raw: bytes) -> BoardCard:
+        if len(raw) >= 2 and raw[0] == 1 and len(raw) == 2 + raw[1] + 32 + 13 + 64:  # v1: no cluster
+            raise CardError(V1)
         if len(raw) < 2 or raw[0] != VERSION:
             raise CardError("malformed board card (or of a newer version)")
         n = raw[1]
@@ -186,6 +189,11 @@ class BoardRequest:
     @staticmethod
     def from_json(data: Any) -> BoardRequest:
         """The request in ``data``, its signature checked; CardError."""
+        if isinstance(data, dict) and data.get("format") == "peerserve-board-request-v1":
+            raise CardError(
+                "a v1 request (for a v1 card, before cards named the cluster): run 'peerserve card request' "
+                "again on the board and sign the new one"
+            )
         try:
             node_id, public = str(data["node_id"]), bytes.fromhex(str(data["public_key"]))
             cluster = bytes.fromhex(str(data["cluster"]))
