@@ -14,7 +14,7 @@ On the operator's own machine (never on a board; the private key stays there, 06
   peerserve ca revoke --ca DIR (CARD... | --node ID [--cluster C]) [-o LIST]
                                                 the CA's one signed revocation list, DIR/revoked.json, with
                                                 these cards added (-o: a copy there too); --cluster: an id
-                                                used in two clusters (the card's cluster, 'ca show --json')
+                                                used in two clusters (the card's cluster, 'ca show CARD')
   peerserve ca show --ca DIR [CARD]             the CA's public key (what boards configure), or a card's fields
 
 On each board:
@@ -26,7 +26,7 @@ On each board:
                                                 this board's key, expiry), copy it to D/peer/board.card
 
 Then give every agent the CA's public key (`operator_ca = "/etc/peerserve/operator-ca.pub"` in its config, or
---operator-ca, or scripts/install.sh --operator-ca FILE --board-card FILE) and copy revoked.json to each board's
+--operator-ca, or scripts/install.sh --operator-ca FILE --board-card FILE) and copy DIR/revoked.json to each board's
 D/peer/revoked.json whenever it changes (an agent re-reads it at once). The token still gates TLS: both must hold.
 """
 
