@@ -330,9 +330,9 @@ def limited_protocol(
 
         def _agent_holds_reading(self) -> bool:
             """The slicing holds reading for the agent's own reasons (the port's parse turns, a slice at a time), not
-            for the parse debt of the connection or its address: that debt is what the address's own clients spent,
-            and excused it let a client keep its address in debt so that its tricklers never counted as waiting
-            (review15c F7)."""
+            for the connection's own parse debt (``_in_own_debt``: its budget or its fair part of its address's):
+            excused it let a client keep its address in debt so that its tricklers never counted as waiting
+            (review15c F7). The rest of its address's debt is its NAT neighbours' (review15d F4): excused."""
             return self._reading_held and not self._held_for_debt
 
         def _awaiting_continue(self) -> bool:
@@ -356,7 +356,7 @@ def limited_protocol(
 
         def _reading_resumed(self) -> None:
             """The client could not send while the agent held its reading: neither clock counts that time (taken
-            as from its last byte, or its body's start if later). Not a hold for its own or its address's parse debt
+            as from its last byte, or its body's start if later). Not a hold for its own parse debt
             (``_agent_holds_reading``): that time counts."""
             if self._held_for_debt:
                 return
