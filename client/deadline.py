@@ -183,7 +183,8 @@ class Lookups:
         if not lookup.future.done():
             if not lookup.started:
                 raise httpcore.ConnectTimeout(
-                    f"no slot to look {host} up within the call's deadline ({self.limit} name lookups in flight)"
+                    f"no slot to look {host} up within the call's deadline ({len(self._running)} name lookups in"
+                    f" flight; the last {self.kept} of {self.limit} slots only for the agents you named)"
                 )
             raise httpcore.ConnectTimeout(f"no address for {host} within the call's deadline")
         try:
