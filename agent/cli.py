@@ -298,6 +298,7 @@ def server_config(app: Any, settings: Any, log_level: str = "info") -> Any:
             settings.max_connections_per_address,
             settings.body_timeout_s,
             address_budgets=addresses,
+            body_timeout_s=settings.body_timeout_s,
         ),
         limit_concurrency=settings.max_concurrency,
         h11_max_incomplete_event_size=settings.max_header_kb * 1024,

@@ -30,7 +30,10 @@ log = logging.getLogger(__name__)
 BODY_STALL_S = 1.0  # a request body counts as waiting on its client after this long with no byte (reading not paused)
 BODY_MIN_RATE = 500.0  # ... or once it falls behind this many bytes a second (Apache mod_reqtimeout's MinRate) ...
 BODY_RATE_GRACE_S = 2.0  # ... by more than this long (500 B/s x 2 s: its first ~1 KB may take 2 s longer than that)
-TAKE_SLOWEST_BODY = True  # at a full cap with no connection waiting, a newcomer takes the slowest body's place
+TAKE_SLOWEST_BODY = (
+    True  # at a full cap with no connection waiting, a newcomer's request head takes the slowest body's place
+)
+TAKE_BELOW_RATES = 4.0  # ... only a body sent slower than this many times the minimum rate, or one that cannot finish
 GIVEN_UP = "peerserve.given_up"  # scope key: the request's place went to a newcomer and its task was cancelled
 
 
@@ -57,17 +60,37 @@ def time_to_finish(remaining: float, sent: int, elapsed_s: float) -> float:
     return remaining * elapsed_s / sent
 
 
+def takeable_rate(
+    sent: int, remaining: float, elapsed_s: float, min_rate: float, body_timeout_s: float | None
+) -> float | None:
+    """The measured rate (bytes a second) of a body a newcomer may take the place of at a full cap, or None if it
+    may not: one sent slower than ``TAKE_BELOW_RATES`` x ``min_rate``, or one whose ``remaining`` bytes (Content-
+    Length known) cannot come before ``body_timeout_s`` at that rate (it would get the 408 anyway). A chunked body
+    (``remaining`` inf) is judged by its rate alone. review15d F1: choosing the body that would take longest gave
+    up the biggest honest upload (3 MB at 100 KB/s, or any chunked one) and kept a trickler at 520 B/s."""
+    rate = sent / elapsed_s if elapsed_s > 0 else 0.0
+    if rate < TAKE_BELOW_RATES * min_rate:
+        return rate
+    if (
+        body_timeout_s is not None
+        and remaining != math.inf
+        and elapsed_s + time_to_finish(remaining, sent, elapsed_s) > body_timeout_s
+    ):
+        return rate
+    return None
+
+
 def slowest_body(bodies: Iterable[tuple[Any, str, float]], users: Callable[[str], int], host: str) -> Any | None:
-    """Of ``bodies`` (a connection, its address, its body's ``time_to_finish``), the one a newcomer from ``host``
-    takes the place of when the cap is full and no connection counts as waiting on its client: the one that would
-    take longest, from an address holding more connections than ``host`` (``users``); None if there is none.
+    """Of ``bodies`` (a connection, its address, its body's ``takeable_rate``), the one a newcomer from ``host``
+    takes the place of when the cap is full and no connection counts as waiting on its client: the one sent at the
+    lowest rate, from an address holding more connections than ``host`` (``users``); None if there is none.
     Bodies sent just over the minimum rate held every place (review15c F5: 23 connections at 600 B/s from 3
-    addresses at cap 24, newcomers 0 of 10 served); an honest upload about to finish is the last one taken."""
+    addresses at cap 24, newcomers 0 of 10 served); an honest upload well above the minimum rate is never taken."""
     own = users(host)
-    best, longest = None, -1.0
-    for conn, address, left in bodies:
-        if left > longest and users(address) > own:
-            best, longest = conn, left
+    best, lowest = None, math.inf
+    for conn, address, rate in bodies:
+        if rate < lowest and users(address) > own:
+            best, lowest = conn, rate
     return best
 
 
@@ -111,6 +134,7 @@ def limited_protocol(
     body_stall_s: float | None = None,
     body_min_rate: float | None = None,
     body_rate_grace_s: float | None = None,
+    body_timeout_s: float | None = None,
 ) -> type[H11Protocol]:
     """A ``parsing`` (SlicedH11Protocol) subclass with a request-header deadline, a per-address connection cap
     and (with ``write_timeout_s``) a deadline for a client that stops reading what it is sent.
@@ -121,8 +145,10 @@ def limited_protocol(
     request body must go without a byte (while the agent is not the one holding its reading) before the connection
     counts as waiting on its client, one a newcomer may take the place of at the cap (None: ``BODY_STALL_S``);
     ``body_min_rate`` / ``body_rate_grace_s``: the bytes a second below which (by more than the grace) a body counts
-    so too (``body_rate_left``; None: ``BODY_MIN_RATE`` / ``BODY_RATE_GRACE_S``; a rate of 0: no minimum). The cap's
-    503s say ``Retry-After: retry_after_s(...)``."""
+    so too (``body_rate_left``; None: ``BODY_MIN_RATE`` / ``BODY_RATE_GRACE_S``; a rate of 0: no minimum).
+    ``body_timeout_s``: the app's deadline for a whole body (``HttpLimits``): a body that cannot finish before it
+    at its rate may be given up for a newcomer's request (``takeable_rate``; None: judged by its rate alone). The
+    cap's 503s say ``Retry-After: retry_after_s(...)``."""
     if address_budgets is None:
         own = parsing.address_budgets
         address_budgets = AddressBudgets(own.share, own.burst_s, own.turns)
@@ -201,21 +227,22 @@ def limited_protocol(
                 transport.write(raw_response(503, "Service Unavailable", message))
                 self._close()
                 return
-            self._make_room(host or "")
+            self._make_room(host or "", take_bodies=False)
             self._update_header_deadline()
 
-        def _make_room(self, host: str) -> None:
+        def _make_room(self, host: str, take_bodies: bool) -> None:
             """At ``limit_concurrency`` (uvicorn answers every request 503 while that many connections are open), give
             up the oldest connection waiting on its client from the address holding the most such, if more than
             ``host`` holds (``oldest_of_busiest``): four addresses' 64 idle connections each kept every other client
             out (review12e), and so did 4 x 64 predicts whose bodies stalled after a byte (review14a F5). Waiting on
             its client: for a request head (idle keep-alive included: closed without a word) or for the rest of a
             request body that has stalled (``_body_stalled``; answered 503, see ``_give_up``). A request read whole,
-            or being answered, is never given up."""
+            or being answered, is never given up. ``take_bodies`` (a newcomer's request head, ``_should_upgrade``, not a
+            bare connect: review15d F1): with no connection waiting, a body still coming slowly (``slowest_body``)."""
             limit = self.limit_concurrency
             while limit is not None and len(self.connections) - len(self.given_up) >= limit:
                 victim = oldest_of_busiest(self.waiting, host)
-                if victim is None and not self.waiting and take_slowest:
+                if victim is None and not self.waiting and take_bodies and take_slowest:
                     victim = slowest_body(self._incomplete_bodies(), self.address_budgets.users, host)
                 if victim is None:
                     return  # the newcomer's own address holds the most: its request gets uvicorn's 503
@@ -227,9 +254,9 @@ def limited_protocol(
                 victim._give_up()
 
         def _incomplete_bodies(self) -> Iterator[tuple[Any, str, float]]:
-            """(connection, address, ``time_to_finish``) of each body awaited from its client for at least the
-            rate's grace, not held by the agent (``_body_stalled``'s rules): O(connections), only at a full cap
-            with no connection waiting."""
+            """(connection, address, measured rate) of each body awaited from its client for at least the rate's
+            grace, not held by the agent (``_body_stalled``'s rules), that ``takeable_rate`` lets a newcomer take:
+            O(connections), only at a full cap with no connection waiting, on a newcomer's request head."""
             now = self.loop.time()
             for conn in self.connections:
                 if conn in self.given_up or not isinstance(conn, LimitedH11Protocol) or conn._address is None:
@@ -242,7 +269,9 @@ def limited_protocol(
                 elapsed = now - conn._rate_from
                 if elapsed < grace_s:
                     continue
-                yield conn, conn._address, time_to_finish(conn._remaining(), conn.counted.body_bytes, elapsed)
+                rate = takeable_rate(conn.counted.body_bytes, conn._remaining(), elapsed, min_rate, body_timeout_s)
+                if rate is not None:
+                    yield conn, conn._address, rate
 
         def _remaining(self) -> float:
             """Bytes of the awaited body still to come (``inf``: chunked, its length unknown)."""
@@ -260,9 +289,21 @@ def limited_protocol(
             ws="none" (agent.cli, review15c F4) it is never true: an upgrade request is a plain request."""
             upgrade: bool = super()._should_upgrade()
             limit = self.limit_concurrency
+            if not upgrade and limit is not None and len(self.connections) >= limit:
+                self._make_room_for_head()
             at_cap = limit is not None and (len(self.connections) >= limit or len(self.tasks) >= limit)
             self.counted.retry_after_s = retry_after if at_cap and not upgrade else None
             return upgrade
+
+        def _make_room_for_head(self) -> None:
+            """A request head at a full cap (uvicorn's check comes next): make room (``_make_room``, bodies included),
+            and let the connections given up leave uvicorn's set now, not at their ``connection_lost`` on a later
+            turn, so that this request is the one served (each is closing: nothing more is read from it)."""
+            self._unmark_waiting()  # its head is in: not waiting (marked again after the parse if it must be)
+            self._make_room(self.client[0] if self.client else "", take_bodies=True)
+            for gone in [conn for conn in self.given_up if conn in self.connections]:
+                self.connections.discard(gone)
+                self.given_up.discard(gone)
 
         def _unsupported_upgrade_warning(self) -> None:
             """uvicorn logs two warnings for each upgrade request it will not upgrade (ws="none"): a client could fill
@@ -289,9 +330,9 @@ def limited_protocol(
 
         def _agent_holds_reading(self) -> bool:
             """The slicing holds reading for the agent's own reasons (the port's parse turns, a slice at a time), not
-            for the parse debt of the connection or its address: that debt is what the address's own clients spent,
-            and excused it let a client keep its address in debt so that its tricklers never counted as waiting
-            (review15c F7)."""
+            for the connection's own parse debt (``_in_own_debt``: its budget or its fair part of its address's):
+            excused it let a client keep its address in debt so that its tricklers never counted as waiting
+            (review15c F7). The rest of its address's debt is its NAT neighbours' (review15d F4): excused."""
             return self._reading_held and not self._held_for_debt
 
         def _awaiting_continue(self) -> bool:
@@ -315,7 +356,7 @@ def limited_protocol(
 
         def _reading_resumed(self) -> None:
             """The client could not send while the agent held its reading: neither clock counts that time (taken
-            as from its last byte, or its body's start if later). Not a hold for its own or its address's parse debt
+            as from its last byte, or its body's start if later). Not a hold for its own parse debt
             (``_agent_holds_reading``): that time counts."""
             if self._held_for_debt:
                 return

@@ -188,7 +188,7 @@ class SlicedH11Protocol(H11Protocol):
     _next_step: asyncio.Handle | None = None  # parsing the rest (or h11's pending events) on a later loop turn
     _in_turns = False  # waiting in its address's queue for a turn of the port's parse budget (ParseTurns)
     _reading_held = False  # reading paused by the slicing (uvicorn's flow control pauses it on its own too)
-    _held_for_debt = False  # ... and, since reading was last let go on, for its own or its address's parse debt
+    _held_for_debt = False  # ... and, since reading was last let go on, for its own parse debt (``_in_own_debt``)
     _lingering: asyncio.TimerHandle | None = None  # refused: dropping what arrives until this closes
     _dropped = 0  # bytes dropped since the refusal
     close_drain_s = CLOSE_DRAIN_S  # (limited_protocol: its write_timeout_s)
@@ -228,6 +228,16 @@ class SlicedH11Protocol(H11Protocol):
             return self.budget.wait(now)
         return step_wait(self.budget, self.shared, self._fair_now(), now)
 
+    def _in_own_debt(self) -> bool:
+        """Whether this connection waits for its own parse debt: its own budget or its fair part of its address's
+        (what its own steps spent), not the rest of its address's debt. review15d F4: behind a NAT, the address's
+        other users' parsing held an honest upload's reading, that hold counted against its body clocks, and past
+        ``BODY_STALL_S`` held it counted as waiting on its client: the first to go at a full cap."""
+        now = self.loop.time()
+        if self.budget.wait(now) > 0:
+            return True
+        return self.shared is not None and self._fair_now().wait(now) > 0
+
     def data_received(self, data: bytes) -> None:
         if self._lingering is not None:
             self._dropped += len(data)
@@ -240,7 +250,7 @@ class SlicedH11Protocol(H11Protocol):
             self._hold_reading()
         elif (wait := self._wait()) > 0:
             self._unparsed += data
-            self._hold_reading(debt=True)
+            self._hold_reading(debt=self._in_own_debt())
             self._next_step = self.loop.call_later(wait, self._step)
         elif not self._admitted():  # the port's parse budget is spent or others wait: in the queue
             self._unparsed += data
@@ -277,7 +287,7 @@ class SlicedH11Protocol(H11Protocol):
             self.shared is not None and min(self.shared.credit, self.fair.credit) < 0
         )
         if overdrawn and (wait := self._wait()) > 0 and not self.transport.is_closing():
-            self._held_for_debt = True
+            self._held_for_debt = self._held_for_debt or self._in_own_debt()
             self._next_step = self.loop.call_later(wait, self._step)
             return
         if self.transport.is_closing() or self._admitted():
@@ -345,7 +355,7 @@ class SlicedH11Protocol(H11Protocol):
         if self.transport.is_closing():
             self._unparsed.clear()
         elif self.counted.cut_short or self._unparsed:
-            self._hold_reading(debt=wait > 0)
+            self._hold_reading(debt=wait > 0 and self._in_own_debt())
             if self._next_step is None and not self._in_turns:
                 call = self.loop.call_soon if wait <= 0 else partial(self.loop.call_later, wait)
                 self._next_step = call(self._step)
@@ -359,7 +369,7 @@ class SlicedH11Protocol(H11Protocol):
     def _hold_reading(self, debt: bool = False) -> None:
         """Pause reading while parsing waits: every time, since uvicorn resumes the transport itself at the end
         of a body its handler did not read (pausing a paused transport does nothing). ``debt``: it waits for its
-        own or its address's parse budget (what that address's clients spent), not the port's turns."""
+        own parse debt (``_in_own_debt``), not the port's turns nor its address's other connections' debt."""
         self._reading_held = True
         self._held_for_debt = self._held_for_debt or debt
         self.transport.pause_reading()

@@ -45,6 +45,8 @@ DEADLINE: ContextVar[float | None] = ContextVar("peerserve_call_deadline", defau
 
 Timeout = type[httpcore.TimeoutException]
 MAX_LOOKUPS = 16  # name lookups in flight at once, process-wide (a daemon thread each; one that hangs holds its slot)
+KEPT_FOR_GIVEN = 4  # ... of which only names the user gave may take the last few (``Lookups.give``)
+MAX_GIVEN = 64  # names remembered as the user's (oldest forgotten first: each client adds its own)
 Addresses = list[str]
 
 
@@ -83,15 +85,40 @@ class Lookups:
     ``limit`` run at once, so names that hang cannot pile up threads without bound; past it a call waits, within
     its deadline, for a slot (first come first served) instead of failing at once. A waiting call that gives up
     takes its wake-up out (review15c F3: a done-callback left on the shared future per timed-out call, ~0.7 KB
-    each, without bound), and a name no call waits for any more is not looked up. ``resolve`` is
-    ``socket.getaddrinfo``."""
+    each, without bound), and a name no call waits for any more is not looked up. The last ``kept`` slots are
+    only for names the user gave (``give``): names learned from /cluster answers (4 an answer, but a member that
+    changes its names each refresh adds 4 hung lookups each time) filled all 16, and the user's own agent then
+    waited its whole deadline for a slot (review15d F6). ``resolve`` is ``socket.getaddrinfo``."""
 
-    def __init__(self, limit: int = MAX_LOOKUPS, resolve: Callable[..., typing.Any] = socket.getaddrinfo) -> None:
-        self.limit = limit
+    def __init__(
+        self,
+        limit: int = MAX_LOOKUPS,
+        resolve: Callable[..., typing.Any] = socket.getaddrinfo,
+        kept: int = KEPT_FOR_GIVEN,
+    ) -> None:
+        if not 0 <= kept < limit:
+            raise ValueError("kept is at least 0 and below limit")
+        self.limit, self.kept = limit, kept
         self.resolve = resolve
         self._lock = threading.Lock()
         self._running: dict[str, _Lookup] = {}
         self._queued: dict[str, _Lookup] = {}  # waiting for a slot, in order of arrival
+        self._given: dict[str, None] = {}  # the user's names, oldest first (at most MAX_GIVEN)
+
+    def give(self, hosts: typing.Iterable[str]) -> None:
+        """Remember ``hosts`` as names the user gave (its agents): they may take the slots kept for them."""
+        with self._lock:
+            for host in hosts:
+                if host and not is_address(host):
+                    self._given.pop(host, None)
+                    self._given[host] = None
+                    while len(self._given) > MAX_GIVEN:
+                        del self._given[next(iter(self._given))]
+            self._start_queued()
+
+    def given(self) -> int:
+        """Names remembered as the user's."""
+        return len(self._given)
 
     def __len__(self) -> int:
         """Lookups running (a hung one included)."""
@@ -123,9 +150,14 @@ class Lookups:
                 del self._queued[host]
 
     def _start_queued(self) -> None:
-        """(under the lock) Start queued lookups, oldest first, while there are slots."""
+        """(under the lock) Start queued lookups, oldest first, while there are slots: a name not given only while
+        more than ``kept`` are free. O(queued) a call: each queued name is held by a call still waiting."""
         while self._queued and len(self._running) < self.limit:
-            host = next(iter(self._queued))
+            others = len(self._running) < self.limit - self.kept
+            found = next((h for h in self._queued if others or h in self._given), None)
+            if found is None:
+                return
+            host = found
             lookup = self._running[host] = self._queued.pop(host)
             lookup.started = True
             threading.Thread(target=self._run, args=(host, lookup), name=f"lookup {host}", daemon=True).start()
@@ -151,7 +183,8 @@ class Lookups:
         if not lookup.future.done():
             if not lookup.started:
                 raise httpcore.ConnectTimeout(
-                    f"no slot to look {host} up within the call's deadline ({self.limit} name lookups in flight)"
+                    f"no slot to look {host} up within the call's deadline ({len(self._running)} name lookups in"
+                    f" flight; the last {self.kept} of {self.limit} slots only for the agents you named)"
                 )
             raise httpcore.ConnectTimeout(f"no address for {host} within the call's deadline")
         try:

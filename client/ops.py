@@ -31,7 +31,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from client import answers
-from client.deadline import is_address
+from client.deadline import LOOKUPS, is_address
 from client.errors import (
     AnswerTooLarge,
     ClusterUnreachableError,
@@ -212,6 +212,14 @@ def withheld(agent: str) -> str:
     )
 
 
+def _hostname(url: str) -> str:
+    """``url``'s host ("" if it has none or does not parse)."""
+    try:
+        return urlsplit(url).hostname or ""
+    except ValueError:
+        return ""
+
+
 def _few_names(members: list[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
     """``members`` without those given by hostname past the first ``LISTED_NAMES`` (an address is not looked up)."""
     kept, names = [], 0
@@ -249,6 +257,7 @@ class ClientCore:
         env = os.environ.get("PEERSERVE_AGENT", "")
         self.agents = [a.rstrip("/") for a in (agents or [u for u in env.split(",") if u])]
         self.named = frozenset(self.agents)  # the user's own choice: these get the token
+        LOOKUPS.give(_hostname(a) for a in self.agents)  # (lookup slots kept for them: review15d F6)
         self.vouched: set[str] = set()  # members a named agent listed (and those they listed)
         if trust_discovered is None:
             trust_discovered = env_flag(os.environ.get(TRUST_ENV))

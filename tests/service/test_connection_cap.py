@@ -621,8 +621,8 @@ def test_bodies_sent_just_over_the_minimum_rate_do_not_hold_every_place(
 ) -> None:
     """review15c F5: 23 bodies (Content-Length 1,000,000) from 3 addresses at 600 B/s each, just over the minimum
     rate, held a cap of 24: none counted as waiting on its client, newcomers 0 of 10 served. With no connection
-    waiting at a full cap, a newcomer now takes the place of the body that would take longest at its measured rate
-    (``TAKE_SLOWEST_BODY``; off, the rule before: every newcomer 503)."""
+    waiting at a full cap, a newcomer's request head now takes the place of the body sent at the lowest rate, below
+    4 x the minimum (``TAKE_SLOWEST_BODY``, ``takeable_rate``; off, the rule before: every newcomer 503)."""
     monkeypatch.setattr(http_caps, "TAKE_SLOWEST_BODY", slowest)
     monkeypatch.setattr(http_caps, "BODY_RATE_GRACE_S", 1.0)
     port = free_port()
@@ -661,5 +661,84 @@ def test_bodies_sent_just_over_the_minimum_rate_do_not_hold_every_place(
         stop.set()
         for sock in held:
             sock.close()
+        server.should_exit = True
+        thread.join(15)
+
+
+def _upload(
+    port: int, source: str, length: int, rate: float, chunked: bool, result: dict[str, Any], key: str, stop: Any
+) -> None:
+    """``length`` bytes at ``rate`` bytes a second in pieces of at most 10 KB (chunked or with a Content-Length)
+    until ``stop`` is set; ``result[key]``: the answer's status line (or the error, or b"stopped") and bytes sent."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=30, source_address=(source, 0))
+    framing = b"Transfer-Encoding: chunked" if chunked else b"Content-Length: %d" % length
+    sock.sendall(b"POST /up HTTP/1.1\r\nHost: a\r\n" + framing + b"\r\n\r\n")
+    sent, started = 0, time.monotonic()
+    try:
+        while sent < length:
+            n = min(10_000, int(rate / 10), length - sent)
+            sock.sendall(b"%x\r\n%s\r\n" % (n, b"x" * n) if chunked else b"x" * n)
+            sent += n
+            if stop.wait(max(0.0, started + sent / rate - time.monotonic())):
+                result[key] = (b"stopped", sent)
+                return
+        if chunked:
+            sock.sendall(b"0\r\n\r\n")
+        result[key] = (sock.recv(200).split(b"\r\n")[0], sent)
+    except OSError as exc:
+        result[key] = (repr(exc).encode(), sent)
+    finally:
+        sock.close()
+
+
+def test_an_honest_fast_upload_is_never_given_up_by_a_connect_or_a_newcomers_head(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """review15d F1: the slowest-body rule ran on a bare connect and took the body that would take longest, so a
+    chunked (or the biggest) upload at 100 KB/s was given up and a trickler at 520 B/s kept its place. Now only a
+    newcomer's request head takes a body's place, the slowest one, and only one below 4 x the minimum rate (or one
+    that cannot finish in time): here the trickler's, and both honest uploads (from an address holding more
+    connections than the newcomer's) finish."""
+    monkeypatch.setattr(http_caps, "BODY_RATE_GRACE_S", 1.0)
+    port = free_port()
+    settings = Settings(node_id="n1", host="127.0.0.1", port=port, data_dir=str(tmp_path), discovery=False,
+                        max_concurrency=5, max_connections_per_address=4)  # fmt: skip
+    server = uvicorn.Server(server_config(_late_reader, settings, "critical"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    wait_for(lambda: server.started, timeout=20)
+    result: dict[str, Any] = {}
+    stop = threading.Event()
+    uploads = [
+        threading.Thread(target=_upload, args=(port, "127.0.91.1", 500_000, 100_000.0, chunked, result, key, stop))
+        for key, chunked in (("length", False), ("chunked", True))
+    ]
+    uploads += [
+        threading.Thread(target=_upload, args=(port, "127.0.92.1", 20_000, 520.0, False, result, f"trickler {k}", stop))
+        for k in range(2)
+    ]
+    newcomer = None
+    try:
+        for upload in uploads:
+            upload.daemon = True
+            upload.start()
+        time.sleep(1.6)  # past the grace: each body's rate measured
+        newcomer = socket.create_connection(("127.0.0.1", port), timeout=10, source_address=("127.0.93.1", 0))
+        time.sleep(0.6)  # a bare connect: nothing given up
+        assert "chunked" not in result and "length" not in result, result
+        assert not any(key.startswith("trickler") for key in result), result
+        newcomer.sendall(_HEALTH)
+        newcomer.settimeout(5)
+        assert newcomer.recv(200).startswith(b"HTTP/1.1 200 "), result
+        for upload in uploads[:2]:
+            upload.join(15)
+        assert result["length"] == (b"HTTP/1.1 200 OK", 500_000), result
+        assert result["chunked"] == (b"HTTP/1.1 200 OK", 500_000), result
+        wait_for(lambda: any(key.startswith("trickler") for key in result), timeout=5)  # (each sends ~38 s)
+        assert all(value[0] != b"stopped" for key, value in result.items() if key.startswith("trickler")), result
+    finally:
+        stop.set()
+        if newcomer is not None:
+            newcomer.close()
         server.should_exit = True
         thread.join(15)

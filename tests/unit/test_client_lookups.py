@@ -15,7 +15,7 @@ from typing import Any
 import httpcore
 import pytest
 
-from client.deadline import MAX_LOOKUPS, Lookups
+from client.deadline import KEPT_FOR_GIVEN, MAX_GIVEN, MAX_LOOKUPS, Lookups
 
 
 class Resolver:
@@ -65,9 +65,10 @@ def _settled(lookups: Lookups) -> None:
 
 def test_at_most_max_lookups_run_at_once_past_it_a_call_waits_for_a_slot_within_its_deadline() -> None:
     """review15c F2: past the limit a call failed at once ("16 name lookups already in flight" at 0.000 s of a 5 s
-    deadline); now it waits for a slot within its deadline, and gets one when a lookup ends."""
+    deadline); now it waits for a slot within its deadline, and gets one when a lookup ends. (No slot kept for the
+    user's names here: the next test.)"""
     resolver = Resolver()
-    lookups = Lookups(resolve=resolver)
+    lookups = Lookups(resolve=resolver, kept=0)
     for i in range(MAX_LOOKUPS):
         with pytest.raises(httpcore.ConnectTimeout):
             lookups.addresses(f"m{i}.test", 80, 0.01)
@@ -90,6 +91,42 @@ def test_at_most_max_lookups_run_at_once_past_it_a_call_waits_for_a_slot_within_
     assert lookups.addresses("one-more.test", 80, 1.0) == ["10.9.0.1", "fd00::1"]
 
 
+class HangsLearned(Resolver):
+    """Names starting "m" (learned from /cluster answers) hang until ``release``; the others answer at once."""
+
+    def __call__(self, host: str, port: int, type: int = 0) -> list[Any]:
+        if host.startswith("m"):
+            return super().__call__(host, port, type)
+        return [(socket.AF_INET, type, 6, "", ("10.9.0.2", port))]
+
+
+def test_the_last_slots_are_kept_for_the_names_the_user_gave() -> None:
+    """review15d F6: 16 hung lookups of names learned from /cluster answers made the user's own jetson1.local
+    fail with ConnectTimeout at 1.00 s of its 1 s deadline; the last KEPT_FOR_GIVEN slots are now its."""
+    resolver = HangsLearned()
+    lookups = Lookups(resolve=resolver)
+    lookups.give(["jetson1.local", "10.1.2.3", ""])  # (an address is never looked up: not remembered)
+    assert lookups.given() == 1
+    for i in range(MAX_LOOKUPS + 4):
+        with pytest.raises(httpcore.ConnectTimeout):
+            lookups.addresses(f"m{i}.test", 80, 0.01)
+    assert len(lookups) == MAX_LOOKUPS - KEPT_FOR_GIVEN  # the learned names hang in theirs
+    with pytest.raises(httpcore.ConnectTimeout, match="no slot"):
+        lookups.addresses("other.test", 80, 0.2)  # not the user's: no kept slot
+    began = time.monotonic()
+    assert lookups.addresses("jetson1.local", 80, 1.0) == ["10.9.0.2"]
+    assert time.monotonic() - began < 0.5
+    lookups.give(f"n{i}.test" for i in range(MAX_GIVEN + 10))  # each client adds its own: bounded
+    assert lookups.given() == MAX_GIVEN
+    with pytest.raises(httpcore.ConnectTimeout, match="no slot"):
+        lookups.addresses("jetson1.local", 80, 0.1)  # the oldest forgotten
+    assert lookups.addresses(f"n{MAX_GIVEN + 9}.test", 80, 1.0) == ["10.9.0.2"]
+    with pytest.raises(ValueError):
+        Lookups(kept=MAX_LOOKUPS)
+    resolver.gate.set()
+    _settled(lookups)
+
+
 def test_a_lookup_is_shared_by_host_whatever_the_port() -> None:
     """review15c F2: shared by (host, port), one hanging name listed under 16 ports took all 16 slots; the user's
     own jetson1.local:8080 then failed. Now one lookup per host (port 0), whatever port each call connects to."""
@@ -110,7 +147,7 @@ def test_calls_that_give_up_on_a_hung_lookup_leave_nothing_behind() -> None:
     wake-up out: after 1,000 timed-out calls (async and sync) on a hung name nothing waits; 1,000 calls on 1,000
     names queued behind hung ones leave no name queued."""
     resolver = Resolver()
-    lookups = Lookups(resolve=resolver)
+    lookups = Lookups(resolve=resolver, kept=0)
 
     async def calls(hosts: list[str]) -> None:
         for host in hosts:

@@ -18,6 +18,7 @@ from agent.http_caps import (
     body_rate_left,
     retry_after_s,
     slowest_body,
+    takeable_rate,
     time_to_finish,
 )
 from agent.http_sliced import ChunkCountingConnection, raw_response
@@ -117,17 +118,24 @@ def test_a_bodys_time_to_finish_is_what_is_left_at_its_measured_rate() -> None:
     assert time_to_finish(math.inf, 5000, 1.0) == math.inf  # chunked: its length unknown
 
 
+def test_only_a_body_below_four_times_the_minimum_rate_or_that_cannot_finish_in_time_may_be_taken() -> None:
+    """review15d F1: a 3 MB upload (or a chunked one) at 100 KB/s was the first given up; a trickler kept its place."""
+    assert takeable_rate(6000, 990_000, 10.0, 500.0, 30.0) == 600.0  # 600 B/s: below 2,000
+    assert takeable_rate(6000, math.inf, 10.0, 500.0, 30.0) == 600.0  # chunked: judged by its rate
+    assert takeable_rate(200_000, 2_800_000, 2.0, 500.0, 30.0) is None  # 100 KB/s, done at 30 s: kept
+    assert takeable_rate(200_000, math.inf, 2.0, 500.0, 30.0) is None  # chunked at 100 KB/s: kept
+    assert takeable_rate(30_000, 1_000_000, 10.0, 500.0, 30.0) == 3000.0  # 3 KB/s, 333 s more: the 408 comes anyway
+    assert takeable_rate(30_000, 1_000_000, 10.0, 500.0, None) is None  # no body deadline known: its rate alone
+    assert takeable_rate(0, 1000, 3.0, 500.0, 30.0) == 0.0  # nothing sent
+    assert takeable_rate(30_000, 1_000_000, 10.0, 0.0, None) is None  # no minimum rate, no deadline: never
+
+
 def test_the_slowest_body_of_an_address_holding_more_than_the_newcomers_is_taken() -> None:
     """review15c F5: bodies just over the minimum rate held every place at a full cap; a newcomer takes the place
-    of the one that would take longest, only from an address holding more connections than its own."""
+    of the one sent at the lowest rate, only from an address holding more connections than its own."""
     held = {"a": 8, "b": 8, "honest": 1, "new": 1}
-    bodies = [
-        ("a1", "a", time_to_finish(990_000, 6000, 10.0)),
-        ("a2", "a", 12.0),
-        ("b1", "b", time_to_finish(20_000, 6000, 10.0)),
-        ("h", "honest", time_to_finish(1000, 8000, 1.0)),
-    ]
-    assert slowest_body(bodies, held.__getitem__, "new") == "a1"
+    bodies = [("a1", "a", 600.0), ("a2", "a", 900.0), ("b1", "b", 520.0), ("h", "honest", 10.0)]
+    assert slowest_body(bodies, held.__getitem__, "new") == "b1"
     assert slowest_body(bodies, held.__getitem__, "a") is None  # its own address holds as many as any
-    assert slowest_body([("h", "honest", 1e9)], held.__getitem__, "new") is None  # an address of one: not taken
+    assert slowest_body([("h", "honest", 0.0)], held.__getitem__, "new") is None  # an address of one: not taken
     assert slowest_body([], held.__getitem__, "new") is None
