@@ -61,15 +61,20 @@ def time_to_finish(remaining: float, sent: int, elapsed_s: float) -> float:
 
 
 def takeable_rate(
-    sent: int, remaining: float, elapsed_s: float, min_rate: float, body_timeout_s: float | None
+    sent: int,
+    remaining: float,
+    elapsed_s: float,
+    min_rate: float,
+    body_timeout_s: float | None,
+    below_rates: float | None = None,
 ) -> float | None:
     """The measured rate (bytes a second) of a body a newcomer may take the place of at a full cap, or None if it
-    may not: one sent slower than ``TAKE_BELOW_RATES`` x ``min_rate``, or one whose ``remaining`` bytes (Content-
-    Length known) cannot come before ``body_timeout_s`` at that rate (it would get the 408 anyway). A chunked body
-    (``remaining`` inf) is judged by its rate alone. review15d F1: choosing the body that would take longest gave
+    may not: one sent slower than ``below_rates`` (None: ``TAKE_BELOW_RATES``) x ``min_rate``, or one whose
+    ``remaining`` bytes (Content-Length known) cannot come before ``body_timeout_s`` at that rate (it would get the
+    408 anyway). A chunked body (``remaining`` inf) is judged by its rate alone. review15d F1: choosing the body that would take longest gave
     up the biggest honest upload (3 MB at 100 KB/s, or any chunked one) and kept a trickler at 520 B/s."""
     rate = sent / elapsed_s if elapsed_s > 0 else 0.0
-    if rate < TAKE_BELOW_RATES * min_rate:
+    if rate < (TAKE_BELOW_RATES if below_rates is None else below_rates) * min_rate:
         return rate
     if (
         body_timeout_s is not None
@@ -135,6 +140,7 @@ def limited_protocol(
     body_min_rate: float | None = None,
     body_rate_grace_s: float | None = None,
     body_timeout_s: float | None = None,
+    take_below_rates: float | None = None,
 ) -> type[H11Protocol]:
     """A ``parsing`` (SlicedH11Protocol) subclass with a request-header deadline, a per-address connection cap
     and (with ``write_timeout_s``) a deadline for a client that stops reading what it is sent.
@@ -147,8 +153,10 @@ def limited_protocol(
     ``body_min_rate`` / ``body_rate_grace_s``: the bytes a second below which (by more than the grace) a body counts
     so too (``body_rate_left``; None: ``BODY_MIN_RATE`` / ``BODY_RATE_GRACE_S``; a rate of 0: no minimum).
     ``body_timeout_s``: the app's deadline for a whole body (``HttpLimits``): a body that cannot finish before it
-    at its rate may be given up for a newcomer's request (``takeable_rate``; None: judged by its rate alone). The
-    cap's 503s say ``Retry-After: retry_after_s(...)``."""
+    at its rate may be given up for a newcomer's request (``takeable_rate``; None: judged by its rate alone);
+    ``take_below_rates``: the multiple of the minimum rate under which it may be (None: ``TAKE_BELOW_RATES``). The
+    agent passes its settings (``body_stall_s``, ``body_min_rate``, ``body_rate_grace_s``, ``body_take_below_rates``).
+    The cap's 503s say ``Retry-After: retry_after_s(...)``."""
     if address_budgets is None:
         own = parsing.address_budgets
         address_budgets = AddressBudgets(own.share, own.burst_s, own.turns)
@@ -159,6 +167,7 @@ def limited_protocol(
     grace_s = BODY_RATE_GRACE_S if body_rate_grace_s is None else body_rate_grace_s
     retry_after = retry_after_s(stall_s, grace_s if min_rate > 0 else 0.0)
     take_slowest = TAKE_SLOWEST_BODY
+    below_rates = TAKE_BELOW_RATES if take_below_rates is None else take_below_rates
 
     class LimitedH11Protocol(parsing):  # type: ignore[valid-type,misc]
         address_budgets = table  # the parsing class's turns (PARSING unless a test's)
@@ -269,7 +278,8 @@ def limited_protocol(
                 elapsed = now - conn._rate_from
                 if elapsed < grace_s:
                     continue
-                rate = takeable_rate(conn.counted.body_bytes, conn._remaining(), elapsed, min_rate, body_timeout_s)
+                sent = conn.counted.body_bytes
+                rate = takeable_rate(sent, conn._remaining(), elapsed, min_rate, body_timeout_s, below_rates)
                 if rate is not None:
                     yield conn, conn._address, rate
 
