@@ -256,7 +256,7 @@ def cmd_agent(args: argparse.Namespace) -> int:
 
     import uvicorn
 
-    from agent import crash_backoff
+    from agent import crash_backoff, uvicorn_hooks
     from agent.api import create_app
     from agent.errors import ConfigError
     from agent.logs import configure as configure_logs
@@ -271,6 +271,10 @@ def cmd_agent(args: argparse.Namespace) -> int:
     overrides["metrics"] = args.metrics
     overrides["crash_backoff"] = args.crash_backoff
     overrides["server_timing"] = args.server_timing
+    try:
+        uvicorn_hooks.checked_once()  # before anything starts: the client port's protocol needs them
+    except uvicorn_hooks.UvicornHooksError as exc:
+        raise UsageError(str(exc)) from exc
     try:
         settings = load_settings(args.config, overrides=overrides)
         agent = NodeAgent(settings)
@@ -298,7 +302,9 @@ def server_config(app: Any, settings: Any, log_level: str = "info") -> Any:
     import uvicorn
 
     from agent.http_limits import AddressBudgets, limited_protocol
+    from agent.uvicorn_hooks import checked_once
 
+    checked_once()  # the protocol hooks uvicorn's private internals: refuse a uvicorn that lacks them
     state = getattr(app, "state", None)
     addresses = getattr(state, "client_address_budgets", None)
     if not isinstance(addresses, AddressBudgets):
