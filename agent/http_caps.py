@@ -111,6 +111,25 @@ def retry_after_s(stall_s: float, rate_grace_s: float) -> int:
     return max(1, math.ceil(max(stall_s, rate_grace_s)))
 
 
+def address_retry_after_s(deadlines: Iterable[float], now: float, most_s: float) -> int:
+    """The ``Retry-After`` (whole seconds, 1 to ``ceil(most_s)``) of the per-address cap's 503: when the first place
+    of that address is sure to free, the soonest of ``deadlines`` (loop times at which its connections waiting for
+    a request head, idle keep-alive ones included, close: their header deadlines), or ``most_s`` (the header
+    deadline, ``header_timeout_s``) if none waits for a head.
+
+    A connection waiting for its head closes by its deadline unless its client sends a request first (then it
+    frees later, or its own client reuses it): so the soonest deadline is when a retry is sure to find a place,
+    should the address's clients keep every connection idle. One in a request (a body coming, an answer being
+    written) frees when it ends, which the agent cannot know, and then idles up to ``header_timeout_s`` before it
+    closes: a retry later than that finds the same clients holding the same places, so that is the longest wait
+    the header says."""
+    bound = max(1, math.ceil(most_s))
+    soonest = min(deadlines, default=math.inf)
+    if soonest == math.inf:
+        return bound
+    return max(1, min(bound, math.ceil(soonest - now)))
+
+
 class RecordedTasks:
     """uvicorn's set of request tasks (``server_state.tasks``) as one connection sees it: the same set, and the
     connection remembers the task uvicorn adds for its request, so a request given up for a newcomer can leave
@@ -233,11 +252,19 @@ def limited_protocol(
             if host is not None and self._over_address_cap(host):
                 warn_once_a_minute(host, f"refusing connections from {host}: {max_connections_per_address} open")
                 message = f"over {max_connections_per_address} connections open from {host}"
-                transport.write(raw_response(503, "Service Unavailable", message))
+                after = self._address_retry_after(host)
+                transport.write(raw_response(503, "Service Unavailable", message, after))
                 self._close()
                 return
             self._make_room(host or "", take_bodies=False)
             self._update_header_deadline()
+
+        def _address_retry_after(self, host: str) -> int:
+            """``address_retry_after_s`` of ``host``'s connections waiting for a request head: O(the per-address cap),
+            only on a refusal (the address's entry of ``waiting``; a stalled body there has no header deadline)."""
+            held = self.waiting.get(host, {})
+            deadlines = (conn._header_timer.when() for conn in held if conn._header_timer is not None)
+            return address_retry_after_s(deadlines, self.loop.time(), header_timeout_s)
 
         def _make_room(self, host: str, take_bodies: bool) -> None:
             """At ``limit_concurrency`` (uvicorn answers every request 503 while that many connections are open), give
