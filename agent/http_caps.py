@@ -71,8 +71,9 @@ def takeable_rate(
     """The measured rate (bytes a second) of a body a newcomer may take the place of at a full cap, or None if it
     may not: one sent slower than ``below_rates`` (None: ``TAKE_BELOW_RATES``) x ``min_rate``, or one whose
     ``remaining`` bytes (Content-Length known) cannot come before ``body_timeout_s`` at that rate (it would get the
-    408 anyway). A chunked body (``remaining`` inf) is judged by its rate alone. review15d F1: choosing the body that would take longest gave
-    up the biggest honest upload (3 MB at 100 KB/s, or any chunked one) and kept a trickler at 520 B/s."""
+    408 anyway). A chunked body (``remaining`` inf) is judged by its rate alone. review15d F1: choosing the body
+    that would take longest gave up the biggest honest upload (3 MB at 100 KB/s, or any chunked one) and kept a
+    trickler at 520 B/s."""
     rate = sent / elapsed_s if elapsed_s > 0 else 0.0
     if rate < (TAKE_BELOW_RATES if below_rates is None else below_rates) * min_rate:
         return rate
