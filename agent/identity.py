@@ -96,12 +96,19 @@ def b64(data: bytes) -> str:
 
 
 def unb64(text: str, limit: int = 512) -> bytes:
+    """The bytes ``text`` spells in ``b64``'s form, the only one accepted: base64url, unpadded, every bit used.
+    The decoder alone takes many spellings of the same bytes (other low bits in the last character, characters
+    outside the alphabet skipped, padding), and anything keyed by a received text (a counted proof, a verdict, a card)
+    would count a re-spelled copy as new (review16a F1). Re-encoded and compared: ``strict_mode`` needs Python 3.11."""
     if len(text) > limit:
         raise AuthError("oversized header")
     try:
-        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+        raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
     except ValueError as exc:
         raise AuthError("malformed base64 in an authentication header") from exc
+    if b64(raw) != text:
+        raise AuthError("non-canonical base64 in an authentication header (unpadded base64url, as sent, expected)")
+    return raw
 
 
 def derive_ca_key(token: str) -> Ed25519PrivateKey:

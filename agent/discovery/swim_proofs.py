@@ -188,12 +188,21 @@ class ProofBook:
         self._spent[key] = book  # most recently counted last
 
     def _digest(self, proof: SuspectProof) -> bytes:
+        """What a counted proof is remembered by: the statement its origin signed (context, member, incarnation,
+        origin, stamp), not its text. Any valid signature of it is the same proof; keyed by the text of card and
+        signature, a re-encoded or re-signed copy of a proof that counted looked new and counted again
+        (review16a F1)."""
+        return hashlib.sha256(proof.signing_bytes()).digest()
+
+    def _exact(self, proof: SuspectProof) -> bytes:
+        """A refused proof is remembered by its exact bytes: keyed by its statement, a forger's signature of a genuine
+        statement would hold off the origin's own for REFUSED_TTL_S."""
         return hashlib.sha256(
             proof.signing_bytes() + b"\0" + proof.card.encode() + b"\0" + proof.signature.encode()
         ).digest()
 
     def _verified(self, proof: SuspectProof) -> bool:
-        digest, now = self._digest(proof), self.wall()
+        digest, now = self._exact(proof), self.wall()
         if self._refused.get(digest, -math.inf) > self.mono():
             self.refused += 1  # refused a moment ago: not verified again
             return False
