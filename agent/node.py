@@ -35,6 +35,7 @@ from agent.decisions import (
     provision_target,
     stuck_instances,
 )
+from agent.discovery import state_version
 from agent.discovery.service import Discovery
 from agent.discovery.swim import SwimConfig
 from agent.discovery.txt import cluster_id
@@ -320,6 +321,8 @@ class NodeAgent:
             use_mdns=s.mdns,
             on_change=lambda _transitions: self._membership_changed(),
             wall=self.clock,
+            # the state version's floor across restarts (agent.discovery.state_version); none without a data dir
+            version_file=Path(s.data_dir) / state_version.FILE_NAME if s.data_dir else None,
         )
 
     def _membership_changed(self) -> None:

@@ -17,6 +17,7 @@ import socket
 import time
 from collections import Counter
 from collections.abc import Callable, Collection
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -94,6 +95,7 @@ class Discovery:
         on_change: Callable[[list[Transition]], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
+        version_file: Path | None = None,
     ) -> None:
         self.node_id = node_id
         self.api_port = api_port
@@ -109,7 +111,7 @@ class Discovery:
         self.on_change = on_change
         self.clock = clock
         self.swim = SwimDriver(node_id, f"https://{advertise_address}:{peer_port}", peers, config, local_state,
-                               self.admissible, self._apply, clock, wall)  # fmt: skip
+                               self.admissible, self._apply, clock, wall, version_file)  # fmt: skip
         self.swim.on_admit_failed = self._admit_failed  # type: ignore[method-assign]
         self.cluster = cluster
         self.stopping = False

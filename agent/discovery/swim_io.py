@@ -21,12 +21,14 @@ import time
 from collections import Counter
 from collections.abc import Callable, Coroutine
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import httpx
 
 from agent import aio
 from agent.discovery import swim as sw
+from agent.discovery.state_version import VersionFloor
 from agent.discovery.swim_proofs import ProofBook
 from agent.errors import PeerError
 from agent.identity import AuthError
@@ -114,10 +116,14 @@ class SwimDriver:
         on_transitions: Callable[[list[sw.Transition]], None],
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
+        version_file: Path | None = None,
     ) -> None:
         self.wall = wall  # the agent's wall clock (NodeAgent.clock): proof stamps, state versions, relayed leases
         self.core = sw.Swim(node_id, peer_url, config, random.Random())
-        self.core.version = int(wall() * 1000)  # versions rise across restarts: a restarted node is newer
+        # versions rise across restarts (a restarted node is newer), also after a step back of the wall clock: from
+        # max(wall-clock ms, the ceiling the last run saved in ``version_file`` + 1) (agent.discovery.state_version)
+        self._versions = VersionFloor(version_file, int(wall() * 1000))
+        self.core.version = self._versions.first
         self.peers = peers
         self.local_state = local_state
         self.admissible = admissible
@@ -172,6 +178,7 @@ class SwimDriver:
         if self._fingerprint is None:
             self._fingerprint = fp
         elif version_due(self._fingerprint, fp, now, self._bumped_at):
+            self._versions.reserve(self.core.version + 1)  # saved before it is announced
             self.core.set_version(self.core.version + 1)
             self._fingerprint, self._bumped_at = fp, now
 

@@ -8,10 +8,11 @@ began), keeps the proofs that checked out where the core would use them (one per
 attaches to each outgoing message the proofs of the suspect updates it carries (at most ``wire.MAX_PROOFS``),
 and tells the caller which incoming ones are proven. A proof counts only for a suspicion still open here that
 began at most ``EPISODE_SKEW_S`` after it was signed, and never for a later suspicion than the one it first counted
-for here (remembered by digest on our own clocks: a cleared suspicion's proof cannot confirm a new one, whatever the
-origin's clock says, nor whatever our wall clock did since). Refused ones are remembered briefly by their exact
-bytes, which saves re-verifying a replay but not a forger's fresh signatures (each costs a verification, at most
-``MAX_PROOFS`` a message). I/O-free but for the clocks and the node's key.
+for here (remembered by the digest of the statement signed, not of its text, on our own clocks: a cleared
+suspicion's proof cannot confirm a new one, whatever the origin's clock says, nor whatever our wall clock did
+since). Refused ones are remembered briefly by their exact bytes, which saves re-verifying a replay but not a
+forger's fresh signatures (each costs a verification, at most ``MAX_PROOFS`` a message).
+I/O-free but for the clocks and the node's key.
 
 A second book (``dead=True``) does the same for dead declarations (``SwimMessage.dead_proofs``, signed under their
 own context): ours signed only where the core shows we declared the member dead ourselves, others' counted only
@@ -188,12 +189,21 @@ class ProofBook:
         self._spent[key] = book  # most recently counted last
 
     def _digest(self, proof: SuspectProof) -> bytes:
+        """What a counted proof is remembered by: the statement its origin signed (context, member, incarnation,
+        origin, stamp), not its text. Any valid signature of it is the same proof; keyed by the text of card and
+        signature, a re-encoded or re-signed copy of a proof that counted looked new and counted again
+        (review16a F1)."""
+        return hashlib.sha256(proof.signing_bytes()).digest()
+
+    def _exact(self, proof: SuspectProof) -> bytes:
+        """A refused proof is remembered by its exact bytes: keyed by its statement, a forger's signature of a genuine
+        statement would hold off the origin's own for REFUSED_TTL_S."""
         return hashlib.sha256(
             proof.signing_bytes() + b"\0" + proof.card.encode() + b"\0" + proof.signature.encode()
         ).digest()
 
     def _verified(self, proof: SuspectProof) -> bool:
-        digest, now = self._digest(proof), self.wall()
+        digest, now = self._exact(proof), self.wall()
         if self._refused.get(digest, -math.inf) > self.mono():
             self.refused += 1  # refused a moment ago: not verified again
             return False

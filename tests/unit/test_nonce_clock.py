@@ -8,7 +8,7 @@ import random
 
 import pytest
 
-from agent.identity import WINDOW_S, AuthError, Identity, NonceCache, Pins
+from agent.identity import EXPIRE_PER_CALL, WINDOW_S, AuthError, Identity, NonceCache, Pins
 
 T = 1_800_000_000.0
 TTL = 2 * WINDOW_S
@@ -340,3 +340,59 @@ def test_no_excursion_of_the_clock_revives_a_message_stamped_at_the_true_time(se
         assert sum(cache._held.values()) == len(cache) == sum(cache._from.values()) <= cache.limit
         assert all(v <= cache.per_sender for v in cache._held.values())
     assert refused_replays > 10_000
+
+
+def test_entries_are_queued_in_monotonic_order_when_one_was_read_before_a_wait() -> None:
+    """review16a F6: verify_request_async reads ``mono`` before awaiting a first contact's pin write, so a nonce
+    can be used after a later-read one. It is stored at the later stamp: the queue stays in order, and the one
+    behind it is released in its turn, not held up (nor released before its own ttl)."""
+    cache = NonceCache()
+    cache.use("after", T + 5.0, "b", mono=5.0)  # read at 5.0, used at once
+    cache.use("before", T + 1.0, "a", mono=1.0)  # read at 1.0, used after a 4 s pin write
+    stamps = [since for _, since, _ in cache._seen.values()]
+    assert stamps == sorted(stamps) == [5.0, 5.0]
+    cache.use("late", T + TTL + 4.0, "c", mono=TTL + 4.0)
+    assert cache.held("a") == 1  # its use is at most the wait later than read: held, never released early
+    cache.use("later", T + TTL + 5.5, "c", mono=TTL + 5.5)
+    assert cache.held("a") == cache.held("b") == 0  # both released in order
+
+
+def test_one_call_moves_or_forgets_at_most_a_capped_number_and_the_rest_later() -> None:
+    """review16a F5: after idle (or a long climb back) one message paid for a whole window. Capped per call; what
+    the cap leaves stays refused as a replay and counted until a later call forgets it."""
+    cache = NonceCache(per_sender=10**6, per_source=10**6)
+    n = 3 * EXPIRE_PER_CALL + 10
+    for i in range(n):
+        cache.use(f"n{i:06d}", T + i * 0.001, "s", mono=i * 0.001)
+    clocks = Clocks(T + 200.0)
+    clocks.mono = 200.0
+    clocks.step(-3600.0)  # a step back after idle: everything moves to _ahead, EXPIRE_PER_CALL at a time
+    cache.use("x0", clocks.wall, "x", mono=clocks.mono)
+    assert len(cache._ahead) == EXPIRE_PER_CALL and len(cache) == n + 1
+    with pytest.raises(AuthError, match="replayed"):
+        cache.use(f"n{n - 1:06d}", clocks.wall, "s", mono=clocks.mono)  # not moved yet: still refused
+    for i in range(1, 4):
+        cache.use(f"x{i}", clocks.wall, "x", mono=clocks.mono)
+    assert len(cache._ahead) == n and len(cache._seen) == 4
+    clocks.tick(3600.0 + TTL)  # climbed back: they go, EXPIRE_PER_CALL at a time
+    cache.use("y0", clocks.wall, "x", mono=clocks.mono)
+    assert cache.held("x") == 1 and cache.held("s") == n - (EXPIRE_PER_CALL - 4)  # x0-x3 went first, in the cap
+    for i in range(1, 4):
+        cache.use(f"y{i}", clocks.wall, "x", mono=clocks.mono)
+    assert cache.held("s") == 0 and len(cache._ahead) == 0
+
+
+def test_the_cap_never_causes_a_refusal() -> None:
+    """A share or the cache full of entries that are due: everything due is forgotten before a 429."""
+    cache = NonceCache(limit=3 * EXPIRE_PER_CALL, per_sender=10**6, per_source=10**6)
+    for i in range(3 * EXPIRE_PER_CALL):
+        cache.use(f"n{i:06d}", T, "s", mono=0.0)
+    cache.use("new", T + TTL + 1.0, "s", mono=TTL + 1.0)  # the cache was full of due entries: accepted
+    assert len(cache) == 2 * EXPIRE_PER_CALL + 1
+    share = NonceCache(per_sender=EXPIRE_PER_CALL, per_source=10**6)
+    for i in range(2 * EXPIRE_PER_CALL):
+        share.use(f"o{i:06d}", T, f"other{i}", mono=0.0)  # queued ahead of the sender's own
+    for i in range(EXPIRE_PER_CALL):
+        share.use(f"s{i:06d}", T + 1.0, "s", mono=1.0)
+    share.use("again", T + TTL + 2.0, "s", mono=TTL + 2.0)  # its share was full of due entries behind the cap
+    assert share.held("s") == 1

@@ -356,3 +356,44 @@ def test_a_peers_unsigned_refusal_shows_its_stated_reason_bounded() -> None:
     long = refused("x\n" * 500)
     assert "\n" not in long and long.endswith("'") and len(long) < 600  # one log line, bounded
     assert "it said" not in refused(["not", "a", "string"])
+
+
+def _respellings(text: str) -> list[str]:
+    """Other texts the lenient decoder read as the same bytes: another last character (its unused low bits set),
+    padding, characters outside the alphabet (skipped), the standard alphabet's '+' and '/'."""
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    raw = unb64(text)
+    same_last = [c for c in alphabet if c != text[-1] and _lenient(text[:-1] + c) == raw]
+    out = [text[:-1] + same_last[0], text + "=" * (-len(text) % 4 or 4), "...." + text, text[:4] + "!!!!" + text[4:]]
+    return [t for t in out if _lenient(t) == raw]
+
+
+def _lenient(text: str) -> bytes:
+    import base64
+
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def test_a_re_encoded_signature_or_card_is_refused_as_non_canonical() -> None:
+    """review16a F1: the decoder took many spellings of one signature, so a cache keyed by the text counted a
+    re-spelled copy as new. Only b64's own spelling is accepted now, with a clear error for the others."""
+    headers = signed()
+    sig, card = headers[wire.H_SIGNATURE], headers[wire.H_CARD]
+    spellings = _respellings(sig)
+    assert len(spellings) == 4  # each decodes to the same signature with the old decoder
+    for text in spellings:
+        with pytest.raises(AuthError, match="non-canonical base64"):
+            unb64(text)
+        b = fresh(B)
+        with pytest.raises(AuthError, match="non-canonical base64"):
+            b.verify_request({**headers, wire.H_SIGNATURE: text}, "PUT", "/control/desired", BODY, NOW, mono=NOW)
+    for text in _respellings(card):
+        with pytest.raises(AuthError, match="non-canonical base64"):
+            fresh(B).verify_request({**headers, wire.H_CARD: text}, "PUT", "/control/desired", BODY, NOW, mono=NOW)
+    assert fresh(B).verify_request(headers, "PUT", "/control/desired", BODY, NOW, mono=NOW) == "a"  # as sent: passes
+
+
+@settings(max_examples=200)
+@given(st.binary(max_size=300))
+def test_unb64_reads_back_exactly_what_b64_wrote(data: bytes) -> None:
+    assert unb64(b64(data)) == data

@@ -328,3 +328,42 @@ def test_a_proof_refused_while_its_signers_pin_is_written_counts_once_the_pin_la
     first, pinned, again = asyncio.run(run())
     assert not first and pinned
     assert again  # counted a second later, not REFUSED_TTL_S later
+
+
+def _re_encoded(signature: str) -> str:
+    """The same signature bytes spelled with another last character (the lenient decoder drops its low bits)."""
+    import base64
+
+    raw = base64.urlsafe_b64decode(signature + "=" * (-len(signature) % 4))
+    for c in "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_":
+        twin = signature[:-1] + c
+        if twin != signature and base64.urlsafe_b64decode(twin + "=" * (-len(twin) % 4)) == raw:
+            return twin
+    raise AssertionError("no other spelling")
+
+
+def test_a_re_encoded_copy_of_a_counted_proof_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    """review16a F1, the fast-origin replay with the signature re-spelled (same bytes after decoding): the record
+    was keyed by the text, so the copy looked new and counted again. Refused now twice over: the record is keyed by
+    the signed statement, and the decoder refuses the spelling (shown apart: with the old lenient decoder too)."""
+    import base64
+
+    from agent import identity as identity_module
+
+    clock = Clock()
+    state = {"age": 0.0}
+    book = ProofBook(IDS["b"], clock, episode=lambda n, i, o: state["age"], mono=clock)
+    fast = own_proof("c1", Clock(clock.t + 20.0))
+    assert book.check(gossip("m", suspect("c1"), proofs=(fast,))) == [("x", 0, "c1")]
+    clock.t += 15.0
+    twin = replace(fast, signature=_re_encoded(fast.signature))
+    assert book.check(gossip("m", suspect("c1"), proofs=(twin,))) == []  # refused: non-canonical, and spent
+    monkeypatch.setattr(
+        identity_module, "unb64", lambda text, limit=512: base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    )
+    for copy in (twin, replace(fast, signature="...." + fast.signature)):
+        state["age"] = 0.0
+        clock.t += 1.0
+        assert book.check(gossip("m", suspect("c1"), proofs=(copy,))) == []  # the statement counted before
+    # a genuine new proof of c1's (a new statement: a later stamp) still counts
+    assert book.check(gossip("c1", suspect("c1"), proofs=(own_proof("c1", Clock(clock.t + 20.0)),))) != []
