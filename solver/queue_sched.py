@@ -21,7 +21,7 @@ of its cores: the model puts the single one at 0.988, and the shared-cores simul
 run (8 / 28 s mean at 1,000 / 4,000 s; both the integer objective and the plan's figure by load price it at 3.8 s).
 So on such nodes a pool past ``rho_max`` in the model counts as behind too (one more instance, else the cut): at
 thesis sizes 7 of 72 plans at 2 cores change, all better in the simulation (mean sojourn 0.46-0.95x, the worst pool
-9.5-36 s -> 4.1-6.9 s, 0.8 % and 0.14 % of the rate cut in two of them); below 2 cores every busy request shares the
+6.0-36 s -> 4.1-6.9 s, 0.8 % and 0.14 % of the rate cut in two of them); below 2 cores every busy request shares the
 node's cores (at 1: work-conserving, stable wherever its busy work is) and ``CAP`` alone counts (there the same rule
 changed 20 of 72 plans, mixed in the simulation). bound_sweep's overloaded clusters: 25 of 1,200 plans change, each
 better in the simulation (mean sojourn median 0.52x). bench/queue_price_sim.py, docs/solver.md.
