@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 ENABLED = True  # off only to show bench/sched_fix_bench.py and the tests the queues that grow
 SHED = True  # where no instance can be added: reject the pool's rate down to rho_max in the scheduler model
 BISECT = 40  # halvings of the kept share of the pool's rate
+BISECT_CROWDED = 20  # the same for a crowded pool (to 1e-6 of its rate: each halving runs the model, ~1 ms)
 CROWDED = True  # on nodes of CROWDED_CORES or more, a pool past rho_max in the model falls behind (False: CAP alone)
 CROWDED_CORES = 2.0  # instance units (after the slot transform); below, CAP alone (bench/queue_price_sim.py)
 MAX_ADDED = 64  # instances added in one plan at most (each fixes one node; a node needs one or two)
@@ -72,7 +73,7 @@ def add_where_behind(pools: Pools) -> int:
         if _one_more(pools, j, k):
             added += 1
         elif SHED:
-            _shed_to_rho(pools, j, k)
+            _shed_to_rho(pools, j, k, BISECT if _capped(pools, j, k) else BISECT_CROWDED)
             refused.add((j, k))
         else:
             refused.add((j, k))
@@ -98,14 +99,22 @@ def _one_more(pools: Pools, j: int, k: int) -> bool:
     return False
 
 
-def _shed_to_rho(pools: Pools, j: int, k: int) -> None:
+def _capped(pools: Pools, j: int, k: int) -> bool:
+    """Whether the scheduler model caps pool (j, k) (else it is only crowded; the model's figures are ``behind``'s,
+    memoised)."""
+    lam, counts = pools.state()
+    return bool(node_speeds_once(lam, pools.q.mu, counts, pools.cores).load[j, k] >= CAP)
+
+
+def _shed_to_rho(pools: Pools, j: int, k: int, halvings: int = BISECT) -> None:
     """Reject the share of pool (j, k)'s rate (every stream on it alike) past the most that keeps its load in the
-    scheduler model within ``rho_max``; model k's rejection then gives the instance bound's reason."""
+    scheduler model within ``rho_max`` (to 2^-``halvings`` of its rate, on the safe side); model k's rejection then
+    gives the instance bound's reason."""
     lam, counts = pools.state()
     q = pools.q
     row, mu, n, cores = lam[j : j + 1].copy(), q.mu[j : j + 1], counts[j : j + 1], pools.cores[j : j + 1]
     lo, hi = 0.0, 1.0
-    for _ in range(BISECT):  # the pool's load rises with its rate: the largest kept share within rho_max
+    for _ in range(halvings):  # the pool's load rises with its rate: the largest kept share within rho_max
         mid = 0.5 * (lo + hi)
         trial = row.copy()
         trial[0, k] *= mid
