@@ -41,7 +41,10 @@ def integer_objective(pools: Pools, state: tuple[FloatArray, IntArray] | None = 
     total += q.instance_cost * float(np.maximum(counts - p.free, 0).sum())
     open_ = counts > 0
     n = np.where(open_, effective_servers(counts, pools.cores), 1.0)  # a node's cores shared by its instances
-    t = np.minimum(lam / n, q.rho_max * q.mu)  # pools stay within their cap; clip guards float residue
+    # without cores the clip guards float residue; at cores repair lets a busy pool past its equal share where the
+    # node's busy work fits (up to 1.8x), and the clip prices it as at rho_max: below the relaxation, a search-only
+    # inaccuracy where the node is stable (docs/solver.md, "The integer objective at cores")
+    t = np.minimum(lam / n, q.rho_max * q.mu)
     wait = np.where(open_, lam * (1000.0 / (q.mu - t) - pools.service_ms), 0.0)
     return total + float(wait.sum())
 

@@ -35,7 +35,9 @@ def test_without_cores_the_relaxation_bounds_every_step(seed: int, mode: str) ->
 def test_at_cores_a_plan_is_below_the_relaxation() -> None:
     """The integer objective shares a node's cores equally and clips each pool's load there at rho_max, while repair
     lets a busy pool past its equal share where the node's busy work fits: such a pool is priced below any
-    relaxation point, and the plan's value falls below the relaxation's (25 x 5, seed 2: -6.4 %)."""
-    found = one_case(with_cores(thesis_instance(25, 5, 2), 2.0), "1", tail=False)
-    assert found["values"][-1] < (1 - 1e-3) * found["relaxation"]
+    relaxation point, and the plan's value falls below the relaxation's (25 x 5, seed 2, Mode 2: -2.2 %, a pool at
+    1.23x its equal share; -6.4 % before solver.queue_sched's crowded nodes gave that plan one more instance). The
+    shared-cores simulation finds that plan stable (bench/queue_price_sim.py): a search-only inaccuracy now."""
+    found = one_case(with_cores(thesis_instance(25, 5, 2), 2.0), "2", tail=False)
+    assert -0.03 < found["values"][-1] / found["relaxation"] - 1 < -1e-3
     assert found["load"] > 1.0

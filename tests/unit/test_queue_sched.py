@@ -13,11 +13,17 @@ import pytest
 
 from bench.allot_bench import passes_repair, simulate_arrays, solved
 from bench.bound_sweep import overloaded_seed, past_bound
+from bench.queue_bench import with_cores
 from solver import cpu_law, cpu_speed, queue_sched
 from solver.api import solve
 from solver.cpu_speed import CAP, node_speeds
+from solver.problem import Mode, build_problem
+from solver.queue_fast import solve_nlp_fast
+from solver.queue_model import QueueProblem, build_queue_problem
+from solver.queue_plan import integer_part
 from solver.queue_repair import Pools
 from solver.queueing import requests_at_instance
+from solver.simulate import thesis_instance
 
 
 def _node_sojourn_ms(pools: Pools, j: int, seconds: float) -> np.ndarray:
@@ -104,3 +110,54 @@ def test_the_memo_hands_out_figures_nobody_can_change() -> None:
     for shared in (figures.load, figures.speed, figures.sojourn_ms):
         with pytest.raises(ValueError):
             shared[0, 0] = 0.5
+
+
+def _thesis_plan(crowded: bool, mode: str, monkeypatch: pytest.MonkeyPatch) -> tuple[QueueProblem, Pools, int]:
+    """The thesis instance 25 x 5, seed 2, at 2 cores per node: its plan with ``CROWDED`` on or off."""
+    monkeypatch.setattr(queue_sched, "CROWDED", crowded)
+    snapshot = with_cores(thesis_instance(25, 5, 2), 2.0)
+    q = build_queue_problem(build_problem(snapshot, Mode.MODE1 if mode == "1" else Mode.MODE2))
+    pools, done = integer_part(q, solve_nlp_fast(q))
+    return q, pools, int(done["scheduler_added"])
+
+
+def test_a_crowded_two_core_node_gets_one_more_instance(monkeypatch: pytest.MonkeyPatch) -> None:
+    """25 x 5, seed 2, Mode 2, 2 cores: node n0 runs one instance of a model beside two of another, its busy work
+    at rho_max of its cores. In the scheduler model the single instance's load is 0.99, under CAP, so ``CAP`` alone
+    leaves it, and the shared-cores simulation's queue there grows with the run (an instance cannot use the idle core
+    beside it: 4.6 s mean at 1,000 s, 21 s at 4,000 s). As crowded (past rho_max on 2 cores) it gets one more
+    instance: 2.7 s at 4,000 s."""
+    q, off, added = _thesis_plan(False, "2", monkeypatch)
+    lam, counts = off.state()
+    assert added == 0 and q.rho_max < node_speeds(lam, q.mu, counts, off.cores).load[0].max() < CAP
+    grown = np.nanmax(_node_sojourn_ms(off, 0, 4000.0))
+    assert grown > 2 * np.nanmax(_node_sojourn_ms(off, 0, 1000.0))  # the queue grows with the run
+    q, pools, added = _thesis_plan(True, "2", monkeypatch)
+    lam, counts = pools.state()
+    assert added >= 1 and np.array_equal(pools.rejected, off.rejected) and queue_sched.behind(pools) == []
+    assert node_speeds(lam, q.mu, counts, pools.cores).load.max() <= q.rho_max * (1 + 1e-9)
+    assert np.nanmax(_node_sojourn_ms(pools, 0, 4000.0)) < 0.3 * grown
+
+
+def test_where_no_instance_fits_a_crowded_pool_is_cut_to_rho_max(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same instance in Mode 1: n0 holds no second instance of that model, so that pool's rate is cut to rho_max
+    in the scheduler model (under 1 % of what the plan serves): 4.3 s at 4,000 s instead of 21 s."""
+    _, before, _ = _thesis_plan(False, "1", monkeypatch)
+    q, pools, _ = _thesis_plan(True, "1", monkeypatch)
+    shed = float(pools.rejected.sum() - before.rejected.sum())
+    assert 0 < shed < 0.01 * float(before.lam().sum()) and pools.shed_models
+    lam, counts = pools.state()
+    assert node_speeds(lam, q.mu, counts, pools.cores).load.max() <= q.rho_max * (1 + 1e-9)
+    grown = np.nanmax(_node_sojourn_ms(before, 0, 4000.0))
+    assert np.nanmax(_node_sojourn_ms(pools, 0, 4000.0)) < 0.3 * grown
+
+
+def test_below_two_cores_only_cap_counts(monkeypatch: pytest.MonkeyPatch) -> None:
+    """At 1 core a node's cores are shared by every busy request (work-conserving: the node is stable wherever its
+    busy work is), so ``CROWDED`` leaves those plans as they were (the thesis instance at 1 core)."""
+    plans = []
+    for crowded in (False, True):
+        monkeypatch.setattr(queue_sched, "CROWDED", crowded)
+        q = build_queue_problem(build_problem(with_cores(thesis_instance(30, 10, 0), 1.0), Mode.MODE2))
+        plans.append(integer_part(q, solve_nlp_fast(q))[0])
+    assert np.array_equal(plans[0].x, plans[1].x) and np.array_equal(plans[0].counts(), plans[1].counts())
