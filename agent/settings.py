@@ -370,5 +370,5 @@ def unset_body_rate_defaults(values: Mapping[str, Any]) -> dict[str, float]:
     timeout = values.get("body_timeout_s")
     if not isinstance(timeout, float) or not math.isfinite(timeout):
         return {}
-    defaults = {f.name: f.default for f in fields(Settings) if f.name in ("body_stall_s", "body_rate_grace_s")}
-    return {name: min(float(d), timeout) for name, d in defaults.items() if name not in values}
+    names = ("body_stall_s", "body_rate_grace_s")
+    return {name: min(float(getattr(Settings, name)), timeout) for name in names if name not in values}
