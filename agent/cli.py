@@ -157,7 +157,8 @@ FLAGS: list[tuple[str, dict[str, Any]]] = [
         {
             "type": float,
             "help": "at the cap, a request body slower than this many bytes a second (past the grace) may lose its "
-            "place; 0: no minimum (default 500; lower it where honest clients upload slower)",
+            "place; 10 to 1,000,000 (default 500; where honest clients upload slower, under a quarter of their "
+            "rate: see body_take_below_rates)",
         },
     ),
     ("--body-rate-grace-s", {"type": float, "help": "how far behind the minimum rate a body may fall (default 2)"}),

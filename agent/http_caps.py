@@ -39,7 +39,8 @@ GIVEN_UP = "peerserve.given_up"  # scope key: the request's place went to a newc
 
 def body_rate_left(body_bytes: int, elapsed_s: float, min_rate: float, grace_s: float) -> float:
     """Seconds before a request body that has sent ``body_bytes`` in ``elapsed_s`` seconds of its client's time falls
-    behind ``min_rate`` bytes a second by more than ``grace_s`` (<= 0: it has; ``inf``: no minimum, ``min_rate`` 0).
+    behind ``min_rate`` bytes a second by more than ``grace_s`` (<= 0: it has; ``inf``: no minimum, ``min_rate`` 0,
+    which the settings refuse: their floor is 10 B/s).
 
     mod_reqtimeout's form: a body may take ``grace_s + body_bytes / min_rate`` seconds for what it has sent, so
     every byte buys ``1 / min_rate`` seconds more. The stall rule (no byte for ``BODY_STALL_S``) alone let a body
@@ -171,7 +172,7 @@ def limited_protocol(
     request body must go without a byte (while the agent is not the one holding its reading) before the connection
     counts as waiting on its client, one a newcomer may take the place of at the cap (None: ``BODY_STALL_S``);
     ``body_min_rate`` / ``body_rate_grace_s``: the bytes a second below which (by more than the grace) a body counts
-    so too (``body_rate_left``; None: ``BODY_MIN_RATE`` / ``BODY_RATE_GRACE_S``; a rate of 0: no minimum).
+    so too (``body_rate_left``; None: ``BODY_MIN_RATE`` / ``BODY_RATE_GRACE_S``; the settings keep the rate 10 or more).
     ``body_timeout_s``: the app's deadline for a whole body (``HttpLimits``): a body that cannot finish before it
     at its rate may be given up for a newcomer's request (``takeable_rate``; None: judged by its rate alone);
     ``take_below_rates``: the multiple of the minimum rate under which it may be (None: ``TAKE_BELOW_RATES``). The

@@ -37,6 +37,10 @@ MIN_WINDOW_MB, MAX_WINDOW_MB = 0.25, 4096.0  # request_window_mb: room for a pag
 MAX_CLOCK_OFFSET_S = 86_400.0  # clock_offset_s: a day either way
 MIN_BODY_STALL_S = 0.1  # body_stall_s: Linux's least retransmission timeout is 0.2 s; a lost packet is no stall
 MIN_BODY_RATE_GRACE_S = 0.5  # body_rate_grace_s: a body's first bytes are a round trip or more behind its head
+# body_min_rate: at least 10 B/s (80 bit/s, under any link that carries HTTP: a 300-baud serial line is ~30 B/s).
+# 0 (or 1e-9) switched off every rule that frees a place held by a trickled body (review16b F1): with a floor a
+# chunked body trickled at 1 B/s is behind it after ~2 s and takeable below 4 x 10 = 40 B/s.
+MIN_BODY_MIN_RATE = 10.0
 MAX_BODY_MIN_RATE = 1_000_000.0  # body_min_rate: 1 MB/s (8 Mbit/s); above it honest Wi-Fi uploads count as waiting
 MAX_TAKE_BELOW_RATES = 100.0  # body_take_below_rates: 100 x the minimum rate
 
@@ -76,7 +80,7 @@ class Settings:
     max_concurrency: int = 256
     max_connections_per_address: int = 64
     # when a request body counts as waiting on its client (a newcomer at max_concurrency may take its place;
-    # agent/http_caps.py): no byte for body_stall_s, or behind body_min_rate bytes a second (0: no minimum) by more
+    # agent/http_caps.py): no byte for body_stall_s, or behind body_min_rate bytes a second (10 to 1e6) by more
     # than body_rate_grace_s; with none waiting, a body sent slower than body_take_below_rates x body_min_rate
     body_stall_s: float = 1.0
     body_min_rate: float = 500.0
@@ -293,10 +297,12 @@ def _validate_body_rates(s: Settings) -> None:
     counts honest uploads as waiting (a newcomer at the cap takes their place, they get 503); one past
     ``body_timeout_s`` never counts a body at all (its 408 comes first), so the cap is the stall rule's alone."""
     timeout = s.body_timeout_s
+    if timeout < MIN_BODY_RATE_GRACE_S:  # no grace would fit under it (review16b F4)
+        raise ConfigError("body_timeout_s", f"must be at least {MIN_BODY_RATE_GRACE_S:g} s (body_rate_grace_s's least)")
     if not MIN_BODY_STALL_S <= s.body_stall_s <= timeout:
         raise ConfigError("body_stall_s", f"must be {MIN_BODY_STALL_S:g} s to body_timeout_s ({timeout:g} s)")
-    if not 0 <= s.body_min_rate <= MAX_BODY_MIN_RATE:
-        raise ConfigError("body_min_rate", f"must be 0 (no minimum) to {MAX_BODY_MIN_RATE:,.0f} bytes a second")
+    if not MIN_BODY_MIN_RATE <= s.body_min_rate <= MAX_BODY_MIN_RATE:
+        raise ConfigError("body_min_rate", f"must be {MIN_BODY_MIN_RATE:g} to {MAX_BODY_MIN_RATE:,.0f} bytes a second")
     if not MIN_BODY_RATE_GRACE_S <= s.body_rate_grace_s <= timeout:
         raise ConfigError("body_rate_grace_s", f"must be {MIN_BODY_RATE_GRACE_S:g} s to body_timeout_s ({timeout:g} s)")
     if not 1 <= s.body_take_below_rates <= MAX_TAKE_BELOW_RATES:
@@ -354,4 +360,15 @@ def load_settings(
     for name, raw in (overrides or {}).items():
         if raw is not None:
             values[name] = _coerce(name, types[name], raw)
-    return Settings(**values)
+    return Settings(**{**unset_body_rate_defaults(values), **values})
+
+
+def unset_body_rate_defaults(values: Mapping[str, Any]) -> dict[str, float]:
+    """``body_stall_s`` / ``body_rate_grace_s`` where ``values`` does not set them: their defaults, or
+    ``body_timeout_s`` if shorter. They came in session 16 with a range up to ``body_timeout_s``; a config from
+    before (body_timeout_s 1.5 s, say) never set them and must still start (review16b F4)."""
+    timeout = values.get("body_timeout_s")
+    if not isinstance(timeout, float) or not math.isfinite(timeout):
+        return {}
+    names = ("body_stall_s", "body_rate_grace_s")
+    return {name: min(float(getattr(Settings, name)), timeout) for name in names if name not in values}

@@ -12,7 +12,9 @@ So the agent checks the installed uvicorn at start (``check_uvicorn_hooks``) and
 pinned version, if anything is missing. No fallback: the hooks are the client port's defences (header deadlines,
 the caps, the parse budgets all live in the same subclass); serving without them is the unbounded surface
 docs/security.md closes, and a plain ``H11Protocol`` in their place would be that. The check reads classes and
-method sources once (a few ms) and builds one protocol object on a private loop, with no socket.
+method sources once (a few ms; their syntax trees, not their text: a comment proves nothing) and builds one
+protocol object on a private loop, with no socket. Without sources (a compiled install) only the pinned version,
+whose sources were checked, is let through on the signature and instance checks.
 """
 
 from __future__ import annotations
@@ -21,9 +23,12 @@ import ast
 import asyncio
 import functools
 import inspect
+import logging
 import textwrap
+from collections.abc import Callable
 from typing import Any
 
+log = logging.getLogger(__name__)
 PINNED_UVICORN = "0.54.0"  # scripts/constraints.txt: the version the hooks were written and tested against
 
 # method -> its parameters, as the subclasses override or call them
@@ -76,15 +81,50 @@ def _method_problems(protocol: type) -> list[str]:
     return problems
 
 
-def _handle_events_problems(protocol: type) -> list[str]:
-    source = _source(getattr(protocol, "handle_events", None))
-    if source is None:
-        return ["H11Protocol.handle_events' source cannot be read to check it"]
+def _self_attr(node: ast.AST, name: str) -> bool:
+    return (
+        isinstance(node, ast.Attribute)
+        and node.attr == name
+        and isinstance(node.value, ast.Name)
+        and (node.value.id == "self")
+    )
+
+
+def _first_at(tree: ast.AST, found: Callable[[ast.AST], bool]) -> tuple[int, int] | None:
+    """(line, column) of the first node of ``tree`` that is ``found``, in source order; None if none is."""
+    places = [(n.lineno, n.col_offset) for n in ast.walk(tree) if isinstance(n, ast.expr) and found(n)]
+    return min(places, default=None)
+
+
+def _asks_should_upgrade(node: ast.AST) -> bool:
+    return isinstance(node, ast.Call) and _self_attr(node.func, "_should_upgrade") and not node.args
+
+
+def _compares_limit(node: ast.AST) -> bool:
+    return isinstance(node, ast.Compare) and any(_self_attr(n, "limit_concurrency") for n in ast.walk(node))
+
+
+def handle_events_problems(source: str) -> list[str]:
+    """What ``source`` (``H11Protocol.handle_events``) lacks of what the hooks need, read from its syntax tree: a
+    comment or a string holding a piece's text does not count (review16b F5), and the ``self._should_upgrade()``
+    call must come before the first comparison on ``self.limit_concurrency`` (uvicorn's 503)."""
+    tree = ast.parse(textwrap.dedent(source))
+    code = ast.unparse(tree)  # no comments
+    asked, capped = _first_at(tree, _asks_should_upgrade), _first_at(tree, _compares_limit)
     problems = [f"H11Protocol.handle_events no longer uses {piece}"
-                for piece in (*HANDLE_EVENTS_ORDER, *HANDLE_EVENTS_USES) if piece not in source]  # fmt: skip
-    if not problems and source.find(HANDLE_EVENTS_ORDER[0]) > source.find(HANDLE_EVENTS_ORDER[1]):
+                for piece, there in ((HANDLE_EVENTS_ORDER[0], asked), (HANDLE_EVENTS_ORDER[1], capped))
+                if there is None]  # fmt: skip
+    problems += [f"H11Protocol.handle_events no longer uses {piece}"
+                 for piece in (*HANDLE_EVENTS_ORDER[2:], *HANDLE_EVENTS_USES) if piece not in code]  # fmt: skip
+    if asked is not None and capped is not None and capped < asked:
         problems.append("H11Protocol.handle_events checks limit_concurrency before it calls _should_upgrade")
     return problems
+
+
+def _handle_events_problems(protocol: type) -> list[str] | None:
+    """``handle_events_problems`` of ``protocol``'s method; None if its source cannot be read."""
+    source = _source(getattr(protocol, "handle_events", None))
+    return None if source is None else handle_events_problems(source)
 
 
 def _instance_problems(protocol: type) -> list[str]:
@@ -137,31 +177,56 @@ def assigned_fields(source: str) -> set[str]:
     return found
 
 
-def _field_problems(cls: type, label: str, fields: tuple[str, ...], methods: tuple[str, ...] = ()) -> list[str]:
+def _field_problems(
+    cls: type, label: str, fields: tuple[str, ...], methods: tuple[str, ...], unread: list[str]
+) -> list[str]:
     """The ``fields`` ``cls.__init__`` does not set (read from its source: building a request cycle takes a live
-    connection) and the ``methods`` it lacks."""
+    connection; ``label.__init__`` added to ``unread`` if it cannot be read) and the ``methods`` it lacks."""
     source = _source(next(vars(k)["__init__"] for k in cls.__mro__ if "__init__" in vars(k)))
     if source is None:
-        return [f"{label}.__init__'s source cannot be read to check it"]
-    assigned = assigned_fields(source)
-    problems = [f"{label}.{name} is missing" for name in fields if name not in assigned]
+        unread.append(f"{label}.__init__")
+    assigned = set() if source is None else assigned_fields(source)
+    problems = [f"{label}.{name} is missing" for name in fields if source is not None and name not in assigned]
     return problems + [f"{label}.{name} is missing" for name in methods if not callable(getattr(cls, name, None))]
 
 
-def missing_hooks(protocol: type | None = None, cycle: type | None = None, flow: type | None = None) -> list[str]:
+def missing_hooks(
+    protocol: type | None = None, cycle: type | None = None, flow: type | None = None, version: str | None = None
+) -> list[str]:
     """What of the hooks the given classes (default: the installed uvicorn's ``H11Protocol``,
-    ``RequestResponseCycle``, ``FlowControl``) lack, one line each; empty when all is there."""
+    ``RequestResponseCycle``, ``FlowControl``) lack, one line each; empty when all is there.
+
+    The source checks need the methods' ``.py`` sources; a uvicorn installed without them (compiled, sources
+    deleted: an image-slimming step) serves fine. If ``version`` (None: the installed uvicorn's) is the pinned one,
+    whose sources were checked here, those checks are skipped with one log line and the signature and instance
+    checks still run; any other version is refused, saying its sources are missing (review16b F3)."""
     if protocol is None or cycle is None or flow is None:
         from uvicorn.protocols.http.flow_control import FlowControl
         from uvicorn.protocols.http.h11_impl import H11Protocol, RequestResponseCycle
 
         protocol, cycle, flow = protocol or H11Protocol, cycle or RequestResponseCycle, flow or FlowControl
     problems = _method_problems(protocol)
-    problems += _handle_events_problems(protocol)
+    unread: list[str] = []
+    events = _handle_events_problems(protocol)
+    if events is None:
+        unread.append("H11Protocol.handle_events")
+    problems += events or []
     if not any(p.startswith("H11Protocol.__init__") for p in problems):
         problems += _instance_problems(protocol)
-    problems += _field_problems(cycle, "RequestResponseCycle", CYCLE_FIELDS)
-    problems += _field_problems(flow, "FlowControl", FLOW_FIELDS, FLOW_METHODS)
+    problems += _field_problems(cycle, "RequestResponseCycle", CYCLE_FIELDS, (), unread)
+    problems += _field_problems(flow, "FlowControl", FLOW_FIELDS, FLOW_METHODS, unread)
+    if unread:
+        if version is None:
+            import uvicorn
+
+            version = str(uvicorn.__version__)
+        if version == PINNED_UVICORN:
+            log.info("uvicorn %s is installed without its sources (%s): the source checks skipped (it is the pinned "
+                     "version, whose sources pass them); signatures and the protocol object checked", version,
+                     ", ".join(unread))  # fmt: skip
+        else:
+            problems.append(f"uvicorn {version} was installed without its sources: {', '.join(unread)} cannot be "
+                            "read to check them")  # fmt: skip
     return problems
 
 

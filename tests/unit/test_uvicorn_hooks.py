@@ -5,6 +5,8 @@ ship them) are caught, each naming what is missing, and the agent refuses to sta
 
 from __future__ import annotations
 
+import logging
+import types
 from typing import Any
 
 import pytest
@@ -89,3 +91,70 @@ def test_the_agent_refuses_to_start_on_a_uvicorn_without_the_hooks(
     assert main(["agent", "--data-dir", str(tmp_path), "--no-discovery"]) == 2
     err = capsys.readouterr().err
     assert "H11Protocol._should_upgrade is missing" in err and f"uvicorn=={PINNED_UVICORN}" in err
+
+
+def test_a_handle_events_that_answers_503_before_asking_should_upgrade_is_caught() -> None:
+    """The call's text in a comment before the cap check fooled a substring test (review16b F5): positions in the
+    syntax tree decide."""
+
+    def handle_events(self: Any) -> None:
+        # self._should_upgrade() is asked below
+        if self.limit_concurrency is not None and (
+            len(self.connections) >= self.limit_concurrency or len(self.tasks) >= self.limit_concurrency
+        ):
+            return  # (uvicorn's 503, before the hook)
+        if self._should_upgrade():
+            return
+        self.tasks.add(None)
+        self.tasks.discard(None)
+
+    problems = missing_hooks(_without(H11Protocol, "handle_events", handle_events=handle_events))
+    assert problems == ["H11Protocol.handle_events checks limit_concurrency before it calls _should_upgrade"]
+
+
+def test_a_handle_events_naming_should_upgrade_only_in_a_comment_is_caught() -> None:
+    def handle_events(self: Any) -> None:
+        # no longer: self._should_upgrade()
+        if self.limit_concurrency is not None and len(self.connections) + len(self.tasks) > 0:
+            self.tasks.add(None)
+            self.tasks.discard(None)
+
+    problems = missing_hooks(_without(H11Protocol, "handle_events", handle_events=handle_events))
+    assert problems == ["H11Protocol.handle_events no longer uses self._should_upgrade()"]
+
+
+def _sourceless(function: Any) -> Any:
+    """``function`` as a uvicorn installed without its ``.py`` files has it: its source file gone, and no module
+    whose loader could give the source instead."""
+    code = function.__code__.replace(co_filename="/nonexistent/uvicorn/protocols/http/h11_impl.py")
+    namespace = {**function.__globals__, "__name__": "sourceless_uvicorn"}
+    return types.FunctionType(code, namespace, function.__name__, function.__defaults__,
+                              function.__closure__)  # fmt: skip
+
+
+def _sourceless_classes() -> tuple[type, type]:
+    protocol = _without(H11Protocol, "handle_events", handle_events=_sourceless(H11Protocol.handle_events))
+    cycle = _without(RequestResponseCycle, "__init__", __init__=_sourceless(RequestResponseCycle.__init__))
+    return protocol, cycle
+
+
+def test_a_sourceless_pinned_uvicorn_skips_the_source_checks_and_says_so(caplog: pytest.LogCaptureFixture) -> None:
+    """review16b F3: the pinned uvicorn compiled and its sources deleted serves fine; it was refused."""
+    protocol, cycle = _sourceless_classes()
+    with caplog.at_level(logging.INFO, logger="agent.uvicorn_hooks"):
+        assert missing_hooks(protocol, cycle, version=PINNED_UVICORN) == []
+    said = [r.getMessage() for r in caplog.records if r.name == "agent.uvicorn_hooks"]
+    assert (
+        len(said) == 1 and "without its sources (H11Protocol.handle_events, RequestResponseCycle.__init__)" in (said[0])
+    ), said
+    # the signature and instance checks still run on it
+    broken = _without(protocol, "_should_upgrade")
+    assert missing_hooks(broken, cycle, version=PINNED_UVICORN) == ["H11Protocol._should_upgrade is missing"]
+
+
+def test_a_sourceless_other_uvicorn_is_refused_saying_it_has_no_sources() -> None:
+    protocol, cycle = _sourceless_classes()
+    assert missing_hooks(protocol, cycle, version="0.99.0") == [
+        "uvicorn 0.99.0 was installed without its sources: H11Protocol.handle_events, RequestResponseCycle.__init__ "
+        "cannot be read to check them"
+    ]
