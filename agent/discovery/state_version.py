@@ -8,7 +8,7 @@ until the version climbed back, at +1 per change, in practice until a later rest
 
 So the version starts at max(wall-clock ms, the ceiling saved in the data dir + 1), and a ceiling is saved before
 any version above the last one is announced: versions are reserved ``RESERVE`` at a time, one small atomic write
-(write, fsync, rename) at start and one per ``RESERVE`` changes (changes are at most one per
+(write, fsync, rename, fsync of the folder) at start and one per ``RESERVE`` changes (changes are at most one per
 ``swim_io.VERSION_CHECK_S``, loads alone one per 30 s), not a write per change. Bounded: a saved ceiling above
 ``MAX_VERSION`` is refused like a damaged file (a clear log line, the wall clock alone, never a crash), and a
 write that fails is logged and tried again ``RESERVE`` changes later. Pure but for ``load`` and ``save``.
@@ -59,7 +59,8 @@ def load(path: Path) -> int | None:
 
 
 def save(path: Path, ceiling: int) -> bool:
-    """Replace the file atomically (write, fsync, rename); errors are logged, never raised."""
+    """Replace the file atomically and durably (write, fsync, rename, fsync of the folder: without the last, a power
+    cut within the next journal commit leaves the previous ceiling, review16c F1); errors are logged, never raised."""
     tmp = path.with_suffix(".tmp")
     try:
         with open(tmp, "w") as f:
@@ -67,6 +68,11 @@ def save(path: Path, ceiling: int) -> bool:
             f.flush()
             os.fsync(f.fileno())
         tmp.replace(path)
+        folder = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(folder)
+        finally:
+            os.close(folder)
         return True
     except OSError as exc:
         log.warning("cannot save %s: %s (after a step back of the wall clock, a restart may announce an older "

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import random
+import stat
 from dataclasses import replace
 from pathlib import Path
 
@@ -127,3 +129,21 @@ def test_the_seed_is_bounded() -> None:
     floor = VersionFloor(None, 7)
     floor.reserve(MAX_VERSION + 5)  # no file: nothing to save, nothing raised
     assert floor.first == 7 and floor.ceiling is None
+
+
+def test_the_ceiling_is_durable_the_folder_is_fsynced_after_the_rename(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """review16c F1: the rename reaches the disk only with the folder's next journal commit unless the folder is
+    fsynced; a power cut before it left the previous ceiling (two boots announcing the same version)."""
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        synced.append("folder" if stat.S_ISDIR(os.fstat(fd).st_mode) else "file")
+        real_fsync(fd)
+
+    monkeypatch.setattr(state_version.os, "fsync", fsync)
+    path = tmp_path / state_version.FILE_NAME
+    assert state_version.save(path, 1234)
+    assert synced == ["file", "folder"] and json.loads(path.read_text()) == {"ceiling": 1234}
