@@ -642,7 +642,8 @@ class Identity:
             peer = data_dir / "peer" if data_dir else None
             if revocations is None and peer is not None:
                 revocations = peer / "revoked.json"
-            self.operator = OperatorTrust(operator_ca, revocations, cluster=bytes.fromhex(self.cluster))
+            floor = peer / "revoked.stamp.json" if peer is not None else None  # the "not older" rule's record
+            self.operator = OperatorTrust(operator_ca, revocations, cluster=bytes.fromhex(self.cluster), floor=floor)
             self.board = _own_board_card(board_card or (peer / "board.card" if peer else None), node_id,
                                          self.public_key, self.operator)  # fmt: skip
         self.card = Card.issue(ca, node_id, self.public_key, self.board.raw() if self.board else b"")
