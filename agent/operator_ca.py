@@ -28,6 +28,7 @@ import logging
 import os
 import struct
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -56,6 +57,8 @@ PRIORITY_RANGE = (-(2**31), 2**31 - 1)
 STAMP_FORMAT = "peerserve-revocation-stamps-v1"
 STAMP_CAS = 16  # records in the stamp file: one per operator CA this board has trusted (the oldest other one dropped)
 STAMP_FILE = 4096  # bytes read from it at most
+PIN_CARDS_FORMAT = "peerserve-pin-cards-v1"
+PIN_CARDS_FILE = 1 << 20  # bytes read from DATA_DIR/peer/pin-cards.json at most (ROSTER entries of ~150 bytes)
 
 
 class CardError(Exception):
@@ -397,6 +400,77 @@ class Revocations:
         except OSError as exc:
             log.error("cannot record the revocation list's stamp %d in %s (%s): after a restart this board would "
                       "accept an older list", issued, self.floor_path, exc)  # fmt: skip
+
+
+class PinCards:
+    """node id -> (key, expiry) of the newest board card its *pinned* key showed: what a re-imaged board's new card
+    must be newer than to move the pin (``Identity._repin_from``). Kept in ``path`` (``DATA_DIR/peer/pin-cards.json``)
+    across restarts, or a board restarted after the old key's last message could never compare; bounded (``limit``,
+    as many as ids can be pinned; least recently changed dropped). A record changes only when a pinned key shows a
+    card newer than the one held, or the pin moves: a few writes when boards first meet and at renewals, each handed
+    to ``run`` (the pin writer thread, off the event loop). A damaged file is logged and ignored: with no record,
+    no pin moves (``peerserve pins forget`` re-admits, as in the token-only mode) until the pinned key shows its card
+    again."""
+
+    def __init__(self, path: Path | None, limit: int = ROSTER, run: Callable[[Callable[[], None]], None] | None = None):
+        self.path, self.limit = path, limit
+        self.run = run or (lambda job: job())
+        self._cards: OrderedDict[str, tuple[bytes, int]] = self._read()
+
+    def get(self, node_id: str) -> tuple[bytes, int] | None:
+        return self._cards.get(node_id)
+
+    def __len__(self) -> int:
+        return len(self._cards)
+
+    def shown(self, node_id: str, key: bytes, expires: int) -> None:
+        """``node_id``'s pinned ``key`` showed a live card expiring at ``expires``: kept if newer than the one held (or
+        the one held is another key's: the pin moved, by a card or by an operator)."""
+        held = self._cards.get(node_id)
+        if held is not None and held[0] == key and held[1] >= expires:
+            return
+        self._cards[node_id] = (key, expires)
+        self._cards.move_to_end(node_id)
+        while len(self._cards) > self.limit:
+            self._cards.popitem(last=False)
+        if self.path is not None:
+            path = self.path
+            data = json.dumps({"format": PIN_CARDS_FORMAT, "cards": {n: [k.hex(), e] for n, (k, e) in
+                                                                    self._cards.items()}}).encode()  # fmt: skip
+            self.run(lambda: _save_quietly(path, data))
+
+    def _read(self) -> OrderedDict[str, tuple[bytes, int]]:
+        cards: OrderedDict[str, tuple[bytes, int]] = OrderedDict()
+        if self.path is None:
+            return cards
+        try:
+            with open(self.path, "rb") as f:
+                text = f.read(PIN_CARDS_FILE + 1)
+            data = json.loads(text)
+            if len(text) > PIN_CARDS_FILE or not isinstance(data, dict) or data.get("format") != PIN_CARDS_FORMAT:
+                raise ValueError(f"not a {PIN_CARDS_FORMAT} file")
+            for node_id, (key, expires) in data["cards"].items():
+                if not wire.NODE_ID.fullmatch(node_id) or len(key) != 64 or type(expires) is not int:
+                    raise ValueError(f"bad entry {str(node_id)[:64]!r}")
+                cards[node_id] = (bytes.fromhex(key), expires)
+        except FileNotFoundError:
+            return cards
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            log.error("cannot use %s (%s): no pin moves by a newer board card until each pinned key has shown its card "
+                      "again ('peerserve pins forget ID' re-admits a re-imaged board meanwhile)", self.path,
+                      str(exc)[:200])  # fmt: skip
+            return OrderedDict()
+        while len(cards) > self.limit:
+            cards.popitem(last=False)
+        return cards
+
+
+def _save_quietly(path: Path, data: bytes) -> None:
+    try:
+        write_atomic(path, data)
+    except OSError as exc:
+        log.warning("cannot save %s (%s): after a restart, a pin moves by a newer board card only once the pinned key "
+                    "has shown its card again", path, exc)  # fmt: skip
 
 
 def write_atomic(path: Path, data: bytes) -> None:
