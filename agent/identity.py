@@ -9,7 +9,9 @@
   digest, timestamp and nonce (peerserve.wire's signing bytes). ``Verifier`` checks card, signature,
   receiver, freshness (``window_s``) and one-time use of the nonce (bounded cache), then pins the node id to
   its key on first contact: a later, different key for that id is refused and logged until an operator
-  forgets or re-pins it (``peerserve pins``, agent/pins_cli.py), which a running agent sees at once.
+  forgets or re-pins it (``peerserve pins``, agent/pins_cli.py), which a running agent sees at once, or (operator-CA
+  mode only) the id shows a live board card for the new key that expires later than the pinned key's
+  (``Identity._repin_from``).
   The pin write (flock, rewrite, two fsyncs) never runs on the event loop: an awaited first contact
   (``Pins.pin``) waits for it in the pin writer thread; a synchronous one on a loop (``Pins.check``: the
   statements SWIM relays) starts it there and is refused this once (503, retry).
