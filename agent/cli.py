@@ -149,6 +149,27 @@ FLAGS: list[tuple[str, dict[str, Any]]] = [
     ("--body-timeout-s", {"type": float, "help": "time a client has to send a request body (default 30)"}),
     ("--max-concurrency", {"type": int, "help": "connections + requests in flight before 503 (default 256)"}),
     (
+        "--body-stall-s",
+        {"type": float, "help": "at the cap, a request body with no byte this long may lose its place (default 1)"},
+    ),
+    (
+        "--body-min-rate",
+        {
+            "type": float,
+            "help": "at the cap, a request body slower than this many bytes a second (past the grace) may lose its "
+            "place; 0: no minimum (default 500; lower it where honest clients upload slower)",
+        },
+    ),
+    ("--body-rate-grace-s", {"type": float, "help": "how far behind the minimum rate a body may fall (default 2)"}),
+    (
+        "--body-take-below-rates",
+        {
+            "type": float,
+            "help": "at a full cap with none waiting, a newcomer takes the place of the slowest body sent under "
+            "this many times the minimum rate (default 4)",
+        },
+    ),
+    (
         "--max-clients-per-address",
         {"type": int, "help": "distinct X-Peerserve-Client ids counted per source address (default 8)"},
     ),
@@ -235,7 +256,7 @@ def cmd_agent(args: argparse.Namespace) -> int:
 
     import uvicorn
 
-    from agent import crash_backoff
+    from agent import crash_backoff, uvicorn_hooks
     from agent.api import create_app
     from agent.errors import ConfigError
     from agent.logs import configure as configure_logs
@@ -250,6 +271,10 @@ def cmd_agent(args: argparse.Namespace) -> int:
     overrides["metrics"] = args.metrics
     overrides["crash_backoff"] = args.crash_backoff
     overrides["server_timing"] = args.server_timing
+    try:
+        uvicorn_hooks.checked_once()  # before anything starts: the client port's protocol needs them
+    except uvicorn_hooks.UvicornHooksError as exc:
+        raise UsageError(str(exc)) from exc
     try:
         settings = load_settings(args.config, overrides=overrides)
         agent = NodeAgent(settings)
@@ -277,7 +302,9 @@ def server_config(app: Any, settings: Any, log_level: str = "info") -> Any:
     import uvicorn
 
     from agent.http_limits import AddressBudgets, limited_protocol
+    from agent.uvicorn_hooks import checked_once
 
+    checked_once()  # the protocol hooks uvicorn's private internals: refuse a uvicorn that lacks them
     state = getattr(app, "state", None)
     addresses = getattr(state, "client_address_budgets", None)
     if not isinstance(addresses, AddressBudgets):
@@ -298,7 +325,11 @@ def server_config(app: Any, settings: Any, log_level: str = "info") -> Any:
             settings.max_connections_per_address,
             settings.body_timeout_s,
             address_budgets=addresses,
+            body_stall_s=settings.body_stall_s,
+            body_min_rate=settings.body_min_rate,
+            body_rate_grace_s=settings.body_rate_grace_s,
             body_timeout_s=settings.body_timeout_s,
+            take_below_rates=settings.body_take_below_rates,
         ),
         limit_concurrency=settings.max_concurrency,
         h11_max_incomplete_event_size=settings.max_header_kb * 1024,

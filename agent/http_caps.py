@@ -61,15 +61,21 @@ def time_to_finish(remaining: float, sent: int, elapsed_s: float) -> float:
 
 
 def takeable_rate(
-    sent: int, remaining: float, elapsed_s: float, min_rate: float, body_timeout_s: float | None
+    sent: int,
+    remaining: float,
+    elapsed_s: float,
+    min_rate: float,
+    body_timeout_s: float | None,
+    below_rates: float | None = None,
 ) -> float | None:
     """The measured rate (bytes a second) of a body a newcomer may take the place of at a full cap, or None if it
-    may not: one sent slower than ``TAKE_BELOW_RATES`` x ``min_rate``, or one whose ``remaining`` bytes (Content-
-    Length known) cannot come before ``body_timeout_s`` at that rate (it would get the 408 anyway). A chunked body
-    (``remaining`` inf) is judged by its rate alone. review15d F1: choosing the body that would take longest gave
-    up the biggest honest upload (3 MB at 100 KB/s, or any chunked one) and kept a trickler at 520 B/s."""
+    may not: one sent slower than ``below_rates`` (None: ``TAKE_BELOW_RATES``) x ``min_rate``, or one whose
+    ``remaining`` bytes (Content-Length known) cannot come before ``body_timeout_s`` at that rate (it would get the
+    408 anyway). A chunked body (``remaining`` inf) is judged by its rate alone. review15d F1: choosing the body
+    that would take longest gave up the biggest honest upload (3 MB at 100 KB/s, or any chunked one) and kept a
+    trickler at 520 B/s."""
     rate = sent / elapsed_s if elapsed_s > 0 else 0.0
-    if rate < TAKE_BELOW_RATES * min_rate:
+    if rate < (TAKE_BELOW_RATES if below_rates is None else below_rates) * min_rate:
         return rate
     if (
         body_timeout_s is not None
@@ -106,6 +112,25 @@ def retry_after_s(stall_s: float, rate_grace_s: float) -> int:
     return max(1, math.ceil(max(stall_s, rate_grace_s)))
 
 
+def address_retry_after_s(deadlines: Iterable[float], now: float, most_s: float) -> int:
+    """The ``Retry-After`` (whole seconds, 1 to ``ceil(most_s)``) of the per-address cap's 503: when the first place
+    of that address is sure to free, the soonest of ``deadlines`` (loop times at which its connections waiting for
+    a request head, idle keep-alive ones included, close: their header deadlines), or ``most_s`` (the header
+    deadline, ``header_timeout_s``) if none waits for a head.
+
+    A connection waiting for its head closes by its deadline unless its client sends a request first (then it
+    frees later, or its own client reuses it): so the soonest deadline is when a retry is sure to find a place,
+    should the address's clients keep every connection idle. One in a request (a body coming, an answer being
+    written) frees when it ends, which the agent cannot know, and then idles up to ``header_timeout_s`` before it
+    closes: a retry later than that finds the same clients holding the same places, so that is the longest wait
+    the header says."""
+    bound = max(1, math.ceil(most_s))
+    soonest = min(deadlines, default=math.inf)
+    if soonest == math.inf:
+        return bound
+    return max(1, min(bound, math.ceil(soonest - now)))
+
+
 class RecordedTasks:
     """uvicorn's set of request tasks (``server_state.tasks``) as one connection sees it: the same set, and the
     connection remembers the task uvicorn adds for its request, so a request given up for a newcomer can leave
@@ -135,6 +160,7 @@ def limited_protocol(
     body_min_rate: float | None = None,
     body_rate_grace_s: float | None = None,
     body_timeout_s: float | None = None,
+    take_below_rates: float | None = None,
 ) -> type[H11Protocol]:
     """A ``parsing`` (SlicedH11Protocol) subclass with a request-header deadline, a per-address connection cap
     and (with ``write_timeout_s``) a deadline for a client that stops reading what it is sent.
@@ -147,8 +173,10 @@ def limited_protocol(
     ``body_min_rate`` / ``body_rate_grace_s``: the bytes a second below which (by more than the grace) a body counts
     so too (``body_rate_left``; None: ``BODY_MIN_RATE`` / ``BODY_RATE_GRACE_S``; a rate of 0: no minimum).
     ``body_timeout_s``: the app's deadline for a whole body (``HttpLimits``): a body that cannot finish before it
-    at its rate may be given up for a newcomer's request (``takeable_rate``; None: judged by its rate alone). The
-    cap's 503s say ``Retry-After: retry_after_s(...)``."""
+    at its rate may be given up for a newcomer's request (``takeable_rate``; None: judged by its rate alone);
+    ``take_below_rates``: the multiple of the minimum rate under which it may be (None: ``TAKE_BELOW_RATES``). The
+    agent passes its settings (``body_stall_s``, ``body_min_rate``, ``body_rate_grace_s``, ``body_take_below_rates``).
+    The cap's 503s say ``Retry-After: retry_after_s(...)``."""
     if address_budgets is None:
         own = parsing.address_budgets
         address_budgets = AddressBudgets(own.share, own.burst_s, own.turns)
@@ -159,6 +187,7 @@ def limited_protocol(
     grace_s = BODY_RATE_GRACE_S if body_rate_grace_s is None else body_rate_grace_s
     retry_after = retry_after_s(stall_s, grace_s if min_rate > 0 else 0.0)
     take_slowest = TAKE_SLOWEST_BODY
+    below_rates = TAKE_BELOW_RATES if take_below_rates is None else take_below_rates
 
     class LimitedH11Protocol(parsing):  # type: ignore[valid-type,misc]
         address_budgets = table  # the parsing class's turns (PARSING unless a test's)
@@ -224,11 +253,19 @@ def limited_protocol(
             if host is not None and self._over_address_cap(host):
                 warn_once_a_minute(host, f"refusing connections from {host}: {max_connections_per_address} open")
                 message = f"over {max_connections_per_address} connections open from {host}"
-                transport.write(raw_response(503, "Service Unavailable", message))
+                after = self._address_retry_after(host)
+                transport.write(raw_response(503, "Service Unavailable", message, after))
                 self._close()
                 return
             self._make_room(host or "", take_bodies=False)
             self._update_header_deadline()
+
+        def _address_retry_after(self, host: str) -> int:
+            """``address_retry_after_s`` of ``host``'s connections waiting for a request head: O(the per-address cap),
+            only on a refusal (the address's entry of ``waiting``; a stalled body there has no header deadline)."""
+            held = self.waiting.get(host, {})
+            deadlines = (conn._header_timer.when() for conn in held if conn._header_timer is not None)
+            return address_retry_after_s(deadlines, self.loop.time(), header_timeout_s)
 
         def _make_room(self, host: str, take_bodies: bool) -> None:
             """At ``limit_concurrency`` (uvicorn answers every request 503 while that many connections are open), give
@@ -269,7 +306,8 @@ def limited_protocol(
                 elapsed = now - conn._rate_from
                 if elapsed < grace_s:
                     continue
-                rate = takeable_rate(conn.counted.body_bytes, conn._remaining(), elapsed, min_rate, body_timeout_s)
+                sent = conn.counted.body_bytes
+                rate = takeable_rate(sent, conn._remaining(), elapsed, min_rate, body_timeout_s, below_rates)
                 if rate is not None:
                     yield conn, conn._address, rate
 

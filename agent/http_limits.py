@@ -8,11 +8,12 @@ Two layers, because uvicorn gives no header timeout of its own:
   closed (an idle keep-alive connection is simply closed). It also caps open connections per client
   address (``max_connections_per_address``), read from the count ``AddressBudgets`` keeps; at uvicorn's
   ``limit_concurrency`` a newcomer takes the place of the oldest connection waiting on its client (for its
-  request head, or the rest of a request body that has stalled: no byte for ``BODY_STALL_S``, or behind
-  ``BODY_MIN_RATE`` by more than ``BODY_RATE_GRACE_S``, while the agent was not the one holding its reading) from
+  request head, or the rest of a request body that has stalled: no byte for ``body_stall_s``, or behind
+  ``body_min_rate`` by more than ``body_rate_grace_s``, settings whose defaults are ``BODY_STALL_S``,
+  ``BODY_MIN_RATE``, ``BODY_RATE_GRACE_S``, while the agent was not the one holding its reading) from
   the address holding the most such (a few addresses' idle connections or stalled bodies cannot keep everyone
   else out; an upload still coming at the rate, or one the agent stopped reading, is never given up). The cap's
-  503s say ``Retry-After`` (``retry_after_s``).
+  503s say ``Retry-After`` (``retry_after_s``; the per-address cap's, ``address_retry_after_s``).
   A client that stops reading an answer (its socket full for ``write_timeout_s``, or an answer's tail left
   unsent that long without the buffer shrinking) is cut off: it would otherwise hold the proxied model server's
   connection and its in-flight count, or its place in the cap, without end; every close aborts a connection whose

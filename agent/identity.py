@@ -177,16 +177,26 @@ class NonceCache:
     cluster-token holder can sign as many node ids as it likes, so each source address has a share too
     (``per_source``): one host fills at most that, however many ids it uses.
 
-    A nonce is forgotten once the wall clock reads more than ``ttl_s`` past when it was used: its message
-    (stamped within WINDOW_S of that) can no longer pass the freshness check, and a clock that reads less never
-    makes it forgettable. After a step back, nonces used before it stand "in the future"; they leave the front of
-    the insertion-order queue for ``_ahead`` (still refused as replays, still counted in both bounds) and expire
-    there once the clock has climbed back past their use + ``ttl_s``, so they no longer stop the queue's expiry
-    (a sender was refused 429 after ``per_sender`` messages), nor are they forgotten while the climb back can make
-    their messages fresh again (forgetting them on |now - at| > ``ttl_s`` accepted a replay 98 s after a 100 s
-    step). Each step back costs at most one more window of nonces (those used in the ``ttl_s`` before it), held
-    until the clock reads their use + ``ttl_s`` again: a sender under ``per_sender`` / (2 x ``ttl_s``) messages a
-    second (34/s) is never refused for it (tests/unit/test_nonce_clock.py)."""
+    A nonce is forgotten only when both clocks say so: the wall clock reads more than ``ttl_s`` past when it was
+    used (its message, stamped within WINDOW_S of that, can no longer pass the freshness check) AND the monotonic
+    clock has advanced more than ``ttl_s`` since. The wall clock alone forgot every nonce as soon as one message
+    came in while it read ahead: a forward jump then corrected made a message captured just before it fresh again,
+    its nonce gone (review12f replayed one stamped T at T + 5 s after a +1 h excursion); the monotonic clock alone
+    forgot nonces a step back keeps fresh. Nonces are queued in the order they were used, which is the monotonic
+    clock's, so the front of the queue is the first to age by it. One that has aged by it but not by the wall clock
+    (the wall clock stepped back since, or reads behind by more than the time elapsed) moves to ``_ahead`` (still
+    refused as replays, still counted in both bounds) and is forgotten once the wall clock has climbed back past
+    its use + ``ttl_s``, so it never stops the queue's expiry (a sender was refused 429 after ``per_sender``
+    messages) nor is forgotten while the climb back can make its message fresh again (forgetting it on
+    |now - at| > ``ttl_s`` accepted a replay 98 s after a 100 s step).
+
+    What it costs: a forward jump keeps what the monotonic clock has not aged (one window of messages, as without
+    the jump; the wall clock alone had dropped them), so through a forward excursion a sender holds what it sent in
+    the last ``ttl_s`` of real time. Each step back (the correction of a forward excursion is one) costs at most one
+    more window of nonces (those used in the ``ttl_s`` before it), held until the wall clock reads their use +
+    ``ttl_s`` again: a sender under ``per_sender`` / (2 x ``ttl_s``) messages a second (34/s) is never refused for
+    it (tests/unit/test_nonce_clock.py). Still open (docs/security.md): a step back to before a message's use once
+    both clocks had aged it (a wall clock that read ahead, or right, for over ``ttl_s`` after it) revives it."""
 
     def __init__(
         self,
@@ -199,11 +209,11 @@ class NonceCache:
         self.limit = limit
         self.per_sender = per_sender
         self.per_source = per_source
-        # (sender, nonce) -> (when, source address), oldest first
-        self._seen: OrderedDict[tuple[str, str], tuple[float, str]] = OrderedDict()
+        # (sender, nonce) -> (wall clock at its use, monotonic clock at its use, source address), in order of use
+        self._seen: OrderedDict[tuple[str, str], tuple[float, float, str]] = OrderedDict()
         self._held: dict[str, int] = {}  # sender -> its live nonces (only senders with one or more)
         self._from: dict[str, int] = {}  # source address -> its live nonces (likewise)
-        # used at a time the clock has since stepped back behind: (sender, nonce) -> (when, source), a heap by when
+        # aged by the monotonic clock, not by the wall clock: (sender, nonce) -> (when, source), a heap by when
         self._ahead: dict[tuple[str, str], tuple[float, str]] = {}
         self._ahead_by_time: list[tuple[float, tuple[str, str]]] = []
 
@@ -218,10 +228,11 @@ class NonceCache:
         """How many nonces that came from ``source`` (an address) are remembered."""
         return self._from.get(source, 0)
 
-    def use(self, nonce: str, now: float, sender: str = "", source: str = "") -> None:
-        """Record ``sender``'s ``nonce``, received from address ``source``; AuthError when it was used before, or
-        when the sender's share, the source's share or the cache is full of live ones (429: retry later)."""
-        self._expire(now)
+    def use(self, nonce: str, now: float, sender: str = "", source: str = "", *, mono: float) -> None:
+        """Record ``sender``'s ``nonce``, received from address ``source`` when the wall clock read ``now`` and the
+        monotonic clock ``mono`` (time.time(), time.monotonic()); AuthError when it was used before, or when the
+        sender's share, the source's share or the cache is full of live ones (429: retry later)."""
+        self._expire(now, mono)
         key = (sender, nonce)
         if key in self._seen or key in self._ahead:
             raise AuthError("replayed message (nonce already used)")
@@ -231,24 +242,24 @@ class NonceCache:
             raise AuthError("too many messages from this address in the freshness window; retry", 429)
         if len(self) >= self.limit:
             raise AuthError("too many messages in the freshness window; retry", 429)
-        self._seen[key] = (now, source)
+        self._seen[key] = (now, mono, source)
         self._held[sender] = self._held.get(sender, 0) + 1
         self._from[source] = self._from.get(source, 0) + 1
 
-    def _expire(self, now: float) -> None:
-        """Forget what the clock reads more than ``ttl_s`` past; move what it reads in the future to ``_ahead``."""
+    def _expire(self, now: float, mono: float) -> None:
+        """Forget what both clocks read more than ``ttl_s`` past; set aside in ``_ahead`` what only the monotonic
+        clock does (the wall clock reads less: it stepped back), until the wall clock does too."""
         while self._seen:
-            key, (at, where) = next(iter(self._seen.items()))
+            key, (at, since, where) = next(iter(self._seen.items()))
+            if not mono - since > self.ttl_s:  # used in the last ttl_s: so was everything behind it
+                break
+            del self._seen[key]
             if now - at > self.ttl_s:  # no longer replayable by the freshness check: forgotten
-                del self._seen[key]
                 _release(self._held, key[0])
                 _release(self._from, where)
-            elif at > now:  # the clock stepped back behind its use: kept until it climbs back past at + ttl_s
-                del self._seen[key]
+            else:  # the wall clock reads less than it did + the time since: kept until it climbs back past at + ttl_s
                 self._ahead[key] = (at, where)
                 heapq.heappush(self._ahead_by_time, (at, key))
-            else:
-                break
         while self._ahead_by_time and now - self._ahead_by_time[0][0] > self.ttl_s:
             _, key = heapq.heappop(self._ahead_by_time)
             _, where = self._ahead.pop(key)
@@ -738,28 +749,46 @@ class Identity:
         self._shown(card)
 
     def verify_request(
-        self, headers: Mapping[str, str], method: str, target: str, body: bytes, now: float, source: str = ""
+        self,
+        headers: Mapping[str, str],
+        method: str,
+        target: str,
+        body: bytes,
+        now: float,
+        source: str = "",
+        *,
+        mono: float,
     ) -> str:
-        """The authenticated sender of a request to this node, received from address ``source``; raises AuthError.
-        Synchronous: on an event loop a first contact is refused 503 while its pin is written (``Pins.check``);
-        the peer routes await ``verify_request_async``."""
+        """The authenticated sender of a request to this node, received from address ``source`` when the wall clock
+        read ``now`` and the monotonic clock ``mono`` (the nonce is forgotten only once both have moved on:
+        ``NonceCache``); raises AuthError. Synchronous: on an event loop a first contact is refused 503 while its pin
+        is written (``Pins.check``); the peer routes await ``verify_request_async``."""
         card, nonce = self._request_card(headers, method, target, body, now)
         self.admit(card, now)
         self.pins.check(card.node_id, card.public_key, source, now, self._repin_from(card))
         self._shown(card)
-        self.nonces.use(nonce, now, card.node_id, source)
+        self.nonces.use(nonce, now, card.node_id, source, mono=mono)
         return card.node_id
 
     async def verify_request_async(
-        self, headers: Mapping[str, str], method: str, target: str, body: bytes, now: float, source: str = ""
+        self,
+        headers: Mapping[str, str],
+        method: str,
+        target: str,
+        body: bytes,
+        now: float,
+        source: str = "",
+        *,
+        mono: float,
     ) -> str:
         """``verify_request`` where a first contact waits for its pin write off the loop (``Pins.pin``); the nonce
-        is spent after it, as there (a replay sent meanwhile waits for the same write, then is refused)."""
+        is spent after it, as there (a replay sent meanwhile waits for the same write, then is refused). ``mono`` is
+        read before the wait, as ``now`` is: the nonce is remembered from when the message was checked fresh."""
         card, nonce = self._request_card(headers, method, target, body, now)
         self.admit(card, now)
         await self.pins.pin(card.node_id, card.public_key, source, now, self._repin_from(card))
         self._shown(card)
-        self.nonces.use(nonce, now, card.node_id, source)
+        self.nonces.use(nonce, now, card.node_id, source, mono=mono)
         return card.node_id
 
     def _request_card(

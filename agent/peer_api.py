@@ -23,6 +23,7 @@ import importlib.util
 import json
 import logging
 import ssl
+import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -106,7 +107,9 @@ def create_peer_app(agent: NodeAgent, identity: Identity) -> FastAPI:
         target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
         headers = {k.lower(): v for k, v in request.headers.items()}
         source = request.client.host if request.client else ""
-        sender = await identity.verify_request_async(headers, request.method, target, body, agent.clock(), source)
+        sender = await identity.verify_request_async(
+            headers, request.method, target, body, agent.clock(), source, mono=time.monotonic()
+        )
         return _Signed(identity, agent.clock, sender, headers[wire.H_NONCE]), body
 
     def parse(body: bytes) -> Any:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import TYPE_CHECKING, Any
 
@@ -58,7 +59,7 @@ class SwimRoute:
                 target = scope["path"] + (f"?{query}" if query else "")
                 source = str(client[0]) if client else ""
                 sender = await self.identity.verify_request_async(
-                    headers, "POST", target, body, self.agent.clock(), source
+                    headers, "POST", target, body, self.agent.clock(), source, mono=time.monotonic()
                 )
         except AuthError as exc:
             log.warning("refused a peer message from %s to %s: %s", client[0] if client else "?", scope["path"], exc)

@@ -35,6 +35,10 @@ MIN_HEARTBEAT_S = 0.03  # election_heartbeat_s at least this: the election loop 
 MIN_DOCKER_LOG_MB, MAX_DOCKER_LOG_MB = 0.0625, 1024.0  # docker_log_max_mb: at least 64 KiB a file, under 1 GiB
 MIN_WINDOW_MB, MAX_WINDOW_MB = 0.25, 4096.0  # request_window_mb: room for a page of the widest rows; under 4 GiB
 MAX_CLOCK_OFFSET_S = 86_400.0  # clock_offset_s: a day either way
+MIN_BODY_STALL_S = 0.1  # body_stall_s: Linux's least retransmission timeout is 0.2 s; a lost packet is no stall
+MIN_BODY_RATE_GRACE_S = 0.5  # body_rate_grace_s: a body's first bytes are a round trip or more behind its head
+MAX_BODY_MIN_RATE = 1_000_000.0  # body_min_rate: 1 MB/s (8 Mbit/s); above it honest Wi-Fi uploads count as waiting
+MAX_TAKE_BELOW_RATES = 100.0  # body_take_below_rates: 100 x the minimum rate
 
 
 @dataclass(frozen=True)
@@ -71,6 +75,13 @@ class Settings:
     body_timeout_s: float = 30.0
     max_concurrency: int = 256
     max_connections_per_address: int = 64
+    # when a request body counts as waiting on its client (a newcomer at max_concurrency may take its place;
+    # agent/http_caps.py): no byte for body_stall_s, or behind body_min_rate bytes a second (0: no minimum) by more
+    # than body_rate_grace_s; with none waiting, a body sent slower than body_take_below_rates x body_min_rate
+    body_stall_s: float = 1.0
+    body_min_rate: float = 500.0
+    body_rate_grace_s: float = 2.0
+    body_take_below_rates: float = 4.0
     max_header_kb: int = 16
     max_clients_per_address: int = 8
     client_rtt_ttl_s: float = 3600.0
@@ -274,6 +285,22 @@ def _validate_http_bounds(s: Settings) -> None:
                  "max_connections_per_address", "max_clients_per_address", "client_rtt_rows"):  # fmt: skip
         if getattr(s, name) <= 0:
             raise ConfigError(name, "must be positive")
+    _validate_body_rates(s)
+
+
+def _validate_body_rates(s: Settings) -> None:
+    """The rules that say when a request body waits on its client (agent/http_caps.py). A stall or grace too short
+    counts honest uploads as waiting (a newcomer at the cap takes their place, they get 503); one past
+    ``body_timeout_s`` never counts a body at all (its 408 comes first), so the cap is the stall rule's alone."""
+    timeout = s.body_timeout_s
+    if not MIN_BODY_STALL_S <= s.body_stall_s <= timeout:
+        raise ConfigError("body_stall_s", f"must be {MIN_BODY_STALL_S:g} s to body_timeout_s ({timeout:g} s)")
+    if not 0 <= s.body_min_rate <= MAX_BODY_MIN_RATE:
+        raise ConfigError("body_min_rate", f"must be 0 (no minimum) to {MAX_BODY_MIN_RATE:,.0f} bytes a second")
+    if not MIN_BODY_RATE_GRACE_S <= s.body_rate_grace_s <= timeout:
+        raise ConfigError("body_rate_grace_s", f"must be {MIN_BODY_RATE_GRACE_S:g} s to body_timeout_s ({timeout:g} s)")
+    if not 1 <= s.body_take_below_rates <= MAX_TAKE_BELOW_RATES:
+        raise ConfigError("body_take_below_rates", f"must be 1 to {MAX_TAKE_BELOW_RATES:g} (x body_min_rate)")
 
 
 def _coerce(name: str, kind: Any, raw: Any) -> Any:

@@ -56,13 +56,18 @@ def status_of(data: bytes) -> tuple[int, str | None]:
 
 
 def one_round(min_rate: float, seconds: float, slowest: bool = True) -> dict[str, Any]:
-    http_caps.BODY_MIN_RATE = min_rate  # read by limited_protocol when the agent's server_config is built
-    http_caps.TAKE_SLOWEST_BODY = slowest  # (likewise)
+    http_caps.TAKE_SLOWEST_BODY = slowest  # read by limited_protocol when the agent's server_config is built
     upstream = ModelServer()
     upstream.slow_s = seconds + 5
     with (
         tempfile.TemporaryDirectory() as tmp,
-        agent_in_front([upstream.url], Path(tmp), max_concurrency=CAP, max_connections_per_address=PER_ADDRESS) as (
+        agent_in_front(
+            [upstream.url],
+            Path(tmp),
+            max_concurrency=CAP,
+            max_connections_per_address=PER_ADDRESS,
+            body_min_rate=min_rate,
+        ) as (
             url,
             _,
         ),
@@ -146,7 +151,7 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--slowest", action="store_true", help="alternate the slowest-body rule off and on instead")
     args = ap.parse_args()
-    default = http_caps.BODY_MIN_RATE
+    default = http_caps.BODY_MIN_RATE  # (the default of the agent's body_min_rate setting)
     report: dict[str, Any] = {"load_average": os.getloadavg(), "rounds": []}
     for _ in range(args.rounds):
         for rate, slowest in [(default, False), (default, True)] if args.slowest else [(0.0, True), (default, True)]:

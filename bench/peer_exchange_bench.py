@@ -81,7 +81,9 @@ def fastapi_route(app: FastAPI, node: Node, identity: Identity) -> None:
         target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
         headers = {k.lower(): v for k, v in request.headers.items()}
         try:
-            sender = await identity.verify_request_async(headers, request.method, target, body, node.clock())
+            sender = await identity.verify_request_async(
+                headers, request.method, target, body, node.clock(), mono=time.monotonic()
+            )
         except AuthError as exc:
             return Response(str(exc), status_code=exc.status)
         msg = wire.SwimMessage.parse(json.loads(body))

@@ -125,12 +125,14 @@ class SwimDriver:
         self.clock = clock
         # signed suspicions: Lifeguard's confirmers only where proven, for suspicions the core holds open
         self.proofs = ProofBook(
-            peers.identity, wall, episode=lambda n, i, o: self.core.suspicion_age(n, i, o, self.clock())
-        )
+            peers.identity, wall, episode=lambda n, i, o: self.core.suspicion_age(n, i, o, self.clock()),
+            mono=lambda: self.clock(),
+        )  # fmt: skip
         # signed dead declarations: a third party's "dead" acts at once only from SwimConfig.dead_quorum members
         self.dead_proofs = ProofBook(
-            peers.identity, wall, episode=lambda n, i, o: self.core.declaration_age(n, i, o, self.clock()), dead=True
-        )
+            peers.identity, wall, episode=lambda n, i, o: self.core.declaration_age(n, i, o, self.clock()), dead=True,
+            mono=lambda: self.clock(),
+        )  # fmt: skip
         self._fingerprint: tuple[tuple[Any, ...], tuple[Any, ...]] | None = None
         self._checked_at = -1e9
         self._bumped_at = -1e9

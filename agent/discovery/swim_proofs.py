@@ -8,10 +8,10 @@ began), keeps the proofs that checked out where the core would use them (one per
 attaches to each outgoing message the proofs of the suspect updates it carries (at most ``wire.MAX_PROOFS``),
 and tells the caller which incoming ones are proven. A proof counts only for a suspicion still open here that
 began at most ``EPISODE_SKEW_S`` after it was signed, and never for a later suspicion than the one it first counted
-for here (remembered by digest on our own clock: a cleared suspicion's proof cannot confirm a new one, whatever the
-origin's clock says). Refused ones are remembered briefly by their exact bytes, which saves re-verifying a replay
-but not a forger's fresh signatures (each costs a verification, at most ``MAX_PROOFS`` a message). I/O-free but
-for the clock and the node's key.
+for here (remembered by digest on our own clocks: a cleared suspicion's proof cannot confirm a new one, whatever the
+origin's clock says, nor whatever our wall clock did since). Refused ones are remembered briefly by their exact
+bytes, which saves re-verifying a replay but not a forger's fresh signatures (each costs a verification, at most
+``MAX_PROOFS`` a message). I/O-free but for the clocks and the node's key.
 
 A second book (``dead=True``) does the same for dead declarations (``SwimMessage.dead_proofs``, signed under their
 own context): ours signed only where the core shows we declared the member dead ourselves, others' counted only
@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -34,11 +35,15 @@ log = logging.getLogger(__name__)
 
 MAX_HELD = 512  # proofs kept to relay (ours and others'), one per (member, origin); stale ones dropped first
 MAX_REFUSED = 256  # digests of proofs that did not check out, not verified again for REFUSED_TTL_S
-REFUSED_TTL_S = 10.0
+REFUSED_TTL_S = 10.0  # on the monotonic clock (a step of the wall clock neither stretches nor ends it)
 EPISODE_SKEW_S = 3.0  # a proof signed this long before its suspicion opened here still counts (relay, clocks)
-# A proof that counted here is remembered (by digest, when it first counted, on our own clock) and refused for any
+# A proof that counted here is remembered (by digest, when it first counted, on our own clocks) and refused for any
 # later suspicion of that member: honest origins sign anew for each suspicion, so no origin's clock is needed for
-# a replay of what we saw. Bounded: per (member, origin) and in all; kept while any skew could keep it fresh.
+# a replay of what we saw. "Later" is judged on the monotonic clock the core measures suspicions on (a step back of
+# the wall clock made a proof counted before it look counted after the new suspicion began: its replay counted
+# again). Bounded: per (member, origin) and in all; kept while any skew could keep it fresh, and forgotten only when
+# both clocks say so (the wall clock SPENT_TTL_S past when it counted, as for the nonces, and the monotonic clock
+# SPENT_TTL_S on): forgetting it by the wall clock alone, a forward jump and its correction made it count again.
 MAX_SPENT_KEYS = 512
 MAX_SPENT_PER_KEY = 8
 SPENT_TTL_S = 2 * WINDOW_S
@@ -54,11 +59,19 @@ def _any_episode(node_id: str, incarnation: int, origin: str) -> float | None:
     return 0.0
 
 
+def spent_forgotten(counted: tuple[float, float], now: float, mono: float) -> bool:
+    """Whether a proof that first counted at ``counted`` (wall clock, monotonic clock) may be forgotten at wall clock
+    ``now`` and monotonic clock ``mono``: only once both have moved SPENT_TTL_S past it (its stamp, within WINDOW_S of
+    the wall clock when it counted, is then stale; a wall clock that jumped ahead and came back reads it fresh)."""
+    return now - counted[0] > SPENT_TTL_S and mono - counted[1] > SPENT_TTL_S
+
+
 class ProofBook:
     """Our signed suspicions and the checked ones of others, for the suspect updates our messages carry.
 
     ``episode``: the core's view (the driver passes ``Swim.suspicion_age``); the default, for tests of the
-    signatures alone, takes every suspicion as opening now."""
+    signatures alone, takes every suspicion as opening now. ``wall``: the agent's wall clock (proof stamps and their
+    freshness); ``mono``: the monotonic clock the episode's ages are measured on (the driver's ``SwimDriver.clock``)."""
 
     def __init__(
         self,
@@ -66,14 +79,16 @@ class ProofBook:
         wall: Callable[[], float] = time.time,
         episode: Episode = _any_episode,
         dead: bool = False,
+        mono: Callable[[], float] = time.monotonic,
     ):
-        self.identity, self.wall, self.episode, self.dead = identity, wall, episode, dead
+        self.identity, self.wall, self.episode, self.dead, self.mono = identity, wall, episode, dead, mono
         self.status = "dead" if dead else "suspect"  # the updates whose origins this book signs and checks
         self.held: dict[tuple[str, str], SuspectProof] = {}  # (member, origin) -> its newest usable proof
         self.checked = 0  # proofs that checked out (signature verified once each)
         self.refused = 0  # proofs that did not check out (bad signature, another signer, stale, replayed)
-        self._refused: dict[bytes, float] = {}  # digest -> until when it is refused without a check
-        self._spent: dict[tuple[str, str], dict[bytes, float]] = {}  # (member, origin) -> digest -> first counted
+        self._refused: dict[bytes, float] = {}  # digest -> until when (monotonic) it is refused without a check
+        # (member, origin) -> digest -> (wall clock, monotonic clock) when it first counted here
+        self._spent: dict[tuple[str, str], dict[bytes, tuple[float, float]]] = {}
         self._warned = False
 
     def _fresh(self, proof: SuspectProof, margin: float = 0.0) -> bool:
@@ -155,18 +170,19 @@ class ProofBook:
         return out
 
     def _spent_before(self, proof: SuspectProof, age: float) -> bool:
-        """Whether ``proof`` first counted here before the suspicion it would confirm now (``age`` s old) began."""
+        """Whether ``proof`` first counted here before the suspicion it would confirm now (``age`` s old, on the
+        monotonic clock) began."""
         counted = self._spent.get((proof.node_id, proof.origin), {}).get(self._digest(proof))
-        return REMEMBER_SPENT and counted is not None and counted < self.wall() - age - SAME_EPISODE_S
+        return REMEMBER_SPENT and counted is not None and counted[1] < self.mono() - age - SAME_EPISODE_S
 
     def _spend(self, proof: SuspectProof) -> None:
         """Remember when ``proof`` first counted (bounded; the oldest go first)."""
-        now, key, digest = self.wall(), (proof.node_id, proof.origin), self._digest(proof)
+        now, mono, key, digest = self.wall(), self.mono(), (proof.node_id, proof.origin), self._digest(proof)
         book = self._spent.pop(key, {})
-        book = {d: t for d, t in book.items() if now - t < SPENT_TTL_S}
-        book.setdefault(digest, now)
+        book = {d: t for d, t in book.items() if not spent_forgotten(t, now, mono)}
+        book.setdefault(digest, (now, mono))
         while len(book) > MAX_SPENT_PER_KEY:
-            del book[min(book, key=book.__getitem__)]
+            del book[min(book, key=lambda d: book[d][1])]
         while len(self._spent) >= MAX_SPENT_KEYS:
             del self._spent[next(iter(self._spent))]
         self._spent[key] = book  # most recently counted last
@@ -178,7 +194,7 @@ class ProofBook:
 
     def _verified(self, proof: SuspectProof) -> bool:
         digest, now = self._digest(proof), self.wall()
-        if self._refused.get(digest, -1.0) > now:
+        if self._refused.get(digest, -math.inf) > self.mono():
             self.refused += 1  # refused a moment ago: not verified again
             return False
         try:
@@ -192,11 +208,12 @@ class ProofBook:
                 self.refused += 1
                 return False
             self._refuse(proof, exc)
-            for d in [d for d, until in self._refused.items() if until <= now]:
+            mono = self.mono()
+            for d in [d for d, until in self._refused.items() if until <= mono]:
                 del self._refused[d]
             while len(self._refused) >= MAX_REFUSED:
                 del self._refused[next(iter(self._refused))]
-            self._refused[digest] = now + REFUSED_TTL_S
+            self._refused[digest] = mono + REFUSED_TTL_S
             return False
         self.checked += 1
         self._keep(proof)

@@ -97,15 +97,11 @@ class ModelServer(LoopbackServer):
 
 
 @pytest.fixture
-def agent(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
-) -> Iterator[tuple[int, uvicorn.Server, ModelServer]]:
-    """The agent (cap 24, 8 per address) and its model server; ``request.param``: more Settings (indirect), and
-    ``body_min_rate`` for ``http_caps.BODY_MIN_RATE``."""
+def agent(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[tuple[int, uvicorn.Server, ModelServer]]:
+    """The agent (cap 24, 8 per address, ``body_stall_s`` STALL_S) and its model server; ``request.param``: more
+    Settings (indirect)."""
     params = dict(getattr(request, "param", {}))
-    monkeypatch.setattr(http_caps, "BODY_STALL_S", STALL_S)  # read by limited_protocol in server_config
-    if "body_min_rate" in params:
-        monkeypatch.setattr(http_caps, "BODY_MIN_RATE", params.pop("body_min_rate"))
+    params.setdefault("body_stall_s", STALL_S)
     upstream = ModelServer()
     port = free_port()
     settings = Settings(node_id="n1", host="127.0.0.1", port=port, data_dir=str(tmp_path), discovery=False,
@@ -316,7 +312,9 @@ def test_an_upload_still_coming_or_held_by_the_agent_is_not_given_up(agent: Any,
 
 
 @pytest.mark.parametrize("agent", [{}, {"body_min_rate": 0.0}], indirect=True, ids=["min_rate", "stall_only"])
-def test_a_trickled_body_is_given_up_and_an_honest_slow_upload_keeps_its_place(agent: Any) -> None:
+def test_a_trickled_body_is_given_up_and_an_honest_slow_upload_keeps_its_place(
+    agent: Any, request: pytest.FixtureRequest
+) -> None:
     """The cap held by predicts being answered (a heavy model, 6 s), a trickler from one address sending one byte
     every 0.3 s (under STALL_S 0.4: as one byte every 0.9 s under the 1 s default), and an honest 40 KB upload from
     a quiet address over a 64 kbit/s link (8 KB/s, 5 s); a newcomer comes once the trickler is past the rate's grace
@@ -324,7 +322,7 @@ def test_a_trickled_body_is_given_up_and_an_honest_slow_upload_keeps_its_place(a
     the honest upload keeps its own and is answered; with none (0: the stall rule alone, as before) the trickler
     never counts as waiting, and the newcomer gets uvicorn's 503 (``Retry-After: 1``, the stall alone)."""
     port, server, upstream = agent
-    min_rate = http_caps.BODY_MIN_RATE  # (the fixture's, as the agent's protocol read it)
+    min_rate = request.node.callspec.params["agent"].get("body_min_rate", Settings.body_min_rate)  # the agent's
     upstream.slow_s = 6.0
     slow = b'{"instances": [1.0], "x": "slow"}'
     busy = [_stall(port, f"127.0.71.{i // PER_ADDRESS + 1}", len(slow), slow) for i in range(CAP - 3)]
@@ -516,17 +514,16 @@ async def _late_reader(scope: dict[str, Any], receive: Any, send: Any) -> None:
 
 
 def test_an_expect_100_continue_client_is_not_given_up_while_the_agent_has_not_asked_for_its_body(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
 ) -> None:
     """review15c F6: a client that sent ``Expect: 100-continue`` waits for the agent's 100 (uvicorn sends it at the
     handler's first ``receive``), yet counted as waiting on its client once no body byte came for the stall: at the
     cap a newcomer took its place (503 at 1.3 s of a handler's 3 s). Now it waits on the agent until the 100 goes
     out (then both body clocks start); the newcomer gets uvicorn's 503 and the client its 100 and 200. Fails on the
     old code (the client is answered 503)."""
-    monkeypatch.setattr(http_caps, "BODY_STALL_S", STALL_S)
     port = free_port()
     settings = Settings(node_id="n1", host="127.0.0.1", port=port, data_dir=str(tmp_path), discovery=False,
-                        max_concurrency=3, max_connections_per_address=3)  # fmt: skip
+                        max_concurrency=3, max_connections_per_address=3, body_stall_s=STALL_S)  # fmt: skip
     server = uvicorn.Server(server_config(_late_reader, settings, "warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -559,7 +556,7 @@ def test_an_expect_100_continue_client_is_not_given_up_while_the_agent_has_not_a
 
 
 def test_a_trickler_whose_address_is_in_parse_debt_still_falls_behind_the_rate(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
 ) -> None:
     """review15c F7 (the suspected excuse, real): every time the agent held a connection's reading was excused from
     its body clocks (``_reading_resumed``), a hold for the parse debt of the connection or its address too: debt
@@ -568,9 +565,6 @@ def test_a_trickler_whose_address_is_in_parse_debt_still_falls_behind_the_rate(
     newcomer at the cap got 503. Only the port's turns and flow-control pauses are excused now: the trickler
     falls behind the minimum rate after the grace and the newcomer takes its place. Fails on the old code."""
     from agent.http_limits import AddressBudgets
-
-    monkeypatch.setattr(http_caps, "BODY_STALL_S", STALL_S)
-    monkeypatch.setattr(http_caps, "BODY_RATE_GRACE_S", 0.5)
 
     class App:
         def __init__(self) -> None:
@@ -582,7 +576,8 @@ def test_a_trickler_whose_address_is_in_parse_debt_still_falls_behind_the_rate(
 
     port = free_port()
     settings = Settings(node_id="n1", host="127.0.0.1", port=port, data_dir=str(tmp_path), discovery=False,
-                        max_concurrency=3, max_connections_per_address=3)  # fmt: skip
+                        max_concurrency=3, max_connections_per_address=3, body_stall_s=STALL_S,
+                        body_rate_grace_s=0.5)  # fmt: skip
     server = uvicorn.Server(server_config(App(), settings, "warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -624,10 +619,10 @@ def test_bodies_sent_just_over_the_minimum_rate_do_not_hold_every_place(
     waiting at a full cap, a newcomer's request head now takes the place of the body sent at the lowest rate, below
     4 x the minimum (``TAKE_SLOWEST_BODY``, ``takeable_rate``; off, the rule before: every newcomer 503)."""
     monkeypatch.setattr(http_caps, "TAKE_SLOWEST_BODY", slowest)
-    monkeypatch.setattr(http_caps, "BODY_RATE_GRACE_S", 1.0)
     port = free_port()
     settings = Settings(node_id="n1", host="127.0.0.1", port=port, data_dir=str(tmp_path), discovery=False,
-                        max_concurrency=CAP, max_connections_per_address=PER_ADDRESS)  # fmt: skip
+                        max_concurrency=CAP, max_connections_per_address=PER_ADDRESS,
+                        body_rate_grace_s=1.0)  # fmt: skip
     server = uvicorn.Server(server_config(_late_reader, settings, "critical"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -692,17 +687,16 @@ def _upload(
 
 
 def test_an_honest_fast_upload_is_never_given_up_by_a_connect_or_a_newcomers_head(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
 ) -> None:
     """review15d F1: the slowest-body rule ran on a bare connect and took the body that would take longest, so a
     chunked (or the biggest) upload at 100 KB/s was given up and a trickler at 520 B/s kept its place. Now only a
     newcomer's request head takes a body's place, the slowest one, and only one below 4 x the minimum rate (or one
     that cannot finish in time): here the trickler's, and both honest uploads (from an address holding more
     connections than the newcomer's) finish."""
-    monkeypatch.setattr(http_caps, "BODY_RATE_GRACE_S", 1.0)
     port = free_port()
     settings = Settings(node_id="n1", host="127.0.0.1", port=port, data_dir=str(tmp_path), discovery=False,
-                        max_concurrency=5, max_connections_per_address=4)  # fmt: skip
+                        max_concurrency=5, max_connections_per_address=4, body_rate_grace_s=1.0)  # fmt: skip
     server = uvicorn.Server(server_config(_late_reader, settings, "critical"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

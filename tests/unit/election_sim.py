@@ -453,3 +453,26 @@ class Network:
             if self.agreed_leader(among) is not None:
                 return self.now - start
         return None
+
+    def elections_through_crashes(self, honest: list[str], rounds: int, limit: float) -> list[float | None]:
+        """Each of ``rounds`` elections among ``honest``: how long the nodes up took to agree on a leader (None:
+        not within ``limit``, or no longer agreed a second later); after each, that second of leadership, then the
+        leader crashes and the one crashed before restarts (a majority of ``honest`` is always up). Stops at the
+        first None."""
+        took: list[float | None] = []
+        down: str | None = None
+        for _ in range(rounds):
+            up = [n for n in honest if n != down]
+            took.append(self.time_until_agreed(limit, up))
+            if took[-1] is None:
+                break
+            self.run(1.0)
+            leader = self.agreed_leader(up)
+            if leader is None:
+                took[-1] = None
+                break
+            if down is not None:
+                self.restart(down)
+            self.crash(leader)
+            down = leader
+        return took

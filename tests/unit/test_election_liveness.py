@@ -93,18 +93,8 @@ def test_one_member_asking_for_votes_does_not_stop_elections(ahead: int, react: 
     wait None); after: each within 3.15 s (1.35-2.6 s without n4), never two majority-accepted leaders in a term."""
     net = Network(5, seed=ahead)
     net.disrupt("n4", ahead=ahead, react=react)
-    honest, down = ["n0", "n1", "n2", "n3"], None
-    for _ in range(6):
-        up = [n for n in honest if n != down]
-        took = net.time_until_agreed(5.0, up)
-        assert took is not None and took <= 3.5, took
-        net.run(1.0)
-        leader = net.agreed_leader(up)
-        assert leader is not None
-        if down is not None:
-            net.restart(down)
-        net.crash(leader)
-        down = leader
+    took = net.elections_through_crashes(["n0", "n1", "n2", "n3"], rounds=6, limit=5.0)
+    assert len(took) == 6 and all(t is not None and t <= 3.5 for t in took), took
     assert net.majority_violations() == [] and net.double_votes() == [] and net.fencing_violations() == []
 
 
@@ -283,18 +273,8 @@ def test_four_ids_at_one_address_do_not_slow_elections(ahead: int) -> None:
     net = Network(8, seed=ahead, voices=dict.fromkeys(evil, "10.0.0.9"))
     for e in evil:
         net.disrupt(e, ahead=ahead)
-    honest, down = ["n0", "n1", "n2", "n3"], None
-    for _ in range(4):
-        up = [n for n in honest if n != down]
-        took = net.time_until_agreed(10.0, up)
-        assert took is not None and took <= 3.3, took
-        net.run(1.0)
-        leader = net.agreed_leader(up)
-        assert leader is not None
-        if down is not None:
-            net.restart(down)
-        net.crash(leader)
-        down = leader
+    took = net.elections_through_crashes(["n0", "n1", "n2", "n3"], rounds=4, limit=10.0)
+    assert len(took) == 4 and all(t is not None and t <= 3.3 for t in took), took
     assert net.majority_violations() == [] and net.double_votes() == [] and net.fencing_violations() == []
 
 

@@ -30,23 +30,9 @@ from agent.settings import load_settings
 from coordinator_election import Announce, Election, ElectionConfig, Received
 from peerserve import wire
 from tests.peer_tools import leadership_up_a_minute
+from tests.unit.follower_route import LeaderAndMember, command, follower_bed
 
 TOKEN = "quorum-cluster-token-0123456789ab"
-
-
-class Table:
-    """The membership view: L and m alive, m claiming a priority above L's (it says what it likes)."""
-
-    def __init__(self) -> None:
-        self.leader_status = "alive"
-
-    def members(self) -> list[Member]:
-        return [
-            Member("L", "127.0.0.1", "http://127.0.0.1:18101", self.leader_status, mem_total_mb=8000.0,
-                   peer_url="https://127.0.0.1:18102"),
-            Member("m", "127.0.0.1", "http://127.0.0.1:18201", "alive", mem_total_mb=1000.0, priority=100,
-                   peer_url="https://127.0.0.1:18202"),
-        ]  # fmt: skip
 
 
 def _announce(node: str, term: int, cert: list[wire.Grant] | None, priority: int = 0) -> dict[str, Any]:
@@ -56,29 +42,16 @@ def _announce(node: str, term: int, cert: list[wire.Grant] | None, priority: int
     return body
 
 
-def _command(node: str, term: int) -> dict[str, Any]:
-    return {"term": term, "leader": node, "instances": {}}  # an empty desired set: stop every model server
-
-
 def _scenario(tmp_path: Path, restarted: bool) -> list[Any]:
     async def scenario() -> list[Any]:
-        table = Table()
-        overrides = {"node_id": "f", "data_dir": str(tmp_path / "f"), "cluster_token": TOKEN, "mdns": False}
-        agent = NodeAgent(load_settings(env={}, overrides=overrides), peers=table)
-        agent.leadership = lead = leadership_up_a_minute(agent)
-        assert agent.identity is not None
-        http = httpx.AsyncClient(transport=httpx.ASGITransport(app=create_peer_app(agent, agent.identity)))
-        ids = {n: Identity(n, TOKEN, tmp_path / n) for n in ("L", "m")}
-        clients = {n: PeerClient(ids[n], lambda url: None, http=http) for n in ("L", "m")}
-        signed = {n: Grants(identity) for n, identity in ids.items()}
-        f_grants = Grants(agent.identity)
-
-        async def send(node: str, method: str, route: str, body: dict[str, Any]) -> int:
-            status, _ = await clients[node].call("f", "http://f", method, route, body=body)
-            return status
-
-        seen: list[Any] = []
-        try:
+        table = LeaderAndMember(m_priority=100)
+        async with follower_bed(tmp_path, TOKEN, table) as bed:
+            agent, lead, send = bed.agent, bed.agent.leadership, bed.send
+            assert agent.identity is not None
+            ids = {n: client.identity for n, client in bed.clients.items()}
+            signed = {n: Grants(identity) for n, identity in ids.items()}
+            f_grants = Grants(agent.identity)
+            seen: list[Any] = []
             # L stands for term 1; f grants (its vote, signed by f, goes back to L: here we sign it with f's key)
             request = {"type": "vote_request", "term": 1, "candidate": "L", "priority": [0, 8000.0, "L"]}
             seen.append(await send("L", "POST", wire.ROUTE_ELECTION, request))
@@ -109,8 +82,8 @@ def _scenario(tmp_path: Path, restarted: bool) -> list[Any]:
             if restarted:  # L's certificate reaches f (the announce of its win, or sent when f said it follows no one)
                 seen.append(await send("L", "POST", wire.ROUTE_ELECTION, _announce("L", 1, cert_l)))
                 seen.append((lead.term, lead.accepted))
-            seen.append(await send("L", "PUT", wire.ROUTE_DESIRED, _command("L", 1)))
-            seen.append(await send("m", "PUT", wire.ROUTE_DESIRED, _command("m", 7)))
+            seen.append(await send("L", "PUT", wire.ROUTE_DESIRED, command("L", 1)))
+            seen.append(await send("m", "PUT", wire.ROUTE_DESIRED, command("m", 7)))
             # L dies: f's lease ends, and still m's word takes nobody
             table.leader_status = "dead"
             seen.append(
@@ -118,10 +91,6 @@ def _scenario(tmp_path: Path, restarted: bool) -> list[Any]:
             )
             seen.append((lead.term, lead.accepted))
             return seen
-        finally:
-            for client in clients.values():
-                await client.close()
-            await agent.stop()
 
     return asyncio.run(scenario())
 
@@ -278,9 +247,9 @@ def test_a_just_restarted_node_is_not_taken_by_the_member_admitted_first(tmp_pat
             own = [Grants(ids["m"]).sign(4, "m")]  # m's certificate of itself: f granted nothing
             seen.append(await send("m", "POST", wire.ROUTE_ELECTION, _announce("m", 4, own)))
             seen.append((lead.term, lead.accepted))
-            seen.append(await send("m", "PUT", wire.ROUTE_DESIRED, _command("m", 4)))
+            seen.append(await send("m", "PUT", wire.ROUTE_DESIRED, command("m", 4)))
             table.names += ["L", "A", "B"]  # the rest of f's view arrives
-            seen.append(await send("L", "PUT", wire.ROUTE_DESIRED, _command("L", 3)))
+            seen.append(await send("L", "PUT", wire.ROUTE_DESIRED, command("L", 3)))
             return seen
         finally:
             for client in clients.values():
@@ -338,8 +307,8 @@ def test_ids_minted_at_one_address_do_not_take_the_follower(tmp_path: Path) -> N
                 seen.append(await send("m", "POST", wire.ROUTE_ELECTION, _announce("m", 2, cert_m)))
                 await asyncio.sleep(0.3)
             seen.append((lead.term, lead.accepted, lead.leader))
-            seen.append(await send("m", "PUT", wire.ROUTE_DESIRED, _command("m", 2)))
-            seen.append(await send("L", "PUT", wire.ROUTE_DESIRED, _command("L", 1)))
+            seen.append(await send("m", "PUT", wire.ROUTE_DESIRED, command("m", 2)))
+            seen.append(await send("L", "PUT", wire.ROUTE_DESIRED, command("L", 1)))
             return seen
         finally:
             for client in clients.values():
@@ -356,7 +325,7 @@ def test_a_node_that_missed_the_announce_follows_the_leader_from_its_gossiped_le
     (the leader's certificate, whole, still counts afterwards), and a lease without one is judged as before."""
 
     async def scenario() -> list[Any]:
-        table = Table()
+        table = LeaderAndMember(m_priority=100)
         overrides = {"node_id": "f", "data_dir": str(tmp_path / "f"), "cluster_token": TOKEN, "mdns": False}
         agent = NodeAgent(load_settings(env={}, overrides=overrides), peers=table)
         agent.leadership = lead = leadership_up_a_minute(agent)
@@ -398,7 +367,7 @@ def test_a_members_own_leases_of_forged_grants_cost_one_check_per_timeout(tmp_pa
 
     async def scenario() -> None:
         overrides = {"node_id": "f", "data_dir": str(tmp_path / "f"), "cluster_token": TOKEN, "mdns": False}
-        agent = NodeAgent(load_settings(env={}, overrides=overrides), peers=Table())
+        agent = NodeAgent(load_settings(env={}, overrides=overrides), peers=LeaderAndMember(m_priority=100))
         lead = leadership_up_a_minute(agent)
         assert agent.identity is not None and lead.certificates is not None
         m = Identity("m", TOKEN, tmp_path / "m")
@@ -431,7 +400,7 @@ def test_the_leader_puts_its_certificate_on_every_fourth_renewal_within_the_boun
 
     async def scenario() -> None:
         overrides = {"node_id": "f", "data_dir": str(tmp_path / "f"), "cluster_token": TOKEN, "mdns": False}
-        agent = NodeAgent(load_settings(env={}, overrides=overrides), peers=Table())
+        agent = NodeAgent(load_settings(env={}, overrides=overrides), peers=LeaderAndMember(m_priority=100))
         lead = leadership_up_a_minute(agent)
         try:
             lead.machine.cert, lead.machine.led_term = frozenset({"f"}), 1  # f leads term 1 on its own grant

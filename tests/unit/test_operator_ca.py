@@ -58,7 +58,7 @@ def member(tmp_path: Path, node_id: str, **kw: object) -> Identity:
 
 def send(sender: Identity, receiver: Identity, now: float = NOW, source: str = "10.0.0.9") -> str:
     headers = dict(sender.sign_request(receiver.node_id, "POST", "/election/message", BODY, now).headers)
-    return receiver.verify_request(headers, "POST", "/election/message", BODY, now, source)
+    return receiver.verify_request(headers, "POST", "/election/message", BODY, now, source, mono=now)
 
 
 def test_a_board_card_round_trips_and_any_change_breaks_its_signature() -> None:

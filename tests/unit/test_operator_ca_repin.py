@@ -150,7 +150,8 @@ def test_the_move_on_an_event_loop_is_written_off_it(tmp_path: Path) -> None:
 
     async def main() -> None:
         headers = dict(new.sign_request("f", "POST", "/election/message", BODY, NOW).headers)
-        assert await receiver.verify_request_async(headers, "POST", "/election/message", BODY, NOW, "10.0.0.9") == "m"
+        target = "/election/message"
+        assert await receiver.verify_request_async(headers, "POST", target, BODY, NOW, "10.0.0.9", mono=NOW) == "m"
         assert pinned(receiver, "m") == new.public_key
         card, sig = newer.sign_detached(b"s")
         with pytest.raises(AuthError, match="being pinned") as busy:

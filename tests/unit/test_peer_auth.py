@@ -40,9 +40,9 @@ def signed(sender: Identity = A, to: str = "b", body: bytes = BODY, now: float =
 def test_a_signed_request_verifies_once_and_its_replay_is_refused() -> None:
     b = fresh(B)
     headers = signed()
-    assert b.verify_request(headers, "PUT", "/control/desired", BODY, NOW + 1) == "a"
+    assert b.verify_request(headers, "PUT", "/control/desired", BODY, NOW + 1, mono=NOW + 1) == "a"
     with pytest.raises(AuthError, match="replayed"):
-        b.verify_request(headers, "PUT", "/control/desired", BODY, NOW + 2)
+        b.verify_request(headers, "PUT", "/control/desired", BODY, NOW + 2, mono=NOW + 2)
 
 
 @settings(max_examples=200)
@@ -70,7 +70,7 @@ def test_any_tampered_byte_is_refused(data: st.DataObject) -> None:
     else:
         headers[wire.H_TO] = "c"
     with pytest.raises(AuthError):
-        b.verify_request(headers, method, target, body, NOW)
+        b.verify_request(headers, method, target, body, NOW, mono=NOW)
 
 
 @settings(max_examples=100)
@@ -79,20 +79,20 @@ def test_clock_skew_beyond_the_window_is_refused(skew: float) -> None:
     b = fresh(B)
     headers = signed(now=NOW + skew)
     if abs(skew) <= WINDOW_S - 0.01:
-        assert b.verify_request(headers, "PUT", "/control/desired", BODY, NOW) == "a"
+        assert b.verify_request(headers, "PUT", "/control/desired", BODY, NOW, mono=NOW) == "a"
     elif abs(skew) > WINDOW_S + 0.01:
         with pytest.raises(AuthError, match="stale or future"):
-            b.verify_request(headers, "PUT", "/control/desired", BODY, NOW)
+            b.verify_request(headers, "PUT", "/control/desired", BODY, NOW, mono=NOW)
 
 
 def test_a_skewed_signers_refusal_names_it_and_says_by_how_much_and_which_way() -> None:
     """The refusal an operator reads in the log: who, how far, which way, and the bound (the edge of the skew the
     cluster tolerates, docs/architecture.md "Clocks"); an answer's refusal names its responder the same way."""
     with pytest.raises(AuthError, match=r"signed by a is stamped 31\.5 s ahead of this node's clock, over the 30 s"):
-        fresh(B).verify_request(signed(now=NOW + 31.5), "PUT", "/control/desired", BODY, NOW)
+        fresh(B).verify_request(signed(now=NOW + 31.5), "PUT", "/control/desired", BODY, NOW, mono=NOW)
     with pytest.raises(AuthError, match=r"signed by a is stamped 30\.2 s behind this node's clock"):
-        fresh(B).verify_request(signed(now=NOW - 30.2), "PUT", "/control/desired", BODY, NOW)
-    assert fresh(B).verify_request(signed(now=NOW - 29.9), "PUT", "/control/desired", BODY, NOW) == "a"
+        fresh(B).verify_request(signed(now=NOW - 30.2), "PUT", "/control/desired", BODY, NOW, mono=NOW)
+    assert fresh(B).verify_request(signed(now=NOW - 29.9), "PUT", "/control/desired", BODY, NOW, mono=NOW) == "a"
     request = A.sign_request("b", "GET", "/stats/node", b"", NOW)
     answer = B.sign_response("a", 200, request.nonce, b"{}", NOW + 45)
     with pytest.raises(AuthError, match=r"answer signed by b is stamped 45\.0 s ahead"):
@@ -102,35 +102,37 @@ def test_a_skewed_signers_refusal_names_it_and_says_by_how_much_and_which_way() 
 def test_a_message_for_one_node_cannot_be_replayed_to_another_or_as_another() -> None:
     headers = signed(to="b")
     with pytest.raises(AuthError, match="another node"):
-        fresh(C).verify_request(headers, "PUT", "/control/desired", BODY, NOW)
+        fresh(C).verify_request(headers, "PUT", "/control/desired", BODY, NOW, mono=NOW)
     as_c = {**headers, wire.H_CARD: C.card_text}  # claim c sent it: c's key did not sign it
     with pytest.raises(AuthError, match="bad signature"):
-        fresh(B).verify_request(as_c, "PUT", "/control/desired", BODY, NOW)
+        fresh(B).verify_request(as_c, "PUT", "/control/desired", BODY, NOW, mono=NOW)
 
 
 def test_another_clusters_node_and_an_unsigned_message_are_refused() -> None:
     stranger = Identity("a", "another-token-0123456789", None)
     with pytest.raises(AuthError, match="not issued by this cluster") as info:
-        fresh(B).verify_request(signed(stranger), "PUT", "/control/desired", BODY, NOW)
+        fresh(B).verify_request(signed(stranger), "PUT", "/control/desired", BODY, NOW, mono=NOW)
     assert info.value.status == 403
     with pytest.raises(AuthError, match="no node card"):
-        fresh(B).verify_request({}, "PUT", "/control/desired", BODY, NOW)
+        fresh(B).verify_request({}, "PUT", "/control/desired", BODY, NOW, mono=NOW)
     forged = Card("a", stranger.public_key, b"\0" * 64).encode()  # a card it signed itself
     with pytest.raises(AuthError):
-        fresh(B).verify_request({**signed(stranger), wire.H_CARD: forged}, "PUT", "/control/desired", BODY, NOW)
+        fresh(B).verify_request(
+            {**signed(stranger), wire.H_CARD: forged}, "PUT", "/control/desired", BODY, NOW, mono=NOW
+        )
 
 
 def test_a_node_id_is_pinned_to_the_first_key_that_proved_it(tmp_path: Path) -> None:
     b = Identity("b", TOKEN, tmp_path / "b")
-    assert b.verify_request(signed(), "PUT", "/control/desired", BODY, NOW) == "a"
+    assert b.verify_request(signed(), "PUT", "/control/desired", BODY, NOW, mono=NOW) == "a"
     impostor = Identity("a", TOKEN, None)  # has the token, claims a's id with another key
     with pytest.raises(AuthError, match="another key") as info:
-        b.verify_request(signed(impostor), "PUT", "/control/desired", BODY, NOW)
+        b.verify_request(signed(impostor), "PUT", "/control/desired", BODY, NOW, mono=NOW)
     assert info.value.status == 403
     again = Identity("b", TOKEN, tmp_path / "b")  # the pin and the node key survive a restart
     assert again.public_key == b.public_key
     with pytest.raises(AuthError, match="another key"):
-        again.verify_request(signed(impostor), "PUT", "/control/desired", BODY, NOW)
+        again.verify_request(signed(impostor), "PUT", "/control/desired", BODY, NOW, mono=NOW)
 
 
 def test_answers_are_bound_to_the_request_nonce_and_the_responder() -> None:
@@ -155,13 +157,13 @@ def test_the_ca_is_derived_from_the_token_alone() -> None:
 def test_the_nonce_cache_is_bounded_and_refuses_rather_than_forgets() -> None:
     cache = NonceCache(ttl_s=60, limit=3)
     for n in ("n1", "n2", "n3"):
-        cache.use(n, 0)
+        cache.use(n, 0, mono=0)
     with pytest.raises(AuthError) as info:
-        cache.use("n4", 1)
+        cache.use("n4", 1, mono=1)
     assert info.value.status == 429 and len(cache) == 3
     with pytest.raises(AuthError, match="replayed"):
-        cache.use("n1", 59)  # still remembered inside the window
-    cache.use("n4", 61)  # expired ones make room
+        cache.use("n1", 59, mono=59)  # still remembered inside the window
+    cache.use("n4", 61, mono=61)  # expired ones make room
     assert len(cache) == 1
 
 
@@ -170,20 +172,20 @@ def test_one_sender_fills_only_its_own_share_of_the_nonce_cache() -> None:
     and its share frees as its nonces age out of the window."""
     cache = NonceCache(ttl_s=60, limit=10, per_sender=4)
     for i in range(4):
-        cache.use(f"m{i}", 0, "liar")
+        cache.use(f"m{i}", 0, "liar", mono=0)
     with pytest.raises(AuthError) as info:
-        cache.use("m4", 1, "liar")
+        cache.use("m4", 1, "liar", mono=1)
     assert info.value.status == 429 and cache.held("liar") == 4
     for i in range(5):
-        cache.use(f"h{i}", 1, f"honest{i % 3}")
+        cache.use(f"h{i}", 1, f"honest{i % 3}", mono=1)
     with pytest.raises(AuthError, match="replayed"):
-        cache.use("h0", 2, "honest0")
-    cache.use("h0", 2, "honest1")  # the same nonce from another sender is another message
+        cache.use("h0", 2, "honest0", mono=2)
+    cache.use("h0", 2, "honest1", mono=2)  # the same nonce from another sender is another message
     assert len(cache) == 10
     with pytest.raises(AuthError) as info:
-        cache.use("x", 3, "newcomer")  # the whole cache's bound is the last resort
+        cache.use("x", 3, "newcomer", mono=3)  # the whole cache's bound is the last resort
     assert info.value.status == 429
-    cache.use("m5", 60.5, "liar")  # its first four aged out, the others not yet
+    cache.use("m5", 60.5, "liar", mono=60.5)  # its first four aged out, the others not yet
     assert cache.held("liar") == 1 and len(cache) == 7
 
 
@@ -192,14 +194,14 @@ def test_one_address_fills_only_its_share_of_the_nonce_cache_whatever_ids_it_sig
     cache and every member's messages got 429. Its address now holds at most its own share."""
     cache = NonceCache(ttl_s=60, limit=12, per_sender=2, per_source=6)
     for i in range(6):  # three minted ids, each within its own sender share
-        cache.use(f"n{i}", 0, f"minted{i // 2}", "10.0.0.66")
+        cache.use(f"n{i}", 0, f"minted{i // 2}", "10.0.0.66", mono=0)
     with pytest.raises(AuthError, match="this address") as info:
-        cache.use("n6", 1, "minted9", "10.0.0.66")  # a fresh id does not buy room from the same address
+        cache.use("n6", 1, "minted9", "10.0.0.66", mono=1)  # a fresh id does not buy room from the same address
     assert info.value.status == 429 and cache.held_from("10.0.0.66") == 6 and len(cache) == 6
     for i in range(6):  # members on other addresses still get in
-        cache.use(f"h{i}", 1, f"member{i % 3}", f"10.0.0.{i % 3 + 1}")
+        cache.use(f"h{i}", 1, f"member{i % 3}", f"10.0.0.{i % 3 + 1}", mono=1)
     assert len(cache) == 12 and cache.held_from("10.0.0.1") == 2
-    cache.use("n7", 60.5, "minted9", "10.0.0.66")  # the address's first nonces aged out: room again
+    cache.use("n7", 60.5, "minted9", "10.0.0.66", mono=60.5)  # the address's first nonces aged out: room again
     assert cache.held_from("10.0.0.66") == 1 and cache.held("minted0") == 0 and len(cache) == 7
 
 
@@ -215,14 +217,14 @@ def test_25_minted_card_ids_from_one_address_leave_room_for_the_members() -> Non
         for n in range(b.nonces.per_sender):
             headers = dict(ident.sign_request("b", "POST", "/peer/x", b"", NOW + n * 1e-3).headers)
             try:
-                b.verify_request(headers, "POST", "/peer/x", b"", NOW + 1, "10.0.0.66")
+                b.verify_request(headers, "POST", "/peer/x", b"", NOW + 1, "10.0.0.66", mono=NOW + 1)
                 sent += 1
             except AuthError as exc:
                 assert exc.status == 429
                 refused += 1
     assert sent == b.nonces.per_source == len(b.nonces) and refused == 25 * b.nonces.per_sender - sent
     assert len(b.nonces) <= b.nonces.limit // 4
-    assert b.verify_request(signed(A), "PUT", "/control/desired", BODY, NOW + 2, "10.0.0.1") == "a"
+    assert b.verify_request(signed(A), "PUT", "/control/desired", BODY, NOW + 2, "10.0.0.1", mono=NOW + 2) == "a"
 
 
 def test_the_pin_table_is_bounded() -> None:
@@ -298,7 +300,7 @@ def _peer_app(ident: Identity, answer: dict[str, Any], signer: Identity | None =
     async def app(scope: Any, receive: Any, send: Any) -> None:
         headers = {k.decode(): v.decode() for k, v in scope["headers"]}
         target = scope["path"] + (f"?{scope['query_string'].decode()}" if scope["query_string"] else "")
-        sender = ident.verify_request(headers, scope["method"], target, b"", time.time())
+        sender = ident.verify_request(headers, scope["method"], target, b"", time.time(), mono=time.monotonic())
         body = _json.dumps(answer).encode()
         signed = (signer or ident).sign_response(sender, 200, headers[wire.H_NONCE], body, time.time())
         out = [(k.encode(), v.encode()) for k, v in signed.items()] + [(b"content-type", b"application/json")]

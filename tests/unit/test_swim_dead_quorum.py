@@ -245,7 +245,7 @@ def test_we_sign_a_declaration_only_of_a_node_we_hold_dead_ourselves() -> None:
 def test_a_replayed_declaration_from_a_cleared_episode_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     d = driver()
     clock = Clock()
-    d.dead_proofs.wall = clock
+    d.dead_proofs.wall = d.dead_proofs.mono = clock  # x alive: the core's age of the episode is 0 on any clock
     old = own_dead_proof("c1", clock)  # c1's genuine declaration from an earlier episode at incarnation 0
     carried = replace(gossip("m", dead("c1")), dead_proofs=(old,))
     assert d.dead_proofs.check(carried) == [("x", 0, "c1")]

@@ -142,7 +142,7 @@ def test_a_refused_proof_is_not_verified_again_for_a_while_and_the_memory_is_bou
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     clock = Clock()
-    book = ProofBook(IDS["b"], clock)
+    book = ProofBook(IDS["b"], clock, mono=clock)  # 10 s on both clocks, below
     verified: list[str] = []
     real = book.identity.verify_detached
     monkeypatch.setattr(book.identity, "verify_detached", lambda *a: verified.append("v") or real(*a))
@@ -164,7 +164,7 @@ def test_a_refused_proof_is_not_verified_again_for_a_while_and_the_memory_is_bou
 def test_a_proof_from_a_cleared_suspicion_cannot_confirm_a_new_one(monkeypatch: pytest.MonkeyPatch) -> None:
     d = driver()
     clock = Clock()
-    d.proofs.wall = clock
+    d.proofs.wall = d.proofs.mono = clock  # the core's own age of x's suspicion: 0 (alive), on any clock
     old = own_proof("c1", clock)  # c1's genuine signature from an earlier episode at incarnation 0
     assert d.proofs.check(gossip("m", suspect("c1"), proofs=(old,))) == [("x", 0, "c1")]
     clock.t += 10  # x answered in between (no new incarnation); now m replays c1's proof with a new rumour
@@ -183,7 +183,7 @@ def test_a_fast_origins_proof_cannot_be_replayed_into_a_later_suspicion(monkeypa
     future, so the 3 s rule lets it by; what counted here before is refused, on our own clock alone."""
     clock = Clock()
     state = {"age": 0.0}
-    book = ProofBook(IDS["b"], clock, episode=lambda n, i, o: state["age"])
+    book = ProofBook(IDS["b"], clock, episode=lambda n, i, o: state["age"], mono=clock)
     fast = own_proof("c1", Clock(clock.t + 20.0))
     assert book.check(gossip("m", suspect("c1"), proofs=(fast,))) == [("x", 0, "c1")]  # episode 1 opens with it
     clock.t += 1.0
@@ -197,11 +197,91 @@ def test_a_fast_origins_proof_cannot_be_replayed_into_a_later_suspicion(monkeypa
     assert book.check(gossip("m", suspect("c1"), proofs=(fast,))) == [("x", 0, "c1")]
 
 
+def _episodes() -> tuple[ProofBook, Clock, Clock, dict[str, float]]:
+    """b's book with its two clocks (wall, monotonic) and the core's age of x's suspicion (set by the test)."""
+    wall, mono, state = Clock(), Clock(0.0), {"age": 0.0}
+    return ProofBook(IDS["b"], wall, episode=lambda n, i, o: state["age"], mono=mono), wall, mono, state
+
+
+def test_a_forward_excursion_and_its_correction_do_not_free_a_counted_proof_for_a_later_suspicion() -> None:
+    """c1's proof counted for a suspicion here at T; x answered (same incarnation). The whole cluster's clocks jump
+    +1 h (one bad time source) and a new proof of c1's counts meanwhile: by the wall clock alone the first one's
+    record was SPENT_TTL_S old and went. The clocks are corrected, 3 s after T, and a new suspicion of x opens: m's
+    replay of the first proof (stamped T, fresh again, within EPISODE_SKEW_S of the new suspicion) counted again.
+    Now the record stays until the monotonic clock has aged it too: refused; c1's genuine new proof still counts."""
+    book, wall, mono, state = _episodes()
+    first = own_proof("c1", wall)
+    assert book.check(gossip("m", suspect("c1"), proofs=(first,))) == [("x", 0, "c1")]  # episode 1 opens with it
+    wall.t += 3601.0
+    mono.t += 1.0
+    state["age"] = 0.0  # x answered; a new suspicion opens while the clocks read ahead
+    assert book.check(gossip("c1", suspect("c1"), proofs=(own_proof("c1", wall),))) == [("x", 0, "c1")]
+    wall.t -= 3599.0  # corrected: T + 2 s
+    mono.t += 1.0
+    state["age"] = 0.0  # answered again; another suspicion opens
+    assert book.check(gossip("m", suspect("c1"), proofs=(first,))) == []
+    assert book.refused == 1
+    assert book.check(gossip("c1", suspect("c1"), proofs=(own_proof("c1", wall),))) == [("x", 0, "c1")]
+    assert len(book._spent[("x", "c1")]) == 3  # all three kept: none aged by the monotonic clock
+
+
+def test_a_step_back_of_the_wall_clock_does_not_free_a_counted_proof_for_a_later_suspicion() -> None:
+    """c1's proof counted at T for a suspicion; x answered; b's wall clock steps back 10 s and, 2 s after T, a new
+    suspicion opens. Judged on the wall clock the proof had counted at T, "after" the new suspicion began (T - 8 s):
+    the same episode, so m's replay counted for it. On the monotonic clock it counted 2 s before: refused; c1's
+    genuine proof, signed on its own (right) clock, counts."""
+    book, wall, mono, state = _episodes()
+    first = own_proof("c1", wall)
+    assert book.check(gossip("m", suspect("c1"), proofs=(first,))) == [("x", 0, "c1")]
+    genuine = own_proof("c1", Clock(wall.t + 2.0))
+    wall.t -= 8.0  # stepped back 10 s, 2 s later
+    mono.t += 2.0
+    state["age"] = 0.0
+    assert book.check(gossip("m", suspect("c1"), proofs=(first,))) == []
+    assert book.check(gossip("c1", suspect("c1"), proofs=(genuine,))) == [("x", 0, "c1")]
+
+
+def test_the_driver_judges_counted_proofs_on_the_clock_its_core_ages_suspicions_on() -> None:
+    d = driver()
+    d.clock = Clock(5.0)
+    assert d.proofs.mono() == d.dead_proofs.mono() == 5.0
+
+
+def test_a_counted_proof_is_forgotten_once_both_clocks_have_aged_it() -> None:
+    """The record of a counted proof goes (when the next one of that (member, origin) counts) only once the wall
+    clock reads SPENT_TTL_S past it and the monotonic clock has moved SPENT_TTL_S on; either alone keeps it."""
+    ttl = swim_proofs.SPENT_TTL_S
+    counted = (1_800_000_000.0, 0.0)
+    assert not swim_proofs.spent_forgotten(counted, counted[0] + 3600.0, 1.0)  # the wall clock alone (jumped)
+    assert not swim_proofs.spent_forgotten(counted, counted[0] + ttl, 3600.0)  # the monotonic clock alone
+    assert not swim_proofs.spent_forgotten(counted, counted[0] + 3600.0, ttl)  # each to the instant
+    assert swim_proofs.spent_forgotten(counted, counted[0] + ttl + 0.001, ttl + 0.001)
+    book, wall, mono, _ = _episodes()
+
+    def count() -> list[str]:
+        assert book.check(gossip("c1", suspect("c1"), proofs=(own_proof("c1", wall),))) != []
+        return sorted(f"{t - 1_800_000_000.0:g}@{m:g}" for t, m in book._spent[("x", "c1")].values())
+
+    assert count() == ["0@0"]
+    wall.t += 3600.0  # jumped ahead, a second later
+    mono.t += 1.0
+    assert count() == ["0@0", "3600@1"]
+    wall.t -= 3600.0 - ttl  # corrected, to 60 s after the first, an hour later
+    mono.t += 3600.0
+    assert count() == ["0@0", "3600@1", "60@3601"]  # the first at its last instant, the second ahead of the clock
+    wall.t += 0.5
+    mono.t += 0.5
+    assert count() == ["3600@1", "60.5@3601.5", "60@3601"]  # the first aged by both: gone
+    wall.t += 3600.0
+    mono.t += 1.0
+    assert count() == ["3660.5@3602.5", "60.5@3601.5", "60@3601"]  # the second too, once the wall clock is past it
+
+
 def test_the_memory_of_counted_proofs_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(swim_proofs, "MAX_SPENT_KEYS", 3)
     monkeypatch.setattr(swim_proofs, "MAX_SPENT_PER_KEY", 2)
     clock = Clock()
-    book = ProofBook(IDS["b"], clock)
+    book = ProofBook(IDS["b"], clock, mono=clock)
     for i in range(6):  # c1's suspicions of six members, three times each (signed anew every time)
         for _ in range(3):
             clock.t += 1.0
