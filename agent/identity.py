@@ -9,7 +9,9 @@
   digest, timestamp and nonce (peerserve.wire's signing bytes). ``Verifier`` checks card, signature,
   receiver, freshness (``window_s``) and one-time use of the nonce (bounded cache), then pins the node id to
   its key on first contact: a later, different key for that id is refused and logged until an operator
-  forgets or re-pins it (``peerserve pins``, agent/pins_cli.py), which a running agent sees at once.
+  forgets or re-pins it (``peerserve pins``, agent/pins_cli.py), which a running agent sees at once, or (operator-CA
+  mode only) the id shows a live board card for the new key that expires later than the pinned key's
+  (``Identity._repin_from``).
   The pin write (flock, rewrite, two fsyncs) never runs on the event loop: an awaited first contact
   (``Pins.pin``) waits for it in the pin writer thread; a synchronous one on a loop (``Pins.check``: the
   statements SWIM relays) starts it there and is refused this once (503, retry).
@@ -35,7 +37,7 @@ import secrets
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,7 +50,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.x509.oid import NameOID
 
 from agent.errors import ConfigError
-from agent.operator_ca import MAX_BOARD_BYTES, BoardCard, CardError, OperatorTrust, read_board_card
+from agent.operator_ca import MAX_BOARD_BYTES, BoardCard, CardError, OperatorTrust, PinCards, read_board_card
 from agent.rate_limit import SenderBuckets
 from peerserve import wire
 
@@ -360,40 +362,47 @@ class Pins:
         self._unreadable: str | None = None  # the last read failed (EMFILE, EIO...): retried at every check
         self._writing: dict[str, asyncio.Task[AuthError | None]] = {}  # node id -> its pin write in flight
         self._joined = 0  # contacts waiting for a write another contact started (no write of their own)
+        self.moved = 0  # pins moved to another key by a newer operator board card (operator-CA mode)
         self._refresh()
 
-    def check(self, node_id: str, public_key: bytes, source: str = "", now: float = 0.0) -> None:
+    def check(
+        self, node_id: str, public_key: bytes, source: str = "", now: float = 0.0, replace: bytes | None = None
+    ) -> None:
         """Pin on first contact; raises AuthError when ``node_id`` is pinned to another key, or is not pinned
         and the pin file is damaged (DamagedPinFile), or the new pin cannot be written now (503: retry), or
         ``source`` (the address it came from, at wall-clock ``now``) has spent its first-contact budget (429).
         On an event loop a first contact is not written here: its write starts in the pin writer thread (budget
         spent first) and this contact is refused 503 + Retry-After; what the write finds (damage, another key)
-        answers the next one."""
-        if self.pinned(node_id, public_key):
+        answers the next one. ``replace``: a pin to exactly this key is moved to ``public_key`` as a first contact
+        would be pinned (the operator-CA mode's re-pin, which the caller has decided: ``Identity._repin_from``)."""
+        if self.pinned(node_id, public_key, replace):
             return
         if self.path is None or not _on_loop():  # nothing to write, or no loop to keep from waiting
             self._spend_first_contact(source, now)
-            self._landed(node_id, public_key, _pin_on_disk(self.path, node_id, public_key, self.limit, self._seen()))
+            written = _pin_on_disk(self.path, node_id, public_key, self.limit, self._seen(), replace)
+            self._landed(node_id, public_key, written)
             return
         if node_id not in self._writing:
             self._admit()
-            self._start(node_id, public_key, source, now)
+            self._start(node_id, public_key, source, now, replace)
         raise AuthError(f"node {node_id!r} is being pinned (first contact); retry", 503, 1)
 
-    async def pin(self, node_id: str, public_key: bytes, source: str = "", now: float = 0.0) -> None:
+    async def pin(
+        self, node_id: str, public_key: bytes, source: str = "", now: float = 0.0, replace: bytes | None = None
+    ) -> None:
         """``check`` for a caller that can wait: a known pin costs what it costs there (no thread, no await that
         yields); a first contact waits for its write in the pin writer thread while the loop serves others, and
         returns once the pin is on disk and in memory (or raises what ``check`` raises)."""
-        if self.pinned(node_id, public_key):
+        if self.pinned(node_id, public_key, replace):
             return
         if self.path is None:
-            self.check(node_id, public_key, source, now)
+            self.check(node_id, public_key, source, now, replace)
             return
         self._admit()
         task = self._writing.get(node_id)  # another contact's write for this id: wait for it, spend nothing
         joined = task is not None
         if task is None:
-            task = self._start(node_id, public_key, source, now)
+            task = self._start(node_id, public_key, source, now, replace)
         self._joined += joined
         try:
             failed = await asyncio.shield(task)  # a contact that goes away leaves the write to finish (counted)
@@ -410,19 +419,23 @@ class Pins:
         if len(self._writing) + self._joined >= self.pending:
             raise AuthError(f"{len(self._writing)} pin writes in flight; retry", 503, 1)
 
-    def _start(self, node_id: str, public_key: bytes, source: str, now: float) -> asyncio.Task[AuthError | None]:
+    def _start(
+        self, node_id: str, public_key: bytes, source: str, now: float, replace: bytes | None = None
+    ) -> asyncio.Task[AuthError | None]:
         """Spend ``source``'s budget (429 before anything is queued), then start ``node_id``'s write."""
         self._spend_first_contact(source, now)
-        task = asyncio.get_running_loop().create_task(self._write(node_id, public_key, self._seen()))
+        task = asyncio.get_running_loop().create_task(self._write(node_id, public_key, self._seen(), replace))
         self._writing[node_id] = task
         return task
 
-    async def _write(self, node_id: str, public_key: bytes, seen: _Seen | None) -> AuthError | None:
+    async def _write(
+        self, node_id: str, public_key: bytes, seen: _Seen | None, replace: bytes | None = None
+    ) -> AuthError | None:
         """``node_id``'s pin written in the pin writer thread and taken here, on the loop; what refused it, if any
         (returned, not raised: every contact waiting for it raises its own copy)."""
         try:
             result = await asyncio.get_running_loop().run_in_executor(
-                _writer(), _pin_on_disk, self.path, node_id, public_key, self.limit, seen
+                _writer(), _pin_on_disk, self.path, node_id, public_key, self.limit, seen, replace
             )
         except AuthError as exc:
             return exc
@@ -434,9 +447,13 @@ class Pins:
     def _landed(self, node_id: str, public_key: bytes, result: _Written) -> None:
         """Take the pins a write left on disk. A write that lands after a later one (or an operator's edit) leaves
         a stamp older than the file's: the next check's stat sees it and reads the file again."""
-        pins, stamp, wrote = result
+        pins, stamp, wrote, moved_from = result
         self._pins, self._stamp, self._damaged, self._unreadable = pins, stamp, None, None
-        if wrote:
+        if moved_from is not None:
+            self.moved += 1
+            log.warning("re-pinned node %s from key %s to key %s (a newer board card of the operator CA)", node_id,
+                        moved_from.hex()[:16], public_key.hex()[:16])  # fmt: skip
+        elif wrote:
             log.info("pinned node %s to key %s", node_id, public_key.hex()[:16])
 
     def _seen(self) -> _Seen | None:
@@ -444,11 +461,11 @@ class Pins:
         since; None after damage or a failed read (the writer reads the file itself, under the lock)."""
         return (self._pins, self._stamp) if self._damaged is None and self._unreadable is None else None
 
-    def pinned(self, node_id: str, public_key: bytes) -> bool:
+    def pinned(self, node_id: str, public_key: bytes, replace: bytes | None = None) -> bool:
         """Whether ``node_id`` is pinned to ``public_key`` now (the file re-read if it changed); AuthError 403 when
-        it is pinned to another key."""
+        it is pinned to another key (but ``replace``: False, to be moved)."""
         self._refresh()
-        return self._known(node_id, public_key)
+        return self._known(node_id, public_key, replace)
 
     def current(self) -> Mapping[str, bytes]:
         """The pins in force now (the file re-read if it changed): a new mapping whenever they may have changed (it is
@@ -465,9 +482,12 @@ class Pins:
         wait = max(1, math.ceil(self.first_contacts.wait(source, now)))
         raise AuthError(f"too many new node ids from {source}; retry in {wait} s", 429, wait)
 
-    def _known(self, node_id: str, public_key: bytes) -> bool:
-        """True when pinned to ``public_key``, False when not pinned; AuthError when pinned to another."""
+    def _known(self, node_id: str, public_key: bytes, replace: bytes | None = None) -> bool:
+        """True when pinned to ``public_key``, False when not pinned (or pinned to ``replace``, to be moved);
+        AuthError when pinned to another."""
         known = self._pins.get(node_id)
+        if known is not None and known == replace:
+            return False
         if known is not None and known != public_key:
             log.error("node %s presented a different key than the one pinned; refused", node_id)
             raise AuthError(f"node id {node_id!r} belongs to another key (pinned on first contact)", 403)
@@ -493,7 +513,8 @@ class Pins:
 
 _Stamp = tuple[int, int, int] | None
 _Seen = tuple[Mapping[str, bytes], _Stamp]  # pins, and the file's stamp when they were read
-_Written = tuple[dict[str, bytes], _Stamp, bool]  # the pins on disk, the file's stamp, whether this call wrote it
+# the pins on disk, the file's stamp, whether this call wrote it, the key it moved the pin from (None: no move)
+_Written = tuple[dict[str, bytes], _Stamp, bool, "bytes | None"]
 _WRITER: ThreadPoolExecutor | None = None
 _WRITER_MADE = threading.Lock()
 
@@ -517,6 +538,14 @@ def _forget_writer() -> None:
 os.register_at_fork(after_in_child=_forget_writer)
 
 
+def _off_loop(job: Callable[[], None]) -> None:
+    """Run ``job`` (a small file write) in the pin writer thread when on an event loop (not waited for), else here."""
+    if _on_loop():
+        _writer().submit(job)
+    else:
+        job()
+
+
 def _on_loop() -> bool:
     try:
         asyncio.get_running_loop()
@@ -532,12 +561,15 @@ def _again(exc: AuthError) -> AuthError:
     return AuthError(str(exc), exc.status, exc.retry_after)
 
 
-def _pin_on_disk(path: Path | None, node_id: str, public_key: bytes, limit: int, seen: _Seen | None) -> _Written:
+def _pin_on_disk(
+    path: Path | None, node_id: str, public_key: bytes, limit: int, seen: _Seen | None, replace: bytes | None = None
+) -> _Written:
     """Pin ``node_id`` to ``public_key`` in the file, under the folder lock: (the pins on disk after, the file's
-    stamp, whether this wrote). ``seen``: the pins the caller read and the stamp then, used when the file still
-    has it; None: read it again. Runs in the pin writer thread (or where no loop runs) and touches no Pins.
-    AuthError when the id is pinned to another key meanwhile (403), the file is damaged (DamagedPinFile), the
-    table is full (403), or the file cannot be read or written now (503: retry)."""
+    stamp, whether this wrote, the key moved from). ``seen``: the pins the caller read and the stamp then, used when
+    the file still has it; None: read it again. ``replace``: a pin to this key is moved (a pin to any other is not).
+    Runs in the pin writer thread (or where no loop runs) and touches no Pins. AuthError when the id is pinned to
+    another key meanwhile (403), the file is damaged (DamagedPinFile), the table is full (403), or the file cannot
+    be read or written now (503: retry)."""
     try:
         with _folder_lock(path):
             stamp = _stamp_of(path)
@@ -551,17 +583,18 @@ def _pin_on_disk(path: Path | None, node_id: str, public_key: bytes, limit: int,
                         f"this board cannot read its pin file right now ({str(exc)[:200]}); retry", 503
                     ) from exc
             known = pins.get(node_id)
-            if known is not None:  # pinned by an operator (or another contact) meanwhile
+            moved = known is not None and known == replace and known != public_key
+            if known is not None and not moved:  # pinned by an operator (or another contact) meanwhile
                 if known != public_key:
                     log.error("node %s presented a different key than the one pinned; refused", node_id)
                     raise AuthError(f"node id {node_id!r} belongs to another key (pinned on first contact)", 403)
-                return pins, stamp, False
-            if len(pins) >= limit:
+                return pins, stamp, False, None
+            if not moved and len(pins) >= limit:
                 raise AuthError("pin table full", 403)
             # pinned in memory only once it is on disk: a pin held in memory alone (disk full) admitted the
             # key until a restart, after which another key for the id was pinned in its place
             pins[node_id] = public_key
-            return pins, _save_pins(path, pins), True
+            return pins, _save_pins(path, pins), True, known if moved else None
     except OSError as exc:  # disk full, I/O error, out of descriptors: not pinned, this contact waits (503)
         raise AuthError(f"this board cannot write its pin file right now ({str(exc)[:200]}); retry", 503) from exc
 
@@ -688,13 +721,18 @@ class Identity:
             peer = data_dir / "peer" if data_dir else None
             if revocations is None and peer is not None:
                 revocations = peer / "revoked.json"
-            self.operator = OperatorTrust(operator_ca, revocations, cluster=bytes.fromhex(self.cluster))
+            floor = peer / "revoked.stamp.json" if peer is not None else None  # the "not older" rule's record
+            self.operator = OperatorTrust(operator_ca, revocations, cluster=bytes.fromhex(self.cluster), floor=floor)
             self.board = _own_board_card(board_card or (peer / "board.card" if peer else None), node_id,
                                          self.public_key, self.operator)  # fmt: skip
         self.card = Card.issue(ca, node_id, self.public_key, self.board.raw() if self.board else b"")
         self.card_text = self.card.encode()
         pins_path = data_dir / "peer" / "pins.json" if data_dir else None
         self.pins = Pins(pins_path, first_per_min=pin_first_per_min, first_burst=pin_first_burst)
+        # operator-CA mode: the newest board card each pinned key showed, what a new key's card must be newer than
+        self.pin_cards: PinCards | None = None
+        if self.operator is not None:
+            self.pin_cards = PinCards(data_dir / "peer" / "pin-cards.json" if data_dir else None, run=_off_loop)
         self.nonces = NonceCache()
         self._cards: OrderedDict[str, Card] = OrderedDict()
         self.tls_files = _write_tls_files(data_dir / "peer", ca, self.key, node_id) if data_dir else None
@@ -726,7 +764,9 @@ class Identity:
         its next statement passes."""
         card = self.detached_card(card_text, signature, data)
         self.admit(card, time.time() if now is None else now)
-        self.pins.check(card.node_id, card.public_key, RELAYED if now is not None else "", now or 0.0)
+        replace = self._repin_from(card)
+        self.pins.check(card.node_id, card.public_key, RELAYED if now is not None else "", now or 0.0, replace)
+        self._shown(card)
         return card.node_id
 
     def detached_card(self, card_text: str, signature: str, data: bytes) -> Card:
@@ -740,7 +780,8 @@ class Identity:
         """The checks ``verify_detached`` makes of a relayed statement's signer (``detached_card``) that depend on this
         node's state: its board card's expiry and revocation (operator-CA mode) and its pin; AuthError."""
         self.admit(card, now)
-        self.pins.check(card.node_id, card.public_key, RELAYED, now)
+        self.pins.check(card.node_id, card.public_key, RELAYED, now, self._repin_from(card))
+        self._shown(card)
 
     def verify_request(
         self,
@@ -759,7 +800,8 @@ class Identity:
         is written (``Pins.check``); the peer routes await ``verify_request_async``."""
         card, nonce = self._request_card(headers, method, target, body, now)
         self.admit(card, now)
-        self.pins.check(card.node_id, card.public_key, source, now)
+        self.pins.check(card.node_id, card.public_key, source, now, self._repin_from(card))
+        self._shown(card)
         self.nonces.use(nonce, now, card.node_id, source, mono=mono)
         return card.node_id
 
@@ -779,7 +821,8 @@ class Identity:
         read before the wait, as ``now`` is: the nonce is remembered from when the message was checked fresh."""
         card, nonce = self._request_card(headers, method, target, body, now)
         self.admit(card, now)
-        await self.pins.pin(card.node_id, card.public_key, source, now)
+        await self.pins.pin(card.node_id, card.public_key, source, now, self._repin_from(card))
+        self._shown(card)
         self.nonces.use(nonce, now, card.node_id, source, mono=mono)
         return card.node_id
 
@@ -805,7 +848,8 @@ class Identity:
         Synchronous (see ``verify_request``); the peer client awaits ``verify_response_async``."""
         card = self._response_card(headers, responder, status, nonce, body, now)
         self.admit(card, now)
-        self.pins.check(card.node_id, card.public_key)
+        self.pins.check(card.node_id, card.public_key, replace=self._repin_from(card))
+        self._shown(card)
 
     async def verify_response_async(
         self, headers: Mapping[str, str], responder: str, status: int, nonce: str, body: bytes, now: float
@@ -813,7 +857,8 @@ class Identity:
         """``verify_response`` where a first contact waits for its pin write off the loop."""
         card = self._response_card(headers, responder, status, nonce, body, now)
         self.admit(card, now)
-        await self.pins.pin(card.node_id, card.public_key)
+        await self.pins.pin(card.node_id, card.public_key, replace=self._repin_from(card))
+        self._shown(card)
 
     def _response_card(
         self, headers: Mapping[str, str], responder: str, status: int, nonce: str, body: bytes, now: float
@@ -858,6 +903,33 @@ class Identity:
             self.operator.check_live(self._certify(card), now)
         except CardError as exc:
             raise AuthError(str(exc), exc.status) from exc
+
+    def _repin_from(self, card: Card) -> bytes | None:
+        """In the operator-CA mode, the key ``card``'s node id is pinned to when ``card`` (admitted: its board card
+        live, not revoked) may move the pin to its own key: its board card expires strictly later than the newest
+        card the pinned key showed (``pin_cards``). Cards carry no issue time; 'ca sign' sets the expiry from when it
+        signs, so a later expiry is a later card for the same --days (a renewal with fewer days moves nothing: pins
+        forget). Never back (an older card, or the old key's, is not newer than the one recorded), never on equal
+        expiries (two cards for one id cannot make the pin flip-flop), never without a record of the pinned key's
+        card (pinned in the token-only mode, or the record lost). None (no move) in the token-only mode."""
+        if self.pin_cards is None:
+            return None
+        pinned = self.pins.current().get(card.node_id)
+        if pinned is None or pinned == card.public_key:
+            return None
+        held = self.pin_cards.get(card.node_id)
+        board = self._certify(card)
+        if held is None or held[0] != pinned or board.expires <= held[1]:
+            return None  # Pins refuses it (403, logged): another key for a pinned id, as without a card
+        log.info("node %s shows a new key %s with a board card (fingerprint %s) expiring at %d, after the card its "
+                    "pinned key %s last showed (%d): moving the pin", card.node_id, card.public_key.hex()[:16],
+                    board.fingerprint, board.expires, pinned.hex()[:16], held[1])  # fmt: skip
+        return pinned
+
+    def _shown(self, card: Card) -> None:
+        """``card`` passed its pin check (its key is the pinned one): remember its board card as the pinned key's."""
+        if self.pin_cards is not None:
+            self.pin_cards.shown(card.node_id, card.public_key, self._certify(card).expires)
 
     def revocation_state(self) -> object:
         """What the operator's revocation list says now, as an object that stays the same while the list does (None in

@@ -28,6 +28,7 @@ import logging
 import os
 import struct
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,6 +54,11 @@ ROSTER = 4096  # node id -> its latest verified board card (as many as ids can b
 MAX_REVOKED = 65_536  # fingerprints in one revocation list
 MAX_REVOCATION_FILE = 64 + MAX_REVOKED * 40 + 4096  # bytes read from it at most
 PRIORITY_RANGE = (-(2**31), 2**31 - 1)
+STAMP_FORMAT = "peerserve-revocation-stamps-v1"
+STAMP_CAS = 16  # records in the stamp file: one per operator CA this board has trusted (the oldest other one dropped)
+STAMP_FILE = 4096  # bytes read from it at most
+PIN_CARDS_FORMAT = "peerserve-pin-cards-v1"
+PIN_CARDS_FILE = 1 << 20  # bytes read from DATA_DIR/peer/pin-cards.json at most (ROSTER entries of ~150 bytes)
 
 
 class CardError(Exception):
@@ -256,14 +262,27 @@ class Revocations:
     is refused (503) until it is replaced, logged once per version of the file; a list cut short or forged must not
     readmit a revoked board. Nor may an older list (a stale copy, or one replayed to undo a revocation): one signed
     before the list in force, or the file's removal, leaves that list in force (logged); only a newer signed list,
-    as ``peerserve ca revoke`` writes, changes it. What a restart reads is the file as it is then."""
+    as ``peerserve ca revoke`` writes, changes it.
 
-    def __init__(self, path: Path | None, ca_public: Ed25519PublicKey) -> None:
-        self.path, self.ca_public = path, ca_public
+    The rule outlives a restart: when a newer list is accepted, its stamp (when it was signed) is recorded for this
+    CA in ``floor`` (``DATA_DIR/peer/revoked.stamp.json``; atomic, fsynced; one record per CA, ``STAMP_CAS``). A
+    restarted agent that finds a list signed before the recorded stamp, or none, cannot know what the newer one
+    revoked: it fails closed (503 for every board card, logged with what to do) until a list at least as new is
+    copied there. A damaged or foreign stamp file is logged as such and set aside (``.damaged``), never a crash: the
+    list on disk is then used as it is (its revocations in force) and its stamp recorded anew. The record is written
+    on the thread that reads the list (the event loop), once per newer list an operator copies: rare, like the
+    copies."""
+
+    def __init__(self, path: Path | None, ca_public: Ed25519PublicKey, floor: Path | None = None) -> None:
+        self.path, self.ca_public, self.floor_path = path, ca_public, floor
+        self.ca = hashlib.sha256(raw_public(ca_public)).hexdigest()[:32]  # whose record in the stamp file
         self._stamp: tuple[int, int, int] | None = None
         self._revoked: frozenset[str] = frozenset()
         self._damage: str | None = None
         self._issued = -1  # when the list in force was signed (-1: none read yet)
+        self._read = False  # whether the file (or its absence) was looked at since the start
+        self._stamps = self._read_floor()  # CA fingerprint -> the newest list's stamp this board accepted for it
+        self._floor = self._stamps.get(self.ca, -1)
 
     def current(self) -> frozenset[str]:
         """The revoked fingerprints; CardError (503) while the file is damaged."""
@@ -272,7 +291,8 @@ class Revocations:
         except OSError:
             st = None
         stamp = (st.st_ino, st.st_mtime_ns, st.st_size) if st is not None else None
-        if stamp != self._stamp:
+        if stamp != self._stamp or not self._read:
+            self._read = True
             self._load(stamp)
         if self._damage is not None:
             raise CardError(self._damage, 503)
@@ -284,7 +304,11 @@ class Revocations:
             if self._issued >= 0:
                 log.error("revocation list %s removed: the list signed at %d stays in force (%d card(s) revoked)",
                           self.path, self._issued, len(self._revoked))  # fmt: skip
-            self._damage = None
+                self._damage = None
+            elif self._floor >= 0:  # restarted without the list this board last accepted: what did it revoke?
+                self._refuse_older("is missing")
+            else:
+                self._damage = None
             return
         try:
             with open(self.path, "rb") as f:
@@ -292,17 +316,177 @@ class Revocations:
             if len(text) > MAX_REVOCATION_FILE:
                 raise CardError(f"revocation list over {MAX_REVOCATION_FILE} bytes")
             issued, revoked = read_revocations(text, self.ca_public)
-            self._damage = None
             if issued < self._issued:
+                self._damage = None
                 log.error("revocation list %s was signed at %d, before the one in force (%d): a stale copy? The newer "
                           "list stays in force", self.path, issued, self._issued)  # fmt: skip
                 return
+            if issued < self._floor:  # none in force yet (a restart): the newer list's revocations are unknown here
+                self._refuse_older(f"was signed at {issued}")
+                return
+            self._damage = None
             self._issued, self._revoked = issued, revoked
             log.info("revocation list %s: %d board card(s) revoked", self.path, len(self._revoked))
+            if issued > self._floor:
+                self._record(issued)
         except (OSError, CardError) as exc:
             self._damage = f"this board's revocation list {self.path} cannot be used ({exc}): no board card is " \
                            "accepted until the operator's signed list replaces it"  # fmt: skip
             log.error("%s", self._damage)
+
+    def _refuse_older(self, what: str) -> None:
+        """Fail closed after a restart: the list at ``path`` is older than (or not) the one this board accepted."""
+        self._damage = (
+            f"this board's revocation list {self.path} {what}, but this board accepted a list signed at "
+            f"{self._floor} before (recorded in {self.floor_path}): a stale copy, or one put back to undo a "
+            "revocation. No board card is accepted until the operator's current list (the CA folder's revoked.json, "
+            "signed at or after that) is copied there; only if that record is wrong, remove it and restart"
+        )
+        log.error("%s", self._damage)
+
+    def _read_floor(self) -> dict[str, int]:
+        """The stamps recorded in ``floor_path`` ({} when there is none). A file that is there but not a record of
+        ours (damaged, foreign, unreadable) is logged as an error and set aside, and {} returned: the list on disk
+        then stands as it is, and the next list accepted is recorded anew."""
+        path = self.floor_path
+        if path is None:
+            return {}
+        try:
+            with open(path, "rb") as f:
+                text = f.read(STAMP_FILE + 1)
+        except FileNotFoundError:
+            return {}
+        except OSError as exc:
+            return self._floor_damaged(f"cannot read it: {exc}", aside=False)
+        try:
+            data = json.loads(text)
+            stamps = data["stamps"] if isinstance(data, dict) and data.get("format") == STAMP_FORMAT else None
+            if len(text) > STAMP_FILE or not isinstance(stamps, dict) or len(stamps) > STAMP_CAS:
+                raise ValueError(f"not a {STAMP_FORMAT} record of at most {STAMP_CAS} CAs")
+            for ca, issued in stamps.items():
+                if len(ca) != 32 or type(issued) is not int or issued < 0:
+                    raise ValueError(f"bad record {str(ca)[:40]!r}")
+                int(ca, 16)
+            return dict(stamps)
+        except (ValueError, KeyError, TypeError) as exc:  # JSON errors are ValueErrors
+            return self._floor_damaged(str(exc)[:200])
+
+    def _floor_damaged(self, why: str, aside: bool = True) -> dict[str, int]:
+        """Log that the record cannot be used; a damaged one is moved aside (kept for the operator to look at)."""
+        kept = "left in place"
+        if aside:
+            try:
+                os.replace(self.floor_path, f"{self.floor_path}.damaged")  # type: ignore[arg-type]
+                kept = f"moved to {self.floor_path}.damaged"
+            except OSError as exc:
+                kept = f"left in place ({exc})"
+        log.error("this board's record of the newest revocation list it accepted, %s, is damaged or not ours (%s; %s): "
+                  "the list at %s is used as it is and its stamp recorded anew. If an older list may have been put "
+                  "there since, copy the operator's current revoked.json to it", self.floor_path, why, kept,
+                  self.path)  # fmt: skip
+        return {}
+
+    def _record(self, issued: int) -> None:
+        """Record ``issued`` as this CA's newest accepted stamp (atomic, fsynced); logged, never raised, on failure."""
+        self._floor = issued
+        self._stamps.pop(self.ca, None)
+        self._stamps[self.ca] = issued
+        while len(self._stamps) > STAMP_CAS:  # the oldest-recorded other CA's record goes
+            del self._stamps[next(iter(self._stamps))]
+        if self.floor_path is None:
+            return
+        try:
+            write_atomic(self.floor_path, json.dumps({"format": STAMP_FORMAT, "stamps": self._stamps}).encode())
+        except OSError as exc:
+            log.error("cannot record the revocation list's stamp %d in %s (%s): after a restart this board would "
+                      "accept an older list", issued, self.floor_path, exc)  # fmt: skip
+
+
+class PinCards:
+    """node id -> (key, expiry) of the newest board card its *pinned* key showed: what a re-imaged board's new card
+    must be newer than to move the pin (``Identity._repin_from``). Kept in ``path`` (``DATA_DIR/peer/pin-cards.json``)
+    across restarts, or a board restarted after the old key's last message could never compare; bounded (``limit``,
+    as many as ids can be pinned; least recently changed dropped). A record changes only when a pinned key shows a
+    card newer than the one held, or the pin moves: a few writes when boards first meet and at renewals, each handed
+    to ``run`` (the pin writer thread, off the event loop). A damaged file is logged and ignored: with no record,
+    no pin moves (``peerserve pins forget`` re-admits, as in the token-only mode) until the pinned key shows its card
+    again."""
+
+    def __init__(self, path: Path | None, limit: int = ROSTER, run: Callable[[Callable[[], None]], None] | None = None):
+        self.path, self.limit = path, limit
+        self.run = run or (lambda job: job())
+        self._cards: OrderedDict[str, tuple[bytes, int]] = self._read()
+
+    def get(self, node_id: str) -> tuple[bytes, int] | None:
+        return self._cards.get(node_id)
+
+    def __len__(self) -> int:
+        return len(self._cards)
+
+    def shown(self, node_id: str, key: bytes, expires: int) -> None:
+        """``node_id``'s pinned ``key`` showed a live card expiring at ``expires``: kept if newer than the one held (or
+        the one held is another key's: the pin moved, by a card or by an operator)."""
+        held = self._cards.get(node_id)
+        if held is not None and held[0] == key and held[1] >= expires:
+            return
+        self._cards[node_id] = (key, expires)
+        self._cards.move_to_end(node_id)
+        while len(self._cards) > self.limit:
+            self._cards.popitem(last=False)
+        if self.path is not None:
+            path = self.path
+            data = json.dumps({"format": PIN_CARDS_FORMAT, "cards": {n: [k.hex(), e] for n, (k, e) in
+                                                                    self._cards.items()}}).encode()  # fmt: skip
+            self.run(lambda: _save_quietly(path, data))
+
+    def _read(self) -> OrderedDict[str, tuple[bytes, int]]:
+        cards: OrderedDict[str, tuple[bytes, int]] = OrderedDict()
+        if self.path is None:
+            return cards
+        try:
+            with open(self.path, "rb") as f:
+                text = f.read(PIN_CARDS_FILE + 1)
+            data = json.loads(text)
+            if len(text) > PIN_CARDS_FILE or not isinstance(data, dict) or data.get("format") != PIN_CARDS_FORMAT:
+                raise ValueError(f"not a {PIN_CARDS_FORMAT} file")
+            for node_id, (key, expires) in data["cards"].items():
+                if not wire.NODE_ID.fullmatch(node_id) or len(key) != 64 or type(expires) is not int:
+                    raise ValueError(f"bad entry {str(node_id)[:64]!r}")
+                cards[node_id] = (bytes.fromhex(key), expires)
+        except FileNotFoundError:
+            return cards
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            log.error("cannot use %s (%s): no pin moves by a newer board card until each pinned key has shown its card "
+                      "again ('peerserve pins forget ID' re-admits a re-imaged board meanwhile)", self.path,
+                      str(exc)[:200])  # fmt: skip
+            return OrderedDict()
+        while len(cards) > self.limit:
+            cards.popitem(last=False)
+        return cards
+
+
+def _save_quietly(path: Path, data: bytes) -> None:
+    try:
+        write_atomic(path, data)
+    except OSError as exc:
+        log.warning("cannot save %s (%s): after a restart, a pin moves by a newer board card only once the pinned key "
+                    "has shown its card again", path, exc)  # fmt: skip
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Replace ``path`` with ``data`` durably: a temporary file fsynced, renamed over it, the folder fsynced (a power
+    cut leaves the old file or the new one); OSError."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 class OperatorTrust:
@@ -316,11 +500,11 @@ class OperatorTrust:
 
     def __init__(
         self, ca_public: Ed25519PublicKey, revocations: Path | None = None, verdicts: int = VERDICTS,
-        roster: int = ROSTER, *, cluster: bytes,
+        roster: int = ROSTER, *, cluster: bytes, floor: Path | None = None,
     ) -> None:  # fmt: skip
         self.ca_public = ca_public
         self.cluster = cluster  # this node's (bytes.fromhex(Identity.cluster)): cards for another are refused
-        self.revocations = Revocations(revocations, ca_public)
+        self.revocations = Revocations(revocations, ca_public, floor)
         self.verdict_limit, self.roster_limit = verdicts, roster
         # a refusal is cached as data (message, status) and raised fresh each time: a cached exception object re-raised
         # grows its __traceback__ by the raiser's frames at every use (and keeps them, their requests, alive)

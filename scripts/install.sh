@@ -3,7 +3,7 @@
 #
 #   install.sh [--token TOKEN | --token-file FILE] [--node-id ID] [--interface IFACE] [--runtime docker|process]
 #              [--catalogue FILE] [--source DIR] [--wheelhouse DIR] [--no-start] [--dry-run]
-#              [--card-request FILE] [--operator-ca FILE --board-card FILE]
+#              [--card-request FILE] [--operator-ca FILE --board-card FILE | --no-operator-ca]
 #   install.sh --download-wheels DIR
 #   install.sh --uninstall [--purge]
 #
@@ -38,6 +38,9 @@
 #   --board-card FILE    with --operator-ca: this board's signed card, checked (the CA's signature, the node id,
 #                        this board's key, expiry) and installed
 #                        as DATA_DIR/peer/board.card (required unless one is installed already)
+#   --no-operator-ca     switch the operator CA mode off on this board: removes the operator_ca setting and
+#                        /etc/peerserve/operator-ca.pub; keeps DATA_DIR/peer's card files (board.card, revoked.json
+#                        and their records) for a later --operator-ca; the token alone admits again
 #   --no-start           write everything but start and enable nothing
 #   --dry-run            print what would be done, change nothing
 #   --uninstall          stop and disable the service, remove it and /opt/peerserve; keeps config and data
@@ -52,7 +55,7 @@ service=peerserve-agent.service
 unit=/etc/systemd/system/$service
 user=peerserve
 source_dir=$(cd "$(dirname "$0")/.." && pwd)
-card_request="" operator_ca="" board_card=""
+card_request="" operator_ca="" board_card="" no_operator_ca=0
 token="" token_file="" node_id="" interface="" runtime="" catalogue="" wheelhouse="" download=""
 no_start=0 dry_run=0 uninstall=0 purge=0
 changed=0
@@ -75,6 +78,7 @@ while [ $# -gt 0 ]; do
     --card-request) card_request="${2:?--card-request needs a file}"; shift 2 ;;
     --operator-ca) operator_ca="${2:?--operator-ca needs a file}"; shift 2 ;;
     --board-card) board_card="${2:?--board-card needs a file}"; shift 2 ;;
+    --no-operator-ca) no_operator_ca=1; shift ;;
     --no-start) no_start=1; shift ;;
     --dry-run) dry_run=1; shift ;;
     --uninstall) uninstall=1; shift ;;
@@ -83,6 +87,10 @@ while [ $# -gt 0 ]; do
     *) usage >&2; die "unknown option $1" ;;
   esac
 done
+
+if [ "$no_operator_ca" = 1 ] && { [ -n "$operator_ca" ] || [ -n "$board_card" ]; }; then
+  die "--no-operator-ca switches the operator CA mode off: give it without --operator-ca and --board-card"
+fi
 
 # Run a command, or print it under --dry-run; every change goes through here.
 act() {
@@ -308,6 +316,11 @@ elif [ ! -f "$etc/catalogue.toml" ]; then
 fi
 # opt-in operator CA: its public key beside the config; the agent refuses to start without this board's card
 ca_file="$etc/operator-ca.pub"
+if [ "$no_operator_ca" = 1 ]; then
+  if [ -e "$ca_file" ]; then act rm -f "$ca_file"; fi  # the config below is written without operator_ca
+  kept=$(cd "$data/peer" 2>/dev/null && ls -d board.card revoked.json revoked.stamp.json pin-cards.json 2>/dev/null | tr '\n' ' ' || true)
+  say "operator CA mode off: no operator_ca setting, no $ca_file; the cluster token alone admits peers again${kept:+ (kept in $data/peer for a later --operator-ca: ${kept% })}"
+fi
 if [ -n "$operator_ca" ]; then
   [ -r "$operator_ca" ] || die "--operator-ca $operator_ca: cannot read it (ca.pub from 'peerserve ca init')"
   [[ "$(tr -d '[:space:]' < "$operator_ca")" =~ ^([A-Za-z0-9_-]{43}=?|[0-9A-Fa-f]{64})$ ]] \
@@ -319,7 +332,7 @@ if [ -n "$board_card" ]; then
   [ -n "$operator_ca" ] || [ -f "$ca_file" ] || die "--board-card needs --operator-ca (the CA that signed it)"
 fi
 operator_line=""
-if [ -n "$operator_ca" ] || [ -f "$ca_file" ]; then
+if [ "$no_operator_ca" = 0 ] && { [ -n "$operator_ca" ] || [ -f "$ca_file" ]; }; then
   if [ -z "$board_card" ] && [ ! -f "$data/peer/board.card" ]; then
     die "--operator-ca needs this board's card: run install.sh --card-request FILE, have the operator sign FILE \
 (peerserve ca sign --ca DIR FILE -o CARD), then install.sh --operator-ca CA.pub --board-card CARD"

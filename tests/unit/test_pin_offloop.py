@@ -80,8 +80,10 @@ def _latency_under_a_held_lock(tmp_path: Path, on_loop: bool, monkeypatch: pytes
     if on_loop:  # the part off: the awaited path writes on the loop, as before (the synchronous write, no thread)
         monkeypatch.setattr("agent.identity._on_loop", lambda: False)
 
-        async def write_here(node_id: str, key: bytes, source: str = "", now: float = 0.0) -> None:
-            b.pins.check(node_id, key, source, now)
+        async def write_here(
+            node_id: str, key: bytes, source: str = "", now: float = 0.0, replace: bytes | None = None
+        ) -> None:
+            b.pins.check(node_id, key, source, now, replace)
 
         monkeypatch.setattr(b.pins, "pin", write_here)
     driver = SwimDriver("b", "https://127.0.0.1:1", PeerClient(b, lambda url: None), sw.SwimConfig(), lambda: None,
