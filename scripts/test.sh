@@ -9,7 +9,9 @@ cd "$(dirname "$0")/.."
 venv=${PEERSERVE_VENV:-.venv}
 py="$venv/bin/python"
 workers=${PEERSERVE_UNIT_WORKERS:-2}  # the unit tier's pytest-xdist workers (0: in the pytest process itself)
-service_workers=${PEERSERVE_SERVICE_WORKERS:-2}  # the same for the service tier's tests not marked serial
+# The same for the service tier's tests not marked serial (0: in the pytest process; a service test that flakes beside
+# the other worker gets its module marked serial, as test_connection_cap's timed stalls were).
+service_workers=${PEERSERVE_SERVICE_WORKERS:-2}
 
 # Python 3.10 (JetPack 6): the version-sensitive unit tests (asyncio timeouts and cancellation: agent/aio.py and its
 # users; the proxy's reads: the upstream pool's heads and paced bodies, chunked parsing and its loop-turn budget; TLS,
