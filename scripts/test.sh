@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
 # The full test suite: lint (ruff), types (mypy; strict for solver/ and coordinator_election/), tests
-# (pytest: the service and, as root, cluster and system tiers one test at a time, then the unit tier on two
-# pytest-xdist workers; then a subset of the unit tier under Python 3.10 where a 3.10 interpreter is here,
+# (pytest: the tests marked serial one at a time -- as root the cluster and system tiers, and the service tests that
+# need an address, the Docker bridge or a core to themselves --, the rest of the service tier and then the unit tier
+# on two pytest-xdist workers each; then a subset of the unit tier under Python 3.10 where a 3.10 interpreter is here,
 # scripts/test-py310.sh). Expects scripts/bootstrap.sh to have run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 venv=${PEERSERVE_VENV:-.venv}
 py="$venv/bin/python"
 workers=${PEERSERVE_UNIT_WORKERS:-2}  # the unit tier's pytest-xdist workers (0: in the pytest process itself)
+# The same for the service tier's tests not marked serial (0: in the pytest process; a service test that flakes beside
+# the other worker gets its module marked serial, as test_connection_cap's timed stalls were).
+service_workers=${PEERSERVE_SERVICE_WORKERS:-2}
 
 # Python 3.10 (JetPack 6): the version-sensitive unit tests (asyncio timeouts and cancellation: agent/aio.py and its
 # users; the proxy's reads: the upstream pool's heads and paced bodies, chunked parsing and its loop-turn budget; TLS,
@@ -49,10 +53,15 @@ if [ "$(id -u)" = 0 ]; then export PEERSERVE_REQUIRE_DOCKER=1; fi
 if [ $# -gt 0 ]; then
   "$py" -m pytest "$@"
 else
-  # Real agents, namespaces, Docker and booted boards one test at a time: they share loopback addresses, the bridge
-  # and the cores their deadlines were measured on. Then the unit tier, whose tests share nothing (tmp_path, port 0,
-  # no fixed file or address): CPU-bound, on two workers.
-  "$py" -m pytest tests/cluster tests/service tests/system
+  # The ``serial`` tests one at a time: every cluster and system test (namespaces on one bridge, fixed addresses,
+  # booted boards), the service tests on the private Docker Engine (one bridge subnet) and the service modules that
+  # mark themselves (a fixed loopback address, or a bound measured on an otherwise idle core; tests/conftest.py).
+  # Then the rest of the service tier, real agents on ports from each worker's own range with each worker's own
+  # cluster token (tests/service/conftest.py), a module to a worker, on $service_workers workers; then the unit tier,
+  # whose tests share nothing (tmp_path, port 0, no fixed file or address): CPU-bound, on $workers workers.
+  "$py" -m pytest -m serial tests/cluster tests/service tests/system
+  echo "== pytest: the service tier's other tests ($service_workers workers)"
+  "$py" -m pytest -n "$service_workers" --dist loadfile -m "not serial" tests/service
   echo "== pytest: the unit tier ($workers workers)"
   "$py" -m pytest -n "$workers" tests/unit
 fi

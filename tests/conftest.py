@@ -19,6 +19,23 @@ if os.environ.get("CI"):
     settings.load_profile("ci")
 
 
+SERIAL_TIERS = ("cluster", "system")  # namespaces on one bridge, fixed addresses, booted boards: always one at a time
+
+
+@pytest.hookimpl(tryfirst=True)  # before ``-m`` selects: ``-m serial`` / ``-m "not serial"`` see these marks
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark ``serial`` every cluster and system test, and every test on the private Docker Engine (one bridge subnet,
+    one engine at a time); service modules mark themselves where they need a core or an address to themselves."""
+    for item in items:
+        tier = item.path.parent.name
+        if (
+            tier in SERIAL_TIERS
+            or item.get_closest_marker("docker")
+            or "docker_engine" in getattr(item, "fixturenames", ())
+        ):
+            item.add_marker(pytest.mark.serial)
+
+
 @pytest.fixture(scope="session")
 def docker_engine() -> Iterator[PrivateDockerd]:
     """A real dockerd on a private socket with the stand-in image built; skipped only where it cannot run.

@@ -22,11 +22,26 @@ from agent.identity import derive_stats_token
 from agent.runtime.process import recorded_server_pids
 from tests.peer_tools import TestPeer
 
-TOKEN = "test-cluster-token-0123456789"
+# Under pytest-xdist (scripts/test.sh runs the service tier's tests not marked ``serial`` on two workers) each worker
+# is a cluster of its own: agents with discovery on hear every other worker's mDNS adverts on loopback, and with
+# another cluster token they stay strangers (refused at the peer plane) instead of joining a test they are not part of.
+WORKER = os.environ.get("PYTEST_XDIST_WORKER", "")  # "gw0", "gw1", ...; "" in a plain pytest run
+TOKEN = "test-cluster-token-0123456789" + (f"-{WORKER}" if WORKER else "")
 STATS_READER = {"Authorization": f"Bearer {derive_stats_token(TOKEN)}"}
 
 
-LISTEN_PORTS = (20000, 32000)  # below Linux's ephemeral range (32768-60999): no outgoing connection takes them
+def listen_ports(worker: str, workers: int, span: tuple[int, int] = (20000, 32000)) -> tuple[int, int]:
+    """This worker's share of ``span`` (all of it outside xdist): two workers never pick the same port to listen on
+    later, so one worker's agent cannot take the port another's test chose a moment before."""
+    if not worker.startswith("gw") or workers < 2:
+        return span
+    index = int(worker[2:]) % workers
+    width = (span[1] - span[0]) // workers
+    return span[0] + index * width, span[0] + (index + 1) * width - 1
+
+
+# Below Linux's ephemeral range (32768-60999): no outgoing connection takes them.
+LISTEN_PORTS = listen_ports(WORKER, int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
 
 
 def free_port(host: str = "127.0.0.1") -> int:

@@ -8,7 +8,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from agent.catalogue import builtin_catalogue_text
+
+# scripts/test.sh runs it with nothing else: a fixed loopback address (127.0.0.10)
+pytestmark = pytest.mark.serial
 
 
 def _alive(pid: int) -> bool:

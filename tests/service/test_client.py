@@ -14,6 +14,9 @@ import pytest
 from client import AsyncClient, Client, ClusterUnreachableError, NoCapacityError, UnknownModelError
 from tests.service.test_agent_api import HUGE, _catalogue
 
+# scripts/test.sh runs it with nothing else: fixed loopback addresses (127.0.0.2-7) for its agents
+pytestmark = pytest.mark.serial
+
 
 def test_discovers_agents_by_mdns_and_predicts(agents: Any) -> None:
     a = agents("a", host="127.0.0.2")

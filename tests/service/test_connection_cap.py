@@ -38,6 +38,10 @@ from tests.service.conftest import free_port
 from tests.service.scripted import MODEL, Listed, LoopbackServer
 from tests.waiting import wait_for
 
+# scripts/test.sh runs it with nothing else: stalls and body rates timed in fractions of a second (an Expect: 100
+# client was given up at load 6 beside another worker)
+pytestmark = pytest.mark.serial
+
 PROBE = json.dumps({"model_version_status": [{"version": "1", "state": "AVAILABLE"}]}).encode()
 OK = b'{"predictions": [2.5]}'
 CAP, PER_ADDRESS = 24, 8

@@ -6,6 +6,11 @@ import json
 import subprocess
 import sys
 
+import pytest
+
+# scripts/test.sh runs it with nothing else: a failover within 3 s
+pytestmark = pytest.mark.serial
+
 
 def test_demo_runs_fails_over_and_loses_no_request_outside_the_window() -> None:
     out = subprocess.run(

@@ -18,6 +18,9 @@ from agent.discovery.txt import cluster_id
 from tests.service.conftest import TOKEN, free_port
 from tests.waiting import wait_for
 
+# scripts/test.sh runs it with nothing else: fixed loopback addresses (127.0.0.2-9), and a death seen within 3 s
+pytestmark = pytest.mark.serial
+
 
 def statuses(agent: Any) -> dict[str, str]:
     return {m["node_id"]: m["status"] for m in agent.get("/cluster").json()["members"]}

@@ -17,9 +17,13 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from agent.discovery.txt import cluster_id
 from tests.waiting import wait_for
+
+# scripts/test.sh runs it with nothing else: fixed loopback addresses (127.0.0.61-64), and a 500 ms bound
+pytestmark = pytest.mark.serial
 
 TOKEN = "hostile-loopback-token-0123456789"  # its own cluster: other tests' agents on lo stay out of it
 EVIL = "127.0.0.61"

@@ -24,6 +24,9 @@ from agent.serving import routes
 from tests.service.scripted import MODEL, LoopbackServer, agent_in_front
 from tests.waiting import wait_for
 
+# scripts/test.sh runs it with nothing else: deadlines and shares of traffic, measured on a core of its own
+pytestmark = pytest.mark.serial
+
 PROBE = json.dumps({"model_version_status": [{"version": "1", "state": "AVAILABLE"}]}).encode()
 OK = b'{"predictions": [2.5]}'
 TIMEOUT = 1.0  # the pool's per-read timeout here (30 s in the agent)

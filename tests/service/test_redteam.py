@@ -29,6 +29,9 @@ from tests.service.conftest import STATS_READER, RunningAgent, free_port
 from tests.service.test_client_auth import self_signed
 from tests.waiting import wait_for
 
+# scripts/test.sh runs it with nothing else: execution times measured against a client's 1.5 s pauses
+pytestmark = pytest.mark.serial
+
 MODEL = "half_plus_two"
 PREDICT = f"/v1/models/{MODEL}:predict"
 QUIET = "--no-discovery"

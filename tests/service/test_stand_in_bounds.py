@@ -32,6 +32,9 @@ from agent.runtime.process import ProcessRuntime
 from agent.serving.tfrest import MAX_VALUES
 from tests.waiting import wait_for
 
+# scripts/test.sh runs it with nothing else: peak RSS and sub-second waits, measured on a core of its own
+pytestmark = pytest.mark.serial
+
 ROOT = Path(__file__).resolve().parents[2]
 PREDICT = "/v1/models/{}:predict"
 CRASHERS = [  # each killed the handler thread before: the client saw the connection drop (502 via an agent)

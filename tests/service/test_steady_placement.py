@@ -13,9 +13,13 @@ import time
 from typing import Any
 
 import httpx
+import pytest
 
 from tests.service.conftest import free_port
 from tests.waiting import wait_for
+
+# scripts/test.sh runs it with nothing else: a plan stays put only while no other test's load moves its latencies
+pytestmark = pytest.mark.serial
 
 MODEL = "half_plus_two"
 NODES = ("a", "b", "c")
