@@ -318,7 +318,10 @@ fi
 ca_file="$etc/operator-ca.pub"
 if [ "$no_operator_ca" = 1 ]; then
   if [ -e "$ca_file" ]; then act rm -f "$ca_file"; fi  # the config below is written without operator_ca
-  kept=$(cd "$data/peer" 2>/dev/null && ls -d board.card revoked.json revoked.stamp.json pin-cards.json 2>/dev/null | tr '\n' ' ' || true)
+  kept=""
+  for f in board.card revoked.json revoked.stamp.json pin-cards.json; do
+    if [ -e "$data/peer/$f" ]; then kept="$kept$f "; fi
+  done
   say "operator CA mode off: no operator_ca setting, no $ca_file; the cluster token alone admits peers again${kept:+ (kept in $data/peer for a later --operator-ca: ${kept% })}"
 fi
 if [ -n "$operator_ca" ]; then
