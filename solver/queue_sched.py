@@ -181,7 +181,7 @@ def kept_share(load: Load, rho_max: float, halvings: int, full: float) -> float:
 
     guess = _secant_guess(at, rho_max, size, full)
     point = float(np.nextafter((np.floor(guess * size) + 1.0) / size, 0.0))  # the top float of the guess's cell
-    one = np.ones(1)
+    one = np.ones(1)  # from lo = 0 (bisect's lo > 0 is for its test's sake: this one passes at 0 without a run)
     share = float(bisect(test, np.zeros(1), one, halvings, np.ones(1, dtype=bool), np.array([point]))[0])
     below = at(share) if share > 0.0 else (0.0, True)
     above = at(share + 1.0 / size) if share + 1.0 / size < 1.0 else (np.inf, True)
