@@ -30,10 +30,13 @@ better in the simulation (mean sojourn median 0.52x). bench/queue_price_sim.py, 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import numpy as np
 
 from solver.cpu_speed import CAP, node_speeds, node_speeds_once
+from solver.monotone_bisect import BoolArray, bisect
+from solver.problem import FloatArray
 from solver.queue_repair import Pools, bound_excess
 
 log = logging.getLogger(__name__)
@@ -41,9 +44,12 @@ log = logging.getLogger(__name__)
 ENABLED = True  # off only to show bench/sched_fix_bench.py and the tests the queues that grow
 SHED = True  # where no instance can be added: reject the pool's rate down to rho_max in the scheduler model
 BISECT = 40  # halvings of the kept share of the pool's rate
-BISECT_CROWDED = 20  # the same for a crowded pool (to 1e-6 of its rate: each halving runs the model, ~1 ms)
+BISECT_CROWDED = 20  # the same for a crowded pool (to 1e-6 of its rate; FAST: ~4 model runs of ~1 ms, not 20)
 CROWDED = True  # on nodes of CROWDED_CORES or more, a pool past rho_max in the model falls behind (False: CAP alone)
 CROWDED_CORES = 2.0  # instance units (after the slot transform); below, CAP alone (bench/queue_price_sim.py)
+FAST = True  # the cut's bisection from a guess (solver.monotone_bisect), its answer the plain loop's (False: the loop)
+MARGIN = 1e-8  # the fast answer stands where the loads either side of it clear rho_max by this (else the plain loop)
+GUESS_RUNS = 2  # secant steps (a model run each) toward the share at rho_max before the guided search
 MAX_ADDED = 64  # instances added in one plan at most (each fixes one node; a node needs one or two)
 
 
@@ -113,15 +119,89 @@ def _shed_to_rho(pools: Pools, j: int, k: int, halvings: int = BISECT) -> None:
     lam, counts = pools.state()
     q = pools.q
     row, mu, n, cores = lam[j : j + 1].copy(), q.mu[j : j + 1], counts[j : j + 1], pools.cores[j : j + 1]
-    lo, hi = 0.0, 1.0
-    for _ in range(halvings):  # the pool's load rises with its rate: the largest kept share within rho_max
-        mid = 0.5 * (lo + hi)
+
+    def load(share: float) -> tuple[float, bool]:
         trial = row.copy()
-        trial[0, k] *= mid
-        lo, hi = (mid, hi) if node_speeds(trial, mu, n, cores).load[0, k] <= q.rho_max else (lo, mid)
+        trial[0, k] *= share
+        figures = node_speeds(trial, mu, n, cores)
+        return float(figures.load[0, k]), figures.converged
+
+    full = float(node_speeds_once(lam, q.mu, counts, pools.cores).load[j, k])  # behind's figure: a guess's start
+    lo = kept_share(load, q.rho_max, halvings, full)
     mine = np.flatnonzero((q.base.class_model == k) & (pools.x[:, j] > 0))
     for c in mine.tolist():
         pools.move(c, j, None, float(pools.x[c, j]) * (1.0 - lo))
     pools.shed_models.add(k)
     log.info("node %s: %.3g req/s of %r rejected (its scheduler would fall behind)", q.base.node_ids[j],
              float(lam[j, k]) * (1.0 - lo), q.base.model_names[k])  # fmt: skip
+
+
+Load = Callable[[float], tuple[float, bool]]  # share of the pool's rate -> (its load in the scheduler model, converged)
+
+
+def plain_share(load: Load, rho_max: float, halvings: int) -> float:
+    """The largest kept share the plain bisection finds: ``halvings`` halvings of [0, 1], keeping ``lo = mid`` where
+    the load at ``mid`` is within ``rho_max`` (the pool's load rises with its rate)."""
+    lo, hi = 0.0, 1.0
+    for _ in range(halvings):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if load(mid)[0] <= rho_max else (lo, mid)
+    return lo
+
+
+def kept_share(load: Load, rho_max: float, halvings: int, full: float) -> float:
+    """``plain_share``'s answer bit for bit from fewer model runs (``FAST``); ``full`` the load at the whole rate.
+
+    The loop evaluates the load only at multiples ``m / 2^halvings`` of the rate (its mids are exact dyadics), so
+    its answer follows from the verdicts on that grid alone. The test on floats ``s`` reads the grid point below
+    (``floor(s 2^h) / 2^h``, the share 0 passing as the loop's start does): where the verdicts on the grid are
+    monotone it is monotone over floats, and solver.monotone_bisect gives the loop's answer from a guess (a secant
+    on the load, ``GUESS_RUNS`` runs, from ``rho_max / full`` of the rate), each grid point run once (memoised).
+    The load rises with the rate in exact arithmetic (more work on the node: the fixed point's least solution and
+    the work floor both rise), but the model carries round-off and its fixed point's ``TOL``; so the answer stands
+    only where the model converged at the two grid points either side of it and their loads clear ``rho_max`` by
+    ``MARGIN`` (far above those errors): then every other grid point's verdict, further from the threshold, is
+    the exact one's too. Elsewhere the plain loop runs, its points memoised as well; it runs
+    at once where a grid step moves the load by less than ``4 MARGIN`` (40 halvings: ~1e-12), where the check
+    would fail."""
+    seen: dict[float, tuple[float, bool]] = {}
+
+    def at(share: float) -> tuple[float, bool]:
+        if share not in seen:
+            seen[share] = load(share)
+        return seen[share]
+
+    size = float(2**halvings)
+    if not FAST or full / size < 4.0 * MARGIN:  # a grid step moves the load by ~full / size
+        return plain_share(at, rho_max, halvings)
+
+    def test(s: FloatArray) -> BoolArray:
+        cell = float(np.floor(float(s[0]) * size)) / size
+        return np.array([cell <= 0.0 or at(min(cell, 1.0))[0] <= rho_max])
+
+    guess = _secant_guess(at, rho_max, size, full)
+    point = float(np.nextafter((np.floor(guess * size) + 1.0) / size, 0.0))  # the top float of the guess's cell
+    one = np.ones(1)  # from lo = 0 (bisect's lo > 0 is for its test's sake: this one passes at 0 without a run)
+    share = float(bisect(test, np.zeros(1), one, halvings, np.ones(1, dtype=bool), np.array([point]))[0])
+    below = at(share) if share > 0.0 else (0.0, True)
+    above = at(share + 1.0 / size) if share + 1.0 / size < 1.0 else (np.inf, True)
+    if below[1] and above[1] and below[0] <= rho_max - MARGIN and above[0] >= rho_max + MARGIN:
+        return share
+    return plain_share(at, rho_max, halvings)
+
+
+def _secant_guess(at: Load, rho_max: float, size: float, full: float) -> float:
+    """The share where the load reaches ``rho_max``, by secant steps on grid points from the load's proportional
+    guess (``rho_max / full``): only a guess (solver.monotone_bisect takes any), each step a model run."""
+    if not (np.isfinite(full) and full > rho_max):
+        return 0.5
+    points = [(1.0, full)]
+    share = rho_max / full
+    for _ in range(GUESS_RUNS):
+        cell = min(max(float(np.floor(share * size)) / size, 1.0 / size), 1.0 - 1.0 / size)
+        points.append((cell, at(cell)[0]))
+        (s0, l0), (s1, l1) = points[-2], points[-1]
+        if not (np.isfinite(l1) and l0 != l1) or s0 == s1:
+            return cell
+        share = min(max(s1 + (rho_max - l1) * (s0 - s1) / (l0 - l1), 0.0), 1.0)
+    return share
