@@ -209,7 +209,7 @@ def _ca(args: argparse.Namespace) -> int:
             raise ValueError("--days must be 0-36500")
         now = int(time.time())
         copy = Path(args.revoked) if args.revoked else None
-        revoked = _revocations(folder, ca.public_key(), copy)
+        revoked, issued = _revocations(folder, ca.public_key(), copy)
         clash = _valid_cards(folder, request.node_id, request.public_key.hex(), request.cluster.hex(), revoked, now)
         if clash and not args.replace:
             raise ValueError(
@@ -226,7 +226,7 @@ def _ca(args: argparse.Namespace) -> int:
             card = BoardCard.issue(ca, request.node_id, request.public_key, until, args.priority,
                                    cluster=request.cluster)  # fmt: skip
         if clash:
-            written = _write_revocations(folder, ca, copy, dropped, now)
+            written = _write_revocations(folder, ca, copy, dropped, _stamp(now, issued))
             print(f"revoked {len(clash)} card(s) in {' and '.join(map(str, written))}: copy it to each board's "
                   "DATA_DIR/peer/revoked.json once the new card is installed", file=sys.stderr)  # fmt: skip
         with open(folder / "issued.jsonl", "a") as log:  # what 'ca revoke --node' revokes
@@ -238,14 +238,14 @@ def _ca(args: argparse.Namespace) -> int:
         return 0
     # revoke
     copy = Path(args.out) if args.out else None
-    revoked = _revocations(folder, ca.public_key(), copy)
+    revoked, issued = _revocations(folder, ca.public_key(), copy)
     added = {read_board_card(Path(c)).fingerprint for c in args.cards}
     if args.cluster is not None and not args.node:
         raise ValueError("--cluster picks which cards of a --node ID to revoke: give --node")
     added |= _issued_to(folder, args.node, args.cluster)
     if not added:
         raise ValueError("nothing to revoke: name card files or --node IDs this CA issued cards to (in --cluster)")
-    written = _write_revocations(folder, ca, copy, revoked | added, int(time.time()))
+    written = _write_revocations(folder, ca, copy, revoked | added, _stamp(int(time.time()), issued))
     _emit(args, {"revoked": sorted(added), "total": len(revoked | added), "list": str(written[0]),
                  "copies": [str(p) for p in written[1:]]},
           f"revoked {len(added)} card(s), {len(revoked | added)} in {' and '.join(map(str, written))}: copy it to "
@@ -253,17 +253,29 @@ def _ca(args: argparse.Namespace) -> int:
     return 0
 
 
-def _revocations(folder: Path, public: Any, copy: Path | None) -> set[str]:
+def _revocations(folder: Path, public: Any, copy: Path | None) -> tuple[set[str], int]:
     """The CA's revoked fingerprints: its one list, DIR/revoked.json, merged with ``copy`` (a list kept elsewhere,
-    '-o' / '--revoked'). Every write starts from this: a list written from a copy alone would be signed later than
-    the CA's list yet lack its revocations, and boards take the newer list (review15d F3)."""
-    from agent.operator_ca import parse_revocations
+    '-o' / '--revoked'), and the highest stamp among them (-1: none). Every write starts from this: a list written
+    from a copy alone would be signed later than the CA's list yet lack its revocations, and boards take the newer
+    list (review15d F3)."""
+    from agent.operator_ca import read_revocations
 
     found: set[str] = set()
+    highest = -1
     for path in (folder / "revoked.json", copy):
         if path is not None and path.exists():
-            found |= parse_revocations(path.read_bytes(), public)
-    return found
+            issued, revoked = read_revocations(path.read_bytes(), public)
+            found |= revoked
+            highest = max(highest, issued)
+    return found, highest
+
+
+def _stamp(now: int, highest: int) -> int:
+    """The stamp a new list is signed with: strictly above every list this CA wrote (``highest``), whatever the clock
+    says. Boards keep the newest stamp: a list signed on a clock that reads earlier than the last one's (a laptop
+    behind, a second operator machine) would be ignored by running boards and fail every restarted one closed, and
+    two lists in one second (a scripted revoke loop) would tie (review16d F1, F2)."""
+    return max(now, highest + 1)
 
 
 def _write_revocations(folder: Path, ca: Any, copy: Path | None, revoked: set[str], now: int) -> list[Path]:

@@ -226,6 +226,12 @@ def revocation_bytes(issued: int, revoked: list[str]) -> bytes:
     return REVOKE_CONTEXT + json.dumps([issued, sorted(revoked)], separators=(",", ":")).encode()
 
 
+def list_digest(revoked: frozenset[str]) -> str:
+    """What a revocation list names, in 32 hex digits: recorded with its stamp, so that two lists signed at the same
+    stamp are told apart after a restart."""
+    return hashlib.sha256(json.dumps(sorted(revoked)).encode()).hexdigest()[:32]
+
+
 def sign_revocations(ca: Ed25519PrivateKey, issued: int, revoked: list[str]) -> dict[str, Any]:
     if len(revoked) > MAX_REVOKED:
         raise CardError(f"a revocation list holds at most {MAX_REVOKED} cards")
@@ -281,6 +287,8 @@ class Revocations:
         self._damage: str | None = None
         self._issued = -1  # when the list in force was signed (-1: none read yet)
         self._read = False  # whether the file (or its absence) was looked at since the start
+        self._lists: dict[str, str] = {}  # CA fingerprint -> the digest of the list recorded with its stamp
+        self._unreadable: str | None = None  # why the record exists but cannot be read (fails closed)
         self._stamps = self._read_floor()  # CA fingerprint -> the newest list's stamp this board accepted for it
         self._floor = self._stamps.get(self.ca, -1)
 
@@ -300,6 +308,9 @@ class Revocations:
 
     def _load(self, stamp: tuple[int, int, int] | None) -> None:
         self._stamp = stamp
+        if self._unreadable is not None:  # its stamp unknown: any list may be the older one put back
+            self._damage = self._unreadable
+            return
         if stamp is None or self.path is None:
             if self._issued >= 0:
                 log.error("revocation list %s removed: the list signed at %d stays in force (%d card(s) revoked)",
@@ -316,6 +327,12 @@ class Revocations:
             if len(text) > MAX_REVOCATION_FILE:
                 raise CardError(f"revocation list over {MAX_REVOCATION_FILE} bytes")
             issued, revoked = read_revocations(text, self.ca_public)
+            if issued == self._issued and revoked != self._revoked:
+                self._damage = None
+                log.error("revocation list %s was signed at %d like the one in force but names other cards: a "
+                          "conflicting list (two signed in one second by an older 'peerserve ca'?). The list in force "
+                          "stays; sign a new one with 'peerserve ca revoke'", self.path, issued)  # fmt: skip
+                return
             if issued < self._issued:
                 self._damage = None
                 log.error("revocation list %s was signed at %d, before the one in force (%d): a stale copy? The newer "
@@ -324,21 +341,25 @@ class Revocations:
             if issued < self._floor:  # none in force yet (a restart): the newer list's revocations are unknown here
                 self._refuse_older(f"was signed at {issued}")
                 return
+            held = self._lists.get(self.ca)
+            if issued == self._floor and held is not None and held != list_digest(revoked):
+                self._refuse_older(f"was signed at {issued} but names other cards than the list", "then")
+                return
             self._damage = None
             self._issued, self._revoked = issued, revoked
             log.info("revocation list %s: %d board card(s) revoked", self.path, len(self._revoked))
-            if issued > self._floor:
-                self._record(issued)
+            if issued > self._floor or held is None:
+                self._record(issued, revoked)
         except (OSError, CardError) as exc:
             self._damage = f"this board's revocation list {self.path} cannot be used ({exc}): no board card is " \
                            "accepted until the operator's signed list replaces it"  # fmt: skip
             log.error("%s", self._damage)
 
-    def _refuse_older(self, what: str) -> None:
+    def _refuse_older(self, what: str, when: str = "before") -> None:
         """Fail closed after a restart: the list at ``path`` is older than (or not) the one this board accepted."""
         self._damage = (
             f"this board's revocation list {self.path} {what}, but this board accepted a list signed at "
-            f"{self._floor} before (recorded in {self.floor_path}): a stale copy, or one put back to undo a "
+            f"{self._floor} {when} (recorded in {self.floor_path}): a stale copy, or one put back to undo a "
             "revocation. No board card is accepted until the operator's current list (the CA folder's revoked.json, "
             "signed at or after that) is copied there; only if that record is wrong, remove it and restart"
         )
@@ -346,8 +367,9 @@ class Revocations:
 
     def _read_floor(self) -> dict[str, int]:
         """The stamps recorded in ``floor_path`` ({} when there is none). A file that is there but not a record of
-        ours (damaged, foreign, unreadable) is logged as an error and set aside, and {} returned: the list on disk
-        then stands as it is, and the next list accepted is recorded anew."""
+        ours (damaged, foreign) is logged as an error and set aside, and {} returned: the list on disk then stands as
+        it is, and the next list accepted is recorded anew. One that cannot be read (EACCES, EIO) fails closed, as a
+        missing list does, and is never written over: its stamp may be newer than the list on disk."""
         path = self.floor_path
         if path is None:
             return {}
@@ -356,17 +378,29 @@ class Revocations:
                 text = f.read(STAMP_FILE + 1)
         except FileNotFoundError:
             return {}
-        except OSError as exc:
-            return self._floor_damaged(f"cannot read it: {exc}", aside=False)
+        except OSError as exc:  # there, but its stamps unknown: fail closed, and never write over it (review16d F4)
+            self._unreadable = (
+                f"this board's record of the newest revocation list it accepted, {path}, cannot be read ({exc}): "
+                "an older list put back could not be told from the current one, so no board card is accepted. Make "
+                "it readable by the agent (or, if it is lost, remove it and copy the operator's current "
+                "revoked.json to the list's place) and restart"
+            )
+            log.error("%s", self._unreadable)
+            return {}
         try:
             data = json.loads(text)
             stamps = data["stamps"] if isinstance(data, dict) and data.get("format") == STAMP_FORMAT else None
+            lists = data.get("lists", {}) if isinstance(data, dict) else None
             if len(text) > STAMP_FILE or not isinstance(stamps, dict) or len(stamps) > STAMP_CAS:
                 raise ValueError(f"not a {STAMP_FORMAT} record of at most {STAMP_CAS} CAs")
+            if not isinstance(lists, dict) or not all(ca in stamps and isinstance(d, str) and len(d) == 32
+                                                      for ca, d in lists.items()):  # fmt: skip
+                raise ValueError("bad list digests")
             for ca, issued in stamps.items():
                 if len(ca) != 32 or type(issued) is not int or issued < 0:
                     raise ValueError(f"bad record {str(ca)[:40]!r}")
                 int(ca, 16)
+            self._lists = dict(lists)
             return dict(stamps)
         except (ValueError, KeyError, TypeError) as exc:  # JSON errors are ValueErrors
             return self._floor_damaged(str(exc)[:200])
@@ -386,17 +420,23 @@ class Revocations:
                   self.path)  # fmt: skip
         return {}
 
-    def _record(self, issued: int) -> None:
-        """Record ``issued`` as this CA's newest accepted stamp (atomic, fsynced); logged, never raised, on failure."""
+    def _record(self, issued: int, revoked: frozenset[str]) -> None:
+        """Record ``issued`` as this CA's newest accepted stamp, with the digest of the list signed at it (a list
+        with the same stamp but other cards is refused after a restart too); atomic, fsynced; logged, never raised,
+        on failure."""
         self._floor = issued
         self._stamps.pop(self.ca, None)
         self._stamps[self.ca] = issued
+        self._lists[self.ca] = list_digest(revoked)
         while len(self._stamps) > STAMP_CAS:  # the oldest-recorded other CA's record goes
-            del self._stamps[next(iter(self._stamps))]
+            gone = next(iter(self._stamps))
+            del self._stamps[gone]
+            self._lists.pop(gone, None)
         if self.floor_path is None:
             return
+        record = {"format": STAMP_FORMAT, "stamps": self._stamps, "lists": self._lists}
         try:
-            write_atomic(self.floor_path, json.dumps({"format": STAMP_FORMAT, "stamps": self._stamps}).encode())
+            write_atomic(self.floor_path, json.dumps(record).encode())
         except OSError as exc:
             log.error("cannot record the revocation list's stamp %d in %s (%s): after a restart this board would "
                       "accept an older list", issued, self.floor_path, exc)  # fmt: skip
@@ -429,6 +469,8 @@ class PinCards:
         held = self._cards.get(node_id)
         if held is not None and held[0] == key and held[1] >= expires:
             return
+        if held is not None:  # the pin moved (or an operator set it): the floor stays, so an older card of the old
+            expires = max(expires, held[1])  # key cannot move it back (review16d F3)
         self._cards[node_id] = (key, expires)
         self._cards.move_to_end(node_id)
         while len(self._cards) > self.limit:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.identity import AuthError, Card, Identity, derive_ca_key, read_pins
+from agent.identity import AuthError, Card, Identity, derive_ca_key, edit_pin, read_pins
 from agent.operator_ca import PinCards, sign_revocations
 from tests.unit.test_operator_ca import BODY, NOW, OPERATOR, TOKEN, board, member, send
 
@@ -181,3 +181,26 @@ def test_the_record_is_bounded(tmp_path: Path) -> None:
     again = PinCards(path, limit=3)
     assert [again.get(f"n{i}") for i in range(5)] == [None, None, *(cards.get(f"n{i}") for i in range(2, 5))]
     assert len(PinCards(path, limit=2)) == 2  # a file written under a larger bound is cut on reading
+
+
+@pytest.mark.parametrize("by_hand", ["set", "forget"])
+def test_a_pin_moved_by_hand_is_not_moved_back_by_the_old_keys_card(tmp_path: Path, by_hand: str) -> None:
+    """review16d F3: a renewal with fewer days moves nothing, so the operator re-pins by hand ('pins set m --key K2'
+    or 'pins forget m'); the record then held K2's earlier expiry and the old key's unrevoked card (later) moved the
+    pin back at its next message, refusing the operator's K2. The record keeps the later of the two expiries."""
+    receiver = member(tmp_path, "f")
+    old = member(tmp_path, "m", days=90)
+    assert send(old, receiver) == "m"
+    new = imaged(tmp_path, "m-new", "m", days=30)
+    with pytest.raises(AuthError, match="belongs to another key"):
+        send(new, receiver)  # an earlier expiry: no move, as documented
+    edit_pin(tmp_path / "f" / "peer" / "pins.json", "m", new.public_key if by_hand == "set" else None)
+    assert send(new, receiver) == "m" and pinned(receiver, "m") == new.public_key
+    assert receiver.pin_cards is not None and receiver.pin_cards.get("m") == (new.public_key, old.board.expires)  # type: ignore[union-attr]
+    with pytest.raises(AuthError, match="belongs to another key"):
+        send(old, receiver)  # never back
+    assert send(new, receiver) == "m" and receiver.pins.moved == 0
+    again = Identity("f", TOKEN, tmp_path / "f", operator_ca=OPERATOR.public_key())
+    with pytest.raises(AuthError, match="belongs to another key"):
+        send(old, again)  # after a restart too
+    assert send(imaged(tmp_path, "m-later", "m", days=91), again) == "m"  # a card later than both still moves it

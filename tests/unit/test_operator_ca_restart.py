@@ -12,7 +12,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from agent.identity import AuthError, Identity
-from agent.operator_ca import STAMP_CAS, STAMP_FORMAT, Revocations, sign_revocations
+from agent.operator_ca import STAMP_CAS, STAMP_FORMAT, CardError, Revocations, sign_revocations
 from tests.unit.test_operator_ca import OPERATOR, TOKEN, member, send
 
 
@@ -94,17 +94,24 @@ def test_a_damaged_stamp_file_is_a_clear_error_and_the_list_on_disk_stands(
         send(k, restart(tmp_path, "f"))
 
 
-def test_an_unreadable_stamp_file_is_no_crash(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_a_stamp_record_that_cannot_be_opened_is_no_crash_and_fails_closed(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A record that is there but cannot be read (here a directory: IsADirectoryError; EACCES and EIO in
+    test_operator_ca_stamps.py) may hold a newer stamp than the list on disk: fail closed until it is fixed."""
     stamp = tmp_path / "revoked.stamp.json"
-    stamp.mkdir()  # read fails with an OSError (IsADirectoryError), as for EACCES or EIO
+    stamp.mkdir()
     (stamp / "x").write_text("")
     with caplog.at_level(logging.ERROR):
         revocations = Revocations(tmp_path / "revoked.json", OPERATOR.public_key(), stamp)
-    assert "cannot read it" in caplog.text
-    assert revocations.current() == frozenset()  # no list, no record read: nothing revoked, as before the record
+    assert "cannot be read" in caplog.text
+    with pytest.raises(CardError) as closed:
+        revocations.current()  # no list: refused, as a missing list after a restart is
+    assert closed.value.status == 503
     put(tmp_path / "revoked.json", 3, ["a" * 32])
-    assert revocations.current() == {"a" * 32}  # cannot record it (logged), still in force while running
-    assert "cannot record" in caplog.text
+    with pytest.raises(CardError):
+        revocations.current()  # nor a list: its stamp cannot be compared
+    assert (stamp / "x").exists()  # left as it was
 
 
 def test_one_record_per_ca_and_at_most_STAMP_CAS(tmp_path: Path) -> None:
