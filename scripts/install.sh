@@ -317,7 +317,8 @@ fi
 # opt-in operator CA: its public key beside the config; the agent refuses to start without this board's card
 ca_file="$etc/operator-ca.pub"
 if [ "$no_operator_ca" = 1 ]; then
-  if [ -e "$ca_file" ]; then act rm -f "$ca_file"; fi  # the config below is written without operator_ca
+  # the CA file is removed only after the config below is written without operator_ca: if that write fails, the
+  # config still names a file that is there (a config naming a missing one stops the agent at its next start)
   kept=""
   for f in board.card revoked.json revoked.stamp.json pin-cards.json; do
     if [ -e "$data/peer/$f" ]; then kept="$kept$f "; fi
@@ -354,6 +355,7 @@ catalogue = \"$etc/catalogue.toml\"
 runtime = \"$runtime\"
 docker_gpu = $gpu
 cluster_token = \"$token\"$operator_line"
+if [ "$no_operator_ca" = 1 ] && [ -e "$ca_file" ]; then act rm -f "$ca_file"; fi  # only now: the config no longer names it
 [ -d "$data" ] || act install -d -m 700 -o "$user" -g "$user" "$data"
 if [ -n "$card_request" ]; then  # the node key is made here if the agent has not made it yet
   act "$prefix/venv/bin/peerserve" card request --node-id "$node_id" --data-dir "$data" --config "$config" \
