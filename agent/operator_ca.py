@@ -27,6 +27,7 @@ import json
 import logging
 import os
 import struct
+import threading
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -447,15 +448,20 @@ class PinCards:
     must be newer than to move the pin (``Identity._repin_from``). Kept in ``path`` (``DATA_DIR/peer/pin-cards.json``)
     across restarts, or a board restarted after the old key's last message could never compare; bounded (``limit``,
     as many as ids can be pinned; least recently changed dropped). A record changes only when a pinned key shows a
-    card newer than the one held, or the pin moves: a few writes when boards first meet and at renewals, each handed
-    to ``run`` (the pin writer thread, off the event loop). A damaged file is logged and ignored: with no record,
-    no pin moves (``peerserve pins forget`` re-admits, as in the token-only mode) until the pinned key shows its card
-    again."""
+    card newer than the one held, or the pin moves: a few writes when boards first meet and at renewals. A change
+    only marks the record dirty; one job handed to ``run`` (the pin writer thread, off the event loop) serialises
+    and writes the latest state, so N changes while a write is queued or running cost at most two writes, and the
+    loop never serialises the whole record (review16d F7: 4 ms per change at 4,096 ids, one snapshot each). A
+    damaged file is logged and ignored: with no record, no pin moves (``peerserve pins forget`` re-admits, as in the
+    token-only mode) until the pinned key shows its card again."""
 
     def __init__(self, path: Path | None, limit: int = ROSTER, run: Callable[[Callable[[], None]], None] | None = None):
         self.path, self.limit = path, limit
         self.run = run or (lambda job: job())
         self._cards: OrderedDict[str, tuple[bytes, int]] = self._read()
+        self._lock = threading.Lock()  # the record's changes (on the loop) against the writer's copy (its thread)
+        self._dirty = False  # a write of the latest state is queued and has not copied it yet
+        self.writes = 0  # the record's writes started (a bound the tests check)
 
     def get(self, node_id: str) -> tuple[bytes, int] | None:
         return self._cards.get(node_id)
@@ -471,15 +477,26 @@ class PinCards:
             return
         if held is not None:  # the pin moved (or an operator set it): the floor stays, so an older card of the old
             expires = max(expires, held[1])  # key cannot move it back (review16d F3)
-        self._cards[node_id] = (key, expires)
-        self._cards.move_to_end(node_id)
-        while len(self._cards) > self.limit:
-            self._cards.popitem(last=False)
-        if self.path is not None:
-            path = self.path
-            data = json.dumps({"format": PIN_CARDS_FORMAT, "cards": {n: [k.hex(), e] for n, (k, e) in
-                                                                    self._cards.items()}}).encode()  # fmt: skip
-            self.run(lambda: _save_quietly(path, data))
+        with self._lock:
+            self._cards[node_id] = (key, expires)
+            self._cards.move_to_end(node_id)
+            while len(self._cards) > self.limit:
+                self._cards.popitem(last=False)
+            if self.path is None or self._dirty:
+                return  # none kept, or the queued write has not copied the record yet: it takes this change too
+            self._dirty = True
+        self.run(self._flush)
+
+    def _flush(self) -> None:
+        """Write the latest record (in the pin writer thread): copied under the lock, serialised and written out of
+        it; a change after the copy queues the next write."""
+        with self._lock:
+            self._dirty = False
+            cards = list(self._cards.items())
+            self.writes += 1
+        assert self.path is not None
+        data = json.dumps({"format": PIN_CARDS_FORMAT, "cards": {n: [k.hex(), e] for n, (k, e) in cards}}).encode()
+        _save_quietly(self.path, data)
 
     def _read(self) -> OrderedDict[str, tuple[bytes, int]]:
         cards: OrderedDict[str, tuple[bytes, int]] = OrderedDict()

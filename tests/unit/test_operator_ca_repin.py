@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -204,3 +206,43 @@ def test_a_pin_moved_by_hand_is_not_moved_back_by_the_old_keys_card(tmp_path: Pa
     with pytest.raises(AuthError, match="belongs to another key"):
         send(old, again)  # after a restart too
     assert send(imaged(tmp_path, "m-later", "m", days=91), again) == "m"  # a card later than both still moves it
+
+
+def test_record_changes_while_a_write_is_queued_join_it(tmp_path: Path) -> None:
+    """review16d F7: each change serialised the whole record on the loop and queued its own snapshot (N boards
+    meeting first: N snapshots). Now a change marks the record dirty; the one queued job writes the latest state."""
+    path = tmp_path / "pin-cards.json"
+    queued: list[Callable[[], None]] = []
+    cards = PinCards(path, run=queued.append)
+    for i in range(500):
+        cards.shown(f"n{i}", bytes([i % 256]) * 32, 1000 + i)
+    assert len(queued) == 1 and not path.exists()  # nothing serialised or written on the caller's side
+    queued.pop()()
+    assert cards.writes == 1 and len(PinCards(path)) == 500 and PinCards(path).get("n499") == (bytes([243]) * 32, 1499)
+    cards.shown("n0", bytes([0]) * 32, 5000)  # a change after the write: one more job, the latest state again
+    cards.shown("n1", bytes([1]) * 32, 5001)
+    assert len(queued) == 1
+    queued.pop()()
+    assert PinCards(path).get("n0") == (bytes([0]) * 32, 5000) and PinCards(path).get("n1") == (bytes([1]) * 32, 5001)
+    assert cards.writes == 2
+
+
+def test_record_writes_in_the_writer_thread_stay_bounded(tmp_path: Path) -> None:
+    """The same through the real pin writer thread, changes made from an event loop as the agent makes them."""
+    from agent.identity import _off_loop, _writer
+
+    path = tmp_path / "pin-cards.json"
+    cards = PinCards(path, run=_off_loop)
+    gate = threading.Event()
+    _writer().submit(gate.wait)  # the writer busy: every change below lands while the first write is queued
+
+    async def change() -> None:
+        for i in range(300):
+            cards.shown(f"n{i}", bytes([i % 256]) * 32, 1000 + i)
+
+    try:
+        asyncio.run(change())
+    finally:
+        gate.set()
+    _writer().submit(lambda: None).result()
+    assert cards.writes == 1 and len(PinCards(path)) == 300
