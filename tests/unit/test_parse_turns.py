@@ -324,4 +324,7 @@ def test_many_addresses_flooding_get_the_total_share_and_an_honest_one_is_served
           f"loop lag max {1000 * lag:.1f} ms")  # fmt: skip
     assert spent <= burst + share * elapsed + 0.02, (spent, elapsed)  # (a step may overdraw: a header block)
     assert spent >= 0.5 * share * elapsed, (spent, elapsed)  # the flood did want it: the cap is what bound it
-    assert len(latencies) >= 30 and p50 < 0.1, (len(latencies), p50)
+    # starved, each predict would wait a round of the 24 (24 x burst / share = 4.8 s: one predict in the run at most);
+    # served, it waits about a step's refill (idle: 30+ predicts, p50 ~10 ms; 20 at p50 91 ms with the machine loaded
+    # and the other xdist worker busy, session 16's CI) -- the bound tells the two apart with room for a loaded machine
+    assert len(latencies) >= 10 and p50 < 0.25, (len(latencies), p50)
