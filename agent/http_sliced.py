@@ -244,6 +244,7 @@ class SlicedH11Protocol(H11Protocol):
             if self._dropped > REFUSAL_DROP_BYTES:
                 self.transport.pause_reading()
             return
+        self._unset_keepalive_if_required()  # as uvicorn's own: bytes came, whether parsed now or held for a turn
         self._on_data()
         if self._next_step is not None or self._in_turns:  # a step waits (reading is paused: this read was under way)
             self._unparsed += data
