@@ -593,7 +593,14 @@ def test_a_trickler_whose_address_is_in_parse_debt_still_falls_behind_the_rate(
 
         threading.Thread(target=trickle, daemon=True).start()
         time.sleep(1.5)  # past the grace: behind the rate
+        # a newcomer refused 503 comes back (its Retry-After), as clients do: the trickler is judged by its measured
+        # rate, and on a busy machine the first newcomer can come a moment before that measure is behind (1 in 8
+        # runs on an idle machine, session 16); on the old code every one is refused, for as long as it trickles
+        deadline = time.monotonic() + 5.0
         status, _, body = _exchanged(port, "127.0.86.1", _HEALTH)
+        while status == 503 and time.monotonic() < deadline:
+            time.sleep(0.25)
+            status, _, body = _exchanged(port, "127.0.86.1", _HEALTH)
         assert status != 503, (status, body)
         assert _answer_of(trickler).startswith(b"HTTP/1.1 503 ")
     finally:
