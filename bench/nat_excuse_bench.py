@@ -36,6 +36,7 @@ GET = f"GET /g HTTP/1.1\r\nHost: a\r\n{HEADERS}\r\n".encode()
 
 
 async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """Read the whole body, answer an empty 200 (also the server app of the edge's unit tests)."""
     if scope["type"] != "http":
         return
     more = True

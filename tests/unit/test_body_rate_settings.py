@@ -22,6 +22,7 @@ from agent import http_caps
 from agent.cli import register, server_config
 from agent.errors import ConfigError
 from agent.settings import Settings, load_settings
+from bench.nat_excuse_bench import app as _reader  # reads the whole body, answers an empty 200
 
 
 def test_the_defaults_are_the_constants_they_replace(tmp_path: Path) -> None:
@@ -95,19 +96,6 @@ def test_the_flags_reach_the_settings(tmp_path: Path) -> None:
     names = ("body_stall_s", "body_min_rate", "body_rate_grace_s", "body_take_below_rates")
     s = load_settings(env={}, overrides={"data_dir": str(tmp_path), **{n: getattr(args, n) for n in names}})
     assert (s.body_stall_s, s.body_min_rate, s.body_rate_grace_s, s.body_take_below_rates) == (2, 100, 4, 2)
-
-
-async def _reader(scope: dict[str, Any], receive: Any, send: Any) -> None:
-    if scope["type"] != "http":
-        return
-    more = True
-    while more:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            return
-        more = bool(message.get("more_body"))
-    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"0")]})
-    await send({"type": "http.response.body", "body": b""})
 
 
 async def _serve(settings: Settings) -> tuple[Any, int]:
