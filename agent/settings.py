@@ -45,6 +45,17 @@ MAX_BODY_MIN_RATE = 1_000_000.0  # body_min_rate: 1 MB/s (8 Mbit/s); above it ho
 MAX_TAKE_BELOW_RATES = 100.0  # body_take_below_rates: 100 x the minimum rate
 
 
+class UnsetSeconds(float):
+    """A ``body_stall_s`` / ``body_rate_grace_s`` nobody set: its default, or ``body_timeout_s`` if that is shorter
+    (``Settings.__post_init__``). They came in session 16 with a range up to ``body_timeout_s``; a config from before
+    (body_timeout_s 1.5 s, say) never set them and must still start (review16b F4). Only the settings loader did
+    this once, so a ``Settings(body_timeout_s=1.5)`` built in code raised; every Settings does it now. The value
+    stays marked as unset, so ``replace(body_timeout_s=...)`` follows the new timeout too."""
+
+
+BODY_RATE_DEFAULTS = {"body_stall_s": 1.0, "body_rate_grace_s": 2.0}  # unset, at most body_timeout_s
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything an agent is configured with (see `peerserve agent --help` for each field)."""
@@ -82,9 +93,9 @@ class Settings:
     # when a request body counts as waiting on its client (a newcomer at max_concurrency may take its place;
     # agent/http_caps.py): no byte for body_stall_s, or behind body_min_rate bytes a second (10 to 1e6) by more
     # than body_rate_grace_s; with none waiting, a body sent slower than body_take_below_rates x body_min_rate
-    body_stall_s: float = 1.0
+    body_stall_s: float = UnsetSeconds(BODY_RATE_DEFAULTS["body_stall_s"])
     body_min_rate: float = 500.0
-    body_rate_grace_s: float = 2.0
+    body_rate_grace_s: float = UnsetSeconds(BODY_RATE_DEFAULTS["body_rate_grace_s"])
     body_take_below_rates: float = 4.0
     max_header_kb: int = 16
     max_clients_per_address: int = 8
@@ -154,6 +165,9 @@ class Settings:
             object.__setattr__(self, "advertise_address", interface_address(self.interface) if wildcard else self.host)
         if not self.data_dir:
             object.__setattr__(self, "data_dir", default_data_dir(self.node_id))
+        for name, default in BODY_RATE_DEFAULTS.items():
+            if isinstance(getattr(self, name), UnsetSeconds):  # (min: a NaN body_timeout_s is refused below)
+                object.__setattr__(self, name, UnsetSeconds(min(default, self.body_timeout_s)))
         validate(self)
 
     @property
@@ -360,15 +374,4 @@ def load_settings(
     for name, raw in (overrides or {}).items():
         if raw is not None:
             values[name] = _coerce(name, types[name], raw)
-    return Settings(**{**unset_body_rate_defaults(values), **values})
-
-
-def unset_body_rate_defaults(values: Mapping[str, Any]) -> dict[str, float]:
-    """``body_stall_s`` / ``body_rate_grace_s`` where ``values`` does not set them: their defaults, or
-    ``body_timeout_s`` if shorter. They came in session 16 with a range up to ``body_timeout_s``; a config from
-    before (body_timeout_s 1.5 s, say) never set them and must still start (review16b F4)."""
-    timeout = values.get("body_timeout_s")
-    if not isinstance(timeout, float) or not math.isfinite(timeout):
-        return {}
-    names = ("body_stall_s", "body_rate_grace_s")
-    return {name: min(float(getattr(Settings, name)), timeout) for name in names if name not in values}
+    return Settings(**values)  # (body_stall_s / body_rate_grace_s unset: they follow body_timeout_s, UnsetSeconds)

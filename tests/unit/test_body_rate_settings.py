@@ -88,6 +88,26 @@ def test_a_config_from_before_the_body_rate_settings_still_starts(timeout: str, 
         load_settings(str(config), env={"PEERSERVE_BODY_RATE_GRACE_S": "2"})  # one set by hand is still checked
 
 
+def test_settings_built_in_code_follow_body_timeout_s_as_loaded_ones_do(tmp_path: Path) -> None:
+    """Only the loader gave unset ``body_stall_s`` / ``body_rate_grace_s`` at most ``body_timeout_s``: a Settings
+    built in code (tests, benches, ``replace``) with ``body_timeout_s=1.5`` raised. Every Settings does it now,
+    and the range check still applies to a value someone set."""
+    s = Settings(data_dir=str(tmp_path), body_timeout_s=1.5)
+    assert (s.body_stall_s, s.body_rate_grace_s) == (1.0, 1.5)
+    assert s == load_settings(None, env={"PEERSERVE_DATA_DIR": str(tmp_path), "PEERSERVE_BODY_TIMEOUT_S": "1.5"})
+    longer, shorter = s.replace(body_timeout_s=30.0), s.replace(body_timeout_s=0.8)
+    assert (longer.body_stall_s, longer.body_rate_grace_s) == (1.0, 2.0)  # unset still: the defaults again
+    assert (shorter.body_stall_s, shorter.body_rate_grace_s) == (0.8, 0.8)
+    set_by_hand = Settings(data_dir=str(tmp_path), body_rate_grace_s=3.0, body_stall_s=0.5)
+    assert set_by_hand.replace(body_timeout_s=60.0).body_rate_grace_s == 3.0  # a value set is kept ...
+    with pytest.raises(ConfigError, match=r"body_rate_grace_s: must be 0.5 s to body_timeout_s \(1.5 s\)"):
+        set_by_hand.replace(body_timeout_s=1.5)  # ... and checked, never cut to fit
+    with pytest.raises(ConfigError, match=r"body_stall_s: must be 0.1 s to body_timeout_s \(1.5 s\)"):
+        s.replace(body_stall_s=2.0)
+    with pytest.raises(ConfigError, match=r"body_timeout_s: must be at least 0.5 s"):
+        Settings(data_dir=str(tmp_path), body_timeout_s=0.3)  # no grace fits under it
+
+
 def test_the_flags_reach_the_settings(tmp_path: Path) -> None:
     parser = argparse.ArgumentParser()
     register(parser.add_subparsers())
