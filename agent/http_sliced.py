@@ -387,9 +387,14 @@ class SlicedH11Protocol(H11Protocol):
 
     def on_response_complete(self) -> None:
         """uvicorn parses pipelined events here: a step like any other, charged, and only if the budgets allow
-        it now (else it is left to the step that waits: h11 keeps the events, cut short at once)."""
+        it now (else it is left to the step that waits: h11 keeps the events, cut short at once). With nothing
+        read past the request (h11's buffer and ``_unparsed`` empty) there is nothing to leave, and reading goes on:
+        cut short, reading was held for the debt's refill, the client's next request unread, and uvicorn's
+        keep-alive timer (armed here, cancelled only by bytes read) closed the connection under it (a reset, the
+        request lost, when an address owed more than ``timeout_keep_alive`` of refill)."""
         waiting = self._next_step is not None or self._in_turns
-        if waiting or self.transport.is_closing() or self._wait() > 0 or not self._admitted():
+        pending = bool(self._unparsed) or bool(self.counted.trailing_data[0])
+        if pending and (waiting or self.transport.is_closing() or self._wait() > 0 or not self._admitted()):
             self.counted.turn_left = 0
         started, collected = time.thread_time(), pauses.full_collection_cpu_s()
         super().on_response_complete()
