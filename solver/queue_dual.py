@@ -58,9 +58,9 @@ FEASIBLE_BASIS = True  # the first LP starts from a feasible basis (every stream
 # rows: 195 -> 114 simplex iterations in the first LP of the bench's cored relaxations, the same optima
 SMOOTH = 0.5  # weight of the best bound's prices in the smoothed prices (Wentges)
 # more smoothed candidates per round, their loads added as columns too (more levels per round, fewer rounds): off.
-# Measured (bench/relax_options_bench.py, solver17b): with 0.25, 3.57 -> 3.20 LP solves and 4.18 -> 3.84 Ipopt
-# iterations per cored R(S), but the LP's point moves, so R(S)'s answer moves within Ipopt's tolerance and plans
-# change (70 of 744); no gain beyond the noise in whole solves (docs/solver.md, "The cored relaxation's options")
+# Measured (bench/relax_options_bench.py, solver17b): with 0.25, 2.88 -> 2.58 LP solves and 3.90 -> 3.68 Ipopt
+# iterations per cored R(S), time 0.94x (median pass) / 1.01x (best), but the LP's point moves, so R(S)'s answer
+# moves within Ipopt's tolerance and plans change (70 of 744; docs/solver.md, "The cored relaxation's options")
 SMOOTH_EXTRA: tuple[float, ...] = ()
 PROVE = True  # stop only at a proven optimum (switched off only to show the oracle test failing)
 # where the LP is R(S)'s answer: every pool keeps n >= N_MIN (an idle column, ``_Lp.add_floors``) within the NLP's own
