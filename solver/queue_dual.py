@@ -57,6 +57,11 @@ FEASIBLE_BASIS = True  # the first LP starts from a feasible basis (every stream
 # basic at 0, the budget rows' slacks basic) instead of HiGHS's slack basis, which is infeasible on the assignment
 # rows: 195 -> 114 simplex iterations in the first LP of the bench's cored relaxations, the same optima
 SMOOTH = 0.5  # weight of the best bound's prices in the smoothed prices (Wentges)
+# more smoothed candidates per round, their loads added as columns too (more levels per round, fewer rounds): off.
+# Measured (bench/relax_options_bench.py, solver17b): with 0.25, 2.88 -> 2.58 LP solves and 3.90 -> 3.68 Ipopt
+# iterations per cored R(S), time 0.94x (median pass) / 1.01x (best), but the LP's point moves, so R(S)'s answer
+# moves within Ipopt's tolerance and plans change (70 of 744; docs/solver.md, "The cored relaxation's options")
+SMOOTH_EXTRA: tuple[float, ...] = ()
 PROVE = True  # stop only at a proven optimum (switched off only to show the oracle test failing)
 # where the LP is R(S)'s answer: every pool keeps n >= N_MIN (an idle column, ``_Lp.add_floors``) within the NLP's own
 # budgets, so a sliver of rate may ride on an empty pool's N_MIN instance as in the NLP, and the proof is the
@@ -152,7 +157,8 @@ def prove_lp(
             if lower > best:
                 best, best_prices = lower, lp.price_vector
         # Wentges smoothing: new loads at the LP's prices and between them and the best bound's prices
-        cands = np.stack((lp.price_vector, SMOOTH * best_prices + (1 - SMOOTH) * lp.price_vector))
+        smooth = (SMOOTH, *SMOOTH_EXTRA)
+        cands = np.stack((lp.price_vector, *(w * best_prices + (1 - w) * lp.price_vector for w in smooth)))
         lowers, loads = lp.bounds_and_loads(cands)  # each candidate's bound and best loads (the next load columns)
         for lower, cand in zip(lowers, cands, strict=True):
             if lower > best:
