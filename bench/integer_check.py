@@ -30,39 +30,41 @@ from solver.api import solve
 from solver.simulate import site_instance, thesis_instance
 from solver.snapshot import Snapshot
 
+CORES = (None, 1.0, 2.0)  # cores per node (None: as the snapshot declares: none)
+SITE_SEEDS = 2  # 1,000-request x 100-node site instances per cores value
+RANDOM_PER_SEED = 4  # random snapshots (test_queue_repair_golden's) per seed, each with queue and queue-p99
 TIMING = ("solve_ms",)
 DETAIL_TIMING = ("relaxation_ms",)
 
 
 def corpus(seeds: int, sites: bool = True) -> Iterator[tuple[str, Snapshot, str, str]]:
-    """(key, snapshot, mode, objective) over the corpus (module docstring)."""
+    """(key, snapshot, mode, objective) over the corpus (module docstring): ``plans(seeds, sites)`` of them."""
     from tests.unit.test_queue_repair_golden import snapshot as random_snapshot
 
-    for cores in (None, 1.0, 2.0):
+    for cores in CORES:
         for r, n in SIZES:
+            tag = f"thesis/{r}x{n}"
             for s in range(seeds):
                 snap = with_cores(thesis_instance(r, n, s), cores)
                 for mode in ("1", "2"):
-                    yield f"thesis/{r}x{n}/s{s}/c{cores}/m{mode}", snap, mode, "queue"
-                yield (
-                    f"thesis/{r}x{n}/s{s}/c{cores}/m1/running",
-                    with_cores(with_running(thesis_instance(r, n, s), s), cores),
-                    "1",
-                    "queue",
-                )
-            yield f"thesis/{r}x{n}/s0/c{cores}/m1/p99", with_cores(thesis_instance(r, n, 0), cores), "1", "queue-p99"
-        if sites:
-            for s in range(2):
-                yield (
-                    f"site/1000x100/s{s}/c{cores}/m1",
-                    with_cores(site_instance(1000, 100, 50, s), cores),
-                    "1",
-                    "queue",
-                )
-    for s in range(4 * seeds):
+                    yield f"{tag}/s{s}/c{cores}/m{mode}", snap, mode, "queue"
+                running = with_cores(with_running(thesis_instance(r, n, s), s), cores)
+                yield f"{tag}/s{s}/c{cores}/m1/running", running, "1", "queue"
+            yield f"{tag}/s0/c{cores}/m1/p99", with_cores(thesis_instance(r, n, 0), cores), "1", "queue-p99"
+        for s in range(SITE_SEEDS if sites else 0):
+            site = with_cores(site_instance(1000, 100, 50, s), cores)
+            yield f"site/1000x100/s{s}/c{cores}/m1", site, "1", "queue"
+    for s in range(RANDOM_PER_SEED * seeds):
         snap = random_snapshot(np.random.default_rng(s))
-        yield f"random/s{s}", snap, "2" if s % 2 else "1", "queue"
-        yield f"random/s{s}/p99", snap, "2" if s % 2 else "1", "queue-p99"
+        mode = "2" if s % 2 else "1"
+        yield f"random/s{s}", snap, mode, "queue"
+        yield f"random/s{s}/p99", snap, mode, "queue-p99"
+
+
+def plans(seeds: int, sites: bool = True) -> int:
+    """How many plans ``corpus(seeds, sites)`` solves (it grows linearly in ``seeds``)."""
+    per_cores = len(SIZES) * (3 * seeds + 1) + (SITE_SEEDS if sites else 0)
+    return len(CORES) * per_cores + 2 * RANDOM_PER_SEED * seeds
 
 
 def digest(plan: Any) -> str:
