@@ -1,8 +1,9 @@
 """Same plans, exactly: digests of whole queue-aware solves over a corpus, for checking a speed-up of the integer part.
 
 The corpus (issue 16 target 5's speed-ups must not move a plan): the thesis's sizes (bench/queue_bench.py's SIZES)
-x seeds x cores {none, 1, 2} x Mode 1 / Mode 2, their ``running`` variants (Mode 1), site instances, and the random
-snapshots of tests/unit/test_queue_repair_golden (Mode 1 / Mode 2 by seed), with ``queue`` and ``queue-p99``. Each
+x seeds x cores {none, 1, 2} x Mode 1 / Mode 2, their ``running`` variants (Mode 1), site instances,
+bench/bound_sweep.py's clusters and overloaded clusters (the instance bound's repair), and the random snapshots of
+tests/unit/test_queue_repair_golden (Mode 1 / Mode 2 by seed), with ``queue`` and ``queue-p99``. Each
 plan is digested (sha256 of its JSON with the timing fields left out: ``solve_ms``, ``details.relaxation_ms``), so
 two checkouts' digests compare bit for bit (every float's repr)::
 
@@ -25,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from bench.bound_sweep import cluster, overloaded_seed
 from bench.queue_bench import SIZES, with_cores, with_running
 from solver.api import solve
 from solver.simulate import site_instance, thesis_instance
@@ -32,6 +34,7 @@ from solver.snapshot import Snapshot
 
 CORES = (None, 1.0, 2.0)  # cores per node (None: as the snapshot declares: none)
 SITE_SEEDS = 2  # 1,000-request x 100-node site instances per cores value
+SWEEP_PER_SEED = 20  # bench/bound_sweep.py's clusters and overloaded clusters per seed, each
 RANDOM_PER_SEED = 4  # random snapshots (test_queue_repair_golden's) per seed, each with queue and queue-p99
 TIMING = ("solve_ms",)
 DETAIL_TIMING = ("relaxation_ms",)
@@ -54,6 +57,11 @@ def corpus(seeds: int, sites: bool = True) -> Iterator[tuple[str, Snapshot, str,
         for s in range(SITE_SEEDS if sites else 0):
             site = with_cores(site_instance(1000, 100, 50, s), cores)
             yield f"site/1000x100/s{s}/c{cores}/m1", site, "1", "queue"
+    for s in range(SWEEP_PER_SEED * seeds):  # bench/bound_sweep.py's clusters: the instance bound's repair at work
+        snap, tail = cluster(s)
+        yield f"bound/s{s}", snap, "1", "queue-p99" if tail else "queue"
+        snap, mode, tail = overloaded_seed(s)
+        yield f"overloaded/s{s}", snap, str(mode.value), "queue-p99" if tail else "queue"
     for s in range(RANDOM_PER_SEED * seeds):
         snap = random_snapshot(np.random.default_rng(s))
         mode = "2" if s % 2 else "1"
@@ -64,7 +72,7 @@ def corpus(seeds: int, sites: bool = True) -> Iterator[tuple[str, Snapshot, str,
 def plans(seeds: int, sites: bool = True) -> int:
     """How many plans ``corpus(seeds, sites)`` solves (it grows linearly in ``seeds``)."""
     per_cores = len(SIZES) * (3 * seeds + 1) + (SITE_SEEDS if sites else 0)
-    return len(CORES) * per_cores + 2 * RANDOM_PER_SEED * seeds
+    return len(CORES) * per_cores + 2 * (SWEEP_PER_SEED + RANDOM_PER_SEED) * seeds
 
 
 def digest(plan: Any) -> str:
