@@ -24,7 +24,10 @@ from __future__ import annotations
 import numpy as np
 
 from solver.node_cpu import TOL, core_room, over_cores
+from solver.problem import FloatArray, IntArray
 from solver.queue_repair import TINY, Pools, needed
+
+State = tuple[FloatArray, IntArray]  # the rates' (lam, counts): ``Pools.state()``
 
 HAIR = TOL / 2  # busy work (s/s) a move off a node may fall short by: trimmed to the room where it goes
 TRIM_TO_ROOM = True  # switched off only to show the bound's tests failing without it
@@ -43,17 +46,21 @@ def gather_making_room(pools: Pools, src: int, k: int, nodes: list[int]) -> bool
         saved_x = pools.x.copy()
         for c in np.flatnonzero((p.class_model == k) & (pools.x[:, src] > 0)).tolist():
             pools.move(c, src, dst, float(pools.x[c, src]))  # gather first: src's cores are free then
-        over = -float(core_room(pools.lam(), q.mu, pools.cores, q.rho_max)[dst])
-        room = _make_room(pools, dst, k, over * (1 + 1e-9) + 1e-12)
-        if room and not pools.over_budget(pools.counts()) and pools.counts().sum() < counts.sum():
+        now = pools.lam()  # the rates after the gather, read once
+        over = -float(core_room(now, q.mu, pools.cores, q.rho_max)[dst])
+        room, state = _make_room(pools, dst, k, over * (1 + 1e-9) + 1e-12, (now, needed(now, pools.cap)))
+        if room and _fewer_within_budget(pools, state, counts):
             return True
         pools.x = saved_x
     return False
 
 
-def _make_room(pools: Pools, dst: int, k: int, deficit: float) -> bool:
+def _make_room(pools: Pools, dst: int, k: int, deficit: float, state: State | None = None) -> tuple[bool, State | None]:
     """Move other models' rate off ``dst`` (smallest streams first) until ``deficit`` busy work is freed or
-    ``dst``'s busy work is within solver.node_cpu's tolerance (module docstring: a move trimmed to a hair)."""
+    ``dst``'s busy work is within solver.node_cpu's tolerance (module docstring: a move trimmed to a hair): whether
+    it is, and ``pools.state()`` of the rates it leaves where it knows it (else None).
+
+    ``state``: ``pools.state()`` of the current rates, where the caller has it; each move's is the next one's."""
     q, p = pools.q, pools.q.base
     for c in sorted(
         np.flatnonzero((p.class_model != k) & (pools.x[:, dst] > 0)).tolist(), key=lambda c: pools.x[c, dst]
@@ -62,31 +69,48 @@ def _make_room(pools: Pools, dst: int, k: int, deficit: float) -> bool:
             break
         k2 = int(p.class_model[c])
         amount = min(float(pools.x[c, dst]), deficit * float(q.mu[dst, k2]))
-        moved, trimmed = _move_off(pools, c, dst, amount)
+        moved, trimmed, state = _move_off(pools, c, dst, amount, state)
         deficit -= moved / float(q.mu[dst, k2])
         if trimmed:
             break  # the receiving pools are full: what is left is a hair (or the check below fails)
-    within = TRIM_TO_ROOM and not bool(over_cores(pools.lam(), q.mu, pools.cores, q.rho_max)[dst])
-    return deficit <= 0 or within
+    lam = pools.lam() if state is None else state[0]  # a kept last move's state: the current rates
+    within = TRIM_TO_ROOM and not bool(over_cores(lam, q.mu, pools.cores, q.rho_max)[dst])
+    return deficit <= 0 or within, state
 
 
-def _move_off(pools: Pools, c: int, dst: int, amount: float) -> tuple[float, bool]:
+def _fewer_within_budget(pools: Pools, state: State | None, counts: IntArray) -> bool:
+    """Whether the current rates keep every node within its budgets and run fewer instances than ``counts``
+    (``state``: their ``pools.state()``, where known: the same values as reading them again)."""
+    lam, now = pools.state() if state is None else state
+    return not pools.over_budget(now, lam) and now.sum() < counts.sum()
+
+
+def _move_off(
+    pools: Pools, c: int, dst: int, amount: float, state: State | None = None
+) -> tuple[float, bool, State | None]:
     """Move up to ``amount`` of class c off ``dst`` into an open pool that grows by no instance: (req/s moved,
-    whether the move was trimmed to the receiving pool's room, at most ``HAIR`` of ``dst``'s busy work less)."""
+    whether the move was trimmed to the receiving pool's room, at most ``HAIR`` of ``dst``'s busy work less, and
+    the rates' ``pools.state()`` after a kept move, else None).
+
+    ``state``: ``pools.state()`` of the current rates, where the caller has it (``_make_room`` keeps the one a kept
+    move returned: nothing changes the rates between; after an undone move, whose float residue may change them,
+    it is read again). The same values as reading the rates anew: the same placements bit for bit."""
     k2 = int(pools.q.base.class_model[c])
-    before = int(pools.counts().sum())
-    to, trimmed = pools.best_destination(c, amount, {dst}, open_only=True), False
+    lam, counts = pools.state() if state is None else state
+    before = int(counts.sum())
+    to, trimmed = pools.best_destination(c, amount, {dst}, open_only=True, state=(lam, counts)), False
     if to is None and TRIM_TO_ROOM:
-        to = pools.best_destination(c, amount - HAIR * float(pools.q.mu[dst, k2]), {dst}, open_only=True)
+        to = pools.best_destination(c, amount - HAIR * float(pools.q.mu[dst, k2]), {dst}, True, (lam, counts))
         if to is not None:
             amount, trimmed = min(amount, pools.room(to, k2, grow=False)), True
     if to is None or amount <= 0:
-        return 0.0, False
+        return 0.0, False, (lam, counts)
     pools.move(c, dst, to, amount)
-    if int(pools.counts().sum()) > before:  # it would open an instance: not this way
+    after = pools.state()
+    if int(after[1].sum()) > before:  # it would open an instance: not this way
         pools.move(c, to, dst, amount)
-        return 0.0, False
-    return amount, trimmed
+        return 0.0, False, None
+    return amount, trimmed, after
 
 
 def shed_making_room(pools: Pools, nodes: list[int], k: int) -> bool:
@@ -111,13 +135,17 @@ def shed_making_room(pools: Pools, nodes: list[int], k: int) -> bool:
                 left -= take
                 if left <= 0:
                     break
+            now = pools.lam()  # the rates after the moves (the caps below do not change them)
             for o in (src, dst):
                 keep = counts[o, k] - (1 if o == src else 0)
                 if keep > 0:  # load caps below rho_max are raised, as repair's own shedding does
-                    pools.cap[o, k] = max(pools.cap[o, k], float(pools.lam()[o, k]) / keep * (1 + 1e-9))
-            over = -float(core_room(pools.lam(), q.mu, pools.cores, q.rho_max)[dst])
-            fits = over <= 0 or _make_room(pools, dst, k, over * (1 + 1e-9) + 1e-12)
-            if fits and not pools.over_budget(pools.counts()) and pools.counts().sum() < counts.sum():
+                    pools.cap[o, k] = max(pools.cap[o, k], float(now[o, k]) / keep * (1 + 1e-9))
+            state: State | None = (now, needed(now, pools.cap))  # pools.state() with the new caps
+            over = -float(core_room(now, q.mu, pools.cores, q.rho_max)[dst])
+            fits = over <= 0
+            if not fits:
+                fits, state = _make_room(pools, dst, k, over * (1 + 1e-9) + 1e-12, state)
+            if fits and _fewer_within_budget(pools, state, counts):
                 pools.shed += 1
                 return True
             pools.x, pools.cap = saved_x, saved_cap
