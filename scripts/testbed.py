@@ -157,6 +157,14 @@ class TestBed:
         self.docker_hosts[i] = engine.host
         return engine.host
 
+    def start_dockerds(self, indices: list[int]) -> list[str]:
+        """start_dockerd for several hosts at once: each engine's start and image build (a docker import of the
+        cached root file system and a build) mostly waits on its own daemon; one after the other they were most of
+        the Docker cluster test's set-up. An engine that failed to start raises here; those started are torn down
+        with the bed."""
+        with concurrent.futures.ThreadPoolExecutor(len(indices) or 1) as pool:
+            return list(pool.map(self.start_dockerd, indices))
+
     # -- agents --------------------------------------------------------------------------------------
     def start(self, i: int, *args: str, env: dict[str, str] | None = None) -> Host:
         host = self.hosts[i]
@@ -268,9 +276,8 @@ class TestBed:
         for host in self.hosts:
             self.kill(host.index, signal.SIGKILL)
             kill_servers(host.data_dir)
-        for ctx in reversed(self._dockerds):
-            with contextlib.suppress(Exception):
-                ctx.__exit__(None, None, None)
+        with concurrent.futures.ThreadPoolExecutor(len(self._dockerds) or 1) as pool:  # each waits on its own daemon
+            list(pool.map(_close_quietly, reversed(self._dockerds)))
         for pid in self.extra_pids:
             with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGKILL)
@@ -278,6 +285,11 @@ class TestBed:
             run("ip", "netns", "del", name, check=False)
         if self.route_added:
             run("ip", "route", "del", "blackhole", SUBNET, check=False)
+
+
+def _close_quietly(ctx: contextlib.AbstractContextManager[Any]) -> None:
+    with contextlib.suppress(Exception):
+        ctx.__exit__(None, None, None)
 
 
 @contextlib.contextmanager

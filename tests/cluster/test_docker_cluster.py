@@ -27,8 +27,7 @@ def containers(bed: TestBed, i: int, model: str) -> list[dict[str, Any]]:
 
 def test_node_failure_moves_its_containers_and_a_return_keeps_them(bed: Callable[[int], TestBed]) -> None:
     b = bed(3)
-    for i in range(3):
-        b.start_dockerd(i)
+    b.start_dockerds([0, 1, 2])
     # the default (queue-p99) objective: one stream, one container on its nearest node
     # hysteresis at its loosest (no margin, no dwell: tests/unit/test_hysteresis*.py test it): this test is
     # about containers moving and coming back; with a 5 s dwell the return case failed once in a full suite

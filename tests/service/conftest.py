@@ -162,8 +162,26 @@ def agents(tmp_path: Path) -> Iterator[Any]:
 
     yield make
     for agent in started:
-        if agent.proc is not None:
-            agent.stop(signal.SIGKILL)
-        for pid in agent.server_pids():
-            with contextlib.suppress(OSError):
-                os.kill(pid, signal.SIGKILL)
+        end(agent)
+
+
+def end(agent: RunningAgent) -> None:
+    """SIGKILL the agent and the model servers it recorded."""
+    if agent.proc is not None:
+        agent.stop(signal.SIGKILL)
+    for pid in agent.server_pids():
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+
+
+@contextlib.contextmanager
+def shared_agent(root: Path, name: str, *args: str, env: dict[str, str] | None = None) -> Iterator[RunningAgent]:
+    """One agent for the tests of a module that start it with the same arguments, for a module-scoped fixture to
+    yield (started in the fixture's set-up, the leak guard counts it as the fixture's): its start-up, ~2-4 s, once.
+    Only for tests that leave it as they found it -- what they open they close, or the agent closes by its own
+    deadlines; they read no count another test's requests could move."""
+    agent = RunningAgent(root / name, free_port(), "127.0.0.1", list(args), env or {})
+    try:
+        yield agent.start()
+    finally:
+        end(agent)

@@ -13,13 +13,14 @@ import socket
 import sqlite3
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.service.conftest import STATS_READER, RunningAgent, free_port
+from tests.service.conftest import STATS_READER, RunningAgent, free_port, shared_agent
 from tests.waiting import wait_for
 
 # scripts/test.sh runs it with nothing else: /health's p99 under 250 ms and other deadlines, on a core of its own
@@ -27,6 +28,30 @@ pytestmark = pytest.mark.serial
 
 PREDICT = "/services/half_plus_two/v1/models/half_plus_two:predict"
 QUIET = "--no-discovery"  # no mDNS: agents of parallel tests stay strangers
+
+
+# Agents that several tests start with the same arguments, started once for the module (each test leaves it as it found
+# it: the connections it opens are refused or timed out by the agent and closed; none reads a count that another's
+# requests move). Running the module in its order and reversed, twice each, gave the same verdicts.
+@pytest.fixture(scope="module")
+def body_limited(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningAgent]:
+    """--max-body-mb 1: the declared and the chunked body over the limit."""
+    with shared_agent(tmp_path_factory.mktemp("body"), "a", QUIET, "--max-body-mb", "1") as a:
+        yield a
+
+
+@pytest.fixture(scope="module")
+def header_timed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningAgent]:
+    """A 1 s header deadline: half-sent headers, a trickle of header bytes, idle and kept-alive connections."""
+    with shared_agent(tmp_path_factory.mktemp("header"), "a", QUIET, env={"PEERSERVE_HEADER_TIMEOUT_S": "1"}) as a:
+        yield a
+
+
+@pytest.fixture(scope="module")
+def plain(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningAgent]:
+    """The defaults (no mDNS): oversized headers, malformed client fields, API docs off."""
+    with shared_agent(tmp_path_factory.mktemp("plain"), "a", QUIET) as a:
+        yield a
 
 
 def connect(agent: RunningAgent, source: str = "127.0.0.1") -> socket.socket:
@@ -64,8 +89,8 @@ def status_of(response: bytes) -> int:
     return int(response.split(b" ", 2)[1]) if response.startswith(b"HTTP/1.1 ") else 0
 
 
-def test_chunked_body_over_the_limit_is_refused_while_it_streams(agents: Any) -> None:
-    a = agents("a", QUIET, "--max-body-mb", "1")
+def test_chunked_body_over_the_limit_is_refused_while_it_streams(body_limited: RunningAgent) -> None:
+    a = body_limited
     sock = connect(a)
     sock.sendall(
         f"POST {PREDICT} HTTP/1.1\r\nHost: a\r\nContent-Type: application/json\r\n"
@@ -161,16 +186,16 @@ def test_a_body_in_one_byte_chunks_gets_400_and_the_event_loop_keeps_serving(age
     assert set(views) == {before}, f"b's view of a (status, leader, term) changed: {sorted(set(views), key=str)}"
 
 
-def test_declared_body_over_the_limit_is_refused_before_reading(agents: Any) -> None:
-    a = agents("a", QUIET, "--max-body-mb", "1")
+def test_declared_body_over_the_limit_is_refused_before_reading(body_limited: RunningAgent) -> None:
+    a = body_limited
     sock = connect(a)
     sock.sendall(f"POST {PREDICT} HTTP/1.1\r\nHost: a\r\nContent-Length: {2**21}\r\n\r\n".encode())
     response, took = read_until_closed(sock, 30)
     assert status_of(response) == 413 and took < 10
 
 
-def test_half_sent_headers_get_408_and_the_connection_closes(agents: Any) -> None:
-    a = agents("a", QUIET, env={"PEERSERVE_HEADER_TIMEOUT_S": "1"})
+def test_half_sent_headers_get_408_and_the_connection_closes(header_timed: RunningAgent) -> None:
+    a = header_timed
     sock = connect(a)
     sock.sendall(b"GET /health HTTP/1.1\r\nHost: a\r\n")
     response, took = read_until_closed(sock, 30)
@@ -178,8 +203,8 @@ def test_half_sent_headers_get_408_and_the_connection_closes(agents: Any) -> Non
     assert 0.8 < took < 5
 
 
-def test_a_trickle_of_header_bytes_does_not_hold_the_connection(agents: Any) -> None:
-    a = agents("a", QUIET, env={"PEERSERVE_HEADER_TIMEOUT_S": "1"})
+def test_a_trickle_of_header_bytes_does_not_hold_the_connection(header_timed: RunningAgent) -> None:
+    a = header_timed
     sock = connect(a)
     sock.sendall(b"GET /health HTTP/1.1\r\nX-Slow: ")
     started = time.monotonic()
@@ -198,8 +223,8 @@ def test_a_trickle_of_header_bytes_does_not_hold_the_connection(agents: Any) -> 
     assert closed_after is not None and closed_after < 4, "a slowloris client held the connection"
 
 
-def test_idle_and_kept_alive_connections_are_bounded_too(agents: Any) -> None:
-    a = agents("a", QUIET, env={"PEERSERVE_HEADER_TIMEOUT_S": "1"})
+def test_idle_and_kept_alive_connections_are_bounded_too(header_timed: RunningAgent) -> None:
+    a = header_timed
     idle = connect(a)
     data, took = read_until_closed(idle, 30)
     assert data == b"" and took < 8  # closed without a word (uvicorn's keep-alive or our deadline)
@@ -253,8 +278,8 @@ def test_one_address_cannot_hold_every_connection(agents: Any) -> None:
         sock.close()
 
 
-def test_oversized_headers_are_refused(agents: Any) -> None:
-    a = agents("a", QUIET)
+def test_oversized_headers_are_refused(plain: RunningAgent) -> None:
+    a = plain
     whole = connect(a)  # complete in one write: the app-level check
     whole.sendall(b"GET /health HTTP/1.1\r\nHost: a\r\nX-Big: " + b"a" * 20_000 + b"\r\n\r\n")
     response, _ = read_until_closed(whole, 10)
@@ -271,8 +296,8 @@ def test_oversized_headers_are_refused(agents: Any) -> None:
     assert status_of(response) in (0, 400)
 
 
-def test_client_fields_overflow_nan_and_names_are_4xx(agents: Any) -> None:
-    a = agents("a", QUIET)
+def test_client_fields_overflow_nan_and_names_are_4xx(plain: RunningAgent) -> None:
+    a = plain
     node = a.get("/health").json()["node_id"]
     for rtt in ("n1=NaN", "n1=Infinity", "n1=1e400", f"{node}=" + "9" * 400, f"{node}=1e30", "bad\x01=1"):
         r = a.get("/services", headers={"X-Peerserve-RTT": rtt})
@@ -336,8 +361,8 @@ def test_health_is_degraded_while_reconciling_fails(agents: Any) -> None:
     assert health["reconcile"]["error"] is None and health["reasons"] == []
 
 
-def test_api_docs_are_off_unless_asked_for(agents: Any) -> None:
-    off = agents("off", QUIET)
+def test_api_docs_are_off_unless_asked_for(agents: Any, plain: RunningAgent) -> None:
+    off = plain
     for path in ("/docs", "/redoc", "/openapi.json"):
         assert off.get(path).status_code == 404, path
     on = agents("on", QUIET, "--api-docs")
