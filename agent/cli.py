@@ -150,7 +150,11 @@ FLAGS: list[tuple[str, dict[str, Any]]] = [
     ("--max-concurrency", {"type": int, "help": "connections + requests in flight before 503 (default 256)"}),
     (
         "--body-stall-s",
-        {"type": float, "help": "at the cap, a request body with no byte this long may lose its place (default 1)"},
+        {
+            "type": float,
+            "help": "at the cap, a request body with no byte this long may lose its place "
+            "(unset: 1, or body_timeout_s if that is shorter)",
+        },
     ),
     (
         "--body-min-rate",
@@ -161,7 +165,13 @@ FLAGS: list[tuple[str, dict[str, Any]]] = [
             "rate: see body_take_below_rates)",
         },
     ),
-    ("--body-rate-grace-s", {"type": float, "help": "how far behind the minimum rate a body may fall (default 2)"}),
+    (
+        "--body-rate-grace-s",
+        {
+            "type": float,
+            "help": "how far behind the minimum rate a body may fall (unset: 2, or body_timeout_s if that is shorter)",
+        },
+    ),
     (
         "--body-take-below-rates",
         {

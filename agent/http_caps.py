@@ -34,6 +34,7 @@ TAKE_SLOWEST_BODY = (
     True  # at a full cap with no connection waiting, a newcomer's request head takes the slowest body's place
 )
 TAKE_BELOW_RATES = 4.0  # ... only a body sent slower than this many times the minimum rate, or one that cannot finish
+HEAD_RECHECK_S = 0.05  # a header deadline put off for the agent's hold of a head looks again this long after its step
 GIVEN_UP = "peerserve.given_up"  # scope key: the request's place went to a newcomer and its task was cancelled
 
 
@@ -198,6 +199,7 @@ def limited_protocol(
         _header_timer: asyncio.TimerHandle | None = None
         _write_timer: asyncio.TimerHandle | None = None
         _partial = False
+        _head_put_off_s = 0.0  # how long the armed header deadline was put off for the agent's hold (_head_held)
         _half_closed = False  # the client ended its sending side: answer what it sent, then close
         _task: asyncio.Task[None] | None = None  # its latest request's task (RecordedTasks)
         _body_at = 0.0  # loop time its client last sent a byte, or the agent last let its reading go on
@@ -469,6 +471,21 @@ def limited_protocol(
             (review12e: 6,000 connects against 2,560 held connections, 7-13 s of loop lag)."""
             return self.address_budgets.users(host) > max_connections_per_address
 
+        def _head_held(self) -> bool:
+            """Bytes the client sent after an answer (its next request, or part of it), read and held unparsed by
+            the slicing for this connection's own parse debt (``_held_for_debt``): they wait on the agent, not on the
+            client. The header deadline armed at the answer kept running meanwhile and answered 408 "request headers
+            not received" to a request sent whole, and the connection stayed marked as waiting for its head, one a
+            newcomer at the cap could take (review17a F2). Holds for the port's turns or the address's other
+            connections' debt are left out, as for the body clocks (``_agent_holds_reading``, review15c F7): a
+            flood from elsewhere could make those last, and every trickled head with them."""
+            return self._reading_held and self._held_for_debt and self._parsing_left()
+
+        def _hold_reading(self, debt: bool = False) -> None:
+            super()._hold_reading(debt)
+            if self._header_timer is not None and self._head_held():
+                self._unmark_waiting()  # marked again when its step has parsed what was held (_after_parse)
+
         def _on_data(self) -> None:
             self._body_at = self.loop.time()
             if self._header_timer is not None:
@@ -541,9 +558,9 @@ def limited_protocol(
             if self.transport.is_closing() or not self._waiting_for_headers():
                 self._cancel_header_deadline()
             elif self._header_timer is None:
-                self._partial = False
+                self._partial, self._head_put_off_s = False, 0.0
                 self._header_timer = self.loop.call_later(header_timeout_s, self._header_timeout)
-            if self._header_timer is not None or self._body_stalled():
+            if (self._header_timer is not None and not self._head_held()) or self._body_stalled():
                 self._mark_waiting()
             else:
                 self._unmark_waiting()
@@ -556,7 +573,18 @@ def limited_protocol(
                 self._header_timer = None
 
         def _header_timeout(self) -> None:
+            """No request head within ``header_timeout_s``: 408 if part of one came, then close. While the agent holds
+            what came for the connection's own debt (``_head_held``), look again after its step instead, the
+            deadline put off by ``header_timeout_s`` at most in all: a client that trickles its head so that a byte
+            is always held (a step's refill at its fair part of a busy address's share: tens of ms) gets twice the
+            deadline, not as many as its head has bytes."""
             self._header_timer = None
+            left = header_timeout_s - self._head_put_off_s
+            if self._head_held() and left > 0 and not self.transport.is_closing():
+                later = min(max(self._wait(), 0.0) + HEAD_RECHECK_S, left)
+                self._head_put_off_s += later
+                self._header_timer = self.loop.call_later(later, self._header_timeout)
+                return
             self._unmark_waiting()
             if self.transport.is_closing():
                 return

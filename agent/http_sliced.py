@@ -106,7 +106,11 @@ class ChunkCountingConnection(h11.Connection):
     out no more events (``NEED_DATA``) and sets ``refused``: the protocol answers 400 and closes.
 
     It also hands out at most ``EVENTS_PER_TURN`` events between ``new_turn()`` calls: then ``NEED_DATA`` with
-    ``cut_short`` set, and the protocol asks again on a later loop turn (h11 holds the rest, at most a slice)."""
+    ``cut_short`` set, and the protocol asks again on a later loop turn (h11 holds the rest, at most a slice).
+    Only while h11 holds bytes or an EOF: with its buffer empty it hands out an ``EndOfMessage`` at most (a body
+    of ``Content-Length: 0``), and cut short there, a request whose last step used up the turn exactly (126
+    one-byte chunks) left its connection holding reading for nothing to parse, its client's next request unread
+    until keep-alive reset it (review17a F1)."""
 
     def __init__(self, max_incomplete_event_size: int, events_per_turn: int = EVENTS_PER_TURN) -> None:
         super().__init__(h11.SERVER, max_incomplete_event_size=max_incomplete_event_size)
@@ -139,7 +143,7 @@ class ChunkCountingConnection(h11.Connection):
     def next_event(self) -> Any:
         if self.refused:
             return h11.NEED_DATA
-        if self.turn_left <= 0:
+        if self.turn_left <= 0 and any(self.trailing_data):  # bytes (or an EOF) left: on a later turn
             self.cut_short = True
             return h11.NEED_DATA
         event = super().next_event()

@@ -52,6 +52,8 @@ class UnsetSeconds(float):
     this once, so a ``Settings(body_timeout_s=1.5)`` built in code raised; every Settings does it now. The value
     stays marked as unset, so ``replace(body_timeout_s=...)`` follows the new timeout too."""
 
+    __slots__ = ()  # a float and its mark (the class), nothing more: no per-instance __dict__
+
 
 BODY_RATE_DEFAULTS = {"body_stall_s": 1.0, "body_rate_grace_s": 2.0}  # unset, at most body_timeout_s
 

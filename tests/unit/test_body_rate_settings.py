@@ -21,7 +21,7 @@ from uvicorn.server import ServerState
 from agent import http_caps
 from agent.cli import register, server_config
 from agent.errors import ConfigError
-from agent.settings import Settings, load_settings
+from agent.settings import Settings, UnsetSeconds, load_settings
 from bench.nat_excuse_bench import app as _reader  # reads the whole body, answers an empty 200
 
 
@@ -86,6 +86,18 @@ def test_a_config_from_before_the_body_rate_settings_still_starts(timeout: str, 
     )  # a longer body_timeout_s keeps the defaults
     with pytest.raises(ConfigError, match=rf"body_rate_grace_s: must be 0.5 s to body_timeout_s \({timeout} s\)"):
         load_settings(str(config), env={"PEERSERVE_BODY_RATE_GRACE_S": "2"})  # one set by hand is still checked
+
+
+def test_an_unset_value_is_a_bare_float_and_the_help_says_what_unset_gives() -> None:
+    """review17a: ``UnsetSeconds`` carries its mark in its class only (no per-instance ``__dict__``), and the two
+    flags' help said "(default 1/2)" where an unset value is at most ``body_timeout_s``."""
+    stall = Settings().body_stall_s
+    assert isinstance(stall, UnsetSeconds) and not hasattr(stall, "__dict__")
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    helps = {a.dest: a.help for a in parser._subparsers._group_actions[0].choices["agent"]._actions}  # type: ignore[union-attr]
+    for name, default in (("body_stall_s", 1), ("body_rate_grace_s", 2)):
+        assert f"(unset: {default}, or body_timeout_s if that is shorter)" in str(helps[name]), helps[name]
 
 
 def test_settings_built_in_code_follow_body_timeout_s_as_loaded_ones_do(tmp_path: Path) -> None:
