@@ -479,7 +479,16 @@ def limited_protocol(
             newcomer at the cap could take (review17a F2). Holds for the port's turns or the address's other
             connections' debt are left out, as for the body clocks (``_agent_holds_reading``, review15c F7): a
             flood from elsewhere could make those last, and every trickled head with them."""
-            return self._reading_held and self._held_for_debt and self._parsing_left()
+            return self._reading_held and self._held_for_debt and self._parsing_left() and self._head_sent()
+
+        def _head_sent(self) -> bool:
+            """The held bytes end a request head (its blank line came): the client sent it whole, and the wait is
+            the agent's. A head still being trickled is not excused (its deadline and its place at a full cap stay
+            as for any slow head); a blank line sent early to look whole gets at most the put-off's cap, and h11
+            refuses it (400) once the step parses it."""
+            held = self.conn.trailing_data[0]  # h11's unparsed bytes (a copy: at most its incomplete-event bound)
+            seam = held[-2:] + bytes(self._unparsed[:2])
+            return any(end in part for part in (held, self._unparsed, seam) for end in (b"\n\n", b"\n\r\n"))
 
         def _hold_reading(self, debt: bool = False) -> None:
             super()._hold_reading(debt)
