@@ -11,11 +11,13 @@ so both servers answer with the same weights.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import json
 import math
 import os
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -107,9 +109,18 @@ def build(out: Path) -> dict[str, Any]:
     started = time.perf_counter()
     weights, accuracy = train()
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(weights.to_json()))
-    tmp.replace(out)
+    # A temp file of its own in the same directory, then one rename: builders running at once (build-images.sh in
+    # each of the Docker cluster test's engines) never write into each other's file, and a reader sees a whole one.
+    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps(weights.to_json()))
+        os.chmod(tmp, 0o644)  # mkstemp makes it 0600; the weights file is copied into the image
+        os.replace(tmp, out)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
     load_weights.cache_clear()
     return {"path": str(out), "heldout_accuracy": accuracy, "heldout": len(weights.heldout),
             "seconds": round(time.perf_counter() - started, 2)}  # fmt: skip

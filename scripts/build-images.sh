@@ -4,7 +4,8 @@
 #   peerserve/python-base:<codename>  a minimal Debian root file system with python3 (mmdebstrap from the
 #                                      machine's own apt sources, cached in $PEERSERVE_CACHE), docker import
 #   peerserve/modelserver:latest      the stand-in TF-Serving REST server (images/modelserver/Dockerfile)
-# Idempotent: an existing base image or cached root file system is reused. Needs root for mmdebstrap.
+# Idempotent: an existing base image or cached root file system is reused. Needs root for mmdebstrap. Several may
+# run at once (the Docker cluster test's engines): scripts/rootfs-cache.sh fills the cache under a lock.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cache=${PEERSERVE_CACHE:-/var/cache/peerserve}
@@ -14,14 +15,7 @@ base="peerserve/python-base:$codename"
 rootfs="$cache/python-rootfs-$codename.tar"
 
 if ! docker image inspect "$base" >/dev/null 2>&1; then
-  if [ ! -s "$rootfs" ]; then
-    command -v mmdebstrap >/dev/null || { echo "build-images: mmdebstrap is missing (apt-get install mmdebstrap)" >&2; exit 1; }
-    mkdir -p "$cache"
-    echo "build-images: creating a python3 root file system for $codename (mmdebstrap, ~30 s)"
-    mmdebstrap --quiet --variant=essential --include=python3-minimal,libpython3-stdlib --mode=root \
-      "$codename" "$cache/partial-$codename.tar"
-    mv "$cache/partial-$codename.tar" "$rootfs"
-  fi
+  bash scripts/rootfs-cache.sh "$cache" "$codename"  # safe when several engines build at once
   echo "build-images: importing $base"
   docker import --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' "$rootfs" "$base" >/dev/null
 fi

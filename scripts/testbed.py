@@ -21,11 +21,12 @@ import concurrent.futures
 import contextlib
 import ctypes
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -35,6 +36,7 @@ CLIENT_IP = "10.213.10.250"
 CLONE_NEWNET = 0x40000000
 TOKEN = "testbed-cluster-token-0123456789"
 T = TypeVar("T")
+R = TypeVar("R")
 
 from peerserve.agent_procs import agent_argv, kill_servers, spawn, stop  # noqa: E402 - after the constants
 
@@ -45,6 +47,58 @@ def node_ip(i: int) -> str:
 
 def run(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     return subprocess.run(list(args), capture_output=True, text=True, check=check)
+
+
+class StepsFailed(RuntimeError):
+    """Several steps that all had to run, and which of them failed: ``errors`` pairs each failing step's name with
+    its exception (the first is also the cause). Python 3.10 has no ExceptionGroup."""
+
+    def __init__(self, what: str, errors: list[tuple[str, BaseException]], of: int) -> None:
+        self.errors = errors
+        named = "; ".join(f"{name}: {type(exc).__name__}: {exc}" for name, exc in errors)
+        super().__init__(f"{what}: {len(errors)} of {of} failed -- {named}")
+
+
+class Failures:
+    """Steps that must all run whatever the others do (a teardown): each runs under ``with failures.step(name)``,
+    which records an exception and goes on; ``raise_any`` at the end raises one StepsFailed naming every one."""
+
+    def __init__(self) -> None:
+        self.errors: list[tuple[str, BaseException]] = []
+        self.steps = 0
+
+    @contextlib.contextmanager
+    def step(self, name: str) -> Iterator[None]:
+        self.steps += 1
+        try:
+            yield
+        except Exception as exc:
+            self.errors.append((name, exc))
+
+    def raise_any(self, what: str) -> None:
+        if self.errors:
+            raise StepsFailed(what, self.errors, self.steps) from self.errors[0][1]
+
+
+def run_all(fn: Callable[[T], R], items: Sequence[T], what: str, name: Callable[[T], str] = str) -> list[R]:
+    """``fn`` on every item at once, a thread each; the results in the items' order. Every call runs to its end
+    whatever the others do; then, if any raised, one StepsFailed names each failing item (``name(item)``) and its
+    exception -- pool.map raised only the first and the others' were lost."""
+    with concurrent.futures.ThreadPoolExecutor(len(items) or 1) as pool:
+        futures = [pool.submit(fn, item) for item in items]
+    errors = [(name(item), exc) for item, f in zip(items, futures, strict=True) if (exc := f.exception()) is not None]
+    if errors:
+        raise StepsFailed(what, errors, len(items)) from errors[0][1]
+    return [f.result() for f in futures]
+
+
+def remove_tree(path: Path) -> None:
+    """shutil.rmtree that goes on past what it cannot remove, then says so (a root file system left behind is a
+    leak)."""
+    shutil.rmtree(path, ignore_errors=True)
+    if path.exists():
+        left = sum(1 for _ in path.rglob("*"))
+        raise OSError(f"{path} not removed: {left} entries left")
 
 
 def available() -> str | None:
@@ -160,10 +214,9 @@ class TestBed:
     def start_dockerds(self, indices: list[int]) -> list[str]:
         """start_dockerd for several hosts at once: each engine's start and image build (a docker import of the
         cached root file system and a build) mostly waits on its own daemon; one after the other they were most of
-        the Docker cluster test's set-up. An engine that failed to start raises here; those started are torn down
-        with the bed."""
-        with concurrent.futures.ThreadPoolExecutor(len(indices) or 1) as pool:
-            return list(pool.map(self.start_dockerd, indices))
+        the Docker cluster test's set-up. Engines that failed to start raise here, together, one StepsFailed naming
+        each; those started are torn down with the bed."""
+        return run_all(self.start_dockerd, indices, "starting the Docker Engines", lambda i: f"host {i}")
 
     # -- agents --------------------------------------------------------------------------------------
     def start(self, i: int, *args: str, env: dict[str, str] | None = None) -> Host:

@@ -134,22 +134,27 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
         bed.up()
         yield f
     finally:
-        began = time.monotonic()
+        # every step runs whatever the others did (a failed power cut still tears the bed down and removes the root
+        # file systems); then one error names each that failed
+        began, failures = time.monotonic(), testbed.Failures()
         f.stop.set()
         for t in f.threads:
             t.join(10)
         f.figures["teardown_client_s"] = time.monotonic() - began
         # the three at once: each power cut waits for its own nspawn to exit, each removal is a board's whole root
         # file system (one after the other they were a 17 s teardown)
-        with concurrent.futures.ThreadPoolExecutor(3) as pool:
-            list(pool.map(lambda b: b.power_cut(), boards))
-        bed.teardown()
-        f.figures["teardown_power_s"] = time.monotonic() - began - f.figures["teardown_client_s"]
-        with concurrent.futures.ThreadPoolExecutor(3) as pool:
-            list(pool.map(lambda b: shutil.rmtree(b.root, ignore_errors=True), boards))
-        shutil.rmtree(work, ignore_errors=True)
+        with failures.step("power cut"):
+            testbed.run_all(lambda b: b.power_cut(), boards, "power cut", lambda b: b.name)
+        with failures.step("bed teardown"):
+            bed.teardown()
+        f.figures["teardown_power_s"] = time.monotonic() - began - f.figures["teardown_client_s"]  # and the bed's
+        with failures.step("removing the boards' root file systems"):
+            testbed.run_all(lambda b: testbed.remove_tree(b.root), boards, "removal", lambda b: b.name)
+        with failures.step(f"removing {work}"):
+            testbed.remove_tree(work)
         f.figures["teardown_s"] = time.monotonic() - began
         print("\nfigures:", {k: round(v, 2) for k, v in f.figures.items()})
+        failures.raise_any("the boards' teardown")
 
 
 def booted(fleet: Fleet) -> None:
