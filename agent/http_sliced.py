@@ -114,6 +114,7 @@ class ChunkCountingConnection(h11.Connection):
 
     def __init__(self, max_incomplete_event_size: int, events_per_turn: int = EVENTS_PER_TURN) -> None:
         super().__init__(h11.SERVER, max_incomplete_event_size=max_incomplete_event_size)
+        self.head_limit = max_incomplete_event_size  # the longest request head h11 takes (past it: 431)
         self.chunks = 0
         self.body_bytes = 0
         self.refused = False

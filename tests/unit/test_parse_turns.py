@@ -376,13 +376,26 @@ def test_a_request_held_for_its_turn_past_the_keep_alive_timeout_is_answered_not
     assert waited >= 1.0, waited  # it really waited past the keep-alive timeout for its turn
 
 
+async def early_answer_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """Answers 401 at once, its request's body never read (as the agent's token check or a 404 does)."""
+    if scope["type"] != "http":
+        return
+    await send({"type": "http.response.start", "status": 401, "headers": [(b"content-length", b"2")]})
+    await send({"type": "http.response.body", "body": b"no"})
+
+
 async def answered_after_a_costly_step(
-    first_request: bytes, header_timeout_s: float = 30.0, keep_alive_s: float = 0.5
+    first_request: bytes,
+    header_timeout_s: float = 30.0,
+    keep_alive_s: float = 0.5,
+    then: bytes = HONEST,
+    app: Any = reader_app,
 ) -> tuple[bytes, float, bool]:
     """A connection whose first step is charged 0.75 s more at a 50 % share (all its budgets owe ~1.5 s of refill)
-    sends ``first_request``, reads its answer, then sends ``HONEST`` whole at once: the second answer's head, the
-    seconds it took, and whether the connection was marked as waiting for its head 0.3 s in (the agent holding it)."""
-    config = uvicorn.Config(reader_app, timeout_keep_alive=keep_alive_s, log_config=None)
+    sends ``first_request``, reads its answer, then sends ``then`` whole at once: the next answer's head (or what
+    ended the connection), the seconds it took, and whether the connection was marked as waiting for its head 0.3 s
+    in (the agent holding it)."""
+    config = uvicorn.Config(app, timeout_keep_alive=keep_alive_s, log_config=None)
     config.load()
     parsing = sliced_protocol(share=0.5, burst_s=0.01, address=AddressBudgets(0.5, 0.01, ParseTurns(1.0, 1.0)))
     made: list[Any] = []
@@ -402,10 +415,10 @@ async def answered_after_a_costly_step(
     try:
         writer.write(first_request)
         head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
-        assert head.startswith(b"HTTP/1.1 200 "), head
+        assert head.startswith(b"HTTP/1.1 200 " if app is reader_app else b"HTTP/1.1 401 "), head
         await reader.readexactly(int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0]))
         sent = time.monotonic()
-        writer.write(HONEST)
+        writer.write(then)
         await asyncio.sleep(0.3)
         marked = any(made[0] in held for held in Costly.waiting.values())
         second = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
@@ -450,6 +463,34 @@ def test_a_request_held_for_its_connections_parse_debt_is_not_timed_out_as_a_mis
     assert second.startswith(b"HTTP/1.1 200 "), (second, waited)
     assert waited >= 1.0, waited  # past the header deadline
     assert not marked
+
+
+def test_a_body_after_an_early_answer_is_never_taken_for_a_held_head() -> None:
+    """review17c F2: a request answered before its body was read (a 401) leaves h11 in the body while the connection
+    waits for a next head; body bytes with a blank line in them, held for the connection's own debt, passed for a
+    head sent whole: the deadline was put off to twice its length and the connection left the waiting set. Only
+    while h11 waits for a new request is a blank line a head's end: 408 at the deadline (1 s), marked waiting."""
+    early = b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 100000\r\n\r\n"
+    answer, waited, marked = asyncio.run(
+        answered_after_a_costly_step(early, header_timeout_s=1.0, keep_alive_s=30, then=b"\n\n", app=early_answer_app)
+    )
+    assert answer.startswith(b"HTTP/1.1 408 "), (answer, waited)
+    assert 0.9 <= waited < 1.4, waited  # the deadline itself (the refill ends at ~1.5 s, the put-off cap 2 s)
+    assert marked
+
+
+def test_a_blank_line_past_the_longest_head_is_not_looked_for() -> None:
+    """review17c F1: every step and hold scanned all the bytes held for a blank line (up to a 272 KiB read, 17 steps
+    of it, twice a step: ~13 ns of uncharged loop time a byte received). Only the first ``head_limit`` + 3 bytes
+    can end a head h11 takes (16 KiB here; a longer one is a 431): a head whose blank line comes after 20 KiB is
+    not excused, and gets its 408 at the deadline (1 s) rather than a 431 after the refill."""
+    long_head = b"GET / HTTP/1.1\r\nHost: a\r\nx-pad: " + b"a" * 20_000 + b"\r\n\r\n"
+    answer, waited, marked = asyncio.run(
+        answered_after_a_costly_step(HONEST, header_timeout_s=1.0, keep_alive_s=30, then=long_head)
+    )
+    assert answer.startswith(b"HTTP/1.1 408 "), (answer, waited)
+    assert 0.9 <= waited < 1.4, waited
+    assert marked
 
 
 @pytest.mark.parametrize("looks_whole", [False, True])
