@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import os
 import random
@@ -44,19 +45,28 @@ def listen_ports(worker: str, workers: int, span: tuple[int, int] = (20000, 3200
 LISTEN_PORTS = listen_ports(WORKER, int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
 
 
-def free_port(host: str = "127.0.0.1") -> int:
+HANDED_OUT: collections.deque[int] = collections.deque(maxlen=1024)  # free_port's latest answers, not given again
+
+
+def free_port(host: str = "127.0.0.1", avoid: int = 0) -> int:
     """A port to listen on later, free now, outside the range the kernel hands outgoing connections: a port
     from that range (bind to 0) was taken by some agent's outgoing connection before the agent meant to
-    listen on it started (seen in a 25-agent bench: "address already in use", the cluster never converged)."""
+    listen on it started (seen in a 25-agent bench: "address already in use", the cluster never converged).
+    Never one of its last 1,024 answers in this process, nor ``avoid``: a port handed out is free until its agent
+    starts, so a second draw could give it again (an agent's client port drawn, then its peer port: the same one
+    in 1 of ~6,000 starts on a worker's range, and the agent refused to start: the fresh-clone CI of session 17)."""
     for _ in range(64):
         port = random.randint(*LISTEN_PORTS)
+        if port == avoid or port in HANDED_OUT:
+            continue
         with socket.socket() as s:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 s.bind((host, port))
             except OSError:
                 continue
-            return port
+        HANDED_OUT.append(port)
+        return port
     with socket.socket() as s:  # the low range is full: any free port
         s.bind((host, 0))
         return int(s.getsockname()[1])
@@ -92,7 +102,7 @@ class RunningAgent:
     def start(self, timeout: float = 30.0) -> RunningAgent:
         self.log = self.data_dir.parent / f"agent-{self.port}.log"
         out = open(self.log, "ab")  # noqa: SIM115 - handed to the child
-        self.peer_port = self.peer_port or free_port(self.host)
+        self.peer_port = self.peer_port or free_port(self.host, avoid=self.port)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "peerserve", "agent", "--host", self.host, "--port", str(self.port),
              "--peer-port", str(self.peer_port), "--node-id", self.data_dir.name, "--data-dir", str(self.data_dir),
