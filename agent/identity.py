@@ -49,6 +49,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.x509.oid import NameOID
 
+from agent.durable import write_atomic
 from agent.errors import ConfigError
 from agent.operator_ca import MAX_BOARD_BYTES, BoardCard, CardError, OperatorTrust, PinCards, read_board_card
 from agent.rate_limit import SenderBuckets
@@ -639,20 +640,10 @@ def _save_pins(path: Path | None, pins: Mapping[str, bytes]) -> tuple[int, int, 
     folder, so root's edits stay the agent's); its new stamp."""
     if path is None:
         return None
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "w") as f:
-        f.write(json.dumps({k: v.hex() for k, v in pins.items()}))
-        f.flush()
-        os.fsync(f.fileno())
     folder = path.parent.stat()
-    if os.geteuid() == 0 and (folder.st_uid, folder.st_gid) != (0, 0):
-        os.chown(tmp, folder.st_uid, folder.st_gid)
-    os.replace(tmp, path)
-    fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    owner = (folder.st_uid, folder.st_gid) if os.geteuid() == 0 and (folder.st_uid, folder.st_gid) != (0, 0) else None
+    data = json.dumps({k: v.hex() for k, v in pins.items()}).encode()
+    write_atomic(path, data, tmp=path.with_suffix(".tmp"), owner=owner)
     return _stamp_of(path)
 
 

@@ -38,6 +38,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from agent.durable import write_atomic
 from peerserve import wire
 
 log = logging.getLogger(__name__)
@@ -530,22 +531,6 @@ def _save_quietly(path: Path, data: bytes) -> None:
     except OSError as exc:
         log.warning("cannot save %s (%s): after a restart, a pin moves by a newer board card only once the pinned key "
                     "has shown its card again", path, exc)  # fmt: skip
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Replace ``path`` with ``data`` durably: a temporary file fsynced, renamed over it, the folder fsynced (a power
-    cut leaves the old file or the new one); OSError."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class OperatorTrust:

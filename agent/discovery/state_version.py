@@ -19,9 +19,9 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 from pathlib import Path
 
+from agent.durable import write_atomic
 from peerserve.wire import MAX_TERM
 
 log = logging.getLogger(__name__)
@@ -63,16 +63,7 @@ def save(path: Path, ceiling: int) -> bool:
     cut within the next journal commit leaves the previous ceiling, review16c F1); errors are logged, never raised."""
     tmp = path.with_suffix(".tmp")
     try:
-        with open(tmp, "w") as f:
-            f.write(json.dumps({"ceiling": ceiling}))
-            f.flush()
-            os.fsync(f.fileno())
-        tmp.replace(path)
-        folder = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(folder)
-        finally:
-            os.close(folder)
+        write_atomic(path, json.dumps({"ceiling": ceiling}).encode(), tmp=tmp)
         return True
     except OSError as exc:
         log.warning("cannot save %s: %s (after a step back of the wall clock, a restart may announce an older "

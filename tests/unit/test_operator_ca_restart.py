@@ -25,16 +25,22 @@ def put(path: Path, issued: int, revoked: list[str]) -> None:
     path.write_text(json.dumps(sign_revocations(OPERATOR, issued, revoked)))
 
 
-def test_a_restarted_agent_refuses_an_older_list_and_keeps_the_revocations(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
+def m_revoked_at_5(tmp_path: Path) -> tuple[Identity, Identity, Identity, Path, Path]:
+    """Board f (the receiver), members m and k; f's list at stamp 5 revokes m, and f refuses m: f, m, k, f's list
+    file and its stamp record."""
     receiver = member(tmp_path, "f")
     m, k = member(tmp_path, "m"), member(tmp_path, "k")
     listed = tmp_path / "f" / "peer" / "revoked.json"
     put(listed, 5, [m.board.fingerprint])  # type: ignore[union-attr]
     with pytest.raises(AuthError, match="revoked"):
         send(m, receiver)
-    stamp = tmp_path / "f" / "peer" / "revoked.stamp.json"
+    return receiver, m, k, listed, tmp_path / "f" / "peer" / "revoked.stamp.json"
+
+
+def test_a_restarted_agent_refuses_an_older_list_and_keeps_the_revocations(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    receiver, m, k, listed, stamp = m_revoked_at_5(tmp_path)
     assert json.loads(stamp.read_text())["stamps"] == {receiver.operator.revocations.ca: 5}  # type: ignore[union-attr]
     put(listed, 4, [])  # someone puts back an older list that revoked nothing, then the board restarts
     again = restart(tmp_path, "f")
@@ -73,13 +79,7 @@ def test_a_restarted_agent_refuses_an_older_list_and_keeps_the_revocations(
 def test_a_damaged_stamp_file_is_a_clear_error_and_the_list_on_disk_stands(
     tmp_path: Path, caplog: pytest.LogCaptureFixture, content: bytes
 ) -> None:
-    receiver = member(tmp_path, "f")
-    m, k = member(tmp_path, "m"), member(tmp_path, "k")
-    listed = tmp_path / "f" / "peer" / "revoked.json"
-    put(listed, 5, [m.board.fingerprint])  # type: ignore[union-attr]
-    with pytest.raises(AuthError, match="revoked"):
-        send(m, receiver)
-    stamp = tmp_path / "f" / "peer" / "revoked.stamp.json"
+    _, m, k, listed, stamp = m_revoked_at_5(tmp_path)
     stamp.write_bytes(content)
     with caplog.at_level(logging.ERROR):
         again = restart(tmp_path, "f")  # no crash

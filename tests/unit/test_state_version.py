@@ -143,7 +143,7 @@ def test_the_ceiling_is_durable_the_folder_is_fsynced_after_the_rename(
         synced.append("folder" if stat.S_ISDIR(os.fstat(fd).st_mode) else "file")
         real_fsync(fd)
 
-    monkeypatch.setattr(state_version.os, "fsync", fsync)
+    monkeypatch.setattr(os, "fsync", fsync)  # (agent/durable.py writes the file)
     path = tmp_path / state_version.FILE_NAME
     assert state_version.save(path, 1234)
     assert synced == ["file", "folder"] and json.loads(path.read_text()) == {"ceiling": 1234}
