@@ -11,6 +11,14 @@ two checkouts' digests compare bit for bit (every float's repr)::
     PYTHONPATH=$PWD .venv/bin/python bench/integer_check.py --out /tmp/after.json --against /tmp/before.json
 
 ``--seeds`` (default 5) and ``--quick`` (seeds 0-1, no site instances) size the corpus.
+
+``--quality``: a speed-up that moves plans (the relaxation's last bits decide ties, so any change of its arithmetic
+does) is judged by what the plans are worth instead of their bits. Each plan's record keeps its mean latency
+(``objective_ms``), rejected requests, instances and feasibility beside the digest; ``compare`` reports how many
+plans moved, got better or worse, and the worst and mean relative change of the mean latency, and the speed-up
+passes (exit 0) only within ``Gate``: no plan turned infeasible or rejects more requests, no plan's mean latency
+worse by more than ``Gate.worst``, the mean change over the corpus at most ``Gate.mean`` and the corpus's instances
+no more than before. A plan that rejects fewer requests is better whatever its mean (it serves more, farther).
 """
 
 from __future__ import annotations
@@ -87,24 +95,97 @@ def digest(plan: Any) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=repr).encode()).hexdigest()
 
 
+@dataclasses.dataclass(frozen=True)
+class Gate:
+    """How far plans may move under ``--quality`` (relative changes of a plan's mean latency; + is worse)."""
+
+    worst: float = 0.01  # no plan's mean latency more than 1 % worse
+    mean: float = 0.0005  # the corpus's mean relative change at most +0.05 %
+
+
+def record(plan: Any) -> dict[str, Any]:
+    """What ``--quality`` compares of a plan: its digest and what it is worth."""
+    return {
+        "digest": digest(plan),
+        "objective_ms": float(plan.objective_ms),
+        "rejected": len(plan.rejected),
+        "instances": sum(sum(models.values()) for models in plan.instances.values()),
+        "feasible": bool(plan.feasible),
+    }
+
+
+def compare(want: dict[str, Any], got: dict[str, Any], gate: Gate = Gate()) -> tuple[bool, list[str]]:
+    """Whether ``got``'s plans are worth at least ``want``'s within ``gate``, and the lines that say so.
+
+    Both map a corpus key to a ``record``; keys on one side only fail the check (different corpora)."""
+    lines: list[str] = []
+    failures: list[str] = []
+    missing = sorted(set(want) ^ set(got))
+    if missing:
+        failures.append(f"{len(missing)} keys on one side only, e.g. {missing[0]}")
+    keys = sorted(set(want) & set(got))
+    moved = better = worse = 0
+    changes: list[float] = []
+    worst_key, worst = "", 0.0
+    for key in keys:
+        a, b = want[key], got[key]
+        if a["digest"] == b["digest"]:
+            changes.append(0.0)
+            continue
+        moved += 1
+        if a["feasible"] and not b["feasible"]:
+            failures.append(f"{key}: feasible before, not now")
+        if b["rejected"] > a["rejected"]:
+            failures.append(f"{key}: rejects {b['rejected']} requests, {a['rejected']} before")
+        if b["rejected"] < a["rejected"]:
+            better += 1
+            changes.append(0.0)
+            continue
+        change = (b["objective_ms"] - a["objective_ms"]) / max(abs(a["objective_ms"]), 1e-9)
+        changes.append(change)
+        better += change < 0
+        worse += change > 0
+        if change > worst:
+            worst_key, worst = key, change
+    mean = sum(changes) / len(changes) if changes else 0.0
+    before = sum(want[k]["instances"] for k in keys)
+    after = sum(got[k]["instances"] for k in keys)
+    lines.append(f"{len(keys)} plans compared: {moved} moved ({better} better, {worse} worse)")
+    lines.append(f"mean latency: worst {worst:+.4%} ({worst_key or '-'}), mean {mean:+.5%}")
+    lines.append(f"instances over the corpus: {before} before, {after} now")
+    if worst > gate.worst:
+        failures.append(f"worst plan {worst:+.4%} > {gate.worst:+.2%} ({worst_key})")
+    if mean > gate.mean:
+        failures.append(f"mean change {mean:+.5%} > {gate.mean:+.3%}")
+    if after > before:
+        failures.append(f"{after - before} more instances over the corpus")
+    return not failures, lines + [f"FAIL {f}" for f in failures]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--out", required=True)
     parser.add_argument("--against")
+    parser.add_argument("--quality", action="store_true", help="judge moved plans by their worth (see above)")
     args = parser.parse_args()
     seeds = 2 if args.quick else args.seeds
-    out: dict[str, str] = {}
+    out: dict[str, Any] = {}
     start = time.process_time()
     for key, snap, mode, objective in corpus(seeds, sites=not args.quick):
-        out[key] = digest(solve(snap, mode=mode, objective=objective))
+        plan = solve(snap, mode=mode, objective=objective)
+        out[key] = record(plan) if args.quality else digest(plan)
     print(f"{len(out)} plans in {time.process_time() - start:.1f} s CPU", file=sys.stderr)
     with open(args.out, "w") as fh:
         json.dump(out, fh, indent=0, sort_keys=True)
     if args.against:
         with open(args.against) as fh:
             want = json.load(fh)
+        if args.quality:
+            ok, lines = compare(want, out)
+            print("\n".join(lines))
+            return 0 if ok else 1
         differ = sorted(k for k in want if out.get(k) != want[k])
         missing = sorted(set(want) ^ set(out))
         print(f"{len(want)} compared, {len(differ)} differ, {len(missing)} missing either side")

@@ -9,7 +9,7 @@ import math
 
 import numpy as np
 
-from bench.integer_check import corpus, digest, plans
+from bench.integer_check import compare, corpus, digest, plans, record
 from solver.api import solve
 from solver.plan import Plan
 from tests.unit.test_queue_repair_golden import snapshot
@@ -40,3 +40,30 @@ def test_the_corpus_has_the_stated_size_and_unique_keys() -> None:
         keys = [key for key, *_ in corpus(seeds, sites)]
         assert len(keys) == len(set(keys)) == plans(seeds, sites)
     assert plans(3) - plans(2) == plans(2) - plans(1) > 0  # linear in the seeds
+
+
+def test_the_quality_gate_passes_equal_and_better_plans_and_fails_worse_ones() -> None:
+    plans_ = {f"random/s{s}": record(_plan(s)) for s in (0, 3)}
+    ok, lines = compare(plans_, plans_)
+    assert ok and lines[0].startswith("2 plans compared: 0 moved")
+
+    def moved(key: str, **changes: object) -> dict[str, dict[str, object]]:
+        return {**plans_, key: {**plans_[key], "digest": "x", **changes}}
+
+    a = plans_["random/s0"]
+    better = moved("random/s0", objective_ms=a["objective_ms"] * 0.99)
+    assert compare(plans_, better)[0]
+    slightly = moved("random/s0", objective_ms=a["objective_ms"] * 1.0004)  # within worst, mean +0.02 % over 2 plans
+    assert compare(plans_, slightly)[0]
+    for bad in (
+        moved("random/s0", objective_ms=a["objective_ms"] * 1.02),  # one plan 2 % worse
+        moved("random/s0", objective_ms=a["objective_ms"] * 1.002),  # the mean +0.1 %
+        moved("random/s0", rejected=a["rejected"] + 1),
+        moved("random/s0", feasible=False),
+        moved("random/s0", instances=a["instances"] + 1),
+        {"random/s0": a},  # a key missing
+    ):
+        ok, lines = compare(plans_, bad)
+        assert not ok and any(line.startswith("FAIL") for line in lines)
+    rejecting = {**plans_, "random/s0": {**a, "rejected": a["rejected"] + 1}}
+    assert compare(rejecting, moved("random/s0", objective_ms=a["objective_ms"] * 1.5))[0]  # serving more wins
