@@ -58,6 +58,11 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "MUMPS memory 5 %": {"ipopt": {"mumps_mem_percent": 5}},
     "MUMPS no scaling": {"ipopt": {"mumps_permuting_scaling": 0, "mumps_scaling": 0}},
     "Ipopt no NLP scaling": {"ipopt": {"nlp_scaling_method": "none"}},
+    "no polish (session 17)": {"warm.POLISH": False, "warm.GAP": 1e-5},
+    "polish, gap 1e-5": {"warm.GAP": 1e-5},
+    "polish, gap 1e-4": {"warm.GAP": 1e-4},
+    "polish 2 iterations": {"warm.POLISH_ITER": 2},
+    "polish, more levels per round (0.25)": {"dual.SMOOTH_EXTRA": (0.25,)},
 }
 MODULES = {"dual": queue_dual, "warm": queue_warm}
 Captured = list[tuple[Any, Any]]

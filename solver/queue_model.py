@@ -501,13 +501,18 @@ def solve_restricted(q: QueueProblem, cols: IntArray | None, compact: bool = Tru
     return _solve_form(q, cols, compact=False)
 
 
-def solve_warm(q: QueueProblem, cols: IntArray, warm: WarmStart) -> tuple[NlpSolution, FloatArray]:
-    """``solve_restricted``'s compact form from ``warm`` (one attempt: raises SolverError where Ipopt fails)."""
-    return _solve_form(q, cols, True, warm)
+def solve_warm(
+    q: QueueProblem, cols: IntArray, warm: WarmStart, rows: float | None = None
+) -> tuple[NlpSolution, FloatArray]:
+    """``solve_restricted``'s compact form from ``warm`` (one attempt: raises SolverError where Ipopt fails).
+
+    ``rows``: where Ipopt stops at its iteration limit (solver.queue_warm's polish), the status is "infeasible
+    iterate" if its point breaks a row by more than this relative to max(1, the row's bound)."""
+    return _solve_form(q, cols, True, warm, rows)
 
 
 def _solve_form(
-    q: QueueProblem, cols: IntArray | None, compact: bool, warm: WarmStart | None = None
+    q: QueueProblem, cols: IntArray | None, compact: bool, warm: WarmStart | None = None, rows_tol: float | None = None
 ) -> tuple[NlpSolution, FloatArray]:
     """One form of the restricted NLP by Ipopt, with the safer option sets as retries (none from ``warm``)."""
     try:
@@ -573,6 +578,8 @@ def _solve_form(
     ):
         status = "not complementary"  # a KKT point only in name (a reviewer's case: a row multiplier of 74 on a
         # row with 1e-4 slack after a start outside a pinned pool's throughput row): the caller falls back
+    if rows_tol is not None and status == "iteration_limit" and _row_excess(info, cl, cu) > rows_tol:
+        status = "infeasible iterate"
     flat = np.zeros(lay.C * lay.J)
     flat[lay.cols] = np.clip(x[: lay.r0], 0.0, None)
     xs = flat.reshape(lay.C, lay.J)
@@ -597,6 +604,14 @@ def _solve_form(
     # an unused pool's: -d(D - lam s)/dlam at lam = 0, which is 0 (no wait at no load), its rows being out
     mult[lay.C + np.flatnonzero(lay.unused)] = 0.0
     return sol, mult
+
+
+def _row_excess(info: Mapping[str, Any], cl: FloatArray, cu: FloatArray) -> float:
+    """The largest amount by which Ipopt's point breaks a row, relative to max(1, the row's bound) (0: none)."""
+    g = np.asarray(info["g"], dtype=float)
+    low = np.where(np.isfinite(cl), np.abs(cl), 0.0)
+    size = np.maximum(1.0, np.maximum(low, np.where(np.isfinite(cu), np.abs(cu), 0.0)))
+    return float((np.maximum(np.maximum(cl - g, g - cu), 0.0) / size).max(initial=0.0))
 
 
 def _complementarity(x: FloatArray, info: Mapping[str, Any], bounds: tuple[FloatArray, ...]) -> float:

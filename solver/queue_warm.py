@@ -18,6 +18,11 @@ problems; from that optimum it needs a handful. So:
    optimum). Otherwise those columns join and Ipopt solves again, warm from its own point, at most
    ``MAX_ROUNDS`` times.
 
+With ``POLISH`` (the default, session 18) Ipopt's first solve stops after ``POLISH_ITER`` iterations: where the
+column generation's Lagrangian bound at the NLP's own budgets puts that point within ``POLISH_GAP`` of R(S)'s
+optimum (weak duality: whatever Ipopt's multipliers) and the point keeps every row, it is the answer and step 3 is
+not needed; else Ipopt goes on from it to its KKT point as above.
+
 The answer is Ipopt's point. Where anything fails (the LP gives no proof, Ipopt is not optimal, a column
 still prices out after ``MAX_ROUNDS``) the caller's path (``solver.queue_lazy``) solves R(S) instead.
 ``ENABLED`` switches this path; ``PRICE`` (switched off only to show the property tests failing) the
@@ -46,10 +51,8 @@ EXACT_SLACK = False  # False: the column generation's rows carry every pool's N_
 # (no re-solve when the pools with rate change: 4.3 LP solves per R(S) instead of 5.6; queue_dual.prove_lp)
 INNER = True  # the column generation's rows inside the NLP's (queue_dual._Lp.budgets_inner): a feasible warm start
 SLIVERS = True  # start with the columns that fill empty pools' N_MIN instances (see _sliver_columns)
-GAP = 1e-5  # the column generation's proven gap at the warm start: Ipopt and the pricing certify the result, so
-# it need not be tight (measured on the 20 relaxations of bench/queue_warm_options.py: 3.7 LP solves per R(S)
-# instead of 5.6, 13 % less time per R(S); 1e-4 saved a little more there but took a second Ipopt round on
-# the 1,000 x 100 site instance at 1 core)
+GAP = 3e-5  # the column generation's proven gap at the warm start (1e-5 before the polish: 2.66 LP solves per cored
+# R(S) instead of 2.88; 1e-4 moved a plan 16 % worse: a one-step polish needs the LP's point close; docs/solver.md)
 PRICE = True  # price the left-out columns (switched off only to show the property tests catching it)
 MAX_ROUNDS = 3  # warm Ipopt solves per R(S) before the caller's path takes over
 REDUCED_TOL = 1e-6  # LP reduced cost (relative to the largest column cost) within which a column joins
@@ -81,6 +84,12 @@ LP_ANSWER = False  # R(S)'s answer is the column generation's point where its ow
 # it within ANSWER_GAP (no Ipopt: ``_lp_answer``); else Ipopt from that point as below
 ANSWER_GAP = 1e-4  # relative gap of that certificate (the column generation stops at GAP on its inner budgets; the
 # bound at the NLP's budgets sits up to ~3e-5 below that where core rows bind: each pool's N_MIN room at the core price)
+POLISH = True  # Ipopt's first warm solve stops after POLISH_ITER iterations and its point is R(S)'s answer where the
+# column generation's bound certifies it within POLISH_GAP (``_certified``); else Ipopt goes on to its KKT point as
+# before. Plans move (the relaxation's point moves within the certificate), judged by their worth: docs/solver.md
+POLISH_ITER = 1  # Ipopt's Newton steps on the NLP from the LP's point before the certificate is checked
+POLISH_GAP = 1e-4  # relative gap of that certificate against the Lagrangian bound at the NLP's own budgets
+POLISH_ROWS = 1e-8  # the stopped iterate may break a row by at most this (relative to max(1, the row's bound))
 CHECK_ANSWER = True  # check the certificate (switched off only to show the tests catching an unchecked answer)
 BoolArray = npt.NDArray[np.bool_]
 
@@ -109,14 +118,23 @@ def solve_certified(q: QueueProblem, allowed: BoolArray) -> NlpSolution | None:
     iterations = 0
     for rounds in range(1, MAX_ROUNDS + 1):
         cols = np.flatnonzero(in_lp.ravel())
+        warm = _warm(q, cols, point, y)
+        short = POLISH and rounds == 1
+        if short:
+            warm = dataclasses.replace(warm, options=warm.options | {"max_iter": POLISH_ITER})
         try:
-            sol, mult = solve_warm(q, cols, _warm(q, cols, point, y))
+            sol, mult = solve_warm(q, cols, warm, POLISH_ROWS if short else None)
         except SolverUnavailableError:
             raise
         except SolverError as exc:
             log.info("warm R(S): Ipopt %s; the cold path solves it", exc)
             return None
         iterations += sol.iterations
+        if short and sol.status in ("optimal", "iteration_limit") and _certified(q, allowed, found, sol):
+            return dataclasses.replace(sol, status="optimal", iterations=iterations, rounds=rounds, columns=len(cols))
+        if short and sol.status in ("iteration_limit", "infeasible iterate"):
+            point, y = (sol.x, sol.r, sol.n), mult  # not certified: Ipopt goes on from its point to its KKT point
+            continue
         if sol.status != "optimal":
             log.info("warm R(S): Ipopt %s in round %d; the cold path solves it", sol.status, rounds)
             return None
@@ -127,6 +145,15 @@ def solve_certified(q: QueueProblem, allowed: BoolArray) -> NlpSolution | None:
         point, y = (sol.x, sol.r, sol.n), mult
     log.info("warm R(S): columns still price out after %d rounds; the cold path solves it", MAX_ROUNDS)
     return None
+
+
+def _certified(q: QueueProblem, allowed: BoolArray, proof: Proof, sol: NlpSolution) -> bool:
+    """Whether Ipopt's (stopped) point is within ``POLISH_GAP`` of R(S)'s optimum by the column generation's
+    Lagrangian bound at its best prices and the NLP's own budgets (``nlp_budgets``: a lower bound on R(S) as Ipopt's
+    objective counts it; weak duality, so whatever Ipopt's multipliers are). The point keeps R(S)'s rows
+    (``solve_warm``'s ``rows`` check) and bounds (Ipopt's iterates are interior)."""
+    lower = bound_and_loads(q, allowed, proof.prices, nlp_budgets(q))[0]
+    return sol.value - lower <= POLISH_GAP * max(1.0, abs(sol.value))
 
 
 def _lp_answer(q: QueueProblem, allowed: BoolArray, proof: Proof) -> NlpSolution | None:

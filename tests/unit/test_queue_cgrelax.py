@@ -20,6 +20,14 @@ from tests.unit.test_queue_cgfast import _subproblems
 from tests.unit.test_queue_start import instance, keeps_cores, relative_gap
 from tests.unit.test_queue_warm import row_excess
 
+
+@pytest.fixture(autouse=True)
+def _kkt_point(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These tests hold Ipopt's warm path to its KKT point (the polish's fallback, solver.queue_warm.POLISH off);
+    tests/unit/test_queue_polish.py holds the polish to its certificate."""
+    monkeypatch.setattr(queue_warm, "POLISH", False)
+
+
 TOL = 1e-6  # relative, as tests/unit/test_queue_warm.py
 CORED = [
     (4, 0, 0.15, (1, 2), Mode.MODE1, False),

@@ -18,6 +18,13 @@ from tests.unit.test_queue_start import cases, instance, keeps_cores, relative_g
 TOL = 1e-6  # relative, on the NLP objective evaluated by one function for both solutions
 
 
+@pytest.fixture(autouse=True)
+def _kkt_point(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These tests hold Ipopt's warm path to its KKT point (the polish's fallback, solver.queue_warm.POLISH off);
+    tests/unit/test_queue_polish.py holds the polish to its certificate."""
+    monkeypatch.setattr(queue_warm, "POLISH", False)
+
+
 def _count_warm(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
     """Counts of R(S) solves the warm path answered and declined (solver.queue_fast._solve_sub's calls)."""
     seen = {"answered": 0, "declined": 0}
