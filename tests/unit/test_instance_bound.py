@@ -32,6 +32,8 @@ def saved_relaxation(monkeypatch: pytest.MonkeyPatch) -> None:
     unique, and the repair steps these tests switch off act on the point): keep that warm start here."""
     monkeypatch.setattr(queue_warm, "INNER", False)
     monkeypatch.setattr(queue_warm, "EXACT_BOUNDS", False)
+    monkeypatch.setattr(queue_warm, "POLISH", False)  # Ipopt's KKT point from the column generation at gap 1e-5
+    monkeypatch.setattr(queue_warm, "GAP", 1e-5)
 
 
 def cluster(draw: st.DrawFn | None = None, rng: np.random.Generator | None = None) -> Snapshot:
