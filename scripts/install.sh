@@ -134,11 +134,36 @@ is_jetson() { [ -f /etc/nv_tegra_release ] || grep -qi jetson /proc/device-tree/
 
 is_address() { python3 -c 'import ipaddress, sys; ipaddress.ip_address(sys.argv[1])' "$1" 2>/dev/null; }
 
-# A digest of the source files pip installs: a newer checkout with the same version still upgrades.
+# What the wheel is built from: pyproject.toml's packages (with their package data) and the readme.
+package_dirs=(peerserve agent coordinator_election solver client)
+
+# A digest of the files pip installs (every file of the packages: code and package data, the cluster page's
+# scripts and styles too): a newer checkout with the same version still upgrades.
 source_digest() {
-  (cd "$source_dir" && find pyproject.toml peerserve agent coordinator_election solver client -type f \
-     \( -name '*.py' -o -name '*.toml' -o -name '*.html' -o -name '*.json' \) -not -path '*/__pycache__/*' \
-     -print0 2>/dev/null | LC_ALL=C sort -z | xargs -0 sha256sum | sha256sum | cut -c1-64)
+  (cd "$source_dir" && find pyproject.toml "${package_dirs[@]}" -type f -not -path '*/__pycache__/*' \
+     -not -name '*.pyc' -print0 2>/dev/null | LC_ALL=C sort -z | xargs -0 sha256sum | sha256sum | cut -c1-64)
+}
+
+# Install peerserve with its extras from a clean copy of the source, in one pip run. pip reinstalls a local
+# directory whatever the installed version (a newer checkout with the same version upgrades), but it builds in the
+# tree it is given, and setuptools' build/lib there keeps an earlier build's copy of a file whose new version is
+# not newer (a checkout copied with its times kept) and of a file since removed, which the new wheel then holds
+# (it would also leave root's build/ and *.egg-info in the operator's checkout): the copy has none.
+install_peerserve() {
+  local stage rc=0
+  changed=1
+  if [ "$dry_run" = 1 ]; then
+    echo "would run: $prefix/venv/bin/python -m pip install ${source_dir}[solver,agent] (from a clean copy)"
+    return 0
+  fi
+  stage=$(mktemp -d)
+  (cd "$source_dir" && tar -cf - --exclude=__pycache__ --exclude='*.pyc' pyproject.toml README.md \
+     "${package_dirs[@]}") | tar -xf - -C "$stage" || rc=$?
+  if [ "$rc" = 0 ]; then
+    "$prefix/venv/bin/python" -m pip install -q --disable-pip-version-check "${stage}[solver,agent]" || rc=$?
+  fi
+  rm -rf "$stage"
+  [ "$rc" = 0 ] || die "failed (exit $rc): installing peerserve from $source_dir (pip install of a copy of it)"
 }
 
 download_wheels() {
@@ -245,10 +270,7 @@ want_version=$(sed -n 's/^version = "\(.*\)"/\1/p' "$source_dir/pyproject.toml" 
 want_digest=$(source_digest)
 have_digest=$(cat "$prefix/source.sha256" 2>/dev/null || true)
 if [ "$have_digest" != "$want_digest" ] || [ "$dry_run" = 1 ]; then
-  act "$prefix/venv/bin/python" -m pip install -q --disable-pip-version-check "${source_dir}[solver,agent]"
-  # a newer checkout with the same version: pip keeps the old build unless told
-  act "$prefix/venv/bin/python" -m pip install -q --disable-pip-version-check --no-deps --force-reinstall \
-    "$source_dir"
+  install_peerserve
   if [ "$dry_run" = 0 ]; then echo "$want_digest" > "$prefix/source.sha256"; fi
 fi
 solver_args=(--python "$prefix/venv/bin/python")

@@ -86,7 +86,7 @@ def board(tmp_path: Path) -> Board:
     b = Board(tmp_path / "board")
     # installed already: what steps 1-2 leave (the digest as install.sh computes it, from its own function)
     ready = b.sh(f"""source_dir={REPO}
-source <(sed -n '/^source_digest() {{/,/^}}/p' {REPO}/scripts/install.sh)
+source <(sed -n -e '/^package_dirs=/p' -e '/^source_digest() {{/,/^}}/p' {REPO}/scripts/install.sh)
 mkdir -p /opt/peerserve/venv/bin /opt/peerserve/venv/share/pyomo/lib
 ln -s "$(command -v python3)" /opt/peerserve/venv/bin/python
 touch /opt/peerserve/venv/share/pyomo/lib/libpynumero_ASL.so
