@@ -40,7 +40,8 @@
 #                        as DATA_DIR/peer/board.card (required unless one is installed already)
 #   --no-operator-ca     switch the operator CA mode off on this board: removes the operator_ca setting and
 #                        /etc/peerserve/operator-ca.pub; keeps DATA_DIR/peer's card files (board.card, revoked.json
-#                        and their records) for a later --operator-ca; the token alone admits again
+#                        and their records) for a later --operator-ca; the token alone admits again (it warns
+#                        of a PEERSERVE_OPERATOR_CA in the unit's drop-ins: that keeps the mode on over the config)
 #   --no-start           write everything but start and enable nothing
 #   --dry-run            print what would be done, change nothing
 #   --uninstall          stop and disable the service, remove it and /opt/peerserve; keeps config and data
@@ -164,6 +165,23 @@ install_peerserve() {
   fi
   rm -rf "$stage"
   [ "$rc" = 0 ] || die "failed (exit $rc): installing peerserve from $source_dir (pip install of a copy of it)"
+}
+
+# The unit's drop-ins (and the files their EnvironmentFile= lines read) that set PEERSERVE_OPERATOR_CA to a value:
+# the agent takes the variable over the config, so --no-operator-ca alone would not switch the mode off.
+operator_ca_in_environment() {
+  local d f env_file set_it='PEERSERVE_OPERATOR_CA=["'"'"']?[^[:space:]"'"'"']'
+  for d in /etc/systemd/system /run/systemd/system /usr/lib/systemd/system /lib/systemd/system; do
+    for f in "$d/$service.d"/*.conf "$d/service.d"/*.conf; do
+      [ -f "$f" ] || continue
+      if grep -Eq "^[[:space:]]*Environment=.*$set_it" "$f"; then echo "$f"; fi
+      sed -n 's/^[[:space:]]*EnvironmentFile=-\{0,1\}[[:space:]]*//p' "$f" | while IFS= read -r env_file; do
+        if [ -f "$env_file" ] && grep -Eq "^[[:space:]]*(export[[:space:]]+)?$set_it" "$env_file"; then
+          echo "$env_file"
+        fi
+      done
+    done
+  done | sort -u
 }
 
 download_wheels() {
@@ -346,6 +364,11 @@ if [ "$no_operator_ca" = 1 ]; then
     if [ -e "$data/peer/$f" ]; then kept="$kept$f "; fi
   done
   say "operator CA mode off: no operator_ca setting, no $ca_file; the cluster token alone admits peers again${kept:+ (kept in $data/peer for a later --operator-ca: ${kept% })}"
+  while IFS= read -r f; do
+    echo "install.sh: warning: $f sets PEERSERVE_OPERATOR_CA, which the agent takes over the config: the operator CA \
+mode stays on, and while it names $ca_file (removed now) the agent refuses to start; remove that setting, then \
+systemctl daemon-reload" >&2
+  done < <(operator_ca_in_environment)
 fi
 if [ -n "$operator_ca" ]; then
   [ -r "$operator_ca" ] || die "--operator-ca $operator_ca: cannot read it (ca.pub from 'peerserve ca init')"
