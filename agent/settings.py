@@ -387,10 +387,8 @@ def load_settings(
     try:
         return Settings(**values)  # (body_stall_s / body_rate_grace_s unset: they follow body_timeout_s, UnsetSeconds)
     except ConfigError as exc:
-        if exc.key not in from_env:
-            raise
-        # the one place an operator does not look: a variable (a systemd drop-in's Environment=) over the file
-        message = str(exc).removeprefix(f"{exc.key}: ")
-        where = f" (over {path})" if path else ""
-        raise ConfigError(exc.key, f"{message} [set by PEERSERVE_{exc.key.upper()} in the environment{where}: "
-                          "systemctl cat peerserve-agent shows a unit's drop-ins]") from exc  # fmt: skip
+        if exc.key in from_env:  # the place an operator does not look: a variable (a drop-in's Environment=)
+            where = f" (over {path})" if path else ""
+            exc.source = (f"set by PEERSERVE_{exc.key.upper()} in the environment{where}: systemctl cat "
+                          "peerserve-agent shows a unit's drop-ins")  # fmt: skip
+        raise

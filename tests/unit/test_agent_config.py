@@ -177,10 +177,15 @@ def test_a_missing_operator_ca_named_by_the_environment_refuses_the_start(
     cfg.write_text(base + f'operator_ca = "{missing}"\n')  # named by the file: the same refusal, no word of a variable
     with pytest.raises(ConfigError, match="does not exist: the operator CA mode is on") as caught:
         load_settings(str(cfg), env={})
-    assert caught.value.key == "operator_ca" and "environment" not in str(caught.value)
+    assert caught.value.key == "operator_ca" and caught.value.source == ""
     with pytest.raises(ConfigError) as caught:  # a flag over the variable: the flag's value, the flag's error
         load_settings(str(cfg), env={"PEERSERVE_OPERATOR_CA": "x"}, overrides={"operator_ca": str(missing)})
-    assert "does not exist" in str(caught.value) and "environment" not in str(caught.value)
+    assert "does not exist" in str(caught.value) and caught.value.source == ""
+    with pytest.raises(ConfigError) as caught:  # the message itself stays the setting's; the source rides beside it
+        load_settings(str(cfg), env={"PEERSERVE_OPERATOR_CA": str(missing)})
+    assert str(caught.value).endswith("remove any PEERSERVE_OPERATOR_CA setting)")
+    assert caught.value.with_source().endswith(f"[set by PEERSERVE_OPERATOR_CA in the environment (over {cfg}): "
+                                               "systemctl cat peerserve-agent shows a unit's drop-ins]")  # fmt: skip
 
 
 def test_broken_config_file(tmp_path: Path) -> None:
