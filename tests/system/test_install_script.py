@@ -120,7 +120,7 @@ def same_version_checkout_upgrades(root: Path, script: str) -> None:
             "page = (pathlib.Path(agent.ui.__file__).parent / 'app.js').read_text(); "
             "print(p.VALUE, u.find_spec('peerserve._removed') is None, page.endswith('// newer page\\n'))")  # fmt: skip
     try:
-        for step in ("added", "changed", "page"):
+        for step, wanted in (("added", "1 False False"), ("changed", "2 True False"), ("page", "2 True True")):
             if step == "changed":
                 probe.write_text("VALUE = 2\n")
                 os.utime(probe, (1e9, 1e9))  # 2001: older than any build of it
@@ -129,8 +129,8 @@ def same_version_checkout_upgrades(root: Path, script: str) -> None:
                 app.write_text(app.read_text() + "// newer page\n")
             out = chroot(root, "bash", script, "--runtime", "process")
             assert out.returncode == 0 and "installed peerserve 0.1.0" in out.stdout, (step, out.stdout + out.stderr)
-        seen = chroot(root, python, "-c", show)
-        assert seen.stdout.split() == ["2", "True", "True"], seen.stdout + seen.stderr
+            seen = chroot(root, python, "-c", show)
+            assert seen.stdout.split() == wanted.split(), (step, seen.stdout + seen.stderr)
         assert not (src / "build").exists() and not list(src.glob("*.egg-info"))  # nothing written into it
     finally:
         probe.unlink(missing_ok=True)
