@@ -192,6 +192,7 @@ class ProcessRuntime:
                 *triton.command(install, repository, backends, self.host, port, triton.admin_key()),
                 stdout=log_file, stderr=log_file, stdin=asyncio.subprocess.DEVNULL,
                 env=triton.environment(install), start_new_session=True,
+                cwd=base,  # the backend stub imports from its working directory first: ours, not the agent's
             )  # fmt: skip
         ticks = start_ticks(proc.pid) or 0
         server = _Server(f"triton-{spec.name}-{proc.pid}", spec.name, proc.pid, port, term, self.clock(), proc, ticks)
