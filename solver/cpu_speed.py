@@ -35,7 +35,8 @@ Small nodes in plain floats (``PLAIN``, issue 16 target 5, solver18a): the nodes
 cores run 2-4 instances, where each round's ~17 numpy calls (the FFT's arrays of 3-5 points) cost ~35 us and a
 node's law by direct convolution (``_node_law``: one Bernoulli factor per busy instance, then each pool's own one
 divided out, stably from the side where its weight is the larger) costs a few. So a shared node of at most
-``PLAIN_MAX`` instances with whole counts runs its own fixed point (``_node_fixed_point``: the same map from the
+``PLAIN_MAX`` instances with whole counts (where at most ``PLAIN_NODES`` are: the floats' cost grows with the
+nodes, the arrays' round hardly) runs its own fixed point (``_node_fixed_point``: the same map from the
 same start, stopped by its own moves, so each node takes the rounds it needs, not the slowest node's) and work floor
 (``_node_floor``: the Newton root of ``_floor_root``, stepped down to the side where the work meets the floor) in
 Python floats. The figures agree with the FFT's to rounding (tests/unit/test_cpu_speed.py), not bit for bit.
@@ -64,6 +65,8 @@ PUBLISHED = True  # solver.queue_plan.planned_queue from this model (False: the 
 LAW_BOUNDED = True  # nodes past cpu_law.EXACT_MAX instances read the law in bounded arrays (off: the FFT over all)
 PLAIN = True  # shared nodes of at most PLAIN_MAX instances (whole counts) in Python floats (off: the arrays for all)
 PLAIN_MAX = 8  # instances on a node up to which a node's round in floats costs less than a round's numpy calls
+PLAIN_NODES = 12  # such nodes in one call at most (the floats' cost grows with them, the arrays' round hardly:
+# 3-4 instances on 2 cores, arrays / floats 2.6 / 0.23 ms at 1 node, 1.4 / 1.5 at 16, 4.0 / 4.5 at 32)
 FLOOR_NUDGES = 64  # steps of a few ulps down from the floor's Newton root at most, to the side that meets the floor
 
 
@@ -105,7 +108,7 @@ def node_speeds_once(
     switches = (
         tuple(a.shape for a in parts),
         (LAW_BOUNDED, cpu_law.EXACT_MAX, cpu_law.POINTS, cpu_law.WIDTH, cpu_law.TAIL),
-        (CAP, MAX_ROUNDS, TOL, BISECT, GUESS_ROUNDS, PLAIN, PLAIN_MAX),
+        (CAP, MAX_ROUNDS, TOL, BISECT, GUESS_ROUNDS, PLAIN, PLAIN_MAX, PLAIN_NODES),
     )
     key = b"|".join([repr(switches).encode(), *(a.tobytes() for a in parts)])
     last = _LAST[0] if _LAST else None  # read once: another thread may replace it
@@ -130,6 +133,8 @@ def node_speeds(lam: npt.ArrayLike, mu: npt.ArrayLike, counts: npt.ArrayLike, co
     total = n.sum(axis=1)
     shared = np.isfinite(c) & (total > c)  # some instance may lack a core
     plain = shared & (total <= PLAIN_MAX) & (n == np.floor(n)).all(axis=1) if PLAIN else np.zeros(len(n), dtype=bool)
+    if np.count_nonzero(plain) > PLAIN_NODES:
+        plain[:] = False  # many small shared nodes: one round of arrays for all of them costs less
     speed, rounds, converged = _plain_rows(a, mu, n, c, plain)
     arrays = shared & ~plain
     if arrays.any():

@@ -269,3 +269,21 @@ def test_identical_instances_on_one_core_are_the_nodes_mm1_in_plain_floats() -> 
     f = node_speeds(np.array([[90.0]]), np.array([[100.0]]), np.array([[6]]), np.array([1.0]))
     assert f.sojourn_ms[0, 0] == pytest.approx(100.0, rel=1e-9) and f.sojourn_ms[0, 0] >= 100.0 * (1 - 1e-12)
     assert f.rounds > 0 and f.converged
+
+
+@pytest.mark.parametrize("nodes", [cpu_speed.PLAIN_NODES, cpu_speed.PLAIN_NODES + 1])
+def test_many_small_shared_nodes_go_to_the_arrays(nodes: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Up to ``PLAIN_NODES`` small shared nodes run in floats (the arrays' figures to rounding, not bit for bit); past
+    it every shared node runs in the arrays (the figures bit for bit with ``PLAIN`` off): the floats' cost grows with
+    the nodes, the arrays' round hardly."""
+    rng = np.random.default_rng(nodes)
+    n = np.zeros((nodes, 3))
+    n[:, 0], n[:, 1] = 2, 1
+    mu = rng.uniform(50.0, 300.0, (nodes, 3))
+    lam = rng.uniform(0.2, 0.5, (nodes, 3)) * n * mu
+    cores = np.full(nodes, 2.0)
+    plain = node_speeds(lam, mu, n, cores)
+    monkeypatch.setattr(cpu_speed, "PLAIN", False)
+    arrays = node_speeds(lam, mu, n, cores)
+    np.testing.assert_allclose(plain.load, arrays.load, rtol=1e-8)
+    assert np.array_equal(plain.load, arrays.load) == (nodes > cpu_speed.PLAIN_NODES)
