@@ -290,7 +290,7 @@ def cmd_agent(args: argparse.Namespace) -> int:
         settings = load_settings(args.config, overrides=overrides)
         agent = NodeAgent(settings)
     except ConfigError as exc:
-        raise UsageError(str(exc)) from exc
+        raise UsageError(exc.with_source()) from exc
     configure_logs(settings.log_format, args.log_level, log_context(agent))
     logging.getLogger("agent").setLevel(args.log_level.upper())
     logging.getLogger("httpx").setLevel(logging.WARNING)
@@ -373,7 +373,7 @@ def cmd_stats_token(args: argparse.Namespace) -> int:
     try:
         settings = load_settings(args.config, overrides={"cluster_token": args.cluster_token})
     except ConfigError as exc:
-        raise UsageError(str(exc)) from exc
+        raise UsageError(exc.with_source()) from exc
     if not settings.cluster_token:
         raise UsageError("no cluster token: pass --cluster-token, set PEERSERVE_CLUSTER_TOKEN or use --config")
     print(derive_stats_token(settings.cluster_token))

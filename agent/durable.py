@@ -1,6 +1,6 @@
 """One durable file replacement for the agent's small state files (pins, the revocation stamp record, the pin
-cards, the SWIM state version's ceiling): a power cut leaves the old file or the new one, never a torn one, and
-never the old one once this returned.
+cards, the SWIM state version's ceiling, the known peers): a power cut leaves the old file or the new one, never a
+torn one, and never the old one once this returned.
 
 Write a temporary file beside it, fsync it, rename it over the file, fsync the folder: without the last fsync
 the rename itself can be lost in a power cut within the next journal commit (review16c F1 found it missing in

@@ -22,6 +22,11 @@ class ConfigError(AgentError, ValueError):
     def __init__(self, key: str, message: str) -> None:
         super().__init__(f"{key}: {message}")
         self.key = key
+        self.source = ""  # where the value came from, when not where an operator looks (load_settings: a variable)
+
+    def with_source(self) -> str:
+        """The message, and where the value came from if ``source`` says (what the agent prints as it refuses)."""
+        return f"{self} [{self.source}]" if self.source else str(self)
 
 
 class RuntimeUnavailable(AgentError):

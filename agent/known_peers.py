@@ -11,10 +11,11 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from agent.durable import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -71,16 +72,14 @@ def load(data_dir: Path) -> list[KnownPeer]:
 
 
 def save(data_dir: Path, peers: Sequence[KnownPeer]) -> None:
-    """Replace the file atomically (write, fsync, rename); errors are logged, never raised."""
+    """Replace the file atomically and durably (agent/durable.py: write, fsync, rename, fsync of the folder; without
+    the last, a power cut soon after the rename can lose the new file's directory entry, and boards lose power);
+    errors are logged, never raised."""
     path = data_dir / FILE_NAME
     tmp = path.with_suffix(".tmp")
     body = json.dumps([{"node_id": p.node_id, "peer_url": p.peer_url, "seen_at": p.seen_at} for p in peers])
     try:
-        with open(tmp, "w") as f:
-            f.write(body)
-            f.flush()
-            os.fsync(f.fileno())
-        tmp.replace(path)
+        write_atomic(path, body.encode(), tmp=tmp)
     except OSError as exc:
         log.warning("cannot save %s: %s", path, exc)
         with contextlib.suppress(OSError):

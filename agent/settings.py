@@ -295,6 +295,11 @@ def validate(s: Settings) -> None:
             raise ConfigError("operator_ca", "needs cluster_token (the token still gates TLS; the card admits)")
         try:
             parse_operator_ca(s.operator_ca)
+        except FileNotFoundError as exc:  # never open instead: the mode was asked for, its key is gone
+            raise ConfigError("operator_ca", f"{exc.filename} does not exist: the operator CA mode is on but its "
+                              "public key is gone, and without it the agent would admit any token holder; put ca.pub "
+                              "back (install.sh --operator-ca FILE) or switch the mode off (install.sh "
+                              "--no-operator-ca, and remove any PEERSERVE_OPERATOR_CA setting)") from exc  # fmt: skip
         except (OSError, ValueError) as exc:
             raise ConfigError("operator_ca", f"not an operator CA public key: {exc}") from exc
 
@@ -369,11 +374,21 @@ def load_settings(
             if key not in types:
                 raise ConfigError(key, f"unknown setting in {path}")
             values[key] = _coerce(key, types[key], raw)
+    from_env: set[str] = set()
     for name, kind in types.items():
         raw = env.get(f"PEERSERVE_{name.upper()}")
         if raw is not None:
             values[name] = _coerce(name, kind, raw)
+            from_env.add(name)
     for name, raw in (overrides or {}).items():
         if raw is not None:
             values[name] = _coerce(name, types[name], raw)
-    return Settings(**values)  # (body_stall_s / body_rate_grace_s unset: they follow body_timeout_s, UnsetSeconds)
+            from_env.discard(name)
+    try:
+        return Settings(**values)  # (body_stall_s / body_rate_grace_s unset: they follow body_timeout_s, UnsetSeconds)
+    except ConfigError as exc:
+        if exc.key in from_env:  # the place an operator does not look: a variable (a drop-in's Environment=)
+            where = f" (over {path})" if path else ""
+            exc.source = (f"set by PEERSERVE_{exc.key.upper()} in the environment{where}: systemctl cat "
+                          "peerserve-agent shows a unit's drop-ins")  # fmt: skip
+        raise

@@ -40,7 +40,8 @@
 #                        as DATA_DIR/peer/board.card (required unless one is installed already)
 #   --no-operator-ca     switch the operator CA mode off on this board: removes the operator_ca setting and
 #                        /etc/peerserve/operator-ca.pub; keeps DATA_DIR/peer's card files (board.card, revoked.json
-#                        and their records) for a later --operator-ca; the token alone admits again
+#                        and their records) for a later --operator-ca; the token alone admits again (it warns
+#                        of a PEERSERVE_OPERATOR_CA in the unit's drop-ins: that keeps the mode on over the config)
 #   --no-start           write everything but start and enable nothing
 #   --dry-run            print what would be done, change nothing
 #   --uninstall          stop and disable the service, remove it and /opt/peerserve; keeps config and data
@@ -134,11 +135,53 @@ is_jetson() { [ -f /etc/nv_tegra_release ] || grep -qi jetson /proc/device-tree/
 
 is_address() { python3 -c 'import ipaddress, sys; ipaddress.ip_address(sys.argv[1])' "$1" 2>/dev/null; }
 
-# A digest of the source files pip installs: a newer checkout with the same version still upgrades.
+# What the wheel is built from: pyproject.toml's packages (with their package data) and the readme.
+package_dirs=(peerserve agent coordinator_election solver client)
+
+# A digest of the files pip installs (every file of the packages: code and package data, the cluster page's
+# scripts and styles too): a newer checkout with the same version still upgrades.
 source_digest() {
-  (cd "$source_dir" && find pyproject.toml peerserve agent coordinator_election solver client -type f \
-     \( -name '*.py' -o -name '*.toml' -o -name '*.html' -o -name '*.json' \) -not -path '*/__pycache__/*' \
-     -print0 2>/dev/null | LC_ALL=C sort -z | xargs -0 sha256sum | sha256sum | cut -c1-64)
+  (cd "$source_dir" && find pyproject.toml "${package_dirs[@]}" -type f -not -path '*/__pycache__/*' \
+     -not -name '*.pyc' -print0 2>/dev/null | LC_ALL=C sort -z | xargs -0 sha256sum | sha256sum | cut -c1-64)
+}
+
+# Install peerserve with its extras from a clean copy of the source, in one pip run. pip reinstalls a local
+# directory whatever the installed version (a newer checkout with the same version upgrades), but it builds in the
+# tree it is given, and setuptools' build/lib there keeps an earlier build's copy of a file whose new version is
+# not newer (a checkout copied with its times kept) and of a file since removed, which the new wheel then holds
+# (it would also leave root's build/ and *.egg-info in the operator's checkout): the copy has none.
+install_peerserve() {
+  local stage rc=0
+  changed=1
+  if [ "$dry_run" = 1 ]; then
+    echo "would run: $prefix/venv/bin/python -m pip install ${source_dir}[solver,agent] (from a clean copy)"
+    return 0
+  fi
+  stage=$(mktemp -d)
+  (cd "$source_dir" && tar -cf - --exclude=__pycache__ --exclude='*.pyc' pyproject.toml README.md \
+     "${package_dirs[@]}") | tar -xf - -C "$stage" || rc=$?
+  if [ "$rc" = 0 ]; then
+    "$prefix/venv/bin/python" -m pip install -q --disable-pip-version-check "${stage}[solver,agent]" || rc=$?
+  fi
+  rm -rf "$stage"
+  [ "$rc" = 0 ] || die "failed (exit $rc): installing peerserve from $source_dir (pip install of a copy of it)"
+}
+
+# The unit's drop-ins (and the files their EnvironmentFile= lines read) that set PEERSERVE_OPERATOR_CA to a value:
+# the agent takes the variable over the config, so --no-operator-ca alone would not switch the mode off.
+operator_ca_in_environment() {
+  local d f env_file set_it='PEERSERVE_OPERATOR_CA=["'"'"']?[^[:space:]"'"'"']'
+  for d in /etc/systemd/system /run/systemd/system /usr/lib/systemd/system /lib/systemd/system; do
+    for f in "$d/$service.d"/*.conf "$d/service.d"/*.conf; do
+      [ -f "$f" ] || continue
+      if grep -Eq "^[[:space:]]*Environment=.*$set_it" "$f"; then echo "$f"; fi
+      sed -n 's/^[[:space:]]*EnvironmentFile=-\{0,1\}[[:space:]]*//p' "$f" | while IFS= read -r env_file; do
+        if [ -f "$env_file" ] && grep -Eq "^[[:space:]]*(export[[:space:]]+)?$set_it" "$env_file"; then
+          echo "$env_file"
+        fi
+      done
+    done
+  done | sort -u
 }
 
 download_wheels() {
@@ -245,10 +288,7 @@ want_version=$(sed -n 's/^version = "\(.*\)"/\1/p' "$source_dir/pyproject.toml" 
 want_digest=$(source_digest)
 have_digest=$(cat "$prefix/source.sha256" 2>/dev/null || true)
 if [ "$have_digest" != "$want_digest" ] || [ "$dry_run" = 1 ]; then
-  act "$prefix/venv/bin/python" -m pip install -q --disable-pip-version-check "${source_dir}[solver,agent]"
-  # a newer checkout with the same version: pip keeps the old build unless told
-  act "$prefix/venv/bin/python" -m pip install -q --disable-pip-version-check --no-deps --force-reinstall \
-    "$source_dir"
+  install_peerserve
   if [ "$dry_run" = 0 ]; then echo "$want_digest" > "$prefix/source.sha256"; fi
 fi
 solver_args=(--python "$prefix/venv/bin/python")
@@ -324,6 +364,11 @@ if [ "$no_operator_ca" = 1 ]; then
     if [ -e "$data/peer/$f" ]; then kept="$kept$f "; fi
   done
   say "operator CA mode off: no operator_ca setting, no $ca_file; the cluster token alone admits peers again${kept:+ (kept in $data/peer for a later --operator-ca: ${kept% })}"
+  while IFS= read -r f; do
+    echo "install.sh: warning: $f sets PEERSERVE_OPERATOR_CA, which the agent takes over the config: the operator CA \
+mode stays on, and while it names $ca_file (removed now) the agent refuses to start; remove that setting, then \
+systemctl daemon-reload" >&2
+  done < <(operator_ca_in_environment)
 fi
 if [ -n "$operator_ca" ]; then
   [ -r "$operator_ca" ] || die "--operator-ca $operator_ca: cannot read it (ca.pub from 'peerserve ca init')"

@@ -9,8 +9,9 @@ Layout (SUBNET 10.213.10.0/24, blackholed in the host namespace before anything 
 Faults: kill (-9), stop (SIGTERM), pause/resume (SIGSTOP/SIGCONT), power_cut() (every agent and model
 server SIGKILLed at once; restart(i) brings one back on its data), partition(groups) moves hosts' bridge
 ports to br1, heal() moves them back; link_down/link_up cut one host.
-teardown() ends only the processes it started (by PID), deletes the
-namespaces it created and the blackhole route, even after a failed test.
+teardown() ends only the processes it started (by PID), stops its Docker Engines, deletes the
+namespaces it created and the blackhole route, even after a failed test; every step runs, then one error names
+each that failed (an engine still running, a namespace left behind).
 
     python -m scripts.testbed up 3      # bring up 3 hosts with agents and print their URLs; Ctrl-C tears down
 """
@@ -168,7 +169,7 @@ class TestBed:
         self.created: list[str] = []
         self.route_added = False
         self.extra_pids: list[int] = []
-        self._dockerds: list[contextlib.AbstractContextManager[Any]] = []
+        self._dockerds: list[tuple[int, contextlib.AbstractContextManager[Any]]] = []  # (host, engine)
         self.docker_hosts: dict[int, str] = {}
         self._clients: dict[str, tuple[NetnsWorker, Any]] = {}
 
@@ -207,7 +208,7 @@ class TestBed:
 
         ctx = private_dockerd(netns=self.hosts[i].netns)
         engine = ctx.__enter__()
-        self._dockerds.append(ctx)
+        self._dockerds.append((i, ctx))
         self.docker_hosts[i] = engine.host
         return engine.host
 
@@ -322,27 +323,47 @@ class TestBed:
 
     # -- teardown ------------------------------------------------------------------------------------
     def teardown(self) -> None:
-        for worker, client in self._clients.values():
-            with contextlib.suppress(Exception):
-                worker.call(client.close)
-            worker.close()
+        """Every step runs whatever the others did; then one StepsFailed names each that failed (a Docker Engine
+        whose stop failed may still run, a namespace not deleted is left behind: a teardown must say so). What was
+        torn down is forgotten (and each engine, whose stop runs once), so a second call does not fail on it again."""
+        failures = Failures()
+        clients, self._clients = self._clients, {}
+        for netns, (worker, client) in clients.items():
+            with failures.step(f"closing the client in {netns}"):
+                try:
+                    worker.call(client.close)
+                finally:
+                    worker.close()
         for host in self.hosts:
-            self.kill(host.index, signal.SIGKILL)
-            kill_servers(host.data_dir)
-        with concurrent.futures.ThreadPoolExecutor(len(self._dockerds) or 1) as pool:  # each waits on its own daemon
-            list(pool.map(_close_quietly, reversed(self._dockerds)))
+            with failures.step(f"stopping the agent of host {host.index}"):
+                self.kill(host.index, signal.SIGKILL)
+            with failures.step(f"stopping the model servers of host {host.index}"):
+                kill_servers(host.data_dir)
+        engines, self._dockerds = self._dockerds, []
+        with failures.step("stopping the Docker Engines"):  # at once: each waits on its own daemon
+            run_all(_exit, engines[::-1], "stopping the Docker Engines", lambda engine: f"host {engine[0]}")
         for pid in self.extra_pids:
-            with contextlib.suppress(OSError):
+            with failures.step(f"killing PID {pid}"), contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-        for name in reversed(self.created):
-            run("ip", "netns", "del", name, check=False)
+        for name in reversed(self.created[:]):
+            with failures.step(f"deleting namespace {name}"):
+                _checked(run("ip", "netns", "del", name, check=False))
+                self.created.remove(name)
         if self.route_added:
-            run("ip", "route", "del", "blackhole", SUBNET, check=False)
+            with failures.step(f"deleting the blackhole route for {SUBNET}"):
+                _checked(run("ip", "route", "del", "blackhole", SUBNET, check=False))
+                self.route_added = False
+        failures.raise_any("the test bed's teardown")
 
 
-def _close_quietly(ctx: contextlib.AbstractContextManager[Any]) -> None:
-    with contextlib.suppress(Exception):
-        ctx.__exit__(None, None, None)
+def _exit(engine: tuple[int, contextlib.AbstractContextManager[Any]]) -> None:
+    """Leave a started engine's context (stop the daemon, remove its bridge and files); what fails is raised."""
+    engine[1].__exit__(None, None, None)
+
+
+def _checked(done: subprocess.CompletedProcess[str]) -> None:
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(done.args)} exited {done.returncode}: {done.stderr.strip()[-500:]}")
 
 
 @contextlib.contextmanager

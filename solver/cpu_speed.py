@@ -30,10 +30,22 @@ behind whenever both run (0.75 each), and the simulation's queue grows without b
 the figure; ``published_load`` then publishes the node's figures by load instead (16 of bound_sweep's 600
 overloaded plans at their rate, 8 at half of it), so no planned queue is at the cap where repair passes. The
 plan itself now gives such a pool one more instance, or cuts its rate (solver.queue_sched); the fallback stays.
+
+Small nodes in plain floats (``PLAIN``, issue 16 target 5, solver18a): the nodes of the thesis's sizes that share
+cores run 2-4 instances, where each round's ~17 numpy calls (the FFT's arrays of 3-5 points) cost ~35 us and a
+node's law by direct convolution (``_node_law``: one Bernoulli factor per busy instance, then each pool's own one
+divided out, stably from the side where its weight is the larger) costs a few. So a shared node of at most
+``PLAIN_MAX`` instances with whole counts (where at most ``PLAIN_NODES`` are: the floats' cost grows with the
+nodes, the arrays' round hardly) runs its own fixed point (``_node_fixed_point``: the same map from the
+same start, stopped by its own moves, so each node takes the rounds it needs, not the slowest node's) and work floor
+(``_node_floor``: the Newton root of ``_floor_root``, stepped down to the side where the work meets the floor) in
+Python floats. The figures agree with the FFT's to rounding (tests/unit/test_cpu_speed.py), not bit for bit.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -51,6 +63,11 @@ BISECT = 60  # halvings of the work floor's factor (2**-60: exact in float)
 GUESS_ROUNDS = 60  # Newton steps at most for the floor's guess (solver.monotone_bisect: the guess costs no exactness)
 PUBLISHED = True  # solver.queue_plan.planned_queue from this model (False: the cores shared by load)
 LAW_BOUNDED = True  # nodes past cpu_law.EXACT_MAX instances read the law in bounded arrays (off: the FFT over all)
+PLAIN = True  # shared nodes of at most PLAIN_MAX instances (whole counts) in Python floats (off: the arrays for all)
+PLAIN_MAX = 8  # instances on a node up to which a node's round in floats costs less than a round's numpy calls
+PLAIN_NODES = 12  # such nodes in one call at most (the floats' cost grows with them, the arrays' round hardly:
+# 3-4 instances on 2 cores, arrays / floats 2.6 / 0.23 ms at 1 node, 1.4 / 1.5 at 16, 4.0 / 4.5 at 32)
+FLOOR_NUDGES = 64  # steps of a few ulps down from the floor's Newton root at most, to the side that meets the floor
 
 
 @dataclass(frozen=True)
@@ -91,7 +108,7 @@ def node_speeds_once(
     switches = (
         tuple(a.shape for a in parts),
         (LAW_BOUNDED, cpu_law.EXACT_MAX, cpu_law.POINTS, cpu_law.WIDTH, cpu_law.TAIL),
-        (CAP, MAX_ROUNDS, TOL, BISECT, GUESS_ROUNDS),
+        (CAP, MAX_ROUNDS, TOL, BISECT, GUESS_ROUNDS, PLAIN, PLAIN_MAX, PLAIN_NODES),
     )
     key = b"|".join([repr(switches).encode(), *(a.tobytes() for a in parts)])
     last = _LAST[0] if _LAST else None  # read once: another thread may replace it
@@ -112,13 +129,129 @@ def node_speeds(lam: npt.ArrayLike, mu: npt.ArrayLike, counts: npt.ArrayLike, co
     c: FloatArray = np.maximum(np.asarray(cores, dtype=float), 1e-12)  # 0 cores: (almost) no speed
     on = (n > 0) & (lam > 0)
     a = np.where(on, lam / np.where(on, n, 1.0), 0.0)  # per instance
-    shared = np.isfinite(c) & (np.where(n > 0, n, 0).sum(axis=1) > c)  # some instance may lack a core
-    speed, rounds, converged = _fixed_point(a, mu, np.where(n > 0, n, 0.0), c, shared)
-    scale = _work_floor(a, mu, np.where(n > 0, n, 0.0), c, speed)  # a core per instance: exact as it is
-    speed = speed * np.where(shared, scale, 1.0)[:, None]
+    n = np.where(n > 0, n, 0.0)
+    total = n.sum(axis=1)
+    shared = np.isfinite(c) & (total > c)  # some instance may lack a core
+    plain = shared & (total <= PLAIN_MAX) & (n == np.floor(n)).all(axis=1) if PLAIN else np.zeros(len(n), dtype=bool)
+    if np.count_nonzero(plain) > PLAIN_NODES:
+        plain[:] = False  # many small shared nodes: one round of arrays for all of them costs less
+    speed, rounds, converged = _plain_rows(a, mu, n, c, plain)
+    arrays = shared & ~plain
+    if arrays.any():
+        found, more, met = _fixed_point(a, mu, n, c, arrays)
+        scale = _work_floor(a[arrays], mu[arrays], n[arrays], c[arrays], found[arrays])  # a core per instance: as is
+        speed[arrays] = found[arrays] * scale[:, None]
+        rounds, converged = max(rounds, more), converged and met
     load = np.where(on, np.minimum(a / (mu * speed), CAP), 0.0)
     sojourn = np.where(on, 1000.0 * load / (1.0 - load) / np.where(on, a, 1.0), 1000.0 / (mu * speed))
     return SpeedFigures(load, speed, sojourn, rounds, converged)
+
+
+def _plain_rows(
+    a: FloatArray, mu: FloatArray, n: FloatArray, cores: FloatArray, rows: npt.NDArray[np.bool_]
+) -> tuple[FloatArray, int, bool]:
+    """([j, k] speeds: the ``rows``' fixed point and work floor in Python floats, 1 elsewhere; the most rounds a row
+    took; whether every row converged)."""
+    speed = np.ones(a.shape)
+    rounds, converged = 0, True
+    for j in np.flatnonzero(rows).tolist():
+        counts = [int(v) for v in n[j].tolist()]
+        aj, mj = a[j].tolist(), mu[j].tolist()
+        found, took, met = _node_fixed_point(aj, mj, counts, float(cores[j]))
+        scale = _node_floor(aj, mj, counts, float(cores[j]), found)
+        speed[j] = [v * scale for v in found]
+        rounds, converged = max(rounds, took), converged and met
+    return speed, rounds, converged
+
+
+def _node_fixed_point(a: list[float], mu: list[float], n: list[int], cores: float) -> tuple[list[float], int, bool]:
+    """``_fixed_point`` on one node in Python floats: (speeds per pool, rounds, converged), from the same start by the
+    same map, stopped where no load of this node moves more than ``TOL``; the rounds read the busy pools' speeds only
+    (an idle pool's load stays 0), the last every pool's."""
+    share = [min(1.0, cores / (1.0 + b)) for b in range(sum(n) + 1)]
+    busy = [k for k, x in enumerate(a) if x > 0]
+    u = [min(x / m, CAP) for x, m in zip(a, mu, strict=True)]
+    rounds, moved = 0, np.inf
+    while rounds < MAX_ROUNDS and moved > TOL:
+        speed = _node_law(u, n, share, busy)
+        moved = 0.0
+        for k, v in zip(busy, speed, strict=True):
+            new = min(a[k] / (mu[k] * v), CAP)
+            moved, u[k] = max(moved, abs(new - u[k])), new
+        rounds += 1
+    return _node_law(u, n, share, range(len(u))), rounds, moved <= TOL
+
+
+def _node_law(u: list[float], n: list[int], share: list[float], pools: Iterable[int]) -> list[float]:
+    """For each of ``pools`` (k) on one node: ``E[share[B]]``, ``B`` the busy count of the node's other instances
+    (pool l's ``n[l]``, one fewer of k's where k runs any) each busy with probability ``u[l]`` independently: the
+    node's law by convolution (an idle instance's factor is 1: left out), then k's own factor divided out
+    (``_divided``); negative round-off clipped and the law normalised as the FFT's reading does."""
+    law = [1.0]
+    for p, m in zip(u, n, strict=True):
+        if p > 0.0:
+            q = 1.0 - p
+            for _ in range(m):
+                nxt = [law[0] * q]
+                for b in range(1, len(law)):
+                    nxt.append(law[b] * q + law[b - 1] * p)
+                nxt.append(law[-1] * p)
+                law = nxt
+    out = []
+    for k in pools:
+        own = law if n[k] == 0 or u[k] == 0.0 else _divided(law, u[k])
+        mass = weighted = 0.0
+        for x, s in zip(own, share, strict=False):
+            if x > 0.0:
+                mass += x
+                weighted += x * s
+        out.append(weighted / mass)
+    return out
+
+
+def _divided(law: list[float], p: float) -> list[float]:
+    """``law`` with one factor ``1 - p + p z`` divided out, by the recursion that damps round-off: from below where
+    ``p <= 1/2`` (each step multiplies the error before it by ``p / (1 - p) <= 1``), else from above."""
+    q = 1.0 - p
+    out = [0.0] * (len(law) - 1)
+    last = 0.0
+    if p <= 0.5:
+        for b in range(len(out)):
+            last = out[b] = (law[b] - p * last) / q
+    else:
+        for b in range(len(out) - 1, -1, -1):
+            last = out[b] = (law[b + 1] - q * last) / p
+    return out
+
+
+def _node_floor(a: list[float], mu: list[float], n: list[int], cores: float, speed: list[float]) -> float:
+    """``_work_floor`` on one node in Python floats: the factor on its speeds where its mean work meets the floor (the
+    Newton root of ``_floor_root``, stepped down by a few ulps at a time, at most ``FLOOR_NUDGES`` times, until the
+    work there is at or above the floor: on the floor's safe side as the bisection's answer is)."""
+    busy = sum(c * x / m for x, m, c in zip(a, mu, n, strict=True))
+    if not (math.isfinite(cores) and cores > 0 and busy > 0):
+        return 1.0
+    rho = busy / cores
+    floor = sum(c * x / m**2 for x, m, c in zip(a, mu, n, strict=True)) / cores / (1.0 - rho) if rho < 1.0 else math.inf
+    terms = [(x / (m * v), c / m) for x, m, v, c in zip(a, mu, speed, n, strict=True) if x > 0]
+    if _node_work(terms, 1.0) >= floor * (1 - 1e-9):
+        return 1.0
+    lo = min(max(min(b for b, _ in terms) / CAP, 1e-300), 1.0)  # at or below lo every busy instance is capped
+    s = _floor_root(terms, floor, lo)
+    for _ in range(FLOOR_NUDGES):
+        if s <= lo or _node_work(terms, s) >= floor:
+            break
+        s = max(lo, s - 4.0 * math.ulp(s))
+    return s
+
+
+def _node_work(terms: list[tuple[float, float]], s: float) -> float:
+    """A node's mean work in system at factor ``s`` (``terms``: its busy pools' load at factor 1 and count / mu)."""
+    work = 0.0
+    for b, c in terms:
+        x = min(b / s, CAP)
+        work += c * x / (1.0 - x)
+    return work
 
 
 def _fixed_point(

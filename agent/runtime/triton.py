@@ -6,6 +6,14 @@ backend. What makes it serve (measured; shared/DESIGN.md): the backend directory
 includes the wheel's ``nvidia_pytriton.libs``, and the stub's interpreter (Debian's libpython) finds
 numpy through PEERSERVE_SITE_PACKAGES. Each instance gets its own model repository under the data dir:
 ``agent/data/triton/<stand_in>/`` (config.pbtxt + model.py) plus the built weights.
+
+The stub's interpreter is configured by where it runs, not by the agent's Python: it takes the first ``python3``
+on PATH for its own executable (so a virtual environment's bin first on PATH makes it that venv, with the venv's
+site-packages) and puts its working directory first on ``sys.path``. An agent started with a venv holding numpy 2
+first on PATH served empty outputs: session 17's two test_triton failures exactly (``cannot reshape array of size
+0`` in tritonclient, a JSON infer answered 500 "output tensor shape does not match size of output"). So the server gets
+the system's PATH and its own working directory (``environment``, the process runtime's ``cwd``), and model.py
+refuses a numpy other than the one PEERSERVE_SITE_PACKAGES names.
 """
 
 from __future__ import annotations
@@ -16,6 +24,7 @@ import secrets
 import shutil
 import socket
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +40,11 @@ STUB_SITE = "peerserve-triton-site"
 # them 403 unless the request carries ADMIN_HEADER with the value given at start; nobody is given it.
 RESTRICTED_APIS = "shared-memory,model-repository,logging,trace"
 ADMIN_HEADER = "peerserve-admin"
+# The Python backend stub's interpreter takes the first python3 on PATH for itself: on the agent's PATH that may be
+# a venv's (its site-packages, numpy 2: empty outputs) or another Python's. The system's (os.defpath, /bin:/usr/bin)
+# is the one Debian's and JetPack's libpython (the stub's) belong to; tritonserver itself needs only bash from it.
+SERVER_PATH = os.defpath
+AGENT_PYTHON = ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")  # the stand-in's interpreter's settings, not the stub's
 
 
 @dataclass(frozen=True)
@@ -129,10 +143,10 @@ def stub_site_packages() -> Path:
     return Path(sys.prefix) / "lib" / STUB_SITE
 
 
-def environment(install: TritonInstall) -> dict[str, str]:
-    """The server's environment: the allowlisted part of the agent's (no tokens: agent/runtime/environment.py),
-    the wheel's libraries, and where numpy is for the backend stub."""
-    libs = ":".join(p for p in (str(install.libs), os.environ.get("LD_LIBRARY_PATH", "")) if p)
-    return server_environment(
-        os.environ, {"LD_LIBRARY_PATH": libs, "PEERSERVE_SITE_PACKAGES": str(stub_site_packages())}
-    )
+def environment(install: TritonInstall, environ: Mapping[str, str] = os.environ) -> dict[str, str]:
+    """The server's environment: the allowlisted part of the agent's (no tokens: agent/runtime/environment.py)
+    less the agent's own interpreter's settings (AGENT_PYTHON), the system's PATH (SERVER_PATH), the wheel's
+    libraries, and where numpy is for the backend stub."""
+    libs = ":".join(p for p in (str(install.libs), environ.get("LD_LIBRARY_PATH", "")) if p)
+    own = {"PATH": SERVER_PATH, "LD_LIBRARY_PATH": libs, "PEERSERVE_SITE_PACKAGES": str(stub_site_packages())}
+    return {k: v for k, v in server_environment(environ, own).items() if k not in AGENT_PYTHON}

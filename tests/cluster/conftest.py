@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from scripts.testbed import TestBed, available
+from scripts.testbed import Failures, TestBed, available
 
 
 @pytest.fixture
@@ -27,5 +27,8 @@ def bed(tmp_path: Path) -> Iterator[Callable[[int], TestBed]]:
         return b.up()
 
     yield make
-    for b in beds:
-        b.teardown()
+    failures = Failures()  # every bed is torn down even when one's teardown fails; then each failure is named
+    for i, b in enumerate(beds):
+        with failures.step(f"bed {i}"):
+            b.teardown()
+    failures.raise_any("the cluster beds' teardown")

@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -32,6 +34,44 @@ def _wait_200(send: Any, timeout: float = 90.0) -> httpx.Response:
         time.sleep(0.5)
 
 
+def log_tail(path: Path, limit: int = 2000) -> str:
+    """A Triton log for an assertion's message: its errors and warnings and what model.py logged (which numpy, from
+    where), then its end (the start-up tables fill the end of a log of a server that did start)."""
+    try:
+        text = path.read_bytes().decode(errors="replace")
+    except OSError as exc:
+        return f"(no log: {exc})"
+    notes = [line for line in text.splitlines() if "model.py" in line or line.startswith(("E1", "W1", "error"))]
+    return "\n".join(notes[-20:]) + "\n...\n" + text[-limit:]
+
+
+def said(answer: httpx.Response, log: Path) -> str:
+    """An answer as the next failure should show it: status, headers, body length and start, the server's log."""
+    head = f"{answer.request.method} {answer.request.url} -> {answer.status_code} {dict(answer.headers)}"
+    return f"{head}, {len(answer.content)} bytes: {answer.content[:600]!r}\n--- Triton's log ---\n{log_tail(log)}"
+
+
+def binary_infer(url: str, model: str, rows: list[list[float]], timeout: float = 30) -> httpx.Response:
+    """An infer with the binary tensor extension both ways, as tritonclient.http sends it by default."""
+    data = np.asarray(rows, dtype=np.float32).tobytes()
+    header = json.dumps({
+        "inputs": [{"name": "pixels", "shape": [len(rows), 64], "datatype": "FP32",
+                    "parameters": {"binary_data_size": len(data)}}],
+        "outputs": [{"name": "probabilities", "parameters": {"binary_data": True}}],
+    }).encode()  # fmt: skip
+    headers = {"Inference-Header-Content-Length": str(len(header)), "Content-Type": "application/octet-stream"}
+    return httpx.post(f"{url}/v2/models/{model}/infer", content=header + data, headers=headers, timeout=timeout)
+
+
+def binary_output(answer: httpx.Response) -> Any:
+    """The one output of a binary answer as an array (its JSON header says its shape and byte size)."""
+    length = int(answer.headers["inference-header-content-length"])
+    [output] = json.loads(answer.content[:length])["outputs"]
+    size = output["parameters"]["binary_data_size"]
+    assert len(answer.content) == length + size, (length, size, len(answer.content))
+    return np.frombuffer(answer.content[length:], dtype=np.float32).reshape(output["shape"])
+
+
 def test_digits_over_tf_serving_and_triton_through_an_agent(agents: Any) -> None:
     from agent import digits
     from agent.runtime.triton import find_triton
@@ -40,8 +80,9 @@ def test_digits_over_tf_serving_and_triton_through_an_agent(agents: Any) -> None
     images, labels = digits.heldout_set()
     a = agents("a", "--provision-wait-s", "60")
     # Open Inference Protocol at the agent's root, for a model no server runs yet: provisions Triton.
+    triton_log = a.data_dir / "logs" / "digits_triton.log"
     ready = _wait_200(lambda: httpx.get(a.url + "/v2/models/digits_triton/ready", timeout=90))
-    assert ready.status_code == 200, ready.text
+    assert ready.status_code == 200, said(ready, triton_log)
     host = urlsplit(a.url).netloc
     with httpclient.InferenceServerClient(host) as triton:  # the real client, its defaults
         assert triton.is_server_live() and triton.is_server_ready()
@@ -51,6 +92,11 @@ def test_digits_over_tf_serving_and_triton_through_an_agent(agents: Any) -> None
         pixels = httpclient.InferInput("pixels", [len(images), 64], "FP32")
         pixels.set_data_from_numpy(np.asarray(images, dtype=np.float32))  # binary tensor extension
         result = triton.infer("digits_triton", [pixels])
+        # its header says how many bytes came (0: session 17's flake, a venv's numpy 2 in the backend stub)
+        [output] = result.get_response()["outputs"]
+        sent = output.get("parameters", {}).get("binary_data_size")
+        again = binary_infer  # on failure: the same request again, raw, and Triton's log
+        assert sent == len(images) * 10 * 4, (output, said(again(a.url, "digits_triton", images), triton_log))
         triton_probs = result.as_numpy("probabilities")
     assert triton_probs.shape == (len(images), 10)
     triton_classes = triton_probs.argmax(axis=1)
@@ -142,6 +188,29 @@ def test_digits_over_tf_serving_and_triton_through_an_agent(agents: Any) -> None
     assert digits_request["exec_ms"][node.node_id] > 3.0
 
 
+def alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie does not: exited, not reaped yet)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+async def wait_ready(c: httpx.AsyncClient, base: str, data_dir: Path, log: Path, timeout: float = 90.0) -> None:
+    """Until ``base``/ready answers 200; fails at once, with the server's log, when the server has exited (a model
+    that does not load ends it: "failed to load all models"). Reads the runtime's record for its pid rather than
+    asking the runtime (its list() cuts the log, which the admin test measures)."""
+    [record] = [x for x in json.loads((data_dir / "process-runtime.json").read_text()) if x["model"] == "digits_triton"]
+    deadline = time.monotonic() + timeout
+    while True:
+        with contextlib.suppress(httpx.TransportError):  # not listening yet
+            if (await c.get(f"{base}/ready")).status_code == 200:
+                return
+        assert alive(record["pid"]), f"the server exited\n--- Triton's log ---\n{log_tail(log)}"
+        assert time.monotonic() < deadline, f"not ready in {timeout:g} s\n--- Triton's log ---\n{log_tail(log)}"
+        await asyncio.sleep(0.3)
+
+
 def test_tritons_admin_apis_answer_403_and_its_log_stays_bounded(tmp_path: Path) -> None:
     """review12d F1: a stranger on Triton's port (published in /services) set its log verbosity to 3 (~2 KB an
     infer into a log never rotated), registered system shared memory (model outputs written into /dev/shm),
@@ -164,16 +233,9 @@ def test_tritons_admin_apis_answer_403_and_its_log_stays_bounded(tmp_path: Path)
         try:
             base = f"{instance.url}/v2/models/digits_triton"
             async with httpx.AsyncClient(timeout=10) as c:
-                deadline = time.monotonic() + 90
-                while True:
-                    with contextlib.suppress(httpx.TransportError):  # not listening yet
-                        if (await c.get(f"{base}/ready")).status_code == 200:
-                            break
-                    assert time.monotonic() < deadline, log.read_text()[-2000:]
-                    await asyncio.sleep(0.3)
-                assert (await c.post(f"{base}/infer", json=v2)).status_code == 200
-                assert (await c.get(f"{base}/stats")).status_code == 200
-                assert (await c.get(base)).status_code == 200
+                await wait_ready(c, base, tmp_path, log)
+                for answer in (await c.post(f"{base}/infer", json=v2), await c.get(f"{base}/stats"), await c.get(base)):
+                    assert answer.status_code == 200, said(answer, log)
                 for method, path, body in [
                     ("POST", "/v2/logging", {"log_verbose_level": 3}),
                     ("GET", "/v2/logging", None),
@@ -195,7 +257,8 @@ def test_tritons_admin_apis_answer_403_and_its_log_stays_bounded(tmp_path: Path)
                 first = scraper.figures().get("digits_triton")
                 earlier = first.requests if first is not None else 0
                 for _ in range(20):
-                    assert (await c.post(f"{base}/infer", json=v2)).status_code == 200
+                    answer = await c.post(f"{base}/infer", json=v2)
+                    assert answer.status_code == 200, said(answer, log)
                 assert log.stat().st_size == grown  # at the default verbosity an infer logs nothing
                 for _ in range(50):  # Triton counts a request once it is done with it: at most a moment after
                     await asyncio.sleep(0.1)
@@ -215,3 +278,55 @@ def test_tritons_admin_apis_answer_403_and_its_log_stays_bounded(tmp_path: Path)
     asyncio.run(main())
     after = log.read_bytes()
     assert after.startswith(b"Signal (15) received.") and b"\0" not in after
+
+
+@pytest.mark.parametrize("where", ["a venv first on PATH", "a numpy in the working directory"])
+def test_triton_serves_whatever_python_the_agent_runs_from(where: str, tmp_path: Path, monkeypatch: Any) -> None:
+    """Session 17's flake: an agent started with a virtual environment's bin first on PATH (an activated venv, numpy 2
+    in it) had every Triton output empty -- tritonclient "cannot reshape array of size 0 into shape (450,10)", a JSON
+    infer 500. The backend stub's interpreter takes the first python3 on PATH for itself (that venv's site-packages
+    then came before the stub's numpy 1) and imports from its working directory first. The server now gets the
+    system's PATH and a working directory of its own, and model.py takes numpy only from the stub's own site."""
+    from agent import digits
+    from agent.catalogue import builtin_catalogue_text, parse_catalogue
+    from agent.runtime.process import ProcessRuntime
+    from agent.runtime.triton import find_triton, stub_site_packages
+
+    find_triton()
+    if where == "a venv first on PATH":  # the interpreter running the tests: a venv with the agent's numpy
+        monkeypatch.setenv("PATH", f"{Path(sys.prefix) / 'bin'}{os.pathsep}{os.environ['PATH']}")
+    else:  # a numpy that cannot be imported where the agent was started
+        cwd = tmp_path / "cwd"
+        (cwd / "numpy").mkdir(parents=True)
+        (cwd / "numpy" / "__init__.py").write_text("raise ImportError('numpy from the working directory')\n")
+        monkeypatch.chdir(cwd)
+    spec = parse_catalogue(builtin_catalogue_text(), "builtin").get("digits_triton")
+    assert spec is not None
+    rows = digits.heldout_set()[0][:3]
+    weights = digits.load_weights()
+    expected = np.asarray([weights.probabilities(row) for row in rows])
+    data = tmp_path / "data"
+    data.mkdir()
+    log = data / "logs" / "digits_triton.log"
+
+    async def main() -> None:
+        runtime = ProcessRuntime("127.0.0.1", data)
+        instance = await runtime.start(spec, term=1)
+        try:
+            async with httpx.AsyncClient(timeout=10) as c:
+                await wait_ready(c, f"{instance.url}/v2/models/digits_triton", data, log)
+            v2 = {"inputs": [{"name": "pixels", "shape": [3, 64], "datatype": "FP32", "data": rows}]}
+            answer = await asyncio.to_thread(
+                httpx.post, f"{instance.url}/v2/models/digits_triton/infer", json=v2, timeout=30)  # fmt: skip
+            assert answer.status_code == 200, said(answer, log)
+            [output] = answer.json()["outputs"]
+            assert output["shape"] == [3, 10], said(answer, log)
+            assert np.asarray(output["data"]).reshape(3, 10) == pytest.approx(expected, abs=1e-5)
+            raw = await asyncio.to_thread(binary_infer, instance.url, "digits_triton", rows)
+            assert raw.status_code == 200, said(raw, log)
+            assert binary_output(raw) == pytest.approx(expected, abs=1e-5), said(raw, log)
+        finally:
+            await runtime.close()
+
+    asyncio.run(main())
+    assert "numpy 1." in log.read_text() and f"from {stub_site_packages()}" in log.read_text(), log_tail(log)

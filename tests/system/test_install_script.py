@@ -94,6 +94,7 @@ def test_install_rerun_and_uninstall_in_a_fresh_debian(rootfs: Path) -> None:
     second = chroot(rootfs, "bash", script, "--runtime", "process")
     assert second.returncode == 0 and "nothing to change" in second.stdout, second.stdout + second.stderr
     assert digest(rootfs) == before
+    same_version_checkout_upgrades(rootfs, script)
 
     gone = chroot(rootfs, "bash", script, "--uninstall")
     assert gone.returncode == 0, gone.stdout + gone.stderr
@@ -103,6 +104,38 @@ def test_install_rerun_and_uninstall_in_a_fresh_debian(rootfs: Path) -> None:
     purge = chroot(rootfs, "bash", script, "--uninstall", "--purge")
     assert purge.returncode == 0 and not (rootfs / "etc/peerserve").exists()
     assert "peerserve:" not in (rootfs / "etc/passwd").read_text()
+
+
+def same_version_checkout_upgrades(root: Path, script: str) -> None:
+    """A newer checkout with the same version still upgrades, to exactly its files: one changed with an older time
+    (a copy that kept its files' times), one removed, and package data alone (the cluster page's script). pip builds
+    in the tree it is given, where setuptools' build/lib kept the old copy of both files and the wheel took them
+    (tidy18); the page's script was not in the source digest, so its change installed nothing."""
+    src = root / "src/peerserve"
+    probe, removed, app = src / "peerserve/_probe.py", src / "peerserve/_removed.py", src / "agent/ui/app.js"
+    probe.write_text("VALUE = 1\n")
+    removed.write_text("")
+    python = "/opt/peerserve/venv/bin/python"
+    show = ("import importlib.util as u, pathlib, agent.ui, peerserve._probe as p; "
+            "page = (pathlib.Path(agent.ui.__file__).parent / 'app.js').read_text(); "
+            "print(p.VALUE, u.find_spec('peerserve._removed') is None, page.endswith('// newer page\\n'))")  # fmt: skip
+    try:
+        for step, wanted in (("added", "1 False False"), ("changed", "2 True False"), ("page", "2 True True")):
+            if step == "changed":
+                probe.write_text("VALUE = 2\n")
+                os.utime(probe, (1e9, 1e9))  # 2001: older than any build of it
+                removed.unlink()
+            elif step == "page":
+                app.write_text(app.read_text() + "// newer page\n")
+            out = chroot(root, "bash", script, "--runtime", "process")
+            assert out.returncode == 0 and "installed peerserve 0.1.0" in out.stdout, (step, out.stdout + out.stderr)
+            seen = chroot(root, python, "-c", show)
+            assert seen.stdout.split() == wanted.split(), (step, seen.stdout + seen.stderr)
+        assert not (src / "build").exists() and not list(src.glob("*.egg-info"))  # nothing written into it
+    finally:
+        probe.unlink(missing_ok=True)
+        removed.unlink(missing_ok=True)
+        app.write_text(app.read_text().removesuffix("// newer page\n"))
 
 
 def test_missing_prerequisites_are_named(rootfs: Path) -> None:

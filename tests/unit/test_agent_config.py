@@ -157,6 +157,37 @@ def test_the_agent_refuses_to_start_on_a_non_finite_setting(tmp_path: Path, caps
     assert "header_timeout_s: nan is not a finite number" in capsys.readouterr().err
 
 
+def test_a_missing_operator_ca_named_by_the_environment_refuses_the_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """tidy18: install.sh --no-operator-ca removes the CA file and the config's setting, but PEERSERVE_OPERATOR_CA
+    (a systemd drop-in's Environment=) still names the file: the agent refuses to start -- never open -- saying the
+    file is gone and that the variable, not the config file, set it."""
+    from peerserve.cli import main
+
+    missing, cfg = tmp_path / "operator-ca.pub", tmp_path / "peerserve.toml"
+    base = f'cluster_token = "operator-ca-env-token-0123456789"\ndata_dir = "{tmp_path / "data"}"\n'
+    cfg.write_text(base)
+    monkeypatch.setenv("PEERSERVE_OPERATOR_CA", str(missing))
+    assert main(["agent", "--config", str(cfg), "--no-discovery"]) == 2
+    err = capsys.readouterr().err
+    assert f"operator_ca: {missing} does not exist: the operator CA mode is on" in err
+    assert f"set by PEERSERVE_OPERATOR_CA in the environment (over {cfg})" in err
+    monkeypatch.delenv("PEERSERVE_OPERATOR_CA")
+    cfg.write_text(base + f'operator_ca = "{missing}"\n')  # named by the file: the same refusal, no word of a variable
+    with pytest.raises(ConfigError, match="does not exist: the operator CA mode is on") as caught:
+        load_settings(str(cfg), env={})
+    assert caught.value.key == "operator_ca" and caught.value.source == ""
+    with pytest.raises(ConfigError) as caught:  # a flag over the variable: the flag's value, the flag's error
+        load_settings(str(cfg), env={"PEERSERVE_OPERATOR_CA": "x"}, overrides={"operator_ca": str(missing)})
+    assert "does not exist" in str(caught.value) and caught.value.source == ""
+    with pytest.raises(ConfigError) as caught:  # the message itself stays the setting's; the source rides beside it
+        load_settings(str(cfg), env={"PEERSERVE_OPERATOR_CA": str(missing)})
+    assert str(caught.value).endswith("remove any PEERSERVE_OPERATOR_CA setting)")
+    assert caught.value.with_source().endswith(f"[set by PEERSERVE_OPERATOR_CA in the environment (over {cfg}): "
+                                               "systemctl cat peerserve-agent shows a unit's drop-ins]")  # fmt: skip
+
+
 def test_broken_config_file(tmp_path: Path) -> None:
     cfg = tmp_path / "c.toml"
     cfg.write_text("port = [")

@@ -222,3 +222,68 @@ def test_a_sweep_plan_whose_node_falls_behind_publishes_that_node_by_load(monkey
     np.testing.assert_array_equal(published[3], by_load[3])
     others = np.arange(len(counts)) != 3
     np.testing.assert_array_equal(published[others], f.load[others])
+
+
+# -- small nodes in plain floats (cpu_speed.PLAIN) ---------------------------------------------------------------
+
+
+def test_the_plain_law_matches_brute_force() -> None:
+    """``_node_law``'s convolution and division (from below at u <= 1/2, from above past it) against enumerating every
+    busy set, for every pool: one with instances, one idle with none, one at u = 0.9 divided from above."""
+    u, n, share = [0.3, 0.9, 0.0, 0.55], [2, 1, 0, 3], [min(1.0, 2.5 / (1.0 + b)) for b in range(7)]
+    got = cpu_speed._node_law(u, n, share, range(4))
+    each = [p for p, m in zip(u, n, strict=True) for _ in range(m)]
+    pool = [k for k, m in enumerate(n) for _ in range(m)]
+    for k in range(4):
+        others = list(each)
+        if n[k]:
+            del others[pool.index(k)]
+        want = 0.0
+        for busy in itertools.product((0, 1), repeat=len(others)):
+            p = float(np.prod([q if b else 1 - q for q, b in zip(others, busy, strict=True)]))
+            want += p * share[sum(busy)]
+        assert got[k] == pytest.approx(want, rel=1e-12)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.data())
+def test_small_nodes_in_plain_floats_give_the_arrays_figures(data: st.DataObject) -> None:
+    """Random nodes (up to 15 instances: both paths in one call) with ``PLAIN`` on and off: the same figures to
+    rounding and the fixed point's stop (each plain node stops on its own moves, within ``TOL`` of the others')."""
+    lam, mu, counts, cores = _node(data.draw)
+    try:
+        cpu_speed.PLAIN = False
+        arrays = node_speeds(lam, mu, counts, cores)
+    finally:
+        cpu_speed.PLAIN = True
+    plain = node_speeds(lam, mu, counts, cores)
+    if arrays.converged:
+        assert plain.converged
+        for a, b in ((arrays.load, plain.load), (arrays.speed, plain.speed), (arrays.sojourn_ms, plain.sojourn_ms)):
+            np.testing.assert_allclose(b, a, rtol=1e-6, atol=1e-12)
+
+
+def test_identical_instances_on_one_core_are_the_nodes_mm1_in_plain_floats() -> None:
+    """The work floor in floats (``_node_floor``): 6 instances on one core at node load 0.9 are one M/M/1 (100 ms),
+    on the floor's side (the work at the factor meets it)."""
+    f = node_speeds(np.array([[90.0]]), np.array([[100.0]]), np.array([[6]]), np.array([1.0]))
+    assert f.sojourn_ms[0, 0] == pytest.approx(100.0, rel=1e-9) and f.sojourn_ms[0, 0] >= 100.0 * (1 - 1e-12)
+    assert f.rounds > 0 and f.converged
+
+
+@pytest.mark.parametrize("nodes", [cpu_speed.PLAIN_NODES, cpu_speed.PLAIN_NODES + 1])
+def test_many_small_shared_nodes_go_to_the_arrays(nodes: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Up to ``PLAIN_NODES`` small shared nodes run in floats (the arrays' figures to rounding, not bit for bit); past
+    it every shared node runs in the arrays (the figures bit for bit with ``PLAIN`` off): the floats' cost grows with
+    the nodes, the arrays' round hardly."""
+    rng = np.random.default_rng(nodes)
+    n = np.zeros((nodes, 3))
+    n[:, 0], n[:, 1] = 2, 1
+    mu = rng.uniform(50.0, 300.0, (nodes, 3))
+    lam = rng.uniform(0.2, 0.5, (nodes, 3)) * n * mu
+    cores = np.full(nodes, 2.0)
+    plain = node_speeds(lam, mu, n, cores)
+    monkeypatch.setattr(cpu_speed, "PLAIN", False)
+    arrays = node_speeds(lam, mu, n, cores)
+    np.testing.assert_allclose(plain.load, arrays.load, rtol=1e-8)
+    assert np.array_equal(plain.load, arrays.load) == (nodes > cpu_speed.PLAIN_NODES)

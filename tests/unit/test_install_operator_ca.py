@@ -86,7 +86,7 @@ def board(tmp_path: Path) -> Board:
     b = Board(tmp_path / "board")
     # installed already: what steps 1-2 leave (the digest as install.sh computes it, from its own function)
     ready = b.sh(f"""source_dir={REPO}
-source <(sed -n '/^source_digest() {{/,/^}}/p' {REPO}/scripts/install.sh)
+source <(sed -n -e '/^package_dirs=/p' -e '/^source_digest() {{/,/^}}/p' {REPO}/scripts/install.sh)
 mkdir -p /opt/peerserve/venv/bin /opt/peerserve/venv/share/pyomo/lib
 ln -s "$(command -v python3)" /opt/peerserve/venv/bin/python
 touch /opt/peerserve/venv/share/pyomo/lib/libpynumero_ASL.so
@@ -176,3 +176,28 @@ def test_no_operator_ca_never_leaves_a_config_naming_a_removed_ca_file(tmp_path:
     off = board.install("--no-operator-ca")  # the retry completes the switch
     assert off.returncode == 0, off.stdout + off.stderr
     assert "operator_ca" not in config.read_text() and not ca_file.exists()
+
+
+def test_no_operator_ca_warns_of_an_environment_setting_that_keeps_the_mode_on(tmp_path: Path, board: Board) -> None:
+    """tidy18: PEERSERVE_OPERATOR_CA in a drop-in (Environment=, or a file its EnvironmentFile= reads) overrides the
+    config: after --no-operator-ca the mode stays on and, naming the removed file, the agent refuses to start. The run
+    names each such file; an empty setting and a drop-in of another unit are not named."""
+    pub, _ = _card(tmp_path, board)
+    assert board.install("--operator-ca", str(pub)).returncode == 0
+    drop_ins = "/etc/systemd/system/peerserve-agent.service.d"
+    made = board.sh(f"""install -d {drop_ins} /etc/systemd/system/other.service.d /etc/default
+printf '[Service]\\nEnvironment="PEERSERVE_OPERATOR_CA=/etc/peerserve/operator-ca.pub" "X=1"\\n' > {drop_ins}/ca.conf
+printf '[Service]\\nEnvironmentFile=-/etc/default/peerserve\\nEnvironment=PEERSERVE_OPERATOR_CA=\\n' > {drop_ins}/b.conf
+printf 'export PEERSERVE_OPERATOR_CA=/etc/peerserve/operator-ca.pub\\n' > /etc/default/peerserve
+printf '[Service]\\nEnvironment=PEERSERVE_OPERATOR_CA=/x.pub\\n' > /etc/systemd/system/other.service.d/ca.conf
+""")
+    assert made.returncode == 0, made.stderr
+    off = board.install("--no-operator-ca")
+    assert off.returncode == 0, off.stdout + off.stderr
+    warned = [line.split()[2] for line in off.stderr.splitlines() if line.startswith("install.sh: warning:")]
+    assert warned == ["/etc/default/peerserve", f"{drop_ins}/ca.conf"], off.stderr
+    assert "the agent refuses to start; remove that setting" in off.stderr
+    assert "operator_ca" not in board.file("/etc/peerserve/peerserve.toml").read_text()  # still switched off
+    assert board.sh(f"rm {drop_ins}/ca.conf /etc/default/peerserve").returncode == 0
+    quiet = board.install("--no-operator-ca")
+    assert quiet.returncode == 0 and "warning" not in quiet.stderr, quiet.stdout + quiet.stderr

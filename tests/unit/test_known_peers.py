@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import errno
+import logging
+import os
+import stat
 from pathlib import Path
+
+import pytest
 
 from agent.known_peers import FILE_NAME, FORGET_AFTER_S, MAX_KNOWN, KnownPeer, load, merge, parse, save
 
@@ -45,3 +51,42 @@ def test_save_then_load_round_trips_and_a_broken_file_is_ignored(tmp_path: Path)
     assert load(tmp_path) == [] and load(tmp_path / "missing") == []
     save(tmp_path / "missing", peers)  # a directory that does not exist: logged, never raised
     assert not (tmp_path / "missing").exists()
+
+
+def test_save_is_durable_the_folder_is_fsynced_after_the_rename(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """tidy18: the rename reaches the disk only with the folder's next journal commit unless the folder is fsynced;
+    a power cut before it (boards lose power) lost the new file's directory entry. The file keeps its name and the
+    mode a plain open gives it (0666 less the umask)."""
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        synced.append("folder" if stat.S_ISDIR(os.fstat(fd).st_mode) else "file")
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)  # (agent/durable.py writes the file)
+    peers = [KnownPeer("b", URL.format(2), 3.0)]
+    save(tmp_path, peers)
+    assert synced == ["file", "folder"] and load(tmp_path) == peers
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE((tmp_path / FILE_NAME).stat().st_mode) == 0o666 & ~umask
+    assert sorted(p.name for p in tmp_path.iterdir()) == [FILE_NAME]
+
+
+def test_a_failing_save_keeps_the_old_file_and_leaves_no_temp(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    old = [KnownPeer("b", URL.format(2), 3.0)]
+    save(tmp_path, old)
+
+    def full(fd: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    with caplog.at_level(logging.WARNING, logger="agent.known_peers"):
+        save(tmp_path, [KnownPeer("c", URL.format(3), 4.0)])  # logged, never raised
+    assert load(tmp_path) == old and sorted(p.name for p in tmp_path.iterdir()) == [FILE_NAME]
+    assert sum("cannot save" in r.message for r in caplog.records) == 1

@@ -4,12 +4,16 @@ teardown and the removals after a failed power cut)."""
 
 from __future__ import annotations
 
+import contextlib
+import signal
+import subprocess
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from scripts.testbed import Failures, StepsFailed, remove_tree, run_all
+from scripts.testbed import Failures, StepsFailed, TestBed, remove_tree, run_all
 
 
 def test_run_all_returns_the_results_in_order_and_runs_the_calls_at_once() -> None:
@@ -47,7 +51,7 @@ def test_run_all_runs_every_call_and_names_each_failure() -> None:
 
 
 def test_failures_run_every_step_and_raise_one_error_naming_each() -> None:
-    failures, done = Failures(), []
+    failures, done = Failures(), list[str]()
     with failures.step("power cut"):
         raise KeyError("board-1")
     with failures.step("bed teardown"):
@@ -80,3 +84,33 @@ def test_remove_tree_removes_a_tree_and_says_what_it_could_not(tmp_path: Path) -
     not_a_tree.write_text("x")  # kept from a read-only directory's entries: the failure every user can make
     with pytest.raises(OSError, match=r"file not removed: 0 entries left"):
         remove_tree(not_a_tree)
+
+
+def test_the_bed_teardown_names_an_engine_whose_stop_failed_and_still_runs_every_step(tmp_path: Path) -> None:
+    """tidy18: TestBed.teardown stopped the Docker Engines through _close_quietly, which swallowed a stop's failure:
+    a teardown that left a dockerd running said nothing. Now each engine's stop runs, the process the bed was given
+    is still killed, and one error names the failing engine's host."""
+    exited: list[int] = []
+
+    @contextlib.contextmanager
+    def engine(i: int, fails: bool) -> Iterator[str]:
+        yield f"unix:///engine{i}"
+        exited.append(i)
+        if fails:
+            raise RuntimeError(f"dockerd of host {i} still running after SIGKILL")
+
+    bed = TestBed(0, tmp_path)  # no hosts, no namespaces: nothing of the network to remove
+    for i in range(3):
+        ctx = engine(i, fails=i == 1)
+        ctx.__enter__()
+        bed._dockerds.append((i, ctx))
+    extra = subprocess.Popen(["sleep", "60"])
+    bed.extra_pids.append(extra.pid)
+    with pytest.raises(StepsFailed) as caught:
+        bed.teardown()
+    assert extra.wait(10) == -signal.SIGKILL and sorted(exited) == [0, 1, 2]
+    assert [name for name, _ in caught.value.errors] == ["stopping the Docker Engines"]
+    assert str(caught.value).startswith("the test bed's teardown: 1 of 2 failed -- stopping the Docker Engines: ")
+    assert "host 1: RuntimeError: dockerd of host 1 still running after SIGKILL" in str(caught.value)
+    bed.teardown()  # each engine's stop ran once: a second teardown has nothing left to fail on
+    assert sorted(exited) == [0, 1, 2]
