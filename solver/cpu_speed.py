@@ -227,7 +227,8 @@ def _divided(law: list[float], p: float) -> list[float]:
 def _node_floor(a: list[float], mu: list[float], n: list[int], cores: float, speed: list[float]) -> float:
     """``_work_floor`` on one node in Python floats: the factor on its speeds where its mean work meets the floor (the
     Newton root of ``_floor_root``, stepped down by a few ulps at a time, at most ``FLOOR_NUDGES`` times, until the
-    work there is at or above the floor: on the floor's safe side as the bisection's answer is)."""
+    work there is at or above the floor; where the nudges fall short, ``_safe_end``'s bisection; ``lo`` where not even
+    ``lo`` meets it: always on the floor's safe side, as the arrays' bisection's answer is)."""
     busy = sum(c * x / m for x, m, c in zip(a, mu, n, strict=True))
     if not (math.isfinite(cores) and cores > 0 and busy > 0):
         return 1.0
@@ -237,12 +238,25 @@ def _node_floor(a: list[float], mu: list[float], n: list[int], cores: float, spe
     if _node_work(terms, 1.0) >= floor * (1 - 1e-9):
         return 1.0
     lo = min(max(min(b for b, _ in terms) / CAP, 1e-300), 1.0)  # at or below lo every busy instance is capped
+    if not _node_work(terms, lo) >= floor:
+        return lo  # the floor out of reach (the most work falls short): every busy instance capped, as the arrays
     s = _floor_root(terms, floor, lo)
     for _ in range(FLOOR_NUDGES):
         if s <= lo or _node_work(terms, s) >= floor:
-            break
+            return s
         s = max(lo, s - 4.0 * math.ulp(s))
-    return s
+    return s if _node_work(terms, s) >= floor else _safe_end(terms, floor, lo, s)
+
+
+def _safe_end(terms: list[tuple[float, float]], floor: float, lo: float, hi: float) -> float:
+    """The bisection's answer on [``lo``, ``hi``] (the work at ``lo`` meets ``floor``, at ``hi`` it falls short): the
+    end that meets it after ``BISECT`` halvings, where the nudges from the Newton root did not reach the floor."""
+    for _ in range(BISECT):
+        mid = 0.5 * (lo + hi)
+        if not lo < mid < hi:
+            break
+        lo, hi = (mid, hi) if _node_work(terms, mid) >= floor else (lo, mid)
+    return lo
 
 
 def _node_work(terms: list[tuple[float, float]], s: float) -> float:

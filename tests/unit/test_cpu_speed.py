@@ -10,6 +10,7 @@ failing with the planned queue switched back to the cores shared by load.
 from __future__ import annotations
 
 import itertools
+import math
 from typing import Any
 
 import numpy as np
@@ -287,3 +288,67 @@ def test_many_small_shared_nodes_go_to_the_arrays(nodes: int, monkeypatch: pytes
     arrays = node_speeds(lam, mu, n, cores)
     np.testing.assert_allclose(plain.load, arrays.load, rtol=1e-8)
     assert np.array_equal(plain.load, arrays.load) == (nodes > cpu_speed.PLAIN_NODES)
+
+
+@pytest.mark.parametrize("light", [1e-5, 1e-6, 1e-8])
+def test_a_saturated_node_caps_its_light_pool_in_plain_floats(light: float) -> None:
+    """A node at 0.99999 of its 2 cores (3 heavy instances and one light pool): the floor is out of reach, so
+    ``_node_floor`` gives ``lo`` (every busy instance capped) as the arrays' bisection does, not a factor just above
+    it where the work falls short of the floor (the light pool read below CAP: review18c)."""
+    mu, counts, cores = np.array([[100.0, 100.0]]), np.array([[3.0, 1.0]]), np.array([2.0])
+    lam = np.array([[0.99999 * 200.0 - light * 100.0, light * 100.0]])
+    plain = node_speeds(lam, mu, counts, cores)
+    assert np.all(plain.load == pytest.approx(CAP, rel=1e-15))
+    cpu_speed.PLAIN = False
+    try:
+        arrays = node_speeds(lam, mu, counts, cores)
+    finally:
+        cpu_speed.PLAIN = True
+    np.testing.assert_allclose(plain.load, arrays.load, rtol=1e-15)
+    np.testing.assert_allclose(plain.sojourn_ms, arrays.sojourn_ms, rtol=1e-12)
+
+
+def _floor_case(rho: float, count: int) -> tuple[list[float], list[float], list[int], float, float, float]:
+    """``_node_floor``'s inputs on one core of ``count`` identical instances at node load ``rho`` (speed 1 each), with
+    that node's floor and ``lo`` as ``_node_floor`` reads them."""
+    a, mu = [rho * 100.0 / count], [100.0]
+    node = count * a[0] / mu[0]  # the node's load as ``_node_floor`` rounds it
+    floor = count * a[0] / mu[0] ** 2 / (1.0 - node) if node < 1.0 else math.inf
+    return a, mu, [count], 1.0, floor, min(a[0] / mu[0] / CAP, 1.0)
+
+
+def test_the_nudges_reach_the_floor_without_the_bisection(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One core, 2-6 identical instances, node load 0.5-0.98: the Newton root falls a few ulps short of the floor on
+    many (FLOOR_NUDGES 0 sends them to ``_safe_end``'s 60 halvings); the nudges reach it on every one. Either way the
+    answer meets the floor and is the largest factor that does (one step of 8 ulps up falls short)."""
+    cases = [_floor_case(r / 100, c) for r in range(50, 99) for c in range(2, 7)]
+    fell_back: list[float] = []
+    real = cpu_speed._safe_end
+
+    def counted(terms: Any, floor: float, lo: float, hi: float) -> float:
+        fell_back.append(hi)
+        return real(terms, floor, lo, hi)
+
+    monkeypatch.setattr(cpu_speed, "_safe_end", counted)
+    for nudges, falls in ((cpu_speed.FLOOR_NUDGES, False), (0, True)):
+        monkeypatch.setattr(cpu_speed, "FLOOR_NUDGES", nudges)
+        fell_back.clear()
+        for a, mu, n, cores, floor, _ in cases:
+            s = cpu_speed._node_floor(a, mu, n, cores, [1.0])
+            terms = [(a[0] / mu[0], n[0] / mu[0])]
+            assert cpu_speed._node_work(terms, s) >= floor > cpu_speed._node_work(terms, s + 8 * math.ulp(s))
+        assert bool(fell_back) == falls
+
+
+def test_an_unreachable_floor_gives_lo_and_a_reachable_one_is_met() -> None:
+    """``_node_floor`` on the floor's safe side at the edges: at or past the cores (infinite floor) and where even every
+    busy instance capped falls short, ``lo`` exactly; just inside, a factor in (lo, 1] whose work meets the floor."""
+    for rho in (1.0, 1.5):
+        a, mu, n, cores, _, lo = _floor_case(rho, 3)
+        assert cpu_speed._node_floor(a, mu, n, cores, [1.0]) == lo
+    a, mu, n = [99.9989, 0.0011], [100.0, 100.0], [3, 1]  # 2 cores at 0.99999: three capped fall short of the floor
+    lo = 0.0011 / 100.0 / CAP
+    assert cpu_speed._node_floor(a, mu, n, 2.0, [1.0, 1.0]) == lo
+    a, mu, n, cores, floor, lo = _floor_case(0.999, 3)
+    s = cpu_speed._node_floor(a, mu, n, cores, [1.0])
+    assert lo < s <= 1.0 and cpu_speed._node_work([(a[0] / mu[0], n[0] / mu[0])], s) >= floor
