@@ -578,8 +578,9 @@ def _solve_form(
     ):
         status = "not complementary"  # a KKT point only in name (a reviewer's case: a row multiplier of 74 on a
         # row with 1e-4 slack after a start outside a pinned pool's throughput row): the caller falls back
-    if rows_tol is not None and status == "iteration_limit" and _row_excess(info, cl, cu) > rows_tol:
-        status = "infeasible iterate"
+    if rows_tol is not None and status == "iteration_limit" and _breaks_rows(full, x, rows_tol):
+        status = "infeasible iterate"  # every row of the full layout: the dropped idle rows rest on an optimum's
+        # new <= n, which a stopped iterate does not promise
     flat = np.zeros(lay.C * lay.J)
     flat[lay.cols] = np.clip(x[: lay.r0], 0.0, None)
     xs = flat.reshape(lay.C, lay.J)
@@ -606,12 +607,25 @@ def _solve_form(
     return sol, mult
 
 
-def _row_excess(info: Mapping[str, Any], cl: FloatArray, cu: FloatArray) -> float:
-    """The largest amount by which Ipopt's point breaks a row, relative to max(1, the row's bound) (0: none)."""
-    g = np.asarray(info["g"], dtype=float)
+def _breaks_rows(
+    full: tuple[IntArray, IntArray, FloatArray, FloatArray, FloatArray], x: FloatArray, tol: float
+) -> bool:
+    """Whether the point ``x`` breaks a row of the linear constraints ``full`` (``_jacobian``'s triplets and bounds,
+    dropped rows included) by more than ``tol`` relative to max(1, the row's bound); a NaN counts as broken."""
+    rows, cols, vals, cl, cu = full
+    g = np.asarray(np.bincount(rows, weights=vals * x[cols], minlength=len(cl)), dtype=float)
+    return not _row_excess(g, cl, cu) <= tol
+
+
+def _row_excess(g: FloatArray, cl: FloatArray, cu: FloatArray) -> float:
+    """The largest amount by which the row values ``g`` break their bounds, relative to max(1, the row's bound) (0:
+    none; an infinite bound is no bound; NaN where ``g`` has a NaN)."""
     low = np.where(np.isfinite(cl), np.abs(cl), 0.0)
     size = np.maximum(1.0, np.maximum(low, np.where(np.isfinite(cu), np.abs(cu), 0.0)))
-    return float((np.maximum(np.maximum(cl - g, g - cu), 0.0) / size).max(initial=0.0))
+    with np.errstate(invalid="ignore"):  # inf - inf where a bound is infinite: not read
+        below = np.where(np.isfinite(cl), cl - g, 0.0)
+        above = np.where(np.isfinite(cu), g - cu, 0.0)
+    return float((np.maximum(np.maximum(below, above), 0.0) / size).max(initial=0.0))
 
 
 def _complementarity(x: FloatArray, info: Mapping[str, Any], bounds: tuple[FloatArray, ...]) -> float:

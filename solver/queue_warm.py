@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 from typing import Any
 
 import numpy as np
@@ -151,9 +152,17 @@ def _certified(q: QueueProblem, allowed: BoolArray, proof: Proof, sol: NlpSoluti
     """Whether Ipopt's (stopped) point is within ``POLISH_GAP`` of R(S)'s optimum by the column generation's
     Lagrangian bound at its best prices and the NLP's own budgets (``nlp_budgets``: a lower bound on R(S) as Ipopt's
     objective counts it; weak duality, so whatever Ipopt's multipliers are). The point keeps R(S)'s rows
-    (``solve_warm``'s ``rows`` check) and bounds (Ipopt's iterates are interior)."""
+    (``solve_warm``'s ``rows`` check) and bounds (Ipopt's iterates are interior). A bound or value not finite
+    certifies nothing (an infinite bound would put any point within the gap)."""
     lower = bound_and_loads(q, allowed, proof.prices, nlp_budgets(q))[0]
-    return sol.value - lower <= POLISH_GAP * max(1.0, abs(sol.value))
+    return _within_gap(sol.value, lower)
+
+
+def _within_gap(value: float, lower: float) -> bool:
+    """Whether ``value`` is within ``POLISH_GAP`` (relative to max(1, |value|)) of the lower bound ``lower``, both
+    finite (a NaN or an infinity is no certificate)."""
+    finite = math.isfinite(lower) and math.isfinite(value)
+    return finite and value - lower <= POLISH_GAP * max(1.0, abs(value))
 
 
 def _lp_answer(q: QueueProblem, allowed: BoolArray, proof: Proof) -> NlpSolution | None:

@@ -5,15 +5,17 @@ point, where the answer is as before (the reference optimum within 1e-6)."""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 
 from solver import queue_fast, queue_warm
 from solver.problem import Mode
 from solver.queue_fast import solve_nlp_fast
-from solver.queue_model import QueueProblem
+from solver.queue_model import QueueProblem, _breaks_rows
 from tests.unit.test_queue_start import cases, instance, keeps_cores, relative_gap
 from tests.unit.test_queue_warm import row_excess
 
@@ -99,3 +101,35 @@ def test_a_stopped_iterate_that_breaks_a_row_is_not_taken(monkeypatch: pytest.Mo
     sol = solve_nlp_fast(CORED)
     assert seen and all(s is not None and s.iterations > queue_warm.POLISH_ITER + 1 for s in seen)
     assert relative_gap(CORED, sol) <= 1e-6
+
+
+def _rows(g: list[float], cl: list[float], cu: list[float]) -> bool:
+    """``_breaks_rows`` at POLISH_ROWS on rows that read one variable each (row i: x_i), so g is the point."""
+    m = len(g)
+    full = (np.arange(m), np.arange(m), np.ones(m), np.array(cl), np.array(cu))
+    return _breaks_rows(full, np.array(g), queue_warm.POLISH_ROWS)
+
+
+def test_the_row_check_flags_a_row_broken_beyond_its_tolerance() -> None:
+    """Relative to max(1, the row's bound): a row broken by 2e-8 is flagged, by 5e-9 not (the reviewer's worst
+    stopped iterate), on either side and at a bound below 1 (absolute); an infinite bound is no bound; a NaN in the
+    point, or an infinite row value against a finite bound, counts as broken (a NaN excess compared False before)."""
+    inf = math.inf
+    assert _rows([1e3 * (1 + 2e-8)], [-inf], [1e3]) and not _rows([1e3 * (1 + 5e-9)], [-inf], [1e3])
+    assert _rows([-5.0 * (1 + 2e-8)], [-5.0], [inf]) and not _rows([-5.0 * (1 + 5e-9)], [-5.0], [inf])
+    assert _rows([0.5 + 2e-8], [0.5], [0.5]) and not _rows([0.5 + 5e-9], [0.5], [0.5])
+    assert not _rows([1e300, -1e300, -inf], [-inf, -inf, -inf], [inf, inf, 0.0])
+    assert _rows([0.0, math.nan], [-inf, -inf], [1.0, 1.0]) and _rows([inf], [-inf], [1.0])
+    assert not _rows([], [], [])
+
+
+def test_the_certificate_needs_a_finite_bound_and_value() -> None:
+    """``_within_gap``: within POLISH_GAP relative to max(1, |value|); a bound of +inf (value - inf = -inf) or a NaN
+    on either side certifies nothing."""
+    gap = queue_warm.POLISH_GAP
+    assert queue_warm._within_gap(100.0, 100.0 * (1 - 0.5 * gap)) and not queue_warm._within_gap(
+        100.0, 100.0 * (1 - 2 * gap)
+    )
+    assert queue_warm._within_gap(0.1, 0.1 - 0.5 * gap) and not queue_warm._within_gap(0.1, 0.1 - 2 * gap)
+    for value, lower in ((1.0, math.inf), (1.0, math.nan), (math.nan, 1.0), (math.inf, math.inf), (-math.inf, 0.0)):
+        assert not queue_warm._within_gap(value, lower)
