@@ -5,17 +5,18 @@ point, where the answer is as before (the reference optimum within 1e-6)."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 
 from solver import queue_fast, queue_warm
 from solver.problem import Mode
 from solver.queue_fast import solve_nlp_fast
-from solver.queue_model import QueueProblem, _breaks_rows
+from solver.queue_model import NlpSolution, QueueProblem, _breaks_rows
 from tests.unit.test_queue_start import cases, instance, keeps_cores, relative_gap
 from tests.unit.test_queue_warm import row_excess
 
@@ -133,3 +134,30 @@ def test_the_certificate_needs_a_finite_bound_and_value() -> None:
     assert queue_warm._within_gap(0.1, 0.1 - 0.5 * gap) and not queue_warm._within_gap(0.1, 0.1 - 2 * gap)
     for value, lower in ((1.0, math.inf), (1.0, math.nan), (math.nan, 1.0), (math.inf, math.inf), (-math.inf, 0.0)):
         assert not queue_warm._within_gap(value, lower)
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(cases)
+@example(instance(2, 4, 0.4, (1, 2, 0), Mode.MODE1, False))  # the LP's own budgets' bound: 6.4e-7 above the KKT value
+def test_the_certificate_bound_is_below_each_relaxations_kkt_value(q: QueueProblem) -> None:
+    """Soundness of ``_certified`` on every R(S) it is asked about: its lower bound is at most that R(S)'s KKT value
+    (POLISH off), read through the decision: a point POLISH_GAP (relative to max(1, |value|)) plus 1e-9 above the
+    KKT value is never certified. The bound at the column generation's own budgets (not the NLP's) lies above it."""
+    asked: list[tuple[Any, ...]] = []
+    real = queue_warm._certified
+
+    def kept(q: QueueProblem, allowed: Any, proof: Any, sol: NlpSolution) -> bool:
+        asked.append((q, allowed, proof, sol))
+        return bool(real(q, allowed, proof, sol))
+
+    gap = queue_warm.POLISH_GAP
+    with pytest.MonkeyPatch.context() as mp:  # per example (hypothesis runs them all in one test call)
+        mp.setattr(queue_warm, "_certified", kept)
+        solve_nlp_fast(q)
+        mp.setattr(queue_warm, "POLISH", False)
+        for rs, allowed, proof, sol in asked:
+            kkt = queue_warm.solve_certified(rs, allowed)
+            assert kkt is not None and kkt.status == "optimal"
+            above = kkt.value + 1e-9 * max(1.0, abs(kkt.value))  # value - gap * max(1, value) lands here
+            value = above / (1.0 - gap) if above / (1.0 - gap) >= 1.0 else above + gap
+            assert not real(rs, allowed, proof, dataclasses.replace(sol, value=value))
