@@ -151,21 +151,40 @@ source_digest() {
 # tree it is given, and setuptools' build/lib there keeps an earlier build's copy of a file whose new version is
 # not newer (a checkout copied with its times kept) and of a file since removed, which the new wheel then holds
 # (it would also leave root's build/ and *.egg-info in the operator's checkout): the copy has none.
+install_stage=""  # install_peerserve's temporary copy while it lives: the EXIT trap removes it
 install_peerserve() {
-  local stage rc=0
+  local rc=0
   changed=1
   if [ "$dry_run" = 1 ]; then
     echo "would run: $prefix/venv/bin/python -m pip install ${source_dir}[solver,agent] (from a clean copy)"
     return 0
   fi
-  stage=$(mktemp -d)
+  # removed on any exit: a failure, or SIGHUP (the ssh session dropped) or SIGTERM during pip, which used to leave
+  # each copy in /tmp (review18a F5); the signals exit through the EXIT trap
+  trap 'rm -rf "$install_stage"' EXIT
+  trap 'exit 129' HUP
+  trap 'exit 130' INT
+  trap 'exit 143' TERM
+  install_stage=$(mktemp -d)
   (cd "$source_dir" && tar -cf - --exclude=__pycache__ --exclude='*.pyc' pyproject.toml README.md \
-     "${package_dirs[@]}") | tar -xf - -C "$stage" || rc=$?
+     "${package_dirs[@]}") | tar -xf - -C "$install_stage" || rc=$?
   if [ "$rc" = 0 ]; then
-    "$prefix/venv/bin/python" -m pip install -q --disable-pip-version-check "${stage}[solver,agent]" || rc=$?
+    "$prefix/venv/bin/python" -m pip install -q --disable-pip-version-check "${install_stage}[solver,agent]" || rc=$?
   fi
-  rm -rf "$stage"
+  rm -rf "$install_stage"
+  install_stage=""
   [ "$rc" = 0 ] || die "failed (exit $rc): installing peerserve from $source_dir (pip install of a copy of it)"
+}
+
+# The digest reads regular files and tar copies links as links, which the build then follows: a symlinked module's
+# target could change with no reinstall, and the build copied a root-only target world-readable (review18a F6).
+# A source tree with links is refused: copy it with the links resolved (cp -rL) or replace them with files.
+refuse_source_links() {
+  local links
+  links=$(cd "$source_dir" && find pyproject.toml README.md "${package_dirs[@]}" -type l -print 2>/dev/null \
+            | head -n 5 | tr '\n' ' ')
+  [ -z "$links" ] || die "the source tree $source_dir holds symbolic links (${links% }): install from a copy \
+without them (cp -rL), so what is installed is what the digest read"
 }
 
 # Where systemd reads units and drop-ins (systemd.unit(5)), and the manager's configuration; unit_root prefixes
@@ -370,6 +389,7 @@ if [ "${#missing[@]}" -gt 0 ]; then
   die "install the missing prerequisites, then run this again"
 fi
 [ -f "$source_dir/pyproject.toml" ] || die "no peerserve source tree at $source_dir (use --source DIR)"
+refuse_source_links
 
 # -- 2. the software -----------------------------------------------------------------------------------
 if [ -n "$wheelhouse" ]; then export PIP_NO_INDEX=1 PIP_FIND_LINKS="$wheelhouse"; fi
