@@ -119,3 +119,17 @@ TMPDIR={tmp_path} install_peerserve"""
             os.killpg(run.pid, 9)
             run.wait()
     assert not stage.exists(), f"{stage} left behind"
+
+
+def test_the_card_commands_default_config_is_the_one_install_writes() -> None:
+    """review18a's aside: ``peerserve card`` and ``ca init`` looked for /etc/peerserve/config.toml, but install.sh
+    writes /etc/peerserve/peerserve.toml, so a board's card request needed --config and ca init's board check
+    missed the config."""
+    from agent import ca_cli
+
+    text = SCRIPT.read_text()
+    etc = re.search(r"^etc=(\S+)$", text, re.M)
+    config = re.search(r'^config="\$etc/(\S+)"$', text, re.M)
+    assert etc and config
+    assert f"{etc.group(1)}/{config.group(1)}" == ca_cli.DEFAULT_CONFIG
+    assert Path(ca_cli.DEFAULT_CONFIG) in ca_cli.BOARD_MARKERS
