@@ -43,7 +43,7 @@ from typing import Any
 DEFAULT_DATA_DIR = "/var/lib/peerserve"  # what scripts/install.sh configures
 DEFAULT_DAYS = 365.0
 # what a board has (scripts/install.sh): 'ca init' refuses to make the operator's key where one of these exists
-DEFAULT_CONFIG = "/etc/peerserve/config.toml"
+DEFAULT_CONFIG = "/etc/peerserve/peerserve.toml"  # the config scripts/install.sh writes (was config.toml)
 BOARD_MARKERS = (Path(DEFAULT_DATA_DIR) / "peer" / "node.key", Path(DEFAULT_CONFIG))
 
 
@@ -345,7 +345,7 @@ def cmd_card(args: argparse.Namespace) -> int:
 
 def _cluster(args: argparse.Namespace) -> bytes:
     """The cluster this board's token makes (``Identity.cluster``), which its card must name: the token from the
-    agent's config (``--config``, or /etc/peerserve/config.toml) or the environment."""
+    agent's config (``--config``, or /etc/peerserve/peerserve.toml) or the environment."""
     from agent.identity import cluster_of
     from agent.settings import load_settings
 

@@ -273,7 +273,7 @@ def cmd_agent(args: argparse.Namespace) -> int:
     from agent.logs import configure as configure_logs
     from agent.node import NodeAgent
     from agent.serving import pauses
-    from agent.settings import load_settings
+    from agent.settings import load_settings, operator_ca_mode
     from peerserve.errors import UsageError
 
     overrides = {flag[2:].replace("-", "_"): getattr(args, flag[2:].replace("-", "_")) for flag, _ in FLAGS}
@@ -286,8 +286,9 @@ def cmd_agent(args: argparse.Namespace) -> int:
         uvicorn_hooks.checked_once()  # before anything starts: the client port's protocol needs them
     except uvicorn_hooks.UvicornHooksError as exc:
         raise UsageError(str(exc)) from exc
+    sources: dict[str, str] = {}
     try:
-        settings = load_settings(args.config, overrides=overrides)
+        settings = load_settings(args.config, overrides=overrides, sources=sources)
         agent = NodeAgent(settings)
     except ConfigError as exc:
         raise UsageError(exc.with_source()) from exc
@@ -295,6 +296,7 @@ def cmd_agent(args: argparse.Namespace) -> int:
     logging.getLogger("agent").setLevel(args.log_level.upper())
     logging.getLogger("httpx").setLevel(logging.WARNING)
     logging.getLogger("cyipopt").setLevel(logging.WARNING)
+    logging.getLogger("agent.settings").info("%s", operator_ca_mode(settings, sources))
     app = create_app(agent)
     if settings.crash_backoff:  # systemd < 254 has no growing restart delay
         crash_backoff.before_start(Path(settings.data_dir))

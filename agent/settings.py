@@ -353,16 +353,41 @@ def _coerce(name: str, kind: Any, raw: Any) -> Any:
         raise ConfigError(name, f"{raw!r} is not a valid {getattr(kind, '__name__', kind)}") from exc
 
 
+# Security settings an EMPTY variable does not switch off (review18a F1): a drop-in's ``Environment=NAME=`` reads as
+# "unset" to an operator (and to install.sh's check), so it leaves the file's value standing, never the token alone.
+BLANK_IS_UNSET = ("operator_ca", "cluster_token", "client_token", "metrics_token")
+
+# The settings a cross-field rule reads besides the one it is keyed to (validate above): an error's source names
+# each of them a variable set, without claiming that one caused it (the file may hold the value at fault).
+RULE_READS: dict[str, tuple[str, ...]] = {
+    "peer_port": ("port",),
+    "pin_first_contact_per_min": ("pin_first_contact_burst",),
+    "election_timeout_s": ("election_heartbeat_s",),
+    "body_stall_s": ("body_timeout_s",),
+    "body_rate_grace_s": ("body_timeout_s",),
+    "https_port": ("port", "peer_port"),
+    "tls_cert": ("https_port", "tls_key"),
+    "operator_ca": ("cluster_token",),
+}
+
+
 def load_settings(
     config_file: str | None = None,
     env: Mapping[str, str] | None = None,
     overrides: Mapping[str, Any] | None = None,
+    sources: dict[str, str] | None = None,
 ) -> Settings:
-    """Merge file < environment < overrides (CLI flags; None values ignored) into validated Settings."""
+    """Merge file < environment < overrides (CLI flags; None values ignored) into validated Settings.
+
+    An empty variable for a setting of BLANK_IS_UNSET counts as unset. ``sources``, if given, is filled with where
+    each setting that is not its default came from (the config file, a variable, the command line): the agent logs
+    the operator CA mode's at start."""
     env = os.environ if env is None else env
     types = {f.name: f.type for f in fields(Settings)}
     values: dict[str, Any] = {}
+    where: dict[str, str] = {}
     path = config_file or env.get("PEERSERVE_CONFIG")
+    in_file: set[str] = set()
     if path:
         try:
             data = tomllib.loads(Path(path).read_text())
@@ -374,21 +399,55 @@ def load_settings(
             if key not in types:
                 raise ConfigError(key, f"unknown setting in {path}")
             values[key] = _coerce(key, types[key], raw)
+            in_file.add(key)
+            where[key] = f"the config file {path}"
     from_env: set[str] = set()
     for name, kind in types.items():
-        raw = env.get(f"PEERSERVE_{name.upper()}")
-        if raw is not None:
+        var = f"PEERSERVE_{name.upper()}"
+        raw = env.get(var)
+        if raw is None:
+            continue
+        if name in BLANK_IS_UNSET and not raw.strip():
+            if name in where:
+                where[name] += f" ({var} is empty in the environment: an empty one counts as unset)"
+            continue
+        try:
             values[name] = _coerce(name, kind, raw)
-            from_env.add(name)
+        except ConfigError as exc:
+            exc.source = f"set by {var} in the environment: systemctl cat peerserve-agent shows a unit's drop-ins"
+            raise
+        from_env.add(name)
+        where[name] = f"{var} in the environment" + (f" (over {path})" if name in in_file else "")
     for name, raw in (overrides or {}).items():
         if raw is not None:
             values[name] = _coerce(name, types[name], raw)
             from_env.discard(name)
+            where[name] = "the command line"
+    if sources is not None:
+        sources.update(where)
     try:
         return Settings(**values)  # (body_stall_s / body_rate_grace_s unset: they follow body_timeout_s, UnsetSeconds)
     except ConfigError as exc:
-        if exc.key in from_env:  # the place an operator does not look: a variable (a drop-in's Environment=)
-            where = f" (over {path})" if path else ""
-            exc.source = (f"set by PEERSERVE_{exc.key.upper()} in the environment{where}: systemctl cat "
-                          "peerserve-agent shows a unit's drop-ins")  # fmt: skip
+        exc.source = _env_source(exc.key, from_env, in_file, path)
         raise
+
+
+def _env_source(key: str, from_env: set[str], in_file: set[str], path: str | None) -> str:
+    """The variables applied that the failed rule reads, the place an operator does not look (a drop-in's
+    Environment=); "" when none. Not a claim that they caused it: the rule may fail on the file's value beside them.
+    "over <config>" only for a key the file also sets."""
+    read = [name for name in (key, *RULE_READS.get(key, ())) if name in from_env]
+    if not read:
+        return ""
+    named = ", ".join(f"PEERSERVE_{name.upper()}" + (f" (over {path})" if name in in_file else "") for name in read)
+    return f"this rule reads {named} from the environment: systemctl cat peerserve-agent shows a unit's drop-ins"
+
+
+def operator_ca_mode(s: Settings, sources: Mapping[str, str]) -> str:
+    """The line the agent logs at start: whether the operator CA mode is on and where its setting came from (a
+    variable over the config is otherwise invisible: review18a F1)."""
+    if s.operator_ca:
+        return (f"operator CA mode on: peers need a board card signed by {s.operator_ca} "
+                f"(operator_ca from {sources.get('operator_ca', 'its default')})")  # fmt: skip
+    said = f" (operator_ca: {sources['operator_ca']})" if "operator_ca" in sources else ""
+    return f"operator CA mode off: the cluster token alone admits peers{said}"

@@ -94,13 +94,15 @@ def private_dockerd(build_images: bool = True, netns: str | None = None) -> Iter
             )  # fmt: skip
         yield engine
     finally:
-        if proc is not None:
-            _stop_daemon(sock, proc)
-        _ip(*in_ns, "link", "del", bridge, check=False)
-        if netns is None:
-            _ip("route", "del", "blackhole", SUBNET, "metric", "4000", check=False)
-        subprocess.run(["umount", "-R", str(root / "data")], capture_output=True, check=False)
-        shutil.rmtree(root, ignore_errors=True)
+        try:
+            if proc is not None:
+                _stop_daemon(sock, proc)
+        finally:  # a stop that raised (a wedged engine's CLI timed out) still leaves no bridge, route or files
+            _ip(*in_ns, "link", "del", bridge, check=False)
+            if netns is None:
+                _ip("route", "del", "blackhole", SUBNET, "metric", "4000", check=False)
+            subprocess.run(["umount", "-R", str(root / "data")], capture_output=True, check=False)
+            shutil.rmtree(root, ignore_errors=True)
 
 
 def _wait_ready(engine: PrivateDockerd, proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
@@ -116,14 +118,23 @@ def _wait_ready(engine: PrivateDockerd, proc: subprocess.Popen[bytes], timeout: 
     raise DockerUnavailable("dockerd did not answer in 30 s")
 
 
-def _stop_daemon(sock: Path, proc: subprocess.Popen[bytes]) -> None:
+DOCKER_CLI_TIMEOUT_S = 30.0  # docker ps / docker rm -f against our engine: a wedged one must not hang the teardown
+
+
+def _stop_daemon(sock: Path, proc: subprocess.Popen[bytes], cli_timeout: float = DOCKER_CLI_TIMEOUT_S) -> None:
+    """Remove the engine's containers, then stop the daemon: SIGTERM, SIGKILL after 30 s. The daemon is ours (we
+    started it: ``proc``, by its PID), so it is killed whatever the CLI did -- a CLI call that timed out or failed is
+    raised after the kill (review18a F7: it raised before the SIGTERM and left the daemon running)."""
     env = {**os.environ, "DOCKER_HOST": f"unix://{sock}"}
-    ids = subprocess.run(["docker", "ps", "-aq"], env=env, capture_output=True, text=True).stdout.split()
-    if ids:
-        subprocess.run(["docker", "rm", "-f", *ids], env=env, capture_output=True)
-    proc.send_signal(signal.SIGTERM)
     try:
-        proc.wait(30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+        listed = subprocess.run(["docker", "ps", "-aq"], env=env, capture_output=True, text=True, timeout=cli_timeout)
+        ids = listed.stdout.split()
+        if ids:
+            subprocess.run(["docker", "rm", "-f", *ids], env=env, capture_output=True, timeout=cli_timeout)
+        proc.send_signal(signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

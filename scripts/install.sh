@@ -40,8 +40,9 @@
 #                        as DATA_DIR/peer/board.card (required unless one is installed already)
 #   --no-operator-ca     switch the operator CA mode off on this board: removes the operator_ca setting and
 #                        /etc/peerserve/operator-ca.pub; keeps DATA_DIR/peer's card files (board.card, revoked.json
-#                        and their records) for a later --operator-ca; the token alone admits again (it warns
-#                        of a PEERSERVE_OPERATOR_CA in the unit's drop-ins: that keeps the mode on over the config)
+#                        and their records) for a later --operator-ca; the token alone admits again. It refuses,
+#                        changing nothing, while the unit's environment sets PEERSERVE_OPERATOR_CA (a drop-in's
+#                        Environment= or EnvironmentFile=): that keeps the mode on over the config
 #   --no-start           write everything but start and enable nothing
 #   --dry-run            print what would be done, change nothing
 #   --uninstall          stop and disable the service, remove it and /opt/peerserve; keeps config and data
@@ -150,38 +151,134 @@ source_digest() {
 # tree it is given, and setuptools' build/lib there keeps an earlier build's copy of a file whose new version is
 # not newer (a checkout copied with its times kept) and of a file since removed, which the new wheel then holds
 # (it would also leave root's build/ and *.egg-info in the operator's checkout): the copy has none.
+install_stage=""  # install_peerserve's temporary copy while it lives: the EXIT trap removes it
 install_peerserve() {
-  local stage rc=0
+  local rc=0
   changed=1
   if [ "$dry_run" = 1 ]; then
     echo "would run: $prefix/venv/bin/python -m pip install ${source_dir}[solver,agent] (from a clean copy)"
     return 0
   fi
-  stage=$(mktemp -d)
+  # removed on any exit: a failure, or SIGHUP (the ssh session dropped) or SIGTERM during pip, which used to leave
+  # each copy in /tmp (review18a F5); the signals exit through the EXIT trap
+  trap 'rm -rf "$install_stage"' EXIT
+  trap 'exit 129' HUP
+  trap 'exit 130' INT
+  trap 'exit 143' TERM
+  install_stage=$(mktemp -d)
   (cd "$source_dir" && tar -cf - --exclude=__pycache__ --exclude='*.pyc' pyproject.toml README.md \
-     "${package_dirs[@]}") | tar -xf - -C "$stage" || rc=$?
+     "${package_dirs[@]}") | tar -xf - -C "$install_stage" || rc=$?
   if [ "$rc" = 0 ]; then
-    "$prefix/venv/bin/python" -m pip install -q --disable-pip-version-check "${stage}[solver,agent]" || rc=$?
+    "$prefix/venv/bin/python" -m pip install -q --disable-pip-version-check "${install_stage}[solver,agent]" || rc=$?
   fi
-  rm -rf "$stage"
+  rm -rf "$install_stage"
+  install_stage=""
   [ "$rc" = 0 ] || die "failed (exit $rc): installing peerserve from $source_dir (pip install of a copy of it)"
 }
 
-# The unit's drop-ins (and the files their EnvironmentFile= lines read) that set PEERSERVE_OPERATOR_CA to a value:
-# the agent takes the variable over the config, so --no-operator-ca alone would not switch the mode off.
-operator_ca_in_environment() {
-  local d f env_file set_it='PEERSERVE_OPERATOR_CA=["'"'"']?[^[:space:]"'"'"']'
-  for d in /etc/systemd/system /run/systemd/system /usr/lib/systemd/system /lib/systemd/system; do
-    for f in "$d/$service.d"/*.conf "$d/service.d"/*.conf; do
+# The digest reads regular files and tar copies links as links, which the build then follows: a symlinked module's
+# target could change with no reinstall, and the build copied a root-only target world-readable (review18a F6).
+# A source tree with links is refused: copy it with the links resolved (cp -rL) or replace them with files.
+refuse_source_links() {
+  local links
+  links=$(cd "$source_dir" && find pyproject.toml README.md "${package_dirs[@]}" -type l -print 2>/dev/null \
+            | head -n 5 | tr '\n' ' ')
+  [ -z "$links" ] || die "the source tree $source_dir holds symbolic links (${links% }): install from a copy \
+without them (cp -rL), so what is installed is what the digest read"
+}
+
+# Where systemd reads units and drop-ins (systemd.unit(5)), and the manager's configuration; unit_root prefixes
+# every path read offline (a test's fake root).
+unit_root=""
+unit_dirs=(/etc/systemd/system /run/systemd/system /usr/local/lib/systemd/system /usr/lib/systemd/system
+  /lib/systemd/system)
+operator_ca_var=PEERSERVE_OPERATOR_CA
+# An assignment that gives the variable a value (an empty one counts as unset, in the agent too: agent/settings.py).
+set_it="(^|[[:space:]\"'])${operator_ca_var}[[:space:]]*=[[:space:]]*[\"']?[^[:space:]\"'#]"
+
+# The [Service] settings of a unit file, one "KEY<TAB>value" a line, read as systemd.syntax(7) says: a trailing
+# backslash continues the line, spaces around "=" are allowed, '#' and ';' start comments; "Environment=" alone
+# (which resets the list) prints KEY with an empty value.
+service_settings() {
+  awk '{ sub(/\r$/, "") }
+    /\\$/ { cont = cont substr($0, 1, length($0) - 1) " "; next }
+    { l = cont $0; cont = "" }
+    l ~ /^[[:space:]]*[#;]/ { next }
+    l ~ /^[[:space:]]*\[/ { sec = l; gsub(/[[:space:]]/, "", sec); next }
+    sec == "[Service]" && match(l, /^[[:space:]]*[A-Za-z]+[[:space:]]*=/) {
+      key = substr(l, RSTART, RLENGTH - 1); gsub(/[[:space:]]/, "", key)
+      val = substr(l, RSTART + RLENGTH); sub(/^[[:space:]]+/, "", val); sub(/[[:space:]]+$/, "", val)
+      print key "\t" val }' "$1"
+}
+
+# The files an EnvironmentFile= value names: "-" dropped, the common specifiers (%E %S %C %L %t %%) expanded, a glob
+# expanded (systemd allows one).
+environment_files() {
+  local pattern=${1#-} f
+  pattern=${pattern//%E//etc} pattern=${pattern//%S//var/lib} pattern=${pattern//%C//var/cache}
+  pattern=${pattern//%L//var/log} pattern=${pattern//%t//run} pattern=${pattern//%%/%}
+  pattern=$unit_root$pattern
+  if [[ "$pattern" == *[*?[]* ]]; then compgen -G "$pattern" || true
+  else echo "$pattern"; fi
+}
+
+# Whether an environment file (KEY=value lines, optionally "export", spaces around "=") gives the variable a value.
+environment_file_sets_it() {
+  [ -f "$1" ] && sed 's/\r$//' "$1" | grep -E "^[[:space:]]*(export[[:space:]]+)?${operator_ca_var}[[:space:]]*=[[:space:]]*[\"']?[^[:space:]\"'#]" >/dev/null
+}
+
+# Offline: the unit's drop-ins (its own, the prefix ones peerserve-.service.d and service.d) and the files their
+# EnvironmentFile= lines read that give PEERSERVE_OPERATOR_CA a value, and the manager's DefaultEnvironment=.
+operator_ca_in_unit_files() {
+  local d f key val env_file
+  for d in "${unit_dirs[@]}"; do
+    for f in "$unit_root$d/$service.d"/*.conf "$unit_root$d/peerserve-.service.d"/*.conf \
+             "$unit_root$d/service.d"/*.conf; do
       [ -f "$f" ] || continue
-      if grep -Eq "^[[:space:]]*Environment=.*$set_it" "$f"; then echo "$f"; fi
-      sed -n 's/^[[:space:]]*EnvironmentFile=-\{0,1\}[[:space:]]*//p' "$f" | while IFS= read -r env_file; do
-        if [ -f "$env_file" ] && grep -Eq "^[[:space:]]*(export[[:space:]]+)?$set_it" "$env_file"; then
-          echo "$env_file"
-        fi
-      done
+      while IFS=$'\t' read -r key val; do
+        case "$key" in
+          Environment) if grep -Eq "$set_it" <<< "$val"; then echo "$f"; fi ;;
+          EnvironmentFile)
+            while IFS= read -r env_file; do
+              if environment_file_sets_it "$env_file"; then echo "$env_file"; fi
+            done < <(environment_files "$val") ;;
+        esac
+      done < <(service_settings "$f")
     done
-  done | sort -u
+  done
+  for f in "$unit_root/etc/systemd/system.conf" "$unit_root/etc/systemd/system.conf.d"/*.conf; do
+    [ -f "$f" ] || continue
+    if sed -n 's/\r$//; s/^[[:space:]]*DefaultEnvironment[[:space:]]*=//p' "$f" | grep -E "$set_it" >/dev/null; then
+      echo "$f (DefaultEnvironment=)"
+    fi
+  done
+}
+
+# (grep without -q in a pipeline: under pipefail, a writer cut off by grep -q's early exit would fail the test.)
+# Running: what systemd itself has loaded for the unit (systemctl show), and the manager's environment where the
+# unit's PassEnvironment= takes the variable from it.
+operator_ca_in_manager() {
+  local env_file f
+  if systemctl show -p Environment --value "$service" 2>/dev/null | grep -E "$set_it" >/dev/null; then
+    echo "the unit's Environment= (systemctl show -p Environment $service; systemctl cat $service shows the file)"
+  fi
+  while IFS= read -r env_file; do
+    env_file=${env_file% (ignore_errors=*}
+    [ -n "$env_file" ] || continue
+    while IFS= read -r f; do
+      if environment_file_sets_it "$f"; then echo "$f"; fi
+    done < <(environment_files "$env_file")
+  done < <(systemctl show -p EnvironmentFiles --value "$service" 2>/dev/null)
+  if systemctl show -p PassEnvironment --value "$service" 2>/dev/null | tr ' ' '\n' | grep -xF "$operator_ca_var" \
+       >/dev/null && systemctl show-environment 2>/dev/null | grep -E "^${operator_ca_var}=[^[:space:]]" >/dev/null; then
+    echo "the service manager's environment (systemctl show-environment; the unit's PassEnvironment= takes it)"
+  fi
+}
+
+# Every place that gives the agent PEERSERVE_OPERATOR_CA, which it takes over the config (one a line, sorted): where
+# systemd runs, systemd's own word, and the looser read of the files either way (a drop-in not yet loaded counts).
+operator_ca_in_environment() {
+  { if [ "$sd" = running ]; then operator_ca_in_manager; fi; operator_ca_in_unit_files; } | sort -u
 }
 
 download_wheels() {
@@ -238,6 +335,25 @@ if [ "$uninstall" = 1 ]; then
   exit 0
 fi
 
+# -- the operator CA's variable: checked before anything changes ----------------------------------------------
+# The agent takes PEERSERVE_OPERATOR_CA over the config's operator_ca. --no-operator-ca with it set would leave the
+# mode on and, the CA file removed, an agent that refuses every start (Restart=always) while this said "installed":
+# refuse instead, changing nothing, so the board keeps running in the mode (review18a F3).
+if [ "$no_operator_ca" = 1 ] || [ -n "$operator_ca" ]; then
+  ca_env=$(operator_ca_in_environment)
+  if [ -n "$ca_env" ] && [ "$no_operator_ca" = 1 ]; then
+    while IFS= read -r f; do echo "install.sh: $f sets PEERSERVE_OPERATOR_CA" >&2; done <<< "$ca_env"
+    die "--no-operator-ca changed nothing: the agent takes PEERSERVE_OPERATOR_CA over the config, so the operator \
+CA mode would stay on (and with $etc/operator-ca.pub removed the agent would refuse to start); remove that setting \
+(an empty value counts as unset), run systemctl daemon-reload, then run this again"
+  fi
+  while IFS= read -r f; do
+    [ -n "$f" ] || continue
+    echo "install.sh: warning: $f sets PEERSERVE_OPERATOR_CA, which the agent takes over the config's operator_ca \
+($etc/operator-ca.pub): cards are checked against the CA key that file names" >&2
+  done <<< "$ca_env"
+fi
+
 # -- 1. prerequisites ----------------------------------------------------------------------------------
 missing=()
 py=$(command -v python3 || true)
@@ -273,6 +389,7 @@ if [ "${#missing[@]}" -gt 0 ]; then
   die "install the missing prerequisites, then run this again"
 fi
 [ -f "$source_dir/pyproject.toml" ] || die "no peerserve source tree at $source_dir (use --source DIR)"
+refuse_source_links
 
 # -- 2. the software -----------------------------------------------------------------------------------
 if [ -n "$wheelhouse" ]; then export PIP_NO_INDEX=1 PIP_FIND_LINKS="$wheelhouse"; fi
@@ -364,11 +481,6 @@ if [ "$no_operator_ca" = 1 ]; then
     if [ -e "$data/peer/$f" ]; then kept="$kept$f "; fi
   done
   say "operator CA mode off: no operator_ca setting, no $ca_file; the cluster token alone admits peers again${kept:+ (kept in $data/peer for a later --operator-ca: ${kept% })}"
-  while IFS= read -r f; do
-    echo "install.sh: warning: $f sets PEERSERVE_OPERATOR_CA, which the agent takes over the config: the operator CA \
-mode stays on, and while it names $ca_file (removed now) the agent refuses to start; remove that setting, then \
-systemctl daemon-reload" >&2
-  done < <(operator_ca_in_environment)
 fi
 if [ -n "$operator_ca" ]; then
   [ -r "$operator_ca" ] || die "--operator-ca $operator_ca: cannot read it (ca.pub from 'peerserve ca init')"

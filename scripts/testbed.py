@@ -342,7 +342,8 @@ class TestBed:
         engines, self._dockerds = self._dockerds, []
         with failures.step("stopping the Docker Engines"):  # at once: each waits on its own daemon
             run_all(_exit, engines[::-1], "stopping the Docker Engines", lambda engine: f"host {engine[0]}")
-        for pid in self.extra_pids:
+        pids, self.extra_pids = self.extra_pids, []  # forgotten once killed: a PID reaped since may be reused
+        for pid in pids:
             with failures.step(f"killing PID {pid}"), contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         for name in reversed(self.created[:]):

@@ -9,14 +9,16 @@ import time
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from agent.catalogue import CatalogueWatcher, builtin_catalogue_text, parse_catalogue
 from agent.cli import register
 from agent.errors import ConfigError
 from agent.leadership import Leadership
 from agent.node import NodeAgent
+from agent.operator_ca import b64, raw_public
 from agent.request_window import MAX_WINDOW_BYTES
-from agent.settings import Settings, load_settings
+from agent.settings import Settings, load_settings, operator_ca_mode
 
 GOOD = """
 [[models]]
@@ -172,7 +174,7 @@ def test_a_missing_operator_ca_named_by_the_environment_refuses_the_start(
     assert main(["agent", "--config", str(cfg), "--no-discovery"]) == 2
     err = capsys.readouterr().err
     assert f"operator_ca: {missing} does not exist: the operator CA mode is on" in err
-    assert f"set by PEERSERVE_OPERATOR_CA in the environment (over {cfg})" in err
+    assert "this rule reads PEERSERVE_OPERATOR_CA from the environment: systemctl cat" in err  # the file lacks it
     monkeypatch.delenv("PEERSERVE_OPERATOR_CA")
     cfg.write_text(base + f'operator_ca = "{missing}"\n')  # named by the file: the same refusal, no word of a variable
     with pytest.raises(ConfigError, match="does not exist: the operator CA mode is on") as caught:
@@ -184,8 +186,81 @@ def test_a_missing_operator_ca_named_by_the_environment_refuses_the_start(
     with pytest.raises(ConfigError) as caught:  # the message itself stays the setting's; the source rides beside it
         load_settings(str(cfg), env={"PEERSERVE_OPERATOR_CA": str(missing)})
     assert str(caught.value).endswith("remove any PEERSERVE_OPERATOR_CA setting)")
-    assert caught.value.with_source().endswith(f"[set by PEERSERVE_OPERATOR_CA in the environment (over {cfg}): "
-                                               "systemctl cat peerserve-agent shows a unit's drop-ins]")  # fmt: skip
+    said = f"[this rule reads PEERSERVE_OPERATOR_CA (over {cfg}) from the environment: systemctl cat peerserve-agent"
+    assert caught.value.with_source().endswith(said + " shows a unit's drop-ins]")
+    cfg.write_text(base)  # "over" the config only where it sets the key
+    with pytest.raises(ConfigError) as caught:
+        load_settings(str(cfg), env={"PEERSERVE_OPERATOR_CA": str(missing)})
+    assert caught.value.source.startswith("this rule reads PEERSERVE_OPERATOR_CA from the environment: ")
+
+
+@pytest.mark.parametrize("name", ["operator_ca", "cluster_token", "client_token", "metrics_token"])
+def test_an_empty_variable_never_switches_a_security_setting_of_the_file_off(tmp_path: Path, name: str) -> None:
+    """review18a F1: ``Environment=PEERSERVE_OPERATOR_CA=`` (what an operator writes to silence a drop-in, and what
+    install.sh's check reads as unset) ran the agent on the token alone although the config names the CA; an empty
+    client or metrics token dropped the file's token the same way. An empty variable counts as unset."""
+    pub = tmp_path / "ca.pub"
+    pub.write_text(b64(raw_public(Ed25519PrivateKey.generate().public_key())) + "\n")
+    values = {"operator_ca": str(pub), "cluster_token": "file-cluster-token-0123456789",
+              "client_token": "file-client-token-0123456789", "metrics_token": "file-metrics-token-0123"}  # fmt: skip
+    cfg = tmp_path / "peerserve.toml"
+    cfg.write_text(f'data_dir = "{tmp_path / "data"}"\n' + "".join(f'{k} = "{v}"\n' for k, v in values.items()))
+    sources: dict[str, str] = {}
+    for blank in ("", "  "):
+        s = load_settings(str(cfg), env={f"PEERSERVE_{name.upper()}": blank}, sources=sources)
+        assert getattr(s, name) == values[name]
+        assert sources[name].startswith(f"the config file {cfg} (PEERSERVE_{name.upper()} is empty in the environment")
+    bare = load_settings(None, env={"PEERSERVE_DATA_DIR": str(tmp_path), f"PEERSERVE_{name.upper()}": ""})
+    assert getattr(bare, name) == ""  # unset in the file too: the default, as before
+    other = tmp_path / "other.pub"  # a value still overrides the file, as every variable does
+    other.write_text(pub.read_text())
+    if name == "operator_ca":
+        s = load_settings(str(cfg), env={"PEERSERVE_OPERATOR_CA": str(other)}, sources=sources)
+        assert (
+            s.operator_ca == str(other)
+            and sources["operator_ca"] == f"PEERSERVE_OPERATOR_CA in the environment (over {cfg})"
+        )
+
+
+def test_the_start_log_says_the_operator_ca_mode_and_where_it_came_from(tmp_path: Path) -> None:
+    """review18a F1: the mode and its source are logged at start (cmd_agent), so a variable over the config shows."""
+    pub = tmp_path / "ca.pub"
+    pub.write_text(b64(raw_public(Ed25519PrivateKey.generate().public_key())) + "\n")
+    cfg = tmp_path / "peerserve.toml"
+    cfg.write_text(f'data_dir = "{tmp_path / "data"}"\ncluster_token = "mode-log-cluster-token-0123"\n')
+    sources: dict[str, str] = {}
+    off = load_settings(str(cfg), env={}, sources=sources)
+    assert operator_ca_mode(off, sources) == "operator CA mode off: the cluster token alone admits peers"
+    on = load_settings(str(cfg), env={"PEERSERVE_OPERATOR_CA": str(pub)}, sources=sources)
+    assert operator_ca_mode(on, sources) == (f"operator CA mode on: peers need a board card signed by {pub} "
+                                             "(operator_ca from PEERSERVE_OPERATOR_CA in the environment)")  # fmt: skip
+    cfg.write_text(cfg.read_text() + f'operator_ca = "{pub}"\n')
+    sources.clear()
+    on = load_settings(str(cfg), env={}, sources=sources)
+    assert operator_ca_mode(on, sources).endswith(f"(operator_ca from the config file {cfg})")
+
+
+def test_a_config_error_names_the_variables_its_rule_reads_without_blaming_them(tmp_path: Path) -> None:
+    """review18a F4: the file's pin_first_contact_burst = 0 broke the rule, yet the source said "set by
+    PEERSERVE_PIN_FIRST_CONTACT_PER_MIN" (a valid 8); "over <config>" showed for a key the file lacks; a variable
+    that is no number carried no source at all."""
+    cfg = tmp_path / "peerserve.toml"
+    cfg.write_text(f'data_dir = "{tmp_path / "data"}"\npin_first_contact_burst = 0\n')
+    with pytest.raises(ConfigError) as caught:
+        load_settings(str(cfg), env={"PEERSERVE_PIN_FIRST_CONTACT_PER_MIN": "8"})
+    assert "set by" not in caught.value.source and "over" not in caught.value.source
+    assert caught.value.source.startswith("this rule reads PEERSERVE_PIN_FIRST_CONTACT_PER_MIN from the environment")
+    cfg.write_text(f'data_dir = "{tmp_path / "data"}"\npin_first_contact_per_min = 8.0\n')
+    with pytest.raises(ConfigError) as caught:  # the rule's other setting, from a variable: named too
+        load_settings(str(cfg), env={"PEERSERVE_PIN_FIRST_CONTACT_BURST": "0"})
+    assert caught.value.source.startswith("this rule reads PEERSERVE_PIN_FIRST_CONTACT_BURST from the environment")
+    cfg.write_text(f'data_dir = "{tmp_path / "data"}"\nruntime = "k8s"\n')
+    with pytest.raises(ConfigError) as caught:  # a rule nothing in the environment feeds: no source
+        load_settings(str(cfg), env={"PEERSERVE_PIN_FIRST_CONTACT_BURST": "3"})
+    assert caught.value.key == "runtime" and caught.value.source == ""
+    with pytest.raises(ConfigError) as caught:  # a value that is no number: its variable, which is its cause
+        load_settings(str(cfg), env={"PEERSERVE_PORT": "eighty"})
+    assert caught.value.key == "port" and caught.value.source.startswith("set by PEERSERVE_PORT in the environment")
 
 
 def test_broken_config_file(tmp_path: Path) -> None:

@@ -178,26 +178,35 @@ def test_no_operator_ca_never_leaves_a_config_naming_a_removed_ca_file(tmp_path:
     assert "operator_ca" not in config.read_text() and not ca_file.exists()
 
 
-def test_no_operator_ca_warns_of_an_environment_setting_that_keeps_the_mode_on(tmp_path: Path, board: Board) -> None:
-    """tidy18: PEERSERVE_OPERATOR_CA in a drop-in (Environment=, or a file its EnvironmentFile= reads) overrides the
-    config: after --no-operator-ca the mode stays on and, naming the removed file, the agent refuses to start. The run
-    names each such file; an empty setting and a drop-in of another unit are not named."""
+def test_no_operator_ca_refuses_while_an_environment_setting_keeps_the_mode_on(tmp_path: Path, board: Board) -> None:
+    """tidy18, review18a F3: PEERSERVE_OPERATOR_CA in a drop-in (Environment=, or a file its EnvironmentFile= reads)
+    overrides the config: --no-operator-ca used to warn, remove the CA file and exit 0, and the agent then refused
+    every start. It now refuses before changing anything, naming each such file (an empty setting and another
+    unit's drop-in are not named), so the board keeps running in the mode; --operator-ca warns of them."""
     pub, _ = _card(tmp_path, board)
     assert board.install("--operator-ca", str(pub)).returncode == 0
+    config, ca_file = board.file("/etc/peerserve/peerserve.toml"), board.file("/etc/peerserve/operator-ca.pub")
+    before = config.read_text()
     drop_ins = "/etc/systemd/system/peerserve-agent.service.d"
     made = board.sh(f"""install -d {drop_ins} /etc/systemd/system/other.service.d /etc/default
-printf '[Service]\\nEnvironment="PEERSERVE_OPERATOR_CA=/etc/peerserve/operator-ca.pub" "X=1"\\n' > {drop_ins}/ca.conf
-printf '[Service]\\nEnvironmentFile=-/etc/default/peerserve\\nEnvironment=PEERSERVE_OPERATOR_CA=\\n' > {drop_ins}/b.conf
-printf 'export PEERSERVE_OPERATOR_CA=/etc/peerserve/operator-ca.pub\\n' > /etc/default/peerserve
+printf '[Service]\\nEnvironment = "PEERSERVE_OPERATOR_CA=/etc/peerserve/operator-ca.pub" "X=1"\\n' > {drop_ins}/ca.conf
+printf '[Service]\\nEnvironmentFile = -/etc/default/ps-env\\nEnvironment=PEERSERVE_OPERATOR_CA=\\n' > {drop_ins}/b.conf
+printf 'export PEERSERVE_OPERATOR_CA = /etc/peerserve/operator-ca.pub\\n' > /etc/default/ps-env
 printf '[Service]\\nEnvironment=PEERSERVE_OPERATOR_CA=/x.pub\\n' > /etc/systemd/system/other.service.d/ca.conf
 """)
     assert made.returncode == 0, made.stderr
-    off = board.install("--no-operator-ca")
-    assert off.returncode == 0, off.stdout + off.stderr
-    warned = [line.split()[2] for line in off.stderr.splitlines() if line.startswith("install.sh: warning:")]
-    assert warned == ["/etc/default/peerserve", f"{drop_ins}/ca.conf"], off.stderr
-    assert "the agent refuses to start; remove that setting" in off.stderr
-    assert "operator_ca" not in board.file("/etc/peerserve/peerserve.toml").read_text()  # still switched off
-    assert board.sh(f"rm {drop_ins}/ca.conf /etc/default/peerserve").returncode == 0
+    for args in (["--no-operator-ca"], ["--no-operator-ca", "--dry-run"]):
+        off = board.install(*args)
+        assert off.returncode == 1, off.stdout + off.stderr
+        named = [line.split()[1] for line in off.stderr.splitlines() if line.endswith("sets PEERSERVE_OPERATOR_CA")]
+        assert named == ["/etc/default/ps-env", f"{drop_ins}/ca.conf"], off.stderr
+        assert "--no-operator-ca changed nothing" in off.stderr and "would run" not in off.stdout
+        assert config.read_text() == before and ca_file.exists()  # still on, as the agent runs it
+    on = board.install("--operator-ca", str(pub))
+    assert on.returncode == 0, on.stdout + on.stderr
+    warned = [line.split()[2] for line in on.stderr.splitlines() if line.startswith("install.sh: warning:")]
+    assert warned == ["/etc/default/ps-env", f"{drop_ins}/ca.conf"], on.stderr
+    assert board.sh(f"rm {drop_ins}/ca.conf /etc/default/ps-env").returncode == 0
     quiet = board.install("--no-operator-ca")
     assert quiet.returncode == 0 and "warning" not in quiet.stderr, quiet.stdout + quiet.stderr
+    assert "operator_ca" not in config.read_text() and not ca_file.exists()

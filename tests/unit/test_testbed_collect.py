@@ -112,5 +112,6 @@ def test_the_bed_teardown_names_an_engine_whose_stop_failed_and_still_runs_every
     assert [name for name, _ in caught.value.errors] == ["stopping the Docker Engines"]
     assert str(caught.value).startswith("the test bed's teardown: 1 of 2 failed -- stopping the Docker Engines: ")
     assert "host 1: RuntimeError: dockerd of host 1 still running after SIGKILL" in str(caught.value)
+    assert bed.extra_pids == []  # review18a F8: killed and reaped, its PID may be reused; never signalled again
     bed.teardown()  # each engine's stop ran once: a second teardown has nothing left to fail on
     assert sorted(exited) == [0, 1, 2]
