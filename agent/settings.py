@@ -167,6 +167,9 @@ class Settings:
             object.__setattr__(self, "advertise_address", interface_address(self.interface) if wildcard else self.host)
         if not self.data_dir:
             object.__setattr__(self, "data_dir", default_data_dir(self.node_id))
+        # absolute once, so every part sees the same directory (tritonserver runs in a folder of its own, with
+        # paths under it on its command line): a relative --data-dir is taken from where the agent started
+        object.__setattr__(self, "data_dir", os.path.abspath(self.data_dir))
         for name, default in BODY_RATE_DEFAULTS.items():
             if isinstance(getattr(self, name), UnsetSeconds):  # (min: a NaN body_timeout_s is refused below)
                 object.__setattr__(self, name, UnsetSeconds(min(default, self.body_timeout_s)))

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import itertools
 import json
 import logging
@@ -46,6 +47,7 @@ STOP_TIMEOUT_S = 5.0
 LEGACY_SLACK_S = START_TIMEOUT_S + 5.0  # a record without ticks: the process started this long before it at most
 LOG_MAX_BYTES = 1024 * 1024  # a server's log is cut past this (its last part kept in .1): ~2 MiB a model at most
 STUB_SHM_PREFIX = "triton_python_backend_shm_region_"  # a Python-backend stub's /dev/shm region, named in its argv
+STUB_NAME = "triton_python_backend_stub"  # the stub binary, copied into <data_dir>/triton/backends/python
 
 
 @dataclass
@@ -78,6 +80,8 @@ class ProcessRuntime:
     ) -> None:
         if log_max_bytes < 1024:
             raise ValueError("log_max_bytes must be at least 1024")
+        # absolute once: tritonserver runs in <data_dir>/triton, and its command line names paths under data_dir
+        data_dir = Path(os.path.abspath(data_dir))
         self.host = host
         self.server_timing = server_timing  # the stand-in servers' Server-Timing header (settings.server_timing)
         self.max_body_mb = max_body_mb  # the stand-ins take what the agent takes (settings.max_body_mb)
@@ -218,11 +222,18 @@ class ProcessRuntime:
         if server is None:
             return
         self._save()
-        if server.process is not None or server.is_alive():  # else adopted, and gone or no longer the one recorded
-            await _terminate(server.pid, server.process, server.is_alive)
-            log.info("stopped %s (pid %d)", server.model, server.pid)
-        # a scan of /proc (~5 ms for 100 processes at load 5): off the loop
-        ended = await asyncio.to_thread(end_leftover_stubs, server.pid, self.log_dir.parent / "triton" / "backends")
+        if server.process is None and not server.is_alive():
+            return  # adopted, and gone or no longer the one recorded: its session number is not known to be ours
+        await _terminate(server.pid, server.process, server.is_alive)
+        log.info("stopped %s (pid %d)", server.model, server.pid)
+        # a scan of /proc (~5 ms for 100 processes at load 5): off the loop. It never fails a stop: the other
+        # servers' stops and the agent's own shutdown (http, metrics, store) must still run
+        stub = self.log_dir.parent / "triton" / "backends" / "python" / STUB_NAME
+        try:
+            ended = await asyncio.to_thread(end_leftover_stubs, server.pid, stub)
+        except Exception:
+            log.exception("the sweep for Triton backend stubs left by %s (pid %d) failed", server.model, server.pid)
+            return
         if ended:
             log.warning("ended %d Triton backend stub(s) left running by %s (pid %d)", ended, server.model, server.pid)
 
@@ -297,28 +308,91 @@ def _record(entry: object) -> _Server | None:
         return None
 
 
-def end_leftover_stubs(session: int, backends: Path) -> int:
-    """SIGKILL what a stopped server left running in its session: Triton's Python-backend stubs (run from
-    ``backends``, where this runtime copied them), and remove the /dev/shm region each one names. Returns how many.
+def end_leftover_stubs(session: int, stub: Path) -> int:
+    """SIGKILL what a stopped server left running in its session: Triton's Python-backend stubs (the binary
+    ``stub``, where this runtime copied it), and remove the /dev/shm region each one names. Returns how many.
 
     A tritonserver stopped while it loads its model (within ~2 s of its start: an agent stopping, a plan changed)
     exits at once and may leave a stub behind that ignores SIGTERM and never exits (measured: 2 of 7 stops during
     load), ~37 MB resident and a 1 MiB region in /dev/shm each, for good. Every server starts in a session of its
-    own (start_new_session): its stubs stay in it. Only processes of that session run from our own ``backends``
-    are ended, so a reused PID cannot make this touch anyone else's processes."""
-    prefix = os.path.join(os.path.realpath(backends), "")
+    own (start_new_session): its stubs stay in it. The caller passes only the session of a server that was its own
+    (its child, or an adopted one still alive before it was stopped). A member is ended only when the binary it runs
+    (/proc/PID/exe, which no process can set for itself, unlike its argv) is our copy of ``stub``; its regions are
+    removed only then. The process is pinned by a pidfd (Linux >= 5.3) before it is checked, so a PID reused
+    between the check and the kill is never signalled; without pidfds, os.kill. Errors (a member of another user:
+    EPERM) are logged and the sweep goes on: it never raises."""
+    try:
+        binary = os.path.realpath(stub)
+    except OSError:
+        return 0
     ended = 0
-    for pid, argv in session_members(session):
-        if pid == session or not argv or not os.path.realpath(argv[0]).startswith(prefix):
+    for pid, _argv in session_members(session):
+        if pid == session:
             continue
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-            ended += 1
-        for region in argv[1:]:
-            if region.startswith(STUB_SHM_PREFIX) and "/" not in region:
-                with contextlib.suppress(OSError):
-                    os.unlink(Path("/dev/shm") / region)
+        try:
+            if _end_stub(pid, session, binary):
+                ended += 1
+        except OSError as exc:
+            log.warning("could not end a Triton backend stub (pid %d) of session %d: %s", pid, session, exc)
     return ended
+
+
+def _end_stub(pid: int, session: int, binary: str) -> bool:
+    """End ``pid`` and remove the regions it names when it is still a member of ``session`` running ``binary``."""
+    pidfd = _pidfd_open(pid)
+    try:
+        argv = _stub_argv(pid, session, binary)  # checked after the pidfd is held: the same process is signalled
+        if argv is None:
+            return False
+        try:
+            if pidfd is not None:
+                signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+            else:
+                os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    finally:
+        if pidfd is not None:
+            os.close(pidfd)
+    for region in argv[1:]:
+        if region.startswith(STUB_SHM_PREFIX) and "/" not in region:
+            try:
+                os.unlink(Path("/dev/shm") / region)
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                log.warning("could not remove /dev/shm/%s of a Triton backend stub (pid %d): %s", region, pid, exc)
+    return True
+
+
+def _pidfd_open(pid: int) -> int | None:
+    """A pidfd for ``pid`` (it names that process even after the PID is reused), or None where there are none
+    (Linux < 5.3, not Linux); a process already gone raises ProcessLookupError."""
+    if not hasattr(os, "pidfd_open") or not hasattr(signal, "pidfd_send_signal"):
+        return None
+    try:
+        return os.pidfd_open(pid)
+    except ProcessLookupError:
+        raise
+    except OSError as exc:
+        if exc.errno in (errno.ENOSYS, errno.EPERM, errno.EINVAL):
+            return None
+        raise
+
+
+def _stub_argv(pid: int, session: int, binary: str) -> list[str] | None:
+    """``pid``'s command line when it is a member of ``session`` whose executable is ``binary``, else None."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        if int(stat.rsplit(")", 1)[1].split()[3]) != session:
+            return None
+        exe = os.readlink(f"/proc/{pid}/exe")
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+    except (FileNotFoundError, ProcessLookupError, IndexError, ValueError):
+        return None
+    if exe != binary:  # " (deleted)" appended when the copy was replaced: not ours any more either
+        return None
+    return [a for a in argv if a]
 
 
 def session_members(session: int) -> list[tuple[int, list[str]]]:

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import json
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -280,7 +281,7 @@ def test_tritons_admin_apis_answer_403_and_its_log_stays_bounded(tmp_path: Path)
     assert after.startswith(b"Signal (15) received.") and b"\0" not in after
 
 
-@pytest.mark.parametrize("where", ["a venv first on PATH", "a numpy in the working directory"])
+@pytest.mark.parametrize("where", ["a venv first on PATH", "a numpy in the working directory", "a relative data dir"])
 def test_triton_serves_whatever_python_the_agent_runs_from(where: str, tmp_path: Path, monkeypatch: Any) -> None:
     """Session 17's flake: an agent started with a virtual environment's bin first on PATH (an activated venv, numpy 2
     in it) had every Triton output empty -- tritonclient "cannot reshape array of size 0 into shape (450,10)", a JSON
@@ -295,6 +296,8 @@ def test_triton_serves_whatever_python_the_agent_runs_from(where: str, tmp_path:
     find_triton()
     if where == "a venv first on PATH":  # the interpreter running the tests: a venv with the agent's numpy
         monkeypatch.setenv("PATH", f"{Path(sys.prefix) / 'bin'}{os.pathsep}{os.environ['PATH']}")
+    elif where == "a relative data dir":  # review18b F1: tritonserver runs in data/triton, so its command line's
+        monkeypatch.chdir(tmp_path)  # paths must not be relative to where the agent was started
     else:  # a numpy that cannot be imported where the agent was started
         cwd = tmp_path / "cwd"
         (cwd / "numpy").mkdir(parents=True)
@@ -310,7 +313,7 @@ def test_triton_serves_whatever_python_the_agent_runs_from(where: str, tmp_path:
     log = data / "logs" / "digits_triton.log"
 
     async def main() -> None:
-        runtime = ProcessRuntime("127.0.0.1", data)
+        runtime = ProcessRuntime("127.0.0.1", Path("data") if where == "a relative data dir" else data)
         instance = await runtime.start(spec, term=1)
         try:
             async with httpx.AsyncClient(timeout=10) as c:
@@ -330,3 +333,72 @@ def test_triton_serves_whatever_python_the_agent_runs_from(where: str, tmp_path:
 
     asyncio.run(main())
     assert "numpy 1." in log.read_text() and f"from {stub_site_packages()}" in log.read_text(), log_tail(log)
+
+
+STAY = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(120)"
+
+
+def test_a_stop_ends_the_stub_its_server_left_and_nothing_in_another_session(tmp_path: Path) -> None:
+    """review18b F4: stop() sweeps the stopped server's session. Its real backend stub, stopped (SIGSTOP: it can
+    neither exit nor clean up on its own, as a stub left by a stop during load never does) and orphaned (the server
+    killed: it can neither end the stub nor remove its region), is gone at once after ``runtime.stop()`` with the
+    /dev/shm region it named; a process in another live session whose argv reads as a
+    stub's (spoofed: exec -a) is left alone, checked while it is still alive."""
+    import subprocess
+
+    from agent.catalogue import builtin_catalogue_text, parse_catalogue
+    from agent.runtime.process import STUB_NAME, STUB_SHM_PREFIX, ProcessRuntime, session_members
+    from agent.runtime.triton import find_triton
+
+    find_triton()
+    spec = parse_catalogue(builtin_catalogue_text(), "builtin").get("digits_triton")
+    assert spec is not None
+    stub = tmp_path / "triton" / "backends" / "python" / STUB_NAME
+    log = tmp_path / "logs" / "digits_triton.log"
+
+    def stubs(session: int) -> list[tuple[int, list[str]]]:
+        found = []
+        for pid, argv in session_members(session):
+            with contextlib.suppress(OSError):
+                if pid != session and os.readlink(f"/proc/{pid}/exe") == str(stub.resolve()):
+                    found.append((pid, argv))
+        return found
+
+    async def main() -> None:
+        runtime = ProcessRuntime("127.0.0.1", tmp_path)
+        instance = await runtime.start(spec, term=1)
+        server = int(instance.detail.split()[1])
+        decoy = None
+        try:
+            async with httpx.AsyncClient(timeout=10) as c:
+                await wait_ready(c, f"{instance.url}/v2/models/digits_triton", tmp_path, log)
+            [(stub_pid, argv)] = stubs(server)
+            regions = [a for a in argv if a.startswith(STUB_SHM_PREFIX)]
+            assert regions and all((Path("/dev/shm") / r).exists() for r in regions), argv
+            os.kill(stub_pid, signal.SIGSTOP)  # ours: the stub of the server this test started
+            # and the server gone at once, as one stopped while it loads exits (a server that shuts down in order
+            # kills a stub that does not answer it: measured, the stub did not outlive runtime.stop() without a sweep)
+            os.kill(server, signal.SIGKILL)
+            decoy = subprocess.Popen(  # another session, argv as a stub's naming this stub's region
+                ["bash", "-c", f'exec -a "{stub}" "{sys.executable}" -c "{STAY}" {regions[0]}'],
+                start_new_session=True,
+            )
+            deadline = time.monotonic() + 10
+            while Path(f"/proc/{decoy.pid}/cmdline").read_bytes().split(b"\0")[0] != str(stub).encode():
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.05)
+            await runtime.stop(instance.id)
+            assert decoy.poll() is None and alive(decoy.pid)  # another session: untouched
+            deadline = time.monotonic() + 5
+            while any(alive(pid) for pid, _ in session_members(server)):  # a killed member is reaped by init
+                assert time.monotonic() < deadline, session_members(server)
+                await asyncio.sleep(0.05)
+            assert not alive(stub_pid)
+            assert not any((Path("/dev/shm") / r).exists() for r in regions)
+        finally:
+            if decoy is not None:
+                decoy.kill()
+                decoy.wait()
+            await runtime.close()
+
+    asyncio.run(main())

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -20,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.runtime.process import STUB_SHM_PREFIX, end_leftover_stubs, session_members
+from agent.runtime.process import STUB_NAME, STUB_SHM_PREFIX, end_leftover_stubs, session_members
 
 # ignores SIGTERM, then says so (touches its first argument), then stays
 STAY = (
@@ -36,50 +37,120 @@ def alive(pid: int) -> bool:
         return False
 
 
+def stub_binary(backends: Path) -> Path:
+    """A runnable stand-in for the stub binary at its place under ``backends``: a copy of this Python, so that
+    /proc/PID/exe of what runs from it is that copy, as a real stub's is the copy the runtime made."""
+    stub = backends / "python" / STUB_NAME
+    stub.parent.mkdir(parents=True)
+    shutil.copy(os.path.realpath(sys.executable), stub)
+    if subprocess.run([str(stub), "-c", "pass"], capture_output=True).returncode != 0:
+        pytest.skip("this Python does not run from a copy of its binary")
+    return stub
+
+
+def wait_for(session: int, count: int, marks: list[Path]) -> dict[int, list[str]]:
+    """The members of ``session`` besides its leader, once there are ``count`` of them and every mark exists."""
+    deadline = time.monotonic() + 30
+    while True:
+        members = {pid: argv for pid, argv in session_members(session) if pid != session and argv}
+        if len(members) == count and all(m.exists() for m in marks):
+            return members
+        assert time.monotonic() < deadline, members
+        time.sleep(0.05)
+
+
+def end_all(pids: list[int], *leaders: subprocess.Popen[bytes]) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    for leader in leaders:
+        if leader.poll() is None:
+            leader.kill()
+            leader.wait()
+
+
 @pytest.mark.skipif(not Path("/dev/shm").is_dir(), reason="no /dev/shm")
 def test_a_stopped_servers_leftover_stub_is_ended_and_its_region_removed(tmp_path: Path) -> None:
+    """Only a member running the stub binary itself is ended (/proc/PID/exe): one that only names itself so
+    (exec -a: argv[0] is the stub's path, review18b F3) is left alone, with the region it names; so is a process
+    running the stub binary in another live session."""
     backends = tmp_path / "triton" / "backends"
-    stub = backends / "python" / "triton_python_backend_stub"
+    stub = stub_binary(backends)
     elsewhere = tmp_path / "other" / "helper"
-    region = f"{STUB_SHM_PREFIX}{uuid.uuid4()}"
-    shm = Path("/dev/shm") / region
-    shm.write_bytes(b"\0" * 4096)  # this test's own region, as the stub's parent creates one per stub
+    region, spoofed, other = (f"{STUB_SHM_PREFIX}{uuid.uuid4()}" for _ in range(3))
+    shms = [Path("/dev/shm") / r for r in (region, spoofed, other)]
+    for shm in shms:
+        shm.write_bytes(b"\0" * 4096)  # this test's own regions, as the stub's parent creates one per stub
     script = (
-        f'(exec -a "{stub}" "{sys.executable}" -c "{STAY}" "{tmp_path}/a" {region}) & '
+        f'("{stub}" -c "{STAY}" "{tmp_path}/a" {region}) & '
+        f'(exec -a "{stub}" "{sys.executable}" -c "{STAY}" "{tmp_path}/s" {spoofed}) & '
         f'(exec -a "{elsewhere}" "{sys.executable}" -c "{STAY}" "{tmp_path}/b") & wait'
     )
     leader = subprocess.Popen(["bash", "-c", script], start_new_session=True)
+    neighbour = subprocess.Popen(  # another live session, running the stub binary too
+        [str(stub), "-c", STAY, str(tmp_path / "n"), other], start_new_session=True
+    )
     others: list[int] = []
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            members = {pid: argv for pid, argv in session_members(leader.pid) if pid != leader.pid}
-            started = sorted(argv[0] for argv in members.values() if argv) == sorted([str(stub), str(elsewhere)])
-            if started and (tmp_path / "a").exists() and (tmp_path / "b").exists():
-                break
-            assert time.monotonic() < deadline, members
-            time.sleep(0.05)
-        [stub_pid] = [pid for pid, argv in members.items() if argv[0] == str(stub)]
-        others = [pid for pid, argv in members.items() if argv[0] == str(elsewhere)]
+        members = wait_for(leader.pid, 3, [tmp_path / m for m in "asb"])
+        wait_for(neighbour.pid, 0, [tmp_path / "n"])
+        [stub_pid] = [pid for pid, argv in members.items() if argv[0] == str(stub) and region in argv]
+        others = [pid for pid in members if pid != stub_pid]
         leader.kill()  # the server is gone; its children stay behind in its session
         leader.wait()
         os.kill(stub_pid, signal.SIGTERM)  # ignored, as the real stub does
         time.sleep(0.2)
         assert alive(stub_pid)
-        assert end_leftover_stubs(leader.pid, backends) == 1
+        assert end_leftover_stubs(leader.pid, stub) == 1
         deadline = time.monotonic() + 10
         while alive(stub_pid):
             assert time.monotonic() < deadline
             time.sleep(0.05)
-        assert not shm.exists()
-        assert all(alive(pid) for pid in others)  # not run from the backends folder: not ours to end
-        assert end_leftover_stubs(leader.pid, backends) == 0  # nothing left: nothing done
-        assert end_leftover_stubs(os.getpid(), backends) == 0  # another session: its processes are not looked at
+        assert not shms[0].exists()
+        assert all(alive(pid) for pid in others)  # not running the stub binary: not ours to end
+        assert shms[1].exists()  # named by a process that only calls itself a stub: not removed
+        assert end_leftover_stubs(leader.pid, stub) == 0  # nothing left: nothing done
+        assert alive(neighbour.pid) and shms[2].exists()  # another session, checked while it runs
+        assert end_leftover_stubs(os.getpid(), stub) == 0  # another session: its processes are not looked at
+        assert alive(neighbour.pid)
     finally:
-        for pid in others:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        if leader.poll() is None:
-            leader.kill()
-            leader.wait()
+        end_all([*others, neighbour.pid], leader, neighbour)
+        for shm in shms:
+            shm.unlink(missing_ok=True)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root, to run the sweep as another user than the stub's")
+def test_a_stub_the_sweep_may_not_touch_is_logged_and_the_sweep_goes_on(tmp_path: Path) -> None:
+    """review18b F2: an agent that is not root (install.sh's ``peerserve`` user) sweeping a session with a member of
+    another user (EPERM) raised PermissionError out of stop(), which then skipped the other servers' stops and the
+    agent's own shutdown. Now it is logged and the sweep returns. Run in a child forked from this process that
+    drops to uid 65534; the member belongs to root (this test)."""
+    tmp_path.chmod(0o755)
+    stub = stub_binary(tmp_path / "triton" / "backends")
+    region = f"{STUB_SHM_PREFIX}{uuid.uuid4()}"
+    shm = Path("/dev/shm") / region
+    shm.write_bytes(b"\0" * 4096)
+    leader = subprocess.Popen(
+        ["bash", "-c", f'("{stub}" -c "{STAY}" "{tmp_path}/a" {region}) & wait'], start_new_session=True
+    )
+    members: dict[int, list[str]] = {}
+    try:
+        members = wait_for(leader.pid, 1, [tmp_path / "a"])
+        child = os.fork()
+        if child == 0:  # pragma: no cover (the child's exit status carries its result)
+            code = 3
+            try:
+                os.setgid(65534)
+                os.setuid(65534)
+                code = 0 if end_leftover_stubs(leader.pid, stub) == 0 else 1
+            except BaseException:
+                code = 2
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(child, 0)
+        assert os.waitstatus_to_exitcode(status) == 0  # 2: it raised; 1: it claimed an end
+        assert all(alive(pid) for pid in members) and shm.exists()  # not its to end, nor to remove
+        assert end_leftover_stubs(leader.pid, stub) == 1  # its owner can
+    finally:
+        end_all(list(members), leader)
         shm.unlink(missing_ok=True)
