@@ -44,6 +44,12 @@ def listen_ports(worker: str, workers: int, span: tuple[int, int] = (20000, 3200
 # Below Linux's ephemeral range (32768-60999): no outgoing connection takes them.
 LISTEN_PORTS = listen_ports(WORKER, int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
 
+# One client for the plain-HTTP calls to agents below (start's /health polls, ``get``). ``httpx.get`` builds a client,
+# and its TLS context with the CA bundle parsed, at every call: ~30 ms of CPU (0.2 ms on a built client), so a test
+# polling an agent every 0.05-0.1 s spent a third of a core or more on it beside the agents it waited for, on two
+# cores. It keeps no connection: each call opens its own and closes it after the answer, as ``httpx.get`` did.
+PLAIN = httpx.Client(limits=httpx.Limits(max_keepalive_connections=0))
+
 
 HANDED_OUT: collections.deque[int] = collections.deque(maxlen=1024)  # free_port's latest answers, not given again
 
@@ -114,7 +120,7 @@ class RunningAgent:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"agent exited with {self.proc.returncode}: {self.log.read_text()[-3000:]}")
             with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{self.url}/health", timeout=1).status_code == 200:
+                if PLAIN.get(f"{self.url}/health", timeout=1).status_code == 200:
                     return self
             time.sleep(0.1)
         raise RuntimeError(f"agent did not answer in {timeout} s: {self.log.read_text()[-3000:]}")
@@ -138,7 +144,7 @@ class RunningAgent:
         """GET on the client port; the request log is read with the reader token, as an operator would."""
         if path.startswith("/stats/requests") and "headers" not in kw:
             kw["headers"] = STATS_READER
-        return httpx.get(f"{self.url}{path}", timeout=30, **kw)
+        return PLAIN.get(f"{self.url}{path}", timeout=30, **kw)
 
     def put_desired(self, term: int, instances: dict[str, int], leader: str = "lead") -> httpx.Response:
         """A signed command from the admitted test node ``leader`` (agents without an election accept it)."""

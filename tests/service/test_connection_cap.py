@@ -121,6 +121,9 @@ def agent(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[tuple[int,
     try:
         yield port, server, upstream
     finally:
+        # The test is over: a handler its client has left that still waits (for provisioning, up to provision_wait_s)
+        # is cancelled after 1 s, not after uvicorn's 10 s graceful wait (the agent's own; 10 s of teardown here).
+        server.config.timeout_graceful_shutdown = 1
         server.should_exit = True
         thread.join(15)
         upstream.close()

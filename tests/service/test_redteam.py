@@ -25,7 +25,7 @@ from agent.models import MODELS
 from agent.modelserver import ModelServer
 from agent.peer_gate import PENDING_PER_ADDRESS, PENDING_TOTAL
 from agent.serving.tfrest import MAX_VALUES
-from tests.service.conftest import STATS_READER, RunningAgent, free_port
+from tests.service.conftest import STATS_READER, RunningAgent, free_port, shared_agent
 from tests.service.test_client_auth import self_signed
 from tests.waiting import wait_for
 
@@ -35,6 +35,29 @@ pytestmark = pytest.mark.serial
 MODEL = "half_plus_two"
 PREDICT = f"/v1/models/{MODEL}:predict"
 QUIET = "--no-discovery"
+PROVISIONING = (QUIET, "--provision-wait-s", "20")
+
+
+# Agents that several tests start alike, started once for the module. A test on one leaves it as it found it: the
+# handshakes its strangers held are given back before it ends (``_let_go``), the requests it sends are answered and
+# their connections closed; none reads a count or an estimate that another's requests move (those that read the
+# request log or the execution-time estimate keep an agent of their own).
+@pytest.fixture(scope="module")
+def tls_agent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[RunningAgent, int, Path]]:
+    """(agent, its HTTPS port, the certificate a phone trusts): the peer port and an HTTPS client listener."""
+    root = tmp_path_factory.mktemp("tls")
+    cert, key = self_signed(root)
+    port = free_port()
+    with shared_agent(root, "a", QUIET, "--https-port", str(port), "--tls-cert", str(cert), "--tls-key", str(key)) as a:
+        yield a, port, cert
+
+
+@pytest.fixture(scope="module")
+def serving(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningAgent]:
+    """An agent serving MODEL (provisioned at set-up, its model server ended with the agent at the module's end)."""
+    with shared_agent(tmp_path_factory.mktemp("serving"), "a", *PROVISIONING) as a:
+        assert a.get(f"/services/{MODEL}").status_code == 200
+        yield a
 
 
 def _predict_raw(agent: RunningAgent, body: bytes, pause_s: float) -> int:
@@ -56,7 +79,7 @@ def _latencies(agent: RunningAgent, client: str) -> list[float]:
 
 
 def test_a_slow_client_does_not_poison_the_measured_latency(agents: Any) -> None:
-    a = agents("a", QUIET, "--provision-wait-s", "20")
+    a = agents("a", *PROVISIONING)
     assert a.get(f"/services/{MODEL}").status_code == 200  # provisioned here on demand
     body = json.dumps({"instances": [1.0, 2.0, 5.0]}).encode()
     with ThreadPoolExecutor(3) as pool:
@@ -75,7 +98,7 @@ def test_a_slow_client_does_not_poison_the_measured_latency(agents: Any) -> None
 
 
 def test_another_address_cannot_rewrite_a_clients_rtts(agents: Any) -> None:
-    a = agents("a", QUIET, "--provision-wait-s", "20")
+    a = agents("a", *PROVISIONING)
     node = a.node_id
     victim = {"X-Peerserve-Client": "phone-7"}
     first = a.get(f"/services/{MODEL}", headers={**victim, "X-Peerserve-RTT": f"{node}=3.5"}).json()
@@ -105,8 +128,9 @@ LARGEST_ANSWER = b'{"instances": [' + b"1.2345678901234567e+300," * (MAX_VALUES 
 
 @pytest.fixture
 def stand_in() -> Iterator[ModelServer]:
+    # polled for shutdown() every 0.05 s (socketserver's default 0.5 s was each test's teardown)
     server = ModelServer(("127.0.0.1", 0), MODELS[MODEL], timeout_s=1.0, max_per_address=4)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
     yield server
     server.shutdown()
     server.server_close()
@@ -164,8 +188,8 @@ def test_stand_in_caps_connections_per_address(stand_in: ModelServer) -> None:
 # -- the peer port, before TLS says who connects ---------------------------------------------------------
 
 
-def test_a_stranger_cannot_hold_the_peer_port_before_tls(agents: Any) -> None:
-    a = agents("a", QUIET)
+def test_a_stranger_cannot_hold_the_peer_port_before_tls(tls_agent: tuple[RunningAgent, int, Path]) -> None:
+    a, _, _ = tls_agent  # its HTTPS listener has a gate of its own (the next tests')
     stranger = ("127.0.0.2", 0)  # sends no byte of TLS: no card needed for that
     socks = [socket.create_connection((a.host, a.peer_port), 10, stranger) for _ in range(PENDING_PER_ADDRESS + 24)]
     try:
@@ -175,17 +199,16 @@ def test_a_stranger_cannot_hold_the_peer_port_before_tls(agents: Any) -> None:
         assert a.put_desired(1, {}).status_code == 200  # a member with a card (at 127.0.0.1) is served meanwhile
         wait_for(lambda: sum(_open(s) for s in socks) == 0, 30)  # a 5 s handshake deadline; before: held 60 s
     finally:
-        for s in socks:
-            s.close()
+        _let_go(socks)
     assert a.get("/health").status_code == 200
 
 
-def test_two_addresses_holding_every_handshake_slot_do_not_lock_others_out(agents: Any, tmp_path: Path) -> None:
+def test_two_addresses_holding_every_handshake_slot_do_not_lock_others_out(
+    tls_agent: tuple[RunningAgent, int, Path],
+) -> None:
     """Review 11a: 64 idle TCP connections from each of two addresses (renewed every 9 s) held all 128 handshake
     slots: 0 of 60 honest HTTPS requests were answered, and no new peer connection got in."""
-    cert, key = self_signed(tmp_path)
-    port = free_port()
-    a = agents("a", QUIET, "--https-port", str(port), "--tls-cert", str(cert), "--tls-key", str(key))
+    a, port, cert = tls_agent
     for listener in (a.peer_port, port):
         strangers = [socket.create_connection((a.host, listener), 10, (source, 0))
                      for source in ("127.0.0.77", "127.0.0.78") for _ in range(PENDING_PER_ADDRESS)]  # fmt: skip
@@ -201,8 +224,7 @@ def test_two_addresses_holding_every_handshake_slot_do_not_lock_others_out(agent
             held = sum(_open(s) for s in strangers)
             assert PENDING_TOTAL - 5 <= held < PENDING_TOTAL, f"{held} strangers' handshakes held"  # evicted, bounded
         finally:
-            for s in strangers:
-                s.close()
+            _let_go(strangers)
 
 
 def _open(sock: socket.socket) -> bool:
@@ -216,10 +238,21 @@ def _open(sock: socket.socket) -> bool:
         return False
 
 
-def test_the_https_client_listener_bounds_handshakes_too(agents: Any, tmp_path: Path) -> None:
-    cert, key = self_signed(tmp_path)
-    port = free_port()
-    a = agents("a", QUIET, "--https-port", str(port), "--tls-cert", str(cert), "--tls-key", str(key))
+def _let_go(socks: list[socket.socket]) -> None:
+    """End the strangers' connections and wait until the agent has ended each (its handshake failed at the end of
+    stream, and its slot was given back in the same step): the shared agent's gates are as the next test expects."""
+    for s in socks:
+        with contextlib.suppress(OSError):
+            s.shutdown(socket.SHUT_WR)
+    try:
+        wait_for(lambda: not any(_open(s) for s in socks), 10)
+    finally:
+        for s in socks:
+            s.close()
+
+
+def test_the_https_client_listener_bounds_handshakes_too(tls_agent: tuple[RunningAgent, int, Path]) -> None:
+    a, port, cert = tls_agent
     stranger = ("127.0.0.2", 0)
     socks = [socket.create_connection((a.host, port), 10, stranger) for _ in range(PENDING_PER_ADDRESS + 24)]
     try:
@@ -229,8 +262,7 @@ def test_the_https_client_listener_bounds_handshakes_too(agents: Any, tmp_path: 
         with httpx.Client(verify=ssl.create_default_context(cafile=str(cert))) as tls:
             assert tls.get(f"https://127.0.0.1:{port}/health").status_code == 200  # a phone is served meanwhile
     finally:
-        for s in socks:
-            s.close()
+        _let_go(socks)
 
 
 def test_a_client_that_never_reads_its_answer_lets_go_of_the_model_server(agents: Any) -> None:
@@ -249,8 +281,8 @@ def test_a_client_that_never_reads_its_answer_lets_go_of_the_model_server(agents
         sock.close()
 
 
-def test_odd_bytes_in_a_header_or_a_label_reach_the_server_not_a_502(agents: Any) -> None:
-    a = agents("a", QUIET, "--provision-wait-s", "20")
+def test_odd_bytes_in_a_header_or_a_label_reach_the_server_not_a_502(serving: RunningAgent) -> None:
+    a = serving
     assert a.get(f"/services/{MODEL}").status_code == 200
     body = b'{"instances": [1.0]}'
     with socket.create_connection((a.host, a.port), timeout=30) as sock:
@@ -264,10 +296,10 @@ def test_odd_bytes_in_a_header_or_a_label_reach_the_server_not_a_502(agents: Any
     assert r.status_code == 400 and r.json() == {"error": "Unrecognized servable version label: a b"}, r.text
 
 
-def test_a_chunked_body_that_also_declares_a_length_is_proxied_by_its_chunks(agents: Any) -> None:
+def test_a_chunked_body_that_also_declares_a_length_is_proxied_by_its_chunks(serving: RunningAgent) -> None:
     # RFC 9112 6.3: Transfer-Encoding overrides Content-Length, and a proxy must not forward both; the
     # stale length made the upstream send fail (a 502 blamed on the model server).
-    a = agents("a", QUIET, "--provision-wait-s", "20")
+    a = serving
     assert a.get(f"/services/{MODEL}").status_code == 200
     body = b'{"instances": [1.0, 2.0]}'
     chunked = f"{len(body):x}\r\n".encode() + body + b"\r\n0\r\n\r\n"
@@ -279,7 +311,7 @@ def test_a_chunked_body_that_also_declares_a_length_is_proxied_by_its_chunks(age
 
 
 def test_one_huge_request_does_not_make_a_server_look_slow_to_everyone(agents: Any) -> None:
-    a = agents("a", QUIET, "--provision-wait-s", "20")
+    a = agents("a", *PROVISIONING)
     assert a.get(f"/services/{MODEL}").status_code == 200
     with httpx.Client(base_url=a.url, timeout=60) as http:
         for _ in range(20):

@@ -37,6 +37,7 @@ pytestmark = pytest.mark.serial
 
 ROOT = Path(__file__).resolve().parents[2]
 PREDICT = "/v1/models/{}:predict"
+POLL_S = 0.05  # how often a test's server loop looks for shutdown() (socketserver's default: 0.5 s)
 CRASHERS = [  # each killed the handler thread before: the client saw the connection drop (502 via an agent)
     ("half_plus_two", '{"instances": ' + "[" * 600 + "1" + "]" * 600 + "}"),  # the model's recursion
     ("half_plus_two", '{"instances": ' + "[" * 5000 + "1" + "]" * 5000 + "}"),  # json.loads's
@@ -48,7 +49,8 @@ CRASHERS = [  # each killed the handler thread before: the client saw the connec
 @contextlib.contextmanager
 def served(model: TinyModel, **kwargs: Any) -> Iterator[ModelServer]:
     server = ModelServer(("127.0.0.1", 0), model, **kwargs)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    # shutdown() returns at the loop's next poll: 0.5 s by default, at the end of each of the ~20 servers here
+    threading.Thread(target=server.serve_forever, args=(POLL_S,), daemon=True).start()
     try:
         yield server
     finally:
