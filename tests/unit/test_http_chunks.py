@@ -368,7 +368,7 @@ def test_the_per_address_cap_costs_no_scan_of_the_open_connections() -> None:
 async def upload_behind(
     attackers: int, parsing: type[SlicedH11Protocol]
 ) -> tuple[float, float, bytes, tuple[float, float]]:
-    """``attackers`` front-loaded bodies and one honest 1 MiB upload (Content-Length), all from 127.0.0.1 (a NAT):
+    """``attackers`` front-loaded bodies and one honest 512 KiB upload (Content-Length), all from 127.0.0.1 (a NAT):
     seconds the honest one took, seconds the last attacker's took, the honest answer, and the parse CPU charged
     to the honest connection and to the attackers' together."""
     wire = HEAD.replace(b"Host: a", b"Host: a\r\nConnection: close") + front_loaded(2**20)
@@ -407,18 +407,25 @@ def test_one_sender_behind_a_shared_address_does_not_starve_an_honest_upload() -
     """Review12e: every connection of an address waited on one parse budget, first come first served, so 60
     throttled senders behind a NAT held an honest 8 MiB upload from the same address 95-106 s (a 408 in the
     agent). Each connection now also steps on its fair part of the address's budget (1 / users of it): here
-    eight front-loaded 512 KiB bodies and one honest 1 MiB upload, the address at 2 % of a second. The honest
-    upload, which costs little parsing, ends long before the senders, whose parsing takes the address's share."""
-    parsing = sliced_protocol(share=1.0, burst_s=1.0, address=AddressBudgets(0.02, 0.01))
-    honest, attack, answer, (mine, theirs) = asyncio.run(upload_behind(8, parsing))
-    print(f"\nhonest 1 MiB upload behind 8 front-loaded senders: {honest:.2f} s (senders' last: {attack:.2f} s); "
+    eight front-loaded 1 MiB bodies (4,095 1-byte chunks each) and one honest 512 KiB upload, the address at 2 % of
+    a second. The honest upload takes what its own parsing costs at its fair part, and, costing little, ends
+    before the senders, whose parsing takes the address's share."""
+    rate, burst, users = 0.02, 0.01, 9
+    parsing = sliced_protocol(share=1.0, burst_s=1.0, address=AddressBudgets(rate, burst))
+    honest, attack, answer, (mine, theirs) = asyncio.run(upload_behind(users - 1, parsing))
+    print(f"\nhonest 512 KiB upload behind 8 front-loaded senders: {honest:.2f} s (senders' last: {attack:.2f} s); "
           f"parse CPU charged {1000 * mine:.1f} ms (senders' {1000 * theirs:.0f} ms)")  # fmt: skip
     assert b"\r\n\r\n%d " % 2**19 in answer
-    # the honest one steps on its fair part (1/9 of the address's 2 %), the senders take the address's 2 %: the
-    # times go as the charges, attack / honest ~ theirs / (9 x mine): 3.8-6.4 here (session 17: 6-12 ms against
-    # 310-480 ms, no full collection in the run, the collector's total 0.5 ms; a full one charged to a step was
-    # the process's 0.25-0.3 s pause before agent/serving/pauses.py counted it out). The charges are in the message:
-    assert honest < attack / 3, (honest, attack, mine, theirs)
+    # The honest upload's time is its own parse CPU at its fair part (1/9 of the address's 2 %/s, its burst 1/9 of
+    # 10 ms): ~450 x mine, 4.1-7.8 s here for 9-17 ms charged (sessions 17-18: measured 450 x mine + 0.3-0.4 s).
+    # Before review12e's fix it queued behind the senders' whole charge on the address (theirs / 2 %/s, 18-41 s).
+    # The charges move with the machine's load (9-17 ms against 365-820 ms), so a ratio of the two times (once
+    # asserted > 3; failed at 2.4 under load: 17 ms against 379 ms) is not the property; the time a charge buys is.
+    fair_part_s = max(0.0, mine - burst / users) / (rate / users)
+    message = (honest, attack, mine, theirs, fair_part_s)
+    assert honest <= 1.5 * fair_part_s + 1.0, message  # steps at its fair part, not behind the senders' charge
+    assert honest < attack, message  # and so ends before them: its parsing is cheap, theirs is not
+    assert mine < theirs / 8, message  # the senders' parse CPU is theirs, not charged to the honest connection
 
 
 def test_a_connection_within_its_fair_part_never_waits_on_the_others() -> None:
