@@ -212,11 +212,12 @@ service_settings() {
 }
 
 # The files an EnvironmentFile= value names: "-" dropped, the common specifiers (%E %S %C %L %t %%) expanded, a glob
-# expanded (systemd allows one).
+# expanded (systemd allows one). systemd takes only an absolute path: another names nothing (review18d F8).
 environment_files() {
   local pattern=${1#-} f
   pattern=${pattern//%E//etc} pattern=${pattern//%S//var/lib} pattern=${pattern//%C//var/cache}
   pattern=${pattern//%L//var/log} pattern=${pattern//%t//run} pattern=${pattern//%%/%}
+  [[ "$pattern" == /* ]] || return 0
   pattern=$unit_root$pattern
   if [[ "$pattern" == *[*?[]* ]]; then compgen -G "$pattern" || true
   else echo "$pattern"; fi
@@ -224,11 +225,13 @@ environment_files() {
 
 # Whether an environment file (KEY=value lines, optionally "export", spaces around "=") gives the variable a value.
 environment_file_sets_it() {
-  [ -f "$1" ] && sed 's/\r$//' "$1" | grep -E "^[[:space:]]*(export[[:space:]]+)?${operator_ca_var}[[:space:]]*=[[:space:]]*[\"']?[^[:space:]\"'#]" >/dev/null
+  [ -f "$1" ] && sed 's/\r$//' -- "$1" | grep -E "^[[:space:]]*(export[[:space:]]+)?${operator_ca_var}[[:space:]]*=[[:space:]]*[\"']?[^[:space:]\"'#]" >/dev/null
 }
 
 # Offline: the unit's drop-ins (its own, the prefix ones peerserve-.service.d and service.d) and the files their
-# EnvironmentFile= lines read that give PEERSERVE_OPERATOR_CA a value, and the manager's DefaultEnvironment=.
+# EnvironmentFile= lines read that give PEERSERVE_OPERATOR_CA a value, the manager's DefaultEnvironment= (system.conf
+# and every system.conf.d folder systemd reads) and the kernel command line's systemd.setenv= (systemd.exec(5): the
+# manager passes both to every unit, review18d F1).
 operator_ca_in_unit_files() {
   local d f key val env_file
   for d in "${unit_dirs[@]}"; do
@@ -246,17 +249,24 @@ operator_ca_in_unit_files() {
       done < <(service_settings "$f")
     done
   done
-  for f in "$unit_root/etc/systemd/system.conf" "$unit_root/etc/systemd/system.conf.d"/*.conf; do
+  for f in "$unit_root/etc/systemd/system.conf" \
+           "$unit_root"{/etc,/run,/usr/local/lib,/usr/lib,/lib}/systemd/system.conf.d/*.conf; do
     [ -f "$f" ] || continue
-    if sed -n 's/\r$//; s/^[[:space:]]*DefaultEnvironment[[:space:]]*=//p' "$f" | grep -E "$set_it" >/dev/null; then
+    if sed -n 's/\r$//; s/^[[:space:]]*DefaultEnvironment[[:space:]]*=//p' -- "$f" | grep -E "$set_it" >/dev/null; then
       echo "$f (DefaultEnvironment=)"
     fi
   done
+  f="$unit_root/proc/cmdline"
+  if [ -r "$f" ] && tr -s '[:space:]' '\n' < "$f" \
+       | grep -E "^[\"']?systemd\.setenv=${operator_ca_var}=[^[:space:]\"']" >/dev/null; then
+    echo "$f (systemd.setenv= on the kernel command line)"
+  fi
 }
 
 # (grep without -q in a pipeline: under pipefail, a writer cut off by grep -q's early exit would fail the test.)
-# Running: what systemd itself has loaded for the unit (systemctl show), and the manager's environment where the
-# unit's PassEnvironment= takes the variable from it.
+# Running: what systemd itself has loaded for the unit (systemctl show), and the manager's environment block, which
+# it passes to every unit (systemctl set-environment, the kernel's systemd.setenv=, DefaultEnvironment=; review18d F1:
+# it was asked only where PassEnvironment= named the variable, which takes it from PID 1's own environment instead).
 operator_ca_in_manager() {
   local env_file f
   if systemctl show -p Environment --value "$service" 2>/dev/null | grep -E "$set_it" >/dev/null; then
@@ -269,9 +279,14 @@ operator_ca_in_manager() {
       if environment_file_sets_it "$f"; then echo "$f"; fi
     done < <(environment_files "$env_file")
   done < <(systemctl show -p EnvironmentFiles --value "$service" 2>/dev/null)
+  if systemctl show-environment 2>/dev/null | grep -E "^${operator_ca_var}=[^[:space:]]" >/dev/null; then
+    echo "the service manager's environment, which every unit gets (systemctl show-environment; \
+systemctl unset-environment $operator_ca_var, or its systemd.setenv= or DefaultEnvironment=)"
+  fi
   if systemctl show -p PassEnvironment --value "$service" 2>/dev/null | tr ' ' '\n' | grep -xF "$operator_ca_var" \
-       >/dev/null && systemctl show-environment 2>/dev/null | grep -E "^${operator_ca_var}=[^[:space:]]" >/dev/null; then
-    echo "the service manager's environment (systemctl show-environment; the unit's PassEnvironment= takes it)"
+       >/dev/null && tr '\0' '\n' 2>/dev/null < /proc/1/environ | grep -E "^${operator_ca_var}=[^[:space:]]" >/dev/null
+  then
+    echo "PID 1's own environment (/proc/1/environ; the unit's PassEnvironment= takes it)"
   fi
 }
 
