@@ -51,6 +51,13 @@ UNIT_FORMS = {
     "second_word": '[Service]\nEnvironment="A=1" "PEERSERVE_OPERATOR_CA=x"\n',
     "specifier": "[Service]\nEnvironment=PEERSERVE_OPERATOR_CA=%%E/peerserve/operator-ca.pub\n",
     "crlf": "[Service]\r\nEnvironment=PEERSERVE_OPERATOR_CA=/x\r\n",
+    # review18d F2: the forms the reader missed (systemd's conf-parser accepts each)
+    "bom": "\ufeff[Service]\nEnvironment=PEERSERVE_OPERATOR_CA=/x\n",
+    "comment_in_continuation": "[Service]\nEnvironment=A=1 \\\n# a note\n; another\n PEERSERVE_OPERATOR_CA=/x\n",
+    "even_backslashes": "[Service]\nEnvironment=A=x\\\\\nEnvironment=PEERSERVE_OPERATOR_CA=/x\n",
+    "three_backslashes": "[Service]\nEnvironment=A=x\\\\\\\n PEERSERVE_OPERATOR_CA=/x\n",
+    "continued_at_eof": "[Service]\nEnvironment=PEERSERVE_OPERATOR_CA=/x \\",
+    "space_after_quote": '[Service]\nEnvironment="PEERSERVE_OPERATOR_CA= /etc/other.pub"\n',
 }
 
 
@@ -79,9 +86,22 @@ def test_an_environment_file_in_any_form_is_read(tmp_path: Path, line: str) -> N
     assert found(root) == [ENV]
 
 
+def test_an_environment_file_named_with_a_specifier_it_cannot_expand_is_refused_as_unchecked(tmp_path: Path) -> None:
+    """review18d F2: %N, %h and the like were expanded to nothing known and the file was silently not read; now the
+    check names the line as one it cannot check (install.sh refuses --no-operator-ca on it). %% is a literal %."""
+    root = make(tmp_path, {DROP_IN: "[Service]\nEnvironmentFile=-/etc/peerserve/%N.env\n",
+                           "etc/peerserve/peerserve-agent.env": "PEERSERVE_OPERATOR_CA=/x\n"})  # fmt: skip
+    assert found(root) == [f"{DROP_IN}: EnvironmentFile=-/etc/peerserve/%N.env, a specifier this check cannot expand: "
+                           "cannot check whether it"]  # fmt: skip
+    literal = make(tmp_path / "literal", {DROP_IN: "[Service]\nEnvironmentFile=/etc/peerserve/100%%E.env\n",
+                                          "etc/peerserve/100%E.env": "PEERSERVE_OPERATOR_CA=/x\n"})  # fmt: skip
+    assert found(literal) == ["etc/peerserve/100%E.env"]
+
+
 @pytest.mark.parametrize(
     "text", ["PEERSERVE_OPERATOR_CA = /etc/peerserve/ca.pub\n", "export PEERSERVE_OPERATOR_CA=/x\n",
-             'PEERSERVE_OPERATOR_CA="/x"\r\n', "A=1\n  PEERSERVE_OPERATOR_CA='/x'\n"],
+             'PEERSERVE_OPERATOR_CA="/x"\r\n', "A=1\n  PEERSERVE_OPERATOR_CA='/x'\n",
+             'PEERSERVE_OPERATOR_CA=" /etc/other.pub"\n'],
 )  # fmt: skip
 def test_an_assignment_in_the_environment_file_in_any_form_is_found(tmp_path: Path, text: str) -> None:
     assert found(make(tmp_path, {DROP_IN: f"[Service]\nEnvironmentFile=/{ENV}\n", ENV: text})) == [ENV]
@@ -143,7 +163,8 @@ def test_a_relative_environment_file_is_not_read_nor_taken_for_an_option(tmp_pat
     ["[Service]\nEnvironment=PEERSERVE_OPERATOR_CA=\n", '[Service]\nEnvironment="PEERSERVE_OPERATOR_CA="\n',
      "[Service]\n#Environment=PEERSERVE_OPERATOR_CA=/x\n;Environment=PEERSERVE_OPERATOR_CA=/x\n",
      "[Unit]\nEnvironment=PEERSERVE_OPERATOR_CA=/x\n", "[Service]\nEnvironment=XPEERSERVE_OPERATOR_CA=/x\n",
-     f"[Service]\nEnvironmentFile=-/{ENV}.missing\n"],
+     f"[Service]\nEnvironmentFile=-/{ENV}.missing\n",
+     "[Service]\nEnvironment=A=1 \\\\\n#Environment=PEERSERVE_OPERATOR_CA=/x\n"],
 )  # fmt: skip
 def test_what_gives_the_variable_no_value_is_not_named(tmp_path: Path, text: str) -> None:
     """An empty value counts as unset (the agent reads it so too); a comment, another section, another name, a
