@@ -13,7 +13,13 @@ FLAGS: list[tuple[str, dict[str, Any]]] = [
     ("--https-port", {"type": int, "help": "optional: also serve the client API over HTTPS on this port"}),
     ("--tls-cert", {"help": "PEM certificate (chain) for --https-port"}),
     ("--tls-key", {"help": "PEM private key for --https-port"}),
-    ("--client-token", {"help": "optional: clients must send Authorization: Bearer TOKEN (default: open API)"}),
+    (
+        "--client-token",
+        {
+            "help": "optional: clients must send Authorization: Bearer TOKEN (default: open API). "
+            "An empty value counts as unset (the config's stands)"
+        },
+    ),
     ("--advertise-address", {"help": "address peers and clients reach this node at (default: --host)"}),
     ("--data-dir", {"help": "state directory (default /var/lib/peerserve/NODE as root, else XDG data)"}),
     ("--catalogue", {"help": "model catalogue TOML file (default: the built-in example catalogue)"}),
@@ -25,7 +31,8 @@ FLAGS: list[tuple[str, dict[str, Any]]] = [
         "--cluster-token",
         {
             "help": "the cluster's join secret, the same on every board (>= 16 characters); keys and "
-            "certificates are derived from it and kept in the data dir; it never leaves the node"
+            "certificates are derived from it and kept in the data dir; it never leaves the node. An empty value "
+            "counts as unset (the config's stands)"
         },
     ),
     (
@@ -33,7 +40,8 @@ FLAGS: list[tuple[str, dict[str, Any]]] = [
         {
             "help": "opt-in: the operator CA's public key (ca.pub from 'peerserve ca init', or the key itself, "
             "base64url or hex); peers are then members only with a board card it signed, and this board shows "
-            "its own (--board-card). Default: off, the token alone admits (docs/security.md)"
+            "its own (--board-card). Default: off, the token alone admits (docs/security.md). An empty value "
+            "counts as unset (the config's stands): switch the mode off in the config"
         },
     ),
     ("--board-card", {"help": "with --operator-ca: this board's signed card (default DATA_DIR/peer/board.card)"}),
@@ -184,7 +192,13 @@ FLAGS: list[tuple[str, dict[str, Any]]] = [
         "--max-clients-per-address",
         {"type": int, "help": "distinct X-Peerserve-Client ids counted per source address (default 8)"},
     ),
-    ("--metrics-token", {"help": "bearer token /metrics and /sd/prometheus require (default: none)"}),
+    (
+        "--metrics-token",
+        {
+            "help": "bearer token /metrics and /sd/prometheus require (default: none). An empty value counts as "
+            "unset (the config's stands)"
+        },
+    ),
     (
         "--allowed-hosts",
         {

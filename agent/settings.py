@@ -216,6 +216,8 @@ def validate(s: Settings) -> None:
         value = getattr(s, f.name)
         if isinstance(value, float) and not math.isfinite(value):
             raise ConfigError(f.name, f"{value!r} is not a finite number")
+    if not s.host.strip():  # uvicorn and the peer listener bind EVERY interface on host "" (review18d F5)
+        raise ConfigError("host", f"{s.host!r} is empty: name the address to bind (127.0.0.1, or 0.0.0.0 for all)")
     if not NODE_ID.fullmatch(s.node_id):
         raise ConfigError("node_id", f"{s.node_id!r} must be one DNS label: letters, digits, '-', '_'")
     if not NODE_CLASS.fullmatch(s.node_class):
@@ -358,6 +360,7 @@ def _coerce(name: str, kind: Any, raw: Any) -> Any:
 
 # Security settings an EMPTY variable does not switch off (review18a F1): a drop-in's ``Environment=NAME=`` reads as
 # "unset" to an operator (and to install.sh's check), so it leaves the file's value standing, never the token alone.
+# An empty command-line flag (``--client-token ""``) counts as unset the same way (review18d F6).
 BLANK_IS_UNSET = ("operator_ca", "cluster_token", "client_token", "metrics_token")
 
 # The settings a cross-field rule reads besides the one it is keyed to (validate above): an error's source names
@@ -382,9 +385,9 @@ def load_settings(
 ) -> Settings:
     """Merge file < environment < overrides (CLI flags; None values ignored) into validated Settings.
 
-    An empty variable for a setting of BLANK_IS_UNSET counts as unset. ``sources``, if given, is filled with where
-    each setting that is not its default came from (the config file, a variable, the command line): the agent logs
-    the operator CA mode's at start."""
+    An empty variable or flag for a setting of BLANK_IS_UNSET counts as unset. ``sources``, if given, is filled with
+    where each setting that is not its default came from (the config file, a variable, the command line): the agent
+    logs the operator CA mode's at start."""
     env = os.environ if env is None else env
     types = {f.name: f.type for f in fields(Settings)}
     values: dict[str, Any] = {}
@@ -422,10 +425,15 @@ def load_settings(
         from_env.add(name)
         where[name] = f"{var} in the environment" + (f" (over {path})" if name in in_file else "")
     for name, raw in (overrides or {}).items():
-        if raw is not None:
-            values[name] = _coerce(name, types[name], raw)
-            from_env.discard(name)
-            where[name] = "the command line"
+        if raw is None:
+            continue
+        if name in BLANK_IS_UNSET and isinstance(raw, str) and not raw.strip():  # as a variable (review18d F6)
+            if name in where:
+                where[name] += " (its command-line flag is empty: an empty one counts as unset)"
+            continue
+        values[name] = _coerce(name, types[name], raw)
+        from_env.discard(name)
+        where[name] = "the command line"
     if sources is not None:
         sources.update(where)
     try:

@@ -194,29 +194,39 @@ unit_dirs=(/etc/systemd/system /run/systemd/system /usr/local/lib/systemd/system
   /lib/systemd/system)
 operator_ca_var=PEERSERVE_OPERATOR_CA
 # An assignment that gives the variable a value (an empty one counts as unset, in the agent too: agent/settings.py).
-set_it="(^|[[:space:]\"'])${operator_ca_var}[[:space:]]*=[[:space:]]*[\"']?[^[:space:]\"'#]"
+set_it="(^|[[:space:]\"'])${operator_ca_var}[[:space:]]*=[[:space:]]*([\"'][[:space:]]*)?[^[:space:]\"'#]"
 
-# The [Service] settings of a unit file, one "KEY<TAB>value" a line, read as systemd.syntax(7) says: a trailing
-# backslash continues the line, spaces around "=" are allowed, '#' and ';' start comments; "Environment=" alone
-# (which resets the list) prints KEY with an empty value.
+# The [Service] settings of a unit file, one "KEY<TAB>value" a line, read as systemd's conf-parser does
+# (systemd.syntax(7)): a UTF-8 BOM dropped; '#' and ';' lines skipped, inside a continued line too (before it is
+# joined); a line continues when it ends in an odd number of backslashes (an even number is escaped ones); a continued
+# line at the end of the file still counts; spaces around "=" are allowed; "Environment=" alone (which resets the
+# list) prints KEY with an empty value (review18d F2). Read byte by byte (LC_ALL=C): the BOM is three bytes.
 service_settings() {
-  awk '{ sub(/\r$/, "") }
-    /\\$/ { cont = cont substr($0, 1, length($0) - 1) " "; next }
-    { l = cont $0; cont = "" }
-    l ~ /^[[:space:]]*[#;]/ { next }
-    l ~ /^[[:space:]]*\[/ { sec = l; gsub(/[[:space:]]/, "", sec); next }
-    sec == "[Service]" && match(l, /^[[:space:]]*[A-Za-z]+[[:space:]]*=/) {
-      key = substr(l, RSTART, RLENGTH - 1); gsub(/[[:space:]]/, "", key)
-      val = substr(l, RSTART + RLENGTH); sub(/^[[:space:]]+/, "", val); sub(/[[:space:]]+$/, "", val)
-      print key "\t" val }' "$1"
+  LC_ALL=C awk 'function setting(l) {
+      if (l ~ /^[[:space:]]*\[/) { sec = l; gsub(/[[:space:]]/, "", sec); return }
+      if (sec == "[Service]" && match(l, /^[[:space:]]*[A-Za-z]+[[:space:]]*=/)) {
+        key = substr(l, RSTART, RLENGTH - 1); gsub(/[[:space:]]/, "", key)
+        val = substr(l, RSTART + RLENGTH); sub(/^[[:space:]]+/, "", val); sub(/[[:space:]]+$/, "", val)
+        print key "\t" val } }
+    { sub(/\r$/, "") }
+    NR == 1 { sub(/^\357\273\277/, "") }
+    /^[[:space:]]*[#;]/ { next }
+    { n = 0; while (n < length($0) && substr($0, length($0) - n, 1) == "\\") n++ }
+    n % 2 == 1 { cont = cont substr($0, 1, length($0) - 1) " "; pending = 1; next }
+    { l = cont $0; cont = ""; pending = 0; setting(l) }
+    END { if (pending) setting(cont) }' "$1"
 }
 
 # The files an EnvironmentFile= value names: "-" dropped, the common specifiers (%E %S %C %L %t %%) expanded, a glob
-# expanded (systemd allows one).
+# expanded (systemd allows one). systemd takes only an absolute path: another names nothing (review18d F8). A value
+# with another specifier (%h, %N, ...) prints "cannot check: VALUE": this does not know what it names (review18d F2).
 environment_files() {
-  local pattern=${1#-} f
+  local pattern=${1#-} percent=$'\001'
+  pattern=${pattern//%%/$percent}
+  if [[ "$pattern" == *%* ]] && [[ "${pattern//%[ESCLt]/}" == *%* ]]; then echo "cannot check: $1"; return 0; fi
   pattern=${pattern//%E//etc} pattern=${pattern//%S//var/lib} pattern=${pattern//%C//var/cache}
-  pattern=${pattern//%L//var/log} pattern=${pattern//%t//run} pattern=${pattern//%%/%}
+  pattern=${pattern//%L//var/log} pattern=${pattern//%t//run} pattern=${pattern//$percent/%}
+  [[ "$pattern" == /* ]] || return 0
   pattern=$unit_root$pattern
   if [[ "$pattern" == *[*?[]* ]]; then compgen -G "$pattern" || true
   else echo "$pattern"; fi
@@ -224,11 +234,13 @@ environment_files() {
 
 # Whether an environment file (KEY=value lines, optionally "export", spaces around "=") gives the variable a value.
 environment_file_sets_it() {
-  [ -f "$1" ] && sed 's/\r$//' "$1" | grep -E "^[[:space:]]*(export[[:space:]]+)?${operator_ca_var}[[:space:]]*=[[:space:]]*[\"']?[^[:space:]\"'#]" >/dev/null
+  [ -f "$1" ] && sed 's/\r$//' -- "$1" | grep -E "^[[:space:]]*(export[[:space:]]+)?${operator_ca_var}[[:space:]]*=[[:space:]]*([\"'][[:space:]]*)?[^[:space:]\"'#]" >/dev/null
 }
 
 # Offline: the unit's drop-ins (its own, the prefix ones peerserve-.service.d and service.d) and the files their
-# EnvironmentFile= lines read that give PEERSERVE_OPERATOR_CA a value, and the manager's DefaultEnvironment=.
+# EnvironmentFile= lines read that give PEERSERVE_OPERATOR_CA a value, the manager's DefaultEnvironment= (system.conf
+# and every system.conf.d folder systemd reads) and the kernel command line's systemd.setenv= (systemd.exec(5): the
+# manager passes both to every unit, review18d F1).
 operator_ca_in_unit_files() {
   local d f key val env_file
   for d in "${unit_dirs[@]}"; do
@@ -240,23 +252,34 @@ operator_ca_in_unit_files() {
           Environment) if grep -Eq "$set_it" <<< "$val"; then echo "$f"; fi ;;
           EnvironmentFile)
             while IFS= read -r env_file; do
-              if environment_file_sets_it "$env_file"; then echo "$env_file"; fi
+              case "$env_file" in
+                "cannot check: "*) echo "$f: EnvironmentFile=${env_file#cannot check: }, a specifier this check cannot \
+expand: cannot check whether it" ;;
+                *) if environment_file_sets_it "$env_file"; then echo "$env_file"; fi ;;
+              esac
             done < <(environment_files "$val") ;;
         esac
       done < <(service_settings "$f")
     done
   done
-  for f in "$unit_root/etc/systemd/system.conf" "$unit_root/etc/systemd/system.conf.d"/*.conf; do
+  for f in "$unit_root/etc/systemd/system.conf" \
+           "$unit_root"{/etc,/run,/usr/local/lib,/usr/lib,/lib}/systemd/system.conf.d/*.conf; do
     [ -f "$f" ] || continue
-    if sed -n 's/\r$//; s/^[[:space:]]*DefaultEnvironment[[:space:]]*=//p' "$f" | grep -E "$set_it" >/dev/null; then
+    if sed -n 's/\r$//; s/^[[:space:]]*DefaultEnvironment[[:space:]]*=//p' -- "$f" | grep -E "$set_it" >/dev/null; then
       echo "$f (DefaultEnvironment=)"
     fi
   done
+  f="$unit_root/proc/cmdline"
+  if [ -r "$f" ] && tr -s '[:space:]' '\n' < "$f" \
+       | grep -E "^[\"']?systemd\.setenv=${operator_ca_var}=[^[:space:]\"']" >/dev/null; then
+    echo "$f (systemd.setenv= on the kernel command line)"
+  fi
 }
 
 # (grep without -q in a pipeline: under pipefail, a writer cut off by grep -q's early exit would fail the test.)
-# Running: what systemd itself has loaded for the unit (systemctl show), and the manager's environment where the
-# unit's PassEnvironment= takes the variable from it.
+# Running: what systemd itself has loaded for the unit (systemctl show), and the manager's environment block, which
+# it passes to every unit (systemctl set-environment, the kernel's systemd.setenv=, DefaultEnvironment=; review18d F1:
+# it was asked only where PassEnvironment= named the variable, which takes it from PID 1's own environment instead).
 operator_ca_in_manager() {
   local env_file f
   if systemctl show -p Environment --value "$service" 2>/dev/null | grep -E "$set_it" >/dev/null; then
@@ -269,9 +292,14 @@ operator_ca_in_manager() {
       if environment_file_sets_it "$f"; then echo "$f"; fi
     done < <(environment_files "$env_file")
   done < <(systemctl show -p EnvironmentFiles --value "$service" 2>/dev/null)
+  if systemctl show-environment 2>/dev/null | grep -E "^${operator_ca_var}=[^[:space:]]" >/dev/null; then
+    echo "the service manager's environment, which every unit gets (systemctl show-environment; \
+systemctl unset-environment $operator_ca_var, or its systemd.setenv= or DefaultEnvironment=)"
+  fi
   if systemctl show -p PassEnvironment --value "$service" 2>/dev/null | tr ' ' '\n' | grep -xF "$operator_ca_var" \
-       >/dev/null && systemctl show-environment 2>/dev/null | grep -E "^${operator_ca_var}=[^[:space:]]" >/dev/null; then
-    echo "the service manager's environment (systemctl show-environment; the unit's PassEnvironment= takes it)"
+       >/dev/null && tr '\0' '\n' 2>/dev/null < /proc/1/environ | grep -E "^${operator_ca_var}=[^[:space:]]" >/dev/null
+  then
+    echo "PID 1's own environment (/proc/1/environ; the unit's PassEnvironment= takes it)"
   fi
 }
 

@@ -224,13 +224,18 @@ class ProcessRuntime:
         self._save()
         if server.process is None and not server.is_alive():
             return  # adopted, and gone or no longer the one recorded: its session number is not known to be ours
-        await _terminate(server.pid, server.process, server.is_alive)
+        # our child, reaped before this stop (it crashed or was killed): its PID may name another process by now, so
+        # it is not signalled; its session is swept only while no live process leads one of that number (review18d
+        # F7): a session whose members live keeps its number, so one without a leader is still the dead server's
+        exited = server.process is not None and server.process.returncode is not None
+        if not exited:
+            await _terminate(server.pid, server.process, server.is_alive)
         log.info("stopped %s (pid %d)", server.model, server.pid)
         # a scan of /proc (~5 ms for 100 processes at load 5): off the loop. It never fails a stop: the other
         # servers' stops and the agent's own shutdown (http, metrics, store) must still run
         stub = self.log_dir.parent / "triton" / "backends" / "python" / STUB_NAME
         try:
-            ended = await asyncio.to_thread(end_leftover_stubs, server.pid, stub)
+            ended = await asyncio.to_thread(end_leftover_stubs, server.pid, stub, exited)
         except Exception:
             log.exception("the sweep for Triton backend stubs left by %s (pid %d) failed", server.model, server.pid)
             return
@@ -308,7 +313,7 @@ def _record(entry: object) -> _Server | None:
         return None
 
 
-def end_leftover_stubs(session: int, stub: Path) -> int:
+def end_leftover_stubs(session: int, stub: Path, leader_gone: bool = False) -> int:
     """SIGKILL what a stopped server left running in its session: Triton's Python-backend stubs (the binary
     ``stub``, where this runtime copied it), and remove the /dev/shm region each one names. Returns how many.
 
@@ -320,13 +325,19 @@ def end_leftover_stubs(session: int, stub: Path) -> int:
     (/proc/PID/exe, which no process can set for itself, unlike its argv) is our copy of ``stub``; its regions are
     removed only then. The process is pinned by a pidfd (Linux >= 5.3) before it is checked, so a PID reused
     between the check and the kill is never signalled; without pidfds, os.kill. Errors (a member of another user:
-    EPERM) are logged and the sweep goes on: it never raises."""
+    EPERM) are logged and the sweep goes on: it never raises.
+
+    ``leader_gone``: the server was reaped before its stop, so a live process of PID ``session`` is another one (the
+    PID reused): then nothing is swept, its session is not the stopped server's."""
     try:
         binary = os.path.realpath(stub)
     except OSError:
         return 0
+    members = session_members(session)
+    if leader_gone and any(pid == session for pid, _argv in members):
+        return 0
     ended = 0
-    for pid, _argv in session_members(session):
+    for pid, _argv in members:
         if pid == session:
             continue
         try:
@@ -339,7 +350,10 @@ def end_leftover_stubs(session: int, stub: Path) -> int:
 
 def _end_stub(pid: int, session: int, binary: str) -> bool:
     """End ``pid`` and remove the regions it names when it is still a member of ``session`` running ``binary``."""
-    pidfd = _pidfd_open(pid)
+    try:
+        pidfd = _pidfd_open(pid)
+    except ProcessLookupError:  # exited since it was listed: nothing to end (review18d F3)
+        return False
     try:
         argv = _stub_argv(pid, session, binary)  # checked after the pidfd is held: the same process is signalled
         if argv is None:
@@ -390,7 +404,9 @@ def _stub_argv(pid: int, session: int, binary: str) -> list[str] | None:
         argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
     except (FileNotFoundError, ProcessLookupError, IndexError, ValueError):
         return None
-    if exe != binary:  # " (deleted)" appended when the copy was replaced: not ours any more either
+    # " (deleted)": the copy was removed or replaced since the stub started (an operator wiping DATA_DIR/triton to
+    # get a new one); the session is proven ours, so it is still our stub, and a leftover one (review18d F4)
+    if exe not in (binary, binary + " (deleted)"):
         return None
     return [a for a in argv if a]
 

@@ -222,6 +222,44 @@ def test_an_empty_variable_never_switches_a_security_setting_of_the_file_off(tmp
         )
 
 
+@pytest.mark.parametrize("name", ["operator_ca", "cluster_token", "client_token", "metrics_token"])
+def test_an_empty_flag_never_switches_a_security_setting_of_the_file_off(tmp_path: Path, name: str) -> None:
+    """review18d F6: ``--client-token ""`` (and the other three) dropped the file's value although an empty variable
+    no longer does; an empty flag counts as unset the same way, and ``peerserve agent --help`` says so."""
+    pub = tmp_path / "ca.pub"
+    pub.write_text(b64(raw_public(Ed25519PrivateKey.generate().public_key())) + "\n")
+    values = {"operator_ca": str(pub), "cluster_token": "file-cluster-token-0123456789",
+              "client_token": "file-client-token-0123456789", "metrics_token": "file-metrics-token-0123"}  # fmt: skip
+    cfg = tmp_path / "peerserve.toml"
+    cfg.write_text(f'data_dir = "{tmp_path / "data"}"\n' + "".join(f'{k} = "{v}"\n' for k, v in values.items()))
+    parser = argparse.ArgumentParser()
+    subparsers = parser.add_subparsers()
+    register(subparsers)
+    flag = "--" + name.replace("_", "-")
+    sources: dict[str, str] = {}
+    for blank in ("", " \t"):
+        args = parser.parse_args(["agent", flag, blank])
+        s = load_settings(str(cfg), env={}, overrides={name: getattr(args, name)}, sources=sources)
+        assert getattr(s, name) == values[name]
+        assert sources[name] == f"the config file {cfg} (its command-line flag is empty: an empty one counts as unset)"
+    bare = load_settings(None, env={}, overrides={"data_dir": str(tmp_path), name: ""})
+    assert getattr(bare, name) == ""  # unset in the file too: the default
+    helped = " ".join(subparsers.choices["agent"].format_help().split())
+    assert helped.count("An empty value counts as unset (the config's stands)") == 4  # the four flags say so
+
+
+@pytest.mark.parametrize("host", ["", " ", "\t"])
+def test_an_empty_host_is_refused_never_every_interface(tmp_path: Path, host: str) -> None:
+    """review18d F5: host "" made uvicorn and the peer listener bind EVERY interface (and left advertise_address and
+    peer_url empty): ``PEERSERVE_HOST=`` over a config saying 127.0.0.1 exposed the open client API to the LAN."""
+    with pytest.raises(ConfigError) as caught:
+        load_settings(None, env={"PEERSERVE_HOST": host, "PEERSERVE_DATA_DIR": str(tmp_path)})
+    assert caught.value.key == "host" and "is empty" in str(caught.value)
+    with pytest.raises(ConfigError):
+        load_settings(None, env={}, overrides={"host": host, "data_dir": str(tmp_path)})
+    assert load_settings(None, env={"PEERSERVE_HOST": "0.0.0.0", "PEERSERVE_DATA_DIR": str(tmp_path)}).host == "0.0.0.0"
+
+
 def test_the_start_log_says_the_operator_ca_mode_and_where_it_came_from(tmp_path: Path) -> None:
     """review18a F1: the mode and its source are logged at start (cmd_agent), so a variable over the config shows."""
     pub = tmp_path / "ca.pub"

@@ -19,17 +19,22 @@ DROP_IN = "etc/systemd/system/peerserve-agent.service.d/x.conf"
 ENV = "etc/peerserve/agent.env"
 
 
-def found(root: Path) -> list[str]:
-    """What install.sh's check names under ``root`` (paths relative to it), offline."""
+def run(root: str, call: str, sd: str = "offline", env: dict[str, str] | None = None, cwd: Path | None = None) -> str:
+    """install.sh's check functions, with ``unit_root`` ``root``, running ``call``; its standard output."""
     sed = " ".join(f"-e '/^{name}() {{/,/^}}/p'" for name in FUNCTIONS)
     script = f"""set -euo pipefail
-service=peerserve-agent.service sd=offline
+service=peerserve-agent.service sd={sd}
 source <(sed -n -e '/^unit_root=/,/^set_it=/p' {sed} {SCRIPT})
 unit_root={root}
-operator_ca_in_environment"""
-    out = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=30)
+{call}"""
+    out = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=30, env=env, cwd=cwd)
     assert out.returncode == 0 and not out.stderr, out.stderr
-    return [line.removeprefix(f"{root}/") for line in out.stdout.splitlines()]
+    return out.stdout
+
+
+def found(root: Path) -> list[str]:
+    """What install.sh's check names under ``root`` (paths relative to it), offline."""
+    return [line.removeprefix(f"{root}/") for line in run(str(root), "operator_ca_in_environment").splitlines()]
 
 
 def make(root: Path, files: dict[str, str]) -> Path:
@@ -46,6 +51,13 @@ UNIT_FORMS = {
     "second_word": '[Service]\nEnvironment="A=1" "PEERSERVE_OPERATOR_CA=x"\n',
     "specifier": "[Service]\nEnvironment=PEERSERVE_OPERATOR_CA=%%E/peerserve/operator-ca.pub\n",
     "crlf": "[Service]\r\nEnvironment=PEERSERVE_OPERATOR_CA=/x\r\n",
+    # review18d F2: the forms the reader missed (systemd's conf-parser accepts each)
+    "bom": "\ufeff[Service]\nEnvironment=PEERSERVE_OPERATOR_CA=/x\n",
+    "comment_in_continuation": "[Service]\nEnvironment=A=1 \\\n# a note\n; another\n PEERSERVE_OPERATOR_CA=/x\n",
+    "even_backslashes": "[Service]\nEnvironment=A=x\\\\\nEnvironment=PEERSERVE_OPERATOR_CA=/x\n",
+    "three_backslashes": "[Service]\nEnvironment=A=x\\\\\\\n PEERSERVE_OPERATOR_CA=/x\n",
+    "continued_at_eof": "[Service]\nEnvironment=PEERSERVE_OPERATOR_CA=/x \\",
+    "space_after_quote": '[Service]\nEnvironment="PEERSERVE_OPERATOR_CA= /etc/other.pub"\n',
 }
 
 
@@ -74,18 +86,76 @@ def test_an_environment_file_in_any_form_is_read(tmp_path: Path, line: str) -> N
     assert found(root) == [ENV]
 
 
+def test_an_environment_file_named_with_a_specifier_it_cannot_expand_is_refused_as_unchecked(tmp_path: Path) -> None:
+    """review18d F2: %N, %h and the like were expanded to nothing known and the file was silently not read; now the
+    check names the line as one it cannot check (install.sh refuses --no-operator-ca on it). %% is a literal %."""
+    root = make(tmp_path, {DROP_IN: "[Service]\nEnvironmentFile=-/etc/peerserve/%N.env\n",
+                           "etc/peerserve/peerserve-agent.env": "PEERSERVE_OPERATOR_CA=/x\n"})  # fmt: skip
+    assert found(root) == [f"{DROP_IN}: EnvironmentFile=-/etc/peerserve/%N.env, a specifier this check cannot expand: "
+                           "cannot check whether it"]  # fmt: skip
+    literal = make(tmp_path / "literal", {DROP_IN: "[Service]\nEnvironmentFile=/etc/peerserve/100%%E.env\n",
+                                          "etc/peerserve/100%E.env": "PEERSERVE_OPERATOR_CA=/x\n"})  # fmt: skip
+    assert found(literal) == ["etc/peerserve/100%E.env"]
+
+
 @pytest.mark.parametrize(
     "text", ["PEERSERVE_OPERATOR_CA = /etc/peerserve/ca.pub\n", "export PEERSERVE_OPERATOR_CA=/x\n",
-             'PEERSERVE_OPERATOR_CA="/x"\r\n', "A=1\n  PEERSERVE_OPERATOR_CA='/x'\n"],
+             'PEERSERVE_OPERATOR_CA="/x"\r\n', "A=1\n  PEERSERVE_OPERATOR_CA='/x'\n",
+             'PEERSERVE_OPERATOR_CA=" /etc/other.pub"\n'],
 )  # fmt: skip
 def test_an_assignment_in_the_environment_file_in_any_form_is_found(tmp_path: Path, text: str) -> None:
     assert found(make(tmp_path, {DROP_IN: f"[Service]\nEnvironmentFile=/{ENV}\n", ENV: text})) == [ENV]
 
 
-def test_the_managers_default_environment_is_read(tmp_path: Path) -> None:
-    conf = "etc/systemd/system.conf.d/env.conf"
+@pytest.mark.parametrize("folder", ["etc", "run", "usr/local/lib", "usr/lib", "lib"])
+def test_the_managers_default_environment_is_read(tmp_path: Path, folder: str) -> None:
+    """review18d F1: only /etc's system.conf.d was read; systemd reads /run's, /usr/local/lib's and /usr/lib's too."""
+    conf = f"{folder}/systemd/system.conf.d/env.conf"
     root = make(tmp_path, {conf: "[Manager]\nDefaultEnvironment=PEERSERVE_OPERATOR_CA=/x\n"})
     assert found(root) == [f"{conf} (DefaultEnvironment=)"]
+
+
+@pytest.mark.parametrize(
+    ("cmdline", "named"),
+    [("ro quiet systemd.setenv=PEERSERVE_OPERATOR_CA=/etc/peerserve/ca.pub splash\n", True),
+     ('ro "systemd.setenv=PEERSERVE_OPERATOR_CA=/x"\n', True), ("ro\tsystemd.setenv=PEERSERVE_OPERATOR_CA=/x\n", True),
+     ("ro systemd.setenv=PEERSERVE_OPERATOR_CA=\n", False), ("ro systemd.setenv=XPEERSERVE_OPERATOR_CA=/x\n", False),
+     ("ro PEERSERVE_OPERATOR_CA=/x\n", False)],
+)  # fmt: skip
+def test_the_kernel_command_lines_setenv_is_read(tmp_path: Path, cmdline: str, named: bool) -> None:
+    """review18d F1: the manager passes the kernel's ``systemd.setenv=`` to every unit (systemd(1)); it was missed."""
+    root = make(tmp_path, {"proc/cmdline": cmdline})
+    assert found(root) == (["proc/cmdline (systemd.setenv= on the kernel command line)"] if named else [])
+
+
+def test_the_managers_environment_is_asked_whatever_passenvironment_says(tmp_path: Path) -> None:
+    """review18d F1: ``systemctl set-environment PEERSERVE_OPERATOR_CA=...`` reaches every unit, but the block was
+    asked only where the unit's PassEnvironment= named the variable (which takes PID 1's own environment instead).
+    systemd needs a booted system: the systemctl here answers as a real one does for a unit with no Environment= and
+    no PassEnvironment=, and a manager block holding the variable (``show-environment`` prints NAME=value lines)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    systemctl = bin_dir / "systemctl"
+    block = "LANG=C.UTF-8\nPATH=/usr/local/sbin:/usr/bin\nPEERSERVE_OPERATOR_CA=/etc/peerserve/operator-ca.pub\n"
+    systemctl.write_text(f"#!/bin/bash\nif [ \"$1\" = show-environment ]; then printf '{block}'; fi\n")
+    systemctl.chmod(0o755)
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin"}
+    out = run(str(make(tmp_path / "root", {})), "operator_ca_in_environment", sd="running", env=env).splitlines()
+    assert out == [
+        "the service manager's environment, which every unit gets (systemctl show-environment; "
+        "systemctl unset-environment PEERSERVE_OPERATOR_CA, or its systemd.setenv= or DefaultEnvironment=)"
+    ]
+    systemctl.write_text("#!/bin/bash\nif [ \"$1\" = show-environment ]; then printf 'PEERSERVE_OPERATOR_CA=\\n'; fi\n")
+    assert run(str(tmp_path / "root"), "operator_ca_in_environment", sd="running", env=env) == ""  # empty: unset
+
+
+def test_a_relative_environment_file_is_not_read_nor_taken_for_an_option(tmp_path: Path) -> None:
+    """review18d F8: systemd takes only an absolute EnvironmentFile=; ``sed "$1"`` read a path starting with '-' as
+    an option. Run with no fake root, in a folder holding such files."""
+    (tmp_path / "-n").write_text("PEERSERVE_OPERATOR_CA=/x\n")
+    (tmp_path / "rel.env").write_text("PEERSERVE_OPERATOR_CA=/x\n")
+    assert run("", "environment_files --n; environment_files rel.env; environment_files -rel.env", cwd=tmp_path) == ""
+    assert run("", "environment_file_sets_it -n && echo set", cwd=tmp_path) == "set\n"  # a file, never an option
 
 
 @pytest.mark.parametrize(
@@ -93,7 +163,8 @@ def test_the_managers_default_environment_is_read(tmp_path: Path) -> None:
     ["[Service]\nEnvironment=PEERSERVE_OPERATOR_CA=\n", '[Service]\nEnvironment="PEERSERVE_OPERATOR_CA="\n',
      "[Service]\n#Environment=PEERSERVE_OPERATOR_CA=/x\n;Environment=PEERSERVE_OPERATOR_CA=/x\n",
      "[Unit]\nEnvironment=PEERSERVE_OPERATOR_CA=/x\n", "[Service]\nEnvironment=XPEERSERVE_OPERATOR_CA=/x\n",
-     f"[Service]\nEnvironmentFile=-/{ENV}.missing\n"],
+     f"[Service]\nEnvironmentFile=-/{ENV}.missing\n",
+     "[Service]\nEnvironment=A=1 \\\\\n#Environment=PEERSERVE_OPERATOR_CA=/x\n"],
 )  # fmt: skip
 def test_what_gives_the_variable_no_value_is_not_named(tmp_path: Path, text: str) -> None:
     """An empty value counts as unset (the agent reads it so too); a comment, another section, another name, a

@@ -154,3 +154,110 @@ def test_a_stub_the_sweep_may_not_touch_is_logged_and_the_sweep_goes_on(tmp_path
     finally:
         end_all(list(members), leader)
         shm.unlink(missing_ok=True)
+
+
+def test_a_member_gone_since_the_listing_is_skipped_without_a_warning(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """review18d F3: a member that exits between the /proc listing and the pidfd (any member, stub or not) was
+    logged "could not end a Triton backend stub ... [Errno 3]". The race is replayed: the sweep is given the listing
+    taken while the member ran, after it has exited and been reaped."""
+    from agent.runtime import process
+
+    stub = stub_binary(tmp_path / "triton" / "backends")
+    go = tmp_path / "go"
+    wait = "import pathlib, sys, time; pathlib.Path(sys.argv[1]).touch(); " \
+        "[time.sleep(0.02) for _ in iter(pathlib.Path(sys.argv[2]).exists, True)]"  # fmt: skip
+    leader = subprocess.Popen(
+        ["bash", "-c", f'"{stub}" -c "{wait}" "{tmp_path}/a" "{go}" & wait'], start_new_session=True
+    )
+    members: dict[int, list[str]] = {}
+    try:
+        members = wait_for(leader.pid, 1, [tmp_path / "a"])
+        listing = session_members(leader.pid)
+        go.touch()  # the member exits; bash reaps it and exits too
+        leader.wait(timeout=30)
+        [member] = members
+        assert not Path(f"/proc/{member}").exists()
+        monkeypatch.setattr(process, "session_members", lambda session: listing)
+        with caplog.at_level("WARNING", logger=process.log.name):
+            assert end_leftover_stubs(leader.pid, stub) == 0
+        assert not [r for r in caplog.records if r.levelname == "WARNING"], caplog.text
+    finally:
+        end_all(list(members), leader)
+
+
+@pytest.mark.skipif(not Path("/dev/shm").is_dir(), reason="no /dev/shm")
+def test_a_leftover_stub_whose_copy_was_deleted_is_still_ended(tmp_path: Path) -> None:
+    """review18d F4: an operator wiping DATA_DIR/triton (to get a new stub after an upgrade) leaves a running stub
+    whose /proc/PID/exe reads "<copy> (deleted)"; it was skipped, and it and its region leaked for good."""
+    stub = stub_binary(tmp_path / "triton" / "backends")
+    region = f"{STUB_SHM_PREFIX}{uuid.uuid4()}"
+    shm = Path("/dev/shm") / region
+    shm.write_bytes(b"\0" * 4096)
+    leader = subprocess.Popen(
+        ["bash", "-c", f'("{stub}" -c "{STAY}" "{tmp_path}/a" {region}) & wait'], start_new_session=True
+    )
+    members: dict[int, list[str]] = {}
+    try:
+        members = wait_for(leader.pid, 1, [tmp_path / "a"])
+        [stub_pid] = members
+        leader.kill()
+        leader.wait()
+        shutil.rmtree(tmp_path / "triton")
+        assert os.readlink(f"/proc/{stub_pid}/exe") == f"{os.path.realpath(stub)} (deleted)"
+        assert end_leftover_stubs(leader.pid, stub) == 1
+        deadline = time.monotonic() + 10
+        while alive(stub_pid):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert not shm.exists()
+    finally:
+        end_all(list(members), leader)
+        shm.unlink(missing_ok=True)
+
+
+def test_a_server_reaped_before_its_stop_is_not_signalled_nor_a_live_pid_reusers_session_swept(
+    tmp_path: Path,
+) -> None:
+    """review18d F7: stop() of a child already reaped SIGTERMed its old PID and swept that PID's session. A PID
+    reused by another live server of ours (its own session, its stub in it) lost both. Here the record of a reaped
+    child names the PID of such a live session leader with a stub member: stop() leaves both running. A reaped
+    server whose session has no leader any more is still swept (its stubs outlive it and keep the number)."""
+    import asyncio
+
+    from agent.runtime.process import ProcessRuntime, _Server
+
+    data = tmp_path / "data"
+    stub = stub_binary(data / "triton" / "backends")
+    reuser = subprocess.Popen(  # the live server now holding the PID: a session leader with a stub in its session
+        ["bash", "-c", f'("{stub}" -c "{STAY}" "{tmp_path}/a") & wait'], start_new_session=True
+    )
+    orphaned = subprocess.Popen(  # a dead server's session: its leader gone, its stub left
+        ["bash", "-c", f'("{stub}" -c "{STAY}" "{tmp_path}/b") & exit 0'], start_new_session=True
+    )
+    members: dict[int, list[str]] = {}
+    try:
+        members = wait_for(reuser.pid, 1, [tmp_path / "a"])
+        orphaned.wait(timeout=30)
+        left = wait_for(orphaned.pid, 1, [tmp_path / "b"])
+        members.update(left)
+
+        async def scenario() -> None:
+            runtime = ProcessRuntime("127.0.0.1", data)
+            for name, pid in (("reused", reuser.pid), ("orphaned", orphaned.pid)):
+                child = await asyncio.create_subprocess_exec("true")
+                await child.wait()  # reaped: its returncode is set before the stop
+                runtime._servers[name] = _Server(name, name, pid, 1, 1, time.time(), child)
+            await runtime.stop("reused")
+            await runtime.stop("orphaned")
+
+        asyncio.run(scenario())
+        assert reuser.poll() is None and all(alive(pid) for pid in members if pid not in left)
+        [stub_pid] = left
+        deadline = time.monotonic() + 10
+        while alive(stub_pid):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    finally:
+        end_all(list(members), reuser, orphaned)
