@@ -104,7 +104,13 @@ def test_the_temporary_copy_is_removed_when_the_install_is_killed(tmp_path: Path
 prefix={prefix} source_dir={REPO} dry_run=0
 TMPDIR={tmp_path} install_peerserve"""
     )
-    run = subprocess.Popen(["bash", "-c", script], start_new_session=True, stderr=subprocess.PIPE, text=True)
+
+    def default_signals() -> None:  # a signal ignored on entry cannot be trapped by bash (a run under nohup)
+        signal.signal(sig, signal.SIG_DFL)
+
+    run = subprocess.Popen(
+        ["bash", "-c", script], start_new_session=True, stderr=subprocess.PIPE, text=True, preexec_fn=default_signals
+    )
     try:
         deadline = time.monotonic() + 30
         while not seen.exists() and time.monotonic() < deadline and run.poll() is None:
