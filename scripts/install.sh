@@ -234,7 +234,7 @@ environment_files() {
 
 # Whether an environment file (KEY=value lines, optionally "export", spaces around "=") gives the variable a value.
 environment_file_sets_it() {
-  [ -f "$1" ] && sed 's/\r$//' -- "$1" | grep -E "^[[:space:]]*(export[[:space:]]+)?${operator_ca_var}[[:space:]]*=[[:space:]]*([\"'][[:space:]]*)?[^[:space:]\"'#]" >/dev/null
+  [ -f "$1" ] && tr '\r' '\n' < "$1" | grep -E "^[[:space:]]*(export[[:space:]]+)?${operator_ca_var}[[:space:]]*=[[:space:]]*([\"'][[:space:]]*)?[^[:space:]\"'#]" >/dev/null
 }
 
 # Offline: the unit's drop-ins (its own, the prefix ones peerserve-.service.d and service.d) and the files their

@@ -101,7 +101,7 @@ def test_an_environment_file_named_with_a_specifier_it_cannot_expand_is_refused_
 @pytest.mark.parametrize(
     "text", ["PEERSERVE_OPERATOR_CA = /etc/peerserve/ca.pub\n", "export PEERSERVE_OPERATOR_CA=/x\n",
              'PEERSERVE_OPERATOR_CA="/x"\r\n', "A=1\n  PEERSERVE_OPERATOR_CA='/x'\n",
-             'PEERSERVE_OPERATOR_CA=" /etc/other.pub"\n'],
+             'PEERSERVE_OPERATOR_CA=" /etc/other.pub"\n', "A=1\rPEERSERVE_OPERATOR_CA=/x\r"],
 )  # fmt: skip
 def test_an_assignment_in_the_environment_file_in_any_form_is_found(tmp_path: Path, text: str) -> None:
     assert found(make(tmp_path, {DROP_IN: f"[Service]\nEnvironmentFile=/{ENV}\n", ENV: text})) == [ENV]
