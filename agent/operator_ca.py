@@ -22,6 +22,7 @@ board (``peerserve ca init`` on the operator's machine). Node ids are no longer 
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import logging
@@ -56,6 +57,9 @@ ROSTER = 4096  # node id -> its latest verified board card (as many as ids can b
 MAX_REVOKED = 65_536  # fingerprints in one revocation list
 MAX_REVOCATION_FILE = 64 + MAX_REVOKED * 40 + 4096  # bytes read from it at most
 PRIORITY_RANGE = (-(2**31), 2**31 - 1)
+REVOCATION_PAGE = 4096  # fingerprints in one answer of GET /peer/revocations (~140 KB, under wire.MAX_BODY)
+# what became of a list a member handed this board (Revocations.offer; peerserve_revocation_lists_total{outcome})
+OFFER_OUTCOMES = ("accepted", "older", "conflict", "forged", "damaged", "oversized", "unusable", "unwritable")
 STAMP_FORMAT = "peerserve-revocation-stamps-v1"
 STAMP_CAS = 16  # records in the stamp file: one per operator CA this board has trusted (the oldest other one dropped)
 STAMP_FILE = 4096  # bytes read from it at most
@@ -69,6 +73,10 @@ class CardError(Exception):
     def __init__(self, message: str, status: int = 403) -> None:
         super().__init__(message)
         self.status = status
+
+
+class ForgedList(CardError):
+    """A revocation list whose signature is not this operator CA's (forged, or another operator's)."""
 
 
 def b64(data: bytes) -> str:
@@ -249,6 +257,14 @@ def parse_revocations(text: bytes, ca_public: Ed25519PublicKey) -> frozenset[str
 
 def read_revocations(text: bytes, ca_public: Ed25519PublicKey) -> tuple[int, frozenset[str]]:
     """(when it was signed, the fingerprints) of a signed revocation list; CardError as ``parse_revocations``."""
+    issued, revoked, _signature = read_signed_revocations(text, ca_public)
+    return issued, revoked
+
+
+def read_signed_revocations(text: bytes, ca_public: Ed25519PublicKey) -> tuple[int, frozenset[str], str]:
+    """``read_revocations`` with the operator's signature (base64url): what a board hands a peer that asks for the
+    list (``GET /peer/revocations``), so the peer checks it under its own operator CA. A list not signed by
+    ``ca_public`` is a ``ForgedList``."""
     try:
         data = json.loads(text)
         issued, revoked = int(data["issued"]), data["revoked"]
@@ -256,12 +272,13 @@ def read_revocations(text: bytes, ca_public: Ed25519PublicKey) -> tuple[int, fro
             raise ValueError("not a revocation list")
         if len(revoked) > MAX_REVOKED or not all(isinstance(r, str) and len(r) == 32 for r in revoked):
             raise ValueError(f"at most {MAX_REVOKED} fingerprints of 32 hex digits")
-        ca_public.verify(unb64(str(data["signature"])), revocation_bytes(issued, revoked))
+        signature = str(data["signature"])
+        ca_public.verify(unb64(signature), revocation_bytes(issued, revoked))
     except InvalidSignature as exc:
-        raise CardError("the revocation list is not signed by this cluster's operator CA") from exc
+        raise ForgedList("the revocation list is not signed by this cluster's operator CA") from exc
     except (ValueError, KeyError, TypeError) as exc:  # JSON errors are ValueErrors
         raise CardError(f"damaged revocation list: {str(exc)[:200]}") from exc
-    return issued, frozenset(revoked)
+    return issued, frozenset(revoked), signature
 
 
 class Revocations:
@@ -288,6 +305,9 @@ class Revocations:
         self._revoked: frozenset[str] = frozenset()
         self._damage: str | None = None
         self._issued = -1  # when the list in force was signed (-1: none read yet)
+        self._signature = ""  # ... the operator's signature over it, and its fingerprints in order: what a member
+        self._sorted: tuple[str, ...] = ()  # that asks is handed (``page``), to check under its own operator CA
+        self._digest = ""  # list_digest of the list in force: advertised to members (``advert``)
         self._read = False  # whether the file (or its absence) was looked at since the start
         self._lists: dict[str, str] = {}  # CA fingerprint -> the digest of the list recorded with its stamp
         self._unreadable: str | None = None  # why the record exists but cannot be read (fails closed)
@@ -328,7 +348,7 @@ class Revocations:
                 text = f.read(MAX_REVOCATION_FILE + 1)
             if len(text) > MAX_REVOCATION_FILE:
                 raise CardError(f"revocation list over {MAX_REVOCATION_FILE} bytes")
-            issued, revoked = read_revocations(text, self.ca_public)
+            issued, revoked, signature = read_signed_revocations(text, self.ca_public)
             if issued == self._issued and revoked != self._revoked:
                 self._damage = None
                 log.error("revocation list %s was signed at %d like the one in force but names other cards: a "
@@ -348,7 +368,8 @@ class Revocations:
                 self._refuse_older(f"was signed at {issued} but names other cards than the list", "then")
                 return
             self._damage = None
-            self._issued, self._revoked = issued, revoked
+            self._issued, self._revoked, self._signature = issued, revoked, signature
+            self._sorted, self._digest = tuple(sorted(revoked)), list_digest(revoked)
             log.info("revocation list %s: %d board card(s) revoked", self.path, len(self._revoked))
             if issued > self._floor or held is None:
                 self._record(issued, revoked)
@@ -356,6 +377,67 @@ class Revocations:
             self._damage = f"this board's revocation list {self.path} cannot be used ({exc}): no board card is " \
                            "accepted until the operator's signed list replaces it"  # fmt: skip
             log.error("%s", self._damage)
+
+    # -- between boards (agent/revocation_sync.py) ---------------------------------------------------------------
+    def advert(self) -> tuple[int, str] | None:
+        """(stamp, digest) of the list in force, which this board advertises on its SWIM messages; None when none is
+        in force or the list is unusable (nothing to hand out)."""
+        try:
+            self.current()
+        except CardError:
+            return None
+        return (self._issued, self._digest) if self._issued >= 0 else None
+
+    def page(self, stamp: int, offset: int, limit: int) -> dict[str, Any] | None:
+        """Fingerprints ``offset`` .. ``offset + limit`` of the list in force (in order) with its stamp, signature and
+        length: one answer of ``GET /peer/revocations`` (a whole list can exceed a peer answer's bound); None when the
+        list in force is not the one signed at ``stamp`` (a newer one came meanwhile, or none is in force)."""
+        if self.advert() is None or self._issued != stamp:
+            return None
+        return {"issued": self._issued, "signature": self._signature, "total": len(self._sorted), "offset": offset,
+                "revoked": list(self._sorted[offset : offset + limit])}  # fmt: skip
+
+    def offer(self, text: bytes, source: str) -> str:
+        """A list a member (``source``) handed this board: put in force, through the file (``write_atomic`` to
+        ``path``, then read back as an operator's copy is, so its stamp is recorded) only if it is signed by this
+        board's operator CA and strictly newer than the list in force and the recorded stamp. The outcome, one of
+        ``OFFER_OUTCOMES``; every refusal is logged. Never raises: a member's bad list loses nothing here."""
+        if len(text) > MAX_REVOCATION_FILE:
+            log.warning("refused a revocation list from %s: over %d bytes", source, MAX_REVOCATION_FILE)
+            return "oversized"
+        try:
+            issued, revoked, _signature = read_signed_revocations(text, self.ca_public)
+        except CardError as exc:
+            log.warning("refused a revocation list from %s: %s", source, exc)
+            return "forged" if isinstance(exc, ForgedList) else "damaged"
+        if self.advert() is None and (self._damage is not None or self.path is None):
+            log.warning("not taking the revocation list signed at %d from %s: %s", issued, source,
+                        self._damage or "this board keeps no list file (no data dir)")  # fmt: skip
+            return "unusable"
+        newest = max(self._issued, self._floor)
+        if issued == newest and list_digest(revoked) != (self._digest or self._lists.get(self.ca)):
+            log.error("refused a revocation list from %s signed at %d like the one this board holds but naming other "
+                      "cards: a conflicting list (two signed in one second by an older 'peerserve ca'?). The list in "
+                      "force stays; sign a new one with 'peerserve ca revoke'", source, issued)  # fmt: skip
+            return "conflict"
+        if issued <= newest:
+            log.warning("refused a revocation list from %s signed at %d: not newer than the one this board holds (%d)",
+                        source, issued, newest)  # fmt: skip
+            return "older"
+        assert self.path is not None
+        try:
+            write_atomic(self.path, text)
+        except OSError as exc:
+            log.error("cannot write the revocation list signed at %d from %s to %s (%s): it is not in force",
+                      issued, source, self.path, exc)  # fmt: skip
+            return "unwritable"
+        with contextlib.suppress(CardError):  # checked above: read back as an operator's copy, its stamp recorded
+            self.current()
+        if self._issued != issued:  # replaced again between the write and the read (an operator's copy): theirs
+            return "older"
+        log.info("revocation list signed at %d (%d card(s) revoked) from %s put in force in %s", issued, len(revoked),
+                 source, self.path)  # fmt: skip
+        return "accepted"
 
     def _refuse_older(self, what: str, when: str = "before") -> None:
         """Fail closed after a restart: the list at ``path`` is older than (or not) the one this board accepted."""
