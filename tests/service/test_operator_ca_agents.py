@@ -63,13 +63,13 @@ def test_a_newer_revocation_list_copied_to_one_board_reaches_every_board_and_shu
     ca = Ed25519PrivateKey.generate()
     (tmp_path / "ca.pub").write_text(b64(raw_public(ca.public_key())) + "\n")
     cards = {}
-    for name in ("c0", "c1", "c2", "c3"):
+    for name in ("c0", "c1", "c2", "c3", "c4"):
         key = Identity(name, TOKEN, tmp_path / name).key
         cards[name] = BoardCard.issue(ca, name, raw_public(key.public_key()), int(time.time() + 86400),
                                       cluster=bytes.fromhex(cluster_of(TOKEN)))  # fmt: skip
         (tmp_path / name / "peer" / "board.card").write_text(json.dumps(cards[name].to_json()))
     first = sign_revocations(ca, 100, ["0" * 32])  # an older list, on every board: the newer one must replace it
-    for name in ("c0", "c1", "c2", "c3"):
+    for name in ("c0", "c1", "c2", "c3", "c4"):
         (tmp_path / name / "peer" / "revoked.json").write_text(json.dumps(first))
     flags = ("--operator-ca", str(tmp_path / "ca.pub"))
     seed_port = free_port()
@@ -104,3 +104,11 @@ def test_a_newer_revocation_list_copied_to_one_board_reaches_every_board_and_shu
     metrics = carded[1].get("/metrics").text + carded[2].get("/metrics").text
     assert 'peerserve_revocation_lists_total{outcome="accepted"} 1.0' in metrics
     assert "peerserve_revocation_stamp 200.0" in metrics
+    # the older list put back on c1 by hand changes nothing; a board that was down (c4, the older list on its disk)
+    # gets the newer one from the members once it is back among them
+    (tmp_path / "c1" / "peer" / "revoked.json").write_text(json.dumps(first))
+    late = agents("c4", *flags, "--seeds", seed_url, env=ENV)
+    wait_for(lambda: late.get("/cluster").json()["revocations"]["stamp"] == 200, 30)
+    assert json.loads((tmp_path / "c4" / "peer" / "revoked.json").read_text())["issued"] == 200
+    assert carded[1].get("/cluster").json()["revocations"]["stamp"] == 200
+    assert "before the one in force" in carded[1].log.read_text(errors="replace")
