@@ -300,3 +300,46 @@ def test_a_list_a_member_serves_that_is_not_the_operators_is_refused_and_loses_n
             await http.aclose()
 
     asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("operator", [True, False])
+def test_the_route_answers_pages_within_its_bounds_and_nothing_in_the_token_only_mode(
+    tmp_path: Path, operator: bool
+) -> None:
+    async def scenario() -> None:
+        folder = board(tmp_path / "f", "f")
+        (folder / "peer" / "revoked.json").write_bytes(signed(40, [A, B]))
+        overrides: dict[str, Any] = {"node_id": "f", "data_dir": str(folder), "cluster_token": TOKEN, "mdns": False,
+                                     "discovery": False}  # fmt: skip
+        if operator:
+            overrides["operator_ca"] = b64(raw_public(OPERATOR.public_key()))
+        agent = NodeAgent(load_settings(env={}, overrides=overrides))
+        assert agent.identity is not None
+        http = httpx.AsyncClient(transport=httpx.ASGITransport(app=create_peer_app(agent, agent.identity)))
+        ca = OPERATOR.public_key() if operator else None
+        ident = Identity("g", TOKEN, board(tmp_path / "g", "g"), operator_ca=ca)
+        client = PeerClient(ident, lambda url: None, http=http)
+
+        async def ask(**params: Any) -> int:
+            status, _ = await client.call("f", "http://f", "GET", wire.ROUTE_REVOCATIONS, params)
+            return status
+
+        try:
+            if not operator:
+                assert await ask(stamp=40) == 404
+                return
+            assert await ask(stamp=40, offset=MAX_REVOKED + 1) == 400
+            assert await ask(stamp=-1) == 400
+            assert await ask(stamp=41) == 409  # not the list in force
+            started, served = time.monotonic(), 0
+            while (status := await ask(stamp=40, offset=0)) == 200 and served < 4 * peer_api.REVOCATION_BURST:
+                served += 1
+            refilled = peer_api.REVOCATION_RATE * (time.monotonic() - started) + 1
+            assert status == 429  # the three above took from the burst too; refilled at the rate meanwhile
+            assert peer_api.REVOCATION_BURST - 3 <= served <= peer_api.REVOCATION_BURST - 3 + refilled
+        finally:
+            await client.close()
+            await http.aclose()
+            await agent.stop()
+
+    asyncio.run(scenario())
