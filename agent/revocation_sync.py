@@ -216,7 +216,9 @@ class RevocationSync:
         outcome, why = "failed", ""
         try:
             text = await self._download(member, url, stamp)
-            outcome = self.revocations.offer(text, member)  # logs its refusals; never raises
+            # the signature over the whole list checked in a thread (the loop runs SWIM); put in force on the loop
+            checked = await asyncio.to_thread(self.revocations.offer_check, text, member)
+            outcome = checked if isinstance(checked, str) else self.revocations.offer_install(text, checked, member)
         except (FetchError, ValueError, OSError) as exc:  # PeerCallError is a ValueError
             why = str(exc)
         except Exception as exc:  # a bug here must not end the task unseen
