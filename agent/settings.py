@@ -162,6 +162,7 @@ class Settings:
     def __post_init__(self) -> None:
         if not self.node_id:
             object.__setattr__(self, "node_id", default_node_id(self.port))
+        validate_host(self.host, self.advertise_address)  # before advertise_address is taken from it
         if not self.advertise_address:
             wildcard = self.host in ("0.0.0.0", "::")
             object.__setattr__(self, "advertise_address", interface_address(self.interface) if wildcard else self.host)
@@ -211,13 +212,27 @@ def _host_for_url(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
+def validate_host(host: str, advertise_address: str) -> None:
+    """``host`` is checked before ``advertise_address`` is taken from it: ``" 0.0.0.0"`` or ``"localhost"`` was
+    refused with an error that blamed advertise_address, a setting the operator never wrote (review18e)."""
+    if not host.strip():  # uvicorn and the peer listener bind EVERY interface on host "" (review18d F5)
+        raise ConfigError("host", f"{host!r} is empty: name the address to bind (127.0.0.1, or 0.0.0.0 for all)")
+    if host != host.strip():
+        raise ConfigError("host", f"{host!r} has white space around the address: write {host.strip()!r}")
+    if not advertise_address and host not in ("0.0.0.0", "::"):
+        try:
+            ipaddress.ip_address(host)
+        except ValueError as exc:
+            said = f"{host!r} is not an IP address, and advertise_address (what peers are told) is taken from it"
+            raise ConfigError("host", f"{said}: name an IP address, or set advertise_address too") from exc
+
+
 def validate(s: Settings) -> None:
     for f in fields(s):  # NaN passes every "<= 0" check; a NaN deadline fires at once, an infinite one never
         value = getattr(s, f.name)
         if isinstance(value, float) and not math.isfinite(value):
             raise ConfigError(f.name, f"{value!r} is not a finite number")
-    if not s.host.strip():  # uvicorn and the peer listener bind EVERY interface on host "" (review18d F5)
-        raise ConfigError("host", f"{s.host!r} is empty: name the address to bind (127.0.0.1, or 0.0.0.0 for all)")
+    validate_host(s.host, s.advertise_address)
     if not NODE_ID.fullmatch(s.node_id):
         raise ConfigError("node_id", f"{s.node_id!r} must be one DNS label: letters, digits, '-', '_'")
     if not NODE_CLASS.fullmatch(s.node_class):

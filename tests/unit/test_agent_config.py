@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import time
 from pathlib import Path
@@ -258,6 +259,22 @@ def test_an_empty_host_is_refused_never_every_interface(tmp_path: Path, host: st
     with pytest.raises(ConfigError):
         load_settings(None, env={}, overrides={"host": host, "data_dir": str(tmp_path)})
     assert load_settings(None, env={"PEERSERVE_HOST": "0.0.0.0", "PEERSERVE_DATA_DIR": str(tmp_path)}).host == "0.0.0.0"
+
+
+@pytest.mark.parametrize(("host", "said"), [(" 0.0.0.0", "white space around"), ("127.0.0.1\n", "white space around"),
+                                            ("localhost", "is not an IP address")])  # fmt: skip
+def test_a_bad_host_is_named_as_host_not_as_advertise_address(tmp_path: Path, host: str, said: str) -> None:
+    """review18e: advertise_address is taken from host, and a bad host was refused as a bad advertise_address, a
+    setting the operator never wrote. The error names host, from the config file as from a variable."""
+    cfg = tmp_path / "peerserve.toml"
+    cfg.write_text(f"host = {json.dumps(host)}\n")
+    for path, env in ((str(cfg), {}), (None, {"PEERSERVE_HOST": host})):
+        with pytest.raises(ConfigError) as caught:
+            load_settings(path, env={**env, "PEERSERVE_DATA_DIR": str(tmp_path)})
+        assert caught.value.key == "host" and said in str(caught.value), str(caught.value)
+    named = load_settings(None, env={"PEERSERVE_HOST": "localhost", "PEERSERVE_ADVERTISE_ADDRESS": "127.0.0.1",
+                                     "PEERSERVE_DATA_DIR": str(tmp_path)})  # fmt: skip
+    assert (named.host, named.advertise_address) == ("localhost", "127.0.0.1")  # a name binds, told an address
 
 
 def test_the_start_log_says_the_operator_ca_mode_and_where_it_came_from(tmp_path: Path) -> None:
