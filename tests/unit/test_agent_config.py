@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import os
 import time
 from pathlib import Path
@@ -19,7 +20,7 @@ from agent.leadership import Leadership
 from agent.node import NodeAgent
 from agent.operator_ca import b64, raw_public
 from agent.request_window import MAX_WINDOW_BYTES
-from agent.settings import Settings, load_settings, operator_ca_mode
+from agent.settings import Settings, load_settings, log_at_start, operator_ca_mode
 
 GOOD = """
 [[models]]
@@ -247,6 +248,34 @@ def test_an_empty_flag_never_switches_a_security_setting_of_the_file_off(tmp_pat
     assert getattr(bare, name) == ""  # unset in the file too: the default
     helped = " ".join(subparsers.choices["agent"].format_help().split())
     assert helped.count("An empty value counts as unset (the config's stands)") == 4  # the four flags say so
+
+
+def test_each_empty_token_ignored_is_logged_at_start_with_what_to_write_instead(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """review18e: ``--metrics-token ""`` or ``PEERSERVE_METRICS_TOKEN=`` (meaning "open /metrics") was ignored as
+    unset with no word, and the operator got 401s. One warning at start for each, naming it, what stands, and what
+    to write instead; nothing for a token that is set or absent."""
+    cfg = tmp_path / "peerserve.toml"
+    cfg.write_text(f'data_dir = "{tmp_path / "data"}"\nmetrics_token = "file-metrics-token-0123"\n')
+    sources: dict[str, str] = {}
+    ignored: list[str] = []
+    env = {"PEERSERVE_METRICS_TOKEN": "", "PEERSERVE_CLUSTER_TOKEN": "env-cluster-token-0123456789"}
+    s = load_settings(str(cfg), env=env, overrides={"client_token": " "}, sources=sources, ignored=ignored)
+    caplog.set_level(logging.INFO, logger="agent.settings")
+    log_at_start(s, sources, ignored)
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warned == [
+        "the variable PEERSERVE_METRICS_TOKEN is empty and was ignored (an empty one counts as unset): metrics_token "
+        f'stays as set by the config file {cfg}; to open /metrics, write metrics_token = "" in the config file and '
+        "remove the variable",
+        'the flag --client-token "" is empty and was ignored (an empty one counts as unset): client_token keeps its '
+        'default; to open the client API, write client_token = "" in the config file and remove --client-token',
+    ]
+    assert [r.getMessage() for r in caplog.records if r.levelno == logging.INFO] == [operator_ca_mode(s, sources)]
+    quiet: list[str] = []
+    load_settings(str(cfg), env={"PEERSERVE_CLIENT_TOKEN": "env-client-token-0123"}, ignored=quiet)
+    assert quiet == []
 
 
 @pytest.mark.parametrize("host", ["", " ", "\t"])
