@@ -196,25 +196,35 @@ operator_ca_var=PEERSERVE_OPERATOR_CA
 # An assignment that gives the variable a value (an empty one counts as unset, in the agent too: agent/settings.py).
 set_it="(^|[[:space:]\"'])${operator_ca_var}[[:space:]]*=[[:space:]]*([\"'][[:space:]]*)?[^[:space:]\"'#]"
 
-# The [Service] settings of a unit file, one "KEY<TAB>value" a line, read as systemd's conf-parser does
-# (systemd.syntax(7)): a UTF-8 BOM dropped; '#' and ';' lines skipped, inside a continued line too (before it is
-# joined); a line continues when it ends in an odd number of backslashes (an even number is escaped ones); a continued
-# line at the end of the file still counts; spaces around "=" are allowed; "Environment=" alone (which resets the
-# list) prints KEY with an empty value (review18d F2). Read byte by byte (LC_ALL=C): the BOM is three bytes.
-service_settings() {
-  LC_ALL=C awk 'function setting(l) {
-      if (l ~ /^[[:space:]]*\[/) { sec = l; gsub(/[[:space:]]/, "", sec); return }
-      if (sec == "[Service]" && match(l, /^[[:space:]]*[A-Za-z]+[[:space:]]*=/)) {
-        key = substr(l, RSTART, RLENGTH - 1); gsub(/[[:space:]]/, "", key)
-        val = substr(l, RSTART + RLENGTH); sub(/^[[:space:]]+/, "", val); sub(/[[:space:]]+$/, "", val)
-        print key "\t" val } }
-    { sub(/\r$/, "") }
-    NR == 1 { sub(/^\357\273\277/, "") }
-    /^[[:space:]]*[#;]/ { next }
+# A unit or manager configuration file's lines as systemd's read_line() splits them (src/basic/fileio.c), one "\n"
+# a line: a line ends at "\n", "\r", "\r\n" or "\n\r", each optionally followed by a NUL, or at a NUL alone
+# ("\r\r" and "\n\n" end two lines). awk alone split only at "\n": a drop-in written "[Service]\rEnvironment=..." was
+# one line to it (review18e F-A). GNU sed -z reads NUL-ended records; its alternation takes the longest match.
+unit_lines() {
+  LC_ALL=C sed -z 's/\r\n\|\n\r\|\r\|\n/\n/g; /\n$/!s/$/\n/' -- "$1" | tr -d '\000'
+}
+
+# The settings of SECTION in a unit or manager file, one "KEY<TAB>value" a line, read as systemd's conf-parser does
+# (src/shared/conf-parser.c, systemd.syntax(7)): '#' and ';' lines skipped (after spaces and tabs only), inside a
+# continued line too (before it is joined); the first UTF-8 BOM that starts a line dropped; a line continues when it
+# ends in an odd number of backslashes (an even number is escaped ones), an empty line ends it, and a continued line
+# at the end of the file still counts; spaces and tabs around the key and the value stripped; "Environment=" alone
+# (which resets the list) prints KEY with an empty value (review18d F2). Byte by byte (LC_ALL=C): the BOM is three.
+section_settings() {
+  unit_lines "$1" | LC_ALL=C awk -v want="[$2]" 'function setting(l,   i, key) {
+      sub(/^[ \t]+/, "", l); sub(/[ \t]+$/, "", l)
+      if (substr(l, 1, 1) == "[") { sec = l; gsub(/[[:space:]]/, "", sec); return }
+      i = index(l, "=")
+      if (sec != want || i < 2) return
+      key = substr(l, 1, i - 1); sub(/[[:space:]]+$/, "", key); sub(/^[[:space:]]+/, "", key)
+      l = substr(l, i + 1); sub(/^[ \t]+/, "", l)
+      print key "\t" l }
+    /^[ \t]*[#;]/ { next }
+    !bom && sub(/^\357\273\277/, "") { bom = 1 }
     { n = 0; while (n < length($0) && substr($0, length($0) - n, 1) == "\\") n++ }
     n % 2 == 1 { cont = cont substr($0, 1, length($0) - 1) " "; pending = 1; next }
     { l = cont $0; cont = ""; pending = 0; setting(l) }
-    END { if (pending) setting(cont) }' "$1"
+    END { if (pending) setting(cont) }'
 }
 
 # The files an EnvironmentFile= value names: "-" dropped, the common specifiers (%E %S %C %L %t %%) expanded, a glob
@@ -259,15 +269,15 @@ expand: cannot check whether it" ;;
               esac
             done < <(environment_files "$val") ;;
         esac
-      done < <(service_settings "$f")
+      done < <(section_settings "$f" Service)
     done
   done
   for f in "$unit_root/etc/systemd/system.conf" \
            "$unit_root"{/etc,/run,/usr/local/lib,/usr/lib,/lib}/systemd/system.conf.d/*.conf; do
     [ -f "$f" ] || continue
-    if sed -n 's/\r$//; s/^[[:space:]]*DefaultEnvironment[[:space:]]*=//p' -- "$f" | grep -E "$set_it" >/dev/null; then
-      echo "$f (DefaultEnvironment=)"
-    fi
+    while IFS=$'\t' read -r key val; do
+      if [ "$key" = DefaultEnvironment ] && grep -Eq "$set_it" <<< "$val"; then echo "$f (DefaultEnvironment=)"; fi
+    done < <(section_settings "$f" Manager)
   done
   f="$unit_root/proc/cmdline"
   if [ -r "$f" ] && tr -s '[:space:]' '\n' < "$f" \

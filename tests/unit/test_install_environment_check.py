@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts/install.sh"
-FUNCTIONS = ("service_settings", "environment_files", "environment_file_sets_it", "operator_ca_in_unit_files",
+FUNCTIONS = ("unit_lines", "section_settings", "environment_files",
+             "environment_file_sets_it", "operator_ca_in_unit_files",
              "operator_ca_in_manager", "operator_ca_in_environment")  # fmt: skip
 DROP_IN = "etc/systemd/system/peerserve-agent.service.d/x.conf"
 ENV = "etc/peerserve/agent.env"
@@ -58,6 +59,16 @@ UNIT_FORMS = {
     "three_backslashes": "[Service]\nEnvironment=A=x\\\\\\\n PEERSERVE_OPERATOR_CA=/x\n",
     "continued_at_eof": "[Service]\nEnvironment=PEERSERVE_OPERATOR_CA=/x \\",
     "space_after_quote": '[Service]\nEnvironment="PEERSERVE_OPERATOR_CA= /etc/other.pub"\n',
+    # review18e F-A: systemd's read_line() ends a line at CR, LF, CRLF or LFCR, each with an optional NUL after it,
+    # or at a NUL alone; the reader split only at LF. The first BOM that starts a line is dropped, not only line 1's;
+    # only spaces and tabs may come before a comment's '#' (a vertical tab makes it text, here continued into)
+    "cr_only": "[Service]\rEnvironment=PEERSERVE_OPERATOR_CA=/x\r",
+    "cr_inside_crlf": "[Service]\r\nEnvironment=A=1\rEnvironment=PEERSERVE_OPERATOR_CA=/x\r\n",
+    "nul": "[Service]\nEnvironment=A=1\0Environment=PEERSERVE_OPERATOR_CA=/x\n",
+    "lfcr_continued": "[Service]\nEnvironment=A=1 \\\n\r PEERSERVE_OPERATOR_CA=/x\n",
+    "crlf_nul_continued": "[Service]\r\nEnvironment=A=1 \\\r\n\0 PEERSERVE_OPERATOR_CA=/x\r\n",
+    "bom_after_a_comment": "# a note\n\ufeff[Service]\nEnvironment=PEERSERVE_OPERATOR_CA=/x\n",
+    "vertical_tab_before_hash": "[Service]\nEnvironment=A=1 \\\n\v# PEERSERVE_OPERATOR_CA=/x\n",
 }
 
 
@@ -109,10 +120,13 @@ def test_an_assignment_in_the_environment_file_in_any_form_is_found(tmp_path: Pa
 
 @pytest.mark.parametrize("folder", ["etc", "run", "usr/local/lib", "usr/lib", "lib"])
 def test_the_managers_default_environment_is_read(tmp_path: Path, folder: str) -> None:
-    """review18d F1: only /etc's system.conf.d was read; systemd reads /run's, /usr/local/lib's and /usr/lib's too."""
+    """review18d F1: only /etc's system.conf.d was read; systemd reads /run's, /usr/local/lib's and /usr/lib's too.
+    review18e F-A: read as systemd reads it (a CR line end)."""
     conf = f"{folder}/systemd/system.conf.d/env.conf"
     root = make(tmp_path, {conf: "[Manager]\nDefaultEnvironment=PEERSERVE_OPERATOR_CA=/x\n"})
     assert found(root) == [f"{conf} (DefaultEnvironment=)"]
+    other = make(tmp_path / "b", {conf: "[Manager]\rDefaultEnvironment=A=1 PEERSERVE_OPERATOR_CA=/x\r"})
+    assert found(other) == [f"{conf} (DefaultEnvironment=)"]
 
 
 @pytest.mark.parametrize(
@@ -164,7 +178,9 @@ def test_a_relative_environment_file_is_not_read_nor_taken_for_an_option(tmp_pat
      "[Service]\n#Environment=PEERSERVE_OPERATOR_CA=/x\n;Environment=PEERSERVE_OPERATOR_CA=/x\n",
      "[Unit]\nEnvironment=PEERSERVE_OPERATOR_CA=/x\n", "[Service]\nEnvironment=XPEERSERVE_OPERATOR_CA=/x\n",
      f"[Service]\nEnvironmentFile=-/{ENV}.missing\n",
-     "[Service]\nEnvironment=A=1 \\\\\n#Environment=PEERSERVE_OPERATOR_CA=/x\n"],
+     "[Service]\nEnvironment=A=1 \\\\\n#Environment=PEERSERVE_OPERATOR_CA=/x\n",
+     # review18e F-A: an empty line ends a continuation, and CR CR is two line ends
+     "[Service]\nEnvironment=A=1 \\\r\r PEERSERVE_OPERATOR_CA=/x\n"],
 )  # fmt: skip
 def test_what_gives_the_variable_no_value_is_not_named(tmp_path: Path, text: str) -> None:
     """An empty value counts as unset (the agent reads it so too); a comment, another section, another name, a
