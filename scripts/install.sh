@@ -227,6 +227,89 @@ section_settings() {
     END { if (pending) setting(cont) }'
 }
 
+# systemd's extract_first_word() (src/basic/extract-word.c) in awk, for words(): W[1..n] the words of s, split at
+# spaces, tabs, CR and LF outside quotes; a quote (" or ') anywhere in a word is removed with its match, and quoted
+# text keeps its separators. flags: "c" decodes C escapes (cunescape_one: \a \b \f \n \r \t \v \\ \" \' \s, \xHH,
+# \NNN octal, \uHHHH, \UHHHHHHHH; NUL and an unknown escape are errors); without "c" a backslash is dropped and the
+# next character kept, with "k" it is an ordinary character; "r" (EXTRACT_RELAX) ends an unclosed quote or a trailing
+# backslash at the end. An error ends the words there (ERR=1): systemd applies the words before it.
+extract_words_awk='
+function hexv(c) { return index("0123456789abcdef", tolower(c)) - 1 }
+function hexs(s, i, k,   v, d, j) {
+  v = 0
+  for (j = 0; j < k; j++) { d = hexv(substr(s, i + j, 1)); if (d < 0 || substr(s, i + j, 1) == "") return -1; v = v * 16 + d }
+  return v }
+function unesc(s, i,   c, v, a, b, d) {
+  c = substr(s, i, 1); ELEN = 1
+  if (c == "a") { ESC = "\007"; return 1 }
+  if (c == "b") { ESC = "\010"; return 1 }
+  if (c == "f") { ESC = "\014"; return 1 }
+  if (c == "n") { ESC = "\n"; return 1 }
+  if (c == "r") { ESC = "\r"; return 1 }
+  if (c == "t") { ESC = "\t"; return 1 }
+  if (c == "v") { ESC = "\013"; return 1 }
+  if (c == "s") { ESC = " "; return 1 }
+  if (c == "\\" || c == "\"" || c == "\047") { ESC = c; return 1 }
+  if (c == "x" || c == "u" || c == "U") {
+    ELEN = c == "x" ? 3 : c == "u" ? 5 : 9
+    v = hexs(s, i + 1, ELEN - 1)
+    if (v <= 0 || (c == "U" && (v > 1114111 || (v >= 55296 && v <= 57343)))) return 0
+    ESC = c == "x" || v < 128 ? sprintf("%c", v) : "\377"  # a code point past ASCII: a byte no name holds
+    return 1 }
+  a = index("01234567", c) - 1; b = index("01234567", substr(s, i + 1, 1)) - 1
+  d = index("01234567", substr(s, i + 2, 1)) - 1
+  if (c == "" || a < 0 || b < 0 || d < 0 || substr(s, i + 1, 1) == "" || substr(s, i + 2, 1) == "") return 0
+  v = a * 64 + b * 8 + d
+  if (v == 0 || v > 255) return 0
+  ESC = sprintf("%c", v); ELEN = 3
+  return 1 }
+function words(s, flags,   n, i, L, c, w, q) {
+  n = 0; i = 1; L = length(s); ERR = 0
+  for (;;) {
+    while (i <= L && index(" \t\r\n", substr(s, i, 1))) i++
+    if (i > L) return n
+    w = ""; q = ""
+    for (;;) {
+      if (i > L) { if (q != "" && flags !~ /r/) { ERR = 1; return n }; W[++n] = w; return n }
+      c = substr(s, i, 1)
+      if (c == "\\" && flags !~ /k/) {
+        if (i == L) { if (flags ~ /r/) { W[++n] = w; return n }; ERR = 1; return n }
+        if (flags ~ /c/) { if (!unesc(s, i + 1)) { ERR = 1; return n }; w = w ESC; i += 1 + ELEN }
+        else { w = w substr(s, i + 1, 1); i += 2 }
+        continue }
+      if (q != "") { if (c == q) q = ""; else w = w c; i++; continue }
+      if (c == "\"" || c == "\047") { q = c; i++; continue }
+      if (index(" \t\r\n", c)) { W[++n] = w; break }
+      w = w c; i++ } } }
+# Whether word w, an assignment, gives variable v a value (an empty or blank one counts as unset, in the agent too).
+function gives(w, v,   i) {
+  i = index(w, "=")
+  return i && substr(w, 1, i - 1) == v && substr(w, i + 1) ~ /[^[:space:]]/ }
+'
+
+# What an Environment= (or DefaultEnvironment=) value does to the variable, read as systemd's config_parse_environ()
+# reads it: each word unquoted and C-unescaped (review18e F-C: "PEERSERVE_"OPERATOR_CA=x and \x50EERSERVE_... were
+# missed), then its specifiers expanded. Prints "set" when a word gives it a value, and "cannot check: WORD" for a
+# word whose name holds a specifier (other than %%) that could make it this one: what it expands to is not known here.
+environment_value_sets_it() {
+  value=$1 LC_ALL=C awk -v v="$operator_ca_var" "$extract_words_awk"'
+    BEGIN {
+      n = words(ENVIRON["value"], "c")
+      for (k = 1; k <= n; k++) {
+        w = W[k]; i = index(w, "="); name = i ? substr(w, 1, i - 1) : w; plain = name; gsub(/%%/, "", plain)
+        if (index(plain, "%")) {  # the literal text before the first specifier: a prefix of "v=" or not
+          pre = ""
+          for (j = 1; j <= length(name); j++) {
+            c = substr(name, j, 1)
+            if (c != "%") { pre = pre c; continue }
+            if (substr(name, j + 1, 1) != "%") break
+            pre = pre "%"; j++ }
+          if (pre == "" || index(v "=", pre) == 1) print "cannot check: " w
+          continue }
+        gsub(/%%/, "%", w)
+        if (gives(w, v)) print "set" } }'
+}
+
 # The files an EnvironmentFile= value names: "-" dropped, the common specifiers (%E %S %C %L %t %%) expanded, a glob
 # expanded (systemd allows one). systemd takes only an absolute path: another names nothing (review18d F8). A value
 # with another specifier (%h, %N, ...) prints "cannot check: VALUE": this does not know what it names (review18d F2).
@@ -252,14 +335,21 @@ environment_file_sets_it() {
 # and every system.conf.d folder systemd reads) and the kernel command line's systemd.setenv= (systemd.exec(5): the
 # manager passes both to every unit, review18d F1).
 operator_ca_in_unit_files() {
-  local d f key val env_file
+  local d f key val env_file said
   for d in "${unit_dirs[@]}"; do
     for f in "$unit_root$d/$service.d"/*.conf "$unit_root$d/peerserve-.service.d"/*.conf \
              "$unit_root$d/service.d"/*.conf; do
       [ -f "$f" ] || continue
       while IFS=$'\t' read -r key val; do
         case "$key" in
-          Environment) if grep -Eq "$set_it" <<< "$val"; then echo "$f"; fi ;;
+          Environment)
+            while IFS= read -r said; do
+              case "$said" in
+                set) echo "$f" ;;
+                *) echo "$f: Environment=${said#cannot check: }, a specifier this check cannot expand: cannot check \
+whether it" ;;
+              esac
+            done < <(environment_value_sets_it "$val") ;;
           EnvironmentFile)
             while IFS= read -r env_file; do
               case "$env_file" in
@@ -276,7 +366,15 @@ expand: cannot check whether it" ;;
            "$unit_root"{/etc,/run,/usr/local/lib,/usr/lib,/lib}/systemd/system.conf.d/*.conf; do
     [ -f "$f" ] || continue
     while IFS=$'\t' read -r key val; do
-      if [ "$key" = DefaultEnvironment ] && grep -Eq "$set_it" <<< "$val"; then echo "$f (DefaultEnvironment=)"; fi
+      if [ "$key" = DefaultEnvironment ]; then
+        while IFS= read -r said; do
+          case "$said" in
+            set) echo "$f (DefaultEnvironment=)" ;;
+            *) echo "$f: DefaultEnvironment=${said#cannot check: }, a specifier this check cannot expand: cannot \
+check whether it" ;;
+          esac
+        done < <(environment_value_sets_it "$val")
+      fi
     done < <(section_settings "$f" Manager)
   done
   f="$unit_root/proc/cmdline"

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts/install.sh"
-FUNCTIONS = ("unit_lines", "section_settings", "environment_files",
+FUNCTIONS = ("unit_lines", "section_settings", "environment_value_sets_it", "environment_files",
              "environment_file_sets_it", "operator_ca_in_unit_files",
              "operator_ca_in_manager", "operator_ca_in_environment")  # fmt: skip
 DROP_IN = "etc/systemd/system/peerserve-agent.service.d/x.conf"
@@ -25,7 +25,7 @@ def run(root: str, call: str, sd: str = "offline", env: dict[str, str] | None = 
     sed = " ".join(f"-e '/^{name}() {{/,/^}}/p'" for name in FUNCTIONS)
     script = f"""set -euo pipefail
 service=peerserve-agent.service sd={sd}
-source <(sed -n -e '/^unit_root=/,/^set_it=/p' {sed} {SCRIPT})
+source <(sed -n -e '/^unit_root=/,/^set_it=/p' -e "/^extract_words_awk='/,/^'$/p" {sed} {SCRIPT})
 unit_root={root}
 {call}"""
     out = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=30, env=env, cwd=cwd)
@@ -69,6 +69,16 @@ UNIT_FORMS = {
     "crlf_nul_continued": "[Service]\r\nEnvironment=A=1 \\\r\n\0 PEERSERVE_OPERATOR_CA=/x\r\n",
     "bom_after_a_comment": "# a note\n\ufeff[Service]\nEnvironment=PEERSERVE_OPERATOR_CA=/x\n",
     "vertical_tab_before_hash": "[Service]\nEnvironment=A=1 \\\n\v# PEERSERVE_OPERATOR_CA=/x\n",
+    # review18e F-C: each word unquoted and C-unescaped, as systemd's extract_first_word() does for Environment=
+    "split_quotes": '[Service]\nEnvironment="PEERSERVE_"OPERATOR_CA=/x\n',
+    "quote_inside": "[Service]\nEnvironment=PEERSERVE_'OPERATOR'_CA=/x\n",
+    "hex_escape": "[Service]\nEnvironment=\\x50EERSERVE_OPERATOR_CA=/x\n",
+    "hex_escape_in_quotes": '[Service]\nEnvironment="PEERSERVE_OPERATOR\\x5fCA=/x"\n',
+    "octal_escape": "[Service]\nEnvironment=\\120EERSERVE_OPERATOR_CA=/x\n",
+    "unicode_escapes": "[Service]\nEnvironment=\\u0050EERSERVE_OPERATOR_C\\U00000041=/x\n",
+    "escaped_equals": "[Service]\nEnvironment=PEERSERVE_OPERATOR_CA\\x3d/x\n",
+    "words_before_an_error": '[Service]\nEnvironment=PEERSERVE_OPERATOR_CA=/x "unclosed\n',
+    "specifier_in_the_value": "[Service]\nEnvironment=PEERSERVE_OPERATOR_CA=%E/ca.pub\n",
 }
 
 
@@ -97,6 +107,16 @@ def test_an_environment_file_in_any_form_is_read(tmp_path: Path, line: str) -> N
     assert found(root) == [ENV]
 
 
+def test_a_specifier_in_a_variables_name_that_could_make_it_this_one_is_refused_as_unchecked(tmp_path: Path) -> None:
+    """review18e F-C: systemd expands specifiers in each Environment= word after unquoting it, name included: a name
+    whose literal text before a specifier could begin PEERSERVE_OPERATOR_CA cannot be checked here; another name
+    (OTHER_%i) and %% (a literal %) are read as they are."""
+    text = "[Service]\nEnvironment=PEERSERVE_%i=x OTHER_%i=y PEERSERVE_OPERATOR_CA%%=z\n"
+    assert found(make(tmp_path, {DROP_IN: text})) == [
+        f"{DROP_IN}: Environment=PEERSERVE_%i=x, a specifier this check cannot expand: cannot check whether it"
+    ]
+
+
 def test_an_environment_file_named_with_a_specifier_it_cannot_expand_is_refused_as_unchecked(tmp_path: Path) -> None:
     """review18d F2: %N, %h and the like were expanded to nothing known and the file was silently not read; now the
     check names the line as one it cannot check (install.sh refuses --no-operator-ca on it). %% is a literal %."""
@@ -121,11 +141,11 @@ def test_an_assignment_in_the_environment_file_in_any_form_is_found(tmp_path: Pa
 @pytest.mark.parametrize("folder", ["etc", "run", "usr/local/lib", "usr/lib", "lib"])
 def test_the_managers_default_environment_is_read(tmp_path: Path, folder: str) -> None:
     """review18d F1: only /etc's system.conf.d was read; systemd reads /run's, /usr/local/lib's and /usr/lib's too.
-    review18e F-A: read as systemd reads it (a CR line end)."""
+    review18e: read as systemd reads it (a CR line end, split quotes)."""
     conf = f"{folder}/systemd/system.conf.d/env.conf"
     root = make(tmp_path, {conf: "[Manager]\nDefaultEnvironment=PEERSERVE_OPERATOR_CA=/x\n"})
     assert found(root) == [f"{conf} (DefaultEnvironment=)"]
-    other = make(tmp_path / "b", {conf: "[Manager]\rDefaultEnvironment=A=1 PEERSERVE_OPERATOR_CA=/x\r"})
+    other = make(tmp_path / "b", {conf: '[Manager]\rDefaultEnvironment=A=1 "PEERSERVE_"OPERATOR_CA=/x\r'})
     assert found(other) == [f"{conf} (DefaultEnvironment=)"]
 
 
@@ -179,8 +199,11 @@ def test_a_relative_environment_file_is_not_read_nor_taken_for_an_option(tmp_pat
      "[Unit]\nEnvironment=PEERSERVE_OPERATOR_CA=/x\n", "[Service]\nEnvironment=XPEERSERVE_OPERATOR_CA=/x\n",
      f"[Service]\nEnvironmentFile=-/{ENV}.missing\n",
      "[Service]\nEnvironment=A=1 \\\\\n#Environment=PEERSERVE_OPERATOR_CA=/x\n",
-     # review18e F-A: an empty line ends a continuation, and CR CR is two line ends
-     "[Service]\nEnvironment=A=1 \\\r\r PEERSERVE_OPERATOR_CA=/x\n"],
+     # review18e: what systemd reads as no such assignment (an empty line ends a continuation: CR CR is two line
+     # ends; "=" alone is a word; an unknown escape ends the line's words; a blank value by escape)
+     "[Service]\nEnvironment=A=1 \\\r\r PEERSERVE_OPERATOR_CA=/x\n",
+     "[Service]\nEnvironment=PEERSERVE_OPERATOR_CA = /x\n",
+     "[Service]\nEnvironment=PEERSERVE_OPERATOR_CA=/x\\q\n", '[Service]\nEnvironment="PEERSERVE_OPERATOR_CA=\\s"\n'],
 )  # fmt: skip
 def test_what_gives_the_variable_no_value_is_not_named(tmp_path: Path, text: str) -> None:
     """An empty value counts as unset (the agent reads it so too); a comment, another section, another name, a
