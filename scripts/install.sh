@@ -377,9 +377,16 @@ check whether it" ;;
       fi
     done < <(section_settings "$f" Manager)
   done
+  # the first line, split as systemd's proc_cmdline_extract_first() does (EXTRACT_UNQUOTE|EXTRACT_RELAX: quotes
+  # anywhere in a word removed, review18e F-D); a backslash read both ways (systemd >= 250 keeps it, older drop it)
   f="$unit_root/proc/cmdline"
-  if [ -r "$f" ] && tr -s '[:space:]' '\n' < "$f" \
-       | grep -E "^[\"']?systemd\.setenv=${operator_ca_var}=[^[:space:]\"']" >/dev/null; then
+  if [ -r "$f" ] && tr '\r\000' '\n' < "$f" | LC_ALL=C awk -v v="$operator_ca_var" "$extract_words_awk"'
+       NR == 1 {
+         for (m = 1; m <= 2; m++) {
+           n = words($0, m == 1 ? "rk" : "r")
+           for (k = 1; k <= n; k++)
+             if (sub(/^(rd\.)?systemd\.setenv=/, "", W[k]) && gives(W[k], v)) found = 1 } }
+       END { if (found) print "set" }' | grep -x set >/dev/null; then
     echo "$f (systemd.setenv= on the kernel command line)"
   fi
 }
