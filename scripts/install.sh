@@ -319,6 +319,14 @@ environment_files() {
   if [[ "$pattern" == *%* ]] && [[ "${pattern//%[ESCLt]/}" == *%* ]]; then echo "cannot check: $1"; return 0; fi
   pattern=${pattern//%E//etc} pattern=${pattern//%S//var/lib} pattern=${pattern//%C//var/cache}
   pattern=${pattern//%L//var/log} pattern=${pattern//%t//run} pattern=${pattern//$percent/%}
+  globbed_files "$pattern"
+}
+
+# The files an absolute path names, a glob expanded (systemd expands one in EnvironmentFile=); a relative path names
+# nothing. systemctl show prints the paths with their specifiers already expanded: they come here directly, never
+# through environment_files a second time (review18e F-E: a literal '%' came back "cannot check" and went unread).
+globbed_files() {
+  local pattern=$1
   [[ "$pattern" == /* ]] || return 0
   pattern=$unit_root$pattern
   if [[ "$pattern" == *[*?[]* ]]; then compgen -G "$pattern" || true
@@ -330,14 +338,15 @@ environment_file_sets_it() {
   [ -f "$1" ] && tr '\r' '\n' < "$1" | grep -E "^[[:space:]]*(export[[:space:]]+)?${operator_ca_var}[[:space:]]*=[[:space:]]*([\"'][[:space:]]*)?[^[:space:]\"'#]" >/dev/null
 }
 
-# Offline: the unit's drop-ins (its own, the prefix ones peerserve-.service.d and service.d) and the files their
-# EnvironmentFile= lines read that give PEERSERVE_OPERATOR_CA a value, the manager's DefaultEnvironment= (system.conf
-# and every system.conf.d folder systemd reads) and the kernel command line's systemd.setenv= (systemd.exec(5): the
-# manager passes both to every unit, review18d F1).
+# Offline: the unit file itself wherever it lies (a full copy from systemctl edit --full in /etc, review18e F-E), its
+# drop-ins (its own, the prefix ones peerserve-.service.d and service.d) and the files their EnvironmentFile= lines
+# read that give PEERSERVE_OPERATOR_CA a value, the manager's DefaultEnvironment= (system.conf and every
+# system.conf.d folder systemd reads) and the kernel command line's systemd.setenv= (systemd.exec(5): the manager
+# passes both to every unit, review18d F1).
 operator_ca_in_unit_files() {
   local d f key val env_file said
   for d in "${unit_dirs[@]}"; do
-    for f in "$unit_root$d/$service.d"/*.conf "$unit_root$d/peerserve-.service.d"/*.conf \
+    for f in "$unit_root$d/$service" "$unit_root$d/$service.d"/*.conf "$unit_root$d/peerserve-.service.d"/*.conf \
              "$unit_root$d/service.d"/*.conf; do
       [ -f "$f" ] || continue
       while IFS=$'\t' read -r key val; do
@@ -378,7 +387,7 @@ check whether it" ;;
     done < <(section_settings "$f" Manager)
   done
   # the first line, split as systemd's proc_cmdline_extract_first() does (EXTRACT_UNQUOTE|EXTRACT_RELAX: quotes
-  # anywhere in a word removed, review18e F-D); a backslash read both ways (systemd >= 250 keeps it, older drop it)
+  # anywhere in a word removed, review18e F-D); a backslash read both ways (newer systemd keeps it, older versions drop it)
   f="$unit_root/proc/cmdline"
   if [ -r "$f" ] && tr '\r\000' '\n' < "$f" | LC_ALL=C awk -v v="$operator_ca_var" "$extract_words_awk"'
        NR == 1 {
@@ -405,7 +414,7 @@ operator_ca_in_manager() {
     [ -n "$env_file" ] || continue
     while IFS= read -r f; do
       if environment_file_sets_it "$f"; then echo "$f"; fi
-    done < <(environment_files "$env_file")
+    done < <(globbed_files "$env_file")
   done < <(systemctl show -p EnvironmentFiles --value "$service" 2>/dev/null)
   if systemctl show-environment 2>/dev/null | grep -E "^${operator_ca_var}=[^[:space:]]" >/dev/null; then
     echo "the service manager's environment, which every unit gets (systemctl show-environment; \

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts/install.sh"
-FUNCTIONS = ("unit_lines", "section_settings", "environment_value_sets_it", "environment_files",
+FUNCTIONS = ("unit_lines", "section_settings", "environment_value_sets_it", "environment_files", "globbed_files",
              "environment_file_sets_it", "operator_ca_in_unit_files",
              "operator_ca_in_manager", "operator_ca_in_environment")  # fmt: skip
 DROP_IN = "etc/systemd/system/peerserve-agent.service.d/x.conf"
@@ -117,6 +117,31 @@ def test_a_specifier_in_a_variables_name_that_could_make_it_this_one_is_refused_
     ]
 
 
+def test_the_unit_file_itself_is_read_offline(tmp_path: Path) -> None:
+    """review18e F-E: a full copy of the unit (systemctl edit --full, in /etc) was read by the online check only."""
+    unit = "etc/systemd/system/peerserve-agent.service"
+    root = make(tmp_path, {unit: f"[Unit]\nDescription=x\n[Service]\nEnvironmentFile=/{ENV}\n",
+                           ENV: "PEERSERVE_OPERATOR_CA=/x\n"})  # fmt: skip
+    assert found(root) == [ENV]
+    assert found(make(tmp_path / "b", {unit: "[Service]\nEnvironment=PEERSERVE_OPERATOR_CA=/x\n"})) == [unit]
+
+
+def test_the_environment_files_systemctl_shows_are_read_as_shown(tmp_path: Path) -> None:
+    """review18e F-E: systemctl show prints EnvironmentFiles with their specifiers expanded; the check expanded
+    them again, so a literal '%' made the path "cannot check" and it went unread, and %E in a name became /etc."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    shown = "/etc/peerserve/100%.env (ignore_errors=no)\n/etc/peerserve/%E.env (ignore_errors=yes)\n"
+    (bin_dir / "systemctl").write_text(
+        f"#!/bin/bash\nif [ \"$1 $2 $3\" = 'show -p EnvironmentFiles' ]; then printf %s '{shown}'; fi\n"
+    )
+    (bin_dir / "systemctl").chmod(0o755)
+    root = make(tmp_path / "root", {"etc/peerserve/100%.env": "PEERSERVE_OPERATOR_CA=/x\n",
+                                    "etc/peerserve/%E.env": "PEERSERVE_OPERATOR_CA=/y\n"})  # fmt: skip
+    out = run(str(root), "operator_ca_in_environment", sd="running", env={"PATH": f"{bin_dir}:/usr/bin:/bin"})
+    assert out.splitlines() == [f"{root}/etc/peerserve/%E.env", f"{root}/etc/peerserve/100%.env"]
+
+
 def test_an_environment_file_named_with_a_specifier_it_cannot_expand_is_refused_as_unchecked(tmp_path: Path) -> None:
     """review18d F2: %N, %h and the like were expanded to nothing known and the file was silently not read; now the
     check names the line as one it cannot check (install.sh refuses --no-operator-ca on it). %% is a literal %."""
@@ -152,7 +177,7 @@ def test_the_managers_default_environment_is_read(tmp_path: Path, folder: str) -
 @pytest.mark.parametrize(
     ("cmdline", "named"),
     [("ro quiet systemd.setenv=PEERSERVE_OPERATOR_CA=/etc/peerserve/ca.pub splash\n", True),
-     # review18e F-D: systemd unquotes each word wherever its quotes are; a backslash is kept (systemd >= 250) or
+     # review18e F-D: systemd unquotes each word wherever its quotes are; a backslash is kept (newer systemd) or
      # dropped (older): either reading counts; rd. is the initrd's (counted: the check cannot tell it left)
      ('ro systemd.setenv="PEERSERVE_OPERATOR_CA=/x"\n', True),
      ('ro systemd.setenv=PEERSERVE_OPERATOR_CA="/x y"\n', True),
