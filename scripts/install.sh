@@ -304,7 +304,8 @@ environment_value_sets_it() {
             if (c != "%") { pre = pre c; continue }
             if (substr(name, j + 1, 1) != "%") break
             pre = pre "%"; j++ }
-          if (pre == "" || index(v "=", pre) == 1) print "cannot check: " w
+          shown = w; gsub(/[[:cntrl:]]/, "?", shown)  # decoded: a control character would break the line
+          if (pre == "" || index(v "=", pre) == 1) print "cannot check: " shown
           continue }
         gsub(/%%/, "%", w)
         if (gives(w, v)) print "set" } }'
