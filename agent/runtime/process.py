@@ -256,7 +256,8 @@ class ProcessRuntime:
         # reaped before this stop (it crashed or was killed; its pidfd says so even where asyncio's child watcher has
         # reaped it but not yet set its returncode): its PID may name another process by now, so it is not signalled;
         # its session is swept only while no live process leads one of that number (review18d F7): a session whose
-        # members live keeps its number, so one without a leader is still the dead server's
+        # members live keeps its number, so one without a leader is the dead server's (or, once that one emptied,
+        # another's whose members the sweep ends only if they run our stub copy: an orphan of ours either way)
         exited = server.process is not None and server.process.returncode is not None
         if not exited and server.pidfd is not None:
             try:

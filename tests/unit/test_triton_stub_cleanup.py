@@ -313,7 +313,10 @@ def test_a_stop_never_signals_a_process_that_took_the_servers_pid_over(tmp_path:
         ticks = start_ticks(lookalike.pid)
         assert ticks is not None
         server = _Server("s", "m", lookalike.pid, 1, 1, time.time(), ticks=ticks, pidfd=pidfd)
-        assert server.is_alive()  # the record's checks pass: only the pidfd tells them apart
+        deadline = time.monotonic() + 10
+        while not server.is_alive():  # the record's checks pass: only the pidfd tells them apart
+            assert time.monotonic() < deadline and lookalike.poll() is None, Path(f"/proc/{lookalike.pid}/cmdline")
+            time.sleep(0.05)
 
         async def scenario() -> None:
             runtime = ProcessRuntime("127.0.0.1", tmp_path / "data")
