@@ -287,7 +287,7 @@ def cmd_agent(args: argparse.Namespace) -> int:
     from agent.logs import configure as configure_logs
     from agent.node import NodeAgent
     from agent.serving import pauses
-    from agent.settings import load_settings, operator_ca_mode
+    from agent.settings import load_settings, log_at_start
     from peerserve.errors import UsageError
 
     overrides = {flag[2:].replace("-", "_"): getattr(args, flag[2:].replace("-", "_")) for flag, _ in FLAGS}
@@ -301,8 +301,9 @@ def cmd_agent(args: argparse.Namespace) -> int:
     except uvicorn_hooks.UvicornHooksError as exc:
         raise UsageError(str(exc)) from exc
     sources: dict[str, str] = {}
+    ignored: list[str] = []
     try:
-        settings = load_settings(args.config, overrides=overrides, sources=sources)
+        settings = load_settings(args.config, overrides=overrides, sources=sources, ignored=ignored)
         agent = NodeAgent(settings)
     except ConfigError as exc:
         raise UsageError(exc.with_source()) from exc
@@ -310,7 +311,7 @@ def cmd_agent(args: argparse.Namespace) -> int:
     logging.getLogger("agent").setLevel(args.log_level.upper())
     logging.getLogger("httpx").setLevel(logging.WARNING)
     logging.getLogger("cyipopt").setLevel(logging.WARNING)
-    logging.getLogger("agent.settings").info("%s", operator_ca_mode(settings, sources))
+    log_at_start(settings, sources, ignored)
     app = create_app(agent)
     if settings.crash_backoff:  # systemd < 254 has no growing restart delay
         crash_backoff.before_start(Path(settings.data_dir))
