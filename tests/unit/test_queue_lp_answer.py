@@ -4,33 +4,17 @@ certificate is caught."""
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 from hypothesis import HealthCheck, given, settings
 
-from solver import queue_fast, queue_warm
+from solver import queue_warm
 from solver.problem import Mode
 from solver.queue_fast import solve_nlp_fast
 from solver.queue_model import QueueProblem
 from tests.unit.test_queue_start import cases, instance, keeps_cores, relative_gap
-from tests.unit.test_queue_warm import row_excess
+from tests.unit.test_queue_warm import row_excess, warm_answers
 
 CORED = instance(4, 0, 0.0, (2,), Mode.MODE2, False)  # 25 x 10, 2 cores per node
-
-
-def _answers(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
-    """Every R(S) answer solver.queue_fast takes from the warm path (None where it declined)."""
-    seen: list[Any] = []
-    real = queue_warm.solve_certified
-
-    def kept(q: QueueProblem, allowed: Any) -> Any:
-        sol = real(q, allowed)
-        seen.append(sol)
-        return sol
-
-    monkeypatch.setattr(queue_fast, "solve_certified", kept)
-    return seen
 
 
 @settings(
@@ -52,7 +36,7 @@ def test_cored_relaxations_are_answered_without_ipopt(monkeypatch: pytest.Monkey
     """Where cores bind (2 per node): every R(S) is the LP's certified point (no Ipopt
     iteration), within ANSWER_GAP of the reference, and the warm Ipopt's answer is within 1e-6 of it."""
     monkeypatch.setattr(queue_warm, "LP_ANSWER", True)
-    seen = _answers(monkeypatch)
+    seen = warm_answers(monkeypatch)
     sol = solve_nlp_fast(CORED)
     assert seen and all(s is not None and s.iterations == 0 for s in seen)
     assert sol.iterations == 0 and relative_gap(CORED, sol) <= queue_warm.ANSWER_GAP
@@ -69,7 +53,7 @@ def test_an_unchecked_certificate_is_caught(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setattr(queue_warm, "CHECK_ANSWER", False)
     assert relative_gap(CORED, solve_nlp_fast(CORED)) > queue_warm.ANSWER_GAP
     monkeypatch.setattr(queue_warm, "CHECK_ANSWER", True)
-    seen = _answers(monkeypatch)
+    seen = warm_answers(monkeypatch)
     sol = solve_nlp_fast(CORED)
     assert any(s is not None and s.iterations > 0 for s in seen)
     assert relative_gap(CORED, sol) <= 1e-6
