@@ -17,19 +17,18 @@ from tests.unit.test_queue_warm import row_excess, warm_answers
 CORED = instance(4, 0, 0.0, (2,), Mode.MODE2, False)  # 25 x 10, 2 cores per node
 
 
-@settings(
-    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
-)
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(cases)
-def test_the_certified_answer_is_the_reference_optimum(monkeypatch: pytest.MonkeyPatch, q: QueueProblem) -> None:
+def test_the_certified_answer_is_the_reference_optimum(q: QueueProblem) -> None:
     """Random thesis instances, both modes, running instances, 1-4 cores per node or none, tail cap or not: with the
     LP's answer the relaxation is within ANSWER_GAP of the reference NLP's optimum, keeps every node's cores and
     every row of the compact NLP."""
-    monkeypatch.setattr(queue_warm, "LP_ANSWER", True)
-    sol = solve_nlp_fast(q)
-    assert relative_gap(q, sol) <= queue_warm.ANSWER_GAP
-    assert keeps_cores(q, sol)
-    assert row_excess(q, sol) <= 1e-9
+    with pytest.MonkeyPatch.context() as mp:  # per example (hypothesis runs them all in one test call)
+        mp.setattr(queue_warm, "LP_ANSWER", True)
+        sol = solve_nlp_fast(q)
+        assert relative_gap(q, sol) <= queue_warm.ANSWER_GAP
+        assert keeps_cores(q, sol)
+        assert row_excess(q, sol) <= 1e-9
 
 
 def test_cored_relaxations_are_answered_without_ipopt(monkeypatch: pytest.MonkeyPatch) -> None:

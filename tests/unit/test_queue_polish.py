@@ -24,21 +24,20 @@ CORED = instance(4, 0, 0.0, (2,), Mode.MODE2, False)  # 25 x 10, 2 cores per nod
 ONE_CORE = instance(4, 3, 0.4, (1,), Mode.MODE1, True)  # Mode 1, instances running, 1 core, the tail cap
 
 
-@settings(
-    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
-)
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(cases)
-def test_the_polished_answer_is_within_its_certificate(monkeypatch: pytest.MonkeyPatch, q: QueueProblem) -> None:
+def test_the_polished_answer_is_within_its_certificate(q: QueueProblem) -> None:
     """Random thesis instances, both modes, running instances, 1-4 cores per node or none, tail cap or not: the
     relaxation with the polish is within POLISH_GAP of the reference NLP's optimum, keeps every node's cores and
     every row of the compact NLP, and the warm path answered every R(S)."""
-    assert queue_warm.POLISH
-    seen = warm_answers(monkeypatch)
-    sol = solve_nlp_fast(q)
-    assert relative_gap(q, sol) <= queue_warm.POLISH_GAP
-    assert keeps_cores(q, sol)
-    assert row_excess(q, sol) <= 1e-8
-    assert all(s is not None for s in seen)
+    with pytest.MonkeyPatch.context() as mp:  # per example (hypothesis runs them all in one test call)
+        assert queue_warm.POLISH
+        seen = warm_answers(mp)
+        sol = solve_nlp_fast(q)
+        assert relative_gap(q, sol) <= queue_warm.POLISH_GAP
+        assert keeps_cores(q, sol)
+        assert row_excess(q, sol) <= 1e-8
+        assert all(s is not None for s in seen)
 
 
 @pytest.mark.parametrize("q", [CORED, ONE_CORE], ids=["2 cores", "1 core, running, tail cap"])
