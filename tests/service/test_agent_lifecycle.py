@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from agent.catalogue import builtin_catalogue_text
+from tests.service.test_agent_api import BROKEN, _catalogue
 from tests.waiting import wait_for
 
 # scripts/test.sh runs it with nothing else: a fixed loopback address (127.0.0.10)
@@ -121,16 +122,6 @@ def test_solver_worker_dies_with_a_killed_agent(agents: Any) -> None:
     assert not alive, "a solver worker outlived its agent"
 
 
-BROKEN = """
-[[models]]
-name = "broken"
-image = "peerserve/modelserver:latest"
-stand_in = "no_such_model"
-mem_mb = 1
-compute = 1
-"""
-
-
 def _waiting_predict(port: int) -> socket.socket:
     """A predict for ``broken``, whose server never starts: its handler waits for it (provision_wait_s)."""
     sock = socket.create_connection(("127.0.0.1", port), timeout=15)
@@ -145,9 +136,7 @@ def test_a_stop_ends_the_waits_for_provisioning_at_once(agents: Any, tmp_path: P
     waiting for a model started on demand for it waited on (provision_wait_s), its client gone or not: the stop
     took the 10 s. Now the stop ends those waits at once (NodeAgent.begin_shutdown): a client still there is
     answered 503 with Retry-After and why, one that left holds nothing, and the agent exits within seconds."""
-    catalogue = tmp_path / "catalogue.toml"
-    catalogue.write_text(builtin_catalogue_text() + BROKEN)
-    a = agents("a", "--no-discovery", "--catalogue", str(catalogue), "--provision-wait-s", "60")
+    a = agents("a", "--no-discovery", "--catalogue", _catalogue(tmp_path, BROKEN), "--provision-wait-s", "60")
     assert a.proc is not None
     left, staying = _waiting_predict(a.port), _waiting_predict(a.port)
     wait_for(lambda: "broken" in a.get("/health").json()["failing_models"], 15)  # its start was tried and failed
