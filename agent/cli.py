@@ -279,7 +279,7 @@ def cmd_agent(args: argparse.Namespace) -> int:
     import logging
     from pathlib import Path
 
-    import uvicorn
+    import uvicorn  # noqa: F401 - first: an install without it is told so before anything starts (agent_server)
 
     from agent import crash_backoff, uvicorn_hooks
     from agent.api import create_app
@@ -318,8 +318,24 @@ def cmd_agent(args: argparse.Namespace) -> int:
     app.router.lifespan_context = crash_backoff.marking_clean_exit(app.router.lifespan_context, Path(settings.data_dir))
     pauses.install()
     pauses.freeze_startup_heap()  # full collections then skip the ~70,000 start-up objects (~100 ms stalls)
-    uvicorn.Server(server_config(app, settings, args.log_level)).run()
+    agent_server(server_config(app, settings, args.log_level), agent).run()
     return 0
+
+
+def agent_server(config: Any, agent: Any) -> Any:
+    """uvicorn's Server for ``agent`` whose shutdown tells the agent first (``NodeAgent.begin_shutdown``): uvicorn
+    then waits up to its graceful timeout (10 s) for every open request, and one waiting for a model started on
+    demand (provision_wait_s, 10 s by default), its client perhaps long gone, held the stop for all of it."""
+    import socket
+
+    import uvicorn
+
+    class AgentServer(uvicorn.Server):
+        async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+            agent.begin_shutdown()
+            await super().shutdown(sockets)
+
+    return AgentServer(config)
 
 
 def server_config(app: Any, settings: Any, log_level: str = "info") -> Any:

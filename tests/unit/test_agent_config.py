@@ -196,17 +196,27 @@ def test_a_missing_operator_ca_named_by_the_environment_refuses_the_start(
     assert caught.value.source.startswith("this rule reads PEERSERVE_OPERATOR_CA from the environment: ")
 
 
-@pytest.mark.parametrize("name", ["operator_ca", "cluster_token", "client_token", "metrics_token"])
-def test_an_empty_variable_never_switches_a_security_setting_of_the_file_off(tmp_path: Path, name: str) -> None:
-    """review18a F1: ``Environment=PEERSERVE_OPERATOR_CA=`` (what an operator writes to silence a drop-in, and what
-    install.sh's check reads as unset) ran the agent on the token alone although the config names the CA; an empty
-    client or metrics token dropped the file's token the same way. An empty variable counts as unset."""
+SECURITY_SETTINGS = ["operator_ca", "cluster_token", "client_token", "metrics_token"]
+
+
+def every_security_setting_in_a_file(tmp_path: Path) -> tuple[Path, dict[str, str], Path]:
+    """A config file that sets the four security settings (an operator CA key written beside it, three tokens):
+    (the CA's public key, each setting's value in the file, the config file)."""
     pub = tmp_path / "ca.pub"
     pub.write_text(b64(raw_public(Ed25519PrivateKey.generate().public_key())) + "\n")
     values = {"operator_ca": str(pub), "cluster_token": "file-cluster-token-0123456789",
               "client_token": "file-client-token-0123456789", "metrics_token": "file-metrics-token-0123"}  # fmt: skip
     cfg = tmp_path / "peerserve.toml"
     cfg.write_text(f'data_dir = "{tmp_path / "data"}"\n' + "".join(f'{k} = "{v}"\n' for k, v in values.items()))
+    return pub, values, cfg
+
+
+@pytest.mark.parametrize("name", SECURITY_SETTINGS)
+def test_an_empty_variable_never_switches_a_security_setting_of_the_file_off(tmp_path: Path, name: str) -> None:
+    """review18a F1: ``Environment=PEERSERVE_OPERATOR_CA=`` (what an operator writes to silence a drop-in, and what
+    install.sh's check reads as unset) ran the agent on the token alone although the config names the CA; an empty
+    client or metrics token dropped the file's token the same way. An empty variable counts as unset."""
+    pub, values, cfg = every_security_setting_in_a_file(tmp_path)
     sources: dict[str, str] = {}
     for blank in ("", "  "):
         s = load_settings(str(cfg), env={f"PEERSERVE_{name.upper()}": blank}, sources=sources)
@@ -224,16 +234,11 @@ def test_an_empty_variable_never_switches_a_security_setting_of_the_file_off(tmp
         )
 
 
-@pytest.mark.parametrize("name", ["operator_ca", "cluster_token", "client_token", "metrics_token"])
+@pytest.mark.parametrize("name", SECURITY_SETTINGS)
 def test_an_empty_flag_never_switches_a_security_setting_of_the_file_off(tmp_path: Path, name: str) -> None:
     """review18d F6: ``--client-token ""`` (and the other three) dropped the file's value although an empty variable
     no longer does; an empty flag counts as unset the same way, and ``peerserve agent --help`` says so."""
-    pub = tmp_path / "ca.pub"
-    pub.write_text(b64(raw_public(Ed25519PrivateKey.generate().public_key())) + "\n")
-    values = {"operator_ca": str(pub), "cluster_token": "file-cluster-token-0123456789",
-              "client_token": "file-client-token-0123456789", "metrics_token": "file-metrics-token-0123"}  # fmt: skip
-    cfg = tmp_path / "peerserve.toml"
-    cfg.write_text(f'data_dir = "{tmp_path / "data"}"\n' + "".join(f'{k} = "{v}"\n' for k, v in values.items()))
+    _, values, cfg = every_security_setting_in_a_file(tmp_path)
     parser = argparse.ArgumentParser()
     subparsers = parser.add_subparsers()
     register(subparsers)

@@ -59,6 +59,19 @@ def wait_for(session: int, count: int, marks: list[Path]) -> dict[int, list[str]
         time.sleep(0.05)
 
 
+def one_staying_stub(tmp_path: Path) -> tuple[Path, Path, subprocess.Popen[bytes]]:
+    """A stub binary under ``tmp_path``, one /dev/shm region of this test's named by a stub that ignores SIGTERM
+    and touches ``tmp_path/a``, and the session leader it runs under: (the stub binary, the region, the leader)."""
+    stub = stub_binary(tmp_path / "triton" / "backends")
+    region = f"{STUB_SHM_PREFIX}{uuid.uuid4()}"
+    shm = Path("/dev/shm") / region
+    shm.write_bytes(b"\0" * 4096)
+    leader = subprocess.Popen(
+        ["bash", "-c", f'("{stub}" -c "{STAY}" "{tmp_path}/a" {region}) & wait'], start_new_session=True
+    )
+    return stub, shm, leader
+
+
 def end_all(pids: list[int], *leaders: subprocess.Popen[bytes]) -> None:
     for pid in pids:
         with contextlib.suppress(ProcessLookupError):
@@ -126,13 +139,7 @@ def test_a_stub_the_sweep_may_not_touch_is_logged_and_the_sweep_goes_on(tmp_path
     agent's own shutdown. Now it is logged and the sweep returns. Run in a child forked from this process that
     drops to uid 65534; the member belongs to root (this test)."""
     tmp_path.chmod(0o755)
-    stub = stub_binary(tmp_path / "triton" / "backends")
-    region = f"{STUB_SHM_PREFIX}{uuid.uuid4()}"
-    shm = Path("/dev/shm") / region
-    shm.write_bytes(b"\0" * 4096)
-    leader = subprocess.Popen(
-        ["bash", "-c", f'("{stub}" -c "{STAY}" "{tmp_path}/a" {region}) & wait'], start_new_session=True
-    )
+    stub, shm, leader = one_staying_stub(tmp_path)
     members: dict[int, list[str]] = {}
     try:
         members = wait_for(leader.pid, 1, [tmp_path / "a"])
@@ -191,13 +198,7 @@ def test_a_member_gone_since_the_listing_is_skipped_without_a_warning(
 def test_a_leftover_stub_whose_copy_was_deleted_is_still_ended(tmp_path: Path) -> None:
     """review18d F4: an operator wiping DATA_DIR/triton (to get a new stub after an upgrade) leaves a running stub
     whose /proc/PID/exe reads "<copy> (deleted)"; it was skipped, and it and its region leaked for good."""
-    stub = stub_binary(tmp_path / "triton" / "backends")
-    region = f"{STUB_SHM_PREFIX}{uuid.uuid4()}"
-    shm = Path("/dev/shm") / region
-    shm.write_bytes(b"\0" * 4096)
-    leader = subprocess.Popen(
-        ["bash", "-c", f'("{stub}" -c "{STAY}" "{tmp_path}/a" {region}) & wait'], start_new_session=True
-    )
+    stub, shm, leader = one_staying_stub(tmp_path)
     members: dict[int, list[str]] = {}
     try:
         members = wait_for(leader.pid, 1, [tmp_path / "a"])
