@@ -44,6 +44,8 @@ ABANDON = True  # a try whose run cannot beat the plan stops early (queue_split.
 BATCH = True  # a round's runs make their Frank-Wolfe steps together (solver.queue_batch; the same runs bit for bit)
 BATCH_SIZE = 4096  # ... where a run's split has at most this many entries (numpy's per-call cost dominates; on larger
 # ones, e.g. 1,000 x 100, the tries given up at ABANDON_STEP would run on for nothing)
+BATCH_MIN = 3  # ... where the screen leaves at least this many tries (one run alone is ~30 % cheaper than a batch of
+# one; two together cost as much as two alone: measured on the thesis sizes at 2 cores, session 19)
 SCREEN = True  # a try runs only where its two-pool estimate (``gain_estimates``) promises a gain (off: every try runs)
 SCREEN_GAIN = 0.005  # ... of at least this fraction of the objective to beat (tries kept in session 19: >= 2.4 %)
 SCREEN_GRID = 64  # ... the rate shifted from the source pool to the destination's, tried in this many equal steps
@@ -137,7 +139,7 @@ def _round_screened(pools: Pools, counts: IntArray, moves: list[tuple[int, int, 
     beat = before if ABANDON else np.inf
     kept = screen(pools, counts, moves, before) if stay is not None else [True] * len(moves)
     chosen = [move for move, keep in zip(moves, kept, strict=True) if keep]
-    if BATCH and pools.x.size <= BATCH_SIZE:
+    if BATCH and pools.x.size <= BATCH_SIZE and len(chosen) >= BATCH_MIN:
         found = iter(_tries_together(pools, counts, chosen, beat))
     else:
         found = iter([_try(pools, counts, move, beat) for move in chosen])
