@@ -19,7 +19,7 @@ extrapolated at twice its last step's fall, still cannot beat the plan stops the
 A round first runs the split without a move (best_split continues it), then tries only the moves that its split
 says may pay (``screen``: the two nodes' pools re-priced at the moved counts and the best shift of rate between
 the moved model's two pools, a gain of at least ``SCREEN_GAIN`` of the objective to beat). A heuristic too: over
-integer_check's corpus at seeds 0-39 the move each round kept was estimated at -2.2 % or lower, and no plan moved
+integer_check's corpus at seeds 0-39 the move each round kept was estimated at -1.2 % or lower, and no plan moved
 (docs/solver.md, "Session 19 (solver19a)").
 """
 
