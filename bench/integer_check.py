@@ -10,7 +10,8 @@ two checkouts' digests compare bit for bit (every float's repr)::
     PYTHONPATH=/work/main .venv/bin/python bench/integer_check.py --out /tmp/before.json
     PYTHONPATH=$PWD .venv/bin/python bench/integer_check.py --out /tmp/after.json --against /tmp/before.json
 
-``--seeds`` (default 5) and ``--quick`` (seeds 0-1, no site instances) size the corpus.
+``--seeds`` (default 5) and ``--quick`` (seeds 0-1, no site instances) size the corpus; ``--first`` (default 0) is its
+first seed (``--first 5 --seeds 5``: fresh cases, to check a heuristic fitted on the default corpus).
 
 ``--quality``: a speed-up that moves plans (the relaxation's last bits decide ties, so any change of its arithmetic
 does) is judged by what the plans are worth instead of their bits. Each plan's record keeps its mean latency
@@ -48,29 +49,31 @@ TIMING = ("solve_ms",)
 DETAIL_TIMING = ("relaxation_ms",)
 
 
-def corpus(seeds: int, sites: bool = True) -> Iterator[tuple[str, Snapshot, str, str]]:
-    """(key, snapshot, mode, objective) over the corpus (module docstring): ``plans(seeds, sites)`` of them."""
+def corpus(seeds: int, sites: bool = True, first: int = 0) -> Iterator[tuple[str, Snapshot, str, str]]:
+    """(key, snapshot, mode, objective) over the corpus (module docstring): ``plans(seeds, sites)`` of them, from seed
+    ``first`` (0: the corpus the records were made on; another: fresh cases for a heuristic fitted to them)."""
     from tests.unit.test_queue_repair_golden import snapshot as random_snapshot
 
     for cores in CORES:
         for r, n in SIZES:
             tag = f"thesis/{r}x{n}"
-            for s in range(seeds):
+            for s in range(first, first + seeds):
                 snap = with_cores(thesis_instance(r, n, s), cores)
                 for mode in ("1", "2"):
                     yield f"{tag}/s{s}/c{cores}/m{mode}", snap, mode, "queue"
                 running = with_cores(with_running(thesis_instance(r, n, s), s), cores)
                 yield f"{tag}/s{s}/c{cores}/m1/running", running, "1", "queue"
-            yield f"{tag}/s0/c{cores}/m1/p99", with_cores(thesis_instance(r, n, 0), cores), "1", "queue-p99"
-        for s in range(SITE_SEEDS if sites else 0):
+            yield f"{tag}/s{first}/c{cores}/m1/p99", with_cores(thesis_instance(r, n, first), cores), "1", "queue-p99"
+        for s in range(first, first + (SITE_SEEDS if sites else 0)):
             site = with_cores(site_instance(1000, 100, 50, s), cores)
             yield f"site/1000x100/s{s}/c{cores}/m1", site, "1", "queue"
-    for s in range(SWEEP_PER_SEED * seeds):  # bench/bound_sweep.py's clusters: the instance bound's repair at work
+    # bench/bound_sweep.py's clusters: the instance bound's repair at work
+    for s in range(SWEEP_PER_SEED * first, SWEEP_PER_SEED * (first + seeds)):
         snap, tail = cluster(s)
         yield f"bound/s{s}", snap, "1", "queue-p99" if tail else "queue"
         snap, mode, tail = overloaded_seed(s)
         yield f"overloaded/s{s}", snap, str(mode.value), "queue-p99" if tail else "queue"
-    for s in range(RANDOM_PER_SEED * seeds):
+    for s in range(RANDOM_PER_SEED * first, RANDOM_PER_SEED * (first + seeds)):
         snap = random_snapshot(np.random.default_rng(s))
         mode = "2" if s % 2 else "1"
         yield f"random/s{s}", snap, mode, "queue"
@@ -165,6 +168,7 @@ def compare(want: dict[str, Any], got: dict[str, Any], gate: Gate = Gate()) -> t
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--first", type=int, default=0, help="the first seed (0; e.g. 5 with --seeds 5: fresh cases)")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--out", required=True)
     parser.add_argument("--against")
@@ -173,7 +177,7 @@ def main() -> int:
     seeds = 2 if args.quick else args.seeds
     out: dict[str, Any] = {}
     start = time.process_time()
-    for key, snap, mode, objective in corpus(seeds, sites=not args.quick):
+    for key, snap, mode, objective in corpus(seeds, sites=not args.quick, first=args.first):
         plan = solve(snap, mode=mode, objective=objective)
         out[key] = record(plan) if args.quality else digest(plan)
     print(f"{len(out)} plans in {time.process_time() - start:.1f} s CPU", file=sys.stderr)

@@ -15,6 +15,12 @@ instance adds a server wherever it goes and repair's counts stand), and at most 
 tried per solve (each costs a Frank-Wolfe run). A try whose run, after ``queue_split.ABANDON_STEP`` steps and
 extrapolated at twice its last step's fall, still cannot beat the plan stops there (a heuristic: on the bench's
 222 cases and the golden ones no move kept changed).
+
+A round first runs the split without a move (best_split continues it), then tries only the moves that its split
+says may pay (``screen``: the two nodes' pools re-priced at the moved counts and the best shift of rate between
+the moved model's two pools, a gain of at least ``SCREEN_GAIN`` of the objective to beat). A heuristic too: over
+integer_check's corpus at seeds 0-39 the move each round kept was estimated at -1.2 % or lower, and no plan moved
+(docs/solver.md, "Session 19 (solver19a)").
 """
 
 from __future__ import annotations
@@ -44,6 +50,11 @@ ABANDON = True  # a try whose run cannot beat the plan stops early (queue_split.
 BATCH = True  # a round's runs make their Frank-Wolfe steps together (solver.queue_batch; the same runs bit for bit)
 BATCH_SIZE = 4096  # ... where a run's split has at most this many entries (numpy's per-call cost dominates; on larger
 # ones, e.g. 1,000 x 100, the tries given up at ABANDON_STEP would run on for nothing)
+BATCH_MIN = 3  # ... where the screen leaves at least this many tries (one run alone is ~30 % cheaper than a batch of
+# one; two together cost as much as two alone: measured on the thesis sizes at 2 cores, session 19)
+SCREEN = True  # a try runs only where its two-pool estimate (``gain_estimates``) promises a gain (off: every try runs)
+SCREEN_GAIN = 0.005  # ... of at least this fraction of the objective to beat (tries kept in session 19: >= 2.4 %)
+SCREEN_GRID = 64  # ... the rate shifted from the source pool to the destination's, tried in this many equal steps
 
 
 def move_instances(pools: Pools) -> int:
@@ -111,14 +122,122 @@ Tried = tuple[float, IntArray, FloatArray] | None
 
 def _round(pools: Pools, counts: IntArray, moves: list[tuple[int, int, int]]) -> tuple[float, list[Tried]]:
     """One round: the objective a move must beat (the plan's, or the same split budget without a move: ``_try``
-    with None) and each move's ``_try`` against it; with ``BATCH``, every run of the round made together
+    with None) and each move's ``_try`` against it; with ``SCREEN``, the run without a move first and only the
+    moves it leaves tried (``_round_screened``); else with ``BATCH``, every run of the round made together
     (``_round_together``)."""
+    if SCREEN:
+        return _round_screened(pools, counts, moves)
     if BATCH and pools.x.size <= BATCH_SIZE:
         return _round_together(pools, counts, moves)
     stay = _try(pools, counts, None)
     before = min(integer_objective(pools), stay[0] if stay else np.inf)
     beat = before if ABANDON else np.inf
     return before, [_try(pools, counts, move, beat) for move in moves]
+
+
+def _round_screened(pools: Pools, counts: IntArray, moves: list[tuple[int, int, int]]) -> tuple[float, list[Tried]]:
+    """``_round`` where the run without a move goes first and screens the moves (``screen``): a move it rules out
+    counts as tried and failed (None), the others are tried as ``_round`` tries them (together with ``BATCH``). A
+    round whose moves are all ruled out costs no Frank-Wolfe run of its own: best_split continues the run without a
+    move (``pools.split_run``), which it would otherwise make itself."""
+    stay = _try(pools, counts, None)
+    before = min(integer_objective(pools), stay[0] if stay else np.inf)
+    beat = before if ABANDON else np.inf
+    kept = screen(pools, counts, moves, before) if stay is not None else [True] * len(moves)
+    chosen = [move for move, keep in zip(moves, kept, strict=True) if keep]
+    if BATCH and pools.x.size <= BATCH_SIZE and len(chosen) >= BATCH_MIN:
+        found = iter(_tries_together(pools, counts, chosen, beat))
+    else:
+        found = iter([_try(pools, counts, move, beat) for move in chosen])
+    return before, [next(found) if keep else None for keep in kept]
+
+
+def screen(pools: Pools, counts: IntArray, moves: list[tuple[int, int, int]], before: float) -> list[bool]:
+    """Which moves to try: those whose ``gain_estimates`` at the run without a move's split (``pools.split_run``,
+    near that split's optimum: a try beats it only by what the move itself changes) fall below ``-SCREEN_GAIN``
+    of ``before``. A heuristic, not a bound (the estimate is one feasible re-routing, so the try's own optimum is
+    at or below it; a try can gain where the estimate does not): on integer_check's corpus, seeds 0-9, every kept
+    move's estimate was at or below -2.4 % (docs/solver.md, session 19)."""
+    if not moves:
+        return []
+    gains = gain_estimates(pools, pools.split_run.x, counts, moves)
+    return [bool(gain < -SCREEN_GAIN * abs(before)) for gain in gains.tolist()]
+
+
+def gain_estimates(pools: Pools, x: FloatArray, counts: IntArray, moves: list[tuple[int, int, int]]) -> FloatArray:
+    """[move] the integer objective's change for each move (a, b, k) from the split ``x`` on ``counts``: every pool
+    on nodes a and b re-priced at its servers with the move (``effective_servers``: a node's cores shared by its
+    instances) at its rate in ``x``, the instance term's change, and the best of ``SCREEN_GRID`` + 1 shifts of
+    rate from pool (a, k) to pool (b, k) within ``rho_max`` of their servers, each shifted request/s at the least
+    network cost change of model k's classes on node a; +inf where no shift keeps both pools there."""
+    q, p = pools.q, pools.q.base
+    lam = np.asarray(x.T @ pools.onehot)
+    src, dst, mod = (np.array(column, dtype=np.intp) for column in zip(*moves, strict=True))
+    nodes = np.stack([src, dst], axis=1)  # [move, 2]: the two nodes whose pools change
+    index, ends = np.arange(len(moves))[:, None], np.arange(2)[None]  # [move, 1], [1, 2]: pools (a, k), (b, k)
+    old = counts[nodes]  # [move, 2, k]
+    new = old.copy()
+    new[index, ends, mod[:, None]] += np.array([-1, 1])
+    mu, service, rate, free = q.mu[nodes], pools.service_ms[nodes], lam[nodes], p.free[nodes]
+    cores = pools.cores[nodes]
+    servers = _servers(new, cores)
+    after = _waits(rate, new, cores, mu, service, q.rho_max)
+    change = after.sum(axis=(1, 2)) - _waits(rate, old, cores, mu, service, q.rho_max).sum(axis=(1, 2))
+    change += q.instance_cost * (np.maximum(new - free, 0) - np.maximum(old - free, 0)).sum(axis=(1, 2))
+    # the shift: rate d from pool (a, k) to pool (b, k), d in [0, lam[a, k]], both pools' rates as [move, 2, step]
+    own = index, ends, mod[:, None]
+    d = rate[index[:, 0], 0, mod][:, None] * np.linspace(0.0, 1.0, SCREEN_GRID + 1)[None]  # [move, step]
+    moved = rate[own][:, :, None] + np.stack([-d, d], axis=1)
+    top = (q.rho_max * mu[own] * servers[own])[:, :, None]
+    waits = _wait(moved, servers[own][:, :, None], mu[own][:, :, None], service[own][:, :, None], q.rho_max)
+    carried = (p.class_model[:, None] == mod[None]) & (x[:, src] > 0)  # [c, move]: model k's classes on node a
+    network = np.where(carried, p.cost[:, dst] - p.cost[:, src], np.inf).min(axis=0)  # [move]
+    network = np.where(np.isfinite(network), network, 0.0)
+    inside = (moved <= top * (1 + 1e-12)).all(axis=1)
+    shifted = np.where(inside, waits.sum(axis=1) + d * network[:, None], np.inf).min(axis=1)
+    return np.asarray(change + shifted - after[own].sum(axis=1))
+
+
+def _servers(counts: IntArray, cores: FloatArray) -> FloatArray:
+    """``effective_servers`` of [move, node, k] counts on [move, node] cores."""
+    total = counts.sum(axis=2)
+    share = np.where(total > cores, cores / np.where(total > 0, total, 1), 1.0)
+    return np.asarray(counts * share[:, :, None])
+
+
+def _waits(
+    rate: FloatArray, counts: IntArray, cores: FloatArray, mu: FloatArray, service: FloatArray, rho: float
+) -> FloatArray:
+    """``integer_objective``'s wait term of each pool ([move, node, k]) at ``counts``' servers."""
+    return _wait(rate, np.where(counts > 0, _servers(counts, cores), 0.0), mu, service, rho)
+
+
+def _wait(rate: FloatArray, servers: FloatArray, mu: FloatArray, service: FloatArray, rho: float) -> FloatArray:
+    """``integer_objective``'s wait term of pools at ``rate`` on ``servers`` (a pool without servers waits 0)."""
+    t = np.minimum(rate / np.where(servers > 0, servers, 1.0), rho * mu)
+    return np.asarray(np.where(servers > 0, rate * (1000.0 / (mu - t) - service), 0.0))
+
+
+def _tries_together(pools: Pools, counts: IntArray, moves: list[tuple[int, int, int]], beat: float) -> list[Tried]:
+    """Each move's ``_try`` against ``beat``, their Frank-Wolfe runs made together (solver.queue_batch: the same runs,
+    bit for bit, each stopped at ``ABANDON_STEP`` as ``_try`` stops it)."""
+    shared = _shared(pools)
+    ready = [_prepare(pools, counts, move, shared) for move in moves]
+    runs = [r for r in ready if r is not None]
+    if not runs:
+        return [None] * len(ready)
+    starts = [np.where(r[1][2], r[2], 0.0) for r in runs]  # as _round_together's (the same values)
+    flows = [_SplitFlow(*runs[0][1])]
+    flows += [sibling(flows[0], r[1][1], r[1][2]) for r in runs[1:]]  # the same rates: the first's arrays shared
+    done = iter(run_batch(flows, starts, TRY_ITERATIONS, [beat - r[3] for r in runs]))
+    out: list[Tried] = []
+    for r in ready:
+        if r is None:
+            out.append(None)
+            continue
+        split, _, gap = next(done)
+        out.append(None if gap == ABANDONED else _valued(pools, r[0], split))
+    return out
 
 
 def _round_together(pools: Pools, counts: IntArray, moves: list[tuple[int, int, int]]) -> tuple[float, list[Tried]]:

@@ -42,6 +42,14 @@ def test_the_corpus_has_the_stated_size_and_unique_keys() -> None:
     assert plans(3) - plans(2) == plans(2) - plans(1) > 0  # linear in the seeds
 
 
+def test_a_corpus_from_another_first_seed_is_as_large_and_new() -> None:
+    """``--first``: from seed 2 as many plans, every key new against seeds 0-1; from 0 the same corpus."""
+    fresh = [key for key, *_ in corpus(1, True, first=2)]
+    assert len(fresh) == len(set(fresh)) == plans(1, True)
+    assert not set(fresh) & {key for key, *_ in corpus(2, True)}
+    assert [key for key, *_ in corpus(1, False, first=0)] == [key for key, *_ in corpus(1, False)]
+
+
 def test_the_quality_gate_passes_equal_and_better_plans_and_fails_worse_ones() -> None:
     plans_ = {f"random/s{s}": record(_plan(s)) for s in (0, 3)}
     ok, lines = compare(plans_, plans_)

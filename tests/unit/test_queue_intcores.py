@@ -51,6 +51,7 @@ def _moves(monkeypatch: pytest.MonkeyPatch, abandon: bool) -> tuple[list[Any], i
     given: the pools, the line searches the move pass made and the moves it kept."""
     monkeypatch.setattr(queue_move, "ABANDON", abandon)
     monkeypatch.setattr(queue_move, "BATCH", False)  # the tries' line searches counted one run at a time
+    monkeypatch.setattr(queue_move, "SCREEN", False)  # every try made (the screen's own test: test_queue_move_screen)
     calls = [0]
     step = queue_split._SplitFlow.step
 
