@@ -7,6 +7,9 @@ peerserve_peer_connections_opened_total                               connection
 peerserve_peer_connections_idle                                       kept-alive connections to peers now
 peerserve_membership_candidates_replaced_total                        candidates whose slot a newer hint took (a full
                                                                       table: a stranger's flood of mDNS adverts)
+peerserve_peer_stale_boot_total{side="refused|retried"}              signed requests naming another boot id than this
+                                                                      run's, refused here; and our requests retried
+                                                                      once with a peer's new boot id (its refusal)
 peerserve_mdns_adverts_total{outcome}                                 mDNS adverts by outcome (hinted, other_cluster,
                                                                       malformed, own_id, no_ipv4, unanswered,
                                                                       resolve_dropped)
@@ -56,6 +59,12 @@ class MembershipCollector(Collector):
         yield CounterMetricFamily("peerserve_membership_candidates_replaced",
                                   "Candidates whose slot a newer hint took (a full table)",
                                   value=swim.core.replaced)  # fmt: skip
+        client = self.discovery.peers
+        stale = CounterMetricFamily("peerserve_peer_stale_boot", "Peer requests naming another run's boot id, by side",
+                                    labels=["side"])  # fmt: skip
+        stale.add_metric(["refused"], client.identity.stale_boot_refused)
+        stale.add_metric(["retried"], client.boots.learnt)
+        yield stale
         adverts = CounterMetricFamily("peerserve_mdns_adverts", "mDNS adverts seen, by outcome", labels=["outcome"])
         for outcome, n in sorted(self.discovery.mdns.items()):
             adverts.add_metric([outcome], n)
