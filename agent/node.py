@@ -241,6 +241,10 @@ class NodeAgent:
             from agent.discovery.metrics import MembershipCollector
 
             self.telemetry.registry.register(MembershipCollector(self.discovery))
+        if self.peer_client is not None:
+            from agent.discovery.metrics import StaleBootCollector
+
+            self.telemetry.registry.register(StaleBootCollector(self.peer_client))
         self.provision_requests = ProvisionRequests()
         self.known_peers = known_peers.load(Path(settings.data_dir))
 

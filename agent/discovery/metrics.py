@@ -25,6 +25,7 @@ from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
     from agent.discovery.service import Discovery
+    from agent.peer_client import PeerClient
 
 
 class MembershipCollector(Collector):
@@ -59,13 +60,23 @@ class MembershipCollector(Collector):
         yield CounterMetricFamily("peerserve_membership_candidates_replaced",
                                   "Candidates whose slot a newer hint took (a full table)",
                                   value=swim.core.replaced)  # fmt: skip
-        client = self.discovery.peers
-        stale = CounterMetricFamily("peerserve_peer_stale_boot", "Peer requests naming another run's boot id, by side",
-                                    labels=["side"])  # fmt: skip
-        stale.add_metric(["refused"], client.identity.stale_boot_refused)
-        stale.add_metric(["retried"], client.boots.learnt)
-        yield stale
         adverts = CounterMetricFamily("peerserve_mdns_adverts", "mDNS adverts seen, by outcome", labels=["outcome"])
         for outcome, n in sorted(self.discovery.mdns.items()):
             adverts.add_metric([outcome], n)
         yield adverts
+
+
+class StaleBootCollector(Collector):
+    """Reads the peer plane's boot-id counters when scraped (registered whenever there is a peer plane, with or
+    without discovery): requests refused here for naming another run's boot id, and our requests retried once
+    with a peer's new one (docs/security.md, "Boot ids")."""
+
+    def __init__(self, client: PeerClient) -> None:
+        self.client = client
+
+    def collect(self) -> Iterable[Metric]:
+        stale = CounterMetricFamily("peerserve_peer_stale_boot", "Peer requests naming another run's boot id, by side",
+                                    labels=["side"])  # fmt: skip
+        stale.add_metric(["refused"], self.client.identity.stale_boot_refused)
+        stale.add_metric(["retried"], self.client.boots.learnt)
+        yield stale
