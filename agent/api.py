@@ -154,7 +154,7 @@ def create_app(agent: NodeAgent) -> FastAPI:
         }
         lead = agent.leadership
         placement = lead.last_placement if lead is not None and lead.is_leader else agent.last_placement
-        return {
+        answer = {
             "node_id": s.node_id,
             "leader": lead.leader if lead is not None else None,
             "term": lead.term if lead is not None else None,
@@ -163,6 +163,12 @@ def create_app(agent: NodeAgent) -> FastAPI:
             "members": [me, *(p.to_dict() for p in agent.peers.members())],
             "last_placement": placement,
         }
+        sync = agent.discovery.revocations if agent.discovery is not None else None
+        if sync is not None:  # operator-CA mode: the stamp of the list in force here, and each member's last said
+            own = sync.advert()
+            answer["revocations"] = {"stamp": own[0] if own is not None else None,
+                                     "members": {n: a[0] for n, a in sorted(sync.heard_from.items())}}  # fmt: skip
+        return answer
 
     @app.get("/health")
     async def health() -> Any:

@@ -26,8 +26,9 @@ On each board:
                                                 this board's key, expiry), copy it to D/peer/board.card
 
 Then give every agent the CA's public key (`operator_ca = "/etc/peerserve/operator-ca.pub"` in its config, or
---operator-ca, or scripts/install.sh --operator-ca FILE --board-card FILE) and copy DIR/revoked.json to each board's
-D/peer/revoked.json whenever it changes (an agent re-reads it at once). The token still gates TLS: both must hold.
+--operator-ca, or scripts/install.sh --operator-ca FILE --board-card FILE) and copy DIR/revoked.json to a board's
+D/peer/revoked.json whenever it changes (an agent re-reads it at once, and the boards pass a newer list on to each
+other: agent/revocation_sync.py). The token still gates TLS: both must hold.
 """
 
 from __future__ import annotations
@@ -227,8 +228,9 @@ def _ca(args: argparse.Namespace) -> int:
                                    cluster=request.cluster)  # fmt: skip
         if clash:
             written = _write_revocations(folder, ca, copy, dropped, _stamp(now, issued))
-            print(f"revoked {len(clash)} card(s) in {' and '.join(map(str, written))}: copy it to each board's "
-                  "DATA_DIR/peer/revoked.json once the new card is installed", file=sys.stderr)  # fmt: skip
+            print(f"revoked {len(clash)} card(s) in {' and '.join(map(str, written))}: copy it to a board's "
+                  "DATA_DIR/peer/revoked.json once the new card is installed (the boards pass it on)",
+                  file=sys.stderr)  # fmt: skip
         with open(folder / "issued.jsonl", "a") as log:  # what 'ca revoke --node' revokes
             log.write(json.dumps({k: v for k, v in card.to_json().items() if k != "card"}) + "\n")
         _write(args.out, card.to_json())
@@ -249,7 +251,7 @@ def _ca(args: argparse.Namespace) -> int:
     _emit(args, {"revoked": sorted(added), "total": len(revoked | added), "list": str(written[0]),
                  "copies": [str(p) for p in written[1:]]},
           f"revoked {len(added)} card(s), {len(revoked | added)} in {' and '.join(map(str, written))}: copy it to "
-          "each board's DATA_DIR/peer/revoked.json")  # fmt: skip
+          "a board's DATA_DIR/peer/revoked.json (the boards pass it on to each other)")  # fmt: skip
     return 0
 
 

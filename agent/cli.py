@@ -283,7 +283,7 @@ def cmd_agent(args: argparse.Namespace) -> int:
     import logging
     from pathlib import Path
 
-    import uvicorn
+    import uvicorn  # noqa: F401 - first: an install without it is told so before anything starts (agent_server)
 
     from agent import crash_backoff, uvicorn_hooks
     from agent.api import create_app
@@ -291,7 +291,7 @@ def cmd_agent(args: argparse.Namespace) -> int:
     from agent.logs import configure as configure_logs
     from agent.node import NodeAgent
     from agent.serving import pauses
-    from agent.settings import load_settings, operator_ca_mode
+    from agent.settings import load_settings, log_at_start
     from peerserve.errors import UsageError
 
     overrides = {flag[2:].replace("-", "_"): getattr(args, flag[2:].replace("-", "_")) for flag, _ in FLAGS}
@@ -305,8 +305,9 @@ def cmd_agent(args: argparse.Namespace) -> int:
     except uvicorn_hooks.UvicornHooksError as exc:
         raise UsageError(str(exc)) from exc
     sources: dict[str, str] = {}
+    ignored: list[str] = []
     try:
-        settings = load_settings(args.config, overrides=overrides, sources=sources)
+        settings = load_settings(args.config, overrides=overrides, sources=sources, ignored=ignored)
         agent = NodeAgent(settings)
     except ConfigError as exc:
         raise UsageError(exc.with_source()) from exc
@@ -314,15 +315,31 @@ def cmd_agent(args: argparse.Namespace) -> int:
     logging.getLogger("agent").setLevel(args.log_level.upper())
     logging.getLogger("httpx").setLevel(logging.WARNING)
     logging.getLogger("cyipopt").setLevel(logging.WARNING)
-    logging.getLogger("agent.settings").info("%s", operator_ca_mode(settings, sources))
+    log_at_start(settings, sources, ignored)
     app = create_app(agent)
     if settings.crash_backoff:  # systemd < 254 has no growing restart delay
         crash_backoff.before_start(Path(settings.data_dir))
     app.router.lifespan_context = crash_backoff.marking_clean_exit(app.router.lifespan_context, Path(settings.data_dir))
     pauses.install()
     pauses.freeze_startup_heap()  # full collections then skip the ~70,000 start-up objects (~100 ms stalls)
-    uvicorn.Server(server_config(app, settings, args.log_level)).run()
+    agent_server(server_config(app, settings, args.log_level), agent).run()
     return 0
+
+
+def agent_server(config: Any, agent: Any) -> Any:
+    """uvicorn's Server for ``agent`` whose shutdown tells the agent first (``NodeAgent.begin_shutdown``): uvicorn
+    then waits up to its graceful timeout (10 s) for every open request, and one waiting for a model started on
+    demand (provision_wait_s, 10 s by default), its client perhaps long gone, held the stop for all of it."""
+    import socket
+
+    import uvicorn
+
+    class AgentServer(uvicorn.Server):
+        async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+            agent.begin_shutdown()
+            await super().shutdown(sockets)
+
+    return AgentServer(config)
 
 
 def server_config(app: Any, settings: Any, log_level: str = "info") -> Any:

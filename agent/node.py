@@ -233,6 +233,7 @@ class NodeAgent:
         self._last_ready: dict[str, float] = {}  # instance id -> its last successful probe (decisions.stuck_instances)
         self._refused: dict[str, float] = {}  # instance id -> when it refused a proxied connection (endpoint_refused)
         self._wake = asyncio.Event()
+        self.shutting_down = False  # begin_shutdown: the server stops; waits for a model end, none starts one
         self._tasks: list[asyncio.Task[None]] = []
         self._background: set[asyncio.Task[None]] = set()
         self._client_rtts: dict[str, tuple[float, dict[str, float]]] = {}  # client -> (loaded at, rtts)
@@ -718,12 +719,19 @@ class NodeAgent:
         peers = [NodeRoom(p.node_id, p.mem_available_mb) for p in self.peers.members() if p.status == "alive"]
         return provision_target(spec.mem_mb, local, peers)
 
+    def begin_shutdown(self) -> None:
+        """The agent's server is stopping (agent/cli.py ``AgentServer``: uvicorn's shutdown, before it waits up to
+        its graceful timeout for open requests). A request waiting for a model started for it (provision_locally,
+        up to provision_wait_s) ends within one poll and is answered 503 (resolve's ``ShuttingDown``), and none
+        starts a model any more: its client may have left, and its wait held the stop for up to 10 s."""
+        self.shutting_down = True
+
     async def provision_locally(self, model: str, wait_s: float) -> bool:
-        """Start ``model`` here on demand and wait up to ``wait_s`` for it to be ready."""
-        if not self._add_on_demand(model):
+        """Start ``model`` here on demand and wait up to ``wait_s`` for it to be ready (not once shutting down)."""
+        if self.shutting_down or not self._add_on_demand(model):
             return False
         deadline = self.clock() + wait_s
-        while self.clock() < deadline:
+        while self.clock() < deadline and not self.shutting_down:
             if model in self._ready_models:
                 return True
             self._wake.set()

@@ -56,6 +56,9 @@ ROSTER = 4096  # node id -> its latest verified board card (as many as ids can b
 MAX_REVOKED = 65_536  # fingerprints in one revocation list
 MAX_REVOCATION_FILE = 64 + MAX_REVOKED * 40 + 4096  # bytes read from it at most
 PRIORITY_RANGE = (-(2**31), 2**31 - 1)
+REVOCATION_PAGE = 4096  # fingerprints in one answer of GET /peer/revocations (~140 KB, under wire.MAX_BODY)
+# what became of a list a member handed this board (Revocations.offer; peerserve_revocation_lists_total{outcome})
+OFFER_OUTCOMES = ("accepted", "older", "conflict", "forged", "damaged", "oversized", "unusable", "unwritable")
 STAMP_FORMAT = "peerserve-revocation-stamps-v1"
 STAMP_CAS = 16  # records in the stamp file: one per operator CA this board has trusted (the oldest other one dropped)
 STAMP_FILE = 4096  # bytes read from it at most
@@ -69,6 +72,10 @@ class CardError(Exception):
     def __init__(self, message: str, status: int = 403) -> None:
         super().__init__(message)
         self.status = status
+
+
+class ForgedList(CardError):
+    """A revocation list whose signature is not this operator CA's (forged, or another operator's)."""
 
 
 def b64(data: bytes) -> str:
@@ -249,6 +256,14 @@ def parse_revocations(text: bytes, ca_public: Ed25519PublicKey) -> frozenset[str
 
 def read_revocations(text: bytes, ca_public: Ed25519PublicKey) -> tuple[int, frozenset[str]]:
     """(when it was signed, the fingerprints) of a signed revocation list; CardError as ``parse_revocations``."""
+    issued, revoked, _signature = read_signed_revocations(text, ca_public)
+    return issued, revoked
+
+
+def read_signed_revocations(text: bytes, ca_public: Ed25519PublicKey) -> tuple[int, frozenset[str], str]:
+    """``read_revocations`` with the operator's signature (base64url): what a board hands a peer that asks for the
+    list (``GET /peer/revocations``), so the peer checks it under its own operator CA. A list not signed by
+    ``ca_public`` is a ``ForgedList``."""
     try:
         data = json.loads(text)
         issued, revoked = int(data["issued"]), data["revoked"]
@@ -256,12 +271,24 @@ def read_revocations(text: bytes, ca_public: Ed25519PublicKey) -> tuple[int, fro
             raise ValueError("not a revocation list")
         if len(revoked) > MAX_REVOKED or not all(isinstance(r, str) and len(r) == 32 for r in revoked):
             raise ValueError(f"at most {MAX_REVOKED} fingerprints of 32 hex digits")
-        ca_public.verify(unb64(str(data["signature"])), revocation_bytes(issued, revoked))
+        signature = str(data["signature"])
+        ca_public.verify(unb64(signature), revocation_bytes(issued, revoked))
     except InvalidSignature as exc:
-        raise CardError("the revocation list is not signed by this cluster's operator CA") from exc
+        raise ForgedList("the revocation list is not signed by this cluster's operator CA") from exc
     except (ValueError, KeyError, TypeError) as exc:  # JSON errors are ValueErrors
         raise CardError(f"damaged revocation list: {str(exc)[:200]}") from exc
-    return issued, frozenset(revoked)
+    return issued, frozenset(revoked), signature
+
+
+@dataclass(frozen=True)
+class SignedList:
+    """A revocation list checked against the operator CA (``Revocations.offer_check``), with its order and digest."""
+
+    issued: int
+    revoked: frozenset[str]
+    signature: str
+    ordered: tuple[str, ...]
+    digest: str
 
 
 class Revocations:
@@ -288,6 +315,9 @@ class Revocations:
         self._revoked: frozenset[str] = frozenset()
         self._damage: str | None = None
         self._issued = -1  # when the list in force was signed (-1: none read yet)
+        self._signature = ""  # ... the operator's signature over it, and its fingerprints in order: what a member
+        self._sorted: tuple[str, ...] = ()  # that asks is handed (``page``), to check under its own operator CA
+        self._digest = ""  # list_digest of the list in force: advertised to members (``advert``)
         self._read = False  # whether the file (or its absence) was looked at since the start
         self._lists: dict[str, str] = {}  # CA fingerprint -> the digest of the list recorded with its stamp
         self._unreadable: str | None = None  # why the record exists but cannot be read (fails closed)
@@ -328,7 +358,7 @@ class Revocations:
                 text = f.read(MAX_REVOCATION_FILE + 1)
             if len(text) > MAX_REVOCATION_FILE:
                 raise CardError(f"revocation list over {MAX_REVOCATION_FILE} bytes")
-            issued, revoked = read_revocations(text, self.ca_public)
+            issued, revoked, signature = read_signed_revocations(text, self.ca_public)
             if issued == self._issued and revoked != self._revoked:
                 self._damage = None
                 log.error("revocation list %s was signed at %d like the one in force but names other cards: a "
@@ -347,15 +377,94 @@ class Revocations:
             if issued == self._floor and held is not None and held != list_digest(revoked):
                 self._refuse_older(f"was signed at {issued} but names other cards than the list", "then")
                 return
-            self._damage = None
-            self._issued, self._revoked = issued, revoked
+            self._accept(issued, revoked, signature)
             log.info("revocation list %s: %d board card(s) revoked", self.path, len(self._revoked))
-            if issued > self._floor or held is None:
-                self._record(issued, revoked)
         except (OSError, CardError) as exc:
             self._damage = f"this board's revocation list {self.path} cannot be used ({exc}): no board card is " \
                            "accepted until the operator's signed list replaces it"  # fmt: skip
             log.error("%s", self._damage)
+
+    def _accept(self, issued: int, revoked: frozenset[str], signature: str, known: SignedList | None = None) -> None:
+        """Put the list signed at ``issued`` in force; record its stamp when newer than the record (or none held).
+        ``known``: its order and digest, worked out already (off the loop)."""
+        self._damage = None
+        self._issued, self._revoked, self._signature = issued, revoked, signature
+        self._sorted = known.ordered if known is not None else tuple(sorted(revoked))
+        self._digest = known.digest if known is not None else list_digest(revoked)
+        if issued > self._floor or self._lists.get(self.ca) is None:
+            self._record(issued, self._digest)
+
+    # -- between boards (agent/revocation_sync.py) ---------------------------------------------------------------
+    def advert(self) -> tuple[int, str] | None:
+        """(stamp, digest) of the list in force, which this board advertises on its SWIM messages; None when none is
+        in force or the list is unusable (nothing to hand out)."""
+        try:
+            self.current()
+        except CardError:
+            return None
+        return (self._issued, self._digest) if self._issued >= 0 else None
+
+    def page(self, stamp: int, offset: int, limit: int) -> dict[str, Any] | None:
+        """Fingerprints ``offset`` .. ``offset + limit`` of the list in force (in order) with its stamp, signature and
+        length: one answer of ``GET /peer/revocations`` (a whole list can exceed a peer answer's bound); None when the
+        list in force is not the one signed at ``stamp`` (a newer one came meanwhile, or none is in force)."""
+        if self.advert() is None or self._issued != stamp:
+            return None
+        return {"issued": self._issued, "signature": self._signature, "total": len(self._sorted), "offset": offset,
+                "revoked": list(self._sorted[offset : offset + limit])}  # fmt: skip
+
+    def offer(self, text: bytes, source: str) -> str:
+        """A list a member (``source``) handed this board: ``offer_check`` then ``offer_install``; the outcome."""
+        checked = self.offer_check(text, source)
+        return checked if isinstance(checked, str) else self.offer_install(text, checked, source)
+
+    def offer_check(self, text: bytes, source: str) -> SignedList | str:
+        """The bytes-only part of ``offer``: ``text`` as a ``SignedList`` if it is a list signed by this board's
+        operator CA, else the outcome (logged). Reads nothing that changes, so it runs off the event loop: a whole
+        list is ~2.3 MB of JSON, a signature over it, its order and digest (~0.3 s on a loaded core)."""
+        if len(text) > MAX_REVOCATION_FILE:
+            log.warning("refused a revocation list from %s: over %d bytes", source, MAX_REVOCATION_FILE)
+            return "oversized"
+        try:
+            issued, revoked, signature = read_signed_revocations(text, self.ca_public)
+        except CardError as exc:
+            log.warning("refused a revocation list from %s: %s", source, exc)
+            return "forged" if isinstance(exc, ForgedList) else "damaged"
+        return SignedList(issued, revoked, signature, tuple(sorted(revoked)), list_digest(revoked))
+
+    def offer_install(self, text: bytes, checked: SignedList, source: str) -> str:
+        """Put ``text`` (``checked`` by ``offer_check``) in force, through the file as an operator's copy is (written
+        with ``write_atomic`` to ``path``, its stamp recorded), only if strictly newer than the list in force and the
+        recorded stamp; the outcome, one of ``OFFER_OUTCOMES``, every refusal logged. Never raises: a member's bad
+        list loses nothing here."""
+        issued, revoked = checked.issued, checked.revoked
+        if self.advert() is None and (self._damage is not None or self.path is None):
+            log.warning("not taking the revocation list signed at %d from %s: %s", issued, source,
+                        self._damage or "this board keeps no list file (no data dir)")  # fmt: skip
+            return "unusable"
+        newest = max(self._issued, self._floor)
+        if issued == newest and checked.digest != (self._digest or self._lists.get(self.ca)):
+            log.error("refused a revocation list from %s signed at %d like the one this board holds but naming other "
+                      "cards: a conflicting list (two signed in one second by an older 'peerserve ca'?). The list in "
+                      "force stays; sign a new one with 'peerserve ca revoke'", source, issued)  # fmt: skip
+            return "conflict"
+        if issued <= newest:
+            log.warning("refused a revocation list from %s signed at %d: not newer than the one this board holds (%d)",
+                        source, issued, newest)  # fmt: skip
+            return "older"
+        assert self.path is not None
+        try:
+            write_atomic(self.path, text)
+            st = self.path.stat()
+        except OSError as exc:
+            log.error("cannot write the revocation list signed at %d from %s to %s (%s): it is not in force",
+                      issued, source, self.path, exc)  # fmt: skip
+            return "unwritable"
+        self._stamp = (st.st_ino, st.st_mtime_ns, st.st_size)  # the file is this list: no second read of it
+        self._accept(issued, revoked, checked.signature, checked)
+        log.info("revocation list signed at %d (%d board card(s) revoked) from %s put in force, written to %s",
+                 issued, len(revoked), source, self.path)  # fmt: skip
+        return "accepted"
 
     def _refuse_older(self, what: str, when: str = "before") -> None:
         """Fail closed after a restart: the list at ``path`` is older than (or not) the one this board accepted."""
@@ -422,14 +531,14 @@ class Revocations:
                   self.path)  # fmt: skip
         return {}
 
-    def _record(self, issued: int, revoked: frozenset[str]) -> None:
+    def _record(self, issued: int, digest: str) -> None:
         """Record ``issued`` as this CA's newest accepted stamp, with the digest of the list signed at it (a list
         with the same stamp but other cards is refused after a restart too); atomic, fsynced; logged, never raised,
         on failure."""
         self._floor = issued
         self._stamps.pop(self.ca, None)
         self._stamps[self.ca] = issued
-        self._lists[self.ca] = list_digest(revoked)
+        self._lists[self.ca] = digest
         while len(self._stamps) > STAMP_CAS:  # the oldest-recorded other CA's record goes
             gone = next(iter(self._stamps))
             del self._stamps[gone]

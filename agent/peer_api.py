@@ -9,6 +9,8 @@
     POST /election/message           one election message (its node field must be the sender)
     PUT  /control/desired            the leader's desired set (only from the leader this node accepts)
     GET  /stats/node | /stats/models | /stats/requests?since=&limit=   for the leader's placement round
+    GET  /peer/revocations?stamp=&offset=   operator-CA mode: a page of the operator's revocation list in force
+                                     (agent/revocation_sync.py); 409 when it is not the one signed at ``stamp``
 
 Requests without a valid card and signature (agent.identity) get 401/403 and are never acted on; replays
 and stale messages are refused. Malformed or out-of-range fields are 400 (peerserve.wire), never a 500.
@@ -36,6 +38,7 @@ from agent.decisions import memory_refusal
 from agent.http_limits import PeerH11Protocol
 from agent.identity import AuthError, Identity, StaleBoot
 from agent.node import CapacityError, FencedError, UnknownModelError
+from agent.operator_ca import MAX_REVOKED, REVOCATION_PAGE
 from agent.peer_gate import gate_tls
 from agent.peer_swim_route import SwimRoute
 from agent.peer_tls import connection_state
@@ -54,6 +57,10 @@ log = logging.getLogger(__name__)
 
 ELECTION_RATE = 5.0  # election messages per second one member may make us act on, past the burst
 ELECTION_BURST = 20
+# pages of the revocation list one member may ask for: a whole list is at most revocation_sync.MAX_PAGES (16) pages,
+# and a member fetches it once (a newer stamp advertised); past that, 2 a second (each page up to ~140 KB to sign)
+REVOCATION_RATE = 2.0
+REVOCATION_BURST = 32
 PEER_URL = names.PEER_URL  # IPv4 peer listeners, as Discovery announces them (peerserve/names.py)
 
 
@@ -94,6 +101,7 @@ def create_peer_app(agent: NodeAgent, identity: Identity) -> FastAPI:
     # ELECTION_BURST at once, then ELECTION_RATE a second (an election needs a few; a loop is answered 429)
     election_buckets = SenderBuckets(ELECTION_RATE, ELECTION_BURST)
     app.state.election_buckets = election_buckets
+    revocation_buckets = SenderBuckets(REVOCATION_RATE, REVOCATION_BURST)
 
     async def authenticate(request: Request) -> tuple[_Signed, bytes]:
         declared = request.headers.get("content-length", "0")
@@ -214,6 +222,27 @@ def create_peer_app(agent: NodeAgent, identity: Identity) -> FastAPI:
         except (UnknownModelError, CapacityError) as exc:
             return reply.error(400, str(exc))
         return reply({"accepted": True, "term": state.term, "leader": state.leader, "instances": dict(state.instances)})
+
+    @app.get(wire.ROUTE_REVOCATIONS)
+    async def peer_revocations(request: Request) -> Response:
+        reply, _ = await authenticate(request)
+        if identity.operator is None:
+            return reply.error(404, "no operator CA on this board: it keeps no revocation list")
+        if not revocation_buckets.allow(reply.sender, agent.clock()):
+            return reply.error(429, f"{reply.sender} asks for revocation list pages faster than {REVOCATION_RATE:g}/s")
+        q = request.query_params
+        try:
+            stamp, offset = int(q.get("stamp", "")), int(q.get("offset", "0"))
+            if not (0 <= stamp <= wire.MAX_TERM and 0 <= offset <= MAX_REVOKED):
+                raise ValueError
+        except ValueError:
+            return reply.error(400, f"stamp must be in [0, 2**53] and offset in [0, {MAX_REVOKED}]")
+        page = identity.operator.revocations.page(stamp, offset, REVOCATION_PAGE)
+        if page is None:
+            held = identity.operator.revocations.advert()
+            return reply.error(409, f"this board holds no revocation list signed at {stamp}",
+                               issued=held[0] if held is not None else None)  # fmt: skip
+        return reply(page)
 
     @app.get(wire.ROUTE_STATS_NODE)
     async def stats_node(request: Request) -> Response:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import logging
 import math
 import os
 import re
@@ -166,6 +167,7 @@ class Settings:
     def __post_init__(self) -> None:
         if not self.node_id:
             object.__setattr__(self, "node_id", default_node_id(self.port))
+        validate_host(self.host, self.advertise_address)  # before advertise_address is taken from it
         if not self.advertise_address:
             wildcard = self.host in ("0.0.0.0", "::")
             object.__setattr__(self, "advertise_address", interface_address(self.interface) if wildcard else self.host)
@@ -215,13 +217,27 @@ def _host_for_url(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
+def validate_host(host: str, advertise_address: str) -> None:
+    """``host`` is checked before ``advertise_address`` is taken from it: ``" 0.0.0.0"`` or ``"localhost"`` was
+    refused with an error that blamed advertise_address, a setting the operator never wrote (review18e)."""
+    if not host.strip():  # uvicorn and the peer listener bind EVERY interface on host "" (review18d F5)
+        raise ConfigError("host", f"{host!r} is empty: name the address to bind (127.0.0.1, or 0.0.0.0 for all)")
+    if host != host.strip():
+        raise ConfigError("host", f"{host!r} has white space around the address: write {host.strip()!r}")
+    if not advertise_address and host not in ("0.0.0.0", "::"):
+        try:
+            ipaddress.ip_address(host)
+        except ValueError as exc:
+            said = f"{host!r} is not an IP address, and advertise_address (what peers are told) is taken from it"
+            raise ConfigError("host", f"{said}: name an IP address, or set advertise_address too") from exc
+
+
 def validate(s: Settings) -> None:
     for f in fields(s):  # NaN passes every "<= 0" check; a NaN deadline fires at once, an infinite one never
         value = getattr(s, f.name)
         if isinstance(value, float) and not math.isfinite(value):
             raise ConfigError(f.name, f"{value!r} is not a finite number")
-    if not s.host.strip():  # uvicorn and the peer listener bind EVERY interface on host "" (review18d F5)
-        raise ConfigError("host", f"{s.host!r} is empty: name the address to bind (127.0.0.1, or 0.0.0.0 for all)")
+    validate_host(s.host, s.advertise_address)
     if not NODE_ID.fullmatch(s.node_id):
         raise ConfigError("node_id", f"{s.node_id!r} must be one DNS label: letters, digits, '-', '_'")
     if not NODE_CLASS.fullmatch(s.node_class):
@@ -386,12 +402,14 @@ def load_settings(
     env: Mapping[str, str] | None = None,
     overrides: Mapping[str, Any] | None = None,
     sources: dict[str, str] | None = None,
+    ignored: list[str] | None = None,
 ) -> Settings:
     """Merge file < environment < overrides (CLI flags; None values ignored) into validated Settings.
 
     An empty variable or flag for a setting of BLANK_IS_UNSET counts as unset. ``sources``, if given, is filled with
     where each setting that is not its default came from (the config file, a variable, the command line): the agent
-    logs the operator CA mode's at start."""
+    logs the operator CA mode's at start. ``ignored``, if given, gets one line for each empty variable or flag so
+    ignored, naming it and what to write instead (the agent logs them at start: log_at_start)."""
     env = os.environ if env is None else env
     types = {f.name: f.type for f in fields(Settings)}
     values: dict[str, Any] = {}
@@ -418,6 +436,8 @@ def load_settings(
         if raw is None:
             continue
         if name in BLANK_IS_UNSET and not raw.strip():
+            if ignored is not None:
+                ignored.append(_ignored_blank(name, f"the variable {var}", where.get(name)))
             if name in where:
                 where[name] += f" ({var} is empty in the environment: an empty one counts as unset)"
             continue
@@ -432,6 +452,9 @@ def load_settings(
         if raw is None:
             continue
         if name in BLANK_IS_UNSET and isinstance(raw, str) and not raw.strip():  # as a variable (review18d F6)
+            if ignored is not None:
+                flag = f"--{name.replace('_', '-')}"
+                ignored.append(_ignored_blank(name, f'the flag {flag} ""', where.get(name), f"remove {flag}"))
             if name in where:
                 where[name] += " (its command-line flag is empty: an empty one counts as unset)"
             continue
@@ -445,6 +468,32 @@ def load_settings(
     except ConfigError as exc:
         exc.source = _env_source(exc.key, from_env, in_file, path)
         raise
+
+
+# What an operator who empties each setting most likely means, for the line that says it was ignored.
+BLANK_MEANT = {
+    "operator_ca": "to switch the operator CA mode off, run install.sh --no-operator-ca",
+    "cluster_token": 'to run without a cluster token, write cluster_token = "" in the config file',
+    "client_token": 'to open the client API, write client_token = "" in the config file',
+    "metrics_token": 'to open /metrics, write metrics_token = "" in the config file',
+}
+
+
+def _ignored_blank(name: str, what: str, standing: str | None, remove: str = "") -> str:
+    """The start-up line for an empty ``what`` (a variable or flag) of setting ``name`` ignored as unset: an operator
+    meaning "off" (``--metrics-token ""`` to open /metrics) otherwise gets 401s with no hint (review18e)."""
+    kept = f"{name} stays as set by {standing}" if standing else f"{name} keeps its default"
+    how = BLANK_MEANT[name] + f" and {remove or 'remove the variable'}"
+    return f"{what} is empty and was ignored (an empty one counts as unset): {kept}; {how}"
+
+
+def log_at_start(settings: Settings, sources: Mapping[str, str], ignored: list[str]) -> None:
+    """What the agent logs about its settings as it starts: the operator CA mode and where it came from, and a
+    warning for each empty variable or flag ignored (load_settings' ``ignored``)."""
+    log = logging.getLogger(__name__)
+    log.info("%s", operator_ca_mode(settings, sources))
+    for line in ignored:
+        log.warning("%s", line)
 
 
 def _env_source(key: str, from_env: set[str], in_file: set[str], path: str | None) -> str:

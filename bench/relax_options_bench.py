@@ -3,7 +3,8 @@
 The queue relaxation at 1 and 2 cores per node spends its time in HiGHS's column generation and the warm Ipopt
 (solver.queue_dual, solver.queue_warm; docs/solver.md). Each variant below is one idea for a faster R(S): fewer
 HiGHS rounds (more levels per round, a denser start ladder, a looser gap), another first basis, HiGHS options for
-tiny LPs, MUMPS and Ipopt options for the warm solve. The bench
+tiny LPs, MUMPS and Ipopt options for the warm solve; and, against session 19's reuse of one HiGHS object per thread
+(``queue_dual.REUSE_HIGHS``), a new one per LP as before. The bench
 
 1. captures every R(S) (``solver.queue_fast._solve_sub``'s problem and columns) of the thesis-size solves of
    bench/queue_bench.py (``SIZES`` x ``--seeds`` x Mode 1 and 2, every node given ``--cores``);
@@ -63,6 +64,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "polish, gap 1e-4": {"warm.GAP": 1e-4},
     "polish 2 iterations": {"warm.POLISH_ITER": 2},
     "polish, more levels per round (0.25)": {"dual.SMOOTH_EXTRA": (0.25,)},
+    "a new HiGHS object per LP (session 18)": {"dual.REUSE_HIGHS": False},
 }
 MODULES = {"dual": queue_dual, "warm": queue_warm}
 Captured = list[tuple[Any, Any]]

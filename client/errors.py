@@ -3,7 +3,8 @@
 PeerserveError                  base
 ├── UnknownModelError           no such model in the cluster's catalogue (404)
 ├── NoCapacityError             the model fits on no node (507)
-├── NotReadyError               the model is being provisioned; retry after ``retry_after`` s (503)
+├── NotReadyError               the model is being provisioned, or the agent is stopping; retry after
+                                ``retry_after`` s (503)
 ├── ClusterUnreachableError     no agent answered
 ├── AnswerTooLarge              an inference answer over the client's ``max_answer_bytes`` / ``max_answer_values``
                                 (raised at once: asked elsewhere, the model would run again to answer as much)

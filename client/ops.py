@@ -156,7 +156,7 @@ def error_for(response: httpx.Response, now: float | None = None) -> PeerserveEr
         return UnknownModelError(message)
     if code == "no_capacity" or (code is None and status == 507):
         return NoCapacityError(message)
-    if code == "provisioning" or (code is None and status == 503):
+    if code in ("provisioning", "shutting_down") or (code is None and status == 503):  # not ready: retry after
         wall = time.time() if now is None else now
         return NotReadyError(message, answers.retry_after_s(response.headers.get("retry-after"), wall))
     return RequestError(message, status, code[:64] if code else None)

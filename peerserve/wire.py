@@ -30,6 +30,8 @@ ROUTE_STATS_NODE = "/stats/node"  # GET: NodeStats
 ROUTE_STATS_MODELS = "/stats/models"  # GET: ModelStats
 ROUTE_STATS_REQUESTS = "/stats/requests"  # GET ?since=&limit=: RequestPage
 ROUTE_SWIM = "/peer/swim"  # POST SwimMessage (ping, gossip, ping_req, sync); answer SwimMessage (ack, sync)
+# GET ?stamp=&offset=: a page of the operator's revocation list in force (operator-CA mode; agent/revocation_sync.py)
+ROUTE_REVOCATIONS = "/peer/revocations"
 ROUTES = (ROUTE_STATE, ROUTE_LEAVE, ROUTE_ELECTION, ROUTE_DESIRED, ROUTE_STATS_NODE, ROUTE_STATS_MODELS,
           ROUTE_STATS_REQUESTS, ROUTE_SWIM)  # fmt: skip
 
@@ -61,6 +63,7 @@ MAX_RTTS = 64  # nodes in one request's RTT report
 MAX_NUMBER = 1e12
 NODE_ID = names.NODE_ID
 MODEL = names.MODEL_NAME  # and no "..": valid_model (peerserve/names.py: what the catalogue and the client take)
+LIST_DIGEST = re.compile(r"[0-9a-f]{32}")  # agent.operator_ca.list_digest
 NODE_CLASS = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # a key of the catalogue's per-class figures
 
 
@@ -733,6 +736,8 @@ class SwimMessage:
     proofs: tuple[SuspectProof, ...] = ()  # signed suspicions of the updates it carries (older senders send none)
     # signed dead declarations of the updates it carries (a key of its own: receivers of the version before ignore it)
     dead_proofs: tuple[SuspectProof, ...] = ()
+    # operator-CA mode: (stamp, digest) of the sender's revocation list in force (agent/revocation_sync.py)
+    revocations: tuple[int, str] | None = None
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"kind": self.kind, "node_id": self.node_id, "incarnation": self.incarnation,
@@ -748,6 +753,8 @@ class SwimMessage:
             out["proofs"] = [p.to_json() for p in self.proofs]
         if self.dead_proofs:
             out["dead_proofs"] = [p.to_json() for p in self.dead_proofs]
+        if self.revocations is not None:
+            out["revocations"] = list(self.revocations)
         return out
 
     @classmethod
@@ -775,4 +782,17 @@ class SwimMessage:
         return cls(kind, _node(d, "node_id"), _int(d, "incarnation"), _int(d, "version"), _peer_url(d.get("peer_url")),
                    tuple(MemberUpdate.parse(u) for u in raw), _int(d, "term"), _node(d, "leader", optional=True),
                    target, target_url, acked, lease, loads, tuple(SuspectProof.parse(p) for p in proofs),
-                   tuple(SuspectProof.parse(p, dead=True) for p in dead))  # fmt: skip
+                   tuple(SuspectProof.parse(p, dead=True) for p in dead),
+                   _revocation_advert(d.get("revocations")))  # fmt: skip
+
+
+def _revocation_advert(v: Any) -> tuple[int, str] | None:
+    """A SWIM message's (stamp, digest) of its sender's revocation list: [0 .. MAX_TERM, 32 hex digits], or none."""
+    if v is None:
+        return None
+    if (
+        not isinstance(v, list) or len(v) != 2 or isinstance(v[0], bool) or not isinstance(v[0], int)
+        or not 0 <= v[0] <= MAX_TERM or not isinstance(v[1], str) or not LIST_DIGEST.fullmatch(v[1])
+    ):  # fmt: skip
+        raise WireError("'revocations' must be [stamp, 32 hex digits]")
+    return v[0], v[1]

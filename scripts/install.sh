@@ -196,25 +196,119 @@ operator_ca_var=PEERSERVE_OPERATOR_CA
 # An assignment that gives the variable a value (an empty one counts as unset, in the agent too: agent/settings.py).
 set_it="(^|[[:space:]\"'])${operator_ca_var}[[:space:]]*=[[:space:]]*([\"'][[:space:]]*)?[^[:space:]\"'#]"
 
-# The [Service] settings of a unit file, one "KEY<TAB>value" a line, read as systemd's conf-parser does
-# (systemd.syntax(7)): a UTF-8 BOM dropped; '#' and ';' lines skipped, inside a continued line too (before it is
-# joined); a line continues when it ends in an odd number of backslashes (an even number is escaped ones); a continued
-# line at the end of the file still counts; spaces around "=" are allowed; "Environment=" alone (which resets the
-# list) prints KEY with an empty value (review18d F2). Read byte by byte (LC_ALL=C): the BOM is three bytes.
-service_settings() {
-  LC_ALL=C awk 'function setting(l) {
-      if (l ~ /^[[:space:]]*\[/) { sec = l; gsub(/[[:space:]]/, "", sec); return }
-      if (sec == "[Service]" && match(l, /^[[:space:]]*[A-Za-z]+[[:space:]]*=/)) {
-        key = substr(l, RSTART, RLENGTH - 1); gsub(/[[:space:]]/, "", key)
-        val = substr(l, RSTART + RLENGTH); sub(/^[[:space:]]+/, "", val); sub(/[[:space:]]+$/, "", val)
-        print key "\t" val } }
-    { sub(/\r$/, "") }
-    NR == 1 { sub(/^\357\273\277/, "") }
-    /^[[:space:]]*[#;]/ { next }
+# A unit or manager configuration file's lines as systemd's read_line() splits them (src/basic/fileio.c), one "\n"
+# a line: a line ends at "\n", "\r", "\r\n" or "\n\r", each optionally followed by a NUL, or at a NUL alone
+# ("\r\r" and "\n\n" end two lines). awk alone split only at "\n": a drop-in written "[Service]\rEnvironment=..." was
+# one line to it (review18e F-A). GNU sed -z reads NUL-ended records; its alternation takes the longest match.
+unit_lines() {
+  LC_ALL=C sed -z 's/\r\n\|\n\r\|\r\|\n/\n/g; /\n$/!s/$/\n/' -- "$1" | tr -d '\000'
+}
+
+# The settings of SECTION in a unit or manager file, one "KEY<TAB>value" a line, read as systemd's conf-parser does
+# (src/shared/conf-parser.c, systemd.syntax(7)): '#' and ';' lines skipped (after spaces and tabs only), inside a
+# continued line too (before it is joined); the first UTF-8 BOM that starts a line dropped; a line continues when it
+# ends in an odd number of backslashes (an even number is escaped ones), an empty line ends it, and a continued line
+# at the end of the file still counts; spaces and tabs around the key and the value stripped; "Environment=" alone
+# (which resets the list) prints KEY with an empty value (review18d F2). Byte by byte (LC_ALL=C): the BOM is three.
+section_settings() {
+  unit_lines "$1" | LC_ALL=C awk -v want="[$2]" 'function setting(l,   i, key) {
+      sub(/^[ \t]+/, "", l); sub(/[ \t]+$/, "", l)
+      if (substr(l, 1, 1) == "[") { sec = l; gsub(/[[:space:]]/, "", sec); return }
+      i = index(l, "=")
+      if (sec != want || i < 2) return
+      key = substr(l, 1, i - 1); sub(/[[:space:]]+$/, "", key); sub(/^[[:space:]]+/, "", key)
+      l = substr(l, i + 1); sub(/^[ \t]+/, "", l)
+      print key "\t" l }
+    /^[ \t]*[#;]/ { next }
+    !bom && sub(/^\357\273\277/, "") { bom = 1 }
     { n = 0; while (n < length($0) && substr($0, length($0) - n, 1) == "\\") n++ }
     n % 2 == 1 { cont = cont substr($0, 1, length($0) - 1) " "; pending = 1; next }
     { l = cont $0; cont = ""; pending = 0; setting(l) }
-    END { if (pending) setting(cont) }' "$1"
+    END { if (pending) setting(cont) }'
+}
+
+# systemd's extract_first_word() (src/basic/extract-word.c) in awk, for words(): W[1..n] the words of s, split at
+# spaces, tabs, CR and LF outside quotes; a quote (" or ') anywhere in a word is removed with its match, and quoted
+# text keeps its separators. flags: "c" decodes C escapes (cunescape_one: \a \b \f \n \r \t \v \\ \" \' \s, \xHH,
+# \NNN octal, \uHHHH, \UHHHHHHHH; NUL and an unknown escape are errors); without "c" a backslash is dropped and the
+# next character kept, with "k" it is an ordinary character; "r" (EXTRACT_RELAX) ends an unclosed quote or a trailing
+# backslash at the end. An error ends the words there (ERR=1): systemd applies the words before it.
+extract_words_awk='
+function hexv(c) { return index("0123456789abcdef", tolower(c)) - 1 }
+function hexs(s, i, k,   v, d, j) {
+  v = 0
+  for (j = 0; j < k; j++) { d = hexv(substr(s, i + j, 1)); if (d < 0 || substr(s, i + j, 1) == "") return -1; v = v * 16 + d }
+  return v }
+function unesc(s, i,   c, v, a, b, d) {
+  c = substr(s, i, 1); ELEN = 1
+  if (c == "a") { ESC = "\007"; return 1 }
+  if (c == "b") { ESC = "\010"; return 1 }
+  if (c == "f") { ESC = "\014"; return 1 }
+  if (c == "n") { ESC = "\n"; return 1 }
+  if (c == "r") { ESC = "\r"; return 1 }
+  if (c == "t") { ESC = "\t"; return 1 }
+  if (c == "v") { ESC = "\013"; return 1 }
+  if (c == "s") { ESC = " "; return 1 }
+  if (c == "\\" || c == "\"" || c == "\047") { ESC = c; return 1 }
+  if (c == "x" || c == "u" || c == "U") {
+    ELEN = c == "x" ? 3 : c == "u" ? 5 : 9
+    v = hexs(s, i + 1, ELEN - 1)
+    if (v <= 0 || (c == "U" && (v > 1114111 || (v >= 55296 && v <= 57343)))) return 0
+    ESC = c == "x" || v < 128 ? sprintf("%c", v) : "\377"  # a code point past ASCII: a byte no name holds
+    return 1 }
+  a = index("01234567", c) - 1; b = index("01234567", substr(s, i + 1, 1)) - 1
+  d = index("01234567", substr(s, i + 2, 1)) - 1
+  if (c == "" || a < 0 || b < 0 || d < 0 || substr(s, i + 1, 1) == "" || substr(s, i + 2, 1) == "") return 0
+  v = a * 64 + b * 8 + d
+  if (v == 0 || v > 255) return 0
+  ESC = sprintf("%c", v); ELEN = 3
+  return 1 }
+function words(s, flags,   n, i, L, c, w, q) {
+  n = 0; i = 1; L = length(s); ERR = 0
+  for (;;) {
+    while (i <= L && index(" \t\r\n", substr(s, i, 1))) i++
+    if (i > L) return n
+    w = ""; q = ""
+    for (;;) {
+      if (i > L) { if (q != "" && flags !~ /r/) { ERR = 1; return n }; W[++n] = w; return n }
+      c = substr(s, i, 1)
+      if (c == "\\" && flags !~ /k/) {
+        if (i == L) { if (flags ~ /r/) { W[++n] = w; return n }; ERR = 1; return n }
+        if (flags ~ /c/) { if (!unesc(s, i + 1)) { ERR = 1; return n }; w = w ESC; i += 1 + ELEN }
+        else { w = w substr(s, i + 1, 1); i += 2 }
+        continue }
+      if (q != "") { if (c == q) q = ""; else w = w c; i++; continue }
+      if (c == "\"" || c == "\047") { q = c; i++; continue }
+      if (index(" \t\r\n", c)) { W[++n] = w; break }
+      w = w c; i++ } } }
+# Whether word w, an assignment, gives variable v a value (an empty or blank one counts as unset, in the agent too).
+function gives(w, v,   i) {
+  i = index(w, "=")
+  return i && substr(w, 1, i - 1) == v && substr(w, i + 1) ~ /[^[:space:]]/ }
+'
+
+# What an Environment= (or DefaultEnvironment=) value does to the variable, read as systemd's config_parse_environ()
+# reads it: each word unquoted and C-unescaped (review18e F-C: "PEERSERVE_"OPERATOR_CA=x and \x50EERSERVE_... were
+# missed), then its specifiers expanded. Prints "set" when a word gives it a value, and "cannot check: WORD" for a
+# word whose name holds a specifier (other than %%) that could make it this one: what it expands to is not known here.
+environment_value_sets_it() {
+  value=$1 LC_ALL=C awk -v v="$operator_ca_var" "$extract_words_awk"'
+    BEGIN {
+      n = words(ENVIRON["value"], "c")
+      for (k = 1; k <= n; k++) {
+        w = W[k]; i = index(w, "="); name = i ? substr(w, 1, i - 1) : w; plain = name; gsub(/%%/, "", plain)
+        if (index(plain, "%")) {  # the literal text before the first specifier: a prefix of "v=" or not
+          pre = ""
+          for (j = 1; j <= length(name); j++) {
+            c = substr(name, j, 1)
+            if (c != "%") { pre = pre c; continue }
+            if (substr(name, j + 1, 1) != "%") break
+            pre = pre "%"; j++ }
+          shown = w; gsub(/[[:cntrl:]]/, "?", shown)  # decoded: a control character would break the line
+          if (pre == "" || index(v "=", pre) == 1) print "cannot check: " shown
+          continue }
+        gsub(/%%/, "%", w)
+        if (gives(w, v)) print "set" } }'
 }
 
 # The files an EnvironmentFile= value names: "-" dropped, the common specifiers (%E %S %C %L %t %%) expanded, a glob
@@ -226,6 +320,14 @@ environment_files() {
   if [[ "$pattern" == *%* ]] && [[ "${pattern//%[ESCLt]/}" == *%* ]]; then echo "cannot check: $1"; return 0; fi
   pattern=${pattern//%E//etc} pattern=${pattern//%S//var/lib} pattern=${pattern//%C//var/cache}
   pattern=${pattern//%L//var/log} pattern=${pattern//%t//run} pattern=${pattern//$percent/%}
+  globbed_files "$pattern"
+}
+
+# The files an absolute path names, a glob expanded (systemd expands one in EnvironmentFile=); a relative path names
+# nothing. systemctl show prints the paths with their specifiers already expanded: they come here directly, never
+# through environment_files a second time (review18e F-E: a literal '%' came back "cannot check" and went unread).
+globbed_files() {
+  local pattern=$1
   [[ "$pattern" == /* ]] || return 0
   pattern=$unit_root$pattern
   if [[ "$pattern" == *[*?[]* ]]; then compgen -G "$pattern" || true
@@ -237,19 +339,27 @@ environment_file_sets_it() {
   [ -f "$1" ] && tr '\r' '\n' < "$1" | grep -E "^[[:space:]]*(export[[:space:]]+)?${operator_ca_var}[[:space:]]*=[[:space:]]*([\"'][[:space:]]*)?[^[:space:]\"'#]" >/dev/null
 }
 
-# Offline: the unit's drop-ins (its own, the prefix ones peerserve-.service.d and service.d) and the files their
-# EnvironmentFile= lines read that give PEERSERVE_OPERATOR_CA a value, the manager's DefaultEnvironment= (system.conf
-# and every system.conf.d folder systemd reads) and the kernel command line's systemd.setenv= (systemd.exec(5): the
-# manager passes both to every unit, review18d F1).
+# Offline: the unit file itself wherever it lies (a full copy from systemctl edit --full in /etc, review18e F-E), its
+# drop-ins (its own, the prefix ones peerserve-.service.d and service.d) and the files their EnvironmentFile= lines
+# read that give PEERSERVE_OPERATOR_CA a value, the manager's DefaultEnvironment= (system.conf and every
+# system.conf.d folder systemd reads) and the kernel command line's systemd.setenv= (systemd.exec(5): the manager
+# passes both to every unit, review18d F1).
 operator_ca_in_unit_files() {
-  local d f key val env_file
+  local d f key val env_file said
   for d in "${unit_dirs[@]}"; do
-    for f in "$unit_root$d/$service.d"/*.conf "$unit_root$d/peerserve-.service.d"/*.conf \
+    for f in "$unit_root$d/$service" "$unit_root$d/$service.d"/*.conf "$unit_root$d/peerserve-.service.d"/*.conf \
              "$unit_root$d/service.d"/*.conf; do
       [ -f "$f" ] || continue
       while IFS=$'\t' read -r key val; do
         case "$key" in
-          Environment) if grep -Eq "$set_it" <<< "$val"; then echo "$f"; fi ;;
+          Environment)
+            while IFS= read -r said; do
+              case "$said" in
+                set) echo "$f" ;;
+                *) echo "$f: Environment=${said#cannot check: }, a specifier this check cannot expand: cannot check \
+whether it" ;;
+              esac
+            done < <(environment_value_sets_it "$val") ;;
           EnvironmentFile)
             while IFS= read -r env_file; do
               case "$env_file" in
@@ -259,19 +369,34 @@ expand: cannot check whether it" ;;
               esac
             done < <(environment_files "$val") ;;
         esac
-      done < <(service_settings "$f")
+      done < <(section_settings "$f" Service)
     done
   done
   for f in "$unit_root/etc/systemd/system.conf" \
            "$unit_root"{/etc,/run,/usr/local/lib,/usr/lib,/lib}/systemd/system.conf.d/*.conf; do
     [ -f "$f" ] || continue
-    if sed -n 's/\r$//; s/^[[:space:]]*DefaultEnvironment[[:space:]]*=//p' -- "$f" | grep -E "$set_it" >/dev/null; then
-      echo "$f (DefaultEnvironment=)"
-    fi
+    while IFS=$'\t' read -r key val; do
+      if [ "$key" = DefaultEnvironment ]; then
+        while IFS= read -r said; do
+          case "$said" in
+            set) echo "$f (DefaultEnvironment=)" ;;
+            *) echo "$f: DefaultEnvironment=${said#cannot check: }, a specifier this check cannot expand: cannot \
+check whether it" ;;
+          esac
+        done < <(environment_value_sets_it "$val")
+      fi
+    done < <(section_settings "$f" Manager)
   done
+  # the first line, split as systemd's proc_cmdline_extract_first() does (EXTRACT_UNQUOTE|EXTRACT_RELAX: quotes
+  # anywhere in a word removed, review18e F-D); a backslash read both ways (newer systemd keeps it, older versions drop it)
   f="$unit_root/proc/cmdline"
-  if [ -r "$f" ] && tr -s '[:space:]' '\n' < "$f" \
-       | grep -E "^[\"']?systemd\.setenv=${operator_ca_var}=[^[:space:]\"']" >/dev/null; then
+  if [ -r "$f" ] && tr '\r\000' '\n' < "$f" | LC_ALL=C awk -v v="$operator_ca_var" "$extract_words_awk"'
+       NR == 1 {
+         for (m = 1; m <= 2; m++) {
+           n = words($0, m == 1 ? "rk" : "r")
+           for (k = 1; k <= n; k++)
+             if (sub(/^(rd\.)?systemd\.setenv=/, "", W[k]) && gives(W[k], v)) found = 1 } }
+       END { if (found) print "set" }' | grep -x set >/dev/null; then
     echo "$f (systemd.setenv= on the kernel command line)"
   fi
 }
@@ -290,7 +415,7 @@ operator_ca_in_manager() {
     [ -n "$env_file" ] || continue
     while IFS= read -r f; do
       if environment_file_sets_it "$f"; then echo "$f"; fi
-    done < <(environment_files "$env_file")
+    done < <(globbed_files "$env_file")
   done < <(systemctl show -p EnvironmentFiles --value "$service" 2>/dev/null)
   if systemctl show-environment 2>/dev/null | grep -E "^${operator_ca_var}=[^[:space:]]" >/dev/null; then
     echo "the service manager's environment, which every unit gets (systemctl show-environment; \

@@ -1,7 +1,9 @@
 """Placement: snapshot in, plan out (Pyomo + Ipopt, HiGHS MILP reference, baselines, simulation)."""
 
+import importlib
 import os
 import sys
+from typing import TYPE_CHECKING, Any
 
 # scripts/install-solver.sh builds PyNumero's ASL library inside the environment; point Pyomo at it
 # unless the user chose a location of their own.
@@ -9,11 +11,34 @@ _PYOMO_DIR = os.path.join(sys.prefix, "share", "pyomo")
 if os.path.isdir(_PYOMO_DIR):
     os.environ.setdefault("PYOMO_CONFIG_DIR", _PYOMO_DIR)
 
-from solver.errors import SnapshotError, SolverError, SolverUnavailableError  # noqa: E402
-from solver.modes import EvictionPolicy  # noqa: E402
-from solver.plan import Action, Plan, Rejection  # noqa: E402
-from solver.problem import Mode  # noqa: E402
-from solver.snapshot import InstanceUsage, Model, Node, Request, Snapshot  # noqa: E402
+# The package's names load on first use (PEP 562), not on `import solver`: `peerserve --help` and the client's
+# commands import solver.cli to register `solve` and `simulate`, which imports this package first, and solver.modes
+# brings numpy (~85 ms of start-up, and ~20 MB RSS, to every command that never solves).
+_LAZY = {
+    **dict.fromkeys(("SnapshotError", "SolverError", "SolverUnavailableError"), "solver.errors"),
+    "EvictionPolicy": "solver.modes",
+    **dict.fromkeys(("Action", "Plan", "Rejection"), "solver.plan"),
+    "Mode": "solver.problem",
+    **dict.fromkeys(("InstanceUsage", "Model", "Node", "Request", "Snapshot"), "solver.snapshot"),
+}
+
+if TYPE_CHECKING:
+    from solver.errors import SnapshotError, SolverError, SolverUnavailableError
+    from solver.modes import EvictionPolicy
+    from solver.plan import Action, Plan, Rejection
+    from solver.problem import Mode
+    from solver.snapshot import InstanceUsage, Model, Node, Request, Snapshot
+
+
+def __getattr__(name: str) -> Any:
+    """One of the package's names (``_LAZY``), imported from its module on first use and kept."""
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'solver' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "Action",

@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.util
 import json
 import math
 import sys
 from pathlib import Path
 from typing import Any
+
+# numpy is looked for, not imported (~85 ms and ~20 MB that `peerserve --help` and the client's commands, which
+# register these commands too, never use): an install without it (the `agent` extra) lists `solve` and `simulate`
+# as unavailable, saying what to install (peerserve/cli.py), as when this import brought numpy with it.
+if importlib.util.find_spec("numpy") is None:
+    raise ModuleNotFoundError("No module named 'numpy'", name="numpy")
 
 SOLVE_METHODS = ("ipopt", "ipopt-pyomo", "ipopt-nl", "milp", "iterative", "nearest", "least-loaded")
 
@@ -89,7 +96,7 @@ def register(commands: Any) -> None:
 
 def _workload_arguments(s: Any) -> None:
     """The options of ``simulate --workload`` (solver/workload.py)."""
-    from solver.workload import Workload
+    from solver.workload_spec import Workload
 
     d = Workload()
     w = s.add_argument_group(

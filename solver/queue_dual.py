@@ -26,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import threading
 from typing import Any
 
 import numpy as np
@@ -73,6 +74,7 @@ FLOORS = True
 # `bench/queue_bench.py --proven-cg` measures it beside Ipopt; tests/unit/test_queue_dual.py holds it to
 # Ipopt's optimum, nodes with cores included.
 ENABLED = False
+REUSE_HIGHS = True  # prove_lp hands its HiGHS object back for the next LP on its thread (``_highs``, ``_Lp.release``)
 BoolArray = npt.NDArray[np.bool_]
 # memory, compute row prices [j]; reused pools' link rows [j, k]; core rows [j] (0 on a node without cores)
 Prices = tuple[FloatArray, FloatArray, FloatArray, FloatArray]
@@ -129,7 +131,6 @@ def prove_lp(
     """``prove`` with the LP's duals at its optimum (``Proof``), to relative ``gap``. ``exact_slack=False``: the
     rows carry the N_MIN slack of every pool from the start (no re-solve when the pools with rate change; the
     LP then relaxes R(S) by a few millionths of an instance per pool: for a warm start, not as R(S)'s answer)."""
-    p = q.base
     if q.instance_cost <= 0 or not allowed.any() or _unknown_terms(q):
         return None
     try:
@@ -137,6 +138,15 @@ def prove_lp(
     except ImportError:  # pragma: no cover - depends on the install
         return None
     lp, floors = _open_lp(q, allowed, highspy, exact_slack, inner)
+    try:
+        return _prove(q, allowed, lp, floors, gap, inner)
+    finally:
+        lp.release()
+
+
+def _prove(q: QueueProblem, allowed: BoolArray, lp: _Lp, floors: bool, gap: float, inner: bool) -> Proof | None:
+    """``prove_lp``'s rounds on the LP it opened."""
+    p = q.base
     zero = _start_levels(q, lp, CAP_LEVEL and inner)
     if FEASIBLE_BASIS:
         lp.feasible_basis()
@@ -176,6 +186,30 @@ def prove_lp(
         lp.add_levels(loads)
     log.info("R(S) by column generation: no proof after %d rounds; Ipopt solves it", MAX_ROUNDS)
     return None
+
+
+_SPARE = threading.local()  # per thread: (a HiGHS object an LP handed back, the options it was set up with)
+
+
+def _highs(hs: Any) -> Any:
+    """A HiGHS object with ``HIGHS_OPTIONS`` set and no model: the one the last LP on this thread handed back
+    (``_Lp.release``), emptied, where it was set up with today's options; else a new one. Creating one costs ~0.14 ms
+    (HiGHS registers its ~200 options), 3-5 % of a cored R(S) (session 19); an emptied one solves the same LP from
+    the same basis to the same bits (HiGHS redraws its simplex's random vectors from the options' seed at every run;
+    measured: 140 captured R(S) and the 630 plans of ``bench/integer_check.py --quality`` unchanged).
+
+    The bindings' own class: highspy.Highs() prints HiGHS's banner to stdout before any option can be set, and
+    stdout carries `peerserve solve --json`."""
+    options = tuple(HIGHS_OPTIONS.items())
+    spare = getattr(_SPARE, "highs", None)
+    _SPARE.highs = None
+    if REUSE_HIGHS and spare is not None and spare[1] == options:
+        spare[0].clearModel()
+        return spare[0]
+    h = getattr(getattr(hs, "_core", None), "_Highs", hs.Highs)()
+    for key, value in options:
+        h.setOptionValue(key, value)
+    return h
 
 
 def _open_lp(q: QueueProblem, allowed: BoolArray, hs: Any, exact_slack: bool, inner: bool) -> tuple[_Lp, bool]:
@@ -395,11 +429,7 @@ class _Lp:
         coef = np.concatenate([np.tile([1.0, -1.0], X), np.ones(C), new_vals[nonzero]])
         per_col = np.concatenate([np.full(X, 2), np.ones(C, dtype=np.int64), nonzero.sum(axis=1)])
         starts = np.concatenate([[0], np.cumsum(per_col)])
-        # the bindings' own class: highspy.Highs() prints HiGHS's banner to stdout before any option can be
-        # set, and stdout carries `peerserve solve --json`
-        h = getattr(getattr(hs, "_core", None), "_Highs", hs.Highs)()
-        for key, value in HIGHS_OPTIONS.items():
-            h.setOptionValue(key, value)
+        h, self.highs_options = _highs(hs), tuple(HIGHS_OPTIONS.items())
         self.outside = outside
         self.active = np.zeros((J, K), dtype=bool)  # pools with rate that start new instances
         self.served = np.zeros((J, K), dtype=bool)  # pools with rate
@@ -434,6 +464,12 @@ class _Lp:
         self.level_rates = np.zeros((0, P))  # [L, P] the levels stacked (``solve`` reads them every round)
         self._level_structure()
         self._constants(allowed)
+
+    def release(self) -> None:
+        """Hand this LP's HiGHS object to the next LP on this thread (``_highs``): this LP is done with it."""
+        if REUSE_HIGHS and self.h is not None:
+            _SPARE.highs = (self.h, self.highs_options)
+        self.h = None
 
     def _constants(self, allowed: BoolArray) -> None:
         """What every round reads and no round changes, computed once (the same arrays the module's functions

@@ -46,6 +46,9 @@ from solver.api import solve
 from solver.plan import Plan
 from solver.shared_cores import shared_sojourn_ms
 from solver.snapshot import Model, Node, Request, Snapshot
+from solver.workload_spec import DISPATCH as DISPATCH  # the lab's parameters, kept apart from numpy (solver.cli)
+from solver.workload_spec import MAX_REQUESTS as MAX_REQUESTS
+from solver.workload_spec import Workload as Workload
 
 PLACEMENTS: dict[str, tuple[str, str]] = {  # name -> (method, objective)
     "thesis": ("ipopt", "thesis"),
@@ -55,52 +58,6 @@ PLACEMENTS: dict[str, tuple[str, str]] = {  # name -> (method, objective)
     "nearest": ("nearest", "thesis"),
     "least-loaded": ("least-loaded", "thesis"),
 }
-DISPATCH = ("agent", "assigned", "plan")
-MAX_REQUESTS = 2_000_000  # simulated arrivals per placement (clients x rate x duration); a usage error above
-
-
-@dataclass(frozen=True)
-class Workload:
-    """The simulated lab; sizes and rates as on the command line."""
-
-    clients: int = 60
-    rate: float = 5.0
-    sites: int = 6
-    nodes: int = 3
-    throughput: float = 300.0
-    duration_s: float = 60.0
-    node_mem_mb: float = 2048.0
-    model_mem_mb: float = 300.0
-    seed: int = 0
-    service: str = "exp"  # exp: exponential service times (M/M/1 queues); det: constant (M/D/1)
-    cores: float = 0.0  # cores a node's instances share; 0: one core per instance (no sharing)
-    concurrency: int = 1  # requests one instance serves at once (at most the node's cores: its slots)
-    dispatch: str = "agent"  # agent: the agent's endpoint rule (solver.agent_sim); assigned: the same, plans
-    # without shares (thesis, baselines) published with their assignments as shares; plan: shares, then uniform
-
-    def check(self) -> str | None:
-        """Why the workload cannot be simulated, or None."""
-        if min(self.clients, self.sites, self.nodes) < 1:
-            return "clients, sites and nodes must be at least 1"
-        if self.rate <= 0 or self.throughput <= 0 or self.duration_s <= 0:
-            return "rate, throughput and duration must be positive"
-        if self.service not in ("exp", "det"):
-            return "service must be exp or det"
-        if self.dispatch not in DISPATCH:
-            return f"dispatch must be one of {', '.join(DISPATCH)}"
-        if self.node_mem_mb <= 0 or self.model_mem_mb <= 0:
-            return "memory sizes must be positive"
-        if not 0 <= self.cores < float("inf"):
-            return "cores must be a positive number (0: one per instance)"
-        if (
-            isinstance(self.concurrency, bool)
-            or not isinstance(self.concurrency, int)
-            or not 1 <= self.concurrency <= 1024
-        ):
-            return "concurrency must be a whole number from 1 to 1024"
-        if self.clients * self.rate * self.duration_s > MAX_REQUESTS:
-            return f"clients x rate x duration exceeds {MAX_REQUESTS:,} simulated requests"
-        return None
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,12 @@ peerserve_peer_stale_boot_total{side="refused|retried"}              signed requ
 peerserve_mdns_adverts_total{outcome}                                 mDNS adverts by outcome (hinted, other_cluster,
                                                                       malformed, own_id, no_ipv4, unanswered,
                                                                       resolve_dropped)
+peerserve_revocation_lists_total{outcome}                             operator-CA mode: revocation lists fetched from
+                                                                      members, by outcome (accepted; refused: older,
+                                                                      conflict, forged, damaged, oversized, unusable,
+                                                                      unwritable; failed: no whole list came back)
+peerserve_revocation_stamp                                            operator-CA mode: the stamp of the list in force
+                                                                      (-1: none), to compare across boards
 """
 
 from __future__ import annotations
@@ -64,6 +70,16 @@ class MembershipCollector(Collector):
         for outcome, n in sorted(self.discovery.mdns.items()):
             adverts.add_metric([outcome], n)
         yield adverts
+        sync = self.discovery.revocations
+        if sync is not None:
+            lists = CounterMetricFamily("peerserve_revocation_lists", "Revocation lists fetched from members, by "
+                                        "outcome", labels=["outcome"])  # fmt: skip
+            for outcome, n in sorted(sync.outcomes.items()):
+                lists.add_metric([outcome], n)
+            yield lists
+            own = sync.advert()
+            yield GaugeMetricFamily("peerserve_revocation_stamp", "Stamp of the revocation list in force (-1: none)",
+                                    value=own[0] if own is not None else -1)  # fmt: skip
 
 
 class StaleBootCollector(Collector):

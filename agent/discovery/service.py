@@ -28,6 +28,7 @@ from agent.discovery.txt import SERVICE_TYPE, build_txt, parse_txt, peer_address
 from agent.errors import PeerError
 from agent.peer_client import PeerCallError, PeerClient
 from agent.peers import Member
+from agent.revocation_sync import RevocationSync
 from peerserve import wire
 from peerserve.wire import PeerState, SwimMessage
 
@@ -113,6 +114,12 @@ class Discovery:
         self.swim = SwimDriver(node_id, f"https://{advertise_address}:{peer_port}", peers, config, local_state,
                                self.admissible, self._apply, clock, wall, version_file)  # fmt: skip
         self.swim.on_admit_failed = self._admit_failed  # type: ignore[method-assign]
+        # operator-CA mode: the revocation list travels between members (agent.revocation_sync)
+        self.revocations: RevocationSync | None = None
+        if peers.identity.operator is not None:
+            self.revocations = RevocationSync(peers.identity.operator.revocations, peers, self._member_url, clock)
+            self.swim.revocation_advert = self.revocations.advert
+            self.swim.on_revocations = self.revocations.heard
         self.cluster = cluster
         self.stopping = False
         self._zc: Any = None
@@ -184,6 +191,8 @@ class Discovery:
             with contextlib.suppress(asyncio.CancelledError, Exception):  # an exception was said when it ended
                 await task
         await self.swim.stop()
+        if self.revocations is not None:
+            await self.revocations.stop()
         for resolving in list(self._resolving.values()):
             resolving.cancel()
         peers = [(r.node_id, r.peer_url) for r in self.swim.core.records.values() if r.status in ("alive", "suspect")]
@@ -342,6 +351,11 @@ class Discovery:
     async def handle_swim(self, sender: str, msg: SwimMessage) -> SwimMessage:
         """POST /peer/swim from ``sender`` (authenticated; the message names it): our answer."""
         return await self.swim.handle(sender, msg)
+
+    def _member_url(self, node_id: str) -> str | None:
+        """Where an admitted member that is not dead listens (None: no such member)."""
+        rec = self.swim.core.records.get(node_id)
+        return rec.peer_url if rec is not None and rec.status != "dead" else None
 
     def stamp(self, state: PeerState) -> PeerState:
         """Our GET /peer/state answer with our membership version and incarnation."""

@@ -146,6 +146,10 @@ class SwimDriver:
         self._tasks: set[asyncio.Task[Any]] = set()
         # the election's judge of a verified lease renewal (agent.leadership): True when it follows that leader
         self.on_lease: Callable[[Lease], bool] | None = None
+        # operator-CA mode (agent.revocation_sync): the (stamp, digest) of our revocation list our messages carry, and
+        # who hears a member's own (its message, authenticated); None: none carried, none heard (token-only mode)
+        self.revocation_advert: Callable[[], tuple[int, str] | None] | None = None
+        self.on_revocations: Callable[[str, tuple[int, str] | None], None] | None = None
         self._lease_seq = int(wall() * 1000)  # renewals rise across restarts too
         self._said: set[str] = set()
         self._wake: asyncio.Event | None = None
@@ -321,11 +325,19 @@ class SwimDriver:
         if answer.node_id != node_id:
             raise PeerCallError(f"{node_id} answered in the name of {answer.node_id}", status)
         self.lease_in(answer)
+        self._revocations_in(answer)
         return answer
+
+    def _revocations_in(self, msg: SwimMessage) -> None:
+        """The revocation list's stamp ``msg``'s sender (authenticated) advertised, to whoever takes it."""
+        if self.on_revocations is not None and msg.revocations is not None:
+            self.on_revocations(msg.node_id, msg.revocations)
 
     def _attach(self, msg: SwimMessage) -> SwimMessage:
         """``msg`` with the signed dead declarations and suspicions of the updates it carries (dead ones first: the
-        fast path waits on them; MAX_PROOFS in all)."""
+        fast path waits on them; MAX_PROOFS in all), and our revocation list's stamp (operator-CA mode)."""
+        if self.revocation_advert is not None:
+            msg = replace(msg, revocations=self.revocation_advert())
         return self.proofs.attach(self.dead_proofs.attach(msg))
 
     def apply(self, msg: SwimMessage) -> tuple[SwimMessage | None, list[sw.Transition]]:
@@ -463,6 +475,7 @@ class SwimDriver:
         c = self.core
         self.received[msg.kind] += 1
         self.lease_in(msg)
+        self._revocations_in(msg)
         reply, transitions = self.apply(msg)
         self.on_transitions(transitions)
         self.wake()

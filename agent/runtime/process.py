@@ -10,7 +10,9 @@ server it owns.
 A recorded PID is ours only while it is the same process: its start time (/proc/PID/stat field 22, clock ticks
 since boot, recorded at spawn) and its command line (the stand-in's ``--name``, Triton's ``--http-port`` and
 repository) must match the record before it is adopted or signalled; a PID reused by another process, or
-another agent's server, is left alone.
+another agent's server, is left alone. A pidfd (Linux >= 5.3) is taken of each server at spawn (and at adoption,
+before the check): it names that process for good, so a stop's signals go through it and never reach a process
+that took the PID over (asyncio's child watcher reaps a child before its returncode is set: review18e).
 
 Each model's server writes ``<data_dir>/logs/<model>.log`` (stdout and stderr, append mode). No client can make
 it grow without bound: Triton's log verbosity is one of its restricted APIs (agent/runtime/triton.py), the
@@ -30,7 +32,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,6 +62,8 @@ class _Server:
     started_at: float
     process: asyncio.subprocess.Process | None = None  # None when adopted after a restart
     ticks: int = 0  # the process's start time (/proc/PID/stat field 22); 0: a record written before it was kept
+    pidfd: int | None = None  # names this process even once its PID is reused (None: no pidfds, or not taken)
+    stub: tuple[int, int] | None = None  # (st_dev, st_ino) of the Triton backend stub copy it started with
 
     def is_alive(self) -> bool:
         """Whether this server's process still runs: the same PID, start time and command line as recorded."""
@@ -101,11 +105,16 @@ class ProcessRuntime:
             return
         for e in entries if isinstance(entries, list) else []:
             server = _record(e)
-            if server is None or not server.is_alive():
+            if server is None:
+                continue
+            server.pidfd = _server_pidfd(server.pid)  # held before the check: what is checked is what is signalled
+            if not server.is_alive():
+                _close_pidfd(server)
                 continue
             if server.port == 0:  # the last run died while it started: ours, never ready, nobody else stops it
                 with contextlib.suppress(OSError):
-                    os.kill(server.pid, signal.SIGKILL)
+                    _send(server.pid, server.pidfd, signal.SIGKILL)
+                _close_pidfd(server)
                 log.info("stopped model server %s (pid %d) left half-started by the last run", server.model, server.pid)
                 continue
             log.info("adopted model server %s (%s, pid %d)", server.id, server.model, server.pid)
@@ -122,6 +131,7 @@ class ProcessRuntime:
                 "term": s.term,
                 "started_at": s.started_at,
                 "ticks": s.ticks,
+                **({"stub": list(s.stub)} if s.stub else {}),
             }
             for s in [*self._servers.values(), *self._starting.values()]
         ]
@@ -154,9 +164,10 @@ class ProcessRuntime:
                 stdout=asyncio.subprocess.PIPE, stderr=log_file, stdin=asyncio.subprocess.DEVNULL,
                 env=server_environment(os.environ), start_new_session=True,
             )  # fmt: skip
+        pidfd = _server_pidfd(proc.pid)  # before any await: the child cannot have been reaped and its PID reused
         ticks = start_ticks(proc.pid) or 0
         self._starting[proc.pid] = _Server(
-            f"proc-{spec.name}-{proc.pid}", spec.name, proc.pid, 0, term, self.clock(), ticks=ticks
+            f"proc-{spec.name}-{proc.pid}", spec.name, proc.pid, 0, term, self.clock(), ticks=ticks, pidfd=pidfd
         )
         self._save()  # recorded before it is ready: if this agent dies now, whoever cleans up finds it
         try:
@@ -167,16 +178,24 @@ class ProcessRuntime:
             port = 0
         except BaseException:  # cancelled while it starts (the agent stops): end it rather than leave it behind
             with contextlib.suppress(ProcessLookupError):
-                proc.kill()
+                _send(proc.pid, pidfd, signal.SIGKILL)
             await proc.wait()
+            if pidfd is not None:
+                os.close(pidfd)
             raise
         finally:
             self._starting.pop(proc.pid, None)
         if not port:
-            await _terminate(proc.pid, proc, lambda: proc.returncode is None)
+            try:
+                await _terminate(proc.pid, proc, lambda: proc.returncode is None, pidfd)
+            finally:
+                if pidfd is not None:
+                    os.close(pidfd)
             self._save()
             raise InstanceStartError(f"model server for {spec.name} did not start; see {log_path}")
-        server = _Server(f"proc-{spec.name}-{proc.pid}", spec.name, proc.pid, port, term, self.clock(), proc, ticks)
+        server = _Server(
+            f"proc-{spec.name}-{proc.pid}", spec.name, proc.pid, port, term, self.clock(), proc, ticks, pidfd
+        )
         self._servers[server.id] = server
         self._save()
         log.info("started %s on port %d (pid %d)", spec.name, port, proc.pid)
@@ -189,6 +208,7 @@ class ProcessRuntime:
         install = triton.find_triton()
         base = self.log_dir.parent / "triton"
         backends = triton.prepare_backend(install, base / "backends")
+        stub = _file_id(backends / "python" / STUB_NAME)  # the copy its stubs run: the sweep knows them by it
         repository = triton.prepare_repository(spec, base / "repos" / spec.name)
         port = triton.free_port(self.host)
         log_path = self._log_path(spec.name)
@@ -199,8 +219,11 @@ class ProcessRuntime:
                 env=triton.environment(install), start_new_session=True,
                 cwd=base,  # the backend stub imports from its working directory first: ours, not the agent's
             )  # fmt: skip
+        pidfd = _server_pidfd(proc.pid)  # before any await: the child cannot have been reaped and its PID reused
         ticks = start_ticks(proc.pid) or 0
-        server = _Server(f"triton-{spec.name}-{proc.pid}", spec.name, proc.pid, port, term, self.clock(), proc, ticks)
+        server = _Server(
+            f"triton-{spec.name}-{proc.pid}", spec.name, proc.pid, port, term, self.clock(), proc, ticks, pidfd, stub
+        )
         self._servers[server.id] = server
         self._save()
         log.info("started tritonserver for %s on port %d (pid %d)", spec.name, port, proc.pid)
@@ -222,20 +245,34 @@ class ProcessRuntime:
         if server is None:
             return
         self._save()
+        try:
+            await self._stop(server)
+        finally:
+            _close_pidfd(server)
+
+    async def _stop(self, server: _Server) -> None:
         if server.process is None and not server.is_alive():
             return  # adopted, and gone or no longer the one recorded: its session number is not known to be ours
-        # our child, reaped before this stop (it crashed or was killed): its PID may name another process by now, so
-        # it is not signalled; its session is swept only while no live process leads one of that number (review18d
-        # F7): a session whose members live keeps its number, so one without a leader is still the dead server's
+        # reaped before this stop (it crashed or was killed; its pidfd says so even where asyncio's child watcher has
+        # reaped it but not yet set its returncode): its PID may name another process by now, so it is not signalled;
+        # its session is swept only while no live process leads one of that number (review18d F7): a session whose
+        # members live keeps its number, so one without a leader is the dead server's (or, once that one emptied,
+        # another's whose members the sweep ends only if they run our stub copy: an orphan of ours either way)
         exited = server.process is not None and server.process.returncode is not None
+        if not exited and server.pidfd is not None:
+            try:
+                signal.pidfd_send_signal(server.pidfd, 0)
+            except ProcessLookupError:
+                exited = True
         if not exited:
-            await _terminate(server.pid, server.process, server.is_alive)
+            await _terminate(server.pid, server.process, server.is_alive, server.pidfd)
         log.info("stopped %s (pid %d)", server.model, server.pid)
         # a scan of /proc (~5 ms for 100 processes at load 5): off the loop. It never fails a stop: the other
         # servers' stops and the agent's own shutdown (http, metrics, store) must still run
         stub = self.log_dir.parent / "triton" / "backends" / "python" / STUB_NAME
+        copies = [server.stub] if server.stub else []
         try:
-            ended = await asyncio.to_thread(end_leftover_stubs, server.pid, stub, exited)
+            ended = await asyncio.to_thread(end_leftover_stubs, server.pid, stub, exited, copies)
         except Exception:
             log.exception("the sweep for Triton backend stubs left by %s (pid %d) failed", server.model, server.pid)
             return
@@ -305,33 +342,41 @@ def _record(entry: object) -> _Server | None:
         return None
     e = entry
     try:
+        stub = e.get("stub")
         return _Server(
             str(e["id"]), str(e["model"]), int(e["pid"]), int(e["port"]), int(e["term"]), float(e["started_at"]),
-            ticks=int(e.get("ticks") or 0),
+            ticks=int(e.get("ticks") or 0), stub=(int(stub[0]), int(stub[1])) if stub else None,
         )  # fmt: skip
-    except (KeyError, TypeError, ValueError):
+    except (KeyError, TypeError, ValueError, IndexError):
         return None
 
 
-def end_leftover_stubs(session: int, stub: Path, leader_gone: bool = False) -> int:
+def end_leftover_stubs(
+    session: int, stub: Path, leader_gone: bool = False, copies: Iterable[tuple[int, int]] = ()
+) -> int:
     """SIGKILL what a stopped server left running in its session: Triton's Python-backend stubs (the binary
-    ``stub``, where this runtime copied it), and remove the /dev/shm region each one names. Returns how many.
+    ``stub``, where this runtime copied it, or an earlier copy the server started with, ``copies``: its (st_dev,
+    st_ino)), and remove the /dev/shm region each one names. Returns how many.
 
     A tritonserver stopped while it loads its model (within ~2 s of its start: an agent stopping, a plan changed)
     exits at once and may leave a stub behind that ignores SIGTERM and never exits (measured: 2 of 7 stops during
     load), ~37 MB resident and a 1 MiB region in /dev/shm each, for good. Every server starts in a session of its
     own (start_new_session): its stubs stay in it. The caller passes only the session of a server that was its own
     (its child, or an adopted one still alive before it was stopped). A member is ended only when the binary it runs
-    (/proc/PID/exe, which no process can set for itself, unlike its argv) is our copy of ``stub``; its regions are
-    removed only then. The process is pinned by a pidfd (Linux >= 5.3) before it is checked, so a PID reused
+    (/proc/PID/exe, which no process can set for itself, unlike its argv) is one of our copies, known by its inode
+    (os.stat follows /proc/PID/exe to the file even once it is deleted: an operator wiping DATA_DIR/triton, review18d
+    F4; the " (deleted)" text readlink shows was matched before, which a file so named also passed: review18e); its
+    regions are removed only then. The process is pinned by a pidfd (Linux >= 5.3) before it is checked, so a PID reused
     between the check and the kill is never signalled; without pidfds, os.kill. Errors (a member of another user:
     EPERM) are logged and the sweep goes on: it never raises.
 
     ``leader_gone``: the server was reaped before its stop, so a live process of PID ``session`` is another one (the
     PID reused): then nothing is swept, its session is not the stopped server's."""
-    try:
-        binary = os.path.realpath(stub)
-    except OSError:
+    binaries = set(copies)
+    current = _file_id(stub)
+    if current is not None:
+        binaries.add(current)
+    if not binaries:
         return 0
     members = session_members(session)
     if leader_gone and any(pid == session for pid, _argv in members):
@@ -341,21 +386,22 @@ def end_leftover_stubs(session: int, stub: Path, leader_gone: bool = False) -> i
         if pid == session:
             continue
         try:
-            if _end_stub(pid, session, binary):
+            if _end_stub(pid, session, binaries):
                 ended += 1
         except OSError as exc:
             log.warning("could not end a Triton backend stub (pid %d) of session %d: %s", pid, session, exc)
     return ended
 
 
-def _end_stub(pid: int, session: int, binary: str) -> bool:
-    """End ``pid`` and remove the regions it names when it is still a member of ``session`` running ``binary``."""
+def _end_stub(pid: int, session: int, binaries: set[tuple[int, int]]) -> bool:
+    """End ``pid`` and remove the regions it names when it is still a member of ``session`` running one of
+    ``binaries`` ((st_dev, st_ino) of our stub copies)."""
     try:
         pidfd = _pidfd_open(pid)
     except ProcessLookupError:  # exited since it was listed: nothing to end (review18d F3)
         return False
     try:
-        argv = _stub_argv(pid, session, binary)  # checked after the pidfd is held: the same process is signalled
+        argv = _stub_argv(pid, session, binaries)  # checked after the pidfd is held: the same process is signalled
         if argv is None:
             return False
         try:
@@ -394,21 +440,29 @@ def _pidfd_open(pid: int) -> int | None:
         raise
 
 
-def _stub_argv(pid: int, session: int, binary: str) -> list[str] | None:
-    """``pid``'s command line when it is a member of ``session`` whose executable is ``binary``, else None."""
+def _stub_argv(pid: int, session: int, binaries: set[tuple[int, int]]) -> list[str] | None:
+    """``pid``'s command line when it is a member of ``session`` whose executable is one of ``binaries`` (by
+    (st_dev, st_ino): a copy removed or replaced since the stub started is still known by its inode), else None."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
         if int(stat.rsplit(")", 1)[1].split()[3]) != session:
             return None
-        exe = os.readlink(f"/proc/{pid}/exe")
+        exe = os.stat(f"/proc/{pid}/exe")
         argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
     except (FileNotFoundError, ProcessLookupError, IndexError, ValueError):
         return None
-    # " (deleted)": the copy was removed or replaced since the stub started (an operator wiping DATA_DIR/triton to
-    # get a new one); the session is proven ours, so it is still our stub, and a leftover one (review18d F4)
-    if exe not in (binary, binary + " (deleted)"):
+    if (exe.st_dev, exe.st_ino) not in binaries:
         return None
     return [a for a in argv if a]
+
+
+def _file_id(path: Path) -> tuple[int, int] | None:
+    """(st_dev, st_ino) of the file at ``path`` (links followed), or None when there is none."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 def session_members(session: int) -> list[tuple[int, list[str]]]:
@@ -498,10 +552,39 @@ def tree_rss_mb(pid: int) -> float | None:
     return round(total / 2**20, 1)
 
 
-async def _terminate(pid: int, proc: asyncio.subprocess.Process | None, alive: Callable[[], bool]) -> None:
-    """SIGTERM, then SIGKILL after STOP_TIMEOUT_S; only the given pid, while ``alive`` says it is still ours."""
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGTERM)
+def _server_pidfd(pid: int) -> int | None:
+    """A pidfd for a server just spawned or about to be adopted; None where there are none or it is gone already."""
+    try:
+        return _pidfd_open(pid)
+    except ProcessLookupError:
+        return None
+
+
+def _close_pidfd(server: _Server) -> None:
+    if server.pidfd is not None:
+        os.close(server.pidfd)
+        server.pidfd = None
+
+
+def _send(pid: int, pidfd: int | None, sig: int) -> None:
+    """``sig`` to the process: through its pidfd when there is one (never to another that took the PID over: a gone
+    process raises ProcessLookupError), else os.kill."""
+    if pidfd is not None:
+        signal.pidfd_send_signal(pidfd, sig)
+    else:
+        os.kill(pid, sig)
+
+
+async def _terminate(
+    pid: int, proc: asyncio.subprocess.Process | None, alive: Callable[[], bool], pidfd: int | None = None
+) -> None:
+    """SIGTERM, then SIGKILL after STOP_TIMEOUT_S; only the given pid, while ``alive`` says it is still ours; through
+    ``pidfd`` when given: a process gone (reaped) is never signalled, whatever holds its PID now."""
+    try:
+        _send(pid, pidfd, signal.SIGTERM)
+    except ProcessLookupError:
+        if pidfd is not None and proc is None:
+            return  # gone: whatever now holds the PID (alive() may say "ours") is not it
     deadline = time.monotonic() + STOP_TIMEOUT_S
     while time.monotonic() < deadline:
         if proc is not None:
@@ -516,6 +599,6 @@ async def _terminate(pid: int, proc: asyncio.subprocess.Process | None, alive: C
     if proc is None and not alive():
         return
     with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGKILL)
+        _send(pid, pidfd, signal.SIGKILL)
     if proc is not None:
         await proc.wait()

@@ -4,7 +4,8 @@ When the model runs nowhere, it is provisioned here if this node has the memory 
 ``provision_wait_s``), else the roomiest peer is asked to start it (agent/serving/provision.py).
 
 ``resolve`` is the serving façade (``NodeAgent.resolve`` calls it): ranked endpoints, or provisioning
-under way (retry later), or no node with the memory, or a model the catalogue does not know. The HTTP
+under way (retry later), or no node with the memory, or a model the catalogue does not know, or this agent
+stopping (it starts no model and ends its wait for one: NodeAgent.begin_shutdown). The HTTP
 layer (both protocols, the endpoint query) only maps these outcomes to responses.
 """
 
@@ -54,7 +55,14 @@ class Unknown:
     known: tuple[str, ...]
 
 
-Outcome = Ranked | Provisioning | NoCapacity | Unknown
+@dataclass(frozen=True)
+class ShuttingDown:
+    """This agent is stopping (NodeAgent.begin_shutdown): it starts no model, and a wait for one has ended."""
+
+    retry_after_s: int = RETRY_AFTER_S
+
+
+Outcome = Ranked | Provisioning | NoCapacity | Unknown | ShuttingDown
 
 
 async def resolve(
@@ -70,6 +78,8 @@ async def resolve(
         draws = random.random(), random.random()
         rule = agent.settings.endpoint_rule
         return Ranked(tuple(spread_ranked(ranked, agent.last_placement, model, rtts, draws[0], live, draws[1], rule)))
+    if agent.shutting_down:
+        return ShuttingDown()
     target, reason = agent.provision_decision(spec)
     if target is None:
         return NoCapacity(reason)
@@ -79,4 +89,6 @@ async def resolve(
         ranked = rank_endpoints(agent.candidates(model), rtts)
         if ranked:
             return Ranked(tuple(ranked))
+    if agent.shutting_down:  # the wait above ended for the stop
+        return ShuttingDown()
     return Provisioning(target, reason)

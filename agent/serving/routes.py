@@ -34,7 +34,7 @@ from agent.http_limits import AbortAnswer
 from agent.node import NodeAgent
 from agent.serving import pauses, tfrest
 from agent.serving.inflight import InFlight, Token
-from agent.serving.resolve import NoCapacity, Provisioning, Ranked, Unknown
+from agent.serving.resolve import NoCapacity, Provisioning, Ranked, ShuttingDown, Unknown
 from agent.serving.upstream import BodySourceError, BodyTooLarge, Replay, Unsendable, UpstreamError, UpstreamPool
 
 log = logging.getLogger(__name__)
@@ -462,6 +462,10 @@ class ServingRoutes:
         if isinstance(outcome, NoCapacity):
             self._record(model, client, reported, None, None, 507)
             return protocol_error(507, f"{model} cannot be placed: {outcome.reason}", "no_capacity")
+        if isinstance(outcome, ShuttingDown):
+            self._record(model, client, reported, None, None, 503)
+            return protocol_error(503, f"agent shutting down: {model} is not started here; retry on another agent",
+                                  "shutting_down", retry_after=outcome.retry_after_s)  # fmt: skip
         assert isinstance(outcome, Provisioning)
         self._record(model, client, reported, None, None, 503)
         return protocol_error(503, f"{model} is being provisioned on {outcome.node} ({outcome.reason}); retry shortly",

@@ -15,22 +15,22 @@ import pytest
 from agent.placement import parse_node_report
 from peerserve import wire
 from tests.peer_tools import TestPeer
-from tests.service.conftest import STATS_READER, TOKEN
+from tests.service.conftest import PLAIN, STATS_READER, TOKEN
 
 PREDICT = "/services/half_plus_two/v1/models/half_plus_two:predict"
 
 
 def test_predict_through_the_proxy_provisions_on_demand(agents: Any) -> None:
     a = agents("a")
-    r = httpx.post(a.url + PREDICT, json={"instances": [1.0, 2.0, 5.0]}, timeout=30)
+    r = PLAIN.post(a.url + PREDICT, json={"instances": [1.0, 2.0, 5.0]}, timeout=30)
     assert r.status_code == 200, r.text
     assert r.json() == {"predictions": [2.5, 3.0, 4.5]}
-    columnar = httpx.post(a.url + PREDICT, json={"inputs": [1.0, 2.0]}, timeout=30)
+    columnar = PLAIN.post(a.url + PREDICT, json={"inputs": [1.0, 2.0]}, timeout=30)
     assert columnar.json() == {"outputs": [2.5, 3.0]}
     services = a.get("/services").json()
     assert [(s["model"], s["node"]) for s in services] == [("half_plus_two", a.get("/health").json()["node_id"])]
     assert services[0]["url"].startswith("http://127.0.0.1:")
-    direct = httpx.post(services[0]["url"] + "/v1/models/half_plus_two:predict", json={"instances": [4]})
+    direct = PLAIN.post(services[0]["url"] + "/v1/models/half_plus_two:predict", json={"instances": [4]})
     assert direct.json() == {"predictions": [4.0]}
     log = a.get("/stats/requests?since=0").json()["requests"]
     proxied = [r for r in log if r["latency_ms"] is not None]
@@ -46,7 +46,7 @@ def test_endpoint_query_explains_its_choice_and_uses_reported_rtt(agents: Any) -
     assert body["model"] == "xor_mlp" and body["node"] == node
     assert body["why"]["rtt_ms"] == 3.5 and body["why"]["rtt_source"] == "client"
     assert body["why"]["estimated_ms"] == 3.5 + body["why"]["exec_ms"]
-    xor = httpx.post(body["url"] + "/v1/models/xor_mlp:predict", json={"instances": [[0, 0], [0, 1], [1, 0], [1, 1]]})
+    xor = PLAIN.post(body["url"] + "/v1/models/xor_mlp:predict", json={"instances": [[0, 0], [0, 1], [1, 0], [1, 1]]})
     assert [round(p[0]) for p in xor.json()["predictions"]] == [0, 1, 1, 0]
     # The client's RTT is remembered for its later queries.
     again = a.get("/services/xor_mlp", headers={"X-Peerserve-Client": "phone-7"}).json()
@@ -61,7 +61,7 @@ def test_unknown_and_invalid_models(agents: Any) -> None:
     r = a.get("/services/resnet9000")
     assert r.status_code == 404 and "not in the catalogue" in r.json()["error"]
     assert time.monotonic() - started < 2
-    assert httpx.post(a.url + "/services/resnet9000/v1/models/resnet9000:predict", json={}).status_code == 404
+    assert PLAIN.post(a.url + "/services/resnet9000/v1/models/resnet9000:predict", json={}).status_code == 404
     for path in ("/services/bad%20name", "/services/..%2e"):
         r = a.get(path)
         assert r.status_code in (400, 404) and "error" in r.json()
@@ -74,32 +74,32 @@ def test_proxy_only_forwards_tf_serving_paths(agents: Any) -> None:
         "/services/half_plus_two/admin",
         "/services/half_plus_two/v1/models/half_plus_two%2F..%2F..%2Fx:predict",
     ):
-        r = httpx.post(a.url + path, json={"instances": [1]}, timeout=30)
+        r = PLAIN.post(a.url + path, json={"instances": [1]}, timeout=30)
         assert r.status_code == 400, (path, r.text)
         assert "error" in r.json()
 
 
 def test_model_server_errors_pass_through_unchanged(agents: Any) -> None:
     a = agents("a")
-    r = httpx.post(
+    r = PLAIN.post(
         a.url + PREDICT,
         content=b'{"instances": [1,',
         headers={"content-type": "application/json"},
         timeout=30,
     )
     assert r.status_code == 400 and "JSON Parse error" in r.json()["error"]
-    r = httpx.post(a.url + PREDICT, json={"signature": 1}, timeout=30)
+    r = PLAIN.post(a.url + PREDICT, json={"signature": 1}, timeout=30)
     assert r.status_code == 400 and r.json() == {"error": "Missing 'inputs' or 'instances' key"}
-    r = httpx.get(a.url + "/services/half_plus_two/v1/models/half_plus_two/versions/7", timeout=30)
+    r = PLAIN.get(a.url + "/services/half_plus_two/v1/models/half_plus_two/versions/7", timeout=30)
     assert r.status_code == 404 and "Specific(half_plus_two, 7)" in r.json()["error"]
-    meta = httpx.get(a.url + "/services/half_plus_two/v1/models/half_plus_two/metadata", timeout=30).json()
+    meta = PLAIN.get(a.url + "/services/half_plus_two/v1/models/half_plus_two/metadata", timeout=30).json()
     assert meta["model_spec"]["name"] == "half_plus_two"
 
 
 def test_oversized_body_is_refused(agents: Any) -> None:
     a = agents("a", "--provision-wait-s", "10")
     big = b"[" + b"1," * (5 * 2**20) + b"1]"
-    r = httpx.post(a.url + PREDICT, content=big, headers={"content-type": "application/json"}, timeout=30)
+    r = PLAIN.post(a.url + PREDICT, content=big, headers={"content-type": "application/json"}, timeout=30)
     assert r.status_code == 413 and "error" in r.json()
     assert a.get("/health").status_code == 200
 
@@ -160,7 +160,7 @@ def test_failing_start_is_retried_with_backoff_and_answers_503(agents: Any, tmp_
 def test_control_api_auth_fencing_and_idempotence(agents: Any, tmp_path: Any) -> None:
     a = agents("a", "--no-discovery")
     body = {"term": 2, "leader": "lead", "instances": {"half_plus_two": 1}}
-    assert httpx.put(a.url + "/control/desired", json=body).status_code in (404, 405)  # not on the client API
+    assert PLAIN.put(a.url + "/control/desired", json=body).status_code in (404, 405)  # not on the client API
     stranger = TestPeer("lead", "another-cluster-token-0000", tmp_path / "stranger")
     with pytest.raises(httpx.ConnectError):  # its certificate is not of this cluster: no TLS session
         stranger.put_desired("a", a.peer_url, 2, {"half_plus_two": 1})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ from typing import Any
 import pytest
 
 from agent.catalogue import builtin_catalogue_text
+from tests.service.test_agent_api import BROKEN, _catalogue
 from tests.waiting import wait_for
 
 # scripts/test.sh runs it with nothing else: a fixed loopback address (127.0.0.10)
@@ -118,3 +120,39 @@ def test_solver_worker_dies_with_a_killed_agent(agents: Any) -> None:
     a.stop(signal.SIGKILL)
     _gone, alive = psutil.wait_procs(workers, timeout=5)
     assert not alive, "a solver worker outlived its agent"
+
+
+def _waiting_predict(port: int) -> socket.socket:
+    """A predict for ``broken``, whose server never starts: its handler waits for it (provision_wait_s)."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=15)
+    body = b'{"instances": [1]}'
+    sock.sendall(b"POST /v1/models/broken:predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                 + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)  # fmt: skip
+    return sock
+
+
+def test_a_stop_ends_the_waits_for_provisioning_at_once(agents: Any, tmp_path: Path) -> None:
+    """suite19: uvicorn's shutdown waits up to 10 s (its graceful timeout) for every open request, and a handler
+    waiting for a model started on demand for it waited on (provision_wait_s), its client gone or not: the stop
+    took the 10 s. Now the stop ends those waits at once (NodeAgent.begin_shutdown): a client still there is
+    answered 503 with Retry-After and why, one that left holds nothing, and the agent exits within seconds."""
+    a = agents("a", "--no-discovery", "--catalogue", _catalogue(tmp_path, BROKEN), "--provision-wait-s", "60")
+    assert a.proc is not None
+    left, staying = _waiting_predict(a.port), _waiting_predict(a.port)
+    wait_for(lambda: "broken" in a.get("/health").json()["failing_models"], 15)  # its start was tried and failed
+    time.sleep(0.5)  # both handlers wait for it (60 s)
+    left.close()  # this client leaves; its handler waits on
+    began = time.monotonic()
+    a.proc.send_signal(signal.SIGTERM)
+    answer = b""
+    with staying:
+        while chunk := staying.recv(65536):  # the agent closes it after the answer
+            answer += chunk
+    assert a.proc.wait(15) in (0, -signal.SIGTERM)
+    took = time.monotonic() - began
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 503 "), (took, answer[:300])  # before: 500, cancelled after 10 s
+    assert b"\r\nretry-after: 2" in head.lower() and b"\r\nx-peerserve-error: shutting_down" in head.lower()
+    assert b"agent shutting down" in body
+    assert took < 4.0, took  # 10 s and more before (uvicorn's graceful timeout, then the stop itself)
+    assert "timeout graceful shutdown exceeded" not in a.log.read_text()

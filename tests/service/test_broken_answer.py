@@ -17,12 +17,12 @@ from pathlib import Path
 from typing import Any
 
 import h11
-import httpx
 import pytest
 
 from agent.node import NodeAgent
 from agent.serving import routes
 from agent.telemetry import outcome_of
+from tests.service.conftest import PLAIN
 from tests.service.scripted import MODEL, LoopbackServer, agent_in_front
 from tests.waiting import wait_for
 
@@ -130,7 +130,7 @@ def test_a_server_that_breaks_off_its_answer_never_reaches_the_client_as_a_compl
     wait_for(lambda: agent.store.requests_since(0, 10)[0], timeout=10)
     records, _ = agent.store.requests_since(0, 10)
     assert [(r.status, r.latency_ms) for r in records] == [(502, None)]  # a failure, no latency learned from it
-    metrics = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+    metrics = PLAIN.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
     counted = [line for line in metrics.splitlines() if line.startswith("peerserve_inference_requests_total{")]
     assert len(counted) == 1 and f'outcome="{outcome_of(502)}"' in counted[0]  # the metrics say so too
 

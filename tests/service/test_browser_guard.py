@@ -11,6 +11,7 @@ from typing import Any
 import httpx
 
 from client import Client
+from tests.service.conftest import PLAIN
 
 PREDICT = "/v1/models/resnet9000:predict"  # not in the catalogue: a 404 once past the guard, nothing started
 
@@ -21,9 +22,9 @@ def test_host_and_origin_rules_on_a_real_agent(agents: Any) -> None:
     own = [f"127.0.0.1:{port}", f"localhost:{port}", f"a.local:{port}", f"{socket.gethostname()}:{port}",
            f"board.lab:{port}"]  # fmt: skip
     for host in own:
-        assert httpx.get(a.url + "/health", headers={"Host": host}).status_code == 200, host
+        assert PLAIN.get(a.url + "/health", headers={"Host": host}).status_code == 200, host
     for host in (f"attacker.test:{port}", "evil.example"):  # a name re-pointed at the agent (DNS rebinding)
-        r = httpx.get(a.url + "/cluster", headers={"Host": host, "Origin": f"http://{host}"})
+        r = PLAIN.get(a.url + "/cluster", headers={"Host": host, "Origin": f"http://{host}"})
         assert r.status_code == 403 and "allowed_hosts" in r.json()["error"]
     with httpx.Client(base_url=a.url, timeout=10) as http:
         assert http.post(PREDICT, json={"instances": [1]}).status_code == 404  # past the guard

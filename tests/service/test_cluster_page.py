@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from tests.browser import browser, console_errors, dump_dom, need_browser, save_screenshot
-from tests.service.conftest import free_port
+from tests.service.conftest import PLAIN, free_port
 from tests.waiting import wait_for
 
 PREDICT = "/services/{m}/v1/models/{m}:predict"
@@ -63,7 +63,7 @@ def test_cluster_page_shows_members_leader_placement_latency_and_follows_a_kill(
     for i in range(12):  # some traffic, so the latency charts have points
         model = "half_plus_two" if i % 2 else "xor_mlp"
         body = {"instances": [1.0]} if model == "half_plus_two" else {"instances": [[0, 1]]}
-        assert httpx.post(a.url + PREDICT.format(m=model), json=body, timeout=30).status_code == 200
+        assert PLAIN.post(a.url + PREDICT.format(m=model), json=body, timeout=30).status_code == 200
     leader = cluster(a)["leader"]
 
     dom = dump_dom(a.url + "/")

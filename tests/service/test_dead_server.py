@@ -14,7 +14,7 @@ import time
 from typing import Any
 from urllib.parse import urlsplit
 
-import httpx
+from tests.service.conftest import PLAIN
 
 ROW = {"instances": [[0.0] * 64]}
 
@@ -29,7 +29,7 @@ def _server(a: Any) -> dict[str, Any]:
 
 
 def _provision(a: Any) -> tuple[dict[str, Any], int]:
-    r = httpx.post(f"{a.url}/v1/models/digits:predict", json=ROW, timeout=30)
+    r = PLAIN.post(f"{a.url}/v1/models/digits:predict", json=ROW, timeout=30)
     assert r.status_code == 200, r.text
     a.wait_ready("digits")
     [pid] = a.server_pids()
@@ -90,14 +90,14 @@ def test_a_killed_server_leaves_the_ready_set_at_its_first_refusal_and_clients_a
     deadline = time.monotonic() + 5
     while not _refuses(first["url"]) and time.monotonic() < deadline:
         time.sleep(0.02)
-    r = httpx.post(f"{a.url}/v1/models/digits:predict", json=ROW, timeout=30)
+    r = PLAIN.post(f"{a.url}/v1/models/digits:predict", json=ROW, timeout=30)
     assert r.status_code == 503, r.text
     assert r.headers["retry-after"] == "1" and r.headers["x-peerserve-error"] == "provisioning"
     assert r.json() == {"error": r.json()["error"]} and "refused the connection" in r.json()["error"]
     assert "refused a connection" in a.log.read_text()
     # The refusal woke the reconcile loop: a replacement is ready long before the 120 s round.
     began = time.monotonic()
-    again = httpx.post(f"{a.url}/v1/models/digits:predict", json=ROW, timeout=30)
+    again = PLAIN.post(f"{a.url}/v1/models/digits:predict", json=ROW, timeout=30)
     assert again.status_code == 200, again.text
     assert time.monotonic() - began < 10
     now = _server(a)

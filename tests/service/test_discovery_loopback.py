@@ -11,11 +11,10 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-import httpx
 import pytest
 
 from agent.discovery.txt import cluster_id
-from tests.service.conftest import TOKEN, free_port
+from tests.service.conftest import PLAIN, TOKEN, free_port
 from tests.waiting import wait_for
 
 # scripts/test.sh runs it with nothing else: fixed loopback addresses (127.0.0.2-9), and a death seen within 3 s
@@ -37,7 +36,7 @@ def test_agents_discover_each_other_and_answer_for_the_cluster(agents: Any) -> N
     # a learns b's server from b's own state; the leader's first round may already have placed the stream
     # elsewhere too (1 in 8 runs), so b's server must be among a's answers, not the only one
     wait_for(lambda: "b" in [s["node"] for s in a.get("/services").json()], 10)
-    r = httpx.post(a.url + "/services/half_plus_two/v1/models/half_plus_two:predict", json={"instances": [1, 2, 5]})
+    r = PLAIN.post(a.url + "/services/half_plus_two/v1/models/half_plus_two:predict", json={"instances": [1, 2, 5]})
     assert r.json() == {"predictions": [2.5, 3.0, 4.5]}  # a proxies to a server of the cluster
 
     killed = time.monotonic()

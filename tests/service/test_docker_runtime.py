@@ -18,6 +18,7 @@ from agent.errors import InstanceStartError, RuntimeUnavailable
 from agent.runtime.base import probe_available
 from agent.runtime.docker import DIGEST_LABEL, DockerLog, DockerRuntime, _parse_time
 from scripts.dockerd import PrivateDockerd
+from tests.service.conftest import PLAIN
 
 pytestmark = pytest.mark.docker
 
@@ -176,7 +177,7 @@ def test_agent_restart_adopts_containers_and_trims_foreign_ones(agents: Any, eng
     a = agents("a", "--runtime", "docker", "--node-id", "dock-a", "--no-discovery", env=env)
     assert a.put_desired(3, {"half_plus_two": 1}).status_code == 200
     [first] = a.wait_ready("half_plus_two", timeout=60)
-    r = httpx.post(a.url + "/services/half_plus_two/v1/models/half_plus_two:predict", json={"instances": [1, 2, 5]})
+    r = PLAIN.post(a.url + "/services/half_plus_two/v1/models/half_plus_two:predict", json={"instances": [1, 2, 5]})
     assert r.json() == {"predictions": [2.5, 3.0, 4.5]}
     a.stop(signal.SIGKILL)
     assert engine.containers.get(first["id"]).status == "running"  # outlives the agent

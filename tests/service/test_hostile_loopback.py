@@ -16,10 +16,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from agent.discovery.txt import cluster_id
+from tests.service.conftest import PLAIN
 from tests.waiting import wait_for
 
 # scripts/test.sh runs it with nothing else: fixed loopback addresses (127.0.0.61-64), and a 500 ms bound
@@ -70,7 +70,7 @@ def test_a_squatted_name_a_made_up_node_and_forged_goodbyes_change_nothing(agent
                 assert (lead, t) == (leader, term) and members == want and worst < 500
             time.sleep(0.2)
         for a in nodes.values():
-            r = httpx.post(a.url + "/v1/models/half_plus_two:predict", json={"instances": [1.0, 2.0]}, timeout=30)
+            r = PLAIN.post(a.url + "/v1/models/half_plus_two:predict", json={"instances": [1.0, 2.0]}, timeout=30)
             assert r.status_code == 200 and r.json() == {"predictions": [2.5, 3.0]}
             assert all(EVIL not in e["url"] and "10.213.10.1" not in e["url"] for e in a.get("/services").json())
     finally:

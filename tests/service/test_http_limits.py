@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.service.conftest import STATS_READER, RunningAgent, free_port, shared_agent
+from tests.service.conftest import PLAIN, STATS_READER, RunningAgent, free_port, shared_agent
 from tests.waiting import wait_for
 
 # scripts/test.sh runs it with nothing else: /health's p99 under 250 ms and other deadlines, on a core of its own
@@ -260,13 +260,13 @@ def test_concurrency_limit_answers_503_and_recovers(agents: Any) -> None:
     a = agents("a", QUIET, "--max-concurrency", "4", "--header-timeout-s", "60")
     held = [connect(a) for _ in range(4)]
     deadline = time.monotonic() + 10  # the agent may accept the held connections a moment later
-    while (r := httpx.get(f"{a.url}/health", timeout=10)).status_code != 503:
+    while (r := PLAIN.get(f"{a.url}/health", timeout=10)).status_code != 503:
         assert time.monotonic() < deadline, f"no 503 with 4 connections held: {r.status_code}"
         time.sleep(0.1)
     for sock in held:
         sock.close()
     deadline = time.monotonic() + 10
-    while httpx.get(f"{a.url}/health", timeout=10).status_code != 200:
+    while PLAIN.get(f"{a.url}/health", timeout=10).status_code != 200:
         assert time.monotonic() < deadline, "the agent did not recover from the concurrency limit"
         time.sleep(0.1)
 
@@ -316,7 +316,7 @@ def test_client_fields_overflow_nan_and_names_are_4xx(plain: RunningAgent) -> No
         r = a.get("/services", headers={"X-Peerserve-Client": client})
         assert r.status_code == 400 and "X-Peerserve-Client" in r.json()["error"], client
     for path in ("/services/half_plus_two%0A", PREDICT + "%0A"):
-        r = httpx.post(a.url + path, json={"instances": [1]}, timeout=30) if ":predict" in path else a.get(path)
+        r = PLAIN.post(a.url + path, json={"instances": [1]}, timeout=30) if ":predict" in path else a.get(path)
         assert r.status_code == 400 and "error" in r.json(), (path, r.text)
     for since in ("18446744073709551616", "9223372036854775808", "-1", "1e3", "NaN"):
         r = a.get(f"/stats/requests?since={since}")

@@ -15,7 +15,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.peer_tools import TestPeer
-from tests.service.conftest import TOKEN
+from tests.service.conftest import PLAIN, TOKEN
 
 DASHBOARD = Path(__file__).resolve().parents[2] / "docs" / "grafana-dashboard.json"
 PREDICT = "/services/half_plus_two/v1/models/half_plus_two:predict"
@@ -38,7 +38,7 @@ def value(parsed: dict[Any, float], name: str, **labels: str) -> float:
 def test_metrics_count_requests_by_model_protocol_and_outcome_with_bounded_labels(agents: Any, tmp_path: Path) -> None:
     a = agents("a", "--no-discovery")  # alone: no agent of another test joins over loopback mDNS
     for _ in range(3):
-        assert httpx.post(a.url + PREDICT, json={"instances": [1.0]}, timeout=30).status_code == 200
+        assert PLAIN.post(a.url + PREDICT, json={"instances": [1.0]}, timeout=30).status_code == 200
     assert a.get("/services/xor_mlp", headers={"X-Peerserve-Client": "phone-of-alice"}).status_code == 200
     for i in range(40):  # 40 unknown names from 40 clients: one label value, no client anywhere
         assert a.get(f"/services/nope{i}", headers={"X-Peerserve-Client": f"client-{i}"}).status_code == 404
@@ -92,7 +92,7 @@ def check_dashboard(exposition: str, tmp: Path) -> None:
 def test_metrics_off_token_and_service_discovery(agents: Any) -> None:
     off = agents("off", "--no-metrics", "--no-discovery")
     assert off.get("/metrics").status_code == 404
-    assert httpx.post(off.url + PREDICT, json={"instances": [2.0]}, timeout=30).json() == {"predictions": [3.0]}
+    assert PLAIN.post(off.url + PREDICT, json={"instances": [2.0]}, timeout=30).json() == {"predictions": [3.0]}
     secret = "metrics-token-abcdef-0123"
     guarded = agents("guarded", "--metrics-token", secret, "--no-discovery")
     for path in ("/metrics", "/sd/prometheus"):
@@ -110,7 +110,7 @@ def test_metrics_off_token_and_service_discovery(agents: Any) -> None:
 
 def test_json_logs_name_node_term_and_model_and_never_the_token(agents: Any) -> None:
     a = agents("a", "--log-format", "json", "--log-level", "debug", "--no-discovery")
-    assert httpx.post(a.url + PREDICT, json={"instances": [1.0]}, timeout=30).status_code == 200
+    assert PLAIN.post(a.url + PREDICT, json={"instances": [1.0]}, timeout=30).status_code == 200
     assert a.put_desired(3, {"half_plus_two": 1, "xor_mlp": 1}).status_code == 200
     stranger = TestPeer("lead", TOKEN + "x", a.data_dir.parent / "stranger")  # another token: another CA
     with pytest.raises(httpx.ConnectError):

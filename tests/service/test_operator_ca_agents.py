@@ -12,7 +12,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from agent.identity import Identity, cluster_of
-from agent.operator_ca import BoardCard, b64, raw_public
+from agent.operator_ca import BoardCard, b64, raw_public, sign_revocations
 from tests.service.conftest import TOKEN, free_port
 from tests.waiting import wait_for
 
@@ -52,3 +52,63 @@ def test_carded_agents_form_a_cluster_and_a_token_holder_without_a_card_stays_ou
     assert "x" not in statuses(seed) and set(statuses(outsider)) <= {"x"}
     logs = "".join(a.log.read_text(errors="replace") for a in carded)
     assert "shows no board card signed by the operator CA" in logs
+
+
+def test_a_newer_revocation_list_copied_to_one_board_reaches_every_board_and_shuts_the_card_out(
+    agents: Any, tmp_path: Path
+) -> None:
+    """The operator copies a newer list to ONE board (c0); within seconds every carded board has it in force (written
+    to its own DATA_DIR/peer/revoked.json, its stamp recorded), says so on /cluster and /metrics, and refuses the
+    revoked board (c3), which is no member of theirs any more."""
+    ca = Ed25519PrivateKey.generate()
+    (tmp_path / "ca.pub").write_text(b64(raw_public(ca.public_key())) + "\n")
+    cards = {}
+    for name in ("c0", "c1", "c2", "c3", "c4"):
+        key = Identity(name, TOKEN, tmp_path / name).key
+        cards[name] = BoardCard.issue(ca, name, raw_public(key.public_key()), int(time.time() + 86400),
+                                      cluster=bytes.fromhex(cluster_of(TOKEN)))  # fmt: skip
+        (tmp_path / name / "peer" / "board.card").write_text(json.dumps(cards[name].to_json()))
+    first = sign_revocations(ca, 100, ["0" * 32])  # an older list, on every board: the newer one must replace it
+    for name in ("c0", "c1", "c2", "c3", "c4"):
+        (tmp_path / name / "peer" / "revoked.json").write_text(json.dumps(first))
+    flags = ("--operator-ca", str(tmp_path / "ca.pub"))
+    seed_port = free_port()
+    seed = agents("c0", *flags, env=ENV, port=seed_port)
+    seed_url = f"http://127.0.0.1:{seed_port}"
+    carded = [seed, *(agents(n, *flags, "--seeds", seed_url, env=ENV) for n in ("c1", "c2"))]
+    revoked = agents("c3", *flags, "--seeds", seed_url, env=ENV)
+    names = {"c0", "c1", "c2", "c3"}
+    wait_for(lambda: all(statuses(a) == dict.fromkeys(names, "alive") for a in [*carded, revoked]), 30)
+    assert all(a.get("/cluster").json()["revocations"]["stamp"] == 100 for a in carded)
+    newer = sign_revocations(ca, 200, ["0" * 32, cards["c3"].fingerprint])
+    listed = tmp_path / "c0" / "peer" / "revoked.json"
+    listed.with_name("copy.tmp").write_text(json.dumps(newer))
+    listed.with_name("copy.tmp").replace(listed)  # the operator's one copy, to c0 alone
+    copied = time.monotonic()
+
+    def everywhere() -> bool:
+        return all(a.get("/cluster").json()["revocations"]["stamp"] == 200 for a in carded)
+
+    took = wait_for(everywhere, 15)
+    print(f"\nthe list copied to c0 is in force on all 3 carded boards {time.monotonic() - copied:.2f} s later")
+    assert took < 10
+    for name in ("c1", "c2"):
+        on_disk = json.loads((tmp_path / name / "peer" / "revoked.json").read_text())
+        assert on_disk["issued"] == 200 and cards["c3"].fingerprint in on_disk["revoked"]
+        assert json.loads((tmp_path / name / "peer" / "revoked.stamp.json").read_text())["stamps"]
+    # every carded board refuses the revoked card: c3 is no alive member of theirs
+    wait_for(lambda: all(statuses(a).get("c3") in (None, "dead") for a in carded), 30)
+    assert all({n for n, s in statuses(a).items() if s == "alive"} == {"c0", "c1", "c2"} for a in carded)
+    logs = "".join(a.log.read_text(errors="replace") for a in carded[1:])
+    assert "put in force" in logs and "c3 (fingerprint" in logs
+    metrics = carded[1].get("/metrics").text + carded[2].get("/metrics").text
+    assert 'peerserve_revocation_lists_total{outcome="accepted"} 1.0' in metrics
+    assert "peerserve_revocation_stamp 200.0" in metrics
+    # the older list put back on c1 by hand changes nothing; a board that was down (c4, the older list on its disk)
+    # gets the newer one from the members once it is back among them
+    (tmp_path / "c1" / "peer" / "revoked.json").write_text(json.dumps(first))
+    late = agents("c4", *flags, "--seeds", seed_url, env=ENV)
+    wait_for(lambda: late.get("/cluster").json()["revocations"]["stamp"] == 200, 30)
+    assert json.loads((tmp_path / "c4" / "peer" / "revoked.json").read_text())["issued"] == 200
+    assert carded[1].get("/cluster").json()["revocations"]["stamp"] == 200
+    assert "before the one in force" in carded[1].log.read_text(errors="replace")

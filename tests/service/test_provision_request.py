@@ -16,7 +16,7 @@ from agent.serving.provision import ASK_INTERVAL_S, MAX_TRACKED, should_ask
 from agent.serving.resolve import Provisioning, resolve
 from agent.settings import Settings
 from tests.peer_tools import TestPeer
-from tests.service.conftest import TOKEN
+from tests.service.conftest import PLAIN, TOKEN
 
 
 class LittleMemory(MetricsReader):
@@ -64,7 +64,7 @@ def test_resolve_asks_the_peer_with_room_and_the_peer_starts_the_model(agents: A
 
 def test_the_peer_route_is_signed_only_and_checks_its_input(agents: Any, tmp_path: Path) -> None:
     b = agents("b")
-    assert httpx.post(b.url + "/peer/provision", json={"model": "xor_mlp"}, timeout=10).status_code in (404, 405)
+    assert PLAIN.post(b.url + "/peer/provision", json={"model": "xor_mlp"}, timeout=10).status_code in (404, 405)
     stranger = TestPeer("c", "another-cluster-token-0123456789", tmp_path / "stranger")
     member = TestPeer("c", TOKEN, tmp_path / "member")
     try:

@@ -21,6 +21,7 @@ import pytest
 
 from agent.node import NodeAgent
 from agent.serving import routes
+from tests.service.conftest import PLAIN
 from tests.service.scripted import MODEL, LoopbackServer, agent_in_front
 from tests.waiting import wait_for
 
@@ -91,7 +92,7 @@ def predict(base: str, body: dict[str, Any] | None = None, timeout: float = 10.0
     """(status, or "no answer" if the client gave up, seconds taken)."""
     began = time.monotonic()
     try:
-        r = httpx.post(f"{base}/v1/models/{MODEL}:predict", json=body or {"instances": [1.0]}, timeout=timeout)
+        r = PLAIN.post(f"{base}/v1/models/{MODEL}:predict", json=body or {"instances": [1.0]}, timeout=timeout)
         return r.status_code, time.monotonic() - began
     except httpx.HTTPError:
         return "no answer", time.monotonic() - began
@@ -139,7 +140,7 @@ def test_a_trickled_answer_or_head_ends_in_bounded_time(
             began, got, cut = time.monotonic(), b"", False
             url = f"{base}/v1/models/{MODEL}:predict"
             try:
-                with httpx.stream("POST", url, json={"instances": [1]}, timeout=15) as r:
+                with PLAIN.stream("POST", url, json={"instances": [1]}, timeout=15) as r:
                     assert r.status_code == 200
                     for chunk in r.iter_raw():
                         got += chunk
@@ -177,7 +178,7 @@ def test_a_streamed_answer_that_keeps_its_pace_still_ends_at_its_deadline(
     with agent_before([endless_chunked], tmp_path) as (base, agent, _ups):
         began, got, cut = time.monotonic(), 0, False
         try:
-            with httpx.stream("POST", f"{base}/v1/models/{MODEL}:predict", json={"instances": [1]}, timeout=15) as r:
+            with PLAIN.stream("POST", f"{base}/v1/models/{MODEL}:predict", json={"instances": [1]}, timeout=15) as r:
                 assert r.status_code == 200
                 for chunk in r.iter_raw():
                     got += len(chunk)
@@ -215,7 +216,7 @@ def test_another_client_is_answered_while_a_trickling_server_holds_the_agent_at_
         began, seen = time.monotonic(), []
         while time.monotonic() - began < 8:
             try:
-                seen.append(httpx.get(f"{base}/health", timeout=5).status_code)
+                seen.append(PLAIN.get(f"{base}/health", timeout=5).status_code)
             except httpx.HTTPError:
                 seen.append(0)
             if seen[-1] == 200:
@@ -228,7 +229,7 @@ def test_another_client_is_answered_while_a_trickling_server_holds_the_agent_at_
 
 
 def in_flight(base: str) -> dict[str, int]:
-    e = httpx.get(f"{base}/services/{MODEL}", headers={"X-Peerserve-Client": "spy"}, timeout=10).json()
+    e = PLAIN.get(f"{base}/services/{MODEL}", headers={"X-Peerserve-Client": "spy"}, timeout=10).json()
     return {x["url"]: x["in_flight"] for x in [e, *e["alternatives"]]}
 
 
@@ -374,7 +375,7 @@ def test_repeated_set_cookie_headers_reach_the_client_each(tmp_path: Path) -> No
         conn.sendall(head + b"X-Tag: one\r\nX-Tag: two\r\nContent-Length: %d\r\n\r\n" % len(OK) + OK)
 
     with agent_before([answer], tmp_path) as (base, _agent, _ups):
-        r = httpx.post(f"{base}/v1/models/{MODEL}:predict", json={"instances": [1.0]}, timeout=10)
+        r = PLAIN.post(f"{base}/v1/models/{MODEL}:predict", json={"instances": [1.0]}, timeout=10)
         assert r.headers.get_list("set-cookie") == ["a=1", "b=2"] and r.headers["x-tag"] == "one, two"
 
 

@@ -25,7 +25,7 @@ from agent.models import MODELS
 from agent.modelserver import ModelServer
 from agent.peer_gate import PENDING_PER_ADDRESS, PENDING_TOTAL
 from agent.serving.tfrest import MAX_VALUES
-from tests.service.conftest import STATS_READER, RunningAgent, free_port, shared_agent
+from tests.service.conftest import PLAIN, STATS_READER, RunningAgent, free_port, shared_agent
 from tests.service.test_client_auth import self_signed
 from tests.waiting import wait_for
 
@@ -181,7 +181,7 @@ def test_stand_in_caps_connections_per_address(stand_in: ModelServer) -> None:
         for sock in held:
             sock.close()
     time.sleep(0.2)
-    r = httpx.post(f"http://127.0.0.1:{port}{PREDICT}", json={"instances": [1.0]})
+    r = PLAIN.post(f"http://127.0.0.1:{port}{PREDICT}", json={"instances": [1.0]})
     assert r.json() == {"predictions": [2.5]}
 
 
@@ -292,7 +292,7 @@ def test_odd_bytes_in_a_header_or_a_label_reach_the_server_not_a_502(serving: Ru
         sock.sendall(head.encode() + b"X-Note: caf\xe9\r\nConnection: close\r\n\r\n" + body)
         answer = _answer(sock, 30)
     assert answer.startswith(b"HTTP/1.1 200"), answer[:300]  # was a 502 after two tries of 1 s
-    r = httpx.post(f"{a.url}/v1/models/{MODEL}/labels/a%20b:predict", json={"instances": [1.0]}, timeout=30)
+    r = PLAIN.post(f"{a.url}/v1/models/{MODEL}/labels/a%20b:predict", json={"instances": [1.0]}, timeout=30)
     assert r.status_code == 400 and r.json() == {"error": "Unrecognized servable version label: a b"}, r.text
 
 

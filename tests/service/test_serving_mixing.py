@@ -24,6 +24,7 @@ import pytest
 
 from agent.modelserver import serve
 from agent.serving.upstream import UpstreamPool, UpstreamResponse
+from tests.service.conftest import PLAIN
 
 CLIENTS = 12
 ROUNDS = 24
@@ -117,7 +118,7 @@ def _bad_through_agent(http: httpx.Client, base: str, rng: random.Random) -> htt
 def test_many_clients_interleaving_bad_and_good_requests_through_the_agent(agents: Any) -> None:
     a = agents("a")
     assert (
-        httpx.post(a.url + "/v1/models/half_plus_two:predict", json={"instances": [0]}, timeout=30).status_code == 200
+        PLAIN.post(a.url + "/v1/models/half_plus_two:predict", json={"instances": [0]}, timeout=30).status_code == 200
     )
     failures: list[str] = []
     good_count = [0]

@@ -8,7 +8,7 @@ from typing import Any
 
 import httpx
 
-from tests.service.conftest import TOKEN, free_port
+from tests.service.conftest import PLAIN, TOKEN, free_port
 from tests.waiting import wait_for
 
 ENV = {"PEERSERVE_MDNS": "false"}
@@ -42,7 +42,7 @@ def test_agents_that_know_one_seed_learn_the_whole_cluster(agents: Any) -> None:
     # resource state travels: a model started on s3 shows in s1's /services (s1 never was told of s3)
     assert others[2].get("/services/half_plus_two").status_code == 200  # provisioned on s3 on demand
     wait_for(lambda: [s["node"] for s in others[0].get("/services").json()] == ["s3"], 10)
-    r = httpx.post(f"{others[0].url}/services/half_plus_two/v1/models/half_plus_two:predict", json={"instances": [1]})
+    r = PLAIN.post(f"{others[0].url}/services/half_plus_two/v1/models/half_plus_two:predict", json={"instances": [1]})
     assert r.json() == {"predictions": [2.5]}
 
     killed = time.monotonic()
@@ -96,7 +96,7 @@ def test_a_seed_slow_to_answer_still_admits_the_newcomer(agents: Any) -> None:
         def do_GET(self) -> None:
             time.sleep(2.0)
             try:
-                body = httpx.get(f"http://127.0.0.1:{seed_port}{self.path}", timeout=5).content
+                body = PLAIN.get(f"http://127.0.0.1:{seed_port}{self.path}", timeout=5).content
             except httpx.HTTPError:  # the seed has stopped (teardown)
                 self.send_error(502)
                 return

@@ -20,6 +20,8 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
+from tests.service.conftest import PLAIN
+
 np = pytest.importorskip("numpy")
 pytest.importorskip("sklearn")
 httpclient = pytest.importorskip("tritonclient.http")
@@ -61,7 +63,7 @@ def binary_infer(url: str, model: str, rows: list[list[float]], timeout: float =
         "outputs": [{"name": "probabilities", "parameters": {"binary_data": True}}],
     }).encode()  # fmt: skip
     headers = {"Inference-Header-Content-Length": str(len(header)), "Content-Type": "application/octet-stream"}
-    return httpx.post(f"{url}/v2/models/{model}/infer", content=header + data, headers=headers, timeout=timeout)
+    return PLAIN.post(f"{url}/v2/models/{model}/infer", content=header + data, headers=headers, timeout=timeout)
 
 
 def binary_output(answer: httpx.Response) -> Any:
@@ -82,7 +84,7 @@ def test_digits_over_tf_serving_and_triton_through_an_agent(agents: Any) -> None
     a = agents("a", "--provision-wait-s", "60")
     # Open Inference Protocol at the agent's root, for a model no server runs yet: provisions Triton.
     triton_log = a.data_dir / "logs" / "digits_triton.log"
-    ready = _wait_200(lambda: httpx.get(a.url + "/v2/models/digits_triton/ready", timeout=90))
+    ready = _wait_200(lambda: PLAIN.get(a.url + "/v2/models/digits_triton/ready", timeout=90))
     assert ready.status_code == 200, said(ready, triton_log)
     host = urlsplit(a.url).netloc
     with httpclient.InferenceServerClient(host) as triton:  # the real client, its defaults
@@ -102,7 +104,7 @@ def test_digits_over_tf_serving_and_triton_through_an_agent(agents: Any) -> None
     assert triton_probs.shape == (len(images), 10)
     triton_classes = triton_probs.argmax(axis=1)
     # TF-Serving REST at the root, same weights through the stand-in.
-    r = _wait_200(lambda: httpx.post(a.url + "/v1/models/digits:predict", json={"instances": images}, timeout=90))
+    r = _wait_200(lambda: PLAIN.post(a.url + "/v1/models/digits:predict", json={"instances": images}, timeout=90))
     assert r.status_code == 200, r.text
     tf_classes = np.asarray(r.json()["predictions"]).argmax(axis=1)
     truth = np.asarray(labels)
@@ -117,33 +119,33 @@ def test_digits_over_tf_serving_and_triton_through_an_agent(agents: Any) -> None
 
     everything = load_digits().data.astype(float).tolist()
     batch = (everything * 2)[:2000]
-    halves = [httpx.post(a.url + "/v1/models/digits:predict", json={"instances": part}, timeout=90)
+    halves = [PLAIN.post(a.url + "/v1/models/digits:predict", json={"instances": part}, timeout=90)
               for part in (batch[:1000], batch[1000:])]  # fmt: skip
     assert [h.status_code for h in halves] == [200, 200]
     tf_all = np.asarray(halves[0].json()["predictions"] + halves[1].json()["predictions"]).argmax(axis=1)
     v2 = {"inputs": [{"name": "pixels", "shape": [2000, 64], "datatype": "FP32", "data": batch}]}
-    r2 = httpx.post(a.url + "/v2/models/digits_triton/infer", json=v2, timeout=90)
+    r2 = PLAIN.post(a.url + "/v2/models/digits_triton/infer", json=v2, timeout=90)
     triton_all = np.asarray(r2.json()["outputs"][0]["data"]).reshape(2000, 10).argmax(axis=1)
     assert r2.status_code == 200 and (tf_all == triton_all).mean() >= 0.98
-    whole = httpx.post(a.url + "/v1/models/digits:predict", json={"instances": batch}, timeout=90)
+    whole = PLAIN.post(a.url + "/v1/models/digits:predict", json={"instances": batch}, timeout=90)
     assert whole.status_code == 400 and str(MAX_VALUES) in whole.json()["error"]  # past the stand-in's bound: said
     # Each protocol is refused, in its own error shape, for the other kind of server.
-    wrong = httpx.post(a.url + "/v1/models/digits_triton:predict", json={"instances": images[:1]}, timeout=30)
+    wrong = PLAIN.post(a.url + "/v1/models/digits_triton:predict", json={"instances": images[:1]}, timeout=30)
     assert wrong.status_code == 400 and set(wrong.json()) == {"error"}
     assert wrong.headers["x-peerserve-error"] == "wrong_protocol"
-    unknown = httpx.post(a.url + "/v2/models/nope/infer", json={"inputs": []}, timeout=30)
+    unknown = PLAIN.post(a.url + "/v2/models/nope/infer", json={"inputs": []}, timeout=30)
     assert unknown.status_code == 400 and unknown.json() == {"error": "Request for unknown model: 'nope' is not found"}
     # Triton's own errors pass through unchanged.
-    bad = httpx.post(a.url + "/v2/models/digits_triton/infer", json={"inputs": [
+    bad = PLAIN.post(a.url + "/v2/models/digits_triton/infer", json={"inputs": [
         {"name": "pixels", "shape": [1, 2], "datatype": "FP32", "data": [1, 2]}]}, timeout=30)  # fmt: skip
     assert bad.status_code == 400 and set(bad.json()) == {"error"}
     # ... those it sends as text/plain too: its message, not wrapped again (review12d F3).
     records = json.loads((a.data_dir / "process-runtime.json").read_text())
     [record] = [x for x in records if x["model"] == "digits_triton"]
     odd = {"Inference-Header-Content-Length": "999", "Content-Type": "application/octet-stream"}
-    direct = httpx.post(f"http://127.0.0.1:{record['port']}/v2/models/digits_triton/infer", content=b"{}",
+    direct = PLAIN.post(f"http://127.0.0.1:{record['port']}/v2/models/digits_triton/infer", content=b"{}",
                         headers=odd, timeout=30)  # fmt: skip
-    proxied = httpx.post(a.url + "/v2/models/digits_triton/infer", content=b"{}", headers=odd, timeout=30)
+    proxied = PLAIN.post(a.url + "/v2/models/digits_triton/infer", content=b"{}", headers=odd, timeout=30)
     assert direct.status_code == proxied.status_code == 400 and "json" not in direct.headers["content-type"]
     assert proxied.json() == json.loads(direct.text) and "999" in proxied.json()["error"]
     # One Date and one Server on proxied answers, Triton's and the stand-in's alike (review12d F4).
@@ -173,7 +175,7 @@ def test_digits_over_tf_serving_and_triton_through_an_agent(agents: Any) -> None
     from agent.placement import MIN_LATENCY_SAMPLES, build_snapshot, parse_node_report, parse_request
 
     for _ in range(MIN_LATENCY_SAMPLES):
-        httpx.post(a.url + "/v1/models/digits:predict", json={"instances": images}, timeout=90).raise_for_status()
+        PLAIN.post(a.url + "/v1/models/digits:predict", json={"instances": images}, timeout=90).raise_for_status()
     rows = [parse_request(x) for x in a.get("/stats/requests?since=0").json()["requests"]]
     node = parse_node_report(a.get("/stats/node").json(), a.get("/stats/models").json())
     snapshot = build_snapshot([node], rows, parse_catalogue(builtin_catalogue_text(), "built-in"), time.time())

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
+import logging
 import os
 import time
 from pathlib import Path
@@ -18,7 +20,7 @@ from agent.leadership import Leadership
 from agent.node import NodeAgent
 from agent.operator_ca import b64, raw_public
 from agent.request_window import MAX_WINDOW_BYTES
-from agent.settings import Settings, load_settings, operator_ca_mode
+from agent.settings import Settings, load_settings, log_at_start, operator_ca_mode
 
 GOOD = """
 [[models]]
@@ -194,17 +196,27 @@ def test_a_missing_operator_ca_named_by_the_environment_refuses_the_start(
     assert caught.value.source.startswith("this rule reads PEERSERVE_OPERATOR_CA from the environment: ")
 
 
-@pytest.mark.parametrize("name", ["operator_ca", "cluster_token", "client_token", "metrics_token"])
-def test_an_empty_variable_never_switches_a_security_setting_of_the_file_off(tmp_path: Path, name: str) -> None:
-    """review18a F1: ``Environment=PEERSERVE_OPERATOR_CA=`` (what an operator writes to silence a drop-in, and what
-    install.sh's check reads as unset) ran the agent on the token alone although the config names the CA; an empty
-    client or metrics token dropped the file's token the same way. An empty variable counts as unset."""
+SECURITY_SETTINGS = ["operator_ca", "cluster_token", "client_token", "metrics_token"]
+
+
+def every_security_setting_in_a_file(tmp_path: Path) -> tuple[Path, dict[str, str], Path]:
+    """A config file that sets the four security settings (an operator CA key written beside it, three tokens):
+    (the CA's public key, each setting's value in the file, the config file)."""
     pub = tmp_path / "ca.pub"
     pub.write_text(b64(raw_public(Ed25519PrivateKey.generate().public_key())) + "\n")
     values = {"operator_ca": str(pub), "cluster_token": "file-cluster-token-0123456789",
               "client_token": "file-client-token-0123456789", "metrics_token": "file-metrics-token-0123"}  # fmt: skip
     cfg = tmp_path / "peerserve.toml"
     cfg.write_text(f'data_dir = "{tmp_path / "data"}"\n' + "".join(f'{k} = "{v}"\n' for k, v in values.items()))
+    return pub, values, cfg
+
+
+@pytest.mark.parametrize("name", SECURITY_SETTINGS)
+def test_an_empty_variable_never_switches_a_security_setting_of_the_file_off(tmp_path: Path, name: str) -> None:
+    """review18a F1: ``Environment=PEERSERVE_OPERATOR_CA=`` (what an operator writes to silence a drop-in, and what
+    install.sh's check reads as unset) ran the agent on the token alone although the config names the CA; an empty
+    client or metrics token dropped the file's token the same way. An empty variable counts as unset."""
+    pub, values, cfg = every_security_setting_in_a_file(tmp_path)
     sources: dict[str, str] = {}
     for blank in ("", "  "):
         s = load_settings(str(cfg), env={f"PEERSERVE_{name.upper()}": blank}, sources=sources)
@@ -222,16 +234,11 @@ def test_an_empty_variable_never_switches_a_security_setting_of_the_file_off(tmp
         )
 
 
-@pytest.mark.parametrize("name", ["operator_ca", "cluster_token", "client_token", "metrics_token"])
+@pytest.mark.parametrize("name", SECURITY_SETTINGS)
 def test_an_empty_flag_never_switches_a_security_setting_of_the_file_off(tmp_path: Path, name: str) -> None:
     """review18d F6: ``--client-token ""`` (and the other three) dropped the file's value although an empty variable
     no longer does; an empty flag counts as unset the same way, and ``peerserve agent --help`` says so."""
-    pub = tmp_path / "ca.pub"
-    pub.write_text(b64(raw_public(Ed25519PrivateKey.generate().public_key())) + "\n")
-    values = {"operator_ca": str(pub), "cluster_token": "file-cluster-token-0123456789",
-              "client_token": "file-client-token-0123456789", "metrics_token": "file-metrics-token-0123"}  # fmt: skip
-    cfg = tmp_path / "peerserve.toml"
-    cfg.write_text(f'data_dir = "{tmp_path / "data"}"\n' + "".join(f'{k} = "{v}"\n' for k, v in values.items()))
+    _, values, cfg = every_security_setting_in_a_file(tmp_path)
     parser = argparse.ArgumentParser()
     subparsers = parser.add_subparsers()
     register(subparsers)
@@ -248,6 +255,34 @@ def test_an_empty_flag_never_switches_a_security_setting_of_the_file_off(tmp_pat
     assert helped.count("An empty value counts as unset (the config's stands)") == 4  # the four flags say so
 
 
+def test_each_empty_token_ignored_is_logged_at_start_with_what_to_write_instead(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """review18e: ``--metrics-token ""`` or ``PEERSERVE_METRICS_TOKEN=`` (meaning "open /metrics") was ignored as
+    unset with no word, and the operator got 401s. One warning at start for each, naming it, what stands, and what
+    to write instead; nothing for a token that is set or absent."""
+    cfg = tmp_path / "peerserve.toml"
+    cfg.write_text(f'data_dir = "{tmp_path / "data"}"\nmetrics_token = "file-metrics-token-0123"\n')
+    sources: dict[str, str] = {}
+    ignored: list[str] = []
+    env = {"PEERSERVE_METRICS_TOKEN": "", "PEERSERVE_CLUSTER_TOKEN": "env-cluster-token-0123456789"}
+    s = load_settings(str(cfg), env=env, overrides={"client_token": " "}, sources=sources, ignored=ignored)
+    caplog.set_level(logging.INFO, logger="agent.settings")
+    log_at_start(s, sources, ignored)
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warned == [
+        "the variable PEERSERVE_METRICS_TOKEN is empty and was ignored (an empty one counts as unset): metrics_token "
+        f'stays as set by the config file {cfg}; to open /metrics, write metrics_token = "" in the config file and '
+        "remove the variable",
+        'the flag --client-token "" is empty and was ignored (an empty one counts as unset): client_token keeps its '
+        'default; to open the client API, write client_token = "" in the config file and remove --client-token',
+    ]
+    assert [r.getMessage() for r in caplog.records if r.levelno == logging.INFO] == [operator_ca_mode(s, sources)]
+    quiet: list[str] = []
+    load_settings(str(cfg), env={"PEERSERVE_CLIENT_TOKEN": "env-client-token-0123"}, ignored=quiet)
+    assert quiet == []
+
+
 @pytest.mark.parametrize("host", ["", " ", "\t"])
 def test_an_empty_host_is_refused_never_every_interface(tmp_path: Path, host: str) -> None:
     """review18d F5: host "" made uvicorn and the peer listener bind EVERY interface (and left advertise_address and
@@ -258,6 +293,22 @@ def test_an_empty_host_is_refused_never_every_interface(tmp_path: Path, host: st
     with pytest.raises(ConfigError):
         load_settings(None, env={}, overrides={"host": host, "data_dir": str(tmp_path)})
     assert load_settings(None, env={"PEERSERVE_HOST": "0.0.0.0", "PEERSERVE_DATA_DIR": str(tmp_path)}).host == "0.0.0.0"
+
+
+@pytest.mark.parametrize(("host", "said"), [(" 0.0.0.0", "white space around"), ("127.0.0.1\n", "white space around"),
+                                            ("localhost", "is not an IP address")])  # fmt: skip
+def test_a_bad_host_is_named_as_host_not_as_advertise_address(tmp_path: Path, host: str, said: str) -> None:
+    """review18e: advertise_address is taken from host, and a bad host was refused as a bad advertise_address, a
+    setting the operator never wrote. The error names host, from the config file as from a variable."""
+    cfg = tmp_path / "peerserve.toml"
+    cfg.write_text(f"host = {json.dumps(host)}\n")
+    for path, env in ((str(cfg), {}), (None, {"PEERSERVE_HOST": host})):
+        with pytest.raises(ConfigError) as caught:
+            load_settings(path, env={**env, "PEERSERVE_DATA_DIR": str(tmp_path)})
+        assert caught.value.key == "host" and said in str(caught.value), str(caught.value)
+    named = load_settings(None, env={"PEERSERVE_HOST": "localhost", "PEERSERVE_ADVERTISE_ADDRESS": "127.0.0.1",
+                                     "PEERSERVE_DATA_DIR": str(tmp_path)})  # fmt: skip
+    assert (named.host, named.advertise_address) == ("localhost", "127.0.0.1")  # a name binds, told an address
 
 
 def test_the_start_log_says_the_operator_ca_mode_and_where_it_came_from(tmp_path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -96,3 +97,53 @@ def test_the_agent_without_uvicorn_says_what_to_install() -> None:
     assert run.returncode == 1
     assert "Traceback" not in run.stderr
     assert "needs the Python module 'uvicorn'" in run.stderr and "peerserve[agent]" in run.stderr
+
+
+# Runs the console script and writes, as it exits, every module it imported (sys.modules; -X importtime misses the
+# parts, which importlib.import_module loads) as stderr's last line.
+LOADED = """\
+import atexit, json, sys
+atexit.register(lambda: print(json.dumps(sorted(sys.modules)), file=sys.stderr))
+from peerserve.cli import main
+
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def imported(*argv: str) -> tuple[subprocess.CompletedProcess[str], set[str]]:
+    """``peerserve ARGV`` in a fresh interpreter: the run and every module it imported."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-c", LOADED, *argv]
+    run = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=60, check=False)
+    return run, set(json.loads(run.stderr.splitlines()[-1]))
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["--help"], ["endpoints", "--help"], ["predict", "--help"], ["endpoints", "--agent", "http://127.0.0.1:9"]],
+)
+def test_the_client_commands_and_help_import_no_numpy(argv: list[str]) -> None:
+    """suite19: every command line but the agent's registered solver.cli, whose import of the solver package brought
+    numpy (solver.modes; ~85 ms of start-up) to `peerserve --help` and every client command. The solver's names now
+    load on first use, and solver.cli looks numpy up without importing it. An endpoint query to an agent that is not
+    there (port 9 on loopback: refused) runs the client library through to its error, exit 1."""
+    run, modules = imported(*argv)
+    assert run.returncode == (1 if "--agent" in argv else 0), run.stderr[-2000:]
+    assert "Traceback" not in run.stderr
+    assert {"peerserve.cli", "client.cli", "solver.cli"} <= modules
+    assert not modules & {"numpy", "solver.modes", "solver.workload", "scipy"}
+    if "--agent" in argv:
+        assert {"client.core", "httpx"} <= modules and "no agent answered" in run.stderr
+
+
+def test_the_solver_still_loads_its_names_on_use() -> None:
+    """The package's names (solver/__init__.py) come from their modules when first used; an unknown one is an
+    AttributeError, as before."""
+    import solver
+    from solver.modes import EvictionPolicy
+    from solver.workload import MAX_REQUESTS, Workload
+
+    assert solver.EvictionPolicy is EvictionPolicy and solver.Snapshot.__module__ == "solver.snapshot"
+    assert Workload().check() is None and MAX_REQUESTS == 2_000_000
+    with pytest.raises(AttributeError):
+        _ = solver.no_such_name  # type: ignore[attr-defined]

@@ -181,6 +181,15 @@ def test_retry_after_is_seconds_or_a_date_within_bounds_and_never_raises() -> No
     assert answers.retry_after_s(None, NOW) == 1.0
     busy = error_for(httpx.Response(503, json={"error": "x"}, headers={"Retry-After": "soon"}), NOW)
     assert isinstance(busy, NotReadyError) and busy.retry_after == 1.0
+    stopping = error_for(
+        httpx.Response(
+            503,
+            json={"error": "agent shutting down: m is not started here; retry on another agent"},
+            headers={"Retry-After": "2", "X-Peerserve-Error": "shutting_down"},
+        ),
+        NOW,
+    )
+    assert isinstance(stopping, NotReadyError) and stopping.retry_after == 2.0 and "shutting down" in str(stopping)
     huge = error_for(httpx.Response(418, json={"error": "e" * 10_000}, headers={"X-Peerserve-Error": "c" * 999}))
     assert isinstance(huge, RequestError) and len(str(huge)) == 300 and huge.code == "c" * 64
 

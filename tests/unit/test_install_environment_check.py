@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts/install.sh"
-FUNCTIONS = ("service_settings", "environment_files", "environment_file_sets_it", "operator_ca_in_unit_files",
+FUNCTIONS = ("unit_lines", "section_settings", "environment_value_sets_it", "environment_files", "globbed_files",
+             "environment_file_sets_it", "operator_ca_in_unit_files",
              "operator_ca_in_manager", "operator_ca_in_environment")  # fmt: skip
 DROP_IN = "etc/systemd/system/peerserve-agent.service.d/x.conf"
 ENV = "etc/peerserve/agent.env"
@@ -24,7 +25,7 @@ def run(root: str, call: str, sd: str = "offline", env: dict[str, str] | None = 
     sed = " ".join(f"-e '/^{name}() {{/,/^}}/p'" for name in FUNCTIONS)
     script = f"""set -euo pipefail
 service=peerserve-agent.service sd={sd}
-source <(sed -n -e '/^unit_root=/,/^set_it=/p' {sed} {SCRIPT})
+source <(sed -n -e '/^unit_root=/,/^set_it=/p' -e "/^extract_words_awk='/,/^'$/p" {sed} {SCRIPT})
 unit_root={root}
 {call}"""
     out = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=30, env=env, cwd=cwd)
@@ -58,6 +59,26 @@ UNIT_FORMS = {
     "three_backslashes": "[Service]\nEnvironment=A=x\\\\\\\n PEERSERVE_OPERATOR_CA=/x\n",
     "continued_at_eof": "[Service]\nEnvironment=PEERSERVE_OPERATOR_CA=/x \\",
     "space_after_quote": '[Service]\nEnvironment="PEERSERVE_OPERATOR_CA= /etc/other.pub"\n',
+    # review18e F-A: systemd's read_line() ends a line at CR, LF, CRLF or LFCR, each with an optional NUL after it,
+    # or at a NUL alone; the reader split only at LF. The first BOM that starts a line is dropped, not only line 1's;
+    # only spaces and tabs may come before a comment's '#' (a vertical tab makes it text, here continued into)
+    "cr_only": "[Service]\rEnvironment=PEERSERVE_OPERATOR_CA=/x\r",
+    "cr_inside_crlf": "[Service]\r\nEnvironment=A=1\rEnvironment=PEERSERVE_OPERATOR_CA=/x\r\n",
+    "nul": "[Service]\nEnvironment=A=1\0Environment=PEERSERVE_OPERATOR_CA=/x\n",
+    "lfcr_continued": "[Service]\nEnvironment=A=1 \\\n\r PEERSERVE_OPERATOR_CA=/x\n",
+    "crlf_nul_continued": "[Service]\r\nEnvironment=A=1 \\\r\n\0 PEERSERVE_OPERATOR_CA=/x\r\n",
+    "bom_after_a_comment": "# a note\n\ufeff[Service]\nEnvironment=PEERSERVE_OPERATOR_CA=/x\n",
+    "vertical_tab_before_hash": "[Service]\nEnvironment=A=1 \\\n\v# PEERSERVE_OPERATOR_CA=/x\n",
+    # review18e F-C: each word unquoted and C-unescaped, as systemd's extract_first_word() does for Environment=
+    "split_quotes": '[Service]\nEnvironment="PEERSERVE_"OPERATOR_CA=/x\n',
+    "quote_inside": "[Service]\nEnvironment=PEERSERVE_'OPERATOR'_CA=/x\n",
+    "hex_escape": "[Service]\nEnvironment=\\x50EERSERVE_OPERATOR_CA=/x\n",
+    "hex_escape_in_quotes": '[Service]\nEnvironment="PEERSERVE_OPERATOR\\x5fCA=/x"\n',
+    "octal_escape": "[Service]\nEnvironment=\\120EERSERVE_OPERATOR_CA=/x\n",
+    "unicode_escapes": "[Service]\nEnvironment=\\u0050EERSERVE_OPERATOR_C\\U00000041=/x\n",
+    "escaped_equals": "[Service]\nEnvironment=PEERSERVE_OPERATOR_CA\\x3d/x\n",
+    "words_before_an_error": '[Service]\nEnvironment=PEERSERVE_OPERATOR_CA=/x "unclosed\n',
+    "specifier_in_the_value": "[Service]\nEnvironment=PEERSERVE_OPERATOR_CA=%E/ca.pub\n",
 }
 
 
@@ -86,6 +107,43 @@ def test_an_environment_file_in_any_form_is_read(tmp_path: Path, line: str) -> N
     assert found(root) == [ENV]
 
 
+def test_a_specifier_in_a_variables_name_that_could_make_it_this_one_is_refused_as_unchecked(tmp_path: Path) -> None:
+    """review18e F-C: systemd expands specifiers in each Environment= word after unquoting it, name included: a name
+    whose literal text before a specifier could begin PEERSERVE_OPERATOR_CA cannot be checked here; another name
+    (OTHER_%i) and %% (a literal %) are read as they are."""
+    text = "[Service]\nEnvironment=PEERSERVE_%i=x OTHER_%i=y PEERSERVE_OPERATOR_CA%%=z PEERSERVE_%i\\n\\x1b=x\n"
+    said = ", a specifier this check cannot expand: cannot check whether it"
+    assert sorted(found(make(tmp_path, {DROP_IN: text}))) == [  # decoded control characters are not printed raw
+        f"{DROP_IN}: Environment=PEERSERVE_%i=x{said}",
+        f"{DROP_IN}: Environment=PEERSERVE_%i??=x{said}",
+    ]
+
+
+def test_the_unit_file_itself_is_read_offline(tmp_path: Path) -> None:
+    """review18e F-E: a full copy of the unit (systemctl edit --full, in /etc) was read by the online check only."""
+    unit = "etc/systemd/system/peerserve-agent.service"
+    root = make(tmp_path, {unit: f"[Unit]\nDescription=x\n[Service]\nEnvironmentFile=/{ENV}\n",
+                           ENV: "PEERSERVE_OPERATOR_CA=/x\n"})  # fmt: skip
+    assert found(root) == [ENV]
+    assert found(make(tmp_path / "b", {unit: "[Service]\nEnvironment=PEERSERVE_OPERATOR_CA=/x\n"})) == [unit]
+
+
+def test_the_environment_files_systemctl_shows_are_read_as_shown(tmp_path: Path) -> None:
+    """review18e F-E: systemctl show prints EnvironmentFiles with their specifiers expanded; the check expanded
+    them again, so a literal '%' made the path "cannot check" and it went unread, and %E in a name became /etc."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    shown = "/etc/peerserve/100%.env (ignore_errors=no)\n/etc/peerserve/%E.env (ignore_errors=yes)\n"
+    (bin_dir / "systemctl").write_text(
+        f"#!/bin/bash\nif [ \"$1 $2 $3\" = 'show -p EnvironmentFiles' ]; then printf %s '{shown}'; fi\n"
+    )
+    (bin_dir / "systemctl").chmod(0o755)
+    root = make(tmp_path / "root", {"etc/peerserve/100%.env": "PEERSERVE_OPERATOR_CA=/x\n",
+                                    "etc/peerserve/%E.env": "PEERSERVE_OPERATOR_CA=/y\n"})  # fmt: skip
+    out = run(str(root), "operator_ca_in_environment", sd="running", env={"PATH": f"{bin_dir}:/usr/bin:/bin"})
+    assert out.splitlines() == [f"{root}/etc/peerserve/%E.env", f"{root}/etc/peerserve/100%.env"]
+
+
 def test_an_environment_file_named_with_a_specifier_it_cannot_expand_is_refused_as_unchecked(tmp_path: Path) -> None:
     """review18d F2: %N, %h and the like were expanded to nothing known and the file was silently not read; now the
     check names the line as one it cannot check (install.sh refuses --no-operator-ca on it). %% is a literal %."""
@@ -109,15 +167,25 @@ def test_an_assignment_in_the_environment_file_in_any_form_is_found(tmp_path: Pa
 
 @pytest.mark.parametrize("folder", ["etc", "run", "usr/local/lib", "usr/lib", "lib"])
 def test_the_managers_default_environment_is_read(tmp_path: Path, folder: str) -> None:
-    """review18d F1: only /etc's system.conf.d was read; systemd reads /run's, /usr/local/lib's and /usr/lib's too."""
+    """review18d F1: only /etc's system.conf.d was read; systemd reads /run's, /usr/local/lib's and /usr/lib's too.
+    review18e: read as systemd reads it (a CR line end, split quotes)."""
     conf = f"{folder}/systemd/system.conf.d/env.conf"
     root = make(tmp_path, {conf: "[Manager]\nDefaultEnvironment=PEERSERVE_OPERATOR_CA=/x\n"})
     assert found(root) == [f"{conf} (DefaultEnvironment=)"]
+    other = make(tmp_path / "b", {conf: '[Manager]\rDefaultEnvironment=A=1 "PEERSERVE_"OPERATOR_CA=/x\r'})
+    assert found(other) == [f"{conf} (DefaultEnvironment=)"]
 
 
 @pytest.mark.parametrize(
     ("cmdline", "named"),
     [("ro quiet systemd.setenv=PEERSERVE_OPERATOR_CA=/etc/peerserve/ca.pub splash\n", True),
+     # review18e F-D: systemd unquotes each word wherever its quotes are; a backslash is kept (newer systemd) or
+     # dropped (older): either reading counts; rd. is the initrd's (counted: the check cannot tell it left)
+     ('ro systemd.setenv="PEERSERVE_OPERATOR_CA=/x"\n', True),
+     ('ro systemd.setenv=PEERSERVE_OPERATOR_CA="/x y"\n', True),
+     ("ro systemd.setenv=PEERSERVE_'OPERATOR'_CA=/x\n", True), ("ro systemd.setenv=PEERSERVE\\_OPERATOR_CA=/x\n", True),
+     ("ro rd.systemd.setenv=PEERSERVE_OPERATOR_CA=/x\n", True),
+     ('ro systemd.setenv=PEERSERVE_OPERATOR_CA=" "\n', False),
      ('ro "systemd.setenv=PEERSERVE_OPERATOR_CA=/x"\n', True), ("ro\tsystemd.setenv=PEERSERVE_OPERATOR_CA=/x\n", True),
      ("ro systemd.setenv=PEERSERVE_OPERATOR_CA=\n", False), ("ro systemd.setenv=XPEERSERVE_OPERATOR_CA=/x\n", False),
      ("ro PEERSERVE_OPERATOR_CA=/x\n", False)],
@@ -164,7 +232,12 @@ def test_a_relative_environment_file_is_not_read_nor_taken_for_an_option(tmp_pat
      "[Service]\n#Environment=PEERSERVE_OPERATOR_CA=/x\n;Environment=PEERSERVE_OPERATOR_CA=/x\n",
      "[Unit]\nEnvironment=PEERSERVE_OPERATOR_CA=/x\n", "[Service]\nEnvironment=XPEERSERVE_OPERATOR_CA=/x\n",
      f"[Service]\nEnvironmentFile=-/{ENV}.missing\n",
-     "[Service]\nEnvironment=A=1 \\\\\n#Environment=PEERSERVE_OPERATOR_CA=/x\n"],
+     "[Service]\nEnvironment=A=1 \\\\\n#Environment=PEERSERVE_OPERATOR_CA=/x\n",
+     # review18e: what systemd reads as no such assignment (an empty line ends a continuation: CR CR is two line
+     # ends; "=" alone is a word; an unknown escape ends the line's words; a blank value by escape)
+     "[Service]\nEnvironment=A=1 \\\r\r PEERSERVE_OPERATOR_CA=/x\n",
+     "[Service]\nEnvironment=PEERSERVE_OPERATOR_CA = /x\n",
+     "[Service]\nEnvironment=PEERSERVE_OPERATOR_CA=/x\\q\n", '[Service]\nEnvironment="PEERSERVE_OPERATOR_CA=\\s"\n'],
 )  # fmt: skip
 def test_what_gives_the_variable_no_value_is_not_named(tmp_path: Path, text: str) -> None:
     """An empty value counts as unset (the agent reads it so too); a comment, another section, another name, a

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from agent.known_peers import FILE_NAME, FORGET_AFTER_S, MAX_KNOWN, KnownPeer, load, merge, parse, save
+from tests.unit.test_state_version import recorded_fsyncs
 
 URL = "https://10.0.0.{}:8401"
 
@@ -59,14 +60,7 @@ def test_save_is_durable_the_folder_is_fsynced_after_the_rename(
     """tidy18: the rename reaches the disk only with the folder's next journal commit unless the folder is fsynced;
     a power cut before it (boards lose power) lost the new file's directory entry. The file keeps its name and the
     mode a plain open gives it (0666 less the umask)."""
-    synced: list[str] = []
-    real_fsync = os.fsync
-
-    def fsync(fd: int) -> None:
-        synced.append("folder" if stat.S_ISDIR(os.fstat(fd).st_mode) else "file")
-        real_fsync(fd)
-
-    monkeypatch.setattr(os, "fsync", fsync)  # (agent/durable.py writes the file)
+    synced = recorded_fsyncs(monkeypatch)  # (agent/durable.py writes the file)
     peers = [KnownPeer("b", URL.format(2), 3.0)]
     save(tmp_path, peers)
     assert synced == ["file", "folder"] and load(tmp_path) == peers

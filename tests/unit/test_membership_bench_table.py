@@ -4,13 +4,27 @@ live runs start real agents: a bench, run by hand; the bed mode as root under th
 from __future__ import annotations
 
 import json
+import signal
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from bench.membership_bench import main, with_ratios
+
+
+@pytest.fixture(autouse=True)
+def _signal_handlers_given_back() -> Iterator[None]:
+    """main() sets the process's SIGTERM and SIGINT handlers (a bench run's teardown on a timeout): the test process
+    gets its own back. Left set, the unit tier's pytest turned a later SIGTERM (a ``timeout`` wrapper's) into a
+    SystemExit in whichever test ran then, which failed, and the run went on instead of ending."""
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    yield
+    for sig, handler in saved.items():
+        signal.signal(sig, handler)
+    assert all(signal.getsignal(sig) is handler for sig, handler in saved.items())
 
 
 def row(n: int, cpu: float, **extra: Any) -> dict[str, Any]:

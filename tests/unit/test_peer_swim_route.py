@@ -33,6 +33,7 @@ class Membership:
     driver: SwimDriver
     stopping: bool = False
     mdns: Counter[str] = field(default_factory=Counter)  # adverts by outcome (no mDNS here)
+    revocations: None = None  # the token-only mode: no revocation list travels
 
     @property
     def swim(self) -> SwimDriver:

@@ -111,9 +111,7 @@ def _close(ours: float, ref: float, allowance: float) -> bool:
     return abs(ours - ref) <= TOL * abs(ref) + allowance
 
 
-@settings(
-    max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
-)
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     requests=st.integers(10, 50),
     nodes=st.integers(3, 20),
@@ -124,7 +122,6 @@ def _close(ours: float, ref: float, allowance: float) -> bool:
     cores=st.lists(st.integers(0, 4), min_size=1, max_size=4).map(tuple),
 )
 def test_column_generation_reaches_ipopts_optimum_of_the_restricted_nlp(
-    monkeypatch: pytest.MonkeyPatch,
     requests: int,
     nodes: int,
     seed: int,
@@ -134,13 +131,14 @@ def test_column_generation_reaches_ipopts_optimum_of_the_restricted_nlp(
     cores: tuple[int, ...],
 ) -> None:
     """Random thesis instances, both modes, running instances, 1-4 cores per node or none, tail cap or not."""
-    q = _problem(requests, nodes, seed, mode, running, tail, cores)
-    proofs = _proofs_against_ipopt(monkeypatch, q)
-    for ours, ref, allowance, row_excess, bound in proofs:
-        assert _close(ours, ref, allowance)
-        assert _bounds(ours, ref, row_excess, bound)
-    # and the whole shortcut still reaches the reference NLP (test_queue_fast's check) within what it proves
-    assert _within_proof(q, max((p[0] - p[-1] for p in proofs), default=0.0))
+    with pytest.MonkeyPatch.context() as mp:  # per example (hypothesis runs them all in one test call)
+        q = _problem(requests, nodes, seed, mode, running, tail, cores)
+        proofs = _proofs_against_ipopt(mp, q)
+        for ours, ref, allowance, row_excess, bound in proofs:
+            assert _close(ours, ref, allowance)
+            assert _bounds(ours, ref, row_excess, bound)
+        # and the whole shortcut still reaches the reference NLP (test_queue_fast's check) within what it proves
+        assert _within_proof(q, max((p[0] - p[-1] for p in proofs), default=0.0))
 
 
 def _within_proof(q: QueueProblem, claimed: float) -> bool:

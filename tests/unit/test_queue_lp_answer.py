@@ -4,55 +4,38 @@ certificate is caught."""
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 from hypothesis import HealthCheck, given, settings
 
-from solver import queue_fast, queue_warm
+from solver import queue_warm
 from solver.problem import Mode
 from solver.queue_fast import solve_nlp_fast
 from solver.queue_model import QueueProblem
 from tests.unit.test_queue_start import cases, instance, keeps_cores, relative_gap
-from tests.unit.test_queue_warm import row_excess
+from tests.unit.test_queue_warm import row_excess, warm_answers
 
 CORED = instance(4, 0, 0.0, (2,), Mode.MODE2, False)  # 25 x 10, 2 cores per node
 
 
-def _answers(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
-    """Every R(S) answer solver.queue_fast takes from the warm path (None where it declined)."""
-    seen: list[Any] = []
-    real = queue_warm.solve_certified
-
-    def kept(q: QueueProblem, allowed: Any) -> Any:
-        sol = real(q, allowed)
-        seen.append(sol)
-        return sol
-
-    monkeypatch.setattr(queue_fast, "solve_certified", kept)
-    return seen
-
-
-@settings(
-    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
-)
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(cases)
-def test_the_certified_answer_is_the_reference_optimum(monkeypatch: pytest.MonkeyPatch, q: QueueProblem) -> None:
+def test_the_certified_answer_is_the_reference_optimum(q: QueueProblem) -> None:
     """Random thesis instances, both modes, running instances, 1-4 cores per node or none, tail cap or not: with the
     LP's answer the relaxation is within ANSWER_GAP of the reference NLP's optimum, keeps every node's cores and
     every row of the compact NLP."""
-    monkeypatch.setattr(queue_warm, "LP_ANSWER", True)
-    sol = solve_nlp_fast(q)
-    assert relative_gap(q, sol) <= queue_warm.ANSWER_GAP
-    assert keeps_cores(q, sol)
-    assert row_excess(q, sol) <= 1e-9
+    with pytest.MonkeyPatch.context() as mp:  # per example (hypothesis runs them all in one test call)
+        mp.setattr(queue_warm, "LP_ANSWER", True)
+        sol = solve_nlp_fast(q)
+        assert relative_gap(q, sol) <= queue_warm.ANSWER_GAP
+        assert keeps_cores(q, sol)
+        assert row_excess(q, sol) <= 1e-9
 
 
 def test_cored_relaxations_are_answered_without_ipopt(monkeypatch: pytest.MonkeyPatch) -> None:
     """Where cores bind (2 per node): every R(S) is the LP's certified point (no Ipopt
     iteration), within ANSWER_GAP of the reference, and the warm Ipopt's answer is within 1e-6 of it."""
     monkeypatch.setattr(queue_warm, "LP_ANSWER", True)
-    seen = _answers(monkeypatch)
+    seen = warm_answers(monkeypatch)
     sol = solve_nlp_fast(CORED)
     assert seen and all(s is not None and s.iterations == 0 for s in seen)
     assert sol.iterations == 0 and relative_gap(CORED, sol) <= queue_warm.ANSWER_GAP
@@ -69,7 +52,7 @@ def test_an_unchecked_certificate_is_caught(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setattr(queue_warm, "CHECK_ANSWER", False)
     assert relative_gap(CORED, solve_nlp_fast(CORED)) > queue_warm.ANSWER_GAP
     monkeypatch.setattr(queue_warm, "CHECK_ANSWER", True)
-    seen = _answers(monkeypatch)
+    seen = warm_answers(monkeypatch)
     sol = solve_nlp_fast(CORED)
     assert any(s is not None and s.iterations > 0 for s in seen)
     assert relative_gap(CORED, sol) <= 1e-6

@@ -13,58 +13,43 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 
-from solver import queue_fast, queue_warm
+from solver import queue_warm
 from solver.problem import Mode
 from solver.queue_fast import solve_nlp_fast
 from solver.queue_model import NlpSolution, QueueProblem, _breaks_rows
 from tests.unit.test_queue_start import cases, instance, keeps_cores, relative_gap
-from tests.unit.test_queue_warm import row_excess
+from tests.unit.test_queue_warm import row_excess, warm_answers
 
 CORED = instance(4, 0, 0.0, (2,), Mode.MODE2, False)  # 25 x 10, 2 cores per node
 ONE_CORE = instance(4, 3, 0.4, (1,), Mode.MODE1, True)  # Mode 1, instances running, 1 core, the tail cap
 
 
-def _answers(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
-    """Every R(S) answer solver.queue_fast takes from the warm path (None where it declined)."""
-    seen: list[Any] = []
-    real = queue_warm.solve_certified
-
-    def kept(q: QueueProblem, allowed: Any) -> Any:
-        sol = real(q, allowed)
-        seen.append(sol)
-        return sol
-
-    monkeypatch.setattr(queue_fast, "solve_certified", kept)
-    return seen
-
-
-@settings(
-    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
-)
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(cases)
-def test_the_polished_answer_is_within_its_certificate(monkeypatch: pytest.MonkeyPatch, q: QueueProblem) -> None:
+def test_the_polished_answer_is_within_its_certificate(q: QueueProblem) -> None:
     """Random thesis instances, both modes, running instances, 1-4 cores per node or none, tail cap or not: the
     relaxation with the polish is within POLISH_GAP of the reference NLP's optimum, keeps every node's cores and
     every row of the compact NLP, and the warm path answered every R(S)."""
-    assert queue_warm.POLISH
-    seen = _answers(monkeypatch)
-    sol = solve_nlp_fast(q)
-    assert relative_gap(q, sol) <= queue_warm.POLISH_GAP
-    assert keeps_cores(q, sol)
-    assert row_excess(q, sol) <= 1e-8
-    assert all(s is not None for s in seen)
+    with pytest.MonkeyPatch.context() as mp:  # per example (hypothesis runs them all in one test call)
+        assert queue_warm.POLISH
+        seen = warm_answers(mp)
+        sol = solve_nlp_fast(q)
+        assert relative_gap(q, sol) <= queue_warm.POLISH_GAP
+        assert keeps_cores(q, sol)
+        assert row_excess(q, sol) <= 1e-8
+        assert all(s is not None for s in seen)
 
 
 @pytest.mark.parametrize("q", [CORED, ONE_CORE], ids=["2 cores", "1 core, running, tail cap"])
 def test_ipopt_polishes_every_cored_relaxation_in_one_step(monkeypatch: pytest.MonkeyPatch, q: QueueProblem) -> None:
     """Where cores bind: every R(S) is Ipopt's point after one iteration (its callbacks count the start too: 2),
     fewer than its KKT point takes, and the answer is within the reference's 1e-6 that the KKT point meets."""
-    seen = _answers(monkeypatch)
+    seen = warm_answers(monkeypatch)
     sol = solve_nlp_fast(q)
     assert seen and all(s is not None and s.iterations == queue_warm.POLISH_ITER + 1 for s in seen)
     assert relative_gap(q, sol) <= queue_warm.POLISH_GAP
     monkeypatch.setattr(queue_warm, "POLISH", False)
-    full = _answers(monkeypatch)
+    full = warm_answers(monkeypatch)
     kkt = solve_nlp_fast(q)
     assert all(s is not None and s.iterations > queue_warm.POLISH_ITER + 1 for s in full)
     assert relative_gap(q, kkt) <= 1e-6
@@ -74,7 +59,7 @@ def test_an_uncertified_polish_goes_on_to_the_kkt_point(monkeypatch: pytest.Monk
     """A certificate no point meets (POLISH_GAP -1): Ipopt goes on from its stopped point to its KKT point on the
     same R(S) (not the cold path), and the answer is the reference optimum within 1e-6 as without the polish."""
     monkeypatch.setattr(queue_warm, "POLISH_GAP", -1.0)
-    seen = _answers(monkeypatch)
+    seen = warm_answers(monkeypatch)
     sol = solve_nlp_fast(CORED)
     assert seen and all(s is not None and s.iterations > queue_warm.POLISH_ITER + 1 for s in seen)
     assert relative_gap(CORED, sol) <= 1e-6
@@ -88,7 +73,7 @@ def test_the_certificate_catches_a_polish_far_from_the_optimum(monkeypatch: pyte
     monkeypatch.setattr(queue_warm, "POLISH_GAP", 1.0)
     assert relative_gap(CORED, solve_nlp_fast(CORED)) > 1e-4
     monkeypatch.setattr(queue_warm, "POLISH_GAP", 1e-4)
-    seen = _answers(monkeypatch)
+    seen = warm_answers(monkeypatch)
     sol = solve_nlp_fast(CORED)
     assert any(s is not None and s.iterations > queue_warm.POLISH_ITER + 1 for s in seen)
     assert relative_gap(CORED, sol) <= 1e-6
@@ -98,7 +83,7 @@ def test_a_stopped_iterate_that_breaks_a_row_is_not_taken(monkeypatch: pytest.Mo
     """No excess allowed (POLISH_ROWS -1): every stopped iterate counts as breaking a row, none is taken, and Ipopt
     goes on to its KKT point."""
     monkeypatch.setattr(queue_warm, "POLISH_ROWS", -1.0)
-    seen = _answers(monkeypatch)
+    seen = warm_answers(monkeypatch)
     sol = solve_nlp_fast(CORED)
     assert seen and all(s is not None and s.iterations > queue_warm.POLISH_ITER + 1 for s in seen)
     assert relative_gap(CORED, sol) <= 1e-6

@@ -131,11 +131,8 @@ def test_the_seed_is_bounded() -> None:
     assert floor.first == 7 and floor.ceiling is None
 
 
-def test_the_ceiling_is_durable_the_folder_is_fsynced_after_the_rename(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """review16c F1: the rename reaches the disk only with the folder's next journal commit unless the folder is
-    fsynced; a power cut before it left the previous ceiling (two boots announcing the same version)."""
+def recorded_fsyncs(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """What each os.fsync call from here on synced, in order: "file" or "folder" (it still syncs)."""
     synced: list[str] = []
     real_fsync = os.fsync
 
@@ -143,7 +140,16 @@ def test_the_ceiling_is_durable_the_folder_is_fsynced_after_the_rename(
         synced.append("folder" if stat.S_ISDIR(os.fstat(fd).st_mode) else "file")
         real_fsync(fd)
 
-    monkeypatch.setattr(os, "fsync", fsync)  # (agent/durable.py writes the file)
+    monkeypatch.setattr(os, "fsync", fsync)
+    return synced
+
+
+def test_the_ceiling_is_durable_the_folder_is_fsynced_after_the_rename(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """review16c F1: the rename reaches the disk only with the folder's next journal commit unless the folder is
+    fsynced; a power cut before it left the previous ceiling (two boots announcing the same version)."""
+    synced = recorded_fsyncs(monkeypatch)  # (agent/durable.py writes the file)
     path = tmp_path / state_version.FILE_NAME
     assert state_version.save(path, 1234)
     assert synced == ["file", "folder"] and json.loads(path.read_text()) == {"ceiling": 1234}

@@ -287,7 +287,8 @@ def test_metrics_count_checked_and_refused_declarations() -> None:
     good = own_dead_proof("c1", clock)
     bad = replace(own_dead_proof("c2", clock), signature=good.signature)
     asyncio.run(d.handle("m", replace(gossip("m", dead("c1"), dead("c2")), dead_proofs=(good, bad))))
-    discovery = SimpleNamespace(swim=d, peers=d.peers, mdns=Counter())  # adverts by outcome (no mDNS here)
+    # adverts by outcome (no mDNS here), no revocation list (the token-only mode)
+    discovery = SimpleNamespace(swim=d, peers=d.peers, mdns=Counter(), revocations=None)
     samples = {(x.name, tuple(x.labels.items())): x.value for m in MembershipCollector(discovery).collect()  # type: ignore[arg-type]
                for x in m.samples}  # fmt: skip
     name = "peerserve_membership_dead_proofs_total"

@@ -116,7 +116,7 @@ def test_metrics_count_checked_and_refused_proofs() -> None:
     good = own_proof("c1", clock)
     bad = replace(own_proof("c2", clock), incarnation=0, signature=good.signature)
     asyncio.run(d.handle("m", gossip("m", suspect("c1"), suspect("c2"), proofs=(good, bad))))
-    discovery = SimpleNamespace(swim=d, peers=d.peers, mdns=Counter())
+    discovery = SimpleNamespace(swim=d, peers=d.peers, mdns=Counter(), revocations=None)
     samples = {(x.name, tuple(x.labels.items())): x.value for m in MembershipCollector(discovery).collect()  # type: ignore[arg-type]
                for x in m.samples}  # fmt: skip
     name = "peerserve_membership_suspicion_proofs_total"

@@ -59,6 +59,19 @@ def wait_for(session: int, count: int, marks: list[Path]) -> dict[int, list[str]
         time.sleep(0.05)
 
 
+def one_staying_stub(tmp_path: Path) -> tuple[Path, Path, subprocess.Popen[bytes]]:
+    """A stub binary under ``tmp_path``, one /dev/shm region of this test's named by a stub that ignores SIGTERM
+    and touches ``tmp_path/a``, and the session leader it runs under: (the stub binary, the region, the leader)."""
+    stub = stub_binary(tmp_path / "triton" / "backends")
+    region = f"{STUB_SHM_PREFIX}{uuid.uuid4()}"
+    shm = Path("/dev/shm") / region
+    shm.write_bytes(b"\0" * 4096)
+    leader = subprocess.Popen(
+        ["bash", "-c", f'("{stub}" -c "{STAY}" "{tmp_path}/a" {region}) & wait'], start_new_session=True
+    )
+    return stub, shm, leader
+
+
 def end_all(pids: list[int], *leaders: subprocess.Popen[bytes]) -> None:
     for pid in pids:
         with contextlib.suppress(ProcessLookupError):
@@ -126,13 +139,7 @@ def test_a_stub_the_sweep_may_not_touch_is_logged_and_the_sweep_goes_on(tmp_path
     agent's own shutdown. Now it is logged and the sweep returns. Run in a child forked from this process that
     drops to uid 65534; the member belongs to root (this test)."""
     tmp_path.chmod(0o755)
-    stub = stub_binary(tmp_path / "triton" / "backends")
-    region = f"{STUB_SHM_PREFIX}{uuid.uuid4()}"
-    shm = Path("/dev/shm") / region
-    shm.write_bytes(b"\0" * 4096)
-    leader = subprocess.Popen(
-        ["bash", "-c", f'("{stub}" -c "{STAY}" "{tmp_path}/a" {region}) & wait'], start_new_session=True
-    )
+    stub, shm, leader = one_staying_stub(tmp_path)
     members: dict[int, list[str]] = {}
     try:
         members = wait_for(leader.pid, 1, [tmp_path / "a"])
@@ -191,22 +198,18 @@ def test_a_member_gone_since_the_listing_is_skipped_without_a_warning(
 def test_a_leftover_stub_whose_copy_was_deleted_is_still_ended(tmp_path: Path) -> None:
     """review18d F4: an operator wiping DATA_DIR/triton (to get a new stub after an upgrade) leaves a running stub
     whose /proc/PID/exe reads "<copy> (deleted)"; it was skipped, and it and its region leaked for good."""
-    stub = stub_binary(tmp_path / "triton" / "backends")
-    region = f"{STUB_SHM_PREFIX}{uuid.uuid4()}"
-    shm = Path("/dev/shm") / region
-    shm.write_bytes(b"\0" * 4096)
-    leader = subprocess.Popen(
-        ["bash", "-c", f'("{stub}" -c "{STAY}" "{tmp_path}/a" {region}) & wait'], start_new_session=True
-    )
+    stub, shm, leader = one_staying_stub(tmp_path)
     members: dict[int, list[str]] = {}
     try:
         members = wait_for(leader.pid, 1, [tmp_path / "a"])
         [stub_pid] = members
         leader.kill()
         leader.wait()
+        copy = os.stat(stub)  # the runtime records its copy's (st_dev, st_ino) at the server's start
         shutil.rmtree(tmp_path / "triton")
         assert os.readlink(f"/proc/{stub_pid}/exe") == f"{os.path.realpath(stub)} (deleted)"
-        assert end_leftover_stubs(leader.pid, stub) == 1
+        assert end_leftover_stubs(leader.pid, stub) == 0  # the path names nothing now: only the inode knows it
+        assert end_leftover_stubs(leader.pid, stub, copies=[(copy.st_dev, copy.st_ino)]) == 1
         deadline = time.monotonic() + 10
         while alive(stub_pid):
             assert time.monotonic() < deadline
@@ -261,3 +264,69 @@ def test_a_server_reaped_before_its_stop_is_not_signalled_nor_a_live_pid_reusers
             time.sleep(0.05)
     finally:
         end_all(list(members), reuser, orphaned)
+
+
+@pytest.mark.skipif(not Path("/dev/shm").is_dir(), reason="no /dev/shm")
+def test_a_binary_merely_named_like_a_deleted_copy_is_left_alone(tmp_path: Path) -> None:
+    """review18e: the sweep matched /proc/PID/exe's text against "<copy> (deleted)", which a file literally so named
+    also reads; it now matches the copy's (st_dev, st_ino), so such a process and the region it names stay."""
+    stub = stub_binary(tmp_path / "triton" / "backends")
+    named = stub.with_name(f"{STUB_NAME} (deleted)")
+    shutil.copy(stub, named)
+    region = f"{STUB_SHM_PREFIX}{uuid.uuid4()}"
+    shm = Path("/dev/shm") / region
+    shm.write_bytes(b"\0" * 4096)
+    leader = subprocess.Popen(
+        ["bash", "-c", f'("{named}" -c "{STAY}" "{tmp_path}/a" {region}) & wait'], start_new_session=True
+    )
+    members: dict[int, list[str]] = {}
+    try:
+        members = wait_for(leader.pid, 1, [tmp_path / "a"])
+        [pid] = members
+        assert os.readlink(f"/proc/{pid}/exe") == f"{os.path.realpath(stub)} (deleted)"  # what the text match took
+        assert end_leftover_stubs(leader.pid, stub) == 0
+        assert alive(pid) and shm.exists()
+    finally:
+        end_all(list(members), leader)
+        shm.unlink(missing_ok=True)
+
+
+@pytest.mark.skipif(not hasattr(os, "pidfd_open"), reason="no pidfds here")
+def test_a_stop_never_signals_a_process_that_took_the_servers_pid_over(tmp_path: Path) -> None:
+    """review18e: stop() checked the recorded PID (start time, command line), then signalled the number; a process
+    that took the PID over in between (or one reaped by asyncio's child watcher before its returncode was set) got
+    the SIGTERM. The runtime now holds a pidfd of each server from its spawn (or adoption) and signals through it.
+    Here the server is gone and reaped, and its record's PID names a live look-alike that passes every check: the
+    stop leaves it running, and closes the pidfd."""
+    import asyncio
+
+    from agent.runtime.process import ProcessRuntime, _Server, start_ticks
+
+    server_process = subprocess.Popen(["sleep", "60"])
+    pidfd = os.pidfd_open(server_process.pid)
+    server_process.kill()
+    server_process.wait()  # gone and reaped: its pidfd names nothing now
+    lookalike = subprocess.Popen(  # what took the PID over, as far as the record can tell: a stand-in for model m
+        [sys.executable, "-c", "import time; time.sleep(120)", "-m", "agent.modelserver", "--name", "m"],
+        start_new_session=True,
+    )
+    try:
+        ticks = start_ticks(lookalike.pid)
+        assert ticks is not None
+        server = _Server("s", "m", lookalike.pid, 1, 1, time.time(), ticks=ticks, pidfd=pidfd)
+        deadline = time.monotonic() + 10
+        while not server.is_alive():  # the record's checks pass: only the pidfd tells them apart
+            assert time.monotonic() < deadline and lookalike.poll() is None, Path(f"/proc/{lookalike.pid}/cmdline")
+            time.sleep(0.05)
+
+        async def scenario() -> None:
+            runtime = ProcessRuntime("127.0.0.1", tmp_path / "data")
+            runtime._servers["s"] = server
+            await runtime.stop("s")
+
+        asyncio.run(scenario())
+        time.sleep(0.2)
+        assert lookalike.poll() is None and server.pidfd is None  # left running; the pidfd closed
+    finally:
+        lookalike.kill()
+        lookalike.wait()

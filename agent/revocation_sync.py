@@ -1,0 +1,257 @@
+"""The operator's revocation list travels between boards by itself (operator-CA mode).
+
+An operator copies a new ``revoked.json`` to ONE board; every board advertises the (stamp, digest) of the list it
+has in force on each SWIM message it sends (``wire.SwimMessage.revocations``), so within a few protocol periods each
+member hears of the newer stamp from a member that has it, fetches the list from that member with signed peer
+requests (``GET /peer/revocations``, in pages: a whole list can exceed a peer answer's bound) and hands it to
+``Revocations.offer``, which puts it in force through the file, as an operator's copy, only if it is signed by THIS
+board's operator CA and strictly newer than the list it holds (no new trust: a member can hand over only what the
+operator signed). Then that board advertises the new stamp too, and so on.
+
+What a member can make us do is bounded: one fetch in flight at a time (whatever many members advertise), at most
+one fetch per member per ``FETCH_INTERVAL_S``, and a member whose fetch failed (unreachable, a malformed page, a list
+it cannot back, forged or not newer) is asked again only after an exponential back-off up to ``BACKOFF_MAX_S``; a
+fetch is at most ``MAX_PAGES`` answers of ``wire.MAX_BODY`` within ``FETCH_TIMEOUT_S``. Advertising costs a stamp
+and 32 hex digits per message.
+
+    FetchPlan        the decisions (pure, the clock passed in): whom to fetch which stamp from, back-off
+    take_page        one page checked against the ones before it (pure)
+    RevocationSync   carries them out: advert for outgoing messages, ``heard`` for incoming ones, the fetch
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import time
+from collections import Counter, OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import httpx
+
+from agent.operator_ca import MAX_REVOKED, OFFER_OUTCOMES, REVOCATION_PAGE, CardError, Revocations
+from peerserve import wire
+
+if TYPE_CHECKING:
+    from agent.peer_client import PeerClient
+
+log = logging.getLogger(__name__)
+
+FETCH_INTERVAL_S = 1.0  # least time between two fetches from one member (and the back-off's first step)
+BACKOFF_MAX_S = 300.0  # a member whose fetches keep failing is asked at most this rarely
+FETCH_TIMEOUT_S = 10.0  # one whole fetch, every page
+PAGE_TIMEOUT_S = 3.0  # one page
+MAX_PAGES = math.ceil(MAX_REVOKED / REVOCATION_PAGE)  # answers of one fetch at most (16)
+MAX_TRACKED = 256  # members whose back-off is remembered (agent.discovery.swim.MAX_MEMBERS)
+SAID_MAX = 256  # (member, stamp) conflicts logged once each, then forgotten all at once
+FETCH, CONFLICT = "fetch", "conflict"
+# a fetch's outcomes: the list's fate (Revocations.offer), or "failed" (no whole list came back)
+OUTCOMES = (*OFFER_OUTCOMES, "failed")
+
+
+class FetchError(Exception):
+    """A member's answers did not make a whole list (refused, malformed, another stamp, too many pages)."""
+
+
+@dataclass
+class _Member:
+    failures: int = 0  # fetches from it that failed in a row
+    next_at: float = -math.inf  # monotonic: when it may be asked again
+
+
+class FetchPlan:
+    """Which advertised stamp to fetch from which member, and when a member may be asked again (pure: ``now`` is the
+    monotonic clock, passed in)."""
+
+    def __init__(
+        self, interval_s: float = FETCH_INTERVAL_S, backoff_max_s: float = BACKOFF_MAX_S, tracked: int = MAX_TRACKED
+    ) -> None:
+        self.interval_s, self.backoff_max_s, self.tracked = interval_s, backoff_max_s, tracked
+        self.members: OrderedDict[str, _Member] = OrderedDict()
+        self.in_flight: tuple[str, int] | None = None  # (member, stamp) of the one fetch under way
+
+    def choose(self, member: str, advert: tuple[int, str], own: tuple[int, str] | None, now: float) -> str | None:
+        """What to do about ``member`` advertising ``advert`` (stamp, digest) while ours is ``own`` (None: no list in
+        force): ``FETCH`` (the caller fetches ``advert``'s stamp from it and reports ``done``), ``CONFLICT`` (the same
+        stamp as ours naming other cards: the caller logs it, nothing is fetched) or None."""
+        stamp, digest = advert
+        ours = own[0] if own is not None else -1
+        if stamp < ours:
+            return None  # it is behind: it fetches ours
+        if stamp == ours:
+            return CONFLICT if own is not None and digest != own[1] else None
+        if self.in_flight is not None:
+            return None
+        m = self.members.get(member)
+        if m is not None and now < m.next_at:
+            return None
+        if m is None:
+            m = self.members[member] = _Member()
+            while len(self.members) > self.tracked:
+                self.members.popitem(last=False)
+        self.members.move_to_end(member)
+        m.next_at = now + self.interval_s
+        self.in_flight = (member, stamp)
+        return FETCH
+
+    def done(self, member: str, ok: bool, now: float) -> None:
+        """The fetch from ``member`` ended (``ok``: its list was put in force): the next may start; a failure backs
+        the member off (``interval_s`` doubled per failure in a row, up to ``backoff_max_s``)."""
+        self.in_flight = None
+        m = self.members.get(member)
+        if m is None:
+            return
+        m.failures = 0 if ok else m.failures + 1
+        m.next_at = now + (self.interval_s if ok else min(self.backoff_max_s, self.interval_s * 2.0**m.failures))
+
+    def backoff(self, member: str, now: float) -> float:
+        """Seconds until ``member`` may be asked again (0: now)."""
+        m = self.members.get(member)
+        return max(0.0, m.next_at - now) if m is not None else 0.0
+
+
+@dataclass
+class Pages:
+    """The pages of one list taken so far."""
+
+    stamp: int
+    signature: str = ""
+    total: int = -1  # -1: no page yet
+    revoked: list[str] | None = None
+
+    @property
+    def complete(self) -> bool:
+        return self.revoked is not None and len(self.revoked) == self.total
+
+    def text(self) -> bytes:
+        """The list as a file holds it (what ``peerserve ca revoke`` writes): for ``Revocations.offer`` to check."""
+        return json.dumps({"format": "peerserve-revocations-v1", "issued": self.stamp, "revoked": self.revoked,
+                           "signature": self.signature}, separators=(",", ":")).encode()  # fmt: skip
+
+
+def take_page(pages: Pages, data: Any) -> None:
+    """Add one answer of ``GET /peer/revocations`` to ``pages``; FetchError when it is not the next page of the list
+    signed at ``pages.stamp`` (another stamp, another signature or length than the pages before, out of order, or more
+    than asked). The signature itself is checked on the whole list (``Revocations.offer``)."""
+    if not isinstance(data, dict):
+        raise FetchError("a page is not a JSON object")
+    issued, signature, total, offset, revoked = (data.get(k) for k in ("issued", "signature", "total", "offset",
+                                                                        "revoked"))  # fmt: skip
+    if issued != pages.stamp or isinstance(issued, bool):
+        raise FetchError(f"a page of the list signed at {str(issued)[:20]}, not {pages.stamp}")
+    if not isinstance(signature, str) or not 0 < len(signature) <= 128:
+        raise FetchError("a page without the list's signature")
+    if isinstance(total, bool) or not isinstance(total, int) or not 0 <= total <= MAX_REVOKED:
+        raise FetchError(f"a list of at most {MAX_REVOKED} cards")
+    have = pages.revoked if pages.revoked is not None else []
+    if pages.revoked is not None and (signature != pages.signature or total != pages.total):
+        raise FetchError("a page of another list than the pages before")
+    if offset != len(have) or isinstance(offset, bool):
+        raise FetchError(f"page at offset {str(offset)[:20]}, {len(have)} asked")
+    want = min(REVOCATION_PAGE, total - len(have))
+    if not isinstance(revoked, list) or len(revoked) != want:
+        raise FetchError(f"a page of {want} fingerprints expected")
+    if not all(isinstance(r, str) and len(r) == 32 for r in revoked):
+        raise FetchError("fingerprints are 32 hex digits")
+    pages.signature, pages.total, pages.revoked = signature, total, have + revoked
+
+
+class RevocationSync:
+    """One board's side: what it advertises, what it makes of members' adverts, the fetches it runs."""
+
+    def __init__(
+        self,
+        revocations: Revocations,
+        peers: PeerClient,
+        member_url: Callable[[str], str | None],
+        clock: Callable[[], float] = time.monotonic,
+        plan: FetchPlan | None = None,
+        timeout_s: float = FETCH_TIMEOUT_S,
+    ) -> None:
+        self.revocations, self.peers, self.member_url, self.clock = revocations, peers, member_url, clock
+        self.plan = plan or FetchPlan()
+        self.timeout_s = timeout_s
+        self.outcomes: Counter[str] = Counter(dict.fromkeys(OUTCOMES, 0))  # peerserve_revocation_lists_total
+        self.heard_from: OrderedDict[str, tuple[int, str]] = OrderedDict()  # member -> its latest advert (/cluster)
+        self._task: asyncio.Task[None] | None = None
+        self._said: set[tuple[str, int]] = set()
+
+    def advert(self) -> tuple[int, str] | None:
+        """(stamp, digest) for our outgoing SWIM messages."""
+        return self.revocations.advert()
+
+    def heard(self, member: str, advert: tuple[int, str] | None) -> None:
+        """A SWIM message ``member`` sent itself (authenticated) advertised ``advert``: fetch when it is newer."""
+        if advert is None:
+            return
+        url = self.member_url(member)
+        if url is None:  # not a member (yet): a stranger's word is no reason to fetch
+            return
+        self.heard_from[member] = advert
+        self.heard_from.move_to_end(member)
+        while len(self.heard_from) > MAX_TRACKED:
+            self.heard_from.popitem(last=False)
+        try:
+            self.revocations.current()
+        except CardError:
+            return  # ours is unusable: every member's answer is refused here until the operator mends it
+        decision = self.plan.choose(member, advert, self.revocations.advert(), self.clock())
+        if decision == CONFLICT:
+            if (member, advert[0]) not in self._said:
+                if len(self._said) >= SAID_MAX:
+                    self._said.clear()
+                self._said.add((member, advert[0]))
+                log.error("%s holds a revocation list signed at %d like ours but naming other cards (digest %s): a "
+                          "conflicting list, not taken; sign a new one with 'peerserve ca revoke'", member, advert[0],
+                          advert[1])  # fmt: skip
+            return
+        if decision == FETCH:
+            self._task = asyncio.get_running_loop().create_task(self._fetch(member, url, advert[0]))
+
+    async def _fetch(self, member: str, url: str, stamp: int) -> None:
+        outcome, why = "failed", ""
+        try:
+            text = await self._download(member, url, stamp)
+            # the signature over the whole list checked in a thread (the loop runs SWIM); put in force on the loop
+            checked = await asyncio.to_thread(self.revocations.offer_check, text, member)
+            outcome = checked if isinstance(checked, str) else self.revocations.offer_install(text, checked, member)
+        except (FetchError, ValueError, OSError) as exc:  # PeerCallError is a ValueError
+            why = str(exc)
+        except Exception as exc:  # a bug here must not end the task unseen
+            why = f"{type(exc).__name__}: {exc}"
+            log.warning("fetching the revocation list from %s failed unexpectedly", member, exc_info=exc)
+        self.outcomes[outcome] += 1
+        now = self.clock()
+        self.plan.done(member, outcome == "accepted", now)
+        if why:
+            log.warning("could not fetch the revocation list signed at %d from %s: %s (asked again in %.0f s at the "
+                        "earliest)", stamp, member, why[:300], self.plan.backoff(member, now))  # fmt: skip
+
+    async def _download(self, member: str, url: str, stamp: int) -> bytes:
+        """The list signed at ``stamp`` from ``member``, page by page within ``timeout_s`` in all."""
+        deadline = self.clock() + self.timeout_s
+        pages = Pages(stamp)
+        for _ in range(MAX_PAGES):
+            left = min(PAGE_TIMEOUT_S, deadline - self.clock())
+            if left <= 0:
+                raise FetchError(f"no whole list within {self.timeout_s:g} s")
+            offset = len(pages.revoked) if pages.revoked is not None else 0
+            status, data = await self.peers.call(member, url, "GET", wire.ROUTE_REVOCATIONS,
+                                                 {"stamp": stamp, "offset": offset},
+                                                 timeout=httpx.Timeout(left, connect=min(left, 1.0)))  # fmt: skip
+            if status != 200:
+                said = data.get("error") if isinstance(data, dict) else None
+                raise FetchError(f"HTTP {status}" + (f": {str(said)[:200]}" if said else ""))
+            take_page(pages, data)
+            if pages.complete:
+                return pages.text()
+        raise FetchError(f"more than {MAX_PAGES} pages")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
