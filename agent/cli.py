@@ -244,6 +244,10 @@ def register(commands: Any) -> None:
     p.add_argument("--no-crash-backoff", dest="crash_backoff", action="store_const", const=False, default=None,
                    help="start at once after crashes in a row (default: from the 3rd crash in a row within "
                    "60 s of its start, wait 2, 4, ... 60 s; for test beds that kill agents on purpose)")  # fmt: skip
+    p.add_argument("--refuse-v1-requests", dest="peer_v1_requests", action="store_const", const=False, default=None,
+                   help="refuse signed peer requests that name no boot id (agents older than boot ids): once every "
+                   "member is upgraded, a request captured before this agent's restart can never be replayed to "
+                   "it (default: accepted, for a rolling upgrade)")  # fmt: skip
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.set_defaults(handler=cmd_agent)
 

@@ -83,6 +83,11 @@ PIN_PENDING = 16
 RELAYED = "(relayed)"  # the budget key of signers first met in a statement another member relays (leases, proofs)
 PIN_SOURCES = 1024  # source addresses whose budget is remembered (least recently used dropped: starts full again)
 CARD_CACHE = 1024  # verified cards kept (saves one signature check per message)
+# signed stale-boot refusals (wire.STALE_BOOT) one sender gets: a burst (an honest sender's requests in flight as this
+# node restarts: state, votes, stats, SWIM's signed fallback), then a rate; past it the refusal is a plain 429 (no
+# signature made). A replayed request costs a signature check and, within these, one signature made
+STALE_BOOT_RATE = 4.0
+STALE_BOOT_BURST = 32
 _EPOCH = datetime.datetime(2020, 1, 1, tzinfo=datetime.timezone.utc)
 _FAR = datetime.datetime(2120, 1, 1, tzinfo=datetime.timezone.utc)
 
@@ -310,6 +315,27 @@ def _release(counts: dict[str, int], key: str) -> None:
         counts[key] = left
     else:
         del counts[key]
+
+
+class StaleBoot(AuthError):
+    """A v2 request, authentic, fresh and from a pinned key, that names another boot id than this run's (one made
+    before this agent restarted, replayed, or a sender that has not learnt this run's id yet): refused before
+    anything acts on it, with an answer signed for ``sender`` and bound to ``nonce`` that names ``boot_id``, ours,
+    so an honest sender retries once with it (agent.peer_client). The nonce is not spent: nothing was done."""
+
+    def __init__(self, sender: str, nonce: str, boot_id: str, named: str) -> None:
+        said = f"{sender}'s request names boot id {named}, this run of the node is {boot_id}"
+        super().__init__(said, wire.STALE_BOOT)
+        self.sender, self.nonce, self.boot_id = sender, nonce, boot_id
+
+    def answer(self) -> dict[str, str]:
+        """The refusal's JSON body (signed by the route that answers it)."""
+        return {"error": str(self), "boot_id": self.boot_id}
+
+
+def new_boot_id() -> str:
+    """A boot id for this run: 16 random bytes, hex (never 'unknown': wire.UNKNOWN_BOOT is not hex)."""
+    return secrets.token_hex(16)
 
 
 class DamagedPinFile(AuthError):
@@ -695,8 +721,13 @@ class Identity:
         operator_ca: Ed25519PublicKey | None = None,
         board_card: Path | None = None,
         revocations: Path | None = None,
+        boot_id: str | None = None,
+        accept_v1: bool = True,
     ) -> None:
-        """``operator_ca`` switches the operator-CA mode on (agent/operator_ca.py): this node shows its board card
+        """``boot_id``: this run's (drawn here by default: every start has its own; v2 requests must name it).
+        ``accept_v1``: whether requests without a boot id (agents older than boot ids) are accepted as before, with
+        the clock window alone against their replay (docs/security.md, "Boot ids").
+        ``operator_ca`` switches the operator-CA mode on (agent/operator_ca.py): this node shows its board card
         (``board_card``, default ``DATA_DIR/peer/board.card``) and admits only peers showing one; ``revocations``
         (default ``DATA_DIR/peer/revoked.json``, absent: none) is the operator's signed revocation list."""
         self.node_id = node_id
@@ -725,15 +756,28 @@ class Identity:
         if self.operator is not None:
             self.pin_cards = PinCards(data_dir / "peer" / "pin-cards.json" if data_dir else None, run=_off_loop)
         self.nonces = NonceCache()
+        self.boot_id = boot_id if boot_id is not None else new_boot_id()
+        if not wire.BOOT_ID.fullmatch(self.boot_id):
+            raise ValueError("a boot id is 32 lower-case hex digits")
+        self.accept_v1 = accept_v1
+        self.stale_boot_buckets = SenderBuckets(STALE_BOOT_RATE, STALE_BOOT_BURST)
+        self.stale_boot_refused = 0  # requests refused for naming another boot id (signed or, past the bucket, 429)
+        self.v1_refused = 0  # requests without a boot id refused (accept_v1 off)
         self._cards: OrderedDict[str, Card] = OrderedDict()
         self.tls_files = _write_tls_files(data_dir / "peer", ca, self.key, node_id) if data_dir else None
 
     # -- sending -------------------------------------------------------------------------------------
-    def sign_request(self, receiver: str, method: str, target: str, body: bytes, now: float) -> Signed:
+    def sign_request(
+        self, receiver: str, method: str, target: str, body: bytes, now: float, boot: str | None = None
+    ) -> Signed:
+        """A request's headers; ``boot`` (the receiver's boot id, or wire.UNKNOWN_BOOT) makes it a v2 request,
+        None a v1 request (what an agent older than boot ids sends)."""
         ts, nonce = f"{now:.3f}", b64(secrets.token_bytes(16))
-        sig = self.key.sign(wire.request_signing_bytes(self.node_id, receiver, method, target, body, ts, nonce))
+        sig = self.key.sign(wire.request_signing_bytes(self.node_id, receiver, method, target, body, ts, nonce, boot))
         headers = {wire.H_CARD: self.card_text, wire.H_TO: receiver, wire.H_TIME: ts, wire.H_NONCE: nonce,
                    wire.H_SIGNATURE: b64(sig)}  # fmt: skip
+        if boot is not None:
+            headers[wire.H_BOOT] = boot
         return Signed(headers, nonce)
 
     def sign_response(self, requester: str, status: int, nonce: str, body: bytes, now: float) -> dict[str, str]:
@@ -789,10 +833,11 @@ class Identity:
         read ``now`` and the monotonic clock ``mono`` (the nonce is forgotten only once both have moved on:
         ``NonceCache``); raises AuthError. Synchronous: on an event loop a first contact is refused 503 while its pin
         is written (``Pins.check``); the peer routes await ``verify_request_async``."""
-        card, nonce = self._request_card(headers, method, target, body, now)
+        card, nonce, boot = self._request_card(headers, method, target, body, now)
         self.admit(card, now)
         self.pins.check(card.node_id, card.public_key, source, now, self._repin_from(card))
         self._shown(card)
+        self._check_boot(card.node_id, nonce, boot, now)
         self.nonces.use(nonce, now, card.node_id, source, mono=mono)
         return card.node_id
 
@@ -810,27 +855,48 @@ class Identity:
         """``verify_request`` where a first contact waits for its pin write off the loop (``Pins.pin``); the nonce
         is spent after it, as there (a replay sent meanwhile waits for the same write, then is refused). ``mono`` is
         read before the wait, as ``now`` is: the nonce is remembered from when the message was checked fresh."""
-        card, nonce = self._request_card(headers, method, target, body, now)
+        card, nonce, boot = self._request_card(headers, method, target, body, now)
         self.admit(card, now)
         await self.pins.pin(card.node_id, card.public_key, source, now, self._repin_from(card))
         self._shown(card)
+        self._check_boot(card.node_id, nonce, boot, now)
         self.nonces.use(nonce, now, card.node_id, source, mono=mono)
         return card.node_id
 
     def _request_card(
         self, headers: Mapping[str, str], method: str, target: str, body: bytes, now: float
-    ) -> tuple[Card, str]:
-        """The card of a request's signer and its nonce, everything but the pin and the nonce's use checked."""
+    ) -> tuple[Card, str, str | None]:
+        """The card of a request's signer, its nonce and the boot id it names (None: a v1 request), everything but
+        the pin, the boot id and the nonce's use checked."""
         card = self._card(headers)
         if headers.get(wire.H_TO) != self.node_id:
             raise AuthError("message addressed to another node", 403)
         ts, nonce = headers.get(wire.H_TIME, ""), headers.get(wire.H_NONCE, "")
         if not 8 <= len(nonce) <= 64:
             raise AuthError("missing or malformed nonce")
-        signed = wire.request_signing_bytes(card.node_id, self.node_id, method, target, body, ts, nonce)
+        boot = headers.get(wire.H_BOOT)
+        if boot is not None and not wire.valid_boot(boot):
+            raise AuthError("malformed boot id", 400)
+        signed = wire.request_signing_bytes(card.node_id, self.node_id, method, target, body, ts, nonce, boot)
         _check_signature(card, headers, signed)
         _check_fresh(ts, now, f"a message signed by {card.node_id}")
-        return card, nonce
+        return card, nonce, boot
+
+    def _check_boot(self, sender: str, nonce: str, boot: str | None, now: float) -> None:
+        """Refuse an authenticated request made for another run of this node (StaleBoot, signed by the route), or a v1
+        request when they are no longer accepted. Past ``sender``'s bucket of signed refusals: 429, unsigned."""
+        if boot is None:
+            if not self.accept_v1:
+                self.v1_refused += 1
+                raise AuthError("requests without a boot id (agents older than boot ids) are not accepted here", 401)
+            return
+        if boot == self.boot_id:
+            return
+        self.stale_boot_refused += 1
+        if not self.stale_boot_buckets.allow(sender, now):
+            wait = math.ceil(self.stale_boot_buckets.wait(sender, now)) or 1
+            raise AuthError(f"{sender} sends requests for another run of this node too fast", 429, retry_after=wait)
+        raise StaleBoot(sender, nonce, self.boot_id, boot)
 
     def verify_response(
         self, headers: Mapping[str, str], responder: str, status: int, nonce: str, body: bytes, now: float

@@ -205,6 +205,7 @@ class NodeAgent:
             parse_operator_ca(settings.operator_ca) if settings.operator_ca else None,
             Path(settings.board_card) if settings.board_card else None,
             Path(settings.revocations) if settings.revocations else None,
+            accept_v1=settings.peer_v1_requests,
         ) if settings.cluster_token else None  # fmt: skip
         self.peer_client = PeerClient(self.identity, self._peer_route, clock) if self.identity else None
         self.peer_server: Any = None
@@ -241,6 +242,10 @@ class NodeAgent:
             from agent.discovery.metrics import MembershipCollector
 
             self.telemetry.registry.register(MembershipCollector(self.discovery))
+        if self.peer_client is not None:
+            from agent.discovery.metrics import StaleBootCollector
+
+            self.telemetry.registry.register(StaleBootCollector(self.peer_client))
         self.provision_requests = ProvisionRequests()
         self.known_peers = known_peers.load(Path(settings.data_dir))
 

@@ -36,7 +36,7 @@ from fastapi.responses import JSONResponse, Response
 from agent import aio
 from agent.decisions import memory_refusal
 from agent.http_limits import PeerH11Protocol
-from agent.identity import AuthError, Identity
+from agent.identity import AuthError, Identity, StaleBoot
 from agent.node import CapacityError, FencedError, UnknownModelError
 from agent.operator_ca import MAX_REVOKED, REVOCATION_PAGE
 from agent.peer_gate import gate_tls
@@ -127,8 +127,11 @@ def create_peer_app(agent: NodeAgent, identity: Identity) -> FastAPI:
             raise wire.WireError("body is not JSON") from exc
 
     @app.exception_handler(AuthError)
-    async def auth_error(request: Request, exc: AuthError) -> JSONResponse:
+    async def auth_error(request: Request, exc: AuthError) -> Response:
         host = request.client.host if request.client else "?"
+        if isinstance(exc, StaleBoot):  # authentic, made for another run of this node: signed, naming ours
+            log.info("refused a peer message from %s to %s: %s", host, request.url.path, exc)
+            return _Signed(identity, agent.clock, exc.sender, exc.nonce)(exc.answer(), exc.status)
         log.warning("refused a peer message from %s to %s: %s", host, request.url.path, exc)
         headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after is not None else None
         return JSONResponse({"error": str(exc)}, status_code=exc.status, headers=headers)

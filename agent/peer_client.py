@@ -20,6 +20,7 @@ from urllib.parse import urlencode
 
 import httpx
 
+from agent import boot_ids
 from agent.identity import AuthError, Identity
 from agent.peer_http import PeerBusyError, PeerConnections, PeerHttpError
 from agent.peer_tls import PeerIdentity
@@ -52,6 +53,15 @@ class PeerCallError(ValueError):
         self.busy = busy
 
 
+class _Unauthentic(PeerCallError):
+    """An answer not signed by the node we addressed for our request (a refusal before it could authenticate us,
+    or not that node); ``stated``: the error it states, unauthenticated."""
+
+    def __init__(self, message: str, status: int, stated: str) -> None:
+        super().__init__(message, status)
+        self.stated = stated
+
+
 def tls_context(identity: Identity) -> ssl.SSLContext | bool:
     """Client side of mutual TLS: trust only the cluster CA, present this node's certificate."""
     files = identity.tls_files
@@ -82,6 +92,7 @@ class PeerClient:
         # kept-alive connections per peer (agent.peer_http), bounded per peer and in peers
         self.connections = PeerConnections(tls if isinstance(tls, ssl.SSLContext) else None, wire.MAX_BODY)
         self._signed_only: dict[str, float] = {}  # peers that refused a direct exchange (401), since when
+        self.boots = boot_ids.BootTable()  # each peer's boot id, as its signed refusals taught it (agent.boot_ids)
 
     async def close(self) -> None:
         if self.http is not None:
@@ -115,9 +126,47 @@ class PeerClient:
             if len(self._signed_only) >= MAX_SIGNED_ONLY:
                 self._signed_only.clear()
             self._signed_only[node_id] = time.monotonic()
-        signed = self.identity.sign_request(node_id, method, target, content, self.clock())
+        boot = self.boots.boot_for(node_id, time.monotonic())
+        try:
+            status, answer_headers, answer = await self._signed(node_id, base_url, method, target, content, timeout,
+                                                                body is not None, boot)  # fmt: skip
+        except _Unauthentic as exc:
+            if not boot_ids.old_agent(exc.status, exc.stated, boot):
+                raise
+            log.info("%s cannot check a request naming its boot id (an older agent): asking it v1 for %.0f s",
+                     node_id, boot_ids.V1_ONLY_S)  # fmt: skip
+            self.boots.ask_v1(node_id, time.monotonic())
+            status, answer_headers, answer = await self._signed(node_id, base_url, method, target, content, timeout,
+                                                                body is not None, None)  # fmt: skip
+        else:
+            learnt = boot_ids.retry_boot(status, _json(answer), boot) if status == wire.STALE_BOOT else None
+            if learnt is not None:  # its refusal, verified: made for another run of it (or none known); once more
+                log.info("%s runs as boot id %s now: asking again", node_id, learnt)
+                self.boots.learn(node_id, learnt)
+                status, answer_headers, answer = await self._signed(node_id, base_url, method, target, content,
+                                                                    timeout, body is not None, learnt)  # fmt: skip
+        if stamp is not None:
+            stamp.append(float(answer_headers[wire.H_TIME]))  # verified: a finite number within the window
+        try:
+            return status, json.loads(answer)
+        except ValueError as exc:
+            raise PeerCallError(f"{node_id} answered non-JSON", status) from exc
+
+    async def _signed(
+        self,
+        node_id: str,
+        base_url: str,
+        method: str,
+        target: str,
+        content: bytes,
+        timeout: httpx.Timeout | float,
+        has_body: bool,
+        boot: str | None,
+    ) -> tuple[int, Mapping[str, str], bytes]:
+        """One signed exchange naming ``boot`` (None: v1) and its verified answer: (status, headers, body)."""
+        signed = self.identity.sign_request(node_id, method, target, content, self.clock(), boot)
         headers = dict(signed.headers)
-        if body is not None:
+        if has_body:
             headers["content-type"] = "application/json"
         status, answer_headers, answer = await self._exchange(node_id, base_url, method, target, headers, content,
                                                               timeout)  # fmt: skip
@@ -128,14 +177,11 @@ class PeerClient:
                 answer_headers, node_id, status, signed.nonce, answer, self.clock()
             )
         except AuthError as exc:
-            said = _stated_error(answer)  # unauthenticated: shown as what it claims, for the operator's log only
-            raise PeerCallError(f"unauthenticated answer from {node_id} (HTTP {status}): {exc}{said}", status) from exc
-        if stamp is not None:
-            stamp.append(float(answer_headers[wire.H_TIME]))  # verified: a finite number within the window
-        try:
-            return status, json.loads(answer)
-        except ValueError as exc:
-            raise PeerCallError(f"{node_id} answered non-JSON", status) from exc
+            stated = _stated(answer)  # unauthenticated: shown as what it claims, for the operator's log only
+            said = f"; it said: {stated[:200]!r}" if stated else ""
+            raise _Unauthentic(f"unauthenticated answer from {node_id} (HTTP {status}): {exc}{said}", status,
+                               stated=stated) from exc  # fmt: skip
+        return status, answer_headers, answer
 
     def _direct_to(self, node_id: str) -> bool:
         """Whether direct exchanges with ``node_id`` are possible: our own TLS connections, and it takes them."""
@@ -268,12 +314,20 @@ def _parse_answer(path: str, data: Any, since: int) -> wire.NodeStats | wire.Mod
     raise wire.WireError(f"no parser for {path}")
 
 
-def _stated_error(answer: bytes) -> str:
-    """``; it said: '...'`` with the ``error`` an unsigned answer states (its first 200 characters, repr'd: input
-    from whoever answered), or "" when it states none. A peer's own refusals are unsigned (it could not
-    authenticate us), so this is the only place their reason shows up on our side."""
+def _json(answer: bytes) -> Any:
+    """``answer`` parsed as JSON, or None."""
+    try:
+        return json.loads(answer)
+    except ValueError:
+        return None
+
+
+def _stated(answer: bytes) -> str:
+    """The ``error`` an answer states (input from whoever answered), or "" when it states none. A peer's own
+    refusals before it could authenticate us are unsigned, so this is the only place their reason shows up on our
+    side (the log), and how an agent older than boot ids is told (agent.boot_ids.old_agent)."""
     try:
         error = json.loads(answer[:4096]).get("error") if answer.startswith(b"{") else None
     except (ValueError, AttributeError):
         return ""
-    return f"; it said: {str(error)[:200]!r}" if isinstance(error, str) and error else ""
+    return error if isinstance(error, str) else ""

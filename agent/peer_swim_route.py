@@ -21,7 +21,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import TYPE_CHECKING, Any
 
 from agent.discovery.swim_io import RelayRefused
-from agent.identity import AuthError, Identity
+from agent.identity import AuthError, Identity, StaleBoot
 from agent.peer_tls import PEER_KEY
 from peerserve import wire
 
@@ -61,6 +61,12 @@ class SwimRoute:
                 sender = await self.identity.verify_request_async(
                     headers, "POST", target, body, self.agent.clock(), source, mono=time.monotonic()
                 )
+        except StaleBoot as exc:  # authentic, made for another run of this node: signed, naming ours
+            log.info("refused a peer message from %s to %s: %s", client[0] if client else "?", scope["path"], exc)
+            data = json.dumps(exc.answer(), separators=(",", ":")).encode()
+            signed = self.identity.sign_response(exc.sender, exc.status, exc.nonce, data, self.agent.clock())
+            await _send(send, exc.status, data, signed)
+            return
         except AuthError as exc:
             log.warning("refused a peer message from %s to %s: %s", client[0] if client else "?", scope["path"], exc)
             retry = {"retry-after": str(exc.retry_after)} if exc.retry_after is not None else {}

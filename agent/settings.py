@@ -127,6 +127,10 @@ class Settings:
     # loopback addresses are not budgeted
     pin_first_contact_per_min: float = 8.0
     pin_first_contact_burst: int = 16
+    # accept signed peer requests that name no boot id (agents older than boot ids, during a rolling upgrade): their
+    # replay is refused by the clock window and nonce cache alone, which a restart forgets (docs/security.md, "Boot
+    # ids"); off (--refuse-v1-requests) once every member runs an agent with boot ids
+    peer_v1_requests: bool = True
     priority: int = 0
     election_heartbeat_s: float = 0.3
     election_timeout_s: float = 1.2

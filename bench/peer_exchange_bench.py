@@ -42,7 +42,7 @@ sys.path.insert(0, str(REPO))
 from agent import peer_api, peer_gate  # noqa: E402
 from agent.discovery import swim as sw  # noqa: E402
 from agent.discovery.swim_io import SwimDriver  # noqa: E402
-from agent.identity import AuthError, Identity  # noqa: E402
+from agent.identity import AuthError, Identity, StaleBoot  # noqa: E402
 from agent.peer_api import PeerServer  # noqa: E402
 from agent.peer_client import PeerClient, tls_context  # noqa: E402
 from agent.peer_swim_route import SwimRoute  # noqa: E402
@@ -84,6 +84,10 @@ def fastapi_route(app: FastAPI, node: Node, identity: Identity) -> None:
             sender = await identity.verify_request_async(
                 headers, request.method, target, body, node.clock(), mono=time.monotonic()
             )
+        except StaleBoot as exc:  # as agent/peer_api.py answers it: signed, naming this run's boot id
+            data = json.dumps(exc.answer(), separators=(",", ":")).encode()
+            signed = identity.sign_response(exc.sender, exc.status, exc.nonce, data, node.clock())
+            return Response(data, status_code=exc.status, media_type="application/json", headers=signed)
         except AuthError as exc:
             return Response(str(exc), status_code=exc.status)
         msg = wire.SwimMessage.parse(json.loads(body))

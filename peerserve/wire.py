@@ -40,6 +40,13 @@ H_TO = "x-peerserve-to"  # node id of the receiver
 H_TIME = "x-peerserve-time"  # sender's unix time, seconds with milliseconds
 H_NONCE = "x-peerserve-nonce"  # 16 random bytes, base64url; the answer is bound to it
 H_SIGNATURE = "x-peerserve-signature"  # Ed25519 over the signing bytes, base64url
+# v2 requests: the receiver's boot id as the sender knows it (BOOT_ID), or UNKNOWN_BOOT; absent: a v1 request
+H_BOOT = "x-peerserve-boot"
+BOOT_ID = re.compile(r"[0-9a-f]{32}")  # 16 random bytes an agent draws at every start, hex (agent.identity)
+UNKNOWN_BOOT = "-"  # a v2 request to a receiver whose boot id the sender does not know yet (answered STALE_BOOT)
+# the signed refusal of a v2 request naming another boot id than the receiver's current one: its body is
+# {"error": ..., "boot_id": the receiver's}, signed and bound to the request's nonce like every answer
+STALE_BOOT = 421
 
 # -- bounds ------------------------------------------------------------------------------------------
 MAX_BODY = 256 * 1024  # bytes of any peer message or answer
@@ -148,11 +155,31 @@ def body_digest(body: bytes) -> str:
 
 
 def request_signing_bytes(
-    sender: str, receiver: str, method: str, target: str, body: bytes, timestamp: str, nonce: str
+    sender: str,
+    receiver: str,
+    method: str,
+    target: str,
+    body: bytes,
+    timestamp: str,
+    nonce: str,
+    boot: str | None = None,
 ) -> bytes:
-    """What a request's signature covers: who to whom, what, the body's digest, when, and a one-time nonce."""
-    parts = ("peerserve-request-v1", sender, receiver, method.upper(), target, body_digest(body), timestamp, nonce)
+    """What a request's signature covers: who to whom, what, the body's digest, when, and a one-time nonce; with
+    ``boot`` (a v2 request) also which run of the receiver it is for (its boot id, or UNKNOWN_BOOT): a request
+    captured before the receiver restarted names a boot id it no longer has, and is refused whatever the clocks
+    say (docs/security.md, "Boot ids"). The two contexts differ in their first line, so neither verifies as the
+    other."""
+    if boot is None:
+        parts: tuple[str, ...] = ("peerserve-request-v1", sender, receiver)
+    else:
+        parts = ("peerserve-request-v2", sender, receiver, boot)
+    parts += (method.upper(), target, body_digest(body), timestamp, nonce)
     return "\n".join(parts).encode()
+
+
+def valid_boot(value: str) -> bool:
+    """A boot id as a v2 request may name it: BOOT_ID, or UNKNOWN_BOOT."""
+    return value == UNKNOWN_BOOT or BOOT_ID.fullmatch(value) is not None
 
 
 def response_signing_bytes(

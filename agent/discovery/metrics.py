@@ -7,6 +7,9 @@ peerserve_peer_connections_opened_total                               connection
 peerserve_peer_connections_idle                                       kept-alive connections to peers now
 peerserve_membership_candidates_replaced_total                        candidates whose slot a newer hint took (a full
                                                                       table: a stranger's flood of mDNS adverts)
+peerserve_peer_stale_boot_total{side="refused|retried"}              signed requests naming another boot id than this
+                                                                      run's, refused here; and our requests retried
+                                                                      once with a peer's new boot id (its refusal)
 peerserve_mdns_adverts_total{outcome}                                 mDNS adverts by outcome (hinted, other_cluster,
                                                                       malformed, own_id, no_ipv4, unanswered,
                                                                       resolve_dropped)
@@ -28,6 +31,7 @@ from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
     from agent.discovery.service import Discovery
+    from agent.peer_client import PeerClient
 
 
 class MembershipCollector(Collector):
@@ -76,3 +80,19 @@ class MembershipCollector(Collector):
             own = sync.advert()
             yield GaugeMetricFamily("peerserve_revocation_stamp", "Stamp of the revocation list in force (-1: none)",
                                     value=own[0] if own is not None else -1)  # fmt: skip
+
+
+class StaleBootCollector(Collector):
+    """Reads the peer plane's boot-id counters when scraped (registered whenever there is a peer plane, with or
+    without discovery): requests refused here for naming another run's boot id, and our requests retried once
+    with a peer's new one (docs/security.md, "Boot ids")."""
+
+    def __init__(self, client: PeerClient) -> None:
+        self.client = client
+
+    def collect(self) -> Iterable[Metric]:
+        stale = CounterMetricFamily("peerserve_peer_stale_boot", "Peer requests naming another run's boot id, by side",
+                                    labels=["side"])  # fmt: skip
+        stale.add_metric(["refused"], self.client.identity.stale_boot_refused)
+        stale.add_metric(["retried"], self.client.boots.learnt)
+        yield stale

@@ -13,7 +13,18 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.identity import WINDOW_S, AuthError, Card, Identity, NonceCache, Pins, b64, derive_ca_key, unb64
+from agent.identity import (
+    WINDOW_S,
+    AuthError,
+    Card,
+    Identity,
+    NonceCache,
+    Pins,
+    StaleBoot,
+    b64,
+    derive_ca_key,
+    unb64,
+)
 from agent.peer_api import capacity_refusal, command_refusal
 from agent.peer_client import PeerCallError, PeerClient
 from peerserve import wire
@@ -294,17 +305,22 @@ def test_commands_only_from_the_accepted_leader_and_within_capacity() -> None:
 
 # -- the peer client's answer checks (an in-process ASGI peer: real signing and parsing, no sockets) -------
 def _peer_app(ident: Identity, answer: dict[str, Any], signer: Identity | None = None) -> Any:
-    """A peer that verifies the request like agent.peer_api and answers ``answer``, signed by ``signer``."""
+    """A peer that verifies the request like agent.peer_api and answers ``answer``, signed by ``signer`` (a request
+    naming no or another boot id: the signed refusal naming ``ident``'s, as agent.peer_api answers it)."""
     import json as _json
 
     async def app(scope: Any, receive: Any, send: Any) -> None:
         headers = {k.decode(): v.decode() for k, v in scope["headers"]}
         target = scope["path"] + (f"?{scope['query_string'].decode()}" if scope["query_string"] else "")
-        sender = ident.verify_request(headers, scope["method"], target, b"", time.time(), mono=time.monotonic())
-        body = _json.dumps(answer).encode()
-        signed = (signer or ident).sign_response(sender, 200, headers[wire.H_NONCE], body, time.time())
+        try:
+            sender = ident.verify_request(headers, scope["method"], target, b"", time.time(), mono=time.monotonic())
+            status, payload = 200, answer
+        except StaleBoot as exc:
+            sender, status, payload = exc.sender, exc.status, exc.answer()
+        body = _json.dumps(payload).encode()
+        signed = (signer or ident).sign_response(sender, status, headers[wire.H_NONCE], body, time.time())
         out = [(k.encode(), v.encode()) for k, v in signed.items()] + [(b"content-type", b"application/json")]
-        await send({"type": "http.response.start", "status": 200, "headers": out})
+        await send({"type": "http.response.start", "status": status, "headers": out})
         await send({"type": "http.response.body", "body": body})
 
     return app
