@@ -276,12 +276,13 @@ def main() -> None:
     ap.add_argument("--labs", nargs="+", default=list(LABS), choices=list(LABS))
     ap.add_argument("--duration", type=float, default=None, help="simulated seconds (default: the lab's)")
     ap.add_argument("--rates", type=float, nargs="+", default=None, help="req/s per client (default: the lab's)")
+    ap.add_argument("--services", nargs="+", default=None, choices=("exp", "det"), help="default: the lab's")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     rows = []
     for lab in args.labs:
         base, services, rates = LABS[lab]
-        for service in services:
+        for service in args.services or services:
             for rate in args.rates or rates:
                 w = dataclasses.replace(base, service=service, rate=rate)
                 if args.duration:
