@@ -101,9 +101,9 @@ def _workload_arguments(s: Any) -> None:
     d = Workload()
     w = s.add_argument_group(
         "workload mode",
-        "--workload: Poisson arrivals from clients at sites, each placement (thesis, queue, nearest, "
-        "least-loaded) solved and run as a discrete-event simulation of its instances' FIFO queues, "
-        "requests dispatched as the agent does; "
+        "--workload: Poisson arrivals from clients at sites, each placement (thesis, queue, queue-p99: the "
+        "agent's default, nearest, least-loaded) solved and run as a discrete-event simulation of its instances' "
+        "FIFO queues, requests dispatched as the agent does; "
         "prints p50/p99 latency, instances started, memory and rejections (--plot DIR writes workload.png)",
     )
     w.add_argument("--workload", action="store_true", help="run the workload mode instead of the thesis sweep")
