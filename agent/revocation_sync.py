@@ -4,9 +4,11 @@ An operator copies a new ``revoked.json`` to ONE board; every board advertises t
 has in force on each SWIM message it sends (``wire.SwimMessage.revocations``), so within a few protocol periods each
 member hears of the newer stamp from a member that has it, fetches the list from that member with signed peer
 requests (``GET /peer/revocations``, in pages: a whole list can exceed a peer answer's bound) and hands it to
-``Revocations.offer``, which puts it in force through the file, as an operator's copy, only if it is signed by THIS
-board's operator CA and strictly newer than the list it holds (no new trust: a member can hand over only what the
-operator signed). Then that board advertises the new stamp too, and so on.
+``Revocations`` (``offer_check`` in a thread, then ``offer_stage``, ``offer_commit``, ``offer_persist``), which puts it
+in force only if it is signed by THIS board's operator CA and strictly newer than the list it holds (no new trust: a
+member can hand over only what the operator signed), and keeps it in the board's own
+``DATA_DIR/peer/revoked.synced.json`` (never in the operator's file). Then that board advertises the new stamp too,
+and so on.
 
 What a member can make us do is bounded: one fetch in flight at a time (whatever many members advertise), at most
 one fetch per member per ``FETCH_INTERVAL_S``, and a member whose fetch failed (unreachable, a malformed page, a list
@@ -218,7 +220,12 @@ class RevocationSync:
             text = await self._download(member, url, stamp)
             # the signature over the whole list checked in a thread (the loop runs SWIM); put in force on the loop
             checked = await asyncio.to_thread(self.revocations.offer_check, text, member)
-            outcome = checked if isinstance(checked, str) else self.revocations.offer_install(text, checked, member)
+            if isinstance(checked, str):
+                outcome = checked
+            else:
+                outcome, record = self.revocations.offer_commit(self.revocations.offer_stage(text, checked), member)
+                if outcome == "accepted":
+                    self.revocations.offer_persist(record)
         except (FetchError, ValueError, OSError) as exc:  # PeerCallError is a ValueError
             why = str(exc)
         except Exception as exc:  # a bug here must not end the task unseen
