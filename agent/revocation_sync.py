@@ -231,9 +231,10 @@ class RevocationSync:
         except Exception as exc:  # a bug here must not end the task unseen
             why = f"{type(exc).__name__}: {exc}"
             log.warning("fetching the revocation list from %s failed unexpectedly", member, exc_info=exc)
-        self.outcomes[outcome] += 1
-        now = self.clock()
-        self.plan.done(member, outcome == "accepted", now)
+        finally:  # cancelled too (stop): the slot is released, or this board would never fetch again (review19a F5)
+            now = self.clock()
+            self.plan.done(member, outcome == "accepted", now)
+            self.outcomes[outcome] += 1
         if why:
             log.warning("could not fetch the revocation list signed at %d from %s: %s (asked again in %.0f s at the "
                         "earliest)", stamp, member, why[:300], self.plan.backoff(member, now))  # fmt: skip

@@ -21,6 +21,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import Response
 
 from agent import peer_api, revocation_sync
+from agent.aio import wait_for as agent_aio_wait
 from agent.identity import Identity
 from agent.node import NodeAgent
 from agent.operator_ca import (
@@ -461,5 +462,34 @@ def test_the_route_answers_pages_within_its_bounds_and_nothing_in_the_token_only
             await client.close()
             await http.aclose()
             await agent.stop()
+
+    asyncio.run(scenario())
+
+
+def test_a_cancelled_fetch_releases_the_fetch_slot(tmp_path: Path) -> None:
+    """review19a F5: a fetch cancelled while it waits on a member (``stop``) gives the one fetch slot back, or this
+    board would never fetch a list again."""
+    app, asked = FastAPI(), asyncio.Event()
+
+    @app.get(wire.ROUTE_REVOCATIONS)
+    async def never(request: Request) -> Response:
+        asked.set()
+        await asyncio.sleep(3600)  # a member that never answers the page
+        return Response(b"{}")
+
+    async def scenario() -> None:
+        http = httpx.AsyncClient(transport=httpx.ASGITransport(app=app))
+        try:
+            _, sync = _fetcher(tmp_path, http)
+            sync.heard("f", (70, "0" * 32))
+            assert sync.plan.in_flight == ("f", 70)
+            await agent_aio_wait(asked.wait(), 5.0)
+            await sync.stop()
+            assert sync.plan.in_flight is None and sync.outcomes["failed"] == 1
+            sync.plan.members["f"].next_at = 0.0  # (its back-off over)
+            assert sync.plan.choose("f", (70, "0" * 32), sync.advert(), sync.clock()) == FETCH
+            await sync.peers.close()
+        finally:
+            await http.aclose()
 
     asyncio.run(scenario())
