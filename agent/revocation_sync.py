@@ -4,11 +4,10 @@ An operator copies a new ``revoked.json`` to ONE board; every board advertises t
 has in force on each SWIM message it sends (``wire.SwimMessage.revocations``), so within a few protocol periods each
 member hears of the newer stamp from a member that has it, fetches the list from that member with signed peer
 requests (``GET /peer/revocations``, in pages: a whole list can exceed a peer answer's bound) and hands it to
-``Revocations`` (``offer_check`` in a thread, then ``offer_stage``, ``offer_commit``, ``offer_persist``), which puts it
-in force only if it is signed by THIS board's operator CA and strictly newer than the list it holds (no new trust: a
-member can hand over only what the operator signed), and keeps it in the board's own
-``DATA_DIR/peer/revoked.synced.json`` (never in the operator's file). Then that board advertises the new stamp too,
-and so on.
+``Revocations`` (``offer_check`` / ``offer_stage`` in a thread, ``offer_commit`` on the loop), which puts it in force
+only if it is signed by THIS board's operator CA and strictly newer than the list it holds (no new trust: a member
+can hand over only what the operator signed), and keeps it in the board's own ``DATA_DIR/peer/revoked.synced.json``
+(never in the operator's file). Then that board advertises the new stamp too, and so on.
 
 What a member can make us do is bounded: one fetch in flight at a time (whatever many members advertise), at most
 one fetch per member per ``FETCH_INTERVAL_S``, and a member whose fetch failed (unreachable, a malformed page, a list
@@ -35,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from agent.operator_ca import MAX_REVOKED, OFFER_OUTCOMES, REVOCATION_PAGE, CardError, Revocations
+from agent.operator_ca import MAX_REVOKED, OFFER_OUTCOMES, REVOCATION_PAGE, CardError, Revocations, Staged
 from peerserve import wire
 
 if TYPE_CHECKING:
@@ -217,15 +216,17 @@ class RevocationSync:
     async def _fetch(self, member: str, url: str, stamp: int) -> None:
         outcome, why = "failed", ""
         try:
-            text = await self._download(member, url, stamp)
-            # the signature over the whole list checked in a thread (the loop runs SWIM); put in force on the loop
-            checked = await asyncio.to_thread(self.revocations.offer_check, text, member)
-            if isinstance(checked, str):
-                outcome = checked
+            pages = await self._download(member, url, stamp)
+            # the list's text, its signature, order and digest and its write (fsynced) in a thread: the loop runs
+            # SWIM (a whole list held it ~65 ms with the writes on it, longer on eMMC: review19a F6); only the commit,
+            # the stamp comparison and the rename, on the loop; the record written in a thread again
+            staged = await asyncio.to_thread(self._stage, pages, member)
+            if isinstance(staged, str):
+                outcome = staged
             else:
-                outcome, record = self.revocations.offer_commit(self.revocations.offer_stage(text, checked), member)
+                outcome, record = self.revocations.offer_commit(staged, member)
                 if outcome == "accepted":
-                    self.revocations.offer_persist(record)
+                    await asyncio.to_thread(self.revocations.offer_persist, record)
         except (FetchError, ValueError, OSError) as exc:  # PeerCallError is a ValueError
             why = str(exc)
         except Exception as exc:  # a bug here must not end the task unseen
@@ -239,7 +240,14 @@ class RevocationSync:
             log.warning("could not fetch the revocation list signed at %d from %s: %s (asked again in %.0f s at the "
                         "earliest)", stamp, member, why[:300], self.plan.backoff(member, now))  # fmt: skip
 
-    async def _download(self, member: str, url: str, stamp: int) -> bytes:
+    def _stage(self, pages: Pages, member: str) -> Staged | str:
+        """In a thread: the list's text, checked (``Revocations.offer_check``) and written beside the synced file
+        (``offer_stage``); the outcome when it is refused."""
+        text = pages.text()
+        checked = self.revocations.offer_check(text, member)
+        return checked if isinstance(checked, str) else self.revocations.offer_stage(text, checked)
+
+    async def _download(self, member: str, url: str, stamp: int) -> Pages:
         """The list signed at ``stamp`` from ``member``, page by page within ``timeout_s`` in all."""
         deadline = self.clock() + self.timeout_s
         pages = Pages(stamp)
@@ -256,7 +264,7 @@ class RevocationSync:
                 raise FetchError(f"HTTP {status}" + (f": {str(said)[:200]}" if said else ""))
             take_page(pages, data)
             if pages.complete:
-                return pages.text()
+                return pages
         raise FetchError(f"more than {MAX_PAGES} pages")
 
     async def stop(self) -> None:

@@ -10,6 +10,7 @@ import asyncio
 import json
 import logging
 import os
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -491,5 +492,52 @@ def test_a_cancelled_fetch_releases_the_fetch_slot(tmp_path: Path) -> None:
             await sync.peers.close()
         finally:
             await http.aclose()
+
+    asyncio.run(scenario())
+
+
+def test_a_fetched_list_is_built_checked_and_written_off_the_event_loop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """review19a F6: the list's text, its check and every write with its fsync (the list, its folder, the stamp
+    record) run in a thread; only the commit (the stamp comparison, the rename, the list in force) on the loop."""
+    synced_at = tmp_path / "g" / "peer"
+    threads: dict[str, set[int]] = {"fsync": set(), "text": set()}
+    fsync, text = os.fsync, Pages.text
+
+    def fsync_seen(fd: int) -> None:
+        if os.readlink(f"/proc/self/fd/{fd}").startswith(str(synced_at)):  # the fetching board's files only
+            threads["fsync"].add(threading.get_ident())
+        fsync(fd)
+
+    def text_seen(pages: Pages) -> bytes:
+        threads["text"].add(threading.get_ident())
+        return text(pages)
+
+    monkeypatch.setattr(os, "fsync", fsync_seen)
+    monkeypatch.setattr(Pages, "text", text_seen)
+
+    async def scenario() -> None:
+        folder = board(tmp_path / "f", "f")
+        (folder / "peer" / "revoked.json").write_bytes(signed(40, [A, B, C]))
+        agent = NodeAgent(load_settings(env={}, overrides={
+            "node_id": "f", "data_dir": str(folder), "cluster_token": TOKEN, "mdns": False, "discovery": False,
+            "operator_ca": b64(raw_public(OPERATOR.public_key()))}))  # fmt: skip
+        assert agent.identity is not None
+        http = httpx.AsyncClient(transport=httpx.ASGITransport(app=create_peer_app(agent, agent.identity)))
+        try:
+            ident, sync = _fetcher(tmp_path, http)
+            threads["fsync"].clear()  # (the board's own files written when it started)
+            sync.heard("f", agent.identity.operator.revocations.advert())  # type: ignore[union-attr]
+            await _settle(sync)
+            assert sync.outcomes["accepted"] == 1
+            assert sorted(ident.operator.revocations.current()) == [A, B, C]  # type: ignore[union-attr]
+            loop = threading.get_ident()
+            assert threads["text"] and loop not in threads["text"]
+            assert threads["fsync"] and loop not in threads["fsync"]
+            await sync.peers.close()
+        finally:
+            await http.aclose()
+            await agent.stop()
 
     asyncio.run(scenario())
