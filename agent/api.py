@@ -169,7 +169,7 @@ def create_app(agent: NodeAgent) -> FastAPI:
             held = sync.revocations.in_force_from  # the operator's file or the synced one (members' lists)
             answer["revocations"] = {"stamp": own[0] if own is not None else None,
                                      "file": str(held) if held is not None else None,
-                                     "members": {n: a[0] for n, a in sorted(sync.heard_from.items())}}  # fmt: skip
+                                     "members": sync.members()}  # fmt: skip
         return answer
 
     @app.get("/health")

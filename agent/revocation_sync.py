@@ -185,6 +185,11 @@ class RevocationSync:
         """(stamp, digest) for our outgoing SWIM messages."""
         return self.revocations.advert()
 
+    def members(self) -> dict[str, int]:
+        """The stamp each current member last advertised (what /cluster shows): a member that died, left or was
+        revoked is no longer listed, though its last advert is kept until MAX_TRACKED newer ones push it out."""
+        return {n: a[0] for n, a in sorted(self.heard_from.items()) if self.member_url(n) is not None}
+
     def heard(self, member: str, advert: tuple[int, str] | None) -> None:
         """A SWIM message ``member`` sent itself (authenticated) advertised ``advert``: fetch when it is newer."""
         if advert is None:

@@ -59,7 +59,8 @@ def test_a_newer_revocation_list_copied_to_one_board_reaches_every_board_and_shu
 ) -> None:
     """The operator copies a newer list to ONE board (c0); within seconds every carded board has it in force (kept in
     its own DATA_DIR/peer/revoked.synced.json, its stamp recorded; the operator's revoked.json there untouched), says
-    so on /cluster and /metrics, and refuses the revoked board (c3), which is no member of theirs any more."""
+    so on /cluster and /metrics, and refuses the revoked board (c3), which is no member of theirs any more (nor listed
+    among the members on /cluster)."""
     ca = Ed25519PrivateKey.generate()
     (tmp_path / "ca.pub").write_text(b64(raw_public(ca.public_key())) + "\n")
     cards = {}
@@ -103,6 +104,8 @@ def test_a_newer_revocation_list_copied_to_one_board_reaches_every_board_and_shu
     # every carded board refuses the revoked card: c3 is no alive member of theirs
     wait_for(lambda: all(statuses(a).get("c3") in (None, "dead") for a in carded), 30)
     assert all({n for n, s in statuses(a).items() if s == "alive"} == {"c0", "c1", "c2"} for a in carded)
+    # /cluster lists the stamps of current members only: c3's last advert (100) is no longer shown
+    assert all(set(a.get("/cluster").json()["revocations"]["members"]) <= {"c0", "c1", "c2"} for a in carded)
     logs = "".join(a.log.read_text(errors="replace") for a in carded[1:])
     assert "put in force" in logs and "c3 (fingerprint" in logs
     metrics = carded[1].get("/metrics").text + carded[2].get("/metrics").text

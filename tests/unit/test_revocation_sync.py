@@ -541,3 +541,17 @@ def test_a_fetched_list_is_built_checked_and_written_off_the_event_loop(
             await agent.stop()
 
     asyncio.run(scenario())
+
+
+def test_cluster_shows_the_stamps_of_current_members_only(tmp_path: Path) -> None:
+    """review19a F7: a member that died, left or was revoked keeps its last advert in ``heard_from`` (bounded), but
+    /cluster (``members``) lists current members only."""
+    alive = {"m1", "m2"}
+    lists_at(tmp_path)[0].write_bytes(signed(50, [A]))
+    revs = revocations_at(tmp_path)
+    sync = RevocationSync(revs, None, lambda m: f"http://{m}" if m in alive else None)  # type: ignore[arg-type]
+    for member in ("m1", "m2"):
+        sync.heard(member, revs.advert())  # the list in force here: nothing to fetch
+    assert sync.members() == {"m1": 50, "m2": 50}
+    alive.discard("m1")  # m1 is dead (or revoked, or left)
+    assert sync.members() == {"m2": 50} and "m1" in sync.heard_from
