@@ -166,8 +166,10 @@ def create_app(agent: NodeAgent) -> FastAPI:
         sync = agent.discovery.revocations if agent.discovery is not None else None
         if sync is not None:  # operator-CA mode: the stamp of the list in force here, and each member's last said
             own = sync.advert()
+            held = sync.revocations.in_force_from  # the operator's file or the synced one (members' lists)
             answer["revocations"] = {"stamp": own[0] if own is not None else None,
-                                     "members": {n: a[0] for n, a in sorted(sync.heard_from.items())}}  # fmt: skip
+                                     "file": str(held) if held is not None else None,
+                                     "members": sync.members()}  # fmt: skip
         return answer
 
     @app.get("/health")

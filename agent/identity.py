@@ -744,7 +744,9 @@ class Identity:
             if revocations is None and peer is not None:
                 revocations = peer / "revoked.json"
             floor = peer / "revoked.stamp.json" if peer is not None else None  # the "not older" rule's record
-            self.operator = OperatorTrust(operator_ca, revocations, cluster=bytes.fromhex(self.cluster), floor=floor)
+            synced = peer / "revoked.synced.json" if peer is not None else None  # lists members handed this board
+            self.operator = OperatorTrust(operator_ca, revocations, cluster=bytes.fromhex(self.cluster), floor=floor,
+                                          synced=synced)  # fmt: skip
             self.board = _own_board_card(board_card or (peer / "board.card" if peer else None), node_id,
                                          self.public_key, self.operator)  # fmt: skip
         self.card = Card.issue(ca, node_id, self.public_key, self.board.raw() if self.board else b"")

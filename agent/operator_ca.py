@@ -22,6 +22,7 @@ board (``peerserve ca init`` on the operator's machine). Node ids are no longer 
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import logging
@@ -38,7 +39,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from agent.durable import write_atomic
+from agent.durable import fsync_dir, tmp_glob, unique_tmp, write_atomic, write_synced
 from peerserve import wire
 
 log = logging.getLogger(__name__)
@@ -291,108 +292,195 @@ class SignedList:
     digest: str
 
 
+@dataclass(frozen=True)
+class Staged:
+    """A list a member handed this board, checked (``offer_check``) and written to a temporary file beside the
+    synced one, fsynced (``offer_stage``, off the event loop), for ``offer_commit`` to rename into place or drop."""
+
+    checked: SignedList
+    tmp: Path | None  # None: not written (no synced file kept, or the write failed: ``error``)
+    stat: tuple[int, int, int] | None  # (inode, mtime, size) of the file written: what the synced file is once renamed
+    error: str = ""
+
+
+@dataclass
+class _ListFile:
+    """One file a revocation list is read from: the operator's or the synced one (``Revocations``)."""
+
+    path: Path | None
+    stat: tuple[int, int, int] | None = None  # (inode, mtime, size) when last read
+    read: bool = False  # looked at since the start
+    held: tuple[int, frozenset[str], str] | None = None  # (issued, fingerprints, signature) of the list it holds
+    damage: str | None = None  # why what it holds cannot be used
+    why: str = ""  # why its list is not in force after a restart (older than the record)
+
+
+def _stat_of(path: Path | None) -> tuple[int, int, int] | None:
+    try:
+        st = path.stat() if path is not None else None  # follows a symlinked operator path to its target
+    except OSError:
+        return None
+    return (st.st_ino, st.st_mtime_ns, st.st_size) if st is not None else None
+
+
+def _unlink_quietly(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        path.unlink()
+
+
 class Revocations:
-    """The operator's revocation list at ``path`` (absent: nothing revoked), re-read whenever the file changes (one
-    stat per check). A file that is there but not a list signed by this operator CA fails closed: every board card
-    is refused (503) until it is replaced, logged once per version of the file; a list cut short or forged must not
-    readmit a revoked board. Nor may an older list (a stale copy, or one replayed to undo a revocation): one signed
-    before the list in force, or the file's removal, leaves that list in force (logged); only a newer signed list,
-    as ``peerserve ca revoke`` writes, changes it.
+    """The operator's revocation list (absent: nothing revoked), read from two files and re-read whenever either
+    changes (one stat each per check): ``path``, the operator's (``DATA_DIR/peer/revoked.json``, or the agent's
+    ``revocations`` setting, which may be a symlink; this board never writes it), and ``synced``
+    (``DATA_DIR/peer/revoked.synced.json``), where this board keeps the newest list a member handed it
+    (agent/revocation_sync.py; ``offer_*``). The list in force is the newer signed one of the two; each is held to
+    the same rules. Had the board written fetched lists to the operator's file, an operator's newer copy landing during
+    that write was renamed over and lost, the stat recorded could name the operator's file while the list in force was
+    another, and a symlinked path became a plain file (review19a F1-F3).
+
+    An operator's file that is there but not a list signed by this operator CA fails closed: every board card is
+    refused (503) until it is replaced, logged once per version of the file; a list cut short or forged must not
+    readmit a revoked board. A damaged synced file (only this board writes it) is logged and not used; the stamp
+    record below refuses what it may have held. An older list (a stale copy, or one replayed to undo a revocation):
+    one signed before the list in force, or a file's removal, leaves that list in force (logged); only a newer signed
+    list, as ``peerserve ca revoke`` writes or a member hands over, changes it.
 
     The rule outlives a restart: when a newer list is accepted, its stamp (when it was signed) is recorded for this
     CA in ``floor`` (``DATA_DIR/peer/revoked.stamp.json``; atomic, fsynced; one record per CA, ``STAMP_CAS``). A
-    restarted agent that finds a list signed before the recorded stamp, or none, cannot know what the newer one
-    revoked: it fails closed (503 for every board card, logged with what to do) until a list at least as new is
-    copied there. A damaged or foreign stamp file is logged as such and set aside (``.damaged``), never a crash: the
-    list on disk is then used as it is (its revocations in force) and its stamp recorded anew. The record is written
-    on the thread that reads the list (the event loop), once per newer list an operator copies: rare, like the
-    copies."""
+    restarted agent that finds neither file holding a list signed at or after the recorded stamp cannot know what the
+    newer one revoked: it fails closed (503 for every board card, logged with what to do) until a list at least as
+    new is copied there. A damaged or foreign stamp file is logged as such and set aside (``.damaged``), never a
+    crash: the lists on disk are then used as they are (their revocations in force) and the stamp recorded anew. For
+    an operator's copy the record is written on the thread that reads the list (the event loop), once per newer list
+    an operator copies: rare, like the copies; for a member's list, in a thread (``offer_persist``)."""
 
-    def __init__(self, path: Path | None, ca_public: Ed25519PublicKey, floor: Path | None = None) -> None:
-        self.path, self.ca_public, self.floor_path = path, ca_public, floor
+    def __init__(
+        self, path: Path | None, ca_public: Ed25519PublicKey, floor: Path | None = None, synced: Path | None = None
+    ) -> None:
+        self.path, self.ca_public, self.floor_path, self.synced_path = path, ca_public, floor, synced
         self.ca = hashlib.sha256(raw_public(ca_public)).hexdigest()[:32]  # whose record in the stamp file
-        self._stamp: tuple[int, int, int] | None = None
+        self._operator, self._synced = _ListFile(path), _ListFile(synced)
+        self._source: _ListFile | None = None  # the file the list in force was read from (or written to)
         self._revoked: frozenset[str] = frozenset()
         self._damage: str | None = None
         self._issued = -1  # when the list in force was signed (-1: none read yet)
         self._signature = ""  # ... the operator's signature over it, and its fingerprints in order: what a member
         self._sorted: tuple[str, ...] = ()  # that asks is handed (``page``), to check under its own operator CA
         self._digest = ""  # list_digest of the list in force: advertised to members (``advert``)
-        self._read = False  # whether the file (or its absence) was looked at since the start
         self._lists: dict[str, str] = {}  # CA fingerprint -> the digest of the list recorded with its stamp
         self._unreadable: str | None = None  # why the record exists but cannot be read (fails closed)
+        self._write_lock = threading.Lock()  # one writer of the stamp record at a time (the loop, or offer_persist)
+        self._record_seq = self._written_seq = 0  # record versions made / the newest written (none goes back)
+        for kept in (synced, floor):  # temporary files a crash left behind (unique names, see durable.unique_tmp)
+            if kept is not None:
+                for left in kept.parent.glob(tmp_glob(kept)):
+                    _unlink_quietly(left)
         self._stamps = self._read_floor()  # CA fingerprint -> the newest list's stamp this board accepted for it
         self._floor = self._stamps.get(self.ca, -1)
 
     def current(self) -> frozenset[str]:
-        """The revoked fingerprints; CardError (503) while the file is damaged."""
-        try:
-            st = self.path.stat() if self.path is not None else None
-        except OSError:
-            st = None
-        stamp = (st.st_ino, st.st_mtime_ns, st.st_size) if st is not None else None
-        if stamp != self._stamp or not self._read:
-            self._read = True
-            self._load(stamp)
+        """The revoked fingerprints; CardError (503) while the operator's file is damaged or, after a restart, no
+        list as new as the recorded one is there."""
+        fresh = []
+        for f in (self._operator, self._synced):
+            stat = _stat_of(f.path)
+            if stat != f.stat or not f.read:
+                first, f.stat, f.read = not f.read, stat, True
+                self._read_file(f)
+                fresh.append((f, first))
+        if fresh:
+            self._settle(fresh)
         if self._damage is not None:
             raise CardError(self._damage, 503)
         return self._revoked
 
-    def _load(self, stamp: tuple[int, int, int] | None) -> None:
-        self._stamp = stamp
+    @property
+    def in_force_from(self) -> Path | None:
+        """The file the list in force was read from or written to (None: none in force): what /cluster shows."""
+        return self._source.path if self._source is not None and self._issued >= 0 else None
+
+    def _read_file(self, f: _ListFile) -> None:
+        f.held, f.damage, f.why = None, None, ""
+        if f.path is None:
+            return
+        if f.stat is None:
+            if self._source is f and self._issued >= 0:
+                log.error("revocation list %s removed: the list signed at %d stays in force (%d card(s) revoked)",
+                          f.path, self._issued, len(self._revoked))  # fmt: skip
+            return
+        try:
+            with open(f.path, "rb") as file:
+                text = file.read(MAX_REVOCATION_FILE + 1)
+            if len(text) > MAX_REVOCATION_FILE:
+                raise CardError(f"revocation list over {MAX_REVOCATION_FILE} bytes")
+            f.held = read_signed_revocations(text, self.ca_public)
+        except (OSError, CardError) as exc:
+            if f is self._operator:
+                f.damage = f"this board's revocation list {f.path} cannot be used ({exc}): no board card is " \
+                           "accepted until the operator's signed list replaces it"  # fmt: skip
+                log.error("%s", f.damage)
+            else:  # only this board writes it: the record refuses whatever older list it may leave in force
+                f.damage = f"{exc}"
+                log.error("the revocation list members handed this board, %s, cannot be used (%s): not taken; the "
+                          "next newer list a member hands over replaces it", f.path, exc)  # fmt: skip
+
+    def _settle(self, fresh: list[tuple[_ListFile, bool]]) -> None:
+        """The files in ``fresh`` were (re)read: put the newest usable list in force, then work out whether to fail
+        closed (the operator's file damaged, the record unreadable, or none as new as the recorded stamp)."""
         if self._unreadable is not None:  # its stamp unknown: any list may be the older one put back
             self._damage = self._unreadable
             return
-        if stamp is None or self.path is None:
-            if self._issued >= 0:
-                log.error("revocation list %s removed: the list signed at %d stays in force (%d card(s) revoked)",
-                          self.path, self._issued, len(self._revoked))  # fmt: skip
-                self._damage = None
-            elif self._floor >= 0:  # restarted without the list this board last accepted: what did it revoke?
-                self._refuse_older("is missing")
-            else:
-                self._damage = None
-            return
-        try:
-            with open(self.path, "rb") as f:
-                text = f.read(MAX_REVOCATION_FILE + 1)
-            if len(text) > MAX_REVOCATION_FILE:
-                raise CardError(f"revocation list over {MAX_REVOCATION_FILE} bytes")
-            issued, revoked, signature = read_signed_revocations(text, self.ca_public)
-            if issued == self._issued and revoked != self._revoked:
-                self._damage = None
+        held = [(f, first) for f, first in fresh if f.held is not None]
+        for f, first in sorted(held, key=lambda h: -h[0].held[0]):  # type: ignore[index]
+            self._consider(f, first)
+        damage = self._operator.damage
+        if damage is None and self._issued < 0 and self._floor >= 0:  # restarted without the list accepted last
+            what = " and ".join(f"{f.path} {f.why or ('is missing' if f.stat is None else 'cannot be used')}"
+                                for f in (self._operator, self._synced) if f.path is not None)  # fmt: skip
+            damage = self._refuse_older(what or "(none kept) is missing")
+        self._damage = damage
+
+    def _consider(self, f: _ListFile, first: bool) -> None:
+        """The list ``f`` holds, newly read: in force if newer than the one in force and not older than the record."""
+        assert f.held is not None
+        issued, revoked, signature = f.held
+        if issued == self._issued:
+            if revoked != self._revoked:
                 log.error("revocation list %s was signed at %d like the one in force but names other cards: a "
                           "conflicting list (two signed in one second by an older 'peerserve ca'?). The list in force "
-                          "stays; sign a new one with 'peerserve ca revoke'", self.path, issued)  # fmt: skip
-                return
-            if issued < self._issued:
-                self._damage = None
-                log.error("revocation list %s was signed at %d, before the one in force (%d): a stale copy? The newer "
-                          "list stays in force", self.path, issued, self._issued)  # fmt: skip
-                return
-            if issued < self._floor:  # none in force yet (a restart): the newer list's revocations are unknown here
-                self._refuse_older(f"was signed at {issued}")
-                return
-            held = self._lists.get(self.ca)
-            if issued == self._floor and held is not None and held != list_digest(revoked):
-                self._refuse_older(f"was signed at {issued} but names other cards than the list", "then")
-                return
-            self._accept(issued, revoked, signature)
-            log.info("revocation list %s: %d board card(s) revoked", self.path, len(self._revoked))
-        except (OSError, CardError) as exc:
-            self._damage = f"this board's revocation list {self.path} cannot be used ({exc}): no board card is " \
-                           "accepted until the operator's signed list replaces it"  # fmt: skip
-            log.error("%s", self._damage)
+                          "stays; sign a new one with 'peerserve ca revoke'", f.path, issued)  # fmt: skip
+            return
+        if issued < self._issued:
+            if first:  # at the start: the operator's copy of an older list, a newer one from members kept (or so)
+                log.info("revocation list %s was signed at %d; the one in force, from %s, is newer (%d)", f.path,
+                         issued, self.in_force_from, self._issued)  # fmt: skip
+            else:
+                log.error("revocation list %s was signed at %d, before the one in force (%d, from %s): a stale copy? "
+                          "The newer list stays in force", f.path, issued, self._issued,
+                          self.in_force_from)  # fmt: skip
+            return
+        if issued < self._floor:  # none in force yet (a restart): the newer list's revocations are unknown here
+            f.why = f"was signed at {issued}"
+            return
+        recorded = self._lists.get(self.ca)
+        if issued == self._floor and recorded is not None and recorded != list_digest(revoked):
+            f.why = f"was signed at {issued} but names other cards than the list recorded"
+            return
+        self._write_record(self._accept(issued, revoked, signature, f))
+        log.info("revocation list %s: %d board card(s) revoked", f.path, len(self._revoked))
 
-    def _accept(self, issued: int, revoked: frozenset[str], signature: str, known: SignedList | None = None) -> None:
-        """Put the list signed at ``issued`` in force; record its stamp when newer than the record (or none held).
-        ``known``: its order and digest, worked out already (off the loop)."""
-        self._damage = None
-        self._issued, self._revoked, self._signature = issued, revoked, signature
+    def _accept(
+        self, issued: int, revoked: frozenset[str], signature: str, f: _ListFile, known: SignedList | None = None
+    ) -> tuple[int, bytes] | None:
+        """Put the list signed at ``issued`` (from ``f``) in force; note its stamp when newer than the record (or
+        none held) and return the record to write (``_write_record``), else None. ``known``: its order and digest,
+        worked out already (off the loop)."""
+        self._issued, self._revoked, self._signature, self._source = issued, revoked, signature, f
         self._sorted = known.ordered if known is not None else tuple(sorted(revoked))
         self._digest = known.digest if known is not None else list_digest(revoked)
         if issued > self._floor or self._lists.get(self.ca) is None:
-            self._record(issued, self._digest)
+            return self._note(issued, self._digest)
+        return None
 
     # -- between boards (agent/revocation_sync.py) ---------------------------------------------------------------
     def advert(self) -> tuple[int, str] | None:
@@ -414,9 +502,15 @@ class Revocations:
                 "revoked": list(self._sorted[offset : offset + limit])}  # fmt: skip
 
     def offer(self, text: bytes, source: str) -> str:
-        """A list a member (``source``) handed this board: ``offer_check`` then ``offer_install``; the outcome."""
+        """A list a member (``source``) handed this board, all steps in line: ``offer_check``, ``offer_stage``,
+        ``offer_commit``, ``offer_persist``; the outcome. (revocation_sync runs all but the commit in a thread.)"""
         checked = self.offer_check(text, source)
-        return checked if isinstance(checked, str) else self.offer_install(text, checked, source)
+        if isinstance(checked, str):
+            return checked
+        outcome, record = self.offer_commit(self.offer_stage(text, checked), source)
+        if outcome == "accepted":
+            self.offer_persist(record)
+        return outcome
 
     def offer_check(self, text: bytes, source: str) -> SignedList | str:
         """The bytes-only part of ``offer``: ``text`` as a ``SignedList`` if it is a list signed by this board's
@@ -432,15 +526,73 @@ class Revocations:
             return "forged" if isinstance(exc, ForgedList) else "damaged"
         return SignedList(issued, revoked, signature, tuple(sorted(revoked)), list_digest(revoked))
 
-    def offer_install(self, text: bytes, checked: SignedList, source: str) -> str:
-        """Put ``text`` (``checked`` by ``offer_check``) in force, through the file as an operator's copy is (written
-        with ``write_atomic`` to ``path``, its stamp recorded), only if strictly newer than the list in force and the
-        recorded stamp; the outcome, one of ``OFFER_OUTCOMES``, every refusal logged. Never raises: a member's bad
-        list loses nothing here."""
-        issued, revoked = checked.issued, checked.revoked
-        if self.advert() is None and (self._damage is not None or self.path is None):
-            log.warning("not taking the revocation list signed at %d from %s: %s", issued, source,
-                        self._damage or "this board keeps no list file (no data dir)")  # fmt: skip
+    def offer_stage(self, text: bytes, checked: SignedList) -> Staged:
+        """Write ``text`` (``checked``) to a temporary file of its own beside the synced file and fsync it (off the
+        event loop: ~20 ms for a whole list here, more on eMMC); never raises. Reads nothing that changes."""
+        if self.synced_path is None:
+            return Staged(checked, None, None)
+        tmp = unique_tmp(self.synced_path)
+        try:
+            st = write_synced(tmp, text)
+        except OSError as exc:
+            _unlink_quietly(tmp)
+            return Staged(checked, None, None, str(exc))
+        return Staged(checked, tmp, (st.st_ino, st.st_mtime_ns, st.st_size))
+
+    def offer_commit(self, staged: Staged, source: str) -> tuple[str, tuple[int, bytes] | None]:
+        """On the event loop: put the list ``staged`` in force, by renaming it over the synced file, only if strictly
+        newer than the list in force (both files re-read first if changed) and the recorded stamp; else drop it. The
+        outcome, one of ``OFFER_OUTCOMES`` (every refusal logged), and the stamp record to write (``offer_persist``).
+        Never raises: a member's bad list loses nothing here. The synced file's stat is the one of the file written,
+        not a stat after the rename: if anything replaced it since, the next check re-reads it."""
+        checked = staged.checked
+        outcome = self._admit(checked, source)
+        if outcome is None and staged.tmp is None:
+            log.error("cannot write the revocation list signed at %d from %s beside %s (%s): it is not in force",
+                      checked.issued, source, self.synced_path, staged.error)  # fmt: skip
+            outcome = "unwritable"
+        if outcome is None:
+            assert staged.tmp is not None and self.synced_path is not None
+            try:
+                os.replace(staged.tmp, self.synced_path)
+            except OSError as exc:
+                log.error("cannot put the revocation list signed at %d from %s in place at %s (%s): it is not in "
+                          "force", checked.issued, source, self.synced_path, exc)  # fmt: skip
+                outcome = "unwritable"
+        if outcome is not None:
+            if staged.tmp is not None:
+                _unlink_quietly(staged.tmp)
+            return outcome, None
+        f = self._synced
+        f.stat, f.read, f.held, f.damage, f.why = staged.stat, True, (checked.issued, checked.revoked,
+                                                                      checked.signature), None, ""  # fmt: skip
+        record = self._accept(checked.issued, checked.revoked, checked.signature, f, checked)
+        log.info("revocation list signed at %d (%d board card(s) revoked) from %s put in force, kept in %s",
+                 checked.issued, len(checked.revoked), source, self.synced_path)  # fmt: skip
+        return "accepted", record
+
+    def offer_persist(self, record: tuple[int, bytes] | None) -> None:
+        """After an accepted ``offer_commit`` (off the event loop): the synced file's rename made durable (its folder
+        fsynced), then the stamp record written. A crash before the record leaves a synced list newer than the
+        record, which the restart accepts and records."""
+        if self.synced_path is not None:
+            try:
+                fsync_dir(self.synced_path.parent)
+            except OSError as exc:
+                log.error("cannot fsync %s (%s): a power cut may lose the revocation list members handed this board",
+                          self.synced_path.parent, exc)  # fmt: skip
+        self._write_record(record)
+
+    def _admit(self, checked: SignedList, source: str) -> str | None:
+        """None when ``checked`` is newer than the list in force (both files re-read if changed) and the record;
+        else the outcome, logged."""
+        issued = checked.issued
+        if self.advert() is None and self._damage is not None:
+            log.warning("not taking the revocation list signed at %d from %s: %s", issued, source, self._damage)
+            return "unusable"
+        if self.synced_path is None:
+            log.warning("not taking the revocation list signed at %d from %s: this board keeps no synced list (no "
+                        "data dir)", issued, source)  # fmt: skip
             return "unusable"
         newest = max(self._issued, self._floor)
         if issued == newest and checked.digest != (self._digest or self._lists.get(self.ca)):
@@ -452,29 +604,20 @@ class Revocations:
             log.warning("refused a revocation list from %s signed at %d: not newer than the one this board holds (%d)",
                         source, issued, newest)  # fmt: skip
             return "older"
-        assert self.path is not None
-        try:
-            write_atomic(self.path, text)
-            st = self.path.stat()
-        except OSError as exc:
-            log.error("cannot write the revocation list signed at %d from %s to %s (%s): it is not in force",
-                      issued, source, self.path, exc)  # fmt: skip
-            return "unwritable"
-        self._stamp = (st.st_ino, st.st_mtime_ns, st.st_size)  # the file is this list: no second read of it
-        self._accept(issued, revoked, checked.signature, checked)
-        log.info("revocation list signed at %d (%d board card(s) revoked) from %s put in force, written to %s",
-                 issued, len(revoked), source, self.path)  # fmt: skip
-        return "accepted"
+        return None
 
-    def _refuse_older(self, what: str, when: str = "before") -> None:
-        """Fail closed after a restart: the list at ``path`` is older than (or not) the one this board accepted."""
-        self._damage = (
-            f"this board's revocation list {self.path} {what}, but this board accepted a list signed at "
-            f"{self._floor} {when} (recorded in {self.floor_path}): a stale copy, or one put back to undo a "
-            "revocation. No board card is accepted until the operator's current list (the CA folder's revoked.json, "
-            "signed at or after that) is copied there; only if that record is wrong, remove it and restart"
+    def _refuse_older(self, what: str) -> str:
+        """Fail closed after a restart: neither file holds a list as new as (or the one) this board accepted."""
+        when = "then" if "other cards" in what else "before"
+        damage = (
+            f"this board's revocation list {what}, but this board accepted a list signed at {self._floor} {when} "
+            f"(recorded in {self.floor_path}): a stale copy, or one put back to undo a revocation. No board card is "
+            f"accepted until the operator's current list (the CA folder's revoked.json, signed at or after that) is "
+            f"copied there ({self.path}); only if that record is wrong, remove it and restart"
         )
-        log.error("%s", self._damage)
+        if damage != self._damage:
+            log.error("%s", damage)
+        return damage
 
     def _read_floor(self) -> dict[str, int]:
         """The stamps recorded in ``floor_path`` ({} when there is none). A file that is there but not a record of
@@ -531,10 +674,10 @@ class Revocations:
                   self.path)  # fmt: skip
         return {}
 
-    def _record(self, issued: int, digest: str) -> None:
-        """Record ``issued`` as this CA's newest accepted stamp, with the digest of the list signed at it (a list
-        with the same stamp but other cards is refused after a restart too); atomic, fsynced; logged, never raised,
-        on failure."""
+    def _note(self, issued: int, digest: str) -> tuple[int, bytes] | None:
+        """Note ``issued`` as this CA's newest accepted stamp, with the digest of the list signed at it (a list with
+        the same stamp but other cards is refused after a restart too); the record to write (its version and bytes;
+        ``_write_record``), None when none is kept."""
         self._floor = issued
         self._stamps.pop(self.ca, None)
         self._stamps[self.ca] = issued
@@ -544,13 +687,29 @@ class Revocations:
             del self._stamps[gone]
             self._lists.pop(gone, None)
         if self.floor_path is None:
+            return None
+        self._record_seq += 1
+        return self._record_seq, json.dumps({"format": STAMP_FORMAT, "stamps": self._stamps,
+                                             "lists": self._lists}).encode()  # fmt: skip
+
+    def _write_record(self, record: tuple[int, bytes] | None) -> None:
+        """Write ``record`` (``_note``) to ``floor`` unless a later version is written already (the loop and
+        ``offer_persist``'s thread may both write; a temporary name of each write's own); atomic, fsynced; logged,
+        never raised, on failure."""
+        if record is None or self.floor_path is None:
             return
-        record = {"format": STAMP_FORMAT, "stamps": self._stamps, "lists": self._lists}
-        try:
-            write_atomic(self.floor_path, json.dumps(record).encode())
-        except OSError as exc:
-            log.error("cannot record the revocation list's stamp %d in %s (%s): after a restart this board would "
-                      "accept an older list", issued, self.floor_path, exc)  # fmt: skip
+        version, data = record
+        with self._write_lock:
+            if version <= self._written_seq:
+                return
+            tmp = unique_tmp(self.floor_path)
+            try:
+                write_atomic(self.floor_path, data, tmp=tmp)
+                self._written_seq = version
+            except OSError as exc:
+                _unlink_quietly(tmp)
+                log.error("cannot record the revocation list's stamp %d in %s (%s): after a restart this board would "
+                          "accept an older list", self._floor, self.floor_path, exc)  # fmt: skip
 
 
 class PinCards:
@@ -653,11 +812,11 @@ class OperatorTrust:
 
     def __init__(
         self, ca_public: Ed25519PublicKey, revocations: Path | None = None, verdicts: int = VERDICTS,
-        roster: int = ROSTER, *, cluster: bytes, floor: Path | None = None,
+        roster: int = ROSTER, *, cluster: bytes, floor: Path | None = None, synced: Path | None = None,
     ) -> None:  # fmt: skip
         self.ca_public = ca_public
         self.cluster = cluster  # this node's (bytes.fromhex(Identity.cluster)): cards for another are refused
-        self.revocations = Revocations(revocations, ca_public, floor)
+        self.revocations = Revocations(revocations, ca_public, floor, synced)
         self.verdict_limit, self.roster_limit = verdicts, roster
         # a refusal is cached as data (message, status) and raised fresh each time: a cached exception object re-raised
         # grows its __traceback__ by the raiser's frames at every use (and keeps them, their requests, alive)

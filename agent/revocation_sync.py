@@ -4,9 +4,10 @@ An operator copies a new ``revoked.json`` to ONE board; every board advertises t
 has in force on each SWIM message it sends (``wire.SwimMessage.revocations``), so within a few protocol periods each
 member hears of the newer stamp from a member that has it, fetches the list from that member with signed peer
 requests (``GET /peer/revocations``, in pages: a whole list can exceed a peer answer's bound) and hands it to
-``Revocations.offer``, which puts it in force through the file, as an operator's copy, only if it is signed by THIS
-board's operator CA and strictly newer than the list it holds (no new trust: a member can hand over only what the
-operator signed). Then that board advertises the new stamp too, and so on.
+``Revocations`` (``offer_check`` / ``offer_stage`` in a thread, ``offer_commit`` on the loop), which puts it in force
+only if it is signed by THIS board's operator CA and strictly newer than the list it holds (no new trust: a member
+can hand over only what the operator signed), and keeps it in the board's own ``DATA_DIR/peer/revoked.synced.json``
+(never in the operator's file). Then that board advertises the new stamp too, and so on.
 
 What a member can make us do is bounded: one fetch in flight at a time (whatever many members advertise), at most
 one fetch per member per ``FETCH_INTERVAL_S``, and a member whose fetch failed (unreachable, a malformed page, a list
@@ -33,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from agent.operator_ca import MAX_REVOKED, OFFER_OUTCOMES, REVOCATION_PAGE, CardError, Revocations
+from agent.operator_ca import MAX_REVOKED, OFFER_OUTCOMES, REVOCATION_PAGE, CardError, Revocations, Staged
 from peerserve import wire
 
 if TYPE_CHECKING:
@@ -184,6 +185,11 @@ class RevocationSync:
         """(stamp, digest) for our outgoing SWIM messages."""
         return self.revocations.advert()
 
+    def members(self) -> dict[str, int]:
+        """The stamp each current member last advertised (what /cluster shows): a member that died, left or was
+        revoked is no longer listed, though its last advert is kept until MAX_TRACKED newer ones push it out."""
+        return {n: a[0] for n, a in sorted(self.heard_from.items()) if self.member_url(n) is not None}
+
     def heard(self, member: str, advert: tuple[int, str] | None) -> None:
         """A SWIM message ``member`` sent itself (authenticated) advertised ``advert``: fetch when it is newer."""
         if advert is None:
@@ -215,23 +221,38 @@ class RevocationSync:
     async def _fetch(self, member: str, url: str, stamp: int) -> None:
         outcome, why = "failed", ""
         try:
-            text = await self._download(member, url, stamp)
-            # the signature over the whole list checked in a thread (the loop runs SWIM); put in force on the loop
-            checked = await asyncio.to_thread(self.revocations.offer_check, text, member)
-            outcome = checked if isinstance(checked, str) else self.revocations.offer_install(text, checked, member)
+            pages = await self._download(member, url, stamp)
+            # the list's text, its signature, order and digest and its write (fsynced) in a thread: the loop runs
+            # SWIM (a whole list held it ~65 ms with the writes on it, longer on eMMC: review19a F6); only the commit,
+            # the stamp comparison and the rename, on the loop; the record written in a thread again
+            staged = await asyncio.to_thread(self._stage, pages, member)
+            if isinstance(staged, str):
+                outcome = staged
+            else:
+                outcome, record = self.revocations.offer_commit(staged, member)
+                if outcome == "accepted":
+                    await asyncio.to_thread(self.revocations.offer_persist, record)
         except (FetchError, ValueError, OSError) as exc:  # PeerCallError is a ValueError
             why = str(exc)
         except Exception as exc:  # a bug here must not end the task unseen
             why = f"{type(exc).__name__}: {exc}"
             log.warning("fetching the revocation list from %s failed unexpectedly", member, exc_info=exc)
-        self.outcomes[outcome] += 1
-        now = self.clock()
-        self.plan.done(member, outcome == "accepted", now)
+        finally:  # cancelled too (stop): the slot is released, or this board would never fetch again (review19a F5)
+            now = self.clock()
+            self.plan.done(member, outcome == "accepted", now)
+            self.outcomes[outcome] += 1
         if why:
             log.warning("could not fetch the revocation list signed at %d from %s: %s (asked again in %.0f s at the "
                         "earliest)", stamp, member, why[:300], self.plan.backoff(member, now))  # fmt: skip
 
-    async def _download(self, member: str, url: str, stamp: int) -> bytes:
+    def _stage(self, pages: Pages, member: str) -> Staged | str:
+        """In a thread: the list's text, checked (``Revocations.offer_check``) and written beside the synced file
+        (``offer_stage``); the outcome when it is refused."""
+        text = pages.text()
+        checked = self.revocations.offer_check(text, member)
+        return checked if isinstance(checked, str) else self.revocations.offer_stage(text, checked)
+
+    async def _download(self, member: str, url: str, stamp: int) -> Pages:
         """The list signed at ``stamp`` from ``member``, page by page within ``timeout_s`` in all."""
         deadline = self.clock() + self.timeout_s
         pages = Pages(stamp)
@@ -248,7 +269,7 @@ class RevocationSync:
                 raise FetchError(f"HTTP {status}" + (f": {str(said)[:200]}" if said else ""))
             take_page(pages, data)
             if pages.complete:
-                return pages.text()
+                return pages
         raise FetchError(f"more than {MAX_PAGES} pages")
 
     async def stop(self) -> None:

@@ -57,9 +57,10 @@ def test_carded_agents_form_a_cluster_and_a_token_holder_without_a_card_stays_ou
 def test_a_newer_revocation_list_copied_to_one_board_reaches_every_board_and_shuts_the_card_out(
     agents: Any, tmp_path: Path
 ) -> None:
-    """The operator copies a newer list to ONE board (c0); within seconds every carded board has it in force (written
-    to its own DATA_DIR/peer/revoked.json, its stamp recorded), says so on /cluster and /metrics, and refuses the
-    revoked board (c3), which is no member of theirs any more."""
+    """The operator copies a newer list to ONE board (c0); within seconds every carded board has it in force (kept in
+    its own DATA_DIR/peer/revoked.synced.json, its stamp recorded; the operator's revoked.json there untouched), says
+    so on /cluster and /metrics, and refuses the revoked board (c3), which is no member of theirs any more (nor listed
+    among the members on /cluster)."""
     ca = Ed25519PrivateKey.generate()
     (tmp_path / "ca.pub").write_text(b64(raw_public(ca.public_key())) + "\n")
     cards = {}
@@ -92,13 +93,19 @@ def test_a_newer_revocation_list_copied_to_one_board_reaches_every_board_and_shu
     took = wait_for(everywhere, 15)
     print(f"\nthe list copied to c0 is in force on all 3 carded boards {time.monotonic() - copied:.2f} s later")
     assert took < 10
-    for name in ("c1", "c2"):
-        on_disk = json.loads((tmp_path / name / "peer" / "revoked.json").read_text())
+    for name, board_ in zip(("c1", "c2"), carded[1:], strict=True):
+        synced = tmp_path / name / "peer" / "revoked.synced.json"
+        on_disk = json.loads(synced.read_text())
         assert on_disk["issued"] == 200 and cards["c3"].fingerprint in on_disk["revoked"]
+        assert json.loads((tmp_path / name / "peer" / "revoked.json").read_text()) == first  # the operator's, as left
         assert json.loads((tmp_path / name / "peer" / "revoked.stamp.json").read_text())["stamps"]
+        assert board_.get("/cluster").json()["revocations"]["file"] == str(synced)
+    assert seed.get("/cluster").json()["revocations"]["file"] == str(listed)
     # every carded board refuses the revoked card: c3 is no alive member of theirs
     wait_for(lambda: all(statuses(a).get("c3") in (None, "dead") for a in carded), 30)
     assert all({n for n, s in statuses(a).items() if s == "alive"} == {"c0", "c1", "c2"} for a in carded)
+    # /cluster lists the stamps of current members only: c3's last advert (100) is no longer shown
+    assert all(set(a.get("/cluster").json()["revocations"]["members"]) <= {"c0", "c1", "c2"} for a in carded)
     logs = "".join(a.log.read_text(errors="replace") for a in carded[1:])
     assert "put in force" in logs and "c3 (fingerprint" in logs
     metrics = carded[1].get("/metrics").text + carded[2].get("/metrics").text
@@ -109,6 +116,6 @@ def test_a_newer_revocation_list_copied_to_one_board_reaches_every_board_and_shu
     (tmp_path / "c1" / "peer" / "revoked.json").write_text(json.dumps(first))
     late = agents("c4", *flags, "--seeds", seed_url, env=ENV)
     wait_for(lambda: late.get("/cluster").json()["revocations"]["stamp"] == 200, 30)
-    assert json.loads((tmp_path / "c4" / "peer" / "revoked.json").read_text())["issued"] == 200
+    assert json.loads((tmp_path / "c4" / "peer" / "revoked.synced.json").read_text())["issued"] == 200
     assert carded[1].get("/cluster").json()["revocations"]["stamp"] == 200
     assert "before the one in force" in carded[1].log.read_text(errors="replace")

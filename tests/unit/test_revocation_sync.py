@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import Response
 
 from agent import peer_api, revocation_sync
+from agent.aio import wait_for as agent_aio_wait
 from agent.identity import Identity
 from agent.node import NodeAgent
 from agent.operator_ca import (
@@ -141,26 +144,141 @@ def test_the_advert_on_a_swim_message_round_trips_and_is_bounded() -> None:
 
 
 # -- Revocations.offer / page ---------------------------------------------------------------------------------------
-def test_a_newer_list_is_put_in_force_through_the_file_and_kept_over_a_restart(tmp_path: Path) -> None:
-    listed, floor = tmp_path / "revoked.json", tmp_path / "revoked.stamp.json"
-    revs = Revocations(listed, OPERATOR.public_key(), floor)
-    assert revs.advert() is None and state(revs) == []
+def lists_at(folder: Path) -> tuple[Path, Path, Path]:
+    """The operator's list, the stamp record and the synced list, as an agent's DATA_DIR/peer holds them."""
+    return folder / "revoked.json", folder / "revoked.stamp.json", folder / "revoked.synced.json"
+
+
+def revocations_at(folder: Path) -> Revocations:
+    listed, floor, synced = lists_at(folder)
+    return Revocations(listed, OPERATOR.public_key(), floor, synced)
+
+
+def test_a_newer_list_is_put_in_force_through_the_synced_file_and_kept_over_a_restart(tmp_path: Path) -> None:
+    listed, _, synced = lists_at(tmp_path)
+    revs = revocations_at(tmp_path)
+    assert revs.advert() is None and state(revs) == [] and revs.in_force_from is None
     assert revs.offer(signed(10, [A]), "m") == "accepted"  # none here: any signed list is newer
     assert state(revs) == [A] and revs.advert() == (10, list_digest(frozenset({A})))
     assert revs.offer(signed(11, [A, B]), "m") == "accepted"
-    assert json.loads(listed.read_text())["issued"] == 11
-    restarted = Revocations(listed, OPERATOR.public_key(), floor)
-    assert state(restarted) == [A, B]
-    listed.write_bytes(signed(10, [A]))  # the older list put back after a restart: the recorded stamp refuses it
-    assert state(Revocations(listed, OPERATOR.public_key(), floor)) == 503
+    assert json.loads(synced.read_text())["issued"] == 11 and revs.in_force_from == synced
+    assert not listed.exists()  # the operator's file is never written
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
+    restarted = revocations_at(tmp_path)
+    assert state(restarted) == [A, B] and restarted.in_force_from == synced
+    listed.write_bytes(signed(10, [A]))  # the older list put back after a restart: the synced one is newer
+    assert state(revocations_at(tmp_path)) == [A, B]
+    synced.unlink()  # ... and with the synced list gone, the recorded stamp refuses it
+    assert state(revocations_at(tmp_path)) == 503
+    listed.write_bytes(signed(12, [A, B, C]))  # the operator's newer copy wins over the synced one
+    synced.write_bytes(signed(11, [A, B]))
+    again = revocations_at(tmp_path)
+    assert state(again) == [A, B, C] and again.in_force_from == listed
+
+
+def test_an_operators_copy_landing_while_a_members_list_is_installed_is_never_lost(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """review19a F1/F2: the operator's mv (tmp then rename, as the guide says) of a newer list lands while the board
+    installs an older one a member handed it, before or after the install's rename. Before, the install renamed over
+    the operator's copy (lost on every board), or kept the operator's file's stat with the member's list in force
+    (until a restart). Now the member's list goes to the board's own file and the operator's copy wins either way."""
+    real = os.replace
+    for after in (False, True):
+        folder = tmp_path / f"after-{after}"
+        folder.mkdir()
+        listed = lists_at(folder)[0]
+        listed.write_bytes(signed(100, [A]))
+        revs = revocations_at(folder)
+        assert state(revs) == [A]
+        copied: list[Path] = []
+
+        def racing(src: Any, dst: Any, *args: Any, _after: bool = after, _listed: Path = listed,
+                   _copied: list[Path] = copied, **kwargs: Any) -> None:  # fmt: skip
+            install = Path(src).name != "operators.tmp" and not _copied  # the board's first rename: its install
+            if install and not _after:
+                _operators_copy(_listed, _copied)
+            real(src, dst, *args, **kwargs)
+            if install and _after:
+                _operators_copy(_listed, _copied)
+
+        monkeypatch.setattr(os, "replace", racing)
+        outcome = revs.offer(signed(101, [A, B]), "m")
+        monkeypatch.setattr(os, "replace", real)
+        assert copied and outcome in ("accepted", "older")
+        assert state(revs) == [A, B, C] and revs.advert() == (102, list_digest(frozenset({A, B, C})))
+        assert json.loads(listed.read_text())["issued"] == 102  # the operator's copy is there, as copied
+        assert state(revocations_at(folder)) == [A, B, C]  # and after a restart
+
+
+def _operators_copy(listed: Path, copied: list[Path]) -> None:
+    """The operator's copy of a newer list: a temporary name beside it, then a rename over it (os.rename: the test
+    above watches os.replace)."""
+    mine = listed.with_name("operators.tmp")
+    mine.write_bytes(signed(102, [A, B, C]))
+    os.rename(mine, listed)
+    copied.append(listed)
+
+
+def test_the_synced_file_in_force_and_its_recorded_stat_cannot_disagree(tmp_path: Path) -> None:
+    """review19a F2: the stat kept for the synced file is the one of the file written (a rename keeps it), not a
+    stat taken after the rename: whatever replaced the file since is read at the next check."""
+    _, _, synced = lists_at(tmp_path)
+    revs = revocations_at(tmp_path)
+    checked = revs.offer_check(signed(101, [A, B]), "m")
+    assert not isinstance(checked, str)
+    staged = revs.offer_stage(signed(101, [A, B]), checked)
+    assert staged.tmp is not None and staged.tmp.parent == tmp_path and staged.tmp.name != "revoked.synced.json.tmp"
+    outcome, record = revs.offer_commit(staged, "m")
+    assert outcome == "accepted" and state(revs) == [A, B]
+    synced.write_bytes(signed(103, [A, B, C]))  # replaced after the rename, before anything was recorded
+    revs.offer_persist(record)
+    assert state(revs) == [A, B, C] and revs.advert() == (103, list_digest(frozenset({A, B, C})))
+    assert state(revocations_at(tmp_path)) == [A, B, C]
+
+
+def test_a_symlinked_operator_list_stays_a_link_and_its_target_is_followed(tmp_path: Path) -> None:
+    """review19a F3: the ``revocations`` setting may name a link to an operator-managed file; before, an accepted
+    member's list replaced the link by a plain file and the target's later updates were ignored."""
+    (tmp_path / "etc").mkdir()
+    target, peer = tmp_path / "etc" / "revoked.json", tmp_path / "peer"
+    peer.mkdir()
+    target.write_bytes(signed(100, [A]))
+    link, floor, synced = lists_at(peer)
+    link.symlink_to(target)
+    revs = Revocations(link, OPERATOR.public_key(), floor, synced)
+    assert state(revs) == [A]
+    assert revs.offer(signed(101, [A, B]), "m") == "accepted"
+    assert link.is_symlink() and json.loads(target.read_text())["issued"] == 100
+    target.write_bytes(signed(103, [A, B, C]))  # the operator updates the target
+    assert state(revs) == [A, B, C] and revs.in_force_from == link
+
+
+def test_a_damaged_synced_file_is_not_used_and_temporary_files_a_crash_left_are_removed(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    listed, _, synced = lists_at(tmp_path)
+    listed.write_bytes(signed(100, [A]))
+    left = [tmp_path / f"revoked.synced.json.{i:016x}.tmp" for i in range(3)]
+    for path in left:
+        path.write_bytes(b"half a list")
+    other = tmp_path / "revoked.synced.json.mine.tmp"  # not a name of ours: left alone
+    other.write_bytes(b"")
+    synced.write_bytes(b'{"format": "peerserve-revocations-v1", "issued": 1')
+    with caplog.at_level(logging.ERROR):
+        revs = revocations_at(tmp_path)
+        assert state(revs) == [A]  # the operator's list in force; the damaged synced one logged, not used
+    assert "cannot be used" in caplog.text and not any(p.exists() for p in left) and other.exists()
+    assert revs.offer(signed(101, [A, B]), "m") == "accepted"  # a member's newer list replaces it
+    assert state(revocations_at(tmp_path)) == [A, B]
 
 
 def test_a_forged_older_conflicting_damaged_or_oversized_list_is_refused_logged_and_loses_nothing(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    listed, floor = tmp_path / "revoked.json", tmp_path / "revoked.stamp.json"
+    listed, floor, _ = lists_at(tmp_path)
     listed.write_bytes(signed(20, [A, B]))
-    revs = Revocations(listed, OPERATOR.public_key(), floor)
+    revs = revocations_at(tmp_path)
     assert state(revs) == [A, B]
     before, record = listed.read_bytes(), floor.read_bytes()
     other_ca = Ed25519PrivateKey.generate()
@@ -179,17 +297,20 @@ def test_a_forged_older_conflicting_damaged_or_oversized_list_is_refused_logged_
         for outcome, text in offers.items():
             assert revs.offer(text, "liar") == outcome.strip()
     assert state(revs) == [A, B] and listed.read_bytes() == before and floor.read_bytes() == record
+    assert sorted(tmp_path.iterdir()) == sorted([listed, floor])  # nothing written, no temporary file left
     assert caplog.text.count("from liar") >= len(offers)
     assert "conflicting list" in caplog.text
 
 
 def test_no_list_file_or_an_unusable_list_takes_nothing_from_members(tmp_path: Path) -> None:
     assert Revocations(None, OPERATOR.public_key(), None).offer(signed(5, [A]), "m") == "unusable"
-    listed = tmp_path / "revoked.json"
+    listed, _, synced = lists_at(tmp_path)  # no data dir: an operator's list, no synced file
+    assert Revocations(listed, OPERATOR.public_key(), None).offer(signed(5, [A]), "m") == "unusable"
     listed.write_text("not a list")  # fails closed: every card refused, members' answers too
-    revs = Revocations(listed, OPERATOR.public_key(), tmp_path / "stamp.json")
+    revs = revocations_at(tmp_path)
     assert state(revs) == 503 and revs.advert() is None
     assert revs.offer(signed(5, [A]), "m") == "unusable" and listed.read_text() == "not a list"
+    assert not synced.exists()
 
 
 def test_pages_of_the_list_in_force_only(tmp_path: Path) -> None:
@@ -244,7 +365,8 @@ def test_a_board_fetches_a_newer_list_in_pages_from_a_member_and_a_stamp_it_cann
             await _settle(sync)
             assert sync.outcomes["accepted"] == 1
             assert sorted(ident.operator.revocations.current()) == [A, B, C]  # type: ignore[union-attr]
-            assert json.loads((tmp_path / "g" / "peer" / "revoked.json").read_text())["issued"] == 40
+            assert json.loads((tmp_path / "g" / "peer" / "revoked.synced.json").read_text())["issued"] == 40
+            assert not (tmp_path / "g" / "peer" / "revoked.json").exists()
             assert sync.advert() == served  # it advertises the list now
             sync.plan.members["f"].next_at = 0.0
             sync.heard("f", served)  # the same list again: nothing to fetch
@@ -343,3 +465,93 @@ def test_the_route_answers_pages_within_its_bounds_and_nothing_in_the_token_only
             await agent.stop()
 
     asyncio.run(scenario())
+
+
+def test_a_cancelled_fetch_releases_the_fetch_slot(tmp_path: Path) -> None:
+    """review19a F5: a fetch cancelled while it waits on a member (``stop``) gives the one fetch slot back, or this
+    board would never fetch a list again."""
+    app, asked = FastAPI(), asyncio.Event()
+
+    @app.get(wire.ROUTE_REVOCATIONS)
+    async def never(request: Request) -> Response:
+        asked.set()
+        await asyncio.sleep(3600)  # a member that never answers the page
+        return Response(b"{}")
+
+    async def scenario() -> None:
+        http = httpx.AsyncClient(transport=httpx.ASGITransport(app=app))
+        try:
+            _, sync = _fetcher(tmp_path, http)
+            sync.heard("f", (70, "0" * 32))
+            assert sync.plan.in_flight == ("f", 70)
+            await agent_aio_wait(asked.wait(), 5.0)
+            await sync.stop()
+            assert sync.plan.in_flight is None and sync.outcomes["failed"] == 1
+            sync.plan.members["f"].next_at = 0.0  # (its back-off over)
+            assert sync.plan.choose("f", (70, "0" * 32), sync.advert(), sync.clock()) == FETCH
+            await sync.peers.close()
+        finally:
+            await http.aclose()
+
+    asyncio.run(scenario())
+
+
+def test_a_fetched_list_is_built_checked_and_written_off_the_event_loop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """review19a F6: the list's text, its check and every write with its fsync (the list, its folder, the stamp
+    record) run in a thread; only the commit (the stamp comparison, the rename, the list in force) on the loop."""
+    synced_at = tmp_path / "g" / "peer"
+    threads: dict[str, set[int]] = {"fsync": set(), "text": set()}
+    fsync, text = os.fsync, Pages.text
+
+    def fsync_seen(fd: int) -> None:
+        if os.readlink(f"/proc/self/fd/{fd}").startswith(str(synced_at)):  # the fetching board's files only
+            threads["fsync"].add(threading.get_ident())
+        fsync(fd)
+
+    def text_seen(pages: Pages) -> bytes:
+        threads["text"].add(threading.get_ident())
+        return text(pages)
+
+    monkeypatch.setattr(os, "fsync", fsync_seen)
+    monkeypatch.setattr(Pages, "text", text_seen)
+
+    async def scenario() -> None:
+        folder = board(tmp_path / "f", "f")
+        (folder / "peer" / "revoked.json").write_bytes(signed(40, [A, B, C]))
+        agent = NodeAgent(load_settings(env={}, overrides={
+            "node_id": "f", "data_dir": str(folder), "cluster_token": TOKEN, "mdns": False, "discovery": False,
+            "operator_ca": b64(raw_public(OPERATOR.public_key()))}))  # fmt: skip
+        assert agent.identity is not None
+        http = httpx.AsyncClient(transport=httpx.ASGITransport(app=create_peer_app(agent, agent.identity)))
+        try:
+            ident, sync = _fetcher(tmp_path, http)
+            threads["fsync"].clear()  # (the board's own files written when it started)
+            sync.heard("f", agent.identity.operator.revocations.advert())  # type: ignore[union-attr]
+            await _settle(sync)
+            assert sync.outcomes["accepted"] == 1
+            assert sorted(ident.operator.revocations.current()) == [A, B, C]  # type: ignore[union-attr]
+            loop = threading.get_ident()
+            assert threads["text"] and loop not in threads["text"]
+            assert threads["fsync"] and loop not in threads["fsync"]
+            await sync.peers.close()
+        finally:
+            await http.aclose()
+            await agent.stop()
+
+    asyncio.run(scenario())
+
+
+def test_cluster_shows_the_stamps_of_current_members_only(tmp_path: Path) -> None:
+    """review19a F7: a member that died, left or was revoked keeps its last advert in ``heard_from`` (bounded), but
+    /cluster (``members``) lists current members only."""
+    alive = {"m1", "m2"}
+    lists_at(tmp_path)[0].write_bytes(signed(50, [A]))
+    revs = revocations_at(tmp_path)
+    sync = RevocationSync(revs, None, lambda m: f"http://{m}" if m in alive else None)  # type: ignore[arg-type]
+    for member in ("m1", "m2"):
+        sync.heard(member, revs.advert())  # the list in force here: nothing to fetch
+    assert sync.members() == {"m1": 50, "m2": 50}
+    alive.discard("m1")  # m1 is dead (or revoked, or left)
+    assert sync.members() == {"m2": 50} and "m1" in sync.heard_from
