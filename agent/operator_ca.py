@@ -421,8 +421,9 @@ class Revocations:
                 log.error("%s", f.damage)
             else:  # only this board writes it: the record refuses whatever older list it may leave in force
                 f.damage = f"{exc}"
-                log.error("the revocation list members handed this board, %s, cannot be used (%s): not taken; the "
-                          "next newer list a member hands over replaces it", f.path, exc)  # fmt: skip
+                log.error("the revocation list members handed this board, %s, cannot be used (%s): not taken; a "
+                          "newer list from a member replaces it, unless this board's stamp record then refuses every "
+                          "list it has (copy the operator's list here by hand)", f.path, exc)  # fmt: skip
 
     def _settle(self, fresh: list[tuple[_ListFile, bool]]) -> None:
         """The files in ``fresh`` were (re)read: put the newest usable list in force, then work out whether to fail
@@ -431,7 +432,10 @@ class Revocations:
             self._damage = self._unreadable
             return
         held = [(f, first) for f, first in fresh if f.held is not None]
-        for f, first in sorted(held, key=lambda h: -h[0].held[0]):  # type: ignore[index]
+        # newest first; at a tie the synced file first: it only ever takes a stamp above the list in force, so a
+        # same-stamp pair means it was in force and the operator's other list was refused (review19f R1: with the
+        # record behind -- a crash before it, a full disk -- the operator's list won after a restart)
+        for f, first in sorted(held, key=lambda h: (-h[0].held[0], h[0] is self._operator)):  # type: ignore[index]
             self._consider(f, first)
         damage = self._operator.damage
         if damage is None and self._issued < 0 and self._floor >= 0:  # restarted without the list accepted last

@@ -231,7 +231,9 @@ class RevocationSync:
             else:
                 outcome, record = self.revocations.offer_commit(staged, member)
                 if outcome == "accepted":
-                    await asyncio.to_thread(self.revocations.offer_persist, record)
+                    # shielded: a stop while it waits in the executor's queue would drop the folder fsync and the
+                    # stamp record (review19f R1)
+                    await asyncio.shield(asyncio.to_thread(self.revocations.offer_persist, record))
         except (FetchError, ValueError, OSError) as exc:  # PeerCallError is a ValueError
             why = str(exc)
         except Exception as exc:  # a bug here must not end the task unseen

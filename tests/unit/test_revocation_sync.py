@@ -237,6 +237,25 @@ def test_the_synced_file_in_force_and_its_recorded_stat_cannot_disagree(tmp_path
     assert state(revocations_at(tmp_path)) == [A, B, C]
 
 
+def test_a_same_stamp_pair_after_a_restart_keeps_the_synced_list_that_was_in_force(tmp_path: Path) -> None:
+    """review19f R1: the synced file takes only a stamp above the list in force, so when both files hold the same
+    stamp with other lists the synced one was in force and the operator's copy was refused. With the stamp record
+    behind (a crash between the commit and the record), a restart put the operator's list in force: B unrevoked."""
+    listed, _, synced = lists_at(tmp_path)
+    revs = revocations_at(tmp_path)
+    assert revs.offer(signed(100, [A]), "m") == "accepted"
+    checked = revs.offer_check(signed(101, [A, B]), "m")
+    assert not isinstance(checked, str)
+    outcome, _ = revs.offer_commit(revs.offer_stage(signed(101, [A, B]), checked), "m")  # no offer_persist: a crash
+    assert outcome == "accepted" and state(revs) == [A, B]
+    mine = listed.with_name("operators.tmp")
+    mine.write_bytes(signed(101, [A, C]))  # the operator's copy of another list signed in the same second
+    os.rename(mine, listed)
+    assert state(revs) == [A, B]  # refused as a conflict while running
+    restarted = revocations_at(tmp_path)
+    assert state(restarted) == [A, B] and restarted.in_force_from == synced
+
+
 def test_a_symlinked_operator_list_stays_a_link_and_its_target_is_followed(tmp_path: Path) -> None:
     """review19a F3: the ``revocations`` setting may name a link to an operator-managed file; before, an accepted
     member's list replaced the link by a plain file and the target's later updates were ignored."""
