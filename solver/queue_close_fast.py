@@ -404,9 +404,7 @@ def _move_one(pools: Pools, static: _Static, view: _View) -> int | None:
     keep &= np.cumsum(keep, axis=2) <= m
     dsts = ranks[keep].reshape(K, J, m)  # the m cheapest nodes other than j
     kk, jj = np.arange(K)[:, None, None], np.arange(J)[None, :, None]
-    here = _terms(pools, view.lam, (slice(None), slice(None))).T  # [k, j]
-    moved = view.lam.T[:, :, None] + view.lam.T[kk, dsts]
-    there = _terms(pools, moved, (dsts, kk))
+    here, there = _here_and_there(pools, view.lam, dsts)
     gain = by[kk, jj, dsts] - by[kk, jj, jj] - here[:, :, None] + there - here[kk, dsts]
     may = gain < 0.0
     if SCREEN_CORES and CHECK_CORES:
@@ -424,6 +422,19 @@ def _move_one(pools: Pools, static: _Static, view: _View) -> int | None:
             if _try_move(pools, static, view, j, k, dst):
                 return k
     return None
+
+
+def _here_and_there(pools: Pools, lam: FloatArray, dsts: IntArray) -> tuple[FloatArray, FloatArray]:
+    """[k, j] each pool's term at its rate ``lam`` [j, k], and [k, j, i] model k's term at node ``dsts[k, j, i]``
+    with pool (j, k)'s rate moved there: ``_terms`` of both in one call, [k, j, 0] and [k, j, 1:] (the same
+    operations per element as two calls, ``_terms`` being elementwise; ~10 numpy calls fewer a step)."""
+    K, J = lam.shape[1], lam.shape[0]
+    kk, jj = np.arange(K)[:, None, None], np.arange(J)[None, :, None]
+    lam_t = lam.T
+    at = np.concatenate([np.broadcast_to(jj, (K, J, 1)), dsts], axis=2)
+    rates = np.concatenate([lam_t[:, :, None], lam_t[:, :, None] + lam_t[kk, dsts]], axis=2)
+    both = _terms(pools, rates, (at, kk))
+    return both[:, :, 0], both[:, :, 1:]
 
 
 def _hopeless_moves(pools: Pools, static: _Static, view: _View, dsts: IntArray) -> BoolArray:

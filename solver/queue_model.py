@@ -29,6 +29,7 @@ Ipopt's local optimum is the global one. Integer instance counts come from ``sol
 from __future__ import annotations
 
 import logging
+import operator
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -167,16 +168,21 @@ def build_queue_problem(p: Problem, instance_cost: float = INSTANCE_COST, rho_ma
     s = p.snapshot
     rate = np.array([sum(_rate(s.requests[i].rate) for i in members) for members in p.class_members], dtype=float)
     mu = np.zeros((p.n_nodes, len(p.model_names)))
+    by_model: dict[str, list[Any]] | None = None  # each model's streams' exec_ms rows, made once where one is needed
     for k, model in enumerate(s.models):
         median = None
         if any(model.throughput_rps.get(node, model.throughput_rps.get("default")) is None for node in p.node_ids):
-            median = _median_exec(s, model.name, p.node_ids)
+            by_model = _exec_rows(s, p.node_ids) if by_model is None else by_model
+            median = _median_exec(by_model.get(model.name, []))
+        medians = None if median is None else median.tolist()  # Python floats: float(median[j]) each
+        column = []  # the column in Python, written once (numpy's element stores cost more than a list's)
         for j, node in enumerate(p.node_ids):
             declared = model.throughput_rps.get(node, model.throughput_rps.get("default"))
             if declared is not None:
-                mu[j, k] = declared
+                column.append(declared)
             else:
-                mu[j, k] = 1000.0 / max(float(median[j]), 1e-3) if median is not None else 1000.0
+                column.append(1000.0 / max(medians[j], 1e-3) if medians is not None else 1000.0)
+        mu[:, k] = column
     mu *= np.minimum(node_cores(p), 1.0)[:, None]  # a fraction of a core serves a fraction of the rate
     mu *= node_slots(p)[:, None]  # an instance's slots serve in parallel (1: unchanged)
     mu = np.clip(mu, MU_MIN, MU_MAX)  # measured figures come from peers: keep the arithmetic finite
@@ -184,9 +190,24 @@ def build_queue_problem(p: Problem, instance_cost: float = INSTANCE_COST, rho_ma
     return QueueProblem(p, rate, mu, node_class, rho_max, instance_cost)
 
 
-def _median_exec(s: Any, model: str, node_ids: tuple[str, ...]) -> FloatArray | None:
-    """[j] the median exec_ms of the model's streams at each node (np.median's value, without its overhead)."""
-    mine = [[r.exec_ms[node] for node in node_ids] for r in s.requests if r.model == model]
+def _exec_rows(s: Any, node_ids: tuple[str, ...]) -> dict[str, list[Any]]:
+    """Per model, its streams' exec_ms at each of ``node_ids`` (in stream order): one pass over the requests, each
+    row's lookups made by ``operator.itemgetter`` (the same values as ``[r.exec_ms[node] for node in node_ids]``, a
+    missing node a KeyError alike, without a Python loop per node or a pass over the requests per model)."""
+    rows: dict[str, list[Any]] = {}
+    if len(node_ids) >= 2:
+        get = operator.itemgetter(*node_ids)
+        for r in s.requests:
+            rows.setdefault(r.model, []).append(get(r.exec_ms))
+    else:  # itemgetter of one key answers the value, not a tuple (and of none is not defined)
+        for r in s.requests:
+            rows.setdefault(r.model, []).append([r.exec_ms[node] for node in node_ids])
+    return rows
+
+
+def _median_exec(mine: list[Any]) -> FloatArray | None:
+    """[j] the median exec_ms of a model's streams (``_exec_rows``' rows for it) at each node (np.median's value,
+    without its overhead); None without streams."""
     if not mine:
         return None
     rows = np.sort(np.asarray(mine, dtype=float), axis=0)

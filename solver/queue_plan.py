@@ -156,9 +156,11 @@ def planned_queue(q: QueueProblem, pools: Pools) -> dict[str, dict[str, float]]:
     lam, counts = pools.state()
     load = cpu_speed.published_load(lam, q.mu, counts, pools.cores)
     slots = node_slots(q.base).tolist()
+    loads, rates = np.asarray(load).tolist(), lam.tolist()  # Python floats: float(load[j, k]) each, read at once
+    rows, cols = np.nonzero(counts > 0)
     out: dict[str, dict[str, float]] = {}
-    for j, k in zip(*np.nonzero(counts > 0), strict=True):
-        rho = min(float(load[j, k]), 0.999) if lam[j, k] > 0 else 0.0
+    for j, k in zip(rows.tolist(), cols.tolist(), strict=True):
+        rho = min(loads[j][k], 0.999) if rates[j][k] > 0 else 0.0
         out.setdefault(q.base.node_ids[j], {})[q.base.model_names[k]] = round(requests_at_instance(rho, slots[j]), 6)
     return out
 
