@@ -722,13 +722,19 @@ class NodeAgent:
     def begin_shutdown(self) -> None:
         """The agent's server is stopping (agent/cli.py ``AgentServer``: uvicorn's shutdown, before it waits up to
         its graceful timeout for open requests). A request waiting for a model started for it (provision_locally,
-        up to provision_wait_s) ends within one poll and is answered 503 (resolve's ``ShuttingDown``), and none
-        starts a model any more: its client may have left, and its wait held the stop for up to 10 s."""
+        up to provision_wait_s) ends within one poll and is answered 503 (resolve's ``ShuttingDown``): its client may
+        have left, and its wait held the stop for up to 10 s. No model is added on demand any more (a peer's request
+        is answered 503 "this node is stopping")."""
         self.shutting_down = True
+
+    def add_on_demand(self, model: str) -> bool:
+        """Put one server of ``model`` into the desired set for a request (the reconcile loop starts it); False when
+        nothing was added: this agent is shutting down, or the desired set with it would not fit in memory."""
+        return not self.shutting_down and self._add_on_demand(model)
 
     async def provision_locally(self, model: str, wait_s: float) -> bool:
         """Start ``model`` here on demand and wait up to ``wait_s`` for it to be ready (not once shutting down)."""
-        if self.shutting_down or not self._add_on_demand(model):
+        if not self.add_on_demand(model):
             return False
         deadline = self.clock() + wait_s
         while self.clock() < deadline and not self.shutting_down:
