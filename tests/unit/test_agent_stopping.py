@@ -10,11 +10,13 @@ from typing import Any
 
 import httpx
 
+from agent.decisions import STOP_FIRST, Start, Stop, while_stopping
 from agent.identity import Identity
 from agent.metrics import MetricsReader, NodeMetrics
 from agent.node import NodeAgent
 from agent.peer_api import create_peer_app
 from agent.peer_client import PeerClient
+from agent.runtime.process import ProcessRuntime
 from agent.serving.provision import ROUTE_PROVISION
 from agent.serving.resolve import ShuttingDown, resolve
 from agent.settings import Settings, load_settings
@@ -122,3 +124,39 @@ def test_a_new_request_after_the_stop_began_is_answered_shutting_down(tmp_path: 
         asyncio.run(agent.stop())
     assert outcome == ShuttingDown()
     assert agent.desired.instances == {} and not agent.provision_requests.asked
+
+
+def test_a_stopping_agent_keeps_its_stops_and_drops_its_starts() -> None:
+    steps = [
+        Start("a"),
+        Stop("b-1", "b", "not desired"),
+        Stop("c-1", "c", STOP_FIRST),  # only to make room for a start that will not come
+        Start("c"),
+        Stop("d-1", "d", "exited"),
+    ]
+    assert while_stopping(steps) == [Stop("b-1", "b", "not desired"), Stop("d-1", "d", "exited")]
+    assert while_stopping([]) == []
+
+
+def test_the_reconcile_loop_starts_nothing_once_shutting_down_and_still_stops(tmp_path: Path) -> None:
+    """The desired set still names models once the stop begins (an on-demand one whose waiter just got the 503):
+    a round then started them for nobody, and a Docker container outlived the agent (review19c F5)."""
+    settings = settings_for(tmp_path, {"m": 16, "k": 16}, instance_drain_s=0.0)
+    runtime = ProcessRuntime(settings.host, tmp_path / "n", max_body_mb=settings.max_body_mb)
+
+    async def scenario() -> tuple[list[str], list[str]]:
+        agent = NodeAgent(settings, runtime=runtime)
+        try:
+            agent.set_desired(1, "lead", {"m": 1})
+            await agent.reconcile_once()
+            before = sorted(i.model for i in await runtime.list() if i.running)
+            agent.begin_shutdown()
+            agent.set_desired(2, "lead", {"k": 1})  # m is no longer wanted, k is
+            await agent.reconcile_once()
+            return before, sorted(i.model for i in await runtime.list() if i.running)
+        finally:
+            await agent.stop()
+
+    before, after = asyncio.run(scenario())
+    assert before == ["m"]
+    assert after == []  # m stopped (a stop still runs), k not started
