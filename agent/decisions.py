@@ -322,6 +322,13 @@ STOP_FIRST = "outdated, no memory for both"
 DRAINED_REASONS = ("not desired", "more than desired", "outdated", STOP_FIRST)
 
 
+def while_stopping(steps: Sequence[Step]) -> list[Step]:
+    """The steps an agent that is shutting down still carries out: its stops, but no start, and no stop made only
+    to give a start room (``STOP_FIRST``). A server started during the stop is started for nobody (its waiter was
+    answered 503 "shutting down"), and a Docker container outlives the agent (review19c F5)."""
+    return [s for s in steps if isinstance(s, Stop) and s.reason != STOP_FIRST]
+
+
 def drain_stops(
     steps: Sequence[Step], draining: Mapping[str, float], now: float, drain_s: float
 ) -> tuple[list[Step], dict[str, float]]:

@@ -34,6 +34,7 @@ from agent.decisions import (
     plan_reconcile,
     provision_target,
     stuck_instances,
+    while_stopping,
 )
 from agent.discovery import state_version
 from agent.discovery.service import Discovery
@@ -233,7 +234,7 @@ class NodeAgent:
         self._last_ready: dict[str, float] = {}  # instance id -> its last successful probe (decisions.stuck_instances)
         self._refused: dict[str, float] = {}  # instance id -> when it refused a proxied connection (endpoint_refused)
         self._wake = asyncio.Event()
-        self.shutting_down = False  # begin_shutdown: the server stops; waits for a model end, none starts one
+        self.shutting_down = False  # begin_shutdown: the server stops; waits for a model end, nothing starts
         self._tasks: list[asyncio.Task[None]] = []
         self._background: set[asyncio.Task[None]] = set()
         self._client_rtts: dict[str, tuple[float, dict[str, float]]] = {}  # client -> (loaded at, rtts)
@@ -486,6 +487,8 @@ class NodeAgent:
         steps = plan_reconcile(
             self._desired.instances, instances, next_try, now, stuck, ready, need, total, self._draining.keys()
         )
+        if self.shutting_down:
+            steps = while_stopping(steps)
         self._say_stop_first(steps, instances, need, total)
         steps, self._draining = drain_stops(steps, self._draining, now, self.settings.instance_drain_s)
         self._publish(instances, ready)  # servers that began to drain leave every endpoint answer now
@@ -722,13 +725,19 @@ class NodeAgent:
     def begin_shutdown(self) -> None:
         """The agent's server is stopping (agent/cli.py ``AgentServer``: uvicorn's shutdown, before it waits up to
         its graceful timeout for open requests). A request waiting for a model started for it (provision_locally,
-        up to provision_wait_s) ends within one poll and is answered 503 (resolve's ``ShuttingDown``), and none
-        starts a model any more: its client may have left, and its wait held the stop for up to 10 s."""
+        up to provision_wait_s) ends within one poll and is answered 503 (resolve's ``ShuttingDown``): its client may
+        have left, and its wait held the stop for up to 10 s. No model is added on demand any more (a peer's request
+        is answered 503 "this node is stopping"), and the reconcile loop starts no server (``while_stopping``)."""
         self.shutting_down = True
+
+    def add_on_demand(self, model: str) -> bool:
+        """Put one server of ``model`` into the desired set for a request (the reconcile loop starts it); False when
+        nothing was added: this agent is shutting down, or the desired set with it would not fit in memory."""
+        return not self.shutting_down and self._add_on_demand(model)
 
     async def provision_locally(self, model: str, wait_s: float) -> bool:
         """Start ``model`` here on demand and wait up to ``wait_s`` for it to be ready (not once shutting down)."""
-        if self.shutting_down or not self._add_on_demand(model):
+        if not self.add_on_demand(model):
             return False
         deadline = self.clock() + wait_s
         while self.clock() < deadline and not self.shutting_down:

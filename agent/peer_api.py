@@ -43,7 +43,7 @@ from agent.peer_gate import gate_tls
 from agent.peer_swim_route import SwimRoute
 from agent.peer_tls import connection_state
 from agent.rate_limit import SenderBuckets
-from agent.serving.provision import ROUTE_PROVISION, answer_provision
+from agent.serving.provision import ROUTE_PROVISION, provision_for_peer
 from coordinator_election import (
     MAX_TERM_AHEAD,  # an election message may not push terms further than this past ours
     fencing,
@@ -157,9 +157,7 @@ def create_peer_app(agent: NodeAgent, identity: Identity) -> FastAPI:
             data = parse(body)
         except wire.WireError as exc:
             return reply.error(exc.status, str(exc))
-        status, answer = answer_provision(agent, reply.sender, data)
-        if status == 202:
-            await agent.provision_locally(answer["model"], 0.0)  # into the desired set; reconcile starts it
+        status, answer = provision_for_peer(agent, reply.sender, data)  # 202: in the desired set; reconcile starts it
         return reply(answer, status)
 
     @app.post(wire.ROUTE_LEAVE)

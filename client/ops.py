@@ -350,9 +350,11 @@ class ClientCore:
     ) -> Op[tuple[str, T]]:
         """``parse`` of the first usable answer from any agent, and that agent. Connection errors, timeouts,
         5xx (but 503 / 507), answers over ``limit`` bytes or ``values`` JSON values, 200s that ``parse``
-        refuses or raises on (answers.checked: Malformed) and a 401 from an agent the token was withheld
-        from fail over to the next agent; other errors raise. An ``inference`` (through an agent's proxy)
-        has its values weighted (jsonbound.cost_at_most), and over either bound raises AnswerTooLarge.
+        refuses or raises on (answers.checked: Malformed), a 401 from an agent the token was withheld
+        from and a 503 ``shutting_down`` (that agent is stopping and ran nothing; its NotReadyError is raised
+        when no agent is left, review19c F3) fail over to the next agent; other errors raise. An ``inference``
+        (through an agent's proxy) has its values weighted (jsonbound.cost_at_most), and over either bound raises
+        AnswerTooLarge.
 
         The failover has ``ask_budget_s``: up to 128 agents may be listed, and one that accepts and never answers
         costs a per-agent timeout (5 s: all down, over 10 minutes). The budget's clock starts when the first agent's
@@ -362,6 +364,7 @@ class ClientCore:
         first deadline + the budget + one deadline. A control call's next agent has at most what is left of the
         budget (at worst the first deadline + the budget)."""
         last: Exception | None = None
+        stopping: NotReadyError | None = None  # an agent said it is shutting down (about it, not the model)
         count = cost_at_most if inference else values_at_most
         agents = yield from self.ordered_agents()
         began: float | None = None
@@ -370,6 +373,8 @@ class ClientCore:
             if began is not None:
                 left = self.ask_budget_s - (self.clock() - began)
                 if left <= 0:
+                    if stopping is not None:
+                        raise stopping
                     raise ClusterUnreachableError(
                         f"no agent answered {path} within {self.ask_budget_s:g} s after the first failed"
                         f" ({asked} of {len(agents)} asked): {last}"
@@ -392,6 +397,9 @@ class ClientCore:
                 last = RequestError(withheld(agent), 401)
                 continue
             error = error_for(r, self.wall())
+            if isinstance(error, NotReadyError) and r.headers.get(ERROR_HEADER) == "shutting_down":
+                stopping = last = error  # this agent is stopping and ran nothing: the next one may serve it
+                continue
             if error is not None:
                 raise error
             try:
@@ -403,6 +411,8 @@ class ClientCore:
                 continue
             self.promote(agent)
             return agent, value
+        if stopping is not None:  # none left to ask, and one said to retry shortly
+            raise stopping
         raise ClusterUnreachableError(f"no agent answered {path}: {last}")
 
     def cluster(self) -> Op[dict[str, Any]]:

@@ -30,14 +30,16 @@ if TYPE_CHECKING:
     from solver.snapshot import InstanceUsage, Model, Node, Request, Snapshot
 
 
-def __getattr__(name: str) -> Any:
-    """One of the package's names (``_LAZY``), imported from its module on first use and kept."""
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'solver' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+if not TYPE_CHECKING:  # hidden from mypy: visible, it types every attribute of ``solver`` as Any (review19c F1)
+
+    def __getattr__(name: str) -> Any:
+        """One of the package's names (``_LAZY``), imported from its module on first use and kept."""
+        module = _LAZY.get(name)
+        if module is None:
+            raise AttributeError(f"module 'solver' has no attribute {name!r}")
+        value = getattr(importlib.import_module(module), name)
+        globals()[name] = value
+        return value
 
 
 __all__ = [

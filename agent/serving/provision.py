@@ -45,11 +45,25 @@ def answer_provision(agent: NodeAgent, sender: str, data: Any) -> tuple[int, dic
     spec = agent.catalogue.current.get(model)
     if spec is None:
         return 400, {"error": f"unknown model {model!r}: not in the catalogue"}
+    if agent.shutting_down:  # it would start nothing (NodeAgent.add_on_demand): the asking peer may ask another
+        return 503, {"error": "this node is stopping"}
     free = agent.node_metrics().mem_available_mb
     if model not in agent.desired.instances and free < spec.mem_mb:
         return 507, {"error": f"{model} needs {spec.mem_mb:.0f} MB, {free:.0f} MB free here"}
     log.info("%s asked this node to provision %s", sender, model)
     return 202, {"accepted": True, "node_id": agent.settings.node_id, "model": model}
+
+
+def provision_for_peer(agent: NodeAgent, sender: str, data: Any) -> tuple[int, dict[str, Any]]:
+    """Answer a peer's provisioning request and carry it out: 202 only when the model is in the desired set now
+    (the reconcile loop starts it). Before, the 202 went out whatever ``provision_locally`` did, and a peer asking
+    a stopping node heard "accepted" for a model nobody started (review19c F2)."""
+    status, answer = answer_provision(agent, sender, data)
+    if status != 202 or agent.add_on_demand(answer["model"]):
+        return status, answer
+    if agent.shutting_down:
+        return 503, {"error": "this node is stopping"}
+    return 507, {"error": f"{answer['model']} does not fit in this node's memory beside the servers it is to run"}
 
 
 class ProvisionRequests:

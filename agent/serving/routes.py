@@ -392,6 +392,8 @@ class ServingRoutes:
             self._record(model, client, reported, broke_off[0], None, 502)
             why = f"the model server on {broke_off[0]} took the whole request and did not answer ({broke_off[1]})"
             return protocol_error(502, f"{why}; not sent elsewhere", "upstream_broke_off")
+        if refused_here and not self.agent.candidates(model) and self.agent.shutting_down:  # nothing replaces it
+            return self._outcome_error(ShuttingDown(), model, protocol, client, reported)
         if refused_here and not self.agent.candidates(model):  # no other server to try: the client retries soon
             why = "its server on this node refused the connection and is being replaced"
             return self._outcome_error(Provisioning(self.agent.settings.node_id, why, retry_after_s=1),

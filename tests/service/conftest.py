@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import http.cookiejar
 import os
 import random
 import signal
@@ -47,8 +48,13 @@ LISTEN_PORTS = listen_ports(WORKER, int(os.environ.get("PYTEST_XDIST_WORKER_COUN
 # One client for the plain-HTTP calls to agents below (start's /health polls, ``get``). ``httpx.get`` builds a client,
 # and its TLS context with the CA bundle parsed, at every call: ~30 ms of CPU (0.2 ms on a built client), so a test
 # polling an agent every 0.05-0.1 s spent a third of a core or more on it beside the agents it waited for, on two
-# cores. It keeps no connection: each call opens its own and closes it after the answer, as ``httpx.get`` did.
-PLAIN = httpx.Client(limits=httpx.Limits(max_keepalive_connections=0))
+# cores. It keeps no connection: each call opens its own and closes it after the answer, as ``httpx.get`` did; and it
+# keeps no cookie, as ``httpx.get`` did (its jar was new at each call): a Set-Cookie from one agent or model server was
+# sent to every later agent on 127.0.0.1, cookies ignoring the port, and the agent forwards Cookie (review19c F4).
+PLAIN = httpx.Client(
+    limits=httpx.Limits(max_keepalive_connections=0),
+    cookies=http.cookiejar.CookieJar(policy=http.cookiejar.DefaultCookiePolicy(allowed_domains=[])),
+)
 
 
 HANDED_OUT: collections.deque[int] = collections.deque(maxlen=1024)  # free_port's latest answers, not given again

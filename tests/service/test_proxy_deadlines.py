@@ -379,6 +379,35 @@ def test_repeated_set_cookie_headers_reach_the_client_each(tmp_path: Path) -> No
         assert r.headers.get_list("set-cookie") == ["a=1", "b=2"] and r.headers["x-tag"] == "one, two"
 
 
+def test_a_refused_server_during_the_stop_is_answered_shutting_down_not_being_replaced(tmp_path: Path) -> None:
+    """review19c F6: a stopping agent answered a refusal from its only server "is being replaced" (503
+    ``provisioning``, Retry-After 1), though nothing replaces it any more (the reconcile loop starts nothing once
+    shutting down); the client asked this agent again. Now 503 ``shutting_down``: the client asks another agent."""
+
+    def one_request(conn: socket.socket) -> None:  # then closes: no kept connection outlives the listener
+        parser = h11.Connection(h11.SERVER)
+        while not isinstance(event := parser.next_event(), h11.EndOfMessage):
+            if event is h11.NEED_DATA:
+                data = conn.recv(65536)
+                if not data:
+                    return
+                parser.receive_data(data)
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n")
+        conn.sendall(b"Content-Length: %d\r\n\r\n" % len(PROBE) + PROBE)
+
+    server = LoopbackServer(one_request)
+    try:
+        with agent_in_front([server.url], tmp_path, pool_timeout=TIMEOUT, reconcile_interval_s=30.0) as (base, agent):
+            server.sock.shutdown(socket.SHUT_RDWR)  # wakes its accept(): a close alone left the port listening
+            server.close()  # the server is gone: connections to it are refused
+            agent.begin_shutdown()
+            r = PLAIN.post(f"{base}/v1/models/{MODEL}:predict", json={"instances": [1.0]}, timeout=10)
+    finally:
+        server.close()
+    assert (r.status_code, r.headers.get(routes.ERROR_HEADER)) == (503, "shutting_down"), (r.headers, r.text)
+    assert "agent shutting down" in r.json()["error"] and r.headers["retry-after"] == "2"
+
+
 # -- review14d S1: a request its server received whole is not sent again -----------------------------------------
 
 

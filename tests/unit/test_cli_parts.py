@@ -147,3 +147,21 @@ def test_the_solver_still_loads_its_names_on_use() -> None:
     assert Workload().check() is None and MAX_REQUESTS == 2_000_000
     with pytest.raises(AttributeError):
         _ = solver.no_such_name  # type: ignore[attr-defined]
+
+
+def test_mypy_still_rejects_a_name_the_solver_package_lacks(tmp_path: Path) -> None:
+    """The lazy ``__getattr__`` is hidden from mypy (``if not TYPE_CHECKING``): visible, it typed every attribute of
+    ``solver`` as Any, and a misspelt name passed the type check (review19c F1). The real names still type-check."""
+    api = pytest.importorskip("mypy.api")
+    config = tmp_path / "mypy.ini"
+    config.write_text(f"[mypy]\nfollow_imports = silent\nignore_missing_imports = true\ncache_dir = {tmp_path}\n")
+    program = tmp_path / "uses_solver.py"
+    program.write_text(
+        "import solver\nfrom solver import Plan, Snapshot, Snapshott\n"
+        "plan: Plan | None = None\nsnapshot: Snapshot | None = None\nerror = solver.SolverEror\n"
+    )
+    out, err, status = api.run(["--config-file", str(config), str(program)])
+    wrong = sorted(line.split(": error: ")[1] for line in out.splitlines() if ": error: " in line)
+    assert status == 1, out + err
+    assert len(wrong) == 2 and all(line.endswith("[attr-defined]") for line in wrong), out
+    assert "Snapshott" in wrong[0] and "SolverEror" in wrong[1], out

@@ -143,3 +143,56 @@ def test_the_budget_is_positive_and_a_quick_failure_leaves_room_for_every_agent(
     assert isinstance(call, Call) and call.url == "http://a127/x" and asked == 128
     with pytest.raises(ClusterUnreachableError, match="no agent answered /x: refused"):
         op.send(httpx.ConnectError("refused"))
+
+
+def stopping_answer() -> httpx.Response:
+    """What a stopping agent answers a request it would have had to provision for (agent/serving/routes.py)."""
+    why = {"error": "agent shutting down: m is not started here; retry on another agent"}
+    return answer(503, why, **{"X-Peerserve-Error": "shutting_down", "Retry-After": "2"})
+
+
+@pytest.mark.parametrize("inference", [False, True])
+def test_an_agent_that_is_stopping_hands_the_question_to_the_next(inference: bool) -> None:
+    """review19c F3: ``shutting_down`` is about that agent, not the model, and it ran nothing; the client raised
+    NotReadyError at once and asked nobody else, though the next agent could provision the model. Now it asks the
+    next agent, and remembers the one that answered."""
+    core = ClientCore(["http://a", "http://b", "http://c"], "me", None, 60.0, None)
+    op = core.ask("POST" if inference else "GET", "/x", dict, inference=inference)
+    assert next(op).url == "http://a/x"
+    call = op.send(stopping_answer())
+    assert isinstance(call, Call) and call.url == "http://b/x"
+    with pytest.raises(StopIteration) as done:
+        op.send(answer(200, {"predictions": [1]}))
+    assert done.value.value == ("http://b", {"predictions": [1]}) and core.agents[0] == "http://b"
+
+
+def test_not_ready_only_when_no_agent_is_left_and_provisioning_still_raises_at_once() -> None:
+    for others in (stopping_answer(), httpx.ConnectError("refused"), answer(500, {"error": "boom"})):
+        core = ClientCore(["http://a", "http://b", "http://c"], "me", None, 60.0, None)
+        op = core.ask("GET", "/x", dict)
+        asked = [next(op)]
+        with pytest.raises(NotReadyError) as stopped:
+            asked.append(op.send(stopping_answer()))
+            asked.append(op.send(others))
+            op.send(others)
+        assert [c.url for c in asked if isinstance(c, Call)] == ["http://a/x", "http://b/x", "http://c/x"]
+        assert stopped.value.retry_after == 2.0 and "shutting down" in str(stopped.value)
+    busy = answer(503, {"error": "being provisioned"}, **{"X-Peerserve-Error": "provisioning", "Retry-After": "3"})
+    op = ClientCore(["http://a", "http://b"], "me", None, 60.0, None).ask("GET", "/x", dict)
+    next(op)
+    with pytest.raises(NotReadyError) as provisioning:  # about the model: the next agent would say the same
+        op.send(busy)
+    assert provisioning.value.retry_after == 3.0
+
+
+def test_a_stopping_agent_then_a_spent_budget_is_not_ready() -> None:
+    now = [0.0]
+    core = ClientCore([f"http://a{i}" for i in range(4)], "me", None, 60.0, None, clock=lambda: now[0],
+                      ask_budget_s=4.0)  # fmt: skip
+    op = core.ask("GET", "/x", dict)
+    next(op)
+    second = op.send(stopping_answer())
+    assert isinstance(second, Call) and second.url == "http://a1/x"
+    now[0] += 10.0
+    with pytest.raises(NotReadyError, match="shutting down"):
+        op.send(httpx.ReadTimeout("no answer"))
