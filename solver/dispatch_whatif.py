@@ -10,7 +10,10 @@ Information, the queue length per instance the entry agent sees at an arrival:
 * ``gossip``: its own, exact, plus every other agent's in flight there as of the last gossip round (a round
   every ``period_s``: what SWIM's piggyback could carry, a count per instance); ``period_s`` 0: exact;
 * ``server``: the instance's whole queue (waiting and in service) as the server itself last reported it, a
-  report every ``period_s``, plus the requests this agent sent there since that report.
+  report every ``period_s``, plus the requests this agent sent there since that report;
+* ``reply``: the instance's whole queue as the server wrote it into its last response to this agent (a
+  response header: fresh wherever the agent sends often), plus the requests this agent sent there since;
+  ``period_s`` plays no part.
 
 In this simulation an instance's whole queue is the sum of every agent's requests in flight there (the RTT is
 added to the latency, not simulated as travel), so ``gossip`` 0 and ``server`` 0 see the same exact queue.
@@ -41,7 +44,7 @@ from peerserve.dispatch import choose_endpoint, draw, spread_weights
 from solver.agent_sim import AgentDispatch
 from solver.problem import FloatArray, IntArray
 
-INFORMATION = ("own", "gossip", "server")
+INFORMATION = ("own", "gossip", "server", "reply")
 RULES = ("p2c", "jsq", "lef", "p2c-lef", "lef-any")
 
 
@@ -92,13 +95,15 @@ class WhatIfDispatch(AgentDispatch):
         self.sent_since: list[dict[str, int]] = [{} for _ in self.node_ids]  # agent -> URL -> sent since the report
         self.next_round = 0.0
         self.rounds = 0
+        self.replied: list[dict[str, int]] = [{} for _ in self.node_ids]  # agent -> URL -> queue in its last reply
 
     def _round(self, now: float) -> None:
         """Take the gossip round / server report due at or before ``now`` (the queues are those of its instant)."""
         if self.period_s <= 0.0 or now < self.next_round:
             return
         self.snapshot = [dict(counts) for counts in self.live]
-        self.sent_since = [{} for _ in self.node_ids]
+        if self.information != "reply":
+            self.sent_since = [{} for _ in self.node_ids]
         self.rounds += 1
         self.next_round = (np.floor(now / self.period_s) + 1.0) * self.period_s
 
@@ -106,6 +111,11 @@ class WhatIfDispatch(AgentDispatch):
         """The queue per endpoint URL agent ``a`` sees now (module docstring's information)."""
         if self.information == "own":
             return self.live[a]
+        if self.information == "reply":
+            seen = dict(self.replied[a])
+            for url, n in self.sent_since[a].items():
+                seen[url] = seen.get(url, 0) + n
+            return seen
         exact = self.period_s <= 0.0
         source = self.live if exact else self.snapshot
         total: dict[str, int] = {}
@@ -130,7 +140,12 @@ class WhatIfDispatch(AgentDispatch):
 
     def done(self, i: int, instance: int, now: float, sojourn_ms: float) -> None:
         self._round(now)
+        a = self.sent_by[i]
         super().done(i, instance, now, sojourn_ms)
+        if self.information == "reply":  # the queue the server holds as this response leaves it
+            url = self.endpoints[instance][1]
+            self.replied[a][url] = sum(counts.get(url, 0) for counts in self.live)
+            self.sent_since[a].pop(url, None)
 
     def pick(self, endpoints: list[tuple[str, str]], c: int, a: int, i: int) -> int | None:
         live = self.view(a)

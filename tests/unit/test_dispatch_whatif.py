@@ -109,3 +109,13 @@ def test_the_study_reports_todays_ratio_and_each_what_if() -> None:
     assert set(row["ratios"]) == {"p2c own:0", "p2c gossip:0.1", "lef own:0", "lef gossip:0.1"}
     assert row["ratios"]["p2c own:0"]["vs_today"] == row["today_ratio"]  # today's rule: today's figure
     assert all(v["p99_ms"] > 0 and v["vs_same"] > 0 for v in row["ratios"].values())
+
+
+def test_a_reply_carries_the_servers_queue_as_the_response_leaves_it() -> None:
+    d = dispatch(what_if("jsq", "reply"), clients=2)
+    first = d.choose(0, 0.0)  # nothing known: n1 (ties to the better ranked)
+    d.live[1]["n1/00000"] = 3  # another agent's requests there, unknown to agent 0 so far
+    assert d.view(0) == {"n1/00000": 1}
+    d.choose(1, 0.0)  # jsq on {n1: 1}: n2
+    d.done(0, first, 0.01, 10.0)  # the reply from n1 says 3 left there (the other agent's)
+    assert d.view(0) == {"n1/00000": 3, "n2/00000": 1}
