@@ -26,7 +26,9 @@ Rules, over the ranked endpoints with the plan's shares for the client's site:
   the wait ``max(0, queue + 1 - slots) / slots`` service times (catalogue service time, the node's slots);
 * ``p2c-lef``: two endpoints drawn by plan weight (the request's two uniforms), the lower expected finish taken;
 * ``lef-any``: ``lef`` over every running endpoint, the plan's shares ignored (a request may leave its planned
-  instances when another would finish it first).
+  instances when another would finish it first);
+* ``p2c-lef-any``: one endpoint drawn by plan weight, one uniformly among every running endpoint, the lower
+  expected finish taken (randomised, as power-of-two choices are, against herding on stale counts).
 
 Pure bookkeeping on top of the simulation's clock: a gossip round or server report happens at every multiple
 of ``period_s`` and is taken at the first event at or after it, before that event changes any queue (no event
@@ -45,7 +47,7 @@ from solver.agent_sim import AgentDispatch
 from solver.problem import FloatArray, IntArray
 
 INFORMATION = ("own", "gossip", "server", "reply")
-RULES = ("p2c", "jsq", "lef", "p2c-lef", "lef-any")
+RULES = ("p2c", "jsq", "lef", "p2c-lef", "lef-any", "p2c-lef-any")
 
 
 def expected_finish_ms(rtt_ms: float, queue: float, service_ms: float, slots: int) -> float:
@@ -160,8 +162,9 @@ class WhatIfDispatch(AgentDispatch):
             rtt = row[self.node_ids.index(node)]
             return expected_finish_ms(rtt, float(live.get(url, 0)), self.exec_ms, self.slots)
 
-        if self.rule_name == "p2c-lef":
-            first, second = draw(weights, draws[0]), draw(weights, draws[1])
+        if self.rule_name in ("p2c-lef", "p2c-lef-any"):
+            anywhere = [1.0] * len(endpoints) if self.rule_name == "p2c-lef-any" else weights
+            first, second = draw(weights, draws[0]), draw(anywhere, draws[1])
             if first is None or second is None:
                 return first
             return second if finish(second) < finish(first) else first

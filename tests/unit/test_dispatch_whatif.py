@@ -119,3 +119,17 @@ def test_a_reply_carries_the_servers_queue_as_the_response_leaves_it() -> None:
     d.choose(1, 0.0)  # jsq on {n1: 1}: n2
     d.done(0, first, 0.01, 10.0)  # the reply from n1 says 3 left there (the other agent's)
     assert d.view(0) == {"n1/00000": 3, "n2/00000": 1}
+
+
+def test_p2c_lef_any_draws_its_second_choice_among_every_instance() -> None:
+    only_n2 = {"spread": [{"model": "m", "rtt_ms": {"n1": 1.0, "n2": 5.0}, "shares": {"n2": 1.0}}]}
+    rtt, client = np.array([[1.0, 5.0]]), np.zeros(2, int)
+    # request 0: second draw 0.1 falls on n1 (nearer, idle): taken; request 1: 0.9 on n2, the plan's, as the first
+    d = what_if("p2c-lef-any", "own")(
+        only_n2, ["n1", "n2"], [1, 1], rtt, client, 3.0, np.zeros(2), np.array([0.1, 0.9])
+    )
+    assert [d.endpoints[d.choose(i, 0.0)][1] for i in range(2)] == ["n1/00000", "n2/00000"]
+    plain = what_if("p2c-lef", "own")(
+        only_n2, ["n1", "n2"], [1, 1], rtt, client, 3.0, np.zeros(2), np.array([0.1, 0.9])
+    )
+    assert [plain.endpoints[plain.choose(i, 0.0)][1] for i in range(2)] == ["n2/00000", "n2/00000"]
