@@ -79,6 +79,9 @@ def main() -> None:
     ap.add_argument("--info", nargs="+", type=parse_info, default=[parse_info(s) for s in DEFAULT_INFO])
     ap.add_argument("--rates", type=float, nargs="+", default=None, help="req/s per client (default: the lab's)")
     ap.add_argument("--services", nargs="+", default=None, choices=("exp", "det"), help="default: the lab's")
+    ap.add_argument(
+        "--seed", type=int, default=0, help="the lab's draws (RTTs, arrivals, service; default: the audit's 0)"
+    )
     ap.add_argument("--same-rule", action="store_true", help="also run the baselines under each what-if")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
@@ -87,8 +90,8 @@ def main() -> None:
         base, services, rates = LABS[lab]
         for service in args.services or services:
             for rate in args.rates or rates:
-                w = dataclasses.replace(base, service=service, rate=rate)
-                row = {"lab": lab, **cell(w, args.rules, args.info, args.same_rule)}
+                w = dataclasses.replace(base, service=service, rate=rate, seed=args.seed)
+                row = {"lab": lab, "seed": args.seed, **cell(w, args.rules, args.info, args.same_rule)}
                 rows.append(row)
                 out = sys.stderr if args.json else sys.stdout
                 cells = "  ".join(
