@@ -50,6 +50,7 @@ LEGACY_SLACK_S = START_TIMEOUT_S + 5.0  # a record without ticks: the process st
 LOG_MAX_BYTES = 1024 * 1024  # a server's log is cut past this (its last part kept in .1): ~2 MiB a model at most
 STUB_SHM_PREFIX = "triton_python_backend_shm_region_"  # a Python-backend stub's /dev/shm region, named in its argv
 STUB_NAME = "triton_python_backend_stub"  # the stub binary, copied into <data_dir>/triton/backends/python
+PID_MAX_LIMIT = 2**22  # Linux's highest pid_max (64-bit): a recorded PID above it names no process
 
 
 @dataclass
@@ -337,18 +338,41 @@ def recorded_server_pids(data_dir: Path) -> list[int]:
 
 
 def _record(entry: object) -> _Server | None:
-    """One entry of process-runtime.json, or None when it is malformed."""
+    """One entry of process-runtime.json, or None when it is malformed (never raises: the agent reads the file at
+    start, and a damaged one must not stop it starting: review19b F3).
+
+    A PID outside 1..PID_MAX_LIMIT (which os.pidfd_open would refuse with OverflowError) or a start time that is not
+    a finite non-negative whole number drops the record: no process of ours can be named by it. A malformed ``stub``
+    only loses the stub (logged): the record's server is still adopted or stopped, not left running on its port."""
     if not isinstance(entry, dict):
         return None
     e = entry
     try:
-        stub = e.get("stub")
-        return _Server(
-            str(e["id"]), str(e["model"]), int(e["pid"]), int(e["port"]), int(e["term"]), float(e["started_at"]),
-            ticks=int(e.get("ticks") or 0), stub=(int(stub[0]), int(stub[1])) if stub else None,
-        )  # fmt: skip
-    except (KeyError, TypeError, ValueError, IndexError):
+        pid, ticks = int(e["pid"]), int(e.get("ticks") or 0)
+        server = _Server(
+            str(e["id"]), str(e["model"]), pid, int(e["port"]), int(e["term"]), float(e["started_at"]), ticks=ticks
+        )
+    except (KeyError, TypeError, ValueError, IndexError, OverflowError):
         return None
+    if not 1 <= pid <= PID_MAX_LIMIT or ticks < 0:
+        return None
+    stub = e.get("stub")
+    if stub is not None:
+        server.stub = _stub_id(stub)
+        if server.stub is None:
+            log.warning(
+                "process-runtime.json: server %.80r (pid %d): malformed stub %.80r ignored", server.id, pid, stub
+            )
+    return server
+
+
+def _stub_id(stub: object) -> tuple[int, int] | None:
+    """A record's ``stub``: [st_dev, st_ino], two whole numbers in 0..2**64-1 (as _save writes them), or None."""
+    if not isinstance(stub, list) or len(stub) != 2:
+        return None
+    if not all(isinstance(n, int) and not isinstance(n, bool) and 0 <= n < 2**64 for n in stub):
+        return None
+    return stub[0], stub[1]
 
 
 def end_leftover_stubs(
@@ -556,7 +580,7 @@ def _server_pidfd(pid: int) -> int | None:
     """A pidfd for a server just spawned or about to be adopted; None where there are none or it is gone already."""
     try:
         return _pidfd_open(pid)
-    except ProcessLookupError:
+    except (ProcessLookupError, OverflowError):  # OverflowError: a PID outside C int range (a damaged record)
         return None
 
 

@@ -1,0 +1,85 @@
+"""A damaged process-runtime.json (review19b): the agent reads it at start, so nothing in it may stop the agent
+starting, drop a live server's record (its server would run on, unstopped, on its port) or leak a pidfd."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from agent.runtime.process import PID_MAX_LIMIT, ProcessRuntime, _record, start_ticks
+from tests.waiting import wait_for
+
+
+def sleeper() -> subprocess.Popen[bytes]:
+    """A process whose command line reads like the stand-in server of model half_plus_two."""
+    code = "import time; time.sleep(60)"
+    proc = subprocess.Popen([sys.executable, "-c", code, "-m", "agent.modelserver", "--name", "half_plus_two"])
+    wait_for(lambda: b"agent.modelserver" in Path(f"/proc/{proc.pid}/cmdline").read_bytes(), 10)
+    return proc
+
+
+@pytest.fixture
+def live() -> Iterator[subprocess.Popen[bytes]]:
+    proc = sleeper()
+    yield proc
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait()
+
+
+def entry(proc: subprocess.Popen[bytes] | None = None, **fields: object) -> dict[str, object]:
+    pid = proc.pid if proc is not None else 1
+    ticks = start_ticks(pid) if proc is not None else 1
+    base = {"id": f"proc-half_plus_two-{pid}", "model": "half_plus_two", "pid": pid, "port": 45690, "term": 1,
+            "started_at": time.time(), "ticks": ticks}  # fmt: skip
+    return {**base, **fields}
+
+
+def adopted(data_dir: Path) -> list[str]:
+    return [i.detail for i in asyncio.run(ProcessRuntime("127.0.0.1", data_dir).list())]
+
+
+@pytest.mark.parametrize("pid", [2**32, -(2**31) - 1, 2**63, 0, -5, PID_MAX_LIMIT + 1])
+def test_a_pid_no_process_can_have_drops_that_record_and_the_agent_starts(
+    tmp_path: Path, live: subprocess.Popen[bytes], pid: int
+) -> None:
+    """``"pid": 4294967296`` made os.pidfd_open raise OverflowError out of ProcessRuntime(): the agent did not
+    start, and restarted in a loop (F3). The record is dropped; the live server beside it is still adopted."""
+    (tmp_path / "process-runtime.json").write_text(json.dumps([entry(id="bad", pid=pid), entry(live)]))
+    assert adopted(tmp_path) == [f"pid {live.pid}"]
+
+
+def test_a_start_time_out_of_range_drops_that_record(tmp_path: Path, live: subprocess.Popen[bytes]) -> None:
+    good = json.dumps(entry(live))
+    (tmp_path / "process-runtime.json").write_text(f'[{{"id": "x", "model": "m", "pid": 1, "port": 1, "term": 1, '
+                                                   f'"started_at": 0, "ticks": 1e400}}, {good}]')  # fmt: skip
+    assert adopted(tmp_path) == [f"pid {live.pid}"]
+    assert _record(entry(ticks=-3)) is None and _record(entry(started_at="NaN x")) is None
+
+
+@pytest.mark.parametrize("stub", [[float("inf"), 1], [1, float("nan")], "x", [1], {}, [1, 2, 3], [True, 1], [-1, 2],
+                                  [2**64, 1], [1.5, 2], None])  # fmt: skip
+def test_a_malformed_stub_keeps_the_record_and_its_server(
+    tmp_path: Path, live: subprocess.Popen[bytes], stub: object
+) -> None:
+    """``"stub": [Infinity, 1]`` raised OverflowError out of _record (the agent did not start), and ``"x"``, ``[1]``
+    or ``{}`` dropped the whole record: its live server was never adopted nor stopped (F3). Only the stub is lost."""
+    server = _record(entry(live, stub=stub))
+    assert server is not None and server.pid == live.pid and server.stub is None
+    (tmp_path / "process-runtime.json").write_text(json.dumps([entry(live, stub=stub)]))
+    assert adopted(tmp_path) == [f"pid {live.pid}"]
+    assert live.poll() is None
+
+
+def test_a_well_formed_stub_is_kept() -> None:
+    server = _record(entry(stub=[2**64 - 1, 0]))
+    assert server is not None and server.stub == (2**64 - 1, 0)
+    assert os.getpid() <= PID_MAX_LIMIT
