@@ -104,9 +104,16 @@ class ProcessRuntime:
             entries = json.loads(self.state_file.read_text())
         except (OSError, ValueError):
             return
+        adopted: set[int] = set()  # their PIDs
         for e in entries if isinstance(entries, list) else []:
             server = _record(e)
             if server is None:
+                continue
+            if server.id in self._servers or server.pid in adopted:
+                # a duplicate (a damaged file): the server is adopted once, with one pidfd (review19b F4)
+                log.warning(
+                    "process-runtime.json: a second record of server %.80r (pid %d) ignored", server.id, server.pid
+                )
                 continue
             server.pidfd = _server_pidfd(server.pid)  # held before the check: what is checked is what is signalled
             if not server.is_alive():
@@ -120,6 +127,7 @@ class ProcessRuntime:
                 continue
             log.info("adopted model server %s (%s, pid %d)", server.id, server.model, server.pid)
             self._servers[server.id] = server
+            adopted.add(server.pid)
         self._save()
 
     def _save(self) -> None:

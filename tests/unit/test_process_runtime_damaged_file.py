@@ -83,3 +83,30 @@ def test_a_well_formed_stub_is_kept() -> None:
     server = _record(entry(stub=[2**64 - 1, 0]))
     assert server is not None and server.stub == (2**64 - 1, 0)
     assert os.getpid() <= PID_MAX_LIMIT
+
+
+def pidfds() -> int:
+    """How many pidfds this process holds (/proc/self/fd)."""
+    count = 0
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            count += os.readlink(f"/proc/self/fd/{fd}") == "anon_inode:[pidfd]"
+        except OSError:
+            continue
+    return count
+
+
+@pytest.mark.skipif(not hasattr(os, "pidfd_open"), reason="no pidfds here")
+def test_duplicate_records_adopt_the_server_once_and_leak_no_pidfd(
+    tmp_path: Path, live: subprocess.Popen[bytes]
+) -> None:
+    """50 copies of one live record held 50 pidfds, 49 of them never closed, not even by close() (F4)."""
+    before = pidfds()
+    copies = [entry(live)] * 50 + [entry(live, id="another-id")] * 50
+    (tmp_path / "process-runtime.json").write_text(json.dumps(copies))
+    runtime = ProcessRuntime("127.0.0.1", tmp_path)
+    assert pidfds() == before + 1
+    assert [i.detail for i in asyncio.run(runtime.list())] == [f"pid {live.pid}"]
+    assert len(json.loads((tmp_path / "process-runtime.json").read_text())) == 1
+    asyncio.run(runtime.close())
+    assert live.wait(10) is not None and pidfds() == before
