@@ -102,7 +102,7 @@ class ProcessRuntime:
     def _adopt(self) -> None:
         try:
             entries = json.loads(self.state_file.read_text())
-        except (OSError, ValueError):
+        except (OSError, ValueError, RecursionError):  # RecursionError: nested too deep (a damaged file)
             return
         adopted: set[int] = set()  # their PIDs
         for e in entries if isinstance(entries, list) else []:
@@ -339,7 +339,7 @@ def recorded_server_pids(data_dir: Path) -> list[int]:
     """
     try:
         entries = json.loads((data_dir / "process-runtime.json").read_text())
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return []
     servers = [_record(e) for e in entries] if isinstance(entries, list) else []
     return [s.pid for s in servers if s is not None and s.is_alive()]

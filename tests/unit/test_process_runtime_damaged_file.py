@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.runtime.process import PID_MAX_LIMIT, ProcessRuntime, _record, start_ticks
+from agent.runtime.process import PID_MAX_LIMIT, ProcessRuntime, _record, recorded_server_pids, start_ticks
 from tests.waiting import wait_for
 
 
@@ -110,3 +110,10 @@ def test_duplicate_records_adopt_the_server_once_and_leak_no_pidfd(
     assert len(json.loads((tmp_path / "process-runtime.json").read_text())) == 1
     asyncio.run(runtime.close())
     assert live.wait(10) is not None and pidfds() == before
+
+
+def test_a_file_nested_too_deep_is_ignored(tmp_path: Path) -> None:
+    """json.loads raises RecursionError, not ValueError, on ``[[[[...``: it went out of ProcessRuntime()."""
+    (tmp_path / "process-runtime.json").write_text("[" * 100_000)
+    assert asyncio.run(ProcessRuntime("127.0.0.1", tmp_path).list()) == []
+    assert recorded_server_pids(tmp_path) == []
