@@ -585,10 +585,16 @@ def tree_rss_mb(pid: int) -> float | None:
 
 
 def _server_pidfd(pid: int) -> int | None:
-    """A pidfd for a server just spawned or about to be adopted; None where there are none or it is gone already."""
+    """A pidfd for a server just spawned or about to be adopted; None where there are none, it is gone already, or
+    none could be opened (EMFILE, ENFILE, ENOMEM: an agent near its fd limit; logged). It never raises: raised right
+    after a spawn, the server would run on unrecorded, an orphan on its port (review19b F5). Without a pidfd a stop
+    signals the PID while its start time and command line still match the record."""
     try:
         return _pidfd_open(pid)
     except (ProcessLookupError, OverflowError):  # OverflowError: a PID outside C int range (a damaged record)
+        return None
+    except OSError as exc:
+        log.warning("no pidfd for model server pid %d (%s): its stop checks its start time and command line", pid, exc)
         return None
 
 

@@ -4,6 +4,7 @@ starting, drop a live server's record (its server would run on, unstopped, on it
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import os
 import subprocess
@@ -12,8 +13,11 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 
+from agent.catalogue import builtin_catalogue_text, parse_catalogue
+from agent.runtime import process
 from agent.runtime.process import PID_MAX_LIMIT, ProcessRuntime, _record, recorded_server_pids, start_ticks
 from tests.waiting import wait_for
 
@@ -117,3 +121,32 @@ def test_a_file_nested_too_deep_is_ignored(tmp_path: Path) -> None:
     (tmp_path / "process-runtime.json").write_text("[" * 100_000)
     assert asyncio.run(ProcessRuntime("127.0.0.1", tmp_path).list()) == []
     assert recorded_server_pids(tmp_path) == []
+
+
+def test_no_pidfd_after_the_spawn_leaves_no_orphan(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pidfd that cannot be opened right after the spawn (EMFILE: an agent near its fd limit) raised out of
+    start() before the server was recorded: it ran on, unrecorded and never stopped, on its port (F5). Now the
+    server starts without one, is recorded, and its stop (by PID, start time and command line checked) ends it."""
+
+    def no_fds(pid: int) -> int | None:
+        raise OSError(errno.EMFILE, os.strerror(errno.EMFILE))
+
+    monkeypatch.setattr(process, "_pidfd_open", no_fds)
+    spec = parse_catalogue(builtin_catalogue_text(), "builtin").get("half_plus_two")
+    assert spec is not None
+    runtime = ProcessRuntime("127.0.0.1", tmp_path)
+
+    async def start_and_stop() -> None:
+        instance = await runtime.start(spec, term=1)
+        [pid] = recorded_server_pids(tmp_path)
+        assert instance.running and instance.detail == f"pid {pid}"
+        await runtime.stop(instance.id)
+        assert not psutil.pid_exists(pid)  # ended and reaped
+
+    try:
+        asyncio.run(start_and_stop())
+    finally:
+        for child in psutil.Process().children():  # the old code's orphan
+            if "agent.modelserver" in child.cmdline():
+                child.kill()
+                child.wait(10)
