@@ -186,11 +186,13 @@ class ProcessRuntime:
         except (asyncio.TimeoutError, ValueError, IndexError):
             port = 0
         except BaseException:  # cancelled while it starts (the agent stops): end it rather than leave it behind
-            with contextlib.suppress(ProcessLookupError):
-                _send(proc.pid, pidfd, signal.SIGKILL)
-            await proc.wait()
-            if pidfd is not None:
-                os.close(pidfd)
+            try:
+                with contextlib.suppress(ProcessLookupError):
+                    _send(proc.pid, pidfd, signal.SIGKILL)
+                await proc.wait()
+            finally:  # a second cancel during the wait must not leak the pidfd (review19b F6)
+                if pidfd is not None:
+                    os.close(pidfd)
             raise
         finally:
             self._starting.pop(proc.pid, None)
@@ -253,9 +255,11 @@ class ProcessRuntime:
         server = self._servers.pop(instance_id, None)
         if server is None:
             return
-        self._save()
         try:
-            await self._stop(server)
+            try:
+                self._save()
+            finally:  # a record that cannot be saved (a full disk) still has its server stopped (review19b F6)
+                await self._stop(server)
         finally:
             _close_pidfd(server)
 

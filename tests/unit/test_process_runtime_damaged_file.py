@@ -150,3 +150,43 @@ def test_no_pidfd_after_the_spawn_leaves_no_orphan(tmp_path: Path, monkeypatch: 
             if "agent.modelserver" in child.cmdline():
                 child.kill()
                 child.wait(10)
+
+
+@pytest.mark.skipif(not hasattr(os, "pidfd_open"), reason="no pidfds here")
+def test_a_stop_whose_record_cannot_be_saved_still_stops_the_server_and_closes_its_pidfd(
+    tmp_path: Path, live: subprocess.Popen[bytes]
+) -> None:
+    """_save() raising in stop() (a full disk; here its temporary file's name is taken by a directory) skipped both
+    the stop and the pidfd's close (F6)."""
+    before = pidfds()
+    (tmp_path / "process-runtime.json").write_text(json.dumps([entry(live)]))
+    runtime = ProcessRuntime("127.0.0.1", tmp_path)
+    [instance] = asyncio.run(runtime.list())
+    (tmp_path / "process-runtime.tmp").mkdir()
+    with pytest.raises(OSError):
+        asyncio.run(runtime.stop(instance.id))
+    assert live.wait(10) is not None and pidfds() == before
+
+
+@pytest.mark.skipif(not hasattr(os, "pidfd_open"), reason="no pidfds here")
+def test_a_second_cancel_while_a_cancelled_start_waits_closes_the_pidfd(tmp_path: Path) -> None:
+    """A start cancelled (the agent stops) kills its server and waits for it; a second cancel during that wait
+    skipped the pidfd's close (F6)."""
+    spec = parse_catalogue(builtin_catalogue_text(), "builtin").get("half_plus_two")
+    assert spec is not None
+    before = pidfds()
+
+    async def main() -> None:
+        runtime = ProcessRuntime("127.0.0.1", tmp_path)
+        task = asyncio.create_task(runtime.start(spec, term=1))
+        while not (tmp_path / "process-runtime.json").exists():  # spawned, its pidfd held, not yet ready
+            await asyncio.sleep(0.001)
+        while not task.done():  # cancelled again and again: the start kills its server and waits for it
+            task.cancel()
+            await asyncio.sleep(0)
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await asyncio.sleep(0.2)  # the child watcher reaps it
+
+    asyncio.run(main())
+    assert pidfds() == before
