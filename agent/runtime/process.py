@@ -173,7 +173,9 @@ class ProcessRuntime:
                 stdout=asyncio.subprocess.PIPE, stderr=log_file, stdin=asyncio.subprocess.DEVNULL,
                 env=server_environment(os.environ), start_new_session=True,
             )  # fmt: skip
-        pidfd = _server_pidfd(proc.pid)  # before any await: the child cannot have been reaped and its PID reused
+        # at once, before any await: the narrowest window (Python 3.10/3.11's ThreadedChildWatcher reaps in a thread
+        # of its own, so a child that died at once could be reaped first, and its PID would then have to be reused)
+        pidfd = _server_pidfd(proc.pid)
         ticks = start_ticks(proc.pid) or 0
         self._starting[proc.pid] = _Server(
             f"proc-{spec.name}-{proc.pid}", spec.name, proc.pid, 0, term, self.clock(), ticks=ticks, pidfd=pidfd
@@ -230,7 +232,9 @@ class ProcessRuntime:
                 env=triton.environment(install), start_new_session=True,
                 cwd=base,  # the backend stub imports from its working directory first: ours, not the agent's
             )  # fmt: skip
-        pidfd = _server_pidfd(proc.pid)  # before any await: the child cannot have been reaped and its PID reused
+        # at once, before any await: the narrowest window (Python 3.10/3.11's ThreadedChildWatcher reaps in a thread
+        # of its own, so a child that died at once could be reaped first, and its PID would then have to be reused)
+        pidfd = _server_pidfd(proc.pid)
         ticks = start_ticks(proc.pid) or 0
         server = _Server(
             f"triton-{spec.name}-{proc.pid}", spec.name, proc.pid, port, term, self.clock(), proc, ticks, pidfd, stub
