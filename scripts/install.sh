@@ -287,14 +287,17 @@ function gives(w, v,   i) {
   return i && substr(w, 1, i - 1) == v && substr(w, i + 1) ~ /[^[:space:]]/ }
 '
 
-# What an Environment= (or DefaultEnvironment=) value does to the variable, read as systemd's config_parse_environ()
-# reads it: each word unquoted and C-unescaped (review18e F-C: "PEERSERVE_"OPERATOR_CA=x and \x50EERSERVE_... were
-# missed), then its specifiers expanded. Prints "set" when a word gives it a value, and "cannot check: WORD" for a
-# word whose name holds a specifier (other than %%) that could make it this one: what it expands to is not known here.
+# What an Environment= (or DefaultEnvironment=) value, on standard input (one line), does to the variable, read as
+# systemd's config_parse_environ() reads it: each word unquoted and C-unescaped (review18e F-C:
+# "PEERSERVE_"OPERATOR_CA=x and \x50EERSERVE_... were missed), then its specifiers expanded. Prints "set" when a word
+# gives it a value, and "cannot check: WORD" for a word whose name holds a specifier (other than %%) that could make it
+# this one: what it expands to is not known here. On standard input, not in awk's environment: one environment string
+# is capped at 128 KiB, and a longer value (systemd takes lines up to 1 MiB) failed the exec unnoticed (review19b F1);
+# the caller treats a failure as "cannot check".
 environment_value_sets_it() {
-  value=$1 LC_ALL=C awk -v v="$operator_ca_var" "$extract_words_awk"'
-    BEGIN {
-      n = words(ENVIRON["value"], "c")
+  LC_ALL=C awk -v v="$operator_ca_var" "$extract_words_awk"'
+    NR == 1 {
+      n = words($0, "c")
       for (k = 1; k <= n; k++) {
         w = W[k]; i = index(w, "="); name = i ? substr(w, 1, i - 1) : w; plain = name; gsub(/%%/, "", plain)
         if (index(plain, "%")) {  # the literal text before the first specifier: a prefix of "v=" or not
@@ -345,21 +348,24 @@ environment_file_sets_it() {
 # system.conf.d folder systemd reads) and the kernel command line's systemd.setenv= (systemd.exec(5): the manager
 # passes both to every unit, review18d F1).
 operator_ca_in_unit_files() {
-  local d f key val env_file said
+  local d f key val env_file said settings unread=": this check failed to read it: cannot check whether it"
   for d in "${unit_dirs[@]}"; do
     for f in "$unit_root$d/$service" "$unit_root$d/$service.d"/*.conf "$unit_root$d/peerserve-.service.d"/*.conf \
              "$unit_root$d/service.d"/*.conf; do
       [ -f "$f" ] || continue
+      if ! settings=$(section_settings "$f" Service); then echo "$f$unread"; continue; fi
       while IFS=$'\t' read -r key val; do
         case "$key" in
           Environment)
+            if ! said=$(environment_value_sets_it <<< "$val"); then echo "$f: an Environment= line$unread"; continue; fi
             while IFS= read -r said; do
               case "$said" in
+                "") ;;
                 set) echo "$f" ;;
                 *) echo "$f: Environment=${said#cannot check: }, a specifier this check cannot expand: cannot check \
 whether it" ;;
               esac
-            done < <(environment_value_sets_it "$val") ;;
+            done <<< "$said" ;;
           EnvironmentFile)
             while IFS= read -r env_file; do
               case "$env_file" in
@@ -369,34 +375,40 @@ expand: cannot check whether it" ;;
               esac
             done < <(environment_files "$val") ;;
         esac
-      done < <(section_settings "$f" Service)
+      done <<< "$settings"
     done
   done
   for f in "$unit_root/etc/systemd/system.conf" \
            "$unit_root"{/etc,/run,/usr/local/lib,/usr/lib,/lib}/systemd/system.conf.d/*.conf; do
     [ -f "$f" ] || continue
+    if ! settings=$(section_settings "$f" Manager); then echo "$f$unread"; continue; fi
     while IFS=$'\t' read -r key val; do
       if [ "$key" = DefaultEnvironment ]; then
+        if ! said=$(environment_value_sets_it <<< "$val"); then echo "$f: a DefaultEnvironment= line$unread"; continue; fi
         while IFS= read -r said; do
           case "$said" in
+            "") ;;
             set) echo "$f (DefaultEnvironment=)" ;;
             *) echo "$f: DefaultEnvironment=${said#cannot check: }, a specifier this check cannot expand: cannot \
 check whether it" ;;
           esac
-        done < <(environment_value_sets_it "$val")
+        done <<< "$said"
       fi
-    done < <(section_settings "$f" Manager)
+    done <<< "$settings"
   done
   # the first line, split as systemd's proc_cmdline_extract_first() does (EXTRACT_UNQUOTE|EXTRACT_RELAX: quotes
   # anywhere in a word removed, review18e F-D); a backslash read both ways (newer systemd keeps it, older versions drop it)
   f="$unit_root/proc/cmdline"
-  if [ -r "$f" ] && tr '\r\000' '\n' < "$f" | LC_ALL=C awk -v v="$operator_ca_var" "$extract_words_awk"'
+  [ -r "$f" ] || return 0
+  if ! said=$(tr '\r\000' '\n' < "$f" | LC_ALL=C awk -v v="$operator_ca_var" "$extract_words_awk"'
        NR == 1 {
          for (m = 1; m <= 2; m++) {
            n = words($0, m == 1 ? "rk" : "r")
            for (k = 1; k <= n; k++)
              if (sub(/^(rd\.)?systemd\.setenv=/, "", W[k]) && gives(W[k], v)) found = 1 } }
-       END { if (found) print "set" }' | grep -x set >/dev/null; then
+       END { if (found) print "set" }'); then
+    echo "$f (the kernel command line)$unread"
+  elif [ "$said" = set ]; then
     echo "$f (systemd.setenv= on the kernel command line)"
   fi
 }

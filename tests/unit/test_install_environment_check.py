@@ -244,3 +244,38 @@ def test_what_gives_the_variable_no_value_is_not_named(tmp_path: Path, text: str
     missing optional file and another unit's drop-in set nothing."""
     other = "etc/systemd/system/other.service.d/x.conf"
     assert found(make(tmp_path, {DROP_IN: text, other: UNIT_FORMS["plain"], ENV: "PEERSERVE_OPERATOR_CA=\n"})) == []
+
+
+def test_an_environment_line_longer_than_an_environment_string_may_be_is_read(tmp_path: Path) -> None:
+    """review19b F1: the value went to awk in its environment, where one string is capped at 128 KiB: a 180 KB line
+    (systemd takes up to 1 MiB a line, each word under 128 KiB) failed the exec, inside ``< <(...)``, unnoticed."""
+    long = " ".join(f"A{i}={'x' * 60_000}" for i in range(3))
+    line = f"Environment={long} PEERSERVE_OPERATOR_CA=/x\n"
+    conf = "etc/systemd/system.conf.d/env.conf"
+    root = make(tmp_path, {DROP_IN: f"[Service]\n{line}", conf: f"[Manager]\nDefault{line}"})
+    assert found(root) == [f"{conf} (DefaultEnvironment=)", DROP_IN]
+
+
+def test_a_reader_that_fails_makes_the_check_say_it_cannot_check(tmp_path: Path) -> None:
+    """review19b F1: a failed helper (here awk, failing for every reading but section_settings') said nothing, and
+    --no-operator-ca went ahead; now each place it failed on is named as one this check cannot check."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    awk = bin_dir / "awk"
+    awk.write_text('#!/bin/sh\ncase "$*" in *"v=PEERSERVE_OPERATOR_CA"*) exit 2 ;; esac\nexec /usr/bin/awk "$@"\n')
+    awk.chmod(0o755)
+    conf = "etc/systemd/system.conf.d/env.conf"
+    files = {DROP_IN: "[Service]\nEnvironment=A=1\n", conf: "[Manager]\nDefaultEnvironment=A=1\n"}
+    files["proc/cmdline"] = "ro\n"
+    root = make(tmp_path / "root", files)
+    out = run(str(root), "operator_ca_in_environment", env={"PATH": f"{bin_dir}:/usr/bin:/bin"})
+    unread = ": this check failed to read it: cannot check whether it"
+    assert out.splitlines() == [
+        f"{root}/{conf}: a DefaultEnvironment= line{unread}",
+        f"{root}/{DROP_IN}: an Environment= line{unread}",
+        f"{root}/proc/cmdline (the kernel command line){unread}",
+    ]
+    awk.write_text("#!/bin/sh\nexit 2\n")  # section_settings' too
+    out = run(str(root), "operator_ca_in_environment", env={"PATH": f"{bin_dir}:/usr/bin:/bin"})
+    assert out.splitlines() == [f"{root}/{conf}{unread}", f"{root}/{DROP_IN}{unread}",
+                                f"{root}/proc/cmdline (the kernel command line){unread}"]  # fmt: skip
