@@ -337,9 +337,53 @@ globbed_files() {
   else echo "$pattern"; fi
 }
 
-# Whether an environment file (KEY=value lines, optionally "export", spaces around "=") gives the variable a value.
+# Prints "set" when the environment file $1 gives the variable a value, read as systemd's env-file parser reads it
+# (parse_env_file_internal, src/basic/env-file.c), a state machine over the whole file (review19b F2: a line-wise
+# pattern missed =""/x, =''/x, a double quote closed on the next line, =#x and ='#x'): '#' or ';' starts a comment
+# only where a key would start; a quote ends back before the value, so text after it still counts ("" /x is "/x");
+# a quoted value runs across lines; a backslash escapes a character (an escaped line end is dropped). It errs
+# towards "set": a comment ending in a backslash continues onto the next line in systemd before 254 and not after,
+# both read; "export NAME" counts as NAME; a NUL (where systemd stops reading) ends a line; a value of characters
+# the agent strips (Python's str.strip) may count. Nothing for a missing file; a failed read exits non-zero.
 environment_file_sets_it() {
-  [ -f "$1" ] && tr '\r' '\n' < "$1" | grep -E "^[[:space:]]*(export[[:space:]]+)?${operator_ca_var}[[:space:]]*=[[:space:]]*([\"'][[:space:]]*)?[^[:space:]\"'#]" >/dev/null
+  [ -f "$1" ] || return 0
+  LC_ALL=C tr '\000' '\n' < "$1" | LC_ALL=C awk -v v="$operator_ca_var" '
+    function push(m,   k) {
+      k = K[m]; sub(/[ \t\n\r]+$/, "", k); sub(/^export[ \t\n\r]+/, "", k)
+      if (k == v && NB[m]) found = 1 }
+    function step(m, c,   s) {
+      s = S[m]
+      if (s == "pre_key") { if (c == "#" || c == ";") S[m] = "comment"; else if (!index(" \t\n\r", c)) { S[m] = "key"; K[m] = c } }
+      else if (s == "key") {
+        if (c == "\n" || c == "\r") S[m] = "pre_key"
+        else if (c == "=") { S[m] = "pre_value"; NB[m] = 0 }
+        else if (length(K[m]) < 256) K[m] = K[m] c }  # longer: not this name
+      else if (s == "pre_value" || s == "value") {
+        if (c == "\n" || c == "\r") { push(m); S[m] = "pre_key" }
+        else if (c == "\\") S[m] = "value_escape"
+        else if (s == "pre_value" && c == "\047") S[m] = "single_quote"
+        else if (s == "pre_value" && c == "\"") S[m] = "double_quote"
+        else if (!index(" \t", c)) { S[m] = "value"; if (c ~ /[^[:space:]]/) NB[m] = 1 } }
+      else if (s == "value_escape") { S[m] = "value"; if (c ~ /[^[:space:]]/) NB[m] = 1 }
+      else if (s == "single_quote") { if (c == "\047") S[m] = "pre_value"; else if (c ~ /[^[:space:]]/) NB[m] = 1 }
+      else if (s == "double_quote") {
+        if (c == "\"") S[m] = "pre_value"; else if (c == "\\") S[m] = "double_quote_escape"; else if (c ~ /[^[:space:]]/) NB[m] = 1 }
+      else if (s == "double_quote_escape") { S[m] = "double_quote"; if (c != "\n") NB[m] = 1 }  # "\\c" or "c": not blank
+      else if (s == "comment") { if (c == "\\") S[m] = "comment_escape"; else if (c == "\n" || c == "\r") S[m] = "pre_key" }
+      else if (s == "comment_escape") S[m] = m == 1 && (c == "\n" || c == "\r") ? "pre_key" : "comment" }
+    BEGIN { S[1] = S[2] = "pre_key" }
+    { L = length($0); for (i = 1; i <= L; i++) { c = substr($0, i, 1); step(1, c); step(2, c) }; step(1, "\n"); step(2, "\n") }
+    END {
+      for (m = 1; m <= 2; m++) if (S[m] != "pre_key" && S[m] != "key" && S[m] !~ /^comment/) push(m)
+      if (found) print "set" }'
+}
+
+# The environment file $1 when it gives the variable a value; a line saying so when this check failed to read it.
+environment_file_named() {
+  local said
+  if ! said=$(environment_file_sets_it "$1"); then echo "$1: this check failed to read it: cannot check whether it"
+  elif [ "$said" = set ]; then echo "$1"
+  fi
 }
 
 # Offline: the unit file itself wherever it lies (a full copy from systemctl edit --full in /etc, review18e F-E), its
@@ -371,7 +415,7 @@ whether it" ;;
               case "$env_file" in
                 "cannot check: "*) echo "$f: EnvironmentFile=${env_file#cannot check: }, a specifier this check cannot \
 expand: cannot check whether it" ;;
-                *) if environment_file_sets_it "$env_file"; then echo "$env_file"; fi ;;
+                *) environment_file_named "$env_file" ;;
               esac
             done < <(environment_files "$val") ;;
         esac
@@ -426,7 +470,7 @@ operator_ca_in_manager() {
     env_file=${env_file% (ignore_errors=*}
     [ -n "$env_file" ] || continue
     while IFS= read -r f; do
-      if environment_file_sets_it "$f"; then echo "$f"; fi
+      environment_file_named "$f"
     done < <(globbed_files "$env_file")
   done < <(systemctl show -p EnvironmentFiles --value "$service" 2>/dev/null)
   if systemctl show-environment 2>/dev/null | grep -E "^${operator_ca_var}=[^[:space:]]" >/dev/null; then

@@ -14,7 +14,7 @@ import pytest
 
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts/install.sh"
 FUNCTIONS = ("unit_lines", "section_settings", "environment_value_sets_it", "environment_files", "globbed_files",
-             "environment_file_sets_it", "operator_ca_in_unit_files",
+             "environment_file_sets_it", "environment_file_named", "operator_ca_in_unit_files",
              "operator_ca_in_manager", "operator_ca_in_environment")  # fmt: skip
 DROP_IN = "etc/systemd/system/peerserve-agent.service.d/x.conf"
 ENV = "etc/peerserve/agent.env"
@@ -223,7 +223,7 @@ def test_a_relative_environment_file_is_not_read_nor_taken_for_an_option(tmp_pat
     (tmp_path / "-n").write_text("PEERSERVE_OPERATOR_CA=/x\n")
     (tmp_path / "rel.env").write_text("PEERSERVE_OPERATOR_CA=/x\n")
     assert run("", "environment_files --n; environment_files rel.env; environment_files -rel.env", cwd=tmp_path) == ""
-    assert run("", "environment_file_sets_it -n && echo set", cwd=tmp_path) == "set\n"  # a file, never an option
+    assert run("", "environment_file_sets_it -n", cwd=tmp_path) == "set\n"  # a file, never an option
 
 
 @pytest.mark.parametrize(
@@ -279,3 +279,41 @@ def test_a_reader_that_fails_makes_the_check_say_it_cannot_check(tmp_path: Path)
     out = run(str(root), "operator_ca_in_environment", env={"PATH": f"{bin_dir}:/usr/bin:/bin"})
     assert out.splitlines() == [f"{root}/{conf}{unread}", f"{root}/{DROP_IN}{unread}",
                                 f"{root}/proc/cmdline (the kernel command line){unread}"]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "text",
+    ['PEERSERVE_OPERATOR_CA=""/x\n', "PEERSERVE_OPERATOR_CA=''/x\n", 'PEERSERVE_OPERATOR_CA="\n/x"\n',
+     "PEERSERVE_OPERATOR_CA=#x\n", "PEERSERVE_OPERATOR_CA='#x'\n", 'PEERSERVE_OPERATOR_CA="" /x\n',
+     "PEERSERVE_OPERATOR_CA=\\\n/x\n", 'PEERSERVE_OPERATOR_CA="\\"\n', "PEERSERVE_OPERATOR_CA=\"unclosed",
+     "PEERSERVE_OPERATOR_CA=;x\n", "# a note \\\nPEERSERVE_OPERATOR_CA=/x\n", "  \t\rPEERSERVE_OPERATOR_CA\t=\t/x",
+     "PEERSERVE_OPERATOR_CA=\\x\n"],
+)  # fmt: skip
+def test_an_environment_file_is_read_as_systemd_reads_it(tmp_path: Path, text: str) -> None:
+    """review19b F2: systemd's env-file parser (src/basic/env-file.c) gives the variable a value in each of these:
+    a closed quote goes back to before the value (""/x is "/x"), a quote runs across lines, '#' where a value starts
+    is text, an escaped line end is dropped; a comment ending in a backslash continues onto the next line before
+    systemd 254, not from 254 on (read both ways). A line-wise pattern missed the first five."""
+    assert found(make(tmp_path, {DROP_IN: f"[Service]\nEnvironmentFile=/{ENV}\n", ENV: text})) == [ENV]
+
+
+@pytest.mark.parametrize(
+    "text",
+    ['PEERSERVE_OPERATOR_CA=""\n', "PEERSERVE_OPERATOR_CA='  '\n", 'PEERSERVE_OPERATOR_CA="\n"\n',
+     'A="\nPEERSERVE_OPERATOR_CA=/x\n"\n', "A=1 \\\nPEERSERVE_OPERATOR_CA=/x\n", "#PEERSERVE_OPERATOR_CA=/x\n",
+     ";PEERSERVE_OPERATOR_CA=/x\n", "XPEERSERVE_OPERATOR_CA=/x\n", "PEERSERVE_OPERATOR_CA=\\ \n"],
+)  # fmt: skip
+def test_what_an_environment_file_gives_no_value_is_not_named(tmp_path: Path, text: str) -> None:
+    """Inside another variable's quoted or continued value, in a comment, or blank: systemd sets nothing here."""
+    assert found(make(tmp_path, {DROP_IN: f"[Service]\nEnvironmentFile=/{ENV}\n", ENV: text})) == []
+
+
+def test_an_environment_file_the_check_fails_to_read_is_named_as_unchecked(tmp_path: Path) -> None:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    awk = bin_dir / "awk"
+    awk.write_text('#!/bin/sh\ncase "$*" in *"v=PEERSERVE_OPERATOR_CA"*) exit 2 ;; esac\nexec /usr/bin/awk "$@"\n')
+    awk.chmod(0o755)
+    root = make(tmp_path / "root", {DROP_IN: f"[Service]\nEnvironmentFile=/{ENV}\n", ENV: "A=1\n"})
+    out = run(str(root), "operator_ca_in_environment", env={"PATH": f"{bin_dir}:/usr/bin:/bin"})
+    assert out.splitlines() == [f"{root}/{ENV}: this check failed to read it: cannot check whether it"]
