@@ -291,15 +291,16 @@ function gives(w, v,   i) {
 # systemd's config_parse_environ() reads it: each word unquoted and C-unescaped (review18e F-C:
 # "PEERSERVE_"OPERATOR_CA=x and \x50EERSERVE_... were missed), then its specifiers expanded. Prints "set" when a word
 # gives it a value, and "cannot check: WORD" for a word whose name holds a specifier (other than %%) that could make it
-# this one: what it expands to is not known here. On standard input, not in awk's environment: one environment string
+# this one: what it expands to is not known here. With "pass": a PassEnvironment= value (names, read the same way),
+# "set" when one of them is the variable (review19b F7). On standard input, not in awk's environment: one environment string
 # is capped at 128 KiB, and a longer value (systemd takes lines up to 1 MiB) failed the exec unnoticed (review19b F1);
 # the caller treats a failure as "cannot check".
 environment_value_sets_it() {
-  LC_ALL=C awk -v v="$operator_ca_var" "$extract_words_awk"'
+  LC_ALL=C awk -v v="$operator_ca_var" -v pass="${1:-}" "$extract_words_awk"'
     NR == 1 {
       n = words($0, "c")
       for (k = 1; k <= n; k++) {
-        w = W[k]; i = index(w, "="); name = i ? substr(w, 1, i - 1) : w; plain = name; gsub(/%%/, "", plain)
+        w = W[k]; i = pass ? 0 : index(w, "="); name = i ? substr(w, 1, i - 1) : w; plain = name; gsub(/%%/, "", plain)
         if (index(plain, "%")) {  # the literal text before the first specifier: a prefix of "v=" or not
           pre = ""
           for (j = 1; j <= length(name); j++) {
@@ -308,10 +309,10 @@ environment_value_sets_it() {
             if (substr(name, j + 1, 1) != "%") break
             pre = pre "%"; j++ }
           shown = w; gsub(/[[:cntrl:]]/, "?", shown)  # decoded: a control character would break the line
-          if (pre == "" || index(v "=", pre) == 1) print "cannot check: " shown
+          if (pre == "" || index(v (pass ? "" : "="), pre) == 1) print "cannot check: " shown
           continue }
         gsub(/%%/, "%", w)
-        if (gives(w, v)) print "set" } }'
+        if (pass ? w == v : gives(w, v)) print "set" } }'
 }
 
 # The files an EnvironmentFile= value names: "-" dropped, the common specifiers (%E %S %C %L %t %%) expanded, a glob
@@ -410,6 +411,21 @@ operator_ca_in_unit_files() {
 whether it" ;;
               esac
             done <<< "$said" ;;
+          PassEnvironment)  # the variable from the service manager's own environment: its ManagerEnvironment= or
+            # what systemd was started with, which no file here says all of (review19b F7)
+            if ! said=$(environment_value_sets_it pass <<< "$val"); then
+              echo "$f: a PassEnvironment= line$unread"; continue
+            fi
+            while IFS= read -r said; do
+              case "$said" in
+                "") ;;
+                set) echo "$f: PassEnvironment= names $operator_ca_var, which takes it from the service manager's own \
+environment (ManagerEnvironment=, or what systemd was started with) that this check cannot read: cannot check \
+whether it" ;;
+                *) echo "$f: PassEnvironment=${said#cannot check: }, a specifier this check cannot expand: cannot \
+check whether it" ;;
+              esac
+            done <<< "$said" ;;
           EnvironmentFile)
             while IFS= read -r env_file; do
               case "$env_file" in
@@ -477,10 +493,12 @@ operator_ca_in_manager() {
     echo "the service manager's environment, which every unit gets (systemctl show-environment; \
 systemctl unset-environment $operator_ca_var, or its systemd.setenv= or DefaultEnvironment=)"
   fi
+  # PassEnvironment= takes PID 1's environment as it is now: /proc/1/environ shows only what it started with, not
+  # what its ManagerEnvironment= set since (review19b F7): naming the variable at all is "cannot check"
   if systemctl show -p PassEnvironment --value "$service" 2>/dev/null | tr ' ' '\n' | grep -xF "$operator_ca_var" \
-       >/dev/null && tr '\0' '\n' 2>/dev/null < /proc/1/environ | grep -E "^${operator_ca_var}=[^[:space:]]" >/dev/null
-  then
-    echo "PID 1's own environment (/proc/1/environ; the unit's PassEnvironment= takes it)"
+       >/dev/null; then
+    echo "the unit's PassEnvironment= (systemctl show -p PassEnvironment $service), which takes $operator_ca_var from \
+the service manager's own environment that this check cannot read: cannot check whether it"
   fi
 }
 

@@ -317,3 +317,47 @@ def test_an_environment_file_the_check_fails_to_read_is_named_as_unchecked(tmp_p
     root = make(tmp_path / "root", {DROP_IN: f"[Service]\nEnvironmentFile=/{ENV}\n", ENV: "A=1\n"})
     out = run(str(root), "operator_ca_in_environment", env={"PATH": f"{bin_dir}:/usr/bin:/bin"})
     assert out.splitlines() == [f"{root}/{ENV}: this check failed to read it: cannot check whether it"]
+
+
+PASSES = (
+    ": PassEnvironment= names PEERSERVE_OPERATOR_CA, which takes it from the service manager's own environment "
+    "(ManagerEnvironment=, or what systemd was started with) that this check cannot read: cannot check whether it"
+)
+
+
+@pytest.mark.parametrize(
+    ("line", "said"),
+    [("PassEnvironment=PEERSERVE_OPERATOR_CA", PASSES), ('PassEnvironment=A "PEERSERVE_"OPERATOR_CA B', PASSES),
+     ("PassEnvironment = \\x50EERSERVE_OPERATOR_CA", PASSES),
+     ("PassEnvironment=PEERSERVE_%i", ": PassEnvironment=PEERSERVE_%i, a specifier this check cannot expand: cannot "
+      "check whether it"),
+     ("PassEnvironment=PEERSERVE_OPERATOR_CAX OTHER_%i PEERSERVE_OPERATOR_CA=/x", None)],
+)  # fmt: skip
+def test_passenvironment_naming_the_variable_is_refused_as_unchecked(
+    tmp_path: Path, line: str, said: str | None
+) -> None:
+    """review19b F7: ``PassEnvironment=PEERSERVE_OPERATOR_CA`` with ``[Manager] ManagerEnvironment=`` in a
+    system.conf.d file gives the agent the variable; offline nothing read PassEnvironment=, online /proc/1/environ
+    shows only what PID 1 started with. Naming the variable (in any form systemd reads) is now "cannot check"."""
+    conf = "etc/systemd/system.conf.d/m.conf"
+    root = make(
+        tmp_path, {DROP_IN: f"[Service]\n{line}\n", conf: "[Manager]\nManagerEnvironment=PEERSERVE_OPERATOR_CA=/x\n"}
+    )
+    assert found(root) == ([f"{DROP_IN}{said}"] if said else [])
+
+
+def test_passenvironment_shown_by_systemd_is_refused_as_unchecked(tmp_path: Path) -> None:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    systemctl = bin_dir / "systemctl"
+    systemctl.write_text(
+        "#!/bin/bash\nif [ \"$1 $2 $3\" = 'show -p PassEnvironment' ]; then echo 'A PEERSERVE_OPERATOR_CA'; fi\n"
+    )
+    systemctl.chmod(0o755)
+    out = run(str(make(tmp_path / "root", {})), "operator_ca_in_environment", sd="running",
+              env={"PATH": f"{bin_dir}:/usr/bin:/bin"})  # fmt: skip
+    assert out.splitlines() == [
+        "the unit's PassEnvironment= (systemctl show -p PassEnvironment peerserve-agent.service), which takes "
+        "PEERSERVE_OPERATOR_CA from the service manager's own environment that this check cannot read: cannot check "
+        "whether it"
+    ]
