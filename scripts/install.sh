@@ -504,8 +504,12 @@ the service manager's own environment that this check cannot read: cannot check 
 
 # Every place that gives the agent PEERSERVE_OPERATOR_CA, which it takes over the config (one a line, sorted): where
 # systemd runs, systemd's own word, and the looser read of the files either way (a drop-in not yet loaded counts).
+# Each line is printed to the terminal: its control characters (C0, DEL, and the bytes 0x80-0x9f, which an 8-bit
+# terminal takes for C1 controls such as CSI) are shown as '?', as a file's text or a globbed name may hold an ESC
+# (review19b F8; a UTF-8 name with such a byte is shown with '?' in it).
 operator_ca_in_environment() {
-  { if [ "$sd" = running ]; then operator_ca_in_manager; fi; operator_ca_in_unit_files; } | sort -u
+  { if [ "$sd" = running ]; then operator_ca_in_manager; fi; operator_ca_in_unit_files; } | sort -u \
+    | LC_ALL=C tr '\001-\011\013-\037\177-\237' '?'
 }
 
 download_wheels() {

@@ -7,6 +7,7 @@ system and is not run here."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 
@@ -360,4 +361,18 @@ def test_passenvironment_shown_by_systemd_is_refused_as_unchecked(tmp_path: Path
         "the unit's PassEnvironment= (systemctl show -p PassEnvironment peerserve-agent.service), which takes "
         "PEERSERVE_OPERATOR_CA from the service manager's own environment that this check cannot read: cannot check "
         "whether it"
+    ]
+
+
+def test_control_characters_in_file_text_and_globbed_names_are_shown_as_question_marks(tmp_path: Path) -> None:
+    """review19b F8: an EnvironmentFile= value in a "cannot check" line and a globbed file's name were printed as
+    they are: an ESC (or the byte 0x9b, CSI to an 8-bit terminal) reached the terminal. Each is shown as '?'."""
+    text = "[Service]\nEnvironmentFile=/etc/peerserve/*.env\nEnvironmentFile=/x\x1b]0;t\x07%N\n"
+    root = make(tmp_path, {DROP_IN: text})
+    (root / "etc/peerserve").mkdir(parents=True)
+    (root / os.fsdecode(b"etc/peerserve/a\x1b[2Jb\x9b1m.env")).write_bytes(b"PEERSERVE_OPERATOR_CA=/x\n")
+    out = run(str(root), "operator_ca_in_environment")
+    assert out.splitlines() == [
+        f"{root}/etc/peerserve/a?[2Jb?1m.env",
+        f"{root}/{DROP_IN}: EnvironmentFile=/x?]0;t?%N, a specifier this check cannot expand: cannot check whether it",
     ]
