@@ -430,14 +430,15 @@ def load_settings(
             in_file.add(key)
             where[key] = f"the config file {path}"
     from_env: set[str] = set()
+    blank_vars: list[tuple[str, str, str | None]] = []  # (setting, variable, where it stood before)
+    blank_flags: list[str] = []
     for name, kind in types.items():
         var = f"PEERSERVE_{name.upper()}"
         raw = env.get(var)
         if raw is None:
             continue
         if name in BLANK_IS_UNSET and not raw.strip():
-            if ignored is not None:
-                ignored.append(_ignored_blank(name, f"the variable {var}", where.get(name)))
+            blank_vars.append((name, var, where.get(name)))  # its line once the flags are known (review19b F8)
             if name in where:
                 where[name] += f" ({var} is empty in the environment: an empty one counts as unset)"
             continue
@@ -452,15 +453,20 @@ def load_settings(
         if raw is None:
             continue
         if name in BLANK_IS_UNSET and isinstance(raw, str) and not raw.strip():  # as a variable (review18d F6)
-            if ignored is not None:
-                flag = f"--{name.replace('_', '-')}"
-                ignored.append(_ignored_blank(name, f'the flag {flag} ""', where.get(name), f"remove {flag}"))
+            flag = f"--{name.replace('_', '-')}"
+            blank_flags.append(_ignored_blank(name, f'the flag {flag} ""', where.get(name), f"remove {flag}"))
             if name in where:
                 where[name] += " (its command-line flag is empty: an empty one counts as unset)"
             continue
         values[name] = _coerce(name, types[name], raw)
         from_env.discard(name)
         where[name] = "the command line"
+    if ignored is not None:
+        for blank, variable, standing in blank_vars:  # a flag that sets it stands, not the file or the default
+            if where.get(blank) == "the command line":
+                standing = "the command line"
+            ignored.append(_ignored_blank(blank, f"the variable {variable}", standing))
+        ignored.extend(blank_flags)
     if sources is not None:
         sources.update(where)
     try:

@@ -287,16 +287,20 @@ function gives(w, v,   i) {
   return i && substr(w, 1, i - 1) == v && substr(w, i + 1) ~ /[^[:space:]]/ }
 '
 
-# What an Environment= (or DefaultEnvironment=) value does to the variable, read as systemd's config_parse_environ()
-# reads it: each word unquoted and C-unescaped (review18e F-C: "PEERSERVE_"OPERATOR_CA=x and \x50EERSERVE_... were
-# missed), then its specifiers expanded. Prints "set" when a word gives it a value, and "cannot check: WORD" for a
-# word whose name holds a specifier (other than %%) that could make it this one: what it expands to is not known here.
+# What an Environment= (or DefaultEnvironment=) value, on standard input (one line), does to the variable, read as
+# systemd's config_parse_environ() reads it: each word unquoted and C-unescaped (review18e F-C:
+# "PEERSERVE_"OPERATOR_CA=x and \x50EERSERVE_... were missed), then its specifiers expanded. Prints "set" when a word
+# gives it a value, and "cannot check: WORD" for a word whose name holds a specifier (other than %%) that could make it
+# this one: what it expands to is not known here. With "pass": a PassEnvironment= value (names, read the same way),
+# "set" when one of them is the variable (review19b F7). On standard input, not in awk's environment: one environment string
+# is capped at 128 KiB, and a longer value (systemd takes lines up to 1 MiB) failed the exec unnoticed (review19b F1);
+# the caller treats a failure as "cannot check".
 environment_value_sets_it() {
-  value=$1 LC_ALL=C awk -v v="$operator_ca_var" "$extract_words_awk"'
-    BEGIN {
-      n = words(ENVIRON["value"], "c")
+  LC_ALL=C awk -v v="$operator_ca_var" -v pass="${1:-}" "$extract_words_awk"'
+    NR == 1 {
+      n = words($0, "c")
       for (k = 1; k <= n; k++) {
-        w = W[k]; i = index(w, "="); name = i ? substr(w, 1, i - 1) : w; plain = name; gsub(/%%/, "", plain)
+        w = W[k]; i = pass ? 0 : index(w, "="); name = i ? substr(w, 1, i - 1) : w; plain = name; gsub(/%%/, "", plain)
         if (index(plain, "%")) {  # the literal text before the first specifier: a prefix of "v=" or not
           pre = ""
           for (j = 1; j <= length(name); j++) {
@@ -305,10 +309,10 @@ environment_value_sets_it() {
             if (substr(name, j + 1, 1) != "%") break
             pre = pre "%"; j++ }
           shown = w; gsub(/[[:cntrl:]]/, "?", shown)  # decoded: a control character would break the line
-          if (pre == "" || index(v "=", pre) == 1) print "cannot check: " shown
+          if (pre == "" || index(v (pass ? "" : "="), pre) == 1) print "cannot check: " shown
           continue }
         gsub(/%%/, "%", w)
-        if (gives(w, v)) print "set" } }'
+        if (pass ? w == v : gives(w, v)) print "set" } }'
 }
 
 # The files an EnvironmentFile= value names: "-" dropped, the common specifiers (%E %S %C %L %t %%) expanded, a glob
@@ -334,9 +338,53 @@ globbed_files() {
   else echo "$pattern"; fi
 }
 
-# Whether an environment file (KEY=value lines, optionally "export", spaces around "=") gives the variable a value.
+# Prints "set" when the environment file $1 gives the variable a value, read as systemd's env-file parser reads it
+# (parse_env_file_internal, src/basic/env-file.c), a state machine over the whole file (review19b F2: a line-wise
+# pattern missed =""/x, =''/x, a double quote closed on the next line, =#x and ='#x'): '#' or ';' starts a comment
+# only where a key would start; a quote ends back before the value, so text after it still counts ("" /x is "/x");
+# a quoted value runs across lines; a backslash escapes a character (an escaped line end is dropped). It errs
+# towards "set": a comment ending in a backslash continues onto the next line in systemd before 254 and not after,
+# both read; "export NAME" counts as NAME; a NUL (where systemd stops reading) ends a line; a value of characters
+# the agent strips (Python's str.strip) may count. Nothing for a missing file; a failed read exits non-zero.
 environment_file_sets_it() {
-  [ -f "$1" ] && tr '\r' '\n' < "$1" | grep -E "^[[:space:]]*(export[[:space:]]+)?${operator_ca_var}[[:space:]]*=[[:space:]]*([\"'][[:space:]]*)?[^[:space:]\"'#]" >/dev/null
+  [ -f "$1" ] || return 0
+  LC_ALL=C tr '\000' '\n' < "$1" | LC_ALL=C awk -v v="$operator_ca_var" '
+    function push(m,   k) {
+      k = K[m]; sub(/[ \t\n\r]+$/, "", k); sub(/^export[ \t\n\r]+/, "", k)
+      if (k == v && NB[m]) found = 1 }
+    function step(m, c,   s) {
+      s = S[m]
+      if (s == "pre_key") { if (c == "#" || c == ";") S[m] = "comment"; else if (!index(" \t\n\r", c)) { S[m] = "key"; K[m] = c } }
+      else if (s == "key") {
+        if (c == "\n" || c == "\r") S[m] = "pre_key"
+        else if (c == "=") { S[m] = "pre_value"; NB[m] = 0 }
+        else if (length(K[m]) < 256) K[m] = K[m] c }  # longer: not this name
+      else if (s == "pre_value" || s == "value") {
+        if (c == "\n" || c == "\r") { push(m); S[m] = "pre_key" }
+        else if (c == "\\") S[m] = "value_escape"
+        else if (s == "pre_value" && c == "\047") S[m] = "single_quote"
+        else if (s == "pre_value" && c == "\"") S[m] = "double_quote"
+        else if (!index(" \t", c)) { S[m] = "value"; if (c ~ /[^[:space:]]/) NB[m] = 1 } }
+      else if (s == "value_escape") { S[m] = "value"; if (c ~ /[^[:space:]]/) NB[m] = 1 }
+      else if (s == "single_quote") { if (c == "\047") S[m] = "pre_value"; else if (c ~ /[^[:space:]]/) NB[m] = 1 }
+      else if (s == "double_quote") {
+        if (c == "\"") S[m] = "pre_value"; else if (c == "\\") S[m] = "double_quote_escape"; else if (c ~ /[^[:space:]]/) NB[m] = 1 }
+      else if (s == "double_quote_escape") { S[m] = "double_quote"; if (c != "\n") NB[m] = 1 }  # "\\c" or "c": not blank
+      else if (s == "comment") { if (c == "\\") S[m] = "comment_escape"; else if (c == "\n" || c == "\r") S[m] = "pre_key" }
+      else if (s == "comment_escape") S[m] = m == 1 && (c == "\n" || c == "\r") ? "pre_key" : "comment" }
+    BEGIN { S[1] = S[2] = "pre_key" }
+    { L = length($0); for (i = 1; i <= L; i++) { c = substr($0, i, 1); step(1, c); step(2, c) }; step(1, "\n"); step(2, "\n") }
+    END {
+      for (m = 1; m <= 2; m++) if (S[m] != "pre_key" && S[m] != "key" && S[m] !~ /^comment/) push(m)
+      if (found) print "set" }'
+}
+
+# The environment file $1 when it gives the variable a value; a line saying so when this check failed to read it.
+environment_file_named() {
+  local said
+  if ! said=$(environment_file_sets_it "$1"); then echo "$1: this check failed to read it: cannot check whether it"
+  elif [ "$said" = set ]; then echo "$1"
+  fi
 }
 
 # Offline: the unit file itself wherever it lies (a full copy from systemctl edit --full in /etc, review18e F-E), its
@@ -345,58 +393,82 @@ environment_file_sets_it() {
 # system.conf.d folder systemd reads) and the kernel command line's systemd.setenv= (systemd.exec(5): the manager
 # passes both to every unit, review18d F1).
 operator_ca_in_unit_files() {
-  local d f key val env_file said
+  local d f key val env_file said settings unread=": this check failed to read it: cannot check whether it"
   for d in "${unit_dirs[@]}"; do
     for f in "$unit_root$d/$service" "$unit_root$d/$service.d"/*.conf "$unit_root$d/peerserve-.service.d"/*.conf \
              "$unit_root$d/service.d"/*.conf; do
       [ -f "$f" ] || continue
+      if ! settings=$(section_settings "$f" Service); then echo "$f$unread"; continue; fi
       while IFS=$'\t' read -r key val; do
         case "$key" in
           Environment)
+            if ! said=$(environment_value_sets_it <<< "$val"); then echo "$f: an Environment= line$unread"; continue; fi
             while IFS= read -r said; do
               case "$said" in
+                "") ;;
                 set) echo "$f" ;;
                 *) echo "$f: Environment=${said#cannot check: }, a specifier this check cannot expand: cannot check \
 whether it" ;;
               esac
-            done < <(environment_value_sets_it "$val") ;;
+            done <<< "$said" ;;
+          PassEnvironment)  # the variable from the service manager's own environment: its ManagerEnvironment= or
+            # what systemd was started with, which no file here says all of (review19b F7)
+            if ! said=$(environment_value_sets_it pass <<< "$val"); then
+              echo "$f: a PassEnvironment= line$unread"; continue
+            fi
+            while IFS= read -r said; do
+              case "$said" in
+                "") ;;
+                set) echo "$f: PassEnvironment= names $operator_ca_var, which takes it from the service manager's own \
+environment (ManagerEnvironment=, or what systemd was started with) that this check cannot read: cannot check \
+whether it" ;;
+                *) echo "$f: PassEnvironment=${said#cannot check: }, a specifier this check cannot expand: cannot \
+check whether it" ;;
+              esac
+            done <<< "$said" ;;
           EnvironmentFile)
             while IFS= read -r env_file; do
               case "$env_file" in
                 "cannot check: "*) echo "$f: EnvironmentFile=${env_file#cannot check: }, a specifier this check cannot \
 expand: cannot check whether it" ;;
-                *) if environment_file_sets_it "$env_file"; then echo "$env_file"; fi ;;
+                *) environment_file_named "$env_file" ;;
               esac
             done < <(environment_files "$val") ;;
         esac
-      done < <(section_settings "$f" Service)
+      done <<< "$settings"
     done
   done
   for f in "$unit_root/etc/systemd/system.conf" \
            "$unit_root"{/etc,/run,/usr/local/lib,/usr/lib,/lib}/systemd/system.conf.d/*.conf; do
     [ -f "$f" ] || continue
+    if ! settings=$(section_settings "$f" Manager); then echo "$f$unread"; continue; fi
     while IFS=$'\t' read -r key val; do
       if [ "$key" = DefaultEnvironment ]; then
+        if ! said=$(environment_value_sets_it <<< "$val"); then echo "$f: a DefaultEnvironment= line$unread"; continue; fi
         while IFS= read -r said; do
           case "$said" in
+            "") ;;
             set) echo "$f (DefaultEnvironment=)" ;;
             *) echo "$f: DefaultEnvironment=${said#cannot check: }, a specifier this check cannot expand: cannot \
 check whether it" ;;
           esac
-        done < <(environment_value_sets_it "$val")
+        done <<< "$said"
       fi
-    done < <(section_settings "$f" Manager)
+    done <<< "$settings"
   done
   # the first line, split as systemd's proc_cmdline_extract_first() does (EXTRACT_UNQUOTE|EXTRACT_RELAX: quotes
   # anywhere in a word removed, review18e F-D); a backslash read both ways (newer systemd keeps it, older versions drop it)
   f="$unit_root/proc/cmdline"
-  if [ -r "$f" ] && tr '\r\000' '\n' < "$f" | LC_ALL=C awk -v v="$operator_ca_var" "$extract_words_awk"'
+  [ -r "$f" ] || return 0
+  if ! said=$(tr '\r\000' '\n' < "$f" | LC_ALL=C awk -v v="$operator_ca_var" "$extract_words_awk"'
        NR == 1 {
          for (m = 1; m <= 2; m++) {
            n = words($0, m == 1 ? "rk" : "r")
            for (k = 1; k <= n; k++)
              if (sub(/^(rd\.)?systemd\.setenv=/, "", W[k]) && gives(W[k], v)) found = 1 } }
-       END { if (found) print "set" }' | grep -x set >/dev/null; then
+       END { if (found) print "set" }'); then
+    echo "$f (the kernel command line)$unread"
+  elif [ "$said" = set ]; then
     echo "$f (systemd.setenv= on the kernel command line)"
   fi
 }
@@ -414,24 +486,30 @@ operator_ca_in_manager() {
     env_file=${env_file% (ignore_errors=*}
     [ -n "$env_file" ] || continue
     while IFS= read -r f; do
-      if environment_file_sets_it "$f"; then echo "$f"; fi
+      environment_file_named "$f"
     done < <(globbed_files "$env_file")
   done < <(systemctl show -p EnvironmentFiles --value "$service" 2>/dev/null)
   if systemctl show-environment 2>/dev/null | grep -E "^${operator_ca_var}=[^[:space:]]" >/dev/null; then
     echo "the service manager's environment, which every unit gets (systemctl show-environment; \
 systemctl unset-environment $operator_ca_var, or its systemd.setenv= or DefaultEnvironment=)"
   fi
+  # PassEnvironment= takes PID 1's environment as it is now: /proc/1/environ shows only what it started with, not
+  # what its ManagerEnvironment= set since (review19b F7): naming the variable at all is "cannot check"
   if systemctl show -p PassEnvironment --value "$service" 2>/dev/null | tr ' ' '\n' | grep -xF "$operator_ca_var" \
-       >/dev/null && tr '\0' '\n' 2>/dev/null < /proc/1/environ | grep -E "^${operator_ca_var}=[^[:space:]]" >/dev/null
-  then
-    echo "PID 1's own environment (/proc/1/environ; the unit's PassEnvironment= takes it)"
+       >/dev/null; then
+    echo "the unit's PassEnvironment= (systemctl show -p PassEnvironment $service), which takes $operator_ca_var from \
+the service manager's own environment that this check cannot read: cannot check whether it"
   fi
 }
 
 # Every place that gives the agent PEERSERVE_OPERATOR_CA, which it takes over the config (one a line, sorted): where
 # systemd runs, systemd's own word, and the looser read of the files either way (a drop-in not yet loaded counts).
+# Each line is printed to the terminal: its control characters (C0, DEL, and the bytes 0x80-0x9f, which an 8-bit
+# terminal takes for C1 controls such as CSI) are shown as '?', as a file's text or a globbed name may hold an ESC
+# (review19b F8; a UTF-8 name with such a byte is shown with '?' in it).
 operator_ca_in_environment() {
-  { if [ "$sd" = running ]; then operator_ca_in_manager; fi; operator_ca_in_unit_files; } | sort -u
+  { if [ "$sd" = running ]; then operator_ca_in_manager; fi; operator_ca_in_unit_files; } | sort -u \
+    | LC_ALL=C tr '\001-\011\013-\037\177-\237' '?'
 }
 
 download_wheels() {

@@ -50,6 +50,7 @@ LEGACY_SLACK_S = START_TIMEOUT_S + 5.0  # a record without ticks: the process st
 LOG_MAX_BYTES = 1024 * 1024  # a server's log is cut past this (its last part kept in .1): ~2 MiB a model at most
 STUB_SHM_PREFIX = "triton_python_backend_shm_region_"  # a Python-backend stub's /dev/shm region, named in its argv
 STUB_NAME = "triton_python_backend_stub"  # the stub binary, copied into <data_dir>/triton/backends/python
+PID_MAX_LIMIT = 2**22  # Linux's highest pid_max (64-bit): a recorded PID above it names no process
 
 
 @dataclass
@@ -101,11 +102,18 @@ class ProcessRuntime:
     def _adopt(self) -> None:
         try:
             entries = json.loads(self.state_file.read_text())
-        except (OSError, ValueError):
+        except (OSError, ValueError, RecursionError):  # RecursionError: nested too deep (a damaged file)
             return
+        adopted: set[int] = set()  # their PIDs
         for e in entries if isinstance(entries, list) else []:
             server = _record(e)
             if server is None:
+                continue
+            if server.id in self._servers or server.pid in adopted:
+                # a duplicate (a damaged file): the server is adopted once, with one pidfd (review19b F4)
+                log.warning(
+                    "process-runtime.json: a second record of server %.80r (pid %d) ignored", server.id, server.pid
+                )
                 continue
             server.pidfd = _server_pidfd(server.pid)  # held before the check: what is checked is what is signalled
             if not server.is_alive():
@@ -119,6 +127,7 @@ class ProcessRuntime:
                 continue
             log.info("adopted model server %s (%s, pid %d)", server.id, server.model, server.pid)
             self._servers[server.id] = server
+            adopted.add(server.pid)
         self._save()
 
     def _save(self) -> None:
@@ -164,7 +173,9 @@ class ProcessRuntime:
                 stdout=asyncio.subprocess.PIPE, stderr=log_file, stdin=asyncio.subprocess.DEVNULL,
                 env=server_environment(os.environ), start_new_session=True,
             )  # fmt: skip
-        pidfd = _server_pidfd(proc.pid)  # before any await: the child cannot have been reaped and its PID reused
+        # at once, before any await: the narrowest window (Python 3.10/3.11's ThreadedChildWatcher reaps in a thread
+        # of its own, so a child that died at once could be reaped first, and its PID would then have to be reused)
+        pidfd = _server_pidfd(proc.pid)
         ticks = start_ticks(proc.pid) or 0
         self._starting[proc.pid] = _Server(
             f"proc-{spec.name}-{proc.pid}", spec.name, proc.pid, 0, term, self.clock(), ticks=ticks, pidfd=pidfd
@@ -177,11 +188,13 @@ class ProcessRuntime:
         except (asyncio.TimeoutError, ValueError, IndexError):
             port = 0
         except BaseException:  # cancelled while it starts (the agent stops): end it rather than leave it behind
-            with contextlib.suppress(ProcessLookupError):
-                _send(proc.pid, pidfd, signal.SIGKILL)
-            await proc.wait()
-            if pidfd is not None:
-                os.close(pidfd)
+            try:
+                with contextlib.suppress(ProcessLookupError):
+                    _send(proc.pid, pidfd, signal.SIGKILL)
+                await proc.wait()
+            finally:  # a second cancel during the wait must not leak the pidfd (review19b F6)
+                if pidfd is not None:
+                    os.close(pidfd)
             raise
         finally:
             self._starting.pop(proc.pid, None)
@@ -219,7 +232,9 @@ class ProcessRuntime:
                 env=triton.environment(install), start_new_session=True,
                 cwd=base,  # the backend stub imports from its working directory first: ours, not the agent's
             )  # fmt: skip
-        pidfd = _server_pidfd(proc.pid)  # before any await: the child cannot have been reaped and its PID reused
+        # at once, before any await: the narrowest window (Python 3.10/3.11's ThreadedChildWatcher reaps in a thread
+        # of its own, so a child that died at once could be reaped first, and its PID would then have to be reused)
+        pidfd = _server_pidfd(proc.pid)
         ticks = start_ticks(proc.pid) or 0
         server = _Server(
             f"triton-{spec.name}-{proc.pid}", spec.name, proc.pid, port, term, self.clock(), proc, ticks, pidfd, stub
@@ -244,9 +259,11 @@ class ProcessRuntime:
         server = self._servers.pop(instance_id, None)
         if server is None:
             return
-        self._save()
         try:
-            await self._stop(server)
+            try:
+                self._save()
+            finally:  # a record that cannot be saved (a full disk) still has its server stopped (review19b F6)
+                await self._stop(server)
         finally:
             _close_pidfd(server)
 
@@ -330,25 +347,48 @@ def recorded_server_pids(data_dir: Path) -> list[int]:
     """
     try:
         entries = json.loads((data_dir / "process-runtime.json").read_text())
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return []
     servers = [_record(e) for e in entries] if isinstance(entries, list) else []
     return [s.pid for s in servers if s is not None and s.is_alive()]
 
 
 def _record(entry: object) -> _Server | None:
-    """One entry of process-runtime.json, or None when it is malformed."""
+    """One entry of process-runtime.json, or None when it is malformed (never raises: the agent reads the file at
+    start, and a damaged one must not stop it starting: review19b F3).
+
+    A PID outside 1..PID_MAX_LIMIT (which os.pidfd_open would refuse with OverflowError) or a start time that is not
+    a finite non-negative whole number drops the record: no process of ours can be named by it. A malformed ``stub``
+    only loses the stub (logged): the record's server is still adopted or stopped, not left running on its port."""
     if not isinstance(entry, dict):
         return None
     e = entry
     try:
-        stub = e.get("stub")
-        return _Server(
-            str(e["id"]), str(e["model"]), int(e["pid"]), int(e["port"]), int(e["term"]), float(e["started_at"]),
-            ticks=int(e.get("ticks") or 0), stub=(int(stub[0]), int(stub[1])) if stub else None,
-        )  # fmt: skip
-    except (KeyError, TypeError, ValueError, IndexError):
+        pid, ticks = int(e["pid"]), int(e.get("ticks") or 0)
+        server = _Server(
+            str(e["id"]), str(e["model"]), pid, int(e["port"]), int(e["term"]), float(e["started_at"]), ticks=ticks
+        )
+    except (KeyError, TypeError, ValueError, IndexError, OverflowError):
         return None
+    if not 1 <= pid <= PID_MAX_LIMIT or ticks < 0:
+        return None
+    stub = e.get("stub")
+    if stub is not None:
+        server.stub = _stub_id(stub)
+        if server.stub is None:
+            log.warning(
+                "process-runtime.json: server %.80r (pid %d): malformed stub %.80r ignored", server.id, pid, stub
+            )
+    return server
+
+
+def _stub_id(stub: object) -> tuple[int, int] | None:
+    """A record's ``stub``: [st_dev, st_ino], two whole numbers in 0..2**64-1 (as _save writes them), or None."""
+    if not isinstance(stub, list) or len(stub) != 2:
+        return None
+    if not all(isinstance(n, int) and not isinstance(n, bool) and 0 <= n < 2**64 for n in stub):
+        return None
+    return stub[0], stub[1]
 
 
 def end_leftover_stubs(
@@ -553,10 +593,16 @@ def tree_rss_mb(pid: int) -> float | None:
 
 
 def _server_pidfd(pid: int) -> int | None:
-    """A pidfd for a server just spawned or about to be adopted; None where there are none or it is gone already."""
+    """A pidfd for a server just spawned or about to be adopted; None where there are none, it is gone already, or
+    none could be opened (EMFILE, ENFILE, ENOMEM: an agent near its fd limit; logged). It never raises: raised right
+    after a spawn, the server would run on unrecorded, an orphan on its port (review19b F5). Without a pidfd a stop
+    signals the PID while its start time and command line still match the record."""
     try:
         return _pidfd_open(pid)
-    except ProcessLookupError:
+    except (ProcessLookupError, OverflowError):  # OverflowError: a PID outside C int range (a damaged record)
+        return None
+    except OSError as exc:
+        log.warning("no pidfd for model server pid %d (%s): its stop checks its start time and command line", pid, exc)
         return None
 
 

@@ -283,6 +283,24 @@ def test_each_empty_token_ignored_is_logged_at_start_with_what_to_write_instead(
     assert quiet == []
 
 
+def test_an_empty_variable_under_a_flag_that_sets_it_names_the_command_line(tmp_path: Path) -> None:
+    """review19b F8: ``PEERSERVE_METRICS_TOKEN=""`` with ``--metrics-token X`` logged "metrics_token keeps its
+    default", while the command line had set it. The line names what stands: the flag's value (never the value)."""
+    cfg = tmp_path / "peerserve.toml"
+    cfg.write_text(f'data_dir = "{tmp_path / "data"}"\nmetrics_token = "file-metrics-token-0123"\n')
+    for config in (None, str(cfg)):
+        ignored: list[str] = []
+        env = {"PEERSERVE_METRICS_TOKEN": "", "PEERSERVE_DATA_DIR": str(tmp_path / "data")}
+        s = load_settings(config, env=env, overrides={"metrics_token": "flag-metrics-token-0123"}, ignored=ignored)
+        assert s.metrics_token == "flag-metrics-token-0123"
+        assert ignored == [
+            "the variable PEERSERVE_METRICS_TOKEN is empty and was ignored (an empty one counts as unset): "
+            'metrics_token stays as set by the command line; to open /metrics, write metrics_token = "" in the config '
+            "file and remove the variable"
+        ]
+        assert "flag-metrics-token" not in ignored[0]
+
+
 @pytest.mark.parametrize("host", ["", " ", "\t"])
 def test_an_empty_host_is_refused_never_every_interface(tmp_path: Path, host: str) -> None:
     """review18d F5: host "" made uvicorn and the peer listener bind EVERY interface (and left advertise_address and

@@ -7,6 +7,7 @@ system and is not run here."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import pytest
 
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts/install.sh"
 FUNCTIONS = ("unit_lines", "section_settings", "environment_value_sets_it", "environment_files", "globbed_files",
-             "environment_file_sets_it", "operator_ca_in_unit_files",
+             "environment_file_sets_it", "environment_file_named", "operator_ca_in_unit_files",
              "operator_ca_in_manager", "operator_ca_in_environment")  # fmt: skip
 DROP_IN = "etc/systemd/system/peerserve-agent.service.d/x.conf"
 ENV = "etc/peerserve/agent.env"
@@ -223,7 +224,7 @@ def test_a_relative_environment_file_is_not_read_nor_taken_for_an_option(tmp_pat
     (tmp_path / "-n").write_text("PEERSERVE_OPERATOR_CA=/x\n")
     (tmp_path / "rel.env").write_text("PEERSERVE_OPERATOR_CA=/x\n")
     assert run("", "environment_files --n; environment_files rel.env; environment_files -rel.env", cwd=tmp_path) == ""
-    assert run("", "environment_file_sets_it -n && echo set", cwd=tmp_path) == "set\n"  # a file, never an option
+    assert run("", "environment_file_sets_it -n", cwd=tmp_path) == "set\n"  # a file, never an option
 
 
 @pytest.mark.parametrize(
@@ -244,3 +245,134 @@ def test_what_gives_the_variable_no_value_is_not_named(tmp_path: Path, text: str
     missing optional file and another unit's drop-in set nothing."""
     other = "etc/systemd/system/other.service.d/x.conf"
     assert found(make(tmp_path, {DROP_IN: text, other: UNIT_FORMS["plain"], ENV: "PEERSERVE_OPERATOR_CA=\n"})) == []
+
+
+def test_an_environment_line_longer_than_an_environment_string_may_be_is_read(tmp_path: Path) -> None:
+    """review19b F1: the value went to awk in its environment, where one string is capped at 128 KiB: a 180 KB line
+    (systemd takes up to 1 MiB a line, each word under 128 KiB) failed the exec, inside ``< <(...)``, unnoticed."""
+    long = " ".join(f"A{i}={'x' * 60_000}" for i in range(3))
+    line = f"Environment={long} PEERSERVE_OPERATOR_CA=/x\n"
+    conf = "etc/systemd/system.conf.d/env.conf"
+    root = make(tmp_path, {DROP_IN: f"[Service]\n{line}", conf: f"[Manager]\nDefault{line}"})
+    assert found(root) == [f"{conf} (DefaultEnvironment=)", DROP_IN]
+
+
+def test_a_reader_that_fails_makes_the_check_say_it_cannot_check(tmp_path: Path) -> None:
+    """review19b F1: a failed helper (here awk, failing for every reading but section_settings') said nothing, and
+    --no-operator-ca went ahead; now each place it failed on is named as one this check cannot check."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    awk = bin_dir / "awk"
+    awk.write_text('#!/bin/sh\ncase "$*" in *"v=PEERSERVE_OPERATOR_CA"*) exit 2 ;; esac\nexec /usr/bin/awk "$@"\n')
+    awk.chmod(0o755)
+    conf = "etc/systemd/system.conf.d/env.conf"
+    files = {DROP_IN: "[Service]\nEnvironment=A=1\n", conf: "[Manager]\nDefaultEnvironment=A=1\n"}
+    files["proc/cmdline"] = "ro\n"
+    root = make(tmp_path / "root", files)
+    out = run(str(root), "operator_ca_in_environment", env={"PATH": f"{bin_dir}:/usr/bin:/bin"})
+    unread = ": this check failed to read it: cannot check whether it"
+    assert out.splitlines() == [
+        f"{root}/{conf}: a DefaultEnvironment= line{unread}",
+        f"{root}/{DROP_IN}: an Environment= line{unread}",
+        f"{root}/proc/cmdline (the kernel command line){unread}",
+    ]
+    awk.write_text("#!/bin/sh\nexit 2\n")  # section_settings' too
+    out = run(str(root), "operator_ca_in_environment", env={"PATH": f"{bin_dir}:/usr/bin:/bin"})
+    assert out.splitlines() == [f"{root}/{conf}{unread}", f"{root}/{DROP_IN}{unread}",
+                                f"{root}/proc/cmdline (the kernel command line){unread}"]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "text",
+    ['PEERSERVE_OPERATOR_CA=""/x\n', "PEERSERVE_OPERATOR_CA=''/x\n", 'PEERSERVE_OPERATOR_CA="\n/x"\n',
+     "PEERSERVE_OPERATOR_CA=#x\n", "PEERSERVE_OPERATOR_CA='#x'\n", 'PEERSERVE_OPERATOR_CA="" /x\n',
+     "PEERSERVE_OPERATOR_CA=\\\n/x\n", 'PEERSERVE_OPERATOR_CA="\\"\n', "PEERSERVE_OPERATOR_CA=\"unclosed",
+     "PEERSERVE_OPERATOR_CA=;x\n", "# a note \\\nPEERSERVE_OPERATOR_CA=/x\n", "  \t\rPEERSERVE_OPERATOR_CA\t=\t/x",
+     "PEERSERVE_OPERATOR_CA=\\x\n"],
+)  # fmt: skip
+def test_an_environment_file_is_read_as_systemd_reads_it(tmp_path: Path, text: str) -> None:
+    """review19b F2: systemd's env-file parser (src/basic/env-file.c) gives the variable a value in each of these:
+    a closed quote goes back to before the value (""/x is "/x"), a quote runs across lines, '#' where a value starts
+    is text, an escaped line end is dropped; a comment ending in a backslash continues onto the next line before
+    systemd 254, not from 254 on (read both ways). A line-wise pattern missed the first five."""
+    assert found(make(tmp_path, {DROP_IN: f"[Service]\nEnvironmentFile=/{ENV}\n", ENV: text})) == [ENV]
+
+
+@pytest.mark.parametrize(
+    "text",
+    ['PEERSERVE_OPERATOR_CA=""\n', "PEERSERVE_OPERATOR_CA='  '\n", 'PEERSERVE_OPERATOR_CA="\n"\n',
+     'A="\nPEERSERVE_OPERATOR_CA=/x\n"\n', "A=1 \\\nPEERSERVE_OPERATOR_CA=/x\n", "#PEERSERVE_OPERATOR_CA=/x\n",
+     ";PEERSERVE_OPERATOR_CA=/x\n", "XPEERSERVE_OPERATOR_CA=/x\n", "PEERSERVE_OPERATOR_CA=\\ \n"],
+)  # fmt: skip
+def test_what_an_environment_file_gives_no_value_is_not_named(tmp_path: Path, text: str) -> None:
+    """Inside another variable's quoted or continued value, in a comment, or blank: systemd sets nothing here."""
+    assert found(make(tmp_path, {DROP_IN: f"[Service]\nEnvironmentFile=/{ENV}\n", ENV: text})) == []
+
+
+def test_an_environment_file_the_check_fails_to_read_is_named_as_unchecked(tmp_path: Path) -> None:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    awk = bin_dir / "awk"
+    awk.write_text('#!/bin/sh\ncase "$*" in *"v=PEERSERVE_OPERATOR_CA"*) exit 2 ;; esac\nexec /usr/bin/awk "$@"\n')
+    awk.chmod(0o755)
+    root = make(tmp_path / "root", {DROP_IN: f"[Service]\nEnvironmentFile=/{ENV}\n", ENV: "A=1\n"})
+    out = run(str(root), "operator_ca_in_environment", env={"PATH": f"{bin_dir}:/usr/bin:/bin"})
+    assert out.splitlines() == [f"{root}/{ENV}: this check failed to read it: cannot check whether it"]
+
+
+PASSES = (
+    ": PassEnvironment= names PEERSERVE_OPERATOR_CA, which takes it from the service manager's own environment "
+    "(ManagerEnvironment=, or what systemd was started with) that this check cannot read: cannot check whether it"
+)
+
+
+@pytest.mark.parametrize(
+    ("line", "said"),
+    [("PassEnvironment=PEERSERVE_OPERATOR_CA", PASSES), ('PassEnvironment=A "PEERSERVE_"OPERATOR_CA B', PASSES),
+     ("PassEnvironment = \\x50EERSERVE_OPERATOR_CA", PASSES),
+     ("PassEnvironment=PEERSERVE_%i", ": PassEnvironment=PEERSERVE_%i, a specifier this check cannot expand: cannot "
+      "check whether it"),
+     ("PassEnvironment=PEERSERVE_OPERATOR_CAX OTHER_%i PEERSERVE_OPERATOR_CA=/x", None)],
+)  # fmt: skip
+def test_passenvironment_naming_the_variable_is_refused_as_unchecked(
+    tmp_path: Path, line: str, said: str | None
+) -> None:
+    """review19b F7: ``PassEnvironment=PEERSERVE_OPERATOR_CA`` with ``[Manager] ManagerEnvironment=`` in a
+    system.conf.d file gives the agent the variable; offline nothing read PassEnvironment=, online /proc/1/environ
+    shows only what PID 1 started with. Naming the variable (in any form systemd reads) is now "cannot check"."""
+    conf = "etc/systemd/system.conf.d/m.conf"
+    root = make(
+        tmp_path, {DROP_IN: f"[Service]\n{line}\n", conf: "[Manager]\nManagerEnvironment=PEERSERVE_OPERATOR_CA=/x\n"}
+    )
+    assert found(root) == ([f"{DROP_IN}{said}"] if said else [])
+
+
+def test_passenvironment_shown_by_systemd_is_refused_as_unchecked(tmp_path: Path) -> None:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    systemctl = bin_dir / "systemctl"
+    systemctl.write_text(
+        "#!/bin/bash\nif [ \"$1 $2 $3\" = 'show -p PassEnvironment' ]; then echo 'A PEERSERVE_OPERATOR_CA'; fi\n"
+    )
+    systemctl.chmod(0o755)
+    out = run(str(make(tmp_path / "root", {})), "operator_ca_in_environment", sd="running",
+              env={"PATH": f"{bin_dir}:/usr/bin:/bin"})  # fmt: skip
+    assert out.splitlines() == [
+        "the unit's PassEnvironment= (systemctl show -p PassEnvironment peerserve-agent.service), which takes "
+        "PEERSERVE_OPERATOR_CA from the service manager's own environment that this check cannot read: cannot check "
+        "whether it"
+    ]
+
+
+def test_control_characters_in_file_text_and_globbed_names_are_shown_as_question_marks(tmp_path: Path) -> None:
+    """review19b F8: an EnvironmentFile= value in a "cannot check" line and a globbed file's name were printed as
+    they are: an ESC (or the byte 0x9b, CSI to an 8-bit terminal) reached the terminal. Each is shown as '?'."""
+    text = "[Service]\nEnvironmentFile=/etc/peerserve/*.env\nEnvironmentFile=/x\x1b]0;t\x07%N\n"
+    root = make(tmp_path, {DROP_IN: text})
+    (root / "etc/peerserve").mkdir(parents=True)
+    (root / os.fsdecode(b"etc/peerserve/a\x1b[2Jb\x9b1m.env")).write_bytes(b"PEERSERVE_OPERATOR_CA=/x\n")
+    out = run(str(root), "operator_ca_in_environment")
+    assert out.splitlines() == [
+        f"{root}/etc/peerserve/a?[2Jb?1m.env",
+        f"{root}/{DROP_IN}: EnvironmentFile=/x?]0;t?%N, a specifier this check cannot expand: cannot check whether it",
+    ]
