@@ -71,4 +71,6 @@ def test_the_check_sees_an_eager_import(tmp_path: Path) -> None:
     code = f"import os; import peerserve.cli as c; c.build_parser(); os.kill(os.getpid(), {signal.SIGUSR1:d})"
     subprocess.run([sys.executable, "-c", code], env=env, check=True)
     modules = json.loads((tmp_path / "modules.json").read_text())
-    assert "numpy" in heavy(modules) and "solver" in heavy(modules)
+    # every command's parser imports the solver's and the client's packages (numpy no longer: the solver package
+    # loads its modules on first use since session 19, so the check sees the packages themselves)
+    assert "solver" in heavy(modules) and "client" in heavy(modules)
