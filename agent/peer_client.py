@@ -243,11 +243,26 @@ class PeerClient:
         content: bytes,
         timeout: httpx.Timeout | float,
     ) -> tuple[int, Mapping[str, str], bytes]:
-        """(status, headers, body) of one HTTP exchange: our kept connections, or the given httpx client."""
+        """(status, headers, body) of one HTTP exchange: our kept connections, or the given httpx client. On our
+        connections the listener's certificate must name ``node_id`` (with its pinned key, when one is pinned) before
+        a byte of the signed request is written: a request (and the unsigned refusals it draws, agent.boot_ids) is
+        exchanged with the addressed node only, never with another cluster member listening at that URL."""
         if self.http is None:
             total, connect = _seconds(timeout)
+
+            def is_node(peer: PeerIdentity | None) -> None:
+                if peer is None or peer[0] != node_id:
+                    raise _NotThatNode(f"{base_url} is not {node_id} (its certificate names {peer and peer[0]!r})")
+                try:
+                    self.identity.pins.pinned(node_id, peer[1])  # pinned to another key: AuthError; unpinned: the
+                except AuthError as exc:  # signed answer's card pins it (verify_response_async)
+                    raise _NotThatNode(f"{node_id} at {base_url}: {exc}") from exc
+
             try:
-                a = await self.connections.request(base_url, method, target, headers, content, total, connect)
+                a = await self.connections.request(base_url, method, target, headers, content, total, connect,
+                                                   is_node if self.connections.tls is not None else None)  # fmt: skip
+            except _NotThatNode as exc:
+                raise PeerCallError(str(exc)) from exc
             except PeerBusyError as exc:
                 raise PeerCallError(f"{node_id}: {exc}", busy=True) from exc
             except (OSError, asyncio.TimeoutError) as exc:  # PeerHttpError is an OSError
