@@ -131,7 +131,7 @@ class PeerClient:
             status, answer_headers, answer = await self._signed(node_id, base_url, method, target, content, timeout,
                                                                 body is not None, boot)  # fmt: skip
         except _Unauthentic as exc:
-            if not boot_ids.old_agent(exc.status, exc.stated, boot):
+            if not self._may_ask_v1(exc.status, exc.stated, boot):
                 raise
             log.info("%s cannot check a request naming its boot id (an older agent): asking it v1 for %.0f s",
                      node_id, boot_ids.V1_ONLY_S)  # fmt: skip
@@ -182,6 +182,15 @@ class PeerClient:
             raise _Unauthentic(f"unauthenticated answer from {node_id} (HTTP {status}): {exc}{said}", status,
                                stated=stated) from exc  # fmt: skip
         return status, answer_headers, answer
+
+    def _may_ask_v1(self, status: int, stated: str, boot: str | None) -> bool:
+        """Whether an unauthenticated refusal of a v2 request (``status``, its stated error) makes us ask v1: it says
+        the peer is older than boot ids (agent.boot_ids.old_agent), the connection it came on proved the addressed
+        node (``_exchange``'s certificate check: only our own TLS connections can; a given client or plain HTTP
+        proves nobody, so anyone answering at the URL could otherwise downgrade us), and this node still accepts
+        v1 requests itself (off: the operator declared every member upgraded, so no member asks for v1)."""
+        proven = self.http is None and self.connections.tls is not None
+        return proven and self.identity.accept_v1 and boot_ids.old_agent(status, stated, boot)
 
     def _direct_to(self, node_id: str) -> bool:
         """Whether direct exchanges with ``node_id`` are possible: our own TLS connections, and it takes them."""
