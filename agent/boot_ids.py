@@ -5,8 +5,9 @@ refuses one naming another (wire.STALE_BOOT, a signed answer naming its current 
 before a restart never acts after it, whatever the clocks say (docs/security.md, "Boot ids"). The sender learns a
 peer's id from that refusal, the first time it asks and after each restart of the peer, and retries once: one
 round trip per peer restart. An agent older than boot ids cannot check a v2 signature ("bad signature", 401,
-unsigned): the sender asks it v1 for ``V1_ONLY_S`` (the receiver decides whether v1 is accepted; a forged
-"bad signature" gets an attacker nothing a receiver refusing v1 would act on).
+unsigned): the sender asks it v1 for ``V1_ONLY_S``, but only when that refusal came on a connection whose
+certificate proved the addressed node (agent.peer_client: the refusal itself is unsigned, and any cluster member
+listening at a URL used for the node could forge it: review19e F1) and only while the sender accepts v1 itself.
 """
 
 from __future__ import annotations

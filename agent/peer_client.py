@@ -131,7 +131,7 @@ class PeerClient:
             status, answer_headers, answer = await self._signed(node_id, base_url, method, target, content, timeout,
                                                                 body is not None, boot)  # fmt: skip
         except _Unauthentic as exc:
-            if not boot_ids.old_agent(exc.status, exc.stated, boot):
+            if not self._may_ask_v1(exc.status, exc.stated, boot):
                 raise
             log.info("%s cannot check a request naming its boot id (an older agent): asking it v1 for %.0f s",
                      node_id, boot_ids.V1_ONLY_S)  # fmt: skip
@@ -182,6 +182,15 @@ class PeerClient:
             raise _Unauthentic(f"unauthenticated answer from {node_id} (HTTP {status}): {exc}{said}", status,
                                stated=stated) from exc  # fmt: skip
         return status, answer_headers, answer
+
+    def _may_ask_v1(self, status: int, stated: str, boot: str | None) -> bool:
+        """Whether an unauthenticated refusal of a v2 request (``status``, its stated error) makes us ask v1: it says
+        the peer is older than boot ids (agent.boot_ids.old_agent), the connection it came on proved the addressed
+        node (``_exchange``'s certificate check: only our own TLS connections can; a given client or plain HTTP
+        proves nobody, so anyone answering at the URL could otherwise downgrade us), and this node still accepts
+        v1 requests itself (off: the operator declared every member upgraded, so no member asks for v1)."""
+        proven = self.http is None and self.connections.tls is not None
+        return proven and self.identity.accept_v1 and boot_ids.old_agent(status, stated, boot)
 
     def _direct_to(self, node_id: str) -> bool:
         """Whether direct exchanges with ``node_id`` are possible: our own TLS connections, and it takes them."""
@@ -243,11 +252,26 @@ class PeerClient:
         content: bytes,
         timeout: httpx.Timeout | float,
     ) -> tuple[int, Mapping[str, str], bytes]:
-        """(status, headers, body) of one HTTP exchange: our kept connections, or the given httpx client."""
+        """(status, headers, body) of one HTTP exchange: our kept connections, or the given httpx client. On our
+        connections the listener's certificate must name ``node_id`` (with its pinned key, when one is pinned) before
+        a byte of the signed request is written: a request (and the unsigned refusals it draws, agent.boot_ids) is
+        exchanged with the addressed node only, never with another cluster member listening at that URL."""
         if self.http is None:
             total, connect = _seconds(timeout)
+
+            def is_node(peer: PeerIdentity | None) -> None:
+                if peer is None or peer[0] != node_id:
+                    raise _NotThatNode(f"{base_url} is not {node_id} (its certificate names {peer and peer[0]!r})")
+                try:
+                    self.identity.pins.pinned(node_id, peer[1])  # pinned to another key: AuthError; unpinned: the
+                except AuthError as exc:  # signed answer's card pins it (verify_response_async)
+                    raise _NotThatNode(f"{node_id} at {base_url}: {exc}") from exc
+
             try:
-                a = await self.connections.request(base_url, method, target, headers, content, total, connect)
+                a = await self.connections.request(base_url, method, target, headers, content, total, connect,
+                                                   is_node if self.connections.tls is not None else None)  # fmt: skip
+            except _NotThatNode as exc:
+                raise PeerCallError(str(exc)) from exc
             except PeerBusyError as exc:
                 raise PeerCallError(f"{node_id}: {exc}", busy=True) from exc
             except (OSError, asyncio.TimeoutError) as exc:  # PeerHttpError is an OSError
