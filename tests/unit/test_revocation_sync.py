@@ -351,6 +351,17 @@ def _fetcher(tmp_path: Path, http: httpx.AsyncClient) -> tuple[Identity, Revocat
     return ident, sync
 
 
+def _serving_board(tmp_path: Path) -> tuple[NodeAgent, httpx.AsyncClient]:
+    """Board "f" holding the list signed at 40 ([A, B, C]), and a client of its peer app (in-process ASGI)."""
+    folder = board(tmp_path / "f", "f")
+    (folder / "peer" / "revoked.json").write_bytes(signed(40, [A, B, C]))
+    agent = NodeAgent(load_settings(env={}, overrides={
+        "node_id": "f", "data_dir": str(folder), "cluster_token": TOKEN, "mdns": False, "discovery": False,
+        "operator_ca": b64(raw_public(OPERATOR.public_key()))}))  # fmt: skip
+    assert agent.identity is not None
+    return agent, httpx.AsyncClient(transport=httpx.ASGITransport(app=create_peer_app(agent, agent.identity)))
+
+
 async def _settle(sync: RevocationSync) -> None:
     while sync.plan.in_flight is not None:
         await asyncio.sleep(0.01)
@@ -363,13 +374,8 @@ def test_a_board_fetches_a_newer_list_in_pages_from_a_member_and_a_stamp_it_cann
     monkeypatch.setattr(revocation_sync, "REVOCATION_PAGE", 2)
 
     async def scenario() -> None:
-        folder = board(tmp_path / "f", "f")
-        (folder / "peer" / "revoked.json").write_bytes(signed(40, [A, B, C]))
-        agent = NodeAgent(load_settings(env={}, overrides={
-            "node_id": "f", "data_dir": str(folder), "cluster_token": TOKEN, "mdns": False, "discovery": False,
-            "operator_ca": b64(raw_public(OPERATOR.public_key()))}))  # fmt: skip
+        agent, http = _serving_board(tmp_path)
         assert agent.identity is not None
-        http = httpx.AsyncClient(transport=httpx.ASGITransport(app=create_peer_app(agent, agent.identity)))
         try:
             ident, sync = _fetcher(tmp_path, http)
             served = agent.identity.operator.revocations.advert()  # type: ignore[union-attr]
@@ -537,13 +543,8 @@ def test_a_fetched_list_is_built_checked_and_written_off_the_event_loop(
     monkeypatch.setattr(Pages, "text", text_seen)
 
     async def scenario() -> None:
-        folder = board(tmp_path / "f", "f")
-        (folder / "peer" / "revoked.json").write_bytes(signed(40, [A, B, C]))
-        agent = NodeAgent(load_settings(env={}, overrides={
-            "node_id": "f", "data_dir": str(folder), "cluster_token": TOKEN, "mdns": False, "discovery": False,
-            "operator_ca": b64(raw_public(OPERATOR.public_key()))}))  # fmt: skip
+        agent, http = _serving_board(tmp_path)
         assert agent.identity is not None
-        http = httpx.AsyncClient(transport=httpx.ASGITransport(app=create_peer_app(agent, agent.identity)))
         try:
             ident, sync = _fetcher(tmp_path, http)
             threads["fsync"].clear()  # (the board's own files written when it started)
