@@ -39,7 +39,11 @@
    (proven to 1e-8 instead of ``queue_warm.GAP``, HiGHS's default dual simplex, ``tight_cg``): its
    relaxation ms, relaxation / LP, and how much faster the warm path is now ("x").
 
-    .venv/bin/python bench/queue_bench.py [--seeds N] [--solve-only] [--proven-cg] [--cores N [N ...]]
+   ``--reps N`` solves each snapshot N times back to back (thesis LP and queue alike) and takes the median CPU ms of
+   each: on a shared machine one solve per snapshot scatters the 2-core median queue / LP by about +-0.15x from run
+   to run on the same tree (docs/solver.md, session 20).
+
+    .venv/bin/python bench/queue_bench.py [--seeds N] [--reps N] [--solve-only] [--proven-cg] [--cores N [N ...]]
                                           [--plain-start | --nlp-before | --warm-before] [--cold-ipopt]
                                           [--tight-cg] [--lp-answer]
                                           [--reference-closing] [--json]
@@ -71,12 +75,21 @@ def cpu_ms(snapshot: Snapshot, objective: str, mode: str) -> float:
     return timed(snapshot, objective, mode)[0]
 
 
+REPS = 1  # solves per snapshot and objective, back to back; each figure is their median (``--reps``)
+
+
 def timed(snapshot: Snapshot, objective: str, mode: str) -> tuple[float, float, int]:
-    """CPU ms of one whole solve, of its queue relaxation alone (0 for the LP), and Ipopt's iterations in it."""
-    start = time.process_time()
-    plan = solve(snapshot, mode=mode, objective=objective)
-    elapsed = 1000.0 * (time.process_time() - start)
-    return elapsed, float(plan.details.get("relaxation_ms", 0.0)), int(plan.details.get("iterations", 0))
+    """CPU ms of one whole solve, of its queue relaxation alone (0 for the LP), and Ipopt's iterations in it: with
+    ``REPS`` > 1 the medians of that many solves of the same snapshot (the same plan each time)."""
+    runs = []
+    for _ in range(max(1, REPS)):
+        start = time.process_time()
+        plan = solve(snapshot, mode=mode, objective=objective)
+        elapsed = 1000.0 * (time.process_time() - start)
+        runs.append((elapsed, float(plan.details.get("relaxation_ms", 0.0)), int(plan.details.get("iterations", 0))))
+    if len(runs) == 1:
+        return runs[0]
+    return statistics.median(r[0] for r in runs), statistics.median(r[1] for r in runs), runs[0][2]
 
 
 def lp_figures(snaps: list[Snapshot], mode: str) -> tuple[float, int]:
@@ -288,6 +301,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", type=int, default=5, help="instances per size (default 5)")
     ap.add_argument("--json", action="store_true", help="print the figures as JSON")
+    ap.add_argument("--reps", type=int, default=1,
+                    help="solves per snapshot, back to back, their median CPU ms taken (LP and queue alike; default 1: "
+                         "one solve each, as before; the machine's load then scatters a row by +-10 %%)")  # fmt: skip
     ap.add_argument("--solve-only", action="store_true", help="solve times only (skip the workload runs)")
     ap.add_argument("--proven-cg", action="store_true",
                     help="binding nodes by solver.queue_dual's column generation (default: Ipopt)")  # fmt: skip
@@ -312,6 +328,8 @@ def main() -> None:
     ap.add_argument("--reference-closing", action="store_true",
                     help="close pools with solver.queue_close's reference pass, not the fast one")  # fmt: skip
     args = ap.parse_args()
+    global REPS
+    REPS = args.reps
     if args.reference_closing:
         from solver import queue_close, queue_plan
 

@@ -8,7 +8,10 @@ LP's optimum is every class on its cheapest node, found without Ipopt, while the
 
 from __future__ import annotations
 
+import types
+
 import numpy as np
+import pytest
 
 from bench.queue_bench import lp_figures, with_cores
 from solver.api import solve
@@ -48,3 +51,19 @@ def test_the_bench_counts_the_lp_solves_that_called_ipopt() -> None:
     assert ipopt == 0 and ms > 0
     bound = [thesis_instance(50, 10, s) for s in range(2)]  # nearly full: rows bind, Ipopt solves
     assert lp_figures(bound, "1")[1] == 2
+
+
+def test_reps_times_each_snapshot_several_times_and_takes_the_median(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--reps N`` (``queue_bench.REPS``): N solves of the same snapshot, the median of their CPU ms, and the same
+    iterations as one solve (the same plan each time)."""
+    import bench.queue_bench as qb
+
+    snapshot = with_cores(thesis_instance(20, 10, 0), 2.0)
+    one = qb.timed(snapshot, "queue", "1")
+    readings = iter([0.0, 0.004, 0.004, 0.005, 0.005, 0.014])  # three solves of 4, 1 and 9 ms: the median is 4
+
+    monkeypatch.setattr(qb, "REPS", 3)
+    monkeypatch.setattr(qb, "time", types.SimpleNamespace(process_time=lambda: next(readings)))
+    elapsed, relaxation, iterations = qb.timed(snapshot, "queue", "1")
+    assert abs(elapsed - 4.0) < 1e-9
+    assert iterations == one[2] and relaxation >= 0.0
