@@ -21,6 +21,7 @@ board (``peerserve ca init`` on the operator's machine). Node ids are no longer 
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import hashlib
@@ -351,8 +352,9 @@ class Revocations:
     newer one revoked: it fails closed (503 for every board card, logged with what to do) until a list at least as
     new is copied there. A damaged or foreign stamp file is logged as such and set aside (``.damaged``), never a
     crash: the lists on disk are then used as they are (their revocations in force) and the stamp recorded anew. For
-    an operator's copy the record is written on the thread that reads the list (the event loop), once per newer list
-    an operator copies: rare, like the copies; for a member's list, in a thread (``offer_persist``)."""
+    an operator's copy read on an event loop, the record is written by a thread of its own (``_record_later``; the
+    loop never fsyncs it nor waits on its lock: review19f R4); for a member's list, in a thread (``offer_persist``).
+    Either way a newer record is never overwritten by an older one (versions, ``_write_record``)."""
 
     def __init__(
         self, path: Path | None, ca_public: Ed25519PublicKey, floor: Path | None = None, synced: Path | None = None
@@ -369,8 +371,14 @@ class Revocations:
         self._digest = ""  # list_digest of the list in force: advertised to members (``advert``)
         self._lists: dict[str, str] = {}  # CA fingerprint -> the digest of the list recorded with its stamp
         self._unreadable: str | None = None  # why the record exists but cannot be read (fails closed)
-        self._write_lock = threading.Lock()  # one writer of the stamp record at a time (the loop, or offer_persist)
+        self._write_lock = threading.Lock()  # one writer of the stamp record at a time (never the loop: review19f R4)
         self._record_seq = self._written_seq = 0  # record versions made / the newest written (none goes back)
+        # the record of an operator's copy read on an event loop, for the record thread (``_record_later``): the
+        # newest one waiting (older ones are skipped, as ``_write_record`` would), and whether that thread runs;
+        # the condition's lock is never held across I/O, so the loop never waits on a disk
+        self._queued: tuple[int, bytes] | None = None
+        self._recording = False
+        self._queue = threading.Condition(threading.Lock())
         for kept in (synced, floor):  # temporary files a crash left behind (unique names, see durable.unique_tmp)
             if kept is not None:
                 for left in kept.parent.glob(tmp_glob(kept)):
@@ -470,7 +478,7 @@ class Revocations:
         if issued == self._floor and recorded is not None and recorded != list_digest(revoked):
             f.why = f"was signed at {issued} but names other cards than the list recorded"
             return
-        self._write_record(self._accept(issued, revoked, signature, f))
+        self._record_later(self._accept(issued, revoked, signature, f))
         log.info("revocation list %s: %d board card(s) revoked", f.path, len(self._revoked))
 
     def _accept(
@@ -695,6 +703,46 @@ class Revocations:
         self._record_seq += 1
         return self._record_seq, json.dumps({"format": STAMP_FORMAT, "stamps": self._stamps,
                                              "lists": self._lists}).encode()  # fmt: skip
+
+    def _record_later(self, record: tuple[int, bytes] | None) -> None:
+        """``_write_record`` off the event loop: on a loop, ``record`` waits for the record thread (started here if
+        none runs; one at a time, a newer record replacing a waiting older one), so the loop neither fsyncs nor waits
+        for ``_write_lock`` while ``offer_persist``'s thread fsyncs under it (review19f R4); elsewhere (the CLI, a
+        thread) it is written here."""
+        if record is None or self.floor_path is None:
+            return
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            self._write_record(record)
+            return
+        with self._queue:
+            if self._queued is None or record[0] > self._queued[0]:
+                self._queued = record
+            if self._recording:
+                return
+            self._recording = True
+        try:  # not a daemon: an interpreter that exits waits for the record
+            threading.Thread(target=self._record_thread, name="peerserve-revocation-record").start()
+        except RuntimeError as exc:  # no thread to be had: written here, once, rather than lost
+            log.error("cannot start the revocation record's writer (%s): writing it on the event loop", exc)
+            self._record_thread()
+
+    def _record_thread(self) -> None:
+        """Write the waiting records until none waits (the newest each time)."""
+        while True:
+            with self._queue:
+                record, self._queued = self._queued, None
+                if record is None:
+                    self._recording = False
+                    self._queue.notify_all()
+                    return
+            self._write_record(record)
+
+    def wait_recorded(self, timeout: float | None = None) -> bool:
+        """Block (off the loop) until no record waits for the record thread (``_record_later``); False at ``timeout``."""
+        with self._queue:
+            return self._queue.wait_for(lambda: not self._recording, timeout)
 
     def _write_record(self, record: tuple[int, bytes] | None) -> None:
         """Write ``record`` (``_note``) to ``floor`` unless a later version is written already (the loop and
