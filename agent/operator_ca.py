@@ -740,7 +740,8 @@ class Revocations:
             self._write_record(record)
 
     def wait_recorded(self, timeout: float | None = None) -> bool:
-        """Block (off the loop) until no record waits for the record thread (``_record_later``); False at ``timeout``."""
+        """Block (off the loop) until no record waits for the record thread (``_record_later``); False at
+        ``timeout``."""
         with self._queue:
             return self._queue.wait_for(lambda: not self._recording, timeout)
 
