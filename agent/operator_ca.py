@@ -237,6 +237,12 @@ def revocation_bytes(issued: int, revoked: list[str]) -> bytes:
     return REVOKE_CONTEXT + json.dumps([issued, sorted(revoked)], separators=(",", ":")).encode()
 
 
+def list_text(issued: int, ordered: list[str] | tuple[str, ...], signature: str) -> bytes:
+    """A signed list as a file holds it (what ``peerserve ca revoke`` writes, compactly): ``ordered`` sorted."""
+    return json.dumps({"format": "peerserve-revocations-v1", "issued": issued, "revoked": list(ordered),
+                       "signature": signature}, separators=(",", ":")).encode()  # fmt: skip
+
+
 def list_digest(revoked: frozenset[str]) -> str:
     """What a revocation list names, in 32 hex digits: recorded with its stamp, so that two lists signed at the same
     stamp are told apart after a restart."""
@@ -413,8 +419,9 @@ class Revocations:
             return
         if f.stat is None:
             if self._source is f and self._issued >= 0:
-                log.error("revocation list %s removed: the list signed at %d stays in force (%d card(s) revoked)",
-                          f.path, self._issued, len(self._revoked))  # fmt: skip
+                log.error("revocation list %s removed: the list signed at %d stays in force (%d card(s) revoked)%s",
+                          f.path, self._issued, len(self._revoked),
+                          "; it is written there again" if f is self._synced else "")  # fmt: skip
             return
         try:
             with open(f.path, "rb") as file:
@@ -594,6 +601,54 @@ class Revocations:
                 log.error("cannot fsync %s (%s): a power cut may lose the revocation list members handed this board",
                           self.synced_path.parent, exc)  # fmt: skip
         self._write_record(record)
+
+    def lost_synced(self) -> SignedList | None:
+        """The list in force, when it was put in force from the synced file and that file no longer holds it: removed
+        (by hand, a disk problem), damaged or replaced by an older list while the agent runs. The board would go on
+        enforcing and advertising it while the next restart found none (and failed closed) or an older one (review19f
+        R3): ``restore_stage`` writes it again, ``restore_commit`` puts it back. None when the file holds it, or the
+        list in force is the operator's (this board never writes that file). Re-stats both files (``current``)."""
+        with contextlib.suppress(CardError):  # the operator's file damaged: the list from members is kept all the same
+            self.current()
+        f = self._synced
+        if self._source is not f or self._issued < 0 or f.path is None:
+            return None
+        if f.held is not None and f.held[0] == self._issued and f.held[1] == self._revoked:
+            return None
+        return SignedList(self._issued, self._revoked, self._signature, self._sorted, self._digest)
+
+    def restore_stage(self, lost: SignedList) -> Staged:
+        """Off the event loop: ``lost`` (``lost_synced``) as a file's text, written beside the synced file and fsynced
+        (``offer_stage``); never raises."""
+        return self.offer_stage(list_text(lost.issued, lost.ordered, lost.signature), lost)
+
+    def restore_commit(self, staged: Staged) -> bool:
+        """On the event loop: rename ``staged`` (``restore_stage``) over the synced file if the list in force is still
+        the one it holds and the synced file still lacks it (both re-stat'd), else drop it; True when put back (the
+        folder's fsync then: ``offer_persist(None)``). Never raises; a failure is logged."""
+        checked, lost = staged.checked, self.lost_synced()
+        put = staged.tmp is not None and lost is not None and (lost.issued, lost.digest) == (checked.issued,
+                                                                                            checked.digest)  # fmt: skip
+        if put:
+            assert staged.tmp is not None and self.synced_path is not None
+            try:
+                os.replace(staged.tmp, self.synced_path)
+            except OSError as exc:
+                staged = Staged(checked, staged.tmp, None, str(exc))
+                put = False
+        if not put:
+            if staged.tmp is not None:
+                _unlink_quietly(staged.tmp)
+            if staged.error:
+                log.error("cannot write the revocation list in force (signed at %d) to %s again (%s): a restart would "
+                          "not find it; asked again later", checked.issued, self.synced_path, staged.error)  # fmt: skip
+            return False
+        f = self._synced
+        f.stat, f.read, f.held, f.damage, f.why = staged.stat, True, (checked.issued, checked.revoked,
+                                                                      checked.signature), None, ""  # fmt: skip
+        log.warning("the revocation list in force (signed at %d, %d board card(s) revoked) was no longer in %s: "
+                    "written there again", checked.issued, len(checked.revoked), self.synced_path)  # fmt: skip
+        return True
 
     def _admit(self, checked: SignedList, source: str) -> str | None:
         """None when ``checked`` is newer than the list in force (both files re-read if changed) and the record;

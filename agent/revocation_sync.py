@@ -23,7 +23,6 @@ and 32 hex digits per message.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import math
 import time
@@ -34,7 +33,16 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from agent.operator_ca import MAX_REVOKED, OFFER_OUTCOMES, REVOCATION_PAGE, CardError, Revocations, Staged
+from agent.operator_ca import (
+    MAX_REVOKED,
+    OFFER_OUTCOMES,
+    REVOCATION_PAGE,
+    CardError,
+    Revocations,
+    SignedList,
+    Staged,
+    list_text,
+)
 from peerserve import wire
 
 if TYPE_CHECKING:
@@ -62,6 +70,24 @@ class FetchError(Exception):
 class _Member:
     failures: int = 0  # fetches from it that failed in a row
     next_at: float = -math.inf  # monotonic: when it may be asked again
+
+
+@dataclass
+class Retry:
+    """When a board's own repeated chore may run again (pure: ``now`` is the monotonic clock, passed in): at most once
+    per ``interval_s``, and after failures in a row ``interval_s`` doubled per failure up to ``max_s``."""
+
+    interval_s: float = FETCH_INTERVAL_S
+    max_s: float = BACKOFF_MAX_S
+    failures: int = 0
+    next_at: float = -math.inf
+
+    def due(self, now: float) -> bool:
+        return now >= self.next_at
+
+    def done(self, ok: bool, now: float) -> None:
+        self.failures = 0 if ok else self.failures + 1
+        self.next_at = now + min(self.max_s, self.interval_s * 2.0**self.failures)
 
 
 class FetchPlan:
@@ -130,8 +156,7 @@ class Pages:
 
     def text(self) -> bytes:
         """The list as a file holds it (what ``peerserve ca revoke`` writes): for ``Revocations.offer`` to check."""
-        return json.dumps({"format": "peerserve-revocations-v1", "issued": self.stamp, "revoked": self.revoked,
-                           "signature": self.signature}, separators=(",", ":")).encode()  # fmt: skip
+        return list_text(self.stamp, self.revoked or [], self.signature)
 
 
 def take_page(pages: Pages, data: Any) -> None:
@@ -180,10 +205,45 @@ class RevocationSync:
         self.heard_from: OrderedDict[str, tuple[int, str]] = OrderedDict()  # member -> its latest advert (/cluster)
         self._task: asyncio.Task[None] | None = None
         self._said: set[tuple[str, int]] = set()
+        self.restores = Retry()  # the synced file written again (review19f R3): once a second, backed off on failure
+        self.restored = 0  # times it was
+        self._restoring: asyncio.Task[None] | None = None
 
     def advert(self) -> tuple[int, str] | None:
-        """(stamp, digest) for our outgoing SWIM messages."""
-        return self.revocations.advert()
+        """(stamp, digest) for our outgoing SWIM messages (and /cluster, /metrics); on the loop, the synced file is
+        checked to hold the list in force (``keep_synced``)."""
+        own = self.revocations.advert()
+        self.keep_synced()
+        return own
+
+    def keep_synced(self) -> None:
+        """On the event loop: when the synced file no longer holds the list in force from it (removed, damaged or
+        replaced by an older list while the agent runs; ``Revocations.lost_synced``), write it there again, in a
+        thread, one write at a time and at most once per ``Retry`` step, so that the state on disk follows the state
+        in force and a restart keeps it (review19f R3). Costs two stats when nothing is lost (as ``advert``)."""
+        if self._restoring is not None or not self.restores.due(self.clock()):
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        lost = self.revocations.lost_synced()
+        if lost is not None:
+            self._restoring = loop.create_task(self._restore(lost))
+
+    async def _restore(self, lost: SignedList) -> None:
+        ok = False
+        try:
+            staged = await asyncio.to_thread(self.revocations.restore_stage, lost)
+            ok = self.revocations.restore_commit(staged)
+            if ok:
+                self.restored += 1
+                await asyncio.shield(asyncio.to_thread(self.revocations.offer_persist, None))  # the folder's fsync
+        except Exception as exc:  # a bug here must not end the task unseen
+            log.warning("writing the revocation list in force again failed unexpectedly", exc_info=exc)
+        finally:
+            self.restores.done(ok, self.clock())
+            self._restoring = None
 
     def members(self) -> dict[str, int]:
         """The stamp each current member last advertised (what /cluster shows): a member that died, left or was
@@ -275,6 +335,7 @@ class RevocationSync:
         raise FetchError(f"more than {MAX_PAGES} pages")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        for task in (self._task, self._restoring):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)

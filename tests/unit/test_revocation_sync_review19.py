@@ -8,10 +8,15 @@ import asyncio
 import json
 import os
 import threading
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from agent import operator_ca
+from agent.operator_ca import Revocations, list_digest
+from agent.revocation_sync import RevocationSync
 from tests.unit.test_revocation_sync import A, B, lists_at, revocations_at, signed, state
 
 
@@ -92,3 +97,97 @@ def test_records_waiting_for_the_record_thread_are_written_newest_last(tmp_path:
     asyncio.run(scenario())
     assert json.loads(floor.read_text())["stamps"][revs.ca] == 209
     assert state(revocations_at(tmp_path)) == [A, B]
+
+
+# -- review19f R3: the synced file follows the list in force ---------------------------------------------------------
+async def _until(done: Callable[[], bool], within_s: float = 10.0) -> None:
+    """Let the loop run until ``done()`` (a thread's write), bounded: a regression fails instead of hanging."""
+    for _ in range(int(within_s / 0.01)):
+        if done():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("not done in time")
+
+
+def _issued(path: Path) -> int | None:
+    try:
+        return int(json.loads(path.read_bytes())["issued"])
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def _member_sync(revs: Revocations, clock: list[float]) -> RevocationSync:
+    return RevocationSync(revs, None, lambda m: f"http://{m}", clock=lambda: clock[0])  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("loss", ["removed", "damaged", "older"])
+def test_a_synced_file_lost_while_the_agent_runs_is_written_again_and_a_restart_keeps_the_list(
+    tmp_path: Path, loss: str
+) -> None:
+    """review19f R3: the list members handed this board is in force from peer/revoked.synced.json; the file is
+    removed (by hand, a disk problem), damaged, or an older list is copied over it. Before, the board went on
+    enforcing and advertising the list while its disk held none (or an older one): the next restart failed closed
+    (503 for every card) or enforced less. Now the next advert finds the loss and writes the list in force again."""
+    listed, _, synced = lists_at(tmp_path)
+    listed.write_bytes(signed(90, [A]))  # the operator's own, older list stays as it is
+    revs, clock = revocations_at(tmp_path), [100.0]
+    assert revs.offer(signed(100, [A, B]), "m") == "accepted" and revs.in_force_from == synced
+    sync = _member_sync(revs, clock)
+    if loss == "removed":
+        synced.unlink()
+    else:
+        synced.write_bytes(b'{"format": "peerserve-revo' if loss == "damaged" else signed(95, [A]))
+
+    async def scenario() -> None:
+        assert sync.advert() == (100, list_digest(frozenset({A, B})))  # still in force and advertised ...
+        await _until(lambda: _issued(synced) == 100, 5.0)  # ... and written again, in a thread
+        await _until(lambda: sync._restoring is None)
+
+    asyncio.run(scenario())
+    assert json.loads(synced.read_text())["issued"] == 100 and state(revs) == [A, B]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["revoked.json", "revoked.stamp.json", "revoked.synced.json"]
+    restarted = revocations_at(tmp_path)
+    assert state(restarted) == [A, B] and restarted.in_force_from == synced
+
+
+def test_only_a_lost_list_from_members_is_written_again_and_a_failing_write_is_backed_off(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The operator's list in force is never copied to the synced file (nor the operator's file written); a write
+    that fails (a full disk) is logged and tried again only after the back-off (2 s, 4 s ... up to 300 s), one at a
+    time however often the board advertises."""
+    listed, _, synced = lists_at(tmp_path)
+    listed.write_bytes(signed(90, [A]))
+    revs, clock = revocations_at(tmp_path), [100.0]
+    sync = _member_sync(revs, clock)
+    writes: list[Path] = []
+    real = operator_ca.write_synced
+
+    def full_disk(tmp: Path, data: bytes, *args: Any, **kwargs: Any) -> os.stat_result:
+        writes.append(tmp)
+        raise OSError(28, "No space left on device")
+
+    async def scenario() -> None:
+        assert sync.advert() is not None and sync._restoring is None  # the operator's list: nothing to write
+        assert not synced.exists() and revs.lost_synced() is None
+        monkeypatch.setattr(operator_ca, "write_synced", real)
+        assert revs.offer(signed(100, [A, B]), "m") == "accepted"
+        synced.unlink()
+        monkeypatch.setattr(operator_ca, "write_synced", full_disk)
+        for _ in range(50):  # advertised often: one write
+            sync.advert()
+            await asyncio.sleep(0)
+        await _until(lambda: sync._restoring is None)
+        assert len(writes) == 1 and sync.restored == 0 and sync.restores.failures == 1
+        clock[0] += 1.9
+        sync.advert()
+        assert sync._restoring is None and len(writes) == 1  # backed off 2 s
+        clock[0] += 0.2
+        monkeypatch.setattr(operator_ca, "write_synced", real)
+        sync.advert()
+        await _until(lambda: sync._restoring is None)
+        assert sync.restored == 1 and sync.restores.failures == 0
+
+    asyncio.run(scenario())
+    assert "cannot write the revocation list in force (signed at 100)" in caplog.text
+    assert state(revocations_at(tmp_path)) == [A, B] and json.loads(listed.read_text())["issued"] == 90
