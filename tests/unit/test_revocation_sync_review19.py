@@ -12,12 +12,28 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
+from fastapi import FastAPI, Request
+from fastapi.responses import Response
 
 from agent import operator_ca
+from agent.aio import wait_for as agent_aio_wait
 from agent.operator_ca import Revocations, list_digest
-from agent.revocation_sync import RevocationSync
-from tests.unit.test_revocation_sync import A, B, lists_at, revocations_at, signed, state
+from agent.peer_client import PeerClient
+from agent.revocation_sync import FETCH, PREEMPT, FetchPlan, RevocationSync
+from peerserve import wire
+from tests.unit.test_revocation_sync import (
+    A,
+    B,
+    C,
+    _fetcher,
+    _serving_board,
+    lists_at,
+    revocations_at,
+    signed,
+    state,
+)
 
 
 def _held_fsyncs(monkeypatch: pytest.MonkeyPatch, name: str) -> tuple[threading.Event, threading.Event, set[int]]:
@@ -191,3 +207,131 @@ def test_only_a_lost_list_from_members_is_written_again_and_a_failing_write_is_b
     asyncio.run(scenario())
     assert "cannot write the revocation list in force (signed at 100)" in caplog.text
     assert state(revocations_at(tmp_path)) == [A, B] and json.loads(listed.read_text())["issued"] == 90
+
+
+# -- review19a F4: one fetch slot, a deadline and pre-emption ---------------------------------------------------------
+def test_a_stamp_several_members_advertise_pre_empts_a_lone_advertisers_fetch_and_nothing_else_does() -> None:
+    adverts: dict[str, int] = {}
+
+    def backers(stamp: int) -> int:
+        return sum(1 for s in adverts.values() if s == stamp)
+
+    def choose(member: str, stamp: int, now: float) -> str | None:
+        adverts[member] = stamp
+        return plan.choose(member, (stamp, "0" * 32), (10, "1" * 32), now, backers)
+
+    plan = FetchPlan(interval_s=1.0, backoff_max_s=300.0)
+    assert choose("liar", 10**12, 0.0) == FETCH and plan.in_flight == ("liar", 10**12)
+    assert choose("h1", 40, 0.0) is None  # one member's stamp against one member's: the fetch under way stays
+    assert choose("liar", 10**12, 0.0) is None  # (its own advert again: asked once an interval)
+    assert choose("h2", 40, 0.0) == PREEMPT and plan.in_flight == ("h2", 40)  # two members back 40
+    assert plan.backoff("liar", 0.0) == 2.0  # backed off as after a failure
+    ticket = plan.ticket
+    plan.done("liar", False, 0.5, ticket - 1)  # the pre-empted fetch's end changes nothing
+    assert plan.in_flight == ("h2", 40) and plan.members["liar"].failures == 1
+    assert choose("h3", 40, 0.1) is None  # the same stamp as the fetch under way: nothing
+    assert choose("h4", 41, 0.1) is None  # a newer stamp one member advertises does not pre-empt a backed one
+    assert choose("h5", 41, 0.1) == PREEMPT and plan.in_flight == ("h5", 41)  # a newer one two members do
+    plan.preemptible = False  # its list is being checked and written: nothing pre-empts it any more
+    assert choose("h6", 42, 0.2) is None and choose("h7", 42, 0.2) is None
+    plan.done("h5", True, 0.3, plan.ticket)
+    assert plan.in_flight is None and plan.backoff("h5", 0.3) == 1.0
+    adverts.clear()
+    assert choose("h1", 50, 5.0) == FETCH
+    assert choose("h1", 51, 5.0) is None  # a member does not pre-empt its own fetch
+    assert choose("liar", 51, 1.0) is None  # backed by h1 and itself, but backed off (until 2.0: asked at 1.0)
+    assert plan.in_flight == ("h1", 50)
+
+
+def test_a_pre_empted_fetch_is_counted_and_the_chain_of_pre_emptions_is_bounded() -> None:
+    """Colluding members may back a stamp they cannot back with a list: each pre-emption is of a strictly newer
+    stamp (from a backed one) and from a member not backed off, so with k such members and any number of stamps the
+    pre-emptions within one interval are at most k."""
+    adverts: dict[str, int] = {}
+    plan = FetchPlan(interval_s=1.0, backoff_max_s=300.0)
+
+    def backers(stamp: int) -> int:
+        return sum(1 for s in adverts.values() if s == stamp)
+
+    liars = [f"l{i}" for i in range(8)]
+    assert plan.choose("h1", (40, "0" * 32), None, 0.0, backers) == FETCH
+    adverts["h1"] = adverts["h2"] = 40
+    pre_empted, stamp = 0, 40
+    for _ in range(50):  # every liar advertises a newer stamp than the last, with a partner, every round
+        stamp += 1
+        for liar in liars:
+            adverts[liar] = stamp
+        for liar in liars:
+            if plan.choose(liar, (stamp, "0" * 32), None, 0.5, backers) == PREEMPT:
+                pre_empted += 1
+    assert pre_empted <= len(liars)
+    assert all(plan.backoff(liar, 0.5) > 0.0 for liar in liars)
+
+
+def test_the_whole_fetch_is_bounded_by_its_deadline_whatever_the_transport_does(tmp_path: Path) -> None:
+    """review19a F4: each page's timeout is the transport's to keep; one that keeps none (here httpx's ASGI transport;
+    per read, a trickled page) held the one slot for ever. Now the fetch itself ends at ``timeout_s``."""
+    app, asked = FastAPI(), asyncio.Event()
+
+    @app.get(wire.ROUTE_REVOCATIONS)
+    async def trickled(request: Request) -> Response:
+        asked.set()
+        await asyncio.sleep(3600)  # a page that never ends
+        return Response(b"{}")
+
+    async def scenario() -> None:
+        http = httpx.AsyncClient(transport=httpx.ASGITransport(app=app))
+        try:
+            _, sync = _fetcher(tmp_path, http)
+            sync.timeout_s = 0.3
+            sync.heard("f", (70, "0" * 32))
+            assert sync.plan.in_flight == ("f", 70)
+            await _until(lambda: sync.plan.in_flight is None, 20.0)
+            assert asked.is_set() and sync.outcomes["failed"] == 1 and sync.plan.backoff("f", sync.clock()) > 1.0
+            await sync.peers.close()
+        finally:
+            await http.aclose()
+
+    asyncio.run(scenario())
+
+
+def test_a_lone_trickling_member_is_pre_empted_by_a_stamp_two_members_advertise(tmp_path: Path) -> None:
+    """review19a F4: member "t" advertises a stamp it cannot back (10**12) and trickles its pages, holding the one
+    fetch slot; "f" and "h" advertise the operator's list (40). Before, the board waited for t's fetch to fail (10 s,
+    every back-off step). Now the second advert of 40 pre-empts it: the list comes from f at once."""
+    slow, asked = FastAPI(), asyncio.Event()
+
+    @slow.get(wire.ROUTE_REVOCATIONS)
+    async def trickled(request: Request) -> Response:
+        asked.set()
+        await asyncio.sleep(3600)
+        return Response(b"{}")
+
+    async def scenario() -> None:
+        agent, f_http = _serving_board(tmp_path)
+        assert agent.identity is not None and agent.identity.operator is not None
+        served = agent.identity.operator.revocations.advert()
+        assert served is not None
+        http = httpx.AsyncClient(mounts={"http://t": httpx.ASGITransport(app=slow), "http://f": f_http._transport})
+        try:
+            ident, _ = _fetcher(tmp_path, http)
+            assert ident.operator is not None
+            sync = RevocationSync(ident.operator.revocations, PeerClient(ident, lambda url: None, http=http),
+                                  lambda m: f"http://{m}" if m in ("t", "f", "h") else None)  # fmt: skip
+            sync.heard("t", (10**12, "0" * 32))
+            await agent_aio_wait(asked.wait(), 10.0)
+            sync.heard("h", served)  # one member backs 40: t's fetch stays
+            assert sync.plan.in_flight == ("t", 10**12)
+            sync.heard("f", served)  # two do: f's fetch replaces t's
+            assert sync.plan.in_flight == ("f", served[0])
+            await _until(lambda: sync.plan.in_flight is None, 20.0)
+            assert sync.outcomes["accepted"] == 1 and sync.outcomes["preempted"] == 1
+            assert sorted(ident.operator.revocations.current()) == [A, B, C]
+            assert sync.plan.backoff("t", sync.clock()) > 1.0
+            await sync.peers.close()
+        finally:
+            await http.aclose()
+            await f_http.aclose()
+            await agent.stop()
+
+    asyncio.run(scenario())
