@@ -247,6 +247,7 @@ class RevocationSync:
         self.outcomes: Counter[str] = Counter(dict.fromkeys(OUTCOMES, 0))  # peerserve_revocation_lists_total
         self.heard_from: OrderedDict[str, tuple[int, str]] = OrderedDict()  # member -> its latest advert (/cluster)
         self._task: asyncio.Task[None] | None = None
+        self._ending: set[asyncio.Task[None]] = set()  # pre-empted fetches, cancelled, not yet ended
         self._said: set[tuple[str, int]] = set()
         self.restores = Retry()  # the synced file written again (review19f R3): once a second, backed off on failure
         self.restored = 0  # times it was
@@ -314,8 +315,10 @@ class RevocationSync:
             log.warning("gave up fetching the revocation list signed at %d from %s (it alone advertises it, or an "
                         "older one) for the one signed at %d that %s and %d other member(s) advertise", busy[1],
                         busy[0], advert[0], member, self._backers(advert[0]) - 1)  # fmt: skip
-            if self._task is not None:
-                self._task.cancel()  # its end is counted "preempted"; its slot is the new fetch's already
+            if self._task is not None:  # its end is counted "preempted"; its slot is the new fetch's already
+                self._task.cancel()
+                self._ending.add(self._task)  # (at most one per pre-emption, gone as it ends: stop waits for them)
+                self._task.add_done_callback(self._ending.discard)
         if decision == CONFLICT:
             if (member, advert[0]) not in self._said:
                 if len(self._said) >= SAID_MAX:
@@ -401,7 +404,7 @@ class RevocationSync:
         raise FetchError(f"more than {MAX_PAGES} pages")
 
     async def stop(self) -> None:
-        for task in (self._task, self._restoring):
+        for task in (self._task, self._restoring, *self._ending):
             if task is not None:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
