@@ -348,7 +348,9 @@ class Revocations:
     An operator's file that is there but not a list signed by this operator CA fails closed: every board card is
     refused (503) until it is replaced, logged once per version of the file; a list cut short or forged must not
     readmit a revoked board. A damaged synced file (only this board writes it) is logged and not used; the stamp
-    record below refuses what it may have held. An older list (a stale copy, or one replayed to undo a revocation):
+    record below refuses what it may have held. A synced file that loses the list in force from it while the agent
+    runs (removed, damaged, an older list copied over it) is written again (``lost_synced``, ``restore_*``, driven by
+    agent/revocation_sync.py). An older list (a stale copy, or one replayed to undo a revocation):
     one signed before the list in force, or a file's removal, leaves that list in force (logged); only a newer signed
     list, as ``peerserve ca revoke`` writes or a member hands over, changes it.
 

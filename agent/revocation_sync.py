@@ -18,7 +18,9 @@ and 32 hex digits per message.
 
     FetchPlan        the decisions (pure, the clock passed in): whom to fetch which stamp from, back-off
     take_page        one page checked against the ones before it (pure)
-    RevocationSync   carries them out: advert for outgoing messages, ``heard`` for incoming ones, the fetch
+    Retry            when a board's own chore may run again (pure): the synced file written again
+    RevocationSync   carries them out: advert for outgoing messages (and ``keep_synced``: the synced file written
+                     again when it lost the list in force, review19f R3), ``heard`` for incoming ones, the fetch
 """
 
 from __future__ import annotations
