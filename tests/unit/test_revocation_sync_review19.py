@@ -203,6 +203,11 @@ def test_only_a_lost_list_from_members_is_written_again_and_a_failing_write_is_b
         sync.advert()
         await _until(lambda: sync._restoring is None)
         assert sync.restored == 1 and sync.restores.failures == 0
+        clock[0] += 5.0
+        synced.write_bytes(synced.read_bytes())  # the same list written again by hand (a new stat): re-read ...
+        os.utime(synced, ns=(1, 1))
+        assert sync.advert() is not None and sync._restoring is None  # ... and nothing is lost: nothing written
+        assert sync.restored == 1 and revs.lost_synced() is None
 
     asyncio.run(scenario())
     assert "cannot write the revocation list in force (signed at 100)" in caplog.text
