@@ -5,7 +5,9 @@ torn one, and never the old one once this returned.
 Write a temporary file beside it, fsync it, rename it over the file, fsync the folder: without the last fsync
 the rename itself can be lost in a power cut within the next journal commit (review16c F1 found it missing in
 one of the copies this replaces). ``write_synced`` / ``fsync_dir`` are the steps, for a caller that writes in a
-thread and renames on its event loop (the revocation list members hand a board, agent/operator_ca.py).
+thread and renames on its event loop (the revocation list members hand a board, agent/operator_ca.py). The
+temporary file is always created anew (``write_synced``: O_EXCL, O_NOFOLLOW, mode 0600), never opened through a
+link planted at its name.
 """
 
 from __future__ import annotations
@@ -40,9 +42,22 @@ def tmp_glob(path: Path) -> str:
     return f"{path.name}.{'[0-9a-f]' * 16}.tmp"
 
 
-def write_synced(tmp: Path, data: bytes, owner: tuple[int, int] | None = None) -> os.stat_result:
-    """Write ``data`` to ``tmp`` and fsync it (given to ``owner`` if set); its stat (on the descriptor); OSError."""
-    with open(tmp, "wb") as f:
+TMP_MODE = 0o600  # the agent's state files are its own (their folder is 0700 too)
+
+
+def write_synced(tmp: Path, data: bytes, owner: tuple[int, int] | None = None, mode: int = TMP_MODE) -> os.stat_result:
+    """Write ``data`` to ``tmp``, a file this call creates (``mode``), and fsync it (given to ``owner`` if set); its
+    stat (on the descriptor); OSError. Opened O_CREAT|O_EXCL|O_NOFOLLOW, never followed or written through: a
+    symlink planted at ``tmp`` (by whoever can write the folder) no longer sends the write to its target, nor does a
+    hard link or a file held open elsewhere see it. A leftover at ``tmp`` (a crash's temporary file, or a planted
+    link) is unlinked, never written into, and the create tried once more (FileExistsError if it is back)."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        fd = os.open(tmp, flags, mode)
+    except FileExistsError:
+        os.unlink(tmp)  # the name only: a symlink itself, not what it points to; a folder there is an OSError
+        fd = os.open(tmp, flags, mode)
+    with os.fdopen(fd, "wb") as f:
         f.write(data)
         f.flush()
         os.fsync(f.fileno())

@@ -21,6 +21,7 @@ board (``peerserve ca init`` on the operator's machine). Node ids are no longer 
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import hashlib
@@ -236,6 +237,12 @@ def revocation_bytes(issued: int, revoked: list[str]) -> bytes:
     return REVOKE_CONTEXT + json.dumps([issued, sorted(revoked)], separators=(",", ":")).encode()
 
 
+def list_text(issued: int, ordered: list[str] | tuple[str, ...], signature: str) -> bytes:
+    """A signed list as a file holds it (what ``peerserve ca revoke`` writes, compactly): ``ordered`` sorted."""
+    return json.dumps({"format": "peerserve-revocations-v1", "issued": issued, "revoked": list(ordered),
+                       "signature": signature}, separators=(",", ":")).encode()  # fmt: skip
+
+
 def list_digest(revoked: frozenset[str]) -> str:
     """What a revocation list names, in 32 hex digits: recorded with its stamp, so that two lists signed at the same
     stamp are told apart after a restart."""
@@ -341,7 +348,9 @@ class Revocations:
     An operator's file that is there but not a list signed by this operator CA fails closed: every board card is
     refused (503) until it is replaced, logged once per version of the file; a list cut short or forged must not
     readmit a revoked board. A damaged synced file (only this board writes it) is logged and not used; the stamp
-    record below refuses what it may have held. An older list (a stale copy, or one replayed to undo a revocation):
+    record below refuses what it may have held. A synced file that loses the list in force from it while the agent
+    runs (removed, damaged, an older list copied over it) is written again (``lost_synced``, ``restore_*``, driven by
+    agent/revocation_sync.py). An older list (a stale copy, or one replayed to undo a revocation):
     one signed before the list in force, or a file's removal, leaves that list in force (logged); only a newer signed
     list, as ``peerserve ca revoke`` writes or a member hands over, changes it.
 
@@ -351,8 +360,9 @@ class Revocations:
     newer one revoked: it fails closed (503 for every board card, logged with what to do) until a list at least as
     new is copied there. A damaged or foreign stamp file is logged as such and set aside (``.damaged``), never a
     crash: the lists on disk are then used as they are (their revocations in force) and the stamp recorded anew. For
-    an operator's copy the record is written on the thread that reads the list (the event loop), once per newer list
-    an operator copies: rare, like the copies; for a member's list, in a thread (``offer_persist``)."""
+    an operator's copy read on an event loop, the record is written by a thread of its own (``_record_later``; the
+    loop never fsyncs it nor waits on its lock: review19f R4); for a member's list, in a thread (``offer_persist``).
+    Either way a newer record is never overwritten by an older one (versions, ``_write_record``)."""
 
     def __init__(
         self, path: Path | None, ca_public: Ed25519PublicKey, floor: Path | None = None, synced: Path | None = None
@@ -369,8 +379,14 @@ class Revocations:
         self._digest = ""  # list_digest of the list in force: advertised to members (``advert``)
         self._lists: dict[str, str] = {}  # CA fingerprint -> the digest of the list recorded with its stamp
         self._unreadable: str | None = None  # why the record exists but cannot be read (fails closed)
-        self._write_lock = threading.Lock()  # one writer of the stamp record at a time (the loop, or offer_persist)
+        self._write_lock = threading.Lock()  # one writer of the stamp record at a time (never the loop: review19f R4)
         self._record_seq = self._written_seq = 0  # record versions made / the newest written (none goes back)
+        # the record of an operator's copy read on an event loop, for the record thread (``_record_later``): the
+        # newest one waiting (older ones are skipped, as ``_write_record`` would), and whether that thread runs;
+        # the condition's lock is never held across I/O, so the loop never waits on a disk
+        self._queued: tuple[int, bytes] | None = None
+        self._recording = False
+        self._queue = threading.Condition(threading.Lock())
         for kept in (synced, floor):  # temporary files a crash left behind (unique names, see durable.unique_tmp)
             if kept is not None:
                 for left in kept.parent.glob(tmp_glob(kept)):
@@ -405,8 +421,9 @@ class Revocations:
             return
         if f.stat is None:
             if self._source is f and self._issued >= 0:
-                log.error("revocation list %s removed: the list signed at %d stays in force (%d card(s) revoked)",
-                          f.path, self._issued, len(self._revoked))  # fmt: skip
+                log.error("revocation list %s removed: the list signed at %d stays in force (%d card(s) revoked)%s",
+                          f.path, self._issued, len(self._revoked),
+                          "; it is written there again" if f is self._synced else "")  # fmt: skip
             return
         try:
             with open(f.path, "rb") as file:
@@ -449,7 +466,9 @@ class Revocations:
         assert f.held is not None
         issued, revoked, signature = f.held
         if issued == self._issued:
-            if revoked != self._revoked:
+            if revoked == self._revoked:
+                f.held = (issued, self._revoked, signature)  # the very set in force: ``lost_synced`` compares by id
+            else:
                 log.error("revocation list %s was signed at %d like the one in force but names other cards: a "
                           "conflicting list (two signed in one second by an older 'peerserve ca'?). The list in force "
                           "stays; sign a new one with 'peerserve ca revoke'", f.path, issued)  # fmt: skip
@@ -470,7 +489,7 @@ class Revocations:
         if issued == self._floor and recorded is not None and recorded != list_digest(revoked):
             f.why = f"was signed at {issued} but names other cards than the list recorded"
             return
-        self._write_record(self._accept(issued, revoked, signature, f))
+        self._record_later(self._accept(issued, revoked, signature, f))
         log.info("revocation list %s: %d board card(s) revoked", f.path, len(self._revoked))
 
     def _accept(
@@ -587,6 +606,54 @@ class Revocations:
                           self.synced_path.parent, exc)  # fmt: skip
         self._write_record(record)
 
+    def lost_synced(self) -> SignedList | None:
+        """The list in force, when it was put in force from the synced file and that file no longer holds it: removed
+        (by hand, a disk problem), damaged or replaced by an older list while the agent runs. The board would go on
+        enforcing and advertising it while the next restart found none (and failed closed) or an older one (review19f
+        R3): ``restore_stage`` writes it again, ``restore_commit`` puts it back. None when the file holds it, or the
+        list in force is the operator's (this board never writes that file). Re-stats both files (``current``)."""
+        with contextlib.suppress(CardError):  # the operator's file damaged: the list from members is kept all the same
+            self.current()
+        f = self._synced
+        if self._source is not f or self._issued < 0 or f.path is None:
+            return None
+        if f.held is not None and f.held[0] == self._issued and f.held[1] is self._revoked:
+            return None  # (by identity: it runs at every advert, and comparing 65,536 fingerprints costs ~3 ms)
+        return SignedList(self._issued, self._revoked, self._signature, self._sorted, self._digest)
+
+    def restore_stage(self, lost: SignedList) -> Staged:
+        """Off the event loop: ``lost`` (``lost_synced``) as a file's text, written beside the synced file and fsynced
+        (``offer_stage``); never raises."""
+        return self.offer_stage(list_text(lost.issued, lost.ordered, lost.signature), lost)
+
+    def restore_commit(self, staged: Staged) -> bool:
+        """On the event loop: rename ``staged`` (``restore_stage``) over the synced file if the list in force is still
+        the one it holds and the synced file still lacks it (both re-stat'd), else drop it; True when put back (the
+        folder's fsync then: ``offer_persist(None)``). Never raises; a failure is logged."""
+        checked, lost = staged.checked, self.lost_synced()
+        put = staged.tmp is not None and lost is not None and (lost.issued, lost.digest) == (checked.issued,
+                                                                                            checked.digest)  # fmt: skip
+        if put:
+            assert staged.tmp is not None and self.synced_path is not None
+            try:
+                os.replace(staged.tmp, self.synced_path)
+            except OSError as exc:
+                staged = Staged(checked, staged.tmp, None, str(exc))
+                put = False
+        if not put:
+            if staged.tmp is not None:
+                _unlink_quietly(staged.tmp)
+            if staged.error:
+                log.error("cannot write the revocation list in force (signed at %d) to %s again (%s): a restart would "
+                          "not find it; asked again later", checked.issued, self.synced_path, staged.error)  # fmt: skip
+            return False
+        f = self._synced
+        f.stat, f.read, f.held, f.damage, f.why = staged.stat, True, (checked.issued, checked.revoked,
+                                                                      checked.signature), None, ""  # fmt: skip
+        log.warning("the revocation list in force (signed at %d, %d board card(s) revoked) was no longer in %s: "
+                    "written there again", checked.issued, len(checked.revoked), self.synced_path)  # fmt: skip
+        return True
+
     def _admit(self, checked: SignedList, source: str) -> str | None:
         """None when ``checked`` is newer than the list in force (both files re-read if changed) and the record;
         else the outcome, logged."""
@@ -695,6 +762,47 @@ class Revocations:
         self._record_seq += 1
         return self._record_seq, json.dumps({"format": STAMP_FORMAT, "stamps": self._stamps,
                                              "lists": self._lists}).encode()  # fmt: skip
+
+    def _record_later(self, record: tuple[int, bytes] | None) -> None:
+        """``_write_record`` off the event loop: on a loop, ``record`` waits for the record thread (started here if
+        none runs; one at a time, a newer record replacing a waiting older one), so the loop neither fsyncs nor waits
+        for ``_write_lock`` while ``offer_persist``'s thread fsyncs under it (review19f R4); elsewhere (the CLI, a
+        thread) it is written here."""
+        if record is None or self.floor_path is None:
+            return
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            self._write_record(record)
+            return
+        with self._queue:
+            if self._queued is None or record[0] > self._queued[0]:
+                self._queued = record
+            if self._recording:
+                return
+            self._recording = True
+        try:  # not a daemon: an interpreter that exits waits for the record
+            threading.Thread(target=self._record_thread, name="peerserve-revocation-record").start()
+        except RuntimeError as exc:  # no thread to be had: written here, once, rather than lost
+            log.error("cannot start the revocation record's writer (%s): writing it on the event loop", exc)
+            self._record_thread()
+
+    def _record_thread(self) -> None:
+        """Write the waiting records until none waits (the newest each time)."""
+        while True:
+            with self._queue:
+                record, self._queued = self._queued, None
+                if record is None:
+                    self._recording = False
+                    self._queue.notify_all()
+                    return
+            self._write_record(record)
+
+    def wait_recorded(self, timeout: float | None = None) -> bool:
+        """Block (off the loop) until no record waits for the record thread (``_record_later``); False at
+        ``timeout``."""
+        with self._queue:
+            return self._queue.wait_for(lambda: not self._recording, timeout)
 
     def _write_record(self, record: tuple[int, bytes] | None) -> None:
         """Write ``record`` (``_note``) to ``floor`` unless a later version is written already (the loop and

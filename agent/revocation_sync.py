@@ -9,21 +9,23 @@ only if it is signed by THIS board's operator CA and strictly newer than the lis
 can hand over only what the operator signed), and keeps it in the board's own ``DATA_DIR/peer/revoked.synced.json``
 (never in the operator's file). Then that board advertises the new stamp too, and so on.
 
-What a member can make us do is bounded: one fetch in flight at a time (whatever many members advertise), at most
-one fetch per member per ``FETCH_INTERVAL_S``, and a member whose fetch failed (unreachable, a malformed page, a list
+What a member can make us do is bounded: one fetch in flight at a time (whatever many members advertise; a stamp
+``BACKERS`` members advertise pre-empts a lone advertiser's fetch, ``FetchPlan``), at most one fetch per member per
+``FETCH_INTERVAL_S``, and a member whose fetch failed (unreachable, a malformed page, a list
 it cannot back, forged or not newer) is asked again only after an exponential back-off up to ``BACKOFF_MAX_S``; a
 fetch is at most ``MAX_PAGES`` answers of ``wire.MAX_BODY`` within ``FETCH_TIMEOUT_S``. Advertising costs a stamp
 and 32 hex digits per message.
 
     FetchPlan        the decisions (pure, the clock passed in): whom to fetch which stamp from, back-off
     take_page        one page checked against the ones before it (pure)
-    RevocationSync   carries them out: advert for outgoing messages, ``heard`` for incoming ones, the fetch
+    Retry            when a board's own chore may run again (pure): the synced file written again
+    RevocationSync   carries them out: advert for outgoing messages (and ``keep_synced``: the synced file written
+                     again when it lost the list in force, review19f R3), ``heard`` for incoming ones, the fetch
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import math
 import time
@@ -34,7 +36,17 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from agent.operator_ca import MAX_REVOKED, OFFER_OUTCOMES, REVOCATION_PAGE, CardError, Revocations, Staged
+from agent import aio
+from agent.operator_ca import (
+    MAX_REVOKED,
+    OFFER_OUTCOMES,
+    REVOCATION_PAGE,
+    CardError,
+    Revocations,
+    SignedList,
+    Staged,
+    list_text,
+)
 from peerserve import wire
 
 if TYPE_CHECKING:
@@ -49,9 +61,11 @@ PAGE_TIMEOUT_S = 3.0  # one page
 MAX_PAGES = math.ceil(MAX_REVOKED / REVOCATION_PAGE)  # answers of one fetch at most (16)
 MAX_TRACKED = 256  # members whose back-off is remembered (agent.discovery.swim.MAX_MEMBERS)
 SAID_MAX = 256  # (member, stamp) conflicts logged once each, then forgotten all at once
-FETCH, CONFLICT = "fetch", "conflict"
-# a fetch's outcomes: the list's fate (Revocations.offer), or "failed" (no whole list came back)
-OUTCOMES = (*OFFER_OUTCOMES, "failed")
+BACKERS = 2  # current members advertising a stamp for its fetch to pre-empt a lone advertiser's (review19a F4)
+FETCH, CONFLICT, PREEMPT = "fetch", "conflict", "preempt"
+# a fetch's outcomes: the list's fate (Revocations.offer), "failed" (no whole list came back) or "preempted" (given up
+# for a stamp more members advertise, FetchPlan.choose)
+OUTCOMES = (*OFFER_OUTCOMES, "failed", "preempted")
 
 
 class FetchError(Exception):
@@ -64,9 +78,36 @@ class _Member:
     next_at: float = -math.inf  # monotonic: when it may be asked again
 
 
+@dataclass
+class Retry:
+    """When a board's own repeated chore may run again (pure: ``now`` is the monotonic clock, passed in): at most once
+    per ``interval_s``, and after failures in a row ``interval_s`` doubled per failure up to ``max_s``."""
+
+    interval_s: float = FETCH_INTERVAL_S
+    max_s: float = BACKOFF_MAX_S
+    failures: int = 0
+    next_at: float = -math.inf
+
+    def due(self, now: float) -> bool:
+        return now >= self.next_at
+
+    def done(self, ok: bool, now: float) -> None:
+        self.failures = 0 if ok else self.failures + 1
+        self.next_at = now + min(self.max_s, self.interval_s * 2.0**self.failures)
+
+
 class FetchPlan:
     """Which advertised stamp to fetch from which member, and when a member may be asked again (pure: ``now`` is the
-    monotonic clock, passed in)."""
+    monotonic clock, passed in).
+
+    One fetch at a time. A member that advertises a stamp nobody else does (one it cannot back, say) and trickles its
+    pages held that slot for the whole fetch's deadline, every back-off step (review19a F4); now a stamp that at
+    least ``BACKERS`` current members advertise pre-empts a fetch still downloading (not once its list is being
+    checked and written) of a stamp its member alone advertises, or of an older one. The member pre-empted is backed
+    off as after a failure. Bounded: a pre-empting fetch is of a stamp that many members back, and only a strictly
+    newer such stamp pre-empts it in turn, so pre-emptions in a row are at most the stamps several members advertise
+    (honest members: the lists the operator signed), each from a member not backed off, whose next turn is then
+    ``interval_s`` away at least."""
 
     def __init__(
         self, interval_s: float = FETCH_INTERVAL_S, backoff_max_s: float = BACKOFF_MAX_S, tracked: int = MAX_TRACKED
@@ -74,22 +115,39 @@ class FetchPlan:
         self.interval_s, self.backoff_max_s, self.tracked = interval_s, backoff_max_s, tracked
         self.members: OrderedDict[str, _Member] = OrderedDict()
         self.in_flight: tuple[str, int] | None = None  # (member, stamp) of the one fetch under way
+        self.ticket = 0  # the fetch under way's number: a pre-empted one's ``done`` is then told apart
+        self.preemptible = False  # the fetch under way is still downloading (the caller clears it after)
 
-    def choose(self, member: str, advert: tuple[int, str], own: tuple[int, str] | None, now: float) -> str | None:
+    def choose(
+        self,
+        member: str,
+        advert: tuple[int, str],
+        own: tuple[int, str] | None,
+        now: float,
+        backers: Callable[[int], int] = lambda stamp: 1,
+    ) -> str | None:
         """What to do about ``member`` advertising ``advert`` (stamp, digest) while ours is ``own`` (None: no list in
-        force): ``FETCH`` (the caller fetches ``advert``'s stamp from it and reports ``done``), ``CONFLICT`` (the same
-        stamp as ours naming other cards: the caller logs it, nothing is fetched) or None."""
+        force): ``FETCH`` (the caller fetches ``advert``'s stamp from it and reports ``done`` with ``ticket``),
+        ``PREEMPT`` (the same, after cancelling the fetch under way, whose member is backed off here already),
+        ``CONFLICT`` (the same stamp as ours naming other cards: the caller logs it, nothing is fetched) or None.
+        ``backers(stamp)``: how many current members advertise ``stamp`` now (asked only while a fetch is under way)."""
         stamp, digest = advert
         ours = own[0] if own is not None else -1
         if stamp < ours:
             return None  # it is behind: it fetches ours
         if stamp == ours:
             return CONFLICT if own is not None and digest != own[1] else None
-        if self.in_flight is not None:
-            return None
         m = self.members.get(member)
         if m is not None and now < m.next_at:
             return None
+        decision = FETCH
+        if self.in_flight is not None:
+            busy, fetching = self.in_flight
+            if not (self.preemptible and member != busy and backers(stamp) >= BACKERS
+                    and (stamp > fetching or backers(fetching) < BACKERS)):  # fmt: skip
+                return None
+            self._failed(busy, now)
+            decision = PREEMPT
         if m is None:
             m = self.members[member] = _Member()
             while len(self.members) > self.tracked:
@@ -97,17 +155,30 @@ class FetchPlan:
         self.members.move_to_end(member)
         m.next_at = now + self.interval_s
         self.in_flight = (member, stamp)
-        return FETCH
+        self.ticket += 1
+        self.preemptible = True
+        return decision
 
-    def done(self, member: str, ok: bool, now: float) -> None:
-        """The fetch from ``member`` ended (``ok``: its list was put in force): the next may start; a failure backs
-        the member off (``interval_s`` doubled per failure in a row, up to ``backoff_max_s``)."""
-        self.in_flight = None
+    def done(self, member: str, ok: bool, now: float, ticket: int | None = None) -> None:
+        """The fetch from ``member`` (number ``ticket``; None: the one under way) ended (``ok``: its list was put in
+        force): the next may start; a failure backs the member off (``interval_s`` doubled per failure in a row, up to
+        ``backoff_max_s``). A pre-empted fetch's end changes nothing (``choose`` backed its member off)."""
+        if ticket is not None and ticket != self.ticket:
+            return
+        self.in_flight, self.preemptible = None, False
         m = self.members.get(member)
         if m is None:
             return
-        m.failures = 0 if ok else m.failures + 1
-        m.next_at = now + (self.interval_s if ok else min(self.backoff_max_s, self.interval_s * 2.0**m.failures))
+        if ok:
+            m.failures, m.next_at = 0, now + self.interval_s
+        else:
+            self._failed(member, now)
+
+    def _failed(self, member: str, now: float) -> None:
+        m = self.members.get(member)
+        if m is not None:
+            m.failures += 1
+            m.next_at = now + min(self.backoff_max_s, self.interval_s * 2.0**m.failures)
 
     def backoff(self, member: str, now: float) -> float:
         """Seconds until ``member`` may be asked again (0: now)."""
@@ -130,8 +201,7 @@ class Pages:
 
     def text(self) -> bytes:
         """The list as a file holds it (what ``peerserve ca revoke`` writes): for ``Revocations.offer`` to check."""
-        return json.dumps({"format": "peerserve-revocations-v1", "issued": self.stamp, "revoked": self.revoked,
-                           "signature": self.signature}, separators=(",", ":")).encode()  # fmt: skip
+        return list_text(self.stamp, self.revoked or [], self.signature)
 
 
 def take_page(pages: Pages, data: Any) -> None:
@@ -179,11 +249,47 @@ class RevocationSync:
         self.outcomes: Counter[str] = Counter(dict.fromkeys(OUTCOMES, 0))  # peerserve_revocation_lists_total
         self.heard_from: OrderedDict[str, tuple[int, str]] = OrderedDict()  # member -> its latest advert (/cluster)
         self._task: asyncio.Task[None] | None = None
+        self._ending: set[asyncio.Task[None]] = set()  # pre-empted fetches, cancelled, not yet ended
         self._said: set[tuple[str, int]] = set()
+        self.restores = Retry()  # the synced file written again (review19f R3): once a second, backed off on failure
+        self.restored = 0  # times it was
+        self._restoring: asyncio.Task[None] | None = None
 
     def advert(self) -> tuple[int, str] | None:
-        """(stamp, digest) for our outgoing SWIM messages."""
-        return self.revocations.advert()
+        """(stamp, digest) for our outgoing SWIM messages (and /cluster, /metrics); on the loop, the synced file is
+        checked to hold the list in force (``keep_synced``)."""
+        own = self.revocations.advert()
+        self.keep_synced()
+        return own
+
+    def keep_synced(self) -> None:
+        """On the event loop: when the synced file no longer holds the list in force from it (removed, damaged or
+        replaced by an older list while the agent runs; ``Revocations.lost_synced``), write it there again, in a
+        thread, one write at a time and at most once per ``Retry`` step, so that the state on disk follows the state
+        in force and a restart keeps it (review19f R3). Costs two stats when nothing is lost (as ``advert``)."""
+        if self._restoring is not None or not self.restores.due(self.clock()):
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        lost = self.revocations.lost_synced()
+        if lost is not None:
+            self._restoring = loop.create_task(self._restore(lost))
+
+    async def _restore(self, lost: SignedList) -> None:
+        ok = False
+        try:
+            staged = await asyncio.to_thread(self.revocations.restore_stage, lost)
+            ok = self.revocations.restore_commit(staged)
+            if ok:
+                self.restored += 1
+                await asyncio.shield(asyncio.to_thread(self.revocations.offer_persist, None))  # the folder's fsync
+        except Exception as exc:  # a bug here must not end the task unseen
+            log.warning("writing the revocation list in force again failed unexpectedly", exc_info=exc)
+        finally:
+            self.restores.done(ok, self.clock())
+            self._restoring = None
 
     def members(self) -> dict[str, int]:
         """The stamp each current member last advertised (what /cluster shows): a member that died, left or was
@@ -205,7 +311,16 @@ class RevocationSync:
             self.revocations.current()
         except CardError:
             return  # ours is unusable: every member's answer is refused here until the operator mends it
-        decision = self.plan.choose(member, advert, self.revocations.advert(), self.clock())
+        busy = self.plan.in_flight
+        decision = self.plan.choose(member, advert, self.revocations.advert(), self.clock(), self._backers)
+        if decision == PREEMPT and busy is not None:
+            log.warning("gave up fetching the revocation list signed at %d from %s (it alone advertises it, or an "
+                        "older one) for the one signed at %d that %s and %d other member(s) advertise", busy[1],
+                        busy[0], advert[0], member, self._backers(advert[0]) - 1)  # fmt: skip
+            if self._task is not None:  # its end is counted "preempted"; its slot is the new fetch's already
+                self._task.cancel()
+                self._ending.add(self._task)  # (at most one per pre-emption, gone as it ends: stop waits for them)
+                self._task.add_done_callback(self._ending.discard)
         if decision == CONFLICT:
             if (member, advert[0]) not in self._said:
                 if len(self._said) >= SAID_MAX:
@@ -215,13 +330,29 @@ class RevocationSync:
                           "conflicting list, not taken; sign a new one with 'peerserve ca revoke'", member, advert[0],
                           advert[1])  # fmt: skip
             return
-        if decision == FETCH:
-            self._task = asyncio.get_running_loop().create_task(self._fetch(member, url, advert[0]))
+        if decision in (FETCH, PREEMPT):
+            self._task = asyncio.get_running_loop().create_task(self._fetch(member, url, advert[0], self.plan.ticket))
 
-    async def _fetch(self, member: str, url: str, stamp: int) -> None:
+    def _backers(self, stamp: int) -> int:
+        """How many current members advertised ``stamp`` last (at most ``MAX_TRACKED`` looked at)."""
+        return sum(1 for n, a in self.heard_from.items() if a[0] == stamp and self.member_url(n) is not None)
+
+    async def _fetch(self, member: str, url: str, stamp: int, ticket: int) -> None:
         outcome, why = "failed", ""
         try:
-            pages = await self._download(member, url, stamp)
+            try:  # the whole fetch within its deadline, whatever the transport makes of each page's timeout
+                pages = await aio.wait_for(self._download(member, url, stamp), self.timeout_s)
+            except asyncio.TimeoutError:
+                raise FetchError(f"no whole list within {self.timeout_s:g} s") from None
+            except asyncio.CancelledError:
+                if ticket != self.plan.ticket:
+                    outcome = "preempted"
+                raise
+            if ticket == self.plan.ticket:
+                self.plan.preemptible = False  # the list is checked and written from here: no pre-emption
+            else:  # pre-empted as the last page came: the newer fetch has the slot
+                outcome = "preempted"
+                return
             # the list's text, its signature, order and digest and its write (fsynced) in a thread: the loop runs
             # SWIM (a whole list held it ~65 ms with the writes on it, longer on eMMC: review19a F6); only the commit,
             # the stamp comparison and the rename, on the loop; the record written in a thread again
@@ -241,7 +372,7 @@ class RevocationSync:
             log.warning("fetching the revocation list from %s failed unexpectedly", member, exc_info=exc)
         finally:  # cancelled too (stop): the slot is released, or this board would never fetch again (review19a F5)
             now = self.clock()
-            self.plan.done(member, outcome == "accepted", now)
+            self.plan.done(member, outcome == "accepted", now, ticket)
             self.outcomes[outcome] += 1
         if why:
             log.warning("could not fetch the revocation list signed at %d from %s: %s (asked again in %.0f s at the "
@@ -275,6 +406,7 @@ class RevocationSync:
         raise FetchError(f"more than {MAX_PAGES} pages")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        for task in (self._task, self._restoring, *self._ending):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)

@@ -16,7 +16,9 @@ peerserve_mdns_adverts_total{outcome}                                 mDNS adver
 peerserve_revocation_lists_total{outcome}                             operator-CA mode: revocation lists fetched from
                                                                       members, by outcome (accepted; refused: older,
                                                                       conflict, forged, damaged, oversized, unusable,
-                                                                      unwritable; failed: no whole list came back)
+                                                                      unwritable; failed: no whole list came back;
+                                                                      preempted: given up for a stamp several
+                                                                      members advertise)
 peerserve_revocation_stamp                                            operator-CA mode: the stamp of the list in force
                                                                       (-1: none), to compare across boards
 """

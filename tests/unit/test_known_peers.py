@@ -58,15 +58,13 @@ def test_save_is_durable_the_folder_is_fsynced_after_the_rename(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """tidy18: the rename reaches the disk only with the folder's next journal commit unless the folder is fsynced;
-    a power cut before it (boards lose power) lost the new file's directory entry. The file keeps its name and the
-    mode a plain open gives it (0666 less the umask)."""
+    a power cut before it (boards lose power) lost the new file's directory entry. The file keeps its name; its
+    mode is 0600, the agent's own (trust20a: the temporary file is created O_EXCL, never opened through a link)."""
     synced = recorded_fsyncs(monkeypatch)  # (agent/durable.py writes the file)
     peers = [KnownPeer("b", URL.format(2), 3.0)]
     save(tmp_path, peers)
     assert synced == ["file", "folder"] and load(tmp_path) == peers
-    umask = os.umask(0)
-    os.umask(umask)
-    assert stat.S_IMODE((tmp_path / FILE_NAME).stat().st_mode) == 0o666 & ~umask
+    assert stat.S_IMODE((tmp_path / FILE_NAME).stat().st_mode) == 0o600
     assert sorted(p.name for p in tmp_path.iterdir()) == [FILE_NAME]
 
 

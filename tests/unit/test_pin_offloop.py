@@ -31,6 +31,7 @@ from peerserve import wire
 from peerserve.wire import SwimMessage
 from tests.service.conftest import free_port
 from tests.unit.test_peer_swim_route import Membership, Node
+from tests.unit.test_pins import disk_full
 
 TOKEN = "unit-cluster-token-0123456789"
 K1, K2 = b"1" * 32, b"2" * 32
@@ -344,19 +345,18 @@ def test_the_operators_forget_reaches_the_running_agent_between_writes(tmp_path:
 def test_a_write_that_fails_is_not_pinned_and_every_waiter_is_told(tmp_path: Path) -> None:
     path = tmp_path / "peer" / "pins.json"
     path.parent.mkdir(parents=True)
-    (path.parent / "pins.tmp").symlink_to("/dev/full")  # the temp file's write fails: ENOSPC
 
     async def main() -> None:
         pins = Pins(path)
-        with folder_locked(path) as release:
-            waiters = [asyncio.ensure_future(pins.pin("n", K1)) for _ in range(3)]
-            await asyncio.sleep(0.05)
-            release.set()
-            results = await asyncio.gather(*waiters, return_exceptions=True)
-        assert all(isinstance(r, AuthError) and r.status == 503 and "cannot write" in str(r) for r in results)
-        assert len({id(r) for r in results}) == 3  # each contact its own exception
-        assert "n" not in pins._pins and not path.exists()
-        (path.parent / "pins.tmp").unlink()
+        with disk_full(path.parent):  # the temp file's write fails: ENOSPC
+            with folder_locked(path) as release:
+                waiters = [asyncio.ensure_future(pins.pin("n", K1)) for _ in range(3)]
+                await asyncio.sleep(0.05)
+                release.set()
+                results = await asyncio.gather(*waiters, return_exceptions=True)
+            assert all(isinstance(r, AuthError) and r.status == 503 and "cannot write" in str(r) for r in results)
+            assert len({id(r) for r in results}) == 3  # each contact its own exception
+            assert "n" not in pins._pins and not path.exists()
         await pins.pin("n", K1)
         assert read_pins(path) == {"n": K1}
 

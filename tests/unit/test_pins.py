@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
+import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -174,10 +178,24 @@ def test_a_passing_read_error_is_not_damage_and_the_next_check_reads_again(
     assert read_pins(path) == {"a": NEW, "b": OLD, "c": NEW}
 
 
-def _disk_full(folder: Path) -> None:
-    """Every write of the pin file's temp file fails with ENOSPC, as a full data partition answers."""
+@contextlib.contextmanager
+def disk_full(folder: Path) -> Iterator[None]:
+    """Within: every write of the pin file's temp file in ``folder`` fails with ENOSPC at its fsync, as a full data
+    partition answers (delayed allocation). Before trust20a a symlink to /dev/full at the temp name did it; the temp
+    file is now created O_EXCL|O_NOFOLLOW, so a link planted there is removed, never written through."""
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "pins.tmp").symlink_to("/dev/full")
+    real = os.fsync
+
+    def full(fd: int) -> None:
+        if os.readlink(f"/proc/self/fd/{fd}") == str(folder / "pins.tmp"):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real(fd)
+
+    os.fsync = full
+    try:
+        yield
+    finally:
+        os.fsync = real
 
 
 def test_a_pin_that_cannot_be_written_is_not_made_and_the_contact_waits(tmp_path: Path) -> None:
@@ -187,15 +205,14 @@ def test_a_pin_that_cannot_be_written_is_not_made_and_the_contact_waits(tmp_path
     agent = Pins(path)
     agent.check("a", OLD)
     before = path.read_bytes()
-    _disk_full(path.parent)
-    agent.check("a", OLD)  # pinned before: still admitted, nothing to write
-    for key in (NEW, NEW, THIEF):
-        with pytest.raises(AuthError) as info:
-            agent.check("n2", key)
-        assert info.value.status == 503 and "cannot write its pin file" in str(info.value)
-    assert path.read_bytes() == before and "n2" not in agent._pins
-    (path.parent / "pins.tmp").unlink()  # space again
-    agent.check("n2", NEW)
+    with disk_full(path.parent):
+        agent.check("a", OLD)  # pinned before: still admitted, nothing to write
+        for key in (NEW, NEW, THIEF):
+            with pytest.raises(AuthError) as info:
+                agent.check("n2", key)
+            assert info.value.status == 503 and "cannot write its pin file" in str(info.value)
+        assert path.read_bytes() == before and "n2" not in agent._pins
+    agent.check("n2", NEW)  # space again (the failed write's temp file is replaced)
     assert read_pins(path) == {"a": OLD, "n2": NEW}
     with pytest.raises(AuthError, match="belongs to another key"):
         Pins(path).check("n2", THIEF)  # after a restart too
@@ -228,9 +245,8 @@ def test_a_full_disk_answers_503_on_the_peer_route_not_500(tmp_path: Path) -> No
             return r.status_code, r.text
 
         try:
-            _disk_full(tmp_path / "f" / "peer")
-            answers = [await get(member), await get(member), await get(impostor)]
-            (tmp_path / "f" / "peer" / "pins.tmp").unlink()
+            with disk_full(tmp_path / "f" / "peer"):
+                answers = [await get(member), await get(member), await get(impostor)]
             return [*answers, await get(member), await get(impostor)]
         finally:
             await http.aclose()
