@@ -1,7 +1,8 @@
 """peerserve's client library: find agents, ask where a model is best served, predict (httpx + zeroconf only)."""
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from peerserve import lazy
 
 # The package's names load on first use (PEP 562), not on `import client`: `peerserve --help` and the other parts'
 # commands import client.cli to register `endpoints`, `predict` and `cluster`, which imports this package first, and
@@ -26,15 +27,7 @@ if TYPE_CHECKING:
 
 
 if not TYPE_CHECKING:  # hidden from mypy: visible, it would type every attribute of ``client`` as Any
-
-    def __getattr__(name: str) -> Any:
-        """One of the package's names (``_LAZY``), imported from its module on first use and kept."""
-        module = _LAZY.get(name)
-        if module is None:
-            raise AttributeError(f"module 'client' has no attribute {name!r}")
-        value = getattr(importlib.import_module(module), name)
-        globals()[name] = value
-        return value
+    __getattr__ = lazy.loader(__name__, _LAZY, globals())
 
 
 __all__ = [
