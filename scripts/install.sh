@@ -254,7 +254,7 @@ section_settings() {
 # Linear in s: a word keeps its first 512 characters (WT[k] = 1 when it had more), and WC[k] = 1 when a character
 # not blank was cut off after them. Only a word's name (the variable's is 21 characters) and whether its value is
 # blank are asked of it, and both are known from that (gives()); a word built one character at a time, each append
-# copying the word so far, made a 400 KB value take 6.4 s and a 1 MiB line (systemd takes that long) a minute.
+# copying the word so far, made a 400 KB value take 6.4 s and a 1 MiB one (systemd takes lines that long) 168 s.
 extract_words_awk='
 function hexv(c) { return index("0123456789abcdef", tolower(c)) - 1 }
 function hexs(s, i, k,   v, d, j) {
