@@ -394,14 +394,23 @@ async def watch_servers(cluster: Cluster, until: float, rounds: set[float]) -> i
 
 
 def plot(results: list[Result], path: Path) -> Path:
+    import re
+
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = [r.objective for r in results]
+    # each name on lines of at most 9 characters, broken after a hyphen ("queue-" / "p99-" / "weighted"), level: five
+    # placements' names on one line touched, even rotated 20 degrees (tests/unit/test_load_bench.py measures them)
+    names = []
+    for r in results:
+        lines = [""]
+        for part in re.findall(r"[^-]+-?|-", r.objective):
+            lines[-1:] = [lines[-1] + part] if len(lines[-1] + part) <= 9 or not lines[-1] else [lines[-1], part]
+        names.append("\n".join(lines))
     x = np.arange(len(names))
-    fig, (lat, inst, mem) = plt.subplots(1, 3, figsize=(12, 4))
+    fig, (lat, inst, mem) = plt.subplots(1, 3, figsize=(max(13.5, 2.2 * len(names) + 2.5), 4.4))  # wider past 5
     lat.bar(x - 0.2, [r.p50_ms for r in results], 0.4, label="p50")
     lat.bar(x + 0.2, [r.p99_ms for r in results], 0.4, label="p99")
     lat.set_ylabel("latency (ms): loopback proxy time + site RTT")
@@ -411,7 +420,7 @@ def plot(results: list[Result], path: Path) -> Path:
     mem.bar(x, [r.server_rss_mb for r in results])
     mem.set_ylabel("model servers' RSS (MB)")
     for ax in (lat, inst, mem):
-        ax.set_xticks(x, names, rotation=20)  # five placements' names overlap unrotated
+        ax.set_xticks(x, names, fontsize=8.5)
     fig.suptitle("bench/load_bench.py: digits on a 3-agent loopback cluster, Poisson clients")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -25,8 +25,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from peerserve import agent_procs
 
 SITES = [("half_plus_two", [1.0, 2.0, 5.0]), ("half_plus_three", [1.0]), ("xor_mlp", [[0, 1], [1, 1]])]
@@ -71,6 +69,8 @@ def _free_port(host: str, preferred: int) -> int:
 
 
 def _cluster(url: str) -> dict[str, Any]:
+    import httpx  # here, not at the top: `peerserve --help` registers this module's command and needs no httpx
+
     try:
         return dict(httpx.get(url + "/cluster", timeout=1.0).json())
     except (httpx.HTTPError, ValueError):
@@ -137,6 +137,8 @@ class Demo:
 
     # -- workload --------------------------------------------------------------------------------
     def client_loop(self, site: int) -> None:
+        import httpx
+
         from client import Client, PeerserveError
 
         model, instances = SITES[site % len(SITES)]
@@ -167,6 +169,8 @@ class Demo:
 
     # -- the run ---------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
+        import httpx
+
         self.start_agents()
         leader, term = self.wait_for_leader(self.agents)
         self.say(f"discovery complete; {leader} is leader at term {term}")

@@ -193,6 +193,10 @@ unit_root=""
 unit_dirs=(/etc/systemd/system /run/systemd/system /usr/local/lib/systemd/system /usr/lib/systemd/system
   /lib/systemd/system)
 operator_ca_var=PEERSERVE_OPERATOR_CA
+# What one EnvironmentFile= line may have this check read: a glob that names more files, or files that hold more bytes
+# together, is not read at all but named "cannot check" (systemd reads each file up to 64 MiB; this reads ~1 MiB/s,
+# and a glob such as /usr/*/*/* names thousands).
+env_files_max=64 env_bytes_max=$((1 << 20))
 # An assignment that gives the variable a value (an empty one counts as unset, in the agent too: agent/settings.py).
 set_it="(^|[[:space:]\"'])${operator_ca_var}[[:space:]]*=[[:space:]]*([\"'][[:space:]]*)?[^[:space:]\"'#]"
 
@@ -210,21 +214,35 @@ unit_lines() {
 # ends in an odd number of backslashes (an even number is escaped ones), an empty line ends it, and a continued line
 # at the end of the file still counts; spaces and tabs around the key and the value stripped; "Environment=" alone
 # (which resets the list) prints KEY with an empty value (review18d F2). Byte by byte (LC_ALL=C): the BOM is three.
+# A continued line's parts are joined pairwise (join()): appending each to the line so far took 5.4 s for 100,000
+# continuations (400 KB; systemd joins up to 1 MiB).
 section_settings() {
-  unit_lines "$1" | LC_ALL=C awk -v want="[$2]" 'function setting(l,   i, key) {
-      sub(/^[ \t]+/, "", l); sub(/[ \t]+$/, "", l)
+  unit_lines "$1" | LC_ALL=C awk -v want="[$2]" 'function join(   i, m, l) {
+      while (np > 1) {
+        m = 0
+        for (i = 1; i <= np; i += 2) Q[++m] = i < np ? P[i] P[i + 1] : P[i]
+        for (i = 1; i <= m; i++) P[i] = Q[i]
+        np = m }
+      l = np ? P[1] : ""; np = 0
+      return l }
+    function rtrim(s, set,   e) {  # not sub(/[ \t]+$/): that tries each blank of a run, quadratic in a long one
+      e = length(s)
+      while (e > 0 && index(set, substr(s, e, 1))) e--
+      return substr(s, 1, e) }
+    function setting(l,   i, key) {
+      sub(/^[ \t]+/, "", l); l = rtrim(l, " \t")
       if (substr(l, 1, 1) == "[") { sec = l; gsub(/[[:space:]]/, "", sec); return }
       i = index(l, "=")
       if (sec != want || i < 2) return
-      key = substr(l, 1, i - 1); sub(/[[:space:]]+$/, "", key); sub(/^[[:space:]]+/, "", key)
+      key = rtrim(substr(l, 1, i - 1), " \t\n\v\f\r"); sub(/^[[:space:]]+/, "", key)
       l = substr(l, i + 1); sub(/^[ \t]+/, "", l)
       print key "\t" l }
     /^[ \t]*[#;]/ { next }
     !bom && sub(/^\357\273\277/, "") { bom = 1 }
     { n = 0; while (n < length($0) && substr($0, length($0) - n, 1) == "\\") n++ }
-    n % 2 == 1 { cont = cont substr($0, 1, length($0) - 1) " "; pending = 1; next }
-    { l = cont $0; cont = ""; pending = 0; setting(l) }
-    END { if (pending) setting(cont) }'
+    n % 2 == 1 { P[++np] = substr($0, 1, length($0) - 1) " "; pending = 1; next }
+    { P[++np] = $0; pending = 0; setting(join()) }
+    END { if (pending) setting(join()) }'
 }
 
 # systemd's extract_first_word() (src/basic/extract-word.c) in awk, for words(): W[1..n] the words of s, split at
@@ -233,6 +251,10 @@ section_settings() {
 # \NNN octal, \uHHHH, \UHHHHHHHH; NUL and an unknown escape are errors); without "c" a backslash is dropped and the
 # next character kept, with "k" it is an ordinary character; "r" (EXTRACT_RELAX) ends an unclosed quote or a trailing
 # backslash at the end. An error ends the words there (ERR=1): systemd applies the words before it.
+# Linear in s: a word keeps its first 512 characters (WT[k] = 1 when it had more), and WC[k] = 1 when a character
+# not blank was cut off after them. Only a word's name (the variable's is 21 characters) and whether its value is
+# blank are asked of it, and both are known from that (gives()); a word built one character at a time, each append
+# copying the word so far, made a 400 KB value take 6.4 s and a 1 MiB one (systemd takes lines that long) 168 s.
 extract_words_awk='
 function hexv(c) { return index("0123456789abcdef", tolower(c)) - 1 }
 function hexs(s, i, k,   v, d, j) {
@@ -263,28 +285,31 @@ function unesc(s, i,   c, v, a, b, d) {
   if (v == 0 || v > 255) return 0
   ESC = sprintf("%c", v); ELEN = 3
   return 1 }
-function words(s, flags,   n, i, L, c, w, q) {
+function put(c) { if (WL < 512) { WW = WW c; WL++ } else { WD = 1; if (c ~ /[^[:space:]]/) WX = 1 } }
+function word(n) { W[n] = WW; WT[n] = WD; WC[n] = WX; return n }
+function words(s, flags,   n, i, L, c, q) {
   n = 0; i = 1; L = length(s); ERR = 0
   for (;;) {
     while (i <= L && index(" \t\r\n", substr(s, i, 1))) i++
     if (i > L) return n
-    w = ""; q = ""
+    WW = ""; WL = WD = WX = 0; q = ""
     for (;;) {
-      if (i > L) { if (q != "" && flags !~ /r/) { ERR = 1; return n }; W[++n] = w; return n }
+      if (i > L) { if (q != "" && flags !~ /r/) { ERR = 1; return n }; return word(n + 1) }
       c = substr(s, i, 1)
       if (c == "\\" && flags !~ /k/) {
-        if (i == L) { if (flags ~ /r/) { W[++n] = w; return n }; ERR = 1; return n }
-        if (flags ~ /c/) { if (!unesc(s, i + 1)) { ERR = 1; return n }; w = w ESC; i += 1 + ELEN }
-        else { w = w substr(s, i + 1, 1); i += 2 }
+        if (i == L) { if (flags ~ /r/) return word(n + 1); ERR = 1; return n }
+        if (flags ~ /c/) { if (!unesc(s, i + 1)) { ERR = 1; return n }; put(ESC); i += 1 + ELEN }
+        else { put(substr(s, i + 1, 1)); i += 2 }
         continue }
-      if (q != "") { if (c == q) q = ""; else w = w c; i++; continue }
+      if (q != "") { if (c == q) q = ""; else put(c); i++; continue }
       if (c == "\"" || c == "\047") { q = c; i++; continue }
-      if (index(" \t\r\n", c)) { W[++n] = w; break }
-      w = w c; i++ } } }
-# Whether word w, an assignment, gives variable v a value (an empty or blank one counts as unset, in the agent too).
-function gives(w, v,   i) {
+      if (index(" \t\r\n", c)) { n = word(n + 1); break }
+      put(c); i++ } } }
+# Whether word w, an assignment, gives variable v a value (an empty or blank one counts as unset, in the agent too);
+# cut: a character not blank was cut off the end of the word (WC[k]).
+function gives(w, v, cut,   i) {
   i = index(w, "=")
-  return i && substr(w, 1, i - 1) == v && substr(w, i + 1) ~ /[^[:space:]]/ }
+  return i && substr(w, 1, i - 1) == v && (cut || substr(w, i + 1) ~ /[^[:space:]]/) }
 '
 
 # What an Environment= (or DefaultEnvironment=) value, on standard input (one line), does to the variable, read as
@@ -308,11 +333,12 @@ environment_value_sets_it() {
             if (c != "%") { pre = pre c; continue }
             if (substr(name, j + 1, 1) != "%") break
             pre = pre "%"; j++ }
-          shown = w; gsub(/[[:cntrl:]]/, "?", shown)  # decoded: a control character would break the line
+          shown = w (WT[k] ? "..." : "")  # a cut word ends "..."
+          gsub(/[[:cntrl:]]/, "?", shown)  # decoded: a control character would break the line
           if (pre == "" || index(v (pass ? "" : "="), pre) == 1) print "cannot check: " shown
           continue }
         gsub(/%%/, "%", w)
-        if (pass ? w == v : gives(w, v)) print "set" } }'
+        if (pass ? w == v : gives(w, v, WC[k])) print "set" } }'
 }
 
 # The files an EnvironmentFile= value names: "-" dropped, the common specifiers (%E %S %C %L %t %%) expanded, a glob
@@ -327,15 +353,32 @@ environment_files() {
   globbed_files "$pattern"
 }
 
-# The files an absolute path names, a glob expanded (systemd expands one in EnvironmentFile=); a relative path names
-# nothing. systemctl show prints the paths with their specifiers already expanded: they come here directly, never
-# through environment_files a second time (review18e F-E: a literal '%' came back "cannot check" and went unread).
+# The files an absolute path names, a glob expanded (systemd expands one in EnvironmentFile=), one a line, or one line
+# "over: WHY" and nothing else when they are more than env_files_max files or hold more than env_bytes_max bytes
+# together (each file read once, up to what is left of that: a file that is not what its size says counts as read);
+# a relative path names nothing. systemctl show prints the paths with their specifiers already expanded: they come
+# here directly, never through environment_files a second time (review18e F-E: a literal '%' came back "cannot
+# check" and went unread).
 globbed_files() {
-  local pattern=$1
+  local pattern=$1 files f left=$env_bytes_max size
   [[ "$pattern" == /* ]] || return 0
   pattern=$unit_root$pattern
-  if [[ "$pattern" == *[*?[]* ]]; then compgen -G "$pattern" || true
-  else echo "$pattern"; fi
+  if [[ "$pattern" == *[*?[]* ]]; then files=$(compgen -G "$pattern" | head -n $((env_files_max + 1)) || true)
+  else files=$pattern; fi
+  [ -n "$files" ] || return 0
+  if [ "$(wc -l <<< "$files")" -gt "$env_files_max" ]; then
+    echo "over: names more than $env_files_max files, more than this check reads"; return 0
+  fi
+  while IFS= read -r f; do
+    [ -f "$f" ] || continue
+    size=$(head -c $((left + 1)) 2>/dev/null < "$f" | wc -c) || size=0  # unreadable: environment_file_named says so
+    if [ "$size" -gt "$left" ]; then
+      echo "over: names more than $((env_bytes_max >> 20)) MiB (its files together), more than this check reads"
+      return 0
+    fi
+    left=$((left - size))
+  done <<< "$files"
+  echo "$files"
 }
 
 # Prints "set" when the environment file $1 gives the variable a value, read as systemd's env-file parser reads it
@@ -348,7 +391,7 @@ globbed_files() {
 # the agent strips (Python's str.strip) may count. Nothing for a missing file; a failed read exits non-zero.
 environment_file_sets_it() {
   [ -f "$1" ] || return 0
-  LC_ALL=C tr '\000' '\n' < "$1" | LC_ALL=C awk -v v="$operator_ca_var" '
+  head -c "$env_bytes_max" < "$1" | LC_ALL=C tr '\000' '\n' | LC_ALL=C awk -v v="$operator_ca_var" '
     function push(m,   k) {
       k = K[m]; sub(/[ \t\n\r]+$/, "", k); sub(/^export[ \t\n\r]+/, "", k)
       if (k == v && NB[m]) found = 1 }
@@ -390,10 +433,12 @@ environment_file_named() {
 # Offline: the unit file itself wherever it lies (a full copy from systemctl edit --full in /etc, review18e F-E), its
 # drop-ins (its own, the prefix ones peerserve-.service.d and service.d) and the files their EnvironmentFile= lines
 # read that give PEERSERVE_OPERATOR_CA a value, the manager's DefaultEnvironment= (system.conf and every
-# system.conf.d folder systemd reads) and the kernel command line's systemd.setenv= (systemd.exec(5): the manager
-# passes both to every unit, review18d F1).
+# system.conf.d folder systemd reads) and systemd.setenv= on the kernel command line or in systemd's EFI variable
+# SystemdOptions (systemd.exec(5): the manager passes these to every unit, review18d F1); where PassEnvironment= names
+# the variable, the manager's own environment (manager_own_environment).
 operator_ca_in_unit_files() {
-  local d f key val env_file said settings unread=": this check failed to read it: cannot check whether it"
+  local d f key val env_file said settings what on passed=0
+  local unread=": this check failed to read it: cannot check whether it"
   for d in "${unit_dirs[@]}"; do
     for f in "$unit_root$d/$service" "$unit_root$d/$service.d"/*.conf "$unit_root$d/peerserve-.service.d"/*.conf \
              "$unit_root$d/service.d"/*.conf; do
@@ -411,17 +456,14 @@ operator_ca_in_unit_files() {
 whether it" ;;
               esac
             done <<< "$said" ;;
-          PassEnvironment)  # the variable from the service manager's own environment: its ManagerEnvironment= or
-            # what systemd was started with, which no file here says all of (review19b F7)
+          PassEnvironment)  # the variable from the service manager's own environment (review19b F7)
             if ! said=$(environment_value_sets_it pass <<< "$val"); then
               echo "$f: a PassEnvironment= line$unread"; continue
             fi
             while IFS= read -r said; do
               case "$said" in
                 "") ;;
-                set) echo "$f: PassEnvironment= names $operator_ca_var, which takes it from the service manager's own \
-environment (ManagerEnvironment=, or what systemd was started with) that this check cannot read: cannot check \
-whether it" ;;
+                set) if [ "$passed" = 0 ]; then passed=1; manager_own_environment "PassEnvironment= in $f"; fi ;;
                 *) echo "$f: PassEnvironment=${said#cannot check: }, a specifier this check cannot expand: cannot \
 check whether it" ;;
               esac
@@ -431,6 +473,7 @@ check whether it" ;;
               case "$env_file" in
                 "cannot check: "*) echo "$f: EnvironmentFile=${env_file#cannot check: }, a specifier this check cannot \
 expand: cannot check whether it" ;;
+                "over: "*) echo "$f: EnvironmentFile=$val ${env_file#over: }: cannot check whether it" ;;
                 *) environment_file_named "$env_file" ;;
               esac
             done < <(environment_files "$val") ;;
@@ -438,39 +481,139 @@ expand: cannot check whether it" ;;
       done <<< "$settings"
     done
   done
-  for f in "$unit_root/etc/systemd/system.conf" \
+  manager_setting_sets_it DefaultEnvironment
+  # the kernel command line, and systemd's EFI variable SystemdOptions (efivarfs's file, and the copy the manager
+  # caches at boot and reads from then on), which systemd reads as more of its command line
+  for f in "$unit_root/proc/cmdline" "$unit_root"/sys/firmware/efi/efivars/SystemdOptions-* \
+           "$unit_root"/run/systemd/efivars/SystemdOptions-*; do
+    [ -e "$f" ] || continue
+    case "$f" in
+      */proc/cmdline) what="the kernel command line" on=on; said=$(cmdline_sets_it < "$f") ;;
+      */sys/firmware/*) what="systemd's EFI variable SystemdOptions" on=in
+                        said=$(efi_options_text "$f" | cmdline_sets_it) ;;
+      *) what="the manager's copy of systemd's EFI variable SystemdOptions" on=in; said=$(cmdline_sets_it < "$f") ;;
+    esac || { echo "$f ($what)$unread"; continue; }
+    [ "$said" != set ] || echo "$f (systemd.setenv= $on $what)"
+  done
+}
+
+# The manager's configuration files, as systemd reads them (systemd-system.conf(5)): the main file (each place one may
+# lie, whichever systemd reads) and every system.conf.d folder's drop-ins.
+manager_files() {
+  local f
+  for f in "$unit_root"{/etc,/run,/usr/local/lib,/usr/lib,/lib}/systemd/system.conf \
            "$unit_root"{/etc,/run,/usr/local/lib,/usr/lib,/lib}/systemd/system.conf.d/*.conf; do
-    [ -f "$f" ] || continue
+    if [ -f "$f" ]; then echo "$f"; fi
+  done
+}
+
+# Where the manager's setting $1 (DefaultEnvironment, which the manager passes to every unit; ManagerEnvironment, its
+# own environment) gives the variable a value, each as "FILE ($1=$2)"; a word with a specifier that could name it and a
+# file this check failed to read are "cannot check".
+manager_setting_sets_it() {
+  local f key val said settings unread=": this check failed to read it: cannot check whether it"
+  while IFS= read -r f; do
+    [ -n "$f" ] || continue
     if ! settings=$(section_settings "$f" Manager); then echo "$f$unread"; continue; fi
     while IFS=$'\t' read -r key val; do
-      if [ "$key" = DefaultEnvironment ]; then
-        if ! said=$(environment_value_sets_it <<< "$val"); then echo "$f: a DefaultEnvironment= line$unread"; continue; fi
-        while IFS= read -r said; do
-          case "$said" in
-            "") ;;
-            set) echo "$f (DefaultEnvironment=)" ;;
-            *) echo "$f: DefaultEnvironment=${said#cannot check: }, a specifier this check cannot expand: cannot \
-check whether it" ;;
-          esac
-        done <<< "$said"
-      fi
+      [ "$key" = "$1" ] || continue
+      if ! said=$(environment_value_sets_it <<< "$val"); then echo "$f: a $1= line$unread"; continue; fi
+      while IFS= read -r said; do
+        case "$said" in
+          "") ;;
+          set) echo "$f ($1=${2:-})" ;;
+          *) echo "$f: $1=${said#cannot check: }, a specifier this check cannot expand: cannot check whether it" ;;
+        esac
+      done <<< "$said"
     done <<< "$settings"
-  done
-  # the first line, split as systemd's proc_cmdline_extract_first() does (EXTRACT_UNQUOTE|EXTRACT_RELAX: quotes
-  # anywhere in a word removed, review18e F-D); a backslash read both ways (newer systemd keeps it, older versions drop it)
+  done < <(manager_files)
+}
+
+# Prints "set" when the kernel command line on standard input (its first line) has a systemd.setenv= (or
+# rd.systemd.setenv=) word that gives the variable a value (systemd passes it to every unit, systemd(1)), each word
+# split as systemd's proc_cmdline_extract_first() does (EXTRACT_UNQUOTE|EXTRACT_RELAX: quotes anywhere in a word
+# removed, review18e F-D; a backslash read both ways: newer systemd keeps it, older versions drop it). With "kernel":
+# when a word NAME=value before "--" gives it one, which the kernel passes to PID 1 as an environment variable (a
+# parameter it does not know whose name holds no ".": unknown_bootoption() in init/main.c); the kernel removes double
+# quotes only, and reading single ones too errs towards "set".
+cmdline_sets_it() {
+  LC_ALL=C tr '\r\000' '\n' | LC_ALL=C awk -v v="$operator_ca_var" -v kernel="${1:-}" "$extract_words_awk"'
+    NR == 1 {
+      if (kernel) {
+        n = words($0, "rk")
+        for (k = 1; k <= n && W[k] != "--"; k++) if (gives(W[k], v, WC[k])) found = 1 }
+      else for (m = 1; m <= 2; m++) {
+        n = words($0, m == 1 ? "rk" : "r")
+        for (k = 1; k <= n; k++) if (sub(/^(rd\.)?systemd\.setenv=/, "", W[k]) && gives(W[k], v, WC[k])) found = 1 } }
+    END { if (found) print "set" }'
+}
+
+# The text of systemd's EFI variable SystemdOptions as efivarfs gives it ($1): 4 bytes of attributes, then UTF-16LE,
+# printed as one line up to its first NUL, a character past ASCII as a byte no name holds; at most 64 KiB read.
+# (systemd ignores the variable under Secure Boot; this reads it either way.)
+efi_options_text() {
+  head -c 65540 2>/dev/null < "$1" | od -An -v -tu1 | LC_ALL=C awk '{ for (i = 1; i <= NF; i++) B[++n] = $i }
+    END {
+      for (i = 5; i < n; i += 2) {
+        u = B[i] + 256 * B[i + 1]
+        if (u == 0) break
+        printf "%s", u < 128 ? sprintf("%c", u) : "\377" }
+      print "" }'
+}
+
+# PID 1's start, in seconds since the epoch: the boot time (/proc/stat's btime) plus its start in clock ticks after
+# boot (field 22 of /proc/1/stat, counted after the name's closing parenthesis, as a name may hold spaces).
+pid1_started() {
+  local btime ticks hz
+  btime=$(awk '$1 == "btime" { print $2 }' "$unit_root/proc/stat" 2>/dev/null) && [ -n "$btime" ] || return 1
+  ticks=$(sed 's/.*) //' "$unit_root/proc/1/stat" 2>/dev/null | awk '{ print $20 }') && [ -n "$ticks" ] || return 1
+  hz=$(getconf CLK_TCK 2>/dev/null) || hz=100
+  echo $((btime + ticks / hz))
+}
+
+# PassEnvironment= names the variable ($1 says where): the agent takes it from the service manager's own environment,
+# which is what PID 1 started with -- the kernel's (its command line's NAME=value words, cmdline_sets_it kernel), or
+# a container manager's -- with its ManagerEnvironment= (system.conf and system.conf.d) merged in
+# (systemd-system.conf(5); review19b F7 made this "cannot check" whatever they said). Running: PID 1's starting
+# environment is /proc/1/environ, which does not show ManagerEnvironment= (read from the files here); a
+# ManagerEnvironment= taken out of a file stays in the manager's environment until it restarts (putenv, never unset),
+# so a manager file or folder changed since PID 1 started is "cannot check". Offline (an image for a later boot), what
+# PID 1 will start with is not known here: "cannot check" whatever the files say.
+manager_own_environment() {
+  local f said started passes="which PassEnvironment= passes to the agent"
+  local unread=": this check failed to read it: cannot check whether it"
+  manager_setting_sets_it ManagerEnvironment ", $passes"
   f="$unit_root/proc/cmdline"
-  [ -r "$f" ] || return 0
-  if ! said=$(tr '\r\000' '\n' < "$f" | LC_ALL=C awk -v v="$operator_ca_var" "$extract_words_awk"'
-       NR == 1 {
-         for (m = 1; m <= 2; m++) {
-           n = words($0, m == 1 ? "rk" : "r")
-           for (k = 1; k <= n; k++)
-             if (sub(/^(rd\.)?systemd\.setenv=/, "", W[k]) && gives(W[k], v)) found = 1 } }
-       END { if (found) print "set" }'); then
-    echo "$f (the kernel command line)$unread"
-  elif [ "$said" = set ]; then
-    echo "$f (systemd.setenv= on the kernel command line)"
+  if [ -e "$f" ]; then
+    if ! said=$(cmdline_sets_it kernel < "$f"); then echo "$f (the kernel command line)$unread"
+    elif [ "$said" = set ]; then
+      echo "$f ($operator_ca_var= on the kernel command line: the kernel gives it to PID 1, $passes)"
+    fi
   fi
+  if [ "$sd" != running ]; then
+    echo "$1 names $operator_ca_var, which takes it from the service manager's own environment: offline, what that \
+will start with (from the kernel's command line at boot, or from a container manager) is not known here: cannot check \
+whether it"
+    return 0
+  fi
+  f="$unit_root/proc/1/environ"
+  if ! said=$(LC_ALL=C tr '\n\000' ' \n' 2>/dev/null < "$f" | LC_ALL=C awk -v v="$operator_ca_var" \
+                'index($0, v "=") == 1 && substr($0, length(v) + 2) ~ /[^[:space:]]/ { found = 1 }
+                 END { if (found) print "set" }'); then
+    echo "$f (the environment the service manager started with)$unread"
+  elif [ "$said" = set ]; then
+    echo "$f (the environment the service manager started with, $passes)"
+  fi
+  if ! started=$(pid1_started); then
+    echo "$unit_root/proc/1/stat (when the service manager started)$unread"; return 0
+  fi
+  for f in "$unit_root"{/etc,/run,/usr/local/lib,/usr/lib,/lib}/systemd/system.conf \
+           "$unit_root"{/etc,/run,/usr/local/lib,/usr/lib,/lib}/systemd/system.conf.d{,/*.conf}; do
+    if [ -e "$f" ] && [ "$(stat -c %Y -- "$f")" -gt "$started" ]; then
+      echo "$f: changed since the service manager started, and a ManagerEnvironment= taken out of it stays in the \
+manager's environment until it restarts (reboot), $passes: cannot check whether it"
+    fi
+  done
 }
 
 # (grep without -q in a pipeline: under pipefail, a writer cut off by grep -q's early exit would fail the test.)
@@ -486,19 +629,22 @@ operator_ca_in_manager() {
     env_file=${env_file% (ignore_errors=*}
     [ -n "$env_file" ] || continue
     while IFS= read -r f; do
-      environment_file_named "$f"
+      case "$f" in
+        "over: "*) echo "the unit's EnvironmentFile=$env_file (systemctl show -p EnvironmentFiles $service) ${f#over: }: \
+cannot check whether it" ;;
+        *) environment_file_named "$f" ;;
+      esac
     done < <(globbed_files "$env_file")
   done < <(systemctl show -p EnvironmentFiles --value "$service" 2>/dev/null)
   if systemctl show-environment 2>/dev/null | grep -E "^${operator_ca_var}=[^[:space:]]" >/dev/null; then
     echo "the service manager's environment, which every unit gets (systemctl show-environment; \
 systemctl unset-environment $operator_ca_var, or its systemd.setenv= or DefaultEnvironment=)"
   fi
-  # PassEnvironment= takes PID 1's environment as it is now: /proc/1/environ shows only what it started with, not
-  # what its ManagerEnvironment= set since (review19b F7): naming the variable at all is "cannot check"
+  # PassEnvironment= takes PID 1's own environment as it is now: what it started with and its ManagerEnvironment=
+  # (review19b F7), read by manager_own_environment
   if systemctl show -p PassEnvironment --value "$service" 2>/dev/null | tr ' ' '\n' | grep -xF "$operator_ca_var" \
        >/dev/null; then
-    echo "the unit's PassEnvironment= (systemctl show -p PassEnvironment $service), which takes $operator_ca_var from \
-the service manager's own environment that this check cannot read: cannot check whether it"
+    manager_own_environment "the unit's PassEnvironment= (systemctl show -p PassEnvironment $service)"
   fi
 }
 

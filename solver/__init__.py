@@ -1,9 +1,10 @@
 """Placement: snapshot in, plan out (Pyomo + Ipopt, HiGHS MILP reference, baselines, simulation)."""
 
-import importlib
 import os
 import sys
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from peerserve import lazy
 
 # scripts/install-solver.sh builds PyNumero's ASL library inside the environment; point Pyomo at it
 # unless the user chose a location of their own.
@@ -31,15 +32,7 @@ if TYPE_CHECKING:
 
 
 if not TYPE_CHECKING:  # hidden from mypy: visible, it types every attribute of ``solver`` as Any (review19c F1)
-
-    def __getattr__(name: str) -> Any:
-        """One of the package's names (``_LAZY``), imported from its module on first use and kept."""
-        module = _LAZY.get(name)
-        if module is None:
-            raise AttributeError(f"module 'solver' has no attribute {name!r}")
-        value = getattr(importlib.import_module(module), name)
-        globals()[name] = value
-        return value
+    __getattr__ = lazy.loader(__name__, _LAZY, globals())
 
 
 __all__ = [

@@ -19,7 +19,8 @@ import httpx
 from agent.identity import Identity
 from agent.leadership import Leadership
 from agent.node import NodeAgent
-from agent.peer_client import tls_context
+from agent.peer_api import create_peer_app
+from agent.peer_client import PeerClient, tls_context
 
 
 class TestPeer:
@@ -75,3 +76,11 @@ def leadership_up_a_minute(agent: NodeAgent) -> Leadership:
     lead = Leadership(agent, monotonic=lambda: time.monotonic() + ahead[0])
     ahead[0] = 60.0
     return lead
+
+
+def in_process_peer(agent: NodeAgent, node_id: str, token: str, data_dir: Path) -> PeerClient:
+    """A PeerClient that signs as ``node_id`` (its keys in ``data_dir``) and reaches ``agent``'s real peer app in this
+    process (httpx's ASGI transport): the signed peer plane without a listener. Close it when done."""
+    assert agent.identity is not None
+    http = httpx.AsyncClient(transport=httpx.ASGITransport(app=create_peer_app(agent, agent.identity)))
+    return PeerClient(Identity(node_id, token, data_dir), lambda url: None, http=http)

@@ -8,18 +8,15 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from agent.decisions import STOP_FIRST, Start, Stop, while_stopping
-from agent.identity import Identity
 from agent.metrics import MetricsReader, NodeMetrics
 from agent.node import NodeAgent
-from agent.peer_api import create_peer_app
-from agent.peer_client import PeerClient
 from agent.runtime.process import ProcessRuntime
 from agent.serving.provision import ROUTE_PROVISION
 from agent.serving.resolve import ShuttingDown, resolve
-from agent.settings import Settings, load_settings
+from agent.settings import Settings
+from tests.peer_tools import in_process_peer
+from tests.unit import stand_in
 
 TOKEN = "agent-stopping-cluster-token-0123456789"
 
@@ -35,24 +32,12 @@ class RoomFor1000(MetricsReader):
 
 
 def settings_for(tmp_path: Path, sizes: dict[str, float], **extra: Any) -> Settings:
-    path = tmp_path / "catalogue.toml"
-    path.write_text(
-        "".join(
-            f'[[models]]\nname = "{m}"\nimage = "peerserve/modelserver:latest"\nstand_in = "half_plus_two"\n'
-            f"mem_mb = {mb:.0f}\ncompute = 1\n"
-            for m, mb in sizes.items()
-        )
-    )
-    overrides = {"node_id": "n", "data_dir": str(tmp_path / "n"), "catalogue": str(path), "discovery": False,
-                 "cluster_token": TOKEN, **extra}  # fmt: skip
-    return load_settings(env={}, overrides=overrides)
+    return stand_in.settings(tmp_path, sizes, TOKEN, **extra)
 
 
 async def ask_to_provision(agent: NodeAgent, tmp_path: Path, model: str) -> tuple[int, Any]:
     """A peer's signed ``POST /peer/provision`` to ``agent``'s real peer app."""
-    assert agent.identity is not None
-    http = httpx.AsyncClient(transport=httpx.ASGITransport(app=create_peer_app(agent, agent.identity)))
-    client = PeerClient(Identity("peer", TOKEN, tmp_path / "peer"), lambda url: None, http=http)
+    client = in_process_peer(agent, "peer", TOKEN, tmp_path / "peer")
     try:
         return await client.call("n", "http://n", "POST", ROUTE_PROVISION, body={"model": model})
     finally:

@@ -120,20 +120,42 @@ def imported(*argv: str) -> tuple[subprocess.CompletedProcess[str], set[str]]:
 
 @pytest.mark.parametrize(
     "argv",
-    [["--help"], ["endpoints", "--help"], ["predict", "--help"], ["endpoints", "--agent", "http://127.0.0.1:9"]],
-)
-def test_the_client_commands_and_help_import_no_numpy(argv: list[str]) -> None:
+    [["--help"], ["endpoints", "--help"], ["predict", "--help"], ["demo", "--help"], ["solve", "--help"],
+     ["agent", "--help"], ["endpoints", "--agent", "http://127.0.0.1:9"]],
+)  # fmt: skip
+def test_the_client_commands_and_help_import_no_numpy_and_no_httpx(argv: list[str]) -> None:
     """suite19: every command line but the agent's registered solver.cli, whose import of the solver package brought
     numpy (solver.modes; ~85 ms of start-up) to `peerserve --help` and every client command. The solver's names now
-    load on first use, and solver.cli looks numpy up without importing it. An endpoint query to an agent that is not
-    there (port 9 on loopback: refused) runs the client library through to its error, exit 1."""
+    load on first use, and solver.cli looks numpy up without importing it. tidy20: the help imported httpx too
+    (~0.3 s), through client/__init__.py (client.core, eagerly) and peerserve.demo's top-level import; the client
+    package's names now load on first use as the solver's do, and the demo imports httpx where it asks an agent. An
+    endpoint query to an agent that is not there (port 9 on loopback: refused) runs the client library through to its
+    error, exit 1: the only one of these that needs httpx."""
     run, modules = imported(*argv)
     assert run.returncode == (1 if "--agent" in argv else 0), run.stderr[-2000:]
     assert "Traceback" not in run.stderr
-    assert {"peerserve.cli", "client.cli", "solver.cli"} <= modules
+    parts = {"peerserve.cli", "agent.cli"} if argv[0] == "agent" else {"peerserve.cli", "client.cli", "solver.cli"}
+    assert parts <= modules
     assert not modules & {"numpy", "solver.modes", "solver.workload", "scipy"}
     if "--agent" in argv:
         assert {"client.core", "httpx"} <= modules and "no agent answered" in run.stderr
+    else:
+        assert not modules & {"httpx", "httpcore", "client.core", "client.ops"}, sorted(modules)
+
+
+def test_the_client_package_still_gives_its_names() -> None:
+    """``from client import Client`` and ``client.Client`` work as before the lazy load; an unknown name is an
+    AttributeError; ``from client import *`` gives every name in ``__all__``."""
+    import client
+    from client.core import Client
+    from client.errors import PeerserveError
+
+    assert client.Client is Client and client.PeerserveError is PeerserveError
+    names: dict[str, object] = {}
+    exec("from client import *", names)  # the star import itself is what is checked
+    assert set(client.__all__) <= names.keys()
+    with pytest.raises(AttributeError):
+        _ = client.no_such_name  # type: ignore[attr-defined]
 
 
 def test_the_solver_still_loads_its_names_on_use() -> None:

@@ -6,14 +6,10 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-import httpx
-
-from agent.identity import Identity
 from agent.node import NodeAgent
-from agent.peer_api import create_peer_app
-from agent.peer_client import PeerClient
 from agent.settings import load_settings
 from peerserve import wire
+from tests.peer_tools import in_process_peer
 
 TOKEN = "start-window-cluster-token-0123456789"
 
@@ -23,9 +19,7 @@ def test_no_command_is_obeyed_before_the_election_runs(tmp_path: Path) -> None:
         overrides = {"node_id": "f", "data_dir": str(tmp_path / "f"), "cluster_token": TOKEN, "mdns": False}
         agent = NodeAgent(load_settings(env={}, overrides=overrides))
         assert agent.discovery is not None and agent.leadership is None  # between the listener and Leadership()
-        assert agent.identity is not None
-        http = httpx.AsyncClient(transport=httpx.ASGITransport(app=create_peer_app(agent, agent.identity)))
-        client = PeerClient(Identity("m", TOKEN, tmp_path / "m"), lambda url: None, http=http)
+        client = in_process_peer(agent, "m", TOKEN, tmp_path / "m")
         try:
             body = {"term": wire.MAX_TERM, "leader": "m", "instances": {}, "placement": None}
             status, answer = await client.call("f", "http://f", "PUT", wire.ROUTE_DESIRED, body=body)

@@ -7,15 +7,12 @@ import asyncio
 import time
 from pathlib import Path
 
-import httpx
-
-from agent.identity import Identity
 from agent.leadership import Leadership
 from agent.node import NodeAgent
-from agent.peer_api import ELECTION_BURST, create_peer_app
-from agent.peer_client import PeerClient
+from agent.peer_api import ELECTION_BURST
 from agent.settings import load_settings
 from peerserve import wire
+from tests.peer_tools import in_process_peer
 
 TOKEN = "election-rate-cluster-token-0123456789"
 
@@ -26,9 +23,7 @@ def test_a_member_sending_election_messages_in_a_loop_is_answered_429(tmp_path: 
         frozen = time.time()  # time stands still: no refill during the loop (signatures stay fresh)
         agent = NodeAgent(load_settings(env={}, overrides=overrides), clock=lambda: frozen)
         agent.leadership = Leadership(agent)
-        assert agent.identity is not None
-        http = httpx.AsyncClient(transport=httpx.ASGITransport(app=create_peer_app(agent, agent.identity)))
-        client = PeerClient(Identity("m", TOKEN, tmp_path / "m"), lambda url: None, http=http)
+        client = in_process_peer(agent, "m", TOKEN, tmp_path / "m")
         body = {"type": "vote_request", "term": 1, "candidate": "m", "priority": [0, 1.0, "m"], "node": "m"}
         try:
             statuses = []

@@ -15,8 +15,9 @@ import pytest
 
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts/install.sh"
 FUNCTIONS = ("unit_lines", "section_settings", "environment_value_sets_it", "environment_files", "globbed_files",
-             "environment_file_sets_it", "environment_file_named", "operator_ca_in_unit_files",
-             "operator_ca_in_manager", "operator_ca_in_environment")  # fmt: skip
+             "environment_file_sets_it", "environment_file_named", "operator_ca_in_unit_files", "manager_files",
+             "manager_setting_sets_it", "cmdline_sets_it", "efi_options_text", "pid1_started",
+             "manager_own_environment", "operator_ca_in_manager", "operator_ca_in_environment")  # fmt: skip
 DROP_IN = "etc/systemd/system/peerserve-agent.service.d/x.conf"
 ENV = "etc/peerserve/agent.env"
 
@@ -320,48 +321,168 @@ def test_an_environment_file_the_check_fails_to_read_is_named_as_unchecked(tmp_p
     assert out.splitlines() == [f"{root}/{ENV}: this check failed to read it: cannot check whether it"]
 
 
-PASSES = (
-    ": PassEnvironment= names PEERSERVE_OPERATOR_CA, which takes it from the service manager's own environment "
-    "(ManagerEnvironment=, or what systemd was started with) that this check cannot read: cannot check whether it"
+OFFLINE = (
+    " names PEERSERVE_OPERATOR_CA, which takes it from the service manager's own environment: offline, what that will "
+    "start with (from the kernel's command line at boot, or from a container manager) is not known here: cannot check "
+    "whether it"
 )
+MANAGER_CONF = "etc/systemd/system.conf.d/m.conf"
+PASSED = " (ManagerEnvironment=, which PassEnvironment= passes to the agent)"
 
 
 @pytest.mark.parametrize(
-    ("line", "said"),
-    [("PassEnvironment=PEERSERVE_OPERATOR_CA", PASSES), ('PassEnvironment=A "PEERSERVE_"OPERATOR_CA B', PASSES),
-     ("PassEnvironment = \\x50EERSERVE_OPERATOR_CA", PASSES),
-     ("PassEnvironment=PEERSERVE_%i", ": PassEnvironment=PEERSERVE_%i, a specifier this check cannot expand: cannot "
-      "check whether it"),
-     ("PassEnvironment=PEERSERVE_OPERATOR_CAX OTHER_%i PEERSERVE_OPERATOR_CA=/x", None)],
+    ("line", "names"),
+    [("PassEnvironment=PEERSERVE_OPERATOR_CA", True), ('PassEnvironment=A "PEERSERVE_"OPERATOR_CA B', True),
+     ("PassEnvironment = \\x50EERSERVE_OPERATOR_CA", True), ("PassEnvironment=PEERSERVE_%i", False),
+     ("PassEnvironment=PEERSERVE_OPERATOR_CAX OTHER_%i PEERSERVE_OPERATOR_CA=/x", False)],
 )  # fmt: skip
-def test_passenvironment_naming_the_variable_is_refused_as_unchecked(
-    tmp_path: Path, line: str, said: str | None
+def test_passenvironment_naming_the_variable_reads_the_managers_own_environment_offline(
+    tmp_path: Path, line: str, names: bool
 ) -> None:
     """review19b F7: ``PassEnvironment=PEERSERVE_OPERATOR_CA`` with ``[Manager] ManagerEnvironment=`` in a
-    system.conf.d file gives the agent the variable; offline nothing read PassEnvironment=, online /proc/1/environ
-    shows only what PID 1 started with. Naming the variable (in any form systemd reads) is now "cannot check"."""
-    conf = "etc/systemd/system.conf.d/m.conf"
-    root = make(
-        tmp_path, {DROP_IN: f"[Service]\n{line}\n", conf: "[Manager]\nManagerEnvironment=PEERSERVE_OPERATOR_CA=/x\n"}
-    )
-    assert found(root) == ([f"{DROP_IN}{said}"] if said else [])
+    system.conf.d file gives the agent the variable. tidy20: the ManagerEnvironment= is read (and named); offline
+    (an image for a later boot) what PID 1 will start with is not known, so naming the variable stays "cannot check".
+    A specifier that could make a name this one is "cannot check" itself; other names read nothing."""
+    root = make(tmp_path, {DROP_IN: f"[Service]\n{line}\n",
+                           MANAGER_CONF: "[Manager]\nManagerEnvironment=PEERSERVE_OPERATOR_CA=/x\n"})  # fmt: skip
+    if names:
+        assert found(root) == [f"{MANAGER_CONF}{PASSED}", f"PassEnvironment= in {root}/{DROP_IN}{OFFLINE}"]
+    elif "%i" in line.split()[0]:
+        assert found(root) == [f"{DROP_IN}: PassEnvironment=PEERSERVE_%i, a specifier this check cannot expand: "
+                               "cannot check whether it"]  # fmt: skip
+    else:
+        assert found(root) == []
 
 
-def test_passenvironment_shown_by_systemd_is_refused_as_unchecked(tmp_path: Path) -> None:
+def running_root(tmp_path: Path, files: dict[str, str], environ: bytes = b"HOME=/\0TERM=linux\0") -> Path:
+    """A fake root of a running system whose PID 1 started at 1,000,000 s after the epoch (boot at 999,000, started
+    10,000 clock ticks later at CLK_TCK 100) and whose manager files are older than that."""
+    hz = int(subprocess.run(["getconf", "CLK_TCK"], capture_output=True, text=True, check=True).stdout)
+    root = make(tmp_path, {"proc/stat": "cpu 1 2 3\nbtime 999000\n",
+                           "proc/1/stat": f"1 (systemd (x)) S 0 1 1 0 -1 4194560 {' '.join(['0'] * 12)} "
+                                          f"{1000 * hz} 1 2\n",
+                           **files})  # fmt: skip
+    (root / "proc/1/environ").write_bytes(environ)
+    for f in root.rglob("*"):
+        if "systemd" in f.parts:
+            os.utime(f, (999_500, 999_500))
+    return root
+
+
+def running(root: Path, tmp_path: Path, pass_environment: str = "") -> list[str]:
+    """The check on a running system under ``root``, systemctl answering that the unit passes ``pass_environment``."""
     bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
+    bin_dir.mkdir(exist_ok=True)
     systemctl = bin_dir / "systemctl"
     systemctl.write_text(
-        "#!/bin/bash\nif [ \"$1 $2 $3\" = 'show -p PassEnvironment' ]; then echo 'A PEERSERVE_OPERATOR_CA'; fi\n"
+        f"#!/bin/bash\nif [ \"$1 $2 $3\" = 'show -p PassEnvironment' ]; then echo '{pass_environment}'; fi\n"
     )
     systemctl.chmod(0o755)
-    out = run(str(make(tmp_path / "root", {})), "operator_ca_in_environment", sd="running",
-              env={"PATH": f"{bin_dir}:/usr/bin:/bin"})  # fmt: skip
-    assert out.splitlines() == [
-        "the unit's PassEnvironment= (systemctl show -p PassEnvironment peerserve-agent.service), which takes "
-        "PEERSERVE_OPERATOR_CA from the service manager's own environment that this check cannot read: cannot check "
-        "whether it"
+    out = run(str(root), "operator_ca_in_environment", sd="running", env={"PATH": f"{bin_dir}:/usr/bin:/bin"})
+    return [line.removeprefix(f"{root}/") for line in out.splitlines()]
+
+
+def test_passenvironment_on_a_running_system_reads_the_managers_own_environment(tmp_path: Path) -> None:
+    """tidy20: running, the manager's own environment is what PID 1 started with (/proc/1/environ) plus its
+    ManagerEnvironment= (the files): where neither gives the variable a value, PassEnvironment= naming it is no
+    longer refused; where one does, it is named. Either way systemd's own word (systemctl show) or a drop-in."""
+    root = running_root(tmp_path / "a", {DROP_IN: "[Service]\nPassEnvironment=PEERSERVE_OPERATOR_CA\n",
+                                         MANAGER_CONF: "[Manager]\nManagerEnvironment=OTHER=1\n"})  # fmt: skip
+    assert running(root, tmp_path) == []
+    assert running(root, tmp_path, "A PEERSERVE_OPERATOR_CA") == []
+    (root / MANAGER_CONF).write_text("[Manager]\nManagerEnvironment=PEERSERVE_OPERATOR_CA=/x\n")
+    os.utime(root / MANAGER_CONF, (999_500, 999_500))
+    assert running(root, tmp_path) == [f"{MANAGER_CONF}{PASSED}"]
+    environ = b"HOME=/\0PEERSERVE_OPERATOR_CA=\n/etc/ca.pub\0"  # a value after a newline still counts
+    started = running_root(tmp_path / "b", {}, environ)
+    assert running(started, tmp_path, "PEERSERVE_OPERATOR_CA") == [
+        "proc/1/environ (the environment the service manager started with, which PassEnvironment= passes to the agent)"
     ]
+    blank = running_root(tmp_path / "c", {}, b"PEERSERVE_OPERATOR_CA= \n\0")
+    assert running(blank, tmp_path, "PEERSERVE_OPERATOR_CA") == []
+
+
+@pytest.mark.parametrize(
+    ("cmdline", "named"),
+    [("ro PEERSERVE_OPERATOR_CA=/x\n", True), ('ro "PEERSERVE_OPERATOR_CA=/x y"\n', True),
+     ("ro PEERSERVE_OPERATOR_CA=\n", False), ("ro -- PEERSERVE_OPERATOR_CA=/x\n", False),
+     ("ro systemd.setenv=PEERSERVE_OPERATOR_CA=/x\n", False), ("ro XPEERSERVE_OPERATOR_CA=/x\n", False)],
+)  # fmt: skip
+def test_the_kernels_environment_for_pid_1_is_read_where_passenvironment_names_the_variable(
+    tmp_path: Path, cmdline: str, named: bool
+) -> None:
+    """The kernel gives PID 1 each NAME=value word of its command line it does not know (before "--"); PID 1 may
+    have been started since (switch-root), so /proc/1/environ alone could miss it: the command line is read too.
+    (systemd.setenv= is the manager's default environment for units, read apart: here it is not PID 1's own.)"""
+    root = running_root(tmp_path, {"proc/cmdline": cmdline})
+    expected = ["proc/cmdline (PEERSERVE_OPERATOR_CA= on the kernel command line: the kernel gives it to PID 1, which "
+                "PassEnvironment= passes to the agent)"] if named else []  # fmt: skip
+    setenv = ["proc/cmdline (systemd.setenv= on the kernel command line)"] if "setenv" in cmdline else []
+    assert running(root, tmp_path, "PEERSERVE_OPERATOR_CA") == (expected or setenv)
+    assert running(root, tmp_path) == setenv  # no PassEnvironment=: PID 1's own environment reaches no unit
+
+
+def test_a_manager_file_changed_since_pid_1_started_is_refused_as_unchecked(tmp_path: Path) -> None:
+    """A ManagerEnvironment= taken out of a file stays in PID 1's environment (merged in, never unset) until it
+    restarts, and nothing shows it (/proc/1/environ does not): a manager file or folder newer than PID 1's start,
+    removed drop-ins included (the folder's time), makes PassEnvironment= naming the variable "cannot check". So do
+    an unreadable /proc/1/environ and /proc/1/stat."""
+    root = running_root(tmp_path, {MANAGER_CONF: "[Manager]\nManagerEnvironment=OTHER=1\n"})
+    assert running(root, tmp_path, "PEERSERVE_OPERATOR_CA") == []
+    (root / MANAGER_CONF).unlink()  # the folder's time is now
+    changed = ", and a ManagerEnvironment= taken out of it stays in the manager's environment until it restarts "
+    changed += "(reboot), which PassEnvironment= passes to the agent: cannot check whether it"
+    assert running(root, tmp_path, "PEERSERVE_OPERATOR_CA") == [
+        f"etc/systemd/system.conf.d: changed since the service manager started{changed}"
+    ]
+    assert running(root, tmp_path) == []  # nothing passes it on
+    unread = ": this check failed to read it: cannot check whether it"
+    (root / "proc/1/environ").unlink()
+    (root / "proc/1/stat").unlink()
+    assert running(root, tmp_path, "PEERSERVE_OPERATOR_CA") == [
+        f"proc/1/environ (the environment the service manager started with){unread}",
+        f"proc/1/stat (when the service manager started){unread}",
+    ]
+
+
+def efi_variable(text: str) -> bytes:
+    """SystemdOptions as efivarfs gives it: 4 bytes of attributes, then the text in UTF-16LE and its NUL."""
+    return b"\x07\x00\x00\x00" + text.encode("utf-16-le") + b"\x00\x00"
+
+
+SYSTEMD_OPTIONS = "SystemdOptions-8cf2644b-4b0b-428f-9387-6d876050dc67"
+
+
+@pytest.mark.parametrize(
+    ("text", "named"),
+    [("systemd.setenv=PEERSERVE_OPERATOR_CA=/x", True),
+     ("quiet \u00e9\U0001f600 systemd.setenv=PEERSERVE_OPERATOR_CA=/x", True),
+     ('systemd.setenv="PEERSERVE_OPERATOR_CA=/x y"', True), ("systemd.setenv=PEERSERVE_OPERATOR_CA=", False),
+     ("quiet\0systemd.setenv=PEERSERVE_OPERATOR_CA=/x", False), ("PEERSERVE_OPERATOR_CA=/x", False)],
+)  # fmt: skip
+def test_systemds_efi_variable_systemdoptions_is_read(tmp_path: Path, text: str, named: bool) -> None:
+    """tidy20: systemd reads its EFI variable SystemdOptions as more of its command line, systemd.setenv= included
+    (which reaches every unit), and caches its text in /run/systemd/efivars for its later reads: both are read (the
+    variable's text up to its first NUL, after the 4 bytes of attributes; a character past ASCII is no name's)."""
+    root = make(tmp_path, {})
+    efivars = root / "sys/firmware/efi/efivars"
+    efivars.mkdir(parents=True)
+    (efivars / SYSTEMD_OPTIONS).write_bytes(efi_variable(text))
+    said = f"sys/firmware/efi/efivars/{SYSTEMD_OPTIONS} (systemd.setenv= in systemd's EFI variable SystemdOptions)"
+    assert found(root) == ([said] if named else [])
+    cache = make(tmp_path / "cache", {f"run/systemd/efivars/{SYSTEMD_OPTIONS}": text.split("\0")[0] + "\n"})
+    said = (f"run/systemd/efivars/{SYSTEMD_OPTIONS} (systemd.setenv= in the manager's copy of systemd's EFI variable "
+            "SystemdOptions)")  # fmt: skip
+    assert found(cache) == ([said] if named else [])
+
+
+def test_an_efi_variable_that_cannot_be_read_is_refused_as_unchecked(tmp_path: Path) -> None:
+    root = make(tmp_path, {})
+    efivars = root / "sys/firmware/efi/efivars"
+    efivars.mkdir(parents=True)
+    (efivars / SYSTEMD_OPTIONS).mkdir()  # not a file: reading it fails
+    assert found(root) == [f"sys/firmware/efi/efivars/{SYSTEMD_OPTIONS} (systemd's EFI variable SystemdOptions): "
+                           "this check failed to read it: cannot check whether it"]  # fmt: skip
 
 
 def test_control_characters_in_file_text_and_globbed_names_are_shown_as_question_marks(tmp_path: Path) -> None:
@@ -375,4 +496,84 @@ def test_control_characters_in_file_text_and_globbed_names_are_shown_as_question
     assert out.splitlines() == [
         f"{root}/etc/peerserve/a?[2Jb?1m.env",
         f"{root}/{DROP_IN}: EnvironmentFile=/x?]0;t?%N, a specifier this check cannot expand: cannot check whether it",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("value", "named"),
+    [("PEERSERVE_OPERATOR_CA=" + "x" * (1 << 20), True),
+     ('"PEERSERVE_OPERATOR_CA=' + " " * (1 << 20) + '"', False),
+     ('"PEERSERVE_OPERATOR_CA=' + " " * (1 << 20) + 'x"', True),
+     ('"' + "A" * (1 << 20) + 'PEERSERVE_OPERATOR_CA=x"', False),
+     ("PEERSERVE_OPERATOR_CA=" + "\\x41" * (1 << 18), True),
+     ("A=1 " * (1 << 18) + "PEERSERVE_OPERATOR_CA=/x", True)],
+)  # fmt: skip
+def test_a_one_mib_value_is_read_whole(tmp_path: Path, value: str, named: bool) -> None:
+    """tidy20: words() built each word one character at a time, every append copying the word so far: a 400 KB value
+    took 6.4 s, a 1 MiB one 168 s (systemd takes lines up to 1 MiB), far past this test's 30 s. A word now keeps its
+    first 512 characters and whether a character not blank was cut off after them, which is all a name and a blank
+    value need: a value blank past the cut still counts as unset, and a name longer than the cut is not this one."""
+    conf = "etc/systemd/system.conf.d/env.conf"
+    root = make(
+        tmp_path, {DROP_IN: f"[Service]\nEnvironment={value}\n", conf: f"[Manager]\nDefaultEnvironment={value}\n"}
+    )
+    assert found(root) == ([f"{conf} (DefaultEnvironment=)", DROP_IN] if named else [])
+
+
+def test_a_long_word_is_shown_cut(tmp_path: Path) -> None:
+    """A word shown in a "cannot check" line is its first 512 characters and "..." (it was the whole word)."""
+    word = "PEERSERVE_%i" + "y" * 600 + "=z"
+    assert found(make(tmp_path, {DROP_IN: f"[Service]\nEnvironment={word}\n"})) == [
+        f"{DROP_IN}: Environment={word[:512]}..., a specifier this check cannot expand: cannot check whether it"
+    ]
+
+
+def test_a_long_continued_line_is_joined_whole(tmp_path: Path) -> None:
+    """tidy20: a continued line was joined by appending each part to the line so far (100,000 parts: 5.4 s); the
+    parts are now joined pairwise."""
+    text = "[Service]\nEnvironment=A=1 \\\n" + "a \\\n" * 250_000 + " PEERSERVE_OPERATOR_CA=/x\n"
+    assert found(make(tmp_path, {DROP_IN: text})) == [DROP_IN]
+
+
+def test_a_glob_naming_more_files_than_the_check_reads_is_refused_as_unchecked(tmp_path: Path) -> None:
+    """tidy20: an EnvironmentFile= glob was expanded and every file it named read, however many (/usr/*/*/* names
+    thousands, each read at ~1 MiB/s): past 64 files none is read, and the line is "cannot check". 64 are read."""
+    files = {f"etc/peerserve/env.d/{i:02}.env": "A=1\n" for i in range(64)}
+    files["etc/peerserve/env.d/63.env"] = "PEERSERVE_OPERATOR_CA=/x\n"
+    line = "EnvironmentFile=-/etc/peerserve/env.d/*.env"
+    root = make(tmp_path, {DROP_IN: f"[Service]\n{line}\n", **files})
+    assert found(root) == ["etc/peerserve/env.d/63.env"]
+    (root / "etc/peerserve/env.d/64.env").write_text("A=1\n")
+    assert found(root) == [f"{DROP_IN}: {line} names more than 64 files, more than this check reads: cannot check "
+                           "whether it"]  # fmt: skip
+
+
+@pytest.mark.parametrize("sizes", [[(1 << 20) + 1], [600_000, 600_000]])
+def test_files_holding_more_than_a_mib_are_refused_as_unchecked(tmp_path: Path, sizes: list[int]) -> None:
+    """tidy20: what one EnvironmentFile= line names is read up to 1 MiB together (a file or a glob's files): past
+    it nothing is read, and the line is "cannot check"; 1 MiB exactly is read."""
+    line = "EnvironmentFile=/etc/peerserve/big*.env"
+    files = {f"etc/peerserve/big{i}.env": "#" * (n - 26) + "\nPEERSERVE_OPERATOR_CA=/x\n" for i, n in enumerate(sizes)}
+    root = make(tmp_path, {DROP_IN: f"[Service]\n{line}\n", **files})
+    assert found(root) == [f"{DROP_IN}: {line} names more than 1 MiB (its files together), more than this check "
+                           "reads: cannot check whether it"]  # fmt: skip
+    (root / "etc/peerserve/big0.env").write_text("#" * ((1 << 20) - 26) + "\nPEERSERVE_OPERATOR_CA=/x\n")
+    (root / "etc/peerserve/big1.env").unlink(missing_ok=True)
+    assert (root / "etc/peerserve/big0.env").stat().st_size == 1 << 20
+    assert found(root) == ["etc/peerserve/big0.env"]
+
+
+def test_a_glob_systemd_shows_is_capped_too(tmp_path: Path) -> None:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "systemctl").write_text(
+        "#!/bin/bash\nif [ \"$1 $2 $3\" = 'show -p EnvironmentFiles' ]; then\n"
+        "  echo '/etc/e/*.env (ignore_errors=yes)'\nfi\n"
+    )
+    (bin_dir / "systemctl").chmod(0o755)
+    root = make(tmp_path / "root", {f"etc/e/{i}.env": "A=1\n" for i in range(65)})
+    out = run(str(root), "operator_ca_in_environment", sd="running", env={"PATH": f"{bin_dir}:/usr/bin:/bin"})
+    assert out.splitlines() == [
+        "the unit's EnvironmentFile=/etc/e/*.env (systemctl show -p EnvironmentFiles peerserve-agent.service) names "
+        "more than 64 files, more than this check reads: cannot check whether it"
     ]

@@ -57,3 +57,34 @@ def test_queue_placements_are_compared_with_the_best_baseline_of_the_run() -> No
         "queue": {"ratio": 0.8, "baseline": "nearest"},
     }
     assert p99_ratios([res("queue-p99", 300.0)]) == {}  # no baseline in the run: nothing to compare
+
+
+@pytest.mark.parametrize("more", [[], ["queue-p99-lef"], ["queue-p99-lef", "queue-p99-p2c", "least-loaded-2"]])
+def test_the_plots_placement_names_do_not_touch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, more: list[str]
+) -> None:
+    """tidy20: the x labels of five placements (the README's plot) touched each other, rotated 20 degrees, at one
+    line each. Each is now wrapped after a hyphen; the labels' boxes, as drawn in the saved figure, overlap nowhere
+    (within a panel, or across two panels side by side), and none is cut at the figure's edges."""
+    import matplotlib.figure
+    from matplotlib.transforms import Bbox
+
+    boxes: list[Bbox] = []
+    edge: list[Bbox] = []
+    save = matplotlib.figure.Figure.savefig
+
+    def measured(fig: matplotlib.figure.Figure, *args: object, **kwargs: object) -> None:
+        save(fig, *args, **kwargs)  # drawn: the labels' boxes are the saved figure's
+        renderer = fig.canvas.get_renderer()  # type: ignore[attr-defined]
+        boxes.extend(t.get_window_extent(renderer) for ax in fig.axes for t in ax.get_xticklabels() if t.get_text())
+        edge.append(fig.bbox)
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", measured)
+    names = ["queue-p99", "queue-p99-weighted", "thesis", "nearest", "least-loaded", *more]  # the README's five
+    results = [Result(n, 5.0, 20.0, 6.0, 3500, 0, 3, {"node0": 3}, 72.0, 10.0, 20.0) for n in names]
+    plot(results, tmp_path / "load.png")
+    assert len(boxes) == 3 * len(names)
+    for i, a in enumerate(boxes):
+        for b in boxes[i + 1 :]:
+            assert not a.overlaps(b), (a, b)
+    assert all(b.x0 >= 0 and b.x1 <= edge[0].x1 for b in boxes)

@@ -8,22 +8,20 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-import httpx
 import psutil
 import pytest
 
 from agent.catalogue import ModelSpec
 from agent.decisions import MEMORY_REFUSAL_NAMES, memory_refusal
 from agent.errors import ConfigError
-from agent.identity import Identity
 from agent.node import CapacityError, NodeAgent, gather_bounded
-from agent.peer_api import create_peer_app
-from agent.peer_client import PeerClient
 from agent.runtime.base import Instance
 from agent.runtime.process import ProcessRuntime
 from agent.settings import load_settings
 from agent.store import DesiredState, Store
 from peerserve import wire
+from tests.peer_tools import in_process_peer
+from tests.unit import stand_in
 
 TOKEN = "memory-capacity-cluster-token-0123456789"
 TOTAL_MB = psutil.virtual_memory().total / 2**20  # what the agent's MetricsReader reports as mem_total_mb
@@ -63,22 +61,8 @@ def test_the_shipped_catalogue_at_each_models_cap_is_refused_on_a_4_gib_board() 
     assert memory_refusal(dict.fromkeys(need, 1), need, 4096) is None  # one of each fits
 
 
-def catalogue(tmp_path: Path, sizes: dict[str, float]) -> Path:
-    path = tmp_path / "catalogue.toml"
-    path.write_text(
-        "".join(
-            f'[[models]]\nname = "{m}"\nimage = "peerserve/modelserver:latest"\nstand_in = "half_plus_two"\n'
-            f"mem_mb = {mb:.0f}\ncompute = 1\n"
-            for m, mb in sizes.items()
-        )
-    )
-    return path
-
-
 def agent_with(tmp_path: Path, sizes: dict[str, float], **extra: object) -> NodeAgent:
-    overrides = {"node_id": "n", "data_dir": str(tmp_path / "n"), "catalogue": str(catalogue(tmp_path, sizes)),
-                 "discovery": False, "cluster_token": TOKEN, **extra}  # fmt: skip
-    return NodeAgent(load_settings(env={}, overrides=overrides))
+    return NodeAgent(stand_in.settings(tmp_path, sizes, TOKEN, **extra))
 
 
 def test_set_desired_refuses_the_sum_and_persists_nothing(tmp_path: Path) -> None:
@@ -100,8 +84,7 @@ def test_the_peer_plane_answers_400_and_names_the_sum(tmp_path: Path) -> None:
     assert agent.identity is not None
 
     async def put(instances: dict[str, int]) -> tuple[int, object]:
-        http = httpx.AsyncClient(transport=httpx.ASGITransport(app=create_peer_app(agent, agent.identity)))
-        client = PeerClient(Identity("lead", TOKEN, tmp_path / "lead"), lambda url: None, http=http)
+        client = in_process_peer(agent, "lead", TOKEN, tmp_path / "lead")
         try:
             body = {"term": 5, "leader": "lead", "instances": instances, "placement": None}
             return await client.call("n", "http://n", "PUT", wire.ROUTE_DESIRED, body=body)
@@ -201,10 +184,11 @@ class CountingRuntime(ProcessRuntime):
 
 
 def test_a_reconcile_round_starts_at_most_max_parallel_starts_servers_at_once(tmp_path: Path) -> None:
+    cat = stand_in.catalogue(tmp_path, {"m": 16})
     settings = load_settings(
         env={},
-        overrides={"node_id": "n", "data_dir": str(tmp_path / "n"), "catalogue": str(catalogue(tmp_path, {"m": 16})),
-                   "discovery": False, "max_parallel_starts": 2},
+        overrides={"node_id": "n", "data_dir": str(tmp_path / "n"), "catalogue": str(cat), "discovery": False,
+                   "max_parallel_starts": 2},
     )  # fmt: skip
     runtime = CountingRuntime(settings.host, tmp_path / "n", max_body_mb=settings.max_body_mb)
 
