@@ -606,14 +606,16 @@ class Revocations:
                           self.synced_path.parent, exc)  # fmt: skip
         self._write_record(record)
 
-    def lost_synced(self) -> SignedList | None:
+    def lost_synced(self, restat: bool = True) -> SignedList | None:
         """The list in force, when it was put in force from the synced file and that file no longer holds it: removed
         (by hand, a disk problem), damaged or replaced by an older list while the agent runs. The board would go on
         enforcing and advertising it while the next restart found none (and failed closed) or an older one (review19f
         R3): ``restore_stage`` writes it again, ``restore_commit`` puts it back. None when the file holds it, or the
-        list in force is the operator's (this board never writes that file). Re-stats both files (``current``)."""
-        with contextlib.suppress(CardError):  # the operator's file damaged: the list from members is kept all the same
-            self.current()
+        list in force is the operator's (this board never writes that file). Re-stats both files (``current``) unless
+        ``restat`` is False (the caller has just called ``current``: ``RevocationSync.advert``)."""
+        if restat:
+            with contextlib.suppress(CardError):  # the operator's file damaged: the members' list kept
+                self.current()
         f = self._synced
         if self._source is not f or self._issued < 0 or f.path is None:
             return None
@@ -626,10 +628,12 @@ class Revocations:
         (``offer_stage``); never raises."""
         return self.offer_stage(list_text(lost.issued, lost.ordered, lost.signature), lost)
 
-    def restore_commit(self, staged: Staged) -> bool:
+    def restore_commit(self, staged: Staged) -> str:
         """On the event loop: rename ``staged`` (``restore_stage``) over the synced file if the list in force is still
-        the one it holds and the synced file still lacks it (both re-stat'd), else drop it; True when put back (the
-        folder's fsync then: ``offer_persist(None)``). Never raises; a failure is logged."""
+        the one it holds and the synced file still lacks it (both re-stat'd), else drop it. "written" when put back
+        (the folder's fsync then: ``offer_persist(None)``); "not needed" when dropped because nothing is lost any more
+        or another list is (a newer list came in meanwhile: review20a L2); "failed" when the write or the rename
+        failed (logged). Never raises."""
         checked, lost = staged.checked, self.lost_synced()
         put = staged.tmp is not None and lost is not None and (lost.issued, lost.digest) == (checked.issued,
                                                                                             checked.digest)  # fmt: skip
@@ -646,13 +650,14 @@ class Revocations:
             if staged.error:
                 log.error("cannot write the revocation list in force (signed at %d) to %s again (%s): a restart would "
                           "not find it; asked again later", checked.issued, self.synced_path, staged.error)  # fmt: skip
-            return False
+                return "failed"
+            return "not needed"
         f = self._synced
         f.stat, f.read, f.held, f.damage, f.why = staged.stat, True, (checked.issued, checked.revoked,
                                                                       checked.signature), None, ""  # fmt: skip
         log.warning("the revocation list in force (signed at %d, %d board card(s) revoked) was no longer in %s: "
                     "written there again", checked.issued, len(checked.revoked), self.synced_path)  # fmt: skip
-        return True
+        return "written"
 
     def _admit(self, checked: SignedList, source: str) -> str | None:
         """None when ``checked`` is newer than the list in force (both files re-read if changed) and the record;
@@ -788,15 +793,30 @@ class Revocations:
             self._record_thread()
 
     def _record_thread(self) -> None:
-        """Write the waiting records until none waits (the newest each time)."""
-        while True:
-            with self._queue:
-                record, self._queued = self._queued, None
-                if record is None:
-                    self._recording = False
-                    self._queue.notify_all()
-                    return
-            self._write_record(record)
+        """Write the waiting records until none waits (the newest each time). A write that raises anything (not only
+        the OSError ``_write_record`` logs: a MemoryError, a bug) is logged and the next record still written; before,
+        it ended the thread with ``_recording`` set, and no record was written again for the life of the process
+        (review20a L1). ``_recording`` is cleared under the same lock hold as the empty queue is seen, so a record
+        queued meanwhile starts a thread of its own."""
+        try:
+            while True:
+                with self._queue:
+                    record, self._queued = self._queued, None
+                    if record is None:
+                        self._recording = False
+                        self._queue.notify_all()
+                        return
+                try:
+                    self._write_record(record)
+                except Exception as exc:
+                    log.error("cannot record the revocation list's stamp in %s (%s: %s): after a restart this "
+                              "board would accept an older list", self.floor_path, type(exc).__name__, exc,
+                              exc_info=exc)  # fmt: skip
+        except BaseException:  # not an Exception (a thread is not interrupted, but never wedge): the next record
+            with self._queue:  # starts a thread again, which takes any record still waiting
+                self._recording = False
+                self._queue.notify_all()
+            raise
 
     def wait_recorded(self, timeout: float | None = None) -> bool:
         """Block (off the loop) until no record waits for the record thread (``_record_later``); False at
@@ -822,6 +842,9 @@ class Revocations:
                 _unlink_quietly(tmp)
                 log.error("cannot record the revocation list's stamp %d in %s (%s): after a restart this board would "
                           "accept an older list", self._floor, self.floor_path, exc)  # fmt: skip
+            except BaseException:  # (the record thread logs it) no temporary file left behind either way
+                _unlink_quietly(tmp)
+                raise
 
 
 class PinCards:

@@ -10,7 +10,8 @@ can hand over only what the operator signed), and keeps it in the board's own ``
 (never in the operator's file). Then that board advertises the new stamp too, and so on.
 
 What a member can make us do is bounded: one fetch in flight at a time (whatever many members advertise; a stamp
-``BACKERS`` members advertise pre-empts a lone advertiser's fetch, ``FetchPlan``), at most one fetch per member per
+at least ``BACKERS`` members advertise pre-empts a fetch of a stamp fewer members advertise, ``FetchPlan``), at most one
+fetch per member per
 ``FETCH_INTERVAL_S``, and a member whose fetch failed (unreachable, a malformed page, a list
 it cannot back, forged or not newer) is asked again only after an exponential back-off up to ``BACKOFF_MAX_S``; a
 fetch is at most ``MAX_PAGES`` answers of ``wire.MAX_BODY`` within ``FETCH_TIMEOUT_S``. Advertising costs a stamp
@@ -61,7 +62,7 @@ PAGE_TIMEOUT_S = 3.0  # one page
 MAX_PAGES = math.ceil(MAX_REVOKED / REVOCATION_PAGE)  # answers of one fetch at most (16)
 MAX_TRACKED = 256  # members whose back-off is remembered (agent.discovery.swim.MAX_MEMBERS)
 SAID_MAX = 256  # (member, stamp) conflicts logged once each, then forgotten all at once
-BACKERS = 2  # current members advertising a stamp for its fetch to pre-empt a lone advertiser's (review19a F4)
+BACKERS = 2  # current members advertising a stamp, at least, for its fetch to pre-empt another (review19a F4)
 FETCH, CONFLICT, PREEMPT = "fetch", "conflict", "preempt"
 # a fetch's outcomes: the list's fate (Revocations.offer), "failed" (no whole list came back) or "preempted" (given up
 # for a stamp more members advertise, FetchPlan.choose)
@@ -102,12 +103,15 @@ class FetchPlan:
 
     One fetch at a time. A member that advertises a stamp nobody else does (one it cannot back, say) and trickles its
     pages held that slot for the whole fetch's deadline, every back-off step (review19a F4); now a stamp that at
-    least ``BACKERS`` current members advertise pre-empts a fetch still downloading (not once its list is being
-    checked and written) of a stamp its member alone advertises, or of an older one. The member pre-empted is backed
-    off as after a failure. Bounded: a pre-empting fetch is of a stamp that many members back, and only a strictly
-    newer such stamp pre-empts it in turn, so pre-emptions in a row are at most the stamps several members advertise
-    (honest members: the lists the operator signed), each from a member not backed off, whose next turn is then
-    ``interval_s`` away at least."""
+    least ``BACKERS`` current members advertise, and more members than advertise the stamp being fetched, pre-empts
+    that fetch while it is still downloading (not once its list is being checked and written). The count, not the
+    stamp, decides: a stamp is the advertiser's to choose, and two colluding members advertising a made-up newer one
+    cancelled every honest fetch three members backed (review20a M1). So a fetch that ``h`` members back is
+    cancelled only for a stamp at least ``h + 1`` members advertise; nothing pre-empts a fetch of the same stamp (slow
+    honest members would take turns for ever). The member pre-empted is backed off as after a failure only when it
+    alone advertised its stamp (a lie or not, nobody else vouches for it). Bounded: each pre-emption is by a member
+    not backed off, whose next turn is then ``interval_s`` away at least, so at most one per member per
+    ``interval_s``."""
 
     def __init__(
         self, interval_s: float = FETCH_INTERVAL_S, backoff_max_s: float = BACKOFF_MAX_S, tracked: int = MAX_TRACKED
@@ -128,7 +132,8 @@ class FetchPlan:
     ) -> str | None:
         """What to do about ``member`` advertising ``advert`` (stamp, digest) while ours is ``own`` (None: no list in
         force): ``FETCH`` (the caller fetches ``advert``'s stamp from it and reports ``done`` with ``ticket``),
-        ``PREEMPT`` (the same, after cancelling the fetch under way, whose member is backed off here already),
+        ``PREEMPT`` (the same, after cancelling the fetch under way, whose member, if it alone advertised that stamp,
+        is backed off here already),
         ``CONFLICT`` (the same stamp as ours naming other cards: the caller logs it, nothing is fetched) or None.
         ``backers(stamp)``: how many current members advertise ``stamp`` now (asked only while a fetch is under way)."""
         stamp, digest = advert
@@ -143,10 +148,11 @@ class FetchPlan:
         decision = FETCH
         if self.in_flight is not None:
             busy, fetching = self.in_flight
-            if not (self.preemptible and member != busy and backers(stamp) >= BACKERS
-                    and (stamp > fetching or backers(fetching) < BACKERS)):  # fmt: skip
+            backed, held = backers(stamp), backers(fetching)
+            if not (self.preemptible and member != busy and backed >= BACKERS and backed > held):
                 return None
-            self._failed(busy, now)
+            if held <= 1:  # its member alone advertised it (or nobody does any more)
+                self._failed(busy, now)
             decision = PREEMPT
         if m is None:
             m = self.members[member] = _Member()
@@ -259,21 +265,22 @@ class RevocationSync:
         """(stamp, digest) for our outgoing SWIM messages (and /cluster, /metrics); on the loop, the synced file is
         checked to hold the list in force (``keep_synced``)."""
         own = self.revocations.advert()
-        self.keep_synced()
+        self.keep_synced(restat=False)  # advert() has just stat'd both files (review20a L3)
         return own
 
-    def keep_synced(self) -> None:
+    def keep_synced(self, restat: bool = True) -> None:
         """On the event loop: when the synced file no longer holds the list in force from it (removed, damaged or
         replaced by an older list while the agent runs; ``Revocations.lost_synced``), write it there again, in a
         thread, one write at a time and at most once per ``Retry`` step, so that the state on disk follows the state
-        in force and a restart keeps it (review19f R3). Costs two stats when nothing is lost (as ``advert``)."""
+        in force and a restart keeps it (review19f R3). Costs two stats when nothing is lost, none with ``restat``
+        False (the caller has just called ``Revocations.current``, as ``advert`` has: an advert costs two in all)."""
         if self._restoring is not None or not self.restores.due(self.clock()):
             return
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
             return
-        lost = self.revocations.lost_synced()
+        lost = self.revocations.lost_synced(restat)
         if lost is not None:
             self._restoring = loop.create_task(self._restore(lost))
 
@@ -281,8 +288,11 @@ class RevocationSync:
         ok = False
         try:
             staged = await asyncio.to_thread(self.revocations.restore_stage, lost)
-            ok = self.revocations.restore_commit(staged)
-            if ok:
+            done = self.revocations.restore_commit(staged)
+            # "not needed" (a newer list came in, or the file got it back, while it was written): no failure, so no
+            # back-off; the write itself went through (review20a L2)
+            ok = done != "failed"
+            if done == "written":
                 self.restored += 1
                 await asyncio.shield(asyncio.to_thread(self.revocations.offer_persist, None))  # the folder's fsync
         except Exception as exc:  # a bug here must not end the task unseen
@@ -314,9 +324,9 @@ class RevocationSync:
         busy = self.plan.in_flight
         decision = self.plan.choose(member, advert, self.revocations.advert(), self.clock(), self._backers)
         if decision == PREEMPT and busy is not None:
-            log.warning("gave up fetching the revocation list signed at %d from %s (it alone advertises it, or an "
-                        "older one) for the one signed at %d that %s and %d other member(s) advertise", busy[1],
-                        busy[0], advert[0], member, self._backers(advert[0]) - 1)  # fmt: skip
+            log.warning("gave up fetching the revocation list signed at %d from %s (%d member(s) advertise it) for "
+                        "the one signed at %d that more do: %s and %d other member(s)", busy[1], busy[0],
+                        self._backers(busy[1]), advert[0], member, self._backers(advert[0]) - 1)  # fmt: skip
             if self._task is not None:  # its end is counted "preempted"; its slot is the new fetch's already
                 self._task.cancel()
                 self._ending.add(self._task)  # (at most one per pre-emption, gone as it ends: stop waits for them)

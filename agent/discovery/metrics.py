@@ -17,7 +17,7 @@ peerserve_revocation_lists_total{outcome}                             operator-C
                                                                       members, by outcome (accepted; refused: older,
                                                                       conflict, forged, damaged, oversized, unusable,
                                                                       unwritable; failed: no whole list came back;
-                                                                      preempted: given up for a stamp several
+                                                                      preempted: given up for a stamp more
                                                                       members advertise)
 peerserve_revocation_stamp                                            operator-CA mode: the stamp of the list in force
                                                                       (-1: none), to compare across boards
