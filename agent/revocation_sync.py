@@ -10,9 +10,8 @@ can hand over only what the operator signed), and keeps it in the board's own ``
 (never in the operator's file). Then that board advertises the new stamp too, and so on.
 
 What a member can make us do is bounded: one fetch in flight at a time (whatever many members advertise; a stamp
-at least ``BACKERS`` members advertise pre-empts a fetch of a stamp fewer members advertise, ``FetchPlan``), at most one
-fetch per member per
-``FETCH_INTERVAL_S``, and a member whose fetch failed (unreachable, a malformed page, a list
+at least ``BACKERS`` members advertise pre-empts a fetch of a stamp fewer members advertise, ``FetchPlan``), at most
+one fetch per member per ``FETCH_INTERVAL_S``, and a member whose fetch failed (unreachable, a malformed page, a list
 it cannot back, forged or not newer) is asked again only after an exponential back-off up to ``BACKOFF_MAX_S``; a
 fetch is at most ``MAX_PAGES`` answers of ``wire.MAX_BODY`` within ``FETCH_TIMEOUT_S``. Advertising costs a stamp
 and 32 hex digits per message.
@@ -133,8 +132,8 @@ class FetchPlan:
         """What to do about ``member`` advertising ``advert`` (stamp, digest) while ours is ``own`` (None: no list in
         force): ``FETCH`` (the caller fetches ``advert``'s stamp from it and reports ``done`` with ``ticket``),
         ``PREEMPT`` (the same, after cancelling the fetch under way, whose member, if it alone advertised that stamp,
-        is backed off here already),
-        ``CONFLICT`` (the same stamp as ours naming other cards: the caller logs it, nothing is fetched) or None.
+        is backed off here already), ``CONFLICT`` (the same stamp as ours naming other cards: the caller logs it,
+        nothing is fetched) or None.
         ``backers(stamp)``: how many current members advertise ``stamp`` now (asked only while a fetch is under way)."""
         stamp, digest = advert
         ours = own[0] if own is not None else -1
