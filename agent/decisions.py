@@ -98,7 +98,9 @@ def spread_choice(
     endpoints = [(ch.candidate.node, ch.candidate.url) for ch in ranked]
     finish = None
     if rule == "lef":
-        finish = [Finish(ch.rtt_ms, ch.candidate.service_ms, (slots or {}).get(ch.candidate.node, 1.0)) for ch in ranked]
+        finish = [
+            Finish(ch.rtt_ms, ch.candidate.service_ms, (slots or {}).get(ch.candidate.node, 1.0)) for ch in ranked
+        ]
     pick = choose_endpoint(endpoints, shares, planned_queue, live_queue, (u, u2), rule, idle, finish)
     if pick is None:
         return list(ranked)

@@ -457,7 +457,11 @@ class LeaderRound:
         for n, d in deferred.items():  # held back by the leader, not failing: its rounds to be met start when sent
             for m in d:
                 self.short.pop((n, m), None)
-        slots = {n: r.reports[n].concurrency for n in gathered if r.reports[n].concurrency is not None}
+        slots: dict[str, float] = {}
+        for n in gathered:
+            concurrency = r.reports[n].concurrency
+            if concurrency is not None:
+                slots[n] = concurrency
         r.summary = self._summary(plan, e, gathered, verdict, changed, slots)
         held = {n: d for n, d in self.leaving.items() if d}
         if held or deferred:  # make-before-break at work: what is kept until its replacement is ready, what waits

@@ -217,12 +217,16 @@ def least_finish(
     live = live_queue or {}
     best: tuple[float, int] | None = None
     for e, (may, (_, url), f) in enumerate(zip(serving_mask(endpoints, idle), endpoints, finish, strict=True)):
-        service, queue = f.service_ms, live.get(url, 0)
+        service = f.service_ms
         if not may or service is None or not 0.0 < service < math.inf or not 1.0 <= f.slots <= MAX_SLOTS:
+            continue
+        try:
+            queue = float(live.get(url, 0))
+        except (OverflowError, TypeError, ValueError):  # an int past any float, or not a number: not a count
             continue
         if not (math.isfinite(f.rtt_ms) and f.rtt_ms >= 0.0 and math.isfinite(queue)):
             continue
-        t = expected_finish_ms(f.rtt_ms, max(0.0, float(queue)), service, f.slots)
+        t = expected_finish_ms(f.rtt_ms, max(0.0, queue), service, f.slots)
         if math.isfinite(t) and (best is None or t < best[0]):
             best = (t, e)
     return None if best is None else best[1]
