@@ -333,3 +333,25 @@ def test_simulate_workload_takes_the_rule_and_refuses_an_unknown_one() -> None:
     assert "endpoint rule must be one of p2c, weighted, lef" in (Workload(endpoint_rule="x").check() or "")
     with pytest.raises(ValueError, match="slot counts"):
         AgentDispatch({}, ["n1"], [1], np.zeros((1, 1)), np.zeros(0, np.int64), 1.0, np.zeros(0), slots=[1.0, 2.0])
+
+
+def test_the_agent_under_lef_leaves_the_plans_idle_running_instances_alone() -> None:
+    """Mode 1 past the instance bound keeps instances running without traffic (``idle_running``); lef chooses
+    among every other ready instance, a node without a share included, and never the idle ones, however
+    short their queue: the plan still decides which instances serve (here a1 serves, a2 is idle)."""
+    cs = [cand("a", "a1", 3.0, 3.0), cand("a", "a2", 3.0, 3.0), cand("b", "b1", 3.0, 3.0)]
+    rtts = {"a": 1.0, "b": 20.0}
+    ranked = rank_endpoints(cs, rtts)
+    plan = {
+        "spread": [{"model": "m", "rtt_ms": {"a": 1.0, "b": 20.0}, "shares": {"a": 1.0}}],
+        "idle_running": {"a": {"m": 1}},
+    }
+    firsts = Counter(
+        spread_ranked(ranked, plan, "m", rtts, u, {"a1": q}, u, "lef")[0].candidate.url
+        for q in range(12)
+        for u in (0.1, 0.9)
+    )
+    assert firsts["a2"] == 0
+    assert firsts["a1"] == 2 * 7 and firsts["b1"] == 2 * 5  # a1 while 1 + (q + 1) x 3 <= 23: q <= 6
+    without = {k: v for k, v in plan.items() if k != "idle_running"}
+    assert spread_ranked(ranked, without, "m", rtts, 0.5, {"a1": 1}, 0.5, "lef")[0].candidate.url == "a2"
