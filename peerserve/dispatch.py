@@ -25,6 +25,8 @@ simulated arrival) run the same code:
   service time, or with any input not a finite number in range (NaN, inf, slots < 1), is never chosen;
   where none is left the ``p2c`` rule decides (the plan's shares, else the ranking). The plan still decides
   which instances run; only where a request goes among them changes. Cost: one pass over the endpoints.
+  Not the default: the simulated audit misses fewer cells under it, no live run has shown its p99 no
+  worse (docs/solver.md).
 """
 
 from __future__ import annotations
