@@ -43,6 +43,7 @@ from typing import Any
 
 import numpy as np
 
+from peerserve.dispatch import DEFAULT_RULE
 from solver.agent_sim import AgentDispatch, event_sojourn_ms
 from solver.api import solve
 from solver.plan import Plan
@@ -187,7 +188,9 @@ def _agent_run(
     if w.dispatch == "assigned" and "spread" not in details:
         details = {**details, "spread": assigned_spread(plan, w, rtt)}
     slots = [float(sim_slots(w))] * w.nodes
-    dispatch = rule(details, ids, started, rtt, client, 1000.0 / w.throughput, draws, draws2, slots, w.endpoint_rule)
+    # the workload's endpoint rule where it names one other than the default; else the class's (a what-if's own)
+    named = None if w.endpoint_rule == DEFAULT_RULE else w.endpoint_rule
+    dispatch = rule(details, ids, started, rtt, client, 1000.0 / w.throughput, draws, draws2, slots, named)
     node_of = np.repeat(np.arange(w.nodes), started)
     cores = np.full(w.nodes, w.cores if w.cores > 0 else np.inf)
     where, sojourn = event_sojourn_ms(t, work, dispatch, node_of, cores, np.full(w.nodes, sim_slots(w)))
