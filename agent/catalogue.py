@@ -61,6 +61,16 @@ class ModelSpec:
             return float(declared)
         return 1000.0 / max(self.expected_exec_ms(node_class), 0.1)
 
+    def service_ms(self, node_class: str) -> float | None:
+        """One request's service time on ``node_class`` at one slot, as the placement counts it (1000 / the
+        declared throughput, else exec_ms): the endpoint rule ``lef``'s (peerserve/dispatch.py); None where the
+        entry has neither (or only zeros)."""
+        declared = self.throughput_rps.get(node_class, self.throughput_rps.get("default"))
+        if declared is not None and declared > 0:
+            return 1000.0 / float(declared)
+        exec_ms = self.expected_exec_ms(node_class)
+        return exec_ms if exec_ms > 0 else None
+
 
 @dataclass(frozen=True)
 class Catalogue:

@@ -141,10 +141,13 @@ FLAGS: list[tuple[str, dict[str, Any]]] = [
     (
         "--endpoint-rule",
         {
-            "choices": ["p2c", "weighted"],
+            "choices": ["p2c", "weighted", "lef"],
             "help": "how a request picks among the plan's instances: p2c (default) draws two by the plan's "
             "shares and takes the one with fewer of this agent's requests in flight against its planned "
-            "queue; weighted draws one, each share weighed by planned / live queue (the rule before)",
+            "queue; weighted draws one, each share weighed by planned / live queue (the rule before); lef "
+            "takes, among every ready instance of the model, the least RTT + (wait for a slot + 1) x the "
+            "catalogue's service time, the wait from this agent's requests in flight there (the plan's shares "
+            "where no instance has a service time)",
         },
     ),
     (

@@ -12,7 +12,7 @@ from typing import Any
 
 from agent.runtime.base import Instance
 from peerserve import dispatch as rule  # the endpoint rule, shared with the workload simulation
-from peerserve.dispatch import DEFAULT_RULE, choose_endpoint, idle_counts, planned_queues, rank_key
+from peerserve.dispatch import DEFAULT_RULE, Finish, choose_endpoint, idle_counts, node_slots, planned_queues, rank_key
 
 UNKNOWN_RTT_MS = rule.UNKNOWN_RTT_MS  # these five re-exported: their callers import them from here
 MAX_SPREAD_SITES = rule.MAX_SPREAD_SITES
@@ -34,6 +34,9 @@ class Candidate:
     model: str
     exec_ms: float
     load: float  # 0-100, GPU load if known else CPU load
+    # the catalogue's service time for the node's class (ms; None: the catalogue has none): the endpoint rule
+    # ``lef``'s (exec_ms is the measured server time where there is one, and that includes the wait)
+    service_ms: float | None = None
 
 
 @dataclass(frozen=True)
@@ -79,6 +82,7 @@ def spread_choice(
     idle: Mapping[str, int] | None = None,
     u2: float = 0.0,
     rule: str = DEFAULT_RULE,
+    slots: Mapping[str, float] | None = None,
 ) -> list[Choice]:
     """``ranked`` with one endpoint chosen first in the plan's proportions; the rest keep their rank order.
 
@@ -87,10 +91,17 @@ def spread_choice(
     ``rule`` (peerserve/dispatch.py) adjusts the choice by the live queues (``live_queue`` by URL, an
     endpoint absent from it idle) against the plan's (``planned_queue`` by node). ``u``, ``u2`` in [0, 1)
     are the random draws (injected: the function is pure). No share on any ready endpoint (no plan, or
-    the planned nodes are down): ``ranked`` unchanged.
+    the planned nodes are down): ``ranked`` unchanged. Under ``lef`` the endpoint with the least expected
+    finish goes first, plan or not (each choice's RTT, its candidate's catalogue service time, ``slots`` by
+    node: absent 1); where no candidate has a service time, the shares decide as under ``p2c``.
     """
     endpoints = [(ch.candidate.node, ch.candidate.url) for ch in ranked]
-    pick = choose_endpoint(endpoints, shares, planned_queue, live_queue, (u, u2), rule, idle)
+    finish = None
+    if rule == "lef":
+        finish = [
+            Finish(ch.rtt_ms, ch.candidate.service_ms, (slots or {}).get(ch.candidate.node, 1.0)) for ch in ranked
+        ]
+    pick = choose_endpoint(endpoints, shares, planned_queue, live_queue, (u, u2), rule, idle, finish)
     if pick is None:
         return list(ranked)
     return [ranked[pick], *ranked[:pick], *ranked[pick + 1 :]]
@@ -105,14 +116,21 @@ def spread_ranked(
     live_queue: Mapping[str, float] | None = None,
     u2: float = 0.0,
     rule: str = DEFAULT_RULE,
+    own_slots: tuple[str, float] | None = None,
 ) -> list[Choice]:
-    """``spread_choice`` with the last placement summary's shares, planned queues and idle running instances
-    (``live_queue`` by URL)."""
-    if not placement or not ranked:
+    """``spread_choice`` with the last placement summary's shares, planned queues, idle running instances and
+    (``lef``) nodes' slots (``live_queue`` by URL; ``own_slots``: this node's id and concurrency, over the
+    summary's figure for it). Without a summary only ``lef`` reorders (it needs no plan)."""
+    if not ranked or (not placement and rule != "lef"):
         return list(ranked)
+    placement = placement or {}
     shares = site_shares(parse_spread(placement.get("spread")), model, client_rtts)
     planned = planned_queues(placement, model)
-    return spread_choice(ranked, shares, u, planned, live_queue, idle_counts(placement, model), u2, rule)
+    slots = node_slots(placement)
+    if own_slots is not None:
+        slots[own_slots[0]] = own_slots[1]
+    idle = idle_counts(placement, model)
+    return spread_choice(ranked, shares, u, planned, live_queue, idle, u2, rule, slots)
 
 
 @dataclass(frozen=True)

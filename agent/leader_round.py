@@ -457,7 +457,12 @@ class LeaderRound:
         for n, d in deferred.items():  # held back by the leader, not failing: its rounds to be met start when sent
             for m in d:
                 self.short.pop((n, m), None)
-        r.summary = self._summary(plan, e, gathered, verdict, changed)
+        slots: dict[str, float] = {}
+        for n in gathered:
+            concurrency = r.reports[n].concurrency
+            if concurrency is not None:
+                slots[n] = concurrency
+        r.summary = self._summary(plan, e, gathered, verdict, changed, slots)
         held = {n: d for n, d in self.leaving.items() if d}
         if held or deferred:  # make-before-break at work: what is kept until its replacement is ready, what waits
             r.summary["handover"] = {"held": held, "deferred": deferred}
@@ -474,9 +479,17 @@ class LeaderRound:
         return list(r.commands.values())
 
     def _summary(
-        self, plan: Mapping[str, Any], e: Solved, gathered: list[str], verdict: Verdict, changed: bool
+        self,
+        plan: Mapping[str, Any],
+        e: Solved,
+        gathered: list[str],
+        verdict: Verdict,
+        changed: bool,
+        slots: Mapping[str, float] | None = None,
     ) -> dict[str, Any]:
-        """The round summary every agent shows; a held plan shows the running instances' value and split."""
+        """The round summary every agent shows; a held plan shows the running instances' value and split.
+        ``slots``: the gathered nodes' reported concurrency (the endpoint rule ``lef``'s, peerserve/dispatch.py;
+        a node without one is left out and counts one slot)."""
         value = plan.get("running_value") or {}
         source = plan.get("details", {}) if verdict.switch else value
         hold = {
@@ -497,6 +510,7 @@ class LeaderRound:
             "actions": list(plan.get("actions", [])) if verdict.switch else [],
             "rejected": len(plan.get("rejected", [])), "note": plan.get("note", ""), "fallback": e.fallback,
             "hold": hold, **{key: source[key] for key in ("spread", "planned_queue", "idle_running") if key in source},
+            **({"slots": dict(sorted(slots.items()))} if slots else {}),
         }  # fmt: skip
 
     def _on_command_result(self, r: _Round, e: Acknowledged | CommandFailed | Fenced) -> list[Instruction]:

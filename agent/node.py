@@ -692,8 +692,9 @@ class NodeAgent:
         me = self.settings.node_id
         metrics = self.node_metrics()
         load = metrics.gpu_percent if metrics.gpu_percent is not None else metrics.cpu_percent
+        cls = self.settings.node_class
         out = [
-            Candidate(me, i.url, i.model, self.expected_exec_ms(me, i.model, self.settings.node_class), load)
+            Candidate(me, i.url, i.model, self.expected_exec_ms(me, i.model, cls), load, self.service_ms(i.model, cls))
             for i in self.state.instances
             if i.id in self.state.ready and (model is None or i.model == model)
         ]
@@ -704,8 +705,19 @@ class NodeAgent:
             for m, urls in peer.endpoints.items():
                 if model is None or m == model:
                     exec_ms = self.expected_exec_ms(peer.node_id, m, peer.node_class)
-                    out += [Candidate(peer.node_id, u, m, exec_ms, peer_load) for u in urls]
+                    service = self.service_ms(m, peer.node_class)
+                    out += [Candidate(peer.node_id, u, m, exec_ms, peer_load, service) for u in urls]
         return out
+
+    @property
+    def concurrency(self) -> float:
+        """Requests one of this node's model servers serves at once (its slots; model_server_concurrency)."""
+        return model_server_concurrency(self.settings)
+
+    def service_ms(self, model: str, node_class: str) -> float | None:
+        """The catalogue's service time of ``model`` on ``node_class`` (None: not in it, or no figure)."""
+        spec = self.catalogue.current.get(model)
+        return spec.service_ms(node_class) if spec else None
 
     async def resolve(
         self, model: str, client: str, reported: Mapping[str, float], live: Mapping[str, int] | None = None

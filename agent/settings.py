@@ -24,6 +24,7 @@ from agent.errors import ConfigError
 from agent.interfaces import interface_address
 from agent.operator_ca import parse_operator_ca
 from peerserve import names
+from peerserve.dispatch import RULES as ENDPOINT_RULES
 from peerserve.wire import NODE_CLASS
 
 if sys.version_info >= (3, 11):
@@ -109,9 +110,9 @@ class Settings:
     instance_ready_timeout_s: float = 60.0
     instance_drain_s: float = 3.0  # a server the plan drops leaves endpoint answers this long before it stops
     max_parallel_starts: int = 4  # model servers a reconcile round starts at once (each loads its model: memory, CPU)
-    endpoint_rule: str = (
-        "p2c"  # p2c: two endpoints drawn by the plan, the emptier taken; weighted (peerserve/dispatch.py)
-    )
+    # p2c: two endpoints drawn by the plan, the emptier taken; weighted; lef: the least expected finish among every
+    # ready endpoint (peerserve/dispatch.py)
+    endpoint_rule: str = "p2c"
     discovery: bool = True
     mdns: bool = True
     interface: str = "auto"
@@ -301,8 +302,8 @@ def validate(s: Settings) -> None:
         if not seed.startswith(("http://", "https://")):
             raise ConfigError("seeds", f"{seed!r} is not an http(s) URL of an agent")
     _validate_http_bounds(s)
-    if s.endpoint_rule not in ("p2c", "weighted"):
-        raise ConfigError("endpoint_rule", f"{s.endpoint_rule!r}: choose p2c or weighted")
+    if s.endpoint_rule not in ENDPOINT_RULES:
+        raise ConfigError("endpoint_rule", f"{s.endpoint_rule!r}: choose {', '.join(ENDPOINT_RULES)}")
     if s.log_format not in ("text", "json"):
         raise ConfigError("log_format", f"{s.log_format!r}: choose text or json")
     if s.https_port and (not 0 < s.https_port < 65536 or s.https_port in (s.port, s.peer_listen_port)):

@@ -2,8 +2,9 @@
 queue-aware objective and by the baselines (the thesis's model, its nearest-node heuristic) in the same run.
 
 For each placement (default: ``queue-p99``, the agent's default, then ``thesis`` and ``nearest``; also
-``queue``, ``least-loaded`` and ``queue-p99-weighted``, the queue-p99 plan served by the agents' endpoint
-rule before p2c, ``--endpoint-rule weighted``: ``PLACEMENTS``) the bench starts
+``queue``, ``least-loaded``, ``queue-p99-weighted``, the queue-p99 plan served by the agents' endpoint
+rule before p2c, ``--endpoint-rule weighted``, and ``queue-p99-lef`` / ``queue-p99-p2c``, the same plan under
+``--endpoint-rule lef`` / ``p2c``: ``PLACEMENTS``) the bench starts
 ``--nodes`` agents on 127.0.0.2, .3, ... (process runtime, the stand-in server running the real digits
 softmax regression, mDNS bound to loopback, as ``peerserve demo`` does), and ``--clients`` clients at
 ``--sites`` sites, each sending Poisson arrivals of one digits image at ``--rate`` requests/s through
@@ -78,8 +79,11 @@ PLACEMENTS = {  # name -> (the agents' placement objective, method)
     "nearest": ("thesis", "nearest"),
     "least-loaded": ("thesis", "least-loaded"),
     "queue-p99-weighted": ("queue-p99", "ipopt"),  # the agents' endpoint rule before p2c (ENDPOINT_RULES)
+    "queue-p99-lef": ("queue-p99", "ipopt"),  # the agents' endpoint rule lef: the least expected finish
+    "queue-p99-p2c": ("queue-p99", "ipopt"),  # the agents' endpoint rule p2c, named whatever the default
 }
-ENDPOINT_RULES = {"queue-p99-weighted": "weighted"}  # placement -> the agents' --endpoint-rule (default p2c)
+# placement -> the agents' --endpoint-rule (default p2c)
+ENDPOINT_RULES = {"queue-p99-weighted": "weighted", "queue-p99-lef": "lef", "queue-p99-p2c": "p2c"}
 BASELINES = ("thesis", "nearest", "least-loaded")
 TARGET_P99_RATIO = 1.2  # issue 16: p99 under load no worse than 1.2x the best baseline's
 SETTLE_MORE_S = 30.0  # warm-up beyond --warmup-s while rounds keep changing the servers (the thesis's plan churns)

@@ -38,7 +38,10 @@ and det, 2 / 5 / 12 req/s per client, 30 s), ``shared`` (bench/dispatch_bench.py
 2-core nodes, 50 req/s an instance with 2 slots, 1-4 req/s per client, 60 s) and ``shared1`` (the same with
 one slot an instance).
 
-    .venv/bin/python bench/p99_audit.py [--labs queue_bench shared shared1] [--json]
+``--endpoint-rule lef`` serves every placement by the agent's ``lef`` rule (default ``p2c``); each row also gives
+queue-p99's p99 over the best baseline's under ``p2c`` (the dispatch study's divisor).
+
+    .venv/bin/python bench/p99_audit.py [--labs queue_bench shared shared1] [--endpoint-rule lef] [--json]
 """
 
 from __future__ import annotations
@@ -226,6 +229,13 @@ def one(w: Workload) -> dict[str, Any]:
     bound = instance_bound(snap)
     best_name = min(BASELINES, key=lambda b: outs[b]["p99_ms"])
     best = outs[best_name]["p99_ms"]
+    # the baselines under p2c (the agent's default), the divisor the dispatch study kept: under another rule
+    as_p2c = dataclasses.replace(w, endpoint_rule="p2c")
+    best_p2c = (
+        best
+        if w.endpoint_rule == "p2c"
+        else min(simulate_plan(b, plans[b], as_p2c, rtt, arrivals).p99_ms for b in BASELINES)
+    )
     floor, floor_nodes = latencies_floor(w, rtt, arrivals, bound)
     pooled = pooled_floor(w, rtt, arrivals, bound)
     all_live = simulate_plan("all_live", plans["queue-p99"], w, rtt, arrivals, AllLive).to_dict()
@@ -240,7 +250,9 @@ def one(w: Workload) -> dict[str, Any]:
         "bound": bound,
         "baselines_within_bound": [b for b in BASELINES if outs[b]["instances"] <= bound],
         "best_baseline": best_name,
+        "endpoint_rule": w.endpoint_rule,
         "queue_p99_over_best": round(ratio, 3),
+        "queue_p99_over_best_p2c": round(outs["queue-p99"]["p99_ms"] / best_p2c, 3),
         "queue_p99_within_bound": outs["queue-p99"]["instances"] <= bound,
         "tail_cap": plans["queue-p99"].details.get("tail_cap"),
         "floor_ms": round(floor, 3),
@@ -277,6 +289,12 @@ def main() -> None:
     ap.add_argument("--duration", type=float, default=None, help="simulated seconds (default: the lab's)")
     ap.add_argument("--rates", type=float, nargs="+", default=None, help="req/s per client (default: the lab's)")
     ap.add_argument("--services", nargs="+", default=None, choices=("exp", "det"), help="default: the lab's")
+    ap.add_argument(
+        "--endpoint-rule",
+        choices=("p2c", "weighted", "lef"),
+        default="p2c",
+        help="the agents' endpoint rule every placement is served by (default p2c, the agent's default)",
+    )
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     rows = []
@@ -284,7 +302,7 @@ def main() -> None:
         base, services, rates = LABS[lab]
         for service in args.services or services:
             for rate in args.rates or rates:
-                w = dataclasses.replace(base, service=service, rate=rate)
+                w = dataclasses.replace(base, service=service, rate=rate, endpoint_rule=args.endpoint_rule)
                 if args.duration:
                     w = dataclasses.replace(w, duration_s=args.duration)
                 row = {"lab": lab, **one(w)}
@@ -301,8 +319,9 @@ def print_row(r: dict[str, Any], out: TextIO) -> None:
     cells = " ".join(f"{n} {o[n]['p99_ms']:.1f}/{o[n]['instances']}i" for n in PLACES)
     s = r["searched"]
     print(
-        f"{r['lab']:<12}{r['service']:<4}{r['rate']:>4g}/client  {cells}  bound {r['bound']}  "
-        f"q-p99/best {r['queue_p99_over_best']:.2f}  floor {r['floor_ms']:.1f} ({r['floor_over_best']:.2f}x)  "
+        f"{r['lab']:<12}{r['service']:<4}{r['rate']:>4g}/client {r['endpoint_rule']}  {cells}  bound {r['bound']}  "
+        f"q-p99/best {r['queue_p99_over_best']:.2f} (/best p2c {r['queue_p99_over_best_p2c']:.2f})  "
+        f"floor {r['floor_ms']:.1f} ({r['floor_over_best']:.2f}x)  "
         f"pooled {r['pooled_ms']:.1f} ({r['pooled_over_best']:.2f}x)  "
         f"all_live {r['all_live']['p99_ms']:.1f} ({r['all_live_over_best']:.2f}x)  "
         f"greedy {r['greedy_ms']:.1f} ({r['greedy_over_best']:.2f}x)  "

@@ -16,19 +16,32 @@ simulated arrival) run the same code:
   rule before): one draw by plan weight / score. No share on any ready endpoint (no plan, or its nodes
   are down): the ranking stands, and the first endpoint takes the request.
   bench/endpoint_rules_bench.py weighs the rules.
+* ``lef`` (least expected finish; issue 16 target 5c, docs/solver.md "The endpoint rule lef"): among EVERY
+  ready endpoint of the model, whether or not the plan gives its node a share (but the plan's
+  ``idle_running`` ones, which it keeps without traffic), the one with the least RTT + (max(0, live + 1 -
+  slots) / slots + 1) x service time, ties to the better ranked: ``live`` this agent's requests in flight
+  there, ``service`` the catalogue's service time for the node's class (not the measured server time, which
+  includes the wait and would count it twice), ``slots`` the node's concurrency. An endpoint without a
+  service time, or with any input not a finite number in range (NaN, inf, slots < 1), is never chosen;
+  where none is left the ``p2c`` rule decides (the plan's shares, else the ranking). The plan still decides
+  which instances run; only where a request goes among them changes. Cost: one pass over the endpoints.
+  Not the default: the simulated audit misses fewer cells under it, no live run has shown its p99 no
+  worse (docs/solver.md).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-RULES = ("p2c", "weighted")  # the endpoint rules (module docstring)
+RULES = ("p2c", "weighted", "lef")  # the endpoint rules (module docstring)
 DEFAULT_RULE = RULES[0]
 LIVE_POWER = 2  # p2c draws by plan weight / score ** LIVE_POWER (bench/endpoint_rules_bench.py: 2 over 1)
 UNKNOWN_RTT_MS = 1.0  # a LAN hop, used for a node the client has not measured
 MAX_SPREAD_SITES = 64  # site entries an agent keeps from a plan (more are ignored)
+MAX_SLOTS = 1024.0  # a node's concurrency as the settings bound it (agent/settings.py instance_concurrency)
 
 
 def rank_key(total_ms: float, load: float, node: str, url: str) -> tuple[float, float, str, str]:
@@ -136,12 +149,19 @@ def choose_endpoint(
     draws: tuple[float, float],
     rule: str = DEFAULT_RULE,
     idle: Mapping[str, int] | None = None,
+    finish: Sequence[Finish] | None = None,
 ) -> int | None:
     """The index of the endpoint that takes the request by ``rule`` (module docstring); None when no
-    endpoint has a plan weight. ``draws``: two uniforms in [0, 1) (injected: the function is pure);
-    ``idle``: per node, running instances the plan keeps without traffic."""
+    endpoint has a plan weight (and, under ``lef``, none a finish). ``draws``: two uniforms in [0, 1)
+    (injected: the function is pure); ``idle``: per node, running instances the plan keeps without traffic;
+    ``finish``: ``lef``'s inputs per endpoint, in order (None under ``lef``: the ``p2c`` rule decides)."""
     if rule not in RULES:
         raise ValueError(f"unknown endpoint rule {rule!r}; choose one of {', '.join(RULES)}")
+    if rule == "lef":
+        pick = least_finish(endpoints, finish, live_queue, idle) if finish is not None else None
+        if pick is not None:
+            return pick
+        rule = "p2c"  # no endpoint with a service time: the plan's shares decide, as under p2c
     if rule == "weighted" or live_queue is None:
         return draw(spread_weights(endpoints, shares, planned_queue, live_queue, idle), draws[0])
     planned = planned_queue or {}
@@ -152,6 +172,79 @@ def choose_endpoint(
     if first is None or second is None:
         return first
     return second if scores[second] < scores[first] else first
+
+
+@dataclass(frozen=True)
+class Finish:
+    """``lef``'s inputs for one endpoint: the client's RTT to its node (ms), the catalogue's service time for
+    the node's class (ms; None: unknown) and the node's slots (requests an instance serves at once)."""
+
+    rtt_ms: float
+    service_ms: float | None
+    slots: float
+
+
+def expected_finish_ms(rtt_ms: float, queue: float, service_ms: float, slots: float) -> float:
+    """RTT + the wait for one of ``slots`` slots behind ``queue`` requests + the request's own service (ms)."""
+    return rtt_ms + (max(0.0, queue + 1.0 - slots) / slots + 1.0) * service_ms
+
+
+def serving_mask(endpoints: Sequence[tuple[str, str]], idle: Mapping[str, int] | None) -> list[bool]:
+    """Per endpoint, whether it may take traffic: all but the last ``idle[node]`` of each node's, in order
+    (the instances a Mode 1 plan keeps running without traffic; a node whose every one is idle has none)."""
+    left: dict[str, int] = {}
+    for node, _ in endpoints:
+        left[node] = left.get(node, 0) + 1
+    for node, n in (idle or {}).items():
+        if node in left:
+            left[node] -= max(0, min(n, left[node]))
+    out = []
+    for node, _ in endpoints:
+        out.append(left[node] > 0)
+        left[node] -= 1
+    return out
+
+
+def least_finish(
+    endpoints: Sequence[tuple[str, str]],
+    finish: Sequence[Finish],
+    live_queue: Mapping[str, float] | None,
+    idle: Mapping[str, int] | None = None,
+) -> int | None:
+    """``lef``: the index of the endpoint with the least expected finish (module docstring), the first of
+    equals; None when no endpoint may take traffic with finite inputs and a service time. ``live_queue``:
+    this agent's requests in flight by URL (absent: none; negative counts read 0)."""
+    if len(finish) != len(endpoints):
+        raise ValueError(f"{len(finish)} finish inputs for {len(endpoints)} endpoints")
+    live = live_queue or {}
+    best: tuple[float, int] | None = None
+    for e, (may, (_, url), f) in enumerate(zip(serving_mask(endpoints, idle), endpoints, finish, strict=True)):
+        service = f.service_ms
+        if not may or service is None or not 0.0 < service < math.inf or not 1.0 <= f.slots <= MAX_SLOTS:
+            continue
+        try:
+            queue = float(live.get(url, 0))
+        except (OverflowError, TypeError, ValueError):  # an int past any float, or not a number: not a count
+            continue
+        if not (math.isfinite(f.rtt_ms) and f.rtt_ms >= 0.0 and math.isfinite(queue)):
+            continue
+        t = expected_finish_ms(f.rtt_ms, max(0.0, queue), service, f.slots)
+        if math.isfinite(t) and (best is None or t < best[0]):
+            best = (t, e)
+    return None if best is None else best[1]
+
+
+def node_slots(placement: Mapping[str, Any] | None) -> dict[str, float]:
+    """The placement summary's ``slots`` per node (the nodes' concurrency as the leader gathered it);
+    malformed, boolean or out-of-range (not 1-MAX_SLOTS) entries skipped."""
+    raw = (placement or {}).get("slots")
+    if not isinstance(raw, Mapping):
+        return {}
+    return {
+        str(n): float(v)
+        for n, v in raw.items()
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and 1.0 <= v <= MAX_SLOTS
+    }
 
 
 def draw(weights: Sequence[float], u: float) -> int | None:

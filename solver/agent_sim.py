@@ -26,7 +26,11 @@ agent/decisions.py ``rank_endpoints`` + ``spread_ranked``, both built on peerser
   from their assignments; queue objectives also ``["planned_queue"]``, Mode 1 ``["idle_running"]``)
   the first endpoint is chosen by ``choose_endpoint`` under ``rule`` (``p2c`` by default, the agent's
   ``endpoint_rule``); details without shares leave the ranking, so the request goes to the first
-  endpoint: the best node's first instance.
+  endpoint: the best node's first instance;
+* under ``lef`` (plan or not) ``choose_endpoint`` takes the least expected finish among every endpoint but
+  the plan's idle ones, as the agent does: each endpoint's RTT the client's to its node (the ranking's),
+  its service time the catalogue's (``exec_ms``: the lab's one figure, not the agent's measured estimate),
+  its slots its node's (``slots``; None: 1), its queue the entry agent's requests in flight there.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ import numpy as np
 
 from peerserve.dispatch import (
     DEFAULT_RULE,
+    Finish,
     choose_endpoint,
     idle_counts,
     parse_spread,
@@ -189,7 +194,8 @@ class _Engine:
 
 class AgentDispatch:
     """The agent's endpoint choice at each arrival (module docstring); counts per agent as the agent does.
-    ``draws``, ``draws2``: each request's two uniforms (None: the second is 0); ``rule``: the endpoint rule."""
+    ``draws``, ``draws2``: each request's two uniforms (None: the second is 0); ``rule``: the endpoint rule
+    (the class's, or ``endpoint_rule``); ``slots``: per node, requests an instance serves at once (None: 1)."""
 
     rule = DEFAULT_RULE
 
@@ -203,8 +209,15 @@ class AgentDispatch:
         exec_ms: float,
         draws: FloatArray,
         draws2: FloatArray | None = None,
+        slots: Sequence[float] | None = None,
+        endpoint_rule: str | None = None,
     ) -> None:
+        if endpoint_rule is not None:
+            self.rule = endpoint_rule
         self.node_ids = list(node_ids)
+        self.node_slots = [1.0] * len(self.node_ids) if slots is None else [float(v) for v in slots]
+        if len(self.node_slots) != len(self.node_ids):
+            raise ValueError(f"{len(self.node_slots)} slot counts for {len(self.node_ids)} nodes")
         self.endpoints = [(n, f"{n}/{i:05d}") for n, count in zip(node_ids, started, strict=True) for i in range(count)]
         self.node_index = [self.node_ids.index(n) for n, _ in self.endpoints]
         self.of_node = [[e for e, j in enumerate(self.node_index) if j == n] for n in range(len(self.node_ids))]
@@ -236,7 +249,7 @@ class AgentDispatch:
         c = self.client[i]
         a = self.agent[c]
         order = self.ranked(a, c)
-        pick = self.pick([self.endpoints[e] for e in order], c, a, i) if self.shares[c] else None
+        pick = self.pick([self.endpoints[e] for e in order], c, a, i) if self.shares[c] or self.rule == "lef" else None
         k = order[0 if pick is None else pick]
         url = self.endpoints[k][1]
         self.live[a][url] = self.live[a].get(url, 0) + 1
@@ -246,7 +259,14 @@ class AgentDispatch:
     def pick(self, endpoints: list[tuple[str, str]], c: int, a: int, i: int) -> int | None:
         """The index in ``endpoints`` (ranked) that request i of client c takes through agent a, or None."""
         draws = (self.draws[i], self.draws2[i])
-        return choose_endpoint(endpoints, self.shares[c], self.planned, self.live[a], draws, self.rule, self.idle)
+        finish = None
+        if self.rule == "lef":
+            row = self.rtt[c].tolist()
+            finish = [
+                Finish(row[j], self.exec_ms, self.node_slots[j]) for j in (self.node_ids.index(n) for n, _ in endpoints)
+            ]
+        live = self.live[a]
+        return choose_endpoint(endpoints, self.shares[c], self.planned, live, draws, self.rule, self.idle, finish)
 
     def done(self, i: int, instance: int, now: float, sojourn_ms: float) -> None:
         a = self.sent_by.pop(i)

@@ -151,6 +151,13 @@ def _workload_arguments(s: Any) -> None:
         "assigned: the same, a plan without shares given its assignments as shares (equal to agent for the "
         "solver's plans); plan: the plan's node, then one of its instances uniformly",
     )
+    w.add_argument(
+        "--endpoint-rule",
+        choices=("p2c", "weighted", "lef"),
+        default=d.endpoint_rule,
+        help="the agents' endpoint rule under --dispatch agent / assigned, for every placement (as the agent's "
+        "setting): p2c (default), weighted, lef (the least expected finish among every instance)",
+    )
 
 
 def _usage(message: str) -> Exception:
@@ -292,6 +299,7 @@ def cmd_workload(args: argparse.Namespace) -> int:
         cores=args.cores,
         concurrency=args.concurrency,
         dispatch=args.dispatch,
+        endpoint_rule=args.endpoint_rule,
     )
     problem = w.check()
     if problem:

@@ -42,17 +42,12 @@ from typing import Any
 
 import numpy as np
 
-from peerserve.dispatch import choose_endpoint, draw, spread_weights
+from peerserve.dispatch import choose_endpoint, draw, expected_finish_ms, spread_weights
 from solver.agent_sim import AgentDispatch
 from solver.problem import FloatArray, IntArray
 
 INFORMATION = ("own", "gossip", "server", "reply")
 RULES = ("p2c", "jsq", "lef", "p2c-lef", "lef-any", "p2c-lef-any")
-
-
-def expected_finish_ms(rtt_ms: float, queue: float, service_ms: float, slots: int) -> float:
-    """RTT + the wait for one of ``slots`` slots behind ``queue`` requests + the request's own service (ms)."""
-    return rtt_ms + (max(0.0, queue + 1.0 - slots) / slots + 1.0) * service_ms
 
 
 def what_if(rule: str, information: str, period_s: float = 0.0, slots: int = 1) -> type[WhatIfDispatch]:
@@ -91,8 +86,10 @@ class WhatIfDispatch(AgentDispatch):
         exec_ms: float,
         draws: FloatArray,
         draws2: FloatArray | None = None,
+        slots: Sequence[float] | None = None,
+        endpoint_rule: str | None = None,
     ) -> None:
-        super().__init__(plan_details, node_ids, started, rtt, client, exec_ms, draws, draws2)
+        super().__init__(plan_details, node_ids, started, rtt, client, exec_ms, draws, draws2, slots, endpoint_rule)
         self.snapshot: list[dict[str, int]] = [{} for _ in self.node_ids]  # agent -> URL -> in flight at the round
         self.sent_since: list[dict[str, int]] = [{} for _ in self.node_ids]  # agent -> URL -> sent since the report
         self.next_round = 0.0

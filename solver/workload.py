@@ -12,7 +12,8 @@ Every placement solves the same snapshot; its plan is then run as a discrete-eve
   solver.agent_sim replays peerserve.dispatch, the agent's rule, at every arrival against the queues of
   that instant): ranked by RTT + the entry agent's measured execution time, then chosen by the plan's
   shares (every plan publishes them; thesis model and baselines: their assignments,
-  solver/assigned_spread.py) and the entry agent's live queues (the endpoint rule, ``p2c``); a plan
+  solver/assigned_spread.py) and the entry agent's live queues (the endpoint rule, ``p2c``, or
+  ``endpoint_rule``: ``lef``, the least expected finish among every instance, plan or not); a plan
   without shares would go to the best node's first instance; only a request with no instance anywhere
   is rejected. ``assigned``: the same, a plan without shares given its assignments as shares (the same
   as ``agent`` for every plan the solver makes now). ``plan``: the run
@@ -42,6 +43,7 @@ from typing import Any
 
 import numpy as np
 
+from peerserve.dispatch import DEFAULT_RULE
 from solver.agent_sim import AgentDispatch, event_sojourn_ms
 from solver.api import solve
 from solver.plan import Plan
@@ -185,7 +187,10 @@ def _agent_run(
     details = plan.details
     if w.dispatch == "assigned" and "spread" not in details:
         details = {**details, "spread": assigned_spread(plan, w, rtt)}
-    dispatch = rule(details, ids, started, rtt, client, 1000.0 / w.throughput, draws, draws2)
+    slots = [float(sim_slots(w))] * w.nodes
+    # the workload's endpoint rule where it names one other than the default; else the class's (a what-if's own)
+    named = None if w.endpoint_rule == DEFAULT_RULE else w.endpoint_rule
+    dispatch = rule(details, ids, started, rtt, client, 1000.0 / w.throughput, draws, draws2, slots, named)
     node_of = np.repeat(np.arange(w.nodes), started)
     cores = np.full(w.nodes, w.cores if w.cores > 0 else np.inf)
     where, sojourn = event_sojourn_ms(t, work, dispatch, node_of, cores, np.full(w.nodes, sim_slots(w)))
@@ -282,7 +287,8 @@ def format_table(w: Workload, outcomes: list[Outcome]) -> str:
         f"instance {w.model_mem_mb:g} MB serving {w.throughput:g} req/s ({w.service} service), {w.duration_s:g} s"
         + (f", {w.cores:g} cores per node" if w.cores else "")
         + f", {sim_slots(w)} slot{'s' if sim_slots(w) > 1 else ''} per instance (concurrency {w.concurrency})"
-        + f", {w.dispatch} dispatch",
+        + f", {w.dispatch} dispatch"
+        + (f" (endpoint rule {w.endpoint_rule})" if w.dispatch != "plan" else ""),
         head,
         "-" * len(head),
     ]

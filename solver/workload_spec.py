@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from peerserve.dispatch import RULES as ENDPOINT_RULES
+
 DISPATCH = ("agent", "assigned", "plan")
 MAX_REQUESTS = 2_000_000  # simulated arrivals per placement (clients x rate x duration); a usage error above
 
@@ -28,6 +30,7 @@ class Workload:
     concurrency: int = 1  # requests one instance serves at once (at most the node's cores: its slots)
     dispatch: str = "agent"  # agent: the agent's endpoint rule (solver.agent_sim); assigned: the same, plans
     # without shares (thesis, baselines) published with their assignments as shares; plan: shares, then uniform
+    endpoint_rule: str = "p2c"  # the agents' endpoint_rule (peerserve.dispatch.RULES) under agent / assigned
 
     def check(self) -> str | None:
         """Why the workload cannot be simulated, or None."""
@@ -39,6 +42,8 @@ class Workload:
             return "service must be exp or det"
         if self.dispatch not in DISPATCH:
             return f"dispatch must be one of {', '.join(DISPATCH)}"
+        if self.endpoint_rule not in ENDPOINT_RULES:
+            return f"endpoint rule must be one of {', '.join(ENDPOINT_RULES)}"
         if self.node_mem_mb <= 0 or self.model_mem_mb <= 0:
             return "memory sizes must be positive"
         if not 0 <= self.cores < float("inf"):

@@ -77,7 +77,9 @@ async def resolve(
     if ranked:
         draws = random.random(), random.random()
         rule = agent.settings.endpoint_rule
-        return Ranked(tuple(spread_ranked(ranked, agent.last_placement, model, rtts, draws[0], live, draws[1], rule)))
+        own = (agent.settings.node_id, agent.concurrency)
+        placement = agent.last_placement
+        return Ranked(tuple(spread_ranked(ranked, placement, model, rtts, draws[0], live, draws[1], rule, own)))
     if agent.shutting_down:
         return ShuttingDown()
     target, reason = agent.provision_decision(spec)

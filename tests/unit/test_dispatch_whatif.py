@@ -11,9 +11,10 @@ import pytest
 
 from bench.dispatch_study import cell, parse_info
 from bench.p99_audit import AllLive
+from peerserve.dispatch import expected_finish_ms
 from solver.agent_sim import AgentDispatch
 from solver.api import solve
-from solver.dispatch_whatif import WhatIfDispatch, expected_finish_ms, what_if
+from solver.dispatch_whatif import WhatIfDispatch, what_if
 from solver.workload import Workload, _arrivals, lab_snapshot, simulate_plan
 
 SMALL = Workload(clients=12, sites=3, rate=20.0, duration_s=6.0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from agent.leader_round import (
@@ -413,3 +414,18 @@ def test_a_skewed_nodes_records_are_stamped_on_the_leaders_clock() -> None:
     m.step(Gathered(100.0, 1, "a", report("a"), ((1, rec(100.0 - 8 + 25)),), 25.0))
     (solve,) = m.step(Gathered(100.0, 1, "b", report("b"), ()))
     assert isinstance(solve, Solve) and [r.ts for r in solve.requests] == [92.0]  # the fast board's, on our clock
+
+
+def test_the_summary_carries_the_nodes_slots_for_the_endpoint_rule_lef() -> None:
+    """Every agent's summary names each gathered node's reported concurrency (``slots``): the endpoint rule
+    ``lef`` weighs a peer's queue by it (peerserve.dispatch.node_slots); a node that reported none is left out
+    (one slot), and with none reported there is no entry."""
+    m = gathering()
+    a = dataclasses.replace(report("a", m=1), cores=4.0, concurrency=2.0)
+    m.step(Gathered(100.3, 1, "a", a, ()))
+    m.step(Gathered(100.4, 1, "b", report("b"), ()))
+    out = m.step(Solved(101.0, 1, PLAN, requests=0))
+    assert isinstance(out[0], Command)
+    assert out[0].summary["slots"] == {"a": 2.0}
+    _, summary = commanding()
+    assert "slots" not in summary

@@ -64,3 +64,7 @@ def test_cli_json_plot_and_usage_errors(tmp_path: Path) -> None:
     assert (tmp_path / "workload.png").stat().st_size > 1000
     bad = subprocess.run([*cmd, "--clients", "0"], capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "at least 1" in bad.stderr
+    lef = subprocess.run([*cmd, "--endpoint-rule", "lef"], capture_output=True, text=True, timeout=300)
+    assert lef.returncode == 0 and "agent dispatch (endpoint rule lef)" in lef.stdout, lef.stderr
+    bad = subprocess.run([*cmd, "--endpoint-rule", "nearest"], capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "invalid choice" in bad.stderr

@@ -158,7 +158,9 @@ def mean_queue_met(monkeypatch: pytest.MonkeyPatch, live: bool) -> float:
     monkeypatch.setattr(AgentDispatch, "choose", counted)
     if not live:  # the property switched off: the plan's shares alone
         monkeypatch.setattr(
-            agent_sim, "choose_endpoint", lambda e, s, p, q, d, r, i: dispatch.choose_endpoint(e, s, p, None, d, r, i)
+            agent_sim,
+            "choose_endpoint",
+            lambda e, s, p, q, d, r, i, f: dispatch.choose_endpoint(e, s, p, None, d, r, i, f),
         )
     run(dataclasses.replace(LAB, rate=3.0, duration_s=20.0), ("queue",))
     monkeypatch.undo()
