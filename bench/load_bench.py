@@ -405,12 +405,13 @@ def plot(results: list[Result], path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    # each name on lines of at most 9 characters, broken after a hyphen ("queue-" / "p99-" / "weighted"), level: five
-    # placements' names on one line touched, even rotated 20 degrees (tests/unit/test_load_bench.py measures them)
+    # each name on lines of at most 9 characters, broken after a hyphen ("queue-" / "p99-" / "weighted"), and a part
+    # longer than that every 9 characters (review20b L4), level: five placements' names on one line touched, even
+    # rotated 20 degrees (tests/unit/test_load_bench.py measures them)
     names = []
     for r in results:
         lines = [""]
-        for part in re.findall(r"[^-]+-?|-", r.objective):
+        for part in re.findall(r"[^-]{1,8}-|[^-]{1,9}|-", r.objective):
             lines[-1:] = [lines[-1] + part] if len(lines[-1] + part) <= 9 or not lines[-1] else [lines[-1], part]
         names.append("\n".join(lines))
     x = np.arange(len(names))

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 
 if not TYPE_CHECKING:  # hidden from mypy: visible, it would type every attribute of ``client`` as Any
     __getattr__ = lazy.loader(__name__, _LAZY, globals())
+    __dir__ = lazy.lister(_LAZY, globals())
 
 
 __all__ = [

@@ -250,7 +250,9 @@ section_settings() {
 # text keeps its separators. flags: "c" decodes C escapes (cunescape_one: \a \b \f \n \r \t \v \\ \" \' \s, \xHH,
 # \NNN octal, \uHHHH, \UHHHHHHHH; NUL and an unknown escape are errors); without "c" a backslash is dropped and the
 # next character kept, with "k" it is an ordinary character; "r" (EXTRACT_RELAX) ends an unclosed quote or a trailing
-# backslash at the end. An error ends the words there (ERR=1): systemd applies the words before it.
+# backslash at the end; "d" reads as the kernel's next_arg() (lib/cmdline.c): only a double quote is a quote, kept in
+# the word (kgives() reads it), a single quote is an ordinary character, and vertical tab and form feed separate too.
+# An error ends the words there (ERR=1): systemd applies the words before it.
 # Linear in s: a word keeps its first 512 characters (WT[k] = 1 when it had more), and WC[k] = 1 when a character
 # not blank was cut off after them. Only a word's name (the variable's is 21 characters) and whether its value is
 # blank are asked of it, and both are known from that (gives()); a word built one character at a time, each append
@@ -287,10 +289,10 @@ function unesc(s, i,   c, v, a, b, d) {
   return 1 }
 function put(c) { if (WL < 512) { WW = WW c; WL++ } else { WD = 1; if (c ~ /[^[:space:]]/) WX = 1 } }
 function word(n) { W[n] = WW; WT[n] = WD; WC[n] = WX; return n }
-function words(s, flags,   n, i, L, c, q) {
-  n = 0; i = 1; L = length(s); ERR = 0
+function words(s, flags,   n, i, L, c, q, sep) {
+  n = 0; i = 1; L = length(s); ERR = 0; sep = flags ~ /d/ ? " \t\r\n\v\f" : " \t\r\n"
   for (;;) {
-    while (i <= L && index(" \t\r\n", substr(s, i, 1))) i++
+    while (i <= L && index(sep, substr(s, i, 1))) i++
     if (i > L) return n
     WW = ""; WL = WD = WX = 0; q = ""
     for (;;) {
@@ -301,15 +303,23 @@ function words(s, flags,   n, i, L, c, q) {
         if (flags ~ /c/) { if (!unesc(s, i + 1)) { ERR = 1; return n }; put(ESC); i += 1 + ELEN }
         else { put(substr(s, i + 1, 1)); i += 2 }
         continue }
+      if (flags ~ /d/ && c == "\"") { q = q == "" ? c : ""; put(c); i++; continue }
       if (q != "") { if (c == q) q = ""; else put(c); i++; continue }
-      if (c == "\"" || c == "\047") { q = c; i++; continue }
-      if (index(" \t\r\n", c)) { n = word(n + 1); break }
+      if (flags !~ /d/ && (c == "\"" || c == "\047")) { q = c; i++; continue }
+      if (index(sep, c)) { n = word(n + 1); break }
       put(c); i++ } } }
 # Whether word w, an assignment, gives variable v a value (an empty or blank one counts as unset, in the agent too);
 # cut: a character not blank was cut off the end of the word (WC[k]).
 function gives(w, v, cut,   i) {
   i = index(w, "=")
   return i && substr(w, 1, i - 1) == v && (cut || substr(w, i + 1) ~ /[^[:space:]]/) }
+# gives() for a word read with "d", as the kernel hands it to PID 1: the value without one double quote at its start
+# and one at its end (next_arg() takes off no more); the name with every double quote taken out (the kernel keeps
+# them, so such a name is never the variable: reading it so errs towards "set").
+function kgives(w, v, cut,   i, name, val) {
+  i = index(w, "="); if (!i) return 0
+  name = substr(w, 1, i - 1); gsub(/"/, "", name); val = substr(w, i + 1); sub(/^"/, "", val); sub(/"$/, "", val)
+  return name == v && (cut || val ~ /[^[:space:]]/) }
 '
 
 # What an Environment= (or DefaultEnvironment=) value, on standard input (one line), does to the variable, read as
@@ -425,7 +435,9 @@ environment_file_sets_it() {
 # The environment file $1 when it gives the variable a value; a line saying so when this check failed to read it.
 environment_file_named() {
   local said
-  if ! said=$(environment_file_sets_it "$1"); then echo "$1: this check failed to read it: cannot check whether it"
+  if [ -e "$1" ] && [ ! -f "$1" ]; then  # a FIFO, a device, a folder: not read (a FIFO would block; review20b L2)
+    echo "$1: not a regular file, which this check does not read: cannot check whether it"
+  elif ! said=$(environment_file_sets_it "$1"); then echo "$1: this check failed to read it: cannot check whether it"
   elif [ "$said" = set ]; then echo "$1"
   fi
 }
@@ -491,8 +503,11 @@ expand: cannot check whether it" ;;
       */proc/cmdline) what="the kernel command line" on=on; said=$(cmdline_sets_it < "$f") ;;
       */sys/firmware/*) what="systemd's EFI variable SystemdOptions" on=in
                         said=$(efi_options_text "$f" | cmdline_sets_it) ;;
-      *) what="the manager's copy of systemd's EFI variable SystemdOptions" on=in; said=$(cmdline_sets_it < "$f") ;;
+      *) what="the manager's copy of systemd's EFI variable SystemdOptions" on=in
+         said=$(efi_cache_text "$f" | cmdline_sets_it) ;;
     esac || { echo "$f ($what)$unread"; continue; }
+    # (systemd reads the whole variable: past what this check reads, "cannot check", review20b M2)
+    if [ "$said" = over ]; then echo "$f ($what): over the 64 KiB this check reads: cannot check whether it"; continue; fi
     [ "$said" != set ] || echo "$f (systemd.setenv= $on $what)"
   done
 }
@@ -534,14 +549,16 @@ manager_setting_sets_it() {
 # split as systemd's proc_cmdline_extract_first() does (EXTRACT_UNQUOTE|EXTRACT_RELAX: quotes anywhere in a word
 # removed, review18e F-D; a backslash read both ways: newer systemd keeps it, older versions drop it). With "kernel":
 # when a word NAME=value before "--" gives it one, which the kernel passes to PID 1 as an environment variable (a
-# parameter it does not know whose name holds no ".": unknown_bootoption() in init/main.c); the kernel removes double
-# quotes only, and reading single ones too errs towards "set".
+# parameter it does not know whose name holds no ".": unknown_bootoption() in init/main.c), read as the kernel reads
+# it (words "d", kgives(): only double quotes are quotes, review20b L1). The whole text is read, as systemd splits it
+# at CR and LF too (review20b M1: only its first line was): both become blanks, and a NUL ends it.
 cmdline_sets_it() {
-  LC_ALL=C tr '\r\000' '\n' | LC_ALL=C awk -v v="$operator_ca_var" -v kernel="${1:-}" "$extract_words_awk"'
+  LC_ALL=C tr '\r\n\000' '  \n' | LC_ALL=C awk -v v="$operator_ca_var" -v kernel="${1:-}" "$extract_words_awk"'
+    NR == 1 && $0 == "\001over" { print "over"; exit }
     NR == 1 {
       if (kernel) {
-        n = words($0, "rk")
-        for (k = 1; k <= n && W[k] != "--"; k++) if (gives(W[k], v, WC[k])) found = 1 }
+        n = words($0, "rkd")
+        for (k = 1; k <= n && W[k] != "--"; k++) if (kgives(W[k], v, WC[k])) found = 1 }
       else for (m = 1; m <= 2; m++) {
         n = words($0, m == 1 ? "rk" : "r")
         for (k = 1; k <= n; k++) if (sub(/^(rd\.)?systemd\.setenv=/, "", W[k]) && gives(W[k], v, WC[k])) found = 1 } }
@@ -549,16 +566,26 @@ cmdline_sets_it() {
 }
 
 # The text of systemd's EFI variable SystemdOptions as efivarfs gives it ($1): 4 bytes of attributes, then UTF-16LE,
-# printed as one line up to its first NUL, a character past ASCII as a byte no name holds; at most 64 KiB read.
-# (systemd ignores the variable under Secure Boot; this reads it either way.)
+# printed as one line up to its first NUL, a character past ASCII as a byte no name holds; at most 64 KiB read, and
+# past that "over" alone, which cmdline_sets_it passes on (systemd reads it all: a setenv past the cut would be
+# missed, review20b M2). (systemd ignores the variable under Secure Boot; this reads it either way.)
 efi_options_text() {
-  head -c 65540 2>/dev/null < "$1" | od -An -v -tu1 | LC_ALL=C awk '{ for (i = 1; i <= NF; i++) B[++n] = $i }
+  [ -f "$1" ] || return 1
+  head -c 65541 2>/dev/null < "$1" | od -An -v -tu1 | LC_ALL=C awk '{ for (i = 1; i <= NF; i++) B[++n] = $i }
     END {
+      if (n > 65540) { printf "\001over"; exit }
       for (i = 5; i < n; i += 2) {
         u = B[i] + 256 * B[i + 1]
         if (u == 0) break
         printf "%s", u < 128 ? sprintf("%c", u) : "\377" }
       print "" }'
+}
+
+# The text of the manager's cached copy of SystemdOptions ($1), 64 KiB at most, as efi_options_text: "over" past it.
+efi_cache_text() {
+  local size
+  [ -f "$1" ] && size=$(head -c 65537 < "$1" | wc -c) || return 1
+  if [ "$size" -gt 65536 ]; then printf '\001over'; else head -c 65536 < "$1"; fi
 }
 
 # PID 1's start, in seconds since the epoch: the boot time (/proc/stat's btime) plus its start in clock ticks after
@@ -577,10 +604,17 @@ pid1_started() {
 # (systemd-system.conf(5); review19b F7 made this "cannot check" whatever they said). Running: PID 1's starting
 # environment is /proc/1/environ, which does not show ManagerEnvironment= (read from the files here); a
 # ManagerEnvironment= taken out of a file stays in the manager's environment until it restarts (putenv, never unset),
-# so a manager file or folder changed since PID 1 started is "cannot check". Offline (an image for a later boot), what
+# so a manager file or folder changed since PID 1 started is "cannot check": its ctime, following links (review20b
+# H2: an mtime is set back by cp -p, tar x, a dpkg rename; a link's own time misses an edit to its target), and the
+# systemd folders' too, as removing a file or folder changes only its parent's (review20b H1); a dangling link counts
+# as changed. Not /run/systemd itself: PID 1 mounts /run after it starts and writes there all the time, so its time
+# is always later (it would refuse on every running system, and a reboot would not clear it); a system.conf or
+# system.conf.d there is always later too, so only one written there and removed again since boot goes unseen.
+# (The boot time follows the wall clock: a board without an RTC that steps its clock forward after boot
+# makes earlier edits look older than PID 1.) Offline (an image for a later boot), what
 # PID 1 will start with is not known here: "cannot check" whatever the files say.
 manager_own_environment() {
-  local f said started passes="which PassEnvironment= passes to the agent"
+  local f said started changed passes="which PassEnvironment= passes to the agent"
   local unread=": this check failed to read it: cannot check whether it"
   manager_setting_sets_it ManagerEnvironment ", $passes"
   f="$unit_root/proc/cmdline"
@@ -607,12 +641,16 @@ whether it"
   if ! started=$(pid1_started); then
     echo "$unit_root/proc/1/stat (when the service manager started)$unread"; return 0
   fi
-  for f in "$unit_root"{/etc,/run,/usr/local/lib,/usr/lib,/lib}/systemd/system.conf \
-           "$unit_root"{/etc,/run,/usr/local/lib,/usr/lib,/lib}/systemd/system.conf.d{,/*.conf}; do
-    if [ -e "$f" ] && [ "$(stat -c %Y -- "$f")" -gt "$started" ]; then
-      echo "$f: changed since the service manager started, and a ManagerEnvironment= taken out of it stays in the \
-manager's environment until it restarts (reboot), $passes: cannot check whether it"
+  for f in "$unit_root"{/etc,/usr/local/lib,/usr/lib,/lib}/systemd "$unit_root"{/etc,/run,/usr/local/lib,/usr/lib,/lib}\
+/systemd/system.conf{,.d{,/*.conf}}; do
+    if [ -L "$f" ] && [ ! -e "$f" ]; then changed="a dangling link"
+    elif [ ! -e "$f" ]; then continue
+    elif ! changed=$(stat -L -c %Z -- "$f" 2>/dev/null); then changed="unreadable"
+    elif [ "$changed" -gt "$started" ]; then changed="changed since the service manager started"
+    else continue
     fi
+    echo "$f: $changed, and a ManagerEnvironment= taken out of it (or out of a file removed from it) stays in the \
+manager's environment until it restarts (reboot), $passes: cannot check whether it"
   done
 }
 

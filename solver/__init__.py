@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 
 if not TYPE_CHECKING:  # hidden from mypy: visible, it types every attribute of ``solver`` as Any (review19c F1)
     __getattr__ = lazy.loader(__name__, _LAZY, globals())
+    __dir__ = lazy.lister(_LAZY, globals())
 
 
 __all__ = [

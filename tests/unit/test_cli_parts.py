@@ -158,6 +158,29 @@ def test_the_client_package_still_gives_its_names() -> None:
         _ = client.no_such_name  # type: ignore[attr-defined]
 
 
+def test_a_submodule_is_reached_from_the_package_and_dir_lists_the_lazy_names() -> None:
+    """review20b L3: ``import client; client.errors.X`` worked while the package imported its submodules itself, and
+    was an AttributeError once it loaded its names lazily (mypy passed it): an unknown name is now the submodule of
+    that name where there is one. dir() lists the names not loaded yet. A fresh interpreter: in this one the
+    submodules may be imported already, which sets them on the package."""
+    code = (
+        "import sys, client, solver\n"
+        "assert 'client.errors' not in sys.modules and 'Client' in dir(client) and 'Snapshot' in dir(solver)\n"
+        "assert client.errors.PeerserveError.__name__ == 'PeerserveError' and solver.plan.Plan is solver.Plan\n"
+        "for package, name in ((client, 'no_such_name'), (client, '__wrapped__'), (solver, 'a.b')):\n"
+        "    try:\n"
+        "        getattr(package, name)\n"
+        "    except AttributeError as exc:\n"
+        "        assert repr(name) in str(exc), exc\n"
+        "    else:\n"
+        "        raise SystemExit(f'{name} gave no AttributeError')\n"
+        "print('httpx' in sys.modules)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    run = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0 and run.stdout == "False\n", run.stderr
+
+
 def test_the_solver_still_loads_its_names_on_use() -> None:
     """The package's names (solver/__init__.py) come from their modules when first used; an unknown one is an
     AttributeError, as before."""

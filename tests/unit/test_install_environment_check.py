@@ -8,7 +8,9 @@ system and is not run here."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -16,7 +18,7 @@ import pytest
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts/install.sh"
 FUNCTIONS = ("unit_lines", "section_settings", "environment_value_sets_it", "environment_files", "globbed_files",
              "environment_file_sets_it", "environment_file_named", "operator_ca_in_unit_files", "manager_files",
-             "manager_setting_sets_it", "cmdline_sets_it", "efi_options_text", "pid1_started",
+             "manager_setting_sets_it", "cmdline_sets_it", "efi_options_text", "efi_cache_text", "pid1_started",
              "manager_own_environment", "operator_ca_in_manager", "operator_ca_in_environment")  # fmt: skip
 DROP_IN = "etc/systemd/system/peerserve-agent.service.d/x.conf"
 ENV = "etc/peerserve/agent.env"
@@ -355,18 +357,26 @@ def test_passenvironment_naming_the_variable_reads_the_managers_own_environment_
 
 
 def running_root(tmp_path: Path, files: dict[str, str], environ: bytes = b"HOME=/\0TERM=linux\0") -> Path:
-    """A fake root of a running system whose PID 1 started at 1,000,000 s after the epoch (boot at 999,000, started
-    10,000 clock ticks later at CLK_TCK 100) and whose manager files are older than that."""
-    hz = int(subprocess.run(["getconf", "CLK_TCK"], capture_output=True, text=True, check=True).stdout)
-    root = make(tmp_path, {"proc/stat": "cpu 1 2 3\nbtime 999000\n",
-                           "proc/1/stat": f"1 (systemd (x)) S 0 1 1 0 -1 4194560 {' '.join(['0'] * 12)} "
-                                          f"{1000 * hz} 1 2\n",
+    """A fake root of a running system whose PID 1 started an hour from now (booted 1,000 s before, started 1,000 s
+    of clock ticks later): every file made here is older than it (the check reads ctimes, which cannot be set back;
+    ``pid_1_starts_now`` moves the start to now)."""
+    root = make(tmp_path, {"proc/1/stat": f"1 (systemd (x)) S 0 1 1 0 -1 4194560 {' '.join(['0'] * 12)} "
+                                          f"{1000 * CLK_TCK} 1 2\n",
                            **files})  # fmt: skip
+    (root / "proc/stat").write_text(f"cpu 1 2 3\nbtime {int(time.time()) + 3600 - 1000}\n")
     (root / "proc/1/environ").write_bytes(environ)
-    for f in root.rglob("*"):
-        if "systemd" in f.parts:
-            os.utime(f, (999_500, 999_500))
     return root
+
+
+def pid_1_starts_now(root: Path) -> None:
+    """PID 1 of ``root`` started now, after everything made there so far, and the clock then passes its second (the
+    check compares whole seconds), so that whatever changes next is newer than it."""
+    start = int(time.time())
+    (root / "proc/stat").write_text(f"cpu 1 2 3\nbtime {start - 1000}\n")
+    time.sleep(max(0.0, start + 1.05 - time.time()))
+
+
+CLK_TCK = int(subprocess.run(["getconf", "CLK_TCK"], capture_output=True, text=True, check=True).stdout)
 
 
 def running(root: Path, tmp_path: Path, pass_environment: str = "") -> list[str]:
@@ -391,7 +401,6 @@ def test_passenvironment_on_a_running_system_reads_the_managers_own_environment(
     assert running(root, tmp_path) == []
     assert running(root, tmp_path, "A PEERSERVE_OPERATOR_CA") == []
     (root / MANAGER_CONF).write_text("[Manager]\nManagerEnvironment=PEERSERVE_OPERATOR_CA=/x\n")
-    os.utime(root / MANAGER_CONF, (999_500, 999_500))
     assert running(root, tmp_path) == [f"{MANAGER_CONF}{PASSED}"]
     environ = b"HOME=/\0PEERSERVE_OPERATOR_CA=\n/etc/ca.pub\0"  # a value after a newline still counts
     started = running_root(tmp_path / "b", {}, environ)
@@ -406,7 +415,13 @@ def test_passenvironment_on_a_running_system_reads_the_managers_own_environment(
     ("cmdline", "named"),
     [("ro PEERSERVE_OPERATOR_CA=/x\n", True), ('ro "PEERSERVE_OPERATOR_CA=/x y"\n', True),
      ("ro PEERSERVE_OPERATOR_CA=\n", False), ("ro -- PEERSERVE_OPERATOR_CA=/x\n", False),
-     ("ro systemd.setenv=PEERSERVE_OPERATOR_CA=/x\n", False), ("ro XPEERSERVE_OPERATOR_CA=/x\n", False)],
+     ("ro systemd.setenv=PEERSERVE_OPERATOR_CA=/x\n", False), ("ro XPEERSERVE_OPERATOR_CA=/x\n", False),
+     # review20b L1: the kernel's next_arg() knows only double quotes, and takes off one at each end of a value
+     ("ro PEERSERVE_OPERATOR_CA=''\n", True), ('ro PEERSERVE_OPERATOR_CA=""""\n', True),
+     ('ro PEERSERVE_OPERATOR_CA=""\n', False), ("ro 'PEERSERVE_OPERATOR_CA=/x'\n", False),
+     ('ro "PEERSERVE_OPERATOR_CA=/x"\n', True), ("ro\x0bPEERSERVE_OPERATOR_CA=/x\n", True),
+     # review20b M1: the whole text is read, a CR or LF a blank like any other
+     ("ro\nPEERSERVE_OPERATOR_CA=/x\n", True), ("ro\rPEERSERVE_OPERATOR_CA=/x\n", True)],
 )  # fmt: skip
 def test_the_kernels_environment_for_pid_1_is_read_where_passenvironment_names_the_variable(
     tmp_path: Path, cmdline: str, named: bool
@@ -422,15 +437,75 @@ def test_the_kernels_environment_for_pid_1_is_read_where_passenvironment_names_t
     assert running(root, tmp_path) == setenv  # no PassEnvironment=: PID 1's own environment reaches no unit
 
 
+CHANGED = (": changed since the service manager started, and a ManagerEnvironment= taken out of it (or out of a file "
+           "removed from it) stays in the manager's environment until it restarts (reboot), which PassEnvironment= "
+           "passes to the agent: cannot check whether it")  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "where",
+    [f"{d}/systemd/system.conf{d_}" for d in ("etc", "usr/lib") for d_ in ("", ".d")],
+)
+def test_a_manager_file_or_folder_removed_since_pid_1_started_is_refused_as_unchecked(
+    tmp_path: Path, where: str
+) -> None:
+    """review20b H1: only the files still there were asked their time, so after ``rm /etc/systemd/system.conf`` (or
+    ``rm -r`` of a system.conf.d folder) whose ManagerEnvironment= PID 1 still holds, nothing was named. Removing a
+    file changes its folder's time: the systemd folders are asked too."""
+    conf = where if where.endswith(".conf") else f"{where}/m.conf"
+    root = running_root(tmp_path / "r", {DROP_IN: "[Service]\nPassEnvironment=PEERSERVE_OPERATOR_CA\n",
+                                         conf: "[Manager]\nManagerEnvironment=PEERSERVE_OPERATOR_CA=/x\n"})  # fmt: skip
+    pid_1_starts_now(root)
+    assert running(root, tmp_path, "PEERSERVE_OPERATOR_CA") == [f"{conf}{PASSED}"]  # named while there
+    (root / where).unlink() if where.endswith(".conf") else shutil.rmtree(root / where)
+    assert running(root, tmp_path, "PEERSERVE_OPERATOR_CA") == [f"{where.rsplit('/', 1)[0]}{CHANGED}"]
+
+
+def test_a_manager_file_edited_keeping_its_old_mtime_or_through_a_link_is_refused_as_unchecked(tmp_path: Path) -> None:
+    """review20b H2: the check compared mtimes, which cp -p, install -p, rsync -a, tar x and a dpkg conffile rename
+    set back to before the boot, and of a link itself, not of the file it names. It asks the ctime (which nothing
+    sets back) of the file a link names; a dangling link counts as changed."""
+    target = tmp_path / "elsewhere/m.conf"
+    target.parent.mkdir(parents=True)
+    target.write_text("[Manager]\nManagerEnvironment=OTHER=1\n")
+    keep = "etc/systemd/system.conf.d/keep.conf"
+    root = running_root(tmp_path / "r", {DROP_IN: "[Service]\nPassEnvironment=PEERSERVE_OPERATOR_CA\n",
+                                         keep: "[Manager]\n"})  # fmt: skip
+    (root / MANAGER_CONF).symlink_to(target)
+    pid_1_starts_now(root)
+    assert running(root, tmp_path, "PEERSERVE_OPERATOR_CA") == []
+    target.write_text("[Manager]\nManagerEnvironment=OTHER=2\n")  # the link's folder and the link are unchanged
+    assert running(root, tmp_path, "PEERSERVE_OPERATOR_CA") == [f"{MANAGER_CONF}{CHANGED}"]
+    target.unlink()
+    (root / keep).write_text("[Manager]\nManagerEnvironment=OTHER=1\n")
+    os.utime(root / keep, (999_500, 999_500))  # an mtime from before the boot, as cp -p leaves it
+    dangling = CHANGED.replace("changed since the service manager started", "a dangling link")
+    assert running(root, tmp_path, "PEERSERVE_OPERATOR_CA") == [f"{keep}{CHANGED}", f"{MANAGER_CONF}{dangling}"]
+
+
+def test_the_run_folder_itself_is_not_asked_its_time(tmp_path: Path) -> None:
+    """PID 1 mounts /run after it starts and writes into /run/systemd all the time: its folder's time says nothing
+    (asked, it would refuse on every running system, and no reboot would clear it). A system.conf there is newer
+    than PID 1 whenever there is one, and is named so."""
+    root = running_root(tmp_path, {"run/systemd/units/x": "", DROP_IN: "[Service]\nPassEnvironment=X\n"})
+    pid_1_starts_now(root)
+    (root / "run/systemd/notify").write_text("")
+    assert running(root, tmp_path, "PEERSERVE_OPERATOR_CA") == []
+    (root / "run/systemd/system.conf").write_text("[Manager]\n")
+    assert running(root, tmp_path, "PEERSERVE_OPERATOR_CA") == [f"run/systemd/system.conf{CHANGED}"]
+
+
 def test_a_manager_file_changed_since_pid_1_started_is_refused_as_unchecked(tmp_path: Path) -> None:
     """A ManagerEnvironment= taken out of a file stays in PID 1's environment (merged in, never unset) until it
     restarts, and nothing shows it (/proc/1/environ does not): a manager file or folder newer than PID 1's start,
     removed drop-ins included (the folder's time), makes PassEnvironment= naming the variable "cannot check". So do
     an unreadable /proc/1/environ and /proc/1/stat."""
     root = running_root(tmp_path, {MANAGER_CONF: "[Manager]\nManagerEnvironment=OTHER=1\n"})
+    pid_1_starts_now(root)
     assert running(root, tmp_path, "PEERSERVE_OPERATOR_CA") == []
     (root / MANAGER_CONF).unlink()  # the folder's time is now
-    changed = ", and a ManagerEnvironment= taken out of it stays in the manager's environment until it restarts "
+    changed = ", and a ManagerEnvironment= taken out of it (or out of a file removed from it) stays in the manager's "
+    changed += "environment until it restarts "
     changed += "(reboot), which PassEnvironment= passes to the agent: cannot check whether it"
     assert running(root, tmp_path, "PEERSERVE_OPERATOR_CA") == [
         f"etc/systemd/system.conf.d: changed since the service manager started{changed}"
@@ -474,6 +549,64 @@ def test_systemds_efi_variable_systemdoptions_is_read(tmp_path: Path, text: str,
     said = (f"run/systemd/efivars/{SYSTEMD_OPTIONS} (systemd.setenv= in the manager's copy of systemd's EFI variable "
             "SystemdOptions)")  # fmt: skip
     assert found(cache) == ([said] if named else [])
+
+
+@pytest.mark.parametrize("blank", ["\n", "\r", "\t", "\r\n"])
+def test_systemdoptions_and_the_command_line_are_read_past_a_line_end(tmp_path: Path, blank: str) -> None:
+    """review20b M1: the readers took the first line only, but systemd splits its command line and SystemdOptions at
+    CR and LF as at any blank: a systemd.setenv= after one went unseen, in the EFI variable, its /run copy and
+    /proc/cmdline alike."""
+    text = f"quiet{blank}systemd.setenv=PEERSERVE_OPERATOR_CA=/x"
+    root = make(tmp_path, {f"run/systemd/efivars/{SYSTEMD_OPTIONS}": text + "\n", "proc/cmdline": text + "\n"})
+    efivars = root / "sys/firmware/efi/efivars"
+    efivars.mkdir(parents=True)
+    (efivars / SYSTEMD_OPTIONS).write_bytes(efi_variable(text))
+    assert found(root) == [
+        "proc/cmdline (systemd.setenv= on the kernel command line)",
+        f"run/systemd/efivars/{SYSTEMD_OPTIONS} (systemd.setenv= in the manager's copy of systemd's EFI variable "
+        "SystemdOptions)",
+        f"sys/firmware/efi/efivars/{SYSTEMD_OPTIONS} (systemd.setenv= in systemd's EFI variable SystemdOptions)",
+    ]
+
+
+@pytest.mark.parametrize("over", [False, True])
+def test_systemdoptions_past_64_kib_is_refused_as_unchecked(tmp_path: Path, over: bool) -> None:
+    """review20b M2: the variable was read up to 64 KiB and the rest dropped silently, while systemd reads it whole:
+    past 64 KiB (the variable's text, or its /run copy) it is "cannot check"; up to it, read to its end."""
+    setenv = " systemd.setenv=PEERSERVE_OPERATOR_CA=/x"
+    text = "q" * (32767 - len(setenv) + over) + setenv  # UTF-16 and its NUL: 65,536 bytes, or 2 more
+    cache = ("q" * (65536 - len(setenv) + over) + setenv).encode()  # 65,536 bytes, or 1 more
+    root = make(tmp_path, {})
+    efivars = root / "sys/firmware/efi/efivars"
+    efivars.mkdir(parents=True)
+    (efivars / SYSTEMD_OPTIONS).write_bytes(efi_variable(text))
+    (root / "run/systemd/efivars").mkdir(parents=True)
+    (root / f"run/systemd/efivars/{SYSTEMD_OPTIONS}").write_bytes(cache)
+    assert len(efi_variable(text)) == 65540 + 2 * over and len(cache) == 65536 + over
+    efi, copy = "systemd's EFI variable SystemdOptions", "the manager's copy of systemd's EFI variable SystemdOptions"
+    if over:
+        expected = [f"sys/firmware/efi/efivars/{SYSTEMD_OPTIONS} ({efi}): over the 64 KiB this check reads: cannot "
+                    "check whether it", f"run/systemd/efivars/{SYSTEMD_OPTIONS} ({copy}): over the 64 KiB this check "
+                    "reads: cannot check whether it"]  # fmt: skip
+    else:
+        expected = [f"sys/firmware/efi/efivars/{SYSTEMD_OPTIONS} (systemd.setenv= in {efi})",
+                    f"run/systemd/efivars/{SYSTEMD_OPTIONS} (systemd.setenv= in {copy})"]  # fmt: skip
+    assert found(root) == sorted(expected)
+
+
+@pytest.mark.parametrize("link", [False, True])
+def test_an_environment_file_that_is_not_a_regular_file_is_refused_as_unchecked(tmp_path: Path, link: bool) -> None:
+    """review20b L2: a FIFO as EnvironmentFile= (or a link to one) was passed over in silence, though systemd reads
+    whatever a writer puts into it. Anything there that is not a regular file is "cannot check" (and not read: a FIFO
+    would block)."""
+    root = make(tmp_path, {DROP_IN: "[Service]\nEnvironmentFile=/etc/peerserve/*.env\n"})
+    (root / "etc/peerserve").mkdir(parents=True)
+    fifo = root / "etc/peerserve" / ("fifo" if link else "a.env")
+    os.mkfifo(fifo)
+    if link:
+        (root / "etc/peerserve/a.env").symlink_to(fifo)
+    assert found(root) == ["etc/peerserve/a.env: not a regular file, which this check does not read: cannot check "
+                           "whether it"]  # fmt: skip
 
 
 def test_an_efi_variable_that_cannot_be_read_is_refused_as_unchecked(tmp_path: Path) -> None:

@@ -59,13 +59,19 @@ def test_queue_placements_are_compared_with_the_best_baseline_of_the_run() -> No
     assert p99_ratios([res("queue-p99", 300.0)]) == {}  # no baseline in the run: nothing to compare
 
 
+README_FIVE = ["queue-p99", "queue-p99-weighted", "thesis", "nearest", "least-loaded"]
+LONG_FIVE = [f"weighted_round_robin_{c}" for c in "abcde"]  # 22 characters, no hyphen (review20b L4)
+
+
+@pytest.mark.parametrize("base", [README_FIVE, LONG_FIVE], ids=["readme", "long"])
 @pytest.mark.parametrize("more", [[], ["queue-p99-lef"], ["queue-p99-lef", "queue-p99-p2c", "least-loaded-2"]])
 def test_the_plots_placement_names_do_not_touch(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, more: list[str]
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, base: list[str], more: list[str]
 ) -> None:
     """tidy20: the x labels of five placements (the README's plot) touched each other, rotated 20 degrees, at one
-    line each. Each is now wrapped after a hyphen; the labels' boxes, as drawn in the saved figure, overlap nowhere
-    (within a panel, or across two panels side by side), and none is cut at the figure's edges."""
+    line each. Each is now wrapped after a hyphen, and a part longer than a line (22-character names without a
+    hyphen overlapped, review20b L4) at 9 characters; the labels' boxes, as drawn in the saved figure, overlap
+    nowhere (within a panel, or across two panels side by side), and none is cut at the figure's edges."""
     import matplotlib.figure
     from matplotlib.transforms import Bbox
 
@@ -80,7 +86,7 @@ def test_the_plots_placement_names_do_not_touch(
         edge.append(fig.bbox)
 
     monkeypatch.setattr(matplotlib.figure.Figure, "savefig", measured)
-    names = ["queue-p99", "queue-p99-weighted", "thesis", "nearest", "least-loaded", *more]  # the README's five
+    names = [*base, *more]
     results = [Result(n, 5.0, 20.0, 6.0, 3500, 0, 3, {"node0": 3}, 72.0, 10.0, 20.0) for n in names]
     plot(results, tmp_path / "load.png")
     assert len(boxes) == 3 * len(names)
