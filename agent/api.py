@@ -58,6 +58,7 @@ def create_app(agent: NodeAgent) -> FastAPI:
         https = HttpsListener(app, agent.settings) if agent.settings.https_port else None
         if https is not None:
             await https.start()
+            app.state.https_listener = https  # the agent's server begins its stop with the client port's
         try:
             yield
         finally:

@@ -332,7 +332,11 @@ def cmd_agent(args: argparse.Namespace) -> int:
 def agent_server(config: Any, agent: Any) -> Any:
     """uvicorn's Server for ``agent`` whose shutdown tells the agent first (``NodeAgent.begin_shutdown``): uvicorn
     then waits up to its graceful timeout (10 s) for every open request, and one waiting for a model started on
-    demand (provision_wait_s, 10 s by default), its client perhaps long gone, held the stop for all of it."""
+    demand (provision_wait_s, 10 s by default), its client perhaps long gone, held the stop for all of it.
+
+    The HTTPS listener (``--https-port``, agent/client_auth.py) begins its stop at the same moment: it stops
+    accepting and drains its in-flight requests within the same grace, while this port drains (review19c F6:
+    it went on accepting during this port's drain, then was stopped in 50 ms, cutting its in-flight predicts)."""
     import socket
 
     import uvicorn
@@ -340,6 +344,9 @@ def agent_server(config: Any, agent: Any) -> Any:
     class AgentServer(uvicorn.Server):
         async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
             agent.begin_shutdown()
+            https = getattr(getattr(self.config.app, "state", None), "https_listener", None)
+            if https is not None:
+                https.begin_stop()
             await super().shutdown(sockets)
 
     return AgentServer(config)

@@ -18,12 +18,14 @@ from typing import Any
 
 import uvicorn
 
+from agent.aio import wait_for
 from agent.peer_gate import gate_tls
 
 log = logging.getLogger(__name__)
 
 OPEN_PATHS = ("/health",)
 HTTPS_HANDSHAKE_S = 10.0  # a phone's TLS handshake; a connection that has not finished it by then is closed
+STOP_MARGIN_S = 2.0  # past the graceful timeout, the HTTPS listener's stop waits this long for uvicorn to end it
 
 
 class ClientToken:
@@ -56,7 +58,13 @@ class _Embedded(uvicorn.Server):
 
 
 class HttpsListener:
-    """The client app served over HTTPS on ``https_port`` with the operator's certificate (no lifespan)."""
+    """The client app served over HTTPS on ``https_port`` with the operator's certificate (no lifespan).
+
+    It stops as the client port does (review19c F6): ``begin_stop`` closes its listening socket at once (a new
+    connection is refused) and starts uvicorn's own shutdown, which asks each open connection to close after its
+    response and waits up to the graceful timeout (``server_config``'s, the client port's: 10 s) for in-flight
+    requests; ``stop`` waits for that. The agent's server calls ``begin_stop`` when its own shutdown begins
+    (agent/cli.py ``agent_server``), so both ports drain together and the stop takes one grace, not two."""
 
     def __init__(self, app: Any, settings: Any) -> None:
         from agent.cli import server_config
@@ -78,10 +86,24 @@ class HttpsListener:
             await asyncio.sleep(0.02)
         log.info("client API also on https port %d", self.server.config.port)
 
+    def begin_stop(self) -> None:
+        """Stop accepting now and start the drain (idempotent; returns at once)."""
+        self.server.should_exit = True  # its main loop ends within a tick (0.1 s); its shutdown drains
+        for listening in getattr(self.server, "servers", ()):
+            listening.close()  # refused from now on, not only from that tick (uvicorn's shutdown closes it again)
+
     async def stop(self) -> None:
-        if self._task is not None:
-            self.server.should_exit = True
-            await asyncio.sleep(0.05)
+        """``begin_stop``, then wait for the drain: in-flight requests finish within the graceful timeout (counted
+        from ``begin_stop``; past it uvicorn cancels them), and the wait itself is bounded a little past that."""
+        if self._task is None:
+            return
+        self.begin_stop()
+        grace = float(self.server.config.timeout_graceful_shutdown or 0)
+        try:
+            await wait_for(asyncio.shield(self._task), grace + STOP_MARGIN_S)
+        except asyncio.TimeoutError:
+            log.warning("the HTTPS listener did not stop within %.0f s: closed", grace + STOP_MARGIN_S)
             self.server.force_exit = True
+            self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task

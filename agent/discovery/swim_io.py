@@ -129,15 +129,17 @@ class SwimDriver:
         self.admissible = admissible
         self.on_transitions = on_transitions
         self.clock = clock
-        # signed suspicions: Lifeguard's confirmers only where proven, for suspicions the core holds open
+        # signed suspicions: Lifeguard's confirmers only where proven, for suspicions the core holds open; relayed
+        # ones count only RELAYED_GATE_S after this start (R3: a restart forgot which proofs had counted)
+        started = clock()
         self.proofs = ProofBook(
             peers.identity, wall, episode=lambda n, i, o: self.core.suspicion_age(n, i, o, self.clock()),
-            mono=lambda: self.clock(),
+            mono=lambda: self.clock(), started=started,
         )  # fmt: skip
         # signed dead declarations: a third party's "dead" acts at once only from SwimConfig.dead_quorum members
         self.dead_proofs = ProofBook(
             peers.identity, wall, episode=lambda n, i, o: self.core.declaration_age(n, i, o, self.clock()), dead=True,
-            mono=lambda: self.clock(),
+            mono=lambda: self.clock(), started=started,
         )  # fmt: skip
         self._fingerprint: tuple[tuple[Any, ...], tuple[Any, ...]] | None = None
         self._checked_at = -1e9

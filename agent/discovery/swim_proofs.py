@@ -48,6 +48,14 @@ EPISODE_SKEW_S = 3.0  # a proof signed this long before its suspicion opened her
 MAX_SPENT_KEYS = 512
 MAX_SPENT_PER_KEY = 8
 SPENT_TTL_S = 2 * WINDOW_S
+# R3 (docs/security.md): the spent table is in memory, so a restart forgot which proofs had counted, and a member
+# could replay one that counted in the previous run (stamped ahead by an origin whose clock reads ahead, so still
+# fresh) into a new suspicion after the restart. A relayed proof (origin other than the message's sender) counts
+# only once the monotonic clock has moved RELAYED_GATE_S past this book's start: every proof that counted before
+# the start is stale by then (stamped within WINDOW_S of the wall clock when it counted), unless the wall clock
+# stepped back across the restart. Until then the origin's own word (its message) and our own probes still count,
+# and a relayed proof that checks out is held and relayed, only not counted here.
+RELAYED_GATE_S = SPENT_TTL_S
 SAME_EPISODE_S = 0.05  # counted this close to the suspicion's start here: the same one (two clocks read apart)
 REMEMBER_SPENT = True  # tests switch it off to show the skew replay comes back
 Key = tuple[str, int, str]  # (member, incarnation, origin)
@@ -72,7 +80,10 @@ class ProofBook:
 
     ``episode``: the core's view (the driver passes ``Swim.suspicion_age``); the default, for tests of the
     signatures alone, takes every suspicion as opening now. ``wall``: the agent's wall clock (proof stamps and their
-    freshness); ``mono``: the monotonic clock the episode's ages are measured on (the driver's ``SwimDriver.clock``)."""
+    freshness); ``mono``: the monotonic clock the episode's ages are measured on (the driver's ``SwimDriver.clock``).
+    ``started``: the ``mono`` reading at this run's start (None: when the book is made); relayed proofs count only
+    once ``mono`` is more than ``gate_s`` past it (``RELAYED_GATE_S``; 0 turns the gate off: tests of the
+    signatures alone, and the rule before)."""
 
     def __init__(
         self,
@@ -81,8 +92,13 @@ class ProofBook:
         episode: Episode = _any_episode,
         dead: bool = False,
         mono: Callable[[], float] = time.monotonic,
+        started: float | None = None,
+        gate_s: float = RELAYED_GATE_S,
     ):
         self.identity, self.wall, self.episode, self.dead, self.mono = identity, wall, episode, dead, mono
+        self.started = mono() if started is None else started
+        self.gate_s = gate_s
+        self.gated = 0  # relayed proofs that checked out but did not count: within gate_s of the start (R3)
         self.status = "dead" if dead else "suspect"  # the updates whose origins this book signs and checks
         self.held: dict[tuple[str, str], SuspectProof] = {}  # (member, origin) -> its newest usable proof
         self.checked = 0  # proofs that checked out (signature verified once each)
@@ -166,9 +182,17 @@ class ProofBook:
             elif self._spent_before(proof, age):
                 self._refuse(proof, AuthError("it counted for an earlier suspicion here (a replay)"))
             elif self.held.get(key[::2]) == proof or self._verified(proof):
+                if proof.origin != msg.node_id and self.relay_gated():
+                    self.gated += 1  # held (and relayed) as checked, but not counted here yet: R3
+                    continue
                 self._spend(proof)
                 out.append(key)
         return out
+
+    def relay_gated(self) -> bool:
+        """Whether relayed proofs are still not counted: ``mono`` is within ``gate_s`` of this run's start (R3). Every
+        proof that counted in an earlier run is stale once it is past (strictly, as ``spent_forgotten``)."""
+        return self.mono() - self.started <= self.gate_s
 
     def _spent_before(self, proof: SuspectProof, age: float) -> bool:
         """Whether ``proof`` first counted here before the suspicion it would confirm now (``age`` s old, on the

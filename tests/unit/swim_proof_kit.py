@@ -6,6 +6,7 @@ message."""
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 from collections.abc import Callable, Iterable
 from dataclasses import replace
@@ -20,6 +21,9 @@ from tests.unit.swim_sim import state_of, url_of
 
 TOKEN = "unit-cluster-token-0123456789"
 IDS = {n: Identity(n, TOKEN, None) for n in ("b", "m", "c1", "c2", "c3", "x")}  # b: us; m: a liar; x: the victim
+# A book's ``started`` in the tests of what proofs prove: a run that started long ago, its R3 gate past (relayed
+# proofs count). The gate itself: test_swim_proofs.py's restart tests, which start the book at a clock they move.
+PAST_GATE = -math.inf
 
 
 class Clock:
@@ -51,10 +55,13 @@ def resigned(proof: SuspectProof, signer: str) -> SuspectProof:
     return replace(proof, card=card, signature=signature)
 
 
-def swim_driver(config: sw.SwimConfig) -> SwimDriver:
-    """Node b's real driver (``config``) with m, c1-c3 and x as members."""
+def swim_driver(config: sw.SwimConfig, started: float | None = PAST_GATE) -> SwimDriver:
+    """Node b's real driver (``config``) with m, c1-c3 and x as members; its proof books' run began at ``started``
+    (default: long ago, the R3 gate past; None: when the driver was made, as in the agent)."""
     d = SwimDriver("b", url_of(1), PeerClient(IDS["b"], lambda url: None), config,
                    lambda: None, lambda s, u: s, lambda t: None)  # type: ignore[arg-type,return-value]  # fmt: skip
+    if started is not None:
+        d.proofs.started = d.dead_proofs.started = started
     for i, n in enumerate(("m", "c1", "c2", "c3", "x")):
         other = sw.Swim(n, url_of(i + 2), sw.SwimConfig(), random.Random(i))
         d.core.hint(n, other.self_url, "", 0.0)

@@ -55,6 +55,13 @@ class Sim:
     ticks: int = 0  # core ticks run (lazy runs need far fewer)
     held: dict[str, dict[tuple[str, str], int]] = field(default_factory=dict)  # node -> checked proofs it holds
     held_dead: dict[str, dict[tuple[str, str], int]] = field(default_factory=dict)  # ... and dead declarations
+    # R3's gate (swim_proofs.RELAYED_GATE_S): a node counts relayed proofs only this long after its run began (0: no
+    # gate, the rule before); ``started``: when each node's run began (absent: long before the simulation, so a
+    # converged cluster is past it; ``cold_start`` puts every node's at 0, ``restart`` one node's at now)
+    relay_gate_s: float = 0.0
+    started: dict[str, float] = field(default_factory=dict)
+    cold_start: bool = False
+    gated: int = 0  # relayed proofs a gated node held (and relayed) but did not count
     _due: dict[str, float] = field(default_factory=dict)
     _woken: set[str] = field(default_factory=set)
     _events: list[tuple[float, int, Callable[[], None]]] = field(default_factory=list)
@@ -69,6 +76,28 @@ class Sim:
         for node_id, node in self.nodes.items():  # everyone knows one seed: n0 (n0 knows n1)
             seed = "n1" if node_id == "n0" else "n0"
             node.hint(seed, self.nodes[seed].self_url, "", 0.0)
+            if self.cold_start:
+                self.started[node_id] = 0.0
+
+    def restart(self, node_id: str) -> None:
+        """``node_id``'s agent restarts at once: a fresh core (incarnation 0, a higher state version, as the agent's
+        version floor gives it; only its seed known), its held proofs gone, its run (and R3's gate) starting now."""
+        old, i = self.nodes[node_id], int(node_id[1:])
+        node = sw.Swim(node_id, url_of(i), self.config, random.Random(self.seed * 1000 + i + 7919), refute=self.refute)
+        node.version = old.version + 1
+        seed = "n1" if node_id == "n0" else "n0"
+        node.hint(seed, self.nodes[seed].self_url, "", self.now)
+        self.nodes[node_id] = node
+        self.held.pop(node_id, None)
+        self.held_dead.pop(node_id, None)
+        self.crashed.pop(node_id, None)
+        self.paused_until.pop(node_id, None)
+        self._due.pop(node_id, None)
+        self.started[node_id] = self.now
+
+    def gated_at(self, node_id: str) -> bool:
+        """Whether ``node_id`` is within R3's gate: it holds relayed proofs but does not count them yet."""
+        return self.now - self.started.get(node_id, -float("inf")) <= self.relay_gate_s
 
     # -- faults --------------------------------------------------------------------------------------------
     def crash(self, node_id: str) -> None:
@@ -184,6 +213,10 @@ class Sim:
             theirs[(node_id, origin)] = inc
             while len(theirs) > 512:
                 del theirs[next(iter(theirs))]
+        if self.relay_gate_s and self.gated_at(at):  # held and relayed, but only the sender's own word counts
+            direct = [k for k in out if k[2] == msg.node_id]
+            self.gated += len(out) - len(direct)
+            return direct
         return out
 
     def _deliver(self, a: str, b: str, msg: SwimMessage) -> tuple[bool, float, SwimMessage | None]:

@@ -23,7 +23,7 @@ from agent.identity import WINDOW_S
 from peerserve import wire
 from peerserve.wire import MAX_PROOFS, MemberUpdate, SuspectProof, SwimMessage
 from tests.unit import swim_proof_kit as kit
-from tests.unit.swim_proof_kit import IDS, Clock, gossip, own_proof, resigned, suspect
+from tests.unit.swim_proof_kit import IDS, PAST_GATE, Clock, gossip, own_proof, resigned, suspect
 from tests.unit.swim_sim import Sim, url_of
 from tests.unit.test_swim_confirmers import cluster, from_member
 
@@ -175,7 +175,7 @@ def test_declarations_for_a_refuted_incarnation_are_ignored_and_not_worth_a_chec
 # -- the signatures (real keys) ----------------------------------------------------------------------------
 def test_a_dead_declaration_is_signed_under_its_own_context_and_only_by_its_origin() -> None:
     clock = Clock()
-    receiver = ProofBook(IDS["b"], clock, dead=True)
+    receiver = ProofBook(IDS["b"], clock, dead=True, started=PAST_GATE)
     proof = own_dead_proof("c1", clock)
     assert proof.dead and SwimMessage.parse(gossip("c1", dead("c1"), proofs=()).to_json()) == gossip("c1", dead("c1"))
     msg = replace(gossip("m", dead("c1")), dead_proofs=(proof,))
@@ -183,18 +183,23 @@ def test_a_dead_declaration_is_signed_under_its_own_context_and_only_by_its_orig
     assert receiver.check(msg) == [("x", 0, "c1")]
     # c1's suspicion signature passed off as its declaration (and the reverse) proves nothing
     as_dead = replace(own_proof("c2", clock), dead=True)
-    assert ProofBook(IDS["b"], clock, dead=True).check(replace(gossip("m", dead("c2")), dead_proofs=(as_dead,))) == []
+    assert (
+        ProofBook(IDS["b"], clock, dead=True, started=PAST_GATE).check(
+            replace(gossip("m", dead("c2")), dead_proofs=(as_dead,))
+        )
+        == []
+    )
     as_suspicion = replace(own_dead_proof("c2", clock), dead=False)
-    assert ProofBook(IDS["b"], clock).check(gossip("m", suspect("c2"), proofs=(as_suspicion,))) == []
+    assert ProofBook(IDS["b"], clock, started=PAST_GATE).check(gossip("m", suspect("c2"), proofs=(as_suspicion,))) == []
     # m signs with its own key and names c3 (it cannot sign as another: a card names one node)
     forged = resigned(replace(own_dead_proof("m", clock), origin="c3"), "m")
-    book = ProofBook(IDS["b"], clock, dead=True)
+    book = ProofBook(IDS["b"], clock, dead=True, started=PAST_GATE)
     assert book.check(replace(gossip("m", dead("c3")), dead_proofs=(forged,))) == [] and book.refused == 1
 
 
 def test_proofs_and_declarations_share_the_bound_per_message() -> None:
     clock = Clock()
-    ours = ProofBook(IDS["b"], clock, dead=True)
+    ours = ProofBook(IDS["b"], clock, dead=True, started=PAST_GATE)
     updates = [*(dead("b", about=f"n{i}") for i in range(3)), *(suspect("b", about=f"s{i}") for i in range(3))]
     msg = ProofBook(IDS["b"], clock).attach(ours.attach(gossip("b", *updates)))
     assert len(msg.dead_proofs) == 3 and len(msg.proofs) == MAX_PROOFS - 3
@@ -202,7 +207,7 @@ def test_proofs_and_declarations_share_the_bound_per_message() -> None:
     with pytest.raises(wire.WireError):
         SwimMessage.parse(over)
     verified: list[int] = []
-    book = ProofBook(IDS["c1"], clock, dead=True)
+    book = ProofBook(IDS["c1"], clock, dead=True, started=PAST_GATE)
     real = book.identity.verify_detached
     book.identity.verify_detached = lambda *a: verified.append(1) or real(*a)  # type: ignore[method-assign]
     book.check(SwimMessage.parse(msg.to_json()))
@@ -239,7 +244,9 @@ def test_we_sign_a_declaration_only_of_a_node_we_hold_dead_ourselves() -> None:
     d.core._declare_dead(d.core.records["x"], d.clock(), "test: our own suspicion ran out")
     [proof] = d.dead_proofs.attach(d.core.message("gossip", "m")).dead_proofs
     assert (proof.node_id, proof.origin, proof.dead) == ("x", "b", True)
-    assert ProofBook(IDS["c1"], clock, dead=True).check(replace(claim, dead_proofs=(proof,))) == [("x", 0, "b")]
+    assert ProofBook(IDS["c1"], clock, dead=True, started=PAST_GATE).check(replace(claim, dead_proofs=(proof,))) == [
+        ("x", 0, "b")
+    ]
 
 
 def test_a_replayed_declaration_from_a_cleared_episode_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -262,14 +269,14 @@ def test_the_dead_book_is_bounded_and_made_up_nodes_are_never_verified(monkeypat
     d = driver()
     clock = Clock()
     d.dead_proofs.wall = clock
-    liar = ProofBook(IDS["m"], clock, dead=True)
+    liar = ProofBook(IDS["m"], clock, dead=True, started=PAST_GATE)
     for i in range(0, 2 * swim_proofs.MAX_HELD, 4):  # declarations of nodes that do not exist: never verified
         asyncio.run(d.handle("m", liar.attach(gossip("m", *(dead("m", about=f"ghost{j + i}") for j in range(4))))))
     for inc in range(1, 9):  # x at ever new incarnations: one entry per (member, origin)
         asyncio.run(d.handle("m", liar.attach(gossip("m", dead("m", inc)))))
     assert len(d.dead_proofs.held) <= 1 and d.dead_proofs.checked <= 8
     monkeypatch.setattr(swim_proofs, "MAX_HELD", 3)
-    book = ProofBook(IDS["b"], clock, dead=True)
+    book = ProofBook(IDS["b"], clock, dead=True, started=PAST_GATE)
     for i in range(6):
         book.attach(gossip("b", dead("b", about=f"n{i}")))
     assert len(book.held) == 3
@@ -322,7 +329,7 @@ def test_the_dead_books_refused_and_spent_memories_are_bounded(monkeypatch: pyte
     monkeypatch.setattr(swim_proofs, "MAX_SPENT_KEYS", 3)
     monkeypatch.setattr(swim_proofs, "MAX_SPENT_PER_KEY", 2)
     clock = Clock()
-    book = ProofBook(IDS["b"], clock, dead=True)
+    book = ProofBook(IDS["b"], clock, dead=True, started=PAST_GATE)
     for i in range(6):  # m signs in six others' names: each refused, the memory of refusals bounded
         forged = resigned(replace(own_dead_proof("m", clock), origin="c1", node_id=f"n{i}"), "m")
         assert book.check(replace(gossip("m", dead("c1", about=f"n{i}")), dead_proofs=(forged,))) == []

@@ -22,6 +22,7 @@ from peerserve import wire
 from peerserve.wire import MAX_PROOFS, MemberUpdate, SwimMessage
 from tests.unit.swim_proof_kit import (
     IDS,
+    PAST_GATE,
     TOKEN,
     Clock,
     gossip,
@@ -37,20 +38,20 @@ from tests.unit.swim_sim import url_of
 
 def test_our_suspicion_is_signed_once_and_checks_out_anywhere() -> None:
     clock = Clock()
-    book = ProofBook(IDS["c1"], clock)
+    book = ProofBook(IDS["c1"], clock, started=PAST_GATE)
     msg = book.attach(gossip("c1", suspect("c1"), MemberUpdate("c2", "alive", 0, url_of(4))))
     [proof] = msg.proofs
     assert (proof.node_id, proof.incarnation, proof.origin) == ("x", 0, "c1")
     assert book.attach(gossip("c1", suspect("c1"))).proofs == (proof,)  # signed once, reused
     assert SwimMessage.parse(msg.to_json()) == msg  # travels on the wire
-    assert ProofBook(IDS["b"], clock).check(msg) == [("x", 0, "c1")]
+    assert ProofBook(IDS["b"], clock, started=PAST_GATE).check(msg) == [("x", 0, "c1")]
     clock.t += WINDOW_S  # past half the window: signed anew, so it stays fresh wherever it is relayed
     assert book.attach(gossip("c1", suspect("c1"))).proofs[0].stamp_ms > proof.stamp_ms
 
 
 def test_a_relay_carries_the_proof_and_the_receiver_counts_only_proven_origins() -> None:
     clock = Clock()
-    relay, receiver = ProofBook(IDS["m"], clock), ProofBook(IDS["b"], clock)
+    relay, receiver = ProofBook(IDS["m"], clock, started=PAST_GATE), ProofBook(IDS["b"], clock, started=PAST_GATE)
     assert relay.check(gossip("c1", suspect("c1"), proofs=(own_proof("c1", clock),))) == [("x", 0, "c1")]
     relayed = relay.attach(gossip("m", suspect("c1"), suspect("c2")))  # m holds c1's proof, none of c2's
     assert [p.origin for p in relayed.proofs] == ["c1"]
@@ -59,7 +60,7 @@ def test_a_relay_carries_the_proof_and_the_receiver_counts_only_proven_origins()
 
 def test_forged_tampered_stale_and_stray_proofs_prove_nothing() -> None:
     clock = Clock()
-    receiver = ProofBook(IDS["b"], clock)
+    receiver = ProofBook(IDS["b"], clock, started=PAST_GATE)
     forged = resigned(replace(own_proof("m", clock), origin="c1"), "m")  # m signs and names c1: the signature is m's
     tampered = replace(own_proof("c2", clock), incarnation=1)  # c2's proof moved to another incarnation
     stale = own_proof("c3", Clock(clock.t - WINDOW_S - 1))
@@ -74,7 +75,7 @@ def test_forged_tampered_stale_and_stray_proofs_prove_nothing() -> None:
 
 def test_proofs_per_message_and_proofs_held_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     clock = Clock()
-    book = ProofBook(IDS["b"], clock)
+    book = ProofBook(IDS["b"], clock, started=PAST_GATE)
     many = book.attach(gossip("b", *(suspect("b", about=f"n{i}") for i in range(10))))
     assert len(many.proofs) == MAX_PROOFS
     with pytest.raises(wire.WireError):
@@ -129,7 +130,7 @@ def test_a_member_cannot_flood_the_store_with_its_own_suspicions_of_made_up_node
     d.proofs.wall = clock
     asyncio.run(d.handle("c1", gossip("c1", suspect("c1"), proofs=(own_proof("c1", clock),))))
     assert ("x", "c1") in d.proofs.held and d.proofs.checked == 1
-    liar = ProofBook(IDS["m"], clock)
+    liar = ProofBook(IDS["m"], clock, started=PAST_GATE)
     for i in range(0, 2 * swim_proofs.MAX_HELD, 4):  # nodes that do not exist: nothing to confirm, never verified
         asyncio.run(d.handle("m", liar.attach(gossip("m", *(suspect("m", about=f"ghost{i + j}") for j in range(4))))))
     for inc in range(1, 9):  # x at ever new incarnations: one entry per (member, origin)
@@ -142,7 +143,7 @@ def test_a_refused_proof_is_not_verified_again_for_a_while_and_the_memory_is_bou
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     clock = Clock()
-    book = ProofBook(IDS["b"], clock, mono=clock)  # 10 s on both clocks, below
+    book = ProofBook(IDS["b"], clock, mono=clock, started=PAST_GATE)  # 10 s on both clocks, below
     verified: list[str] = []
     real = book.identity.verify_detached
     monkeypatch.setattr(book.identity, "verify_detached", lambda *a: verified.append("v") or real(*a))
@@ -183,7 +184,7 @@ def test_a_fast_origins_proof_cannot_be_replayed_into_a_later_suspicion(monkeypa
     future, so the 3 s rule lets it by; what counted here before is refused, on our own clock alone."""
     clock = Clock()
     state = {"age": 0.0}
-    book = ProofBook(IDS["b"], clock, episode=lambda n, i, o: state["age"], mono=clock)
+    book = ProofBook(IDS["b"], clock, episode=lambda n, i, o: state["age"], mono=clock, started=PAST_GATE)
     fast = own_proof("c1", Clock(clock.t + 20.0))
     assert book.check(gossip("m", suspect("c1"), proofs=(fast,))) == [("x", 0, "c1")]  # episode 1 opens with it
     clock.t += 1.0
@@ -200,7 +201,12 @@ def test_a_fast_origins_proof_cannot_be_replayed_into_a_later_suspicion(monkeypa
 def _episodes() -> tuple[ProofBook, Clock, Clock, dict[str, float]]:
     """b's book with its two clocks (wall, monotonic) and the core's age of x's suspicion (set by the test)."""
     wall, mono, state = Clock(), Clock(0.0), {"age": 0.0}
-    return ProofBook(IDS["b"], wall, episode=lambda n, i, o: state["age"], mono=mono), wall, mono, state
+    return (
+        ProofBook(IDS["b"], wall, episode=lambda n, i, o: state["age"], mono=mono, started=PAST_GATE),
+        wall,
+        mono,
+        state,
+    )
 
 
 def test_a_forward_excursion_and_its_correction_do_not_free_a_counted_proof_for_a_later_suspicion() -> None:
@@ -281,7 +287,7 @@ def test_the_memory_of_counted_proofs_is_bounded(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setattr(swim_proofs, "MAX_SPENT_KEYS", 3)
     monkeypatch.setattr(swim_proofs, "MAX_SPENT_PER_KEY", 2)
     clock = Clock()
-    book = ProofBook(IDS["b"], clock, mono=clock)
+    book = ProofBook(IDS["b"], clock, mono=clock, started=PAST_GATE)
     for i in range(6):  # c1's suspicions of six members, three times each (signed anew every time)
         for _ in range(3):
             clock.t += 1.0
@@ -314,7 +320,7 @@ def test_a_proof_refused_while_its_signers_pin_is_written_counts_once_the_pin_la
         me = Identity("b", TOKEN, tmp_path)  # a board with a real pin file that never met c1
         clock = Clock()
         t0 = clock.t
-        book = ProofBook(me, clock, lambda n, i, o: clock.t - t0)
+        book = ProofBook(me, clock, lambda n, i, o: clock.t - t0, started=PAST_GATE)
         proof = own_proof("c1", clock)
         msg = gossip("m", suspect("c1"), proofs=(proof,))
         first = book.check(msg)  # 503: c1's pin is being written
@@ -352,7 +358,7 @@ def test_a_re_encoded_copy_of_a_counted_proof_is_refused(monkeypatch: pytest.Mon
 
     clock = Clock()
     state = {"age": 0.0}
-    book = ProofBook(IDS["b"], clock, episode=lambda n, i, o: state["age"], mono=clock)
+    book = ProofBook(IDS["b"], clock, episode=lambda n, i, o: state["age"], mono=clock, started=PAST_GATE)
     fast = own_proof("c1", Clock(clock.t + 20.0))
     assert book.check(gossip("m", suspect("c1"), proofs=(fast,))) == [("x", 0, "c1")]
     clock.t += 15.0
@@ -367,3 +373,58 @@ def test_a_re_encoded_copy_of_a_counted_proof_is_refused(monkeypatch: pytest.Mon
         assert book.check(gossip("m", suspect("c1"), proofs=(copy,))) == []  # the statement counted before
     # a genuine new proof of c1's (a new statement: a later stamp) still counts
     assert book.check(gossip("c1", suspect("c1"), proofs=(own_proof("c1", Clock(clock.t + 20.0)),))) != []
+
+
+# -- R3: a restart forgets which proofs counted; relayed proofs count only a minute after the start ----------------
+
+
+def test_a_proof_counted_before_a_restart_is_not_counted_again_after_it() -> None:
+    """R3 (docs/security.md): c1's clock reads 25 s ahead; its proof counted here for a suspicion of x, and b
+    restarts 5 s later (its spent table, in memory, gone). x stalls again and a new suspicion opens 2 s after the
+    start; m replays c1's proof (its stamp 22 s ahead of the wall clock: fresh, and within EPISODE_SKEW_S of the new
+    suspicion). Without the gate (the rule before) the fresh run counts it; with it, a relayed proof counts only
+    once the monotonic clock is RELAYED_GATE_S past the start, and by then the replay is stale. c1's own message
+    counts throughout; a genuine relayed proof counts once the gate is past."""
+    wall, mono, state = Clock(), Clock(100.0), {"age": 0.0}
+    before = ProofBook(IDS["b"], wall, episode=lambda n, i, o: state["age"], mono=mono, started=PAST_GATE)
+    fast = own_proof("c1", Clock(wall.t + 25.0))
+    assert before.check(gossip("m", suspect("c1"), proofs=(fast,))) == [("x", 0, "c1")]
+    wall.t += 5.0  # the restart; the monotonic clock of the new run starts at 0
+    wall.t += 2.0
+    restarted = {
+        gate: ProofBook(IDS["b"], wall, episode=lambda n, i, o: state["age"], mono=Clock(2.0), started=0.0, gate_s=gate)
+        for gate in (0.0, swim_proofs.RELAYED_GATE_S)
+    }
+    assert restarted[0.0].check(gossip("m", suspect("c1"), proofs=(fast,))) == [("x", 0, "c1")]  # R3, as before
+    book = restarted[swim_proofs.RELAYED_GATE_S]
+    assert book.check(gossip("m", suspect("c1"), proofs=(fast,))) == [] and book.gated == 1
+    assert book.check(gossip("c1", suspect("c1"), proofs=(fast,))) == [("x", 0, "c1")]  # its origin's own word
+    assert book.held[("x", "c1")] == fast  # checked and held: relayed to others, who judge it by their own books
+    # the gate's last instant: still gated; just past it the replay is stale (stamped 25 s ahead of a clock that
+    # then read 7 s before the start), and a genuine relayed proof counts
+    book.mono = Clock(swim_proofs.RELAYED_GATE_S)
+    wall.t += swim_proofs.RELAYED_GATE_S - 2.0
+    assert book.check(gossip("m", suspect("c2"), proofs=(own_proof("c2", wall),))) == []
+    book.mono = Clock(swim_proofs.RELAYED_GATE_S + 0.1)
+    wall.t += 0.1
+    assert book.check(gossip("m", suspect("c1"), proofs=(fast,))) == []
+    assert book.check(gossip("m", suspect("c2"), proofs=(own_proof("c2", wall),))) == [("x", 0, "c2")]
+
+
+def test_a_restarted_driver_counts_relayed_confirmers_only_past_the_gate() -> None:
+    """The agent's books (SwimDriver) start their gate at the driver's start, on the clock the core ages
+    suspicions on: m's relay of c1-c3's signed suspicions makes no confirmer of a driver a second old, and does
+    of one RELAYED_GATE_S old; c1's own message is a confirmer at once."""
+    for age, relayed in ((1.0, frozenset()), (swim_proofs.RELAYED_GATE_S + 1.0, frozenset({"c1", "c2", "c3"}))):
+        d = swim_driver(sw.SwimConfig(), started=0.0)
+        d.clock = Clock(age)
+        d.proofs.wall = clock = Clock()
+        proofs = signed_by(("c1", "c2", "c3"), own_proof, clock)
+        message = gossip("m", suspect("c1"), suspect("c2"), suspect("c3"), proofs=proofs)
+        assert suspicion_after(d, message).confirmers == relayed
+    d = swim_driver(sw.SwimConfig(), started=0.0)
+    d.clock = Clock(1.0)
+    d.proofs.wall = clock = Clock()
+    assert suspicion_after(d, gossip("c1", suspect("c1"), proofs=(own_proof("c1", clock),))).confirmers == {"c1"}
+    fresh = swim_driver(sw.SwimConfig(), started=None)  # as the agent makes it
+    assert fresh.proofs.started == fresh.dead_proofs.started <= fresh.clock() and fresh.proofs.relay_gated()
