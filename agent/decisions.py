@@ -12,7 +12,16 @@ from typing import Any
 
 from agent.runtime.base import Instance
 from peerserve import dispatch as rule  # the endpoint rule, shared with the workload simulation
-from peerserve.dispatch import DEFAULT_RULE, Finish, choose_endpoint, idle_counts, node_slots, planned_queues, rank_key
+from peerserve.dispatch import (
+    DEFAULT_RULE,
+    MAX_SLOTS,
+    Finish,
+    choose_endpoint,
+    idle_counts,
+    node_slots,
+    planned_queues,
+    rank_key,
+)
 
 UNKNOWN_RTT_MS = rule.UNKNOWN_RTT_MS  # these five re-exported: their callers import them from here
 MAX_SPREAD_SITES = rule.MAX_SPREAD_SITES
@@ -117,20 +126,26 @@ def spread_ranked(
     u2: float = 0.0,
     rule: str = DEFAULT_RULE,
     own_slots: tuple[str, float] | None = None,
+    slots: Mapping[str, float] | None = None,
 ) -> list[Choice]:
     """``spread_choice`` with the last placement summary's shares, planned queues, idle running instances and
-    (``lef``) nodes' slots (``live_queue`` by URL; ``own_slots``: this node's id and concurrency, over the
-    summary's figure for it). Without a summary only ``lef`` reorders (it needs no plan)."""
+    (``lef`` only) nodes' slots (``live_queue`` by URL; ``own_slots``: this node's id and concurrency, over the
+    summary's figure for it, at most MAX_SLOTS; ``slots``: the summary's ``slots`` already parsed by
+    ``node_slots``, as the agent does once per summary, else parsed here). Without a summary only ``lef``
+    reorders (it needs no plan). Other rules never read ``slots``."""
     if not ranked or (not placement and rule != "lef"):
         return list(ranked)
     placement = placement or {}
     shares = site_shares(parse_spread(placement.get("spread")), model, client_rtts)
     planned = planned_queues(placement, model)
-    slots = node_slots(placement)
-    if own_slots is not None:
-        slots[own_slots[0]] = own_slots[1]
     idle = idle_counts(placement, model)
-    return spread_choice(ranked, shares, u, planned, live_queue, idle, u2, rule, slots)
+    if rule != "lef":
+        return spread_choice(ranked, shares, u, planned, live_queue, idle, u2, rule)
+    known = node_slots(placement) if slots is None else slots
+    mine = {ch.candidate.node: known.get(ch.candidate.node, 1.0) for ch in ranked}  # the ready endpoints' only
+    if own_slots is not None and own_slots[0] in mine:
+        mine[own_slots[0]] = min(own_slots[1], MAX_SLOTS)  # past the bound: as many as a node may have, not skipped
+    return spread_choice(ranked, shares, u, planned, live_queue, idle, u2, rule, mine)
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,7 @@ from agent.hysteresis import Births, HoldConfig, Verdict, judge
 from agent.placement import NodeReport, RequestRecord, desired_sets
 from agent.request_window import MAX_WINDOW_BYTES
 from agent.window_sync import JournaledWindow, WindowConfig, WindowDelta
+from peerserve.dispatch import reported_slots
 
 # /stats/node rounds mem_total_mb to 0.1 MB (agent.metrics) while the node checks a set against its exact total:
 # make-before-break plans against the reported total less the most that rounding can add
@@ -458,10 +459,10 @@ class LeaderRound:
             for m in d:
                 self.short.pop((n, m), None)
         slots: dict[str, float] = {}
-        for n in gathered:
-            concurrency = r.reports[n].concurrency
-            if concurrency is not None:
-                slots[n] = concurrency
+        for n in gathered:  # bounded as the plan bounds it (reported_slots): a member's own figures, no more
+            bounded = reported_slots(r.reports[n].concurrency, r.reports[n].cores)
+            if bounded is not None:
+                slots[n] = bounded
         r.summary = self._summary(plan, e, gathered, verdict, changed, slots)
         held = {n: d for n, d in self.leaving.items() if d}
         if held or deferred:  # make-before-break at work: what is kept until its replacement is ready, what waits
@@ -488,8 +489,8 @@ class LeaderRound:
         slots: Mapping[str, float] | None = None,
     ) -> dict[str, Any]:
         """The round summary every agent shows; a held plan shows the running instances' value and split.
-        ``slots``: the gathered nodes' reported concurrency (the endpoint rule ``lef``'s, peerserve/dispatch.py;
-        a node without one is left out and counts one slot)."""
+        ``slots``: the gathered nodes' reported concurrency bounded by their cores and MAX_SLOTS (the endpoint rule
+        ``lef``'s, peerserve/dispatch.py ``reported_slots``; a node without one is left out and counts one slot)."""
         value = plan.get("running_value") or {}
         source = plan.get("details", {}) if verdict.switch else value
         hold = {

@@ -56,6 +56,7 @@ from agent.serving.server_stats import report as service_report
 from agent.settings import Settings
 from agent.store import DesiredState, Store
 from agent.telemetry import Telemetry
+from peerserve.dispatch import node_slots
 from peerserve.wire import PeerState
 
 log = logging.getLogger(__name__)
@@ -218,7 +219,8 @@ class NodeAgent:
         self.peers: PeerTable = peers or self.discovery or NoPeers()
         self.started_at = clock()
         self.leadership: Leadership | None = None
-        self.last_placement: dict[str, Any] | None = None
+        self._last_placement: dict[str, Any] | None = None
+        self.placement_slots: dict[str, float] = {}  # its ``slots`` parsed once (last_placement's setter)
         self.state = NodeState()
         self.health: dict[str, ModelHealth] = {}
         self.exec_ms = ExecTimes()  # (node, model) -> median of recent proxied times (agent/serving/exec_times.py)
@@ -708,6 +710,18 @@ class NodeAgent:
                     service = self.service_ms(m, peer.node_class)
                     out += [Candidate(peer.node_id, u, m, exec_ms, peer_load, service) for u in urls]
         return out
+
+    @property
+    def last_placement(self) -> dict[str, Any] | None:
+        """The last placement summary a leader sent with this node's desired set (None: none yet)."""
+        return self._last_placement
+
+    @last_placement.setter
+    def last_placement(self, placement: dict[str, Any] | None) -> None:
+        # the summary's ``slots`` are parsed here, once per summary, not on each request (review20c M1); only the
+        # endpoint rule ``lef`` reads them (agent/serving/resolve.py)
+        self._last_placement = placement
+        self.placement_slots = node_slots(placement)
 
     @property
     def concurrency(self) -> float:

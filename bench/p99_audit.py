@@ -173,7 +173,8 @@ class AllLive(AgentDispatch):
             for url, n in counts.items():
                 total[url] = total.get(url, 0) + n
         draws = (self.draws[i], self.draws2[i])
-        return choose_endpoint(endpoints, self.shares[c], self.planned, total, draws, self.rule, self.idle)
+        finish = self.finish_inputs(endpoints, c)  # under lef its inputs as the agent's (None: p2c would decide)
+        return choose_endpoint(endpoints, self.shares[c], self.planned, total, draws, self.rule, self.idle, finish)
 
 
 def within_bound_plan(base: Plan, counts: tuple[int, ...], site_rtt: np.ndarray, temp_ms: float, w: Workload) -> Plan:

@@ -21,7 +21,8 @@ simulated arrival) run the same code:
   ``idle_running`` ones, which it keeps without traffic), the one with the least RTT + (max(0, live + 1 -
   slots) / slots + 1) x service time, ties to the better ranked: ``live`` this agent's requests in flight
   there, ``service`` the catalogue's service time for the node's class (not the measured server time, which
-  includes the wait and would count it twice), ``slots`` the node's concurrency. An endpoint without a
+  includes the wait and would count it twice), ``slots`` the node's concurrency (the leader's summary,
+  bounded by ``reported_slots``; parsed once per summary by ``node_slots``). An endpoint without a
   service time, or with any input not a finite number in range (NaN, inf, slots < 1), is never chosen;
   where none is left the ``p2c`` rule decides (the plan's shares, else the ranking). The plan still decides
   which instances run; only where a request goes among them changes. Cost: one pass over the endpoints.
@@ -232,6 +233,17 @@ def least_finish(
         if math.isfinite(t) and (best is None or t < best[0]):
             best = (t, e)
     return None if best is None else best[1]
+
+
+def reported_slots(concurrency: float | None, cores: float | None) -> float | None:
+    """The slots the leader publishes for a member (the summary's ``slots``; docs/security.md): its reported
+    concurrency bounded as the plan bounds it (solver.node_cpu.node_slots: at most max(cores, 1)) and by
+    MAX_SLOTS, so a member gains no more under ``lef`` than the figures the plan already trusts give it.
+    None (left out: one slot) where it reports no finite concurrency."""
+    if concurrency is None or not math.isfinite(concurrency):
+        return None
+    bound = MAX_SLOTS if cores is None or not math.isfinite(cores) or cores <= 0 else min(max(cores, 1.0), MAX_SLOTS)
+    return min(max(concurrency, 1.0), bound)
 
 
 def node_slots(placement: Mapping[str, Any] | None) -> dict[str, float]:

@@ -259,14 +259,16 @@ class AgentDispatch:
     def pick(self, endpoints: list[tuple[str, str]], c: int, a: int, i: int) -> int | None:
         """The index in ``endpoints`` (ranked) that request i of client c takes through agent a, or None."""
         draws = (self.draws[i], self.draws2[i])
-        finish = None
-        if self.rule == "lef":
-            row = self.rtt[c].tolist()
-            finish = [
-                Finish(row[j], self.exec_ms, self.node_slots[j]) for j in (self.node_ids.index(n) for n, _ in endpoints)
-            ]
-        live = self.live[a]
+        live, finish = self.live[a], self.finish_inputs(endpoints, c)
         return choose_endpoint(endpoints, self.shares[c], self.planned, live, draws, self.rule, self.idle, finish)
+
+    def finish_inputs(self, endpoints: list[tuple[str, str]], c: int) -> list[Finish] | None:
+        """``lef``'s inputs for client c per endpoint (its RTT, the service time, the node's slots); None under
+        the other rules (they read none)."""
+        if self.rule != "lef":
+            return None
+        row, index = self.rtt[c].tolist(), self.node_ids.index
+        return [Finish(row[j], self.exec_ms, self.node_slots[j]) for j in (index(n) for n, _ in endpoints)]
 
     def done(self, i: int, instance: int, now: float, sojourn_ms: float) -> None:
         a = self.sent_by.pop(i)

@@ -25,8 +25,9 @@ Rules, over the ranked endpoints with the plan's shares for the client's site:
 * ``lef``: the least expected finish among the plan's endpoints: RTT + (the wait for a slot + 1) service times,
   the wait ``max(0, queue + 1 - slots) / slots`` service times (catalogue service time, the node's slots);
 * ``p2c-lef``: two endpoints drawn by plan weight (the request's two uniforms), the lower expected finish taken;
-* ``lef-any``: ``lef`` over every running endpoint, the plan's shares ignored (a request may leave its planned
-  instances when another would finish it first);
+* ``lef-any``: ``lef`` over every running endpoint but those a Mode 1 plan keeps idle (``idle_running``), the
+  plan's shares ignored (a request may leave its planned instances when another would finish it first); the
+  agent's ``lef`` (peerserve.dispatch.least_finish) chooses the same;
 * ``p2c-lef-any``: one endpoint drawn by plan weight, one uniformly among every running endpoint, the lower
   expected finish taken (randomised, as power-of-two choices are, against herding on stale counts).
 
@@ -42,7 +43,7 @@ from typing import Any
 
 import numpy as np
 
-from peerserve.dispatch import choose_endpoint, draw, expected_finish_ms, spread_weights
+from peerserve.dispatch import choose_endpoint, draw, expected_finish_ms, serving_mask, spread_weights
 from solver.agent_sim import AgentDispatch
 from solver.problem import FloatArray, IntArray
 
@@ -165,7 +166,10 @@ class WhatIfDispatch(AgentDispatch):
             if first is None or second is None:
                 return first
             return second if finish(second) < finish(first) else first
-        allowed = range(len(endpoints)) if self.rule_name == "lef-any" else [e for e, w in enumerate(weights) if w > 0]
+        if self.rule_name == "lef-any":  # as the agent's lef: every endpoint but the plan's idle_running ones
+            allowed = [e for e, may in enumerate(serving_mask(endpoints, self.idle)) if may]
+        else:
+            allowed = [e for e, w in enumerate(weights) if w > 0]
         if not allowed:
             return None
         if self.rule_name == "jsq":

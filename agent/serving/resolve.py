@@ -78,8 +78,8 @@ async def resolve(
         draws = random.random(), random.random()
         rule = agent.settings.endpoint_rule
         own = (agent.settings.node_id, agent.concurrency)
-        placement = agent.last_placement
-        return Ranked(tuple(spread_ranked(ranked, placement, model, rtts, draws[0], live, draws[1], rule, own)))
+        placement, slots = agent.last_placement, agent.placement_slots  # slots parsed once per summary
+        return Ranked(tuple(spread_ranked(ranked, placement, model, rtts, draws[0], live, draws[1], rule, own, slots)))
     if agent.shutting_down:
         return ShuttingDown()
     target, reason = agent.provision_decision(spec)

@@ -12,10 +12,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import httpx
+import pytest
 
+import agent.decisions
 from agent.decisions import rank_endpoints
 from agent.node import NodeAgent
-from peerserve.dispatch import Finish, least_finish
+from peerserve.dispatch import Finish, least_finish, node_slots
 from tests.service.scripted import MODEL
 from tests.service.test_proxy_deadlines import agent_before, in_flight, ok, predict
 from tests.waiting import wait_for
@@ -98,3 +100,23 @@ def agent_get(base: str) -> dict[str, object]:
     with httpx.Client(timeout=10) as c:
         answer: dict[str, object] = c.get(f"{base}/services/{MODEL}", headers=CLIENT).json()
     return answer
+
+
+def test_the_request_path_reads_the_summarys_slots_parsed_when_it_arrived(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """review20c M1: the agent parses a summary's ``slots`` once, when the summary arrives; its requests under lef
+    read that parse (agent.placement_slots) and parse nothing themselves, however many there are."""
+    calls: list[object] = []
+
+    def counted(placement: object) -> dict[str, float]:
+        calls.append(placement)
+        return node_slots(placement)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(agent.decisions, "node_slots", counted)
+    with agent_before([ok, ok], tmp_path, endpoint_rule="lef") as (base, node, _):
+        node.last_placement = {"slots": {f"n{i}": 4 for i in range(256)}}
+        assert node.placement_slots == {f"n{i}": 4.0 for i in range(256)}
+        assert [predict(base)[0] for _ in range(10)] == [200] * 10
+        assert agent_get(base)["in_flight"] == 0
+    assert calls == []
