@@ -92,7 +92,16 @@ class CoalescingTransport:
     def close(self) -> None:
         self._flush()
         self._transport.close()
-        self._loop.call_later(CLOSE_LINGER_S, self._transport.abort)  # a no-op once it is closed
+        self._loop.call_later(CLOSE_LINGER_S, self._linger)
+
+    def _linger(self) -> None:
+        """Abort the closed connection (a no-op once it is closed), unless its last answer is still being sent (a
+        slow reader): then look again a CLOSE_LINGER_S later (the stop's grace bounds that wait, as any answer's)."""
+        sock_level = getattr(getattr(self._transport, "_ssl_protocol", None), "_transport", None)  # 3.10-3.13
+        if self._transport.get_write_buffer_size() or (sock_level is not None and sock_level.get_write_buffer_size()):
+            self._loop.call_later(CLOSE_LINGER_S, self._linger)
+        else:
+            self._transport.abort()
 
     def write_eof(self) -> None:
         self._flush()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from functools import partial
 from pathlib import Path
 
@@ -154,3 +155,55 @@ def test_a_closed_tls_connection_whose_client_keeps_its_socket_is_aborted_after_
         for s in kept:
             s.close()
         theirs.close()
+
+
+def test_the_close_linger_does_not_cut_an_answer_a_slow_client_is_still_reading(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The abort after a close waits while the last answer is still being sent: a client that starts reading
+    late (past several lingers) gets every byte."""
+    import asyncio
+    import socket
+    import ssl
+    import threading
+    import time
+
+    from agent import peer_gate
+    from tests.service.test_client_auth import self_signed
+
+    monkeypatch.setattr(peer_gate, "CLOSE_LINGER_S", 0.1)
+    cert, key = self_signed(tmp_path)
+    server_side = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_side.load_cert_chain(cert, key)
+    ours, theirs = socket.socketpair()
+    size = 8 << 20  # far past the socket buffers: most of it waits in the transports when the close comes
+    got: list[int] = []
+
+    def read() -> None:
+        s = ssl.create_default_context(cafile=str(cert)).wrap_socket(theirs, server_hostname="127.0.0.1")
+        time.sleep(0.6)  # six lingers before the first read
+        n = 0
+        with contextlib.suppress(OSError):
+            while chunk := s.recv(1 << 16):
+                n += len(chunk)
+        got.append(n)
+        s.close()
+
+    client = threading.Thread(target=read, daemon=True)
+
+    async def run() -> None:
+        loop = asyncio.get_running_loop()
+        client.start()
+        protocol = asyncio.Protocol()
+        transport, _ = await loop.create_connection(lambda: protocol, sock=ours)
+        tls = await loop.start_tls(transport, protocol, server_side, server_side=True)
+        assert tls is not None
+        t = peer_gate.CoalescingTransport(tls)
+        t.write(b"x" * size)
+        t.close()  # as uvicorn closes after a "Connection: close" answer
+        while client.is_alive():
+            await asyncio.sleep(0.05)
+
+    asyncio.run(run())
+    client.join(10)
+    assert got == [size]
