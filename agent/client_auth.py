@@ -64,7 +64,9 @@ class HttpsListener:
     connection is refused) and starts uvicorn's own shutdown, which asks each open connection to close after its
     response and waits up to the graceful timeout (``server_config``'s, the client port's: 10 s) for in-flight
     requests; ``stop`` waits for that. The agent's server calls ``begin_stop`` when its own shutdown begins
-    (agent/cli.py ``agent_server``), so both ports drain together and the stop takes one grace, not two."""
+    (agent/cli.py ``agent_server``), so both ports drain together and the stop takes one grace, not two. A TLS
+    handshake that ends after ``begin_stop`` (its TCP connection was accepted before) is closed, not served
+    (review20e M1: it would have held the stop for the whole grace)."""
 
     def __init__(self, app: Any, settings: Any) -> None:
         from agent.cli import server_config
@@ -74,7 +76,8 @@ class HttpsListener:
         config.lifespan = "off"
         config.log_level = None
         config.ssl_certfile, config.ssl_keyfile = settings.tls_cert, settings.tls_key
-        self.server = _Embedded(gate_tls(config, HTTPS_HANDSHAKE_S))  # bounded handshakes (agent/peer_gate.py)
+        # bounded handshakes (agent/peer_gate.py); one that ends after begin_stop is closed, not served
+        self.server = _Embedded(gate_tls(config, HTTPS_HANDSHAKE_S, stopping=lambda: self.server.should_exit))
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -94,7 +97,8 @@ class HttpsListener:
 
     async def stop(self) -> None:
         """``begin_stop``, then wait for the drain: in-flight requests finish within the graceful timeout (counted
-        from ``begin_stop``; past it uvicorn cancels them), and the wait itself is bounded a little past that."""
+        from ``begin_stop``; past it uvicorn cancels them), and the wait itself is bounded a little past that. A
+        listener that had failed is logged here, not raised: the caller's own stop goes on."""
         if self._task is None:
             return
         self.begin_stop()
@@ -105,5 +109,11 @@ class HttpsListener:
             log.warning("the HTTPS listener did not stop within %.0f s: closed", grace + STOP_MARGIN_S)
             self.server.force_exit = True
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            try:
                 await self._task
+            except asyncio.CancelledError:
+                pass
+            except Exception:
+                log.exception("the HTTPS listener failed")
+        except Exception:  # it had failed: logged, not raised, so the lifespan's stop goes on to agent.stop() and
+            log.exception("the HTTPS listener failed")  # the pool's close (review20e L2)

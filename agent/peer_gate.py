@@ -52,19 +52,28 @@ def small_tls_buffers() -> None:
 
 
 COALESCE_WRITES = True  # the peer listener's writes within one loop iteration go out as one (bench: off to compare)
+# A TLS connection the server closes sends close_notify and waits for the client's (asyncio: up to 30 s on 3.11, with
+# no bound on 3.10), and uvicorn counts it open until then: a client that kept its socket open after a "Connection:
+# close" answer (httpx's pool does) held the HTTPS listener's stop for the whole grace. Past this it is aborted.
+CLOSE_LINGER_S = 1.0
 
 
 class CoalescingTransport:
     """A TLS transport whose writes within one event-loop iteration leave as one write: uvicorn writes an answer's
     head and body separately, which was two TLS records and two socket sends per peer answer (profiled: the
-    largest single cost of answering a SWIM message). Everything else is the wrapped transport's."""
+    largest single cost of answering a SWIM message). Its ``close`` aborts a connection still open CLOSE_LINGER_S
+    later. Everything else is the wrapped transport's."""
 
-    def __init__(self, transport: asyncio.Transport) -> None:
+    def __init__(self, transport: asyncio.Transport, coalesce: bool = True) -> None:
         self._transport = transport
+        self._coalesce = coalesce
         self._pending: list[bytes] = []
         self._loop = asyncio.get_running_loop()
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
+        if not self._coalesce:
+            self._transport.write(data)
+            return
         if not self._pending:
             self._loop.call_soon(self._flush)
         self._pending.append(bytes(data))
@@ -83,6 +92,16 @@ class CoalescingTransport:
     def close(self) -> None:
         self._flush()
         self._transport.close()
+        self._loop.call_later(CLOSE_LINGER_S, self._linger)
+
+    def _linger(self) -> None:
+        """Abort the closed connection (a no-op once it is closed), unless its last answer is still being sent (a
+        slow reader): then look again a CLOSE_LINGER_S later (the stop's grace bounds that wait, as any answer's)."""
+        sock_level = getattr(getattr(self._transport, "_ssl_protocol", None), "_transport", None)  # 3.10-3.13
+        if self._transport.get_write_buffer_size() or (sock_level is not None and sock_level.get_write_buffer_size()):
+            self._loop.call_later(CLOSE_LINGER_S, self._linger)
+        else:
+            self._transport.abort()
 
     def write_eof(self) -> None:
         self._flush()
@@ -149,13 +168,20 @@ def gated_protocol(
     handshakes: Handshakes,
     handshake_s: float = HANDSHAKE_S,
     connection_state: Callable[[Any], dict[str, Any]] | None = None,
+    stopping: Callable[[], bool] | None = None,
 ) -> type[Any]:
     """A protocol class for uvicorn that does the TLS handshake itself, under the caps, then hands over.
 
     ``connection_state(tls_transport)``: entries added to the ASGI scope's "state" of every request on that
-    connection (the peer listener: the identity the client's certificate proved, agent.peer_tls)."""
+    connection (the peer listener: the identity the client's certificate proved, agent.peer_tls).
+    ``stopping()``: true once the server's stop began. uvicorn asks the connections it holds to close once, when
+    its shutdown starts, and a connection joins them only at the handover: one whose handshake ends after that
+    would be served through the whole stop and hold it for the graceful timeout (review20e M1). So a handshake
+    that ends while stopping is not handed over: the connection is closed."""
 
     class TlsGate(asyncio.Protocol):
+        pending = handshakes  # the caps' state, for a look from outside (tests)
+
         def __init__(self, **kwargs: Any) -> None:
             self._kwargs = kwargs
             self._inner: asyncio.Protocol | None = None
@@ -194,12 +220,16 @@ def gated_protocol(
             if self._overflow:  # more than EARLY_BYTES before the handover: not a peer speaking HTTP
                 tls.abort()
                 return
+            if stopping is not None and stopping():  # the stop began: refused, as a new connection is
+                log.debug("closing a connection from %s: its handshake ended after the stop began", host)
+                tls.abort()
+                return
             kwargs = self._kwargs
             if connection_state is not None:
                 kwargs = {**kwargs, "app_state": {**kwargs.get("app_state", {}), **connection_state(tls)}}
             self._inner = inner(**kwargs)
             tls.set_protocol(self._inner)
-            self._inner.connection_made(CoalescingTransport(tls) if COALESCE_WRITES else tls)  # type: ignore[arg-type]
+            self._inner.connection_made(CoalescingTransport(tls, COALESCE_WRITES))  # type: ignore[arg-type]
             for data in self._early:
                 self._inner.data_received(data)
             self._early.clear()
@@ -226,6 +256,7 @@ def gate_tls(
     config: uvicorn.Config,
     handshake_s: float = HANDSHAKE_S,
     connection_state: Callable[[Any], dict[str, Any]] | None = None,
+    stopping: Callable[[], bool] | None = None,
 ) -> uvicorn.Config:
     """Load ``config`` and move its listener's TLS into ``gated_protocol`` (no-op without TLS)."""
     small_tls_buffers()
@@ -236,5 +267,5 @@ def gate_tls(
         if connection_state is not None:  # the connection's certificate authenticates its messages: TLS 1.3 only
             context.minimum_version = ssl.TLSVersion.TLSv1_3  # (no renegotiation: no second certificate later)
         config.http_protocol_class = gated_protocol(config.http_protocol_class, context, Handshakes(), handshake_s,
-                                                    connection_state)  # fmt: skip
+                                                    connection_state, stopping)  # fmt: skip
     return config

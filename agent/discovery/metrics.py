@@ -1,8 +1,11 @@
 """Membership traffic as Prometheus metrics, read at scrape time from the SWIM driver and the peer connections.
 
 peerserve_membership_messages_total{direction="sent|received", kind}   SWIM exchanges (and "state" fetches)
-peerserve_membership_suspicion_proofs_total{outcome="checked|refused"}  signed suspicions relayed to us (refused:
-                                                                      forged, tampered or stale: a member lies)
+peerserve_membership_suspicion_proofs_total{outcome="checked|refused|gated"}  signed suspicions relayed to us
+                                                                      (refused: forged, tampered or stale: a member
+                                                                      lies; gated: checked, but a relay within 60 s
+                                                                      of this run's start does not count: R3)
+peerserve_membership_dead_proofs_total{outcome="checked|refused|gated"}  the same for signed dead declarations
 peerserve_peer_connections_opened_total                               connections (TLS handshakes) we opened
 peerserve_peer_connections_idle                                       kept-alive connections to peers now
 peerserve_membership_candidates_replaced_total                        candidates whose slot a newer hint took (a full
@@ -54,11 +57,13 @@ class MembershipCollector(Collector):
                                      labels=["outcome"])  # fmt: skip
         proofs.add_metric(["checked"], swim.proofs.checked)
         proofs.add_metric(["refused"], swim.proofs.refused)
+        proofs.add_metric(["gated"], swim.proofs.gated)
         yield proofs
         dead = CounterMetricFamily("peerserve_membership_dead_proofs", "Signed dead declarations checked, by outcome",
                                    labels=["outcome"])  # fmt: skip
         dead.add_metric(["checked"], swim.dead_proofs.checked)
         dead.add_metric(["refused"], swim.dead_proofs.refused)
+        dead.add_metric(["gated"], swim.dead_proofs.gated)
         yield dead
         conns = self.discovery.peers.connections
         yield CounterMetricFamily("peerserve_peer_connections_opened", "Peer connections (TLS handshakes) opened",

@@ -12,6 +12,7 @@ import contextlib
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -146,3 +147,90 @@ def test_an_https_predict_held_past_the_grace_does_not_hold_the_stop(tmp_path: P
         assert not server.thread.is_alive() and not answer.release.is_set()
         held.join(20)
         assert out and out != [200], out  # cut at the grace, not answered
+
+
+def test_a_tls_handshake_that_ends_after_the_stop_began_is_not_served_and_does_not_hold_the_stop(
+    tmp_path: Path,
+) -> None:
+    """review20e M1: a connection accepted before the stop whose TLS handshake ends after it, while the drain waits
+    for an HTTPS predict in flight. Before, it was handed to uvicorn after uvicorn had asked its connections to
+    close, so nothing asked it: it was served (a request every half second) through the whole stop and held it for
+    the full grace (10 s) after the predict was answered. Now it is closed at the handover, and the stop ends once
+    the predict is answered: well within the grace (the bound: half of it; not a timing target)."""
+    answer = Held()
+    with agent_with_https(tmp_path, answer) as (server, config, cert):
+        https_listener = server.config.app.state.https_listener
+        grace = float(https_listener.server.config.timeout_graceful_shutdown)
+        gate = https_listener.server.config.http_protocol_class
+        context = ssl.create_default_context(cafile=str(cert))
+        out: list[Any] = []
+        held = call(httpx.Client(verify=context), f"https://127.0.0.1:{config.https_port}{PREDICT}", out)
+        wait_for(lambda: answer.held == 1, timeout=10)  # in flight: the HTTPS drain will wait for it
+        raw = socket.create_connection(("127.0.0.1", config.https_port), timeout=10)  # no ClientHello yet
+        answers: list[str] = []
+        try:
+            wait_for(lambda: gate.pending.in_progress == 1, timeout=10)  # accepted: its handshake is pending
+            began = time.monotonic()
+            server.should_exit = True  # as SIGTERM does
+            wait_for(lambda: refused(config.https_port), timeout=10)  # the HTTPS listener's stop began
+            time.sleep(0.3)  # and uvicorn's shutdown asked its connections to close (its main loop ticks at 0.1 s)
+            try:
+                tls = context.wrap_socket(raw, server_hostname="127.0.0.1")
+            except OSError as exc:  # (TLS 1.3: the client's side of the handshake ends first, so it does not)
+                answers.append(type(exc).__name__)
+            while not answers or answers[-1].startswith("HTTP"):  # keep using it, as the reviewer's client did
+                if time.monotonic() - began > grace + 1:
+                    break
+                try:
+                    tls.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+                    got = tls.recv(4096)
+                except OSError as exc:
+                    answers.append(type(exc).__name__)
+                    break
+                finally:
+                    answer.release.set()  # the predict in flight is answered: only this connection could hold on
+                answers.append(got.split(b"\r\n", 1)[0].decode() if got else "closed")
+                time.sleep(0.5)
+        finally:
+            answer.release.set()
+            raw.close()
+        server.thread.join(20)
+        took = time.monotonic() - began
+        held.join(20)
+        assert not server.thread.is_alive() and out == [200]  # the predict in flight was answered, as before
+        assert len(answers) == 1 and not answers[0].startswith("HTTP"), answers  # closed, not served
+        assert took < grace / 2, took  # before: the whole grace
+
+
+def test_a_failed_https_listener_does_not_stop_the_lifespans_stop(tmp_path: Path) -> None:
+    """review20e L2: an HTTPS listener whose task had failed made ``stop()`` re-raise its error into the lifespan's
+    ``finally``, which then skipped ``agent.stop()`` and the pool's close. Now it is logged and the stop goes on
+    (and the listening socket it left open is closed)."""
+    import asyncio
+
+    cert, key = self_signed(tmp_path)
+    https_port = free_port()
+    data = tmp_path / "data"
+    data.mkdir()
+    config = Settings(node_id="n1", host="127.0.0.1", port=free_port(avoid=https_port), data_dir=str(data),
+                      discovery=False, https_port=https_port, tls_cert=str(cert), tls_key=str(key))  # fmt: skip
+    agent = NodeAgent(config, runtime=Listed([]))
+    app = create_app(agent)
+
+    async def fail() -> None:
+        raise RuntimeError("the listener broke")
+
+    async def run() -> None:
+        async with app.router.lifespan_context(app):
+            https = app.state.https_listener
+            https.server.config.callback_notify, https.server.config.timeout_notify = fail, 0  # uvicorn's own hook
+            for _ in range(200):
+                if https._task.done():
+                    break
+                await asyncio.sleep(0.05)
+            assert isinstance(https._task.exception(), RuntimeError)  # its serve() ended with the error
+            assert not refused(https_port)  # and left its listening socket open
+
+    asyncio.run(run())  # before: RuntimeError("the listener broke") out of the lifespan, agent.stop() skipped
+    assert agent.http.is_closed  # agent.stop() ran to its end
+    assert refused(https_port)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 from functools import partial
+from pathlib import Path
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -102,3 +105,105 @@ def test_writes_within_one_loop_iteration_leave_as_one_and_close_flushes_first()
         theirs.close()
 
     asyncio.run(run())
+
+
+def test_a_closed_tls_connection_whose_client_keeps_its_socket_is_aborted_after_the_linger(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A TLS connection the server closes waits for the client's close_notify, and uvicorn counts it open until
+    then: a client that kept its socket (httpx's pool after a "Connection: close" answer) held the HTTPS
+    listener's stop for its whole grace (found with review20e M1's test). Now it is aborted CLOSE_LINGER_S after
+    the close (scaled to 0.2 s here; asyncio alone waits 30 s on 3.11, without bound on 3.10)."""
+    import asyncio
+    import socket
+    import ssl
+    import threading
+
+    from agent import peer_gate
+    from tests.service.test_client_auth import self_signed
+
+    monkeypatch.setattr(peer_gate, "CLOSE_LINGER_S", 0.2)
+    cert, key = self_signed(tmp_path)
+    server_side = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_side.load_cert_chain(cert, key)
+    ours, theirs = socket.socketpair()
+    kept: list[ssl.SSLSocket] = []
+    client = threading.Thread(target=lambda: kept.append(ssl.create_default_context(cafile=str(cert)).wrap_socket(
+        theirs, server_hostname="127.0.0.1")), daemon=True)  # fmt: skip
+
+    async def run() -> float:
+        loop = asyncio.get_running_loop()
+        lost = loop.create_future()
+
+        class Served(asyncio.Protocol):
+            def connection_lost(self, exc: Exception | None) -> None:
+                lost.set_result(loop.time())
+
+        client.start()
+        protocol = Served()
+        transport, _ = await loop.create_connection(lambda: protocol, sock=ours)
+        tls = await loop.start_tls(transport, protocol, server_side, server_side=True)
+        assert tls is not None
+        peer_gate.CoalescingTransport(tls).close()  # as uvicorn closes a connection after its last answer
+        closed = loop.time()
+        return await asyncio.wait_for(lost, 10) - closed  # the client never answers the close_notify
+
+    try:
+        assert asyncio.run(run()) < 5  # a bound, not a timing target: before, asyncio waited 30 s (the wait_for: 10)
+    finally:
+        client.join(5)
+        for s in kept:
+            s.close()
+        theirs.close()
+
+
+def test_the_close_linger_does_not_cut_an_answer_a_slow_client_is_still_reading(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The abort after a close waits while the last answer is still being sent: a client that starts reading
+    late (past several lingers) gets every byte."""
+    import asyncio
+    import socket
+    import ssl
+    import threading
+    import time
+
+    from agent import peer_gate
+    from tests.service.test_client_auth import self_signed
+
+    monkeypatch.setattr(peer_gate, "CLOSE_LINGER_S", 0.1)
+    cert, key = self_signed(tmp_path)
+    server_side = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_side.load_cert_chain(cert, key)
+    ours, theirs = socket.socketpair()
+    size = 8 << 20  # far past the socket buffers: most of it waits in the transports when the close comes
+    got: list[int] = []
+
+    def read() -> None:
+        s = ssl.create_default_context(cafile=str(cert)).wrap_socket(theirs, server_hostname="127.0.0.1")
+        time.sleep(0.6)  # six lingers before the first read
+        n = 0
+        with contextlib.suppress(OSError):
+            while chunk := s.recv(1 << 16):
+                n += len(chunk)
+        got.append(n)
+        s.close()
+
+    client = threading.Thread(target=read, daemon=True)
+
+    async def run() -> None:
+        loop = asyncio.get_running_loop()
+        client.start()
+        protocol = asyncio.Protocol()
+        transport, _ = await loop.create_connection(lambda: protocol, sock=ours)
+        tls = await loop.start_tls(transport, protocol, server_side, server_side=True)
+        assert tls is not None
+        t = peer_gate.CoalescingTransport(tls)
+        t.write(b"x" * size)
+        t.close()  # as uvicorn closes after a "Connection: close" answer
+        while client.is_alive():
+            await asyncio.sleep(0.05)
+
+    asyncio.run(run())
+    client.join(10)
+    assert got == [size]

@@ -124,6 +124,27 @@ def test_metrics_count_checked_and_refused_proofs() -> None:
     assert samples[(name, (("outcome", "checked"),))] == 1 and samples[(name, (("outcome", "refused"),))] == 1
 
 
+def test_metrics_count_gated_proofs() -> None:
+    """A driver within R3's gate checks m's relay of c1's and c2's signed suspicions but counts neither: /metrics
+    shows them as outcome="gated" (review20e L1), on both proof families."""
+    from collections import Counter
+    from types import SimpleNamespace
+
+    from agent.discovery.metrics import MembershipCollector
+
+    d = swim_driver(sw.SwimConfig(), started=0.0)
+    d.clock = Clock(1.0)
+    d.proofs.wall = clock = Clock()
+    proofs = signed_by(("c1", "c2"), own_proof, clock)
+    assert suspicion_after(d, gossip("m", suspect("c1"), suspect("c2"), proofs=proofs)).confirmers == frozenset()
+    discovery = SimpleNamespace(swim=d, peers=d.peers, mdns=Counter(), revocations=None)
+    samples = {(x.name, tuple(x.labels.items())): x.value for m in MembershipCollector(discovery).collect()  # type: ignore[arg-type]
+               for x in m.samples}  # fmt: skip
+    name = "peerserve_membership_suspicion_proofs_total"
+    assert samples[(name, (("outcome", "gated"),))] == 2 and samples[(name, (("outcome", "checked"),))] == 2
+    assert samples[("peerserve_membership_dead_proofs_total", (("outcome", "gated"),))] == 0
+
+
 def test_a_member_cannot_flood_the_store_with_its_own_suspicions_of_made_up_nodes() -> None:
     d = driver()
     clock = Clock()
