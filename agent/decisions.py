@@ -129,7 +129,7 @@ def spread_ranked(
     slots: Mapping[str, float] | None = None,
 ) -> list[Choice]:
     """``spread_choice`` with the last placement summary's shares, planned queues, idle running instances and
-    (``lef`` only) nodes' slots (``live_queue`` by URL; ``own_slots``: this node's id and concurrency, over the
+    (``lef`` only) nodes' slots (``live_queue`` by URL; ``own_slots``: this node's id and slots, over the
     summary's figure for it, at most MAX_SLOTS; ``slots``: the summary's ``slots`` already parsed by
     ``node_slots``, as the agent does once per summary, else parsed here). Without a summary only ``lef``
     reorders (it needs no plan). Other rules never read ``slots``."""

@@ -56,7 +56,7 @@ from agent.serving.server_stats import report as service_report
 from agent.settings import Settings
 from agent.store import DesiredState, Store
 from agent.telemetry import Telemetry
-from peerserve.dispatch import node_slots
+from peerserve.dispatch import node_slots, reported_slots
 from peerserve.wire import PeerState
 
 log = logging.getLogger(__name__)
@@ -728,6 +728,17 @@ class NodeAgent:
         """Requests one of this node's model servers serves at once (its slots; model_server_concurrency)."""
         return model_server_concurrency(self.settings)
 
+    @property
+    def cores(self) -> float:
+        """The cores this node's model servers share, as it reports them: its setting, else os.cpu_count()."""
+        return self.settings.cores or float(os.cpu_count() or 1)
+
+    @property
+    def slots(self) -> float:
+        """This node's slots under ``lef``, bounded as the leader bounds every member's (``reported_slots``: at
+        most its cores), so its own answers weigh it as the summary weighs it everywhere else."""
+        return reported_slots(self.concurrency, self.cores) or 1.0
+
     def service_ms(self, model: str, node_class: str) -> float | None:
         """The catalogue's service time of ``model`` on ``node_class`` (None: not in it, or no figure)."""
         spec = self.catalogue.current.get(model)
@@ -780,7 +791,7 @@ class NodeAgent:
             "node_id": s.node_id,
             "node_class": s.node_class,
             "compute": s.compute,
-            "cores": s.cores or float(os.cpu_count() or 1),
+            "cores": self.cores,
             "concurrency": model_server_concurrency(s),
             # runnable threads per CPU of this machine: how much contention stretches a service time here
             "load_per_cpu": round(os.getloadavg()[0] / (os.cpu_count() or 1), 3),

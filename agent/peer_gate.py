@@ -56,13 +56,16 @@ COALESCE_WRITES = True  # the peer listener's writes within one loop iteration g
 # no bound on 3.10), and uvicorn counts it open until then: a client that kept its socket open after a "Connection:
 # close" answer (httpx's pool does) held the HTTPS listener's stop for the whole grace. Past this it is aborted.
 CLOSE_LINGER_S = 1.0
+# A closed connection whose last answer is still being sent is looked at again every CLOSE_LINGER_S, up to this long
+# after the close: a reader that stops reading is then cut off as any other (outside a stop, nothing else would).
+CLOSE_LINGER_MAX_S = 30.0
 
 
 class CoalescingTransport:
     """A TLS transport whose writes within one event-loop iteration leave as one write: uvicorn writes an answer's
     head and body separately, which was two TLS records and two socket sends per peer answer (profiled: the
     largest single cost of answering a SWIM message). Its ``close`` aborts a connection still open CLOSE_LINGER_S
-    later. Everything else is the wrapped transport's."""
+    later (up to CLOSE_LINGER_MAX_S while its last answer is being sent). Everything else is the wrapped transport's."""
 
     def __init__(self, transport: asyncio.Transport, coalesce: bool = True) -> None:
         self._transport = transport
@@ -92,14 +95,23 @@ class CoalescingTransport:
     def close(self) -> None:
         self._flush()
         self._transport.close()
-        self._loop.call_later(CLOSE_LINGER_S, self._linger)
+        closed = self._loop.time()
+        self._loop.call_later(CLOSE_LINGER_S, self._linger, closed)
 
-    def _linger(self) -> None:
-        """Abort the closed connection (a no-op once it is closed), unless its last answer is still being sent (a
-        slow reader): then look again a CLOSE_LINGER_S later (the stop's grace bounds that wait, as any answer's)."""
-        sock_level = getattr(getattr(self._transport, "_ssl_protocol", None), "_transport", None)  # 3.10-3.13
-        if self._transport.get_write_buffer_size() or (sock_level is not None and sock_level.get_write_buffer_size()):
-            self._loop.call_later(CLOSE_LINGER_S, self._linger)
+    def _linger(self, closed: float) -> None:
+        """Abort the closed connection, unless it is gone already or its last answer is still being sent (a slow
+        reader): then look again a CLOSE_LINGER_S later, up to CLOSE_LINGER_MAX_S after the close. An abort sends
+        an RST where the client had not yet read everything the kernel holds for it; only a reader that stopped
+        reading for the whole wait is in that case."""
+        ssl_protocol = getattr(self._transport, "_ssl_protocol", None)  # asyncio's TLS transport, 3.10-3.13
+        if ssl_protocol is not None and getattr(ssl_protocol, "_transport", None) is None:
+            return  # the connection is lost (3.10's get_write_buffer_size raises AttributeError then)
+        sock_level = getattr(ssl_protocol, "_transport", None)
+        sending = self._transport.get_write_buffer_size() or (
+            sock_level is not None and sock_level.get_write_buffer_size()
+        )
+        if sending and self._loop.time() - closed < CLOSE_LINGER_MAX_S:
+            self._loop.call_later(CLOSE_LINGER_S, self._linger, closed)
         else:
             self._transport.abort()
 

@@ -77,7 +77,7 @@ async def resolve(
     if ranked:
         draws = random.random(), random.random()
         rule = agent.settings.endpoint_rule
-        own = (agent.settings.node_id, agent.concurrency)
+        own = (agent.settings.node_id, agent.slots)  # bounded as the leader bounds it
         placement, slots = agent.last_placement, agent.placement_slots  # slots parsed once per summary
         return Ranked(tuple(spread_ranked(ranked, placement, model, rtts, draws[0], live, draws[1], rule, own, slots)))
     if agent.shutting_down:

@@ -59,17 +59,24 @@ class Held:
         ok(conn, body)
 
 
-@contextlib.contextmanager
-def agent_with_https(tmp_path: Path, answer: Held) -> Iterator[tuple[Any, Settings, Path]]:
-    """A real agent serving ``MODEL`` from one scripted server, on a client port and an HTTPS port; yields (its
-    uvicorn server, running in a thread, its settings, the certificate to trust) and ends the server after."""
-    up = Scripted(answer)
+def https_settings(tmp_path: Path) -> tuple[Settings, Path]:
+    """An agent's settings with a client port and an HTTPS port on loopback (a self-signed certificate), its data in
+    ``tmp_path``; and the certificate to trust."""
     cert, key = self_signed(tmp_path)
     https_port = free_port()
     data = tmp_path / "data"
     data.mkdir()
     config = Settings(node_id="n1", host="127.0.0.1", port=free_port(avoid=https_port), data_dir=str(data),
                       discovery=False, https_port=https_port, tls_cert=str(cert), tls_key=str(key))  # fmt: skip
+    return config, cert
+
+
+@contextlib.contextmanager
+def agent_with_https(tmp_path: Path, answer: Held) -> Iterator[tuple[Any, Settings, Path]]:
+    """A real agent serving ``MODEL`` from one scripted server, on a client port and an HTTPS port; yields (its
+    uvicorn server, running in a thread, its settings, the certificate to trust) and ends the server after."""
+    up = Scripted(answer)
+    config, cert = https_settings(tmp_path)
     agent = NodeAgent(config, runtime=Listed([up.url]))
     agent.set_desired(1, None, {MODEL: 1})
     app = create_app(agent)
@@ -208,12 +215,8 @@ def test_a_failed_https_listener_does_not_stop_the_lifespans_stop(tmp_path: Path
     (and the listening socket it left open is closed)."""
     import asyncio
 
-    cert, key = self_signed(tmp_path)
-    https_port = free_port()
-    data = tmp_path / "data"
-    data.mkdir()
-    config = Settings(node_id="n1", host="127.0.0.1", port=free_port(avoid=https_port), data_dir=str(data),
-                      discovery=False, https_port=https_port, tls_cert=str(cert), tls_key=str(key))  # fmt: skip
+    config, _ = https_settings(tmp_path)
+    https_port = config.https_port
     agent = NodeAgent(config, runtime=Listed([]))
     app = create_app(agent)
 

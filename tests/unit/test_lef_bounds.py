@@ -23,6 +23,7 @@ import pytest
 
 import agent.decisions
 import agent.node
+import agent.serving.resolve
 from agent.decisions import Candidate, rank_endpoints, spread_ranked
 from agent.leader_round import Command, Gathered, Solved
 from agent.node import NodeAgent, model_server_concurrency
@@ -101,6 +102,38 @@ def test_lef_uses_the_slots_parsed_once_per_summary(monkeypatch: pytest.MonkeyPa
         assert on_the_spot == firsts and counted.calls == 1 + 12
         node.last_placement = None
         assert node.placement_slots == {} and node.last_placement is None
+    finally:
+        node.store.close()
+        node.metrics.close()
+
+
+def test_own_slots_are_bounded_by_cores_as_the_leader_bounds_them(tmp_path: Path) -> None:
+    """instance_concurrency 8 on 2 cores: the leader publishes 2 slots for the node (reported_slots), and the
+    node's own answers weigh its instance by the same 2, not 8. With 6 of its requests in flight locally (0.1 ms
+    away, 10 ms service) and an idle peer 12 ms away: 2 slots finish at 0.1 + (5 / 2 + 1) x 10 = 35.1 against
+    the peer's 22 (the peer); 8 slots would have said 10.1 (local)."""
+    import asyncio
+
+    settings = Settings(
+        node_id="me", data_dir=str(tmp_path), discovery=False, cores=2.0, instance_concurrency=8.0,
+        endpoint_rule="lef",
+    )  # fmt: skip
+    validate(settings)
+    node = NodeAgent(settings, peers=NoPeers())
+    try:
+        report = node.node_report()
+        assert node.concurrency == 8.0 and node.slots == 2.0
+        assert node.slots == reported_slots(report["concurrency"], report["cores"])
+        model = next(iter(node.catalogue.current.models))
+        cands = [Candidate("me", "me/0", model, 10.0, 0, 10.0), Candidate("far", "far/0", model, 10.0, 0, 10.0)]
+        node.candidates = lambda model=None: cands  # type: ignore[method-assign]
+        rtts = {"me": 0.1, "far": 12.0}
+        got = asyncio.run(node.resolve(model, "client-1", rtts, {"me/0": 6}))
+        assert isinstance(got, agent.serving.resolve.Ranked)
+        assert got.choices[0].candidate.node == "far"
+        ranked = rank_endpoints(cands, rtts)
+        unbounded = spread_ranked(ranked, None, model, rtts, 0.5, {"me/0": 6}, 0.5, "lef", ("me", node.concurrency))
+        assert unbounded[0].candidate.node == "me"  # what the node said before
     finally:
         node.store.close()
         node.metrics.close()

@@ -207,3 +207,107 @@ def test_the_close_linger_does_not_cut_an_answer_a_slow_client_is_still_reading(
     asyncio.run(run())
     client.join(10)
     assert got == [size]
+
+
+def test_the_close_linger_after_the_connection_is_gone_raises_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A client that answers the close_notify at once is gone before the linger runs: the linger is then a no-op
+    (on Python 3.10 asking the lost transport for its buffer raised AttributeError, logged for every connection)."""
+    import asyncio
+    import socket
+    import ssl
+    import threading
+
+    from agent import peer_gate
+    from tests.service.test_client_auth import self_signed
+
+    monkeypatch.setattr(peer_gate, "CLOSE_LINGER_S", 0.1)
+    cert, key = self_signed(tmp_path)
+    server_side = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_side.load_cert_chain(cert, key)
+    ours, theirs = socket.socketpair()
+
+    def polite() -> None:
+        s = ssl.create_default_context(cafile=str(cert)).wrap_socket(theirs, server_hostname="127.0.0.1")
+        with contextlib.suppress(OSError):
+            while s.recv(1 << 16):
+                pass
+        s.close()
+
+    client = threading.Thread(target=polite, daemon=True)
+    caught: list[dict[str, object]] = []
+
+    async def run() -> None:
+        loop = asyncio.get_running_loop()
+        loop.set_exception_handler(lambda _loop, context: caught.append(context))
+        lost = loop.create_future()
+
+        class Served(asyncio.Protocol):
+            def connection_lost(self, exc: Exception | None) -> None:
+                lost.set_result(None)
+
+        client.start()
+        protocol = Served()
+        transport, _ = await loop.create_connection(lambda: protocol, sock=ours)
+        tls = await loop.start_tls(transport, protocol, server_side, server_side=True)
+        assert tls is not None
+        peer_gate.CoalescingTransport(tls).close()
+        await asyncio.wait_for(lost, 10)  # lost before the linger: the client closed at the close_notify
+        await asyncio.sleep(0.4)  # the linger has run
+
+    asyncio.run(run())
+    client.join(5)
+    assert caught == []
+
+
+def test_the_close_linger_cuts_a_reader_that_never_reads_at_its_cap(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A client that never reads the last answer holds the closed connection only CLOSE_LINGER_MAX_S: then it is
+    aborted like any other."""
+    import asyncio
+    import socket
+    import ssl
+    import threading
+
+    from agent import peer_gate
+    from tests.service.test_client_auth import self_signed
+
+    monkeypatch.setattr(peer_gate, "CLOSE_LINGER_S", 0.05)
+    monkeypatch.setattr(peer_gate, "CLOSE_LINGER_MAX_S", 0.5)
+    cert, key = self_signed(tmp_path)
+    server_side = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_side.load_cert_chain(cert, key)
+    ours, theirs = socket.socketpair()
+    kept: list[ssl.SSLSocket] = []
+    client = threading.Thread(target=lambda: kept.append(ssl.create_default_context(cafile=str(cert)).wrap_socket(
+        theirs, server_hostname="127.0.0.1")), daemon=True)  # fmt: skip
+
+    async def run() -> float:
+        loop = asyncio.get_running_loop()
+        lost = loop.create_future()
+
+        class Served(asyncio.Protocol):
+            def connection_lost(self, exc: Exception | None) -> None:
+                lost.set_result(loop.time())
+
+        client.start()
+        protocol = Served()
+        transport, _ = await loop.create_connection(lambda: protocol, sock=ours)
+        tls = await loop.start_tls(transport, protocol, server_side, server_side=True)
+        assert tls is not None
+        t = peer_gate.CoalescingTransport(tls)
+        t.write(b"x" * (8 << 20))  # never read: most of it stays in the transports
+        t.close()
+        closed = loop.time()
+        return await asyncio.wait_for(lost, 10) - closed
+
+    try:
+        held = asyncio.run(run())
+    finally:
+        client.join(5)
+        for s in kept:
+            s.close()
+        theirs.close()
+    assert 0.5 <= held < 5  # not before the cap (the answer was still being sent), and not without one

@@ -215,7 +215,9 @@ def test_only_a_lost_list_from_members_is_written_again_and_a_failing_write_is_b
 
 
 # -- review19a F4: one fetch slot, a deadline and pre-emption ---------------------------------------------------------
-def test_a_stamp_several_members_advertise_pre_empts_a_lone_advertisers_fetch_and_nothing_else_does() -> None:
+def _chooser(plan: FetchPlan, own: int) -> Callable[[str, int, float], str | None]:
+    """``plan.choose`` as a member advertising ``stamp`` at ``now`` makes it run, on a board whose own list is signed
+    at ``own``; a stamp's backers are the members whose last advert named it."""
     adverts: dict[str, int] = {}
 
     def backers(stamp: int) -> int:
@@ -223,9 +225,14 @@ def test_a_stamp_several_members_advertise_pre_empts_a_lone_advertisers_fetch_an
 
     def choose(member: str, stamp: int, now: float) -> str | None:
         adverts[member] = stamp
-        return plan.choose(member, (stamp, "0" * 32), (10, "1" * 32), now, backers)
+        return plan.choose(member, (stamp, "0" * 32), (own, "1" * 32), now, backers)
 
+    return choose
+
+
+def test_a_stamp_several_members_advertise_pre_empts_a_lone_advertisers_fetch_and_nothing_else_does() -> None:
     plan = FetchPlan(interval_s=1.0, backoff_max_s=300.0)
+    choose = _chooser(plan, 10)
     assert choose("liar", 10**12, 0.0) == FETCH and plan.in_flight == ("liar", 10**12)
     assert choose("h1", 40, 0.0) is None  # one member's stamp against one member's: the fetch under way stays
     assert choose("liar", 10**12, 0.0) is None  # (its own advert again: asked once an interval)
@@ -244,7 +251,7 @@ def test_a_stamp_several_members_advertise_pre_empts_a_lone_advertisers_fetch_an
     assert all(choose(f"x{i}", 42, 0.2) is None for i in range(8))
     plan.done("h7", True, 0.3, plan.ticket)
     assert plan.in_flight is None and plan.backoff("h7", 0.3) == 1.0
-    adverts.clear()
+    choose = _chooser(plan, 10)  # the adverts heard so far forgotten, the plan kept
     assert choose("h1", 50, 5.0) == FETCH
     assert choose("h1", 51, 5.0) is None  # a member does not pre-empt its own fetch
     assert choose("liar", 51, 1.0) is None  # backed by h1 and itself, but backed off (until 2.0: asked at 1.0)

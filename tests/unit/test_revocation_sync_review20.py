@@ -34,7 +34,7 @@ from tests.unit.test_revocation_sync import (
     signed,
     state,
 )
-from tests.unit.test_revocation_sync_review19 import _member_sync, _until
+from tests.unit.test_revocation_sync_review19 import _chooser, _member_sync, _until
 
 FAKE, HONEST, OURS = 10**12, 100, 50  # the liars' made-up stamp, the operator's newer list, the list in force
 
@@ -89,16 +89,8 @@ def test_two_colluding_members_never_cancel_a_fetch_three_members_back(download_
 
 
 def test_a_fetch_is_pre_empted_only_by_a_stamp_more_members_advertise_and_only_a_lone_one_is_backed_off() -> None:
-    adverts: dict[str, int] = {}
-
-    def backers(stamp: int) -> int:
-        return sum(1 for s in adverts.values() if s == stamp)
-
-    def choose(member: str, stamp: int, now: float) -> str | None:
-        adverts[member] = stamp
-        return plan.choose(member, (stamp, "0" * 32), (OURS, "1" * 32), now, backers)
-
     plan = FetchPlan(interval_s=1.0, backoff_max_s=300.0)
+    choose = _chooser(plan, OURS)
     assert choose("c1", FAKE, 0.0) == FETCH and choose("c2", FAKE, 0.0) is None  # two liars back FAKE
     assert choose("h1", HONEST, 0.0) is None and choose("h2", HONEST, 0.0) is None  # 2 against 2: it stays
     assert choose("h3", HONEST, 0.0) == PREEMPT and plan.in_flight == ("h3", HONEST)  # 3 against 2, older or not
@@ -109,8 +101,8 @@ def test_a_fetch_is_pre_empted_only_by_a_stamp_more_members_advertise_and_only_a
     assert plan.in_flight == ("h3", HONEST)
     assert choose("c4", FAKE, 5.0) == PREEMPT  # four liars against three: they are the most (the bound's price)
     assert plan.members["h3"].failures == 0  # h1 and h2 back its stamp: not backed off either
-    adverts.clear()
     plan = FetchPlan(interval_s=1.0, backoff_max_s=300.0)
+    choose = _chooser(plan, OURS)
     assert choose("liar", FAKE, 0.0) == FETCH  # a lone liar is still pre-empted, and backed off
     assert choose("h1", HONEST, 0.0) is None and choose("h2", HONEST, 0.0) == PREEMPT
     assert plan.members["liar"].failures == 1 and plan.backoff("liar", 0.0) == 2.0
