@@ -72,6 +72,8 @@ class CoalescingTransport:
         self._coalesce = coalesce
         self._pending: list[bytes] = []
         self._loop = asyncio.get_running_loop()
+        self._closed_at: float | None = None  # the loop's time at the first close
+        self._socket_level: asyncio.Transport | None = None
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         if not self._coalesce:
@@ -94,26 +96,38 @@ class CoalescingTransport:
 
     def close(self) -> None:
         self._flush()
+        first = self._closed_at is None
+        if first:  # the socket's transport under asyncio's TLS one (3.10-3.13), kept: a second close forgets it
+            self._closed_at = self._loop.time()
+            self._socket_level = getattr(getattr(self._transport, "_ssl_protocol", None), "_transport", None)
         self._transport.close()
-        closed = self._loop.time()
-        self._loop.call_later(CLOSE_LINGER_S, self._linger, closed)
+        if first:
+            self._loop.call_later(CLOSE_LINGER_S, self._linger)
 
-    def _linger(self, closed: float) -> None:
-        """Abort the closed connection, unless it is gone already or its last answer is still being sent (a slow
-        reader): then look again a CLOSE_LINGER_S later, up to CLOSE_LINGER_MAX_S after the close. An abort sends
-        an RST where the client had not yet read everything the kernel holds for it; only a reader that stopped
-        reading for the whole wait is in that case."""
-        ssl_protocol = getattr(self._transport, "_ssl_protocol", None)  # asyncio's TLS transport, 3.10-3.13
-        if ssl_protocol is not None and getattr(ssl_protocol, "_transport", None) is None:
-            return  # the connection is lost (3.10's get_write_buffer_size raises AttributeError then)
-        sock_level = getattr(ssl_protocol, "_transport", None)
-        sending = self._transport.get_write_buffer_size() or (
-            sock_level is not None and sock_level.get_write_buffer_size()
-        )
-        if sending and self._loop.time() - closed < CLOSE_LINGER_MAX_S:
-            self._loop.call_later(CLOSE_LINGER_S, self._linger, closed)
-        else:
-            self._transport.abort()
+    def _tls_buffered(self) -> int | None:
+        """The TLS transport's unsent bytes; None where it cannot say (asyncio's raises AttributeError once the
+        connection is lost on 3.10, and once closed twice on 3.11-3.13: it drops its protocol)."""
+        try:
+            return self._transport.get_write_buffer_size()
+        except AttributeError:
+            return None
+
+    def _linger(self) -> None:
+        """Abort the closed connection, unless it is gone (or going: closing with nothing left to send) or its
+        last answer is still being sent (a slow reader): then look again a CLOSE_LINGER_S later, up to
+        CLOSE_LINGER_MAX_S after the close. An abort sends an RST where the client had not yet read everything
+        the kernel holds for it; only a reader that stopped reading for the whole wait is in that case."""
+        sock = self._socket_level
+        if sock is not None and sock.is_closing() and not sock.get_write_buffer_size():
+            return
+        sending = self._tls_buffered() or (sock is not None and sock.get_write_buffer_size())
+        assert self._closed_at is not None
+        if sending and self._loop.time() - self._closed_at < CLOSE_LINGER_MAX_S:
+            self._loop.call_later(CLOSE_LINGER_S, self._linger)
+            return
+        self._transport.abort()  # a no-op where asyncio's TLS transport has dropped its protocol: then the socket's
+        if sock is not None:
+            sock.abort()
 
     def write_eof(self) -> None:
         self._flush()
