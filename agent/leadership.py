@@ -27,7 +27,7 @@ from agent.hysteresis import HoldConfig
 from agent.peer_client import TIMEOUT
 from agent.placement import parse_node_report, parse_request
 from agent.quorum import Certificates, Grants
-from agent.solver_worker import SolverWorker
+from agent.solver_worker import SolverStopped, SolverWorker
 from agent.window_sync import BuildInputs, WindowBuild
 from coordinator_election import (
     Action,
@@ -474,6 +474,9 @@ class Leadership:
                 plan, fallback, requests = await self.solver.solve_window(
                     build, s.placement_method, s.placement_mode, solve.held
                 )
+        except SolverStopped as exc:  # this node stepped down while the round solved: the new leader plans
+            log.info("placement solve dropped: %s", exc)
+            return lr.SolveFailed(self.agent.clock(), solve.round, f"{type(exc).__name__}: {exc}")
         except Exception as exc:  # the worker died or the solver raised
             log.exception("placement solve failed")
             return lr.SolveFailed(self.agent.clock(), solve.round, f"{type(exc).__name__}: {exc}")

@@ -52,6 +52,10 @@ class SolverWorkerError(RuntimeError):
     """The worker could not solve: the solver raised, the reply was malformed or too big, or it died."""
 
 
+class SolverStopped(SolverWorkerError):
+    """No solve, because this node does not lead (any more): a round that outlived its leadership, not a fault."""
+
+
 class SolverWorker:
     """One solver process at a time, owned by the agent; ``solve`` is safe to await from the event loop."""
 
@@ -115,7 +119,7 @@ class SolverWorker:
         bring a solver back onto a follower.
         """
         if not self._wanted:
-            raise SolverWorkerError("no solver worker: this node does not lead")
+            raise SolverStopped("no solver worker: this node does not lead")
         self.start()
         proc = self._proc
         assert proc is not None
@@ -137,7 +141,7 @@ class SolverWorker:
         (agent.window_sync), updated by ``build.delta``, or reset to ``build.records`` when it is not at the delta's
         base (a new worker, a refused delta, a journal gap). Raises SolverWorkerError, like ``solve``."""
         if not self._wanted:
-            raise SolverWorkerError("no solver worker: this node does not lead")
+            raise SolverStopped("no solver worker: this node does not lead")
         self.start()
         proc = self._proc
         assert proc is not None
@@ -189,7 +193,7 @@ class SolverWorker:
                 raise SolverWorkerError(f"solver worker unreachable: {exc}") from exc
         if not line:
             if not self._wanted:
-                raise SolverWorkerError("solver worker stopped: this node stepped down")
+                raise SolverStopped("solver worker stopped: this node stepped down")
             raise SolverWorkerError(f"solver worker exited (status {proc.poll()})")
         if len(line) > self.max_reply_bytes or not line.endswith(b"\n"):
             raise SolverWorkerError(f"solver worker reply over {self.max_reply_bytes} bytes")
