@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import socket
+import ssl
+import threading
+import time
 from functools import partial
 from pathlib import Path
 
@@ -10,6 +15,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from agent import peer_gate
 from agent.peer_gate import PENDING_PER_ADDRESS, PENDING_TOTAL, Handshakes
 
 
@@ -74,9 +80,6 @@ def test_the_counts_match_the_handshakes_in_progress(events: list[tuple[bool, st
 
 def test_writes_within_one_loop_iteration_leave_as_one_and_close_flushes_first() -> None:
     """uvicorn writes an answer's head and body separately: one TLS record and one send instead of two."""
-    import asyncio
-    import socket
-
     from agent.peer_gate import CoalescingTransport
 
     async def run() -> None:
@@ -107,6 +110,53 @@ def test_writes_within_one_loop_iteration_leave_as_one_and_close_flushes_first()
     asyncio.run(run())
 
 
+class TlsEnds:
+    """A TLS connection over a socketpair, for the close linger's tests: the server end served by asyncio on the
+    test's loop (``serve``), the client end (``theirs``, wrapped by ``client`` in a thread of the test's)."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        from tests.service.test_client_auth import self_signed
+
+        self.cert, key = self_signed(tmp_path)
+        self.server_side = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        self.server_side.load_cert_chain(self.cert, key)
+        self.ours, self.theirs = socket.socketpair()
+        self.kept: list[ssl.SSLSocket] = []
+
+    def wrap(self) -> ssl.SSLSocket:
+        """The client's TLS socket (handshake done), kept to be closed by ``close``."""
+        s = ssl.create_default_context(cafile=str(self.cert)).wrap_socket(self.theirs, server_hostname="127.0.0.1")
+        self.kept.append(s)
+        return s
+
+    def silent_client(self) -> threading.Thread:
+        """A client that completes the handshake and then neither reads nor answers the close_notify."""
+        return threading.Thread(target=self.wrap, daemon=True)
+
+    async def serve(self, client: threading.Thread) -> tuple[asyncio.Transport, asyncio.Future[float]]:
+        """``client`` started, the server's TLS transport and a future set to the loop's time when its connection
+        is lost."""
+        client.start()
+        loop = asyncio.get_running_loop()
+        lost: asyncio.Future[float] = loop.create_future()
+
+        class Served(asyncio.Protocol):
+            def connection_lost(self, exc: Exception | None) -> None:
+                lost.set_result(loop.time())
+
+        protocol = Served()
+        transport, _ = await loop.create_connection(lambda: protocol, sock=self.ours)
+        tls = await loop.start_tls(transport, protocol, self.server_side, server_side=True)
+        assert tls is not None
+        return tls, lost
+
+    def close(self, client: threading.Thread) -> None:
+        client.join(5)
+        for s in self.kept:
+            s.close()
+        self.theirs.close()
+
+
 def test_a_closed_tls_connection_whose_client_keeps_its_socket_is_aborted_after_the_linger(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -114,47 +164,20 @@ def test_a_closed_tls_connection_whose_client_keeps_its_socket_is_aborted_after_
     then: a client that kept its socket (httpx's pool after a "Connection: close" answer) held the HTTPS
     listener's stop for its whole grace (found with review20e M1's test). Now it is aborted CLOSE_LINGER_S after
     the close (scaled to 0.2 s here; asyncio alone waits 30 s on 3.11, without bound on 3.10)."""
-    import asyncio
-    import socket
-    import ssl
-    import threading
-
-    from agent import peer_gate
-    from tests.service.test_client_auth import self_signed
-
     monkeypatch.setattr(peer_gate, "CLOSE_LINGER_S", 0.2)
-    cert, key = self_signed(tmp_path)
-    server_side = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    server_side.load_cert_chain(cert, key)
-    ours, theirs = socket.socketpair()
-    kept: list[ssl.SSLSocket] = []
-    client = threading.Thread(target=lambda: kept.append(ssl.create_default_context(cafile=str(cert)).wrap_socket(
-        theirs, server_hostname="127.0.0.1")), daemon=True)  # fmt: skip
+    ends = TlsEnds(tmp_path)
+    client = ends.silent_client()
 
     async def run() -> float:
-        loop = asyncio.get_running_loop()
-        lost = loop.create_future()
-
-        class Served(asyncio.Protocol):
-            def connection_lost(self, exc: Exception | None) -> None:
-                lost.set_result(loop.time())
-
-        client.start()
-        protocol = Served()
-        transport, _ = await loop.create_connection(lambda: protocol, sock=ours)
-        tls = await loop.start_tls(transport, protocol, server_side, server_side=True)
-        assert tls is not None
+        tls, lost = await ends.serve(client)
         peer_gate.CoalescingTransport(tls).close()  # as uvicorn closes a connection after its last answer
-        closed = loop.time()
+        closed = asyncio.get_running_loop().time()
         return await asyncio.wait_for(lost, 10) - closed  # the client never answers the close_notify
 
     try:
         assert asyncio.run(run()) < 5  # a bound, not a timing target: before, asyncio waited 30 s (the wait_for: 10)
     finally:
-        client.join(5)
-        for s in kept:
-            s.close()
-        theirs.close()
+        ends.close(client)
 
 
 def test_the_close_linger_does_not_cut_an_answer_a_slow_client_is_still_reading(
@@ -162,50 +185,34 @@ def test_the_close_linger_does_not_cut_an_answer_a_slow_client_is_still_reading(
 ) -> None:
     """The abort after a close waits while the last answer is still being sent: a client that starts reading
     late (past several lingers) gets every byte."""
-    import asyncio
-    import socket
-    import ssl
-    import threading
-    import time
-
-    from agent import peer_gate
-    from tests.service.test_client_auth import self_signed
-
     monkeypatch.setattr(peer_gate, "CLOSE_LINGER_S", 0.1)
-    cert, key = self_signed(tmp_path)
-    server_side = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    server_side.load_cert_chain(cert, key)
-    ours, theirs = socket.socketpair()
+    ends = TlsEnds(tmp_path)
     size = 8 << 20  # far past the socket buffers: most of it waits in the transports when the close comes
     got: list[int] = []
 
     def read() -> None:
-        s = ssl.create_default_context(cafile=str(cert)).wrap_socket(theirs, server_hostname="127.0.0.1")
+        s = ends.wrap()
         time.sleep(0.6)  # six lingers before the first read
         n = 0
         with contextlib.suppress(OSError):
             while chunk := s.recv(1 << 16):
                 n += len(chunk)
         got.append(n)
-        s.close()
 
     client = threading.Thread(target=read, daemon=True)
 
     async def run() -> None:
-        loop = asyncio.get_running_loop()
-        client.start()
-        protocol = asyncio.Protocol()
-        transport, _ = await loop.create_connection(lambda: protocol, sock=ours)
-        tls = await loop.start_tls(transport, protocol, server_side, server_side=True)
-        assert tls is not None
+        tls, _ = await ends.serve(client)
         t = peer_gate.CoalescingTransport(tls)
         t.write(b"x" * size)
         t.close()  # as uvicorn closes after a "Connection: close" answer
         while client.is_alive():
             await asyncio.sleep(0.05)
 
-    asyncio.run(run())
-    client.join(10)
+    try:
+        asyncio.run(run())
+    finally:
+        ends.close(client)
     assert got == [size]
 
 
@@ -214,22 +221,11 @@ def test_the_close_linger_after_the_connection_is_gone_raises_nothing(
 ) -> None:
     """A client that answers the close_notify at once is gone before the linger runs: the linger is then a no-op
     (on Python 3.10 asking the lost transport for its buffer raised AttributeError, logged for every connection)."""
-    import asyncio
-    import socket
-    import ssl
-    import threading
-
-    from agent import peer_gate
-    from tests.service.test_client_auth import self_signed
-
     monkeypatch.setattr(peer_gate, "CLOSE_LINGER_S", 0.1)
-    cert, key = self_signed(tmp_path)
-    server_side = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    server_side.load_cert_chain(cert, key)
-    ours, theirs = socket.socketpair()
+    ends = TlsEnds(tmp_path)
 
     def polite() -> None:
-        s = ssl.create_default_context(cafile=str(cert)).wrap_socket(theirs, server_hostname="127.0.0.1")
+        s = ends.wrap()
         with contextlib.suppress(OSError):
             while s.recv(1 << 16):
                 pass
@@ -239,25 +235,16 @@ def test_the_close_linger_after_the_connection_is_gone_raises_nothing(
     caught: list[dict[str, object]] = []
 
     async def run() -> None:
-        loop = asyncio.get_running_loop()
-        loop.set_exception_handler(lambda _loop, context: caught.append(context))
-        lost = loop.create_future()
-
-        class Served(asyncio.Protocol):
-            def connection_lost(self, exc: Exception | None) -> None:
-                lost.set_result(None)
-
-        client.start()
-        protocol = Served()
-        transport, _ = await loop.create_connection(lambda: protocol, sock=ours)
-        tls = await loop.start_tls(transport, protocol, server_side, server_side=True)
-        assert tls is not None
+        asyncio.get_running_loop().set_exception_handler(lambda _loop, context: caught.append(context))
+        tls, lost = await ends.serve(client)
         peer_gate.CoalescingTransport(tls).close()
         await asyncio.wait_for(lost, 10)  # lost before the linger: the client closed at the close_notify
         await asyncio.sleep(0.4)  # the linger has run
 
-    asyncio.run(run())
-    client.join(5)
+    try:
+        asyncio.run(run())
+    finally:
+        ends.close(client)
     assert caught == []
 
 
@@ -266,50 +253,23 @@ def test_the_close_linger_cuts_a_reader_that_never_reads_at_its_cap(
 ) -> None:
     """A client that never reads the last answer holds the closed connection only CLOSE_LINGER_MAX_S: then it is
     aborted like any other."""
-    import asyncio
-    import socket
-    import ssl
-    import threading
-
-    from agent import peer_gate
-    from tests.service.test_client_auth import self_signed
-
     monkeypatch.setattr(peer_gate, "CLOSE_LINGER_S", 0.05)
     monkeypatch.setattr(peer_gate, "CLOSE_LINGER_MAX_S", 0.5)
-    cert, key = self_signed(tmp_path)
-    server_side = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    server_side.load_cert_chain(cert, key)
-    ours, theirs = socket.socketpair()
-    kept: list[ssl.SSLSocket] = []
-    client = threading.Thread(target=lambda: kept.append(ssl.create_default_context(cafile=str(cert)).wrap_socket(
-        theirs, server_hostname="127.0.0.1")), daemon=True)  # fmt: skip
+    ends = TlsEnds(tmp_path)
+    client = ends.silent_client()
 
     async def run() -> float:
-        loop = asyncio.get_running_loop()
-        lost = loop.create_future()
-
-        class Served(asyncio.Protocol):
-            def connection_lost(self, exc: Exception | None) -> None:
-                lost.set_result(loop.time())
-
-        client.start()
-        protocol = Served()
-        transport, _ = await loop.create_connection(lambda: protocol, sock=ours)
-        tls = await loop.start_tls(transport, protocol, server_side, server_side=True)
-        assert tls is not None
+        tls, lost = await ends.serve(client)
         t = peer_gate.CoalescingTransport(tls)
         t.write(b"x" * (8 << 20))  # never read: most of it stays in the transports
         t.close()
-        closed = loop.time()
+        closed = asyncio.get_running_loop().time()
         return await asyncio.wait_for(lost, 10) - closed
 
     try:
         held = asyncio.run(run())
     finally:
-        client.join(5)
-        for s in kept:
-            s.close()
-        theirs.close()
+        ends.close(client)
     assert 0.5 <= held < 5  # not before the cap (the answer was still being sent), and not without one
 
 
@@ -320,38 +280,15 @@ def test_the_close_linger_after_a_second_close_still_ends_the_connection(
     and can neither report its buffer nor abort) with a client that never answers the close_notify: the linger
     raises nothing and still ends the connection, through the socket's own transport, kept at the first close.
     Seen in the chaos soak's agent logs: 213 AttributeErrors logged in 60 s."""
-    import asyncio
-    import socket
-    import ssl
-    import threading
-
-    from agent import peer_gate
-    from tests.service.test_client_auth import self_signed
-
     monkeypatch.setattr(peer_gate, "CLOSE_LINGER_S", 0.1)
-    cert, key = self_signed(tmp_path)
-    server_side = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    server_side.load_cert_chain(cert, key)
-    ours, theirs = socket.socketpair()
-    kept: list[ssl.SSLSocket] = []
-    client = threading.Thread(target=lambda: kept.append(ssl.create_default_context(cafile=str(cert)).wrap_socket(
-        theirs, server_hostname="127.0.0.1")), daemon=True)  # fmt: skip
+    ends = TlsEnds(tmp_path)
+    client = ends.silent_client()
     caught: list[dict[str, object]] = []
 
     async def run() -> float:
         loop = asyncio.get_running_loop()
         loop.set_exception_handler(lambda _loop, context: caught.append(context))
-        lost = loop.create_future()
-
-        class Served(asyncio.Protocol):
-            def connection_lost(self, exc: Exception | None) -> None:
-                lost.set_result(loop.time())
-
-        client.start()
-        protocol = Served()
-        transport, _ = await loop.create_connection(lambda: protocol, sock=ours)
-        tls = await loop.start_tls(transport, protocol, server_side, server_side=True)
-        assert tls is not None
+        tls, lost = await ends.serve(client)
         wrapped = peer_gate.CoalescingTransport(tls)
         wrapped.close()
         wrapped.close()  # once more through the wrapper: one linger
@@ -362,8 +299,5 @@ def test_the_close_linger_after_a_second_close_still_ends_the_connection(
     try:
         held = asyncio.run(run())
     finally:
-        client.join(5)
-        for s in kept:
-            s.close()
-        theirs.close()
+        ends.close(client)
     assert held < 5 and caught == []
