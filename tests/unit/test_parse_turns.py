@@ -324,7 +324,7 @@ def test_many_addresses_flooding_get_the_total_share_and_an_honest_one_is_served
     share, burst = 0.1, 0.02
     gc.collect()  # (what earlier tests left); the collector runs during the flood: full collections of the test
     # process's heap (0.25-0.3 s, seen) land inside steps, and are not charged to them (agent/serving/pauses.py)
-    spent, elapsed, latencies, lag = asyncio.run(flood(24, ParseTurns(share, burst), 2.5))
+    spent, elapsed, latencies, lag = asyncio.run(flood(24, ParseTurns(share, burst), 4.0))
     p50 = statistics.median(latencies)
     print(f"\n24 flooding addresses, total share {share:.0%}: parsing {spent:.3f} s in {elapsed:.2f} s; honest "
           f"{len(latencies)} predicts, p50 {1000 * p50:.1f} ms, max {1000 * max(latencies):.1f} ms; "
@@ -333,7 +333,10 @@ def test_many_addresses_flooding_get_the_total_share_and_an_honest_one_is_served
     assert spent >= 0.5 * share * elapsed, (spent, elapsed)  # the flood did want it: the cap is what bound it
     # starved, each predict would wait a round of the 24 (24 x burst / share = 4.8 s: one predict in the run at most);
     # served, it waits about a step's refill (idle, the collector off: 23-45 predicts, p50 7-22 ms; 20 at p50 91 ms
-    # with the machine loaded, session 16's CI) -- the bound tells the two apart with room for a loaded machine
+    # with the machine loaded, session 16's CI) -- the bound tells the two apart with room for a loaded machine.
+    # One predict in a run can wait far longer: 1.4-2.8 s in session 21, mid-run (the 12th or 18th predict), on
+    # 3.10 and 3.11 alike and at 139f7a1 as on main, not yet explained (the loop's lag stays under 41 ms); in 2.5 s
+    # that left 8 predicts once (CI, 3.10, loaded), so the run is 4 s: starved, still at most one predict
     assert len(latencies) >= 10 and p50 < 0.25, (len(latencies), p50)
 
 
