@@ -310,10 +310,9 @@ def test_the_whole_fetch_is_bounded_by_its_deadline_whatever_the_transport_does(
     asyncio.run(scenario())
 
 
-def test_a_lone_trickling_member_is_pre_empted_by_a_stamp_two_members_advertise(tmp_path: Path) -> None:
-    """review19a F4: member "t" advertises a stamp it cannot back (10**12) and trickles its pages, holding the one
-    fetch slot; "f" and "h" advertise the operator's list (40). Before, the board waited for t's fetch to fail (10 s,
-    every back-off step). Now the second advert of 40 pre-empts it: the list comes from f at once."""
+def trickling_member() -> tuple[FastAPI, asyncio.Event]:
+    """A member's app whose revocation list never finishes arriving (it holds the fetch), and an event set once
+    it is asked."""
     slow, asked = FastAPI(), asyncio.Event()
 
     @slow.get(wire.ROUTE_REVOCATIONS)
@@ -321,6 +320,15 @@ def test_a_lone_trickling_member_is_pre_empted_by_a_stamp_two_members_advertise(
         asked.set()
         await asyncio.sleep(3600)
         return Response(b"{}")
+
+    return slow, asked
+
+
+def test_a_lone_trickling_member_is_pre_empted_by_a_stamp_two_members_advertise(tmp_path: Path) -> None:
+    """review19a F4: member "t" advertises a stamp it cannot back (10**12) and trickles its pages, holding the one
+    fetch slot; "f" and "h" advertise the operator's list (40). Before, the board waited for t's fetch to fail (10 s,
+    every back-off step). Now the second advert of 40 pre-empts it: the list comes from f at once."""
+    slow, asked = trickling_member()
 
     async def scenario() -> None:
         agent, f_http = _serving_board(tmp_path)

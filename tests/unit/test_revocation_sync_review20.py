@@ -15,14 +15,11 @@ from typing import Any
 
 import httpx
 import pytest
-from fastapi import FastAPI, Request
-from fastapi.responses import Response
 
 from agent import operator_ca
 from agent.aio import wait_for as agent_aio_wait
 from agent.peer_client import PeerClient
 from agent.revocation_sync import FETCH, PREEMPT, FetchPlan, RevocationSync
-from peerserve import wire
 from tests.unit.test_revocation_sync import (
     A,
     B,
@@ -34,7 +31,7 @@ from tests.unit.test_revocation_sync import (
     signed,
     state,
 )
-from tests.unit.test_revocation_sync_review19 import _chooser, _member_sync, _until
+from tests.unit.test_revocation_sync_review19 import _chooser, _member_sync, _until, trickling_member
 
 FAKE, HONEST, OURS = 10**12, 100, 50  # the liars' made-up stamp, the operator's newer list, the list in force
 
@@ -114,13 +111,7 @@ def test_two_colluding_trickling_members_never_cancel_the_honest_fetch(
     """review20a M1 through the real fetch: t1 and t2 advertise 10**12 and trickle their pages; h, g and f advertise
     the operator's list (40, served by f). f's advert, the third, pre-empts t1's fetch; the liars advertising again
     while f's list downloads cancel nothing (before, t2 pre-empted it at once: 10**12 > 40 with two backers)."""
-    slow, asked = FastAPI(), asyncio.Event()
-
-    @slow.get(wire.ROUTE_REVOCATIONS)
-    async def trickled(request: Request) -> Response:
-        asked.set()
-        await asyncio.sleep(3600)
-        return Response(b"{}")
+    slow, asked = trickling_member()
 
     members = ("t1", "t2", "h", "g", "f")
 
