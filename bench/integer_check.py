@@ -30,7 +30,8 @@ import hashlib
 import json
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -49,35 +50,49 @@ TIMING = ("solve_ms",)
 DETAIL_TIMING = ("relaxation_ms",)
 
 
-def corpus(seeds: int, sites: bool = True, first: int = 0) -> Iterator[tuple[str, Snapshot, str, str]]:
-    """(key, snapshot, mode, objective) over the corpus (module docstring): ``plans(seeds, sites)`` of them, from seed
-    ``first`` (0: the corpus the records were made on; another: fresh cases for a heuristic fitted to them)."""
+def corpus(seeds: int, sites: bool = True, first: int = 0) -> Iterator[tuple[str, Callable[[], Snapshot], str, str]]:
+    """(key, build, mode, objective) over the corpus (module docstring): ``plans(seeds, sites)`` of them, from seed
+    ``first`` (0: the corpus the records were made on; another: fresh cases for a heuristic fitted to them).
+    ``build()`` makes the case's snapshot, only when it is solved (a 1,000 x 100 site instance costs seconds)."""
     from tests.unit.test_queue_repair_golden import snapshot as random_snapshot
 
     for cores in CORES:
         for r, n in SIZES:
             tag = f"thesis/{r}x{n}"
             for s in range(first, first + seeds):
-                snap = with_cores(thesis_instance(r, n, s), cores)
                 for mode in ("1", "2"):
-                    yield f"{tag}/s{s}/c{cores}/m{mode}", snap, mode, "queue"
-                running = with_cores(with_running(thesis_instance(r, n, s), s), cores)
-                yield f"{tag}/s{s}/c{cores}/m1/running", running, "1", "queue"
-            yield f"{tag}/s{first}/c{cores}/m1/p99", with_cores(thesis_instance(r, n, first), cores), "1", "queue-p99"
+                    yield f"{tag}/s{s}/c{cores}/m{mode}", partial(_thesis, r, n, s, cores), mode, "queue"
+                yield f"{tag}/s{s}/c{cores}/m1/running", partial(_thesis, r, n, s, cores, running=True), "1", "queue"
+            yield f"{tag}/s{first}/c{cores}/m1/p99", partial(_thesis, r, n, first, cores), "1", "queue-p99"
         for s in range(first, first + (SITE_SEEDS if sites else 0)):
-            site = with_cores(site_instance(1000, 100, 50, s), cores)
-            yield f"site/1000x100/s{s}/c{cores}/m1", site, "1", "queue"
+            yield f"site/1000x100/s{s}/c{cores}/m1", partial(_site, s, cores), "1", "queue"
     # bench/bound_sweep.py's clusters: the instance bound's repair at work
     for s in range(SWEEP_PER_SEED * first, SWEEP_PER_SEED * (first + seeds)):
         snap, tail = cluster(s)
-        yield f"bound/s{s}", snap, "1", "queue-p99" if tail else "queue"
+        yield f"bound/s{s}", _given(snap), "1", "queue-p99" if tail else "queue"
         snap, mode, tail = overloaded_seed(s)
-        yield f"overloaded/s{s}", snap, str(mode.value), "queue-p99" if tail else "queue"
+        yield f"overloaded/s{s}", _given(snap), str(mode.value), "queue-p99" if tail else "queue"
     for s in range(RANDOM_PER_SEED * first, RANDOM_PER_SEED * (first + seeds)):
         snap = random_snapshot(np.random.default_rng(s))
         mode = "2" if s % 2 else "1"
-        yield f"random/s{s}", snap, mode, "queue"
-        yield f"random/s{s}/p99", snap, mode, "queue-p99"
+        yield f"random/s{s}", _given(snap), mode, "queue"
+        yield f"random/s{s}/p99", _given(snap), mode, "queue-p99"
+
+
+def _thesis(r: int, n: int, seed: int, cores: float | None, running: bool = False) -> Snapshot:
+    """The thesis's instance of ``r`` requests x ``n`` nodes from ``seed``, with its running variant and cores."""
+    snap = thesis_instance(r, n, seed)
+    return with_cores(with_running(snap, seed) if running else snap, cores)
+
+
+def _site(seed: int, cores: float | None) -> Snapshot:
+    """A 1,000-request x 100-node site instance (50 sites) from ``seed``, with cores."""
+    return with_cores(site_instance(1000, 100, 50, seed), cores)
+
+
+def _given(snap: Snapshot) -> Callable[[], Snapshot]:
+    """A snapshot already made (the cheap cases), as a builder."""
+    return lambda: snap
 
 
 def plans(seeds: int, sites: bool = True) -> int:
@@ -177,8 +192,8 @@ def main() -> int:
     seeds = 2 if args.quick else args.seeds
     out: dict[str, Any] = {}
     start = time.process_time()
-    for key, snap, mode, objective in corpus(seeds, sites=not args.quick, first=args.first):
-        plan = solve(snap, mode=mode, objective=objective)
+    for key, build, mode, objective in corpus(seeds, sites=not args.quick, first=args.first):
+        plan = solve(build(), mode=mode, objective=objective)
         out[key] = record(plan) if args.quality else digest(plan)
     print(f"{len(out)} plans in {time.process_time() - start:.1f} s CPU", file=sys.stderr)
     with open(args.out, "w") as fh:

@@ -68,4 +68,4 @@ quiet_pip "$venv/bin/python" -m pip install -q --no-deps "nvidia-pytriton==0.7.0
   quiet_pip "$venv/bin/python" -m pip install -q --target "$venv/lib/peerserve-triton-site" "numpy<2"
 "$venv/bin/python" -m agent.digits build
 quiet_pip bash scripts/install-solver.sh --python "$venv/bin/python"
-echo "bootstrap: ready ($venv/bin/peerserve)"
+echo "bootstrap: ready ($venv/bin/peerserve) in ${SECONDS} s"

@@ -37,17 +37,20 @@ py310_ready() {
   return "$rc"
 }
 trap 'if [ -n "$py310_pid" ]; then kill "$py310_pid" 2>/dev/null || true; rm -f "$py310_log"; fi' EXIT
+# Each stage's header says when it started (minutes:seconds since this script began), so a CI log shows where the
+# suite's time goes without a profile.
+stage() { printf '== %s (at %d:%02d)\n' "$1" $((SECONDS / 60)) $((SECONDS % 60)); }
 
-echo "== ruff"
+stage "ruff"
 "$py" -m ruff check .
 "$py" -m ruff format --check .
-echo "== shellcheck"
+stage "shellcheck"
 shellcheck scripts/*.sh .ci/run
-echo "== mypy"
+stage "mypy"
 "$py" -m mypy
-echo "== Python 3.10 venv (made while lint and types ran)"
+stage "Python 3.10 venv (made while lint and types ran)"
 py310_ready
-echo "== pytest"
+stage "pytest"
 # As root the real parts must be there: a test that needs dockerd fails rather than skips.
 if [ "$(id -u)" = 0 ]; then export PEERSERVE_REQUIRE_DOCKER=1; fi
 if [ $# -gt 0 ]; then
@@ -60,13 +63,13 @@ else
   # cluster token (tests/service/conftest.py), a module to a worker, on $service_workers workers; then the unit tier,
   # whose tests share nothing (tmp_path, port 0, no fixed file or address): CPU-bound, on $workers workers.
   "$py" -m pytest -m serial tests/cluster tests/service tests/system
-  echo "== pytest: the service tier's other tests ($service_workers workers)"
+  stage "pytest: the service tier's other tests ($service_workers workers)"
   "$py" -m pytest -n "$service_workers" --dist loadfile -m "not serial" tests/service
-  echo "== pytest: the unit tier ($workers workers)"
+  stage "pytest: the unit tier ($workers workers)"
   "$py" -m pytest -n "$workers" tests/unit
 fi
 if [ $# -eq 0 ] && [ "$tier" != off ]; then
-  echo "== pytest under Python 3.10 ($tier)"
+  stage "pytest under Python 3.10 ($tier)"
   if [ "$tier" = unit ]; then
     bash scripts/test-py310.sh --prepared -n "$workers" tests/unit
   else
@@ -77,3 +80,4 @@ if [ $# -eq 0 ] && [ "$tier" != off ]; then
       tests/unit/test_pin_offloop.py tests/unit/test_upstream_pool.py tests/unit/test_parse_turns.py
   fi
 fi
+stage "done"

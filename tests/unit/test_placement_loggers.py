@@ -4,6 +4,7 @@ and the other members' site locality on made-up clients (agent/placement.py)."""
 
 from __future__ import annotations
 
+import functools
 import random
 import statistics
 import time
@@ -134,6 +135,14 @@ def test_one_logger_with_too_few_records_is_not_pooled_with_another() -> None:
     assert exec_of(snap(honest() + recs, b_runs=True))["b"] == exec_of(snap(honest(), b_runs=True))["b"] == 20.0
 
 
+@functools.cache
+def _honest_and_clean(b_runs: bool) -> tuple[list[RequestRecord], dict[str, Any]]:
+    """The honest log and its snapshot, made once per ``b_runs`` for the property's 60 examples (not changed by
+    them: each example adds its lies to a new list)."""
+    records = honest(b_served=b_runs)
+    return records, snap(records, b_runs=b_runs)
+
+
 @settings(max_examples=60, deadline=None)
 @given(
     st.lists(
@@ -145,8 +154,7 @@ def test_one_logger_with_too_few_records_is_not_pooled_with_another() -> None:
 def test_whatever_a_member_logs_of_others_no_node_looks_slower(lies: list[tuple[str, float]], b_runs: bool) -> None:
     """Any records m logs of any node (b measured by a's proxy where it runs digits): every node's execution time
     is at most, and its throughput at least, what they are without m's records."""
-    records = honest(b_served=b_runs)
-    clean = snap(records, b_runs=b_runs)
+    records, clean = _honest_and_clean(b_runs)
     lied = records + [
         RequestRecord(NOW - i, M, f"x{i}@10.9.9.9", {"m": 1.0}, node, ms, 200, "m")
         for i, (node, ms) in enumerate(lies * MIN_LATENCY_SAMPLES)
