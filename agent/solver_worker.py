@@ -37,9 +37,8 @@ from collections.abc import Iterable, Mapping
 from itertools import chain
 from typing import IO, TYPE_CHECKING, Any
 
-from agent.window_sync import BuildInputs, WindowBuild, WindowSyncError, WorkerWindow, delta_parts, reset_parts
-
 if TYPE_CHECKING:
+    from agent.window_sync import WindowBuild, WorkerWindow
     from solver.hold import LastSplit
 
 log = logging.getLogger(__name__)
@@ -156,6 +155,8 @@ class SolverWorker:
         when the worker refuses the delta). Runs in a thread: the encoding lets the event loop in between chunks, and
         is written to the worker a chunk at a time (the serving process never holds a whole window's text: at a
         16 MiB window that text is ~22 MiB, and was held three times over while it was put together)."""
+        from agent.window_sync import delta_parts, reset_parts
+
         delta = build.delta
         for reset in (self._synced != (proc.pid, delta.base) or delta.gap, True):
             window = reset_parts(build.records, delta.seq, build.config) if reset else delta_parts(delta)
@@ -232,6 +233,7 @@ def solve_request(request: Any, mirror: WorkerWindow | None = None, last: LastSp
     ``window`` (and ``build``) instead of a ``snapshot`` updates ``mirror`` and builds the snapshot from it; a
     window message that does not follow the mirror's state is answered ``{"error": .., "resync": true}``. ``last``
     (solver.hold.LastSplit): the running value's split kept between rounds, its next warm start beside the plan's."""
+    from agent.window_sync import BuildInputs, WindowSyncError, WorkerWindow
     from solver import Snapshot, SolverUnavailableError
     from solver.api import solve
 
@@ -297,9 +299,10 @@ def _protocol_stdout() -> IO[str]:
 
 def serve(requests: IO[bytes], replies: IO[str]) -> None:
     """Answer requests line by line until end of input."""
-    mirror = WorkerWindow()  # the leader's request window, kept between rounds (agent.window_sync)
+    from agent.window_sync import WorkerWindow
     from solver.hold import LastSplit
 
+    mirror = WorkerWindow()  # the leader's request window, kept between rounds (agent.window_sync)
     last = LastSplit()  # the running value's split, the next round's warm start
     for line in requests:
         try:
@@ -323,6 +326,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warm-up", metavar="METHOD", default="ipopt", help="solver method to warm up (default ipopt)")
     ap.add_argument("--parent", type=int, default=None, help="the agent's PID: exit at once if it is gone")
     args = ap.parse_args(argv)
+    # First, before any heavy import (the window's and the solver's are imported where they are used, not at the
+    # top: they took this process 1.2 s to reach here on a loaded 2-core machine, all that time outliving a dead
+    # agent)
     _die_with_parent(args.parent)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C on the agent's terminal is the agent's to handle
     replies = _protocol_stdout()

@@ -145,7 +145,7 @@ def test_a_flood_of_maximal_rows_leaves_the_workers_copy_within_the_budget_and_t
 def test_a_message_not_written_whole_ends_the_worker_and_the_next_round_resets(monkeypatch: pytest.MonkeyPatch) -> None:
     """The window goes to the worker piece by piece as it is encoded: a failure half-way leaves its line protocol
     mid-line, so that worker is ended, and the next round gives a new one the whole window."""
-    import agent.solver_worker as sw
+    import agent.window_sync as ws  # agent.solver_worker imports it where it writes (a worker starts light)
 
     def broken(*args: Any) -> Any:
         yield '{"seq":1,'
@@ -156,7 +156,7 @@ def test_a_message_not_written_whole_ends_the_worker_and_the_next_round_resets(m
             steps = rounds(9)
             records, config, delta, now = steps[0]
             with monkeypatch.context() as m:
-                m.setattr(sw, "reset_parts", broken)
+                m.setattr(ws, "reset_parts", broken)
                 with pytest.raises(RuntimeError, match="encoding failed"):
                     await worker.solve_window(WindowBuild(delta, records, config, inputs(now)), "least-loaded", "1")
             assert worker.pid is None  # ended
