@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import compileall
 import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,6 +22,12 @@ settings.register_profile("ci", derandomize=True, database=None)
 if os.environ.get("CI"):
     settings.load_profile("ci")
 
+
+# pytest's own cache of the test modules' rewritten asserts (their __pycache__): not written where
+# PYTHONDONTWRITEBYTECODE is set (the machine CI runs on), so every pytest process and xdist worker rewrote every test
+# module's asserts again, ~70 % of collecting the unit tier (32 CPU-s a process here). The setting is this process's:
+# the processes the tests start still keep the environment's.
+sys.dont_write_bytecode = False
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ("agent", "client", "coordinator_election", "peerserve", "solver")  # what a started agent or CLI imports
