@@ -47,11 +47,19 @@ def _rows(draw: Any) -> tuple[np.ndarray, ...]:
     return lo, hi, t, np.array(guess)
 
 
+@st.composite
+def _cases(draw: Any) -> tuple[np.ndarray, ...]:
+    """``_rows`` and the rows to search (row 0 always). One composite strategy rather than ``st.data()``: the same
+    draws in the same order, without st.data's per-draw bookkeeping (~60 % of this test's time over 400 examples)."""
+    lo, hi, t, guess = _rows(draw)
+    rows = np.array([draw(st.booleans()) for _ in lo]) | (np.arange(len(lo)) == 0)
+    return lo, hi, t, guess, rows
+
+
 @settings(max_examples=400, deadline=None)
-@given(st.data())
-def test_the_guided_search_gives_the_plain_loops_answer_bit_for_bit(data: st.DataObject) -> None:
-    lo, hi, t, guess = _rows(data.draw)
-    rows = np.array([data.draw(st.booleans()) for _ in lo]) | (np.arange(len(lo)) == 0)
+@given(_cases())
+def test_the_guided_search_gives_the_plain_loops_answer_bit_for_bit(case: tuple[np.ndarray, ...]) -> None:
+    lo, hi, t, guess, rows = case
     plain, fast = [0], [0]
     with np.errstate(invalid="ignore", over="ignore"):
         want = np.where(rows, plain_bisect(_threshold_test(t, plain), lo, hi, 60), lo)

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import copy
+import functools
 from typing import Any
 
 import numpy as np
@@ -16,15 +18,20 @@ from solver.queue_close_fast import close_pools_fast
 from solver.queue_fast import solve_nlp_fast
 from solver.queue_model import build_queue_problem
 from solver.queue_move import TRY_ITERATIONS
-from solver.queue_repair import repair
+from solver.queue_repair import Pools, repair
 from solver.queue_split import ABANDONED, _SplitFlow
 from solver.simulate import thesis_instance
 from tests.unit.test_queue_repair_golden import cases
 
 
+@functools.cache
 def _rounds() -> list[tuple[list[Any], float]]:
     """Move rounds (each: its prepared tries and the plan's integer objective) on thesis instances at 2 and 4 cores
-    per node and on the golden synthetic inputs with 4 cores per node."""
+    per node and on the golden synthetic inputs with 4 cores per node.
+
+    Built once for the three tests that read them (~1 s CPU each time: 20 relaxations, repairs and closings): no
+    test writes to them (run_batch and _SplitFlow.run start from copies; checked unmutated after the module), and
+    what test_a_batch_with_one_runs_servers_for_all_is_caught patches (queue_batch._Stack) builds none of them."""
     found = []
     pools_list = []
     for cores in (2.0, 4.0):
@@ -96,6 +103,24 @@ def test_the_move_pass_is_the_same_with_and_without_the_batch(monkeypatch: pytes
     assert not _golden_differs()
 
 
+@functools.cache
+def _closed_once(cores: float, r: int, n: int, mode: Mode) -> Pools:
+    """Seed 1 of thesis instance r x n at ``cores`` per node: the relaxation, repaired and its pools closed."""
+    q = build_queue_problem(build_problem(with_cores(thesis_instance(r, n, 1), cores), mode))
+    nlp = solve_nlp_fast(q)
+    pools = repair(q, nlp.x, nlp.r, nlp.n)
+    close_pools_fast(pools)
+    return pools
+
+
+def _closed_pools(cores: float, r: int, n: int, mode: Mode) -> Pools:
+    """A fresh copy of ``_closed_once``'s pools. The relaxation, repair and closing are ~80 % of a move pass's time
+    here and read none of the switches these tests set (queue_move's BATCH, SCREEN and hopeless): built once, they
+    serve both of test_a_round_made_together_equals_the_round_one_run_at_a_time's passes and the candidates test
+    (72 builds -> 32)."""
+    return copy.deepcopy(_closed_once(cores, r, n, mode))
+
+
 def _move_passes(monkeypatch: pytest.MonkeyPatch, batch: bool) -> list[Any]:
     """The move pass and the best split after it on thesis instances at 2 and 4 cores per node (``BATCH`` as given):
     moves kept, rates, caps, the run best_split continues, and the split's result."""
@@ -106,10 +131,7 @@ def _move_passes(monkeypatch: pytest.MonkeyPatch, batch: bool) -> list[Any]:
     for cores in (2.0, 4.0):
         for r, n in [(20, 10), (40, 10), (25, 15), (50, 10), (30, 5), (20, 20)]:
             for mode in (Mode.MODE1, Mode.MODE2):
-                q = build_queue_problem(build_problem(with_cores(thesis_instance(r, n, 1), cores), mode))
-                nlp = solve_nlp_fast(q)
-                pools = repair(q, nlp.x, nlp.r, nlp.n)
-                close_pools_fast(pools)
+                pools = _closed_pools(cores, r, n, mode)
                 moved = queue_move.move_instances(pools)
                 run = pools.split_run
                 kept = None if run is None else (run.x.tolist(), run.steps, run.gap, run.start.tolist())
@@ -208,10 +230,7 @@ def test_move_candidates_equal_the_numpy_reference() -> None:
     for cores in (1.0, 2.0, 4.0):
         for r, n in [(20, 10), (40, 10), (25, 15), (30, 5)]:
             for mode in (Mode.MODE1, Mode.MODE2):
-                q = build_queue_problem(build_problem(with_cores(thesis_instance(r, n, 1), cores), mode))
-                nlp = solve_nlp_fast(q)
-                pools = repair(q, nlp.x, nlp.r, nlp.n)
-                close_pools_fast(pools)
+                pools = _closed_pools(cores, r, n, mode)
                 counts = pools.counts()
                 assert queue_move._candidates(pools, counts) == _candidates_reference(pools, counts)
                 pools.cores = np.where(np.arange(len(pools.cores)) % 2 == 0, pools.cores, np.inf)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import numpy as np
 import pytest
@@ -33,16 +34,25 @@ def test_lazy_optimum_equals_the_whole_nlps(requests: int, nodes: int, seed: int
     np.testing.assert_allclose(lazy.x.sum(axis=1) + lazy.r, q.rate, rtol=1e-6, atol=1e-6)
 
 
-def test_site_instance_closes_by_pricing_without_the_fallback() -> None:
+@functools.cache
+def _site() -> tuple[QueueProblem, float]:
+    """The 300 x 40 site instance (Mode 2) and the whole NLP's optimum on it, solved once for the two tests below
+    (~1.5 s CPU each time; neither test patches what the whole NLP reads, and the problem is only read)."""
     q = build_queue_problem(build_problem(site_instance(300, 40, 20, 1), Mode.MODE2))
+    full = solve_nlp(q)
+    assert full.status == "optimal"
+    return q, full.value
+
+
+def test_site_instance_closes_by_pricing_without_the_fallback() -> None:
+    q, full = _site()
     lazy = solve_nlp_lazy(q, min_pairs=0)
     assert not lazy.fallback and lazy.columns < q.base.n_classes * q.base.n_nodes
-    assert abs(lazy.value - solve_nlp(q).value) <= 1e-6 * abs(lazy.value)
+    assert abs(lazy.value - full) <= 1e-6 * abs(lazy.value)
 
 
 def test_pricing_switched_off_misses_the_optimum(monkeypatch: pytest.MonkeyPatch) -> None:
-    q = build_queue_problem(build_problem(site_instance(300, 40, 20, 1), Mode.MODE2))
-    full = solve_nlp(q).value
+    q, full = _site()
     monkeypatch.setattr(queue_lazy, "_price", lambda q, mult, in_lp: np.zeros_like(in_lp))
     blind = solve_nlp_lazy(q, candidates=1, min_pairs=0)
     assert blind.value > full * (1 + 1e-6), "the equality check must fail when pricing is switched off"
