@@ -191,6 +191,8 @@ class SolverWorker:
                 proc.stdin.flush()
                 line = proc.stdout.readline(self.max_reply_bytes + 1)
             except (OSError, ValueError) as exc:
+                if not self._wanted:  # stop() closed the pipe while the request was still being written or read
+                    raise SolverStopped("solver worker stopped: this node stepped down") from exc
                 raise SolverWorkerError(f"solver worker unreachable: {exc}") from exc
         if not line:
             if not self._wanted:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import sys
+from typing import Any
 
 import pytest
 
+import bench.dispatch_bench as bench
 from bench.dispatch_bench import BASELINES, DISPATCHES, PLACES, WHAT_IFS, main, one_rate
 
 
@@ -47,9 +49,17 @@ def test_concurrency_one_is_the_lab_before(monkeypatch: pytest.MonkeyPatch, caps
     """--concurrency 1: one request at a time per instance; the plain output says which."""
     argv = ["dispatch_bench.py", "--duration", "5", "--rates", "1", "--services", "det", "--concurrency", "1"]
     monkeypatch.setattr(sys, "argv", argv)
+    rows: list[dict[str, Any]] = []  # the row main computed: one_rate(1.0, "det", 5.0, 1), not computed again here
+
+    def kept(*args: Any) -> dict[str, Any]:
+        rows.append(one_rate(*args))  # the bench's own, imported above
+        return rows[-1]
+
+    monkeypatch.setattr(bench, "one_rate", kept)
     main()
     out = capsys.readouterr().out
     assert "concurrency 1 (slots per instance: 1)" in out
-    one, two = one_rate(1.0, "det", 5.0, 1), one_rate(1.0, "det", 5.0, 2)
+    assert len(rows) == 1 and rows[0]["rate"] == 1.0 and rows[0]["service"] == "det" and rows[0]["concurrency"] == 1
+    one, two = rows[0], one_rate(1.0, "det", 5.0, 2)
     instances = [r["by"]["agent"]["outcomes"]["queue-p99"]["instances"] for r in (one, two)]
     assert instances[1] < instances[0]  # two-slot instances: fewer of them for the same 60 req/s

@@ -5,6 +5,7 @@ other's cluster."""
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import subprocess
 import sys
@@ -34,20 +35,36 @@ def test_a_plain_run_and_a_single_worker_keep_the_whole_range() -> None:
     assert listen_ports("master", 2) == (20000, 32000)
 
 
-def conftest_values(env: dict[str, str]) -> tuple[str, str]:
-    """The token and port range tests/service/conftest.py settles on in a fresh interpreter with ``env``."""
-    code = "from tests.service.conftest import LISTEN_PORTS, TOKEN; print(TOKEN); print(LISTEN_PORTS)"
+def conftest_values(*envs: dict[str, str]) -> list[tuple[str, str]]:
+    """The token and port range tests/service/conftest.py settles on under each of ``envs``, in a fresh interpreter:
+    the conftest module is executed anew under each (a new module object: its top level, where TOKEN and
+    LISTEN_PORTS are read from the environment, runs again with only that env's PYTEST_XDIST_* variables set). One
+    interpreter for all of them: its imports (httpx, fastapi, the agent) take ~2.5 s a start; three starts were all of
+    this test's 7.6 s on the 2-core CI machine."""
+    code = (
+        "import importlib, json, os, sys\n"
+        "for env in json.loads(sys.argv[1]):\n"
+        "    for k in [k for k in os.environ if k.startswith('PYTEST_XDIST')]:\n"
+        "        del os.environ[k]\n"
+        "    os.environ.update(env)\n"
+        "    sys.modules.pop('tests.service.conftest', None)\n"
+        "    conftest = importlib.import_module('tests.service.conftest')\n"
+        "    print(conftest.TOKEN); print(conftest.LISTEN_PORTS)\n"
+    )
     clean = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_XDIST")}
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env={**clean, "PYTHONPATH": str(ROOT), **env},
+    argv = [sys.executable, "-c", code, json.dumps(envs)]
+    out = subprocess.run(argv, cwd=ROOT, env={**clean, "PYTHONPATH": str(ROOT)},
                          capture_output=True, text=True, check=True, timeout=60)  # fmt: skip
-    token, ports = out.stdout.split("\n")[:2]
-    return token, ports
+    lines = out.stdout.split("\n")
+    return [(lines[2 * i], lines[2 * i + 1]) for i in range(len(envs))]
 
 
 def test_each_worker_is_a_cluster_of_its_own_and_a_plain_run_keeps_the_token() -> None:
-    plain = conftest_values({})
-    gw0 = conftest_values({"PYTEST_XDIST_WORKER": "gw0", "PYTEST_XDIST_WORKER_COUNT": "2"})
-    gw1 = conftest_values({"PYTEST_XDIST_WORKER": "gw1", "PYTEST_XDIST_WORKER_COUNT": "2"})
+    plain, gw0, gw1 = conftest_values(
+        {},
+        {"PYTEST_XDIST_WORKER": "gw0", "PYTEST_XDIST_WORKER_COUNT": "2"},
+        {"PYTEST_XDIST_WORKER": "gw1", "PYTEST_XDIST_WORKER_COUNT": "2"},
+    )
     assert plain == ("test-cluster-token-0123456789", "(20000, 32000)")
     assert len({plain[0], gw0[0], gw1[0]}) == 3  # agents of two workers are strangers to each other
     assert gw0[1] == "(20000, 25999)" and gw1[1] == "(26000, 31999)"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import signal
 import time
@@ -18,6 +19,13 @@ from solver.simulate import site_instance, thesis_instance
 
 def snapshot() -> dict[str, Any]:
     return thesis_instance(25, 10, 1).to_dict()
+
+
+@functools.cache
+def big_snapshot() -> dict[str, Any]:
+    """An exact MILP of 1,000 requests on 100 nodes: seconds of solving, so a kill or a stop lands while the round is
+    in flight. Built once (1.5 s of CPU each time on this machine); the solves only read it (it is sent as JSON)."""
+    return site_instance(1000, 100, sites=100, seed=0).to_dict()
 
 
 def gone(pid: int, timeout: float = 10.0) -> bool:
@@ -80,8 +88,7 @@ def test_a_worker_dying_mid_solve_fails_that_solve_and_the_next_solve_starts_a_n
             worker.start()
             first = worker.pid
             assert first is not None
-            # an exact MILP of 1,000 requests on 100 nodes takes seconds: the kill lands mid-solve
-            big = site_instance(1000, 100, sites=100, seed=0).to_dict()
+            big = big_snapshot()  # seconds of exact MILP: the kill lands mid-solve
             pending = asyncio.create_task(worker.solve(big, "milp", "2"))
             await asyncio.sleep(0.5)
             os.kill(first, signal.SIGKILL)
@@ -103,7 +110,7 @@ def test_stepping_down_mid_solve_is_a_dropped_round_not_a_fault() -> None:
         worker = SolverWorker("least-loaded")
         try:
             worker.start()
-            big = site_instance(1000, 100, sites=100, seed=0).to_dict()  # seconds of exact MILP
+            big = big_snapshot()  # seconds of exact MILP
             pending = asyncio.create_task(worker.solve(big, "milp", "2"))
             await asyncio.sleep(0.5)
             worker.stop()
