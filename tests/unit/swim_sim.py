@@ -141,7 +141,8 @@ class Sim:
                     self._note(node_id, transitions)
                     for ins in instructions:
                         self._carry_out(node_id, ins)
-                    self._due[node_id] = node.next_due(self.now)
+                    if self.lazy:  # only a lazy run reads it (eager runs tick each node each step; ~1/6 of their cost)
+                        self._due[node_id] = node.next_due(self.now)
 
     def _poke(self, node_id: str) -> None:
         """As swim_io's ``wake``: something was fed to the core; tick at once only if that made work due sooner."""

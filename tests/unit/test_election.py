@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 
 import pytest
@@ -336,8 +337,9 @@ def _chaos(seed: int, persist: bool) -> Network:
 
 
 def test_seeded_chaos_finds_double_leaders_only_without_persistence() -> None:
-    without = [seed for seed in range(5) if _chaos(seed, persist=False).double_votes()]
-    assert len(without) >= 2  # the checker bites when the property is switched off (3 of these 5 seeds)
+    without = (seed for seed in range(5) if _chaos(seed, persist=False).double_votes())
+    # the checker bites when the property is switched off (3 of these 5 seeds; the first two are all it asks for)
+    assert len(list(itertools.islice(without, 2))) >= 2
     assert all(_chaos(seed, persist=True).double_votes() == [] for seed in range(5))
 
 
@@ -403,8 +405,9 @@ def _one_fault_at_a_time(seed: int, persist: bool, known: bool = False) -> Netwo
 def test_one_fault_at_a_time_never_gives_a_term_two_leaders() -> None:
     nets = [_one_fault_at_a_time(seed, persist=True) for seed in range(8)]
     assert all(net.max_leaders_per_term() == 1 and net.fencing_violations() == [] for net in nets)
-    broken = [seed for seed in range(8) if _one_fault_at_a_time(seed, persist=False).max_leaders_per_term() > 1]
-    assert broken  # the same count catches the fault of lost writes
+    # the same count catches the fault of lost writes (in some seed: any() stops at the first, seed 1 today, where
+    # the list built all 8 runs only to ask whether it was empty)
+    assert any(_one_fault_at_a_time(seed, persist=False).max_leaders_per_term() > 1 for seed in range(8))
 
 
 def _check_invariants(net: Network) -> None:

@@ -5,6 +5,7 @@ forgets nothing the monotonic clock has not aged (a forward-then-back excursion 
 from __future__ import annotations
 
 import random
+import re
 
 import pytest
 
@@ -29,6 +30,23 @@ class Clocks:
 
     def step(self, seconds: float) -> None:
         self.wall += seconds
+
+
+class _Replayed:
+    """``pytest.raises(AuthError, match="replayed")`` for the hot replay loops below, which enter it up to ~75,000
+    times a test: the same check (an AuthError or subclass was raised, its text matches "replayed"; none raised
+    fails, another exception passes through) without pytest.raises' per-entry cost (seed 2 of the random-excursion
+    test: 2.2 s -> 0.95 s CPU)."""
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: object) -> bool:
+        assert kind is not None, f"DID NOT RAISE {AuthError}"
+        if not issubclass(kind, AuthError):
+            return False
+        assert re.search("replayed", str(exc)), f"Regex pattern did not match: {exc}"
+        return True
 
 
 def _traffic(cache: NonceCache, clocks: Clocks, seconds: float, tag: str) -> float:
@@ -88,7 +106,7 @@ def _replay_is_refused_whenever_fresh(step: float, captured_before_step: float) 
         other = dict(a.sign_request("b", "PUT", "/control/desired", b"{}", clocks.wall).headers)
         b.verify_request(other, "PUT", "/control/desired", b"{}", clocks.wall, mono=clocks.mono)  # never refused
         if clocks.wall >= T - WINDOW_S:  # the captured message's stamp is fresh by this clock
-            with pytest.raises(AuthError, match="replayed"):
+            with _Replayed():
                 b.verify_request(message, "PUT", "/control/desired", body, clocks.wall, mono=clocks.mono)
             tried += 1
         clocks.tick(1.0)
@@ -258,7 +276,7 @@ def _excursion(jump: float, lasting: float) -> None:
         send(b"genuine")  # never refused
         for name, (headers, body, stamp) in (("before", before), ("during", during)):
             if abs(clocks.wall - stamp) <= WINDOW_S:
-                with pytest.raises(AuthError, match="replayed"):
+                with _Replayed():
                     b.verify_request(headers, "PUT", "/control/desired", body, clocks.wall, mono=clocks.mono)
                 tried[name] += 1
     assert tried["during"] == 2 * WINDOW_S + 1  # from 30 s before its stamp to 30 s after
@@ -334,7 +352,7 @@ def test_no_excursion_of_the_clock_revives_a_message_stamped_at_the_true_time(se
                 captured.append((sender, f"n{n}", stamp))
         for sender, nonce, stamp in captured[-5:] + rng.sample(captured, min(5, len(captured))):
             if abs(wall - stamp) <= WINDOW_S:
-                with pytest.raises(AuthError, match="replayed"):
+                with _Replayed():
                     cache.use(nonce, wall, sender, mono=mono)
                 refused_replays += 1
         assert sum(cache._held.values()) == len(cache) == sum(cache._from.values()) <= cache.limit

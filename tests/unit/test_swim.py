@@ -286,13 +286,16 @@ def test_a_suspected_live_node_refutes(seed: int, pause: float) -> None:
     assert sim.false_deaths() == []
 
 
+def _lag_without_refutation(seed: int) -> float:
+    sim = Sim(10, seed=seed, loss=0.01, refute=False)
+    sim.run(15)
+    return _suspect_after_heal(sim, "n3", 0.5)
+
+
 def test_the_refutation_checker_fails_when_refutation_is_off() -> None:
-    lags = []
-    for seed in range(4):
-        sim = Sim(10, seed=seed, loss=0.01, refute=False)
-        sim.run(15)
-        lags.append(_suspect_after_heal(sim, "n3", 0.5))
-    assert max(lags) >= 1.5  # without refutation the suspicion lingers: the property above would fail
+    # without refutation the suspicion lingers: the property above would fail (in some seed of 4; any() stops at the
+    # first, where max() of all four ran three more clusters: the lags are 3.18, 3.18, 2.76, 0.0 s)
+    assert any(_lag_without_refutation(seed) >= 1.5 for seed in range(4))
 
 
 def _verify_across_a_cut(verify_indirect: bool) -> list[tuple[float, str, str]]:
