@@ -4,6 +4,8 @@ version of each is caught by the same exact check (tests/unit/test_queue_plan_go
 
 from __future__ import annotations
 
+import copy
+import functools
 import json
 from typing import Any
 
@@ -40,15 +42,25 @@ def _counted(monkeypatch: pytest.MonkeyPatch, module: Any, name: str) -> list[in
     return fired
 
 
+@functools.cache
+def _relaxed(r: int, n: int, seed: int, cores: float, mode: Mode) -> tuple[Any, Any]:
+    """(problem, its relaxation) of a thesis instance at ``cores`` per node, solved once per module: the relaxation
+    reads nothing these tests patch (solver.queue_fast's path reaches neither queue_repair nor queue_close_fast), and
+    the same 22 instances were solved 100 times here. Only ever handed out as deep copies (``_relaxation``)."""
+    q = build_queue_problem(build_problem(with_cores(thesis_instance(r, n, seed), cores), mode))
+    return q, solve_nlp_fast(q)
+
+
+def _relaxation(r: int, n: int, seed: int, cores: float, mode: Mode) -> tuple[Any, Any]:
+    """``_relaxed``'s (problem, relaxation), a fresh copy for a caller that may change it."""
+    return copy.deepcopy(_relaxed(r, n, seed, cores, mode))
+
+
 def _thesis_repairs() -> list[Any]:
     """Repair's pools on thesis instances (1 core per node: step 5 meets full cores), both modes."""
-    out = []
-    for r, n in [(20, 10), (40, 10), (25, 15)]:
-        for mode in (Mode.MODE1, Mode.MODE2):
-            q = build_queue_problem(build_problem(with_cores(thesis_instance(r, n, 0), 1.0), mode))
-            nlp = solve_nlp_fast(q)
-            out.append((q, nlp))
-    return out
+    return [
+        _relaxation(r, n, 0, 1.0, mode) for r, n in [(20, 10), (40, 10), (25, 15)] for mode in (Mode.MODE1, Mode.MODE2)
+    ]
 
 
 def _repaired(runs: list[Any]) -> list[tuple[Any, ...]]:
@@ -165,8 +177,7 @@ def _closings(monkeypatch: pytest.MonkeyPatch) -> tuple[list[Any], int]:
     for cores in (1.0, 2.0):
         for r, n in [(20, 10), (40, 10), (25, 15), (50, 10)]:
             for mode in (Mode.MODE1, Mode.MODE2):
-                q = build_queue_problem(build_problem(with_cores(thesis_instance(r, n, 1), cores), mode))
-                nlp = solve_nlp_fast(q)
+                q, nlp = _relaxation(r, n, 1, cores, mode)
                 pools = queue_repair.repair(q, nlp.x, nlp.r, nlp.n)
                 steps = queue_close_fast.close_pools_fast(pools)
                 out.append((steps, pools.x.tolist(), pools.cap.tolist()))
@@ -219,8 +230,6 @@ def _check_slivers(monkeypatch: pytest.MonkeyPatch, rule: Any) -> int:
     """Repair thesis instances at 1 core and the golden inputs with ``rule`` as step 5's early sliver test and an
     oracle: wherever it fires, the full check (the move made, the counts read, the move undone) on a copy of the
     pools refuses the move too and leaves the same rates bit for bit. Returns how often it fired."""
-    import copy
-
     fired = [0]
 
     def checked(pools: Any, c: int, dst: int, amount: float, lam: Any) -> bool:

@@ -7,6 +7,8 @@ it runs fewer Frank-Wolfe runs where it rules moves out while keeping the moves 
 
 from __future__ import annotations
 
+import copy
+import functools
 from typing import Any
 
 import numpy as np
@@ -36,7 +38,17 @@ def _closed(seed: int, cores: float, r: int, n: int, mode: Mode) -> Pools:
 
 
 def _inputs() -> list[Pools]:
-    """Move-pass inputs with candidates: thesis instances at 2 and 4 cores per node, both modes, seeds 1 and 2."""
+    """Move-pass inputs with candidates: thesis instances at 2 and 4 cores per node, both modes, seeds 1 and 2.
+
+    Each caller gets its own deep copy of pools built once (the move pass and the tests change them; building them,
+    56 relaxations repaired and closed, took ~2.5 s of CPU a call and the module made it 8 times). Building them
+    reads nothing the tests patch (solver.queue_move is not on that path), so every copy is what a fresh build is."""
+    return copy.deepcopy(list(_built_inputs()))
+
+
+@functools.cache
+def _built_inputs() -> tuple[Pools, ...]:
+    """``_inputs()``'s pools, built once: only ever handed out as deep copies."""
     out = []
     for seed in (1, 2):
         for cores in (2.0, 4.0):
@@ -45,7 +57,7 @@ def _inputs() -> list[Pools]:
                     pools = _closed(seed, cores, r, n, mode)
                     if queue_move._candidates(pools, pools.counts()):
                         out.append(pools)
-    return out
+    return tuple(out)
 
 
 def _reference(pools: Pools, x: Any, counts: Any, move: tuple[int, int, int]) -> float:

@@ -9,6 +9,7 @@ and the checks are shown to catch a lower bound without the budgets' credit and 
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import numpy as np
@@ -117,12 +118,18 @@ CONGESTED = [(50, 10, seed) for seed in range(12)] + [(25, 5, seed) for seed in 
 
 def smoothed_instances() -> list[Problem]:
     """The thesis-size instances (Mode 1) where the plain greedy cannot place every request."""
+    return list(_smoothed_instances())
+
+
+@functools.cache
+def _smoothed_instances() -> tuple[Problem, ...]:
+    """``smoothed_instances()``, found once (two tests ask, each before patching anything; a Problem is frozen)."""
     out = []
     for size in CONGESTED:
         p = build_problem(thesis_instance(*size), Mode.MODE1)
         if lpguide.estimate(p, rejection_penalty(p)).method == "smoothed":
             out.append(p)
-    return out
+    return tuple(out)
 
 
 def test_nearly_full_thesis_instances_get_the_small_guided_lp(monkeypatch: pytest.MonkeyPatch) -> None:
