@@ -15,30 +15,13 @@ from hypothesis import HealthCheck, example, given, settings
 
 from solver import queue_warm
 from solver.problem import Mode
-from solver.queue_fast import objective_value, solve_nlp_fast
-from solver.queue_model import NlpSolution, QueueProblem, _breaks_rows, solve_nlp
-from tests.unit.test_queue_start import cases, instance, keeps_cores
+from solver.queue_fast import solve_nlp_fast
+from solver.queue_model import NlpSolution, QueueProblem, _breaks_rows
+from tests.unit.test_queue_start import cases, instance, keeps_cores, relative_gap  # (its reference: once a problem)
 from tests.unit.test_queue_warm import row_excess, warm_answers
 
 CORED = instance(4, 0, 0.0, (2,), Mode.MODE2, False)  # 25 x 10, 2 cores per node
 ONE_CORE = instance(4, 3, 0.4, (1,), Mode.MODE1, True)  # Mode 1, instances running, 1 core, the tail cap
-
-_REFERENCE: dict[int, float] = {}  # id(q) -> the reference NLP's optimum, for CORED and ONE_CORE (module-lived)
-
-
-def relative_gap(q: QueueProblem, solution: NlpSolution) -> float:
-    """tests.unit.test_queue_start.relative_gap with CORED's and ONE_CORE's reference optimum solved once: it reads
-    only ``q`` (Ipopt from its cold start; no switch these tests patch is on its path), and CORED's was solved six
-    times here, ONE_CORE's twice (~0.6-0.8 s of CPU each). A drawn problem's is solved as before, once per ask."""
-    best = _REFERENCE.get(id(q)) if q is CORED or q is ONE_CORE else None
-    if best is None:
-        ref = solve_nlp(q, compact=False)
-        assert ref.status == "optimal"
-        best = objective_value(q, ref.x, ref.r, ref.n, ref.servers)
-        if q is CORED or q is ONE_CORE:
-            _REFERENCE[id(q)] = best
-    assert solution.status == "optimal"
-    return abs(objective_value(q, solution.x, solution.r, solution.n, solution.servers) - best) / abs(best)
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
