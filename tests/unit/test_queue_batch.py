@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import copy
 import functools
 from typing import Any
 
@@ -21,6 +20,7 @@ from solver.queue_move import TRY_ITERATIONS
 from solver.queue_repair import Pools, repair
 from solver.queue_split import ABANDONED, _SplitFlow
 from solver.simulate import thesis_instance
+from tests.unit.built_once import built_once
 from tests.unit.test_queue_repair_golden import cases
 
 
@@ -103,22 +103,18 @@ def test_the_move_pass_is_the_same_with_and_without_the_batch(monkeypatch: pytes
     assert not _golden_differs()
 
 
-@functools.cache
-def _closed_once(cores: float, r: int, n: int, mode: Mode) -> Pools:
-    """Seed 1 of thesis instance r x n at ``cores`` per node: the relaxation, repaired and its pools closed."""
+@built_once
+def _closed_pools(cores: float, r: int, n: int, mode: Mode) -> Pools:
+    """Seed 1 of thesis instance r x n at ``cores`` per node: the relaxation, repaired and its pools closed (a copy
+    of its own for each caller). The relaxation, repair and closing are ~80 % of a move pass's time here and read
+    none of the switches these tests set (queue_move's BATCH, SCREEN and hopeless): built once, they serve both of
+    test_a_round_made_together_equals_the_round_one_run_at_a_time's passes and the candidates test (72 builds ->
+    32)."""
     q = build_queue_problem(build_problem(with_cores(thesis_instance(r, n, 1), cores), mode))
     nlp = solve_nlp_fast(q)
     pools = repair(q, nlp.x, nlp.r, nlp.n)
     close_pools_fast(pools)
     return pools
-
-
-def _closed_pools(cores: float, r: int, n: int, mode: Mode) -> Pools:
-    """A fresh copy of ``_closed_once``'s pools. The relaxation, repair and closing are ~80 % of a move pass's time
-    here and read none of the switches these tests set (queue_move's BATCH, SCREEN and hopeless): built once, they
-    serve both of test_a_round_made_together_equals_the_round_one_run_at_a_time's passes and the candidates test
-    (72 builds -> 32)."""
-    return copy.deepcopy(_closed_once(cores, r, n, mode))
 
 
 def _move_passes(monkeypatch: pytest.MonkeyPatch, batch: bool) -> list[Any]:

@@ -5,7 +5,6 @@ version of each is caught by the same exact check (tests/unit/test_queue_plan_go
 from __future__ import annotations
 
 import copy
-import functools
 import json
 from typing import Any
 
@@ -18,6 +17,7 @@ from solver.problem import Mode, build_problem
 from solver.queue_fast import solve_nlp_fast
 from solver.queue_model import build_queue_problem
 from solver.simulate import thesis_instance
+from tests.unit.built_once import built_once
 from tests.unit.test_queue_plan_golden import GOLDEN, record
 from tests.unit.test_queue_split_fast import CASES
 
@@ -42,18 +42,13 @@ def _counted(monkeypatch: pytest.MonkeyPatch, module: Any, name: str) -> list[in
     return fired
 
 
-@functools.cache
-def _relaxed(r: int, n: int, seed: int, cores: float, mode: Mode) -> tuple[Any, Any]:
-    """(problem, its relaxation) of a thesis instance at ``cores`` per node, solved once per module: the relaxation
-    reads nothing these tests patch (solver.queue_fast's path reaches neither queue_repair nor queue_close_fast), and
-    the same 22 instances were solved 100 times here. Only ever handed out as deep copies (``_relaxation``)."""
+@built_once
+def _relaxation(r: int, n: int, seed: int, cores: float, mode: Mode) -> tuple[Any, Any]:
+    """(problem, its relaxation) of a thesis instance at ``cores`` per node, a copy of its own for each caller: solved
+    once per module, as the relaxation reads nothing these tests patch (solver.queue_fast's path reaches neither
+    queue_repair nor queue_close_fast), and the same 22 instances were solved 100 times here."""
     q = build_queue_problem(build_problem(with_cores(thesis_instance(r, n, seed), cores), mode))
     return q, solve_nlp_fast(q)
-
-
-def _relaxation(r: int, n: int, seed: int, cores: float, mode: Mode) -> tuple[Any, Any]:
-    """``_relaxed``'s (problem, relaxation), a fresh copy for a caller that may change it."""
-    return copy.deepcopy(_relaxed(r, n, seed, cores, mode))
 
 
 def _thesis_repairs() -> list[Any]:

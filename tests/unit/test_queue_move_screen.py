@@ -7,8 +7,6 @@ it runs fewer Frank-Wolfe runs where it rules moves out while keeping the moves 
 
 from __future__ import annotations
 
-import copy
-import functools
 from typing import Any
 
 import numpy as np
@@ -24,6 +22,7 @@ from solver.queue_model import build_queue_problem
 from solver.queue_repair import Pools, repair
 from solver.queue_split import best_split
 from solver.simulate import thesis_instance
+from tests.unit.built_once import built_once
 
 SIZES = [(20, 10), (40, 10), (25, 15), (50, 10), (30, 5), (20, 20), (25, 10)]
 
@@ -37,18 +36,13 @@ def _closed(seed: int, cores: float, r: int, n: int, mode: Mode) -> Pools:
     return pools
 
 
+@built_once
 def _inputs() -> list[Pools]:
     """Move-pass inputs with candidates: thesis instances at 2 and 4 cores per node, both modes, seeds 1 and 2.
 
-    Each caller gets its own deep copy of pools built once (the move pass and the tests change them; building them,
+    Each caller gets its own copy of pools built once (the move pass and the tests change them; building them,
     56 relaxations repaired and closed, took ~2.5 s of CPU a call and the module made it 8 times). Building them
     reads nothing the tests patch (solver.queue_move is not on that path), so every copy is what a fresh build is."""
-    return copy.deepcopy(list(_built_inputs()))
-
-
-@functools.cache
-def _built_inputs() -> tuple[Pools, ...]:
-    """``_inputs()``'s pools, built once: only ever handed out as deep copies."""
     out = []
     for seed in (1, 2):
         for cores in (2.0, 4.0):
@@ -57,7 +51,7 @@ def _built_inputs() -> tuple[Pools, ...]:
                     pools = _closed(seed, cores, r, n, mode)
                     if queue_move._candidates(pools, pools.counts()):
                         out.append(pools)
-    return tuple(out)
+    return out
 
 
 def _reference(pools: Pools, x: Any, counts: Any, move: tuple[int, int, int]) -> float:
