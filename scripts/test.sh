@@ -23,7 +23,7 @@ tier=${PEERSERVE_PY310_TIER:-subset}
 py310_pid=""
 if [ $# -eq 0 ] && [ "$tier" != off ]; then
   py310_log=$(mktemp)
-  py310_extras=solver,agent,dev,serving
+  py310_extras=""  # empty: test-py310.sh's default, everything (the whole unit tier runs there)
   if [ "$tier" = subset ]; then py310_extras=agent,test; fi
   PEERSERVE_PY310_EXTRAS=$py310_extras bash scripts/test-py310.sh --prepare >"$py310_log" 2>&1 &
   py310_pid=$!
