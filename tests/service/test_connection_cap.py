@@ -356,6 +356,11 @@ def test_a_trickled_body_is_given_up_and_an_honest_slow_upload_keeps_its_place(a
     began = time.monotonic()
     try:
         wait_for(lambda: _waiting_table(server) == {ATTACKERS[0]: 1}, timeout=10)  # behind the rate: ~2 s (~3 s)
+        # Just behind, a byte buys 1/min_rate s (0.1 s at 10 B/s): one that comes within 0.1 s of the crossing puts
+        # the trickler back inside the rate until then, and a newcomer in that window found nobody to take (503 in
+        # CI). Its bytes come >= 0.3 s apart, so from 0.1 s after the crossing it only falls further behind.
+        time.sleep(0.35)
+        wait_for(lambda: _waiting_table(server) == {ATTACKERS[0]: 1}, timeout=10)
         assert threads[1].is_alive(), "the honest upload was over before the newcomer came: too slow a machine"
         status, headers, _ = _exchanged(port, "127.0.78.1", _HEALTH)
         assert status == 200, (status, headers)
