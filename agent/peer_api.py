@@ -338,8 +338,11 @@ class PeerServer:
             access_log=True,
             timeout_graceful_shutdown=2,
         )  # fmt: skip
-        # a stranger holds few handshakes, briefly; each request's scope names the node the client certificate proved
-        self.server = _EmbeddedServer(gate_tls(config, connection_state=connection_state))
+        # a stranger holds few handshakes, briefly; each request's scope names the node the client certificate proved;
+        # a handshake that ends once the stop began is closed, not handed over (served after the stop's abort)
+        self.server = _EmbeddedServer(
+            gate_tls(config, connection_state=connection_state, stopping=lambda: self.server.should_exit)
+        )
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:

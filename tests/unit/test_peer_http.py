@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import asyncio.sslproto
 import contextlib
+import socket
+import ssl
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -325,3 +327,42 @@ def test_exchanges_past_the_bound_wait_their_turn_and_all_succeed(tmp_path: Path
             await server.stop()
 
     asyncio.run(run())
+
+
+def test_a_handshake_that_ends_after_the_listeners_stop_is_closed_not_served(tmp_path: Path) -> None:
+    """A peer connection accepted before the listener's stop whose TLS handshake ends after it: the stop aborts the
+    connections uvicorn holds, but this one joins them only at the handover. It was handed over and served after the
+    stop (a peer request reaching a stopped agent); now it is closed at the handover, as the HTTPS listener's is."""
+
+    async def run() -> list[str]:
+        server, ident, url = await tls_server(tmp_path)
+        ctx = tls_context(ident)
+        assert isinstance(ctx, ssl.SSLContext)
+        port = int(url.rsplit(":", 1)[1])
+        raw = socket.create_connection(("127.0.0.1", port), timeout=10)  # no ClientHello yet
+        gate = server.server.config.http_protocol_class
+        try:
+            for _ in range(200):
+                if gate.pending.in_progress == 1:  # accepted: its handshake is pending
+                    break
+                await asyncio.sleep(0.01)
+            assert gate.pending.in_progress == 1
+            await server.stop()
+
+            def use() -> list[str]:
+                answers: list[str] = []
+                try:
+                    tls = ctx.wrap_socket(raw, server_hostname="a")
+                    tls.sendall(b"GET /late HTTP/1.1\r\nHost: a\r\n\r\n")
+                    got = tls.recv(4096)
+                    answers.append(got.split(b"\r\n", 1)[0].decode() if got else "closed")
+                except OSError as exc:
+                    answers.append(type(exc).__name__)
+                return answers
+
+            return await asyncio.wait_for(asyncio.to_thread(use), 20)
+        finally:
+            raw.close()
+
+    answers = asyncio.run(run())
+    assert len(answers) == 1 and not answers[0].startswith("HTTP"), answers  # before: ['HTTP/1.1 200 OK']
