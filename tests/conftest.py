@@ -17,8 +17,10 @@ from scripts.dockerd import DockerUnavailable, PrivateDockerd, available, privat
 from tests.child_guard import pytest_configure  # noqa: F401 - registers the leak guard for every test
 
 # CI runs the property tests on a fixed sequence of examples, so a submission's verdict is reproducible;
-# anywhere else hypothesis explores new examples every run (and stores any failure it finds).
-settings.register_profile("ci", derandomize=True, database=None)
+# anywhere else hypothesis explores new examples every run (and stores any failure it finds). No per-example
+# deadline in CI: the unit tier runs beside the serial tier at a lower priority (scripts/test.sh), and an example
+# held off the CPU for 200 ms is not a failure (speed targets live in bench/, never in a test's clock).
+settings.register_profile("ci", derandomize=True, database=None, deadline=None)
 if os.environ.get("CI"):
     settings.load_profile("ci")
 

@@ -1,5 +1,5 @@
 """The system tier's cached wheelhouse (tests/system/boards.py) is keyed by what a board installs: a change to the
-dev extra or to tool settings reuses it (its download needs the package index and minutes), a change to what
+dev or test extra or to tool settings reuses it (its download needs the package index and minutes), a change to what
 ``install.sh --download-wheels`` fetches does not."""
 
 from __future__ import annotations
@@ -34,7 +34,8 @@ def test_the_key_is_the_checkouts_and_stable(repo: Path) -> None:
 @pytest.mark.parametrize(
     ("old", "new"),
     [
-        ('dev = [\n  "pytest>=8",', 'dev = [\n  "pytest>=8",\n  "some-dev-tool>=1",'),  # the dev extra
+        ('dev = [\n  "peerserve[test]",', 'dev = [\n  "peerserve[test]",\n  "some-dev-tool>=1",'),  # the dev extra
+        ("test = [  # what the tests", 'test = [\n  "pytest-timeout>=2",  # what the tests'),  # the test extra
         ("[tool.mypy]\n", "[tool.mypy]\nstrict_equality = true\n"),  # tool settings
         ("[tool.pytest.ini_options]\n", "# a comment\n[tool.pytest.ini_options]\n"),
     ],
