@@ -157,9 +157,15 @@ async def _newcomer_against_slow_uploads(settings: Settings) -> tuple[int, list[
     uploads = [await asyncio.open_connection("127.0.0.1", port, local_addr=("127.0.91.1", 0)) for _ in range(2)]
     for _, up_writer in uploads:
         up_writer.write(b"POST /up HTTP/1.1\r\nHost: a\r\nContent-Length: 6000\r\n\r\n")
-    for _ in range(18):  # 30 bytes every 0.1 s: 300 B/s, never 1 s without a byte
+    # 300 B/s by the clock, a write every 0.1 s (never 1 s without a byte): a late wake-up on a busy machine sends
+    # what is due. 30 bytes a wake-up slowed to ~260 B/s there, under the 280 that 4 x 70 may take.
+    loop, sent_each = asyncio.get_running_loop(), 0
+    began = loop.time()
+    while sent_each < 540:
+        due = min(540, int(300 * (loop.time() - began)) + 30)
         for _, up_writer in uploads:
-            up_writer.write(b"x" * 30)
+            up_writer.write(b"x" * (due - sent_each))
+        sent_each = due
         await asyncio.sleep(0.1)
     reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=("127.0.91.2", 0))
     writer.write(b"GET /health HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
