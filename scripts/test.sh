@@ -18,15 +18,15 @@ service_workers=${PEERSERVE_SERVICE_WORKERS:-2}
 # users; the proxy's reads: the upstream pool's heads and paced bodies, chunked parsing and its loop-turn budget; TLS,
 # JSON bounds, TOML settings) in a 3.10 venv of their own, where a 3.10 interpreter is here (none on Debian 12: said
 # and skipped). PEERSERVE_PY310_TIER: subset (default), unit (the whole unit tier), off. Not with pytest arguments.
-# Its venv is made while lint and types run (pip and those checks have no timing to disturb; pytest does), and
-# waited for before pytest starts.
+# Its venv is made from the start at the lowest CPU priority (nice 19: pip takes only what the checks and the tests
+# leave, so it disturbs no test's timing; it once held pytest back ~1 minute), and waited for before its stage.
 tier=${PEERSERVE_PY310_TIER:-subset}
 py310_pid=""
 if [ $# -eq 0 ] && [ "$tier" != off ]; then
   py310_log=$(mktemp)
   py310_extras=""  # empty: test-py310.sh's default, everything (the whole unit tier runs there)
   if [ "$tier" = subset ]; then py310_extras=agent,test; fi
-  PEERSERVE_PY310_EXTRAS=$py310_extras bash scripts/test-py310.sh --prepare >"$py310_log" 2>&1 &
+  PEERSERVE_PY310_EXTRAS=$py310_extras nice -n 19 bash scripts/test-py310.sh --prepare >"$py310_log" 2>&1 &
   py310_pid=$!
 fi
 py310_ready() {
@@ -39,7 +39,14 @@ py310_ready() {
   rm -f "$py310_log"
   return "$rc"
 }
-trap 'if [ -n "$py310_pid" ]; then kill "$py310_pid" 2>/dev/null || true; rm -f "$py310_log"; fi' EXIT
+unit_pid=""
+unit_log=""
+cleanup() {  # what runs in the background, should this script end early
+  if [ -n "$py310_pid" ]; then kill "$py310_pid" 2>/dev/null || true; rm -f "$py310_log"; fi
+  if [ -n "$unit_pid" ]; then kill "$unit_pid" 2>/dev/null || true; fi
+  if [ -n "$unit_log" ]; then rm -f "$unit_log"; fi
+}
+trap cleanup EXIT
 # Each stage's header says when it started (minutes:seconds since this script began), so a CI log shows where the
 # suite's time goes without a profile.
 stage() { printf '== %s (at %d:%02d)\n' "$1" $((SECONDS / 60)) $((SECONDS % 60)); }
@@ -56,8 +63,6 @@ stage "mypy"
 mypy_cache=${PEERSERVE_MYPY_CACHE:-}
 if [ -z "$mypy_cache" ] && [ "$(id -u)" = 0 ]; then mypy_cache=/var/cache/peerserve/mypy; fi
 "$py" -m mypy ${mypy_cache:+--cache-dir "$mypy_cache"}
-stage "Python 3.10 venv (made while lint and types ran)"
-py310_ready
 stage "pytest"
 # As root the real parts must be there: a test that needs dockerd fails rather than skips.
 if [ "$(id -u)" = 0 ]; then export PEERSERVE_REQUIRE_DOCKER=1; fi
@@ -77,7 +82,6 @@ else
   unit_log=$(mktemp)
   nice -n 19 "$py" -m pytest -n "$workers" -m cpu_only tests/unit >"$unit_log" 2>&1 &
   unit_pid=$!
-  trap 'kill "$unit_pid" 2>/dev/null || true; rm -f "$unit_log"' EXIT
   serial_rc=0
   "$py" -m pytest -m serial tests/cluster tests/service tests/system || serial_rc=$?
   stage "pytest: the service tier's other tests and the unit tests that read the clock ($service_workers workers)"
@@ -89,15 +93,16 @@ else
   stage "pytest: the unit tests that only compute (began beside the serial tests)"
   unit_rc=0
   wait "$unit_pid" || unit_rc=$?
+  unit_pid=""
   cat "$unit_log"
-  rm -f "$unit_log"
-  trap - EXIT
   if [ "$serial_rc" != 0 ] || [ "$rest_rc" != 0 ] || [ "$unit_rc" != 0 ]; then
     echo "pytest failed: serial $serial_rc, service and clocked unit $rest_rc, cpu_only unit $unit_rc" >&2
     exit 1
   fi
 fi
 if [ $# -eq 0 ] && [ "$tier" != off ]; then
+  stage "Python 3.10 venv (made while the rest ran)"
+  py310_ready
   stage "pytest under Python 3.10 ($tier)"
   if [ "$tier" = unit ]; then
     bash scripts/test-py310.sh --prepared -n "$workers" tests/unit

@@ -12,14 +12,14 @@ from solver import Snapshot
 
 # scripts/test.sh runs the unit tests marked ``cpu_only`` beside the serial tier at the lowest CPU priority (nice 19:
 # they take only what the serial tests leave, ~70 % of two cores here), and the rest after it at normal priority. A
-# module is cpu_only unless its source names anything that reads or waits on the wall clock, or talks to a socket,
-# a thread, a process or a server (below): at low priority such a test is held off the CPU for whole seconds while
-# its clock runs (a 300 B/s upload measured at 260 B/s, given up at the agent's 280). Deliberately broad: a module
-# wrongly left out only runs later; one wrongly let in can flake.
+# module is cpu_only unless its source names anything that reads or waits on a clock (CPU time included), or talks to
+# a socket, a thread, a process or a server (below): at low priority such a test is held off the CPU for whole
+# seconds while its clock runs (a 300 B/s upload measured at 260 B/s, given up at the agent's 280; a CPU-time bound
+# of 2 s met in 2.1). Deliberately broad: a module wrongly left out only runs later; one wrongly let in can flake.
 CLOCKED = re.compile(
-    r"time\.(sleep|monotonic|time|perf_counter)|asyncio\.|loop\.time|socket|open_connection|create_connection"
-    r"|uvicorn|subprocess|threading|wait_for|httpx|Popen|signal\.|tests\.(service|cluster|system)|PeerServer"
-    r"|NodeAgent|TestClient|dockerd|Thread"
+    r"time\.(sleep|monotonic|time|perf_counter|process_time|thread_time)|getrusage|asyncio\.|loop\.time"
+    r"|socket|open_connection|create_connection|uvicorn|subprocess|threading|Thread|wait_for|httpx|Popen|signal\."
+    r"|tests\.(service|cluster|system)|PeerServer|NodeAgent|TestClient|dockerd"
 )
 _CPU_ONLY: dict[Path, bool] = {}
 
