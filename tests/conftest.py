@@ -18,8 +18,8 @@ from tests.child_guard import pytest_configure  # noqa: F401 - registers the lea
 
 # CI runs the property tests on a fixed sequence of examples, so a submission's verdict is reproducible;
 # anywhere else hypothesis explores new examples every run (and stores any failure it finds). No per-example
-# deadline in CI: the unit tier runs beside the serial tier at a lower priority (scripts/test.sh), and an example
-# held off the CPU for 200 ms is not a failure (speed targets live in bench/, never in a test's clock).
+# deadline in CI: on a shared 2-core machine an example held off the CPU for 200 ms is not a failure (speed targets
+# live in bench/, never in a test's clock).
 settings.register_profile("ci", derandomize=True, database=None, deadline=None)
 if os.environ.get("CI"):
     settings.load_profile("ci")
