@@ -68,8 +68,8 @@ else
   # Then the rest of the service tier, real agents on ports from each worker's own range with each worker's own
   # cluster token (tests/service/conftest.py), a module to a worker, on $service_workers workers; then the unit tier,
   # whose tests share nothing (tmp_path, port 0, no fixed file or address): CPU-bound, on $workers workers. (Tried
-  # in session 23: the unit tests that read no clock beside the serial ones at nice 19, 2-3 minutes less; but a
-  # serial test of the connection cap's timing failed beside them in one of two runs: docs/test-suite-time.md.)
+  # in session 23: the unit tests that read no clock beside the serial ones at nice 19, 2-3 minutes less; not kept
+  # after a serial test failed beside them, a test since found flaky alone: docs/test-suite-time.md.)
   "$py" -m pytest -m serial tests/cluster tests/service tests/system
   stage "pytest: the service tier's other tests ($service_workers workers)"
   "$py" -m pytest -n "$service_workers" --dist loadfile -m "not serial" tests/service
