@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The full test suite: lint (ruff), types (mypy; strict for solver/ and coordinator_election/), tests
 # (pytest: the tests marked serial one at a time -- as root the cluster and system tiers, and the service tests that
-# need an address, the Docker bridge or a core to themselves --, the rest of the service tier and then the unit tier
-# on two pytest-xdist workers each; then a subset of the unit tier under Python 3.10 where a 3.10 interpreter is here,
-# scripts/test-py310.sh). Expects scripts/bootstrap.sh to have run.
+# need an address, the Docker bridge or a core to themselves -- with the unit tier beside them at the lowest CPU
+# priority, then the rest of the service tier; the unit tier and the service tier on two pytest-xdist workers each;
+# then a subset of the unit tier under Python 3.10 where a 3.10 interpreter is here, scripts/test-py310.sh). Expects
+# scripts/bootstrap.sh to have run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 venv=${PEERSERVE_VENV:-.venv}
@@ -12,6 +13,15 @@ workers=${PEERSERVE_UNIT_WORKERS:-2}  # the unit tier's pytest-xdist workers (0:
 # The same for the service tier's tests not marked serial (0: in the pytest process; a service test that flakes beside
 # the other worker gets its module marked serial, as test_connection_cap's timed stalls were).
 service_workers=${PEERSERVE_SERVICE_WORKERS:-2}
+# Where the unit tier runs: beside (default) the serial tests, at nice 19, so it takes only the CPU they leave while
+# they wait on elections, SWIM periods, boots and stalls (docs/test-suite-time.md: ~8 minutes less on 2 cores); after:
+# on its own once the service tier is done, as before session 24 (the switch if a test ever flakes beside the other).
+unit_lane=${PEERSERVE_UNIT_LANE:-beside}
+case "$unit_lane" in beside | after) ;; *)
+  echo "PEERSERVE_UNIT_LANE must be beside or after, not '$unit_lane'" >&2
+  exit 2
+  ;;
+esac
 
 # Python 3.10 (JetPack 6): the version-sensitive unit tests (asyncio timeouts and cancellation: agent/aio.py and its
 # users; the proxy's reads: the upstream pool's heads and paced bodies, chunked parsing and its loop-turn budget; TLS,
@@ -39,7 +49,14 @@ py310_ready() {
   rm -f "$py310_log"
   return "$rc"
 }
-trap 'if [ -n "$py310_pid" ]; then kill "$py310_pid" 2>/dev/null || true; rm -f "$py310_log"; fi' EXIT
+unit_pid=""
+unit_log=""
+cleanup() {
+  if [ -n "$py310_pid" ]; then kill "$py310_pid" 2>/dev/null || true; fi
+  if [ -n "$unit_pid" ]; then kill "$unit_pid" 2>/dev/null || true; fi
+  rm -f "${py310_log:-}" "$unit_log"
+}
+trap cleanup EXIT
 # Each stage's header says when it started (minutes:seconds since this script began), so a CI log shows where the
 # suite's time goes without a profile.
 stage() { printf '== %s (at %d:%02d)\n' "$1" $((SECONDS / 60)) $((SECONDS % 60)); }
@@ -67,14 +84,28 @@ else
   # mark themselves (a fixed loopback address, or a bound measured on an otherwise idle core; tests/conftest.py).
   # Then the rest of the service tier, real agents on ports from each worker's own range with each worker's own
   # cluster token (tests/service/conftest.py), a module to a worker, on $service_workers workers; then the unit tier,
-  # whose tests share nothing (tmp_path, port 0, no fixed file or address): CPU-bound, on $workers workers. (Tried
-  # in session 23: the unit tests that read no clock beside the serial ones at nice 19, 2-3 minutes less; not kept
-  # after a serial test failed beside them, a test since found flaky alone: docs/test-suite-time.md.)
+  # whose tests share nothing (tmp_path, port 0, no fixed file or address): CPU-bound, on $workers workers, by
+  # default started with the serial tests at nice 19 (its output is printed at its own stage, so the log reads as
+  # one tier after another).
+  if [ "$unit_lane" = beside ]; then
+    unit_log=$(mktemp)
+    nice -n 19 "$py" -m pytest -n "$workers" tests/unit >"$unit_log" 2>&1 &
+    unit_pid=$!
+  fi
   "$py" -m pytest -m serial tests/cluster tests/service tests/system
   stage "pytest: the service tier's other tests ($service_workers workers)"
   "$py" -m pytest -n "$service_workers" --dist loadfile -m "not serial" tests/service
-  stage "pytest: the unit tier ($workers workers)"
-  "$py" -m pytest -n "$workers" tests/unit
+  if [ "$unit_lane" = beside ]; then
+    stage "pytest: the unit tier ($workers workers, started beside the serial tests at nice 19)"
+    unit_rc=0
+    wait "$unit_pid" || unit_rc=$?
+    unit_pid=""
+    cat "$unit_log"
+    [ "$unit_rc" = 0 ] || exit "$unit_rc"
+  else
+    stage "pytest: the unit tier ($workers workers)"
+    "$py" -m pytest -n "$workers" tests/unit
+  fi
 fi
 if [ $# -eq 0 ] && [ "$tier" != off ]; then
   stage "Python 3.10 venv (made while the rest ran)"
