@@ -287,8 +287,8 @@ def limited_protocol(
                 if victim is None:
                     return  # the newcomer's own address holds the most: its request gets uvicorn's 503
                 victim._unmark_waiting()
-                if victim._answer_started():  # answering before the body came (an early error): not waiting
-                    continue
+                if victim._answer_started() and victim._lingering is None:  # answering before the body came (an
+                    continue  # early error): not waiting (lingering after an answer, _linger_close: taken)
                 self.given_up.add(victim)
                 log.debug("giving up a connection from %s for a newcomer from %s", victim.client, host)
                 victim._give_up()
@@ -547,6 +547,10 @@ def limited_protocol(
             self._close_if_half_closed()
             self._update_header_deadline()
 
+        def _linger_close(self, seconds: float, drop_bytes: int) -> None:
+            super()._linger_close(seconds, drop_bytes)
+            self._update_header_deadline()  # waiting: a newcomer at a full cap takes its place (_make_room)
+
         def on_response_complete(self) -> None:
             super().on_response_complete()
             if self.transport.get_write_buffer_size() > 0:  # the answer's tail unsent: the client must read it
@@ -573,6 +577,10 @@ def limited_protocol(
             """Arm the deadline while no request is in progress; disarm it once a request's headers are in. Then
             the connection is in ``waiting`` while it waits on its client (a head, or a body that has stalled:
             ``_body_stalled``, looked at again by a timer while the body is awaited)."""
+            if self._lingering is not None:  # answered and closing: the first a newcomer at a full cap takes
+                self._cancel_header_deadline()
+                self._mark_waiting()
+                return
             if self.transport.is_closing() or not self._waiting_for_headers():
                 self._cancel_header_deadline()
             elif self._header_timer is None:

@@ -44,6 +44,10 @@ MIN_CHUNK_BYTES = 256  # ... past which they must average at least this many byt
 CLOSE_DRAIN_S = 10.0  # a closed connection's unsent bytes get this long to drain before it is aborted (_close)
 REFUSAL_LINGER_S = 1.0  # a refused client has this long to read its 400; what it still sends is dropped unparsed ...
 REFUSAL_DROP_BYTES = 1 << 20  # ... up to this much (then reading stops: a sender at line rate cost ~0.7 GB/s of reads)
+EARLY_ANSWER_LINGER_S = 2.0  # an answer that closes before the request's body was all read (413, 408, 401...): the
+EARLY_ANSWER_DROP_BYTES = 16 << 20  # client may still be sending it; this long and this much (twice the default
+# max_body_mb) are dropped unparsed after our FIN, so a client that reads only once it has sent everything (Python's
+# http.client and urllib.request) gets the answer, not a reset (Apache lingers 2 s, nginx up to 30 s)
 
 
 def error_bytes(status: int, message: str) -> tuple[list[tuple[bytes, bytes]], bytes]:
@@ -64,6 +68,36 @@ def raw_response(status: int, reason: str, message: str, retry_after_s: int | No
         headers.append((b"retry-after", b"%d" % retry_after_s))
     lines = b"".join(k + b": " + v + b"\r\n" for k, v in headers)
     return f"HTTP/1.1 {status} {reason}\r\n".encode() + lines + b"\r\n" + body
+
+
+class LingeringTransport:
+    """The protocol's transport, whose ``close()`` lingers where closing at once would reset the connection.
+
+    uvicorn closes the transport itself once an answer with ``Connection: close`` is sent (its request cycle's
+    ``send``), and the agent's errors close (``error_bytes``). When that answer came before the request's body was
+    all read (a declared body over ``max_body_mb`` gets 413 before a byte of it is read), the client is still
+    sending: the socket closed with bytes unread sends a reset, and the client's kernel drops the answer it had not
+    read yet. ``linger`` (the protocol's ``_linger_instead``) decides and carries out the lingering close; every
+    other method is the transport's own. ``is_closing()`` is true from the linger on, as it is after a close."""
+
+    __slots__ = ("_closing", "_linger", "_transport")
+
+    def __init__(self, transport: asyncio.Transport, linger: Callable[[], bool]) -> None:
+        self._transport = transport
+        self._linger = linger
+        self._closing = False  # lingering: closed as far as the protocol's users are concerned
+
+    def close(self) -> None:
+        if not self._closing and not self._transport.is_closing() and self._linger():
+            self._closing = True
+            return
+        self._transport.close()
+
+    def is_closing(self) -> bool:
+        return self._closing or self._transport.is_closing()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
 
 
 _warned: dict[str, float] = {}
@@ -203,8 +237,9 @@ class SlicedH11Protocol(H11Protocol):
     _in_turns = False  # waiting in its address's queue for a turn of the port's parse budget (ParseTurns)
     _reading_held = False  # reading paused by the slicing (uvicorn's flow control pauses it on its own too)
     _held_for_debt = False  # ... and, since reading was last let go on, for its own parse debt (``_in_own_debt``)
-    _lingering: asyncio.TimerHandle | None = None  # refused: dropping what arrives until this closes
+    _lingering: asyncio.TimerHandle | None = None  # refused or answered early: dropping what comes until this closes
     _dropped = 0  # bytes dropped since the refusal
+    _drop_limit = REFUSAL_DROP_BYTES  # ... and how many it may drop before reading stops (_linger_close)
     close_drain_s = CLOSE_DRAIN_S  # (limited_protocol: its write_timeout_s)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -221,6 +256,7 @@ class SlicedH11Protocol(H11Protocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         pauses.install()  # full collections' CPU is counted, to be left out of the steps' charges (step_cpu)
         super().connection_made(transport)
+        self.transport = LingeringTransport(transport, self._linger_instead)  # type: ignore[assignment]
         self.flow = SlicedFlowControl(transport, lambda: self._reading_held, self._reading_resumed)
         self._address = client_host(self) or ""
         self._entry = self.address_budgets.take(self._address)
@@ -256,7 +292,7 @@ class SlicedH11Protocol(H11Protocol):
     def data_received(self, data: bytes) -> None:
         if self._lingering is not None:
             self._dropped += len(data)
-            if self._dropped > REFUSAL_DROP_BYTES:
+            if self._dropped > self._drop_limit:
                 self.transport.pause_reading()
             return
         self._unset_keepalive_if_required()  # as uvicorn's own: bytes came, whether parsed now or held for a turn
@@ -418,11 +454,29 @@ class SlicedH11Protocol(H11Protocol):
                 self.transport.write(raw_response(400, "Bad Request", message))
             self.cycle.disconnected = True  # the handler's receive() says so, its send() writes nothing more
             self.cycle.message_event.set()
-        # Closing with the client's bytes unread would reset the connection, and the client's kernel drops
-        # the 400 it has not read yet: end our side, drop what still comes (no parsing) for a moment, close.
+        self._linger_close(REFUSAL_LINGER_S, REFUSAL_DROP_BYTES)
+
+    def _linger_instead(self) -> bool:
+        """The transport is being closed (``LingeringTransport``): linger instead when an answer was given in full
+        while the request's body was still coming (h11 waits for more of it), and say whether it does."""
+        cycle = self.cycle
+        if self._lingering is not None or cycle is None or not cycle.response_complete:
+            return False  # (lingering already: its end closes)
+        if self.conn.their_state is not h11.SEND_BODY:
+            return False
+        self._linger_close(EARLY_ANSWER_LINGER_S, EARLY_ANSWER_DROP_BYTES)
+        return True
+
+    def _linger_close(self, seconds: float, drop_bytes: int) -> None:
+        """Closing with the client's bytes unread would reset the connection, and the client's kernel drops the
+        answer it has not read yet: end our side (the answer is followed by our FIN), drop what still comes (no
+        parsing) for ``seconds`` or ``drop_bytes`` (then reading stops), close. The connection keeps its place in
+        the caps until then; the client's own EOF closes it at once."""
+        self._unparsed.clear()
         if self.transport.can_write_eof():
             self.transport.write_eof()
-        self._lingering = self.loop.call_later(REFUSAL_LINGER_S, self._close)
+        self._drop_limit = drop_bytes
+        self._lingering = self.loop.call_later(seconds, self._close)
         self._reading_held = False
         self._held_for_debt = False
         self.flow.read_paused = False

@@ -1,0 +1,210 @@
+"""An answer given before the request's body was read is followed by a lingering close (agent/http_sliced.py).
+
+The client port answers 413 as soon as a declared body is over the limit, before reading a byte of it, and closes.
+A client still sending then met a reset, and its kernel dropped the answer it had not read: Python's http.client,
+which sends the whole body before it reads, got ConnectionResetError or BrokenPipeError for a 4 MB upload against a
+1 MiB limit, 5 times of 5 (urllib3, httpx and curl read the answer after a failed send, and some got it). The
+protocol now half-closes after the answer and drops what still comes, unparsed, for ``EARLY_ANSWER_LINGER_S`` or
+``EARLY_ANSWER_DROP_BYTES``. Over real loopback sockets in this process, the client port's protocol and the
+agent's HttpLimits middleware as the agent runs them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import http.client
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import uvicorn
+from uvicorn.server import ServerState
+
+from agent import http_sliced
+from agent.http_limits import HttpLimits, limited_protocol
+from tests.waiting import wait_for
+
+MAX_BODY = 2**20
+
+
+async def echo_length(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """Reads the whole body and answers its length (only bodies within the limit get here whole)."""
+    size, more = 0, True
+    while more:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return
+        size += len(message.get("body", b""))
+        more = message.get("more_body", False)
+    answer = b"%d" % size
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"%d" % len(answer))]})
+    await send({"type": "http.response.body", "body": answer})
+
+
+class Server:
+    """The client port's protocol on 127.0.0.1 in a thread of its own; what each closed connection dropped."""
+
+    def __init__(self, limit_concurrency: int | None = None) -> None:
+        self.limit_concurrency = limit_concurrency
+        self.port = 0
+        self.dropped: list[int] = []  # bytes each lingering connection dropped, at its close
+        self.open: list[int] = []  # the server's open connections, sampled by ``count_open``
+        self.state = ServerState()
+        self._ready = threading.Event()
+        self._stop: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread = threading.Thread(target=asyncio.run, args=(self._serve(),), daemon=True)
+
+    async def _serve(self) -> None:
+        config = uvicorn.Config(HttpLimits(echo_length, MAX_BODY, 30.0), h11_max_incomplete_event_size=16384,
+                                log_config=None, limit_concurrency=self.limit_concurrency)  # fmt: skip
+        config.load()
+        base = limited_protocol(10.0, 64, 30.0)
+        dropped = self.dropped
+
+        class Recording(base):  # type: ignore[misc,valid-type]
+            def connection_lost(self, exc: Exception | None) -> None:
+                if self._lingering is not None:
+                    dropped.append(self._dropped)
+                super().connection_lost(exc)
+
+        self._loop, self._stop = asyncio.get_running_loop(), asyncio.Event()
+        server = await self._loop.create_server(
+            lambda: Recording(config=config, server_state=self.state, app_state={}), "127.0.0.1", 0
+        )
+        self.port = server.sockets[0].getsockname()[1]
+        self._ready.set()
+        await self._stop.wait()
+        server.close()
+        for conn in list(self.state.connections):
+            conn.transport.abort()
+        await server.wait_closed()
+
+    def __enter__(self) -> Server:
+        self._thread.start()
+        assert self._ready.wait(10)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        assert self._loop is not None and self._stop is not None
+        self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(10)
+
+    def connections(self) -> int:
+        """How many connections the server holds now (uvicorn's count, the one its caps read)."""
+        assert self._loop is not None
+        return asyncio.run_coroutine_threadsafe(self._count(), self._loop).result(5)
+
+    async def _count(self) -> int:
+        return len(self.state.connections)
+
+
+@pytest.fixture
+def server() -> Iterator[Server]:
+    with Server() as running:
+        yield running
+
+
+def post(port: int, body: bytes) -> tuple[int, bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        conn.request("POST", "/p", body=body)
+        answer = conn.getresponse()
+        return answer.status, answer.read()
+    finally:
+        conn.close()
+
+
+def test_http_client_uploading_over_the_limit_reads_its_413(server: Server) -> None:
+    for size in (4 * 2**20, 12 * 2**20):  # both under the drop bound: the client sends all of it, then reads
+        for _ in range(3):
+            status, body = post(server.port, b"x" * size)
+            assert status == 413 and b"request body over 1048576 bytes" in body, (size, status, body)
+
+
+def test_a_body_within_the_limit_is_still_read_and_answered(server: Server) -> None:
+    assert post(server.port, b"y" * MAX_BODY) == (200, b"%d" % MAX_BODY)
+    assert server.dropped == []  # nothing answered early, nothing lingered
+
+
+def open_upload(port: int, declared: int, source: str = "127.0.0.1") -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=30, source_address=(source, 0))
+    sock.sendall(f"POST /p HTTP/1.1\r\nHost: a\r\nContent-Length: {declared}\r\n\r\n".encode())
+    return sock
+
+
+def read_answer(sock: socket.socket) -> bytes:
+    data = b""
+    while b"\r\n\r\n" not in data or not data.endswith(b"}"):
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def test_a_client_that_never_stops_sending_is_cut_off_at_the_bounds(
+    server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A sender at loopback speed: the agent drops at most the drop bound (then reads no more), holds the connection
+    at most the linger (counted in the server's connections meanwhile), and closes it."""
+    monkeypatch.setattr(http_sliced, "EARLY_ANSWER_DROP_BYTES", 2**20)
+    sock = open_upload(server.port, 2**40)
+    sent, stop = [0], threading.Event()
+
+    def flood() -> None:
+        with contextlib.suppress(OSError):
+            while not stop.is_set():
+                sent[0] += sock.send(b"z" * 65536)
+
+    sender = threading.Thread(target=flood)
+    sender.start()
+    try:
+        started = time.monotonic()
+        answer = read_answer(sock)
+        assert answer.startswith(b"HTTP/1.1 413 "), answer[:200]
+        assert server.connections() == 1  # lingering: still open, still counted against the caps
+        sender.join(30)  # the close ends the flood (a reset or a broken pipe)
+        took = time.monotonic() - started
+    finally:
+        stop.set()
+        sender.join(5)
+        sock.close()
+    assert not sender.is_alive()
+    assert http_sliced.EARLY_ANSWER_LINGER_S - 0.1 < took < http_sliced.EARLY_ANSWER_LINGER_S + 10, took
+    assert sent[0] > 4 * 2**20, sent  # it went on sending well past the bound (the kernel's buffers took the rest)
+    assert server.dropped and server.dropped[0] <= 2**20 + 256 * 1024, server.dropped  # at most one read past it
+    wait_for(lambda: server.connections() == 0, 20)
+
+
+def test_the_clients_eof_ends_the_linger_at_once(server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A client that stops sending once it has read the answer (shutdown(SHUT_WR)) is not held for the linger."""
+    monkeypatch.setattr(http_sliced, "EARLY_ANSWER_LINGER_S", 60.0)
+    sock = open_upload(server.port, 8 * 2**20)
+    sock.sendall(b"w" * 100_000)
+    assert read_answer(sock).startswith(b"HTTP/1.1 413 ")
+    started = time.monotonic()
+    sock.shutdown(socket.SHUT_WR)
+    assert sock.recv(1) == b""  # our FIN came with the answer; then the close
+    wait_for(lambda: server.connections() == 0, 20)
+    assert time.monotonic() - started < 30  # not the 60 s linger
+    sock.close()
+    assert server.dropped and server.dropped[0] <= 100_000, server.dropped  # it lingered, and dropped the rest
+
+
+def test_a_newcomer_at_a_full_cap_takes_a_lingering_connections_place(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A lingering connection keeps its place in uvicorn's count (it is still open), so at a full cap it is the
+    first a newcomer from another address takes (agent/http_caps.py ``_make_room``), not a reason to refuse it."""
+    monkeypatch.setattr(http_sliced, "EARLY_ANSWER_LINGER_S", 60.0)
+    with Server(limit_concurrency=2) as server:  # uvicorn refuses a request that finds 2 open, its own included
+        sock = open_upload(server.port, 8 * 2**20, source="127.0.0.2")
+        sock.sendall(b"w" * 100_000)
+        assert read_answer(sock).startswith(b"HTTP/1.1 413 ")
+        assert server.connections() == 1
+        assert post(server.port, b"small") == (200, b"5")  # before: uvicorn's 503 for the linger's 60 s
+        wait_for(lambda: server.dropped != [], 10)  # the lingering one was closed for it
+        sock.close()
