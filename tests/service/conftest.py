@@ -182,6 +182,7 @@ def agents(tmp_path: Path) -> Iterator[Any]:
         started.append(agent)
         return agent.start()
 
+    make.started = started  # type: ignore[attr-defined]  # (the Docker tests' engine fixtures end them first)
     yield make
     for agent in started:
         end(agent)

@@ -18,7 +18,7 @@ from agent.errors import InstanceStartError, RuntimeUnavailable
 from agent.runtime.base import probe_available
 from agent.runtime.docker import DIGEST_LABEL, DockerLog, DockerRuntime, _parse_time
 from scripts.dockerd import PrivateDockerd
-from tests.service.conftest import PLAIN
+from tests.service.conftest import PLAIN, end
 
 pytestmark = pytest.mark.docker
 
@@ -28,10 +28,16 @@ def spec(name: str = "half_plus_two", image: str = "peerserve/modelserver:latest
 
 
 @pytest.fixture
-def engine(docker_engine: PrivateDockerd, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+def engine(agents: Any, docker_engine: PrivateDockerd, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """A client of the private engine. Set up after ``agents`` and so torn down before it: it ends the agents the
+    test started before it removes the managed containers, else an agent still running started again what was
+    removed (its reconcile loop), and that container (restart policy unless-stopped) outlived the test: the leak
+    guard killed it after every later test and the engine restarted it (a CI run: 22 teardown errors)."""
     monkeypatch.setenv("DOCKER_HOST", docker_engine.host)
     client = docker.DockerClient(base_url=docker_engine.host)
     yield client
+    for agent in agents.started:
+        end(agent)
     for c in client.containers.list(all=True, filters={"label": "peerserve.managed=true"}):
         c.remove(force=True)
     client.close()

@@ -25,6 +25,7 @@ import pytest
 
 from agent.runtime.docker import started_at
 from scripts.dockerd import PrivateDockerd
+from tests.service.conftest import end
 
 pytestmark = pytest.mark.docker
 
@@ -125,9 +126,15 @@ def log_events(log: str) -> list[tuple[str, str]]:
 
 
 @pytest.fixture
-def engine(docker_engine: PrivateDockerd) -> Iterator[Any]:
+def engine(agents: Any, docker_engine: PrivateDockerd) -> Iterator[Any]:
+    """A client of the private engine. Set up after ``agents`` and so torn down before it: it ends the agents the
+    test started before it removes the managed containers, else an agent still running started again what was
+    removed (its reconcile loop), and that container (restart policy unless-stopped) outlived the test: the leak
+    guard killed it after every later test and the engine restarted it (a CI run: 22 teardown errors)."""
     client = docker.DockerClient(base_url=docker_engine.host)
     yield client
+    for agent in agents.started:
+        end(agent)
     for c in client.containers.list(all=True, filters={"label": "peerserve.managed=true"}):
         c.remove(force=True)
     client.close()
