@@ -267,7 +267,8 @@ def limited_protocol(
             """``address_retry_after_s`` of ``host``'s connections waiting for a request head: O(the per-address cap),
             only on a refusal (the address's entry of ``waiting``; a stalled body there has no header deadline)."""
             held = self.waiting.get(host, {})
-            deadlines = (conn._header_timer.when() for conn in held if conn._header_timer is not None)
+            timers = (conn._header_timer or conn._lingering for conn in held)  # a lingering one: its next look
+            deadlines = (timer.when() for timer in timers if timer is not None)
             return address_retry_after_s(deadlines, self.loop.time(), header_timeout_s)
 
         def _make_room(self, host: str, take_bodies: bool) -> None:
@@ -547,9 +548,9 @@ def limited_protocol(
             self._close_if_half_closed()
             self._update_header_deadline()
 
-        def _linger_close(self, seconds: float, drop_bytes: int) -> None:
-            super()._linger_close(seconds, drop_bytes)
-            self._update_header_deadline()  # waiting: a newcomer at a full cap takes its place (_make_room)
+        def _linger_close(self, idle_s: float, most_s: float, drop_bytes: int) -> None:
+            super()._linger_close(idle_s, most_s, drop_bytes)
+            self._update_header_deadline()  # waiting: a newcomer at a full cap may take its place (_make_room)
 
         def on_response_complete(self) -> None:
             super().on_response_complete()
@@ -577,9 +578,10 @@ def limited_protocol(
             """Arm the deadline while no request is in progress; disarm it once a request's headers are in. Then
             the connection is in ``waiting`` while it waits on its client (a head, or a body that has stalled:
             ``_body_stalled``, looked at again by a timer while the body is awaited)."""
-            if self._lingering is not None:  # answered and closing: the first a newcomer at a full cap takes
+            if self._lingering is not None:  # answered and closing: a newcomer at a full cap may take its place
                 self._cancel_header_deadline()
-                self._mark_waiting()
+                if self not in self.given_up:  # (one given up already is closing for good)
+                    self._mark_waiting()
                 return
             if self.transport.is_closing() or not self._waiting_for_headers():
                 self._cancel_header_deadline()

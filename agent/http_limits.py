@@ -27,11 +27,13 @@ Two layers, because uvicorn gives no header timeout of its own:
   the connection. A body the app never reads is drained under the header deadline.
 - An answer that closes the connection while the request's body is still coming (a declared body over the limit
   gets its 413 before a byte of it is read) is followed by a lingering close (``LingeringTransport``): our FIN
-  after the answer, what the client still sends dropped unparsed for ``EARLY_ANSWER_LINGER_S`` or up to
-  ``EARLY_ANSWER_DROP_BYTES``, then the close. Closed at once, the unread bytes reset the connection and the
-  client's kernel dropped the answer: Python's http.client, which reads only once it has sent everything, got
-  ConnectionResetError for a 4 MB upload, never the 413. A lingering connection still counts against the caps,
-  and a newcomer at a full cap takes its place first.
+  after the answer, then what the client still sends dropped unparsed until it has sent nothing for
+  ``EARLY_ANSWER_LINGER_S``, ``EARLY_ANSWER_LINGER_MAX_S`` in all, or past ``EARLY_ANSWER_DROP_BYTES`` (nginx's
+  lingering close), then the close. Closed at once, the unread bytes reset the connection and the client's kernel
+  dropped the answer: Python's http.client, which reads only once it has sent everything, got
+  ConnectionResetError for a 4 MB upload, never the 413. A lingering connection (the chunk refusal's too) counts
+  as closing: nothing more is written to it; it still counts against the caps, and a newcomer at a full cap may
+  take its place. The agent's own closes (a newcomer's, a deadline's) never linger.
 
 h11 parses in pure Python on the agent's event loop, which also runs SWIM and the election: a body sent as
 1-byte chunks (``1\r\n1\r\n``...) cost ~9 us per chunk, 0.4 s of loop for one 256 KiB socket read, and two such
@@ -99,6 +101,7 @@ from agent.http_parse import (
 from agent.http_sliced import (
     CLOSE_DRAIN_S,
     EARLY_ANSWER_DROP_BYTES,
+    EARLY_ANSWER_LINGER_MAX_S,
     EARLY_ANSWER_LINGER_S,
     EVENTS_PER_TURN,
     MIN_CHUNK_BYTES,
@@ -118,12 +121,12 @@ from agent.http_sliced import (
 
 __all__ = [
     "ABORTED", "ADDRESS_BURST_S", "ADDRESS_DEBT_S", "ADDRESS_SHARE", "BODY_STALL_S", "CLOSE_DRAIN_S", "CONTROL_CHARS",
-    "EARLY_ANSWER_DROP_BYTES", "EARLY_ANSWER_LINGER_S", "EVENTS_PER_TURN", "GIVEN_UP", "IDLE_CREDIT_S", "MIN_CHUNKS",
-    "MIN_CHUNK_BYTES", "PARSE_BURST_S", "PARSE_SHARE", "PARSE_SLICE", "PARSING", "PEER_PARSING", "RECENT_ADDRESSES",
-    "REFUSAL_DROP_BYTES", "REFUSAL_LINGER_S", "TOTAL_BURST_S", "TOTAL_SHARE", "AbortAnswer", "AddressBudgets",
-    "AddressEntry", "BodyRefused", "ChunkCountingConnection", "HttpLimits", "LingeringTransport", "ParseBudget",
-    "ParseTurns", "PeerH11Protocol", "RecordedTasks", "SlicedFlowControl", "SlicedH11Protocol", "error_bytes",
-    "limited_protocol", "sliced_protocol", "step_wait", "too_many_chunks",
+    "EARLY_ANSWER_DROP_BYTES", "EARLY_ANSWER_LINGER_MAX_S", "EARLY_ANSWER_LINGER_S", "EVENTS_PER_TURN", "GIVEN_UP",
+    "IDLE_CREDIT_S", "MIN_CHUNKS", "MIN_CHUNK_BYTES", "PARSE_BURST_S", "PARSE_SHARE", "PARSE_SLICE", "PARSING",
+    "PEER_PARSING", "RECENT_ADDRESSES", "REFUSAL_DROP_BYTES", "REFUSAL_LINGER_S", "TOTAL_BURST_S", "TOTAL_SHARE",
+    "AbortAnswer", "AddressBudgets", "AddressEntry", "BodyRefused", "ChunkCountingConnection", "HttpLimits",
+    "LingeringTransport", "ParseBudget", "ParseTurns", "PeerH11Protocol", "RecordedTasks", "SlicedFlowControl",
+    "SlicedH11Protocol", "error_bytes", "limited_protocol", "sliced_protocol", "step_wait", "too_many_chunks",
 ]  # fmt: skip
 
 log = logging.getLogger(__name__)

@@ -44,10 +44,11 @@ MIN_CHUNK_BYTES = 256  # ... past which they must average at least this many byt
 CLOSE_DRAIN_S = 10.0  # a closed connection's unsent bytes get this long to drain before it is aborted (_close)
 REFUSAL_LINGER_S = 1.0  # a refused client has this long to read its 400; what it still sends is dropped unparsed ...
 REFUSAL_DROP_BYTES = 1 << 20  # ... up to this much (then reading stops: a sender at line rate cost ~0.7 GB/s of reads)
-EARLY_ANSWER_LINGER_S = 2.0  # an answer that closes before the request's body was all read (413, 408, 401...): the
-EARLY_ANSWER_DROP_BYTES = 16 << 20  # client may still be sending it; this long and this much (twice the default
-# max_body_mb) are dropped unparsed after our FIN, so a client that reads only once it has sent everything (Python's
-# http.client and urllib.request) gets the answer, not a reset (Apache lingers 2 s, nginx up to 30 s)
+EARLY_ANSWER_LINGER_S = 2.0  # an answer that closes before the request's body was all read (a 413 before reading):
+EARLY_ANSWER_LINGER_MAX_S = 10.0  # the client may still be sending it; dropped unparsed after our FIN until it has
+EARLY_ANSWER_DROP_BYTES = 16 << 20  # sent nothing for LINGER_S, for LINGER_MAX_S in all, or this much (twice the
+# default max_body_mb), so a client that reads only once it has sent everything (Python's http.client and
+# urllib.request) gets the answer, not a reset (nginx's lingering_timeout and lingering_time, 5 s and 30 s)
 
 
 def error_bytes(status: int, message: str) -> tuple[list[tuple[bytes, bytes]], bytes]:
@@ -71,14 +72,17 @@ def raw_response(status: int, reason: str, message: str, retry_after_s: int | No
 
 
 class LingeringTransport:
-    """The protocol's transport, whose ``close()`` lingers where closing at once would reset the connection.
+    """The protocol's transport (the client port's, and the peer port's h11 fallback's), whose ``close()`` lingers
+    where closing at once would reset the connection.
 
     uvicorn closes the transport itself once an answer with ``Connection: close`` is sent (its request cycle's
     ``send``), and the agent's errors close (``error_bytes``). When that answer came before the request's body was
     all read (a declared body over ``max_body_mb`` gets 413 before a byte of it is read), the client is still
     sending: the socket closed with bytes unread sends a reset, and the client's kernel drops the answer it had not
-    read yet. ``linger`` (the protocol's ``_linger_instead``) decides and carries out the lingering close; every
-    other method is the transport's own. ``is_closing()`` is true from the linger on, as it is after a close."""
+    read yet. ``linger`` (the protocol's ``_linger_instead``) decides and carries out the lingering close; the
+    agent's own closes (``close_now``: a newcomer taking the place, a header deadline, the linger's end) never
+    linger; every other method is the transport's own. ``is_closing()`` is true from a linger on (``lingering``;
+    the chunk refusal's included), as it is after a close: nothing more is written or parsed."""
 
     __slots__ = ("_closing", "_linger", "_transport")
 
@@ -89,9 +93,14 @@ class LingeringTransport:
 
     def close(self) -> None:
         if not self._closing and not self._transport.is_closing() and self._linger():
-            self._closing = True
             return
         self._transport.close()
+
+    def close_now(self) -> None:
+        self._transport.close()
+
+    def lingering(self) -> None:
+        self._closing = True
 
     def is_closing(self) -> bool:
         return self._closing or self._transport.is_closing()
@@ -240,6 +249,9 @@ class SlicedH11Protocol(H11Protocol):
     _lingering: asyncio.TimerHandle | None = None  # refused or answered early: dropping what comes until this closes
     _dropped = 0  # bytes dropped since the refusal
     _drop_limit = REFUSAL_DROP_BYTES  # ... and how many it may drop before reading stops (_linger_close)
+    _linger_idle_s = 0.0  # ... the linger ends once nothing came for this long ...
+    _linger_ends = 0.0  # ... or at this loop time at the latest
+    _linger_heard = 0.0  # loop time of the last bytes dropped
     close_drain_s = CLOSE_DRAIN_S  # (limited_protocol: its write_timeout_s)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -292,6 +304,7 @@ class SlicedH11Protocol(H11Protocol):
     def data_received(self, data: bytes) -> None:
         if self._lingering is not None:
             self._dropped += len(data)
+            self._linger_heard = self.loop.time()
             if self._dropped > self._drop_limit:
                 self.transport.pause_reading()
             return
@@ -323,8 +336,9 @@ class SlicedH11Protocol(H11Protocol):
         """Close the connection, and abort it if what is still to be sent has not drained ``close_drain_s`` later.
         ``transport.close()`` waits for the client to read the write buffer: a client with a small receive buffer
         that never reads leaves a few tens of KB there, under asyncio's 64 KiB high-water mark, so ``pause_writing``
-        never fires and the close never finishes; 23 such held a cap of 24 (/health 503 at 40 s, review14c F3)."""
-        self.transport.close()
+        never fires and the close never finishes; 23 such held a cap of 24 (/health 503 at 40 s, review14c F3).
+        Never a linger: the agent's own closes are meant at once (``LingeringTransport.close_now``)."""
+        getattr(self.transport, "close_now", self.transport.close)()
         if self.transport.get_write_buffer_size() > 0:
             self.loop.call_later(self.close_drain_s, self.transport.abort)  # (a no-op once it is closed)
 
@@ -454,33 +468,50 @@ class SlicedH11Protocol(H11Protocol):
                 self.transport.write(raw_response(400, "Bad Request", message))
             self.cycle.disconnected = True  # the handler's receive() says so, its send() writes nothing more
             self.cycle.message_event.set()
-        self._linger_close(REFUSAL_LINGER_S, REFUSAL_DROP_BYTES)
+        self._linger_close(REFUSAL_LINGER_S, REFUSAL_LINGER_S, REFUSAL_DROP_BYTES)
 
     def _linger_instead(self) -> bool:
-        """The transport is being closed (``LingeringTransport``): linger instead when an answer was given in full
-        while the request's body was still coming (h11 waits for more of it), and say whether it does."""
+        """uvicorn is closing the transport (``LingeringTransport.close``): linger instead when the answer it sent
+        in full closes the connection (h11: ``MUST_CLOSE``, or ``CLOSED`` once uvicorn said so) while the request's
+        body was still coming (h11 waits for more of it), and say whether it does. An early answer that keeps the
+        connection (a 401 with keep-alive) reads and drops the rest of the body as uvicorn does: no linger."""
         cycle = self.cycle
         if self._lingering is not None or cycle is None or not cycle.response_complete:
             return False  # (lingering already: its end closes)
-        if self.conn.their_state is not h11.SEND_BODY:
+        if self.conn.their_state is not h11.SEND_BODY or self.conn.our_state not in (h11.MUST_CLOSE, h11.CLOSED):
             return False
-        self._linger_close(EARLY_ANSWER_LINGER_S, EARLY_ANSWER_DROP_BYTES)
+        self._linger_close(EARLY_ANSWER_LINGER_S, EARLY_ANSWER_LINGER_MAX_S, EARLY_ANSWER_DROP_BYTES)
         return True
 
-    def _linger_close(self, seconds: float, drop_bytes: int) -> None:
+    def _linger_close(self, idle_s: float, most_s: float, drop_bytes: int) -> None:
         """Closing with the client's bytes unread would reset the connection, and the client's kernel drops the
         answer it has not read yet: end our side (the answer is followed by our FIN), drop what still comes (no
-        parsing) for ``seconds`` or ``drop_bytes`` (then reading stops), close. The connection keeps its place in
-        the caps until then; the client's own EOF closes it at once."""
+        parsing) until nothing came for ``idle_s``, ``most_s`` in all, or past ``drop_bytes`` (then reading
+        stops), close. The connection keeps its place in the caps until then (a newcomer at a full cap may take
+        it); the client's own EOF closes it at once."""
         self._unparsed.clear()
         if self.transport.can_write_eof():
             self.transport.write_eof()
+        lingering = getattr(self.transport, "lingering", None)
+        if lingering is not None:
+            lingering()  # is_closing() from now: nothing more is written to it (no 503 after its answer)
+        now = self.loop.time()
         self._drop_limit = drop_bytes
-        self._lingering = self.loop.call_later(seconds, self._close)
+        self._linger_idle_s, self._linger_ends, self._linger_heard = idle_s, now + most_s, now
+        self._lingering = self.loop.call_later(min(idle_s, most_s), self._linger_check)
         self._reading_held = False
         self._held_for_debt = False
         self.flow.read_paused = False
         self.transport.resume_reading()
+
+    def _linger_check(self) -> None:
+        """The linger's timer: close once the client has been silent for its idle time, or its time is up."""
+        now = self.loop.time()
+        until = min(self._linger_heard + self._linger_idle_s, self._linger_ends)
+        if self._dropped > self._drop_limit or now >= until:
+            self._close()
+        else:
+            self._lingering = self.loop.call_later(until - now, self._linger_check)
 
     def connection_lost(self, exc: Exception | None) -> None:
         for handle in (self._next_step, self._lingering):

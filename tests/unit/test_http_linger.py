@@ -3,10 +3,10 @@
 The client port answers 413 as soon as a declared body is over the limit, before reading a byte of it, and closes.
 A client still sending then met a reset, and its kernel dropped the answer it had not read: Python's http.client,
 which sends the whole body before it reads, got ConnectionResetError or BrokenPipeError for a 4 MB upload against a
-1 MiB limit, 5 times of 5 (urllib3, httpx and curl read the answer after a failed send, and some got it). The
-protocol now half-closes after the answer and drops what still comes, unparsed, for ``EARLY_ANSWER_LINGER_S`` or
-``EARLY_ANSWER_DROP_BYTES``. Over real loopback sockets in this process, the client port's protocol and the
-agent's HttpLimits middleware as the agent runs them.
+1 MiB limit, 5 times of 5 (urllib3, httpx and curl coped). The protocol now half-closes after the answer and drops
+what still comes, unparsed, until the client has been silent for ``EARLY_ANSWER_LINGER_S``, for
+``EARLY_ANSWER_LINGER_MAX_S`` in all, or past ``EARLY_ANSWER_DROP_BYTES``. Over real loopback sockets in this
+process, the client port's protocol and the agent's HttpLimits middleware as the agent runs them.
 """
 
 from __future__ import annotations
@@ -48,8 +48,8 @@ async def echo_length(scope: dict[str, Any], receive: Any, send: Any) -> None:
 class Server:
     """The client port's protocol on 127.0.0.1 in a thread of its own; what each closed connection dropped."""
 
-    def __init__(self, limit_concurrency: int | None = None) -> None:
-        self.limit_concurrency = limit_concurrency
+    def __init__(self, limit_concurrency: int | None = None, header_timeout_s: float = 10.0) -> None:
+        self.limit_concurrency, self.header_timeout_s = limit_concurrency, header_timeout_s
         self.port = 0
         self.dropped: list[int] = []  # bytes each lingering connection dropped, at its close
         self.open: list[int] = []  # the server's open connections, sampled by ``count_open``
@@ -63,7 +63,7 @@ class Server:
         config = uvicorn.Config(HttpLimits(echo_length, MAX_BODY, 30.0), h11_max_incomplete_event_size=16384,
                                 log_config=None, limit_concurrency=self.limit_concurrency)  # fmt: skip
         config.load()
-        base = limited_protocol(10.0, 64, 30.0)
+        base = limited_protocol(self.header_timeout_s, 64, 30.0)
         dropped = self.dropped
 
         class Recording(base):  # type: ignore[misc,valid-type]
@@ -176,9 +176,24 @@ def test_a_client_that_never_stops_sending_is_cut_off_at_the_bounds(
         sock.close()
     assert not sender.is_alive()
     assert http_sliced.EARLY_ANSWER_LINGER_S - 0.1 < took < http_sliced.EARLY_ANSWER_LINGER_S + 10, took
-    assert sent[0] > 4 * 2**20, sent  # it went on sending well past the bound (the kernel's buffers took the rest)
-    assert server.dropped and server.dropped[0] <= 2**20 + 256 * 1024, server.dropped  # at most one read past it
+    assert server.dropped and 2**20 < server.dropped[0] <= 2**20 + 256 * 1024, server.dropped  # one read past it
+    assert sent[0] > server.dropped[0], sent  # it went on sending past the bound (the kernel's buffers took the rest)
     wait_for(lambda: server.connections() == 0, 20)
+
+
+def test_a_slow_upload_is_heard_out_while_it_keeps_sending(server: Server) -> None:
+    """The linger ends once the client has been silent for ``EARLY_ANSWER_LINGER_S``, not that long after the
+    answer: a 4 MiB upload at ~1.3 MB/s (a Wi-Fi uplink; ~3 s, past the 2 s) that reads only once it has sent
+    everything still gets its 413. Paced by the clock (a chunk every 50 ms after the first), so a busy machine
+    makes it no slower."""
+    sock = open_upload(server.port, 4 * 2**20)
+    chunk, started = b"s" * 65536, time.monotonic()
+    for i in range(64):
+        time.sleep(max(0.0, started + 0.05 * i - time.monotonic()))
+        sock.sendall(chunk)
+    assert time.monotonic() - started > http_sliced.EARLY_ANSWER_LINGER_S  # longer than a fixed linger
+    assert read_answer(sock).startswith(b"HTTP/1.1 413 ")
+    sock.close()
 
 
 def test_the_clients_eof_ends_the_linger_at_once(server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -208,3 +223,21 @@ def test_a_newcomer_at_a_full_cap_takes_a_lingering_connections_place(monkeypatc
         assert post(server.port, b"small") == (200, b"5")  # before: uvicorn's 503 for the linger's 60 s
         wait_for(lambda: server.dropped != [], 10)  # the lingering one was closed for it
         sock.close()
+
+
+def test_a_chunk_refusals_linger_taken_by_a_newcomer_leaves_the_newcomer_its_deadline() -> None:
+    """review24 F1: the chunk refusal's linger did not count as closing, so a newcomer at a full cap that took its
+    place wrote a 503 after its FIN (asyncio: "Cannot call write() after write_eof()") inside the newcomer's
+    ``connection_made``, which then never armed the newcomer's header deadline: a silent connection held its place
+    for good."""
+    with Server(limit_concurrency=2, header_timeout_s=1.0) as server:
+        refused = socket.create_connection(("127.0.0.1", server.port), timeout=30, source_address=("127.0.0.2", 0))
+        refused.sendall(b"POST /p HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n" + b"1\r\nx\r\n" * 400)
+        assert b"too many small chunks" in read_answer(refused)
+        silent = socket.create_connection(("127.0.0.1", server.port), timeout=30)  # the chunk linger is 1 s: within
+        started = time.monotonic()
+        assert silent.recv(1) == b""  # closed by its own 1 s header deadline, quietly
+        assert time.monotonic() - started < 15
+        wait_for(lambda: server.connections() == 0, 20)
+        silent.close()
+        refused.close()
