@@ -63,9 +63,10 @@ fi
 venv=$(cd "$venv" && pwd)
 quiet_pip "$venv/bin/python" -m pip install -q -c scripts/constraints.txt -e ".[solver,agent,dev,serving]"
 quiet_pip "$venv/bin/python" -m pip install -q --no-deps "nvidia-pytriton==0.7.0"
-# Triton 2.51's Python backend stub needs numpy 1.x (agent/runtime/triton.py); kept apart from the venv's
+# Triton 2.51's Python backend stub needs numpy 1.x (agent/runtime/triton.py); kept apart from the venv's own numpy
+# (--no-deps: numpy has none, and pip's check otherwise printed nvidia-pytriton's unused dependencies as 9 ERROR lines)
 [ -d "$venv/lib/peerserve-triton-site/numpy" ] ||
-  quiet_pip "$venv/bin/python" -m pip install -q --target "$venv/lib/peerserve-triton-site" "numpy<2"
+  quiet_pip "$venv/bin/python" -m pip install -q --no-deps --target "$venv/lib/peerserve-triton-site" "numpy<2"
 "$venv/bin/python" -m agent.digits build
 quiet_pip bash scripts/install-solver.sh --python "$venv/bin/python"
 echo "bootstrap: ready ($venv/bin/peerserve) in ${SECONDS} s"
