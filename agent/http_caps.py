@@ -264,11 +264,15 @@ def limited_protocol(
             self._update_header_deadline()
 
         def _address_retry_after(self, host: str) -> int:
-            """``address_retry_after_s`` of ``host``'s connections waiting for a request head: O(the per-address cap),
-            only on a refusal (the address's entry of ``waiting``; a stalled body there has no header deadline)."""
+            """``address_retry_after_s`` of ``host``'s connections waiting for a request head, or lingering (at the
+            linger's latest end): O(the per-address cap), only on a refusal (the address's entry of ``waiting``; a
+            stalled body there has no header deadline)."""
             held = self.waiting.get(host, {})
-            timers = (conn._header_timer or conn._lingering for conn in held)  # a lingering one: its next look
-            deadlines = (timer.when() for timer in timers if timer is not None)
+            deadlines = (
+                conn._linger_ends if conn._lingering is not None else conn._header_timer.when()  # (the linger's latest)
+                for conn in held
+                if conn._lingering is not None or conn._header_timer is not None
+            )
             return address_retry_after_s(deadlines, self.loop.time(), header_timeout_s)
 
         def _make_room(self, host: str, take_bodies: bool) -> None:
@@ -578,7 +582,7 @@ def limited_protocol(
             """Arm the deadline while no request is in progress; disarm it once a request's headers are in. Then
             the connection is in ``waiting`` while it waits on its client (a head, or a body that has stalled:
             ``_body_stalled``, looked at again by a timer while the body is awaited)."""
-            if self._lingering is not None:  # answered and closing: a newcomer at a full cap may take its place
+            if self._lingering is not None:  # answered and closing: a newcomer at the connection limit may take it
                 self._cancel_header_deadline()
                 if self not in self.given_up:  # (one given up already is closing for good)
                     self._mark_waiting()

@@ -32,8 +32,9 @@ Two layers, because uvicorn gives no header timeout of its own:
   lingering close), then the close. Closed at once, the unread bytes reset the connection and the client's kernel
   dropped the answer: Python's http.client, which reads only once it has sent everything, got
   ConnectionResetError for a 4 MB upload, never the 413. A lingering connection (the chunk refusal's too) counts
-  as closing: nothing more is written to it; it still counts against the caps, and a newcomer at a full cap may
-  take its place. The agent's own closes (a newcomer's, a deadline's) never linger.
+  as closing: nothing more is written to it; it still counts against the caps, and a newcomer at the connection
+  limit (``max_concurrency``; not the per-address cap) may take its place. The agent's own closes (a newcomer's, a
+  deadline's) and uvicorn's own (the server's stop, the keep-alive timeout) never linger.
 
 h11 parses in pure Python on the agent's event loop, which also runs SWIM and the election: a body sent as
 1-byte chunks (``1\r\n1\r\n``...) cost ~9 us per chunk, 0.4 s of loop for one 256 KiB socket read, and two such

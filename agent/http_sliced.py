@@ -252,6 +252,7 @@ class SlicedH11Protocol(H11Protocol):
     _linger_idle_s = 0.0  # ... the linger ends once nothing came for this long ...
     _linger_ends = 0.0  # ... or at this loop time at the latest
     _linger_heard = 0.0  # loop time of the last bytes dropped
+    _no_linger = False  # uvicorn closes for its own reasons (the server's stop, the keep-alive timeout): at once
     close_drain_s = CLOSE_DRAIN_S  # (limited_protocol: its write_timeout_s)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -476,7 +477,7 @@ class SlicedH11Protocol(H11Protocol):
         body was still coming (h11 waits for more of it), and say whether it does. An early answer that keeps the
         connection (a 401 with keep-alive) reads and drops the rest of the body as uvicorn does: no linger."""
         cycle = self.cycle
-        if self._lingering is not None or cycle is None or not cycle.response_complete:
+        if self._lingering is not None or self._no_linger or cycle is None or not cycle.response_complete:
             return False  # (lingering already: its end closes)
         if self.conn.their_state is not h11.SEND_BODY or self.conn.our_state not in (h11.MUST_CLOSE, h11.CLOSED):
             return False
@@ -503,6 +504,17 @@ class SlicedH11Protocol(H11Protocol):
         self._held_for_debt = False
         self.flow.read_paused = False
         self.transport.resume_reading()
+
+    def shutdown(self) -> None:
+        """The server's stop: a connection it closes (now, or once its answer is sent) does not linger."""
+        self._no_linger = True
+        super().shutdown()
+
+    def timeout_keep_alive_handler(self) -> None:
+        """An idle keep-alive connection closed by uvicorn's timer (after an early answer that kept the connection,
+        h11 still waits for that request's body): closed at once, as before the linger."""
+        self._no_linger = True
+        super().timeout_keep_alive_handler()
 
     def _linger_check(self) -> None:
         """The linger's timer: close once the client has been silent for its idle time, or its time is up."""

@@ -38,6 +38,8 @@ METHODS: dict[str, tuple[str, ...]] = {
     "connection_lost": ("self", "exc"),
     "data_received": ("self", "data"),
     "eof_received": ("self",),
+    "shutdown": ("self",),
+    "timeout_keep_alive_handler": ("self",),
     "handle_events": ("self",),
     "on_response_complete": ("self",),
     "pause_writing": ("self",),

@@ -53,7 +53,10 @@ unit_pid=""
 unit_log=""
 cleanup() {
   if [ -n "$py310_pid" ]; then kill "$py310_pid" 2>/dev/null || true; fi
-  if [ -n "$unit_pid" ]; then kill "$unit_pid" 2>/dev/null || true; fi
+  if [ -n "$unit_pid" ]; then  # its process group: pytest, its xdist workers and what their tests started
+    kill -TERM -- -"$unit_pid" 2>/dev/null || true
+    wait "$unit_pid" 2>/dev/null || true
+  fi
   rm -f "${py310_log:-}" "$unit_log"
 }
 trap cleanup EXIT
@@ -89,8 +92,10 @@ else
   # one tier after another).
   if [ "$unit_lane" = beside ]; then
     unit_log=$(mktemp)
+    set -m  # a process group of its own, so that a failure elsewhere ends all of it (cleanup)
     nice -n 19 "$py" -m pytest -n "$workers" tests/unit >"$unit_log" 2>&1 &
     unit_pid=$!
+    set +m
   fi
   "$py" -m pytest -m serial tests/cluster tests/service tests/system
   stage "pytest: the service tier's other tests ($service_workers workers)"

@@ -195,6 +195,9 @@ def test_a_body_in_one_byte_chunks_gets_400_and_the_event_loop_keeps_serving(age
     # exactly below; a probe near SWIM's suspicion time would be a stall, not noise.
     assert p50 < 0.1, f"/health p50 {1000 * p50:.0f} ms while two clients sent 1-byte chunks"
     assert top < 2.0, f"/health took {1000 * top:.0f} ms once while two clients sent 1-byte chunks"
+    # ... nor a steady share of stalls (one attacker's slicing broken, say), which a p50 and a max let through
+    slow = sum(took > 0.25 for took in latencies)
+    assert slow <= max(4, len(latencies) // 10), f"{slow} of {len(latencies)} /health probes over 250 ms"
     assert set(views) == {before}, f"b's view of a (status, leader, term) changed: {sorted(set(views), key=str)}"
 
 

@@ -32,7 +32,12 @@ MAX_BODY = 2**20
 
 
 async def echo_length(scope: dict[str, Any], receive: Any, send: Any) -> None:
-    """Reads the whole body and answers its length (only bodies within the limit get here whole)."""
+    """Reads the whole body and answers its length (only bodies within the limit get here whole); ``/early``
+    answers 401 at once, keeping the connection, without reading the body (as an auth failure does)."""
+    if scope["path"] == "/early":
+        await send({"type": "http.response.start", "status": 401, "headers": [(b"content-length", b"0")]})
+        await send({"type": "http.response.body", "body": b""})
+        return
     size, more = 0, True
     while more:
         message = await receive()
@@ -61,7 +66,8 @@ class Server:
 
     async def _serve(self) -> None:
         config = uvicorn.Config(HttpLimits(echo_length, MAX_BODY, 30.0), h11_max_incomplete_event_size=16384,
-                                log_config=None, limit_concurrency=self.limit_concurrency)  # fmt: skip
+                                log_config=None, limit_concurrency=self.limit_concurrency,
+                                timeout_keep_alive=1)  # fmt: skip
         config.load()
         base = limited_protocol(self.header_timeout_s, 64, 30.0)
         dropped = self.dropped
@@ -241,3 +247,22 @@ def test_a_chunk_refusals_linger_taken_by_a_newcomer_leaves_the_newcomer_its_dea
         wait_for(lambda: server.connections() == 0, 20)
         silent.close()
         refused.close()
+
+
+def test_uvicorns_keep_alive_timeout_after_an_early_keep_alive_answer_closes_at_once(
+    server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """review24b: a 401 that keeps the connection, its request's body still coming, then uvicorn's keep-alive timer
+    (1 s here): its close is uvicorn's own, not an answer's, and does not linger (the server's stop neither)."""
+    monkeypatch.setattr(http_sliced, "EARLY_ANSWER_LINGER_S", 60.0)
+    sock = socket.create_connection(("127.0.0.1", server.port), timeout=30)
+    sock.sendall(b"POST /early HTTP/1.1\r\nHost: a\r\nContent-Length: 1000000\r\n\r\n" + b"e" * 10_000)
+    started = time.monotonic()
+    answer = b""
+    while chunk := sock.recv(65536):
+        answer += chunk
+    assert answer.startswith(b"HTTP/1.1 401 ") and time.monotonic() - started < 20
+    wait_for(lambda: server.connections() == 0, 20)  # before: held for the linger's 60 s
+    assert time.monotonic() - started < 30
+    assert server.dropped == []
+    sock.close()
