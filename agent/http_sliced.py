@@ -269,7 +269,8 @@ class SlicedH11Protocol(H11Protocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         pauses.install()  # full collections' CPU is counted, to be left out of the steps' charges (step_cpu)
         super().connection_made(transport)
-        self.transport = LingeringTransport(transport, self._linger_instead)  # type: ignore[assignment]
+        self._own_transport = LingeringTransport(transport, self._linger_instead)  # (typed: uvicorn's is a Transport)
+        self.transport = self._own_transport  # type: ignore[assignment]
         self.flow = SlicedFlowControl(transport, lambda: self._reading_held, self._reading_resumed)
         self._address = client_host(self) or ""
         self._entry = self.address_budgets.take(self._address)
@@ -339,7 +340,7 @@ class SlicedH11Protocol(H11Protocol):
         that never reads leaves a few tens of KB there, under asyncio's 64 KiB high-water mark, so ``pause_writing``
         never fires and the close never finishes; 23 such held a cap of 24 (/health 503 at 40 s, review14c F3).
         Never a linger: the agent's own closes are meant at once (``LingeringTransport.close_now``)."""
-        getattr(self.transport, "close_now", self.transport.close)()
+        self._own_transport.close_now()
         if self.transport.get_write_buffer_size() > 0:
             self.loop.call_later(self.close_drain_s, self.transport.abort)  # (a no-op once it is closed)
 
@@ -493,9 +494,7 @@ class SlicedH11Protocol(H11Protocol):
         self._unparsed.clear()
         if self.transport.can_write_eof():
             self.transport.write_eof()
-        lingering = getattr(self.transport, "lingering", None)
-        if lingering is not None:
-            lingering()  # is_closing() from now: nothing more is written to it (no 503 after its answer)
+        self._own_transport.lingering()  # is_closing() from now: nothing more is written (no 503 after its answer)
         now = self.loop.time()
         self._drop_limit = drop_bytes
         self._linger_idle_s, self._linger_ends, self._linger_heard = idle_s, now + most_s, now
