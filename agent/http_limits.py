@@ -41,7 +41,9 @@ h11 parses in pure Python on the agent's event loop, which also runs SWIM and th
 connections got a leader declared dead (review 11a). So the protocol (``SlicedH11Protocol``) hands h11 at most
 ``PARSE_SLICE`` bytes and takes at most ``EVENTS_PER_TURN`` events per loop turn (reading paused until the rest
 is parsed), and a body of more than ``max(MIN_CHUNKS, bytes / MIN_CHUNK_BYTES)`` chunks gets ``400`` and the
-connection closed (``too_many_chunks``). A sender can still front-load bytes to buy tiny chunks (8 MiB buys
+connection closed (``too_many_chunks``). h11 parses a head in one step whatever the slice (~3 us a line), so a head
+or a chunked body's trailer of more than ``MAX_HEADER_FIELDS`` (100) lines gets ``431`` and the connection closed,
+counted before h11 parses it. A sender can still front-load bytes to buy tiny chunks (8 MiB buys
 32,767), so each connection's parsing also has a CPU budget (``ParseBudget``: ``PARSE_SHARE`` of a second,
 ``PARSE_BURST_S`` at once) and all connections from one address share another (``AddressBudgets``); past
 either, the next step waits. Behind a NAT one address is many clients, so the address's budget is not first come
@@ -105,6 +107,7 @@ from agent.http_sliced import (
     EARLY_ANSWER_LINGER_MAX_S,
     EARLY_ANSWER_LINGER_S,
     EVENTS_PER_TURN,
+    MAX_HEADER_FIELDS,
     MIN_CHUNK_BYTES,
     MIN_CHUNKS,
     PARSE_SLICE,
@@ -113,6 +116,7 @@ from agent.http_sliced import (
     ChunkCountingConnection,
     LingeringTransport,
     PeerH11Protocol,
+    Refusal,
     SlicedFlowControl,
     SlicedH11Protocol,
     error_bytes,
@@ -123,11 +127,12 @@ from agent.http_sliced import (
 __all__ = [
     "ABORTED", "ADDRESS_BURST_S", "ADDRESS_DEBT_S", "ADDRESS_SHARE", "BODY_STALL_S", "CLOSE_DRAIN_S", "CONTROL_CHARS",
     "EARLY_ANSWER_DROP_BYTES", "EARLY_ANSWER_LINGER_MAX_S", "EARLY_ANSWER_LINGER_S", "EVENTS_PER_TURN", "GIVEN_UP",
-    "IDLE_CREDIT_S", "MIN_CHUNKS", "MIN_CHUNK_BYTES", "PARSE_BURST_S", "PARSE_SHARE", "PARSE_SLICE", "PARSING",
-    "PEER_PARSING", "RECENT_ADDRESSES", "REFUSAL_DROP_BYTES", "REFUSAL_LINGER_S", "TOTAL_BURST_S", "TOTAL_SHARE",
-    "AbortAnswer", "AddressBudgets", "AddressEntry", "BodyRefused", "ChunkCountingConnection", "HttpLimits",
-    "LingeringTransport", "ParseBudget", "ParseTurns", "PeerH11Protocol", "RecordedTasks", "SlicedFlowControl",
-    "SlicedH11Protocol", "error_bytes", "limited_protocol", "sliced_protocol", "step_wait", "too_many_chunks",
+    "IDLE_CREDIT_S", "MAX_HEADER_FIELDS", "MIN_CHUNKS", "MIN_CHUNK_BYTES", "PARSE_BURST_S", "PARSE_SHARE",
+    "PARSE_SLICE", "PARSING", "PEER_PARSING", "RECENT_ADDRESSES", "REFUSAL_DROP_BYTES", "REFUSAL_LINGER_S",
+    "TOTAL_BURST_S", "TOTAL_SHARE", "AbortAnswer", "AddressBudgets", "AddressEntry", "BodyRefused",
+    "ChunkCountingConnection", "HttpLimits", "LingeringTransport", "ParseBudget", "ParseTurns", "PeerH11Protocol",
+    "RecordedTasks", "Refusal", "SlicedFlowControl", "SlicedH11Protocol", "error_bytes", "limited_protocol",
+    "sliced_protocol", "step_wait", "too_many_chunks",
 ]  # fmt: skip
 
 log = logging.getLogger(__name__)

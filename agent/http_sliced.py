@@ -5,9 +5,10 @@ which also runs SWIM and the election: a body sent as 1-byte chunks (``1\\r\\n1\
 of loop for one 256 KiB socket read, and two such connections got a leader declared dead (review 11a). So the
 protocol hands h11 at most ``PARSE_SLICE`` bytes and takes at most ``EVENTS_PER_TURN`` events per loop turn (reading
 paused until the rest is parsed), a body of more than ``max(MIN_CHUNKS, bytes / MIN_CHUNK_BYTES)`` chunks gets
-``400`` and the connection closed (``too_many_chunks``), and each step is charged to the parse budgets of
-agent/http_parse.py. The peer port runs the same protocol when httptools is missing (``PeerH11Protocol``, with a
-total of its own: a client-port flood never delays SWIM there).
+``400`` and the connection closed (``too_many_chunks``), a head (or a chunked trailer) of more than
+``MAX_HEADER_FIELDS`` lines ``431`` before h11 parses it (h11 parses a head in one step), and each step is
+charged to the parse budgets of agent/http_parse.py. The peer port runs the same protocol when httptools is
+missing (``PeerH11Protocol``, with a total of its own: a client-port flood never delays SWIM there).
 """
 
 from __future__ import annotations
@@ -15,8 +16,10 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
@@ -41,6 +44,10 @@ PARSE_SLICE = 16 * 1024  # bytes h11 parses per loop turn (at most ~2,700 chunks
 EVENTS_PER_TURN = 128  # ... events it hands out per turn (~1 ms of 1-byte chunks); other tasks run between
 MIN_CHUNKS = 256  # chunks any body may use ...
 MIN_CHUNK_BYTES = 256  # ... past which they must average at least this many bytes
+MAX_HEADER_FIELDS = 100  # header lines a request head (or a chunked body's trailer) may have: past it, 431 before
+# h11 parses it (Apache's LimitRequestFields, Tomcat's maxHeaderCount): h11 parses a head in one step, ~3 us a line,
+# so 2,500 tiny lines in 16 KiB were one ~8-13 ms step that no slice could cut, and a round of the parse turns
+# across 12 such addresses took ~1.8 s at a 10 % share; 100 lines of 150 bytes are ~1 ms
 CLOSE_DRAIN_S = 10.0  # a closed connection's unsent bytes get this long to drain before it is aborted (_close)
 REFUSAL_LINGER_S = 1.0  # a refused client has this long to read its 400; what it still sends is dropped unparsed ...
 REFUSAL_DROP_BYTES = 1 << 20  # ... up to this much (then reading stops: a sender at line rate cost ~0.7 GB/s of reads)
@@ -49,6 +56,20 @@ EARLY_ANSWER_LINGER_MAX_S = 10.0  # the client may still be sending it; dropped 
 EARLY_ANSWER_DROP_BYTES = 16 << 20  # sent nothing for LINGER_S, for LINGER_MAX_S in all, or this much (twice the
 # default max_body_mb), so a client that reads only once it has sent everything (Python's http.client and
 # urllib.request) gets the answer, not a reset (nginx's lingering_timeout and lingering_time, 5 s and 30 s)
+
+
+_BLANK_LINE = re.compile(rb"\n\r?\n")  # where a head (or a trailer) ends: h11's blank_line_regex
+# a chunked body's last chunk (its size 0), its trailer next
+_LAST_CHUNK = re.compile(rb"0{1,20}(?![0-9A-Fa-f])[^\n]*\n")
+
+
+def header_lines(data: bytes | bytearray, window: int, start: int = 0) -> int:
+    """Lines of the head (or trailer) at ``start`` in ``data`` (request line included, the blank line that ends
+    it not), as far as it has arrived, counting at most ``window`` bytes (past them h11 refuses it anyway)."""
+    if data[start : start + 1] == b"\n" or data[start : start + 2] == b"\r\n":
+        return 0  # (an empty trailer; a head that starts with a blank line is h11's error)
+    end = _BLANK_LINE.search(data, start, start + window)
+    return data.count(b"\n", start, start + window if end is None else end.start() + 1)
 
 
 def error_bytes(status: int, message: str) -> tuple[list[tuple[bytes, bytes]], bytes]:
@@ -144,9 +165,20 @@ def too_many_chunks(chunks: int, body_bytes: int) -> bool:
     return chunks > max(MIN_CHUNKS, body_bytes // MIN_CHUNK_BYTES)
 
 
+@dataclass(frozen=True)
+class Refusal:
+    """Why a connection's input is refused before h11 parses more of it: the answer, and the warning's kind."""
+
+    status: int
+    reason: str
+    message: str
+    kind: str  # "chunks" or "headers": one warning a minute per kind and address
+
+
 class ChunkCountingConnection(h11.Connection):
-    """h11's server side, counting the chunks and bytes of each request body; past ``too_many_chunks`` it hands
-    out no more events (``NEED_DATA``) and sets ``refused``: the protocol answers 400 and closes.
+    """h11's server side, counting the chunks and bytes of each request body and the lines of each request head
+    (and chunked trailer) before h11 parses it; past ``too_many_chunks``, or past ``max_header_fields`` lines, it
+    hands out no more events (``NEED_DATA``) and sets ``refusal``: the protocol answers 400 or 431 and closes.
 
     It also hands out at most ``EVENTS_PER_TURN`` events between ``new_turn()`` calls: then ``NEED_DATA`` with
     ``cut_short`` set, and the protocol asks again on a later loop turn (h11 holds the rest, at most a slice).
@@ -155,12 +187,18 @@ class ChunkCountingConnection(h11.Connection):
     one-byte chunks) left its connection holding reading for nothing to parse, its client's next request unread
     until keep-alive reset it (review17a F1)."""
 
-    def __init__(self, max_incomplete_event_size: int, events_per_turn: int = EVENTS_PER_TURN) -> None:
+    def __init__(
+        self,
+        max_incomplete_event_size: int,
+        events_per_turn: int = EVENTS_PER_TURN,
+        max_header_fields: int = MAX_HEADER_FIELDS,
+    ) -> None:
         super().__init__(h11.SERVER, max_incomplete_event_size=max_incomplete_event_size)
         self.head_limit = max_incomplete_event_size  # the longest request head h11 takes (past it: 431)
+        self.max_header_fields = max_header_fields
         self.chunks = 0
         self.body_bytes = 0
-        self.refused = False
+        self.refusal: Refusal | None = None  # why no more events are handed out (the protocol answers it)
         self.events_per_turn = events_per_turn
         self.turn_left = events_per_turn
         self.cut_short = False
@@ -184,11 +222,17 @@ class ChunkCountingConnection(h11.Connection):
         """A new loop turn: ``events_per_turn`` more events may be handed out."""
         self.turn_left, self.cut_short = self.events_per_turn, False
 
+    @property
+    def refused(self) -> bool:
+        return self.refusal is not None
+
     def next_event(self) -> Any:
-        if self.refused:
+        if self.refusal is not None:
             return h11.NEED_DATA
         if self.turn_left <= 0 and any(self.trailing_data):  # bytes (or an EOF) left: on a later turn
             self.cut_short = True
+            return h11.NEED_DATA
+        if self._too_many_header_lines():
             return h11.NEED_DATA
         event = super().next_event()
         if event is h11.NEED_DATA or event is h11.PAUSED:
@@ -203,9 +247,47 @@ class ChunkCountingConnection(h11.Connection):
             if event.chunk_end:
                 self.chunks += 1
                 if too_many_chunks(self.chunks, self.body_bytes):
-                    self.refused = True
+                    message = f"request body in too many small chunks ({self.chunks} for {self.body_bytes} bytes)"
+                    self.refusal = Refusal(400, "Bad Request", message, "chunks")
                     return h11.NEED_DATA
         return event
+
+    def _too_many_header_lines(self) -> bool:
+        """Whether the head h11 is about to parse (a request's, or a chunked body's trailer) has more than
+        ``max_header_fields`` field lines, as far as it has arrived (then ``refusal`` is set). Counted before h11
+        parses it, in C (a search and a count over at most ``head_limit`` bytes): h11 parses a whole head in one
+        step, its cost in its lines."""
+        if self.their_state is h11.IDLE:
+            fields = header_lines(self._buffered(), self.head_limit + 4) - 1  # (the request line is no field)
+            what = "header fields"
+        elif self.their_state is h11.SEND_BODY and (start := self._trailer_start()) is not None:
+            fields = header_lines(self._buffered(), self.head_limit + 4, start)
+            what = "trailer fields"
+        else:
+            return False
+        if fields <= self.max_header_fields:
+            return False
+        self.refusal = Refusal(431, "Request Header Fields Too Large", f"more than {self.max_header_fields} {what}",
+                               "headers")  # fmt: skip
+        return True
+
+    def _trailer_start(self) -> int | None:
+        """Where a chunked body's trailer starts in h11's buffer, if h11's next step may parse it: it is reading
+        the trailer, or its buffer holds the last chunk's line next (h11 reads on into the trailer in the same
+        step). h11's chunked reader's state is private: unknown state reads as no trailer (the count is skipped)."""
+        reader = self._reader
+        if getattr(reader, "_reading_trailer", False):
+            return 0
+        if getattr(reader, "_bytes_in_chunk", None) != 0:
+            return None  # (not chunked, or inside a chunk's data)
+        last = _LAST_CHUNK.match(self._buffered(), len(getattr(reader, "_bytes_to_discard", b"")))
+        return None if last is None else last.end()
+
+    def _buffered(self) -> bytes | bytearray:
+        """What h11 holds unparsed: its buffer itself where it is the bytearray h11 0.14-0.16 keep (looked at at
+        every chunk's end, so not copied), else a copy (``trailing_data``)."""
+        data = getattr(self._receive_buffer, "_data", None)
+        return data if isinstance(data, bytearray) else self.trailing_data[0]
 
 
 class SlicedFlowControl(FlowControl):
@@ -412,8 +494,8 @@ class SlicedH11Protocol(H11Protocol):
             self._unparsed.clear()
             self.transport.resume_reading()
             return
-        if self.counted.refused:
-            self._refuse_chunking()
+        if self.counted.refusal is not None:
+            self._refuse(self.counted.refusal)
             return
         self._after_parse()
         self._next_or_release(wait)
@@ -456,20 +538,24 @@ class SlicedH11Protocol(H11Protocol):
         started, collected = time.thread_time(), pauses.full_collection_cpu_s()
         super().on_response_complete()
         wait = self._charge(step_cpu(started, collected))
-        if self.counted.cut_short and self._next_step is None and not self._in_turns and not self.counted.refused:
+        if self.counted.refusal is not None:  # (a pipelined request refused: its head, or its body's chunks)
+            if not self.transport.is_closing():
+                self._refuse(self.counted.refusal)
+        elif self.counted.cut_short and self._next_step is None and not self._in_turns:
             self._next_or_release(wait)
 
-    def _refuse_chunking(self) -> None:
-        """400 (unless an answer has started) and close; the handler reading the body sees the client gone."""
+    def _refuse(self, refusal: Refusal) -> None:
+        """Answer ``refusal`` (unless an answer to the request has started) and close; a handler reading the body
+        sees the client gone. A head refused between requests has no cycle of its own (the last one is done)."""
         self._unparsed.clear()
-        chunks, size, host = self.counted.chunks, self.counted.body_bytes, client_host(self)
-        warn_once_a_minute(f"chunks {host}", f"refusing a body from {host}: {chunks} chunks for {size} bytes")
-        if self.cycle is not None:
-            if not self.cycle.response_started:
-                message = f"request body in too many small chunks ({chunks} for {size} bytes)"
-                self.transport.write(raw_response(400, "Bad Request", message))
-            self.cycle.disconnected = True  # the handler's receive() says so, its send() writes nothing more
-            self.cycle.message_event.set()
+        host = client_host(self)
+        warn_once_a_minute(f"{refusal.kind} {host}", f"refusing a request from {host}: {refusal.message}")
+        cycle = self.cycle
+        if cycle is None or cycle.response_complete or not cycle.response_started:
+            self.transport.write(raw_response(refusal.status, refusal.reason, refusal.message))
+        if cycle is not None and not cycle.response_complete:
+            cycle.disconnected = True  # the handler's receive() says so, its send() writes nothing more
+            cycle.message_event.set()
         self._linger_close(REFUSAL_LINGER_S, REFUSAL_LINGER_S, REFUSAL_DROP_BYTES)
 
     def _linger_instead(self) -> bool:

@@ -257,16 +257,29 @@ def front_loaded(size: int) -> bytes:
     return head + b"%x\r\n" % big + b"b" * big + b"\r\n" + b"1\r\nx\r\n" * tiny + b"0\r\n\r\n"
 
 
-MANY_HEADERS = b"POST /p HTTP/1.1\r\nHost: a\r\n" + b"x: y\r\n" * 2500 + b"Content-Length: 0\r\n\r\n"  # ~15 KiB
+MANY_HEADERS = (  # the most header fields a head may have (MAX_HEADER_FIELDS, 100), in ~15 KiB
+    b"POST /p HTTP/1.1\r\nHost: a\r\n" + (b"x: " + b"y" * 150 + b"\r\n") * 98 + b"Content-Length: 0\r\n\r\n"
+)
 PREDICT = b'{"instances": [1.0, 2.0, 5.0]}'
 HONEST = b"POST /v1/models/m:predict HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\n\r\n%s" % (len(PREDICT), PREDICT)
 
 
-async def flood(addresses: int, turns: ParseTurns, seconds: float) -> tuple[float, float, list[float], float]:
-    """``addresses`` hostile addresses (127.0.79.x): half send front-loaded 2 MiB bodies, half pipeline requests of
-    2,500 headers, all at once, while one honest address (127.0.78.9, connected before them) sends small predicts
-    one after another on a kept-alive connection for ``seconds``. The parsing CPU of all connections, the elapsed
-    time, the honest answers' latencies, and the loop's longest lag (a 5 ms ticker)."""
+@dataclass
+class Flooded:
+    """What ``flood`` measured: the parsing CPU of all connections and of the honest one, the elapsed time, the
+    honest answers' latencies, and the loop's longest lag (a 5 ms ticker)."""
+
+    spent: float
+    honest_spent: float
+    elapsed: float
+    latencies: list[float]
+    lag: float
+
+
+async def flood(addresses: int, turns: ParseTurns, seconds: float) -> Flooded:
+    """``addresses`` hostile addresses (127.0.79.x): half send front-loaded 2 MiB bodies, half pipeline heads of the
+    most header fields allowed, all at once, while one honest address (127.0.78.9, connected before them) sends
+    small predicts one after another on a kept-alive connection for ``seconds``."""
     config = uvicorn.Config(reader_app, h11_max_incomplete_event_size=16384, log_config=None)
     config.load()
     parsing = sliced_protocol(share=1.0, burst_s=1.0, address=AddressBudgets(1.0, 1.0, turns))  # only turns bind
@@ -298,7 +311,8 @@ async def flood(addresses: int, turns: ParseTurns, seconds: float) -> tuple[floa
         hostile.append(flooding)
     tick = asyncio.ensure_future(ticker())
     await asyncio.sleep(0.3)  # the flood is on: the budget spent, the queues full
-    started, cpu_before = time.monotonic(), sum(p.parse_cpu_s for p in made)
+    (honest,) = [p for p in made if p.client[0] == "127.0.78.9"]
+    started, cpu_before, honest_before = time.monotonic(), sum(p.parse_cpu_s for p in made), honest.parse_cpu_s
     latencies = []
     while time.monotonic() - started < seconds:
         sent = time.monotonic()
@@ -307,6 +321,7 @@ async def flood(addresses: int, turns: ParseTurns, seconds: float) -> tuple[floa
         assert head.startswith(b"HTTP/1.1 200 ") and await reader.readexactly(2) == b"30"
         latencies.append(time.monotonic() - sent)
     elapsed, spent = time.monotonic() - started, sum(p.parse_cpu_s for p in made) - cpu_before
+    honest_spent = honest.parse_cpu_s - honest_before
     stop.set()
     await tick
     for w in [writer, *hostile]:
@@ -314,31 +329,36 @@ async def flood(addresses: int, turns: ParseTurns, seconds: float) -> tuple[floa
     server.close()
     await server.wait_closed()
     await asyncio.sleep(0.05)
-    return spent, elapsed, latencies, max(lags)
+    return Flooded(spent, honest_spent, elapsed, latencies, max(lags))
 
 
 def test_many_addresses_flooding_get_the_total_share_and_an_honest_one_is_served() -> None:
-    """24 addresses flood expensive-to-parse input (1-byte chunks, huge header counts), each connection and
+    """24 addresses flood expensive-to-parse input (1-byte chunks, heads of 100 header fields), each connection and
     address free to parse (their budgets at 100 %): together they get the total share (here 10 % of a second),
-    and an honest client from another address gets its small predicts answered one after another at a useful
-    rate, each waiting about a step's refill, not a round of the 24."""
+    and an honest client from another address, sending small predicts one after another, gets its fair part of
+    it (a 25th), each predict waiting at most about a round of the turns (one step of each address)."""
     share, burst = 0.1, 0.02
     gc.collect()  # (what earlier tests left); the collector runs during the flood: full collections of the test
     # process's heap (0.25-0.3 s, seen) land inside steps, and are not charged to them (agent/serving/pauses.py)
-    spent, elapsed, latencies, lag = asyncio.run(flood(24, ParseTurns(share, burst), 4.0))
+    run = asyncio.run(flood(24, ParseTurns(share, burst), 4.0))
+    spent, elapsed, latencies = run.spent, run.elapsed, run.latencies
     p50 = statistics.median(latencies)
-    print(f"\n24 flooding addresses, total share {share:.0%}: parsing {spent:.3f} s in {elapsed:.2f} s; honest "
-          f"{len(latencies)} predicts, p50 {1000 * p50:.1f} ms, max {1000 * max(latencies):.1f} ms; "
-          f"loop lag max {1000 * lag:.1f} ms")  # fmt: skip
+    print(f"\n24 flooding addresses, total share {share:.0%}: parsing {spent:.3f} s in {elapsed:.2f} s (the honest "
+          f"address {1000 * run.honest_spent:.1f} ms); honest {len(latencies)} predicts, p50 {1000 * p50:.1f} ms, "
+          f"max {1000 * max(latencies):.1f} ms; loop lag max {1000 * run.lag:.1f} ms")  # fmt: skip
     assert spent <= burst + share * elapsed + 0.02, (spent, elapsed)  # (a step may overdraw: a header block)
     assert spent >= 0.5 * share * elapsed, (spent, elapsed)  # the flood did want it: the cap is what bound it
-    # starved, each predict would wait a round of the 24 (24 x burst / share = 4.8 s: one predict in the run at most);
-    # served, it waits about a step's refill (idle, the collector off: 23-45 predicts, p50 7-22 ms; 20 at p50 91 ms
-    # with the machine loaded, session 16's CI) -- the bound tells the two apart with room for a loaded machine.
-    # One predict in a run can wait far longer: 1.4-2.8 s in session 21, mid-run (the 12th or 18th predict), on
-    # 3.10 and 3.11 alike and at 139f7a1 as on main, not yet explained (the loop's lag stays under 41 ms); in 2.5 s
-    # that left 8 predicts once (CI, 3.10, loaded), so the run is 4 s: starved, still at most one predict
-    assert len(latencies) >= 10 and p50 < 0.25, (len(latencies), p50)
+    # fair: the honest address's steps took about what each flooding address's did (start-time fair queuing gives
+    # each the same CPU; seen 1.2-1.4 of a 25th, with its head start as it joins), not starved behind the flood
+    assert run.honest_spent >= 0.4 * spent / 25, (run.honest_spent, spent)
+    # starved, each predict would wait a round of the 24 at their burst (24 x burst / share = 4.8 s): one predict
+    # in the run at most. Served, it waits at most about a round of one step each: with heads of 2,500 tiny header
+    # lines (one 8-13 ms step of h11 each, before MAX_HEADER_FIELDS) a round took ~1.8 s and one predict in every
+    # run waited that long, once 5.2 s (CI, 3.10); at 100 fields, a step is ~1 ms and the round ~0.25 s (idle:
+    # 42-48 predicts, p50 83-101 ms, max 213-288 ms; 3.10 beside two busy loops: 33-41, p50 97-131 ms, max 375-392
+    # ms). The bound allows for the machine's own stalls, measured (the loop's longest lag: 1.3 s once, CI, loaded)
+    assert len(latencies) >= 10 and p50 < 0.5, (len(latencies), p50)
+    assert max(latencies) < 1.0 + 2 * run.lag, (max(latencies), run.lag)
 
 
 def test_a_request_held_for_its_turn_past_the_keep_alive_timeout_is_answered_not_closed() -> None:
