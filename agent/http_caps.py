@@ -460,10 +460,21 @@ def limited_protocol(
             self._unparsed.clear()
             self._close()
 
-        def _mark_waiting(self) -> None:
-            """Waiting on its client: kept in place if it was marked already."""
-            if self._address is not None:
-                self.waiting.setdefault(self._address, {})[self] = None
+        def _mark_waiting(self, first: bool = False) -> None:
+            """Waiting on its client: kept in place if it was marked already. ``first``: ahead of its address's
+            others, where a newcomer looks first (``oldest_of_busiest``): a lingering connection has had its answer,
+            and giving it up costs its client nothing, where an idle one's would have to connect again (review24
+            F6: marked as its linger began, it was the newest, the last its address gave up)."""
+            if self._address is None:
+                return
+            held = self.waiting.setdefault(self._address, {})
+            if first and next(iter(held), self) is not self:  # (O(the per-address cap), once a linger)
+                others = [conn for conn in held if conn is not self]
+                held.clear()
+                held[self] = None
+                held.update(dict.fromkeys(others))
+            else:
+                held[self] = None
 
         def _unmark_waiting(self) -> None:
             held = self.waiting.get(self._address or "")
@@ -585,7 +596,7 @@ def limited_protocol(
             if self._lingering is not None:  # answered and closing: a newcomer at the connection limit may take it
                 self._cancel_header_deadline()
                 if self not in self.given_up:  # (one given up already is closing for good)
-                    self._mark_waiting()
+                    self._mark_waiting(first=True)
                 return
             if self.transport.is_closing() or not self._waiting_for_headers():
                 self._cancel_header_deadline()

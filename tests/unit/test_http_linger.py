@@ -231,6 +231,29 @@ def test_a_newcomer_at_a_full_cap_takes_a_lingering_connections_place(monkeypatc
         sock.close()
 
 
+def test_a_lingering_connection_is_taken_before_an_older_idle_one_of_its_address(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """review24 F6: the address whose place a newcomer takes gives up its lingering connection (answered: its client
+    loses nothing) before an idle keep-alive one opened earlier (its client would have to connect again). Marked
+    waiting as its linger began, the lingering one was the newest, the last taken."""
+    monkeypatch.setattr(http_sliced, "EARLY_ANSWER_LINGER_S", 60.0)
+    with Server(limit_concurrency=3) as server:  # room for two connections besides a newcomer's
+        idle = socket.create_connection(("127.0.0.1", server.port), timeout=30, source_address=("127.0.0.2", 0))
+        wait_for(lambda: server.connections() == 1, 10)
+        sock = open_upload(server.port, 8 * 2**20, source="127.0.0.2")
+        sock.sendall(b"w" * 100_000)
+        assert read_answer(sock).startswith(b"HTTP/1.1 413 ")
+        assert server.connections() == 2
+        assert post(server.port, b"small") == (200, b"5")  # from 127.0.0.1: it takes one of 127.0.0.2's places
+        wait_for(lambda: server.dropped != [], 10)  # the lingering one's (before: the idle one was closed) ...
+        idle.settimeout(0.5)
+        with pytest.raises(TimeoutError):  # ... and the idle one is still open
+            idle.recv(1)
+        idle.close()
+        sock.close()
+
+
 def test_a_chunk_refusals_linger_taken_by_a_newcomer_leaves_the_newcomer_its_deadline() -> None:
     """review24 F1: the chunk refusal's linger did not count as closing, so a newcomer at a full cap that took its
     place wrote a 503 after its FIN (asyncio: "Cannot call write() after write_eof()") inside the newcomer's
