@@ -389,7 +389,9 @@ def server_config(app: Any, settings: Any, log_level: str = "info") -> Any:
             body_timeout_s=settings.body_timeout_s,
             take_below_rates=settings.body_take_below_rates,
         ),
-        limit_concurrency=settings.max_concurrency,
+        # uvicorn refuses a request when limit_concurrency connections are open, its own among them: at
+        # max_concurrency it served one fewer (at 1, none at all)
+        limit_concurrency=settings.max_concurrency + 1,
         h11_max_incomplete_event_size=settings.max_header_kb * 1024,
         proxy_headers=False,  # the source address is the peer's: X-Forwarded-For must not fake it
         # the agent serves no WebSockets (review15c F4): with ws="auto" (wsproto installed) an upgrade request

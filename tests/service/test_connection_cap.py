@@ -44,7 +44,7 @@ pytestmark = pytest.mark.serial
 
 PROBE = json.dumps({"model_version_status": [{"version": "1", "state": "AVAILABLE"}]}).encode()
 OK = b'{"predictions": [2.5]}'
-CAP, PER_ADDRESS = 24, 8
+CAP, PER_ADDRESS = 24, 8  # CAP: uvicorn's limit_concurrency, max_concurrency + 1 (it counts the newcomer's own)
 ATTACKERS = ("127.0.77.1", "127.0.77.2", "127.0.77.3")
 STALL_S = 0.4  # scaled BODY_STALL_S (1 s): a body this long without a byte waits on its client
 LATE_OVER = 200_000  # (ModelServer.late_s)
@@ -111,7 +111,7 @@ def agent(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[tuple[int,
     upstream = ModelServer()
     port = free_port()
     settings = Settings(node_id="n1", host="127.0.0.1", port=port, data_dir=str(tmp_path), discovery=False,
-                        max_concurrency=CAP, max_connections_per_address=PER_ADDRESS,
+                        max_concurrency=CAP - 1, max_connections_per_address=PER_ADDRESS,
                         **params)  # fmt: skip
     node = NodeAgent(settings, runtime=Listed([upstream.url]))
     node.set_desired(1, None, {MODEL: 1})
@@ -524,12 +524,12 @@ def test_an_expect_100_continue_client_is_not_given_up_while_the_agent_has_not_a
     handler's first ``receive``), yet counted as waiting on its client once no body byte came for the stall: at the
     cap a newcomer took its place (503 at 1.3 s of a handler's 3 s). Now it waits on the agent until the 100 goes
     out (then both body clocks start); the newcomer gets uvicorn's 503 and the client its 100 and 200. Fails on the
-    old code (the client is answered 503). The cap is 4: uvicorn counts a request's own connection, so at 3 the
-    client's request was refused at once unless one of the held requests, its head not yet parsed, was given up
-    for it (about half the runs alone, session 23)."""
+    old code (the client is answered 503). The cap is 3 connections (uvicorn's limit 4: it counts a request's own
+    connection); at 2 the client's request was refused at once unless one of the held requests, its head not yet
+    parsed, was given up for it (about half the runs alone, session 23)."""
     port = free_port()
     settings = Settings(node_id="n1", host="127.0.0.1", port=port, data_dir=str(tmp_path), discovery=False,
-                        max_concurrency=4, max_connections_per_address=3, body_stall_s=STALL_S)  # fmt: skip
+                        max_concurrency=3, max_connections_per_address=3, body_stall_s=STALL_S)  # fmt: skip
     server = uvicorn.Server(server_config(_late_reader, settings, "warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -588,7 +588,7 @@ def test_a_trickler_whose_address_is_in_parse_debt_still_falls_behind_the_rate(
 
     port = free_port()
     settings = Settings(node_id="n1", host="127.0.0.1", port=port, data_dir=str(tmp_path), discovery=False,
-                        max_concurrency=4, max_connections_per_address=3, body_stall_s=STALL_S,
+                        max_concurrency=3, max_connections_per_address=3, body_stall_s=STALL_S,
                         body_rate_grace_s=0.5)  # fmt: skip
     server = uvicorn.Server(server_config(App(), settings, "warning"))
     thread = threading.Thread(target=server.run, daemon=True)
@@ -644,7 +644,7 @@ def test_bodies_sent_just_over_the_minimum_rate_do_not_hold_every_place(
     monkeypatch.setattr(http_caps, "TAKE_SLOWEST_BODY", slowest)
     port = free_port()
     settings = Settings(node_id="n1", host="127.0.0.1", port=port, data_dir=str(tmp_path), discovery=False,
-                        max_concurrency=CAP, max_connections_per_address=PER_ADDRESS,
+                        max_concurrency=CAP - 1, max_connections_per_address=PER_ADDRESS,
                         body_rate_grace_s=1.0)  # fmt: skip
     server = uvicorn.Server(server_config(_late_reader, settings, "critical"))
     thread = threading.Thread(target=server.run, daemon=True)
@@ -719,7 +719,7 @@ def test_an_honest_fast_upload_is_never_given_up_by_a_connect_or_a_newcomers_hea
     connections than the newcomer's) finish."""
     port = free_port()
     settings = Settings(node_id="n1", host="127.0.0.1", port=port, data_dir=str(tmp_path), discovery=False,
-                        max_concurrency=5, max_connections_per_address=4, body_rate_grace_s=1.0)  # fmt: skip
+                        max_concurrency=4, max_connections_per_address=4, body_rate_grace_s=1.0)  # fmt: skip
     server = uvicorn.Server(server_config(_late_reader, settings, "critical"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

@@ -201,12 +201,12 @@ def test_another_client_is_answered_while_a_trickling_server_holds_the_agent_at_
     client of the agent, any model or /health, got 503 for as long as the trickle went on (40 s here)."""
     monkeypatch.setattr(routes, "ANSWER_READ_S", 1.0)
     answer = trickle(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n", 400)
-    with agent_before([answer], tmp_path, max_concurrency=4) as (base, _agent, ups):
+    with agent_before([answer], tmp_path, max_concurrency=3) as (base, _agent, ups):
         body = b'{"instances": [1.0]}'
         head = f"POST /v1/models/{MODEL}:predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
         wire = (head + f"Content-Length: {len(body)}\r\n\r\n").encode() + body
         held = []
-        for _ in range(3):  # the cap's worth of predicts (uvicorn counts the newcomer's own connection in the cap)
+        for _ in range(3):  # the cap's worth of predicts (max_concurrency: 3 connections)
             s = socket.create_connection(("127.0.0.1", int(base.rsplit(":", 1)[1])))
             s.sendall(wire)
             held.append(s)

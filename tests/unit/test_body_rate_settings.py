@@ -150,9 +150,9 @@ async def _answer(reader: asyncio.StreamReader, wait_s: float) -> bytes:
 
 
 async def _newcomer_against_slow_uploads(settings: Settings) -> tuple[int, list[bytes]]:
-    """At a cap of 3, two 6 KB uploads at 300 B/s from 127.0.91.1 (done in 20 s, under body_timeout_s) and, 1.8 s
-    in, a newcomer's GET from 127.0.91.2, through the agent's own ``server_config``: (the newcomer's status, what
-    each uploader was sent)."""
+    """At a cap of 2 connections, two 6 KB uploads at 300 B/s from 127.0.91.1 (done in 20 s, under body_timeout_s)
+    and, 1.8 s in, a newcomer's GET from 127.0.91.2, through the agent's own ``server_config``: (the newcomer's
+    status, what each uploader was sent)."""
     server, port = await _serve(settings)
     uploads = [await asyncio.open_connection("127.0.0.1", port, local_addr=("127.0.91.1", 0)) for _ in range(2)]
     for _, up_writer in uploads:
@@ -192,7 +192,7 @@ def test_slow_uploads_keep_their_places_with_the_minimum_rate_under_a_quarter_of
     than the newcomer's: one is given up (the old advice, review16b F2). At 70 (4 x 70 = 280 B/s) neither is: the
     newcomer gets the cap's 503 and both uploads go on."""
     rate = {} if min_rate is None else {"body_min_rate": min_rate}
-    settings = Settings(node_id="n1", data_dir=str(tmp_path), discovery=False, max_concurrency=3,
+    settings = Settings(node_id="n1", data_dir=str(tmp_path), discovery=False, max_concurrency=2,
                         max_connections_per_address=3, body_rate_grace_s=0.5, **rate)  # fmt: skip
     status, sent = asyncio.run(_newcomer_against_slow_uploads(settings))
     if kept:
@@ -203,8 +203,8 @@ def test_slow_uploads_keep_their_places_with_the_minimum_rate_under_a_quarter_of
 
 
 async def _newcomer_against_tricklers(settings: Settings) -> tuple[int, list[bytes]]:
-    """At a cap of 3, two chunked bodies trickled at 1 byte a second (one big chunk) from 127.0.92.1 and, 3 s in,
-    a newcomer's GET from 127.0.92.2: (the newcomer's status, what each trickler was sent)."""
+    """At a cap of 2 connections, two chunked bodies trickled at 1 byte a second (one big chunk) from 127.0.92.1
+    and, 3 s in, a newcomer's GET from 127.0.92.2: (the newcomer's status, what each trickler was sent)."""
     server, port = await _serve(settings)
     tricklers = [await asyncio.open_connection("127.0.0.1", port, local_addr=("127.0.92.1", 0)) for _ in range(2)]
     for _, t_writer in tricklers:
@@ -227,7 +227,7 @@ def test_a_one_byte_a_second_trickler_is_taken_at_the_least_minimum_rate(tmp_pat
     """``body_min_rate`` at its floor (10 B/s), the stall rule out of reach (``body_stall_s`` 5 s): 1 B/s is behind
     10 B/s by the 0.5 s grace after ~0.6 s, so the newcomer takes a trickler's place. At 0, allowed before, no rule
     ever freed one (review16b F1: 6 of 6 newcomers refused, the tricklers held until their 408)."""
-    settings = Settings(node_id="n1", data_dir=str(tmp_path), discovery=False, max_concurrency=3,
+    settings = Settings(node_id="n1", data_dir=str(tmp_path), discovery=False, max_concurrency=2,
                         max_connections_per_address=2, body_min_rate=10.0, body_stall_s=5.0,
                         body_rate_grace_s=0.5)  # fmt: skip
     status, sent = asyncio.run(_newcomer_against_tricklers(settings))
