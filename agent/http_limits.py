@@ -36,30 +36,30 @@ Two layers, because uvicorn gives no header timeout of its own:
   limit (``max_concurrency``; not the per-address cap) may take its place. The agent's own closes (a newcomer's, a
   deadline's) and uvicorn's own (the server's stop, the keep-alive timeout) never linger.
 
-h11 parses in pure Python on the agent's event loop, which also runs SWIM and the election: a body sent as
-1-byte chunks (``1\r\n1\r\n``...) cost ~9 us per chunk, 0.4 s of loop for one 256 KiB socket read, and two such
-connections got a leader declared dead (review 11a). So the protocol (``SlicedH11Protocol``) hands h11 at most
-``PARSE_SLICE`` bytes and takes at most ``EVENTS_PER_TURN`` events per loop turn (reading paused until the rest
-is parsed), and a body of more than ``max(MIN_CHUNKS, bytes / MIN_CHUNK_BYTES)`` chunks gets ``400`` and the
-connection closed (``too_many_chunks``). h11 parses a head in one step whatever the slice (~3 us a line), so a head
-or a chunked body's trailer of more than ``MAX_HEADER_FIELDS`` (100) lines gets ``431`` and the connection closed,
-counted before h11 parses it. A sender can still front-load bytes to buy tiny chunks (8 MiB buys
-32,767), so each connection's parsing also has a CPU budget (``ParseBudget``: ``PARSE_SHARE`` of a second,
-``PARSE_BURST_S`` at once) and all connections from one address share another (``AddressBudgets``); past
-either, the next step waits. Behind a NAT one address is many clients, so the address's budget is not first come
-first served (60 throttled senders made an honest 8 MiB upload behind them wait 95-106 s, review12e): each
-connection also has its fair part, ``ADDRESS_SHARE / users`` (at most ``PARSE_SHARE``; a new connection starts it
-one fair burst in debt, so reconnecting buys nothing), and may step on it whatever the address's budget says,
-while the address owes less than ``ADDRESS_DEBT_S``. A connection that spends little never waits on the others;
-every step is charged to the address, so what it takes in all stays ``ADDRESS_SHARE`` a second (plus bursts).
-Five addresses at that share would take the whole loop, and on a LAN an attacker has many: all the client
-port's parsing (HTTP and HTTPS listeners together) has one more budget, ``TOTAL_SHARE`` (50 %) of a second,
+h11 parses in pure Python on the agent's event loop, which also runs SWIM and the election: a body sent as 1-byte
+chunks (``1\r\n1\r\n``...) cost ~9 us per chunk, 0.4 s of loop for one 256 KiB socket read, and two such connections
+got a leader declared dead (review 11a). So the protocol (``SlicedH11Protocol``) hands h11 at most ``PARSE_SLICE``
+bytes and takes at most ``EVENTS_PER_TURN`` events per loop turn (reading paused until the rest is parsed), and a
+body of more than ``max(MIN_CHUNKS, bytes / MIN_CHUNK_BYTES)`` chunks gets ``400`` and the connection closed
+(``too_many_chunks``). h11 parses a head in one step whatever the slice (~3 us a line), and a complete one of any
+length, so a head or a chunked body's trailer of more than ``MAX_HEADER_FIELDS`` (100) lines, or longer than
+``max_header_kb``, gets ``431`` and the connection closed, counted before h11 parses it. A sender can still
+front-load bytes to buy tiny chunks (8 MiB buys 32,767), so each connection's parsing also has a CPU budget
+(``ParseBudget``: ``PARSE_SHARE`` of a second, ``PARSE_BURST_S`` at once) and all connections from one address share
+another (``AddressBudgets``); past either, the next step waits. Behind a NAT one address is many clients, so the
+address's budget is not first come first served (60 throttled senders made an honest 8 MiB upload behind them wait
+95-106 s, review12e): each connection also has its fair part, ``ADDRESS_SHARE / users`` (at most ``PARSE_SHARE``; a
+new connection starts it one fair burst in debt, so reconnecting buys nothing), and may step on it whatever the
+address's budget says, while the address owes less than ``ADDRESS_DEBT_S``. A connection that spends little never
+waits on the others; every step is charged to the address, so what it takes in all stays ``ADDRESS_SHARE`` a second
+(plus bursts). Five addresses at that share would take the whole loop, and on a LAN an attacker has many: all the
+client port's parsing (HTTP and HTTPS listeners together) has one more budget, ``TOTAL_SHARE`` (50 %) of a second,
 ``TOTAL_BURST_S`` at once (``ParseTurns``). A step goes at once while it is in credit and nobody waits; else the
 connection waits in its address's queue, and one timer serves the queues as the budget allows, the address whose
-steps took least CPU first (start-time fair queuing): an honest request is next in line, not behind the floods,
-and a new address starts behind everyone waiting, so appearing or reconnecting buys no burst. The peer port runs
-the same protocol when httptools is missing (``PeerH11Protocol``, with a total of its own: a client-port flood
-never delays SWIM there).
+steps took least CPU first (start-time fair queuing): an honest request is next in line, not behind the floods, and
+a new address starts behind everyone waiting, so appearing or reconnecting buys no burst. The peer port runs the
+same protocol when httptools is missing (``PeerH11Protocol``, with a total of its own: a client-port flood never
+delays SWIM there).
 
 The concurrency limit itself is uvicorn's ``limit_concurrency`` (503 past it, unless a waiting connection is given
 up for the newcomer), set in agent/cli.py.

@@ -1,10 +1,13 @@
 """The header-field count (agent/http_sliced.py ``MAX_HEADER_FIELDS``): a request head, or a chunked body's trailer,
-of more than 100 field lines is refused with 431 before h11 parses it.
+of more than 100 field lines, or longer than the head bound (``max_header_kb``), is refused with 431 before h11
+parses it.
 
 h11 parses a whole head in one step of pure Python, ~3 us a line: 2,500 tiny lines in 16 KiB were one 8-13 ms step
 that no slice could cut, and a round of the client port's parse turns across a dozen such senders kept an honest
-client's predict waiting ~1.8 s (5.2 s once, in CI). The count is checked on bytes (wherever the reads fall) and
-over real loopback sockets (the answer, a pipelined head, a trailer).
+client's predict waiting ~1.8 s (5.2 s once, in CI). And h11 refuses only an incomplete head over its bound: a
+complete one of any length is parsed in one step (review25 F1: 16 KiB of long lines, then 30,000 short ones in the
+same read, one 165-235 ms step). The count is checked on bytes (wherever the reads fall) and over real loopback
+sockets (the answer, a pipelined head, a trailer).
 """
 
 from __future__ import annotations
@@ -12,12 +15,14 @@ from __future__ import annotations
 import asyncio
 
 import h11
+import uvicorn
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from uvicorn.server import ServerState
 
-from agent.http_limits import MAX_HEADER_FIELDS, ChunkCountingConnection
-from agent.http_sliced import header_lines
-from tests.unit.test_http_chunks import HEAD, chunked, events, serve_once
+from agent.http_limits import MAX_HEADER_FIELDS, ChunkCountingConnection, limited_protocol
+from agent.http_sliced import HeadScan, header_lines
+from tests.unit.test_http_chunks import HEAD, chunked, early, events, serve_once
 
 
 def head(fields: int, value: bytes = b"y") -> bytes:
@@ -35,8 +40,25 @@ def test_header_lines_counts_the_head_as_far_as_it_has_come() -> None:
     assert header_lines(head(500)[:100], 20_000) == head(500)[:100].count(b"\n")  # incomplete: what has come
     assert header_lines(b"GET / HTTP/1.1\nA: b\n\n", 100) == 2  # bare LF lines, as h11 takes them
     assert header_lines(b"\r\n", 100) == header_lines(b"", 100) == 0  # an empty trailer
-    assert header_lines(b"x\n" * 1000, 100) == 50  # only the window is looked at
+    assert header_lines(b"x\n" * 49 + b"\n", 100) == 49  # ends within the window
+    assert header_lines(b"x\n" * 1000, 100) is None  # the window came and no end: too long, however it ends
+    assert header_lines(b"x\n" * 1000 + b"\n", 100) is None
     assert header_lines(bytearray(b"abc" + head(3)), 20_000, 3) == 4  # from where it starts (a trailer)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(0, 120), st.integers(0, 120), st.lists(st.integers(0, 1500), max_size=20), st.booleans())
+def test_counting_as_the_bytes_come_matches_counting_them_at_once(
+    lines: int, start: int, cuts: list[int], crlf: bool
+) -> None:
+    """``HeadScan`` keeps what was counted, so each byte is looked at once: whatever the reads, the count at each
+    point is the count of what had come by then, and past the window it is None."""
+    end = b"\r\n" if crlf else b"\n"
+    data = b"z" * start + b"GET / HTTP/1.1" + end + b"".join(b"h%d: v" % i + end for i in range(lines)) + end
+    window, scan = 600, HeadScan()
+    for cut in [*sorted(cuts), len(data)]:
+        part = bytearray(data[:cut])
+        assert header_lines(part, window, start, scan) == header_lines(bytes(part), window, start), cut
 
 
 def test_a_head_of_100_fields_is_parsed_and_101_is_refused_before_h11_parses_it() -> None:
@@ -75,19 +97,32 @@ def test_the_count_is_per_request_on_a_kept_alive_connection() -> None:
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.lists(st.integers(0, 1200), max_size=12), st.sampled_from([100, 101, 400]), st.sampled_from([3, 300]))
+@given(st.lists(st.integers(0, 4000), max_size=12), st.sampled_from([100, 101, 400]), st.sampled_from([3, 300]))
 def test_trailer_fields_are_counted_however_the_reads_fall(splits: list[int], fields: int, size: int) -> None:
     """h11 reads on from the last chunk's line into the trailer within one step, so the count looks ahead at the
     last chunk's line (and past the CRLF that ends the chunk before it) wherever the reads cut the wire."""
     body = b"z" * 600  # (in chunks of 3 bytes: 200, under the chunk rule)
     wire = HEAD + chunked(body, size)[: -len(b"\r\n")] + trailer(fields)
     conn = ChunkCountingConnection(16384)
-    got, ended = events(conn, wire, splits)
+    got, ended = events(conn, wire, [min(cut, len(wire)) for cut in splits])  # (past the end: empty data, an EOF)
     if fields <= MAX_HEADER_FIELDS:
         assert ended and got == body and not conn.refused
     else:
         assert not ended and conn.refusal is not None and conn.refusal.status == 431
         assert conn.refusal.message == "more than 100 trailer fields"
+
+
+def test_trailer_fields_are_counted_with_a_read_cut_at_each_byte_around_the_last_chunk() -> None:
+    """Every cut from the end of the last data chunk to the trailer's first line, one read or two (review25 F5:
+    the property test's cuts rarely fall there when the chunks are small)."""
+    for fields in (100, 101):
+        prefix = HEAD + b"3\r\nabc\r\n"
+        wire = prefix + b"0;ext=1\r\n" + trailer(fields)
+        around = range(len(prefix) - 6, len(prefix) + 16)
+        for cuts in [[a] for a in around] + [[a, a + 2] for a in around]:
+            conn = ChunkCountingConnection(16384)
+            got, ended = events(conn, wire, cuts)
+            assert got == b"abc" and ended == (fields <= MAX_HEADER_FIELDS) and conn.refused != ended, (fields, cuts)
 
 
 def test_chunk_data_full_of_line_ends_is_not_taken_for_a_trailer() -> None:
@@ -98,6 +133,32 @@ def test_chunk_data_full_of_line_ends_is_not_taken_for_a_trailer() -> None:
     conn = ChunkCountingConnection(16384)
     got, ended = events(conn, wire, [len(HEAD) + 5, len(HEAD) + 300])
     assert ended and got == data * 3 and not conn.refused
+
+
+def test_a_complete_head_longer_than_the_bound_is_refused_however_it_comes() -> None:
+    """review25 F1: 16 KiB of long lines (under the field count, h11 holding them: not over its bound), then
+    thousands of short ones and the blank line in the next read: h11 parsed it whole in one step. A head (or a
+    trailer) is refused once ``head_limit`` + 4 bytes of it have come without its end."""
+    first = b"GET /p HTTP/1.1\r\nHost: a\r\n" + (b"x: " + b"y" * 205 + b"\r\n") * 80  # 80 lines in 16,384 bytes
+    for wire, cut in ((first + b"a:\n" * 5400 + b"\n", 16_384), (head(60, b"y" * 400), 4096)):
+        conn = ChunkCountingConnection(16384)
+        conn.receive_data(wire[:cut])
+        assert conn.next_event() is h11.NEED_DATA and not conn.refused
+        conn.receive_data(wire[cut:])
+        assert conn.next_event() is h11.NEED_DATA and conn.their_state is h11.IDLE  # never parsed
+        assert conn.refusal is not None and conn.refusal.message == "request head over 16384 bytes"
+    conn = ChunkCountingConnection(16384)  # a trailer likewise
+    conn.receive_data(HEAD + b"3\r\nabc\r\n0\r\n" + (b"t: " + b"v" * 205 + b"\r\n") * 80 + b"t:\n" * 5000 + b"\n")
+    assert [type(e).__name__ for e in iter(conn.next_event, h11.NEED_DATA)] == ["Request", "Data"]
+    assert conn.refusal is not None and conn.refusal.message == "request trailer over 16384 bytes"
+
+
+def test_a_head_at_the_bound_is_parsed() -> None:
+    wire = b"GET /p HTTP/1.1\r\nHost: a\r\n" + b"x: " + b"y" * 16_350 + b"\r\n\r\n"
+    assert len(wire) == 16_383  # (h11 takes a head up to its bound, 16,384 bytes)
+    conn = ChunkCountingConnection(16384)
+    conn.receive_data(wire)
+    assert isinstance(conn.next_event(), h11.Request) and not conn.refused
 
 
 def test_over_loopback_a_head_of_101_fields_gets_431_and_the_connection_closes() -> None:
@@ -114,6 +175,42 @@ def test_over_loopback_a_pipelined_head_of_too_many_fields_is_answered_after_the
     answer = asyncio.run(asyncio.wait_for(serve_once(wire), 4))[0]
     assert answer.startswith(b"HTTP/1.1 200 ") and answer.count(b"HTTP/1.1 ") == 2, answer[:200]
     assert b"HTTP/1.1 431 " in answer and answer.endswith(b'{"error": "more than 100 header fields"}')
+
+
+def test_over_loopback_a_pipelined_head_past_the_byte_bound_is_refused_unparsed() -> None:
+    """review25 F1's pipelined form: the long head waits in h11 (PAUSED) while the first request is answered, and
+    uvicorn's next cycle parsed it whole: 30,000 lines in one 165-235 ms step. Now a 431 after the first 200."""
+    long_head = b"GET /p HTTP/1.1\r\nHost: a\r\n" + (b"x: " + b"y" * 200 + b"\r\n") * 77 + b"a:\n" * 30_000 + b"\n"
+    made: list = []
+    answer = asyncio.run(asyncio.wait_for(serve_once(HEAD + chunked(b"q" * 10, 10) + long_head, made=made), 10))[0]
+    assert answer.startswith(b"HTTP/1.1 200 ") and answer.endswith(b'{"error": "request head over 16384 bytes"}')
+    assert made[0].parse_cpu_s < 0.05, made[0].parse_cpu_s  # (parsed, it was ~0.2 s of h11 in one step)
+
+
+def test_a_refused_trailer_after_an_early_answer_gets_no_second_answer() -> None:
+    """review25 F2: a handler answered without reading the body (a 405, keep-alive) and the body's trailer is then
+    refused: the client gets the 405 alone, the connection closed, never a 431 it would read as the answer to its
+    next request."""
+
+    async def scenario() -> bytes:
+        config = uvicorn.Config(early, h11_max_incomplete_event_size=16384, log_config=None)
+        config.load()
+        protocol_class, state = limited_protocol(10.0, 64, 30.0), ServerState()
+        server = await asyncio.get_running_loop().create_server(
+            lambda: protocol_class(config=config, server_state=state, app_state={}), "127.0.0.1", 0
+        )
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.sockets[0].getsockname()[1])
+        writer.write(HEAD + b"5\r\nhello\r\n")
+        answer = await asyncio.wait_for(reader.readuntil(b"no"), 10)  # the 405, before the body's end
+        writer.write(b"0\r\n" + trailer(150))
+        answer += await asyncio.wait_for(reader.read(), 10)  # then the end of the connection
+        writer.close()
+        server.close()
+        await server.wait_closed()
+        return answer
+
+    answer = asyncio.run(scenario())
+    assert answer.startswith(b"HTTP/1.1 405 ") and answer.count(b"HTTP/1.1 ") == 1, answer
 
 
 def test_over_loopback_a_trailer_of_too_many_fields_gets_431() -> None:
