@@ -44,6 +44,8 @@ PARSE_SLICE = 16 * 1024  # bytes h11 parses per loop turn (at most ~2,700 chunks
 EVENTS_PER_TURN = 128  # ... events it hands out per turn (~1 ms of 1-byte chunks); other tasks run between
 MIN_CHUNKS = 256  # chunks any body may use ...
 MIN_CHUNK_BYTES = 256  # ... past which they must average at least this many bytes
+MAX_LIST_COMMAS = 64  # commas a head's Connection, Transfer-Encoding, Content-Length, Upgrade and Expect may hold:
+# h11 and uvicorn split those in Python, 2-3 times each, so 16,000 commas in one field were a 5-7 ms step (review25b)
 MAX_HEADER_FIELDS = 100  # header lines a request head (or a chunked body's trailer) may have: past it, 431 before
 # h11 parses it (Apache's LimitRequestFields, Tomcat's maxHeaderCount): h11 parses a head in one step, ~3 us a line,
 # so 2,500 tiny lines in 16 KiB were one ~8-13 ms step that no slice could cut, and a round of the parse turns
@@ -65,11 +67,14 @@ _LAST_CHUNK = re.compile(rb"0{1,20}(?![0-9A-Fa-f])")  # a chunked body's last ch
 @dataclass
 class HeadScan:
     """How far ``header_lines`` has looked at the head (or trailer) starting at ``start`` of a buffer: the lines
-    before ``scanned``."""
+    before ``scanned``, and where the head ends once its blank line came (``end``, past its last line's newline;
+    -1 before). ``listed``: its list headers were counted (``list_commas``, once a head)."""
 
     start: int = -1
     scanned: int = 0
     lines: int = 0
+    end: int = -1
+    listed: bool = False
 
 
 def header_lines(data: bytes | bytearray, window: int, start: int = 0, scan: HeadScan | None = None) -> int | None:
@@ -82,7 +87,7 @@ def header_lines(data: bytes | bytearray, window: int, start: int = 0, scan: Hea
     if scan is None:
         scan = HeadScan()
     if scan.start != start or scan.scanned > len(data):
-        scan.start, scan.scanned, scan.lines = start, start, 0
+        scan.start, scan.scanned, scan.lines, scan.end, scan.listed = start, start, 0, -1, False
     if data[start : start + 1] == b"\n" or data[start : start + 2] == b"\r\n":
         return 0  # (an empty trailer; a head that starts with a blank line is h11's error)
     limit = start + window
@@ -91,9 +96,20 @@ def header_lines(data: bytes | bytearray, window: int, start: int = 0, scan: Hea
     if stop > scan.scanned:
         scan.lines += data.count(b"\n", scan.scanned, stop)
         scan.scanned = stop
-    if end is None and len(data) >= limit:
-        return None
+    if end is None:
+        return None if len(data) - start > window - 4 else scan.lines  # (past h11's bound: too long however it ends)
+    scan.end = stop
     return scan.lines
+
+
+_LIST_HEADERS = re.compile(rb"^(?:connection|transfer-encoding|content-length|upgrade|expect)[ \t]*:[^\n]*",
+                           re.IGNORECASE | re.MULTILINE)  # fmt: skip
+
+
+def list_commas(data: bytes | bytearray, start: int, end: int) -> int:
+    """Commas in the head's fields that h11 and uvicorn split as lists (``get_comma_header``, ``_get_upgrade``):
+    Connection, Transfer-Encoding, Content-Length, Upgrade, Expect (one regex pass in C)."""
+    return sum(found.group().count(b",") for found in _LIST_HEADERS.finditer(data, start, end))
 
 
 def error_bytes(status: int, message: str) -> tuple[list[tuple[bytes, bytes]], bytes]:
@@ -297,6 +313,12 @@ class ChunkCountingConnection(h11.Connection):
             message = f"request {'head' if head else 'trailer'} over {self.head_limit} bytes"
         elif fields > self.max_header_fields:
             message = f"more than {self.max_header_fields} {what} fields"
+        elif head and self._scan.end >= 0 and not self._scan.listed:  # (its end came: counted once)
+            self._scan.listed = True
+            if list_commas(self._buffered(), 0, self._scan.end) <= MAX_LIST_COMMAS:
+                return False
+            listed = "Connection, Transfer-Encoding, Content-Length, Upgrade or Expect"
+            message = f"more than {MAX_LIST_COMMAS} commas in {listed}"
         else:
             return False
         self.refusal = Refusal(431, "Request Header Fields Too Large", message, "headers", head)

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from uvicorn.server import ServerState
 
 from agent.http_limits import MAX_HEADER_FIELDS, ChunkCountingConnection, limited_protocol
-from agent.http_sliced import HeadScan, header_lines
+from agent.http_sliced import MAX_LIST_COMMAS, HeadScan, header_lines, list_commas
 from tests.unit.test_http_chunks import HEAD, chunked, early, events, serve_once
 
 
@@ -43,7 +43,18 @@ def test_header_lines_counts_the_head_as_far_as_it_has_come() -> None:
     assert header_lines(b"x\n" * 49 + b"\n", 100) == 49  # ends within the window
     assert header_lines(b"x\n" * 1000, 100) is None  # the window came and no end: too long, however it ends
     assert header_lines(b"x\n" * 1000 + b"\n", 100) is None
+    assert header_lines(b"x" * 96, 100) == 0 and header_lines(b"x" * 97, 100) is None  # (h11's bound: 96 here)
     assert header_lines(bytearray(b"abc" + head(3)), 20_000, 3) == 4  # from where it starts (a trailer)
+
+
+def test_each_byte_is_looked_at_once() -> None:
+    """A head trickled a byte a read costs its length in all, not its square (review25 F3): what was counted is not
+    looked at again, even if it changed (h11 never changes what it holds; here it shows the scan kept its place)."""
+    data, scan = bytearray(b"GET / HTTP/1.1\r\nA: b\r\n"), HeadScan()
+    assert header_lines(data, 1000, 0, scan) == 2
+    data[3:5] = b"\n\n"  # behind the scan's place: not seen
+    data += b"C: d\r\n"
+    assert header_lines(data, 1000, 0, scan) == 3
 
 
 @settings(max_examples=200, deadline=None)
@@ -86,14 +97,45 @@ def test_a_head_coming_in_pieces_is_refused_once_it_passes_the_count() -> None:
 
 
 def test_the_count_is_per_request_on_a_kept_alive_connection() -> None:
+    """Heads of different lengths one after another, each read alone or all pipelined in one read: each is
+    counted from its own start (review25b F3: a count kept from the request before, where the next head began
+    at the same place, refused an honest second head as "more than 100 header fields")."""
+    heads = [head(100), head(60), head(60, b"y" * 100), head(100, b"y" * 20), head(3)]
+    for pipelined in (False, True):
+        conn = ChunkCountingConnection(16384)
+        if pipelined:
+            conn.receive_data(b"".join(heads))
+        for one in heads:
+            if not pipelined:
+                conn.receive_data(one)
+            assert isinstance(conn.next_event(), h11.Request), (pipelined, conn.refusal)
+            assert isinstance(conn.next_event(), h11.EndOfMessage)
+            conn.send(h11.Response(status_code=200, headers=[(b"content-length", b"0")]))
+            conn.send(h11.EndOfMessage())
+            conn.start_next_cycle()
+        assert not conn.refused
+
+
+def test_list_headers_of_many_commas_are_refused_before_h11_splits_them() -> None:
+    """review25b F1: h11 splits Connection, Transfer-Encoding, Content-Length, Upgrade and Expect at their commas
+    in Python (uvicorn splits Connection again), so one field of 16,000 commas was a 5-7 ms step within the line
+    and byte bounds. Past 64 commas in those, 431; commas elsewhere (Accept, Cookie) cost h11 nothing and pass."""
+    assert MAX_LIST_COMMAS == 64
+    base = b"POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n"
+    for field in (
+        b"Connection: a" + b"," * 16_000 + b"a",
+        b"expect: " + b"100-continue," * 65,
+        b"Upgrade:" + b",x" * 65,
+    ):
+        conn = ChunkCountingConnection(16384)
+        conn.receive_data(base + field + b"\r\n\r\n")
+        assert conn.next_event() is h11.NEED_DATA and conn.their_state is h11.IDLE, field[:20]
+        assert conn.refusal is not None and conn.refusal.status == 431 and "commas" in conn.refusal.message
+    honest = base + b"Connection: keep-alive, Upgrade\r\nAccept: " + b"a/b, " * 2000 + b"c/d\r\n\r\n"
+    assert list_commas(honest, 0, len(honest)) == 1
     conn = ChunkCountingConnection(16384)
-    for _ in range(3):
-        conn.receive_data(head(100))
-        assert isinstance(conn.next_event(), h11.Request) and isinstance(conn.next_event(), h11.EndOfMessage)
-        conn.send(h11.Response(status_code=200, headers=[(b"content-length", b"0")]))
-        conn.send(h11.EndOfMessage())
-        conn.start_next_cycle()
-    assert not conn.refused
+    conn.receive_data(honest)
+    assert isinstance(conn.next_event(), h11.Request) and not conn.refused
 
 
 @settings(max_examples=60, deadline=None)
@@ -123,6 +165,14 @@ def test_trailer_fields_are_counted_with_a_read_cut_at_each_byte_around_the_last
             conn = ChunkCountingConnection(16384)
             got, ended = events(conn, wire, cuts)
             assert got == b"abc" and ended == (fields <= MAX_HEADER_FIELDS) and conn.refused != ended, (fields, cuts)
+
+
+def test_a_chunk_size_of_leading_zeros_is_not_taken_for_the_last_chunk() -> None:
+    """``001c2`` is 450 bytes, not a last chunk followed by a trailer of 150 lines (review25b F4)."""
+    data = b"a:\n" * 150
+    conn = ChunkCountingConnection(16384)
+    got, ended = events(conn, HEAD + b"00%x\r\n" % len(data) + data + b"\r\n0\r\n\r\n", [])
+    assert ended and got == data and not conn.refused
 
 
 def test_chunk_data_full_of_line_ends_is_not_taken_for_a_trailer() -> None:
