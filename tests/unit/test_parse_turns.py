@@ -336,6 +336,8 @@ async def flood(addresses: int, turns: ParseTurns, seconds: float) -> Flooded:
     await tick
     for w in [writer, *hostile]:
         w.transport.abort()
+    for p in made:  # the server's side too, before the loop ends: a connection still in the turns could be granted
+        p.transport.abort()  # a step as asyncio.run cancels the tasks, and start a request whose task never runs
     server.close()
     await server.wait_closed()
     await asyncio.sleep(0.05)
