@@ -91,9 +91,10 @@ class ParseTurns:
     honest address, whose request parses in one cheap step, is next in line when it joins, not behind the
     others' floods (~one step of the budget's refill); the hostile ones share the rest equally. One that keeps
     sending gets an equal share too, each request waiting at most about a round (a step of each address that
-    waits), which ``EVENTS_PER_TURN`` and ``MAX_HEADER_FIELDS`` keep to ~1 ms a step (agent/http_sliced.py). A
-    new address starts at the ``horizon``, behind every one that waits (``AddressBudgets.take``): appearing, or
-    closing every connection and reconnecting, buys one turn a round like everyone else's, never a burst.
+    waits), which ``EVENTS_PER_TURN`` and the head bounds (``MAX_HEADER_FIELDS``, ``MAX_LIST_COMMAS``) keep to
+    ~1-2 ms a step (agent/http_sliced.py). A new address starts at the ``horizon``, behind every one that waits
+    (``AddressBudgets.take``): appearing, or closing every connection and reconnecting, buys one turn a round like
+    everyone else's, never a burst.
 
     One timer however many wait (a timer per waiting connection would wake them all together each time the
     budget is back: their rechecks, uncharged, cost more than the steps); O(log n) per step (a heap of

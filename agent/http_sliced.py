@@ -6,7 +6,8 @@ of loop for one 256 KiB socket read, and two such connections got a leader decla
 protocol hands h11 at most ``PARSE_SLICE`` bytes and takes at most ``EVENTS_PER_TURN`` events per loop turn (reading
 paused until the rest is parsed), a body of more than ``max(MIN_CHUNKS, bytes / MIN_CHUNK_BYTES)`` chunks gets
 ``400`` and the connection closed (``too_many_chunks``), a head (or a chunked trailer) of more than
-``MAX_HEADER_FIELDS`` lines ``431`` before h11 parses it (h11 parses a head in one step), and each step is
+``MAX_HEADER_FIELDS`` lines, longer than ``max_header_kb`` or with more than ``MAX_LIST_COMMAS`` commas in the
+fields h11 splits gets ``431`` before h11 parses it (h11 parses a head in one step), and each step is
 charged to the parse budgets of agent/http_parse.py. The peer port runs the same protocol when httptools is
 missing (``PeerH11Protocol``, with a total of its own: a client-port flood never delays SWIM there).
 """
@@ -217,9 +218,10 @@ class Refusal:
 
 
 class ChunkCountingConnection(h11.Connection):
-    """h11's server side, counting the chunks and bytes of each request body and the lines of each request head
-    (and chunked trailer) before h11 parses it; past ``too_many_chunks``, or past ``max_header_fields`` lines, it
-    hands out no more events (``NEED_DATA``) and sets ``refusal``: the protocol answers 400 or 431 and closes.
+    """h11's server side, counting the chunks and bytes of each request body and the lines, bytes and list commas of
+    each request head (and chunked trailer) before h11 parses it; past ``too_many_chunks``, or past a head's bounds
+    (``_head_over_bounds``), it hands out no more events (``NEED_DATA``) and sets ``refusal``: the protocol answers
+    400 or 431 and closes.
 
     It also hands out at most ``EVENTS_PER_TURN`` events between ``new_turn()`` calls: then ``NEED_DATA`` with
     ``cut_short`` set, and the protocol asks again on a later loop turn (h11 holds the rest, at most a slice).
@@ -274,7 +276,7 @@ class ChunkCountingConnection(h11.Connection):
         if self.turn_left <= 0 and any(self.trailing_data):  # bytes (or an EOF) left: on a later turn
             self.cut_short = True
             return h11.NEED_DATA
-        if self._too_many_header_lines():
+        if self._head_over_bounds():
             return h11.NEED_DATA
         event = super().next_event()
         if event is h11.NEED_DATA or event is h11.PAUSED:
@@ -295,10 +297,11 @@ class ChunkCountingConnection(h11.Connection):
                     return h11.NEED_DATA
         return event
 
-    def _too_many_header_lines(self) -> bool:
+    def _head_over_bounds(self) -> bool:
         """Whether the head h11 is about to parse (a request's, or a chunked body's trailer) has more than
-        ``max_header_fields`` field lines, or runs past ``head_limit`` bytes, as far as it has arrived (then
-        ``refusal`` is set). Counted before h11 parses it, in C, each byte once (``HeadScan``): h11 parses a whole
+        ``max_header_fields`` field lines, or runs past ``head_limit`` bytes, as far as it has arrived, or (a
+        request's, complete) more than ``MAX_LIST_COMMAS`` commas in the fields h11 splits (then ``refusal`` is
+        set). Counted before h11 parses it, in C, each byte once (``HeadScan``): h11 parses a whole
         head in one step, its cost in its lines, and a complete head of any length (review25 F1: 16 KiB of long
         lines, then 30,000 short ones in the same read, one 165-235 ms step)."""
         if self.their_state is h11.IDLE:
