@@ -130,8 +130,10 @@ def test_the_flags_reach_the_settings(tmp_path: Path) -> None:
     assert (s.body_stall_s, s.body_min_rate, s.body_rate_grace_s, s.body_take_below_rates) == (2, 100, 4, 2)
 
 
-async def _serve(settings: Settings) -> tuple[Any, int]:
-    config = server_config(_reader, settings, "critical")
+async def serve(settings: Settings, app: Any = _reader) -> tuple[Any, int]:
+    """The client port's protocol as the agent configures it (``server_config``) serving ``app`` on a free
+    loopback port: (the server, its port)."""
+    config = server_config(app, settings, "critical")
     config.load()
     protocol_class, state = config.http_protocol_class, ServerState()
     loop = asyncio.get_running_loop()
@@ -153,7 +155,7 @@ async def _newcomer_against_slow_uploads(settings: Settings) -> tuple[int, list[
     """At a cap of 2 connections, two 6 KB uploads at 300 B/s from 127.0.91.1 (done in 20 s, under body_timeout_s)
     and, 1.8 s in, a newcomer's GET from 127.0.91.2, through the agent's own ``server_config``: (the newcomer's
     status, what each uploader was sent)."""
-    server, port = await _serve(settings)
+    server, port = await serve(settings)
     uploads = [await asyncio.open_connection("127.0.0.1", port, local_addr=("127.0.91.1", 0)) for _ in range(2)]
     for _, up_writer in uploads:
         up_writer.write(b"POST /up HTTP/1.1\r\nHost: a\r\nContent-Length: 6000\r\n\r\n")
@@ -205,7 +207,7 @@ def test_slow_uploads_keep_their_places_with_the_minimum_rate_under_a_quarter_of
 async def _newcomer_against_tricklers(settings: Settings) -> tuple[int, list[bytes]]:
     """At a cap of 2 connections, two chunked bodies trickled at 1 byte a second (one big chunk) from 127.0.92.1
     and, 3 s in, a newcomer's GET from 127.0.92.2: (the newcomer's status, what each trickler was sent)."""
-    server, port = await _serve(settings)
+    server, port = await serve(settings)
     tricklers = [await asyncio.open_connection("127.0.0.1", port, local_addr=("127.0.92.1", 0)) for _ in range(2)]
     for _, t_writer in tricklers:
         t_writer.write(b"POST /up HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n100000\r\n")

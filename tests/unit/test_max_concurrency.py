@@ -13,10 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from uvicorn.server import ServerState
 
-from agent.cli import server_config
 from agent.settings import Settings
+from tests.unit.test_body_rate_settings import serve
 
 REQUEST = b"GET /held HTTP/1.1\r\nHost: a\r\n\r\n"
 
@@ -37,13 +36,7 @@ async def held_and_one_more(settings: Settings, held: int) -> tuple[int, list[by
         await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
         await send({"type": "http.response.body", "body": b"ok"})
 
-    config = server_config(app, settings, "critical")
-    config.load()
-    protocol_class, state = config.http_protocol_class, ServerState()
-    loop = asyncio.get_running_loop()
-    server = await loop.create_server(lambda: protocol_class(config=config, server_state=state, app_state={}),
-                                      "127.0.0.1", 0)  # fmt: skip
-    port = server.sockets[0].getsockname()[1]
+    server, port = await serve(settings, app)
     clients = []
     try:
         for n in range(held):  # (each from an address of its own: the per-address cap is not what is tested)
