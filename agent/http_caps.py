@@ -511,8 +511,9 @@ def limited_protocol(
             refuses it (400) once the step parses it."""
             if self.conn.their_state is not h11.IDLE:
                 return False
-            held = self.conn.trailing_data[0]  # h11's unparsed bytes (a copy: at most a head's bound while IDLE)
-            window = held + bytes(self._unparsed[: max(0, self.counted.head_limit + 3 - len(held))])
+            limit = self.counted.head_limit + 3
+            held = bytes(self.counted.buffered()[:limit])  # h11's unparsed bytes (pipelined requests: more than a head)
+            window = held + bytes(self._unparsed[: max(0, limit - len(held))])
             return b"\n\n" in window or b"\n\r\n" in window
 
         def _hold_reading(self, debt: bool = False) -> None:

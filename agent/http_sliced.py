@@ -305,10 +305,10 @@ class ChunkCountingConnection(h11.Connection):
         head in one step, its cost in its lines, and a complete head of any length (review25 F1: 16 KiB of long
         lines, then 30,000 short ones in the same read, one 165-235 ms step)."""
         if self.their_state is h11.IDLE:
-            lines = header_lines(self._buffered(), self.head_limit + 4, 0, self._scan)
+            lines = header_lines(self.buffered(), self.head_limit + 4, 0, self._scan)
             fields, what = (None if lines is None else lines - 1), "header"  # (the request line is no field)
         elif self.their_state is h11.SEND_BODY and (start := self._trailer_start()) is not None:
-            fields, what = header_lines(self._buffered(), self.head_limit + 4, start, self._scan), "trailer"
+            fields, what = header_lines(self.buffered(), self.head_limit + 4, start, self._scan), "trailer"
         else:
             return False
         head = what == "header"  # a new request's: answered whatever the last one's answer did
@@ -318,7 +318,7 @@ class ChunkCountingConnection(h11.Connection):
             message = f"more than {self.max_header_fields} {what} fields"
         elif head and self._scan.end >= 0 and not self._scan.listed:  # (its end came: counted once)
             self._scan.listed = True
-            if list_commas(self._buffered(), 0, self._scan.end) <= MAX_LIST_COMMAS:
+            if list_commas(self.buffered(), 0, self._scan.end) <= MAX_LIST_COMMAS:
                 return False
             listed = "Connection, Transfer-Encoding, Content-Length, Upgrade or Expect"
             message = f"more than {MAX_LIST_COMMAS} commas in {listed}"
@@ -336,12 +336,12 @@ class ChunkCountingConnection(h11.Connection):
             return 0
         if getattr(reader, "_bytes_in_chunk", None) != 0:
             return None  # (not chunked, or inside a chunk's data)
-        data = self._buffered()
+        data = self.buffered()
         last = _LAST_CHUNK.match(data, len(getattr(reader, "_bytes_to_discard", b"")))
         line_end = -1 if last is None else data.find(b"\n", last.end())  # (memchr: a long extension costs ~1 us)
         return None if line_end < 0 else line_end + 1
 
-    def _buffered(self) -> bytes | bytearray:
+    def buffered(self) -> bytes | bytearray:
         """What h11 holds unparsed: its buffer itself where it is the bytearray h11 0.14-0.16 keep (looked at at
         every chunk's end, so not copied), else a copy (``trailing_data``)."""
         data = getattr(self._receive_buffer, "_data", None)
