@@ -371,13 +371,17 @@ def test_many_addresses_flooding_get_the_total_share_and_an_honest_one_is_served
     # each the same CPU; seen 1.2-1.4 of a 25th, with its head start as it joins), not starved behind the flood
     assert run.honest_spent >= 0.4 * spent / 25, (run.honest_spent, spent)
     # starved, each predict would wait a round of the 24 at their burst (24 x burst / share = 4.8 s): one predict
-    # in the run at most. Served, it waits at most about a round of one step each: with heads of 2,500 tiny header
-    # lines (one 8-13 ms step of h11 each, before MAX_HEADER_FIELDS) a round took ~1.8 s and one predict in every
-    # run waited that long, once 5.2 s (CI, 3.10); at 100 fields, a step is ~1 ms and the round ~0.25 s (idle:
-    # 42-48 predicts, p50 83-101 ms, max 213-288 ms; 3.10 beside two busy loops: 33-41, p50 97-131 ms, max 375-392
-    # ms). The bound allows for the machine's own stalls, measured (the loop's longest lag: 1.3 s once, CI, loaded)
+    # in the run at most. Served, it waits about a round of one step each: with heads of 2,500 tiny header lines
+    # (one 8-13 ms step of h11 each, before MAX_HEADER_FIELDS) a round took ~1.8 s and one predict in every run
+    # waited that long, once 5.2 s (CI, 3.10); at 100 fields a step is ~1 ms and the round ~0.25 s (idle: 42-48
+    # predicts, p50 83-101 ms, max 213-303 ms; 3.10 beside two busy loops: 33-41, p50 97-136 ms, max 262-392 ms).
+    # What catches long steps is the p99 bound above. The slowest predict may still wait several rounds: one honest
+    # step charged a few ms (a young collection inside it, a contended core) puts the address that far ahead in
+    # virtual time, and each of the 24 catches up at a 10 % share (1.44 s once, CI's unit tier at nice 19 beside
+    # the serial tests, its p99 step 2.5 ms). The bound also allows for the machine's own stalls, measured (the
+    # loop's longest lag: 1.3 s once, CI, loaded)
     assert len(latencies) >= 10 and p50 < 0.5, (len(latencies), p50)
-    assert max(latencies) < 1.0 + 2 * run.lag, (max(latencies), run.lag)
+    assert max(latencies) < 2.5 + 2 * run.lag, (max(latencies), run.lag)
 
 
 def test_a_request_held_for_its_turn_past_the_keep_alive_timeout_is_answered_not_closed() -> None:
