@@ -1,10 +1,9 @@
 #!/usr/bin/env bash
 # The full test suite: lint (ruff), types (mypy; strict for solver/ and coordinator_election/), tests
 # (pytest: the tests marked serial one at a time -- as root the cluster and system tiers, and the service tests that
-# need an address, the Docker bridge or a core to themselves -- with the unit tier beside them at the lowest CPU
-# priority, then the rest of the service tier; the unit tier and the service tier on two pytest-xdist workers each;
-# then a subset of the unit tier under Python 3.10 where a 3.10 interpreter is here, scripts/test-py310.sh). Expects
-# scripts/bootstrap.sh to have run.
+# need an address, the Docker bridge or a core to themselves -- with the rest of the service tier and then the unit
+# tier beside them at the lowest CPU priority, each on two pytest-xdist workers; then a subset of the unit tier under
+# Python 3.10 where a 3.10 interpreter is here, scripts/test-py310.sh). Expects scripts/bootstrap.sh to have run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 venv=${PEERSERVE_VENV:-.venv}
@@ -13,15 +12,20 @@ workers=${PEERSERVE_UNIT_WORKERS:-2}  # the unit tier's pytest-xdist workers (0:
 # The same for the service tier's tests not marked serial (0: in the pytest process; a service test that flakes beside
 # the other worker gets its module marked serial, as test_connection_cap's timed stalls were).
 service_workers=${PEERSERVE_SERVICE_WORKERS:-2}
-# Where the unit tier runs: beside (default) the serial tests, at nice 19, so it takes only the CPU they leave while
-# they wait on elections, SWIM periods, boots and stalls (docs/test-suite-time.md: ~8 minutes less on 2 cores); after:
-# on its own once the service tier is done, as before session 24 (the switch if a test ever flakes beside the other).
+# Where the unit tier and the service tier's other tests run: beside (default) the serial tests, in one lane at nice
+# 19 (the service tests first, while the serial tier runs the cluster tests, which mostly wait; then the unit tier), so
+# they take only the CPU the serial tests leave while those wait on elections, SWIM periods, boots and stalls
+# (docs/test-suite-time.md); after: on their own once the serial tier is done, the service tests then the unit tier,
+# as before session 24 (the switch for either if a test ever flakes beside the serial ones).
 unit_lane=${PEERSERVE_UNIT_LANE:-beside}
-case "$unit_lane" in beside | after) ;; *)
-  echo "PEERSERVE_UNIT_LANE must be beside or after, not '$unit_lane'" >&2
-  exit 2
-  ;;
-esac
+service_lane=${PEERSERVE_SERVICE_LANE:-beside}
+for lane in "PEERSERVE_UNIT_LANE=$unit_lane" "PEERSERVE_SERVICE_LANE=$service_lane"; do
+  case "${lane#*=}" in beside | after) ;; *)
+    echo "${lane%%=*} must be beside or after, not '${lane#*=}'" >&2
+    exit 2
+    ;;
+  esac
+done
 
 # Python 3.10 (JetPack 6): the version-sensitive unit tests (asyncio timeouts and cancellation: agent/aio.py and its
 # users; the proxy's reads: the upstream pool's heads and paced bodies, chunked parsing and its loop-turn budget; TLS,
@@ -49,15 +53,16 @@ py310_ready() {
   rm -f "$py310_log"
   return "$rc"
 }
-unit_pid=""
-unit_log=""
+lane_pid=""
+lane_dir=""
 cleanup() {
   if [ -n "$py310_pid" ]; then kill "$py310_pid" 2>/dev/null || true; fi
-  if [ -n "$unit_pid" ]; then  # its process group: pytest, its xdist workers and what their tests started
-    kill -TERM -- -"$unit_pid" 2>/dev/null || true
-    wait "$unit_pid" 2>/dev/null || true
+  if [ -n "$lane_pid" ]; then  # its process group: the pytest runs, their xdist workers and what their tests started
+    kill -TERM -- -"$lane_pid" 2>/dev/null || true
+    wait "$lane_pid" 2>/dev/null || true
   fi
-  rm -f "${py310_log:-}" "$unit_log"
+  rm -f "${py310_log:-}"
+  if [ -n "$lane_dir" ]; then rm -rf "$lane_dir"; fi
 }
 trap cleanup EXIT
 # Each stage's header says when it started (minutes:seconds since this script began), so a CI log shows where the
@@ -85,32 +90,60 @@ else
   # The ``serial`` tests one at a time: every cluster and system test (namespaces on one bridge, fixed addresses,
   # booted boards), the service tests on the private Docker Engine (one bridge subnet) and the service modules that
   # mark themselves (a fixed loopback address, or a bound measured on an otherwise idle core; tests/conftest.py).
-  # Then the rest of the service tier, real agents on ports from each worker's own range with each worker's own
-  # cluster token (tests/service/conftest.py), a module to a worker, on $service_workers workers; then the unit tier,
-  # whose tests share nothing (tmp_path, port 0, no fixed file or address): CPU-bound, on $workers workers, by
-  # default started with the serial tests at nice 19 (its output is printed at its own stage, so the log reads as
-  # one tier after another).
-  if [ "$unit_lane" = beside ]; then
-    unit_log=$(mktemp)
+  # The rest of the service tier: real agents on ports from each worker's own range (the serial tests' own process
+  # has a range apart from the workers') with each worker's own cluster token (tests/service/conftest.py), a module
+  # to a worker, on $service_workers workers. The unit tier, whose tests share nothing (tmp_path, port 0, no fixed
+  # file or address): CPU-bound, on $workers workers. By default both run beside the serial tests, in one lane at
+  # nice 19; each one's output is printed at its own stage, so the log reads as one tier after another.
+  service_args=(-n "$service_workers" --dist loadfile -m "not serial" tests/service)
+  unit_args=(-n "$workers" tests/unit)
+  if [ "$service_lane" = beside ] || [ "$unit_lane" = beside ]; then
+    lane_dir=$(mktemp -d)
+    # lane_run NAME ARGS...: a tier's pytest at nice 19, its output and exit status (with when it ended) to lane_dir
+    lane_run() {
+      local name=$1 rc=0
+      shift
+      nice -n 19 "$py" -m pytest "$@" >"$lane_dir/$name.log" 2>&1 || rc=$?
+      printf '%s %d:%02d\n' "$rc" $((SECONDS / 60)) $((SECONDS % 60)) >"$lane_dir/$name.rc"
+    }
     set -m  # a process group of its own, so that a failure elsewhere ends all of it (cleanup)
-    nice -n 19 "$py" -m pytest -n "$workers" tests/unit >"$unit_log" 2>&1 &
-    unit_pid=$!
+    (
+      if [ "$service_lane" = beside ]; then lane_run service "${service_args[@]}"; fi
+      if [ "$unit_lane" = beside ]; then lane_run unit "${unit_args[@]}"; fi
+    ) &
+    lane_pid=$!
     set +m
   fi
   "$py" -m pytest -m serial tests/cluster tests/service tests/system
-  stage "pytest: the service tier's other tests ($service_workers workers)"
-  "$py" -m pytest -n "$service_workers" --dist loadfile -m "not serial" tests/service
+  if [ -n "$lane_pid" ]; then
+    wait "$lane_pid" || true
+    lane_pid=""
+  fi
+  # lane_report NAME: print a tier that ran beside the serial tests; its exit status is kept in lane_rc (the other
+  # tier's output is printed too before the suite fails with it)
+  lane_rc=0
+  lane_report() {
+    local rc ended
+    read -r rc ended <"$lane_dir/$1.rc" || { rc=1 ended="?"; }
+    cat "$lane_dir/$1.log"
+    echo "($1 tier beside the serial tests: ended at $ended, exit status $rc)"
+    if [ "$lane_rc" = 0 ]; then lane_rc=$rc; fi
+  }
+  if [ "$service_lane" = beside ]; then
+    stage "pytest: the service tier's other tests ($service_workers workers, run beside the serial tests at nice 19)"
+    lane_report service
+  else
+    stage "pytest: the service tier's other tests ($service_workers workers)"
+    "$py" -m pytest "${service_args[@]}"
+  fi
   if [ "$unit_lane" = beside ]; then
-    stage "pytest: the unit tier ($workers workers, started beside the serial tests at nice 19)"
-    unit_rc=0
-    wait "$unit_pid" || unit_rc=$?
-    unit_pid=""
-    cat "$unit_log"
-    [ "$unit_rc" = 0 ] || exit "$unit_rc"
+    stage "pytest: the unit tier ($workers workers, run beside the serial tests at nice 19)"
+    lane_report unit
   else
     stage "pytest: the unit tier ($workers workers)"
-    "$py" -m pytest -n "$workers" tests/unit
+    "$py" -m pytest "${unit_args[@]}"
   fi
+  [ "$lane_rc" = 0 ] || exit "$lane_rc"
 fi
 if [ $# -eq 0 ] && [ "$tier" != off ]; then
   stage "Python 3.10 venv (made while the rest ran)"

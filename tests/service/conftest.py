@@ -32,10 +32,18 @@ TOKEN = "test-cluster-token-0123456789" + (f"-{WORKER}" if WORKER else "")
 STATS_READER = {"Authorization": f"Bearer {derive_stats_token(TOKEN)}"}
 
 
-def listen_ports(worker: str, workers: int, span: tuple[int, int] = (20000, 32000)) -> tuple[int, int]:
-    """This worker's share of ``span`` (all of it outside xdist): two workers never pick the same port to listen on
-    later, so one worker's agent cannot take the port another's test chose a moment before."""
-    if not worker.startswith("gw") or workers < 2:
+WORKERS_SPAN = (20000, 32000)
+PLAIN_SPAN = (12000, 19999)
+
+
+def listen_ports(worker: str, workers: int, span: tuple[int, int] = WORKERS_SPAN) -> tuple[int, int]:
+    """This worker's share of ``span``; outside xdist, ``PLAIN_SPAN``, apart from every worker's: two workers never
+    pick the same port to listen on later, so one worker's agent cannot take the port another's test chose a moment
+    before, and neither can the serial tests' (one pytest process, no xdist), which scripts/test.sh runs beside the
+    workers of the service tier's other tests."""
+    if not worker.startswith("gw"):
+        return PLAIN_SPAN
+    if workers < 2:
         return span
     index = int(worker[2:]) % workers
     width = (span[1] - span[0]) // workers
