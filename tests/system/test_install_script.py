@@ -67,6 +67,9 @@ def digest(root: Path) -> str:
 
 def test_install_rerun_and_uninstall_in_a_fresh_debian(rootfs: Path) -> None:
     script = "/src/peerserve/scripts/install.sh"
+    src = rootfs / "src/peerserve"
+    (src / "peerserve/_probe.py").write_text("VALUE = 1\n")  # for same_version_checkout_upgrades, installed now
+    (src / "peerserve/_removed.py").write_text("")
     assert chroot(rootfs, "bash", script, "--help").returncode == 0
     dry = chroot(rootfs, "bash", script, "--dry-run", "--no-start", "--runtime", "process")
     assert dry.returncode == 0 and "would run" in dry.stdout and not (rootfs / "opt/peerserve").exists()
@@ -108,23 +111,27 @@ def test_install_rerun_and_uninstall_in_a_fresh_debian(rootfs: Path) -> None:
 
 def same_version_checkout_upgrades(root: Path, script: str) -> None:
     """A newer checkout with the same version still upgrades, to exactly its files: one changed with an older time
-    (a copy that kept its files' times), one removed, and package data alone (the cluster page's script). pip builds
-    in the tree it is given, where setuptools' build/lib kept the old copy of both files and the wheel took them
-    (tidy18); the page's script was not in the source digest, so its change installed nothing."""
+    (a copy that kept its files' times), one removed, one added, and package data alone (the cluster page's script).
+    pip builds in the tree it is given, where setuptools' build/lib kept the old copy of both files and the wheel
+    took them (tidy18); the page's script was not in the source digest, so its change installed nothing. The first
+    install (the test's) had the probe at 1 and the module to remove."""
     src = root / "src/peerserve"
-    probe, removed, app = src / "peerserve/_probe.py", src / "peerserve/_removed.py", src / "agent/ui/app.js"
-    probe.write_text("VALUE = 1\n")
-    removed.write_text("")
+    probe, removed, added = (src / f"peerserve/{name}.py" for name in ("_probe", "_removed", "_added"))
+    app = src / "agent/ui/app.js"
     python = "/opt/peerserve/venv/bin/python"
     show = ("import importlib.util as u, pathlib, agent.ui, peerserve._probe as p; "
             "page = (pathlib.Path(agent.ui.__file__).parent / 'app.js').read_text(); "
-            "print(p.VALUE, u.find_spec('peerserve._removed') is None, page.endswith('// newer page\\n'))")  # fmt: skip
+            "print(p.VALUE, u.find_spec('peerserve._removed') is None, u.find_spec('peerserve._added') is not None, "
+            "page.endswith('// newer page\\n'))")  # fmt: skip
     try:
-        for step, wanted in (("added", "1 False False"), ("changed", "2 True False"), ("page", "2 True True")):
+        seen = chroot(root, python, "-c", show)
+        assert seen.stdout.split() == ["1", "False", "False", "False"], seen.stdout + seen.stderr
+        for step, wanted in (("changed", "2 True True False"), ("page", "2 True True True")):
             if step == "changed":
                 probe.write_text("VALUE = 2\n")
                 os.utime(probe, (1e9, 1e9))  # 2001: older than any build of it
                 removed.unlink()
+                added.write_text("")
             elif step == "page":
                 app.write_text(app.read_text() + "// newer page\n")
             out = chroot(root, "bash", script, "--runtime", "process")
@@ -133,8 +140,8 @@ def same_version_checkout_upgrades(root: Path, script: str) -> None:
             assert seen.stdout.split() == wanted.split(), (step, seen.stdout + seen.stderr)
         assert not (src / "build").exists() and not list(src.glob("*.egg-info"))  # nothing written into it
     finally:
-        probe.unlink(missing_ok=True)
-        removed.unlink(missing_ok=True)
+        for path in (probe, removed, added):
+            path.unlink(missing_ok=True)
         app.write_text(app.read_text().removesuffix("// newer page\n"))
 
 
