@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
+import math
 import socket
 import time
 from collections import Counter
@@ -51,7 +53,13 @@ MAX_RESOLVING = 64
 RESOLVE_MS = 2000
 # outcomes of the adverts we see (a fixed set: peerserve_mdns_adverts_total{outcome}, agent.discovery.metrics);
 # "no_ipv4": an advert of our cluster with no IPv4 address (the peer plane is IPv4 only: txt.peer_address)
-MDNS_OUTCOMES = ("hinted", "other_cluster", "malformed", "own_id", "no_ipv4", "unanswered", "resolve_dropped")
+MDNS_OUTCOMES = (
+    "hinted", "other_cluster", "malformed", "own_id", "no_ipv4", "loopback", "unanswered", "resolve_dropped",
+)  # fmt: skip
+# Candidates that fail to authenticate: each (id, URL) said once, and of those at most one line every
+# UNAUTHENTICATED_LOG_S, the next one that goes saying how many were held back. Keyed by the stranger's made-up names
+# alone, a flood of them was a line each (152 lines/s, ~148 MiB of log an hour: review26b F2).
+UNAUTHENTICATED_LOG_S = 60.0
 
 
 def resolve_interfaces(interface: str, advertise_address: str) -> list[str] | None:
@@ -133,6 +141,8 @@ class Discovery:
         self._members_at = -1e9
         self._resolving: dict[str, asyncio.Task[None]] = {}  # mDNS name -> its resolve (at most MAX_RESOLVING)
         self._said: set[str] = set()
+        self._unauthenticated_at = -math.inf  # when a failed admission was last said (UNAUTHENTICATED_LOG_S)
+        self._unauthenticated_held = 0  # failed admissions of new candidates not said since
         self.mdns: Counter[str] = Counter(dict.fromkeys(MDNS_OUTCOMES, 0))
         self.mdns_ready = asyncio.Event()  # set once our name is registered over mDNS (or cannot be, or no mDNS)
 
@@ -324,6 +334,13 @@ class Discovery:
                            advert.cluster[:16], name[:100], _ONCE)  # fmt: skip
             return
         address = peer_address(addresses)
+        if address is not None and _loopback(address) and not _loopback(self.address):
+            # a loopback address names the hearer's own host: heard from the LAN, admitting it would make us connect
+            # to a port of ours the stranger chose (review26b F2); on a loopback bed (the demo) it is a peer
+            self.mdns["loopback"] += 1
+            msg = "ignoring mDNS service %s: a loopback address (%s) heard on a LAN interface (%s)"
+            self._say_once("loopback", logging.WARNING, msg, name[:100], address, _ONCE)
+            return
         if advert.node_id == self.node_id:
             if address != self.address or advert.port != self.api_port:
                 self.mdns["own_id"] += 1
@@ -345,8 +362,17 @@ class Discovery:
 
     # -- membership ------------------------------------------------------------------------------------
     def _admit_failed(self, ins: Admit, exc: Exception) -> None:
-        msg = "candidate %s at %s did not authenticate (not admitted): %s"
-        self._say_once(f"cand:{ins.node_id}:{ins.url}", logging.WARNING, msg, ins.node_id, ins.url, exc)
+        key = f"cand:{ins.node_id}:{ins.url}"
+        if key in self._said:
+            return
+        now = self.clock()
+        if now - self._unauthenticated_at < UNAUTHENTICATED_LOG_S:
+            self._unauthenticated_held += 1  # said in the next line that goes (or never, if none comes)
+            return
+        held, self._unauthenticated_held, self._unauthenticated_at = self._unauthenticated_held, 0, now
+        more = f"; {held} other candidates failed since the last such line" if held else ""
+        msg = "candidate %s at %s did not authenticate (not admitted): %s%s"
+        self._say_once(key, logging.WARNING, msg, ins.node_id[:64], ins.url[:100], exc, more)
 
     async def handle_swim(self, sender: str, msg: SwimMessage) -> SwimMessage:
         """POST /peer/swim from ``sender`` (authenticated; the message names it): our answer."""
@@ -434,3 +460,11 @@ class Discovery:
 _ONCE = "logged once; all counted in peerserve_mdns_adverts_total"
 # what agent.discovery.txt.parse_txt (and _advert) refuse, by kind: one log line each
 _TXT_REASONS = ("protocol version", "node id", "oversized", "malformed", "no address")
+
+
+def _loopback(address: str) -> bool:
+    """Whether ``address`` is an IPv4 loopback address (127.0.0.0/8); an unreadable one is not."""
+    try:
+        return ipaddress.IPv4Address(address).is_loopback
+    except ValueError:
+        return False

@@ -22,7 +22,7 @@ import re
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
-from urllib.parse import quote, urlencode
+from urllib.parse import quote, quote_from_bytes, unquote_plus
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -61,6 +61,21 @@ STREAM_PACE = (64 * 1024, 30.0)  # a streamed answer: each 64 KiB within 30 s of
 STREAM_MAX_S = 600.0  # and whole within this of its head, else cut (a server keeping the pace held a slot for good)
 ALL_METHODS = ["GET", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"]
 PROTOCOLS = {"tfserving": "v1", "triton": "v2"}
+
+QUERY_SAFE = "!$&'()*+,;=:@/?%[]"  # kept as sent in a forwarded query; any other byte outside [A-Za-z0-9_.~-] escaped
+
+
+def forwarded_query(raw: bytes) -> str:
+    """The client's query string as it sent it, less the ``rtt`` parameters (the RTT report is the agent's, not the
+    model server's). Parsing and re-encoding it (``parse_qsl`` + ``urlencode``) changed what the server got (``flag``
+    became ``flag=``, ``a=1;b=2`` became ``a=1%3Bb%3D2``) and cost a Python step per parameter (review26a L2); the
+    query's parameters are bounded before the app runs (``HttpLimits``: ``MAX_QUERY_PARAMS``). A byte that cannot
+    appear in a request target (non-ASCII, a quote, a space) is percent-encoded."""
+    if not raw:
+        return ""
+    kept = [part for part in raw.split(b"&") if unquote_plus(part.partition(b"=")[0].decode("latin-1")) != "rtt"]
+    return quote_from_bytes(b"&".join(kept), safe=QUERY_SAFE)
+
 
 ClientOf = Callable[[Request], "tuple[str, dict[str, float]] | JSONResponse"]
 
@@ -326,7 +341,7 @@ class ServingRoutes:
             except BodySourceError as exc:
                 raise exc.original from None  # refused by the HTTP bounds (408/413) or the client left
         headers = _forward_headers(request, keep_authorization=not self.agent.settings.client_token)
-        query = urlencode([(k, v) for k, v in request.query_params.multi_items() if k != "rtt"])
+        query = forwarded_query(request.scope.get("query_string", b""))
         refused_here = False  # a server of this node refused the connection (it is gone: being replaced)
         timed_out: str | None = None  # the node whose server took the whole request and did not answer in time
         broke_off: tuple[str, str] | None = None  # (node, why): its server took the whole request, then failed
