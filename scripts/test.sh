@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The full test suite: lint (ruff), types (mypy; strict for solver/ and coordinator_election/), tests
 # (pytest: the tests marked serial one at a time -- as root the cluster and system tiers, and the service tests that
-# need an address, the Docker bridge or a core to themselves -- with the rest of the service tier and then the unit
-# tier beside them at the lowest CPU priority, each on two pytest-xdist workers; then a subset of the unit tier under
-# Python 3.10 where a 3.10 interpreter is here, scripts/test-py310.sh). Expects scripts/bootstrap.sh to have run.
+# need an address, the Docker bridge or a core to themselves -- with the unit tier beside them at the lowest CPU
+# priority, then the rest of the service tier; the unit tier and the service tier on two pytest-xdist workers each;
+# then a subset of the unit tier under Python 3.10 where a 3.10 interpreter is here, scripts/test-py310.sh). Expects
+# scripts/bootstrap.sh to have run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 venv=${PEERSERVE_VENV:-.venv}
@@ -12,13 +13,14 @@ workers=${PEERSERVE_UNIT_WORKERS:-2}  # the unit tier's pytest-xdist workers (0:
 # The same for the service tier's tests not marked serial (0: in the pytest process; a service test that flakes beside
 # the other worker gets its module marked serial, as test_connection_cap's timed stalls were).
 service_workers=${PEERSERVE_SERVICE_WORKERS:-2}
-# Where the unit tier and the service tier's other tests run: beside (default) the serial tests, in one lane at nice
-# 19 (the service tests first, while the serial tier runs the cluster tests, which mostly wait; then the unit tier), so
-# they take only the CPU the serial tests leave while those wait on elections, SWIM periods, boots and stalls
-# (docs/test-suite-time.md); after: on their own once the serial tier is done, the service tests then the unit tier,
-# as before session 24 (the switch for either if a test ever flakes beside the serial ones).
+# Where the unit tier and the service tier's other tests run: beside the serial tests, in one lane at nice 19 (the
+# service tests first, while the serial tier runs the cluster tests, which mostly wait; then the unit tier), taking
+# only the CPU the serial tests leave while those wait on elections, SWIM periods, boots and stalls; or after them,
+# on their own (the service tests, then the unit tier). The unit tier runs beside by default (~8 minutes less on 2
+# cores), the service tests after: beside as well, the serial tier took 23.2 minutes instead of 19.5-20 (session 26,
+# docs/test-suite-time.md), for ~2 minutes less in all, and one serial test's race showed under the load.
 unit_lane=${PEERSERVE_UNIT_LANE:-beside}
-service_lane=${PEERSERVE_SERVICE_LANE:-beside}
+service_lane=${PEERSERVE_SERVICE_LANE:-after}
 for lane in "PEERSERVE_UNIT_LANE=$unit_lane" "PEERSERVE_SERVICE_LANE=$service_lane"; do
   case "${lane#*=}" in beside | after) ;; *)
     echo "${lane%%=*} must be beside or after, not '${lane#*=}'" >&2
@@ -93,8 +95,9 @@ else
   # The rest of the service tier: real agents on ports from each worker's own range (the serial tests' own process
   # has a range apart from the workers') with each worker's own cluster token (tests/service/conftest.py), a module
   # to a worker, on $service_workers workers. The unit tier, whose tests share nothing (tmp_path, port 0, no fixed
-  # file or address): CPU-bound, on $workers workers. By default both run beside the serial tests, in one lane at
-  # nice 19; each one's output is printed at its own stage, so the log reads as one tier after another.
+  # file or address): CPU-bound, on $workers workers. Those that run beside the serial tests (by default the unit
+  # tier) run in one lane at nice 19; each one's output is printed at its own stage, so the log reads as one tier
+  # after another.
   service_args=(-n "$service_workers" --dist loadfile -m "not serial" tests/service)
   unit_args=(-n "$workers" tests/unit)
   if [ "$service_lane" = beside ] || [ "$unit_lane" = beside ]; then
@@ -115,6 +118,10 @@ else
     set +m
   fi
   "$py" -m pytest -m serial tests/cluster tests/service tests/system
+  if [ "$service_lane" = after ]; then
+    stage "pytest: the service tier's other tests ($service_workers workers)"
+    "$py" -m pytest "${service_args[@]}"
+  fi
   if [ -n "$lane_pid" ]; then
     wait "$lane_pid" || true
     lane_pid=""
@@ -132,9 +139,6 @@ else
   if [ "$service_lane" = beside ]; then
     stage "pytest: the service tier's other tests ($service_workers workers, run beside the serial tests at nice 19)"
     lane_report service
-  else
-    stage "pytest: the service tier's other tests ($service_workers workers)"
-    "$py" -m pytest "${service_args[@]}"
   fi
   if [ "$unit_lane" = beside ]; then
     stage "pytest: the unit tier ($workers workers, run beside the serial tests at nice 19)"
