@@ -283,7 +283,7 @@ class ServingRoutes:
                 return protocol_error(exc.status, exc.message, "bad_path")
             if route.model != model:
                 return protocol_error(400, f"{upstream_path[:100]} is not a path of model {model!r}", "bad_path")
-            return await self.proxy(model, "tfserving", upstream_path, request, route.kind in INFERENCE_APIS)
+            return await self.proxy(model, "tfserving", upstream_path, request, route.kind in INFERENCE_APIS, route)
         match = V2_MODEL_PATH.match(upstream_path)
         if match is None or match.group("model") != model:
             return protocol_error(400, f"not a TF-Serving or v2 path of {model!r}: {upstream_path[:100]}", "bad_path")
@@ -294,7 +294,7 @@ class ServingRoutes:
             route = tfrest.parse_path(request.method, "/v1/" + path)
         except tfrest.TFError as exc:
             return protocol_error(exc.status, exc.message, "bad_path")
-        return await self.proxy(route.model, "tfserving", "/v1/" + path, request, route.kind in INFERENCE_APIS)
+        return await self.proxy(route.model, "tfserving", "/v1/" + path, request, route.kind in INFERENCE_APIS, route)
 
     async def v2_server(self) -> Response:
         return JSONResponse({"name": "peerserve", "version": "1", "extensions": ["binary_tensor_data"]})
@@ -314,14 +314,24 @@ class ServingRoutes:
         return await self.proxy(match.group("model"), "triton", "/v2/" + path, request, _v2_inference(request, match))
 
     # -- the proxy -------------------------------------------------------------------------------------
-    async def proxy(self, model: str, protocol: str, upstream_path: str, request: Request, inference: bool) -> Response:
+    async def proxy(
+        self,
+        model: str,
+        protocol: str,
+        upstream_path: str,
+        request: Request,
+        inference: bool,
+        tf_route: tfrest.Route | None = None,
+    ) -> Response:
         """Resolve ``model`` and stream the request to the best endpoint, once more to the next if the first could not
         be reached or failed before the request's last byte went out. A request sent whole is never sent again: a
         timeout answers 504, a server that then closed or answered malformed HTTP 502 (review14d S1: an input that
         kills its server, sent on, took down the next one too).
 
         ``inference``: the request runs the model; only then is its time an execution time and its outcome logged
-        (module docstring: a status GET is neither)."""
+        (module docstring: a status GET is neither). ``tf_route``: a TF-Serving request's parsed path, for
+        TF-Serving's own error when the model is not in the catalogue (``tfrest.not_served``: ``Specific(name, 3)``
+        for a version, not ``Latest(name)``)."""
         began, gc_before = time.perf_counter(), pauses.paused_ms()
         spec = self.agent.catalogue.current.get(model)
         if spec is not None and spec.server != protocol:
@@ -332,6 +342,9 @@ class ServingRoutes:
             return _as_protocol_error(who)
         client, reported = who
         outcome = await self.agent.resolve(model, client, reported, self.inflight.counts(time.monotonic()))
+        if isinstance(outcome, Unknown) and tf_route is not None:
+            unknown = tfrest.not_served(tf_route)
+            return protocol_error(unknown.status, unknown.message, "unknown_model")
         if not isinstance(outcome, Ranked):
             return self._outcome_error(outcome, model, protocol, client, reported, inference)
         body = Replay(request.stream(), self.max_body) if _has_body(request) else None
