@@ -62,7 +62,8 @@ same protocol when httptools is missing (``PeerH11Protocol``, with a total of it
 delays SWIM there).
 
 The concurrency limit itself is uvicorn's ``limit_concurrency`` (503 past it, unless a waiting connection is given
-up for the newcomer), set in agent/cli.py.
+up for the newcomer), set in agent/cli.py; its text/plain 503 goes out as ``{"error": ...}`` with ``Retry-After``
+(``ChunkCountingConnection.send``).
 
 The code is in four modules, by responsibility: this one (the ASGI middleware, and every public name of the
 others, importable from here as before), agent/http_parse.py (the parse budgets and turns: CPU accounting),

@@ -42,6 +42,10 @@ from agent.serving import pauses
 log = logging.getLogger(__name__)
 
 PARSE_SLICE = 16 * 1024  # bytes h11 parses per loop turn (at most ~2,700 chunks), and ...
+# uvicorn's own refusal at limit_concurrency (flow_control.service_unavailable) is text/plain "Service Unavailable":
+# the connection sends this in its place, as every other error of the agent's is {"error": ...} (review26a L3)
+CAP_REFUSAL = "over the agent's limit of requests in progress (max_concurrency): retry after the time given"
+UVICORN_REFUSAL_TYPE = b"text/plain; charset=utf-8"
 EVENTS_PER_TURN = 128  # ... events it hands out per turn (~1 ms of 1-byte chunks); other tasks run between
 MIN_CHUNKS = 256  # chunks any body may use ...
 MIN_CHUNK_BYTES = 256  # ... past which they must average at least this many bytes
@@ -247,16 +251,29 @@ class ChunkCountingConnection(h11.Connection):
         self.turn_left = events_per_turn
         self.cut_short = False
         self.retry_after_s: int | None = None  # what a 503 to the current request says, if it says nothing itself
+        self._refusal_body: bytes | None = None  # the JSON body sent for uvicorn's text one (None: not replacing)
         self.on_continue: Callable[[], None] | None = None  # called as a ``100 Continue`` goes out (the protocol's)
 
     def send(self, event: Any) -> Any:  # (h11's overloads: any event in, bytes or None out)
         """h11's ``send``, a 503 response head without ``Retry-After`` given ``retry_after_s`` (uvicorn's own
-        refusal at its concurrency limit says nothing of when to come back; the protocol sets it for that one)."""
+        refusal at its concurrency limit says nothing of when to come back; the protocol sets it for that one).
+        uvicorn's own text/plain refusal goes out as ``{"error": CAP_REFUSAL}`` instead (head and body)."""
         after = self.retry_after_s
         refusal = after is not None and isinstance(event, h11.Response) and event.status_code == 503
-        if refusal and not any(name == b"retry-after" for name, _ in event.headers):
+        if refusal and (b"content-type", UVICORN_REFUSAL_TYPE) in event.headers:
+            headers, self._refusal_body = error_bytes(503, CAP_REFUSAL)
+            own = next((value for name, value in event.headers if name == b"retry-after"), None)
+            headers.append((b"retry-after", own or b"%d" % (after or 0)))
+            event = h11.Response(status_code=503, headers=headers, reason=event.reason)
+        elif refusal and not any(name == b"retry-after" for name, _ in event.headers):
             headers = [*event.headers, (b"retry-after", b"%d" % (after or 0))]
             event = h11.Response(status_code=503, headers=headers, reason=event.reason)
+        elif isinstance(event, h11.Data) and self._refusal_body is not None:
+            event, self._refusal_body = h11.Data(data=self._refusal_body), b""  # uvicorn's text (all of it) dropped
+            if not event.data:
+                return b""
+        elif isinstance(event, h11.EndOfMessage):
+            self._refusal_body = None
         data = super().send(event)
         if self.on_continue is not None and isinstance(event, h11.InformationalResponse) and event.status_code == 100:
             self.on_continue()

@@ -684,8 +684,8 @@ class NodeAgent:
         return dict(cached[1])
 
     def record_latency(self, node: str, model: str, latency_ms: float, source: str = "") -> None:
-        """A proxied 2xx answer's service time; ``source`` is the client's address (its share of the figure is
-        bounded: agent/serving/exec_times.py)."""
+        """A proxied inference's 2xx service time (a status GET runs no model: not one, agent/serving/routes.py);
+        ``source`` is the client's address (its share of the figure is bounded: agent/serving/exec_times.py)."""
         self.telemetry.upstream(model, latency_ms)
         self.exec_ms.record(node, model, latency_ms, source, time.monotonic())
 

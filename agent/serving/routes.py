@@ -11,6 +11,13 @@
 On protocol paths every error, the agent's own included, is exactly ``{"error": "..."}`` (both protocols
 use that shape) with a machine-readable code in ``X-Peerserve-Error``; a model server's answer, errors
 included, passes through unchanged (binary tensor bodies and ``Inference-Header-Content-Length`` too).
+
+Only inference (TF-Serving's POST ``:predict``/``:classify``/``:regress``, v2's POST ``.../infer``) is measured and
+logged: its 2xx service time ranks endpoints (``NodeAgent.record_latency``) and every outcome goes into the request
+log (the leader's demand and service times, a model's last use). A status, metadata, readiness or config request
+runs no model (the stand-in's own figure counts the same three APIs, server_stats.INFERENCE_APIS): its ~1 ms answer
+made a 600 ms node look 6 ms to every client (review26a M1), and a readiness poll is not demand: logged, it would
+have the leader place instances for it and keep an idle model from ever being stopped.
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ from agent.node import NodeAgent
 from agent.serving import pauses, tfrest
 from agent.serving.inflight import InFlight, Token
 from agent.serving.resolve import NoCapacity, Provisioning, Ranked, ShuttingDown, Unknown
+from agent.serving.server_stats import INFERENCE_APIS
 from agent.serving.upstream import BodySourceError, BodyTooLarge, Replay, Unsendable, UpstreamError, UpstreamPool
 
 log = logging.getLogger(__name__)
@@ -196,6 +204,12 @@ def upstream_error_message(status: int, body: bytes) -> str:
     return f"model server answered HTTP {status}" + (f": {text}" if text else "")
 
 
+def _v2_inference(request: Request, match: re.Match[str]) -> bool:
+    """Whether a v2 model path (V2_MODEL_PATH's match) runs the model: POST .../infer, not metadata, ready, config
+    or stats."""
+    return request.method == "POST" and match.group("rest") == "/infer"
+
+
 def _is_json(headers: list[tuple[str, str]]) -> bool:
     return any(k.lower() == "content-type" and "json" in v.lower() for k, v in headers)
 
@@ -284,18 +298,18 @@ class ServingRoutes:
                 return protocol_error(exc.status, exc.message, "bad_path")
             if route.model != model:
                 return protocol_error(400, f"{upstream_path[:100]} is not a path of model {model!r}", "bad_path")
-            return await self.proxy(model, "tfserving", upstream_path, request)
+            return await self.proxy(model, "tfserving", upstream_path, request, route.kind in INFERENCE_APIS, route)
         match = V2_MODEL_PATH.match(upstream_path)
         if match is None or match.group("model") != model:
             return protocol_error(400, f"not a TF-Serving or v2 path of {model!r}: {upstream_path[:100]}", "bad_path")
-        return await self.proxy(model, "triton", upstream_path, request)
+        return await self.proxy(model, "triton", upstream_path, request, _v2_inference(request, match))
 
     async def tfserving_root(self, path: str, request: Request) -> Response:
         try:
             route = tfrest.parse_path(request.method, "/v1/" + path)
         except tfrest.TFError as exc:
             return protocol_error(exc.status, exc.message, "bad_path")
-        return await self.proxy(route.model, "tfserving", "/v1/" + path, request)
+        return await self.proxy(route.model, "tfserving", "/v1/" + path, request, route.kind in INFERENCE_APIS, route)
 
     async def v2_server(self) -> Response:
         return JSONResponse({"name": "peerserve", "version": "1", "extensions": ["binary_tensor_data"]})
@@ -312,14 +326,27 @@ class ServingRoutes:
         match = V2_MODEL_PATH.match("/v2/" + path)
         if match is None:
             return protocol_error(404, "Not Found", "bad_path")
-        return await self.proxy(match.group("model"), "triton", "/v2/" + path, request)
+        return await self.proxy(match.group("model"), "triton", "/v2/" + path, request, _v2_inference(request, match))
 
     # -- the proxy -------------------------------------------------------------------------------------
-    async def proxy(self, model: str, protocol: str, upstream_path: str, request: Request) -> Response:
+    async def proxy(
+        self,
+        model: str,
+        protocol: str,
+        upstream_path: str,
+        request: Request,
+        inference: bool,
+        tf_route: tfrest.Route | None = None,
+    ) -> Response:
         """Resolve ``model`` and stream the request to the best endpoint, once more to the next if the first could not
         be reached or failed before the request's last byte went out. A request sent whole is never sent again: a
         timeout answers 504, a server that then closed or answered malformed HTTP 502 (review14d S1: an input that
-        kills its server, sent on, took down the next one too)."""
+        kills its server, sent on, took down the next one too).
+
+        ``inference``: the request runs the model; only then is its time an execution time and its outcome logged
+        (module docstring: a status GET is neither). ``tf_route``: a TF-Serving request's parsed path, for
+        TF-Serving's own error when the model is not in the catalogue (``tfrest.not_served``: ``Specific(name, 3)``
+        for a version, not ``Latest(name)``)."""
         began, gc_before = time.perf_counter(), pauses.paused_ms()
         spec = self.agent.catalogue.current.get(model)
         if spec is not None and spec.server != protocol:
@@ -330,8 +357,11 @@ class ServingRoutes:
             return _as_protocol_error(who)
         client, reported = who
         outcome = await self.agent.resolve(model, client, reported, self.inflight.counts(time.monotonic()))
+        if isinstance(outcome, Unknown) and tf_route is not None:
+            unknown = tfrest.not_served(tf_route)
+            return protocol_error(unknown.status, unknown.message, "unknown_model")
         if not isinstance(outcome, Ranked):
-            return self._outcome_error(outcome, model, protocol, client, reported)
+            return self._outcome_error(outcome, model, protocol, client, reported, inference)
         body = Replay(request.stream(), self.max_body) if _has_body(request) else None
         if body is not None:
             try:
@@ -372,7 +402,7 @@ class ServingRoutes:
             finally:
                 at_server.end()
             if upstream.status >= 400 and not _is_json(upstream.headers):
-                return await self._wrap_error(upstream, model, target.node, client, reported)
+                return await self._wrap_error(upstream, model, target.node, client, reported, inference)
             answer_headers = _response_headers(upstream.headers)
             cookies = _more_cookies(upstream.headers)
             if not self.agent.settings.server_timing:
@@ -381,7 +411,7 @@ class ServingRoutes:
             length = next((v for k, v in answer_headers.items() if k.lower() == "content-length"), "")
             if length.isdigit() and int(length) <= SMALL_BODY:  # one write; no streaming machinery
                 deadline = asyncio.get_running_loop().time() + ANSWER_READ_S  # a trickled answer holds no handler
-                stream = self._stream(upstream, model, target.node, client, reported, source, deadline=deadline)
+                stream = self._stream(upstream, model, target.node, client, reported, source, inference, deadline)
                 try:
                     answer = b"".join([chunk async for chunk in stream])
                 except AnswerCut as exc:  # nothing sent yet: the client gets the failure, not half an answer
@@ -394,26 +424,26 @@ class ServingRoutes:
                     small.headers.append("Set-Cookie", cookie)
                 return small
             ends = asyncio.get_running_loop().time() + STREAM_MAX_S  # paced or not, it ends (review14d S2)
-            stream = self._stream(upstream, model, target.node, client, reported, source, ends, STREAM_PACE)
+            stream = self._stream(upstream, model, target.node, client, reported, source, inference, ends, STREAM_PACE)
             streamed = StreamingResponse(stream, status_code=upstream.status, headers=answer_headers)
             for cookie in cookies:
                 streamed.headers.append("Set-Cookie", cookie)
             return streamed
         if timed_out is not None:
-            self._record(model, client, reported, timed_out, None, 504)
+            self._record(model, client, reported, timed_out, None, 504, inference)
             why = f"the model server on {timed_out} did not answer within {self.pool.timeout:g} s"
             return protocol_error(504, f"{why}; not sent elsewhere, it may still be running there", "upstream_timeout")
         if broke_off is not None:
-            self._record(model, client, reported, broke_off[0], None, 502)
+            self._record(model, client, reported, broke_off[0], None, 502, inference)
             why = f"the model server on {broke_off[0]} took the whole request and did not answer ({broke_off[1]})"
             return protocol_error(502, f"{why}; not sent elsewhere", "upstream_broke_off")
         if refused_here and not self.agent.candidates(model) and self.agent.shutting_down:  # nothing replaces it
-            return self._outcome_error(ShuttingDown(), model, protocol, client, reported)
+            return self._outcome_error(ShuttingDown(), model, protocol, client, reported, inference)
         if refused_here and not self.agent.candidates(model):  # no other server to try: the client retries soon
             why = "its server on this node refused the connection and is being replaced"
             return self._outcome_error(Provisioning(self.agent.settings.node_id, why, retry_after_s=1),
-                                       model, protocol, client, reported)  # fmt: skip
-        self._record(model, client, reported, None, None, 502)
+                                       model, protocol, client, reported, inference)  # fmt: skip
+        self._record(model, client, reported, None, None, 502, inference)
         return protocol_error(502, f"no endpoint of {model} answered", "unreachable")
 
     async def _stream(
@@ -424,12 +454,14 @@ class ServingRoutes:
         client: str,
         reported: Any,
         source: str,
+        inference: bool,
         deadline: float | None = None,
         pace: tuple[int, float] | None = None,
     ) -> AsyncIterator[bytes]:
         """Stream the answer; record the server's own time (``service_ms``), never the client's pauses, and only of
-        a 2xx answer as an execution time (review14a F3: a client's malformed predicts, rejected in well under a
-        millisecond, made a 50 ms node look 5 ms to every client).
+        an inference's 2xx answer as an execution time (review14a F3: a client's malformed predicts, rejected in well
+        under a millisecond, made a 50 ms node look 5 ms to every client; review26a M1: status GETs from two more
+        addresses made a 603 ms node look 6.3 ms). Nothing is logged of a request that is not ``inference``.
 
         ``deadline`` bounds the whole answer, ``pace`` its rate (``UpstreamResponse.aiter_body``). A server that
         breaks off its answer or misses either raises ``AnswerCut`` out of the stream (recorded as a 502, 504 for
@@ -450,11 +482,13 @@ class ServingRoutes:
         finally:
             await upstream.aclose()
             latency = upstream.service_ms if complete else None
-            if latency is not None and 200 <= upstream.status < 300:
+            if inference and latency is not None and 200 <= upstream.status < 300:
                 self.agent.record_latency(node, model, latency, source)
-            self._record(model, client, reported, node, latency, status)
+            self._record(model, client, reported, node, latency, status, inference)
 
-    async def _wrap_error(self, upstream: Any, model: str, node: str, client: str, reported: Any) -> Response:
+    async def _wrap_error(
+        self, upstream: Any, model: str, node: str, client: str, reported: Any, inference: bool
+    ) -> Response:
         """A model server's error not labelled JSON (a crash page, a proxy's HTML, Triton's text/plain JSON): the
         protocol's error body (upstream_error_message)."""
         text = b""
@@ -468,30 +502,44 @@ class ServingRoutes:
             pass
         finally:
             await upstream.aclose()
-        self._record(model, client, reported, node, None, upstream.status)
+        self._record(model, client, reported, node, None, upstream.status, inference)
         return protocol_error(upstream.status, upstream_error_message(upstream.status, text), "upstream_error")
 
-    def _outcome_error(self, outcome: Any, model: str, protocol: str, client: str, reported: Any) -> JSONResponse:
+    def _outcome_error(
+        self, outcome: Any, model: str, protocol: str, client: str, reported: Any, logged: bool = True
+    ) -> JSONResponse:
+        """The protocol's error for an outcome that is not ``Ranked``; ``logged``: recorded as demand (not for a
+        status GET: a readiness poll of a model placed nowhere is no reason for the leader to place it)."""
         if isinstance(outcome, Unknown):
             if protocol == "tfserving":
                 return protocol_error(404, f"Servable not found for request: Latest({model})", "unknown_model")
             return protocol_error(400, f"Request for unknown model: '{model}' is not found", "unknown_model")
         if isinstance(outcome, NoCapacity):
-            self._record(model, client, reported, None, None, 507)
+            self._record(model, client, reported, None, None, 507, logged)
             return protocol_error(507, f"{model} cannot be placed: {outcome.reason}", "no_capacity")
         if isinstance(outcome, ShuttingDown):
-            self._record(model, client, reported, None, None, 503)
+            self._record(model, client, reported, None, None, 503, logged)
             return protocol_error(503, f"agent shutting down: {model} is not started here; retry on another agent",
                                   "shutting_down", retry_after=outcome.retry_after_s)  # fmt: skip
         assert isinstance(outcome, Provisioning)
-        self._record(model, client, reported, None, None, 503)
+        self._record(model, client, reported, None, None, 503, logged)
         return protocol_error(503, f"{model} is being provisioned on {outcome.node} ({outcome.reason}); retry shortly",
                               "provisioning", retry_after=outcome.retry_after_s)  # fmt: skip
 
     def _record(
-        self, model: str, client: str, reported: Any, node: str | None, latency: float | None, status: int
+        self,
+        model: str,
+        client: str,
+        reported: Any,
+        node: str | None,
+        latency: float | None,
+        status: int,
+        logged: bool = True,
     ) -> None:
-        self.agent.store.record_request(self.agent.clock(), model, client, reported, node, latency, status)
+        """One request log record (every record in the leader's window is demand: agent/placement_sites.py), unless
+        not ``logged`` (a request that runs no model)."""
+        if logged:
+            self.agent.store.record_request(self.agent.clock(), model, client, reported, node, latency, status)
 
 
 def mount_serving(app: FastAPI, agent: NodeAgent, client_of: ClientOf, max_body: int) -> ServingRoutes:

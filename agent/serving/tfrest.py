@@ -80,6 +80,22 @@ def parse_path(method: str, path: str) -> Route:
     return Route(kind, name, int(version) if version is not None else None, unquote(label) if label else None)
 
 
+def not_served(route: Route) -> TFError:
+    """TF-Serving's error for a request to a model, or a version of it, that it does not serve: a status GET's from
+    ``GetModelStatusImpl`` (a label is not read there), the others' from ``ServerCore::GetServableHandle``: a label
+    it cannot resolve (for an unknown model too) is ``GetModelVersionForLabel``'s 400, else ``ServableRequest``'s
+    ``Latest(name)`` or ``Specific(name, version)``."""
+    if route.kind == "status":
+        if route.version is not None:
+            return TFError(404, f"Could not find version {route.version} of model {route.model}")
+        return TFError(404, f"Could not find any versions of model {route.model}")
+    if route.label is not None:
+        return TFError(400, f"Unrecognized servable version label: {route.label}")
+    if route.version is not None:
+        return TFError(404, f"Servable not found for request: Specific({route.model}, {route.version})")
+    return TFError(404, f"Servable not found for request: Latest({route.model})")
+
+
 def _clip(value: Any, room: list[int]) -> tuple[Any, bool]:
     """(``value`` with strings cut and arrays/objects ended once ``room[0]`` characters are spent, whether it was).
 
@@ -316,11 +332,11 @@ def handle(model: TinyModel, served_name: str, version: int, method: str, path: 
     try:
         route = parse_path(method, path)
         if route.model != served_name:
-            raise TFError(404, f"Servable not found for request: Latest({route.model})")
-        if route.label is not None:
+            raise not_served(route)
+        if route.label is not None:  # the stand-in has no labels
             raise TFError(400, f"Unrecognized servable version label: {route.label}")
         if route.version is not None and route.version != version:
-            raise TFError(404, f"Servable not found for request: Specific({route.model}, {route.version})")
+            raise not_served(route)
         if route.kind == "status":
             return 200, status(version)
         if route.kind == "metadata":

@@ -80,14 +80,14 @@ class Listed:
 
 @contextlib.contextmanager
 def agent_in_front(
-    urls: list[str], tmp_path: Path, pool_timeout: float | None = None, **settings: Any
+    urls: list[str], tmp_path: Path, pool_timeout: float | None = None, model: str = MODEL, **settings: Any
 ) -> Iterator[tuple[str, NodeAgent]]:
-    """A real agent serving ``MODEL`` from the servers at ``urls``; yields (its base URL, the agent) once it is
+    """A real agent serving ``model`` from the servers at ``urls``; yields (its base URL, the agent) once it is
     listening and lists them all as candidates. ``pool_timeout``: the proxy pool's per-read timeout."""
     port = free_port()
     config = Settings(node_id="n1", host="127.0.0.1", port=port, data_dir=str(tmp_path), discovery=False, **settings)
-    agent = NodeAgent(config, runtime=Listed(urls))
-    agent.set_desired(1, None, {MODEL: len(urls)})
+    agent = NodeAgent(config, runtime=Listed(urls, model))
+    agent.set_desired(1, None, {model: len(urls)})
     app = create_app(agent)
     if pool_timeout is not None:
         app.state.serving.pool.timeout = pool_timeout
@@ -95,7 +95,7 @@ def agent_in_front(
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     wait_for(lambda: server.started, timeout=20)
-    wait_for(lambda: len(agent.candidates(MODEL)) == len(urls), timeout=20)
+    wait_for(lambda: len(agent.candidates(model)) == len(urls), timeout=20)
     try:
         yield f"http://127.0.0.1:{port}", agent
     finally:

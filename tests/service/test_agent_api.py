@@ -62,6 +62,20 @@ def test_unknown_and_invalid_models(agents: Any) -> None:
     assert r.status_code == 404 and "not in the catalogue" in r.json()["error"]
     assert time.monotonic() - started < 2
     assert PLAIN.post(a.url + "/services/resnet9000/v1/models/resnet9000:predict", json={}).status_code == 404
+    # TF-Serving's own error for each request (review26a L3: every one was "Latest(resnet9000)")
+    for method, path, status, error in (
+        (
+            "POST",
+            "/v1/models/resnet9000/versions/3:predict",
+            404,
+            "Servable not found for request: Specific(resnet9000, 3)",
+        ),
+        ("GET", "/v1/models/resnet9000/metadata", 404, "Servable not found for request: Latest(resnet9000)"),
+        ("GET", "/v1/models/resnet9000/versions/3", 404, "Could not find version 3 of model resnet9000"),
+        ("POST", "/v1/models/resnet9000/labels/canary:regress", 400, "Unrecognized servable version label: canary"),
+    ):
+        r = PLAIN.request(method, a.url + path, json={"examples": []} if method == "POST" else None, timeout=30)
+        assert (r.status_code, r.json()) == (status, {"error": error}), path
     for path in ("/services/bad%20name", "/services/..%2e"):
         r = a.get(path)
         assert r.status_code in (400, 404) and "error" in r.json()
@@ -91,7 +105,8 @@ def test_model_server_errors_pass_through_unchanged(agents: Any) -> None:
     r = PLAIN.post(a.url + PREDICT, json={"signature": 1}, timeout=30)
     assert r.status_code == 400 and r.json() == {"error": "Missing 'inputs' or 'instances' key"}
     r = PLAIN.get(a.url + "/services/half_plus_two/v1/models/half_plus_two/versions/7", timeout=30)
-    assert r.status_code == 404 and "Specific(half_plus_two, 7)" in r.json()["error"]
+    assert r.json() == {"error": "Could not find version 7 of model half_plus_two"}  # a status GET: GetModelStatus
+    assert r.status_code == 404
     meta = PLAIN.get(a.url + "/services/half_plus_two/v1/models/half_plus_two/metadata", timeout=30).json()
     assert meta["model_spec"]["name"] == "half_plus_two"
 

@@ -288,6 +288,7 @@ def test_concurrency_limit_answers_503_and_recovers(agents: Any) -> None:
     while (r := PLAIN.get(f"{a.url}/health", timeout=10)).status_code != 503:
         assert time.monotonic() < deadline, f"no 503 with 4 connections held: {r.status_code}"
         time.sleep(0.1)
+    assert "max_concurrency" in r.json()["error"] and r.headers["retry-after"].isdigit()  # uvicorn's was plain text
     for sock in held:
         sock.close()
     deadline = time.monotonic() + 10

@@ -5,11 +5,15 @@ Over real sockets at a real agent's cap: tests/service/test_connection_cap.py.""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import math
+from typing import Any
 
 import h11
 from hypothesis import given
 from hypothesis import strategies as st
+from uvicorn.protocols.http.flow_control import service_unavailable
 
 from agent.http_caps import (
     BODY_MIN_RATE,
@@ -21,7 +25,7 @@ from agent.http_caps import (
     takeable_rate,
     time_to_finish,
 )
-from agent.http_sliced import ChunkCountingConnection, raw_response
+from agent.http_sliced import CAP_REFUSAL, UVICORN_REFUSAL_TYPE, ChunkCountingConnection, raw_response
 
 KBIT = 1000 / 8  # bytes a second per kbit/s
 
@@ -101,6 +105,48 @@ def test_a_503_head_without_retry_after_gets_the_caps_and_only_when_asked() -> N
     assert b"retry-after" not in _head_of(None, 503, plain)  # a request the cap let in: the app's 503 as it is
     assert _head_of(2, 503, [*plain, (b"retry-after", b"7")])[b"retry-after"] == b"7"  # one of its own is kept
     assert b"retry-after" not in _head_of(2, 200, plain[:2])  # only a 503
+
+
+def test_uvicorns_text_refusal_at_its_limit_goes_out_as_the_json_error_with_retry_after() -> None:
+    """review26a L3: uvicorn's own 503 at ``limit_concurrency`` (flow_control.service_unavailable: its exact head
+    and body, sent as uvicorn sends them) reached clients as text/plain "Service Unavailable", the one error of the
+    agent's that was not ``{"error": ...}``. An app's 503 to a request the cap let in passes as it is."""
+
+    def answer(retry_after_s: int | None, headers: list[tuple[bytes, bytes]], body: bytes) -> tuple[Any, bytes]:
+        conn = ChunkCountingConnection(16384)
+        conn.receive_data(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        assert isinstance(conn.next_event(), h11.Request)
+        conn.retry_after_s = retry_after_s
+        wire = b"".join(
+            conn.send(e) or b""
+            for e in (h11.Response(status_code=503, headers=headers), h11.Data(data=body), h11.EndOfMessage())
+        )
+        client = h11.Connection(h11.CLIENT)
+        client.send(h11.Request(method="GET", target="/", headers=[("Host", "a")]))
+        client.receive_data(wire)
+        head, got = client.next_event(), b""
+        while isinstance(event := client.next_event(), h11.Data):
+            got += event.data
+        assert isinstance(event, h11.EndOfMessage)
+        return head, got
+
+    sent: list[Any] = []
+
+    async def keep(message: Any) -> None:
+        sent.append(message)
+
+    asyncio.run(service_unavailable({}, None, keep))  # type: ignore[arg-type]
+    uvicorns, text = sent[0]["headers"], sent[1]["body"]  # the installed uvicorn's: the test breaks if it changes
+    assert (b"content-type", UVICORN_REFUSAL_TYPE) in uvicorns and text == b"Service Unavailable"
+    head, body = answer(2, uvicorns, text)
+    headers = dict(head.headers)
+    assert head.status_code == 503 and headers[b"retry-after"] == b"2" and headers[b"connection"] == b"close"
+    assert headers[b"content-type"] == b"application/json" and json.loads(body) == {"error": CAP_REFUSAL}
+    head, body = answer(None, uvicorns, text)  # the cap let it in: an app's 503 as it is
+    assert body == b"Service Unavailable" and b"retry-after" not in dict(head.headers)
+    own = [(b"content-type", b"application/json"), (b"content-length", b"17")]
+    head, body = answer(2, own, b'{"error": "busy"}')  # a JSON 503 at the cap: kept, Retry-After added
+    assert body == b'{"error": "busy"}' and dict(head.headers)[b"retry-after"] == b"2"
 
 
 def test_the_raw_503_of_a_given_up_request_says_retry_after() -> None:

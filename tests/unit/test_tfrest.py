@@ -3,7 +3,9 @@
 Sources (tensorflow/serving at 9d981c5): H = model_servers/http_rest_api_handler_test.cc,
 U = model_servers/http_rest_api_util.cc (the path regexes, ParseModelInfo), J = util/json_tensor.cc,
 T = model_servers/tensorflow_model_server_test.py (*REST tests), M = servables/tensorflow/testdata/
-saved_model_half_plus_two_2_versions_metadata.json, D = g3doc/api_rest.md.
+saved_model_half_plus_two_2_versions_metadata.json, D = g3doc/api_rest.md, G = model_servers/get_model_status_impl.cc,
+S = model_servers/server_core.cc (ServableRequestFromModelSpec, GetModelVersionForLabel; core/servable_handle.h's
+ServableRequest::DebugString for Latest(name) / Specific(name, version)).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from typing import Any
 import pytest
 
 from agent.models import MODELS
-from agent.serving.tfrest import handle
+from agent.serving.tfrest import Route, handle, not_served
 
 HPT = MODELS["half_plus_two"]
 
@@ -50,6 +52,16 @@ CASES: list[tuple[str, str, str, Any, int, Any]] = [
      "Servable not found for request: Latest(foo)"),
     ("H PredictModelNameVersionErrors", "POST", P + "/versions/50:predict", {"instances": [1]}, 404,
      "Servable not found for request: Specific(half_plus_two, 50)"),
+    ("G GetModelStatus: an unknown model", "GET", "/v1/models/foo", None, 404,
+     "Could not find any versions of model foo"),
+    ("G GetModelStatus: an unknown model, a label not read", "GET", "/v1/models/foo/labels/x", None, 404,
+     "Could not find any versions of model foo"),
+    ("G GetModelStatus: a version not served", "GET", P + "/versions/50", None, 404,
+     "Could not find version 50 of model half_plus_two"),
+    ("S GetServableHandle: an unknown model's version", "GET", "/v1/models/foo/versions/3/metadata", None, 404,
+     "Servable not found for request: Specific(foo, 3)"),
+    ("S GetModelVersionForLabel: an unknown model's label", "POST", "/v1/models/foo/labels/x:predict",
+     {"instances": [1]}, 400, "Unrecognized servable version label: x"),
     ("H PredictRequestErrors", "POST", P + ":predict", None, 400, "JSON Parse error: The document is empty"),
     ("H PredictRequestErrors", "POST", P + ":predict", b"instances = [1, 2]", 400, "JSON Parse error: Invalid value"),
     ("H PredictRequestErrors", "POST", P + ":predict", {"instances": ["x", "y"]}, 400,
@@ -158,3 +170,21 @@ def test_digits_model_answers_ten_probabilities_per_instance() -> None:
     assert correct >= 45
     status, bad = handle(MODELS["digits"], "digits", 1, "POST", "/v1/models/digits:predict", b'{"instances": [[1, 2]]}')
     assert status == 400 and "64 pixel values" in bad["error"]
+
+
+@pytest.mark.parametrize(
+    ("route", "status", "message"),
+    [
+        (Route("predict", "nosuch", 3), 404, "Servable not found for request: Specific(nosuch, 3)"),
+        (Route("metadata", "nosuch"), 404, "Servable not found for request: Latest(nosuch)"),
+        (Route("classify", "nosuch", label="canary"), 400, "Unrecognized servable version label: canary"),
+        (Route("status", "nosuch", 3), 404, "Could not find version 3 of model nosuch"),
+        (Route("status", "nosuch", label="canary"), 404, "Could not find any versions of model nosuch"),
+    ],
+)
+def test_a_model_not_served_gets_tf_servings_error_for_its_request(route: Route, status: int, message: str) -> None:
+    """review26a L3: the agent answered a model outside its catalogue ``Latest(nosuch)`` whatever the request named;
+    TF-Serving names the version (``Specific``), fails an unknown label, and answers a status request from its
+    state monitor. The agent's proxy and the stand-in both take ``not_served``."""
+    error = not_served(route)
+    assert (error.status, error.message) == (status, message)
