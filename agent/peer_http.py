@@ -4,11 +4,12 @@ Membership sends several small signed messages a second to every agent; through 
 through the client, its transport, httpcore's pool and h11 (profiled: the largest share of an idle
 follower's CPU after TLS). Peers all speak our own listener (uvicorn, agent/peer_api.py), so this client
 does only what that needs: a request with a ``content-length`` body, an answer with a ``content-length``
-(or chunked) body of at most ``max_body`` bytes. Connections are kept per peer (at most ``max_idle`` idle
-ones each, ``max_peers`` peers, least recently used first out) and dropped after ``idle_s`` unused, before
-the listener's own 30 s keep-alive ends; a kept connection the peer closed meanwhile is retried once on a
-new one (only when no byte of an answer came back). At most ``max_busy`` exchanges per peer are in flight
-(connecting included); more wait their turn within their own deadline, and past ``max_waiting`` fail at once.
+(or chunked, under the listener's own chunk rule) body of at most ``max_body`` bytes. Connections are kept per
+peer (at most ``max_idle`` idle ones each, ``max_peers`` peers, least recently used first out) and dropped after
+``idle_s`` unused, before the listener's own 30 s keep-alive ends; a kept connection the peer closed meanwhile
+is retried once on a new one (only when no byte of an answer came back). At most ``max_busy`` exchanges per peer
+are in flight (connecting included); more wait their turn within their own deadline, and past ``max_waiting``
+fail at once.
 
     PeerHttpError(OSError)   unreachable, timed out, or not a well-formed HTTP/1.1 answer
 """
@@ -26,6 +27,7 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from agent import aio
+from agent.http_sliced import MAX_HEADER_FIELDS, too_many_chunks
 from agent.peer_gate import small_tls_buffers
 from agent.peer_tls import PeerIdentity, peer_identity
 
@@ -39,6 +41,7 @@ MAX_WAITING = 64  # ... and past this many waiting for one peer, it fails at onc
 MAX_PEERS = 320  # peers with kept connections (swim.MAX_MEMBERS + candidates); least recently used dropped
 IDLE_S = 25.0  # under the listener's keep-alive (30 s): we close first, so a kept connection is rarely stale
 HEAD_LIMIT = 1 << 16  # bytes of status line and headers
+MAX_FRAMING = 1 << 16  # bytes of a chunked answer's framing (size lines, CRLFs, trailer); ~12 KiB at most honestly
 SWEEP_S = 5.0  # how often idle connections past IDLE_S are closed (their TLS buffers freed)
 
 
@@ -220,18 +223,39 @@ class PeerConnections:
         raise PeerHttpError("an answer with neither content-length nor chunked encoding")
 
     async def _read_chunked(self, reader: asyncio.StreamReader) -> bytes:
+        """A chunked body under our listener's own rules (agent/http_sliced.py): ``max_body`` decoded bytes, at
+        most ``too_many_chunks`` chunks, ``MAX_HEADER_FIELDS`` trailer lines and ``MAX_FRAMING`` bytes of framing
+        (size lines, their CRLFs, the trailer). Each chunk is a readuntil and two readexactly that never yield
+        when the bytes are buffered: 262,144 1-byte chunks (1.5 MB, within max_body) were 1.2-1.6 s of loop CPU
+        in stalls of up to 830 ms that the exchange's deadline could not cut (review26b F1); now at most 1,024
+        chunks in 256 KiB (~11 ms measured, with 255 KiB front-loaded to buy 1,022 1-byte chunks and a trailer of
+        100 lines). Our listener never chunks an answer (every peer route sets a content-length); a proxy might."""
         out = bytearray()
+        chunks = framing = 0
         while True:
-            size = _hex((await reader.readuntil(b"\r\n")).split(b";", 1)[0].strip())
+            line = await reader.readuntil(b"\r\n")
+            framing += len(line) + 2  # the CRLF after the chunk's data (or the blank line ending the trailer)
+            size = _hex(line.split(b";", 1)[0].strip())
             if size < 0 or len(out) + size > self.max_body:
                 raise PeerHttpError(f"a chunked answer over {self.max_body} bytes")
+            if framing > MAX_FRAMING:
+                raise PeerHttpError(f"a chunked answer's framing over {MAX_FRAMING} bytes")
             if size == 0:
-                while (await reader.readuntil(b"\r\n")) != b"\r\n":  # trailers, if any
-                    pass
-                return bytes(out)
+                break
+            chunks += 1
+            if too_many_chunks(chunks, len(out) + size):
+                raise PeerHttpError(f"a chunked answer of {chunks} chunks for {len(out) + size} bytes")
             out += await reader.readexactly(size)
             if await reader.readexactly(2) != b"\r\n":
                 raise PeerHttpError("malformed chunk")
+        for _ in range(MAX_HEADER_FIELDS + 1):  # the trailer's lines, if any, then the blank line that ends it
+            line = await reader.readuntil(b"\r\n")
+            if line == b"\r\n":
+                return bytes(out)
+            framing += len(line)
+            if framing > MAX_FRAMING:
+                raise PeerHttpError(f"a chunked answer's framing over {MAX_FRAMING} bytes")
+        raise PeerHttpError(f"a chunked answer's trailer of more than {MAX_HEADER_FIELDS} lines")
 
     # -- exchanges in flight per peer --------------------------------------------------------------------
     async def _acquire(self, key: str, timeout: float) -> None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics
@@ -248,6 +248,19 @@ def _gauge(name: str, doc: str, value: float | None, labels: dict[str, str] | No
     return family
 
 
+def _summary_number(summary: Mapping[str, Any], key: str) -> float | None:
+    """A number of a placement summary, None for anything else. The wire checks a leader's summary
+    (peerserve/wire.py ``_placement``); this never raises on an odd value besides, since a scrape that raises
+    answers 500 with a traceback (review26b F4: ``{"objective_ms": "x"}`` did so on every follower)."""
+    v = summary.get(key)
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return None
+    try:
+        return float(v)
+    except OverflowError:  # an int past a float's range
+        return None
+
+
 class StateCollector(Collector):
     """Reads the agent's live state at scrape time: nothing is kept, so nothing can go stale."""
 
@@ -326,14 +339,16 @@ class StateCollector(Collector):
         lead = self.agent.leadership
         if lead is not None and lead.is_leader and lead.last_placement is not None:
             p = lead.last_placement
-        p = p or {}
-        objective = p.get("objective_ms")
+        p = p if isinstance(p, Mapping) else {}
+        objective, solve = _summary_number(p, "objective_ms"), _summary_number(p, "solve_ms")
         yield _gauge("peerserve_placement_objective_seconds", "Last plan's objective (summed RTT + execution)",
-                     None if objective is None else float(objective) / 1000)  # fmt: skip
-        solve = p.get("solve_ms")
+                     None if objective is None else objective / 1000)  # fmt: skip
         yield _gauge("peerserve_placement_last_solve_seconds", "Last plan's solve time",
-                     None if solve is None else float(solve) / 1000)  # fmt: skip
-        yield _gauge("peerserve_placement_last_actions", "Actions in the last plan", len(p.get("actions") or []))
+                     None if solve is None else solve / 1000)  # fmt: skip
+        actions = p.get("actions")
+        yield _gauge("peerserve_placement_last_actions", "Actions in the last plan",
+                     len(actions) if isinstance(actions, list) else 0)  # fmt: skip
         yield _gauge("peerserve_placement_last_rejected_requests", "Requests the last plan rejected",
-                     float(p.get("rejected") or 0))  # fmt: skip
-        yield _gauge("peerserve_placement_last_timestamp_seconds", "When the last plan was made", p.get("at"))
+                     _summary_number(p, "rejected") or 0.0)  # fmt: skip
+        yield _gauge("peerserve_placement_last_timestamp_seconds", "When the last plan was made",
+                     _summary_number(p, "at"))  # fmt: skip

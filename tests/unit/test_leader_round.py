@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from typing import Any
 
 from agent.leader_round import (
@@ -26,6 +27,7 @@ from agent.leader_round import (
     Tick,
 )
 from agent.placement import NodeReport, RequestRecord
+from peerserve import wire
 
 CFG = RoundConfig(period_s=30.0, debounce_s=0.2, window_s=600.0, page_limit=3)
 MEMBERS = {"a": "http://a", "b": "http://b"}
@@ -71,6 +73,21 @@ def commanding() -> tuple[LeaderRound, dict[str, Any]]:
     # make-before-break: a keeps its ready m until b's is ready
     assert out == [Command(1, "a", "http://a", 3, {"m": 1}, summary), Command(1, "b", "http://b", 3, {"m": 1}, summary)]
     return m, summary
+
+
+def test_the_summary_a_round_sends_passes_the_wire() -> None:
+    """The wire checks the summary each command carries (peerserve/wire.py ``_placement``, review26b F4): what a
+    round makes passes it unchanged, as sent and as finished (delivered)."""
+    m, summary = commanding()
+    body = Command(1, "a", "http://a", 3, {"m": 1}, summary)
+    parsed = wire.DesiredCommand.parse(json.loads(json.dumps({"term": body.term, "leader": "a",
+                                                               "instances": dict(body.instances),
+                                                               "placement": dict(body.summary)})))  # fmt: skip
+    assert parsed.placement == json.loads(json.dumps(summary))
+    m.step(Acknowledged(101.1, 1, "a"))
+    placed = m.step(Acknowledged(101.2, 1, "b"))[0]
+    assert isinstance(placed, Placed)
+    wire.DesiredCommand.parse({"term": 3, "leader": "a", "instances": {}, "placement": dict(placed.summary)})
 
 
 def test_nothing_happens_while_not_leading() -> None:

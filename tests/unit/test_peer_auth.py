@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -258,6 +259,23 @@ def test_the_pin_table_is_bounded() -> None:
 def test_bad_commands_are_wire_errors(body: Any) -> None:
     with pytest.raises(wire.WireError):
         wire.DesiredCommand.parse(body)
+
+
+@pytest.mark.parametrize(
+    ("placement", "error"),
+    [([], "object or null"), ({"objective_ms": "x"}, "objective_ms"), ({"solve_ms": True}, "solve_ms"),
+     ({"at": {}}, "at"), ({"rejected": 10**400}, "rejected"), ({"rejected": [1]}, "rejected"),
+     ({"actions": 5}, "actions"), ({"actions": "abc"}, "actions"), ({"objective_ms": math.nan}, "objective_ms"),
+     ({"hold": {"gap_ms": math.inf}}, "NaN or infinite"), ({"actions": [{"x": [-math.inf]}]}, "NaN or infinite")],
+)  # fmt: skip
+def test_a_command_whose_placement_summary_is_malformed_is_refused(placement: Any, error: str) -> None:
+    """review26b F4: the summary was only checked to be an object; each node keeps it and shows it on /metrics
+    (``{"objective_ms": "x"}``: every scrape answered 500) and /cluster (NaN or inf anywhere in it: 500)."""
+    with pytest.raises(wire.WireError, match=error) as caught:
+        wire.DesiredCommand.parse({"term": 1, "leader": "a", "instances": {}, "placement": placement})
+    assert caught.value.status == 400
+    odd = {"objective_ms": -1, "solve_ms": 2**30, "at": 1.7e9, "rejected": 0, "actions": None, "note": "x", "n": [1]}
+    assert wire.DesiredCommand.parse({"term": 1, "leader": "a", "instances": {}, "placement": odd}).placement == odd
 
 
 @pytest.mark.parametrize(

@@ -23,6 +23,7 @@ from tests.service.conftest import free_port
 
 TOKEN = "unit-cluster-token-0123456789"
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+CHUNKED = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"
 
 
 async def asgi_ok(scope: Any, receive: Any, send: Any) -> None:
@@ -195,6 +196,11 @@ def test_a_kept_connection_the_peer_closed_is_retried_once_on_a_new_one() -> Non
         (b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n0x3\r\nabc\r\n0\r\n\r\n", "chunk size"),
         (b"HTTP/1.1 200 OK\r\ncontent-length: 5_0\r\n\r\n", "content-length"),
         (b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok", "interim"),
+        # review26b F1: only the decoded bytes were bounded; chunks, framing and trailer lines were not
+        (CHUNKED + b"1\r\nx\r\n" * 300 + b"0\r\n\r\n", "257 chunks for 257 bytes"),
+        (CHUNKED + (b"1;" + b"e" * 1000 + b"\r\nx\r\n") * 70 + b"0\r\n\r\n", "framing over 65536 bytes"),
+        (CHUNKED + b"0\r\n" + b"x: y\r\n" * 101 + b"\r\n", "trailer of more than 100 lines"),
+        (CHUNKED + b"0\r\n" + (b"x: " + b"y" * 40_000 + b"\r\n") * 2 + b"\r\n", "framing over 65536 bytes"),
     ],
 )
 def test_a_malformed_or_oversized_answer_is_an_error(answer: bytes, error: str) -> None:
@@ -261,6 +267,59 @@ def test_bytes_past_an_answer_do_not_stay_on_a_kept_connection() -> None:
         server.close()
 
     asyncio.run(run())
+
+
+class _CountingReader(asyncio.StreamReader):
+    """Counts the reads a body costs: each is a step on the event loop that never yields while bytes are buffered."""
+
+    reads = 0
+
+    async def readuntil(self, separator: bytes = b"\n") -> bytes:
+        self.reads += 1
+        return await super().readuntil(separator)
+
+    async def readexactly(self, n: int) -> bytes:
+        self.reads += 1
+        return await super().readexactly(n)
+
+
+def _read_chunked_body(body: bytes, max_body: int = 1 << 18) -> tuple[bytes | BaseException, int]:
+    """``body`` read as a chunked answer's: (what came of it, the reads it took)."""
+
+    async def run() -> tuple[bytes | BaseException, int]:
+        reader = _CountingReader(limit=1 << 16)
+        reader.feed_data(body)
+        reader.feed_eof()
+        conns = PeerConnections(None, max_body=max_body)
+        try:
+            return await conns._read_body(reader, {"transfer-encoding": "chunked"}, 200), reader.reads
+        except PeerHttpError as exc:
+            return exc, reader.reads
+
+    return asyncio.run(run())
+
+
+def test_an_answer_of_tiny_chunks_is_refused_after_a_bounded_number_of_reads() -> None:
+    """review26b F1: 262,144 1-byte chunks (1.5 MB, 256 KiB decoded) took 786,433 reads, 1.2-1.6 s of loop CPU in
+    stalls of up to 830 ms; refused now at the listener's own chunk rule (past 256 chunks, 256 bytes a chunk)."""
+    got, reads = _read_chunked_body(b"1\r\nx\r\n" * (1 << 18) + b"0\r\n\r\n")
+    assert isinstance(got, PeerHttpError) and "257 chunks" in str(got)
+    assert reads <= 3 * 257
+    # front-loaded bytes buy tiny chunks only up to max_body / 256 in all (1,024 here)
+    got, reads = _read_chunked_body(b"3fc00\r\n" + b"x" * 0x3FC00 + b"\r\n" + b"1\r\nx\r\n" * 5000 + b"0\r\n\r\n")
+    assert isinstance(got, PeerHttpError) and "1024 chunks" in str(got)
+    assert reads <= 3 * 1024
+
+
+def test_honest_chunked_answers_are_read_whole() -> None:
+    big = b"".join(b"10000\r\n" + bytes([65 + i]) * 0x10000 + b"\r\n" for i in range(4))  # 4 x 64 KiB: 256 KiB
+    got, _ = _read_chunked_body(big + b"0\r\n\r\n")
+    assert got == b"".join(bytes([65 + i]) * 0x10000 for i in range(4))
+    tiny = b"5;ext=1\r\nhello\r\n" * 256 + b"0\r\nx-trailer: 1\r\n" + b"y: z\r\n" * 99 + b"\r\n"
+    got, _ = _read_chunked_body(tiny)  # 256 chunks of any size, 100 trailer lines, extensions: all allowed
+    assert got == b"hello" * 256
+    got, _ = _read_chunked_body(b"0\r\n\r\n")
+    assert got == b""
 
 
 # -- exchanges in flight per peer ----------------------------------------------------------------------------

@@ -358,8 +358,9 @@ def test_next_due_is_the_next_probe_when_idle_and_now_when_work_is_queued() -> N
     c = node("c", 0)
     c.hint("x", url_of(9), "", 1.0)  # a candidate is asked at once
     assert c.next_due(1.0) == 1.0
-    a.recheck("b", 0.08 + a.config.probe_interval_s)  # an urgent probe (b not probed for an interval)
-    assert a.next_due(0.08) == 0.08
+    a.recheck("b", 0.08)  # a goodbye: its probe is due at a random point within the goodbye gap (review26b F3)
+    due = a.records["b"].goodbye_due
+    assert 0.08 <= due <= 0.08 + a._goodbye_gap() and a.next_due(due) == due
 
 
 @FAST

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from agent.peer_client import PeerClient
 from agent.peer_swim_route import SwimRoute
 from peerserve.wire import PeerState, SwimMessage
 from tests.service.conftest import free_port
+from tests.unit.swim_sim import Sim
 from tests.unit.test_peer_swim_route import Membership, Node
 
 TOKEN = "unit-cluster-token-0123456789"
@@ -150,15 +152,63 @@ def test_wake_ups_cannot_drive_the_tick_rate(tmp_path: Path) -> None:
     assert out["probes"] <= 2 / sw.SwimConfig().probe_interval_s + 2
 
 
-def test_a_goodbye_within_a_probe_interval_of_our_last_probe_adds_none() -> None:
-    core = sw.Swim("a", "https://127.0.0.1:2", sw.SwimConfig(), __import__("random").Random(1))
+def goodbye_probes(core: sw.Swim, instructions: list[sw.Instruction]) -> int:
+    return sum(isinstance(i, sw.Probe) and i.node_id == "t" for i in instructions)
+
+
+def lone_member(seed: int = 1) -> sw.Swim:
+    """A core with one member, ``t``, and its rotation stopped: every probe of ``t`` is a goodbye's."""
+    core = sw.Swim("a", "https://127.0.0.1:2", sw.SwimConfig(), __import__("random").Random(seed))
     core.admitted("t", "https://127.0.0.1:9", "127.0.0.1", state("t"), 0.0)
+    core._next_probe = float("inf")
+    return core
+
+
+def test_goodbyes_take_one_probe_per_member_per_gap_at_a_random_point() -> None:
+    """review26b F3: each goodbye probed at once (at most once per probe interval), so a stranger's goodbyes made
+    every agent probe a member in the same instant, each probe interval. Now one goodbye per member per
+    ``_goodbye_gap`` (an unconfirmed suspicion's timeout) is taken, its probe due at a random point of the gap."""
+    core = lone_member()
+    gap = core._goodbye_gap()
+    probes, taken, now = 0, set(), 10.0
+    while now < 10.0 + 10 * gap:  # a goodbye every 20 ms, for ten gaps
+        core.recheck("t", now)
+        taken.add(core.records["t"].goodbye_at)
+        probes += goodbye_probes(core, core.tick(now)[0])
+        now += 0.02
+    # one taken per gap, never one per goodbye (1,600 here); its probe skipped when the last one was within the gap
+    assert 1 <= probes <= len(taken) <= 11
+    # every agent hears the same goodbye: their probes are spread over the gap, not sent in the same instant
+    dues = []
+    for seed in range(9):
+        other = lone_member(seed)
+        other.recheck("t", 10.0)
+        dues.append(other.records["t"].goodbye_due)
+    assert all(10.0 <= d <= 10.0 + gap for d in dues) and len(set(dues)) == 9 and max(dues) - min(dues) > gap / 3
+    # a goodbye's probe is sent only if we have not probed the member within the gap by then
+    core = lone_member()
     core.recheck("t", 10.0)
-    first, _ = core.tick(10.0)
-    assert sw.Probe("t", "https://127.0.0.1:9", False) in first
-    core.recheck("t", 10.01)  # probed 10 ms ago: nothing new to learn
-    again, _ = core.tick(10.02)
-    assert all(not (isinstance(i, sw.Probe) and i.node_id == "t") for i in again)
-    core.recheck("t", 10.0 + core.config.probe_interval_s)
-    later, _ = core.tick(10.0 + core.config.probe_interval_s)
-    assert any(isinstance(i, sw.Probe) and i.node_id == "t" for i in later)
+    due = core.records["t"].goodbye_due
+    assert goodbye_probes(core, core.tick(due - 1e-6)[0]) == 0 and goodbye_probes(core, core.tick(due)[0]) == 1
+    core.recheck("t", 10.0 + gap)
+    core.records["t"] = replace(core.records["t"], last_probe=10.0 + gap)  # say our rotation probed it then
+    assert goodbye_probes(core, core.tick(10.0 + 2 * gap)[0]) == 0
+
+
+def test_a_strangers_goodbyes_do_not_turn_a_short_stall_into_a_death() -> None:
+    """review26b F3 (its simulation, /tmp/review26b/goodbye_sim.py): every agent hearing a goodbye for a member
+    every 20 ms while it stalls 1.9 s. Probed at once, the stall was a death in 5/5 runs (4-6 of 9 members declaring
+    it), 0/5 without goodbyes; now none (0/12 measured, as without)."""
+    for seed in range(4):
+        sim = Sim(10, seed=seed, loss=0.01, config=sw.SwimConfig(), proofs=True)
+        sim.run(15)
+        assert sim.converged()
+        victim = f"n{2 + seed % 8}"
+        sim.pause(victim, 1.9)
+        start = sim.now
+        while sim.now - start < 1.9 + 6.0:
+            for node_id, node in sim.nodes.items():
+                if node_id != victim:
+                    node.recheck(victim, sim.now)
+            sim.run(0.02)
+        assert [d for d in sim.false_deaths() if d[2] == victim] == [], seed

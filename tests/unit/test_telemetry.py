@@ -6,11 +6,13 @@ import io
 import json
 import logging
 from collections.abc import Iterator
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
 from agent.logs import REDACTED, LogContext, configure
-from agent.telemetry import LATENCY_SAMPLES, LatencyWindow, classify, outcome_of
+from agent.telemetry import LATENCY_SAMPLES, LatencyWindow, StateCollector, classify, outcome_of
 
 SECRET = "s3cret-cluster-token-0123456789"
 
@@ -108,3 +110,26 @@ def test_text_lines_name_node_term_and_model(log_stream: io.StringIO) -> None:
     logging.getLogger("agent.test").info("stopped %s (pid %d)", "xor", 12)
     line = log_stream.getvalue().strip()
     assert line.endswith("INFO agent.test [node=n2 term=None model=xor] stopped xor (pid 12)")
+
+
+def placement_gauges(placement: Any) -> dict[str, list[float]]:
+    """The placement gauges a scrape gives for a node whose last summary is ``placement`` (no leader here)."""
+    agent: Any = SimpleNamespace(last_placement=placement, leadership=None)
+    return {m.name: [s.value for s in m.samples] for m in StateCollector(agent)._placement()}
+
+
+@pytest.mark.parametrize(
+    "placement",
+    [{"objective_ms": "x", "solve_ms": [], "actions": 5, "rejected": "many", "at": {}},
+     {"objective_ms": 10**400, "rejected": 10**400, "at": True, "actions": "abc"}, {}, None, []],
+)  # fmt: skip
+def test_the_placement_gauges_never_raise_on_an_odd_summary(placement: Any) -> None:
+    """review26b F4: ``float()`` of a summary's ``"x"`` raised in the scrape (every /metrics answered 500). The wire
+    refuses such a summary now (tests/unit/test_peer_auth.py); the reader does not trust it either."""
+    gauges = placement_gauges(placement)
+    assert gauges["peerserve_placement_objective_seconds"] == [] and gauges["peerserve_placement_last_actions"] == [0]
+    assert gauges["peerserve_placement_last_rejected_requests"] == [0.0]
+    gauges = placement_gauges({"objective_ms": 1500, "solve_ms": 2.5, "actions": [{}, {}], "rejected": 3, "at": 1.7e9})
+    assert gauges["peerserve_placement_objective_seconds"] == [1.5] and gauges["peerserve_placement_last_solve_seconds"]
+    assert gauges["peerserve_placement_last_actions"] == [2]
+    assert gauges["peerserve_placement_last_rejected_requests"] == [3]
