@@ -39,8 +39,9 @@ def parse_rtt_report(header: str | None, query: str | None) -> dict[str, float]:
             continue
         if len(raw) > MAX_REPORT_CHARS:
             raise BadClientInput(f"RTT report over {MAX_REPORT_CHARS} characters")
-        if raw.count(",") > MAX_RTT_NODES:  # counted before any entry is parsed (review26a H1: 2,000 copies of
-            # one entry parsed one by one, ~5 ms a request, and collapsed to one node, so the node count never tripped)
+        if raw.strip(" ,").count(",") >= MAX_RTT_NODES:  # counted before any entry is parsed (review26a H1: 2,000
+            # copies of one entry parsed one by one, ~5 ms a request, and collapsed to one node, so the node count
+            # never tripped); a leading or trailing comma adds no entry
             raise BadClientInput(f"RTT report of over {MAX_RTT_NODES} entries")
         for part in raw.split(","):
             part = part.strip()

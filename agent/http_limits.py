@@ -129,7 +129,8 @@ from agent.http_sliced import (
 __all__ = [
     "ABORTED", "ADDRESS_BURST_S", "ADDRESS_DEBT_S", "ADDRESS_SHARE", "BODY_STALL_S", "CLOSE_DRAIN_S", "CONTROL_CHARS",
     "EARLY_ANSWER_DROP_BYTES", "EARLY_ANSWER_LINGER_MAX_S", "EARLY_ANSWER_LINGER_S", "EVENTS_PER_TURN", "GIVEN_UP",
-    "IDLE_CREDIT_S", "MAX_COOKIES", "MAX_HEADER_FIELDS", "MAX_LIST_COMMAS", "MAX_QUERY_PARAMS", "MIN_CHUNKS",
+    "IDLE_CREDIT_S", "MAX_COOKIES", "MAX_HEADER_FIELDS", "MAX_LIST_COMMAS", "MAX_QUERY_ESCAPES", "MAX_QUERY_PARAMS",
+    "MIN_CHUNKS",
     "MIN_CHUNK_BYTES", "PARSE_BURST_S", "PARSE_SHARE", "PARSE_SLICE", "PARSING", "PEER_PARSING", "RECENT_ADDRESSES",
     "REFUSAL_DROP_BYTES", "REFUSAL_LINGER_S", "TOTAL_BURST_S", "TOTAL_SHARE", "AbortAnswer", "AddressBudgets",
     "AddressEntry", "BodyRefused", "ChunkCountingConnection", "HttpLimits", "LingeringTransport", "ParseBudget",
@@ -144,8 +145,11 @@ CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")  # decoded %0A etc.: Starlette's 
 # query string and every Cookie pair for each request whatever the route declares, and the proxy parses the query again
 # to forward it. 8,000 blank parameters (``?a&a&...``, inside the head's 16 KiB) cost 17-29 ms of loop CPU a request
 # against ~1 ms for a plain one, none of it charged to the parse turns: 64 keep-alive connections from one address
-# took an honest /health from 2.4 to 1,268 ms (p50). At these bounds a request costs ~0.3-0.5 ms more at most.
+# took an honest /health from 2.4 to 1,268 ms (p50). parse_qsl also unquotes each percent-escape in a Python loop:
+# one parameter of 5,300 escapes was 6.8 ms of agent CPU a request against 1.4 ms (review26c). At these bounds a
+# request costs ~0.4 ms more at most (99 blank parameters: 1.73 ms against 1.37).
 MAX_QUERY_PARAMS = 100  # '&'-separated parts (Python's parse_qsl splits only there); TF-Serving's REST uses none
+MAX_QUERY_ESCAPES = 256  # '%' in the query (each a Python step of unquote); a path's are uvicorn's, charged in turns
 MAX_COOKIES = 200  # ';'-separated pairs in all Cookie fields: above any browser's per-site cap (Chrome's 180)
 Scope = dict[str, Any]
 Message = dict[str, Any]
@@ -168,9 +172,9 @@ class AbortAnswer(Exception):
 
 
 class HttpLimits:
-    """ASGI middleware: the head's size, its path's control characters, the query's parameters and the cookies
-    counted (``MAX_QUERY_PARAMS``, ``MAX_COOKIES``) before the app parses them, the body's size limit (declared and
-    counted) and a deadline for receiving the body."""
+    """ASGI middleware: the head's size, its path's control characters, the query's parameters and escapes and the
+    cookies counted (``MAX_QUERY_PARAMS``, ``MAX_QUERY_ESCAPES``, ``MAX_COOKIES``) before the app parses them, the
+    body's size limit (declared and counted) and a deadline for receiving the body."""
 
     def __init__(self, app: Any, max_body: int, body_timeout_s: float, max_header_bytes: int = 16384) -> None:
         self.app = app
@@ -189,8 +193,12 @@ class HttpLimits:
         if CONTROL_CHARS.search(scope.get("path", "")):
             await _send_error(send, 400, "control characters in the request path")
             return
-        if scope.get("query_string", b"").count(b"&") >= MAX_QUERY_PARAMS:
+        query = scope.get("query_string", b"")
+        if query.count(b"&") >= MAX_QUERY_PARAMS:
             await _send_error(send, 414, f"more than {MAX_QUERY_PARAMS} query parameters")
+            return
+        if query.count(b"%") > MAX_QUERY_ESCAPES:
+            await _send_error(send, 414, f"more than {MAX_QUERY_ESCAPES} percent-escapes in the query")
             return
         if sum(v.count(b";") + 1 for k, v in scope["headers"] if k == b"cookie") > MAX_COOKIES:
             await _send_error(send, 431, f"more than {MAX_COOKIES} cookies")

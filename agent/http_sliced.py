@@ -268,7 +268,7 @@ class ChunkCountingConnection(h11.Connection):
         elif refusal and not any(name == b"retry-after" for name, _ in event.headers):
             headers = [*event.headers, (b"retry-after", b"%d" % (after or 0))]
             event = h11.Response(status_code=503, headers=headers, reason=event.reason)
-        elif isinstance(event, h11.Data) and self._refusal_body is not None:
+        elif isinstance(event, h11.Data) and self._refusal_body is not None and event.data:  # (a HEAD's is empty)
             event, self._refusal_body = h11.Data(data=self._refusal_body), b""  # uvicorn's text (all of it) dropped
             if not event.data:
                 return b""

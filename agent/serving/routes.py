@@ -12,12 +12,13 @@ On protocol paths every error, the agent's own included, is exactly ``{"error": 
 use that shape) with a machine-readable code in ``X-Peerserve-Error``; a model server's answer, errors
 included, passes through unchanged (binary tensor bodies and ``Inference-Header-Content-Length`` too).
 
-Only inference (TF-Serving's POST ``:predict``/``:classify``/``:regress``, v2's POST ``.../infer``) is measured and
-logged: its 2xx service time ranks endpoints (``NodeAgent.record_latency``) and every outcome goes into the request
-log (the leader's demand and service times, a model's last use). A status, metadata, readiness or config request
-runs no model (the stand-in's own figure counts the same three APIs, server_stats.INFERENCE_APIS): its ~1 ms answer
-made a 600 ms node look 6 ms to every client (review26a M1), and a readiness poll is not demand: logged, it would
-have the leader place instances for it and keep an idle model from ever being stopped.
+Only inference (TF-Serving's POST ``:predict``/``:classify``/``:regress``, v2's POST ``.../infer``) is timed: its 2xx
+service time ranks endpoints (``NodeAgent.record_latency``) and is logged as the leader's service time. A status,
+metadata, readiness or config request runs no model (the stand-in's own figure counts the same three APIs,
+server_stats.INFERENCE_APIS): timed, its ~1 ms answer made a 600 ms node look 6 ms to every client (review26a M1).
+It is still logged, without a time, as demand: it provisions a model placed nowhere (a client that waits for ready
+before it sends an inference gets one), and a poll that were not demand would see the model stopped after two
+placement periods and started again at the next poll (review26c).
 """
 
 from __future__ import annotations
@@ -343,8 +344,8 @@ class ServingRoutes:
         timeout answers 504, a server that then closed or answered malformed HTTP 502 (review14d S1: an input that
         kills its server, sent on, took down the next one too).
 
-        ``inference``: the request runs the model; only then is its time an execution time and its outcome logged
-        (module docstring: a status GET is neither). ``tf_route``: a TF-Serving request's parsed path, for
+        ``inference``: the request runs the model; only then is its time an execution time (module docstring: a
+        status GET is logged as demand without one). ``tf_route``: a TF-Serving request's parsed path, for
         TF-Serving's own error when the model is not in the catalogue (``tfrest.not_served``: ``Specific(name, 3)``
         for a version, not ``Latest(name)``)."""
         began, gc_before = time.perf_counter(), pauses.paused_ms()
@@ -361,7 +362,7 @@ class ServingRoutes:
             unknown = tfrest.not_served(tf_route)
             return protocol_error(unknown.status, unknown.message, "unknown_model")
         if not isinstance(outcome, Ranked):
-            return self._outcome_error(outcome, model, protocol, client, reported, inference)
+            return self._outcome_error(outcome, model, protocol, client, reported)
         body = Replay(request.stream(), self.max_body) if _has_body(request) else None
         if body is not None:
             try:
@@ -402,7 +403,7 @@ class ServingRoutes:
             finally:
                 at_server.end()
             if upstream.status >= 400 and not _is_json(upstream.headers):
-                return await self._wrap_error(upstream, model, target.node, client, reported, inference)
+                return await self._wrap_error(upstream, model, target.node, client, reported)
             answer_headers = _response_headers(upstream.headers)
             cookies = _more_cookies(upstream.headers)
             if not self.agent.settings.server_timing:
@@ -430,20 +431,20 @@ class ServingRoutes:
                 streamed.headers.append("Set-Cookie", cookie)
             return streamed
         if timed_out is not None:
-            self._record(model, client, reported, timed_out, None, 504, inference)
+            self._record(model, client, reported, timed_out, None, 504)
             why = f"the model server on {timed_out} did not answer within {self.pool.timeout:g} s"
             return protocol_error(504, f"{why}; not sent elsewhere, it may still be running there", "upstream_timeout")
         if broke_off is not None:
-            self._record(model, client, reported, broke_off[0], None, 502, inference)
+            self._record(model, client, reported, broke_off[0], None, 502)
             why = f"the model server on {broke_off[0]} took the whole request and did not answer ({broke_off[1]})"
             return protocol_error(502, f"{why}; not sent elsewhere", "upstream_broke_off")
         if refused_here and not self.agent.candidates(model) and self.agent.shutting_down:  # nothing replaces it
-            return self._outcome_error(ShuttingDown(), model, protocol, client, reported, inference)
+            return self._outcome_error(ShuttingDown(), model, protocol, client, reported)
         if refused_here and not self.agent.candidates(model):  # no other server to try: the client retries soon
             why = "its server on this node refused the connection and is being replaced"
             return self._outcome_error(Provisioning(self.agent.settings.node_id, why, retry_after_s=1),
-                                       model, protocol, client, reported, inference)  # fmt: skip
-        self._record(model, client, reported, None, None, 502, inference)
+                                       model, protocol, client, reported)  # fmt: skip
+        self._record(model, client, reported, None, None, 502)
         return protocol_error(502, f"no endpoint of {model} answered", "unreachable")
 
     async def _stream(
@@ -461,7 +462,7 @@ class ServingRoutes:
         """Stream the answer; record the server's own time (``service_ms``), never the client's pauses, and only of
         an inference's 2xx answer as an execution time (review14a F3: a client's malformed predicts, rejected in well
         under a millisecond, made a 50 ms node look 5 ms to every client; review26a M1: status GETs from two more
-        addresses made a 603 ms node look 6.3 ms). Nothing is logged of a request that is not ``inference``.
+        addresses made a 603 ms node look 6.3 ms). A request that is not ``inference`` is logged without its time.
 
         ``deadline`` bounds the whole answer, ``pace`` its rate (``UpstreamResponse.aiter_body``). A server that
         breaks off its answer or misses either raises ``AnswerCut`` out of the stream (recorded as a 502, 504 for
@@ -484,11 +485,9 @@ class ServingRoutes:
             latency = upstream.service_ms if complete else None
             if inference and latency is not None and 200 <= upstream.status < 300:
                 self.agent.record_latency(node, model, latency, source)
-            self._record(model, client, reported, node, latency, status, inference)
+            self._record(model, client, reported, node, latency if inference else None, status)
 
-    async def _wrap_error(
-        self, upstream: Any, model: str, node: str, client: str, reported: Any, inference: bool
-    ) -> Response:
+    async def _wrap_error(self, upstream: Any, model: str, node: str, client: str, reported: Any) -> Response:
         """A model server's error not labelled JSON (a crash page, a proxy's HTML, Triton's text/plain JSON): the
         protocol's error body (upstream_error_message)."""
         text = b""
@@ -502,44 +501,33 @@ class ServingRoutes:
             pass
         finally:
             await upstream.aclose()
-        self._record(model, client, reported, node, None, upstream.status, inference)
+        self._record(model, client, reported, node, None, upstream.status)
         return protocol_error(upstream.status, upstream_error_message(upstream.status, text), "upstream_error")
 
-    def _outcome_error(
-        self, outcome: Any, model: str, protocol: str, client: str, reported: Any, logged: bool = True
-    ) -> JSONResponse:
-        """The protocol's error for an outcome that is not ``Ranked``; ``logged``: recorded as demand (not for a
-        status GET: a readiness poll of a model placed nowhere is no reason for the leader to place it)."""
+    def _outcome_error(self, outcome: Any, model: str, protocol: str, client: str, reported: Any) -> JSONResponse:
+        """The protocol's error for an outcome that is not ``Ranked`` (logged as demand, but an unknown model's)."""
         if isinstance(outcome, Unknown):
             if protocol == "tfserving":
                 return protocol_error(404, f"Servable not found for request: Latest({model})", "unknown_model")
             return protocol_error(400, f"Request for unknown model: '{model}' is not found", "unknown_model")
         if isinstance(outcome, NoCapacity):
-            self._record(model, client, reported, None, None, 507, logged)
+            self._record(model, client, reported, None, None, 507)
             return protocol_error(507, f"{model} cannot be placed: {outcome.reason}", "no_capacity")
         if isinstance(outcome, ShuttingDown):
-            self._record(model, client, reported, None, None, 503, logged)
+            self._record(model, client, reported, None, None, 503)
             return protocol_error(503, f"agent shutting down: {model} is not started here; retry on another agent",
                                   "shutting_down", retry_after=outcome.retry_after_s)  # fmt: skip
         assert isinstance(outcome, Provisioning)
-        self._record(model, client, reported, None, None, 503, logged)
+        self._record(model, client, reported, None, None, 503)
         return protocol_error(503, f"{model} is being provisioned on {outcome.node} ({outcome.reason}); retry shortly",
                               "provisioning", retry_after=outcome.retry_after_s)  # fmt: skip
 
     def _record(
-        self,
-        model: str,
-        client: str,
-        reported: Any,
-        node: str | None,
-        latency: float | None,
-        status: int,
-        logged: bool = True,
+        self, model: str, client: str, reported: Any, node: str | None, latency: float | None, status: int
     ) -> None:
-        """One request log record (every record in the leader's window is demand: agent/placement_sites.py), unless
-        not ``logged`` (a request that runs no model)."""
-        if logged:
-            self.agent.store.record_request(self.agent.clock(), model, client, reported, node, latency, status)
+        """One request log record: every record in the leader's window is demand (agent/placement_sites.py), and one
+        with a latency a service time (an inference's only)."""
+        self.agent.store.record_request(self.agent.clock(), model, client, reported, node, latency, status)
 
 
 def mount_serving(app: FastAPI, agent: NodeAgent, client_of: ClientOf, max_body: int) -> ServingRoutes:

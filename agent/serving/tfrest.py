@@ -73,7 +73,7 @@ def parse_path(method: str, path: str) -> Route:
     else:
         raise malformed
     name, version, label = unquote(m.group(1) or ""), m.group(2), m.group(3)
-    if version is not None and int(version) > INT64_MAX:
+    if version is not None and (len(version) > 19 or int(version) > INT64_MAX):  # (int() of 4,301+ digits raises)
         raise TFError(400, f"Failed to convert version: {version} to numeric.")
     if not name:
         raise TFError(400, "Missing model name in request.")

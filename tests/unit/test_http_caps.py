@@ -112,9 +112,11 @@ def test_uvicorns_text_refusal_at_its_limit_goes_out_as_the_json_error_with_retr
     and body, sent as uvicorn sends them) reached clients as text/plain "Service Unavailable", the one error of the
     agent's that was not ``{"error": ...}``. An app's 503 to a request the cap let in passes as it is."""
 
-    def answer(retry_after_s: int | None, headers: list[tuple[bytes, bytes]], body: bytes) -> tuple[Any, bytes]:
+    def answer(
+        retry_after_s: int | None, headers: list[tuple[bytes, bytes]], body: bytes, method: str = "GET"
+    ) -> tuple[Any, bytes]:
         conn = ChunkCountingConnection(16384)
-        conn.receive_data(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        conn.receive_data(b"%s / HTTP/1.1\r\nHost: a\r\n\r\n" % method.encode())
         assert isinstance(conn.next_event(), h11.Request)
         conn.retry_after_s = retry_after_s
         wire = b"".join(
@@ -122,7 +124,7 @@ def test_uvicorns_text_refusal_at_its_limit_goes_out_as_the_json_error_with_retr
             for e in (h11.Response(status_code=503, headers=headers), h11.Data(data=body), h11.EndOfMessage())
         )
         client = h11.Connection(h11.CLIENT)
-        client.send(h11.Request(method="GET", target="/", headers=[("Host", "a")]))
+        client.send(h11.Request(method=method, target="/", headers=[("Host", "a")]))
         client.receive_data(wire)
         head, got = client.next_event(), b""
         while isinstance(event := client.next_event(), h11.Data):
@@ -142,6 +144,8 @@ def test_uvicorns_text_refusal_at_its_limit_goes_out_as_the_json_error_with_retr
     headers = dict(head.headers)
     assert head.status_code == 503 and headers[b"retry-after"] == b"2" and headers[b"connection"] == b"close"
     assert headers[b"content-type"] == b"application/json" and json.loads(body) == {"error": CAP_REFUSAL}
+    head, body = answer(2, uvicorns, b"", "HEAD")  # uvicorn sends a HEAD's body empty (review26c: h11 raised)
+    assert head.status_code == 503 and dict(head.headers)[b"content-type"] == b"application/json" and body == b""
     head, body = answer(None, uvicorns, text)  # the cap let it in: an app's 503 as it is
     assert body == b"Service Unavailable" and b"retry-after" not in dict(head.headers)
     own = [(b"content-type", b"application/json"), (b"content-length", b"17")]

@@ -41,6 +41,8 @@ CASES: list[tuple[str, str, str, Any, int, Any]] = [
     ("H UnsupportedApiCalls", "POST", "/v1/models/foo/versions/HELLO:regress", None, 400, "Malformed request"),
     ("H UnsupportedApiCalls (int64 overflow)", "POST", "/v1/models/foo/versions/18446744073709551615:regress",
      None, 400, "Failed to convert version: 18446744073709551615 to numeric."),
+    ("U a version past int()'s 4,300 digits (review26c: ValueError, a 500 with a traceback)", "GET",
+     "/v1/models/foo/versions/" + "9" * 4301, None, 400, "Failed to convert version: 999"),
     ("H UnsupportedApiCalls", "POST", "/v1/models/foo/metadata", None, 400, "Malformed request"),
     ("H UnsupportedApiCalls", "POST", "/v1/models/foo/label/some_label:regress", None, 400, "Malformed request"),
     ("H UnsupportedApiCalls", "POST", "/v1/models/foo/versions/50/labels/some_label:regress", None, 400,
