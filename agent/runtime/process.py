@@ -177,6 +177,7 @@ class ProcessRuntime:
         # of its own, so a child that died at once could be reaped first, and its PID would then have to be reused)
         pidfd = _server_pidfd(proc.pid)
         ticks = start_ticks(proc.pid) or 0
+        keep_priority(proc.pid)  # its session's CPU share: the agent's, not a fresh group's
         self._starting[proc.pid] = _Server(
             f"proc-{spec.name}-{proc.pid}", spec.name, proc.pid, 0, term, self.clock(), ticks=ticks, pidfd=pidfd
         )
@@ -236,6 +237,7 @@ class ProcessRuntime:
         # of its own, so a child that died at once could be reaped first, and its PID would then have to be reused)
         pidfd = _server_pidfd(proc.pid)
         ticks = start_ticks(proc.pid) or 0
+        keep_priority(proc.pid)  # its session's CPU share: the agent's, not a fresh group's
         server = _Server(
             f"triton-{spec.name}-{proc.pid}", spec.name, proc.pid, port, term, self.clock(), proc, ticks, pidfd, stub
         )
@@ -590,6 +592,28 @@ def tree_rss_mb(pid: int) -> float | None:
         except psutil.Error:
             continue
     return round(total / 2**20, 1)
+
+
+def keep_priority(pid: int) -> bool:
+    """Give the session of server ``pid`` (started with start_new_session) this agent's CPU priority; True if set.
+
+    With the kernel's autogroup scheduling (sched(7); on by default in most distributions' kernels, this machine's
+    included) every session is a group of its own, and the scheduler shares the CPU between groups first: a nice
+    value only orders processes within their group, and a new session's group starts at nice 0. So an agent run under
+    ``nice -n 19`` (as the test suite runs tiers beside its timed tests) started model servers that competed with the
+    whole machine at full weight, however low the agent's own priority. The server's group gets the agent's nice.
+    Only a lower priority than the default is carried (a higher one needs CAP_SYS_NICE, and an agent at nice 0 has
+    nothing to carry). Where the kernel has no autogroup (no file, or ``kernel.sched_autogroup_enabled = 0``, where
+    the plain nice the server inherited applies) or refuses (an unprivileged writer gets EAGAIN within 100 ms of its
+    last write), nothing changes and the server runs as before."""
+    niceness = os.getpriority(os.PRIO_PROCESS, 0)
+    if niceness <= 0:
+        return False
+    try:
+        Path(f"/proc/{pid}/autogroup").write_text(f"{niceness}\n")
+    except OSError:
+        return False
+    return True
 
 
 def _server_pidfd(pid: int) -> int | None:
