@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -227,7 +228,10 @@ class NodeAgent:
         # its own servers' service times, measured at the servers, over the request window (server_scrape.py)
         self.server_stats = ServerScraper(self.http, settings.request_window_s, clock)
         self._metrics_cache: tuple[float, NodeMetrics] | None = None
-        self._desired = self._restored_desired()
+        try:
+            self._desired = self._restored_desired()
+        except sqlite3.DatabaseError as exc:  # a file SQLite opened whose pages are damaged
+            raise self.store.unusable(exc) from exc
         self._on_demand_at = dict.fromkeys(self._desired.on_demand, clock())
         self._ever_ready: set[str] = set()
         self._ready_models: set[str] = set()
