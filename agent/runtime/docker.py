@@ -58,6 +58,11 @@ class DockerLog:
         return {"Type": "json-file", "Config": {"max-size": f"{size_kb}k", "max-file": str(self.files)}}
 
 
+def _why(exc: Any) -> str:
+    """An APIError's own words (its explanation), else its text."""
+    return str(getattr(exc, "explanation", None) or exc)
+
+
 class DockerRuntime:
     kind = "docker"
 
@@ -123,6 +128,8 @@ class DockerRuntime:
                 f"image {spec.image!r} for model {spec.name!r} is not on this node; peerserve never pulls: "
                 f"build or load it (see images/README.md)"
             ) from exc
+        except docker.errors.APIError as exc:  # any other Engine answer (a 500: "layer does not exist"), review27b F5
+            raise InstanceStartError(f"docker could not read image {spec.image} for {spec.name}: {_why(exc)}") from exc
         shape = self._shape(spec, image.id)
         kwargs: dict[str, Any] = dict(
             image=spec.image,
@@ -143,8 +150,12 @@ class DockerRuntime:
         try:
             container = client.containers.run(**kwargs)
         except docker.errors.APIError as exc:
-            raise InstanceStartError(f"docker could not start {spec.image} for {spec.name}: {exc.explanation}") from exc
-        container.reload()
+            raise InstanceStartError(f"docker could not start {spec.image} for {spec.name}: {_why(exc)}") from exc
+        try:
+            container.reload()
+        except docker.errors.APIError as exc:  # e.g. NotFound: it exited and was removed at once; listed if it is back
+            why = _why(exc)
+            raise InstanceStartError(f"docker started {spec.image} for {spec.name} but cannot read it: {why}") from exc
         return container
 
     def _shape(self, spec: ModelSpec, image_id: str) -> dict[str, Any]:

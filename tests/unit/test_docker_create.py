@@ -46,3 +46,63 @@ def test_the_digest_follows_every_creation_setting_and_nothing_else() -> None:
     ]
     digests = {config_digest(shape) for shape in changed}
     assert len(digests) == len(changed) and base not in digests
+
+
+class FakeImages:
+    """images.get answering as the Engine does: an image, or an APIError other than ImageNotFound (a 500)."""
+
+    def __init__(self, error: Exception | None = None) -> None:
+        self.error = error
+
+    def get(self, name: str) -> object:
+        if self.error is not None:
+            raise self.error
+        return type("Image", (), {"id": "sha256:aa"})()
+
+
+class FakeContainers:
+    def __init__(self, reload_error: Exception | None = None) -> None:
+        self.reload_error = reload_error
+        self.created = 0
+
+    def run(self, **kwargs: object) -> object:
+        self.created += 1
+        error = self.reload_error
+
+        class Container:
+            def reload(self) -> None:
+                if error is not None:
+                    raise error
+
+        return Container()
+
+
+class FakeClient:
+    def __init__(self, images: FakeImages, containers: FakeContainers) -> None:
+        self.images, self.containers = images, containers
+
+    def ping(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("where", ["images.get", "container.reload"])
+def test_any_engine_error_while_starting_is_an_instance_start_error(where: str) -> None:
+    """review27b F5: only ImageNotFound was caught around images.get (a 500 "layer does not exist" escaped), and
+    nothing around container.reload (NotFound, a server error): both ended the reconcile round, with no backoff."""
+    import docker.errors
+
+    error = docker.errors.APIError("500 Server Error: layer does not exist")
+    if where == "container.reload":
+        error = docker.errors.NotFound("404 Client Error: No such container")
+    images = FakeImages(error if where == "images.get" else None)
+    containers = FakeContainers(error if where == "container.reload" else None)
+    rt = DockerRuntime("n1", "127.0.0.1", client_factory=lambda: FakeClient(images, containers))
+    try:
+        with pytest.raises(InstanceStartError, match="docker"):
+            asyncio.run(rt.start(triton(), term=1))
+    finally:
+        asyncio.run(rt.close())
+    assert containers.created == (1 if where == "container.reload" else 0)
