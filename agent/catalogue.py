@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -30,6 +31,13 @@ SERVERS = ("tfserving", "triton")  # TF-Serving REST (or the stand-in) | Triton,
 # one request's service time past which an instance serves nothing: the proxy gives up on a model server after
 # 30 s without an answer (agent/serving/upstream.py); solver.too_slow rejects what reaches the solver past it
 MAX_SERVICE_S = 30.0
+# The needs of one instance must be finite numbers (review27b F4: mem_mb = nan passed, and Docker's int(mem_mb) then
+# failed every runtime.list(), every reconcile round of the node; the leader's solver refused the catalogue, so no
+# placement anywhere). The upper bounds are far past any board's, only to keep the figures in range: 16 TiB of
+# memory in MB, and a million compute units (a node has 100 by default).
+MAX_NEEDS = {"mem_mb": 16.0 * 1024 * 1024, "compute": 1_000_000.0}
+MAX_THROUGHPUT_RPS = 1_000_000.0  # one instance, one request at a time: a microsecond each
+MAX_MODEL_VERSION = 2**63 - 1  # TF-Serving's versions are int64
 
 
 @dataclass(frozen=True)
@@ -122,24 +130,23 @@ def _parse_model(entry: Any, where: str) -> ModelSpec:
 
     def number(key: str) -> float:
         value = entry.get(key)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-            raise ConfigError(f"{where}.{key}", "must be a non-negative number")
-        return float(value)
+        if not _finite_number(value, 0.0, MAX_NEEDS[key]):
+            raise ConfigError(f"{where}.{key}", f"must be a number from 0 to {MAX_NEEDS[key]:,.0f}")
+        return float(value)  # type: ignore[arg-type]  # _finite_number: an int or a float
 
     name = text("name")
     if not valid_model_name(name):
         raise ConfigError(f"{where}.name", f"{name!r} is not a valid model name (letters, digits, _ . -)")
     exec_raw = entry.get("exec_ms", {})
-    if not isinstance(exec_raw, dict) or not all(
-        isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0 for v in exec_raw.values()
-    ):
+    if not isinstance(exec_raw, dict) or not all(_finite_number(v, 0.0, math.inf) for v in exec_raw.values()):
         raise ConfigError(f"{where}.exec_ms", "must map node classes to non-negative milliseconds")
     _within_service_time(exec_raw, f"{where}.exec_ms", lambda ms: ms / 1000.0)
     throughput_raw = entry.get("throughput_rps", {})
     if not isinstance(throughput_raw, dict) or not all(
-        isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in throughput_raw.values()
+        _finite_number(v, 0.0, MAX_THROUGHPUT_RPS) and v > 0 for v in throughput_raw.values()
     ):
-        raise ConfigError(f"{where}.throughput_rps", "must map node classes to positive requests/s")
+        most = f"{MAX_THROUGHPUT_RPS:,.0f}"
+        raise ConfigError(f"{where}.throughput_rps", f"must map node classes to positive requests/s, at most {most}")
     _within_service_time(throughput_raw, f"{where}.throughput_rps", lambda rps: 1.0 / rps)
     warmup = entry.get("warmup")
     if warmup is not None and not isinstance(warmup, dict):
@@ -154,8 +161,8 @@ def _parse_model(entry: Any, where: str) -> ModelSpec:
     if server not in SERVERS:
         raise ConfigError(f"{where}.server", f"must be one of {', '.join(SERVERS)}")
     version = entry.get("model_version", 1)
-    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
-        raise ConfigError(f"{where}.model_version", "must be a positive integer")
+    if isinstance(version, bool) or not isinstance(version, int) or not 1 <= version <= MAX_MODEL_VERSION:
+        raise ConfigError(f"{where}.model_version", "must be a positive integer (TF-Serving's are int64)")
     return ModelSpec(
         name=name,
         image=text("image"),
@@ -171,6 +178,17 @@ def _parse_model(entry: Any, where: str) -> ModelSpec:
         server=server,
         throughput_rps={str(k): float(v) for k, v in throughput_raw.items()},
     )
+
+
+def _finite_number(value: Any, low: float, high: float) -> bool:
+    """``value`` is an int or float (not a bool) from ``low`` to ``high``, neither NaN nor infinite (TOML has nan and
+    inf, and every comparison with nan is false: ``value < 0`` let it through)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(value) and low <= value <= high
+    except OverflowError:  # an int past a float's range
+        return False
 
 
 def _within_service_time(figures: Mapping[str, float], where: str, seconds: Callable[[float], float]) -> None:
@@ -189,6 +207,22 @@ def builtin_catalogue_text() -> str:
     return resources.files("agent").joinpath("data/catalogue.toml").read_text()
 
 
+def read_catalogue(path: Path) -> Catalogue:
+    """The catalogue in ``path``; every way the file can fail is a ConfigError naming it (review27b F2, F3: a missing,
+    unreadable or non-UTF-8 file, a folder, or nesting too deep for tomllib's recursion was a traceback at start,
+    and a reload failing so was never reported)."""
+    try:
+        text = path.read_text()
+    except UnicodeDecodeError as exc:
+        raise ConfigError(str(path), f"not UTF-8 text (TOML is): byte {exc.start}") from exc
+    except OSError as exc:
+        raise ConfigError(str(path), f"cannot read the catalogue: {exc.strerror or exc}") from exc
+    try:
+        return parse_catalogue(text, str(path))
+    except RecursionError as exc:
+        raise ConfigError(str(path), "nests arrays or tables too deeply to parse") from exc
+
+
 class CatalogueWatcher:
     """Holds the catalogue in force; ``poll()`` reloads it when the file's mtime or size changes."""
 
@@ -199,7 +233,7 @@ class CatalogueWatcher:
         if path is None:
             self.current = parse_catalogue(builtin_catalogue_text(), "built-in catalogue")
         else:
-            self.current = parse_catalogue(path.read_text(), str(path))  # a broken file at start is fatal
+            self.current = read_catalogue(path)  # a broken file at start is fatal: ConfigError, the agent's error line
             self._stamp = self._stat()
 
     def _stat(self) -> tuple[float, int] | None:
@@ -219,9 +253,8 @@ class CatalogueWatcher:
             return False
         self._stamp = stamp
         try:
-            text = self.path.read_text()
-            new = parse_catalogue(text, str(self.path))
-        except (OSError, ConfigError, UnicodeDecodeError) as exc:
+            new = read_catalogue(self.path)
+        except ConfigError as exc:
             message = f"catalogue reload failed, keeping version {self.current.version}: {exc}"
             if message != self.error:
                 log.error("%s", message)

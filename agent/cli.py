@@ -290,7 +290,8 @@ def cmd_agent(args: argparse.Namespace) -> int:
 
     from agent import crash_backoff, uvicorn_hooks
     from agent.api import create_app
-    from agent.errors import ConfigError
+    from agent.errors import ConfigError, StateError
+    from agent.logs import LogContext
     from agent.logs import configure as configure_logs
     from agent.node import NodeAgent
     from agent.serving import pauses
@@ -311,17 +312,26 @@ def cmd_agent(args: argparse.Namespace) -> int:
     ignored: list[str] = []
     try:
         settings = load_settings(args.config, overrides=overrides, sources=sources, ignored=ignored)
-        agent = NodeAgent(settings)
     except ConfigError as exc:
         raise UsageError(exc.with_source()) from exc
-    configure_logs(settings.log_format, args.log_level, log_context(agent))
+    configure_logs(settings.log_format, args.log_level, LogContext(settings.node_id, secrets=secrets_of(settings)))
     logging.getLogger("agent").setLevel(args.log_level.upper())
     logging.getLogger("httpx").setLevel(logging.WARNING)
     logging.getLogger("cyipopt").setLevel(logging.WARNING)
-    log_at_start(settings, sources, ignored)
-    app = create_app(agent)
+    # before the agent is made: it opens the state database and the node key, and a start that fails there (a
+    # damaged file, a broken catalogue) must count as a crash and back off too (review27b F1: it died before this,
+    # and systemd restarted it every second forever)
     if settings.crash_backoff:  # systemd < 254 has no growing restart delay
         crash_backoff.before_start(Path(settings.data_dir))
+    try:
+        agent = NodeAgent(settings)
+    except ConfigError as exc:
+        raise UsageError(exc.with_source()) from exc
+    except StateError as exc:
+        raise UsageError(str(exc)) from exc
+    configure_logs(settings.log_format, args.log_level, log_context(agent))
+    log_at_start(settings, sources, ignored)
+    app = create_app(agent)
     app.router.lifespan_context = crash_backoff.marking_clean_exit(app.router.lifespan_context, Path(settings.data_dir))
     pauses.install()
     pauses.freeze_startup_heap()  # full collections then skip the ~70,000 start-up objects (~100 ms stalls)
@@ -408,9 +418,12 @@ def log_context(agent: Any) -> Any:
         lead = agent.leadership
         return max(int(lead.term) if lead is not None else 0, int(agent.desired.term))
 
-    s = agent.settings
-    secrets = [t for t in (s.cluster_token, s.metrics_token, s.client_token) if t]
-    return LogContext(agent.settings.node_id, term, lambda: agent.catalogue.current.models, secrets)
+    return LogContext(agent.settings.node_id, term, lambda: agent.catalogue.current.models, secrets_of(agent.settings))
+
+
+def secrets_of(settings: Any) -> list[str]:
+    """The settings' secrets, which the log redacts."""
+    return [t for t in (settings.cluster_token, settings.metrics_token, settings.client_token) if t]
 
 
 def cmd_stats_token(args: argparse.Namespace) -> int:

@@ -73,8 +73,10 @@ def read_record(path: Path) -> StartRecord | None:
         record = StartRecord(float(raw["started_at"]), int(raw["crashes"]))
     except FileNotFoundError:
         return None
-    except (OSError, ValueError, TypeError, KeyError) as exc:
-        log.warning("ignoring unreadable crash record %s: %s", path, exc)
+    except (OSError, ValueError, TypeError, KeyError, OverflowError, RecursionError) as exc:
+        # OverflowError: int() of a count of 1e999 (inf); RecursionError: json.loads of deeply nested arrays. Both
+        # escaped and ended every start, for good (review27b F1)
+        log.warning("ignoring unreadable crash record %s: %r", path, exc)
         return None
     if not math.isfinite(record.started_at) or not 0 <= record.crashes <= MAX_COUNT:
         log.warning("ignoring out-of-range crash record %s", path)

@@ -2,6 +2,7 @@
 
     AgentError                     base
     ├── ConfigError                a settings value or the catalogue file is wrong (our user's input)
+    ├── StateError                 a state file in the data dir cannot be used (a damaged database or node key)
     ├── RuntimeUnavailable         the runtime cannot be reached (Docker daemon down)
     ├── InstanceStartError         a model server failed to start (image missing, crashed, not ready)
     └── PeerError                  another agent misbehaved (bad answer, timeout); never our bug
@@ -27,6 +28,12 @@ class ConfigError(AgentError, ValueError):
     def with_source(self) -> str:
         """The message, and where the value came from if ``source`` says (what the agent prints as it refuses)."""
         return f"{self} [{self.source}]" if self.source else str(self)
+
+
+class StateError(AgentError, ValueError):
+    """A file the agent keeps in its data dir cannot be used (a damaged peerserve.sqlite3, an empty or torn
+    peer/node.key): the agent refuses to start, naming the file and what moving it aside costs, rather than replace
+    it by itself (the database holds the election's term and vote, the key the identity its peers pinned)."""
 
 
 class RuntimeUnavailable(AgentError):

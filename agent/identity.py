@@ -25,6 +25,7 @@ import asyncio
 import base64
 import contextlib
 import datetime
+import errno
 import fcntl
 import hashlib
 import heapq
@@ -43,14 +44,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.x509.oid import NameOID
 
-from agent.durable import write_atomic
-from agent.errors import ConfigError
+from agent.durable import fsync_dir, tmp_glob, unique_tmp, write_atomic, write_synced
+from agent.errors import ConfigError, StateError
 from agent.operator_ca import MAX_BOARD_BYTES, BoardCard, CardError, OperatorTrust, PinCards, read_board_card
 from agent.rate_limit import SenderBuckets
 from peerserve import wire
@@ -1070,22 +1071,78 @@ def skew_refusal(what: str, ahead_s: float) -> str:
     )
 
 
+MAX_KEY_BYTES = 16 * 1024  # an Ed25519 PKCS#8 PEM is 119 bytes: anything past this is not a key
+
+
 def _load_or_create_key(path: Path | None) -> Ed25519PrivateKey:
-    if path is not None and path.exists():
-        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
-        if not isinstance(key, Ed25519PrivateKey):
-            raise ValueError(f"{path} is not an Ed25519 key")
-        return key
+    """This node's key from ``path``, made there on first start; StateError for a file that holds no key.
+
+    Made durably (review27b F1: it was written in place with no fsync, so a power cut soon after the first start
+    could leave an empty file and every later start a traceback): a temporary file (0600) written and fsynced, then
+    hard-linked to ``path``, which never replaces a key already there (another start's: that one is used), then the
+    folder fsynced. A damaged key is never replaced here: a new key is a new identity its peers must pin again."""
+    if path is None:
+        return Ed25519PrivateKey.generate()
+    try:
+        found = _read_key(path)
+    except FileNotFoundError:
+        pass
+    else:  # a crash's temporary files (each holding a key never used) go once the key is in place, not while made
+        for stale in path.parent.glob(tmp_glob(path)):
+            with contextlib.suppress(OSError):
+                stale.unlink()
+        return found
     key = Ed25519PrivateKey.generate()
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                serialization.NoEncryption())  # fmt: skip
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(pem)
-        log.info("generated this node's key pair in %s (public key %s)", path, _raw(key.public_key()).hex())
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                            serialization.NoEncryption())  # fmt: skip
+    tmp = unique_tmp(path)
+    try:
+        write_synced(tmp, pem)
+        try:
+            os.link(tmp, path)
+        except FileExistsError:  # made by another start since: it is the node's key
+            return _read_key(path)
+        except OSError as exc:  # a file system without hard links (FAT): a rename, which could replace a race's key
+            if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP):
+                raise
+            os.rename(tmp, path)
+    finally:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+    fsync_dir(path.parent)
+    log.info("generated this node's key pair in %s (public key %s)", path, _raw(key.public_key()).hex())
     return key
+
+
+def _read_key(path: Path) -> Ed25519PrivateKey:
+    """The Ed25519 key in ``path``; FileNotFoundError when there is none, StateError when it holds none."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_KEY_BYTES + 1)
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        raise StateError(f"cannot read this node's key {path}: {exc.strerror}") from exc
+    why = ""
+    if len(data) > MAX_KEY_BYTES:
+        why = f"over {MAX_KEY_BYTES} bytes"
+    else:
+        try:
+            key = serialization.load_pem_private_key(data, password=None)
+        except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
+            why = "empty" if not data else f"no PEM private key: {exc}"
+        else:
+            if isinstance(key, Ed25519PrivateKey):
+                return key
+            why = "not an Ed25519 key"
+    raise StateError(
+        f"this node's key {path} is damaged ({why}; e.g. a power cut during the first start). Move it aside "
+        f"(mv {path} {path}.damaged) and start again: the agent makes a new key, a new identity to its peers, which "
+        "refuse it as 'a different key than the one pinned' until re-pinned ('peerserve pins key' here, 'peerserve "
+        "pins forget NODE_ID --key KEY' on each other board); with your own CA, request and install a new board "
+        "card for the new key ('peerserve card request', 'peerserve ca sign'), which re-pins it by itself"
+    )
 
 
 @dataclass(frozen=True)

@@ -65,7 +65,8 @@ def load(data_dir: Path) -> list[KnownPeer]:
     """What the last run saved; [] when there is no file or it cannot be read."""
     try:
         return parse(json.loads((data_dir / FILE_NAME).read_text()))
-    except (OSError, ValueError) as exc:
+    # RecursionError: json.loads of deeply nested arrays; OverflowError: float() of a 400-digit seen_at (review27b F1)
+    except (OSError, ValueError, TypeError, KeyError, OverflowError, RecursionError) as exc:
         if not isinstance(exc, FileNotFoundError):
             log.warning("ignoring unreadable %s: %s", data_dir / FILE_NAME, exc)
         return []

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -146,7 +147,12 @@ async def gather_bounded(jobs: Iterable[Awaitable[None]], limit: int) -> None:
         async with gate:
             await job
 
-    await asyncio.gather(*(one(j) for j in jobs))
+    # every job is awaited before any error is raised (review27b F5: gather raised at the first, the round ended and
+    # the starts still in flight were not listed yet, so the next round started them again: duplicate servers)
+    results = await asyncio.gather(*(one(j) for j in jobs), return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
 
 
 def _first_ipv4() -> str:
@@ -227,7 +233,10 @@ class NodeAgent:
         # its own servers' service times, measured at the servers, over the request window (server_scrape.py)
         self.server_stats = ServerScraper(self.http, settings.request_window_s, clock)
         self._metrics_cache: tuple[float, NodeMetrics] | None = None
-        self._desired = self._restored_desired()
+        try:
+            self._desired = self._restored_desired()
+        except sqlite3.DatabaseError as exc:  # a file SQLite opened whose pages are damaged
+            raise self.store.unusable(exc) from exc
         self._on_demand_at = dict.fromkeys(self._desired.on_demand, clock())
         self._ever_ready: set[str] = set()
         self._ready_models: set[str] = set()
@@ -494,14 +503,17 @@ class NodeAgent:
         self._say_stop_first(steps, instances, need, total)
         steps, self._draining = drain_stops(steps, self._draining, now, self.settings.instance_drain_s)
         self._publish(instances, ready)  # servers that began to drain leave every endpoint answer now
+        unstopped: set[str] = set()  # models one of whose servers the runtime could not stop
         for step in steps:
             if isinstance(step, Stop):
                 if step.reason == "exited":
                     self._record_failure(step.model, "model server exited", now)
                 elif step.reason == "not ready in time":
                     self._record_failure(step.model, f"not AVAILABLE for {timeout:g} s", now)
-                await self._stop(step)
-        starts = [s.model for s in steps if isinstance(s, Start)]
+                if not await self._stop(step):
+                    unstopped.add(step.model)
+        # no replacement for a server that could not be stopped: each round would add one more beside it
+        starts = [s.model for s in steps if isinstance(s, Start) and s.model not in unstopped]
         await gather_bounded((self._start(m) for m in starts), self.settings.max_parallel_starts)
         if steps:
             instances = await self.runtime.list()
@@ -605,12 +617,23 @@ class NodeAgent:
             await self.runtime.start(spec, self._desired.term)
         except (InstanceStartError, RuntimeUnavailable) as exc:
             self._record_failure(model, str(exc), self.clock())
+        except Exception as exc:  # a runtime's unforeseen error: the model's failure and backoff, never the round's
+            log.exception("starting %s failed", model)  # review27b F5: it ended the round, with no backoff
+            self._record_failure(model, f"{type(exc).__name__}: {exc}", self.clock())
 
-    async def _stop(self, step: Stop) -> None:
+    async def _stop(self, step: Stop) -> bool:
+        """Stop the step's server; False (logged, the model's failure) when the runtime could not."""
         try:
             await self.runtime.stop(step.instance_id)
+            return True
         except RuntimeUnavailable as exc:
             log.error("could not stop %s: %s", step.instance_id, exc)
+            why = str(exc)
+        except Exception as exc:  # an Engine error on stop (a 409, a 500) ended the round before its starts
+            log.exception("could not stop %s", step.instance_id)
+            why = f"{type(exc).__name__}: {exc}"
+        self._record_failure(step.model, f"could not stop {step.instance_id[:12]}: {why}", self.clock())
+        return False
 
     async def _warm_up(self, inst: Instance, spec: ModelSpec) -> None:
         if not spec.warmup:

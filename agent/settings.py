@@ -424,6 +424,10 @@ def load_settings(
             raise ConfigError("config", f"cannot read {path}: {exc.strerror}") from exc
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError("config", f"{path} is not valid TOML: {exc}") from exc
+        except UnicodeDecodeError as exc:  # these two were tracebacks, not this line (review27b F2)
+            raise ConfigError("config", f"{path} is not UTF-8 text (TOML is): byte {exc.start}") from exc
+        except RecursionError as exc:
+            raise ConfigError("config", f"{path} nests arrays or tables too deeply to parse") from exc
         for key, raw in data.items():
             if key not in types:
                 raise ConfigError(key, f"unknown setting in {path}")

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from agent.errors import StateError
+
 log = logging.getLogger(__name__)
 
 MAX_PENDING = 20_000  # request records queued between batch writes (written every 0.25 s; ~4 MB at most)
@@ -97,10 +99,13 @@ class Store:
         self.client_rtt_ttl_s = client_rtt_ttl_s
         self.client_rtt_rows = client_rtt_rows
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(SCHEMA)
+        try:
+            self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.executescript(SCHEMA)
+        except sqlite3.DatabaseError as exc:
+            raise self.unusable(exc) from exc
         self._inserted = 0
         self._rtt_upserts = 0
         self._pending: deque[PendingRow] = deque(maxlen=max_pending)  # the oldest go first past the bound
@@ -108,6 +113,18 @@ class Store:
         self.write_failures = 0  # flushes that failed (disk full, I/O error): their records are counted in dropped
         self.last_write_error = ""
         self._failure_logged = -math.inf  # monotonic time of the last failure logged (one line a minute at most)
+
+    def unusable(self, exc: Exception) -> StateError:
+        """The refusal to start on a database SQLite cannot open or read (review27b F1: it was a traceback on every
+        start, systemd restarting it each second). Never replaced by a new one here: it holds the election's term
+        and vote, and a node that forgot its vote could grant a second one in a term it already voted in."""
+        return StateError(
+            f"cannot use the state database {self.path} ({exc}). If it is damaged (e.g. 'file is not a database', "
+            f"'database disk image is malformed'), stop the agent and move it aside with its -wal and -shm files "
+            f"(mv {self.path} {self.path}.damaged): the agent then starts with a new one and forgets this node's "
+            "desired set (the leader orders it again), the election term and vote it recorded (restart it while the "
+            "cluster has a leader, 'peerserve cluster', so it cannot vote twice in one term) and its request log"
+        )
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[None]:

@@ -18,7 +18,8 @@ import hashlib
 import json
 import logging
 import secrets
-from collections.abc import Callable, Mapping
+import shlex
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
@@ -27,6 +28,7 @@ from typing import Any, TypeVar
 from agent.catalogue import ModelSpec
 from agent.errors import InstanceStartError, RuntimeUnavailable
 from agent.runtime.base import Instance
+from agent.runtime.triton import RESTRICTED_APIS
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +58,11 @@ class DockerLog:
         """The ``log_config`` for docker-py's ``containers.run`` (HostConfig.LogConfig)."""
         size_kb = max(1, round(self.max_mb * 1024))
         return {"Type": "json-file", "Config": {"max-size": f"{size_kb}k", "max-file": str(self.files)}}
+
+
+def _why(exc: Any) -> str:
+    """An APIError's own words (its explanation), else its text."""
+    return str(getattr(exc, "explanation", None) or exc)
 
 
 class DockerRuntime:
@@ -123,6 +130,8 @@ class DockerRuntime:
                 f"image {spec.image!r} for model {spec.name!r} is not on this node; peerserve never pulls: "
                 f"build or load it (see images/README.md)"
             ) from exc
+        except docker.errors.APIError as exc:  # any other Engine answer (a 500: "layer does not exist"), review27b F5
+            raise InstanceStartError(f"docker could not read image {spec.image} for {spec.name}: {_why(exc)}") from exc
         shape = self._shape(spec, image.id)
         kwargs: dict[str, Any] = dict(
             image=spec.image,
@@ -143,8 +152,12 @@ class DockerRuntime:
         try:
             container = client.containers.run(**kwargs)
         except docker.errors.APIError as exc:
-            raise InstanceStartError(f"docker could not start {spec.image} for {spec.name}: {exc.explanation}") from exc
-        container.reload()
+            raise InstanceStartError(f"docker could not start {spec.image} for {spec.name}: {_why(exc)}") from exc
+        try:
+            container.reload()
+        except docker.errors.APIError as exc:  # e.g. NotFound: it exited and was removed at once; listed if it is back
+            why = _why(exc)
+            raise InstanceStartError(f"docker started {spec.image} for {spec.name} but cannot read it: {why}") from exc
         return container
 
     def _shape(self, spec: ModelSpec, image_id: str) -> dict[str, Any]:
@@ -278,13 +291,48 @@ def triton_command_refusal(spec: ModelSpec) -> str | None:
 
     A ``command`` replaces the image's CMD, and with it ``--http-restricted-api``, which keeps Triton's admin
     APIs (logging, shared memory, trace, model repository) from anyone who can reach its published port
-    (docs/security.md, review12d): a command that drops it would quietly reopen them (review12f F2)."""
-    if spec.server != "triton" or not spec.command or "--http-restricted-api" in " ".join(spec.command):
+    (docs/security.md, review12d): a command that drops it would quietly reopen them (review12f F2). The flag's
+    API lists are read (``restricted_apis``), not its name alone: ``--http-restricted-api=trace:k=v`` passed and
+    left the other three open (review27b F6). Every one of RESTRICTED_APIS, the images' CMD's, must be named."""
+    if spec.server != "triton" or not spec.command:
+        return None
+    missing = [api for api in RESTRICTED_APIS.split(",") if api not in restricted_apis(spec.command)]
+    if not missing:
         return None
     return (
-        f"catalogue command for Triton model {spec.name!r} lacks --http-restricted-api: it replaces the image's "
-        f"CMD and would open Triton's admin APIs to anyone who reaches its port (see docs/operator-guide.md)"
+        f"catalogue command for Triton model {spec.name!r} does not restrict {', '.join(missing)} with "
+        f"--http-restricted-api=API,...:KEY=VALUE (the images' CMD restricts {RESTRICTED_APIS}): it replaces the "
+        f"image's CMD and would open Triton's admin APIs to anyone who reaches its port (see docs/operator-guide.md)"
     )
+
+
+RESTRICT_FLAG = "--http-restricted-api"
+
+
+def restricted_apis(command: Sequence[str]) -> set[str]:
+    """The APIs ``command``'s ``--http-restricted-api`` flags restrict, each flag as Triton reads it:
+    ``--http-restricted-api=<api>,<api>...:<key>=<value>`` (or the value as the next word), repeatable. A flag whose
+    value names no key (no ``:KEY=``) restricts nothing here (Triton refuses to start with it). The command's
+    elements are split as a shell would split them, for the images' ``sh -c "exec tritonserver ..."``."""
+    words: list[str] = []
+    for element in command:
+        try:
+            words += shlex.split(element)
+        except ValueError:  # unbalanced quotes: plain whitespace
+            words += element.split()
+    apis: set[str] = set()
+    for i, word in enumerate(words):
+        if word.startswith(RESTRICT_FLAG + "="):
+            value = word[len(RESTRICT_FLAG) + 1 :]
+        elif word == RESTRICT_FLAG and i + 1 < len(words):
+            value = words[i + 1]
+        else:
+            continue
+        listed, colon, grant = value.partition(":")
+        key, equals, _ = grant.partition("=")
+        if colon and key and equals:
+            apis |= {api.strip() for api in listed.split(",")}
+    return apis
 
 
 def config_digest(shape: Mapping[str, Any]) -> str:

@@ -56,6 +56,17 @@ def test_exec_profile_per_node_class() -> None:
         (GOOD.replace('image = "peerserve/modelserver:latest"', ""), "models[0].image"),
         (GOOD + GOOD, "models[1].name"),
         (GOOD.replace("orin = 0.5", "orin = -2"), "models[0].exec_ms"),
+        # review27b F4: TOML's nan and inf passed (every comparison with nan is false); Docker's int(mem_mb) then
+        # failed every reconcile round of the node, and the leader's solver refused the whole catalogue
+        (GOOD.replace("mem_mb = 64", "mem_mb = nan"), "models[0].mem_mb"),
+        (GOOD.replace("mem_mb = 64", "mem_mb = inf"), "models[0].mem_mb"),
+        (GOOD.replace("mem_mb = 64", "mem_mb = 1e300"), "models[0].mem_mb"),
+        (GOOD.replace("compute = 5", "compute = nan"), "models[0].compute"),
+        (GOOD.replace("compute = 5", "compute = inf"), "models[0].compute"),
+        (GOOD.replace("orin = 0.5", "orin = nan"), "models[0].exec_ms"),
+        (GOOD + "throughput_rps = { default = inf }\n", "models[0].throughput_rps"),
+        (GOOD + "throughput_rps = { default = nan }\n", "models[0].throughput_rps"),
+        (GOOD + "model_version = " + "9" * 30 + "\n", "models[0].model_version"),
     ],
 )
 def test_broken_catalogue_names_the_key(text: str, key: str) -> None:
@@ -81,6 +92,53 @@ def test_reload_on_change_and_keep_last_good(tmp_path: Path) -> None:
     assert watcher.error is not None and "models[0].name" in watcher.error
     f.unlink()
     assert not watcher.poll() and watcher.current.models["half_plus_two"].compute == 7
+
+
+def test_the_catalogue_at_its_bounds_is_taken() -> None:
+    text = GOOD.replace("mem_mb = 64", "mem_mb = 16777216").replace("compute = 5", "compute = 1000000")
+    spec = parse_catalogue(text + "throughput_rps = { default = 1e6 }\n", "t").models["half_plus_two"]
+    assert (spec.mem_mb, spec.compute, spec.throughput_rps["default"]) == (16 * 1024 * 1024, 1e6, 1e6)
+
+
+DEEP = "x = " + "[" * 5000 + "]" * 5000 + "\n"  # tomllib recurses once per level: RecursionError, not its error
+
+
+def test_a_reload_too_deep_to_parse_is_reported_not_ignored(tmp_path: Path) -> None:
+    """review27b F3: poll() caught neither RecursionError nor kept the error: it escaped (the loop logged "catalogue
+    poll failed"), /health showed nothing and, the new stamp taken, the file was never looked at again."""
+    f = tmp_path / "catalogue.toml"
+    f.write_text(GOOD)
+    watcher = CatalogueWatcher(f)
+    f.write_text(GOOD + DEEP)
+    os.utime(f, (time.time() + 5, time.time() + 5))
+    assert not watcher.poll()
+    assert watcher.error is not None and "too deeply" in watcher.error and str(f) in watcher.error
+    assert watcher.current.models["half_plus_two"].compute == 5
+
+
+@pytest.mark.parametrize("case", ["missing", "folder", "not utf-8", "too deep"])
+def test_a_catalogue_that_cannot_be_read_at_start_is_a_config_error_naming_it(tmp_path: Path, case: str) -> None:
+    """review27b F2: each of these was a traceback at start (CatalogueWatcher read the file unguarded)."""
+    f = tmp_path / "catalogue.toml"
+    if case == "folder":
+        f.mkdir()
+    elif case == "not utf-8":
+        f.write_bytes(b"\xff\xfe" + GOOD.encode())
+    elif case == "too deep":
+        f.write_text(GOOD + DEEP)
+    with pytest.raises(ConfigError) as caught:
+        CatalogueWatcher(f)
+    assert caught.value.key == str(f)
+
+
+@pytest.mark.parametrize(("body", "says"), [(b"port = 1\n# \xff\xfe\n", "not UTF-8"), (DEEP.encode(), "too deeply")])
+def test_a_settings_file_that_cannot_be_parsed_is_a_config_error(tmp_path: Path, body: bytes, says: str) -> None:
+    """review27b F2: load_settings caught OSError and TOMLDecodeError only: these two were tracebacks."""
+    cfg = tmp_path / "peerserve.toml"
+    cfg.write_bytes(body)
+    with pytest.raises(ConfigError) as caught:
+        load_settings(str(cfg), env={})
+    assert caught.value.key == "config" and says in str(caught.value) and str(cfg) in str(caught.value)
 
 
 def test_settings_precedence(tmp_path: Path) -> None:

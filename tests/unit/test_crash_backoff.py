@@ -46,7 +46,11 @@ def test_before_start_sleeps_records_and_a_clean_exit_clears(tmp_path: Path) -> 
 
 @pytest.mark.parametrize(
     "text", ["{", "[]", '{"started_at": 1}', '{"started_at": "nan", "crashes": 1}', '{"started_at": 1, "crashes": -1}',
-             '{"started_at": 1, "crashes": 1e9}']
+             '{"started_at": 1, "crashes": 1e9}',
+             # review27b F1: OverflowError (int of inf, float of a 400-digit int) and RecursionError (nesting)
+             # escaped and ended every start, for good
+             '{"started_at": 1, "crashes": 1e999}', '{"started_at": 1' + "0" * 400 + ', "crashes": 1}',
+             '{"started_at": ' + "[" * 100_000 + "]" * 100_000 + ', "crashes": 1}']
 )  # fmt: skip
 def test_a_bad_record_is_ignored_not_a_crash(tmp_path: Path, text: str) -> None:
     (tmp_path / cb.RECORD).write_text(text)

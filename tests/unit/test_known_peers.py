@@ -54,6 +54,16 @@ def test_save_then_load_round_trips_and_a_broken_file_is_ignored(tmp_path: Path)
     assert not (tmp_path / "missing").exists()
 
 
+@pytest.mark.parametrize(
+    "text",
+    ["[" * 100_000 + "]" * 100_000, '[{"node_id": "b", "peer_url": "https://b", "seen_at": 1' + "0" * 400 + "}]"],
+)
+def test_a_deeply_nested_or_overflowing_file_is_ignored_not_a_crash(tmp_path: Path, text: str) -> None:
+    """review27b F1: json.loads' RecursionError and float()'s OverflowError escaped load, ending every start."""
+    (tmp_path / FILE_NAME).write_text(text)
+    assert load(tmp_path) == []
+
+
 def test_save_is_durable_the_folder_is_fsynced_after_the_rename(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -6,6 +6,7 @@ own cap at once (5.0x a 4 GiB board in the shipped catalogue) and the round star
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 
 import psutil
@@ -160,6 +161,125 @@ def test_gather_bounded_runs_at_most_limit_at_once_and_all_of_them() -> None:
     most = 0
     asyncio.run(gather_bounded((job(i) for i in range(3)), 4))
     assert most == 3
+
+
+def test_gather_bounded_awaits_every_job_before_it_raises() -> None:
+    """review27b F5: gather raised at the first error and left the other jobs running unawaited."""
+    done: list[str] = []
+
+    async def fails() -> None:
+        raise RuntimeError("boom")
+
+    async def slow() -> None:
+        await asyncio.sleep(0.2)
+        done.append("slow")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        asyncio.run(gather_bounded([fails(), slow()], 4))
+    assert done == ["slow"]
+
+
+class FailingRuntime:
+    """A runtime whose start of ``bad`` raises what no runtime declares (as DockerRuntime let an APIError out) and
+    whose other starts take a while; it counts every start."""
+
+    kind = "fake"
+
+    def __init__(self) -> None:
+        self.instances: list[Instance] = []
+        self.starts: dict[str, int] = {}
+
+    async def start(self, spec: ModelSpec, term: int) -> Instance:
+        self.starts[spec.name] = self.starts.get(spec.name, 0) + 1
+        if spec.name == "half_plus_two":
+            raise LookupError("an error no runtime declares")
+        await asyncio.sleep(0.2)  # a container create + start
+        inst = Instance(f"i{len(self.instances)}", spec.name, "http://127.0.0.1:9", True, term, time.time(), "")
+        self.instances.append(inst)
+        return inst
+
+    async def stop(self, instance_id: str) -> None:
+        self.instances = [i for i in self.instances if i.id != instance_id]
+
+    async def list(self) -> list[Instance]:
+        return list(self.instances)
+
+    async def close(self) -> None:
+        pass
+
+
+def test_an_unforeseen_start_error_is_the_models_failure_and_orphans_no_other_start(tmp_path: Path) -> None:
+    """review27b F5: the error escaped _start, gather ended the round at once (no failure, no backoff), and the other
+    model's start, still in flight and not listed, was made again by the next round (reviewer: 2 containers of
+    xor_mlp where 1 was desired). Now the round records the failure and waits for every start: one xor_mlp."""
+    settings = load_settings(env={}, overrides={"node_id": "n", "data_dir": str(tmp_path), "discovery": False})
+    runtime = FailingRuntime()
+
+    async def scenario() -> None:
+        agent = NodeAgent(settings, runtime=runtime)  # type: ignore[arg-type]
+        try:
+            agent.set_desired(1, "lead", {"half_plus_two": 1, "xor_mlp": 1})
+            await agent.reconcile_once()
+            assert agent.health["half_plus_two"].failures == 1
+            assert "LookupError" in agent.health["half_plus_two"].last_error
+            await agent.reconcile_once()  # half_plus_two waits for its backoff; xor_mlp is listed
+        finally:
+            await agent.stop()
+
+    asyncio.run(scenario())
+    assert runtime.starts == {"half_plus_two": 1, "xor_mlp": 1}
+
+
+def test_an_unforeseen_stop_error_does_not_end_the_round(tmp_path: Path) -> None:
+    """A docker APIError from container.stop (a 409, a 500) escaped _stop, which caught RuntimeUnavailable only:
+    the round ended before its starts. Found fixing review27b F5 (the reviewer's fake Engine could not stop)."""
+    settings = load_settings(env={}, overrides={"node_id": "n", "data_dir": str(tmp_path), "discovery": False})
+    runtime = FailingRuntime()
+    runtime.instances.append(Instance("old", "gone_model", "http://127.0.0.1:9", True, 1, time.time() - 1e4, ""))
+
+    async def refuse(instance_id: str) -> None:
+        raise LookupError("409 Conflict: removal already in progress")
+
+    runtime.stop = refuse  # type: ignore[method-assign]
+
+    async def scenario() -> None:
+        agent = NodeAgent(settings, runtime=runtime)  # type: ignore[arg-type]
+        try:
+            agent.set_desired(1, "lead", {"xor_mlp": 1})
+            await agent.reconcile_once()  # stops "old" (not desired), which fails, then starts xor_mlp
+        finally:
+            await agent.stop()
+
+    asyncio.run(scenario())
+    assert runtime.starts == {"xor_mlp": 1}
+
+
+def test_a_server_that_could_not_be_stopped_gets_no_replacement_beside_it(tmp_path: Path) -> None:
+    """A stuck server whose stop fails: the round started its replacement anyway, one more each round (the reviewer's
+    fake Engine, which cannot stop, made 3 xor_mlp containers in 3 rounds where 1 was desired). Now the model's
+    failure is recorded (its backoff) and no replacement starts while the old server is there."""
+    settings = load_settings(env={}, overrides={"node_id": "n", "data_dir": str(tmp_path), "discovery": False})
+    runtime = FailingRuntime()
+    stuck = Instance("stuck", "xor_mlp", "http://127.0.0.1:9", True, 1, time.time() - 1e4, "")
+    runtime.instances.append(stuck)
+
+    async def refuse(instance_id: str) -> None:
+        raise LookupError("500 Server Error")
+
+    runtime.stop = refuse  # type: ignore[method-assign]
+
+    async def scenario() -> None:
+        agent = NodeAgent(settings, runtime=runtime)  # type: ignore[arg-type]
+        try:
+            agent.set_desired(1, "lead", {"xor_mlp": 1})
+            for _ in range(3):
+                await agent.reconcile_once()
+            assert "could not stop" in agent.health["xor_mlp"].last_error
+        finally:
+            await agent.stop()
+
+    asyncio.run(scenario())
+    assert runtime.starts == {}
 
 
 @pytest.mark.parametrize("value", [0, 65])
