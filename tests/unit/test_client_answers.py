@@ -157,6 +157,20 @@ def test_services_and_cluster_answers_are_bounded() -> None:
     assert answers.cluster({"members": [], "last_placement": None})["last_placement"] is None
 
 
+def test_a_placement_without_actions_is_read_as_none(capsys: pytest.CaptureFixture[str]) -> None:
+    """review27a L2: the agents' wire takes ``"actions": null`` (peerserve/wire.py), the client refused it: one such
+    summary, which every agent keeps and shows on /cluster, made every agent's answer malformed (endpoint() and
+    predict() raised ClusterUnreachableError). Now it is no actions, in the library and the CLI."""
+    placement = {"actions": None, "objective_ms": 1.0}
+    assert answers.cluster({"members": [], "last_placement": placement})["last_placement"]["actions"] == []
+    data = json.dumps({"node_id": "n1", "leader": "n1", "term": 3, "members": [member("n1", "http://10.0.0.1:8400")],
+                       "last_placement": placement}).encode()  # fmt: skip
+    with Loopback(lambda path: whole("200 OK", data)) as agent:
+        args = argparse.Namespace(agent=[agent.url], timeout=2.0, interface=None, trust_discovered=False, json=False)
+        assert cmd_cluster(args) == 0
+    assert "0 actions" in capsys.readouterr().out
+
+
 def test_inference_answers_and_json_itself() -> None:
     assert answers.inference({"predictions": [2.5]}, "tfserving") == {"predictions": [2.5]}
     assert answers.inference({"outputs": []}, "v2") == {"outputs": []}
