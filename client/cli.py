@@ -157,8 +157,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
             raise UsageError('--data for v2: [{"name": ..., "shape": [...], "datatype": ..., "data": [...]}, ...]')
     elif isinstance(data, dict) and ("instances" in data or "inputs" in data):
         kwargs = {"instances": data.get("instances"), "inputs": data.get("inputs")}
-        if (kwargs["instances"] is None) == (kwargs["inputs"] is None):  # else client/ops.py's ValueError, a traceback
-            raise UsageError('--data: give exactly one of "instances" and "inputs", not null (review27a L4)')
+        # review27a L4: else client/ops.py's ValueError, a traceback and exit 1
+        if (kwargs["instances"] is None) == (kwargs["inputs"] is None):
+            raise UsageError('--data: give exactly one of "instances" and "inputs", not null')
     else:
         kwargs = {"instances": data, "inputs": None}
 
