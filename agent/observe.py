@@ -29,6 +29,17 @@ if TYPE_CHECKING:
 
 UI_DIR = Path(__file__).with_name("ui")
 ASSETS = {"app.js": "text/javascript", "style.css": "text/css"}
+# The page and its assets (review27a Info: none were sent, and a cross-site <iframe> of the page passes the
+# browser guard, which checks Host and Origin, not framing). The page has no inline script or style and loads
+# nothing from elsewhere (tests/service/test_cluster_page.py), so 'self' is all it needs; its favicon is a data:
+# URL. Set on these routes alone, as constant headers: no middleware, nothing per request on the inference path.
+PAGE_HEADERS = {
+    "Cache-Control": "no-cache",
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'; base-uri 'none'; "
+    "form-action 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+}
 
 
 def sd_targets(agent: NodeAgent) -> list[dict[str, Any]]:
@@ -86,15 +97,16 @@ def mount(app: FastAPI, agent: NodeAgent) -> None:
     @app.get("/", include_in_schema=False)
     @app.get("/ui", include_in_schema=False)
     async def page() -> Response:
-        return FileResponse(UI_DIR / "index.html", media_type="text/html", headers={"Cache-Control": "no-cache"})
+        return FileResponse(UI_DIR / "index.html", media_type="text/html", headers=PAGE_HEADERS)
 
     @app.get("/ui/static/{name}", include_in_schema=False)
     async def asset(name: str) -> Response:
         if name not in ASSETS:
             return JSONResponse({"error": f"no asset {name[:80]!r}"}, status_code=404)
-        return FileResponse(UI_DIR / name, media_type=ASSETS[name], headers={"Cache-Control": "no-cache"})
+        return FileResponse(UI_DIR / name, media_type=ASSETS[name], headers=PAGE_HEADERS)
 
     @app.get("/ui/latency", include_in_schema=False)
     async def latency(span_s: float = Query(300.0, gt=0, le=3600), bin_s: float = Query(10.0, ge=1, le=600)) -> Any:
         series = telemetry.latencies.series(time.time(), span_s, bin_s)
-        return {"node_id": agent.settings.node_id, "span_s": span_s, "models": series}
+        body = {"node_id": agent.settings.node_id, "span_s": span_s, "models": series}
+        return JSONResponse(body, headers={"X-Content-Type-Options": "nosniff"})

@@ -255,8 +255,12 @@ def cluster(value: Any) -> dict[str, Any]:
         for key in ("objective_ms", "solve_ms"):
             if p.get(key) is not None:
                 p[key] = _number(p[key], f"last_placement.{key}")
-        if not isinstance(p.get("actions", []), list):
+        # null is no actions, as the agents' wire takes it (peerserve/wire.py ``_actions``): refused here, one
+        # summary with it made every agent's /cluster malformed and the client unable to find any (review27a L2)
+        actions = p.get("actions")
+        if actions is not None and not isinstance(actions, list):
             raise Malformed("last_placement.actions: not a list")
+        p["actions"] = actions or []
         data["last_placement"] = p
     return data
 

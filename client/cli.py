@@ -15,6 +15,9 @@ COMMON_HELP = (
 )
 
 
+SHORT = 64  # characters of an agent's string the text output shows where client/answers.py does not bound it
+
+
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--agent", action="append", metavar="URL", help="agent API URL (repeatable); default: mDNS")
     p.add_argument("--interface", action="append", metavar="ADDR", help="address to browse mDNS on (default all)")
@@ -102,24 +105,26 @@ def _run(args: argparse.Namespace, body: Any) -> int:
         RequestError,
         UnknownModelError,
     )
-    from peerserve.errors import UsageError
+    from peerserve.errors import UsageError, printable
 
     try:
         with _client(args) as client:
             return int(body(client))
     except UnknownModelError as exc:
         raise UsageError(str(exc)) from exc
-    except RequestError as exc:
+    except RequestError as exc:  # its message quotes the agent's or server's answer (200 characters): printable
         if 400 <= exc.status < 500:
             raise UsageError(str(exc)) from exc
-        print(f"peerserve: error: {exc}", file=sys.stderr)
+        print(f"peerserve: error: {printable(exc)}", file=sys.stderr)
         return 1
     except (ClusterUnreachableError, NoCapacityError, NotReadyError, AnswerTooLarge) as exc:
-        print(f"peerserve: error: {exc}", file=sys.stderr)
+        print(f"peerserve: error: {printable(exc)}", file=sys.stderr)
         return 1
 
 
 def cmd_endpoints(args: argparse.Namespace) -> int:
+    from peerserve.errors import printable as p
+
     def body(client: Any) -> int:
         found = [client.endpoint(args.model)] if args.model else client.endpoints()
         rows = [{"model": e.model, "node": e.node, "url": e.url, "why": dict(e.why)} for e in found]
@@ -131,8 +136,9 @@ def cmd_endpoints(args: argparse.Namespace) -> int:
         for r in rows:
             w = r["why"]
             est = f"est {w.get('estimated_ms', 0):.2f} ms"
-            parts = f"(rtt {w.get('rtt_ms', 0):.2f} {w.get('rtt_source', '')}, exec {w.get('exec_ms', 0):.2f})"
-            print(f"{r['model']:<20} {r['node']:<16} {r['url']:<28} {est} {parts}")
+            source = p(w.get("rtt_source", ""), SHORT)
+            parts = f"(rtt {w.get('rtt_ms', 0):.2f} {source}, exec {w.get('exec_ms', 0):.2f})"
+            print(f"{p(r['model']):<20} {p(r['node']):<16} {p(r['url']):<28} {est} {parts}")
         return 0
 
     return _run(args, body)
@@ -151,6 +157,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
             raise UsageError('--data for v2: [{"name": ..., "shape": [...], "datatype": ..., "data": [...]}, ...]')
     elif isinstance(data, dict) and ("instances" in data or "inputs" in data):
         kwargs = {"instances": data.get("instances"), "inputs": data.get("inputs")}
+        # review27a L4: else client/ops.py's ValueError, a traceback and exit 1
+        if (kwargs["instances"] is None) == (kwargs["inputs"] is None):
+            raise UsageError('--data: give exactly one of "instances" and "inputs", not null')
     else:
         kwargs = {"instances": data, "inputs": None}
 
@@ -166,24 +175,30 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_cluster(args: argparse.Namespace) -> int:
+    from peerserve.errors import printable as s
+
     def body(client: Any) -> int:
         data = client.cluster()
-        if args.json:
+        if args.json:  # json.dumps escapes every control character
             print(json.dumps(data, indent=2))
             return 0
-        print(f"leader {data.get('leader') or '-'}  term {data.get('term')}  (asked {data.get('node_id')})")
+        # every string an agent wrote goes through printable (review27a M1), those client/answers.py does not
+        # bound cut to SHORT: the answer is any agent's, found by mDNS
+        leader, term, asked = (s(data.get(k), SHORT) for k in ("leader", "term", "node_id"))
+        print(f"leader {leader if data.get('leader') else '-'}  term {term}  (asked {asked})")
         print(f"{'node':<16} {'status':<8} {'free MB':>9} {'GPU %':>6}  models")
         for m in data.get("members", []):
             gpu = "-" if m.get("gpu_load") is None else f"{m['gpu_load']:.0f}"
-            print(f"{m['node_id']:<16} {m['status']:<8} {m.get('mem_available_mb', 0):>9.0f} {gpu:>6}  "
-                  f"{', '.join(m.get('models', [])) or '-'}")  # fmt: skip
+            print(f"{s(m['node_id']):<16} {s(m['status']):<8} {m.get('mem_available_mb', 0):>9.0f} {gpu:>6}  "
+                  f"{s(', '.join(m.get('models', [])) or '-')}")  # fmt: skip
         if data.get("members_dropped"):
             print(f"({data['members_dropped']} more members left out: their URL or model names are not usable)")
         p = data.get("last_placement")
         if p:
-            print(f"last placement: term {p.get('term')} {p.get('method')} mode {p.get('mode')} "
+            shown = {k: s(p.get(k), SHORT) for k in ("term", "method", "mode", "requests")}
+            print(f"last placement: term {shown['term']} {shown['method']} mode {shown['mode']} "
                   f"objective {p.get('objective_ms') or 0:.1f} ms solve {p.get('solve_ms') or 0:.1f} ms, "
-                  f"{len(p.get('actions', []))} actions, {p.get('requests')} requests")  # fmt: skip
+                  f"{len(p.get('actions') or [])} actions, {shown['requests']} requests")  # fmt: skip
         return 0
 
     return _run(args, body)

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from peerserve import __version__
-from peerserve.errors import UsageError
+from peerserve.errors import UsageError, printable
 
 __all__ = ["UsageError", "build_parser", "main"]
 
@@ -119,8 +119,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return int(handler(args))
-    except UsageError as exc:
-        print(f"peerserve: error: {exc}", file=sys.stderr)
+    except UsageError as exc:  # it may quote an agent's error answer (client/cli.py): printable, review27a M1
+        print(f"peerserve: error: {printable(exc)}", file=sys.stderr)
         return 2
     except ModuleNotFoundError as exc:  # a dependency the command imports when it runs (uvicorn for `agent`)
         command = next((a for a in argv if not a.startswith("-")), "")

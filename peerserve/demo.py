@@ -160,7 +160,7 @@ class Demo:
         placement = _cluster(leader_url).get("last_placement")
         if placement and (not self.placements or placement["at"] != self.placements[-1]["at"]):
             self.placements.append(placement)
-            acts = ", ".join(f"{x['op']} {x['model']} on {x['node']}" for x in placement.get("actions", [])) or "none"
+            acts = ", ".join(f"{x['op']} {x['model']} on {x['node']}" for x in placement.get("actions") or []) or "none"
             self.say(
                 f"placement by {placement['leader']} (term {placement['term']}): {placement['requests']} request "
                 f"streams, objective {placement['objective_ms']:.1f} ms, solve {placement['solve_ms']:.1f} ms, "

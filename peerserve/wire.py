@@ -305,11 +305,46 @@ class DesiredCommand:
 SUMMARY_NUMBERS = ("objective_ms", "solve_ms", "at", "rejected")  # what /metrics reads of it (agent/telemetry.py)
 
 
+# Actions in a summary: one per (node, model) whose count changes (solver/problem.py), so up to 256 members x 256
+# models; but the shortest action, {"op":"stop","node":"a","model":"b","count":1} and its comma, is 47 bytes, so
+# no more than 5,577 fit in a MAX_BODY command: this bound refuses nothing the body's bound lets through (a test
+# checks it), and the readers (/cluster, the page, the CLI, /metrics) know the list is bounded.
+MAX_ACTIONS = 5600
+ACTION_OPS = ("start", "stop")  # solver.plan.Action's
+MAX_PLACEMENT_NODES = 1024  # the gathered nodes of a round: at most SWIM's 256 members and the leader
+
+
+def _actions(v: Any) -> None:
+    """A summary's ``actions``: null (none) or a list of at most MAX_ACTIONS actions, each with the fields their
+    readers show (review27a L2: ``[null]`` or ``[5]`` passed and the cluster page's render threw on every poll):
+    ``op`` start or stop, ``node`` a node id, ``model`` a model name, ``count`` an integer in [0, MAX_INSTANCES]."""
+    if v is None:
+        return
+    if not isinstance(v, list) or len(v) > MAX_ACTIONS:
+        raise WireError(f"'placement.actions' must be a list of at most {MAX_ACTIONS} actions or null")
+    for a in v:
+        count = a.get("count") if isinstance(a, dict) else None
+        if not (
+            isinstance(a, dict)
+            and a.get("op") in ACTION_OPS
+            and names.valid_node_id(a.get("node"))
+            and valid_model(a.get("model"))
+            and isinstance(count, int)
+            and not isinstance(count, bool)
+            and 0 <= count <= MAX_INSTANCES
+        ):
+            raise WireError(
+                "each of 'placement.actions' must be {op: start|stop, node: node id, model: model name, "
+                f"count: 0..{MAX_INSTANCES}}}"
+            )
+
+
 def _placement(v: Any) -> dict[str, Any] | None:
     """The round summary a leader sends with a desired set (agent/leader_round.py ``_summary``). Each node keeps it
     as its last placement and shows it on /cluster and /metrics, so what those read is checked here (review26b F4:
     ``{"objective_ms": "x"}`` made every /metrics scrape of the node answer 500): the numbers /metrics reads are
-    numbers, ``actions`` a list, and no number anywhere in it is NaN or infinite (the JSON of /cluster refuses them:
+    numbers, ``actions`` a list of actions and ``nodes`` of node ids (review27a L2: the cluster page threw on ``[null]``
+    and ``"x"``), and no number anywhere in it is NaN or infinite (the JSON of /cluster refuses them:
     500). Its ``slots`` are checked where they are read (peerserve/dispatch.py ``node_slots``); the rest is shown as
     sent (its size is bounded by the body's, ``MAX_BODY``). An honest leader's summary has no non-finite number: its
     own /cluster, which shows the same summary, would answer 500 on one."""
@@ -324,8 +359,12 @@ def _placement(v: Any) -> dict[str, Any] | None:
             isinstance(x, bool) or not isinstance(x, (int, float)) or not -MAX_NUMBER <= x <= MAX_NUMBER
         ):
             raise WireError(f"'placement.{key}' must be a number in [-{MAX_NUMBER:g}, {MAX_NUMBER:g}] or null")
-    if not isinstance(v.get("actions", []), (list, type(None))):
-        raise WireError("'placement.actions' must be a list or null")
+    _actions(v.get("actions"))
+    nodes = v.get("nodes")
+    if nodes is not None and (
+        not isinstance(nodes, list) or len(nodes) > MAX_PLACEMENT_NODES or not all(map(names.valid_node_id, nodes))
+    ):
+        raise WireError(f"'placement.nodes' must be a list of at most {MAX_PLACEMENT_NODES} node ids or null")
     try:  # what /cluster's JSON does (starlette: allow_nan=False), in C: 11-48 ms for 256 KiB of values, under the
         json.dumps(v, allow_nan=False)  # 80 ms its parse took; a Python walk of it took 88 ms
     except ValueError as exc:

@@ -157,6 +157,20 @@ def test_services_and_cluster_answers_are_bounded() -> None:
     assert answers.cluster({"members": [], "last_placement": None})["last_placement"] is None
 
 
+def test_a_placement_without_actions_is_read_as_none(capsys: pytest.CaptureFixture[str]) -> None:
+    """review27a L2: the agents' wire takes ``"actions": null`` (peerserve/wire.py), the client refused it: one such
+    summary, which every agent keeps and shows on /cluster, made every agent's answer malformed (endpoint() and
+    predict() raised ClusterUnreachableError). Now it is no actions, in the library and the CLI."""
+    placement = {"actions": None, "objective_ms": 1.0}
+    assert answers.cluster({"members": [], "last_placement": placement})["last_placement"]["actions"] == []
+    data = json.dumps({"node_id": "n1", "leader": "n1", "term": 3, "members": [member("n1", "http://10.0.0.1:8400")],
+                       "last_placement": placement}).encode()  # fmt: skip
+    with Loopback(lambda path: whole("200 OK", data)) as agent:
+        args = argparse.Namespace(agent=[agent.url], timeout=2.0, interface=None, trust_discovered=False, json=False)
+        assert cmd_cluster(args) == 0
+    assert "0 actions" in capsys.readouterr().out
+
+
 def test_inference_answers_and_json_itself() -> None:
     assert answers.inference({"predictions": [2.5]}, "tfserving") == {"predictions": [2.5]}
     assert answers.inference({"outputs": []}, "v2") == {"outputs": []}
@@ -585,6 +599,69 @@ def test_the_cli_says_how_many_members_it_left_out(capsys: pytest.CaptureFixture
         assert cmd_cluster(args) == 0
     out = capsys.readouterr().out
     assert "n1 " in out and "n2" not in out and "(1 more members left out" in out
+
+
+ESC = "\x1b"
+# review27a M1: what a rogue agent found by mDNS put in its answers: a window title, a clear screen and a fake red
+# leader, OSC 52 (writes the operator's clipboard), a concealed rest of the screen, a cursor-up overwrite, BEL, CR
+TITLE = f"{ESC}]0;PWNED{ESC}\\{ESC}[2J{ESC}[H{ESC}[31mFAKE LEADER{ESC}[0m\a\rspoofed"
+OSC52 = f"{ESC}]52;c;ZWNobyBoYWNrZWQ={ESC}\\"
+ROGUE_CLUSTER = {
+    "node_id": TITLE, "leader": TITLE, "term": OSC52, "role": "leader",
+    "members": [member("n1", "http://10.0.0.1:8400") | {"status": f"{ESC}[8m\a"}],
+    "last_placement": {"term": OSC52, "method": f"{ESC}[1A{ESC}[2Kspoofed line\r", "mode": "x" * 10_000,
+                       "requests": "\a" * 5, "actions": []},
+}  # fmt: skip
+
+
+def clean(text: str) -> bool:
+    """No control character at all but the line ends print() writes."""
+    return all(ch.isprintable() for ch in text.replace("\n", ""))
+
+
+def escaping(path: str) -> Iterator[bytes]:
+    if path == "/cluster":
+        return whole("200 OK", json.dumps(ROGUE_CLUSTER).encode())
+    if path.startswith("/services/nosuch"):  # the agent's error message, printed by peerserve.cli.main
+        return whole("404 Not Found", json.dumps({"error": TITLE + OSC52}).encode(), "X-Peerserve-Error: unknown_model")
+    if path.startswith("/services/busy"):
+        return whole("500 Internal Server Error", json.dumps({"error": TITLE}).encode())
+    why = {"rtt_ms": 1.0, "exec_ms": 1.0, "estimated_ms": 2.0, "rtt_source": OSC52 + TITLE}
+    return whole("200 OK", json.dumps({**endpoint(), "why": why}).encode())
+
+
+def test_the_text_output_shows_no_control_character_an_agent_sent(capsys: pytest.CaptureFixture[str]) -> None:
+    """review27a M1: leader, term, node_id, member status, the placement's term/method/mode/requests, rtt_source
+    and the agent's error message reached the terminal raw (ESC, BEL, CR, OSC 52); now each is shown with ``?``
+    for them, and the fields nothing bounds are cut to 64 characters. --json stays JSON (its escapes)."""
+    from peerserve.cli import main
+
+    with Loopback(escaping) as agent:
+        assert main(["cluster", "--agent", agent.url, "--timeout", "2"]) == 0
+        out = capsys.readouterr().out
+        assert clean(out) and "FAKE LEADER" in out and "spoofed line" in out and "mode xxx" in out
+        assert max(len(line) for line in out.splitlines()) < 400  # the 10,000-character mode cut
+        assert main(["endpoints", "half_plus_two", "--agent", agent.url, "--timeout", "2"]) == 0
+        out = capsys.readouterr().out
+        assert clean(out) and "]52;c;" in out
+        assert main(["endpoints", "nosuch", "--agent", agent.url, "--timeout", "2"]) == 2
+        err = capsys.readouterr().err
+        assert clean(err) and "PWNED" in err
+        assert main(["endpoints", "busy", "--agent", agent.url, "--timeout", "2"]) == 1
+        err = capsys.readouterr().err
+        assert clean(err) and "FAKE LEADER" in err
+        assert main(["cluster", "--agent", agent.url, "--timeout", "2", "--json"]) == 0
+        assert json.loads(capsys.readouterr().out)["leader"] == TITLE
+
+
+@pytest.mark.parametrize("data", ['{"instances": null}', '{"inputs": null}', '{"instances": [1], "inputs": [1]}'])
+def test_predict_data_with_neither_or_both_is_a_usage_error(data: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """review27a L4: client/ops.py's ValueError ended these in a traceback, exit 1; now a usage error, exit 2,
+    before any agent is asked (none listens at port 9)."""
+    from peerserve.cli import main
+
+    assert main(["predict", "half_plus_two", "--data", data, "--agent", "http://127.0.0.1:9"]) == 2
+    assert 'exactly one of "instances" and "inputs"' in capsys.readouterr().err
 
 
 # -- hostile answers: whatever their shape the client fails over; parsing is bounded (review 12b) ----------

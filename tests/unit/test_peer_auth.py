@@ -266,7 +266,16 @@ def test_bad_commands_are_wire_errors(body: Any) -> None:
     [([], "object or null"), ({"objective_ms": "x"}, "objective_ms"), ({"solve_ms": True}, "solve_ms"),
      ({"at": {}}, "at"), ({"rejected": 10**400}, "rejected"), ({"rejected": [1]}, "rejected"),
      ({"actions": 5}, "actions"), ({"actions": "abc"}, "actions"), ({"objective_ms": math.nan}, "objective_ms"),
-     ({"hold": {"gap_ms": math.inf}}, "NaN or infinite"), ({"actions": [{"x": [-math.inf]}]}, "NaN or infinite")],
+     ({"hold": {"gap_ms": math.inf}}, "NaN or infinite"),
+     ({"actions": [{"op": "stop", "node": "a", "model": "m", "count": 1, "x": [-math.inf]}]}, "NaN or infinite"),
+     ({"actions": [None]}, "each of"), ({"actions": [5]}, "each of"), ({"actions": [{"op": "start"}]}, "each of"),
+     ({"actions": [{"op": "burn", "node": "a", "model": "m", "count": 1}]}, "each of"),
+     ({"actions": [{"op": "stop", "node": "a b", "model": "m", "count": 1}]}, "each of"),
+     ({"actions": [{"op": "stop", "node": "a", "model": "..", "count": 1}]}, "each of"),
+     ({"actions": [{"op": "stop", "node": "a", "model": "m", "count": "1"}]}, "each of"),
+     ({"actions": [{"op": "stop", "node": "a", "model": "m", "count": 513}]}, "each of"),
+     ({"actions": [{"op": "stop", "node": "a", "model": "m", "count": 1}] * (wire.MAX_ACTIONS + 1)}, "at most"),
+     ({"nodes": "x"}, "nodes"), ({"nodes": [None]}, "nodes"), ({"nodes": ["a"] * 1025}, "nodes")],
 )  # fmt: skip
 def test_a_command_whose_placement_summary_is_malformed_is_refused(placement: Any, error: str) -> None:
     """review26b F4: the summary was only checked to be an object; each node keeps it and shows it on /metrics
@@ -276,6 +285,20 @@ def test_a_command_whose_placement_summary_is_malformed_is_refused(placement: An
     assert caught.value.status == 400
     odd = {"objective_ms": -1, "solve_ms": 2**30, "at": 1.7e9, "rejected": 0, "actions": None, "note": "x", "n": [1]}
     assert wire.DesiredCommand.parse({"term": 1, "leader": "a", "instances": {}, "placement": odd}).placement == odd
+
+
+def test_the_action_bound_refuses_nothing_a_command_body_can_carry() -> None:
+    """review27a L2: actions are capped (MAX_ACTIONS) for their readers, but no honest plan may be refused: one
+    action per (node, model) changed, up to 256 x 256; yet MAX_ACTIONS of the shortest action already overflow a
+    command's body (MAX_BODY), so a summary the cap refuses is one the body's bound refused first. At the bound a
+    summary passes whole; its nodes list of 257 (SWIM's 256 members and the leader) too."""
+    shortest = {"op": "stop", "node": "a", "model": "b", "count": 1}
+    actions = [shortest] * wire.MAX_ACTIONS
+    assert len(json.dumps(actions, separators=(",", ":")).encode()) > wire.MAX_BODY
+    nodes = [f"n{i}" for i in range(257)]
+    summary = {"actions": actions, "nodes": nodes}
+    command = {"term": 1, "leader": "a", "instances": {}, "placement": summary}
+    assert wire.DesiredCommand.parse(command).placement == summary
 
 
 @pytest.mark.parametrize(
