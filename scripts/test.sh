@@ -1,9 +1,8 @@
 #!/usr/bin/env bash
 # The full test suite: lint (ruff), types (mypy; strict for solver/ and coordinator_election/), tests
 # (pytest: the tests marked serial one at a time -- as root the cluster and system tiers, and the service tests that
-# need an address, the Docker bridge or a core to themselves -- with the unit tier beside them at the lowest CPU
-# priority, then the rest of the service tier; the unit tier and the service tier on two pytest-xdist workers each;
-# then a subset of the unit tier under Python 3.10 where a 3.10 interpreter is here, scripts/test-py310.sh). Expects
+# need an address, the Docker bridge or a core to themselves -- with the rest of the service tier, then the unit tier,
+# beside them at the lowest CPU priority, on two pytest-xdist workers each; then a subset of the unit tier under Python 3.10 where a 3.10 interpreter is here, scripts/test-py310.sh). Expects
 # scripts/bootstrap.sh to have run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,11 +15,14 @@ service_workers=${PEERSERVE_SERVICE_WORKERS:-2}
 # Where the unit tier and the service tier's other tests run: beside the serial tests, in one lane at nice 19 (the
 # service tests first, while the serial tier runs the cluster tests, which mostly wait; then the unit tier), taking
 # only the CPU the serial tests leave while those wait on elections, SWIM periods, boots and stalls; or after them,
-# on their own (the service tests, then the unit tier). The unit tier runs beside by default (~8 minutes less on 2
-# cores), the service tests after: beside as well, the serial tier took 23.2 minutes instead of 19.5-20 (session 26,
-# docs/test-suite-time.md), for ~2 minutes less in all, and one serial test's race showed under the load.
+# on their own (the service tests, then the unit tier). Both run beside by default. Session 26 had tried the service
+# tests beside and measured the serial tier 3.5 minutes slower: their agents ran at nice 19, but the model servers
+# those started ran in sessions of their own, and with autogroup scheduling a session is a group of its own at nice
+# 0, competing with the serial tests at full weight. The process runtime now gives a server's session its agent's
+# priority (agent/runtime/process.py keep_priority), and the serial tier took 17.4 minutes with both tiers beside
+# it (session 27, docs/test-suite-time.md).
 unit_lane=${PEERSERVE_UNIT_LANE:-beside}
-service_lane=${PEERSERVE_SERVICE_LANE:-after}
+service_lane=${PEERSERVE_SERVICE_LANE:-beside}
 for lane in "PEERSERVE_UNIT_LANE=$unit_lane" "PEERSERVE_SERVICE_LANE=$service_lane"; do
   case "${lane#*=}" in beside | after) ;; *)
     echo "${lane%%=*} must be beside or after, not '${lane#*=}'" >&2
@@ -84,6 +86,11 @@ mypy_cache=${PEERSERVE_MYPY_CACHE:-}
 if [ -z "$mypy_cache" ] && [ "$(id -u)" = 0 ]; then mypy_cache=/var/cache/peerserve/mypy; fi
 "$py" -m mypy ${mypy_cache:+--cache-dir "$mypy_cache"}
 stage "pytest"
+# Every tier runs and reports even when an earlier one failed (a failed serial test used to end the suite there, and
+# the tiers running beside it were killed unreported: one CI run showed one tier's failures, the next the others');
+# the suite's exit status is the first failure's.
+suite_rc=0
+failed() { if [ "$suite_rc" = 0 ]; then suite_rc=$1; fi; }
 # As root the real parts must be there: a test that needs dockerd fails rather than skips.
 if [ "$(id -u)" = 0 ]; then export PEERSERVE_REQUIRE_DOCKER=1; fi
 if [ $# -gt 0 ]; then
@@ -117,24 +124,22 @@ else
     lane_pid=$!
     set +m
   fi
-  "$py" -m pytest -m serial tests/cluster tests/service tests/system
+  "$py" -m pytest -m serial tests/cluster tests/service tests/system || failed $?
   if [ "$service_lane" = after ]; then
     stage "pytest: the service tier's other tests ($service_workers workers)"
-    "$py" -m pytest "${service_args[@]}"
+    "$py" -m pytest "${service_args[@]}" || failed $?
   fi
   if [ -n "$lane_pid" ]; then
     wait "$lane_pid" || true
     lane_pid=""
   fi
-  # lane_report NAME: print a tier that ran beside the serial tests; its exit status is kept in lane_rc (the other
-  # tier's output is printed too before the suite fails with it)
-  lane_rc=0
+  # lane_report NAME: print a tier that ran beside the serial tests; a failure is the suite's (failed)
   lane_report() {
     local rc ended
     read -r rc ended <"$lane_dir/$1.rc" || { rc=1 ended="?"; }
     cat "$lane_dir/$1.log"
     echo "($1 tier beside the serial tests: ended at $ended, exit status $rc)"
-    if [ "$lane_rc" = 0 ]; then lane_rc=$rc; fi
+    [ "$rc" = 0 ] || failed "$rc"
   }
   if [ "$service_lane" = beside ]; then
     stage "pytest: the service tier's other tests ($service_workers workers, run beside the serial tests at nice 19)"
@@ -145,22 +150,29 @@ else
     lane_report unit
   else
     stage "pytest: the unit tier ($workers workers)"
-    "$py" -m pytest "${unit_args[@]}"
+    "$py" -m pytest "${unit_args[@]}" || failed $?
   fi
-  [ "$lane_rc" = 0 ] || exit "$lane_rc"
 fi
 if [ $# -eq 0 ] && [ "$tier" != off ]; then
   stage "Python 3.10 venv (made while the rest ran)"
-  py310_ready
-  stage "pytest under Python 3.10 ($tier)"
-  if [ "$tier" = unit ]; then
-    bash scripts/test-py310.sh --prepared -n "$workers" tests/unit
+  py310_rc=0
+  py310_ready || py310_rc=$?
+  if [ "$py310_rc" != 0 ]; then
+    failed "$py310_rc"
+  elif [ "$tier" = unit ]; then
+    stage "pytest under Python 3.10 ($tier)"
+    bash scripts/test-py310.sh --prepared -n "$workers" tests/unit || failed $?
   else
+    stage "pytest under Python 3.10 ($tier)"
     bash scripts/test-py310.sh --prepared -n "$workers" tests/unit/test_aio.py tests/unit/test_lost_cancellation.py \
       tests/unit/test_gather_deadline.py tests/unit/test_upstream_deadline.py tests/unit/test_peer_http.py \
       tests/unit/test_peer_direct.py tests/unit/test_peer_gate.py tests/unit/test_http_chunks.py \
       tests/unit/test_http_half_close.py tests/unit/test_client_answers.py tests/unit/test_agent_config.py \
-      tests/unit/test_pin_offloop.py tests/unit/test_upstream_pool.py tests/unit/test_parse_turns.py
+      tests/unit/test_pin_offloop.py tests/unit/test_upstream_pool.py tests/unit/test_parse_turns.py || failed $?
   fi
+fi
+if [ "$suite_rc" != 0 ]; then
+  stage "failed (exit status $suite_rc: the first failing tier's; every tier's report is above)"
+  exit "$suite_rc"
 fi
 stage "done"

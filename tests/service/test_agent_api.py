@@ -138,7 +138,7 @@ HUGE = """
 name = "huge"
 image = "peerserve/modelserver:latest"
 stand_in = "half_plus_two"
-mem_mb = 100000000
+mem_mb = 10000000  # 10 TB: more than any node, within the catalogue's bound (16 TiB)
 compute = 1
 """
 
@@ -156,7 +156,7 @@ def test_model_that_fits_nowhere_gets_507(agents: Any, tmp_path: Path) -> None:
     a = agents("a", "--catalogue", _catalogue(tmp_path, HUGE))
     r = a.get("/services/huge")
     assert r.status_code == 507
-    assert "100000000 MB" in r.json()["error"] and "most free" in r.json()["error"]
+    assert "10000000 MB" in r.json()["error"] and "most free" in r.json()["error"]
 
 
 def test_failing_start_is_retried_with_backoff_and_answers_503(agents: Any, tmp_path: Path) -> None:
