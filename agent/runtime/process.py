@@ -29,6 +29,7 @@ import itertools
 import json
 import logging
 import os
+import random
 import signal
 import sys
 import time
@@ -97,6 +98,7 @@ class ProcessRuntime:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self._servers: dict[str, _Server] = {}
         self._starting: dict[int, _Server] = {}  # pid -> spawned, not yet ready (recorded with port 0)
+        self._priority_tasks: set[asyncio.Task[bool]] = set()  # carry_priority, tried again after EAGAIN
         self._adopt()
 
     def _adopt(self) -> None:
@@ -177,7 +179,7 @@ class ProcessRuntime:
         # of its own, so a child that died at once could be reaped first, and its PID would then have to be reused)
         pidfd = _server_pidfd(proc.pid)
         ticks = start_ticks(proc.pid) or 0
-        keep_priority(proc.pid)  # its session's CPU share: the agent's, not a fresh group's
+        self._carry_priority(proc.pid, ticks)  # its session's CPU share: the agent's, not a fresh group's
         self._starting[proc.pid] = _Server(
             f"proc-{spec.name}-{proc.pid}", spec.name, proc.pid, 0, term, self.clock(), ticks=ticks, pidfd=pidfd
         )
@@ -237,7 +239,7 @@ class ProcessRuntime:
         # of its own, so a child that died at once could be reaped first, and its PID would then have to be reused)
         pidfd = _server_pidfd(proc.pid)
         ticks = start_ticks(proc.pid) or 0
-        keep_priority(proc.pid)  # its session's CPU share: the agent's, not a fresh group's
+        self._carry_priority(proc.pid, ticks)  # its session's CPU share: the agent's, not a fresh group's
         server = _Server(
             f"triton-{spec.name}-{proc.pid}", spec.name, proc.pid, port, term, self.clock(), proc, ticks, pidfd, stub
         )
@@ -303,7 +305,18 @@ class ProcessRuntime:
             bound_log(self.log_dir / f"{model}.log", self.log_max_bytes)
         return [self._instance(s) for s in self._servers.values()]
 
+    def _carry_priority(self, pid: int, ticks: int) -> None:
+        """Give a server just started this agent's priority (``carry_priority``): at once where the kernel allows
+        it, else in a task of its own, so no start waits on the kernel's 100 ms window."""
+        if keep_priority(pid) is not None:
+            return
+        task = asyncio.get_running_loop().create_task(carry_priority(pid, ticks))
+        self._priority_tasks.add(task)
+        task.add_done_callback(self._priority_tasks.discard)
+
     async def close(self) -> None:
+        for task in list(self._priority_tasks):
+            task.cancel()
         for instance_id in list(self._servers):
             await self.stop(instance_id)
 
@@ -594,8 +607,16 @@ def tree_rss_mb(pid: int) -> float | None:
     return round(total / 2**20, 1)
 
 
-def keep_priority(pid: int) -> bool:
-    """Give the session of server ``pid`` (started with start_new_session) this agent's CPU priority; True if set.
+# The kernel lets a writer without CAP_SYS_ADMIN set an autogroup's nice once per 100 ms, machine-wide: a second
+# server started in that window (up to max_parallel_starts at once; other agents on the machine share the window)
+# gets EAGAIN and is tried again, after a jittered wait, while its start time still says it is the same process.
+PRIORITY_RETRY_S = 0.11
+PRIORITY_TRIES = 40  # 40 x 0.11-0.22 s: 4.4-8.8 s, past what the machine's other writers could hold the window for
+
+
+def keep_priority(pid: int) -> bool | None:
+    """Give the session of server ``pid`` (started with start_new_session) this agent's CPU priority: True if set,
+    False where there is nothing to set or it cannot be, None where the kernel said to try again (EAGAIN).
 
     With the kernel's autogroup scheduling (sched(7); on by default in most distributions' kernels, this machine's
     included) every session is a group of its own, and the scheduler shares the CPU between groups first: a nice
@@ -604,16 +625,29 @@ def keep_priority(pid: int) -> bool:
     whole machine at full weight, however low the agent's own priority. The server's group gets the agent's nice.
     Only a lower priority than the default is carried (a higher one needs CAP_SYS_NICE, and an agent at nice 0 has
     nothing to carry). Where the kernel has no autogroup (no file, or ``kernel.sched_autogroup_enabled = 0``, where
-    the plain nice the server inherited applies) or refuses (an unprivileged writer gets EAGAIN within 100 ms of its
-    last write), nothing changes and the server runs as before."""
+    the plain nice the server inherited applies) nothing changes and the server runs as before."""
     niceness = os.getpriority(os.PRIO_PROCESS, 0)
     if niceness <= 0:
         return False
     try:
         Path(f"/proc/{pid}/autogroup").write_text(f"{niceness}\n")
-    except OSError:
-        return False
+    except OSError as exc:
+        return None if exc.errno == errno.EAGAIN else False
     return True
+
+
+async def carry_priority(pid: int, ticks: int) -> bool:
+    """``keep_priority`` for a server just started, tried again after EAGAIN (review27c L1: of four servers started
+    at once by an agent not run as root, only the first got its nice) while ``pid`` is still the process that
+    started at ``ticks`` (its start time: a PID reused by another process is left alone). Whether it was set."""
+    for _ in range(PRIORITY_TRIES):
+        if start_ticks(pid) != ticks:
+            return False
+        done = keep_priority(pid)
+        if done is not None:
+            return done
+        await asyncio.sleep(PRIORITY_RETRY_S * (1 + random.random()))  # jitter: agents on one machine share it
+    return False
 
 
 def _server_pidfd(pid: int) -> int | None:
