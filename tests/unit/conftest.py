@@ -1,12 +1,32 @@
-"""Shared builders for solver tests."""
+"""Shared builders for solver tests, and the traffic rule's guard for the whole unit tier (tests/no_traffic.py)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from solver import Snapshot
+from tests.no_traffic import Guard
+
+GUARD = Guard()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def loopback_only() -> Iterator[Guard]:
+    """Every unit test connects to loopback only (a connect elsewhere raises OffMachine at once)."""
+    with GUARD.active():
+        yield GUARD
+
+
+@pytest.fixture(autouse=True)
+def no_traffic_off_machine(loopback_only: Guard) -> Iterator[None]:
+    """A test that tried to connect off this machine fails, even where its code swallowed the OSError."""
+    before = loopback_only.count
+    yield
+    if loopback_only.count > before:
+        pytest.fail(f"tried to connect off this machine {loopback_only.count - before} time(s): {loopback_only.tried}")
 
 
 def make_snapshot(
