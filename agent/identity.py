@@ -1072,6 +1072,12 @@ def skew_refusal(what: str, ahead_s: float) -> str:
 
 
 MAX_KEY_BYTES = 16 * 1024  # an Ed25519 PKCS#8 PEM is 119 bytes: anything past this is not a key
+# A temporary key file younger than this may be another start's, written and about to be linked (a start links its
+# own right after its fsync); an older one is a crash's. review27c I2: every one was removed, another start's too.
+STALE_KEY_TMP_S = 60.0
+# link(2) errors of a file system without hard links: FAT answers EPERM, others EOPNOTSUPP/ENOTSUP, and some FUSE
+# file systems ENOSYS (review27c I5); the key is renamed into place there instead
+NO_HARD_LINKS = frozenset({errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS})
 
 
 def _load_or_create_key(path: Path | None) -> Ed25519PrivateKey:
@@ -1080,7 +1086,12 @@ def _load_or_create_key(path: Path | None) -> Ed25519PrivateKey:
     Made durably (review27b F1: it was written in place with no fsync, so a power cut soon after the first start
     could leave an empty file and every later start a traceback): a temporary file (0600) written and fsynced, then
     hard-linked to ``path``, which never replaces a key already there (another start's: that one is used), then the
-    folder fsynced. A damaged key is never replaced here: a new key is a new identity its peers must pin again."""
+    folder fsynced. A damaged key is never replaced here: a new key is a new identity its peers must pin again.
+
+    Starts at once on one data folder (review27c I2: with three, one that found the key removed the temporary file
+    another was linking, whose link then failed ENOENT, a traceback): a start that finds the key removes only
+    temporary files older than STALE_KEY_TMP_S, and one whose temporary file is gone all the same (its write stalled
+    that long, or the clock jumped) reads the key the start that removed it found."""
     if path is None:
         return Ed25519PrivateKey.generate()
     try:
@@ -1088,9 +1099,7 @@ def _load_or_create_key(path: Path | None) -> Ed25519PrivateKey:
     except FileNotFoundError:
         pass
     else:  # a crash's temporary files (each holding a key never used) go once the key is in place, not while made
-        for stale in path.parent.glob(tmp_glob(path)):
-            with contextlib.suppress(OSError):
-                stale.unlink()
+        _remove_stale_key_tmps(path, time.time())
         return found
     key = Ed25519PrivateKey.generate()
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -1103,16 +1112,40 @@ def _load_or_create_key(path: Path | None) -> Ed25519PrivateKey:
             os.link(tmp, path)
         except FileExistsError:  # made by another start since: it is the node's key
             return _read_key(path)
+        except FileNotFoundError as exc:  # removed by another start, which found the key in place: that key
+            return _key_made_meanwhile(path, exc)
         except OSError as exc:  # a file system without hard links (FAT): a rename, which could replace a race's key
-            if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP):
+            if exc.errno not in NO_HARD_LINKS:
                 raise
-            os.rename(tmp, path)
+            try:
+                os.rename(tmp, path)
+            except FileNotFoundError as gone:
+                return _key_made_meanwhile(path, gone)
     finally:
         with contextlib.suppress(OSError):
             tmp.unlink()
     fsync_dir(path.parent)
     log.info("generated this node's key pair in %s (public key %s)", path, _raw(key.public_key()).hex())
     return key
+
+
+def _remove_stale_key_tmps(path: Path, now: float) -> None:
+    """Remove the temporary key files beside ``path`` last written over STALE_KEY_TMP_S before ``now``."""
+    for stale in path.parent.glob(tmp_glob(path)):
+        with contextlib.suppress(OSError):
+            if now - stale.lstat().st_mtime > STALE_KEY_TMP_S:
+                stale.unlink()
+
+
+def _key_made_meanwhile(path: Path, gone: OSError) -> Ed25519PrivateKey:
+    """The key at ``path`` after this start's temporary key file went (``gone``): another start's, which removed it."""
+    try:
+        return _read_key(path)
+    except FileNotFoundError:
+        raise StateError(
+            f"cannot make this node's key {path}: its temporary file {gone.filename} was removed before it was "
+            f"linked into place, and no key is there (is another program removing files in {path.parent}?)"
+        ) from gone
 
 
 def _read_key(path: Path) -> Ed25519PrivateKey:

@@ -242,6 +242,8 @@ class NodeAgent:
         self._ready_models: set[str] = set()
         self._draining: dict[str, float] = {}  # instance id -> unpublished since (decisions.drain_stops)
         self._stopped_first: set[str] = set()  # outdated servers logged as stopped before their replacement
+        self._exits_seen: set[str] = set()  # exited servers whose exit is recorded (one failure per exit)
+        self._unremoved: dict[str, str] = {}  # exited servers the runtime could not remove -> the error logged
         self._last_ready: dict[str, float] = {}  # instance id -> its last successful probe (decisions.stuck_instances)
         self._refused: dict[str, float] = {}  # instance id -> when it refused a proxied connection (endpoint_refused)
         self._wake = asyncio.Event()
@@ -503,16 +505,24 @@ class NodeAgent:
         self._say_stop_first(steps, instances, need, total)
         steps, self._draining = drain_stops(steps, self._draining, now, self.settings.instance_drain_s)
         self._publish(instances, ready)  # servers that began to drain leave every endpoint answer now
-        unstopped: set[str] = set()  # models one of whose servers the runtime could not stop
+        listed = {i.id for i in instances}
+        self._exits_seen &= listed  # both bounded by the servers listed now
+        self._unremoved = {k: v for k, v in self._unremoved.items() if k in listed}
+        unstopped: set[str] = set()  # models one of whose running servers the runtime could not stop
         for step in steps:
             if isinstance(step, Stop):
-                if step.reason == "exited":
+                if step.reason == "exited" and step.instance_id not in self._exits_seen:
+                    # one exit is one failure, however many rounds its removal fails: recorded each round, a dead
+                    # server the runtime could not remove pushed the model's backoff past every round (review27c L2)
+                    self._exits_seen.add(step.instance_id)
                     self._record_failure(step.model, "model server exited", now)
                 elif step.reason == "not ready in time":
                     self._record_failure(step.model, f"not AVAILABLE for {timeout:g} s", now)
-                if not await self._stop(step):
+                if not await self._stop(step) and step.reason != "exited":
                     unstopped.add(step.model)
-        # no replacement for a server that could not be stopped: each round would add one more beside it
+        # no replacement for a running server that could not be stopped: each round would add one more beside it.
+        # An exited one that could not be removed (a Docker 'Dead' container whose root file system is busy) uses no
+        # CPU, memory or port and never counts as live, so nothing piles up beside it: its replacement starts
         starts = [s.model for s in steps if isinstance(s, Start) and s.model not in unstopped]
         await gather_bounded((self._start(m) for m in starts), self.settings.max_parallel_starts)
         if steps:
@@ -622,16 +632,27 @@ class NodeAgent:
             self._record_failure(model, f"{type(exc).__name__}: {exc}", self.clock())
 
     async def _stop(self, step: Stop) -> bool:
-        """Stop the step's server; False (logged, the model's failure) when the runtime could not."""
+        """Stop the step's server; False (logged, the model's failure) when the runtime could not.
+
+        An exited server that could not be removed is logged (once per server and error) and is not the model's
+        failure: its exit was, once; its replacement's own starts and their backoff govern the model (review27c L2)."""
+        exited = step.reason == "exited"
         try:
             await self.runtime.stop(step.instance_id)
             return True
         except RuntimeUnavailable as exc:
-            log.error("could not stop %s: %s", step.instance_id, exc)
             why = str(exc)
+            if not exited:
+                log.error("could not stop %s: %s", step.instance_id, exc)
         except Exception as exc:  # an Engine error on stop (a 409, a 500) ended the round before its starts
-            log.exception("could not stop %s", step.instance_id)
             why = f"{type(exc).__name__}: {exc}"
+            if not exited:
+                log.exception("could not stop %s", step.instance_id)
+        if exited:
+            if self._unremoved.get(step.instance_id) != why:  # each round tries again: one line, not one a round
+                self._unremoved[step.instance_id] = why
+                log.warning("could not remove exited %s (%s): %s", step.instance_id, step.model, why)
+            return False
         self._record_failure(step.model, f"could not stop {step.instance_id[:12]}: {why}", self.clock())
         return False
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import email.utils
 import json
 import math
+import re
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
@@ -53,6 +54,11 @@ CONTROL_VALUES = 131_072
 # refused YOLO (review 12c); unweighted, 64 MiB of {} was 1.6 GiB
 ANSWER_VALUES = 8 * 1024 * 1024
 ANSWER_LIMIT = 64 * 1024 * 1024
+# a placement's method, mode and status, a member's status: what the agents write ("ipopt", "least-loaded", "1",
+# "optimal", "suspect"), ASCII letters, digits and a few marks, no space: nothing an agent could blank or pad with
+# (review27c I3: str.isprintable takes the Hangul fillers and the braille blank)
+TOKEN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:+-]{0,63}")
+MAX_TERM = 2**63 - 1  # a term or a count is a non-negative integer below this (the agents' SQLite integer)
 SNIPPET = 60  # characters of an answer quoted in a Malformed
 RETRY_AFTER_DEFAULT_S = 1.0
 RETRY_AFTER_MAX_S = 300.0
@@ -134,6 +140,24 @@ def _number(value: Any, what: str) -> float:
     if not math.isfinite(number):
         raise Malformed(f"{what}: not a finite number")
     return number
+
+
+def _token(value: Any, what: str, limit: int = 64, optional: bool = True) -> str | None:
+    """A short word (``TOKEN``, at most ``limit`` characters), or None where ``optional``."""
+    if value is None and optional:
+        return None
+    if not isinstance(value, str) or len(value) > limit or TOKEN.fullmatch(value) is None:
+        raise Malformed(f"{what}: not a word of at most {limit} letters, digits or '_.:+-'")
+    return value
+
+
+def _count(value: Any, what: str) -> int | None:
+    """A term or a count: a non-negative integer, or None."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_TERM:
+        raise Malformed(f"{what}: not a non-negative integer")
+    return value
 
 
 def _list(value: Any, what: str, limit: int) -> list[Any]:
@@ -234,7 +258,7 @@ def member(value: Any) -> dict[str, Any]:
     data = dict(_object(value, "member"))
     data["node_id"] = node_id(data.get("node_id"), "member node_id")
     data["api_url"] = base_url(data.get("api_url"), "member api_url")
-    data["status"] = _text(data.get("status"), "member status", 16)
+    data["status"] = _token(data.get("status"), "member status", 16, optional=False)
     data["models"] = [model_name(m) for m in _list(data.get("models", []), "member models", MAX_MODELS)]
     if "mem_available_mb" in data:
         data["mem_available_mb"] = _number(data["mem_available_mb"], "member mem_available_mb")
@@ -245,8 +269,18 @@ def member(value: Any) -> dict[str, Any]:
 
 def cluster(value: Any) -> dict[str, Any]:
     """A /cluster answer: members checked (the client learns nodes from them), those it cannot use dropped
-    and counted (``members_dropped``); the last placement's numbers checked where the CLI prints them."""
+    and counted (``members_dropped``); what the CLI prints checked for its shape: the node asked and the leader node
+    ids, the terms and the request count integers, the placement's method, mode and status short words, its numbers
+    finite (review27c I3: a leader, term or method of Hangul fillers or braille blanks printed as blank or padding).
+    Each may be null (no leader yet, no placement), the node asked absent. The answering agent's own fields (node
+    id, leader, term: an honest agent's are its settings' and the wire's, which checks them) refuse the answer; a
+    placement's relayed ones of another shape are null."""
     data = dict(_object(value, "/cluster"))
+    if data.get("node_id") is not None:
+        data["node_id"] = node_id(data["node_id"], "node_id")
+    if data.get("leader") is not None:
+        data["leader"] = node_id(data["leader"], "leader")
+    data["term"] = _count(data.get("term"), "term")
     listed = _list(data.get("members", []), "members", MAX_MEMBERS)
     data["members"], data["members_dropped"] = usable(listed, member, "members")
     placement = data.get("last_placement")
@@ -255,6 +289,15 @@ def cluster(value: Any) -> dict[str, Any]:
         for key in ("objective_ms", "solve_ms"):
             if p.get(key) is not None:
                 p[key] = _number(p[key], f"last_placement.{key}")
+        # shown as null, not refused: the leader's summary is relayed to every agent's /cluster as sent (peerserve/
+        # wire.py ``_placement`` checks only what /metrics reads), so refusing the answer would refuse every agent's
+        # and the client could find none, as one ``"actions": null`` did (review27a L2)
+        for key, check in (("term", _count), ("requests", _count), ("method", _token), ("mode", _token),
+                           ("status", _token)):  # fmt: skip
+            try:
+                p[key] = check(p.get(key), f"last_placement.{key}")
+            except Malformed:
+                p[key] = None
         # null is no actions, as the agents' wire takes it (peerserve/wire.py ``_actions``): refused here, one
         # summary with it made every agent's /cluster malformed and the client unable to find any (review27a L2)
         actions = p.get("actions")

@@ -195,7 +195,8 @@ def cmd_cluster(args: argparse.Namespace) -> int:
             print(f"({data['members_dropped']} more members left out: their URL or model names are not usable)")
         p = data.get("last_placement")
         if p:
-            shown = {k: s(p.get(k), SHORT) for k in ("term", "method", "mode", "requests")}
+            keys = ("term", "method", "mode", "requests")  # null: none, or of a shape client/answers.py refuses
+            shown = {k: "-" if p.get(k) is None else s(p.get(k), SHORT) for k in keys}
             print(f"last placement: term {shown['term']} {shown['method']} mode {shown['mode']} "
                   f"objective {p.get('objective_ms') or 0:.1f} ms solve {p.get('solve_ms') or 0:.1f} ms, "
                   f"{len(p.get('actions') or [])} actions, {shown['requests']} requests")  # fmt: skip

@@ -312,14 +312,18 @@ RESTRICT_FLAG = "--http-restricted-api"
 def restricted_apis(command: Sequence[str]) -> set[str]:
     """The APIs ``command``'s ``--http-restricted-api`` flags restrict, each flag as Triton reads it:
     ``--http-restricted-api=<api>,<api>...:<key>=<value>`` (or the value as the next word), repeatable. A flag whose
-    value names no key (no ``:KEY=``) restricts nothing here (Triton refuses to start with it). The command's
-    elements are split as a shell would split them, for the images' ``sh -c "exec tritonserver ..."``."""
+    value names no key or an empty value (no ``:KEY=VALUE``) restricts nothing here. The command's elements are
+    split as a shell would split them, for the images' ``sh -c "exec tritonserver ..."``, a ``#`` ending the words
+    of its element (review27c I1: ``... # --http-restricted-api=...`` in ``sh -c`` is a comment the shell drops,
+    and the check counted the flag). Every element is split so, not only a ``sh -c`` script's: in an exec-form
+    argument a ``#`` is literal (and shlex also ends a word at a ``#`` inside it, where a shell would not), so an
+    odd but honest command may be refused; refusing it is the safe side, a passed comment reopens the APIs."""
     words: list[str] = []
     for element in command:
         try:
-            words += shlex.split(element)
-        except ValueError:  # unbalanced quotes: plain whitespace
-            words += element.split()
+            words += shlex.split(element, comments=True)
+        except ValueError:  # unbalanced quotes: plain whitespace, up to a '#' as above
+            words += element.partition("#")[0].split()
     apis: set[str] = set()
     for i, word in enumerate(words):
         if word.startswith(RESTRICT_FLAG + "="):
@@ -329,8 +333,8 @@ def restricted_apis(command: Sequence[str]) -> set[str]:
         else:
             continue
         listed, colon, grant = value.partition(":")
-        key, equals, _ = grant.partition("=")
-        if colon and key and equals:
+        key, _, secret = grant.partition("=")
+        if colon and key and secret:  # review27c I1: ':KEY=' with an empty value counted as restricted
             apis |= {api.strip() for api in listed.split(",")}
     return apis
 

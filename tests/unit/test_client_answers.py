@@ -612,6 +612,13 @@ ROGUE_CLUSTER = {
     "last_placement": {"term": OSC52, "method": f"{ESC}[1A{ESC}[2Kspoofed line\r", "mode": "x" * 10_000,
                        "requests": "\a" * 5, "actions": []},
 }  # fmt: skip
+# review27c I3: the answering agent's own fields honest, the rest as a leader's summary relayed to every agent
+ROGUE_RELAYED = {
+    **ROGUE_CLUSTER, "node_id": "n1", "leader": "n1", "term": 3,
+    # not alive: the client asks only the agent named (10.0.0.x may answer in a test's network)
+    "members": [member("n1", "http://10.0.0.1:8400") | {"status": "suspect"},
+                member("n2", "http://10.0.0.2:8400") | {"status": "\u3164"}],
+}  # fmt: skip
 
 
 def clean(text: str) -> bool:
@@ -621,7 +628,7 @@ def clean(text: str) -> bool:
 
 def escaping(path: str) -> Iterator[bytes]:
     if path == "/cluster":
-        return whole("200 OK", json.dumps(ROGUE_CLUSTER).encode())
+        return whole("200 OK", json.dumps(ROGUE_RELAYED).encode())
     if path.startswith("/services/nosuch"):  # the agent's error message, printed by peerserve.cli.main
         return whole("404 Not Found", json.dumps({"error": TITLE + OSC52}).encode(), "X-Peerserve-Error: unknown_model")
     if path.startswith("/services/busy"):
@@ -633,14 +640,21 @@ def escaping(path: str) -> Iterator[bytes]:
 def test_the_text_output_shows_no_control_character_an_agent_sent(capsys: pytest.CaptureFixture[str]) -> None:
     """review27a M1: leader, term, node_id, member status, the placement's term/method/mode/requests, rtt_source
     and the agent's error message reached the terminal raw (ESC, BEL, CR, OSC 52); now each is shown with ``?``
-    for them, and the fields nothing bounds are cut to 64 characters. --json stays JSON (its escapes)."""
+    for them, and the fields nothing bounds are cut to 64 characters. --json stays JSON (its escapes).
+    review27c I3: since, the cluster answer's fields are checked for their shape: the agent's own refuse the answer
+    (no agent answered usable), the placement's relayed ones are shown as '-', a member's status drops it."""
     from peerserve.cli import main
 
-    with Loopback(escaping) as agent:
+    rogue = Loopback(lambda path: whole("200 OK", json.dumps(ROGUE_CLUSTER).encode()))
+    with Loopback(escaping) as agent, rogue:
+        assert main(["cluster", "--agent", rogue.url, "--timeout", "2"]) == 1
+        err = capsys.readouterr().err
+        assert clean(err) and "node_id: not a node id" in err
         assert main(["cluster", "--agent", agent.url, "--timeout", "2"]) == 0
         out = capsys.readouterr().out
-        assert clean(out) and "FAKE LEADER" in out and "spoofed line" in out and "mode xxx" in out
-        assert max(len(line) for line in out.splitlines()) < 400  # the 10,000-character mode cut
+        assert clean(out) and "leader n1  term 3" in out and "spoofed" not in out and "xxx" not in out
+        assert "last placement: term - - mode -" in out and ", - requests" in out
+        assert "n2" not in out and "(1 more members left out" in out
         assert main(["endpoints", "half_plus_two", "--agent", agent.url, "--timeout", "2"]) == 0
         out = capsys.readouterr().out
         assert clean(out) and "]52;c;" in out
@@ -651,7 +665,53 @@ def test_the_text_output_shows_no_control_character_an_agent_sent(capsys: pytest
         err = capsys.readouterr().err
         assert clean(err) and "FAKE LEADER" in err
         assert main(["cluster", "--agent", agent.url, "--timeout", "2", "--json"]) == 0
-        assert json.loads(capsys.readouterr().out)["leader"] == TITLE
+        assert json.loads(capsys.readouterr().out)["last_placement"]["method"] is None
+
+
+# review27c I3: characters str.isprintable takes that a terminal shows blank or not at all
+INVISIBLE = ["\u115f", "\u1160", "\u3164", "\uffa0", "\u2800", "\u034f", "\u17b4", "\u17b5",
+             *map(chr, range(0x180B, 0x1810)), *map(chr, range(0xFE00, 0xFE10)),
+             "\U000e0100", "\U000e01ef"]  # fmt: skip
+
+
+@pytest.mark.parametrize("ch", INVISIBLE, ids=[f"U+{ord(c):04X}" for c in INVISIBLE])
+def test_printable_shows_the_invisible_fillers_isprintable_takes(ch: str) -> None:
+    from peerserve.errors import printable
+
+    assert printable(f"n1{ch}x") == "n1?x"
+    assert printable("n1\u200b\xa0x") == "n1??x"  # Cf and Zs: isprintable's own refusals, still refused
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [{"leader": "\u3164"}, {"leader": "n1\u2800"}, {"leader": "n1 "}, {"leader": ""}, {"node_id": "\u115f"},
+     {"node_id": 5}, {"term": "5"}, {"term": True}, {"term": -1}, {"term": 2**63}, {"term": 1.5}, {"term": "\u3164"}],
+)  # fmt: skip
+def test_a_cluster_answer_whose_own_leader_term_or_node_id_is_of_another_shape_is_refused(fields: dict) -> None:
+    """review27c I3: only ``str.isprintable`` stood between them and the terminal, and it takes U+3164 (a Hangul
+    filler), U+2800 (the braille blank): a leader or term shown blank or padded. The answering agent's own fields are
+    its settings' and the wire's (an honest agent's are always of this shape): another shape refuses the answer."""
+    honest = {"node_id": "n1", "leader": "n1", "term": 3, "members": [member("n1", "http://10.0.0.1:8400")]}
+    assert answers.cluster(honest)["leader"] == "n1"
+    assert answers.cluster(honest | {"leader": None, "term": None})["term"] is None  # no leader yet
+    with pytest.raises(answers.Malformed):
+        answers.cluster(honest | fields)
+
+
+def test_a_relayed_placement_of_another_shape_is_shown_as_null_and_a_member_so_dropped() -> None:
+    """review27c I3: the placement's method, mode, status, term and request count are the leader's summary, relayed
+    to every agent's /cluster as sent: one of another shape is null (refusing it would refuse every agent's answer,
+    as review27a L2's ``"actions": null`` did). A member whose status is not a word is dropped (members are)."""
+    honest = {"term": 3, "method": "least-loaded", "mode": "1", "status": "optimal", "requests": 12, "actions": []}
+    assert answers.cluster({"members": [], "last_placement": honest})["last_placement"] == honest
+    odd = {"term": "3", "method": "ipopt\u3164", "mode": "x" * 65, "status": "\u2800", "requests": -1, "actions": []}
+    shown = answers.cluster({"members": [], "last_placement": odd})["last_placement"]
+    assert {k: shown[k] for k in ("term", "method", "mode", "status", "requests")} == dict.fromkeys(
+        ("term", "method", "mode", "status", "requests")
+    )
+    listed = [member("n1", "http://10.0.0.1:8400"), member("n2", "http://10.0.0.2:8400") | {"status": "aliv\u034fe"}]
+    data = answers.cluster({"members": listed})
+    assert [m["node_id"] for m in data["members"]] == ["n1"] and data["members_dropped"] == 1
 
 
 @pytest.mark.parametrize("data", ['{"instances": null}', '{"inputs": null}', '{"instances": [1], "inputs": [1]}'])

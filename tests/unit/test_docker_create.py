@@ -46,6 +46,12 @@ ALL = "shared-memory,model-repository,logging,trace"
         ("tritonserver", f"--http-restricted-api={ALL}:=v"),
         ("tritonserver", "--model-repository=/models", "--http-restricted-api"),  # no value at all
         ("sh", "-c", "echo --http-restricted-api-was-here; exec tritonserver"),
+        # review27c I1: the shell drops a comment, flag and all; an empty value is no key
+        ("sh", "-c", f"exec tritonserver --model-repository=/m # --http-restricted-api={ALL}:k=v"),
+        ("sh", "-c", f"exec tritonserver --model-repository=/m\n# --http-restricted-api={ALL}:k=v"),
+        ("sh", "-c", f"exec tritonserver --model-repository=/m # --http-restricted-api={ALL}:k=v don't"),
+        ("tritonserver", f"--http-restricted-api={ALL}:k="),
+        ("tritonserver", "--http-restricted-api", f"{ALL}:k="),
     ],
 )
 def test_a_triton_command_must_restrict_every_admin_api_the_images_do(command: tuple[str, ...]) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import psutil
@@ -194,7 +195,7 @@ class FailingRuntime:
         if spec.name == "half_plus_two":
             raise LookupError("an error no runtime declares")
         await asyncio.sleep(0.2)  # a container create + start
-        inst = Instance(f"i{len(self.instances)}", spec.name, "http://127.0.0.1:9", True, term, time.time(), "")
+        inst = Instance(f"i{sum(self.starts.values())}", spec.name, "http://127.0.0.1:9", True, term, time.time(), "")
         self.instances.append(inst)
         return inst
 
@@ -280,6 +281,49 @@ def test_a_server_that_could_not_be_stopped_gets_no_replacement_beside_it(tmp_pa
 
     asyncio.run(scenario())
     assert runtime.starts == {}
+
+
+def test_an_exited_server_that_cannot_be_removed_does_not_keep_its_replacement_from_starting(tmp_path: Path) -> None:
+    """review27c L2: a Docker 'Dead' container whose removal fails every time ('driver failed to remove root
+    filesystem: device or resource busy'). The no-replacement-beside-an-unstopped-server rule held the model's start
+    for good, and its exit was recorded again each round it was still listed, which pushed the backoff past every
+    round (the reviewer: 0 starts in 20 rounds). An exited server uses no CPU, memory or port and never counts as
+    live: its replacement starts at once, its exit is one failure, and a later crash of the replacement is restarted
+    after that crash's own backoff (2 s after 2 failures), not held off by the dead one."""
+    settings = load_settings(env={}, overrides={"node_id": "n", "data_dir": str(tmp_path), "discovery": False})
+    runtime = FailingRuntime()
+    runtime.instances.append(Instance("dead", "xor_mlp", "http://127.0.0.1:9", False, 1, time.time() - 1e4, ""))
+    removes: list[str] = []
+    remove = runtime.stop
+
+    async def busy(instance_id: str) -> None:
+        removes.append(instance_id)
+        if instance_id == "dead":
+            raise LookupError("500 Server Error: driver overlay2 failed to remove root filesystem: busy")
+        await remove(instance_id)
+
+    runtime.stop = busy  # type: ignore[method-assign]
+    now = [time.time()]
+
+    async def scenario() -> None:
+        agent = NodeAgent(settings, runtime=runtime, clock=lambda: now[0])  # type: ignore[arg-type]
+        try:
+            agent.set_desired(1, "lead", {"xor_mlp": 1})
+            for _ in range(10):
+                await agent.reconcile_once()
+                now[0] += 2.0
+            assert runtime.starts == {"xor_mlp": 1}
+            assert agent.health["xor_mlp"].failures == 1  # the one exit, not one a round
+            runtime.instances = [replace(i, running=False) if i.id != "dead" else i for i in runtime.instances]
+            for _ in range(3):  # the crash (failure 2, retry in 2 s), then the restart
+                await agent.reconcile_once()
+                now[0] += 2.0
+            assert runtime.starts == {"xor_mlp": 2}
+        finally:
+            await agent.stop()
+
+    asyncio.run(scenario())
+    assert removes.count("dead") == 13  # tried again each round, never given up on
 
 
 @pytest.mark.parametrize("value", [0, 65])

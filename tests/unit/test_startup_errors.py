@@ -4,16 +4,18 @@ crash loop under systemd backs off (agent/crash_backoff.py) instead of restartin
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import stat
+import time
 from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from agent import crash_backoff
+from agent import crash_backoff, identity
 from agent.durable import tmp_glob
 from agent.errors import StateError
 from agent.identity import _load_or_create_key
@@ -138,12 +140,111 @@ def test_a_key_made_meanwhile_by_another_start_is_kept(tmp_path: Path, monkeypat
 
 
 def test_a_crashs_temporary_key_is_removed_once_the_key_is_in_place(tmp_path: Path) -> None:
+    """Only an old one (review27c I2): a temporary key file written just now may be another start's, being linked."""
     path = tmp_path / "node.key"
     _load_or_create_key(path)
     left = tmp_path / "node.key.0123456789abcdef.tmp"
     left.write_bytes(b"a key never used")
     _load_or_create_key(path)
+    assert left.exists()  # fresh: kept
+    old = time.time() - identity.STALE_KEY_TMP_S - 5
+    os.utime(left, (old, old))
+    _load_or_create_key(path)
     assert not left.exists()
+
+
+RAW = serialization.Encoding.Raw, serialization.PublicFormat.Raw
+
+
+def test_three_first_starts_at_once_agree_on_one_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """review27c I2 (the reviewer's race): C writes its temporary key; B makes the key; A finds it and removed every
+    temporary file, C's among them, so C's link failed ENOENT, a FileNotFoundError traceback. Now A leaves a fresh
+    temporary file alone and C links into a key already there: all three have B's key, no temporary file is left."""
+    path = tmp_path / "peer" / "node.key"
+    real = identity.write_synced
+    others: list[Ed25519PrivateKey] = []
+    raced = [False]
+
+    def racing(tmp: Path, data: bytes) -> os.stat_result:
+        st = real(tmp, data)
+        if not raced[0]:  # inside C's start only
+            raced[0] = True
+            others.extend([_load_or_create_key(path), _load_or_create_key(path)])  # B makes the key, A finds it
+        return st
+
+    monkeypatch.setattr(identity, "write_synced", racing)
+    c = _load_or_create_key(path)
+    b, a = others
+    assert c.public_key().public_bytes(*RAW) == b.public_key().public_bytes(*RAW) == a.public_key().public_bytes(*RAW)
+    assert list(path.parent.glob(tmp_glob(path))) == []
+
+
+@pytest.mark.parametrize("links", [True, False], ids=["hard links", "no hard links (rename)"])
+def test_a_start_whose_temporary_key_went_reads_the_key_another_made(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, links: bool
+) -> None:
+    """review27c I2: the same race where C's temporary file is old enough to be removed (its write stalled, or the
+    clock jumped): the link (or, without hard links, the rename) fails ENOENT, and C reads the key B made."""
+    path = tmp_path / "node.key"
+    real = identity.write_synced
+    made: list[Ed25519PrivateKey] = []
+    raced = [False]
+
+    def racing(tmp: Path, data: bytes) -> os.stat_result:
+        st = real(tmp, data)
+        if not raced[0]:  # inside C's start only
+            raced[0] = True
+            made.append(_load_or_create_key(path))  # B makes the key
+            old = time.time() - identity.STALE_KEY_TMP_S - 5
+            os.utime(tmp, (old, old))
+            _load_or_create_key(path)  # A: finds the key, removes C's temporary file
+            assert not tmp.exists()
+        return st
+
+    monkeypatch.setattr(identity, "write_synced", racing)
+    if not links:
+        real_link = os.link
+
+        def no_links(src: Path, dst: Path) -> None:
+            if Path(dst) == path and made and not Path(src).exists():
+                raise OSError(errno.EPERM, "Operation not permitted")
+            real_link(src, dst)
+
+        monkeypatch.setattr(os, "link", no_links)
+    c = _load_or_create_key(path)
+    assert c.public_key().public_bytes(*RAW) == made[0].public_key().public_bytes(*RAW)
+
+
+def test_a_temporary_key_gone_with_no_key_in_place_is_a_state_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "node.key"
+    real = identity.write_synced
+
+    def vanishing(tmp: Path, data: bytes) -> os.stat_result:
+        st = real(tmp, data)
+        tmp.unlink()
+        return st
+
+    monkeypatch.setattr(identity, "write_synced", vanishing)
+    with pytest.raises(StateError, match="was removed before it was linked into place, and no key is there"):
+        _load_or_create_key(path)
+
+
+@pytest.mark.parametrize("code", [errno.EPERM, errno.EOPNOTSUPP, errno.ENOSYS])
+def test_a_file_system_without_hard_links_gets_the_key_renamed_into_place(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, code: int
+) -> None:
+    """FAT answers link(2) EPERM; some FUSE file systems ENOSYS (review27c I5: that was a traceback at every start)."""
+
+    def no_link(src: Path, dst: Path) -> None:
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(os, "link", no_link)
+    path = tmp_path / "peer" / "node.key"
+    key = _load_or_create_key(path)
+    assert _load_or_create_key(path).public_key().public_bytes(*RAW) == key.public_key().public_bytes(*RAW)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600 and list(path.parent.glob(tmp_glob(path))) == []
 
 
 def test_a_database_with_damaged_pages_is_refused_as_the_agent_reads_it(tmp_path: Path) -> None:
