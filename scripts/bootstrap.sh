@@ -61,8 +61,21 @@ if [ ! -x "$venv/bin/python" ]; then
   python3 -m venv "$venv"
 fi
 venv=$(cd "$venv" && pwd)
-quiet_pip "$venv/bin/python" -m pip install -q -c scripts/constraints.txt -e ".[solver,agent,dev,serving]"
-quiet_pip "$venv/bin/python" -m pip install -q --no-deps "nvidia-pytriton==0.7.0"
+# --no-compile, then compileall on every core: pip byte-compiles what it installs one file after another (as in
+# scripts/install.sh, where that was ~29 of a first install's ~37 s of pip CPU), and bootstrap otherwise leaves one of
+# a 2-core machine's cores idle
+quiet_pip "$venv/bin/python" -m pip install -q --no-compile -c scripts/constraints.txt -e ".[solver,agent,dev,serving]"
+quiet_pip "$venv/bin/python" -m pip install -q --no-compile --no-deps "nvidia-pytriton==0.7.0"
+"$venv/bin/python" - <<'PY'
+import compileall
+import sysconfig
+
+site = sysconfig.get_path("purelib")
+try:
+    compileall.compile_dir(site, quiet=2, workers=0)
+except Exception:  # no process pool here (no /dev/shm): one file after another, as pip did
+    compileall.compile_dir(site, quiet=2, workers=1)
+PY
 # Triton 2.51's Python backend stub needs numpy 1.x (agent/runtime/triton.py); kept apart from the venv's own numpy
 # (--no-deps: numpy has none, and pip's check otherwise printed nvidia-pytriton's unused dependencies as 9 ERROR lines)
 [ -d "$venv/lib/peerserve-triton-site/numpy" ] ||

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The full test suite: lint (ruff), types (mypy; strict for solver/ and coordinator_election/), tests
 # (pytest: the tests marked serial one at a time -- as root the cluster and system tiers, and the service tests that
-# need an address, the Docker bridge or a core to themselves -- with the rest of the service tier, then the unit tier,
-# beside them at the lowest CPU priority, on two pytest-xdist workers each; then a subset of the unit tier under Python 3.10 where a 3.10 interpreter is here, scripts/test-py310.sh). Expects
+# need an address, the Docker bridge or a core to themselves -- with the unit tier beside them at the lowest CPU
+# priority, then the rest of the service tier; the unit tier and the service tier on two pytest-xdist workers each;
+# then a subset of the unit tier under Python 3.10 where a 3.10 interpreter is here, scripts/test-py310.sh). Expects
 # scripts/bootstrap.sh to have run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,14 +16,14 @@ service_workers=${PEERSERVE_SERVICE_WORKERS:-2}
 # Where the unit tier and the service tier's other tests run: beside the serial tests, in one lane at nice 19 (the
 # service tests first, while the serial tier runs the cluster tests, which mostly wait; then the unit tier), taking
 # only the CPU the serial tests leave while those wait on elections, SWIM periods, boots and stalls; or after them,
-# on their own (the service tests, then the unit tier). Both run beside by default. Session 26 had tried the service
-# tests beside and measured the serial tier 3.5 minutes slower: their agents ran at nice 19, but the model servers
-# those started ran in sessions of their own, and with autogroup scheduling a session is a group of its own at nice
-# 0, competing with the serial tests at full weight. The process runtime now gives a server's session its agent's
-# priority (agent/runtime/process.py keep_priority), and the serial tier took 17.4 minutes with both tiers beside
-# it (session 27, docs/test-suite-time.md).
+# on their own (the service tests, then the unit tier). The unit tier runs beside by default (~8 minutes less on 2
+# cores), the service tests after. Beside, they cost either way (docs/test-suite-time.md): in session 26 their
+# model servers ran in sessions of their own, at full weight under autogroup scheduling, and the serial tier took
+# 23.2 minutes instead of 19.5-20; in session 27, with the servers at the lane's priority (the process runtime's
+# keep_priority), the serial tier took 18.2 minutes but the lane 22.9 (the service tests 10.1 of it), and four
+# service tests failed: their model servers, starved at nice 19, started too late for the first request (503).
 unit_lane=${PEERSERVE_UNIT_LANE:-beside}
-service_lane=${PEERSERVE_SERVICE_LANE:-beside}
+service_lane=${PEERSERVE_SERVICE_LANE:-after}
 for lane in "PEERSERVE_UNIT_LANE=$unit_lane" "PEERSERVE_SERVICE_LANE=$service_lane"; do
   case "${lane#*=}" in beside | after) ;; *)
     echo "${lane%%=*} must be beside or after, not '${lane#*=}'" >&2

@@ -32,8 +32,12 @@ TOKEN = "operator-route-cluster-token-0123456789"
 
 
 def _member(node: str, address: str, priority: int = 0) -> Member:
-    return Member(node, address, f"http://{address}:8400", "alive", mem_total_mb=1000.0, priority=priority,
-                  peer_url=f"https://{address}:8401")  # fmt: skip
+    """A member at ``address`` (what voices count by) whose listeners are on loopback: the agent under test dials its
+    members (announces, rounds), and a test sends nothing off this machine (tests/no_traffic.py: these dialled
+    10.0.0.5:8401 out of the machine's interface until session 27)."""
+    here = "127.0.0." + address.rsplit(".", 1)[-1]
+    return Member(node, address, f"http://{here}:8400", "alive", mem_total_mb=1000.0, priority=priority,
+                  peer_url=f"https://{here}:8401")  # fmt: skip
 
 
 class Table:
