@@ -66,16 +66,7 @@ venv=$(cd "$venv" && pwd)
 # 84.0 s without, then 31.6 s of compileall on both cores)
 quiet_pip "$venv/bin/python" -m pip install -q --no-compile -c scripts/constraints.txt -e ".[solver,agent,dev,serving]"
 quiet_pip "$venv/bin/python" -m pip install -q --no-compile --no-deps "nvidia-pytriton==0.7.0"
-"$venv/bin/python" - <<'PY'
-import compileall
-import sysconfig
-
-site = sysconfig.get_path("purelib")
-try:
-    compileall.compile_dir(site, quiet=2, workers=0)
-except Exception:  # no process pool here (no /dev/shm): one file after another, as pip did
-    compileall.compile_dir(site, quiet=2, workers=1)
-PY
+"$venv/bin/python" scripts/compile_venv.py
 # Triton 2.51's Python backend stub needs numpy 1.x (agent/runtime/triton.py); kept apart from the venv's own numpy
 # (--no-deps: numpy has none, and pip's check otherwise printed nvidia-pytriton's unused dependencies as 9 ERROR lines)
 [ -d "$venv/lib/peerserve-triton-site/numpy" ] ||

@@ -178,23 +178,11 @@ install_peerserve() {
   compile_venv
 }
 
-# Byte-compile the venv's packages on every core. The agent's user cannot write the venv, so a module without its
-# .pyc would be compiled in memory at every start (pyomo's and scipy's thousands: seconds on a board). pip compiles
-# what it installs one file after another (~29 of the ~37 s of CPU a first install's pip took on the 2-core test
-# machine); compileall's process pool takes every core, and skips what is compiled already (an upgrade compiles
-# what it changed). A file that does not compile is skipped, as pip skips it (a package's Python 2 test data); with
-# no process pool here (no /dev/shm in an image's chroot), one file after another, as pip did.
+# Byte-compile the venv's packages on every core (scripts/compile_venv.py). The agent's user cannot write the venv, so
+# a module without its .pyc would be compiled in memory at every start (pyomo's and scipy's thousands: seconds on a
+# board).
 compile_venv() {
-  "$prefix/venv/bin/python" - <<'PY'
-import compileall
-import sysconfig
-
-site = sysconfig.get_path("purelib")
-try:
-    compileall.compile_dir(site, quiet=2, workers=0)
-except Exception:
-    compileall.compile_dir(site, quiet=2, workers=1)
-PY
+  "$prefix/venv/bin/python" "$source_dir/scripts/compile_venv.py"
 }
 
 # The digest reads regular files and tar copies links as links, which the build then follows: a symlinked module's

@@ -231,6 +231,15 @@ def test_an_unforeseen_start_error_is_the_models_failure_and_orphans_no_other_st
     assert runtime.starts == {"half_plus_two": 1, "xor_mlp": 1}
 
 
+def refuse_stops(runtime: FailingRuntime, error: str) -> None:
+    """Every stop of ``runtime`` fails with an error no runtime foresaw (an Engine's 409 or 500)."""
+
+    async def refuse(instance_id: str) -> None:
+        raise LookupError(error)
+
+    runtime.stop = refuse  # type: ignore[method-assign]
+
+
 def test_an_unforeseen_stop_error_does_not_end_the_round(tmp_path: Path) -> None:
     """A docker APIError from container.stop (a 409, a 500) escaped _stop, which caught RuntimeUnavailable only:
     the round ended before its starts. Found fixing review27b F5 (the reviewer's fake Engine could not stop)."""
@@ -238,10 +247,7 @@ def test_an_unforeseen_stop_error_does_not_end_the_round(tmp_path: Path) -> None
     runtime = FailingRuntime()
     runtime.instances.append(Instance("old", "gone_model", "http://127.0.0.1:9", True, 1, time.time() - 1e4, ""))
 
-    async def refuse(instance_id: str) -> None:
-        raise LookupError("409 Conflict: removal already in progress")
-
-    runtime.stop = refuse  # type: ignore[method-assign]
+    refuse_stops(runtime, "409 Conflict: removal already in progress")
 
     async def scenario() -> None:
         agent = NodeAgent(settings, runtime=runtime)  # type: ignore[arg-type]
@@ -264,10 +270,7 @@ def test_a_server_that_could_not_be_stopped_gets_no_replacement_beside_it(tmp_pa
     stuck = Instance("stuck", "xor_mlp", "http://127.0.0.1:9", True, 1, time.time() - 1e4, "")
     runtime.instances.append(stuck)
 
-    async def refuse(instance_id: str) -> None:
-        raise LookupError("500 Server Error")
-
-    runtime.stop = refuse  # type: ignore[method-assign]
+    refuse_stops(runtime, "500 Server Error")
 
     async def scenario() -> None:
         agent = NodeAgent(settings, runtime=runtime)  # type: ignore[arg-type]

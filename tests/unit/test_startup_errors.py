@@ -9,6 +9,7 @@ import json
 import os
 import stat
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -156,23 +157,33 @@ def test_a_crashs_temporary_key_is_removed_once_the_key_is_in_place(tmp_path: Pa
 RAW = serialization.Encoding.Raw, serialization.PublicFormat.Raw
 
 
+def after_the_first_write(monkeypatch: pytest.MonkeyPatch, others: Callable[[Path], None]) -> None:
+    """Run ``others`` (the starts racing this one) once, right after the first temporary key file is written and
+    synced, before this start links it into place: inside the start under test only."""
+    real = identity.write_synced
+    raced = [False]
+
+    def racing(tmp: Path, data: bytes) -> os.stat_result:
+        st = real(tmp, data)
+        if not raced[0]:
+            raced[0] = True
+            others(tmp)
+        return st
+
+    monkeypatch.setattr(identity, "write_synced", racing)
+
+
 def test_three_first_starts_at_once_agree_on_one_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """review27c I2 (the reviewer's race): C writes its temporary key; B makes the key; A finds it and removed every
     temporary file, C's among them, so C's link failed ENOENT, a FileNotFoundError traceback. Now A leaves a fresh
     temporary file alone and C links into a key already there: all three have B's key, no temporary file is left."""
     path = tmp_path / "peer" / "node.key"
-    real = identity.write_synced
     others: list[Ed25519PrivateKey] = []
-    raced = [False]
 
-    def racing(tmp: Path, data: bytes) -> os.stat_result:
-        st = real(tmp, data)
-        if not raced[0]:  # inside C's start only
-            raced[0] = True
-            others.extend([_load_or_create_key(path), _load_or_create_key(path)])  # B makes the key, A finds it
-        return st
+    def b_and_a(tmp: Path) -> None:
+        others.extend([_load_or_create_key(path), _load_or_create_key(path)])  # B makes the key, A finds it
 
-    monkeypatch.setattr(identity, "write_synced", racing)
+    after_the_first_write(monkeypatch, b_and_a)
     c = _load_or_create_key(path)
     b, a = others
     assert c.public_key().public_bytes(*RAW) == b.public_key().public_bytes(*RAW) == a.public_key().public_bytes(*RAW)
@@ -186,22 +197,16 @@ def test_a_start_whose_temporary_key_went_reads_the_key_another_made(
     """review27c I2: the same race where C's temporary file is old enough to be removed (its write stalled, or the
     clock jumped): the link (or, without hard links, the rename) fails ENOENT, and C reads the key B made."""
     path = tmp_path / "node.key"
-    real = identity.write_synced
     made: list[Ed25519PrivateKey] = []
-    raced = [False]
 
-    def racing(tmp: Path, data: bytes) -> os.stat_result:
-        st = real(tmp, data)
-        if not raced[0]:  # inside C's start only
-            raced[0] = True
-            made.append(_load_or_create_key(path))  # B makes the key
-            old = time.time() - identity.STALE_KEY_TMP_S - 5
-            os.utime(tmp, (old, old))
-            _load_or_create_key(path)  # A: finds the key, removes C's temporary file
-            assert not tmp.exists()
-        return st
+    def b_then_a(tmp: Path) -> None:
+        made.append(_load_or_create_key(path))  # B makes the key
+        old = time.time() - identity.STALE_KEY_TMP_S - 5
+        os.utime(tmp, (old, old))
+        _load_or_create_key(path)  # A: finds the key, removes C's temporary file
+        assert not tmp.exists()
 
-    monkeypatch.setattr(identity, "write_synced", racing)
+    after_the_first_write(monkeypatch, b_then_a)
     if not links:
         real_link = os.link
 
